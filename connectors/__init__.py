@@ -1,0 +1,1 @@
+"""connectors: see README and ../shared/DESIGN.md; filled in by later issues."""

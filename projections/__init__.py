@@ -1,0 +1,1 @@
+"""projections: see README and ../shared/DESIGN.md; filled in by later issues."""

@@ -1,0 +1,1 @@
+"""terminology: see README and ../shared/DESIGN.md; filled in by later issues."""
