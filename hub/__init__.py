@@ -1,0 +1,1 @@
+"""Regional FHIR hub core: event store, ingest, REST API, command line."""

@@ -1,0 +1,321 @@
+"""The FHIR REST API: routes for every interaction, errors as OperationOutcome, body size limit.
+
+Each route's ``name`` is the FHIR interaction code it implements; ``/metadata`` is generated from
+those names, so the CapabilityStatement lists exactly what is routed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hub import resource as res
+from hub.api import bundles, capability
+from hub.api.history import history_bundle
+from hub.api.limits import BodyLimit
+from hub.api.responses import (
+    base_url,
+    check_content_type,
+    check_format,
+    fhir_response,
+    outcome_response,
+    parse_etag,
+    prefer_return,
+    prefer_strict,
+    version_headers,
+)
+from hub.api.search import search_bundle
+from hub.conditional import parse_query
+from hub.config import Settings
+from hub.errors import FhirError, Issue, bad_request, not_found
+from hub.events import resource_bytes
+from hub.ingest import Context, Hub, Op, Result
+
+log = logging.getLogger("hub.api")
+ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+def create_app(settings: Settings | None = None, hub: Hub | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        own = app.state.hub is None
+        if own:
+            app.state.hub = Hub(settings.open_store())
+        yield
+        if own:
+            app.state.hub.store.close()
+
+    app = FastAPI(title="Regional FHIR hub", lifespan=lifespan, docs_url="/docs",
+                  openapi_url="/openapi.json")
+    app.state.hub = hub
+    app.state.settings = settings
+    app.add_middleware(BodyLimit, limit=settings.max_body)
+    _install_error_handlers(app)
+    _install_routes(app, settings)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FhirError)
+    async def fhir_error(request: Request, e: FhirError) -> Response:
+        return outcome_response(e.issues, e.status, request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> Response:
+        code = {404: "not-found", 405: "not-supported"}.get(e.status_code, "processing")
+        text = {404: f"No FHIR endpoint at {request.url.path}",
+                405: f"{request.method} is not supported on {request.url.path}"}.get(
+            e.status_code, str(e.detail))
+        return outcome_response([Issue(code, text)], e.status_code, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError) -> Response:
+        return outcome_response([Issue("invalid", "Malformed request parameters")], 400, request)
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, e: Exception) -> Response:
+        # No request content in the log: it may hold personal data.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return outcome_response([Issue("exception", "Internal server error")], 500, request)
+
+
+def _hub(request: Request) -> Hub:
+    return request.app.state.hub
+
+
+def _ctx(request: Request) -> Context:
+    rid = request.headers.get("x-request-id")
+    ctx = Context(request_id=rid[:64]) if rid else Context()
+    ctx.source = {"feed": "rest"}
+    return ctx
+
+
+def _type(rtype: str) -> str:
+    if rtype not in res.RESOURCE_TYPES:
+        raise not_found(f"Unknown resource type {rtype!r}")
+    return rtype
+
+
+def _id(rid: str) -> str:
+    if not ID_RE.match(rid):
+        raise bad_request(f"{rid!r} is not a valid FHIR id")
+    return rid
+
+
+async def _body(request: Request, expected: str | None = None, where: str = "") -> tuple[bytes, Any]:
+    check_content_type(request)
+    raw = await request.body()
+    if not raw.strip():
+        raise bad_request("The request body is empty")
+    d = res.parse_json(raw)
+    res.check_type(d, expected, where)
+    return raw, d
+
+
+def _install_routes(app: FastAPI, settings: Settings) -> None:
+    def base(request: Request) -> str:
+        return base_url(request, settings.base_url)
+
+    def write_response(request: Request, result: Result, *, location: bool = True) -> Response:
+        headers = {}
+        if result.version is not None:
+            headers = version_headers(base(request), result.rtype, result.rid, result.version,
+                                      result.last_updated, location=location)
+        mode = prefer_return(request)
+        if mode == "minimal":
+            return fhir_response(None, result.status, headers=headers)
+        if mode == "OperationOutcome" or result.body is None:
+            issues = result.issues or [Issue("informational", f"{request.method} succeeded",
+                                             "information")]
+            return fhir_response({"resourceType": "OperationOutcome",
+                                  "issue": [i.to_json() for i in issues]},
+                                 result.status, request=request, headers=headers)
+        return fhir_response(result.body, result.status, request=request, headers=headers)
+
+    async def run(request: Request, op: Op) -> Response:
+        hub = _hub(request)
+        result = (await run_in_threadpool(hub.execute, [op], _ctx(request), atomic=True))[0]
+        return write_response(request, result)
+
+    def stored_response(request: Request, stored, status: int = 200) -> Response:
+        ev_version = stored.originator_version
+        header = orjson.loads(stored.state.partition(b"\n")[0])
+        headers = version_headers(base(request), header["type"], header["id"], ev_version,
+                                  header["lastUpdated"])
+        if request.headers.get("if-none-match"):
+            wanted = parse_etag(request.headers["if-none-match"], "If-None-Match")
+            if wanted == ev_version:
+                return Response(status_code=304, headers=headers)
+        return fhir_response(resource_bytes(stored), status, request=request, headers=headers)
+
+    # -- system level ----------------------------------------------------------------------------
+
+    @app.get("/fhir/metadata", name="capabilities")
+    async def metadata(request: Request) -> Response:
+        check_format(request)
+        return fhir_response(capability.statement(app, base(request)), request=request)
+
+    @app.post("/fhir", name="transaction")  # and batch: same endpoint, Bundle.type decides
+    @app.post("/fhir/", include_in_schema=False)
+    async def transaction(request: Request) -> Response:
+        check_format(request)
+        _, d = await _body(request, "Bundle")
+        hub, ctx, b = _hub(request), _ctx(request), base(request)
+
+        def get(path: str, query: str):
+            return _get(hub, path, query, b, settings)
+
+        out = await run_in_threadpool(bundles.process, d, hub, ctx, b,
+                                      prefer_return(request) == "representation", get)
+        return fhir_response(out, request=request)
+
+    @app.get("/fhir/_history", name="history-system")
+    async def history_system(request: Request) -> Response:
+        check_format(request)
+        out = await run_in_threadpool(history_bundle, _hub(request), request, base(request),
+                                      settings)
+        return fhir_response(out, request=request)
+
+    # -- type level ------------------------------------------------------------------------------
+
+    @app.get("/fhir/{rtype}/_history", name="history-type")
+    async def history_type(request: Request, rtype: str) -> Response:
+        check_format(request)
+        out = await run_in_threadpool(history_bundle, _hub(request), request, base(request),
+                                      settings, _type(rtype))
+        return fhir_response(out, request=request)
+
+    @app.get("/fhir/{rtype}", name="search-type")
+    async def search(request: Request, rtype: str) -> Response:
+        check_format(request)
+        params = list(request.query_params.multi_items())
+        out = await run_in_threadpool(search_bundle, _hub(request), _type(rtype), params,
+                                      base(request), settings, prefer_strict(request))
+        return fhir_response(out, request=request)
+
+    @app.post("/fhir/{rtype}/_search", include_in_schema=False)
+    async def search_post(request: Request, rtype: str) -> Response:
+        check_format(request)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip()
+        if ctype != "application/x-www-form-urlencoded":
+            raise FhirError(415, "not-supported",
+                            "POST _search takes application/x-www-form-urlencoded parameters")
+        raw = (await request.body()).decode("utf-8", "replace")
+        params = list(request.query_params.multi_items()) + parse_query(raw) if raw else \
+            list(request.query_params.multi_items())
+        out = await run_in_threadpool(search_bundle, _hub(request), _type(rtype), params,
+                                      base(request), settings, prefer_strict(request))
+        return fhir_response(out, request=request)
+
+    @app.post("/fhir/{rtype}", name="create")
+    async def create(request: Request, rtype: str) -> Response:
+        check_format(request)
+        raw, d = await _body(request, _type(rtype))
+        res.validate(rtype, raw, d)
+        op = Op("POST", rtype, d=d, url=rtype)
+        inx = request.headers.get("if-none-exist")
+        if inx:
+            op.if_none_exist = parse_query(inx.split("?", 1)[1] if "?" in inx else inx)
+        return await run(request, op)
+
+    @app.put("/fhir/{rtype}", name="conditional-update", include_in_schema=False)
+    async def conditional_update(request: Request, rtype: str) -> Response:
+        check_format(request)
+        raw, d = await _body(request, _type(rtype))
+        if not request.url.query:
+            raise bad_request("PUT on a type needs search criteria (conditional update) or an id")
+        res.validate(rtype, raw, d)
+        op = Op("PUT", rtype, d=d, query=parse_query(request.url.query),
+                if_match=parse_etag(request.headers.get("if-match")), url=f"{rtype}?{request.url.query}")
+        return await run(request, op)
+
+    @app.delete("/fhir/{rtype}", name="conditional-delete", include_in_schema=False)
+    async def conditional_delete(request: Request, rtype: str) -> Response:
+        check_format(request)
+        _type(rtype)
+        if not request.url.query:
+            raise FhirError(405, "not-supported", "Deleting a whole type is not supported")
+        op = Op("DELETE", rtype, query=parse_query(request.url.query),
+                url=f"{rtype}?{request.url.query}")
+        return await run(request, op)
+
+    # -- instance level --------------------------------------------------------------------------
+
+    @app.get("/fhir/{rtype}/{rid}/_history", name="history-instance")
+    async def history_instance(request: Request, rtype: str, rid: str) -> Response:
+        check_format(request)
+        out = await run_in_threadpool(history_bundle, _hub(request), request, base(request),
+                                      settings, _type(rtype), _id(rid))
+        return fhir_response(out, request=request)
+
+    @app.get("/fhir/{rtype}/{rid}/_history/{vid}", name="vread")
+    async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
+        check_format(request)
+        if not vid.isdigit():
+            raise not_found(f"{vid!r} is not a version of {rtype}/{rid}")
+        stored = await run_in_threadpool(_hub(request).vread, _type(rtype), _id(rid), int(vid))
+        return stored_response(request, stored)
+
+    @app.get("/fhir/{rtype}/{rid}", name="read")
+    async def read(request: Request, rtype: str, rid: str) -> Response:
+        check_format(request)
+        stored = await run_in_threadpool(_hub(request).read, _type(rtype), _id(rid))
+        return stored_response(request, stored)
+
+    @app.put("/fhir/{rtype}/{rid}", name="update")
+    async def update(request: Request, rtype: str, rid: str) -> Response:
+        check_format(request)
+        raw, d = await _body(request, _type(rtype))
+        _id(rid)
+        if d.get("id") != rid:
+            raise bad_request(
+                f"The body's id {d.get('id')!r} must equal the id in the URL ({rid!r})",
+                f"{rtype}.id",
+            )
+        res.validate(rtype, raw, d)
+        op = Op("PUT", rtype, rid, d, if_match=parse_etag(request.headers.get("if-match")),
+                url=f"{rtype}/{rid}")
+        return await run(request, op)
+
+    @app.delete("/fhir/{rtype}/{rid}", name="delete")
+    async def delete(request: Request, rtype: str, rid: str) -> Response:
+        check_format(request)
+        op = Op("DELETE", _type(rtype), _id(rid), if_match=parse_etag(request.headers.get("if-match")),
+                url=f"{rtype}/{rid}")
+        hub = _hub(request)
+        result = (await run_in_threadpool(hub.execute, [op], _ctx(request), atomic=True))[0]
+        if prefer_return(request) == "minimal":
+            return Response(status_code=204)
+        issues = result.issues or [Issue("informational", f"Deleted {rtype}/{rid}", "information")]
+        headers = {"ETag": f'W/"{result.version}"'} if result.version else None
+        return fhir_response({"resourceType": "OperationOutcome",
+                              "issue": [i.to_json() for i in issues]}, 200, request=request,
+                             headers=headers)
+
+
+def _get(hub: Hub, path: str, query: str, base: str, settings: Settings) -> tuple[int, Any]:
+    """GET inside a batch or transaction: read, vread or search."""
+    parts = path.split("/")
+    rtype = parts[0]
+    if rtype not in res.RESOURCE_TYPES:
+        raise not_found(f"Cannot GET {path!r}")
+    if len(parts) == 1:
+        return 200, search_bundle(hub, rtype, parse_query(query) if query else [], base, settings,
+                                  False)
+    if len(parts) == 2:
+        return 200, resource_bytes(hub.read(rtype, _id(parts[1])))
+    if len(parts) == 4 and parts[2] == "_history" and parts[3].isdigit():
+        return 200, resource_bytes(hub.vread(rtype, _id(parts[1]), int(parts[3])))
+    raise bad_request(f"GET {path!r} is not supported inside a Bundle")
+

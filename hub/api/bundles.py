@@ -1,0 +1,166 @@
+"""Transaction and batch Bundles (FHIR R4 http.html#transaction).
+
+A transaction is all or nothing: every entry is validated, then DELETEs, POSTs and PUTs are planned
+and committed in one store transaction (``urn:uuid:`` and conditional references rewritten), and
+GETs answer afterwards. A batch runs each entry on its own; its writes still share one commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http import HTTPStatus
+from urllib.parse import urlsplit
+
+import orjson
+
+from hub import resource as res
+from hub.conditional import parse_query
+from hub.errors import FhirError, bad_request
+from hub.ingest import Context, Hub, Op, Result
+from hub.api.responses import etag, parse_etag
+
+WRITE_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2}
+GetHandler = Callable[[str, str], tuple[int, bytes | dict | None]]  # (path, query) -> status, body
+
+
+def status_line(code: int) -> str:
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)
+
+
+def split_url(url: str, base: str) -> tuple[str, str]:
+    """Entry request URL -> (path relative to the base, query)."""
+    if url.startswith(base + "/"):
+        url = url[len(base) + 1:]
+    elif "://" in url:
+        parts = urlsplit(url)
+        path = parts.path
+        if "/fhir/" in path:
+            path = path.split("/fhir/", 1)[1]
+        url = path + ("?" + parts.query if parts.query else "")
+    path, _, query = url.lstrip("/").partition("?")
+    return path, query
+
+
+def parse_entry(i: int, entry: object, base: str) -> Op | tuple[str, str]:
+    """A Bundle entry as a write ``Op``, or (path, query) for a GET."""
+    where = f"Bundle.entry[{i}]"
+    if not isinstance(entry, dict):
+        raise bad_request("A Bundle entry must be a JSON object", where)
+    request = entry.get("request")
+    if not isinstance(request, dict):
+        raise bad_request("Each entry of a transaction or batch needs request", f"{where}.request")
+    method, url = request.get("method"), request.get("url")
+    if not isinstance(url, str) or not url:
+        raise bad_request("entry.request.url is required", f"{where}.request.url")
+    path, query = split_url(url, base)
+    if method in ("GET", "HEAD"):
+        return path, query
+    if method == "PATCH":
+        raise FhirError(405, "not-supported", "PATCH is not supported", f"{where}.request.method")
+    if method not in WRITE_ORDER:
+        raise bad_request(f"Unknown request method {method!r}", f"{where}.request.method")
+    parts = path.split("/")
+    rtype = parts[0]
+    if rtype not in res.RESOURCE_TYPES:
+        raise bad_request(f"Unknown resource type in {url!r}", f"{where}.request.url")
+    op = Op(method, rtype, url=url, full_url=entry.get("fullUrl"))
+    op.if_match = _if_match(request.get("ifMatch"), where)
+    if len(parts) == 2 and method != "POST":
+        op.rid = parts[1]
+    elif len(parts) != 1 or (method != "POST" and not query):
+        raise bad_request(f"Cannot {method} {url!r}", f"{where}.request.url")
+    elif method != "POST":
+        op.query = parse_query(query)
+    if method == "POST" and request.get("ifNoneExist"):
+        inx = request["ifNoneExist"]
+        op.if_none_exist = parse_query(inx.split("?", 1)[1] if "?" in inx else inx)
+    if method in ("POST", "PUT"):
+        d = entry.get("resource")
+        if d is None:
+            raise bad_request(f"A {method} entry needs a resource", f"{where}.resource")
+        res.check_type(d, rtype, f"{where}.resource")
+        if op.rid is not None and d.get("id") != op.rid:
+            raise bad_request(
+                f"The resource id {d.get('id')!r} differs from the request URL {url!r}",
+                f"{where}.resource.id",
+            )
+        res.validate(rtype, orjson.dumps(d), d, f"{where}.resource")
+        op.d = d
+    return op
+
+
+def _if_match(value: object, where: str) -> int | None:
+    if value is None:
+        return None
+    return parse_etag(str(value), f"{where}.request.ifMatch")
+
+
+def process(bundle: dict, hub: Hub, ctx: Context, base: str, representation: bool,
+            get: GetHandler) -> dict:
+    btype = bundle.get("type")
+    if btype not in ("transaction", "batch"):
+        raise bad_request(
+            f"POST to the base accepts transaction or batch Bundles, not {btype!r}", "Bundle.type"
+        )
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        raise bad_request("Bundle.entry must be an array", "Bundle.entry")
+    atomic = btype == "transaction"
+    parsed: list[Op | tuple[str, str] | FhirError] = []
+    for i, entry in enumerate(entries):
+        try:
+            parsed.append(parse_entry(i, entry, base))
+        except FhirError as e:
+            if atomic:
+                raise
+            parsed.append(e)
+
+    writes = sorted(
+        (i for i, p in enumerate(parsed) if isinstance(p, Op)),
+        key=lambda i: WRITE_ORDER[parsed[i].method],  # type: ignore[union-attr]
+    )
+    out: list[dict | None] = [None] * len(parsed)
+    results = hub.execute([parsed[i] for i in writes], ctx, atomic=atomic)  # type: ignore[misc]
+    for i, result in zip(writes, results):
+        out[i] = _write_entry(result, base, representation)
+    for i, p in enumerate(parsed):
+        if isinstance(p, FhirError):
+            out[i] = _error_entry(p)
+        elif isinstance(p, tuple):
+            try:
+                status, body = get(*p)
+                out[i] = {"response": {"status": status_line(status)}}
+                if body is not None:
+                    out[i]["resource"] = orjson.Fragment(body) if isinstance(body, bytes) else body
+            except FhirError as e:
+                if atomic:
+                    raise
+                out[i] = _error_entry(e)
+    return {"resourceType": "Bundle", "type": f"{btype}-response", "entry": out}
+
+
+def _write_entry(result: Result | FhirError, base: str, representation: bool) -> dict:
+    if isinstance(result, FhirError):
+        return _error_entry(result)
+    response: dict = {"status": status_line(result.status)}
+    entry: dict = {}
+    if result.rid is not None and result.version is not None:
+        entry["fullUrl"] = f"{base}/{result.rtype}/{result.rid}"
+        response["location"] = f"{result.rtype}/{result.rid}/_history/{result.version}"
+        response["etag"] = etag(result.version)
+        response["lastModified"] = result.last_updated
+    if result.issues:
+        response["outcome"] = {"resourceType": "OperationOutcome",
+                               "issue": [i.to_json() for i in result.issues]}
+    if representation and result.body:
+        entry["resource"] = orjson.Fragment(result.body)
+    entry["response"] = response
+    return entry
+
+
+def _error_entry(e: FhirError) -> dict:
+    return {"response": {"status": status_line(e.status), "outcome": e.outcome()}}
+

@@ -1,0 +1,69 @@
+"""The CapabilityStatement, generated from the routes the app actually has.
+
+Route names are FHIR interaction codes (``read``, ``history-type``, ``transaction`` …); the
+conditional variants and search parameters are read off the same places that implement them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from functools import lru_cache
+
+from fastapi import FastAPI
+
+from hub import resource as res
+from hub.conditional import IdentifierResolver
+
+_TYPE_LEVEL = ("read", "vread", "update", "delete", "history-instance", "history-type", "create",
+               "search-type")
+_SYSTEM_LEVEL = ("transaction", "batch", "history-system")
+_STARTED = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def statement(app: FastAPI, base: str) -> dict:
+    return _statement(frozenset(r.name for r in app.routes if getattr(r, "name", None)), base)
+
+
+@lru_cache(maxsize=8)
+def _statement(routed: frozenset[str], base: str) -> dict:
+    from importlib.metadata import version
+
+    routed = set(routed)
+    if "transaction" in routed:
+        routed.add("batch")  # one endpoint; Bundle.type picks the semantics
+    type_interactions = [{"code": c} for c in _TYPE_LEVEL if c in routed]
+    resources = []
+    for rtype in sorted(res.RESOURCE_TYPES):
+        params = [{"name": "_id", "type": "token",
+                   "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"}]
+        if res.TYPE_FACTS[rtype].get("identifier") and "identifier" in IdentifierResolver.supported:
+            params.append({"name": "identifier", "type": "token"})
+        resources.append({
+            "type": rtype,
+            "interaction": type_interactions,
+            "versioning": "versioned-update",
+            "readHistory": "vread" in routed,
+            "updateCreate": True,
+            "conditionalCreate": "create" in routed,
+            "conditionalRead": "not-match",  # If-None-Match on read answers 304
+            "conditionalUpdate": "conditional-update" in routed,
+            "conditionalDelete": "single" if "conditional-delete" in routed else "not-supported",
+            "referencePolicy": ["literal", "local"],
+            "searchParam": params,
+        })
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": _STARTED,
+        "kind": "instance",
+        "software": {"name": "fhir-region-hub", "version": version("fhir-region-hub")},
+        "implementation": {"description": "Regional FHIR integration hub", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": [{"code": c} for c in _SYSTEM_LEVEL if c in routed],
+            "searchParam": [{"name": "_count", "type": "number"}],
+        }],
+    }

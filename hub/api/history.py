@@ -1,0 +1,69 @@
+"""History bundles (instance, type, system) from the event log, newest first, paged by cursor.
+
+The cursor is the notification id of the last entry shown, so pages stay put while writes go on.
+"""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import Request
+
+from hub.api.bundles import status_line
+from hub.api.paging import link, page_size
+from hub.api.responses import etag
+from hub.config import Settings
+from hub.errors import bad_request, not_found
+from hub.fhirtime import parse_range
+from hub.ingest import Hub
+
+_STATUS = {"created": 201, "updated": 200, "deleted": 204}
+
+
+def history_bundle(hub: Hub, request: Request, base: str, settings: Settings,
+                   rtype: str | None = None, rid: str | None = None) -> dict:
+    if rid is not None:
+        if hub.store.latest(rtype, rid) is None:
+            raise not_found(f"{rtype}/{rid} is not known")
+    items = list(request.query_params.multi_items())
+    params = dict(items)
+    count = page_size(params, settings)
+    since_us = at_us = cursor = None
+    try:
+        if "_since" in params:
+            since_us = parse_range(params["_since"])[0]
+        if "_at" in params:
+            at_us = parse_range(params["_at"])
+    except ValueError as e:
+        raise bad_request(str(e)) from None
+    if "_cursor" in params:
+        if not params["_cursor"].isdigit():
+            raise bad_request("_cursor is not a page cursor of this server")
+        cursor = int(params["_cursor"])
+    rows = hub.store.history(rtype=rtype, rid=rid, since_us=since_us, at_us=at_us,
+                             before_nid=cursor, limit=count + 1)
+    more, rows = len(rows) > count, rows[:count]
+    entries = []
+    for row in rows:
+        header_bytes, _, body = row.state.partition(b"\n")
+        header = orjson.loads(header_bytes)
+        method = (header.get("request") or {}).get("method") or (
+            "DELETE" if row.kind == "deleted" else "POST" if row.version == 1 else "PUT")
+        entry = {"fullUrl": f"{base}/{row.rtype}/{row.rid}"}
+        if body:
+            entry["resource"] = orjson.Fragment(body)
+        entry["request"] = {"method": method,
+                            "url": row.rtype if method == "POST" else f"{row.rtype}/{row.rid}"}
+        entry["response"] = {"status": status_line(_STATUS[row.kind]), "etag": etag(row.version),
+                             "lastModified": header["lastUpdated"]}
+        entries.append(entry)
+    path = base + "/" + "/".join(p for p in (rtype, rid, "_history") if p)
+    links = [{"relation": "self", "url": link(path, items)}]
+    if more:
+        links.append({"relation": "next", "url": link(path, items, _cursor=str(rows[-1].nid))})
+    out = {"resourceType": "Bundle", "type": "history"}
+    if at_us is None and (rid is not None or params.get("_total") == "accurate"):
+        out["total"] = hub.store.count_history(rtype=rtype, rid=rid, since_us=since_us)
+    out["link"] = links
+    out["entry"] = entries
+    return out
+

@@ -1,0 +1,102 @@
+"""HTTP details of FHIR: formats, Prefer, ETag/If-Match, building responses from stored bytes."""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+
+from hub.errors import FhirError, Issue, operation_outcome
+from hub.fhirtime import http_date
+
+FHIR_JSON = "application/fhir+json; charset=utf-8"
+_JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
+_XML_FORMATS = {"xml", "text/xml", "application/xml", "application/fhir+xml", "application/xml+fhir"}
+_ETAG = re.compile(r'^\s*(?:W/)?"?(\d+)"?\s*$')
+
+
+def check_format(request: Request) -> None:
+    """Only JSON is served; say so clearly when something else is asked for."""
+    fmt = request.query_params.get("_format")
+    if fmt is not None:
+        base = fmt.split(";")[0].strip().lower()
+        if base in _XML_FORMATS:
+            raise FhirError(406, "not-supported", "This server speaks FHIR JSON only; _format=xml is not supported")
+        if base not in _JSON_FORMATS:
+            raise FhirError(406, "not-supported", f"Unknown _format {fmt!r}")
+        return
+    accept = request.headers.get("accept", "")
+    if accept and "json" not in accept and "*/*" not in accept and "application/*" not in accept:
+        raise FhirError(406, "not-supported", f"Cannot answer in {accept!r}; this server speaks application/fhir+json")
+
+
+def check_content_type(request: Request) -> None:
+    ctype = request.headers.get("content-type", "")
+    base = ctype.split(";")[0].strip().lower()
+    if base not in ("application/fhir+json", "application/json", "application/json+fhir"):
+        raise FhirError(
+            415, "not-supported",
+            f"Content-Type {ctype or '(none)'!r} is not supported; send application/fhir+json",
+        )
+
+
+def pretty(request: Request) -> bool:
+    return request.query_params.get("_pretty", "false").lower() == "true"
+
+
+def prefer_return(request: Request) -> str:
+    for part in request.headers.get("prefer", "").split(";"):
+        part = part.strip()
+        if part.startswith("return="):
+            value = part.split("=", 1)[1].strip().strip('"')
+            if value in ("minimal", "representation", "OperationOutcome"):
+                return value
+    return "representation"
+
+
+def prefer_strict(request: Request) -> bool:
+    return "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
+
+
+def parse_etag(value: str | None, header: str = "If-Match") -> int | None:
+    if value is None:
+        return None
+    m = _ETAG.match(value)
+    if not m:
+        raise FhirError(400, "invalid", f"{header} {value!r} is not a version ETag like W/\"3\"")
+    return int(m.group(1))
+
+
+def etag(version: int) -> str:
+    return f'W/"{version}"'
+
+
+def fhir_response(body: bytes | dict | None, status: int = 200, *, request: Request | None = None,
+                  headers: dict[str, str] | None = None) -> Response:
+    """Answer with FHIR JSON; stored bytes pass through untouched unless ``_pretty`` asks otherwise."""
+    if isinstance(body, dict):
+        body = orjson.dumps(body, option=orjson.OPT_INDENT_2 if request and pretty(request) else 0)
+    elif body is not None and request is not None and pretty(request):
+        body = orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2)
+    return Response(content=body or b"", status_code=status, media_type=FHIR_JSON if body else None,
+                    headers=headers)
+
+
+def version_headers(base: str, rtype: str, rid: str, version: int, last_updated: str,
+                    location: bool = False) -> dict[str, str]:
+    out = {"ETag": etag(version), "Last-Modified": http_date(last_updated)}
+    if location:
+        out["Location"] = f"{base}/{rtype}/{rid}/_history/{version}"
+    return out
+
+
+def outcome_response(issues: list[Issue], status: int, request: Request | None = None) -> Response:
+    return fhir_response(operation_outcome(issues), status, request=request)
+
+
+def base_url(request: Request, configured: str | None) -> str:
+    if configured:
+        return configured.rstrip("/")
+    return str(request.base_url).rstrip("/") + "/fhir"

@@ -1,0 +1,91 @@
+"""Resolving a search query to resource ids, for conditional interactions and conditional references.
+
+Until the search-index projection exists only ``_id`` and ``identifier`` are understood, answered
+from the write-side identifier index inside the store (consistent with the write that follows).
+``Resolver`` is the seam: the search projection plugs in a resolver that understands every
+parameter and falls back to this one for what must be decided atomically.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+from urllib.parse import parse_qsl
+
+from hub.errors import FhirError, bad_request
+from hub.store import IdentifierGuard, ResourceStore
+
+Query = list[tuple[str, str]]
+
+
+def parse_query(query: str) -> Query:
+    try:
+        return parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        raise bad_request(f"Malformed search query {query!r}") from None
+
+
+def split_token(value: str) -> tuple[str | None, str]:
+    """``system|code`` -> (system, code); ``|code`` -> ("", code); ``code`` -> (None, code)."""
+    if "|" in value:
+        system, code = value.split("|", 1)
+        return system, code
+    return None, value
+
+
+class Resolver(Protocol):
+    def match(self, rtype: str, query: Query) -> list[str]: ...
+
+
+class IdentifierResolver:
+    supported = ("_id", "identifier")
+
+    def __init__(self, store: ResourceStore):
+        self.store = store
+
+    def match(self, rtype: str, query: Query) -> list[str]:
+        if not query:
+            raise bad_request("A conditional operation needs search criteria")
+        result: set[str] | None = None
+        for name, value in query:
+            if name not in self.supported:
+                raise FhirError(
+                    400, "not-supported",
+                    f"Search parameter {name!r} is not supported in conditional operations "
+                    f"(supported: {', '.join(self.supported)})",
+                )
+            found: set[str] = set()
+            for alt in value.split(","):
+                if name == "_id":
+                    found.update(self.store.current_ids(rtype, [alt]))
+                else:
+                    system, code = split_token(alt)
+                    if not code:
+                        raise bad_request(f"identifier={value!r} needs a value")
+                    found.update(self.store.find_by_identifier(rtype, system, code))
+            result = found if result is None else result & found
+        return sorted(result or ())
+
+    @staticmethod
+    def guards(rtype: str, query: Query) -> list[IdentifierGuard]:
+        """Write-lock checks that keep a conditional create from racing another one."""
+        out = []
+        for name, value in query:
+            if name == "identifier" and "," not in value:
+                system, code = split_token(value)
+                out.append(IdentifierGuard(rtype, system, code))
+        return out
+
+
+def identifiers_match(query: Query, idents: list[tuple[str, str]], rid: str) -> bool:
+    """Does a resource being written in this same bundle satisfy ``query``?"""
+    for name, value in query:
+        ok = False
+        for alt in value.split(","):
+            if name == "_id":
+                ok = ok or alt == rid
+            elif name == "identifier":
+                system, code = split_token(alt)
+                ok = ok or any(v == code and (system is None or s == system) for s, v in idents)
+        if not ok:
+            return False
+    return bool(query)

@@ -1,0 +1,39 @@
+"""Configuration from the environment (and the command line, which overrides it).
+
+HUB_DATA_DIR      data directory of the embedded default (SQLite files)        ./var
+HUB_DATABASE_URL  postgresql://… to keep the event store in PostgreSQL instead  (unset)
+HUB_HOST/HUB_PORT where `hub serve` listens                                     127.0.0.1:8080
+HUB_BASE_URL      public base URL used in links and Location headers            http://HOST:PORT/fhir
+HUB_MAX_BODY      largest accepted request body, bytes                          33554432 (32 MiB)
+HUB_MAX_COUNT     largest page size a client may ask for                        1000
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Settings:
+    data_dir: Path = field(default_factory=lambda: Path(os.environ.get("HUB_DATA_DIR", "./var")))
+    database_url: str | None = field(default_factory=lambda: os.environ.get("HUB_DATABASE_URL") or None)
+    host: str = field(default_factory=lambda: os.environ.get("HUB_HOST", "127.0.0.1"))
+    port: int = field(default_factory=lambda: int(os.environ.get("HUB_PORT", "8080")))
+    base_url: str | None = field(default_factory=lambda: os.environ.get("HUB_BASE_URL") or None)
+    max_body: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_BODY", str(32 << 20))))
+    max_count: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_COUNT", "1000")))
+    default_count: int = 50
+
+    @property
+    def event_store_path(self) -> Path:
+        return self.data_dir / "events.sqlite"
+
+    def open_store(self):
+        from hub.store import ResourceStore
+
+        if self.database_url:
+            return ResourceStore.postgres(self.database_url)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return ResourceStore.sqlite(str(self.event_store_path))

@@ -1,0 +1,348 @@
+"""The ingest service: turns requested writes into resource events, one transaction per group.
+
+A group is one REST interaction, one transaction or batch Bundle, or one batch of ingested
+resources. Every group goes through the same steps:
+
+1. resolve targets (ids, conditional matches, server-assigned ids for creates);
+2. rewrite ``urn:uuid:`` and conditional (``Type?query``) references;
+3. read the current heads of all targets in one query;
+4. decide per write: no-op (same content as the current version), new version, 412 on a failed
+   ``If-Match``; build canonical bytes and events;
+5. commit everything in one transaction. A concurrent writer surfaces as ``ConflictError`` and the
+   group is re-planned from fresh heads (so two updates of one resource never both win, and a
+   conditional create never duplicates).
+
+Validation happened before (``hub.resource.validate``), exactly once per resource.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from eventsourcing.persistence import StoredEvent
+
+from hub import resource as res
+from hub.conditional import IdentifierResolver, Query, identifiers_match, parse_query
+from hub.errors import FhirError, Issue, bad_request, gone, not_found, precondition_failed
+from hub.events import CREATED, DELETED, UPDATED, ResourceEvent, from_stored
+from hub.store import Commit, ConflictError, Head, ResourceStore
+
+RETRIES = 8
+
+
+@dataclass(slots=True)
+class Context:
+    """Who asked: the request id and the source (institution, feed, source message id)."""
+
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Op:
+    """One requested write. ``d`` is the validated resource (None for DELETE)."""
+
+    method: str  # POST | PUT | DELETE
+    rtype: str
+    rid: str | None = None
+    d: dict | None = None
+    query: Query | None = None  # conditional update/delete criteria
+    if_none_exist: Query | None = None
+    if_match: int | None = None
+    full_url: str | None = None
+    url: str = ""
+    # filled by planning
+    target: str | None = None
+    existing: bool = False  # conditional create matched: nothing to write
+
+
+@dataclass(slots=True)
+class Result:
+    status: int
+    rtype: str
+    rid: str | None = None
+    version: int | None = None
+    last_updated: str | None = None
+    body: bytes | None = None  # stored bytes of the resulting version, when known
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def location(self) -> str | None:
+        if self.rid is None or self.version is None:
+            return None
+        return f"{self.rtype}/{self.rid}/_history/{self.version}"
+
+
+def now_instant() -> tuple[str, int]:
+    """(FHIR instant in UTC, microseconds since the epoch)."""
+    us = time.time_ns() // 1000
+    dt = datetime.fromtimestamp(us / 1e6, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{us % 1_000_000:06d}Z", us
+
+
+class Hub:
+    def __init__(self, store: ResourceStore, clock: Callable[[], tuple[str, int]] = now_instant):
+        self.store = store
+        self.resolver = IdentifierResolver(store)
+        self.clock = clock
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def read(self, rtype: str, rid: str) -> StoredEvent:
+        stored = self.store.latest(rtype, rid)
+        if stored is None:
+            raise not_found(f"{rtype}/{rid} is not known")
+        if stored.topic.endswith("Deleted"):
+            raise gone(f"{rtype}/{rid} was deleted (version {stored.originator_version})")
+        return stored
+
+    def vread(self, rtype: str, rid: str, version: int) -> StoredEvent:
+        stored = self.store.version(rtype, rid, version)
+        if stored is None:
+            if self.store.latest(rtype, rid) is None:
+                raise not_found(f"{rtype}/{rid} is not known")
+            raise not_found(f"{rtype}/{rid} has no version {version}")
+        if stored.topic.endswith("Deleted"):
+            raise gone(f"Version {version} of {rtype}/{rid} is its deletion")
+        return stored
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def execute(self, ops: list[Op], ctx: Context, *, atomic: bool) -> list[Result | FhirError]:
+        """Plan and commit ``ops`` as one transaction; with ``atomic`` any failure fails all."""
+        for _ in range(RETRIES):
+            try:
+                return self._attempt(ops, ctx, atomic)
+            except ConflictError:
+                for op in ops:
+                    op.target, op.existing = None, False
+                continue
+        raise FhirError(409, "conflict", "Too many concurrent changes to the same resources; retry")
+
+    def _attempt(self, ops: list[Op], ctx: Context, atomic: bool) -> list[Result | FhirError]:
+        results: list[Result | FhirError | None] = [None] * len(ops)
+
+        def fail(i: int, err: FhirError) -> None:
+            if atomic:
+                raise err
+            results[i] = err
+
+        # 1. targets
+        planned: list[int] = []
+        for i, op in enumerate(ops):
+            try:
+                self._resolve_target(op, ops[:i] if atomic else [])
+                planned.append(i)
+            except FhirError as e:
+                fail(i, e)
+        if atomic:
+            seen: dict[tuple[str, str], int] = {}
+            for i in planned:
+                key = (ops[i].rtype, ops[i].target)
+                if not ops[i].existing and key in seen:
+                    raise bad_request(
+                        f"Entries {seen[key]} and {i} of the transaction both change "
+                        f"{key[0]}/{key[1]}"
+                    )
+                seen[key] = i
+
+        # 2. references
+        if atomic:
+            self._rewrite_references(ops, planned)
+
+        # 3. heads
+        heads = self.store.heads(
+            (ops[i].rtype, ops[i].target) for i in planned if not ops[i].existing
+        )
+
+        # 4. decide
+        last_updated, ts = self.clock()
+        commit = Commit()
+        pending: list[tuple[int, Result]] = []
+        for i in planned:
+            op = ops[i]
+            try:
+                result = self._decide(op, heads.get((op.rtype, op.target)), ctx, commit,
+                                      last_updated, ts)
+            except FhirError as e:
+                fail(i, e)
+                continue
+            pending.append((i, result))
+            if op.if_none_exist and not op.existing:
+                commit.guards += self.resolver.guards(op.rtype, op.if_none_exist)
+
+        # 5. commit
+        self.store.commit(commit)
+        for i, result in pending:
+            results[i] = result
+        return results  # type: ignore[return-value]
+
+    def _resolve_target(self, op: Op, earlier: list[Op]) -> None:
+        if op.method == "POST":
+            if op.if_none_exist:
+                found = self._match(op.rtype, op.if_none_exist, earlier)
+                if len(found) > 1:
+                    raise precondition_failed(
+                        f"If-None-Exist matched {len(found)} {op.rtype} resources; need at most one"
+                    )
+                if found:
+                    op.target, op.existing = found[0], True
+                    return
+            op.target = str(uuid.uuid4())
+        elif op.query is not None:
+            found = self._match(op.rtype, op.query, earlier)
+            if len(found) > 1:
+                raise precondition_failed(
+                    f"The conditional {op.method} matched {len(found)} {op.rtype} resources"
+                )
+            if op.method == "PUT":
+                body_id = op.d.get("id") if op.d else None
+                if found and body_id and body_id != found[0]:
+                    raise bad_request(
+                        f"The body's id {body_id!r} differs from the matched {op.rtype}/{found[0]}",
+                        f"{op.rtype}.id",
+                    )
+                op.target = found[0] if found else (body_id or str(uuid.uuid4()))
+            else:
+                op.target = found[0] if found else None
+                op.existing = not found  # nothing to delete
+        else:
+            op.target = op.rid
+
+    def _match(self, rtype: str, query: Query, earlier: list[Op]) -> list[str]:
+        found = set(self.resolver.match(rtype, query))
+        for e in earlier:  # writes of this same transaction count too
+            if e.rtype == rtype and e.d is not None and e.method != "DELETE":
+                if identifiers_match(query, res.identifiers(e.d), e.target or ""):
+                    found.add(e.target)
+        return sorted(found)
+
+    def _rewrite_references(self, ops: list[Op], planned: list[int]) -> None:
+        mapping = {}
+        for i in planned:
+            op = ops[i]
+            if op.full_url and op.target and op.method in ("POST", "PUT"):
+                mapping[op.full_url] = f"{op.rtype}/{op.target}"
+        cache: dict[str, str] = {}
+
+        def resolve(ref: str) -> str:
+            if ref in mapping:
+                return mapping[ref]
+            rtype, sep, query = ref.partition("?")
+            if not sep or rtype not in res.RESOURCE_TYPES:
+                return ref
+            if ref not in cache:
+                found = self._match(rtype, parse_query(query), [ops[i] for i in planned])
+                if len(found) != 1:
+                    raise precondition_failed(
+                        f"Conditional reference {ref!r} matched {len(found)} resources; need one"
+                    )
+                cache[ref] = f"{rtype}/{found[0]}"
+            return cache[ref]
+
+        for i in planned:
+            if ops[i].d is not None:
+                _rewrite(ops[i].d, resolve)
+
+    def _decide(self, op: Op, head: Head | None, ctx: Context, commit: Commit,
+                last_updated: str, ts: int) -> Result:
+        if op.existing:  # conditional create matched, or conditional delete matched nothing
+            if op.method == "DELETE":
+                return Result(200, op.rtype, issues=[Issue("not-found", "Nothing matched; nothing deleted", "information")])
+            return self._current_result(op.rtype, op.target, 200)
+        current = head.version if head else 0
+        if op.if_match is not None and op.if_match != current:
+            raise precondition_failed(
+                f"If-Match wanted version {op.if_match} of {op.rtype}/{op.target}, "
+                f"the current version is {current}"
+            )
+        request = {"method": op.method, "url": op.url, "requestId": ctx.request_id}
+        if op.method == "DELETE":
+            if head is None or head.deleted:
+                return Result(200, op.rtype, op.target, issues=[
+                    Issue("not-found", f"{op.rtype}/{op.target} does not exist or is already deleted",
+                          "information")])
+            event = ResourceEvent(DELETED, op.rtype, op.target, current + 1, last_updated, b"",
+                                  ctx.source, request)
+            commit.add(event, b"", [], ts)
+            return Result(200, op.rtype, op.target, current + 1, last_updated)
+        h = res.content_hash(op.d)
+        if head is not None and not head.deleted and head.content_hash == h:
+            return self._current_result(op.rtype, op.target, 200, unchanged=True)
+        version = current + 1
+        body = res.canonical(op.d, op.target, version, last_updated)
+        kind = CREATED if head is None else UPDATED
+        commit.add(ResourceEvent(kind, op.rtype, op.target, version, last_updated, body,
+                                 ctx.source, request), h, res.identifiers(op.d), ts)
+        created = head is None or head.deleted
+        return Result(201 if created else 200, op.rtype, op.target, version, last_updated, body)
+
+    def _current_result(self, rtype: str, rid: str, status: int, unchanged: bool = False) -> Result:
+        ev = from_stored(self.store.latest(rtype, rid))
+        issues = [Issue("informational", "Content unchanged; no new version", "information")] if unchanged else []
+        return Result(status, rtype, rid, ev.version, ev.last_updated, ev.resource, issues)
+
+    # -- bulk ingest ---------------------------------------------------------------------------
+
+    def ingest(self, items: Iterable[tuple[bytes, Any]], ctx: Context,
+               batch_size: int = 500) -> Iterable[Result | FhirError]:
+        """Validate and store resources (update by id, or create without one), batch by batch.
+
+        ``items`` yields (raw JSON, parsed dict); yields one result per item, in order.
+        """
+        batch: list[Op | FhirError] = []
+        for raw, d in items:
+            try:
+                batch.append(self.op_for(raw, d))
+            except FhirError as e:
+                batch.append(e)
+            if len(batch) >= batch_size:
+                yield from self._ingest_batch(batch, ctx)
+                batch = []
+        if batch:
+            yield from self._ingest_batch(batch, ctx)
+
+    def op_for(self, raw: bytes, d: Any) -> Op:
+        rtype = res.check_type(d)
+        res.validate(rtype, raw, d)
+        rid = d.get("id")
+        if rid:
+            return Op("PUT", rtype, rid, d, url=f"{rtype}/{rid}")
+        return Op("POST", rtype, d=d, url=rtype)
+
+    def _ingest_batch(self, batch: list[Op | FhirError], ctx: Context) -> list[Result | FhirError]:
+        ops = [b for b in batch if isinstance(b, Op)]
+        # The same resource twice in one batch: keep order by committing the later one separately.
+        seen, first, later = set(), [], []
+        for op in ops:
+            key = (op.rtype, op.rid)
+            (later if op.rid and key in seen else first).append(op)
+            seen.add(key)
+        done = dict(zip(map(id, first), self.execute(first, ctx, atomic=False)))
+        for op in later:
+            done[id(op)] = self.execute([op], ctx, atomic=False)[0]
+        return [done[id(b)] if isinstance(b, Op) else b for b in batch]
+
+
+def _rewrite(node: Any, resolve: Callable[[str], str]) -> None:
+    """Replace reference strings in place (``reference`` elements and uri values naming a fullUrl)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if isinstance(v, str):
+                if k == "reference" or v.startswith("urn:uuid:"):
+                    new = resolve(v)
+                    if new is not v:
+                        node[k] = new
+            elif isinstance(v, (dict, list)):
+                _rewrite(v, resolve)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            if isinstance(v, str) and v.startswith("urn:uuid:"):
+                node[i] = resolve(v)
+            elif isinstance(v, (dict, list)):
+                _rewrite(v, resolve)

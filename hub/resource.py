@@ -1,0 +1,154 @@
+"""Parsing, validation (once, at the edge) and the canonical stored form of a FHIR resource.
+
+Validation uses ``fhir.resources`` R4B ``model_validate_json``; the model is then dropped. What is
+stored is the sender's JSON re-emitted by orjson (compact, ``resourceType``/``id``/``meta`` first),
+so reads serve stored bytes and never pay for a model dump.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import orjson
+import pydantic
+from fhir.resources.R4B import get_fhir_model_class
+
+from hub.errors import FhirError, Issue, bad_request
+
+# type -> facts derived from the models by scripts/derive_resource_types.py
+TYPE_FACTS: dict[str, dict] = json.loads(
+    resources.files("hub.data").joinpath("resource_types.json").read_text()
+)
+RESOURCE_TYPES: frozenset[str] = frozenset(TYPE_FACTS)
+MAX_ISSUES = 20
+
+
+def parse_json(body: bytes, where: str = "body") -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise FhirError(400, "structure", f"The {where} is not valid JSON: {e}") from None
+
+
+def check_type(d: Any, expected: str | None = None, where: str = "") -> str:
+    """The resource's type, after checking it is a JSON object of a known resource type."""
+    if not isinstance(d, dict):
+        raise FhirError(400, "structure", "A FHIR resource must be a JSON object", where or None)
+    rtype = d.get("resourceType")
+    if not isinstance(rtype, str):
+        raise FhirError(400, "required", "The resource has no resourceType",
+                        f"{where}.resourceType" if where else "resourceType")
+    if rtype not in RESOURCE_TYPES:
+        raise FhirError(400, "not-supported", f"Unknown resource type {rtype!r}",
+                        f"{where}.resourceType" if where else "resourceType")
+    if expected is not None and rtype != expected:
+        raise bad_request(f"Expected a {expected} but the body is a {rtype}",
+                          f"{where}.resourceType" if where else "resourceType")
+    return rtype
+
+
+@lru_cache(maxsize=None)
+def model_class(rtype: str) -> type[pydantic.BaseModel]:
+    return get_fhir_model_class(rtype)
+
+
+def validate(rtype: str, raw: bytes, d: dict, prefix: str | None = None) -> None:
+    """Validate ``raw`` (the JSON of ``d``) against the R4B model of ``rtype``; 422 on failure.
+
+    ``prefix`` is the FHIRPath of the resource inside its container (``Bundle.entry[2].resource``).
+    """
+    prefix = prefix or rtype
+    issues: list[Issue] = []
+    try:
+        model_class(rtype).model_validate_json(raw)
+    except pydantic.ValidationError as e:
+        for err in e.errors()[:MAX_ISSUES]:
+            issues.append(
+                Issue(_issue_code(err["type"]), f"{err['msg']}", expression=_path(prefix, err["loc"]))
+            )
+    except (ValueError, TypeError) as e:  # the model's own validators raising outside pydantic
+        issues.append(Issue("invalid", str(e), expression=prefix))
+    _find_empty(d, prefix, issues)
+    if issues:
+        raise FhirError(422, "invalid", issues[0].diagnostics, issues=issues[:MAX_ISSUES])
+
+
+def _issue_code(pydantic_type: str) -> str:
+    if pydantic_type == "missing":
+        return "required"
+    if pydantic_type == "extra_forbidden":
+        return "structure"
+    return "value"
+
+
+def _path(prefix: str, loc: tuple) -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.replace("_", "").isalnum():
+            out += f".{part}"
+    return out
+
+
+def _find_empty(value: Any, path: str, issues: list[Issue]) -> None:
+    """FHIR JSON forbids nulls, empty objects and empty arrays; the models let some through."""
+    if isinstance(value, dict):
+        if not value:
+            issues.append(Issue("invalid", "Empty objects are not allowed in FHIR JSON", expression=path))
+        for k, v in value.items():
+            if v is None or v == [] or v == {}:
+                what = "null" if v is None else "an empty array" if v == [] else "an empty object"
+                issues.append(Issue("invalid", f"{k} is {what}, which FHIR JSON forbids",
+                                    expression=f"{path}.{k}"))
+            elif isinstance(v, (dict, list)):
+                _find_empty(v, f"{path}.{k}", issues)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            if v is None and not path.endswith("_"):  # nulls are allowed only in _primitive arrays
+                issues.append(Issue("invalid", "null inside an array", expression=f"{path}[{i}]"))
+            elif isinstance(v, (dict, list)):
+                _find_empty(v, f"{path}[{i}]", issues)
+
+
+def content_hash(d: dict) -> bytes:
+    """Hash of the content that makes a version: everything but id, versionId and lastUpdated."""
+    meta = d.get("meta")
+    if meta is not None or "id" in d:
+        d = {k: v for k, v in d.items() if k not in ("meta", "id")}
+        if meta:
+            rest = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
+            if rest:
+                d["meta"] = rest
+    return hashlib.blake2b(orjson.dumps(d, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+
+
+def canonical(d: dict, rid: str, version: int, last_updated: str) -> bytes:
+    """The stored bytes of a version: resourceType, id, meta first, then the sender's order."""
+    meta = {"versionId": str(version), "lastUpdated": last_updated}
+    for k, v in (d.get("meta") or {}).items():
+        if k not in meta:
+            meta[k] = v
+    out = {"resourceType": d["resourceType"], "id": rid, "meta": meta}
+    for k, v in d.items():
+        if k not in out:
+            out[k] = v
+    return orjson.dumps(out)
+
+
+def identifiers(d: dict) -> list[tuple[str, str]]:
+    """(system, value) of the resource's business identifiers (list or single, as the type has)."""
+    found = d.get("identifier")
+    if isinstance(found, dict):
+        found = [found]
+    if not isinstance(found, list):
+        return []
+    return [
+        (i.get("system") or "", i["value"])
+        for i in found
+        if isinstance(i, dict) and isinstance(i.get("value"), str)
+    ]

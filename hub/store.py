@@ -1,0 +1,467 @@
+"""The resource event store: eventsourcing recorders plus the write-side indexes the FHIR API needs.
+
+Events go into eventsourcing's application recorder (SQLite file or PostgreSQL): one stream per
+resource, optimistic concurrency from its unique (stream, version) key, a global notification id
+that orders everything. In the same transaction this module maintains three small write-side
+indexes, because the FHIR interactions that write must decide on current state atomically:
+
+- ``resource_head``: current version, deleted flag and content hash of every resource (dedupe and
+  version checks without reading bodies);
+- ``resource_identifier``: identifiers of current versions (conditional create/update/delete and
+  conditional references, checked inside the write lock so two conditional creates cannot both win);
+- ``resource_version``: (notification id, type, id, version, time) of every event, so type and
+  system history with ``_since``/``_at`` are index look-ups. Bodies always come from the events.
+
+Read models (search, timelines, ...) are projections in ``projections/``; these tables are not.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.sqlite import (
+    SQLiteApplicationRecorder,
+    SQLiteConnection,
+    SQLiteConnectionPool,
+    SQLiteDatastore,
+)
+
+from hub.events import KIND_OF_TOPIC, ResourceEvent, to_stored
+
+
+class ConflictError(Exception):
+    """A concurrent write changed what this commit was prepared against; safe to retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    version: int
+    deleted: bool
+    content_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifierGuard:
+    """Commit only if no current ``rtype`` resource (outside this commit) has this identifier."""
+
+    rtype: str
+    system: str | None
+    value: str
+
+
+@dataclass(slots=True)
+class Commit:
+    """Everything one transaction writes: events plus the index rows derived from them."""
+
+    events: list[ResourceEvent] = field(default_factory=list)
+    hashes: list[bytes] = field(default_factory=list)  # one per event (b"" for deletes)
+    identifiers: list[list[tuple[str, str]]] = field(default_factory=list)  # per event
+    timestamps: list[int] = field(default_factory=list)  # per event, µs since epoch (UTC)
+    guards: list[IdentifierGuard] = field(default_factory=list)
+
+    def add(
+        self, event: ResourceEvent, content_hash: bytes, identifiers: list[tuple[str, str]], ts: int
+    ) -> None:
+        self.events.append(event)
+        self.hashes.append(content_hash)
+        self.identifiers.append(identifiers)
+        self.timestamps.append(ts)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRow:
+    nid: int
+    kind: str
+    rtype: str
+    rid: str
+    version: int
+    state: bytes
+
+
+class _IndexMixin:
+    """SQL shared by both engines; ``?`` placeholders are rewritten for psycopg."""
+
+    placeholder = "?"
+    nid_column = "rowid"
+
+    def q(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", "%s")
+
+    def _write_index(self, c: Any, nids: Sequence[int], commit: Commit) -> None:
+        self._check_guards(c, commit)
+        heads, versions, supersede, drop_ids, add_ids = [], [], [], [], []
+        for nid, ev, h, idents, ts in zip(
+            nids, commit.events, commit.hashes, commit.identifiers, commit.timestamps
+        ):
+            deleted = ev.kind == "deleted"
+            heads.append((ev.rtype, ev.rid, ev.version, int(deleted), h))
+            versions.append((nid, ev.rtype, ev.rid, ev.version, ts))
+            if ev.version > 1:
+                supersede.append((ts, ev.rtype, ev.rid, ev.version - 1))
+                drop_ids.append((ev.rtype, ev.rid))
+            if not deleted:
+                add_ids.extend((ev.rtype, s, v, ev.rid) for s, v in idents)
+        c.executemany(
+            self.q(
+                "INSERT INTO resource_head (rtype, rid, version, deleted, hash) VALUES (?,?,?,?,?) "
+                "ON CONFLICT (rtype, rid) DO UPDATE SET version=excluded.version, "
+                "deleted=excluded.deleted, hash=excluded.hash"
+            ),
+            heads,
+        )
+        c.executemany(
+            self.q("INSERT INTO resource_version (nid, rtype, rid, version, ts) VALUES (?,?,?,?,?)"),
+            versions,
+        )
+        if supersede:
+            c.executemany(
+                self.q(
+                    "UPDATE resource_version SET until_ts=? "
+                    "WHERE rtype=? AND rid=? AND version=? AND until_ts IS NULL"
+                ),
+                supersede,
+            )
+            c.executemany(
+                self.q("DELETE FROM resource_identifier WHERE rtype=? AND rid=?"), drop_ids
+            )
+        if add_ids:
+            c.executemany(
+                self.q(
+                    "INSERT INTO resource_identifier (rtype, system, value, rid) VALUES (?,?,?,?)"
+                ),
+                add_ids,
+            )
+
+    def _check_guards(self, c: Any, commit: Commit) -> None:
+        mine = {(ev.rtype, ev.rid) for ev in commit.events}
+        for g in commit.guards:
+            if g.system is None:
+                c.execute(
+                    self.q("SELECT rid FROM resource_identifier WHERE rtype=? AND value=?"),
+                    (g.rtype, g.value),
+                )
+            else:
+                c.execute(
+                    self.q(
+                        "SELECT rid FROM resource_identifier WHERE rtype=? AND system=? AND value=?"
+                    ),
+                    (g.rtype, g.system, g.value),
+                )
+            if any((g.rtype, row["rid"]) not in mine for row in c.fetchall()):
+                raise ConflictError(f"a {g.rtype} with identifier {g.value!r} appeared meanwhile")
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def heads(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Head]:
+        by_type: dict[str, list[str]] = {}
+        for rtype, rid in keys:
+            by_type.setdefault(rtype, []).append(rid)
+        out: dict[tuple[str, str], Head] = {}
+        with self.datastore.transaction(commit=False) as c:
+            for rtype, rids in by_type.items():
+                for i in range(0, len(rids), 500):
+                    chunk = rids[i : i + 500]
+                    c.execute(
+                        self.q(
+                            "SELECT rid, version, deleted, hash FROM resource_head "
+                            f"WHERE rtype=? AND rid IN ({','.join('?' * len(chunk))})"
+                        ),
+                        (rtype, *chunk),
+                    )
+                    for row in c.fetchall():
+                        out[(rtype, row["rid"])] = Head(
+                            row["version"], bool(row["deleted"]), bytes(row["hash"])
+                        )
+        return out
+
+    def find_by_identifier(self, rtype: str, system: str | None, value: str) -> list[str]:
+        with self.datastore.transaction(commit=False) as c:
+            if system is None:
+                c.execute(
+                    self.q("SELECT DISTINCT rid FROM resource_identifier WHERE rtype=? AND value=?"),
+                    (rtype, value),
+                )
+            else:
+                c.execute(
+                    self.q(
+                        "SELECT DISTINCT rid FROM resource_identifier "
+                        "WHERE rtype=? AND system=? AND value=?"
+                    ),
+                    (rtype, system, value),
+                )
+            return sorted(row["rid"] for row in c.fetchall())
+
+    def current_ids(self, rtype: str, rids: Sequence[str]) -> list[str]:
+        """Which of ``rids`` exist and are not deleted."""
+        if not rids:
+            return []
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                self.q(
+                    "SELECT rid FROM resource_head WHERE deleted=0 AND rtype=? "
+                    f"AND rid IN ({','.join('?' * len(rids))})"
+                ),
+                (rtype, *rids),
+            )
+            return sorted(row["rid"] for row in c.fetchall())
+
+    def list_ids(self, rtype: str, after: str | None, limit: int) -> list[str]:
+        """Current (not deleted) ids of a type in id order, after ``after``."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                self.q(
+                    "SELECT rid FROM resource_head WHERE rtype=? AND deleted=0 AND rid>? "
+                    "ORDER BY rid LIMIT ?"
+                ),
+                (rtype, after or "", limit),
+            )
+            return [row["rid"] for row in c.fetchall()]
+
+    def count_current(self, rtype: str) -> int:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                self.q("SELECT COUNT(*) AS n FROM resource_head WHERE rtype=? AND deleted=0"),
+                (rtype,),
+            )
+            return c.fetchone()["n"]
+
+    def history(
+        self,
+        *,
+        rtype: str | None = None,
+        rid: str | None = None,
+        since_us: int | None = None,
+        at_us: tuple[int, int] | None = None,
+        before_nid: int | None = None,
+        limit: int = 50,
+    ) -> list[VersionRow]:
+        """Versions newest first (FHIR history order), paged by notification id."""
+        where, params = [], []
+        for cond, value in (
+            ("v.rtype=?", rtype),
+            ("v.rid=?", rid),
+            ("v.ts>=?", since_us),
+            ("v.nid<?", before_nid),
+        ):
+            if value is not None:
+                where.append(cond)
+                params.append(value)
+        if at_us is not None:
+            where.append("v.ts<? AND (v.until_ts IS NULL OR v.until_ts>=?)")
+            params += [at_us[1], at_us[0]]
+        sql = (
+            f"SELECT v.nid, v.rtype, v.rid, v.version, e.topic, e.state "
+            f"FROM resource_version v JOIN stored_events e ON e.{self.nid_column}=v.nid "
+            + ("WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY v.nid DESC LIMIT ?"
+        )
+        params.append(limit)
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(self.q(sql), params)
+            return [
+                VersionRow(
+                    r["nid"], KIND_OF_TOPIC[r["topic"]], r["rtype"], r["rid"], r["version"],
+                    bytes(r["state"]),
+                )
+                for r in c.fetchall()
+            ]
+
+    def count_history(
+        self, *, rtype: str | None = None, rid: str | None = None, since_us: int | None = None
+    ) -> int:
+        where, params = [], []
+        for cond, value in (("rtype=?", rtype), ("rid=?", rid), ("ts>=?", since_us)):
+            if value is not None:
+                where.append(cond)
+                params.append(value)
+        sql = "SELECT COUNT(*) AS n FROM resource_version" + (
+            " WHERE " + " AND ".join(where) if where else ""
+        )
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(self.q(sql), params)
+            return c.fetchone()["n"]
+
+
+_SQLITE_TABLES = [
+    "CREATE TABLE IF NOT EXISTS resource_head (rtype TEXT NOT NULL, rid TEXT NOT NULL, "
+    "version INTEGER NOT NULL, deleted INTEGER NOT NULL, hash BLOB, "
+    "PRIMARY KEY (rtype, rid)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS resource_identifier (rtype TEXT NOT NULL, system TEXT, "
+    "value TEXT NOT NULL, rid TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS resource_identifier_value ON resource_identifier (rtype, value)",
+    "CREATE INDEX IF NOT EXISTS resource_identifier_rid ON resource_identifier (rtype, rid)",
+    "CREATE TABLE IF NOT EXISTS resource_version (nid INTEGER PRIMARY KEY, rtype TEXT NOT NULL, "
+    "rid TEXT NOT NULL, version INTEGER NOT NULL, ts INTEGER NOT NULL, until_ts INTEGER)",
+    "CREATE INDEX IF NOT EXISTS resource_version_type ON resource_version (rtype, nid)",
+    "CREATE INDEX IF NOT EXISTS resource_version_rid ON resource_version (rtype, rid)",
+    "CREATE INDEX IF NOT EXISTS resource_version_ts ON resource_version (ts)",
+]
+
+_POSTGRES_TABLES = [
+    t.replace("BLOB", "BYTEA")
+    .replace(" WITHOUT ROWID", "")
+    .replace("INTEGER PRIMARY KEY", "BIGINT PRIMARY KEY")
+    .replace("ts INTEGER", "ts BIGINT")
+    .replace("until_ts INTEGER", "until_ts BIGINT")
+    for t in _SQLITE_TABLES
+]
+
+
+class _FastSQLitePool(SQLiteConnectionPool):
+    def _create_connection(self) -> SQLiteConnection:
+        conn = super()._create_connection()
+        # WAL is set by eventsourcing; NORMAL sync is durable across process crashes in WAL mode
+        # (an OS crash can lose the last transactions, never corrupt). Opt out with HUB_SQLITE_SYNC.
+        sync = os.environ.get("HUB_SQLITE_SYNC", "NORMAL")
+        conn._sqlite_conn.execute(f"PRAGMA synchronous={sync}")
+        return conn
+
+
+class _SQLiteDatastore(SQLiteDatastore):
+    """eventsourcing's SQLite datastore with the pool above (text stream names)."""
+
+    def __init__(self, db_name: str, pool_size: int = 8):
+        self.pool = _FastSQLitePool(db_name=db_name, pool_size=pool_size, lock_timeout=30)
+        self.single_row_tracking = True
+        self.originator_id_type = "text"
+
+
+class SQLiteResourceRecorder(_IndexMixin, SQLiteApplicationRecorder):
+    def construct_create_table_statements(self) -> list[str]:
+        return super().construct_create_table_statements() + _SQLITE_TABLES
+
+    def _insert_events(self, c: Any, stored_events: Sequence[StoredEvent], **kwargs: Any):
+        nids = super()._insert_events(c, stored_events, **kwargs)
+        # The inserts above took the write lock, so the guard checks below see the latest state.
+        self._write_index(c, nids, kwargs["commit"])
+        return nids
+
+
+class PostgresResourceRecorder(_IndexMixin, PostgresApplicationRecorder):
+    placeholder = "%s"
+    nid_column = "notification_id"
+
+    def construct_create_table_statements(self) -> list[str]:
+        return list(_POSTGRES_TABLES)
+
+    def create_table(self) -> None:
+        super().create_table()
+        with self.datastore.transaction(commit=True) as c:
+            for statement in _POSTGRES_TABLES:
+                c.execute(statement)
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any):
+        # Plain (not pipelined) transaction: the guard checks must read inside the table lock.
+        with self.datastore.transaction(commit=True) as c:
+            self._lock_table(c)
+            self._notify_channel(c)
+            self._check_guards(c, kwargs["commit"])
+            c.execute(self.insert_events_statement, (self._pg_events(stored_events),))
+            nids = [row["notification_id"] for row in c.fetchall()]
+            commit: Commit = kwargs["commit"]
+            guards, commit.guards = commit.guards, []  # already checked under the lock
+            try:
+                self._write_index(c, nids, commit)
+            finally:
+                commit.guards = guards
+        return nids
+
+    def _pg_events(self, stored_events: Sequence[StoredEvent]) -> list[Any]:
+        return [
+            self.construct_pg_stored_event(s.originator_id, s.originator_version, s.topic, s.state)
+            for s in stored_events
+        ]
+
+
+class ResourceStore:
+    """Facade over one recorder: commit prepared writes, read versions and history."""
+
+    def __init__(self, recorder: SQLiteResourceRecorder | PostgresResourceRecorder, close):
+        self.recorder = recorder
+        self._close = close
+
+    @classmethod
+    def sqlite(cls, path: str) -> ResourceStore:
+        datastore = _SQLiteDatastore(path)
+        recorder = SQLiteResourceRecorder(datastore, events_table_name="stored_events")
+        recorder.create_table()
+        return cls(recorder, datastore.close)
+
+    @classmethod
+    def postgres(cls, dsn: str, pool_size: int = 5) -> ResourceStore:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+        datastore = PostgresDatastore(
+            dbname=info.get("dbname", "postgres"),
+            host=info.get("host", "127.0.0.1"),
+            port=info.get("port", 5432),
+            user=info.get("user", "postgres"),
+            password=info.get("password", ""),
+            originator_id_type="text",
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            lock_timeout=10,
+        )
+        recorder = PostgresResourceRecorder(datastore, events_table_name="stored_events")
+        recorder.create_table()
+        return cls(recorder, datastore.close)
+
+    def close(self) -> None:
+        self._close()
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def commit(self, commit: Commit) -> list[int]:
+        """Append all events of ``commit`` and their index rows in one transaction."""
+        if not commit.events:
+            return []
+        stored = [to_stored(e) for e in commit.events]
+        try:
+            return list(self.recorder.insert_events(stored, commit=commit) or [])
+        except (IntegrityError, sqlite3.IntegrityError, psycopg.errors.UniqueViolation) as e:
+            raise ConflictError("a concurrent write created the same version") from e
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def latest(self, rtype: str, rid: str) -> StoredEvent | None:
+        found = self.recorder.select_events(f"{rtype}/{rid}", desc=True, limit=1)
+        return found[0] if found else None
+
+    def version(self, rtype: str, rid: str, version: int) -> StoredEvent | None:
+        found = self.recorder.select_events(
+            f"{rtype}/{rid}", gt=version - 1, lte=version, limit=1
+        )
+        return found[0] if found else None
+
+    def versions(self, rtype: str, rid: str) -> Sequence[StoredEvent]:
+        return self.recorder.select_events(f"{rtype}/{rid}", desc=True)
+
+    def heads(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Head]:
+        return self.recorder.heads(keys)
+
+    def find_by_identifier(self, rtype: str, system: str | None, value: str) -> list[str]:
+        return self.recorder.find_by_identifier(rtype, system, value)
+
+    def current_ids(self, rtype: str, rids: Sequence[str]) -> list[str]:
+        return self.recorder.current_ids(rtype, rids)
+
+    def list_ids(self, rtype: str, after: str | None, limit: int) -> list[str]:
+        return self.recorder.list_ids(rtype, after, limit)
+
+    def count_current(self, rtype: str) -> int:
+        return self.recorder.count_current(rtype)
+
+    def history(self, **kw: Any) -> list[VersionRow]:
+        return self.recorder.history(**kw)
+
+    def count_history(self, **kw: Any) -> int:
+        return self.recorder.count_history(**kw)
+
+    def max_notification_id(self) -> int:
+        return self.recorder.max_notification_id() or 0
