@@ -4,7 +4,7 @@ HUB_DATA_DIR      data directory of the embedded default (SQLite files)        .
 HUB_DATABASE_URL  postgresql://… to keep the event store in PostgreSQL instead  (unset)
 HUB_HOST/HUB_PORT where `hub serve` listens                                     127.0.0.1:8080
 HUB_BASE_URL      public base URL used in links and Location headers            http://HOST:PORT/fhir
-HUB_MAX_BODY      largest accepted request body, bytes                          33554432 (32 MiB)
+HUB_MAX_BODY      largest accepted request body, bytes                          67108864 (64 MiB)
 HUB_MAX_COUNT     largest page size a client may ask for                        1000
 """
 
@@ -22,7 +22,7 @@ class Settings:
     host: str = field(default_factory=lambda: os.environ.get("HUB_HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: int(os.environ.get("HUB_PORT", "8080")))
     base_url: str | None = field(default_factory=lambda: os.environ.get("HUB_BASE_URL") or None)
-    max_body: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_BODY", str(32 << 20))))
+    max_body: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_BODY", str(64 << 20))))
     max_count: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_COUNT", "1000")))
     default_count: int = 50
 

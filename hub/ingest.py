@@ -17,6 +17,7 @@ Validation happened before (``hub.resource.validate``), exactly once per resourc
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -56,6 +57,7 @@ class Op:
     if_match: int | None = None
     full_url: str | None = None
     url: str = ""
+    where: str | None = None  # FHIRPath of the Bundle entry it came from, for error locations
     # filled by planning
     target: str | None = None
     existing: bool = False  # conditional create matched: nothing to write
@@ -115,19 +117,44 @@ class Hub:
 
     def execute(self, ops: list[Op], ctx: Context, *, atomic: bool) -> list[Result | FhirError]:
         """Plan and commit ``ops`` as one transaction; with ``atomic`` any failure fails all."""
+        undo: list[tuple[Any, Any, str]] = []  # reference rewrites, reverted before a retry
         for _ in range(RETRIES):
             try:
-                return self._attempt(ops, ctx, atomic)
+                return self._attempt(ops, ctx, atomic, undo)
             except ConflictError:
+                for node, key, old in reversed(undo):
+                    node[key] = old
+                undo.clear()
                 for op in ops:
                     op.target, op.existing = None, False
                 continue
         raise FhirError(409, "conflict", "Too many concurrent changes to the same resources; retry")
 
-    def _attempt(self, ops: list[Op], ctx: Context, atomic: bool) -> list[Result | FhirError]:
+    def execute_batch(self, ops: list[Op], ctx: Context) -> list[Result | FhirError]:
+        """Independent writes (a batch): as if run one after another, committed in few transactions.
+
+        Writes that name the same resource (or the same conditional criteria) cannot share a
+        commit, so each later one goes into a following commit, keeping their order.
+        """
+        results: list[Result | FhirError | None] = [None] * len(ops)
+        todo = list(range(len(ops)))
+        while todo:
+            now, later, keys = [], [], set()
+            for i in todo:
+                key = _batch_key(ops[i])
+                (later if key in keys else now).append(i)
+                keys.add(key)
+            for i, result in zip(now, self.execute([ops[i] for i in now], ctx, atomic=False)):
+                results[i] = result
+            todo = later
+        return results  # type: ignore[return-value]
+
+    def _attempt(self, ops: list[Op], ctx: Context, atomic: bool,
+                 undo: list[tuple[Any, Any, str]]) -> list[Result | FhirError]:
         results: list[Result | FhirError | None] = [None] * len(ops)
 
         def fail(i: int, err: FhirError) -> None:
+            err = _located(err, ops[i])
             if atomic:
                 raise err
             results[i] = err
@@ -144,16 +171,19 @@ class Hub:
             seen: dict[tuple[str, str], int] = {}
             for i in planned:
                 key = (ops[i].rtype, ops[i].target)
-                if not ops[i].existing and key in seen:
+                j = seen.get(key)
+                # two entries on one resource, unless neither writes (e.g. two matched creates)
+                if j is not None and not (ops[i].existing and ops[j].existing):
                     raise bad_request(
-                        f"Entries {seen[key]} and {i} of the transaction both change "
-                        f"{key[0]}/{key[1]}"
+                        f"{ops[j].where or f'Entry {j}'} and {ops[i].where or f'entry {i}'} "
+                        f"of the transaction both concern {key[0]}/{key[1]}",
+                        ops[i].where,
                     )
-                seen[key] = i
+                seen.setdefault(key, i)
 
         # 2. references
         if atomic:
-            self._rewrite_references(ops, planned)
+            self._rewrite_references(ops, planned, undo)
 
         # 3. heads
         heads = self.store.heads(
@@ -217,12 +247,16 @@ class Hub:
     def _match(self, rtype: str, query: Query, earlier: list[Op]) -> list[str]:
         found = set(self.resolver.match(rtype, query))
         for e in earlier:  # writes of this same transaction count too
-            if e.rtype == rtype and e.d is not None and e.method != "DELETE":
-                if identifiers_match(query, res.identifiers(e.d), e.target or ""):
-                    found.add(e.target)
+            if e.rtype != rtype or e.existing:
+                continue
+            if e.method == "DELETE":  # deleted before this entry runs: no longer a match
+                found.discard(e.target)
+            elif e.d is not None and identifiers_match(query, res.identifiers(e.d), e.target or ""):
+                found.add(e.target)
         return sorted(found)
 
-    def _rewrite_references(self, ops: list[Op], planned: list[int]) -> None:
+    def _rewrite_references(self, ops: list[Op], planned: list[int],
+                            undo: list[tuple[Any, Any, str]]) -> None:
         mapping = {}
         for i in planned:
             op = ops[i]
@@ -247,7 +281,10 @@ class Hub:
 
         for i in planned:
             if ops[i].d is not None:
-                _rewrite(ops[i].d, resolve)
+                try:
+                    _rewrite(ops[i].d, resolve, undo)
+                except FhirError as e:
+                    raise _located(e, ops[i]) from None
 
     def _decide(self, op: Op, head: Head | None, ctx: Context, commit: Commit,
                 last_updated: str, ts: int) -> Result:
@@ -317,32 +354,47 @@ class Hub:
 
     def _ingest_batch(self, batch: list[Op | FhirError], ctx: Context) -> list[Result | FhirError]:
         ops = [b for b in batch if isinstance(b, Op)]
-        # The same resource twice in one batch: keep order by committing the later one separately.
-        seen, first, later = set(), [], []
-        for op in ops:
-            key = (op.rtype, op.rid)
-            (later if op.rid and key in seen else first).append(op)
-            seen.add(key)
-        done = dict(zip(map(id, first), self.execute(first, ctx, atomic=False)))
-        for op in later:
-            done[id(op)] = self.execute([op], ctx, atomic=False)[0]
+        done = dict(zip(map(id, ops), self.execute_batch(ops, ctx)))
         return [done[id(b)] if isinstance(b, Op) else b for b in batch]
 
 
-def _rewrite(node: Any, resolve: Callable[[str], str]) -> None:
-    """Replace reference strings in place (``reference`` elements and uri values naming a fullUrl)."""
+def _batch_key(op: Op) -> tuple:
+    """What two writes of one batch must not share within a commit."""
+    if op.rid is not None:
+        return (op.rtype, op.rid)
+    criteria = op.query if op.query is not None else op.if_none_exist
+    if criteria is not None:
+        return (op.rtype, "?", tuple(criteria))
+    return (op.rtype, id(op))  # a plain create: a fresh id, shares with nothing
+
+
+def _located(err: FhirError, op: Op) -> FhirError:
+    """Point the issues of ``err`` that say nothing about where at the Bundle entry of ``op``."""
+    if op.where and any(i.expression is None for i in err.issues):
+        err.issues = [i if i.expression else dataclasses.replace(i, expression=op.where)
+                      for i in err.issues]
+    return err
+
+
+def _rewrite(node: Any, resolve: Callable[[str], str], undo: list[tuple[Any, Any, str]]) -> None:
+    """Replace reference strings in place (``reference`` elements and uri values naming a fullUrl),
+    noting each replaced value in ``undo``."""
     if isinstance(node, dict):
         for k, v in node.items():
             if isinstance(v, str):
                 if k == "reference" or v.startswith("urn:uuid:"):
                     new = resolve(v)
                     if new is not v:
+                        undo.append((node, k, v))
                         node[k] = new
             elif isinstance(v, (dict, list)):
-                _rewrite(v, resolve)
+                _rewrite(v, resolve, undo)
     elif isinstance(node, list):
         for i, v in enumerate(node):
             if isinstance(v, str) and v.startswith("urn:uuid:"):
-                node[i] = resolve(v)
+                new = resolve(v)
+                if new is not v:
+                    undo.append((node, i, v))
+                    node[i] = new
             elif isinstance(v, (dict, list)):
-                _rewrite(v, resolve)
+                _rewrite(v, resolve, undo)

@@ -254,7 +254,8 @@ class _IndexMixin:
                 where.append(cond)
                 params.append(value)
         if at_us is not None:
-            where.append("v.ts<? AND (v.until_ts IS NULL OR v.until_ts>=?)")
+            # current during [start, end): began before the end, ended after the start
+            where.append("v.ts<? AND (v.until_ts IS NULL OR v.until_ts>?)")
             params += [at_us[1], at_us[0]]
         sql = (
             f"SELECT v.nid, v.rtype, v.rid, v.version, e.topic, e.state "

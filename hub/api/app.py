@@ -27,6 +27,7 @@ from hub.api.responses import (
     check_content_type,
     check_format,
     fhir_response,
+    none_match,
     outcome_response,
     parse_etag,
     prefer_return,
@@ -41,7 +42,9 @@ from hub.events import resource_bytes
 from hub.ingest import Context, Hub, Op, Result
 
 log = logging.getLogger("hub.api")
-ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+# FHIR says ids are at most 64 characters, but official R4B examples carry longer ones (68);
+# like HAPI (100) the hub is lenient on length, strict on the characters.
+ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,128}$")
 
 
 def create_app(settings: Settings | None = None, hub: Hub | None = None) -> FastAPI:
@@ -154,8 +157,7 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         headers = version_headers(base(request), header["type"], header["id"], ev_version,
                                   header["lastUpdated"])
         if request.headers.get("if-none-match"):
-            wanted = parse_etag(request.headers["if-none-match"], "If-None-Match")
-            if wanted == ev_version:
+            if none_match(request.headers["if-none-match"], ev_version):
                 return Response(status_code=304, headers=headers)
         return fhir_response(resource_bytes(stored), status, request=request, headers=headers)
 

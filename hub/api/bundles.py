@@ -57,6 +57,7 @@ def parse_entry(i: int, entry: object, base: str) -> Op | tuple[str, str]:
         raise bad_request("entry.request.url is required", f"{where}.request.url")
     path, query = split_url(url, base)
     if method in ("GET", "HEAD"):
+        _check_get(path, url, where)
         return path, query
     if method == "PATCH":
         raise FhirError(405, "not-supported", "PATCH is not supported", f"{where}.request.method")
@@ -66,7 +67,7 @@ def parse_entry(i: int, entry: object, base: str) -> Op | tuple[str, str]:
     rtype = parts[0]
     if rtype not in res.RESOURCE_TYPES:
         raise bad_request(f"Unknown resource type in {url!r}", f"{where}.request.url")
-    op = Op(method, rtype, url=url, full_url=entry.get("fullUrl"))
+    op = Op(method, rtype, url=url, full_url=entry.get("fullUrl"), where=where)
     op.if_match = _if_match(request.get("ifMatch"), where)
     if len(parts) == 2 and method != "POST":
         op.rid = parts[1]
@@ -90,6 +91,16 @@ def parse_entry(i: int, entry: object, base: str) -> Op | tuple[str, str]:
         res.validate(rtype, orjson.dumps(d), d, f"{where}.resource")
         op.d = d
     return op
+
+
+def _check_get(path: str, url: str, where: str) -> None:
+    """Refuse a GET that cannot work before anything is written (read, vread or type search)."""
+    parts = path.split("/")
+    if parts[0] not in res.RESOURCE_TYPES:
+        raise FhirError(404, "not-found", f"Cannot GET {url!r}: unknown resource type",
+                        f"{where}.request.url")
+    if not (len(parts) <= 2 or (len(parts) == 4 and parts[2] == "_history")):
+        raise bad_request(f"GET {url!r} is not supported inside a Bundle", f"{where}.request.url")
 
 
 def _if_match(value: object, where: str) -> int | None:
@@ -123,7 +134,8 @@ def process(bundle: dict, hub: Hub, ctx: Context, base: str, representation: boo
         key=lambda i: WRITE_ORDER[parsed[i].method],  # type: ignore[union-attr]
     )
     out: list[dict | None] = [None] * len(parsed)
-    results = hub.execute([parsed[i] for i in writes], ctx, atomic=atomic)  # type: ignore[misc]
+    ops: list[Op] = [parsed[i] for i in writes]  # type: ignore[misc]
+    results = hub.execute(ops, ctx, atomic=True) if atomic else hub.execute_batch(ops, ctx)
     for i, result in zip(writes, results):
         out[i] = _write_entry(result, base, representation)
     for i, p in enumerate(parsed):
@@ -136,8 +148,8 @@ def process(bundle: dict, hub: Hub, ctx: Context, base: str, representation: boo
                 if body is not None:
                     out[i]["resource"] = orjson.Fragment(body) if isinstance(body, bytes) else body
             except FhirError as e:
-                if atomic:
-                    raise
+                # After the commit even in a transaction: the writes stand, this entry says why
+                # its read failed (a read cannot be rolled back into the transaction).
                 out[i] = _error_entry(e)
     return {"resourceType": "Bundle", "type": f"{btype}-response", "entry": out}
 

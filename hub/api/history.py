@@ -41,7 +41,7 @@ def history_bundle(hub: Hub, request: Request, base: str, settings: Settings,
         cursor = int(params["_cursor"])
     rows = hub.store.history(rtype=rtype, rid=rid, since_us=since_us, at_us=at_us,
                              before_nid=cursor, limit=count + 1)
-    more, rows = len(rows) > count, rows[:count]
+    more, rows = count > 0 and len(rows) > count, rows[:count]  # _count=0: the total only
     entries = []
     for row in rows:
         header_bytes, _, body = row.state.partition(b"\n")

@@ -14,7 +14,7 @@ from hub.fhirtime import http_date
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
 _XML_FORMATS = {"xml", "text/xml", "application/xml", "application/fhir+xml", "application/xml+fhir"}
-_ETAG = re.compile(r'^\s*(?:W/)?"?(\d+)"?\s*$')
+_ETAG = re.compile(r'^\s*(?:(?:W/)?"(\d+)"|(\d+))\s*$')  # W/"3", "3" or a bare 3
 
 
 def check_format(request: Request) -> None:
@@ -66,7 +66,14 @@ def parse_etag(value: str | None, header: str = "If-Match") -> int | None:
     m = _ETAG.match(value)
     if not m:
         raise FhirError(400, "invalid", f"{header} {value!r} is not a version ETag like W/\"3\"")
-    return int(m.group(1))
+    return int(m.group(1) or m.group(2))
+
+
+def none_match(value: str, version: int) -> bool:
+    """Does an If-None-Match value (``*`` or a list of ETags) match this version? (RFC 9110 13.1.2)"""
+    if value.strip() == "*":
+        return True
+    return any(parse_etag(v, "If-None-Match") == version for v in value.split(","))
 
 
 def etag(version: int) -> str:

@@ -39,11 +39,11 @@ def search_bundle(hub: Hub, rtype: str, params: list[tuple[str, str]], base: str
             if not cursor.isdigit():
                 raise bad_request("_cursor is not a page cursor of this server")
             start = int(cursor)
-        page, more = ids[start:start + count], start + count < total
+        page, more = ids[start:start + count], count > 0 and start + count < total
         next_cursor = str(start + count)
     else:
         page = hub.store.list_ids(rtype, cursor, count + 1)
-        more, page = len(page) > count, page[:count]
+        more, page = count > 0 and len(page) > count, page[:count]
         next_cursor = page[-1] if page else ""
         total = hub.store.count_current(rtype) if flat.get("_total") != "none" else None
     entries = []

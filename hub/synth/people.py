@@ -69,7 +69,7 @@ class PeopleFactory:
     def __init__(self, seed: int, province: str) -> None:
         divisions = table("divisions")
         if province not in divisions or province.startswith("_"):
-            raise ValueError(f"unknown province {province!r}; known: {[p for p in divisions if not p[0] == '_']}")
+            raise ValueError(f"unknown province {province!r}; known: {[p for p in divisions if p[0] != '_']}")
         self.seed = seed
         self.province = divisions[province]
         self.districts = sorted(self.province["districts"])
@@ -183,7 +183,8 @@ class PeopleFactory:
         # family: head, spouse (or a second unrelated adult), child, unrelated adult
         newborn = hh.random() < 0.15
         if newborn:
-            child_birth = FIRST_VISIT_DATE + dt.timedelta(days=hh.randrange((REFERENCE_DATE - FIRST_VISIT_DATE).days - 60))
+            window = (REFERENCE_DATE - FIRST_VISIT_DATE).days - 60
+            child_birth = FIRST_VISIT_DATE + dt.timedelta(days=hh.randrange(window))
         else:
             child_birth = REFERENCE_DATE - dt.timedelta(days=hh.randrange(365, 25 * 365))
         parent_birth = lambda r: child_birth - dt.timedelta(days=r.randrange(21 * 365, 40 * 365))  # noqa: E731

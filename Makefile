@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make run` and `make test`. Each sets up .venv itself.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export HUB_DATA_DIR ?= ./var
+
+.PHONY: run test bench venv demo clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Load the synthetic demo region once (ids are deterministic: loading again changes nothing), then serve.
+run: $(STAMP)
+	@test -f $(HUB_DATA_DIR)/.demo-loaded || { $(VENV)/bin/hub demo && touch $(HUB_DATA_DIR)/.demo-loaded; }
+	$(VENV)/bin/hub serve
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -1,0 +1,46 @@
+"""Writing a synthetic region to disk: one NDJSON file per resource type plus ``truth.csv``."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+
+import orjson
+
+from .region import Region
+
+
+def write_ndjson(
+    out_dir: str | Path, seed: int = 42, people: int = 100, province: str = "500000"
+) -> dict[str, int]:
+    """Stream ``Region(seed, people, province)`` into ``out_dir``: ``<ResourceType>.ndjson`` (one resource
+    per line, in generation order) and ``truth.csv`` (``patient_reference,person_key,noise_kinds`` with the
+    noise kinds joined by ``;``). Returns the number of resources written per resource type (the truth has
+    one row per Patient). The same arguments always give byte-identical files."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    region = Region(seed, people, province)
+    counts: Counter[str] = Counter()
+    with ExitStack() as stack:
+        files: dict[str, object] = {}
+
+        def write(resource: dict) -> None:
+            rt = resource["resourceType"]
+            f = files.get(rt)
+            if f is None:
+                f = files[rt] = stack.enter_context(open(out / f"{rt}.ndjson", "wb", buffering=1 << 20))
+            f.write(orjson.dumps(resource) + b"\n")
+            counts[rt] += 1
+
+        truth_file = stack.enter_context(open(out / "truth.csv", "w", newline="", encoding="utf-8"))
+        truth = csv.writer(truth_file, lineterminator="\n")
+        truth.writerow(("patient_reference", "person_key", "noise_kinds"))
+        for inst in region.institutions:
+            write(region.organization(inst))
+        for resources, rows in region.iter_people():
+            for resource in resources:
+                write(resource)
+            truth.writerows((r.patient_reference, r.person_key, ";".join(r.noise_kinds)) for r in rows)
+    return dict(counts)

@@ -1,0 +1,160 @@
+"""Shared fixtures: real SQLite files, a real PostgreSQL database per session, a real HTTP server.
+
+PostgreSQL is the machine's server at 127.0.0.1:5432 (override with HUB_TEST_PG, a libpq URL of a
+role allowed to create databases). Each test session creates its own database and drops it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from hub.config import Settings
+from hub.ingest import Hub
+
+PG_ADMIN = os.environ.get("HUB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+BACKENDS = ["sqlite", "postgres"]
+
+
+def _pg_available() -> bool:
+    try:
+        with psycopg.connect(PG_ADMIN, connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
+class PgDatabases:
+    """Creates throw-away PostgreSQL databases and drops them all at the end of the session."""
+
+    def __init__(self):
+        self.names: list[str] = []
+
+    def new(self) -> str:
+        name = f"hub_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.names.append(name)
+        return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+
+    def drop_all(self) -> None:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            for name in self.names:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_databases() -> Iterator[PgDatabases]:
+    if not _pg_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN}")
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN}")
+    dbs = PgDatabases()
+    yield dbs
+    dbs.drop_all()
+
+
+def make_settings(backend: str, tmp_path: Path, request) -> Settings:
+    """Settings for an empty store: a new SQLite directory or a new PostgreSQL database."""
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.database_url = None
+    if backend == "postgres":
+        settings.database_url = request.getfixturevalue("pg_databases").new()
+    return settings
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def settings(backend, tmp_path, request) -> Settings:
+    return make_settings(backend, tmp_path, request)
+
+
+@pytest.fixture
+def hub(settings) -> Iterator[Hub]:
+    h = Hub(settings.open_store())
+    yield h
+    h.store.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """``hub serve`` in its own process on a loopback port: real HTTP, no shared GIL."""
+
+    def __init__(self, settings: Settings):
+        self.port = free_port()
+        settings.host, settings.port = "127.0.0.1", self.port
+        self.settings = settings
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/fhir"
+
+    def __enter__(self) -> LiveServer:
+        env = {**os.environ, "HUB_DATA_DIR": str(self.settings.data_dir)}
+        env.pop("HUB_DATABASE_URL", None)
+        if self.settings.database_url:
+            env["HUB_DATABASE_URL"] = self.settings.database_url
+        env["HUB_MAX_BODY"] = str(self.settings.max_body)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hub.cli", "serve", "--host", "127.0.0.1",
+             "--port", str(self.port)], env=env, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the test server exited with {self.proc.returncode}")
+            try:
+                if httpx.get(self.base + "/metadata", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError("the test server did not start in 30 s")
+            time.sleep(0.1)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def live(request, tmp_path_factory) -> Iterator[LiveServer]:
+    """One server per test module and backend."""
+    settings = make_settings(request.param, tmp_path_factory.mktemp("live"), request)
+    with LiveServer(settings) as server:
+        yield server
+
+
+@pytest.fixture
+def client(live) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live.base, timeout=30,
+                      headers={"accept": "application/fhir+json"}) as c:
+        yield c
+
+
+FHIR_JSON = {"content-type": "application/fhir+json"}

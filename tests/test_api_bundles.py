@@ -1,0 +1,365 @@
+"""Transaction and batch Bundles (http.html#transaction): atomicity, references, order, responses."""
+
+from __future__ import annotations
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+
+from tests.api_helpers import (
+    FHIR_JSON,
+    SYSTEM,
+    assert_outcome,
+    bundle,
+    create,
+    delete_entry,
+    expressions,
+    get_entry,
+    observation,
+    patient,
+    post_entry,
+    put,
+    put_entry,
+    system_total,
+    token,
+    unique,
+)
+
+
+def send(client, b):
+    return client.post("", json=b, headers=FHIR_JSON)
+
+
+def statuses(r) -> list[str]:
+    return [e["response"]["status"].split()[0] for e in r.json()["entry"]]
+
+
+def found(client, d) -> list[dict]:
+    """Current resources with the identifier of ``d``."""
+    r = client.get(f"/{d['resourceType']}", params={"identifier": token(d)})
+    assert r.status_code == 200
+    return [e["resource"] for e in r.json().get("entry", []) if e["search"]["mode"] == "match"]
+
+
+# -- atomicity ---------------------------------------------------------------------------------
+
+
+def test_transaction_with_one_invalid_entry_stores_nothing(client):
+    p = patient()
+    bad = observation("Patient/x")
+    del bad["status"]  # required
+    before = system_total(client)
+    r = send(client, bundle("transaction", post_entry(p), put_entry(patient(rid=unique())),
+                            post_entry(bad)))
+    body = assert_outcome(r, (400, 422))
+    assert any(e.startswith("Bundle.entry[2].resource") for e in expressions(body)), body
+    assert system_total(client) == before
+    assert found(client, p) == []
+
+
+def test_transaction_with_failing_if_match_stores_nothing(client):
+    a = patient(rid=unique())
+    put(client, a)
+    a["gender"] = "female"
+    fresh = patient()
+    before = system_total(client)
+    r = send(client, bundle("transaction", post_entry(fresh), delete_entry(f"Patient/{unique()}"),
+                            put_entry(a, if_match='W/"3"')))
+    body = assert_outcome(r, 412)
+    assert any(e.startswith("Bundle.entry[2]") for e in expressions(body)), body
+    assert system_total(client) == before
+    assert found(client, fresh) == []
+    assert "gender" not in client.get(f"/Patient/{a['id']}").json()
+
+
+def test_transaction_with_failing_conditional_reference_stores_nothing(client):
+    p = patient()
+    obs = observation(f"Patient?identifier={SYSTEM}|{unique()}")  # matches nothing
+    before = system_total(client)
+    r = send(client, bundle("transaction", post_entry(p), post_entry(obs)))
+    body = assert_outcome(r, (400, 404, 412, 422))
+    assert any(e.startswith("Bundle.entry[1]") for e in expressions(body)), body
+    assert system_total(client) == before
+    assert found(client, p) == []
+
+
+def test_transaction_with_malformed_get_stores_nothing(client):
+    p = patient()
+    before = system_total(client)
+    r = send(client, bundle("transaction", post_entry(p), get_entry("NoSuchType/1")))
+    body = assert_outcome(r, (400, 404))
+    assert any(e.startswith("Bundle.entry[1]") for e in expressions(body)), body
+    assert system_total(client) == before
+
+
+def test_transaction_answer_never_contradicts_what_was_stored(client):
+    """A GET of a missing resource: either the whole transaction fails and stores nothing, or it
+    succeeds and the GET entry carries its own 404."""
+    p = patient()
+    before = system_total(client)
+    r = send(client, bundle("transaction", post_entry(p), get_entry(f"Patient/{unique()}")))
+    if r.status_code == 200:
+        assert statuses(r) == ["201", "404"]
+        assert r.json()["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+        assert len(found(client, p)) == 1
+    else:
+        assert_outcome(r, (400, 404))
+        assert system_total(client) == before
+
+
+def test_same_resource_twice_in_a_transaction_is_400(client):
+    rid = unique()
+    before = system_total(client)
+    r = send(client, bundle("transaction", put_entry(patient(rid=rid)),
+                            put_entry(patient(rid=rid, gender="male"))))
+    assert_outcome(r, 400)
+    put(client, patient(rid=rid))
+    before = system_total(client)
+    r = send(client, bundle("transaction", put_entry(patient(rid=rid, gender="male")),
+                            delete_entry(f"Patient/{rid}")))
+    assert_outcome(r, 400)
+    # conditional update resolving to the same resource as a plain PUT
+    d = client.get(f"/Patient/{rid}").json()
+    r = send(client, bundle("transaction", put_entry(dict(d, gender="male")),
+                            put_entry(dict(d, gender="female", id=None) | {"id": rid},
+                                      url=f"Patient?identifier={token(d)}")))
+    assert_outcome(r, 400)
+    assert system_total(client) == before
+
+
+def test_two_conditional_creates_of_one_identifier_in_a_transaction(client):
+    p = patient()
+    r = send(client, bundle("transaction",
+                            post_entry(p, "urn:uuid:" + unique(), if_none_exist=f"identifier={token(p)}"),
+                            post_entry(p, "urn:uuid:" + unique(), if_none_exist=f"identifier={token(p)}")))
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 200:
+        locs = {e["response"]["location"].split("/_history")[0] for e in r.json()["entry"]}
+        assert len(locs) == 1
+    assert len(found(client, p)) == (1 if r.status_code == 200 else 0)
+
+
+# -- references --------------------------------------------------------------------------------
+
+
+def test_urn_uuid_references_are_rewritten(client):
+    pu, ou = "urn:uuid:" + unique(), "urn:uuid:" + unique()
+    p = patient()
+    o = observation(pu)
+    o["hasMember"] = [{"reference": ou}]  # a self reference, just to see every urn rewritten
+    o["focus"] = [{"reference": pu}]
+    r = send(client, bundle("transaction", post_entry(o, ou), post_entry(p, pu)))
+    assert r.status_code == 200, r.text
+    assert statuses(r) == ["201", "201"]
+    obs_loc, pat_loc = (e["response"]["location"] for e in r.json()["entry"])
+    pid = pat_loc.split("/")[1]
+    oid = obs_loc.split("/")[1]
+    stored = client.get(f"/Observation/{oid}").json()
+    assert stored["subject"]["reference"] == f"Patient/{pid}"
+    assert stored["focus"][0]["reference"] == f"Patient/{pid}"
+    assert stored["hasMember"][0]["reference"] == f"Observation/{oid}"
+    assert "urn:uuid" not in str(stored)
+    assert client.get(f"/Patient/{pid}").json()["identifier"] == p["identifier"]
+
+
+def test_conditional_references_resolve(client):
+    existing = patient()
+    pid = create(client, existing).json()["id"]
+    new = patient()
+    o1 = observation(f"Patient?identifier={token(existing)}")
+    o2 = observation(f"Patient?identifier={token(new)}")  # created by this same transaction
+    r = send(client, bundle("transaction", post_entry(o1), post_entry(o2),
+                            post_entry(new, "urn:uuid:" + unique())))
+    assert r.status_code == 200, r.text
+    new_id = r.json()["entry"][2]["response"]["location"].split("/")[1]
+    refs = [client.get("/" + e["response"]["location"].split("/_history")[0]).json()["subject"]
+            ["reference"] for e in r.json()["entry"][:2]]
+    assert refs == [f"Patient/{pid}", f"Patient/{new_id}"]
+
+
+def test_conditional_reference_with_many_matches_fails(client):
+    value = unique()
+    for _ in range(2):
+        put(client, patient(value, rid=unique()))
+    before = system_total(client)
+    r = send(client, bundle("transaction", post_entry(observation(f"Patient?identifier={SYSTEM}|{value}"))))
+    assert_outcome(r, (400, 412, 422))
+    assert system_total(client) == before
+
+
+def test_if_none_exist_inside_a_transaction(client):
+    existing = patient()
+    pid = create(client, existing).json()["id"]
+    pu = "urn:uuid:" + unique()
+    again = dict(existing, gender="male")
+    fresh = patient()
+    r = send(client, bundle("transaction",
+                            post_entry(again, pu, if_none_exist=f"identifier={token(existing)}"),
+                            post_entry(fresh, if_none_exist=f"identifier={token(fresh)}"),
+                            post_entry(observation(pu))))
+    assert r.status_code == 200, r.text
+    assert statuses(r) == ["200", "201", "201"]
+    first = r.json()["entry"][0]
+    assert first["response"]["location"].startswith(f"Patient/{pid}/_history/1")
+    assert first["response"]["etag"] == 'W/"1"'
+    assert "gender" not in client.get(f"/Patient/{pid}").json()  # the match is left alone
+    oid = r.json()["entry"][2]["response"]["location"].split("/")[1]
+    assert client.get(f"/Observation/{oid}").json()["subject"]["reference"] == f"Patient/{pid}"
+    assert len(found(client, fresh)) == 1
+
+
+# -- processing order and the response ---------------------------------------------------------
+
+
+def test_processing_order_delete_post_put_get(client):
+    doomed = patient()
+    doomed_id = create(client, doomed).json()["id"]
+    kept = patient(rid=unique())
+    put(client, kept)
+    kept2 = dict(kept, gender="female")
+    # request order: GET, PUT, POST, DELETE; processing order: DELETE, POST, PUT, GET
+    r = send(client, bundle(
+        "transaction",
+        get_entry(f"Patient/{kept['id']}"),
+        put_entry(kept2),
+        # DELETE runs first, so this conditional create no longer matches the deleted resource
+        post_entry(patient(doomed["identifier"][0]["value"], family="New"),
+                   if_none_exist=f"identifier={token(doomed)}"),
+        delete_entry(f"Patient/{doomed_id}"),
+    ))
+    assert r.status_code == 200, r.text
+    b = r.json()
+    assert b["type"] == "transaction-response"
+    Bundle.model_validate(b)
+    get, upd, post, dele = b["entry"]
+    # GET ran last: it sees the PUT of the same transaction
+    assert get["response"]["status"].startswith("200")
+    assert get["resource"]["gender"] == "female" and get["resource"]["meta"]["versionId"] == "2"
+    assert upd["response"]["status"].startswith("200")
+    assert upd["response"]["location"] == f"Patient/{kept['id']}/_history/2"
+    assert upd["response"]["etag"] == 'W/"2"'
+    assert upd["response"]["lastModified"] == get["resource"]["meta"]["lastUpdated"]
+    assert post["response"]["status"].startswith("201")
+    new_id = post["response"]["location"].split("/")[1]
+    assert new_id != doomed_id
+    assert dele["response"]["status"].split()[0] in ("200", "204")
+    assert_outcome(client.get(f"/Patient/{doomed_id}"), 410)
+    assert [x["id"] for x in found(client, doomed)] == [new_id]
+    # every write of the transaction has the same lastUpdated: one commit
+    times = {e["response"]["lastModified"] for e in (upd, post, dele)}
+    assert len(times) == 1
+
+
+def test_transaction_response_entries_carry_status_location_etag(client, live):
+    entries = [post_entry(patient()) for _ in range(3)] + [put_entry(patient(rid=unique()))]
+    r = send(client, bundle("transaction", *entries))
+    assert r.status_code == 200
+    b = r.json()
+    assert b["type"] == "transaction-response" and len(b["entry"]) == 4
+    for sent, got in zip(entries, b["entry"]):
+        resp = got["response"]
+        assert resp["status"].startswith("201")
+        rtype, rid, _, vid = resp["location"].split("/")
+        assert (rtype, vid) == ("Patient", "1")
+        assert resp["etag"] == 'W/"1"'
+        assert resp["lastModified"].endswith("Z")
+        assert got["resource"]["identifier"] == sent["resource"]["identifier"]
+        assert got["fullUrl"] == f"{live.base}/Patient/{rid}"
+    put_id = b["entry"][3]["response"]["location"].split("/")[1]
+    assert put_id == entries[3]["resource"]["id"]
+
+
+def test_transaction_with_absolute_urls_and_conditional_update(client, live):
+    d = patient()
+    rid = create(client, d).json()["id"]
+    upd = dict(d, gender="male")
+    r = send(client, bundle("transaction", put_entry(upd, url=f"{live.base}/Patient?identifier={token(d)}")))
+    assert r.status_code == 200, r.text
+    assert r.json()["entry"][0]["response"]["location"] == f"Patient/{rid}/_history/2"
+    r = send(client, bundle("transaction", delete_entry(f"{live.base}/Patient?identifier={token(d)}")))
+    assert r.status_code == 200, r.text
+    assert_outcome(client.get(f"/Patient/{rid}"), 410)
+
+
+@pytest.mark.parametrize("b, where", [
+    ({"resourceType": "Bundle", "type": "collection", "entry": []}, "Bundle.type"),
+    (bundle("transaction", {"resource": patient()}), "Bundle.entry[0].request"),
+    (bundle("transaction", {"request": {"method": "PUT", "url": "Patient/a"},
+                            "resource": patient(rid="b")}), "Bundle.entry[0].resource.id"),
+    (bundle("transaction", {"request": {"method": "POST", "url": "Patient"}}),
+     "Bundle.entry[0].resource"),
+    (bundle("transaction", {"request": {"method": "POST", "url": "Patient"},
+                            "resource": observation("Patient/1")}),
+     "Bundle.entry[0].resource.resourceType"),
+    (bundle("transaction", {"request": {"method": "FETCH", "url": "Patient"}}),
+     "Bundle.entry[0].request.method"),
+])
+def test_malformed_transactions(client, b, where):
+    before = system_total(client)
+    body = assert_outcome(send(client, b), (400, 404, 405, 422))
+    assert where in expressions(body), body
+    assert system_total(client) == before
+
+
+# -- batch -------------------------------------------------------------------------------------
+
+
+def test_batch_entries_are_independent(client):
+    ok1, ok2 = patient(), patient(rid=unique())
+    bad = patient(birthDate="1990-13-45")
+    stale = patient(rid=unique())
+    put(client, stale)
+    r = send(client, bundle("batch", post_entry(ok1), post_entry(bad), put_entry(ok2),
+                            put_entry(dict(stale, gender="male"), if_match='W/"9"'),
+                            {"request": {"method": "PUT", "url": "Patient/zz"},
+                             "resource": patient(rid="yy")}))
+    assert r.status_code == 200, r.text
+    b = r.json()
+    assert b["type"] == "batch-response"
+    Bundle.model_validate(b)
+    assert statuses(r) == ["201", "422", "201", "412", "400"]
+    for e in b["entry"][1::2] + b["entry"][4:]:
+        if not e["response"]["status"].startswith("2"):
+            assert e["response"]["outcome"]["resourceType"] == "OperationOutcome"
+            assert e["response"]["outcome"]["issue"]
+    assert "resource" not in b["entry"][1]
+    assert len(found(client, ok1)) == 1 and found(client, bad) == []
+    assert client.get(f"/Patient/{ok2['id']}").status_code == 200
+    assert "gender" not in client.get(f"/Patient/{stale['id']}").json()
+
+
+def test_batch_gets(client):
+    d = patient(rid=unique())
+    put(client, d)
+    r = send(client, bundle("batch", get_entry(f"Patient/{d['id']}"),
+                            get_entry(f"Patient/{unique()}"),
+                            get_entry(f"Patient/{d['id']}/_history/1"),
+                            get_entry(f"Patient?identifier={token(d)}"),
+                            get_entry("NoSuchType/1")))
+    assert r.status_code == 200
+    assert statuses(r) == ["200", "404", "200", "200", "404"]
+    e = r.json()["entry"]
+    assert e[0]["resource"]["id"] == d["id"] and e[2]["resource"]["meta"]["versionId"] == "1"
+    assert e[1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert e[3]["resource"]["type"] == "searchset" and e[3]["resource"]["total"] == 1
+
+
+def test_batch_does_not_resolve_references_between_entries(client):
+    pu = "urn:uuid:" + unique()
+    r = send(client, bundle("batch", post_entry(patient(), pu), post_entry(observation(pu))))
+    assert r.status_code == 200
+    # no interdependencies in a batch: the urn is not rewritten
+    loc = r.json()["entry"][1]["response"].get("location")
+    if loc:
+        stored = client.get("/" + loc.split("/_history")[0]).json()
+        assert stored["subject"]["reference"] == pu
+
+
+def test_batch_with_two_writes_of_one_resource_answers_each(client):
+    rid = unique()
+    r = send(client, bundle("batch", put_entry(patient(rid=rid, family="A")),
+                            put_entry(patient(rid=rid, family="B"))))
+    assert r.status_code == 200, r.text
+    codes = statuses(r)
+    assert codes[0] == "201" and codes[1] in ("200", "201", "400", "409", "412")
+    hist = client.get(f"/Patient/{rid}/_history").json()
+    assert hist["total"] == sum(c in ("200", "201") for c in codes)

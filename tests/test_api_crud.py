@@ -1,0 +1,434 @@
+"""FHIR R4 REST conformance of the instance and type interactions (http.html), on both backends.
+
+read, vread, create, update (and create-on-update), delete, the conditional variants, If-Match,
+If-None-Match, response headers, Prefer, _format/_pretty, and "content unchanged: no new version".
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from tests.api_helpers import (
+    FHIR_JSON,
+    assert_outcome,
+    bundle,
+    create,
+    etag_version,
+    http_date_ok,
+    instance_versions,
+    patient,
+    put,
+    put_entry,
+    system_total,
+    token,
+    unique,
+)
+
+# -- read / vread / create ---------------------------------------------------------------------
+
+
+def test_create_then_read_and_vread(client, live):
+    d = patient(family="Zhang")
+    r = create(client, d)
+    body = r.json()
+    rid = body["id"]
+    assert body["resourceType"] == "Patient"
+    assert body["meta"]["versionId"] == "1"
+    assert body["meta"]["lastUpdated"].endswith("Z")
+    assert body["name"] == d["name"] and body["identifier"] == d["identifier"]
+    assert r.headers["location"] == f"{live.base}/Patient/{rid}/_history/1"
+    assert r.headers["etag"] == 'W/"1"'
+    http_date_ok(r.headers["last-modified"])
+    assert r.headers["content-type"].startswith("application/fhir+json")
+
+    got = client.get(f"/Patient/{rid}")
+    assert got.status_code == 200
+    assert got.json() == body
+    assert got.headers["etag"] == 'W/"1"'
+    assert got.headers["last-modified"] == r.headers["last-modified"]
+
+    v1 = client.get(f"/Patient/{rid}/_history/1")
+    assert v1.status_code == 200 and v1.json() == body
+    assert v1.headers["etag"] == 'W/"1"'
+
+    assert_outcome(client.get(f"/Patient/{rid}/_history/2"), 404)
+    assert_outcome(client.get(f"/Patient/{rid}/_history/x"), 404)
+    assert_outcome(client.get(f"/Patient/{unique()}"), 404)
+    assert_outcome(client.get(f"/Patient/{unique()}/_history/1"), 404)
+
+
+def test_create_ignores_the_id_in_the_body(client):
+    sent = patient(rid=f"mine-{unique()[:20]}")
+    r = create(client, sent)
+    rid = r.json()["id"]
+    assert rid != sent["id"]
+    assert client.get(f"/Patient/{rid}").status_code == 200
+    assert_outcome(client.get(f"/Patient/{sent['id']}"), 404)
+
+
+def test_create_ignores_client_meta_version(client):
+    d = patient(meta={"versionId": "7", "lastUpdated": "2001-01-01T00:00:00Z",
+                      "source": "urn:oid:1.2.3"})
+    body = create(client, d).json()
+    assert body["meta"]["versionId"] == "1"
+    assert body["meta"]["lastUpdated"] != "2001-01-01T00:00:00Z"
+    assert body["meta"]["source"] == "urn:oid:1.2.3"
+
+
+# -- update ------------------------------------------------------------------------------------
+
+
+def test_update_creates_then_versions(client, live):
+    rid = unique()
+    d = patient(rid=rid)
+    r1 = put(client, d)
+    assert r1.status_code == 201, r1.text
+    assert r1.json()["meta"]["versionId"] == "1"
+    assert r1.headers["location"] == f"{live.base}/Patient/{rid}/_history/1"
+    assert r1.headers["etag"] == 'W/"1"'
+
+    d["name"][0]["family"] = "Liu"
+    r2 = put(client, d)
+    assert r2.status_code == 200, r2.text
+    assert r2.json()["meta"]["versionId"] == "2"
+    assert r2.json()["name"][0]["family"] == "Liu"
+    assert r2.headers["etag"] == 'W/"2"'
+    http_date_ok(r2.headers["last-modified"])
+
+    assert client.get(f"/Patient/{rid}").json()["name"][0]["family"] == "Liu"
+    old = client.get(f"/Patient/{rid}/_history/1").json()
+    assert old["name"][0]["family"] == "Wang" and old["meta"]["versionId"] == "1"
+
+
+# -- delete ------------------------------------------------------------------------------------
+
+
+def test_delete_then_read_is_gone_and_history_keeps_everything(client):
+    rid = unique()
+    d = patient(rid=rid)
+    assert put(client, d).status_code == 201
+    d["gender"] = "female"
+    assert put(client, d).status_code == 200
+
+    r = client.delete(f"/Patient/{rid}")
+    assert r.status_code in (200, 204), r.text
+    if r.status_code == 200 and r.content:
+        assert r.json()["resourceType"] == "OperationOutcome"
+    assert etag_version(r) == 3
+
+    assert_outcome(client.get(f"/Patient/{rid}"), 410)
+    assert_outcome(client.get(f"/Patient/{rid}/_history/3"), 410)
+    assert client.get(f"/Patient/{rid}/_history/1").status_code == 200
+    assert client.get(f"/Patient/{rid}/_history/2").json()["gender"] == "female"
+
+    entries = instance_versions(client, f"Patient/{rid}")
+    assert [e["request"]["method"] for e in entries] == ["DELETE", "PUT", "PUT"]
+    assert "resource" not in entries[0]
+
+    # deleting again changes nothing; deleting what never existed is fine too
+    before = system_total(client)
+    assert client.delete(f"/Patient/{rid}").status_code in (200, 204)
+    assert client.delete(f"/Patient/{unique()}").status_code in (200, 204)
+    assert system_total(client) == before
+
+    # an update after a delete brings it back as a new version (created again: 201)
+    r = put(client, d)
+    assert r.status_code == 201, r.text
+    assert r.json()["meta"]["versionId"] == "4"
+    assert client.get(f"/Patient/{rid}").status_code == 200
+
+
+def test_delete_prefer_minimal_is_204_without_body(client):
+    rid = create(client, patient()).json()["id"]
+    r = client.delete(f"/Patient/{rid}", headers={"prefer": "return=minimal"})
+    assert r.status_code == 204 and r.content == b""
+    assert_outcome(client.get(f"/Patient/{rid}"), 410)
+
+
+# -- conditional create ------------------------------------------------------------------------
+
+
+def test_conditional_create_no_match_creates(client):
+    d = patient()
+    r = client.post("/Patient", json=d, headers={**FHIR_JSON, "if-none-exist": f"identifier={token(d)}"})
+    assert r.status_code == 201, r.text
+    assert client.get(f"/Patient/{r.json()['id']}").status_code == 200
+
+
+def test_conditional_create_one_match_returns_existing(client):
+    d = patient()
+    first = create(client, d).json()
+    before = system_total(client)
+    d2 = dict(d, gender="male")
+    r = client.post("/Patient", json=d2,
+                    headers={**FHIR_JSON, "if-none-exist": f"identifier={token(d)}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == first["id"]
+    assert "gender" not in r.json()  # the existing resource, not the posted one
+    assert etag_version(r) == 1
+    assert system_total(client) == before
+    # the If-None-Exist value may also carry the type and "?"
+    r = client.post("/Patient", json=d2,
+                    headers={**FHIR_JSON, "if-none-exist": f"Patient?identifier={token(d)}"})
+    assert r.status_code == 200 and r.json()["id"] == first["id"]
+
+
+def test_conditional_create_many_matches_is_412(client):
+    value = unique()
+    for _ in range(2):
+        assert put(client, patient(value, rid=unique())).status_code == 201
+    before = system_total(client)
+    r = client.post("/Patient", json=patient(value),
+                    headers={**FHIR_JSON, "if-none-exist": f"identifier={patient(value)['identifier'][0]['system']}|{value}"})
+    assert_outcome(r, 412)
+    assert system_total(client) == before
+
+
+# -- conditional update ------------------------------------------------------------------------
+
+
+def test_conditional_update_no_match_creates(client):
+    d = patient()
+    r = client.put("/Patient", params={"identifier": token(d)}, json=d, headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    assert client.get(f"/Patient/{rid}").json()["identifier"] == d["identifier"]
+
+
+def test_conditional_update_one_match_updates_it(client):
+    d = patient()
+    rid = create(client, d).json()["id"]
+    d["gender"] = "female"
+    r = client.put("/Patient", params={"identifier": token(d)}, json=d, headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == rid and r.json()["meta"]["versionId"] == "2"
+    assert client.get(f"/Patient/{rid}").json()["gender"] == "female"
+
+    # a body id that is not the matched resource's id is refused
+    wrong = dict(d, id=unique())
+    r = client.put("/Patient", params={"identifier": token(d)}, json=wrong, headers=FHIR_JSON)
+    assert_outcome(r, 400)
+    assert etag_version(client.get(f"/Patient/{rid}")) == 2
+
+
+def test_conditional_update_many_matches_is_412(client):
+    value = unique()
+    ids = [unique(), unique()]
+    for rid in ids:
+        put(client, patient(value, rid=rid))
+    before = system_total(client)
+    d = patient(value, gender="other")
+    r = client.put("/Patient", params={"identifier": token(d)}, json=d, headers=FHIR_JSON)
+    assert_outcome(r, 412)
+    assert system_total(client) == before
+    for rid in ids:
+        assert "gender" not in client.get(f"/Patient/{rid}").json()
+
+
+# -- conditional delete ------------------------------------------------------------------------
+
+
+def test_conditional_delete_zero_one_many(client):
+    before = system_total(client)
+    r = client.delete("/Patient", params={"identifier": f"urn:oid:1.2.3|{unique()}"})
+    assert r.status_code in (200, 204, 404), r.text
+    assert system_total(client) == before
+
+    d = patient()
+    rid = create(client, d).json()["id"]
+    r = client.delete("/Patient", params={"identifier": token(d)})
+    assert r.status_code in (200, 204), r.text
+    assert_outcome(client.get(f"/Patient/{rid}"), 410)
+    # the deleted resource no longer matches: a conditional create makes a new one
+    r = client.post("/Patient", json=d, headers={**FHIR_JSON, "if-none-exist": f"identifier={token(d)}"})
+    assert r.status_code == 201 and r.json()["id"] != rid
+
+    value = unique()
+    ids = [unique(), unique()]
+    for x in ids:
+        put(client, patient(value, rid=x))
+    before = system_total(client)
+    r = client.delete("/Patient", params={"identifier": token(patient(value))})
+    assert_outcome(r, 412)
+    assert system_total(client) == before
+    for x in ids:
+        assert client.get(f"/Patient/{x}").status_code == 200
+
+
+# -- If-Match (version-aware updates) ----------------------------------------------------------
+
+
+def test_if_match_wrong_version_is_412_and_stores_nothing(client):
+    d = patient(rid=unique())
+    put(client, d)
+    d["gender"] = "male"
+    before = system_total(client)
+    r = put(client, d, **{"if-match": 'W/"2"'})
+    assert_outcome(r, 412)
+    r = client.delete(f"/Patient/{d['id']}", headers={"if-match": 'W/"5"'})
+    assert_outcome(r, 412)
+    assert system_total(client) == before
+    assert etag_version(client.get(f"/Patient/{d['id']}")) == 1
+
+    # an If-Match on a resource that does not exist cannot match either
+    assert_outcome(put(client, patient(rid=unique()), **{"if-match": 'W/"1"'}), 412)
+
+
+def test_if_match_current_version_succeeds(client):
+    d = patient(rid=unique())
+    put(client, d)
+    d["gender"] = "male"
+    r = put(client, d, **{"if-match": 'W/"1"'})
+    assert r.status_code == 200, r.text
+    assert etag_version(r) == 2
+    d["gender"] = "female"
+    r = put(client, d, **{"if-match": '"2"'})  # strong form accepted too
+    assert r.status_code == 200 and etag_version(r) == 3
+    r = client.delete(f"/Patient/{d['id']}", headers={"if-match": 'W/"3"'})
+    assert r.status_code in (200, 204)
+    assert_outcome(client.get(f"/Patient/{d['id']}"), 410)
+
+
+# -- Prefer ------------------------------------------------------------------------------------
+
+
+def test_prefer_return_minimal(client, live):
+    r = client.post("/Patient", json=patient(), headers={**FHIR_JSON, "prefer": "return=minimal"})
+    assert r.status_code == 201
+    assert r.content == b""
+    assert r.headers["location"].startswith(f"{live.base}/Patient/")
+    assert r.headers["etag"] == 'W/"1"'
+    rid = r.headers["location"].split("/")[-3]
+    d = client.get(f"/Patient/{rid}").json()
+    d["gender"] = "male"
+    r = put(client, d, prefer="return=minimal")
+    assert r.status_code == 200 and r.content == b"" and r.headers["etag"] == 'W/"2"'
+
+
+def test_prefer_return_representation(client):
+    d = patient()
+    r = client.post("/Patient", json=d, headers={**FHIR_JSON, "prefer": "return=representation"})
+    assert r.status_code == 201
+    assert r.json()["resourceType"] == "Patient" and r.json()["identifier"] == d["identifier"]
+
+
+def test_prefer_return_operation_outcome(client):
+    r = client.post("/Patient", json=patient(),
+                    headers={**FHIR_JSON, "prefer": "return=OperationOutcome"})
+    assert r.status_code == 201
+    assert r.json()["resourceType"] == "OperationOutcome"
+    assert r.headers["etag"] == 'W/"1"' and "location" in r.headers
+
+
+# -- formats -----------------------------------------------------------------------------------
+
+
+def test_format_json_variants_and_xml_refused(client):
+    rid = create(client, patient()).json()["id"]
+    for fmt in ("json", "application/fhir+json", "application/json"):
+        r = client.get(f"/Patient/{rid}", params={"_format": fmt})
+        assert r.status_code == 200 and r.json()["id"] == rid
+    for fmt in ("xml", "application/fhir+xml", "text/xml"):
+        assert_outcome(client.get(f"/Patient/{rid}", params={"_format": fmt}), 406)
+    assert_outcome(client.get(f"/Patient/{rid}", headers={"accept": "application/fhir+xml"}), 406)
+    before = system_total(client)
+    r = client.post("/Patient", params={"_format": "xml"}, json=patient(), headers=FHIR_JSON)
+    assert_outcome(r, 406)
+    assert system_total(client) == before
+
+
+def test_pretty(client):
+    rid = create(client, patient()).json()["id"]
+    plain = client.get(f"/Patient/{rid}")
+    nice = client.get(f"/Patient/{rid}", params={"_pretty": "true"})
+    assert b"\n" not in plain.content
+    assert b"\n  " in nice.content
+    assert nice.json() == plain.json()
+    assert client.get(f"/Patient/{rid}", params={"_pretty": "false"}).content == plain.content
+
+
+# -- If-None-Match (conditional read) ----------------------------------------------------------
+
+
+def test_if_none_match_gives_304(client):
+    d = patient(rid=unique())
+    put(client, d)
+    r = client.get(f"/Patient/{d['id']}", headers={"if-none-match": 'W/"1"'})
+    assert r.status_code == 304 and r.content == b""
+    assert r.headers["etag"] == 'W/"1"'
+    d["gender"] = "male"
+    put(client, d)
+    r = client.get(f"/Patient/{d['id']}", headers={"if-none-match": 'W/"1"'})
+    assert r.status_code == 200 and r.json()["gender"] == "male"
+    r = client.get(f"/Patient/{d['id']}", headers={"if-none-match": 'W/"7", W/"2"'})
+    assert r.status_code == 304 and r.headers["etag"] == 'W/"2"'
+    r = client.get(f"/Patient/{d['id']}", headers={"if-none-match": "*"})
+    assert r.status_code == 304
+    # vread honours it too
+    r = client.get(f"/Patient/{d['id']}/_history/1", headers={"if-none-match": 'W/"1"'})
+    assert r.status_code == 304
+
+
+# -- content unchanged: no new version ---------------------------------------------------------
+
+
+def test_same_put_twice_makes_one_version(client):
+    d = patient(rid=unique())
+    assert put(client, d).status_code == 201
+    before = system_total(client)
+    r = put(client, d)
+    assert r.status_code == 200, r.text
+    assert etag_version(r) == 1 and r.json()["meta"]["versionId"] == "1"
+    # the stored meta sent back (versionId, lastUpdated) does not count as a change either
+    stored = client.get(f"/Patient/{d['id']}").json()
+    assert etag_version(put(client, stored)) == 1
+    assert system_total(client) == before
+    assert len(instance_versions(client, f"Patient/{d['id']}")) == 1
+
+
+def test_same_batch_twice_changes_nothing(client):
+    ids = [unique() for _ in range(3)]
+    b = bundle("batch", *(put_entry(patient(rid=x)) for x in ids))
+    r1 = client.post("", json=b, headers=FHIR_JSON)
+    assert r1.status_code == 200, r1.text
+    assert [e["response"]["status"][:3] for e in r1.json()["entry"]] == ["201"] * 3
+    before = system_total(client)
+    r2 = client.post("", json=b, headers=FHIR_JSON)
+    assert r2.status_code == 200
+    assert [e["response"]["status"][:3] for e in r2.json()["entry"]] == ["200"] * 3
+    assert [e["response"]["etag"] for e in r2.json()["entry"]] == ['W/"1"'] * 3
+    assert system_total(client) == before
+
+
+def test_stored_bytes_are_served_unchanged(client):
+    """Reads return exactly the stored JSON (no re-serialisation drift between reads)."""
+    rid = create(client, patient()).json()["id"]
+    a = client.get(f"/Patient/{rid}").content
+    b = client.get(f"/Patient/{rid}/_history/1").content
+    assert a == b
+    assert orjson.loads(a)["id"] == rid
+
+
+@pytest.mark.parametrize("rtype", ["Observation", "Organization"])
+def test_other_types_round_trip(client, rtype):
+    bodies = {
+        "Observation": {"resourceType": "Observation", "status": "final",
+                        "code": {"text": "heart rate"}},
+        "Organization": {"resourceType": "Organization", "name": "Township health centre"},
+    }
+    r = client.post(f"/{rtype}", json=bodies[rtype], headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+    got = client.get(f"/{rtype}/{r.json()['id']}")
+    assert got.status_code == 200 and got.json()["resourceType"] == rtype
+
+
+def test_search_count_zero_gives_total_without_paging(client):
+    d = patient()
+    create(client, d)
+    for params in ({"identifier": token(d), "_count": "0"}, {"_count": "0"}):
+        r = client.get("/Patient", params=params)
+        assert r.status_code == 200, r.text
+        b = r.json()
+        assert b["total"] >= 1 and not b.get("entry")
+        assert not [x for x in b["link"] if x["relation"] == "next"], b["link"]

@@ -1,0 +1,218 @@
+"""History (http.html#history): instance, type and system level, newest first, paging, _since, _at."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import httpx
+from fhir.resources.R4B.bundle import Bundle
+
+from tests.api_helpers import (
+    FHIR_JSON,
+    assert_outcome,
+    create,
+    observation,
+    patient,
+    put,
+    unique,
+)
+
+
+def pages(client: httpx.Client, path: str, params: dict, between=None) -> list[dict]:
+    """Follow next links until exhausted; ``between(page_no)`` runs after every page."""
+    out, url, n = [], path, 0
+    r = client.get(url, params=params)
+    while True:
+        assert r.status_code == 200, r.text
+        b = r.json()
+        assert b["resourceType"] == "Bundle" and b["type"] == "history"
+        out.extend(b.get("entry", []))
+        n += 1
+        if between:
+            between(n)
+        nxt = [link["url"] for link in b.get("link", []) if link["relation"] == "next"]
+        if not nxt:
+            return out
+        assert nxt[0].startswith("http"), nxt
+        r = client.get(nxt[0])
+        assert n < 100, "paging does not end"
+
+
+def versions(entries: list[dict]) -> list[tuple[str, int]]:
+    return [(e["fullUrl"].split("/fhir/")[1], int(e["response"]["etag"][3:-1])) for e in entries]
+
+
+def test_instance_history_newest_first_with_all_details(client, live):
+    d = patient(rid=unique())
+    rid = d["id"]
+    put(client, d)
+    for family in ("Li", "Zhao"):
+        d["name"][0]["family"] = family
+        put(client, d)
+    assert client.delete(f"/Patient/{rid}").status_code in (200, 204)
+
+    r = client.get(f"/Patient/{rid}/_history")
+    assert r.status_code == 200
+    b = r.json()
+    assert b["type"] == "history" and b["total"] == 4
+    Bundle.model_validate(b)  # a valid R4 Bundle
+    entries = b["entry"]
+    assert [int(e["response"]["etag"][3:-1]) for e in entries] == [4, 3, 2, 1]
+    assert all(e["fullUrl"] == f"{live.base}/Patient/{rid}" for e in entries)
+    deleted, *kept = entries
+    assert deleted["request"] == {"method": "DELETE", "url": f"Patient/{rid}"}
+    assert "resource" not in deleted
+    assert [e["resource"]["name"][0]["family"] for e in kept] == ["Zhao", "Li", "Wang"]
+    assert [e["resource"]["meta"]["versionId"] for e in kept] == ["3", "2", "1"]
+    assert [e["request"]["method"] for e in kept] == ["PUT", "PUT", "PUT"]
+    assert kept[-1]["response"]["status"].startswith("201")
+    times = [e["response"]["lastModified"] for e in entries]
+    assert times == sorted(times, reverse=True)
+    for e in kept:  # the history entry is exactly what vread returns
+        v = e["resource"]["meta"]["versionId"]
+        assert client.get(f"/Patient/{rid}/_history/{v}").json() == e["resource"]
+
+
+def test_instance_history_of_created_resource_says_post(client):
+    rid = create(client, patient()).json()["id"]
+    (entry,) = client.get(f"/Patient/{rid}/_history").json()["entry"]
+    assert entry["request"] == {"method": "POST", "url": "Patient"}
+
+
+def test_history_of_unknown_things(client):
+    assert_outcome(client.get(f"/Patient/{unique()}/_history"), 404)
+    assert_outcome(client.get("/NoSuchType/_history"), 404)
+    assert_outcome(client.get("/Patient/_history", params={"_since": "yesterday"}), 400)
+    assert_outcome(client.get("/Patient/_history", params={"_at": "2024-13"}), 400)
+    assert_outcome(client.get("/_history", params={"_count": "many"}), 400)
+    assert_outcome(client.get("/_history", params={"_cursor": "abc"}), 400)
+
+
+def test_type_and_system_history(client):
+    start = create(client, patient()).json()["meta"]["lastUpdated"]
+    p = create(client, patient()).json()
+    o = create(client, observation(f"Patient/{p['id']}")).json()
+
+    types = client.get("/Patient/_history", params={"_since": start}).json()
+    assert {e["resource"]["resourceType"] for e in types["entry"]} == {"Patient"}
+    assert versions(types["entry"])[0] == (f"Patient/{p['id']}", 1)
+    assert len(types["entry"]) == 2
+
+    system = client.get("/_history", params={"_since": start}).json()
+    assert versions(system["entry"])[:2] == [(f"Observation/{o['id']}", 1), (f"Patient/{p['id']}", 1)]
+    assert len(system["entry"]) == 3
+    Bundle.model_validate(system)
+
+
+def test_count_paging_instance_history_while_writing(client):
+    d = patient(rid=unique())
+    for i in range(12):
+        d["name"][0]["given"] = [f"n{i}"]
+        assert put(client, d).status_code in (200, 201)
+
+    def write_more(page_no):  # new versions appear while the client pages
+        d["name"][0]["given"] = [f"later{page_no}"]
+        put(client, d)
+
+    got = versions(pages(client, f"/Patient/{d['id']}/_history", {"_count": "5"}, write_more))
+    assert got == [(f"Patient/{d['id']}", v) for v in range(12, 0, -1)]
+
+
+def test_count_paging_type_and_system_history_no_duplicates_or_gaps(client):
+    first = create(client, patient()).json()
+    start, start_id = first["meta"]["lastUpdated"], first["id"]
+    written = []
+    for i in range(9):
+        d = patient(rid=unique()) if i % 3 else observation("Patient/x")
+        if i % 3:
+            put(client, d)
+            written.append(f"Patient/{d['id']}")
+        else:
+            written.append(f"Observation/{create(client, d).json()['id']}")
+
+    extra = []
+
+    def write_between(_):
+        r = create(client, patient())
+        extra.append(f"Patient/{r.json()['id']}")
+
+    sys_pages = pages(client, "/_history", {"_since": start, "_count": "4"}, write_between)
+    refs = [ref for ref, _ in versions(sys_pages)]
+    assert len(refs) == len(set(refs)), "duplicates across pages"
+    # everything that existed when paging started, newest first; nothing written after it
+    assert refs == written[::-1] + [f"Patient/{start_id}"]
+    assert not set(refs) & set(extra)
+
+    existing = extra[::-1] + [w for w in written[::-1] if w.startswith("Patient/")]
+    extra.clear()
+    type_pages = pages(client, "/Patient/_history", {"_since": start, "_count": "2"},
+                       write_between)
+    refs = [ref for ref, _ in versions(type_pages)]
+    assert len(refs) == len(set(refs))
+    assert refs == existing + [f"Patient/{start_id}"]
+    assert not set(refs) & set(extra)
+
+
+def test_count_zero_and_total(client):
+    rid = create(client, patient()).json()["id"]
+    r = client.get(f"/Patient/{rid}/_history", params={"_count": "0"})
+    assert r.status_code == 200, r.text
+    assert r.json()["total"] == 1 and not r.json().get("entry")
+    assert not [x for x in r.json()["link"] if x["relation"] == "next"]
+    r = client.get("/_history", params={"_count": "0", "_total": "accurate"})
+    assert r.status_code == 200, r.text
+    assert r.json()["total"] >= 1 and not r.json().get("entry")
+
+
+def test_since(client):
+    d = patient(rid=unique())
+    t1 = put(client, d).json()["meta"]["lastUpdated"]
+    d["gender"] = "male"
+    t2 = put(client, d).json()["meta"]["lastUpdated"]
+    ref = f"/Patient/{d['id']}/_history"
+
+    assert [e["resource"]["meta"]["versionId"] for e in client.get(ref, params={"_since": t2}).json()["entry"]] == ["2"]
+    assert len(client.get(ref, params={"_since": t1}).json()["entry"]) == 2
+    assert client.get(ref, params={"_since": t1}).json()["total"] == 2
+    # the same instant written with a +08:00 offset means the same thing
+    dt = datetime.fromisoformat(t2.replace("Z", "+00:00")) + timedelta(hours=8)
+    local = dt.strftime("%Y-%m-%dT%H:%M:%S.%f") + "+08:00"
+    r = client.get(ref, params={"_since": local})
+    assert [e["resource"]["meta"]["versionId"] for e in r.json()["entry"]] == ["2"]
+    # partial dates: the start of the period
+    assert len(client.get(ref, params={"_since": t1[:4]}).json()["entry"]) == 2
+    future = str(int(t1[:4]) + 1)
+    assert client.get(ref, params={"_since": future}).json().get("entry", []) == []
+
+
+def test_at_with_full_and_partial_dates(client):
+    d = patient(rid=unique())
+    t1 = put(client, d).json()["meta"]["lastUpdated"]
+    d["gender"] = "male"
+    t2 = put(client, d).json()["meta"]["lastUpdated"]
+    assert client.delete(f"/Patient/{d['id']}").status_code in (200, 204)
+    ref = f"/Patient/{d['id']}/_history"
+
+    def at(value):
+        r = client.get(ref, params={"_at": value})
+        assert r.status_code == 200, r.text
+        return [int(e["response"]["etag"][3:-1]) for e in r.json().get("entry", [])]
+
+    assert at(t1) == [1]  # at the instant of version 1 only version 1 was current
+    assert at(t2) == [2]  # version 1 ended exactly when version 2 began
+    assert at(t1[:10]) == at(t1[:7]) == at(t1[:4]) == [3, 2, 1] or t1[:10] != t2[:10]
+    assert 1 in at(t1[:10]) and 1 in at(t1[:7]) and 1 in at(t1[:4])
+    assert at("2000") == [] and at("2000-02") == [] and at("2000-02-03") == []
+
+    # type level: only versions current during the period
+    r = client.get("/Patient/_history", params={"_at": t1})
+    refs = [(e["fullUrl"].rsplit("/", 1)[1], e["response"]["etag"]) for e in r.json()["entry"]]
+    assert (d["id"], 'W/"1"') in refs and (d["id"], 'W/"2"') not in refs
+
+
+def test_history_reflects_conditional_writes(client):
+    d = patient()
+    r = client.post("/Patient", json=d, headers={**FHIR_JSON, "if-none-exist": f"identifier={d['identifier'][0]['system']}|{d['identifier'][0]['value']}"})
+    rid = r.json()["id"]
+    client.post("/Patient", json=d, headers={**FHIR_JSON, "if-none-exist": f"identifier={d['identifier'][0]['system']}|{d['identifier'][0]['value']}"})
+    assert client.get(f"/Patient/{rid}/_history").json()["total"] == 1
