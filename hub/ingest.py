@@ -18,6 +18,7 @@ Validation happened before (``hub.resource.validate``), exactly once per resourc
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -33,7 +34,8 @@ from hub.errors import FhirError, Issue, bad_request, gone, not_found, precondit
 from hub.events import CREATED, DELETED, UPDATED, ResourceEvent, from_stored
 from hub.store import Commit, ConflictError, Head, ResourceStore
 
-RETRIES = 8
+RETRIES = 12
+BACKOFF = 0.001  # seconds; doubled per retry, jittered, at most 50 ms: racing writers spread out
 
 
 @dataclass(slots=True)
@@ -118,7 +120,7 @@ class Hub:
     def execute(self, ops: list[Op], ctx: Context, *, atomic: bool) -> list[Result | FhirError]:
         """Plan and commit ``ops`` as one transaction; with ``atomic`` any failure fails all."""
         undo: list[tuple[Any, Any, str]] = []  # reference rewrites, reverted before a retry
-        for _ in range(RETRIES):
+        for attempt in range(RETRIES):
             try:
                 return self._attempt(ops, ctx, atomic, undo)
             except ConflictError:
@@ -127,7 +129,7 @@ class Hub:
                 undo.clear()
                 for op in ops:
                     op.target, op.existing = None, False
-                continue
+                time.sleep(random.uniform(0, min(0.05, BACKOFF * 2 ** attempt)))
         raise FhirError(409, "conflict", "Too many concurrent changes to the same resources; retry")
 
     def execute_batch(self, ops: list[Op], ctx: Context) -> list[Result | FhirError]:
@@ -291,7 +293,7 @@ class Hub:
         if op.existing:  # conditional create matched, or conditional delete matched nothing
             if op.method == "DELETE":
                 return Result(200, op.rtype, issues=[Issue("not-found", "Nothing matched; nothing deleted", "information")])
-            return self._current_result(op.rtype, op.target, 200)
+            return Result(200, op.rtype, op.target)
         current = head.version if head else 0
         if op.if_match is not None and op.if_match != current:
             raise precondition_failed(
@@ -310,7 +312,9 @@ class Hub:
             return Result(200, op.rtype, op.target, current + 1, last_updated)
         h = res.content_hash(op.d)
         if head is not None and not head.deleted and head.content_hash == h:
-            return self._current_result(op.rtype, op.target, 200, unchanged=True)
+            # Body and lastUpdated are filled in by complete() only if the caller shows them.
+            return Result(200, op.rtype, op.target, head.version, issues=[
+                Issue("informational", "Content unchanged; no new version", "information")])
         version = current + 1
         body = res.canonical(op.d, op.target, version, last_updated)
         kind = CREATED if head is None else UPDATED
@@ -319,10 +323,15 @@ class Hub:
         created = head is None or head.deleted
         return Result(201 if created else 200, op.rtype, op.target, version, last_updated, body)
 
-    def _current_result(self, rtype: str, rid: str, status: int, unchanged: bool = False) -> Result:
-        ev = from_stored(self.store.latest(rtype, rid))
-        issues = [Issue("informational", "Content unchanged; no new version", "information")] if unchanged else []
-        return Result(status, rtype, rid, ev.version, ev.last_updated, ev.resource, issues)
+    def complete(self, result: Result) -> Result:
+        """Fill in the current version's body and time where a write left the resource as it was."""
+        if result.rid is not None and result.body is None and result.status in (200, 201):
+            stored = self.store.latest(result.rtype, result.rid)
+            if stored is not None and not stored.topic.endswith("Deleted"):
+                ev = from_stored(stored)
+                result.version, result.last_updated, result.body = (
+                    ev.version, ev.last_updated, ev.resource)
+        return result
 
     # -- bulk ingest ---------------------------------------------------------------------------
 

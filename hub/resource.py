@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -27,10 +28,19 @@ RESOURCE_TYPES: frozenset[str] = frozenset(TYPE_FACTS)
 MAX_ISSUES = 20
 
 
+# A number orjson would not write back as sent: a fraction ending in 0 (FHIR decimals keep their
+# precision: 1.50 is not 1.5), an exponent, or more digits than a double holds.
+_INEXACT_NUMBER = re.compile(rb"[0-9]\.[0-9]*0(?![0-9])|[0-9][eE][+-]?[0-9]|[0-9.]{17}")
+
+
 def parse_json(body: bytes, where: str = "body") -> Any:
+    """Parse with orjson; where a decimal would lose its written form, keep it as sent."""
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as e:
+        if _INEXACT_NUMBER.search(body) is None:
+            return orjson.loads(body)
+        orjson.loads(body)  # same error messages as the fast path
+        return json.loads(body, parse_float=orjson.Fragment)
+    except (orjson.JSONDecodeError, ValueError, RecursionError) as e:
         raise FhirError(400, "structure", f"The {where} is not valid JSON: {e}") from None
 
 

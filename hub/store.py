@@ -108,18 +108,12 @@ class _IndexMixin:
                 drop_ids.append((ev.rtype, ev.rid))
             if not deleted:
                 add_ids.extend((ev.rtype, s, v, ev.rid) for s, v in idents)
-        c.executemany(
-            self.q(
-                "INSERT INTO resource_head (rtype, rid, version, deleted, hash) VALUES (?,?,?,?,?) "
-                "ON CONFLICT (rtype, rid) DO UPDATE SET version=excluded.version, "
-                "deleted=excluded.deleted, hash=excluded.hash"
-            ),
-            heads,
+        self._insert_many(
+            c, "resource_head", ("rtype", "rid", "version", "deleted", "hash"), heads,
+            "ON CONFLICT (rtype, rid) DO UPDATE SET version=excluded.version, "
+            "deleted=excluded.deleted, hash=excluded.hash",
         )
-        c.executemany(
-            self.q("INSERT INTO resource_version (nid, rtype, rid, version, ts) VALUES (?,?,?,?,?)"),
-            versions,
-        )
+        self._insert_many(c, "resource_version", ("nid", "rtype", "rid", "version", "ts"), versions)
         if supersede:
             c.executemany(
                 self.q(
@@ -132,12 +126,15 @@ class _IndexMixin:
                 self.q("DELETE FROM resource_identifier WHERE rtype=? AND rid=?"), drop_ids
             )
         if add_ids:
-            c.executemany(
-                self.q(
-                    "INSERT INTO resource_identifier (rtype, system, value, rid) VALUES (?,?,?,?)"
-                ),
-                add_ids,
-            )
+            self._insert_many(c, "resource_identifier", ("rtype", "system", "value", "rid"), add_ids)
+
+    def _insert_many(self, c: Any, table: str, columns: tuple[str, ...], rows: list[tuple],
+                     suffix: str = "") -> None:
+        c.executemany(
+            f"INSERT INTO {table} ({', '.join(columns)}) "
+            f"VALUES ({', '.join([self.placeholder] * len(columns))}) {suffix}",
+            rows,
+        )
 
     def _check_guards(self, c: Any, commit: Commit) -> None:
         mine = {(ev.rtype, ev.rid) for ev in commit.events}
@@ -329,7 +326,8 @@ class _SQLiteDatastore(SQLiteDatastore):
     """eventsourcing's SQLite datastore with the pool above (text stream names)."""
 
     def __init__(self, db_name: str, pool_size: int = 8):
-        self.pool = _FastSQLitePool(db_name=db_name, pool_size=pool_size, lock_timeout=30)
+        self.pool = _FastSQLitePool(db_name=db_name, pool_size=pool_size, lock_timeout=30,
+                                    pool_timeout=30)
         self.single_row_tracking = True
         self.originator_id_type = "text"
 
@@ -352,6 +350,22 @@ class PostgresResourceRecorder(_IndexMixin, PostgresApplicationRecorder):
     def construct_create_table_statements(self) -> list[str]:
         return list(_POSTGRES_TABLES)
 
+    _PG_TYPES = {"rtype": "text", "rid": "text", "version": "int", "deleted": "int",
+                 "hash": "bytea", "nid": "bigint", "ts": "bigint", "system": "text",
+                 "value": "text"}
+
+    def _insert_many(self, c: Any, table: str, columns: tuple[str, ...], rows: list[tuple],
+                     suffix: str = "") -> None:
+        # One statement over arrays instead of one round trip per row.
+        if not rows:
+            return
+        arrays = [list(col) for col in zip(*rows)]
+        unnest = ", ".join(f"%b::{self._PG_TYPES[col]}[]" for col in columns)
+        c.execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({unnest}) {suffix}",
+            arrays,
+        )
+
     def create_table(self) -> None:
         super().create_table()
         with self.datastore.transaction(commit=True) as c:
@@ -364,7 +378,14 @@ class PostgresResourceRecorder(_IndexMixin, PostgresApplicationRecorder):
             self._lock_table(c)
             self._notify_channel(c)
             self._check_guards(c, kwargs["commit"])
-            c.execute(self.insert_events_statement, (self._pg_events(stored_events),))
+            c.execute(
+                "INSERT INTO stored_events (originator_id, originator_version, topic, state) "
+                "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::bytea[]) "
+                "RETURNING notification_id",
+                [[s.originator_id for s in stored_events],
+                 [s.originator_version for s in stored_events],
+                 [s.topic for s in stored_events], [s.state for s in stored_events]],
+            )
             nids = [row["notification_id"] for row in c.fetchall()]
             commit: Commit = kwargs["commit"]
             guards, commit.guards = commit.guards, []  # already checked under the lock
@@ -373,12 +394,6 @@ class PostgresResourceRecorder(_IndexMixin, PostgresApplicationRecorder):
             finally:
                 commit.guards = guards
         return nids
-
-    def _pg_events(self, stored_events: Sequence[StoredEvent]) -> list[Any]:
-        return [
-            self.construct_pg_stored_event(s.originator_id, s.originator_version, s.topic, s.state)
-            for s in stored_events
-        ]
 
 
 class ResourceStore:

@@ -306,6 +306,28 @@ def test_prefer_return_minimal(client, live):
     assert r.status_code == 200 and r.content == b"" and r.headers["etag"] == 'W/"2"'
 
 
+def test_prefer_with_several_preferences(client):
+    """RFC 7240: several preferences in one header, separated by commas."""
+    for prefer in ("return=minimal, handling=strict", "handling=lenient,return=minimal",
+                   'return="minimal"'):
+        r = client.post("/Patient", json=patient(), headers={**FHIR_JSON, "prefer": prefer})
+        assert r.status_code == 201 and r.content == b"", (prefer, r.text)
+    r = client.post("/Patient", json=patient(),
+                    headers={**FHIR_JSON, "prefer": "respond-async, return=OperationOutcome"})
+    assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_prefer_in_a_transaction(client):
+    b = bundle("transaction", put_entry(patient(rid=unique())))
+    r = client.post("", json=b, headers={**FHIR_JSON, "prefer": "return=minimal"})
+    assert r.status_code == 200
+    (entry,) = r.json()["entry"]
+    assert "resource" not in entry and entry["response"]["etag"] == 'W/"1"'
+    b["entry"][0]["resource"]["gender"] = "male"
+    r = client.post("", json=b, headers={**FHIR_JSON, "prefer": "return=representation"})
+    assert r.json()["entry"][0]["resource"]["gender"] == "male"
+
+
 def test_prefer_return_representation(client):
     d = patient()
     r = client.post("/Patient", json=d, headers={**FHIR_JSON, "prefer": "return=representation"})
@@ -408,6 +430,16 @@ def test_stored_bytes_are_served_unchanged(client):
     b = client.get(f"/Patient/{rid}/_history/1").content
     assert a == b
     assert orjson.loads(a)["id"] == rid
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: stored JSON is re-emitted by orjson, which "
+                   "parses decimals as floats (1.50 -> 1.5); FHIR requires decimal precision kept")
+def test_decimal_precision_is_kept(client):
+    raw = (b'{"resourceType":"Observation","status":"final","code":{"text":"glucose"},'
+           b'"valueQuantity":{"value":1.50,"unit":"mmol/L"}}')
+    r = client.post("/Observation", content=raw, headers=FHIR_JSON)
+    assert r.status_code == 201
+    assert b'"value":1.50' in client.get(f"/Observation/{r.json()['id']}").content
 
 
 @pytest.mark.parametrize("rtype", ["Observation", "Organization"])

@@ -108,7 +108,7 @@ def test_every_accepted_example_round_trips(live, examples):
                 return f"{name}: meta.profile/tag/security not kept"
         return None
 
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(2) as pool:
         outcomes = list(pool.map(put_and_get, examples))
     failures = [f for f in outcomes if f and f != "refused"]
     assert not failures, f"{len(failures)} of {len(examples)} failed:\n" + "\n".join(failures[:30])

@@ -148,8 +148,10 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
 
     async def run(request: Request, op: Op) -> Response:
         hub = _hub(request)
-        result = (await run_in_threadpool(hub.execute, [op], _ctx(request), atomic=True))[0]
-        return write_response(request, result)
+        def execute() -> Result:
+            return hub.complete(hub.execute([op], _ctx(request), atomic=True)[0])
+
+        return write_response(request, await run_in_threadpool(execute))
 
     def stored_response(request: Request, stored, status: int = 200) -> Response:
         ev_version = stored.originator_version

@@ -137,6 +137,8 @@ def process(bundle: dict, hub: Hub, ctx: Context, base: str, representation: boo
     ops: list[Op] = [parsed[i] for i in writes]  # type: ignore[misc]
     results = hub.execute(ops, ctx, atomic=True) if atomic else hub.execute_batch(ops, ctx)
     for i, result in zip(writes, results):
+        if isinstance(result, Result) and parsed[i].method != "DELETE":  # type: ignore[union-attr]
+            hub.complete(result)
         out[i] = _write_entry(result, base, representation)
     for i, p in enumerate(parsed):
         if isinstance(p, FhirError):

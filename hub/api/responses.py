@@ -47,7 +47,8 @@ def pretty(request: Request) -> bool:
 
 
 def prefer_return(request: Request) -> str:
-    for part in request.headers.get("prefer", "").split(";"):
+    # RFC 7240: preferences are separated by commas, a preference's parameters by semicolons
+    for part in re.split(r"[,;]", request.headers.get("prefer", "")):
         part = part.strip()
         if part.startswith("return="):
             value = part.split("=", 1)[1].strip().strip('"')

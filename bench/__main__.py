@@ -1,0 +1,55 @@
+"""`make bench`: every benchmark, results in bench/results/*.json and a table in bench/results/summary.md."""
+
+from __future__ import annotations
+
+import argparse
+
+from bench import ingest, memory, server
+from bench.common import RESULTS
+
+
+def summary(ing: dict, http: dict, mem: dict) -> str:
+    rows = [
+        ("Validated ingest, SQLite, resources/s/core (ratio to raw model_validate_json)",
+         f"{ing['runs'][-1]['sqlite_per_s']} ({ing['median_sqlite_ratio']})", ">= 0.6"),
+    ]
+    if "median_postgres_ratio" in ing:
+        rows.append(("Validated ingest, PostgreSQL, resources/s/core (ratio)",
+                     f"{ing['runs'][-1]['postgres_per_s']} ({ing['median_postgres_ratio']})",
+                     ">= 0.6"))
+    rows += [
+        ("Single create through HTTP, p50 / p95 / p99 ms",
+         f"{http['create_ms']['p50']} / {http['create_ms']['p95']} / {http['create_ms']['p99']}",
+         "p95 < 10"),
+        ("Read through HTTP, p50 / p95 ms", f"{http['read_ms']['p50']} / {http['read_ms']['p95']}", ""),
+        ("Server RSS while serving, MB", f"{http['server_rss_mb']} (peak {http['server_peak_rss_mb']})",
+         "< 500"),
+        (f"hub ingest peak RSS, {mem['small']['target_resources']:,} vs "
+         f"{mem['large']['target_resources']:,} resources, MB",
+         f"{mem['small']['ingest']['peak_rss_mb']} vs {mem['large']['ingest']['peak_rss_mb']}",
+         "< 1024, flat"),
+        ("hub ingest of the large set, seconds", f"{mem['large']['ingest']['seconds']}", ""),
+        (f"hub generate peak RSS, {mem['small']['target_resources']:,} vs "
+         f"{mem['large']['target_resources']:,} resources, MB",
+         f"{mem['small']['generate']['peak_rss_mb']} vs {mem['large']['generate']['peak_rss_mb']}",
+         "< 1024, flat"),
+    ]
+    lines = ["| measure | result | goal |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = p.parse_args()
+    ing = ingest.main(["--people", "200" if args.quick else "800"])
+    http = server.main(["--n", "300" if args.quick else "3000"])
+    mem = memory.main(["--small", "5000", "--large", "20000"] if args.quick else [])
+    table = summary(ing, http, mem)
+    (RESULTS / "summary.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Concurrent writers: optimistic concurrency must neither lose updates nor let two writers win.
+
+Each scenario runs through the service (``hub`` fixture, threads calling ``Hub.execute``) and
+through HTTP (threads with their own clients against the live server), on both backends.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import orjson
+
+from hub import resource as res
+from hub.errors import FhirError
+from hub.ingest import Context, Hub, Op
+from tests.api_helpers import FHIR_JSON, observation, patient, token, unique
+
+THREADS = 8
+
+
+def run_together(n: int, fn: Callable[[int], object]) -> list:
+    """Run fn(0..n-1) in n threads released at the same moment; results in order."""
+    barrier = threading.Barrier(n)
+
+    def go(i):
+        barrier.wait()
+        return fn(i)
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(go, range(n)))
+
+
+# -- through the service -----------------------------------------------------------------------
+
+
+def put_op(d: dict, if_match: int | None = None) -> Op:
+    res.validate(d["resourceType"], orjson.dumps(d), d)
+    return Op("PUT", d["resourceType"], d["id"], d, if_match=if_match,
+              url=f"{d['resourceType']}/{d['id']}")
+
+
+def status_of(hub: Hub, op: Op) -> int:
+    try:
+        return hub.execute([op], Context(), atomic=True)[0].status
+    except FhirError as e:
+        return e.status
+
+
+def versions_in_log(hub: Hub, rtype: str, rid: str) -> list[int]:
+    return sorted(s.originator_version for s in hub.store.versions(rtype, rid))
+
+
+def test_service_same_if_match_exactly_one_wins(hub):
+    d = patient(rid=unique())
+    hub.execute([put_op(dict(d))], Context(), atomic=True)
+    for round_ in range(1, 6):  # each round races on the version the previous one made
+        codes = run_together(2, lambda i: status_of(
+            hub, put_op(dict(d, gender=["male", "female"][i], birthDate=f"19{round_}0-01-0{i + 1}"),
+                        if_match=round_)))
+        assert sorted(codes) == [200, 412], codes
+        assert versions_in_log(hub, "Patient", d["id"]) == list(range(1, round_ + 2))
+
+
+def test_service_unconditional_updates_lose_nothing(hub):
+    rid = unique()
+    hub.execute([put_op(patient(rid=rid))], Context(), atomic=True)
+    per_thread = 4
+
+    def writer(i):
+        out = []
+        for k in range(per_thread):
+            r = hub.execute([put_op(patient(rid=rid, family=f"T{i}-{k}"))], Context(), atomic=True)[0]
+            out.append((r.version, f"T{i}-{k}"))
+        return out
+
+    results = [x for xs in run_together(THREADS, writer) for x in xs]
+    total = 1 + THREADS * per_thread
+    assert sorted(v for v, _ in results) == list(range(2, total + 1))  # distinct, no gaps
+    assert versions_in_log(hub, "Patient", rid) == list(range(1, total + 1))
+    for version, family in results:  # each write is exactly the version it was told it is
+        stored = orjson.loads(hub.vread("Patient", rid, version).state.partition(b"\n")[2])
+        assert stored["name"][0]["family"] == family
+
+
+def test_service_concurrent_conditional_creates_make_one_resource(hub):
+    for _ in range(4):
+        d = patient()
+        query = [("identifier", token(d))]
+
+        def create(i):
+            op = Op("POST", "Patient", d=dict(d, gender=["male", "female", "other", "unknown"][i]),
+                    if_none_exist=query, url="Patient")
+            r = hub.execute([op], Context(), atomic=True)[0]
+            return r.status, r.rid
+
+        results = run_together(4, create)
+        assert sorted(s for s, _ in results) == [200, 200, 200, 201], results
+        assert len({rid for _, rid in results}) == 1
+        assert hub.resolver.match("Patient", query) == [results[0][1]]
+
+
+def test_service_transactions_retried_keep_their_references(hub):
+    """Transactions racing on one shared resource get re-planned; urn:uuid references must follow
+    the re-planned ids, never point at an id of an abandoned attempt."""
+    shared = unique()
+    hub.execute([put_op(patient(rid=shared))], Context(), atomic=True)
+
+    def tx(i):
+        pu = f"urn:uuid:{unique()}"
+        p, o = patient(), observation(pu)
+        ops = [Op("POST", "Patient", d=p, full_url=pu, url="Patient"),
+               Op("POST", "Observation", d=o, url="Observation"),
+               put_op(patient(rid=shared, family=f"T{i}"))]
+        results = hub.execute(ops, Context(), atomic=True)
+        return p, results
+
+    for p, (rp, ro, _) in run_together(THREADS, tx):
+        obs = orjson.loads(hub.read("Observation", ro.rid).state.partition(b"\n")[2])
+        assert obs["subject"]["reference"] == f"Patient/{rp.rid}"
+        stored = orjson.loads(hub.read("Patient", rp.rid).state.partition(b"\n")[2])
+        assert stored["identifier"] == p["identifier"]
+    assert versions_in_log(hub, "Patient", shared) == list(range(1, THREADS + 2))
+
+
+# -- through HTTP ------------------------------------------------------------------------------
+
+
+def with_client(live, fn):
+    def call(i):
+        with httpx.Client(base_url=live.base, timeout=60) as c:
+            return fn(c, i)
+    return call
+
+
+def test_http_same_if_match_exactly_one_wins(client, live):
+    d = patient(rid=unique())
+    assert client.put(f"/Patient/{d['id']}", json=d, headers=FHIR_JSON).status_code == 201
+    for round_ in range(1, 4):
+        def put(c, i):
+            body = dict(d, gender=["male", "female"][i], birthDate=f"19{round_}0-01-0{i + 1}")
+            return c.put(f"/Patient/{d['id']}", json=body,
+                         headers={**FHIR_JSON, "if-match": f'W/"{round_}"'})
+        rs = run_together(2, with_client(live, put))
+        assert sorted(r.status_code for r in rs) == [200, 412], [r.text for r in rs]
+        loser = next(r for r in rs if r.status_code == 412)
+        assert loser.json()["resourceType"] == "OperationOutcome"
+    hist = client.get(f"/Patient/{d['id']}/_history").json()
+    assert hist["total"] == 4
+
+
+def test_http_unconditional_updates_lose_nothing(client, live):
+    rid = unique()
+    client.put(f"/Patient/{rid}", json=patient(rid=rid), headers=FHIR_JSON)
+    per_thread = 3
+
+    def writer(c, i):
+        out = []
+        for k in range(per_thread):
+            r = c.put(f"/Patient/{rid}", json=patient(rid=rid, family=f"T{i}-{k}"), headers=FHIR_JSON)
+            assert r.status_code == 200, r.text
+            out.append((int(r.json()["meta"]["versionId"]), f"T{i}-{k}"))
+        return out
+
+    results = [x for xs in run_together(THREADS, with_client(live, writer)) for x in xs]
+    total = 1 + THREADS * per_thread
+    assert sorted(v for v, _ in results) == list(range(2, total + 1))
+    hist = client.get(f"/Patient/{rid}/_history", params={"_count": "100"}).json()
+    assert [int(e["resource"]["meta"]["versionId"]) for e in hist["entry"]] == \
+        list(range(total, 0, -1))
+    by_version = {int(e["resource"]["meta"]["versionId"]): e["resource"]["name"][0]["family"]
+                  for e in hist["entry"]}
+    assert all(by_version[v] == family for v, family in results)
+
+
+def test_http_concurrent_conditional_creates_make_one_resource(client, live):
+    for _ in range(3):
+        d = patient()
+
+        def create(c, i):
+            return c.post("/Patient", json=dict(d, gender=["male", "female", "other", "unknown"][i]),
+                          headers={**FHIR_JSON, "if-none-exist": f"identifier={token(d)}"})
+
+        rs = run_together(4, with_client(live, create))
+        assert Counter(r.status_code for r in rs) == {201: 1, 200: 3}, [r.text for r in rs]
+        assert all("id" in r.json() for r in rs), [r.text for r in rs]
+        assert len({r.json()["id"] for r in rs}) == 1
+        found = client.get("/Patient", params={"identifier": token(d)}).json()
+        assert found["total"] == 1
+
+
+def test_http_concurrent_transactions_with_conditional_creates(client, live):
+    """Transactions that conditionally create the same Patient and reference it: one Patient,
+    every Observation pointing at it."""
+    d = patient()
+
+    def tx(c, i):
+        pu = f"urn:uuid:{unique()}"
+        b = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": pu, "resource": d,
+             "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={token(d)}"}},
+            {"resource": observation(pu), "request": {"method": "POST", "url": "Observation"}},
+        ]}
+        return c.post("", json=b, headers=FHIR_JSON)
+
+    rs = run_together(4, with_client(live, tx))
+    assert all(r.status_code == 200 for r in rs), [r.text for r in rs]
+    pids = {r.json()["entry"][0]["response"]["location"].split("/")[1] for r in rs}
+    assert len(pids) == 1
+    (pid,) = pids
+    for r in rs:
+        oid = r.json()["entry"][1]["response"]["location"].split("/")[1]
+        assert client.get(f"/Observation/{oid}").json()["subject"]["reference"] == f"Patient/{pid}"
+    assert client.get("/Patient", params={"identifier": token(d)}).json()["total"] == 1

@@ -1,0 +1,86 @@
+"""The CapabilityStatement (GET [base]/metadata) says what the server really does."""
+
+from __future__ import annotations
+
+import pytest
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+from tests.api_helpers import FHIR_JSON, assert_outcome, patient, unique
+
+
+@pytest.fixture
+def statement(client) -> dict:
+    r = client.get("/metadata")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/fhir+json")
+    return r.json()
+
+
+def by_type(statement: dict) -> dict[str, dict]:
+    (rest,) = statement["rest"]
+    return {r["type"]: r for r in rest["resource"]}
+
+
+def test_is_a_valid_r4_capability_statement(statement, live):
+    CapabilityStatement.model_validate(statement)
+    assert statement["resourceType"] == "CapabilityStatement"
+    assert statement["fhirVersion"] == "4.0.1"
+    assert statement["kind"] == "instance" and statement["status"] == "active"
+    assert "application/fhir+json" in statement["format"] or "json" in statement["format"]
+    assert not any("xml" in f for f in statement["format"])
+    assert statement["implementation"]["url"] == live.base
+    assert statement["rest"][0]["mode"] == "server"
+
+
+def test_system_interactions_are_the_routed_ones(statement):
+    codes = {i["code"] for i in statement["rest"][0]["interaction"]}
+    assert codes == {"transaction", "batch", "history-system"}
+
+
+def test_patient_capabilities(statement):
+    p = by_type(statement)["Patient"]
+    codes = {i["code"] for i in p["interaction"]}
+    assert codes == {"read", "vread", "update", "delete", "history-instance", "history-type",
+                     "create", "search-type"}
+    assert "patch" not in codes
+    assert p["versioning"] in ("versioned", "versioned-update")
+    assert p["readHistory"] is True and p["updateCreate"] is True
+    assert p["conditionalCreate"] is True and p["conditionalUpdate"] is True
+    assert p["conditionalDelete"] == "single"
+    assert p["conditionalRead"] in ("not-match", "full-support")
+    params = {s["name"]: s["type"] for s in p["searchParam"]}
+    assert params == {"_id": "token", "identifier": "token"}
+
+
+def test_every_known_type_is_listed(statement):
+    types = by_type(statement)
+    assert {"Patient", "Observation", "Encounter", "Organization", "Bundle"} <= set(types)
+    assert len(types) > 100
+
+
+def test_what_it_claims_works(client, statement):
+    """Spot-check the claims: conditional create, versioned update, conditional delete (single)."""
+    p = by_type(statement)["Patient"]
+    assert p["conditionalCreate"]
+    d = patient()
+    tok = f"{d['identifier'][0]['system']}|{d['identifier'][0]['value']}"
+    r1 = client.post("/Patient", json=d, headers={**FHIR_JSON, "if-none-exist": f"identifier={tok}"})
+    r2 = client.post("/Patient", json=d, headers={**FHIR_JSON, "if-none-exist": f"identifier={tok}"})
+    assert (r1.status_code, r2.status_code) == (201, 200)
+    rid = r1.json()["id"]
+    assert p["versioning"] == "versioned-update"
+    stale = client.put(f"/Patient/{rid}", json=r1.json() | {"gender": "male"},
+                       headers={**FHIR_JSON, "if-match": 'W/"0"'})
+    assert_outcome(stale, 412)
+    assert client.delete("/Patient", params={"identifier": tok}).status_code in (200, 204)
+    assert_outcome(client.get(f"/Patient/{rid}"), 410)
+    # something that is not in the statement is refused
+    assert_outcome(client.patch(f"/Patient/{rid}", content=b"[]",
+                                headers={"content-type": "application/json-patch+json"}), 405)
+    assert_outcome(client.get(f"/Patient/{unique()}/_history"), 404)
+
+
+def test_metadata_formats(client):
+    assert_outcome(client.get("/metadata", params={"_format": "xml"}), 406)
+    r = client.get("/metadata", params={"_pretty": "true"})
+    assert r.status_code == 200 and b"\n  " in r.content

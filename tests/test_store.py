@@ -1,0 +1,186 @@
+"""The event store: one stream per resource, created/updated/deleted events with header metadata,
+one database transaction per commit, and where the embedded store keeps its file."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from hub import resource as res
+from hub.errors import FhirError
+from hub.events import TOPICS, TRANSCODER, ResourceEvent, from_stored
+from hub.ingest import Context, Hub, Op
+from hub.store import Commit, ConflictError, IdentifierGuard
+from tests.api_helpers import FHIR_JSON, SYSTEM, patient, unique
+
+
+def op(method: str, d: dict | None = None, rid: str | None = None, **kw) -> Op:
+    if d is not None:
+        res.validate(d["resourceType"], orjson.dumps(d), d)
+    rtype = d["resourceType"] if d else "Patient"
+    return Op(method, rtype, rid, d, url=f"{rtype}/{rid}" if rid else rtype, **kw)
+
+
+def stream(hub: Hub, ref: str):
+    return list(hub.store.recorder.select_events(ref))
+
+
+def test_one_stream_per_resource_with_topics_and_header(hub):
+    ctx = Context(request_id="req-1", source={"institution": "urn:oid:1.2.156.112604", "feed": "his",
+                                              "messageId": "MSG0001"})
+    created = hub.execute([op("POST", patient())], ctx, atomic=True)[0]
+    rid = created.rid
+    other = hub.execute([op("POST", patient())], ctx, atomic=True)[0]
+    d = patient(rid=rid, gender="female")
+    hub.execute([op("PUT", d, rid)], Context(request_id="req-2"), atomic=True)
+    hub.execute([op("DELETE", rid=rid)], Context(request_id="req-3"), atomic=True)
+
+    events = stream(hub, f"Patient/{rid}")
+    assert [e.originator_version for e in events] == [1, 2, 3]
+    assert [e.topic for e in events] == [TOPICS["created"], TOPICS["updated"], TOPICS["deleted"]]
+    assert all(e.originator_id == f"Patient/{rid}" for e in events)
+    assert [e.originator_version for e in stream(hub, f"Patient/{other.rid}")] == [1]
+
+    headers = [orjson.loads(e.state.partition(b"\n")[0]) for e in events]
+    assert [h["versionId"] for h in headers] == ["1", "2", "3"]
+    assert all(h["type"] == "Patient" and h["id"] == rid for h in headers)
+    assert headers[0]["source"] == ctx.source
+    assert [h["request"]["method"] for h in headers] == ["POST", "PUT", "DELETE"]
+    assert [h["request"]["requestId"] for h in headers] == ["req-1", "req-2", "req-3"]
+    assert headers[1]["request"]["url"] == f"Patient/{rid}"
+    times = [h["lastUpdated"] for h in headers]
+    assert times == sorted(times) and len(set(times)) == 3
+
+    # the body after the header is the stored resource, with the header's version and time
+    first = orjson.loads(events[0].state.partition(b"\n")[2])
+    assert first["meta"] == {"versionId": "1", "lastUpdated": headers[0]["lastUpdated"]}
+    assert first["id"] == rid and created.body == events[0].state.partition(b"\n")[2]
+    assert events[2].state.partition(b"\n")[2] == b""  # a deletion carries no resource
+    ev = from_stored(events[1])
+    assert (ev.kind, ev.rtype, ev.rid, ev.version) == ("updated", "Patient", rid, 2)
+    assert orjson.loads(ev.resource)["gender"] == "female"
+
+
+def test_transcoder_round_trip():
+    ev = ResourceEvent("updated", "Observation", "o1", 4, "2024-05-01T08:00:00.000001Z",
+                       b'{"resourceType":"Observation","id":"o1"}', {"feed": "x\ny"},
+                       {"method": "PUT"})
+    data = TRANSCODER.encode(ev)
+    assert data.count(b"\n") == 1  # a newline in the metadata is escaped in the header
+    back = TRANSCODER.decode(data)
+    assert back["resource"] == ev.resource and back["source"] == {"feed": "x\ny"}
+
+
+def test_unchanged_content_writes_no_event(hub):
+    d = patient(rid=unique())
+    hub.execute([op("PUT", dict(d), d["id"])], Context(), atomic=True)
+    before = hub.store.max_notification_id()
+    r = hub.execute([op("PUT", dict(d), d["id"])], Context(), atomic=True)[0]
+    assert r.status == 200 and r.version == 1
+    assert hub.store.max_notification_id() == before
+    assert len(stream(hub, f"Patient/{d['id']}")) == 1
+
+
+def test_a_transaction_commits_in_one_database_transaction(hub):
+    pu = f"urn:uuid:{unique()}"
+    ops = [op("POST", patient(), full_url=pu),
+           op("POST", {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                       "subject": {"reference": pu}}),
+           op("PUT", patient(rid=unique()), None)]
+    ops[2].rid = ops[2].d["id"]
+    results = hub.execute(ops, Context(), atomic=True)
+    nids = [row.nid for row in hub.store.history(limit=10)]
+    assert len(nids) == 3 and nids == list(range(nids[0], nids[0] - 3, -1))  # consecutive
+    times = {r.last_updated for r in results}
+    assert len(times) == 1
+
+
+def test_failing_guard_leaves_nothing_behind(hub):
+    value = unique()
+    hub.execute([op("POST", patient(value))], Context(), atomic=True)
+    before = hub.store.max_notification_id()
+    a, b = unique(), unique()
+    commit = Commit()
+    for rid in (a, b):
+        body = res.canonical(patient(rid=rid), rid, 1, "2024-01-01T00:00:00.000000Z")
+        commit.add(ResourceEvent("created", "Patient", rid, 1, "2024-01-01T00:00:00.000000Z", body),
+                   b"h" * 16, [(SYSTEM, unique())], 1_704_067_200_000_000)
+    commit.guards.append(IdentifierGuard("Patient", SYSTEM, value))  # already taken: must fail
+    with pytest.raises(ConflictError):
+        hub.store.commit(commit)
+    assert hub.store.max_notification_id() == before
+    assert stream(hub, f"Patient/{a}") == [] and stream(hub, f"Patient/{b}") == []
+    assert hub.store.heads([("Patient", a), ("Patient", b)]) == {}
+    assert hub.store.find_by_identifier("Patient", SYSTEM, commit.identifiers[0][0][1]) == []
+    assert hub.store.count_history(rtype="Patient") == 1
+
+
+def test_failing_version_in_the_middle_leaves_nothing_behind(hub):
+    taken = unique()
+    hub.execute([op("PUT", patient(rid=taken), taken)], Context(), atomic=True)
+    before = hub.store.max_notification_id()
+    fresh = unique()
+    commit = Commit()
+    for rid in (fresh, taken):  # version 1 of `taken` exists: the second insert violates the key
+        body = res.canonical(patient(rid=rid), rid, 1, "2024-01-01T00:00:00.000000Z")
+        commit.add(ResourceEvent("created", "Patient", rid, 1, "2024-01-01T00:00:00.000000Z", body),
+                   b"h" * 16, [], 1_704_067_200_000_000)
+    with pytest.raises(ConflictError):
+        hub.store.commit(commit)
+    assert hub.store.max_notification_id() == before
+    assert stream(hub, f"Patient/{fresh}") == []
+    assert hub.store.heads([("Patient", fresh)]) == {}
+    assert hub.store.count_history() == 1
+
+
+def test_failed_transaction_through_the_service_stores_nothing(hub):
+    existing = unique()
+    hub.execute([op("PUT", patient(rid=existing), existing)], Context(), atomic=True)
+    before = hub.store.max_notification_id()
+    ops = [op("POST", patient()), op("PUT", patient(rid=existing, gender="male"), existing,
+                                     if_match=7)]
+    with pytest.raises(FhirError) as e:
+        hub.execute(ops, Context(), atomic=True)
+    assert e.value.status == 412
+    assert hub.store.max_notification_id() == before
+
+
+def test_sqlite_file_lives_in_the_data_directory(hub, settings, backend):
+    hub.execute([op("POST", patient())], Context(), atomic=True)
+    if backend == "sqlite":
+        assert settings.event_store_path == settings.data_dir / "events.sqlite"
+        assert settings.event_store_path.is_file()
+        assert settings.event_store_path.stat().st_size > 0
+        siblings = {p.name for p in settings.data_dir.parent.iterdir()}
+        assert siblings == {"data"}  # nothing written beside the data directory
+    else:
+        assert not settings.event_store_path.exists()
+
+
+def test_data_survives_reopening(settings):
+    first = Hub(settings.open_store())
+    try:
+        r = first.execute([op("POST", patient())], Context(), atomic=True)[0]
+    finally:
+        first.store.close()
+    again = Hub(settings.open_store())
+    try:
+        assert again.read("Patient", r.rid).state.partition(b"\n")[2] == r.body
+    finally:
+        again.store.close()
+
+
+def test_rest_writes_record_their_source_and_request_id(client, live):
+    rid = unique()
+    r = client.put(f"/Patient/{rid}", json=patient(rid=rid),
+                   headers={**FHIR_JSON, "x-request-id": "trace-42"})
+    assert r.status_code == 201
+    store = live.settings.open_store()
+    try:
+        (event,) = store.versions("Patient", rid)
+        header = orjson.loads(event.state.partition(b"\n")[0])
+        assert header["request"] == {"method": "PUT", "url": f"Patient/{rid}",
+                                     "requestId": "trace-42"}
+        assert header["source"] == {"feed": "rest"}
+    finally:
+        store.close()
