@@ -7,10 +7,12 @@ stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import heapq
 import os
 import sys
 import time
-from collections import Counter, deque
+import zlib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,24 +27,29 @@ class UsageError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hub", description="Regional FHIR integration hub")
-    parser.add_argument("--data-dir", help="data directory (default $HUB_DATA_DIR or ./var)")
-    parser.add_argument("--database-url", help="postgresql://… event store instead of SQLite")
+    # The store options are accepted before and after the command (hub ingest --data-dir D ...).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=argparse.SUPPRESS,
+                        help="data directory (default $HUB_DATA_DIR or ./var)")
+    common.add_argument("--database-url", default=argparse.SUPPRESS,
+                        help="postgresql://… event store instead of SQLite (default $HUB_DATABASE_URL)")
+    parser = argparse.ArgumentParser(prog="hub", description="Regional FHIR integration hub",
+                                     parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="serve the FHIR REST API")
+    p = sub.add_parser("serve", help="serve the FHIR REST API", parents=[common])
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--data-dir", dest="data_dir_sub")
     p.add_argument("--workers", type=int, default=1)
 
-    p = sub.add_parser("ingest", help="validate and store FHIR JSON, Bundles and NDJSON")
+    p = sub.add_parser("ingest", help="validate and store FHIR JSON, Bundles and NDJSON",
+                       parents=[common])
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--institution", help="source institution recorded on every event")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("demo", help="generate a synthetic demo region and load it")
+    p = sub.add_parser("demo", help="generate a synthetic demo region and load it", parents=[common])
     p.add_argument("--people", type=int, default=300)
     p.add_argument("--seed", type=int, default=42)
 
@@ -51,18 +58,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--people", type=int, default=1000)
     p.add_argument("--seed", type=int, default=42)
 
-    p = sub.add_parser("show", help="print a resource (or one version of it)")
+    p = sub.add_parser("show", help="print a resource (or one version of it)", parents=[common])
     p.add_argument("reference", help="Type/id or Type/id/_history/N")
 
-    p = sub.add_parser("history", help="list the versions of a resource with their sources")
+    p = sub.add_parser("history", help="list the versions of a resource with their sources",
+                       parents=[common])
     p.add_argument("reference", help="Type/id")
 
     args = parser.parse_args(argv)
-    settings = Settings()
-    data_dir = getattr(args, "data_dir_sub", None) or args.data_dir
-    if data_dir:
-        settings.data_dir = Path(data_dir)
-    if args.database_url:
+    try:
+        settings = Settings()
+    except ValueError as e:  # HUB_PORT=abc and the like
+        print(f"hub: bad HUB_* environment setting: {e}", file=sys.stderr)
+        return 2
+    if getattr(args, "data_dir", None):
+        settings.data_dir = Path(args.data_dir)
+    if getattr(args, "database_url", None):
         settings.database_url = args.database_url
     try:
         return COMMANDS[args.command](args, settings)
@@ -78,6 +89,39 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def open_store(settings: Settings, existing: bool = False):
+    """The configured event store; an unusable PostgreSQL URL is a UsageError saying why.
+
+    Checked with one plain connection first: the store's pool would only say, after a wait, that
+    it got no connection. With ``existing`` a SQLite store must already be there (reading commands
+    should not create an empty one in a mistyped data directory).
+    """
+    if settings.database_url:
+        import psycopg
+
+        try:
+            info = psycopg.conninfo.conninfo_to_dict(settings.database_url)
+        except psycopg.Error as e:
+            raise UsageError("--database-url / HUB_DATABASE_URL is not a PostgreSQL URL: "
+                             + _one_line(e)) from None
+        # the same defaults as ResourceStore.postgres; the password is never printed
+        params = {"host": info.get("host", "127.0.0.1"), "port": info.get("port", 5432),
+                  "user": info.get("user", "postgres"), "dbname": info.get("dbname", "postgres")}
+        where = f"{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
+        try:
+            psycopg.connect(**params, password=info.get("password", ""), connect_timeout=5).close()
+        except psycopg.Error as e:
+            raise UsageError(f"cannot connect to PostgreSQL at {where}: {_one_line(e)}") from None
+    elif existing and not settings.event_store_path.exists():
+        raise UsageError(f"no event store in {settings.data_dir} (set --data-dir or HUB_DATA_DIR)")
+    return settings.open_store()
+
+
+def _one_line(e: Exception) -> str:
+    """libpq's messages span lines."""
+    return "; ".join(" ".join(line.split()) for line in str(e).splitlines() if line.strip())
+
+
 def cmd_serve(args, settings: Settings) -> int:
     import uvicorn
 
@@ -85,146 +129,240 @@ def cmd_serve(args, settings: Settings) -> int:
 
     settings.host = args.host or settings.host
     settings.port = args.port or settings.port
+    open_store(settings).close()  # fail now, with a clear line, if the store cannot be opened
     print(f"FHIR API on http://{settings.host}:{settings.port}/fhir "
           f"(data: {settings.database_url and 'PostgreSQL' or settings.data_dir})", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level="warning", access_log=False)
+    if args.workers > 1:
+        # Worker processes build their own app from the environment: hand the settings on.
+        os.environ.update(HUB_DATA_DIR=str(settings.data_dir), HUB_HOST=settings.host,
+                          HUB_PORT=str(settings.port))
+        if settings.database_url:
+            os.environ["HUB_DATABASE_URL"] = settings.database_url
+        uvicorn.run("hub.api.app:create_app", factory=True, workers=args.workers,
+                    host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    else:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                    log_level="warning", access_log=False)
     return 0
 
 
 # -- ingest ----------------------------------------------------------------------------------------
 
+BOM = b"\xef\xbb\xbf"
+SHOW_PROBLEMS = 20
 
-def iter_inputs(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
-    """(where, raw JSON) for every resource or Bundle in files and folders, NDJSON line by line."""
+
+def input_kind(f: Path) -> str | None:
+    """"ndjson" or "json" for the files ``hub ingest`` reads (optionally gzipped), else None."""
+    name = f.name.lower().removesuffix(".gz")
+    return "ndjson" if name.endswith(".ndjson") else "json" if name.endswith(".json") else None
+
+
+def iter_inputs(paths: list[Path]) -> Iterator[tuple[str, bytes | None, str | None]]:
+    """(where, raw JSON, None) for every resource or Bundle in files and folders, NDJSON line by
+    line; (where, None, reason) for a file that cannot be read (the other files are still read)."""
     for path in paths:
-        if not path.exists():
-            raise UsageError(f"{path} does not exist")
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for f in files:
-            if f.suffix == ".ndjson" or f.name.endswith(".ndjson.gz"):
+            kind = input_kind(f)
+            if kind is None:
+                continue  # other files in a folder (truth.csv, README, ...)
+            n = 0
+            try:
                 with _open(f) as fh:
+                    if kind == "json":
+                        yield str(f), fh.read().removeprefix(BOM), None
+                        continue
                     for n, line in enumerate(fh, 1):
+                        if n == 1:
+                            line = line.removeprefix(BOM)
                         if line.strip():
-                            yield f"{f}:{n}", line
-            elif f.suffix == ".json" or f.name.endswith(".json.gz"):
-                with _open(f) as fh:
-                    yield str(f), fh.read()
+                            yield f"{f}:{n}", line, None
+            except (OSError, EOFError, zlib.error) as e:  # unreadable, corrupt or truncated gzip
+                yield (f"{f}:{n + 1}" if n else str(f)), None, f"Cannot read the file: {e}"
 
 
 def _open(f: Path):
-    if f.name.endswith(".gz"):
+    if f.name.lower().endswith(".gz"):
         import gzip
 
         return gzip.open(f, "rb")
     return f.open("rb")
 
 
+def outcome_kind(result) -> str:
+    """created | updated | unchanged | rejected for one result of ``Hub.ingest``."""
+    if isinstance(result, FhirError):
+        return "rejected"
+    if result.status == 201:
+        return "created"
+    return "unchanged" if result.issues else "updated"
+
+
+def entry_kind(entry, response: dict) -> str:
+    """created | updated | deleted | unchanged | rejected for one entry of a transaction/batch."""
+    status = response["status"][:3]
+    if status == "201":
+        return "created"
+    if not status.startswith("2"):
+        return "rejected"
+    method = entry["request"]["method"]
+    if method == "DELETE":
+        return "unchanged" if "outcome" in response else "deleted"  # nothing there to delete
+    if method == "POST" or "outcome" in response:  # conditional create matched; same content
+        return "unchanged"
+    return "updated"
+
+
 def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, rejected_dir: Path):
-    """Feed files through the hub; returns (Counter of outcomes, list of (where, reason))."""
+    """Feed files through the hub, in input order.
+
+    Returns (Counter of outcomes per input, the first problems as (where, reason) in input order,
+    the number of problems, the file keeping the rejected inputs or None). Plain resources are
+    stored in batches; a batch is committed before a transaction or batch Bundle runs, so later
+    inputs always win over earlier ones.
+    """
     from tqdm import tqdm
 
     from hub.api import bundles
     from hub.resource import parse_json
 
     counts: Counter[str] = Counter()
-    problems: list[tuple[str, str]] = []
+    shown: list[tuple[int, int, str, str]] = []  # max-heap (-seq, -n) of the first problems
+    n_problems = 0
     rejected_dir.mkdir(parents=True, exist_ok=True)
-    rejected_path = rejected_dir / f"ingest-{time.strftime('%Y%m%dT%H%M%S')}.ndjson"
+    rejected_path = rejected_dir / f"ingest-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.ndjson"
     rejected_file = None
-    wheres: deque[str] = deque()
+    bar = tqdm(unit=" res", disable=not progress, smoothing=0.1, mininterval=0.5)
 
-    def reject(where: str, raw: bytes, err: FhirError) -> None:
-        nonlocal rejected_file
-        counts["rejected"] += 1
-        problems.append((where, err.issues[0].diagnostics + (
-            f" at {err.issues[0].expression}" if err.issues[0].expression else "")))
+    def count(kind: str, n: int = 1) -> None:
+        counts[kind] += n
+        bar.update(n)
+
+    def reject(seq: int, where: str, raw: bytes, outcome: dict, n: int = 1) -> None:
+        nonlocal rejected_file, n_problems
+        count("rejected", n)
+        n_problems += 1
+        issue = outcome["issue"][0]
+        reason = issue.get("diagnostics") or issue["code"]
+        if issue.get("expression"):
+            reason += f" at {issue['expression'][0]}"
+        heapq.heappush(shown, (-seq, -n_problems, where, reason))
+        if len(shown) > SHOW_PROBLEMS:
+            heapq.heappop(shown)
         if rejected_file is None:
             rejected_file = rejected_path.open("ab")
-        rejected_file.write(orjson.dumps({"where": where, "outcome": err.outcome(),
+        rejected_file.write(orjson.dumps({"where": where, "outcome": outcome,
                                           "input": raw.decode("utf-8", "replace")}) + b"\n")
 
-    def resources() -> Iterator[tuple[bytes, object]]:
-        for where, raw in iter_inputs(paths):
+    pending: list[tuple[int, str, bytes, object]] = []  # (seq, where, raw, parsed)
+
+    def flush() -> None:
+        if pending:
+            results = hub.ingest(((raw, d) for _, _, raw, d in pending), ctx, batch_size=len(pending))
+            for (seq, where, raw, _), result in zip(pending, results, strict=True):
+                kind = outcome_kind(result)
+                if kind == "rejected":
+                    reject(seq, where, raw, result.outcome())
+                else:
+                    count(kind)
+            pending.clear()
+
+    def add(item: tuple[int, str, bytes, object]) -> None:
+        pending.append(item)
+        if len(pending) >= batch_size:
+            flush()
+
+    def run_bundle(seq: int, where: str, raw: bytes, d: dict) -> None:
+        entries = d["entry"]
+        flush()
+        try:
+            out = bundles.process(d, hub, ctx, "", False, _no_get)
+        except FhirError as e:  # a transaction fails as a whole: every entry is rejected
+            reject(seq, where, raw, e.outcome(), len(entries))
+            return
+        for i, (entry, answer) in enumerate(zip(entries, out["entry"], strict=True)):
+            kind = entry_kind(entry, answer["response"])
+            if kind == "rejected":  # kept as a one-entry Bundle of the same type, to replay
+                reject(seq, f"{where}#entry[{i}]",
+                       orjson.dumps({"resourceType": "Bundle", "type": d["type"], "entry": [entry]}),
+                       answer["response"]["outcome"])
+            else:
+                count(kind)
+
+    try:
+        for seq, (where, raw, unreadable) in enumerate(iter_inputs(paths)):
+            if unreadable is not None:
+                reject(seq, where, b"", FhirError(400, "exception", unreadable).outcome())
+                continue
             try:
                 d = parse_json(raw)
             except FhirError as e:
-                reject(where, raw, e)
+                reject(seq, where, raw, e.outcome())
                 continue
-            if isinstance(d, dict) and d.get("resourceType") == "Bundle":
-                btype = d.get("type")
-                if btype in ("transaction", "batch"):
-                    try:
-                        out = bundles.process(d, hub, ctx, "", False, _no_get)
-                        for entry in out["entry"]:
-                            status = entry["response"]["status"]
-                            counts["accepted" if status[0] == "2" else "rejected"] += 1
-                    except FhirError as e:
-                        reject(where, raw, e)
-                    continue
-                if btype == "collection":
-                    for i, entry in enumerate(d.get("entry") or []):
-                        r = entry.get("resource") if isinstance(entry, dict) else None
-                        wheres.append(f"{where}#entry[{i}]")
-                        yield orjson.dumps(r), r
-                    continue
-            wheres.append(where)
-            yield raw, d
-
-    bar = tqdm(unit=" res", disable=not progress, smoothing=0.1, mininterval=0.5)
-    raws: deque[bytes] = deque()
-    try:
-        def remembering():
-            for raw, d in resources():
-                raws.append(raw)
-                yield raw, d
-
-        for result in hub.ingest(remembering(), ctx, batch_size=batch_size):
-            where, raw = wheres.popleft(), raws.popleft()
-            if isinstance(result, FhirError):
-                reject(where, raw, result)
-            elif result.status == 201:
-                counts["created"] += 1
-            elif result.issues:
-                counts["unchanged"] += 1
+            btype = d.get("type") if isinstance(d, dict) and d.get("resourceType") == "Bundle" else None
+            if btype not in ("transaction", "batch", "collection"):
+                add((seq, where, raw, d))  # a resource (a document or other Bundle included)
+                continue
+            entries = d.get("entry", [])
+            if not isinstance(entries, list) or not entries:  # every input gets an answer
+                why = (f"The {btype} Bundle has no entries: nothing to store"
+                       if isinstance(entries, list) else "Bundle.entry must be an array")
+                reject(seq, where, raw, FhirError(400, "structure", why, "Bundle.entry").outcome())
+            elif btype != "collection":
+                run_bundle(seq, where, raw, d)
             else:
-                counts["updated"] += 1
-            bar.update(1)
+                for i, entry in enumerate(entries):
+                    r = entry.get("resource") if isinstance(entry, dict) else None
+                    add((seq, f"{where}#entry[{i}]", orjson.dumps(r), r))
+        flush()
     finally:
         bar.close()
         if rejected_file is not None:
             rejected_file.close()
-    return counts, problems, (rejected_path if rejected_file else None)
+    problems = [(where, reason) for _, _, where, reason in sorted(shown, reverse=True)]
+    return counts, problems, n_problems, (rejected_path if rejected_file else None)
 
 
 def _no_get(path: str, query: str):
     raise FhirError(400, "not-supported", "GET entries are not run by hub ingest")
 
 
+def summary(counts: Counter[str]) -> str:
+    """"N accepted (N created, N updated, N unchanged[, N deleted]), N rejected"."""
+    accepted = counts["created"] + counts["updated"] + counts["unchanged"] + counts["deleted"]
+    return (f"{accepted} accepted ({counts['created']} created, {counts['updated']} updated, "
+            f"{counts['unchanged']} unchanged"
+            + (f", {counts['deleted']} deleted" if counts["deleted"] else "")
+            + f"), {counts['rejected']} rejected")
+
+
 def cmd_ingest(args, settings: Settings) -> int:
     from hub.ingest import Context, Hub
 
+    for path in args.paths:  # before anything is stored
+        if not path.exists():
+            raise UsageError(f"{path} does not exist")
+        if not path.is_dir() and input_kind(path) is None:
+            raise UsageError(f"{path} is not a .json or .ndjson file (optionally .gz)")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
     ctx = Context(source={"feed": "file", "institution": args.institution} if args.institution
                   else {"feed": "file"})
-    hub = Hub(settings.open_store())
+    hub = Hub(open_store(settings))
     t0 = time.perf_counter()
     try:
-        counts, problems, rejected_path = ingest_paths(
+        counts, problems, n_problems, rejected_path = ingest_paths(
             hub, args.paths, ctx, args.batch_size, not args.quiet and sys.stderr.isatty(),
             settings.data_dir / "rejected")
     finally:
         hub.store.close()
     elapsed = time.perf_counter() - t0
-    total = sum(counts.values())
-    accepted = counts["created"] + counts["updated"] + counts["unchanged"] + counts["accepted"]
-    print(f"{total} inputs in {elapsed:.1f}s: {accepted} accepted ({counts['created']} created, "
-          f"{counts['updated']} updated, {counts['unchanged']} unchanged"
-          + (f", {counts['accepted']} bundle entries" if counts["accepted"] else "")
-          + f"), {counts['rejected']} rejected")
-    for where, reason in problems[:20]:
+    print(f"{sum(counts.values())} inputs in {elapsed:.1f}s: {summary(counts)}")
+    for where, reason in problems:
         print(f"  rejected {where}: {reason}")
-    if len(problems) > 20:
-        print(f"  … and {len(problems) - 20} more")
+    if n_problems > len(problems):
+        print(f"  … and {n_problems - len(problems)} more")
     if rejected_path:
         print(f"rejected inputs kept for replay in {rejected_path}")
     return 1 if counts["rejected"] else 0
@@ -249,18 +387,18 @@ def cmd_demo(args, settings: Settings) -> int:
     from hub.synth import Region
 
     region = Region(seed=args.seed, people=args.people)
-    hub = Hub(settings.open_store())
+    hub = Hub(open_store(settings))
     counts: Counter[str] = Counter()
     try:
         items = ((orjson.dumps(d), d) for d in region.iter_resources())
         with tqdm(unit=" res", disable=not sys.stderr.isatty(), desc="demo region") as bar:
             for result in hub.ingest(items, Context(source={"feed": "demo"})):
-                counts["rejected" if isinstance(result, FhirError) else "stored"] += 1
+                counts[outcome_kind(result)] += 1
                 bar.update(1)
     finally:
         hub.store.close()
-    print(f"demo region (seed {args.seed}, {args.people} people): {counts['stored']} resources "
-          f"stored, {counts['rejected']} rejected, in {settings.database_url and 'PostgreSQL' or settings.data_dir}")
+    print(f"demo region (seed {args.seed}, {args.people} people): {sum(counts.values())} resources, "
+          f"{summary(counts)}, in {settings.database_url and 'PostgreSQL' or settings.data_dir}")
     return 0 if not counts["rejected"] else 1
 
 
@@ -281,9 +419,9 @@ def cmd_show(args, settings: Settings) -> int:
     from hub.ingest import Hub
 
     rtype, rid, version = _parse_ref(args.reference)
-    hub = Hub(settings.open_store())
+    hub = Hub(open_store(settings, existing=True))
     try:
-        stored = hub.vread(rtype, rid, version) if version else hub.read(rtype, rid)
+        stored = hub.vread(rtype, rid, version) if version is not None else hub.read(rtype, rid)
     finally:
         hub.store.close()
     sys.stdout.write(orjson.dumps(orjson.loads(resource_bytes(stored)),
@@ -296,19 +434,19 @@ def cmd_history(args, settings: Settings) -> int:
     from hub.ingest import Hub
 
     rtype, rid, _ = _parse_ref(args.reference)
-    hub = Hub(settings.open_store())
+    hub = Hub(open_store(settings, existing=True))
     try:
         versions = hub.store.versions(rtype, rid)
     finally:
         hub.store.close()
     if not versions:
         raise UsageError(f"{rtype}/{rid} is not known")
-    print(f"{'version':>7}  {'kind':8} {'last updated':28} {'request':28} source")
+    print(f"{'version':>7}  {'kind':8} {'last updated':28} {'request':32} source")
     for stored in versions:
         ev = from_stored(stored)
         req = f"{ev.request.get('method', '')} {ev.request.get('url', '')}".strip()
         src = ", ".join(f"{k}={v}" for k, v in ev.source.items())
-        print(f"{ev.version:>7}  {ev.kind:8} {ev.last_updated:28} {req[:28]:28} {src}")
+        print(f"{ev.version:>7}  {ev.kind:8} {ev.last_updated:28} {req:32} {src}")
     return 0
 
 

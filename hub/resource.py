@@ -80,8 +80,12 @@ def validate(rtype: str, raw: bytes, d: dict, prefix: str | None = None) -> None
             issues.append(
                 Issue(_issue_code(err["type"]), f"{err['msg']}", expression=_path(prefix, err["loc"]))
             )
-    except (ValueError, TypeError) as e:  # the model's own validators raising outside pydantic
-        issues.append(Issue("invalid", str(e), expression=prefix))
+    except KeyError as e:  # fhir_core's lookup of a contained resource of an unknown type
+        name = str(e.args[0]).split(".")[-1].removesuffix("Type")
+        issues.append(Issue("invalid", f"Unknown resource type {name!r} inside the resource",
+                            expression=prefix))
+    except Exception as e:  # noqa: BLE001 - the models' own validators raising outside pydantic
+        issues.append(Issue("invalid", f"{type(e).__name__}: {e}", expression=prefix))
     _find_empty(d, prefix, issues)
     if issues:
         raise FhirError(422, "invalid", issues[0].diagnostics, issues=issues[:MAX_ISSUES])

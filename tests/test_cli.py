@@ -1,0 +1,504 @@
+"""The ``hub`` command line as an operator uses it: a real subprocess, asserting what it prints.
+
+Every command runs as ``python -m hub.cli`` with ``HUB_DATA_DIR`` (and for PostgreSQL
+``HUB_DATABASE_URL``) in its environment. Only the hypothesis test calls ``hub.cli.main`` in-process,
+to stay fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from hub import cli
+from hub.config import Settings
+
+from .conftest import _pg_available, free_port
+
+SUMMARY = re.compile(
+    r"^(\d+) inputs in [\d.]+s: (\d+) accepted \((\d+) created, (\d+) updated, (\d+) unchanged"
+    r"(?:, (\d+) deleted)?\), (\d+) rejected$",
+    re.M,
+)
+
+
+# -- running the command ---------------------------------------------------------------------------
+
+
+def hub_env(settings: Settings) -> dict[str, str]:
+    env = {**os.environ, "HUB_DATA_DIR": str(settings.data_dir), "PYTHONUNBUFFERED": "1"}
+    env.pop("HUB_DATABASE_URL", None)
+    if settings.database_url:
+        env["HUB_DATABASE_URL"] = settings.database_url
+    return env
+
+
+def run_hub(settings: Settings, *args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``hub ARGS`` in a subprocess, in the data directory's parent (so no ./var lands anywhere)."""
+    cwd = settings.data_dir.parent
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "hub.cli", *map(str, args)], env=hub_env(settings),
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def counts(stdout: str) -> dict[str, int]:
+    m = SUMMARY.search(stdout)
+    assert m, f"no summary line in:\n{stdout}"
+    inputs, accepted, created, updated, unchanged, deleted, rejected = m.groups()
+    out = dict(inputs=int(inputs), accepted=int(accepted), created=int(created),
+               updated=int(updated), unchanged=int(unchanged), deleted=int(deleted or 0),
+               rejected=int(rejected))
+    assert out["accepted"] + out["rejected"] == out["inputs"], stdout
+    assert out["created"] + out["updated"] + out["unchanged"] + out["deleted"] == out["accepted"], stdout
+    return out
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit status 2, one line on stderr naming the problem, no traceback."""
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def rejected_records(settings: Settings) -> list[dict]:
+    return [orjson.loads(line) for f in sorted((settings.data_dir / "rejected").glob("*.ndjson"))
+            for line in f.read_bytes().splitlines()]
+
+
+def write(path: Path, data: bytes | str | dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, dict):
+        data = orjson.dumps(data)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def ndjson(*resources: dict | str) -> bytes:
+    return b"".join((r.encode() if isinstance(r, str) else orjson.dumps(r)) + b"\n" for r in resources)
+
+
+def patient(rid: str, family: str = "Wang", **more) -> dict:
+    return {"resourceType": "Patient", "id": rid, "name": [{"family": family}], **more}
+
+
+def observation(rid: str, subject: str) -> dict:
+    return {"resourceType": "Observation", "id": rid, "status": "final",
+            "code": {"text": "body weight"}, "subject": {"reference": subject},
+            "valueQuantity": {"value": 61.5, "unit": "kg"}}
+
+
+TX_PATIENT = "urn:uuid:5f0c9a3e-2b7d-4c1e-9a57-0d3c6f1b2a11"
+
+
+# -- the feed: every input form hub ingest reads ---------------------------------------------------
+
+# created on the first run: patient.json 1, transaction 2, batch 2, collection 3, NDJSON 3 + 2
+VALID_INPUTS = 13
+
+
+@pytest.fixture(scope="module")
+def feed(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("feed")
+    write(root / "patient.json", patient("p1"))
+    write(root / "bundles" / "transaction.json", {
+        "resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": TX_PATIENT,
+             "resource": {"resourceType": "Patient",
+                          "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": "T1"}]},
+             "request": {"method": "POST", "url": "Patient",
+                         "ifNoneExist": "identifier=urn:oid:2.16.156.10011.1.3|T1"}},
+            {"resource": observation("tx-obs", TX_PATIENT),
+             "request": {"method": "PUT", "url": "Observation/tx-obs"}},
+        ]})
+    write(root / "bundles" / "batch.json", {
+        "resourceType": "Bundle", "type": "batch", "entry": [
+            {"resource": patient("b1"), "request": {"method": "PUT", "url": "Patient/b1"}},
+            {"resource": observation("b-obs", "Patient/b1"),
+             "request": {"method": "PUT", "url": "Observation/b-obs"}},
+        ]})
+    write(root / "bundles" / "collection.json", {
+        "resourceType": "Bundle", "type": "collection", "entry": [
+            {"resource": patient("c1")}, {"resource": patient("c2", "Li")},
+            {"resource": {"resourceType": "Organization", "id": "org1", "name": "Township centre"}},
+        ]})
+    # a byte order mark and a blank line, as exports from other systems have them
+    write(root / "ndjson" / "Patient.ndjson",
+          b"\xef\xbb\xbf" + ndjson(patient("n1"), patient("n2")) + b"\n" + ndjson(patient("n3")))
+    write(root / "ndjson" / "Observation.ndjson.gz",
+          gzip.compress(ndjson(observation("g1", "Patient/n1"), observation("g2", "Patient/n2"))))
+    write(root / "ndjson" / "README.txt", "not an input: files of other kinds in a folder are skipped")
+    return root
+
+
+def test_ingest_every_form_then_replay_changes_nothing(settings, feed):
+    first = run_hub(settings, "ingest", feed)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert counts(first.stdout) == dict(inputs=VALID_INPUTS, accepted=VALID_INPUTS,
+                                        created=VALID_INPUTS, updated=0, unchanged=0, deleted=0,
+                                        rejected=0)
+    assert first.stderr == ""
+    assert not (settings.data_dir / "rejected").exists() or not rejected_records(settings)
+
+    again = run_hub(settings, "ingest", feed)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert counts(again.stdout) == dict(inputs=VALID_INPUTS, accepted=VALID_INPUTS, created=0,
+                                        updated=0, unchanged=VALID_INPUTS, deleted=0, rejected=0)
+
+    store = settings.open_store()
+    try:
+        assert store.count_history() == VALID_INPUTS  # the replay appended no event
+        assert store.count_current("Patient") == 8  # p1, the transaction's, b1, c1, c2, n1-n3
+    finally:
+        store.close()
+    # every entry of the collection and the transaction was stored, references resolved
+    shown = run_hub(settings, "show", "Observation/tx-obs")
+    assert shown.returncode == 0, shown.stderr
+    ref = orjson.loads(shown.stdout)["subject"]["reference"]
+    assert ref.startswith("Patient/") and not ref.startswith("Patient/urn")
+    assert run_hub(settings, "show", ref).returncode == 0
+    assert orjson.loads(run_hub(settings, "show", "Patient/c2").stdout)["name"] == [{"family": "Li"}]
+    assert run_hub(settings, "show", "Organization/org1").returncode == 0
+    assert orjson.loads(run_hub(settings, "show", "Observation/g2").stdout)["valueQuantity"]["value"] == 61.5
+
+
+def test_ingest_single_files_and_updates(settings, feed):
+    one = run_hub(settings, "ingest", feed / "patient.json", feed / "ndjson" / "Observation.ndjson.gz")
+    assert one.returncode == 0, one.stderr
+    assert counts(one.stdout)["created"] == 3
+    write(settings.data_dir.parent / "v2" / "p1.ndjson", ndjson(patient("p1", "Zhang"), patient("p1", "Zhao")))
+    two = run_hub(settings, "ingest", settings.data_dir.parent / "v2")
+    # two versions of one resource in one batch: both stored, in order, the later one wins
+    assert counts(two.stdout) == dict(inputs=2, accepted=2, created=0, updated=2, unchanged=0,
+                                      deleted=0, rejected=0)
+    assert orjson.loads(run_hub(settings, "show", "Patient/p1").stdout)["name"] == [{"family": "Zhao"}]
+
+
+# -- rejected inputs -------------------------------------------------------------------------------
+
+
+BAD_LINES = [
+    orjson.dumps(patient("x1")).decode(),  # 1 ok
+    '{"resourceType": "Patient", "id": "x9"',  # 2 invalid JSON
+    orjson.dumps(patient("x2")).decode(),  # 3 ok
+    '{"resourceType": "Alien", "id": "a1"}',  # 4 unknown resource type
+    "",  # 5 blank: skipped, still counted as a line
+    orjson.dumps(patient("x3", birthDate="yesterday")).decode(),  # 6 invalid resource
+    orjson.dumps(patient("x4")).decode(),  # 7 ok
+]
+
+
+def test_rejected_inputs_are_reported_kept_and_the_rest_stored(settings, tmp_path):
+    bad = tmp_path / "bad"
+    mixed = write(bad / "mixed.ndjson", "\n".join(BAD_LINES) + "\n")
+    invalid = write(bad / "invalid.json", patient("x5", active="maybe"))
+    write(bad / "ok.json", patient("x6"))
+    write(bad / "not-gzip.ndjson.gz", b"these bytes are not gzip")
+    odd = write(bad / "odd-collection.json", {"resourceType": "Bundle", "type": "collection", "entry": 5})
+    write(bad / "batch.json", {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": patient("x7"), "request": {"method": "PUT", "url": "Patient/x7"}},
+        {"resource": {"resourceType": "Patient", "gender": 3}, "request": {"method": "POST", "url": "Patient"}},
+    ]})
+    failed_tx = write(bad / "transaction.json", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient("t1"), "request": {"method": "PUT", "url": "Patient/t1"}},
+        {"resource": patient("t2"), "request": {"method": "PUT", "url": "Patient/other"}},
+    ]})
+
+    proc = run_hub(settings, "ingest", bad)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    # 6 lines + invalid + ok + not-gzip + odd + 2 batch entries + 2 transaction entries
+    assert counts(proc.stdout) == dict(inputs=14, accepted=5, created=5, updated=0, unchanged=0,
+                                       deleted=0, rejected=9)
+    out = proc.stdout
+    assert f"rejected {mixed}:2: The body is not valid JSON" in out
+    assert f"rejected {mixed}:4: Unknown resource type 'Alien'" in out
+    assert re.search(rf"rejected {re.escape(str(mixed))}:6: .+ at Patient\.birthDate", out)
+    assert re.search(rf"rejected {re.escape(str(invalid))}: .+ at Patient\.active", out)
+    assert f"rejected {bad / 'not-gzip.ndjson.gz'}: Cannot read the file" in out
+    assert f"rejected {odd}: Bundle.entry must be an array" in out
+    assert re.search(rf"rejected {re.escape(str(bad / 'batch.json'))}#entry\[1\]: .+gender", out)
+    assert f"rejected {failed_tx}: The resource id 't2' differs from the request URL" in out
+    # reported in input order
+    wheres = re.findall(r"^  rejected (\S+?):? ", out, re.M)
+    assert wheres == sorted(wheres, key=lambda w: (w.split(":")[0].split("#")[0], w))
+    assert "rejected inputs kept for replay in " in out
+
+    stored = settings.open_store()
+    try:
+        assert sorted(stored.list_ids("Patient", None, 100)) == ["x1", "x2", "x4", "x6", "x7"]
+        assert stored.count_current("Patient") == 5
+    finally:
+        stored.close()
+    # kept with their OperationOutcome, byte for byte, so they can be fixed and replayed
+    records = {r["where"]: r for r in rejected_records(settings)}
+    assert len(records) == 8  # the failed transaction is kept once, as the whole Bundle
+    for r in records.values():
+        assert r["outcome"]["resourceType"] == "OperationOutcome"
+        assert r["outcome"]["issue"][0]["severity"] == "error"
+    assert records[f"{mixed}:2"]["input"] == BAD_LINES[1] + "\n"
+    assert records[f"{mixed}:4"]["outcome"]["issue"][0]["expression"] == ["resourceType"]
+    assert records[f"{mixed}:6"]["outcome"]["issue"][0]["expression"] == ["Patient.birthDate"]
+    assert orjson.loads(records[str(failed_tx)]["input"]) == orjson.loads(failed_tx.read_bytes())
+
+    fixed = orjson.loads(records[f"{mixed}:6"]["input"]) | {"birthDate": "1990-05-01"}
+    batch_entry = orjson.loads(records[f"{bad / 'batch.json'}#entry[1]"]["input"])
+    assert batch_entry["type"] == "batch" and len(batch_entry["entry"]) == 1
+    batch_entry["entry"][0]["resource"]["gender"] = "female"
+    replay = write(tmp_path / "replay" / "fixed.ndjson", ndjson(fixed, batch_entry))
+    again = run_hub(settings, "ingest", replay)
+    assert again.returncode == 0, again.stdout
+    assert counts(again.stdout)["created"] == 2
+
+
+def test_missing_path_is_one_clear_line_and_stores_nothing(settings, feed, tmp_path):
+    proc = run_hub(settings, "ingest", feed / "patient.json", tmp_path / "nowhere.ndjson")
+    assert_clean_error(proc, "hub ingest:", "nowhere.ndjson", "does not exist")
+    assert proc.stdout == ""
+    assert_clean_error(run_hub(settings, "show", "Patient/p1"), "hub show:")
+    other = write(tmp_path / "notes.txt", "hello")
+    assert_clean_error(run_hub(settings, "ingest", other), "notes.txt", ".json or .ndjson")
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("postgresql://nobody:s3cret@127.0.0.1:1/x", "cannot connect to PostgreSQL at nobody@127.0.0.1:1/x"),
+    ("postgresql://postgres@127.0.0.1:5432/hub_no_such_database", "does not exist"),
+    ("not a url", "not a PostgreSQL URL"),
+])
+def test_bad_database_url_is_a_clear_error(tmp_path, feed, url, needle):
+    if "5432" in url and not _pg_available():
+        pytest.skip("needs the PostgreSQL server to say the database does not exist")
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.database_url = None
+    t0 = time.monotonic()
+    for args in (["--database-url", url, "ingest", feed], ["ingest", "--database-url", url, feed]):
+        line = assert_clean_error(run_hub(settings, *args), "hub ingest:", needle)
+        assert "s3cret" not in line
+    settings.database_url = url  # the same from HUB_DATABASE_URL
+    assert_clean_error(run_hub(settings, "history", "Patient/p1"), "hub history:", needle)
+    assert time.monotonic() - t0 < 20  # no waiting for a pool to give up
+
+
+# -- show and history ------------------------------------------------------------------------------
+
+
+def test_show_and_history(settings, tmp_path):
+    d = tmp_path / "in"
+    write(d / "v1.json", patient("s1", "Wang"))
+    write(d / "v2.json", patient("s1", "Wáng"))
+    write(d / "delete.json", {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "DELETE", "url": "Patient/s1"}}]})
+    assert run_hub(settings, "ingest", "--institution", "2.16.156.10011.99.1.1", d / "v1.json").returncode == 0
+    assert run_hub(settings, "ingest", d / "v2.json").returncode == 0
+
+    shown = run_hub(settings, "show", "Patient/s1")
+    assert shown.returncode == 0 and shown.stderr == ""
+    body = orjson.loads(shown.stdout)
+    assert (body["id"], body["meta"]["versionId"], body["name"]) == ("s1", "2", [{"family": "Wáng"}])
+    v1 = orjson.loads(run_hub(settings, "show", "Patient/s1/_history/1").stdout)
+    assert (v1["meta"]["versionId"], v1["name"]) == ("1", [{"family": "Wang"}])
+
+    deleted = run_hub(settings, "ingest", d / "delete.json")
+    assert deleted.returncode == 0, deleted.stdout
+    assert counts(deleted.stdout)["deleted"] == 1
+    assert_clean_error(run_hub(settings, "show", "Patient/s1"), "Patient/s1 was deleted")
+    assert_clean_error(run_hub(settings, "show", "Patient/s1/_history/3"), "deletion")
+    assert run_hub(settings, "show", "Patient/s1/_history/2").returncode == 0
+
+    hist = run_hub(settings, "history", "Patient/s1")
+    assert hist.returncode == 0, hist.stderr
+    header, *rows = hist.stdout.strip().splitlines()
+    assert header.split() == ["version", "kind", "last", "updated", "request", "source"]
+    assert [r.split()[:2] for r in rows] == [["3", "deleted"], ["2", "updated"], ["1", "created"]]
+    for row in rows:
+        assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", row), row
+    assert "DELETE Patient/s1" in rows[0] and "PUT Patient/s1" in rows[2]
+    assert "feed=file, institution=2.16.156.10011.99.1.1" in rows[2]
+    assert rows[1].rstrip().endswith("feed=file")
+
+    assert_clean_error(run_hub(settings, "show", "Patient/nobody"), "Patient/nobody is not known")
+    assert_clean_error(run_hub(settings, "show", "Patient/s1/_history/9"), "no version 9")
+    assert_clean_error(run_hub(settings, "show", "Patient/s1/_history/0"), "no version 0")
+    assert_clean_error(run_hub(settings, "history", "Patient/nobody"), "Patient/nobody is not known")
+    assert_clean_error(run_hub(settings, "show", "Patient"), "is not Type/id")
+    # --data-dir after the command, pointing at nothing: no new empty store
+    empty = tmp_path / "empty"
+    if not settings.database_url:
+        assert_clean_error(run_hub(settings, "show", "--data-dir", empty, "Patient/s1"), "no event store")
+        assert not empty.exists()
+
+
+# -- demo, generate, serve -------------------------------------------------------------------------
+
+
+def test_demo_twice_stores_nothing_new(settings):
+    first = run_hub(settings, "demo", "--people", "30")
+    assert first.returncode == 0, first.stdout + first.stderr
+    m = re.search(r"(\d+) resources, (\d+) accepted \((\d+) created, 0 updated, 0 unchanged\), "
+                  r"0 rejected", first.stdout)
+    assert m and m[1] == m[2] == m[3] and int(m[1]) > 30, first.stdout
+    total = int(m[1])
+    second = run_hub(settings, "demo", "--people", "30")
+    assert second.returncode == 0
+    assert f"{total} resources, {total} accepted (0 created, 0 updated, {total} unchanged)" in second.stdout
+    store = settings.open_store()
+    try:
+        assert store.count_history() == total
+    finally:
+        store.close()
+
+
+def test_generate_then_ingest(settings, tmp_path):
+    out = tmp_path / "region"
+    gen = run_hub(settings, "generate", out, "--people", "20")
+    assert gen.returncode == 0, gen.stderr
+    written = {k: int(v) for k, v in re.findall(r"(\w+) (\d+)", gen.stdout.split(":", 1)[1])}
+    assert sum(written.values()) == int(re.search(r"wrote (\d+) resources", gen.stdout)[1])
+    for rtype, n in written.items():
+        assert len((out / f"{rtype}.ndjson").read_bytes().splitlines()) == n
+    with (out / "truth.csv").open(newline="") as f:
+        truth = list(csv.DictReader(f))
+    assert len(truth) == written["Patient"]
+    assert all(r["patient_reference"].startswith("Patient/") for r in truth)
+
+    loaded = run_hub(settings, "ingest", out)
+    assert loaded.returncode == 0, loaded.stdout
+    n = sum(written.values())
+    assert counts(loaded.stdout) == dict(inputs=n, accepted=n, created=n, updated=0, unchanged=0,
+                                         deleted=0, rejected=0)
+    one = truth[0]["patient_reference"]
+    assert orjson.loads(run_hub(settings, "show", one).stdout)["resourceType"] == "Patient"
+
+
+def test_serve_answers_metadata(tmp_path, feed):
+    data = tmp_path / "served"
+    settings = Settings(data_dir=data)
+    settings.database_url = None
+    assert run_hub(settings, "ingest", feed / "patient.json").returncode == 0
+    port = free_port()
+    env = hub_env(Settings(data_dir=tmp_path / "elsewhere"))  # --data-dir wins over the environment
+    env.pop("HUB_DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(port),
+                             "--data-dir", str(data)], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}/fhir"
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                r = httpx.get(base + "/metadata", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "hub serve did not answer in 30 s"
+                time.sleep(0.1)
+        assert r.status_code == 200
+        assert r.json()["resourceType"] == "CapabilityStatement"
+        assert httpx.get(base + "/Patient/p1", timeout=5).json()["id"] == "p1"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+    assert f"FHIR API on http://127.0.0.1:{port}/fhir (data: {data})" in out
+    assert "Traceback" not in err
+    assert not (tmp_path / "elsewhere").exists()
+
+
+# -- known bugs outside hub/cli.py -----------------------------------------------------------------
+
+
+@pytest.mark.xfail(reason="hub/resource.py validate lets the KeyError of fhir_core escape for a "
+                          "contained resource of unknown type; it must be a 422 issue")
+def test_contained_resource_of_unknown_type_is_rejected(tmp_path):
+    f = write(tmp_path / "in.ndjson", ndjson(
+        {"resourceType": "Patient", "id": "k1", "contained": [{"resourceType": "Nope"}]}))
+    assert main_in_process(tmp_path / "data", f)[0] == 1
+
+
+@pytest.mark.xfail(reason="hub/api/bundles.py parse_entry does not check that request.ifNoneExist "
+                          "and fullUrl are strings (TypeError/AttributeError instead of a 400)")
+@pytest.mark.parametrize("entry", [
+    {"resource": {"resourceType": "Patient"},
+     "request": {"method": "POST", "url": "Patient", "ifNoneExist": 5}},
+    {"fullUrl": ["urn:uuid:x"], "resource": {"resourceType": "Patient"},
+     "request": {"method": "POST", "url": "Patient"}},
+])
+def test_transaction_entry_with_odd_types_is_rejected(tmp_path, entry):
+    f = write(tmp_path / "tx.json", {"resourceType": "Bundle", "type": "transaction", "entry": [entry]})
+    assert main_in_process(tmp_path / "data", f)[0] == 1
+
+
+# -- random input never breaks ingest --------------------------------------------------------------
+
+
+def main_in_process(data_dir: Path, *paths: Path) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        rc = cli.main(["ingest", "--quiet", "--data-dir", str(data_dir), *map(str, paths)])
+    return rc, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("HUB_DATABASE_URL", raising=False)  # in-process: SQLite in the tmp dir only
+        yield tmp_path_factory.mktemp("fuzz")
+
+
+VALID = [orjson.dumps(patient(f"h{i}", family)) for i, family in enumerate(["Wang", "Li", "Zhang"])]
+INVALID = [b"{}", b"[]", b"null", b'{"resourceType": "Patient", "id": "h9", "active": "x"}',
+           b'{"resourceType": "Unicorn"}', b'{"resourceType": "Bundle", "type": "collection", "entry": {}}',
+           b'{"resourceType": "Bundle", "type": "collection"}', b'{"resourceType": "Bundle", "type": "batch"}']
+line = st.one_of(st.binary(max_size=60), st.sampled_from(VALID + INVALID))
+
+
+def expected_inputs(data: bytes) -> int:
+    return sum(1 for chunk in data.removeprefix(b"\xef\xbb\xbf").split(b"\n") if chunk.strip())
+
+
+def check(fuzz_dir: Path, name: str, data: bytes, valid: int, inputs: int) -> None:
+    f = fuzz_dir / name
+    f.write_bytes(data)
+    rc, out = main_in_process(fuzz_dir / "data", f)
+    assert rc in (0, 1, 2)
+    if rc == 2:
+        return
+    got = counts(out)
+    assert got["inputs"] == got["accepted"] + got["rejected"] == inputs
+    assert got["accepted"] >= valid
+    assert rc == (1 if got["rejected"] else 0)
+
+
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=200), st.sampled_from(VALID + INVALID)))
+def test_random_json_file_never_breaks_ingest(fuzz_dir, data):
+    check(fuzz_dir, "random.json", data, 1 if data in VALID else 0, 1)  # a .json file is one input
+
+
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(line, max_size=8))
+def test_random_ndjson_file_never_breaks_ingest(fuzz_dir, lines):
+    data = b"\n".join(lines)
+    check(fuzz_dir, "random.ndjson", data, sum(1 for x in lines if x in VALID), expected_inputs(data))
