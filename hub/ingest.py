@@ -30,7 +30,15 @@ from eventsourcing.persistence import StoredEvent
 
 from hub import resource as res
 from hub.conditional import IdentifierResolver, Query, identifiers_match, parse_query
-from hub.errors import FhirError, Issue, bad_request, gone, not_found, precondition_failed
+from hub.errors import (
+    FhirError,
+    Issue,
+    bad_request,
+    conflict,
+    gone,
+    not_found,
+    precondition_failed,
+)
 from hub.events import CREATED, DELETED, UPDATED, ResourceEvent, from_stored
 from hub.store import Commit, ConflictError, Head, ResourceStore
 
@@ -169,19 +177,20 @@ class Hub:
                 planned.append(i)
             except FhirError as e:
                 fail(i, e)
-        if atomic:
-            seen: dict[tuple[str, str], int] = {}
-            for i in planned:
-                key = (ops[i].rtype, ops[i].target)
-                j = seen.get(key)
-                # two entries on one resource, unless neither writes (e.g. two matched creates)
-                if j is not None and not (ops[i].existing and ops[j].existing):
-                    raise bad_request(
-                        f"{ops[j].where or f'Entry {j}'} and {ops[i].where or f'entry {i}'} "
-                        f"of the transaction both concern {key[0]}/{key[1]}",
-                        ops[i].where,
-                    )
-                seen.setdefault(key, i)
+        seen: dict[tuple[str, str], int] = {}
+        for i in list(planned):
+            key = (ops[i].rtype, ops[i].target)
+            j = seen.get(key)
+            # two entries on one resource, unless neither writes (e.g. two matched creates)
+            if j is not None and not (ops[i].existing and ops[j].existing):
+                both = (f"{ops[j].where or f'Entry {j}'} and {ops[i].where or f'entry {i}'} "
+                        f"both concern {key[0]}/{key[1]}")
+                # a batch whose conditional entries meet on one resource: the later one fails
+                fail(i, bad_request(both, ops[i].where) if atomic else conflict(
+                    f"{both}; entries of a batch must be independent"))
+                planned.remove(i)
+                continue
+            seen.setdefault(key, i)
 
         # 2. references
         if atomic:

@@ -44,6 +44,11 @@ def token(d: dict) -> str:
     return f"{i['system']}|{i['value']}"
 
 
+def if_none_exist(d: dict) -> dict:
+    """Headers of a conditional create on the identifier of ``d``."""
+    return {**FHIR_JSON, "if-none-exist": f"identifier={token(d)}"}
+
+
 def etag_version(r: httpx.Response) -> int:
     tag = r.headers["etag"]
     assert tag.startswith('W/"') and tag.endswith('"'), tag

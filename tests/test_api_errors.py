@@ -221,9 +221,10 @@ def test_wrong_content_type_is_415(client, ctype):
 
 
 def test_json_content_types_are_accepted(client):
-    for ctype in ("application/fhir+json", "application/json", "application/fhir+json; charset=utf-8",
-                  "application/json+fhir"):
-        r = client.post("/Patient", content=orjson.dumps(patient()), headers={"content-type": ctype})
+    for ctype in ("application/fhir+json", "application/json",
+                  "application/fhir+json; charset=utf-8", "application/json+fhir"):
+        r = client.post("/Patient", content=orjson.dumps(patient()),
+                        headers={"content-type": ctype})
         assert r.status_code == 201, (ctype, r.text)
 
 
@@ -245,7 +246,8 @@ def test_unknown_urls_are_404(client, live):
 # -- random input ------------------------------------------------------------------------------
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(st.text(max_size=10), children, max_size=4),
@@ -269,7 +271,8 @@ random_bodies = (st.binary(max_size=200)
                  | patient_like.map(orjson.dumps))
 
 
-@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hsettings(max_examples=60, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=random_bodies, path=st.sampled_from(["/Patient", ""]))
 def test_random_bodies_get_4xx_outcomes(client, body, path):
     r = post_raw(client, path, body)
@@ -277,7 +280,8 @@ def test_random_bodies_get_4xx_outcomes(client, body, path):
     assert r.json()["resourceType"] == "OperationOutcome"
 
 
-@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hsettings(max_examples=40, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(b=bundle_like)
 def test_random_bundles_never_crash(client, b):
     r = client.post("", json=b, headers=FHIR_JSON)

@@ -17,7 +17,7 @@ import orjson
 from hub import resource as res
 from hub.errors import FhirError
 from hub.ingest import Context, Hub, Op
-from tests.api_helpers import FHIR_JSON, observation, patient, token, unique
+from tests.api_helpers import FHIR_JSON, if_none_exist, observation, patient, token, unique
 
 THREADS = 8
 
@@ -73,7 +73,8 @@ def test_service_unconditional_updates_lose_nothing(hub):
     def writer(i):
         out = []
         for k in range(per_thread):
-            r = hub.execute([put_op(patient(rid=rid, family=f"T{i}-{k}"))], Context(), atomic=True)[0]
+            op = put_op(patient(rid=rid, family=f"T{i}-{k}"))
+            r = hub.execute([op], Context(), atomic=True)[0]
             out.append((r.version, f"T{i}-{k}"))
         return out
 
@@ -160,7 +161,8 @@ def test_http_unconditional_updates_lose_nothing(client, live):
     def writer(c, i):
         out = []
         for k in range(per_thread):
-            r = c.put(f"/Patient/{rid}", json=patient(rid=rid, family=f"T{i}-{k}"), headers=FHIR_JSON)
+            r = c.put(f"/Patient/{rid}", json=patient(rid=rid, family=f"T{i}-{k}"),
+                      headers=FHIR_JSON)
             assert r.status_code == 200, r.text
             out.append((int(r.json()["meta"]["versionId"]), f"T{i}-{k}"))
         return out
@@ -181,8 +183,8 @@ def test_http_concurrent_conditional_creates_make_one_resource(client, live):
         d = patient()
 
         def create(c, i):
-            return c.post("/Patient", json=dict(d, gender=["male", "female", "other", "unknown"][i]),
-                          headers={**FHIR_JSON, "if-none-exist": f"identifier={token(d)}"})
+            body = dict(d, gender=["male", "female", "other", "unknown"][i])
+            return c.post("/Patient", json=body, headers=if_none_exist(d))
 
         rs = run_together(4, with_client(live, create))
         assert Counter(r.status_code for r in rs) == {201: 1, 200: 3}, [r.text for r in rs]
@@ -201,7 +203,8 @@ def test_http_concurrent_transactions_with_conditional_creates(client, live):
         pu = f"urn:uuid:{unique()}"
         b = {"resourceType": "Bundle", "type": "transaction", "entry": [
             {"fullUrl": pu, "resource": d,
-             "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={token(d)}"}},
+             "request": {"method": "POST", "url": "Patient",
+                         "ifNoneExist": f"identifier={token(d)}"}},
             {"resource": observation(pu), "request": {"method": "POST", "url": "Observation"}},
         ]}
         return c.post("", json=b, headers=FHIR_JSON)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
-from tests.api_helpers import FHIR_JSON, assert_outcome, patient, unique
+from tests.api_helpers import FHIR_JSON, assert_outcome, if_none_exist, patient, token, unique
 
 
 @pytest.fixture
@@ -63,9 +63,9 @@ def test_what_it_claims_works(client, statement):
     p = by_type(statement)["Patient"]
     assert p["conditionalCreate"]
     d = patient()
-    tok = f"{d['identifier'][0]['system']}|{d['identifier'][0]['value']}"
-    r1 = client.post("/Patient", json=d, headers={**FHIR_JSON, "if-none-exist": f"identifier={tok}"})
-    r2 = client.post("/Patient", json=d, headers={**FHIR_JSON, "if-none-exist": f"identifier={tok}"})
+    tok = token(d)
+    r1 = client.post("/Patient", json=d, headers=if_none_exist(d))
+    r2 = client.post("/Patient", json=d, headers=if_none_exist(d))
     assert (r1.status_code, r2.status_code) == (201, 200)
     rid = r1.json()["id"]
     assert p["versioning"] == "versioned-update"

@@ -26,8 +26,8 @@ def stream(hub: Hub, ref: str):
 
 
 def test_one_stream_per_resource_with_topics_and_header(hub):
-    ctx = Context(request_id="req-1", source={"institution": "urn:oid:1.2.156.112604", "feed": "his",
-                                              "messageId": "MSG0001"})
+    ctx = Context(request_id="req-1", source={"institution": "urn:oid:1.2.156.112604",
+                                              "feed": "his", "messageId": "MSG0001"})
     created = hub.execute([op("POST", patient())], ctx, atomic=True)[0]
     rid = created.rid
     other = hub.execute([op("POST", patient())], ctx, atomic=True)[0]
