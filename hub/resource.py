@@ -18,6 +18,7 @@ import orjson
 import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 
+from hub import jsontypes
 from hub.errors import FhirError, Issue, bad_request
 
 # type -> facts derived from the models by scripts/derive_resource_types.py
@@ -66,7 +67,8 @@ def model_class(rtype: str) -> type[pydantic.BaseModel]:
     return get_fhir_model_class(rtype)
 
 
-def validate(rtype: str, raw: bytes, d: dict, prefix: str | None = None) -> None:
+def validate(rtype: str, raw: bytes, d: dict, prefix: str | None = None,
+             check_json: bool = True) -> None:
     """Validate ``raw`` (the JSON of ``d``) against the R4B model of ``rtype``; 422 on failure.
 
     ``prefix`` is the FHIRPath of the resource inside its container (``Bundle.entry[2].resource``).
@@ -86,7 +88,8 @@ def validate(rtype: str, raw: bytes, d: dict, prefix: str | None = None) -> None
                             expression=prefix))
     except Exception as e:  # noqa: BLE001 - the models' own validators raising outside pydantic
         issues.append(Issue("invalid", f"{type(e).__name__}: {e}", expression=prefix))
-    _find_empty(d, prefix, issues)
+    if check_json and not issues:  # what the model let through: JSON types, empties, codes
+        jsontypes.check(d, rtype, prefix, issues)
     if issues:
         raise FhirError(422, "invalid", issues[0].diagnostics, issues=issues[:MAX_ISSUES])
 
@@ -107,26 +110,6 @@ def _path(prefix: str, loc: tuple) -> str:
         elif isinstance(part, str) and part.replace("_", "").isalnum():
             out += f".{part}"
     return out
-
-
-def _find_empty(value: Any, path: str, issues: list[Issue]) -> None:
-    """FHIR JSON forbids nulls, empty objects and empty arrays; the models let some through."""
-    if isinstance(value, dict):
-        if not value:
-            issues.append(Issue("invalid", "Empty objects are not allowed in FHIR JSON", expression=path))
-        for k, v in value.items():
-            if v is None or v == [] or v == {}:
-                what = "null" if v is None else "an empty array" if v == [] else "an empty object"
-                issues.append(Issue("invalid", f"{k} is {what}, which FHIR JSON forbids",
-                                    expression=f"{path}.{k}"))
-            elif isinstance(v, (dict, list)):
-                _find_empty(v, f"{path}.{k}", issues)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            if v is None and not path.endswith("_"):  # nulls are allowed only in _primitive arrays
-                issues.append(Issue("invalid", "null inside an array", expression=f"{path}[{i}]"))
-            elif isinstance(v, (dict, list)):
-                _find_empty(v, f"{path}[{i}]", issues)
 
 
 def content_hash(d: dict) -> bytes:

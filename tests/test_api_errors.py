@@ -118,13 +118,22 @@ def test_many_problems_are_all_reported(client):
     assert {"Patient.birthDate", "Patient.active", "Patient.gender"} <= set(expressions(body))
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the R4B models coerce JSON primitives "
-                   "('yes' -> true, '5' -> 5) and do not check required bindings; see report")
-@pytest.mark.parametrize("change", [{"active": "yes"}, {"multipleBirthInteger": "5"},
-                                    {"gender": "robot"}])
-def test_wrong_json_primitive_types_and_codes_are_refused(client, change):
-    r = client.post("/Patient", json=patient() | change, headers=FHIR_JSON)
-    assert_outcome(r, 422)
+@pytest.mark.parametrize("change, where", [
+    ({"active": "yes"}, "Patient.active"),
+    ({"active": "true"}, "Patient.active"),
+    ({"multipleBirthInteger": "5"}, "Patient.multipleBirthInteger"),
+    ({"gender": "robot"}, "Patient.gender"),
+    ({"birthDate": 19800102}, "Patient.birthDate"),
+    ({"name": {"family": "Wang"}}, "Patient.name"),
+    ({"contained": [{"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                     "valueQuantity": {"value": "5.4"}}]}, "Patient.contained[0].valueQuantity.value"),
+])
+def test_wrong_json_primitive_types_and_codes_are_refused(client, change, where):
+    """The models would coerce these; the hub stores JSON as sent, so it must refuse them."""
+    before = system_total(client)
+    body = assert_outcome(client.post("/Patient", json=patient() | change, headers=FHIR_JSON), 422)
+    assert where in expressions(body), body
+    assert system_total(client) == before
 
 
 # -- update rules ------------------------------------------------------------------------------
@@ -304,3 +313,33 @@ def test_random_input_stored_nothing_and_server_still_serves(client):
         assert res.get("resourceType") != "Bundle"
         assert not (set(res) - _known - {"resourceType", "meta", "id"}), res
     assert client.get("/metadata").status_code == 200
+
+
+def test_create_ignores_whatever_id_the_body_carries(client):
+    r = client.post("/Patient", content=orjson.dumps({"resourceType": "Patient", "id": "not valid!"}),
+                    headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+    assert r.json()["id"] != "not valid!"
+
+
+def test_store_outage_is_a_503_and_the_server_recovers(pg_databases, tmp_path):
+    """The PostgreSQL database disappears under a running server: 503 + Retry-After, no crash."""
+    import psycopg
+
+    from tests.conftest import PG_ADMIN, LiveServer
+    from hub.config import Settings
+
+    dsn = pg_databases.new()
+    settings = Settings(data_dir=tmp_path)
+    settings.database_url = dsn
+    with LiveServer(settings) as server, httpx.Client(base_url=server.base, timeout=30) as c:
+        assert c.post("/Patient", content=b'{"resourceType":"Patient"}',
+                      headers=FHIR_JSON).status_code == 201
+        name = dsn.rsplit("/", 1)[1]
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        r = c.get("/Patient/x")
+        assert r.status_code == 503, r.text
+        assert r.headers.get("retry-after") == "1"
+        assert r.json()["resourceType"] == "OperationOutcome"
+        assert c.get("/metadata").status_code == 200  # still serving

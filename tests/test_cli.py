@@ -426,19 +426,15 @@ def test_serve_answers_metadata(tmp_path, feed):
     assert not (tmp_path / "elsewhere").exists()
 
 
-# -- known bugs outside hub/cli.py -----------------------------------------------------------------
+# -- malformed inputs found by these tests -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(reason="hub/resource.py validate lets the KeyError of fhir_core escape for a "
-                          "contained resource of unknown type; it must be a 422 issue")
 def test_contained_resource_of_unknown_type_is_rejected(tmp_path):
     f = write(tmp_path / "in.ndjson", ndjson(
         {"resourceType": "Patient", "id": "k1", "contained": [{"resourceType": "Nope"}]}))
     assert main_in_process(tmp_path / "data", f)[0] == 1
 
 
-@pytest.mark.xfail(reason="hub/api/bundles.py parse_entry does not check that request.ifNoneExist "
-                          "and fullUrl are strings (TypeError/AttributeError instead of a 400)")
 @pytest.mark.parametrize("entry", [
     {"resource": {"resourceType": "Patient"},
      "request": {"method": "POST", "url": "Patient", "ifNoneExist": 5}},

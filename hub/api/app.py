@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
+from eventsourcing.persistence import InterfaceError, OperationalError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -85,6 +86,18 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError) -> Response:
         return outcome_response([Issue("invalid", "Malformed request parameters")], 400, request)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def store_unavailable(request: Request, e: Exception) -> Response:
+        # Store down or its connections exhausted: a client can retry; the server keeps going.
+        log.warning("event store unavailable on %s %s: %s", request.method, request.url.path,
+                    type(e).__name__)
+        response = outcome_response(
+            [Issue("transient", "The event store is unavailable or busy; retry shortly")],
+            503, request)
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(Exception)
     async def crash(request: Request, e: Exception) -> Response:
@@ -226,6 +239,9 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     async def create(request: Request, rtype: str) -> Response:
         check_format(request)
         raw, d = await _body(request, _type(rtype))
+        if "id" in d:  # the server assigns the id of a create; whatever was sent is ignored
+            del d["id"]
+            raw = orjson.dumps(d)
         res.validate(rtype, raw, d)
         op = Op("POST", rtype, d=d, url=rtype)
         inx = request.headers.get("if-none-exist")

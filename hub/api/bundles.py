@@ -109,6 +109,17 @@ def _if_match(value: object, where: str) -> int | None:
     return parse_etag(str(value), f"{where}.request.ifMatch")
 
 
+def validate_envelope(bundle: dict, entries: list) -> None:
+    """The Bundle itself, minus the entries' resources (each is validated on its own)."""
+    envelope = dict(bundle)
+    envelope["entry"] = [
+        {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
+        for e in entries
+    ]
+    # entries emptied by taking their resource out are fine here; parse_entry says what is missing
+    res.validate("Bundle", orjson.dumps(envelope), envelope, check_json=False)
+
+
 def process(bundle: dict, hub: Hub, ctx: Context, base: str, representation: bool,
             get: GetHandler) -> dict:
     btype = bundle.get("type")
@@ -119,6 +130,7 @@ def process(bundle: dict, hub: Hub, ctx: Context, base: str, representation: boo
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise bad_request("Bundle.entry must be an array", "Bundle.entry")
+    validate_envelope(bundle, entries)
     atomic = btype == "transaction"
     parsed: list[Op | tuple[str, str] | FhirError] = []
     for i, entry in enumerate(entries):

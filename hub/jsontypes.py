@@ -1,0 +1,111 @@
+"""What the fhir.resources models let through but FHIR JSON forbids, checked in one walk.
+
+The hub stores the JSON as sent, so it must be valid FHIR JSON, not merely coercible into a model:
+
+- no nulls, empty objects or empty arrays;
+- primitives of the right JSON type: booleans are ``true``/``false`` (not ``"true"``), integers and
+  decimals are numbers (not strings), everything else is a string; arrays only where the element
+  repeats;
+- codes of required bindings that the models declare completely (``male | female | other |
+  unknown``; lists the specification marks as open, with ``+``, are not checked).
+
+The table of element types comes from the models (``scripts/derive_element_types.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+import orjson
+
+from hub.errors import Issue
+
+# type name -> {element: [kind, repeats, codes?]}; kind is b(oolean), i(nteger), d(ecimal),
+# s(tring-like), or the name of a complex type / backbone element / "Resource".
+TYPES: dict[str, dict[str, list]] = json.loads(
+    resources.files("hub.data").joinpath("element_types.json").read_text()
+)
+_CODES = {
+    (t, name): frozenset(spec[2])
+    for t, fields in TYPES.items()
+    for name, spec in fields.items()
+    if len(spec) > 2
+}
+_PRIMITIVE = {"b": "a JSON boolean", "i": "a JSON integer", "d": "a JSON number", "s": "a JSON string"}
+
+
+def check(d: dict, rtype: str, path: str, issues: list[Issue]) -> None:
+    _object(d, rtype, path, issues)
+
+
+def _object(d: dict, tname: str, path: str, issues: list[Issue]) -> None:
+    if not d:
+        issues.append(Issue("invalid", "Empty objects are not allowed in FHIR JSON", expression=path))
+        return
+    fields = TYPES.get(tname, {})
+    for k, v in d.items():
+        where = f"{path}.{k}"
+        if v is None or v == [] or v == {}:
+            what = "null" if v is None else "an empty array" if v == [] else "an empty object"
+            issues.append(Issue("invalid", f"{k} is {what}, which FHIR JSON forbids", expression=where))
+            continue
+        spec = fields.get(k)
+        if spec is None:  # resourceType, _primitive extensions, or unknown (the model said so)
+            _untyped(v, where, issues)
+            continue
+        kind, repeats = spec[0], spec[1]
+        if repeats:
+            if not isinstance(v, list):
+                issues.append(Issue("structure", f"{k} repeats, so it must be an array", expression=where))
+                continue
+            for i, item in enumerate(v):
+                _value(item, kind, (tname, k), f"{where}[{i}]", issues)
+        elif isinstance(v, list):
+            issues.append(Issue("structure", f"{k} does not repeat; it must not be an array",
+                                expression=where))
+        else:
+            _value(v, kind, (tname, k), where, issues)
+
+
+def _value(v: Any, kind: str, element: tuple[str, str], where: str, issues: list[Issue]) -> None:
+    if v is None:
+        issues.append(Issue("invalid", "null inside an array", expression=where))
+    elif kind == "s":
+        if not isinstance(v, str):
+            issues.append(Issue("value", f"must be {_PRIMITIVE[kind]}", expression=where))
+        elif element in _CODES and v not in _CODES[element]:
+            issues.append(Issue("code-invalid", f"{v!r} is not one of "
+                                f"{', '.join(sorted(_CODES[element]))}", expression=where))
+    elif kind == "b":
+        if type(v) is not bool:
+            issues.append(Issue("value", f"must be {_PRIMITIVE[kind]}", expression=where))
+    elif kind == "i":
+        if type(v) is not int:
+            issues.append(Issue("value", f"must be {_PRIMITIVE[kind]}", expression=where))
+    elif kind == "d":
+        if type(v) is bool or not isinstance(v, (int, float, orjson.Fragment)):
+            issues.append(Issue("value", f"must be {_PRIMITIVE[kind]}", expression=where))
+    elif not isinstance(v, dict):
+        issues.append(Issue("structure", "must be a JSON object", expression=where))
+    elif kind == "Resource":
+        rtype = v.get("resourceType")
+        _object(v, rtype if isinstance(rtype, str) else "", where, issues)
+    else:
+        _object(v, kind, where, issues)
+
+
+def _untyped(v: Any, where: str, issues: list[Issue]) -> None:
+    """Only the no-empties rule for parts without a known type (``_given`` arrays may hold nulls)."""
+    if isinstance(v, dict):
+        for k, item in v.items():
+            if item is None or item == [] or item == {}:
+                issues.append(Issue("invalid", f"{k} is empty or null, which FHIR JSON forbids",
+                                    expression=f"{where}.{k}"))
+            else:
+                _untyped(item, f"{where}.{k}", issues)
+    elif isinstance(v, list):
+        for i, item in enumerate(v):
+            if item is not None:
+                _untyped(item, f"{where}[{i}]", issues)

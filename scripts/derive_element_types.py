@@ -1,0 +1,116 @@
+"""Derive, from the fhir.resources R4B models, the JSON type of every element: hub/data/element_types.json.
+
+The models coerce JSON primitives ("true" for a boolean, "5" for an integer) and the hub stores what
+was sent, so hub.jsontypes checks the JSON types itself, and the codes of required bindings the models
+declare (``enum_values``) where they equal a complete official CodeSystem of
+../shared/fhir-r4/valuesets.json. Run after upgrading fhir.resources:
+
+    .venv/bin/python scripts/derive_element_types.py
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import pathlib
+import types
+import typing
+
+from fhir.resources.R4B import get_fhir_model_class
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESOURCES = json.loads((ROOT / "hub" / "data" / "resource_types.json").read_text())
+VALUESETS = ROOT.parent / "shared" / "fhir-r4" / "valuesets.json"
+
+
+def code_systems() -> set[frozenset[str]]:
+    """The complete code sets of the official R4 CodeSystems (concepts flattened)."""
+    out = set()
+
+    def walk(concepts, into):
+        for c in concepts or ():
+            into.add(c["code"])
+            walk(c.get("concept"), into)
+
+    for entry in json.loads(VALUESETS.read_text())["entry"]:
+        r = entry["resource"]
+        if r["resourceType"] == "CodeSystem" and r.get("content") == "complete":
+            codes: set[str] = set()
+            walk(r.get("concept"), codes)
+            if codes:
+                out.add(frozenset(codes))
+    return out
+
+
+# The models' enum_values are parsed from element descriptions and can be partial or wrong
+# ("xml | json | ttl | mime type"); only a list equal to a whole official CodeSystem is kept.
+COMPLETE = code_systems()
+
+
+def unwrap(ann) -> tuple[object, bool]:
+    """(base type, is a list) of a field annotation."""
+    is_list = False
+    while True:
+        origin = typing.get_origin(ann)
+        if origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(ann) if a is not type(None)]
+            ann = args[0]
+        elif origin in (list, typing.List):
+            is_list = True
+            ann = typing.get_args(ann)[0]
+        elif origin is typing.Annotated:
+            ann = typing.get_args(ann)[0]
+        else:
+            return ann, is_list
+
+
+def kind(base) -> str | None:
+    if base is bool:
+        return "b"
+    if base is int:
+        return "i"
+    if base is decimal.Decimal:
+        return "d"
+    if base in (str, datetime.date, datetime.datetime, datetime.time, bytes):
+        return "s"
+    name = getattr(base, "__name__", "")
+    if name.endswith("Type"):
+        return name[: -len("Type")]  # a complex type, a backbone element or Resource
+    return None
+
+
+def describe(cls_name: str, table: dict) -> None:
+    if cls_name in table or cls_name in ("Resource", "FHIRPrimitiveExtension"):
+        return
+    cls = get_fhir_model_class(cls_name)
+    fields: dict[str, list] = {}
+    table[cls_name] = fields
+    for name, field in cls.model_fields.items():
+        alias = field.alias or name
+        if name == "fhir_comments" or alias.startswith("_"):
+            continue
+        base, is_list = unwrap(field.annotation)
+        k = kind(base)
+        if k is None:
+            continue
+        entry: list = [k, int(is_list)]
+        extra = field.json_schema_extra or {}
+        if isinstance(extra, dict) and frozenset(extra.get("enum_values") or ()) in COMPLETE:
+            entry.append(sorted(extra["enum_values"]))
+        fields[alias] = entry
+        if k not in ("b", "i", "d", "s"):
+            describe(k, table)
+
+
+def main() -> None:
+    table: dict = {}
+    for rtype in RESOURCES:
+        describe(rtype, table)
+    out = ROOT / "hub" / "data" / "element_types.json"
+    out.write_text(json.dumps(table, separators=(",", ":"), sort_keys=True, ensure_ascii=False))
+    print(f"{len(table)} types -> {out} ({out.stat().st_size // 1024} KiB)")
+
+
+if __name__ == "__main__":
+    main()
