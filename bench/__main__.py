@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from bench import ingest, memory, server
 from bench.common import RESULTS
@@ -42,10 +43,16 @@ def summary(ing: dict, http: dict, mem: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.add_argument("--summary-only", action="store_true",
+                   help="rebuild summary.md from the recorded results without running anything")
     args = p.parse_args()
-    ing = ingest.main(["--people", "200" if args.quick else "800"])
-    http = server.main(["--n", "300" if args.quick else "3000"])
-    mem = memory.main(["--small", "5000", "--large", "20000"] if args.quick else [])
+    if args.summary_only:
+        ing, http, mem = (json.loads((RESULTS / f"{n}.json").read_text())
+                          for n in ("ingest", "http", "memory"))
+    else:
+        ing = ingest.main(["--people", "200" if args.quick else "800"])
+        http = server.main(["--n", "300" if args.quick else "3000"])
+        mem = memory.main(["--small", "5000", "--large", "20000"] if args.quick else [])
     table = summary(ing, http, mem)
     (RESULTS / "summary.md").write_text(table)
     print(table)
