@@ -88,8 +88,11 @@ def validate(rtype: str, raw: bytes, d: dict, prefix: str | None = None,
                             expression=prefix))
     except Exception as e:  # noqa: BLE001 - the models' own validators raising outside pydantic
         issues.append(Issue("invalid", f"{type(e).__name__}: {e}", expression=prefix))
-    if check_json and not issues:  # what the model let through: JSON types, empties, codes
-        jsontypes.check(d, rtype, prefix, issues)
+    if check_json:  # what the model lets through: JSON types, empties, codes
+        found: list[Issue] = []
+        jsontypes.check(d, rtype, prefix, found)
+        reported = {i.expression for i in issues}
+        issues += [i for i in found if i.expression not in reported]
     if issues:
         raise FhirError(422, "invalid", issues[0].diagnostics, issues=issues[:MAX_ISSUES])
 
