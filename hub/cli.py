@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
                        parents=[common])
     p.add_argument("reference", help="Type/id")
 
+    sub.add_parser("reindex", parents=[common],
+                   help="rebuild the store's write-side indexes from the event log (writers stopped)")
+
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -450,8 +453,22 @@ def cmd_history(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_reindex(args, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    store = open_store(settings, existing=True)
+    try:
+        total = store.max_notification_id()
+        with tqdm(total=total, unit=" events", disable=not sys.stderr.isatty()) as bar:
+            done = store.rebuild_indexes(progress=bar.update)
+    finally:
+        store.close()
+    print(f"reindexed {done} events")
+    return 0
+
+
 COMMANDS = {"serve": cmd_serve, "ingest": cmd_ingest, "demo": cmd_demo, "generate": cmd_generate,
-            "show": cmd_show, "history": cmd_history}
+            "show": cmd_show, "history": cmd_history, "reindex": cmd_reindex}
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

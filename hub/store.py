@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import psycopg
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
@@ -33,7 +34,9 @@ from eventsourcing.sqlite import (
     SQLiteDatastore,
 )
 
-from hub.events import KIND_OF_TOPIC, ResourceEvent, to_stored
+from hub.events import KIND_OF_TOPIC, ResourceEvent, from_stored, to_stored
+from hub.fhirtime import parse_range
+from hub.resource import content_hash, identifiers
 
 
 class ConflictError(Exception):
@@ -271,6 +274,54 @@ class _IndexMixin:
                 for r in c.fetchall()
             ]
 
+    def rebuild_indexes(self, batch: int = 2000, progress: Any = None) -> int:
+        """Drop the write-side indexes and derive them again from the event log; events read.
+
+        For recovery and after a change to what the indexes hold. Writers must be stopped.
+        """
+        with self.datastore.transaction(commit=True) as c:
+            for table in ("resource_head", "resource_identifier", "resource_version"):
+                c.execute(f"DELETE FROM {table}")
+        done, start = 0, 1
+        while True:
+            notes = self.select_notifications(start, batch)
+            if not notes:
+                return done
+            versions, supersede, last = [], [], {}
+            for n in notes:
+                ev = from_stored(n)
+                ts = parse_range(ev.last_updated)[0]
+                versions.append((n.id, ev.rtype, ev.rid, ev.version, ts))
+                if ev.version > 1:
+                    supersede.append((ts, ev.rtype, ev.rid, ev.version - 1))
+                last[(ev.rtype, ev.rid)] = ev  # only the newest version of a batch makes the head
+            heads, idents = [], []
+            for (rtype, rid), ev in last.items():
+                if ev.kind == "deleted":
+                    heads.append((rtype, rid, ev.version, 1, b""))
+                    continue
+                d = orjson.loads(ev.resource)
+                heads.append((rtype, rid, ev.version, 0, content_hash(d)))
+                idents += [(rtype, s, v, rid) for s, v in identifiers(d)]
+            with self.datastore.transaction(commit=True) as c:
+                self._insert_many(c, "resource_version", ("nid", "rtype", "rid", "version", "ts"),
+                                  versions)
+                c.executemany(self.q("UPDATE resource_version SET until_ts=? "
+                                     "WHERE rtype=? AND rid=? AND version=?"), supersede)
+                c.executemany(self.q("DELETE FROM resource_identifier WHERE rtype=? AND rid=?"),
+                              list(last))
+                self._insert_many(
+                    c, "resource_head", ("rtype", "rid", "version", "deleted", "hash"), heads,
+                    "ON CONFLICT (rtype, rid) DO UPDATE SET version=excluded.version, "
+                    "deleted=excluded.deleted, hash=excluded.hash",
+                )
+                self._insert_many(c, "resource_identifier", ("rtype", "system", "value", "rid"),
+                                  idents)
+            done += len(notes)
+            start = notes[-1].id + 1
+            if progress is not None:
+                progress(len(notes))
+
     def count_history(
         self, *, rtype: str | None = None, rid: str | None = None, since_us: int | None = None
     ) -> int:
@@ -481,3 +532,6 @@ class ResourceStore:
 
     def max_notification_id(self) -> int:
         return self.recorder.max_notification_id() or 0
+
+    def rebuild_indexes(self, progress: Any = None) -> int:
+        return self.recorder.rebuild_indexes(progress=progress)
