@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("reindex", parents=[common],
                    help="rebuild the store's write-side indexes from the event log (writers stopped)")
 
+    p = sub.add_parser("projections", parents=[common],
+                       help="read models that follow the event log: status, catch up, rebuild")
+    p.add_argument("action", choices=["status", "run", "rebuild"])
+    p.add_argument("name", nargs="?", default="search", choices=["search"])
+
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -467,7 +472,38 @@ def cmd_reindex(args, settings: Settings) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "ingest": cmd_ingest, "demo": cmd_demo, "generate": cmd_generate,
+def cmd_projections(args, settings: Settings) -> int:
+    """status: position and lag; run: catch up (resumable, Ctrl-C safe); rebuild: from nothing."""
+    from tqdm import tqdm
+
+    from projections.runner import Runner
+    from projections.search.sqlite_index import SQLiteSearchIndex
+
+    store = open_store(settings, existing=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # the index lives here on any event store
+    model = SQLiteSearchIndex(settings.data_dir / "search.sqlite")
+    runner = Runner(store, model)
+    try:
+        if args.action == "status":
+            print(f"{model.name}: position {model.position()}, lag {runner.lag()} events")
+            for table, n in model.stats().items():
+                print(f"  {table:14} {n:>12,}")
+            return 0
+        total = store.max_notification_id() - (0 if args.action == "rebuild" else model.position())
+        with tqdm(total=max(total, 0), unit=" events", disable=not sys.stderr.isatty(),
+                  desc=f"{args.action} {model.name}") as bar:
+            if args.action == "rebuild":
+                done = runner.rebuild(progress=bar.update)
+            else:
+                done = runner.catch_up(progress=bar.update)
+        print(f"{model.name}: applied {done} events, now at {model.position()}, lag {runner.lag()}")
+        return 0
+    finally:
+        model.close()
+        store.close()
+
+
+COMMANDS = {"projections": cmd_projections, "serve": cmd_serve, "ingest": cmd_ingest, "demo": cmd_demo, "generate": cmd_generate,
             "show": cmd_show, "history": cmd_history, "reindex": cmd_reindex}
 
 if __name__ == "__main__":

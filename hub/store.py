@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.persistence import IntegrityError, Notification, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import (
     SQLiteApplicationRecorder,
@@ -535,3 +535,7 @@ class ResourceStore:
 
     def rebuild_indexes(self, progress: Any = None) -> int:
         return self.recorder.rebuild_indexes(progress=progress)
+
+    def notifications(self, start: int, limit: int) -> Sequence[Notification]:
+        """Events in log order from notification id ``start`` on: what projections follow."""
+        return self.recorder.select_notifications(start, limit)

@@ -340,6 +340,18 @@ def test_extraction_never_raises_on_generated_regions(seed, people):
         assert all(values.values())
 
 
+def test_every_official_example_extracts():
+    from tests.test_examples import all_examples  # fetched once into .cache/ (npm), else skipped
+
+    found: dict[str, set[str]] = {}
+    for _, raw in all_examples():
+        d = parse_json(raw)
+        found.setdefault(d["resourceType"], set()).update(ex(d))
+    assert {"code", "subject", "patient", "value-quantity", "component-code-value-quantity",
+            "code-value-quantity", "date"} <= found["Observation"]
+    assert sum(map(len, found.values())) > 1500
+
+
 # --- odd but valid FHIR -----------------------------------------------------------------------
 
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=12)

@@ -1,0 +1,194 @@
+"""The search index on the embedded default: a SQLite file of index rows, fed by the event log.
+
+One row per index value, one table per parameter type; ``sp_res`` holds the current version of
+every indexed resource under a small integer key (``pk``) that the value rows point to. A new
+version replaces its resource's rows; a delete removes them. Rows and the tracking position are
+written in one transaction (eventsourcing's SQLite tracking recorder), so the index is exactly the
+log up to its position. Query planning lives elsewhere and reads these tables.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+from eventsourcing.persistence import Notification, Tracking
+from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+
+from hub.events import KIND_OF_TOPIC
+from hub.fhirtime import parse_range
+from projections.search.extract import DateRange, Quantity, Str, Token, extract
+from projections.search.params import params_for
+
+NAME = "search"
+
+# table -> columns after (p, and before pk); one table per search parameter type
+TABLES = {
+    "ix_string": ("norm", "exact"),
+    "ix_token": ("code", "system", "text", "type_system", "type_code"),
+    "ix_date": ("lo", "hi"),
+    "ix_number": ("value",),
+    "ix_quantity": ("value", "system", "code", "cvalue", "ccode"),
+    "ix_reference": ("target", "type", "id_system", "id_value"),
+    "ix_uri": ("uri",),
+    "ix_composite": ("c1", "c2", "num", "lo", "hi"),
+}
+_QUERY_INDEXES = {
+    "ix_string": "p, norm", "ix_token": "p, code, system", "ix_date": "p, lo, hi",
+    "ix_number": "p, value", "ix_quantity": "p, code, value", "ix_reference": "p, target",
+    "ix_uri": "p, uri", "ix_composite": "p, c1, c2",
+}
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS sp_res (pk INTEGER PRIMARY KEY, rtype TEXT NOT NULL, "
+    "rid TEXT NOT NULL, version INTEGER NOT NULL, updated INTEGER NOT NULL, UNIQUE (rtype, rid))",
+    "CREATE INDEX IF NOT EXISTS sp_res_updated ON sp_res (rtype, updated)",
+    "CREATE TABLE IF NOT EXISTS sp_param (id INTEGER PRIMARY KEY, rtype TEXT NOT NULL, "
+    "code TEXT NOT NULL, UNIQUE (rtype, code))",
+]
+for _t, _cols in TABLES.items():
+    SCHEMA.append(f"CREATE TABLE IF NOT EXISTS {_t} (p INTEGER NOT NULL, {', '.join(_cols)}, "
+                  "pk INTEGER NOT NULL)")
+    SCHEMA.append(f"CREATE INDEX IF NOT EXISTS {_t}_q ON {_t} ({_QUERY_INDEXES[_t]}, pk)")
+    SCHEMA.append(f"CREATE INDEX IF NOT EXISTS {_t}_pk ON {_t} (pk)")
+
+
+def _bound(x: float) -> float:
+    return x if math.isfinite(x) else (1e300 if x > 0 else -1e300)
+
+
+def _composite_row(value: tuple) -> tuple:
+    """(c1, c2, num, lo, hi) of a composite value: first component a token, second anything."""
+    first, second = value[0], value[1] if len(value) > 1 else None
+    c1 = f"{first.system or ''}|{first.code or ''}" if isinstance(first, Token) else str(first)
+    c2 = num = lo = hi = None
+    if isinstance(second, Token):
+        c2 = f"{second.system or ''}|{second.code or ''}"
+    elif isinstance(second, Quantity):
+        c2, num = f"{second.system or ''}|{second.code or ''}", second.value
+    elif isinstance(second, DateRange):
+        lo, hi = _bound(second.start), _bound(second.end)
+    elif isinstance(second, Str):
+        c2 = second.norm
+    elif isinstance(second, (int, float)):
+        num = float(second)
+    elif second is not None:
+        c2 = str(second)
+    return c1, c2, num, lo, hi
+
+
+def rows_for(ptype: str, value) -> tuple[str, tuple] | None:
+    """(table, value columns) of one extracted value."""
+    if ptype == "string":
+        return "ix_string", (value.norm, value.value)
+    if ptype == "token":
+        return "ix_token", (value.code, value.system, value.text, value.type_system,
+                            value.type_code)
+    if ptype == "date":
+        return "ix_date", (_bound(value.start), _bound(value.end))
+    if ptype == "number":
+        return "ix_number", (float(value),)
+    if ptype == "quantity":
+        return "ix_quantity", (value.value, value.system, value.code, value.canonical_value,
+                               value.canonical_code)
+    if ptype == "reference":
+        return "ix_reference", (value.reference, value.type, value.identifier_system,
+                                value.identifier_value)
+    if ptype == "uri":
+        return "ix_uri", (value,)
+    if ptype == "composite":
+        return "ix_composite", _composite_row(value)
+    return None  # special (near): not indexed yet
+
+
+class SQLiteSearchIndex:
+    name = NAME
+
+    def __init__(self, path: Path | str):
+        self.path = str(path)
+        self.datastore = SQLiteDatastore(db_name=self.path, pool_size=4, lock_timeout=30)
+        self.tracking = SQLiteTrackingRecorder(self.datastore)
+        self.tracking.create_table()
+        with self.datastore.transaction(commit=True) as c:
+            for statement in SCHEMA:
+                c.execute(statement)
+        self._params: dict[tuple[str, str], int] = {}
+
+    def close(self) -> None:
+        self.datastore.close()
+
+    def position(self) -> int:
+        return self.tracking.max_tracking_id(NAME) or 0
+
+    def reset(self) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            for table in (*TABLES, "sp_res"):
+                c.execute(f"DELETE FROM {table}")
+            c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
+
+    def _param_id(self, c, rtype: str, code: str) -> int:
+        key = (rtype, code)
+        pid = self._params.get(key)
+        if pid is None:
+            c.execute("INSERT OR IGNORE INTO sp_param (rtype, code) VALUES (?, ?)", key)
+            c.execute("SELECT id FROM sp_param WHERE rtype=? AND code=?", key)
+            pid = self._params[key] = c.fetchone()[0]
+        return pid
+
+    def apply(self, notifications: Sequence[Notification]) -> None:
+        # Only the newest event of each resource in the batch matters for the index.
+        newest: dict[str, Notification] = {}
+        for n in notifications:
+            newest[n.originator_id] = n
+        with self.datastore.transaction(commit=True) as c:
+            rows: dict[str, list[tuple]] = {t: [] for t in TABLES}
+            stale: list[tuple[int]] = []
+            for stream, n in newest.items():
+                rtype, rid = stream.split("/", 1)
+                c.execute("SELECT pk, version FROM sp_res WHERE rtype=? AND rid=?", (rtype, rid))
+                found = c.fetchone()
+                if found is not None:
+                    if found[1] >= n.originator_version:
+                        continue  # already indexed (replay)
+                    stale.append((found[0],))
+                if KIND_OF_TOPIC[n.topic] == "deleted":
+                    if found is not None:
+                        c.execute("DELETE FROM sp_res WHERE pk=?", (found[0],))
+                    continue
+                header, _, body = n.state.partition(b"\n")
+                updated = parse_range(orjson.loads(header)["lastUpdated"])[0]
+                if found is None:
+                    c.execute("INSERT INTO sp_res (rtype, rid, version, updated) VALUES (?,?,?,?)",
+                              (rtype, rid, n.originator_version, updated))
+                    pk = c.lastrowid
+                else:
+                    pk = found[0]
+                    c.execute("UPDATE sp_res SET version=?, updated=? WHERE pk=?",
+                              (n.originator_version, updated, pk))
+                params = params_for(rtype)
+                for code, values in extract(orjson.loads(body)).items():
+                    p = params.get(code)
+                    if p is None or code in ("_id", "_lastUpdated"):  # answered from sp_res
+                        continue
+                    pid = self._param_id(c, rtype, code)
+                    for value in values:
+                        row = rows_for(p.type, value)
+                        if row is not None:
+                            rows[row[0]].append((pid, *row[1], pk))
+            if stale:
+                for table in TABLES:
+                    c.executemany(f"DELETE FROM {table} WHERE pk=?", stale)
+            for table, batch in rows.items():
+                if batch:
+                    marks = ", ".join("?" * (len(TABLES[table]) + 2))
+                    c.executemany(f"INSERT INTO {table} VALUES ({marks})", batch)
+            self.tracking._insert_tracking(c, Tracking(NAME, notifications[-1].id))
+
+    def stats(self) -> dict:
+        with self.datastore.transaction(commit=False) as c:
+            out = {}
+            for table in ("sp_res", *TABLES):
+                c.execute(f"SELECT COUNT(*) FROM {table}")
+                out[table] = c.fetchone()[0]
+            return out
