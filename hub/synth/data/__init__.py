@@ -1,0 +1,1 @@
+"""Derived data tables (see scripts/)."""
