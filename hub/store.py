@@ -373,7 +373,7 @@ class _FastSQLitePool(SQLiteConnectionPool):
         return conn
 
 
-class _SQLiteDatastore(SQLiteDatastore):
+class FastSQLiteDatastore(SQLiteDatastore):
     """eventsourcing's SQLite datastore with the pool above (text stream names)."""
 
     def __init__(self, db_name: str, pool_size: int = 8):
@@ -456,7 +456,7 @@ class ResourceStore:
 
     @classmethod
     def sqlite(cls, path: str) -> ResourceStore:
-        datastore = _SQLiteDatastore(path)
+        datastore = FastSQLiteDatastore(path)
         recorder = SQLiteResourceRecorder(datastore, events_table_name="stored_events")
         recorder.create_table()
         return cls(recorder, datastore.close)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import orjson
 from eventsourcing.persistence import Notification, Tracking
-from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+from eventsourcing.sqlite import SQLiteTrackingRecorder
 
 from hub.events import KIND_OF_TOPIC
 from hub.fhirtime import parse_range
+from hub.store import FastSQLiteDatastore
 from projections.search.extract import DateRange, Quantity, Str, Token, extract
 from projections.search.params import params_for
 
@@ -107,7 +108,7 @@ class SQLiteSearchIndex:
 
     def __init__(self, path: Path | str):
         self.path = str(path)
-        self.datastore = SQLiteDatastore(db_name=self.path, pool_size=4, lock_timeout=30)
+        self.datastore = FastSQLiteDatastore(self.path, pool_size=4)
         self.tracking = SQLiteTrackingRecorder(self.datastore)
         self.tracking.create_table()
         with self.datastore.transaction(commit=True) as c:
@@ -144,10 +145,10 @@ class SQLiteSearchIndex:
         with self.datastore.transaction(commit=True) as c:
             rows: dict[str, list[tuple]] = {t: [] for t in TABLES}
             stale: list[tuple[int]] = []
+            current = self._current(c, list(newest))
             for stream, n in newest.items():
                 rtype, rid = stream.split("/", 1)
-                c.execute("SELECT pk, version FROM sp_res WHERE rtype=? AND rid=?", (rtype, rid))
-                found = c.fetchone()
+                found = current.get(stream)
                 if found is not None:
                     if found[1] >= n.originator_version:
                         continue  # already indexed (replay)
@@ -184,6 +185,22 @@ class SQLiteSearchIndex:
                     marks = ", ".join("?" * (len(TABLES[table]) + 2))
                     c.executemany(f"INSERT INTO {table} VALUES ({marks})", batch)
             self.tracking._insert_tracking(c, Tracking(NAME, notifications[-1].id))
+
+    @staticmethod
+    def _current(c, streams: list[str]) -> dict[str, tuple[int, int]]:
+        """stream -> (pk, version) of the indexed resources among ``streams``."""
+        by_type: dict[str, list[str]] = {}
+        for stream in streams:
+            rtype, rid = stream.split("/", 1)
+            by_type.setdefault(rtype, []).append(rid)
+        out = {}
+        for rtype, rids in by_type.items():
+            for i in range(0, len(rids), 400):
+                chunk = rids[i:i + 400]
+                c.execute("SELECT rid, pk, version FROM sp_res WHERE rtype=? "
+                          f"AND rid IN ({','.join('?' * len(chunk))})", (rtype, *chunk))
+                out.update((f"{rtype}/{rid}", (pk, v)) for rid, pk, v in c.fetchall())
+        return out
 
     def stats(self) -> dict:
         with self.datastore.transaction(commit=False) as c:
