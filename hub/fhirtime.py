@@ -16,11 +16,41 @@ _RE = re.compile(
     r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_END_OF_TIME = 253402300800 * 1_000_000  # 10000-01-01T00:00:00Z in µs
 
 
 def _us(dt: datetime) -> int:
     delta = dt - _EPOCH
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _next_year(d: datetime) -> datetime:
+    return d.replace(year=d.year + 1)
+
+
+def _next_month(d: datetime) -> datetime:
+    return d.replace(year=d.year + (d.month == 12), month=d.month % 12 + 1)
+
+
+def _start_and_step(g: dict, tz: timezone):
+    """The first instant a partial value names, and how far its period reaches."""
+    y = int(g["y"])
+    if g["m"] is None:
+        return datetime(y, 1, 1, tzinfo=tz), _next_year
+    if g["d"] is None:
+        return datetime(y, int(g["m"]), 1, tzinfo=tz), _next_month
+    day = datetime(y, int(g["m"]), int(g["d"]), tzinfo=tz)
+    if g["H"] is None:
+        return day, timedelta(days=1)
+    start = day.replace(hour=int(g["H"]), minute=int(g["M"]))
+    if g["S"] is None:
+        return start, timedelta(minutes=1)
+    start = start.replace(second=int(g["S"]))
+    if not g["f"]:
+        return start, timedelta(seconds=1)
+    frac = g["f"][1:]
+    start = start.replace(microsecond=int(frac[:6].ljust(6, "0")))
+    return start, timedelta(microseconds=10 ** max(0, 6 - len(frac)))
 
 
 def parse_range(value: str) -> tuple[int, int]:
@@ -34,29 +64,11 @@ def parse_range(value: str) -> tuple[int, int]:
         sign = 1 if g["tz"][0] == "+" else -1
         hh, mm = int(g["tz"][1:3]), int(g["tz"][4:6])
         tz = timezone(sign * timedelta(hours=hh, minutes=mm))
-    y = int(g["y"])
-    if g["m"] is None:
-        start, end = datetime(y, 1, 1, tzinfo=tz), datetime(y + 1, 1, 1, tzinfo=tz)
-    elif g["d"] is None:
-        mo = int(g["m"])
-        start = datetime(y, mo, 1, tzinfo=tz)
-        end = datetime(y + (mo == 12), mo % 12 + 1, 1, tzinfo=tz)
-    else:
-        day = datetime(y, int(g["m"]), int(g["d"]), tzinfo=tz)
-        if g["H"] is None:
-            start, end = day, day + timedelta(days=1)
-        else:
-            start = day.replace(hour=int(g["H"]), minute=int(g["M"]))
-            if g["S"] is None:
-                end = start + timedelta(minutes=1)
-            else:
-                start = start.replace(second=int(g["S"]))
-                if g["f"]:
-                    frac = g["f"][1:]
-                    start = start.replace(microsecond=int(frac[:6].ljust(6, "0")))
-                    end = start + timedelta(microseconds=10 ** max(0, 6 - len(frac)))
-                else:
-                    end = start + timedelta(seconds=1)
+    start, step = _start_and_step(g, tz)
+    try:
+        end = start + step if isinstance(step, timedelta) else step(start)
+    except (OverflowError, ValueError):  # the end of 9999 (HIS feeds' "no end"): the end of time
+        return _us(start), _END_OF_TIME
     return _us(start), _us(end)
 
 

@@ -55,7 +55,7 @@ def unwrap(ann) -> tuple[object, bool]:
         origin = typing.get_origin(ann)
         if origin in (typing.Union, types.UnionType):
             args = [a for a in typing.get_args(ann) if a is not type(None)]
-            ann = args[0]
+            ann = str if str in args else args[0]  # url elements are Union[AnyUrl, str]
         elif origin in (list, typing.List):
             is_list = True
             ann = typing.get_args(ann)[0]

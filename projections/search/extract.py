@@ -168,19 +168,9 @@ def _num(v: Any) -> float | None:
     return None
 
 
-_YEAR_US = 365 * 86400 * 10**6
-
-
 @lru_cache(maxsize=1 << 16)
 def _range(value: str) -> tuple[float, float]:
-    """parse_range, with the last days of year 9999 (HIS feeds' "no end") ending at +inf."""
-    try:
-        return parse_range(value)
-    except (OverflowError, ValueError):
-        if not value.startswith("9999"):
-            raise ValueError(value) from None
-        # 9998 and 9999 are both common years: the same date a year earlier is exactly 365 days off
-        return parse_range("9998" + value[4:])[0] + _YEAR_US, math.inf
+    return parse_range(value)
 
 
 _REF = re.compile(r"^(?P<base>[a-z][a-z0-9+.-]*://.*/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9.-]{1,128})"
