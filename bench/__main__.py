@@ -35,9 +35,30 @@ def summary(ing: dict, http: dict, mem: dict) -> str:
          f"{mem['small']['generate']['peak_rss_mb']} vs {mem['large']['generate']['peak_rss_mb']}",
          "< 1024, flat"),
     ]
+    for name, extra in (("extract", _extract_rows), ("index", _index_rows)):
+        path = RESULTS / f"{name}.json"
+        if path.exists():
+            rows += extra(json.loads(path.read_text()))
     lines = ["| measure | result | goal |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines) + "\n"
+
+
+def _extract_rows(r: dict) -> list[tuple[str, str, str]]:
+    return [("Search-value extraction (issue 3), ratio to raw model_validate_json",
+             f"{r['median_ratio']}", ">= 2 (alone)")]
+
+
+def _index_rows(r: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for run in (v for v in r.values() if isinstance(v, dict)):
+        n = f"{run['resources']:,}"
+        rows.append((f"Search-index build from the log, {n} resources, per s (ratio)",
+                     f"{run['index_per_s']} ({run['ratio']})", ">= 2"))
+        rows.append((f"Disk per resource at {n}: event store + index, KB",
+                     f"{run['event_store_kb_per_resource']} + {run['index_kb_per_resource']}",
+                     "HAPI ~11, Aidbox ~3.4"))
+    return rows
 
 
 def main() -> None:
