@@ -1,9 +1,9 @@
 """Resolving a search query to resource ids, for conditional interactions and conditional references.
 
-Until the search-index projection exists only ``_id`` and ``identifier`` are understood, answered
-from the write-side identifier index inside the store (consistent with the write that follows).
-``Resolver`` is the seam: the search projection plugs in a resolver that understands every
-parameter and falls back to this one for what must be decided atomically.
+``_id`` and ``identifier`` are answered from the write-side identifier index inside the store
+(consistent with the write that follows). ``SearchResolver`` (plugged in by the API) answers every
+other parameter through the search index and falls back to the identifier index for what must be
+decided atomically.
 """
 
 from __future__ import annotations
@@ -74,6 +74,26 @@ class IdentifierResolver:
                 system, code = split_token(value)
                 out.append(IdentifierGuard(rtype, system, code))
         return out
+
+
+class SearchResolver(IdentifierResolver):
+    """Any search through the search index; ``_id``/``identifier`` alone stay on the atomic path.
+
+    ``service.match_ids`` brings the index up to the log's end first (``Runner`` catch-up to the
+    store's max notification id), so a conditional write sees every write committed before it.
+    Queries the identifier index answers keep its write-lock guards against racing creates.
+    """
+
+    def __init__(self, store: ResourceStore, service):
+        super().__init__(store)
+        self.service = service
+
+    def match(self, rtype: str, query: Query) -> list[str]:
+        if not query:
+            raise bad_request("A conditional operation needs search criteria")
+        if all(name in self.supported for name, _ in query):
+            return super().match(rtype, query)
+        return self.service.match_ids(rtype, query)
 
 
 def identifiers_match(query: Query, idents: list[tuple[str, str]], rid: str) -> bool:

@@ -49,7 +49,13 @@ def test_patient_capabilities(statement):
     assert p["conditionalDelete"] == "single"
     assert p["conditionalRead"] in ("not-match", "full-support")
     params = {s["name"]: s["type"] for s in p["searchParam"]}
-    assert params == {"_id": "token", "identifier": "token"}
+    assert {"_id": "token", "identifier": "token", "name": "string", "birthdate": "date",
+            "organization": "reference", "_lastUpdated": "date", "_profile": "uri"}.items() \
+        <= params.items()
+    assert "Patient:organization" in p["searchInclude"]
+    o = {s["name"]: s["type"] for s in by_type(statement)["Observation"]["searchParam"]}
+    assert o["code-value-quantity"] == "composite" and o["value-quantity"] == "quantity"
+    assert "near" not in {s["name"] for s in by_type(statement)["Location"]["searchParam"]}
 
 
 def test_every_known_type_is_listed(statement):

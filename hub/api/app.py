@@ -35,12 +35,14 @@ from hub.api.responses import (
     prefer_strict,
     version_headers,
 )
-from hub.api.search import search_bundle
-from hub.conditional import parse_query
+from hub.api.search import SearchService, search_bundle
+from hub.conditional import SearchResolver, parse_query
 from hub.config import Settings
 from hub.errors import FhirError, Issue, bad_request, not_found
 from hub.events import resource_bytes
 from hub.ingest import Context, Hub, Op, Result
+from projections.runner import Runner
+from projections.search.sqlite_index import SQLiteSearchIndex
 
 log = logging.getLogger("hub.api")
 # FHIR says ids are at most 64 characters, but official R4B examples carry longer ones (68);
@@ -56,9 +58,24 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         own = app.state.hub is None
         if own:
             app.state.hub = Hub(settings.open_store())
-        yield
-        if own:
-            app.state.hub.store.close()
+        hub = app.state.hub
+        settings.data_dir.mkdir(parents=True, exist_ok=True)  # the index lives here on any store
+        index = SQLiteSearchIndex(settings.data_dir / "search.sqlite")
+        # the follower reads the log through its own connections: trouble there (a store outage
+        # mid-batch) never starves the requests' pool
+        follow_store = settings.open_store() if own else hub.store
+        runner = Runner(follow_store, index)
+        app.state.search = SearchService(hub.store, index, runner, settings)
+        hub.resolver = SearchResolver(hub.store, app.state.search)
+        runner.start()
+        try:
+            yield
+        finally:
+            runner.stop()
+            index.close()
+            if own:
+                follow_store.close()
+                app.state.hub.store.close()
 
     app = FastAPI(title="Regional FHIR hub", lifespan=lifespan, docs_url="/docs",
                   openapi_url="/openapi.json")
@@ -108,6 +125,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def _hub(request: Request) -> Hub:
     return request.app.state.hub
+
+
+def _search(request: Request) -> SearchService:
+    return request.app.state.search
 
 
 def _ctx(request: Request) -> Context:
@@ -189,9 +210,10 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         check_format(request)
         _, d = await _body(request, "Bundle")
         hub, ctx, b = _hub(request), _ctx(request), base(request)
+        service = _search(request)
 
         def get(path: str, query: str):
-            return _get(hub, path, query, b, settings)
+            return _get(hub, service, path, query, b, settings)
 
         out = await run_in_threadpool(bundles.process, d, hub, ctx, b,
                                       prefer_return(request) == "representation", get)
@@ -217,8 +239,8 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     async def search(request: Request, rtype: str) -> Response:
         check_format(request)
         params = list(request.query_params.multi_items())
-        out = await run_in_threadpool(search_bundle, _hub(request), _type(rtype), params,
-                                      base(request), settings, prefer_strict(request))
+        out = await run_in_threadpool(search_bundle, _hub(request), _search(request), _type(rtype),
+                                      params, base(request), settings, prefer_strict(request))
         return fhir_response(out, request=request)
 
     @app.post("/fhir/{rtype}/_search", include_in_schema=False)
@@ -231,8 +253,8 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         raw = (await request.body()).decode("utf-8", "replace")
         params = list(request.query_params.multi_items()) + parse_query(raw) if raw else \
             list(request.query_params.multi_items())
-        out = await run_in_threadpool(search_bundle, _hub(request), _type(rtype), params,
-                                      base(request), settings, prefer_strict(request))
+        out = await run_in_threadpool(search_bundle, _hub(request), _search(request), _type(rtype),
+                                      params, base(request), settings, prefer_strict(request))
         return fhir_response(out, request=request)
 
     @app.post("/fhir/{rtype}", name="create")
@@ -277,6 +299,15 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         check_format(request)
         out = await run_in_threadpool(history_bundle, _hub(request), request, base(request),
                                       settings, _type(rtype), _id(rid))
+        return fhir_response(out, request=request)
+
+    @app.get("/fhir/{ctype}/{cid}/{rtype}", name="search-compartment", include_in_schema=False)
+    async def search_compartment(request: Request, ctype: str, cid: str, rtype: str) -> Response:
+        check_format(request)
+        params = list(request.query_params.multi_items())
+        out = await run_in_threadpool(search_bundle, _hub(request), _search(request), _type(rtype),
+                                      params, base(request), settings, prefer_strict(request),
+                                      (_type(ctype), _id(cid)))
         return fhir_response(out, request=request)
 
     @app.get("/fhir/{rtype}/{rid}/_history/{vid}", name="vread")
@@ -324,15 +355,16 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
                              headers=headers)
 
 
-def _get(hub: Hub, path: str, query: str, base: str, settings: Settings) -> tuple[int, Any]:
+def _get(hub: Hub, service: SearchService, path: str, query: str, base: str,
+         settings: Settings) -> tuple[int, Any]:
     """GET inside a batch or transaction: read, vread or search."""
     parts = path.split("/")
     rtype = parts[0]
     if rtype not in res.RESOURCE_TYPES:
         raise not_found(f"Cannot GET {path!r}")
     if len(parts) == 1:
-        return 200, search_bundle(hub, rtype, parse_query(query) if query else [], base, settings,
-                                  False)
+        return 200, search_bundle(hub, service, rtype, parse_query(query) if query else [], base,
+                                  settings, False)
     if len(parts) == 2:
         return 200, resource_bytes(hub.read(rtype, _id(parts[1])))
     if len(parts) == 4 and parts[2] == "_history" and parts[3].isdigit():

@@ -12,7 +12,7 @@ from functools import lru_cache
 from fastapi import FastAPI
 
 from hub import resource as res
-from hub.conditional import IdentifierResolver
+from projections.search.params import params_for
 
 _TYPE_LEVEL = ("read", "vread", "update", "delete", "history-instance", "history-type", "create",
                "search-type")
@@ -34,10 +34,10 @@ def _statement(routed: frozenset[str], base: str) -> dict:
     type_interactions = [{"code": c} for c in _TYPE_LEVEL if c in routed]
     resources = []
     for rtype in sorted(res.RESOURCE_TYPES):
-        params = [{"name": "_id", "type": "token",
-                   "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"}]
-        if res.TYPE_FACTS[rtype].get("identifier") and "identifier" in IdentifierResolver.supported:
-            params.append({"name": "identifier", "type": "token"})
+        # what the search index answers: every parameter of the type but those of type special
+        params = [{"name": code, "type": p.type, "definition": p.url}
+                  for code, p in sorted(params_for(rtype).items()) if p.type != "special"]
+        refs = sorted(code for code, p in params_for(rtype).items() if p.type == "reference")
         resources.append({
             "type": rtype,
             "interaction": type_interactions,
@@ -49,6 +49,7 @@ def _statement(routed: frozenset[str], base: str) -> dict:
             "conditionalUpdate": "conditional-update" in routed,
             "conditionalDelete": "single" if "conditional-delete" in routed else "not-supported",
             "referencePolicy": ["literal", "local"],
+            "searchInclude": [f"{rtype}:{c}" for c in refs],
             "searchParam": params,
         })
     return {
@@ -64,6 +65,9 @@ def _statement(routed: frozenset[str], base: str) -> dict:
             "mode": "server",
             "resource": resources,
             "interaction": [{"code": c} for c in _SYSTEM_LEVEL if c in routed],
-            "searchParam": [{"name": "_count", "type": "number"}],
+            "searchParam": [{"name": n, "type": t} for n, t in (
+                ("_count", "number"), ("_sort", "string"), ("_include", "special"),
+                ("_revinclude", "special"), ("_total", "token"), ("_summary", "token"),
+                ("_elements", "string"), ("_has", "special"))],
         }],
     }

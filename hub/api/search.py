@@ -1,71 +1,178 @@
-"""Type search, for now limited to what the write-side index answers: ``_id`` and ``identifier``.
+"""Type and compartment search through the search-index projection, as searchset Bundles.
 
-The search-index projection (next issue) replaces the matching; the bundle shape stays.
-Unknown parameters are ignored with a warning in the bundle, or refused with
+``SearchService`` owns the index, the runner that follows the log, and the SQL planner. Before it
+answers, it brings the index up to the event store's position at request time (read-your-writes,
+bounded). Unknown parameters are ignored with a warning in the bundle, or refused with
 ``Prefer: handling=strict``, as the FHIR search page asks.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import time
+from functools import lru_cache
+from importlib import resources
+
 import orjson
 
-from hub.api.paging import PAGING_PARAMS, link, page_size
-from hub.conditional import IdentifierResolver
+from hub.api.paging import link
 from hub.config import Settings
 from hub.errors import FhirError, Issue, bad_request
 from hub.events import resource_bytes
 from hub.ingest import Hub
+from hub.store import ResourceStore
+from projections.runner import Runner
+from projections.search.params import params_for
+from projections.search.query import Criterion, Query, RefValue, TokenValue, parse
+from projections.search.sqlite_index import SQLiteSearchIndex
+from projections.search.sqlite_query import SQLiteSearch
+
+log = logging.getLogger("hub.api.search")
+RYW_TIMEOUT = 5.0
 
 
-def search_bundle(hub: Hub, rtype: str, params: list[tuple[str, str]], base: str,
-                  settings: Settings, strict: bool) -> dict:
-    flat = dict(params)
-    count = page_size(flat, settings)
-    criteria, ignored = [], []
-    for name, value in params:
-        if name in IdentifierResolver.supported:
-            criteria.append((name, value))
-        elif name not in PAGING_PARAMS:
-            ignored.append(name)
-    if ignored and strict:
-        raise FhirError(400, "not-supported",
-                        f"Unsupported search parameter(s): {', '.join(sorted(set(ignored)))}")
-    cursor = flat.get("_cursor")
-    if criteria:
-        ids = hub.resolver.match(rtype, criteria)
-        total = len(ids)
-        start = 0
-        if cursor is not None:
-            if not cursor.isdigit():
-                raise bad_request("_cursor is not a page cursor of this server")
-            start = int(cursor)
-        page, more = ids[start:start + count], count > 0 and start + count < total
-        next_cursor = str(start + count)
-    else:
-        page = hub.store.list_ids(rtype, cursor, count + 1)
-        more, page = count > 0 and len(page) > count, page[:count]
-        next_cursor = page[-1] if page else ""
-        total = hub.store.count_current(rtype) if flat.get("_total") != "none" else None
+class SearchService:
+    def __init__(self, store: ResourceStore, index: SQLiteSearchIndex, runner: Runner,
+                 settings: Settings):
+        self.store, self.index, self.runner, self.settings = store, index, runner, settings
+        self.sql = SQLiteSearch(index)
+
+    def sync(self, timeout: float = RYW_TIMEOUT) -> bool:
+        """Bring the index up to the log's end as of now (read-your-writes); False on timeout."""
+        target = self.store.max_notification_id()
+        deadline = time.monotonic() + timeout
+        while self.index.position() < target:
+            if time.monotonic() > deadline:
+                log.warning("search index lags the log (%s < %s)", self.index.position(), target)
+                return False
+            if not self.runner.step():  # another thread holds the batch in hand, or not visible yet
+                time.sleep(0.005)
+        return True
+
+    def parse(self, rtype: str, params: list[tuple[str, str]], strict: bool) -> Query:
+        q = parse(rtype, params, self.settings.max_count, self.settings.default_count)
+        if q.ignored and strict:
+            raise FhirError(400, "not-supported",
+                            f"Unsupported search parameter(s): {', '.join(sorted(set(q.ignored)))}")
+        return q
+
+    def match_ids(self, rtype: str, params: list[tuple[str, str]]) -> list[str]:
+        """Ids matching a query (conditional interactions): every parameter must be understood."""
+        q = self.parse(rtype, params, strict=True)
+        if not q.where:
+            raise bad_request("A conditional operation needs search criteria")
+        self.sync()
+        return self.sql.match_ids(q)
+
+
+# -- the Patient compartment ----------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def patient_compartment() -> dict[str, list[str]]:
+    return json.loads(resources.files("projections.data").joinpath(
+        "compartment_patient.json").read_text())
+
+
+def compartment_group(ctype: str, cid: str, rtype: str) -> list[Criterion]:
+    if ctype != "Patient":
+        raise FhirError(400, "not-supported", f"Only the Patient compartment is supported, not {ctype}")
+    params = patient_compartment().get(rtype)
+    if params is None:
+        raise FhirError(400, "not-supported", f"{rtype} is not in the Patient compartment")
+    known = params_for(rtype)
+    group = [Criterion(p, "reference", value=RefValue(targets=(f"Patient/{cid}",)))
+             for p in params if p in known and known[p].type == "reference"]
+    if rtype == "Patient":
+        group.append(Criterion("_id", "token", value=TokenValue(None, cid)))
+    return group
+
+
+# -- _summary and _elements -----------------------------------------------------------------------
+
+ALWAYS = ("resourceType", "id", "meta")
+
+
+@lru_cache(maxsize=None)
+def summary_elements(rtype: str) -> frozenset[str]:
+    from fhir.resources.R4B import get_fhir_model_class
+
+    model = get_fhir_model_class(rtype)
+    out = set(ALWAYS)
+    for name, f in model.model_fields.items():
+        extra = f.json_schema_extra or {}
+        if isinstance(extra, dict) and extra.get("summary_element_property"):
+            out.add(f.alias or name)
+    return frozenset(out)
+
+
+def _subset(raw: bytes, keep) -> dict:
+    d = orjson.loads(raw)
+    out = {k: v for k, v in d.items() if k in ALWAYS or keep(k)}
+    meta = dict(out.get("meta") or {})
+    meta["tag"] = [*meta.get("tag", []), {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}]
+    out["meta"] = meta
+    return out
+
+
+# -- the bundle -----------------------------------------------------------------------------------
+
+def search_bundle(hub: Hub, service: SearchService, rtype: str, params: list[tuple[str, str]],
+                  base: str, settings: Settings, strict: bool,
+                  compartment: tuple[str, str] | None = None) -> dict:
+    q = service.parse(rtype, params, strict)
+    if compartment is not None:
+        q.where.append(compartment_group(*compartment, rtype))
+    count = q.count if q.count is not None else settings.default_count
+    if q.summary == "count":
+        count = 0
+    service.sync()
+    want_total = q.total != "none" or q.summary == "count"
+    page = service.sql.page(q, count, want_total)
+    keep = None
+    if q.summary == "true":
+        allowed = summary_elements(rtype)
+        keep = allowed.__contains__
+    elif q.elements:
+        wanted = set(q.elements)
+        keep = wanted.__contains__
+
     entries = []
-    for rid in page:
-        stored = hub.store.latest(rtype, rid)
+
+    def add(row, mode: str) -> None:
+        stored = hub.store.latest(row.rtype, row.rid)
         if stored is None or stored.topic.endswith("Deleted"):
-            continue
-        entries.append({"fullUrl": f"{base}/{rtype}/{rid}",
-                        "resource": orjson.Fragment(resource_bytes(stored)),
-                        "search": {"mode": "match"}})
-    if ignored:
+            return  # changed since the index row was read
+        raw = resource_bytes(stored)
+        if mode == "match" and keep is not None:
+            body = _subset(raw, keep)
+        elif q.summary == "true":
+            body = _subset(raw, summary_elements(row.rtype).__contains__)
+        else:
+            body = orjson.Fragment(raw)
+        entries.append({"fullUrl": f"{base}/{row.rtype}/{row.rid}", "resource": body,
+                        "search": {"mode": mode}})
+
+    for row in page.rows:
+        add(row, "match")
+    for row in service.sql.included(page.rows, q.include, q.revinclude):
+        add(row, "include")
+    if q.ignored:
         entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [
             Issue("not-supported",
-                  f"Ignored unsupported search parameter(s): {', '.join(sorted(set(ignored)))}",
+                  f"Ignored unsupported search parameter(s): {', '.join(sorted(set(q.ignored)))}",
                   "warning").to_json()]}, "search": {"mode": "outcome"}})
-    path = f"{base}/{rtype}"
+    path = f"{base}/{compartment[0]}/{compartment[1]}/{rtype}" if compartment else f"{base}/{rtype}"
     links = [{"relation": "self", "url": link(path, params)}]
-    if more:
-        links.append({"relation": "next", "url": link(path, params, _cursor=next_cursor)})
+    if page.next_cursor:
+        links.append({"relation": "next", "url": link(path, params, _cursor=page.next_cursor)})
+    if page.prev_cursor:
+        links.append({"relation": "previous", "url": link(path, params, _cursor=page.prev_cursor)})
     out = {"resourceType": "Bundle", "type": "searchset"}
-    if total is not None:
-        out["total"] = total
+    if page.total is not None:
+        out["total"] = page.total
     out["link"] = links
-    out["entry"] = entries
+    if entries:
+        out["entry"] = entries
     return out

@@ -1,0 +1,434 @@
+"""FHIR search parameters parsed into a storage-independent plan.
+
+``parse(rtype, params)`` turns the ``(name, value)`` pairs of a search into a ``Query``:
+
+- ``where``: a list of AND groups; each group is a list of OR alternatives (``Criterion``), one per
+  comma-separated value of one parameter occurrence. A criterion carries the parameter code, its
+  type, the modifier, the prefix and the value already typed for its parameter type (see the
+  ``*Value`` classes). Chains (``subject:Patient.name=x``) carry a nested criterion on the target
+  type, ``_has`` a ``Has`` with a nested criterion on the referring type.
+- result controls: ``sort``, ``count``, ``include``/``revinclude``, ``total``, ``summary``,
+  ``elements``, ``cursor``.
+- ``ignored``: parameters that are unknown or unsupported (the caller warns, or refuses them when
+  strict).
+
+Nothing here knows how the index is stored: the SQLite planner (sqlite_query.py) and a later
+Elasticsearch planner answer the same plans.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from hub.errors import bad_request
+from hub.fhirtime import parse_range
+from projections.search.extract import normalize, normalize_reference, ucum_canonical
+from projections.search.params import SearchParam, params_for
+
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+ORDERED_TYPES = ("date", "number", "quantity")
+CONTROL = ("_sort", "_count", "_include", "_revinclude", "_total", "_summary", "_elements",
+           "_cursor", "_format", "_pretty")
+MODIFIERS = {
+    "string": {"exact", "contains", "missing"},
+    "token": {"not", "text", "of-type", "missing"},
+    "date": {"missing"}, "number": {"missing"}, "quantity": {"missing"},
+    "reference": {"identifier", "missing"},  # plus :Type
+    "uri": {"below", "above", "missing"},
+    "composite": {"missing"},
+}
+SPECIAL_TYPES = {"_id": "token", "_lastUpdated": "date"}  # answered from the resource table
+
+
+class Unsupported(Exception):
+    """A parameter the server does not support: ignored with a warning, or 400 when strict."""
+
+
+# -- typed values ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TokenValue:
+    system: str | None  # None: any system; "": no system
+    code: str | None  # None: any code (``system|``)
+    type_system: str | None = None  # :of-type
+    type_code: str | None = None
+
+
+@dataclass(frozen=True)
+class RangeValue:
+    """A date (µs) or a number: the range the search value stands for, and the value itself."""
+    lo: float
+    hi: float
+    value: float
+
+
+@dataclass(frozen=True)
+class QuantityValue:
+    number: RangeValue
+    system: str | None
+    code: str | None
+    canonical: RangeValue | None = None  # the number in the canonical unit (UCUM prefixes folded)
+    canonical_code: str | None = None
+
+
+@dataclass(frozen=True)
+class RefValue:
+    targets: tuple[str, ...] = ()  # 'Type/id' or absolute URLs: any of them
+    id_suffix: str | None = None  # a bare id whose type the parameter does not fix
+    identifier: TokenValue | None = None
+
+
+@dataclass
+class Criterion:
+    param: str
+    type: str
+    modifier: str | None = None
+    prefix: str | None = None
+    value: Any = None
+    chain: Chain | None = None
+
+
+@dataclass
+class Chain:
+    """Reference param chained: the target is a ``rtypes`` resource matching ``criterion``."""
+    rtypes: tuple[str, ...]
+    criterion: Criterion
+
+
+@dataclass
+class Has:
+    """``_has:rtype:param:…``: some ``rtype`` resource matching ``criterion`` refers here by ``param``."""
+    rtype: str
+    param: str
+    criterion: Criterion
+
+
+@dataclass
+class Include:
+    source: str  # resource type holding the reference
+    param: str
+    target: str | None  # restricts the target type
+    iterate: bool = False
+
+
+@dataclass
+class SortKey:
+    param: str
+    type: str
+    desc: bool
+
+
+@dataclass
+class Query:
+    rtype: str
+    where: list[list[Criterion]] = field(default_factory=list)
+    sort: list[SortKey] = field(default_factory=list)
+    count: int | None = None
+    include: list[Include] = field(default_factory=list)
+    revinclude: list[Include] = field(default_factory=list)
+    total: str | None = None  # none | estimate | accurate
+    summary: str | None = None  # count | true | false | text | data
+    elements: list[str] | None = None
+    cursor: str | None = None
+    ignored: list[str] = field(default_factory=list)
+
+
+# -- escaping -------------------------------------------------------------------------------------
+
+def split_escaped(value: str, sep: str) -> list[str]:
+    """Split on ``sep`` not preceded by a backslash; escapes are kept for the next split."""
+    out, cur, i = [], [], 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\" and i + 1 < len(value):
+            cur.append(value[i:i + 2])
+            i += 2
+            continue
+        if ch == sep:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    out.append("".join(cur))
+    return out
+
+
+def unescape(value: str) -> str:
+    return re.sub(r"\\([\\,|$])", r"\1", value)
+
+
+# -- parsing of one parameter ---------------------------------------------------------------------
+
+def param_type(rtype: str, code: str) -> tuple[str, SearchParam | None]:
+    if code in SPECIAL_TYPES:
+        return SPECIAL_TYPES[code], params_for(rtype).get(code)
+    p = params_for(rtype).get(code)
+    if p is None:
+        raise Unsupported(f"Unknown search parameter {code!r} for {rtype}")
+    if p.type == "special":
+        raise Unsupported(f"Search parameter {code!r} (type special) is not supported")
+    return p.type, p
+
+
+def _prefix(raw: str, ptype: str) -> tuple[str | None, str]:
+    if ptype in ORDERED_TYPES and len(raw) > 2 and raw[:2] in PREFIXES and not raw[2].isalpha():
+        return raw[:2], raw[2:]
+    return None, raw
+
+
+def _number(raw: str) -> RangeValue:
+    try:
+        d = Decimal(raw)
+    except InvalidOperation:
+        raise bad_request(f"{raw!r} is not a number") from None
+    if not d.is_finite():
+        raise bad_request(f"{raw!r} is not a number")
+    half = Decimal(5) * Decimal(10) ** (d.as_tuple().exponent - 1)  # implicit precision
+    return RangeValue(float(d - half), float(d + half), float(d))
+
+
+def _date(raw: str) -> RangeValue:
+    try:
+        lo, hi = parse_range(raw)
+    except (ValueError, OverflowError):
+        raise bad_request(f"{raw!r} is not a FHIR date, dateTime or instant") from None
+    return RangeValue(lo, hi, lo)
+
+
+def _token(raw: str, modifier: str | None) -> TokenValue:
+    if modifier == "of-type":
+        parts = split_escaped(raw, "|")
+        if len(parts) != 3 or not parts[2]:
+            raise bad_request(f"identifier:of-type needs system|code|value, not {raw!r}")
+        ts, tc, v = (unescape(x) for x in parts)
+        return TokenValue(None, v, ts or None, tc or None)
+    parts = split_escaped(raw, "|")
+    if len(parts) == 1:
+        return TokenValue(None, unescape(parts[0]))
+    system, code = unescape(parts[0]), unescape("|".join(parts[1:]))
+    return TokenValue(system, code or None)
+
+
+def _quantity(raw: str) -> QuantityValue:
+    parts = [unescape(x) for x in split_escaped(raw, "|")]
+    number = _number(parts[0])
+    system = parts[1] if len(parts) > 1 and parts[1] else None
+    code = parts[2] if len(parts) > 2 and parts[2] else None
+    canonical = ccode = None
+    if code and system in (None, "http://unitsofmeasure.org"):
+        power, ccode = ucum_canonical(code)
+        scale = (lambda x: x * 10.0 ** power) if power >= 0 else (lambda x: x / 10.0 ** -power)
+        canonical = RangeValue(scale(number.lo), scale(number.hi), scale(number.value))
+    return QuantityValue(number, system, code, canonical, ccode)
+
+
+def _reference(raw: str, p: SearchParam | None, modifier: str | None) -> RefValue:
+    raw = unescape(raw)
+    if modifier == "identifier":
+        return RefValue(identifier=_token(raw, None))
+    if modifier and modifier[0].isupper():  # :Type
+        if "/" in raw:
+            return RefValue(targets=(normalize_reference(raw)[0],))
+        return RefValue(targets=(f"{modifier}/{raw}",))
+    if "/" in raw:
+        ref, _ = normalize_reference(raw)
+        return RefValue(targets=(ref,))
+    targets = p.targets if p is not None else ()
+    if targets:
+        return RefValue(targets=tuple(f"{t}/{raw}" for t in targets))
+    return RefValue(id_suffix=raw)
+
+
+def _value(rtype: str, code: str, ptype: str, p: SearchParam | None, modifier: str | None,
+           raw: str) -> tuple[str | None, Any]:
+    """(prefix, typed value) of one comma-separated alternative."""
+    if modifier == "missing":
+        if raw not in ("true", "false"):
+            raise bad_request(f"{code}:missing takes true or false, not {raw!r}")
+        return None, raw == "true"
+    prefix, body = _prefix(raw, ptype)
+    if ptype == "string":
+        return None, unescape(body)
+    if ptype == "token":
+        if modifier == "text":
+            return None, unescape(body)
+        return None, _token(body, modifier)
+    if ptype == "date":
+        return prefix, _date(unescape(body))
+    if ptype == "number":
+        return prefix, _number(unescape(body))
+    if ptype == "quantity":
+        return prefix, _quantity(body)
+    if ptype == "reference":
+        return None, _reference(body, p, modifier)
+    if ptype == "uri":
+        return None, unescape(body)
+    if ptype == "composite":
+        comps = split_escaped(raw, "$")
+        if p is None or len(comps) != len(p.components):
+            raise bad_request(f"{code}={raw!r} needs {len(p.components) if p else '?'} "
+                              "components separated by $")
+        out = []
+        for comp, craw in zip(p.components, comps):
+            if comp.type not in ("token", "quantity", "date", "number", "string", "uri"):
+                raise Unsupported(f"Composite {code!r} has a {comp.type} component")
+            out.append((comp.type, *_value(rtype, comp.code, comp.type, None, None, craw)))
+        return None, tuple(out)
+    raise Unsupported(f"Search parameter type {ptype!r} is not supported")
+
+
+def parse_criteria(rtype: str, name: str, value: str) -> list[Criterion]:
+    """The OR alternatives of one ``name=value`` on ``rtype`` (chains and _has included)."""
+    if name.startswith("_has:"):
+        parts = name.split(":", 3)
+        if len(parts) < 4 or not parts[3]:
+            raise bad_request(f"{name!r}: _has needs _has:Type:reference:parameter")
+        _, src, ref_param, rest = parts
+        if src not in _resource_types():
+            raise bad_request(f"{name!r}: unknown resource type {src!r}")
+        rp = params_for(src).get(ref_param)
+        if rp is None or rp.type != "reference":
+            raise bad_request(f"{name!r}: {src} has no reference parameter {ref_param!r}")
+        inner = parse_criteria(src, rest, value)
+        return [Criterion("_has", "has", value=Has(src, ref_param, c)) for c in inner]
+    head, dot, rest = name.partition(".")
+    code, _, modifier = head.partition(":")
+    modifier = modifier or None
+    ptype, p = param_type(rtype, code)
+    if dot:
+        if ptype != "reference":
+            raise bad_request(f"{name!r}: only reference parameters can be chained")
+        targets = (modifier,) if modifier else tuple(p.targets if p else ())
+        rest_code = rest.partition(".")[0].partition(":")[0]
+        usable = tuple(t for t in targets if t in _resource_types()
+                       and (rest_code in params_for(t) or rest_code.startswith("_has")))
+        if not usable:
+            raise bad_request(f"{name!r}: no target type of {code!r} has a parameter {rest_code!r}")
+        out = []
+        for t in usable:
+            for c in parse_criteria(t, rest, value):
+                out.append(Criterion(code, "reference", chain=Chain((t,), c)))
+        # one Criterion per (target, alternative): OR of them
+        return out
+    if modifier and modifier not in MODIFIERS.get(ptype, ()):
+        if not (ptype == "reference" and modifier[0].isupper() and modifier in _resource_types()):
+            raise Unsupported(f"Modifier :{modifier} is not supported on {code!r} ({ptype})")
+    alternatives = split_escaped(value, ",") if modifier != "missing" else [value]
+    out = []
+    for alt in alternatives:
+        prefix, typed = _value(rtype, code, ptype, p, modifier, alt)
+        out.append(Criterion(code, ptype, modifier, prefix, typed))
+    return out
+
+
+_TYPES_CACHE: set[str] | None = None
+
+
+def _resource_types() -> set[str]:
+    global _TYPES_CACHE
+    if _TYPES_CACHE is None:
+        from projections.search.params import resource_types
+
+        _TYPES_CACHE = set(resource_types())
+    return _TYPES_CACHE
+
+
+# -- result controls ------------------------------------------------------------------------------
+
+def _include(rtype: str, name: str, value: str, rev: bool) -> Include:
+    iterate = name.endswith(":iterate") or name.endswith(":recurse")
+    parts = value.split(":")
+    if len(parts) not in (2, 3):
+        raise bad_request(f"{name}={value!r}: expected SourceType:parameter[:TargetType]")
+    source, code = parts[0], parts[1]
+    target = parts[2] if len(parts) == 3 else None
+    if source not in _resource_types():
+        raise bad_request(f"{name}={value!r}: unknown resource type {source!r}")
+    p = params_for(source).get(code)
+    if p is None or p.type != "reference":
+        raise bad_request(f"{name}={value!r}: {source} has no reference parameter {code!r}")
+    if not rev and not iterate and source != rtype:
+        raise bad_request(f"{name}={value!r}: the source type must be {rtype} (or use :iterate)")
+    return Include(source, code, target, iterate)
+
+
+def _sort(rtype: str, value: str) -> list[SortKey]:
+    keys = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        desc = item.startswith("-")
+        code = item[1:] if desc else item
+        ptype, _ = param_type(rtype, code)
+        if ptype == "composite":
+            raise Unsupported(f"Sorting by composite parameter {code!r} is not supported")
+        keys.append(SortKey(code, ptype, desc))
+    return keys
+
+
+def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
+          default_count: int | None = None) -> Query:
+    q = Query(rtype, count=default_count)
+    for name, value in params:
+        try:
+            if name == "_count":
+                if not value.isdigit():
+                    raise bad_request(f"_count={value!r} is not a non-negative integer")
+                q.count = min(int(value), max_count)
+            elif name == "_sort":
+                q.sort = _sort(rtype, value)
+            elif name == "_total":
+                if value not in ("none", "estimate", "accurate"):
+                    raise bad_request(f"_total={value!r}: none, estimate or accurate")
+                q.total = value
+            elif name == "_summary":
+                if value not in ("count", "true", "false"):
+                    raise Unsupported(f"_summary={value} is not supported")
+                q.summary = value
+            elif name == "_elements":
+                q.elements = [e.strip() for e in value.split(",") if e.strip()]
+            elif name.split(":")[0] == "_include":
+                q.include.append(_include(rtype, name, value, False))
+            elif name.split(":")[0] == "_revinclude":
+                q.revinclude.append(_include(rtype, name, value, True))
+            elif name == "_cursor":
+                q.cursor = value
+            elif name in ("_format", "_pretty"):
+                continue
+            elif name.startswith("_") and name.split(":")[0].split(".")[0] not in (
+                    "_has", *SPECIAL_TYPES, "_tag", "_profile", "_security", "_source"):
+                raise Unsupported(f"{name} is not supported")
+            else:
+                group = parse_criteria(rtype, name, value)
+                if group:
+                    q.where.append(group)
+        except Unsupported:
+            q.ignored.append(name)
+    return q
+
+
+# -- helpers the planners share -------------------------------------------------------------------
+
+def approx(v: RangeValue, now_us: float | None = None, is_date: bool = False) -> tuple[float, float]:
+    """The range ``ap`` accepts: 10 % around the value (dates: 10 % of the distance from now)."""
+    if is_date:
+        now = now_us if now_us is not None else time.time() * 1e6
+        gap = max(abs(now - v.lo), abs(now - v.hi)) * 0.1
+        return v.lo - gap, v.hi + gap
+    gap = abs(v.value) * 0.1
+    return min(v.lo, v.value - gap), max(v.hi, v.value + gap)
+
+
+def string_key(s: str) -> str:
+    return normalize(s)
+
+
+def bound(x: float) -> float:
+    return x if math.isfinite(x) else (1e300 if x > 0 else -1e300)

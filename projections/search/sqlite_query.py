@@ -1,0 +1,531 @@
+"""Search plans (query.py) answered with SQL over the SQLite index tables (sqlite_index.py).
+
+Every criterion becomes a condition on the resource row ``r`` of ``sp_res``, mostly
+``r.pk IN (SELECT pk FROM ix_<type> WHERE p = <param> AND <value test>)``; OR alternatives of one
+parameter share one sub-select; chains and ``_has`` nest sub-selects over ``ix_reference``.
+
+Pages use a keyset cursor: the sort values of the last (or first) row and its id, so the next and
+previous pages stay right while resources are added or removed. Resources lacking a sort value
+come last; ties are broken by the resource id, which survives index rebuilds.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from hub.errors import bad_request
+from projections.search.extract import normalize
+from projections.search.query import (
+    Criterion,
+    Has,
+    Include,
+    Query,
+    QuantityValue,
+    RangeValue,
+    RefValue,
+    TokenValue,
+    approx,
+)
+from projections.search.sqlite_index import SQLiteSearchIndex
+
+TABLE = {"string": "ix_string", "token": "ix_token", "date": "ix_date", "number": "ix_number",
+         "quantity": "ix_quantity", "reference": "ix_reference", "uri": "ix_uri",
+         "composite": "ix_composite"}
+TOP = "\U0010ffff"
+SORT_COLUMN = {"string": "norm", "token": "code", "number": "value", "quantity": "cvalue",
+               "reference": "target", "uri": "uri", "date": "lo"}
+
+
+@dataclass
+class Row:
+    rtype: str
+    rid: str
+    pk: int
+
+
+@dataclass
+class Page:
+    rows: list[Row]
+    next_cursor: str | None
+    prev_cursor: str | None
+    total: int | None
+
+
+def _starts(s: str | None, prefix: str) -> bool:
+    return s is not None and normalize(s).startswith(prefix)
+
+
+class _Sql:
+    """Accumulates SQL text and its arguments while a plan is translated."""
+
+    def __init__(self, search: SQLiteSearch, c):
+        self.search, self.c = search, c
+        self.args: dict[str, Any] = {}  # named, so text may be assembled in any order
+        self.n = 0
+
+    def alias(self, base: str) -> str:
+        self.n += 1
+        return f"{base}{self.n}"
+
+    def arg(self, v: Any) -> str:
+        name = f"a{len(self.args)}"
+        self.args[name] = v
+        return ":" + name
+
+    def pid(self, rtype: str, code: str) -> int:
+        return self.search.param_id(self.c, rtype, code)
+
+
+class SQLiteSearch:
+    def __init__(self, index: SQLiteSearchIndex):
+        self.index = index
+        self._pids: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _cursor(self):
+        return self.index.datastore.transaction(commit=False)
+
+    def _prepare(self, c) -> None:
+        # cheap (a few µs), and pooled connections come and go
+        c.sqlite_cursor.connection.create_function("fhir_starts", 2, _starts, deterministic=True)
+
+    def param_id(self, c, rtype: str, code: str) -> int:
+        key = (rtype, code)
+        pid = self._pids.get(key)
+        if pid is None:
+            c.execute("SELECT id FROM sp_param WHERE rtype=? AND code=?", key)
+            found = c.fetchone()
+            if found is None:
+                return -1  # no resource has had a value yet: nothing matches
+            pid = self._pids[key] = found[0]
+        return pid
+
+    # -- criteria ---------------------------------------------------------------------------------
+
+    def where(self, s: _Sql, q: Query, alias: str) -> str:
+        parts = [f"{alias}.rtype = {s.arg(q.rtype)}"]
+        for group in q.where:
+            parts.append(self._group(s, q.rtype, group, alias))
+        return " AND ".join(parts)
+
+    def _group(self, s: _Sql, rtype: str, group: list[Criterion], alias: str) -> str:
+        plain = [c for c in group if _plain(c)]
+        other = [c for c in group if not _plain(c)]
+        ors = []
+        # alternatives on one parameter and table share one sub-select
+        by_param: dict[str, list[Criterion]] = {}
+        for c in plain:
+            by_param.setdefault(c.param, []).append(c)
+        for code, crits in by_param.items():
+            x = s.alias("x")
+            table = TABLE[crits[0].type]
+            pid = s.arg(s.pid(rtype, code))
+            tests = " OR ".join(f"({self._value(s, c, x)})" for c in crits)
+            ors.append(f"{alias}.pk IN (SELECT {x}.pk FROM {table} {x} WHERE {x}.p = {pid} "
+                       f"AND ({tests}))")
+        for c in other:
+            ors.append(self._criterion(s, rtype, c, alias))
+        return ors[0] if len(ors) == 1 else "(" + " OR ".join(ors) + ")"
+
+    def _criterion(self, s: _Sql, rtype: str, c: Criterion, alias: str) -> str:
+        if c.param == "_id":
+            return self._id(s, c, alias)
+        if c.param == "_lastUpdated":
+            lo, hi = f"{alias}.updated", f"({alias}.updated + 1)"
+            if c.modifier == "missing":
+                return "0" if c.value else "1"
+            return _date_test(s, c.prefix, c.value, lo, hi)
+        if c.type == "has":
+            return self._has(s, rtype, c.value, alias)
+        table = TABLE[c.type]
+        if c.modifier == "missing":
+            x = s.alias("x")
+            # +p: look the resource's rows up by pk, not every row of the parameter
+            test = (f"EXISTS (SELECT 1 FROM {table} {x} WHERE {x}.pk = {alias}.pk "
+                    f"AND +{x}.p = {s.arg(s.pid(rtype, c.param))})")
+            return f"NOT {test}" if c.value else test
+        if c.chain is not None:
+            x, r2 = s.alias("x"), s.alias("r")
+            pid = s.arg(s.pid(rtype, c.param))
+            (target,) = c.chain.rtypes
+            inner = self.where(s, Query(target, where=[[c.chain.criterion]]), r2)
+            prefix = s.arg(target + "/")
+            return (f"{alias}.pk IN (SELECT {x}.pk FROM ix_reference {x} WHERE {x}.p = {pid} AND "
+                    f"{x}.target IN (SELECT {prefix} || {r2}.rid FROM sp_res {r2} WHERE {inner}))")
+        if c.modifier == "not":
+            x = s.alias("x")
+            pid = s.arg(s.pid(rtype, c.param))
+            return (f"{alias}.pk NOT IN (SELECT {x}.pk FROM ix_token {x} WHERE {x}.p = {pid} "
+                    f"AND ({self._value(s, c, x)}))")
+        raise AssertionError(f"criterion not planned: {c}")
+
+    def _id(self, s: _Sql, c: Criterion, alias: str) -> str:
+        if c.modifier == "missing":
+            return "0" if c.value else "1"
+        tv: TokenValue = c.value
+        test = f"{alias}.rid = {s.arg(tv.code)}"
+        return f"NOT ({test})" if c.modifier == "not" else test
+
+    def _has(self, s: _Sql, rtype: str, h: Has, alias: str) -> str:
+        x, r3 = s.alias("x"), s.alias("r")
+        inner = self.where(s, Query(h.rtype, where=[[h.criterion]]), r3)
+        pid = s.arg(s.pid(h.rtype, h.param))
+        me = rtype + "/"
+        # the reference targets 'Type/id' of this type, less the 'Type/'
+        return (f"{alias}.rid IN (SELECT substr({x}.target, {len(me) + 1}) FROM ix_reference {x} "
+                f"WHERE {x}.p = {pid} AND {x}.target > {s.arg(me)} AND {x}.target < "
+                f"{s.arg(me + TOP)} AND {x}.pk IN (SELECT {r3}.pk FROM sp_res {r3} WHERE {inner}))")
+
+    def _value(self, s: _Sql, c: Criterion, x: str) -> str:
+        """The test of one alternative on an index row ``x`` of its parameter's table."""
+        v, t = c.value, c.type
+        if t == "string":
+            if c.modifier == "exact":
+                return f"{x}.exact = {s.arg(v)}"
+            n = normalize(v)
+            if c.modifier == "contains":
+                return f"instr({x}.norm, {s.arg(n)}) > 0"
+            return f"{x}.norm >= {s.arg(n)} AND {x}.norm < {s.arg(n + TOP)}"
+        if t == "token":
+            if c.modifier == "text":
+                return f"fhir_starts({x}.text, {s.arg(normalize(v))})"
+            return _token_test(s, v, x)
+        if t == "date":
+            return _date_test(s, c.prefix, v, f"{x}.lo", f"{x}.hi")
+        if t == "number":
+            return _number_test(s, c.prefix, v, f"{x}.value")
+        if t == "quantity":
+            return _quantity_test(s, c.prefix, v, x)
+        if t == "reference":
+            return _reference_test(s, v, x)
+        if t == "uri":
+            if c.modifier == "below":
+                return f"{x}.uri >= {s.arg(v)} AND {x}.uri < {s.arg(v + TOP)}"
+            if c.modifier == "above":
+                prefixes = _uri_prefixes(v)
+                return f"{x}.uri IN ({', '.join(s.arg(p) for p in prefixes)})"
+            return f"{x}.uri = {s.arg(v)}"
+        if t == "composite":
+            return " AND ".join(_composite_test(s, i, part, x) for i, part in enumerate(v))
+        raise AssertionError(t)
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def _sort_exprs(self, s: _Sql, q: Query, alias: str) -> list[tuple[str, bool]]:
+        out = []
+        for k in q.sort:
+            if k.param == "_id":
+                out.append((f"{alias}.rid", k.desc))
+            elif k.param == "_lastUpdated":
+                out.append((f"{alias}.updated", k.desc))
+            else:
+                col = SORT_COLUMN[k.type]
+                agg = "MAX" if k.desc else "MIN"
+                x = s.alias("x")
+                out.append((f"(SELECT {agg}({x}.{col}) FROM {TABLE[k.type]} {x} WHERE "
+                            f"{x}.pk = {alias}.pk AND +{x}.p = {s.arg(s.pid(q.rtype, k.param))})",
+                            k.desc))
+        return out
+
+    def page(self, q: Query, count: int, with_total: bool) -> Page:
+        direction, values = _decode(q.cursor, len(q.sort)) if q.cursor else ("n", None)
+        with self._cursor() as c:
+            self._prepare(c)
+            total = None
+            if with_total:
+                s = _Sql(self, c)
+                w = self.where(s, q, "r")
+                c.execute(f"SELECT COUNT(*) FROM sp_res r WHERE {w}", s.args)
+                total = c.fetchone()[0]
+            if count == 0:
+                return Page([], None, None, total)
+            s = _Sql(self, c)
+            sorts = self._sort_exprs(s, q, "r")
+            cols = "".join(f", {e} AS s{i}" for i, (e, _) in enumerate(sorts))
+            w = self.where(s, q, "r")
+            inner = f"SELECT r.pk AS pk, r.rid AS rid{cols} FROM sp_res r WHERE {w}"
+            # components: per sort key (missing last, then the value), then the id
+            comps: list[tuple[str, bool]] = []
+            for i, (_, desc) in enumerate(sorts):
+                comps += [(f"(s{i} IS NULL)", False), (f"s{i}", desc)]
+            comps.append(("rid", False))
+            reverse = direction == "p"
+            order = ", ".join(f"{e} {'DESC' if d != reverse else 'ASC'}" for e, d in comps)
+            cond = ""
+            if values is not None:
+                vals: list[Any] = []
+                for v in values[:-1]:
+                    vals += [int(v is None), v]
+                vals.append(values[-1])
+                cond = "WHERE " + _after(s, comps, vals, reverse)
+            sql = f"SELECT * FROM ({inner}) {cond} ORDER BY {order} LIMIT {s.arg(count + 1)}"
+            c.execute(sql, s.args)
+            fetched = c.fetchall()
+        more = len(fetched) > count
+        fetched = fetched[:count]
+        if reverse:
+            fetched.reverse()
+        rows = [Row(q.rtype, f[1], f[0]) for f in fetched]
+        if not fetched:
+            return Page(rows, None, None, total)
+        def key(f):
+            return [*f[2:], f[1]]
+        has_next = more if not reverse else True
+        has_prev = (values is not None) if not reverse else more
+        return Page(rows, _encode("n", key(fetched[-1])) if has_next else None,
+                    _encode("p", key(fetched[0])) if has_prev else None, total)
+
+    def match_ids(self, q: Query, limit: int = 1000) -> list[str]:
+        with self._cursor() as c:
+            self._prepare(c)
+            s = _Sql(self, c)
+            w = self.where(s, q, "r")
+            c.execute(f"SELECT r.rid FROM sp_res r WHERE {w} ORDER BY r.rid LIMIT {int(limit)}",
+                      s.args)
+            return [r[0] for r in c.fetchall()]
+
+    def count(self, q: Query) -> int:
+        with self._cursor() as c:
+            self._prepare(c)
+            s = _Sql(self, c)
+            w = self.where(s, q, "r")
+            c.execute(f"SELECT COUNT(*) FROM sp_res r WHERE {w}", s.args)
+            return c.fetchone()[0]
+
+    def included(self, matches: list[Row], include: list[Include], revinclude: list[Include],
+                 rounds: int = 4) -> list[Row]:
+        """Resources that ``_include``/``_revinclude`` add to a page (not those already in it)."""
+        if not matches or not (include or revinclude):
+            return []
+        seen = {(r.rtype, r.rid) for r in matches}
+        out: list[Row] = []
+        frontier = list(matches)
+        with self._cursor() as c:
+            for round_ in range(rounds):
+                found: list[Row] = []
+                for inc in include:
+                    if round_ and not inc.iterate:
+                        continue
+                    pks = [r.pk for r in frontier if r.rtype == inc.source]
+                    if pks:
+                        found += self._forward(c, inc, pks)
+                for inc in revinclude:
+                    if round_ and not inc.iterate:
+                        continue
+                    targets = [f"{r.rtype}/{r.rid}" for r in frontier
+                               if inc.target is None or r.rtype == inc.target]
+                    if targets:
+                        found += self._reverse(c, inc, targets)
+                frontier = []
+                for r in found:
+                    if (r.rtype, r.rid) not in seen:
+                        seen.add((r.rtype, r.rid))
+                        out.append(r)
+                        frontier.append(r)
+                if not frontier:
+                    break
+        return out
+
+    def _forward(self, c, inc: Include, pks: list[int]) -> list[Row]:
+        pid = self.param_id(c, inc.source, inc.param)
+        rows = []
+        for chunk in _chunks(pks, 500):
+            c.execute(f"SELECT DISTINCT target FROM ix_reference WHERE p = ? AND pk IN "
+                      f"({', '.join('?' * len(chunk))})", [pid, *chunk])
+            refs = [t for (t,) in c.fetchall() if t and "/" in t and "://" not in t]
+            keys = [tuple(t.split("/", 1)) for t in refs]
+            keys = [k for k in keys if inc.target is None or k[0] == inc.target]
+            for kc in _chunks(keys, 400):
+                cond = " OR ".join("(rtype = ? AND rid = ?)" for _ in kc)
+                c.execute(f"SELECT rtype, rid, pk FROM sp_res WHERE {cond}",
+                          [v for k in kc for v in k])
+                rows += [Row(*f) for f in c.fetchall()]
+        return rows
+
+    def _reverse(self, c, inc: Include, targets: list[str]) -> list[Row]:
+        pid = self.param_id(c, inc.source, inc.param)
+        rows = []
+        for chunk in _chunks(targets, 500):
+            c.execute(f"SELECT DISTINCT r.rtype, r.rid, r.pk FROM ix_reference x JOIN sp_res r "
+                      f"ON r.pk = x.pk WHERE x.p = ? AND x.target IN "
+                      f"({', '.join('?' * len(chunk))}) ORDER BY r.rid", [pid, *chunk])
+            rows += [Row(*f) for f in c.fetchall()]
+        return rows
+
+
+# -- value tests ----------------------------------------------------------------------------------
+
+def _plain(c: Criterion) -> bool:
+    """A test on one row of the parameter's own table (can share a sub-select with its siblings)."""
+    return (c.type in TABLE and c.chain is None and c.modifier not in ("missing", "not")
+            and c.param not in ("_id", "_lastUpdated"))
+
+
+def _token_test(s: _Sql, v: TokenValue, x: str) -> str:
+    parts = []
+    if v.code is not None:
+        parts.append(f"{x}.code = {s.arg(v.code)}")
+    if v.system == "":
+        parts.append(f"{x}.system IS NULL")
+    elif v.system is not None:
+        parts.append(f"{x}.system = {s.arg(v.system)}")
+    if v.type_system is not None:
+        parts.append(f"{x}.type_system = {s.arg(v.type_system)}")
+    if v.type_code is not None:
+        parts.append(f"{x}.type_code = {s.arg(v.type_code)}")
+    return " AND ".join(parts) or "1"
+
+
+def _date_test(s: _Sql, prefix: str | None, v: RangeValue, lo: str, hi: str) -> str:
+    a, b = s.arg, s.arg
+    if prefix in (None, "eq"):
+        return f"{lo} >= {a(v.lo)} AND {hi} <= {b(v.hi)}"
+    if prefix == "ne":
+        return f"NOT ({lo} >= {a(v.lo)} AND {hi} <= {b(v.hi)})"
+    if prefix == "gt":
+        return f"{hi} > {a(v.hi)}"
+    if prefix == "lt":
+        return f"{lo} < {a(v.lo)}"
+    if prefix == "ge":
+        return f"({hi} > {a(v.hi)} OR {lo} >= {b(v.lo)})"
+    if prefix == "le":
+        return f"({lo} < {a(v.lo)} OR {hi} <= {b(v.hi)})"
+    if prefix == "sa":
+        return f"{lo} >= {a(v.hi)}"
+    if prefix == "eb":
+        return f"{hi} <= {a(v.lo)}"
+    if prefix == "ap":
+        lo_, hi_ = approx(v, is_date=True)
+        return f"{lo} < {a(hi_)} AND {hi} > {b(lo_)}"
+    raise bad_request(f"Unknown prefix {prefix!r}")
+
+
+def _number_test(s: _Sql, prefix: str | None, v: RangeValue, col: str) -> str:
+    a = s.arg
+    if prefix in (None, "eq"):
+        return f"{col} >= {a(v.lo)} AND {col} < {a(v.hi)}"
+    if prefix == "ne":
+        return f"NOT ({col} >= {a(v.lo)} AND {col} < {a(v.hi)})"
+    if prefix in ("gt", "sa"):
+        return f"{col} > {a(v.value)}"
+    if prefix in ("lt", "eb"):
+        return f"{col} < {a(v.value)}"
+    if prefix == "ge":
+        return f"{col} >= {a(v.value)}"
+    if prefix == "le":
+        return f"{col} <= {a(v.value)}"
+    if prefix == "ap":
+        lo, hi = approx(v)
+        return f"{col} >= {a(lo)} AND {col} <= {a(hi)}"
+    raise bad_request(f"Unknown prefix {prefix!r}")
+
+
+def _quantity_test(s: _Sql, prefix: str | None, v: QuantityValue, x: str) -> str:
+    if v.code is None:
+        test = _number_test(s, prefix, v.number, f"{x}.value")
+        if v.system:
+            test += f" AND {x}.system = {s.arg(v.system)}"
+        return test
+    exact = f"{x}.code = {s.arg(v.code)} AND " + _number_test(s, prefix, v.number, f"{x}.value")
+    if v.system:
+        exact = f"{x}.system = {s.arg(v.system)} AND " + exact
+    if v.canonical is None:
+        return exact
+    canonical = (f"{x}.system = 'http://unitsofmeasure.org' AND {x}.ccode = "
+                 f"{s.arg(v.canonical_code)} AND "
+                 + _number_test(s, prefix, v.canonical, f"{x}.cvalue"))
+    return f"({exact}) OR ({canonical})"
+
+
+def _reference_test(s: _Sql, v: RefValue, x: str) -> str:
+    if v.identifier is not None:
+        parts = [f"{x}.id_value = {s.arg(v.identifier.code)}"]
+        if v.identifier.system == "":
+            parts.append(f"{x}.id_system IS NULL")
+        elif v.identifier.system is not None:
+            parts.append(f"{x}.id_system = {s.arg(v.identifier.system)}")
+        return " AND ".join(parts)
+    if v.id_suffix is not None:
+        tail = "/" + v.id_suffix
+        return f"substr({x}.target, -{len(tail)}) = {s.arg(tail)}"
+    return f"{x}.target IN ({', '.join(s.arg(t) for t in v.targets)})"
+
+
+def _composite_test(s: _Sql, i: int, part: tuple, x: str) -> str:
+    ptype, prefix, v = part
+    if i == 0:  # the first component is a token: c1 = 'system|code'
+        if ptype != "token":
+            return "0"
+        if v.system is not None and v.code is not None:
+            return f"{x}.c1 = {s.arg(v.system + '|' + v.code)}"
+        if v.code is not None:
+            return f"substr({x}.c1, instr({x}.c1, '|') + 1) = {s.arg(v.code)}"
+        return f"{x}.c1 >= {s.arg(v.system + '|')} AND {x}.c1 < {s.arg(v.system + '|' + TOP)}"
+    if ptype == "quantity":
+        test = _number_test(s, prefix, v.number, f"{x}.num")
+        if v.code is not None:
+            test += f" AND {x}.c2 = {s.arg((v.system or 'http://unitsofmeasure.org') + '|' + v.code)}"
+        return test
+    if ptype == "number":
+        return _number_test(s, prefix, v, f"{x}.num")
+    if ptype == "date":
+        return _date_test(s, prefix, v, f"{x}.lo", f"{x}.hi")
+    if ptype == "token":
+        if v.system is not None and v.code is not None:
+            return f"{x}.c2 = {s.arg(v.system + '|' + v.code)}"
+        return f"substr({x}.c2, instr({x}.c2, '|') + 1) = {s.arg(v.code)}"
+    if ptype == "string":
+        n = normalize(v)
+        return f"{x}.c2 >= {s.arg(n)} AND {x}.c2 < {s.arg(n + TOP)}"
+    return f"{x}.c2 = {s.arg(v)}"
+
+
+def _uri_prefixes(uri: str) -> list[str]:
+    out, cut = [uri], uri
+    while "/" in cut.rstrip("/"):
+        cut = cut.rstrip("/").rsplit("/", 1)[0]
+        if cut.endswith(":/") or cut.endswith(":"):
+            break
+        out.append(cut)
+    return out
+
+
+def _after(s: _Sql, comps: list[tuple[str, bool]], vals: list[Any], reverse: bool) -> str:
+    """Rows after ``vals`` in the order of ``comps`` (before them when ``reverse``)."""
+    ors = []
+    for i, (expr, desc) in enumerate(comps):
+        eqs = [f"{comps[j][0]} IS {s.arg(vals[j])}" for j in range(i)]
+        op = "<" if desc != reverse else ">"
+        if vals[i] is None:
+            continue  # nothing is after NULL on this component except equal rows
+        ors.append("(" + " AND ".join([*eqs, f"{expr} {op} {s.arg(vals[i])}"]) + ")")
+    return "(" + " OR ".join(ors or ["0"]) + ")"
+
+
+def _encode(direction: str, values: list) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([direction, *values])).decode().rstrip("=")
+
+
+def _decode(cursor: str, n_sort: int) -> tuple[str, list]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = orjson.loads(raw)
+        assert isinstance(data, list) and data[0] in ("n", "p") and len(data) == n_sort + 2
+        assert isinstance(data[-1], str)
+        return data[0], data[1:]
+    except Exception:  # noqa: BLE001 - anything malformed is the client's
+        raise bad_request("_cursor is not a page cursor of this server (or of another _sort)") \
+            from None
+
+
+def _chunks(seq: list, n: int) -> Iterable[list]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]

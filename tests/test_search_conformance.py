@@ -1,0 +1,404 @@
+"""FHIR search conformance: per case a small data set, a query, and the exact ids in order.
+
+The data sets are loaded once per event-store backend; every resource of data set NAME carries the
+tag ``urn:test:ds|NAME`` and every query is run with ``_tag=urn:test:ds|NAME`` added, so the sets
+do not see each other. The index is always the SQLite file. Cases are data (``CASES``): a later
+search backend (Elasticsearch) runs the same table.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+import httpx
+import pytest
+
+from hub.api.search import SearchService, search_bundle
+from hub.config import Settings
+from hub.errors import FhirError
+from hub.ingest import Context, Hub, Op
+from projections.runner import Runner
+from projections.search.query import split_escaped, unescape
+from projections.search.sqlite_index import SQLiteSearchIndex
+from tests.conftest import BACKENDS, FHIR_JSON, make_settings
+
+UCUM = "http://unitsofmeasure.org"
+LOINC = "http://loinc.org"
+MR = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}],
+      "text": "Medical record number"}
+
+
+def pat(rid, family=None, given=(), **more):
+    d = {"resourceType": "Patient", "id": rid, **more}
+    if family is not None:
+        d["name"] = [{"family": family, **({"given": list(given)} if given else {})}]
+    return d
+
+
+def obs(rid, code="8867-4", subject=None, **more):
+    d = {"resourceType": "Observation", "id": rid, "status": "final",
+         "code": {"coding": [{"system": LOINC, "code": code}]}, **more}
+    if subject is not None:
+        d["subject"] = subject if isinstance(subject, dict) else {"reference": subject}
+    return d
+
+
+def qty(value, code=None, system=UCUM):
+    q = {"value": value}
+    if code:
+        q.update(system=system, code=code, unit=code)
+    return q
+
+
+DATA = {
+    "str": [
+        pat("s1", "Zhāng", ["San"]), pat("s2", "Zhang-Li", ["Wei"]), pat("s3", "王", ["小明"]),
+        pat("s4", "Müller"), pat("s5"),
+    ],
+    "tok": [
+        pat("t1", identifier=[{"system": "urn:a", "value": "1"}], gender="male"),
+        pat("t2", identifier=[{"value": "1"}], gender="female"),
+        pat("t3", identifier=[{"system": "urn:b", "value": "2", "type": MR}]),
+        pat("t4", identifier=[{"system": "urn:c", "value": "a,b|c$d"}], gender="other"),
+        obs("t5", code={"text": "Heart rate"}) | {"code": {"coding": [
+            {"system": LOINC, "code": "8867-4", "display": "Heart rate"}], "text": "Pulse"}},
+    ],
+    "date": [
+        pat("d1", birthDate="1980"), pat("d2", birthDate="1980-05-02"),
+        pat("d3", birthDate="1990-01-01"),
+        obs("e1", effectiveDateTime="2024-01-15T23:30:00+08:00"),
+        obs("e2", effectiveDateTime="2024-01-15T01:00:00Z"),
+        obs("e3", effectivePeriod={"start": "2024-01-10", "end": "2024-01-20"}),
+        obs("e4", effectiveDateTime="2024-01-16"),
+        obs("e5"),
+    ],
+    "num": [
+        {"resourceType": "RiskAssessment", "id": f"n{i}", "status": "final",
+         "subject": {"reference": "Patient/x"}, "prediction": [{"probabilityDecimal": p}]}
+        for i, p in ((1, 0.5), (2, 0.55), (3, 100), (4, 1e2 + 0.4))
+    ] + [
+        obs("q1", code="2345-7", valueQuantity=qty(5, "mg")),
+        obs("q2", code="2345-7", valueQuantity=qty(0.005, "g")),
+        obs("q3", code="2345-7", valueQuantity=qty(6, "mg")),
+        obs("q4", code="1111-1", valueQuantity=qty(5, "mmol/L")),
+        obs("q5", code="1111-1", valueQuantity=qty(7)),
+    ],
+    "ref": [
+        {"resourceType": "Organization", "id": "org1", "name": "Township Health Centre"},
+        pat("r1", "Li", managingOrganization={"reference": "Organization/org1"}),
+        pat("r2", "Wang"),
+        obs("o1", subject="Patient/r1"),
+        obs("o2", code="1111-1", subject="Patient/r2"),
+        obs("o3", subject="http://other.org/fhir/Patient/r1"),
+        obs("o4", subject={"identifier": {"system": "urn:s", "value": "V"}}),
+        obs("o5", subject="Group/g1"),
+    ],
+    "uri": [
+        {"resourceType": "ValueSet", "id": "v1", "status": "active",
+         "url": "http://acme.org/fhir/ValueSet/a"},
+        {"resourceType": "ValueSet", "id": "v2", "status": "active",
+         "url": "http://acme.org/fhir/ValueSet/a/b"},
+        {"resourceType": "ValueSet", "id": "v3", "status": "active", "url": "http://acme.org/other"},
+    ],
+    "meta": [
+        pat("m1", meta={"profile": ["http://x.org/StructureDefinition/p"],
+                        "security": [{"system": "urn:sec", "code": "R"}],
+                        "source": "urn:his:1#msg1"}),
+        pat("m2", meta={"tag": [{"system": "urn:t", "code": "vip"}]}),
+    ],
+    "sort": [
+        pat("k1", "Bai", gender="male", birthDate="1970"),
+        pat("k2", "Ai", gender="female", birthDate="1980"),
+        pat("k3", "Cao", gender="male", birthDate="1990"),
+        pat("k4", gender="female", birthDate="1960"),
+        pat("k5", "Ai"),
+    ],
+}
+
+
+def _tagged(name: str, d: dict) -> dict:
+    d = {**d}
+    meta = {**d.get("meta", {})}
+    meta["tag"] = [*meta.get("tag", []), {"system": "urn:test:ds", "code": name}]
+    d["meta"] = meta
+    return d
+
+
+# (data set, type, query, expected ids in order; "+id" marks a search.mode include entry)
+CASES = [
+    # string: starts-with on the normalized form, :exact, :contains, CJK, accents, OR, AND, :missing
+    ("str", "Patient", "name=zhang", ["s1", "s2"]),
+    ("str", "Patient", "family=ZHANG", ["s1", "s2"]),
+    ("str", "Patient", "family:exact=Zhāng", ["s1"]),
+    ("str", "Patient", "family:exact=zhang", []),
+    ("str", "Patient", "name:contains=li", ["s2"]),
+    ("str", "Patient", "name=王小", ["s3"]),
+    ("str", "Patient", "given=小明", ["s3"]),
+    ("str", "Patient", "name=muller", ["s4"]),
+    ("str", "Patient", "name=MÜLL", ["s4"]),
+    ("str", "Patient", "family=zhang,muller", ["s1", "s2", "s4"]),
+    ("str", "Patient", "name=zhang&name=wei", ["s2"]),
+    ("str", "Patient", "family:missing=true", ["s5"]),
+    ("str", "Patient", "family:missing=false", ["s1", "s2", "s3", "s4"]),
+    # token
+    ("tok", "Patient", "identifier=1", ["t1", "t2"]),
+    ("tok", "Patient", "identifier=urn:a|1", ["t1"]),
+    ("tok", "Patient", "identifier=|1", ["t2"]),
+    ("tok", "Patient", "identifier=urn:b|", ["t3"]),
+    ("tok", "Patient",
+     "identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|2", ["t3"]),
+    ("tok", "Patient", "identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|1", []),
+    ("tok", "Patient", "identifier:text=medical", ["t3"]),
+    ("tok", "Patient", r"identifier=urn:c|a\,b\|c\$d", ["t4"]),
+    ("tok", "Patient", "gender:not=male", ["t2", "t3", "t4"]),
+    ("tok", "Patient", "gender=male,female", ["t1", "t2"]),
+    ("tok", "Patient", "gender:missing=true", ["t3"]),
+    ("tok", "Patient", "_id=t1,t3", ["t1", "t3"]),
+    ("tok", "Patient", "_id:not=t1", ["t2", "t3", "t4"]),
+    ("tok", "Observation", "code=http://loinc.org|8867-4", ["t5"]),
+    ("tok", "Observation", "code:text=heart", ["t5"]),
+    ("tok", "Observation", "code:text=pul", ["t5"]),
+    ("tok", "Observation", "code:text=rate", []),
+    # date: partial dates as ranges, prefixes, time zones, Period
+    ("date", "Patient", "birthdate=1980", ["d1", "d2"]),
+    ("date", "Patient", "birthdate=1980-05", ["d2"]),
+    ("date", "Patient", "birthdate=gt1985", ["d3"]),
+    ("date", "Patient", "birthdate=lt1981", ["d1", "d2"]),
+    ("date", "Patient", "birthdate=ge1980-05-02", ["d1", "d2", "d3"]),
+    ("date", "Patient", "birthdate=le1980-05-02", ["d1", "d2"]),
+    ("date", "Patient", "birthdate=sa1980", ["d3"]),
+    ("date", "Patient", "birthdate=eb1981", ["d1", "d2"]),
+    ("date", "Patient", "birthdate=ne1980", ["d3"]),
+    ("date", "Patient", "birthdate=ap1990-01-01", ["d3"]),
+    ("date", "Patient", "birthdate=ge1980&birthdate=lt1990", ["d1", "d2"]),
+    ("date", "Observation", "date=2024-01-15", ["e1", "e2"]),
+    ("date", "Observation", "date=2024-01-15T23:30:00%2B08:00", ["e1"]),
+    ("date", "Observation", "date=2024-01-15T15:30:00Z", ["e1"]),
+    ("date", "Observation", "date=2024-01-16", ["e4"]),
+    ("date", "Observation", "date=gt2024-01-15", ["e3", "e4"]),
+    ("date", "Observation", "date=lt2024-01-11", ["e3"]),
+    ("date", "Observation", "date=2024-01", ["e1", "e2", "e3", "e4"]),
+    ("date", "Observation", "date:missing=true", ["e5"]),
+    ("date", "Observation", "_sort=date", ["e3", "e2", "e1", "e4", "e5"]),
+    ("date", "Observation", "_sort=-date", ["e4", "e1", "e2", "e3", "e5"]),
+    # number (implicit precision) and quantity (UCUM prefixes folded)
+    ("num", "RiskAssessment", "probability=0.5", ["n1"]),
+    ("num", "RiskAssessment", "probability=0.55", ["n2"]),
+    ("num", "RiskAssessment", "probability=100", ["n3", "n4"]),
+    ("num", "RiskAssessment", "probability=100.0", ["n3"]),
+    ("num", "RiskAssessment", "probability=gt0.5", ["n2", "n3", "n4"]),
+    ("num", "RiskAssessment", "probability=le0.55", ["n1", "n2"]),
+    ("num", "RiskAssessment", "probability=ne100", ["n1", "n2"]),
+    ("num", "RiskAssessment", "probability=ap0.52", ["n1", "n2"]),
+    ("num", "Observation", "value-quantity=5||mg", ["q1", "q2"]),
+    ("num", "Observation", "value-quantity=5|http://unitsofmeasure.org|mg", ["q1", "q2"]),
+    ("num", "Observation", "value-quantity=0.005||g", ["q1", "q2"]),
+    ("num", "Observation", "value-quantity=gt5||mg", ["q3"]),
+    ("num", "Observation", "value-quantity=le5.5||mg", ["q1", "q2"]),
+    ("num", "Observation", "value-quantity=5", ["q1", "q4"]),
+    ("num", "Observation", "value-quantity=ge6", ["q3", "q5"]),
+    ("num", "Observation", "value-quantity:missing=true", []),
+    ("num", "Observation",
+     "code-value-quantity=http://loinc.org|2345-7$gt5|http://unitsofmeasure.org|mg", ["q3"]),
+    ("num", "Observation", "code-value-quantity=2345-7$5", ["q1"]),
+    ("num", "Observation", "code-value-quantity=1111-1$lt10", ["q4", "q5"]),
+    # reference, chains, _has, _include, _revinclude
+    ("ref", "Observation", "subject=Patient/r1", ["o1"]),
+    ("ref", "Observation", "subject=r1", ["o1"]),
+    ("ref", "Observation", "subject:Patient=r1", ["o1"]),
+    ("ref", "Observation", "patient=r2", ["o2"]),
+    ("ref", "Observation", "subject=http://other.org/fhir/Patient/r1", ["o3"]),
+    ("ref", "Observation", "subject:identifier=urn:s|V", ["o4"]),
+    ("ref", "Observation", "subject=Group/g1,Patient/r2", ["o2", "o5"]),
+    ("ref", "Observation", "subject:missing=true", []),
+    ("ref", "Observation", "subject:Patient.name=wang", ["o2"]),
+    ("ref", "Observation", "subject.name=li", ["o1"]),
+    ("ref", "Observation", "subject:Patient.organization.name=township", ["o1"]),
+    ("ref", "Observation", "subject:Patient.organization:Organization.name=nowhere", []),
+    ("ref", "Patient", "_has:Observation:subject:code=1111-1", ["r2"]),
+    ("ref", "Patient", "_has:Observation:subject:code=8867-4", ["r1"]),
+    ("ref", "Organization", "_has:Patient:organization:_has:Observation:subject:code=8867-4",
+     ["org1"]),
+    ("ref", "Observation", "_id=o1&_include=Observation:subject", ["o1", "+r1"]),
+    ("ref", "Observation", "_id=o1,o2&_include=Observation:subject:Patient", ["o1", "o2", "+r1",
+                                                                             "+r2"]),
+    ("ref", "Observation", "_id=o1&_include=Observation:subject"
+     "&_include:iterate=Patient:organization", ["o1", "+r1", "+org1"]),
+    ("ref", "Patient", "_id=r1&_revinclude=Observation:subject", ["r1", "+o1"]),
+    ("ref", "Organization", "_revinclude=Patient:organization"
+     "&_revinclude:iterate=Observation:subject", ["org1", "+r1", "+o1"]),
+    # uri
+    ("uri", "ValueSet", "url=http://acme.org/fhir/ValueSet/a", ["v1"]),
+    ("uri", "ValueSet", "url:below=http://acme.org/fhir", ["v1", "v2"]),
+    ("uri", "ValueSet", "url:above=http://acme.org/fhir/ValueSet/a/b/c", ["v1", "v2"]),
+    # the common parameters
+    ("meta", "Patient", "_profile=http://x.org/StructureDefinition/p", ["m1"]),
+    ("meta", "Patient", "_security=urn:sec|R", ["m1"]),
+    ("meta", "Patient", "_source=urn:his:1%23msg1", ["m1"]),
+    ("meta", "Patient", "_tag=urn:t|vip", ["m2"]),
+    ("meta", "Patient", "_lastUpdated=gt2000-01-01", ["m1", "m2"]),
+    ("meta", "Patient", "_lastUpdated=lt2000-01-01", []),
+    # _sort: several keys, descending, missing values last, ties by id
+    ("sort", "Patient", "_sort=family", ["k2", "k5", "k1", "k3", "k4"]),
+    ("sort", "Patient", "_sort=-family", ["k3", "k1", "k2", "k5", "k4"]),
+    ("sort", "Patient", "_sort=gender,-birthdate", ["k2", "k4", "k3", "k1", "k5"]),
+    ("sort", "Patient", "_sort=family,-_id", ["k5", "k2", "k1", "k3", "k4"]),
+    ("sort", "Patient", "_sort=-_id", ["k5", "k4", "k3", "k2", "k1"]),
+]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(request, tmp_path_factory):
+    settings = make_settings(request.param, tmp_path_factory.mktemp("conf"), request)
+    hub = Hub(settings.open_store())
+    ops = [Op("PUT", d["resourceType"], d["id"], _tagged(name, d), url="x")
+           for name, items in DATA.items() for d in items]
+    for r in hub.execute(ops, Context(), atomic=True):
+        assert not isinstance(r, FhirError), r
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    index = SQLiteSearchIndex(settings.data_dir / "search.sqlite")
+    service = SearchService(hub.store, index, Runner(hub.store, index), settings)
+    yield hub, service, settings
+    index.close()
+    hub.store.close()
+
+
+def run(world, rtype: str, query: str, dataset: str | None = None) -> dict:
+    hub, service, settings = world
+    params = parse_qsl(query, keep_blank_values=True)
+    if dataset:
+        params.append(("_tag", f"urn:test:ds|{dataset}"))
+    return search_bundle(hub, service, rtype, params, "http://test/fhir", settings, True)
+
+
+def ids(bundle: dict) -> list[str]:
+    out = []
+    for e in bundle.get("entry", []):
+        rid = e["fullUrl"].rsplit("/", 1)[1]
+        out.append(rid if e["search"]["mode"] == "match" else "+" + rid)
+    return out
+
+
+@pytest.mark.parametrize("dataset,rtype,query,expected", CASES,
+                         ids=[f"{c[0]}:{c[1]}?{c[2]}" for c in CASES])
+def test_case(world, dataset, rtype, query, expected):
+    b = run(world, rtype, query, dataset)
+    assert ids(b) == expected
+    assert b["total"] == len([x for x in expected if not x.startswith("+")])
+
+
+def test_escaping_helpers():
+    assert split_escaped(r"a\,b,c", ",") == [r"a\,b", "c"]
+    assert [unescape(x) for x in split_escaped(r"s|a\|b", "|")] == ["s", "a|b"]
+
+
+@pytest.mark.parametrize("query", ["birthdate=1980-13", "_count=x", "probability=abc",
+                                   "gender:missing=maybe", "_total=some", "_sort=name&_cursor=zz",
+                                   "_include=Nope:subject"])
+def test_bad_values_are_400(world, query):
+    with pytest.raises(FhirError) as e:
+        run(world, "Patient" if "probability" not in query else "RiskAssessment", query)
+    assert e.value.status == 400
+
+
+def test_unknown_parameters_warn_or_refuse(world):
+    hub, service, settings = world
+    b = search_bundle(hub, service, "Patient", [("nonsense", "1"), ("_tag", "urn:test:ds|str")],
+                      "http://t/fhir", settings, False)
+    outcome = [e for e in b["entry"] if e["search"]["mode"] == "outcome"]
+    assert outcome and "nonsense" in outcome[0]["resource"]["issue"][0]["diagnostics"]
+    assert len([e for e in b["entry"] if e["search"]["mode"] == "match"]) == 5
+    with pytest.raises(FhirError) as e:
+        run(world, "Patient", "nonsense=1&family:unknownmod=x")
+    assert e.value.status == 400
+
+
+def test_paging_follows_the_sort_in_both_directions(world):
+    query = "_sort=gender,-birthdate&_count=2"
+    first = run(world, "Patient", query, "sort")
+    assert ids(first) == ["k2", "k4"] and first["total"] == 5
+    rels = {x["relation"]: x["url"] for x in first["link"]}
+    assert "previous" not in rels
+    cursor = dict(parse_qsl(rels["next"].split("?", 1)[1]))["_cursor"]
+    second = run(world, "Patient", f"{query}&_cursor={cursor}", "sort")
+    assert ids(second) == ["k3", "k1"]
+    rels2 = {x["relation"]: x["url"] for x in second["link"]}
+    third = run(world, "Patient", rels2["next"].split("?", 1)[1])
+    assert ids(third) == ["k5"] and "next" not in {x["relation"] for x in third["link"]}
+    back = run(world, "Patient", rels2["previous"].split("?", 1)[1])
+    assert ids(back) == ["k2", "k4"]
+
+
+def test_summary_count_and_elements(world):
+    b = run(world, "Patient", "_summary=count", "sort")
+    assert b["total"] == 5 and "entry" not in b
+    b = run(world, "Patient", "_elements=gender&_id=k1", "sort")
+    res = b["entry"][0]["resource"]
+    assert res["gender"] == "male" and "name" not in res and "birthDate" not in res
+    assert any(t["code"] == "SUBSETTED" for t in res["meta"]["tag"])
+    b = run(world, "Patient", "_summary=true&_id=k1", "sort")
+    res = b["entry"][0]["resource"]
+    assert res["name"] and res["gender"] == "male"
+    b = run(world, "Patient", "_total=none&_id=k1", "sort")
+    assert "total" not in b and ids(b) == ["k1"]
+
+
+def test_compartment(world):
+    hub, service, settings = world
+    b = search_bundle(hub, service, "Observation", [], "http://t/fhir", settings, True,
+                      ("Patient", "r1"))
+    assert ids(b) == ["o1"]
+    b = search_bundle(hub, service, "Observation", [("code", "1111-1")], "http://t/fhir",
+                      settings, True, ("Patient", "r2"))
+    assert ids(b) == ["o2"]
+
+
+# -- over HTTP ------------------------------------------------------------------------------------
+
+def test_http_get_post_strict_and_read_your_writes(client):
+    tag = f"urn:test:http|{id(client)}"
+    rid = None
+    for i, family in enumerate(["Ouyang", "Ouyang", "Sima"]):
+        r = client.post("/Patient", json={"resourceType": "Patient", "name": [{"family": family}],
+                                          "birthDate": f"200{i}",
+                                          "meta": {"tag": [{"system": tag.split("|")[0],
+                                                            "code": tag.split("|")[1]}]}},
+                        headers=FHIR_JSON)
+        assert r.status_code == 201
+        rid = rid or r.json()["id"]
+    # read-your-writes: searched right after the write
+    r = client.get("/Patient", params={"family": "ouyang", "_tag": tag})
+    assert r.status_code == 200 and r.json()["total"] == 2
+    r = client.post("/Patient/_search", content=f"family=sima&_tag={tag}",
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and r.json()["total"] == 1
+    r = client.get("/Patient", params={"bogus": "1", "_tag": tag},
+                   headers={"prefer": "handling=strict"})
+    assert r.status_code == 400
+    r = client.get("/Patient", params={"bogus": "1", "_tag": tag})
+    assert r.status_code == 200
+    assert [e["search"]["mode"] for e in r.json()["entry"]].count("outcome") == 1
+    # paging while data changes: the next link still starts after the last row shown
+    r = client.get("/Patient", params={"_tag": tag, "_sort": "birthdate", "_count": "1"})
+    first = r.json()
+    nxt = [x["url"] for x in first["link"] if x["relation"] == "next"][0]
+    client.post("/Patient", json={"resourceType": "Patient", "birthDate": "1999",
+                                  "meta": {"tag": [{"system": tag.split("|")[0],
+                                                    "code": tag.split("|")[1]}]}},
+                headers=FHIR_JSON)
+    second = httpx.get(nxt, headers={"accept": "application/fhir+json"}).json()
+    assert [e["resource"]["birthDate"] for e in second["entry"]] == ["2001"]
+    # compartment
+    o = client.post("/Observation", json=obs("x", subject=f"Patient/{rid}") | {"id": "x"},
+                    headers=FHIR_JSON)
+    assert o.status_code == 201
+    r = client.get(f"/Patient/{rid}/Observation", params={"code": "8867-4"})
+    assert r.status_code == 200 and r.json()["total"] == 1
+    # conditional update through the index (not an identifier)
+    r = client.put("/Patient", params={"family": "sima", "_tag": tag},
+                   json={"resourceType": "Patient", "name": [{"family": "Sima"}], "gender": "male"},
+                   headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    r = client.get("/Patient", params={"family": "sima", "gender": "male"})
+    assert r.json()["total"] == 1  # updated in place (the update dropped the tag)
+    assert client.get("/Patient", params={"family": "sima", "_tag": tag}).json()["total"] == 0
