@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from eventsourcing.persistence import Notification
+from eventsourcing.persistence import IntegrityError, Notification
 
 from hub.store import ResourceStore
 
@@ -53,7 +53,12 @@ class Runner:
         with self._stepping:
             notes = self.store.notifications(self.model.position() + 1, self.batch)
             if notes:
-                self.model.apply(notes)
+                try:
+                    self.model.apply(notes)
+                except IntegrityError:
+                    # Another process (a second API worker) applied this batch first; its
+                    # tracking row refused ours and our rows were rolled back. Move on from there.
+                    pass
         if notes:
             with self._applied:
                 self._applied.notify_all()

@@ -128,3 +128,24 @@ def test_projection_commands(hub, settings, tmp_path, capsys):
     assert "lag 0" in out and "sp_res" in out
     assert cli.main(["projections", "rebuild", "search", *args]) == 0
     assert "applied" in capsys.readouterr().out
+
+
+def test_two_processes_following_one_index_file_never_double_apply(hub, tmp_path):
+    """Two API workers each run a runner on the same search.sqlite: the tracking row arbitrates."""
+    for i in range(30):
+        put(hub, patient(f"w{i}", f"Worker{i}"))
+    first = SQLiteSearchIndex(tmp_path / "shared.sqlite")
+    second = SQLiteSearchIndex(tmp_path / "shared.sqlite")
+    a, b = Runner(hub.store, first, batch=4), Runner(hub.store, second, batch=4)
+    a.step()
+    stale = hub.store.notifications(1, 4)  # what b would apply if it had read before a wrote
+    with pytest.raises(IntegrityError):
+        second.apply(stale)
+    b.step()  # b reads the position a left, applies the next batch
+    a.catch_up()
+    b.catch_up()
+    fresh = SQLiteSearchIndex(tmp_path / "fresh.sqlite")
+    Runner(hub.store, fresh).rebuild()
+    assert dump(first) == dump(fresh)
+    for ix in (first, second, fresh):
+        ix.close()
