@@ -1,0 +1,137 @@
+"""Search (issue 3) on generated regions: index build, disk per resource, query latency.
+
+For each size: the region is ingested in process (not timed), then `hub projections rebuild search`
+runs as its own process (rate as a ratio to raw model_validate_json measured in this run, and its
+peak RSS), then `hub serve` answers a fixed query mix over HTTP, each query repeated.
+Goals: build >= 2x validation; rebuild peak RSS < 1 GB; p95 < 20 ms for token and date queries,
+< 100 ms for chained and _include queries, at 1 million resources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+import orjson
+
+from bench.common import generated, record, validation_rate
+from bench.server import percentile, start_server
+from hub.ingest import Context, Hub
+from hub.store import ResourceStore
+
+REPEATS = 30
+
+
+def disk_mb(path: str) -> float:
+    return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p)) / 1e6
+
+
+def ingest(data_dir: str, people: int) -> int:
+    from hub.synth import Region
+
+    store = ResourceStore.sqlite(f"{data_dir}/events.sqlite")
+    try:
+        items = ((orjson.dumps(d), d) for d in Region(seed=7, people=people).iter_resources())
+        return sum(1 for _ in Hub(store).ingest(items, Context()))
+    finally:
+        store.close()
+
+
+def rebuild(data_dir: str) -> dict:
+    env = {**os.environ, "HUB_DATA_DIR": data_dir}
+    env.pop("HUB_DATABASE_URL", None)
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "bench.peak", "hub.cli", "projections", "rebuild",
+                          "search"], env=env, capture_output=True, text=True, check=True).stdout
+    seconds = time.perf_counter() - t
+    peak = [float(x.split("=")[1]) for x in out.splitlines() if x.startswith("PEAK_RSS_MB=")]
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(peak[-1]) if peak else None}
+
+
+def query_mix(c: httpx.Client) -> dict[str, str]:
+    """Queries with values taken from the data itself."""
+    obs = c.get("/Observation", params={"_count": "1", "category": "laboratory"}).json()
+    o = obs["entry"][0]["resource"]
+    code = o["code"]["coding"][0]
+    subject = o["subject"]["reference"]
+    pat = c.get(f"/{subject}").json()
+    family = pat["name"][0]["family"]
+    day = o.get("effectiveDateTime", "2023-06-01")[:7]
+    return {
+        "token": f"Observation?code={code['system']}|{code['code']}&_count=20",
+        "date range (one month)": f"Observation?date=ge{day}-01&date=lt{day}-15&_count=20",
+        "string prefix": f"Patient?family={family[:1]}&_count=20",
+        "reference": f"Observation?subject={subject}",
+        "chained": f"Observation?subject:Patient.family={family}&code={code['code']}&_count=20",
+        "_include": f"Observation?code={code['system']}|{code['code']}"
+                    "&_include=Observation:subject&_count=20",
+        "_sort + 3 pages": "Patient?_sort=-birthdate,family&_count=20",
+    }
+
+
+def timed(c: httpx.Client, query: str) -> float:
+    t = time.perf_counter()
+    r = c.get("/" + query)
+    assert r.status_code == 200, r.text[:300]
+    if query.startswith("Patient?_sort"):  # follow next links: keyset paging under load
+        for _ in range(2):
+            nxt = [link["url"] for link in r.json().get("link", []) if link["relation"] == "next"]
+            if not nxt:
+                break
+            r = c.get(nxt[0])
+            assert r.status_code == 200
+    return (time.perf_counter() - t) * 1000
+
+
+def run(people: int, port: int) -> dict:
+    tmp = tempfile.mkdtemp(prefix="hub-bench-search-")
+    try:
+        n = ingest(tmp, people)
+        base = validation_rate(generated(min(people, 400)))
+        build = rebuild(tmp)
+        out = {"resources": n, "validate_per_s": round(base),
+               "index_per_s": round(n / build["seconds"]),
+               "ratio": round(n / build["seconds"] / base, 2),
+               "rebuild_seconds": build["seconds"], "rebuild_peak_rss_mb": build["peak_rss_mb"],
+               "event_store_kb_per_resource": round(disk_mb(f"{tmp}/events.sqlite") * 1000 / n, 2),
+               "index_kb_per_resource": round(disk_mb(f"{tmp}/search.sqlite") * 1000 / n, 2),
+               "queries_ms": {}}
+        proc = start_server(tmp, port)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}/fhir", timeout=60) as c:
+                for name, query in query_mix(c).items():
+                    for _ in range(3):
+                        timed(c, query)
+                    lat = [timed(c, query) for _ in range(REPEATS)]
+                    out["queries_ms"][name] = {"p50": round(sorted(lat)[len(lat) // 2], 1),
+                                               "p95": round(percentile(lat, 95), 1)}
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        return out
+    finally:
+        shutil.rmtree(tmp)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser()
+    p.add_argument("--people", type=int, nargs="+", default=[3900, 39000],
+                   help="region sizes (about 26 resources per person: 100k and 1M)")
+    p.add_argument("--port", type=int, default=18081)
+    args = p.parse_args(argv)
+    result = {}
+    for people in args.people:
+        result[str(people)] = run(people, args.port)
+        print(people, result[str(people)], flush=True)
+    print("wrote", record("search", result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
