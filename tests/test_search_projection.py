@@ -149,3 +149,13 @@ def test_two_processes_following_one_index_file_never_double_apply(hub, tmp_path
     assert dump(first) == dump(fresh)
     for ix in (first, second, fresh):
         ix.close()
+
+
+def test_planner_statistics_are_taken_once_the_index_has_grown(hub, index):
+    items = [orjson.dumps({"resourceType": "Patient", "id": f"s{i}", "gender": "male"})
+             for i in range(1100)]
+    list(hub.ingest(((raw, orjson.loads(raw)) for raw in items), Context()))
+    Runner(hub.store, index).catch_up()
+    with index.datastore.transaction(commit=False) as c:
+        c.execute("SELECT COUNT(*) FROM sqlite_stat1 WHERE tbl = 'ix_token'")
+        assert c.fetchone()[0] > 0

@@ -115,6 +115,30 @@ class SQLiteSearchIndex:
             for statement in SCHEMA:
                 c.execute(statement)
         self._params: dict[tuple[str, str], int] = {}
+        self._analyzed_at = -1  # resources indexed when the planner statistics were last taken
+        self._resources = self._count_resources()
+
+    def _count_resources(self) -> int:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT COUNT(*) FROM sp_res")
+            return c.fetchone()[0]
+
+    def analyze(self) -> None:
+        """Refresh SQLite's planner statistics (sampled, so quick even at millions of rows).
+
+        Without them SQLite scans every resource of a type rather than starting from a selective
+        index row (a reference search took 8 ms instead of 0.3 at 100k resources).
+        """
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("PRAGMA analysis_limit=1000")
+            c.execute("ANALYZE")
+        self._analyzed_at = self._resources
+
+    def _maybe_analyze(self) -> None:
+        # after the first few thousand resources, and whenever the index grew by a quarter since
+        if self._resources >= 1000 and (self._analyzed_at < 0
+                                        or self._resources > self._analyzed_at * 1.25):
+            self.analyze()
 
     def close(self) -> None:
         self.datastore.close()
@@ -127,6 +151,7 @@ class SQLiteSearchIndex:
             for table in (*TABLES, "sp_res"):
                 c.execute(f"DELETE FROM {table}")
             c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
+        self._resources, self._analyzed_at = 0, -1
 
     def _param_id(self, c, rtype: str, code: str) -> int:
         key = (rtype, code)
@@ -145,6 +170,7 @@ class SQLiteSearchIndex:
         with self.datastore.transaction(commit=True) as c:
             rows: dict[str, list[tuple]] = {t: [] for t in TABLES}
             stale: list[tuple[int]] = []
+            added = 0  # resources the index gains (less those it loses) with this batch
             current = self._current(c, list(newest))
             for stream, n in newest.items():
                 rtype, rid = stream.split("/", 1)
@@ -156,6 +182,7 @@ class SQLiteSearchIndex:
                 if KIND_OF_TOPIC[n.topic] == "deleted":
                     if found is not None:
                         c.execute("DELETE FROM sp_res WHERE pk=?", (found[0],))
+                        added -= 1
                     continue
                 header, _, body = n.state.partition(b"\n")
                 updated = parse_range(orjson.loads(header)["lastUpdated"])[0]
@@ -163,6 +190,7 @@ class SQLiteSearchIndex:
                     c.execute("INSERT INTO sp_res (rtype, rid, version, updated) VALUES (?,?,?,?)",
                               (rtype, rid, n.originator_version, updated))
                     pk = c.lastrowid
+                    added += 1
                 else:
                     pk = found[0]
                     c.execute("UPDATE sp_res SET version=?, updated=? WHERE pk=?",
@@ -185,6 +213,8 @@ class SQLiteSearchIndex:
                     marks = ", ".join("?" * (len(TABLES[table]) + 2))
                     c.executemany(f"INSERT INTO {table} VALUES ({marks})", batch)
             self.tracking._insert_tracking(c, Tracking(NAME, notifications[-1].id))
+        self._resources += added
+        self._maybe_analyze()
 
     @staticmethod
     def _current(c, streams: list[str]) -> dict[str, tuple[int, int]]:
