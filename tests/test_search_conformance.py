@@ -20,6 +20,7 @@ from hub.ingest import Context, Hub, Op
 from projections.runner import Runner
 from projections.search.query import split_escaped, unescape
 from projections.search.sqlite_index import SQLiteSearchIndex
+from projections.search.sqlite_query import ESTIMATE_EXACT_UP_TO, _encode
 from tests.conftest import BACKENDS, FHIR_JSON, make_settings
 
 UCUM = "http://unitsofmeasure.org"
@@ -106,6 +107,36 @@ DATA = {
                         "source": "urn:his:1#msg1"}),
         pat("m2", meta={"tag": [{"system": "urn:t", "code": "vip"}]}),
     ],
+    "text": [
+        obs("x1") | {"code": {"coding": [{"system": LOINC, "code": "8867-4",
+                                          "display": "Heart rate"}], "text": "Pulse"}},
+        obs("x2") | {"code": {"coding": [{"system": LOINC, "code": "8867-4",
+                                          "display": "Fréquence cardiaque"}]}},
+        obs("x3") | {"code": {"coding": [{"system": LOINC, "code": "8480-6",
+                                          "display": "Systolic blood pressure"}], "text": "收缩压"}},
+        obs("x4") | {"code": {"text": "Heart-rate variability"}},
+    ],
+    "qty": [
+        obs("u1", valueQuantity=qty(5.4, "mg")),
+        obs("u2", valueQuantity=qty(5.4, "mg", system="urn:local:units")),
+        obs("u3", valueQuantity=qty(0.0054, "g")),
+        obs("u4", valueQuantity=qty(5.4, "mmol/L")),
+    ],
+    "bp": [
+        obs(f"b{i}", code="85354-9", component=[
+            {"code": {"coding": [{"system": LOINC, "code": "8480-6"}]},
+             "valueQuantity": qty(sys_, unit)},
+            {"code": {"coding": [{"system": LOINC, "code": "8462-4"}]},
+             "valueQuantity": qty(dia, unit)}])
+        for i, sys_, dia, unit in ((1, 140, 90, "mm[Hg]"), (2, 120, 85, "mm[Hg]"),
+                                   (3, 13.5, 8.0, "cm[Hg]"))
+    ],
+    "abs": [
+        pat("a1", "Abs"),
+        obs("a2", subject="Patient/a1"),
+        obs("a3", subject="http://test/fhir/Patient/a1"),
+        obs("a4", subject="http://other.org/fhir/Patient/a1"),
+    ],
     "sort": [
         pat("k1", "Bai", gender="male", birthDate="1970"),
         pat("k2", "Ai", gender="female", birthDate="1980"),
@@ -158,7 +189,28 @@ CASES = [
     ("tok", "Observation", "code=http://loinc.org|8867-4", ["t5"]),
     ("tok", "Observation", "code:text=heart", ["t5"]),
     ("tok", "Observation", "code:text=pul", ["t5"]),
-    ("tok", "Observation", "code:text=rate", []),
+    ("tok", "Observation", "code:text=rate", ["t5"]),  # words, not a prefix of the whole text
+    # token codes whose system the binding fixes (indexed without it)
+    ("tok", "Patient", "gender=http://hl7.org/fhir/administrative-gender|male", ["t1"]),
+    ("tok", "Patient", "gender=http://hl7.org/fhir/administrative-gender|", ["t1", "t2", "t4"]),
+    ("tok", "Patient", "gender=http://hl7.org/fhir/administrative-gender|male,"
+     "http://hl7.org/fhir/administrative-gender|female", ["t1", "t2"]),
+    ("tok", "Patient", "gender=http://hl7.org/fhir/administrative-gender|nonsense", []),
+    ("tok", "Patient", "gender=urn:other|male", []),
+    ("tok", "Patient", "gender:not=http://hl7.org/fhir/administrative-gender|male",
+     ["t2", "t3", "t4"]),
+    # :text: every word of the query starts a word of the text (folded); CJK: substring
+    ("text", "Observation", "code:text=rate", ["x1", "x4"]),
+    ("text", "Observation", "code:text=RATE heart", ["x1", "x4"]),
+    ("text", "Observation", "code:text=heart variab", ["x4"]),
+    ("text", "Observation", "code:text=art", []),
+    ("text", "Observation", "code:text=frequence", ["x2"]),
+    ("text", "Observation", "code:text=CARDI", ["x2"]),
+    ("text", "Observation", "code:text=缩压", ["x3"]),
+    ("text", "Observation", "code:text=blood systolic", ["x3"]),
+    ("text", "Observation", "code:text=rate,frequence", ["x1", "x2", "x4"]),
+    ("text", "Observation", "code:text=heart rate", ["x1", "x4"]),
+    ("text", "Observation", "code:text=pulse rate", []),  # one text (row) must have every word
     # date: partial dates as ranges, prefixes, time zones, Period
     ("date", "Patient", "birthdate=1980", ["d1", "d2"]),
     ("date", "Patient", "birthdate=1980-05", ["d2"]),
@@ -202,6 +254,28 @@ CASES = [
      "code-value-quantity=http://loinc.org|2345-7$gt5|http://unitsofmeasure.org|mg", ["q3"]),
     ("num", "Observation", "code-value-quantity=2345-7$5", ["q1"]),
     ("num", "Observation", "code-value-quantity=1111-1$lt10", ["q4", "q5"]),
+    # the quantity inside a composite folds UCUM prefixes too; no system: the code in any system
+    ("num", "Observation", "code-value-quantity=2345-7$0.005|http://unitsofmeasure.org|g",
+     ["q1", "q2"]),
+    ("num", "Observation", "code-value-quantity=2345-7$5||mg", ["q1", "q2"]),
+    ("num", "Observation", "code-value-quantity=http://loinc.org|2345-7$gt5.5||mg", ["q3"]),
+    # quantity without a system: the code in any system (and UCUM-folded); no unit: any unit
+    ("qty", "Observation", "value-quantity=5.4||mg", ["u1", "u2", "u3"]),
+    ("qty", "Observation", "value-quantity=5.4|", ["u1", "u2", "u4"]),
+    ("qty", "Observation", "value-quantity=5.4|http://unitsofmeasure.org|mg", ["u1", "u3"]),
+    ("qty", "Observation", "value-quantity=5.4|urn:local:units|mg", ["u2"]),
+    ("qty", "Observation", "value-quantity=5.4|urn:local:units|", ["u2"]),
+    # component-code-value-quantity: blood pressure components (b3 in cm[Hg])
+    ("bp", "Observation", "component-code-value-quantity=http://loinc.org|8480-6$gt130",
+     ["b1"]),
+    ("bp", "Observation", "component-code-value-quantity=http://loinc.org|8480-6"
+     "$gt130|http://unitsofmeasure.org|mm[Hg]", ["b1", "b3"]),
+    ("bp", "Observation", "component-code-value-quantity=8480-6$gt130||mm[Hg]", ["b1", "b3"]),
+    ("bp", "Observation", "component-code-value-quantity=8480-6$lt125||mm[Hg]", ["b2"]),
+    ("bp", "Observation", "component-code-value-quantity=8462-4$ge90||mm[Hg]", ["b1"]),
+    ("bp", "Observation", "component-code-value-quantity=8462-4$gt130||mm[Hg]", []),
+    ("bp", "Observation", "component-code-value-quantity=8480-6$gt130||mm[Hg]"
+     "&component-code-value-quantity=8462-4$lt85||mm[Hg]", ["b3"]),
     # reference, chains, _has, _include, _revinclude
     ("ref", "Observation", "subject=Patient/r1", ["o1"]),
     ("ref", "Observation", "subject=r1", ["o1"]),
@@ -227,6 +301,15 @@ CASES = [
     ("ref", "Patient", "_id=r1&_revinclude=Observation:subject", ["r1", "+o1"]),
     ("ref", "Organization", "_revinclude=Patient:organization"
      "&_revinclude:iterate=Observation:subject", ["org1", "+r1", "+o1"]),
+    # absolute references to this server's base (http://test/fhir) are local
+    ("abs", "Observation", "subject=http://test/fhir/Patient/a1", ["a2", "a3"]),
+    ("abs", "Observation", "subject=http://test/fhir/Patient/a1/_history/1", ["a2", "a3"]),
+    ("abs", "Observation", "subject=Patient/a1", ["a2", "a3"]),
+    ("abs", "Observation", "subject=a1", ["a2", "a3"]),
+    ("abs", "Observation", "subject:Patient=http://test/fhir/Patient/a1", ["a2", "a3"]),
+    ("abs", "Observation", "subject=http://other.org/fhir/Patient/a1", ["a4"]),
+    ("abs", "Observation", "_id=a3&_include=Observation:subject", ["a3", "+a1"]),
+    ("abs", "Patient", "_id=a1&_revinclude=Observation:subject", ["a1", "+a2", "+a3"]),
     # uri
     ("uri", "ValueSet", "url=http://acme.org/fhir/ValueSet/a", ["v1"]),
     ("uri", "ValueSet", "url:below=http://acme.org/fhir", ["v1", "v2"]),
@@ -327,6 +410,45 @@ def test_paging_follows_the_sort_in_both_directions(world):
     assert ids(third) == ["k5"] and "next" not in {x["relation"] for x in third["link"]}
     back = run(world, "Patient", rels2["previous"].split("?", 1)[1])
     assert ids(back) == ["k2", "k4"]
+
+
+def test_previous_and_next_only_when_rows_are_there(world):
+    # a cursor before the first row (the rows before it were deleted, say): no previous link
+    first = run(world, "Patient", f"_count=2&_cursor={_encode('n', ['k0'])}", "sort")
+    rels = {x["relation"] for x in first["link"]}
+    assert ids(first) == ["k1", "k2"] and "previous" not in rels and "next" in rels
+    # a backwards cursor after the last row: the last page, no next link
+    last = run(world, "Patient", f"_count=2&_cursor={_encode('p', ['k9'])}", "sort")
+    rels = {x["relation"] for x in last["link"]}
+    assert ids(last) == ["k4", "k5"] and "next" not in rels and "previous" in rels
+    # in the middle: both
+    mid = run(world, "Patient", f"_count=2&_cursor={_encode('n', ['k1'])}", "sort")
+    assert ids(mid) == ["k2", "k3"] and {"next", "previous"} <= {x["relation"] for x in mid["link"]}
+    # following previous back to the start: none there
+    prev = [x["url"] for x in mid["link"] if x["relation"] == "previous"][0]
+    back = run(world, "Patient", prev.split("?", 1)[1])
+    assert ids(back) == ["k1"] and "previous" not in {x["relation"] for x in back["link"]}
+
+
+def test_total_estimate(world):
+    hub, service, settings = world
+    # small results (some criterion with few index rows): exact
+    for query, n in (("_total=estimate", 5), ("_total=estimate&gender=male", 2),
+                     ("_summary=count&_total=estimate", 5)):
+        assert run(world, "Patient", query, "sort")["total"] == n
+    assert run(world, "Observation", "_total=estimate&subject:Patient.name=wang",
+               "ref")["total"] == 1
+    # larger ones: index-row counts combined as if independent (forced here by a cap of 0)
+    service.sql.estimate_exact_up_to = 0
+    try:
+        assert run(world, "Patient", "_total=estimate", "sort")["total"] == 5  # one criterion
+        b = run(world, "Patient", "_total=estimate&gender=male", "sort")
+        assert ids(b) == ["k1", "k3"] and 0 <= b["total"] <= 2
+        hub_patients = service.sql.count(service.parse("Patient", [], True))
+        b = run(world, "Patient", "_total=estimate&gender=male,female")
+        assert 0 < b["total"] <= hub_patients
+    finally:
+        service.sql.estimate_exact_up_to = ESTIMATE_EXACT_UP_TO
 
 
 def test_summary_count_and_elements(world):

@@ -50,16 +50,21 @@ class SearchService:
                 time.sleep(0.005)
         return True
 
-    def parse(self, rtype: str, params: list[tuple[str, str]], strict: bool) -> Query:
-        q = parse(rtype, params, self.settings.max_count, self.settings.default_count)
+    def parse(self, rtype: str, params: list[tuple[str, str]], strict: bool,
+              base: str | None = None) -> Query:
+        """The plan of a search; ``base`` (the request's base URL) makes absolute references to
+        this server local (``{base}/Patient/1`` is ``Patient/1``)."""
+        q = parse(rtype, params, self.settings.max_count, self.settings.default_count,
+                  base=base or self.settings.base_url)
         if q.ignored and strict:
             raise FhirError(400, "not-supported",
                             f"Unsupported search parameter(s): {', '.join(sorted(set(q.ignored)))}")
         return q
 
-    def match_ids(self, rtype: str, params: list[tuple[str, str]]) -> list[str]:
+    def match_ids(self, rtype: str, params: list[tuple[str, str]],
+                  base: str | None = None) -> list[str]:
         """Ids matching a query (conditional interactions): every parameter must be understood."""
-        q = self.parse(rtype, params, strict=True)
+        q = self.parse(rtype, params, strict=True, base=base)
         if not q.where:
             raise bad_request("A conditional operation needs search criteria")
         self.sync()
@@ -121,15 +126,18 @@ def _subset(raw: bytes, keep) -> dict:
 def search_bundle(hub: Hub, service: SearchService, rtype: str, params: list[tuple[str, str]],
                   base: str, settings: Settings, strict: bool,
                   compartment: tuple[str, str] | None = None) -> dict:
-    q = service.parse(rtype, params, strict)
+    q = service.parse(rtype, params, strict, base)
     if compartment is not None:
         q.where.append(compartment_group(*compartment, rtype))
     count = q.count if q.count is not None else settings.default_count
     if q.summary == "count":
         count = 0
     service.sync()
-    want_total = q.total != "none" or q.summary == "count"
-    page = service.sql.page(q, count, want_total)
+    if q.summary == "count":
+        want_total: bool | str = "estimate" if q.total == "estimate" else "accurate"
+    else:
+        want_total = "accurate" if q.total is None else q.total
+    page = service.sql.page(q, count, False if want_total == "none" else want_total)
     keep = None
     if q.summary == "true":
         allowed = summary_elements(rtype)
@@ -156,7 +164,7 @@ def search_bundle(hub: Hub, service: SearchService, rtype: str, params: list[tup
 
     for row in page.rows:
         add(row, "match")
-    for row in service.sql.included(page.rows, q.include, q.revinclude):
+    for row in service.sql.included(page.rows, q.include, q.revinclude, base=base):
         add(row, "include")
     if q.ignored:
         entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [

@@ -18,11 +18,14 @@ Elasticsearch planner answer the same plans.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from importlib import resources
 from typing import Any
 
 from hub.errors import bad_request
@@ -57,6 +60,9 @@ class TokenValue:
     code: str | None  # None: any code (``system|``)
     type_system: str | None = None  # :of-type
     type_code: str | None = None
+    # codes that rows *without* a system also match: ``system`` is fixed by the binding of the
+    # parameter's ``code`` elements, which are indexed without it (see fixed_systems)
+    bound_codes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -215,6 +221,29 @@ def _token(raw: str, modifier: str | None) -> TokenValue:
     return TokenValue(system, code or None)
 
 
+@lru_cache(maxsize=1)
+def _code_systems() -> dict:
+    return json.loads(resources.files("projections.data").joinpath("code_systems.json").read_text())
+
+
+def fixed_systems(rtype: str, code: str) -> dict[str, list[str]]:
+    """system -> codes of the ``code`` elements of a token parameter whose binding fixes the system.
+
+    Derived by scripts/derive_code_systems.py: ``Patient.gender`` is indexed as ``|male``; a search
+    for ``http://hl7.org/fhir/administrative-gender|male`` must find it.
+    """
+    return _code_systems().get(rtype, {}).get(code, {})
+
+
+def _bind_system(rtype: str, code: str, tv: TokenValue) -> TokenValue:
+    if not tv.system:
+        return tv
+    codes = fixed_systems(rtype, code).get(tv.system)
+    if not codes or (tv.code is not None and tv.code not in codes):
+        return tv
+    return replace(tv, bound_codes=tuple(codes) if tv.code is None else (tv.code,))
+
+
 def _quantity(raw: str) -> QuantityValue:
     parts = [unescape(x) for x in split_escaped(raw, "|")]
     number = _number(parts[0])
@@ -228,25 +257,40 @@ def _quantity(raw: str) -> QuantityValue:
     return QuantityValue(number, system, code, canonical, ccode)
 
 
-def _reference(raw: str, p: SearchParam | None, modifier: str | None) -> RefValue:
+def _local(ref: str, base: str | None) -> str:
+    """``Type/id`` for an absolute reference to this server's own base URL; others unchanged."""
+    if base and ref.startswith(base) and ref[len(base):len(base) + 1] == "/":
+        return ref[len(base) + 1:]
+    return ref
+
+
+def _with_base(targets: tuple[str, ...], base: str | None) -> tuple[str, ...]:
+    """Local references also in their absolute form on this server: a resource may store either."""
+    if not base:
+        return targets
+    return targets + tuple(f"{base}/{t}" for t in targets if "://" not in t)
+
+
+def _reference(raw: str, p: SearchParam | None, modifier: str | None,
+               base: str | None = None) -> RefValue:
     raw = unescape(raw)
     if modifier == "identifier":
         return RefValue(identifier=_token(raw, None))
     if modifier and modifier[0].isupper():  # :Type
         if "/" in raw:
-            return RefValue(targets=(normalize_reference(raw)[0],))
-        return RefValue(targets=(f"{modifier}/{raw}",))
+            return RefValue(targets=_with_base((normalize_reference(_local(raw, base))[0],), base))
+        return RefValue(targets=_with_base((f"{modifier}/{raw}",), base))
     if "/" in raw:
-        ref, _ = normalize_reference(raw)
-        return RefValue(targets=(ref,))
+        ref, _ = normalize_reference(_local(raw, base))
+        return RefValue(targets=_with_base((ref,), base))
     targets = p.targets if p is not None else ()
     if targets:
-        return RefValue(targets=tuple(f"{t}/{raw}" for t in targets))
+        return RefValue(targets=_with_base(tuple(f"{t}/{raw}" for t in targets), base))
     return RefValue(id_suffix=raw)
 
 
 def _value(rtype: str, code: str, ptype: str, p: SearchParam | None, modifier: str | None,
-           raw: str) -> tuple[str | None, Any]:
+           raw: str, base: str | None = None) -> tuple[str | None, Any]:
     """(prefix, typed value) of one comma-separated alternative."""
     if modifier == "missing":
         if raw not in ("true", "false"):
@@ -258,7 +302,7 @@ def _value(rtype: str, code: str, ptype: str, p: SearchParam | None, modifier: s
     if ptype == "token":
         if modifier == "text":
             return None, unescape(body)
-        return None, _token(body, modifier)
+        return None, _bind_system(rtype, code, _token(body, modifier))
     if ptype == "date":
         return prefix, _date(unescape(body))
     if ptype == "number":
@@ -266,7 +310,7 @@ def _value(rtype: str, code: str, ptype: str, p: SearchParam | None, modifier: s
     if ptype == "quantity":
         return prefix, _quantity(body)
     if ptype == "reference":
-        return None, _reference(body, p, modifier)
+        return None, _reference(body, p, modifier, base)
     if ptype == "uri":
         return None, unescape(body)
     if ptype == "composite":
@@ -283,8 +327,11 @@ def _value(rtype: str, code: str, ptype: str, p: SearchParam | None, modifier: s
     raise Unsupported(f"Search parameter type {ptype!r} is not supported")
 
 
-def parse_criteria(rtype: str, name: str, value: str) -> list[Criterion]:
-    """The OR alternatives of one ``name=value`` on ``rtype`` (chains and _has included)."""
+def parse_criteria(rtype: str, name: str, value: str, base: str | None = None) -> list[Criterion]:
+    """The OR alternatives of one ``name=value`` on ``rtype`` (chains and _has included).
+
+    ``base``: this server's base URL; absolute references to it mean the local ``Type/id``.
+    """
     if name.startswith("_has:"):
         parts = name.split(":", 3)
         if len(parts) < 4 or not parts[3]:
@@ -295,7 +342,7 @@ def parse_criteria(rtype: str, name: str, value: str) -> list[Criterion]:
         rp = params_for(src).get(ref_param)
         if rp is None or rp.type != "reference":
             raise bad_request(f"{name!r}: {src} has no reference parameter {ref_param!r}")
-        inner = parse_criteria(src, rest, value)
+        inner = parse_criteria(src, rest, value, base)
         return [Criterion("_has", "has", value=Has(src, ref_param, c)) for c in inner]
     head, dot, rest = name.partition(".")
     code, _, modifier = head.partition(":")
@@ -312,7 +359,7 @@ def parse_criteria(rtype: str, name: str, value: str) -> list[Criterion]:
             raise bad_request(f"{name!r}: no target type of {code!r} has a parameter {rest_code!r}")
         out = []
         for t in usable:
-            for c in parse_criteria(t, rest, value):
+            for c in parse_criteria(t, rest, value, base):
                 out.append(Criterion(code, "reference", chain=Chain((t,), c)))
         # one Criterion per (target, alternative): OR of them
         return out
@@ -322,7 +369,7 @@ def parse_criteria(rtype: str, name: str, value: str) -> list[Criterion]:
     alternatives = split_escaped(value, ",") if modifier != "missing" else [value]
     out = []
     for alt in alternatives:
-        prefix, typed = _value(rtype, code, ptype, p, modifier, alt)
+        prefix, typed = _value(rtype, code, ptype, p, modifier, alt, base)
         out.append(Criterion(code, ptype, modifier, prefix, typed))
     return out
 
@@ -374,8 +421,9 @@ def _sort(rtype: str, value: str) -> list[SortKey]:
 
 
 def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
-          default_count: int | None = None) -> Query:
+          default_count: int | None = None, base: str | None = None) -> Query:
     q = Query(rtype, count=default_count)
+    base = base.rstrip("/") if base else None
     for name, value in params:
         try:
             if name == "_count":
@@ -406,7 +454,7 @@ def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
                     "_has", *SPECIAL_TYPES, "_tag", "_profile", "_security", "_source"):
                 raise Unsupported(f"{name} is not supported")
             else:
-                group = parse_criteria(rtype, name, value)
+                group = parse_criteria(rtype, name, value, base)
                 if group:
                     q.where.append(group)
         except Unsupported:

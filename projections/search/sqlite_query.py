@@ -12,15 +12,18 @@ come last; ties are broken by the resource id, which survives index rebuilds.
 from __future__ import annotations
 
 import base64
+import re
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
 
 from hub.errors import bad_request
-from projections.search.extract import normalize
+from projections.search.extract import normalize, ucum_canonical
 from projections.search.query import (
     Criterion,
     Has,
@@ -38,6 +41,9 @@ TABLE = {"string": "ix_string", "token": "ix_token", "date": "ix_date", "number"
          "quantity": "ix_quantity", "reference": "ix_reference", "uri": "ix_uri",
          "composite": "ix_composite"}
 TOP = "\U0010ffff"
+UCUM_BAR = "http://unitsofmeasure.org|"
+ESTIMATE_EXACT_UP_TO = 1000  # _total=estimate is exact when some criterion has this few rows
+TYPE_SIZE_TTL = 60.0
 SORT_COLUMN = {"string": "norm", "token": "code", "number": "value", "quantity": "cvalue",
                "reference": "target", "uri": "uri", "date": "lo"}
 
@@ -57,8 +63,44 @@ class Page:
     total: int | None
 
 
-def _starts(s: str | None, prefix: str) -> bool:
-    return s is not None and normalize(s).startswith(prefix)
+_WORD = re.compile(r"\w+")
+_CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+@lru_cache(maxsize=1 << 12)
+def text_query(q: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(word prefixes, CJK substrings) of a ``:text`` search, normalized (case, accents, width)."""
+    words, cjk = [], []
+    for w in _WORD.findall(normalize(q)):
+        (cjk if _CJK.search(w) else words).append(w)
+    return tuple(words), tuple(cjk)
+
+
+def text_matches(text: str | None, q: str) -> bool:
+    """``:text``: every query word starts some word of the text; CJK runs (no spaces between words)
+    only need to occur in it. Both sides normalized like string search."""
+    if text is None:
+        return False
+    words, cjk = text_query(q)
+    if not words and not cjk:
+        return False
+    norm = normalize(text)
+    if any(c not in norm for c in cjk):
+        return False
+    if not words:
+        return True
+    have = _WORD.findall(norm)
+    return all(any(h.startswith(w) for h in have) for w in words)
+
+
+def _ucum_value(c2: str | None, num: float | None, ccode: str) -> float | None:
+    """A composite's quantity (``system|code``, value) in the canonical unit ``ccode``, or None."""
+    if num is None or c2 is None or not c2.startswith(UCUM_BAR):
+        return None
+    power, unit = ucum_canonical(c2[len(UCUM_BAR):])
+    if unit != ccode:
+        return None
+    return num * 10.0 ** power if power >= 0 else num / 10.0 ** -power
 
 
 class _Sql:
@@ -87,6 +129,8 @@ class SQLiteSearch:
         self.index = index
         self._pids: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
+        self._sizes: dict[str, tuple[int, float]] = {}
+        self.estimate_exact_up_to = ESTIMATE_EXACT_UP_TO
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -95,7 +139,9 @@ class SQLiteSearch:
 
     def _prepare(self, c) -> None:
         # cheap (a few µs), and pooled connections come and go
-        c.sqlite_cursor.connection.create_function("fhir_starts", 2, _starts, deterministic=True)
+        con = c.sqlite_cursor.connection
+        con.create_function("fhir_text", 2, text_matches, deterministic=True)
+        con.create_function("fhir_ucum", 3, _ucum_value, deterministic=True)
 
     def param_id(self, c, rtype: str, code: str) -> int:
         key = (rtype, code)
@@ -196,7 +242,7 @@ class SQLiteSearch:
             return f"{x}.norm >= {s.arg(n)} AND {x}.norm < {s.arg(n + TOP)}"
         if t == "token":
             if c.modifier == "text":
-                return f"fhir_starts({x}.text, {s.arg(normalize(v))})"
+                return f"fhir_text({x}.text, {s.arg(v)})"
             return _token_test(s, v, x)
         if t == "date":
             return _date_test(s, c.prefix, v, f"{x}.lo", f"{x}.hi")
@@ -235,16 +281,63 @@ class SQLiteSearch:
                             k.desc))
         return out
 
-    def page(self, q: Query, count: int, with_total: bool) -> Page:
+    def _count(self, c, q: Query) -> int:
+        s = _Sql(self, c)
+        w = self.where(s, q, "r")
+        c.execute(f"SELECT COUNT(*) FROM sp_res r WHERE {w}", s.args)
+        return c.fetchone()[0]
+
+    def _type_size(self, c, rtype: str) -> int:
+        """Resources of a type (cached for TYPE_SIZE_TTL seconds: an estimate's denominator)."""
+        now = time.monotonic()
+        hit = self._sizes.get(rtype)
+        if hit is not None and now - hit[1] < TYPE_SIZE_TTL:
+            return hit[0]
+        c.execute("SELECT COUNT(*) FROM sp_res WHERE rtype = ?", (rtype,))
+        n = c.fetchone()[0]
+        self._sizes[rtype] = (n, now)
+        return n
+
+    def estimate(self, c, q: Query) -> int:
+        """``_total=estimate``: counts of index rows, combined as if the criteria were independent.
+
+        The exact count materializes the pk list of every criterion and looks every candidate up in
+        ``sp_res``. Here each AND group on one parameter's own table is counted in its covering
+        index alone (``COUNT(*)`` over ``p = ? AND test``: no list, no join); a resource with two
+        matching values counts twice. If some group counts at most ``estimate_exact_up_to`` rows,
+        the result is small and the exact count is cheap: it is returned. Otherwise the estimate is
+        ``N * prod(n_g / N)``, N the resources of the type (cached), other groups (chains,
+        ``_has``, ``:missing``, ``:not``, ``_id``, ``_lastUpdated``) taken as not selective. A query
+        with no such group at all is counted exactly.
+        """
+        counts = []
+        for group in q.where:
+            if not group or not all(_plain(x) for x in group) or len({x.param for x in group}) > 1:
+                continue
+            s = _Sql(self, c)
+            x = s.alias("x")
+            tests = " OR ".join(f"({self._value(s, crit, x)})" for crit in group)
+            c.execute(f"SELECT COUNT(*) FROM {TABLE[group[0].type]} {x} WHERE {x}.p = "
+                      f"{s.arg(s.pid(q.rtype, group[0].param))} AND ({tests})", s.args)
+            counts.append(c.fetchone()[0])
+        if not counts or min(counts) <= self.estimate_exact_up_to:
+            return self._count(c, q)
+        n = self._type_size(c, q.rtype)
+        est = float(n)
+        for k in counts:
+            est *= min(1.0, k / n) if n else 0.0
+        return int(round(est))
+
+    def page(self, q: Query, count: int, with_total: bool | str) -> Page:
+        """One page of matches; ``with_total``: False, True or "accurate" (exact), "estimate"."""
         direction, values = _decode(q.cursor, len(q.sort)) if q.cursor else ("n", None)
         with self._cursor() as c:
             self._prepare(c)
             total = None
-            if with_total:
-                s = _Sql(self, c)
-                w = self.where(s, q, "r")
-                c.execute(f"SELECT COUNT(*) FROM sp_res r WHERE {w}", s.args)
-                total = c.fetchone()[0]
+            if with_total == "estimate":
+                total = self.estimate(c, q)
+            elif with_total:
+                total = self._count(c, q)
             if count == 0:
                 return Page([], None, None, total)
             s = _Sql(self, c)
@@ -261,27 +354,29 @@ class SQLiteSearch:
             order = ", ".join(f"{e} {'DESC' if d != reverse else 'ASC'}" for e, d in comps)
             cond = ""
             if values is not None:
-                vals: list[Any] = []
-                for v in values[:-1]:
-                    vals += [int(v is None), v]
-                vals.append(values[-1])
-                cond = "WHERE " + _after(s, comps, vals, reverse)
+                cond = "WHERE " + _after(s, comps, _expand(values), reverse)
             sql = f"SELECT * FROM ({inner}) {cond} ORDER BY {order} LIMIT {s.arg(count + 1)}"
             c.execute(sql, s.args)
             fetched = c.fetchall()
-        more = len(fetched) > count
-        fetched = fetched[:count]
-        if reverse:
-            fetched.reverse()
+            more = len(fetched) > count
+            fetched = fetched[:count]
+            if reverse:
+                fetched.reverse()
+            if not fetched:
+                return Page([], None, None, total)
+            # the side the cursor came from: rows there only if some are left (the data changes,
+            # and a cursor may point before the first row): one probe, LIMIT 1
+            beyond = False
+            if values is not None:
+                edge = fetched[-1] if reverse else fetched[0]
+                probe = _after(s, comps, _expand(_key(edge)), not reverse)
+                c.execute(f"SELECT 1 FROM ({inner}) WHERE {probe} LIMIT 1", s.args)
+                beyond = c.fetchone() is not None
         rows = [Row(q.rtype, f[1], f[0]) for f in fetched]
-        if not fetched:
-            return Page(rows, None, None, total)
-        def key(f):
-            return [*f[2:], f[1]]
-        has_next = more if not reverse else True
-        has_prev = (values is not None) if not reverse else more
-        return Page(rows, _encode("n", key(fetched[-1])) if has_next else None,
-                    _encode("p", key(fetched[0])) if has_prev else None, total)
+        has_next = beyond if reverse else more
+        has_prev = more if reverse else beyond
+        return Page(rows, _encode("n", _key(fetched[-1])) if has_next else None,
+                    _encode("p", _key(fetched[0])) if has_prev else None, total)
 
     def match_ids(self, q: Query, limit: int = 1000) -> list[str]:
         with self._cursor() as c:
@@ -301,8 +396,11 @@ class SQLiteSearch:
             return c.fetchone()[0]
 
     def included(self, matches: list[Row], include: list[Include], revinclude: list[Include],
-                 rounds: int = 4) -> list[Row]:
-        """Resources that ``_include``/``_revinclude`` add to a page (not those already in it)."""
+                 rounds: int = 4, base: str | None = None) -> list[Row]:
+        """Resources that ``_include``/``_revinclude`` add to a page (not those already in it).
+
+        ``base``: this server's base URL; references stored as absolute URLs on it are local.
+        """
         if not matches or not (include or revinclude):
             return []
         seen = {(r.rtype, r.rid) for r in matches}
@@ -316,14 +414,14 @@ class SQLiteSearch:
                         continue
                     pks = [r.pk for r in frontier if r.rtype == inc.source]
                     if pks:
-                        found += self._forward(c, inc, pks)
+                        found += self._forward(c, inc, pks, base)
                 for inc in revinclude:
                     if round_ and not inc.iterate:
                         continue
                     targets = [f"{r.rtype}/{r.rid}" for r in frontier
                                if inc.target is None or r.rtype == inc.target]
                     if targets:
-                        found += self._reverse(c, inc, targets)
+                        found += self._reverse(c, inc, targets, base)
                 frontier = []
                 for r in found:
                     if (r.rtype, r.rid) not in seen:
@@ -334,13 +432,17 @@ class SQLiteSearch:
                     break
         return out
 
-    def _forward(self, c, inc: Include, pks: list[int]) -> list[Row]:
+    def _forward(self, c, inc: Include, pks: list[int], base: str | None = None) -> list[Row]:
         pid = self.param_id(c, inc.source, inc.param)
         rows = []
+        own = base.rstrip("/") + "/" if base else None
         for chunk in _chunks(pks, 500):
             c.execute(f"SELECT DISTINCT target FROM ix_reference WHERE p = ? AND pk IN "
                       f"({', '.join('?' * len(chunk))})", [pid, *chunk])
-            refs = [t for (t,) in c.fetchall() if t and "/" in t and "://" not in t]
+            found = [t for (t,) in c.fetchall() if t]
+            if own:
+                found = [t[len(own):] if t.startswith(own) else t for t in found]
+            refs = [t for t in dict.fromkeys(found) if "/" in t and "://" not in t]
             keys = [tuple(t.split("/", 1)) for t in refs]
             keys = [k for k in keys if inc.target is None or k[0] == inc.target]
             for kc in _chunks(keys, 400):
@@ -350,8 +452,10 @@ class SQLiteSearch:
                 rows += [Row(*f) for f in c.fetchall()]
         return rows
 
-    def _reverse(self, c, inc: Include, targets: list[str]) -> list[Row]:
+    def _reverse(self, c, inc: Include, targets: list[str], base: str | None = None) -> list[Row]:
         pid = self.param_id(c, inc.source, inc.param)
+        if base:
+            targets = [*targets, *(f"{base.rstrip('/')}/{t}" for t in targets)]
         rows = []
         for chunk in _chunks(targets, 500):
             c.execute(f"SELECT DISTINCT r.rtype, r.rid, r.pk FROM ix_reference x JOIN sp_res r "
@@ -375,6 +479,14 @@ def _token_test(s: _Sql, v: TokenValue, x: str) -> str:
         parts.append(f"{x}.code = {s.arg(v.code)}")
     if v.system == "":
         parts.append(f"{x}.system IS NULL")
+    elif v.system is not None and v.bound_codes:
+        # a code element whose binding fixes the system: indexed without it
+        if v.code is not None:
+            parts.append(f"({x}.system = {s.arg(v.system)} OR {x}.system IS NULL)")
+        else:
+            codes = ", ".join(s.arg(c) for c in v.bound_codes)
+            parts.append(f"({x}.system = {s.arg(v.system)} OR ({x}.system IS NULL AND "
+                         f"{x}.code IN ({codes})))")
     elif v.system is not None:
         parts.append(f"{x}.system = {s.arg(v.system)}")
     if v.type_system is not None:
@@ -471,9 +583,21 @@ def _composite_test(s: _Sql, i: int, part: tuple, x: str) -> str:
         return f"{x}.c1 >= {s.arg(v.system + '|')} AND {x}.c1 < {s.arg(v.system + '|' + TOP)}"
     if ptype == "quantity":
         test = _number_test(s, prefix, v.number, f"{x}.num")
-        if v.code is not None:
-            test += f" AND {x}.c2 = {s.arg((v.system or 'http://unitsofmeasure.org') + '|' + v.code)}"
-        return test
+        if v.code is None:
+            if v.system:
+                test += (f" AND {x}.c2 >= {s.arg(v.system + '|')} "
+                         f"AND {x}.c2 < {s.arg(v.system + '|' + TOP)}")
+            return test
+        if v.system:
+            exact = f"{x}.c2 = {s.arg(v.system + '|' + v.code)} AND " + test
+        else:  # no system: the code in any system
+            exact = f"substr({x}.c2, instr({x}.c2, '|') + 1) = {s.arg(v.code)} AND " + test
+        if v.canonical is None:
+            return exact
+        # UCUM units that differ by a metric prefix: compare in the canonical unit
+        folded = _number_test(s, prefix, v.canonical,
+                              f"fhir_ucum({x}.c2, {x}.num, {s.arg(v.canonical_code)})")
+        return f"(({exact}) OR ({folded}))"
     if ptype == "number":
         return _number_test(s, prefix, v, f"{x}.num")
     if ptype == "date":
@@ -508,6 +632,20 @@ def _after(s: _Sql, comps: list[tuple[str, bool]], vals: list[Any], reverse: boo
             continue  # nothing is after NULL on this component except equal rows
         ors.append("(" + " AND ".join([*eqs, f"{expr} {op} {s.arg(vals[i])}"]) + ")")
     return "(" + " OR ".join(ors or ["0"]) + ")"
+
+
+def _key(f: tuple) -> list:
+    """The cursor values of a fetched row (pk, rid, sort values…): the sort values, then the id."""
+    return [*f[2:], f[1]]
+
+
+def _expand(values: list) -> list:
+    """Cursor values -> values of the order's components (missing flag and value per key, id)."""
+    out: list[Any] = []
+    for v in values[:-1]:
+        out += [int(v is None), v]
+    out.append(values[-1])
+    return out
 
 
 def _encode(direction: str, values: list) -> str:
