@@ -136,7 +136,10 @@ def search_bundle(hub: Hub, service: SearchService, rtype: str, params: list[tup
     if q.summary == "count":
         want_total: bool | str = "estimate" if q.total == "estimate" else "accurate"
     else:
-        want_total = "accurate" if q.total is None else q.total
+        # Without _total, Bundle.total is given where counting is cheap (some criterion has at most
+        # ~1,000 index rows, or none at all) and left out otherwise, so a broad search does not pay
+        # for counting every match; _total=accurate always counts.
+        want_total = "if-cheap" if q.total is None else q.total
     page = service.sql.page(q, count, False if want_total == "none" else want_total)
     keep = None
     if q.summary == "true":

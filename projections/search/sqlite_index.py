@@ -53,6 +53,7 @@ for _t, _cols in TABLES.items():
                   "pk INTEGER NOT NULL)")
     SCHEMA.append(f"CREATE INDEX IF NOT EXISTS {_t}_q ON {_t} ({_QUERY_INDEXES[_t]}, pk)")
     SCHEMA.append(f"CREATE INDEX IF NOT EXISTS {_t}_pk ON {_t} (pk)")
+SCHEMA.append("CREATE INDEX IF NOT EXISTS ix_date_hi ON ix_date (p, hi, pk)")  # gt, ge, eb
 
 
 def _bound(x: float) -> float:

@@ -298,7 +298,7 @@ class SQLiteSearch:
         self._sizes[rtype] = (n, now)
         return n
 
-    def estimate(self, c, q: Query) -> int:
+    def estimate(self, c, q: Query, exact_only: bool = False) -> int | None:
         """``_total=estimate``: counts of index rows, combined as if the criteria were independent.
 
         The exact count materializes the pk list of every criterion and looks every candidate up in
@@ -320,8 +320,14 @@ class SQLiteSearch:
             c.execute(f"SELECT COUNT(*) FROM {TABLE[group[0].type]} {x} WHERE {x}.p = "
                       f"{s.arg(s.pid(q.rtype, group[0].param))} AND ({tests})", s.args)
             counts.append(c.fetchone()[0])
+        if exact_only and not q.where:
+            return self._count(c, q)
+        if exact_only and not counts:
+            return None
         if not counts or min(counts) <= self.estimate_exact_up_to:
             return self._count(c, q)
+        if exact_only:
+            return None
         n = self._type_size(c, q.rtype)
         est = float(n)
         for k in counts:
@@ -329,13 +335,16 @@ class SQLiteSearch:
         return int(round(est))
 
     def page(self, q: Query, count: int, with_total: bool | str) -> Page:
-        """One page of matches; ``with_total``: False, True or "accurate" (exact), "estimate"."""
+        """One page of matches; ``with_total``: False, True or "accurate" (exact), "estimate", or
+        "if-cheap" (exact where cheap, else no total)."""
         direction, values = _decode(q.cursor, len(q.sort)) if q.cursor else ("n", None)
         with self._cursor() as c:
             self._prepare(c)
             total = None
             if with_total == "estimate":
                 total = self.estimate(c, q)
+            elif with_total == "if-cheap":
+                total = self.estimate(c, q, exact_only=True)
             elif with_total:
                 total = self._count(c, q)
             if count == 0:
@@ -506,10 +515,12 @@ def _date_test(s: _Sql, prefix: str | None, v: RangeValue, lo: str, hi: str) -> 
         return f"{hi} > {a(v.hi)}"
     if prefix == "lt":
         return f"{lo} < {a(v.lo)}"
+    # ge and le are ORs no index serves; each branch implies a bound on one column (a range ends
+    # after it starts), stated first so the (p, hi) or (p, lo) index narrows the rows.
     if prefix == "ge":
-        return f"({hi} > {a(v.hi)} OR {lo} >= {b(v.lo)})"
+        return f"{hi} >= {a(v.lo)} AND ({hi} > {a(v.hi)} OR {lo} >= {b(v.lo)})"
     if prefix == "le":
-        return f"({lo} < {a(v.lo)} OR {hi} <= {b(v.hi)})"
+        return f"{lo} < {a(v.hi)} AND ({lo} < {a(v.lo)} OR {hi} <= {b(v.hi)})"
     if prefix == "sa":
         return f"{lo} >= {a(v.hi)}"
     if prefix == "eb":
