@@ -22,29 +22,11 @@ from pathlib import Path
 
 from hub.jsontypes import TYPES as ELEMENTS
 from projections.search.extract import CompileError, _merge_oftype, _Parser
+from fhir_defs import complete_code_systems
 from projections.search.params import params_for, resource_types
 
 ROOT = Path(__file__).resolve().parent.parent
-VALUESETS = ROOT.parent / "shared" / "fhir-r4" / "valuesets.json"
 OUT = ROOT / "projections" / "data" / "code_systems.json"
-
-
-def systems_by_codes() -> dict[frozenset[str], list[str]]:
-    out: dict[frozenset[str], list[str]] = {}
-
-    def walk(concepts, into):
-        for c in concepts or ():
-            into.add(c["code"])
-            walk(c.get("concept"), into)
-
-    for entry in json.loads(VALUESETS.read_text())["entry"]:
-        r = entry["resource"]
-        if r["resourceType"] == "CodeSystem" and r.get("content") == "complete":
-            codes: set[str] = set()
-            walk(r.get("concept"), codes)
-            if codes:
-                out.setdefault(frozenset(codes), []).append(r["url"])
-    return out
 
 
 def end_codes(path: list[tuple], rtype: str) -> list[str] | None:
@@ -64,7 +46,7 @@ def end_codes(path: list[tuple], rtype: str) -> list[str] | None:
 
 
 def main() -> None:
-    by_codes = systems_by_codes()
+    by_codes = complete_code_systems()
     table: dict[str, dict[str, dict[str, list[str]]]] = {}
     for rtype in resource_types():
         for code, p in params_for(rtype).items():

@@ -18,34 +18,15 @@ import types
 import typing
 
 from fhir.resources.R4B import get_fhir_model_class
+from fhir_defs import complete_code_systems
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESOURCES = json.loads((ROOT / "hub" / "data" / "resource_types.json").read_text())
-VALUESETS = ROOT.parent / "shared" / "fhir-r4" / "valuesets.json"
-
-
-def code_systems() -> set[frozenset[str]]:
-    """The complete code sets of the official R4 CodeSystems (concepts flattened)."""
-    out = set()
-
-    def walk(concepts, into):
-        for c in concepts or ():
-            into.add(c["code"])
-            walk(c.get("concept"), into)
-
-    for entry in json.loads(VALUESETS.read_text())["entry"]:
-        r = entry["resource"]
-        if r["resourceType"] == "CodeSystem" and r.get("content") == "complete":
-            codes: set[str] = set()
-            walk(r.get("concept"), codes)
-            if codes:
-                out.add(frozenset(codes))
-    return out
 
 
 # The models' enum_values are parsed from element descriptions and can be partial or wrong
 # ("xml | json | ttl | mime type"); only a list equal to a whole official CodeSystem is kept.
-COMPLETE = code_systems()
+COMPLETE = set(complete_code_systems())
 
 
 def unwrap(ann) -> tuple[object, bool]:
