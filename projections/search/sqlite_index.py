@@ -41,6 +41,9 @@ _QUERY_INDEXES = {
     "ix_number": "p, value", "ix_quantity": "p, code, value", "ix_reference": "p, target",
     "ix_uri": "p, uri", "ix_composite": "p, c1, c2",
 }
+_SORT_COLUMN = {"ix_string": "norm", "ix_token": "code", "ix_date": "lo, hi", "ix_number": "value",
+                "ix_quantity": "cvalue", "ix_reference": "target", "ix_uri": "uri",
+                "ix_composite": "c1"}
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS sp_res (pk INTEGER PRIMARY KEY, rtype TEXT NOT NULL, "
     "rid TEXT NOT NULL, version INTEGER NOT NULL, updated INTEGER NOT NULL, UNIQUE (rtype, rid))",
@@ -52,7 +55,8 @@ for _t, _cols in TABLES.items():
     SCHEMA.append(f"CREATE TABLE IF NOT EXISTS {_t} (p INTEGER NOT NULL, {', '.join(_cols)}, "
                   "pk INTEGER NOT NULL)")
     SCHEMA.append(f"CREATE INDEX IF NOT EXISTS {_t}_q ON {_t} ({_QUERY_INDEXES[_t]}, pk)")
-    SCHEMA.append(f"CREATE INDEX IF NOT EXISTS {_t}_pk ON {_t} (pk)")
+    # by resource: deletes of a resource's rows, and _sort keys read from the index alone
+    SCHEMA.append(f"CREATE INDEX IF NOT EXISTS {_t}_pk ON {_t} (pk, p, {_SORT_COLUMN[_t]})")
 SCHEMA.append("CREATE INDEX IF NOT EXISTS ix_date_hi ON ix_date (p, hi, pk)")  # gt, ge, eb
 
 
