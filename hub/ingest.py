@@ -397,22 +397,12 @@ def _located(err: FhirError, op: Op) -> FhirError:
 def _rewrite(node: Any, resolve: Callable[[str], str], undo: list[tuple[Any, Any, str]]) -> None:
     """Replace reference strings in place (``reference`` elements and uri values naming a fullUrl),
     noting each replaced value in ``undo``."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if isinstance(v, str):
-                if k == "reference" or v.startswith("urn:uuid:"):
-                    new = resolve(v)
-                    if new is not v:
-                        undo.append((node, k, v))
-                        node[k] = new
-            elif isinstance(v, (dict, list)):
-                _rewrite(v, resolve, undo)
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            if isinstance(v, str) and v.startswith("urn:uuid:"):
+    for k, v in node.items() if isinstance(node, dict) else enumerate(node):
+        if isinstance(v, str):
+            if k == "reference" or v.startswith("urn:uuid:"):
                 new = resolve(v)
                 if new is not v:
-                    undo.append((node, i, v))
-                    node[i] = new
-            elif isinstance(v, (dict, list)):
-                _rewrite(v, resolve, undo)
+                    undo.append((node, k, v))
+                    node[k] = new  # same keys: safe while iterating
+        elif isinstance(v, (dict, list)):
+            _rewrite(v, resolve, undo)

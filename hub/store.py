@@ -212,26 +212,6 @@ class _IndexMixin:
             )
             return sorted(row["rid"] for row in c.fetchall())
 
-    def list_ids(self, rtype: str, after: str | None, limit: int) -> list[str]:
-        """Current (not deleted) ids of a type in id order, after ``after``."""
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(
-                self.q(
-                    "SELECT rid FROM resource_head WHERE rtype=? AND deleted=0 AND rid>? "
-                    "ORDER BY rid LIMIT ?"
-                ),
-                (rtype, after or "", limit),
-            )
-            return [row["rid"] for row in c.fetchall()]
-
-    def count_current(self, rtype: str) -> int:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(
-                self.q("SELECT COUNT(*) AS n FROM resource_head WHERE rtype=? AND deleted=0"),
-                (rtype,),
-            )
-            return c.fetchone()["n"]
-
     def history(
         self,
         *,
@@ -517,12 +497,6 @@ class ResourceStore:
 
     def current_ids(self, rtype: str, rids: Sequence[str]) -> list[str]:
         return self.recorder.current_ids(rtype, rids)
-
-    def list_ids(self, rtype: str, after: str | None, limit: int) -> list[str]:
-        return self.recorder.list_ids(rtype, after, limit)
-
-    def count_current(self, rtype: str) -> int:
-        return self.recorder.count_current(rtype)
 
     def history(self, **kw: Any) -> list[VersionRow]:
         return self.recorder.history(**kw)

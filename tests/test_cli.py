@@ -80,6 +80,14 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     return lines[0]
 
 
+def current_ids(store, rtype: str) -> list[str]:
+    """Ids of the resources of a type that exist now, read off the type's history."""
+    latest: dict[str, str] = {}
+    for row in store.history(rtype=rtype, limit=10_000):  # newest first
+        latest.setdefault(row.rid, row.kind)
+    return sorted(rid for rid, kind in latest.items() if kind != "deleted")
+
+
 def rejected_records(settings: Settings) -> list[dict]:
     return [orjson.loads(line) for f in sorted((settings.data_dir / "rejected").glob("*.ndjson"))
             for line in f.read_bytes().splitlines()]
@@ -167,7 +175,7 @@ def test_ingest_every_form_then_replay_changes_nothing(settings, feed):
     store = settings.open_store()
     try:
         assert store.count_history() == VALID_INPUTS  # the replay appended no event
-        assert store.count_current("Patient") == 8  # p1, the transaction's, b1, c1, c2, n1-n3
+        assert len(current_ids(store, "Patient")) == 8  # p1, the transaction's, b1, c1, c2, n1-n3
     finally:
         store.close()
     # every entry of the collection and the transaction was stored, references resolved
@@ -245,8 +253,7 @@ def test_rejected_inputs_are_reported_kept_and_the_rest_stored(settings, tmp_pat
 
     stored = settings.open_store()
     try:
-        assert sorted(stored.list_ids("Patient", None, 100)) == ["x1", "x2", "x4", "x6", "x7"]
-        assert stored.count_current("Patient") == 5
+        assert current_ids(stored, "Patient") == ["x1", "x2", "x4", "x6", "x7"]
     finally:
         stored.close()
     # kept with their OperationOutcome, byte for byte, so they can be fixed and replayed

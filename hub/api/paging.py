@@ -7,9 +7,6 @@ from urllib.parse import urlencode
 from hub.config import Settings
 from hub.errors import bad_request
 
-PAGING_PARAMS = ("_count", "_cursor", "_format", "_pretty", "_total")
-
-
 def page_size(params: dict[str, str], settings: Settings) -> int:
     raw = params.get("_count")
     if raw is None:
