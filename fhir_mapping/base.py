@@ -1,0 +1,84 @@
+"""What every mapper returns, and how it refuses.
+
+A mapper is pure (DESIGN.md principle 2): payload bytes plus ``SourceInfo`` in, ``Conversion`` out.
+No I/O, no clock, no randomness; ids come from ``fhir_mapping.ids.stable_id`` over the source's own
+keys, so the same input twice yields the same resources and the hub's writes become no-ops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """Who sent the payload, as the connector's configuration declares it.
+
+    ``institution`` is the sending institution's code (used in ids and Provenance); ``oid`` its
+    root OID, under which its own record numbers live (``urn:oid:{oid}.…``); ``feed`` names the
+    connector or feed. Mappers fall back to what the payload says (MSH-4, a CDA custodian) when
+    these are empty.
+    """
+
+    institution: str = ""
+    oid: str = ""
+    name: str = ""
+    feed: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A data-quality observation about the input: kept, counted and reported, never fatal."""
+
+    severity: str  # error | warning | information
+    rule: str  # stable rule id, e.g. "v2.pid3.resident-id-check-digit"
+    message: str
+    location: str | None = None  # "PID-3[2].1", an XPath, a column name
+
+
+@dataclass(slots=True)
+class Conversion:
+    """The FHIR resources one source unit (message, document, row) becomes.
+
+    ``resources`` each carry ``resourceType`` and a deterministic ``id``; they are written as
+    ``PUT Type/id`` (idempotent). ``patient_key`` ("Patient/<id>") keys the unit for ordering
+    (Kafka partitioning). ``unit_id`` is the source's own id of the unit (MSH-10, document id,
+    row key) for Provenance, dead letters and logs.
+    """
+
+    resources: list[dict[str, Any]]
+    unit_id: str = ""
+    patient_key: str | None = None
+    kind: str = ""  # e.g. "ADT^A01", "row:outpatient-visit"
+    findings: list[Finding] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)  # "Type/id" to delete (rare: cancellations)
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Bundle entries (batch or transaction) writing this conversion."""
+        out = [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r,
+                "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+               for r in self.resources]
+        out += [{"request": {"method": "DELETE", "url": ref}} for ref in self.deletes]
+        return out
+
+    def bundle(self, type_: str = "transaction") -> dict[str, Any]:
+        return {"resourceType": "Bundle", "type": type_, "entry": self.entries()}
+
+
+class MappingError(Exception):
+    """The payload cannot be converted. ``code`` follows HL7 v2 MSA-1: AR = rejected (the
+    message itself is unacceptable: framing, encoding, unsupported type), AE = application error
+    (well-formed but its content cannot be mapped)."""
+
+    def __init__(self, reason: str, *, code: str = "AE", location: str | None = None,
+                 rule: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+        self.location = location
+        self.rule = rule
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "code": self.code, "location": self.location,
+                "rule": self.rule}

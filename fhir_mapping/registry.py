@@ -1,0 +1,29 @@
+"""Which mapper handles which payload kind.
+
+A kind names the mapper and, after a colon, its argument: ``hl7v2``; ``row:<mapping>`` (one JSON
+object, a row of a HIS view) and ``csv:<mapping>`` (a CSV export, one unit per row), where
+``<mapping>`` is the name of a shipped tabular mapping or a path to a mapping file.
+Every converter returns a list of Conversions (a CSV file holds many units).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fhir_mapping.base import Conversion, MappingError, SourceInfo
+
+Converter = Callable[[bytes, SourceInfo], list[Conversion]]
+
+
+def converter(kind: str) -> Converter:
+    name, _, arg = kind.partition(":")
+    if name == "hl7v2":
+        from fhir_mapping.hl7v2 import convert
+
+        return lambda payload, source: [convert(payload, source)]
+    if name in ("row", "csv"):
+        from fhir_mapping.tabular import load_mapping
+
+        mapping = load_mapping(arg)
+        return mapping.convert_row_json if name == "row" else mapping.convert_csv
+    raise MappingError(f"no mapper for payload kind {kind!r}", code="AR", rule="kind")
