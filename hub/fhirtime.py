@@ -53,8 +53,21 @@ def _start_and_step(g: dict, tz: timezone):
     return start, timedelta(microseconds=10 ** max(0, 6 - len(frac)))
 
 
+# Full date-times with seconds and a zone (every instant, most dateTimes): parsed in C.
+_FULL = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.(\d{1,6}))?(?:Z|[+-]\d{2}:\d{2})")
+
+
 def parse_range(value: str) -> tuple[int, int]:
     """[start, end) of a FHIR date/dateTime/instant in µs since the epoch; ValueError if malformed."""
+    m = _FULL.fullmatch(value)
+    if m is not None:
+        try:
+            start = _us(datetime.fromisoformat(value))
+        except ValueError:
+            pass  # e.g. second 60: the general path below says why
+        else:
+            frac = m.group(1)
+            return start, start + (10 ** (6 - len(frac)) if frac else 1_000_000)
     m = _RE.match(value.strip())
     if not m:
         raise ValueError(f"{value!r} is not a FHIR date, dateTime or instant")

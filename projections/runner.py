@@ -51,7 +51,9 @@ class Runner:
     def step(self) -> int:
         """Apply the next batch; how many notifications it held."""
         with self._stepping:
-            notes = self.store.notifications(self.model.position() + 1, self.batch)
+            # a bulk load (rebuild) takes bigger bites: fewer commits, same bounded memory
+            size = self.batch * 5 if getattr(self.model, "bulk", False) else self.batch
+            notes = self.store.notifications(self.model.position() + 1, size)
             if notes:
                 try:
                     self.model.apply(notes)
@@ -71,11 +73,19 @@ class Runner:
         while not should_stop():
             n = self.step()
             if not n:
+                self._caught_up()
                 break
             done += n
             if progress is not None:
                 progress(n)
         return done
+
+    def _caught_up(self) -> None:
+        """Tell the model it reached the end of the log (a bulk load builds its indexes now)."""
+        hook = getattr(self.model, "caught_up", None)
+        if hook is not None and getattr(self.model, "bulk", False):
+            with self._stepping:
+                hook()
 
     def rebuild(self, progress: Callable[[int], object] | None = None) -> int:
         self.model.reset()
@@ -102,6 +112,7 @@ class Runner:
             while not self._stop.is_set():
                 try:
                     if not self.step():
+                        self._caught_up()
                         self._stop.wait(poll)
                 except BaseException as e:  # noqa: BLE001 - kept for lag reports; retried
                     self.error = e

@@ -171,6 +171,9 @@ CASES = [
     ("str", "Patient", "name=zhang&name=wei", ["s2"]),
     ("str", "Patient", "family:missing=true", ["s5"]),
     ("str", "Patient", "family:missing=false", ["s1", "s2", "s3", "s4"]),
+    # phonetic has the same expression as name: answered from name's rows
+    ("str", "Patient", "phonetic=zhang", ["s1", "s2"]),
+    ("str", "Patient", "phonetic:missing=true", ["s5"]),
     # token
     ("tok", "Patient", "identifier=1", ["t1", "t2"]),
     ("tok", "Patient", "identifier=urn:a|1", ["t1"]),
@@ -271,6 +274,13 @@ CASES = [
     ("bp", "Observation", "component-code-value-quantity=http://loinc.org|8480-6"
      "$gt130|http://unitsofmeasure.org|mm[Hg]", ["b1", "b3"]),
     ("bp", "Observation", "component-code-value-quantity=8480-6$gt130||mm[Hg]", ["b1", "b3"]),
+    # combo- parameters: the union of the plain and component- ones
+    ("bp", "Observation", "combo-code=8480-6", ["b1", "b2", "b3"]),
+    ("bp", "Observation", "combo-code=85354-9", ["b1", "b2", "b3"]),
+    ("bp", "Observation", "combo-code=1111-1", []),
+    ("bp", "Observation", "combo-code-value-quantity=8480-6$gt130||mm[Hg]", ["b1", "b3"]),
+    ("bp", "Observation", "combo-value-quantity=gt130||mm[Hg]", ["b1", "b3"]),
+    ("bp", "Observation", "combo-value-quantity:missing=true", []),
     ("bp", "Observation", "component-code-value-quantity=8480-6$lt125||mm[Hg]", ["b2"]),
     ("bp", "Observation", "component-code-value-quantity=8462-4$ge90||mm[Hg]", ["b1"]),
     ("bp", "Observation", "component-code-value-quantity=8462-4$gt130||mm[Hg]", []),
@@ -281,6 +291,14 @@ CASES = [
     ("ref", "Observation", "subject=r1", ["o1"]),
     ("ref", "Observation", "subject:Patient=r1", ["o1"]),
     ("ref", "Observation", "patient=r2", ["o2"]),
+    # patient = subject where the target is a Patient (stored once, as subject)
+    ("ref", "Observation", "patient=Group/g1", []),
+    ("ref", "Observation", "patient:missing=true", ["o4", "o5"]),
+    ("ref", "Observation", "patient.name=wang", ["o2"]),
+    ("ref", "Patient", "_has:Observation:patient:code=1111-1", ["r2"]),
+    ("ref", "Observation", "_id=o1,o5&_include=Observation:patient", ["o1", "o5", "+r1"]),
+    ("ref", "Patient", "_id=r2&_revinclude=Observation:patient", ["r2", "+o2"]),
+    ("ref", "Observation", "_sort=patient&_id=o2,o5,o1", ["o1", "o2", "o5"]),
     ("ref", "Observation", "subject=http://other.org/fhir/Patient/r1", ["o3"]),
     ("ref", "Observation", "subject:identifier=urn:s|V", ["o4"]),
     ("ref", "Observation", "subject=Group/g1,Patient/r2", ["o2", "o5"]),

@@ -43,7 +43,7 @@ import orjson
 from hub.fhirtime import parse_range
 from hub.jsontypes import TYPES as ELEMENTS
 from hub.resource import RESOURCE_TYPES
-from projections.search.params import SearchParam, params_for
+from projections.search.params import SearchParam, indexed_params, params_for
 
 
 class Str(NamedTuple):
@@ -777,7 +777,7 @@ def _compile_param(p: SearchParam, rtype: str, plan: dict) -> None:
 @lru_cache(maxsize=None)
 def plan_for(rtype: str) -> Plan:
     plan: dict = {"by_key": {}, "from_root": [], "composites": [], "fallbacks": [], "skipped": {}}
-    for p in params_for(rtype).values():
+    for p in indexed_params(rtype).values():  # aliases are answered from others' rows
         _compile_param(p, rtype, plan)
     return Plan({k: tuple(v) for k, v in plan["by_key"].items()}, tuple(plan["from_root"]),
                 tuple(plan["composites"]), tuple(plan["fallbacks"]), plan["skipped"])
@@ -896,7 +896,7 @@ def compile_stats(rtypes=None) -> dict:
     for rtype in rtypes or resource_types():
         plan = plan_for(rtype)
         fb = {f.code for f in plan.fallbacks}
-        n = len(params_for(rtype))
+        n = len(indexed_params(rtype))
         fallback += len(fb)
         direct += n - len(fb) - len(plan.skipped)
         fallbacks += [f"{rtype}.{c}" for c in sorted(fb)]

@@ -8,7 +8,8 @@ The table is derived by scripts/derive_search_params.py from the specification; 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 
@@ -32,6 +33,10 @@ class SearchParam:
     components: tuple[Component, ...] = ()
     comparators: tuple[str, ...] = ()
     modifiers: tuple[str, ...] = ()
+    # Stored as other parameters' rows (see ``_aliases``): their codes, and for a typed reference
+    # alias (``patient`` = ``subject`` where the target is a Patient) the target type.
+    stored_as: tuple[str, ...] = ()
+    target_type: str | None = None
 
     @property
     def url(self) -> str:
@@ -62,7 +67,80 @@ def params_for(rtype: str) -> dict[str, SearchParam]:
     own = table["types"][rtype]
     out = {code: _param(code, e, rtype) for code, e in table["common"].items()}
     out.update((code, _param(code, e)) for code, e in own.items())
+    for code, (stored_as, target_type) in _aliases(out).items():
+        out[code] = replace(out[code], stored_as=stored_as, target_type=target_type)
     return out
+
+
+def indexed_params(rtype: str) -> dict[str, SearchParam]:
+    """The parameters whose values the index stores (aliases are answered from others' rows)."""
+    return {c: p for c, p in params_for(rtype).items() if not p.stored_as}
+
+
+def _parts(expression: str) -> tuple[str, ...]:
+    """The top-level alternatives of a FHIRPath union, outer parentheses removed."""
+    out, depth, cur = [], 0, []
+    for ch in expression:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "|" and depth == 0:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return tuple(_unwrap(p.strip()) for p in out)
+
+
+def _unwrap(p: str) -> str:
+    while p.startswith("(") and p.endswith(")"):
+        depth = 0
+        for i, ch in enumerate(p):
+            depth += (ch == "(") - (ch == ")")
+            if depth == 0 and i < len(p) - 1:
+                return p  # "(a) | (b)": the parentheses do not enclose it all
+        p = p[1:-1].strip()
+    return p
+
+
+_TYPED = re.compile(r"(.+)\.where\(resolve\(\) is (\w+)\)")
+
+
+def _aliases(params: dict[str, SearchParam]) -> dict[str, tuple[tuple[str, ...], str | None]]:
+    """Parameters whose index rows would repeat other parameters' rows, and which those are.
+
+    The specification defines several parameters over the same data: ``phonetic`` is ``name``,
+    ``combo-code`` is ``code | component.code``, ``patient`` is ``subject`` where the target is a
+    Patient. Storing them again would make the index a quarter bigger and slower to build; the
+    query answers them from the rows of the parameters they repeat.
+    """
+    def shape(p: SearchParam) -> tuple:
+        return (p.type, tuple((c.code and "", c.type, c.expression) for c in p.components))
+
+    plain = {c: p for c, p in params.items() if p.expression and not c.startswith("_")}
+    out: dict[str, tuple[tuple[str, ...], str | None]] = {}
+    for code, p in plain.items():
+        m = _TYPED.fullmatch(p.expression) if p.type == "reference" else None
+        if m:
+            base = [c for c, q in plain.items() if c != code and q.type == "reference"
+                    and q.expression == m.group(1)]
+            if base:
+                out[code] = ((base[0],), m.group(2))
+            continue
+        parts = _parts(p.expression)
+        # others of the same type (and, for composites, the same component expressions) whose
+        # alternatives together are exactly this one's; the first in order when two are equal
+        left, union = set(parts), []
+        for c, q in plain.items():
+            if c == code or c in out or shape(q)[1] != shape(p)[1] or q.type != p.type:
+                continue
+            q_parts = set(_parts(q.expression))
+            if q_parts and q_parts <= left and (len(parts) > 1 or c < code):
+                union.append(c)
+                left -= q_parts
+        if union and not left:
+            out[code] = (tuple(union), None)
+    # an alias of an alias would need two steps at query time: keep such a parameter stored
+    return {c: a for c, a in out.items() if not any(b in out for b in a[0])}
 
 
 def param(rtype: str, code: str) -> SearchParam | None:

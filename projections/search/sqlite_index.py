@@ -45,19 +45,26 @@ _SORT_COLUMN = {"ix_string": "norm", "ix_token": "code", "ix_date": "lo, hi", "i
                 "ix_quantity": "cvalue", "ix_reference": "target", "ix_uri": "uri",
                 "ix_composite": "c1"}
 SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS sp_meta (key TEXT PRIMARY KEY, value)",
+    # pks whose rows a bulk load left behind (a newer version got a new pk); deleted at the end
+    "CREATE TABLE IF NOT EXISTS sp_stale (pk INTEGER PRIMARY KEY)",
     "CREATE TABLE IF NOT EXISTS sp_res (pk INTEGER PRIMARY KEY, rtype TEXT NOT NULL, "
     "rid TEXT NOT NULL, version INTEGER NOT NULL, updated INTEGER NOT NULL, UNIQUE (rtype, rid))",
-    "CREATE INDEX IF NOT EXISTS sp_res_updated ON sp_res (rtype, updated)",
     "CREATE TABLE IF NOT EXISTS sp_param (id INTEGER PRIMARY KEY, rtype TEXT NOT NULL, "
     "code TEXT NOT NULL, UNIQUE (rtype, code))",
 ]
 for _t, _cols in TABLES.items():
     SCHEMA.append(f"CREATE TABLE IF NOT EXISTS {_t} (p INTEGER NOT NULL, {', '.join(_cols)}, "
                   "pk INTEGER NOT NULL)")
-    SCHEMA.append(f"CREATE INDEX IF NOT EXISTS {_t}_q ON {_t} ({_QUERY_INDEXES[_t]}, pk)")
+# The value indexes: dropped for a bulk load (a rebuild) and created once at its end, which is
+# several times faster than keeping B-trees ordered row by row.
+VALUE_INDEXES = {}
+for _t in TABLES:
+    VALUE_INDEXES[f"{_t}_q"] = f"{_t} ({_QUERY_INDEXES[_t]}, pk)"
     # by resource: deletes of a resource's rows, and _sort keys read from the index alone
-    SCHEMA.append(f"CREATE INDEX IF NOT EXISTS {_t}_pk ON {_t} (pk, p, {_SORT_COLUMN[_t]})")
-SCHEMA.append("CREATE INDEX IF NOT EXISTS ix_date_hi ON ix_date (p, hi, pk)")  # gt, ge, eb
+    VALUE_INDEXES[f"{_t}_pk"] = f"{_t} (pk, p, {_SORT_COLUMN[_t]})"
+VALUE_INDEXES["ix_date_hi"] = "ix_date (p, hi, pk)"  # gt, ge, eb
+VALUE_INDEXES["sp_res_updated"] = "sp_res (rtype, updated)"
 
 
 def _bound(x: float) -> float:
@@ -119,6 +126,13 @@ class SQLiteSearchIndex:
         with self.datastore.transaction(commit=True) as c:
             for statement in SCHEMA:
                 c.execute(statement)
+            c.execute("SELECT value FROM sp_meta WHERE key='next_pk'")
+            found = c.fetchone()
+            # bulk load under way (a rebuild, maybe interrupted): the next pk to hand out
+            self._next_pk: int | None = int(found[0]) if found else None
+            if self._next_pk is None:
+                for name, target in VALUE_INDEXES.items():
+                    c.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
         self._params: dict[tuple[str, str], int] = {}
         self._analyzed_at = -1  # resources indexed when the planner statistics were last taken
         self._resources = self._count_resources()
@@ -151,12 +165,40 @@ class SQLiteSearchIndex:
     def position(self) -> int:
         return self.tracking.max_tracking_id(NAME) or 0
 
+    @property
+    def bulk(self) -> bool:
+        """True while a bulk load (rebuild) runs: value indexes absent, stale rows pending."""
+        return self._next_pk is not None
+
     def reset(self) -> None:
+        """Forget everything and start a bulk load (ended by ``caught_up``)."""
         with self.datastore.transaction(commit=True) as c:
-            for table in (*TABLES, "sp_res"):
+            for name in VALUE_INDEXES:
+                c.execute(f"DROP INDEX IF EXISTS {name}")
+            for table in (*TABLES, "sp_res", "sp_stale"):
                 c.execute(f"DELETE FROM {table}")
             c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
+            c.execute("INSERT OR REPLACE INTO sp_meta (key, value) VALUES ('next_pk', 1)")
+        self._next_pk = 1
         self._resources, self._analyzed_at = 0, -1
+
+    def caught_up(self) -> None:
+        """End a bulk load: drop the rows of superseded versions, build the value indexes."""
+        if self._next_pk is None:
+            return
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("PRAGMA cache_size=-262144")  # 256 MB for the sorts of CREATE INDEX
+            for name, target in VALUE_INDEXES.items():
+                c.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
+            c.execute("SELECT pk FROM sp_stale")
+            stale = c.fetchall()
+            for table in TABLES:  # through the new pk indexes
+                c.executemany(f"DELETE FROM {table} WHERE pk=?", stale)
+            c.execute("DELETE FROM sp_stale")
+            c.execute("DELETE FROM sp_meta WHERE key='next_pk'")
+            c.execute("PRAGMA cache_size=-16384")
+        self._next_pk = None
+        self.analyze()
 
     def _param_id(self, c, rtype: str, code: str) -> int:
         key = (rtype, code)
@@ -173,8 +215,14 @@ class SQLiteSearchIndex:
         for n in notifications:
             newest[n.originator_id] = n
         with self.datastore.transaction(commit=True) as c:
+            # read inside the transaction: another process may have ended the bulk load
+            c.execute("SELECT value FROM sp_meta WHERE key='next_pk'")
+            found = c.fetchone()
+            self._next_pk = int(found[0]) if found else None
+            bulk = self._next_pk is not None
             rows: dict[str, list[tuple]] = {t: [] for t in TABLES}
             stale: list[tuple[int]] = []
+            new_res: list[tuple] = []  # bulk load: sp_res rows with their pks, inserted at once
             added = 0  # resources the index gains (less those it loses) with this batch
             current = self._current(c, list(newest))
             for stream, n in newest.items():
@@ -191,7 +239,18 @@ class SQLiteSearchIndex:
                     continue
                 header, _, body = n.state.partition(b"\n")
                 updated = parse_range(orjson.loads(header)["lastUpdated"])[0]
-                if found is None:
+                if bulk and found is not None:
+                    # No pk index to delete by yet: the new version gets a new pk and the old
+                    # rows are deleted at the end; queries start from sp_res and never see them.
+                    c.execute("DELETE FROM sp_res WHERE pk=?", (found[0],))
+                    found = None
+                    added -= 1
+                if found is None and bulk:
+                    pk = self._next_pk
+                    self._next_pk += 1
+                    new_res.append((pk, rtype, rid, n.originator_version, updated))
+                    added += 1
+                elif found is None:
                     c.execute("INSERT INTO sp_res (rtype, rid, version, updated) VALUES (?,?,?,?)",
                               (rtype, rid, n.originator_version, updated))
                     pk = c.lastrowid
@@ -210,16 +269,24 @@ class SQLiteSearchIndex:
                         row = rows_for(p.type, value)
                         if row is not None:
                             rows[row[0]].append((pid, *row[1], pk))
-            if stale:
+            c.executemany("INSERT INTO sp_res (pk, rtype, rid, version, updated) "
+                          "VALUES (?,?,?,?,?)", new_res)
+            if stale and bulk:
+                c.executemany("INSERT OR IGNORE INTO sp_stale (pk) VALUES (?)", stale)
+                c.execute("UPDATE sp_meta SET value=? WHERE key='next_pk'", (self._next_pk,))
+            elif stale:
                 for table in TABLES:
                     c.executemany(f"DELETE FROM {table} WHERE pk=?", stale)
+            elif bulk:
+                c.execute("UPDATE sp_meta SET value=? WHERE key='next_pk'", (self._next_pk,))
             for table, batch in rows.items():
                 if batch:
                     marks = ", ".join("?" * (len(TABLES[table]) + 2))
                     c.executemany(f"INSERT INTO {table} VALUES ({marks})", batch)
             self.tracking._insert_tracking(c, Tracking(NAME, notifications[-1].id))
         self._resources += added
-        self._maybe_analyze()
+        if not bulk:
+            self._maybe_analyze()
 
     @staticmethod
     def _current(c, streams: list[str]) -> dict[str, tuple[int, int]]:

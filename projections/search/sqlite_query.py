@@ -24,6 +24,7 @@ import orjson
 
 from hub.errors import bad_request
 from projections.search.extract import normalize, ucum_canonical
+from projections.search.params import params_for
 from projections.search.query import (
     Criterion,
     Has,
@@ -123,6 +124,14 @@ class _Sql:
     def pid(self, rtype: str, code: str) -> int:
         return self.search.param_id(self.c, rtype, code)
 
+    def p_is(self, rtype: str, code: str, x: str, plus: bool = False) -> str:
+        """Rows of ``x`` that belong to the parameter (an alias: to the ones it is stored as)."""
+        pids, target_type = self.search.stored_as(self.c, rtype, code)
+        col = f"+{x}.p" if plus else f"{x}.p"
+        test = (f"{col} = {self.arg(pids[0])}" if len(pids) == 1
+                else f"{col} IN ({', '.join(self.arg(p) for p in pids)})")
+        return f"{test} AND {x}.type = {self.arg(target_type)}" if target_type else test
+
 
 class SQLiteSearch:
     def __init__(self, index: SQLiteSearchIndex):
@@ -154,6 +163,13 @@ class SQLiteSearch:
             pid = self._pids[key] = found[0]
         return pid
 
+    def stored_as(self, c, rtype: str, code: str) -> tuple[list[int], str | None]:
+        """The parameter ids whose rows answer ``code``, and the target type an alias requires."""
+        p = params_for(rtype).get(code)
+        if p is None or not p.stored_as:
+            return [self.param_id(c, rtype, code)], None
+        return [self.param_id(c, rtype, b) for b in p.stored_as], p.target_type
+
     # -- criteria ---------------------------------------------------------------------------------
 
     def where(self, s: _Sql, q: Query, alias: str) -> str:
@@ -173,10 +189,9 @@ class SQLiteSearch:
         for code, crits in by_param.items():
             x = s.alias("x")
             table = TABLE[crits[0].type]
-            pid = s.arg(s.pid(rtype, code))
             tests = " OR ".join(f"({self._value(s, c, x)})" for c in crits)
-            ors.append(f"{alias}.pk IN (SELECT {x}.pk FROM {table} {x} WHERE {x}.p = {pid} "
-                       f"AND ({tests}))")
+            ors.append(f"{alias}.pk IN (SELECT {x}.pk FROM {table} {x} WHERE "
+                       f"{s.p_is(rtype, code, x)} AND ({tests}))")
         for c in other:
             ors.append(self._criterion(s, rtype, c, alias))
         return ors[0] if len(ors) == 1 else "(" + " OR ".join(ors) + ")"
@@ -196,21 +211,20 @@ class SQLiteSearch:
             x = s.alias("x")
             # +p: look the resource's rows up by pk, not every row of the parameter
             test = (f"EXISTS (SELECT 1 FROM {table} {x} WHERE {x}.pk = {alias}.pk "
-                    f"AND +{x}.p = {s.arg(s.pid(rtype, c.param))})")
+                    f"AND {s.p_is(rtype, c.param, x, plus=True)})")
             return f"NOT {test}" if c.value else test
         if c.chain is not None:
             x, r2 = s.alias("x"), s.alias("r")
-            pid = s.arg(s.pid(rtype, c.param))
             (target,) = c.chain.rtypes
             inner = self.where(s, Query(target, where=[[c.chain.criterion]]), r2)
             prefix = s.arg(target + "/")
-            return (f"{alias}.pk IN (SELECT {x}.pk FROM ix_reference {x} WHERE {x}.p = {pid} AND "
+            return (f"{alias}.pk IN (SELECT {x}.pk FROM ix_reference {x} WHERE "
+                    f"{s.p_is(rtype, c.param, x)} AND "
                     f"{x}.target IN (SELECT {prefix} || {r2}.rid FROM sp_res {r2} WHERE {inner}))")
         if c.modifier == "not":
             x = s.alias("x")
-            pid = s.arg(s.pid(rtype, c.param))
-            return (f"{alias}.pk NOT IN (SELECT {x}.pk FROM ix_token {x} WHERE {x}.p = {pid} "
-                    f"AND ({self._value(s, c, x)}))")
+            return (f"{alias}.pk NOT IN (SELECT {x}.pk FROM ix_token {x} WHERE "
+                    f"{s.p_is(rtype, c.param, x)} AND ({self._value(s, c, x)}))")
         raise AssertionError(f"criterion not planned: {c}")
 
     def _id(self, s: _Sql, c: Criterion, alias: str) -> str:
@@ -223,11 +237,10 @@ class SQLiteSearch:
     def _has(self, s: _Sql, rtype: str, h: Has, alias: str) -> str:
         x, r3 = s.alias("x"), s.alias("r")
         inner = self.where(s, Query(h.rtype, where=[[h.criterion]]), r3)
-        pid = s.arg(s.pid(h.rtype, h.param))
         me = rtype + "/"
         # the reference targets 'Type/id' of this type, less the 'Type/'
         return (f"{alias}.rid IN (SELECT substr({x}.target, {len(me) + 1}) FROM ix_reference {x} "
-                f"WHERE {x}.p = {pid} AND {x}.target > {s.arg(me)} AND {x}.target < "
+                f"WHERE {s.p_is(h.rtype, h.param, x)} AND {x}.target > {s.arg(me)} AND {x}.target < "
                 f"{s.arg(me + TOP)} AND {x}.pk IN (SELECT {r3}.pk FROM sp_res {r3} WHERE {inner}))")
 
     def _value(self, s: _Sql, c: Criterion, x: str) -> str:
@@ -277,7 +290,7 @@ class SQLiteSearch:
                 agg = "MAX" if k.desc else "MIN"
                 x = s.alias("x")
                 out.append((f"(SELECT {agg}({x}.{col}) FROM {TABLE[k.type]} {x} WHERE "
-                            f"{x}.pk = {alias}.pk AND +{x}.p = {s.arg(s.pid(q.rtype, k.param))})",
+                            f"{x}.pk = {alias}.pk AND {s.p_is(q.rtype, k.param, x, plus=True)})",
                             k.desc))
         return out
 
@@ -317,8 +330,8 @@ class SQLiteSearch:
             s = _Sql(self, c)
             x = s.alias("x")
             tests = " OR ".join(f"({self._value(s, crit, x)})" for crit in group)
-            c.execute(f"SELECT COUNT(*) FROM {TABLE[group[0].type]} {x} WHERE {x}.p = "
-                      f"{s.arg(s.pid(q.rtype, group[0].param))} AND ({tests})", s.args)
+            c.execute(f"SELECT COUNT(*) FROM {TABLE[group[0].type]} {x} WHERE "
+                      f"{s.p_is(q.rtype, group[0].param, x)} AND ({tests})", s.args)
             counts.append(c.fetchone()[0])
         if exact_only and not q.where:
             return self._count(c, q)
@@ -442,18 +455,20 @@ class SQLiteSearch:
         return out
 
     def _forward(self, c, inc: Include, pks: list[int], base: str | None = None) -> list[Row]:
-        pid = self.param_id(c, inc.source, inc.param)
+        pids, target_type = self.stored_as(c, inc.source, inc.param)
+        target = inc.target or target_type
         rows = []
         own = base.rstrip("/") + "/" if base else None
         for chunk in _chunks(pks, 500):
-            c.execute(f"SELECT DISTINCT target FROM ix_reference WHERE p = ? AND pk IN "
-                      f"({', '.join('?' * len(chunk))})", [pid, *chunk])
+            c.execute(f"SELECT DISTINCT target FROM ix_reference WHERE p IN "
+                      f"({', '.join('?' * len(pids))}) AND pk IN "
+                      f"({', '.join('?' * len(chunk))})", [*pids, *chunk])
             found = [t for (t,) in c.fetchall() if t]
             if own:
                 found = [t[len(own):] if t.startswith(own) else t for t in found]
             refs = [t for t in dict.fromkeys(found) if "/" in t and "://" not in t]
             keys = [tuple(t.split("/", 1)) for t in refs]
-            keys = [k for k in keys if inc.target is None or k[0] == inc.target]
+            keys = [k for k in keys if target is None or k[0] == target]
             for kc in _chunks(keys, 400):
                 cond = " OR ".join("(rtype = ? AND rid = ?)" for _ in kc)
                 c.execute(f"SELECT rtype, rid, pk FROM sp_res WHERE {cond}",
@@ -462,14 +477,15 @@ class SQLiteSearch:
         return rows
 
     def _reverse(self, c, inc: Include, targets: list[str], base: str | None = None) -> list[Row]:
-        pid = self.param_id(c, inc.source, inc.param)
+        # a typed alias (Observation:patient) needs no type test: the targets name their type
+        pids, _ = self.stored_as(c, inc.source, inc.param)
         if base:
             targets = [*targets, *(f"{base.rstrip('/')}/{t}" for t in targets)]
         rows = []
         for chunk in _chunks(targets, 500):
             c.execute(f"SELECT DISTINCT r.rtype, r.rid, r.pk FROM ix_reference x JOIN sp_res r "
-                      f"ON r.pk = x.pk WHERE x.p = ? AND x.target IN "
-                      f"({', '.join('?' * len(chunk))}) ORDER BY r.rid", [pid, *chunk])
+                      f"ON r.pk = x.pk WHERE x.p IN ({', '.join('?' * len(pids))}) AND x.target "
+                      f"IN ({', '.join('?' * len(chunk))}) ORDER BY r.rid", [*pids, *chunk])
             rows += [Row(*f) for f in c.fetchall()]
         return rows
 
