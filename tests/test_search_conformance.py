@@ -72,6 +72,12 @@ DATA = {
         obs("e3", effectivePeriod={"start": "2024-01-10", "end": "2024-01-20"}),
         obs("e4", effectiveDateTime="2024-01-16"),
         obs("e5"),
+        {"resourceType": "Goal", "id": "g1", "lifecycleStatus": "active",
+         "description": {"text": "two targets"}, "subject": {"reference": "Patient/d1"},
+         "target": [{"dueDate": "2024-01-01"}, {"dueDate": "2024-03-01"}]},
+        {"resourceType": "Goal", "id": "g2", "lifecycleStatus": "active",
+         "description": {"text": "one target"}, "subject": {"reference": "Patient/d1"},
+         "target": [{"dueDate": "2024-03-01"}]},
     ],
     "num": [
         {"resourceType": "RiskAssessment", "id": f"n{i}", "status": "final",
@@ -236,6 +242,15 @@ CASES = [
     ("date", "Observation", "date:missing=true", ["e5"]),
     ("date", "Observation", "_sort=date", ["e3", "e2", "e1", "e4", "e5"]),
     ("date", "Observation", "_sort=-date", ["e4", "e1", "e2", "e3", "e5"]),
+    # two bounds on a single-valued parameter are tested on one row; the period e3 (10th-20th)
+    # still qualifies though it starts long before the lower bound
+    ("date", "Observation", "date=ge2024-01-16&date=lt2024-01-17", ["e3", "e4"]),
+    ("date", "Observation", "date=gt2024-01-15&date=le2024-01-16", ["e3", "e4"]),
+    ("date", "Observation", "date=ap2024-01-16", ["e1", "e2", "e3", "e4"]),
+    # ...but each value of a multi-valued one is tested on its own (FHIR: parameters are ANDed,
+    # each may match a different value): targets due in January and March match "in February"
+    ("date", "Goal", "target-date=ge2024-02-01&target-date=lt2024-02-15", ["g1"]),
+    ("date", "Goal", "target-date=ge2024-02-01&target-date=lt2024-02-15&_id=g2", []),
     # number (implicit precision) and quantity (UCUM prefixes folded)
     ("num", "RiskAssessment", "probability=0.5", ["n1"]),
     ("num", "RiskAssessment", "probability=0.55", ["n2"]),

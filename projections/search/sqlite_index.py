@@ -50,8 +50,11 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS sp_stale (pk INTEGER PRIMARY KEY)",
     "CREATE TABLE IF NOT EXISTS sp_res (pk INTEGER PRIMARY KEY, rtype TEXT NOT NULL, "
     "rid TEXT NOT NULL, version INTEGER NOT NULL, updated INTEGER NOT NULL, UNIQUE (rtype, rid))",
+    # multi: some resource has had several values (AND criteria cannot share one row test);
+    # span: the widest date range indexed (hi - lo), so "hi >= A" also bounds lo >= A - span
     "CREATE TABLE IF NOT EXISTS sp_param (id INTEGER PRIMARY KEY, rtype TEXT NOT NULL, "
-    "code TEXT NOT NULL, UNIQUE (rtype, code))",
+    "code TEXT NOT NULL, multi INTEGER NOT NULL DEFAULT 0, span REAL NOT NULL DEFAULT 0, "
+    "UNIQUE (rtype, code))",
 ]
 for _t, _cols in TABLES.items():
     SCHEMA.append(f"CREATE TABLE IF NOT EXISTS {_t} (p INTEGER NOT NULL, {', '.join(_cols)}, "
@@ -126,6 +129,10 @@ class SQLiteSearchIndex:
         with self.datastore.transaction(commit=True) as c:
             for statement in SCHEMA:
                 c.execute(statement)
+            c.execute("PRAGMA table_info(sp_param)")
+            if "span" not in {r[1] for r in c.fetchall()}:  # an index file from before these
+                c.execute("ALTER TABLE sp_param ADD COLUMN multi INTEGER NOT NULL DEFAULT 1")
+                c.execute("ALTER TABLE sp_param ADD COLUMN span REAL NOT NULL DEFAULT 1e300")
             c.execute("SELECT value FROM sp_meta WHERE key='next_pk'")
             found = c.fetchone()
             # bulk load under way (a rebuild, maybe interrupted): the next pk to hand out
@@ -134,6 +141,11 @@ class SQLiteSearchIndex:
                 for name, target in VALUE_INDEXES.items():
                     c.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
         self._params: dict[tuple[str, str], int] = {}
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT id, multi, span FROM sp_param")
+            found = c.fetchall()
+        self._multi = {pid for pid, multi, _ in found if multi}
+        self._span = {pid: span for pid, _, span in found}
         self._analyzed_at = -1  # resources indexed when the planner statistics were last taken
         self._resources = self._count_resources()
 
@@ -177,9 +189,11 @@ class SQLiteSearchIndex:
                 c.execute(f"DROP INDEX IF EXISTS {name}")
             for table in (*TABLES, "sp_res", "sp_stale"):
                 c.execute(f"DELETE FROM {table}")
+            c.execute("UPDATE sp_param SET multi=0, span=0")
             c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
             c.execute("INSERT OR REPLACE INTO sp_meta (key, value) VALUES ('next_pk', 1)")
         self._next_pk = 1
+        self._multi, self._span = set(), {}
         self._resources, self._analyzed_at = 0, -1
 
     def caught_up(self) -> None:
@@ -223,6 +237,8 @@ class SQLiteSearchIndex:
             rows: dict[str, list[tuple]] = {t: [] for t in TABLES}
             stale: list[tuple[int]] = []
             new_res: list[tuple] = []  # bulk load: sp_res rows with their pks, inserted at once
+            multi: set[int] = set()  # parameters seen with several values for the first time
+            spans: dict[int, float] = {}  # parameters whose widest date range grew
             added = 0  # resources the index gains (less those it loses) with this batch
             current = self._current(c, list(newest))
             for stream, n in newest.items():
@@ -265,10 +281,16 @@ class SQLiteSearchIndex:
                     if p is None or code in ("_id", "_lastUpdated"):  # answered from sp_res
                         continue
                     pid = self._param_id(c, rtype, code)
+                    if len(values) > 1 and pid not in self._multi:
+                        multi.add(pid)
                     for value in values:
                         row = rows_for(p.type, value)
                         if row is not None:
                             rows[row[0]].append((pid, *row[1], pk))
+                            if row[0] == "ix_date":
+                                span = row[1][1] - row[1][0]
+                                if span > max(self._span.get(pid, 0.0), spans.get(pid, 0.0)):
+                                    spans[pid] = span
             c.executemany("INSERT INTO sp_res (pk, rtype, rid, version, updated) "
                           "VALUES (?,?,?,?,?)", new_res)
             if stale and bulk:
@@ -283,7 +305,13 @@ class SQLiteSearchIndex:
                 if batch:
                     marks = ", ".join("?" * (len(TABLES[table]) + 2))
                     c.executemany(f"INSERT INTO {table} VALUES ({marks})", batch)
+            c.executemany("UPDATE sp_param SET multi=1 WHERE id=?", [(pid,) for pid in multi])
+            c.executemany("UPDATE sp_param SET span=MAX(span, ?) WHERE id=?",
+                          [(span, pid) for pid, span in spans.items()])
             self.tracking._insert_tracking(c, Tracking(NAME, notifications[-1].id))
+        self._multi |= multi  # after the commit: a rolled-back batch must not count
+        for pid, span in spans.items():
+            self._span[pid] = max(span, self._span.get(pid, 0.0))
         self._resources += added
         if not bulk:
             self._maybe_analyze()

@@ -38,6 +38,7 @@ from projections.search.query import (
 )
 from projections.search.sqlite_index import SQLiteSearchIndex
 
+RANGE_TYPES = frozenset({"date", "number", "quantity"})
 TABLE = {"string": "ix_string", "token": "ix_token", "date": "ix_date", "number": "ix_number",
          "quantity": "ix_quantity", "reference": "ix_reference", "uri": "ix_uri",
          "composite": "ix_composite"}
@@ -174,9 +175,39 @@ class SQLiteSearch:
 
     def where(self, s: _Sql, q: Query, alias: str) -> str:
         parts = [f"{alias}.rtype = {s.arg(q.rtype)}"]
+        groups = list(q.where)
+        # date=ge2024-01&date=lt2024-02 on a parameter no resource has two values of: one row
+        # must pass both, so one sub-select tests both (a narrow index range, not two wide ones)
+        ranges: dict[str, list[Criterion]] = {}
         for group in q.where:
+            if len(group) == 1 and _plain(group[0]) and group[0].type in RANGE_TYPES:
+                ranges.setdefault(group[0].param, []).append(group[0])
+        for code, crits in ranges.items():
+            if len(crits) > 1 and self._single_valued(s.c, q.rtype, code):
+                groups = [g for g in groups if not (len(g) == 1 and g[0] in crits)]
+                x = s.alias("x")
+                tests = " AND ".join(f"({self._value(s, c, x, q.rtype)})" for c in crits)
+                parts.append(f"{alias}.pk IN (SELECT {x}.pk FROM {TABLE[crits[0].type]} {x} "
+                             f"WHERE {s.p_is(q.rtype, code, x)} AND {tests})")
+        for group in groups:
             parts.append(self._group(s, q.rtype, group, alias))
         return " AND ".join(parts)
+
+    def _single_valued(self, c, rtype: str, code: str) -> bool:
+        pids, _ = self.stored_as(c, rtype, code)
+        if len(pids) != 1:
+            return False
+        c.execute("SELECT multi FROM sp_param WHERE id = ?", (pids[0],))
+        found = c.fetchone()
+        return found is not None and not found[0]
+
+    def _span(self, c, rtype: str, code: str) -> float:
+        """The widest date range of the parameter's rows (so hi >= A implies lo >= A - span)."""
+        pids, _ = self.stored_as(c, rtype, code)
+        c.execute(f"SELECT MAX(span) FROM sp_param WHERE id IN ({', '.join('?' * len(pids))})",
+                  pids)
+        found = c.fetchone()
+        return found[0] if found and found[0] is not None else 0.0
 
     def _group(self, s: _Sql, rtype: str, group: list[Criterion], alias: str) -> str:
         plain = [c for c in group if _plain(c)]
@@ -189,7 +220,7 @@ class SQLiteSearch:
         for code, crits in by_param.items():
             x = s.alias("x")
             table = TABLE[crits[0].type]
-            tests = " OR ".join(f"({self._value(s, c, x)})" for c in crits)
+            tests = " OR ".join(f"({self._value(s, c, x, rtype)})" for c in crits)
             ors.append(f"{alias}.pk IN (SELECT {x}.pk FROM {table} {x} WHERE "
                        f"{s.p_is(rtype, code, x)} AND ({tests}))")
         for c in other:
@@ -224,7 +255,7 @@ class SQLiteSearch:
         if c.modifier == "not":
             x = s.alias("x")
             return (f"{alias}.pk NOT IN (SELECT {x}.pk FROM ix_token {x} WHERE "
-                    f"{s.p_is(rtype, c.param, x)} AND ({self._value(s, c, x)}))")
+                    f"{s.p_is(rtype, c.param, x)} AND ({self._value(s, c, x, rtype)}))")
         raise AssertionError(f"criterion not planned: {c}")
 
     def _id(self, s: _Sql, c: Criterion, alias: str) -> str:
@@ -243,7 +274,7 @@ class SQLiteSearch:
                 f"WHERE {s.p_is(h.rtype, h.param, x)} AND {x}.target > {s.arg(me)} AND {x}.target < "
                 f"{s.arg(me + TOP)} AND {x}.pk IN (SELECT {r3}.pk FROM sp_res {r3} WHERE {inner}))")
 
-    def _value(self, s: _Sql, c: Criterion, x: str) -> str:
+    def _value(self, s: _Sql, c: Criterion, x: str, rtype: str | None = None) -> str:
         """The test of one alternative on an index row ``x`` of its parameter's table."""
         v, t = c.value, c.type
         if t == "string":
@@ -258,7 +289,17 @@ class SQLiteSearch:
                 return f"fhir_text({x}.text, {s.arg(v)})"
             return _token_test(s, v, x)
         if t == "date":
-            return _date_test(s, c.prefix, v, f"{x}.lo", f"{x}.hi")
+            test = _date_test(s, c.prefix, v, f"{x}.lo", f"{x}.hi")
+            # a lower bound on hi bounds lo too (lo >= hi - span): the (p, lo) index range
+            # becomes [bound - span, ...) instead of every row before the upper bound
+            floor = {"ge": v.lo, "gt": v.hi, "ap": None}.get(c.prefix)
+            if c.prefix == "ap":
+                floor = approx(v, is_date=True)[0]
+            if floor is not None and rtype is not None:
+                span = self._span(s.c, rtype, c.param)
+                if span < 1e299:
+                    test += f" AND {x}.lo >= {s.arg(floor - span)}"
+            return test
         if t == "number":
             return _number_test(s, c.prefix, v, f"{x}.value")
         if t == "quantity":
@@ -329,7 +370,7 @@ class SQLiteSearch:
                 continue
             s = _Sql(self, c)
             x = s.alias("x")
-            tests = " OR ".join(f"({self._value(s, crit, x)})" for crit in group)
+            tests = " OR ".join(f"({self._value(s, crit, x, q.rtype)})" for crit in group)
             c.execute(f"SELECT COUNT(*) FROM {TABLE[group[0].type]} {x} WHERE "
                       f"{s.p_is(q.rtype, group[0].param, x)} AND ({tests})", s.args)
             counts.append(c.fetchone()[0])
