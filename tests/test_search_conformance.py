@@ -446,21 +446,30 @@ def test_paging_follows_the_sort_in_both_directions(world):
 
 
 def test_previous_and_next_only_when_rows_are_there(world):
+    _, service, _ = world
+    service.sync()
+    with service.index.datastore.transaction(commit=False) as c:
+        c.execute("SELECT pk FROM sp_res WHERE rtype = 'Patient' AND rid = 'k1'")
+        k1 = c.fetchone()[0]
     # a cursor before the first row (the rows before it were deleted, say): no previous link
-    first = run(world, "Patient", f"_count=2&_cursor={_encode('n', ['k0'])}", "sort")
+    first = run(world, "Patient", f"_count=2&_cursor={_encode('n', [0])}", "sort")
     rels = {x["relation"] for x in first["link"]}
     assert ids(first) == ["k1", "k2"] and "previous" not in rels and "next" in rels
     # a backwards cursor after the last row: the last page, no next link
-    last = run(world, "Patient", f"_count=2&_cursor={_encode('p', ['k9'])}", "sort")
+    last = run(world, "Patient", f"_count=2&_cursor={_encode('p', [10 ** 12])}", "sort")
     rels = {x["relation"] for x in last["link"]}
     assert ids(last) == ["k4", "k5"] and "next" not in rels and "previous" in rels
     # in the middle: both
-    mid = run(world, "Patient", f"_count=2&_cursor={_encode('n', ['k1'])}", "sort")
+    mid = run(world, "Patient", f"_count=2&_cursor={_encode('n', [k1])}", "sort")
     assert ids(mid) == ["k2", "k3"] and {"next", "previous"} <= {x["relation"] for x in mid["link"]}
     # following previous back to the start: none there
     prev = [x["url"] for x in mid["link"] if x["relation"] == "previous"][0]
     back = run(world, "Patient", prev.split("?", 1)[1])
     assert ids(back) == ["k1"] and "previous" not in {x["relation"] for x in back["link"]}
+    # a cursor of the old form (an id where the key goes) is refused, not misread
+    with pytest.raises(FhirError) as refused:
+        run(world, "Patient", f"_count=2&_cursor={_encode('n', ['k1'])}", "sort")
+    assert refused.value.status == 400
 
 
 def test_total_estimate(world):

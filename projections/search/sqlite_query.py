@@ -412,7 +412,9 @@ class SQLiteSearch:
             comps: list[tuple[str, bool]] = []
             for i, (_, desc) in enumerate(sorts):
                 comps += [(f"(s{i} IS NULL)", False), (f"s{i}", desc)]
-            comps.append(("rid", False))
+            # then the index key: the order resources entered the index, like HAPI's default;
+            # the (p, value, pk) indexes deliver it, so a page is read without sorting all matches
+            comps.append(("pk", False))
             reverse = direction == "p"
             order = ", ".join(f"{e} {'DESC' if d != reverse else 'ASC'}" for e, d in comps)
             cond = ""
@@ -703,8 +705,8 @@ def _after(s: _Sql, comps: list[tuple[str, bool]], vals: list[Any], reverse: boo
 
 
 def _key(f: tuple) -> list:
-    """The cursor values of a fetched row (pk, rid, sort values…): the sort values, then the id."""
-    return [*f[2:], f[1]]
+    """The cursor values of a fetched row (pk, rid, sort values…): the sort values, then the pk."""
+    return [*f[2:], f[0]]
 
 
 def _expand(values: list) -> list:
@@ -725,7 +727,7 @@ def _decode(cursor: str, n_sort: int) -> tuple[str, list]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         data = orjson.loads(raw)
         assert isinstance(data, list) and data[0] in ("n", "p") and len(data) == n_sort + 2
-        assert isinstance(data[-1], str)
+        assert type(data[-1]) is int
         return data[0], data[1:]
     except Exception:  # noqa: BLE001 - anything malformed is the client's
         raise bad_request("_cursor is not a page cursor of this server (or of another _sort)") \
