@@ -43,6 +43,7 @@ from hub.events import CREATED, DELETED, UPDATED, ResourceEvent, from_stored
 from hub.store import Commit, ConflictError, Head, ResourceStore
 
 RETRIES = 12
+RETRY_SECONDS = 10.0
 BACKOFF = 0.001  # seconds; doubled per retry, jittered, at most 50 ms: racing writers spread out
 
 
@@ -128,7 +129,12 @@ class Hub:
     def execute(self, ops: list[Op], ctx: Context, *, atomic: bool) -> list[Result | FhirError]:
         """Plan and commit ``ops`` as one transaction; with ``atomic`` any failure fails all."""
         undo: list[tuple[Any, Any, str]] = []  # reference rewrites, reverted before a retry
-        for attempt in range(RETRIES):
+        # a few quick retries, then on for a while: a loaded machine slows every attempt down,
+        # and a writer that lost a race this time is the likelier winner the next
+        deadline = time.monotonic() + RETRY_SECONDS
+        attempt = 0
+        while attempt < RETRIES or time.monotonic() < deadline:
+            attempt += 1
             try:
                 return self._attempt(ops, ctx, atomic, undo)
             except ConflictError:
@@ -137,7 +143,7 @@ class Hub:
                 undo.clear()
                 for op in ops:
                     op.target, op.existing = None, False
-                time.sleep(random.uniform(0, min(0.05, BACKOFF * 2 ** attempt)))
+                time.sleep(random.uniform(0, min(0.05, BACKOFF * 2 ** min(attempt, 16))))
         raise FhirError(409, "conflict", "Too many concurrent changes to the same resources; retry")
 
     def execute_batch(self, ops: list[Op], ctx: Context) -> list[Result | FhirError]:
@@ -168,6 +174,10 @@ class Hub:
             if atomic:
                 raise err
             results[i] = err
+
+        # the log position conditional creates searched from (their guard: nothing newer)
+        searched_at = (self.store.max_notification_id()
+                       if any(op.if_none_exist for op in ops) else 0)
 
         # 1. targets
         planned: list[int] = []
@@ -215,7 +225,7 @@ class Hub:
                 continue
             pending.append((i, result))
             if op.if_none_exist and not op.existing:
-                commit.guards += self.resolver.guards(op.rtype, op.if_none_exist)
+                commit.guards += self.resolver.guards(op.rtype, op.if_none_exist, searched_at)
 
         # 5. commit
         self.store.commit(commit)

@@ -59,6 +59,15 @@ class IdentifierGuard:
     value: str
 
 
+@dataclass(frozen=True, slots=True)
+class QuietGuard:
+    """Commit only if no ``rtype`` resource (outside this commit) was written after notification
+    ``after``: a conditional create decided by a search that read the log up to ``after``."""
+
+    rtype: str
+    after: int
+
+
 @dataclass(slots=True)
 class Commit:
     """Everything one transaction writes: events plus the index rows derived from them."""
@@ -67,7 +76,7 @@ class Commit:
     hashes: list[bytes] = field(default_factory=list)  # one per event (b"" for deletes)
     identifiers: list[list[tuple[str, str]]] = field(default_factory=list)  # per event
     timestamps: list[int] = field(default_factory=list)  # per event, µs since epoch (UTC)
-    guards: list[IdentifierGuard] = field(default_factory=list)
+    guards: list[IdentifierGuard | QuietGuard] = field(default_factory=list)
 
     def add(
         self, event: ResourceEvent, content_hash: bytes, identifiers: list[tuple[str, str]], ts: int
@@ -142,6 +151,12 @@ class _IndexMixin:
     def _check_guards(self, c: Any, commit: Commit) -> None:
         mine = {(ev.rtype, ev.rid) for ev in commit.events}
         for g in commit.guards:
+            if isinstance(g, QuietGuard):
+                c.execute(self.q("SELECT rid FROM resource_version WHERE rtype=? AND nid>? "
+                                 "LIMIT 200"), (g.rtype, g.after))
+                if any((g.rtype, row["rid"]) not in mine for row in c.fetchall()):
+                    raise ConflictError(f"a {g.rtype} was written meanwhile")
+                continue
             if g.system is None:
                 c.execute(
                     self.q("SELECT rid FROM resource_identifier WHERE rtype=? AND value=?"),

@@ -194,6 +194,25 @@ def test_http_concurrent_conditional_creates_make_one_resource(client, live):
         assert found["total"] == 1
 
 
+def test_http_concurrent_conditional_creates_on_any_search_make_one_resource(client, live):
+    """Criteria the identifier index cannot answer go through the search index, which lags the
+    log: a guard at commit re-plans a create when a Patient was written since it searched."""
+    for _ in range(3):
+        family = f"Q{unique()}"
+        query = f"family={family}&birthdate=1980-02-03"
+
+        def create(c, i):
+            body = {"resourceType": "Patient", "name": [{"family": family}],
+                    "birthDate": "1980-02-03", "gender": ["male", "female", "other", "unknown"][i]}
+            return c.post("/Patient", json=body, headers={**FHIR_JSON, "if-none-exist": query})
+
+        rs = run_together(4, with_client(live, create))
+        assert Counter(r.status_code for r in rs) == {201: 1, 200: 3}, [r.text for r in rs]
+        assert len({r.json()["id"] for r in rs}) == 1
+        found = client.get("/Patient", params={"family:exact": family}).json()
+        assert found["total"] == 1
+
+
 def test_http_concurrent_transactions_with_conditional_creates(client, live):
     """Transactions that conditionally create the same Patient and reference it: one Patient,
     every Observation pointing at it."""
