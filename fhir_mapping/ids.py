@@ -14,3 +14,13 @@ def stable_id(*parts: object) -> str:
     """A 32-character hex id over ``parts`` (each part stringified; None as empty)."""
     text = "\x1f".join("" if p is None else str(p) for p in parts)
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+# Shared conventions, so every feed of one institution (HL7 v2, database views, CDA) lands on the
+# same resources: a patient is keyed by the institution's record number, a visit by its visit number.
+def patient_id(institution: str, record_number: str) -> str:
+    return stable_id("Patient", institution, "MR", record_number)
+
+
+def encounter_id(institution: str, visit_number: str) -> str:
+    return stable_id("Encounter", institution, "VN", visit_number)

@@ -1,0 +1,76 @@
+"""HL7 v2 -> FHIR R4: ``convert(payload, source) -> Conversion``, pure and deterministic.
+
+Decoding (BOM, CR/LF/CRLF, MSH-18 charset) in ``decoding``; field access in ``message``; v2 data
+types in ``datatypes``; segments to resources in ``people``, ``encounter``, ``clinical``,
+``results``, ``orders``, ``scheduling``, ``documents``, ``financial``; per message structure in
+``builders``; the Provenance in ``provenance``; all code maps as data in ``tables/*.json``.
+"""
+
+from __future__ import annotations
+
+from fhir_mapping.base import Conversion, MappingError, SourceInfo
+
+from .builders import BUILDERS
+from .context import Ctx
+from .decoding import parse
+from .message import Msg
+from .provenance import provenance
+from .tables import table
+
+__all__ = ["convert", "message_kind", "supported_kinds"]
+
+_MSG = table("messages")
+_TYPES: dict[str, dict] = _MSG["types"]
+_REFUSED: dict[str, str] = _MSG["refused"]
+
+
+def supported_kinds() -> list[str]:
+    return sorted(_TYPES)
+
+
+def message_kind(msg: Msg) -> tuple[str, str]:
+    msh = msg.msh
+    mtype, trigger = msh.get(9, 1).upper(), msh.get(9, 2).upper()
+    if not trigger:
+        evn = msg.first("EVN")
+        trigger = evn.get(1).upper() if evn is not None else ""
+    return mtype, trigger
+
+
+def convert(payload: bytes, source: SourceInfo) -> Conversion:
+    """One HL7 v2 message -> its FHIR resources. Raises ``MappingError`` (AR: the bytes or the
+    message type are unacceptable; AE: the content cannot be mapped) and nothing else."""
+    try:
+        return _convert(payload, source)
+    except MappingError:
+        raise
+    except RecursionError:
+        raise MappingError("message nesting too deep to map", code="AR", rule="v2.internal") from None
+    except Exception as e:  # noqa: BLE001 - last line of defence: a mapper bug must not kill a connector
+        raise MappingError(f"internal mapping failure ({type(e).__name__}: {e}); the message is kept "
+                           "for replay after a fix", code="AE", rule="v2.internal") from e
+
+
+def _convert(payload: bytes, source: SourceInfo) -> Conversion:
+    """``convert`` without the last-line catch-all (the tests call this to see real bugs)."""
+    msg = Msg(parse(payload))
+    mtype, trigger = message_kind(msg)
+    if not mtype:
+        raise MappingError("MSH-9 (message type) is empty", code="AR", location="MSH-9", rule="v2.msh9.missing")
+    kind = f"{mtype}^{trigger}" if trigger else mtype
+    spec = _TYPES.get(kind)
+    if spec is None:
+        reason = _REFUSED.get(kind) or _REFUSED.get(mtype) or (
+            f"message type {kind} is not supported (supported: ADT, BAR, DFT, ORU, OUL, ORM, OML, OMG, "
+            "REF, RDE, RDS, VXU, SIU, MDM triggers listed in fhir_mapping/hl7v2/tables/messages.json)")
+        raise MappingError(reason, code="AR", location="MSH-9", rule="v2.msh9.unsupported")
+    control_id = msg.msh.get(10)
+    if not control_id:
+        raise MappingError("MSH-10 (message control id) is empty", code="AE", location="MSH-10",
+                           rule="v2.msh10.missing")
+    ctx = Ctx(msg, source, kind, trigger, spec)
+    BUILDERS[spec["builder"]](ctx)
+    provenance(ctx, spec["activity"])
+    return Conversion(resources=ctx.resources(), unit_id=control_id,
+                      patient_key=ctx.patient_ref["reference"] if ctx.patient_ref else None,
+                      kind=kind, findings=ctx.findings)

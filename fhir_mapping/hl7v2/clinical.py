@@ -1,0 +1,170 @@
+"""AL1/IAM -> AllergyIntolerance, DG1 -> Condition, PR1 -> Procedure, IN1 -> Coverage (+ payer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import datatypes as dt
+from .context import Ctx
+from .message import Seg
+from .people import identifier, practitioner
+from .tables import table
+
+_CODES = table("codes")
+_ACAT = _CODES["allergy_category"]
+_ACRIT = _CODES["allergy_criticality"]
+_ACLIN = {"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active"}
+_CCLIN = {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
+_CCAT = "http://terminology.hl7.org/CodeSystem/condition-category"
+
+
+def allergy(ctx: Ctx, seg: Seg) -> None:
+    """AL1 (type 2, allergen 3, severity 4, reaction 5, onset 6) or IAM (same up to 6; IAM-6 action)."""
+    code = dt.concept(seg.rep(3))
+    if code is None:
+        ctx.find("warning", "v2.al1-3.missing", f"{seg.name} without an allergen (3) skipped", seg.loc(3))
+        return
+    key = dt.comp(seg.rep(3), 1) or code.get("text", "")
+    if seg.name == "IAM" and dt.comp(seg.rep(7), 1):
+        key = "IAM7:" + dt.comp(seg.rep(7), 1)
+    res: dict[str, Any] = {"resourceType": "AllergyIntolerance",
+                           "id": ctx.id("AllergyIntolerance", ctx.patient_key, key)}
+    deleted = seg.name == "IAM" and seg.get(6).upper() == "D"
+    if deleted:
+        res["verificationStatus"] = {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
+            "code": "entered-in-error"}]}
+    else:
+        res["clinicalStatus"] = {"coding": [dict(_ACLIN)]}
+    cat = _ACAT.get(seg.get(2).upper())
+    if cat:
+        res["category"] = [cat]
+    crit = _ACRIT.get(seg.get(4).upper())
+    if crit:
+        res["criticality"] = crit
+    res["code"] = code
+    res["patient"] = ctx.patient_ref
+    onset = dt.datetime(seg.get(6 if seg.name == "AL1" else 11))
+    if onset:
+        res["onsetDateTime"] = onset
+    manifestations = []
+    for rep in seg.field(5):
+        c = dt.concept(rep)
+        if c:
+            manifestations.append(c)
+    if manifestations:
+        res["reaction"] = [{"manifestation": manifestations}]
+    ctx.add(res)
+
+
+def condition(ctx: Ctx, dg1: Seg, n: int) -> None:
+    code = dt.concept(dg1.rep(3))
+    text = dg1.get(4)
+    if code is None and text:
+        code = {"text": text}
+    if code is None:
+        ctx.find("warning", "v2.dg1-3.missing", "DG1 without a diagnosis code (3) or text (4) skipped", "DG1-3")
+        return
+    ident_value = dg1.get(20)
+    key = ident_value or dt.comp(dg1.rep(3), 1) or text
+    res: dict[str, Any] = {"resourceType": "Condition",
+                           "id": ctx.id("Condition", ctx.patient_key,
+                                        ctx.encounter_ref["reference"] if ctx.encounter_ref else "", key)}
+    if ident_value:
+        ident = identifier(ctx, dg1.rep(20), "DG1-20", "entity")
+        if ident:
+            res["identifier"] = [ident]
+    res["clinicalStatus"] = {"coding": [dict(_CCLIN)]}
+    res["category"] = [{"coding": [{"system": _CCAT, "code": "encounter-diagnosis"}]}]
+    if text and "text" not in code:
+        code["text"] = text
+    res["code"] = code
+    res["subject"] = ctx.patient_ref
+    if ctx.encounter_ref:
+        res["encounter"] = ctx.encounter_ref
+    when = dt.datetime(dg1.get(5))
+    if when:
+        res["recordedDate"] = when
+    who = practitioner(ctx, dg1.rep(16), "DG1-16")
+    if who:
+        res["asserter"] = who
+    ctx.add(res)
+
+
+def procedure(ctx: Ctx, pr1: Seg, n: int) -> None:
+    code = dt.concept(pr1.rep(3))
+    if code is None:
+        return
+    when = dt.datetime(pr1.get(5))
+    res: dict[str, Any] = {"resourceType": "Procedure",
+                           "id": ctx.id("Procedure", ctx.patient_key, dt.comp(pr1.rep(3), 1), when or n),
+                           "status": "completed", "code": code, "subject": ctx.patient_ref}
+    desc = pr1.get(4)
+    if desc and "text" not in code:
+        code["text"] = desc
+    if ctx.encounter_ref:
+        res["encounter"] = ctx.encounter_ref
+    if when:
+        res["performedDateTime"] = when
+    performers = []
+    for f in (8, 11, 12):
+        ref = practitioner(ctx, pr1.rep(f), pr1.loc(f))
+        if ref:
+            performers.append({"actor": ref})
+    if performers:
+        res["performer"] = performers
+    ctx.add(res)
+
+
+def coverage(ctx: Ctx, in1: Seg, n: int) -> dict[str, str] | None:
+    """IN1 -> Coverage; the insurer (IN1-3 id, IN1-4 name) becomes an Organization."""
+    company_id = dt.comp(in1.rep(3), 1)
+    company_name = dt.comp_text(in1.rep(4), 1)
+    plan = dt.concept(in1.rep(2))
+    policy = in1.get(36) or in1.get(8)
+    if not company_id and not company_name and plan is None:
+        ctx.find("warning", "v2.in1.empty", "IN1 without insurer (3, 4) or plan (2) skipped", "IN1-3")
+        return None
+    payer: dict[str, Any] = {"resourceType": "Organization",
+                             "id": ctx.id("Organization", "payer", company_id or company_name)}
+    if company_id:
+        ident = identifier(ctx, in1.rep(3), "IN1-3", "entity")
+        if ident:
+            payer["identifier"] = [ident]
+    payer["active"] = True
+    if company_name:
+        payer["name"] = company_name
+    payer["type"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type",
+                                  "code": "ins", "display": "Insurance Company"}]}]
+    payer_ref = ctx.add(payer)
+    res: dict[str, Any] = {"resourceType": "Coverage",
+                           "id": ctx.id("Coverage", ctx.patient_key, dt.comp(in1.rep(2), 1),
+                                        company_id or company_name, policy)}
+    if policy:
+        res["identifier"] = [{"value": policy}]
+    res["status"] = "active"
+    ptype = dt.concept(in1.rep(15))
+    if ptype:
+        res["type"] = ptype
+    if policy:
+        res["subscriberId"] = policy
+    res["beneficiary"] = ctx.patient_ref
+    rel = dt.concept(in1.rep(17))
+    if rel:
+        res["relationship"] = rel
+    start, end = dt.date(in1.get(12)), dt.date(in1.get(13))
+    if start or end:
+        res["period"] = {k: v for k, v in (("start", start), ("end", end)) if v}
+    res["payor"] = [payer_ref]
+    if plan and dt.comp(in1.rep(2), 1):
+        cls: dict[str, Any] = {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/coverage-class",
+                                                  "code": "plan"}]},
+                               "value": dt.comp(in1.rep(2), 1)}
+        if dt.comp(in1.rep(2), 2):
+            cls["name"] = dt.comp(in1.rep(2), 2)
+        res["class"] = [cls]
+    group = in1.get(8)
+    if group:
+        res.setdefault("class", []).append({"type": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/coverage-class", "code": "group"}]}, "value": group})
+    return ctx.add(res)

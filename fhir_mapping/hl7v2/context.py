@@ -1,0 +1,106 @@
+"""What one conversion accumulates: the source, the sender's keys, the resources made so far, findings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_mapping.base import Finding, MappingError, SourceInfo
+from fhir_mapping.ids import encounter_id, patient_id, stable_id
+
+from . import datatypes as dt
+from .message import Msg
+from .tables import table
+
+_LOCAL = table("identifiers")["local_suffix"]
+_SHARED_IDS = {"Patient": patient_id, "Encounter": encounter_id}
+
+
+class Ctx:
+    __slots__ = ("msg", "source", "inst", "oid", "org_ref", "findings", "_res", "kind", "trigger",
+                 "patient_ref", "patient_key", "encounter_ref", "meta", "spec")
+
+    def __init__(self, msg: Msg, source: SourceInfo, kind: str, trigger: str, spec: dict):
+        self.msg, self.source, self.kind, self.trigger, self.spec = msg, source, kind, trigger, spec
+        self.findings: list[Finding] = []
+        self._res: dict[tuple[str, str], dict[str, Any]] = {}
+        msh = msg.msh
+        ns, uid, utype = dt.hd(msh.rep(4))
+        self.oid = source.oid or dt.oid_of(uid, utype) or ""
+        self.inst = source.institution or ns or self.oid or dt.comp(msh.rep(3), 1)
+        if not self.inst:
+            raise MappingError("no sending institution: SourceInfo.institution is empty and MSH-4 "
+                               "(sending facility) is empty", code="AE", location="MSH-4",
+                               rule="v2.msh4.missing")
+        self.meta = {"source": f"urn:oid:{self.oid}"} if self.oid else None
+        self.patient_ref: dict | None = None
+        self.patient_key: str | None = None
+        self.encounter_ref: dict | None = None
+        self.org_ref = self._organization(ns)
+
+    # -- ids and systems -----------------------------------------------------------------------
+    def id(self, rtype: str, *keys: object) -> str:
+        # a patient by record number and a visit by visit number: the ids every feed of the
+        # institution uses (fhir_mapping.ids), so a database view's rows meet these resources
+        if len(keys) == 1 and rtype in _SHARED_IDS:
+            return _SHARED_IDS[rtype](self.inst, str(keys[0]))
+        return stable_id(self.inst, rtype, *keys)
+
+    def local_system(self, what: str) -> str | None:
+        """``urn:oid:<institution oid>.<n>`` for the institution's own numbers of one kind."""
+        suffix = _LOCAL.get(what, what if what.isdigit() else None)
+        return f"urn:oid:{self.oid}.{suffix}" if self.oid and suffix else None
+
+    def local_identifier(self, what: str, value: str, type_code: str | None = None) -> dict | None:
+        v = dt.clean_id_value(value)
+        if v is None:
+            return None
+        ident: dict[str, Any] = {}
+        sysuri = self.local_system(what)
+        if sysuri:
+            ident["system"] = sysuri
+        ident["value"] = v
+        if type_code:
+            ident["type"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                         "code": type_code}]}
+        if not sysuri:
+            ident["assigner"] = {"display": self.inst}
+        return ident
+
+    # -- resources -----------------------------------------------------------------------------
+    def add(self, res: dict[str, Any]) -> dict[str, str]:
+        """Keep ``res`` (a later resource with the same type and id replaces the earlier one's
+        content, merging nothing) and return a reference to it."""
+        if self.meta is not None and "meta" not in res:
+            res["meta"] = self.meta
+        self._res[(res["resourceType"], res["id"])] = res
+        return {"reference": f"{res['resourceType']}/{res['id']}"}
+
+    def get(self, rtype: str, rid: str) -> dict | None:
+        return self._res.get((rtype, rid))
+
+    def resources(self) -> list[dict[str, Any]]:
+        return list(self._res.values())
+
+    def find(self, severity: str, rule: str, message: str, location: str | None = None) -> None:
+        self.findings.append(_finding(severity, rule, message, location))
+
+    def _organization(self, ns: str) -> dict[str, str]:
+        org: dict[str, Any] = {"resourceType": "Organization", "id": stable_id("Organization", self.oid or self.inst)}
+        if self.oid:
+            org["identifier"] = [{"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{self.oid}"}]
+        else:
+            org["identifier"] = [{"value": self.inst}]
+        org["active"] = True
+        name = self.source.name or ns or self.inst
+        if name:
+            org["name"] = name
+        return self.add(org)
+
+    # -- errors --------------------------------------------------------------------------------
+    @staticmethod
+    def error(reason: str, location: str, rule: str) -> MappingError:
+        return MappingError(reason, code="AE", location=location, rule=rule)
+
+
+def _finding(severity: str, rule: str, message: str, location: str | None) -> Finding:
+    return Finding(severity=severity, rule=rule, message=message, location=location)

@@ -1,0 +1,185 @@
+"""Bytes to an ``hl7.Message``: BOM, segment separators, the character set named by MSH-18.
+
+MSH-18 is read from the raw bytes before decoding (the MSH fields up to MSH-18 are ASCII in every
+character set we accept), then the whole payload is decoded with the codec the table names and
+parsed by python-hl7. Everything wrong with the bytes themselves is a ``MappingError`` with code AR.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import hl7
+
+from fhir_mapping.base import MappingError
+
+from .tables import table
+
+_CHARSETS: dict[str, str] = table("charsets")["msh18"]
+_DEFAULT_CHARSET: str = table("charsets")["default"]
+_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+_NEWLINES = re.compile(r"\r\n|\n|\r")
+_CONTROL = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _reject(reason: str, rule: str, location: str | None = None) -> MappingError:
+    return MappingError(reason, code="AR", rule=rule, location=location)
+
+
+def charset_of(payload: bytes) -> tuple[str, str]:
+    """(MSH-18 as sent, Python codec) for a payload whose BOM is already stripped."""
+    if len(payload) < 8 or not payload.startswith(b"MSH"):
+        head = payload[:3].decode("ascii", "replace")
+        raise _reject(f"the payload does not start with an MSH segment (starts with {head!r})",
+                      "v2.msh.missing", "MSH")
+    sep = payload[3:4]
+    if sep in (b"\r", b"\n", b" ") or sep.isalnum() or sep[0] >= 0x80:
+        raise _reject(f"MSH-1 field separator {sep!r} is not usable", "v2.msh.separators", "MSH-1")
+    end = min((i for i in (payload.find(b"\r"), payload.find(b"\n")) if i >= 0), default=len(payload))
+    fields = payload[:end].split(sep)
+    # fields[0] = "MSH", fields[1] = MSH-2, so MSH-n is fields[n - 1]
+    raw = fields[17].split(fields[1][:1] or b"^")[0] if len(fields) > 17 and fields[1] else b""
+    if not raw.strip():
+        return "", _DEFAULT_CHARSET
+    try:
+        name = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise _reject("MSH-18 (character set) is not ASCII", "v2.msh18.not-ascii", "MSH-18") from None
+    codec = _CHARSETS.get(name.upper())
+    if codec is None:
+        raise _reject(f"MSH-18 character set {name!r} is not supported (supported: "
+                      f"{', '.join(sorted(_CHARSETS))})", "v2.msh18.unsupported", "MSH-18")
+    return name, codec
+
+
+def _segment_name(text: str, pos: int) -> str:
+    start = text.rfind("\r", 0, pos) + 1
+    return text[start:start + 3]
+
+
+def decode(payload: bytes) -> tuple[str, str]:
+    """The message text with CR segment separators, and the codec it was decoded with."""
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise _reject(f"the payload must be bytes, not {type(payload).__name__}", "v2.payload.type")
+    payload = bytes(payload)
+    if payload[:1] == b"\x0b":  # an MLLP frame left on by the sender's tooling
+        payload = payload[1:]
+    payload = payload.rstrip(b"\x1c\r\n\t \x00")
+    for bom, _codec in _BOMS:
+        if payload.startswith(bom):
+            if bom != _BOMS[0][0]:
+                raise _reject("UTF-16 payloads are not supported; send UTF-8 or GB18030",
+                              "v2.encoding.utf16")
+            payload = payload[len(bom):]
+            break
+    payload = payload.lstrip(b"\r\n\t ")
+    msh18, codec = charset_of(payload)
+    try:
+        text = payload.decode(codec)
+    except UnicodeDecodeError as e:
+        seg_start = payload.rfind(b"\r", 0, e.start) + 1
+        seg_start = max(seg_start, payload.rfind(b"\n", 0, e.start) + 1)
+        seg = payload[seg_start:seg_start + 3].decode("ascii", "replace")
+        raise _reject(
+            f"byte 0x{payload[e.start]:02X} at offset {e.start} (segment {seg}) is not valid "
+            f"{codec} (MSH-18 {msh18 or 'empty, so ' + codec + ' assumed'}): {e.reason}",
+            "v2.encoding.undecodable", seg) from None
+    if "\x00" in text:
+        raise _reject(f"NUL character at offset {text.index(chr(0))} (segment "
+                      f"{_segment_name(text, text.index(chr(0)))})", "v2.encoding.nul")
+    if _CONTROL.search(text):  # control characters have no place in v2 text nor in FHIR strings
+        text = _CONTROL.sub("", text)
+    return _NEWLINES.sub("\r", text), codec
+
+
+def _plain():
+    def make(sequence, esc=None, separators=None, factory=None):  # noqa: ARG001
+        return sequence
+
+    return staticmethod(make)  # distinct function per level: python-hl7 compares them
+
+
+class PlainFactory(hl7.Factory):
+    """python-hl7 containers as plain lists: the library's parser (separators from MSH, the
+    segment/field/repetition/component/subcomponent split, MSH-1/MSH-2 handling) without a
+    container object per node, which costs more than the mapping itself. Unescaping goes
+    through a real ``hl7.Message`` carrying the message's separators."""
+
+    create_message = _plain()
+    create_segment = _plain()
+    create_field = _plain()
+    create_repetition = _plain()
+    create_component = _plain()
+
+
+class _Plan(hl7.parser._ParsePlan):
+    """python-hl7's parse plan, with each level's next plan made once instead of per node and
+    ``applies`` (does the text hold this level's separator or a deeper one?) as one regex search."""
+
+    def next(self):  # noqa: A003 - the library's name
+        try:
+            return self._next
+        except AttributeError:
+            self._next = super().next()
+            return self._next
+
+    def applies(self, text):
+        try:
+            search = self._search
+        except AttributeError:
+            tail = self.separators[self.separators.find(self.separator):]
+            search = self._search = re.compile("[" + re.escape(tail) + "]").search
+        return search(text) is not None
+
+
+@lru_cache(maxsize=64)
+def _plans(separators: str, esc: str) -> tuple[_Plan, hl7.Message]:
+    """The segment-level plan and the unescaping holder for one set of separators (shared by
+    every message using them; neither is mutated after its first use)."""
+    plan = hl7.parser.create_parse_plan(f"MSH{separators[1]}{separators[3]}{separators[2]}{esc}{separators[4]}",
+                                        PlainFactory)
+    seg_plan = _Plan(plan.separator, plan.separators, plan.containers, plan.esc, plan.factory).next()
+    level = seg_plan
+    while level is not None:  # build every level now, not lazily inside a segment's parse
+        level = level.next()
+    return seg_plan, hl7.Message(sequence=[], esc=esc, separators=separators)
+
+
+class Parsed:
+    """A decoded message, split into segments; ``segment(i)`` parses segment ``i`` with
+    python-hl7 on first use (segments the mapping never reads are never parsed)."""
+
+    __slots__ = ("texts", "holder", "codec", "_plan")
+
+    def __init__(self, texts: list[str], plan: _Plan, holder: hl7.Message, codec: str):
+        self.texts, self._plan, self.holder, self.codec = texts, plan, holder, codec
+
+    def segment(self, i: int) -> list:
+        return hl7.parser._split(self.texts[i], self._plan)
+
+
+def parse(payload: bytes) -> Parsed:
+    """Decode ``payload`` and prepare it for python-hl7 parsing, segment by segment."""
+    text, codec = decode(payload)
+    sep = text[3]
+    msh = text.split("\r", 1)[0]
+    enc = msh[4:msh.find(sep, 4)] if msh.find(sep, 4) > 0 else ""
+    if len(enc) < 2 or len(set(enc + sep)) != len(enc) + 1 or any(c.isalnum() or c in " \r" for c in enc):
+        raise _reject(f"MSH-2 encoding characters {enc!r} are missing or clash with the field "
+                      f"separator {sep!r}", "v2.msh.separators", "MSH-2")
+    if "\rMSH" + sep in text or "\rBHS" in text or "\rFHS" in text:
+        raise _reject("the payload holds more than one message (batch); send one message per "
+                      "payload", "v2.batch")
+    text = text.strip()
+    try:
+        plan = hl7.parser.create_parse_plan(text, PlainFactory)
+        if len(set(plan.separators + plan.esc)) != len(plan.separators) + 1:
+            raise _reject(f"MSH-2 encoding characters {enc!r} leave two delimiters the same (component, "
+                          "repetition, escape and subcomponent must differ)", "v2.msh.separators", "MSH-2")
+        seg_plan, holder = _plans(plan.separators, plan.esc)
+    except MappingError:
+        raise
+    except Exception as e:  # noqa: BLE001 - python-hl7 raises several kinds on malformed input
+        raise _reject(f"HL7 v2 parse failed: {type(e).__name__}: {e}", "v2.parse") from None
+    return Parsed(text.split(plan.separator), seg_plan, holder, codec)

@@ -1,0 +1,104 @@
+"""MDM^T01-T11: TXA -> DocumentReference; content from the OBX segments (TX/FT/ST text as a
+UTF-8 text attachment, ED as its data, RP as a URL). T01/T03/T05/T07/T09 carry no content: the
+reference is kept with a title-only attachment."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from . import datatypes as dt
+from .builders import patient_context
+from .context import Ctx
+from .people import practitioner
+from .results import _attachment_ed, _attachment_rp
+from .tables import table
+
+_CODES = table("codes")
+_DOC_STATUS = _CODES["document_status"]
+_AVAIL = _CODES["document_availability"]
+
+
+def build(ctx: Ctx) -> None:
+    txa = ctx.msg.first("TXA")
+    if txa is None:
+        raise ctx.error(f"{ctx.kind} has no TXA segment", "TXA", "v2.txa.missing")
+    patient_context(ctx)
+    number = dt.comp(txa.rep(12), 1) or dt.comp(txa.rep(14), 1) or dt.comp(txa.rep(15), 1)
+    if not number:
+        raise ctx.error("TXA-12 (unique document number) is empty and there is no placer/filler number",
+                        "TXA-12", "v2.txa-12.missing")
+    res: dict[str, Any] = {"resourceType": "DocumentReference", "id": ctx.id("DocumentReference", number)}
+    ident = ctx.local_identifier("document", number)
+    oid = dt.oid_of(number, "ISO")
+    if oid:
+        ident = {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{oid}"}
+    if ident:
+        res["masterIdentifier"] = ident
+    status = _AVAIL.get(ctx.trigger) or _AVAIL.get(txa.get(19).upper()) or "current"
+    res["status"] = status
+    doc_status = _DOC_STATUS.get(txa.get(17).upper())
+    if doc_status:
+        res["docStatus"] = doc_status
+    tcode = txa.get(2)
+    if tcode:
+        res["type"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0270", "code": " ".join(tcode.split())}]}
+    res["subject"] = ctx.patient_ref
+    when = dt.datetime(txa.get(4), instant=True) or dt.datetime(txa.get(6), instant=True)
+    if when:
+        res["date"] = when
+    authors = []
+    for f in (5, 9):
+        for i, rep in enumerate(txa.field(f), 1):
+            ref = practitioner(ctx, rep, txa.loc(f, i)) if dt.comp(rep, 2) or dt.comp(rep, 1) else None
+            if ref and ref not in authors:
+                authors.append(ref)
+    if authors:
+        res["author"] = authors
+    auth = txa.field(22) or txa.field(10)
+    if auth:
+        ref = practitioner(ctx, auth[0], "TXA-22")
+        if ref:
+            res["authenticator"] = ref
+    res["custodian"] = ctx.org_ref
+    parent = dt.comp(txa.rep(13), 1)
+    if parent and parent != number:
+        res["relatesTo"] = [{"code": "replaces", "target": {"reference": f"DocumentReference/{ctx.id('DocumentReference', parent)}"}}]
+    content = []
+    texts = []
+    for obx in ctx.msg.all("OBX"):
+        vt = obx.get(2).upper()
+        if vt in ("TX", "FT", "ST", "CF"):
+            t = "\n".join(obx.text(5, r) for r in range(1, len(obx.field(5)) + 1)).strip()
+            if t:
+                texts.append(t)
+        elif vt in ("ED", "RP"):
+            att = (_attachment_ed if vt == "ED" else _attachment_rp)(obx.rep(5))
+            if att:
+                content.append({"attachment": att})
+            else:
+                ctx.find("warning", "v2.obx-5.attachment-invalid", f"OBX-5 {vt} holds no usable document "
+                         "(encoding or data)", obx.loc(5))
+        elif obx.has(5):
+            ctx.find("information", "v2.mdm.obx-ignored", f"OBX-2 {vt or '(empty)'} in a document message "
+                     "is not document content", obx.loc(2))
+    if texts:
+        data = "\n".join(texts).encode("utf-8")
+        content.insert(0, {"attachment": {"contentType": "text/plain; charset=utf-8", "language": "zh-CN" if dt.has_cjk(data.decode("utf-8")) else "en",
+                                          "data": base64.b64encode(data).decode("ascii")}})
+    if not content:
+        title = tcode or number
+        content.append({"attachment": {"title": f"document {title} (notification without content)"}})
+    res["content"] = content
+    context: dict[str, Any] = {}
+    if ctx.encounter_ref:
+        context["encounter"] = [ctx.encounter_ref]
+    from .orders import service_request
+    from .results import split_groups
+
+    orders = [service_request(ctx, g, with_observations=False) for g in split_groups(ctx)[0]]
+    if orders:
+        context["related"] = orders
+    if context:
+        res["context"] = context
+    ctx.add(res)

@@ -1,0 +1,297 @@
+"""Orders: ORC/OBR -> ServiceRequest (ORM, OML, OMG, REF); ORC/RXO/RXE/RXR (+RXD) ->
+MedicationRequest (+MedicationDispense) (RDE, RDS); RXA/RXR -> Immunization (VXU)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import datatypes as dt
+from .builders import patient_context
+from .context import Ctx
+from .message import Seg
+from .people import practitioner
+from .results import observation, report_key, specimen, split_groups
+from .tables import table
+
+_CODES = table("codes")
+_ORDER = _CODES["order_status"]
+_MEDSTATUS = _CODES["medication_status"]
+_IMM = _CODES["immunization_status"]
+
+
+def order_status(orc: Seg | None) -> str:
+    if orc is None:
+        return _ORDER["default"]
+    return (_ORDER["orc5"].get(orc.get(5).upper()) or _ORDER["orc1"].get(orc.get(1).upper())
+            or _ORDER["default"])
+
+
+def _requester(ctx: Ctx, orc: Seg | None, obr: Seg | None = None) -> dict | None:
+    for seg, f in ((orc, 12), (obr, 16)):
+        if seg is not None:
+            ref = practitioner(ctx, seg.rep(f), seg.loc(f))
+            if ref:
+                return ref
+    return None
+
+
+def build_service_requests(ctx: Ctx) -> None:
+    patient_context(ctx)
+    groups, loose, early_spm = split_groups(ctx)
+    if not groups:
+        raise ctx.error(f"{ctx.kind} has no OBR segment: there is no order to map", "OBR", "v2.obr.missing")
+    early = [r for r in (specimen(ctx, s) for s in early_spm) if r]
+    for g in groups:
+        service_request(ctx, g, early)
+
+
+def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
+                    with_observations: bool = True) -> dict[str, str]:
+    """One order group (ORC + OBR, its OBX and SPM) -> ServiceRequest."""
+    obr, orc = g.obr, g.orc
+    key, idents = report_key(ctx, obr, orc)
+    res: dict[str, Any] = {"resourceType": "ServiceRequest", "id": ctx.id("ServiceRequest", key)}
+    if idents:
+        res["identifier"] = idents
+    res["status"] = order_status(orc)
+    res["intent"] = "order"
+    if ctx.msg.first("RF1") is not None:
+        res["category"] = [{"coding": [{"system": "http://snomed.info/sct", "code": "3457005",
+                                        "display": "Patient referral"}]}]
+    prio = obr.get(5).upper() or (dt.comp(orc.rep(7), 6).upper() if orc else "")
+    if prio in ("S", "A"):
+        res["priority"] = "stat" if prio == "S" else "asap"
+    elif prio == "R":
+        res["priority"] = "routine"
+    code = dt.concept(obr.rep(4))
+    if code:
+        res["code"] = code
+    res["subject"] = ctx.patient_ref
+    if ctx.encounter_ref:
+        res["encounter"] = ctx.encounter_ref
+    when = dt.datetime(obr.get(7)) or dt.datetime(obr.get(6))
+    if when:
+        res["occurrenceDateTime"] = when
+    authored = dt.datetime(orc.get(9)) if orc else None
+    if authored:
+        res["authoredOn"] = authored
+    req = _requester(ctx, orc, obr)
+    if req:
+        res["requester"] = req
+    reasons = [c for c in (dt.concept(r) for r in obr.field(31)) if c]
+    if reasons:
+        res["reasonCode"] = reasons
+    specs = [r for r in (specimen(ctx, s) for s in g.spm) if r] or list(early or [])
+    if specs:
+        res["specimen"] = specs
+    sr_ref = {"reference": f"ServiceRequest/{res['id']}"}
+    info = []
+    if with_observations:
+        for i, (obx, notes) in enumerate(g.obx, 1):
+            ref = observation(ctx, obx, notes, key, i, based_on=[sr_ref])
+            if ref:
+                info.append(ref)
+    if info:
+        res["supportingInfo"] = info
+    if g.notes:
+        res["note"] = [{"text": n} for n in g.notes]
+    return ctx.add(res)
+
+
+def _pharmacy_groups(ctx: Ctx) -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = []
+    cur: dict[str, Any] | None = None
+    for seg in ctx.msg.segments:
+        if seg.name == "ORC":
+            cur = {"ORC": seg, "RXR": []}
+            groups.append(cur)
+        elif cur is not None and seg.name in ("RXO", "RXE", "RXD", "RXA", "TQ1"):
+            cur.setdefault(seg.name, seg)
+        elif cur is not None and seg.name == "RXR":
+            cur["RXR"].append(seg)
+        elif seg.name in ("RXA",) and cur is None:  # VXU without ORC
+            cur = {"ORC": None, "RXR": [], "RXA": seg}
+            groups.append(cur)
+    return groups
+
+
+def _order_key(ctx: Ctx, orc: Seg | None, n: int, fallback: str) -> tuple[str, list[dict]]:
+    idents = []
+    placer = orc.get(2) if orc else ""
+    filler = orc.get(3) if orc else ""
+    for value, kind, code in ((placer, "placer", "PLAC"), (filler, "filler", "FILL")):
+        ident = ctx.local_identifier(kind, value, code) if value else None
+        if ident:
+            idents.append(ident)
+    if filler:
+        return "F:" + filler, idents
+    if placer:
+        return "P:" + placer, idents
+    return f"X:{ctx.patient_key}:{fallback}:{n}", idents
+
+
+def _route(rxr: list[Seg]) -> dict | None:
+    return dt.concept(rxr[0].rep(1)) if rxr else None
+
+
+def build_medications(ctx: Ctx) -> None:
+    patient_context(ctx)
+    groups = [g for g in _pharmacy_groups(ctx) if "RXE" in g or "RXO" in g]
+    if not groups:
+        raise ctx.error(f"{ctx.kind} has no RXE or RXO segment: there is no medication order to map",
+                        "RXE", "v2.rxe.missing")
+    for n, g in enumerate(groups, 1):
+        orc, rxe, rxo = g["ORC"], g.get("RXE"), g.get("RXO")
+        med = dt.concept(rxe.rep(2)) if rxe is not None else None
+        med = med or (dt.concept(rxo.rep(1)) if rxo is not None else None)
+        if med is None:
+            raise ctx.error("RXE-2 (give code) and RXO-1 (requested give code) are empty: no medication",
+                            "RXE-2", "v2.rxe-2.missing")
+        key, idents = _order_key(ctx, orc, n, dt.comp((rxe or rxo).rep(2 if rxe else 1), 1))
+        res: dict[str, Any] = {"resourceType": "MedicationRequest", "id": ctx.id("MedicationRequest", key)}
+        if idents:
+            res["identifier"] = idents
+        res["status"] = _MEDSTATUS.get(order_status(orc), "active")
+        res["intent"] = "order"
+        res["medicationCodeableConcept"] = med
+        res["subject"] = ctx.patient_ref
+        if ctx.encounter_ref:
+            res["encounter"] = ctx.encounter_ref
+        authored = dt.datetime(orc.get(9)) if orc else None
+        if authored:
+            res["authoredOn"] = authored
+        req = _requester(ctx, orc)
+        if req:
+            res["requester"] = req
+        dosage: dict[str, Any] = {}
+        src = rxe if rxe is not None else rxo
+        if rxe is not None:
+            text = rxe.text(21) or rxe.text(7)
+            amount, units = dt.decimal(rxe.get(3)), rxe.rep(5)
+        else:
+            text = rxo.text(6) or rxo.text(7)
+            amount, units = dt.decimal(rxo.get(2)), rxo.rep(4)
+        if text:
+            dosage["text"] = text
+        route = _route(g["RXR"])
+        if route:
+            dosage["route"] = route
+        if amount is not None:
+            q: dict[str, Any] = {"value": amount}
+            u = dt.comp(units, 2) or dt.comp(units, 1)
+            if u:
+                q["unit"] = u
+            dosage["doseAndRate"] = [{"doseQuantity": q}]
+        if dosage:
+            res["dosageInstruction"] = [dosage]
+        if rxe is not None:
+            disp: dict[str, Any] = {}
+            qty = dt.decimal(rxe.get(10))
+            if qty is not None:
+                q = {"value": qty}
+                u = dt.comp(rxe.rep(11), 2) or dt.comp(rxe.rep(11), 1)
+                if u:
+                    q["unit"] = u
+                disp["quantity"] = q
+            refills = rxe.get(12)
+            if refills.isdigit() and len(refills) < 9:
+                disp["numberOfRepeatsAllowed"] = int(refills)
+            if disp:
+                res["dispenseRequest"] = disp
+        ref = ctx.add(res)
+        rxd = g.get("RXD")
+        if rxd is not None:
+            dispense(ctx, rxd, g["RXR"], key, ref, src)
+
+
+def dispense(ctx: Ctx, rxd: Seg, rxr: list[Seg], key: str, request_ref: dict, src: Seg) -> None:
+    med = dt.concept(rxd.rep(2))
+    if med is None:
+        ctx.find("warning", "v2.rxd-2.missing", "RXD without a dispense/give code (2) skipped", "RXD-2")
+        return
+    res: dict[str, Any] = {"resourceType": "MedicationDispense",
+                           "id": ctx.id("MedicationDispense", key, rxd.get(7) or rxd.get(1)),
+                           "status": "completed", "medicationCodeableConcept": med,
+                           "subject": ctx.patient_ref, "authorizingPrescription": [request_ref]}
+    if ctx.encounter_ref:
+        res["context"] = ctx.encounter_ref
+    qty = dt.decimal(rxd.get(4))
+    if qty is not None:
+        q: dict[str, Any] = {"value": qty}
+        u = dt.comp(rxd.rep(5), 2) or dt.comp(rxd.rep(5), 1)
+        if u:
+            q["unit"] = u
+        res["quantity"] = q
+    when = dt.datetime(rxd.get(3))
+    if when:
+        res["whenHandedOver"] = when
+    ctx.add(res)
+
+
+def build_immunizations(ctx: Ctx) -> None:
+    patient_context(ctx)
+    groups = [g for g in _pharmacy_groups(ctx) if "RXA" in g]
+    if not groups:
+        raise ctx.error(f"{ctx.kind} has no RXA segment: there is no vaccination to map", "RXA", "v2.rxa.missing")
+    for n, g in enumerate(groups, 1):
+        orc, rxa = g["ORC"], g["RXA"]
+        vaccine = dt.concept(rxa.rep(5))
+        if vaccine is None:
+            raise ctx.error("RXA-5 (administered code) is empty", "RXA-5", "v2.rxa-5.missing")
+        when = dt.datetime(rxa.get(3))
+        if when is None:
+            raise ctx.error(f"RXA-3 (start of administration) {rxa.get(3)!r} is not a date/time",
+                            "RXA-3", "v2.rxa-3.invalid")
+        key, idents = _order_key(ctx, orc, n, f"{dt.comp(rxa.rep(5), 1)}:{rxa.get(3)}")
+        if not (orc and (orc.get(2) or orc.get(3))):
+            key = f"{ctx.patient_key}:{dt.comp(rxa.rep(5), 1)}:{rxa.get(3)}"
+        res: dict[str, Any] = {"resourceType": "Immunization", "id": ctx.id("Immunization", key)}
+        if idents:
+            res["identifier"] = idents
+        res["status"] = _IMM.get(rxa.get(20).upper(), _IMM["default"])
+        if res["status"] == "not-done":
+            reason = dt.concept(rxa.rep(18))
+            if reason:
+                res["statusReason"] = reason
+        res["vaccineCode"] = vaccine
+        res["patient"] = ctx.patient_ref
+        if ctx.encounter_ref:
+            res["encounter"] = ctx.encounter_ref
+        res["occurrenceDateTime"] = when
+        res["primarySource"] = dt.comp(rxa.rep(9), 1) in ("00", "")
+        mfr = dt.comp(rxa.rep(17), 2) or dt.comp(rxa.rep(17), 1)
+        if mfr:
+            res["manufacturer"] = {"display": mfr}
+        lot = rxa.get(15)
+        if lot:
+            res["lotNumber"] = lot
+        exp = dt.date(rxa.get(16))
+        if exp:
+            res["expirationDate"] = exp
+        if g["RXR"]:
+            route = dt.concept(g["RXR"][0].rep(1))
+            site = dt.concept(g["RXR"][0].rep(2))
+            if site:
+                res["site"] = site
+            if route:
+                res["route"] = route
+        amount = dt.decimal(rxa.get(6))
+        if amount is not None and rxa.get(6) != "999":
+            q: dict[str, Any] = {"value": amount}
+            u = dt.comp(rxa.rep(7), 1)
+            if u:
+                q["unit"] = dt.comp(rxa.rep(7), 2) or u
+                if dt.comp(rxa.rep(7), 3).upper() in ("UCUM", "ISO+") and " " not in u:
+                    q["system"], q["code"] = "http://unitsofmeasure.org", u
+            res["doseQuantity"] = q
+        performers = []
+        for i, rep in enumerate(rxa.field(10), 1):
+            ref = practitioner(ctx, rep, rxa.loc(10, i))
+            if ref:
+                performers.append({"actor": ref})
+        if performers:
+            res["performer"] = performers
+        ctx.add(res)
+    from .results import loose_observations
+
+    loose_observations(ctx)

@@ -1,0 +1,286 @@
+"""PID -> Patient (with every PID-3 identifier), NK1 -> RelatedPerson, XCN -> Practitioner,
+MRG -> the retired Patient linked to its survivor."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from terminology import resident_id
+
+from . import datatypes as dt
+from .context import Ctx
+from .message import Seg
+from .tables import table
+
+_ID = table("identifiers")
+_AUTH = {k.upper(): v for k, v in _ID["authorities"].items()}
+_TYPES = {k.upper(): v for k, v in _ID["types"].items()}
+_KEY_TYPES = frozenset(_ID["patient_key_types"])
+_RESIDENT = _ID["resident_id_system"]
+_HEALTH_CARD = _ID["health_card_system"]
+_CODES = table("codes")
+_SEX = _CODES["administrative_sex"]
+_SEX_GB = _CODES["administrative_sex_gb"]
+_REL = _CODES["relationship"]
+_V2_0203 = frozenset("MR PI PT SS DL NI NPI PPN TAX AN VN EI PRN DN MD RI BC HC JHN NH PN XX SB "
+                     "NNCHN PLAC FILL ANON MB MC SN U".split())
+_URI_SAFE = re.compile(r"^\S+$")
+
+
+def identifier(ctx: Ctx, rep: list[list[str]], loc: str, default_kind: str = "patient") -> dict | None:
+    """CX -> Identifier, its system chosen by the table (identifiers.json); resident ID numbers are
+    checked (GB 11643) and 15-digit ones upgraded."""
+    value = dt.clean_id_value(dt.comp(rep, 1))
+    if value is None:
+        return None
+    ns, uid, utype = dt.hd_sub(rep, 4)
+    if not ns and not uid and len(rep) >= 4 and not dt.comp(rep, 4, 2):
+        ns = dt.comp(rep, 4)
+    type_code = dt.comp(rep, 5).upper()
+    system = None
+    oid = dt.oid_of(uid, utype)
+    if oid:
+        system = f"urn:oid:{oid}"
+    elif ns and ns.upper() in _AUTH:
+        system = _AUTH[ns.upper()]
+    elif type_code in _TYPES:
+        target = _TYPES[type_code]
+        if target.startswith("local:"):
+            if not ns or ns in (ctx.inst, ctx.oid) or _is_sender(ctx, ns):
+                system = ctx.local_system(target[6:])
+        else:
+            system = target
+    elif not type_code and not ns:
+        system = ctx.local_system(default_kind)
+    ident: dict[str, Any] = {}
+    if type_code:
+        if type_code in _V2_0203:
+            ident["type"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                         "code": type_code}]}
+        else:
+            ident["type"] = {"text": type_code}
+    if system == _RESIDENT:
+        value = _resident(ctx, value, loc)
+    elif system == _HEALTH_CARD:
+        ident.setdefault("type", {"text": "居民健康卡"})
+    if system:
+        ident["system"] = system
+    else:
+        ctx.find("information", "v2.cx.system-unknown",
+                 f"no identifier system for assigning authority {ns or uid or '(none)'} and type "
+                 f"{type_code or '(none)'}; kept with its assigner", loc)
+    ident["value"] = value
+    start, end = dt.datetime(dt.comp(rep, 7)), dt.datetime(dt.comp(rep, 8))
+    if start or end:
+        ident["period"] = {k: v for k, v in (("start", start), ("end", end)) if v}
+    if ns:
+        ident["assigner"] = {"display": ns}
+    return ident
+
+
+def _is_sender(ctx: Ctx, ns: str) -> bool:
+    return ns == dt.comp(ctx.msg.msh.rep(4), 1) or ns == dt.comp(ctx.msg.msh.rep(3), 1)
+
+
+def _resident(ctx: Ctx, value: str, loc: str) -> str:
+    v = value.upper()
+    if len(v) == 15 and v.isdigit():
+        try:
+            up = resident_id.upgrade_15_to_18(v)
+        except ValueError:
+            ctx.find("warning", "v2.pid3.resident-id-invalid",
+                     "15-digit resident ID number has no valid birth date; kept as sent", loc)
+            return value
+        ctx.find("information", "v2.pid3.resident-id-upgraded",
+                 "15-digit resident ID number upgraded to 18 digits", loc)
+        return up
+    if resident_id.is_placeholder(v):
+        ctx.find("warning", "v2.pid3.resident-id-placeholder",
+                 "resident ID number is a placeholder value; kept as sent", loc)
+        return v
+    if not resident_id.is_valid(v):
+        ctx.find("warning", "v2.pid3.resident-id-check-digit",
+                 "resident ID number fails the GB 11643 check (length, region, birth date or "
+                 "check digit); kept as sent", loc)
+    return v
+
+
+def patient_identifiers(ctx: Ctx, seg: Seg, field: int = 3) -> tuple[list[dict], str | None]:
+    """All identifiers of PID-3 (or MRG-1) and the record number that keys the Patient."""
+    idents: list[dict] = []
+    key = first_local = first = None
+    for i, rep in enumerate(seg.field(field), 1):
+        loc = seg.loc(field, i)
+        ident = identifier(ctx, rep, loc)
+        if ident is None:
+            continue
+        idents.append(ident)
+        value = ident["value"]
+        tcode = dt.comp(rep, 5).upper()
+        if key is None and tcode in _KEY_TYPES:
+            key = value
+        if first_local is None and ctx.oid and ident.get("system", "").startswith(f"urn:oid:{ctx.oid}."):
+            first_local = value
+        if first is None and ident.get("system") not in (_RESIDENT, _HEALTH_CARD):
+            first = value
+    return idents, key or first_local or first or (idents[0]["value"] if idents else None)
+
+
+def patient(ctx: Ctx, pid: Seg) -> dict:
+    idents, key = patient_identifiers(ctx, pid)
+    for extra, kind in ((2, "patient"), (4, "patient")):
+        for i, rep in enumerate(pid.field(extra), 1):
+            ident = identifier(ctx, rep, pid.loc(extra, i), kind)
+            if ident and ident not in idents:
+                idents.append(ident)
+                key = key or ident["value"]
+    if key is None:
+        raise ctx.error("PID-3 (patient identifier list) holds no identifier, so the Patient has no "
+                        "key", "PID-3", "v2.pid3.missing")
+    ctx.patient_key = key
+    res: dict[str, Any] = {"resourceType": "Patient", "id": ctx.id("Patient", key),
+                           "identifier": idents, "active": True}
+    names = [n for n in (dt.human_name(r) for r in pid.field(5)) if n]
+    if names:
+        res["name"] = names
+    telecom = [c for f in (13, 14) for c in (dt.contact_point(r) for r in pid.field(f)) if c]
+    if telecom:
+        res["telecom"] = _unique(telecom)
+    sex = pid.get(8).upper()
+    if sex:
+        g = _SEX.get(sex)
+        if g:
+            res["gender"] = g
+        else:
+            ctx.find("warning", "v2.pid8.sex-unknown", f"administrative sex {sex!r} not in table 0001", "PID-8")
+        if sex in _SEX_GB["codes"]:
+            res["extension"] = [{"url": "https://fhir-region-hub.example/StructureDefinition/gb-sex",
+                                 "valueCoding": {"system": _SEX_GB["system"], "code": sex,
+                                                 "display": _SEX_GB["codes"][sex]}}]
+    birth = pid.get(7)
+    if birth:
+        b = dt.date(birth)
+        if b:
+            res["birthDate"] = b
+        else:
+            ctx.find("warning", "v2.pid7.invalid", "birth date is not a valid v2 date (value not logged)", "PID-7")
+    deceased = pid.get(30).upper()
+    death = dt.datetime(pid.get(29))
+    if death:
+        res["deceasedDateTime"] = death
+    elif deceased in ("Y", "N"):
+        res["deceasedBoolean"] = deceased == "Y"
+    addrs = [a for a in (dt.address(r) for r in pid.field(11)) if a]
+    if addrs:
+        res["address"] = addrs
+    marital = dt.concept(pid.rep(16))
+    if marital:
+        res["maritalStatus"] = marital
+    mb = pid.get(24).upper()
+    order = pid.get(25)
+    if order.isdigit() and 0 < int(order) < 100:
+        res["multipleBirthInteger"] = int(order)
+    elif mb in ("Y", "N"):
+        res["multipleBirthBoolean"] = mb == "Y"
+    lang = dt.concept(pid.rep(15))
+    if lang:
+        res["communication"] = [{"language": lang}]
+    res["managingOrganization"] = ctx.org_ref
+    ref = ctx.add(res)
+    ctx.patient_ref = ref
+    return res
+
+
+def _unique(items: list[dict]) -> list[dict]:
+    out: list[dict] = []
+    for i in items:
+        if i not in out:
+            out.append(i)
+    return out
+
+
+def related_person(ctx: Ctx, nk1: Seg, n: int) -> None:
+    names = [x for x in (dt.human_name(r) for r in nk1.field(2)) if x]
+    set_id = nk1.get(1) or str(n)
+    res: dict[str, Any] = {"resourceType": "RelatedPerson",
+                           "id": ctx.id("RelatedPerson", ctx.patient_key, set_id,
+                                        names[0].get("family", "") if names else ""),
+                           "active": True, "patient": ctx.patient_ref}
+    rel = dt.concept(nk1.rep(3))
+    if rel:
+        code = dt.comp(nk1.rep(3), 1).upper()
+        mapped = _REL["map"].get(code)
+        if mapped:
+            rel.setdefault("coding", []).insert(0, {"system": _REL["system"], "code": mapped})
+        res["relationship"] = [rel]
+    if names:
+        res["name"] = names
+    telecom = [c for f in (5, 6) for c in (dt.contact_point(r) for r in nk1.field(f)) if c]
+    if telecom:
+        res["telecom"] = _unique(telecom)
+    addrs = [a for a in (dt.address(r) for r in nk1.field(4)) if a]
+    if addrs:
+        res["address"] = addrs
+    start, end = dt.date(nk1.get(8)), dt.date(nk1.get(9))
+    if start or end:
+        res["period"] = {k: v for k, v in (("start", start), ("end", end)) if v}
+    if len(res) > 4:  # more than the bare skeleton
+        ctx.add(res)
+
+
+def practitioner(ctx: Ctx, rep: list[list[str]], loc: str) -> dict[str, str] | None:
+    """XCN -> Practitioner (id from XCN-1 and its authority XCN-9, else the name)."""
+    if not rep:
+        return None
+    pid_ = dt.comp(rep, 1)
+    name = dt.human_name(rep, family_at=2)
+    if not pid_ and not name:
+        return None
+    auth_ns, auth_uid, auth_type = dt.hd_sub(rep, 9)
+    res: dict[str, Any] = {"resourceType": "Practitioner",
+                           "id": ctx.id("Practitioner", auth_uid or auth_ns, pid_ or "",
+                                        "" if pid_ else repr(name))}
+    if pid_:
+        oid = dt.oid_of(auth_uid, auth_type)
+        ident: dict[str, Any] = {}
+        system = f"urn:oid:{oid}" if oid else _AUTH.get(auth_ns.upper()) if auth_ns else None
+        if system is None and not auth_ns:
+            system = ctx.local_system("practitioner")
+        if system:
+            ident["system"] = system
+        ident["value"] = pid_
+        if auth_ns:
+            ident["assigner"] = {"display": auth_ns}
+        res["identifier"] = [ident]
+    if name:
+        res["name"] = [name]
+    res["active"] = True
+    ref = ctx.add(res)
+    if name:
+        ref = dict(ref, display=name.get("text") or " ".join(
+            [*name.get("given", []), name.get("family", "")]).strip() or pid_)
+    return ref
+
+
+def merge(ctx: Ctx, mrg: Seg, survivor: dict) -> None:
+    """MRG-1 names the retired Patient: it becomes inactive and points to the survivor, which
+    records that it replaces it (FHIR Patient.link, as $merge does)."""
+    idents, key = patient_identifiers(ctx, mrg, 1)
+    if key is None:
+        raise ctx.error("MRG-1 (prior patient identifier list) is empty: nothing to merge", "MRG-1",
+                        "v2.mrg1.missing")
+    retired_id = ctx.id("Patient", key)
+    if retired_id == survivor["id"]:
+        raise ctx.error("MRG-1 names the same patient as PID-3: a patient cannot be merged into "
+                        "itself", "MRG-1", "v2.mrg1.self")
+    retired: dict[str, Any] = {"resourceType": "Patient", "id": retired_id, "identifier": idents,
+                               "active": False,
+                               "link": [{"other": {"reference": f"Patient/{survivor['id']}"},
+                                         "type": "replaced-by"}],
+                               "managingOrganization": ctx.org_ref}
+    names = [n for n in (dt.human_name(r) for r in mrg.field(7)) if n]
+    if names:
+        retired["name"] = names
+    ctx.add(retired)
+    survivor.setdefault("link", []).append({"other": {"reference": f"Patient/{retired_id}"}, "type": "replaces"})

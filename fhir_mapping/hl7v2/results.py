@@ -1,0 +1,516 @@
+"""ORU/OUL: OBR (+ORC) -> DiagnosticReport, OBX -> Observation (every OBX-2 value type), SPM or
+OBR-15 -> Specimen. Also the OBX segments other messages carry (ADT: height, weight...)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+from . import datatypes as dt
+from .context import Ctx
+from .message import Seg
+from .people import identifier, practitioner
+from .tables import table
+
+_CODES = table("codes")
+_VT = _CODES["value_types"]
+_FLAGS = _CODES["abnormal_flags"]
+_FLAG_DISPLAY = _CODES["interpretation_display"]
+_OBS_STATUS = _CODES["observation_status"]
+_REPORT_STATUS = _CODES["report_status"]
+_UCUM = "http://unitsofmeasure.org"
+_COMPARATORS = {"<": "<", "<=": "<=", ">": ">", ">=": ">="}
+_RANGE = re.compile(r"^\s*([+-]?\d*\.?\d+)\s*(?:-|–|~|—|到|至)\s*([+-]?\d*\.?\d+)\s*$")
+_BOUND = re.compile(r"^\s*(<=|>=|<|>|≤|≥)\s*([+-]?\d*\.?\d+)\s*$")
+_CAT = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s]+$")
+_MIME = re.compile(r"^[a-z]+/[A-Za-z0-9.+-]+$")
+_ED_TYPES = {("AP", "PDF"): "application/pdf", ("APPLICATION", "PDF"): "application/pdf",
+             ("TEXT", "HTML"): "text/html", ("TEXT", "RTF"): "text/rtf", ("IM", "JPEG"): "image/jpeg",
+             ("IMAGE", "JPEG"): "image/jpeg", ("IM", "PNG"): "image/png", ("IMAGE", "PNG"): "image/png",
+             ("TEXT", "PLAIN"): "text/plain", ("TEXT", "XML"): "text/xml", ("AP", "XML"): "application/xml",
+             ("MULTIPART", "DICOM"): "application/dicom", ("IM", "TIFF"): "image/tiff"}
+
+
+class _Group:
+    __slots__ = ("orc", "obr", "obx", "spm", "notes")
+
+    def __init__(self, orc: Seg | None, obr: Seg):
+        self.orc, self.obr = orc, obr
+        self.obx: list[tuple[Seg, list[str]]] = []
+        self.spm: list[Seg] = []
+        self.notes: list[str] = []
+
+
+def _nte_text(nte: Seg) -> str:
+    return "\n".join(nte.text(3, r) for r in range(1, len(nte.field(3)) + 1)).strip()
+
+
+def split_groups(ctx: Ctx) -> tuple[list[_Group], list[tuple[Seg, list[str]]], list[Seg]]:
+    """Order groups (OBR with its ORC, OBX + notes and SPM), OBX outside any group, SPM seen
+    before any OBR (OUL^R22 puts SPM first)."""
+    groups: list[_Group] = []
+    loose: list[tuple[Seg, list[str]]] = []
+    early_spm: list[Seg] = []
+    orc: Seg | None = None
+    cur: _Group | None = None
+    last_notes: list[str] | None = None
+    for seg in ctx.msg.segments:
+        name = seg.name
+        if name == "ORC":
+            orc = seg
+            last_notes = None
+        elif name == "OBR":
+            cur = _Group(orc, seg)
+            orc = None
+            groups.append(cur)
+            last_notes = cur.notes
+        elif name == "OBX":
+            item = (seg, [])
+            (cur.obx if cur is not None else loose).append(item)
+            last_notes = item[1]
+        elif name == "SPM":
+            (cur.spm if cur is not None else early_spm).append(seg)
+        elif name == "NTE" and last_notes is not None:
+            t = _nte_text(seg)
+            if t:
+                last_notes.append(t)
+        elif name in ("PID", "PV1", "TXA", "SAC", "INV", "FT1", "CTI", "DG1"):
+            last_notes = None
+    return groups, loose, early_spm
+
+
+def report_key(ctx: Ctx, obr: Seg, orc: Seg | None) -> tuple[str, list[dict]]:
+    """(key, identifiers): filler number first, else placer, else patient + code + time."""
+    idents = []
+    filler = obr.get(3) or (orc.get(3) if orc else "")
+    placer = obr.get(2) or (orc.get(2) if orc else "")
+    for value, kind, code, seg_field in ((placer, "placer", "PLAC", 2), (filler, "filler", "FILL", 3)):
+        if value:
+            src = obr if obr.get(seg_field) else orc
+            ns = dt.comp(src.rep(seg_field), 2) if src else ""
+            uid, utype = (dt.comp(src.rep(seg_field), 3), dt.comp(src.rep(seg_field), 4)) if src else ("", "")
+            oid = dt.oid_of(uid, utype)
+            ident: dict[str, Any] = {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                                          "code": code}]}}
+            sysuri = f"urn:oid:{oid}" if oid else ctx.local_system(kind) if not ns else None
+            if sysuri:
+                ident["system"] = sysuri
+            ident["value"] = value
+            if ns:
+                ident["assigner"] = {"display": ns}
+            idents.append(ident)
+    if filler:
+        return "F:" + filler, idents
+    if placer:
+        return "P:" + placer, idents
+    ctx.find("warning", "v2.obr.no-order-number", "OBR without placer (2) or filler (3) number: the "
+             "report is keyed by patient, code and time", obr.loc(3))
+    return f"X:{ctx.patient_key}:{dt.comp(obr.rep(4), 1)}:{obr.get(7)}:{obr.get(1)}", idents
+
+
+def specimen(ctx: Ctx, spm: Seg) -> dict[str, str] | None:
+    placer = dt.comp(spm.rep(2), 1, 1)
+    filler = dt.comp(spm.rep(2), 2, 1)
+    key = filler or placer
+    stype = dt.concept(spm.rep(4))
+    if not key and stype is None:
+        return None
+    res: dict[str, Any] = {"resourceType": "Specimen",
+                           "id": ctx.id("Specimen", key or f"{ctx.patient_key}:{spm.get(1)}:{ctx.msg.msh.get(10)}")}
+    idents = []
+    for value, c in ((placer, 1), (filler, 2)):
+        if value:
+            ident: dict[str, Any] = {}
+            oid = dt.oid_of(dt.comp(spm.rep(2), c, 3), dt.comp(spm.rep(2), c, 4))
+            ns = dt.comp(spm.rep(2), c, 2)
+            sysuri = f"urn:oid:{oid}" if oid else None if ns else ctx.local_system("specimen")
+            if sysuri:
+                ident["system"] = sysuri
+            ident["value"] = value
+            if ns:
+                ident["assigner"] = {"display": ns}
+            idents.append(ident)
+    if idents:
+        res["identifier"] = idents
+    if stype:
+        res["type"] = stype
+    res["subject"] = ctx.patient_ref
+    collection: dict[str, Any] = {}
+    collected = dt.datetime(spm.get(17))
+    collected_end = dt.datetime(spm.get(17, 2))
+    if collected and collected_end:
+        collection["collectedPeriod"] = {"start": collected, "end": collected_end}
+    elif collected:
+        collection["collectedDateTime"] = collected
+    site = dt.concept(spm.rep(8))
+    if site:
+        collection["bodySite"] = site
+    method = dt.concept(spm.rep(7))
+    if method:
+        collection["method"] = method
+    if collection:
+        res["collection"] = collection
+    received = dt.datetime(spm.get(18))
+    if received:
+        res["receivedTime"] = received
+    desc = spm.get(14)
+    if desc:
+        res["note"] = [{"text": desc}]
+    return ctx.add(res)
+
+
+def specimen_from_obr15(ctx: Ctx, obr: Seg, key: str) -> dict[str, str] | None:
+    """Before v2.5 the specimen source was OBR-15 (SPS: source^additives^...^body site)."""
+    stype = dt.concept(obr.rep(15)) if dt.comp(obr.rep(15), 1) else None
+    if stype is None:
+        return None
+    res: dict[str, Any] = {"resourceType": "Specimen", "id": ctx.id("Specimen", "OBR-15", key),
+                           "type": stype, "subject": ctx.patient_ref}
+    collected = dt.datetime(obr.get(7))
+    if collected:
+        res["collection"] = {"collectedDateTime": collected}
+    return ctx.add(res)
+
+
+# -- values ----------------------------------------------------------------------------------------
+def _quantity(value: Any, units: list[list[str]]) -> dict:
+    q: dict[str, Any] = {"value": value}
+    code, text, sysname = dt.comp(units, 1), dt.comp(units, 2), dt.comp(units, 3).upper()
+    unit = text or code
+    if unit:
+        q["unit"] = unit
+    if code and (sysname in ("UCUM", "ISO+", "ANSI", "") and " " not in code):
+        if sysname in ("UCUM", "ISO+", "ANSI") or _looks_ucum(code):
+            q["system"] = _UCUM
+            q["code"] = code
+    return q
+
+
+def _looks_ucum(code: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9%/.*\[\]{}^'()_-]+", code)) and code not in ("", "-")
+
+
+def _sn(rep: list[list[str]], units: list[list[str]]) -> tuple[str, Any] | None:
+    comparator, n1, sep, n2 = (dt.comp(rep, i) for i in (1, 2, 3, 4))
+    v1, v2 = dt.decimal(n1), dt.decimal(n2)
+    if sep in (":", "/") and v1 is not None and v2 is not None:
+        return "valueRatio", {"numerator": {"value": v1}, "denominator": {"value": v2}}
+    if sep in ("-",) and v1 is not None and v2 is not None:
+        return "valueRange", {"low": _quantity(v1, units), "high": _quantity(v2, units)}
+    if not sep and v1 is not None and not n2:
+        q = _quantity(v1, units)
+        if comparator in _COMPARATORS:
+            q = {"value": v1, "comparator": _COMPARATORS[comparator], **{k: v for k, v in q.items() if k != "value"}}
+        elif comparator not in ("", "="):
+            return None
+        return "valueQuantity", q
+    return None
+
+
+def _attachment_ed(rep: list[list[str]]) -> dict | None:
+    """ED: source^type^subtype^encoding^data."""
+    tcode, sub, enc, data = dt.comp(rep, 2).upper(), dt.comp(rep, 3).upper(), dt.comp(rep, 4).upper(), dt.comp_text(rep, 5)
+    if not data:
+        return None
+    att: dict[str, Any] = {}
+    mime = _ED_TYPES.get((tcode, sub))
+    if mime is None and _MIME.match(f"{tcode.lower()}/{sub.lower()}"):
+        mime = f"{tcode.lower()}/{sub.lower()}"
+    if mime:
+        att["contentType"] = mime
+    if enc in ("BASE64", "B64"):
+        try:
+            base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        att["data"] = data
+    elif enc in ("A", "") or enc == "NONE":
+        att["data"] = base64.b64encode(data.encode("utf-8")).decode("ascii")
+        att.setdefault("contentType", "text/plain; charset=utf-8")
+    elif enc == "HEX":
+        try:
+            att["data"] = base64.b64encode(bytes.fromhex(data)).decode("ascii")
+        except ValueError:
+            return None
+    else:
+        return None
+    return att
+
+
+def _attachment_rp(rep: list[list[str]]) -> dict | None:
+    """RP: pointer^application id^type^subtype."""
+    url = dt.comp(rep, 1)
+    if not url or _URL.match(url) is None:
+        return None
+    att: dict[str, Any] = {"url": url}
+    tcode, sub = dt.comp(rep, 3).upper(), dt.comp(rep, 4).upper()
+    mime = _ED_TYPES.get((tcode, sub))
+    if mime:
+        att["contentType"] = mime
+    return att
+
+
+def value(ctx: Ctx, obx: Seg) -> tuple[str, Any] | tuple[None, str] | None:
+    """(element, value) for Observation.value[x]; (None, reason) when the type cannot be an
+    Observation value; None when OBX-5 is empty."""
+    vt = obx.get(2).upper()
+    reps = obx.field(5)
+    if not reps:
+        return None
+    kind = _VT.get(vt)
+    units = obx.rep(6)
+    first = reps[0]
+    if kind is None:
+        if not vt:
+            kind = "string"
+            ctx.find("warning", "v2.obx-2.missing", "OBX-2 (value type) empty: OBX-5 kept as a string", obx.loc(2))
+        else:
+            return None, f"OBX-2 value type {vt!r} is not an HL7 v2 value type this mapper knows"
+    if len(reps) > 1 and kind not in ("string",):
+        ctx.find("information", "v2.obx-5.repeats", f"OBX-5 repeats ({len(reps)}); the first value is "
+                 "mapped", obx.loc(5))
+    if kind == "quantity":
+        raw = dt.comp(first, 1)
+        v = dt.decimal(raw)
+        if v is not None:
+            return "valueQuantity", _quantity(v, units)
+        m = _BOUND.match(raw)
+        if m:
+            comp_ = {"≤": "<=", "≥": ">="}.get(m.group(1), m.group(1))
+            num = dt.decimal(m.group(2))
+            if num is not None:
+                return "valueQuantity", {"value": num, "comparator": comp_,
+                                         **{k: x for k, x in _quantity(num, units).items() if k != "value"}}
+        ctx.find("warning", "v2.obx-5.not-numeric", f"NM value {raw[:40]!r} is not a number; kept as a string",
+                 obx.loc(5))
+        return ("valueString", raw) if raw else None
+    if kind == "structured-numeric":
+        got = _sn(first, units)
+        if got is None:
+            text = "".join(dt.comp(first, i) for i in (1, 2, 3, 4))
+            ctx.find("information", "v2.obx-5.sn-as-string", "SN value kept as a string", obx.loc(5))
+            return ("valueString", text) if text else None
+        return got
+    if kind == "string":
+        text = "\n".join(r for r in ("^".join("&".join(c) for c in rep).rstrip("^").strip() for rep in reps) if r)
+        if vt in ("XCN", "XPN", "XAD", "CX", "EI"):
+            text = " ".join(p for p in text.replace("&", "^").split("^") if p)
+        return ("valueString", text) if text else None
+    if kind == "concept":
+        c = dt.concept(first)
+        return ("valueCodeableConcept", c) if c else None
+    if kind == "datetime":
+        v = dt.datetime(dt.comp(first, 1))
+        if v is None:
+            return None, f"OBX-5 {dt.comp(first, 1)[:30]!r} is not a valid {vt}"
+        return "valueDateTime", v
+    if kind == "time":
+        v = dt.time(dt.comp(first, 1))
+        if v is None:
+            return None, f"OBX-5 {dt.comp(first, 1)[:30]!r} is not a valid TM"
+        return "valueTime", v
+    if kind == "range":
+        lo, hi = dt.decimal(dt.comp(first, 1)), dt.decimal(dt.comp(first, 2))
+        rng = {k: {"value": v} for k, v in (("low", lo), ("high", hi)) if v is not None}
+        return ("valueRange", rng) if rng else None
+    if kind == "period":
+        s, e = dt.datetime(dt.comp(first, 1)), dt.datetime(dt.comp(first, 2))
+        per = {k: v for k, v in (("start", s), ("end", e)) if v}
+        return ("valuePeriod", per) if per else None
+    if kind == "quantity-money":
+        m = dt.money(first)
+        if m is None:
+            return None, "OBX-5 money amount is not a number"
+        q: dict[str, Any] = {"value": m["value"]}
+        if "currency" in m:
+            q.update(unit=m["currency"], system="urn:iso:std:iso:4217", code=m["currency"])
+        return "valueQuantity", q
+    if kind == "numeric-array":
+        return None, ("OBX-2 NA (numeric array) is not mapped: FHIR SampledData needs a period and "
+                      "origin the message does not give")
+    if kind in ("attachment", "reference-pointer"):
+        return None, f"OBX-2 {vt} is a document, not an Observation value (kept as the report's presentedForm)"
+    return None, f"OBX-2 {vt} not mapped"
+
+
+def reference_range(obx: Seg, units: list[list[str]]) -> list[dict] | None:
+    text = obx.get(7)
+    if not text:
+        return None
+    m = _RANGE.match(text)
+    if m:
+        lo, hi = dt.decimal(m.group(1)), dt.decimal(m.group(2))
+        if lo is not None and hi is not None:
+            return [{"low": _quantity(lo, units), "high": _quantity(hi, units), "text": text}]
+    m = _BOUND.match(text)
+    if m:
+        v = dt.decimal(m.group(2))
+        if v is not None:
+            side = "high" if m.group(1) in ("<", "<=", "≤") else "low"
+            return [{side: _quantity(v, units), "text": text}]
+    return [{"text": text}]
+
+
+def observation(ctx: Ctx, obx: Seg, notes: list[str], key: str, index: int, *,
+                effective: str | None = None, specimen_ref: dict | None = None,
+                category: dict | None = None, based_on: list | None = None) -> dict[str, str] | None:
+    code = dt.concept(obx.rep(3))
+    if code is None:
+        ctx.find("warning", "v2.obx-3.missing", "OBX without an observation identifier (3) skipped", obx.loc(3))
+        return None
+    got = value(ctx, obx)
+    if got is not None and got[0] is None:
+        ctx.find("warning", "v2.obx-5.unmapped", got[1], obx.loc(5))
+        return None
+    set_id = obx.get(1) or str(index)
+    res: dict[str, Any] = {"resourceType": "Observation",
+                           "id": ctx.id("Observation", key, set_id, dt.comp(obx.rep(3), 1), obx.get(4))}
+    if based_on:
+        res["basedOn"] = based_on
+    st = obx.get(11).upper()
+    res["status"] = _OBS_STATUS["map"].get(st, _OBS_STATUS["default"])
+    if category:
+        res["category"] = [category]
+    res["code"] = code
+    res["subject"] = ctx.patient_ref
+    if ctx.encounter_ref:
+        res["encounter"] = ctx.encounter_ref
+    eff = dt.datetime(obx.get(14)) or effective
+    if eff:
+        res["effectiveDateTime"] = eff
+    performers = []
+    for i, rep in enumerate(obx.field(16), 1):
+        ref = practitioner(ctx, rep, obx.loc(16, i))
+        if ref:
+            performers.append(ref)
+    org = dt.comp_text(obx.rep(23), 1)
+    if org:
+        performers.append({"display": org})
+    if performers:
+        res["performer"] = performers
+    if got is not None:
+        res[got[0]] = got[1]
+    interp = []
+    for rep in obx.field(8):
+        flag = dt.comp(rep, 1)
+        code_ = _FLAGS["map"].get(flag.upper()) or _FLAGS["map"].get(flag)
+        if code_:
+            c = {"system": _FLAGS["system"], "code": code_}
+            if code_ in _FLAG_DISPLAY:
+                c["display"] = _FLAG_DISPLAY[code_]
+            interp.append({"coding": [c], "text": flag})
+        elif flag:
+            interp.append({"text": flag})
+            ctx.find("information", "v2.obx-8.unmapped", f"abnormal flag {flag!r} not in table 0078", obx.loc(8))
+    if interp:
+        res["interpretation"] = interp
+    if notes:
+        res["note"] = [{"text": n} for n in notes]
+    method = dt.concept(obx.rep(17))
+    if method:
+        res["method"] = method
+    if specimen_ref:
+        res["specimen"] = specimen_ref
+    rr = reference_range(obx, obx.rep(6))
+    if rr:
+        res["referenceRange"] = rr
+    return ctx.add(res)
+
+
+def loose_observations(ctx: Ctx, items: list[tuple[Seg, list[str]]] | None = None) -> list[dict]:
+    """OBX outside any order group (ADT, BAR: vital signs, questionnaire answers)."""
+    if items is None:
+        items = [(s, []) for s in ctx.msg.all("OBX")]
+    refs = []
+    enc = ctx.encounter_ref["reference"] if ctx.encounter_ref else ""
+    for i, (obx, notes) in enumerate(items, 1):
+        ref = observation(ctx, obx, notes, f"{ctx.patient_key}:{enc}:{ctx.msg.msh.get(10)}", i)
+        if ref:
+            refs.append(ref)
+    return refs
+
+
+def build(ctx: Ctx) -> None:
+    from .builders import patient_context
+
+    patient_context(ctx)
+    groups, loose, early_spm = split_groups(ctx)
+    if not groups:
+        raise ctx.error(f"{ctx.kind} has no OBR segment: there is no report to map", "OBR", "v2.obr.missing")
+    loose_observations(ctx, loose)
+    early = [r for r in (specimen(ctx, s) for s in early_spm) if r]
+    for g in groups:
+        diagnostic_report(ctx, g, early)
+
+
+def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict]) -> None:
+    obr, orc = g.obr, g.orc
+    code = dt.concept(obr.rep(4))
+    if code is None:
+        raise ctx.error("OBR-4 (universal service identifier) is empty: the DiagnosticReport has no code",
+                        obr.loc(4), "v2.obr-4.missing")
+    key, idents = report_key(ctx, obr, orc)
+    specimens = [r for r in (specimen(ctx, s) for s in g.spm) if r] or list(early_specimens)
+    if not specimens:
+        s = specimen_from_obr15(ctx, obr, key)
+        if s:
+            specimens = [s]
+    effective = dt.datetime(obr.get(7))
+    results, forms = [], []
+    for i, (obx, notes) in enumerate(g.obx, 1):
+        vt = obx.get(2).upper()
+        if vt in ("ED", "RP"):
+            att = (_attachment_ed if vt == "ED" else _attachment_rp)(obx.rep(5))
+            if att:
+                title = dt.comp(obx.rep(3), 2) or dt.comp(obx.rep(3), 1)
+                if title:
+                    att["title"] = title
+                forms.append(att)
+            else:
+                ctx.find("warning", "v2.obx-5.attachment-invalid",
+                         f"OBX-5 {vt} holds no usable document (encoding or data)", obx.loc(5))
+            continue
+        ref = observation(ctx, obx, notes, key, i, effective=effective,
+                          specimen_ref=specimens[0] if specimens else None, category=_CAT)
+        if ref:
+            results.append(ref)
+    res: dict[str, Any] = {"resourceType": "DiagnosticReport", "id": ctx.id("DiagnosticReport", key)}
+    if idents:
+        res["identifier"] = idents
+    st = obr.get(25).upper()
+    res["status"] = _REPORT_STATUS["map"].get(st, _REPORT_STATUS["default"])
+    section = dt.concept(obr.rep(24))
+    res["category"] = [_CAT] + ([section] if section else [])
+    res["code"] = code
+    res["subject"] = ctx.patient_ref
+    if ctx.encounter_ref:
+        res["encounter"] = ctx.encounter_ref
+    if effective:
+        end = dt.datetime(obr.get(8))
+        if end and end != effective:
+            res["effectivePeriod"] = {"start": effective, "end": end}
+        else:
+            res["effectiveDateTime"] = effective
+    issued = dt.datetime(obr.get(22), instant=True)
+    if issued:
+        res["issued"] = issued
+    interpreters = []
+    for rep in obr.field(32):
+        ref = practitioner(ctx, rep[:1] + [[s] for s in rep[0][1:]] if rep else rep, obr.loc(32))
+        if ref:
+            interpreters.append(ref)
+    if interpreters:
+        res["resultsInterpreter"] = interpreters
+    res["performer"] = [ctx.org_ref]
+    if specimens:
+        res["specimen"] = specimens
+    if results:
+        res["result"] = results
+    if g.notes:
+        res["conclusion"] = "\n".join(g.notes)
+    if forms:
+        res["presentedForm"] = forms
+    ctx.add(res)

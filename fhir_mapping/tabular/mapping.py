@@ -1,0 +1,550 @@
+"""Declarative tabular mappings: a YAML file per HIS view, checked when loaded, applied per row.
+
+The file format (the shipped files in ``mappings/`` are the worked examples)::
+
+    name: outpatient-visit            # the kind is row:<name> / csv:<name>
+    timezone: "+08:00"                # written on local date-times that carry no offset
+    unit: [visit_no]                  # the row's own key: Conversion.unit_id = "<name>:<values>"
+    patient: patient                  # the resource that is the row's patient (Conversion.patient_key)
+    columns:                          # every column a rule may read, documented, with an example
+      visit_no: {required: true, example: "MZ0001", doc: 门诊号 outpatient visit number}
+    value_maps:                       # code -> code tables used by the `map` transform
+      sex: {"1": male, "2": female, "9": unknown, "*": unknown}
+    resources:
+      patient:                        # a name rules use in `ref:`
+        type: Patient
+        id: {kind: MR, columns: [patient_id]}  # id = stable_id(type, institution, kind, *values)
+        emit: true                    # false: only referred to (another view sends it)
+        when: patient_id              # emitted only when these columns have values
+        rules:
+          - {path: "identifier[0].value", column: patient_id}
+          ...
+
+A rule has a ``path`` (FHIR element names from the resource, ``[n]`` on repeating elements,
+``_name`` for the extensions of a primitive) and exactly one source:
+
+* ``column: c`` with ``transform:`` (``string`` default, ``code``, ``integer``, ``decimal``,
+  ``boolean``, ``date``/``datetime``/``instant`` with an optional ``format`` such as ``YYYYMMDD``
+  or ``YYYY-MM-DD HH:MM:SS``, ``map`` with ``map: name``, ``resident_id``: GB 11643 check, a
+  finding when invalid) and an optional ``default`` constant for an empty cell;
+* ``value:`` a constant (scalar or object); ``template: "urn:oid:{oid}.1"`` a string built from
+  ``{oid}``, ``{institution}`` and columns;
+* ``ref: <resource name>``: a Reference to another resource of the same row;
+* ``coding: {code: c, system: template, display: c | display_map: m, code_map: m}``: a Coding;
+* ``quantity: {value: c, unit: c | unit_value: "d", ucum: <map> | true, comparator: true}``: a
+  Quantity (also Duration, Age, …); with ``comparator: true`` ``<0.5`` becomes comparator ``<``
+  and value 0.5;
+* ``object: {use: official, system: "urn:…", value: {column: c, transform: t}}``: a constant
+  object with embedded ``{column: …}`` / ``{template: …}`` parts, left out as a whole when any
+  embedded part is empty (an identifier without a number is no identifier);
+* ``first: [rule, rule, …]``: the first alternative whose value converts (a lab result as a
+  quantity, else as a string).
+
+and optionally ``when: column | [columns]`` (applies only when they have values) and
+``on_error: skip`` (a bad value is left out with a warning finding instead of refusing the row).
+
+A file is refused at load (``MappingFileError`` naming the file and rule; see ``loader.py``) for
+unknown keys, columns, transforms, value maps or resource names, paths that are not elements of
+the type, a source whose kind does not fit the element, codes outside a required binding, and
+when the row of column examples does not convert into resources that pass
+``hub.resource.validate``.
+
+This module is the engine: it applies a checked mapping to one row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fhir_mapping.base import Conversion, Finding, MappingError, SourceInfo
+from fhir_mapping.ids import stable_id
+from fhir_mapping.tabular import values as V
+
+__all__ = ["MappingFileError", "TabularMapping", "CsvRowsError", "Rule", "Resource"]
+
+SHIPPED = Path(__file__).parent / "mappings"
+UCUM = "http://unitsofmeasure.org"
+
+
+class MappingFileError(ValueError):
+    """The mapping file itself is wrong; the message names the file and the rule."""
+
+
+class CsvRowsError(MappingError):
+    """Some rows of a CSV export could not be converted.
+
+    ``errors`` lists ``(line, MappingError)``; ``conversions`` holds the rows that did convert, so
+    a caller that can spool part of a file keeps them (the Spool dead-letters the whole file, and a
+    replay after the fix rewrites the good rows as no-ops)."""
+
+    def __init__(self, errors: list[tuple[int, MappingError]], conversions: list[Conversion]):
+        lines = "; ".join(f"line {n}: {e.reason}" for n, e in errors[:20])
+        more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
+        super().__init__(f"{len(errors)} of {len(errors) + len(conversions)} rows refused: "
+                         f"{lines}{more}", code="AE",
+                         location=f"line {errors[0][0]}" + (f", column {errors[0][1].location}"
+                                                            if errors[0][1].location else ""),
+                         rule="tabular.csv.rows")
+        self.errors = errors
+        self.conversions = conversions
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["rows"] = [{"line": n, **e.to_dict()} for n, e in self.errors]
+        return d
+
+
+# -- compiled form ---------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Rule:
+    where: str  # "resources.patient.rules[3]" for messages
+    path: list[tuple[str, int | None]]
+    source: str
+    spec: Any
+    transform: str = "string"
+    targs: dict = field(default_factory=dict)
+    default: Any = None
+    when: tuple[str, ...] = ()
+    skip_on_error: bool = False
+    alternatives: list[Rule] = field(default_factory=list)
+    columns: tuple[str, ...] = ()  # read by this rule (for error locations)
+
+
+@dataclass(slots=True)
+class Resource:
+    name: str
+    type: str
+    id_kind: str
+    id_columns: tuple[str, ...]
+    emit: bool
+    when: tuple[str, ...]
+    rules: list[Rule]
+
+
+class _Seq(dict):
+    """A repeating element while a resource is built: index -> item; becomes a list at the end."""
+
+
+class _Ctx:
+    __slots__ = ("timezone", "value_maps", "findings", "column")
+
+    def __init__(self, timezone: str, value_maps: dict):
+        self.timezone = timezone
+        self.value_maps = value_maps
+        self.findings: list[Finding] = []
+        self.column = ""
+
+    def finding(self, severity: str, rule: str, message: str) -> None:
+        self.findings.append(Finding(severity, rule, message, self.column or None))
+
+
+class _Skip(Exception):
+    """This rule has nothing to write (an empty cell, a resource not emitted)."""
+
+
+# -- the mapping -----------------------------------------------------------------------------------
+
+class TabularMapping:
+    """One loaded, checked mapping file; ``convert_row_json`` and ``convert_csv`` are the
+    converters the registry hands out for ``row:<name>`` and ``csv:<name>``."""
+
+    def __init__(self, d: dict, origin: str):
+        from fhir_mapping.tabular.loader import Loader
+
+        self.origin = origin
+        Loader(self, d, origin).load()
+        self._selftest()
+
+    # attributes set by loader.Loader
+    name: str
+    timezone: str
+    unit: tuple[str, ...]
+    patient: str | None
+    columns: dict[str, dict]
+    required: tuple[str, ...]
+    value_maps: dict[str, dict[str, str]]
+    resources: dict[str, Resource]
+
+    # ---- converting
+
+    def convert_row(self, row: dict[str, Any], source: SourceInfo) -> Conversion:
+        """One row (column -> value; names compared case-insensitively) to one Conversion.
+
+        A refusal is a MappingError whose reason names the row (its ``unit`` key, when readable)
+        and the column, and whose ``location`` is the column."""
+        try:
+            return self._convert_row(row, source)
+        except MappingError as e:
+            if e.rule in ("tabular.value", "tabular.required", "tabular.empty"):
+                key = self._row_key(row)
+                if key:
+                    raise MappingError(f"row {key}: {e.reason}", code=e.code, location=e.location,
+                                       rule=e.rule) from None
+            raise
+
+    def _row_key(self, row: dict[str, Any]) -> str:
+        cells = {str(k).strip().lower(): v for k, v in row.items()}
+        parts = []
+        for c in self.unit:
+            try:
+                t = V.text(cells.get(c))
+            except V.BadValue:
+                t = None
+            if t is None:
+                return ""
+            parts.append(f"{c}={t[:64]}")
+        return ", ".join(parts)
+
+    def _convert_row(self, row: dict[str, Any], source: SourceInfo) -> Conversion:
+        if not source.institution:
+            raise MappingError("the connector declares no institution code (ids are derived from"
+                               " it)", code="AR", rule="tabular.source.institution")
+        cells = {str(k).strip().lower(): v for k, v in row.items()}
+        ctx = _Ctx(self.timezone, self.value_maps)
+        texts: dict[str, str | None] = {}
+
+        def cell_text(col: str) -> str | None:
+            if col not in texts:
+                try:
+                    texts[col] = V.text(cells.get(col))
+                except V.BadValue as e:
+                    raise MappingError(f"column {col} {e}", location=col,
+                                       rule="tabular.value") from None
+            return texts[col]
+
+        for col in self.required:
+            if cell_text(col) is None:
+                raise MappingError(f"required column {col} is empty or missing", location=col,
+                                   rule="tabular.required")
+        ids: dict[str, str | None] = {}
+        for res in self.resources.values():
+            if any(cell_text(c) is None for c in res.when + res.id_columns):
+                ids[res.name] = None
+                continue
+            ids[res.name] = stable_id(res.type, source.institution, res.id_kind,
+                                      *(cell_text(c) for c in res.id_columns))
+        out: list[dict] = []
+        for res in self.resources.values():
+            if not res.emit or ids[res.name] is None:
+                continue
+            body: dict = {"resourceType": res.type, "id": ids[res.name]}
+            for rule in res.rules:
+                self._apply(rule, body, cells, cell_text, ids, source, ctx)
+            out.append(_finish(body))
+        unit_id = f"{self.name}:" + "/".join(cell_text(c) or "" for c in self.unit)
+        pkey = None
+        if self.patient and ids.get(self.patient):
+            pkey = f"Patient/{ids[self.patient]}"
+        if not out:
+            raise MappingError("the row yields no resource", rule="tabular.empty")
+        return Conversion(resources=out, unit_id=unit_id, patient_key=pkey,
+                          kind=f"row:{self.name}", findings=ctx.findings)
+
+    def convert_row_json(self, payload: bytes, source: SourceInfo) -> list[Conversion]:
+        try:
+            row = json.loads(payload, parse_float=Decimal)
+        except (ValueError, RecursionError) as e:
+            raise MappingError(f"the row is not JSON: {e}", code="AR", rule="tabular.json") from None
+        if not isinstance(row, dict):
+            raise MappingError("the row must be a JSON object of column: value", code="AR",
+                               rule="tabular.json")
+        return [self.convert_row(row, source)]
+
+    def csv_rows(self, payload: bytes) -> Iterator[tuple[int, dict[str, str]]]:
+        """(line number, row) of a CSV export: UTF-8 (with or without BOM), else GB18030; the
+        first line names the columns; every required column must be among them."""
+        try:
+            textual = payload.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            try:
+                textual = payload.decode("gb18030")
+            except UnicodeDecodeError:
+                raise MappingError("the CSV file is neither UTF-8 nor GB18030", code="AR",
+                                   rule="tabular.csv.encoding") from None
+        reader = csv.reader(io.StringIO(textual, newline=""))
+        try:
+            header = [h.strip().lower() for h in next(reader)]
+        except StopIteration:
+            raise MappingError("the CSV file is empty", code="AR", rule="tabular.csv.header") from None
+        except csv.Error as e:
+            raise MappingError(f"the CSV header is malformed: {e}", code="AR",
+                               rule="tabular.csv.header") from None
+        missing = [c for c in self.required if c not in header]
+        if missing:
+            raise MappingError(f"the CSV header lacks required columns {', '.join(missing)}",
+                               code="AR", location="line 1", rule="tabular.csv.header")
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise MappingError(f"malformed CSV at line {reader.line_num}: {e}", code="AR",
+                                   location=f"line {reader.line_num}", rule="tabular.csv.syntax") from None
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) > len(header):
+                yield reader.line_num, {"\x00too-many": True}
+                continue
+            yield reader.line_num, {h: (v if v != "" else None) for h, v in zip(header, values)}
+
+    def split_csv(self, payload: bytes) -> list[tuple[int, bytes]]:
+        """A CSV export as (line, row JSON) pairs: a source can send each as a ``row:<name>``
+        envelope, so a bad row is its own dead letter and the good rows flow."""
+        return [(n, orjson.dumps(row)) for n, row in self.csv_rows(payload)]
+
+    def convert_csv(self, payload: bytes, source: SourceInfo) -> list[Conversion]:
+        """One Conversion per data row (unit ids carry the row keys). If any row is refused, raises
+        ``CsvRowsError`` listing every bad line and column, with the good rows' conversions
+        attached; the file as a whole is then dead-lettered and can be replayed after a fix."""
+        good: list[Conversion] = []
+        bad: list[tuple[int, MappingError]] = []
+        for line, row in self.csv_rows(payload):
+            if "\x00too-many" in row:
+                bad.append((line, MappingError("more values than header columns",
+                                               rule="tabular.csv.width")))
+                continue
+            try:
+                good.append(self.convert_row(row, source))
+            except MappingError as e:
+                bad.append((line, e))
+        if bad:
+            raise CsvRowsError(bad, good)
+        if not good:
+            raise MappingError("the CSV file has no data rows", code="AE", rule="tabular.csv.empty")
+        return good
+
+    # ---- rule application
+
+    def _apply(self, rule: Rule, body: dict, cells: dict, cell_text, ids: dict,
+               source: SourceInfo, ctx: _Ctx) -> None:
+        if any(cell_text(c) is None for c in rule.when):
+            return
+        try:
+            value = self._value(rule, cells, cell_text, ids, source, ctx)
+        except _Skip:
+            return
+        except V.BadValue as e:
+            col = ctx.column
+            if rule.skip_on_error:
+                ctx.findings.append(Finding("warning", "tabular.value-skipped",
+                                            f"column {col} {e}; {_dotted(rule.path)} left out",
+                                            col or None))
+                return
+            raise MappingError(f"column {col} {e} ({rule.where})", location=col or None,
+                               rule="tabular.value") from None
+        _put(body, rule.path, value)
+
+    def _value(self, rule: Rule, cells, cell_text, ids, source: SourceInfo, ctx: _Ctx) -> Any:
+        kind = rule.source
+        ctx.column = rule.columns[0] if rule.columns else ""
+        if kind == "first":
+            last: V.BadValue | None = None
+            for alt in rule.alternatives:
+                if any(cell_text(c) is None for c in alt.when):
+                    continue
+                try:
+                    value = self._value(alt, cells, cell_text, ids, source, ctx)
+                except V.BadValue as e:
+                    last = e
+                    continue
+                except _Skip:
+                    continue
+                return _Alt(alt.path, value)
+            if last is not None:
+                raise last
+            raise _Skip
+        if kind == "column":
+            fn = V.TRANSFORMS[rule.transform][0]
+            raw = cells.get(rule.spec)
+            out = fn(raw, rule.targs, ctx) if cell_text(rule.spec) is not None else None
+            if out is None:
+                if rule.default is None:
+                    raise _Skip
+                return rule.default
+            return out
+        if kind == "value":
+            return _copy(rule.spec)
+        if kind == "object":
+            out = _copy(rule.spec)
+            for sub in rule.alternatives:  # every embedded part must have a value
+                value = self._value(sub, cells, cell_text, ids, source, ctx)
+                node = out
+                for name, _ in sub.path[len(rule.path):-1]:
+                    node = node[name]
+                node[sub.path[-1][0]] = value
+            return out
+        if kind == "template":
+            return self._template(rule.spec, cell_text, source, rule)
+        if kind == "ref":
+            rid = ids.get(rule.spec)
+            if rid is None:
+                raise _Skip
+            return {"reference": f"{self.resources[rule.spec].type}/{rid}"}
+        if kind == "coding":
+            spec = rule.spec
+            ctx.column = spec["code"]
+            code = V.t_code(cells.get(spec["code"]), {}, ctx) if cell_text(spec["code"]) else None
+            if code is None:
+                raise _Skip
+            out: dict[str, Any] = {}
+            if "system" in spec:
+                out["system"] = self._template(spec["system"], cell_text, source, rule)
+            if "code_map" in spec:
+                code = V.t_map(code, {"map": spec["code_map"]}, ctx)
+            out["code"] = code
+            display = None
+            if "display" in spec:
+                display = cell_text(spec["display"])
+            elif "display_map" in spec:
+                display = self.value_maps[spec["display_map"]].get(
+                    cell_text(spec["code"]) or "")
+            if display:
+                out["display"] = display
+            return out
+        if kind == "quantity":
+            spec = rule.spec
+            ctx.column = spec["value"]
+            if cell_text(spec["value"]) is None:
+                raise _Skip
+            comparator, number = V.quantity_value(cells.get(spec["value"]))
+            if comparator and not spec.get("comparator"):
+                raise V.BadValue("has a comparator (<, >) where a plain number is expected")
+            if number is None:
+                raise _Skip
+            out = {"value": number}
+            if comparator:
+                out["comparator"] = comparator
+            unit = spec.get("unit_value") or (cell_text(spec["unit"]) if "unit" in spec else None)
+            if unit:
+                out["unit"] = unit
+                ucum = spec.get("ucum")
+                code = unit if ucum is True else self.value_maps[ucum].get(unit) if ucum else None
+                if code:
+                    out["system"] = UCUM
+                    out["code"] = code
+            return out
+        raise AssertionError(kind)
+
+    def _template(self, tpl: str, cell_text, source: SourceInfo, rule: Rule) -> str:
+        vals: dict[str, str] = {}
+        for name in _template_fields(tpl):
+            if name in ("oid", "institution"):
+                v = getattr(source, name)
+                if not v:
+                    raise MappingError(f"the connector declares no institution {name} "
+                                       f"({rule.where})", code="AR", rule=f"tabular.source.{name}")
+            else:
+                v = cell_text(name)
+                if v is None:
+                    raise _Skip
+            vals[name] = v
+        return tpl.format_map(vals)
+
+    def _selftest(self) -> None:
+        """Convert the row of column examples and validate every resource with the hub."""
+        from hub.errors import FhirError
+        from hub.resource import validate
+
+        row = {c: spec["example"] for c, spec in self.columns.items() if "example" in spec}
+        try:
+            conv = self.convert_row(row, SourceInfo(institution="SELFTEST", oid="1.2.156.0.0"))
+        except MappingError as e:
+            raise MappingFileError(f"{self.origin}: the row of column examples does not convert:"
+                                   f" {e.reason}") from None
+        for r in conv.resources:
+            try:
+                validate(r["resourceType"], orjson.dumps(r), r)
+            except FhirError as e:
+                issues = "; ".join(f"{i.expression}: {i.diagnostics}" for i in e.issues[:5])
+                raise MappingFileError(f"{self.origin}: the example row makes an invalid "
+                                       f"{r['resourceType']}: {issues}") from None
+
+
+@dataclass(slots=True)
+class _Alt:
+    path: list
+    value: Any
+
+
+@lru_cache(maxsize=1024)
+def _template_fields(tpl: str) -> tuple[str, ...]:
+    return tuple(name for _, name, _, _ in string.Formatter().parse(tpl) if name is not None)
+
+
+def _copy(v: Any) -> Any:
+    t = type(v)
+    if t is dict:
+        return {k: _copy(x) for k, x in v.items()}
+    if t is list:
+        return [_copy(x) for x in v]
+    return v
+
+
+def _dotted(path: list[tuple[str, int | None]]) -> str:
+    return ".".join(n if i is None else f"{n}[{i}]" for n, i in path)
+
+
+def _put(body: dict, path: list[tuple[str, int | None]], value: Any) -> None:
+    if isinstance(value, _Alt):
+        path, value = value.path, value.value
+    node = body
+    for depth, (name, index) in enumerate(path):
+        last = depth == len(path) - 1
+        if index is not None:
+            seq = node.get(name)
+            if not isinstance(seq, _Seq):
+                seq = node[name] = _Seq()
+            if last:
+                _merge_into(seq, index, value)
+                return
+            node = seq.setdefault(index, {})
+        else:
+            if last:
+                _merge_into(node, name, value)
+                return
+            node = node.setdefault(name, {})
+
+
+def _merge_into(container: dict, key: Any, value: Any) -> None:
+    old = container.get(key)
+    if isinstance(old, dict) and isinstance(value, dict):
+        for k, v in value.items():
+            _merge_into(old, k, v)
+    else:
+        container[key] = value
+
+
+def _finish(v: Any) -> Any:
+    """_Seq -> lists in index order; empty objects and lists dropped."""
+    t = type(v)
+    if t is _Seq:
+        items = [_finish(v[i]) for i in sorted(v)]
+        return [x for x in items if x is not None and x != {} and x != []]
+    if t is dict:
+        out = {}
+        for k, x in v.items():
+            tx = type(x)
+            if tx is dict or tx is _Seq or tx is list:
+                x = _finish(x)
+                if not x:
+                    continue
+            elif x is None:
+                continue
+            out[k] = x
+        return out
+    if t is list:
+        return [_finish(x) for x in v]
+    return v

@@ -1,0 +1,462 @@
+"""Declarative tabular mappings: the shipped files, the transforms, CSV handling and load-time checks."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+from fhir_mapping.base import MappingError, SourceInfo
+from fhir_mapping.ids import stable_id
+from fhir_mapping.registry import converter
+from fhir_mapping.tabular import (CsvRowsError, MappingFileError, load_file, load_mapping,
+                                  shipped_mappings)
+from fhir_mapping.tabular.mapping import SHIPPED
+from hub.resource import validate
+
+FIXTURES = Path(__file__).parent / "fixtures" / "tabular"
+SRC = SourceInfo(institution="H0001", oid="1.2.156.112604.1.1", name="市第一人民医院")
+RID = "urn:oid:2.16.156.10011.1.3"
+GBT_SEX = "urn:oid:2.16.156.10011.2.3.3.4"
+
+
+def example_row(name: str) -> dict:
+    return {c: s["example"] for c, s in load_mapping(name).columns.items()}
+
+
+def by_type(conv) -> dict:
+    return {r["resourceType"]: r for r in conv.resources}
+
+
+def check_valid(resources) -> None:
+    for r in resources:
+        validate(r["resourceType"], orjson.dumps(r), r)
+
+
+def test_shipped_mappings_load():
+    assert shipped_mappings() == ["lab-result", "outpatient-visit", "prescription"]
+    for name in shipped_mappings():
+        m = load_mapping(name)
+        assert m.name == name
+        assert load_mapping(name) is m  # cached
+
+
+@pytest.mark.parametrize("name", ["outpatient-visit", "lab-result", "prescription"])
+def test_fixture_csv_converts_and_validates(name):
+    payload = (FIXTURES / f"{name}.csv").read_bytes()
+    convs = converter(f"csv:{name}")(payload, SRC)
+    assert len(convs) == len(payload.decode().strip().splitlines()) - 1
+    for c in convs:
+        assert c.kind == f"row:{name}" and c.unit_id.startswith(f"{name}:")
+        assert c.patient_key and c.patient_key.startswith("Patient/")
+        check_valid(c.resources)
+    # the same export twice: the same ids and the same content (replay changes nothing)
+    again = converter(f"csv:{name}")(payload, SRC)
+    assert [orjson.dumps(c.resources) for c in again] == [orjson.dumps(c.resources) for c in convs]
+
+
+def test_outpatient_visit_row():
+    row = example_row("outpatient-visit")
+    [conv] = converter("row:outpatient-visit")(json.dumps(row).encode(), SRC)
+    res = by_type(conv)
+    assert set(res) == {"Patient", "Encounter", "Condition"}
+    p, e, c = res["Patient"], res["Encounter"], res["Condition"]
+    assert p["id"] == stable_id("Patient", "H0001", "MR", "0012345678")
+    assert conv.patient_key == f"Patient/{p['id']}"
+    assert conv.unit_id == "outpatient-visit:MZ202403010001"
+    assert p["identifier"][0]["system"] == "urn:oid:1.2.156.112604.1.1.1"
+    assert p["identifier"][0]["value"] == "0012345678"
+    assert p["identifier"][1] == {
+        "use": "official", "type": p["identifier"][1]["type"], "system": RID,
+        "value": "11010519491231002X"}
+    assert p["name"] == [{"text": "张三", "use": "official"}]
+    assert p["gender"] == "male"
+    assert p["_gender"]["extension"][0]["valueCoding"] == {
+        "system": GBT_SEX, "code": "1", "display": "男性"}
+    assert p["birthDate"] == "1949-12-31"
+    assert e["period"] == {"start": "2024-03-01T08:30:00+08:00"}
+    assert e["status"] == "finished" and e["class"]["code"] == "AMB"
+    assert e["subject"] == {"reference": f"Patient/{p['id']}"}
+    assert e["identifier"][0]["system"] == "urn:oid:1.2.156.112604.1.1.2"
+    assert e["diagnosis"][0]["condition"] == {"reference": f"Condition/{c['id']}"}
+    assert c["code"]["coding"][0] == {"system": "http://hl7.org/fhir/sid/icd-10",
+                                      "code": "J06.900", "display": "急性上呼吸道感染"}
+    assert c["encounter"] == {"reference": f"Encounter/{e['id']}"}
+    assert conv.findings == []
+
+
+def test_optional_parts_are_left_out():
+    row = example_row("outpatient-visit")
+    row.update(diag_code=None, diag_name="", id_card_no="  ", phone=None, sex_code="",
+               doctor_code=None, visit_status=None)
+    [conv] = converter("row:outpatient-visit")(json.dumps(row).encode(), SRC)
+    res = by_type(conv)
+    assert set(res) == {"Patient", "Encounter"}  # no diagnosis, no Condition
+    assert len(res["Patient"]["identifier"]) == 1
+    assert "gender" not in res["Patient"] and "_gender" not in res["Patient"]
+    assert "telecom" not in res["Patient"]
+    assert "diagnosis" not in res["Encounter"] and "participant" not in res["Encounter"]
+    assert res["Encounter"]["status"] == "finished"  # the rule's default
+    check_valid(conv.resources)
+
+
+def test_resident_id_checked():
+    m = load_mapping("outpatient-visit")
+    row = example_row("outpatient-visit")
+    row["id_card_no"] = "11010519491231002x"  # lower-case x: valid, normalised
+    conv = m.convert_row(row, SRC)
+    assert by_type(conv)["Patient"]["identifier"][1]["value"] == "11010519491231002X"
+    assert conv.findings == []
+    row["id_card_no"] = "110105194912310021"  # wrong check digit: kept, with a finding
+    conv = m.convert_row(row, SRC)
+    assert by_type(conv)["Patient"]["identifier"][1]["value"] == "110105194912310021"
+    [f] = conv.findings
+    assert (f.severity, f.rule, f.location) == ("warning", "tabular.resident-id.invalid",
+                                                "id_card_no")
+    assert "110105" not in f.message  # no personal data in findings
+    row["id_card_no"] = "000000000000000000"  # placeholder: left out
+    conv = m.convert_row(row, SRC)
+    assert len(by_type(conv)["Patient"]["identifier"]) == 1
+    assert [f.rule for f in conv.findings] == ["tabular.resident-id.placeholder"]
+
+
+@pytest.mark.parametrize("sex,gender,display", [
+    ("1", "male", "男性"), ("2", "female", "女性"), ("9", "unknown", "未说明的性别"),
+    (0, "unknown", "未知的性别")])
+def test_sex_codes(sex, gender, display):
+    row = example_row("outpatient-visit") | {"sex_code": sex}
+    p = by_type(load_mapping("outpatient-visit").convert_row(row, SRC))["Patient"]
+    assert p["gender"] == gender
+    assert p["_gender"]["extension"][0]["valueCoding"]["code"] == str(sex)
+    assert p["_gender"]["extension"][0]["valueCoding"]["display"] == display
+
+
+def test_unknown_sex_code_refused():
+    row = example_row("outpatient-visit") | {"sex_code": "5"}
+    with pytest.raises(MappingError) as e:
+        load_mapping("outpatient-visit").convert_row(row, SRC)
+    assert e.value.location == "sex_code" and "gender" in e.value.reason
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("2024-03-01 08:30:00", "2024-03-01T08:30:00+08:00"),
+    ("2024-03-01T08:30:00", "2024-03-01T08:30:00+08:00"),  # what the database poller writes
+    ("2024-03-01 08:30", "2024-03-01T08:30:00+08:00"),
+    ("2024-03-01T08:30:00.250000", "2024-03-01T08:30:00.250000+08:00"),
+    ("2024-03-01T00:30:00+00:00", "2024-03-01T00:30:00+00:00"),  # an offset given is kept
+    ("20240301083000", "2024-03-01T08:30:00+08:00"),
+    ("2024-03-01", "2024-03-01"),
+])
+def test_datetime_formats(raw, expected):
+    row = example_row("outpatient-visit") | {"visit_time": raw}
+    e = by_type(load_mapping("outpatient-visit").convert_row(row, SRC))["Encounter"]
+    assert e["period"]["start"] == expected
+
+
+@pytest.mark.parametrize("raw", ["2024-02-30 08:00:00", "2024-03-01 25:00:00", "yesterday",
+                                 "01/03/2024 08:00"])
+def test_bad_datetime_refused_naming_the_column(raw):
+    row = example_row("outpatient-visit") | {"visit_time": raw}
+    with pytest.raises(MappingError) as e:
+        load_mapping("outpatient-visit").convert_row(row, SRC)
+    assert e.value.location == "visit_time" and e.value.rule == "tabular.value"
+    assert e.value.reason.startswith("row visit_no=MZ202403010001: column visit_time is not a")
+    assert raw not in e.value.reason
+
+
+@pytest.mark.parametrize("raw,expected", [("19800101", "1980-01-01"),
+                                          ("1980-01-01", "1980-01-01"),
+                                          ("1980-01-01 00:00:00", "1980-01-01")])
+def test_birth_date(raw, expected):
+    row = example_row("outpatient-visit") | {"birth_date": raw}
+    p = by_type(load_mapping("outpatient-visit").convert_row(row, SRC))["Patient"]
+    assert p["birthDate"] == expected
+
+
+def test_required_column_missing():
+    row = example_row("outpatient-visit")
+    del row["visit_no"]
+    with pytest.raises(MappingError) as e:
+        load_mapping("outpatient-visit").convert_row(row, SRC)
+    assert (e.value.location, e.value.rule, e.value.code) == ("visit_no", "tabular.required", "AE")
+
+
+def test_column_names_are_case_insensitive():
+    row = {k.upper(): v for k, v in example_row("outpatient-visit").items()}
+    conv = load_mapping("outpatient-visit").convert_row(row, SRC)
+    assert len(conv.resources) == 3
+
+
+def test_source_must_declare_institution_and_oid():
+    m = load_mapping("outpatient-visit")
+    with pytest.raises(MappingError) as e:
+        m.convert_row(example_row("outpatient-visit"), SourceInfo())
+    assert e.value.code == "AR" and e.value.rule == "tabular.source.institution"
+    with pytest.raises(MappingError) as e:
+        m.convert_row(example_row("outpatient-visit"), SourceInfo(institution="H0001"))
+    assert e.value.rule == "tabular.source.oid"
+
+
+def test_not_a_json_object():
+    conv = converter("row:lab-result")
+    for bad in (b"[1,2]", b"{", b'"x"'):
+        with pytest.raises(MappingError) as e:
+            conv(bad, SRC)
+        assert e.value.code == "AR"
+
+
+def test_lab_result_values():
+    m = load_mapping("lab-result")
+    row = example_row("lab-result")
+    conv = m.convert_row(row, SRC)
+    [obs] = conv.resources  # Patient and Encounter are only referred to
+    assert obs["subject"] == {"reference": f"Patient/{stable_id('Patient', 'H0001', 'MR', '0012345678')}"}
+    assert obs["encounter"]["reference"] == \
+        f"Encounter/{stable_id('Encounter', 'H0001', 'VN', 'MZ202403010001')}"
+    assert conv.patient_key == obs["subject"]["reference"]
+    # decimals keep their written precision
+    raw = orjson.dumps(obs)
+    assert b'"valueQuantity":{"value":5.60,"unit":"mmol/L","system":"http://unitsofmeasure.org","code":"mmol/L"}' in raw
+    assert b'"low":{"value":3.90' in raw
+    assert obs["issued"] == "2024-03-01T11:20:05+08:00"
+    # a comparator, a text result, a unit without a UCUM code
+    obs = m.convert_row(row | {"result_value": "<0.50", "result_unit": "g/L"}, SRC).resources[0]
+    assert obs["valueQuantity"]["comparator"] == "<"
+    assert orjson.dumps(obs["valueQuantity"]).startswith(b'{"value":0.50,')
+    obs = m.convert_row(row | {"result_value": "阴性"}, SRC).resources[0]
+    assert obs["valueString"] == "阴性" and "valueQuantity" not in obs
+    obs = m.convert_row(row | {"result_unit": "个/HP"}, SRC).resources[0]
+    assert orjson.loads(orjson.dumps(obs["valueQuantity"])) == {"value": 5.6, "unit": "个/HP"}
+    # a JSON number from the poller, exact
+    payload = b'{"report_no":"R1","item_code":"K","item_name":"\xe9\x92\xbe","patient_id":"P1",' \
+              b'"result_value":4.10,"result_unit":"mmol/L","report_time":"2024-03-01T10:00:00"}'
+    [conv] = m.convert_row_json(payload, SRC)
+    assert b'"value":4.10,' in orjson.dumps(conv.resources[0])
+    check_valid(conv.resources)
+    # a bad reference-range number is skipped with a warning, not fatal
+    conv = m.convert_row(row | {"ref_low": "3.9-"}, SRC)
+    assert "low" not in conv.resources[0]["referenceRange"][0]
+    assert [(f.rule, f.location) for f in conv.findings] == [("tabular.value-skipped", "ref_low")]
+
+
+def test_lab_issued_needs_a_time():
+    row = example_row("lab-result") | {"report_time": "2024-03-01"}
+    with pytest.raises(MappingError) as e:
+        load_mapping("lab-result").convert_row(row, SRC)
+    assert e.value.location == "report_time"
+
+
+def test_prescription_row():
+    conv = load_mapping("prescription").convert_row(example_row("prescription"), SRC)
+    [mr] = conv.resources
+    assert mr["resourceType"] == "MedicationRequest"
+    assert mr["id"] == stable_id("MedicationRequest", "H0001", "RX", "CF20240301000456", "1")
+    assert mr["status"] == "active" and mr["intent"] == "order"
+    assert mr["groupIdentifier"] == {"system": "urn:oid:1.2.156.112604.1.1.3",
+                                     "value": "CF20240301000456"}
+    dose = mr["dosageInstruction"][0]
+    assert dose["timing"]["code"]["coding"][0]["code"] == "TID"
+    assert dose["doseAndRate"][0]["doseQuantity"] == {
+        "value": 0.5, "unit": "g", "system": "http://unitsofmeasure.org", "code": "g"}
+    assert mr["dispenseRequest"]["expectedSupplyDuration"]["code"] == "d"
+    # an unknown frequency code keeps the text and loses only the coding (with a warning)
+    conv = load_mapping("prescription").convert_row(
+        example_row("prescription") | {"frequency": "每晚一次"}, SRC)
+    timing = conv.resources[0]["dosageInstruction"][0]["timing"]
+    assert timing == {"code": {"text": "每晚一次"}}
+    assert conv.findings[0].location == "frequency"
+    # a comparator where a plain number is expected is refused
+    with pytest.raises(MappingError) as e:
+        load_mapping("prescription").convert_row(example_row("prescription") | {"dose": "<1"}, SRC)
+    assert e.value.location == "dose"
+
+
+def test_views_agree_on_patient_and_encounter_ids():
+    visit = by_type(load_mapping("outpatient-visit").convert_row(example_row("outpatient-visit"), SRC))
+    obs = load_mapping("lab-result").convert_row(example_row("lab-result"), SRC).resources[0]
+    rx = load_mapping("prescription").convert_row(example_row("prescription"), SRC).resources[0]
+    for r in (obs, rx):
+        assert r["subject"]["reference"] == f"Patient/{visit['Patient']['id']}"
+        assert r["encounter"]["reference"] == f"Encounter/{visit['Encounter']['id']}"
+    other = SourceInfo(institution="H0002", oid="1.2.156.112604.1.2")
+    assert load_mapping("lab-result").convert_row(example_row("lab-result"), other) \
+        .resources[0]["id"] != obs["id"]
+
+
+# -- CSV -------------------------------------------------------------------------------------------
+
+def test_csv_bad_rows_listed_good_rows_kept():
+    lines = (FIXTURES / "outpatient-visit.csv").read_text(encoding="utf-8").splitlines()
+    bad1 = lines[1].replace("2024-03-01 08:30:00", "2024-13-01 08:30:00")
+    bad2 = lines[2].replace("MZ202403010002", "")
+    payload = "\n".join([lines[0], bad1, bad2, *lines[3:]]).encode()
+    with pytest.raises(CsvRowsError) as e:
+        converter("csv:outpatient-visit")(payload, SRC)
+    err = e.value
+    assert isinstance(err, MappingError) and err.code == "AE"
+    assert [(n, x.location) for n, x in err.errors] == [(2, "visit_time"), (3, "visit_no")]
+    assert "line 2" in err.reason and "line 3" in err.reason
+    assert err.location == "line 2, column visit_time"
+    assert len(err.conversions) == len(lines) - 3
+    assert err.to_dict()["rows"][1]["line"] == 3
+    # each row on its own: the good ones convert, the bad ones fail one by one
+    rows = load_mapping("outpatient-visit").split_csv(payload)
+    assert [n for n, _ in rows] == [2, 3, 4, 5]
+    conv = converter("row:outpatient-visit")
+    assert conv(rows[2][1], SRC)[0].unit_id == "outpatient-visit:MZ202403010003"
+    with pytest.raises(MappingError):
+        conv(rows[0][1], SRC)
+
+
+def test_csv_header_and_encoding():
+    conv = converter("csv:prescription")
+    text = (FIXTURES / "prescription.csv").read_text(encoding="utf-8")
+    # GB18030 (GBK) exports, BOM, CRLF
+    assert len(conv(text.encode("gb18030"), SRC)) == 3
+    assert len(conv(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode(), SRC)) == 3
+    with pytest.raises(MappingError) as e:
+        conv(text.replace("rx_no,", "rx_number,", 1).encode(), SRC)
+    assert e.value.code == "AR" and "rx_no" in e.value.reason
+    with pytest.raises(MappingError) as e:
+        conv(b"", SRC)
+    assert e.value.code == "AR"
+    with pytest.raises(MappingError):
+        conv(text.splitlines()[0].encode(), SRC)  # header only: nothing to convert
+
+
+def test_csv_quoted_fields_and_blank_lines():
+    m = load_mapping("prescription")
+    text = (FIXTURES / "prescription.csv").read_text(encoding="utf-8").splitlines()
+    row = text[1].replace("阿莫西林胶囊", '"阿莫西林, 胶囊 ""0.25g"""')
+    convs = m.convert_csv(f"{text[0]}\n\n{row}\n\n".encode(), SRC)
+    assert convs[0].resources[0]["medicationCodeableConcept"]["text"] == '阿莫西林, 胶囊 "0.25g"'
+
+
+# -- load-time checks ------------------------------------------------------------------------------
+
+def _mutated(tmp_path, mutate) -> Path:
+    d = yaml.safe_load((SHIPPED / "outpatient-visit.yaml").read_text(encoding="utf-8"))
+    mutate(d)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(d, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def _rule(d, resource, i):
+    return d["resources"][resource]["rules"][i]
+
+
+def _set(d, resource, i, **kw):
+    rule = _rule(d, resource, i)
+    rule.clear()
+    rule.update(kw)
+
+
+@pytest.mark.parametrize("mutate,words", [
+    (lambda d: _rule(d, "patient", 2).update(column="patient_no"),
+     ["resources.patient.rules[2]", "unknown column 'patient_no'"]),
+    (lambda d: _rule(d, "patient", 2).update(path="name[0].txt"),
+     ["resources.patient.rules[2]", "bad path", "no element 'txt'"]),
+    (lambda d: _rule(d, "patient", 2).update(path="name.text"),
+     ["resources.patient.rules[2]", "repeats"]),
+    (lambda d: _rule(d, "encounter", 3).update(path="subject[0]"),
+     ["resources.encounter.rules[3]", "does not repeat"]),
+    (lambda d: _rule(d, "patient", 4).update(transform="gender_map"),
+     ["resources.patient.rules[4]", "unknown transform 'gender_map'"]),
+    (lambda d: _rule(d, "patient", 4).update(transform={"map": "sexes"}),
+     ["resources.patient.rules[4]", "unknown value map 'sexes'"]),
+    (lambda d: d["value_maps"]["gender"].update({"1": "M"}),
+     ["resources.patient.rules[4]", "'M'", "not codes of gender"]),
+    (lambda d: _rule(d, "patient", 7).update(transform={"date": {"format": "DD/MM/YYYY"}}),
+     ["resources.patient.rules[7]", "unknown date format"]),
+    (lambda d: _rule(d, "patient", 7).update(transform="integer"),
+     ["resources.patient.rules[7]", "birthDate", "a string"]),
+    (lambda d: _rule(d, "encounter", 3).update(ref="person"),
+     ["resources.encounter.rules[3]", "unknown resource 'person'"]),
+    (lambda d: _rule(d, "encounter", 3).update(path="period"),
+     ["resources.encounter.rules[3]", "ref: cannot fill period"]),
+    (lambda d: _rule(d, "patient", 0)["object"]["system"].update(template="urn:oid:{oid}.{dept}"),
+     ["resources.patient.rules[0]", "unknown column 'dept'"]),
+    (lambda d: _rule(d, "patient", 0)["object"].update(sistem="x"),
+     ["resources.patient.rules[0]", "no element 'sistem'"]),
+    (lambda d: _rule(d, "patient", 2).update(value="x"),
+     ["resources.patient.rules[2]", "exactly one of"]),
+    (lambda d: _rule(d, "patient", 2).update(colum="x"),
+     ["resources.patient.rules[2]", "unknown keys ['colum']"]),
+    (lambda d: d["resources"]["patient"].update(type="Patinet"),
+     ["resources.patient.type", "unknown resource type 'Patinet'"]),
+    (lambda d: d["resources"]["patient"]["id"].update(columns=["nope"]),
+     ["resources.patient.id.columns", "unknown column 'nope'"]),
+    (lambda d: _rule(d, "patient", 3).update(value="formal"),
+     ["resources.patient.rules[3]", "'formal' is not one of"]),
+    (lambda d: d["columns"]["visit_no"].pop("required"),
+     ["unit", "key columns must be required: visit_no"]),
+    (lambda d: d["resources"]["condition"].update(emit=False),
+     ["resources.condition.rules", "emit: false"]),
+    (lambda d: d["columns"]["phone"].pop("example"),
+     ["columns", "example value for phone"]),
+    (lambda d: d["columns"].update(birth_date={"example": "1949-13-31"}),
+     ["example", "does not convert", "birth_date"]),
+    (lambda d: _set(d, "patient", 7, path="birthDate", value="31.12.1949"),
+     ["example row makes an invalid Patient", "Patient.birthDate"]),
+])
+def test_bad_mapping_files_refused(tmp_path, mutate, words):
+    path = _mutated(tmp_path, mutate)
+    with pytest.raises(MappingFileError) as e:
+        load_file(path)
+    msg = str(e.value)
+    assert msg.startswith(str(path)), msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_bad_yaml_and_mapping_by_path(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("name: [unclosed", encoding="utf-8")
+    with pytest.raises(MappingFileError, match="not valid YAML"):
+        load_mapping(str(path))
+    good = _mutated(tmp_path, lambda d: d.update(name="my-visits"))
+    conv = converter(f"row:{good}")(json.dumps(example_row("outpatient-visit")).encode(), SRC)
+    assert conv[0].kind == "row:my-visits"
+    with pytest.raises(MappingError) as e:
+        converter("row:no-such-view")
+    assert e.value.code == "AR"
+
+
+def test_decimal_values_exact():
+    from fhir_mapping.tabular.values import decimal_value
+
+    assert decimal_value("5.6") == 5.6
+    assert decimal_value(Decimal("12")) == 12
+    assert bytes(orjson.dumps(decimal_value("1.50"))) == b"1.50"
+    assert bytes(orjson.dumps(decimal_value("0.000001230"))) == b"0.000001230"
+    assert bytes(orjson.dumps(decimal_value("1E+3"))) == b"1000"
+    assert bytes(orjson.dumps(decimal_value("-0.0"))) == b"0.0"
+
+
+def test_hub_accepts_and_replay_changes_nothing(tmp_path, request):
+    from hub.ingest import Context, Hub
+    from hub.resource import parse_json
+
+    from tests.conftest import make_settings
+
+    hub = Hub(make_settings("sqlite", tmp_path, request).open_store())
+    try:
+        items = []
+        for name in shipped_mappings():
+            for c in converter(f"csv:{name}")((FIXTURES / f"{name}.csv").read_bytes(), SRC):
+                items += [orjson.dumps(r) for r in c.resources]
+
+        def ingest():
+            results = list(hub.ingest(((raw, parse_json(raw)) for raw in items), Context()))
+            assert all(not isinstance(r, Exception) for r in results), results
+            return [(r.rtype, r.rid, r.version) for r in results]
+
+        first = ingest()
+        assert {v for _, _, v in first} == {1}
+        assert ingest() == first  # the same rows again: no new versions
+    finally:
+        hub.store.close()
