@@ -1,6 +1,7 @@
 """Which mapper handles which payload kind.
 
-A kind names the mapper and, after a colon, its argument: ``hl7v2``; ``row:<mapping>`` (one JSON
+A kind names the mapper and, after a colon, its argument: ``hl7v2``; ``hl7v3`` (interaction
+messages: registrations, updates, merges); ``row:<mapping>`` (one JSON
 object, a row of a HIS view) and ``csv:<mapping>`` (a CSV export, one unit per row), where
 ``<mapping>`` is the name of a shipped tabular mapping or a path to a mapping file.
 Every converter returns a list of Conversions (a CSV file holds many units).
@@ -21,6 +22,10 @@ def converter(kind: str) -> Converter:
         from fhir_mapping.hl7v2 import convert
 
         return lambda payload, source: [convert(payload, source)]
+    if name == "hl7v3":
+        from fhir_mapping.hl7v3 import convert as convert_v3
+
+        return lambda payload, source: [convert_v3(payload, source)]
     if name in ("row", "csv"):
         from fhir_mapping.tabular import load_mapping
 

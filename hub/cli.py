@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["status", "run", "rebuild"])
     p.add_argument("name", nargs="?", default="search", choices=["search"])
 
+    from connectors import cli as connector_cli  # hub connector|deadletter|ingest-worker
+
+    connector_cli.add_parsers(sub, common)
+
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -505,6 +509,22 @@ def cmd_projections(args, settings: Settings) -> int:
 
 COMMANDS = {"projections": cmd_projections, "serve": cmd_serve, "ingest": cmd_ingest, "demo": cmd_demo, "generate": cmd_generate,
             "show": cmd_show, "history": cmd_history, "reindex": cmd_reindex}
+
+
+def _connector_command(name: str):
+    def run(args, settings: Settings) -> int:
+        from connectors import cli as connector_cli
+
+        try:
+            return getattr(connector_cli, name)(args, settings)
+        except connector_cli.CliError as e:
+            raise UsageError(str(e)) from None
+    return run
+
+
+COMMANDS.update({"connector": _connector_command("cmd_connector"),
+                 "deadletter": _connector_command("cmd_deadletter"),
+                 "ingest-worker": _connector_command("cmd_ingest_worker")})
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -463,3 +463,22 @@ def test_search_count_zero_gives_total_without_paging(client):
         b = r.json()
         assert b["total"] >= 1 and not b.get("entry")
         assert not [x for x in b["link"] if x["relation"] == "next"], b["link"]
+
+
+def test_a_connector_names_its_institution_and_feed_in_the_event_source(client, live):
+    from hub.events import from_stored
+
+    r = client.post("/Patient", json={"resourceType": "Patient", "gender": "male"},
+                    headers={"content-type": "application/fhir+json",
+                             "x-hub-source-institution": "H0001", "x-hub-source-feed": "h0001-adt"})
+    assert r.status_code == 201
+    plain = client.post("/Patient", json={"resourceType": "Patient"},
+                        headers={"content-type": "application/fhir+json"})
+    store = live.settings.open_store()
+    try:
+        [named] = store.versions("Patient", r.json()["id"])
+        [anon] = store.versions("Patient", plain.json()["id"])
+    finally:
+        store.close()
+    assert from_stored(named).source == {"feed": "h0001-adt", "institution": "H0001"}
+    assert from_stored(anon).source == {"feed": "rest"}

@@ -88,7 +88,8 @@ class CsvRowsError(MappingError):
     a caller that can spool part of a file keeps them (the Spool dead-letters the whole file, and a
     replay after the fix rewrites the good rows as no-ops)."""
 
-    def __init__(self, errors: list[tuple[int, MappingError]], conversions: list[Conversion]):
+    def __init__(self, errors: list[tuple[int, MappingError]], conversions: list[Conversion],
+                 rows: dict[int, bytes] | None = None):
         lines = "; ".join(f"line {n}: {e.reason}" for n, e in errors[:20])
         more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
         super().__init__(f"{len(errors)} of {len(errors) + len(conversions)} rows refused: "
@@ -98,6 +99,10 @@ class CsvRowsError(MappingError):
                          rule="tabular.csv.rows")
         self.errors = errors
         self.conversions = conversions
+        # each refused line as (line, row JSON, error): a spool keeps the good rows flowing and
+        # dead-letters each bad line on its own, replayable as a ``row:<mapping>`` payload
+        rows = rows or {}
+        self.rejected = [(n, rows.get(n, b"{}"), e) for n, e in errors]
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
@@ -311,17 +316,20 @@ class TabularMapping:
         attached; the file as a whole is then dead-lettered and can be replayed after a fix."""
         good: list[Conversion] = []
         bad: list[tuple[int, MappingError]] = []
+        bad_rows: dict[int, bytes] = {}
         for line, row in self.csv_rows(payload):
             if "\x00too-many" in row:
                 bad.append((line, MappingError("more values than header columns",
                                                rule="tabular.csv.width")))
+                bad_rows[line] = orjson.dumps(row)
                 continue
             try:
                 good.append(self.convert_row(row, source))
             except MappingError as e:
                 bad.append((line, e))
+                bad_rows[line] = orjson.dumps(row)
         if bad:
-            raise CsvRowsError(bad, good)
+            raise CsvRowsError(bad, good, bad_rows)
         if not good:
             raise MappingError("the CSV file has no data rows", code="AE", rule="tabular.csv.empty")
         return good

@@ -135,6 +135,12 @@ def _ctx(request: Request) -> Context:
     rid = request.headers.get("x-request-id")
     ctx = Context(request_id=rid[:64]) if rid else Context()
     ctx.source = {"feed": "rest"}
+    # a connector names its institution and feed (recorded in each event's source, shown by
+    # `hub history`); metadata, not authorization
+    for header, key in (("x-hub-source-institution", "institution"), ("x-hub-source-feed", "feed")):
+        value = request.headers.get(header)
+        if value and value.isprintable():
+            ctx.source[key] = value[:128]
     return ctx
 
 

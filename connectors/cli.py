@@ -1,0 +1,230 @@
+"""``hub connector run|status``, ``hub deadletter list|show|replay`` and ``hub ingest-worker``.
+
+Registered by ``hub.cli``; user mistakes raise ``CliError`` (one line on stderr, exit status 2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import httpx
+import orjson
+
+
+def add_parsers(sub, common) -> None:
+    p = sub.add_parser("connector", help="run a connector daemon or show its status",
+                       parents=[common])
+    p.add_argument("action", choices=["run", "status"])
+    p.add_argument("config", type=Path, help="the connector's YAML configuration")
+    p.add_argument("--json", action="store_true", help="status as JSON")
+    p.add_argument("--log-level", default="INFO")
+
+    p = sub.add_parser("deadletter", parents=[common],
+                       help="list, show and replay dead letters of a connector or the ingest worker")
+    p.add_argument("action", choices=["list", "show", "replay"])
+    p.add_argument("ids", nargs="*", type=int, help="dead letter ids (show, replay)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--config", type=Path, help="a connector's YAML configuration")
+    where.add_argument("--worker", action="store_true",
+                       help="the ingest worker's dead letters in the data directory")
+    p.add_argument("--all", action="store_true", help="list: also replayed; replay: every open one")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("ingest-worker", parents=[common],
+                       help="consume connector units from Kafka and write them (a consumer group)")
+    p.add_argument("--bootstrap-servers", required=True)
+    p.add_argument("--topic", action="append", required=True, help="topic (repeatable)")
+    p.add_argument("--group", default="hub-ingest-worker")
+    p.add_argument("--max-records", type=int, default=500)
+    p.add_argument("--session-timeout-ms", type=int, default=10000,
+                   help="consumer group session timeout (a broker may hold joins for part of it)")
+    p.add_argument("--log-level", default="INFO")
+
+
+class CliError(Exception):
+    """A user mistake: ``hub`` prints it as one line and exits with status 2."""
+
+
+def _usage(msg: str) -> CliError:
+    return CliError(msg)
+
+
+def _load(config: Path):
+    from connectors.config import ConfigError, ConnectorConfig
+
+    if not config.exists():
+        raise _usage(f"{config} does not exist")
+    try:
+        return ConnectorConfig.load(config)
+    except ConfigError as e:
+        raise _usage(str(e)) from None
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def cmd_connector(args, settings) -> int:
+    cfg = _load(args.config)
+    if args.action == "run":
+        from connectors.daemon import Connector
+
+        _logging(args.log_level)
+        conn = Connector(cfg)
+        print(f"connector {cfg.name}: {len(conn.sources)} sources, sink {cfg.sink['type']}, "
+              f"state in {cfg.state_dir}", flush=True)
+        conn.run()
+        print(f"connector {cfg.name} stopped", flush=True)
+        return 0
+    return _status(cfg, args.json)
+
+
+def _status(cfg, as_json: bool) -> int:
+    from connectors.spool import Spool
+
+    if not cfg.spool_path.exists():
+        raise _usage(f"no spool in {cfg.state_dir}: the connector has not run yet")
+    live = None
+    url_file = cfg.state_dir / "status.url"
+    if url_file.exists():
+        try:
+            live = httpx.get(url_file.read_text().strip() + "/status", timeout=3).json()
+        except (httpx.HTTPError, ValueError):
+            live = None
+    spool = Spool(cfg.spool_path, cfg.source_info)
+    try:
+        counters = spool.counters()
+        checkpoints = spool.checkpoints()
+    finally:
+        spool.close()
+    names = [s["name"] for s in cfg.sources]
+    names += [n for n in counters if n not in names]
+    out = {"connector": cfg.name, "running": live is not None,
+           "sink": (live or {}).get("sink"), "sources": {}}
+    for n in names:
+        d = {"received": 0, "converted": 0, "delivered": 0, "failed": 0, "lag": 0,
+             "deadletters": 0, **counters.get(n, {})}
+        if live and n in live.get("sources", {}):
+            d["alive"] = live["sources"][n].get("alive")
+        out["sources"][n] = d
+    out["checkpoints"] = checkpoints
+    if as_json:
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    state = "running" if live else "not running"
+    sink = out["sink"] or {}
+    print(f"connector {cfg.name}: {state}" + (f", sink {sink.get('state')}" if sink else "")
+          + (f" ({sink.get('error')})" if sink.get("error") else ""))
+    print(f"  {'source':16} {'received':>9} {'converted':>9} {'delivered':>9} {'failed':>7} "
+          f"{'lag':>6} {'dead':>5}")
+    for n, d in out["sources"].items():
+        print(f"  {n:16} {d['received']:>9} {d['converted']:>9} {d['delivered']:>9} "
+              f"{d['failed']:>7} {d['lag']:>6} {d['deadletters']:>5}")
+    return 0
+
+
+def _deadletter_store(args, settings):
+    from connectors.spool import Spool
+
+    if args.config:
+        cfg = _load(args.config)
+        if not cfg.spool_path.exists():
+            raise _usage(f"no spool in {cfg.state_dir}")
+        return Spool(cfg.spool_path, cfg.source_info), None
+    if args.worker:
+        from hub.worker import deadletter_path
+
+        path = deadletter_path(settings)
+        if not path.exists():
+            raise _usage(f"no ingest-worker dead letters in {settings.data_dir}")
+        return Spool(path), "worker"
+    raise _usage("say whose dead letters: --config CONNECTOR.yaml or --worker")
+
+
+def cmd_deadletter(args, settings) -> int:
+    store, who = _deadletter_store(args, settings)
+    try:
+        if args.action == "list":
+            rows = store.deadletters(None if args.all else "open")
+            if args.json:
+                print(json.dumps(rows, indent=2, default=str))
+                return 0
+            print(f"{len(rows)} {'dead letters' if args.all else 'open dead letters'}")
+            for r in rows:
+                reason = (r["error"] or {}).get("reason", "")
+                print(f"  #{r['id']:<5} {r['time']}  {r['status']:9} {r['stage']:8} {r['source']:12} "
+                      f"{r['unit_id'] or '-':20} {reason[:100]}")
+            return 0
+        if args.action == "show":
+            if not args.ids:
+                raise _usage("show needs a dead letter id")
+            for i in args.ids:
+                dl = store.deadletter(i)
+                if dl is None:
+                    raise _usage(f"no dead letter {i}")
+                payload = dl.pop("payload")
+                if args.json:
+                    dl["payload"] = payload.decode("utf-8", "replace")
+                    print(json.dumps(dl, indent=2, default=str, ensure_ascii=False))
+                    continue
+                for k in ("id", "time", "status", "stage", "source", "kind", "unit_id"):
+                    print(f"{k:9} {dl[k]}")
+                print(f"error     {json.dumps(dl['error'], ensure_ascii=False)}")
+                print(f"meta      {json.dumps(dl['meta'], ensure_ascii=False, default=str)}")
+                if dl["replayed"]:
+                    print(f"replayed  {dl['replayed']} {json.dumps(dl['replay_result'])}")
+                print("payload:")
+                print(payload.decode("utf-8", "replace").replace("\r", "\n"))
+            return 0
+        # replay
+        ids = args.ids or ([r["id"] for r in store.deadletters("open")] if args.all else [])
+        if not ids:
+            raise _usage("replay needs dead letter ids or --all")
+        if who == "worker":
+            from hub.worker import replay_deadletters
+
+            results = replay_deadletters(store, ids, settings)
+        else:
+            results = []
+            for i in ids:
+                try:
+                    a = store.replay(i)
+                    results.append((i, a.ok, a.error, a.deadletter_id))
+                except (KeyError, ValueError) as e:
+                    results.append((i, False, {"reason": str(e).strip("'\"")}, None))
+        failed = 0
+        for i, ok, error, new_id in results:
+            if ok:
+                print(f"  #{i}: replayed" + ("" if who == "worker" else
+                                              ", spooled for delivery"))
+            else:
+                failed += 1
+                print(f"  #{i}: failed again: {(error or {}).get('reason')}"
+                      + (f" (dead letter #{new_id})" if new_id else ""))
+        print(f"{len(results) - failed} replayed, {failed} failed")
+        return 1 if failed else 0
+    finally:
+        store.close()
+
+
+def cmd_ingest_worker(args, settings) -> int:
+    from hub.worker import IngestWorker
+
+    _logging(args.log_level)
+    ms = args.session_timeout_ms
+    worker = IngestWorker(settings, args.bootstrap_servers, args.topic, group=args.group,
+                          max_records=args.max_records,
+                          consumer={"session_timeout_ms": ms,
+                                    "heartbeat_interval_ms": max(100, ms // 10)})
+    print(f"ingest worker: group {args.group}, topics {', '.join(args.topic)}, data "
+          f"{settings.database_url and 'PostgreSQL' or settings.data_dir}", flush=True)
+    worker.run()
+    return 0
+
+
+def dumps(d) -> str:
+    return orjson.dumps(d, option=orjson.OPT_INDENT_2).decode()

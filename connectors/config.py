@@ -1,0 +1,115 @@
+"""A connector's configuration: one YAML file.
+
+```yaml
+name: h0001-adt                       # the connector (feed) name
+institution: {code: H0001, oid: 1.2.156.112604.1.1, name: 市第一人民医院}
+state_dir: ./state/h0001-adt          # spool, checkpoints, dead letters (relative to this file)
+durable: true                         # fsync every spool commit (default)
+status: {host: 127.0.0.1, port: 8181} # health/status HTTP endpoint (port 0: any free port)
+retry: {initial_s: 0.5, max_s: 30}    # backoff while the hub or broker is unreachable
+sources:
+  - {type: mllp, name: adt, host: 0.0.0.0, port: 2575, kind: hl7v2,
+     max_message_bytes: 1048576, idle_timeout_s: 300}
+  - {type: folder, name: drop, path: ./inbox, kind: hl7v2, pattern: "*.hl7", settle_ms: 500}
+  - {type: database, name: visits, ...}  # connectors.sources.database.DatabaseSource.from_config
+  - {type: kafka, name: feed, bootstrap_servers: "127.0.0.1:9092", topic: his.adt,
+     group_id: h0001-connector, kind: hl7v2}
+sink:                                 # the hub's FHIR API ...
+  {type: http, url: "http://127.0.0.1:8080/fhir", batch_size: 50, timeout_s: 30, headers: {}}
+  # ... or a Kafka topic read by `hub ingest-worker`
+  # {type: kafka, bootstrap_servers: "127.0.0.1:9092", topic: hub.ingest}
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fhir_mapping.base import SourceInfo
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ConnectorConfig:
+    name: str
+    source_info: SourceInfo
+    state_dir: Path
+    sources: list[dict[str, Any]]
+    sink: dict[str, Any]
+    durable: bool = True
+    status: dict[str, Any] = field(default_factory=dict)
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 30.0
+    path: Path | None = None
+
+    @property
+    def spool_path(self) -> Path:
+        return self.state_dir / "spool.sqlite"
+
+    @classmethod
+    def load(cls, path: str | Path) -> ConnectorConfig:
+        path = Path(path)
+        try:
+            d = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+        return cls.from_dict(d, base=path.parent, path=path)
+
+    @classmethod
+    def from_dict(cls, d: Any, base: Path | None = None, path: Path | None = None) -> ConnectorConfig:
+        where = str(path or "config")
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: a mapping is expected at the top")
+        name = d.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}: 'name' is required")
+        inst = d.get("institution") or {}
+        if not isinstance(inst, dict):
+            raise ConfigError(f"{where}: 'institution' must be a mapping (code, oid, name)")
+        info = SourceInfo(institution=str(inst.get("code", "")), oid=str(inst.get("oid", "")),
+                          name=str(inst.get("name", "")), feed=name)
+        base = base or Path.cwd()
+        state = Path(d.get("state_dir") or f"state/{name}")
+        if not state.is_absolute():
+            state = (base / state).resolve()
+        sources = d.get("sources") or []
+        if not isinstance(sources, list) or not sources:
+            raise ConfigError(f"{where}: 'sources' must be a non-empty list")
+        names = set()
+        for i, s in enumerate(sources):
+            if not isinstance(s, dict) or s.get("type") not in ("mllp", "folder", "database", "kafka"):
+                raise ConfigError(f"{where}: sources[{i}].type must be mllp, folder, database or kafka")
+            s.setdefault("name", f"{s['type']}{i}")
+            if s["name"] in names:
+                raise ConfigError(f"{where}: two sources are named {s['name']!r}")
+            names.add(s["name"])
+            for key in ("path", "done_dir", "failed_dir"):
+                if key in s and not Path(s[key]).is_absolute():
+                    s[key] = str((base / s[key]).resolve())
+            # a mapping file named by path, and a SQLite database file, also relative to this file
+            for key in ("mapping", "kind"):
+                value = s.get(key)
+                if isinstance(value, str):
+                    prefix, arg = ("", value) if key == "mapping" else value.partition(":")[::2]
+                    if arg.endswith((".yaml", ".yml", ".json")) and not Path(arg).is_absolute():
+                        arg = str((base / arg).resolve())
+                        s[key] = f"{prefix}:{arg}" if prefix else arg
+            url = s.get("url")
+            if isinstance(url, str) and url.startswith("sqlite:///") and not url.startswith(
+                    "sqlite:////") and url != "sqlite:///:memory:":
+                s["url"] = "sqlite:///" + str((base / url[len("sqlite:///"):]).resolve())
+        sink = d.get("sink")
+        if not isinstance(sink, dict) or sink.get("type") not in ("http", "kafka"):
+            raise ConfigError(f"{where}: 'sink.type' must be http or kafka")
+        retry = d.get("retry") or {}
+        return cls(name=name, source_info=info, state_dir=state, sources=sources, sink=sink,
+                   durable=bool(d.get("durable", True)), status=d.get("status") or {},
+                   retry_initial_s=float(retry.get("initial_s", 0.5)),
+                   retry_max_s=float(retry.get("max_s", 30.0)), path=path)

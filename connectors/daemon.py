@@ -1,0 +1,239 @@
+"""The connector daemon: sources in threads, a delivery loop, a health/status endpoint.
+
+``Connector(config).run()`` blocks until SIGTERM/SIGINT (or ``stop()``): sources stop receiving
+(messages in flight are answered), the delivery loop finishes its batch, the spool is closed.
+Anything spooled but not delivered is delivered at the next start; a killed process loses nothing
+that was acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from connectors.config import ConnectorConfig
+from connectors.sinks.base import Unavailable, take_batch
+from connectors.spool import Spool
+
+log = logging.getLogger("connectors")
+
+
+def build_source(cfg: dict):
+    kind = cfg["type"]
+    name = cfg["name"]
+    if kind == "mllp":
+        from connectors.sources.mllp import MLLPSource
+
+        return MLLPSource.from_config(name, cfg)
+    if kind == "folder":
+        from connectors.sources.folder import FolderSource
+
+        return FolderSource.from_config(name, cfg)
+    if kind == "kafka":
+        from connectors.sources.kafka import KafkaSource
+
+        return KafkaSource.from_config(name, cfg)
+    if kind == "database":
+        from connectors.sources.database import DatabaseSource
+
+        return DatabaseSource.from_config(name, cfg)
+    raise ValueError(f"unknown source type {kind!r}")
+
+
+def build_sink(cfg: dict, config: ConnectorConfig):
+    if cfg["type"] == "http":
+        from connectors.sinks.http import HttpSink
+
+        return HttpSink(source_info=config.source_info,
+                        **{k: v for k, v in cfg.items() if k != "type"})
+    from connectors.sinks.kafka import KafkaSink
+
+    return KafkaSink(connector=config.name, source_info=config.source_info,
+                     **{k: v for k, v in cfg.items() if k != "type"})
+
+
+class Connector:
+    def __init__(self, config: ConnectorConfig, sink=None, sources=None):
+        self.config = config
+        self.spool = Spool(config.spool_path, config.source_info, durable=config.durable)
+        self.sources = sources if sources is not None else [build_source(s) for s in config.sources]
+        self.sink = sink if sink is not None else build_sink(config.sink, config)
+        self.batch_size = int(config.sink.get("batch_size", 50))
+        self.stop_event = threading.Event()
+        self.threads: dict[str, threading.Thread] = {}
+        self.source_errors: dict[str, str] = {}
+        self.sink_state: dict[str, Any] = {"state": "idle", "error": None, "since": time.time(),
+                                           "retries": 0}
+        self.started = time.time()
+        self.http: ThreadingHTTPServer | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for src in self.sources:
+            t = threading.Thread(target=self._run_source, args=(src,), name=f"source-{src.name}",
+                                 daemon=True)
+            self.threads[src.name] = t
+            t.start()
+        t = threading.Thread(target=self._deliver_loop, name="delivery", daemon=True)
+        self.threads["<delivery>"] = t
+        t.start()
+        status = self.config.status
+        if status.get("port") is not None:
+            self.http = ThreadingHTTPServer((status.get("host", "127.0.0.1"), int(status["port"])),
+                                            _handler(self))
+            self.http.daemon_threads = True
+            threading.Thread(target=self.http.serve_forever, name="status-http",
+                             daemon=True).start()
+            self._write_status_file()
+        log.info("connector %s started: %d sources", self.config.name, len(self.sources))
+
+    def _write_status_file(self) -> None:
+        if self.http is not None:
+            host, port = self.http.server_address[:2]
+            (self.config.state_dir / "status.url").write_text(f"http://{host}:{port}\n")
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        with self.spool.changed:
+            self.spool.changed.notify_all()
+
+    def join(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        for t in self.threads.values():
+            t.join(max(0.0, deadline - time.monotonic()))
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+            try:
+                (self.config.state_dir / "status.url").unlink()
+            except OSError:
+                pass
+        try:
+            self.sink.close()
+        except Exception:  # noqa: BLE001
+            log.exception("closing the sink")
+        self.spool.close()
+
+    def run(self) -> None:
+        """Until SIGTERM or SIGINT (in the main thread)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+        self.start()
+        while not self.stop_event.wait(0.5):
+            pass
+        log.info("connector %s stopping", self.config.name)
+        self.join()
+
+    # -- sources --------------------------------------------------------------------------------
+
+    def _run_source(self, src) -> None:
+        delay = self.config.retry_initial_s
+        while not self.stop_event.is_set():
+            try:
+                src.run(self.spool, self.stop_event)
+                self.source_errors.pop(src.name, None)
+                if self.stop_event.is_set():
+                    return
+            except Exception as e:  # noqa: BLE001 - a source failing is restarted, never fatal
+                log.exception("source %s failed; restarting in %.1f s", src.name, delay)
+                self.source_errors[src.name] = f"{type(e).__name__}: {e}"
+            if self.stop_event.wait(delay):
+                return
+            delay = min(delay * 2, self.config.retry_max_s)
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    def _deliver_loop(self) -> None:
+        delay = self.config.retry_initial_s
+        while not self.stop_event.is_set():
+            units = self.spool.pending(self.batch_size)
+            if not units:
+                self.spool.wait(0.5)
+                continue
+            batch = take_batch(units, self.batch_size)
+            try:
+                errors = self.sink.deliver(batch)
+            except Unavailable as e:
+                self._retrying(str(e))
+                self.spool.attempted(batch)
+                if self.stop_event.wait(delay * random.uniform(0.8, 1.2)):
+                    return
+                delay = min(delay * 2, self.config.retry_max_s)
+                continue
+            except Exception as e:  # noqa: BLE001 - a sink bug: keep the units, retry later
+                log.exception("sink failed")
+                self._retrying(f"{type(e).__name__}: {e}")
+                if self.stop_event.wait(delay):
+                    return
+                delay = min(delay * 2, self.config.retry_max_s)
+                continue
+            delay = self.config.retry_initial_s
+            if self.sink_state["state"] != "ok":
+                self.sink_state.update(state="ok", error=None, since=time.time(), retries=0)
+            ok = [u for u, err in zip(batch, errors) if err is None]
+            bad = [(u, err) for u, err in zip(batch, errors) if err is not None]
+            self.spool.delivered(ok)
+            if bad:
+                ids = self.spool.fail_units(bad)
+                log.warning("%d units refused by the sink, dead letters %s", len(bad), ids)
+            self.sink_state["delivered_at"] = time.time()
+
+    def _retrying(self, error: str) -> None:
+        if self.sink_state["state"] != "retrying":
+            log.warning("sink unavailable, retrying with backoff: %s", error)
+            self.sink_state.update(state="retrying", since=time.time(), retries=0)
+        self.sink_state["error"] = error
+        self.sink_state["retries"] += 1
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        sources = {}
+        counters = self.spool.counters()
+        for src in self.sources:
+            t = self.threads.get(src.name)
+            d = {"type": type(src).__name__, "alive": bool(t and t.is_alive()),
+                 **counters.get(src.name, {})}
+            if src.name in self.source_errors:
+                d["error"] = self.source_errors[src.name]
+            if hasattr(src, "port"):
+                d["port"] = src.port
+            if hasattr(src, "stats"):
+                d["stats"] = dict(src.stats)
+            sources[src.name] = d
+        healthy = all(d["alive"] for d in sources.values()) and (
+            self.sink_state["state"] != "retrying" or time.time() - self.sink_state["since"] < 300)
+        return {"connector": self.config.name, "healthy": healthy,
+                "uptime_s": round(time.time() - self.started, 1), "sources": sources,
+                "sink": {"type": self.config.sink.get("type"), **self.sink_state}}
+
+
+def _handler(connector: Connector):
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            if self.path.rstrip("/") in ("/health", "/healthz"):
+                st = connector.status()
+                body, code = {"status": "ok" if st["healthy"] else "degraded"}, (
+                    200 if st["healthy"] else 503)
+            elif self.path.rstrip("/") in ("/status", ""):
+                body, code = connector.status(), 200
+            else:
+                body, code = {"error": "not found"}, 404
+            data = json.dumps(body, default=str).encode()
+            self.send_response(code)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    return Handler

@@ -1,0 +1,53 @@
+"""Payload kinds a connector understands: the mapping registry plus ``fhir``.
+
+``fhir``: the payload is FHIR JSON already (a resource, or a Bundle whose entries carry resources
+with ids); it becomes one unit written with PUTs. Used by feeds that already speak FHIR and by tests
+that need no HL7 v2 mapper.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from fhir_mapping.base import Conversion, MappingError, SourceInfo
+from fhir_mapping.registry import Converter
+from fhir_mapping.registry import converter as registry_converter
+
+
+def convert_fhir(payload: bytes, source: SourceInfo) -> list[Conversion]:
+    try:
+        d = orjson.loads(payload)
+    except orjson.JSONDecodeError as e:
+        raise MappingError(f"not JSON: {e}", code="AR", rule="fhir.json") from None
+    if not isinstance(d, dict) or not isinstance(d.get("resourceType"), str):
+        raise MappingError("not a FHIR resource (no resourceType)", code="AR", rule="fhir.type")
+    if d["resourceType"] == "Bundle":
+        resources = [e.get("resource") for e in d.get("entry") or [] if isinstance(e, dict)]
+        unit_id = d.get("id") or ""
+    else:
+        resources = [d]
+        unit_id = ""
+    patient_key = None
+    for i, r in enumerate(resources):
+        if not isinstance(r, dict) or not r.get("resourceType") or not r.get("id"):
+            raise MappingError("every resource needs resourceType and id", code="AE",
+                               location=f"entry[{i}]", rule="fhir.id")
+        if patient_key is None:
+            if r["resourceType"] == "Patient":
+                patient_key = f"Patient/{r['id']}"
+            else:
+                ref = (r.get("subject") or r.get("patient") or {}).get("reference") \
+                    if isinstance(r.get("subject") or r.get("patient"), dict) else None
+                if isinstance(ref, str) and ref.startswith("Patient/"):
+                    patient_key = ref
+    if not resources:
+        raise MappingError("the Bundle has no resources", code="AE", rule="fhir.empty")
+    unit_id = unit_id or f"{resources[0]['resourceType']}/{resources[0]['id']}"
+    return [Conversion(resources=resources, unit_id=unit_id, patient_key=patient_key,
+                       kind="fhir")]
+
+
+def converter(kind: str) -> Converter:
+    if kind == "fhir":
+        return convert_fhir
+    return registry_converter(kind)

@@ -1,0 +1,114 @@
+"""Deliver units to the hub's FHIR API as batch Bundles (``POST {base}``).
+
+Each unit's entries (PUT Type/id, idempotent) go into one batch Bundle with the other units of the
+batch; the batch-response entries map back to their unit. A unit with a refused entry (4xx) is
+dead-lettered; a 5xx, 409, 429 entry or any transport error makes the whole batch retried later
+(the writes that succeeded become no-ops when it is sent again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import orjson
+
+from fhir_mapping.base import SourceInfo
+
+from connectors.sinks.base import Unavailable
+from connectors.spool import Unit
+
+RETRY_STATUS = {408, 409, 425, 429}
+
+
+def dedupe_entries(per_unit: list[list[dict]]) -> tuple[list[dict], list[list[int]]]:
+    """One entry per request in the batch: units of one institution repeat its Organization,
+    Location, Practitioners (same content: ``take_batch`` keeps different versions apart), and
+    the hub commits writes naming one resource one after another, so repeats would split the
+    batch into many commits. Returns the entries and, per unit, the positions of its entries."""
+    entries: list[dict] = []
+    index: dict[str, int] = {}
+    positions: list[list[int]] = []
+    for unit_entries in per_unit:
+        pos = []
+        for e in unit_entries:
+            key = f"{e['request']['method']} {e['request']['url']}"
+            if key not in index:
+                index[key] = len(entries)
+                entries.append(e)
+            pos.append(index[key])
+        positions.append(pos)
+    return entries, positions
+
+
+class HttpSink:
+    def __init__(self, url: str, timeout_s: float = 30.0, headers: dict | None = None,
+                 batch_size: int = 50, source_info: SourceInfo | None = None, **_: Any):
+        self.url = url.rstrip("/")
+        self.batch_size = int(batch_size)
+        # where the writes come from, recorded by the hub in each event's source
+        origin = {"x-hub-source-institution": source_info.institution,
+                  "x-hub-source-feed": source_info.feed} if source_info else {}
+        self.client = httpx.Client(timeout=float(timeout_s), headers={
+            "content-type": "application/fhir+json", "accept": "application/fhir+json",
+            "prefer": "return=minimal", **{k: v for k, v in origin.items() if v},
+            **(headers or {})})
+
+    def close(self) -> None:
+        self.client.close()
+
+    def deliver(self, units: Sequence[Unit]) -> list[dict[str, Any] | None]:
+        entries, positions = dedupe_entries([u.entries() for u in units])
+        if not entries:
+            return [None] * len(units)
+        body = orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": entries})
+        try:
+            r = self.client.post(self.url, content=body)
+        except httpx.HTTPError as e:
+            raise Unavailable(f"{type(e).__name__}: {e}") from None
+        if r.status_code == 413 or (400 <= r.status_code < 500 and r.status_code not in
+                                    (401, 403, 404, *RETRY_STATUS)):
+            if len(units) > 1:  # find the culprit: split the batch
+                half = len(units) // 2
+                return self.deliver(units[:half]) + self.deliver(units[half:])
+            return [{"reason": f"the hub refused the unit: HTTP {r.status_code}",
+                     "status": r.status_code, "outcome": _json(r)}]
+        if r.status_code != 200:
+            raise Unavailable(f"HTTP {r.status_code} from {self.url}: {r.text[:200]}")
+        try:
+            answers = orjson.loads(r.content)["entry"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise Unavailable("the hub answered without a batch-response Bundle") from None
+        if len(answers) != len(entries):
+            raise Unavailable("the batch-response does not answer every entry")
+        out: list[dict[str, Any] | None] = []
+        for u, pos in zip(units, positions):
+            failed = []
+            for i in pos:
+                resp = answers[i].get("response") or {}
+                status = int(str(resp.get("status", "500"))[:3])
+                if status >= 500 or status in RETRY_STATUS:
+                    raise Unavailable(f"entry {entries[i]['request']['url']}: {resp.get('status')}")
+                if status >= 300:
+                    failed.append({"entry": entries[i]["request"]["url"], "status": status,
+                                   "outcome": resp.get("outcome")})
+            if failed:
+                reasons = []
+                for f in failed:
+                    issues = (f.get("outcome") or {}).get("issue") or [{}]
+                    where = (issues[0].get("expression") or [None])[0]
+                    reasons.append(f"{f['entry']}: {issues[0].get('diagnostics') or f['status']}"
+                                   + (f" at {where}" if where else ""))
+                out.append({"reason": "; ".join(reasons)[:2000], "code": "AE",
+                            "rule": "hub.rejected", "entries": failed})
+            else:
+                out.append(None)
+        return out
+
+
+def _json(r: httpx.Response) -> Any:
+    try:
+        return r.json()
+    except ValueError:
+        return r.text[:1000]

@@ -1,0 +1,130 @@
+"""Folder drop: files put into a folder are read once and moved to ``done/`` or ``failed/``.
+
+A file is taken only when it is complete: names starting with ``.`` or ending in ``.tmp``,
+``.part``, ``.partial`` or ``.filepart`` are skipped (write under such a name, then rename), and a
+file must be unchanged (size and modification time) for ``settle_ms`` before it is read. Each file
+is spooled (converted, or dead-lettered) in one transaction together with the checkpoint naming
+it; only then is it moved. A crash between the two is recognised at restart by that checkpoint: the
+file is moved without being read again.
+
+``split: hl7`` splits a file of several HL7 v2 messages (each starting with ``MSH``) into one
+payload per message; otherwise the whole file is one payload (``csv:<mapping>`` handles many rows).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from connectors.base import Envelope, Intake
+
+log = logging.getLogger("connectors.folder")
+
+PARTIAL = (".tmp", ".part", ".partial", ".filepart", ".crdownload")
+_MSH = re.compile(rb"(?:\r\n|\r|\n)(?=MSH)")
+
+
+def split_hl7(data: bytes) -> list[bytes]:
+    data = data.lstrip(b"\xef\xbb\xbf").strip(b"\r\n\x0b\x1c")
+    parts = [p.strip(b"\r\n\x0b\x1c") for p in _MSH.split(data)]
+    return [p.replace(b"\r\n", b"\r").replace(b"\n", b"\r") for p in parts if p]
+
+
+class FolderSource:
+    def __init__(self, name: str, path: str, kind: str = "hl7v2", pattern: str = "*",
+                 settle_ms: int = 500, poll_s: float = 0.5, done_dir: str | None = None,
+                 failed_dir: str | None = None, split: str | None = None, **_: Any):
+        self.name, self.kind, self.pattern = name, kind, pattern
+        self.path = Path(path)
+        self.settle = settle_ms / 1000.0
+        self.poll = float(poll_s)
+        self.done = Path(done_dir) if done_dir else self.path / "done"
+        self.failed = Path(failed_dir) if failed_dir else self.path / "failed"
+        self.split = split
+        self.key = f"folder:{name}"
+        self.stats = {"files": 0, "done": 0, "failed": 0}
+
+    @classmethod
+    def from_config(cls, name: str, cfg: dict) -> FolderSource:
+        return cls(name=name, **{k: v for k, v in cfg.items() if k not in ("name", "type")})
+
+    def run(self, intake: Intake, stop: threading.Event) -> None:
+        for d in (self.path, self.done, self.failed):
+            d.mkdir(parents=True, exist_ok=True)
+        self._recover(intake)
+        while not stop.is_set():
+            for f in self.ready_files():
+                if stop.is_set():
+                    break
+                self.take(intake, f)
+            stop.wait(self.poll)
+
+    def ready_files(self) -> list[Path]:
+        now = time.time()
+        out = []
+        for f in self.path.glob(self.pattern):
+            name = f.name
+            if name.startswith(".") or name.lower().endswith(PARTIAL):
+                continue
+            try:
+                st = f.stat()
+            except FileNotFoundError:
+                continue
+            if not f.is_file() or now - st.st_mtime < self.settle:
+                continue
+            out.append((st.st_mtime_ns, name, f))
+        return [f for _, _, f in sorted(out)]
+
+    def take(self, intake: Intake, f: Path) -> None:
+        try:
+            st = f.stat()
+            data = f.read_bytes()
+            if f.stat().st_size != st.st_size or f.stat().st_mtime_ns != st.st_mtime_ns:
+                return  # still being written after all: next round
+        except FileNotFoundError:
+            return
+        payloads = split_hl7(data) if self.split == "hl7" else [data]
+        if not payloads:
+            payloads = [data]
+        envs = [Envelope(p, self.kind, self.name, {"file": f.name, "part": i})
+                for i, p in enumerate(payloads)]
+        cp = {"file": f.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        answers = intake.accept(envs, (self.key, orjson.dumps(cp).decode()))
+        ok = all(a.ok for a in answers)
+        self._move(f, ok)
+        self.stats["files"] += 1
+        self.stats["done" if ok else "failed"] += 1
+        if not ok:
+            log.warning("folder %s: %s failed (dead letters %s)", self.name, f.name,
+                        [a.deadletter_id for a in answers if not a.ok])
+
+    def _recover(self, intake: Intake) -> None:
+        """A file spooled before a crash but not moved: move it now, do not read it again (to
+        done/: a failure of it is in the dead letters already)."""
+        raw = intake.checkpoint(self.key)
+        if not raw:
+            return
+        cp = orjson.loads(raw)
+        f = self.path / cp["file"]
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            return
+        if st.st_size == cp["size"] and st.st_mtime_ns == cp["mtime_ns"]:
+            log.info("folder %s: %s was spooled before a restart; moving it", self.name, f.name)
+            self._move(f, True)
+
+    def _move(self, f: Path, ok: bool) -> None:
+        target_dir = self.done if ok else self.failed
+        target = target_dir / f.name
+        if target.exists():
+            target = target_dir / f"{f.stem}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}" \
+                                  f"{time.monotonic_ns() % 10**6}{f.suffix}"
+        os.replace(f, target)

@@ -1,0 +1,401 @@
+"""HL7 v2 over MLLP: a TCP listener for several concurrent senders.
+
+Framing is ``<VT> message <FS><CR>``. Each message is handed to the intake (converted and spooled
+durably) before its ACK is written, so an AA means the message survives a crash of this process.
+Answers (original-mode acknowledgement, built from the message's MSH with the ``hl7`` library):
+
+* ``AA``: converted and spooled;
+* ``AE``: well-formed but its content cannot be mapped (dead-lettered, ERR says why and where);
+* ``AR``: rejected: no MSH, undecodable, unsupported type, a framing error, too large, or the
+  connector cannot store it right now (nothing stored: the sender should resend).
+
+Framing errors never stop the listener: bytes before ``<VT>`` are skipped, a block that never ends
+(a new ``<VT>`` before ``<FS>``) is answered AR, a message over ``max_message_bytes`` is answered AR
+and the connection closed, and a connection idle for ``idle_timeout_s`` is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import queue
+from concurrent.futures import Future
+from typing import Any
+
+import hl7
+
+from connectors.base import Envelope, Intake
+
+log = logging.getLogger("connectors.mllp")
+
+VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
+
+# HL7 table 0357 (message error condition codes)
+ERR_CODES = {
+    "segment": ("100", "Segment sequence error"),
+    "required": ("101", "Required field missing"),
+    "datatype": ("102", "Data type error"),
+    "table": ("103", "Table value not found"),
+    "type": ("200", "Unsupported message type"),
+    "event": ("201", "Unsupported event code"),
+    "processing": ("202", "Unsupported processing id"),
+    "version": ("203", "Unsupported version id"),
+    "key": ("204", "Unknown key identifier"),
+    "duplicate": ("205", "Duplicate key identifier"),
+    "application": ("207", "Application internal error"),
+}
+
+
+def frame(message: bytes) -> bytes:
+    return VT + message + FS + CR
+
+
+class FramingError(Exception):
+    def __init__(self, reason: str, fragment: bytes = b"", fatal: bool = False):
+        super().__init__(reason)
+        self.reason, self.fragment, self.fatal = reason, fragment, fatal
+
+
+# -- ACK / NAK -----------------------------------------------------------------------------------
+
+_CHARSETS = {"UNICODE UTF-8": "utf-8", "UTF-8": "utf-8", "GB 18030-2000": "gb18030",
+             "GB18030": "gb18030", "GB 2312": "gb2312", "ASCII": "ascii",
+             "8859/1": "latin-1", "ISO IR100": "latin-1"}
+
+
+def _msh_text(payload: bytes) -> tuple[str | None, str]:
+    """(the MSH segment as text, the encoding to answer in); (None, "ascii") without an MSH."""
+    start = payload.find(b"MSH")
+    if start < 0:
+        return None, "ascii"
+    end = payload.find(b"\r", start)
+    end = payload.find(b"\n", start) if end < 0 else end
+    raw = payload[start:end if end > 0 else len(payload)]
+    if len(raw) < 8:
+        return None, "ascii"
+    ascii_view = raw.decode("latin-1")
+    sep = ascii_view[3]
+    fields = ascii_view.split(sep)
+    charset = fields[17].split(ascii_view[4:5] or "^")[0].strip().upper() if len(fields) > 17 else ""
+    wanted = _CHARSETS.get(charset)
+    for enc in ([wanted] if wanted else []) + ["utf-8", "gb18030"]:
+        try:
+            return raw.decode(enc), enc if enc != "ascii" else "ascii"
+        except (UnicodeDecodeError, LookupError):
+            continue
+    return ascii_view, "latin-1"
+
+
+def _escape(text: str, enc: str = "^~\\&", sep: str = "|") -> str:
+    comp, rep, esc, sub = (enc + "^~\\&")[:4]
+    out = text.replace(esc, f"{esc}E{esc}")
+    for ch, code in ((sep, "F"), (comp, "S"), (sub, "T"), (rep, "R")):
+        out = out.replace(ch, f"{esc}{code}{esc}")
+    return " ".join(out.split())  # no segment breaks inside a field
+
+
+_LOC = re.compile(r"^([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?-(\d+)(?:\[(\d+)\])?(?:\.(\d+))?(?:\.(\d+))?")
+
+
+def _err_location(location: str | None) -> str:
+    """"PID-3[2].1" -> "PID^1^3^2^1" (ERR-2, an ERL)."""
+    m = _LOC.match(location or "")
+    if not m:
+        return ""
+    seg, segrep, fld, fldrep, comp, sub = m.groups()
+    return "^".join([seg, segrep or "1", fld, fldrep or "1", comp or "", sub or ""]).rstrip("^")
+
+
+def _err_code(error: dict) -> tuple[str, str]:
+    rule = (error.get("rule") or "").lower()
+    reason = (error.get("reason") or "").lower()
+    for key in ("event", "type", "version", "processing", "required", "datatype", "table",
+                "duplicate", "segment"):
+        if key in rule:
+            return ERR_CODES[key]
+    if "unsupported" in reason and ("trigger" in reason or "event" in reason):
+        return ERR_CODES["event"]
+    if "unsupported" in reason or "message type" in reason:
+        return ERR_CODES["type"]
+    if "missing" in reason or "required" in reason:
+        return ERR_CODES["required"]
+    return ERR_CODES["application"]
+
+
+def build_ack(payload: bytes, code: str = "AA", error: dict | None = None,
+              control_id: str | None = None) -> bytes:
+    """An original-mode ACK for ``payload`` (AA, AE or AR), with an ERR segment for an error."""
+    msh, out_enc = _msh_text(payload)
+    ack = None
+    if msh is not None:
+        try:
+            msg = hl7.parse(msh)
+            ack = msg.create_ack(code, message_id=control_id or _ack_id(msg))
+        except Exception:  # noqa: BLE001 - an odd header (MSH-9 without components, ...)
+            ack = None
+        if ack is None:  # keep what can be kept of the header, in a form hl7 can answer
+            f = msh.split(msh[3]) if len(msh) > 4 else []
+            f += [""] * (13 - len(f))
+            safe = [_escape(x.split("^")[0]) for x in f]
+            typ = (f[8] + "^^").split("^")
+            header = (f"MSH|^~\\&|{safe[2]}|{safe[3]}|{safe[4]}|{safe[5]}||"
+                      f"{_escape(typ[0]) or 'ACK'}^{_escape(typ[1]) or 'ACK'}|{safe[9]}|"
+                      f"{safe[10]}|{safe[11]}")
+            msg = hl7.parse(header)
+            ack = msg.create_ack(code, message_id=control_id or _ack_id(msg))
+    else:
+        out_enc = "ascii"
+        if error is None and code != "AA":
+            error = {"reason": "no MSH segment: not an HL7 v2 message", "code": "AR",
+                     "rule": "segment"}
+        msg = hl7.parse("MSH|^~\\&|||||||ACK^ACK||P|2.5")
+        ack = msg.create_ack(code, message_id=control_id or "ACK")
+    sep = str(ack.segment("MSH")(1))
+    encs = str(ack.segment("MSH")(2)) or "^~\\&"
+    text = str(ack)
+    if error is not None:
+        reason = _escape(str(error.get("reason", "")), encs, sep)
+        text = text.rstrip("\r") + f"{sep}{reason[:80]}"  # MSA-3: text message (80 chars)
+        num, name = _err_code(error)
+        severity = "E"
+        err = sep.join(["ERR", "", _err_location(error.get("location")),
+                        f"{num}^{name}^HL70357", severity, _escape(error.get("rule") or "", encs, sep),
+                        "", "", reason])
+        text += "\r" + err
+    return text.encode(out_enc if out_enc != "latin-1" else "latin-1", "replace")
+
+
+def _ack_id(msg) -> str:
+    return ("ACK" + str(msg.segment("MSH")(10)))[:20]
+
+
+def control_id(payload: bytes) -> str | None:
+    msh, _ = _msh_text(payload)
+    if msh is None or len(msh) < 8:
+        return None
+    fields = msh.split(msh[3])
+    return fields[9] if len(fields) > 9 else None
+
+
+# -- the listener --------------------------------------------------------------------------------
+
+
+class MLLPSource:
+    def __init__(self, name: str = "mllp", host: str = "127.0.0.1", port: int = 2575,
+                 kind: str = "hl7v2", max_message_bytes: int = 1 << 20,
+                 idle_timeout_s: float = 300.0, max_connections: int = 256, group_commit: int = 64,
+                 **_: Any):
+        self.name, self.host, self.port, self.kind = name, host, int(port), kind
+        self.max_message_bytes = int(max_message_bytes)
+        self.idle_timeout = float(idle_timeout_s)
+        self.max_connections = int(max_connections)
+        self.ready = threading.Event()
+        self.group_commit = int(group_commit)
+        self._queue: queue.Queue = queue.Queue()
+        self.connections = 0
+        self._busy: set = set()
+        self.stats = {"messages": 0, "acks": 0, "naks": 0, "framing_errors": 0, "connections": 0}
+
+    @classmethod
+    def from_config(cls, name: str, cfg: dict) -> MLLPSource:
+        return cls(name=name, **{k: v for k, v in cfg.items() if k not in ("name", "type")})
+
+    def run(self, intake: Intake, stop: threading.Event) -> None:
+        asyncio.run(self._main(intake, stop))
+
+    async def _main(self, intake: Intake, stop: threading.Event) -> None:
+        tasks: set[asyncio.Task] = set()
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            tasks.add(task)
+            try:
+                await self._serve(intake, reader, writer, stop)
+            finally:
+                tasks.discard(task)
+
+        committer = threading.Thread(target=self._committer, args=(intake,),
+                                     name=f"mllp-{self.name}-commit", daemon=True)
+        committer.start()
+        try:
+            server = await asyncio.start_server(on_connect, self.host, self.port,
+                                                limit=self.max_message_bytes + 65536)
+        except BaseException:
+            self._queue.put(None)
+            raise
+        self.port = server.sockets[0].getsockname()[1]
+        log.info("MLLP source %s listening on %s:%s", self.name, self.host, self.port)
+        self.ready.set()
+        try:
+            while not stop.is_set():
+                await asyncio.sleep(0.1)
+        finally:
+            server.close()
+            for _ in range(100):  # let messages in flight be answered (at most 10 s)
+                if not self._busy:
+                    break
+                await asyncio.sleep(0.1)
+            for t in list(tasks):
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._queue.put(None)
+            committer.join(10)
+            self.ready.clear()
+
+    async def _serve(self, intake: Intake, reader, writer, stop) -> None:
+        peer = writer.get_extra_info("peername")
+        peer_s = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.stats["connections"] += 1
+        self.connections += 1
+        buf = bytearray()
+        junk = 0
+        task = asyncio.current_task()
+        try:
+            if self.connections > self.max_connections:
+                log.warning("MLLP %s: too many connections, closing %s", self.name, peer_s)
+                return
+            while not stop.is_set():
+                try:
+                    payload = await self._read_frame(reader, buf)
+                except FramingError as e:
+                    self.stats["framing_errors"] += 1
+                    junk += 1
+                    if junk > 100:  # a peer that sends nothing but noise
+                        e = FramingError("too many framing errors; closing", fatal=True)
+                    log.warning("MLLP %s: framing error from %s: %s", self.name, peer_s, e.reason)
+                    if e.fragment or e.fatal:
+                        nak = self._answer(e.fragment, "AR", {"reason": e.reason, "code": "AR",
+                                                              "rule": "mllp.framing"})
+                        self.stats["naks"] += 1
+                        writer.write(frame(nak))
+                        await writer.drain()
+                    if e.fatal:
+                        return
+                    continue
+                if payload is None:
+                    return  # closed or idle
+                self.stats["messages"] += 1
+                self._busy.add(task)  # not cancelled at stop until its answer is written
+                try:
+                    fut: Future = Future()
+                    self._queue.put((payload, peer_s, fut))
+                    answer = await asyncio.wrap_future(fut)
+                    writer.write(frame(answer))
+                    await asyncio.wait_for(writer.drain(), 30)
+                finally:
+                    self._busy.discard(task)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.connections -= 1
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _committer(self, intake: Intake) -> None:
+        """Group commit: messages that arrived on any connection while the previous spool
+        transaction ran are converted and spooled in one transaction (one fsync)."""
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            items = [item]
+            while len(items) < self.group_commit:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                items.append(nxt)
+            envs = [Envelope(p, self.kind, self.name, {"peer": peer, "unit_id": control_id(p)})
+                    for p, peer, _ in items]
+            try:
+                answers = intake.accept(envs)
+            except Exception as e:  # noqa: BLE001 - the spool is unusable (disk full, ...)
+                log.error("MLLP %s: cannot store %d messages: %s", self.name, len(items), e)
+                answers = [None] * len(items)
+            for (payload, _, fut), answer in zip(items, answers):
+                reply = self._reply(payload, answer)
+                if fut.set_running_or_notify_cancel():  # False: its connection is gone
+                    fut.set_result(reply)
+
+    def _reply(self, payload: bytes, answer) -> bytes:
+        if answer is None:  # not stored: the sender should resend
+            self.stats["naks"] += 1
+            return self._answer(payload, "AR", {
+                "reason": "the connector cannot store the message now; resend later",
+                "code": "AR", "rule": "application"})
+        if answer.ok:
+            self.stats["acks"] += 1
+            return self._answer(payload, "AA")
+        self.stats["naks"] += 1
+        err = answer.error or {}
+        code = err.get("code") if err.get("code") in ("AE", "AR") else "AE"
+        return self._answer(payload, code, err)
+
+    @staticmethod
+    def _answer(payload: bytes, code: str, error: dict | None = None) -> bytes:
+        try:
+            return build_ack(payload, code, error)
+        except Exception:  # noqa: BLE001 - the answer must go out whatever the header holds
+            log.exception("building an ACK")
+            return build_ack(b"", code, error)
+
+    async def _read_frame(self, reader: asyncio.StreamReader, buf: bytearray) -> bytes | None:
+        """The next message, None at end of stream or idle timeout; FramingError for bad blocks."""
+        while True:
+            start = buf.find(VT)
+            if start < 0:
+                junk = len(bytes(buf).strip(b"\r\n\x1c"))
+                buf.clear()
+                if junk:
+                    raise FramingError(f"{junk} bytes outside an MLLP block skipped")
+                if not await self._fill(reader, buf):
+                    return None
+                continue
+            if start > 0:
+                junk = len(bytes(buf[:start]).strip(b"\r\n\x1c"))
+                del buf[:start]
+                if junk:
+                    raise FramingError(f"{junk} bytes before the start block skipped")
+            end = buf.find(FS, 1)
+            again = buf.find(VT, 1)
+            if again >= 0 and (end < 0 or again < end):
+                fragment = bytes(buf[1:again])
+                del buf[:again]
+                raise FramingError("a message without its end block (FS CR)", fragment)
+            if end >= 0:
+                payload = bytes(buf[1:end])
+                del buf[:end + 1]
+                if buf[:1] == CR:
+                    del buf[:1]
+                return payload
+            if len(buf) > self.max_message_bytes:
+                fragment = bytes(buf[1:4096])
+                buf.clear()
+                raise FramingError(f"message larger than {self.max_message_bytes} bytes",
+                                   fragment, fatal=True)
+            if not await self._fill(reader, buf):
+                if len(buf) > 1:
+                    fragment = bytes(buf[1:])
+                    buf.clear()
+                    raise FramingError("connection closed inside a message (truncated)", fragment,
+                                       fatal=True)
+                return None
+
+    async def _fill(self, reader: asyncio.StreamReader, buf: bytearray) -> bool:
+        try:
+            chunk = await asyncio.wait_for(reader.read(65536), self.idle_timeout)
+        except asyncio.TimeoutError:
+            return False
+        if not chunk:
+            return False
+        buf += chunk
+        return True

@@ -1,0 +1,264 @@
+"""``hub ingest-worker``: the hub side of the Kafka intake, a consumer group.
+
+Connectors with a Kafka sink publish one record per converted unit (``connectors.sinks.kafka``),
+keyed by patient. Workers of one group share the partitions; each poll is written through the
+in-process hub (``hub.api.bundles.process`` with a batch Bundle: validation, dedupe, versioning,
+one store transaction per sub-batch) and the offsets are committed only after the hub committed.
+
+Delivery is at least once, writes are idempotent (PUT of identical content is a no-op), and a
+sub-batch never holds two different writes of one resource, so records processed again after a
+crash or a rebalance change nothing. Units the hub refuses go to a dead-letter table in the data
+directory (``ingest-deadletters.sqlite``): ``hub deadletter list|show|replay --worker``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from hub.config import Settings
+from hub.errors import FhirError
+
+log = logging.getLogger("hub.worker")
+
+RETRY_STATUS = {408, 409, 425, 429}
+
+
+def deadletter_path(settings: Settings) -> Path:
+    return settings.data_dir / "ingest-deadletters.sqlite"
+
+
+def _no_get(path: str, query: str):
+    raise FhirError(400, "not-supported", "GET entries are not run by the ingest worker")
+
+
+class Transient(Exception):
+    pass
+
+
+def _entries(unit: dict) -> list[dict]:
+    out = [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r,
+            "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+           for r in unit.get("resources") or []]
+    out += [{"request": {"method": "DELETE", "url": ref}} for ref in unit.get("deletes") or []]
+    return out
+
+
+def _write_keys(unit: dict) -> dict[str, bytes]:
+    keys = {f"{r.get('resourceType')}/{r.get('id')}": orjson.dumps(r, option=orjson.OPT_SORT_KEYS)
+            for r in unit.get("resources") or []}
+    keys.update({ref: b"DELETE" for ref in unit.get("deletes") or []})
+    return keys
+
+
+def write_units(hub, units: list[dict], source: dict[str, Any]) -> list[dict | None]:
+    """Write units (dicts with resources/deletes) as one batch; per unit None or its error.
+    Raises Transient when the batch should be tried again (store unavailable, conflicts)."""
+    from hub.api import bundles
+    from hub.ingest import Context
+
+    from connectors.sinks.http import dedupe_entries
+
+    entries, positions = dedupe_entries([_entries(u) for u in units])
+    if not entries:
+        return [None] * len(units)
+    try:
+        out = bundles.process({"resourceType": "Bundle", "type": "batch", "entry": entries}, hub,
+                              Context(source=source), "", False, _no_get)
+    except FhirError as e:
+        if e.status >= 500 or e.status in RETRY_STATUS:
+            raise Transient(str(e)) from None
+        if len(units) == 1:
+            return [{"reason": str(e), "code": "AE", "outcome": e.outcome()}]
+        return [r for u in units for r in write_units(hub, [u], source)]
+    results: list[dict | None] = []
+    for pos in positions:
+        failed = []
+        for i in pos:
+            resp = out["entry"][i]["response"]
+            status = int(resp["status"][:3])
+            if status >= 500 or status in RETRY_STATUS:
+                raise Transient(f"{entries[i]['request']['url']}: {resp['status']}")
+            if status >= 300:
+                issue = ((resp.get("outcome") or {}).get("issue") or [{}])[0]
+                where = (issue.get("expression") or [None])[0]
+                failed.append({"entry": entries[i]["request"]["url"], "status": status,
+                               "reason": (issue.get("diagnostics") or issue.get("code") or "")
+                               + (f" at {where}" if where else ""),
+                               "outcome": resp.get("outcome")})
+        results.append({"reason": "; ".join(f"{f['entry']}: {f['reason']}" for f in failed)[:2000],
+                        "code": "AE", "rule": "hub.rejected", "entries": failed}
+                       if failed else None)
+    return results
+
+
+class IngestWorker:
+    def __init__(self, settings: Settings, bootstrap_servers: str, topics: list[str],
+                 group: str = "hub-ingest-worker", max_records: int = 500,
+                 consumer: dict | None = None):
+        from connectors.spool import Spool
+        from hub.cli import open_store
+        from hub.ingest import Hub
+
+        self.settings = settings
+        self.topics = topics
+        self.hub = Hub(open_store(settings))
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.deadletters = Spool(deadletter_path(settings))
+        self.cfg = {"bootstrap_servers": bootstrap_servers, "group_id": group,
+                    "enable_auto_commit": False, "auto_offset_reset": "earliest",
+                    "max_poll_records": int(max_records), "session_timeout_ms": 10000,
+                    "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 300000,
+                    **(consumer or {})}
+        self.stop_event = threading.Event()
+        self.stats = {"records": 0, "written": 0, "failed": 0, "batches": 0, "retries": 0}
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self, install_signals: bool = True) -> None:
+        from kafka import KafkaConsumer
+
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        consumer = KafkaConsumer(*self.topics, **self.cfg)
+        log.info("ingest worker: group %s, topics %s", self.cfg["group_id"], self.topics)
+        delay = 0.2
+        try:
+            while not self.stop_event.is_set():
+                polled = consumer.poll(timeout_ms=500)
+                if not polled:
+                    continue
+                try:
+                    self.process(consumer, polled)
+                    delay = 0.2
+                except Transient as e:
+                    self.stats["retries"] += 1
+                    log.warning("ingest worker: retrying after %.1f s: %s", delay, e)
+                    if self.stop_event.wait(delay):
+                        break
+                    delay = min(delay * 2, 10.0)
+        finally:
+            consumer.close()
+            self.hub.store.close()
+            self.deadletters.close()
+
+    def process(self, consumer, polled) -> None:
+        from kafka import OffsetAndMetadata
+
+        records = [(tp, r) for tp, rs in polled.items() for r in rs]
+        done = 0
+        try:
+            while done < len(records):
+                sub, seen = [], {}
+                for tp, r in records[done:]:
+                    unit = _decode(r.value)
+                    keys = _write_keys(unit) if "error" not in unit else {}
+                    if sub and any(k in seen and seen[k] != v for k, v in keys.items()):
+                        break
+                    seen.update(keys)
+                    sub.append((tp, r, unit))
+                self._write(sub)
+                commit = {}
+                for tp, r, _ in sub:
+                    commit[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+                consumer.commit(commit)
+                done += len(sub)
+        except BaseException:
+            # Not written or not committed: read again from the first record not done.
+            first: dict = {}
+            for tp, r in records[done:]:
+                first.setdefault(tp, r.offset)
+            for tp, offset in first.items():
+                try:
+                    consumer.seek(tp, offset)
+                except Exception:  # noqa: BLE001 - partition revoked meanwhile
+                    pass
+            raise
+
+    def _write(self, sub) -> None:
+        good = [(tp, r, u) for tp, r, u in sub if "error" not in u]
+        for tp, r, u in sub:
+            if "error" in u:
+                self._dead(tp, r, u, {"reason": u["error"], "code": "AR", "rule": "record"})
+        if not good:
+            return
+        first = good[0][2]
+        source = {"feed": "kafka", "topic": good[0][0].topic}
+        if all(u.get("connector") == first.get("connector") for _, _, u in good):
+            source["connector"] = first.get("connector")
+            if first.get("institution"):
+                source["institution"] = first["institution"]
+        try:
+            errors = write_units(self.hub, [u for _, _, u in good], source)
+        except Transient:
+            raise
+        except FhirError as e:
+            raise Transient(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - store connection problems and the like
+            raise Transient(f"{type(e).__name__}: {e}") from None
+        self.stats["batches"] += 1
+        for (tp, r, u), err in zip(good, errors):
+            self.stats["records"] += 1
+            if err is None:
+                self.stats["written"] += 1
+                self.deadletters.count(tp.topic, "delivered")
+            else:
+                self._dead(tp, r, u, err)
+
+    def _dead(self, tp, r, unit, error) -> None:
+        self.stats["failed"] += 1
+        dl = self.deadletters.add_deadletter(
+            tp.topic, "unit", r.value, {"topic": tp.topic, "partition": tp.partition,
+                                        "offset": r.offset, "connector": unit.get("connector")},
+            unit.get("unit_id"), "ingest", error)
+        # the reason may quote the data: it stays in the dead letter, out of the log
+        log.warning("ingest worker: record %s/%s@%s refused (%s), dead letter %s", tp.topic,
+                    tp.partition, r.offset, error.get("rule") or error.get("code"), dl)
+
+
+def _decode(value: bytes) -> dict:
+    try:
+        d = orjson.loads(value)
+    except orjson.JSONDecodeError as e:
+        return {"error": f"the record is not JSON: {e}"}
+    if not isinstance(d, dict) or not isinstance(d.get("resources", []), list):
+        return {"error": "the record is not a connector unit"}
+    for r in d.get("resources") or []:
+        if not isinstance(r, dict) or not r.get("resourceType") or not r.get("id"):
+            return {"error": "every resource of a unit needs resourceType and id"}
+    return d
+
+
+def replay_deadletters(store, ids: list[int], settings: Settings):
+    """Write dead-lettered units again (after a fix); [(id, ok, error, None)]."""
+    from hub.cli import open_store
+    from hub.ingest import Hub
+
+    hub = Hub(open_store(settings))
+    out = []
+    try:
+        for i in ids:
+            dl = store.deadletter(i)
+            if dl is None or dl["status"] != "open":
+                out.append((i, False, {"reason": "no open dead letter with this id"}, None))
+                continue
+            unit = _decode(dl["payload"])
+            if "error" in unit:
+                out.append((i, False, {"reason": unit["error"]}, None))
+                continue
+            try:
+                [err] = write_units(hub, [unit], {"feed": "replay", "deadletter": i})
+            except Transient as e:
+                err = {"reason": f"the hub cannot write now: {e}"}
+            store.mark_replayed(i, {"ok": err is None, "error": err}, err is None)
+            out.append((i, err is None, err, None))
+    finally:
+        hub.store.close()
+    return out

@@ -1,0 +1,101 @@
+"""Dead letters end to end: refused at conversion (AR) and refused by the hub (HTTP 413), listed,
+shown, replayed after the fix (the hub restarted with a larger body limit), and the status command.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import orjson
+from connectors.kinds import converter
+from connectors.mllp_client import MLLPClient, ack_code
+from connectors.testing import ConnectorProcess, adt_message, region_patients, wait_until
+from hub.cli import main
+
+from tests.conftest import LiveServer, free_port
+from tests.test_connector_e2e import INFO, connector_config, hub_settings, needs_v2
+
+
+def batch_size_of(message: bytes) -> int:
+    [c] = converter("hl7v2")(message, INFO)
+    return len(orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": c.entries()}))
+
+
+def cli(capsys, *args) -> tuple[int, str]:
+    code = main(list(args))
+    return code, capsys.readouterr().out
+
+
+@needs_v2
+def test_deadletters_list_show_replay_and_status(tmp_path, capsys):
+    patients = list(region_patients(4, seed=21))
+    normal = [adt_message(p, "A04", f"N{i}", "202403010800+0800") for i, p in enumerate(patients[:3])]
+    big_patient = {**patients[3], "name": [{"family": "欧阳" * 1500, "given": ["大"]}]}
+    big = adt_message(big_patient, "A04", "BIG1", "202403010800+0800")
+    unsupported = normal[0].replace(b"ADT^A04^ADT_A01", b"ZZZ^Z99").replace(b"|N0|", b"|Z1|")
+    limit = max(batch_size_of(m) for m in normal) + 200
+    assert batch_size_of(big) > limit
+
+    hub = LiveServer(hub_settings(tmp_path, max_body=limit)).__enter__()
+    try:
+        cfg = connector_config(tmp_path, hub.base, free_port(), free_port())
+        import yaml
+
+        ports = yaml.safe_load(cfg.read_text())
+        with ConnectorProcess(cfg, ports["status"]["port"]) as conn:
+            with MLLPClient("127.0.0.1", ports["sources"][0]["port"]) as c:
+                answers = [ack_code(c.send(m)) for m in [*normal, big, unsupported]]
+            assert answers == ["AA", "AA", "AA", "AA", "AR"]
+            wait_until(lambda: conn.status()["sources"]["adt"]["lag"] == 0, 30, what="delivery")
+
+            code, out = cli(capsys, "deadletter", "list", "--config", str(cfg), "--json")
+            rows = json.loads(out)
+            assert code == 0 and len(rows) == 2
+            by_stage = {r["stage"]: r for r in rows}
+            assert by_stage["convert"]["unit_id"] == "Z1"
+            assert by_stage["convert"]["error"]["code"] == "AR"
+            assert by_stage["deliver"]["unit_id"] == "BIG1"
+            assert by_stage["deliver"]["error"]["status"] == 413
+
+            code, out = cli(capsys, "deadletter", "show", str(by_stage["convert"]["id"]),
+                            "--config", str(cfg))
+            assert code == 0 and "ZZZ^Z99" in out and "not supported" in out
+            code, out = cli(capsys, "deadletter", "list", "--config", str(cfg))
+            assert "2 open dead letters" in out and "BIG1" in out
+
+            # the fix: the hub takes larger bodies now
+            hub.__exit__(None, None, None)
+            hub.settings.max_body = 64 << 20
+            hub.__enter__()
+            code, out = cli(capsys, "deadletter", "replay", str(by_stage["deliver"]["id"]),
+                            "--config", str(cfg))
+            assert code == 0 and "1 replayed" in out
+            [unit] = converter("hl7v2")(big, INFO)
+            wait_until(lambda: httpx.get(f"{hub.base}/{unit.patient_key}").status_code == 200, 30,
+                       what="replayed patient")
+            assert httpx.get(f"{hub.base}/{unit.patient_key}").json()["name"][0]["family"] \
+                == "欧阳" * 1500
+
+            # the mapper still refuses ZZZ: a new dead letter, the old one superseded
+            code, out = cli(capsys, "deadletter", "replay", str(by_stage["convert"]["id"]),
+                            "--config", str(cfg))
+            assert code == 1 and "failed again" in out
+            code, out = cli(capsys, "deadletter", "list", "--config", str(cfg), "--all", "--json")
+            statuses = sorted(r["status"] for r in json.loads(out))
+            assert statuses == ["open", "replayed", "superseded"]
+
+            code, out = cli(capsys, "connector", "status", str(cfg), "--json")
+            st = json.loads(out)
+            assert code == 0 and st["running"] is True and st["sink"]["state"] == "ok"
+            adt = st["sources"]["adt"]
+            assert (adt["received"], adt["converted"], adt["delivered"], adt["failed"],
+                    adt["lag"], adt["deadletters"]) == (5, 4, 4, 1, 0, 1)
+            code, out = cli(capsys, "connector", "status", str(cfg))
+            assert "running" in out and "adt" in out
+            assert httpx.get(f"http://127.0.0.1:{ports['status']['port']}/health").json() \
+                == {"status": "ok"}
+        code, out = cli(capsys, "connector", "status", str(cfg))
+        assert code == 0 and "not running" in out
+    finally:
+        hub.__exit__(None, None, None)

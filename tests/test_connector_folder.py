@@ -1,0 +1,98 @@
+"""Folder drop source: each file once, partial files left alone, done/ and failed/, restart."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import orjson
+import pytest
+from connectors.sources.folder import FolderSource, split_hl7
+from connectors.spool import Spool
+from connectors.testing import adt_stream, wait_until
+from fhir_mapping.base import SourceInfo
+
+try:
+    import fhir_mapping.hl7v2  # noqa: F401
+except ImportError:
+    pytest.skip("the HL7 v2 mapper is not there yet", allow_module_level=True)
+
+INFO = SourceInfo(institution="H0001", oid="2.16.156.10011.99.1.1", feed="drop")
+
+
+def run_source(src, spool):
+    stop = threading.Event()
+    t = threading.Thread(target=src.run, args=(spool, stop), daemon=True)
+    t.start()
+    return stop, t
+
+
+def test_folder_drop(tmp_path):
+    msgs = [m for _, ms in adt_stream(3, seed=41) for m in ms]
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    spool = Spool(tmp_path / "spool.sqlite", INFO, durable=False)
+    src = FolderSource("drop", str(inbox), kind="hl7v2", settle_ms=300, poll_s=0.05, split="hl7")
+    # a batch file of two messages (LF line ends, as editors write them), one bad file
+    (inbox / "a.hl7").write_bytes(msgs[0].replace(b"\r", b"\n") + b"\n" + msgs[1] + b"\r\n")
+    (inbox / "bad.hl7").write_bytes(b"this is not HL7")
+    partial = inbox / "c.hl7.part"
+    partial.write_bytes(msgs[2][:50])  # being written under a temporary name
+    stop, t = run_source(src, spool)
+    try:
+        wait_until(lambda: src.stats["files"] == 2, 10, what="two files")
+        assert sorted(p.name for p in (inbox / "done").iterdir()) == ["a.hl7"]
+        assert sorted(p.name for p in (inbox / "failed").iterdir()) == ["bad.hl7"]
+        assert partial.exists()
+        # the writer finishes and renames; a fresh file is left alone until it settled
+        partial.write_bytes(msgs[2])
+        os.replace(partial, inbox / "c.hl7")
+        time.sleep(0.1)
+        assert (inbox / "c.hl7").exists()
+        wait_until(lambda: src.stats["files"] == 3, 10, what="third file")
+        time.sleep(0.3)
+        assert src.stats["files"] == 3  # each file once
+    finally:
+        stop.set()
+        t.join(5)
+    counters = spool.counters()["drop"]
+    assert (counters["received"], counters["converted"], counters["failed"]) == (4, 3, 1)
+    assert [u.unit_id for u in spool.pending()] == ["M0000000A", "M0000000B", "M0000001A"]
+    [dl] = spool.deadletters()
+    assert dl["stage"] == "convert" and spool.deadletter(dl["id"])["payload"] == b"this is not HL7"
+    assert orjson.loads(spool.checkpoint("folder:drop"))["file"] == "c.hl7"
+    spool.close()
+
+
+def test_restart_after_spooling_before_moving(tmp_path):
+    """The process died after the spool commit and before the move: the file is not read again."""
+    [(_, [m, _])] = adt_stream(1, seed=42)[:1]
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    f = inbox / "x.hl7"
+    f.write_bytes(m)
+    old = time.time() - 5
+    os.utime(f, (old, old))
+    spool = Spool(tmp_path / "spool.sqlite", INFO, durable=False)
+    src = FolderSource("drop", str(inbox), settle_ms=100, poll_s=0.05)
+    st = f.stat()
+    from connectors.base import Envelope
+
+    spool.accept([Envelope(m, "hl7v2", "drop", {"file": "x.hl7"})],
+                 ("folder:drop", orjson.dumps({"file": "x.hl7", "size": st.st_size,
+                                               "mtime_ns": st.st_mtime_ns}).decode()))
+    stop, t = run_source(src, spool)
+    try:
+        wait_until(lambda: (inbox / "done" / "x.hl7").exists(), 10, what="moved")
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        t.join(5)
+    assert spool.counters()["drop"]["received"] == 1 and src.stats["files"] == 0
+    spool.close()
+
+
+def test_split_hl7():
+    assert split_hl7(b"\xef\xbb\xbfMSH|a\r\nPID|1\r\nMSH|b\nPID|2\n\n") == [
+        b"MSH|a\rPID|1", b"MSH|b\rPID|2"]

@@ -1,0 +1,152 @@
+"""The spool (connectors.spool.Spool) and batch forming, without network."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from connectors.base import Envelope
+from connectors.config import ConfigError, ConnectorConfig
+from connectors.sinks.base import take_batch
+from connectors.spool import Spool
+from fhir_mapping.base import SourceInfo
+
+
+def fhir(rid: str, **kw) -> bytes:
+    return orjson.dumps({"resourceType": "Patient", "id": rid, **kw})
+
+
+@pytest.fixture
+def spool(tmp_path):
+    s = Spool(tmp_path / "spool.sqlite", SourceInfo(institution="H1"), durable=False)
+    yield s
+    s.close()
+
+
+def test_accept_is_one_transaction_with_the_checkpoint(spool, tmp_path):
+    answers = spool.accept([Envelope(fhir("a"), "fhir", "src"), Envelope(b"{", "fhir", "src"),
+                            Envelope(fhir("b"), "nonsense", "src")], ("cp", "42"))
+    assert [a.ok for a in answers] == [True, False, False]
+    assert answers[1].error["code"] == "AR" and answers[2].error["rule"] == "kind"
+    assert spool.checkpoint("cp") == "42"
+    reopened = Spool(tmp_path / "spool.sqlite")
+    assert [u.unit_id for u in reopened.pending()] == ["Patient/a"]
+    c = reopened.counters()["src"]
+    assert (c["received"], c["converted"], c["failed"], c["lag"], c["deadletters"]) == (3, 1, 2, 1, 2)
+    reopened.close()
+
+
+def test_delivered_units_and_payloads_are_deleted(spool):
+    spool.accept([Envelope(fhir(str(i)), "fhir", "s") for i in range(5)])
+    units = spool.pending()
+    spool.delivered(units[:3])
+    [dl] = spool.fail_units([(units[3], {"reason": "refused"})])
+    assert [u.unit_id for u in spool.pending()] == ["Patient/4"]
+    d = spool.deadletter(dl)
+    assert d["stage"] == "deliver" and orjson.loads(d["payload"])["id"] == "3"
+    assert spool._db.execute("SELECT count(*) FROM payloads").fetchone()[0] == 1
+    c = spool.counters()["s"]
+    assert (c["delivered"], c["failed"], c["lag"]) == (3, 1, 1)
+
+
+def test_replay_after_a_fix(spool):
+    [a] = spool.accept([Envelope(fhir("x"), "later", "s")])  # no mapper for "later" (yet)
+    assert not a.ok
+    with pytest.raises(KeyError):
+        spool.replay(999)
+    spool._factory = lambda kind: spool._converters.get("fhir") or __import__(
+        "connectors.kinds", fromlist=["x"]).converter("fhir")  # the fix: a mapper for it
+    spool._converters.clear()
+    r = spool.replay(a.deadletter_id)
+    assert r.ok and spool.deadletter(a.deadletter_id)["status"] == "replayed"
+    with pytest.raises(ValueError):
+        spool.replay(a.deadletter_id)
+    c = spool.counters()["s"]
+    assert (c["received"], c["converted"], c["failed"], c["deadletters"]) == (1, 1, 0, 0)
+
+
+def test_take_batch_never_holds_two_versions_of_a_resource(spool):
+    spool.accept([Envelope(fhir("a", gender="male"), "fhir", "s"),
+                  Envelope(fhir("b"), "fhir", "s"),
+                  Envelope(fhir("a", gender="male"), "fhir", "s"),  # same content: fine
+                  Envelope(fhir("a", gender="female"), "fhir", "s"),  # a new version: next batch
+                  Envelope(fhir("c"), "fhir", "s")])
+    units = spool.pending()
+    assert [u.seq for u in take_batch(units, 50)] == [u.seq for u in units[:3]]
+    assert len(take_batch(units, 2)) == 2
+    assert [u.seq for u in take_batch(units[3:], 50)] == [units[3].seq, units[4].seq]
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="name"):
+        ConnectorConfig.from_dict({"sources": []})
+    with pytest.raises(ConfigError, match="sources"):
+        ConnectorConfig.from_dict({"name": "x", "sources": [], "sink": {"type": "http"}})
+    with pytest.raises(ConfigError, match="type"):
+        ConnectorConfig.from_dict({"name": "x", "sources": [{"type": "ftp"}],
+                                   "sink": {"type": "http"}})
+    cfg = ConnectorConfig.from_dict({"name": "x", "institution": {"code": "H1", "oid": "1.2"},
+                                     "sources": [{"type": "mllp"}], "sink": {"type": "http"}},
+                                    base=tmp_path)
+    assert cfg.source_info.institution == "H1" and cfg.source_info.feed == "x"
+    assert cfg.state_dir == (tmp_path / "state" / "x").resolve()
+    assert cfg.sources[0]["name"] == "mllp0"
+
+
+def test_cli_usage_errors(tmp_path, capsys):
+    from hub.cli import main
+
+    assert main(["connector", "run", str(tmp_path / "nope.yaml")]) == 2
+    (tmp_path / "bad.yaml").write_text("name: [")
+    assert main(["connector", "status", str(tmp_path / "bad.yaml")]) == 2
+    assert main(["deadletter", "list"]) == 2
+    assert main(["deadletter", "list", "--worker", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "not valid YAML" in err and "--worker" in err
+    assert "Traceback" not in err
+
+
+def test_a_csv_export_with_bad_rows_lets_the_good_rows_flow(tmp_path):
+    """Each refused line is its own dead letter (a row: payload, replayable alone); the rest go."""
+    spool = Spool(tmp_path / "csv.sqlite", SourceInfo(institution="H1", oid="1.2.156.9"),
+                  durable=False)
+    header = ("report_no,item_code,item_name,patient_id,result_value,result_unit,report_time\n")
+    good = "JY1,GLU,葡萄糖,P1,5.6,mmol/L,2024-03-01 11:20:05\n"
+    bad = "JY2,WBC,白细胞,P1,1.2,10^9/L,not a time\n"
+    [answer] = spool.accept([Envelope((header + good + bad + good.replace("GLU", "K"))
+                                      .encode(), "csv:lab-result", "folder")])
+    assert answer.ok
+    assert len(spool.pending()) == 2
+    [dl] = spool.deadletters()
+    letter = spool.deadletter(dl["id"])
+    assert letter["kind"] == "row:lab-result" and orjson.loads(letter["payload"])["report_no"] == "JY2"
+    assert letter["meta"]["line"] == 3
+    c = spool.counters()["folder"]
+    assert (c["received"], c["converted"], c["failed"]) == (1, 1, 1)
+    spool.close()
+
+
+def test_mapper_findings_are_kept_and_counted(tmp_path):
+    spool = Spool(tmp_path / "f.sqlite", SourceInfo(institution="H1", oid="1.2.156.9"),
+                  durable=False)
+    adt = ("MSH|^~\\&|HIS|H1|HUB|R|20240315083000+0800||ADT^A04|M1|P|2.5\r"
+           "PID|1||P1^^^H1^MR~510108198503124510^^^^NNCHN||张^三||19850312|M\r").encode()
+    [answer] = spool.accept([Envelope(adt, "hl7v2", "mllp")])
+    assert answer.ok
+    found = spool.findings()
+    assert any("resident" in f["rule"] or "id" in f["rule"] for f in found), found
+    assert spool.counters()["mllp"]["findings"] == len(found) > 0
+    spool.close()
+
+
+def test_config_paths_are_relative_to_the_config_file(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        "name: x\nsources:\n"
+        "  - {type: database, url: 'sqlite:///his.db', mapping: maps/lab.yaml}\n"
+        "  - {type: folder, path: in, kind: 'csv:maps/visit.yaml'}\n"
+        "  - {type: folder, path: in2, kind: 'csv:lab-result'}\n"
+        "sink: {type: http, url: 'http://127.0.0.1:1/fhir'}\n", encoding="utf-8")
+    db, folder, shipped = ConnectorConfig.load(tmp_path / "c.yaml").sources
+    root = tmp_path.resolve()
+    assert db["url"] == f"sqlite:///{root}/his.db" and db["mapping"] == f"{root}/maps/lab.yaml"
+    assert folder["kind"] == f"csv:{root}/maps/visit.yaml" and folder["path"] == f"{root}/in"
+    assert shipped["kind"] == "csv:lab-result"  # a shipped mapping's name stays a name

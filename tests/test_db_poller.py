@@ -1,0 +1,404 @@
+"""The database poller against real SQLite files and PostgreSQL databases, feeding the real Spool."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from decimal import Decimal
+
+import orjson
+import psycopg
+import pytest
+import sqlalchemy as sa
+from connectors.sources.database import DatabaseSource, decode_value, encode_value
+from connectors.spool import Spool
+from fhir_mapping.base import SourceInfo
+
+from tests.conftest import PG_ADMIN
+
+SRC = SourceInfo(institution="H0001", oid="1.2.156.112604.1.1")
+BASE = dt.datetime(2024, 3, 1, 8, 0, 0)
+META = sa.MetaData()
+LAB = sa.Table(
+    "v_lab_result", META,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("report_no", sa.String(32), nullable=False),
+    sa.Column("item_code", sa.String(16), nullable=False),
+    sa.Column("item_name", sa.String(32), nullable=False),
+    sa.Column("patient_id", sa.String(16), nullable=False),
+    sa.Column("result_value", sa.String(16)),
+    sa.Column("result_unit", sa.String(16)),
+    sa.Column("report_time", sa.String(32)),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'his.sqlite'}"
+    return request.getfixturevalue("pg_databases").new()
+
+
+def engine_for(url: str) -> sa.Engine:
+    return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+
+
+def lab_row(i: int, updated: dt.datetime, bad: bool = False) -> dict:
+    return {"report_no": f"R{i:05d}", "item_code": "GLU", "item_name": "葡萄糖",
+            "patient_id": f"P{i % 7}", "result_value": f"{4 + i % 30 / 10:.2f}",
+            "result_unit": "mmol/L",
+            "report_time": "not a time" if bad else "2024-03-01 11:20:05", "updated_at": updated}
+
+
+def insert(engine: sa.Engine, rows: list[dict]) -> None:
+    with engine.begin() as conn:
+        conn.execute(LAB.insert(), rows)
+
+
+def source(url: str, **kw) -> DatabaseSource:
+    cfg = {"type": "database", "url": url, "table": "v_lab_result", "watermark": "updated_at",
+           "key": "id", "mapping": "lab-result", "batch_size": 7, "poll_interval_s": 0.02,
+           "backoff_initial_s": 0.05, "backoff_max_s": 0.2, **kw}
+    return DatabaseSource.from_config("lab", cfg)
+
+
+def unit_ids(spool: Spool) -> list[str]:
+    return [u.unit_id for u in spool.pending(limit=100_000)]
+
+
+def wait_for(cond, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.01)
+
+
+class Running:
+    """A source running in its thread, as the daemon runs it."""
+
+    def __init__(self, src: DatabaseSource, intake):
+        self.src, self.stop = src, threading.Event()
+        self.thread = threading.Thread(target=src.run, args=(intake, self.stop), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+def test_new_rows_exactly_once_while_polling(db_url, tmp_path):
+    eng = engine_for(db_url)
+    META.create_all(eng)
+    # 5 rows share each watermark value: ties are broken by the key
+    insert(eng, [lab_row(i, BASE + dt.timedelta(seconds=i // 5)) for i in range(30)])
+    spool = Spool(tmp_path / "spool.sqlite", SRC)
+
+    def writer():
+        for chunk in range(12):
+            insert(eng, [lab_row(i, BASE + dt.timedelta(seconds=i // 5))
+                         for i in range(30 + chunk * 5, 35 + chunk * 5)])
+            time.sleep(0.01)
+
+    with Running(source(db_url), spool) as run:
+        w = threading.Thread(target=writer)
+        w.start()
+        w.join()
+        wait_for(lambda: spool.counters().get("lab", {}).get("received") == 90)
+        time.sleep(0.1)  # a few more polls find nothing new
+    ids = unit_ids(spool)
+    assert sorted(ids) == [f"lab-result:R{i:05d}/GLU" for i in range(90)]
+    assert spool.counters()["lab"]["received"] == 90
+    assert run.src.stats["errors"] == 0
+    pos = DatabaseSource.decode_position(spool.checkpoint("database:lab"))
+    assert pos[1] == [90]  # the key of the last row read
+    spool.close()
+    eng.dispose()
+
+
+def test_equal_watermarks_across_batches(db_url, tmp_path):
+    eng = engine_for(db_url)
+    META.create_all(eng)
+    insert(eng, [lab_row(i, BASE) for i in range(23)])  # one watermark value for all
+    spool = Spool(tmp_path / "spool.sqlite", SRC)
+    src = source(db_url, batch_size=4)
+    sizes = []
+    while (n := src.poll_once(spool)) > 0:
+        sizes.append(n)
+    assert sizes == [4, 4, 4, 4, 4, 3]
+    insert(eng, [lab_row(i, BASE) for i in range(23, 25)])  # late rows with the same watermark
+    assert src.poll_once(spool) == 2
+    assert src.poll_once(spool) == 0
+    assert sorted(unit_ids(spool)) == [f"lab-result:R{i:05d}/GLU" for i in range(25)]
+    src.engine.dispose()
+    spool.close()
+    eng.dispose()
+
+
+def test_restart_resumes_from_checkpoint(db_url, tmp_path):
+    eng = engine_for(db_url)
+    META.create_all(eng)
+    insert(eng, [lab_row(i, BASE + dt.timedelta(minutes=i)) for i in range(10)])
+    spool = Spool(tmp_path / "spool.sqlite", SRC)
+    with Running(source(db_url), spool) as run:
+        wait_for(run.src.caught_up.is_set)
+    spool.close()
+    insert(eng, [lab_row(i, BASE + dt.timedelta(minutes=i)) for i in range(10, 16)])
+    spool = Spool(tmp_path / "spool.sqlite", SRC)  # a new process: state from the spool only
+    with Running(source(db_url), spool) as run:
+        wait_for(lambda: spool.counters()["lab"]["received"] == 16)
+        wait_for(run.src.caught_up.is_set)
+        assert run.src.stats["rows"] == 6  # only the new rows were read
+    assert sorted(unit_ids(spool)) == [f"lab-result:R{i:05d}/GLU" for i in range(16)]
+    spool.close()
+    eng.dispose()
+
+
+def test_bad_row_is_a_dead_letter_not_a_stuck_poller(db_url, tmp_path):
+    eng = engine_for(db_url)
+    META.create_all(eng)
+    insert(eng, [lab_row(i, BASE + dt.timedelta(seconds=i), bad=i in (3, 11))
+                 for i in range(15)])
+    spool = Spool(tmp_path / "spool.sqlite", SRC)
+    with Running(source(db_url), spool):
+        wait_for(lambda: spool.counters().get("lab", {}).get("received") == 15)
+    counters = spool.counters()["lab"]
+    assert (counters["converted"], counters["failed"], counters["deadletters"]) == (13, 2, 2)
+    dls = spool.deadletters()
+    assert [d["unit_id"] for d in dls] == ["lab:4", "lab:12"]  # source name and row key (id)
+    dl = spool.deadletter(dls[0]["id"])
+    assert dl["error"]["location"] == "report_time" and dl["kind"] == "row:lab-result"
+    row = orjson.loads(dl["payload"])  # the original row, kept for replay
+    assert row["report_no"] == "R00003" and row["report_time"] == "not a time"
+    assert len(unit_ids(spool)) == 13
+    spool.close()
+    eng.dispose()
+
+
+class FlakyIntake:
+    """The spool failing now and then (disk full, locked): the batch must be read again."""
+
+    def __init__(self, spool: Spool, fail_calls: set[int]):
+        self.spool, self.fail_calls, self.calls = spool, fail_calls, 0
+
+    def checkpoint(self, key):
+        return self.spool.checkpoint(key)
+
+    def accept(self, envelopes, checkpoint=None):
+        self.calls += 1
+        if self.calls in self.fail_calls:
+            raise OSError("spool unavailable")
+        return self.spool.accept(envelopes, checkpoint)
+
+
+def test_intake_failure_retries_the_batch(tmp_path):
+    url = f"sqlite:///{tmp_path / 'his.sqlite'}"
+    eng = engine_for(url)
+    META.create_all(eng)
+    insert(eng, [lab_row(i, BASE + dt.timedelta(seconds=i)) for i in range(20)])
+    spool = Spool(tmp_path / "spool.sqlite", SRC)
+    intake = FlakyIntake(spool, {2, 3})
+    with Running(source(url), intake) as run:
+        wait_for(lambda: spool.counters().get("lab", {}).get("received") == 20)
+        assert run.src.stats["errors"] == 2
+    assert sorted(unit_ids(spool)) == [f"lab-result:R{i:05d}/GLU" for i in range(20)]
+    spool.close()
+    eng.dispose()
+
+
+def test_sqlite_table_missing_then_created(tmp_path):
+    url = f"sqlite:///{tmp_path / 'his.sqlite'}"
+    spool = Spool(tmp_path / "spool.sqlite", SRC)
+    with Running(source(url), spool) as run:
+        wait_for(lambda: run.src.stats["errors"] >= 2)
+        assert run.src.stats["last_error"].startswith("OperationalError")
+        eng = engine_for(url)
+        META.create_all(eng)
+        insert(eng, [lab_row(i, BASE) for i in range(3)])
+        wait_for(lambda: spool.counters().get("lab", {}).get("received") == 3)
+    spool.close()
+    eng.dispose()
+
+
+def test_postgres_down_then_up_and_connections_dropped(pg_databases, tmp_path):
+    # a database that does not exist yet: every connect fails until it does
+    name = f"hub_test_late_{time.time_ns() % 10**9}"
+    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    pg_databases.names.append(name)  # dropped at the end of the session
+    spool = Spool(tmp_path / "spool.sqlite", SRC)
+    with Running(source(url), spool) as run:
+        wait_for(lambda: run.src.stats["errors"] >= 3)
+        assert not run.src.stats["connected"]
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        eng = engine_for(url)
+        META.create_all(eng)
+        insert(eng, [lab_row(i, BASE + dt.timedelta(seconds=i)) for i in range(10)])
+        wait_for(lambda: spool.counters().get("lab", {}).get("received") == 10)
+        assert run.src.stats["connected"]
+        # the server drops every connection (a restart, a failover): the pool reconnects
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                         " WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+        eng.dispose()
+        insert(eng, [lab_row(i, BASE + dt.timedelta(seconds=i)) for i in range(10, 20)])
+        wait_for(lambda: spool.counters()["lab"]["received"] == 20)
+    assert sorted(unit_ids(spool)) == [f"lab-result:R{i:05d}/GLU" for i in range(20)]
+    spool.close()
+    eng.dispose()
+
+
+def test_postgres_row_json_types_and_typed_checkpoint(pg_databases, tmp_path):
+    url = pg_databases.new()
+    eng = engine_for(url)
+    with eng.begin() as conn:
+        conn.execute(sa.text(
+            "CREATE TABLE lab (seq bigint PRIMARY KEY, report_no text, item_code text,"
+            " item_name text, patient_id text, result_value numeric(8,2), result_unit text,"
+            " report_time timestamp, sample_day date, stamp timestamptz, flag boolean,"
+            " changed numeric(20,6))"))
+        conn.execute(sa.text(
+            "INSERT INTO lab VALUES (5000000001, 'R1', 'K', '钾', 'P1', 1.50, 'mmol/L',"
+            " '2024-03-01 08:30:00', '2024-03-01', '2024-03-01 08:30:00.123456+08', true,"
+            " 100.000001), (5000000002, 'R2', 'K', '钾', 'P1', 4.10, 'mmol/L', '2024-03-01 09:00:00',"
+            " '2024-03-01', '2024-03-01 09:00:00+08', false, 100.000001),"
+            " (5000000003, 'R3', 'K', '钾', 'P2', 3.00, 'mmol/L', '2024-03-01 09:30:00', NULL, NULL,"
+            " NULL, 100.000002)"))
+    spool = Spool(tmp_path / "spool.sqlite", SRC)
+    src = source(url, table="lab", watermark="changed", key=["seq"], batch_size=2)
+    assert src.poll_once(spool) == 2
+    pos = spool.checkpoint("database:lab")
+    assert orjson.loads(pos)["w"] == {"t": "decimal", "v": "100.000001"}
+    envs = src.envelopes(src.read_batch())  # the next batch, read again without accepting
+    [env] = envs
+    text = env.payload.decode()
+    assert '"result_value":3.00' in text and '"sample_day":null' in text
+    assert src.poll_once(spool) == 1
+    units = spool.pending()
+    payload_1 = orjson.loads(spool._db.execute("SELECT payload FROM payloads ORDER BY id")
+                             .fetchone()[0])
+    assert payload_1["report_time"] == "2024-03-01T08:30:00"  # naive stays naive
+    assert payload_1["sample_day"] == "2024-03-01"
+    assert payload_1["stamp"] == "2024-03-01T00:30:00.123456+00:00"
+    assert payload_1["flag"] is True
+    raw_units = [r[0] for r in spool._db.execute("SELECT body FROM units ORDER BY seq")]
+    assert b'"valueQuantity":{"value":1.50,' in raw_units[0]  # exact through mapper and spool
+    assert units[0].resources[0]["issued"] == "2024-03-01T08:30:00+08:00"
+    # a timestamptz watermark (rows without one are not read), one row per batch
+    by_stamp = source(url, name="x", table="lab", watermark="stamp", key="seq", batch_size=1,
+                      checkpoint_key="stamp")
+    assert [by_stamp.poll_once(spool) for _ in range(3)] == [1, 1, 0]
+    assert decode_value(orjson.loads(spool.checkpoint("stamp"))["w"]) == \
+        dt.datetime(2024, 3, 1, 1, 0, tzinfo=dt.timezone.utc)
+    # start given as text, compared with a timestamp column
+    late = source(url, table="lab", watermark="report_time", key="seq",
+                  start="2024-03-01 09:00:00", checkpoint_key="late")
+    assert late.poll_once(spool) == 2
+    for s in (src, by_stamp, late):
+        s.engine.dispose()
+    spool.close()
+    eng.dispose()
+
+
+def test_query_source_and_start(tmp_path):
+    url = f"sqlite:///{tmp_path / 'his.sqlite'}"
+    eng = engine_for(url)
+    with eng.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE report (report_no TEXT PRIMARY KEY, patient_id TEXT,"
+                             " report_time TEXT, modified TEXT)"))
+        conn.execute(sa.text("CREATE TABLE item (report_no TEXT, item_code TEXT, item_name TEXT,"
+                             " result_value TEXT, PRIMARY KEY (report_no, item_code))"))
+        for r in range(4):
+            conn.execute(sa.text("INSERT INTO report VALUES (:r, 'P1', '2024-03-01 10:00:00', :m)"),
+                         {"r": f"R{r}", "m": f"2024-03-0{r + 1} 00:00:00"})
+            for code in ("K", "NA"):
+                conn.execute(sa.text("INSERT INTO item VALUES (:r, :c, :c, '4.1')"),
+                             {"r": f"R{r}", "c": code})
+    spool = Spool(tmp_path / "spool.sqlite", SRC)
+    src = DatabaseSource.from_config("joined", {
+        "url": url, "mapping": "lab-result", "watermark": "modified",
+        "key": ["report_no", "item_code"], "batch_size": 3, "start": "2024-03-02",
+        "query": "SELECT r.report_no, i.item_code, i.item_name, r.patient_id, i.result_value,"
+                 " r.report_time, r.modified FROM report r JOIN item i USING (report_no)"})
+    while src.poll_once(spool):
+        pass
+    assert sorted(unit_ids(spool)) == [f"lab-result:R{r}/{c}" for r in (1, 2, 3)
+                                       for c in ("K", "NA")]
+    src.engine.dispose()
+    spool.close()
+    eng.dispose()
+
+
+def test_config_and_values():
+    with pytest.raises(ValueError, match="table or query"):
+        DatabaseSource.from_config("x", {"url": "sqlite://", "watermark": "w", "key": "k",
+                                         "mapping": "lab-result"})
+    with pytest.raises(ValueError, match="mapping"):
+        DatabaseSource.from_config("x", {"url": "sqlite://", "table": "t", "watermark": "w",
+                                         "key": "k"})
+    with pytest.raises(ValueError, match="unexpected keyword"):
+        DatabaseSource.from_config("x", {"url": "sqlite://", "table": "t", "watermark": "w",
+                                         "key": "k", "mapping": "lab-result", "batchsize": 3})
+    with pytest.raises(ValueError, match="no tabular mapping named 'lab'"):
+        DatabaseSource.from_config("x", {"url": "sqlite://", "table": "t", "watermark": "w",
+                                         "key": "k", "mapping": "lab"})
+    src = DatabaseSource.from_config("x", {"type": "database", "url": "postgresql://u@h/db",
+                                           "table": "t", "watermark": "w", "key": ["a", "b"],
+                                           "kind": "row:prescription", "poll_interval": 2})
+    assert src.url.startswith("postgresql+psycopg://") and src.poll_interval == 2.0
+    assert src.kind == "row:prescription" and src.checkpoint_key == "database:x"
+    for v in (dt.datetime(2024, 3, 1, 8, 30, 0, 123456), dt.date(2024, 3, 1), Decimal("1.50"),
+              dt.datetime(2024, 3, 1, tzinfo=dt.timezone(dt.timedelta(hours=8))), 12, 1.25,
+              "R001", True):
+        back = decode_value(orjson.loads(orjson.dumps(encode_value(v))))
+        assert back == v and type(back) is type(v)
+        assert str(back) == str(v)
+
+
+def test_connector_daemon_runs_a_database_source(tmp_path):
+    """The source as a connector configuration file declares it, inside the daemon."""
+    from connectors.config import ConnectorConfig
+    from connectors.daemon import Connector
+
+    url = f"sqlite:///{tmp_path / 'his.sqlite'}"
+    eng = engine_for(url)
+    META.create_all(eng)
+    insert(eng, [lab_row(i, BASE + dt.timedelta(seconds=i), bad=i == 2) for i in range(6)])
+
+    class ListSink:
+        def __init__(self):
+            self.units = []
+
+        def deliver(self, units):
+            self.units += units
+            return [None] * len(units)
+
+        def close(self):
+            pass
+
+    cfg = ConnectorConfig.from_dict({
+        "name": "h0001-lis", "institution": {"code": "H0001", "oid": "1.2.156.112604.1.1"},
+        "state_dir": str(tmp_path / "state"), "durable": False,
+        "sources": [{"type": "database", "name": "lab", "url": url, "table": "v_lab_result",
+                     "watermark": "updated_at", "key": ["id"], "mapping": "lab-result",
+                     "poll_interval_s": 0.05}],
+        "sink": {"type": "http", "url": "http://127.0.0.1:9/fhir"}})
+    sink = ListSink()
+    conn = Connector(cfg, sink=sink)
+    conn.start()
+    try:
+        wait_for(lambda: len(sink.units) == 5)
+        status = conn.status()["sources"]["lab"]
+        assert (status["received"], status["failed"], status["stats"]["rows"]) == (6, 1, 6)
+    finally:
+        conn.stop()
+        conn.join()
+    assert sorted(u.unit_id for u in sink.units) == [
+        f"lab-result:R{i:05d}/GLU" for i in (0, 1, 3, 4, 5)]
+    eng.dispose()

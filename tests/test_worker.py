@@ -1,0 +1,192 @@
+"""Through Kafka: MLLP -> connector (Kafka sink) -> topic -> ``hub ingest-worker`` -> store -> FHIR.
+
+A real Kafka-protocol broker (Tansu), a real ``hub serve`` reading what the worker wrote, the worker
+and the connector in their own processes. Mid-stream the worker and the connector are SIGKILLed
+and restarted and the broker is frozen (SIGSTOP) for a while; afterwards every resource has
+exactly its expected versions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import orjson
+import pytest
+from connectors.testing import ConnectorProcess, adt_stream, wait_until, write_config
+from kafka import KafkaProducer
+
+from tests.conftest import LiveServer, free_port
+from tests.kafka_broker import FAST_GROUP, broker  # noqa: F401 - fixture
+from tests.test_connector_e2e import (
+    INFO,
+    _strip,
+    check_hub,
+    expected_state,
+    hub_settings,
+    needs_v2,
+    send_group,
+)
+
+
+class WorkerProcess:
+    def __init__(self, settings, bootstrap: str, topic: str, log):
+        self.args = [sys.executable, "-m", "hub.cli", "ingest-worker", "--data-dir",
+                     str(settings.data_dir), "--bootstrap-servers", bootstrap, "--topic", topic,
+                     "--group", "hub-test", "--session-timeout-ms",
+                     str(FAST_GROUP["session_timeout_ms"])]
+        self.log = log
+        self.proc = None
+
+    def start(self):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("HUB_DATABASE_URL", None)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def kafka_connector_config(tmp_path, bootstrap, topic, mllp_port, status_port):
+    return write_config(
+        tmp_path / "connector.yaml", name="adt",
+        institution={"code": INFO.institution, "oid": INFO.oid, "name": INFO.name},
+        state_dir=str(tmp_path / "state"), status={"host": "127.0.0.1", "port": status_port},
+        retry={"initial_s": 0.05, "max_s": 0.5},
+        sources=[{"type": "mllp", "name": "adt", "host": "127.0.0.1", "port": mllp_port,
+                  "kind": "hl7v2"}],
+        sink={"type": "kafka", "bootstrap_servers": bootstrap, "topic": topic, "batch_size": 50,
+              "timeout_s": 15,
+              "producer": {"request_timeout_ms": 3000, "reconnect_backoff_max_ms": 300}})
+
+
+def all_there(base: str, expected: dict) -> bool:
+    with httpx.Client(base_url=base, timeout=10) as c:
+        for ref, (content, _) in expected.items():
+            r = c.get(ref)
+            if r.status_code != 200 or _strip(r.json()) != content:
+                return False
+    return True
+
+
+@needs_v2
+def test_mllp_through_kafka_with_kills_and_a_frozen_broker(tmp_path, broker):  # noqa: F811
+    topic = "hub.adt.h0001"
+    broker.create_topic(topic, partitions=3)
+    groups = adt_stream(20, seed=31)
+    expected = expected_state(groups)
+    total = sum(len(m) for _, m in groups)
+    settings = hub_settings(tmp_path)
+    settings.data_dir.mkdir(parents=True)
+    with LiveServer(settings) as hub:
+        worker = WorkerProcess(settings, broker.bootstrap, topic, tmp_path / "worker.log").start()
+        mllp_port, status_port = free_port(), free_port()
+        cfg = kafka_connector_config(tmp_path, broker.bootstrap, topic, mllp_port, status_port)
+        conn = ConnectorProcess(cfg, status_port).start()
+        try:
+            acks: list[str] = []
+
+            def sender(part):
+                for _, msgs in part:
+                    send_group(mllp_port, msgs, acks, retry=True)
+                    time.sleep(0.02)
+
+            threads = [threading.Thread(target=sender, args=(groups[i::2],)) for i in range(2)]
+            for t in threads:
+                t.start()
+            wait_until(lambda: len(acks) >= total // 4, 30, what="first quarter")
+            worker.kill()
+            worker.start()
+            wait_until(lambda: len(acks) >= total // 2, 30, what="half")
+            broker.pause()  # the broker stops answering: the connector spools and retries
+            before = len(acks)
+            time.sleep(2.5)
+            assert len(acks) > before  # senders are answered while the broker is frozen
+            broker.resume()
+            conn.kill()
+            conn.start()
+            for t in threads:
+                t.join(60)
+            assert len(acks) == total and set(acks) == {"AA"}
+            wait_until(lambda: conn.status()["sources"]["adt"]["lag"] == 0, 60,
+                       what="connector delivery")
+            wait_until(lambda: all_there(hub.base, expected), 60, every=0.5,
+                       what="worker ingest")
+            time.sleep(0.5)  # anything still in flight would add versions
+            check_hub(hub.base, expected)
+        finally:
+            conn.stop()
+            worker.stop()
+    log = (tmp_path / "worker.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_worker_dead_letters(tmp_path, broker, capsys, settings):  # noqa: F811
+    """Records the hub refuses are dead-lettered with the record; the others are written.
+    On both event stores (SQLite, PostgreSQL); the dead letters live in the data directory."""
+    from hub.cli import main
+    from hub.worker import IngestWorker
+
+    topic = f"hub.bad.{settings.database_url and 'pg' or 'sqlite'}"
+    broker.create_topic(topic, partitions=1)
+    good = {"v": 1, "connector": "t", "unit_id": "u1", "kind": "fhir",
+            "patient_key": "Patient/w1",
+            "resources": [{"resourceType": "Patient", "id": "w1", "gender": "female"}],
+            "deletes": []}
+    invalid = {**good, "unit_id": "u2",
+               "resources": [{"resourceType": "Patient", "id": "w2", "gender": "sometimes"}]}
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    for value in (orjson.dumps(good), b"not json at all", orjson.dumps(invalid)):
+        producer.send(topic, key=b"k", value=value)
+    producer.flush()
+    producer.close()
+
+    worker = IngestWorker(settings, broker.bootstrap, [topic], group=f"dl-{topic}",
+                          consumer=FAST_GROUP)
+    t = threading.Thread(target=worker.run, kwargs={"install_signals": False})
+    t.start()
+    try:
+        wait_until(lambda: worker.stats["written"] + worker.stats["failed"] >= 3, 30,
+                   what="three records")
+    finally:
+        worker.stop()
+        t.join(20)
+    assert worker.stats["written"] == 1 and worker.stats["failed"] == 2
+
+    args = ["--data-dir", str(settings.data_dir)]
+    if settings.database_url:
+        args += ["--database-url", settings.database_url]
+    assert main(["deadletter", "list", "--worker", "--json", *args]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["stage"] for r in rows] == ["ingest", "ingest"]
+    assert "not JSON" in rows[0]["error"]["reason"]
+    assert "sometimes" in rows[1]["error"]["reason"] and rows[1]["unit_id"] == "u2"
+    assert "gender" in rows[1]["error"]["reason"]  # where: the expression
+    assert main(["deadletter", "show", str(rows[1]["id"]), "--worker", *args]) == 0
+    assert "sometimes" in capsys.readouterr().out
+    assert main(["deadletter", "replay", str(rows[1]["id"]), "--worker", *args]) == 1
+    assert "failed again" in capsys.readouterr().out
+    assert main(["show", "Patient/w1", *args]) == 0
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_env(monkeypatch):
+    monkeypatch.delenv("HUB_DATABASE_URL", raising=False)
