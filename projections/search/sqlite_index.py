@@ -201,7 +201,7 @@ class SQLiteSearchIndex:
         if self._next_pk is None:
             return
         with self.datastore.transaction(commit=True) as c:
-            c.execute("PRAGMA cache_size=-262144")  # 256 MB for the sorts of CREATE INDEX
+            c.execute("PRAGMA cache_size=-65536")  # 64 MB for the sorts of CREATE INDEX
             for name, target in VALUE_INDEXES.items():
                 c.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
             c.execute("SELECT pk FROM sp_stale")
@@ -234,6 +234,8 @@ class SQLiteSearchIndex:
             found = c.fetchone()
             self._next_pk = int(found[0]) if found else None
             bulk = self._next_pk is not None
+            if bulk:  # the (rtype, rid) lookups of a million resources: keep their pages at hand
+                c.execute("PRAGMA cache_size=-65536")
             rows: dict[str, list[tuple]] = {t: [] for t in TABLES}
             stale: list[tuple[int]] = []
             new_res: list[tuple] = []  # bulk load: sp_res rows with their pks, inserted at once
