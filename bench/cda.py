@@ -1,0 +1,156 @@
+"""CDA -> FHIR conversion throughput: WS/T 500 documents per second per core, and where the time goes.
+
+Documents: the well-formed WS/T 500 samples in ``../shared/samples/wst500-cda`` (23 types, 8-60 KB,
+typical of what hospitals send) plus the project's own fixtures; without the samples folder, the
+fixtures only. One thread, the whole mapper path (safe parse, header, entries through the tables,
+narratives, Binary base64, DocumentReference, document Bundle).
+
+Measured in the same run, on the same documents:
+
+- ``parse``: ``fhir_mapping.xmlsafe.parse_xml`` alone (part of mapping);
+- ``map``: ``fhir_mapping.cda.convert`` (includes the parse);
+- ``hub_validate``: ``hub.resource.validate`` of every output resource (the document Bundle
+  included: it repeats every resource, so validation is paid about twice);
+- ``serialize``: ``orjson.dumps`` of every resource (the bytes the store writes);
+- baseline ``validation_rate``: raw fhir.resources ``model_validate_json`` over the very resources
+  produced (``bench.common.validation_rate``), resources per second; ``..._docs`` divides it by the
+  resources per document, with and without the document Bundle (which repeats every resource).
+  ``ratio_map_to_validation_docs``: documents mapped per second / documents whose output can be
+  validated per second; > 1 means mapping costs less than the validation the hub pays anyway.
+
+Shares are of map + hub_validate + serialize. Quality control (issue 5's rule engine) and the event
+store write are not part of this mapper; ``bench/ingest.py`` measures the store.
+
+    python -m bench.cda --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import time
+from pathlib import Path
+
+import orjson
+
+from bench.common import record, validation_rate
+from fhir_mapping.base import MappingError, SourceInfo
+from fhir_mapping.cda import convert
+from fhir_mapping.xmlsafe import parse_xml
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT.parent / "shared" / "samples" / "wst500-cda"
+FIXTURES = ROOT / "tests" / "fixtures" / "cda"
+SRC = SourceInfo(institution="BENCH", feed="bench")
+
+
+def documents() -> list[tuple[str, bytes]]:
+    docs = []
+    paths = sorted(SAMPLES.glob("*.xml")) if SAMPLES.is_dir() else []
+    paths += sorted(FIXTURES.glob("C0*.xml"))
+    for p in paths:
+        data = p.read_bytes()
+        try:
+            convert(data, SRC)
+        except MappingError:
+            continue  # the known not-well-formed samples
+        docs.append((p.name, data))
+    return docs
+
+
+def _cpu(fn) -> float:
+    t = time.process_time()
+    fn()
+    return time.process_time() - t
+
+
+def _wall(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def run(repeats: int = 3, rounds: int = 5) -> dict:
+    from hub.resource import validate
+
+    docs = documents()
+    payloads = [d for _, d in docs] * rounds
+    convs = [convert(d, SRC) for _, d in docs]
+    resources = [r for c in convs for r in c.resources]
+    raw = [orjson.dumps(r) for r in resources]
+    typed = [(orjson.dumps(r), r["resourceType"], r) for r in resources]
+    n_docs = len(payloads)
+    per_doc = len(resources) / len(docs)
+    no_bundle = [b for b, (_, t, _) in zip(raw, typed) if t != "Bundle"]
+
+    def parse_all():
+        for p in payloads:
+            parse_xml(p)
+
+    def map_all():
+        for p in payloads:
+            convert(p, SRC)
+
+    def validate_all():
+        for _ in range(rounds):
+            for b, t, d in typed:
+                validate(t, b, d)
+
+    def serialize_all():
+        for _ in range(rounds):
+            for r in resources:
+                orjson.dumps(r)
+
+    map_all()
+    validate_all()  # warm: tables, model classes
+    runs = []
+    for _ in range(repeats):
+        gc.collect()
+        row = {}
+        for name, fn in (("parse", parse_all), ("map", map_all), ("hub_validate", validate_all),
+                         ("serialize", serialize_all)):
+            row[f"{name}_cpu_s"] = round(_cpu(fn), 4)
+        wall_map = _wall(map_all)
+        row["map_docs_per_s"] = round(n_docs / row["map_cpu_s"], 1)
+        row["map_docs_per_s_wall"] = round(n_docs / wall_map, 1)
+        row["map_resources_per_s"] = round(n_docs * per_doc / row["map_cpu_s"])
+        row["map_plus_validate_docs_per_s"] = round(n_docs / (row["map_cpu_s"] + row["hub_validate_cpu_s"]), 1)
+        base = validation_rate(raw)  # resources per second, wall clock
+        base_nb = validation_rate(no_bundle)
+        row["baseline_validate_resources_per_s"] = round(base)
+        row["baseline_validate_docs_per_s"] = round(base / per_doc, 1)
+        row["baseline_validate_docs_per_s_without_bundle"] = round(base_nb / (len(no_bundle) / len(docs)), 1)
+        row["ratio_map_to_validation_docs"] = round(row["map_docs_per_s"] / row["baseline_validate_docs_per_s"], 2)
+        row["ratio_map_to_validation_resources"] = round(row["map_resources_per_s"] / base, 2)
+        row["ratio_map_to_validation_docs_without_bundle"] = round(
+            row["map_docs_per_s"] / row["baseline_validate_docs_per_s_without_bundle"], 2)
+        total = row["map_cpu_s"] + row["hub_validate_cpu_s"] + row["serialize_cpu_s"]
+        row["share"] = {"parse": round(row["parse_cpu_s"] / total, 3),
+                        "map_excluding_parse": round((row["map_cpu_s"] - row["parse_cpu_s"]) / total, 3),
+                        "hub_validate": round(row["hub_validate_cpu_s"] / total, 3),
+                        "serialize": round(row["serialize_cpu_s"] / total, 3)}
+        runs.append(row)
+        print(row, flush=True)
+    med = sorted(runs, key=lambda r: r["map_docs_per_s"])[len(runs) // 2]
+    sizes = [len(d) for _, d in docs]
+    return {"documents": len(docs), "rounds": rounds, "document_kinds": sorted({c.kind for c in convs}),
+            "bytes_per_document": {"mean": round(sum(sizes) / len(sizes)), "min": min(sizes), "max": max(sizes)},
+            "resources_per_document": round(per_doc, 1), "load_average_at_start": os.getloadavg()[0],
+            "median": med, "runs": runs,
+            "notes": "CPU-time rates (one core); shares of map + hub validation + JSON serialisation. "
+                     "Quality control and the event-store write are outside the mapper and not measured here."}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser()
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args(argv)
+    result = run(args.repeats, args.rounds)
+    print("wrote", record("cda", result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

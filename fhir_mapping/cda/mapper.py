@@ -1,0 +1,1349 @@
+"""CDA document (WS/T 500, WS/T 483, C-CDA) -> FHIR resources. See ``fhir_mapping/cda/__init__.py``."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from typing import Any
+
+from lxml import etree
+
+from fhir_mapping.base import Conversion, Finding, MappingError, SourceInfo
+from fhir_mapping.cda import dt
+from fhir_mapping.cda.dt import child, children, q
+from fhir_mapping.cda.narrative import has_content, to_div
+from fhir_mapping.cda.tables import Tables, tables
+from fhir_mapping.ids import stable_id
+from fhir_mapping.xmlsafe import parse_xml
+from terminology import resident_id
+
+STATEMENTS = frozenset(q(n) for n in (
+    "observation", "procedure", "substanceAdministration", "supply", "act", "organizer", "encounter",
+    "observationMedia", "regionOfInterest"))
+LOINC = "http://loinc.org"
+OBS_CAT = "http://terminology.hl7.org/CodeSystem/observation-category"
+COND_CAT = "http://terminology.hl7.org/CodeSystem/condition-category"
+DAR = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+VERSION_EXT = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Composition.version"
+CONFIDENTIALITY = {"U", "L", "M", "N", "R", "V"}
+NULL_TO_DAR = {"NA": "not-applicable", "ASKU": "asked-unknown", "NASK": "not-asked", "MSK": "masked",
+               "UNK": "unknown", "NI": "unknown", "OTH": "unknown", "NAV": "temp-unknown"}
+OBS_CATEGORIES = {"social-history", "vital-signs", "imaging", "laboratory", "procedure", "survey", "exam",
+                  "therapy", "activity"}
+XSI_NULL = "nullFlavor"
+
+
+class Ctx:
+    """State of one conversion: the resources made so far, findings and the entry trace."""
+
+    def __init__(self, root, source: SourceInfo, t: Tables):
+        self.root = root
+        self.source = source
+        self.t = t
+        self.findings: list[Finding] = []
+        self.resources: dict[tuple[str, str], dict] = {}
+        self.trace: dict[Any, str] = {}  # statement element -> "Type/id" | "component:Type/id" | "finding:rule"
+        self.family = "cda"
+        self.offset: str | None = None
+        self.doc_key: tuple[str, ...] = ()
+        self.institution = source.institution
+        self.patient_ref: str | None = None
+        self.encounter_ref: str | None = None
+        self.author_ref: str | None = None
+        self.doc_time: str | None = None
+        self.patient_keyed: dict[str, str] = {}  # recordTarget id root -> extension
+        self.id_sources: dict[tuple[str, str], bytes] = {}  # entry resource -> its statement's c14n
+
+    # -- output
+    def add(self, res: dict, *, replace: bool = False) -> str:
+        res = dt.prune(res)
+        key = (res["resourceType"], res["id"])
+        if key not in self.resources or replace:
+            self.resources[key] = res
+        return f"{key[0]}/{key[1]}"
+
+    def has(self, rtype: str, rid: str) -> bool:
+        return (rtype, rid) in self.resources
+
+    def find(self, severity: str, rule: str, message: str, el=None, location: str | None = None) -> None:
+        self.findings.append(Finding(severity, rule, message, location or (dt.xpath(el) if el is not None else None)))
+
+    # -- conventions
+    def root_only_ok(self) -> bool:
+        return self.family == "ccda" or self.family == "cda"
+
+    def ident(self, el, type_text: str | None = None) -> dict | None:
+        out = dt.identifier(el, root_only_ok=self.root_only_ok(), type_text=type_text)
+        if out is not None and "system" in out:
+            out["system"] = self.sys_uri(out["system"])
+        return out
+
+    def sys_uri(self, uri: str) -> str:
+        if uri.startswith("urn:oid:"):
+            return self.t.systems.get(uri[8:], uri)
+        return uri
+
+    def coding(self, el) -> dict | None:
+        c = dt.coding(el)
+        if c and "system" in c:
+            c["system"] = self.sys_uri(c["system"])
+        return c
+
+    def concept(self, el, fallback_text: str | None = None) -> dict | None:
+        c = dt.concept(el, fallback_text=fallback_text)
+        if c:
+            for cd in c.get("coding", ()):
+                if "system" in cd:
+                    cd["system"] = self.sys_uri(cd["system"])
+        return c
+
+    def ts(self, el, *, date_only: bool = False, what: str = "time") -> str | None:
+        if el is None or el.get(XSI_NULL):
+            return None
+        raw = el.get("value")
+        if raw is None or not raw.strip():
+            return None
+        v = dt.ts(raw, self.offset, date_only=date_only)
+        if v is None:
+            self.find("warning", "cda.time.invalid", f"{what} is not a valid HL7 TS (value not logged)", el)
+        return v
+
+    def effective(self, el) -> tuple[str, Any] | None:
+        if el is None:
+            return None
+        for part in (el, child(el, "low"), child(el, "high")):
+            if part is not None and part.get("value") and dt.ts(part.get("value"), self.offset) is None:
+                self.find("warning", "cda.time.invalid", "effectiveTime is not a valid HL7 TS", part)
+        return dt.effective(el, self.offset)
+
+
+# ====================================================================== header
+
+def _doc_ids(ctx: Ctx, root) -> tuple[tuple[str, str], tuple[str, str] | None, int | None]:
+    doc_id = dt.ii(child(root, "id"))
+    if doc_id is None:
+        raise MappingError("ClinicalDocument/id is missing or has no root: the document has no identity",
+                           code="AE", location="/ClinicalDocument/id", rule="cda.header.id-missing")
+    set_id = dt.ii(child(root, "setId"))
+    vn = child(root, "versionNumber")
+    version = dt.integer(vn.get("value")) if vn is not None else None
+    return doc_id, set_id, version
+
+
+def _patient(ctx: Ctx, root, custodian_ref: str | None) -> str:
+    rts = children(root, "recordTarget")
+    if not rts:
+        raise MappingError("ClinicalDocument has no recordTarget (patient)", code="AE",
+                           location="/ClinicalDocument/recordTarget", rule="cda.header.record-target-missing")
+    if len(rts) > 1:
+        ctx.find("information", "cda.header.multiple-record-targets",
+                 f"{len(rts)} recordTargets; the first is the document's patient", rts[1])
+    role = child(rts[0], "patientRole")
+    pat = child(role, "patient")
+    h = ctx.t.header
+    types = h["identifier_types"]
+    idents: list[dict] = []
+    keyed: dict[str, str] = {}
+    for el in children(role, "id") + children(pat, "id"):
+        key = dt.ii(el)
+        ident = ctx.ident(el, types.get(key[0]) if key else None)
+        if ident is None:
+            continue
+        if ident not in idents:
+            idents.append(ident)
+        root_oid, ext = key
+        if ext:
+            keyed.setdefault(root_oid, ext)
+        if root_oid == h["resident_id_root"] and ext:
+            if resident_id.is_placeholder(ext):
+                ctx.find("warning", "cda.patient.resident-id-placeholder",
+                         "resident ID number is a placeholder value (value not logged)", el)
+            elif not resident_id.is_valid(ext):
+                ctx.find("warning", "cda.patient.resident-id-check-digit",
+                         "resident ID number fails the GB 11643 check (value not logged)", el)
+    if not idents:
+        raise MappingError("recordTarget/patientRole carries no usable identifier", code="AE",
+                           location=dt.xpath(role) if role is not None else "/ClinicalDocument/recordTarget",
+                           rule="cda.header.patient-id-missing")
+    key_parts: tuple[str, ...] | None = None
+    for r in h["patient_key_roots"]:
+        r = str(r)
+        ext = keyed.get(r)
+        if ext and not (r == h["resident_id_root"] and resident_id.is_placeholder(ext)):
+            key_parts = (r, ext)
+            break
+    if key_parts is None:
+        first = idents[0]
+        key_parts = (first.get("system", ""), first["value"])
+    pid = stable_id("Patient", ctx.institution, *key_parts)
+    res: dict[str, Any] = {"resourceType": "Patient", "id": pid, "identifier": idents, "active": True}
+    names = [n for n in (dt.human_name(e) for e in children(pat, "name")) if n]
+    res["name"] = names
+    g = child(pat, "administrativeGenderCode")
+    if g is not None and not g.get(XSI_NULL):
+        code = dt.clean_str(g.get("code"))
+        system = dt.clean_str(g.get("codeSystem"))
+        if code and (system == h["sex_system"] or (system is None and ctx.family.startswith("wst"))) \
+                and code in h["sex"]:
+            row = h["sex"][code]
+            res["gender"] = row["gender"]
+            res["extension"] = [{"url": h["sex_extension"], "valueCoding": {
+                "system": f"urn:oid:{h['sex_system']}", "code": code, "display": row["display"]}}]
+        elif code and system == h["hl7_gender_system"] and code in h["hl7_gender"]:
+            res["gender"] = h["hl7_gender"][code]
+        elif code:
+            ctx.find("warning", "cda.patient.sex-unknown",
+                     f"administrativeGenderCode {code!r} in {system or 'no code system'} is not a known sex code", g)
+    bt = child(pat, "birthTime")
+    b = ctx.ts(bt, date_only=True, what="birthTime")
+    if b:
+        res["birthDate"] = b
+    res["address"] = [a for a in (dt.address(e) for e in children(role, "addr")) if a]
+    tel = []
+    for e in children(role, "telecom"):
+        c = dt.telecom(e)
+        if c and c not in tel:
+            tel.append(c)
+    res["telecom"] = tel
+    ms = ctx.concept(child(pat, "maritalStatusCode"))
+    if ms:
+        res["maritalStatus"] = ms
+    eth = ctx.coding(child(pat, "ethnicGroupCode"))
+    if eth:
+        res.setdefault("extension", []).append({"url": h["ethnicity_extension"], "valueCoding": eth})
+    dec = child(pat, "deceasedInd")
+    if dec is not None and dec.get("value") in ("true", "false"):
+        res["deceasedBoolean"] = dec.get("value") == "true"
+    if custodian_ref:
+        res["managingOrganization"] = {"reference": custodian_ref}
+    # patientRole/providerOrganization: the department and institution that own the record
+    prov = child(role, "providerOrganization")
+    if prov is not None:
+        _org_chain(ctx, prov)
+    ctx.patient_ref = ctx.add(res)
+    ctx.patient_keyed = keyed
+    return ctx.patient_ref
+
+
+def _organization(ctx: Ctx, el, part_of: str | None = None) -> str | None:
+    """Organization from a CDA organization element (id, name, telecom, addr)."""
+    if el is None:
+        return None
+    ids = [i for i in (ctx.ident(e) for e in children(el, "id")) if i]
+    name = dt.text(child(el, "name"))
+    if not ids and not name:
+        return None
+    key = ("Organization", ids[0].get("system", ""), ids[0]["value"]) if ids else \
+        ("Organization", ctx.institution, "name", name)
+    oid = stable_id(*key)
+    res = {"resourceType": "Organization", "id": oid, "identifier": ids, "active": True, "name": name,
+           "telecom": [c for c in (dt.telecom(e) for e in children(el, "telecom")) if c],
+           "address": [a for a in (dt.address(e) for e in children(el, "addr")) if a]}
+    if part_of:
+        res["partOf"] = {"reference": part_of}
+    return ctx.add(res)
+
+
+def _org_chain(ctx: Ctx, el) -> tuple[str | None, list[str]]:
+    """An organization and its asOrganizationPartOf/wholeOrganization ancestors (department chain:
+    bed -> room -> department -> ward -> hospital). Beds and rooms become Locations. Returns the
+    first Organization (the most specific department) and the Locations."""
+    chain = []
+    cur = el
+    depth = 0
+    while cur is not None and depth < 12:
+        chain.append(cur)
+        cur = dt.path(cur, "asOrganizationPartOf", "wholeOrganization")
+        depth += 1
+    locroots = ctx.t.header["location_roots"]
+    refs: list[tuple[str, str | None]] = []
+    parent: str | None = None
+    for org in reversed(chain):  # from the institution down
+        key = dt.ii(child(org, "id"))
+        if key and str(key[0]) in locroots:
+            refs.append(("loc", _location(ctx, org, locroots[str(key[0])], parent)))
+            continue
+        ref = _organization(ctx, org, part_of=parent)
+        if ref:
+            parent = ref
+            refs.append(("org", ref))
+    orgs = [r for k, r in refs if k == "org" and r]
+    locs = [r for k, r in refs if k == "loc" and r]
+    return (orgs[-1] if orgs else None), locs
+
+
+def _location(ctx: Ctx, el, row: dict, managing: str | None) -> str | None:
+    ident = ctx.ident(child(el, "id"))
+    name = dt.text(child(el, "name"))
+    if ident is None and not name:
+        return None
+    lid = stable_id("Location", ctx.institution, managing, ident and ident.get("system"),
+                    ident and ident["value"], name)
+    res = {"resourceType": "Location", "id": lid, "identifier": [ident] if ident else None, "name": name,
+           "status": "active", "mode": "instance",
+           "physicalType": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/location-physical-type",
+                                        "code": row["physicalType"]}], "text": row["display"]},
+           "managingOrganization": {"reference": managing} if managing else None}
+    return ctx.add(res)
+
+
+def _practitioner(ctx: Ctx, entity, org_ref: str | None) -> tuple[str | None, str | None]:
+    """(Practitioner ref, PractitionerRole ref) from an assignedAuthor / assignedEntity."""
+    if entity is None:
+        return None, None
+    person = child(entity, "assignedPerson")
+    ids = [i for i in (ctx.ident(e) for e in children(entity, "id")) if i]
+    names = [n for n in (dt.human_name(e) for e in children(person, "name"))] if person is not None else []
+    names = [n for n in names if n]
+    if not ids and not names:
+        return None, None
+    if ids:
+        # template text left in the id ("医务人员编号") identifies nobody: the name joins the key
+        weak = ids[0]["value"] in ctx.t.header["placeholder_ids"]
+        key = ("Practitioner", ctx.institution, ids[0].get("system", ""), ids[0]["value"],
+               (names[0].get("text") or str(names[0])) if names and weak else "")
+    else:
+        key = ("Practitioner", ctx.institution, "name", names[0].get("text") or str(names[0]))
+    pid = stable_id(*key)
+    pr = {"resourceType": "Practitioner", "id": pid, "identifier": ids, "active": True, "name": names,
+          "telecom": [c for c in (dt.telecom(e) for e in children(entity, "telecom")) if c],
+          "address": [a for a in (dt.address(e) for e in children(entity, "addr")) if a]}
+    pref = ctx.add(pr)
+    code = ctx.concept(child(entity, "code"))
+    rep = child(entity, "representedOrganization")
+    rep_ref = _org_chain(ctx, rep)[0] if rep is not None else None
+    org = rep_ref or org_ref
+    role_key = (code or {}).get("text") or ((code or {}).get("coding") or [{}])[0].get("code")
+    rid = stable_id("PractitionerRole", pid, org, role_key)
+    role = {"resourceType": "PractitionerRole", "id": rid, "active": True,
+            "practitioner": {"reference": pref}, "organization": {"reference": org} if org else None,
+            "code": [code] if code else None}
+    return pref, ctx.add(role)
+
+
+def _encounter(ctx: Ctx, root, custodian_ref: str | None) -> str | None:
+    h = ctx.t.header
+    keyed = ctx.patient_keyed
+    ee = dt.path(root, "componentOf", "encompassingEncounter")
+    visit_ids = []
+    for r in [str(x) for x in h["inpatient_roots"] + h["outpatient_roots"]]:
+        if keyed.get(r):
+            visit_ids.append({"system": f"urn:oid:{r}", "value": keyed[r],
+                              "type": {"text": h["identifier_types"].get(r, r)}})
+    if ee is None and not visit_ids:
+        return None
+    ids = [i for i in (ctx.ident(e) for e in children(ee, "id")) if i] if ee is not None else []
+    idents = ids + [v for v in visit_ids if v not in ids]
+    if ids:
+        key = ("Encounter", ctx.institution, ids[0].get("system", ""), ids[0]["value"])
+    elif visit_ids:
+        key = ("Encounter", ctx.institution, visit_ids[0]["system"], visit_ids[0]["value"])
+    else:
+        key = ("Encounter", *ctx.doc_key)
+    eid = stable_id(*key)
+    cls: dict[str, Any] | None = None
+    etype = None
+    if ee is not None:
+        code_el = child(ee, "code")
+        c = ctx.coding(code_el)
+        if c and c.get("system") == "http://terminology.hl7.org/CodeSystem/v3-ActCode":
+            cls = c
+        else:
+            etype = ctx.concept(code_el)
+    if cls is None:
+        if any(keyed.get(str(r)) for r in h["inpatient_roots"]):
+            cls = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP", "display": "inpatient encounter"}
+        elif any(keyed.get(str(r)) for r in h["outpatient_roots"]):
+            cls = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB", "display": "ambulatory"}
+        else:
+            cls = {"system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "code": "UNK", "display": "unknown"}
+    res: dict[str, Any] = {"resourceType": "Encounter", "id": eid, "identifier": idents, "status": "unknown",
+                           "class": cls, "type": [etype] if etype else None,
+                           "subject": {"reference": ctx.patient_ref}}
+    if ee is not None:
+        eff = child(ee, "effectiveTime")
+        p = dt.period(eff, ctx.offset)
+        if p:
+            res["period"] = p
+            if "end" in p:
+                res["status"] = "finished"
+        fac = dt.path(ee, "location", "healthCareFacility")
+        spo = child(fac, "serviceProviderOrganization")
+        dept, locs = _org_chain(ctx, spo) if spo is not None else (None, [])
+        if dept:
+            res["serviceProvider"] = {"reference": dept}
+        elif custodian_ref:
+            res["serviceProvider"] = {"reference": custodian_ref}
+        res["location"] = [{"location": {"reference": r}} for r in reversed(locs)]
+        parts = []
+        for ep in children(ee, "encounterParticipant") + [child(ee, "responsibleParty")]:
+            if ep is None:
+                continue
+            pref, _ = _practitioner(ctx, child(ep, "assignedEntity"), dept or custodian_ref)
+            if pref:
+                parts.append({"individual": {"reference": pref}})
+        res["participant"] = parts
+    elif custodian_ref:
+        res["serviceProvider"] = {"reference": custodian_ref}
+    ctx.encounter_ref = ctx.add(res)
+    return ctx.encounter_ref
+
+
+# ====================================================================== entries
+
+def _templates(el) -> list[str]:
+    return [r for r in (dt.clean_str(t.get("root")) for t in children(el, "templateId")) if r]
+
+
+def _code(el) -> tuple[str | None, str | None]:
+    c = child(el, "code")
+    if c is None:
+        return None, None
+    return dt.clean_str(c.get("code")), dt.clean_str(c.get("codeSystem"))
+
+
+def _rule(ctx: Ctx, st) -> dict | None:
+    ent = ctx.t.entries
+    for tpl in _templates(st):
+        r = ent["templates"].get(tpl)
+        if r is not None:
+            return r
+    code, system = _code(st)
+    r = ctx.t.element_rule(code)
+    if r is not None:
+        if system not in ent["data_element_systems"]:
+            ctx.find("information", "cda.entry.data-element-system",
+                     f"data element {code} is coded in {system or 'no code system'}, not the WS 363 "
+                     "data-element catalogue 2.16.156.10011.2.2.1", child(st, "code"))
+        return r
+    name = dt.local(st)
+    r = ent["statements"].get(name)
+    if r is not None:
+        return r
+    if name in ("act", "organizer", "observation") and not code and _nested(st):
+        return {"kind": "wrap"}  # an uncoded container: its nested statements carry the data
+    return None
+
+
+def _nested(st) -> list:
+    out = []
+    for rel in list(children(st, "entryRelationship")) + list(children(st, "component")):
+        for c in rel:
+            if c.tag in STATEMENTS:
+                out.append(c)
+    return out
+
+
+def _describe(ctx: Ctx, st) -> str:
+    """A one-line rendering of a statement for the section narrative."""
+    code_el = child(st, "code")
+    label = (dt.clean_str(code_el.get("displayName")) if code_el is not None else None) or \
+        (dt.clean_str(code_el.get("code")) if code_el is not None else None) or dt.local(st)
+    val = child(st, "value")
+    vtxt = None
+    if val is not None:
+        vtxt = dt.clean_str(val.get("displayName")) or dt.text(val) or dt.clean_str(val.get("value"))
+        if vtxt and val.get("unit"):
+            vtxt += " " + val.get("unit")
+        if not vtxt and val.get("code"):
+            vtxt = val.get("code")
+    if not vtxt:
+        vtxt = dt.text(child(st, "text"))
+    return f"{label}: {vtxt}" if vtxt else label
+
+
+class Section:
+    def __init__(self, pos: str, title: str | None = None):
+        self.pos = pos
+        self.title = title
+        self.refs: list[str] = []
+        self.unmapped: list[str] = []
+        self.code: str | None = None
+
+
+def _unmapped(ctx: Ctx, sec: Section, st, rule: str, why: str) -> None:
+    ctx.trace[st] = f"finding:{rule}"
+    for n in st.iter(*STATEMENTS):  # nested statements go with it
+        if n is not st:
+            ctx.trace.setdefault(n, f"finding:{rule}")
+    ctx.find("warning", rule, why + "; kept in the section narrative", st)
+    sec.unmapped.append(_describe(ctx, st))
+
+
+def _entry_id(ctx: Ctx, rtype: str, st, pos: str) -> str:
+    """The entry's own id when it has one (the same act repeated in two sections, e.g. a problem in
+    the admission and the discharge diagnoses, is one resource); an id reused for different content
+    is reported and that entry keyed by its position instead."""
+    for el in children(st, "id"):
+        key = dt.ii(el)
+        if key and (key[1] or dt.system_uri(key[0])):
+            rid = stable_id(rtype, ctx.institution, *key)
+            src = _WS_BETWEEN_TAGS.sub(b"><", etree.tostring(st, method="c14n"))
+            prev = ctx.id_sources.setdefault((rtype, rid), src)
+            if prev == src:
+                return rid
+            ctx.find("warning", "cda.entry.duplicate-id",
+                     f"{rtype} id already used by an entry with other content; keyed by position", el)
+            break
+    return stable_id(rtype, *ctx.doc_key, pos)
+
+
+_WS_BETWEEN_TAGS = re.compile(rb">\s+<")
+
+
+def map_statement(ctx: Ctx, sec: Section, st, pos: str, focus: str | None = None) -> list[str] | None:
+    """Map one clinical statement; the refs it produced, or None when nothing maps it."""
+    rule = _rule(ctx, st)
+    if rule is None:
+        return None
+    kind = rule["kind"]
+    if kind == "wrap":
+        return _wrap(ctx, sec, st, pos, focus)
+    builder = BUILDERS[kind]
+    return builder(ctx, sec, st, rule, pos, focus)
+
+
+def _subject(ctx: Ctx) -> dict:
+    return {"reference": ctx.patient_ref}
+
+
+def _categories(rule: dict, system: str) -> list[dict] | None:
+    cat = rule.get("category")
+    if not cat:
+        return None
+    if system == OBS_CAT and cat not in OBS_CATEGORIES:
+        return [{"text": cat}]
+    return [{"coding": [{"system": system, "code": cat}]}]
+
+
+def _value(ctx: Ctx, st, rule: dict) -> tuple[str, Any] | None:
+    """('valueQuantity', {...}) etc. for the statement's value, or a dataAbsentReason."""
+    val = child(st, "value")
+    if val is None:
+        return None
+    h = ctx.t.header
+    vt = dt.value_type(val)
+    nf = val.get(XSI_NULL)
+    if not vt:
+        vt = "CD" if val.get("code") is not None else ("PQ" if val.get("unit") is not None else
+                                                         ("ST" if len(val) == 0 and (val.text or "").strip() else ""))
+    if vt in ("PQ", "REAL"):
+        qv = dt.quantity(val, h["ucum"], default_ucum=rule.get("ucum") if val.get("unit") is None else None)
+        if qv:
+            return "Quantity", qv
+        raw = dt.clean_str(val.get("value"))
+        if raw:
+            ctx.find("warning", "cda.value.invalid-quantity", "PQ value is not a decimal; kept as text", val)
+            unit = dt.clean_str(val.get("unit"))
+            return "String", raw + (f" {unit}" if unit else "")
+        txt = dt.text(val)
+        if txt:
+            return "String", txt
+    elif vt == "MO":
+        m = dt.money(val, h["currencies"])
+        if m:
+            return "Quantity", m
+        raw = dt.clean_str(val.get("value"))
+        if raw:
+            ctx.find("warning", "cda.value.invalid-quantity", "MO value is not a decimal; kept as text", val)
+            return "String", raw
+    elif vt == "INT":
+        n = dt.integer(val.get("value"))
+        if n is not None:
+            return "Integer", n
+        raw = dt.clean_str(val.get("value")) or dt.text(val)
+        if raw:
+            ctx.find("warning", "cda.value.invalid-integer", "INT value is not an integer; kept as text", val)
+            return "String", raw
+    elif vt in ("CD", "CE", "CV", "CO", "CS"):
+        c = ctx.concept(val)
+        if c:
+            return "CodeableConcept", c
+    elif vt == "BL":
+        v = (val.get("value") or "").strip()
+        if v in ("true", "false"):
+            return "Boolean", v == "true"
+        if v:
+            ctx.find("warning", "cda.value.invalid-boolean", "BL value is neither true nor false; kept as text", val)
+            return "String", v
+    elif vt == "TS":
+        v = ctx.ts(val, what="TS value")
+        if v:
+            return "DateTime", v
+    elif vt == "IVL_TS":
+        p = dt.period(val, ctx.offset)
+        if p:
+            return "Period", p
+    elif vt == "IVL_PQ":
+        lo = dt.quantity(child(val, "low"), h["ucum"])
+        hi = dt.quantity(child(val, "high"), h["ucum"])
+        if lo or hi:
+            return "Range", {"low": lo, "high": hi}
+    txt = dt.text(val) or dt.clean_str(val.get("value")) or dt.clean_str(val.get("displayName"))
+    if txt:
+        return "String", txt
+    return "absent", NULL_TO_DAR.get(nf or "", "unknown")
+
+
+def _set_value(res: dict, v: tuple[str, Any] | None) -> None:
+    if v is None:
+        res["dataAbsentReason"] = {"coding": [{"system": DAR, "code": "unknown"}]}
+    elif v[0] == "absent":
+        res["dataAbsentReason"] = {"coding": [{"system": DAR, "code": v[1]}]}
+    else:
+        res["value" + v[0]] = v[1]
+
+
+def _obs_code(ctx: Ctx, st, rule: dict) -> dict | None:
+    code = ctx.concept(child(st, "code"))
+    if rule.get("loinc"):
+        lc = {"system": LOINC, "code": rule["loinc"]}
+        code = code or {}
+        code.setdefault("coding", [])
+        if lc not in code["coding"]:
+            code["coding"].insert(0, lc)
+    return code
+
+
+def _status(ctx: Ctx, st, table: dict | None = None, default: str = "final") -> str:
+    sc = dt.clean_str(child(st, "statusCode").get("code")) if child(st, "statusCode") is not None else None
+    return (table or ctx.t.entries["status"]).get(sc or "", default)
+
+
+def _component(ctx: Ctx, st) -> dict | None:
+    code = ctx.concept(child(st, "code"))
+    if not code:
+        return None
+    comp: dict[str, Any] = {"code": code}
+    v = _value(ctx, st, {})
+    if v is None or v[0] == "absent":
+        comp["dataAbsentReason"] = {"coding": [{"system": DAR, "code": v[1] if v else "unknown"}]}
+    elif v[0] in ("Quantity", "CodeableConcept", "String", "Boolean", "Integer", "Range", "DateTime", "Period"):
+        comp["value" + v[0]] = v[1]
+    return comp
+
+
+def _nested_into(ctx: Ctx, sec: Section, st, pos: str, parent_ref: str, components: list | None,
+                 absorbed: set) -> list[str]:
+    """Map the statements nested in ``st``: into ``components`` (Observation parent, flat observations
+    with a code), else as their own resources with focus on the parent. Returns extra refs."""
+    extra: list[str] = []
+    for i, n in enumerate(_nested(st)):
+        if n in absorbed or n in ctx.trace:
+            continue
+        if components is not None and dt.local(n) == "observation" and not _nested(n) \
+                and child(n, "code") is not None and not _templates(n):
+            comp = _component(ctx, n)
+            if comp is not None:
+                components.append(comp)
+                ctx.trace[n] = f"component:{parent_ref}"
+                continue
+        r = map_statement(ctx, sec, n, f"{pos}.{i}", focus=parent_ref)
+        if r is None:
+            _unmapped(ctx, sec, n, "cda.entry.unmapped", "nested statement not in the mapping tables")
+        else:
+            extra += r
+    return extra
+
+
+def build_observation(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: str | None) -> list[str] | None:
+    code = _obs_code(ctx, st, rule)
+    if not code:
+        return None
+    oid = _entry_id(ctx, "Observation", st, pos)
+    ref = f"Observation/{oid}"
+    res: dict[str, Any] = {"resourceType": "Observation", "id": oid, "status": _status(ctx, st),
+                           "category": _categories(rule, OBS_CAT), "code": code, "subject": _subject(ctx)}
+    if ctx.encounter_ref:
+        res["encounter"] = {"reference": ctx.encounter_ref}
+    if focus:
+        res["focus"] = [{"reference": focus}]
+    eff = ctx.effective(child(st, "effectiveTime"))
+    if eff:
+        res["effective" + eff[0]] = eff[1]
+    v = _value(ctx, st, rule)
+    _set_value(res, v)
+    interp = [c for c in (ctx.concept(e) for e in children(st, "interpretationCode")) if c]
+    res["interpretation"] = interp
+    rr = []
+    for r in children(st, "referenceRange"):
+        orng = child(r, "observationRange")
+        val = child(orng, "value")
+        ent: dict[str, Any] = {}
+        if val is not None:
+            ent["low"] = dt.quantity(child(val, "low"), ctx.t.header["ucum"])
+            ent["high"] = dt.quantity(child(val, "high"), ctx.t.header["ucum"])
+        t = dt.text(child(orng, "text"))
+        if t:
+            ent["text"] = t
+        if dt.prune(ent):
+            rr.append(ent)
+    res["referenceRange"] = rr
+    note = dt.text(child(st, "text"))
+    if note and v is not None and v[0] != "String":
+        res["note"] = [{"text": note}]
+    ctx.trace[st] = ref
+    comps: list = []
+    extra = _nested_into(ctx, sec, st, pos, ref, comps, set())
+    res["component"] = comps
+    if res.get("valueQuantity") is None and res.get("dataAbsentReason") and comps:
+        res.pop("dataAbsentReason")  # a panel-like observation: its values are the components
+    ctx.add(res)
+    return [ref] + extra
+
+
+def build_panel(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: str | None) -> list[str] | None:
+    code = _obs_code(ctx, st, rule)
+    if not code:
+        return _wrap(ctx, sec, st, pos, focus)  # an organizer without a code is only a container
+    oid = _entry_id(ctx, "Observation", st, pos)
+    ref = f"Observation/{oid}"
+    ctx.trace[st] = ref
+    members: list[str] = []
+    refs: list[str] = []
+    for i, n in enumerate(_nested(st)):
+        r = map_statement(ctx, sec, n, f"{pos}.{i}")
+        if r is None:
+            _unmapped(ctx, sec, n, "cda.entry.unmapped", "organizer component not in the mapping tables")
+            continue
+        refs += r
+        members += [x for x in r if x.startswith("Observation/")][:1]
+    res: dict[str, Any] = {"resourceType": "Observation", "id": oid, "status": _status(ctx, st),
+                           "category": _categories(rule, OBS_CAT), "code": code, "subject": _subject(ctx),
+                           "hasMember": [{"reference": m} for m in members]}
+    if ctx.encounter_ref:
+        res["encounter"] = {"reference": ctx.encounter_ref}
+    eff = ctx.effective(child(st, "effectiveTime"))
+    if eff:
+        res["effective" + eff[0]] = eff[1]
+    if not members:
+        res["dataAbsentReason"] = {"coding": [{"system": DAR, "code": "unknown"}]}
+    ctx.add(res)
+    return [ref] + refs
+
+
+def _wrap(ctx: Ctx, sec: Section, st, pos: str, focus: str | None) -> list[str] | None:
+    nested = _nested(st)
+    if not nested:
+        return None
+    ctx.trace[st] = "wrap"
+    refs: list[str] = []
+    for i, n in enumerate(nested):
+        r = map_statement(ctx, sec, n, f"{pos}.{i}", focus)
+        if r is None:
+            _unmapped(ctx, sec, n, "cda.entry.unmapped", "entry not in the mapping tables")
+        else:
+            refs += r
+    return refs
+
+
+def _code_from(ctx: Ctx, st, rule: dict) -> dict | None:
+    if rule.get("code_from") == "value":
+        val = child(st, "value")
+        if val is None:
+            return None
+        c = ctx.concept(val)
+        return c
+    return ctx.concept(child(st, "code"))
+
+
+def _absorbed(ctx: Ctx, st) -> dict[str, list]:
+    """C-CDA sub-statements the parent resource takes in (status, severity, reaction, age)."""
+    table = ctx.t.entries["absorbed_templates"]
+    out: dict[str, list] = {}
+    for n in _nested(st):
+        for tpl in _templates(n):
+            if tpl in table:
+                out.setdefault(table[tpl], []).append(n)
+                break
+    return out
+
+
+_CLINICAL = {"55561003": "active", "73425007": "inactive", "413322009": "resolved", "246455001": "recurrence",
+             "277022003": "remission"}
+_SEVERITY = {"255604002": "mild", "6736007": "moderate", "24484000": "severe", "371923003": "mild",
+             "371924009": "moderate"}
+
+
+def _absorb_common(ctx: Ctx, res: dict, ab: dict[str, list], ref: str) -> set:
+    used = set()
+    for n in ab.get("note", []):
+        t = dt.text(child(n, "text")) or _describe(ctx, n)
+        res.setdefault("note", []).append({"text": t})
+        ctx.trace[n] = f"absorbed:{ref}"
+        used.add(n)
+    return used
+
+
+def build_condition(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: str | None) -> list[str] | None:
+    code = _code_from(ctx, st, rule)
+    if not code:
+        if rule.get("code_from") == "value":
+            ctx.find("warning", "cda.entry.no-value", "diagnosis entry has no diagnosis value", st)
+        return None
+    cid = _entry_id(ctx, "Condition", st, pos)
+    ref = f"Condition/{cid}"
+    cats = _categories(rule, COND_CAT) or []
+    de = ctx.coding(child(st, "code"))
+    if de:
+        cats.append({"coding": [de]})
+    res: dict[str, Any] = {"resourceType": "Condition", "id": cid, "category": cats, "code": code,
+                           "subject": _subject(ctx)}
+    if ctx.encounter_ref:
+        res["encounter"] = {"reference": ctx.encounter_ref}
+    if (st.get("negationInd") or "").strip() == "true":
+        res["verificationStatus"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                                                 "code": "refuted"}]}
+    eff = child(st, "effectiveTime")
+    if eff is not None:
+        lo = ctx.ts(child(eff, "low")) or ctx.ts(eff)
+        hi = ctx.ts(child(eff, "high"))
+        if lo:
+            res["onsetDateTime"] = lo
+        if hi and (not lo or hi >= lo):
+            res["abatementDateTime"] = hi
+    ab = _absorbed(ctx, st)
+    used = _absorb_common(ctx, res, ab, ref)
+    for n in ab.get("Condition.clinicalStatus", []):
+        v = child(n, "value")
+        cs = _CLINICAL.get((v.get("code") or "") if v is not None else "")
+        if cs:
+            res["clinicalStatus"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                                 "code": cs}]}
+        ctx.trace[n] = f"absorbed:{ref}"
+        used.add(n)
+    for n in ab.get("Condition.onsetAge", []):
+        qv = dt.quantity(child(n, "value"), ctx.t.header["ucum"])
+        if qv and "onsetDateTime" not in res:
+            res["onsetAge"] = qv
+        else:
+            res.setdefault("note", []).append({"text": _describe(ctx, n)})
+        ctx.trace[n] = f"absorbed:{ref}"
+        used.add(n)
+    if "abatementDateTime" in res and "clinicalStatus" not in res:
+        res["clinicalStatus"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                             "code": "resolved"}]}
+    ctx.trace[st] = ref
+    extra = _nested_into(ctx, sec, st, pos, ref, None, used)
+    ctx.add(res)
+    return [ref] + extra
+
+
+_PROC_STATUS = {"completed": "completed", "active": "in-progress", "aborted": "stopped", "cancelled": "not-done",
+                "new": "preparation", "held": "on-hold", "suspended": "on-hold", "nullified": "entered-in-error"}
+
+
+def build_procedure(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: str | None) -> list[str] | None:
+    code = _code_from(ctx, st, rule)
+    if not code and not rule.get("code_from") and _nested(st) and sec.title:
+        # WS/T 500 writes some procedures (transfusion) without a code: the section names them
+        code = {"text": sec.title}
+        ctx.find("information", "cda.entry.procedure-uncoded",
+                 "procedure without a code; the section title names it", st)
+    if not code:
+        return None
+    pid = _entry_id(ctx, "Procedure", st, pos)
+    ref = f"Procedure/{pid}"
+    status = rule.get("status") or _status(ctx, st, _PROC_STATUS, "completed")
+    if (st.get("negationInd") or "").strip() == "true":
+        status = "not-done"
+    res: dict[str, Any] = {"resourceType": "Procedure", "id": pid, "status": status, "code": code,
+                           "subject": _subject(ctx)}
+    cat = rule.get("category")
+    src = child(st, "value") if rule.get("code_from") == "value" else child(st, "code")
+    sys = dt.clean_str(src.get("codeSystem")) if src is not None else None
+    pc = ctx.t.entries["procedure_categories"].get(sys or "")
+    if pc:
+        res["category"] = {"text": pc["display"]}
+    elif cat:
+        res["category"] = {"text": {"anaesthesia": "麻醉", "operation": "手术"}.get(cat, cat)}
+    if ctx.encounter_ref:
+        res["encounter"] = {"reference": ctx.encounter_ref}
+    eff = ctx.effective(child(st, "effectiveTime"))
+    if eff:
+        res["performed" + eff[0]] = eff[1]
+    perf = []
+    for p in children(st, "performer"):
+        pref, _ = _practitioner(ctx, child(p, "assignedEntity"), None)
+        if pref:
+            perf.append({"actor": {"reference": pref}})
+    res["performer"] = perf
+    site = [c for c in (ctx.concept(e) for e in children(st, "targetSiteCode")) if c]
+    res["bodySite"] = site
+    ab = _absorbed(ctx, st)
+    used = _absorb_common(ctx, res, ab, ref)
+    for n in ab.get("reasonCode", []):
+        c = ctx.concept(child(n, "value"))
+        if c:
+            res.setdefault("reasonCode", []).append(c)
+        ctx.trace[n] = f"absorbed:{ref}"
+        used.add(n)
+    if focus:
+        res["partOf"] = [{"reference": focus}] if focus.startswith(("Procedure/", "Observation/")) else None
+    ctx.trace[st] = ref
+    extra = _nested_into(ctx, sec, st, pos, ref, None, used)
+    ctx.add(res)
+    return [ref] + extra
+
+
+_MED_STATUS = {"completed": "completed", "active": "active", "aborted": "stopped", "cancelled": "cancelled",
+               "held": "on-hold", "suspended": "on-hold", "nullified": "entered-in-error", "new": "draft"}
+
+
+def build_medication(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: str | None) -> list[str] | None:
+    med = None
+    if rule.get("code_from") == "value":
+        med = _code_from(ctx, st, rule)
+    else:
+        prod = dt.path(st, "consumable", "manufacturedProduct")
+        drug = None
+        if prod is not None:
+            drug = child(prod, "manufacturedLabeledDrug")
+            if drug is None:
+                drug = child(prod, "manufacturedMaterial")
+        if drug is not None:
+            name = dt.text(child(drug, "name"))
+            med = ctx.concept(child(drug, "code"), fallback_text=name)
+            if med is not None and name and "text" not in med:
+                med["text"] = name
+    if not med:
+        return None
+    mid = _entry_id(ctx, "MedicationRequest", st, pos)
+    ref = f"MedicationRequest/{mid}"
+    mood = (st.get("moodCode") or "").strip()
+    status = _status(ctx, st, _MED_STATUS, "completed" if mood == "EVN" else "active")
+    res: dict[str, Any] = {"resourceType": "MedicationRequest", "id": mid, "status": status,
+                           "intent": "plan" if mood == "INT" and ctx.family == "ccda" else "order",
+                           "medicationCodeableConcept": med, "subject": _subject(ctx)}
+    cat = rule.get("category")
+    if cat:
+        res["category"] = [{"text": {"chinese-herbal": "中药饮片处方"}.get(cat, cat)}]
+    if ctx.encounter_ref:
+        res["encounter"] = {"reference": ctx.encounter_ref}
+    au = ctx.ts(dt.path(st, "author", "time")) or ctx.doc_time
+    if au:
+        res["authoredOn"] = au
+    if ctx.author_ref:
+        res["requester"] = {"reference": ctx.author_ref}
+    dose: dict[str, Any] = {}
+    t = dt.text(child(st, "text"))
+    if t:
+        dose["text"] = t
+    route = ctx.concept(child(st, "routeCode"))
+    if route:
+        dose["route"] = route
+    form = ctx.concept(child(st, "administrationUnitCode"))
+    if form:
+        dose["method"] = form
+    dq = child(st, "doseQuantity")
+    dqv = dt.quantity(dq, ctx.t.header["ucum"])
+    if dqv is None and dq is not None:
+        lo = dt.quantity(child(dq, "low"), ctx.t.header["ucum"])
+        hi = dt.quantity(child(dq, "high"), ctx.t.header["ucum"])
+        if lo or hi:
+            dose["doseAndRate"] = [{"doseRange": {"low": lo, "high": hi}}]
+    elif dqv:
+        dose["doseAndRate"] = [{"doseQuantity": dqv}]
+    rate = child(st, "rateQuantity")
+    timing_txt = None
+    if rate is not None:
+        tr = child(rate, "translation")
+        timing_txt = dt.clean_str(tr.get("displayName")) if tr is not None else None
+        rq = dt.quantity(rate, ctx.t.header["ucum"])
+        if rq:
+            dose.setdefault("doseAndRate", [{}])[0]["rateQuantity"] = rq
+    rep: dict[str, Any] = {}
+    for et in children(st, "effectiveTime"):
+        typ = dt.value_type(et)
+        if typ in ("PIVL_TS", "EIVL_TS"):
+            per = child(et, "period")
+            pv = dt.decimal(per.get("value")) if per is not None else None
+            unit = dt.clean_str(per.get("unit")) if per is not None else None
+            if pv and pv > 0 and unit in ("s", "min", "h", "d", "wk", "mo", "a"):
+                rep = {"frequency": 1, "period": pv, "periodUnit": unit}
+        else:
+            p = dt.period(et, ctx.offset)
+            if p:
+                rep["boundsPeriod"] = p
+    if rep or timing_txt:
+        dose["timing"] = {"repeat": rep or None, "code": {"text": timing_txt} if timing_txt else None}
+    if dt.prune(dose):
+        res["dosageInstruction"] = [dose]
+    ab = _absorbed(ctx, st)
+    used = _absorb_common(ctx, res, ab, ref)
+    for n in ab.get("reasonCode", []):
+        c = ctx.concept(child(n, "value"))
+        if c:
+            res.setdefault("reasonCode", []).append(c)
+        ctx.trace[n] = f"absorbed:{ref}"
+        used.add(n)
+    ctx.trace[st] = ref
+    extra = _nested_into(ctx, sec, st, pos, ref, None, used)
+    res["supportingInformation"] = [{"reference": r} for r in extra if r.startswith("Observation/")]
+    ctx.add(res)
+    return [ref] + extra
+
+
+def build_allergy(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: str | None) -> list[str] | None:
+    if rule.get("code_from") == "value":
+        code = _code_from(ctx, st, rule)
+    else:
+        pe = dt.path(st, "participant", "participantRole", "playingEntity")
+        code = ctx.concept(child(pe, "code"), fallback_text=dt.text(child(pe, "name"))) if pe is not None else None
+        if not code:
+            code = ctx.concept(child(st, "value"))
+    if not code:
+        return None
+    aid = _entry_id(ctx, "AllergyIntolerance", st, pos)
+    ref = f"AllergyIntolerance/{aid}"
+    res: dict[str, Any] = {"resourceType": "AllergyIntolerance", "id": aid, "code": code, "patient": _subject(ctx)}
+    if ctx.encounter_ref:
+        res["encounter"] = {"reference": ctx.encounter_ref}
+    if (st.get("negationInd") or "").strip() == "true":
+        res["verificationStatus"] = {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification", "code": "refuted"}]}
+    eff = child(st, "effectiveTime")
+    if eff is not None:
+        on = ctx.ts(child(eff, "low")) or ctx.ts(eff)
+        if on:
+            res["onsetDateTime"] = on
+    ab = _absorbed(ctx, st)
+    used = _absorb_common(ctx, res, ab, ref)
+    for n in ab.get("AllergyIntolerance.clinicalStatus", []):
+        v = child(n, "value")
+        cs = _CLINICAL.get((v.get("code") or "") if v is not None else "")
+        if cs in ("active", "inactive", "resolved"):
+            res["clinicalStatus"] = {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": cs}]}
+        ctx.trace[n] = f"absorbed:{ref}"
+        used.add(n)
+    reactions = []
+    for n in ab.get("AllergyIntolerance.reaction", []):
+        m = ctx.concept(child(n, "value"))
+        ctx.trace[n] = f"absorbed:{ref}"
+        used.add(n)
+        if not m:
+            continue
+        rx: dict[str, Any] = {"manifestation": [m]}
+        for s in _nested(n):
+            if "2.16.840.1.113883.10.20.22.4.8" in _templates(s):
+                sv = child(s, "value")
+                sev = _SEVERITY.get((sv.get("code") or "") if sv is not None else "")
+                if sev:
+                    rx["severity"] = sev
+                ctx.trace[s] = f"absorbed:{ref}"
+                used.add(s)
+        reactions.append(rx)
+    res["reaction"] = reactions
+    for key in ("AllergyIntolerance.reaction.severity", "AllergyIntolerance.criticality"):
+        for n in ab.get(key, []):
+            res.setdefault("note", []).append({"text": _describe(ctx, n)})
+            ctx.trace[n] = f"absorbed:{ref}"
+            used.add(n)
+    ctx.trace[st] = ref
+    extra = _nested_into(ctx, sec, st, pos, ref, None, used)
+    ctx.add(res)
+    return [ref] + extra
+
+
+def build_immunization(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: str | None) -> list[str] | None:
+    mat = dt.path(st, "consumable", "manufacturedProduct", "manufacturedMaterial")
+    vac = ctx.concept(child(mat, "code"), fallback_text=dt.text(child(mat, "name"))) if mat is not None else None
+    if not vac:
+        return None
+    iid = _entry_id(ctx, "Immunization", st, pos)
+    ref = f"Immunization/{iid}"
+    occ = ctx.effective(child(st, "effectiveTime"))
+    res: dict[str, Any] = {"resourceType": "Immunization", "id": iid,
+                           "status": "not-done" if (st.get("negationInd") or "").strip() == "true" else "completed",
+                           "vaccineCode": vac, "patient": _subject(ctx)}
+    if occ and occ[0] == "DateTime":
+        res["occurrenceDateTime"] = occ[1]
+    elif occ:
+        res["occurrenceDateTime"] = occ[1].get("start") or occ[1].get("end")
+    else:
+        res["occurrenceString"] = "unknown"
+    if ctx.encounter_ref:
+        res["encounter"] = {"reference": ctx.encounter_ref}
+    route = ctx.concept(child(st, "routeCode"))
+    if route:
+        res["route"] = route
+    dq = dt.quantity(child(st, "doseQuantity"), ctx.t.header["ucum"])
+    if dq:
+        res["doseQuantity"] = dq
+    lot = dt.text(child(mat, "lotNumberText"))
+    if lot:
+        res["lotNumber"] = lot
+    ab = _absorbed(ctx, st)
+    used = _absorb_common(ctx, res, ab, ref)
+    ctx.trace[st] = ref
+    extra = _nested_into(ctx, sec, st, pos, ref, None, used)
+    ctx.add(res)
+    return [ref] + extra
+
+
+def build_encounter(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: str | None) -> list[str] | None:
+    eid = _entry_id(ctx, "Encounter", st, pos)
+    ref = f"Encounter/{eid}"
+    code_el = child(st, "code")
+    etype = ctx.concept(code_el)
+    cls = None
+    for c in (etype or {}).get("coding", []):
+        if c.get("system") == "http://terminology.hl7.org/CodeSystem/v3-ActCode":
+            cls = c
+    res: dict[str, Any] = {"resourceType": "Encounter", "id": eid, "status": "unknown",
+                           "class": cls or {"system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor",
+                                            "code": "UNK"},
+                           "type": [etype] if etype else None, "subject": _subject(ctx)}
+    p = dt.period(child(st, "effectiveTime"), ctx.offset)
+    if p:
+        res["period"] = p
+        if "end" in p:
+            res["status"] = "finished"
+    ab = _absorbed(ctx, st)
+    used = set()
+    for n in ab.get("note", []):
+        ctx.trace[n] = f"absorbed:{ref}"
+        used.add(n)
+    ctx.trace[st] = ref
+    extra = _nested_into(ctx, sec, st, pos, ref, None, used)
+    diag = [{"condition": {"reference": r}} for r in extra if r.startswith("Condition/")]
+    res["diagnosis"] = diag
+    ctx.add(res)
+    return [ref] + extra
+
+
+BUILDERS = {
+    "Observation": build_observation, "panel": build_panel, "Condition": build_condition,
+    "Procedure": build_procedure, "MedicationRequest": build_medication,
+    "AllergyIntolerance": build_allergy, "Immunization": build_immunization, "Encounter": build_encounter,
+}
+
+
+# ====================================================================== sections and document
+
+def map_section(ctx: Ctx, sec_el, pos: str, depth: int = 0) -> dict:
+    code_el = child(sec_el, "code")
+    code = ctx.concept(code_el)
+    c = dt.clean_str(code_el.get("code")) if code_el is not None else None
+    title = dt.text(child(sec_el, "title")) or (code or {}).get("text") or \
+        ((code or {}).get("coding") or [{}])[0].get("display") or \
+        (ctx.t.sections.get(c or "", {}).get("title"))
+    sec = Section(pos, title)
+    for i, entry in enumerate(children(sec_el, "entry")):
+        stmts = [s for s in entry if s.tag in STATEMENTS]
+        for j, st in enumerate(stmts):
+            epos = f"{pos}.e{i}.{j}"
+            refs = map_statement(ctx, sec, st, epos)
+            if refs is None:
+                if st not in ctx.trace:
+                    uncoded = child(st, "code") is None or not dt.clean_str(child(st, "code").get("code"))
+                    _unmapped(ctx, sec, st, "cda.entry.uncoded" if uncoded else "cda.entry.unmapped",
+                              "entry has no code" if uncoded else "entry not in the mapping tables")
+            else:
+                for r in refs:
+                    if r not in sec.refs:
+                        sec.refs.append(r)
+    out: dict[str, Any] = {"title": title, "code": code}
+    div = to_div(child(sec_el, "text"), sec.unmapped or None,
+                 "未映射条目 / entries not mapped:" if sec.unmapped else None)
+    if div:
+        orig = child(sec_el, "text")
+        out["text"] = {"status": "additional" if has_content(orig) else "generated", "div": div}
+    out["entry"] = [{"reference": r} for r in sec.refs]
+    subs = []
+    if depth < 20:
+        for k, comp in enumerate(children(sec_el, "component")):
+            s = child(comp, "section")
+            if s is not None:
+                subs.append(map_section(ctx, s, f"{pos}.s{k}", depth + 1))
+    out["section"] = subs
+    out = dt.prune(out)
+    if not any(k in out for k in ("text", "entry", "section")):
+        out["emptyReason"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/list-empty-reason",
+                                          "code": "unavailable"}]}
+    return out
+
+
+def convert_document(payload: bytes, source: SourceInfo) -> tuple[Conversion, dict]:
+    root = parse_xml(payload)
+    if root.tag != q("ClinicalDocument"):
+        raise MappingError(f"root element is {dt.local(root) or root.tag!r} in namespace "
+                           f"{(root.tag.split('}')[0][1:] if isinstance(root.tag, str) and '}' in root.tag else 'none')!r}, "
+                           "not an HL7 v3 ClinicalDocument", code="AR", location="/" + (dt.local(root) or ""),
+                           rule="cda.not-clinical-document")
+    t = tables()
+    ctx = Ctx(root, source, t)
+    tpls = _templates(root)
+    code_el = child(root, "code")
+    doc_code = dt.clean_str(code_el.get("code")) if code_el is not None else None
+    dtype = t.document_type(tpls, doc_code)
+    fam = (dtype or {}).get("family") or t.family(tpls) or (
+        "wst" if (dt.attr(child(root, "realmCode"), "code") or "") == "CN" else "cda")
+    ctx.family = fam
+    ctx.offset = t.header["default_offset"].get(fam)
+    if dtype is None:
+        ctx.find("warning", "cda.document.type-unknown",
+                 f"document type (templateId {', '.join(tpls) or 'none'}, code {doc_code or 'none'}) is not in "
+                 "the document table; header, Composition and sections mapped", code_el if code_el is not None else root)
+    doc_id, set_id, version = _doc_ids(ctx, root)
+    # custodian first: it names the institution when the connector did not
+    cust_org_el = dt.path(root, "custodian", "assignedCustodian", "representedCustodianOrganization")
+    if not ctx.institution:
+        ck = dt.ii(child(cust_org_el, "id")) if cust_org_el is not None else None
+        ctx.institution = (f"{ck[0]}|{ck[1]}" if ck else "") or source.oid
+    custodian_ref = _organization(ctx, cust_org_el) if cust_org_el is not None else None
+    # document ids are unique within an institution (WS/T 500 roots are namespaces shared by every
+    # hospital): the key is (institution, document type, setId or id)
+    ctx.doc_key = ("cda-set", ctx.institution, doc_code or "", *set_id) if set_id else \
+        ("cda-doc", ctx.institution, doc_code or "", *doc_id)
+    patient_ref = _patient(ctx, root, custodian_ref)
+    ctx.doc_time = ctx.ts(child(root, "effectiveTime"), what="document effectiveTime")
+    encounter_ref = _encounter(ctx, root, custodian_ref)
+    authors = []
+    for a in children(root, "author"):
+        pref, _ = _practitioner(ctx, child(a, "assignedAuthor"), custodian_ref)
+        if pref:
+            authors.append(pref)
+        else:
+            dev = dt.path(a, "assignedAuthor", "assignedAuthoringDevice")
+            rep = dt.path(a, "assignedAuthor", "representedOrganization")
+            org = _org_chain(ctx, rep)[0] if rep is not None else None
+            if org:
+                authors.append(org)
+            elif dev is not None and custodian_ref:
+                authors.append(custodian_ref)
+    ctx.author_ref = authors[0] if authors else None
+    if not authors:
+        if custodian_ref:
+            authors = [custodian_ref]
+            ctx.find("warning", "cda.header.author-missing", "document has no usable author; the custodian "
+                     "stands as Composition.author", child(root, "author") if child(root, "author") is not None else root)
+        else:
+            raise MappingError("document has neither an author nor a custodian", code="AE",
+                               location="/ClinicalDocument/author", rule="cda.header.author-missing")
+    attesters = []
+    la = child(root, "legalAuthenticator")
+    for mode, el in [("legal", la)] + [("professional", e) for e in children(root, "authenticator")]:
+        if el is None:
+            continue
+        pref, _ = _practitioner(ctx, child(el, "assignedEntity"), custodian_ref)
+        tm = ctx.ts(child(el, "time"), what="signature time")
+        if pref or tm:
+            attesters.append({"mode": mode, "time": tm, "party": {"reference": pref} if pref else None})
+    # body
+    sections = []
+    body = dt.path(root, "component", "structuredBody")
+    if body is not None:
+        for i, comp in enumerate(children(body, "component")):
+            s = child(comp, "section")
+            if s is not None:
+                sections.append(map_section(ctx, s, f"s{i}"))
+    else:
+        nb = dt.path(root, "component", "nonXMLBody")
+        if nb is not None:
+            ctx.find("information", "cda.body.non-xml", "nonXMLBody: the content is kept in the Binary only", nb)
+    # Composition
+    comp_id = stable_id("Composition", *ctx.doc_key)
+    type_cc = ctx.concept(code_el) or {}
+    if dtype is not None:
+        type_cc.setdefault("text", dtype["name"])
+        if dtype.get("loinc"):
+            lc = {"system": LOINC, "code": dtype["loinc"]}
+            type_cc.setdefault("coding", []).append(lc)
+        for cd in type_cc.get("coding", []):
+            if cd.get("code") == dtype["code"] and "display" not in cd:
+                cd["display"] = dtype["name"]
+    if not type_cc:
+        type_cc = {"text": dt.text(child(root, "title")) or "clinical document"}
+    title = dt.text(child(root, "title")) or type_cc.get("text") or "临床文档"
+    date = ctx.doc_time or (ctx.ts(dt.path(root, "author", "time")))
+    if not date:
+        raise MappingError("document has no valid effectiveTime (nor author time)", code="AE",
+                           location="/ClinicalDocument/effectiveTime", rule="cda.header.time-missing")
+    doc_ident = ctx.ident(child(root, "id")) or {"value": "^".join(doc_id)}
+    set_ident = ctx.ident(child(root, "setId")) if set_id else None
+    conf = dt.clean_str(dt.attr(child(root, "confidentialityCode"), "code"))
+    relates = []
+    rdoc_ids = []
+    for rd in children(root, "relatedDocument"):
+        if (rd.get("typeCode") or "").strip() not in ("RPLC", "APND", "XFRM"):
+            continue
+        pd = child(rd, "parentDocument")
+        pid_ = ctx.ident(child(pd, "id")) if pd is not None else None
+        if pid_:
+            code = {"RPLC": "replaces", "APND": "appends", "XFRM": "transforms"}[(rd.get("typeCode") or "").strip()]
+            relates.append({"code": code, "targetIdentifier": pid_})
+            rdoc_ids.append((code, pid_))
+    composition = {
+        "resourceType": "Composition", "id": comp_id, "identifier": doc_ident, "status": "final",
+        "type": type_cc, "subject": {"reference": patient_ref},
+        "encounter": {"reference": encounter_ref} if encounter_ref else None,
+        "date": date, "author": [{"reference": a} for a in dict.fromkeys(authors)], "title": title,
+        "confidentiality": conf if conf in CONFIDENTIALITY else None,
+        "attester": attesters, "custodian": {"reference": custodian_ref} if custodian_ref else None,
+        "relatesTo": relates, "section": sections,
+        "extension": [{"url": VERSION_EXT, "valueString": str(version)}] if version is not None else None,
+    }
+    comp_ref = ctx.add(composition)
+    lang = dt.attr(child(root, "languageCode"), "code")
+    if lang and dt.code_ok(lang) and len(lang) <= 20:
+        ctx.resources[("Composition", comp_id)]["language"] = lang
+    # the original bytes
+    bin_id = stable_id("Binary", "cda", ctx.institution, doc_code or "", *doc_id)
+    binary = {"resourceType": "Binary", "id": bin_id, "contentType": "application/xml",
+              "data": base64.b64encode(payload).decode("ascii")}
+    ctx.add(binary)
+    instant = date if "T" in date else None
+    docref = {
+        "resourceType": "DocumentReference", "id": stable_id("DocumentReference", *ctx.doc_key),
+        "masterIdentifier": doc_ident, "identifier": [set_ident] if set_ident else None,
+        "status": "current", "docStatus": "final", "type": type_cc,
+        "subject": {"reference": patient_ref}, "date": instant,
+        "author": [{"reference": a} for a in dict.fromkeys(authors)],
+        "authenticator": {"reference": attesters[0]["party"]["reference"]}
+        if attesters and attesters[0]["mode"] == "legal" and attesters[0].get("party") else None,
+        "custodian": {"reference": custodian_ref} if custodian_ref else None,
+        "relatesTo": [{"code": c, "target": {"identifier": i}} for c, i in rdoc_ids],
+        "description": title,
+        "content": [{"attachment": {"contentType": "application/xml", "url": f"Binary/{bin_id}",
+                                    "size": len(payload),
+                                    "hash": base64.b64encode(hashlib.sha1(payload).digest()).decode("ascii"),
+                                    "title": title, "creation": date},
+                     "format": {"system": "urn:oid:2.16.156.10011.2.4" if fam.startswith("wst")
+                                else "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode",
+                                "code": (tpls[0] if tpls else "urn:hl7-org:v3:POCD_MT000040") if fam.startswith("wst")
+                                else "urn:hl7-org:sdwg:ccda-structuredBody:2.1"}}],
+        "context": {"encounter": [{"reference": encounter_ref}] if encounter_ref else None,
+                    "related": [{"reference": comp_ref}]},
+    }
+    if conf in CONFIDENTIALITY:
+        docref["securityLabel"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+                                                "code": conf}]}]
+    ctx.add(docref)
+    # the document Bundle: Composition first, then everything the document describes
+    bundle_entries = [r for (rt, _), r in ctx.resources.items() if rt not in ("Binary", "DocumentReference")]
+    bundle_entries.sort(key=lambda r: r["resourceType"] != "Composition")
+    bundle = {"resourceType": "Bundle", "id": stable_id("Bundle", *ctx.doc_key),
+              "identifier": doc_ident, "type": "document",
+              "timestamp": instant,
+              "entry": [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r} for r in bundle_entries]}
+    resources = [r for (rt, _), r in ctx.resources.items() if rt != "Composition"]
+    resources.sort(key=lambda r: _ORDER.get(r["resourceType"], 5))
+    resources.insert(_first_after(resources, 5), ctx.resources[("Composition", comp_id)])
+    resources.append(dt.prune(bundle))
+    conv = Conversion(resources=resources, unit_id="^".join(x for x in doc_id if x), patient_key=patient_ref,
+                      kind=f"cda:{(dtype or {}).get('code') or doc_code or 'unknown'}", findings=ctx.findings)
+    return conv, ctx.trace
+
+
+_ORDER = {"Organization": 0, "Location": 1, "Patient": 2, "Practitioner": 3, "PractitionerRole": 4,
+          "Encounter": 4, "Binary": 7, "DocumentReference": 8}
+
+
+def _first_after(resources: list[dict], rank: int) -> int:
+    for i, r in enumerate(resources):
+        if _ORDER.get(r["resourceType"], 5) > rank:
+            return i
+    return len(resources)

@@ -1,0 +1,441 @@
+"""Query interactions: the v3 query as FHIR search criteria (``parse_query``), and the v3 response
+built from the FHIR resources the hub found (``respond``)."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from lxml import etree
+
+from fhir_mapping.base import MappingError, SourceInfo
+
+from .ack import E, ack_element, id_items, wrapper
+from .common import (
+    Ctx,
+    attr,
+    fhir_date,
+    first,
+    first_of,
+    ids,
+    interactions,
+    parse,
+    q,
+    table,
+    text_parts,
+)
+
+def _gender(code: str) -> str | None:
+    spec = table("codes")["sex"]["codes"].get(code)
+    return spec["gender"] if spec else None
+
+
+def _token(ctx: Ctx, root: str, ext: str) -> str:
+    system, _ = ctx.system(root)
+    return f"{system}|{ext}" if system else ext
+
+
+def _range(params: list[tuple[str, str]], name: str, low: str, high: str) -> None:
+    lo, hi = fhir_date(low[:8]) if low else None, fhir_date(high[:8]) if high else None
+    if lo:
+        params.append((name, f"ge{lo}"))
+    if hi:
+        params.append((name, f"le{hi}"))
+
+
+def parse_query(payload: bytes, source: SourceInfo | None = None) -> dict[str, Any]:
+    """A query message -> ``{"interaction", "response_interaction", "resource_type", "header",
+    "query_id", "limit", "params" [(name, value)], "search" (the query string), "criteria" (what the
+    message asked, by v3 parameter name), "echo" (the queryByParameter XML, for the response)}``.
+
+    Identifier tokens use the same systems as ``convert`` (local numbers under the institution's OID
+    when ``source.oid`` is given). Several values of one identifier parameter are ORed (comma-joined).
+    """
+    msg = parse(payload)
+    spec = interactions()[msg.interaction]
+    if spec["kind"] != "query":
+        raise MappingError(f"{msg.interaction} is not a query", code="AR", location="/", rule="v3.not-a-query")
+    ctx = Ctx(msg, source or SourceInfo(institution="query"))
+    qbp = first_of(msg.control, "queryByParameter", "queryByParameterPayload")
+    if qbp is None:
+        raise MappingError("no controlActProcess/queryByParameter", code="AE",
+                           location="/*/hl7:controlActProcess", rule="v3.query.parameters-missing")
+    params: list[tuple[str, str]] = []
+    criteria: dict[str, Any] = {}
+    handler = spec["handler"]
+    if handler == "patient_query":
+        _patient_params(ctx, qbp, params, criteria)
+    elif handler == "organization_query":
+        _organization_params(ctx, qbp, params, criteria)
+    elif handler == "practitioner_query":
+        _practitioner_params(ctx, qbp, params, criteria)
+    else:
+        _document_params(ctx, qbp, params, criteria, retrieve=handler == "document_retrieve")
+    limit = attr(first(qbp, "initialQuantity"), "value")
+    if limit.isdigit() and int(limit) > 0:
+        params.append(("_count", limit))
+    qid = first(qbp, "queryId")
+    return {
+        "interaction": msg.interaction,
+        "response_interaction": spec["response"],
+        "handler": handler,
+        "resource_type": spec["resource"],
+        "header": msg.header(),
+        "query_id": {"root": attr(qid, "root"), "extension": attr(qid, "extension")},
+        "limit": int(limit) if limit.isdigit() else None,
+        "params": params,
+        "search": urlencode(params),
+        "criteria": criteria,
+        "echo": _echo(qbp),
+        "findings": ctx.findings,
+    }
+
+
+def _echo(qbp: etree._Element) -> bytes:
+    """The queryByParameter to repeat in the response, without comments."""
+    clone = copy.deepcopy(qbp)
+    for c in list(clone.iter(etree.Comment)):
+        if c.getparent() is not None:
+            c.getparent().remove(c)
+    return etree.tostring(clone, encoding="utf-8")
+
+
+def _or_tokens(ctx: Ctx, pairs: list[tuple[str, str]]) -> str:
+    return ",".join(_token(ctx, r, e) for r, e in pairs if e)
+
+
+def _patient_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict) -> None:
+    pl = first(qbp, "parameterList")
+    local = [(r, e) for r, e in ids(first(pl, "id")) if e]
+    living = [(r, e) for el in q(pl, "livingSubjectId") for r, e in ids(first(el, "value")) if e]
+    if local or living:
+        params.append(("identifier", _or_tokens(ctx, local + living)))
+        criteria["identifier"] = local + living
+    g = attr(first(pl, "livingSubjectAdministrativeGender/value"), "code")
+    if g:
+        criteria["gender"] = g
+        if _gender(g):
+            params.append(("gender", _gender(g)))
+    name = text_parts(first(pl, "livingSubjectName/value"))
+    if name:
+        params.append(("name", name))
+        criteria["name"] = name
+    bt = first(pl, "livingSubjectBirthTime/value")
+    if bt is not None:
+        v = attr(bt, "value")
+        if v and fhir_date(v[:8]):
+            params.append(("birthdate", fhir_date(v[:8])))
+        _range(params, "birthdate", attr(first(bt, "low"), "value"), attr(first(bt, "high"), "value"))
+    md = attr(first(qbp, "matchCriterionList/minimumDegreeMatch/value"), "value")
+    if md:
+        criteria["minimum_degree_match"] = md
+
+
+def _organization_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict) -> None:
+    oid = [(attr(v, "root"), attr(v, "extension")) for v in q(qbp, "organizationID/value")]
+    if any(e for _, e in oid):
+        params.append(("identifier", _or_tokens(ctx, oid)))
+        criteria["identifier"] = oid
+    name = text_parts(first(qbp, "organizationName/value"))
+    if name:
+        params.append(("name", name))
+        criteria["name"] = name
+    status = attr(first(qbp, "status/value"), "code")
+    if status:
+        criteria["status"] = status
+        params.append(("active", "true" if status == "active" else "false"))
+
+
+def _practitioner_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict) -> None:
+    pid = [(attr(v, "root"), attr(v, "extension")) for v in q(qbp, "providerID/value")]
+    if any(e for _, e in pid):
+        params.append(("identifier", _or_tokens(ctx, pid)))
+        criteria["identifier"] = pid
+    g = attr(first(qbp, "administrativeGender/value"), "code")
+    if g:
+        criteria["gender"] = g
+        if _gender(g):
+            params.append(("gender", _gender(g)))
+    dob = first(qbp, "dOB/value")
+    if dob is not None:
+        _range(params, "birthdate", attr(first(dob, "low"), "value"), attr(first(dob, "high"), "value"))
+        criteria["birth"] = [attr(first(dob, "low"), "value"), attr(first(dob, "high"), "value")]
+    name = text_parts(first(qbp, "providerName/value"))
+    if name:
+        params.append(("name", name))
+        criteria["name"] = name
+
+
+def _document_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict, retrieve: bool) -> None:
+    codes = table("codes")["document_type"]
+    pat = [(r, e) for r, e in ids(first(qbp, "patient.id/value")) if e]
+    if pat:
+        params.append(("patient.identifier", _or_tokens(ctx, pat)))
+        criteria["patient"] = pat
+    doc_id = [(r, e) for r, e in ids(first(qbp, "clinicalDocument.id/value")) if e]
+    if doc_id:
+        params.append(("identifier", _or_tokens(ctx, doc_id)))
+        criteria["document"] = doc_id
+    code = first(qbp, "clinicalDocument.code/value")
+    if attr(code, "code"):
+        system = attr(code, "codeSystem")
+        if system in ("", codes["v3_system"]):
+            system = codes["cda_system"]
+        params.append(("type", f"urn:oid:{system}|{attr(code, 'code')}"))
+        criteria["type"] = attr(code, "code")
+    eff = first(qbp, "clinicalDocument.effectiveTime/value")
+    if eff is not None:
+        _range(params, "date", attr(first(eff, "low"), "value"), attr(first(eff, "high"), "value"))
+    enc = first(qbp, "encompassingEncounter.effectiveTime/value")
+    if enc is not None:
+        _range(params, "period", attr(first(enc, "low"), "value"), attr(first(enc, "high"), "value"))
+    enc_ids = [(r, e) for r, e in ids(first(qbp, "encompassingEncounter.id/value")) if e]
+    if enc_ids:
+        params.append(("related:identifier", _or_tokens(ctx, enc_ids)))
+        criteria["encounter"] = enc_ids
+    author = [(r, e) for r, e in ids(first(qbp, "assignedAuthor.id/value")) if e]
+    if author:
+        params.append(("author.identifier", _or_tokens(ctx, author)))
+        criteria["author"] = author
+    reg = first(qbp, "executionAndDeliveryTime")
+    if reg is not None:
+        _range(params, "_lastUpdated", attr(reg, "validTimeLow"), attr(reg, "validTimeHigh"))
+
+
+# -- responses ---------------------------------------------------------------------------------------
+
+def respond(query: dict[str, Any], resources: list[dict[str, Any]], *, now: datetime | None = None,
+            message_id: str | None = None, error: str | None = None, total: int | None = None) -> bytes:
+    """The v3 response to ``query`` (from ``parse_query``) carrying ``resources`` (FHIR dicts the hub
+    found: Patients, Organizations, Practitioners (+ PractitionerRoles), DocumentReferences (+ the
+    Binary of a retrieved document)). ``error`` answers AE with that text; no match answers AA with
+    queryResponseCode NF. ``now`` is the response's creationTime (else the query's); ``message_id``
+    its id (else derived from the query's id and the results, so the same answer has the same id)."""
+    header = query["header"]
+    primary = [r for r in resources if r.get("resourceType") == query["resource_type"]]
+    salt = ",".join(f"{r.get('resourceType')}/{r.get('id')}" for r in primary) + (error or "")
+    root = wrapper(query["response_interaction"], header, now=now, message_id=message_id, salt=salt)
+    ack_element(root, header, "AE" if error else "AA", error or ("" if primary else "no match"))
+    cap = E(root, "controlActProcess", classCode="CACT", moodCode="EVN")
+    E(cap, "code", code=query["response_interaction"].replace("_IN", "_TE"), codeSystem="2.16.840.1.113883.1.6")
+    if not error:
+        builder = _BUILDERS[query["handler"]]
+        by_ref = {f"{r.get('resourceType')}/{r.get('id')}": r for r in resources}
+        for res in primary:
+            builder(cap, res, by_ref, query)
+    qa = E(cap, "queryAck")
+    qid = query.get("query_id") or {}
+    if qid.get("root") or qid.get("extension"):
+        E(qa, "queryId", root=qid.get("root") or None, extension=qid.get("extension") or None)
+    E(qa, "queryResponseCode", code="AE" if error else ("OK" if primary else "NF"))
+    n = len(primary)
+    tot = total if total is not None else n
+    E(qa, "resultTotalQuantity", value=str(0 if error else tot))
+    E(qa, "resultCurrentQuantity", value=str(0 if error else n))
+    E(qa, "resultRemainingQuantity", value=str(0 if error else max(0, tot - n)))
+    if query.get("echo"):
+        try:
+            cap.append(etree.fromstring(query["echo"]))
+        except etree.XMLSyntaxError:
+            pass
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def _oid_of(system: str) -> str:
+    return system[8:] if system.startswith("urn:oid:") else ""
+
+
+def _ii(parent: etree._Element, name: str, identifiers: list[dict[str, Any]], want: tuple[str, ...] = ()
+        ) -> None:
+    pairs = []
+    for i in identifiers or []:
+        root = _oid_of(i.get("system", ""))  # local numbers: root = the institution's namespace OID
+        if i.get("value") and root and (not want or root in want):
+            pairs.append((root, i["value"]))
+    if pairs:
+        id_items(parent, name, pairs)
+
+
+def _name(parent: etree._Element, names: Any, xsi_type: str = "LIST_EN") -> None:
+    if isinstance(names, str):
+        text = names
+    else:
+        n = (names or [{}])[0]
+        text = n.get("text") or "".join([n.get("family", ""), *n.get("given", [])])
+    if text:
+        el = E(parent, "name")
+        el.set("{http://www.w3.org/2001/XMLSchema-instance}type", xsi_type)
+        E(E(el, "item"), "part", value=text)
+
+
+def _ts(fhir: str | None) -> str:
+    if not fhir:
+        return ""
+    return fhir.replace("-", "").replace(":", "").replace("T", "")[:14]
+
+
+def _gb_sex(res: dict[str, Any]) -> tuple[str, str]:
+    for ext in res.get("extension") or []:
+        if ext.get("url", "").endswith("/gb-sex"):
+            c = ext.get("valueCoding") or {}
+            return c.get("code", ""), c.get("display", "")
+    return {"male": ("1", "男性"), "female": ("2", "女性"), "unknown": ("0", "未知的性别"),
+            "other": ("9", "未说明的性别")}.get(res.get("gender", ""), ("", ""))
+
+
+def _person_elements(parent: etree._Element, res: dict[str, Any]) -> None:
+    _name(parent, res.get("name"))
+    tel = [t["value"] for t in res.get("telecom") or [] if t.get("value")]
+    if tel:
+        t = E(parent, "telecom")
+        t.set("{http://www.w3.org/2001/XMLSchema-instance}type", "DSET_TEL")
+        for v in tel:
+            E(t, "item", value=v)
+    code, disp = _gb_sex(res)
+    if code:
+        g = E(parent, "administrativeGenderCode", code=code, codeSystem="2.16.156.10011.2.3.3.4")
+        if disp:
+            E(g, "displayName", value=disp)
+    if res.get("birthDate"):
+        E(parent, "birthTime", value=res["birthDate"].replace("-", ""))
+
+
+def _patient(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict) -> None:
+    subj = E(cap, "subject", typeCode="SUBJ")
+    ev = E(subj, "registrationEvent", classCode="REG", moodCode="EVN")
+    E(ev, "statusCode", code="active")
+    s1 = E(ev, "subject1", typeCode="SBJ")
+    pat = E(s1, "patient", classCode="PAT")
+    idents = res.get("identifier") or []
+    national = ("2.16.156.10011.1.3", "2.16.156.10011.1.19", "2.16.156.10011.1.2")
+    _ii(pat, "id", [i for i in idents if _oid_of(i.get("system", "")) not in national])
+    E(pat, "statusCode", code="active" if res.get("active", True) else "nullified")
+    person = E(pat, "patientPerson", classCode="PSN", determinerCode="INSTANCE")
+    _ii(person, "id", [i for i in idents if _oid_of(i.get("system", "")) == national[0]])
+    _person_elements(person, res)
+    for i in idents:
+        if _oid_of(i.get("system", "")) in national[1:] and i.get("value"):
+            other = E(person, "asOtherIDs", classCode="PAT")
+            id_items(other, "id", [(_oid_of(i["system"]), i["value"])])
+    obs = E(E(pat, "subjectOf1", typeCode="SBJ"), "queryMatchObservation", classCode="COND", moodCode="EVN")
+    E(obs, "code", code="IHE_PDQ")
+    v = E(obs, "value", value="100")
+    v.set("{http://www.w3.org/2001/XMLSchema-instance}type", "INT")
+
+
+def _organization(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict) -> None:
+    ev = E(E(cap, "subject", typeCode="SUBJ"), "registrationEvent", classCode="REG", moodCode="EVN")
+    E(ev, "statusCode", code="active")
+    ent = E(E(ev, "subject1", typeCode="SBJ"), "assignedEntity", classCode="ASSIGNED")
+    _ii(ent, "id", res.get("identifier") or [])
+    for t in res.get("type") or []:
+        c = next((c for c in t.get("coding") or [] if c.get("system", "").startswith("urn:oid:")), None)
+        if c:
+            code = E(ent, "code", code=c.get("code"), codeSystem=_oid_of(c["system"]))
+            if c.get("display"):
+                E(code, "displayName", value=c["display"])
+            break
+    if res.get("alias"):
+        _name(ent, res["alias"][0])
+    E(ent, "statusCode", code="active" if res.get("active", True) else "terminated")
+    org = E(ent, "assignedPrincipalOrganization", classCode="ORG", determinerCode="INSTANCE")
+    _name(org, res.get("name") or "")
+    parent = refs.get((res.get("partOf") or {}).get("reference", ""))
+    if parent is not None:
+        aff = E(org, "asAffiliate", classCode="AFFL")
+        p = E(aff, "affiliatedPrincipalOrganization", classCode="ORG", determinerCode="INSTANCE")
+        _ii(p, "id", parent.get("identifier") or [])
+        _name(p, parent.get("name") or "")
+
+
+def _practitioner(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict) -> None:
+    ev = E(E(cap, "subject", typeCode="SUBJ"), "registrationEvent", classCode="REG", moodCode="EVN")
+    E(ev, "statusCode", code="active")
+    prov = E(E(ev, "subject1", typeCode="SBJ"), "healthCareProvider", classCode="PROV")
+    idents = res.get("identifier") or []
+    _ii(prov, "id", [i for i in idents if _oid_of(i.get("system", "")) != "2.16.156.10011.1.3"])
+    ref = f"Practitioner/{res.get('id')}"
+    role = next((r for r in refs.values() if r.get("resourceType") == "PractitionerRole"
+                 and (r.get("practitioner") or {}).get("reference") == ref), None)
+    if role:
+        c = next((c for cc in role.get("code") or [] for c in cc.get("coding") or []), None)
+        if c:
+            code = E(prov, "code", code=c.get("code"), codeSystem=_oid_of(c.get("system", "")) or None)
+            if c.get("display"):
+                E(code, "displayName", value=c["display"])
+    E(prov, "statusCode", code="active" if res.get("active", True) else "terminated")
+    person = E(prov, "healthCarePrincipalPerson", classCode="PSN", determinerCode="INSTANCE")
+    _ii(person, "id", [i for i in idents if _oid_of(i.get("system", "")) == "2.16.156.10011.1.3"])
+    _person_elements(person, res)
+    org = refs.get(((role or {}).get("organization") or {}).get("reference", ""))
+    if org is not None:
+        aff = E(person, "asAffiliate", classCode="AFFL")
+        p = E(aff, "affiliatedPrincipalOrganization", classCode="ORG", determinerCode="INSTANCE")
+        _ii(p, "id", org.get("identifier") or [])
+        _name(p, org.get("name") or "")
+
+
+def _document(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict) -> None:
+    doc = E(E(cap, "subject", typeCode="SUBJ"), "clinicalDocument", classCode="DOCCLIN", moodCode="EVN")
+    _ii(doc, "id", res.get("identifier") or [])
+    t = res.get("type") or {}
+    c = next((c for c in t.get("coding") or [] if c.get("system") == "urn:oid:2.16.156.10011.2.5.1.23"), None) \
+        or next(iter(t.get("coding") or []), None)
+    if c:
+        code = E(doc, "code", code=c.get("code"), codeSystem="2.16.156.10011.2.5.1.23", codeSystemName="文档类型代码")
+        if c.get("display") or t.get("text"):
+            E(code, "displayName", value=c.get("display") or t.get("text"))
+    E(doc, "statusCode", code="completed" if res.get("status") == "current" else "obsolete")
+    if res.get("date"):
+        E(doc, "effectiveTime", value=_ts(res["date"]))
+    sec = next((c.get("code") for s in res.get("securityLabel") or [] for c in s.get("coding") or []), None)
+    if sec:
+        E(doc, "confidentialityCode", code=sec, codeSystem="2.16.156.10011.2.5.1.25")
+    if query["handler"] == "document_retrieve":
+        att = next((c.get("attachment") or {} for c in res.get("content") or []), {})
+        data = att.get("data")
+        if not data and att.get("url"):
+            binary = refs.get(att["url"])
+            data = (binary or {}).get("data")
+        storage = E(doc, "storageCode")
+        if data:
+            E(storage, "originalText", value=data)
+        else:
+            E(storage, "originalText", nullFlavor="NA")
+        E(storage, "translation", code=att.get("contentType") or "application/hl7-cda+xml")
+    patient = refs.get((res.get("subject") or {}).get("reference", ""))
+    if patient is not None:
+        rt = E(doc, "recordTarget", typeCode="RCT")
+        pat = E(rt, "patient", classCode="PAT")
+        idents = patient.get("identifier") or []
+        _ii(pat, "id", [i for i in idents if _oid_of(i.get("system", "")) != "2.16.156.10011.1.3"])
+        person = E(pat, "patientPerson", classCode="PSN", determinerCode="INSTANCE")
+        _ii(person, "id", [i for i in idents if _oid_of(i.get("system", "")) == "2.16.156.10011.1.3"])
+        _name(person, patient.get("name"), "DSET_EN")
+    for a in res.get("author") or []:
+        who = refs.get(a.get("reference", ""))
+        au = E(doc, "author", typeCode="AUT")
+        aa = E(au, "assignedAuthor", classCode="ASSIGNED")
+        _ii(aa, "id", (who or {}).get("identifier") or [])
+        if who is not None or a.get("display"):
+            ap = E(aa, "assignedPerson", classCode="PSN", determinerCode="INSTANCE")
+            _name(ap, (who or {}).get("name") or a.get("display") or "", "DSET_EN")
+    cust = refs.get((res.get("custodian") or {}).get("reference", ""))
+    if cust is not None:
+        ro = E(E(E(doc, "custodian", typeCode="CST"), "assignedCustodian", classCode="ASSIGNED"),
+               "representedOrganization", classCode="ORG", determinerCode="INSTANCE")
+        _ii(ro, "id", cust.get("identifier") or [])
+        _name(ro, cust.get("name") or "", "DSET_EN")
+
+
+_BUILDERS = {
+    "patient_query": _patient,
+    "organization_query": _organization,
+    "practitioner_query": _practitioner,
+    "document_search": _document,
+    "document_retrieve": _document,
+}
+
+__all__ = ["parse_query", "respond"]

@@ -1,0 +1,469 @@
+"""Registration interactions -> FHIR resources: patients (register, update, merge), institutions and
+departments, practitioners, document registrations."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from lxml import etree
+
+from fhir_mapping.base import MappingError
+from fhir_mapping.ids import patient_id, stable_id
+from terminology import resident_id
+
+from .common import (
+    Ctx,
+    address,
+    attr,
+    coding,
+    concept,
+    display,
+    first,
+    fhir_date,
+    fhir_datetime,
+    first_of,
+    human_name,
+    ids,
+    q,
+    table,
+    telecoms,
+    text_parts,
+)
+
+RESIDENT_ROOT = "2.16.156.10011.1.3"
+LOCAL_PATIENT_ROOT = "2.16.156.10011.2.5.1.4"
+ORG_CODE_ROOT = "2.16.156.10011.1.5"
+
+
+def _where(ctx: Ctx, el: etree._Element | None) -> str | None:
+    return ctx.msg.root.getroottree().getpath(el) if el is not None else None
+
+
+# -- organisations -----------------------------------------------------------------------------------
+
+def institution_org(ctx: Ctx, code: str = "", name: str = "") -> dict[str, str]:
+    """The sending institution's Organization (the id the HL7 v2 mapper gives it too)."""
+    org: dict[str, Any] = {"resourceType": "Organization", "id": stable_id("Organization", ctx.oid or ctx.inst),
+                           "active": True}
+    idents = []
+    if ctx.oid:
+        idents.append({"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{ctx.oid}"})
+    if code:
+        idents.append({"system": f"urn:oid:{ORG_CODE_ROOT}", "value": code})
+    if not idents:
+        idents.append({"value": ctx.inst})
+    org["identifier"] = idents
+    nm = name or ctx.source.name
+    if nm:
+        org["name"] = nm
+    ref = ctx.add(org)
+    return dict(ref, display=nm) if nm else ref
+
+
+def _provider_org(ctx: Ctx, el: etree._Element | None) -> dict[str, str]:
+    code = next((ext for root, ext in ids(first(el, "id")) if root == ORG_CODE_ROOT and ext), "")
+    return institution_org(ctx, code if code == ctx.inst or not ctx.source.institution else "",
+                           text_parts(first(el, "name")))
+
+
+def _practitioner(ctx: Ctx, entity: etree._Element | None, person_path: str = "assignedPerson"
+                  ) -> dict[str, str] | None:
+    """A minimal Practitioner for an author/custodian assignedEntity (registrar, operator)."""
+    if entity is None:
+        return None
+    idl = [(r, e) for r, e in ids(first(entity, "id")) if e]
+    name = human_name(first(entity, f"{person_path}/name"))
+    if not idl and not name:
+        return None
+    key = idl[0] if idl else ("name", name["text"])
+    res: dict[str, Any] = {"resourceType": "Practitioner", "id": ctx.id("Practitioner", *key)}
+    idents = [i for i in (ctx.identifier(r, e) for r, e in idl) if i]
+    if idents:
+        res["identifier"] = idents
+    if name:
+        res["name"] = [name]
+    ref = ctx.add(res)
+    return dict(ref, display=name["text"]) if name else ref
+
+
+# -- patients ----------------------------------------------------------------------------------------
+
+def _gender(ctx: Ctx, el: etree._Element | None, res: dict[str, Any], where: str | None) -> None:
+    code = attr(el, "code")
+    if not code:
+        return
+    sex = table("codes")["sex"]
+    spec = sex["codes"].get(code)
+    if spec is None:
+        ctx.find("warning", "v3.sex.unknown", f"sex code {code!r} is not in GB/T 2261.1", where)
+        return
+    res["gender"] = spec["gender"]
+    if attr(el, "codeSystem") in ("", sex["system"]) and code.isdigit():
+        res.setdefault("extension", []).append({"url": sex["extension"], "valueCoding": {
+            "system": f"urn:oid:{sex['system']}", "code": code, "display": display(el) or spec.get("display", "")}})
+
+
+def _check_resident_id(ctx: Ctx, value: str, where: str | None, person: dict[str, Any]) -> None:
+    if resident_id.is_valid(value):
+        enc_sex, enc_birth = resident_id.sex(value), resident_id.birth_date(value)
+        if person.get("gender") in ("male", "female") and enc_sex != person["gender"]:
+            ctx.find("warning", "v3.resident-id.sex-mismatch",
+                     f"gender {person['gender']} contradicts the resident ID number ({enc_sex})", where)
+        if person.get("birthDate") and enc_birth and person["birthDate"] != enc_birth.isoformat()[:len(person["birthDate"])]:
+            ctx.find("warning", "v3.resident-id.birth-mismatch",
+                     "birth date contradicts the resident ID number", where)
+        return
+    if resident_id.is_placeholder(value):
+        ctx.find("warning", "v3.resident-id.placeholder", "resident ID number is a placeholder", where)
+    else:
+        ctx.find("warning", "v3.resident-id.check-digit",
+                 "resident ID number fails the GB 11643 check (kept as sent)", where)
+
+
+def _person(ctx: Ctx, person: etree._Element | None, res: dict[str, Any]) -> None:
+    """patientPerson / healthCarePrincipalPerson -> identifiers, name, telecom, gender, birth, address."""
+    if person is None:
+        return
+    for root, ext in ids(first(person, "id")):
+        ident = ctx.identifier(root, ext, _where(ctx, first(person, "id")))
+        if ident and ident not in res["identifier"]:
+            res["identifier"].append(ident)
+    name = human_name(first(person, "name"))
+    if name:
+        res["name"] = [name]
+    tel = telecoms(first(person, "telecom"))
+    if tel:
+        res["telecom"] = tel
+    _gender(ctx, first(person, "administrativeGenderCode"), res, _where(ctx, first(person, "administrativeGenderCode")))
+    bt = attr(first(person, "birthTime"), "value")
+    if bt:
+        d = fhir_date(bt[:8])
+        if d:
+            res["birthDate"] = d
+        else:
+            ctx.find("warning", "v3.birth-time.invalid", f"birth time {bt!r} is not a date",
+                     _where(ctx, first(person, "birthTime")))
+    addr = address(first(person, "addr"))
+    if addr:
+        res["address"] = addr
+    for root, ext in ids(first(person, "id")):
+        if root == RESIDENT_ROOT and ext:
+            _check_resident_id(ctx, ext, _where(ctx, first(person, "id")), res)
+
+
+def _patient_key(ctx: Ctx, patient: etree._Element | None, where: str) -> tuple[str, list[dict[str, Any]]]:
+    idl = ids(first(patient, "id"))
+    local = [e for r, e in idl if r == LOCAL_PATIENT_ROOT and e]
+    key = local[0] if local else next((e for _, e in idl if e), "")
+    if not key:
+        raise MappingError("the patient has no identifier (patient/id/item)", code="AE", location=where,
+                           rule="v3.patient.id-missing")
+    idents = [i for i in (ctx.identifier(r, e) for r, e in idl) if i]
+    return key, idents
+
+
+def patient(ctx: Ctx, subject: etree._Element | None = None) -> dict[str, Any]:
+    """PRPA_IN201311UV02 / PRPA_IN201314UV02 (and the survivor of a merge)."""
+    ca = ctx.msg.control
+    reg = first_of(ca, "subject/registrationRequest", "subject/registrationEvent")
+    pat = subject if subject is not None else first(reg, "subject1/patient")
+    if pat is None:
+        raise MappingError("no subject1/patient in the registration", code="AE",
+                           location="/*/hl7:controlActProcess/hl7:subject", rule="v3.patient.missing")
+    key, idents = _patient_key(ctx, pat, _where(ctx, pat) or "")
+    res: dict[str, Any] = {"resourceType": "Patient", "id": patient_id(ctx.inst, key), "identifier": idents,
+                           "active": attr(first(pat, "statusCode"), "code") in ("", "active")}
+    person = first(pat, "patientPerson")
+    _person(ctx, person, res)
+    for other in q(person, "asOtherIDs"):
+        scoper = next((e for r, e in ids(first(other, "scopingOrganization/id")) if e), "")
+        for root, ext in ids(first(other, "id")):
+            ident = ctx.identifier(root, ext, _where(ctx, other))
+            if ident:
+                if scoper and "assigner" not in ident:
+                    ident["assigner"] = {"identifier": {"system": f"urn:oid:{ORG_CODE_ROOT}", "value": scoper}}
+                if ident not in res["identifier"]:
+                    res["identifier"].append(ident)
+    codes = table("codes")
+    ms = first(person, "maritalStatusCode")
+    if attr(ms, "code"):
+        m = codes["marital"]
+        cc = concept(ms)
+        fhir = m["codes"].get(attr(ms, "code"))
+        if fhir and attr(ms, "codeSystem") in ("", m["system"]):
+            cc["coding"].insert(0, {"system": m["fhir_system"], "code": fhir})
+        res["maritalStatus"] = cc
+    for item in q(person, "ethnicGroupCode/item") or q(person, "ethnicGroupCode"):
+        if attr(item, "code"):
+            res.setdefault("extension", []).append({"url": codes["ethnicity"]["extension"],
+                                                    "valueCoding": coding(attr(item, "codeSystem") or
+                                                                          codes["ethnicity"]["system"],
+                                                                          attr(item, "code"), display(item))})
+    for rel in q(person, "personalRelationship"):
+        contact: dict[str, Any] = {}
+        cc = concept(first(rel, "code"))
+        if cc:
+            contact["relationship"] = [cc]
+        nm = human_name(first(rel, "relationshipHolder1/name"))
+        if nm:
+            contact["name"] = nm
+        tel = telecoms(first(rel, "telecom"))
+        if tel:
+            contact["telecom"] = tel
+        if contact.get("name") or contact.get("telecom"):
+            res.setdefault("contact", []).append(contact)
+    emp = first(person, "asEmployee")
+    if emp is not None:
+        ctx.find("information", "v3.patient.unmapped", "occupation and employer (asEmployee) are not mapped "
+                 "to Patient", _where(ctx, emp))
+    cov = first(pat, "coveredPartyOf")
+    if cov is not None:
+        ctx.find("information", "v3.patient.unmapped", "insurance (coveredPartyOf) is not mapped: a Coverage "
+                 "needs the payer, which the message does not name", _where(ctx, cov))
+    res["managingOrganization"] = _provider_org(ctx, first(pat, "providerOrganization"))
+    return res
+
+
+def register_patient(ctx: Ctx) -> list[dict[str, str]]:
+    res = patient(ctx)
+    ctx.add(res)
+    author = _practitioner(ctx, first(ctx.msg.control, "subject/registrationRequest/author/assignedEntity"))
+    return [a for a in (author,) if a]
+
+
+def merge_patients(ctx: Ctx) -> list[dict[str, str]]:
+    """PRPA_IN201304UV02: the prior registration (replacementOf) is retired into the subject."""
+    reg = first_of(ctx.msg.control, "subject/registrationEvent", "subject/registrationRequest")
+    survivor = patient(ctx)
+    prior = first(reg, "replacementOf/priorRegistration/subject1/priorRegisteredRole")
+    where = "/*/hl7:controlActProcess/hl7:subject/hl7:registrationEvent/hl7:replacementOf"
+    if prior is None:
+        raise MappingError("merge without replacementOf/priorRegistration: nothing to merge", code="AE",
+                           location=where, rule="v3.merge.prior-missing")
+    key, idents = _patient_key(ctx, prior, where)
+    retired_id = patient_id(ctx.inst, key)
+    if retired_id == survivor["id"]:
+        raise MappingError("the prior registration names the surviving patient: a patient cannot be merged "
+                           "into itself", code="AE", location=where, rule="v3.merge.self")
+    retired = {"resourceType": "Patient", "id": retired_id, "identifier": idents, "active": False,
+               "link": [{"other": {"reference": f"Patient/{survivor['id']}"}, "type": "replaced-by"}],
+               "managingOrganization": survivor["managingOrganization"]}
+    survivor.setdefault("link", []).append({"other": {"reference": f"Patient/{retired_id}"}, "type": "replaces"})
+    ctx.add(survivor)
+    ctx.add(retired)
+    operator = _practitioner(ctx, first(reg, "custodian/assignedEntity"))
+    return [a for a in (operator,) if a]
+
+
+# -- institutions and departments --------------------------------------------------------------------
+
+def organization(ctx: Ctx) -> list[dict[str, str]]:
+    """PRPM_IN401030UV01 / PRPM_IN403010UV01: an institution or department (assignedEntity)."""
+    reg = first_of(ctx.msg.control, "subject/registrationRequest", "subject/registrationEvent")
+    ent = first(reg, "subject1/assignedEntity")
+    if ent is None:
+        raise MappingError("no subject1/assignedEntity in the registration", code="AE",
+                           location="/*/hl7:controlActProcess/hl7:subject", rule="v3.organization.missing")
+    idl = [(r, e) for r, e in ids(first(ent, "id")) if e]
+    if not idl:
+        raise MappingError("the organisation has no identifier", code="AE", location=_where(ctx, ent),
+                           rule="v3.organization.id-missing")
+    inst_ref = institution_org(ctx)
+    res: dict[str, Any] = {"resourceType": "Organization", "id": _org_id(ctx, *idl[0]),
+                           "identifier": [i for i in (ctx.identifier(r, e) for r, e in idl) if i],
+                           "active": attr(first(ent, "statusCode"), "code") in ("", "active")}
+    types = []
+    cc = concept(first(ent, "code"))
+    if cc:
+        types.append(cc)
+    if idl[0][0] == "2.16.156.10011.1.26":
+        types.append({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type",
+                                  "code": "dept", "display": "Hospital Department"}]})
+    if types:
+        res["type"] = types
+    name = text_parts(first(ent, "assignedPrincipalOrganization/name")) or text_parts(first(ent, "name"))
+    if name:
+        res["name"] = name
+    role_name = text_parts(first(ent, "name"))
+    if role_name and role_name != name:
+        res["alias"] = [role_name]
+    tel = telecoms(first(ent, "telecom"))
+    if tel:
+        res["telecom"] = tel
+    addr = address(first(ent, "addr"))
+    if addr:
+        res["address"] = addr
+    aff = first(ent, "assignedPrincipalOrganization/asAffiliate")
+    parent = None
+    for path in ("scoper2", "affiliatedPrincipalOrganization"):
+        parent = first(aff, path)
+        if parent is not None:
+            break
+    pidl = [(r, e) for r, e in ids(first(parent, "id")) if e]
+    if pidl:
+        pres: dict[str, Any] = {"resourceType": "Organization", "id": _org_id(ctx, *pidl[0]),
+                                "identifier": [i for i in (ctx.identifier(r, e) for r, e in pidl) if i],
+                                "partOf": inst_ref}
+        pname = text_parts(first(parent, "name"))
+        if pname:
+            pres["name"] = pname
+        res["partOf"] = ctx.add(pres)
+    elif res["id"] != inst_ref["reference"].split("/")[1]:
+        res["partOf"] = inst_ref
+    ctx.add(res)
+    _extension_items(ctx, reg)
+    author = _practitioner(ctx, first(reg, "author/assignedEntity"))
+    return [a for a in (author,) if a]
+
+
+def _org_id(ctx: Ctx, root: str, ext: str) -> str:
+    if root == ORG_CODE_ROOT:
+        return stable_id("Organization", f"urn:oid:{root}", ext)
+    return ctx.id("Organization", root, ext)
+
+
+def _extension_items(ctx: Ctx, reg: etree._Element | None, mapped: tuple[str, ...] = ()) -> None:
+    for item in q(reg, "extension/item"):
+        code = attr(item, "code")
+        if code and code not in mapped:
+            ctx.find("information", "v3.extension.unmapped",
+                     f"extension item {code!r} is not mapped", _where(ctx, item))
+
+
+# -- practitioners -----------------------------------------------------------------------------------
+
+def practitioner(ctx: Ctx) -> list[dict[str, str]]:
+    """PRPM_IN301010UV01 / PRPM_IN303010UV01: healthCareProvider -> Practitioner + PractitionerRole."""
+    reg = first_of(ctx.msg.control, "subject/registrationRequest", "subject/registrationEvent")
+    prov = first(reg, "subject1/healthCareProvider")
+    if prov is None:
+        raise MappingError("no subject1/healthCareProvider in the registration", code="AE",
+                           location="/*/hl7:controlActProcess/hl7:subject", rule="v3.practitioner.missing")
+    idl = [(r, e) for r, e in ids(first(prov, "id")) if e]
+    if not idl:
+        raise MappingError("the practitioner has no identifier", code="AE", location=_where(ctx, prov),
+                           rule="v3.practitioner.id-missing")
+    active = attr(first(prov, "statusCode"), "code") in ("", "active")
+    res: dict[str, Any] = {"resourceType": "Practitioner", "id": ctx.id("Practitioner", *idl[0]),
+                           "identifier": [i for i in (ctx.identifier(r, e) for r, e in idl) if i],
+                           "active": active}
+    person = first(prov, "healthCarePrincipalPerson")
+    _person(ctx, person, res)
+    cert = next((attr(i, "value") for i in q(reg, "extension/item") if attr(i, "code") == "certificateNo"), "")
+    if cert:
+        res["qualification"] = [{"identifier": [{"value": cert}], "code": {"text": "执业证书"}}]
+    ref = ctx.add(res)
+    role: dict[str, Any] = {"resourceType": "PractitionerRole", "id": ctx.id("PractitionerRole", *idl[0]),
+                            "active": active, "practitioner": ref}
+    cc = concept(first(prov, "code"))
+    if cc:
+        role["code"] = [cc]
+    low = fhir_datetime(attr(first(prov, "effectiveTime/low"), "value"))
+    high = fhir_datetime(attr(first(prov, "effectiveTime/high"), "value"))
+    if low or high:
+        role["period"] = {k: v for k, v in (("start", low), ("end", high)) if v}
+    dept = first(person, "asAffiliate/affiliatedPrincipalOrganization")
+    didl = [(r, e) for r, e in ids(first(dept, "id")) if e]
+    if didl:
+        dres: dict[str, Any] = {"resourceType": "Organization", "id": _org_id(ctx, *didl[0]),
+                                "identifier": [i for i in (ctx.identifier(r, e) for r, e in didl) if i],
+                                "partOf": institution_org(ctx)}
+        dname = text_parts(first(dept, "name"))
+        if dname:
+            dres["name"] = dname
+        role["organization"] = ctx.add(dres)
+    else:
+        role["organization"] = institution_org(ctx)
+    tel = telecoms(first(prov, "telecom"))
+    if tel:
+        role["telecom"] = tel
+    ctx.add(role)
+    _extension_items(ctx, reg, ("certificateNo",))
+    author = _practitioner(ctx, first(reg, "author/assignedEntity"))
+    return [a for a in (author,) if a]
+
+
+# -- documents -----------------------------------------------------------------------------------------
+
+def document(ctx: Ctx) -> list[dict[str, str]]:
+    """RCMR_IN000002UV02: a document registration -> DocumentReference (+ Patient, author, custodian)."""
+    doc = first(ctx.msg.control, "subject/clinicalDocument")
+    if doc is None:
+        raise MappingError("no subject/clinicalDocument in the registration", code="AE",
+                           location="/*/hl7:controlActProcess/hl7:subject", rule="v3.document.missing")
+    didl = [(r, e) for r, e in ids(first(doc, "id")) if e]
+    if not didl:
+        raise MappingError("the document has no id", code="AE", location=_where(ctx, doc),
+                           rule="v3.document.id-missing")
+    codes = table("codes")
+    version = attr(first(doc, "versionNumber"), "value")
+    # the patient, as the registration describes it
+    pat_el = first(doc, "recordTarget/patient")
+    pref = None
+    if pat_el is not None:
+        key, idents = _patient_key(ctx, pat_el, _where(ctx, pat_el) or "")
+        pres: dict[str, Any] = {"resourceType": "Patient", "id": patient_id(ctx.inst, key), "identifier": idents}
+        _person(ctx, first(pat_el, "patientPerson"), pres)
+        pres["managingOrganization"] = _provider_org(ctx, first(pat_el, "providerOrganization"))
+        pref = ctx.add(pres)
+    res: dict[str, Any] = {"resourceType": "DocumentReference", "id": ctx.id("DocumentReference", *didl[0]),
+                           "identifier": [i for i in (ctx.identifier(r, e) for r, e in didl) if i],
+                           "status": "current"}
+    code_el = first(doc, "code")
+    if attr(code_el, "code"):
+        dt = codes["document_type"]
+        cc = concept(code_el)
+        if attr(code_el, "codeSystem") == dt["v3_system"]:
+            cc["coding"].insert(0, coding(dt["cda_system"], attr(code_el, "code"), display(code_el)))
+        res["type"] = cc
+    else:
+        ctx.find("warning", "v3.document.code-missing", "the document has no type code", _where(ctx, doc))
+    if pref:
+        res["subject"] = pref
+    eff = fhir_datetime(attr(first(doc, "effectiveTime"), "value"), instant=True)
+    if eff:
+        res["date"] = eff
+    author = _practitioner(ctx, first(doc, "author/assignedAuthor"))
+    if author:
+        res["author"] = [author]
+    cust = first(doc, "custodian/assignedCustodian/representedOrganization")
+    if cust is not None:
+        res["custodian"] = _provider_org(ctx, cust)
+    conf = first(doc, "confidentialityCode")
+    if attr(conf, "code"):
+        cm = codes["confidentiality"]
+        fhir = cm["codes"].get(attr(conf, "code"))
+        if fhir:
+            res["securityLabel"] = [{"coding": [{"system": cm["fhir_system"], "code": fhir}]}]
+    attachment: dict[str, Any] = {"contentType": "application/hl7-cda+xml"}
+    title = display(code_el)
+    if title:
+        attachment["title"] = title
+    stored = attr(first(doc, "storageCode/originalText"), "value")
+    if stored:
+        try:
+            raw = base64.b64decode(stored, validate=True)
+            attachment["data"] = base64.b64encode(raw).decode("ascii")
+            attachment["size"] = len(raw)
+        except (binascii.Error, ValueError):
+            ctx.find("warning", "v3.document.content-not-base64", "storageCode/originalText is not base64: the "
+                     "document content is not kept", _where(ctx, first(doc, "storageCode/originalText")))
+    res["content"] = [{"attachment": attachment}]
+    context: dict[str, Any] = {}
+    low = fhir_datetime(attr(first(pat_el, "effectiveTime/low"), "value"))
+    if low:
+        context["period"] = {"start": low}
+    enc_ids = [(r, e) for r, e in ids(first(pat_el, "id")) if r in ("2.16.156.10011.1.11", "2.16.156.10011.1.12") and e]
+    if enc_ids:
+        context["related"] = [{"identifier": i} for i in (ctx.identifier(r, e) for r, e in enc_ids) if i]
+    dept = [(r, e) for r, e in ids(first(pat_el, "providerOrganization/organizationContains/id")) if e]
+    if dept:
+        context["facilityType"] = {"coding": [{"system": ctx.system(dept[0][0])[0] or "", "code": dept[0][1]}]}
+    if context:
+        res["context"] = context
+    if version:
+        res["description"] = f"{title or 'document'}, version {version}"
+    ctx.add(res)
+    return []

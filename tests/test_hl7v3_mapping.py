@@ -1,0 +1,294 @@
+"""HL7 v3 interaction messages -> FHIR (registrations, merge), queries, responses, acknowledgements."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import orjson
+import pytest
+
+from fhir_mapping.base import MappingError, SourceInfo
+from fhir_mapping.hl7v3 import acknowledge, convert, interaction_of, is_query, parse_query, respond
+from fhir_mapping.ids import patient_id
+from fhir_mapping.xmlsafe import parse_xml
+from hub.resource import validate
+
+FIX = Path(__file__).parent / "fixtures" / "hl7v3"
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "hl7v3-interaction"
+SRC = SourceInfo(institution="H0001", oid="1.2.156.112604.1.2.1", name="测试医院")
+NOW = datetime(2026, 11, 22, 5, 0, tzinfo=timezone.utc)
+V3 = "{urn:hl7-org:v3}"
+RID = "urn:oid:2.16.156.10011.1.3"
+
+
+def fixture(name: str) -> bytes:
+    return (FIX / name).read_bytes()
+
+
+def sample(name: str) -> bytes:
+    path = SAMPLES / name
+    if not path.is_file():
+        pytest.skip("shared samples not present")
+    return path.read_bytes()
+
+
+def by_type(conv, rtype):
+    return [r for r in conv.resources if r["resourceType"] == rtype]
+
+
+def assert_valid(conv):
+    for r in conv.resources:
+        validate(r["resourceType"], orjson.dumps(r), r)
+
+
+# -- registrations -------------------------------------------------------------------------------
+
+def test_patient_register_fixture():
+    conv = convert(fixture("patient-register.xml"), SRC)
+    assert_valid(conv)
+    assert conv.kind == "PRPA_IN201311UV02" and conv.unit_id == "T-MSG-0001"
+    (pat,) = by_type(conv, "Patient")
+    assert pat["id"] == patient_id("H0001", "P0001")  # same key as the HL7 v2 mapper's
+    assert conv.patient_key == f"Patient/{pat['id']}"
+    systems = {i["system"]: i["value"] for i in pat["identifier"]}
+    assert systems["urn:oid:1.2.156.112604.1.2.1.1"] == "P0001"
+    assert systems[RID] == "110105198003151234"
+    assert systems["urn:oid:2.16.156.10011.1.19"] == "HC0001"
+    assert pat["gender"] == "male" and pat["birthDate"] == "1980-03-15"
+    assert {"url": "https://fhir-region-hub.example/StructureDefinition/gb-sex",
+            "valueCoding": {"system": "urn:oid:2.16.156.10011.2.3.3.4", "code": "1", "display": "男性"}} in pat["extension"]
+    assert pat["maritalStatus"]["coding"][0]["code"] == "M"
+    assert pat["address"][0]["district"] == "朝阳区" and pat["address"][0]["line"] == ["测试路", "1号"]
+    assert pat["contact"][0]["name"]["text"] == "测试乙"
+    assert pat["name"][0]["text"] == "测试甲"
+    (prov,) = by_type(conv, "Provenance")
+    assert prov["activity"]["coding"][0]["code"] == "originate"
+    assert prov["recorded"] == "2024-03-05T10:15:00+08:00"
+    assert {"reference": f"Patient/{pat['id']}"} in prov["target"]
+    assert conv.findings == []  # valid ID number, nothing unmapped
+
+
+def test_replay_is_identical():
+    a = convert(fixture("patient-register.xml"), SRC)
+    b = convert(fixture("patient-register.xml"), SRC)
+    assert orjson.dumps(a.resources) == orjson.dumps(b.resources)
+
+
+def test_merge_fixture():
+    conv = convert(fixture("patient-merge.xml"), SRC)
+    assert_valid(conv)
+    pats = {p["id"]: p for p in by_type(conv, "Patient")}
+    survivor, retired = pats[patient_id("H0001", "P0001")], pats[patient_id("H0001", "P0002")]
+    assert retired["active"] is False
+    assert retired["link"] == [{"other": {"reference": f"Patient/{survivor['id']}"}, "type": "replaced-by"}]
+    assert {"other": {"reference": f"Patient/{retired['id']}"}, "type": "replaces"} in survivor["link"]
+    (prov,) = by_type(conv, "Provenance")
+    assert prov["activity"]["coding"][0] == {"system": "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle",
+                                             "code": "merge"}
+    targets = {t["reference"] for t in prov["target"]}
+    assert {f"Patient/{survivor['id']}", f"Patient/{retired['id']}"} <= targets
+    assert conv.patient_key == f"Patient/{survivor['id']}"
+
+
+def test_merge_into_itself_is_refused():
+    data = fixture("patient-merge.xml").replace(b'extension="P0002"', b'extension="P0001"')
+    with pytest.raises(MappingError) as e:
+        convert(data, SRC)
+    assert e.value.code == "AE" and e.value.rule == "v3.merge.self"
+
+
+def test_document_register_fixture():
+    conv = convert(fixture("document-register.xml"), SRC)
+    assert_valid(conv)
+    (doc,) = by_type(conv, "DocumentReference")
+    assert doc["type"]["coding"][0] == {"system": "urn:oid:2.16.156.10011.2.4", "code": "C0002", "display": "门（急）诊病历"}
+    att = doc["content"][0]["attachment"]
+    cda = (Path(__file__).parent / "fixtures" / "quality" / "wst500-C0002-clean.xml").read_bytes()
+    assert base64.b64decode(att["data"]) == cda and att["size"] == len(cda)
+    assert doc["subject"]["reference"] == f"Patient/{patient_id('H0001', 'P0001')}"
+    assert doc["context"]["period"]["start"] == "2024-03-05T09:30:00+08:00"
+    assert doc["identifier"][0] == {"system": "urn:oid:1.2.156.112604.1.2.1.10", "value": "TEST-OP-0001"}
+
+
+def test_without_institution_oid_local_numbers_keep_the_root_and_the_assigner():
+    conv = convert(fixture("patient-register.xml"), SourceInfo(institution="H0001"))
+    (pat,) = by_type(conv, "Patient")
+    local = pat["identifier"][0]
+    assert local["system"] == "urn:oid:2.16.156.10011.2.5.1.4" and local["assigner"] == {"display": "H0001"}
+
+
+def test_errors():
+    with pytest.raises(MappingError) as e:
+        convert(b"<foo xmlns='urn:hl7-org:v3'/>", SRC)
+    assert e.value.code == "AR" and e.value.rule == "v3.interaction-unsupported"
+    with pytest.raises(MappingError) as e:
+        convert(b"<PRPA_IN201311UV02/>", SRC)
+    assert e.value.code == "AR"
+    with pytest.raises(MappingError) as e:
+        convert(b"<PRPA_IN201311UV02", SRC)
+    assert e.value.code == "AR"
+    with pytest.raises(MappingError) as e:
+        convert(fixture("patient-query.xml"), SRC)
+    assert e.value.code == "AR" and e.value.rule == "v3.query-not-convertible"
+    no_id = fixture("patient-register.xml").replace(b'<id><item root="2.16.156.10011.2.5.1.4" extension="P0001"/></id>', b"")
+    with pytest.raises(MappingError) as e:
+        convert(no_id, SRC)
+    assert e.value.code == "AE" and e.value.rule == "v3.patient.id-missing"
+
+
+# -- the shared samples --------------------------------------------------------------------------
+
+def test_samples_patient_register_update_merge():
+    reg = convert(sample("H02/H0201Rt.xml"), SRC)
+    upd = convert(sample("H02/H0202Rt.xml"), SRC)
+    mrg = convert(sample("H02/H0203Rt.xml"), SRC)
+    for c in (reg, upd, mrg):
+        assert_valid(c)
+    assert reg.patient_key == upd.patient_key == mrg.patient_key  # one patient, updated, then a survivor
+    assert {f.rule for f in reg.findings} >= {"v3.resident-id.check-digit"}
+    (r_prov,), (u_prov,) = by_type(reg, "Provenance"), by_type(upd, "Provenance")
+    assert r_prov["id"] != u_prov["id"]  # the samples reuse one message id across interactions
+    assert u_prov["activity"]["coding"][0]["code"] == "amend"
+    retired = [p for p in by_type(mrg, "Patient") if p.get("active") is False]
+    assert len(retired) == 1 and retired[0]["link"][0]["type"] == "replaced-by"
+
+
+def test_samples_organization_and_practitioner():
+    for name in ("H03/H0301Rt.xml", "H03/H0302Rt.xml"):
+        conv = convert(sample(name), SRC)
+        assert_valid(conv)
+        dept = [o for o in by_type(conv, "Organization") if any(t["coding"][0].get("code") == "dept" for t in o.get("type", []))]
+        assert len(dept) == 1 and dept[0]["partOf"]["reference"].startswith("Organization/")
+        assert dept[0]["name"] == "呼吸内科1"
+    for name in ("H04/H0401Rt.xml", "H04/H0402Rt.xml"):
+        conv = convert(sample(name), SRC)
+        assert_valid(conv)
+        roles = by_type(conv, "PractitionerRole")
+        assert len(roles) == 1 and roles[0]["code"][0]["coding"][0]["code"] == "231"
+        assert roles[0]["period"] == {"start": "2010-01-01", "end": "2050-12-31"}
+    with pytest.raises(MappingError) as e:  # no institution anywhere: SourceInfo must say
+        convert(sample("H04/H0401Rt.xml"), SourceInfo())
+    assert e.value.rule == "v3.institution-missing"
+
+
+def test_samples_document_register():
+    conv = convert(sample("H06/H0601Rt.xml"), SRC)
+    assert_valid(conv)
+    (doc,) = by_type(conv, "DocumentReference")
+    assert doc["type"]["coding"][0]["code"] == "C0001"
+    assert "v3.document.content-not-base64" in {f.rule for f in conv.findings}
+
+
+def test_samples_root_element_wins_over_a_wrong_interaction_id():
+    q = parse_query(sample("H04/H0403Rt.xml"), SRC)  # root PRPM_IN306010UV01, interactionId PRPM_IN301010UV01
+    assert q["interaction"] == "PRPM_IN306010UV01"
+    assert "v3.interaction-id-mismatch" in {f.rule for f in q["findings"]}
+
+
+# -- queries and responses ---------------------------------------------------------------------
+
+def test_patient_query_fixture_and_response():
+    data = fixture("patient-query.xml")
+    assert is_query(data) and interaction_of(data)[0] == "PRPA_IN201305UV02"
+    q = parse_query(data, SRC)
+    assert q["resource_type"] == "Patient" and q["response_interaction"] == "PRPA_IN201306UV02"
+    assert dict(parse_qsl(q["search"])) == {"identifier": f"{RID}|110105198003151234", "gender": "male",
+                                           "name": "测试甲", "_count": "10"}
+    found = convert(fixture("patient-register.xml"), SRC).resources
+    out = respond(q, found, now=NOW)
+    root = parse_xml(out)
+    assert root.tag == V3 + "PRPA_IN201306UV02"
+    assert root.find(f"{V3}acknowledgement").get("typeCode") == "AA"
+    assert root.find(f"{V3}acknowledgement/{V3}targetMessage/{V3}id").get("extension") == "T-MSG-0004"
+    assert root.find(f"{V3}receiver/{V3}device/{V3}id/{V3}item").get("extension") == "HIS02"
+    cap = root.find(f"{V3}controlActProcess")
+    pats = cap.findall(f"{V3}subject/{V3}registrationEvent/{V3}subject1/{V3}patient")
+    assert len(pats) == 1
+    person = pats[0].find(f"{V3}patientPerson")
+    assert person.find(f"{V3}id/{V3}item").get("extension") == "110105198003151234"
+    assert person.find(f"{V3}administrativeGenderCode").get("code") == "1"
+    assert cap.find(f"{V3}queryAck/{V3}queryResponseCode").get("code") == "OK"
+    assert cap.find(f"{V3}queryAck/{V3}queryId").get("extension") == "Q-0001"
+    assert cap.find(f"{V3}queryAck/{V3}resultTotalQuantity").get("value") == "1"
+    assert cap.find(f"{V3}queryByParameter") is not None  # the query echoed
+    assert cap.find(f"{V3}queryAck/{V3}resultCurrentQuantity") is not None
+    assert respond(q, found, now=NOW) == out  # deterministic
+    empty = parse_xml(respond(q, [], now=NOW))
+    assert empty.find(f"{V3}controlActProcess/{V3}queryAck/{V3}queryResponseCode").get("code") == "NF"
+    err = parse_xml(respond(q, [], now=NOW, error="index unavailable"))
+    assert err.find(f"{V3}acknowledgement").get("typeCode") == "AE"
+    assert err.find(f"{V3}acknowledgement/{V3}acknowledgementDetail/{V3}text").get("value") == "index unavailable"
+
+
+def test_sample_queries_parse_and_answer():
+    reg = {"H02/H0204Rt.xml": "H02/H0201Rt.xml", "H03/H0303Rt.xml": "H03/H0301Rt.xml",
+           "H04/H0403Rt.xml": "H04/H0401Rt.xml", "H06/H0602Rt.xml": "H06/H0601Rt.xml",
+           "H06/H0603Rt.xml": "H06/H0601Rt.xml"}
+    expect = {"H02/H0204Rt.xml": ("PRPA_IN201306UV02", {"identifier", "gender", "name", "_count"}),
+              "H03/H0303Rt.xml": ("PRPM_IN406110UV01", {"identifier", "name", "active"}),
+              "H04/H0403Rt.xml": ("PRPM_IN306011UV01", {"identifier", "gender", "birthdate", "name"}),
+              "H06/H0602Rt.xml": ("RCMR_IN000030UV01", {"patient.identifier", "type", "date", "period",
+                                                        "related:identifier", "author.identifier", "_lastUpdated"}),
+              "H06/H0603Rt.xml": ("RCMR_IN000032UV01", {"patient.identifier", "identifier", "type",
+                                                        "related:identifier"})}
+    for name, (response, params) in expect.items():
+        q = parse_query(sample(name), SRC)
+        assert q["response_interaction"] == response
+        assert {k for k, _ in q["params"]} == params, name
+        found = convert(sample(reg[name]), SRC).resources
+        root = parse_xml(respond(q, found, now=NOW))
+        assert root.tag == V3 + response
+        code = root.find(f"{V3}controlActProcess/{V3}queryAck/{V3}queryResponseCode").get("code")
+        assert code == "OK", name
+    q = parse_query(sample("H04/H0403Rt.xml"), SRC)
+    assert ("birthdate", "ge2011-01-01") in q["params"] and ("birthdate", "le2011-02-02") in q["params"]
+
+
+def test_document_retrieve_carries_the_document():
+    q = parse_query(sample("H06/H0603Rt.xml"), SRC)
+    found = convert(fixture("document-register.xml"), SRC).resources
+    root = parse_xml(respond(q, found, now=NOW))
+    text = root.find(f"{V3}controlActProcess/{V3}subject/{V3}clinicalDocument/{V3}storageCode/{V3}originalText")
+    cda = (Path(__file__).parent / "fixtures" / "quality" / "wst500-C0002-clean.xml").read_bytes()
+    assert base64.b64decode(text.get("value")) == cda
+
+
+# -- acknowledgements ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("code", ["AA", "AE", "AR"])
+def test_acknowledgement(code):
+    out = acknowledge(fixture("patient-register.xml"), code, "" if code == "AA" else "患者ID缺失", now=NOW)
+    root = parse_xml(out)
+    assert root.tag == V3 + "MCCI_IN000002UV01"
+    assert root.find(f"{V3}interactionId").get("extension") == "MCCI_IN000002UV01"
+    ack = root.find(f"{V3}acknowledgement")
+    assert ack.get("typeCode") == code
+    assert ack.find(f"{V3}targetMessage/{V3}id").get("extension") == "T-MSG-0001"
+    assert root.find(f"{V3}creationTime").get("value") == "20261122050000+0000"
+    if code != "AA":
+        assert ack.find(f"{V3}acknowledgementDetail/{V3}text").get("value") == "患者ID缺失"
+
+
+def test_acknowledgement_of_garbage_and_of_a_mapping_error():
+    try:
+        convert(b"<PRPA_IN201311UV02", SRC)
+    except MappingError as e:
+        out = acknowledge(b"<PRPA_IN201311UV02", e.code, e.reason)
+    root = parse_xml(out)
+    ack = root.find(f"{V3}acknowledgement")
+    assert ack.get("typeCode") == "AR" and ack.find(f"{V3}targetMessage") is None
+    with pytest.raises(ValueError):
+        acknowledge(None, "XX")
+
+
+def test_hostile_xml_is_refused():
+    xxe = (b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+           b'<PRPA_IN201311UV02 xmlns="urn:hl7-org:v3"><id extension="&x;"/></PRPA_IN201311UV02>')
+    for call in (lambda: convert(xxe, SRC), lambda: parse_query(xxe, SRC)):
+        with pytest.raises(MappingError) as e:
+            call()
+        assert e.value.code == "AR" and e.value.rule == "xml.doctype-entities"
+    assert parse_xml(acknowledge(xxe, "AR", "refused")).find(f"{V3}targetMessage") is None
