@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench import ingest, memory, search, server
+from bench import hl7v2, ingest, memory, mllp, search, server
 from bench.common import RESULTS
 
 
@@ -35,7 +35,8 @@ def summary(ing: dict, http: dict, mem: dict) -> str:
          f"{mem['small']['generate']['peak_rss_mb']} vs {mem['large']['generate']['peak_rss_mb']}",
          "< 1024, flat"),
     ]
-    for name, extra in (("extract", _extract_rows), ("search", _search_rows)):
+    for name, extra in (("extract", _extract_rows), ("search", _search_rows),
+                        ("hl7v2", _hl7v2_rows), ("mllp", _mllp_rows), ("cda", _cda_rows)):
         path = RESULTS / f"{name}.json"
         if path.exists():
             rows += extra(json.loads(path.read_text()))
@@ -72,6 +73,38 @@ def _search_rows(r: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _hl7v2_rows(r: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for kind, k in r["kinds"].items():
+        m = k["median"]
+        rows.append((f"HL7 v2 {kind} conversion (issue 4), messages per CPU s ({k['resources_per_message']}"
+                     " resources each); ratio of resources/CPU s to validation/CPU s",
+                     f"{m['cpu_convert_msgs_per_s']}; {m['cpu_ratio_resources']}", ""))
+    return rows
+
+
+def _mllp_rows(r: dict) -> list[tuple[str, str, str]]:
+    lat, mem = r["latency"], r["memory"]
+    return [
+        (f"MLLP send -> ACK at {lat['achieved_rate_per_s']} msg/s over {lat['connections']} "
+         "connections, p50 / p95 / p99 ms",
+         f"{lat['ack_ms']['p50']} / {lat['ack_ms']['p95']} / {lat['ack_ms']['p99']}", ""),
+        ("MLLP send -> resource readable through the API, p50 / p95 / p99 ms",
+         f"{lat['readable_ms']['p50']} / {lat['readable_ms']['p95']} / {lat['readable_ms']['p99']}",
+         ""),
+        (f"Connector RSS at start vs after {mem['messages']:,} messages, MB",
+         f"{mem['connector_rss_mb_at_start']} vs {mem['connector_rss_mb_after']}", "flat"),
+    ]
+
+
+def _cda_rows(r: dict) -> list[tuple[str, str, str]]:
+    m = r.get("median") or {}
+    if not m:
+        return []
+    return [("CDA (WS/T 500) mapping (issue 5), documents per CPU s; shares",
+             ", ".join(f"{k} {v}" for k, v in m.items()), "")]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -86,6 +119,9 @@ def main() -> None:
         http = server.main(["--n", "300" if args.quick else "3000"])
         mem = memory.main(["--small", "5000", "--large", "20000"] if args.quick else [])
         search.main(["--people", "200", "800"] if args.quick else [])
+        hl7v2.main(["--people", "50"] if args.quick else [])
+        mllp.main(["--latency-messages", "200", "--messages", "2000"] if args.quick else
+                  ["--rate", "50"])
     table = summary(ing, http, mem)
     (RESULTS / "summary.md").write_text(table)
     print(table)

@@ -208,7 +208,7 @@ def run(args) -> dict:
     return result
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rate", type=float, default=100.0, help="messages per second, phase 1")
     ap.add_argument("--latency-messages", type=int, default=2000)
@@ -219,10 +219,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--no-fsync", action="store_true", help="spool without fsync per commit")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     result = run(args)
     path = record("mllp", result)
     print(f"wrote {path}")
+    return result
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Which mapper handles which payload kind.
 
 A kind names the mapper and, after a colon, its argument: ``hl7v2``; ``hl7v3`` (interaction
-messages: registrations, updates, merges); ``row:<mapping>`` (one JSON
+messages: registrations, updates, merges); ``cda`` (a clinical document: quality control, then
+mapping); ``row:<mapping>`` (one JSON
 object, a row of a HIS view) and ``csv:<mapping>`` (a CSV export, one unit per row), where
 ``<mapping>`` is the name of a shipped tabular mapping or a path to a mapping file.
 Every converter returns a list of Conversions (a CSV file holds many units).
@@ -26,6 +27,13 @@ def converter(kind: str) -> Converter:
         from fhir_mapping.hl7v3 import convert as convert_v3
 
         return lambda payload, source: [convert_v3(payload, source)]
+    if name == "cda":  # quality control, then mapping; the check time is the connector's clock
+        from datetime import datetime, timedelta, timezone
+
+        from fhir_mapping.documents import for_connector
+
+        china = timezone(timedelta(hours=8))
+        return lambda payload, source: for_connector(payload, source, datetime.now(china))
     if name in ("row", "csv"):
         from fhir_mapping.tabular import load_mapping
 

@@ -150,3 +150,19 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path):
     assert db["url"] == f"sqlite:///{root}/his.db" and db["mapping"] == f"{root}/maps/lab.yaml"
     assert folder["kind"] == f"csv:{root}/maps/visit.yaml" and folder["path"] == f"{root}/in"
     assert shipped["kind"] == "csv:lab-result"  # a shipped mapping's name stays a name
+
+
+def test_a_refused_document_is_a_dead_letter_while_its_quality_report_goes_on(tmp_path):
+    from pathlib import Path
+
+    spool = Spool(tmp_path / "cda.sqlite", SourceInfo(institution="H1", oid="1.2.156.9"),
+                  durable=False)
+    clean = (Path(__file__).parent / "fixtures" / "quality" / "wst500-C0002-clean.xml").read_bytes()
+    broken = clean.replace(b"</ClinicalDocument>", b"")
+    good, bad = spool.accept([Envelope(clean, "cda", "drop"), Envelope(broken, "cda", "drop")])
+    assert good.ok and bad.ok  # the refused one still sends its report
+    kinds = [u.resources[-1]["resourceType"] for u in spool.pending()]
+    assert kinds == ["OperationOutcome", "OperationOutcome"]  # each unit ends with its report
+    [dl] = spool.deadletters()
+    assert spool.deadletter(dl["id"])["payload"] == broken and dl["kind"] == "cda"
+    spool.close()

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub import resource as res
-from hub.api import bundles, capability
+from hub.api import bundles, capability, documents
 from hub.api.history import history_bundle
 from hub.api.limits import BodyLimit
 from hub.api.responses import (
@@ -38,9 +38,11 @@ from hub.api.responses import (
 from hub.api.search import SearchService, search_bundle
 from hub.conditional import SearchResolver, parse_query
 from hub.config import Settings
+from hub.documents import DocumentService
 from hub.errors import FhirError, Issue, bad_request, not_found
 from hub.events import resource_bytes
 from hub.ingest import Context, Hub, Op, Result
+from hub.quarantine import Quarantine
 from projections.runner import Runner
 from projections.search.sqlite_index import SQLiteSearchIndex
 
@@ -67,12 +69,15 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         runner = Runner(follow_store, index)
         app.state.search = SearchService(hub.store, index, runner, settings)
         hub.resolver = SearchResolver(hub.store, app.state.search)
+        quarantine = Quarantine(settings.data_dir / "quarantine.sqlite")
+        app.state.documents = DocumentService(hub, quarantine)
         runner.start()
         try:
             yield
         finally:
             runner.stop()
             index.close()
+            quarantine.close()
             if own:
                 follow_store.close()
                 app.state.hub.store.close()
@@ -84,6 +89,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     app.add_middleware(BodyLimit, limit=settings.max_body)
     _install_error_handlers(app)
     _install_routes(app, settings)
+    app.include_router(documents.router)  # POST /cda
     return app
 
 

@@ -1,0 +1,77 @@
+"""Documents refused by quality control (or that failed to map), kept with their report for replay.
+
+One SQLite file in the data directory (``quarantine.sqlite``), whatever engine holds the event
+store: the quarantine is an operator's work list, not part of the record. Each entry keeps the
+original bytes exactly, who sent them, why they were refused (the quality report as an
+OperationOutcome) and, after a replay, what the replay did.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, payload BLOB NOT NULL,
+    source BLOB NOT NULL, report BLOB NOT NULL, reason TEXT NOT NULL, time TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'open', replayed TEXT, result BLOB);
+CREATE INDEX IF NOT EXISTS quarantine_status ON quarantine (status, id);
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Quarantine:
+    def __init__(self, path: Path | str):
+        self.path = str(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def put(self, kind: str, payload: bytes, source: dict, report: dict, reason: str) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO quarantine (kind, payload, source, report, reason, time) "
+                "VALUES (?,?,?,?,?,?)",
+                (kind, payload, orjson.dumps(source), orjson.dumps(report), reason[:2000], _now()))
+            return cur.lastrowid
+
+    def list(self, status: str | None = "open", limit: int = 100) -> list[dict[str, Any]]:
+        sql = "SELECT id, kind, source, reason, time, status, replayed FROM quarantine"
+        args: tuple = ()
+        if status:
+            sql += " WHERE status = ?"
+            args = (status,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
+        keys = ("id", "kind", "source", "reason", "time", "status", "replayed")
+        return [dict(zip(keys, r), source=orjson.loads(r[2])) for r in rows]
+
+    def get(self, qid: int) -> dict[str, Any] | None:
+        with self._lock:
+            r = self._db.execute(
+                "SELECT id, kind, payload, source, report, reason, time, status, replayed, result "
+                "FROM quarantine WHERE id = ?", (qid,)).fetchone()
+        if r is None:
+            return None
+        return {"id": r[0], "kind": r[1], "payload": r[2], "source": orjson.loads(r[3]),
+                "report": orjson.loads(r[4]), "reason": r[5], "time": r[6], "status": r[7],
+                "replayed": r[8], "result": orjson.loads(r[9]) if r[9] else None}
+
+    def mark(self, qid: int, status: str, result: dict) -> None:
+        """``replayed`` (it went through) or ``open`` (refused again: the new report is kept)."""
+        with self._lock:
+            self._db.execute("UPDATE quarantine SET status=?, replayed=?, result=? WHERE id=?",
+                             (status, _now(), orjson.dumps(result), qid))

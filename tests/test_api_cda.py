@@ -1,0 +1,91 @@
+"""POST /cda: quality control, mapping, one transaction; refusals quarantined with their report."""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+
+import pytest
+
+from hub.documents import DocumentService
+from hub.quarantine import Quarantine
+from fhir_mapping.base import SourceInfo
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CLEAN = (FIXTURES / "quality" / "wst500-C0002-clean.xml").read_bytes()
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "wst500-cda"
+XML = {"content-type": "application/xml", "x-hub-source-institution": "H0002",
+       "x-hub-source-feed": "cda-test"}
+BOMB = (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+        + b"".join(b'<!ENTITY lol%d "%s">' % (i, b"&lol%d;" % (i - 1) * 10 if i > 1 else b"&lol;" * 10)
+                   for i in range(1, 10))
+        + b']><ClinicalDocument xmlns="urn:hl7-org:v3">&lol9;</ClinicalDocument>')
+
+
+def rules_of(outcome: dict) -> set[str]:
+    return {c["code"] for i in outcome["issue"] for c in i.get("details", {}).get("coding", [])}
+
+
+def test_a_clean_document_is_stored_once_with_its_original_bytes(client):
+    r = client.post("/../cda", content=CLEAN, headers=XML)
+    assert r.status_code == 201, r.text
+    report = r.json()
+    assert report["resourceType"] == "OperationOutcome"
+    doc_ref = r.headers["location"].split("/fhir/", 1)[1]
+    ref = client.get(f"/{doc_ref}").json()
+    binary = client.get("/" + ref["content"][0]["attachment"]["url"].split("/fhir/")[-1]).json()
+    assert base64.b64decode(binary["data"]) == CLEAN  # reads back byte for byte
+    again = client.post("/../cda", content=CLEAN, headers=XML)
+    assert again.status_code == 200  # the same document twice changes nothing
+    assert client.get(f"/{doc_ref}").json()["meta"]["versionId"] == ref["meta"]["versionId"]
+    stored = client.get(f"/OperationOutcome/{report['id']}").json()  # the report is on record
+    assert stored["issue"] == report["issue"]
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason="shared samples not present")
+def test_sample_documents_get_a_report_and_defective_ones_are_quarantined(client, live):
+    ok = client.post("/../cda", content=(SAMPLES / "C005中药处方.xml").read_bytes(), headers=XML)
+    assert ok.status_code in (200, 201), ok.text
+    assert "cda.resident-id.valid" in rules_of(ok.json())  # the pseudonymised ID number, flagged
+    assert any(e.get("valueCode") == "accept-with-warnings" for e in ok.json()["extension"])
+    bad = client.post("/../cda", content=(SAMPLES / "C001病历概要.xml").read_bytes(), headers=XML)
+    assert bad.status_code == 422
+    assert "cda.xml.well-formed" in rules_of(bad.json()) or any(
+        "well-formed" in c for c in rules_of(bad.json()))
+    qid = int(bad.headers["x-quarantine-id"])
+    q = Quarantine(live.settings.data_dir / "quarantine.sqlite")
+    try:
+        entry = q.get(qid)
+        assert entry["payload"] == (SAMPLES / "C001病历概要.xml").read_bytes()
+        assert entry["status"] == "open" and entry["source"]["institution"] == "H0002"
+    finally:
+        q.close()
+
+
+def test_hostile_and_wrong_bodies_are_refused_and_the_server_keeps_serving(client):
+    t = time.monotonic()
+    r = client.post("/../cda", content=BOMB, headers=XML)
+    assert r.status_code == 422 and time.monotonic() - t < 5
+    assert client.post("/../cda", content=b"<ClinicalDocument", headers=XML).status_code == 422
+    assert client.post("/../cda", content=b'{"x":1}',
+                       headers={"content-type": "application/json"}).status_code == 415
+    assert client.post("/../cda", content=b"", headers=XML).status_code == 400
+    assert client.get("/metadata").status_code == 200
+
+
+def test_replay_of_a_quarantined_document(hub, tmp_path):
+    q = Quarantine(tmp_path / "quarantine.sqlite")
+    service = DocumentService(hub, q)
+    refused = service.ingest_cda(b"<ClinicalDocument xmlns='urn:hl7-org:v3'><id/>",
+                                 SourceInfo(institution="H9"))
+    assert refused.status == 422 and refused.quarantine_id
+    again = service.replay(refused.quarantine_id)  # still broken: a new entry supersedes it
+    assert again.status == 422 and q.get(refused.quarantine_id)["status"] == "superseded"
+    # a document held back earlier (say, under stricter rules) goes through on replay
+    qid = q.put("cda", CLEAN, {"institution": "H9", "oid": "", "name": "", "feed": "x"},
+                {"resourceType": "OperationOutcome", "issue": []}, "held")
+    done = service.replay(qid)
+    assert done.status == 201 and done.document_ref.startswith("DocumentReference/")
+    assert q.get(qid)["status"] == "replayed"
+    q.close()
