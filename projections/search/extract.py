@@ -734,6 +734,29 @@ def _walks(code: str, ptype: str, branches: list[Branch]) -> list[_Walk]:
     return out
 
 
+_EXISTS_NOT_FALSE = re.compile(r"(\w+)\.(\w+)\.exists\(\) and \1\.\2 != false")
+
+
+def _exists_not_false(expression: str, rtype: str) -> Callable[[dict], list] | None:
+    """``Patient.deceased.exists() and Patient.deceased != false`` (a choice element read as a
+    flag), evaluated directly: fhirpathpy took a sixth of a Patient's extraction time for it."""
+    m = _EXISTS_NOT_FALSE.fullmatch(expression)
+    if m is None or m.group(1) != rtype:
+        return None
+    prefix = m.group(2)
+    keys = tuple(_choices(ELEMENTS.get(rtype) or {}, prefix).values())
+    if not keys:
+        return None
+
+    def evaluate(resource: dict) -> list:
+        for k in keys:
+            v = resource.get(k)
+            if v is not None:
+                return [v is not False]
+        return [False]
+    return evaluate
+
+
 @lru_cache(maxsize=None)
 def _fhirpath(expression: str) -> Callable[[dict], list]:
     import fhirpathpy
@@ -761,7 +784,7 @@ def _compile_param(p: SearchParam, rtype: str, plan: dict) -> None:
             plan["skipped"][p.code] = f"composite not compiled: {e}"
             return
         try:
-            fn = _fhirpath(p.expression)
+            fn = _exists_not_false(p.expression, rtype) or _fhirpath(p.expression)
         except Exception as e2:  # noqa: BLE001 - the library's parse errors have no common type
             plan["skipped"][p.code] = f"not compiled ({e}); fhirpathpy: {e2}"
             return
