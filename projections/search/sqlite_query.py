@@ -371,8 +371,13 @@ class SQLiteSearch:
             s = _Sql(self, c)
             x = s.alias("x")
             tests = " OR ".join(f"({self._value(s, crit, x, q.rtype)})" for crit in group)
-            c.execute(f"SELECT COUNT(*) FROM {TABLE[group[0].type]} {x} WHERE "
-                      f"{s.p_is(q.rtype, group[0].param, x)} AND ({tests})", s.args)
+            rows = (f"FROM {TABLE[group[0].type]} {x} WHERE "
+                    f"{s.p_is(q.rtype, group[0].param, x)} AND ({tests})")
+            if exact_only:  # only "is it small?" matters: stop counting past the threshold
+                c.execute(f"SELECT COUNT(*) FROM (SELECT 1 {rows} LIMIT "
+                          f"{int(self.estimate_exact_up_to) + 1})", s.args)
+            else:
+                c.execute(f"SELECT COUNT(*) {rows}", s.args)
             counts.append(c.fetchone()[0])
         if exact_only and not q.where:
             return self._count(c, q)
