@@ -709,6 +709,10 @@ class _Composite(NamedTuple):
     code: str
     contexts: tuple[Branch, ...]
     components: tuple[tuple[tuple[_Walk, ...], ...], ...]  # per context branch, per component
+    # per context branch: the keys the value (last) component starts with, when every walk of it
+    # starts with a key: a node holding none of them has no rows (most Observations lack most
+    # value types), found without running a walk
+    value_keys: tuple[frozenset[str] | None, ...] = ()
 
 
 class _Fallback(NamedTuple):
@@ -776,7 +780,11 @@ def _compile_param(p: SearchParam, rtype: str, plan: dict) -> None:
                 tuple(tuple(_walks(c.code, c.type, compile_path(c.expression, rtype, ctx.type)))
                       for c in p.components)
                 for ctx in contexts)
-            plan["composites"].append(_Composite(p.code, tuple(contexts), comps))
+            value_keys = tuple(
+                frozenset(w.first_key for w in cs[-1])
+                if cs and cs[-1] and all(w.first_key is not None for w in cs[-1]) else None
+                for cs in comps)
+            plan["composites"].append(_Composite(p.code, tuple(contexts), comps, value_keys))
             return
         walks = _walks(p.code, p.type, compile_path(p.expression, rtype))
     except CompileError as e:
@@ -829,10 +837,12 @@ def _values(walks: tuple[_Walk, ...], node: dict, root: dict) -> list:
 
 def _composite(c: _Composite, root: dict, out: dict) -> None:
     rows: list = []
-    for ctx, comps in zip(c.contexts, c.components):
+    for ctx, comps, keys in zip(c.contexts, c.components, c.value_keys):
         top = root if ctx.first_key is None else root.get(ctx.first_key)
         nodes = [] if top is None else top if type(top) is list else [top]
         for node in _run(ctx.steps, nodes, root):
+            if keys is not None and (type(node) is not dict or keys.isdisjoint(node)):
+                continue
             parts = []
             for walks in reversed(comps):  # the value (last) is the most selective: look at it first
                 # a CodeableConcept's text row has no code to pair a value with

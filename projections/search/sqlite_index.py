@@ -94,6 +94,12 @@ def _composite_row(value: tuple) -> tuple:
     return c1, c2, num, lo, hi
 
 
+_SKIP = object()
+_TABLE_OF = {"string": "ix_string", "token": "ix_token", "date": "ix_date", "number": "ix_number",
+             "quantity": "ix_quantity", "reference": "ix_reference", "uri": "ix_uri",
+             "composite": "ix_composite"}
+
+
 def rows_for(ptype: str, value) -> tuple[str, tuple] | None:
     """(table, value columns) of one extracted value."""
     if ptype == "string":
@@ -141,6 +147,9 @@ class SQLiteSearchIndex:
                 for name, target in VALUE_INDEXES.items():
                     c.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
         self._params: dict[tuple[str, str], int] = {}
+        # per type, per parameter: (parameter id, type, rows of its table); reset on failure
+        self._writers: dict[str, dict] = {}
+        self._rows: dict[str, list[tuple]] = {t: [] for t in TABLES}
         with self.datastore.transaction(commit=False) as c:
             c.execute("SELECT id, multi, span FROM sp_param")
             found = c.fetchall()
@@ -223,7 +232,26 @@ class SQLiteSearchIndex:
             pid = self._params[key] = c.fetchone()[0]
         return pid
 
+    def _writer(self, c, rtype: str, code: str):
+        """(parameter id, type, the row list of its table) for a parameter's values, or _SKIP."""
+        p = params_for(rtype).get(code)
+        if p is None or code in ("_id", "_lastUpdated") or p.type not in _TABLE_OF:
+            return _SKIP  # _id and _lastUpdated are answered from sp_res
+        return self._param_id(c, rtype, code), p.type, self._rows[_TABLE_OF[p.type]]
+
     def apply(self, notifications: Sequence[Notification]) -> None:
+        try:
+            self._apply(notifications)
+        except BaseException:
+            # the transaction rolled back: parameter ids it created are gone again
+            self._params.clear()
+            self._writers.clear()
+            raise
+        finally:
+            for batch in self._rows.values():
+                batch.clear()
+
+    def _apply(self, notifications: Sequence[Notification]) -> None:
         # Only the newest event of each resource in the batch matters for the index.
         newest: dict[str, Notification] = {}
         for n in notifications:
@@ -236,7 +264,7 @@ class SQLiteSearchIndex:
             bulk = self._next_pk is not None
             if bulk:  # the (rtype, rid) lookups of a million resources: keep their pages at hand
                 c.execute("PRAGMA cache_size=-65536")
-            rows: dict[str, list[tuple]] = {t: [] for t in TABLES}
+            rows = self._rows
             stale: list[tuple[int]] = []
             new_res: list[tuple] = []  # bulk load: sp_res rows with their pks, inserted at once
             multi: set[int] = set()  # parameters seen with several values for the first time
@@ -277,19 +305,23 @@ class SQLiteSearchIndex:
                     pk = found[0]
                     c.execute("UPDATE sp_res SET version=?, updated=? WHERE pk=?",
                               (n.originator_version, updated, pk))
-                params = params_for(rtype)
+                writers = self._writers.get(rtype)
+                if writers is None:
+                    writers = self._writers[rtype] = {}
                 for code, values in extract(orjson.loads(body)).items():
-                    p = params.get(code)
-                    if p is None or code in ("_id", "_lastUpdated"):  # answered from sp_res
+                    w = writers.get(code)
+                    if w is None:
+                        w = writers[code] = self._writer(c, rtype, code)
+                    if w is _SKIP:
                         continue
-                    pid = self._param_id(c, rtype, code)
+                    pid, ptype, out = w
                     if len(values) > 1 and pid not in self._multi:
                         multi.add(pid)
                     for value in values:
-                        row = rows_for(p.type, value)
+                        row = rows_for(ptype, value)
                         if row is not None:
-                            rows[row[0]].append((pid, *row[1], pk))
-                            if row[0] == "ix_date":
+                            out.append((pid, *row[1], pk))
+                            if ptype == "date":
                                 span = row[1][1] - row[1][0]
                                 if span > max(self._span.get(pid, 0.0), spans.get(pid, 0.0)):
                                     spans[pid] = span
