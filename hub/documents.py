@@ -103,10 +103,11 @@ class DocumentService:
         return quality_report({"issue": [issue]}, "reject", source, doc_id, doc_type, now)
 
     def _write(self, resources: list[dict], ctx: Context) -> list[Result]:
+        for i in to_validate(resources):
+            d = resources[i]
+            res.validate(d["resourceType"], orjson.dumps(d), d, prefix=f"Document.resource[{i}]")
         ops = []
-        for i, d in enumerate(resources):
-            raw = orjson.dumps(d)
-            res.validate(d["resourceType"], raw, d, prefix=f"Document.resource[{i}]")
+        for d in resources:
             ops.append(Op("PUT", d["resourceType"], d["id"], d,
                           url=f"{d['resourceType']}/{d['id']}"))
         out = self.hub.execute(ops, ctx, atomic=True)
@@ -114,3 +115,17 @@ class DocumentService:
             if isinstance(r, FhirError):
                 raise r
         return out  # type: ignore[return-value]
+
+
+def to_validate(resources: list[dict]) -> list[int]:
+    """Positions of the resources to validate. The document Bundle repeats the document's
+    resources: validated as part of it, they are not validated again on their own (validation
+    is most of what a document costs)."""
+    covered: set[tuple[str, str]] = set()
+    for d in resources:
+        if d["resourceType"] == "Bundle":
+            entries = {(e["resource"]["resourceType"], e["resource"].get("id")): e["resource"]
+                       for e in d.get("entry", ()) if isinstance(e.get("resource"), dict)}
+            covered |= {(r["resourceType"], r["id"]) for r in resources
+                        if r is not d and entries.get((r["resourceType"], r["id"])) == r}
+    return [i for i, d in enumerate(resources) if (d["resourceType"], d["id"]) not in covered]
