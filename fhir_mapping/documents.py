@@ -77,7 +77,8 @@ def quality_report(outcome: dict[str, Any], decision: str, source: SourceInfo, d
     if document_ref:
         ext.append({"url": EXT + "quality-document", "valueReference": {"reference": document_ref}})
     return {"resourceType": "OperationOutcome",
-            "id": stable_id("QualityReport", source.institution, doc_id),
+            # the type too: hospitals reuse document ids across types (the WS/T 500 samples all say RN001)
+            "id": stable_id("QualityReport", source.institution, doc_type, doc_id),
             "meta": {"tag": [QUALITY_TAG]}, "extension": ext, "issue": outcome["issue"]}
 
 

@@ -1,4 +1,5 @@
-"""The ``hub`` command: serve, ingest, demo, generate, show, history.
+"""The ``hub`` command: serve, ingest, demo, generate, show, history, projections, quality
+report, quarantine (and the connector commands).
 
 User mistakes (a missing file, a bad reference, an unreachable database) end with one clear line on
 stderr and exit status 2, never a traceback.
@@ -71,7 +72,44 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("projections", parents=[common],
                        help="read models that follow the event log: status, catch up, rebuild")
     p.add_argument("action", choices=["status", "run", "rebuild"])
-    p.add_argument("name", nargs="?", default="search", choices=["search"])
+    p.add_argument("name", nargs="?", default="search", choices=list(PROJECTIONS))
+
+    p = sub.add_parser("quality", parents=[common], help="document quality: counts of findings")
+    qsub = p.add_subparsers(dest="quality_action", required=True)
+    q = qsub.add_parser("report", parents=[common],
+                        help="documents and findings per institution, document type, rule and "
+                             "day (brings the projection up to date first)")
+    q.add_argument("--institution", action="append",
+                   help="only this institution (repeat for several)")
+    q.add_argument("--document-type", action="append", help="only this document type (C0005, …)")
+    q.add_argument("--rule", action="append", help="only findings of this rule")
+    q.add_argument("--since", help="checked on or after: YYYY[-MM[-DD]] (+08:00) or a date-time "
+                                   "with its offset")
+    q.add_argument("--until", help="checked on or before (same forms, inclusive)")
+    q.add_argument("--group", default=",".join(QUALITY_DEFAULT_GROUP),
+                   help="comma list of institution, document_type, rule, day, decision, severity "
+                        "(default %(default)s; \"\" for totals only)")
+    q.add_argument("--csv", action="store_true", help="CSV on stdout instead of a table")
+    q.add_argument("--limit", type=int, help="at most this many rows")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("quarantine", parents=[common],
+                       help="documents refused by quality control: list, show, replay")
+    qsub = p.add_subparsers(dest="quarantine_action", required=True)
+    q = qsub.add_parser("list", parents=[common], help="quarantined documents (open ones)")
+    q.add_argument("--all", action="store_true", help="also the replayed and superseded ones")
+    q.add_argument("--limit", type=int, default=100)
+    q.add_argument("--json", action="store_true", help="one JSON object per line")
+    q = qsub.add_parser("show", parents=[common], help="one entry with its quality report")
+    q.add_argument("id", type=int)
+    q.add_argument("--json", action="store_true", help="the entry as JSON (without the payload)")
+    q.add_argument("--payload", action="store_true",
+                   help="write the kept document, byte for byte, to stdout")
+    q = qsub.add_parser("replay", parents=[common],
+                        help="run quality control and mapping again; what passes is stored")
+    q.add_argument("ids", nargs="*", type=int, metavar="ID")
+    q.add_argument("--all", action="store_true", help="every open entry")
+    q.add_argument("--json", action="store_true", help="one JSON result per line")
 
     from connectors import cli as connector_cli  # hub connector|deadletter|ingest-worker
 
@@ -476,16 +514,36 @@ def cmd_reindex(args, settings: Settings) -> int:
     return 0
 
 
+def _search_model(settings: Settings):
+    from projections.search.sqlite_index import SQLiteSearchIndex
+
+    return SQLiteSearchIndex(settings.data_dir / "search.sqlite")
+
+
+def _quality_model(settings: Settings):
+    from projections.quality import QualityProjection
+
+    return QualityProjection(settings.data_dir / "quality.sqlite")
+
+
+# read models by name: each opens its file in the data directory (on any event store)
+PROJECTIONS = {"search": _search_model, "quality": _quality_model}
+QUALITY_DEFAULT_GROUP = ("institution", "document_type", "rule", "day")
+
+
 def cmd_projections(args, settings: Settings) -> int:
     """status: position and lag; run: catch up (resumable, Ctrl-C safe); rebuild: from nothing."""
     from tqdm import tqdm
 
     from projections.runner import Runner
-    from projections.search.sqlite_index import SQLiteSearchIndex
 
     store = open_store(settings, existing=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # the index lives here on any event store
-    model = SQLiteSearchIndex(settings.data_dir / "search.sqlite")
+    try:
+        model = PROJECTIONS[args.name](settings)
+    except BaseException:
+        store.close()
+        raise
     runner = Runner(store, model)
     try:
         if args.action == "status":
@@ -507,8 +565,206 @@ def cmd_projections(args, settings: Settings) -> int:
         store.close()
 
 
-COMMANDS = {"projections": cmd_projections, "serve": cmd_serve, "ingest": cmd_ingest, "demo": cmd_demo, "generate": cmd_generate,
-            "show": cmd_show, "history": cmd_history, "reindex": cmd_reindex}
+# -- document quality and the quarantine ------------------------------------------------------------
+
+
+def cmd_quality(args, settings: Settings) -> int:
+    """``hub quality report``: the data-quality projection brought up to date, then its counts."""
+    from tqdm import tqdm
+
+    from projections.quality import QueryError, parse_group, to_csv, to_table
+    from projections.runner import Runner
+
+    try:
+        group = parse_group(args.group)
+    except QueryError as e:
+        raise UsageError(str(e)) from None
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    store = open_store(settings, existing=True)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        model = _quality_model(settings)
+        try:
+            runner = Runner(store, model)
+            lag = runner.lag()
+            with tqdm(total=lag, unit=" events", desc="quality projection",
+                      disable=args.quiet or not lag or not sys.stderr.isatty()) as bar:
+                runner.catch_up(progress=bar.update)
+            try:
+                kw = {"document_type": args.document_type, "rule": args.rule}
+                rows = model.counts(args.institution, args.since, args.until, group,
+                                    limit=args.limit, **kw)
+                totals = model.counts(args.institution, args.since, args.until, (), **kw)[0]
+            except QueryError as e:
+                raise UsageError(str(e)) from None
+        finally:
+            model.close()
+    finally:
+        store.close()
+    if args.csv:
+        sys.stdout.write(to_csv(rows, group))
+        return 0
+    if not totals["documents"]:
+        print("no quality reports" + (" match" if any(
+            (args.institution, args.document_type, args.rule, args.since, args.until)) else ""))
+        return 0
+    if group:
+        sys.stdout.write(to_table(rows, group))
+    print(f"total: {totals['documents']} documents ({totals['accepted']} accepted, "
+          f"{totals['accepted_with_warnings']} accepted with warnings, {totals['rejected']} "
+          f"rejected), {totals['findings']} findings ({totals['fatal']} fatal, "
+          f"{totals['errors']} errors, {totals['warnings']} warnings, "
+          f"{totals['information']} information); days in +08:00")
+    return 0
+
+
+def _quarantine(settings: Settings, create: bool = False):
+    from hub.quarantine import Quarantine
+
+    path = settings.data_dir / "quarantine.sqlite"
+    if not create and not path.exists():
+        return None
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return Quarantine(path)
+
+
+def _report_lines(report: dict) -> list[str]:
+    """One line per issue of a quality report: severity, rule, location, what was found."""
+    out = []
+    for issue in report.get("issue") or ():
+        details = issue.get("details") or {}
+        rule = next((c.get("code") for c in details.get("coding") or () if c.get("code")), "-")
+        where = (issue.get("location") or issue.get("expression") or [""])[0]
+        text = details.get("text") or issue.get("diagnostics") or ""
+        out.append(f"  {issue.get('severity', ''):11} {rule:40} {text}"
+                   + (f"  [{where}]" if where else ""))
+    return out
+
+
+def _one_line_text(value: object, width: int) -> str:
+    text = " ".join(str(value or "").split())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def cmd_quarantine(args, settings: Settings) -> int:
+    action = args.quarantine_action
+    if action == "replay":
+        return _quarantine_replay(args, settings)
+    quarantine = _quarantine(settings)
+    if action == "list":
+        if args.limit < 1:
+            raise UsageError("--limit must be at least 1")
+        entries = [] if quarantine is None else quarantine.list(
+            status=None if args.all else "open", limit=args.limit)
+        if quarantine is not None:
+            quarantine.close()
+        if args.json:
+            for e in entries:
+                sys.stdout.write(orjson.dumps(e).decode() + "\n")
+            return 0
+        if not entries:
+            print("the quarantine is empty" if args.all else "no open entries in the quarantine")
+            return 0
+        print(f"{'id':>6}  {'time':24} {'kind':5} {'institution':24} {'status':10} reason")
+        for e in entries:
+            inst = (e.get("source") or {}).get("institution") or "-"
+            print(f"{e['id']:>6}  {e['time']:24} {e['kind']:5} {_one_line_text(inst, 24):24} "
+                  f"{e['status']:10} {_one_line_text(e['reason'], 100)}")
+        return 0
+    # show
+    entry = None if quarantine is None else quarantine.get(args.id)
+    if quarantine is not None:
+        quarantine.close()
+    if entry is None:
+        raise UsageError(f"no quarantine entry {args.id}")
+    payload = entry.pop("payload")
+    if args.payload:
+        sys.stdout.buffer.write(payload)
+        sys.stdout.flush()
+        return 0
+    if args.json:
+        sys.stdout.write(orjson.dumps({**entry, "payload_bytes": len(payload)},
+                                      option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    src = ", ".join(f"{k}={v}" for k, v in (entry.get("source") or {}).items() if v)
+    print(f"quarantine entry {entry['id']}: {entry['kind']}, {len(payload)} bytes, kept "
+          f"{entry['time']}, {entry['status']}"
+          + (f" (replayed {entry['replayed']})" if entry.get("replayed") else ""))
+    print(f"source: {src or '-'}")
+    print(f"reason: {_one_line_text(entry['reason'], 300)}")
+    print("quality report:")
+    for line in _report_lines(entry.get("report") or {}):
+        print(line)
+    if entry.get("result"):
+        print("last replay: " + ", ".join(f"{k}={v}" for k, v in entry["result"].items()))
+    return 0
+
+
+def _quarantine_replay(args, settings: Settings) -> int:
+    if bool(args.ids) == bool(args.all):
+        raise UsageError("name the entries to replay (IDS) or give --all")
+    quarantine = _quarantine(settings)
+    if quarantine is None:
+        if args.all:
+            print("no open entries in the quarantine")
+            return 0
+        raise UsageError(f"no quarantine entry {args.ids[0]} (the quarantine is empty)")
+    try:
+        if args.all:
+            # every open entry as of now, in order (a refused replay adds a new entry after)
+            ids = [e["id"] for e in quarantine.list(status="open", limit=1 << 62)]
+        else:
+            ids = list(dict.fromkeys(args.ids))
+            for qid in ids:  # check them all before anything is replayed
+                entry = quarantine.get(qid)
+                if entry is None:
+                    raise UsageError(f"no quarantine entry {qid}")
+                if entry["status"] != "open":
+                    raise UsageError(f"quarantine entry {qid} is {entry['status']}, not open")
+        if not ids:
+            print("no open entries in the quarantine")
+            return 0
+        from hub.documents import DocumentService
+        from hub.ingest import Hub
+
+        hub = Hub(open_store(settings))
+        try:
+            service = DocumentService(hub, quarantine)
+            stored = refused = 0
+            for qid in ids:
+                result = service.replay(qid)
+                ok = result.status != 422
+                stored += ok
+                refused += not ok
+                if args.json:
+                    sys.stdout.write(orjson.dumps({
+                        "id": qid, "status": result.status, "decision": result.decision,
+                        "document": result.document_ref,
+                        "quarantine_id": result.quarantine_id}).decode() + "\n")
+                elif ok:
+                    print(f"{qid}: stored {result.document_ref or ''} ({result.decision}"
+                          + (", unchanged" if result.status == 200 else "") + ")")
+                else:
+                    rules = sorted({c["code"] for i in result.report.get("issue") or ()
+                                    for c in (i.get("details") or {}).get("coding") or ()
+                                    if c.get("code")})
+                    shown = ", ".join(rules[:3]) + (f" and {len(rules) - 3} more"
+                                                     if len(rules) > 3 else "")
+                    print(f"{qid}: refused again ({shown or 'reject'}); kept as "
+                          f"quarantine entry {result.quarantine_id}")
+        finally:
+            hub.store.close()
+    finally:
+        quarantine.close()
+    if not args.json:
+        print(f"replayed {len(ids)}: {stored} stored, {refused} refused again")
+    return 1 if refused else 0
+
+
+COMMANDS = {"projections": cmd_projections, "serve": cmd_serve, "ingest": cmd_ingest,
+            "demo": cmd_demo, "generate": cmd_generate, "show": cmd_show, "history": cmd_history,
+            "reindex": cmd_reindex, "quality": cmd_quality, "quarantine": cmd_quarantine}
 
 
 def _connector_command(name: str):

@@ -25,6 +25,8 @@ from hub.errors import FhirError
 from hub.ingest import Context, Hub, Op, Result
 from hub.quarantine import Quarantine
 
+RULE_SYSTEM = "https://fhir-region-hub.example/CodeSystem/quality-rule"
+
 CHINA = timezone(timedelta(hours=8))
 
 
@@ -96,8 +98,10 @@ class DocumentService:
     def _error_report(payload: bytes, source: SourceInfo, now: datetime, reason: str,
                       location: str | None) -> dict:
         doc_id, doc_type = document_keys(payload)
-        issue: dict[str, Any] = {"severity": "error", "code": "processing",
-                                 "details": {"text": reason[:1000]}}
+        issue: dict[str, Any] = {"severity": "error", "code": "processing", "details": {
+            "coding": [{"system": RULE_SYSTEM, "code": "cda.mapping.failed",
+                        "display": "the document passed quality control but could not be mapped"}],
+            "text": reason[:1000]}, "diagnostics": "policy reject"}
         if location:
             issue["location"] = [location]
         return quality_report({"issue": [issue]}, "reject", source, doc_id, doc_type, now)

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub import resource as res
-from hub.api import bundles, capability, documents
+from hub.api import bundles, capability, documents, quality, v3
 from hub.api.history import history_bundle
 from hub.api.limits import BodyLimit
 from hub.api.responses import (
@@ -72,9 +72,11 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         quarantine = Quarantine(settings.data_dir / "quarantine.sqlite")
         app.state.documents = DocumentService(hub, quarantine)
         runner.start()
+        quality.attach(app, settings, follow_store)  # the data-quality projection follows too
         try:
             yield
         finally:
+            quality.detach(app)
             runner.stop()
             index.close()
             quarantine.close()
@@ -86,10 +88,13 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
                   openapi_url="/openapi.json")
     app.state.hub = hub
     app.state.settings = settings
-    app.add_middleware(BodyLimit, limit=settings.max_body)
+    app.add_middleware(BodyLimit, limit=settings.max_body, answers={"/v3": v3.too_large})
     _install_error_handlers(app)
-    _install_routes(app, settings)
+    # before the FHIR routes: /fhir/{type} would otherwise take /fhir/$quality-report
+    app.include_router(quality.router)  # GET /fhir/$quality-report
     app.include_router(documents.router)  # POST /cda
+    app.include_router(v3.router)  # POST /v3
+    _install_routes(app, settings)
     return app
 
 

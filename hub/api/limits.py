@@ -11,9 +11,13 @@ class BodyTooLarge(FhirError):
 
 
 class BodyLimit:
-    def __init__(self, app, limit: int):
+    """``answers``: per request path, a function of the limit giving (content type, body) of the
+    refusal, for endpoints that do not speak FHIR JSON (``/v3`` answers an HL7 v3 AR)."""
+
+    def __init__(self, app, limit: int, answers: dict | None = None):
         self.app = app
         self.limit = limit
+        self.answers = answers or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -21,7 +25,7 @@ class BodyLimit:
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.limit:
-                    return await _refuse(send, self.limit)
+                    return await _refuse(send, self.limit, self.answers.get(scope.get("path", "")))
         seen = 0
 
         async def limited_receive():
@@ -36,10 +40,15 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
-async def _refuse(send, limit: int) -> None:
-    body = outcome_bytes([Issue("too-costly", f"The request body exceeds the limit of {limit} bytes")])
+async def _refuse(send, limit: int, answer=None) -> None:
+    if answer is not None:
+        ctype, body = answer(limit)
+    else:
+        ctype = b"application/fhir+json; charset=utf-8"
+        body = outcome_bytes([Issue("too-costly",
+                                    f"The request body exceeds the limit of {limit} bytes")])
     await send({"type": "http.response.start", "status": 413, "headers": [
-        (b"content-type", b"application/fhir+json; charset=utf-8"),
+        (b"content-type", ctype),
         (b"content-length", str(len(body)).encode()),
         (b"connection", b"close"),
     ]})

@@ -1,0 +1,380 @@
+"""``POST /v3``: HL7 v3 interaction messages (hospital-platform interaction services, WS/T 846 style).
+
+Registrations, updates and merges (PRPA_IN201311/201314/201304UV02, PRPM_IN401030/403010UV01,
+PRPM_IN301010/303010UV01, RCMR_IN000002UV02) are converted by ``fhir_mapping.hl7v3.convert`` and
+written as ONE hub transaction (every resource validated at the edge like the REST API), then
+acknowledged with MCCI_IN000002UV01. Queries (PRPA_IN201305UV02, PRPM_IN406010UV01,
+PRPM_IN306010UV01, RCMR_IN000029UV01 search, RCMR_IN000031UV01 retrieve) become a FHIR search
+through the search index (brought up to the log first: read-your-writes) and are answered with the
+conformant v3 response (PRPA_IN201306UV02, PRPM_IN406110UV01, PRPM_IN306011UV01, RCMR_IN000030UV01,
+RCMR_IN000032UV01 with the document content).
+
+Every answer is v3 XML, never an OperationOutcome. HTTP status:
+
+* ``200`` for every answer decided from the message: AA (accepted / query answered), AE (content that
+  cannot be mapped, a resource the hub refuses, unsupported query criteria) and AR (not well-formed,
+  hostile XML, not v3, unknown interaction). v3 senders (integration engines, SOAP-style services)
+  read the outcome from the acknowledgement code; a non-2xx would make most of them retry a message
+  that can never succeed.
+* ``413`` AR: the body exceeds the hub's size limit (or the XML parser's, whichever is smaller);
+  ``415`` AR: the Content-Type is not application/xml, text/xml or application/hl7-v3+xml. Both are
+  refusals of the transport request before any message is read.
+* ``503`` AE (with ``Retry-After``): the event store is unavailable or too busy; the same message
+  will succeed later, so the sender should retry. ``500`` AE: an unexpected failure (logged without
+  message content).
+
+The acknowledgement's own id is a fresh UUID and its creationTime the real clock (the endpoint is not
+pure; the mappers are). Source metadata: the institution and feed come from the headers
+``x-hub-source-institution`` / ``x-hub-source-feed`` / ``x-hub-source-oid`` when given (metadata, not
+authorization), else the mapper takes the institution from the message itself. Logs carry the
+interaction, message id, outcome and rule id, never message content.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from typing import Any
+
+import orjson
+from eventsourcing.persistence import InterfaceError, OperationalError
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from fhir_mapping import hl7v3
+from fhir_mapping.base import Conversion, MappingError, SourceInfo
+from fhir_mapping.hl7v3.ack import request_header
+from fhir_mapping.hl7v3.common import Ctx, interactions, parse
+from fhir_mapping.xmlsafe import MAX_BYTES
+from hub.api import bundles
+from hub.api.limits import BodyTooLarge
+from hub.errors import FhirError
+from hub.events import resource_bytes
+from hub.ingest import Context, Hub, Result
+
+log = logging.getLogger("hub.api.v3")
+router = APIRouter()
+
+MEDIA_TYPES = ("application/xml", "text/xml", "application/hl7-v3+xml")
+TRANSIENT = (OperationalError, InterfaceError)
+TRANSIENT_STATUS = {409, 429, 503}  # the hub's own "retry": too many concurrent changes
+
+# FHIR search additions per query handler: what ``respond`` needs beside the matches
+INCLUDES: dict[str, list[tuple[str, str]]] = {
+    "patient_query": [],
+    "organization_query": [("_include", "Organization:partof")],
+    "practitioner_query": [("_revinclude", "PractitionerRole:practitioner"),
+                           ("_include:iterate", "PractitionerRole:organization")],
+    "document_search": [("_include", "DocumentReference:subject"),
+                        ("_include", "DocumentReference:author"),
+                        ("_include", "DocumentReference:custodian")],
+}
+INCLUDES["document_retrieve"] = INCLUDES["document_search"]
+
+
+class Refused(Exception):
+    """An answer decided before or while handling the message: (HTTP status, ack code, text)."""
+
+    def __init__(self, status: int, code: str, text: str, rule: str = ""):
+        super().__init__(text)
+        self.status, self.code, self.text, self.rule = status, code, text, rule
+
+
+def now() -> datetime:
+    """The real clock, in the server's local zone (a regional platform runs on +08:00)."""
+    return datetime.now().astimezone()
+
+
+def xml_response(body: bytes, status: int = 200, media_type: str = "application/xml",
+                 headers: dict | None = None) -> Response:
+    return Response(body, status_code=status, media_type=f"{media_type}; charset=utf-8",
+                    headers=headers)
+
+
+def ack_response(payload: bytes | dict | None, code: str, text: str, status: int = 200,
+                 media_type: str = "application/xml", headers: dict | None = None) -> Response:
+    body = hl7v3.acknowledge(payload, code, text, now=now(), message_id=str(uuid.uuid4()))
+    return xml_response(body, status, media_type, headers)
+
+
+def too_large(limit: int) -> tuple[bytes, bytes]:
+    """(Content-Type, body) of the MCCI AR for a body over ``limit`` bytes: for the size guard in
+    front of the app (``hub.api.limits.BodyLimit``), which refuses a declared Content-Length before
+    any route runs."""
+    body = hl7v3.acknowledge(None, "AR", f"The request body exceeds the limit of {limit} bytes",
+                             now=now(), message_id=str(uuid.uuid4()))
+    return b"application/xml; charset=utf-8", body
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _source(request: Request) -> SourceInfo:
+    values = {}
+    for header, key in (("x-hub-source-institution", "institution"), ("x-hub-source-feed", "feed"),
+                        ("x-hub-source-oid", "oid")):
+        v = request.headers.get(header, "").strip()
+        if v and v.isprintable():
+            values[key] = v[:128]
+    return SourceInfo(**values)
+
+
+def _limit(request: Request) -> int:
+    return min(request.app.state.settings.max_body, MAX_BYTES)
+
+
+async def _read(request: Request) -> bytes:
+    limit = _limit(request)
+    try:
+        raw = await request.body()
+    except BodyTooLarge:  # chunked upload past the hub's limit (the middleware counts)
+        raise Refused(413, "AR", f"The request body exceeds the limit of {limit} bytes", "v3.too-large")
+    if len(raw) > limit:
+        raise Refused(413, "AR", f"The request body exceeds the limit of {limit} bytes", "v3.too-large")
+    return raw
+
+
+def _log(interaction: str, message_id: str, code: str, rule: str = "", extra: str = "") -> None:
+    # interaction, message id, outcome, rule id: no message content (it holds personal data)
+    log.info("v3 %s message=%s -> %s%s%s", interaction or "?", message_id[:64] or "?", code,
+             f" rule={rule}" if rule else "", f" {extra}" if extra else "")
+
+
+@router.post("/v3", name="hl7v3-interaction")
+async def v3_interaction(request: Request) -> Response:
+    media = _media_type(request)
+    if media not in MEDIA_TYPES:
+        _log("", "", "AR", "v3.content-type")
+        return ack_response(None, "AR", f"Content-Type {media or '(none)'!r} is not supported; send "
+                            "application/xml, text/xml or application/hl7-v3+xml", 415)
+    reply_type = media
+    try:
+        raw = await _read(request)
+    except Refused as r:
+        _log("", "", r.code, r.rule)
+        return ack_response(None, r.code, r.text, r.status, reply_type)
+    try:
+        return await run_in_threadpool(_handle, request, raw, reply_type)
+    except TRANSIENT as e:
+        log.warning("v3: event store unavailable: %s", type(e).__name__)
+        return ack_response(raw, "AE", "The hub's store is unavailable or busy; retry shortly", 503,
+                            reply_type, {"Retry-After": "1"})
+    except Exception:
+        log.exception("v3: unhandled error")  # as the REST API: the request content is not logged
+        return ack_response(raw, "AE", "Internal server error", 500, reply_type)
+
+
+def _handle(request: Request, raw: bytes, reply_type: str) -> Response:
+    try:
+        msg = parse(raw)  # well-formed, safe, v3 namespace, a known interaction, has an id
+    except MappingError as e:
+        _log("", "", e.code, e.rule or "")
+        return ack_response(raw, e.code, e.reason, 200, reply_type)
+    spec = interactions()[msg.interaction]
+    if spec["kind"] == "query":
+        return _query(request, raw, msg.interaction, reply_type)
+    return _register(request, raw, msg, reply_type)
+
+
+# -- registrations, updates, merges -----------------------------------------------------------------
+
+def _institution(msg: Any, source: SourceInfo) -> str:
+    """The institution the mapper decides on (for the events' source metadata)."""
+    try:
+        return Ctx(msg, source, hl7v3._org_code(msg)).inst
+    except MappingError:
+        return source.institution
+
+
+def _register(request: Request, raw: bytes, msg: Any, reply_type: str) -> Response:
+    source = _source(request)
+    mid = msg.message_id
+    try:
+        conv: Conversion = hl7v3.convert(raw, source)
+    except MappingError as e:
+        _log(msg.interaction, mid, e.code, e.rule or "")
+        text = e.reason + (f" ({e.location})" if e.location and e.code == "AE" else "")
+        return ack_response(raw, e.code, text, 200, reply_type)
+    hub: Hub = request.app.state.hub
+    try:
+        ops = [bundles.parse_entry(i, entry, "") for i, entry in enumerate(conv.entries())]
+    except FhirError as e:  # a mapped resource the hub's validation refuses
+        _log(msg.interaction, mid, "AE", "v3.resource-invalid")
+        return ack_response(raw, "AE", "The hub refused the mapped resources: " + _issues(e), 200,
+                            reply_type)
+    rid = request.headers.get("x-request-id")
+    ctx = Context(request_id=rid[:64]) if rid and rid.isprintable() else Context()
+    ctx.source = {"institution": _institution(msg, source) or source.institution,
+                  "feed": source.feed or "v3", "messageId": mid[:128]}
+    try:
+        results = hub.execute(ops, ctx, atomic=True)  # type: ignore[arg-type]
+    except FhirError as e:
+        if e.status in TRANSIENT_STATUS:
+            _log(msg.interaction, mid, "AE", "v3.hub-busy")
+            return ack_response(raw, "AE", "The hub is busy: " + _issues(e) + "; retry", 503,
+                                reply_type, {"Retry-After": "1"})
+        _log(msg.interaction, mid, "AE", "v3.hub-refused")
+        return ack_response(raw, "AE", "The hub refused the message: " + _issues(e), 200, reply_type)
+    written = [r for r in results if isinstance(r, Result)]
+    _log(msg.interaction, mid, "AA", extra=f"resources={len(written)} findings={len(conv.findings)}")
+    return ack_response(raw, "AA", _summary(written, conv), 200, reply_type)
+
+
+def _summary(written: list[Result], conv: Conversion) -> str:
+    """The AA detail: what the message became (references and versions, no personal data)."""
+    refs = ", ".join(f"{r.rtype}/{r.rid}/_history/{r.version}" for r in written if r.version is not None)
+    text = f"accepted {conv.kind} {conv.unit_id}: {refs}"
+    warn = sum(1 for f in conv.findings if f.severity in ("error", "warning"))
+    if warn:
+        text += f"; {warn} data-quality finding(s)"
+    return text
+
+
+def _issues(e: FhirError) -> str:
+    return "; ".join(
+        (f"{i.expression}: " if i.expression else "") + i.diagnostics for i in e.issues) or str(e)
+
+
+# -- queries ----------------------------------------------------------------------------------------
+
+def _bare_query(raw: bytes, interaction: str) -> dict[str, Any]:
+    """Enough of a parsed query to answer it with AE when its criteria cannot be read."""
+    spec = interactions()[interaction]
+    return {"interaction": interaction, "response_interaction": spec["response"],
+            "handler": spec["handler"], "resource_type": spec["resource"],
+            "header": request_header(raw), "query_id": {}, "echo": None}
+
+
+def _query(request: Request, raw: bytes, interaction: str, reply_type: str) -> Response:
+    source = _source(request)
+    qsource = SourceInfo(institution=source.institution or "query", oid=source.oid, feed=source.feed)
+
+    def answer(q: dict, resources: list[dict], *, error: str | None = None, total: int | None = None,
+               status: int = 200, headers: dict | None = None) -> Response:
+        body = hl7v3.respond(q, resources, now=now(), message_id=str(uuid.uuid4()), error=error,
+                             total=total)
+        return xml_response(body, status, reply_type, headers)
+
+    try:
+        q = hl7v3.parse_query(raw, qsource)
+    except MappingError as e:
+        _log(interaction, "", e.code, e.rule or "")
+        if e.code == "AR":
+            return ack_response(raw, "AR", e.reason, 200, reply_type)
+        return answer(_bare_query(raw, interaction), [], error=e.reason)
+    mid = (q["header"].get("message_id") or {}).get("extension") or \
+        (q["header"].get("message_id") or {}).get("root") or ""
+    criteria = [(k, v) for k, v in q["params"] if k != "_count"]
+    if not criteria:
+        _log(interaction, mid, "AE", "v3.query.no-criteria")
+        return answer(q, [], error="The query names no criteria: the hub does not list whole registries")
+    try:
+        resources, total = _search(request, q)
+    except FhirError as e:
+        if e.status in TRANSIENT_STATUS:
+            return answer(q, [], error="The hub is busy; retry", status=503, headers={"Retry-After": "1"})
+        _log(interaction, mid, "AE", "v3.query.unsupported")
+        return answer(q, [], error="The query cannot be answered: " + _issues(e))
+    n = sum(1 for r in resources if r.get("resourceType") == q["resource_type"])
+    _log(interaction, mid, "AA", extra=f"matches={n} total={total}")
+    return answer(q, resources, total=total)
+
+
+def _search(request: Request, q: dict[str, Any]) -> tuple[list[dict], int | None]:
+    """Run the query's FHIR search: (matches + what the response needs beside them, total)."""
+    hub: Hub = request.app.state.hub
+    service = request.app.state.search
+    settings = request.app.state.settings
+    rtype = q["resource_type"]
+    filters = POST_FILTERS.get(rtype, {})
+    post = [(k, v) for k, v in q["params"] if k in filters]
+    params = [(k, v) for k, v in q["params"] if k not in filters] + INCLUDES.get(q["handler"], [])
+    base = (settings.base_url or str(request.base_url).rstrip("/") + "/fhir").rstrip("/")
+    plan = service.parse(rtype, params, True, base)  # strict: an ignored criterion would widen it
+    wanted = min(plan.count if plan.count is not None else settings.default_count, settings.max_count)
+    service.sync()
+    page = service.sql.page(plan, settings.max_count if post else wanted, "accurate")
+    matches = []
+    for row in page.rows:
+        d = _load(hub, row.rtype, row.rid)
+        if d is not None and all(filters[k](d, v) for k, v in post):
+            matches.append(d)
+    total = page.total
+    if post:  # filtered here: the total is known only when every candidate was seen
+        total = len(matches) if page.next_cursor is None else None
+        keep = {m["id"] for m in matches[:wanted]}
+        rows = [r for r in page.rows if r.rid in keep]
+        matches = matches[:wanted]
+    else:
+        rows = page.rows
+    resources = list(matches)
+    for row in service.sql.included(rows, plan.include, plan.revinclude, base=base):
+        d = _load(hub, row.rtype, row.rid)
+        if d is not None:
+            resources.append(d)
+    if q["handler"] == "document_retrieve":
+        resources += _binaries(hub, resources)
+    return resources, total
+
+
+def _load(hub: Hub, rtype: str, rid: str) -> dict | None:
+    stored = hub.store.latest(rtype, rid)
+    if stored is None or stored.topic.endswith("Deleted"):
+        return None  # changed since the index row was read
+    return orjson.loads(resource_bytes(stored))
+
+
+def _date_filter(element: str):
+    """A FHIR date criterion (``ge``/``le``/``gt``/``lt``/``eq`` + date) on ``element``, for a search
+    parameter R4 does not define (a partial date is the period it spans)."""
+    def match(d: dict, value: str) -> bool:
+        have = d.get(element)
+        if not isinstance(have, str) or not have:
+            return False
+        prefix, date = (value[:2], value[2:]) if value[:2] in ("ge", "le", "gt", "lt", "eq") else ("eq", value)
+        low, high = _span(have)
+        qlow, qhigh = _span(date)
+        return {"ge": high >= qlow, "gt": high > qhigh, "le": low <= qhigh, "lt": low < qlow,
+                "eq": low <= qhigh and high >= qlow}[prefix]
+    return match
+
+
+def _span(date: str) -> tuple[str, str]:
+    date = date[:10]
+    return (date + "-01-01"[len(date) - 4:] if len(date) < 10 else date,
+            date + "-12-31"[len(date) - 4:] if len(date) < 10 else date)
+
+
+# v3 criteria that have no R4 search parameter: applied to the candidates the search found
+POST_FILTERS: dict[str, dict[str, Any]] = {
+    "Practitioner": {"birthdate": _date_filter("birthDate")},  # R4 Practitioner has no birthdate
+}
+
+
+def _binaries(hub: Hub, resources: list[dict]) -> list[dict]:
+    """The Binary each retrieved DocumentReference points to (``content.attachment.url``); its data is
+    also put on the attachment, so the response carries the document whatever form the URL has."""
+    out = []
+    for doc in resources:
+        if doc.get("resourceType") != "DocumentReference":
+            continue
+        for content in doc.get("content") or []:
+            att = content.get("attachment") or {}
+            url = att.get("url") or ""
+            if att.get("data") or "Binary/" not in url:
+                continue
+            bid = url.rsplit("Binary/", 1)[1].split("/")[0]
+            try:
+                binary = orjson.loads(resource_bytes(hub.read("Binary", bid)))
+            except FhirError:
+                continue  # unknown or deleted: the response says the content is not available
+            if binary.get("data"):
+                att["data"] = binary["data"]
+            out.append(binary)
+    return out
+
+
+__all__ = ["router", "too_large", "MEDIA_TYPES"]
