@@ -90,3 +90,8 @@ def test_metadata_formats(client):
     assert_outcome(client.get("/metadata", params={"_format": "xml"}), 406)
     r = client.get("/metadata", params={"_pretty": "true"})
     assert r.status_code == 200 and b"\n  " in r.content
+
+
+def test_the_quality_report_operation_is_listed(statement):
+    ops = statement["rest"][0].get("operation", [])
+    assert [o["name"] for o in ops] == ["quality-report"]

@@ -21,7 +21,18 @@ _STARTED = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def statement(app: FastAPI, base: str) -> dict:
-    return _statement(frozenset(r.name for r in app.routes if getattr(r, "name", None)), base)
+    return _statement(frozenset(_route_names(app.routes)), base)
+
+
+def _route_names(routes) -> list[str]:
+    names = []
+    for r in routes:
+        inner = getattr(r, "original_router", None)  # an included router (newer FastAPI)
+        if inner is not None:
+            names += _route_names(inner.routes)
+        elif getattr(r, "name", None):
+            names.append(r.name)
+    return names
 
 
 @lru_cache(maxsize=8)
@@ -65,6 +76,11 @@ def _statement(routed: frozenset[str], base: str) -> dict:
             "mode": "server",
             "resource": resources,
             "interaction": [{"code": c} for c in _SYSTEM_LEVEL if c in routed],
+            # the hub's own system-level operation (documents and v3 messages come in at /cda and
+            # /v3, outside the FHIR base)
+            **({"operation": [{"name": "quality-report", "definition":
+                               "https://fhir-region-hub.example/OperationDefinition/quality-report"}]}
+               if "quality-report" in routed else {}),
             "searchParam": [{"name": n, "type": t} for n, t in (
                 ("_count", "number"), ("_sort", "string"), ("_include", "special"),
                 ("_revinclude", "special"), ("_total", "token"), ("_summary", "token"),
