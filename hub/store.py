@@ -227,6 +227,20 @@ class _IndexMixin:
             )
             return sorted(row["rid"] for row in c.fetchall())
 
+    def notifications_of(self, rtypes: Sequence[str], start: int, limit: int) -> list[Notification]:
+        """Events of the given resource types only, in log order from ``start`` on (through the
+        ``(rtype, nid)`` index: a projection of one type need not read every event)."""
+        marks = ", ".join("?" * len(rtypes))
+        sql = self.q(
+            f"SELECT v.nid, e.originator_id, e.originator_version, e.topic, e.state "
+            f"FROM resource_version v JOIN stored_events e ON e.{self.nid_column}=v.nid "
+            f"WHERE v.rtype IN ({marks}) AND v.nid>=? ORDER BY v.nid LIMIT ?")
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(sql, (*rtypes, start, limit))
+            return [Notification(id=r["nid"], originator_id=r["originator_id"],
+                                 originator_version=r["originator_version"], topic=r["topic"],
+                                 state=bytes(r["state"])) for r in c.fetchall()]
+
     def history(
         self,
         *,
@@ -528,3 +542,6 @@ class ResourceStore:
     def notifications(self, start: int, limit: int) -> Sequence[Notification]:
         """Events in log order from notification id ``start`` on: what projections follow."""
         return self.recorder.select_notifications(start, limit)
+
+    def notifications_of(self, rtypes: Sequence[str], start: int, limit: int) -> list[Notification]:
+        return self.recorder.notifications_of(rtypes, start, limit)

@@ -273,8 +273,11 @@ class QualityProjection:
             c.execute("DELETE FROM q_report")
             c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
 
-    def apply(self, notifications: Sequence[Notification]) -> None:
-        if not notifications:
+    types = ("OperationOutcome",)  # the runner hands over only these events
+
+    def apply(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
+        last = max(notifications[-1].id if notifications else 0, up_to or 0)
+        if not last:
             return
         with self.datastore.transaction(commit=True) as c:
             # Take the write lock first (a plain BEGIN reads a snapshot that another process's
@@ -284,7 +287,7 @@ class QualityProjection:
             c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (NAME,))
             found = c.fetchone()
             done = found[0] if found else 0
-            if notifications[-1].id <= done:
+            if last <= done:
                 return  # all applied by someone else; the transaction commits nothing new
             newest: dict[str, Notification] = {}  # only the last event of a report counts
             for n in notifications:
@@ -320,7 +323,7 @@ class QualityProjection:
             if findings:
                 c.executemany("INSERT INTO q_finding (rid, rule, severity) VALUES (?,?,?)",
                               findings)
-            self.tracking._insert_tracking(c, Tracking(NAME, notifications[-1].id))
+            self.tracking._insert_tracking(c, Tracking(NAME, last))
 
     # -- answers -------------------------------------------------------------------------------
 

@@ -25,7 +25,9 @@ class ReadModel(Protocol):
         """The last notification id applied (0 when empty)."""
 
     def apply(self, notifications: Sequence[Notification]) -> None:
-        """Apply in order, and record the last id, in one transaction."""
+        """Apply in order, and record the last id, in one transaction. A model with ``types``
+        (the resource types it follows) also takes ``up_to``: the position to record when it
+        is beyond the last notification (the events between were of other types)."""
 
     def reset(self) -> None:
         """Forget everything (rebuild starts from here)."""
@@ -53,18 +55,36 @@ class Runner:
         with self._stepping:
             # a bulk load (rebuild) takes bigger bites: fewer commits, same bounded memory
             size = self.batch * 5 if getattr(self.model, "bulk", False) else self.batch
-            notes = self.store.notifications(self.model.position() + 1, size)
-            if notes:
+            position = self.model.position()
+            types = getattr(self.model, "types", None)
+            covered = 0
+            if types:
+                # A model of a few resource types reads only their events (the type index),
+                # and may then record the log's end as its position: nothing else concerns it.
+                # The end is read first: every event up to it is committed (writers append
+                # in notification order), so none of its types can appear below it later.
+                end = self.store.max_notification_id()
+                notes = self.store.notifications_of(types, position + 1, size)
+                up_to = end if len(notes) < size and end > position else None
+                covered = (up_to or (notes[-1].id if notes else position)) - position
+            else:
+                notes = self.store.notifications(position + 1, size)
+                up_to = None
+                covered = len(notes)
+            if notes or up_to:
                 try:
-                    self.model.apply(notes)
+                    if up_to is not None:
+                        self.model.apply(notes, up_to=up_to)
+                    else:
+                        self.model.apply(notes)
                 except IntegrityError:
                     # Another process (a second API worker) applied this batch first; its
                     # tracking row refused ours and our rows were rolled back. Move on from there.
                     pass
-        if notes:
+        if covered:
             with self._applied:
                 self._applied.notify_all()
-        return len(notes)
+        return covered
 
     def catch_up(self, progress: Callable[[int], object] | None = None,
                  should_stop: Callable[[], bool] = lambda: False) -> int:

@@ -270,3 +270,25 @@ def test_period_and_csv_helpers():
     lines = text.split("\r\n")
     assert lines[0].startswith("institution,rule,documents,accepted")
     assert lines[1].startswith("\"'=HYPERLINK(\"\"x\"\")\",,2,")  # not a formula; None is empty
+
+
+def test_the_projection_reads_only_reports_and_keeps_up_with_the_log(hub, model):
+    """Only OperationOutcome events are read (the type index); the position still reaches the
+    log's end, so the lag is 0 and a read-your-writes wait returns at once."""
+    when = datetime(2026, 11, 22, 9, 0, tzinfo=CST)
+    for i in range(30):
+        put(hub, {"resourceType": "Patient", "id": f"qp{i}"})
+    put(hub, report("H7", "doc-x", "accept", [CLEAN], when))
+    for i in range(30, 60):
+        put(hub, {"resourceType": "Patient", "id": f"qp{i}"})
+    runner = Runner(hub.store, model, batch=10)
+    seen = []
+    original = model.apply
+    model.apply = lambda notes, up_to=None: (seen.extend(n.originator_id for n in notes),
+                                              original(notes, up_to=up_to))
+    runner.catch_up()
+    assert [s for s in seen if not s.startswith("OperationOutcome/")] == []
+    assert model.position() == hub.store.max_notification_id() and runner.lag() == 0
+    assert model.counts(institution="H7", group_by=())[0]["documents"] == 1
+    put(hub, {"resourceType": "Patient", "id": "qp-late"})
+    assert runner.wait_for(hub.store.max_notification_id(), timeout=2)
