@@ -41,6 +41,9 @@ _QUERY_INDEXES = {
     "ix_number": "p, value", "ix_quantity": "p, code, value", "ix_reference": "p, target",
     "ix_uri": "p, uri", "ix_composite": "p, c1, c2",
 }
+_SORT_COLUMN = {"ix_string": "norm", "ix_token": "code", "ix_date": "lo, hi", "ix_number": "value",
+                "ix_quantity": "cvalue", "ix_reference": "target", "ix_uri": "uri",
+                "ix_composite": "c1"}
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS sp_meta (key TEXT PRIMARY KEY, value)",
     # pks whose rows a bulk load left behind (a newer version got a new pk); deleted at the end
@@ -58,24 +61,13 @@ for _t, _cols in TABLES.items():
                   "pk INTEGER NOT NULL)")
 # The value indexes: dropped for a bulk load (a rebuild) and created once at its end, which is
 # several times faster than keeping B-trees ordered row by row.
-# A value row's rowid is its resource's pk times ROWS_PER_RESOURCE plus its number among that
-# resource's rows of the table: the table itself is ordered by resource, so a resource's rows (to
-# delete them, or to read a sort key) are one rowid range, with no index by resource to maintain.
-ROWS_PER_RESOURCE = 1 << 20
 VALUE_INDEXES = {}
 for _t in TABLES:
     VALUE_INDEXES[f"{_t}_q"] = f"{_t} ({_QUERY_INDEXES[_t]}, pk)"
+    # by resource: deletes of a resource's rows, and _sort keys read from the index alone
+    VALUE_INDEXES[f"{_t}_pk"] = f"{_t} (pk, p, {_SORT_COLUMN[_t]})"
 VALUE_INDEXES["ix_date_hi"] = "ix_date (p, hi, pk)"  # gt, ge, eb
 VALUE_INDEXES["sp_res_updated"] = "sp_res (rtype, updated)"
-
-
-def _ranges(pks) -> list[tuple[int, int]]:
-    """The rowid ranges of the value rows of resources ``pks`` ((pk,) tuples or ints)."""
-    out = []
-    for pk in pks:
-        pk = pk if isinstance(pk, int) else pk[0]  # an int, or a row holding one
-        out.append((pk * ROWS_PER_RESOURCE, (pk + 1) * ROWS_PER_RESOURCE))
-    return out
 
 
 def _bound(x: float) -> float:
@@ -154,8 +146,6 @@ class SQLiteSearchIndex:
             if self._next_pk is None:
                 for name, target in VALUE_INDEXES.items():
                     c.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
-            for t in TABLES:  # by-resource indexes of earlier versions: rowid ranges now
-                c.execute(f"DROP INDEX IF EXISTS {t}_pk")
         self._params: dict[tuple[str, str], int] = {}
         # per type, per parameter: (parameter id, type, rows of its table); reset on failure
         self._writers: dict[str, dict] = {}
@@ -225,9 +215,8 @@ class SQLiteSearchIndex:
                 c.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
             c.execute("SELECT pk FROM sp_stale")
             stale = c.fetchall()
-            ranges = _ranges(stale)
-            for table in TABLES:
-                c.executemany(f"DELETE FROM {table} WHERE rowid >= ? AND rowid < ?", ranges)
+            for table in TABLES:  # through the new pk indexes
+                c.executemany(f"DELETE FROM {table} WHERE pk=?", stale)
             c.execute("DELETE FROM sp_stale")
             c.execute("DELETE FROM sp_meta WHERE key='next_pk'")
             c.execute("PRAGMA cache_size=-16384")
@@ -248,8 +237,7 @@ class SQLiteSearchIndex:
         p = params_for(rtype).get(code)
         if p is None or code in ("_id", "_lastUpdated") or p.type not in _TABLE_OF:
             return _SKIP  # _id and _lastUpdated are answered from sp_res
-        table = _TABLE_OF[p.type]
-        return self._param_id(c, rtype, code), p.type, self._rows[table], table
+        return self._param_id(c, rtype, code), p.type, self._rows[_TABLE_OF[p.type]]
 
     def apply(self, notifications: Sequence[Notification]) -> None:
         try:
@@ -320,25 +308,19 @@ class SQLiteSearchIndex:
                 writers = self._writers.get(rtype)
                 if writers is None:
                     writers = self._writers[rtype] = {}
-                base = pk * ROWS_PER_RESOURCE
-                seq: dict[str, int] = {}  # rows of this resource per table so far
                 for code, values in extract(orjson.loads(body)).items():
                     w = writers.get(code)
                     if w is None:
                         w = writers[code] = self._writer(c, rtype, code)
                     if w is _SKIP:
                         continue
-                    pid, ptype, out, table = w
+                    pid, ptype, out = w
                     if len(values) > 1 and pid not in self._multi:
                         multi.add(pid)
                     for value in values:
                         row = rows_for(ptype, value)
                         if row is not None:
-                            n = seq.get(table, 0)
-                            if n >= ROWS_PER_RESOURCE:
-                                break  # a million values of one type in one resource: enough
-                            seq[table] = n + 1
-                            out.append((base + n, pid, *row[1], pk))
+                            out.append((pid, *row[1], pk))
                             if ptype == "date":
                                 span = row[1][1] - row[1][0]
                                 if span > max(self._span.get(pid, 0.0), spans.get(pid, 0.0)):
@@ -349,16 +331,14 @@ class SQLiteSearchIndex:
                 c.executemany("INSERT OR IGNORE INTO sp_stale (pk) VALUES (?)", stale)
                 c.execute("UPDATE sp_meta SET value=? WHERE key='next_pk'", (self._next_pk,))
             elif stale:
-                ranges = _ranges(stale)
                 for table in TABLES:
-                    c.executemany(f"DELETE FROM {table} WHERE rowid >= ? AND rowid < ?", ranges)
+                    c.executemany(f"DELETE FROM {table} WHERE pk=?", stale)
             elif bulk:
                 c.execute("UPDATE sp_meta SET value=? WHERE key='next_pk'", (self._next_pk,))
             for table, batch in rows.items():
                 if batch:
-                    marks = ", ".join("?" * (len(TABLES[table]) + 3))
-                    cols = ", ".join(("rowid", "p", *TABLES[table], "pk"))
-                    c.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", batch)
+                    marks = ", ".join("?" * (len(TABLES[table]) + 2))
+                    c.executemany(f"INSERT INTO {table} VALUES ({marks})", batch)
             c.executemany("UPDATE sp_param SET multi=1 WHERE id=?", [(pid,) for pid in multi])
             c.executemany("UPDATE sp_param SET span=MAX(span, ?) WHERE id=?",
                           [(span, pid) for pid, span in spans.items()])

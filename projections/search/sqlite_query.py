@@ -36,7 +36,7 @@ from projections.search.query import (
     TokenValue,
     approx,
 )
-from projections.search.sqlite_index import ROWS_PER_RESOURCE, SQLiteSearchIndex, _ranges
+from projections.search.sqlite_index import SQLiteSearchIndex
 
 RANGE_TYPES = frozenset({"date", "number", "quantity"})
 TABLE = {"string": "ix_string", "token": "ix_token", "date": "ix_date", "number": "ix_number",
@@ -241,7 +241,7 @@ class SQLiteSearch:
         if c.modifier == "missing":
             x = s.alias("x")
             # +p: look the resource's rows up by pk, not every row of the parameter
-            test = (f"EXISTS (SELECT 1 FROM {table} {x} WHERE {_of_resource(x, alias)} "
+            test = (f"EXISTS (SELECT 1 FROM {table} {x} WHERE {x}.pk = {alias}.pk "
                     f"AND {s.p_is(rtype, c.param, x, plus=True)})")
             return f"NOT {test}" if c.value else test
         if c.chain is not None:
@@ -331,7 +331,7 @@ class SQLiteSearch:
                 agg = "MAX" if k.desc else "MIN"
                 x = s.alias("x")
                 out.append((f"(SELECT {agg}({x}.{col}) FROM {TABLE[k.type]} {x} WHERE "
-                            f"{_of_resource(x, alias)} AND {s.p_is(q.rtype, k.param, x, plus=True)})",
+                            f"{x}.pk = {alias}.pk AND {s.p_is(q.rtype, k.param, x, plus=True)})",
                             k.desc))
         return out
 
@@ -507,13 +507,10 @@ class SQLiteSearch:
         target = inc.target or target_type
         rows = []
         own = base.rstrip("/") + "/" if base else None
-        for chunk in _chunks(pks, 200):
-            # each resource's rows are one rowid range (see sqlite_index.ROWS_PER_RESOURCE)
-            ranges = ", ".join("(?, ?)" for _ in chunk)
-            c.execute(f"WITH r(lo, hi) AS (VALUES {ranges}) SELECT DISTINCT x.target FROM r "
-                      f"CROSS JOIN ix_reference x ON x.rowid >= r.lo AND x.rowid < r.hi "
-                      f"WHERE +x.p IN ({', '.join('?' * len(pids))})",  # +: by rowid, not p
-                      [*(b for r in _ranges(chunk) for b in r), *pids])
+        for chunk in _chunks(pks, 500):
+            c.execute(f"SELECT DISTINCT target FROM ix_reference WHERE p IN "
+                      f"({', '.join('?' * len(pids))}) AND pk IN "
+                      f"({', '.join('?' * len(chunk))})", [*pids, *chunk])
             found = [t for (t,) in c.fetchall() if t]
             if own:
                 found = [t[len(own):] if t.startswith(own) else t for t in found]
@@ -740,12 +737,6 @@ def _decode(cursor: str, n_sort: int) -> tuple[str, list]:
     except Exception:  # noqa: BLE001 - anything malformed is the client's
         raise bad_request("_cursor is not a page cursor of this server (or of another _sort)") \
             from None
-
-
-def _of_resource(x: str, alias: str) -> str:
-    """Rows of table alias ``x`` that belong to resource ``alias`` (sp_res): a rowid range."""
-    return (f"{x}.rowid >= {alias}.pk * {ROWS_PER_RESOURCE} "
-            f"AND {x}.rowid < ({alias}.pk + 1) * {ROWS_PER_RESOURCE}")
 
 
 def _chunks(seq: list, n: int) -> Iterable[list]:
