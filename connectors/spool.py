@@ -85,12 +85,7 @@ class Unit:
         return self.conversion().entries()
 
     def write_keys(self) -> dict[str, bytes]:
-        """"Type/id" -> content of what this unit writes there (for keeping one batch free of two
-        different writes to one resource: a re-sent batch must be a no-op, never a revert)."""
-        keys = {f"{r['resourceType']}/{r['id']}": orjson.dumps(r, option=orjson.OPT_SORT_KEYS)
-                for r in self.resources}
-        keys.update({ref: b"DELETE" for ref in self.deletes})
-        return keys
+        return self.conversion().write_keys()
 
 
 def default_converter_factory(kind: str) -> Converter:

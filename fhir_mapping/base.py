@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 
 @dataclass(frozen=True, slots=True)
 class SourceInfo:
@@ -61,6 +63,14 @@ class Conversion:
                for r in self.resources]
         out += [{"request": {"method": "DELETE", "url": ref}} for ref in self.deletes]
         return out
+
+    def write_keys(self) -> dict[str, bytes]:
+        """"Type/id" -> content of what this conversion writes there (a batch must not carry two
+        different writes to one resource: a re-sent batch must be a no-op, never a revert)."""
+        keys = {f"{r['resourceType']}/{r['id']}": orjson.dumps(r, option=orjson.OPT_SORT_KEYS)
+                for r in self.resources}
+        keys.update({ref: b"DELETE" for ref in self.deletes})
+        return keys
 
     def bundle(self, type_: str = "transaction") -> dict[str, Any]:
         return {"resourceType": "Bundle", "type": type_, "entry": self.entries()}

@@ -21,12 +21,13 @@ from typing import Any
 
 import orjson
 
+from connectors.sinks.base import RETRY_STATUS
+from fhir_mapping.base import Conversion
 from hub.config import Settings
 from hub.errors import FhirError
 
 log = logging.getLogger("hub.worker")
 
-RETRY_STATUS = {408, 409, 425, 429}
 
 
 def deadletter_path(settings: Settings) -> Path:
@@ -41,19 +42,8 @@ class Transient(Exception):
     pass
 
 
-def _entries(unit: dict) -> list[dict]:
-    out = [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r,
-            "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-           for r in unit.get("resources") or []]
-    out += [{"request": {"method": "DELETE", "url": ref}} for ref in unit.get("deletes") or []]
-    return out
-
-
-def _write_keys(unit: dict) -> dict[str, bytes]:
-    keys = {f"{r.get('resourceType')}/{r.get('id')}": orjson.dumps(r, option=orjson.OPT_SORT_KEYS)
-            for r in unit.get("resources") or []}
-    keys.update({ref: b"DELETE" for ref in unit.get("deletes") or []})
-    return keys
+def _conversion(unit: dict) -> Conversion:
+    return Conversion(resources=unit.get("resources") or [], deletes=unit.get("deletes") or [])
 
 
 def write_units(hub, units: list[dict], source: dict[str, Any]) -> list[dict | None]:
@@ -62,9 +52,10 @@ def write_units(hub, units: list[dict], source: dict[str, Any]) -> list[dict | N
     from hub.api import bundles
     from hub.ingest import Context
 
+    from connectors.sinks.base import Unavailable, unit_errors
     from connectors.sinks.http import dedupe_entries
 
-    entries, positions = dedupe_entries([_entries(u) for u in units])
+    entries, positions = dedupe_entries([_conversion(u).entries() for u in units])
     if not entries:
         return [None] * len(units)
     try:
@@ -76,25 +67,10 @@ def write_units(hub, units: list[dict], source: dict[str, Any]) -> list[dict | N
         if len(units) == 1:
             return [{"reason": str(e), "code": "AE", "outcome": e.outcome()}]
         return [r for u in units for r in write_units(hub, [u], source)]
-    results: list[dict | None] = []
-    for pos in positions:
-        failed = []
-        for i in pos:
-            resp = out["entry"][i]["response"]
-            status = int(resp["status"][:3])
-            if status >= 500 or status in RETRY_STATUS:
-                raise Transient(f"{entries[i]['request']['url']}: {resp['status']}")
-            if status >= 300:
-                issue = ((resp.get("outcome") or {}).get("issue") or [{}])[0]
-                where = (issue.get("expression") or [None])[0]
-                failed.append({"entry": entries[i]["request"]["url"], "status": status,
-                               "reason": (issue.get("diagnostics") or issue.get("code") or "")
-                               + (f" at {where}" if where else ""),
-                               "outcome": resp.get("outcome")})
-        results.append({"reason": "; ".join(f"{f['entry']}: {f['reason']}" for f in failed)[:2000],
-                        "code": "AE", "rule": "hub.rejected", "entries": failed}
-                       if failed else None)
-    return results
+    try:
+        return unit_errors(entries, positions, out["entry"])
+    except Unavailable as e:
+        raise Transient(str(e)) from None
 
 
 class IngestWorker:
@@ -159,7 +135,7 @@ class IngestWorker:
                 sub, seen = [], {}
                 for tp, r in records[done:]:
                     unit = _decode(r.value)
-                    keys = _write_keys(unit) if "error" not in unit else {}
+                    keys = _conversion(unit).write_keys() if "error" not in unit else {}
                     if sub and any(k in seen and seen[k] != v for k, v in keys.items()):
                         break
                     seen.update(keys)

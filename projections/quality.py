@@ -33,16 +33,14 @@ import io
 import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import orjson
 from eventsourcing.persistence import Notification, Tracking
-from eventsourcing.sqlite import SQLiteTrackingRecorder
 
 from hub.events import KIND_OF_TOPIC
 from hub.fhirtime import parse_range
-from hub.store import FastSQLiteDatastore
+from projections.sqlite_model import SQLiteReadModel
 
 NAME = "quality"
 HUB_TAGS = "https://fhir-region-hub.example/CodeSystem/hub-tags"
@@ -249,23 +247,9 @@ def _filter_values(value: str | Iterable[str] | None, name: str) -> list[str]:
 # -- the read model ----------------------------------------------------------------------------
 
 
-class QualityProjection:
+class QualityProjection(SQLiteReadModel):
     name = NAME
-
-    def __init__(self, path: Path | str):
-        self.path = str(path)
-        self.datastore = FastSQLiteDatastore(self.path, pool_size=4)
-        self.tracking = SQLiteTrackingRecorder(self.datastore)
-        self.tracking.create_table()
-        with self.datastore.transaction(commit=True) as c:
-            for statement in SCHEMA:
-                c.execute(statement)
-
-    def close(self) -> None:
-        self.datastore.close()
-
-    def position(self) -> int:
-        return self.tracking.max_tracking_id(NAME) or 0
+    schema = SCHEMA
 
     def reset(self) -> None:
         with self.datastore.transaction(commit=True) as c:

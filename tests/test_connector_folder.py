@@ -7,16 +7,11 @@ import threading
 import time
 
 import orjson
-import pytest
 from connectors.sources.folder import FolderSource, split_hl7
 from connectors.spool import Spool
 from connectors.testing import adt_stream, wait_until
 from fhir_mapping.base import SourceInfo
 
-try:
-    import fhir_mapping.hl7v2  # noqa: F401
-except ImportError:
-    pytest.skip("the HL7 v2 mapper is not there yet", allow_module_level=True)
 
 INFO = SourceInfo(institution="H0001", oid="2.16.156.10011.99.1.1", feed="drop")
 

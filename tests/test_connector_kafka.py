@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 
-import pytest
 from connectors.sources.kafka import KafkaSource
 from connectors.spool import Spool
 from connectors.testing import adt_stream, wait_until
@@ -15,10 +14,6 @@ from kafka import KafkaProducer
 
 from tests.kafka_broker import FAST_GROUP, broker  # noqa: F401 - fixture
 
-try:
-    import fhir_mapping.hl7v2  # noqa: F401
-except ImportError:
-    pytest.skip("the HL7 v2 mapper is not there yet", allow_module_level=True)
 
 
 def run(src, spool):

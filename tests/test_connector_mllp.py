@@ -23,10 +23,6 @@ from hypothesis import strategies as st
 
 from tests.conftest import free_port
 
-try:
-    import fhir_mapping.hl7v2  # noqa: F401
-except ImportError:
-    pytest.skip("the HL7 v2 mapper is not there yet", allow_module_level=True)
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\r"
 MAX = 64 * 1024

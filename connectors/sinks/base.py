@@ -37,3 +37,31 @@ def take_batch(units: Sequence[Unit], limit: int) -> list[Unit]:
         seen.update(keys)
         batch.append(u)
     return batch
+
+
+RETRY_STATUS = {408, 409, 425, 429}  # worth sending again: timeouts, conflicts, throttling
+
+
+def unit_errors(entries: list[dict], positions: list[list[int]],
+                answers: list[dict]) -> list[dict[str, Any] | None]:
+    """Per unit, None or why the hub refused it, from the batch-response ``answers`` to
+    ``entries`` (``positions``: each unit's entries, see ``http.dedupe_entries``). Raises
+    ``Unavailable`` when an entry should be tried again (5xx, conflict, throttling)."""
+    out: list[dict[str, Any] | None] = []
+    for pos in positions:
+        failed = []
+        for i in pos:
+            resp = answers[i].get("response") or {}
+            status = int(str(resp.get("status", "500"))[:3])
+            if status >= 500 or status in RETRY_STATUS:
+                raise Unavailable(f"entry {entries[i]['request']['url']}: {resp.get('status')}")
+            if status >= 300:
+                issue = ((resp.get("outcome") or {}).get("issue") or [{}])[0]
+                where = (issue.get("expression") or [None])[0]
+                failed.append({"entry": entries[i]["request"]["url"], "status": status,
+                               "reason": (issue.get("diagnostics") or issue.get("code")
+                                          or str(status)) + (f" at {where}" if where else ""),
+                               "outcome": resp.get("outcome")})
+        out.append({"reason": "; ".join(f"{f['entry']}: {f['reason']}" for f in failed)[:2000],
+                    "code": "AE", "rule": "hub.rejected", "entries": failed} if failed else None)
+    return out

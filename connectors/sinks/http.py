@@ -16,11 +16,8 @@ import orjson
 
 from fhir_mapping.base import SourceInfo
 
-from connectors.sinks.base import Unavailable
+from connectors.sinks.base import RETRY_STATUS, Unavailable, unit_errors
 from connectors.spool import Unit
-
-RETRY_STATUS = {408, 409, 425, 429}
-
 
 def dedupe_entries(per_unit: list[list[dict]]) -> tuple[list[dict], list[list[int]]]:
     """One entry per request in the batch: units of one institution repeat its Organization,
@@ -82,29 +79,7 @@ class HttpSink:
             raise Unavailable("the hub answered without a batch-response Bundle") from None
         if len(answers) != len(entries):
             raise Unavailable("the batch-response does not answer every entry")
-        out: list[dict[str, Any] | None] = []
-        for u, pos in zip(units, positions):
-            failed = []
-            for i in pos:
-                resp = answers[i].get("response") or {}
-                status = int(str(resp.get("status", "500"))[:3])
-                if status >= 500 or status in RETRY_STATUS:
-                    raise Unavailable(f"entry {entries[i]['request']['url']}: {resp.get('status')}")
-                if status >= 300:
-                    failed.append({"entry": entries[i]["request"]["url"], "status": status,
-                                   "outcome": resp.get("outcome")})
-            if failed:
-                reasons = []
-                for f in failed:
-                    issues = (f.get("outcome") or {}).get("issue") or [{}]
-                    where = (issues[0].get("expression") or [None])[0]
-                    reasons.append(f"{f['entry']}: {issues[0].get('diagnostics') or f['status']}"
-                                   + (f" at {where}" if where else ""))
-                out.append({"reason": "; ".join(reasons)[:2000], "code": "AE",
-                            "rule": "hub.rejected", "entries": failed})
-            else:
-                out.append(None)
-        return out
+        return unit_errors(entries, positions, answers)
 
 
 def _json(r: httpx.Response) -> Any:

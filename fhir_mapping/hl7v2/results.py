@@ -11,7 +11,7 @@ from typing import Any
 from . import datatypes as dt
 from .context import Ctx
 from .message import Seg
-from .people import identifier, practitioner
+from .people import practitioner
 from .tables import table
 
 _CODES = table("codes")

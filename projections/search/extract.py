@@ -43,7 +43,7 @@ import orjson
 from hub.fhirtime import parse_range
 from hub.jsontypes import TYPES as ELEMENTS
 from hub.resource import RESOURCE_TYPES
-from projections.search.params import SearchParam, indexed_params, params_for
+from projections.search.params import SearchParam, indexed_params
 
 
 class Str(NamedTuple):

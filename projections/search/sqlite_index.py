@@ -15,11 +15,10 @@ from pathlib import Path
 
 import orjson
 from eventsourcing.persistence import Notification, Tracking
-from eventsourcing.sqlite import SQLiteTrackingRecorder
 
 from hub.events import KIND_OF_TOPIC
 from hub.fhirtime import parse_range
-from hub.store import FastSQLiteDatastore
+from projections.sqlite_model import SQLiteReadModel
 from projections.search.extract import DateRange, Quantity, Str, Token, extract
 from projections.search.params import params_for
 
@@ -124,44 +123,36 @@ def rows_for(ptype: str, value) -> tuple[str, tuple] | None:
     return None  # special (near): not indexed yet
 
 
-class SQLiteSearchIndex:
+class SQLiteSearchIndex(SQLiteReadModel):
     name = NAME
+    schema = SCHEMA
 
     def __init__(self, path: Path | str):
-        self.path = str(path)
-        self.datastore = FastSQLiteDatastore(self.path, pool_size=4)
-        self.tracking = SQLiteTrackingRecorder(self.datastore)
-        self.tracking.create_table()
-        with self.datastore.transaction(commit=True) as c:
-            for statement in SCHEMA:
-                c.execute(statement)
-            c.execute("PRAGMA table_info(sp_param)")
-            if "span" not in {r[1] for r in c.fetchall()}:  # an index file from before these
-                c.execute("ALTER TABLE sp_param ADD COLUMN multi INTEGER NOT NULL DEFAULT 1")
-                c.execute("ALTER TABLE sp_param ADD COLUMN span REAL NOT NULL DEFAULT 1e300")
-            c.execute("SELECT value FROM sp_meta WHERE key='next_pk'")
-            found = c.fetchone()
-            # bulk load under way (a rebuild, maybe interrupted): the next pk to hand out
-            self._next_pk: int | None = int(found[0]) if found else None
-            if self._next_pk is None:
-                for name, target in VALUE_INDEXES.items():
-                    c.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
         self._params: dict[tuple[str, str], int] = {}
         # per type, per parameter: (parameter id, type, rows of its table); reset on failure
         self._writers: dict[str, dict] = {}
         self._rows: dict[str, list[tuple]] = {t: [] for t in TABLES}
-        with self.datastore.transaction(commit=False) as c:
-            c.execute("SELECT id, multi, span FROM sp_param")
-            found = c.fetchall()
+        super().__init__(path)  # -> opened()
+
+    def opened(self, c) -> None:
+        c.execute("PRAGMA table_info(sp_param)")
+        if "span" not in {r[1] for r in c.fetchall()}:  # an index file from before these
+            c.execute("ALTER TABLE sp_param ADD COLUMN multi INTEGER NOT NULL DEFAULT 1")
+            c.execute("ALTER TABLE sp_param ADD COLUMN span REAL NOT NULL DEFAULT 1e300")
+        c.execute("SELECT value FROM sp_meta WHERE key='next_pk'")
+        found = c.fetchone()
+        # bulk load under way (a rebuild, maybe interrupted): the next pk to hand out
+        self._next_pk: int | None = int(found[0]) if found else None
+        if self._next_pk is None:
+            for name, target in VALUE_INDEXES.items():
+                c.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
+        c.execute("SELECT id, multi, span FROM sp_param")
+        found = c.fetchall()
         self._multi = {pid for pid, multi, _ in found if multi}
         self._span = {pid: span for pid, _, span in found}
+        c.execute("SELECT COUNT(*) FROM sp_res")
+        self._resources = c.fetchone()[0]
         self._analyzed_at = -1  # resources indexed when the planner statistics were last taken
-        self._resources = self._count_resources()
-
-    def _count_resources(self) -> int:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute("SELECT COUNT(*) FROM sp_res")
-            return c.fetchone()[0]
 
     def analyze(self) -> None:
         """Refresh SQLite's planner statistics (sampled, so quick even at millions of rows).
@@ -179,12 +170,6 @@ class SQLiteSearchIndex:
         if self._resources >= 1000 and (self._analyzed_at < 0
                                         or self._resources > self._analyzed_at * 1.25):
             self.analyze()
-
-    def close(self) -> None:
-        self.datastore.close()
-
-    def position(self) -> int:
-        return self.tracking.max_tracking_id(NAME) or 0
 
     @property
     def bulk(self) -> bool:
