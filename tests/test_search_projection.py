@@ -195,3 +195,24 @@ def test_an_interrupted_rebuild_resumes_and_ends_with_the_same_index(hub, index,
     assert not reopened.bulk and set(VALUE_INDEXES) <= _value_indexes(reopened)
     assert dump(reopened) == expected  # superseded and deleted versions left no rows behind
     reopened.close()
+
+
+def test_an_index_file_of_the_earlier_layout_rebuilds(hub, tmp_path):
+    """Index files whose sp_res carried UNIQUE (rtype, rid) keep working, and a rebuild (which
+    inserts a row per version) replaces that table rather than failing on the constraint."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE sp_res (pk INTEGER PRIMARY KEY, rtype TEXT NOT NULL, "
+                   "rid TEXT NOT NULL, version INTEGER NOT NULL, updated INTEGER NOT NULL, "
+                   "UNIQUE (rtype, rid))")
+    put(hub, patient("o1", "Old"))
+    put(hub, patient("o1", "Older"))
+    old = SQLiteSearchIndex(path)
+    Runner(hub.store, old).catch_up()
+    old.reset()
+    Runner(hub.store, old).catch_up()
+    assert dump(old)["sp_res"] == [("Patient/o1", 2)]
+    assert ("Patient.family", "older", "Older", "Patient/o1") in dump(old)["ix_string"]
+    old.close()

@@ -571,6 +571,13 @@ def _same_type(have: str, want: str) -> bool:
 Step = Callable[[list, dict], list]
 
 
+# Each step also says what it is (``sym``), for projections.search.codegen.
+
+def _sym(step: Step, *sym) -> Step:
+    step.sym = sym
+    return step
+
+
 def _field(key: str) -> Step:
     def step(nodes, root):
         out = []
@@ -582,23 +589,27 @@ def _field(key: str) -> Step:
                 else:
                     out.append(v)
         return out
-    return step
+    return _sym(step, "field", key)
 
 
 def _index(i: int) -> Step:
-    return lambda nodes, root: nodes[i:i + 1]
+    return _sym(lambda nodes, root: nodes[i:i + 1], "index", i)
 
 
 def _resolve_is(t: str) -> Step:
-    return lambda nodes, root: [n for n in nodes if reference_type(n, root) == t]
+    return _sym(lambda nodes, root: [n for n in nodes if reference_type(n, root) == t], "resolveIs", t)
 
 
 def _where_eq(field: str, literal: str) -> Step:
-    return lambda nodes, root: [n for n in nodes if n.get(field) == literal]
+    return _sym(lambda nodes, root: [n for n in nodes if n.get(field) == literal],
+                "whereEq", field, literal)
 
 
 def _to_root(nodes, root):
     return [root]
+
+
+_sym(_to_root, "root")
 
 
 class Branch(NamedTuple):
@@ -872,45 +883,17 @@ def extract(resource: dict, strict: bool = False) -> dict[str, list]:
     With ``strict`` a failure in one parameter raises; otherwise that parameter is left out (a stored
     resource was validated, so a failure is a bug here, not a reason to stop indexing).
     """
-    plan = plan_for(resource["resourceType"])
+    rtype = resource["resourceType"]
     out: dict[str, list] = {}
-    by_key = plan.by_key
-    failed = []
-    for key, value in resource.items():
-        walks = by_key.get(key)
-        if walks is None:
-            continue
-        top = value if type(value) is list else [value]
-        for code, _, steps, conv in walks:
-            try:
-                nodes = _run(steps, top, resource) if steps else top
-                if nodes:
-                    vals = out.get(code)
-                    if vals is None:
-                        vals = out[code] = []
-                    for n in nodes:
-                        conv(n, resource, vals)
-            except Exception:
-                if strict:
-                    raise
-                failed.append(code)
-    for w in plan.from_root:
+    failed: list[str] = []
+    _compiled(rtype)(resource, out, failed, strict)  # walks and composites, as one function
+    for f in plan_for(rtype).fallbacks:
         try:
-            vals = _values((w,), resource, resource)
-            if vals:
-                out.setdefault(w.code, []).extend(vals)
+            _fallback(f, resource, out)
         except Exception:
             if strict:
                 raise
-            failed.append(w.code)
-    for special, fn in ((plan.composites, _composite), (plan.fallbacks, _fallback)):
-        for x in special:
-            try:
-                fn(x, resource, out)
-            except Exception:
-                if strict:
-                    raise
-                failed.append(x.code)
+            failed.append(f.code)
     for code in failed:
         out.pop(code, None)
     result = {}
@@ -918,6 +901,14 @@ def extract(resource: dict, strict: bool = False) -> dict[str, list]:
         if vals:
             result[code] = vals if len(vals) == 1 else list(dict.fromkeys(vals))
     return result
+
+
+def _compiled(rtype: str):
+    from projections.search.codegen import compiled  # it builds on this module
+
+    global _compiled
+    _compiled = compiled
+    return compiled(rtype)
 
 
 def compile_stats(rtypes=None) -> dict:

@@ -47,8 +47,14 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS sp_meta (key TEXT PRIMARY KEY, value)",
     # pks whose rows a bulk load left behind (a newer version got a new pk); deleted at the end
     "CREATE TABLE IF NOT EXISTS sp_stale (pk INTEGER PRIMARY KEY)",
+    # a bulk load's updates and deletes (versions after the first): at its end the older versions'
+    # rows go. A bulk load never looks a resource up: a random-order (rtype, rid) B-tree over a
+    # million rows rewrote most of its pages at every commit (a tenth of a rebuild, mostly I/O).
+    "CREATE TABLE IF NOT EXISTS sp_redo (rtype TEXT NOT NULL, rid TEXT NOT NULL, "
+    "version INTEGER NOT NULL)",
+    # one row per resource: the writer looks it up (sp_res_key) before it inserts
     "CREATE TABLE IF NOT EXISTS sp_res (pk INTEGER PRIMARY KEY, rtype TEXT NOT NULL, "
-    "rid TEXT NOT NULL, version INTEGER NOT NULL, updated INTEGER NOT NULL, UNIQUE (rtype, rid))",
+    "rid TEXT NOT NULL, version INTEGER NOT NULL, updated INTEGER NOT NULL)",
     # multi: some resource has had several values (AND criteria cannot share one row test);
     # span: the widest date range indexed (hi - lo), so "hi >= A" also bounds lo >= A - span
     "CREATE TABLE IF NOT EXISTS sp_param (id INTEGER PRIMARY KEY, rtype TEXT NOT NULL, "
@@ -67,6 +73,7 @@ for _t in TABLES:
     VALUE_INDEXES[f"{_t}_pk"] = f"{_t} (pk, p, {_SORT_COLUMN[_t]})"
 VALUE_INDEXES["ix_date_hi"] = "ix_date (p, hi, pk)"  # gt, ge, eb
 VALUE_INDEXES["sp_res_updated"] = "sp_res (rtype, updated)"
+VALUE_INDEXES["sp_res_key"] = "sp_res (rtype, rid)"
 
 
 def _bound(x: float) -> float:
@@ -94,33 +101,22 @@ def _composite_row(value: tuple) -> tuple:
 
 
 _SKIP = object()
-_TABLE_OF = {"string": "ix_string", "token": "ix_token", "date": "ix_date", "number": "ix_number",
-             "quantity": "ix_quantity", "reference": "ix_reference", "uri": "ix_uri",
-             "composite": "ix_composite"}
 
-
-def rows_for(ptype: str, value) -> tuple[str, tuple] | None:
-    """(table, value columns) of one extracted value."""
-    if ptype == "string":
-        return "ix_string", (value.norm, value.value)
-    if ptype == "token":
-        return "ix_token", (value.code, value.system, value.text, value.type_system,
-                            value.type_code)
-    if ptype == "date":
-        return "ix_date", (_bound(value.start), _bound(value.end))
-    if ptype == "number":
-        return "ix_number", (float(value),)
-    if ptype == "quantity":
-        return "ix_quantity", (value.value, value.system, value.code, value.canonical_value,
-                               value.canonical_code)
-    if ptype == "reference":
-        return "ix_reference", (value.reference, value.type, value.identifier_system,
-                                value.identifier_value)
-    if ptype == "uri":
-        return "ix_uri", (value,)
-    if ptype == "composite":
-        return "ix_composite", _composite_row(value)
-    return None  # special (near): not indexed yet
+# Per parameter type: the rows of a parameter's values, (parameter id, value columns…, pk) each, in
+# one comprehension (a call per value cost a sixth of a rebuild). Tables and columns: TABLES.
+_ROWS = {
+    "string": ("ix_string", lambda pid, vs, pk: [(pid, v.norm, v.value, pk) for v in vs]),
+    "token": ("ix_token", lambda pid, vs, pk: [(pid, v.code, v.system, v.text, v.type_system,
+                                                 v.type_code, pk) for v in vs]),
+    "date": ("ix_date", lambda pid, vs, pk: [(pid, _bound(v.start), _bound(v.end), pk) for v in vs]),
+    "number": ("ix_number", lambda pid, vs, pk: [(pid, float(v), pk) for v in vs]),
+    "quantity": ("ix_quantity", lambda pid, vs, pk: [
+        (pid, v.value, v.system, v.code, v.canonical_value, v.canonical_code, pk) for v in vs]),
+    "reference": ("ix_reference", lambda pid, vs, pk: [
+        (pid, v.reference, v.type, v.identifier_system, v.identifier_value, pk) for v in vs]),
+    "uri": ("ix_uri", lambda pid, vs, pk: [(pid, v, pk) for v in vs]),
+    "composite": ("ix_composite", lambda pid, vs, pk: [(pid, *_composite_row(v), pk) for v in vs]),
+}  # special (near): not indexed yet
 
 
 class SQLiteSearchIndex(SQLiteReadModel):
@@ -139,6 +135,8 @@ class SQLiteSearchIndex(SQLiteReadModel):
         if "span" not in {r[1] for r in c.fetchall()}:  # an index file from before these
             c.execute("ALTER TABLE sp_param ADD COLUMN multi INTEGER NOT NULL DEFAULT 1")
             c.execute("ALTER TABLE sp_param ADD COLUMN span REAL NOT NULL DEFAULT 1e300")
+        c.execute("SELECT sql FROM sqlite_master WHERE name='sp_res'")
+        self._old_sp_res = "UNIQUE" in c.fetchone()[0]  # an index file from before sp_redo
         c.execute("SELECT value FROM sp_meta WHERE key='next_pk'")
         found = c.fetchone()
         # bulk load under way (a rebuild, maybe interrupted): the next pk to hand out
@@ -181,7 +179,11 @@ class SQLiteSearchIndex(SQLiteReadModel):
         with self.datastore.transaction(commit=True) as c:
             for name in VALUE_INDEXES:
                 c.execute(f"DROP INDEX IF EXISTS {name}")
-            for table in (*TABLES, "sp_res", "sp_stale"):
+            if self._old_sp_res:  # its UNIQUE (rtype, rid) cannot be dropped: a new table
+                c.execute("DROP TABLE sp_res")
+                c.execute(next(x for x in SCHEMA if "TABLE IF NOT EXISTS sp_res " in x))
+                self._old_sp_res = False
+            for table in (*TABLES, "sp_res", "sp_stale", "sp_redo"):
                 c.execute(f"DELETE FROM {table}")
             c.execute("UPDATE sp_param SET multi=0, span=0")
             c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
@@ -198,6 +200,11 @@ class SQLiteSearchIndex(SQLiteReadModel):
             c.execute("PRAGMA cache_size=-65536")  # 64 MB for the sorts of CREATE INDEX
             for name, target in VALUE_INDEXES.items():
                 c.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
+            # versions that a later update or delete of the bulk load superseded
+            c.execute("INSERT OR IGNORE INTO sp_stale (pk) SELECT r.pk FROM sp_redo d "
+                      "JOIN sp_res r ON r.rtype = d.rtype AND r.rid = d.rid AND r.version < d.version")
+            c.execute("DELETE FROM sp_res WHERE pk IN (SELECT pk FROM sp_stale)")
+            c.execute("DELETE FROM sp_redo")
             c.execute("SELECT pk FROM sp_stale")
             stale = c.fetchall()
             for table in TABLES:  # through the new pk indexes
@@ -205,6 +212,8 @@ class SQLiteSearchIndex(SQLiteReadModel):
             c.execute("DELETE FROM sp_stale")
             c.execute("DELETE FROM sp_meta WHERE key='next_pk'")
             c.execute("PRAGMA cache_size=-16384")
+            c.execute("SELECT COUNT(*) FROM sp_res")
+            self._resources = c.fetchone()[0]
         self._next_pk = None
         self.analyze()
 
@@ -218,11 +227,12 @@ class SQLiteSearchIndex(SQLiteReadModel):
         return pid
 
     def _writer(self, c, rtype: str, code: str):
-        """(parameter id, type, the row list of its table) for a parameter's values, or _SKIP."""
+        """(parameter id, is a date, the row list of its table, its row maker), or _SKIP."""
         p = params_for(rtype).get(code)
-        if p is None or code in ("_id", "_lastUpdated") or p.type not in _TABLE_OF:
+        if p is None or code in ("_id", "_lastUpdated") or p.type not in _ROWS:
             return _SKIP  # _id and _lastUpdated are answered from sp_res
-        return self._param_id(c, rtype, code), p.type, self._rows[_TABLE_OF[p.type]]
+        table, rows_of = _ROWS[p.type]
+        return self._param_id(c, rtype, code), p.type == "date", self._rows[table], rows_of
 
     def apply(self, notifications: Sequence[Notification]) -> None:
         try:
@@ -240,42 +250,41 @@ class SQLiteSearchIndex(SQLiteReadModel):
         # Only the newest event of each resource in the batch matters for the index.
         newest: dict[str, Notification] = {}
         for n in notifications:
-            newest[n.originator_id] = n
+            if n.topic in KIND_OF_TOPIC:  # not an event of another stream kind (MPI identity)
+                newest[n.originator_id] = n
         with self.datastore.transaction(commit=True) as c:
             # read inside the transaction: another process may have ended the bulk load
             c.execute("SELECT value FROM sp_meta WHERE key='next_pk'")
             found = c.fetchone()
             self._next_pk = int(found[0]) if found else None
             bulk = self._next_pk is not None
-            if bulk:  # the (rtype, rid) lookups of a million resources: keep their pages at hand
-                c.execute("PRAGMA cache_size=-65536")
             rows = self._rows
             stale: list[tuple[int]] = []
             new_res: list[tuple] = []  # bulk load: sp_res rows with their pks, inserted at once
+            redo: list[tuple] = []  # bulk load: updates and deletes, settled at its end
             multi: set[int] = set()  # parameters seen with several values for the first time
             spans: dict[int, float] = {}  # parameters whose widest date range grew
             added = 0  # resources the index gains (less those it loses) with this batch
-            current = self._current(c, list(newest))
+            # A bulk load started from nothing and applies the log in order: a first version is
+            # new, and a later one is indexed under a new pk, the older settled at the end.
+            current = {} if bulk else self._current(c, list(newest))
             for stream, n in newest.items():
                 rtype, rid = stream.split("/", 1)
+                deleted = KIND_OF_TOPIC[n.topic] == "deleted"
                 found = current.get(stream)
+                if bulk and (deleted or n.originator_version > 1):
+                    redo.append((rtype, rid, n.originator_version))
                 if found is not None:
                     if found[1] >= n.originator_version:
                         continue  # already indexed (replay)
                     stale.append((found[0],))
-                if KIND_OF_TOPIC[n.topic] == "deleted":
+                if deleted:
                     if found is not None:
                         c.execute("DELETE FROM sp_res WHERE pk=?", (found[0],))
                         added -= 1
                     continue
                 header, _, body = n.state.partition(b"\n")
                 updated = parse_range(orjson.loads(header)["lastUpdated"])[0]
-                if bulk and found is not None:
-                    # No pk index to delete by yet: the new version gets a new pk and the old
-                    # rows are deleted at the end; queries start from sp_res and never see them.
-                    c.execute("DELETE FROM sp_res WHERE pk=?", (found[0],))
-                    found = None
-                    added -= 1
                 if found is None and bulk:
                     pk = self._next_pk
                     self._next_pk += 1
@@ -299,27 +308,23 @@ class SQLiteSearchIndex(SQLiteReadModel):
                         w = writers[code] = self._writer(c, rtype, code)
                     if w is _SKIP:
                         continue
-                    pid, ptype, out = w
+                    pid, is_date, out, rows_of = w
                     if len(values) > 1 and pid not in self._multi:
                         multi.add(pid)
-                    for value in values:
-                        row = rows_for(ptype, value)
-                        if row is not None:
-                            out.append((pid, *row[1], pk))
-                            if ptype == "date":
-                                span = row[1][1] - row[1][0]
-                                if span > max(self._span.get(pid, 0.0), spans.get(pid, 0.0)):
-                                    spans[pid] = span
+                    new = rows_of(pid, values, pk)
+                    out += new
+                    if is_date:
+                        for _, lo, hi, _ in new:
+                            if hi - lo > max(self._span.get(pid, 0.0), spans.get(pid, 0.0)):
+                                spans[pid] = hi - lo
             c.executemany("INSERT INTO sp_res (pk, rtype, rid, version, updated) "
                           "VALUES (?,?,?,?,?)", new_res)
-            if stale and bulk:
-                c.executemany("INSERT OR IGNORE INTO sp_stale (pk) VALUES (?)", stale)
+            c.executemany("INSERT INTO sp_redo (rtype, rid, version) VALUES (?,?,?)", redo)
+            if bulk:
                 c.execute("UPDATE sp_meta SET value=? WHERE key='next_pk'", (self._next_pk,))
             elif stale:
                 for table in TABLES:
                     c.executemany(f"DELETE FROM {table} WHERE pk=?", stale)
-            elif bulk:
-                c.execute("UPDATE sp_meta SET value=? WHERE key='next_pk'", (self._next_pk,))
             for table, batch in rows.items():
                 if batch:
                     marks = ", ".join("?" * (len(TABLES[table]) + 2))
