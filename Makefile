@@ -16,13 +16,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Load the synthetic demo region once (ids are deterministic: loading again changes nothing), then serve.
+# Load the shipped terminology and the synthetic demo region once (ids are deterministic: loading
+# again changes nothing), then serve.
 run: $(STAMP)
-	@test -f $(HUB_DATA_DIR)/.demo-loaded || { $(VENV)/bin/hub demo && touch $(HUB_DATA_DIR)/.demo-loaded; }
+	@test -f $(HUB_DATA_DIR)/.demo-loaded || { $(VENV)/bin/hub terminology load --builtin && \
+	  $(VENV)/bin/hub demo && touch $(HUB_DATA_DIR)/.demo-loaded; }
 	$(VENV)/bin/hub serve
 
+# Test files run in parallel, one worker per core (pytest-xdist; a file's tests stay on one worker, so
+# its module-scoped server is started once). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -134,7 +134,12 @@ def _deadletter_store(args, settings):
         cfg = _load(args.config)
         if not cfg.spool_path.exists():
             raise _usage(f"no spool in {cfg.state_dir}")
-        return Spool(cfg.spool_path, cfg.source_info), None
+        from connectors.spool import default_converter_factory
+        from connectors.terminology import Terminology
+
+        # a replay converts again, so it normalises local codes as the daemon does
+        factory = Terminology.from_config(cfg).converter_factory(default_converter_factory)
+        return Spool(cfg.spool_path, cfg.source_info, converter_factory=factory), None
     if args.worker:
         from hub.worker import deadletter_path
 

@@ -18,6 +18,8 @@ sink:                                 # the hub's FHIR API ...
   {type: http, url: "http://127.0.0.1:8080/fhir", batch_size: 50, timeout_s: 30, headers: {}}
   # ... or a Kafka topic read by `hub ingest-worker`
   # {type: kafka, bootstrap_servers: "127.0.0.1:9092", topic: hub.ingest}
+terminology:                          # optional: local codes -> standard (connectors.terminology)
+  {concept_maps: [maps/h0001-lab.json], from_hub: true, refresh_seconds: 300}
 ```
 """
 
@@ -48,6 +50,7 @@ class ConnectorConfig:
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
     path: Path | None = None
+    terminology: dict[str, Any] | None = None  # connectors.terminology.parse_config
 
     @property
     def spool_path(self) -> Path:
@@ -109,7 +112,16 @@ class ConnectorConfig:
         if not isinstance(sink, dict) or sink.get("type") not in ("http", "kafka"):
             raise ConfigError(f"{where}: 'sink.type' must be http or kafka")
         retry = d.get("retry") or {}
+        # -- terminology (issue 7): the section is checked by connectors.terminology --
+        from connectors.terminology import TerminologyConfigError, parse_config
+
+        try:
+            terminology = parse_config(d.get("terminology"), base, where)
+        except TerminologyConfigError as e:
+            raise ConfigError(str(e)) from None
+        # -- end terminology --
         return cls(name=name, source_info=info, state_dir=state, sources=sources, sink=sink,
                    durable=bool(d.get("durable", True)), status=d.get("status") or {},
                    retry_initial_s=float(retry.get("initial_s", 0.5)),
-                   retry_max_s=float(retry.get("max_s", 30.0)), path=path)
+                   retry_max_s=float(retry.get("max_s", 30.0)), path=path,
+                   terminology=terminology)

@@ -61,7 +61,15 @@ def build_sink(cfg: dict, config: ConnectorConfig):
 class Connector:
     def __init__(self, config: ConnectorConfig, sink=None, sources=None):
         self.config = config
-        self.spool = Spool(config.spool_path, config.source_info, durable=config.durable)
+        # -- terminology (issue 7): conversions normalised after mapping, before spooling --
+        from connectors.spool import default_converter_factory
+        from connectors.terminology import Terminology
+
+        self.terminology = Terminology.from_config(config)
+        self.spool = Spool(config.spool_path, config.source_info, durable=config.durable,
+                           converter_factory=self.terminology.converter_factory(
+                               default_converter_factory))
+        # -- end terminology --
         self.sources = sources if sources is not None else [build_source(s) for s in config.sources]
         self.sink = sink if sink is not None else build_sink(config.sink, config)
         self.batch_size = int(config.sink.get("batch_size", 50))
@@ -76,6 +84,7 @@ class Connector:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.terminology.start(self.stop_event)  # issue 7: ConceptMaps from the hub, refreshed
         for src in self.sources:
             t = threading.Thread(target=self._run_source, args=(src,), name=f"source-{src.name}",
                                  daemon=True)
@@ -212,7 +221,8 @@ class Connector:
             self.sink_state["state"] != "retrying" or time.time() - self.sink_state["since"] < 300)
         return {"connector": self.config.name, "healthy": healthy,
                 "uptime_s": round(time.time() - self.started, 1), "sources": sources,
-                "sink": {"type": self.config.sink.get("type"), **self.sink_state}}
+                "sink": {"type": self.config.sink.get("type"), **self.sink_state},
+                **({"terminology": self.terminology.state} if self.terminology.enabled else {})}
 
 
 def _handler(connector: Connector):

@@ -111,6 +111,53 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--all", action="store_true", help="every open entry")
     q.add_argument("--json", action="store_true", help="one JSON result per line")
 
+    # -- hub terminology: the command group (issue 7; `load` and others join it) --
+    p = sub.add_parser("terminology", parents=[common],
+                       help="terminology: load code systems, value sets and maps; local "
+                            "codes without a standard code, re-normalise")
+    tsub = p.add_subparsers(dest="terminology_action", required=True)
+    from terminology import cli_load, cli_normalise  # hub terminology unmapped|renormalise
+
+    cli_load.add_parsers(tsub, common)  # hub terminology load FILE|DIR… [--builtin]
+    cli_normalise.add_parsers(tsub, common)
+    # -- end terminology --
+
+    # -- hub mpi train|rematch (issue 6, matching) --
+    from hub.mpi import cli as mpi_cli
+
+    mpi_cli.add_parsers(sub, common)
+    # -- end mpi --
+
+    # -- hub identity link|unlink|merge|unmerge|not-duplicate|review|show (issue 6, identity) --
+    p = sub.add_parser("identity", parents=[common],
+                       help="master patient index decisions by a named user (identity events)")
+    isub = p.add_subparsers(dest="identity_action", required=True)
+    q = isub.add_parser("link", parents=[common], help="link a Patient to a person (or a new one)")
+    q.add_argument("patient", help="Patient/id")
+    q.add_argument("--person", help="Person id (default: a new person)")
+    q = isub.add_parser("unlink", parents=[common], help="a Patient into a new person of its own")
+    q.add_argument("patient")
+    q = isub.add_parser("merge", parents=[common], help="merge person SOURCE into TARGET")
+    q.add_argument("source")
+    q.add_argument("target")
+    q = isub.add_parser("unmerge", parents=[common], help="undo the merge of person SOURCE")
+    q.add_argument("source")
+    q = isub.add_parser("not-duplicate", parents=[common], help="mark two Patients as different")
+    q.add_argument("patient")
+    q.add_argument("other")
+    q = isub.add_parser("review", parents=[common], help="the review queue: list, accept, reject")
+    q.add_argument("review_action", choices=["list", "accept", "reject"])
+    q.add_argument("review_id", nargs="?")
+    q.add_argument("--candidate")
+    q.add_argument("--status", default="open", choices=["open", "closed", "all"])
+    q = isub.add_parser("show", parents=[common], help="print the Person of a person or Patient")
+    q.add_argument("reference", help="Person id, Person/id or Patient/id")
+    for q in isub.choices.values():
+        q.add_argument("--user", default=os.environ.get("HUB_USER"),
+                       help="who decides (default $HUB_USER); required for decisions")
+        q.add_argument("--reason")
+    # -- end identity --
+
     from connectors import cli as connector_cli  # hub connector|deadletter|ingest-worker
 
     connector_cli.add_parsers(sub, common)
@@ -493,6 +540,13 @@ def cmd_history(args, settings: Settings) -> int:
         raise UsageError(f"{rtype}/{rid} is not known")
     print(f"{'version':>7}  {'kind':8} {'last updated':28} {'request':32} source")
     for stored in versions:
+        if not stored.topic.startswith("hub.resource:"):  # issue 6: an identity decision
+            d = orjson.loads(stored.state)
+            by = d.get("by") or {}
+            what = d.get("patient") or d.get("source") or d.get("review") or d.get("patients")
+            print(f"{stored.originator_version:>7}  {stored.topic.split(':')[-1]:8} "
+                  f"{d.get('at', ''):28} {str(what):32} by {by.get('type')}:{by.get('name')}")
+            continue
         ev = from_stored(stored)
         req = f"{ev.request.get('method', '')} {ev.request.get('url', '')}".strip()
         src = ", ".join(f"{k}={v}" for k, v in ev.source.items())
@@ -526,8 +580,41 @@ def _quality_model(settings: Settings):
     return QualityProjection(settings.data_dir / "quality.sqlite")
 
 
+def _terminology_model(settings: Settings):  # issue 7: code systems, value sets, concept maps
+    from projections.terminology import TerminologyProjection
+
+    return TerminologyProjection(settings.data_dir / "terminology.sqlite")
+
+
+def _person_model(settings: Settings):  # issue 6: golden persons from identity events
+    from projections.person import PersonProjection
+
+    return PersonProjection(settings.data_dir / "person.sqlite")
+
+
+def _timeline_model(settings: Settings):  # issue 6: each Patient's clinical events in time order
+    from projections.timeline import TimelineProjection
+
+    return TimelineProjection(settings.data_dir / "timeline.sqlite")
+
+
+def _identity_candidates_model(settings: Settings):  # issue 6: features and blocking keys
+    from projections.identity_candidates import IdentityCandidates
+
+    return IdentityCandidates(settings.data_dir / "identity-candidates.sqlite")
+
+
+def _unmapped_model(settings: Settings):  # issue 7: the unmapped local codes worklist
+    from projections.unmapped import UnmappedProjection
+
+    return UnmappedProjection(settings.data_dir / "unmapped.sqlite")
+
+
 # read models by name: each opens its file in the data directory (on any event store)
-PROJECTIONS = {"search": _search_model, "quality": _quality_model}
+PROJECTIONS = {"search": _search_model, "quality": _quality_model,
+               "terminology": _terminology_model, "unmapped": _unmapped_model,  # issue 7
+               "person": _person_model, "timeline": _timeline_model,  # issue 6
+               "identity-candidates": _identity_candidates_model}  # issue 6, matching
 QUALITY_DEFAULT_GROUP = ("institution", "document_type", "rule", "day")
 
 
@@ -778,10 +865,104 @@ def _connector_command(name: str):
     return run
 
 
+def cmd_terminology(args, settings: Settings) -> int:  # issue 7: each subcommand names its function
+    return args.terminology_func(args, settings)
+
+
+COMMANDS["terminology"] = cmd_terminology
+
+
+def cmd_mpi(args, settings: Settings) -> int:  # issue 6: hub mpi train|rematch (hub/mpi/cli.py)
+    from hub.mpi import cli as mpi_cli
+
+    return mpi_cli.cmd_mpi(args, settings, open_store, UsageError)
+
+
+COMMANDS["mpi"] = cmd_mpi
+
+
+def cmd_identity(args, settings: Settings) -> int:  # issue 6: hub identity … (hub/mpi/identity.py)
+    """Decisions as identity events, taken like the API's operations; prints the resulting Person
+    (or the queue)."""
+    from hub.mpi.everything import person_view
+    from hub.mpi.identity import IdentityService
+
+    store = open_store(settings, existing=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    identity = IdentityService.open(store, settings.data_dir)
+    try:
+        act, user, reason = args.identity_action, args.user, args.reason
+        if act == "review" and args.review_action == "list":
+            identity.sync()
+            status = None if args.status == "all" else args.status
+            for r in identity.person.reviews(status, 1000):
+                print(orjson.dumps({k: r[k] for k in ("id", "status", "patient", "candidates",
+                                                      "score", "evidence", "ruleset", "opened",
+                                                      "outcome")}).decode())
+            return 0
+        if act != "show" and not user:
+            raise UsageError("a decision needs --user (or $HUB_USER)")
+        person = None
+        if act == "link":
+            evs = identity.link(args.patient, args.person, user, reason)
+        elif act == "unlink":
+            evs = identity.unlink(args.patient, user, reason)
+        elif act == "merge":
+            evs = identity.merge(args.source, args.target, user, reason)
+        elif act == "unmerge":
+            evs = identity.unmerge(args.source, user, reason)
+            person = args.source.removeprefix("Person/")
+        elif act == "not-duplicate":
+            evs = identity.not_duplicate(args.patient, args.other, user, reason)
+            print(f"{len(evs)} identity event(s) recorded")
+            return 0
+        elif act == "review":
+            if not args.review_id:
+                raise UsageError("review accept|reject needs the review id")
+            if args.review_action == "accept":
+                evs = identity.accept_review(args.review_id, user, args.candidate, reason)
+            else:
+                evs = identity.reject_review(args.review_id, user, reason)
+                print(f"review {args.review_id} rejected")
+                return 0
+        else:  # show
+            identity.sync()
+            ref = args.reference
+            if ref.startswith("Patient/"):
+                with identity.person.read() as c:
+                    person = identity.person.person_of(c, ref)
+                if person is None:
+                    raise UsageError(f"{ref} is not linked to any person")
+            else:
+                person = ref.removeprefix("Person/")
+            evs = []
+        if person is None:
+            person = next((e.data.get("new_person") or e.data.get("target") or e.data["person"]
+                           for e in reversed(evs) if e.event in ("Linked", "Unlinked", "Merged")),
+                          None)
+            if person is None and act in ("link", "review"):
+                with identity.person.read() as c:
+                    person = identity.person.person_of(c, getattr(args, "patient", "") or "")
+        if person is not None:
+            with identity.person.read() as c:
+                person = identity.person.survivor(c, person)
+            sys.stdout.write(orjson.dumps(person_view(identity, store, person),
+                                          option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    finally:
+        identity.close()
+        store.close()
+
+
+COMMANDS["identity"] = cmd_identity
 COMMANDS.update({"connector": _connector_command("cmd_connector"),
                  "deadletter": _connector_command("cmd_deadletter"),
                  "ingest-worker": _connector_command("cmd_ingest_worker")})
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())
+    # run the imported module's main: commands living in other modules raise hub.cli.UsageError,
+    # which must be the class main catches, not a second copy made by `python -m hub.cli`
+    from hub.cli import main as _main
+
+    sys.exit(_main())

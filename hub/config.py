@@ -6,6 +6,7 @@ HUB_HOST/HUB_PORT where `hub serve` listens                                     
 HUB_BASE_URL      public base URL used in links and Location headers            http://HOST:PORT/fhir
 HUB_MAX_BODY      largest accepted request body, bytes                          67108864 (64 MiB)
 HUB_MAX_COUNT     largest page size a client may ask for                        1000
+HUB_MPI_AUTOMATCH `hub serve` matches new and updated Patients as they arrive     1 (0: off)
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class Settings:
     max_body: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_BODY", str(64 << 20))))
     max_count: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_COUNT", "1000")))
     default_count: int = 50
+    # the master patient index links new and updated Patients as they arrive (hub.api.match)
+    mpi_automatch: bool = field(
+        default_factory=lambda: os.environ.get("HUB_MPI_AUTOMATCH", "1") != "0")
 
     @property
     def event_store_path(self) -> Path:

@@ -22,6 +22,10 @@ import pytest
 from hub.config import Settings
 from hub.ingest import Hub
 
+# Servers the tests start do not link Patients in the background: identity decisions would land in
+# the log of every test that writes a Patient. The MPI tests turn it on (HUB_MPI_AUTOMATCH=1).
+os.environ.setdefault("HUB_MPI_AUTOMATCH", "0")
+
 PG_ADMIN = os.environ.get("HUB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgres"]
 

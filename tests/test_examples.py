@@ -90,6 +90,11 @@ def test_every_accepted_example_round_trips(live, examples):
         with httpx.Client(base_url=live.base, timeout=60) as c:
             url = f"/{d['resourceType']}/{d['id']}"
             r = c.put(url, content=raw, headers=FHIR_JSON)
+            if d["resourceType"] == "Person":
+                # the master patient index's view, never written by hand (issue 6)
+                if r.status_code != 405 or r.json()["resourceType"] != "OperationOutcome":
+                    return f"{name}: PUT of a Person gave {r.status_code}, not a 405 outcome"
+                return "refused"
             if r.status_code == 422 and not accepted_by_fhir_resources(raw):
                 return "refused"  # refused by the model too: outside what the hub must take
             if r.status_code not in (200, 201):

@@ -94,4 +94,20 @@ def test_metadata_formats(client):
 
 def test_the_quality_report_operation_is_listed(statement):
     ops = statement["rest"][0].get("operation", [])
-    assert [o["name"] for o in ops] == ["quality-report"]
+    # (other system operations, e.g. the MPI's $mpi-review and $resolve-identifier, follow it)
+    assert [o["name"] for o in ops][:1] == ["quality-report"]
+
+
+def test_the_operations_of_the_mpi_and_terminology_are_listed(statement):
+    """Issues 6 and 7: what a client can discover from /metadata."""
+    rest = statement["rest"][0]
+    system = {o["name"] for o in rest.get("operation", [])}
+    assert {"quality-report", "mpi-review", "resolve-identifier", "unmapped-codes"} <= system
+    by_type = {r["type"]: {o["name"] for o in r.get("operation", [])} for r in rest["resource"]}
+    assert {"match", "everything", "timeline"} <= by_type["Patient"]
+    assert {"everything", "link", "merge", "unmerge"} <= by_type["Person"]
+    assert {"lookup", "validate-code", "subsumes"} <= by_type["CodeSystem"]
+    assert {"expand", "validate-code"} <= by_type["ValueSet"]
+    assert "translate" in by_type["ConceptMap"]
+    person = next(r for r in rest["resource"] if r["type"] == "Person")
+    assert {i["code"] for i in person["interaction"]} == {"read", "search-type"}

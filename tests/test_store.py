@@ -217,3 +217,27 @@ def test_write_side_indexes_rebuild_from_the_log(hub):
     r = hub.execute([Op("PUT", "Patient", pid, {**body, "gender": "other"}, url="x")], ctx,
                     atomic=True)[0]
     assert (r.status, r.version, bool(r.issues)) == (200, 3, True)
+
+
+def test_events_of_some_types_come_in_log_order_page_by_page(hub):
+    """What a projection of a few types reads (``notifications_of``): only those types, in log
+    order, cut at the limit, and the next page starts where the last ended."""
+    kinds = ["Patient", "Observation", "Encounter"] * 7
+    tag = uuid.uuid4().hex[:6]
+    ops = [op("PUT", {"resourceType": k, "id": f"{k[:3].lower()}{tag}{i}",
+                      **({"status": "final", "code": {"text": "x"}} if k == "Observation" else {}),
+                      **({"status": "planned", "class": {"code": "AMB"}} if k == "Encounter" else {})},
+              f"{k[:3].lower()}{tag}{i}") for i, k in enumerate(kinds)]
+    for o in ops:  # one event each, interleaved types
+        assert hub.execute([o], Context(), atomic=True)[0].status == 201
+    want = [n.id for n in hub.store.notifications(1, 1000)
+            if n.originator_id.split("/")[0] in ("Observation", "Encounter")]
+    got, start = [], 1
+    while True:
+        page = hub.store.notifications_of(["Encounter", "Observation"], start, 4)
+        if not page:
+            break
+        assert len(page) <= 4 and [n.id for n in page] == sorted(n.id for n in page)
+        got += [n.id for n in page]
+        start = page[-1].id + 1
+    assert got == want and len(got) == 14

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import orjson
@@ -20,7 +21,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub import resource as res
-from hub.api import bundles, capability, documents, quality, v3
+from hub.api import bundles, capability, documents, quality, terminology, unmapped, v3
+from hub.api import everything as mpi_everything  # issue 6
+from hub.api import identity as mpi_identity  # issue 6
+from hub.api import match as mpi_match  # issue 6: Patient/$match
 from hub.api.history import history_bundle
 from hub.api.limits import BodyLimit
 from hub.api.responses import (
@@ -73,9 +77,20 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         app.state.documents = DocumentService(hub, quarantine)
         runner.start()
         quality.attach(app, settings, follow_store)  # the data-quality projection follows too
+        mpi_identity.attach(app, settings, hub, follow_store)  # issue 6: Person, timeline, audit
+        mpi_match.attach(app, settings, follow_store)  # issue 6: the candidate index of $match
+        unmapped.attach(app, settings, follow_store)  # issue 7: the unmapped-codes worklist
+        terminology.attach(app, settings, follow_store)  # issue 7: the terminology read model
+        app.state.search.terminology = app.state.terminology  # :in, :not-in, :below, :above
+        app.state.search.terminology_sync = partial(
+            quality.sync, app.state.terminology_model, app.state.terminology_runner)
         try:
             yield
         finally:
+            terminology.detach(app)
+            unmapped.detach(app)
+            mpi_match.detach(app)  # issue 6
+            mpi_identity.detach(app)  # issue 6
             quality.detach(app)
             runner.stop()
             index.close()
@@ -92,6 +107,14 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     _install_error_handlers(app)
     # before the FHIR routes: /fhir/{type} would otherwise take /fhir/$quality-report
     app.include_router(quality.router)  # GET /fhir/$quality-report
+    # issue 6: Person (read, search, operations), $everything, $timeline, $mpi-review,
+    # $resolve-identifier; before /fhir/{type}/{id} and /fhir/{type}/{id}/{compartment type}
+    app.include_router(mpi_identity.router)
+    app.include_router(mpi_everything.router)
+    app.include_router(mpi_match.router)  # POST /fhir/Patient/$match (issue 6)
+    # issue 7: /fhir/CodeSystem/$lookup and the other terminology operations
+    app.include_router(terminology.router)
+    app.include_router(unmapped.router)  # GET /fhir/$unmapped-codes (issue 7)
     app.include_router(documents.router)  # POST /cda
     app.include_router(v3.router)  # POST /v3
     _install_routes(app, settings)

@@ -21,7 +21,55 @@ _STARTED = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def statement(app: FastAPI, base: str) -> dict:
-    return _statement(frozenset(_route_names(app.routes)), base)
+    return _with_mpi(frozenset(_route_names(app.routes)), base)  # issue 6: MPI operations added
+
+
+# -- issue 6: the master patient index (hub.api.identity, hub.api.everything) ----------------------
+_HUB_OP = "https://fhir-region-hub.example/OperationDefinition/"
+_MPI_TYPE_OPS = (  # route name, resource type, operation, definition
+    ("patient-match", "Patient", "match", "http://hl7.org/fhir/OperationDefinition/Patient-match"),
+    ("patient-everything", "Patient", "everything",
+     "http://hl7.org/fhir/OperationDefinition/Patient-everything"),
+    ("patient-timeline", "Patient", "timeline", _HUB_OP + "timeline"),
+    ("person-everything", "Person", "everything", _HUB_OP + "person-everything"),
+    ("person-timeline", "Person", "timeline", _HUB_OP + "timeline"),
+    ("person-link", "Person", "link", _HUB_OP + "person-link"),
+    ("person-unlink", "Person", "unlink", _HUB_OP + "person-unlink"),
+    ("person-merge", "Person", "merge", _HUB_OP + "person-merge"),
+    ("person-unmerge", "Person", "unmerge", _HUB_OP + "person-unmerge"),
+    ("person-not-duplicate", "Person", "not-duplicate", _HUB_OP + "person-not-duplicate"),
+)
+_MPI_SYSTEM_OPS = (("mpi-review", "mpi-review"), ("resolve-identifier", "resolve-identifier"),
+                   ("unmapped-codes", "unmapped-codes"))  # the last: issue 7's worklist
+
+
+@lru_cache(maxsize=8)
+def _with_mpi(routed: frozenset[str], base: str) -> dict:
+    import copy
+
+    out = copy.deepcopy(_statement(routed, base))
+    rest = out["rest"][0]
+    by_type = {r["type"]: r for r in rest["resource"]}
+    person = by_type.get("Person")
+    if person is not None and "person-read" in routed:
+        # the golden Person is a projection: read and search, never written through /fhir
+        person["interaction"] = [{"code": "read"}, {"code": "search-type"}]
+        person["readHistory"] = False
+        person["updateCreate"] = False
+        person["conditionalCreate"] = person["conditionalUpdate"] = False
+        person["conditionalDelete"] = "not-supported"
+        person["searchParam"] = [p for p in person["searchParam"]
+                                 if p["name"] in ("identifier", "link", "patient")] + [
+            {"name": "_id", "type": "token"}]
+    for name, rtype, op, definition in _MPI_TYPE_OPS:
+        if name in routed and rtype in by_type:
+            by_type[rtype].setdefault("operation", []).append(
+                {"name": op, "definition": definition})
+    for name, op in _MPI_SYSTEM_OPS:
+        if name in routed:
+            rest.setdefault("operation", []).append({"name": op, "definition": _HUB_OP + op})
+    return out
+# -- end of issue 6 --------------------------------------------------------------------------------
 
 
 def _route_names(routes) -> list[str]:
@@ -44,6 +92,14 @@ def _statement(routed: frozenset[str], base: str) -> dict:
         routed.add("batch")  # one endpoint; Bundle.type picks the semantics
     type_interactions = [{"code": c} for c in _TYPE_LEVEL if c in routed]
     resources = []
+    # issue 7: the terminology operations, routed by hub.api.terminology as "CodeSystem-lookup"
+    # and so on: the ids of their R4 OperationDefinitions
+    operations: dict[str, list[dict]] = {}
+    for name in sorted(routed):
+        rtype, _, op = name.partition("-")
+        if rtype in ("CodeSystem", "ValueSet", "ConceptMap") and op and "-instance" not in op:
+            operations.setdefault(rtype, []).append(
+                {"name": op, "definition": f"http://hl7.org/fhir/OperationDefinition/{name}"})
     for rtype in sorted(res.RESOURCE_TYPES):
         # what the search index answers: every parameter of the type but those of type special
         params = [{"name": code, "type": p.type, "definition": p.url}
@@ -62,6 +118,7 @@ def _statement(routed: frozenset[str], base: str) -> dict:
             "referencePolicy": ["literal", "local"],
             "searchInclude": [f"{rtype}:{c}" for c in refs],
             "searchParam": params,
+            **({"operation": operations[rtype]} if rtype in operations else {}),
         })
     return {
         "resourceType": "CapabilityStatement",

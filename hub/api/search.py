@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from importlib import resources
 
@@ -19,12 +20,18 @@ import orjson
 from hub.api.paging import link
 from hub.config import Settings
 from hub.errors import FhirError, Issue, bad_request
-from hub.events import resource_bytes
 from hub.ingest import Hub
 from hub.store import ResourceStore
 from projections.runner import Runner
 from projections.search.params import params_for
-from projections.search.query import Criterion, Query, RefValue, TokenValue, parse
+from projections.search.query import (
+    TERMINOLOGY_MODIFIERS,
+    Criterion,
+    Query,
+    RefValue,
+    TokenValue,
+    parse,
+)
 from projections.search.sqlite_index import SQLiteSearchIndex
 from projections.search.sqlite_query import SQLiteSearch
 
@@ -37,6 +44,8 @@ class SearchService:
                  settings: Settings):
         self.store, self.index, self.runner, self.settings = store, index, runner, settings
         self.sql = SQLiteSearch(index)
+        self.terminology = None  # a TerminologyService once it runs: :in, :not-in, :below, :above
+        self.terminology_sync: Callable[[], object] | None = None  # its read-your-writes
 
     def sync(self, timeout: float = RYW_TIMEOUT) -> bool:
         """Bring the index up to the log's end as of now (read-your-writes); False on timeout."""
@@ -54,8 +63,11 @@ class SearchService:
               base: str | None = None) -> Query:
         """The plan of a search; ``base`` (the request's base URL) makes absolute references to
         this server local (``{base}/Patient/1`` is ``Patient/1``)."""
+        if self.terminology_sync is not None and any(
+                name.rpartition(":")[2] in TERMINOLOGY_MODIFIERS for name, _ in params):
+            self.terminology_sync()  # a value set or code system just written counts
         q = parse(rtype, params, self.settings.max_count, self.settings.default_count,
-                  base=base or self.settings.base_url)
+                  base=base or self.settings.base_url, terminology=self.terminology)
         if q.ignored and strict:
             raise FhirError(400, "not-supported",
                             f"Unsupported search parameter(s): {', '.join(sorted(set(q.ignored)))}")
@@ -123,6 +135,16 @@ def _subset(raw: bytes, keep) -> dict:
 
 # -- the bundle -----------------------------------------------------------------------------------
 
+def current_bodies(hub: Hub, rows) -> dict[tuple[str, str], tuple[int, bytes]]:
+    """(type, id) -> (version, stored state) of the rows' resources, one query per type (a page
+    read one resource at a time spent most of its time there)."""
+    by_type: dict[str, list[str]] = {}
+    for row in rows:
+        by_type.setdefault(row.rtype, []).append(row.rid)
+    return {(rtype, rid): found for rtype, rids in by_type.items()
+            for rid, found in hub.store.latest_many(rtype, rids).items()}
+
+
 def search_bundle(hub: Hub, service: SearchService, rtype: str, params: list[tuple[str, str]],
                   base: str, settings: Settings, strict: bool,
                   compartment: tuple[str, str] | None = None) -> dict:
@@ -151,11 +173,16 @@ def search_bundle(hub: Hub, service: SearchService, rtype: str, params: list[tup
 
     entries = []
 
-    def add(row, mode: str) -> None:
-        stored = hub.store.latest(row.rtype, row.rid)
-        if stored is None or stored.topic.endswith("Deleted"):
-            return  # changed since the index row was read
-        raw = resource_bytes(stored)
+    seen: set[tuple[str, str]] = set()
+
+    def add(row, mode: str, bodies: dict) -> None:
+        found = bodies.get((row.rtype, row.rid))
+        # deleted since the index row was read; or listed twice (while the index is rebuilt, an
+        # updated resource has a row per version until the rebuild ends)
+        if found is None or (row.rtype, row.rid) in seen:
+            return
+        seen.add((row.rtype, row.rid))
+        raw = found[1].partition(b"\n")[2]  # the stored state: header line, resource JSON
         if mode == "match" and keep is not None:
             body = _subset(raw, keep)
         elif q.summary == "true":
@@ -165,10 +192,13 @@ def search_bundle(hub: Hub, service: SearchService, rtype: str, params: list[tup
         entries.append({"fullUrl": f"{base}/{row.rtype}/{row.rid}", "resource": body,
                         "search": {"mode": mode}})
 
+    bodies = current_bodies(hub, page.rows)
     for row in page.rows:
-        add(row, "match")
-    for row in service.sql.included(page.rows, q.include, q.revinclude, base=base):
-        add(row, "include")
+        add(row, "match", bodies)
+    included = list(service.sql.included(page.rows, q.include, q.revinclude, base=base))
+    bodies = current_bodies(hub, included)
+    for row in included:
+        add(row, "include", bodies)
     if q.ignored:
         entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [
             Issue("not-supported",

@@ -39,7 +39,7 @@ CONTROL = ("_sort", "_count", "_include", "_revinclude", "_total", "_summary", "
            "_cursor", "_format", "_pretty")
 MODIFIERS = {
     "string": {"exact", "contains", "missing"},
-    "token": {"not", "text", "of-type", "missing"},
+    "token": {"not", "text", "of-type", "missing", "in", "not-in", "below", "above"},
     "date": {"missing"}, "number": {"missing"}, "quantity": {"missing"},
     "reference": {"identifier", "missing"},  # plus :Type
     "uri": {"below", "above", "missing"},
@@ -63,6 +63,20 @@ class TokenValue:
     # codes that rows *without* a system also match: ``system`` is fixed by the binding of the
     # parameter's ``code`` elements, which are indexed without it (see fixed_systems)
     bound_codes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """A token criterion the terminology service expanded (``:in``, ``:not-in``, ``:below``,
+    ``:above``): any of the codes, per system. ``unsystemed``: those codes also match rows without
+    a system (a code element whose binding fixes the system, see fixed_systems)."""
+    groups: tuple[tuple[str, tuple[str, ...]], ...]
+    unsystemed: tuple[str, ...] = ()
+
+
+# the most codes one terminology modifier may stand for (each becomes an SQL parameter)
+MAX_EXPANSION = 10_000
+TERMINOLOGY_MODIFIERS = ("in", "not-in", "below", "above")
 
 
 @dataclass(frozen=True)
@@ -327,10 +341,53 @@ def _value(rtype: str, code: str, ptype: str, p: SearchParam | None, modifier: s
     raise Unsupported(f"Search parameter type {ptype!r} is not supported")
 
 
-def parse_criteria(rtype: str, name: str, value: str, base: str | None = None) -> list[Criterion]:
+def expand_token(rtype: str, code: str, modifier: str, value: str, terminology: Any) -> TokenSet:
+    """The codes a terminology modifier stands for, by system (each system also under its other
+    URIs: ``urn:oid:…`` and the canonical URL). Comma alternatives are merged (OR)."""
+    from terminology.service import TerminologyError, TerminologyNotFound
+
+    if terminology is None:
+        raise Unsupported(f":{modifier} needs the terminology service, which is not running here")
+    pairs: set[tuple[str, str]] = set()
+    try:
+        for alt in split_escaped(value, ","):
+            alt = unescape(alt)
+            if modifier in ("in", "not-in"):
+                if not alt:
+                    raise bad_request(f"{code}:{modifier} needs a ValueSet URL")
+                pairs |= terminology.expand_codes(alt, with_aliases=True)
+                continue
+            system, bar, c = alt.partition("|")
+            if not bar or not system or not c:
+                raise bad_request(f"{code}:{modifier} needs system|code, not {alt!r}")
+            codes = (terminology.descendants(system, c) if modifier == "below"
+                     else terminology.ancestors(system, c))
+            for s in terminology.system_aliases(system) | {system}:
+                pairs |= {(s, x) for x in codes}
+            if len(pairs) > MAX_EXPANSION:
+                break
+    except TerminologyNotFound as e:
+        raise bad_request(f"{code}:{modifier}: {e}") from None
+    except TerminologyError as e:
+        raise bad_request(f"{code}:{modifier}: {e}") from None
+    if len(pairs) > MAX_EXPANSION:
+        raise bad_request(f"{code}:{modifier}={value[:200]!r} stands for more than {MAX_EXPANSION} "
+                          "codes; narrow it (a smaller value set or a lower code)")
+    by_system: dict[str, list[str]] = {}
+    for system, c in sorted(pairs):
+        by_system.setdefault(system, []).append(c)
+    unsystemed = set()
+    for system, codes in fixed_systems(rtype, code).items():
+        unsystemed |= set(by_system.get(system, ())) & set(codes)
+    return TokenSet(tuple((s, tuple(cs)) for s, cs in by_system.items()), tuple(sorted(unsystemed)))
+
+
+def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
+                   terminology: Any = None) -> list[Criterion]:
     """The OR alternatives of one ``name=value`` on ``rtype`` (chains and _has included).
 
     ``base``: this server's base URL; absolute references to it mean the local ``Type/id``.
+    ``terminology``: a ``terminology.service.TerminologyService`` for the modifiers that need one.
     """
     if name.startswith("_has:"):
         parts = name.split(":", 3)
@@ -342,7 +399,7 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None) -
         rp = params_for(src).get(ref_param)
         if rp is None or rp.type != "reference":
             raise bad_request(f"{name!r}: {src} has no reference parameter {ref_param!r}")
-        inner = parse_criteria(src, rest, value, base)
+        inner = parse_criteria(src, rest, value, base, terminology)
         return [Criterion("_has", "has", value=Has(src, ref_param, c)) for c in inner]
     head, dot, rest = name.partition(".")
     code, _, modifier = head.partition(":")
@@ -359,13 +416,18 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None) -
             raise bad_request(f"{name!r}: no target type of {code!r} has a parameter {rest_code!r}")
         out = []
         for t in usable:
-            for c in parse_criteria(t, rest, value, base):
+            for c in parse_criteria(t, rest, value, base, terminology):
                 out.append(Criterion(code, "reference", chain=Chain((t,), c)))
         # one Criterion per (target, alternative): OR of them
         return out
     if modifier and modifier not in MODIFIERS.get(ptype, ()):
         if not (ptype == "reference" and modifier[0].isupper() and modifier in _resource_types()):
             raise Unsupported(f"Modifier :{modifier} is not supported on {code!r} ({ptype})")
+    if modifier in TERMINOLOGY_MODIFIERS and ptype == "token":
+        if code in SPECIAL_TYPES:
+            raise bad_request(f"{code}:{modifier} is not meaningful")
+        ts = expand_token(rtype, code, modifier, value, terminology)
+        return [Criterion(code, ptype, "not" if modifier == "not-in" else None, None, ts)]
     alternatives = split_escaped(value, ",") if modifier != "missing" else [value]
     out = []
     for alt in alternatives:
@@ -421,7 +483,8 @@ def _sort(rtype: str, value: str) -> list[SortKey]:
 
 
 def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
-          default_count: int | None = None, base: str | None = None) -> Query:
+          default_count: int | None = None, base: str | None = None,
+          terminology: Any = None) -> Query:
     q = Query(rtype, count=default_count)
     base = base.rstrip("/") if base else None
     for name, value in params:
@@ -454,7 +517,7 @@ def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
                     "_has", *SPECIAL_TYPES, "_tag", "_profile", "_security", "_source"):
                 raise Unsupported(f"{name} is not supported")
             else:
-                group = parse_criteria(rtype, name, value, base)
+                group = parse_criteria(rtype, name, value, base, terminology)
                 if group:
                     q.where.append(group)
         except Unsupported:

@@ -33,6 +33,7 @@ from projections.search.query import (
     QuantityValue,
     RangeValue,
     RefValue,
+    TokenSet,
     TokenValue,
     approx,
 )
@@ -546,7 +547,17 @@ def _plain(c: Criterion) -> bool:
             and c.param not in ("_id", "_lastUpdated"))
 
 
-def _token_test(s: _Sql, v: TokenValue, x: str) -> str:
+def _token_set_test(s: _Sql, v: TokenSet, x: str) -> str:
+    ors = [f"({x}.system = {s.arg(system)} AND {x}.code IN ({', '.join(s.arg(c) for c in codes)}))"
+           for system, codes in v.groups]
+    if v.unsystemed:
+        ors.append(f"({x}.system IS NULL AND {x}.code IN ({', '.join(s.arg(c) for c in v.unsystemed)}))")
+    return "(" + " OR ".join(ors) + ")" if ors else "0"
+
+
+def _token_test(s: _Sql, v: TokenValue | TokenSet, x: str) -> str:
+    if type(v) is TokenSet:
+        return _token_set_test(s, v, x)
     parts = []
     if v.code is not None:
         parts.append(f"{x}.code = {s.arg(v.code)}")

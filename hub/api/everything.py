@@ -1,0 +1,394 @@
+"""Cross-institution record lookup (``$everything``), the patient timeline and the access audit.
+
+Routes (before the generic ``/fhir/{type}/{id}/{compartment type}`` route, which would take them):
+
+- ``GET /fhir/Patient/{id}/$everything``, ``GET /fhir/Person/{id}/$everything``: the records of
+  every Patient linked to the same person, from all institutions. ``_since`` (instant; resources
+  updated since), ``_type`` (comma list of Patient-compartment types), ``_count`` (page size,
+  default 1000, at most 5000), ``institution`` (an operator's one-institution view), ``_cursor``
+  (paging; follow the ``next`` link). A searchset Bundle with ``total``.
+- ``GET /fhir/Person/{id}/$timeline``, ``GET /fhir/Patient/{id}/$timeline``: the person's
+  encounters, diagnoses, results, medications, procedures, documents, allergies and immunizations
+  in time order. ``start`` (inclusive) and ``end`` (a date is its whole period: ``end=2024``
+  ends with 2024), ``kind`` (comma list or repeated: encounter, diagnosis, result, medication,
+  procedure, document, allergy, immunization), ``_count`` (default 1000, at most 5000), ``_cursor``.
+
+**Audit.** Every read of a person's shared record (these, ``GET /fhir/Person/{id}``, Person search
+and ``$resolve-identifier``) writes an ``AuditEvent`` through the hub's normal ingest: the user
+(``X-Hub-User``, else ``anonymous``), the person and the Patients read as entities, the purpose of
+use from ``X-Purpose-Of-Use`` (a v3 PurposeOfUse code, e.g. ``TREAT``), the outcome (0 success,
+4 refused or not found). It is searchable like any resource (``AuditEvent?entity=Person/…``).
+The answer is sent only once its AuditEvent is committed, so no read goes unaudited even if the
+process dies right after; concurrent requests share one commit (``AuditWriter``: a group commit
+of everything queued while the previous commit ran), so the cost is one short write per burst,
+not per request, and the latency of a read grows by one commit (~1 ms on SQLite) at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import queue
+import re
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from hub.api.paging import link
+from hub.api.responses import base_url, check_format, fhir_response
+from hub.errors import FhirError, bad_request
+from hub.fhirtime import parse_range
+from hub.ingest import Context, Hub, Op, now_instant
+from hub.mpi.everything import Scope, SharedRecord, check_types
+from projections.timeline import KINDS
+
+log = logging.getLogger("hub.api.everything")
+router = APIRouter()
+
+DEFAULT_COUNT = 1000
+MAX_COUNT = 5000
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,128}$")
+_USER = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
+# v3 PurposeOfUse (codes of v3-ActReason)
+PURPOSES = {
+    "TREAT", "ETREAT", "CAREMGT", "CLINTRL", "COC", "HPAYMT", "CLMATTCH", "COVAUTH", "COVERAGE",
+    "HOPERAT", "HSYSADMIN", "HMARKT", "HRESCH", "PATRQT", "FAMRQT", "PWATRNY", "SUPNWK",
+    "PUBHLTH", "DISASTER", "THREAT", "HDIRECT", "HLEGAL", "HQUALIMP", "HACCRED", "HCOMPL",
+    "HDM", "HOUTCOMS", "HPRGRP", "HTEST", "TRAIN", "BTG", "ERTREAT", "POPHLTH", "PATADMIN",
+    "PATSFTY", "DONAT", "METAMGT", "SYSDEV", "RECORDMGT",
+}
+ACTREASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+ACCESS_SYSTEM = "https://fhir-region-hub.example/CodeSystem/shared-record-access"
+USER_SYSTEM = "https://fhir-region-hub.example/user"
+_PARAMS_EVERYTHING = {"_since", "_type", "_count", "_cursor", "institution", "_format", "_pretty"}
+_PARAMS_TIMELINE = {"start", "end", "kind", "_count", "_cursor", "institution", "_format",
+                    "_pretty"}
+
+
+# -- the audit --------------------------------------------------------------------------------------
+
+def user_of(request: Request) -> str:
+    u = request.headers.get("x-hub-user")
+    if u and _USER.match(u) and u.strip():
+        return u.strip()
+    return "anonymous"
+
+
+def purpose_of(request: Request) -> str | None:
+    p = request.headers.get("x-purpose-of-use")
+    if p is None:
+        return None
+    p = p.strip().upper()
+    if p not in PURPOSES:
+        raise bad_request("X-Purpose-Of-Use must be a v3 PurposeOfUse code such as TREAT, "
+                          "ETREAT, HPAYMT, HOPERAT, PUBHLTH, HRESCH or PATRQT")
+    return p
+
+
+def audit_event(request: Request, access: str, person: str | list[str] | None,
+                patients: list[str],
+                outcome: str = "0", description: str | None = None,
+                purpose: str | None = None) -> dict:
+    """The AuditEvent of one read of a shared record."""
+    user = user_of(request)
+    recorded, _ = now_instant()
+    entities: list[dict] = []
+    role_patient = {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1",
+                    "display": "Patient"}
+    for one in ([person] if isinstance(person, str) else person or []):
+        entities.append({"what": {"reference": f"Person/{one}"},
+                         "type": {"system": "http://terminology.hl7.org/CodeSystem/"
+                                  "audit-entity-type", "code": "1", "display": "Person"},
+                         "role": role_patient})
+    for p in patients:
+        entities.append({"what": {"reference": p},
+                         "type": {"system": "http://terminology.hl7.org/CodeSystem/"
+                                  "audit-entity-type", "code": "1", "display": "Person"},
+                         "role": role_patient})
+    query = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    entities.append({"type": {"system": "http://terminology.hl7.org/CodeSystem/"
+                              "audit-entity-type", "code": "2", "display": "System Object"},
+                     "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
+                              "code": "24", "display": "Query"},
+                     "query": base64.b64encode(query.encode("utf-8")[:4096]).decode("ascii")})
+    agent: dict[str, Any] = {
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                             "extra-security-role-type", "code": "humanuser",
+                             "display": "human user"}]},
+        "who": {"identifier": {"system": USER_SYSTEM, "value": user}, "display": user},
+        "requestor": True,
+    }
+    if request.client is not None and request.client.host:
+        agent["network"] = {"address": request.client.host[:64], "type": "2"}
+    out: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110",
+                 "display": "Patient Record"},
+        "subtype": [{"system": ACCESS_SYSTEM, "code": access}],
+        "action": "R" if access in ("person-read", "person-search") else "E",
+        "recorded": recorded,
+        "outcome": outcome,
+    }
+    if description:
+        out["outcomeDesc"] = description[:512]
+    if purpose:
+        out["purposeOfEvent"] = [{"coding": [{"system": ACTREASON, "code": purpose}]}]
+    out["agent"] = [agent]
+    out["source"] = {"observer": {"display": "fhir-region-hub"},
+                     "type": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                               "security-source-type", "code": "4",
+                               "display": "Application Server"}]}
+    out["entity"] = entities
+    return out
+
+
+class AuditWriter:
+    """Writes AuditEvents through ``Hub.execute``; a request waits for its own commit, and
+    whatever queued meanwhile goes in the next transaction together (group commit)."""
+
+    def __init__(self, hub: Hub, batch: int = 256):
+        self.hub = hub
+        self.batch = batch
+        self._q: queue.Queue[tuple[dict, Future] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, d: dict) -> Future:
+        fut: Future = Future()
+        self._q.put((d, fut))
+        return fut
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        stop = False
+        while not stop:
+            first = self._q.get()
+            if first is None:
+                return
+            items = [first]
+            while len(items) < self.batch:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                items.append(nxt)
+            ops = [Op("POST", "AuditEvent", d=d, url="AuditEvent") for d, _ in items]
+            ctx = Context(source={"feed": "audit"})
+            try:
+                results = self.hub.execute(ops, ctx, atomic=False)
+            except BaseException as e:  # noqa: BLE001 - handed to every waiting request
+                for _, fut in items:
+                    fut.set_exception(e)
+                continue
+            for (_, fut), r in zip(items, results):
+                if isinstance(r, FhirError):
+                    fut.set_exception(r)
+                else:
+                    fut.set_result(r)
+
+
+async def audited(request: Request, access: str, answer: Callable[[str | None], Any],
+                  scope_of: Callable[[Any], tuple[Any, list[str]]],
+                  asked: tuple[Any, list[str]]) -> Any:
+    """Run ``answer`` (in a thread), then write the AuditEvent and wait for its commit.
+
+    ``scope_of(result)`` names the person and Patients read; ``asked`` what a failed request
+    named. A refused read (4xx) is audited too, with outcome 4, and then answered."""
+    purpose = purpose_of(request)
+    writer: AuditWriter = request.app.state.audit
+    try:
+        result = await run_in_threadpool(answer, purpose)
+    except FhirError as e:
+        person, patients = asked
+        fut = writer.submit(audit_event(request, access, person, patients, "4",
+                                        e.issues[0].diagnostics if e.issues else None, purpose))
+        await asyncio.wrap_future(fut)
+        raise
+    person, patients = scope_of(result)
+    await asyncio.wrap_future(writer.submit(audit_event(request, access, person, patients, "0",
+                                                        purpose=purpose)))
+    return result
+
+
+# -- parameters -------------------------------------------------------------------------------------
+
+def _single(request: Request, allowed: set[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in request.query_params.multi_items():
+        if k not in allowed:
+            raise bad_request(f"Unknown parameter {k[:40]!r}; use " + ", ".join(sorted(allowed)))
+        if len(v) > 1024:
+            raise bad_request(f"{k} is too long")
+        if k in out and k != "kind":
+            raise bad_request(f"{k} is given more than once")
+        out[k] = f"{out[k]},{v}" if k in out else v
+    return out
+
+
+def _count(params: dict[str, str]) -> int:
+    raw = params.get("_count")
+    if raw is None:
+        return DEFAULT_COUNT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_COUNT:
+        raise bad_request(f"_count must be a whole number from 1 to {MAX_COUNT}")
+    return int(raw)
+
+
+def _instant(raw: str, name: str, end: bool = False) -> int:
+    try:
+        lo, hi = parse_range(raw.strip())
+    except ValueError:
+        raise bad_request(f"{name} must be a FHIR date or dateTime, not {raw[:40]!r}") from None
+    return hi if end else lo
+
+
+def _id(rid: str, rtype: str) -> str:
+    if not _ID.match(rid):
+        raise bad_request(f"{rid[:40]!r} is not a valid FHIR id")
+    return rid
+
+
+def _shared(request: Request) -> SharedRecord:
+    shared = getattr(request.app.state, "shared_record", None)
+    if shared is None:
+        raise FhirError(503, "transient", "The master patient index is not running")
+    return shared
+
+
+def _scope(shared: SharedRecord, rtype: str, rid: str, institution: str | None) -> Scope:
+    if rtype == "Person":
+        return shared.scope_of_person(rid, institution)
+    return shared.scope_of_patient(rid, institution)
+
+
+def _bundle(entries: list[tuple[str, str, bytes]], base: str, links: list[dict],
+            total: int | None = None) -> dict:
+    out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if total is not None:
+        out["total"] = total
+    out["link"] = links
+    if entries:
+        out["entry"] = [{"fullUrl": f"{base}/{rt}/{rid}", "resource": orjson.Fragment(body),
+                         "search": {"mode": "match"}} for rt, rid, body in entries]
+    return out
+
+
+def _cursor_int(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise bad_request("_cursor is not one this server gave")
+    return int(raw)
+
+
+def _cursor_tl(raw: str | None) -> tuple[int, str, str] | None:
+    if raw is None:
+        return None
+    try:
+        t, rtype, rid = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        if not isinstance(t, int) or not isinstance(rtype, str) or not isinstance(rid, str):
+            raise ValueError
+        return t, rtype, rid
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise bad_request("_cursor is not one this server gave") from None
+
+
+def _encode_tl(cur: tuple[int, str, str]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(list(cur))).decode().rstrip("=")
+
+
+# -- routes -----------------------------------------------------------------------------------------
+
+async def _everything(request: Request, rtype: str, rid: str) -> Response:
+    check_format(request)
+    params = _single(request, _PARAMS_EVERYTHING)
+    _id(rid, rtype)
+    count = _count(params)
+    since = _instant(params["_since"], "_since") if "_since" in params else None
+    types = check_types(params.get("_type"))
+    after = _cursor_int(params.get("_cursor"))
+    institution = params.get("institution")
+    shared = _shared(request)
+    base = base_url(request, request.app.state.settings.base_url)
+
+    def answer(_purpose):
+        scope = _scope(shared, rtype, rid, institution)
+        entries, nxt, total = shared.everything(scope, since, types, count, after)
+        path = f"{base}/{rtype}/{rid}/$everything"
+        plist = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
+        links = [{"relation": "self", "url": link(path, list(request.query_params.multi_items()))}]
+        if nxt is not None:
+            links.append({"relation": "next", "url": link(path, plist, _cursor=str(nxt))})
+        return scope, _bundle(entries, base, links, total)
+
+    asked = (rid, []) if rtype == "Person" else (None, [f"Patient/{rid}"])
+    scope, body = await audited(request, "everything", answer,
+                                lambda r: (r[0].person, r[0].patients), asked)
+    return fhir_response(body, request=request)
+
+
+async def _timeline(request: Request, rtype: str, rid: str) -> Response:
+    check_format(request)
+    params = _single(request, _PARAMS_TIMELINE)
+    _id(rid, rtype)
+    count = _count(params)
+    start = _instant(params["start"], "start") if "start" in params else None
+    end = _instant(params["end"], "end", end=True) if "end" in params else None
+    kinds = None
+    if "kind" in params:
+        kinds = sorted({k.strip() for k in params["kind"].split(",") if k.strip()})
+        bad = [k for k in kinds if k not in KINDS]
+        if bad or not kinds:
+            raise bad_request(f"kind must be among {', '.join(KINDS)}")
+    after = _cursor_tl(params.get("_cursor"))
+    institution = params.get("institution")
+    shared = _shared(request)
+    base = base_url(request, request.app.state.settings.base_url)
+
+    def answer(_purpose):
+        scope = _scope(shared, rtype, rid, institution)
+        entries, nxt = shared.timeline(scope, start, end, kinds, count, after)
+        path = f"{base}/{rtype}/{rid}/$timeline"
+        plist = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
+        links = [{"relation": "self", "url": link(path, list(request.query_params.multi_items()))}]
+        if nxt is not None:
+            links.append({"relation": "next", "url": link(path, plist, _cursor=_encode_tl(nxt))})
+        return scope, _bundle(entries, base, links)
+
+    asked = (rid, []) if rtype == "Person" else (None, [f"Patient/{rid}"])
+    scope, body = await audited(request, "timeline", answer,
+                                lambda r: (r[0].person, r[0].patients), asked)
+    return fhir_response(body, request=request)
+
+
+@router.get("/fhir/Patient/{rid}/$everything", name="patient-everything")
+async def patient_everything(request: Request, rid: str) -> Response:
+    return await _everything(request, "Patient", rid)
+
+
+@router.get("/fhir/Person/{rid}/$everything", name="person-everything")
+async def person_everything(request: Request, rid: str) -> Response:
+    return await _everything(request, "Person", rid)
+
+
+@router.get("/fhir/Patient/{rid}/$timeline", name="patient-timeline")
+async def patient_timeline(request: Request, rid: str) -> Response:
+    return await _timeline(request, "Patient", rid)
+
+
+@router.get("/fhir/Person/{rid}/$timeline", name="person-timeline")
+async def person_timeline(request: Request, rid: str) -> Response:
+    return await _timeline(request, "Person", rid)

@@ -1,0 +1,528 @@
+"""The master patient index over FHIR: the golden ``Person``, identity operations, the review queue,
+identifier resolution.
+
+Routes (included before the generic ``/fhir/{type}…`` routes, so these answer for Person):
+
+==============================================  ===================================================
+``GET /fhir/Person/{id}``                       the golden person (a projection; audited read)
+``GET /fhir/Person?identifier=|link=|patient=|_id=``  search (``system|value`` or ``value``)
+``PUT/POST/DELETE/PATCH /fhir/Person[/{id}]``   405: a Person is rebuilt from identity events only
+``POST /fhir/Person/$link``                     Parameters ``patient``, ``person`` (absent or
+                                                ``none``: a new person), ``reason``
+``POST /fhir/Person/$unlink``                   ``patient`` (into a new person of its own), ``reason``
+``POST /fhir/Person/$merge``                    ``source``, ``target`` persons, ``reason``
+``POST /fhir/Person/$unmerge``                  ``source`` (the merged person), ``reason``
+``POST /fhir/Person/$not-duplicate``            ``patient``, ``other``, ``reason``
+``GET /fhir/$mpi-review``                       open reviews with score and evidence
+                                                (``status=open|closed|all``, ``_count``)
+``POST /fhir/$mpi-review/{id}/$accept``         optional ``candidate``, ``reason``
+``POST /fhir/$mpi-review/{id}/$reject``         ``reason``
+``GET /fhir/$resolve-identifier``               ``identifier=system|value`` or ``qr=<payload>``:
+                                                the person(s) and all their Patients (audited)
+==============================================  ===================================================
+
+Who decided is the ``X-Hub-User`` header (a named user is required for every decision; a token
+takes its place once the hub has authentication), or the ``by`` parameter without the header.
+Parameter values may be ``valueReference``, ``valueString`` or ``valueId``. Errors are
+OperationOutcomes: 400 malformed, 404 unknown ids, 409 a decision that contradicts another (a
+not-duplicate pair, a merge that stands), 413 bodies over 64 KiB, 415 other content types.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from hub import resource as res
+from hub.api.everything import AuditWriter, audited, purpose_of, user_of
+from hub.api.responses import base_url, check_content_type, check_format, fhir_response
+from hub.config import Settings
+from hub.errors import FhirError, Issue, bad_request, not_found, operation_outcome
+from hub.ingest import Hub
+from hub.mpi.everything import SharedRecord, person_view
+from hub.mpi.identity import IdentityService, patient_ref, person_id
+from hub.mpi.qr import QrError
+from hub.mpi.qr import parse as parse_qr
+from hub.store import ResourceStore
+from projections.person import PersonProjection
+from projections.runner import Runner
+from projections.timeline import TimelineProjection
+
+router = APIRouter()
+MAX_OP_BODY = 64 * 1024
+MAX_SEARCH = 100
+
+
+# -- wiring -----------------------------------------------------------------------------------------
+
+def attach(app: FastAPI, settings: Settings, hub: Hub, follow_store: ResourceStore) -> None:
+    """Open the person and timeline projections, follow the log, start the audit writer."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    person = PersonProjection(settings.data_dir / "person.sqlite")
+    timeline = TimelineProjection(settings.data_dir / "timeline.sqlite")
+    person_runner = Runner(follow_store, person)
+    timeline_runner = Runner(follow_store, timeline)
+    # decisions are taken with the requests' store; the follower keeps the projection current
+    identity = IdentityService(hub.store, person, Runner(hub.store, person))
+    app.state.identity = identity
+    app.state.shared_record = SharedRecord(hub.store, identity, app.state.search, timeline,
+                                           Runner(hub.store, timeline))
+    app.state.audit = AuditWriter(hub)
+    app.state.mpi_runners = [person_runner, timeline_runner]
+    app.state.mpi_models = [person, timeline]
+    person_runner.start()
+    timeline_runner.start()
+
+
+def detach(app: FastAPI) -> None:
+    for r in getattr(app.state, "mpi_runners", None) or ():
+        r.stop()
+    audit = getattr(app.state, "audit", None)
+    if audit is not None:
+        audit.close()
+    for m in getattr(app.state, "mpi_models", None) or ():
+        m.close()
+    app.state.mpi_runners = app.state.mpi_models = None
+    app.state.identity = app.state.shared_record = app.state.audit = None
+
+
+def _identity(request: Request) -> IdentityService:
+    identity = getattr(request.app.state, "identity", None)
+    if identity is None:
+        raise FhirError(503, "transient", "The master patient index is not running")
+    return identity
+
+
+def _base(request: Request) -> str:
+    return base_url(request, request.app.state.settings.base_url)
+
+
+# -- Parameters -------------------------------------------------------------------------------------
+
+async def _parameters(request: Request) -> dict[str, Any]:
+    """name -> value of a Parameters body (references as their reference string)."""
+    check_content_type(request)
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_OP_BODY:
+        raise FhirError(413, "too-costly", f"An identity operation's body is at most "
+                        f"{MAX_OP_BODY} bytes")
+    raw = await request.body()
+    if len(raw) > MAX_OP_BODY:
+        raise FhirError(413, "too-costly", f"An identity operation's body is at most "
+                        f"{MAX_OP_BODY} bytes")
+    if not raw.strip():
+        raise bad_request("The request body is empty; send a Parameters resource")
+    d = res.parse_json(raw)
+    res.check_type(d, "Parameters")
+    res.validate("Parameters", raw, d)
+    out: dict[str, Any] = {}
+    for i, p in enumerate(d.get("parameter") or ()):
+        name = p.get("name")
+        value = None
+        for key in ("valueReference", "valueString", "valueId", "valueCode", "valueBoolean"):
+            if key in p:
+                value = p[key]
+                break
+        if isinstance(value, dict):
+            value = value.get("reference")
+        if value is None:
+            raise bad_request(f"Parameter {name!r} has no value (valueReference, valueString "
+                              "or valueId)", f"Parameters.parameter[{i}]")
+        if name in out:
+            raise bad_request(f"Parameter {name!r} is given more than once",
+                              f"Parameters.parameter[{i}]")
+        out[name] = value
+    return out
+
+
+def _known(params: dict[str, Any], allowed: set[str], required: set[str]) -> None:
+    unknown = sorted(set(params) - allowed - {"by"})
+    if unknown:
+        raise bad_request(f"Unknown parameter {unknown[0][:40]!r}; use "
+                          + ", ".join(sorted(allowed)))
+    missing = sorted(required - set(params))
+    if missing:
+        raise bad_request(f"Parameter {missing[0]!r} is required")
+
+
+def _decider(request: Request, params: dict[str, Any]) -> str:
+    u = user_of(request)
+    if u != "anonymous":
+        return u
+    by = params.get("by")
+    if isinstance(by, str) and by.strip():
+        return by
+    raise FhirError(400, "security", "A manual identity decision needs a named user "
+                    "(X-Hub-User header)")
+
+
+def _person_response(request: Request, identity: IdentityService, pid: str,
+                     status: int = 200) -> Response:
+    body = person_view(identity, identity.store, pid)
+    return fhir_response(body, status, request=request,
+                         headers={"ETag": f'W/"{body["meta"]["versionId"]}"'})
+
+
+def _linked_person(identity: IdentityService, patient: str) -> str:
+    with identity.person.read() as c:
+        pid = identity.person.person_of(c, patient)
+    if pid is None:
+        raise not_found(f"{patient} is not linked to any person")
+    return pid
+
+
+def _event_person(events, key: str) -> str | None:
+    for ev in reversed(events):
+        if key in ev.data:
+            return ev.data[key]
+    return None
+
+
+# -- Person: read, search, not writable ---------------------------------------------------------
+
+@router.api_route("/fhir/Person", methods=["POST", "PUT", "DELETE", "PATCH"],
+                  include_in_schema=False)
+@router.api_route("/fhir/Person/{rid}", methods=["PUT", "DELETE", "PATCH"],
+                  include_in_schema=False)
+async def person_not_writable(request: Request, rid: str | None = None) -> Response:
+    raise FhirError(405, "not-supported", "Person is the master patient index's view, rebuilt "
+                    "from identity events; use $link, $unlink, $merge, $unmerge or "
+                    "$not-duplicate")
+
+
+@router.get("/fhir/Person", name="person-search")
+async def person_search(request: Request) -> Response:
+    check_format(request)
+    identity = _identity(request)
+    allowed = {"_id", "identifier", "link", "patient", "_count", "_format", "_pretty"}
+    crit: dict[str, str] = {}
+    for k, v in request.query_params.multi_items():
+        if k not in allowed:
+            raise bad_request(f"Unknown parameter {k[:40]!r} for Person; use "
+                              + ", ".join(sorted(allowed)))
+        if k in crit or len(v) > 1024:
+            raise bad_request(f"{k} is given more than once or is too long")
+        crit[k] = v
+    count = crit.get("_count", "50")
+    if not count.isdigit() or not 0 <= int(count) <= 1000:
+        raise bad_request("_count must be a whole number from 0 to 1000")
+    base = _base(request)
+
+    def answer(_purpose) -> dict:
+        identity.sync()
+        sets: list[set[str]] = []
+        P = identity.person
+        with P.read() as c:
+            if "_id" in crit:
+                ids = {x.strip() for x in crit["_id"].split(",")}
+                sets.append({x for x in ids if P.person_row(c, x)})
+            for key in ("link", "patient"):
+                if key in crit:
+                    refs = [patient_ref(x.strip().removeprefix(base + "/"), key)
+                            for x in crit[key].split(",")]
+                    sets.append({p for p in (P.person_of(c, r) for r in refs) if p})
+            if "identifier" in crit:
+                found: set[str] = set()
+                for one in crit["identifier"].split(","):
+                    system, value = _token(one)
+                    for rid in identity.store.find_by_identifier("Patient", system, value):
+                        p = P.person_of(c, f"Patient/{rid}")
+                        if p:
+                            found.add(p)
+                sets.append(found)
+        if not sets:
+            raise bad_request("Search Person by _id, identifier, link or patient")
+        matched = sorted(set.intersection(*sets))
+        entries = [{"fullUrl": f"{base}/Person/{pid}",
+                    "resource": person_view(identity, identity.store, pid),
+                    "search": {"mode": "match"}} for pid in matched[:int(count)]]
+        out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
+                               "total": len(matched),
+                               "link": [{"relation": "self",
+                                         "url": f"{base}/Person?{request.url.query}"}]}
+        if entries:
+            out["entry"] = entries
+        return out
+
+    def scope(out: dict) -> tuple[list[str], list[str]]:
+        persons = [e["resource"]["id"] for e in out.get("entry", [])]
+        patients = [x["target"]["reference"] for e in out.get("entry", [])
+                    for x in e["resource"].get("link", [])
+                    if x["target"]["reference"].startswith("Patient/")]
+        return persons, patients
+
+    # a search answers with persons' demographics and links: a read of their records, audited
+    out = await audited(request, "person-search", answer, scope, (None, []))
+    return fhir_response(out, request=request)
+
+
+def _token(one: str) -> tuple[str | None, str]:
+    one = one.strip()
+    if "|" in one:
+        system, value = one.split("|", 1)
+        system = system or None
+    else:
+        system, value = None, one
+    if not value:
+        raise bad_request("identifier needs a value (system|value or value)")
+    return system, value
+
+
+@router.get("/fhir/Person/{rid}", name="person-read")
+async def person_read(request: Request, rid: str) -> Response:
+    check_format(request)
+    identity = _identity(request)
+    if rid in ("_history", "_search"):
+        raise FhirError(405, "not-supported", f"Person/{rid} is not supported: a Person is a "
+                        "projection without history; search with GET /fhir/Person?…")
+    pid = person_id(rid, "id")
+
+    def answer(_purpose):
+        identity.sync()
+        body = person_view(identity, identity.store, pid)
+        return body
+
+    def scope(body):
+        pats = [x["target"]["reference"] for x in body.get("link") or ()
+                if x["target"]["reference"].startswith("Patient/")]
+        return pid, pats
+
+    body = await audited(request, "person-read", answer, scope, (pid, []))
+    return fhir_response(body, request=request,
+                         headers={"ETag": f'W/"{body["meta"]["versionId"]}"'})
+
+
+# -- identity operations ------------------------------------------------------------------------
+
+@router.post("/fhir/Person/$link", name="person-link")
+async def op_link(request: Request) -> Response:
+    params = await _parameters(request)
+    _known(params, {"patient", "person", "reason"}, {"patient"})
+    identity, user = _identity(request), _decider(request, params)
+    person = params.get("person")
+    if isinstance(person, str) and person.strip().lower() in ("none", "new", ""):
+        person = None
+    p = patient_ref(params["patient"])
+
+    def run() -> str:
+        events = identity.link(p, person, user, params.get("reason"))
+        return _event_person(events, "person") or _linked_person(identity, p)
+
+    pid = await run_in_threadpool(run)
+    return _person_response(request, identity, _survivor(identity, pid))
+
+
+def _survivor(identity: IdentityService, pid: str) -> str:
+    with identity.person.read() as c:
+        return identity.person.survivor(c, pid)
+
+
+@router.post("/fhir/Person/$unlink", name="person-unlink")
+async def op_unlink(request: Request) -> Response:
+    params = await _parameters(request)
+    _known(params, {"patient", "reason"}, {"patient"})
+    identity, user = _identity(request), _decider(request, params)
+    p = patient_ref(params["patient"])
+
+    def run() -> str:
+        events = identity.unlink(p, user, params.get("reason"))
+        return _event_person(events, "new_person") or _linked_person(identity, p)
+
+    return _person_response(request, identity, await run_in_threadpool(run))
+
+
+@router.post("/fhir/Person/$merge", name="person-merge")
+async def op_merge(request: Request) -> Response:
+    params = await _parameters(request)
+    _known(params, {"source", "target", "reason"}, {"source", "target"})
+    identity, user = _identity(request), _decider(request, params)
+
+    def run() -> str:
+        events = identity.merge(params["source"], params["target"], user, params.get("reason"))
+        return events[0].data["target"]
+
+    return _person_response(request, identity, await run_in_threadpool(run))
+
+
+@router.post("/fhir/Person/$unmerge", name="person-unmerge")
+async def op_unmerge(request: Request) -> Response:
+    params = await _parameters(request)
+    _known(params, {"source", "reason"}, {"source"})
+    identity, user = _identity(request), _decider(request, params)
+    source = person_id(params["source"], "source")
+
+    def run() -> str:
+        identity.unmerge(source, user, params.get("reason"))
+        return source
+
+    return _person_response(request, identity, await run_in_threadpool(run))
+
+
+@router.post("/fhir/Person/$not-duplicate", name="person-not-duplicate")
+async def op_not_duplicate(request: Request) -> Response:
+    params = await _parameters(request)
+    _known(params, {"patient", "other", "reason"}, {"patient", "other"})
+    identity, user = _identity(request), _decider(request, params)
+    a, b = patient_ref(params["patient"]), patient_ref(params["other"], "other")
+    events = await run_in_threadpool(identity.not_duplicate, a, b, user, params.get("reason"))
+    text = f"{a} and {b} are marked as not the same person" if events else \
+        f"{a} and {b} were already marked as not the same person"
+    return fhir_response(operation_outcome([Issue("informational", text, "information")]),
+                         request=request)
+
+
+# -- the review queue ---------------------------------------------------------------------------
+
+def _review_json(r: dict, base: str) -> dict:
+    return {"id": r["id"], "status": r["status"], "patient": r["patient"],
+            "candidates": r["candidates"], "score": r["score"], "evidence": r["evidence"],
+            "ruleset": r["ruleset"], "opened": r["opened"], "closed": r["closed"],
+            "outcome": r["outcome"], "decidedBy": r["decided_by"],
+            "accept": f"{base}/$mpi-review/{r['id']}/$accept",
+            "reject": f"{base}/$mpi-review/{r['id']}/$reject"}
+
+
+@router.get("/fhir/$mpi-review", name="mpi-review")
+async def review_list(request: Request) -> Response:
+    """The queue as a plain JSON table (like $quality-report): a steward's worklist."""
+    identity = _identity(request)
+    allowed = {"status", "_count", "_cursor", "_pretty", "_format"}
+    params = {}
+    for k, v in request.query_params.multi_items():
+        if k not in allowed:
+            raise bad_request(f"Unknown parameter {k[:40]!r}; use " + ", ".join(sorted(allowed)))
+        params[k] = v
+    status = params.get("status", "open")
+    if status not in ("open", "closed", "all"):
+        raise bad_request("status must be open, closed or all")
+    count = params.get("_count", "100")
+    if not count.isdigit() or not 1 <= int(count) <= 1000:
+        raise bad_request("_count must be a whole number from 1 to 1000")
+    after = params.get("_cursor", "0")
+    if not after.isdigit() or len(after) > 18:
+        raise bad_request("_cursor is not one this server gave")
+    base = _base(request)
+
+    def answer() -> dict:
+        identity.sync()
+        rows = identity.person.reviews(None if status == "all" else status, int(count) + 1,
+                                       int(after))
+        more = len(rows) > int(count)
+        rows = rows[:int(count)]
+        out = {"reviews": [_review_json(r, base) for r in rows]}
+        if more:
+            out["next"] = f"{base}/$mpi-review?status={status}&_count={count}" \
+                          f"&_cursor={rows[-1]['seq']}"
+        return out
+
+    out = await run_in_threadpool(answer)
+    return Response(orjson.dumps(out, option=orjson.OPT_INDENT_2
+                                 if params.get("_pretty") == "true" else 0),
+                    media_type="application/json")
+
+
+@router.post("/fhir/$mpi-review/{rid}/$accept", name="mpi-review-accept")
+async def review_accept(request: Request, rid: str) -> Response:
+    params = await _parameters(request) if await request.body() else {}
+    _known(params, {"candidate", "reason"}, set())
+    identity, user = _identity(request), _decider(request, params)
+    _review_id(rid)
+
+    def run() -> str:
+        events = identity.accept_review(rid, user, params.get("candidate"), params.get("reason"))
+        return _event_person([e for e in events if e.event == "Linked"], "person")
+
+    return _person_response(request, identity, _survivor(identity, await run_in_threadpool(run)))
+
+
+@router.post("/fhir/$mpi-review/{rid}/$reject", name="mpi-review-reject")
+async def review_reject(request: Request, rid: str) -> Response:
+    params = await _parameters(request) if await request.body() else {}
+    _known(params, {"reason"}, set())
+    identity, user = _identity(request), _decider(request, params)
+    _review_id(rid)
+    await run_in_threadpool(identity.reject_review, rid, user, params.get("reason"))
+    return fhir_response(operation_outcome([Issue(
+        "informational", f"Review {rid} rejected: the pair(s) are marked as not the same person",
+        "information")]), request=request)
+
+
+def _review_id(rid: str) -> None:
+    if not (1 <= len(rid) <= 64 and rid.isalnum()):
+        raise not_found(f"Review {rid[:40]!r} is not known")
+
+
+# -- identifier resolution ----------------------------------------------------------------------
+
+@router.get("/fhir/$resolve-identifier", name="resolve-identifier")
+async def resolve_identifier(request: Request) -> Response:
+    check_format(request)
+    identity = _identity(request)
+    params: dict[str, str] = {}
+    for k, v in request.query_params.multi_items():
+        if k not in ("identifier", "qr", "_format", "_pretty"):
+            raise bad_request(f"Unknown parameter {k[:40]!r}; use identifier or qr")
+        if k in params or len(v) > 1024:
+            raise bad_request(f"{k} is given more than once or is too long")
+        params[k] = v
+    if ("identifier" in params) == ("qr" in params):
+        raise bad_request("Give exactly one of identifier=system|value and qr=<payload>")
+    if "qr" in params:
+        try:
+            system, value = parse_qr(params["qr"]).identifier
+        except QrError as e:
+            raise bad_request(f"qr: {e}") from None
+    else:
+        system, value = _token(params["identifier"])
+    base = _base(request)
+    purpose_of(request)  # a malformed purpose is refused before anything is read
+
+    def answer(_purpose) -> tuple[list[str], list[str], dict]:
+        identity.sync()
+        rids = identity.store.find_by_identifier("Patient", system, value)
+        P = identity.person
+        persons: list[str] = []
+        patients: list[str] = []
+        with P.read() as c:
+            for rid in rids:
+                ref = f"Patient/{rid}"
+                person = P.person_of(c, ref)
+                if person is None:
+                    if ref not in patients:
+                        patients.append(ref)
+                    continue
+                if person not in persons:
+                    persons.append(person)
+                    patients += [x for x in P.patients(c, person) if x not in patients]
+        entries = [{"fullUrl": f"{base}/Person/{pid}",
+                    "resource": person_view(identity, identity.store, pid),
+                    "search": {"mode": "match"}} for pid in persons]
+        bodies = identity.store.latest_many("Patient", [p.split("/", 1)[1] for p in patients])
+        for p in patients:
+            found = bodies.get(p.split("/", 1)[1])
+            if found is not None:
+                entries.append({"fullUrl": f"{base}/{p}",
+                                "resource": orjson.Fragment(found[1].partition(b"\n")[2]),
+                                "search": {"mode": "include"}})
+        out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
+                               "total": len(persons) or len(patients),
+                               "link": [{"relation": "self", "url": f"{base}/$resolve-identifier"}]}
+        if entries:
+            out["entry"] = entries
+        return persons, patients, out
+
+    persons, patients, out = await audited(
+        request, "resolve-identifier", answer,
+        lambda r: (r[0], r[1]), (None, []))
+    if len(persons) > 1:  # one identifier, several persons: say so (and audit them all above)
+        out.setdefault("entry", []).append({"resource": operation_outcome([Issue(
+            "multiple-matches", f"The identifier belongs to {len(persons)} persons; they may "
+            "need a merge", "warning")]), "search": {"mode": "outcome"}})
+    return fhir_response(out, request=request)
+
+
+__all__ = ["router", "attach", "detach"]

@@ -1,0 +1,195 @@
+"""``POST /fhir/Patient/$match``: the R4 operation, answered by the master patient index's matcher.
+
+The body is a ``Parameters`` resource with ``resource`` (the Patient to match, required, once),
+``onlyCertainMatches`` (boolean: only ``certain`` candidates) and ``count`` (the most results,
+1..``HUB_MAX_COUNT``). The answer is a ``searchset`` Bundle, best first, each entry the stored
+Patient with ``search.mode = match``, ``search.score`` (the posterior probability, 0..1) and the
+``match-grade`` extension (``certain`` | ``probable`` | ``possible``). Candidates come from the
+identity-candidates read model (``projections.identity_candidates``), brought up to the log's end
+as of the request (read-your-writes, bounded at 5 s). Bad input is a 400 OperationOutcome. The
+operation only answers: it decides and records nothing. Unless ``HUB_MPI_AUTOMATCH=0``, the
+server also runs the incremental matcher (``hub.mpi.incremental``), whose decisions go to the identity
+service (``IdentityService.auto_decide_many``, a batch at a time) as they arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from hub import resource as res
+from hub.api.responses import base_url, check_content_type, check_format, fhir_response
+from hub.config import Settings
+from hub.errors import FhirError, bad_request
+from hub.events import resource_bytes
+from hub.mpi import weights as W
+from hub.mpi.incremental import IncrementalMatcher, blocked_from_pairs
+from hub.mpi.matcher import Matcher
+from hub.mpi.normalise import features
+from hub.store import ResourceStore
+from projections.identity_candidates import IdentityCandidates
+from projections.runner import Runner
+
+log = logging.getLogger("hub.api.match")
+router = APIRouter()
+MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
+RYW_TIMEOUT = 5.0
+_PARAMS = {"resource", "onlyCertainMatches", "count"}
+
+
+def attach(app: FastAPI, settings: Settings, store: ResourceStore) -> None:
+    """Open the candidate index and follow the log in the background."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    index = IdentityCandidates(settings.data_dir / "identity-candidates.sqlite")
+    runner = Runner(store, index)
+    app.state.mpi_candidates = index
+    app.state.mpi_candidates_runner = runner
+    app.state.mpi_matcher = Matcher(index, W.load(settings.data_dir))
+    runner.start()
+    identity = getattr(app.state, "identity", None)  # hub.api.identity's IdentityService
+    app.state.mpi_incremental_runner = None
+    if identity is not None and settings.mpi_automatch:
+        # New and updated Patients matched as they arrive; the matcher's decisions ("link":
+        # linked automatically, "review": the review queue, "new") are recorded by the identity
+        # service as identity events (IdentityService.auto_decide_many: a batch of the log's
+        # Patients, one commit).
+        follower = IncrementalMatcher(index, app.state.mpi_matcher, identity.auto_decide,
+                                      blocked_from_pairs(identity.blocked_pairs),
+                                      decide_many=identity.auto_decide_many)
+        app.state.mpi_incremental_runner = Runner(store, follower)
+        app.state.mpi_incremental_runner.start()
+
+
+def detach(app: FastAPI) -> None:
+    runner = getattr(app.state, "mpi_candidates_runner", None)
+    index = getattr(app.state, "mpi_candidates", None)
+    follower = getattr(app.state, "mpi_incremental_runner", None)
+    if follower is not None:
+        follower.stop()
+    if runner is not None:
+        runner.stop()
+    if index is not None:
+        index.close()
+    app.state.mpi_candidates_runner = app.state.mpi_candidates = app.state.mpi_matcher = None
+
+
+def sync(index: IdentityCandidates, runner: Runner, timeout: float = RYW_TIMEOUT) -> bool:
+    target = runner.store.max_notification_id()
+    deadline = time.monotonic() + timeout
+    while index.position() < target:
+        if time.monotonic() > deadline:
+            log.warning("identity-candidates lags the log (%s < %s)", index.position(), target)
+            return False
+        if not runner.step():
+            time.sleep(0.005)
+    if index.bulk:  # a rebuild was interrupted: candidates need the key index
+        index.caught_up()
+    return True
+
+
+def parse(body: Any, max_count: int) -> tuple[dict, bool, int | None]:
+    """(the Patient, onlyCertainMatches, count) of a $match Parameters body; 400 for mistakes."""
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise bad_request("$match takes a Parameters resource")
+    params = body.get("parameter")
+    if not isinstance(params, list) or not params:
+        raise bad_request("Parameters.parameter is missing", "Parameters.parameter")
+    patient, only, count = None, False, None
+    seen: set[str] = set()
+    for i, p in enumerate(params):
+        where = f"Parameters.parameter[{i}]"
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            raise bad_request("each parameter needs a name", where)
+        name = p["name"]
+        if name not in _PARAMS:
+            raise bad_request(f"unknown parameter {name[:40]!r} for $match; use resource, "
+                              "onlyCertainMatches, count", where)
+        if name in seen:
+            raise bad_request(f"{name} is given more than once", where)
+        seen.add(name)
+        if name == "resource":
+            r = p.get("resource")
+            if not isinstance(r, dict) or r.get("resourceType") != "Patient":
+                raise bad_request("resource must be a Patient", where + ".resource")
+            patient = r
+        elif name == "onlyCertainMatches":
+            if not isinstance(p.get("valueBoolean"), bool):
+                raise bad_request("onlyCertainMatches needs a valueBoolean", where)
+            only = p["valueBoolean"]
+        else:
+            v = p.get("valueInteger", p.get("valuePositiveInt"))
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= max_count:
+                raise bad_request(f"count must be an integer from 1 to {max_count}", where)
+            count = v
+    if patient is None:
+        raise bad_request("the resource parameter (a Patient) is required", "Parameters.parameter")
+    _check_patient(patient)
+    return patient, only, count
+
+
+def _check_patient(p: dict) -> None:
+    """The parts the matcher reads must have their FHIR JSON types (the rest is not read)."""
+    for key, kind in (("name", list), ("identifier", list), ("telecom", list), ("address", list),
+                      ("gender", str), ("birthDate", str)):
+        if key in p and not isinstance(p[key], kind):
+            raise bad_request(f"Patient.{key} must be a{'n array' if kind is list else ' string'}",
+                              f"Parameters.parameter.resource.{key}")
+    if "gender" in p and p["gender"] not in ("male", "female", "other", "unknown"):
+        raise bad_request("Patient.gender must be male, female, other or unknown",
+                          "Parameters.parameter.resource.gender")
+    if not any(p.get(k) for k in ("name", "identifier", "telecom", "birthDate")):
+        raise bad_request("the Patient has nothing to match on (name, identifier, telecom, birthDate)",
+                          "Parameters.parameter.resource")
+
+
+@router.post("/fhir/Patient/$match", name="patient-match")
+async def patient_match(request: Request) -> Response:
+    check_format(request)
+    check_content_type(request)
+    settings: Settings = request.app.state.settings
+    raw = await request.body()
+    if not raw.strip():
+        raise bad_request("The request body is empty")
+    body = res.parse_json(raw)
+    patient, only_certain, count = parse(body, settings.max_count)
+    index: IdentityCandidates | None = getattr(request.app.state, "mpi_candidates", None)
+    runner: Runner | None = getattr(request.app.state, "mpi_candidates_runner", None)
+    matcher: Matcher | None = getattr(request.app.state, "mpi_matcher", None)
+    if index is None or runner is None or matcher is None:
+        raise FhirError(503, "transient", "The master patient index is not running")
+    hub = request.app.state.hub
+    f = features({**patient, "id": "$match"})  # the query is no indexed Patient
+
+    def answer() -> list[tuple[Any, Any]]:
+        sync(index, runner)
+        ranked = matcher.match(f)
+        if only_certain:
+            ranked = [c for c in ranked if c.grade == "certain"]
+        out = []
+        for c in ranked:
+            if count is not None and len(out) >= count:
+                break
+            rtype, _, rid = c.ref.partition("/")
+            stored = hub.store.latest(rtype, rid)
+            if stored is None or stored.topic.endswith("Deleted"):
+                continue  # deleted since the index read
+            out.append((c, resource_bytes(stored)))
+        return out
+
+    found = await run_in_threadpool(answer)
+    base = base_url(request, settings.base_url)
+    entries = [{
+        "fullUrl": f"{base}/{c.ref}",
+        "resource": orjson.Fragment(body_bytes),
+        "search": {"extension": [{"url": MATCH_GRADE, "valueCode": c.grade}],
+                   "mode": "match", "score": round(c.score, 6)},
+    } for c, body_bytes in found]
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
+              "link": [{"relation": "self", "url": f"{base}/Patient/$match"}], "entry": entries}
+    return fhir_response(bundle, request=request)

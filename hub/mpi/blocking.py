@@ -1,0 +1,82 @@
+"""Blocking: the keys under which a Patient's candidates are looked up.
+
+A Patient is compared only with Patients sharing at least one key (``keys``): its resident ID number,
+the birth-date-and-sequence digits of that number (a mistyped region code or check character still
+meets), its health card and other institution-independent identifiers, each phone, the pinyin of the
+name with the birth year (homophones and swapped days meet), birth date + sex + surname, and birth
+date + sex + district (a newborn registered without a name of its own). Keys are stored as 64-bit
+hashes. A block larger than its cap (``data/blocking.json``) is not dropped silently: the first
+``cap`` members are compared, an alert is counted per key kind and logged (the kind and size only,
+never the value: no personal data in logs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import Counter
+from functools import lru_cache
+from typing import Any
+
+from hub.mpi.normalise import DATA
+
+log = logging.getLogger("hub.mpi.blocking")
+KINDS = ("id", "idseq", "hc", "oid", "ph", "py", "bds", "bdd")
+
+
+@lru_cache(maxsize=1)
+def caps() -> dict[str, int]:
+    return json.loads((DATA / "blocking.json").read_text(encoding="utf-8"))["caps"]
+
+
+def key_hash(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def keys(f: dict[str, Any]) -> list[tuple[str, str]]:
+    """(kind, key) pairs of a Patient's features, without repeats."""
+    out: list[tuple[str, str]] = []
+    idno = f.get("id")
+    if idno and f.get("ids") in ("valid", "invalid"):  # someone else's number blocks nothing
+        out.append(("id", idno))
+        out.append(("idseq", idno[6:17]))
+    if f.get("hc"):
+        out.append(("hc", f["hc"]))
+    for o in f.get("oid") or ():
+        out.append(("oid", o))
+    for p in f.get("ph") or ():
+        out.append(("ph", p))
+    bd, sex = f.get("bd"), f.get("sex")
+    if f.get("py") and bd:
+        out.append(("py", f"{f['py']}|{bd[:4]}"))
+    if bd and sex and f.get("fam"):
+        out.append(("bds", f"{bd}|{sex}|{f['fam']}"))
+    if bd and sex and f.get("dist"):
+        out.append(("bdd", f"{bd}|{sex}|{f['dist']}"))
+    return list(dict.fromkeys(out))
+
+
+def hashed(f: dict[str, Any]) -> list[tuple[str, int]]:
+    """(kind, 64-bit hash of kind:key) of a Patient's keys."""
+    return [(kind, key_hash(f"{kind}:{key}")) for kind, key in keys(f)]
+
+
+class BlockAlerts:
+    """Blocks found over their cap, counted per key kind (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def over_cap(self, kind: str, cap: int) -> None:
+        with self._lock:
+            self.counts[kind] += 1
+            n = self.counts[kind]
+        if n & (n - 1) == 0:  # 1st, 2nd, 4th, 8th ... time: the log stays readable
+            log.warning("blocking: a %r block has more than %d members; only %d compared "
+                        "(%d such blocks so far)", kind, cap, cap, n)
+
+
+ALERTS = BlockAlerts()  # of this process; the candidate index reports into it

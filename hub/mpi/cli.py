@@ -1,0 +1,129 @@
+"""``hub mpi train|rematch``: weights from the platform's own data, and a re-match of everything.
+
+``train [--sample N]`` brings the identity-candidates read model up to the log's end, estimates
+Fellegi-Sunter weights from a sample of it (``hub.mpi.train``), writes them as the next version into
+``$HUB_DATA_DIR/mpi/weights-<version>.json`` and prints the m/u table. ``rematch`` matches every
+indexed Patient again and hands the decisions (link / review / new) to the identity service
+(``IdentityService.auto_decide_many``: batched, one commit per up to 1,000 decisions), with a
+progress bar; ``--dry-run`` only counts, ``--out FILE``
+writes the decisions as JSON lines.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import orjson
+
+
+def add_parsers(sub: Any, common: Any) -> None:
+    p = sub.add_parser("mpi", parents=[common], help="master patient index: train weights, re-match")
+    msub = p.add_subparsers(dest="mpi_action", required=True)
+    t = msub.add_parser("train", parents=[common],
+                        help="estimate matching weights from the indexed Patients (new version)")
+    t.add_argument("--sample", type=int, default=20000, help="Patients sampled (default 20000)")
+    r = msub.add_parser("rematch", parents=[common], help="match every Patient again")
+    r.add_argument("--dry-run", action="store_true", help="count the decisions, record nothing")
+    r.add_argument("--out", help="also write each decision as a JSON line to this file")
+    r.add_argument("--weights", help="weights version (default: the newest)")
+
+
+def _index(settings: Any, store: Any):
+    from tqdm import tqdm
+
+    from projections.identity_candidates import IdentityCandidates
+    from projections.runner import Runner
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    index = IdentityCandidates(settings.data_dir / "identity-candidates.sqlite")
+    runner = Runner(store, index)
+    lag = runner.lag()
+    with tqdm(total=lag, unit=" events", desc="identity-candidates", disable=not sys.stderr.isatty()) as bar:
+        runner.catch_up(progress=bar.update)
+    if index.bulk:
+        index.caught_up()
+    return index
+
+
+def _identity_decide(settings: Any, store: Any):
+    """``(auto_decide_many, blocked_pairs, close)`` of the identity service (issue 6,
+    hub.mpi.identity), or None when it is not there."""
+    try:
+        from hub.mpi.identity import IdentityService
+        from projections.person import PersonProjection
+        from projections.runner import Runner
+    except ImportError:
+        return None
+    person = PersonProjection(settings.data_dir / "person.sqlite")
+    service = IdentityService(store, person, Runner(store, person))
+    return service.auto_decide_many, service.blocked_pairs, person.close
+
+
+def cmd_mpi(args: Any, settings: Any, open_store: Any, usage_error: type[Exception]) -> int:
+    from tqdm import tqdm
+
+    from hub.mpi import train, weights
+    from hub.mpi.incremental import blocked_from_pairs, rematch_all
+    from hub.mpi.matcher import Matcher
+
+    store = open_store(settings, existing=True)
+    index = None
+    try:
+        index = _index(settings, store)
+        if args.mpi_action == "train":
+            if args.sample < 100:
+                raise usage_error("--sample must be at least 100")
+            with tqdm(total=min(args.sample, index.size()), unit=" Patients", desc="sampled pairs",
+                      disable=not sys.stderr.isatty()) as bar:
+                try:
+                    w, path = train.run(index, settings.data_dir, args.sample, progress=bar.update)
+                except ValueError as e:
+                    raise usage_error(str(e)) from None
+            print(w.table_text())
+            print(f"written {path}")
+            return 0
+        try:
+            w = weights.load(settings.data_dir, args.weights)
+        except ValueError as e:
+            raise usage_error(str(e)) from None
+        matcher = Matcher(index, w)
+        out = open(args.out, "wb") if args.out else None
+        service = None if args.dry_run else _identity_decide(settings, store)
+        if service is None and not args.dry_run:
+            print("no identity service here: decisions are counted, not recorded", file=sys.stderr)
+
+        def written(decisions):
+            for d in decisions:
+                ref, decision, candidates, score, _, ruleset = d
+                out.write(orjson.dumps({"patient": ref, "decision": decision, "candidates": candidates,
+                                        "score": score, "ruleset": ruleset}) + b"\n")
+                yield d
+
+        def decide_many(decisions):
+            if out is not None:
+                decisions = written(decisions)
+            if service is not None:
+                service[0](decisions)  # batched: one commit per up to 1,000 decisions
+            else:
+                for _ in decisions:
+                    pass
+
+        blocked = blocked_from_pairs(service[1]) if service is not None else None
+        try:
+            with tqdm(total=index.size(), unit=" Patients", desc="rematch",
+                      disable=not sys.stderr.isatty()) as bar:
+                counts = rematch_all(index, matcher, None, blocked, progress=bar.update,
+                                     decide_many=decide_many)
+        finally:
+            if out is not None:
+                out.close()
+            if service is not None:
+                service[2]()
+        print(f"rematch with weights {w.version}: {counts['link']} linked, {counts['review']} to review, "
+              f"{counts['new']} new; blocks over their cap: {dict(index.alerts.counts)}")
+        return 0
+    finally:
+        if index is not None:
+            index.close()
+        store.close()

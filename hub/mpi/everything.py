@@ -1,0 +1,299 @@
+"""The shared record: a person's Patients and their records across institutions.
+
+- ``person_view``: the golden person as a FHIR ``Person``, built from the person projection (links
+  and their assurance, merges) and the linked Patients' current versions (identifiers, and name,
+  gender, birth date, telecom and address of the most assured Patient);
+- ``SharedRecord.everything``: every resource in the Patient compartment of each of the person's
+  Patients, answered from the search index in one query (the compartment's reference parameters
+  of every type, from ``hub.api.search.compartment_group``, over the Patients' references), paged
+  by the index key, bodies read in bulk from the event store;
+- ``SharedRecord.timeline``: the timeline projection read for the person's Patients.
+
+Which Patients make a person is always resolved when asked, so every view follows relinks, merges
+and unmerges at once. AuditEvents are in the Patient compartment (they name the Patient whose
+record was read) but are access metadata, not the record: ``$everything`` leaves them out unless
+``_type`` names them.
+
+An operator's one-institution view (``institution=``) keeps the Patients that institution holds:
+a Patient belongs to the institution named in the source of its current event (``X-Hub-Source-
+Institution``, what connectors send) or to the Organization of its ``managingOrganization`` (id or
+``Organization/id``), or of an identifier's ``assigner``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from hub.api.search import SearchService, compartment_group, patient_compartment
+from hub.errors import FhirError, bad_request, not_found
+from hub.mpi.identity import IdentityService
+from hub.store import ResourceStore
+from projections.runner import Runner
+from projections.timeline import TimelineProjection
+
+EXCLUDED_BY_DEFAULT = ("AuditEvent",)
+ASSURANCE_RANK = {"level4": 4, "level3": 3, "level2": 2, "level1": 1}
+DEMOGRAPHICS = ("name", "telecom", "gender", "birthDate", "address")
+
+
+def body_of(state: bytes) -> bytes:
+    return state.partition(b"\n")[2]
+
+
+def sync(model: Any, runner: Runner, timeout: float = 5.0) -> bool:
+    """Bring a projection up to the log's end as of now (read-your-writes, bounded)."""
+    target = runner.store.max_notification_id()
+    deadline = time.monotonic() + timeout
+    while model.position() < target:
+        if time.monotonic() > deadline:
+            return False
+        if not runner.step():
+            time.sleep(0.002)
+    return True
+
+
+# -- the Person view ------------------------------------------------------------------------------
+
+def person_view(identity: IdentityService, store: ResourceStore, pid: str) -> dict:
+    """The FHIR Person of golden person ``pid`` (404 if unknown)."""
+    P = identity.person
+    with P.read() as c:
+        row = P.person_row(c, pid)
+        if row is None:
+            raise not_found(f"Person/{pid} is not known")
+        links = P.links(c, pid) if row["merged_into"] is None else []
+    out: dict[str, Any] = {"resourceType": "Person", "id": pid,
+                           "meta": {"versionId": str(row["version"]),
+                                    "lastUpdated": row["updated"]}}
+    if row["merged_into"] is not None:
+        out["active"] = False
+        out["link"] = [{"target": {"reference": f"Person/{row['merged_into']}"},
+                        "assurance": "level4"}]
+        return out
+    ids = [x["patient"].split("/", 1)[1] for x in links]
+    current = store.latest_many("Patient", ids)
+    idents, seen = [], set()
+    best: tuple | None = None
+    for x, rid in zip(links, ids):
+        found = current.get(rid)
+        if found is None:
+            continue
+        d = orjson.loads(body_of(found[1]))
+        for ident in d.get("identifier") or ():
+            if not isinstance(ident, dict):
+                continue
+            key = (ident.get("system"), ident.get("value"))
+            if key not in seen and ident.get("value"):
+                seen.add(key)
+                idents.append(ident)
+        rank = (ASSURANCE_RANK.get(x["assurance"], 0), d.get("meta", {}).get("lastUpdated", ""))
+        if best is None or rank > best[0]:
+            best = (rank, d)
+    if idents:
+        out["identifier"] = idents
+    if best is not None:
+        for k in DEMOGRAPHICS:
+            if k in best[1]:
+                out[k] = best[1][k]
+    out["active"] = bool(links)
+    if links:
+        out["link"] = [{"target": {"reference": x["patient"]}, "assurance": x["assurance"]}
+                       for x in links]
+    return out
+
+
+# -- the shared record ----------------------------------------------------------------------------
+
+@dataclass
+class Scope:
+    """What a shared-record read covers: the person (None: a Patient outside the index) and the
+    Patients (``Patient/id``) after the institution filter."""
+
+    person: str | None
+    patients: list[str]
+    all_patients: list[str]
+
+
+class SharedRecord:
+    def __init__(self, store: ResourceStore, identity: IdentityService, search: SearchService,
+                 timeline: TimelineProjection, timeline_runner: Runner):
+        self.store, self.identity, self.search = store, identity, search
+        self.timeline_model, self.timeline_runner = timeline, timeline_runner
+        self._pids: dict[tuple[str, ...], tuple[tuple, set[int]]] = {}
+
+    # -- scope ------------------------------------------------------------------------------------
+
+    def scope_of_person(self, pid: str, institution: str | None = None) -> Scope:
+        self.identity.sync()
+        P = self.identity.person
+        with P.read() as c:
+            if P.person_row(c, pid) is None:
+                raise not_found(f"Person/{pid} is not known")
+            survivor = P.survivor(c, pid)
+            patients = P.patients(c, survivor)
+        return self._scope(survivor, patients, institution)
+
+    def scope_of_patient(self, rid: str, institution: str | None = None) -> Scope:
+        if not self.store.current_ids("Patient", [rid]):
+            raise not_found(f"Patient/{rid} is not known (or was deleted)")
+        self.identity.sync()
+        P = self.identity.person
+        with P.read() as c:
+            person = P.person_of(c, f"Patient/{rid}")
+            patients = P.patients(c, person) if person else [f"Patient/{rid}"]
+        return self._scope(person, patients, institution)
+
+    def _scope(self, person: str | None, patients: list[str], institution: str | None) -> Scope:
+        ids = [p.split("/", 1)[1] for p in patients]
+        current = self.store.latest_many("Patient", ids)
+        live = [p for p, i in zip(patients, ids) if i in current]
+        kept = live
+        if institution is not None:
+            kept = [p for p in live
+                    if institution in institutions_of(current[p.split("/", 1)[1]][1])]
+        return Scope(person, kept, live)
+
+    # -- $everything --------------------------------------------------------------------------------
+
+    def everything(self, scope: Scope, since_us: int | None, types: list[str] | None,
+                   count: int, after_pk: int | None) -> tuple[list[tuple[str, str, bytes]],
+                                                            int | None, int]:
+        """(entries (rtype, rid, body), next cursor, total) of one page."""
+        if not scope.patients:
+            return [], None, 0
+        self.search.sync()
+        wanted = [t for t in patient_compartment() if t not in EXCLUDED_BY_DEFAULT] \
+            if types is None else types
+        targets = scope.patients
+        ids = [p.split("/", 1)[1] for p in targets]
+        sql = self.search.sql
+        with self.search.index.datastore.transaction(commit=False) as c:
+            pids = self._compartment_pids(c, sql, tuple(wanted))
+            parts, args = [], []
+            if pids:
+                parts.append(f"SELECT r.pk FROM ix_reference r WHERE r.p IN "
+                             f"({','.join('?' * len(pids))}) AND r.target IN "
+                             f"({','.join('?' * len(targets))})")
+                args += [*sorted(pids), *targets]
+            if "Patient" in wanted:
+                parts.append(f"SELECT pk FROM sp_res WHERE rtype='Patient' AND rid IN "
+                             f"({','.join('?' * len(ids))})")
+                args += ids
+            if not parts:
+                return [], None, 0
+            where = [f"s.pk IN ({' UNION '.join(parts)})",
+                     f"s.rtype IN ({','.join('?' * len(wanted))})"]
+            args += wanted
+            if since_us is not None:
+                where.append("s.updated >= ?")
+                args.append(since_us)
+            base_sql = "FROM sp_res s WHERE " + " AND ".join(where)
+            c.execute("SELECT COUNT(*) " + base_sql, args)
+            total = c.fetchone()[0]
+            page_where = ""
+            page_args = list(args)
+            if after_pk is not None:
+                page_where = " AND s.pk > ?"
+                page_args.append(after_pk)
+            c.execute(f"SELECT s.pk, s.rtype, s.rid {base_sql}{page_where} ORDER BY s.pk LIMIT ?",
+                      [*page_args, count + 1])
+            rows = [tuple(r) for r in c.fetchall()]
+        more = len(rows) > count
+        rows = rows[:count]
+        bodies = self._bodies([(r[1], r[2]) for r in rows])
+        entries = [(rt, rid, bodies[(rt, rid)]) for _, rt, rid in rows if (rt, rid) in bodies]
+        return entries, (rows[-1][0] if more and rows else None), total
+
+    def _compartment_pids(self, c, sql, wanted: tuple[str, ...]) -> set[int]:
+        """Parameter ids of the compartment's reference parameters of ``wanted`` types; cached
+        while the index's parameter table is unchanged (a type's first value adds a row)."""
+        c.execute("SELECT COUNT(*), MAX(id) FROM sp_param")
+        stamp = tuple(c.fetchone())
+        cached = self._pids.get(wanted)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        pids: set[int] = set()
+        for rtype in wanted:
+            if rtype == "Patient":
+                continue
+            for crit in compartment_group("Patient", "x", rtype):
+                found, _ = sql.stored_as(c, rtype, crit.param)
+                pids.update(p for p in found if p >= 0)
+        if len(self._pids) > 64:
+            self._pids.clear()
+        self._pids[wanted] = (stamp, pids)
+        return pids
+
+    def _bodies(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        by_type: dict[str, list[str]] = {}
+        for rt, rid in keys:
+            by_type.setdefault(rt, []).append(rid)
+        out = {}
+        for rt, rids in by_type.items():
+            for rid, (_, state) in self.store.latest_many(rt, rids).items():
+                out[(rt, rid)] = body_of(state)
+        return out
+
+    # -- $timeline ----------------------------------------------------------------------------------
+
+    def timeline(self, scope: Scope, start: int | None, end: int | None,
+                 kinds: list[str] | None, count: int,
+                 after: tuple[int, str, str] | None) -> tuple[list[tuple[str, str, bytes]],
+                                                            tuple[int, str, str] | None]:
+        if not scope.patients:
+            return [], None
+        if not sync(self.timeline_model, self.timeline_runner):
+            raise FhirError(503, "transient", "The timeline projection lags the log; retry")
+        ids = [p.split("/", 1)[1] for p in scope.patients]
+        rows = self.timeline_model.query(ids, start, end, kinds, count + 1, after)
+        more = len(rows) > count
+        rows = rows[:count]
+        bodies = self._bodies([(r[1], r[2]) for r in rows])
+        entries = [(r[1], r[2], bodies[(r[1], r[2])]) for r in rows if (r[1], r[2]) in bodies]
+        nxt = (rows[-1][0], rows[-1][1], rows[-1][2]) if more and rows else None
+        return entries, nxt
+
+
+def institutions_of(state: bytes) -> set[str]:
+    """The names a Patient's institution goes by (see the module's docstring)."""
+    header, _, body = state.partition(b"\n")
+    out: set[str] = set()
+    try:
+        h = orjson.loads(header)
+        inst = (h.get("source") or {}).get("institution")
+        if isinstance(inst, str):
+            out.add(inst)
+        d = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return out
+    refs = [d.get("managingOrganization")]
+    refs += [i.get("assigner") for i in d.get("identifier") or () if isinstance(i, dict)]
+    for ref in refs:
+        if isinstance(ref, dict):
+            r = ref.get("reference")
+            if isinstance(r, str) and r.startswith("Organization/"):
+                out.add(r)
+                out.add(r[len("Organization/"):])
+    return out
+
+
+def check_types(raw: str | None) -> list[str] | None:
+    if raw is None:
+        return None
+    comp = patient_compartment()
+    out = []
+    for t in raw.split(","):
+        t = t.strip()
+        if not t:
+            continue
+        if t != "Patient" and t not in comp:
+            raise bad_request(f"_type {t[:64]!r} is not a type of the Patient compartment")
+        if t not in out:
+            out.append(t)
+    if not out:
+        raise bad_request("_type names no type")
+    return out

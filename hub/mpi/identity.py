@@ -1,0 +1,570 @@
+"""The identity service: every MPI decision, by the matcher or by a named user, as identity events.
+
+Decisions are taken against the person projection brought up to the end of the log, and committed
+as the next versions of the identity stream (``hub/mpi/events.py``); a concurrent decider elsewhere
+makes the commit fail on the stream's unique key and the decision is taken again on fresh state.
+After a commit the projection is brought up to date before the call returns (read-your-writes).
+
+Rules:
+
+- every known Patient belongs to exactly one person (its own, if nobody else's);
+- **manual decisions win**: once a user decided about a Patient (link, unlink, not-duplicate, a
+  review accepted or rejected, a merge or unmerge of its person), ``auto_decide`` leaves it alone;
+  the matcher never moves a Patient out of a person holding a user's decision either;
+- a pair marked not-duplicate is never linked by the matcher: ``link``/``review`` become ``new``;
+- assurance of a link: ``level4`` a user decided, ``level3`` the matcher linked (or the Patient
+  founded its own person), ``level2`` the Patient waits in its own person for a review.
+
+``IdentityService.auto_decide`` and ``blocked_pairs`` are the matcher's interface (issue 6).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from hub.errors import FhirError, bad_request, conflict, not_found
+from hub.ingest import now_instant
+from hub.mpi.events import MATCHER, USER, IdentityEvent, to_stored
+from hub.store import ConflictError, ResourceStore
+from projections.person import PersonProjection
+from projections.runner import Runner
+
+DECISIONS = ("link", "review", "new")
+ASSURANCE_USER, ASSURANCE_MATCH, ASSURANCE_REVIEW = "level4", "level3", "level2"
+_REF = re.compile(r"^Patient/[A-Za-z0-9\-.]{1,128}$")
+_PERSON_ID = re.compile(r"^[A-Za-z0-9\-.]{1,128}$")
+RETRIES = 20
+BATCH_DECISIONS, BATCH_EVENTS = 1000, 5000  # auto_decide_many: one append at most
+MAX_TEXT = 512
+
+
+def new_person_id() -> str:
+    return uuid.uuid4().hex
+
+
+def patient_ref(value: Any, what: str = "patient") -> str:
+    """``Patient/id`` from ``Patient/id`` or a bare id; a 400 OperationOutcome otherwise."""
+    if isinstance(value, str) and "/" not in value and _PERSON_ID.match(value):
+        value = f"Patient/{value}"
+    if not isinstance(value, str) or not _REF.match(value):
+        raise bad_request(f"{what} must be a Patient reference like Patient/123")
+    return value
+
+
+def person_id(value: Any, what: str = "person") -> str:
+    if isinstance(value, str) and value.startswith("Person/"):
+        value = value[len("Person/"):]
+    if not isinstance(value, str) or not _PERSON_ID.match(value):
+        raise bad_request(f"{what} must be a Person reference like Person/abc or an id")
+    return value
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.isprintable():
+        raise bad_request("reason and user names must be printable text")
+    return value[:MAX_TEXT]
+
+
+class IdentityService:
+    """Decides and records identity events; reads come from ``self.person``."""
+
+    def __init__(self, store: ResourceStore, person: PersonProjection,
+                 runner: Runner | None = None,
+                 clock: Callable[[], tuple[str, int]] = now_instant):
+        self.store = store
+        self.person = person
+        self.runner = runner or Runner(store, person)
+        self.clock = clock
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, store: ResourceStore, data_dir) -> IdentityService:
+        """The service over the person projection in ``data_dir`` (``person.sqlite``)."""
+        from pathlib import Path
+
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        return cls(store, PersonProjection(Path(data_dir) / "person.sqlite"))
+
+    def close(self) -> None:
+        self.person.close()
+
+    # -- following the log ----------------------------------------------------------------------
+
+    def sync(self, timeout: float = 5.0) -> bool:
+        """Bring the person projection up to the log's end as of now."""
+        import time
+
+        target = self.store.max_notification_id()
+        deadline = time.monotonic() + timeout
+        while self.person.position() < target:
+            if time.monotonic() > deadline:
+                return False
+            if not self.runner.step():
+                time.sleep(0.002)
+        return True
+
+    def _decide(self, plan: Callable[[Any], list[IdentityEvent]]) -> list[IdentityEvent]:
+        """Run ``plan`` against fresh state and commit its events as the stream's next versions;
+        again on a concurrent decision. ``plan`` raises FhirError to refuse."""
+        with self._lock:
+            for _ in range(RETRIES):
+                self.sync()
+                with self.person.read() as c:
+                    version = self.person.stream_version(c)
+                    events = plan(c)
+                if not events:
+                    return []
+                stored = [to_stored(ev, version + i + 1) for i, ev in enumerate(events)]
+                try:
+                    self.store.append(stored)
+                except ConflictError:
+                    continue
+                self.sync()
+                return events
+            raise FhirError(409, "transient", "Too many concurrent identity decisions; retry")
+
+    def _base(self, by_type: str, name: str | None, **extra: Any) -> dict[str, Any]:
+        at, _ = self.clock()
+        d: dict[str, Any] = {"at": at, "by": {"type": by_type, "name": name or by_type}}
+        d.update({k: v for k, v in extra.items() if v is not None})
+        return d
+
+    def _exists(self, refs: list[str]) -> None:
+        ids = [r.split("/", 1)[1] for r in refs]
+        found = set(self.store.current_ids("Patient", ids))
+        missing = [r for r, i in zip(refs, ids) if i not in found]
+        if missing:
+            raise not_found(f"{missing[0]} is not known (or was deleted)")
+
+    def _own_person(self, patient: str, base: dict, assurance: str) -> IdentityEvent:
+        return IdentityEvent("Linked", {**base, "patient": patient, "person": new_person_id(),
+                                        "previous": None, "created": True,
+                                        "assurance": assurance})
+
+    # -- the matcher's interface ------------------------------------------------------------------
+
+    def auto_decide(self, patient_ref: str, decision: str, candidate_refs: list[str],
+                    score: float, evidence: dict, ruleset: str) -> list[IdentityEvent]:
+        """Record the matcher's decision about ``patient_ref`` (see the module's rules).
+
+        ``link``: to the person of ``candidate_refs[0]`` (a person is created for the candidate
+        if it has none); ``review``: the pairs go on the review queue, the Patient gets its own
+        person meanwhile; ``new``: its own person. Nothing happens if a user decided about the
+        Patient; a not-duplicate pair turns ``link``/``review`` into ``new``. Re-deciding the same
+        is a no-op (the matcher delivers at least once). A deleted or unknown Patient is skipped,
+        deleted candidates are dropped. Malformed arguments raise ValueError. Returns the events
+        recorded."""
+        out: list[IdentityEvent] = []
+        self._auto_decide_many([(patient_ref, decision, candidate_refs, score, evidence, ruleset)],
+                               out)
+        return out
+
+    def auto_decide_many(self, items: Iterable[tuple[str, str, list[str], float, dict, str]]
+                         ) -> int:
+        """``auto_decide`` for each ``(patient_ref, decision, candidate_refs, score, evidence,
+        ruleset)`` in order, batched; the number of events recorded.
+
+        Up to ``BATCH_DECISIONS`` decisions (``BATCH_EVENTS`` events) are planned against one
+        snapshot of the person projection and committed in one append (then one sync). Each
+        decision is planned after the events of those before it were applied to the snapshot
+        (``_plan_batch``), so it sees their effect exactly as one call each would. A malformed
+        item raises ValueError after the items before it are recorded; ``items`` is read
+        lazily."""
+        return self._auto_decide_many(items, None)
+
+    def _auto_decide_many(self, items: Iterable, keep: list[IdentityEvent] | None) -> int:
+        recorded = 0
+        it = iter(items)
+        while True:
+            chunk: list[tuple[str, str, list[str], dict]] = []
+            error: Exception | None = None
+            for item in it:
+                try:
+                    chunk.append(_auto_item(*item))
+                except (ValueError, TypeError) as e:
+                    error = e
+                    break
+                if len(chunk) >= BATCH_DECISIONS:
+                    break
+            if chunk:
+                recorded += self._auto_chunk(chunk, keep)
+            if error is not None:
+                raise error
+            if len(chunk) < BATCH_DECISIONS:
+                return recorded
+
+    def _auto_chunk(self, chunk: list[tuple[str, str, list[str], dict]],
+                    keep: list[IdentityEvent] | None) -> int:
+        """Plan one chunk of validated decisions against one snapshot and commit them in one
+        append (more if over ``BATCH_EVENTS``); again from fresh state on a concurrent one."""
+        # the matcher follows the log: a Patient deleted since it was matched is no one's now
+        # (nothing to decide), a deleted candidate no candidate (no exception: it would stall
+        # the matcher's projection)
+        ids = sorted({x.split("/", 1)[1] for p, _, cands, _ in chunk for x in (p, *cands)})
+        alive: set[str] = set()
+        for i in range(0, len(ids), 900):
+            alive.update(self.store.current_ids("Patient", ids[i:i + 900]))
+        todo = []
+        for p, decision, cands, extra in chunk:
+            if p.split("/", 1)[1] not in alive:
+                continue
+            cands = [x for x in cands if x.split("/", 1)[1] in alive]
+            todo.append((p, decision if cands else "new", cands, extra))
+        recorded = 0
+        with self._lock:
+            retries = 0
+            while todo:
+                self.sync()
+                version, planned, events = self._plan_batch(todo)
+                if events:
+                    stored = [to_stored(ev, version + i + 1) for i, ev in enumerate(events)]
+                    try:
+                        self.store.append(stored)
+                    except ConflictError:
+                        retries += 1
+                        if retries >= RETRIES:
+                            raise FhirError(409, "transient", "Too many concurrent identity "
+                                            "decisions; retry") from None
+                        continue  # a concurrent decider: plan the same decisions again
+                    recorded += len(events)
+                    if keep is not None:
+                        keep.extend(events)
+                retries = 0
+                todo = todo[planned:]
+            if recorded:
+                self.sync()
+        return recorded
+
+    def _plan_batch(self, todo: list) -> tuple[int, int, list[IdentityEvent]]:
+        """Plan the decisions of ``todo`` in order against one snapshot of the person projection
+        until the batch is full: (stream version planned against, decisions planned, events).
+
+        Each decision's events are applied to the snapshot before the next one is planned
+        (inside a savepoint rolled back at the end: the rows are written for real when the
+        committed events are synced), so every decision sees those before it, as one
+        ``auto_decide`` call each would. The savepoint starts with a write: the projection's
+        write lock is held while planning, so the snapshot cannot go stale under it."""
+        P = self.person
+        events: list[IdentityEvent] = []
+        n = 0
+        with P.datastore.transaction(commit=True) as c:
+            c.execute("SAVEPOINT plan")
+            try:
+                c.execute("UPDATE p_meta SET value = value WHERE key = 'writer'")  # the lock
+                version = P.stream_version(c)
+                for p, decision, cands, extra in todo:
+                    if n >= BATCH_DECISIONS or len(events) >= BATCH_EVENTS:
+                        break
+                    evs = self._plan_auto(c, p, decision, cands, extra)
+                    n += 1
+                    for ev in evs:
+                        P._apply_one(c, ev)
+                    events += evs
+            finally:
+                c.execute("ROLLBACK TO plan")
+                c.execute("RELEASE plan")
+        return version, n, events
+
+    def _plan_auto(self, c, p: str, decision: str, cands: list[str],
+                   extra: dict) -> list[IdentityEvent]:
+        """The events of the matcher's decision about ``p`` against the snapshot ``c``."""
+        P = self.person
+        if not cands:
+            decision = "new"
+        base = self._base(MATCHER, MATCHER, **extra)
+        link = P.link_of(c, p)
+        if link is not None and link["manual"]:
+            return []  # a user decided: the matcher does not override
+        current = P.person_of(c, p) if link else None
+        held = current is not None and P.has_manual(c, current)
+        kind = decision
+        alive = [x for x in cands if not P.blocked(c, p, x)]
+        if kind in ("link", "review") and not alive:
+            kind = "new"
+        if kind == "link":
+            target_patient = alive[0] if decision == "link" else None
+            if target_patient != cands[0]:
+                kind = "new"  # the first candidate is blocked: no link to someone else
+        events: list[IdentityEvent] = []
+        if kind == "link":
+            c0 = cands[0]
+            target = P.person_of(c, c0)
+            if target is not None and any(P.blocked(c, p, q) for q in P.patients(c, target)):
+                kind = "new"
+            elif target is not None and target == current:
+                return []  # already together
+            elif held:
+                return []  # never move a Patient out of a person a user decided about
+            else:
+                if target is None:
+                    founder = self._own_person(c0, base, ASSURANCE_MATCH)
+                    events.append(founder)
+                    target = founder.data["person"]
+                events.append(IdentityEvent("Linked", {
+                    **base, "patient": p, "person": target,
+                    "previous": link["person"] if link else None, "created": False,
+                    "assurance": ASSURANCE_MATCH, "candidates": cands}))
+                events += self._supersede(c, p, base, "superseded")
+                return events
+        if kind == "review":
+            if link is None:
+                events.append(self._own_person(p, base, ASSURANCE_REVIEW))
+            for r in P.open_reviews(c, p):
+                if sorted(r["candidates"]) == sorted(alive):
+                    return events  # already waiting for a steward
+            events.append(IdentityEvent("ReviewOpened", {
+                **base, "review": uuid.uuid4().hex, "patient": p, "candidates": alive}))
+            return events
+        # new: its own person
+        if link is None:
+            return [self._own_person(p, base, ASSURANCE_MATCH)]
+        if held or len(P.patients(c, current)) <= 1:
+            return []
+        return [IdentityEvent("Unlinked", {**base, "patient": p, "person": link["person"],
+                                           "new_person": new_person_id(),
+                                           "assurance": ASSURANCE_MATCH})]
+
+    def blocked_pairs(self) -> set[frozenset[str]]:
+        """Pairs of Patient references marked "not the same person"."""
+        self.sync()
+        return self.person.blocked_pairs()
+
+    def _supersede(self, c, patient: str, base: dict, outcome: str) -> list[IdentityEvent]:
+        return [IdentityEvent("ReviewClosed", {**base, "review": r["id"], "outcome": outcome})
+                for r in self.person.open_reviews(c, patient)]
+
+    # -- manual decisions (data stewards) --------------------------------------------------------
+
+    def link(self, patient: str, person: str | None, user: str,
+             reason: str | None = None) -> list[IdentityEvent]:
+        """Link a Patient to a person (``None``: a new person of its own), as ``user``."""
+        p = patient_ref(patient)
+        target_in = person_id(person) if person is not None else None
+        self._exists([p])
+        user, reason = _user(user), _text(reason)
+
+        def plan(c) -> list[IdentityEvent]:
+            P = self.person
+            base = self._base(USER, user, reason=reason)
+            link = P.link_of(c, p)
+            events: list[IdentityEvent] = []
+            if target_in is None:
+                events.append(IdentityEvent("Linked", {
+                    **base, "patient": p, "person": new_person_id(),
+                    "previous": link["person"] if link else None, "created": True,
+                    "assurance": ASSURANCE_USER}))
+            else:
+                if P.person_row(c, target_in) is None:
+                    raise not_found(f"Person/{target_in} is not known")
+                target = P.survivor(c, target_in)
+                others = [q for q in P.patients(c, target) if q != p]
+                blocked = [q for q in others if P.blocked(c, p, q)]
+                if blocked:
+                    raise conflict(f"{p} and {blocked[0]} are marked as not the same person")
+                if link is not None and link["person"] == target and link["manual"] \
+                        and link["assurance"] == ASSURANCE_USER:
+                    return []  # decided so already
+                events.append(IdentityEvent("Linked", {
+                    **base, "patient": p, "person": target,
+                    "previous": link["person"] if link else None, "created": False,
+                    "assurance": ASSURANCE_USER}))
+            return events + self._supersede(c, p, base, "superseded")
+
+        return self._decide(plan)
+
+    def unlink(self, patient: str, user: str, reason: str | None = None) -> list[IdentityEvent]:
+        """Take a Patient out of its person into a new person of its own."""
+        p = patient_ref(patient)
+        user, reason = _user(user), _text(reason)
+
+        def plan(c) -> list[IdentityEvent]:
+            P = self.person
+            link = P.link_of(c, p)
+            if link is None:
+                raise not_found(f"{p} is not linked to any person")
+            current = P.survivor(c, link["person"])
+            if len(P.patients(c, current)) <= 1:
+                raise conflict(f"{p} is the only Patient of Person/{current}; nothing to unlink")
+            base = self._base(USER, user, reason=reason)
+            return [IdentityEvent("Unlinked", {**base, "patient": p, "person": link["person"],
+                                               "new_person": new_person_id(),
+                                               "assurance": ASSURANCE_USER}),
+                    *self._supersede(c, p, base, "superseded")]
+
+        return self._decide(plan)
+
+    def merge(self, source: str, target: str, user: str,
+              reason: str | None = None) -> list[IdentityEvent]:
+        """Merge person ``source`` into ``target`` (undone by ``unmerge``)."""
+        s_in, t_in = person_id(source, "source"), person_id(target, "target")
+        user, reason = _user(user), _text(reason)
+
+        def plan(c) -> list[IdentityEvent]:
+            P = self.person
+            for x in (s_in, t_in):
+                if P.person_row(c, x) is None:
+                    raise not_found(f"Person/{x} is not known")
+            row = P.person_row(c, s_in)
+            if row["merged_into"] is not None:
+                raise conflict(f"Person/{s_in} is already merged into Person/{row['merged_into']}")
+            t = P.survivor(c, t_in)
+            if t == s_in:
+                raise conflict("A person cannot be merged into itself")
+            sp, tp = P.patients(c, s_in), P.patients(c, t)
+            for a in sp:
+                for b in tp:
+                    if P.blocked(c, a, b):
+                        raise conflict(f"{a} and {b} are marked as not the same person")
+            base = self._base(USER, user, reason=reason)
+            return [IdentityEvent("Merged", {**base, "source": s_in, "target": t})]
+
+        return self._decide(plan)
+
+    def unmerge(self, source: str, user: str, reason: str | None = None) -> list[IdentityEvent]:
+        """Undo the merge of ``source``: it has its Patients (and those linked to it) again."""
+        s_in = person_id(source, "source")
+        user, reason = _user(user), _text(reason)
+
+        def plan(c) -> list[IdentityEvent]:
+            row = self.person.person_row(c, s_in)
+            if row is None:
+                raise not_found(f"Person/{s_in} is not known")
+            if row["merged_into"] is None:
+                raise conflict(f"Person/{s_in} is not merged into another person")
+            base = self._base(USER, user, reason=reason)
+            return [IdentityEvent("Unmerged", {**base, "source": s_in,
+                                               "target": row["merged_into"]})]
+
+        return self._decide(plan)
+
+    def not_duplicate(self, a: str, b: str, user: str,
+                      reason: str | None = None) -> list[IdentityEvent]:
+        """Mark two Patients as not the same person; they must not share a person now."""
+        pa, pb = patient_ref(a, "patient"), patient_ref(b, "other")
+        if pa == pb:
+            raise bad_request("A Patient is always the same person as itself")
+        self._exists([pa, pb])
+        user, reason = _user(user), _text(reason)
+
+        def plan(c) -> list[IdentityEvent]:
+            P = self.person
+            if P.blocked(c, pa, pb):
+                return []
+            xa, xb = P.person_of(c, pa), P.person_of(c, pb)
+            if xa is not None and xa == xb:
+                raise conflict(f"{pa} and {pb} share Person/{xa}; unlink (or unmerge) first")
+            base = self._base(USER, user, reason=reason)
+            events = [IdentityEvent("NotDuplicate", {**base, "patients": sorted([pa, pb])})]
+            for r in P.reviews_involving(c, pa) + P.reviews_involving(c, pb):
+                others = [r["patient"], *r["candidates"]]
+                if {pa, pb} <= set(others) and len(r["candidates"]) == 1:
+                    events.append(IdentityEvent("ReviewClosed", {**base, "review": r["id"],
+                                                                 "outcome": "rejected"}))
+            seen, out = set(), []
+            for ev in events:  # a review can involve both
+                key = (ev.event, ev.data.get("review"))
+                if key not in seen:
+                    seen.add(key)
+                    out.append(ev)
+            return out
+
+        return self._decide(plan)
+
+    def accept_review(self, review: str, user: str, candidate: str | None = None,
+                      reason: str | None = None) -> list[IdentityEvent]:
+        """A steward confirms: the Patient joins the person of the (first or named) candidate."""
+        user, reason = _user(user), _text(reason)
+        chosen = patient_ref(candidate, "candidate") if candidate is not None else None
+
+        def plan(c) -> list[IdentityEvent]:
+            P = self.person
+            r = P.review(c, review)
+            if r is None:
+                raise not_found(f"Review {review} is not known")
+            if r["status"] != "open":
+                raise conflict(f"Review {review} is closed ({r['outcome']})")
+            cand = chosen or r["candidates"][0]
+            if cand not in r["candidates"]:
+                raise bad_request(f"{cand} is not a candidate of review {review}")
+            p = r["patient"]
+            base = self._base(USER, user, reason=reason)
+            events: list[IdentityEvent] = []
+            target = P.person_of(c, cand)
+            if target is None:
+                founder = self._own_person(cand, base, ASSURANCE_USER)
+                events.append(founder)
+                target = founder.data["person"]
+            if any(P.blocked(c, p, q) for q in P.patients(c, target)):
+                raise conflict(f"{p} is marked as not the same person as a Patient of "
+                               f"Person/{target}")
+            link = P.link_of(c, p)
+            events.append(IdentityEvent("Linked", {
+                **base, "patient": p, "person": target,
+                "previous": link["person"] if link else None, "created": False,
+                "assurance": ASSURANCE_USER, "review": review}))
+            events.append(IdentityEvent("ReviewClosed", {**base, "review": review,
+                                                         "outcome": "accepted"}))
+            return events
+
+        return self._decide(plan)
+
+    def reject_review(self, review: str, user: str,
+                      reason: str | None = None) -> list[IdentityEvent]:
+        """A steward refutes: the pairs are marked not-duplicate, the Patient keeps its person."""
+        user, reason = _user(user), _text(reason)
+
+        def plan(c) -> list[IdentityEvent]:
+            P = self.person
+            r = P.review(c, review)
+            if r is None:
+                raise not_found(f"Review {review} is not known")
+            if r["status"] != "open":
+                raise conflict(f"Review {review} is closed ({r['outcome']})")
+            mine = P.person_of(c, r["patient"])
+            shared = [q for q in r["candidates"] if mine is not None and P.person_of(c, q) == mine]
+            if shared:
+                raise conflict(f"{r['patient']} and {shared[0]} share Person/{mine} now; unlink "
+                               "(or unmerge) first")
+            base = self._base(USER, user, reason=reason)
+            events = [IdentityEvent("NotDuplicate", {**base, "patients": sorted([r["patient"], q])})
+                      for q in r["candidates"] if not P.blocked(c, r["patient"], q)]
+            events.append(IdentityEvent("ReviewClosed", {**base, "review": review,
+                                                         "outcome": "rejected"}))
+            return events
+
+        return self._decide(plan)
+
+
+def _auto_item(patient_ref: str, decision: str, candidate_refs: list[str], score: float,
+               evidence: dict, ruleset: str) -> tuple[str, str, list[str], dict]:
+    """A matcher's decision checked: (Patient, decision, candidates, event fields)."""
+    if decision not in DECISIONS:
+        raise ValueError(f"decision must be one of {DECISIONS}, not {decision!r}")
+    p = patient_ref_strict(patient_ref)
+    cands = [patient_ref_strict(x) for x in candidate_refs if x != p]
+    if decision in ("link", "review") and not cands:
+        raise ValueError(f"a {decision} decision needs candidates")
+    extra = {"score": float(score) if score is not None else None,
+             "evidence": evidence or {}, "ruleset": str(ruleset)}
+    return p, decision, cands, extra
+
+
+def patient_ref_strict(value: Any) -> str:
+    if not isinstance(value, str) or not _REF.match(value):
+        raise ValueError(f"{value!r} is not a Patient reference like Patient/123")
+    return value
+
+
+def _user(user: Any) -> str:
+    if not isinstance(user, str) or not user.strip():
+        raise FhirError(400, "security", "A manual identity decision needs a named user "
+                        "(X-Hub-User header)")
+    u = _text(user.strip())
+    assert u is not None
+    return u

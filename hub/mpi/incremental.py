@@ -1,0 +1,154 @@
+"""Incremental matching: each new or updated Patient is matched as it arrives, not by nightly batch.
+
+``IncrementalMatcher`` is a read model over the Patient events (``types``). It shares the candidate
+index's SQLite file and tracking table (``projections.identity_candidates``), and for each batch:
+
+1. brings the candidate index up to the batch (the index skips what it already applied), so a new
+   Patient's own features are indexed before it is matched;
+2. matches the newest version of every Patient of the batch against the index (itself excluded,
+   pairs for which ``blocked(a, b)`` holds left out: marks of "not a duplicate");
+3. calls ``decide(patient_ref, decision, candidate_refs, score, evidence, ruleset)`` with the
+   matcher's decision: ``link`` (certain candidates: linked automatically), ``review`` (probable
+   ones: the review queue) or ``new``; or, given ``decide_many``, hands the batch's decisions
+   (those tuples, in order) to it in one call;
+4. records its position.
+
+The callback is the identity service's ``IdentityService.auto_decide`` (``decide_many``:
+``auto_decide_many``, the same decisions batched; ``hub.mpi.identity``), which
+records the decision as an identity event unless a person already decided about that Patient; it
+must be idempotent, since a crash between 3 and 4 calls it again for the same batch (at least once).
+A deleted Patient is removed from the index and not matched. ``rematch_all`` runs the same decisions
+over every indexed Patient (``hub mpi rematch``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from eventsourcing.persistence import Notification, Tracking
+
+from hub.events import KIND_OF_TOPIC
+from hub.mpi.matcher import Candidate, Matcher, decision
+from projections.identity_candidates import IdentityCandidates
+
+NAME = "mpi-incremental"
+Decide = Callable[[str, str, list, float, dict, str], object]
+Decision = tuple[str, str, list, float, dict, str]  # decide's arguments
+DecideMany = Callable[[Iterable[Decision]], object]
+Blocked = Callable[[str, str], bool]
+
+
+def blocked_from_pairs(pairs: Callable[[], set[frozenset[str]]]) -> Blocked:
+    """A ``blocked(a, b)`` test over ``IdentityService.blocked_pairs`` (read once per call of the
+    returned function's ``refresh``; the matcher asks per pair)."""
+    state = {"pairs": pairs()}
+
+    def blocked(a: str, b: str) -> bool:
+        return frozenset((a, b)) in state["pairs"]
+
+    blocked.refresh = lambda: state.update(pairs=pairs())  # type: ignore[attr-defined]
+    return blocked
+
+
+def _decision(matcher: Matcher, f: dict, blocked: Blocked | None,
+              min_pk: int = 0) -> tuple[str, list[Candidate], Decision]:
+    """Match one Patient: (kind, chosen candidates, the arguments of ``decide``)."""
+    ranked = matcher.match(f, blocked=blocked, min_pk=min_pk)
+    kind, chosen = decision(ranked)
+    best = chosen[0] if chosen else (ranked[0] if ranked else None)
+    # the decision point: "link" is linked automatically, "review" goes to the review queue
+    args = (f["ref"], {"link": "link", "review": "review", "new": "new"}[kind],
+            [c.ref for c in chosen], best.score if best else 0.0,
+            {c.ref: {"weight": round(c.weight, 3), "score": round(c.score, 6), "fields": c.evidence}
+             for c in chosen} if chosen else {}, matcher.weights.ruleset)
+    return kind, chosen, args
+
+
+class IncrementalMatcher:
+    name = NAME
+    types = ("Patient",)
+
+    def __init__(self, index: IdentityCandidates, matcher: Matcher, decide: Decide,
+                 blocked: Blocked | None = None, decide_many: DecideMany | None = None):
+        self.index = index
+        self.matcher = matcher
+        self.decide = decide
+        self.decide_many = decide_many
+        self.blocked = blocked
+        self.tracking = index.tracking
+        self.decisions: dict[str, int] = {"link": 0, "review": 0, "new": 0}
+
+    def position(self) -> int:
+        return self.tracking.max_tracking_id(NAME) or 0
+
+    def reset(self) -> None:
+        """Match every Patient again from the start of the log (the index is left as it is)."""
+        with self.index.datastore.transaction(commit=True) as c:
+            c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
+
+    def close(self) -> None:
+        pass  # the index is closed by its owner
+
+    def apply(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
+        last = max(notifications[-1].id if notifications else 0, up_to or 0)
+        done = self.position()
+        if last <= done:
+            return
+        if self.index.position() < last:
+            self.index.apply(notifications, up_to=up_to)
+        if self.index.bulk:
+            self.index.caught_up()  # matching needs the key index
+        newest: dict[str, Notification] = {}
+        for n in notifications:
+            if n.id > done:
+                newest[n.originator_id] = n
+        refresh = getattr(self.blocked, "refresh", None)
+        if refresh is not None and newest:
+            refresh()
+        batch: list[Decision] = []
+        for stream, n in newest.items():
+            if KIND_OF_TOPIC.get(n.topic) == "deleted":
+                continue
+            f = self.index.features_of(stream)
+            if f is None:
+                continue
+            kind, _, args = _decision(self.matcher, f, self.blocked)
+            if self.decide_many is None:
+                self.decide(*args)
+            else:
+                batch.append(args)
+            self.decisions[kind] += 1
+        if batch:
+            assert self.decide_many is not None
+            self.decide_many(batch)  # the batch's decisions in one call (one commit, mostly)
+        with self.index.datastore.transaction(commit=True) as c:
+            c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (NAME,))
+            row = c.fetchone()
+            if row is None or row[0] < last:
+                self.tracking._insert_tracking(c, Tracking(NAME, last))
+
+
+def rematch_all(index: IdentityCandidates, matcher: Matcher, decide: Decide | None,
+                blocked: Blocked | None = None,
+                progress: Callable[[int], object] | None = None,
+                decide_many: DecideMany | None = None) -> dict[str, int]:
+    """Match every indexed Patient again and call ``decide`` for each; counts per decision.
+    With ``decide_many``, all decisions go to it instead, as one lazy iterable (read as they are
+    made: memory stays flat)."""
+    counts = {"link": 0, "review": 0, "new": 0}
+
+    def decisions() -> Iterator[Decision]:
+        for _, f in index.iter_all():
+            kind, _, args = _decision(matcher, f, blocked)
+            counts[kind] += 1
+            if progress is not None:
+                progress(1)
+            yield args
+
+    if decide_many is not None:
+        decide_many(decisions())
+    else:
+        assert decide is not None
+        for args in decisions():
+            decide(*args)
+    return counts

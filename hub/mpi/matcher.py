@@ -1,0 +1,99 @@
+"""Ranked candidates for a Patient: block, compare, weigh, grade.
+
+``Matcher(index, weights).match(features)`` looks the Patient's blocking keys up in the candidate
+index (``projections.identity_candidates``), compares it with every candidate, and returns
+``Candidate``s best first: match weight (bits), score (posterior probability 0..1), grade
+(``certain`` | ``probable`` | ``possible``, from the configured thresholds; ``certainly-not`` when
+a veto holds), per-field evidence ``{field: {"level", "weight"}}`` and the vetoes. ``decision``
+turns a ranking into what the identity service records: ``link`` (certain candidates: linked
+automatically), ``review`` (probable ones: the review queue) or ``new``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub.mpi import blocking
+from hub.mpi.compare import compare
+from hub.mpi.weights import Weights
+
+CERTAINLY_NOT = "certainly-not"
+
+
+@dataclass(slots=True)
+class Candidate:
+    ref: str
+    weight: float
+    score: float
+    grade: str | None
+    evidence: dict[str, dict[str, Any]] = field(default_factory=dict)
+    vetoes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ref": self.ref, "weight": round(self.weight, 3), "score": round(self.score, 6),
+                "grade": self.grade, "evidence": self.evidence, "vetoes": self.vetoes}
+
+
+class Matcher:
+    def __init__(self, index: Any, weights: Weights):
+        self.index = index
+        self.weights = weights
+
+    def score(self, a: dict, b: dict, name_counts: dict[str, int], total: int) -> Candidate:
+        """Compare two Patients' features and weigh the evidence."""
+        levels, vetoes = compare(a, b)
+        w = self.weights
+        total_weight = w.prior_weight
+        evidence = {}
+        for fld, level in levels.items():
+            if fld in w.dependent and levels.get(w.dependent[fld][0]) == w.dependent[fld][1]:
+                evidence[fld] = {"level": level, "weight": 0.0}  # said already (same household)
+                continue
+            share = None
+            if fld == "name" and level == "exact" and total:
+                share = max(name_counts.get(a["name"], 0), 1) / total
+            x = w.weight(fld, level, share)
+            total_weight += x
+            evidence[fld] = {"level": level, "weight": round(x, 3)}
+        p = w.probability(total_weight)
+        grade = CERTAINLY_NOT if vetoes else w.grade(p)
+        return Candidate(b["ref"], total_weight, p, grade, evidence, vetoes)
+
+    def match(self, f: dict, *, exclude: Iterable[str] = (), min_pk: int = 0,
+              blocked: Callable[[str, str], bool] | None = None,
+              keep_vetoed: bool = False) -> list[Candidate]:
+        """Candidates of ``f`` graded at least ``possible`` (and vetoed ones with
+        ``keep_vetoed``), best first. ``exclude``: refs left out (the Patient itself);
+        ``min_pk``: only candidates indexed after this pk (a full re-match compares each pair
+        once); ``blocked(a, b)``: pairs marked not-duplicate."""
+        hashed = blocking.hashed(f)
+        if not hashed:
+            return []
+        found, counts, total = self.index.lookup(hashed, [f["name"]] if f.get("name") else [])
+        skip = set(exclude)
+        skip.add(f["ref"])
+        out = []
+        for pk, g in found:
+            if pk <= min_pk or g["ref"] in skip:
+                continue
+            if blocked is not None and blocked(f["ref"], g["ref"]):
+                continue
+            c = self.score(f, g, counts, total)
+            if c.grade is None or (c.grade == CERTAINLY_NOT and not keep_vetoed):
+                continue
+            out.append(c)
+        out.sort(key=lambda c: (c.grade == CERTAINLY_NOT, -c.weight, c.ref))
+        return out
+
+
+def decision(candidates: list[Candidate]) -> tuple[str, list[Candidate]]:
+    """(``link`` | ``review`` | ``new``, the candidates it concerns) of a ranking."""
+    certain = [c for c in candidates if c.grade == "certain"]
+    if certain:
+        return "link", certain
+    probable = [c for c in candidates if c.grade == "probable"]
+    if probable:
+        return "review", probable
+    return "new", []

@@ -1,0 +1,233 @@
+"""Features of a Patient for matching: pure functions of the Patient's JSON dict.
+
+``features(patient)`` returns a small dict (stored as JSON by the candidate index):
+
+====  =====================================================================================
+ref   ``Patient/<id>``
+id    the resident ID number, 18 characters (15-digit numbers upgraded), or None
+ids   its status: ``valid`` | ``invalid`` (check character wrong: a typo) | ``inconsistent``
+      (valid, but its sex or birth date contradicts the record: someone else's number, e.g. a
+      newborn's parent) | ``placeholder`` | ``malformed`` | None (absent)
+hc    health card number; ``oid``: other institution-independent identifiers ``system|value``
+name  full name: trimmed, NFKC, traditional folded to simplified, minority separators removed
+fam   surname (simplified); ``py``: pinyin of the full name with the surname's own reading, no
+      spaces; ``pyf``: pinyin of the surname
+nb    1 when the name is a newborn's placeholder ("<parent>之子/之女"): the name is left out
+sex   ``male`` | ``female`` | None; ``bd``: birth date ``YYYY-MM-DD`` or None
+ph    phone numbers, digits only, +86/0086 stripped; ``dist``: GB/T 2260 district code
+====  =====================================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from terminology import resident_id
+
+DATA = Path(__file__).with_name("data")
+RESIDENT_ID = "urn:oid:2.16.156.10011.1.3"
+HEALTH_CARD = "urn:oid:2.16.156.10011.1.19"
+DIVISION_EXTENSION = "https://fhir-region-hub.example/StructureDefinition/administrative-division"
+MAX_TEXT = 200  # longer names, numbers or addresses are cut (hostile input stays cheap)
+
+# separators inside minority names (维吾尔族, 藏族 ...) and the stray spaces of Latin input
+_SEPARATORS = re.compile(r"[·•.．・‧∙⋅\s\-_]+")
+_NEWBORN_MARK = re.compile(r"之(子|女)$|(男婴|女婴|婴儿)$")
+_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
+_DISTRICT = re.compile(r"^\d{6}$")
+
+
+@lru_cache(maxsize=1)
+def _tables() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    surnames = json.loads((DATA / "surnames.json").read_text(encoding="utf-8"))
+    blocking = json.loads((DATA / "blocking.json").read_text(encoding="utf-8"))
+    return surnames["compound"], surnames["single"], blocking["institution_independent_systems"]
+
+
+@lru_cache(maxsize=1)
+def _t2s():
+    import opencc  # opencc-python-reimplemented: pure Python, dictionaries of OpenCC
+
+    return opencc.OpenCC("t2s")
+
+
+@lru_cache(maxsize=65536)
+def simplify(text: str) -> str:
+    """Trimmed, NFKC-normalised (full-width letters and digits to ASCII), traditional characters
+    folded to simplified, Latin letters lower-cased."""
+    text = unicodedata.normalize("NFKC", text[:MAX_TEXT]).strip()
+    return _t2s().convert(text).lower() if text else ""
+
+
+def clean_name(text: str) -> str:
+    """A name for comparison: simplified, minority-name separators and spaces removed."""
+    return _SEPARATORS.sub("", simplify(text))
+
+
+@lru_cache(maxsize=65536)
+def _syllables(text: str) -> tuple[str, ...]:
+    from pypinyin import Style, lazy_pinyin
+
+    return tuple(s.strip() for s in lazy_pinyin(text, style=Style.NORMAL, errors="default") if s.strip())
+
+
+def split_surname(name: str) -> tuple[str, str]:
+    """(surname, given name) of a full name without separators: a compound surname when one starts
+    it, else the first character."""
+    compound, _, _ = _tables()
+    if len(name) > 2 and name[:2] in compound:
+        return name[:2], name[2:]
+    return name[:1], name[1:]
+
+
+def surname_pinyin(family: str) -> str:
+    """Pinyin of a surname with the readings surnames take (单 shan, 曾 zeng, 解 xie, 区 ou ...)."""
+    compound, single, _ = _tables()
+    if family in compound:
+        return compound[family].replace(" ", "")
+    if len(family) == 1 and family in single:
+        return single[family]
+    if len(family) > 2 and family[:2] in compound:  # a compound surname followed by more
+        return compound[family[:2]].replace(" ", "") + surname_pinyin(family[2:])
+    if family[:1] in single:
+        return single[family[:1]] + "".join(_syllables(family[1:]))
+    return "".join(_syllables(family))
+
+
+def name_pinyin(family: str, given: str) -> str:
+    return surname_pinyin(family) + "".join(_syllables(given))
+
+
+def phone_digits(value: str) -> str | None:
+    """Digits of a phone number, country code +86 / 0086 dropped; None when fewer than 7 remain."""
+    digits = "".join(c for c in unicodedata.normalize("NFKC", value[:MAX_TEXT]) if c.isdigit())
+    if value.strip().startswith("+86") or digits.startswith("0086"):
+        digits = digits[2:] if digits.startswith("86") else digits[4:]
+    elif len(digits) == 13 and digits.startswith("86"):
+        digits = digits[2:]
+    return digits if 7 <= len(digits) <= 15 and len(set(digits)) > 1 else None
+
+
+def resident_id_features(value: str, sex: str | None, birth: str | None) -> tuple[str | None, str | None]:
+    """(18-character number or None, status) of a resident ID number as recorded."""
+    s = unicodedata.normalize("NFKC", value[:MAX_TEXT]).strip().upper().replace(" ", "")
+    if not s:
+        return None, None
+    if resident_id.is_placeholder(s):
+        return None, "placeholder"
+    if len(s) == 15 and s.isdigit():
+        try:
+            s = resident_id.upgrade_15_to_18(s)
+        except ValueError:
+            return None, "malformed"
+    if len(s) != 18 or not s[:17].isdigit() or not (s[17].isdigit() or s[17] == "X"):
+        return None, "malformed"
+    if not resident_id.is_valid(s):
+        return s, "invalid"
+    id_birth = resident_id.birth_date(s)
+    id_sex = resident_id.sex(s)
+    if sex and id_sex != sex:
+        return s, "inconsistent"
+    if birth and id_birth is not None:
+        iso = id_birth.isoformat()
+        if iso != birth and not (iso[:4] == birth[:4] and iso[5:7] == birth[8:10] and iso[8:10] == birth[5:7]):
+            return s, "inconsistent"
+    return s, "valid"
+
+
+def _items(value: Any) -> list:
+    """The elements of a FHIR array (anything else: none)."""
+    return value if isinstance(value, list) else []
+
+
+def _official_name(patient: dict) -> dict | None:
+    names = [n for n in _items(patient.get("name")) if isinstance(n, dict)]
+    if not names:
+        return None
+    return next((n for n in names if n.get("use") == "official"), None) or next(
+        (n for n in names if n.get("use") not in ("old", "anonymous", "nickname")), names[0])
+
+
+def _name_parts(patient: dict) -> tuple[str, str, bool]:
+    """(surname, given, newborn placeholder) of the patient's official name."""
+    n = _official_name(patient)
+    if n is None:
+        return "", "", False
+    family = n.get("family") if isinstance(n.get("family"), str) else ""
+    given = "".join(g for g in _items(n.get("given")) if isinstance(g, str))[:MAX_TEXT]
+    text = n.get("text") if isinstance(n.get("text"), str) else ""
+    family, given = clean_name(family), clean_name(given)
+    if not family and not given and text:
+        text = clean_name(text)
+        if _NEWBORN_MARK.search(text):
+            return "", "", True
+        family, given = split_surname(text)
+    elif not family and given:
+        family, given = split_surname(given)
+    return family, given, False
+
+
+def features(patient: dict) -> dict[str, Any]:
+    """The matching features of a Patient dict (never raises on odd input: odd parts are left out)."""
+    f: dict[str, Any] = {"ref": f"Patient/{patient.get('id')}"}
+    sex = patient.get("gender")
+    f["sex"] = sex if sex in ("male", "female") else None
+    bd = patient.get("birthDate")
+    m = _DATE.match(bd) if isinstance(bd, str) else None
+    f["bd"] = m.group(0) if m else None
+    f["id"] = f["ids"] = f["hc"] = None
+    others = []
+    _, _, systems = _tables()
+    for ident in _items(patient.get("identifier")):
+        if not isinstance(ident, dict):
+            continue
+        system, value = ident.get("system"), ident.get("value")
+        if not isinstance(value, str) or not isinstance(system, str):
+            continue
+        if system == RESIDENT_ID:
+            idno, status = resident_id_features(value, f["sex"], f["bd"])
+            if f["ids"] not in ("valid",):  # a valid number wins over a second, worse one
+                f["id"], f["ids"] = idno, status
+        elif system == HEALTH_CARD:
+            f["hc"] = unicodedata.normalize("NFKC", value[:MAX_TEXT]).strip().upper() or None
+        elif system in systems:
+            others.append(f"{system}|{value.strip()[:MAX_TEXT]}")
+    f["oid"] = sorted(others)
+    family, given, newborn = _name_parts(patient)
+    f["nb"] = 1 if newborn else 0
+    f["fam"] = family or None
+    f["name"] = (family + given) or None
+    f["pyf"] = surname_pinyin(family) if family else None
+    f["py"] = name_pinyin(family, given) if f["name"] else None
+    phones = set()
+    for t in _items(patient.get("telecom")):
+        if isinstance(t, dict) and t.get("system") in ("phone", "sms", None) and isinstance(t.get("value"), str):
+            p = phone_digits(t["value"])
+            if p:
+                phones.add(p)
+    f["ph"] = sorted(phones)[:5]
+    f["dist"] = _district(patient)
+    return f
+
+
+def _district(patient: dict) -> str | None:
+    for a in _items(patient.get("address")):
+        if not isinstance(a, dict):
+            continue
+        for e in _items(a.get("extension")):
+            if isinstance(e, dict) and e.get("url") == DIVISION_EXTENSION:
+                code = e.get("valueCode")
+                if isinstance(code, str) and _DISTRICT.match(code):
+                    return code
+        for key in ("postalCode", "district", "text"):  # a division code written into the address
+            v = a.get(key)
+            if isinstance(v, str):
+                m = re.search(r"(?<!\d)([1-8]\d{5})(?!\d)", v[:MAX_TEXT])
+                if m and key != "postalCode":
+                    return m.group(1)
+    return None

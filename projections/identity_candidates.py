@@ -1,0 +1,246 @@
+"""The identity-candidates read model: every current Patient's matching features and blocking keys.
+
+Follows the Patient events of the log (``types``) into ``$HUB_DATA_DIR/identity-candidates.sqlite``:
+
+- ``ic_patient``: one row per current Patient (``pk``, ``ref``, version, features as JSON with the
+  hashes of its blocking keys);
+- ``ic_key``: (64-bit key hash, pk), indexed on (hash, pk): a block is one indexed range read;
+- ``ic_name``: how many current Patients carry each normalised name (term frequencies).
+
+Rows and the tracking position are written in one transaction, so the index is exactly the log up to
+its position. A rebuild (``reset``) is a bulk load: key rows go in without their index, an updated
+Patient gets a new pk and its old rows are dropped at the end (``caught_up``), where the index is
+built once. ``put`` takes features directly (the matching benchmark and tests feed it without an
+event store); the incremental matcher (``hub.mpi.incremental``) shares this file and its tracking.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import orjson
+from eventsourcing.persistence import Notification, Tracking
+
+from hub.events import KIND_OF_TOPIC
+from hub.mpi import blocking
+from hub.mpi.normalise import features as patient_features
+from projections.sqlite_model import SQLiteReadModel
+
+NAME = "identity-candidates"
+_PREFIX = "Patient/"
+_KEY_INDEX = "CREATE INDEX IF NOT EXISTS ic_key_h ON ic_key (h, pk)"
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS ic_meta (key TEXT PRIMARY KEY, value)",
+    "CREATE TABLE IF NOT EXISTS ic_patient (pk INTEGER PRIMARY KEY, ref TEXT NOT NULL UNIQUE, "
+    "version INTEGER NOT NULL, f BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ic_key (h INTEGER NOT NULL, pk INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ic_name (name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS ic_stale (pk INTEGER PRIMARY KEY)",
+    "INSERT OR IGNORE INTO ic_meta (key, value) VALUES ('writer', 0)",
+    "INSERT OR IGNORE INTO ic_meta (key, value) VALUES ('bulk', 0)",
+]
+
+
+class IdentityCandidates(SQLiteReadModel):
+    name = NAME
+    schema = SCHEMA
+    types = ("Patient",)
+
+    def opened(self, c: Any) -> None:
+        c.execute("SELECT value FROM ic_meta WHERE key='bulk'")
+        self._bulk = bool(c.fetchone()[0])
+        if not self._bulk:
+            c.execute(_KEY_INDEX)
+        self.caps = blocking.caps()
+        self.alerts = blocking.ALERTS
+
+    @property
+    def bulk(self) -> bool:
+        return self._bulk
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget everything and start a bulk load (ended by ``caught_up``)."""
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("DROP INDEX IF EXISTS ic_key_h")
+            for table in ("ic_key", "ic_patient", "ic_name", "ic_stale"):
+                c.execute(f"DELETE FROM {table}")
+            c.execute("UPDATE ic_meta SET value=1 WHERE key='bulk'")
+            # only its own position: the incremental matcher's stays (a rebuilt index is no reason
+            # to decide about every Patient again)
+            c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
+        self._bulk = True
+
+    def caught_up(self) -> None:
+        """End a bulk load: drop the key rows of superseded versions, build the key index."""
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("DELETE FROM ic_key WHERE pk IN (SELECT pk FROM ic_stale)")
+            c.execute("DELETE FROM ic_stale")
+            c.execute(_KEY_INDEX)
+            c.execute("UPDATE ic_meta SET value=0 WHERE key='bulk'")
+        self._bulk = False
+
+    def _put(self, c: Any, rows: Iterable[tuple[str, int, dict | None]]) -> None:
+        """Write (ref, version, features or None for deleted) in transaction ``c``."""
+        names: Counter[str] = Counter()
+        new_keys: list[tuple[int, int]] = []
+        for ref, version, f in rows:
+            c.execute("SELECT pk, f FROM ic_patient WHERE ref=?", (ref,))
+            old = c.fetchone()
+            if old is not None:
+                old_f = orjson.loads(old[1])
+                if old_f.get("name"):
+                    names[old_f["name"]] -= 1
+                if self._bulk:
+                    c.execute("INSERT OR IGNORE INTO ic_stale (pk) VALUES (?)", (old[0],))
+                else:
+                    c.executemany("DELETE FROM ic_key WHERE h=? AND pk=?", [(h, old[0]) for h in old_f["k"]])
+                c.execute("DELETE FROM ic_patient WHERE pk=?", (old[0],))
+            if f is None:
+                continue
+            hashes = [h for _, h in blocking.hashed(f)]
+            f = {**f, "k": hashes}
+            c.execute("INSERT INTO ic_patient (ref, version, f) VALUES (?,?,?)", (ref, version, orjson.dumps(f)))
+            pk = c.lastrowid
+            new_keys.extend((h, pk) for h in hashes)
+            if f.get("name"):
+                names[f["name"]] += 1
+        if new_keys:
+            c.executemany("INSERT INTO ic_key (h, pk) VALUES (?,?)", new_keys)
+        changed = [(n, d) for n, d in names.items() if d]
+        if changed:
+            c.executemany("INSERT INTO ic_name (name, n) VALUES (?,?) "
+                          "ON CONFLICT(name) DO UPDATE SET n = n + excluded.n", changed)
+
+    def put(self, features: Iterable[dict], version: int = 1) -> None:
+        """Index Patients' features directly (no tracking): benchmarks and tests."""
+        with self.datastore.transaction(commit=True) as c:
+            self._put(c, ((f["ref"], version, f) for f in features))
+
+    def apply(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
+        last = max(notifications[-1].id if notifications else 0, up_to or 0)
+        if not last:
+            return
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("UPDATE ic_meta SET value = value + 1 WHERE key = 'writer'")  # the write lock
+            c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (NAME,))
+            found = c.fetchone()
+            done = found[0] if found else 0
+            if last <= done:
+                return
+            newest: dict[str, Notification] = {}
+            for n in notifications:
+                if n.id > done and n.originator_id.startswith(_PREFIX):
+                    newest[n.originator_id] = n
+            self._put(c, (_row(stream, n) for stream, n in newest.items()))
+            self.tracking._insert_tracking(c, Tracking(NAME, last))
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def size(self) -> int:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT COUNT(*) FROM ic_patient")
+            return c.fetchone()[0]
+
+    def features_of(self, ref: str) -> dict | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT f FROM ic_patient WHERE ref=?", (ref,))
+            row = c.fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    def name_count(self, name: str) -> int:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT n FROM ic_name WHERE name=?", (name,))
+            row = c.fetchone()
+        return row[0] if row else 0
+
+    def lookup(self, keys: Sequence[tuple[str, int]], names: Iterable[str] = ()) -> tuple[
+            list[tuple[int, dict]], dict[str, int], int]:
+        """Candidates sharing a key: ([(pk, features)], {name: count} of ``names`` and of the
+        candidates' names, Patients indexed). One indexed read per key; a block over its cap is
+        cut to the cap and counted in ``alerts``."""
+        pks: dict[int, None] = {}
+        with self.datastore.transaction(commit=False) as c:
+            for kind, h in keys:
+                cap = self.caps.get(kind, 100)
+                c.execute("SELECT pk FROM ic_key WHERE h=? LIMIT ?", (h, cap + 1))
+                rows = c.fetchall()
+                if len(rows) > cap:
+                    self.alerts.over_cap(kind, cap)
+                    rows = rows[:cap]
+                for (pk,) in rows:
+                    pks[pk] = None
+            out: list[tuple[int, dict]] = []
+            if pks:
+                ids = list(pks)
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i:i + 500]
+                    c.execute(f"SELECT pk, f FROM ic_patient WHERE pk IN ({','.join('?' * len(chunk))})", chunk)
+                    out.extend((pk, orjson.loads(f)) for pk, f in c.fetchall())
+            wanted = set(names) | {f["name"] for _, f in out if f.get("name")}
+            counts = {}
+            for name in wanted:
+                c.execute("SELECT n FROM ic_name WHERE name=?", (name,))
+                row = c.fetchone()
+                counts[name] = row[0] if row else 0
+            c.execute("SELECT MAX(pk) FROM ic_patient")  # O(1); a bound of the count, good for shares
+            total = c.fetchone()[0] or 0
+        return out, counts, total
+
+    def iter_all(self, batch: int = 5000) -> Iterator[tuple[int, dict]]:
+        """Every indexed Patient as (pk, features), in pk order, read in batches."""
+        last = 0
+        while True:
+            with self.datastore.transaction(commit=False) as c:
+                c.execute("SELECT pk, f FROM ic_patient WHERE pk > ? ORDER BY pk LIMIT ?", (last, batch))
+                rows = c.fetchall()
+            if not rows:
+                return
+            for pk, f in rows:
+                yield pk, orjson.loads(f)
+            last = rows[-1][0]
+
+    def sample(self, n: int, seed: int = 1) -> list[dict]:
+        """About ``n`` Patients' features chosen at random (deterministic for a seed)."""
+        import random
+
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT MAX(pk) FROM ic_patient")
+            top = c.fetchone()[0] or 0
+            if not top:
+                return []
+            rng = random.Random(seed)
+            picks = sorted({rng.randint(1, top) for _ in range(min(n * 2, top * 2))})[: n * 2]
+            out = []
+            for i in range(0, len(picks), 500):
+                chunk = picks[i:i + 500]
+                c.execute(f"SELECT f FROM ic_patient WHERE pk IN ({','.join('?' * len(chunk))})", chunk)
+                out.extend(orjson.loads(f) for (f,) in c.fetchall())
+        rng.shuffle(out)
+        return out[:n]
+
+    def stats(self) -> dict[str, int]:
+        with self.datastore.transaction(commit=False) as c:
+            out = {}
+            for table in ("ic_patient", "ic_key", "ic_name"):
+                c.execute(f"SELECT COUNT(*) FROM {table}")
+                out[table] = c.fetchone()[0]
+        out["blocks_over_cap"] = sum(self.alerts.counts.values())
+        return out
+
+
+def _row(stream: str, n: Notification) -> tuple[str, int, dict | None]:
+    if KIND_OF_TOPIC.get(n.topic) == "deleted":
+        return stream, n.originator_version, None
+    _, _, body = n.state.partition(b"\n")
+    try:
+        d = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return stream, n.originator_version, None
+    if not isinstance(d, dict):
+        return stream, n.originator_version, None
+    d.setdefault("id", stream[len(_PREFIX):])
+    return stream, n.originator_version, patient_features(d)

@@ -1,0 +1,211 @@
+"""The patient timeline: each Patient's clinical events in time order, across institutions.
+
+One row per current clinical resource of the kinds below: ``(patient, t, kind, rtype, rid,
+version)`` in ``$HUB_DATA_DIR/timeline.sqlite``, indexed by ``(patient, t)``. A new version
+replaces its row, a delete removes it; rows and the tracking position are written in one
+transaction, so ``hub projections rebuild timeline`` replays to the same rows.
+
+Rows are keyed by Patient, not by person: which Patients make a person is resolved when asked (the
+person projection), so links, unlinks, merges and unmerges change a person's timeline at once and
+no row is ever rewritten for an identity event. "Person P between t1 and t2, of kinds K" is one
+indexed read: ``patient IN (P's Patients) AND t >= t1 AND t < t2 AND kind IN K ORDER BY t``.
+
+The time of a resource is the first of its clinically meaningful times that is present (below,
+``TIME_PATHS``), as µs since the epoch in UTC (a value without a zone is read as UTC, like
+everywhere in the hub); a resource without any is placed at its ``meta.lastUpdated`` and flagged
+``dated = 0``. The Patient is the ``subject`` or ``patient`` reference (``Patient/id``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from eventsourcing.persistence import Notification, Tracking
+
+from hub.events import KIND_OF_TOPIC
+from hub.fhirtime import parse_range
+from projections.sqlite_model import SQLiteReadModel
+
+NAME = "timeline"
+
+KIND_OF_TYPE = {
+    "Encounter": "encounter",
+    "Condition": "diagnosis",
+    "Observation": "result",
+    "DiagnosticReport": "result",
+    "MedicationRequest": "medication",
+    "MedicationStatement": "medication",
+    "MedicationAdministration": "medication",
+    "Procedure": "procedure",
+    "DocumentReference": "document",
+    "Composition": "document",
+    "AllergyIntolerance": "allergy",
+    "Immunization": "immunization",
+}
+KINDS = tuple(sorted(set(KIND_OF_TYPE.values())))
+
+# element paths tried in order; "x.start" reads a Period's start
+TIME_PATHS = {
+    "Encounter": ("period.start", "period.end"),
+    "Condition": ("onsetDateTime", "onsetPeriod.start", "recordedDate", "abatementDateTime"),
+    "Observation": ("effectiveDateTime", "effectivePeriod.start", "effectiveInstant", "issued"),
+    "DiagnosticReport": ("effectiveDateTime", "effectivePeriod.start", "issued"),
+    "MedicationRequest": ("authoredOn",),
+    "MedicationStatement": ("effectiveDateTime", "effectivePeriod.start", "dateAsserted"),
+    "MedicationAdministration": ("effectiveDateTime", "effectivePeriod.start"),
+    "Procedure": ("performedDateTime", "performedPeriod.start"),
+    "DocumentReference": ("context.period.start", "date"),
+    "Composition": ("date",),
+    "AllergyIntolerance": ("onsetDateTime", "onsetPeriod.start", "recordedDate"),
+    "Immunization": ("occurrenceDateTime", "recorded"),
+}
+
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS t_meta (key TEXT PRIMARY KEY, value)",
+    "INSERT OR IGNORE INTO t_meta (key, value) VALUES ('writer', 0)",
+    "CREATE TABLE IF NOT EXISTS t_row (rtype TEXT NOT NULL, rid TEXT NOT NULL, "
+    "version INTEGER NOT NULL, patient TEXT NOT NULL, t INTEGER NOT NULL, kind TEXT NOT NULL, "
+    "dated INTEGER NOT NULL, PRIMARY KEY (rtype, rid)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS t_row_patient ON t_row (patient, t, kind, rtype, rid)",
+]
+
+
+def _get(d: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(d, dict):
+            return None
+        d = d.get(part)
+    return d
+
+
+def patient_of(d: dict) -> str | None:
+    for key in ("subject", "patient"):
+        ref = d.get(key)
+        if isinstance(ref, dict):
+            r = ref.get("reference")
+            if isinstance(r, str):
+                i = r.find("Patient/")
+                if i >= 0 and (i == 0 or r[i - 1] == "/"):
+                    rid = r[i + len("Patient/"):].split("/_history")[0]
+                    if rid:
+                        return rid
+    return None
+
+
+def time_of(rtype: str, d: dict) -> int | None:
+    for path in TIME_PATHS.get(rtype, ()):
+        v = _get(d, path)
+        if isinstance(v, str):
+            try:
+                return parse_range(v)[0]
+            except ValueError:
+                continue
+    return None
+
+
+def row_of(rtype: str, rid: str, version: int, header: bytes, body: bytes) -> tuple | None:
+    try:
+        d = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(d, dict):
+        return None
+    patient = patient_of(d)
+    if patient is None:
+        return None
+    t, dated = time_of(rtype, d), 1
+    if t is None:
+        dated = 0
+        try:
+            t = parse_range(orjson.loads(header)["lastUpdated"])[0]
+        except (ValueError, KeyError, orjson.JSONDecodeError):
+            t = 0
+    return (rtype, rid, version, patient, t, KIND_OF_TYPE[rtype], dated)
+
+
+class TimelineProjection(SQLiteReadModel):
+    name = NAME
+    schema = SCHEMA
+    types = tuple(KIND_OF_TYPE)  # the runner hands over only these events
+
+    def reset(self) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("DELETE FROM t_row")
+            c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
+
+    def apply(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
+        last = max(notifications[-1].id if notifications else 0, up_to or 0)
+        if not last:
+            return
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("UPDATE t_meta SET value = value + 1 WHERE key = 'writer'")
+            c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (NAME,))
+            found = c.fetchone()
+            done = found[0] if found else 0
+            if last <= done:
+                return
+            newest: dict[str, Notification] = {}
+            for n in notifications:
+                if n.id > done and n.topic in KIND_OF_TOPIC:
+                    newest[n.originator_id] = n
+            drop, rows = [], []
+            for stream, n in newest.items():
+                rtype, rid = stream.split("/", 1)
+                if rtype not in KIND_OF_TYPE:
+                    continue
+                drop.append((rtype, rid))
+                if KIND_OF_TOPIC[n.topic] == "deleted":
+                    continue
+                header, _, body = n.state.partition(b"\n")
+                row = row_of(rtype, rid, n.originator_version, header, body)
+                if row is not None:
+                    rows.append(row)
+            if drop:
+                c.executemany("DELETE FROM t_row WHERE rtype=? AND rid=?", drop)
+            if rows:
+                c.executemany("INSERT INTO t_row (rtype, rid, version, patient, t, kind, dated) "
+                              "VALUES (?,?,?,?,?,?,?)", rows)
+            self.tracking._insert_tracking(c, Tracking(NAME, last))
+
+    # -- answers -------------------------------------------------------------------------------
+
+    def query(self, patients: Sequence[str], start: int | None = None, end: int | None = None,
+              kinds: Sequence[str] | None = None, limit: int = 1000,
+              after: tuple[int, str, str] | None = None) -> list[tuple]:
+        """Rows ``(t, rtype, rid, patient, kind, version, dated)`` of these Patients (ids), in
+        time order (ties by type and id), ``start <= t < end``, of ``kinds``; keyset paging after
+        ``(t, rtype, rid)``. One read over the ``(patient, t)`` index."""
+        if not patients:
+            return []
+        where = [f"patient IN ({','.join('?' * len(patients))})"]
+        args: list[Any] = list(patients)
+        if start is not None:
+            where.append("t >= ?")
+            args.append(start)
+        if end is not None:
+            where.append("t < ?")
+            args.append(end)
+        if kinds:
+            where.append(f"kind IN ({','.join('?' * len(kinds))})")
+            args += list(kinds)
+        if after is not None:
+            where.append("(t, rtype, rid) > (?, ?, ?)")
+            args += list(after)
+        sql = ("SELECT t, rtype, rid, patient, kind, version, dated FROM t_row WHERE "
+               + " AND ".join(where) + " ORDER BY t, rtype, rid LIMIT ?")
+        args.append(limit)
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(sql, args)
+            return [tuple(r) for r in c.fetchall()]
+
+    def stats(self) -> dict[str, int]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT COUNT(*) FROM t_row")
+            return {"t_row": c.fetchone()[0]}
+
+    def dump(self) -> list[tuple]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT * FROM t_row ORDER BY rtype, rid")
+            return [tuple(r) for r in c.fetchall()]

@@ -1,0 +1,222 @@
+"""``hub terminology unmapped`` and ``hub terminology renormalise`` (issue 7).
+
+``unmapped`` prints the worklist (``projections.unmapped``, brought up to date first): local codes
+carried by current resources without a standard code, most frequent first.
+
+``renormalise`` re-normalises by replay: for every resource the worklist lists (of one institution
+with ``--institution``), the current version is read, the ConceptMaps applied
+(``terminology.normalise``), and, where a standard coding was added, a new version written through
+the hub's normal write path (``Hub.execute``, an update with the read version as If-Match, the
+event's source institution kept, feed ``terminology-renormalise``). The maps come from
+``--concept-maps`` files or, without it, from the current ConceptMap resources of the store.
+A second run finds nothing to change.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import orjson
+
+FEED = "terminology-renormalise"
+CHUNK = 200
+
+
+def add_parsers(tsub, common) -> None:
+    p = tsub.add_parser("unmapped", parents=[common],
+                        help="local codes without a standard code, most frequent first")
+    p.add_argument("--institution", help="the sending institution's code (or its OID)")
+    p.add_argument("--system", help="one local code system (urn:oid:…)")
+    p.add_argument("--limit", type=int, help="at most this many rows")
+    p.add_argument("--csv", action="store_true", help="CSV on stdout instead of a table")
+    p.add_argument("--json", action="store_true", help="JSON rows on stdout")
+    p.set_defaults(terminology_func=cmd_unmapped)
+
+    p = tsub.add_parser("renormalise", parents=[common],
+                        help="apply ConceptMaps to the resources the worklist lists (new versions)")
+    p.add_argument("--concept-maps", nargs="+", type=Path, metavar="FILE",
+                   help="FHIR JSON / Bundle / NDJSON files (default: the store's ConceptMaps)")
+    p.add_argument("--institution", help="only this institution's resources")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(terminology_func=cmd_renormalise)
+
+
+def _usage(msg: str) -> Exception:
+    from hub.cli import UsageError
+
+    return UsageError(msg)
+
+
+def _open(settings):
+    from hub.cli import open_store
+    from projections.unmapped import UnmappedProjection
+
+    store = open_store(settings, existing=True)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        model = UnmappedProjection(settings.data_dir / "unmapped.sqlite")
+    except BaseException:
+        store.close()
+        raise
+    return store, model
+
+
+def _catch_up(store, model, quiet: bool) -> None:
+    from tqdm import tqdm
+
+    from projections.runner import Runner
+
+    runner = Runner(store, model)
+    lag = runner.lag()
+    with tqdm(total=lag, unit=" events", desc="unmapped-codes projection",
+              disable=quiet or not lag or not sys.stderr.isatty()) as bar:
+        runner.catch_up(progress=bar.update)
+
+
+def cmd_unmapped(args, settings) -> int:
+    from projections.unmapped import QueryError, to_csv, to_table
+
+    if args.limit is not None and args.limit < 1:
+        raise _usage("--limit must be at least 1")
+    store, model = _open(settings)
+    try:
+        _catch_up(store, model, args.csv or args.json)
+        try:
+            rows = model.worklist(args.institution, args.system, args.limit)
+        except QueryError as e:
+            raise _usage(str(e)) from None
+    finally:
+        model.close()
+        store.close()
+    if args.csv:
+        sys.stdout.write(to_csv(rows))
+    elif args.json:
+        for r in rows:
+            sys.stdout.write(orjson.dumps(r).decode() + "\n")
+    elif not rows:
+        print("no unmapped local codes" + (" for this filter" if args.institution or args.system
+                                           else ""))
+    else:
+        sys.stdout.write(to_table(rows))
+        print(f"{len(rows)} codes in {sum(r['resources'] for r in rows)} resource references")
+    return 0
+
+
+def store_concept_maps(store, batch: int = 1000) -> list[dict]:
+    """The current (not deleted) ConceptMap resources of the store, read from the log."""
+    from hub.events import KIND_OF_TOPIC
+
+    newest = {}
+    start = 1
+    while True:
+        notes = store.notifications_of(("ConceptMap",), start, batch)
+        for n in notes:
+            newest[n.originator_id] = n
+        if len(notes) < batch:
+            break
+        start = notes[-1].id + 1
+    out = []
+    for n in newest.values():
+        if KIND_OF_TOPIC.get(n.topic) == "deleted":
+            continue
+        try:
+            d = orjson.loads(n.state.partition(b"\n")[2])
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(d, dict):
+            out.append(d)
+    return out
+
+
+def mapped_codes(model, normaliser, institution: str | None = None) -> list[tuple[str, str]]:
+    """The (system, code) pairs of the worklist that the ConceptMaps now map."""
+    return sorted({(r["system"], r["code"]) for r in model.worklist(institution)
+                   if normaliser.targets(r["system"], r["code"])})
+
+
+def renormalise(hub, model, normaliser, institution: str | None = None, progress=None) -> Counter:
+    """Write new versions of the listed resources that gain a standard coding; counts by outcome."""
+    from hub import resource as res
+    from hub.errors import FhirError
+    from hub.ingest import Context, Op
+
+    counts: Counter = Counter()
+    streams = model.streams(institution, mapped_codes(model, normaliser, institution))
+    for i in range(0, len(streams), CHUNK):
+        by_source: dict[str, list] = {}
+        for stream in streams[i:i + CHUNK]:
+            rtype, _, rid = stream.partition("/")
+            stored = hub.store.latest(rtype, rid)
+            counts["read"] += 1
+            if stored is None or stored.topic.endswith("Deleted"):
+                counts["gone"] += 1
+                continue
+            header, _, body = stored.state.partition(b"\n")
+            d = res.parse_json(body)
+            before = res.content_hash(d)
+            normaliser.normalise(d)
+            if res.content_hash(d) == before:
+                counts["unchanged"] += 1
+                continue
+            try:
+                res.validate(rtype, orjson.dumps(d), d)
+            except FhirError:
+                counts["invalid"] += 1
+                continue
+            source = (orjson.loads(header).get("source") or {}).get("institution") or ""
+            by_source.setdefault(source, []).append(
+                Op("PUT", rtype, rid, d, if_match=stored.originator_version, url=stream))
+        for source, ops in by_source.items():
+            ctx = Context(source={"feed": FEED, **({"institution": source} if source else {})})
+            for r in hub.execute(ops, ctx, atomic=False):
+                if isinstance(r, FhirError):
+                    counts["conflict" if r.status == 412 else "failed"] += 1
+                else:
+                    counts["updated"] += 1
+        if progress is not None:
+            progress(len(streams[i:i + CHUNK]))
+    return counts
+
+
+def cmd_renormalise(args, settings) -> int:
+    from tqdm import tqdm
+
+    from connectors.terminology import read_concept_maps
+    from hub.ingest import Hub
+    from terminology.normalise import Normaliser
+
+    store, model = _open(settings)
+    try:
+        if args.concept_maps:
+            maps = []
+            for path in args.concept_maps:
+                try:
+                    maps.extend(read_concept_maps(path))
+                except ValueError as e:
+                    raise _usage(str(e)) from None
+        else:
+            maps = store_concept_maps(store)
+        normaliser = Normaliser.from_concept_maps(maps)
+        if not len(normaliser):
+            raise _usage("no usable mappings in the ConceptMaps"
+                         + ("" if args.concept_maps else " of the store (give --concept-maps)"))
+        _catch_up(store, model, args.quiet)
+        hub = Hub(store)
+        total = len(model.streams(args.institution,
+                                  mapped_codes(model, normaliser, args.institution)))
+        with tqdm(total=total, unit=" resources", desc="renormalise",
+                  disable=args.quiet or not sys.stderr.isatty()) as bar:
+            counts = renormalise(hub, model, normaliser, args.institution, bar.update)
+        _catch_up(store, model, True)
+        left = model.worklist(args.institution)
+    finally:
+        model.close()
+        store.close()
+    print(f"{normaliser.maps} ConceptMaps, {len(normaliser)} mapped codes; "
+          f"{counts['read']} listed resources read: {counts['updated']} updated, "
+          f"{counts['unchanged']} unchanged, {counts['conflict']} changed meanwhile, "
+          f"{counts['invalid'] + counts['failed']} failed; still unmapped: {len(left)} codes in "
+          f"{sum(r['resources'] for r in left)} resource references")
+    return 1 if counts["invalid"] or counts["failed"] else 0

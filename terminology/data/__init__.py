@@ -1,0 +1,1 @@
+"""Terminology resources shipped with the hub (see README.md)."""

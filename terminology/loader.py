@@ -1,0 +1,188 @@
+"""Loading terminology into the hub: FHIR JSON (a resource, a Bundle, NDJSON; .gz too) and CSV
+(``terminology.csvformat``), files or folders, stored through the hub's normal ingest
+(``Hub.ingest``: validated once, versioned, a reload of the same content changes nothing).
+
+Only CodeSystem, ValueSet, ConceptMap and NamingSystem are taken; anything else is refused with
+its reason (``hub ingest`` stores other resources). A resource without an id gets one derived
+from its url and version, so loading a file again updates the same resource instead of adding
+another. ``hub terminology load --builtin`` loads the folder ``terminology/data/``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from hub.errors import FhirError
+from hub.ingest import Context, Hub
+from terminology import csvformat
+from terminology import rows as R
+
+TYPES = ("CodeSystem", "ValueSet", "ConceptMap", "NamingSystem")
+BUILTIN = Path(__file__).resolve().parent / "data"
+BATCH_BYTES = 16 << 20  # one commit holds at most about this much JSON
+BATCH_ITEMS = 200
+SHOW_PROBLEMS = 20
+
+
+@dataclass
+class Report:
+    counts: Counter = field(default_factory=Counter)  # (type, created|updated|unchanged)
+    concepts: int = 0
+    map_elements: int = 0
+    rejected: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (where, why), the first ones
+
+    def reject(self, where: str, why: str) -> None:
+        self.rejected += 1
+        if len(self.problems) < SHOW_PROBLEMS:
+            self.problems.append((where, why))
+
+    def summary(self) -> str:
+        parts = []
+        for rtype in TYPES:
+            kinds = {k: n for (t, k), n in sorted(self.counts.items()) if t == rtype}
+            if kinds:
+                parts.append(f"{rtype} {sum(kinds.values())} ("
+                             + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")")
+        loaded = sum(self.counts.values())
+        return (f"{loaded} loaded" + (": " + ", ".join(parts) if parts else "")
+                + f"; {self.concepts} concepts, {self.map_elements} map elements; "
+                  f"{self.rejected} rejected")
+
+
+def input_kind(f: Path) -> str | None:
+    name = f.name.lower()
+    if name.endswith(".csv"):
+        return "csv"
+    name = name.removesuffix(".gz")
+    return "ndjson" if name.endswith(".ndjson") else "json" if name.endswith(".json") else None
+
+
+def files(paths: list[Path]) -> list[Path]:
+    out = []
+    for path in paths:
+        if path.is_dir():
+            out += sorted(p for p in path.rglob("*") if p.is_file() and input_kind(p))
+        else:
+            out.append(path)
+    return out
+
+
+def resource_id(d: dict) -> str:
+    """A deterministic id from url and version (ids are [A-Za-z0-9-.]{1,64})."""
+    import hashlib
+
+    key = f"{d.get('url') or orjson.dumps(d).decode()}|{d.get('version') or ''}"
+    tail = (d.get("url") or "").rstrip("/").rsplit("/", 1)[-1]
+    slug = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-.") else "-" for ch in tail)
+    slug = slug.strip("-.")[:40]
+    digest = hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
+    return f"{slug}-{digest}" if slug else digest
+
+
+def iter_resources(path: Path, csv_options: dict[str, str | None]
+                   ) -> Iterator[tuple[str, dict | None, str | None]]:
+    """(where, resource, None) for every resource of a file, or (where, None, why not)."""
+    kind = input_kind(path)
+    if kind is None:
+        yield str(path), None, "not a .json, .ndjson or .csv file"
+        return
+    if kind == "csv":
+        try:
+            yield str(path), csvformat.parse(path.read_bytes(), **csv_options), None
+        except csvformat.CsvError as e:
+            for line, why in e.problems:
+                yield (f"{path}:{line}" if line else str(path)), None, why
+        except OSError as e:
+            yield str(path), None, f"Cannot read the file: {e}"
+        return
+    from hub.cli import iter_inputs
+    from hub.resource import parse_json
+
+    for where, raw, unreadable in iter_inputs([path]):
+        if unreadable is not None:
+            yield where, None, unreadable
+            continue
+        try:
+            d = parse_json(raw)
+        except FhirError as e:
+            yield where, None, str(e)
+            continue
+        if isinstance(d, dict) and d.get("resourceType") == "Bundle":
+            entries = d.get("entry")
+            if not isinstance(entries, list):
+                yield where, None, "Bundle.entry must be an array"
+                continue
+            for i, entry in enumerate(entries):
+                r = entry.get("resource") if isinstance(entry, dict) else None
+                yield f"{where}#entry[{i}]", r, None if isinstance(r, dict) else "no resource"
+        else:
+            yield where, d, None
+
+
+def load(hub: Hub, paths: list[Path], ctx: Context | None = None, *,
+         csv_options: dict[str, str | None] | None = None, progress: bool = False) -> Report:
+    """Store the terminology resources of ``paths`` (files or folders), in file order."""
+    from tqdm import tqdm
+
+    ctx = ctx or Context(source={"feed": "terminology"})
+    report = Report()
+    pending: list[tuple[str, bytes, dict]] = []
+    size = 0
+    bar = tqdm(unit=" res", disable=not progress, desc="terminology", mininterval=0.5)
+
+    def flush() -> None:
+        nonlocal size
+        if not pending:
+            return
+        results = hub.ingest(((raw, d) for _, raw, d in pending), ctx, batch_size=len(pending))
+        for (where, _, d), result in zip(pending, results, strict=True):
+            if isinstance(result, FhirError):
+                issue = result.issues[0]
+                report.reject(where, issue.diagnostics + (f" at {issue.expression}"
+                                                          if issue.expression else ""))
+                continue
+            kind = ("created" if result.status == 201 else
+                    "unchanged" if result.issues else "updated")
+            report.counts[(d["resourceType"], kind)] += 1
+            if d["resourceType"] == "CodeSystem":
+                report.concepts += sum(1 for _ in R.iter_concepts(d.get("concept")))
+            elif d["resourceType"] == "ConceptMap":
+                report.map_elements += sum(len(R.as_list(g.get("element")))
+                                           for g in R.as_list(d.get("group"))
+                                           if isinstance(g, dict))
+        bar.update(len(pending))
+        pending.clear()
+        size = 0
+
+    try:
+        for f in files(paths):
+            for where, d, why in iter_resources(f, csv_options or {}):
+                if d is None:
+                    report.reject(where, why or "unreadable")
+                    bar.update(1)
+                    continue
+                rtype = d.get("resourceType") if isinstance(d, dict) else None
+                if rtype not in TYPES:
+                    report.reject(where, f"{rtype or 'this'} is not a terminology resource "
+                                         "(CodeSystem, ValueSet, ConceptMap, NamingSystem); "
+                                         "hub ingest stores the others")
+                    bar.update(1)
+                    continue
+                if not d.get("id"):
+                    d = {"resourceType": rtype, "id": resource_id(d),
+                         **{k: v for k, v in d.items() if k != "resourceType"}}
+                raw = orjson.dumps(d)
+                pending.append((where, raw, d))
+                size += len(raw)
+                if size >= BATCH_BYTES or len(pending) >= BATCH_ITEMS:
+                    flush()
+        flush()
+    finally:
+        bar.close()
+    return report

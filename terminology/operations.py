@@ -1,0 +1,533 @@
+"""The R4 terminology operations over the read model: pure functions of the service and the
+parameters, answering a ``Parameters`` or ``ValueSet`` dict, raising ``TerminologyError`` (400)
+or ``TerminologyNotFound`` (404).
+
+=========================  ====================================================================
+``CodeSystem/$lookup``     code + system (+ version) or coding -> name, version, display,
+                           designations, properties (parent, child, inactive, definition, the
+                           concept's own); ``property`` picks some; ``displayLanguage``
+``CodeSystem/$validate-    url (or system) + code / coding / codeableConcept -> result, display,
+code``                     message; a wrong ``display`` is invalid; inactive codes are valid with
+                           a message; ``abstract=false`` refuses abstract codes
+``CodeSystem/$subsumes``   codeA, codeB (or codingA, codingB) in system -> outcome equivalent,
+                           subsumes, subsumed-by or not-subsumed
+``ValueSet/$expand``       url (+ valueSetVersion) or valueSet -> the ValueSet with its expansion;
+                           ``filter`` (text), ``count``, ``offset``, ``activeOnly``,
+                           ``displayLanguage``, ``includeDesignations``, ``system-version``,
+                           ``force-system-version``
+``ValueSet/$validate-      url or valueSet + code and system / coding / codeableConcept ->
+code``                     result, display, message; abstract codes only with ``abstract=true``;
+                           ``activeOnly``
+``ConceptMap/$translate``  code + system / coding / codeableConcept, url / conceptMap / the maps
+                           of ``source`` and ``target``, ``targetsystem``, ``reverse`` ->
+                           result, message, match (equivalence, concept, source)
+=========================  ====================================================================
+
+Instance forms take the resource (``CodeSystem/{id}/$lookup``): ``instance`` is its model entry.
+Code systems are found by any of their URIs (``urn:oid:…`` and the canonical URL are one);
+``url|version`` works wherever a canonical is taken. ``date`` is accepted and not used.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from terminology import rows as R
+from terminology import valueset as V
+from terminology.params import Params, param, parameters, part
+from terminology.service import (
+    CodeSystemRef,
+    Concept,
+    ResourceRef,
+    TerminologyError,
+    TerminologyNotFound,
+    TerminologyService,
+    split_canonical,
+)
+
+MAX_FILTER = 200  # characters of an $expand text filter
+MAX_UNPAGED = 10_000  # largest expansion answered without count
+MAX_COUNT = 10_000
+MAX_CHILDREN = 1000  # child properties listed by $lookup
+
+SPECS: dict[str, dict[str, str]] = {
+    "lookup": {"code": "code", "system": "uri", "version": "string", "coding": "Coding",
+               "date": "dateTime", "displayLanguage": "code", "property": "code*"},
+    "validate-code-cs": {"url": "uri", "system": "uri", "code": "code", "version": "string",
+                         "display": "string", "coding": "Coding",
+                         "codeableConcept": "CodeableConcept", "date": "dateTime",
+                         "abstract": "boolean", "displayLanguage": "code"},
+    "subsumes": {"codeA": "code", "codeB": "code", "system": "uri", "version": "string",
+                 "codingA": "Coding", "codingB": "Coding"},
+    "expand": {"url": "uri", "valueSet": "resource:ValueSet", "valueSetVersion": "string",
+               "filter": "string", "date": "dateTime", "offset": "integer", "count": "integer",
+               "includeDesignations": "boolean", "includeDefinition": "boolean",
+               "activeOnly": "boolean", "excludeNested": "boolean", "excludeNotForUI": "boolean",
+               "excludePostCoordinated": "boolean", "displayLanguage": "code",
+               "system-version": "uri*", "force-system-version": "uri*",
+               "check-system-version": "uri*"},
+    "validate-code-vs": {"url": "uri", "valueSet": "resource:ValueSet",
+                         "valueSetVersion": "string", "code": "code", "system": "uri",
+                         "systemVersion": "string", "display": "string", "coding": "Coding",
+                         "codeableConcept": "CodeableConcept", "date": "dateTime",
+                         "abstract": "boolean", "activeOnly": "boolean",
+                         "displayLanguage": "code"},
+    "translate": {"url": "uri", "conceptMap": "resource:ConceptMap",
+                  "conceptMapVersion": "string", "code": "code", "system": "uri",
+                  "version": "string", "source": "uri", "coding": "Coding",
+                  "codeableConcept": "CodeableConcept", "target": "uri", "targetsystem": "uri",
+                  "reverse": "boolean"},
+}
+
+
+def _codings(p: Params, code: str = "code", system: str | None = "system",
+             version: str = "version", coding: str = "coding",
+             cc: str | None = "codeableConcept") -> list[dict]:
+    """The codings to work on: code (+ system, version), or coding, or a CodeableConcept's."""
+    given = [n for n in (code, coding, cc) if n and n in p]
+    if len(given) > 1:
+        raise TerminologyError(f"Give one of {', '.join(given)}, not several")
+    if code in p:
+        out = {"code": p.text(code)}
+        if system and p.text(system):
+            out["system"] = p.text(system)
+        if p.text(version):
+            out["version"] = p.text(version)
+        return [out]
+    if coding in p:
+        return [p.one(coding)]
+    if cc and cc in p:
+        return [c for c in p.one(cc).get("coding", []) if isinstance(c, dict)]
+    what = f"{code} (with {system})" if system else code
+    raise TerminologyError(f"Give {what} or {coding}" + (f" or {cc}" if cc else ""))
+
+
+def _display(svc: TerminologyService, concept: Concept, language: str | None) -> str | None:
+    if language:
+        for d in R.as_list(concept.details().get("designation")):
+            lang = d.get("language") if isinstance(d, dict) else None
+            if isinstance(lang, str) and (lang == language or lang.split("-")[0] == language):
+                if R.text(d.get("value")):
+                    return d["value"]
+    return concept.display
+
+
+def _cs_for(svc: TerminologyService, instance: CodeSystemRef | None, system: str | None,
+            version: str | None) -> CodeSystemRef:
+    if instance is not None:
+        if system and svc.canonical_system(system) != svc.canonical_system(instance.url or ""):
+            raise TerminologyError(f"{system} is not the system of CodeSystem/{instance.rid} "
+                                   f"({instance.url})")
+        if version and version != instance.version:
+            raise TerminologyError(f"CodeSystem/{instance.rid} is version {instance.version}, "
+                                   f"not {version}")
+        return instance
+    if not system:
+        raise TerminologyError("Which code system? Give system (or url)")
+    return svc.require_system(system, version)
+
+
+# -- CodeSystem ---------------------------------------------------------------------------------
+
+
+def _property_value(prop: dict) -> tuple[str, Any] | None:
+    for key, value in prop.items():
+        if key.startswith("value"):
+            return key[5:], value
+    return None
+
+
+def lookup(svc: TerminologyService, p: Params, instance: CodeSystemRef | None = None) -> dict:
+    coding = _codings(p, cc=None)[0]
+    if not R.text(coding.get("code")):
+        raise TerminologyError("The code to look up is missing")
+    cs = _cs_for(svc, instance, coding.get("system"), coding.get("version") or p.text("version"))
+    concept = svc.concept(cs, coding["code"])
+    if concept is None:
+        raise TerminologyNotFound(f"Code {coding['code']!r} is not in code system {cs.url}"
+                                  + (f" version {cs.version}" if cs.version else ""))
+    head = svc.header(cs.stream)
+    details = concept.details()
+    wanted = set(p.all("property"))
+
+    def want(name: str) -> bool:
+        return not wanted or name in wanted
+
+    out = [param("name", "String", R.text(head.get("name")) or R.text(head.get("title"))
+                 or cs.url),
+           param("version", "String", cs.version),
+           param("display", "String", _display(svc, concept, p.text("displayLanguage"))
+                 or concept.code)]
+    if want("abstract"):
+        out.append(param("abstract", "Boolean", concept.abstract))
+    if want("designation"):
+        for d in R.as_list(details.get("designation")):
+            if isinstance(d, dict) and R.text(d.get("value")):
+                out.append(part("designation", param("language", "Code", d.get("language")),
+                                param("use", "Coding", d.get("use")),
+                                param("value", "String", d["value"])))
+    props = []
+    if want("definition") and R.text(details.get("definition")):
+        props.append(("definition", "String", details["definition"]))
+    if want("inactive"):
+        props.append(("inactive", "Boolean", not concept.active))
+    if want("parent"):
+        props += [("parent", "Code", c) for c in svc.parents(cs, concept.code)]
+    if want("child"):
+        props += [("child", "Code", c) for c in svc.children(cs, concept.code)[:MAX_CHILDREN]]
+    for prop in R.as_list(details.get("property")):
+        name = prop.get("code")
+        if name in ("parent", "child", "inactive") or not want(name):
+            continue  # parent and child come from the hierarchy above
+        kv = _property_value(prop)
+        if kv:
+            props.append((name, *kv))
+    for name, kind, value in props:
+        out.append(part("property", param("code", "Code", name), param("value", kind, value)))
+    return parameters(*out)
+
+
+def _check_display(svc: TerminologyService, concept: Concept, display: str | None,
+                   language: str | None) -> str | None:
+    """A message if ``display`` is not a display of the concept (any designation counts)."""
+    if display is None:
+        return None
+    norm = " ".join(display.split()).casefold()
+    names = [concept.display] + [d.get("value") for d in R.as_list(
+        concept.details().get("designation")) if isinstance(d, dict)]
+    if any(isinstance(n, str) and " ".join(n.split()).casefold() == norm for n in names):
+        return None
+    return (f"The display {display[:200]!r} is not a display of code {concept.code!r}; it should "
+            f"be {_display(svc, concept, language)!r}")
+
+
+def validate_code_cs(svc: TerminologyService, p: Params,
+                     instance: CodeSystemRef | None = None) -> dict:
+    url = p.text("url") or p.text("system")
+    if p.text("url") and p.text("system") and p.text("url") != p.text("system"):
+        raise TerminologyError("url and system name different code systems")
+    codings = _codings(p, system=None)
+    messages: list[str] = []
+    lang = p.text("displayLanguage")
+    for coding in codings:
+        if not R.text(coding.get("code")):
+            raise TerminologyError("The code to validate is missing")
+        system = coding.get("system") or url
+        if url and coding.get("system") and \
+                svc.canonical_system(coding["system"]) != svc.canonical_system(url):
+            if len(codings) > 1:
+                continue  # another coding of the CodeableConcept
+            raise TerminologyError(f"The coding's system {coding['system']} is not {url}")
+        cs = _cs_for(svc, instance, system, coding.get("version") or p.text("version"))
+        concept = svc.concept(cs, coding["code"])
+        if concept is None:
+            messages.append(f"Unknown code {coding['code']!r} in code system {cs.url}"
+                            + (f" version {cs.version}" if cs.version else "")
+                            + (f" (the hub holds only part of it: content={cs.content})"
+                               if cs.content in ("fragment", "example", "not-present") else ""))
+            continue
+        display = _display(svc, concept, lang)
+        if concept.abstract and p.flag("abstract", None) is False:
+            messages.append(f"Code {concept.code!r} is abstract (not for use in records)")
+            continue
+        wrong = _check_display(svc, concept, coding.get("display") or p.text("display"), lang)
+        if wrong:
+            return parameters(param("result", "Boolean", False), param("message", "String", wrong),
+                              param("display", "String", display))
+        note = None if concept.active else f"Code {concept.code!r} is inactive"
+        return parameters(param("result", "Boolean", True), param("message", "String", note),
+                          param("display", "String", display))
+    return parameters(param("result", "Boolean", False),
+                      param("message", "String", "; ".join(messages) or
+                            f"No coding of {url} to validate"))
+
+
+def subsumes(svc: TerminologyService, p: Params, instance: CodeSystemRef | None = None) -> dict:
+    a = _codings(p, "codeA", "system", "version", "codingA", None)[0]
+    b = _codings(p, "codeB", "system", "version", "codingB", None)[0]
+    systems = {svc.canonical_system(x["system"]) for x in (a, b) if R.text(x.get("system"))}
+    if len(systems) > 1:
+        raise TerminologyError("codingA and codingB are of different code systems")
+    cs = _cs_for(svc, instance, next(iter(systems), None) or p.text("system"),
+                 a.get("version") or b.get("version") or p.text("version"))
+    found = []
+    for name, x in (("A", a), ("B", b)):
+        if not R.text(x.get("code")):
+            raise TerminologyError(f"code{name} is missing")
+        c = svc.concept(cs, x["code"])
+        if c is None:
+            raise TerminologyError(f"code{name} {x['code']!r} is not in code system {cs.url}")
+        found.append(c.code)
+    ca, cb = found
+    if ca == cb:
+        outcome = "equivalent"
+    elif svc.is_a(cs, cb, ca):
+        outcome = "subsumes"
+    elif svc.is_a(cs, ca, cb):
+        outcome = "subsumed-by"
+    else:
+        outcome = "not-subsumed"
+    return parameters(param("outcome", "Code", outcome))
+
+
+# -- ValueSet ------------------------------------------------------------------------------------
+
+
+def _plan(svc: TerminologyService, p: Params, instance: ResourceRef | None) -> V.Plan:
+    if instance is not None:
+        return V.plan_of(svc, instance)
+    if "valueSet" in p:
+        if "url" in p:
+            raise TerminologyError("Give url or valueSet, not both")
+        return V.compile_plan(p.one("valueSet"))
+    if not p.text("url"):
+        raise TerminologyError("Which value set? Give url (or a valueSet in a POSTed Parameters)")
+    url, version = split_canonical(p.text("url"))
+    return V.stored_plan(svc, url, version or p.text("valueSetVersion"))
+
+
+def _options(p: Params, system_version: tuple = ()) -> V.Options:
+    versions = list(system_version)
+    for name, forced in (("system-version", False), ("force-system-version", True),
+                         ("check-system-version", False)):
+        for canonical in p.all(name) if name in p.spec else ():
+            system, version = split_canonical(canonical)
+            if not version:
+                raise TerminologyError(f"{name} is written system|version")
+            if name != "check-system-version":
+                versions.append((system, version, forced))
+    return V.Options(active_only=bool(p.flag("activeOnly")), system_versions=tuple(versions))
+
+
+def _matches(e: V.Entry, words: list[str]) -> bool:
+    text = f"{e.code} {e.display or ''}".casefold()
+    return all(w in text for w in words)
+
+
+def expand(svc: TerminologyService, p: Params, instance: ResourceRef | None = None) -> dict:
+    text = p.text("filter")
+    if text is not None and len(text) > MAX_FILTER:
+        raise TerminologyError(f"filter is at most {MAX_FILTER} characters")
+    offset, count = p.one("offset") or 0, p.one("count")
+    if count is not None and count > MAX_COUNT:
+        raise TerminologyError(f"count is at most {MAX_COUNT}")
+    plan = _plan(svc, p, instance)
+    entries = V.expand(svc, plan, _options(p))
+    if text:
+        words = text.casefold().split()
+        entries = [e for e in entries if _matches(e, words)]
+    total = len(entries)
+    if count is None and total - offset > MAX_UNPAGED:
+        raise TerminologyError(f"The expansion has {total} concepts: page through it with count "
+                               f"(at most {MAX_COUNT}) and offset", code="too-costly")
+    page = entries[offset:offset + count if count is not None else None]
+    lang, designations = p.text("displayLanguage"), p.flag("includeDesignations")
+    contains = []
+    for e in page:
+        c: dict[str, Any] = {"system": e.system}
+        if e.version:
+            c["version"] = e.version
+        if e.abstract:
+            c["abstract"] = True
+        if e.inactive:
+            c["inactive"] = True
+        c["code"] = e.code
+        display = e.display
+        if lang or designations:
+            cs = svc.code_system(e.system, e.version)
+            concept = svc.concept(cs, e.code) if cs is not None else None
+            if concept is not None:
+                display = _display(svc, concept, lang) if lang else display
+                if designations:
+                    found = [d for d in R.as_list(concept.details().get("designation"))
+                             if isinstance(d, dict)]
+                    if found:
+                        c["designation"] = found
+        if display:
+            c["display"] = display
+        contains.append(c)
+    used = [{"name": name, f"value{kind}": p.one(name)}
+            for name, kind in (("filter", "String"), ("offset", "Integer"), ("count", "Integer"),
+                               ("activeOnly", "Boolean"), ("displayLanguage", "Code"),
+                               ("includeDesignations", "Boolean")) if name in p]
+    systems = {}
+    for e in entries:
+        if e.version and e.system not in systems:
+            systems[e.system] = e.version
+    used += [{"name": "version", "valueUri": f"{s}|{v}"} for s, v in systems.items()]
+    expansion: dict[str, Any] = {
+        "identifier": f"urn:uuid:{uuid.uuid4()}",
+        "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "total": total, "offset": offset}
+    if used:
+        expansion["parameter"] = used
+    if contains:
+        expansion["contains"] = contains
+    out: dict[str, Any] = {"resourceType": "ValueSet"}
+    if instance is not None:
+        source = instance.body
+    elif "valueSet" in p:
+        source = p.one("valueSet")
+    else:
+        ref = svc.value_set(plan.url, plan.version) if plan.url else None
+        source = ref.body if ref is not None else {}
+    for key in ("id", "url", "identifier", "version", "name", "title", "status", "experimental",
+                "publisher", "description"):
+        if key in source:
+            out[key] = source[key]
+    out.setdefault("status", "active")
+    out["expansion"] = expansion
+    return out
+
+
+def _single_system(plan: V.Plan) -> str | None:
+    systems = {i.system for i in plan.includes if i.system}
+    return next(iter(systems)) if len(systems) == 1 else None
+
+
+def validate_code_vs(svc: TerminologyService, p: Params,
+                     instance: ResourceRef | None = None) -> dict:
+    plan = _plan(svc, p, instance)
+    codings = _codings(p, version="systemVersion")
+    lang = p.text("displayLanguage")
+    messages: list[str] = []
+    name = plan.url or (f"ValueSet/{instance.rid}" if instance else "the value set")
+    for coding in codings:
+        code = coding.get("code")
+        if not R.text(code):
+            raise TerminologyError("The code to validate is missing")
+        system = coding.get("system") or _single_system(plan)
+        if not system:
+            raise TerminologyError("Give the code's system: the value set draws on several")
+        version = coding.get("version")
+        opts = _options(p, ((system, version, True),) if version else ())
+        entry = V.lookup(svc, plan, system, code, opts)
+        cs = svc.code_system(system, version)
+        concept = svc.concept(cs, entry.code if entry else code) if cs is not None else None
+        if entry is None:
+            if cs is not None and concept is None:
+                messages.append(f"Unknown code {code!r} in code system {cs.url}")
+            else:
+                messages.append(f"Code {system}|{code} is not in value set {name}"
+                                + (" (inactive codes are left out)" if concept is not None
+                                   and not concept.active and (opts.active_only or
+                                                               plan.inactive is False) else ""))
+            continue
+        if entry.abstract and not p.flag("abstract"):
+            messages.append(f"Code {entry.code!r} is abstract: valid in this value set only with "
+                            "abstract=true")
+            continue
+        display = (_display(svc, concept, lang) if concept is not None else None) or entry.display
+        if concept is not None:
+            wrong = _check_display(svc, concept, coding.get("display") or p.text("display"), lang)
+        else:
+            given = coding.get("display") or p.text("display")
+            wrong = (f"The display {given[:200]!r} is not {entry.display!r}"
+                     if given and entry.display and given.strip() != entry.display else None)
+        if wrong:
+            return parameters(param("result", "Boolean", False), param("message", "String", wrong),
+                              param("display", "String", display))
+        note = f"Code {entry.code!r} is inactive" if entry.inactive else None
+        return parameters(param("result", "Boolean", True), param("message", "String", note),
+                          param("display", "String", display))
+    return parameters(param("result", "Boolean", False),
+                      param("message", "String", "; ".join(messages) or "No coding to validate"))
+
+
+# -- ConceptMap ------------------------------------------------------------------------------------
+
+
+def _maps(svc: TerminologyService, p: Params, instance: ResourceRef | None
+          ) -> tuple[list[ResourceRef] | None, dict | None]:
+    """(stored maps to read, or None with an inline ConceptMap; the inline ConceptMap)."""
+    if instance is not None:
+        return [instance], None
+    if "conceptMap" in p:
+        return None, p.one("conceptMap")
+    if p.text("url"):
+        url, version = split_canonical(p.text("url"))
+        ref = svc.concept_map(url, version or p.text("conceptMapVersion"))
+        if ref is None:
+            raise TerminologyNotFound(f"Concept map {p.text('url')} is not known")
+        return [ref], None
+    # every map of the scope, or every map: the latest version of each
+    return svc.concept_maps(p.text("source"), p.text("target")), None
+
+
+def translate(svc: TerminologyService, p: Params, instance: ResourceRef | None = None) -> dict:
+    codings = _codings(p)
+    reverse = bool(p.flag("reverse"))
+    maps, inline = _maps(svc, p, instance)
+    targetsystem = p.text("targetsystem")
+    want = svc.system_aliases(targetsystem) if targetsystem else None
+    matches: list[dict] = []
+    found_any = False
+    for coding in codings:
+        code, system = coding.get("code"), coding.get("system")
+        if not R.text(code) or not R.text(system):
+            raise TerminologyError("translate needs the code and its system")
+        systems = svc.system_aliases(system)
+        if inline is not None:
+            rows = [(0, *r) for r in R.map_rows(inline)
+                    if (r[4] if reverse else r[1]) == code and (r[3] if reverse else r[0]) in systems]
+            sources = {0: R.text(inline.get("url"))}
+            headers = {0: {"unmapped": R.unmapped(inline)}}
+        else:
+            rows = svc.map_rows([m.key for m in maps], systems, code, reverse) if maps else []
+            sources = {m.key: m.url for m in maps}
+            headers = {m.key: m.body for m in maps}
+        matched_groups = set()
+        for mid, ssys, scode, sdisp, tsys, tcode, tdisp, equivalence, comment in rows:
+            other_sys, other_code, other_disp = (ssys, scode, sdisp) if reverse else (tsys, tcode,
+                                                                                      tdisp)
+            matched_groups.add((mid, ssys, tsys))  # the group lists the code: no unmapped rule
+            if other_code is None:
+                continue  # an element that lists no target: known, unmapped
+            if want is not None and other_sys not in want:
+                continue
+            eq = R.REVERSED.get(equivalence, equivalence) if reverse else equivalence
+            found_any = found_any or eq not in R.NO_MATCH
+            concept = {"system": other_sys, "code": other_code}
+            if other_disp:
+                concept["display"] = other_disp
+            matches.append(part("match", param("equivalence", "Code", eq),
+                                param("concept", "Coding", concept),
+                                param("source", "Uri", sources.get(mid))))
+        if not reverse:  # group.unmapped: what the map says of codes it does not list
+            for mid, head in headers.items():
+                for ssys, tsys, rule in R.as_list(head.get("unmapped")):
+                    if ssys not in systems or (mid, ssys, tsys) in matched_groups:
+                        continue
+                    if want is not None and tsys not in want:
+                        continue
+                    mode = rule.get("mode")
+                    concept = ({"system": tsys, "code": code} if mode == "provided" else
+                               {"system": tsys, "code": rule.get("code"),
+                                **({"display": rule["display"]} if rule.get("display") else {})}
+                               if mode == "fixed" and R.text(rule.get("code")) else None)
+                    if concept is None:
+                        continue
+                    found_any = True
+                    matches.append(part("match", param("equivalence", "Code", "equivalent"
+                                                       if mode == "provided" else "inexact"),
+                                        param("concept", "Coding", concept),
+                                        param("source", "Uri", sources.get(mid))))
+    message = None
+    if not found_any:
+        first = codings[0]
+        message = (f"No mapping {'to' if reverse else 'from'} {first.get('system')}|"
+                   f"{first.get('code')}" + (f" into {targetsystem}" if targetsystem else ""))
+    return parameters(param("result", "Boolean", found_any), param("message", "String", message),
+                      *matches)
+
+
+OPERATIONS = {
+    ("CodeSystem", "lookup"): ("lookup", lookup),
+    ("CodeSystem", "validate-code"): ("validate-code-cs", validate_code_cs),
+    ("CodeSystem", "subsumes"): ("subsumes", subsumes),
+    ("ValueSet", "expand"): ("expand", expand),
+    ("ValueSet", "validate-code"): ("validate-code-vs", validate_code_vs),
+    ("ConceptMap", "translate"): ("translate", translate),
+}

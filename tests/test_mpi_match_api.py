@@ -1,0 +1,137 @@
+"""POST /fhir/Patient/$match over real HTTP: candidates, scores, grades, and hostile input."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub.mpi.normalise import RESIDENT_ID
+from terminology.resident_id import check_digit
+
+FHIR = {"content-type": "application/fhir+json"}
+GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
+ID = "50010319800102001" + check_digit("50010319800102001")
+
+
+def patient(pid: str | None = None, name: str = "张伟", id_: str | None = ID, **kw) -> dict:
+    p = {"resourceType": "Patient", "name": [{"text": name}], "gender": "male", "birthDate": "1980-01-02",
+         "telecom": [{"system": "phone", "value": "13800138000"}]}
+    if pid:
+        p["id"] = pid
+    if id_:
+        p["identifier"] = [{"system": RESIDENT_ID, "value": id_}]
+    p.update(kw)
+    return {k: v for k, v in p.items() if v != []}
+
+
+def params(resource: dict | None, **kw) -> dict:
+    ps = [{"name": "resource", "resource": resource}] if resource is not None else []
+    if "only" in kw:
+        ps.append({"name": "onlyCertainMatches", "valueBoolean": kw["only"]})
+    if "count" in kw:
+        ps.append({"name": "count", "valueInteger": kw["count"]})
+    return {"resourceType": "Parameters", "parameter": ps}
+
+
+@pytest.fixture
+def stored(client):
+    for p in (patient("m-a"), patient("m-b", name="章伟", id_=None),
+              patient("m-c", name="张伟", id_=None, telecom=[{"system": "phone", "value": "13900000000"}]),
+              patient("m-d", name="李四", id_=None, birthDate="1950-05-05", gender="female", telecom=[])):
+        r = client.put(f"/Patient/{p['id']}", json=p, headers=FHIR)
+        assert r.status_code in (200, 201), r.text
+    return client
+
+
+def match(client, body) -> dict:
+    r = client.post("/Patient/$match", json=body, headers=FHIR)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_match_returns_graded_candidates(stored):
+    b = match(stored, params(patient(name="張偉")))
+    assert b["resourceType"] == "Bundle" and b["type"] == "searchset"
+    refs = [e["fullUrl"].rsplit("/", 2)[-2:] for e in b["entry"]]
+    assert refs[:2] == [["Patient", "m-a"], ["Patient", "m-b"]] or refs[:2] == [["Patient", "m-b"], ["Patient", "m-a"]]
+    for e in b["entry"]:
+        assert e["search"]["mode"] == "match" and 0 <= e["search"]["score"] <= 1
+        assert e["search"]["extension"][0]["url"] == GRADE
+        assert e["resource"]["resourceType"] == "Patient"
+    grades = {e["resource"]["id"]: e["search"]["extension"][0]["valueCode"] for e in b["entry"]}
+    assert grades["m-a"] == "certain" and "m-d" not in grades
+    scores = [e["search"]["score"] for e in b["entry"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_only_certain_and_count(stored):
+    b = match(stored, params(patient(id_=None, telecom=[]), only=True))
+    assert all(e["search"]["extension"][0]["valueCode"] == "certain" for e in b["entry"])
+    b = match(stored, params(patient(name="張偉"), count=1))
+    assert len(b["entry"]) == 1
+
+
+def test_no_candidates(stored):
+    b = match(stored, params(patient(name="欧阳修", id_=None, birthDate="1007-08-01", telecom=[])))
+    assert b["total"] == 0 and b["entry"] == []
+
+
+@pytest.mark.parametrize("body, where", [
+    ({"resourceType": "Patient"}, "Parameters"),
+    (params(None), "resource"),
+    (params({"resourceType": "Observation"}), "Patient"),
+    (params(patient(), count=0), "count"),
+    (params(patient(), count="5"), "count"),
+    ({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": patient()},
+                                                  {"name": "resource", "resource": patient()}]}, "more than once"),
+    ({"resourceType": "Parameters", "parameter": [{"name": "bogus", "valueString": "x"}]}, "unknown"),
+    ({"resourceType": "Parameters", "parameter": [{"name": "onlyCertainMatches", "valueString": "yes"},
+                                                  {"name": "resource", "resource": patient()}]}, "valueBoolean"),
+    (params({"resourceType": "Patient", "name": "x"}), "array"),
+    (params({"resourceType": "Patient"}), "nothing to match"),
+    ([1, 2], "Parameters"),
+])
+def test_bad_input_is_an_operation_outcome(client, body, where):
+    r = client.post("/Patient/$match", json=body, headers=FHIR)
+    assert r.status_code == 400, r.text
+    oo = r.json()
+    assert oo["resourceType"] == "OperationOutcome"
+    assert where.lower() in str(oo).lower()
+
+
+def test_hostile_input(client):
+    r = client.post("/Patient/$match", content=b"{not json", headers=FHIR)
+    assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+    r = client.post("/Patient/$match", content=b"", headers=FHIR)
+    assert r.status_code == 400
+    r = client.post("/Patient/$match", json=params(patient()), headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+    huge = patient(name="张" * 200_000, identifier=[{"system": RESIDENT_ID, "value": "9" * 100_000}],
+                   telecom=[{"system": "phone", "value": "1" * 100_000}] * 50)
+    r = client.post("/Patient/$match", json=params(huge), headers=FHIR)
+    assert r.status_code == 200 and r.json()["resourceType"] == "Bundle"
+
+
+def test_serve_matches_new_patients_as_they_arrive(tmp_path, monkeypatch):
+    """With HUB_MPI_AUTOMATCH=1 the server's incremental matcher hands its decisions to the
+    identity service: a homophone registration of the same person lands in the same Person."""
+    import time
+
+    import httpx
+
+    from hub.config import Settings
+
+    from .conftest import LiveServer
+
+    monkeypatch.setenv("HUB_MPI_AUTOMATCH", "1")
+    with LiveServer(Settings(data_dir=tmp_path)) as srv, httpx.Client(base_url=srv.base, timeout=30) as c:
+        for pid, name in (("auto-a", "张伟"), ("auto-b", "章伟")):
+            r = c.put(f"/Patient/{pid}", json=patient(pid, name=name), headers=FHIR)
+            assert r.status_code == 201, r.text
+        deadline = time.monotonic() + 15
+        while True:
+            b = c.get("/Person", params={"patient": "Patient/auto-a"}).json()
+            links = {x["target"]["reference"] for e in b.get("entry", []) for x in e["resource"].get("link", [])}
+            if "Patient/auto-b" in links or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert links == {"Patient/auto-a", "Patient/auto-b"}

@@ -1,0 +1,231 @@
+"""Comparison levels, vetoes, blocking caps, weight estimation, the matcher on generated regions and
+the incremental matcher over the event log (hub.mpi)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from bench.mpi import build_index, evaluate, region_patients, rematch
+from hub.ingest import Context, Op
+from hub.mpi import blocking, train, weights as W
+from hub.mpi.compare import compare, compare_birth
+from hub.mpi.incremental import IncrementalMatcher, blocked_from_pairs, rematch_all
+from hub.mpi.matcher import Matcher, decision
+from hub.mpi.normalise import RESIDENT_ID, features
+from projections.identity_candidates import IdentityCandidates
+from projections.runner import Runner
+from terminology.resident_id import check_digit
+
+
+def idno(first17: str) -> str:
+    return first17 + check_digit(first17)
+
+
+A_ID = idno("50010319800102001")  # male, 1980-01-02
+B_ID = idno("50010319800102003")  # his twin: the next odd sequence
+
+
+def pat(pid: str, name: str = "张伟", sex: str = "male", birth: str = "1980-01-02",
+        id_: str | None = A_ID, phone: str | None = "13800138000", district: str = "500103") -> dict:
+    p = {"resourceType": "Patient", "id": pid, "name": [{"text": name}], "gender": sex, "birthDate": birth,
+         "identifier": [{"system": RESIDENT_ID, "value": id_}] if id_ else []}
+    if phone:
+        p["telecom"] = [{"system": "phone", "value": phone}]
+    p["address"] = [{"extension": [{"url": "https://fhir-region-hub.example/StructureDefinition/"
+                                           "administrative-division", "valueCode": district}]}]
+    return p
+
+
+def levels(a: dict, b: dict) -> tuple[dict, list]:
+    return compare(features(a), features(b))
+
+
+# -- comparison levels and vetoes ---------------------------------------------------------------
+
+
+def test_id_levels():
+    a = pat("a")
+    assert levels(a, pat("b"))[0]["id"] == "exact"
+    assert levels(a, pat("b", id_=A_ID[:7] + "6" + A_ID[8:]))[0]["id"] == "typo"  # check fails
+    assert levels(a, pat("b", id_=A_ID[:8] + A_ID[9] + A_ID[8] + A_ID[10:]))[0]["id"] in ("typo", "exact")
+    assert levels(a, pat("b", id_="000000000000000000"))[0].get("id") is None  # placeholder: no evidence
+    assert levels(a, pat("b", id_=A_ID[:6] + A_ID[8:17]))[0]["id"] == "exact"  # 15-digit form
+
+
+def test_two_valid_ids_veto_even_one_digit_apart():
+    lv, vetoes = levels(pat("a"), pat("b", id_=B_ID))
+    assert lv["id"] == "different" and vetoes == ["id_conflict"]
+
+
+def test_sex_conflict_veto():
+    lv, vetoes = levels(pat("a", id_=None), pat("b", id_=None, sex="female"))
+    assert lv["sex"] == "different" and vetoes == ["sex_conflict"]
+
+
+def test_name_levels():
+    a = pat("a", name="张伟明")
+    assert levels(a, pat("b", name="張偉明"))[0]["name"] == "exact"  # traditional
+    assert levels(a, pat("b", name="章伟明"))[0]["name"] == "pinyin"  # homophone
+    assert levels(a, pat("b", name="张明伟"))[0]["name"] == "swap"
+    assert levels(a, pat("b", name="张伟民"))[0]["name"] == "similar"
+    assert levels(a, pat("b", name="李四"))[0]["name"] == "different"
+
+
+def test_birth_levels():
+    assert compare_birth("1980-01-02", "1980-01-02") == "exact"
+    assert compare_birth("1980-01-02", "1980-02-01") == "swapped"
+    assert compare_birth("1980-01-02", "1980-07-09") == "year"
+    assert compare_birth("1980-01-02", "1981-01-02") == "different"
+    assert compare_birth(None, "1981-01-02") is None
+
+
+def test_phone_and_district_levels():
+    lv, _ = levels(pat("a"), pat("b", phone="13900139000", district="500104"))
+    assert lv["phone"] == "different" and lv["dist"] == "different"
+
+
+# -- blocking -------------------------------------------------------------------------------------
+
+
+def test_blocking_keys():
+    kinds = [k for k, _ in blocking.keys(features(pat("a")))]
+    assert kinds == ["id", "idseq", "ph", "py", "bds", "bdd"]
+    # someone else's number (a newborn under the parent's) blocks nothing
+    newborn = features(pat("n", birth="2023-05-01", name="王芳之子"))
+    assert [k for k, _ in blocking.keys(newborn)] == ["ph", "bdd"]
+
+
+def test_block_over_cap_alerts_and_compares_the_cap(tmp_path, caplog):
+    index = IdentityCandidates(tmp_path / "ic.sqlite")
+    index.caps = {**index.caps, "ph": 5}
+    index.alerts = blocking.BlockAlerts()
+    index.put(features(pat(f"p{i}", name=f"李{chr(0x4e00 + i)}", id_=None, birth=f"19{50 + i}-03-04"))
+              for i in range(8))
+    with caplog.at_level(logging.WARNING, logger="hub.mpi.blocking"):
+        found, _, _ = index.lookup([("ph", blocking.key_hash("ph:13800138000"))])
+    assert len(found) == 5
+    assert index.alerts.counts["ph"] == 1
+    assert "'ph' block has more than 5 members" in caplog.text
+    assert "13800138000" not in caplog.text  # no personal data in logs
+    index.close()
+
+
+# -- weights --------------------------------------------------------------------------------------
+
+
+def test_em_recovers_m_above_u(tmp_path):
+    rows = region_patients(600, seed=5)
+    index = build_index(tmp_path / "ic.sqlite", [f for f, _, _ in rows])
+    blocked, rand = train.pairs(index, 800)
+    config = W.train(blocked, rand, W.load())
+    f = config["fields"]
+    for field, level in (("id", "exact"), ("name", "exact"), ("birth", "exact"), ("phone", "same"),
+                         ("sex", "same"), ("hc", "exact")):
+        assert f[field][level]["m"] > f[field][level]["u"], (field, level)
+    for field, level in (("id", "different"), ("name", "different"), ("birth", "different")):
+        assert f[field][level]["m"] < f[field][level]["u"], (field, level)
+    assert 0.1 < config["prior"] < 0.95
+    path = W.save(config, tmp_path)
+    assert W.load(tmp_path).version == path.stem.split("-")[1] == "2"
+    index.close()
+
+
+def test_term_frequency_common_name_counts_less():
+    w = W.load()
+    assert w.weight("name", "exact", 0.01) < w.weight("name", "exact", 1e-6)
+
+
+# -- the matcher on generated regions ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("withhold_id", [False, True])
+def test_matcher_accuracy_on_a_generated_region(tmp_path, withhold_id):
+    rows = region_patients(1200, seed=21, withhold_id=withhold_id)
+    index = build_index(tmp_path / "ic.sqlite", [f for f, _, _ in rows])
+    links, review, _, _ = rematch(index, Matcher(index, W.load()))
+    res = evaluate(rows, links, review)
+    assert res["clustered"]["precision"] >= 0.999, res["false_link_examples"]
+    assert res["clustered"]["recall"] >= 0.98
+    assert res["review_queue"]["patients"] < 0.05 * len(rows)
+    index.close()
+
+
+def test_decision_and_vetoed_candidates(tmp_path):
+    index = IdentityCandidates(tmp_path / "ic.sqlite")
+    index.put([features(pat("a")), features(pat("twin", id_=B_ID)), features(pat("girl", id_=None, sex="female"))])
+    m = Matcher(index, W.load())
+    f = features(pat("new", name="張偉"))
+    ranked = m.match(f)
+    assert [c.ref for c in ranked] == ["Patient/a"] and ranked[0].grade == "certain"
+    assert ranked[0].evidence["id"]["level"] == "exact" and ranked[0].evidence["id"]["weight"] > 10
+    assert decision(ranked)[0] == "link"
+    vetoed = {c.ref: c.vetoes for c in m.match(f, keep_vetoed=True) if c.grade == "certainly-not"}
+    assert vetoed == {"Patient/twin": ["id_conflict"], "Patient/girl": ["sex_conflict"]}
+    assert m.match(f, blocked=lambda a, b: b == "Patient/a") == []
+    index.close()
+
+
+# -- incremental matching over the event log --------------------------------------------------------
+
+
+def put(hub, d: dict) -> None:
+    hub.execute([Op("PUT", "Patient", d["id"], d, url="Patient/x")], Context(), atomic=True)
+
+
+def test_incremental_matcher_follows_patient_events(hub, tmp_path):
+    index = IdentityCandidates(tmp_path / "ic.sqlite")
+    calls = []
+    not_dup: set[frozenset[str]] = set()
+    follower = IncrementalMatcher(index, Matcher(index, W.load()), lambda *a: calls.append(a),
+                                  blocked_from_pairs(lambda: set(not_dup)))
+    runner = Runner(hub.store, follower)
+    put(hub, pat("a"))
+    runner.catch_up()
+    assert calls[-1][:3] == ("Patient/a", "new", [])
+    put(hub, pat("b", name="章伟", id_=None))  # homophone, no ID number: name, birth, phone agree
+    runner.catch_up()
+    ref, kind, cands, score, evidence, ruleset = calls[-1]
+    assert (ref, kind, cands) == ("Patient/b", "link", ["Patient/a"])
+    assert score > 0.9999 and evidence["Patient/a"]["fields"]["name"]["level"] == "pinyin"
+    assert ruleset == W.load().ruleset
+    not_dup.add(frozenset(("Patient/a", "Patient/c")))
+    put(hub, pat("c", phone=None))
+    runner.catch_up()
+    assert calls[-1][:3] == ("Patient/c", "link", ["Patient/b"])  # a is marked not-duplicate
+    assert follower.position() == index.position() == hub.store.max_notification_id()
+    counts = rematch_all(index, follower.matcher, lambda *a: None)
+    assert counts == {"link": 3, "review": 0, "new": 0}
+    # a rebuild of the index gives the same rows
+    before = index.stats()
+    Runner(hub.store, index).rebuild()
+    assert index.stats() == before and not index.bulk
+    index.close()
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+def test_cli_train_rematch_and_rebuild(tmp_path, capsys):
+    from hub import cli
+    from hub.config import Settings
+    from hub.ingest import Hub
+    from hub.synth import Region
+
+    d = str(tmp_path)
+    settings = Settings(data_dir=tmp_path)
+    hub_ = Hub(settings.open_store())
+    patients = [r for r in Region(seed=4, people=150).iter_resources() if r["resourceType"] == "Patient"]
+    for p in patients:
+        put(hub_, p)
+    hub_.store.close()
+    assert cli.main(["projections", "rebuild", "identity-candidates", "--data-dir", d]) == 0
+    assert cli.main(["mpi", "train", "--sample", "200", "--data-dir", d]) == 0
+    out = capsys.readouterr().out
+    assert "log2(m/u)" in out and (tmp_path / "mpi" / "weights-2.json").exists()
+    assert cli.main(["mpi", "rematch", "--dry-run", "--out", str(tmp_path / "d.jsonl"), "--data-dir", d]) == 0
+    out = capsys.readouterr().out
+    assert "rematch with weights 2:" in out
+    assert len((tmp_path / "d.jsonl").read_text().splitlines()) == len(patients)
+    assert cli.main(["mpi", "train", "--sample", "5", "--data-dir", d]) == 2  # a usage error

@@ -1,0 +1,400 @@
+"""The Person view, $everything, $timeline, identifier resolution, the review queue and the access
+audit over real HTTP against ``hub serve`` (SQLite and PostgreSQL), issue 6.
+
+One server per backend; each test makes its own Patients (ids carry a per-test prefix), so the
+tests do not depend on each other's order.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+
+import httpx
+import orjson
+import pytest
+from fhir.resources.R4B.auditevent import AuditEvent as AuditEventModel
+from fhir.resources.R4B.bundle import Bundle as BundleModel
+from fhir.resources.R4B.person import Person as PersonModel
+
+from hub.mpi.identity import IdentityService
+
+FHIR = {"content-type": "application/fhir+json"}
+USER = {"X-Hub-User": "steward-li"}
+CARD = "urn:oid:2.16.156.10011.1.19"
+RESIDENT = "urn:oid:2.16.156.10011.1.3"
+YEARS = {"a": 2019, "b": 2021, "c": 2023, "z": 2020}  # when each Patient's visits happened
+
+
+def records(pid: str, year: int) -> list[dict]:
+    """A Patient's visit: Encounter, Condition, Observation, MedicationRequest, Procedure."""
+    subj = {"reference": f"Patient/{pid}"}
+    t = f"{year}-05-0{{}}T09:00:00+08:00"
+    return [
+        {"resourceType": "Encounter", "id": f"{pid}-enc", "status": "finished",
+         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+         "subject": subj, "period": {"start": t.format(1)}},
+        {"resourceType": "Condition", "id": f"{pid}-dx", "subject": subj,
+         "code": {"text": "hypertension"}, "onsetDateTime": t.format(2)},
+        {"resourceType": "Observation", "id": f"{pid}-obs", "status": "final",
+         "code": {"text": "blood pressure"}, "subject": subj, "effectiveDateTime": t.format(3)},
+        {"resourceType": "MedicationRequest", "id": f"{pid}-rx", "status": "active",
+         "intent": "order", "medicationCodeableConcept": {"text": "amlodipine"},
+         "subject": subj, "authoredOn": t.format(4)},
+        {"resourceType": "Procedure", "id": f"{pid}-proc", "status": "completed",
+         "code": {"text": "ECG"}, "subject": subj, "performedDateTime": t.format(5)},
+    ]
+
+
+def put_person_data(c: httpx.Client, prefix: str, who: str, institution: str,
+                    identifiers: list[dict]) -> str:
+    pid = f"{prefix}-{who}"
+    patient = {"resourceType": "Patient", "id": pid, "identifier": identifiers,
+               "name": [{"family": "李", "given": ["四"]}], "gender": "female",
+               "birthDate": "1975-03-04"}
+    entries = [{"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+               for r in [patient, *records(pid, YEARS[who])]]
+    r = c.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries},
+               headers={**FHIR, "X-Hub-Source-Institution": institution})
+    assert r.status_code == 200, r.text
+    return pid
+
+
+@pytest.fixture
+def data(client) -> dict:
+    """Four Patients: a (H1), b (H2), c (H3) are one woman; z (H1) is someone else."""
+    prefix = uuid.uuid4().hex[:8]
+    card = f"HC{prefix}"
+    out = {"prefix": prefix, "card": card}
+    out["a"] = put_person_data(client, prefix, "a", "H1",
+                               [{"system": "urn:oid:1.2.3.1", "value": f"MR-{prefix}-a"},
+                                {"system": RESIDENT, "value": f"R{prefix}"}])
+    out["b"] = put_person_data(client, prefix, "b", "H2",
+                               [{"system": "urn:oid:1.2.3.2", "value": f"MR-{prefix}-b"},
+                                {"system": CARD, "value": card}])
+    out["c"] = put_person_data(client, prefix, "c", "H3",
+                               [{"system": "urn:oid:1.2.3.3", "value": f"MR-{prefix}-c"}])
+    out["z"] = put_person_data(client, prefix, "z", "H1",
+                               [{"system": "urn:oid:1.2.3.1", "value": f"MR-{prefix}-z"}])
+    return out
+
+
+def params(**values) -> dict:
+    out = []
+    for name, v in values.items():
+        if v is None:
+            continue
+        key = "valueReference" if isinstance(v, str) and "/" in v else "valueString"
+        out.append({"name": name, key: {"reference": v} if key == "valueReference" else v})
+    return {"resourceType": "Parameters", "parameter": out}
+
+
+def op(c: httpx.Client, name: str, expect: int = 200, **values) -> dict:
+    r = c.post(f"/Person/${name}", json=params(**values), headers={**FHIR, **USER})
+    assert r.status_code == expect, r.text
+    return r.json()
+
+
+def ids(bundle: dict) -> list[str]:
+    return [e["fullUrl"].split("/fhir/", 1)[1] for e in bundle.get("entry", [])
+            if e.get("search", {}).get("mode") != "outcome"]
+
+
+def everything(c: httpx.Client, path: str, **q) -> list[str]:
+    r = c.get(f"{path}/$everything", params=q)
+    assert r.status_code == 200, r.text
+    BundleModel.model_validate_json(r.content)
+    return sorted(ids(r.json()))
+
+
+def timeline(c: httpx.Client, path: str, **q) -> list[str]:
+    r = c.get(f"{path}/$timeline", params=q)
+    assert r.status_code == 200, r.text
+    return ids(r.json())
+
+
+def record_of(*pids: str) -> list[str]:
+    out = []
+    for pid in pids:
+        out.append(f"Patient/{pid}")
+        out += [f"{r['resourceType']}/{r['id']}" for r in records(pid, 2000)]
+    return sorted(out)
+
+
+def timeline_of(*pids: str) -> list[str]:
+    """In time order: the Patients' visits are in different years (YEARS)."""
+    who = sorted(pids, key=lambda p: YEARS[p.rsplit("-", 1)[1]])
+    return [f"{r['resourceType']}/{r['id']}" for p in who for r in records(p, 2000)]
+
+
+def links(person: dict) -> list[str]:
+    return sorted(x["target"]["reference"] for x in person.get("link", []))
+
+
+def test_link_merge_unmerge_relink_keep_every_view_consistent(client, data):
+    a, b, c, z = data["a"], data["b"], data["c"], data["z"]
+    pa = op(client, "link", patient=f"Patient/{a}")["id"]
+    pb = op(client, "link", patient=f"Patient/{b}")["id"]
+    person = op(client, "link", patient=f"Patient/{c}", person=f"Person/{pa}")
+    assert person["id"] == pa and links(person) == [f"Patient/{a}", f"Patient/{c}"]
+    assert {x["assurance"] for x in person["link"]} == {"level4"}
+
+    def check(pid: str, members: list[str]) -> None:
+        r = client.get(f"/Person/{pid}")
+        assert r.status_code == 200
+        PersonModel.model_validate_json(r.content)
+        assert links(r.json()) == [f"Patient/{m}" for m in sorted(members)]
+        assert everything(client, f"/Person/{pid}") == record_of(*members)
+        for m in members:  # from any of its Patients, the same shared record
+            assert everything(client, f"/Patient/{m}") == record_of(*members)
+        assert timeline(client, f"/Person/{pid}") == timeline_of(*members)
+        assert timeline(client, f"/Patient/{members[0]}") == timeline_of(*members)
+
+    check(pa, [a, c])
+    check(pb, [b])
+    assert everything(client, f"/Patient/{z}") == record_of(z)  # not in the index: itself
+
+    merged = op(client, "merge", source=f"Person/{pb}", target=f"Person/{pa}")
+    assert merged["id"] == pa
+    check(pa, [a, b, c])
+    gone = client.get(f"/Person/{pb}").json()
+    assert gone["active"] is False and links(gone) == [f"Person/{pa}"]
+    # the merged person's views answer for the survivor
+    assert everything(client, f"/Person/{pb}") == record_of(a, b, c)
+
+    op(client, "unmerge", source=f"Person/{pb}")
+    check(pa, [a, c])
+    check(pb, [b])
+
+    op(client, "link", patient=f"Patient/{c}", person=f"Person/{pb}")  # relink
+    check(pa, [a])
+    check(pb, [b, c])
+    own = op(client, "unlink", patient=f"Patient/{c}")
+    assert own["id"] not in (pa, pb) and links(own) == [f"Patient/{c}"]
+    check(pb, [b])
+    check(own["id"], [c])
+    # search answers from the same projection
+    found = client.get("/Person", params={"link": f"Patient/{b}"}).json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [pb]
+    found = client.get("/Person", params={"identifier": f"{RESIDENT}|R{data['prefix']}"}).json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [pa]
+    assert client.get("/Person", params={"_id": pa}).json()["total"] == 1
+
+
+def test_everything_parameters_and_paging(client, data):
+    a, b, c = data["a"], data["b"], data["c"]
+    pa = op(client, "link", patient=f"Patient/{a}")["id"]
+    for p in (b, c):
+        op(client, "link", patient=f"Patient/{p}", person=f"Person/{pa}")
+    full = everything(client, f"/Person/{pa}")
+    assert len(full) == 18
+    assert everything(client, f"/Person/{pa}", _type="Observation,Patient") == sorted(
+        [f"Patient/{p}" for p in (a, b, c)] + [f"Observation/{p}-obs" for p in (a, b, c)])
+    # one institution's view (an operator's): only H2's Patient and its records
+    assert everything(client, f"/Person/{pa}", institution="H2") == record_of(b)
+    assert everything(client, f"/Person/{pa}", institution="H9") == []
+    # _since: only what changed after the moment
+    time.sleep(0.01)
+    since = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    time.sleep(0.01)
+    obs = records(b, YEARS["b"])[2]
+    obs["status"] = "amended"
+    assert client.put(f"/Observation/{obs['id']}", json=obs, headers=FHIR).status_code == 200
+    assert everything(client, f"/Person/{pa}", _since=since) == [f"Observation/{b}-obs"]
+    # paging: next links until done give every resource once
+    seen, url, pages = [], f"/Person/{pa}/$everything?_count=5", 0
+    while url:
+        page = client.get(url).json()
+        assert page["total"] == 18
+        seen += ids(page)
+        nxt = [x["url"] for x in page["link"] if x["relation"] == "next"]
+        url = nxt[0].split("/fhir", 1)[1] if nxt else None
+        pages += 1
+    assert pages == 4 and sorted(seen) == full and len(set(seen)) == 18
+
+
+def test_timeline_window_kinds_and_paging(client, data):
+    a, b = data["a"], data["b"]
+    pa = op(client, "link", patient=f"Patient/{a}")["id"]
+    op(client, "link", patient=f"Patient/{b}", person=f"Person/{pa}")
+    assert timeline(client, f"/Person/{pa}", start="2021", end="2021") == timeline_of(b)
+    assert timeline(client, f"/Person/{pa}", start="2019-05-02", end="2019-05-03") == [
+        f"Condition/{a}-dx", f"Observation/{a}-obs"]
+    assert timeline(client, f"/Person/{pa}", kind="medication,procedure") == [
+        f"MedicationRequest/{a}-rx", f"Procedure/{a}-proc",
+        f"MedicationRequest/{b}-rx", f"Procedure/{b}-proc"]
+    assert timeline(client, f"/Person/{pa}", kind=["encounter", "result"]) == [
+        f"Encounter/{a}-enc", f"Observation/{a}-obs", f"Encounter/{b}-enc",
+        f"Observation/{b}-obs"]
+    seen, url = [], f"/Person/{pa}/$timeline?_count=3"
+    while url:
+        page = client.get(url).json()
+        seen += ids(page)
+        nxt = [x["url"] for x in page["link"] if x["relation"] == "next"]
+        url = nxt[0].split("/fhir", 1)[1] if nxt else None
+    assert seen == timeline_of(a, b)
+
+
+def test_identifier_resolution(client, data):
+    a, b, c = data["a"], data["b"], data["c"]
+    pa = op(client, "link", patient=f"Patient/{a}")["id"]
+    op(client, "link", patient=f"Patient/{b}", person=f"Person/{pa}")
+    want = [f"Person/{pa}", f"Patient/{a}", f"Patient/{b}"]
+    for q in ({"identifier": f"urn:oid:1.2.3.1|MR-{data['prefix']}-a"},
+              {"identifier": f"MR-{data['prefix']}-b"},
+              {"qr": f"{data['card']}:1"},
+              {"qr": f"{data['card']}:0:{int(time.time()) + 120}"},
+              {"qr": f"{data['card']}:0:20991231235959"}):
+        r = client.get("/$resolve-identifier", params=q)
+        assert r.status_code == 200, r.text
+        assert ids(r.json()) == want
+    # a Patient outside the index resolves to itself; an unknown identifier to nothing
+    assert ids(client.get("/$resolve-identifier",
+                          params={"identifier": f"MR-{data['prefix']}-c"}).json()) == [
+        f"Patient/{c}"]
+    assert client.get("/$resolve-identifier", params={"identifier": "nobody"}).json()[
+        "total"] == 0
+    for q in ({"qr": f"{data['card']}:0:{int(time.time()) - 5}"}, {"qr": "x:9"}, {"qr": ""},
+              {"qr": "a b:1"}, {}, {"identifier": "x", "qr": "y:1"}, {"identifier": "|"},
+              {"foo": "bar"}):
+        r = client.get("/$resolve-identifier", params=q)
+        assert r.status_code == 400, (q, r.text)
+        assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_every_shared_record_read_is_audited(client, data):
+    a, b = data["a"], data["b"]
+    pa = op(client, "link", patient=f"Patient/{a}")["id"]
+    op(client, "link", patient=f"Patient/{b}", person=f"Person/{pa}")
+    h = {"X-Hub-User": "dr-zhang", "X-Purpose-Of-Use": "TREAT"}
+    assert client.get(f"/Person/{pa}/$everything", headers=h).status_code == 200
+    assert client.get(f"/Patient/{a}/$timeline", headers=h).status_code == 200
+    assert client.get(f"/Person/{pa}", headers={"X-Hub-User": "dr-zhang"}).status_code == 200
+    assert client.get("/$resolve-identifier", params={"qr": f"{data['card']}:1"},
+                      headers=h).status_code == 200
+    assert client.get("/Person", params={"link": f"Patient/{b}"}, headers=h).status_code == 200
+    r = client.get("/AuditEvent", params={"entity": f"Person/{pa}", "_count": 50})
+    events = [e["resource"] for e in r.json()["entry"]]
+    assert sorted(e["subtype"][0]["code"] for e in events) == [
+        "everything", "person-read", "person-search", "resolve-identifier", "timeline"]
+    for e in events:
+        AuditEventModel.model_validate_json(orjson.dumps(e))
+        assert e["agent"][0]["who"]["identifier"]["value"] == "dr-zhang"
+        assert e["outcome"] == "0"
+        whats = sorted(x["what"]["reference"] for x in e["entity"] if "what" in x)
+        assert whats == sorted([f"Patient/{a}", f"Patient/{b}", f"Person/{pa}"])
+    assert {e["purposeOfEvent"][0]["coding"][0]["code"] for e in events
+            if e["subtype"][0]["code"] != "person-read"} == {"TREAT"}
+    # a refused read is audited too; a malformed purpose is refused before reading anything
+    assert client.get("/Person/nobody-here/$everything").status_code == 404
+    r = client.get("/AuditEvent", params={"entity": "Person/nobody-here"}).json()
+    assert [e["resource"]["outcome"] for e in r["entry"]] == ["4"]
+    assert client.get(f"/Person/{pa}/$everything",
+                      headers={"X-Purpose-Of-Use": "CURIOUS"}).status_code == 400
+    # AuditEvents are in the Patient compartment but not part of the shared record
+    assert not any(x.startswith("AuditEvent/") for x in everything(client, f"/Person/{pa}"))
+
+
+def test_review_queue_from_the_matcher_to_the_steward(live, client, data):
+    a, b, c = data["a"], data["b"], data["c"]
+    store = live.settings.open_store()
+    # the matcher runs in another process (an ingest worker): its decisions reach the server
+    # through the event log
+    matcher = IdentityService.open(store, live.settings.data_dir / f"matcher-{data['prefix']}")
+    try:
+        matcher.auto_decide(f"Patient/{a}", "new", [], 1.0, {}, "r1")
+        matcher.auto_decide(f"Patient/{b}", "review", [f"Patient/{a}"], 0.64,
+                            {"name": 0.9, "resident_id": -4.0}, "r1")
+        matcher.auto_decide(f"Patient/{c}", "review", [f"Patient/{a}"], 0.55, {}, "r1")
+    finally:
+        matcher.close()
+        store.close()
+    queue = client.get("/$mpi-review", params={"_count": 1000}).json()["reviews"]
+    mine = {r["patient"]: r for r in queue if r["patient"] in (f"Patient/{b}", f"Patient/{c}")}
+    assert mine[f"Patient/{b}"]["score"] == 0.64
+    assert mine[f"Patient/{b}"]["evidence"] == {"name": 0.9, "resident_id": -4.0}
+    assert mine[f"Patient/{b}"]["candidates"] == [f"Patient/{a}"]
+    rb, rc = mine[f"Patient/{b}"]["id"], mine[f"Patient/{c}"]["id"]
+    person = client.post(f"/$mpi-review/{rb}/$accept", headers=USER)
+    assert person.status_code == 200, person.text
+    assert links(person.json()) == [f"Patient/{a}", f"Patient/{b}"]
+    r = client.post(f"/$mpi-review/{rc}/$reject", headers={**USER, **FHIR},
+                    content=orjson.dumps(params(reason="different people")))
+    assert r.status_code == 200, r.text
+    assert client.post(f"/$mpi-review/{rb}/$accept", headers=USER).status_code == 409
+    open_ids = {r["id"] for r in client.get("/$mpi-review").json()["reviews"]}
+    assert rb not in open_ids and rc not in open_ids
+    # the rejected pair is a not-duplicate pair now: a steward cannot link them either
+    pa = client.get("/Person", params={"link": f"Patient/{a}"}).json()["entry"][0]["resource"]
+    op(client, "link", 409, patient=f"Patient/{c}", person=f"Person/{pa['id']}")
+
+
+def test_hostile_input_gets_operation_outcomes(client, data):
+    a = data["a"]
+    pa = op(client, "link", patient=f"Patient/{a}")["id"]
+    cases = [
+        ("PUT", f"/Person/{pa}", {"resourceType": "Person", "id": pa}, 405),
+        ("POST", "/Person", {"resourceType": "Person"}, 405),
+        ("DELETE", f"/Person/{pa}", None, 405),
+        ("GET", "/Person/unknown-person", None, 404),
+        ("GET", "/Person/bad id!", None, 400),
+        ("GET", "/Person", None, 400),  # no criteria
+        ("GET", "/Person?name=x", None, 400),
+        ("GET", "/Patient/nobody/$everything", None, 404),
+        ("GET", f"/Person/{pa}/$everything?_count=0", None, 400),
+        ("GET", f"/Person/{pa}/$everything?_count=99999", None, 400),
+        ("GET", f"/Person/{pa}/$everything?_type=Organization", None, 400),
+        ("GET", f"/Person/{pa}/$everything?_since=yesterday", None, 400),
+        ("GET", f"/Person/{pa}/$everything?_cursor=abc", None, 400),
+        ("GET", f"/Person/{pa}/$everything?bogus=1", None, 400),
+        ("GET", f"/Person/{pa}/$timeline?kind=gossip", None, 400),
+        ("GET", f"/Person/{pa}/$timeline?start=2020-13", None, 400),
+        ("GET", f"/Person/{pa}/$timeline?_cursor=%%%", None, 400),
+        ("POST", "/Person/$link", params(patient="Patient/nobody"), 404),
+        ("POST", "/Person/$link", params(patient=f"Patient/{a}", person="Person/nobody"), 404),
+        ("POST", "/Person/$link", params(person=f"Person/{pa}"), 400),
+        ("POST", "/Person/$link", params(patient=f"Patient/{a}", colour="blue"), 400),
+        ("POST", "/Person/$link", params(patient="Observation/1"), 400),
+        ("POST", "/Person/$link", {"resourceType": "Patient"}, 400),
+        ("POST", "/Person/$link", {"resourceType": "Parameters", "parameter": [{"name": 1}]},
+         422),
+        ("POST", "/Person/$merge", params(source=f"Person/{pa}", target=f"Person/{pa}"), 409),
+        ("POST", "/Person/$unmerge", params(source=f"Person/{pa}"), 409),
+        ("POST", "/Person/$unlink", params(patient=f"Patient/{a}"), 409),
+        ("POST", "/Person/$not-duplicate", params(patient=f"Patient/{a}",
+                                                  other=f"Patient/{a}"), 400),
+        ("POST", "/$mpi-review/nope/$accept", None, 404),
+        ("GET", "/$mpi-review?status=maybe", None, 400),
+    ]
+    for method, path, body, status in cases:
+        kw = {"headers": {**FHIR, **USER}}
+        if body is not None:
+            kw["content"] = orjson.dumps(body)
+        r = client.request(method, path, **kw)
+        assert r.status_code == status, (method, path, r.status_code, r.text)
+        assert r.json()["resourceType"] == "OperationOutcome", (method, path)
+    # not JSON, no user, the wrong content type, a huge body
+    r = client.post("/Person/$link", content=b"{nope", headers={**FHIR, **USER})
+    assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+    r = client.post("/Person/$link", content=orjson.dumps(params(patient=f"Patient/{a}")),
+                    headers=FHIR)
+    assert r.status_code == 400 and "named user" in r.text
+    r = client.post("/Person/$link", content=orjson.dumps(params(patient=f"Patient/{a}")),
+                    headers={"content-type": "text/plain", **USER})
+    assert r.status_code == 415
+    huge = params(patient=f"Patient/{a}", reason="x" * 200_000)
+    r = client.post("/Person/$link", content=orjson.dumps(huge), headers={**FHIR, **USER})
+    assert r.status_code == 413 and r.json()["resourceType"] == "OperationOutcome"
+    # nothing of it changed the person
+    assert links(client.get(f"/Person/{pa}").json()) == [f"Patient/{a}"]
+
+
+def test_capability_statement_lists_the_mpi(client):
+    rest = client.get("/metadata").json()["rest"][0]
+    by_type = {r["type"]: r for r in rest["resource"]}
+    assert [i["code"] for i in by_type["Person"]["interaction"]] == ["read", "search-type"]
+    assert {o["name"] for o in by_type["Person"]["operation"]} >= {
+        "everything", "timeline", "link", "unlink", "merge", "unmerge", "not-duplicate"}
+    assert {o["name"] for o in by_type["Patient"]["operation"]} >= {"everything", "timeline"}
+    assert {o["name"] for o in rest["operation"]} >= {"mpi-review", "resolve-identifier"}

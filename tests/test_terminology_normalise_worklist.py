@@ -1,0 +1,143 @@
+"""The unmapped-codes worklist (projections.unmapped) and re-normalisation by replay (issue 7).
+
+A real SQLite event store and read model; writes go through ``Hub.execute`` as the API's do.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hub.cli import main
+from hub.config import Settings
+from hub.ingest import Context, Hub, Op
+from projections.runner import Runner
+from projections.unmapped import UnmappedProjection, is_local_system, local_codes
+from terminology.cli_normalise import renormalise, store_concept_maps
+from terminology.normalise import Normaliser
+
+OID = "2.16.156.10011.99.1.1"
+LAB = f"urn:oid:{OID}.7"
+LOINC = "http://loinc.org"
+CTX = {"institution": "H0001", "feed": "lab"}
+
+
+def obs(rid: str, *codings) -> dict:
+    return {"resourceType": "Observation", "id": rid, "status": "final",
+            "code": {"coding": list(codings)}, "subject": {"reference": "Patient/p1"}}
+
+
+def lab(code: str, display: str | None = None) -> dict:
+    return {"system": LAB, "code": code, **({"display": display} if display else {})}
+
+
+GLU_MAP = {"resourceType": "ConceptMap", "id": "h0001-lab", "status": "active",
+           "group": [{"source": LAB, "target": LOINC, "element": [
+               {"code": "GLU2", "target": [{"code": "2345-7", "equivalence": "equivalent"}]}]}]}
+
+
+@pytest.fixture
+def env(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.database_url = None
+    hub = Hub(settings.open_store())
+    model = UnmappedProjection(settings.data_dir / "unmapped.sqlite")
+    yield settings, hub, model, Runner(hub.store, model)
+    model.close()
+    hub.store.close()
+
+
+def put(hub: Hub, *resources, source=CTX) -> None:
+    ops = [Op("PUT", r["resourceType"], r["id"], r, url=f"{r['resourceType']}/{r['id']}")
+           for r in resources]
+    for result in hub.execute(ops, Context(source=dict(source)), atomic=True):
+        assert result.status in (200, 201)
+
+
+def seed(hub: Hub) -> None:
+    put(hub, obs("n1", lab("NOPE", "未知项目")), obs("n2", lab("NOPE")), obs("n3", lab("NOPE")),
+        obs("g1", lab("GLU2", "血糖2")), obs("g2", lab("GLU2")),
+        obs("s1", lab("GLU"), {"system": LOINC, "code": "2345-7"}),  # has a standard sibling
+        obs("c1", {"system": "urn:oid:2.16.156.10011.2.3.3.11", "code": "E11"}),  # national
+        {"resourceType": "Patient", "id": "p1", "maritalStatus": {"coding": [lab("M")]}})
+
+
+def rows(model, **kw) -> list[tuple]:
+    return [(r["code"], r["resources"]) for r in model.worklist(**kw)]
+
+
+def test_local_system_rule():
+    assert is_local_system(LAB) and is_local_system("urn:oid:1.2.3")
+    for s in ("urn:oid:2.16.156.10011.2.3.3.11", "urn:oid:2.16.156.10011.1.3", LOINC,
+              "urn:oid:2.16.840.1.113883.6.1", None, 5, "urn:oid:"):
+        assert not is_local_system(s)
+    assert list(local_codes({"a": [{"coding": [lab("X", "x"), "junk", {"system": LAB}]}]})) == [
+        (LAB, "X", "x")]
+
+
+def test_worklist_counts_and_follows_updates_and_deletes(env):
+    _, hub, model, runner = env
+    seed(hub)
+    runner.catch_up()
+    assert rows(model) == [("NOPE", 3), ("GLU2", 2)]  # Patient not followed, sibling/national not
+    top = model.worklist()[0]
+    assert top["institution"] == "H0001" and top["oid"] == OID and top["system"] == LAB
+    assert top["display"] == "未知项目" and top["first_seen"] and top["last_seen"]
+    assert rows(model, institution="H0001") == rows(model, institution=OID) == rows(model)
+    assert rows(model, institution="H9999") == [] and rows(model, system="urn:oid:1.1") == []
+    assert rows(model, limit=1) == [("NOPE", 3)]
+    # a newer version with a standard coding beside: n1 leaves; a delete: n2 leaves
+    put(hub, obs("n1", lab("NOPE"), {"system": LOINC, "code": "1-8"}))
+    hub.execute([Op("DELETE", "Observation", "n2", url="Observation/n2")], Context(), atomic=True)
+    runner.catch_up()
+    assert rows(model) == [("GLU2", 2), ("NOPE", 1)]
+    # a rebuild gives the same rows
+    before = model.dump()
+    runner.rebuild()
+    assert model.dump() == before
+
+
+def test_renormalise_empties_the_worklist_and_twice_changes_nothing(env):
+    _, hub, model, runner = env
+    seed(hub)
+    runner.catch_up()
+    n = Normaliser.from_concept_maps([GLU_MAP])
+    counts = renormalise(hub, model, n)
+    assert counts["updated"] == 2 and counts["read"] == 2
+    g1 = orjson.loads(hub.read("Observation", "g1").state.partition(b"\n")[2])
+    assert g1["code"]["coding"] == [lab("GLU2", "血糖2"), {"system": LOINC, "code": "2345-7",
+                                                           "userSelected": False}]
+    assert g1["meta"]["versionId"] == "2"
+    # the new version keeps the sender's institution, its feed says who wrote it
+    header = orjson.loads(hub.read("Observation", "g1").state.partition(b"\n")[0])
+    assert header["source"] == {"feed": "terminology-renormalise", "institution": "H0001"}
+    runner.catch_up()
+    assert rows(model) == [("NOPE", 3)]
+    assert renormalise(hub, model, n)["updated"] == 0
+    assert hub.read("Observation", "g1").originator_version == 2
+
+
+def test_cli_unmapped_and_renormalise(env, tmp_path, capsys):
+    settings, hub, model, runner = env
+    seed(hub)
+    put(hub, {**GLU_MAP})  # the store's own ConceptMap, used when no file is given
+    assert len(store_concept_maps(hub.store)) == 1
+    d = ["--data-dir", str(settings.data_dir)]
+    assert main(["terminology", "unmapped", *d]) == 0
+    out = capsys.readouterr().out
+    assert "NOPE" in out and "GLU2" in out and "2 codes in 5" in out
+    assert main(["terminology", "unmapped", "--csv", "--institution", "H0001", *d]) == 0
+    csv = capsys.readouterr().out.splitlines()
+    assert csv[0].startswith("institution,oid,system,code") and len(csv) == 3
+    assert main(["terminology", "renormalise", *d, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "2 updated" in out and "still unmapped: 1 codes in 3" in out
+    maps = tmp_path / "maps.ndjson"
+    maps.write_bytes(orjson.dumps(GLU_MAP) + b"\n")
+    assert main(["terminology", "renormalise", "--concept-maps", str(maps), *d, "--quiet"]) == 0
+    assert "0 updated" in capsys.readouterr().out
+    assert main(["terminology", "unmapped", "--json", *d]) == 0
+    assert [orjson.loads(x)["code"] for x in capsys.readouterr().out.splitlines()] == ["NOPE"]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    assert main(["terminology", "renormalise", "--concept-maps", str(bad), *d]) == 2
+    assert main(["terminology", "unmapped", "--limit", "0", *d]) == 2

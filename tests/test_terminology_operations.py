@@ -1,0 +1,554 @@
+"""The R4 terminology operations, table by table, over a read model built from the event log.
+
+The content (``CONTENT``) goes through ``Hub.execute`` into a real SQLite event store, the
+terminology projection follows it into its SQLite file, and each operation runs over the
+service as the API runs it. The same tables run over HTTP in test_terminology_api.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from hub.config import Settings
+from hub.ingest import Context, Hub, Op
+from projections.runner import Runner
+from projections.terminology import TerminologyProjection
+from terminology import operations as O
+from terminology.params import from_parameters, from_query
+from terminology.service import TerminologyError, TerminologyNotFound, TerminologyService
+
+DEPT = "http://example.org/fhir/CodeSystem/dept"
+DEPT_OID = "urn:oid:2.16.156.10011.99.5.1"
+SEX = "http://example.org/fhir/CodeSystem/sex"
+SEX_OID = "urn:oid:2.16.156.10011.2.3.3.4"
+LOCAL_SEX = "urn:oid:2.16.156.10011.99.1.42.3"
+GENDER = "http://hl7.org/fhir/administrative-gender"
+VS = "http://example.org/fhir/ValueSet/"
+
+
+def prop(code: str, **value) -> dict:
+    return {"code": code, **value}
+
+
+DEPT_V2 = {
+    "resourceType": "CodeSystem", "id": "dept-2", "url": DEPT, "version": "2", "name": "Dept",
+    "status": "active", "content": "complete", "hierarchyMeaning": "is-a",
+    "identifier": [{"system": "urn:ietf:rfc:3986", "value": DEPT_OID}],
+    "property": [{"code": "parent", "uri": "http://hl7.org/fhir/concept-properties#parent",
+                  "type": "code"},
+                 {"code": "status", "type": "code"}, {"code": "notSelectable", "type": "boolean"},
+                 {"code": "specialty", "type": "string"}],
+    "concept": [
+        {"code": "01", "display": "内科", "property": [prop("notSelectable", valueBoolean=True)],
+         "concept": [
+             {"code": "0101", "display": "心血管内科", "definition": "Heart and vessels",
+              "designation": [{"language": "en", "value": "Cardiology"}],
+              "property": [prop("specialty", valueString="cardiac")],
+              "concept": [{"code": "010101", "display": "冠心病门诊"}]},
+             {"code": "0102", "display": "呼吸内科"},
+             {"code": "0199", "display": "旧内科", "property": [prop("status", valueCode="retired")]},
+         ]},
+        {"code": "02", "display": "外科", "concept": [{"code": "0201", "display": "普外科"}]},
+        {"code": "0202", "display": "骨科", "property": [prop("parent", valueCode="02")]},
+        {"code": "03", "display": "急诊"},
+        {"code": "0301", "display": "急诊内科",
+         "property": [prop("parent", valueCode="01"), prop("parent", valueCode="03")]},
+    ]}
+DEPT_V1 = {
+    "resourceType": "CodeSystem", "id": "dept-1", "url": DEPT, "version": "1", "name": "Dept",
+    "status": "retired", "content": "complete",
+    "concept": [{"code": "01", "display": "内科(旧)", "concept": [{"code": "0101",
+                                                                  "display": "心内科"}]},
+                {"code": "09", "display": "中医科"}]}
+SEX_CS = {
+    "resourceType": "CodeSystem", "id": "sex", "url": SEX, "name": "Sex", "status": "active",
+    "content": "complete",
+    "concept": [{"code": "0", "display": "未知的性别"}, {"code": "1", "display": "男性"},
+                {"code": "2", "display": "女性"}, {"code": "9", "display": "未说明的性别"}]}
+SEX_NS = {
+    "resourceType": "NamingSystem", "id": "sex", "name": "Sex", "status": "active",
+    "kind": "codesystem", "date": "2024-01-01",
+    "uniqueId": [{"type": "oid", "value": "2.16.156.10011.2.3.3.4"},
+                 {"type": "uri", "value": SEX, "preferred": True}]}
+
+
+def vs(rid: str, compose: dict, **extra) -> dict:
+    return {"resourceType": "ValueSet", "id": rid, "url": VS + rid, "status": "active",
+            "compose": compose, **extra}
+
+
+VALUE_SETS = [
+    vs("internal", identifier=[{"system": "urn:ietf:rfc:3986",
+                                "value": "urn:oid:2.16.156.10011.99.6.1"}],
+       compose={"include": [{"system": DEPT, "filter": [
+        {"property": "concept", "op": "is-a", "value": "01"}]}]}),
+    vs("below", {"include": [{"system": DEPT_OID, "filter": [
+        {"property": "concept", "op": "descendent-of", "value": "01"}]}]}),
+    vs("enum", {"include": [{"system": DEPT, "concept": [{"code": "0201"}, {"code": "0101"}]},
+                            {"system": SEX_OID, "concept": [{"code": "1"}, {"code": "2"}]}]}),
+    vs("composed", {"inactive": False, "include": [{"valueSet": [VS + "internal"]}],
+                    "exclude": [{"system": DEPT, "concept": [{"code": "0102"}]}]}),
+    vs("retired", {"include": [{"system": DEPT, "filter": [
+        {"property": "status", "op": "=", "value": "retired"}]}]}),
+    vs("v1", {"include": [{"system": DEPT, "version": "1"}]}),
+    vs("sex", {"include": [{"system": SEX}]}),
+    vs("nowhere", {"include": [{"system": "http://example.org/nowhere"}]}),
+    vs("cycle-a", {"include": [{"valueSet": [VS + "cycle-b"]}]}),
+    vs("cycle-b", {"include": [{"valueSet": [VS + "cycle-a"]}]}),
+]
+SEX_MAP = {
+    "resourceType": "ConceptMap", "id": "local-sex", "url": "http://example.org/fhir/ConceptMap/sex",
+    "status": "active", "sourceCanonical": VS + "local-sex",
+    "targetCanonical": "http://hl7.org/fhir/ValueSet/administrative-gender",
+    "group": [{"source": LOCAL_SEX, "target": GENDER, "element": [
+        {"code": "M", "display": "男", "target": [{"code": "male", "display": "Male",
+                                                   "equivalence": "equivalent"}]},
+        {"code": "F", "target": [{"code": "female", "equivalence": "equivalent"}]},
+        {"code": "U", "target": [{"code": "unknown", "equivalence": "wider"}]},
+        {"code": "X", "target": [{"code": "other", "equivalence": "disjoint"}]},
+    ]}, {"source": LOCAL_SEX, "target": SEX, "element": [
+        {"code": "M", "target": [{"code": "1", "equivalence": "equal"}]}, {"code": "Z"}],
+        "unmapped": {"mode": "fixed", "code": "9", "display": "未说明的性别"}}]}
+FRAGMENT = {"resourceType": "CodeSystem", "id": "fragment", "url": "http://example.org/fragment",
+            "status": "active", "content": "fragment", "caseSensitive": True,
+            "concept": [{"code": "A1", "display": "Alpha"}]}
+CASELESS = {"resourceType": "CodeSystem", "id": "caseless", "url": "http://example.org/caseless",
+            "status": "active", "content": "complete", "caseSensitive": False,
+            "concept": [{"code": "ABC", "display": "Abc"}]}
+CONTENT = [DEPT_V1, DEPT_V2, SEX_CS, SEX_NS, *VALUE_SETS, SEX_MAP, FRAGMENT, CASELESS]
+
+
+def store_content(hub: Hub, resources=CONTENT) -> None:
+    ops = [Op("PUT", d["resourceType"], d["id"], d, url=f"{d['resourceType']}/{d['id']}")
+           for d in resources]
+    for r in hub.execute(ops, Context(source={"feed": "test"}), atomic=True):
+        assert r.status in (200, 201), r
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory):
+    data = tmp_path_factory.mktemp("terminology")
+    settings = Settings(data_dir=data)
+    settings.database_url = None
+    hub = Hub(settings.open_store())
+    store_content(hub)
+    model = TerminologyProjection(data / "terminology.sqlite")
+    Runner(hub.store, model).catch_up()
+    service = TerminologyService(data / "terminology.sqlite")
+    yield service
+    service.close()
+    model.close()
+    hub.store.close()
+
+
+def call(svc, rtype: str, op: str, params, instance=None):
+    """Run an operation as the API does: a query list (GET) or a Parameters dict (POST)."""
+    name, fn = O.OPERATIONS[(rtype, op)]
+    try:
+        p = (from_parameters(op, O.SPECS[name], params) if isinstance(params, dict)
+             else from_query(op, O.SPECS[name], list(params)))
+        return fn(svc, p, instance)
+    except TerminologyNotFound as e:
+        return 404, str(e)
+    except TerminologyError as e:
+        return 400, str(e)
+
+
+def out(params: dict) -> dict:
+    """Parameters -> {name: value} (repeats as lists; parts as dicts)."""
+    result: dict = {}
+    for p in params["parameter"]:
+        value = ({q["name"]: next(v for k, v in q.items() if k.startswith("value"))
+                  for q in p["part"]} if "part" in p else
+                 next(v for k, v in p.items() if k.startswith("value")))
+        if p["name"] in ("property", "match", "designation"):
+            result.setdefault(p["name"], []).append(value)
+        else:
+            result[p["name"]] = value
+    return result
+
+
+def codes(expansion: dict) -> list[str]:
+    return [c["code"] for c in expansion["expansion"].get("contains", [])]
+
+
+# -- $lookup --------------------------------------------------------------------------------------
+
+LOOKUP = [
+    # (query, expected subset of the answer)
+    ([("system", DEPT), ("code", "0101")],
+     {"name": "Dept", "version": "2", "display": "心血管内科", "abstract": False}),
+    ([("system", DEPT_OID), ("code", "0101")], {"display": "心血管内科"}),  # OID folding
+    ([("system", "2.16.156.10011.99.5.1"), ("code", "0101")], {"display": "心血管内科"}),
+    ([("system", DEPT), ("code", "0101"), ("version", "1")], {"version": "1", "display": "心内科"}),
+    ([("system", f"{DEPT}|1"), ("code", "0101")], {"version": "1"}),  # url|version
+    ([("coding", f"{DEPT}|01")], {"display": "内科", "abstract": True}),
+    ([("system", DEPT), ("code", "0101"), ("displayLanguage", "en")], {"display": "Cardiology"}),
+    ([("system", SEX_OID), ("code", "1")], {"name": "Sex", "display": "男性"}),  # NamingSystem
+]
+
+
+@pytest.mark.parametrize("query,expected", LOOKUP)
+def test_lookup(svc, query, expected):
+    got = out(call(svc, "CodeSystem", "lookup", query))
+    assert {k: got.get(k) for k in expected} == expected
+
+
+def test_lookup_properties_from_the_hierarchy_and_the_concept(svc):
+    got = out(call(svc, "CodeSystem", "lookup", [("system", DEPT), ("code", "0101")]))
+    props = {(p["code"], p["value"]) for p in got["property"]}
+    assert {("parent", "01"), ("child", "010101"), ("inactive", False),
+            ("specialty", "cardiac"), ("definition", "Heart and vessels")} <= props
+    assert got["designation"] == [{"language": "en", "value": "Cardiology"}]
+    # several parents (parent properties) and property= picks
+    got = out(call(svc, "CodeSystem", "lookup", [("system", DEPT), ("code", "0301"),
+                                                 ("property", "parent")]))
+    assert sorted(p["value"] for p in got["property"]) == ["01", "03"]
+    retired = out(call(svc, "CodeSystem", "lookup", [("system", DEPT), ("code", "0199"),
+                                                     ("property", "inactive")]))
+    assert retired["property"] == [{"code": "inactive", "value": True}]
+
+
+LOOKUP_ERRORS = [
+    ([("system", "http://example.org/unknown"), ("code", "1")], 404, "not known"),
+    ([("system", DEPT), ("code", "nope")], 404, "not in code system"),
+    ([("system", DEPT), ("code", "01"), ("version", "7")], 404, "no version '7'"),
+    ([("code", "01")], 400, "system"),
+    ([("system", DEPT)], 400, "Give code"),
+    ([("system", DEPT), ("code", "01"), ("bogus", "1")], 400, "Unknown parameter"),
+    ([("system", DEPT), ("code", "01"), ("code", "02")], 400, "more than once"),
+    ([("coding", "no-bar")], 400, "system|code"),
+    ([("system", DEPT), ("code", "x" * 5000)], 400, "too long"),
+]
+
+
+@pytest.mark.parametrize("query,status,text", LOOKUP_ERRORS)
+def test_lookup_mistakes(svc, query, status, text):
+    got = call(svc, "CodeSystem", "lookup", query)
+    assert got[0] == status and text in got[1]
+
+
+# -- CodeSystem/$validate-code --------------------------------------------------------------------
+
+CS_VALIDATE = [
+    # (query, result, display, words in the message or None)
+    ([("url", DEPT), ("code", "0101")], True, "心血管内科", None),
+    ([("url", DEPT_OID), ("code", "0101")], True, "心血管内科", None),
+    ([("system", SEX_OID), ("code", "2")], True, "女性", None),
+    ([("url", DEPT), ("code", "0199")], True, "旧内科", "inactive"),
+    ([("url", DEPT), ("code", "09")], False, None, "Unknown code '09'"),  # only in version 1
+    ([("url", DEPT), ("code", "09"), ("version", "1")], True, "中医科", None),
+    ([("url", DEPT), ("code", "0101"), ("display", "Cardiology")], True, "心血管内科", None),
+    ([("url", DEPT), ("code", "0101"), ("display", "Surgery")], False, "心血管内科",
+     "not a display"),
+    ([("url", DEPT), ("code", "01")], True, "内科", None),  # abstract: a code of the system
+    ([("url", DEPT), ("code", "01"), ("abstract", "false")], False, None, "abstract"),
+    ([("coding", f"{DEPT}|0102")], True, "呼吸内科", None),
+    # SEX says nothing of caseSensitive (so it is not): codes match in any case; DEPT_V1 neither
+    ([("url", SEX), ("code", "1")], True, "男性", None),
+    ([("url", DEPT), ("code", "09"), ("version", "1")], True, "中医科", None),
+    ([("url", FRAGMENT["url"]), ("code", "zz")], False, None, "content=fragment"),
+    ([("url", FRAGMENT["url"]), ("code", "A1")], True, "Alpha", None),
+    ([("url", FRAGMENT["url"]), ("code", "a1")], False, None, "Unknown code"),  # case-sensitive
+    ([("url", CASELESS["url"]), ("code", "abc")], True, "Abc", None),
+]
+
+
+@pytest.mark.parametrize("query,result,display,message", CS_VALIDATE)
+def test_code_system_validate_code(svc, query, result, display, message):
+    got = out(call(svc, "CodeSystem", "validate-code", query))
+    assert got["result"] is result
+    assert got.get("display") == display
+    if message:
+        assert message in got["message"]
+    else:
+        assert "message" not in got
+
+
+def test_code_system_validate_code_codeable_concept_by_post(svc):
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "url", "valueUri": DEPT},
+        {"name": "codeableConcept", "valueCodeableConcept": {"coding": [
+            {"system": "http://other.example", "code": "zz"},
+            {"system": DEPT_OID, "code": "0201"}]}}]}
+    got = out(call(svc, "CodeSystem", "validate-code", body))
+    assert got["result"] is True and got["display"] == "普外科"
+
+
+# -- $subsumes ----------------------------------------------------------------------------------
+
+SUBSUMES = [
+    ("01", "010101", "subsumes"),  # two levels of nesting
+    ("010101", "01", "subsumed-by"),
+    ("0101", "0101", "equivalent"),
+    ("0101", "0102", "not-subsumed"),
+    ("02", "0202", "subsumes"),  # a parent property
+    ("03", "0301", "subsumes"),  # one of two parents
+    ("01", "0301", "subsumes"),
+]
+
+
+@pytest.mark.parametrize("a,b,outcome", SUBSUMES)
+def test_subsumes(svc, a, b, outcome):
+    got = out(call(svc, "CodeSystem", "subsumes", [("system", DEPT), ("codeA", a), ("codeB", b)]))
+    assert got["outcome"] == outcome
+
+
+def test_subsumes_codings_and_mistakes(svc):
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "codingA", "valueCoding": {"system": DEPT_OID, "code": "02"}},
+        {"name": "codingB", "valueCoding": {"system": DEPT, "code": "0201"}}]}
+    assert out(call(svc, "CodeSystem", "subsumes", body))["outcome"] == "subsumes"
+    assert call(svc, "CodeSystem", "subsumes", [("system", DEPT), ("codeA", "01"),
+                                                ("codeB", "nope")])[0] == 400
+    assert call(svc, "CodeSystem", "subsumes", [("codeA", "01"), ("codeB", "02")])[0] == 400
+
+
+# -- ValueSet/$expand ---------------------------------------------------------------------------
+
+EXPAND = [
+    # (query, codes in order)
+    ([("url", VS + "internal")], ["01", "0101", "010101", "0102", "0199", "0301"]),
+    ([("url", VS + "below")], ["0101", "010101", "0102", "0199", "0301"]),
+    ([("url", VS + "internal"), ("activeOnly", "true")], ["01", "0101", "010101", "0102", "0301"]),
+    ([("url", VS + "enum")], ["0201", "0101", "1", "2"]),
+    ([("url", VS + "composed")], ["01", "0101", "010101", "0301"]),  # exclude and inactive=false
+    ([("url", VS + "retired")], ["0199"]),
+    ([("url", VS + "v1")], ["01", "0101", "09"]),
+    ([("url", VS + "internal"), ("filter", "门诊")], ["010101"]),
+    ([("url", VS + "internal"), ("filter", "0101")], ["0101", "010101"]),
+    ([("url", VS + "internal"), ("count", "2"), ("offset", "1")], ["0101", "010101"]),
+    ([("url", VS + "internal"), ("count", "0")], []),
+    ([("url", VS + "internal"), ("offset", "99")], []),
+    ([("url", VS + "sex"), ("displayLanguage", "en")], ["0", "1", "2", "9"]),
+    ([("url", VS + "internal"), ("system-version", f"{DEPT}|1")], ["01", "0101"]),
+    ([("url", "urn:oid:2.16.156.10011.99.6.1"), ("count", "1")], ["01"]),  # by its OID
+    ([("url", "2.16.156.10011.99.6.1"), ("count", "1")], ["01"]),
+    ([("url", VS + "v1"), ("force-system-version", f"{DEPT}|2")], ["01", "0101", "010101", "0102",
+                                                                   "0199", "02", "0201", "0202",
+                                                                   "03", "0301"]),
+]
+
+
+@pytest.mark.parametrize("query,expected", EXPAND)
+def test_expand(svc, query, expected):
+    got = call(svc, "ValueSet", "expand", query)
+    assert got["resourceType"] == "ValueSet"
+    assert codes(got) == expected
+
+
+def test_expansion_entries_say_system_version_display_abstract_inactive(svc):
+    got = call(svc, "ValueSet", "expand", [("url", VS + "internal")])
+    assert got["url"] == VS + "internal" and got["expansion"]["total"] == 6
+    by_code = {c["code"]: c for c in got["expansion"]["contains"]}
+    assert by_code["01"] == {"system": DEPT, "version": "2", "abstract": True, "code": "01",
+                             "display": "内科"}
+    assert by_code["0199"]["inactive"] is True
+    enum = call(svc, "ValueSet", "expand", [("url", VS + "enum")])
+    assert {c["system"] for c in enum["expansion"]["contains"]} == {DEPT, SEX}  # OID folded
+
+
+def test_expand_an_inline_value_set_by_post(svc):
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "valueSet", "resource": vs("inline", {"include": [{"system": DEPT, "filter": [
+            {"property": "concept", "op": "is-a", "value": "02"}]}]})},
+        {"name": "count", "valueInteger": 10}]}
+    assert codes(call(svc, "ValueSet", "expand", body)) == ["02", "0201", "0202"]
+
+
+EXPAND_ERRORS = [
+    ([("url", VS + "missing")], 404, "not known"),
+    ([("url", VS + "nowhere")], 404, "http://example.org/nowhere"),
+    ([("url", VS + "cycle-a")], 400, "cycle"),
+    ([], 400, "Which value set"),
+    ([("url", VS + "internal"), ("filter", "x" * 201)], 400, "filter"),
+    ([("url", VS + "internal"), ("count", "-1")], 400, "count"),
+    ([("url", VS + "internal"), ("count", "20000")], 400, "count"),
+    ([("url", VS + "internal"), ("activeOnly", "yes")], 400, "true or false"),
+    ([("url", VS + "internal"), ("valueSet", "{}")], 400, "POSTed Parameters"),
+]
+
+
+@pytest.mark.parametrize("query,status,text", EXPAND_ERRORS)
+def test_expand_mistakes(svc, query, status, text):
+    got = call(svc, "ValueSet", "expand", query)
+    assert got[0] == status and text in got[1]
+
+
+# -- ValueSet/$validate-code --------------------------------------------------------------------
+
+VS_VALIDATE = [
+    # (query, result, words in the message or None)
+    ([("url", VS + "internal"), ("system", DEPT), ("code", "010101")], True, None),
+    ([("url", VS + "internal"), ("system", DEPT_OID), ("code", "0301")], True, None),
+    ([("url", VS + "internal"), ("system", DEPT), ("code", "0201")], False, "not in value set"),
+    ([("url", VS + "internal"), ("system", DEPT), ("code", "nope")], False, "Unknown code"),
+    ([("url", VS + "internal"), ("system", DEPT), ("code", "0199")], True, "inactive"),
+    ([("url", VS + "internal"), ("system", DEPT), ("code", "0199"), ("activeOnly", "true")],
+     False, "not in value set"),
+    ([("url", VS + "composed"), ("system", DEPT), ("code", "0199")], False, "not in value set"),
+    ([("url", VS + "composed"), ("system", DEPT), ("code", "0102")], False, "not in value set"),
+    ([("url", VS + "below"), ("system", DEPT), ("code", "01")], False, "not in value set"),
+    ([("url", VS + "internal"), ("system", DEPT), ("code", "01")], False, "abstract"),
+    ([("url", VS + "internal"), ("system", DEPT), ("code", "01"), ("abstract", "true")], True,
+     None),
+    ([("url", VS + "enum"), ("system", SEX), ("code", "1")], True, None),
+    ([("url", VS + "enum"), ("system", SEX_OID), ("code", "9")], False, "not in value set"),
+    ([("url", VS + "v1"), ("system", DEPT), ("code", "09")], True, None),
+    ([("url", VS + "v1"), ("system", DEPT), ("code", "0102")], False, "not in value set"),
+    ([("url", VS + "sex"), ("code", "2")], True, None),  # the one system of the value set
+    ([("url", VS + "sex"), ("system", SEX), ("code", "2"), ("display", "男性")], False,
+     "not a display"),
+    ([("url", VS + "retired"), ("coding", f"{DEPT}|0199")], True, "inactive"),
+    ([("url", VS + "internal"), ("system", DEPT), ("code", "0101"), ("systemVersion", "1")],
+     True, None),
+    ([("url", VS + "internal"), ("system", DEPT), ("code", "0102"), ("systemVersion", "1")],
+     False, "Unknown code"),
+]
+
+
+@pytest.mark.parametrize("query,result,message", VS_VALIDATE)
+def test_value_set_validate_code(svc, query, result, message):
+    got = out(call(svc, "ValueSet", "validate-code", query))
+    assert got["result"] is result, got
+    if message:
+        assert message in got["message"]
+    else:
+        assert "message" not in got
+
+
+def test_value_set_validate_code_mistakes(svc):
+    assert call(svc, "ValueSet", "validate-code", [("url", VS + "enum"), ("code", "1")])[0] == 400
+    assert call(svc, "ValueSet", "validate-code", [("url", VS + "gone"), ("system", DEPT),
+                                                   ("code", "1")])[0] == 404
+    assert call(svc, "ValueSet", "validate-code", [("url", VS + "nowhere"),
+                                                   ("system", "http://example.org/nowhere"),
+                                                   ("code", "1")])[0] == 404
+
+
+# -- ConceptMap/$translate ----------------------------------------------------------------------
+
+TRANSLATE = [
+    # (query, result, [(equivalence, system, code)])
+    ([("url", SEX_MAP["url"]), ("system", LOCAL_SEX), ("code", "M")], True,
+     [("equivalent", GENDER, "male"), ("equal", SEX, "1")]),
+    ([("system", LOCAL_SEX), ("code", "M"), ("targetsystem", GENDER)], True,
+     [("equivalent", GENDER, "male")]),
+    ([("system", LOCAL_SEX), ("code", "M"), ("targetsystem", SEX_OID)], True,
+     [("equal", SEX, "1")]),
+    ([("system", LOCAL_SEX), ("code", "U"), ("targetsystem", GENDER)], True,
+     [("wider", GENDER, "unknown")]),
+    ([("system", LOCAL_SEX), ("code", "X"), ("targetsystem", GENDER)], False,
+     [("disjoint", GENDER, "other")]),
+    ([("system", LOCAL_SEX), ("code", "F"), ("targetsystem", SEX)], True,
+     [("inexact", SEX, "9")]),  # group.unmapped fixed
+    ([("system", LOCAL_SEX), ("code", "Q"), ("targetsystem", GENDER)], False, []),
+    # Z is listed without a target: known and unmapped, the group's unmapped rule is not for it
+    ([("system", LOCAL_SEX), ("code", "Z"), ("targetsystem", SEX)], False, []),
+    # reverse: from the target back to the source, wider read as narrower
+    ([("system", GENDER), ("code", "unknown"), ("reverse", "true")], True,
+     [("narrower", LOCAL_SEX, "U")]),
+    ([("system", SEX_OID), ("code", "1"), ("reverse", "true")], True, [("equal", LOCAL_SEX, "M")]),
+    ([("source", VS + "local-sex"), ("coding", f"{LOCAL_SEX}|F"), ("targetsystem", GENDER)],
+     True, [("equivalent", GENDER, "female")]),
+    ([("source", VS + "other"), ("coding", f"{LOCAL_SEX}|F")], False, []),
+]
+
+
+@pytest.mark.parametrize("query,result,matches", TRANSLATE)
+def test_translate(svc, query, result, matches):
+    got = out(call(svc, "ConceptMap", "translate", query))
+    assert got["result"] is result
+    assert [(m["equivalence"], m["concept"]["system"], m["concept"]["code"])
+            for m in got.get("match", [])] == matches
+    if not result:
+        assert "No mapping" in got["message"]
+    for m in got.get("match", []):
+        assert m["source"] == SEX_MAP["url"]
+
+
+def test_translate_an_inline_map_and_mistakes(svc):
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "conceptMap", "resource": {**SEX_MAP, "id": "inline"}},
+        {"name": "coding", "valueCoding": {"system": LOCAL_SEX, "code": "M"}},
+        {"name": "targetsystem", "valueUri": GENDER}]}
+    got = out(call(svc, "ConceptMap", "translate", body))
+    assert got["result"] is True and got["match"][0]["concept"]["code"] == "male"
+    assert call(svc, "ConceptMap", "translate", [("url", "http://nope"), ("system", LOCAL_SEX),
+                                                 ("code", "M")])[0] == 404
+    assert call(svc, "ConceptMap", "translate", [("code", "M")])[0] == 400
+    assert call(svc, "ConceptMap", "translate", [("system", LOCAL_SEX), ("code", "M"),
+                                                 ("reverse", "maybe")])[0] == 400
+
+
+# -- malformed Parameters ---------------------------------------------------------------------------
+
+BAD_BODIES = [
+    {"resourceType": "Patient"},
+    {"resourceType": "Parameters", "parameter": {"name": "code"}},
+    {"resourceType": "Parameters", "parameter": [{"valueCode": "01"}]},
+    {"resourceType": "Parameters", "parameter": [{"name": "code", "valueBoolean": True}]},
+    {"resourceType": "Parameters", "parameter": [{"name": "code", "valueCode": "01",
+                                                  "valueString": "01"}]},
+    {"resourceType": "Parameters", "parameter": [{"name": "coding", "valueCoding": "x|y"}]},
+    {"resourceType": "Parameters", "parameter": [{"name": "coding",
+                                                  "valueCoding": {"system": 5, "code": "1"}}]},
+    {"resourceType": "Parameters", "parameter": [{"name": "system", "valueUri": DEPT},
+                                                 {"name": "nonsense", "valueCode": "x"}]},
+    [1, 2, 3],
+]
+
+
+@pytest.mark.parametrize("body", BAD_BODIES)
+def test_malformed_parameters_are_400(body):
+    with pytest.raises(TerminologyError):
+        from_parameters("lookup", O.SPECS["lookup"], body)
+
+
+# -- the Python API the search engine uses ----------------------------------------------------------
+
+
+def test_search_api_hierarchy_value_sets_and_folding(svc):
+    assert svc.descendants(DEPT, "01") == {"01", "0101", "010101", "0102", "0199", "0301"}
+    assert svc.descendants(DEPT_OID, "01", include_self=False) == {
+        "0101", "010101", "0102", "0199", "0301"}
+    assert svc.ancestors(DEPT, "010101") == {"010101", "0101", "01"}
+    assert svc.ancestors(DEPT, "0301", include_self=False) == {"01", "03"}
+    assert svc.descendants(DEPT, "0101", version="1") == {"0101"}
+    assert svc.descendants(DEPT, "no-such-code") == {"no-such-code"}  # :below = the code itself
+    with pytest.raises(TerminologyNotFound):
+        svc.descendants("http://example.org/unknown", "1")
+    assert svc.canonical_system(SEX_OID) == SEX
+    assert svc.canonical_system("2.16.156.10011.2.3.3.4") == SEX
+    assert svc.canonical_system(DEPT_OID) == DEPT
+    assert svc.canonical_system("http://unknown.example") == "http://unknown.example"
+    assert svc.system_aliases(SEX) == {SEX, SEX_OID}
+    assert svc.expand_codes(VS + "enum") == {(DEPT, "0201"), (DEPT, "0101"), (SEX, "1"), (SEX, "2")}
+    assert (SEX_OID, "1") in svc.expand_codes(VS + "enum", with_aliases=True)
+    assert svc.expand_codes(f"{VS}internal") == {(DEPT, c) for c in
+                                                 ("01", "0101", "010101", "0102", "0199", "0301")}
+    with pytest.raises(TerminologyNotFound):
+        svc.expand_codes(VS + "missing")
+
+
+# -- any input gets an answer -----------------------------------------------------------------------
+
+NAMES = sorted({n for spec in O.SPECS.values() for n in spec})
+VALUES = st.sampled_from(["01", "0101", DEPT, DEPT_OID, SEX, VS + "internal", VS + "cycle-a",
+                          f"{DEPT}|01", "true", "false", "0", "5", "", "|", "a|b|c", "\x00",
+                          "x" * 300, "门诊"]) | st.text(max_size=30)
+
+
+@hsettings(max_examples=200, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(op=st.sampled_from(sorted(O.OPERATIONS)),
+       query=st.lists(st.tuples(st.sampled_from(NAMES), VALUES), max_size=6))
+def test_any_query_gets_an_answer_or_a_400_or_404(svc, op, query):
+    got = call(svc, *op, query)
+    if isinstance(got, tuple):
+        assert got[0] in (400, 404) and got[1]
+    else:
+        assert got["resourceType"] in ("Parameters", "ValueSet")
