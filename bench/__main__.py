@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench import cda, hl7v2, ingest, memory, mllp, search, server
+from bench import cda, hl7v2, ingest, memory, mllp, mpi, mpi_views, normalise, search, server, terminology
 from bench.common import RESULTS
 
 
@@ -36,7 +36,9 @@ def summary(ing: dict, http: dict, mem: dict) -> str:
          "< 1024, flat"),
     ]
     for name, extra in (("extract", _extract_rows), ("search", _search_rows),
-                        ("hl7v2", _hl7v2_rows), ("mllp", _mllp_rows), ("cda", _cda_rows)):
+                        ("hl7v2", _hl7v2_rows), ("mllp", _mllp_rows), ("cda", _cda_rows),
+                        ("terminology", _terminology_rows), ("normalise", _normalise_rows),
+                        ("mpi", _mpi_rows), ("mpi_views", _mpi_views_rows)):
         path = RESULTS / f"{name}.json"
         if path.exists():
             rows += extra(json.loads(path.read_text()))
@@ -108,6 +110,41 @@ def _cda_rows(r: dict) -> list[tuple[str, str, str]]:
              f"{m['end_to_end_docs_per_s']} ({share}); {m['map_docs_per_s']}", "")]
 
 
+def _terminology_rows(r: dict) -> list[tuple[str, str, str]]:
+    h = r["http_ms"]
+    ops = [k for k in h if not k.startswith("baseline")]
+    return [(f"Terminology over HTTP (issue 7), {r['concepts']:,} concepts / {r['map_elements']:,} "
+             "map elements, p50/p95 ms: " + ", ".join(ops) + "; baseline read",
+             ", ".join(f"{h[k]['p50']}/{h[k]['p95']}" for k in ops) + "; "
+             + "/".join(str(v) for v in next(h[k] for k in h if k.startswith("baseline")).values()
+                        if not isinstance(v, list)),
+             "p95 < 2")]
+
+
+def _normalise_rows(r: dict) -> list[tuple[str, str, str]]:
+    k = r["kinds"]
+    return [(f"Local-code normalisation (issue 7) added to HL7 v2 conversion CPU time, "
+             f"{r['messages']:,} messages: all; ORU; ADT",
+             f"+{k['all']['overhead_percent']}%; +{k['ORU']['overhead_percent']}%; "
+             f"+{k['ADT']['overhead_percent']}%", "< 10%")]
+
+
+def _mpi_rows(r: dict) -> list[tuple[str, str, str]]:
+    from bench.mpi import summary_rows  # adds the mpi-accuracy-* and mpi-record-* results
+
+    return [(f"MPI (issue 6): {row}", val, goal) for row, val, goal in summary_rows(r)]
+
+
+def _mpi_views_rows(r: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for op, goal in (("$everything", "< 200"), ("$timeline", "< 50")):
+        qs = {k[len(op) + 2:]: v for k, v in r["queries_ms"].items() if k.startswith(op)}
+        rows.append((f"{op} (issue 6), a person with {r['person_resources']:,} resources in "
+                     f"{r['institutions']} institutions, region of {r['resources']:,}, p50/p95 ms: "
+                     + "; ".join(qs), "; ".join(f"{q['p50']}/{q['p95']}" for q in qs.values()), goal))
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -126,6 +163,15 @@ def main() -> None:
         cda.main(["--repeats", "1", "--rounds", "1"] if args.quick else [])
         mllp.main(["--latency-messages", "200", "--messages", "2000"] if args.quick else
                   ["--rate", "50"])
+        terminology.main(["--concepts", "5000"] if args.quick else [])
+        normalise.main(["--people", "60"] if args.quick else [])
+        mpi_views.main(["--people", "300"] if args.quick else [])
+        # 100k Patients for accuracy, 1M for speed (the 1M accuracy run and the recorded 1M
+        # re-match, ~15 and ~25 minutes: python -m bench.mpi --people 500000 --accuracy-only
+        # --name mpi-accuracy-1m; python -m bench.mpi --speed-people 500000 --record-only
+        # --name mpi-record-1m)
+        mpi.main(["--people", "2000"] if args.quick else ["--people", "50000",
+                                                           "--speed-people", "500000"])
     table = summary(ing, http, mem)
     (RESULTS / "summary.md").write_text(table)
     print(table)
