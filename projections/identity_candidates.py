@@ -45,6 +45,7 @@ SCHEMA = [
 
 class IdentityCandidates(SQLiteReadModel):
     name = NAME
+    meta_table = "ic_meta"  # its 'writer' row: the write lock
     schema = SCHEMA
     types = ("Patient",)
 
@@ -125,10 +126,7 @@ class IdentityCandidates(SQLiteReadModel):
         if not last:
             return
         with self.datastore.transaction(commit=True) as c:
-            c.execute("UPDATE ic_meta SET value = value + 1 WHERE key = 'writer'")  # the write lock
-            c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (NAME,))
-            found = c.fetchone()
-            done = found[0] if found else 0
+            done = self.locked_position(c)
             if last <= done:
                 return
             newest: dict[str, Notification] = {}

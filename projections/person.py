@@ -60,6 +60,7 @@ def pair(a: str, b: str) -> tuple[str, str]:
 
 class PersonProjection(SQLiteReadModel):
     name = NAME
+    meta_table = "p_meta"  # its 'writer' row: the write lock
     schema = SCHEMA
     types = (STREAM_KIND,)  # the runner hands over identity events only (read by topic)
 
@@ -77,11 +78,7 @@ class PersonProjection(SQLiteReadModel):
         if not last:
             return
         with self.datastore.transaction(commit=True) as c:
-            # the write lock first, then skip what another follower of this file applied
-            c.execute("UPDATE p_meta SET value = value + 1 WHERE key = 'writer'")
-            c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (NAME,))
-            found = c.fetchone()
-            done = found[0] if found else 0
+            done = self.locked_position(c)  # write lock, then what is applied
             if last <= done:
                 return
             c.execute("SELECT value FROM p_meta WHERE key='stream_version'")

@@ -249,6 +249,7 @@ def _filter_values(value: str | Iterable[str] | None, name: str) -> list[str]:
 
 class QualityProjection(SQLiteReadModel):
     name = NAME
+    meta_table = "q_meta"  # its 'writer' row: the write lock
     schema = SCHEMA
 
     def reset(self) -> None:
@@ -264,13 +265,7 @@ class QualityProjection(SQLiteReadModel):
         if not last:
             return
         with self.datastore.transaction(commit=True) as c:
-            # Take the write lock first (a plain BEGIN reads a snapshot that another process's
-            # commit could make stale), then skip what is already applied: two followers of the
-            # same file (API workers, a CLI run) never apply a notification twice.
-            c.execute("UPDATE q_meta SET value = value + 1 WHERE key = 'writer'")
-            c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (NAME,))
-            found = c.fetchone()
-            done = found[0] if found else 0
+            done = self.locked_position(c)  # write lock, then what is applied
             if last <= done:
                 return  # all applied by someone else; the transaction commits nothing new
             newest: dict[str, Notification] = {}  # only the last event of a report counts

@@ -36,5 +36,17 @@ class SQLiteReadModel:
     def close(self) -> None:
         self.datastore.close()
 
+    meta_table: str = ""  # a model that applies through locked_position: its key/value table
+
+    def locked_position(self, c: Any) -> int:
+        """In a batch's transaction: take the file's write lock first (a plain BEGIN reads a
+        snapshot another process's commit could make stale), then the position already
+        applied, so two followers of one file (API workers, a CLI run) never apply a
+        notification twice."""
+        c.execute(f"UPDATE {self.meta_table} SET value = value + 1 WHERE key = 'writer'")
+        c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (self.name,))
+        found = c.fetchone()
+        return found[0] if found else 0
+
     def position(self) -> int:
         return self.tracking.max_tracking_id(self.name) or 0

@@ -88,6 +88,7 @@ _TABLES = ("t_resource", "t_cs", "t_concept", "t_closure", "t_prop", "t_vs", "t_
 
 class TerminologyProjection(SQLiteReadModel):
     name = NAME
+    meta_table = "t_meta"  # its 'writer' row: the write lock
     schema = SCHEMA
     types = TYPES  # the runner hands over only these events
 
@@ -108,12 +109,7 @@ class TerminologyProjection(SQLiteReadModel):
         if not last:
             return
         with self.datastore.transaction(commit=True) as c:
-            # the write lock first, then skip what another follower of the file already applied
-            # (as projections.quality does)
-            c.execute("UPDATE t_meta SET value = value + 1 WHERE key = 'writer'")
-            c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (NAME,))
-            found = c.fetchone()
-            done = found[0] if found else 0
+            done = self.locked_position(c)  # write lock, then what is applied
             if last <= done:
                 return
             newest: dict[str, Notification] = {}  # only the last event of a resource counts

@@ -127,6 +127,7 @@ def row_of(rtype: str, rid: str, version: int, header: bytes, body: bytes) -> tu
 
 class TimelineProjection(SQLiteReadModel):
     name = NAME
+    meta_table = "t_meta"  # its 'writer' row: the write lock
     schema = SCHEMA
     types = tuple(KIND_OF_TYPE)  # the runner hands over only these events
 
@@ -140,10 +141,7 @@ class TimelineProjection(SQLiteReadModel):
         if not last:
             return
         with self.datastore.transaction(commit=True) as c:
-            c.execute("UPDATE t_meta SET value = value + 1 WHERE key = 'writer'")
-            c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (NAME,))
-            found = c.fetchone()
-            done = found[0] if found else 0
+            done = self.locked_position(c)
             if last <= done:
                 return
             newest: dict[str, Notification] = {}

@@ -105,6 +105,7 @@ def local_codes(d: Any, depth: int = 0) -> Iterator[tuple[str, str, str | None]]
 
 class UnmappedProjection(SQLiteReadModel):
     name = NAME
+    meta_table = "u_meta"  # its 'writer' row: the write lock
     schema = SCHEMA
     types = TYPES  # the runner hands over only these events
 
@@ -119,11 +120,7 @@ class UnmappedProjection(SQLiteReadModel):
         if not last:
             return
         with self.datastore.transaction(commit=True) as c:
-            # the write lock first, then skip what another follower already applied
-            c.execute("UPDATE u_meta SET value = value + 1 WHERE key = 'writer'")
-            c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (NAME,))
-            found = c.fetchone()
-            done = found[0] if found else 0
+            done = self.locked_position(c)  # write lock, then what is applied
             if last <= done:
                 return
             # every event in order (not only the newest per resource): first/last seen and the

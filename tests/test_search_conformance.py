@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from hub.api.search import SearchService, search_bundle
-from hub.config import Settings
 from hub.errors import FhirError
 from hub.ingest import Context, Hub, Op
 from projections.runner import Runner

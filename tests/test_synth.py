@@ -1,6 +1,5 @@
 import collections
 import csv
-import datetime as dt
 import hashlib
 import os
 import re
