@@ -398,3 +398,35 @@ def test_capability_statement_lists_the_mpi(client):
         "everything", "timeline", "link", "unlink", "merge", "unmerge", "not-duplicate"}
     assert {o["name"] for o in by_type["Patient"]["operation"]} >= {"everything", "timeline"}
     assert {o["name"] for o in rest["operation"]} >= {"mpi-review", "resolve-identifier"}
+
+
+def test_everything_adds_what_the_records_refer_to_outside_the_compartment(client):
+    """R4 Patient-everything: the compartment plus the resources referenced from it (here the
+    practitioner and the hospital), as search.mode=include; never another patient's records."""
+    p = uuid.uuid4().hex[:8]
+    subj = {"reference": f"Patient/{p}-x"}
+    entries = [
+        {"resourceType": "Patient", "id": f"{p}-x", "name": [{"family": "周"}]},
+        {"resourceType": "Patient", "id": f"{p}-other", "name": [{"family": "吴"}]},
+        {"resourceType": "Practitioner", "id": f"{p}-dr", "name": [{"family": "钱"}]},
+        {"resourceType": "Organization", "id": f"{p}-h", "name": "Hospital"},
+        {"resourceType": "Encounter", "id": f"{p}-enc", "status": "finished", "subject": subj,
+         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+         "serviceProvider": {"reference": f"Organization/{p}-h"}},
+        {"resourceType": "Observation", "id": f"{p}-obs", "status": "final", "code": {"text": "x"},
+         "subject": subj, "performer": [{"reference": f"Practitioner/{p}-dr"}],
+         "hasMember": [{"reference": f"Observation/{p}-theirs"}]},
+        {"resourceType": "Observation", "id": f"{p}-theirs", "status": "final", "code": {"text": "y"},
+         "subject": {"reference": f"Patient/{p}-other"}},
+    ]
+    r = client.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": e, "request": {"method": "PUT", "url": f"{e['resourceType']}/{e['id']}"}}
+        for e in entries]}, headers=FHIR)
+    assert r.status_code == 200, r.text
+    b = client.get(f"/Patient/{p}-x/$everything").json()
+    got = {(e["resource"]["resourceType"], e["resource"]["id"], e["search"]["mode"])
+           for e in b["entry"]}
+    assert got == {("Patient", f"{p}-x", "match"), ("Encounter", f"{p}-enc", "match"),
+                   ("Observation", f"{p}-obs", "match"),
+                   ("Practitioner", f"{p}-dr", "include"), ("Organization", f"{p}-h", "include")}
+    assert b["total"] == 3  # the matches; included resources are not counted

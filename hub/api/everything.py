@@ -275,14 +275,16 @@ def _scope(shared: SharedRecord, rtype: str, rid: str, institution: str | None) 
 
 
 def _bundle(entries: list[tuple[str, str, bytes]], base: str, links: list[dict],
-            total: int | None = None) -> dict:
+            total: int | None = None, referenced: list[tuple[str, str, bytes]] = ()) -> dict:
     out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if total is not None:
         out["total"] = total
     out["link"] = links
-    if entries:
+    found = [(rt, rid, body, "match") for rt, rid, body in entries]
+    found += [(rt, rid, body, "include") for rt, rid, body in referenced]
+    if found:
         out["entry"] = [{"fullUrl": f"{base}/{rt}/{rid}", "resource": orjson.Fragment(body),
-                         "search": {"mode": "match"}} for rt, rid, body in entries]
+                         "search": {"mode": mode}} for rt, rid, body, mode in found]
     return out
 
 
@@ -326,13 +328,13 @@ async def _everything(request: Request, rtype: str, rid: str) -> Response:
 
     def answer(_purpose):
         scope = _scope(shared, rtype, rid, institution)
-        entries, nxt, total = shared.everything(scope, since, types, count, after)
+        entries, nxt, total, referenced = shared.everything(scope, since, types, count, after)
         path = f"{base}/{rtype}/{rid}/$everything"
         plist = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
         links = [{"relation": "self", "url": link(path, list(request.query_params.multi_items()))}]
         if nxt is not None:
             links.append({"relation": "next", "url": link(path, plist, _cursor=str(nxt))})
-        return scope, _bundle(entries, base, links, total)
+        return scope, _bundle(entries, base, links, total, referenced)
 
     asked = (rid, []) if rtype == "Person" else (None, [f"Patient/{rid}"])
     scope, body = await audited(request, "everything", answer,

@@ -160,11 +160,17 @@ class SharedRecord:
     # -- $everything --------------------------------------------------------------------------------
 
     def everything(self, scope: Scope, since_us: int | None, types: list[str] | None,
-                   count: int, after_pk: int | None) -> tuple[list[tuple[str, str, bytes]],
-                                                            int | None, int]:
-        """(entries (rtype, rid, body), next cursor, total) of one page."""
+                   count: int, after_pk: int | None
+                   ) -> tuple[list[tuple[str, str, bytes]], int | None, int,
+                              list[tuple[str, str, bytes]]]:
+        """(entries (rtype, rid, body), next cursor, total, referenced) of one page.
+
+        ``referenced``: what the page's resources refer to outside the Patient compartment
+        (Practitioner, Organization, Location, Medication, …), as R4's Patient-everything adds
+        "any resource referenced from those"; compartment types are never added this way (they
+        could be another person's)."""
         if not scope.patients:
-            return [], None, 0
+            return [], None, 0, []
         self.search.sync()
         wanted = [t for t in patient_compartment() if t not in EXCLUDED_BY_DEFAULT] \
             if types is None else types
@@ -184,7 +190,7 @@ class SharedRecord:
                              f"({','.join('?' * len(ids))})")
                 args += ids
             if not parts:
-                return [], None, 0
+                return [], None, 0, []
             where = [f"s.pk IN ({' UNION '.join(parts)})",
                      f"s.rtype IN ({','.join('?' * len(wanted))})"]
             args += wanted
@@ -202,11 +208,30 @@ class SharedRecord:
             c.execute(f"SELECT s.pk, s.rtype, s.rid {base_sql}{page_where} ORDER BY s.pk LIMIT ?",
                       [*page_args, count + 1])
             rows = [tuple(r) for r in c.fetchall()]
-        more = len(rows) > count
-        rows = rows[:count]
-        bodies = self._bodies([(r[1], r[2]) for r in rows])
+            more = len(rows) > count
+            rows = rows[:count]
+            refs = self._referenced(c, [r[0] for r in rows])
+        bodies = self._bodies([(r[1], r[2]) for r in rows] + refs)
         entries = [(rt, rid, bodies[(rt, rid)]) for _, rt, rid in rows if (rt, rid) in bodies]
-        return entries, (rows[-1][0] if more and rows else None), total
+        referenced = [(rt, rid, bodies[(rt, rid)]) for rt, rid in refs if (rt, rid) in bodies]
+        return entries, (rows[-1][0] if more and rows else None), total, referenced
+
+    @staticmethod
+    def _referenced(c, pks: list[int]) -> list[tuple[str, str]]:
+        """(type, id) of the local references of resources ``pks`` to types outside the Patient
+        compartment, from the index's reference rows, in a stable order."""
+        compartment = patient_compartment()
+        out: set[tuple[str, str]] = set()
+        for i in range(0, len(pks), 500):
+            chunk = pks[i:i + 500]
+            c.execute("SELECT DISTINCT target FROM ix_reference WHERE pk IN "
+                      f"({','.join('?' * len(chunk))})", chunk)
+            for (target,) in c.fetchall():
+                rtype, _, rid = (target or "").partition("/")
+                if rid and "/" not in rid and ":" not in rtype and rtype not in compartment \
+                        and rtype not in ("Patient", "Person"):
+                    out.add((rtype, rid))
+        return sorted(out)
 
     def _compartment_pids(self, c, sql, wanted: tuple[str, ...]) -> set[int]:
         """Parameter ids of the compartment's reference parameters of ``wanted`` types; cached
