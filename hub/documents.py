@@ -44,6 +44,8 @@ class DocumentService:
     def __init__(self, hub: Hub, quarantine: Quarantine):
         self.hub = hub
         self.quarantine = quarantine
+        # local codes get their standard coding beside them (terminology.normalise.StoredMaps)
+        self.normaliser: Any = None
 
     def ingest_cda(self, payload: bytes, source: SourceInfo, ctx: Context | None = None,
                    now: datetime | None = None) -> DocumentResult:
@@ -60,6 +62,9 @@ class DocumentService:
                                 self._error_report(payload, source, now, e.reason, e.location),
                                 e.reason)
         report = conversion.resources[-1]
+        normaliser = self.normaliser() if self.normaliser is not None else None
+        if normaliser is not None:
+            normaliser.apply(conversion)
         try:
             results = self._write(conversion.resources, ctx)
         except FhirError as e:  # mapper output the hub refuses: a mapper bug, kept for replay

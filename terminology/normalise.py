@@ -38,6 +38,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from fhir_mapping.base import Conversion, Finding
 
 RULE_UNMAPPED = "terminology.unmapped-local-code"
@@ -388,3 +390,29 @@ def _target(t: Any, system: str | None, version: str | None) -> dict | None:
         out["display"] = display
     out["userSelected"] = False
     return out
+
+
+class StoredMaps:
+    """The hub's own Normaliser over the ConceptMaps it stores (``POST /cda``, ``POST /v3``: the
+    mappings that run in the hub rather than in a connector), rebuilt when the terminology read
+    model changes (``TerminologyService.refresh`` says so); None while there are no maps."""
+
+    def __init__(self, service: Any, store: Any, sync: Any = None):
+        self.service = service
+        self.store = store  # the maps' elements are read from the log, not the read model
+        self.sync = sync  # brings the read model up to the log's end (a map just written counts)
+        self._generation: Any = object()
+        self._normaliser: Normaliser | None = None
+
+    def __call__(self) -> Normaliser | None:
+        if self.sync is not None:
+            self.sync()
+        generation = self.service.refresh()
+        if generation != self._generation:
+            ids = [ref.stream.partition("/")[2] for ref in self.service.concept_maps()]
+            maps = [orjson.loads(state.partition(b"\n")[2])
+                    for _, state in self.store.latest_many("ConceptMap", ids).values()]
+            self._normaliser = Normaliser.from_concept_maps(maps) if maps else None
+            self._generation = generation
+        return self._normaliser
+

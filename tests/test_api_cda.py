@@ -88,3 +88,28 @@ def test_replay_of_a_quarantined_document(hub, tmp_path):
     assert done.status == 201 and done.document_ref.startswith("DocumentReference/")
     assert q.get(qid)["status"] == "replayed"
     q.close()
+
+
+def test_local_codes_of_a_document_get_the_standard_coding_beside_them(client):
+    """Issue 7: POST /cda maps in the hub, so the hub's ConceptMaps normalise what it maps: the
+    ICD-10 national-clinical code keeps its coding and gains the WHO one beside it."""
+    cmap = {"resourceType": "ConceptMap", "id": "cda-icd10-test", "status": "active",
+            "url": "http://example.org/fhir/ConceptMap/cda-icd10-test",
+            "group": [{"source": "urn:oid:2.16.156.10011.2.3.3.11",
+                       "target": "http://hl7.org/fhir/sid/icd-10",
+                       "element": [{"code": "J20.900", "target": [
+                           {"code": "J20.9", "equivalence": "wider"}]}]}]}
+    r = client.put("/ConceptMap/cda-icd10-test", json=cmap,
+                   headers={"content-type": "application/fhir+json"})
+    assert r.status_code in (200, 201), r.text
+    r = client.post("/../cda", content=CLEAN, headers=XML)
+    assert r.status_code in (200, 201), r.text
+    conditions = client.get("/Condition", params={"code": "J20.900", "_count": "50"}).json()
+    codings = [c for e in conditions["entry"] for c in e["resource"]["code"]["coding"]]
+    assert {"system": "urn:oid:2.16.156.10011.2.3.3.11", "code": "J20.900"}.items() <= \
+        next(c for c in codings if c.get("code") == "J20.900").items()
+    who = [c for c in codings if c.get("system") == "http://hl7.org/fhir/sid/icd-10"]
+    assert who and who[0]["code"] == "J20.9"
+    # and the same search finds it by the standard code now
+    assert client.get("/Condition", params={
+        "code": "http://hl7.org/fhir/sid/icd-10|J20.9"}).json().get("total", 0) >= 1

@@ -49,6 +49,7 @@ from hub.ingest import Context, Hub, Op, Result
 from hub.quarantine import Quarantine
 from projections.runner import Runner
 from projections.search.sqlite_index import SQLiteSearchIndex
+from terminology.normalise import StoredMaps
 
 log = logging.getLogger("hub.api")
 # FHIR says ids are at most 64 characters, but official R4B examples carry longer ones (68);
@@ -84,6 +85,10 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         app.state.search.terminology = app.state.terminology  # :in, :not-in, :below, :above
         app.state.search.terminology_sync = partial(
             quality.sync, app.state.terminology_model, app.state.terminology_runner)
+        # POST /cda and POST /v3 map in the hub: their local codes normalised here
+        app.state.normaliser = StoredMaps(app.state.terminology, hub.store,
+                                          app.state.search.terminology_sync)
+        app.state.documents.normaliser = app.state.normaliser
         try:
             yield
         finally:

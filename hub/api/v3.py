@@ -199,6 +199,10 @@ def _register(request: Request, raw: bytes, msg: Any, reply_type: str) -> Respon
         text = e.reason + (f" ({e.location})" if e.location and e.code == "AE" else "")
         return ack_response(raw, e.code, text, 200, reply_type)
     hub: Hub = request.app.state.hub
+    stored_maps = getattr(request.app.state, "normaliser", None)
+    normaliser = stored_maps() if stored_maps is not None else None
+    if normaliser is not None:
+        normaliser.apply(conv)  # local codes: the standard coding beside them (issue 7)
     try:
         ops = [bundles.parse_entry(i, entry, "") for i, entry in enumerate(conv.entries())]
     except FhirError as e:  # a mapped resource the hub's validation refuses
