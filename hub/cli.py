@@ -719,6 +719,9 @@ def _quarantine(settings: Settings, create: bool = False):
 def _report_lines(report: dict) -> list[str]:
     """One line per issue of a quality report: severity, rule, location, what was found."""
     out = []
+    if "ack" in report:  # an HL7 v3 registration (hub.v3intake): its acknowledgement
+        out.append(f"  {report['ack']:11} {report.get('rule') or '-':40} "
+                   f"{_one_line_text(report.get('reason'), 200)}")
     for issue in report.get("issue") or ():
         details = issue.get("details") or {}
         rule = next((c.get("code") for c in details.get("coding") or () if c.get("code")), "-")
@@ -812,6 +815,7 @@ def _quarantine_replay(args, settings: Settings) -> int:
         if not ids:
             print("no open entries in the quarantine")
             return 0
+        from hub import v3intake
         from hub.documents import DocumentService
         from hub.ingest import Hub
 
@@ -820,6 +824,17 @@ def _quarantine_replay(args, settings: Settings) -> int:
             service = DocumentService(hub, quarantine)
             stored = refused = 0
             for qid in ids:
+                if quarantine.get(qid)["kind"] == v3intake.KIND:  # an HL7 v3 registration
+                    ok, what = v3intake.replay(hub, quarantine, qid)
+                    stored += ok
+                    refused += not ok
+                    if args.json:
+                        sys.stdout.write(orjson.dumps({"id": qid, "stored": ok,
+                                                       "detail": what}).decode() + "\n")
+                    else:
+                        print(f"{qid}: " + (f"stored {what}" if ok else f"refused again ({what}); "
+                                            "still open"))
+                    continue
                 result = service.replay(qid)
                 ok = result.status != 422
                 stored += ok

@@ -393,6 +393,34 @@ def test_unmappable_content_is_an_application_error(client, v3):
     code, text, root = ack(r)
     assert code == "AE" and "institution" in text
     assert target(root) is not None
+    assert "kept for replay as quarantine entry" in text  # not lost: hub quarantine replay
+
+
+def test_a_refused_registration_is_kept_and_replays(hub, tmp_path):
+    """A registration the mapper or the hub refuses is quarantined (kind v3) with its
+    acknowledgement; a replay that still fails leaves it open, one that passes stores it."""
+    from fhir_mapping.base import SourceInfo
+    from hub import v3intake
+    from hub.quarantine import Quarantine
+
+    q = Quarantine(tmp_path / "quarantine.sqlite")
+    broken = variant(patient_message(f"P{tag()}", resident()),
+                     ('<id><item root="2.16.156.10011.2.5.1.3" extension="HIS01"/></id>', "<id/>"),
+                     ('<id><item root="2.16.156.10011.1.5" extension="ORG0001"/></id>', "<id/>"))
+    broken = broken.replace(b'<item root="2.16.156.10011.1.5" extension="ORG0001"/>', b"")
+    qid = v3intake.keep(q, broken, SourceInfo(), "AE", "no institution", "v3.institution")
+    ok, why = v3intake.replay(hub, q, qid)
+    assert not ok and "institution" in why and q.get(qid)["status"] == "open"
+    assert q.list()[0]["kind"] == "v3"
+    # held back earlier (a mapping table since fixed, say): the replay stores it
+    local = f"P{tag()}"
+    held = v3intake.keep(q, patient_message(local, resident()), SourceInfo(institution=INST,
+                         oid=OID, feed="v3-test"), "AE", "held", "test")
+    ok, written = v3intake.replay(hub, q, held)
+    assert ok and "Patient/" in written and q.get(held)["status"] == "replayed"
+    ok, _ = v3intake.replay(hub, q, held)  # replaying again changes nothing and still succeeds
+    assert ok
+    q.close()
 
 
 # -- refusals ----------------------------------------------------------------------------------------

@@ -48,10 +48,10 @@ from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.hl7v3.ack import request_header
 from fhir_mapping.hl7v3.common import Ctx, interactions, parse
 from fhir_mapping.xmlsafe import MAX_BYTES
-from hub.api import bundles
 from hub.api.limits import BodyTooLarge
 from hub.errors import FhirError
 from hub.events import resource_bytes
+from hub import v3intake
 from hub.ingest import Context, Hub, Result
 
 log = logging.getLogger("hub.api.v3")
@@ -192,36 +192,34 @@ def _institution(msg: Any, source: SourceInfo) -> str:
 def _register(request: Request, raw: bytes, msg: Any, reply_type: str) -> Response:
     source = _source(request)
     mid = msg.message_id
-    try:
-        conv: Conversion = hl7v3.convert(raw, source)
-    except MappingError as e:
-        _log(msg.interaction, mid, e.code, e.rule or "")
-        text = e.reason + (f" ({e.location})" if e.location and e.code == "AE" else "")
-        return ack_response(raw, e.code, text, 200, reply_type)
     hub: Hub = request.app.state.hub
     stored_maps = getattr(request.app.state, "normaliser", None)
-    normaliser = stored_maps() if stored_maps is not None else None
-    if normaliser is not None:
-        normaliser.apply(conv)  # local codes: the standard coding beside them (issue 7)
-    try:
-        ops = [bundles.parse_entry(i, entry, "") for i, entry in enumerate(conv.entries())]
-    except FhirError as e:  # a mapped resource the hub's validation refuses
-        _log(msg.interaction, mid, "AE", "v3.resource-invalid")
-        return ack_response(raw, "AE", "The hub refused the mapped resources: " + _issues(e), 200,
-                            reply_type)
+    documents = getattr(request.app.state, "documents", None)
+    quarantine = documents.quarantine if documents is not None else None
     rid = request.headers.get("x-request-id")
     ctx = Context(request_id=rid[:64]) if rid and rid.isprintable() else Context()
-    ctx.source = {"institution": _institution(msg, source) or source.institution,
-                  "feed": source.feed or "v3", "messageId": mid[:128]}
+    institution = _institution(msg, source) or source.institution
+    ctx.source = {"institution": institution, "feed": source.feed or "v3", "messageId": mid[:128]}
+
+    def refuse(code: str, text: str, rule: str) -> Response:
+        _log(msg.interaction, mid, code, rule)
+        if quarantine is not None:  # kept for replay (hub quarantine replay), as documents are
+            qid = v3intake.keep(quarantine, raw, source, code, text, rule)
+            text += f" (kept for replay as quarantine entry {qid})"
+        return ack_response(raw, code, text, 200, reply_type)
+
     try:
-        results = hub.execute(ops, ctx, atomic=True)  # type: ignore[arg-type]
+        conv, results = v3intake.register(hub, raw, source, ctx,
+                                          stored_maps() if stored_maps is not None else None)
+    except MappingError as e:
+        text = e.reason + (f" ({e.location})" if e.location and e.code == "AE" else "")
+        return refuse(e.code, text, e.rule or "")
     except FhirError as e:
         if e.status in TRANSIENT_STATUS:
             _log(msg.interaction, mid, "AE", "v3.hub-busy")
             return ack_response(raw, "AE", "The hub is busy: " + _issues(e) + "; retry", 503,
                                 reply_type, {"Retry-After": "1"})
-        _log(msg.interaction, mid, "AE", "v3.hub-refused")
-        return ack_response(raw, "AE", "The hub refused the message: " + _issues(e), 200, reply_type)
+        return refuse("AE", "The hub refused the message: " + _issues(e), "v3.hub-refused")
     written = [r for r in results if isinstance(r, Result)]
     _log(msg.interaction, mid, "AA", extra=f"resources={len(written)} findings={len(conv.findings)}")
     return ack_response(raw, "AA", _summary(written, conv), 200, reply_type)
