@@ -21,12 +21,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
-from eventsourcing.persistence import Notification, Tracking
+from eventsourcing.persistence import Notification
 
 from hub.events import KIND_OF_TOPIC
 from hub.mpi import blocking
 from hub.mpi.normalise import features as patient_features
-from projections.sqlite_model import SQLiteReadModel
+from projections.sqlite_model import SQLiteReadModel, newest
 
 NAME = "identity-candidates"
 _PREFIX = "Patient/"
@@ -48,6 +48,7 @@ class IdentityCandidates(SQLiteReadModel):
     meta_table = "ic_meta"  # its 'writer' row: the write lock
     schema = SCHEMA
     types = ("Patient",)
+    tables = ("ic_patient", "ic_key", "ic_name", "ic_stale")
 
     def opened(self, c: Any) -> None:
         c.execute("SELECT value FROM ic_meta WHERE key='bulk'")
@@ -67,12 +68,10 @@ class IdentityCandidates(SQLiteReadModel):
         """Forget everything and start a bulk load (ended by ``caught_up``)."""
         with self.datastore.transaction(commit=True) as c:
             c.execute("DROP INDEX IF EXISTS ic_key_h")
-            for table in ("ic_key", "ic_patient", "ic_name", "ic_stale"):
-                c.execute(f"DELETE FROM {table}")
-            c.execute("UPDATE ic_meta SET value=1 WHERE key='bulk'")
             # only its own position: the incremental matcher's stays (a rebuilt index is no reason
             # to decide about every Patient again)
-            c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
+            self.clear(c)
+            c.execute("UPDATE ic_meta SET value=1 WHERE key='bulk'")
         self._bulk = True
 
     def caught_up(self) -> None:
@@ -121,20 +120,9 @@ class IdentityCandidates(SQLiteReadModel):
         with self.datastore.transaction(commit=True) as c:
             self._put(c, ((f["ref"], version, f) for f in features))
 
-    def apply(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
-        last = max(notifications[-1].id if notifications else 0, up_to or 0)
-        if not last:
-            return
-        with self.datastore.transaction(commit=True) as c:
-            done = self.locked_position(c)
-            if last <= done:
-                return
-            newest: dict[str, Notification] = {}
-            for n in notifications:
-                if n.id > done and n.originator_id.startswith(_PREFIX):
-                    newest[n.originator_id] = n
-            self._put(c, (_row(stream, n) for stream, n in newest.items()))
-            self.tracking._insert_tracking(c, Tracking(NAME, last))
+    def apply_new(self, c, notifications: list[Notification]) -> None:
+        latest = newest(notifications, lambda n: n.originator_id.startswith(_PREFIX))
+        self._put(c, (_row(stream, n) for stream, n in latest.items()))
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -221,13 +209,7 @@ class IdentityCandidates(SQLiteReadModel):
         return out[:n]
 
     def stats(self) -> dict[str, int]:
-        with self.datastore.transaction(commit=False) as c:
-            out = {}
-            for table in ("ic_patient", "ic_key", "ic_name"):
-                c.execute(f"SELECT COUNT(*) FROM {table}")
-                out[table] = c.fetchone()[0]
-        out["blocks_over_cap"] = sum(self.alerts.counts.values())
-        return out
+        return {**super().stats(), "blocks_over_cap": sum(self.alerts.counts.values())}
 
 
 def _row(stream: str, n: Notification) -> tuple[str, int, dict | None]:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from eventsourcing.persistence import Notification, Tracking
+from eventsourcing.persistence import Notification
 
 from hub.mpi.events import STREAM_KIND, USER, from_state, is_identity_topic
 from projections.sqlite_model import SQLiteReadModel
@@ -64,34 +64,25 @@ class PersonProjection(SQLiteReadModel):
     schema = SCHEMA
     types = (STREAM_KIND,)  # the runner hands over identity events only (read by topic)
 
-    def reset(self) -> None:
-        with self.datastore.transaction(commit=True) as c:
-            for table in ("p_person", "p_patient", "p_block", "p_review"):
-                c.execute(f"DELETE FROM {table}")
-            c.execute("UPDATE p_meta SET value = 0 WHERE key = 'stream_version'")
-            c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
+    tables = ("p_person", "p_patient", "p_block", "p_review")
+
+    def clear(self, c: Any) -> None:
+        super().clear(c)
+        c.execute("UPDATE p_meta SET value = 0 WHERE key = 'stream_version'")
 
     # -- applying events ---------------------------------------------------------------------------
 
-    def apply(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
-        last = max(notifications[-1].id if notifications else 0, up_to or 0)
-        if not last:
-            return
-        with self.datastore.transaction(commit=True) as c:
-            done = self.locked_position(c)  # write lock, then what is applied
-            if last <= done:
-                return
-            c.execute("SELECT value FROM p_meta WHERE key='stream_version'")
-            version = int(c.fetchone()[0])
-            for n in notifications:
-                if n.id <= done or not is_identity_topic(n.topic):
-                    continue
-                if n.originator_version <= version:
-                    continue  # already applied (the stream is one sequence)
-                self._apply_one(c, from_state(n.topic, n.state))
-                version = n.originator_version
-            c.execute("UPDATE p_meta SET value=? WHERE key='stream_version'", (version,))
-            self.tracking._insert_tracking(c, Tracking(NAME, last))
+    def apply_new(self, c: Any, notifications: list[Notification]) -> None:
+        c.execute("SELECT value FROM p_meta WHERE key='stream_version'")
+        version = int(c.fetchone()[0])
+        for n in notifications:
+            if not is_identity_topic(n.topic):
+                continue
+            if n.originator_version <= version:
+                continue  # already applied (the stream is one sequence)
+            self._apply_one(c, from_state(n.topic, n.state))
+            version = n.originator_version
+        c.execute("UPDATE p_meta SET value=? WHERE key='stream_version'", (version,))
 
     @staticmethod
     def _touch(c: Any, person: str | None, at: str) -> None:
@@ -293,14 +284,6 @@ class PersonProjection(SQLiteReadModel):
                 if person is not None:
                     out[p] = person
         return out
-
-    def stats(self) -> dict[str, int]:
-        with self.read() as c:
-            out = {}
-            for table in ("p_person", "p_patient", "p_block", "p_review"):
-                c.execute(f"SELECT COUNT(*) FROM {table}")
-                out[table] = c.fetchone()[0]
-            return out
 
     def dump(self) -> dict[str, list[tuple]]:
         """Every row (tests: a rebuild gives the same)."""

@@ -36,11 +36,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
-from eventsourcing.persistence import Notification, Tracking
+from eventsourcing.persistence import Notification
 
 from hub.events import KIND_OF_TOPIC
 from hub.fhirtime import parse_range
-from projections.sqlite_model import SQLiteReadModel
+from projections.sqlite_model import SQLiteReadModel, newest
 
 NAME = "quality"
 HUB_TAGS = "https://fhir-region-hub.example/CodeSystem/hub-tags"
@@ -252,57 +252,42 @@ class QualityProjection(SQLiteReadModel):
     meta_table = "q_meta"  # its 'writer' row: the write lock
     schema = SCHEMA
 
-    def reset(self) -> None:
-        with self.datastore.transaction(commit=True) as c:
-            c.execute("DELETE FROM q_finding")
-            c.execute("DELETE FROM q_report")
-            c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
-
+    tables = ("q_report", "q_finding")
     types = ("OperationOutcome",)  # the runner hands over only these events
 
-    def apply(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
-        last = max(notifications[-1].id if notifications else 0, up_to or 0)
-        if not last:
-            return
-        with self.datastore.transaction(commit=True) as c:
-            done = self.locked_position(c)  # write lock, then what is applied
-            if last <= done:
-                return  # all applied by someone else; the transaction commits nothing new
-            newest: dict[str, Notification] = {}  # only the last event of a report counts
-            for n in notifications:
-                if n.id > done and n.originator_id.startswith(_STREAM_PREFIX):
-                    newest[n.originator_id] = n
-            drop, reports, findings = [], [], []
-            for stream, n in newest.items():
-                rid = stream[len(_STREAM_PREFIX):]
-                drop.append((rid,))
-                if KIND_OF_TOPIC.get(n.topic) == "deleted":
-                    continue
-                header, _, body = n.state.partition(b"\n")
-                try:
-                    d = orjson.loads(body)
-                except orjson.JSONDecodeError:
-                    continue
-                if not isinstance(d, dict) or not is_quality_report(d):
-                    continue  # an OperationOutcome of another kind (or one that lost the tag)
-                try:
-                    fallback = parse_range(orjson.loads(header)["lastUpdated"])[0]
-                except (ValueError, KeyError, orjson.JSONDecodeError):
-                    fallback = 0
-                cols, found_rules = report_rows(d, fallback)
-                reports.append((rid, n.originator_version, *cols))
-                findings.extend((rid, rule, sev) for rule, sev in found_rules)
-            if drop:
-                c.executemany("DELETE FROM q_finding WHERE rid=?", drop)
-                c.executemany("DELETE FROM q_report WHERE rid=?", drop)
-            if reports:
-                c.executemany("INSERT INTO q_report (rid, version, institution, document_type, "
-                              "decision, checked, checked_us, document_id, document_ref) "
-                              "VALUES (?,?,?,?,?,?,?,?,?)", reports)
-            if findings:
-                c.executemany("INSERT INTO q_finding (rid, rule, severity) VALUES (?,?,?)",
-                              findings)
-            self.tracking._insert_tracking(c, Tracking(NAME, last))
+    def apply_new(self, c, notifications: list[Notification]) -> None:
+        # only the last event of a report counts
+        drop, reports, findings = [], [], []
+        for stream, n in newest(notifications,
+                                lambda n: n.originator_id.startswith(_STREAM_PREFIX)).items():
+            rid = stream[len(_STREAM_PREFIX):]
+            drop.append((rid,))
+            if KIND_OF_TOPIC.get(n.topic) == "deleted":
+                continue
+            header, _, body = n.state.partition(b"\n")
+            try:
+                d = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(d, dict) or not is_quality_report(d):
+                continue  # an OperationOutcome of another kind (or one that lost the tag)
+            try:
+                fallback = parse_range(orjson.loads(header)["lastUpdated"])[0]
+            except (ValueError, KeyError, orjson.JSONDecodeError):
+                fallback = 0
+            cols, found_rules = report_rows(d, fallback)
+            reports.append((rid, n.originator_version, *cols))
+            findings.extend((rid, rule, sev) for rule, sev in found_rules)
+        if drop:
+            c.executemany("DELETE FROM q_finding WHERE rid=?", drop)
+            c.executemany("DELETE FROM q_report WHERE rid=?", drop)
+        if reports:
+            c.executemany("INSERT INTO q_report (rid, version, institution, document_type, "
+                          "decision, checked, checked_us, document_id, document_ref) "
+                          "VALUES (?,?,?,?,?,?,?,?,?)", reports)
+        if findings:
+            c.executemany("INSERT INTO q_finding (rid, rule, severity) VALUES (?,?,?)",
+                          findings)
 
     # -- answers -------------------------------------------------------------------------------
 
@@ -362,14 +347,6 @@ class QualityProjection(SQLiteReadModel):
             d.update(zip(COUNT_COLUMNS, values[len(group):]))
             out.append(d)
         return out
-
-    def stats(self) -> dict[str, int]:
-        with self.datastore.transaction(commit=False) as c:
-            out = {}
-            for table in ("q_report", "q_finding"):
-                c.execute(f"SELECT COUNT(*) FROM {table}")
-                out[table] = c.fetchone()[0]
-            return out
 
     def dump(self) -> dict[str, list[tuple]]:
         """Every row, sorted (to compare a rebuild with an incremental build)."""

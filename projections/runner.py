@@ -8,6 +8,7 @@ store, reports lag, rebuilds from nothing, and lets a writer wait until its own 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +17,8 @@ from typing import Protocol
 from eventsourcing.persistence import IntegrityError, Notification
 
 from hub.store import ResourceStore
+
+log = logging.getLogger("projections.runner")
 
 
 class ReadModel(Protocol):
@@ -110,6 +113,21 @@ class Runner:
     def rebuild(self, progress: Callable[[int], object] | None = None) -> int:
         self.model.reset()
         return self.catch_up(progress)
+
+    def sync(self, timeout: float = 5.0) -> bool:
+        """Bring the model up to the log's end as of now (read-your-writes for a request),
+        stepping here while the background follower is not holding a batch; False, logged,
+        if that took longer than ``timeout`` seconds."""
+        target = self.store.max_notification_id()
+        deadline = time.monotonic() + timeout
+        while self.model.position() < target:
+            if time.monotonic() > deadline:
+                log.warning("%s lags the log (%s < %s)", getattr(self.model, "name", "a model"),
+                            self.model.position(), target)
+                return False
+            if not self.step():  # another thread holds the batch, or it is not visible yet
+                time.sleep(0.002)
+        return True
 
     def wait_for(self, notification_id: int, timeout: float = 5.0) -> bool:
         """Block until the model has applied ``notification_id`` (read-your-writes)."""

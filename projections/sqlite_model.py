@@ -3,6 +3,10 @@
 Opening creates the tables (``schema``) and calls ``opened`` inside the same transaction, for
 what a model reads or migrates at start. ``position`` is the tracking row of ``name``: a model
 writes it in the transaction of each batch it applies (``projections.runner``).
+
+``apply`` is the same for every model with a ``meta_table``: the file's write lock, what other
+followers already applied skipped, the model's ``apply_new`` with the rest, the position recorded,
+all in one transaction. ``tables`` are what ``reset`` empties and ``stats`` counts.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from eventsourcing.persistence import Notification, Tracking
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 
 from hub.store import FastSQLiteDatastore
@@ -36,7 +41,45 @@ class SQLiteReadModel:
     def close(self) -> None:
         self.datastore.close()
 
-    meta_table: str = ""  # a model that applies through locked_position: its key/value table
+    meta_table: str = ""  # its key/value table, with the 'writer' row that is the write lock
+    tables: Sequence[str] = ()  # its own rows' tables
+
+    def apply(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
+        """Apply a batch and record the last id (or ``up_to``, the log's end, when the events
+        between were of types the model does not follow) in one transaction."""
+        last = max(notifications[-1].id if notifications else 0, up_to or 0)
+        if not last:
+            return
+        with self.datastore.transaction(commit=True) as c:
+            done = self.locked_position(c)
+            if last <= done:
+                return  # all applied by another follower of this file
+            self.apply_new(c, [n for n in notifications if n.id > done])
+            self.tracking._insert_tracking(c, Tracking(self.name, last))
+
+    def apply_new(self, c: Any, notifications: list[Notification]) -> None:
+        """Apply notifications no follower of this file has applied, inside ``apply``'s
+        transaction."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget everything (a rebuild starts from here)."""
+        with self.datastore.transaction(commit=True) as c:
+            self.clear(c)
+
+    def clear(self, c: Any) -> None:
+        for table in self.tables:
+            c.execute(f"DELETE FROM {table}")
+        c.execute("DELETE FROM tracking WHERE application_name=?", (self.name,))
+
+    def stats(self) -> dict[str, int]:
+        """Rows per table (``hub projections status``)."""
+        with self.datastore.transaction(commit=False) as c:
+            out = {}
+            for table in self.tables:
+                c.execute(f"SELECT COUNT(*) FROM {table}")
+                out[table] = c.fetchone()[0]
+            return out
 
     def locked_position(self, c: Any) -> int:
         """In a batch's transaction: take the file's write lock first (a plain BEGIN reads a
@@ -50,3 +93,14 @@ class SQLiteReadModel:
 
     def position(self) -> int:
         return self.tracking.max_tracking_id(self.name) or 0
+
+
+def newest(notifications: Sequence[Notification], keep=None) -> dict[str, Notification]:
+    """The last notification of each stream (of those ``keep`` accepts), in first-seen order:
+    for a model where only a resource's current version counts."""
+    out: dict[str, Notification] = {}
+    for n in notifications:
+        if keep is None or keep(n):
+            out[n.originator_id] = n
+    return out
+

@@ -23,13 +23,12 @@ terminology`` replays the log into an empty model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import orjson
-from eventsourcing.persistence import Notification, Tracking
+from eventsourcing.persistence import Notification
 
 from hub.events import KIND_OF_TOPIC
-from projections.sqlite_model import SQLiteReadModel
+from projections.sqlite_model import SQLiteReadModel, newest
 from terminology import rows as R
 
 NAME = "terminology"
@@ -82,54 +81,39 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS t_alias_alias ON t_alias (alias, kind)",
 ]
 
-_TABLES = ("t_resource", "t_cs", "t_concept", "t_closure", "t_prop", "t_vs", "t_cm", "t_map",
-           "t_alias")
-
-
 class TerminologyProjection(SQLiteReadModel):
     name = NAME
     meta_table = "t_meta"  # its 'writer' row: the write lock
     schema = SCHEMA
     types = TYPES  # the runner hands over only these events
 
-    def reset(self) -> None:
-        with self.datastore.transaction(commit=True) as c:
-            for table in _TABLES:
-                c.execute(f"DELETE FROM {table}")
-            c.execute("UPDATE t_meta SET value = value + 1 WHERE key = 'generation'")
-            c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
+    tables = ("t_resource", "t_cs", "t_concept", "t_closure", "t_prop", "t_vs", "t_cm", "t_map",
+              "t_alias")
+
+    def clear(self, c) -> None:
+        super().clear(c)
+        c.execute("UPDATE t_meta SET value = value + 1 WHERE key = 'generation'")
 
     def generation(self) -> int:
         with self.datastore.transaction(commit=False) as c:
             c.execute("SELECT value FROM t_meta WHERE key = 'generation'")
             return c.fetchone()[0]
 
-    def apply(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
-        last = max(notifications[-1].id if notifications else 0, up_to or 0)
-        if not last:
-            return
-        with self.datastore.transaction(commit=True) as c:
-            done = self.locked_position(c)  # write lock, then what is applied
-            if last <= done:
-                return
-            newest: dict[str, Notification] = {}  # only the last event of a resource counts
-            for n in notifications:
-                if n.id > done:
-                    newest[n.originator_id] = n
-            for stream, n in newest.items():
-                self._drop(c, stream)
-                if KIND_OF_TOPIC.get(n.topic) == "deleted":
-                    continue
-                body = n.state.partition(b"\n")[2]
-                try:
-                    d = orjson.loads(body)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(d, dict) and d.get("resourceType") in TYPES:
-                    self._add(c, stream, n, d)
-            if newest:
-                c.execute("UPDATE t_meta SET value = value + 1 WHERE key = 'generation'")
-            self.tracking._insert_tracking(c, Tracking(NAME, last))
+    def apply_new(self, c, notifications: list[Notification]) -> None:
+        latest = newest(notifications)  # only the last event of a resource counts
+        for stream, n in latest.items():
+            self._drop(c, stream)
+            if KIND_OF_TOPIC.get(n.topic) == "deleted":
+                continue
+            body = n.state.partition(b"\n")[2]
+            try:
+                d = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(d, dict) and d.get("resourceType") in TYPES:
+                self._add(c, stream, n, d)
+        if latest:
+            c.execute("UPDATE t_meta SET value = value + 1 WHERE key = 'generation'")
 
     # -- rows of one resource --------------------------------------------------------------------
 
@@ -196,14 +180,6 @@ class TerminologyProjection(SQLiteReadModel):
                       [(stream, a, kind) for a, kind in aliases])
 
     # -- operator views ----------------------------------------------------------------------------
-
-    def stats(self) -> dict[str, int]:
-        with self.datastore.transaction(commit=False) as c:
-            out = {}
-            for table in ("t_cs", "t_concept", "t_closure", "t_vs", "t_cm", "t_map", "t_alias"):
-                c.execute(f"SELECT COUNT(*) FROM {table}")
-                out[table] = c.fetchone()[0]
-            return out
 
     def dump(self) -> dict[str, list[tuple]]:
         """Every row but the integer keys, sorted (to compare a rebuild with an incremental

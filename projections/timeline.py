@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from eventsourcing.persistence import Notification, Tracking
+from eventsourcing.persistence import Notification
 
 from hub.events import KIND_OF_TOPIC
 from hub.fhirtime import parse_range
-from projections.sqlite_model import SQLiteReadModel
+from projections.sqlite_model import SQLiteReadModel, newest
 
 NAME = "timeline"
 
@@ -130,42 +130,27 @@ class TimelineProjection(SQLiteReadModel):
     meta_table = "t_meta"  # its 'writer' row: the write lock
     schema = SCHEMA
     types = tuple(KIND_OF_TYPE)  # the runner hands over only these events
+    tables = ("t_row",)
 
-    def reset(self) -> None:
-        with self.datastore.transaction(commit=True) as c:
-            c.execute("DELETE FROM t_row")
-            c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
-
-    def apply(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
-        last = max(notifications[-1].id if notifications else 0, up_to or 0)
-        if not last:
-            return
-        with self.datastore.transaction(commit=True) as c:
-            done = self.locked_position(c)
-            if last <= done:
-                return
-            newest: dict[str, Notification] = {}
-            for n in notifications:
-                if n.id > done and n.topic in KIND_OF_TOPIC:
-                    newest[n.originator_id] = n
-            drop, rows = [], []
-            for stream, n in newest.items():
-                rtype, rid = stream.split("/", 1)
-                if rtype not in KIND_OF_TYPE:
-                    continue
-                drop.append((rtype, rid))
-                if KIND_OF_TOPIC[n.topic] == "deleted":
-                    continue
-                header, _, body = n.state.partition(b"\n")
-                row = row_of(rtype, rid, n.originator_version, header, body)
-                if row is not None:
-                    rows.append(row)
-            if drop:
-                c.executemany("DELETE FROM t_row WHERE rtype=? AND rid=?", drop)
-            if rows:
-                c.executemany("INSERT INTO t_row (rtype, rid, version, patient, t, kind, dated) "
-                              "VALUES (?,?,?,?,?,?,?)", rows)
-            self.tracking._insert_tracking(c, Tracking(NAME, last))
+    def apply_new(self, c, notifications: list[Notification]) -> None:
+        latest = newest(notifications, lambda n: n.topic in KIND_OF_TOPIC)
+        drop, rows = [], []
+        for stream, n in latest.items():
+            rtype, rid = stream.split("/", 1)
+            if rtype not in KIND_OF_TYPE:
+                continue
+            drop.append((rtype, rid))
+            if KIND_OF_TOPIC[n.topic] == "deleted":
+                continue
+            header, _, body = n.state.partition(b"\n")
+            row = row_of(rtype, rid, n.originator_version, header, body)
+            if row is not None:
+                rows.append(row)
+        if drop:
+            c.executemany("DELETE FROM t_row WHERE rtype=? AND rid=?", drop)
+        if rows:
+            c.executemany("INSERT INTO t_row (rtype, rid, version, patient, t, kind, dated) "
+                          "VALUES (?,?,?,?,?,?,?)", rows)
 
     # -- answers -------------------------------------------------------------------------------
 
@@ -197,11 +182,6 @@ class TimelineProjection(SQLiteReadModel):
         with self.datastore.transaction(commit=False) as c:
             c.execute(sql, args)
             return [tuple(r) for r in c.fetchall()]
-
-    def stats(self) -> dict[str, int]:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute("SELECT COUNT(*) FROM t_row")
-            return {"t_row": c.fetchone()[0]}
 
     def dump(self) -> list[tuple]:
         with self.datastore.transaction(commit=False) as c:

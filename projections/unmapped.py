@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
-from eventsourcing.persistence import Notification, Tracking
+from eventsourcing.persistence import Notification
 
 from hub.events import KIND_OF_TOPIC
 from projections.sqlite_model import SQLiteReadModel
@@ -109,29 +109,16 @@ class UnmappedProjection(SQLiteReadModel):
     schema = SCHEMA
     types = TYPES  # the runner hands over only these events
 
-    def reset(self) -> None:
-        with self.datastore.transaction(commit=True) as c:
-            c.execute("DELETE FROM u_occ")
-            c.execute("DELETE FROM u_code")
-            c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
+    tables = ("u_occ", "u_code")
 
-    def apply(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
-        last = max(notifications[-1].id if notifications else 0, up_to or 0)
-        if not last:
-            return
-        with self.datastore.transaction(commit=True) as c:
-            done = self.locked_position(c)  # write lock, then what is applied
-            if last <= done:
-                return
-            # every event in order (not only the newest per resource): first/last seen and the
-            # display then depend on the log alone, not on how it was cut into batches
-            todo = [n for n in notifications if n.id > done]
-            # the batch's resources that have rows, in a few queries (one per resource cost
-            # most of a rebuild: 300 s at a million events)
-            held = self._held(c, list({n.originator_id for n in todo}))
-            for n in todo:
-                self._replace(c, n.originator_id, n, held)
-            self.tracking._insert_tracking(c, Tracking(NAME, last))
+    def apply_new(self, c, notifications: list[Notification]) -> None:
+        # every event in order (not only the newest per resource): first/last seen and the
+        # display then depend on the log alone, not on how it was cut into batches; the batch's
+        # resources that have rows are read in a few queries (one per resource cost most of a
+        # rebuild: 300 s at a million events)
+        held = self._held(c, list({n.originator_id for n in notifications}))
+        for n in notifications:
+            self._replace(c, n.originator_id, n, held)
 
     @staticmethod
     def _held(c: Any, streams: list[str]) -> dict[str, list[tuple]]:
@@ -226,14 +213,6 @@ class UnmappedProjection(SQLiteReadModel):
                               [*inst_args, system, code])
                     out.update(r[0] for r in c.fetchall())
         return sorted(out)
-
-    def stats(self) -> dict[str, int]:
-        with self.datastore.transaction(commit=False) as c:
-            out = {}
-            for table in ("u_occ", "u_code"):
-                c.execute(f"SELECT COUNT(*) FROM {table}")
-                out[table] = c.fetchone()[0]
-            return out
 
     def dump(self) -> dict[str, list[tuple]]:
         with self.datastore.transaction(commit=False) as c:

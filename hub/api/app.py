@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import re
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import Any
 
 import orjson
@@ -83,8 +82,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         unmapped.attach(app, settings, follow_store)  # issue 7: the unmapped-codes worklist
         terminology.attach(app, settings, follow_store)  # issue 7: the terminology read model
         app.state.search.terminology = app.state.terminology  # :in, :not-in, :below, :above
-        app.state.search.terminology_sync = partial(
-            quality.sync, app.state.terminology_model, app.state.terminology_runner)
+        app.state.search.terminology_sync = app.state.terminology_runner.sync
         # POST /cda and POST /v3 map in the hub: their local codes normalised here
         app.state.normaliser = StoredMaps(app.state.terminology, hub.store,
                                           app.state.search.terminology_sync)

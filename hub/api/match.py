@@ -14,8 +14,6 @@ service (``IdentityService.auto_decide_many``, a batch at a time) as they arrive
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Any
 
 import orjson
@@ -36,7 +34,6 @@ from hub.store import ResourceStore
 from projections.identity_candidates import IdentityCandidates
 from projections.runner import Runner
 
-log = logging.getLogger("hub.api.match")
 router = APIRouter()
 MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
 RYW_TIMEOUT = 5.0
@@ -80,14 +77,8 @@ def detach(app: FastAPI) -> None:
 
 
 def sync(index: IdentityCandidates, runner: Runner, timeout: float = RYW_TIMEOUT) -> bool:
-    target = runner.store.max_notification_id()
-    deadline = time.monotonic() + timeout
-    while index.position() < target:
-        if time.monotonic() > deadline:
-            log.warning("identity-candidates lags the log (%s < %s)", index.position(), target)
-            return False
-        if not runner.step():
-            time.sleep(0.005)
+    if not runner.sync(timeout):
+        return False
     if index.bulk:  # a rebuild was interrupted: candidates need the key index
         index.caught_up()
     return True

@@ -29,9 +29,7 @@ dates) are 400 OperationOutcomes like every error of the API.
 
 from __future__ import annotations
 
-import logging
 import re
-import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -56,7 +54,6 @@ from projections.quality import (
 )
 from projections.runner import Runner
 
-log = logging.getLogger("hub.api.quality")
 router = APIRouter()
 
 RYW_TIMEOUT = 5.0
@@ -91,19 +88,6 @@ def detach(app: FastAPI) -> None:
     if model is not None:
         model.close()
     app.state.quality_runner = app.state.quality = None
-
-
-def sync(model: QualityProjection, runner: Runner, timeout: float = RYW_TIMEOUT) -> bool:
-    """Bring the projection up to the log's end as of now; False if that took too long."""
-    target = runner.store.max_notification_id()
-    deadline = time.monotonic() + timeout
-    while model.position() < target:
-        if time.monotonic() > deadline:
-            log.warning("quality projection lags the log (%s < %s)", model.position(), target)
-            return False
-        if not runner.step():  # the background follower holds the batch in hand
-            time.sleep(0.005)
-    return True
 
 
 # -- the operation ---------------------------------------------------------------------------------
@@ -177,7 +161,7 @@ async def quality_report(request: Request) -> Response:
                "since": params.get("since", [None])[0], "until": params.get("until", [None])[0]}
 
     def answer() -> tuple[bool, int, list[dict], dict[str, Any]]:
-        current = sync(model, runner)
+        current = runner.sync(RYW_TIMEOUT)
         position = model.position()
         rows = model.counts(filters["institution"], filters["since"], filters["until"], group,
                             document_type=filters["document_type"], rule=filters["rule"],

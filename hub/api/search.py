@@ -9,8 +9,6 @@ bounded). Unknown parameters are ignored with a warning in the bundle, or refuse
 from __future__ import annotations
 
 import json
-import logging
-import time
 from collections.abc import Callable
 from functools import lru_cache
 from importlib import resources
@@ -35,7 +33,6 @@ from projections.search.query import (
 from projections.search.sqlite_index import SQLiteSearchIndex
 from projections.search.sqlite_query import SQLiteSearch
 
-log = logging.getLogger("hub.api.search")
 RYW_TIMEOUT = 5.0
 
 
@@ -49,15 +46,7 @@ class SearchService:
 
     def sync(self, timeout: float = RYW_TIMEOUT) -> bool:
         """Bring the index up to the log's end as of now (read-your-writes); False on timeout."""
-        target = self.store.max_notification_id()
-        deadline = time.monotonic() + timeout
-        while self.index.position() < target:
-            if time.monotonic() > deadline:
-                log.warning("search index lags the log (%s < %s)", self.index.position(), target)
-                return False
-            if not self.runner.step():  # another thread holds the batch in hand, or not visible yet
-                time.sleep(0.005)
-        return True
+        return self.runner.sync(timeout)
 
     def parse(self, rtype: str, params: list[tuple[str, str]], strict: bool,
               base: str | None = None) -> Query:

@@ -29,7 +29,6 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from hub import resource as res
-from hub.api.quality import sync
 from hub.api.responses import check_content_type, check_format, fhir_response
 from hub.config import Settings
 from hub.errors import FhirError, bad_request, not_found
@@ -108,7 +107,7 @@ async def _operate(request: Request, rtype: str, op: str, rid: str | None = None
 
     def answer() -> dict:
         if not fresh:
-            sync(model, runner)
+            runner.sync()
         try:
             instance = _instance(svc, rtype, rid) if rid is not None else None
             return fn(svc, params, instance)

@@ -16,7 +16,6 @@ Rows are sorted by ``resources`` (current resources carrying the code), most fir
 from __future__ import annotations
 
 import re
-import time
 from datetime import datetime, timezone
 
 import orjson
@@ -58,17 +57,6 @@ def detach(app: FastAPI) -> None:
     app.state.unmapped_runner = app.state.unmapped = None
 
 
-def sync(model: UnmappedProjection, runner: Runner, timeout: float = RYW_TIMEOUT) -> bool:
-    target = runner.store.max_notification_id()
-    deadline = time.monotonic() + timeout
-    while model.position() < target:
-        if time.monotonic() > deadline:
-            return False
-        if not runner.step():
-            time.sleep(0.005)
-    return True
-
-
 def _params(request: Request) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in request.query_params.multi_items():
@@ -98,7 +86,7 @@ async def unmapped_codes(request: Request) -> Response:
     institution, system = params.get("institution") or None, params.get("system") or None
 
     def answer():
-        current = sync(model, runner)
+        current = runner.sync(RYW_TIMEOUT)
         position = model.position()
         rows = model.worklist(institution, system)
         return current, position, rows

@@ -22,7 +22,6 @@ Institution``, what connectors send) or to the Organization of its ``managingOrg
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,18 +41,6 @@ DEMOGRAPHICS = ("name", "telecom", "gender", "birthDate", "address")
 
 def body_of(state: bytes) -> bytes:
     return state.partition(b"\n")[2]
-
-
-def sync(model: Any, runner: Runner, timeout: float = 5.0) -> bool:
-    """Bring a projection up to the log's end as of now (read-your-writes, bounded)."""
-    target = runner.store.max_notification_id()
-    deadline = time.monotonic() + timeout
-    while model.position() < target:
-        if time.monotonic() > deadline:
-            return False
-        if not runner.step():
-            time.sleep(0.002)
-    return True
 
 
 # -- the Person view ------------------------------------------------------------------------------
@@ -271,7 +258,7 @@ class SharedRecord:
                                                             tuple[int, str, str] | None]:
         if not scope.patients:
             return [], None
-        if not sync(self.timeline_model, self.timeline_runner):
+        if not self.timeline_runner.sync():
             raise FhirError(503, "transient", "The timeline projection lags the log; retry")
         ids = [p.split("/", 1)[1] for p in scope.patients]
         rows = self.timeline_model.query(ids, start, end, kinds, count + 1, after)

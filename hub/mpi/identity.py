@@ -98,16 +98,7 @@ class IdentityService:
 
     def sync(self, timeout: float = 5.0) -> bool:
         """Bring the person projection up to the log's end as of now."""
-        import time
-
-        target = self.store.max_notification_id()
-        deadline = time.monotonic() + timeout
-        while self.person.position() < target:
-            if time.monotonic() > deadline:
-                return False
-            if not self.runner.step():
-                time.sleep(0.002)
-        return True
+        return self.runner.sync(timeout)
 
     def _decide(self, plan: Callable[[Any], list[IdentityEvent]]) -> list[IdentityEvent]:
         """Run ``plan`` against fresh state and commit its events as the stream's next versions;
