@@ -68,6 +68,10 @@ def _search_rows(r: dict) -> list[tuple[str, str, str]]:
         rows.append((f"Disk per resource at {n}: event store + index, KB",
                      f"{run['event_store_kb_per_resource']} + {run['index_kb_per_resource']}",
                      "HAPI ~11, Aidbox ~3.4"))
+        if run.get("other_projections_seconds"):
+            o = run["other_projections_seconds"]
+            rows.append((f"The server's other read models over {n} resources, seconds to build: "
+                         + ", ".join(o), ", ".join(str(v) for v in o.values()), ""))
         q = run["queries_ms"]
         rows.append((f"Search p50/p95 ms at {n}: " + ", ".join(q),
                      ", ".join(f"{v['p50']}/{v['p95']}" for v in q.values()),
