@@ -1,0 +1,76 @@
+"""Which identifier values may key a resource, for every mapper (CDA, HL7 v3, HL7 v2, tabular).
+
+Hospital systems fill identifier fields they do not have with something: ``-``, ``无``, the template's
+own label (``医务人员编码``), all zeros, or a resident ID number that fails its check digit (one number
+typed for many people). Keyed on such a value, a dozen documents about different people become one
+Patient and every author one Practitioner. The rule: a value for which :func:`key_problem` gives a reason
+is never a key and never stored as an identifier value; the mapper keys on the next institution-scoped
+identifier and reports a finding named ``<family>.identifier.<reason>``.
+
+The filler list is data (``tables/fillers.yaml``); pure functions, no I/O after import.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+import yaml
+
+from terminology import resident_id
+
+__all__ = ["RESIDENT_ID_OID", "RESIDENT_ID_SYSTEM", "is_filler", "is_resident_id_system", "key_problem",
+           "usable"]
+
+RESIDENT_ID_OID = "2.16.156.10011.1.3"
+RESIDENT_ID_SYSTEM = f"urn:oid:{RESIDENT_ID_OID}"
+_RESIDENT_SYSTEMS = frozenset({RESIDENT_ID_OID, RESIDENT_ID_SYSTEM})
+
+
+@lru_cache(maxsize=1)
+def _fillers() -> tuple[frozenset[str], frozenset[str]]:
+    data = yaml.safe_load(resources.files("fhir_mapping").joinpath("tables/fillers.yaml").read_text("utf-8"))
+    exact = frozenset(str(v).strip().casefold() for v in data["values"])
+    labels = frozenset(str(v).strip() for v in data["labels"])
+    return exact, labels
+
+
+def is_resident_id_system(system: str | None) -> bool:
+    return bool(system) and system in _RESIDENT_SYSTEMS
+
+
+def is_filler(value: str | None) -> bool:
+    """True for a value that fills the field without identifying anyone: a listed filler (``-``, ``无``,
+    ``不详``, ``null``…), a template label (``医务人员编码``), punctuation only, or one character repeated
+    or a run of digits (``0000``, ``123456``), whatever the field."""
+    if value is None:
+        return False
+    s = str(value).strip()
+    if not s:
+        return False
+    exact, labels = _fillers()
+    if s.casefold() in exact or s in labels:
+        return True
+    if not any(c.isalnum() for c in s):
+        return True  # "-", "--", "/", "*", "。"
+    if len(s) >= 2 and len(set(s)) == 1:
+        return True  # "00", "XXXX", "无无"
+    return resident_id.is_placeholder(s) and len(s) >= 6
+
+
+def key_problem(value: str | None, system: str | None = None) -> str | None:
+    """Why ``value`` (of identifier ``system``, a URI or bare OID) cannot key a resource, or None when it
+    can: ``missing``, ``placeholder`` (a filler), ``check-digit`` (a resident ID number that fails GB 11643:
+    length, region, birth date or check character). 15-digit resident numbers are not keys either: upgrade
+    them first (``terminology.resident_id.upgrade_15_to_18``)."""
+    if value is None or not str(value).strip():
+        return "missing"
+    if is_filler(value):
+        return "placeholder"
+    if is_resident_id_system(system) and not resident_id.is_valid(str(value).strip()):
+        return "check-digit"
+    return None
+
+
+def usable(value: str | None, system: str | None = None) -> bool:
+    return key_problem(value, system) is None
