@@ -28,11 +28,16 @@ _RESIDENT_SYSTEMS = frozenset({RESIDENT_ID_OID, RESIDENT_ID_SYSTEM})
 
 
 @lru_cache(maxsize=1)
-def _fillers() -> tuple[frozenset[str], frozenset[str]]:
+def _fillers() -> tuple[frozenset[str], frozenset[str], tuple[str, ...]]:
     data = yaml.safe_load(resources.files("fhir_mapping").joinpath("tables/fillers.yaml").read_text("utf-8"))
     exact = frozenset(str(v).strip().casefold() for v in data["values"])
     labels = frozenset(str(v).strip() for v in data["labels"])
-    return exact, labels
+    suffixes = tuple(str(v) for v in data.get("label_suffixes") or ())
+    return exact, labels, suffixes
+
+
+def _cjk_only(s: str) -> bool:
+    return all("\u4e00" <= c <= "\u9fff" or c in "（）()" for c in s)
 
 
 def is_resident_id_system(system: str | None) -> bool:
@@ -48,9 +53,11 @@ def is_filler(value: str | None) -> bool:
     s = str(value).strip()
     if not s:
         return False
-    exact, labels = _fillers()
+    exact, labels, suffixes = _fillers()
     if s.casefold() in exact or s in labels:
         return True
+    if len(s) > 2 and s.endswith(suffixes) and _cjk_only(s):
+        return True  # a field label left in the value: 责任护士工号, 会诊科室名称
     if not any(c.isalnum() for c in s):
         return True  # "-", "--", "/", "*", "。"
     if len(s) >= 2 and len(set(s)) == 1:

@@ -54,7 +54,7 @@ def test_c0010_header():
     assert ext["valueCoding"] == {"system": "urn:oid:2.16.156.10011.2.3.3.4", "code": "2", "display": "女性"}
     assert p["address"][0]["city"] == "北京市" and p["address"][0]["district"] == "东城区"
     assert p["telecom"] == [{"system": "phone", "value": "13800000000"}]
-    assert not [f for f in conv.findings if f.rule.startswith("cda.patient")]  # a valid resident ID
+    assert not [f for f in conv.findings if f.rule.startswith(("cda.patient", "cda.identifier"))]  # valid ID
     comp = _one(t, "Composition")
     assert _codes(comp["type"]) >= {("urn:oid:2.16.156.10011.2.4", "C0010")}
     assert comp["title"] == "麻醉术前访视记录" and comp["date"] == "2024-03-12T09:30:00+08:00"
@@ -134,9 +134,11 @@ def test_new_version_supersedes():
 def test_c0030():
     conv, t = _map(C0030)
     rules = {f.rule: f for f in conv.findings}
-    assert rules["cda.patient.resident-id-check-digit"].location == \
+    assert rules["cda.identifier.check-digit"].location == \
         "/ClinicalDocument/recordTarget/patientRole/patient/id"
-    assert "440304" not in rules["cda.patient.resident-id-check-digit"].message  # no personal data
+    assert "440304" not in rules["cda.identifier.check-digit"].message  # no personal data
+    # the failing number is not stored either: the inpatient number identifies and keys the Patient
+    assert [i["system"] for i in _one(t, "Patient")["identifier"]] == ["urn:oid:2.16.156.10011.1.12"]
     assert rules["cda.entry.uncoded"].location.endswith("section/entry[4]/observation")
     assert len(t["Condition"]) == 2
     comp = _one(t, "Composition")

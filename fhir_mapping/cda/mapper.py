@@ -4,119 +4,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 from typing import Any
 
-from lxml import etree
-
-from fhir_mapping.base import Conversion, Finding, MappingError, SourceInfo
+from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.cda import dt
+from fhir_mapping.cda.context import (COND_CAT, CONFIDENTIALITY, DAR, LOINC, OBS_CAT, STATEMENTS, VERSION_EXT,
+                                      XSI_NULL, Ctx, Section, _categories, _code, _describe, _entry_id, _nested,
+                                      _obs_code, _set_value, _status, _subject, _templates, _unmapped, _value)
 from fhir_mapping.cda.dt import child, children, q
 from fhir_mapping.cda.narrative import has_content, to_div
-from fhir_mapping.cda.tables import Tables, tables
+from fhir_mapping.cda.tables import tables
+from fhir_mapping.identifiers import is_filler, usable
 from fhir_mapping.ids import stable_id
 from fhir_mapping.xmlsafe import parse_xml
-from terminology import resident_id
-
-STATEMENTS = frozenset(q(n) for n in (
-    "observation", "procedure", "substanceAdministration", "supply", "act", "organizer", "encounter",
-    "observationMedia", "regionOfInterest"))
-LOINC = "http://loinc.org"
-OBS_CAT = "http://terminology.hl7.org/CodeSystem/observation-category"
-COND_CAT = "http://terminology.hl7.org/CodeSystem/condition-category"
-DAR = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
-VERSION_EXT = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Composition.version"
-CONFIDENTIALITY = {"U", "L", "M", "N", "R", "V"}
-NULL_TO_DAR = {"NA": "not-applicable", "ASKU": "asked-unknown", "NASK": "not-asked", "MSK": "masked",
-               "UNK": "unknown", "NI": "unknown", "OTH": "unknown", "NAV": "temp-unknown"}
-OBS_CATEGORIES = {"social-history", "vital-signs", "imaging", "laboratory", "procedure", "survey", "exam",
-                  "therapy", "activity"}
-XSI_NULL = "nullFlavor"
-
-
-class Ctx:
-    """State of one conversion: the resources made so far, findings and the entry trace."""
-
-    def __init__(self, root, source: SourceInfo, t: Tables):
-        self.root = root
-        self.source = source
-        self.t = t
-        self.findings: list[Finding] = []
-        self.resources: dict[tuple[str, str], dict] = {}
-        self.trace: dict[Any, str] = {}  # statement element -> "Type/id" | "component:Type/id" | "finding:rule"
-        self.family = "cda"
-        self.offset: str | None = None
-        self.doc_key: tuple[str, ...] = ()
-        self.institution = source.institution
-        self.patient_ref: str | None = None
-        self.encounter_ref: str | None = None
-        self.author_ref: str | None = None
-        self.doc_time: str | None = None
-        self.patient_keyed: dict[str, str] = {}  # recordTarget id root -> extension
-        self.id_sources: dict[tuple[str, str], bytes] = {}  # entry resource -> its statement's c14n
-
-    # -- output
-    def add(self, res: dict, *, replace: bool = False) -> str:
-        res = dt.prune(res)
-        key = (res["resourceType"], res["id"])
-        if key not in self.resources or replace:
-            self.resources[key] = res
-        return f"{key[0]}/{key[1]}"
-
-    def has(self, rtype: str, rid: str) -> bool:
-        return (rtype, rid) in self.resources
-
-    def find(self, severity: str, rule: str, message: str, el=None, location: str | None = None) -> None:
-        self.findings.append(Finding(severity, rule, message, location or (dt.xpath(el) if el is not None else None)))
-
-    # -- conventions
-    def root_only_ok(self) -> bool:
-        return self.family == "ccda" or self.family == "cda"
-
-    def ident(self, el, type_text: str | None = None) -> dict | None:
-        out = dt.identifier(el, root_only_ok=self.root_only_ok(), type_text=type_text)
-        if out is not None and "system" in out:
-            out["system"] = self.sys_uri(out["system"])
-        return out
-
-    def sys_uri(self, uri: str) -> str:
-        if uri.startswith("urn:oid:"):
-            return self.t.systems.get(uri[8:], uri)
-        return uri
-
-    def coding(self, el) -> dict | None:
-        c = dt.coding(el)
-        if c and "system" in c:
-            c["system"] = self.sys_uri(c["system"])
-        return c
-
-    def concept(self, el, fallback_text: str | None = None) -> dict | None:
-        c = dt.concept(el, fallback_text=fallback_text)
-        if c:
-            for cd in c.get("coding", ()):
-                if "system" in cd:
-                    cd["system"] = self.sys_uri(cd["system"])
-        return c
-
-    def ts(self, el, *, date_only: bool = False, what: str = "time") -> str | None:
-        if el is None or el.get(XSI_NULL):
-            return None
-        raw = el.get("value")
-        if raw is None or not raw.strip():
-            return None
-        v = dt.ts(raw, self.offset, date_only=date_only)
-        if v is None:
-            self.find("warning", "cda.time.invalid", f"{what} is not a valid HL7 TS (value not logged)", el)
-        return v
-
-    def effective(self, el) -> tuple[str, Any] | None:
-        if el is None:
-            return None
-        for part in (el, child(el, "low"), child(el, "high")):
-            if part is not None and part.get("value") and dt.ts(part.get("value"), self.offset) is None:
-                self.find("warning", "cda.time.invalid", "effectiveTime is not a valid HL7 TS", part)
-        return dt.effective(el, self.offset)
-
 
 # ====================================================================== header
 
@@ -144,34 +44,32 @@ def _patient(ctx: Ctx, root, custodian_ref: str | None) -> str:
     h = ctx.t.header
     types = h["identifier_types"]
     idents: list[dict] = []
-    keyed: dict[str, str] = {}
+    keyed: dict[str, str] = {}  # root -> usable value: fillers and failed check digits never get here
+    refused = 0
     for el in children(role, "id") + children(pat, "id"):
         key = dt.ii(el)
-        ident = ctx.ident(el, types.get(key[0]) if key else None)
+        ident, problem = ctx.checked_ident(el, types.get(key[0]) if key else None)
+        refused += problem is not None
         if ident is None:
             continue
         if ident not in idents:
             idents.append(ident)
-        root_oid, ext = key
-        if ext:
-            keyed.setdefault(root_oid, ext)
-        if root_oid == h["resident_id_root"] and ext:
-            if resident_id.is_placeholder(ext):
-                ctx.find("warning", "cda.patient.resident-id-placeholder",
-                         "resident ID number is a placeholder value (value not logged)", el)
-            elif not resident_id.is_valid(ext):
-                ctx.find("warning", "cda.patient.resident-id-check-digit",
-                         "resident ID number fails the GB 11643 check (value not logged)", el)
+        if key[1]:
+            keyed.setdefault(key[0], ident["value"])
     if not idents:
-        raise MappingError("recordTarget/patientRole carries no usable identifier", code="AE",
+        # Name + birth date is no key: in a region two people share both often enough, and linking
+        # people on demographics is the master patient index's decision (with its evidence), not a
+        # mapper's. The refused document is kept and can be replayed once the sender fixes the id.
+        raise MappingError("recordTarget/patientRole carries no usable identifier"
+                           + (f" ({refused} refused: placeholder or failed check digit)" if refused else ""),
+                           code="AE",
                            location=dt.xpath(role) if role is not None else "/ClinicalDocument/recordTarget",
                            rule="cda.header.patient-id-missing")
     key_parts: tuple[str, ...] | None = None
     for r in h["patient_key_roots"]:
         r = str(r)
-        ext = keyed.get(r)
-        if ext and not (r == h["resident_id_root"] and resident_id.is_placeholder(ext)):
-            key_parts = (r, ext)
+        if keyed.get(r):
+            key_parts = (r, keyed[r])
             break
     if key_parts is None:
         first = idents[0]
@@ -230,10 +128,12 @@ def _organization(ctx: Ctx, el, part_of: str | None = None) -> str | None:
     """Organization from a CDA organization element (id, name, telecom, addr)."""
     if el is None:
         return None
-    ids = [i for i in (ctx.ident(e) for e in children(el, "id")) if i]
+    ids, _ = ctx.checked_idents(children(el, "id"))
     name = dt.text(child(el, "name"))
+    if name and is_filler(name):
+        name = None
     if not ids and not name:
-        return None
+        return None  # nothing but fillers: no Organization keyed on them
     key = ("Organization", ids[0].get("system", ""), ids[0]["value"]) if ids else \
         ("Organization", ctx.institution, "name", name)
     oid = stable_id(*key)
@@ -274,7 +174,7 @@ def _org_chain(ctx: Ctx, el) -> tuple[str | None, list[str]]:
 
 
 def _location(ctx: Ctx, el, row: dict, managing: str | None) -> str | None:
-    ident = ctx.ident(child(el, "id"))
+    ident, _ = ctx.checked_ident(child(el, "id"))
     name = dt.text(child(el, "name"))
     if ident is None and not name:
         return None
@@ -293,18 +193,20 @@ def _practitioner(ctx: Ctx, entity, org_ref: str | None) -> tuple[str | None, st
     if entity is None:
         return None, None
     person = child(entity, "assignedPerson")
-    ids = [i for i in (ctx.ident(e) for e in children(entity, "id")) if i]
+    ids, refused = ctx.checked_idents(children(entity, "id"))
     names = [n for n in (dt.human_name(e) for e in children(person, "name"))] if person is not None else []
-    names = [n for n in names if n]
-    if not ids and not names:
-        return None, None
+    names = [n for n in names if n and not is_filler(n.get("text"))]
     if ids:
-        # template text left in the id ("医务人员编号") identifies nobody: the name joins the key
-        weak = ids[0]["value"] in ctx.t.header["placeholder_ids"]
-        key = ("Practitioner", ctx.institution, ids[0].get("system", ""), ids[0]["value"],
-               (names[0].get("text") or str(names[0])) if names and weak else "")
-    else:
+        key: tuple = ("Practitioner", ctx.institution, ids[0].get("system", ""), ids[0]["value"])
+    elif names:
+        # an id that is a filler ("-", "医务人员编码") names nobody: within the institution the name does
         key = ("Practitioner", ctx.institution, "name", names[0].get("text") or str(names[0]))
+    elif refused:
+        # only a filler: someone took part, but nothing says who; one Practitioner per place in this
+        # document rather than one for every author the filler stands for
+        key = ("Practitioner", *ctx.doc_key, dt.xpath(entity))
+    else:
+        return None, None
     pid = stable_id(*key)
     pr = {"resourceType": "Practitioner", "id": pid, "identifier": ids, "active": True, "name": names,
           "telecom": [c for c in (dt.telecom(e) for e in children(entity, "telecom")) if c],
@@ -333,7 +235,7 @@ def _encounter(ctx: Ctx, root, custodian_ref: str | None) -> str | None:
                               "type": {"text": h["identifier_types"].get(r, r)}})
     if ee is None and not visit_ids:
         return None
-    ids = [i for i in (ctx.ident(e) for e in children(ee, "id")) if i] if ee is not None else []
+    ids = ctx.checked_idents(children(ee, "id"))[0] if ee is not None else []
     idents = ids + [v for v in visit_ids if v not in ids]
     if ids:
         key = ("Encounter", ctx.institution, ids[0].get("system", ""), ids[0]["value"])
@@ -392,17 +294,6 @@ def _encounter(ctx: Ctx, root, custodian_ref: str | None) -> str | None:
 
 # ====================================================================== entries
 
-def _templates(el) -> list[str]:
-    return [r for r in (dt.clean_str(t.get("root")) for t in children(el, "templateId")) if r]
-
-
-def _code(el) -> tuple[str | None, str | None]:
-    c = child(el, "code")
-    if c is None:
-        return None, None
-    return dt.clean_str(c.get("code")), dt.clean_str(c.get("codeSystem"))
-
-
 def _rule(ctx: Ctx, st) -> dict | None:
     ent = ctx.t.entries
     for tpl in _templates(st):
@@ -426,72 +317,6 @@ def _rule(ctx: Ctx, st) -> dict | None:
     return None
 
 
-def _nested(st) -> list:
-    out = []
-    for rel in list(children(st, "entryRelationship")) + list(children(st, "component")):
-        for c in rel:
-            if c.tag in STATEMENTS:
-                out.append(c)
-    return out
-
-
-def _describe(ctx: Ctx, st) -> str:
-    """A one-line rendering of a statement for the section narrative."""
-    code_el = child(st, "code")
-    label = (dt.clean_str(code_el.get("displayName")) if code_el is not None else None) or \
-        (dt.clean_str(code_el.get("code")) if code_el is not None else None) or dt.local(st)
-    val = child(st, "value")
-    vtxt = None
-    if val is not None:
-        vtxt = dt.clean_str(val.get("displayName")) or dt.text(val) or dt.clean_str(val.get("value"))
-        if vtxt and val.get("unit"):
-            vtxt += " " + val.get("unit")
-        if not vtxt and val.get("code"):
-            vtxt = val.get("code")
-    if not vtxt:
-        vtxt = dt.text(child(st, "text"))
-    return f"{label}: {vtxt}" if vtxt else label
-
-
-class Section:
-    def __init__(self, pos: str, title: str | None = None):
-        self.pos = pos
-        self.title = title
-        self.refs: list[str] = []
-        self.unmapped: list[str] = []
-        self.code: str | None = None
-
-
-def _unmapped(ctx: Ctx, sec: Section, st, rule: str, why: str) -> None:
-    ctx.trace[st] = f"finding:{rule}"
-    for n in st.iter(*STATEMENTS):  # nested statements go with it
-        if n is not st:
-            ctx.trace.setdefault(n, f"finding:{rule}")
-    ctx.find("warning", rule, why + "; kept in the section narrative", st)
-    sec.unmapped.append(_describe(ctx, st))
-
-
-def _entry_id(ctx: Ctx, rtype: str, st, pos: str) -> str:
-    """The entry's own id when it has one (the same act repeated in two sections, e.g. a problem in
-    the admission and the discharge diagnoses, is one resource); an id reused for different content
-    is reported and that entry keyed by its position instead."""
-    for el in children(st, "id"):
-        key = dt.ii(el)
-        if key and (key[1] or dt.system_uri(key[0])):
-            rid = stable_id(rtype, ctx.institution, *key)
-            src = _WS_BETWEEN_TAGS.sub(b"><", etree.tostring(st, method="c14n"))
-            prev = ctx.id_sources.setdefault((rtype, rid), src)
-            if prev == src:
-                return rid
-            ctx.find("warning", "cda.entry.duplicate-id",
-                     f"{rtype} id already used by an entry with other content; keyed by position", el)
-            break
-    return stable_id(rtype, *ctx.doc_key, pos)
-
-
-_WS_BETWEEN_TAGS = re.compile(rb">\s+<")
-
-
 def map_statement(ctx: Ctx, sec: Section, st, pos: str, focus: str | None = None) -> list[str] | None:
     """Map one clinical statement; the refs it produced, or None when nothing maps it."""
     rule = _rule(ctx, st)
@@ -502,113 +327,6 @@ def map_statement(ctx: Ctx, sec: Section, st, pos: str, focus: str | None = None
         return _wrap(ctx, sec, st, pos, focus)
     builder = BUILDERS[kind]
     return builder(ctx, sec, st, rule, pos, focus)
-
-
-def _subject(ctx: Ctx) -> dict:
-    return {"reference": ctx.patient_ref}
-
-
-def _categories(rule: dict, system: str) -> list[dict] | None:
-    cat = rule.get("category")
-    if not cat:
-        return None
-    if system == OBS_CAT and cat not in OBS_CATEGORIES:
-        return [{"text": cat}]
-    return [{"coding": [{"system": system, "code": cat}]}]
-
-
-def _value(ctx: Ctx, st, rule: dict) -> tuple[str, Any] | None:
-    """('valueQuantity', {...}) etc. for the statement's value, or a dataAbsentReason."""
-    val = child(st, "value")
-    if val is None:
-        return None
-    h = ctx.t.header
-    vt = dt.value_type(val)
-    nf = val.get(XSI_NULL)
-    if not vt:
-        vt = "CD" if val.get("code") is not None else ("PQ" if val.get("unit") is not None else
-                                                         ("ST" if len(val) == 0 and (val.text or "").strip() else ""))
-    if vt in ("PQ", "REAL"):
-        qv = dt.quantity(val, h["ucum"], default_ucum=rule.get("ucum") if val.get("unit") is None else None)
-        if qv:
-            return "Quantity", qv
-        raw = dt.clean_str(val.get("value"))
-        if raw:
-            ctx.find("warning", "cda.value.invalid-quantity", "PQ value is not a decimal; kept as text", val)
-            unit = dt.clean_str(val.get("unit"))
-            return "String", raw + (f" {unit}" if unit else "")
-        txt = dt.text(val)
-        if txt:
-            return "String", txt
-    elif vt == "MO":
-        m = dt.money(val, h["currencies"])
-        if m:
-            return "Quantity", m
-        raw = dt.clean_str(val.get("value"))
-        if raw:
-            ctx.find("warning", "cda.value.invalid-quantity", "MO value is not a decimal; kept as text", val)
-            return "String", raw
-    elif vt == "INT":
-        n = dt.integer(val.get("value"))
-        if n is not None:
-            return "Integer", n
-        raw = dt.clean_str(val.get("value")) or dt.text(val)
-        if raw:
-            ctx.find("warning", "cda.value.invalid-integer", "INT value is not an integer; kept as text", val)
-            return "String", raw
-    elif vt in ("CD", "CE", "CV", "CO", "CS"):
-        c = ctx.concept(val)
-        if c:
-            return "CodeableConcept", c
-    elif vt == "BL":
-        v = (val.get("value") or "").strip()
-        if v in ("true", "false"):
-            return "Boolean", v == "true"
-        if v:
-            ctx.find("warning", "cda.value.invalid-boolean", "BL value is neither true nor false; kept as text", val)
-            return "String", v
-    elif vt == "TS":
-        v = ctx.ts(val, what="TS value")
-        if v:
-            return "DateTime", v
-    elif vt == "IVL_TS":
-        p = dt.period(val, ctx.offset)
-        if p:
-            return "Period", p
-    elif vt == "IVL_PQ":
-        lo = dt.quantity(child(val, "low"), h["ucum"])
-        hi = dt.quantity(child(val, "high"), h["ucum"])
-        if lo or hi:
-            return "Range", {"low": lo, "high": hi}
-    txt = dt.text(val) or dt.clean_str(val.get("value")) or dt.clean_str(val.get("displayName"))
-    if txt:
-        return "String", txt
-    return "absent", NULL_TO_DAR.get(nf or "", "unknown")
-
-
-def _set_value(res: dict, v: tuple[str, Any] | None) -> None:
-    if v is None:
-        res["dataAbsentReason"] = {"coding": [{"system": DAR, "code": "unknown"}]}
-    elif v[0] == "absent":
-        res["dataAbsentReason"] = {"coding": [{"system": DAR, "code": v[1]}]}
-    else:
-        res["value" + v[0]] = v[1]
-
-
-def _obs_code(ctx: Ctx, st, rule: dict) -> dict | None:
-    code = ctx.concept(child(st, "code"))
-    if rule.get("loinc"):
-        lc = {"system": LOINC, "code": rule["loinc"]}
-        code = code or {}
-        code.setdefault("coding", [])
-        if lc not in code["coding"]:
-            code["coding"].insert(0, lc)
-    return code
-
-
-def _status(ctx: Ctx, st, table: dict | None = None, default: str = "final") -> str:
-    sc = dt.clean_str(child(st, "statusCode").get("code")) if child(st, "statusCode") is not None else None
-    return (table or ctx.t.entries["status"]).get(sc or "", default)
 
 
 def _component(ctx: Ctx, st) -> dict | None:
@@ -1192,6 +910,8 @@ def convert_document(payload: bytes, source: SourceInfo) -> tuple[Conversion, di
     cust_org_el = dt.path(root, "custodian", "assignedCustodian", "representedCustodianOrganization")
     if not ctx.institution:
         ck = dt.ii(child(cust_org_el, "id")) if cust_org_el is not None else None
+        if ck and not usable(ck[1], ck[0]):
+            ck = None  # a filler custodian id would make one institution of every sender using it
         ctx.institution = (f"{ck[0]}|{ck[1]}" if ck else "") or source.oid
     custodian_ref = _organization(ctx, cust_org_el) if cust_org_el is not None else None
     # document ids are unique within an institution (WS/T 500 roots are namespaces shared by every
