@@ -19,7 +19,7 @@ def wst500(*, doc_id: str = "DOC-1", set_id: str | None = None, version: int | N
            sex: str = "2", birth: str = "19491231", author_id: str = ident("2.16.156.10011.1.7", "D001"),
            author_name: str | None = "测试医师乙", encounter: str = "", sections: str = "",
            code: str = "C0010", template: str = "2.16.156.10011.2.1.1.30") -> bytes:
-    setid = ident("2.16.156.10011.1.1", set_id) if set_id else "<setId/>"
+    setid = f'<setId root="2.16.156.10011.1.1" extension="{set_id}"/>' if set_id else "<setId/>"
     ver = f'<versionNumber value="{version}"/>' if version is not None else "<versionNumber/>"
     person = f"<assignedPerson><name>{author_name}</name></assignedPerson>" if author_name else ""
     body = f"<component><structuredBody>{sections}</structuredBody></component>" if sections else \

@@ -217,20 +217,30 @@ def _unmapped(ctx: Ctx, sec: Section, st, rule: str, why: str) -> None:
 
 
 def _entry_id(ctx: Ctx, rtype: str, st, pos: str) -> str:
-    """The entry's own id when it has one (the same act repeated in two sections, e.g. a problem in
-    the admission and the discharge diagnoses, is one resource); an id reused for different content
-    is reported and that entry keyed by its position instead."""
+    """The entry's own id within its document when it has one: the same act repeated in two sections
+    (a problem in the admission and the discharge diagnoses) is one resource, and a new version of the
+    document (same setId) rewrites the same resources. Hospitals number entries per document
+    (``extension="1"`` in every document), so an id alone would let one patient's documents overwrite
+    another's: the scope is the document (``ctx.doc_key``: setId, else document id). Only a UUID is
+    unique by construction and keeps the institution as its scope, so the same C-CDA act quoted by
+    several documents stays one resource. A filler id is no key; an id reused for different content
+    in one document is reported and that entry keyed by its position."""
     for el in children(st, "id"):
-        key = dt.ii(el)
-        if key and (key[1] or dt.system_uri(key[0])):
-            rid = stable_id(rtype, ctx.institution, *key)
-            src = _WS_BETWEEN_TAGS.sub(b"><", etree.tostring(st, method="c14n"))
-            prev = ctx.id_sources.setdefault((rtype, rid), src)
-            if prev == src:
-                return rid
-            ctx.find("warning", "cda.entry.duplicate-id",
-                     f"{rtype} id already used by an entry with other content; keyed by position", el)
-            break
+        ident, _ = ctx.checked_ident(el)
+        if ident is None:
+            continue
+        value = ident["value"]
+        if ident.get("system") == "urn:ietf:rfc:3986" and value.startswith("urn:uuid:"):
+            rid = stable_id(rtype, ctx.institution, value)
+        else:
+            rid = stable_id(rtype, *ctx.doc_key, ident.get("system", ""), value)
+        src = _WS_BETWEEN_TAGS.sub(b"><", etree.tostring(st, method="c14n"))
+        prev = ctx.id_sources.setdefault((rtype, rid), src)
+        if prev == src:
+            return rid
+        ctx.find("warning", "cda.entry.duplicate-id",
+                 f"{rtype} id already used by an entry with other content; keyed by position", el)
+        break
     return stable_id(rtype, *ctx.doc_key, pos)
 
 

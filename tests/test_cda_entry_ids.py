@@ -1,0 +1,55 @@
+"""Entry ids are scoped by their document: hospitals number entries per document, so the same
+``<id extension="1"/>`` in two patients' documents must not make one resource of two diagnoses."""
+
+from __future__ import annotations
+
+from tests.cda_docs import ident, mapped, wst500
+
+RID = "2.16.156.10011.1.3"
+
+
+def diagnosis(code: str, name: str, entry_id: str | None = "1") -> str:
+    eid = ident("2.16.156.10011.1.99", entry_id) if entry_id is not None else ""
+    return (f'<entry><observation classCode="OBS" moodCode="EVN">{eid}'
+            '<code code="DE05.01.024.00" codeSystem="2.16.156.10011.2.2.1" displayName="诊断代码"/>'
+            f'<value xsi:type="CD" code="{code}" codeSystem="2.16.156.10011.2.3.3.11" displayName="{name}"/>'
+            '</observation></entry>')
+
+
+def section(*entries: str, code: str = "29548-5") -> str:
+    return (f'<component><section><code code="{code}" codeSystem="2.16.840.1.113883.6.1"/><title>诊断</title>'
+            + "".join(entries) + "</section></component>")
+
+
+def test_two_documents_reusing_an_entry_id_keep_their_own_conditions():
+    a = mapped(wst500(doc_id="A", name="赵一", patient_ids=ident(RID, "11010519491231002X"),
+                      sections=section(diagnosis("I10", "高血压"))))[1]
+    b = mapped(wst500(doc_id="B", name="钱二", patient_ids=ident(RID, "110105195001010012"),
+                      sections=section(diagnosis("E11.9", "2型糖尿病"))))[1]
+    (ca,), (cb,) = a["Condition"], b["Condition"]
+    assert ca["id"] != cb["id"]
+    assert ca["code"]["coding"][0]["code"] == "I10" and cb["code"]["coding"][0]["code"] == "E11.9"
+    assert ca["subject"] != cb["subject"]
+
+
+def test_new_version_of_a_document_updates_the_same_entry_resources():
+    v1 = mapped(wst500(doc_id="A1", set_id="SET-A", version=1, sections=section(diagnosis("I10", "高血压"))))[1]
+    v2 = mapped(wst500(doc_id="A2", set_id="SET-A", version=2, sections=section(diagnosis("I11.9", "高血压性心脏病"))))[1]
+    assert v1["Condition"][0]["id"] == v2["Condition"][0]["id"]
+    assert v2["Condition"][0]["code"]["coding"][0]["code"] == "I11.9"
+    other = mapped(wst500(doc_id="B1", set_id="SET-B", version=1, sections=section(diagnosis("I10", "高血压"))))[1]
+    assert other["Condition"][0]["id"] != v1["Condition"][0]["id"]
+
+
+def test_same_act_in_two_sections_of_one_document_is_one_resource():
+    conv, t = mapped(wst500(sections=section(diagnosis("I10", "高血压")) +
+                            section(diagnosis("I10", "高血压"), code="11535-2")))
+    assert len(t["Condition"]) == 1
+    assert not [f for f in conv.findings if f.rule == "cda.entry.duplicate-id"]
+
+
+def test_filler_entry_id_is_not_a_key():
+    conv, t = mapped(wst500(sections=section(diagnosis("I10", "高血压", "-"), diagnosis("E11.9", "2型糖尿病", "-"))))
+    assert sorted(c["code"]["coding"][0]["code"] for c in t["Condition"]) == ["E11.9", "I10"]
+    assert not [f for f in conv.findings if f.rule == "cda.entry.duplicate-id"]
+    assert len([f for f in conv.findings if f.rule == "cda.identifier.placeholder"]) == 2
