@@ -93,8 +93,7 @@ def _patient(ctx: Ctx, root, custodian_ref: str | None) -> str:
         elif code:
             ctx.find("warning", "cda.patient.sex-unknown",
                      f"administrativeGenderCode {code!r} in {system or 'no code system'} is not a known sex code", g)
-    bt = child(pat, "birthTime")
-    b = ctx.ts(bt, date_only=True, what="birthTime")
+    b = _birth_date(ctx, root, child(pat, "birthTime"))
     if b:
         res["birthDate"] = b
     res["address"] = [a for a in (dt.address(e) for e in children(role, "addr")) if a]
@@ -122,6 +121,30 @@ def _patient(ctx: Ctx, root, custodian_ref: str | None) -> str:
     ctx.patient_ref = ctx.add(res)
     ctx.patient_keyed = keyed
     return ctx.patient_ref
+
+
+EARLIEST_BIRTH_YEAR = 1880  # as terminology.resident_id: nobody alive was born earlier
+
+
+def _birth_date(ctx: Ctx, root, bt) -> str | None:
+    """The birth date, or None with a finding when it is no real date (19990231), lies after the
+    document was written, or before 1880: such a value is a typing error, and kept it would decide
+    age-dependent rules and the identity matcher's comparisons. The document's own time is the
+    "now" (the mapper reads no clock)."""
+    if bt is None or bt.get(XSI_NULL) or not (bt.get("value") or "").strip():
+        return None
+    b = dt.ts(bt.get("value"), ctx.offset, date_only=True)
+    doc = dt.ts(dt.attr(child(root, "effectiveTime"), "value"), None, date_only=True)
+    if b is None:
+        why = "is not a real date"
+    elif int(b[:4]) < EARLIEST_BIRTH_YEAR:
+        why = f"is before {EARLIEST_BIRTH_YEAR}"
+    elif doc and b > doc[:len(b)]:
+        why = "is after the document's own date"
+    else:
+        return b
+    ctx.find("warning", "cda.patient.birth-date-invalid", f"birthTime {why}; no birthDate (value not logged)", bt)
+    return None
 
 
 def _organization(ctx: Ctx, el, part_of: str | None = None) -> str | None:
