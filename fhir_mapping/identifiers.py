@@ -19,8 +19,8 @@ import yaml
 
 from terminology import resident_id
 
-__all__ = ["RESIDENT_ID_OID", "RESIDENT_ID_SYSTEM", "is_filler", "is_resident_id_system", "key_problem",
-           "usable"]
+__all__ = ["RESIDENT_ID_OID", "RESIDENT_ID_SYSTEM", "is_filler", "is_filler_text", "is_resident_id_system",
+           "key_problem", "usable"]
 
 RESIDENT_ID_OID = "2.16.156.10011.1.3"
 RESIDENT_ID_SYSTEM = f"urn:oid:{RESIDENT_ID_OID}"
@@ -63,6 +63,23 @@ def is_filler(value: str | None) -> bool:
     if len(s) >= 2 and len(set(s)) == 1:
         return True  # "00", "XXXX", "无无"
     return resident_id.is_placeholder(s) and len(s) >= 6
+
+
+def is_filler_text(value: str | None) -> bool:
+    """True for a clinical value (free text or a code's display) that says nothing: a listed filler
+    (``无``, ``不详``, ``-``), a field label left in it, or punctuation. Unlike :func:`is_filler`, digits
+    and repeated characters are values here ("0" ml, tooth "11")."""
+    if value is None:
+        return False
+    s = str(value).strip()
+    if not s or s.replace(".", "", 1).lstrip("+-").isdigit():
+        return False
+    exact, labels, suffixes = _fillers()
+    if s.casefold() in exact or s in labels:
+        return True
+    if len(s) > 2 and s.endswith(suffixes) and _cjk_only(s):
+        return True
+    return not any(c.isalnum() for c in s)
 
 
 def key_problem(value: str | None, system: str | None = None) -> str | None:

@@ -57,6 +57,7 @@ FINDING_RULES = {
     "cda.entry.uncoded": "a clinical statement without a code (kept in the section narrative)",
     "cda.entry.procedure-uncoded": "a procedure without a code, named by its section title",
     "cda.entry.no-value": "a diagnosis entry without a diagnosis value",
+    "cda.entry.absent-value": "a value that is a filler (无, -, 不详) or null: no resource made of it (kept in the narrative)",
     "cda.entry.duplicate-id": "two entries with different content share an id; the later is keyed by its position",
     "cda.entry.data-element-system": "a WS 363 data-element code outside the data-element code system",
     "cda.value.invalid-quantity": "a PQ/MO value that is not a decimal (kept as text)",

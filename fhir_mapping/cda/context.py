@@ -14,7 +14,7 @@ from fhir_mapping.base import Finding, SourceInfo
 from fhir_mapping.cda import dt
 from fhir_mapping.cda.dt import child, children, q
 from fhir_mapping.cda.tables import Tables
-from fhir_mapping.identifiers import is_filler, is_resident_id_system, key_problem
+from fhir_mapping.identifiers import is_filler, is_filler_text, is_resident_id_system, key_problem
 from fhir_mapping.ids import stable_id
 from terminology import resident_id
 
@@ -54,6 +54,7 @@ class Ctx:
         self.doc_time: str | None = None
         self.patient_keyed: dict[str, str] = {}  # recordTarget id root -> extension
         self.id_sources: dict[tuple[str, str], bytes] = {}  # entry resource -> its statement's c14n
+        self.partners: dict[Any, Any] = {}  # a diagnosis name statement <-> its code statement
 
     # -- output
     def add(self, res: dict, *, replace: bool = False) -> str:
@@ -245,6 +246,35 @@ def _entry_id(ctx: Ctx, rtype: str, st, pos: str) -> str:
 
 
 _WS_BETWEEN_TAGS = re.compile(rb">\s+<")
+
+
+_TEXT_VALUE_TYPES = frozenset({"", "ST", "SC", "ED", "CD", "CE", "CV", "CO", "CS"})
+
+
+def absent_value(st) -> str | None:
+    """Why the statement's value says nothing, or None when it says something: its nullFlavor, or
+    ``filler`` for text or a code made only of fillers ("无", "-", "不详"). Numbers are never fillers
+    ("0" ml of blood loss is a value)."""
+    val = child(st, "value")
+    if val is None:
+        return None
+    nf = dt.clean_str(val.get(XSI_NULL))
+    if nf:
+        return nf
+    if dt.value_type(val) not in _TEXT_VALUE_TYPES:
+        return None
+    said = [t for t in (dt.clean_str(val.get("code")), dt.clean_str(val.get("displayName")),
+                        dt.clean_str(val.get("value")), dt.text(val), dt.text(child(val, "originalText"))) if t]
+    return "filler" if said and all(is_filler_text(t) for t in said) else None
+
+
+def _absent(ctx: Ctx, sec: "Section", st, why: str) -> None:
+    """A statement whose value is absent makes no resource: reported (information) and kept in the
+    section narrative."""
+    ctx.trace[st] = "finding:cda.entry.absent-value"
+    ctx.find("information", "cda.entry.absent-value",
+             f"value is {'a filler' if why == 'filler' else 'null (' + why + ')'}: no resource made of it", st)
+    sec.unmapped.append(_describe(ctx, st))
 
 
 def _subject(ctx: Ctx) -> dict:

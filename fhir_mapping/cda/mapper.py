@@ -9,8 +9,9 @@ from typing import Any
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.cda import dt
 from fhir_mapping.cda.context import (COND_CAT, CONFIDENTIALITY, DAR, LOINC, OBS_CAT, STATEMENTS, VERSION_EXT,
-                                      XSI_NULL, Ctx, Section, _categories, _code, _describe, _entry_id, _nested,
-                                      _obs_code, _set_value, _status, _subject, _templates, _unmapped, _value)
+                                      XSI_NULL, Ctx, Section, _absent, _categories, _code, _describe, _entry_id,
+                                      _nested, _obs_code, _set_value, _status, _subject, _templates, _unmapped,
+                                      _value, absent_value)
 from fhir_mapping.cda.dt import child, children, q
 from fhir_mapping.cda.narrative import has_content, to_div
 from fhir_mapping.cda.tables import tables
@@ -348,6 +349,12 @@ def map_statement(ctx: Ctx, sec: Section, st, pos: str, focus: str | None = None
     kind = rule["kind"]
     if kind == "wrap":
         return _wrap(ctx, sec, st, pos, focus)
+    if kind != "panel" and (kind == "Observation" or rule.get("code_from") == "value") \
+            and st not in ctx.partners and not _nested(st):
+        why = absent_value(st)
+        if why:  # "无", "-", nullFlavor: nothing was observed or diagnosed, no resource says it was
+            _absent(ctx, sec, st, why)
+            return []
     builder = BUILDERS[kind]
     return builder(ctx, sec, st, rule, pos, focus)
 
@@ -370,8 +377,14 @@ def _nested_into(ctx: Ctx, sec: Section, st, pos: str, parent_ref: str, componen
     """Map the statements nested in ``st``: into ``components`` (Observation parent, flat observations
     with a code), else as their own resources with focus on the parent. Returns extra refs."""
     extra: list[str] = []
-    for i, n in enumerate(_nested(st)):
+    nested = _nested(st)
+    pair_diagnoses(ctx, nested)
+    for i, n in enumerate(nested):
         if n in absorbed or n in ctx.trace:
+            continue
+        if components is not None and n not in ctx.partners and dt.local(n) == "observation" \
+                and not _nested(n) and absent_value(n):
+            _absent(ctx, sec, n, absent_value(n))
             continue
         if components is not None and dt.local(n) == "observation" and not _nested(n) \
                 and child(n, "code") is not None and not _templates(n):
@@ -470,7 +483,10 @@ def _wrap(ctx: Ctx, sec: Section, st, pos: str, focus: str | None) -> list[str] 
         return None
     ctx.trace[st] = "wrap"
     refs: list[str] = []
+    pair_diagnoses(ctx, nested)
     for i, n in enumerate(nested):
+        if n in ctx.trace:
+            continue  # taken in by its diagnosis partner
         r = map_statement(ctx, sec, n, f"{pos}.{i}", focus)
         if r is None:
             _unmapped(ctx, sec, n, "cda.entry.unmapped", "entry not in the mapping tables")
@@ -517,8 +533,65 @@ def _absorb_common(ctx: Ctx, res: dict, ab: dict[str, list], ref: str) -> set:
     return used
 
 
+def pair_diagnoses(ctx: Ctx, stmts: list, parent=None) -> None:
+    """Register in ``ctx.partners`` each diagnosis name statement with its code statement (table
+    ``diagnosis_pairs``): ``parent`` with the first matching statement nested in it, then a name with
+    the neighbouring sibling (next, else previous) that carries one of its code elements."""
+    names = ctx.t.entries["diagnosis_pairs"]
+    if not names or not stmts:
+        return
+    codes = ctx.t.entries["diagnosis_code_names"]
+    des = [_code(s)[0] for s in stmts]
+    partners = ctx.partners
+    if parent is not None and parent not in partners:
+        pde = _code(parent)[0]
+        for s, de in zip(stmts, des):
+            if s not in partners and s not in ctx.trace and de and \
+                    ((pde in names and de in names[pde]) or (pde in codes and codes[pde] == de)):
+                partners[parent], partners[s] = s, parent
+                break
+    for i, de in enumerate(des):
+        s = stmts[i]
+        if de not in names or s in partners or s in ctx.trace:
+            continue
+        for j in (i + 1, i - 1):
+            if 0 <= j < len(stmts) and des[j] in names[de] and stmts[j] not in partners \
+                    and stmts[j] not in ctx.trace:
+                partners[s], partners[stmts[j]] = stmts[j], s
+                break
+
+
+def _value_text(st) -> str | None:
+    val = child(st, "value")
+    if val is None:
+        return None
+    return dt.text(val) or dt.clean_str(val.get("value")) or dt.clean_str(val.get("displayName"))
+
+
+def _paired_code(ctx: Ctx, st, partner) -> dict | None:
+    """One diagnosis from its name and code statements: the code element's coding, the name as text."""
+    codes = ctx.t.entries["diagnosis_code_names"]
+    code_st, name_st = (st, partner) if _code(st)[0] in codes else (partner, st)
+    code = None if absent_value(code_st) else ctx.concept(child(code_st, "value"))
+    name = None if absent_value(name_st) else _value_text(name_st)
+    if name:
+        code = dict(code or {})
+        code["text"] = name
+    return code
+
+
 def build_condition(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: str | None) -> list[str] | None:
-    code = _code_from(ctx, st, rule)
+    pair_diagnoses(ctx, _nested(st), parent=st)
+    partner = ctx.partners.get(st)
+    if partner is not None and partner not in ctx.trace:
+        code = _paired_code(ctx, st, partner)
+        if not code:
+            _absent(ctx, sec, st, "filler")
+            _absent(ctx, sec, partner, "filler")
+            return []
+    else:
+        partner = None
+        code = _code_from(ctx, st, rule)
     if not code:
         if rule.get("code_from") == "value":
             ctx.find("warning", "cda.entry.no-value", "diagnosis entry has no diagnosis value", st)
@@ -546,6 +619,9 @@ def build_condition(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: str
             res["abatementDateTime"] = hi
     ab = _absorbed(ctx, st)
     used = _absorb_common(ctx, res, ab, ref)
+    if partner is not None:
+        ctx.trace[partner] = f"absorbed:{ref}"
+        used.add(partner)
     for n in ab.get("Condition.clinicalStatus", []):
         v = child(n, "value")
         cs = _CLINICAL.get((v.get("code") or "") if v is not None else "")
@@ -567,6 +643,8 @@ def build_condition(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: str
                                              "code": "resolved"}]}
     ctx.trace[st] = ref
     extra = _nested_into(ctx, sec, st, pos, ref, None, used)
+    if partner is not None and partner.getparent() is not None and partner not in st.iter():
+        extra += _nested_into(ctx, sec, partner, f"{pos}.p", ref, None, used)  # what the partner holds
     ctx.add(res)
     return [ref] + extra
 
@@ -872,9 +950,12 @@ def map_section(ctx: Ctx, sec_el, pos: str, depth: int = 0) -> dict:
         ((code or {}).get("coding") or [{}])[0].get("display") or \
         (ctx.t.sections.get(c or "", {}).get("title"))
     sec = Section(pos, title)
-    for i, entry in enumerate(children(sec_el, "entry")):
-        stmts = [s for s in entry if s.tag in STATEMENTS]
+    entries = [[s for s in entry if s.tag in STATEMENTS] for entry in children(sec_el, "entry")]
+    pair_diagnoses(ctx, [st for stmts in entries for st in stmts])  # name and code in neighbouring entries
+    for i, stmts in enumerate(entries):
         for j, st in enumerate(stmts):
+            if st in ctx.trace:
+                continue  # taken in by its diagnosis partner
             epos = f"{pos}.e{i}.{j}"
             refs = map_statement(ctx, sec, st, epos)
             if refs is None:

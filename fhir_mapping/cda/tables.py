@@ -74,6 +74,9 @@ def tables() -> Tables:
     for rule in list(entries["elements"].values()) + list(entries["templates"].values()):
         if "loinc" in rule:
             rule["loinc"] = str(rule["loinc"])
+    pairs = {str(k): [str(c) for c in v] for k, v in (entries.get("diagnosis_pairs") or {}).items()}
+    entries["diagnosis_pairs"] = pairs
+    entries["diagnosis_code_names"] = {c: n for n, cs in pairs.items() for c in cs}
     prefixes = sorted(((str(k), v) for k, v in entries["classes"].items()), key=lambda kv: -len(kv[0]))
     sections = _load("sections.yaml")
     header = _load("header.yaml")
