@@ -14,6 +14,7 @@ from fhir_mapping.cda.context import (COND_CAT, CONFIDENTIALITY, DAR, LOINC, OBS
                                       _value, absent_value)
 from fhir_mapping.cda.dt import child, children, q
 from fhir_mapping.cda.narrative import has_content, to_div
+from fhir_mapping.cda.orders import build_service_request, medication_details, prescription_facts
 from fhir_mapping.cda.tables import tables
 from fhir_mapping.identifiers import is_filler, usable
 from fhir_mapping.ids import stable_id
@@ -47,8 +48,13 @@ def _patient(ctx: Ctx, root, custodian_ref: str | None) -> str:
     idents: list[dict] = []
     keyed: dict[str, str] = {}  # root -> usable value: fillers and failed check digits never get here
     refused = 0
+    order_roots = {str(r) for r in h.get("order_roots") or ()}
     for el in children(role, "id") + children(pat, "id"):
         key = dt.ii(el)
+        if key and key[0] in order_roots:
+            if ctx.order_ident is None:
+                ctx.order_ident = ctx.checked_ident(el, types.get(key[0]))[0]
+            continue
         ident, problem = ctx.checked_ident(el, types.get(key[0]) if key else None)
         refused += problem is not None
         if ident is None:
@@ -341,6 +347,9 @@ def _rule(ctx: Ctx, st) -> dict | None:
     return None
 
 
+_VALUE_IS_CONTENT = frozenset({"Observation", "ServiceRequest"})  # kinds whose value is what they say
+
+
 def map_statement(ctx: Ctx, sec: Section, st, pos: str, focus: str | None = None) -> list[str] | None:
     """Map one clinical statement; the refs it produced, or None when nothing maps it."""
     rule = _rule(ctx, st)
@@ -349,7 +358,7 @@ def map_statement(ctx: Ctx, sec: Section, st, pos: str, focus: str | None = None
     kind = rule["kind"]
     if kind == "wrap":
         return _wrap(ctx, sec, st, pos, focus)
-    if kind != "panel" and (kind == "Observation" or rule.get("code_from") == "value") \
+    if (kind in _VALUE_IS_CONTENT or rule.get("code_from") == "value") \
             and st not in ctx.partners and not _nested(st):
         why = absent_value(st)
         if why:  # "无", "-", nullFlavor: nothing was observed or diagnosed, no resource says it was
@@ -789,8 +798,10 @@ def build_medication(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: st
         dose["timing"] = {"repeat": rep or None, "code": {"text": timing_txt} if timing_txt else None}
     if dt.prune(dose):
         res["dosageInstruction"] = [dose]
+    if ctx.order_ident and ctx.family.startswith("wst"):
+        res["groupIdentifier"] = ctx.order_ident
     ab = _absorbed(ctx, st)
-    used = _absorb_common(ctx, res, ab, ref)
+    used = _absorb_common(ctx, res, ab, ref) | medication_details(ctx, st, res, ref)
     for n in ab.get("reasonCode", []):
         c = ctx.concept(child(n, "value"))
         if c:
@@ -937,10 +948,26 @@ BUILDERS = {
     "Observation": build_observation, "panel": build_panel, "Condition": build_condition,
     "Procedure": build_procedure, "MedicationRequest": build_medication,
     "AllergyIntolerance": build_allergy, "Immunization": build_immunization, "Encounter": build_encounter,
+    "ServiceRequest": build_service_request,
 }
 
 
 # ====================================================================== sections and document
+
+def _map_entry(ctx: Ctx, sec: Section, st, epos: str) -> None:
+    if st in ctx.trace:
+        return  # taken in by its diagnosis partner
+    refs = map_statement(ctx, sec, st, epos)
+    if refs is None:
+        if st not in ctx.trace:
+            uncoded = child(st, "code") is None or not dt.clean_str(child(st, "code").get("code"))
+            _unmapped(ctx, sec, st, "cda.entry.uncoded" if uncoded else "cda.entry.unmapped",
+                      "entry has no code" if uncoded else "entry not in the mapping tables")
+    else:
+        for r in refs:
+            if r not in sec.refs:
+                sec.refs.append(r)
+
 
 def map_section(ctx: Ctx, sec_el, pos: str, depth: int = 0) -> dict:
     code_el = child(sec_el, "code")
@@ -952,21 +979,19 @@ def map_section(ctx: Ctx, sec_el, pos: str, depth: int = 0) -> dict:
     sec = Section(pos, title)
     entries = [[s for s in entry if s.tag in STATEMENTS] for entry in children(sec_el, "entry")]
     pair_diagnoses(ctx, [st for stmts in entries for st in stmts])  # name and code in neighbouring entries
-    for i, stmts in enumerate(entries):
-        for j, st in enumerate(stmts):
-            if st in ctx.trace:
-                continue  # taken in by its diagnosis partner
-            epos = f"{pos}.e{i}.{j}"
-            refs = map_statement(ctx, sec, st, epos)
-            if refs is None:
-                if st not in ctx.trace:
-                    uncoded = child(st, "code") is None or not dt.clean_str(child(st, "code").get("code"))
-                    _unmapped(ctx, sec, st, "cda.entry.uncoded" if uncoded else "cda.entry.unmapped",
-                              "entry has no code" if uncoded else "entry not in the mapping tables")
-            else:
-                for r in refs:
-                    if r not in sec.refs:
-                        sec.refs.append(r)
+    facts = ctx.t.entries.get("prescription_facts") or {}
+    placed = [(f"{pos}.e{i}.{j}", st) for i, stmts in enumerate(entries) for j, st in enumerate(stmts)]
+    # prescription facts (处方有效天数…) wait for the section's drugs, whichever entry comes first
+    deferred = [(p, st) for p, st in placed if (_code(st)[0] or "") in facts]
+    for epos, st in [x for x in placed if x not in deferred]:
+        _map_entry(ctx, sec, st, epos)
+    if deferred:
+        meds = [ctx.resources[("MedicationRequest", r.split("/", 1)[1])] for r in sec.refs
+                if r.startswith("MedicationRequest/")]
+        rest = prescription_facts(ctx, [st for _, st in deferred], meds)
+        for epos, st in deferred:
+            if st in rest:
+                _map_entry(ctx, sec, st, epos)
     out: dict[str, Any] = {"title": title, "code": code}
     div = to_div(child(sec_el, "text"), sec.unmapped or None,
                  "未映射条目 / entries not mapped:" if sec.unmapped else None)

@@ -1,0 +1,93 @@
+"""Prescriptions and orders: WS/T 500 西药处方 / 中药处方 become MedicationRequests carrying their dose,
+route, frequency, quantity and validity; non-drug orders and 出院医嘱 become ServiceRequests."""
+
+from __future__ import annotations
+
+from fhir_mapping.cda import convert_traced
+from tests.cda_docs import SRC, VALID_ID, by_type, ident, wst500
+from tests.test_cda_helpers import check_no_silent_drops, invalid_resources
+
+DE = 'codeSystem="2.16.156.10011.2.2.1"'
+IDS = ident("2.16.156.10011.1.3", VALID_ID) + ident("2.16.156.10011.1.20", "CF20240312001")
+
+
+def obs(code, label, value, mood="EVN"):
+    return (f'<observation classCode="OBS" moodCode="{mood}"><code code="{code}" {DE} displayName="{label}"/>'
+            f'{value}</observation>')
+
+
+def rel(inner):
+    return f'<entryRelationship typeCode="COMP">{inner}</entryRelationship>'
+
+
+def drug(name, dose, unit, freq, total):
+    return (f'<substanceAdministration classCode="SBADM" moodCode="EVN"><text/>'
+            '<routeCode code="1" displayName="口服" codeSystem="2.16.156.10011.2.3.1.158"/>'
+            f'<doseQuantity value="{dose}" unit="{unit}"/><rateQuantity><translation code="01" displayName="{freq}"/>'
+            '</rateQuantity><consumable><manufacturedProduct><manufacturedLabeledDrug><code/>'
+            f'<name>{name}</name></manufacturedLabeledDrug></manufacturedProduct></consumable>'
+            + rel(obs("DE08.50.043.00", "药物规格", '<value xsi:type="ST">0.25g*24片</value>'))
+            + rel(obs("DE06.00.135.00", "药物使用总剂量", f'<value xsi:type="PQ" value="{total}" unit="{unit}"/>'))
+            + "</substanceAdministration>")
+
+
+def section(code, *entries):
+    return (f'<component><section><code code="{code}" codeSystem="2.16.840.1.113883.6.1"/>'
+            + "".join(f"<entry>{e}</entry>" for e in entries) + "</section></component>")
+
+
+def run(sections, **kw):
+    conv, trace = convert_traced(wst500(sections=sections, patient_ids=IDS, **kw), SRC)
+    assert invalid_resources(conv) == []
+    check_no_silent_drops(conv, trace)
+    return conv, by_type(conv)
+
+
+def test_western_prescription():
+    conv, t = run(section("10160-0", drug("阿莫西林胶囊", "0.5", "g", "tid", "10.5"),
+                          obs("DE06.00.294.00", "处方有效天数", '<value xsi:type="PQ" value="3" unit="天"/>'),
+                          drug("布洛芬缓释胶囊", "0.3", "g", "bid", "4.2"),
+                          obs("DE08.50.032.00", "处方类别代码",
+                              '<value xsi:type="CD" code="2" displayName="西药处方" codeSystem="2.16.156.10011.2.3.2.40"/>')),
+                  code="C0004", template="2.16.156.10011.2.1.1.24")
+    meds = {m["medicationCodeableConcept"]["text"]: m for m in t["MedicationRequest"]}
+    assert set(meds) == {"阿莫西林胶囊", "布洛芬缓释胶囊"}
+    m = meds["阿莫西林胶囊"]
+    d = m["dosageInstruction"][0]
+    assert d["doseAndRate"][0]["doseQuantity"] == {"value": 0.5, "unit": "g", "system": "http://unitsofmeasure.org",
+                                                    "code": "g"}
+    assert d["route"]["coding"][0]["display"] == "口服" and d["timing"]["code"]["text"] == "tid"
+    assert m["dispenseRequest"]["quantity"]["value"] == 10.5
+    assert m["dispenseRequest"]["validityPeriod"] == {"start": "2024-03-12", "end": "2024-03-15"}
+    assert m["groupIdentifier"]["value"] == "CF20240312001"  # the prescription number, not the patient's
+    assert {"code": "2", "display": "西药处方", "system": "urn:oid:2.16.156.10011.2.3.2.40"} in \
+        [c for cat in m["category"] for c in cat.get("coding", [])]
+    assert m["note"] == [{"text": "药物规格: 0.25g*24片"}]
+    assert "Observation" not in t  # every detail is part of its drug
+    (p,) = t["Patient"]
+    assert [i["value"] for i in p["identifier"]] == [VALID_ID]
+
+
+def test_herbal_prescription_with_number_of_doses():
+    herbal = obs("DE08.50.049.00", "中药饮片处方", '<value xsi:type="ST">黄芪30g 党参15g 白术10g</value>'
+                 + rel(obs("DE08.50.050.00", "中药饮片剂数", '<value xsi:type="PQ" value="7" unit="剂"/>'))
+                 + rel(obs("DE08.50.047.00", "中药饮片煎煮法", '<value xsi:type="ST">水煎服</value>'))
+                 + rel(obs("DE06.00.136.00", "中药用药法", '<value xsi:type="ST">每日一剂，早晚分服</value>')))
+    conv, t = run(section("10160-0", herbal), code="C0005", template="2.16.156.10011.2.1.1.25")
+    (m,) = t["MedicationRequest"]
+    assert m["medicationCodeableConcept"]["text"] == "黄芪30g 党参15g 白术10g"
+    assert m["dispenseRequest"]["quantity"] == {"value": 7, "unit": "剂"}
+    d = m["dosageInstruction"][0]
+    assert d["text"] == "每日一剂，早晚分服" and d["additionalInstruction"] == [{"text": "中药饮片煎煮法: 水煎服"}]
+
+
+def test_discharge_and_non_drug_orders_are_service_requests():
+    conv, t = run(section("46209-3",
+                          obs("DE06.00.287.00", "出院医嘱", '<value xsi:type="ST">低盐饮食，两周后门诊复查</value>'),
+                          obs("DE06.00.288.00", "医嘱项目内容", '<value xsi:type="ST">一级护理</value>', mood="RQO"),
+                          obs("DE06.00.288.00", "医嘱项目内容", '<value xsi:type="ST">无</value>', mood="RQO")))
+    srs = sorted(t["ServiceRequest"], key=lambda r: r["code"]["text"])
+    assert [s["code"]["text"] for s in srs] == ["一级护理", "出院医嘱"]
+    assert srs[1]["patientInstruction"] == "低盐饮食，两周后门诊复查"
+    assert all(s["intent"] == "order" and s["subject"] == {"reference":
+                                                           f"Patient/{t['Patient'][0]['id']}"} for s in srs)
