@@ -54,6 +54,7 @@ class Ctx:
         self.doc_time: str | None = None
         self.patient_keyed: dict[str, str] = {}  # recordTarget id root -> extension
         self.id_sources: dict[tuple[str, str], bytes] = {}  # entry resource -> its statement's c14n
+        self.report: Any = None  # reports.Report while a report document (C0006, C0007) is mapped
         self.order_ident: dict | None = None  # the prescription number (recordTarget 1.20)
         self.partners: dict[Any, Any] = {}  # a diagnosis name statement <-> its code statement
 

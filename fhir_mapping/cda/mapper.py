@@ -15,6 +15,8 @@ from fhir_mapping.cda.context import (COND_CAT, CONFIDENTIALITY, DAR, LOINC, OBS
 from fhir_mapping.cda.dt import child, children, q
 from fhir_mapping.cda.narrative import has_content, to_div
 from fhir_mapping.cda.orders import build_service_request, medication_details, prescription_facts
+from fhir_mapping.cda.reports import (Report, build_result_item, finish_report, is_result_item, members,
+                                      take_report_fact)
 from fhir_mapping.cda.tables import tables
 from fhir_mapping.identifiers import is_filler, usable
 from fhir_mapping.ids import stable_id
@@ -356,6 +358,16 @@ def map_statement(ctx: Ctx, sec: Section, st, pos: str, focus: str | None = None
     if rule is None:
         return None
     kind = rule["kind"]
+    if kind == "wrap" and is_result_item(ctx, st):
+        refs = build_result_item(ctx, sec, st, pos)
+        for i, n in enumerate(members(st)):  # what the test item's table does not know
+            if n not in ctx.trace:
+                r = map_statement(ctx, sec, n, f"{pos}.m{i}", refs[0])
+                if r is None:
+                    _unmapped(ctx, sec, n, "cda.entry.unmapped", "test item member not in the mapping tables")
+                else:
+                    refs += r
+        return refs
     if kind == "wrap":
         return _wrap(ctx, sec, st, pos, focus)
     if (kind in _VALUE_IS_CONTENT or rule.get("code_from") == "value") \
@@ -955,8 +967,8 @@ BUILDERS = {
 # ====================================================================== sections and document
 
 def _map_entry(ctx: Ctx, sec: Section, st, epos: str) -> None:
-    if st in ctx.trace:
-        return  # taken in by its diagnosis partner
+    if st in ctx.trace or take_report_fact(ctx, sec, st):
+        return  # taken in by its diagnosis partner, or by the report
     refs = map_statement(ctx, sec, st, epos)
     if refs is None:
         if st not in ctx.trace:
@@ -1048,6 +1060,8 @@ def convert_document(payload: bytes, source: SourceInfo) -> tuple[Conversion, di
     ctx.doc_key = ("cda-set", ctx.institution, doc_code or "", *set_id) if set_id else \
         ("cda-doc", ctx.institution, doc_code or "", *doc_id)
     patient_ref = _patient(ctx, root, custodian_ref)
+    if dtype is not None and dtype.get("report"):
+        ctx.report = Report(ctx, dtype["report"])
     ctx.doc_time = ctx.ts(child(root, "effectiveTime"), what="document effectiveTime")
     encounter_ref = _encounter(ctx, root, custodian_ref)
     authors = []
@@ -1111,6 +1125,7 @@ def convert_document(payload: bytes, source: SourceInfo) -> tuple[Conversion, di
     if not date:
         raise MappingError("document has no valid effectiveTime (nor author time)", code="AE",
                            location="/ClinicalDocument/effectiveTime", rule="cda.header.time-missing")
+    finish_report(ctx, type_cc, date)
     doc_ident = ctx.ident(child(root, "id")) or {"value": "^".join(doc_id)}
     set_ident = ctx.ident(child(root, "setId")) if set_id else None
     conf = dt.clean_str(dt.attr(child(root, "confidentialityCode"), "code"))

@@ -1,0 +1,83 @@
+"""检验报告 / 检查报告: one DiagnosticReport over the results; a test item written as an organizer of
+data elements is one Observation with its value, unit, interpretation and specimen."""
+
+from __future__ import annotations
+
+from fhir_mapping.cda import convert_traced
+from tests.cda_docs import SRC, by_type, wst500
+from tests.test_cda_helpers import check_no_silent_drops, invalid_resources
+
+DE = 'codeSystem="2.16.156.10011.2.2.1"'
+
+
+def obs(code, label, value, *nested, effective=""):
+    rels = "".join(f'<entryRelationship typeCode="COMP">{n}</entryRelationship>' for n in nested)
+    return (f'<observation classCode="OBS" moodCode="EVN"><code code="{code}" {DE} displayName="{label}"/>'
+            f'{effective}{value}{rels}</observation>')
+
+
+def item(test_code, test_name, value, unit, flag, specimen=None):
+    spec = obs("DE04.50.134.00", "标本类别", f'<value xsi:type="ST">{specimen}</value>',
+               effective='<effectiveTime><low value="20240312070000"/><high value="20240312073000"/></effectiveTime>') \
+        if specimen else ""
+    comps = [obs("DE04.30.019.00", "检验项目代码",
+                 f'<value xsi:type="CD" code="{test_code}" displayName="{test_name}" codeSystem="1.2.156.112604.1.9"/>',
+                 *([spec] if spec else []), effective='<effectiveTime value="20240312080000"/>'),
+             obs("DE04.30.017.00", "检验结果代码",
+                 f'<value xsi:type="CD" code="{flag[0]}" displayName="{flag[1]}" codeSystem="2.16.156.10011.2.3.2.38"/>'),
+             obs("DE04.30.015.00", "检验定量结果", f'<value xsi:type="REAL" value="{value}"/>',
+                 obs("DE04.30.016.00", "检验定量结果计量单位", f'<value xsi:type="ST">{unit}</value>'))]
+    return ('<organizer classCode="CLUSTER" moodCode="EVN"><statusCode code="completed"/>'
+            + "".join(f"<component>{c}</component>" for c in comps) + "</organizer>")
+
+
+def st(text):
+    return f'<value xsi:type="ST">{text}</value>'
+
+
+def lab_report(conclusion="血常规未见明显异常"):
+    method = obs("DE02.10.027.00", "检验方法名称", st("仪器法"))
+    results = ('<component><section><code code="30954-2" codeSystem="2.16.840.1.113883.6.1"/>'
+               f'<entry>{method}</entry>'
+               f'<entry>{item("HGB", "血红蛋白", "132", "g/L", ("0", "正常"), specimen="静脉血")}</entry>'
+               f'<entry>{item("WBC", "白细胞计数", "11.8", "10^9/L", ("1", "异常"))}</entry></section></component>')
+    concl = obs("DE04.50.130.00", "检验报告结果", st(conclusion))
+    report = ('<component><section><code displayName="检验报告"/>'
+              f'<entry>{concl}</entry>'
+              '</section></component>')
+    return wst500(code="C0007", template="2.16.156.10011.2.1.1.27", sections=results + report)
+
+
+def test_lab_report_is_a_diagnostic_report_over_its_results():
+    conv, trace = convert_traced(lab_report(), SRC)
+    assert invalid_resources(conv) == []
+    check_no_silent_drops(conv, trace)
+    t = by_type(conv)
+    (rep,) = t["DiagnosticReport"]
+    obs_by_code = {o["code"]["coding"][0]["code"]: o for o in t["Observation"]}
+    assert set(obs_by_code) == {"HGB", "WBC"}  # one Observation per test item, nothing else
+    assert sorted(r["reference"] for r in rep["result"]) == sorted(f"Observation/{o['id']}" for o in t["Observation"])
+    assert rep["category"][0]["coding"][0]["code"] == "LAB"
+    assert rep["conclusion"] == "血常规未见明显异常"
+    assert rep["effectiveDateTime"] == "2024-03-12T08:00:00+08:00"
+    hgb, wbc = obs_by_code["HGB"], obs_by_code["WBC"]
+    assert hgb["code"]["coding"][0]["display"] == "血红蛋白"
+    assert hgb["valueQuantity"] == {"value": 132, "unit": "g/L", "system": "http://unitsofmeasure.org", "code": "g/L"}
+    assert wbc["valueQuantity"]["code"] == "10*9/L" and wbc["interpretation"][0]["coding"][0]["display"] == "异常"
+    assert hgb["method"] == {"text": "仪器法"}
+    (spec,) = t["Specimen"]
+    assert spec["type"] == {"text": "静脉血"} and spec["collection"]["collectedDateTime"] == "2024-03-12T07:00:00+08:00"
+    assert hgb["specimen"] == {"reference": f"Specimen/{spec['id']}"} and rep["specimen"] == [hgb["specimen"]]
+
+
+def test_filler_conclusion_is_no_conclusion():
+    conv, _ = convert_traced(lab_report(conclusion="无"), SRC)
+    (rep,) = by_type(conv)["DiagnosticReport"]
+    assert "conclusion" not in rep
+    assert any(f.rule == "cda.entry.absent-value" for f in conv.findings)
+
+
+def test_other_documents_make_no_diagnostic_report():
+    conv, _ = convert_traced(lab_report().replace(b'code="C0007"', b'code="C0010"')
+                             .replace(b"2.16.156.10011.2.1.1.27", b"2.16.156.10011.2.1.1.30"), SRC)
+    assert "DiagnosticReport" not in by_type(conv)
