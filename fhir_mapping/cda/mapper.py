@@ -13,6 +13,7 @@ from fhir_mapping.cda.context import (COND_CAT, CONFIDENTIALITY, DAR, LOINC, OBS
                                       _nested, _obs_code, _set_value, _status, _subject, _templates, _unmapped,
                                       _value, absent_value)
 from fhir_mapping.cda.dt import child, children, q
+from fhir_mapping.cda.charges import build_charge_item, is_money
 from fhir_mapping.cda.narrative import has_content, to_div
 from fhir_mapping.cda.orders import build_service_request, medication_details, prescription_facts
 from fhir_mapping.cda.reports import (Report, build_result_item, finish_report, is_result_item, members,
@@ -376,8 +377,16 @@ def map_statement(ctx: Ctx, sec: Section, st, pos: str, focus: str | None = None
         if why:  # "无", "-", nullFlavor: nothing was observed or diagnosed, no resource says it was
             _absent(ctx, sec, st, why)
             return []
+    if rule.get("if_money") == "ChargeItem" and is_money(st):
+        refs = build_charge_item(ctx, sec, st, pos, _map_rest)
+        if refs is not None:
+            return refs
     builder = BUILDERS[kind]
     return builder(ctx, sec, st, rule, pos, focus)
+
+
+def _map_rest(ctx: Ctx, sec: Section, st, pos: str, parent_ref: str) -> list[str]:
+    return _nested_into(ctx, sec, st, pos, parent_ref, None, set())
 
 
 def _component(ctx: Ctx, st) -> dict | None:
