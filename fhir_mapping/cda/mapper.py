@@ -1200,12 +1200,15 @@ def convert_document(payload: bytes, source: SourceInfo) -> tuple[Conversion, di
     bundle_entries.sort(key=lambda r: r["resourceType"] != "Composition")
     bundle = {"resourceType": "Bundle", "id": stable_id("Bundle", *ctx.doc_key),
               "identifier": doc_ident, "type": "document",
-              "timestamp": instant,
-              "entry": [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r} for r in bundle_entries]}
+              "timestamp": instant}
+    bundle = dt.prune(bundle)
+    # the entries are the very dicts written one by one (already pruned), so what is done to those
+    # after mapping (the terminology normaliser adds standard codings in place) is in the Bundle too
+    bundle["entry"] = [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r} for r in bundle_entries]
     resources = [r for (rt, _), r in ctx.resources.items() if rt != "Composition"]
     resources.sort(key=lambda r: _ORDER.get(r["resourceType"], 5))
     resources.insert(_first_after(resources, 5), ctx.resources[("Composition", comp_id)])
-    resources.append(dt.prune(bundle))
+    resources.append(bundle)
     conv = Conversion(resources=resources, unit_id="^".join(x for x in doc_id if x), patient_key=patient_ref,
                       kind=f"cda:{(dtype or {}).get('code') or doc_code or 'unknown'}", findings=ctx.findings)
     return conv, ctx.trace
