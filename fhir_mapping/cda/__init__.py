@@ -12,7 +12,9 @@ How one document is carried in the ``Conversion``
 
 * the individual resources the header and the entries describe: Organization (custodian and the
   department chain), Location (bed, room), Patient, Practitioner, PractitionerRole, Encounter,
-  Condition, Observation, MedicationRequest, Procedure, AllergyIntolerance, Immunization;
+  Condition, Observation, MedicationRequest, ServiceRequest (``orders``), DiagnosticReport and
+  Specimen (``reports``: 检查/检验报告), ChargeItem (``charges``: fees), Procedure,
+  AllergyIntolerance, Immunization;
 * the Composition (type from the document code, one section per CDA section, narratives kept);
 * a Binary with the original bytes (base64, reads back byte for byte) and a DocumentReference
   whose ``content.attachment.url`` is ``Binary/<id>`` (with size and SHA-1 hash);
@@ -25,7 +27,16 @@ Identity and versions
 ---------------------
 Ids are ``stable_id`` over the document's own keys: the Patient over (institution, its preferred
 record-target identifier), Organizations over their own identifier, Practitioners over
-(institution, identifier), entries over their own ``id`` when present, else over (setId, position).
+(institution, identifier), entries over (document, their own ``id``) when they have one, else over
+(document, position); "document" is the setId (so a new version rewrites the same resources), else
+the document id; a UUID entry id keeps the institution scope (unique by construction).
+No key is ever a filler value (``-``, ``无``, ``医务人员编码``, fhir_mapping/tables/fillers.yaml) nor an
+identifier failing its check digit (resident ID, GB 11643): such an id is neither a key nor stored,
+a finding ``cda.identifier.<reason>`` names it (without its value), and the key falls back to the
+next usable identifier (patient: ``tables/header.yaml`` patient_key_roots; practitioner: the name
+within the institution, else a document-scoped one; organization: its name). A document whose
+patient has no usable identifier is refused (``cda.header.patient-id-missing``): name and birth
+date are no key, linking people by demographics is the master patient index's job.
 Composition, DocumentReference and Bundle are keyed by (institution, document code, ``setId``) (the
 document id when there is no setId), the Binary by (institution, document code, document id):
 WS/T 500 id roots are namespaces every hospital shares, so a document id alone is not unique. So the same document twice yields identical
