@@ -108,3 +108,10 @@ def test_sample_admission_discharge_record_pairs_every_diagnosis():
     conds = by_type(conv)["Condition"]
     assert len(conds) == 6  # admission and discharge: western, TCM disease, TCM syndrome
     assert all(c["code"].get("coding") and c["code"].get("text") for c in conds)
+
+
+def test_a_name_keeps_its_nested_code_even_with_a_code_entry_next_to_it():
+    conv, t = run(obs(*NAME, st("急性阑尾炎"), obs(*CODE, cd("K35.9", "急性阑尾炎"))),
+                  obs(*CODE, cd("I10", "高血压")))
+    assert sorted((c["code"].get("text", ""), c["code"]["coding"][0]["code"]) for c in t["Condition"]) == \
+        [("", "I10"), ("急性阑尾炎", "K35.9")]

@@ -580,13 +580,17 @@ def pair_diagnoses(ctx: Ctx, stmts: list, parent=None) -> None:
                     ((pde in names and de in names[pde]) or (pde in codes and codes[pde] == de)):
                 partners[parent], partners[s] = s, parent
                 break
+    def own_pair(n, de) -> bool:  # it carries its partner nested in it: that one, not a sibling
+        want = set(names.get(de, ())) | ({codes[de]} if de in codes else set())
+        return any(_code(m)[0] in want for m in _nested(n))
+
     for i, de in enumerate(des):
         s = stmts[i]
-        if de not in names or s in partners or s in ctx.trace:
+        if de not in names or s in partners or s in ctx.trace or own_pair(s, de):
             continue
         for j in (i + 1, i - 1):
             if 0 <= j < len(stmts) and des[j] in names[de] and stmts[j] not in partners \
-                    and stmts[j] not in ctx.trace:
+                    and stmts[j] not in ctx.trace and not own_pair(stmts[j], des[j]):
                 partners[s], partners[stmts[j]] = stmts[j], s
                 break
 
