@@ -53,3 +53,19 @@ def test_filler_entry_id_is_not_a_key():
     assert sorted(c["code"]["coding"][0]["code"] for c in t["Condition"]) == ["E11.9", "I10"]
     assert not [f for f in conv.findings if f.rule == "cda.entry.duplicate-id"]
     assert len([f for f in conv.findings if f.rule == "cda.identifier.placeholder"]) == 2
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.text(alphabet="ABCXYZ0123456789", min_size=1, max_size=8), st.sampled_from(["I10", "E11.9", "J18.9"]))
+def test_an_entry_id_never_joins_two_documents(entry_id, code):
+    ids = []
+    for doc in ("A", "B"):
+        t = mapped(wst500(doc_id=doc, sections=section(diagnosis(code, "诊断", entry_id))))[1]
+        ids.append(t["Condition"][0]["id"])
+    assert ids[0] != ids[1]
+    again = mapped(wst500(doc_id="A", sections=section(diagnosis(code, "诊断", entry_id))))[1]
+    assert again["Condition"][0]["id"] == ids[0]  # and the same document lands on the same one
