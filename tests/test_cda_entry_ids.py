@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tests.cda_docs import ident, mapped, wst500
 
 RID = "2.16.156.10011.1.3"
@@ -53,10 +56,6 @@ def test_filler_entry_id_is_not_a_key():
     assert sorted(c["code"]["coding"][0]["code"] for c in t["Condition"]) == ["E11.9", "I10"]
     assert not [f for f in conv.findings if f.rule == "cda.entry.duplicate-id"]
     assert len([f for f in conv.findings if f.rule == "cda.identifier.placeholder"]) == 2
-
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=25, deadline=None)
