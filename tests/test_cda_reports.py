@@ -58,6 +58,8 @@ def test_lab_report_is_a_diagnostic_report_over_its_results():
     assert set(obs_by_code) == {"HGB", "WBC"}  # one Observation per test item, nothing else
     assert sorted(r["reference"] for r in rep["result"]) == sorted(f"Observation/{o['id']}" for o in t["Observation"])
     assert rep["category"][0]["coding"][0]["code"] == "LAB"
+    results_section = t["Composition"][0]["section"][0]
+    assert results_section["entry"][0] == {"reference": f"DiagnosticReport/{rep['id']}"}  # read with its results
     assert rep["conclusion"] == "血常规未见明显异常"
     assert rep["effectiveDateTime"] == "2024-03-12T08:00:00+08:00"
     hgb, wbc = obs_by_code["HGB"], obs_by_code["WBC"]

@@ -1138,7 +1138,9 @@ def convert_document(payload: bytes, source: SourceInfo) -> tuple[Conversion, di
     if not date:
         raise MappingError("document has no valid effectiveTime (nor author time)", code="AE",
                            location="/ClinicalDocument/effectiveTime", rule="cda.header.time-missing")
-    finish_report(ctx, type_cc, date)
+    report_ref = finish_report(ctx, type_cc, date)
+    if report_ref:
+        _list_report(sections, report_ref, set(ctx.report.results))
     doc_ident = ctx.ident(child(root, "id")) or {"value": "^".join(doc_id)}
     set_ident = ctx.ident(child(root, "setId")) if set_id else None
     conf = dt.clean_str(dt.attr(child(root, "confidentialityCode"), "code"))
@@ -1216,6 +1218,18 @@ def convert_document(payload: bytes, source: SourceInfo) -> tuple[Conversion, di
     conv = Conversion(resources=resources, unit_id="^".join(x for x in doc_id if x), patient_key=patient_ref,
                       kind=f"cda:{(dtype or {}).get('code') or doc_code or 'unknown'}", findings=ctx.findings)
     return conv, ctx.trace
+
+
+def _list_report(sections: list[dict], report_ref: str, results: set[str]) -> bool:
+    """Put the DiagnosticReport first in the (sub)section that lists its first result."""
+    for sec in sections:
+        refs = [e["reference"] for e in sec.get("entry", [])]
+        if results & set(refs):
+            sec["entry"].insert(0, {"reference": report_ref})
+            return True
+        if _list_report(sec.get("section", []), report_ref, results):
+            return True
+    return False
 
 
 _ORDER = {"Organization": 0, "Location": 1, "Patient": 2, "Practitioner": 3, "PractitionerRole": 4,
