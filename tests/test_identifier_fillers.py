@@ -1,0 +1,32 @@
+"""The filler rule shared by the mappers: template labels left in a field are fillers; in clinical
+values, numbers never are."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fhir_mapping.identifiers import is_filler, is_filler_text, key_problem
+
+
+@pytest.mark.parametrize("value", ["责任护士工号", "会诊科室名称", "医疗卫生机构编号", "主治医师编码", "ID_CARD_NO", "-", "无"])
+def test_template_labels_and_fillers_are_no_identifiers(value):
+    assert is_filler(value) and key_problem(value, "2.16.156.10011.1.4") == "placeholder"
+
+
+@pytest.mark.parametrize("value", ["D01102", "心内科", "王建国", "HA201102113366666", "ZY20240311007"])
+def test_real_identifiers_and_names_are_not_fillers(value):
+    assert not is_filler(value)
+
+
+@given(st.one_of(st.integers(-10**6, 10**6).map(str), st.decimals(allow_nan=False, allow_infinity=False,
+                                                                    places=2).map(str)))
+def test_a_number_is_always_a_value(v):
+    assert not is_filler_text(v)
+
+
+@pytest.mark.parametrize("value,filler", [("无", True), ("不详", True), ("-", True), ("药物通用名称", True),
+                                          ("11", False), ("0", False), ("正常", False), ("阴性", False)])
+def test_filler_text(value, filler):
+    assert is_filler_text(value) is filler
