@@ -9,8 +9,9 @@ resources. Every group goes through the same steps:
 4. decide per write: no-op (same content as the current version), new version, 412 on a failed
    ``If-Match``; build canonical bytes and events;
 5. commit everything in one transaction. A concurrent writer surfaces as ``ConflictError`` and the
-   group is re-planned from fresh heads (so two updates of one resource never both win, and a
-   conditional create never duplicates).
+   group is re-planned from fresh heads (so two updates of one resource never both win), and so
+   does a conditional create, update or delete whose search a commit since changed (so none of
+   them duplicates).
 
 Validation happened before (``hub.resource.validate``), exactly once per resource.
 """
@@ -175,9 +176,9 @@ class Hub:
                 raise err
             results[i] = err
 
-        # the log position conditional creates searched from (their guard: nothing newer)
+        # the log position conditional writes searched from (their guard: nothing newer)
         searched_at = (self.store.max_notification_id()
-                       if any(op.if_none_exist for op in ops) else 0)
+                       if any(_criteria(op) for op in ops) else 0)
 
         # 1. targets
         planned: list[int] = []
@@ -224,8 +225,11 @@ class Hub:
                 fail(i, e)
                 continue
             pending.append((i, result))
-            if op.if_none_exist and not op.existing:
-                commit.guards += self.resolver.guards(op.rtype, op.if_none_exist, searched_at)
+            # a conditional write commits only while its search still holds: else two clients
+            # that both found nothing both create, and the criteria match two resources forever
+            criteria = _criteria(op)
+            if criteria and not op.existing:
+                commit.guards += self.resolver.guards(op.rtype, criteria, searched_at)
 
         # 5. commit
         self.store.commit(commit)
@@ -384,6 +388,11 @@ class Hub:
         ops = [b for b in batch if isinstance(b, Op)]
         done = dict(zip(map(id, ops), self.execute_batch(ops, ctx)))
         return [done[id(b)] if isinstance(b, Op) else b for b in batch]
+
+
+def _criteria(op: Op) -> Query | None:
+    """The search a conditional write decided on: If-None-Exist of a create, else its query."""
+    return op.if_none_exist if op.method == "POST" else op.query
 
 
 def _batch_key(op: Op) -> tuple:
