@@ -29,6 +29,7 @@ from typing import Any
 
 from eventsourcing.persistence import StoredEvent
 
+from hub import jsontext
 from hub import resource as res
 from hub.conditional import IdentifierResolver, Query, identifiers_match, parse_query
 from hub.errors import (
@@ -333,13 +334,21 @@ class Hub:
                                   ctx.source, request)
             commit.add(event, b"", [], ts)
             return Result(200, op.rtype, op.target, current + 1, last_updated)
-        h = res.content_hash(op.d)
+        where = f"{op.where}.resource" if op.where else op.rtype
+        try:
+            h = res.content_hash(op.d)
+        except TypeError:  # orjson cannot write it (a lone surrogate?): it was never validated
+            jsontext.refuse_bad_text(op.d, where)
+            raise bad_request("The resource cannot be written as JSON", where) from None
         if head is not None and not head.deleted and head.content_hash == h:
             # Body and lastUpdated are filled in by complete() only if the caller shows them.
             return Result(200, op.rtype, op.target, head.version, issues=[
                 Issue("informational", "Content unchanged; no new version", "information")])
         version = current + 1
         body = res.canonical(op.d, op.target, version, last_updated)
+        # the last line before the log, for writes that reached it without hub.resource.validate
+        # (a few hundred ns: a body with no backslash holds no escaped control character)
+        jsontext.refuse_bad_text(op.d, where, body)
         kind = CREATED if head is None else UPDATED
         commit.add(ResourceEvent(kind, op.rtype, op.target, version, last_updated, body,
                                  ctx.source, request), h, res.identifiers(op.d), ts)

@@ -192,7 +192,8 @@ def test_conditional_writes_on_identifier_alternatives_commit_at_once(client):
     create(client, patient())  # some other Patient, older than the searches below
     d, other = patient(), patient()
     either = f"{token(d)},{token(other)}"
-    r = client.post("/Patient", json=d, headers={**FHIR_JSON, "if-none-exist": f"identifier={either}"})
+    r = client.post("/Patient", json=d,
+                    headers={**FHIR_JSON, "if-none-exist": f"identifier={either}"})
     assert r.status_code == 201, r.text
     r = client.put("/Patient", params={"identifier": either}, json=dict(d, gender="male"),
                    headers=FHIR_JSON)
