@@ -21,7 +21,8 @@ from hub import resource as res
 from hub.api import bundles
 from hub.errors import FhirError
 from hub.ingest import Context, Op
-from tests.api_helpers import patient
+from hub.worker import write_units
+from tests.api_helpers import patient, unique
 
 FORBIDDEN = [chr(c) for c in range(0x20) if chr(c) not in "\t\n\r"] + ["\ud800", "\udbff",
                                                                      "\udc00", "\udfff"]
@@ -246,3 +247,14 @@ def test_the_hub_refuses_what_reached_it_unvalidated(hub):
         assert e.value.status == 400
         assert e.value.issues[0].expression == "Bundle.entry[1].resource.name[0].family"
         assert hub.store.max_notification_id() == before
+
+
+def test_v2_intake_refuses_a_unit_whose_mapped_resource_holds_nul(hub):
+    """The Kafka ingest worker's path (HL7 v2 units as mapped): the unit is refused, naming the
+    element; the unit beside it in the same batch is stored."""
+    good, bad = patient(rid=unique()), patient(rid=unique(), family="W\x00ng")
+    out = write_units(hub, [{"resources": [good]}, {"resources": [bad]}], {"feed": "test"})
+    assert out[0] is None
+    assert out[1]["code"] == "AE" and "name[0].family" in out[1]["reason"], out[1]
+    assert hub.store.latest("Patient", good["id"]) is not None
+    assert hub.store.latest("Patient", bad["id"]) is None
