@@ -295,6 +295,17 @@ def test_control_characters_in_a_transaction_refuse_it_and_a_batch_only_the_entr
         "Bundle.entry[1].resource.name[0].family"]
 
 
+def test_a_transaction_is_checked_for_control_characters_before_any_entry_is_validated(client):
+    """Entry 0 would fail validation (422); the NUL of entry 1 is found first, in the text."""
+    entries = [{"resource": patient(gender="neither"),
+                "request": {"method": "POST", "url": "Patient"}},
+               {"resource": patient(family="W\x00ng"),
+                "request": {"method": "POST", "url": "Patient"}}]
+    r = client.post("", content=orjson.dumps(
+        {"resourceType": "Bundle", "type": "transaction", "entry": entries}), headers=FHIR_JSON)
+    assert expressions(assert_outcome(r, 400)) == ["Bundle.entry[1].resource.name[0].family"]
+
+
 def test_control_characters_in_the_bundle_itself_are_400(client):
     b = {"resourceType": "Bundle", "type": "batch", "entry": [
         {"fullUrl": "urn:uuid:\x01", "resource": patient(),

@@ -122,12 +122,17 @@ def validate_envelope(bundle: dict, entries: list) -> None:
 
 
 def process(bundle: dict, hub: Hub, ctx: Context, base: str, representation: bool,
-            get: GetHandler) -> dict:
+            get: GetHandler, raw: bytes | None = None) -> dict:
+    """``raw``: the JSON text of ``bundle`` as received, when there is one."""
     btype = bundle.get("type")
     if btype not in ("transaction", "batch"):
         raise bad_request(
             f"POST to the base accepts transaction or batch Bundles, not {btype!r}", "Bundle.type"
         )
+    if btype == "transaction" and raw is not None:
+        # one bad string fails a transaction whole: found in the text before any entry is
+        # validated (a batch refuses only the entry, when that entry is validated)
+        jsontext.refuse_bad_text(bundle, "Bundle", raw)
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise bad_request("Bundle.entry must be an array", "Bundle.entry")
