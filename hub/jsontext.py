@@ -85,12 +85,12 @@ def escaped(text: str) -> str:
     return _FORBIDDEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def dumps(d: Any, path: str, option: int | None = None) -> bytes:
+def dumps(d: Any, path: str) -> bytes:
     """``orjson.dumps(d)`` for a dict built in memory (a mapper's output, a Bundle entry): what
     orjson cannot write (a lone surrogate, an integer beyond 64 bits) is a 400 naming the
     element where it can, not a crash."""
     try:
-        return orjson.dumps(d, option=option)
+        return orjson.dumps(d)
     except orjson.JSONEncodeError as e:
         refuse_bad_text(d, path)
         raise FhirError(400, "value", f"The content cannot be written as JSON: {e}", path) from None
@@ -140,10 +140,6 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict:
 
 def duplicate_keys(raw: bytes, root: str) -> list[Issue]:
     """The repeated keys of the JSON text ``raw``, each with its path (the slow, exact check)."""
-    try:
-        tree = json.loads(raw, object_pairs_hook=_pairs)
-    except RecursionError:
-        return [Issue("too-costly", "The JSON nests too deep to check", expression=root)]
     issues: list[Issue] = []
 
     def walk(node: Any, path: str) -> None:
@@ -160,9 +156,13 @@ def duplicate_keys(raw: bytes, root: str) -> list[Issue]:
             for i, v in enumerate(node):
                 walk(v, f"{path}[{i}]")
 
-    if isinstance(tree, dict) and isinstance(tree.get("resourceType"), str):
-        root = tree["resourceType"]
-    walk(tree, root)
+    try:
+        tree = json.loads(raw, object_pairs_hook=_pairs)
+        if isinstance(tree, dict) and isinstance(tree.get("resourceType"), str):
+            root = tree["resourceType"]
+        walk(tree, root)
+    except RecursionError:  # orjson took it (1024 levels), Python's stack does not
+        return [Issue("too-costly", "The JSON nests too deep to check", expression=root)]
     return issues
 
 
