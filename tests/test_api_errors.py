@@ -315,6 +315,20 @@ def test_control_characters_in_the_bundle_itself_are_400(client):
         assert expressions(assert_outcome(r, 400)) == ["Bundle.entry[0].fullUrl"]
 
 
+def test_a_bundle_entry_orjson_cannot_write_is_a_400_not_a_crash(client):
+    """21 digits: parsed exactly (as a Python int), beyond what orjson writes (64 bits)."""
+    body = (b'{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"POST",'
+            b'"url":"Patient"},"resource":{"resourceType":"Patient",'
+            b'"multipleBirthInteger":123456789012345678901}}]}')
+    with stores_nothing(client):
+        r = post_raw(client, "", body)
+        assert r.status_code == 200, r.text
+        (entry,) = r.json()["entry"]
+        assert entry["response"]["status"].startswith("400"), entry
+        assert entry["response"]["outcome"]["issue"][0]["expression"] == [
+            "Bundle.entry[0].resource"]
+
+
 def test_duplicate_keys_are_400_naming_the_key(client):
     with stores_nothing(client):
         r = post_raw(client, "/Patient",
