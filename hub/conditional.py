@@ -66,7 +66,8 @@ class IdentifierResolver:
         return sorted(result or ())
 
     def guards(self, rtype: str, query: Query, searched_at: int = 0) -> list:
-        """Write-lock checks that keep a conditional create from racing another one."""
+        """Write-lock checks that keep a conditional write from racing another one: the commit
+        fails (and the write is planned again) if its search would now find something else."""
         if any(name == "identifier" and "," in value for name, value in query):
             return [QuietGuard(rtype, searched_at)]  # alternatives: no single row to check
         out = []
@@ -97,11 +98,11 @@ class SearchResolver(IdentifierResolver):
         return self.service.match_ids(rtype, query)
 
     def guards(self, rtype: str, query: Query, searched_at: int = 0) -> list:
-        """A create decided by the search index (which may lag the log) commits only if no
+        """A write decided by the search index (which may lag the log) commits only if no
         resource of its type was written since the log position the search started from; else
         the request is planned again, and the search then sees the newcomer."""
         if all(name in self.supported for name, _ in query):
-            return super().guards(rtype, query)
+            return super().guards(rtype, query, searched_at)
         return [QuietGuard(rtype, searched_at)]
 
 

@@ -16,10 +16,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import orjson
-
 from fhir_mapping.base import MappingError, SourceInfo
 from fhir_mapping.documents import QualityRejected, check_and_convert, document_keys, quality_report
+from hub import jsontext
 from hub import resource as res
 from hub.errors import FhirError
 from hub.ingest import Context, Hub, Op, Result
@@ -106,7 +105,9 @@ class DocumentService:
         issue: dict[str, Any] = {"severity": "error", "code": "processing", "details": {
             "coding": [{"system": RULE_SYSTEM, "code": "cda.mapping.failed",
                         "display": "the document passed quality control but could not be mapped"}],
-            "text": reason[:1000]}, "diagnostics": "policy reject"}
+            # a reason may quote the payload: its control characters escaped, or the report
+            # itself would be refused
+            "text": jsontext.escaped(reason[:1000])}, "diagnostics": "policy reject"}
         if location:
             issue["location"] = [location]
         return quality_report({"issue": [issue]}, "reject", source, doc_id, doc_type, now)
@@ -114,7 +115,8 @@ class DocumentService:
     def _write(self, resources: list[dict], ctx: Context) -> list[Result]:
         for i in to_validate(resources):
             d = resources[i]
-            res.validate(d["resourceType"], orjson.dumps(d), d, prefix=f"Document.resource[{i}]")
+            where = f"Document.resource[{i}]"
+            res.validate(d["resourceType"], jsontext.dumps(d, where), d, prefix=where)
         ops = []
         for d in resources:
             ops.append(Op("PUT", d["resourceType"], d["id"], d,

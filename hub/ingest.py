@@ -9,8 +9,9 @@ resources. Every group goes through the same steps:
 4. decide per write: no-op (same content as the current version), new version, 412 on a failed
    ``If-Match``; build canonical bytes and events;
 5. commit everything in one transaction. A concurrent writer surfaces as ``ConflictError`` and the
-   group is re-planned from fresh heads (so two updates of one resource never both win, and a
-   conditional create never duplicates).
+   group is re-planned from fresh heads (so two updates of one resource never both win), and so
+   does a conditional create, update or delete whose search a commit since changed (so none of
+   them duplicates).
 
 Validation happened before (``hub.resource.validate``), exactly once per resource.
 """
@@ -28,6 +29,7 @@ from typing import Any
 
 from eventsourcing.persistence import StoredEvent
 
+from hub import jsontext
 from hub import resource as res
 from hub.conditional import IdentifierResolver, Query, identifiers_match, parse_query
 from hub.errors import (
@@ -175,9 +177,9 @@ class Hub:
                 raise err
             results[i] = err
 
-        # the log position conditional creates searched from (their guard: nothing newer)
+        # the log position conditional writes searched from (their guard: nothing newer)
         searched_at = (self.store.max_notification_id()
-                       if any(op.if_none_exist for op in ops) else 0)
+                       if any(_criteria(op) for op in ops) else 0)
 
         # 1. targets
         planned: list[int] = []
@@ -224,8 +226,11 @@ class Hub:
                 fail(i, e)
                 continue
             pending.append((i, result))
-            if op.if_none_exist and not op.existing:
-                commit.guards += self.resolver.guards(op.rtype, op.if_none_exist, searched_at)
+            # a conditional write commits only while its search still holds: else two clients
+            # that both found nothing both create, and the criteria match two resources forever
+            criteria = _criteria(op)
+            if criteria and not op.existing:
+                commit.guards += self.resolver.guards(op.rtype, criteria, searched_at)
 
         # 5. commit
         self.store.commit(commit)
@@ -329,13 +334,21 @@ class Hub:
                                   ctx.source, request)
             commit.add(event, b"", [], ts)
             return Result(200, op.rtype, op.target, current + 1, last_updated)
-        h = res.content_hash(op.d)
+        where = f"{op.where}.resource" if op.where else op.rtype
+        try:
+            h = res.content_hash(op.d)
+        except TypeError:  # orjson cannot write it (a lone surrogate?): it was never validated
+            jsontext.refuse_bad_text(op.d, where)
+            raise bad_request("The resource cannot be written as JSON", where) from None
         if head is not None and not head.deleted and head.content_hash == h:
             # Body and lastUpdated are filled in by complete() only if the caller shows them.
             return Result(200, op.rtype, op.target, head.version, issues=[
                 Issue("informational", "Content unchanged; no new version", "information")])
         version = current + 1
         body = res.canonical(op.d, op.target, version, last_updated)
+        # the last line before the log, for writes that reached it without hub.resource.validate
+        # (a few hundred ns: a body with no backslash holds no escaped control character)
+        jsontext.refuse_bad_text(op.d, where, body)
         kind = CREATED if head is None else UPDATED
         commit.add(ResourceEvent(kind, op.rtype, op.target, version, last_updated, body,
                                  ctx.source, request), h, res.identifiers(op.d), ts)
@@ -384,6 +397,11 @@ class Hub:
         ops = [b for b in batch if isinstance(b, Op)]
         done = dict(zip(map(id, ops), self.execute_batch(ops, ctx)))
         return [done[id(b)] if isinstance(b, Op) else b for b in batch]
+
+
+def _criteria(op: Op) -> Query | None:
+    """The search a conditional write decided on: If-None-Exist of a create, else its query."""
+    return op.if_none_exist if op.method == "POST" else op.query
 
 
 def _batch_key(op: Op) -> tuple:

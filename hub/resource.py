@@ -18,7 +18,7 @@ import orjson
 import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 
-from hub import jsontypes
+from hub import jsontext, jsontypes
 from hub.errors import FhirError, Issue, bad_request
 
 # type -> facts derived from the models by scripts/derive_resource_types.py
@@ -35,14 +35,19 @@ _INEXACT_NUMBER = re.compile(rb"[0-9]\.[0-9]*0(?![0-9])|[0-9][eE][+-]?[0-9]|[0-9
 
 
 def parse_json(body: bytes, where: str = "body") -> Any:
-    """Parse with orjson; where a decimal would lose its written form, keep it as sent."""
+    """Parse with orjson; where a decimal would lose its written form, keep it as sent. A key
+    repeated in one object is refused (400), not decided by whichever value the parser keeps."""
     try:
         if _INEXACT_NUMBER.search(body) is None:
-            return orjson.loads(body)
-        orjson.loads(body)  # same error messages as the fast path
-        return json.loads(body, parse_float=orjson.Fragment)
+            d = orjson.loads(body)
+        else:
+            orjson.loads(body)  # same error messages as the fast path
+            d = json.loads(body, parse_float=orjson.Fragment)
     except (orjson.JSONDecodeError, ValueError, RecursionError) as e:
         raise FhirError(400, "structure", f"The {where} is not valid JSON: {e}") from None
+    jsontext.refuse_duplicate_keys(body if isinstance(body, bytes) else bytes(body, "utf-8"), d,
+                                   where)
+    return d
 
 
 def check_type(d: Any, expected: str | None = None, where: str = "") -> str:
@@ -72,8 +77,10 @@ def validate(rtype: str, raw: bytes, d: dict, prefix: str | None = None,
     """Validate ``raw`` (the JSON of ``d``) against the R4B model of ``rtype``; 422 on failure.
 
     ``prefix`` is the FHIRPath of the resource inside its container (``Bundle.entry[2].resource``).
+    Strings holding control characters or lone surrogates are a 400, found before the model runs.
     """
     prefix = prefix or rtype
+    jsontext.refuse_bad_text(d, prefix, raw)
     issues: list[Issue] = []
     try:
         model_class(rtype).model_validate_json(raw)

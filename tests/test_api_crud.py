@@ -185,6 +185,22 @@ def test_conditional_create_many_matches_is_412(client):
     assert system_total(client) == before
 
 
+def test_conditional_writes_on_identifier_alternatives_commit_at_once(client):
+    """identifier=a,b has no single index row to guard: its guard is "no Patient written since
+    the search". That is the search's log position, not the log's start: with other Patients
+    stored, the write commits the first time instead of retrying until it gives up (409)."""
+    create(client, patient())  # some other Patient, older than the searches below
+    d, other = patient(), patient()
+    either = f"{token(d)},{token(other)}"
+    r = client.post("/Patient", json=d,
+                    headers={**FHIR_JSON, "if-none-exist": f"identifier={either}"})
+    assert r.status_code == 201, r.text
+    r = client.put("/Patient", params={"identifier": either}, json=dict(d, gender="male"),
+                   headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    assert etag_version(r) == 2
+
+
 # -- conditional update ------------------------------------------------------------------------
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import http.client
+import json
+import time
 from contextlib import contextmanager
 
 import httpx
@@ -250,6 +252,135 @@ def test_unknown_urls_are_404(client, live):
     for url in (f"{live.base}/Patient/1/_history/1/more", f"{live.base}/Patient/1/nothing",
                 live.base.rsplit("/fhir", 1)[0] + "/nothing", f"{live.base}/$nothing/x/y/z"):
         assert_outcome(client.get(url), 404)
+
+
+# -- what the JSON text may not carry: control characters, lone surrogates, duplicate keys ------
+
+
+@pytest.mark.parametrize("escape", ["\\u0000", "\\u0001", "\\b", "\\f", "\\u001F", "\\u000b"])
+def test_control_characters_in_strings_are_400_naming_the_element(client, escape):
+    body = ('{"resourceType":"Patient","name":[{"family":"Wang","given":["Xiao%sming"]}]}'
+            % escape).encode()
+    with stores_nothing(client):
+        for r in (post_raw(client, "/Patient", body),
+                  client.put("/Patient", params={"identifier": f"urn:oid:1.2|{unique()}"},
+                             content=body, headers=FHIR_JSON)):
+            outcome = assert_outcome(r, 400)
+            assert expressions(outcome) == ["Patient.name[0].given[0]"], outcome
+
+
+def test_tab_cr_lf_and_escaped_text_that_looks_like_a_control_character_are_kept(client):
+    body = (b'{"resourceType":"Patient","name":[{"family":"C:\\\\u0000 is fine",'
+            b'"text":"a\\tb\\r\\nc"}]}')
+    r = post_raw(client, "/Patient", body)
+    assert r.status_code == 201, r.text
+    assert r.json()["name"][0] == {"family": "C:\\u0000 is fine", "text": "a\tb\r\nc"}
+
+
+def test_control_characters_in_a_transaction_refuse_it_and_a_batch_only_the_entry(client):
+    good, bad = patient(), patient(family="W\x00ng")
+    entries = [{"resource": good, "request": {"method": "POST", "url": "Patient"}},
+               {"resource": bad, "request": {"method": "POST", "url": "Patient"}}]
+    with stores_nothing(client):
+        r = client.post("", content=orjson.dumps(
+            {"resourceType": "Bundle", "type": "transaction", "entry": entries}), headers=FHIR_JSON)
+        assert expressions(assert_outcome(r, 400)) == ["Bundle.entry[1].resource.name[0].family"]
+    r = client.post("", content=orjson.dumps(
+        {"resourceType": "Bundle", "type": "batch", "entry": entries}), headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    first, second = r.json()["entry"]
+    assert first["response"]["status"].startswith("201")
+    assert second["response"]["status"].startswith("400")
+    assert second["response"]["outcome"]["issue"][0]["expression"] == [
+        "Bundle.entry[1].resource.name[0].family"]
+
+
+def test_a_transaction_is_checked_for_control_characters_before_any_entry_is_validated(client):
+    """Entry 0 would fail validation (422); the NUL of entry 1 is found first, in the text."""
+    entries = [{"resource": patient(gender="neither"),
+                "request": {"method": "POST", "url": "Patient"}},
+               {"resource": patient(family="W\x00ng"),
+                "request": {"method": "POST", "url": "Patient"}}]
+    r = client.post("", content=orjson.dumps(
+        {"resourceType": "Bundle", "type": "transaction", "entry": entries}), headers=FHIR_JSON)
+    assert expressions(assert_outcome(r, 400)) == ["Bundle.entry[1].resource.name[0].family"]
+
+
+def test_control_characters_in_the_bundle_itself_are_400(client):
+    b = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"fullUrl": "urn:uuid:\x01", "resource": patient(),
+         "request": {"method": "POST", "url": "Patient"}}]}
+    with stores_nothing(client):
+        r = client.post("", content=orjson.dumps(b), headers=FHIR_JSON)
+        assert expressions(assert_outcome(r, 400)) == ["Bundle.entry[0].fullUrl"]
+
+
+def test_a_bundle_entry_orjson_cannot_write_is_a_400_not_a_crash(client):
+    """21 digits: parsed exactly (as a Python int), beyond what orjson writes (64 bits)."""
+    body = (b'{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"POST",'
+            b'"url":"Patient"},"resource":{"resourceType":"Patient",'
+            b'"multipleBirthInteger":123456789012345678901}}]}')
+    with stores_nothing(client):
+        r = post_raw(client, "", body)
+        assert r.status_code == 200, r.text
+        (entry,) = r.json()["entry"]
+        assert entry["response"]["status"].startswith("400"), entry
+        assert entry["response"]["outcome"]["issue"][0]["expression"] == [
+            "Bundle.entry[0].resource"]
+
+
+def test_duplicate_keys_are_400_naming_the_key(client):
+    with stores_nothing(client):
+        r = post_raw(client, "/Patient",
+                     b'{"resourceType":"Patient","gender":"male","gender":"female"}')
+        outcome = assert_outcome(r, 400)
+        assert expressions(outcome) == ["Patient.gender"]
+        assert outcome["issue"][0]["code"] == "structure"
+        r = client.put("/Patient", params={"identifier": f"urn:oid:1.2|{unique()}"},
+                       content=b'{"resourceType":"Patient","name":[{"family":"A","family":"B"}]}',
+                       headers=FHIR_JSON)
+        assert expressions(assert_outcome(r, 400)) == ["Patient.name[0].family"]
+        for btype in ("transaction", "batch"):
+            body = orjson.dumps({"resourceType": "Bundle", "type": btype, "entry": [
+                {"resource": patient(), "request": {"method": "POST", "url": "Patient"}}]})
+            r = post_raw(client, "", body.replace(b'"method":"POST"',
+                                                  b'"method":"DELETE","method":"POST"'))
+            assert expressions(assert_outcome(r, 400)) == ["Bundle.entry[0].request.method"]
+
+
+_FORBIDDEN = [chr(c) for c in range(0x20) if chr(c) not in "\t\n\r"]
+
+
+@hsettings(max_examples=30, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(before=st.text(max_size=8), bad=st.sampled_from(_FORBIDDEN), after=st.text(max_size=8),
+       ascii_=st.booleans())
+def test_random_strings_with_a_control_character_are_refused(client, before, bad, after, ascii_):
+    body = json.dumps({"resourceType": "Patient",
+                       "name": [{"family": "Wang", "text": before + bad + after}]},
+                      ensure_ascii=ascii_).encode()
+    r = post_raw(client, "/Patient", body)
+    assert r.status_code == 400, (body, r.text[:300])
+    assert expressions(r.json()) == ["Patient.name[0].text"], r.text
+
+
+def test_hostile_bodies_are_answered_and_the_server_keeps_serving(client, live):
+    """Bodies built to make the new checks slow or deep: each a 400 in bounded time."""
+    many = b'{"resourceType":"Patient",' + b'"a":1,' * 300_000 + b'"b":1}'  # 1.8 MB of repeats
+    deep = (b'{"resourceType":"Patient","x":' + b"[" * 1000 + b'"\\u0000"' + b"]" * 1000
+            + b"}")
+    # escaped quotes and colons defeat the fast duplicate test: the slow one runs on 1.4 MB
+    escapes = (b'{"resourceType":"Patient","text":{"status":"generated","div":"'
+               + b"\\u0022:" * 200_000 + b'","status":"additional"}}')
+    with stores_nothing(client):
+        for body in (many, deep, escapes):
+            started = time.monotonic()
+            r = post_raw(client, "/Patient", body)
+            assert 400 <= r.status_code < 500, r.text[:300]
+            assert r.json()["resourceType"] == "OperationOutcome"
+            assert time.monotonic() - started < 10
+    assert client.get("/metadata").status_code == 200
+    assert live.proc.poll() is None
 
 
 # -- random input ------------------------------------------------------------------------------

@@ -237,3 +237,171 @@ def test_http_concurrent_transactions_with_conditional_creates(client, live):
         oid = r.json()["entry"][1]["response"]["location"].split("/")[1]
         assert client.get(f"/Observation/{oid}").json()["subject"]["reference"] == f"Patient/{pid}"
     assert client.get("/Patient", params={"identifier": token(d)}).json()["total"] == 1
+
+
+# -- conditional update, delete and transaction entries: the same guard as conditional create ---
+
+
+class InterleavingResolver:
+    """The hub's own resolver, except that right after the first search it answers, another
+    writer (a second Hub on the same store) commits ``racer``: the interleaving two concurrent
+    requests produce, made to happen every time."""
+
+    def __init__(self, inner, other: Hub, racer: Op):
+        self.inner, self.other, self.racer = inner, other, racer
+
+    def match(self, rtype, query):
+        found = self.inner.match(rtype, query)
+        if self.racer is not None:
+            racer, self.racer = self.racer, None
+            assert self.other.execute([racer], Context(), atomic=True)[0].status == 201
+        return found
+
+    def guards(self, rtype, query, searched_at=0):
+        return self.inner.guards(rtype, query, searched_at)
+
+
+def conditional_put(d: dict, query: list[tuple[str, str]]) -> Op:
+    res.validate(d["resourceType"], orjson.dumps(d), d)
+    return Op("PUT", d["resourceType"], d=d, query=query,
+              url=f"{d['resourceType']}?identifier={query[0][1]}")
+
+
+def test_service_conditional_update_that_lost_a_race_updates_the_winner(hub):
+    """Two conditional updates of one absent Patient: the second searched before the first
+    committed. It must update the first's Patient, not create a second one (after which every
+    conditional update of that identifier would fail with 412)."""
+    d = patient()
+    query = [("identifier", token(d))]
+    other = Hub(hub.store)
+    hub.resolver = InterleavingResolver(hub.resolver, other,
+                                        conditional_put(dict(d, gender="male"), query))
+    r = hub.execute([conditional_put(dict(d, gender="female"), query)], Context(), atomic=True)[0]
+    assert (r.status, r.version) == (200, 2)
+    assert hub.resolver.inner.match("Patient", query) == [r.rid]
+    again = hub.execute([conditional_put(dict(d, gender="other"), query)], Context(),
+                        atomic=True)[0]
+    assert (again.status, again.rid, again.version) == (200, r.rid, 3)
+
+
+
+CLIENTS = 16
+IDENTIFIERS = 20
+
+
+def test_http_concurrent_conditional_updates_make_one_resource_each(client, live):
+    """16 clients conditionally update 20 absent Patients, in step: 20 Patients, each with one
+    version per client, and a conditional update afterwards updates rather than answers 412."""
+    system = f"urn:oid:1.2.156.{int(unique()[:8], 16)}"
+    values = [unique() for _ in range(IDENTIFIERS)]
+
+    def put_all(c, i):
+        out = []
+        for v in values:
+            body = patient(v, family=f"C{i}", system=system)
+            r = c.put("/Patient", params={"identifier": f"{system}|{v}"}, json=body,
+                      headers=FHIR_JSON)
+            out.append((r.status_code, r.json().get("id"), r.text[:300]))
+        return out
+
+    per_client = run_together(CLIENTS, with_client(live, put_all))
+    for k, v in enumerate(values):
+        answers = [per_client[i][k] for i in range(CLIENTS)]
+        assert Counter(s for s, _, _ in answers) == {201: 1, 200: CLIENTS - 1}, answers
+        assert len({rid for _, rid, _ in answers}) == 1, answers
+    found = client.get("/Patient", params={"identifier": f"{system}|", "_count": "100",
+                                           "_total": "accurate"}).json()
+    assert found["total"] == IDENTIFIERS
+    rid = per_client[0][0][1]
+    assert client.get(f"/Patient/{rid}/_history").json()["total"] == CLIENTS
+    after = client.put("/Patient", params={"identifier": f"{system}|{values[0]}"},
+                       json=patient(values[0], family="After", system=system), headers=FHIR_JSON)
+    assert after.status_code == 200, after.text
+    assert after.json()["id"] == rid
+
+
+def test_http_concurrent_conditional_updates_on_any_search_make_one_resource(client, live):
+    """Criteria only the search index answers: the guard re-plans an update that would create
+    when a Patient was written since it searched."""
+    for _ in range(2):
+        family = f"U{unique()}"
+        query = {"family": family, "birthdate": "1980-02-03"}
+
+        def put_(c, i):
+            body = {"resourceType": "Patient", "name": [{"family": family}],
+                    "birthDate": "1980-02-03", "gender": ["male", "female", "other", "unknown"][i]}
+            return c.put("/Patient", params=query, json=body, headers=FHIR_JSON)
+
+        rs = run_together(4, with_client(live, put_))
+        assert Counter(r.status_code for r in rs) == {201: 1, 200: 3}, [r.text for r in rs]
+        assert len({r.json()["id"] for r in rs}) == 1
+        assert client.get("/Patient", params={"family:exact": family}).json()["total"] == 1
+
+
+def test_http_concurrent_transactions_with_conditional_updates(client, live):
+    """Transactions that conditionally update one absent Patient and add an Observation about
+    it (a urn:uuid reference): one Patient, every Observation pointing at it."""
+    d = patient()
+
+    def tx(c, i):
+        pu = f"urn:uuid:{unique()}"
+        b = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": pu, "resource": dict(d, gender=["male", "female"][i % 2]),
+             "request": {"method": "PUT", "url": f"Patient?identifier={token(d)}"}},
+            {"resource": observation(pu), "request": {"method": "POST", "url": "Observation"}},
+        ]}
+        return c.post("", json=b, headers=FHIR_JSON)
+
+    rs = run_together(8, with_client(live, tx))
+    assert all(r.status_code == 200 for r in rs), [r.text[:300] for r in rs]
+    pids = {r.json()["entry"][0]["response"]["location"].split("/")[1] for r in rs}
+    assert len(pids) == 1
+    (pid,) = pids
+    for r in rs:
+        oid = r.json()["entry"][1]["response"]["location"].split("/")[1]
+        assert client.get(f"/Observation/{oid}").json()["subject"]["reference"] == f"Patient/{pid}"
+    assert client.get("/Patient", params={"identifier": token(d)}).json()["total"] == 1
+
+
+
+def test_http_concurrent_batches_with_conditional_entries(client, live):
+    """Batches whose entries conditionally update two absent Patients: one Patient per
+    identifier, whatever order the batches commit in."""
+    a, b = patient(), patient()
+
+    def batch(c, i):
+        bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"resource": dict(a, gender=["male", "female"][i % 2]),
+             "request": {"method": "PUT", "url": f"Patient?identifier={token(a)}"}},
+            {"resource": dict(b, gender=["male", "female"][i % 2]),
+             "request": {"method": "PUT", "url": f"Patient?identifier={token(b)}"}},
+        ]}
+        return c.post("", json=bundle, headers=FHIR_JSON)
+
+    rs = run_together(8, with_client(live, batch))
+    assert all(r.status_code == 200 for r in rs), [r.text[:300] for r in rs]
+    statuses = [e["response"]["status"] for r in rs for e in r.json()["entry"]]
+    assert all(s.startswith(("200", "201")) for s in statuses), statuses
+    for d in (a, b):
+        assert client.get("/Patient", params={"identifier": token(d)}).json()["total"] == 1
+
+
+def test_http_conditional_delete_in_a_transaction_racing_conditional_updates(client, live):
+    """Transactions that conditionally delete one Patient and conditionally update another
+    absent one: the first ends deleted (one deletion), the second exists once."""
+    gone_, keep = patient(), patient()
+    assert client.put("/Patient", params={"identifier": token(gone_)}, json=gone_,
+                      headers=FHIR_JSON).status_code == 201
+
+    def tx(c, i):
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"request": {"method": "DELETE", "url": f"Patient?identifier={token(gone_)}"}},
+            {"resource": dict(keep, gender=["male", "female"][i % 2]),
+             "request": {"method": "PUT", "url": f"Patient?identifier={token(keep)}"}},
+        ]}
+        return c.post("", json=bundle, headers=FHIR_JSON)
+
+    rs = run_together(8, with_client(live, tx))
+    assert all(r.status_code == 200 for r in rs), [r.text[:300] for r in rs]
+    assert client.get("/Patient", params={"identifier": token(gone_)}).json()["total"] == 0
+    assert client.get("/Patient", params={"identifier": token(keep)}).json()["total"] == 1

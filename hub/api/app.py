@@ -251,7 +251,7 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     @app.post("/fhir/", include_in_schema=False)
     async def transaction(request: Request) -> Response:
         check_format(request)
-        _, d = await _body(request, "Bundle")
+        raw, d = await _body(request, "Bundle")
         hub, ctx, b = _hub(request), _ctx(request), base(request)
         service = _search(request)
 
@@ -259,7 +259,7 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
             return _get(hub, service, path, query, b, settings)
 
         out = await run_in_threadpool(bundles.process, d, hub, ctx, b,
-                                      prefer_return(request) == "representation", get)
+                                      prefer_return(request) == "representation", get, raw)
         return fhir_response(out, request=request)
 
     @app.get("/fhir/_history", name="history-system")

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from hub import jsontext
 from hub import resource as res
 from hub.conditional import parse_query
 from hub.errors import FhirError, bad_request
@@ -88,7 +89,7 @@ def parse_entry(i: int, entry: object, base: str) -> Op | tuple[str, str]:
                 f"The resource id {d.get('id')!r} differs from the request URL {url!r}",
                 f"{where}.resource.id",
             )
-        res.validate(rtype, orjson.dumps(d), d, f"{where}.resource")
+        res.validate(rtype, jsontext.dumps(d, f"{where}.resource"), d, f"{where}.resource")
         op.d = d
     return op
 
@@ -117,16 +118,21 @@ def validate_envelope(bundle: dict, entries: list) -> None:
         for e in entries
     ]
     # entries emptied by taking their resource out are fine here; parse_entry says what is missing
-    res.validate("Bundle", orjson.dumps(envelope), envelope, check_json=False)
+    res.validate("Bundle", jsontext.dumps(envelope, "Bundle"), envelope, check_json=False)
 
 
 def process(bundle: dict, hub: Hub, ctx: Context, base: str, representation: bool,
-            get: GetHandler) -> dict:
+            get: GetHandler, raw: bytes | None = None) -> dict:
+    """``raw``: the JSON text of ``bundle`` as received, when there is one."""
     btype = bundle.get("type")
     if btype not in ("transaction", "batch"):
         raise bad_request(
             f"POST to the base accepts transaction or batch Bundles, not {btype!r}", "Bundle.type"
         )
+    if btype == "transaction" and raw is not None:
+        # one bad string fails a transaction whole: found in the text before any entry is
+        # validated (a batch refuses only the entry, when that entry is validated)
+        jsontext.refuse_bad_text(bundle, "Bundle", raw)
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise bad_request("Bundle.entry must be an array", "Bundle.entry")

@@ -1,0 +1,174 @@
+"""What the text of a JSON body may not carry although the parsers accept it.
+
+- **Duplicate keys.** ``{"gender": "male", "gender": "female"}`` is valid JSON to orjson, pydantic
+  and the ``json`` module alike, and each keeps the last value without a word: the hub would store
+  a resource that is not what one reader of the same bytes sees.
+- **Control characters and lone surrogates in strings.** FHIR R4 strings match
+  ``[ \\r\\n\\t\\S]+`` and may not hold code points below U+0020 other than tab, CR and LF; JSON
+  escapes (``\\u0000``) carry them past the parser, and a lone surrogate (``\\ud800``, or a str a
+  mapper built) is no Unicode text at all. NUL in particular breaks PostgreSQL text columns and
+  every C consumer downstream.
+
+Both are checked on the bytes first, where nearly every body is ruled out in a few microseconds
+(the write path validates 5-8 thousand resources a second per core, so a check may cost little);
+only a body the byte test cannot clear is walked (or parsed a second time) to name the element.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import orjson
+
+from hub.errors import FhirError, Issue
+
+MAX_ISSUES = 20
+
+# -- control characters and lone surrogates ------------------------------------------------------
+
+# In JSON text a control character inside a string can only be an escape (raw ones are a syntax
+# error): \b, \f or \u0000-\u001f; a surrogate is \ud800-\udfff (a valid pair matches too, and the
+# walk then finds nothing). An escaped backslash before "u0000" matches as well: the walk decides.
+_SUSPECT_ESCAPE = re.compile(rb"\\(?:[bf]|u(?:00[01]|[dD][89a-fA-F]))")
+_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+
+
+def text_may_be_bad(raw: bytes) -> bool:
+    """False when the JSON text ``raw`` surely holds no forbidden character in any string."""
+    return b"\\" in raw and _SUSPECT_ESCAPE.search(raw) is not None
+
+
+def bad_text(node: Any, path: str, issues: list[Issue]) -> None:
+    """Append an issue per string (value or key) of ``node`` holding a forbidden character."""
+    if isinstance(node, str):
+        # isprintable is one C loop; only strings it flags (tab, newline, CJK is printable) are
+        # searched
+        if not node.isprintable() and (m := _FORBIDDEN.search(node)) is not None:
+            issues.append(Issue(
+                "invalid", f"The string holds U+{ord(m.group()):04X}: FHIR strings may not contain "
+                "control characters other than tab, CR and LF, nor lone surrogates",
+                expression=path))
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            if len(issues) >= MAX_ISSUES:
+                return
+            if not k.isprintable() and (m := _FORBIDDEN.search(k)) is not None:
+                issues.append(Issue("invalid", f"The key {k!r} holds U+{ord(m.group()):04X}, "
+                                    "which no FHIR element name contains", expression=path))
+                continue
+            bad_text(v, f"{path}.{k}", issues)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            if len(issues) >= MAX_ISSUES:
+                return
+            bad_text(v, f"{path}[{i}]", issues)
+
+
+def refuse_bad_text(d: Any, path: str, raw: bytes | None = None) -> None:
+    """400 naming each element whose string holds a forbidden character. With ``raw`` (the JSON
+    text of ``d``) the walk runs only where the bytes cannot rule them out."""
+    if raw is not None and not text_may_be_bad(raw):
+        return
+    issues: list[Issue] = []
+    try:
+        bad_text(d, path, issues)
+    except RecursionError:  # only a hostile body nests this deep; the parser took it
+        raise FhirError(400, "too-costly", "The JSON nests too deep to check", path) from None
+    if issues:
+        raise FhirError(400, "invalid", issues[0].diagnostics, issues=issues)
+
+
+def escaped(text: str) -> str:
+    """``text`` with each forbidden character written as ``\\uXXXX``: safe to store."""
+    return _FORBIDDEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def dumps(d: Any, path: str) -> bytes:
+    """``orjson.dumps(d)`` for a dict built in memory (a mapper's output, a Bundle entry): what
+    orjson cannot write (a lone surrogate, an integer beyond 64 bits) is a 400 naming the
+    element where it can, not a crash."""
+    try:
+        return orjson.dumps(d)
+    except orjson.JSONEncodeError as e:
+        refuse_bad_text(d, path)
+        raise FhirError(400, "value", f"The content cannot be written as JSON: {e}", path) from None
+
+
+# -- duplicate keys ------------------------------------------------------------------------------
+
+# A key ends with a quote followed (after optional whitespace) by a colon. Counting that pattern in
+# the text counts every key once, plus any string whose content has '":' written with \" (it can
+# only count more, never fewer). orjson writes the parsed object compactly with '":' after every
+# key and '\\":' for such content: so if the text counts no more than the re-written parse, no key
+# was dropped, i.e. none was duplicated. Only \u0022 and \u003a (a quote or colon spelled as an
+# escape) could make the text count fewer; such a body takes the slow path.
+_KEY_END_SPACED = re.compile(rb'"[ \t\r\n]+:')
+_KEY_END = re.compile(rb'"[ \t\r\n]*:')
+_QUOTE_OR_COLON_ESCAPE = re.compile(rb"\\u00(?:22|3[aA])")
+
+
+def keys_may_repeat(raw: bytes, d: Any) -> bool:
+    """False when the JSON text ``raw``, parsed as ``d``, surely has no duplicate key."""
+    if b"\\" in raw and _QUOTE_OR_COLON_ESCAPE.search(raw):
+        return True
+    try:
+        written = orjson.dumps(d).count(b'":')
+    except orjson.JSONEncodeError:  # integers beyond 64 bits, nesting orjson will not write
+        return True
+    if _KEY_END_SPACED.search(raw) is None:
+        return raw.count(b'":') != written
+    return len(_KEY_END.findall(raw)) != written
+
+
+class _Repeats(dict):
+    """An object of the slow parse that had repeated keys (the last value kept, like orjson)."""
+
+    repeated: list[str]
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict:
+    d = dict(pairs)
+    if len(d) == len(pairs):
+        return d
+    out = _Repeats(d)
+    seen: set[str] = set()
+    out.repeated = [k for k, _ in pairs if k in seen or seen.add(k)]
+    return out
+
+
+def duplicate_keys(raw: bytes, root: str) -> list[Issue]:
+    """The repeated keys of the JSON text ``raw``, each with its path (the slow, exact check)."""
+    issues: list[Issue] = []
+
+    def walk(node: Any, path: str) -> None:
+        if len(issues) >= MAX_ISSUES:
+            return
+        if isinstance(node, dict):
+            for k in dict.fromkeys(getattr(node, "repeated", ())):
+                issues.append(Issue(
+                    "structure", f"The key {k!r} appears more than once in one object; parsers "
+                    "would keep only one of its values", expression=f"{path}.{k}"))
+            for k, v in node.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
+    try:
+        tree = json.loads(raw, object_pairs_hook=_pairs)
+        if isinstance(tree, dict) and isinstance(tree.get("resourceType"), str):
+            root = tree["resourceType"]
+        walk(tree, root)
+    except RecursionError:  # orjson took it (1024 levels), Python's stack does not
+        return [Issue("too-costly", "The JSON nests too deep to check", expression=root)]
+    return issues
+
+
+def refuse_duplicate_keys(raw: bytes, d: Any, root: str = "$") -> None:
+    """400 naming each repeated key of the JSON text ``raw`` (already parsed as ``d``)."""
+    if keys_may_repeat(raw, d):
+        issues = duplicate_keys(raw, root)
+        if issues:
+            raise FhirError(400, issues[0].code, issues[0].diagnostics, issues=issues)
