@@ -155,7 +155,9 @@ def check_and_convert(payload: bytes, source: SourceInfo, now: datetime) -> Conv
 
     The report holds the rule findings and the mapper's own (entries it could not map, invalid
     times, duplicate ids), so both are stored, answered and counted. Unless the connector names the
-    institution, the report names the document's custodian."""
+    institution, the report names the document's custodian. The resources are stamped with the
+    document's set, version and time (``fhir_mapping.source_order``): a late older version does not
+    replace what a newer one wrote."""
     from fhir_mapping import cda, quality
 
     checked = quality.evaluate(payload, now=now)
@@ -165,6 +167,11 @@ def check_and_convert(payload: bytes, source: SourceInfo, now: datetime) -> Conv
         report = quality_report(checked["outcome"], "reject", reporting, h.doc_id, h.doc_type, now)
         raise QualityRejected(report, checked["rules"])
     conversion = cda.convert(payload, source)
+    composition = next((r for r in conversion.resources if r["resourceType"] == "Composition"), None)
+    if composition is not None:
+        versioned = bool(h.set_id) and h.version is not None
+        conversion.set_source(composition.get("date"), composition["id"] if versioned else None,
+                              h.version if versioned else None)
     doc_ref = next((f"DocumentReference/{r['id']}" for r in conversion.resources
                     if r["resourceType"] == "DocumentReference"), None)
     merged = quality.report([*checked["findings"], *conversion.findings]) \
