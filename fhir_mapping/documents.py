@@ -132,13 +132,16 @@ def reporting_source(source: SourceInfo, h: Header) -> SourceInfo:
 
 
 def quality_report(outcome: dict[str, Any], decision: str, source: SourceInfo, doc_id: str,
-                   doc_type: str, now: datetime, document_ref: str | None = None) -> dict:
-    """The report as a storable OperationOutcome (what the data-quality projection counts)."""
+                   doc_type: str, now: datetime, document_ref: str | None = None,
+                   type_system: str = DOCUMENT_CODES) -> dict:
+    """The report as a storable OperationOutcome (what the data-quality projection counts).
+    ``doc_type`` is a code of ``type_system``: a WS/T 500 document code, or a message's
+    interaction (an HL7 v3 registration's findings are reported the same way)."""
     ext = [{"url": EXT + "quality-institution", "valueString": source.institution or "unknown"},
            *([{"url": EXT + "quality-institution-name", "valueString": source.name}]
              if source.name else []),
            {"url": EXT + "quality-document-type",
-            "valueCoding": {"system": DOCUMENT_CODES, "code": doc_type}},
+            "valueCoding": {"system": type_system, "code": doc_type}},
            {"url": EXT + "quality-decision", "valueCode": decision},
            {"url": EXT + "quality-checked", "valueDateTime": now.isoformat()},
            {"url": EXT + "quality-document-id", "valueString": doc_id[:1000]}]
