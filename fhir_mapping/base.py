@@ -85,8 +85,10 @@ class Conversion:
 
     def write_keys(self) -> dict[str, bytes]:
         """"Type/id" -> content of what this conversion writes there (a batch must not carry two
-        different writes to one resource: a re-sent batch must be a no-op, never a revert)."""
-        keys = {f"{r['resourceType']}/{r['id']}": orjson.dumps(r, option=orjson.OPT_SORT_KEYS)
+        different writes to one resource: a re-sent batch must be a no-op, never a revert). The
+        source-order stamp is not content: every message repeats its institution's Organization."""
+        keys = {f"{r['resourceType']}/{r['id']}": orjson.dumps(source_order.strip(r),
+                                                               option=orjson.OPT_SORT_KEYS)
                 for r in self.resources}
         keys.update({ref: b"DELETE" for ref in self.deletes})
         return keys

@@ -197,3 +197,21 @@ def test_order_rules():
     assert older_than(Order(time="2024-03-16T09:00:00+08:00"),
                       Order(time="2024-03-16T09:00:00+08:00")) is None  # a replay is no older
     assert older_than(Order(), Order(time="2024-03-16")) is None  # no stamp: written as before
+
+
+def test_the_stamp_is_no_content_a_connector_batch_need_keep_apart():
+    """Every message repeats its institution's Organization: with only the source time differing,
+    units still share a delivery batch (take_batch), and the hub sees no new version."""
+    from connectors.sinks.base import take_batch
+    from connectors.spool import Unit
+    from hub.resource import content_hash
+
+    a = hl7v2.convert(adt_a08("K-1", "20240316100000", "20240316100001", "05", "13900000010"),
+                      SourceInfo(institution="H0731"))
+    b = hl7v2.convert(adt_a08("K-2", "20240316110000", "20240316110001", "05", "13900000010"),
+                      SourceInfo(institution="H0731"))
+    org_a, org_b = (next(r for r in c.resources if r["resourceType"] == "Organization") for c in (a, b))
+    assert org_a["meta"] != org_b["meta"] and content_hash(org_a) == content_hash(org_b)
+    units = [Unit(i, "s", c.unit_id, c.kind, c.patient_key, c.resources, [], 0.0)
+             for i, c in enumerate((a, b))]
+    assert len(take_batch(units, 10)) == 2
