@@ -30,7 +30,6 @@ import orjson
 from eventsourcing.persistence import StoredEvent
 
 from fhir_mapping import source_order
-
 from hub import resource as res
 from hub.conditional import IdentifierResolver, Query, identifiers_match, parse_query
 from hub.errors import (
@@ -338,7 +337,8 @@ class Hub:
                     body = orjson.loads(found[1].partition(b"\n")[2] or found[1])
                 except orjson.JSONDecodeError:
                     continue
-                why = source_order.older_than(source_order.order_of(op.d), source_order.order_of(body))
+                why = source_order.older_than(source_order.order_of(op.d),
+                                              source_order.order_of(body))
                 if why:
                     out[i] = Result(200, op.rtype, op.target, found[0], issues=[Issue(
                         "informational", f"{op.rtype}/{op.target} not written: {why}; the stored "
