@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from fhir_mapping import source_order
+
 
 @dataclass(frozen=True, slots=True)
 class SourceInfo:
@@ -55,6 +57,23 @@ class Conversion:
     kind: str = ""  # e.g. "ADT^A01", "row:outpatient-visit"
     findings: list[Finding] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)  # "Type/id" to delete (rare: cancellations)
+    # the source's own order (fhir_mapping.source_order): when it recorded the change (HL7 v2
+    # EVN-2, else MSH-7), or a document set and its version; stamped on every resource, so the hub
+    # leaves a stored state from a newer source in place, however late this unit arrives
+    source_time: str | None = None
+    source_series: str | None = None
+    source_version: int | None = None
+
+    def __post_init__(self) -> None:
+        self.set_source(self.source_time, self.source_series, self.source_version)
+
+    def set_source(self, time: str | None = None, series: str | None = None,
+                   version: int | None = None) -> Conversion:
+        """Record the source's order and stamp it on the resources (a document gets its version
+        after mapping, from the header)."""
+        self.source_time, self.source_series, self.source_version = time, series, version
+        source_order.stamp(self.resources, source_order.Order(time, series, version))
+        return self
 
     def entries(self) -> list[dict[str, Any]]:
         """Bundle entries (batch or transaction) writing this conversion."""
@@ -66,8 +85,10 @@ class Conversion:
 
     def write_keys(self) -> dict[str, bytes]:
         """"Type/id" -> content of what this conversion writes there (a batch must not carry two
-        different writes to one resource: a re-sent batch must be a no-op, never a revert)."""
-        keys = {f"{r['resourceType']}/{r['id']}": orjson.dumps(r, option=orjson.OPT_SORT_KEYS)
+        different writes to one resource: a re-sent batch must be a no-op, never a revert). The
+        source-order stamp is not content: every message repeats its institution's Organization."""
+        keys = {f"{r['resourceType']}/{r['id']}": orjson.dumps(source_order.strip(r),
+                                                               option=orjson.OPT_SORT_KEYS)
                 for r in self.resources}
         keys.update({ref: b"DELETE" for ref in self.deletes})
         return keys

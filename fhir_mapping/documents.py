@@ -15,10 +15,12 @@ identifiers (the same document checked twice yields the same report id).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
+from fhir_mapping.identifiers import usable
 from fhir_mapping.ids import stable_id
 
 HUB_TAGS = "https://fhir-region-hub.example/CodeSystem/hub-tags"
@@ -49,7 +51,25 @@ class QualityRejected(MappingError):
 def document_keys(payload: bytes) -> tuple[str, str]:
     """(document id ``root^extension``, document type code) read leniently, for reports of
     documents that may not map; a hash of the bytes and "unknown" where the XML does not say."""
-    doc_id, code = "", "unknown"
+    h = header(payload)
+    return h.doc_id, h.doc_type
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """What a report needs from a document's header, read leniently (the document may not map)."""
+
+    doc_id: str
+    doc_type: str = "unknown"
+    set_id: str = ""  # root^extension
+    version: int | None = None
+    custodian: str = ""  # the custodian organisation's code (id extension, else root)
+    custodian_name: str = ""
+    time: str | None = None  # effectiveTime as sent (HL7 TS)
+
+
+def header(payload: bytes) -> Header:
+    doc_id, code, set_id, version, cust, cust_name, time = "", "unknown", "", None, "", "", None
     try:
         from fhir_mapping.xmlsafe import parse_xml
 
@@ -60,17 +80,68 @@ def document_keys(payload: bytes) -> tuple[str, str]:
         el = root.find(f"{_V3}code")
         if el is not None and el.get("code"):
             code = el.get("code")
+        el = root.find(f"{_V3}setId")
+        if el is not None and (el.get("root") or el.get("extension")):
+            set_id = f"{el.get('root', '')}^{el.get('extension', '')}"
+        el = root.find(f"{_V3}versionNumber")
+        if el is not None and (el.get("value") or "").strip().isdigit():
+            version = int(el.get("value").strip())
+        el = root.find(f"{_V3}effectiveTime")
+        if el is not None and el.get("value"):
+            time = el.get("value").strip()
+        cust, cust_name = _custodian(root)
     except Exception:  # noqa: BLE001 - not well-formed or hostile: the quality rules say why
-        pass
-    return doc_id or "sha1:" + hashlib.sha1(payload).hexdigest(), code
+        try:  # who sent a document that is not well-formed: from its recovered tree
+            from fhir_mapping.quality.engine import recovered_tree
+
+            recovered = recovered_tree(payload)
+            if recovered is not None:
+                cust, cust_name = _custodian(recovered)
+        except Exception:  # noqa: BLE001 - nothing to recover: the report says "unknown"
+            pass
+    return Header(doc_id or "sha1:" + hashlib.sha1(payload).hexdigest(), code, set_id, version,
+                  cust, cust_name, time)
+
+
+def _custodian(root: Any) -> tuple[str, str]:
+    """(code, name) of the custodian organisation; "" for what the document does not say."""
+    code = name = ""
+    org = root.find(f"{_V3}custodian/{_V3}assignedCustodian/{_V3}representedCustodianOrganization")
+    if org is not None:
+        el = org.find(f"{_V3}id")
+        if el is not None:
+            code = usable_code(el.get("extension")) or usable_code(el.get("root"))
+        el = org.find(f"{_V3}name")
+        if el is not None:
+            name = " ".join("".join(el.itertext()).split())[:200]
+    return code, name
+
+
+def usable_code(value: str | None) -> str:
+    """An institution code from the document, or "" for a filler (``-``, a template label)."""
+    v = " ".join((value or "").split())[:128]
+    return v if v and usable(v) and v.isprintable() else ""
+
+
+def reporting_source(source: SourceInfo, h: Header) -> SourceInfo:
+    """The connector's source, its institution taken from the document's custodian when the
+    connector names none (a report says which hospital sent it, not "unknown")."""
+    if source.institution or not h.custodian:
+        return source
+    return replace(source, institution=h.custodian, name=source.name or h.custodian_name)
 
 
 def quality_report(outcome: dict[str, Any], decision: str, source: SourceInfo, doc_id: str,
-                   doc_type: str, now: datetime, document_ref: str | None = None) -> dict:
-    """The report as a storable OperationOutcome (what the data-quality projection counts)."""
+                   doc_type: str, now: datetime, document_ref: str | None = None,
+                   type_system: str = DOCUMENT_CODES) -> dict:
+    """The report as a storable OperationOutcome (what the data-quality projection counts).
+    ``doc_type`` is a code of ``type_system``: a WS/T 500 document code, or a message's
+    interaction (an HL7 v3 registration's findings are reported the same way)."""
     ext = [{"url": EXT + "quality-institution", "valueString": source.institution or "unknown"},
+           *([{"url": EXT + "quality-institution-name", "valueString": source.name}]
+             if source.name else []),
            {"url": EXT + "quality-document-type",
-            "valueCoding": {"system": DOCUMENT_CODES, "code": doc_type}},
+            "valueCoding": {"system": type_system, "code": doc_type}},
            {"url": EXT + "quality-decision", "valueCode": decision},
            {"url": EXT + "quality-checked", "valueDateTime": now.isoformat()},
            {"url": EXT + "quality-document-id", "valueString": doc_id[:1000]}]
@@ -83,18 +154,32 @@ def quality_report(outcome: dict[str, Any], decision: str, source: SourceInfo, d
 
 
 def check_and_convert(payload: bytes, source: SourceInfo, now: datetime) -> Conversion:
-    """Quality control, then mapping; the Conversion's resources end with the quality report."""
+    """Quality control, then mapping; the Conversion's resources end with the quality report.
+
+    The report holds the rule findings and the mapper's own (entries it could not map, invalid
+    times, duplicate ids), so both are stored, answered and counted. Unless the connector names the
+    institution, the report names the document's custodian. The resources are stamped with the
+    document's set, version and time (``fhir_mapping.source_order``): a late older version does not
+    replace what a newer one wrote."""
     from fhir_mapping import cda, quality
 
     checked = quality.evaluate(payload, now=now)
-    doc_id, doc_type = document_keys(payload)
+    h = header(payload)
+    reporting = reporting_source(source, h)
     if checked["decision"] == "reject":
-        report = quality_report(checked["outcome"], "reject", source, doc_id, doc_type, now)
+        report = quality_report(checked["outcome"], "reject", reporting, h.doc_id, h.doc_type, now)
         raise QualityRejected(report, checked["rules"])
     conversion = cda.convert(payload, source)
+    composition = next((r for r in conversion.resources if r["resourceType"] == "Composition"), None)
+    if composition is not None:
+        versioned = bool(h.set_id) and h.version is not None
+        conversion.set_source(composition.get("date"), composition["id"] if versioned else None,
+                              h.version if versioned else None)
     doc_ref = next((f"DocumentReference/{r['id']}" for r in conversion.resources
                     if r["resourceType"] == "DocumentReference"), None)
-    report = quality_report(checked["outcome"], checked["decision"], source, doc_id, doc_type,
+    merged = quality.report([*checked["findings"], *conversion.findings]) \
+        if conversion.findings else checked
+    report = quality_report(merged["outcome"], merged["decision"], reporting, h.doc_id, h.doc_type,
                             now, doc_ref)
     conversion.resources.append(report)
     return conversion

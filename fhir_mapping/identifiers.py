@@ -46,8 +46,8 @@ def is_resident_id_system(system: str | None) -> bool:
 
 def is_filler(value: str | None) -> bool:
     """True for a value that fills the field without identifying anyone: a listed filler (``-``, ``无``,
-    ``不详``, ``null``…), a template label (``医务人员编码``), punctuation only, or one character repeated
-    or a run of digits (``0000``, ``123456``), whatever the field."""
+    ``不详``, ``null``…), a template label (``医务人员编码``), punctuation only, zeros, one character
+    repeated (a digit: four times or more) or a run of digits (``0000``, ``123456``), whatever the field."""
     if value is None:
         return False
     s = str(value).strip()
@@ -60,8 +60,8 @@ def is_filler(value: str | None) -> bool:
         return True  # a field label left in the value: 责任护士工号, 会诊科室名称
     if not any(c.isalnum() for c in s):
         return True  # "-", "--", "/", "*", "。"
-    if len(s) >= 2 and len(set(s)) == 1:
-        return True  # "00", "XXXX", "无无"
+    if len(s) >= 2 and len(set(s)) == 1 and (not s.isdigit() or s[0] == "0" or len(s) >= 4):
+        return True  # "00", "XXXX", "无无", "9999"; but "22" is a document serial number seen in the samples
     return resident_id.is_placeholder(s) and len(s) >= 6
 
 

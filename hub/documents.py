@@ -16,15 +16,26 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import orjson
+
 from fhir_mapping.base import MappingError, SourceInfo
-from fhir_mapping.documents import QualityRejected, check_and_convert, document_keys, quality_report
+from fhir_mapping import source_order
+from fhir_mapping.documents import (
+    QualityRejected,
+    check_and_convert,
+    header,
+    quality_report,
+    reporting_source,
+)
 from hub import jsontext
 from hub import resource as res
 from hub.errors import FhirError
+from hub.events import resource_bytes
 from hub.ingest import Context, Hub, Op, Result
 from hub.quarantine import Quarantine
 
 RULE_SYSTEM = "https://fhir-region-hub.example/CodeSystem/quality-rule"
+SUPERSEDED_RULE = "cda.document.superseded"
 
 CHINA = timezone(timedelta(hours=8))
 
@@ -50,7 +61,8 @@ class DocumentService:
                    now: datetime | None = None) -> DocumentResult:
         now = now or datetime.now(CHINA)
         ctx = ctx or Context()
-        ctx.source = {**ctx.source, "institution": source.institution or "unknown",
+        institution = reporting_source(source, header(payload)).institution
+        ctx.source = {**ctx.source, "institution": institution or "unknown",
                       **({"feed": source.feed} if source.feed else {})}
         try:
             conversion = check_and_convert(payload, source, now)
@@ -61,6 +73,7 @@ class DocumentService:
                                 self._error_report(payload, source, now, e.reason, e.location),
                                 e.reason)
         report = conversion.resources[-1]
+        self._note_superseded(conversion.resources, report)
         normaliser = self.normaliser() if self.normaliser is not None else None
         if normaliser is not None:
             normaliser.apply(conversion)
@@ -92,6 +105,33 @@ class DocumentService:
 
     # -- helpers -----------------------------------------------------------------------------------
 
+    def _note_superseded(self, resources: list[dict], report: dict) -> None:
+        """A late older version of a stored document: accepted and kept for audit (its Binary and
+        this report are written), but the hub leaves what the newer version wrote in place
+        (``Hub.execute`` compares the source-order stamps). The report says so, so the sender's
+        integration engine sees an answer it need not retry and an operator sees why nothing
+        changed."""
+        doc = next((r for r in resources if r["resourceType"] == "DocumentReference"), None)
+        new = source_order.order_of(doc) if doc is not None else None
+        if not new:
+            return
+        stored = self.hub.store.latest("DocumentReference", doc["id"])
+        if stored is None or stored.topic.endswith("Deleted"):
+            return
+        why = source_order.older_than(new, source_order.order_of(orjson.loads(resource_bytes(stored))))
+        if not why:
+            return
+        binary = next((r["id"] for r in resources if r["resourceType"] == "Binary"), None)
+        issue = {"severity": "information", "code": "informational", "details": {
+            "coding": [{"system": RULE_SYSTEM, "code": SUPERSEDED_RULE,
+                        "display": "an older version of a stored document arrived late"}],
+            "text": f"superseded: {why}. This version is kept for audit (Binary/{binary}, this "
+                    f"report); the resources of the stored newer version are not replaced"},
+            "location": ["/hl7:ClinicalDocument/hl7:versionNumber"]}
+        kept = [i for i in report["issue"] if i.get("details", {}).get("coding")
+                or i.get("severity") != "information"]  # the "no quality findings" line goes
+        report["issue"] = [*kept, issue]
+
     def _refuse(self, payload: bytes, source: SourceInfo, ctx: Context, report: dict,
                 reason: str) -> DocumentResult:
         qid = self.quarantine.put("cda", payload, asdict(source), report, reason)
@@ -101,7 +141,9 @@ class DocumentService:
     @staticmethod
     def _error_report(payload: bytes, source: SourceInfo, now: datetime, reason: str,
                       location: str | None) -> dict:
-        doc_id, doc_type = document_keys(payload)
+        h = header(payload)
+        doc_id, doc_type = h.doc_id, h.doc_type
+        source = reporting_source(source, h)
         issue: dict[str, Any] = {"severity": "error", "code": "processing", "details": {
             "coding": [{"system": RULE_SYSTEM, "code": "cda.mapping.failed",
                         "display": "the document passed quality control but could not be mapped"}],

@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 from eventsourcing.persistence import StoredEvent
 
+from fhir_mapping import source_order
 from hub import jsontext
 from hub import resource as res
 from hub.conditional import IdentifierResolver, Query, identifiers_match, parse_query
@@ -217,8 +219,12 @@ class Hub:
         last_updated, ts = self.clock()
         commit = Commit()
         pending: list[tuple[int, Result]] = []
+        older = self._older_than_stored(ops, planned, heads)
         for i in planned:
             op = ops[i]
+            if i in older:  # the stored state came from a newer source: kept, and said so
+                pending.append((i, older[i]))
+                continue
             try:
                 result = self._decide(op, heads.get((op.rtype, op.target)), ctx, commit,
                                       last_updated, ts)
@@ -311,6 +317,38 @@ class Hub:
                     _rewrite(ops[i].d, resolve, undo)
                 except FhirError as e:
                     raise _located(e, ops[i]) from None
+
+    def _older_than_stored(self, ops: list[Op], planned: list[int],
+                           heads: dict[tuple[str, str], Head]) -> dict[int, Result]:
+        """Writes whose source order (``fhir_mapping.source_order``, stamped by the mappers) is
+        older than the stored version's: their results, the stored version left in place. A
+        concurrent newer write makes this commit conflict, and the retry reads it here."""
+        wanted: dict[str, list[int]] = {}
+        for i in planned:
+            op = ops[i]
+            head = heads.get((op.rtype, op.target))
+            if op.method == "PUT" and op.d is not None and head is not None and not head.deleted \
+                    and source_order.order_of(op.d):
+                wanted.setdefault(op.rtype, []).append(i)
+        out: dict[int, Result] = {}
+        for rtype, idx in wanted.items():
+            stored = self.store.latest_many(rtype, [ops[i].target for i in idx])
+            for i in idx:
+                op = ops[i]
+                found = stored.get(op.target)
+                if found is None:
+                    continue
+                try:
+                    body = orjson.loads(found[1].partition(b"\n")[2] or found[1])
+                except orjson.JSONDecodeError:
+                    continue
+                why = source_order.older_than(source_order.order_of(op.d),
+                                              source_order.order_of(body))
+                if why:
+                    out[i] = Result(200, op.rtype, op.target, found[0], issues=[Issue(
+                        "informational", f"{op.rtype}/{op.target} not written: {why}; the stored "
+                        f"version {found[0]} stays", "information")])
+        return out
 
     def _decide(self, op: Op, head: Head | None, ctx: Context, commit: Commit,
                 last_updated: str, ts: int) -> Result:

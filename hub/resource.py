@@ -18,6 +18,7 @@ import orjson
 import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 
+from fhir_mapping import source_order
 from hub import jsontext, jsontypes
 from hub.errors import FhirError, Issue, bad_request
 
@@ -123,7 +124,9 @@ def _path(prefix: str, loc: tuple) -> str:
 
 
 def content_hash(d: dict) -> bytes:
-    """Hash of the content that makes a version: everything but id, versionId and lastUpdated."""
+    """Hash of the content that makes a version: everything but id, versionId, lastUpdated and the
+    source-order stamp (the same content from a later message is no new version)."""
+    d = source_order.strip(d)
     meta = d.get("meta")
     if meta is not None or "id" in d:
         d = {k: v for k, v in d.items() if k not in ("meta", "id")}

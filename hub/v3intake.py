@@ -8,27 +8,61 @@ refused CDA document is, and can be replayed after a fix (of the mapping tables,
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from fhir_mapping import hl7v3
+from fhir_mapping import hl7v3, quality
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
+from fhir_mapping.documents import quality_report
+from fhir_mapping.hl7v3.common import Ctx, parse
+from fhir_mapping.hl7v3.common import table as hl7v3_table
 from hub.api import bundles
 from hub.errors import FhirError
 from hub.ingest import Context, Hub, Result
 from hub.quarantine import Quarantine
 
 KIND = "v3"
+CHINA = timezone(timedelta(hours=8))
 
 
 def register(hub: Hub, raw: bytes, source: SourceInfo, ctx: Context,
-             normaliser: Any = None) -> tuple[Conversion, list[Result | FhirError]]:
+             normaliser: Any = None, now: datetime | None = None
+             ) -> tuple[Conversion, list[Result | FhirError]]:
     """Convert and store one registration in one transaction. Raises MappingError (the mapper
-    refuses: its AE/AR) or FhirError (the hub refuses the mapped resources, or is busy)."""
+    refuses: its AE/AR) or FhirError (the hub refuses the mapped resources, or is busy).
+
+    The mapper's findings are written with the resources as a quality report (the OperationOutcome
+    the data-quality projection counts, as for documents), keyed by the institution, interaction
+    and message id: a replay rewrites the same report, a no-op."""
     conv: Conversion = hl7v3.convert(raw, source)
     if normaliser is not None:
-        normaliser.apply(conv)  # local codes: the standard coding beside them (issue 7)
+        normaliser.apply(conv)  # local codes: the standard coding beside them
+    if conv.findings:
+        institution = ctx.source.get("institution") or ""
+        if institution in ("", "unknown"):
+            institution = institution_of(raw, source)
+        conv.resources.append(findings_report(conv, source, institution, now or datetime.now(CHINA)))
     ops = [bundles.parse_entry(i, entry, "") for i, entry in enumerate(conv.entries())]
     return conv, hub.execute(ops, ctx, atomic=True)  # type: ignore[arg-type]
+
+
+def institution_of(raw: bytes, source: SourceInfo) -> str:
+    """The institution the mapper decides on: the connector's, else the message's own."""
+    try:
+        msg = parse(raw)
+        return Ctx(msg, source, hl7v3._org_code(msg)).inst
+    except MappingError:
+        return source.institution
+
+
+def findings_report(conv: Conversion, source: SourceInfo, institution: str, now: datetime) -> dict:
+    """The registration's findings as a stored quality report (``document-quality`` tag)."""
+    checked = quality.report(conv.findings)
+    who = replace(source, institution=institution or source.institution)
+    system = "urn:oid:" + hl7v3_table("interactions")["interaction_id_root"]
+    return quality_report(checked["outcome"], checked["decision"], who, conv.unit_id, conv.kind,
+                          now, type_system=system)
 
 
 def keep(quarantine: Quarantine, raw: bytes, source: SourceInfo, code: str, reason: str,

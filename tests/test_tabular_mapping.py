@@ -110,17 +110,17 @@ def test_resident_id_checked():
     conv = m.convert_row(row, SRC)
     assert by_type(conv)["Patient"]["identifier"][1]["value"] == "11010519491231002X"
     assert conv.findings == []
-    row["id_card_no"] = "110105194912310021"  # wrong check digit: kept, with a finding
+    row["id_card_no"] = "110105194912310021"  # wrong check digit: never stored, a finding
     conv = m.convert_row(row, SRC)
-    assert by_type(conv)["Patient"]["identifier"][1]["value"] == "110105194912310021"
+    assert len(by_type(conv)["Patient"]["identifier"]) == 1
     [f] = conv.findings
-    assert (f.severity, f.rule, f.location) == ("warning", "tabular.resident-id.invalid",
+    assert (f.severity, f.rule, f.location) == ("warning", "tabular.identifier.check-digit",
                                                 "id_card_no")
     assert "110105" not in f.message  # no personal data in findings
     row["id_card_no"] = "000000000000000000"  # placeholder: left out
     conv = m.convert_row(row, SRC)
     assert len(by_type(conv)["Patient"]["identifier"]) == 1
-    assert [f.rule for f in conv.findings] == ["tabular.resident-id.placeholder"]
+    assert [f.rule for f in conv.findings] == ["tabular.identifier.placeholder"]
 
 
 @pytest.mark.parametrize("sex,gender,display", [

@@ -12,6 +12,7 @@ from fhir_mapping.base import Conversion, MappingError, SourceInfo
 
 from .builders import BUILDERS
 from .context import Ctx
+from .datatypes import datetime as v2_datetime
 from .decoding import parse
 from .message import Msg
 from .provenance import provenance
@@ -73,4 +74,11 @@ def _convert(payload: bytes, source: SourceInfo) -> Conversion:
     provenance(ctx, spec["activity"])
     return Conversion(resources=ctx.resources(), unit_id=control_id,
                       patient_key=ctx.patient_ref["reference"] if ctx.patient_ref else None,
-                      kind=kind, findings=ctx.findings)
+                      kind=kind, findings=ctx.findings, source_time=_source_time(msg))
+
+
+def _source_time(msg: Msg) -> str | None:
+    """When the change happened at the source (EVN-2 recorded date/time, else MSH-7): the hub
+    keeps a newer stored state when an older message arrives late (fhir_mapping.source_order)."""
+    evn = msg.first("EVN")
+    return (v2_datetime(evn.get(2)) if evn is not None else None) or v2_datetime(msg.msh.get(7))

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
+from fhir_mapping.identifiers import usable
 
 from . import registrations as reg
 from .ack import acknowledge
@@ -49,7 +50,7 @@ def _org_code(msg: Message) -> str:
     """The institution's organisation code (root 2.16.156.10011.1.5) the message names, if any."""
     for el in msg.root.iter("{urn:hl7-org:v3}id"):
         for root, ext in ids(el):
-            if root == reg.ORG_CODE_ROOT and ext:
+            if root == reg.ORG_CODE_ROOT and usable(ext):  # a filler names no institution
                 return ext
     return ""
 

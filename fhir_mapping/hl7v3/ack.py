@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from lxml import etree
 
-from fhir_mapping.base import MappingError
+from fhir_mapping.base import Finding, MappingError
 from fhir_mapping.ids import stable_id
 
 from .common import V3, XSI, attr, first, ids, table, v3_ts
 from fhir_mapping.xmlsafe import parse_xml
 
 ACK_CODES = ("AA", "AE", "AR")
+# the hub's data-quality rule ids have no OID: named, as the FHIR CodeSystem of the quality reports
+FINDING_RULES = "https://fhir-region-hub.example/CodeSystem/quality-rule"
+MAX_DETAILS = 100  # findings listed in one acknowledgement (the stored report has them all)
 
 
 def E(parent: etree._Element | None, name: str, **attrs: str) -> etree._Element:
@@ -74,7 +78,11 @@ def wrapper(interaction: str, header: dict[str, Any], *, now: datetime | None, m
     return root
 
 
-def ack_element(root: etree._Element, header: dict[str, Any], code: str, text: str) -> etree._Element:
+DETAIL_TYPES = {"error": "E", "warning": "W", "information": "I"}
+
+
+def ack_element(root: etree._Element, header: dict[str, Any], code: str, text: str,
+                details: Sequence[Finding] = ()) -> etree._Element:
     if code not in ACK_CODES:
         raise ValueError(f"acknowledgement code must be one of {ACK_CODES}, not {code!r}")
     ack = E(root, "acknowledgement", typeCode=code)
@@ -85,15 +93,24 @@ def ack_element(root: etree._Element, header: dict[str, Any], code: str, text: s
     if text or code != "AA":
         det = E(ack, "acknowledgementDetail", typeCode="E" if code != "AA" else "I")
         E(det, "text", value=text or ("rejected" if code == "AR" else "application error"))
+    for f in list(details)[:MAX_DETAILS]:  # data-quality findings: rule and location, never the value
+        det = E(ack, "acknowledgementDetail", typeCode=DETAIL_TYPES.get(f.severity, "W"))
+        E(det, "code", code=f.rule, codeSystemName=FINDING_RULES)
+        E(det, "text", value=f.message)
+        if f.location:
+            E(det, "location", value=f.location)
     return ack
 
 
 def acknowledge(payload: bytes | dict[str, Any] | None, code: str = "AA", text: str = "", *,
-                now: datetime | None = None, message_id: str | None = None) -> bytes:
+                now: datetime | None = None, message_id: str | None = None,
+                details: Sequence[Finding] = ()) -> bytes:
     """MCCI_IN000002UV01 for any message: ``code`` AA (accepted), AE (application error) or AR
-    (rejected), ``text`` the detail (an error's reason). The acknowledgement's id is derived from the
-    request's id and the code unless given; its creationTime is ``now`` (else the request's)."""
+    (rejected), ``text`` the detail (an error's reason), then one acknowledgementDetail per
+    data-quality finding in ``details`` (typeCode E/W/I, the rule id as code, the location). The
+    acknowledgement's id is derived from the request's id and the code unless given; its
+    creationTime is ``now`` (else the request's)."""
     header = request_header(payload)
     root = wrapper(table("interactions")["ack"], header, now=now, message_id=message_id, salt=code + text)
-    ack_element(root, header, code, text)
+    ack_element(root, header, code, text, details)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")

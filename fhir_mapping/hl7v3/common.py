@@ -12,6 +12,7 @@ import yaml
 from lxml import etree
 
 from fhir_mapping.base import Finding, MappingError, SourceInfo
+from fhir_mapping.identifiers import key_problem
 from fhir_mapping.ids import stable_id
 from fhir_mapping.xmlsafe import parse_xml
 
@@ -19,6 +20,9 @@ V3 = "urn:hl7-org:v3"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 NS = {"hl7": V3, "xsi": XSI}
 DEFAULT_OFFSET = "+08:00"
+PROBLEM_TEXT = {"placeholder": "placeholder (a filler such as '-', '无', a template label)",
+                "check-digit": "resident ID number failing the GB 11643 check",
+                "missing": "missing value"}
 
 
 @lru_cache(maxsize=None)
@@ -187,6 +191,7 @@ class Ctx:
         self.msg, self.source = msg, source
         self.spec = interactions()[msg.interaction]
         self.findings: list[Finding] = []
+        self.reported: set[tuple[str, str | None, str]] = set()  # identifier problems reported
         self.resources: dict[tuple[str, str], dict[str, Any]] = {}
         self.oid = source.oid
         sender = next((ext for _, ext in msg.sender if ext), "")
@@ -233,7 +238,18 @@ class Ctx:
         return None, extra
 
     def identifier(self, root: str, ext: str, where: str | None = None) -> dict[str, Any] | None:
+        """The FHIR Identifier of an II, or None: a filler value or a resident ID number failing
+        its check digit is no identifier (``fhir_mapping.identifiers``), reported once per place
+        as ``v3.identifier.<placeholder|check-digit>`` with where, never the value."""
         if not ext:
+            return None
+        problem = key_problem(ext, root)
+        if problem is not None:
+            if (problem, where, root) not in self.reported:
+                self.reported.add((problem, where, root))
+                self.find("warning", f"v3.identifier.{problem}",
+                          f"identifier (root {root or 'none'}) is a {PROBLEM_TEXT[problem]}: not kept, "
+                          "and never a key", where)
             return None
         system, extra = self.system(root)
         ident: dict[str, Any] = {}

@@ -10,6 +10,7 @@ from typing import Any
 from lxml import etree
 
 from fhir_mapping.base import MappingError
+from fhir_mapping.identifiers import key_problem, usable
 from fhir_mapping.ids import patient_id, stable_id
 from terminology import resident_id
 
@@ -41,6 +42,16 @@ def _where(ctx: Ctx, el: etree._Element | None) -> str | None:
     return ctx.msg.root.getroottree().getpath(el) if el is not None else None
 
 
+def _keys(idl: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The ids that may key a resource, institution-scoped ones first (a local patient id, a
+    record or visit number, a staff number), then national ones: never a filler value or a
+    resident ID number failing its check digit (``fhir_mapping.identifiers``)."""
+    ok = [(r, e) for r, e in idl if e and key_problem(e, r) is None]
+    roots = table("identifiers")["roots"]
+    local = [p for p in ok if (roots.get(p[0]) or {}).get("scope") == "local"]
+    return local + [p for p in ok if p not in local]
+
+
 # -- organisations -----------------------------------------------------------------------------------
 
 def institution_org(ctx: Ctx, code: str = "", name: str = "") -> dict[str, str]:
@@ -63,7 +74,7 @@ def institution_org(ctx: Ctx, code: str = "", name: str = "") -> dict[str, str]:
 
 
 def _provider_org(ctx: Ctx, el: etree._Element | None) -> dict[str, str]:
-    code = next((ext for root, ext in ids(first(el, "id")) if root == ORG_CODE_ROOT and ext), "")
+    code = next((ext for root, ext in ids(first(el, "id")) if root == ORG_CODE_ROOT and usable(ext)), "")
     return institution_org(ctx, code if code == ctx.inst or not ctx.source.institution else "",
                            text_parts(first(el, "name")))
 
@@ -75,11 +86,13 @@ def _practitioner(ctx: Ctx, entity: etree._Element | None, person_path: str = "a
         return None
     idl = [(r, e) for r, e in ids(first(entity, "id")) if e]
     name = human_name(first(entity, f"{person_path}/name"))
-    if not idl and not name:
+    where = _where(ctx, first(entity, "id"))
+    idents = [i for i in (ctx.identifier(r, e, where) for r, e in idl) if i]
+    keys = _keys(idl)
+    if not keys and not name:
         return None
-    key = idl[0] if idl else ("name", name["text"])
+    key = keys[0] if keys else ("name", name["text"])
     res: dict[str, Any] = {"resourceType": "Practitioner", "id": ctx.id("Practitioner", *key)}
-    idents = [i for i in (ctx.identifier(r, e) for r, e in idl) if i]
     if idents:
         res["identifier"] = idents
     if name:
@@ -115,11 +128,7 @@ def _check_resident_id(ctx: Ctx, value: str, where: str | None, person: dict[str
             ctx.find("warning", "v3.resident-id.birth-mismatch",
                      "birth date contradicts the resident ID number", where)
         return
-    if resident_id.is_placeholder(value):
-        ctx.find("warning", "v3.resident-id.placeholder", "resident ID number is a placeholder", where)
-    else:
-        ctx.find("warning", "v3.resident-id.check-digit",
-                 "resident ID number fails the GB 11643 check (kept as sent)", where)
+    # not valid: Ctx.identifier left it out and reported it (v3.identifier.check-digit/placeholder)
 
 
 def _person(ctx: Ctx, person: etree._Element | None, res: dict[str, Any]) -> None:
@@ -154,13 +163,19 @@ def _person(ctx: Ctx, person: etree._Element | None, res: dict[str, Any]) -> Non
 
 
 def _patient_key(ctx: Ctx, patient: etree._Element | None, where: str) -> tuple[str, list[dict[str, Any]]]:
+    """(key, identifiers): the local patient id, else the next usable institution-scoped id, else a
+    usable national one; none usable: AE naming the element (keyed on a filler or an invalid
+    resident ID number, different people would become one Patient)."""
     idl = ids(first(patient, "id"))
-    local = [e for r, e in idl if r == LOCAL_PATIENT_ROOT and e]
-    key = local[0] if local else next((e for _, e in idl if e), "")
+    id_where = _where(ctx, first(patient, "id")) or where
+    idents = [i for i in (ctx.identifier(r, e, id_where) for r, e in idl) if i]
+    local = [e for r, e in _keys(idl) if r == LOCAL_PATIENT_ROOT]
+    keys = _keys(idl)
+    key = local[0] if local else (keys[0][1] if keys else "")
     if not key:
-        raise MappingError("the patient has no identifier (patient/id/item)", code="AE", location=where,
-                           rule="v3.patient.id-missing")
-    idents = [i for i in (ctx.identifier(r, e) for r, e in idl) if i]
+        raise MappingError("the patient has no usable identifier (patient/id/item): none, or only "
+                           "placeholders or resident ID numbers failing their check digit",
+                           code="AE", location=id_where, rule="v3.patient.id-missing")
     return key, idents
 
 
@@ -266,13 +281,17 @@ def organization(ctx: Ctx) -> list[dict[str, str]]:
     if ent is None:
         raise MappingError("no subject1/assignedEntity in the registration", code="AE",
                            location="/*/hl7:controlActProcess/hl7:subject", rule="v3.organization.missing")
-    idl = [(r, e) for r, e in ids(first(ent, "id")) if e]
+    all_ids = [(r, e) for r, e in ids(first(ent, "id")) if e]
+    id_where = _where(ctx, first(ent, "id"))
+    idents = [i for i in (ctx.identifier(r, e, id_where) for r, e in all_ids) if i]
+    idl = _keys(all_ids)
     if not idl:
-        raise MappingError("the organisation has no identifier", code="AE", location=_where(ctx, ent),
+        raise MappingError("the organisation has no usable identifier (none, or only placeholders)",
+                           code="AE", location=id_where or _where(ctx, ent),
                            rule="v3.organization.id-missing")
     inst_ref = institution_org(ctx)
     res: dict[str, Any] = {"resourceType": "Organization", "id": _org_id(ctx, *idl[0]),
-                           "identifier": [i for i in (ctx.identifier(r, e) for r, e in idl) if i],
+                           "identifier": idents,
                            "active": attr(first(ent, "statusCode"), "code") in ("", "active")}
     types = []
     cc = concept(first(ent, "code"))
@@ -301,10 +320,12 @@ def organization(ctx: Ctx) -> list[dict[str, str]]:
         parent = first(aff, path)
         if parent is not None:
             break
-    pidl = [(r, e) for r, e in ids(first(parent, "id")) if e]
+    pall = [(r, e) for r, e in ids(first(parent, "id")) if e]
+    pidl = _keys(pall)
+    pidents = [i for i in (ctx.identifier(r, e, _where(ctx, first(parent, "id"))) for r, e in pall) if i]
     if pidl:
         pres: dict[str, Any] = {"resourceType": "Organization", "id": _org_id(ctx, *pidl[0]),
-                                "identifier": [i for i in (ctx.identifier(r, e) for r, e in pidl) if i],
+                                "identifier": pidents,
                                 "partOf": inst_ref}
         pname = text_parts(first(parent, "name"))
         if pname:
@@ -341,15 +362,19 @@ def practitioner(ctx: Ctx) -> list[dict[str, str]]:
     if prov is None:
         raise MappingError("no subject1/healthCareProvider in the registration", code="AE",
                            location="/*/hl7:controlActProcess/hl7:subject", rule="v3.practitioner.missing")
-    idl = [(r, e) for r, e in ids(first(prov, "id")) if e]
+    person = first(prov, "healthCarePrincipalPerson")
+    all_ids = [(r, e) for r, e in ids(first(prov, "id")) if e]
+    id_where = _where(ctx, first(prov, "id"))
+    idents = [i for i in (ctx.identifier(r, e, id_where) for r, e in all_ids) if i]
+    # a filler staff number: keyed on the next usable id (the person's own, a valid resident ID)
+    idl = _keys(all_ids) or _keys([(r, e) for r, e in ids(first(person, "id")) if e])
     if not idl:
-        raise MappingError("the practitioner has no identifier", code="AE", location=_where(ctx, prov),
-                           rule="v3.practitioner.id-missing")
+        raise MappingError("the practitioner has no usable identifier (none, or only placeholders "
+                           "or resident ID numbers failing their check digit)", code="AE",
+                           location=id_where or _where(ctx, prov), rule="v3.practitioner.id-missing")
     active = attr(first(prov, "statusCode"), "code") in ("", "active")
     res: dict[str, Any] = {"resourceType": "Practitioner", "id": ctx.id("Practitioner", *idl[0]),
-                           "identifier": [i for i in (ctx.identifier(r, e) for r, e in idl) if i],
-                           "active": active}
-    person = first(prov, "healthCarePrincipalPerson")
+                           "identifier": idents, "active": active}
     _person(ctx, person, res)
     cert = next((attr(i, "value") for i in q(reg, "extension/item") if attr(i, "code") == "certificateNo"), "")
     if cert:
@@ -365,10 +390,12 @@ def practitioner(ctx: Ctx) -> list[dict[str, str]]:
     if low or high:
         role["period"] = {k: v for k, v in (("start", low), ("end", high)) if v}
     dept = first(person, "asAffiliate/affiliatedPrincipalOrganization")
-    didl = [(r, e) for r, e in ids(first(dept, "id")) if e]
+    dall = [(r, e) for r, e in ids(first(dept, "id")) if e]
+    didl = _keys(dall)
     if didl:
         dres: dict[str, Any] = {"resourceType": "Organization", "id": _org_id(ctx, *didl[0]),
-                                "identifier": [i for i in (ctx.identifier(r, e) for r, e in didl) if i],
+                                "identifier": [i for i in (ctx.identifier(r, e, _where(ctx, first(dept, "id")))
+                                                           for r, e in dall) if i],
                                 "partOf": institution_org(ctx)}
         dname = text_parts(first(dept, "name"))
         if dname:
@@ -393,9 +420,11 @@ def document(ctx: Ctx) -> list[dict[str, str]]:
     if doc is None:
         raise MappingError("no subject/clinicalDocument in the registration", code="AE",
                            location="/*/hl7:controlActProcess/hl7:subject", rule="v3.document.missing")
-    didl = [(r, e) for r, e in ids(first(doc, "id")) if e]
+    dall = [(r, e) for r, e in ids(first(doc, "id")) if e]
+    didl = _keys(dall)
     if not didl:
-        raise MappingError("the document has no id", code="AE", location=_where(ctx, doc),
+        raise MappingError("the document has no usable id (none, or only placeholders)", code="AE",
+                           location=_where(ctx, first(doc, "id")) or _where(ctx, doc),
                            rule="v3.document.id-missing")
     codes = table("codes")
     version = attr(first(doc, "versionNumber"), "value")
@@ -409,7 +438,8 @@ def document(ctx: Ctx) -> list[dict[str, str]]:
         pres["managingOrganization"] = _provider_org(ctx, first(pat_el, "providerOrganization"))
         pref = ctx.add(pres)
     res: dict[str, Any] = {"resourceType": "DocumentReference", "id": ctx.id("DocumentReference", *didl[0]),
-                           "identifier": [i for i in (ctx.identifier(r, e) for r, e in didl) if i],
+                           "identifier": [i for i in (ctx.identifier(r, e, _where(ctx, first(doc, "id")))
+                                                      for r, e in dall) if i],
                            "status": "current"}
     code_el = first(doc, "code")
     if attr(code_el, "code"):

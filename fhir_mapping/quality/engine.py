@@ -270,6 +270,17 @@ def _recover(data: bytes) -> etree._Element | None:
         return None
 
 
+def recovered_tree(data: bytes) -> etree._Element | None:
+    """The best-effort tree of a document that is not well-formed (None when nothing is left, or
+    when it is refused for another reason than well-formedness): for naming who sent a refused
+    document."""
+    try:
+        parse_xml(data)
+    except MappingError as e:
+        return _recover(data) if e.rule == "xml.not-well-formed" else None
+    return None
+
+
 _FIRST_TAG = re.compile(rb"<[A-Za-z_]")
 _GLUED_ATTR = re.compile(rb'(=\s*"[^"<>]*")(?=[A-Za-z_])')
 

@@ -99,14 +99,29 @@ class Loader:
             if extra:
                 raise self.fail(where, f"unknown keys {sorted(extra)}")
             idspec = rspec.get("id")
-            if not isinstance(idspec, dict) or set(idspec) - {"kind", "columns"} \
+            if not isinstance(idspec, dict) or set(idspec) - {"kind", "columns", "fallback"} \
                     or not isinstance(idspec.get("kind"), str):
-                raise self.fail(f"{where}.id", "write id: {kind: <key kind>, columns: [key columns]}")
+                raise self.fail(f"{where}.id", "write id: {kind: <key kind>, columns: [key columns],"
+                                               " fallback: [{kind:, columns:}]}")
             r = m.resources[rname]
             r.id_kind = idspec["kind"]
             r.id_columns = self.columns_of(idspec.get("columns"), f"{where}.id.columns")
             if not r.id_columns:
                 raise self.fail(f"{where}.id.columns", "at least one key column is required")
+            fallbacks = idspec.get("fallback") or []
+            fallbacks = [fallbacks] if isinstance(fallbacks, dict) else fallbacks
+            if not isinstance(fallbacks, list):
+                raise self.fail(f"{where}.id.fallback", "a list of {kind:, columns:}")
+            r.fallbacks = ()
+            for j, fb in enumerate(fallbacks):
+                fwhere = f"{where}.id.fallback[{j}]"
+                if not isinstance(fb, dict) or set(fb) != {"kind", "columns"} \
+                        or not isinstance(fb["kind"], str) or fb["kind"] == r.id_kind:
+                    raise self.fail(fwhere, "write {kind: <another key kind>, columns: [columns]}")
+                cols = self.columns_of(fb["columns"], f"{fwhere}.columns")
+                if not cols:
+                    raise self.fail(fwhere, "at least one key column is required")
+                r.fallbacks += ((fb["kind"], cols),)
             r.emit = bool(rspec.get("emit", True))
             r.when = self.columns_of(rspec.get("when"), f"{where}.when")
             rules = rspec.get("rules") or []
@@ -118,6 +133,13 @@ class Loader:
             if not isinstance(rules, list):
                 raise self.fail(f"{where}.rules", "rules are a list")
             r.rules = [self.rule(x, r.type, f"{where}.rules[{i}]") for i, x in enumerate(rules)]
+        m.resident_columns = frozenset(
+            rule.spec for r in m.resources.values() for rule in _walk(r.rules)
+            if rule.source == "column" and rule.transform == "resident_id")
+        # columns that hold codes (a lab item "NA" is sodium, not a filler): not checked as identifiers
+        m.code_columns = frozenset(
+            rule.spec["code"] for r in m.resources.values() for rule in _walk(r.rules)
+            if rule.source == "coding") - m.resident_columns
         patient = d.get("patient")
         if patient is not None and (patient not in m.resources
                                     or m.resources[patient].type != "Patient"):
@@ -197,6 +219,10 @@ class Loader:
         path, kind, codes = self.path(x.get("path"), rtype, f"{where}.path")
         where = f"{where} ({x['path']})"
         rule = Rule(where, path, src, x[src], when=when)
+        if kind == "Identifier":
+            rule.identifier = "object"
+        elif x["path"].endswith(".value") and self.path(x["path"][:-6], rtype, where)[1] == "Identifier":
+            rule.identifier = "value"
         if x.get("on_error") not in (None, "skip", "reject"):
             raise self.fail(where, "on_error is skip or reject")
         rule.skip_on_error = x.get("on_error") == "skip"
@@ -339,6 +365,12 @@ class Loader:
                 raise self.fail(where, f"{v!r} is not one of {', '.join(codes)}")
         elif not isinstance(v, dict):
             raise self.fail(where, f"the constant must be an object (a {kind})")
+
+
+def _walk(rules: list[Rule]):
+    for rule in rules:
+        yield rule
+        yield from _walk(rule.alternatives)
 
 
 def load_file(path: str | Path) -> TabularMapping:

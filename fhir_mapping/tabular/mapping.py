@@ -14,6 +14,8 @@ The file format (the shipped files in ``mappings/`` are the worked examples)::
       patient:                        # a name rules use in `ref:`
         type: Patient
         id: {kind: MR, columns: [patient_id]}  # id = stable_id(type, institution, kind, *values)
+                                      # + fallback: [{kind: VN, columns: [visit_no]}] when the key
+                                      # is a filler or an invalid resident ID number
         emit: true                    # false: only referred to (another view sends it)
         when: patient_id              # emitted only when these columns have values
         rules:
@@ -25,8 +27,8 @@ A rule has a ``path`` (FHIR element names from the resource, ``[n]`` on repeatin
 
 * ``column: c`` with ``transform:`` (``string`` default, ``code``, ``integer``, ``decimal``,
   ``boolean``, ``date``/``datetime``/``instant`` with an optional ``format`` such as ``YYYYMMDD``
-  or ``YYYY-MM-DD HH:MM:SS``, ``map`` with ``map: name``, ``resident_id``: GB 11643 check, a
-  finding when invalid) and an optional ``default`` constant for an empty cell;
+  or ``YYYY-MM-DD HH:MM:SS``, ``map`` with ``map: name``, ``resident_id``: GB 11643 check, left
+  out with a finding when invalid) and an optional ``default`` constant for an empty cell;
 * ``value:`` a constant (scalar or object); ``template: "urn:oid:{oid}.1"`` a string built from
   ``{oid}``, ``{institution}`` and columns;
 * ``ref: <resource name>``: a Reference to another resource of the same row;
@@ -68,6 +70,7 @@ from typing import Any
 import orjson
 
 from fhir_mapping.base import Conversion, Finding, MappingError, SourceInfo
+from fhir_mapping.identifiers import RESIDENT_ID_SYSTEM, key_problem
 from fhir_mapping.ids import stable_id
 from fhir_mapping.tabular import values as V
 
@@ -125,6 +128,9 @@ class Rule:
     skip_on_error: bool = False
     alternatives: list[Rule] = field(default_factory=list)
     columns: tuple[str, ...] = ()  # read by this rule (for error locations)
+    # fills an Identifier (object:) or an Identifier's value (column:): a filler value or an
+    # invalid resident ID number is left out of it (fhir_mapping.identifiers)
+    identifier: str = ""  # "" | "object" | "value"
 
 
 @dataclass(slots=True)
@@ -136,6 +142,8 @@ class Resource:
     emit: bool
     when: tuple[str, ...]
     rules: list[Rule]
+    # the next keys when a key column holds a filler or an invalid resident ID number: (kind, columns)
+    fallbacks: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 class _Seq(dict):
@@ -143,13 +151,14 @@ class _Seq(dict):
 
 
 class _Ctx:
-    __slots__ = ("timezone", "value_maps", "findings", "column")
+    __slots__ = ("timezone", "value_maps", "findings", "column", "reported")
 
     def __init__(self, timezone: str, value_maps: dict):
         self.timezone = timezone
         self.value_maps = value_maps
         self.findings: list[Finding] = []
         self.column = ""
+        self.reported: set[tuple[str, str]] = set()  # (column, problem) of identifier findings
 
     def finding(self, severity: str, rule: str, message: str) -> None:
         self.findings.append(Finding(severity, rule, message, self.column or None))
@@ -179,6 +188,8 @@ class TabularMapping:
     patient: str | None
     columns: dict[str, dict]
     required: tuple[str, ...]
+    resident_columns: frozenset[str]  # read with the resident_id transform: checked as such in keys
+    code_columns: frozenset[str]  # the codes of codings: key parts, but no identifiers to check
     value_maps: dict[str, dict[str, str]]
     resources: dict[str, Resource]
 
@@ -235,11 +246,10 @@ class TabularMapping:
                                    rule="tabular.required")
         ids: dict[str, str | None] = {}
         for res in self.resources.values():
-            if any(cell_text(c) is None for c in res.when + res.id_columns):
+            if any(cell_text(c) is None for c in res.when):
                 ids[res.name] = None
                 continue
-            ids[res.name] = stable_id(res.type, source.institution, res.id_kind,
-                                      *(cell_text(c) for c in res.id_columns))
+            ids[res.name] = self._key(res, cell_text, source, ctx)
         out: list[dict] = []
         for res in self.resources.values():
             if not res.emit or ids[res.name] is None:
@@ -256,6 +266,32 @@ class TabularMapping:
             raise MappingError("the row yields no resource", rule="tabular.empty")
         return Conversion(resources=out, unit_id=unit_id, patient_key=pkey,
                           kind=f"row:{self.name}", findings=ctx.findings)
+
+    def _key(self, res: Resource, cell_text, source: SourceInfo, ctx: _Ctx) -> str | None:
+        """The resource's id from its key columns, else from the first fallback whose columns all
+        hold usable values; None when no key has values. A filler or an invalid resident ID number
+        is never a key: a ``tabular.identifier.<problem>`` finding (the column, never the value),
+        and an emitted resource left with no usable key refuses the row."""
+        unusable: tuple[str, str] | None = None
+        for kind, cols in ((res.id_kind, res.id_columns), *res.fallbacks):
+            values = [cell_text(c) for c in cols]
+            if any(v is None for v in values):
+                continue
+            bad = next(((c, p) for c, v in zip(cols, values) if c not in self.code_columns and (
+                p := key_problem(v, RESIDENT_ID_SYSTEM if c in self.resident_columns else None))), None)
+            if bad is None:
+                return stable_id(res.type, source.institution, kind, *values)
+            if (bad[0], bad[1]) not in ctx.reported:
+                ctx.reported.add((bad[0], bad[1]))
+                ctx.findings.append(Finding("warning", f"tabular.identifier.{bad[1]}",
+                                            f"column {bad[0]} holds a {bad[1]} value: not a key of "
+                                            f"the {res.name} ({res.type})", bad[0]))
+            unusable = unusable or bad
+        if unusable is not None and res.emit:
+            raise MappingError(f"column {unusable[0]} holds a {unusable[1]} value and nothing else "
+                               f"keys the {res.name} ({res.type})", location=unusable[0],
+                               rule=f"tabular.identifier.{unusable[1]}")
+        return None
 
     def convert_row_json(self, payload: bytes, source: SourceInfo) -> list[Conversion]:
         try:
@@ -382,6 +418,8 @@ class TabularMapping:
                 if rule.default is None:
                     raise _Skip
                 return rule.default
+            if rule.identifier == "value" and isinstance(out, str):
+                self._identifier_value(out, None, rule, ctx)
             return out
         if kind == "value":
             return _copy(rule.spec)
@@ -393,6 +431,8 @@ class TabularMapping:
                 for name, _ in sub.path[len(rule.path):-1]:
                     node = node[name]
                 node[sub.path[-1][0]] = value
+            if rule.identifier == "object" and isinstance(out.get("value"), str):
+                self._identifier_value(out["value"], out.get("system"), rule, ctx)
             return out
         if kind == "template":
             return self._template(rule.spec, cell_text, source, rule)
@@ -445,6 +485,20 @@ class TabularMapping:
                     out["code"] = code
             return out
         raise AssertionError(kind)
+
+    @staticmethod
+    def _identifier_value(value: str, system: Any, rule: Rule, ctx: _Ctx) -> None:
+        """Leave out an identifier whose value is a filler or an invalid resident ID number."""
+        problem = key_problem(value, system if isinstance(system, str) else None)
+        if problem is None:
+            return
+        col = next(iter(rule.columns), "") or ctx.column
+        if (col, problem) not in ctx.reported:
+            ctx.reported.add((col, problem))
+            ctx.findings.append(Finding("warning", f"tabular.identifier.{problem}",
+                                        f"column {col} holds a {problem} value: "
+                                        f"{_dotted(rule.path)} left out", col or None))
+        raise _Skip
 
     def _template(self, tpl: str, cell_text, source: SourceInfo, rule: Rule) -> str:
         vals: dict[str, str] = {}

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from fhir_mapping.identifiers import RESIDENT_ID_SYSTEM, key_problem
 from terminology import resident_id
 
 
@@ -239,22 +240,27 @@ def t_map(v: Any, args: dict, ctx: Any) -> str | None:
 
 
 def t_resident_id(v: Any, args: dict, ctx: Any) -> str | None:
-    """A resident ID number (GB 11643): normalised (upper-case X); a placeholder (all zeros, 1234…)
-    is left out with a finding; an invalid one is kept as sent with a warning finding."""
+    """A resident ID number (GB 11643): normalised (upper-case X, a 15-digit number upgraded to
+    18). A placeholder (all zeros, 1234…, a filler) or a number failing the check is left out with
+    a ``tabular.identifier.placeholder`` / ``.check-digit`` finding: never stored, never a key
+    (``fhir_mapping.identifiers``)."""
     s = text(v)
     if s is None:
         return None
     s = s.replace(" ", "").upper()
-    if resident_id.is_placeholder(s):
-        ctx.finding("warning", "tabular.resident-id.placeholder",
-                    "the resident ID number is a placeholder value; left out")
+    if len(s) == 15 and s.isdigit() and not resident_id.is_placeholder(s):
+        try:
+            s = resident_id.upgrade_15_to_18(s)
+            ctx.finding("information", "tabular.resident-id.15-digit",
+                        "a 15-digit resident ID number (issued before 1999) was upgraded to 18 digits")
+        except ValueError:
+            pass
+    problem = key_problem(s, RESIDENT_ID_SYSTEM)
+    if problem is not None:
+        ctx.finding("warning", f"tabular.identifier.{problem}",
+                    "the resident ID number is a placeholder value; left out" if problem == "placeholder"
+                    else "the resident ID number fails the GB 11643 format or check digit; left out")
         return None
-    if len(s) == 15 and s.isdigit():
-        ctx.finding("information", "tabular.resident-id.15-digit",
-                    "a 15-digit resident ID number (issued before 1999) was sent")
-    elif not resident_id.is_valid(s):
-        ctx.finding("warning", "tabular.resident-id.invalid",
-                    "the resident ID number fails the GB 11643 format or check digit")
     return s
 
 

@@ -94,8 +94,10 @@ def xml_response(body: bytes, status: int = 200, media_type: str = "application/
 
 
 def ack_response(payload: bytes | dict | None, code: str, text: str, status: int = 200,
-                 media_type: str = "application/xml", headers: dict | None = None) -> Response:
-    body = hl7v3.acknowledge(payload, code, text, now=now(), message_id=str(uuid.uuid4()))
+                 media_type: str = "application/xml", headers: dict | None = None,
+                 details: Any = ()) -> Response:
+    body = hl7v3.acknowledge(payload, code, text, now=now(), message_id=str(uuid.uuid4()),
+                             details=details)
     return xml_response(body, status, media_type, headers)
 
 
@@ -210,7 +212,7 @@ def _register(request: Request, raw: bytes, msg: Any, reply_type: str) -> Respon
 
     try:
         conv, results = v3intake.register(hub, raw, source, ctx,
-                                          stored_maps() if stored_maps is not None else None)
+                                          stored_maps() if stored_maps is not None else None, now())
     except MappingError as e:
         text = e.reason + (f" ({e.location})" if e.location and e.code == "AE" else "")
         return refuse(e.code, text, e.rule or "")
@@ -222,7 +224,7 @@ def _register(request: Request, raw: bytes, msg: Any, reply_type: str) -> Respon
         return refuse("AE", "The hub refused the message: " + _issues(e), "v3.hub-refused")
     written = [r for r in results if isinstance(r, Result)]
     _log(msg.interaction, mid, "AA", extra=f"resources={len(written)} findings={len(conv.findings)}")
-    return ack_response(raw, "AA", _summary(written, conv), 200, reply_type)
+    return ack_response(raw, "AA", _summary(written, conv), 200, reply_type, details=conv.findings)
 
 
 def _summary(written: list[Result], conv: Conversion) -> str:

@@ -1,0 +1,134 @@
+"""The source's own order of what a mapper writes, so older data never overwrites newer.
+
+Feeds do not arrive in order: a connector retries, a hospital re-sends a day's messages, a document
+version 1 comes in after version 2. Each resource of a conversion is stamped (``meta.extension``
+``source-order``) with what the source says about its own order:
+
+* ``series`` + ``version``: a versioned unit, e.g. a CDA document's setId and versionNumber. Within
+  one series the version decides, whatever the times say;
+* ``time``: when the source recorded the change (HL7 v2 EVN-2, else MSH-7), a FHIR dateTime with
+  its offset.
+
+The hub compares the stamp of a write with the stamp of the stored version (``older_than``) and
+leaves the stored version in place when the write is older, saying so in the write's outcome. A
+resource without a stamp on either side is written as before. The stamp is not part of a
+version's content (``hub.resource.content_hash`` ignores it): the same content from a later message
+makes no new version.
+
+Pure, standard library only (the hub imports it; it imports nothing of the hub).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+URL = "https://fhir-region-hub.example/StructureDefinition/source-order"
+DEFAULT_OFFSET = timezone(timedelta(hours=8))  # a time the source gave without one: China
+
+__all__ = ["URL", "Order", "older_than", "order_of", "stamp", "strip"]
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    time: str | None = None  # FHIR dateTime
+    series: str | None = None
+    version: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.time is not None or (self.series is not None and self.version is not None)
+
+    def extension(self) -> dict[str, Any]:
+        parts: list[dict[str, Any]] = []
+        if self.time is not None:
+            parts.append({"url": "time", "valueDateTime": self.time})
+        if self.series is not None and self.version is not None:
+            parts.append({"url": "series", "valueString": self.series})
+            parts.append({"url": "version", "valueInteger": self.version})
+        return {"url": URL, "extension": parts}
+
+
+def stamp(resources: list[dict[str, Any]], order: Order) -> None:
+    """Put ``order`` on each resource's ``meta`` (replacing an earlier stamp)."""
+    if not order:
+        return
+    ext = order.extension()
+    for r in resources:
+        meta = r.setdefault("meta", {})
+        others = [e for e in meta.get("extension") or () if not (isinstance(e, dict) and e.get("url") == URL)]
+        meta["extension"] = [*others, ext]
+
+
+def strip(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` without the stamp (a shallow copy when there was one)."""
+    meta = d.get("meta")
+    exts = meta.get("extension") if isinstance(meta, dict) else None
+    if not isinstance(exts, list) or not any(isinstance(e, dict) and e.get("url") == URL for e in exts):
+        return d
+    rest = [e for e in exts if not (isinstance(e, dict) and e.get("url") == URL)]
+    meta = {k: v for k, v in meta.items() if k != "extension"}
+    if rest:
+        meta["extension"] = rest
+    out = dict(d)
+    if meta:
+        out["meta"] = meta
+    else:
+        del out["meta"]
+    return out
+
+
+def order_of(d: Any) -> Order | None:
+    """The stamp of a resource (a dict), or None."""
+    meta = d.get("meta") if isinstance(d, dict) else None
+    for e in (meta.get("extension") or ()) if isinstance(meta, dict) else ():
+        if isinstance(e, dict) and e.get("url") == URL:
+            parts = {p.get("url"): p for p in e.get("extension") or () if isinstance(p, dict)}
+            time = parts.get("time", {}).get("valueDateTime")
+            series = parts.get("series", {}).get("valueString")
+            version = parts.get("version", {}).get("valueInteger")
+            return Order(time if isinstance(time, str) else None,
+                         series if isinstance(series, str) else None,
+                         version if isinstance(version, int) and not isinstance(version, bool) else None)
+    return None
+
+
+_DT = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?"
+                 r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+
+
+def instant(value: str | None) -> datetime | None:
+    """A FHIR date/dateTime as an aware datetime (the start of its period; no offset: +08:00)."""
+    m = _DT.match(value or "")
+    if not m:
+        return None
+    y, mo, d, hh, mi, ss, frac, off = m.groups()
+    tz = DEFAULT_OFFSET
+    if off == "Z":
+        tz = timezone.utc
+    elif off:
+        sign = -1 if off[0] == "-" else 1
+        tz = timezone(sign * timedelta(hours=int(off[1:3]), minutes=int(off[4:6])))
+    try:
+        return datetime(int(y), int(mo or 1), int(d or 1), int(hh or 0), int(mi or 0), int(ss or 0),
+                        int((frac or "0")[:6].ljust(6, "0")), tzinfo=tz)
+    except ValueError:
+        return None
+
+
+def older_than(new: Order | None, stored: Order | None) -> str | None:
+    """Why a write stamped ``new`` must not replace a version stamped ``stored`` (it is older), or
+    None when it may. Same series: the versions decide. Otherwise the times, when both have one."""
+    if not new or not stored:
+        return None
+    if new.series is not None and new.series == stored.series \
+            and new.version is not None and stored.version is not None:
+        if new.version < stored.version:
+            return (f"version {new.version} is older than the stored version {stored.version} "
+                    "of the same document set")
+        return None
+    t_new, t_stored = instant(new.time), instant(stored.time)
+    if t_new is not None and t_stored is not None and t_new < t_stored:
+        return f"the source time {new.time} is older than the stored state's {stored.time}"
+    return None

@@ -1,0 +1,217 @@
+"""Document and message intake: the mapper's findings reach the stored report, the answer and the
+quality projection; a late older version (CDA versionNumber, HL7 v2 EVN-2/MSH-7) never replaces
+what a newer one wrote; replays stay no-ops."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import orjson
+
+from fhir_mapping import hl7v2, quality
+from fhir_mapping.base import SourceInfo
+from fhir_mapping.source_order import Order, older_than
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CLEAN = (FIXTURES / "quality" / "wst500-C0002-clean.xml").read_text("utf-8")
+C0010_V1 = (FIXTURES / "cda" / "C0010-anesthesia-preop-visit.xml").read_bytes()
+C0010_V2 = (FIXTURES / "cda" / "C0010-anesthesia-preop-visit-v2.xml").read_bytes()
+XML = {"content-type": "application/xml"}  # no institution header: the custodian names it
+NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
+
+# an IVL_PQ (a stay of 3 to 5 days) and an IVL_TS whose high is no date; an act the tables do not map
+EXTRA_SECTION = """
+      <component>
+        <section>
+          <code code="8716-3" codeSystem="2.16.840.1.113883.6.1" displayName="VITAL SIGNS"/>
+          <text>住院天数 3-5 天</text>
+          <entry>
+            <observation classCode="OBS" moodCode="EVN">
+              <code code="DE06.00.310.00" codeSystem="2.16.156.10011.2.2.1" displayName="住院天数"/>
+              <effectiveTime xsi:type="IVL_TS"><low value="20240305"/><high value="20241399"/></effectiveTime>
+              <value xsi:type="IVL_PQ"><low value="3" unit="d"/><high value="5" unit="d"/></value>
+            </observation>
+          </entry>
+          <entry>
+            <act classCode="ACT" moodCode="EVN"><code code="ZZZ" codeSystem="1.2.156.999" displayName="x"/></act>
+          </entry>
+        </section>
+      </component>
+    </structuredBody>"""
+
+
+def document(custodian: str, doc_id: str) -> bytes:
+    xml = CLEAN.replace("    </structuredBody>", EXTRA_SECTION, 1)
+    return xml.replace('extension="H0001"', f'extension="{custodian}"').replace(
+        "TEST-OP-0001", doc_id).encode("utf-8")
+
+
+def rule_issues(outcome: dict) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for i in outcome["issue"]:
+        for c in i.get("details", {}).get("coding", []):
+            out.setdefault(c["code"], []).append(i)
+    return out
+
+
+# -- findings ----------------------------------------------------------------------------------
+
+def test_datetime_rule_checks_time_values_only_not_ivl_pq_quantities():
+    found = [f for f in quality.check_bytes(document("H0001", "T-1"), now=NOW)
+             if f.rule == "cda.datetime.format"]
+    # the IVL_TS high is reported; the IVL_PQ low/high (3 d, 5 d) are quantities, not timestamps
+    assert [f.location for f in found] == [
+        "/hl7:ClinicalDocument/hl7:component/hl7:structuredBody/hl7:component[5]/hl7:section"
+        "/hl7:entry[1]/hl7:observation/hl7:effectiveTime/hl7:high/@value"]
+
+
+def test_mapper_findings_are_stored_answered_and_counted_under_the_custodian(client):
+    r = client.post("/../cda", content=document("H7301", "T-7301"), headers=XML)
+    assert r.status_code == 201, r.text
+    report = r.json()
+    issues = rule_issues(report)
+    # the mapper's findings, beside the rule findings, with their XPath
+    assert issues["cda.time.invalid"][0]["severity"] == "warning"
+    assert issues["cda.time.invalid"][0]["location"][0].endswith("/effectiveTime/high")
+    assert issues["cda.entry.unmapped"][0]["location"][0].endswith("/entry[2]/act")
+    assert "cda.datetime.format" in issues
+    ext = {e["url"].rsplit("/", 1)[1]: e for e in report["extension"]}
+    assert ext["quality-institution"]["valueString"] == "H7301"  # the custodian, not "unknown"
+    assert ext["quality-institution-name"]["valueString"] == "测试医院"
+    stored = client.get(f"/OperationOutcome/{report['id']}").json()
+    assert rule_issues(stored).keys() == issues.keys()
+    q = client.get("/$quality-report", params={"institution": "H7301",
+                                               "group": "institution,document_type,rule"}).json()
+    counted = {row["rule"]: row["findings"] for row in q["rows"]}
+    assert counted["cda.time.invalid"] == 1 and counted["cda.entry.unmapped"] == 1
+    assert {row["document_type"] for row in q["rows"]} == {"C0002"}
+    assert client.get("/$quality-report", params={"institution": "unknown"}).json()[
+        "totals"]["documents"] == 0
+
+
+def test_a_refused_document_is_reported_under_its_custodian_and_kept(client):
+    broken = document("H7302", "T-7302")[:-40]  # cut off: not well-formed
+    r = client.post("/../cda", content=broken, headers=XML)
+    assert r.status_code == 422 and r.headers["x-quarantine-id"]
+    ext = {e["url"].rsplit("/", 1)[1]: e for e in r.json()["extension"]}
+    assert ext["quality-institution"]["valueString"] == "H7302"
+
+
+# -- document versions ------------------------------------------------------------------------
+
+def _composition(client, location: str) -> dict:
+    ref = client.get("/" + location.split("/fhir/", 1)[1]).json()
+    return client.get("/" + ref["context"]["related"][0]["reference"]).json()
+
+
+def test_a_late_older_version_is_kept_for_audit_but_does_not_replace_the_newer(client):
+    headers = {**XML, "x-hub-source-institution": "H7303"}
+    v2 = client.post("/../cda", content=C0010_V2, headers=headers)
+    assert v2.status_code == 201, v2.text
+    doc_ref = client.get("/" + v2.headers["location"].split("/fhir/", 1)[1]).json()
+    comp = _composition(client, v2.headers["location"])
+    weights = client.get("/Observation", params={"subject": comp["subject"]["reference"],
+                                                 "_count": "50"}).json()
+    before = {e["resource"]["id"]: e["resource"]["meta"]["versionId"] for e in weights["entry"]}
+
+    v1 = client.post("/../cda", content=C0010_V1, headers=headers)
+    assert v1.status_code == 200, v1.text  # accepted, nothing of the newer version replaced
+    superseded = rule_issues(v1.json())["cda.document.superseded"][0]
+    assert superseded["severity"] == "information"
+    assert "version 1 is older than the stored version 2" in superseded["details"]["text"]
+    binary = superseded["details"]["text"].split("Binary/", 1)[1].split(",")[0]
+    assert client.get(f"/Binary/{binary}").status_code == 200  # v1's bytes, kept for audit
+    after_ref = client.get(f"/DocumentReference/{doc_ref['id']}").json()
+    assert after_ref["meta"]["versionId"] == doc_ref["meta"]["versionId"]
+    assert after_ref["masterIdentifier"]["value"] == "HUBTEST-C0010-0002"
+    comp_after = client.get(f"/Composition/{comp['id']}").json()
+    assert comp_after["meta"]["versionId"] == comp["meta"]["versionId"]
+    weights = client.get("/Observation", params={"subject": comp["subject"]["reference"],
+                                                 "_count": "50"}).json()
+    assert {e["resource"]["id"]: e["resource"]["meta"]["versionId"]
+            for e in weights["entry"]} == before
+    assert any(e["resource"].get("valueQuantity", {}).get("value") == 59.0 for e in weights["entry"])
+
+    again = client.post("/../cda", content=C0010_V2, headers=headers)  # a replay: a no-op
+    assert again.status_code == 200
+    assert client.get(f"/DocumentReference/{doc_ref['id']}").json()["meta"]["versionId"] == \
+        doc_ref["meta"]["versionId"]
+
+
+# -- HL7 v2 messages out of order --------------------------------------------------------------
+
+def adt_a08(control: str, evn: str, msh7: str, bed: str, phone: str) -> bytes:
+    return ("MSH|^~\\&|HIS|H0731^2.16.156.10011.99.7.31^ISO|HUB|REGION|%s+0800||ADT^A08^ADT_A01|%s"
+            "|P|2.5|||AL|NE||UNICODE UTF-8\r"
+            "EVN|A08|%s+0800\r"
+            "PID|1||P0731^^^H0731&2.16.156.10011.99.7.31&ISO^MR||测试乙^^^^^L||19800101|F|||||%s^PRN^CP\r"
+            "PV1|1|I|内科^301^%s^H0731||||D001^医生甲|||MED||||1|||D001^医生甲||V0731001|||||||||||||||"
+            "||||||||||20240315080000\r" % (msh7, control, evn, phone, bed)).encode("utf-8")
+
+
+def _post_batch(client, payload: bytes) -> tuple[object, list[dict]]:
+    conv = hl7v2.convert(payload, SourceInfo(institution="H0731"))
+    r = client.post("", content=orjson.dumps(conv.bundle("batch")),
+                    headers={"content-type": "application/fhir+json"})
+    assert r.status_code == 200, r.text
+    return conv, r.json()["entry"]
+
+
+def test_an_older_adt_message_does_not_roll_the_encounter_or_patient_back(client):
+    new, _ = _post_batch(client, adt_a08("A08-1000", "20240316100000", "20240316100001", "05",
+                                         "13900000010"))
+    enc_id = next(r["id"] for r in new.resources if r["resourceType"] == "Encounter")
+    pat_id = next(r["id"] for r in new.resources if r["resourceType"] == "Patient")
+    enc = client.get(f"/Encounter/{enc_id}").json()
+    pat = client.get(f"/Patient/{pat_id}").json()
+    # recorded at 09:00 (EVN-2), sent later (MSH-7 10:30): older than the stored state
+    old, entries = _post_batch(client, adt_a08("A08-0900", "20240316090000", "20240316103000",
+                                               "02", "13900000009"))
+    urls = [e["resource"]["resourceType"] + "/" + e["resource"]["id"] for e in
+            old.bundle("batch")["entry"]]
+    skipped = {u: e for u, e in zip(urls, entries)
+               if any("not written" in i.get("diagnostics", "")
+                      for i in e.get("response", {}).get("outcome", {}).get("issue", []))}
+    assert f"Encounter/{enc_id}" in skipped and f"Patient/{pat_id}" in skipped  # reported, not silent
+    enc_after = client.get(f"/Encounter/{enc_id}").json()
+    pat_after = client.get(f"/Patient/{pat_id}").json()
+    assert enc_after["meta"]["versionId"] == enc["meta"]["versionId"]
+    assert "/ 05 /" in enc_after["location"][0]["location"]["display"]
+    assert pat_after["telecom"][0]["value"] == "13900000010"
+    # a replay of the 10:00 message is a no-op; a newer one (11:00) goes through
+    _post_batch(client, adt_a08("A08-1000", "20240316100000", "20240316100001", "05", "13900000010"))
+    assert client.get(f"/Encounter/{enc_id}").json()["meta"]["versionId"] == enc["meta"]["versionId"]
+    _post_batch(client, adt_a08("A08-1100", "20240316110000", "20240316110001", "07", "13900000011"))
+    latest = client.get(f"/Encounter/{enc_id}").json()
+    assert "/ 07 /" in latest["location"][0]["location"]["display"]
+    assert client.get(f"/Patient/{pat_id}").json()["telecom"][0]["value"] == "13900000011"
+
+
+def test_order_rules():
+    assert older_than(Order(series="s", version=1, time="2024-03-02"),
+                      Order(series="s", version=2, time="2024-03-01"))  # same set: version decides
+    assert older_than(Order(series="s", version=3, time="2024-03-01"),
+                      Order(series="s", version=2, time="2024-03-02")) is None
+    assert older_than(Order(time="2024-03-16T09:00:00+08:00"), Order(time="2024-03-16T01:30:00Z"))
+    assert older_than(Order(time="2024-03-16T09:00:00+08:00"),
+                      Order(time="2024-03-16T09:00:00+08:00")) is None  # a replay is no older
+    assert older_than(Order(), Order(time="2024-03-16")) is None  # no stamp: written as before
+
+
+def test_the_stamp_is_no_content_a_connector_batch_need_keep_apart():
+    """Every message repeats its institution's Organization: with only the source time differing,
+    units still share a delivery batch (take_batch), and the hub sees no new version."""
+    from connectors.sinks.base import take_batch
+    from connectors.spool import Unit
+    from hub.resource import content_hash
+
+    a = hl7v2.convert(adt_a08("K-1", "20240316100000", "20240316100001", "05", "13900000010"),
+                      SourceInfo(institution="H0731"))
+    b = hl7v2.convert(adt_a08("K-2", "20240316110000", "20240316110001", "05", "13900000010"),
+                      SourceInfo(institution="H0731"))
+    org_a, org_b = (next(r for r in c.resources if r["resourceType"] == "Organization") for c in (a, b))
+    assert org_a["meta"] != org_b["meta"] and content_hash(org_a) == content_hash(org_b)
+    units = [Unit(i, "s", c.unit_id, c.kind, c.patient_key, c.resources, [], 0.0)
+             for i, c in enumerate((a, b))]
+    assert len(take_batch(units, 10)) == 2
