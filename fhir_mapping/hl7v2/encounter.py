@@ -36,16 +36,19 @@ def location(ctx: Ctx, rep: list[list[str]]) -> dict[str, str] | None:
 
 
 def visit_key(ctx: Ctx, pv1: Seg) -> tuple[str | None, dict | None]:
-    """The visit number (PV1-19, else PV1-50 alternate visit id) and its Identifier."""
+    """The visit number (PV1-19, else PV1-50 alternate visit id) and its Identifier; a placeholder
+    is neither (finding from ``identifier``), and the next one is tried."""
     for f in (19, 50):
         rep = pv1.rep(f)
         if dt.comp(rep, 1):
             ident = identifier(ctx, rep, pv1.loc(f), "visit")
-            if ident is not None and "system" not in ident and not dt.comp(rep, 4):
-                ident["system"] = ctx.local_system("visit") or ident.get("system")
-                if ident["system"] is None:
-                    del ident["system"]
-            return dt.comp(rep, 1), ident
+            if ident is None:
+                continue
+            if "system" not in ident and not dt.comp(rep, 4):
+                sysuri = ctx.local_system("visit")
+                if sysuri:
+                    ident["system"] = sysuri
+            return ident["value"], ident
     return None, None
 
 

@@ -68,6 +68,8 @@ def build(ctx: Ctx) -> None:
             raise ctx.error("FT1-7 (transaction code) is empty: the ChargeItem has no code", f"FT1[{n}]-7",
                             "v2.ft1-7.missing")
         txid = ft1.get(2)
+        if txid and not ctx.usable(txid, None, ft1.loc(2), "transaction id"):
+            txid = ""
         key = txid or f"{ctx.msg.msh.get(10)}:{ft1.get(1) or n}"
         res: dict[str, Any] = {"resourceType": "ChargeItem", "id": ctx.id("ChargeItem", key)}
         total = dt.money(ft1.rep(11), default_currency=_SPLIT["default_currency"])

@@ -116,17 +116,24 @@ def _pharmacy_groups(ctx: Ctx) -> list[dict[str, Any]]:
 
 
 def _order_key(ctx: Ctx, orc: Seg | None, n: int, fallback: str) -> tuple[str, list[dict]]:
+    """Filler number, else placer, else patient + ``fallback``; placeholders are neither keys nor
+    identifiers (the order is then scoped by this message)."""
     idents = []
-    placer = orc.get(2) if orc else ""
-    filler = orc.get(3) if orc else ""
-    for value, kind, code in ((placer, "placer", "PLAC"), (filler, "filler", "FILL")):
-        ident = ctx.local_identifier(kind, value, code) if value else None
+    numbers = {}
+    for kind, code, f in (("placer", "PLAC", 2), ("filler", "FILL", 3)):
+        value = orc.get(f) if orc else ""
+        if not value:
+            continue
+        ident = ctx.local_identifier(kind, value, code, loc=orc.loc(f))
+        numbers[kind] = value if ident else None
         if ident:
             idents.append(ident)
-    if filler:
-        return "F:" + filler, idents
-    if placer:
-        return "P:" + placer, idents
+    if numbers.get("filler"):
+        return "F:" + numbers["filler"], idents
+    if numbers.get("placer"):
+        return "P:" + numbers["placer"], idents
+    if numbers:
+        return f"M:{ctx.msg.msh.get(10)}:{orc.index}", idents
     return f"X:{ctx.patient_key}:{fallback}:{n}", idents
 
 
@@ -243,7 +250,7 @@ def build_immunizations(ctx: Ctx) -> None:
             raise ctx.error(f"RXA-3 (start of administration) {rxa.get(3)!r} is not a date/time",
                             "RXA-3", "v2.rxa-3.invalid")
         key, idents = _order_key(ctx, orc, n, f"{dt.comp(rxa.rep(5), 1)}:{rxa.get(3)}")
-        if not (orc and (orc.get(2) or orc.get(3))):
+        if key.startswith(("X:", "M:")):  # no usable order number: the shot itself is the key
             key = f"{ctx.patient_key}:{dt.comp(rxa.rep(5), 1)}:{rxa.get(3)}"
         res: dict[str, Any] = {"resourceType": "Immunization", "id": ctx.id("Immunization", key)}
         if idents:

@@ -83,29 +83,37 @@ def split_groups(ctx: Ctx) -> tuple[list[_Group], list[tuple[Seg, list[str]]], l
 
 
 def report_key(ctx: Ctx, obr: Seg, orc: Seg | None) -> tuple[str, list[dict]]:
-    """(key, identifiers): filler number first, else placer, else patient + code + time."""
+    """(key, identifiers): filler number first, else placer, else patient + code + time. A placeholder
+    number is neither a key nor an identifier: the order is then scoped by this message."""
     idents = []
-    filler = obr.get(3) or (orc.get(3) if orc else "")
-    placer = obr.get(2) or (orc.get(2) if orc else "")
-    for value, kind, code, seg_field in ((placer, "placer", "PLAC", 2), (filler, "filler", "FILL", 3)):
-        if value:
-            src = obr if obr.get(seg_field) else orc
-            ns = dt.comp(src.rep(seg_field), 2) if src else ""
-            uid, utype = (dt.comp(src.rep(seg_field), 3), dt.comp(src.rep(seg_field), 4)) if src else ("", "")
-            oid = dt.oid_of(uid, utype)
-            ident: dict[str, Any] = {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
-                                                          "code": code}]}}
-            sysuri = f"urn:oid:{oid}" if oid else ctx.local_system(kind) if not ns else None
-            if sysuri:
-                ident["system"] = sysuri
-            ident["value"] = value
-            if ns:
-                ident["assigner"] = {"display": ns}
-            idents.append(ident)
-    if filler:
-        return "F:" + filler, idents
-    if placer:
-        return "P:" + placer, idents
+    numbers = {}
+    for kind, code, seg_field in (("placer", "PLAC", 2), ("filler", "FILL", 3)):
+        src = obr if obr.get(seg_field) else orc if orc is not None and orc.get(seg_field) else None
+        if src is None:
+            continue
+        value = src.get(seg_field)
+        if not ctx.usable(value, None, src.loc(seg_field), f"{kind} order number"):
+            numbers[kind] = None
+            continue
+        numbers[kind] = value
+        rep = src.rep(seg_field)
+        ns, uid, utype = dt.comp(rep, 2), dt.comp(rep, 3), dt.comp(rep, 4)
+        oid = dt.oid_of(uid, utype)
+        ident: dict[str, Any] = {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                                      "code": code}]}}
+        sysuri = f"urn:oid:{oid}" if oid else ctx.local_system(kind) if not ns else None
+        if sysuri:
+            ident["system"] = sysuri
+        ident["value"] = value
+        if ns:
+            ident["assigner"] = {"display": ns}
+        idents.append(ident)
+    if numbers.get("filler"):
+        return "F:" + numbers["filler"], idents
+    if numbers.get("placer"):
+        return "P:" + numbers["placer"], idents
+    if numbers:  # only placeholders were sent
+        return f"M:{ctx.msg.msh.get(10)}:{obr.index}", idents
     ctx.find("warning", "v2.obr.no-order-number", "OBR without placer (2) or filler (3) number: the "
              "report is keyed by patient, code and time", obr.loc(3))
     return f"X:{ctx.patient_key}:{dt.comp(obr.rep(4), 1)}:{obr.get(7)}:{obr.get(1)}", idents
@@ -114,6 +122,10 @@ def report_key(ctx: Ctx, obr: Seg, orc: Seg | None) -> tuple[str, list[dict]]:
 def specimen(ctx: Ctx, spm: Seg) -> dict[str, str] | None:
     placer = dt.comp(spm.rep(2), 1, 1)
     filler = dt.comp(spm.rep(2), 2, 1)
+    if placer and not ctx.usable(placer, None, spm.loc(2, c=1), "placer specimen number"):
+        placer = ""
+    if filler and not ctx.usable(filler, None, spm.loc(2, c=2), "filler specimen number"):
+        filler = ""
     key = filler or placer
     stype = dt.concept(spm.rep(4))
     if not key and stype is None:

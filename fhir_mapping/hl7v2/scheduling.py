@@ -50,10 +50,12 @@ def build(ctx: Ctx) -> None:
     if not filler and not placer:
         raise ctx.error("SCH-1 (placer appointment id) and SCH-2 (filler appointment id) are both empty",
                         "SCH-2", "v2.sch-2.missing")
-    key = ("F:" + filler) if filler else ("P:" + placer)
+    idents = [i for i in (ctx.local_identifier("appointment", filler, "FILL", loc="SCH-2") if filler else None,
+                          ctx.local_identifier("appointment", placer, "PLAC", loc="SCH-1") if placer else None) if i]
+    usable = {i["type"]["coding"][0]["code"]: i["value"] for i in idents}
+    key = ("F:" + usable["FILL"] if "FILL" in usable else "P:" + usable["PLAC"] if "PLAC" in usable
+           else f"M:{ctx.msg.msh.get(10)}")  # only placeholders: scoped by this message
     res: dict[str, Any] = {"resourceType": "Appointment", "id": ctx.id("Appointment", key)}
-    idents = [i for i in (ctx.local_identifier("appointment", filler, "FILL"),
-                          ctx.local_identifier("appointment", placer, "PLAC") if placer else None) if i]
     if idents:
         res["identifier"] = idents
     status = _STATUS.get(ctx.trigger, "booked")
