@@ -25,7 +25,7 @@ class Ctx:
 
     def __init__(self, msg: Msg, source: SourceInfo, kind: str, trigger: str, spec: dict):
         self.msg, self.source, self.kind, self.trigger, self.spec = msg, source, kind, trigger, spec
-        self.findings: list[Finding] = list(getattr(msg, "findings", ()))
+        self.findings: list[Finding] = list(msg.findings)
         self._res: dict[tuple[str, str], dict[str, Any]] = {}
         msh = msg.msh
         ns, uid, utype = dt.hd(msh.rep(4))

@@ -25,6 +25,7 @@ _SEX_GB = _CODES["administrative_sex_gb"]
 _REL = _CODES["relationship"]
 _V2_0203 = frozenset("MR PI PT SS DL NI NPI PPN TAX AN VN EI PRN DN MD RI BC HC JHN NH PN XX SB "
                      "NNCHN PLAC FILL ANON MB MC SN U".split())
+_EARLIEST_BIRTH_YEAR = "1880"  # older than any living person: a typing error, not a birth date
 _V2_0203_URI = "http://terminology.hl7.org/CodeSystem/v2-0203"
 _URI_SAFE = re.compile(r"^\S+$")
 
@@ -171,10 +172,18 @@ def patient(ctx: Ctx, pid: Seg) -> dict:
     birth = pid.get(7)
     if birth:
         b = dt.date(birth)
-        if b:
-            res["birthDate"] = b
+        sent = dt.date(ctx.msg.msh.get(7))
+        if b is None:
+            ctx.find("warning", "v2.pid7.invalid", "birth date is not a valid v2 date (such as February 30); "
+                     "not mapped", "PID-7")
+        elif b[:4] < _EARLIEST_BIRTH_YEAR:
+            ctx.find("warning", "v2.pid7.too-early", f"birth date before {_EARLIEST_BIRTH_YEAR}; not mapped", "PID-7")
+        elif sent and b > sent[:len(b)]:
+            # the message's own time (MSH-7) is "now" for a pure mapper
+            ctx.find("warning", "v2.pid7.future", "birth date after the message was sent (MSH-7); not mapped",
+                     "PID-7")
         else:
-            ctx.find("warning", "v2.pid7.invalid", "birth date is not a valid v2 date (value not logged)", "PID-7")
+            res["birthDate"] = b
     deceased = pid.get(30).upper()
     death = dt.datetime(pid.get(29))
     if death:
