@@ -8,7 +8,7 @@ import base64
 from typing import Any
 
 from . import datatypes as dt
-from .builders import patient_context
+from .patient_context import patient_context
 from .context import Ctx
 from .people import practitioner
 from .results import _attachment_ed, _attachment_rp

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import datatypes as dt
-from .builders import patient_context
+from .patient_context import patient_context
+from .reports import results
 from .context import Ctx
 from .message import Seg
 from .people import practitioner
@@ -62,6 +63,7 @@ def build(ctx: Ctx) -> None:
             items[-1][1].append(seg)
     if not items:
         raise ctx.error(f"{ctx.kind} has no FT1 segment: there is no charge to map", "FT1", "v2.ft1.missing")
+    results(ctx, require=False)  # the orders and results (OBR/OBX) a charge is for
     for n, (ft1, zsegs) in enumerate(items, 1):
         code = dt.concept(ft1.rep(7))
         if code is None:

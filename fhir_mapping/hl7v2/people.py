@@ -23,6 +23,7 @@ _CODES = table("codes")
 _SEX = _CODES["administrative_sex"]
 _SEX_GB = _CODES["administrative_sex_gb"]
 _REL = _CODES["relationship"]
+_MARITAL = _CODES["marital_status"]
 _V2_0203 = frozenset("MR PI PT SS DL NI NPI PPN TAX AN VN EI PRN DN MD RI BC HC JHN NH PN XX SB "
                      "NNCHN PLAC FILL ANON MB MC SN U".split())
 _EARLIEST_BIRTH_YEAR = "1880"  # older than any living person: a typing error, not a birth date
@@ -193,8 +194,11 @@ def patient(ctx: Ctx, pid: Seg) -> dict:
     addrs = [a for a in (dt.address(r) for r in pid.field(11)) if a]
     if addrs:
         res["address"] = addrs
-    marital = dt.concept(pid.rep(16))
+    marital = dt.table_concept(pid.rep(16), "0002")
     if marital:
+        fhir = _MARITAL["map"].get(dt.comp(pid.rep(16), 1).upper())
+        if fhir and marital["coding"][0].get("system", "").endswith("v2-0002"):
+            marital["coding"].append({"system": _MARITAL["system"], "code": fhir[0], "display": fhir[1]})
         res["maritalStatus"] = marital
     mb = pid.get(24).upper()
     order = pid.get(25)
@@ -283,7 +287,7 @@ def related_person(ctx: Ctx, nk1: Seg, n: int) -> None:
                            "id": ctx.id("RelatedPerson", ctx.patient_key, set_id,
                                         names[0].get("family", "") if names else ""),
                            "active": True, "patient": ctx.patient_ref}
-    rel = dt.concept(nk1.rep(3))
+    rel = dt.table_concept(nk1.rep(3), "0063")
     if rel:
         code = dt.comp(nk1.rep(3), 1).upper()
         mapped = _REL["map"].get(code)

@@ -445,31 +445,27 @@ def loose_observations(ctx: Ctx, items: list[tuple[Seg, list[str]]] | None = Non
     return refs
 
 
-def build(ctx: Ctx) -> None:
-    from .builders import patient_context
-
-    patient_context(ctx)
-    groups, loose, early_spm = split_groups(ctx)
-    if not groups:
-        raise ctx.error(f"{ctx.kind} has no OBR segment: there is no report to map", "OBR", "v2.obr.missing")
-    loose_observations(ctx, loose)
-    early = [r for r in (specimen(ctx, s) for s in early_spm) if r]
-    for g in groups:
-        diagnostic_report(ctx, g, early)
+def group_specimens(ctx: Ctx, g: _Group, early_specimens: list[dict], key: str) -> list[dict]:
+    """The group's SPM specimens, else those sent before any OBR (OUL^R22), else OBR-15 (v2.3/2.4)."""
+    specimens = [r for r in (specimen(ctx, s) for s in g.spm) if r] or list(early_specimens)
+    if not specimens:
+        s = specimen_from_obr15(ctx, g.obr, key)
+        if s:
+            specimens = [s]
+    return specimens
 
 
-def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict]) -> None:
+def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict], *,
+                      keyed: tuple[str, list[dict]] | None = None, specimens: list[dict] | None = None,
+                      based_on: list[dict] | None = None) -> dict[str, str]:
     obr, orc = g.obr, g.orc
     code = dt.concept(obr.rep(4))
     if code is None:
         raise ctx.error("OBR-4 (universal service identifier) is empty: the DiagnosticReport has no code",
                         obr.loc(4), "v2.obr-4.missing")
-    key, idents = report_key(ctx, obr, orc)
-    specimens = [r for r in (specimen(ctx, s) for s in g.spm) if r] or list(early_specimens)
-    if not specimens:
-        s = specimen_from_obr15(ctx, obr, key)
-        if s:
-            specimens = [s]
+    key, idents = keyed or report_key(ctx, obr, orc)
+    if specimens is None:
+        specimens = group_specimens(ctx, g, early_specimens, key)
     effective = dt.datetime(obr.get(7))
     results, forms = [], []
     for i, (obx, notes) in enumerate(g.obx, 1):
@@ -486,12 +482,14 @@ def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict]) -> None:
                          f"OBX-5 {vt} holds no usable document (encoding or data)", obx.loc(5))
             continue
         ref = observation(ctx, obx, notes, key, i, effective=effective,
-                          specimen_ref=specimens[0] if specimens else None, category=_CAT)
+                          specimen_ref=specimens[0] if specimens else None, category=_CAT, based_on=based_on)
         if ref:
             results.append(ref)
     res: dict[str, Any] = {"resourceType": "DiagnosticReport", "id": ctx.id("DiagnosticReport", key)}
     if idents:
         res["identifier"] = idents
+    if based_on:
+        res["basedOn"] = based_on
     st = obr.get(25).upper()
     res["status"] = _REPORT_STATUS["map"].get(st, _REPORT_STATUS["default"])
     section = dt.concept(obr.rep(24))
@@ -525,4 +523,4 @@ def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict]) -> None:
         res["conclusion"] = "\n".join(g.notes)
     if forms:
         res["presentedForm"] = forms
-    ctx.add(res)
+    return ctx.add(res)
