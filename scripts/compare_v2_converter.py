@@ -147,11 +147,12 @@ def compare(samples: Path) -> dict:
             continue
         mapped = declared.get("mapped", {}).get(seg)
         refused = declared.get("refused", {}).get(seg)
+        later = declared.get("not_yet", {}).get(seg)
         claim = mapped["resources"] if mapped else []
         missing = sorted(set(claim) - set(produced.get(seg, {})))
         segments.append({"segment": seg, "reference": REFERENCE_SEGMENTS[seg],
                          "ours": "mapped" if mapped else "refused" if refused else "not yet",
-                         "resources": claim, "note": (mapped or {}).get("note", "") if mapped else refused or "",
+                         "resources": claim, "note": (mapped or {}).get("note", "") if mapped else refused or later or "",
                          "claimed_but_not_produced": missing, "messages": len(seen_segments[seg])})
     return {"messages": len(messages), "rows": rows,
             "total": {"ours": dict(sorted(ours_total.items())), "theirs": dict(sorted(theirs_total.items())),
@@ -180,7 +181,8 @@ def text_report(result: dict) -> str:
             for k in types]
     out.append("\nSegments of the samples that the reference converter maps:")
     for s in result["segments"]:
-        extra = f" CLAIMED BUT NOT PRODUCED: {s['claimed_but_not_produced']}" if s["claimed_but_not_produced"] else ""
+        extra = (f" (not made from the samples: {', '.join(s['claimed_but_not_produced'])})"
+                 if s["claimed_but_not_produced"] else "")
         what = ", ".join(s["resources"]) if s["ours"] == "mapped" else s["note"]
         out.append(f"  {s['segment']}: {s['ours']:<8} {what}{extra}")
     todo = [s["segment"] for s in result["segments"] if s["ours"] == "not yet"]

@@ -147,3 +147,15 @@ def test_every_ais_aig_ail_aip_of_an_appointment_is_kept():
     assert sorted(b["reference"] for b in appt["basedOn"]) == sorted(f"ServiceRequest/{r['id']}" for r in requests)
     actors = [p["actor"].get("display", "") for p in appt["participant"]]
     assert {"CT机", "MRI机", "放射科 / 101", "放射科 / 102", "张医生", "李医生"} <= set(actors)
+
+
+def test_iam_reactions_from_iar_and_pd1_primary_care():
+    c = conv("ADT^A60", PID + "PD1|||社区卫生服务中心|D9^赵^全科\r" + PV1 +
+             "IAM|1|FA^食物过敏^HL70127|P01^花生^L|||A|A1\rIAR|R1^皮疹^L|MO^Moderate|AL|口服抗组胺药\r"
+             "IAR|R2^呼吸困难^L|SV\r")
+    (al,) = by_type(c, "AllergyIntolerance")
+    assert [r["manifestation"][0]["text"] for r in al["reaction"]] == ["皮疹", "呼吸困难"]
+    assert [r["severity"] for r in al["reaction"]] == ["moderate", "severe"]
+    assert al["reaction"][0]["note"] == [{"text": "口服抗组胺药"}]
+    gp = by_type(c, "Patient")[0]["generalPractitioner"]
+    assert gp[0]["display"] == "赵全科" and gp[1] == {"display": "社区卫生服务中心"}

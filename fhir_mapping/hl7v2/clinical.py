@@ -52,9 +52,36 @@ def allergy(ctx: Ctx, seg: Seg) -> None:
         c = dt.concept(rep)
         if c:
             manifestations.append(c)
-    if manifestations:
-        res["reaction"] = [{"manifestation": manifestations}]
+    reactions = [{"manifestation": manifestations}] if manifestations else []
+    if seg.name == "IAM":
+        reactions += _iar_reactions(ctx, seg)
+    if reactions:
+        res["reaction"] = reactions
     ctx.add(res)
+
+
+_REACTION_SEVERITY = {"MI": "mild", "MO": "moderate", "SV": "severe"}
+
+
+def _iar_reactions(ctx: Ctx, iam: Seg) -> list[dict]:
+    """The IAR segments after an IAM: each a reaction (IAR-1 what, IAR-2 severity, IAR-4 management)."""
+    out = []
+    for seg in ctx.msg.segments[iam.index + 1:]:
+        if seg.name == "NTE":
+            continue
+        if seg.name != "IAR":
+            break
+        what = dt.concept(seg.rep(1))
+        if what is None:
+            continue
+        reaction: dict[str, Any] = {"manifestation": [what]}
+        severity = _REACTION_SEVERITY.get(dt.comp(seg.rep(2), 1).upper())
+        if severity:
+            reaction["severity"] = severity
+        if seg.get(4):
+            reaction["note"] = [{"text": seg.text(4)}]
+        out.append(reaction)
+    return out
 
 
 def condition(ctx: Ctx, dg1: Seg, n: int) -> None:

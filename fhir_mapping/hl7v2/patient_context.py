@@ -7,7 +7,7 @@ from __future__ import annotations
 from .clinical import allergy, condition, coverage, procedure
 from .context import Ctx
 from .encounter import encounter
-from .people import patient, related_person
+from .people import patient, primary_care, related_person
 
 
 def patient_context(ctx: Ctx, *, with_encounter: bool = True) -> dict:
@@ -16,6 +16,9 @@ def patient_context(ctx: Ctx, *, with_encounter: bool = True) -> dict:
     if pid is None:
         raise ctx.error(f"{ctx.kind} has no PID segment", "PID", "v2.pid.missing")
     pat = patient(ctx, pid)
+    pd1 = msg.first("PD1")
+    if pd1 is not None:
+        primary_care(ctx, pd1, pat)
     if len(msg.all("PID")) > 1:
         ctx.find("information", "v2.pid.repeated", "only the first PID (patient) of the message is mapped", "PID")
     for n, nk1 in enumerate(msg.all("NK1"), 1):

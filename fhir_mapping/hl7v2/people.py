@@ -351,6 +351,14 @@ def practitioner(ctx: Ctx, rep: list[list[str]], loc: str) -> dict[str, str] | N
     return ref
 
 
+def primary_care(ctx: Ctx, pd1: Seg, pat: dict) -> None:
+    """PD1-4 primary care providers (XCN) and PD1-3 primary facility (XON name) -> generalPractitioner."""
+    refs = [r for i, rep in enumerate(pd1.field(4), 1) if (r := practitioner(ctx, rep, pd1.loc(4, i)))]
+    refs += [{"display": name} for rep in pd1.field(3) if (name := dt.comp_text(rep, 1))]
+    if refs:
+        pat["generalPractitioner"] = refs
+
+
 def merge(ctx: Ctx, mrg: Seg, survivor: dict) -> None:
     """MRG-1 names the retired Patient: it becomes inactive and points to the survivor, which
     records that it replaces it (FHIR Patient.link, as $merge does)."""
