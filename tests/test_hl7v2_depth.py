@@ -159,3 +159,36 @@ def test_iam_reactions_from_iar_and_pd1_primary_care():
     assert al["reaction"][0]["note"] == [{"text": "口服抗组胺药"}]
     gp = by_type(c, "Patient")[0]["generalPractitioner"]
     assert gp[0]["display"] == "赵全科" and gp[1] == {"display": "社区卫生服务中心"}
+
+
+def test_visit_roles_are_encounter_participants():
+    c = conv("ADT^A01", PID + PV1 + "ROL|1|AD|AT^Attending^HL70443|D1^张^医生|20240315080000\r"
+             "PRT|1|AD||RP^Referring^HL70912|D2^李^医生\rPRT|2|AD||PP^Primary Care^HL70912|D3^赵^医生\r")
+    parts = {p["individual"]["display"]: p for p in by_type(c, "Encounter")[0]["participant"]}
+    assert parts["张医生"]["type"][0]["coding"][0]["code"] == "ATND"
+    assert parts["张医生"]["period"] == {"start": "2024-03-15T08:00:00+08:00"}
+    assert parts["李医生"]["type"][0]["coding"][0]["code"] == "REF"
+    assert parts["赵医生"]["type"][0]["coding"][0]["code"] == "PP"  # no v3 type: the sender's coding
+
+
+def test_referral_providers():
+    c = conv("REF^I12", "RF1|A^Accepted|||||R1\rPRD|RP^Referring^HL70286|王^医生|人民路1号^^重庆||||P001\r"
+             "PRD|RT^Referred to^HL70286|陈^医生|||||-\r" + PID + "ORC|NW|P1\rOBR|1|P1||GI^胃镜^L\r")
+    (sr,) = by_type(c, "ServiceRequest")
+    pracs = {p["name"][0]["text"]: p for p in by_type(c, "Practitioner")}
+    assert sr["requester"]["reference"] == f"Practitioner/{pracs['王医生']['id']}"
+    assert sr["performer"] == [{"reference": f"Practitioner/{pracs['陈医生']['id']}", "display": "陈医生"}]
+    assert pracs["王医生"]["identifier"][0]["value"] == "P001" and "identifier" not in pracs["陈医生"]
+
+
+def test_compound_components_dose_limits_and_supplier():
+    c = conv("RDE^O11", PID + "ORC|NW|P1\rRXE||IVB^静脉营养液^L|1||BAG^袋\rRXC|B|NS^生理盐水^L|250|ML^毫升\r"
+             "RXC|A|KCL^氯化钾^L|1|G^克|10|mg/mL^mg/mL\rCDO|1|A|3^g|1^d\r")
+    (med,), (mr,) = by_type(c, "Medication"), by_type(c, "MedicationRequest")
+    assert mr["medicationReference"] == {"reference": f"Medication/{med['id']}"}
+    assert [(i["itemCodeableConcept"]["text"], i["isActive"]) for i in med["ingredient"]] == [("生理盐水", False), ("氯化钾", True)]
+    assert med["ingredient"][1]["strength"]["numerator"] == {"value": 10, "unit": "mg/mL"}
+    assert mr["dosageInstruction"][0]["maxDosePerPeriod"] == {"numerator": {"value": 3, "unit": "g"},
+                                                              "denominator": {"value": 1, "unit": "d"}}
+    sup = conv("ORM^O01", PID + "ORC|NW|S1\rRQD|1|G01^纱布^L|||2\rRQ1||M1|医用材料厂|V1|某某供应商\r")
+    assert by_type(sup, "SupplyRequest")[0]["supplier"] == [{"display": "某某供应商"}]

@@ -52,6 +52,40 @@ def visit_key(ctx: Ctx, pv1: Seg) -> tuple[str | None, dict | None]:
     return None, None
 
 
+# roles of tables 0443 / 0912 that have a v3 participation type; others keep the sender's coding
+_ROLE_TYPES = {"AD": "ADM", "AT": "ATND", "CP": "CON", "RP": "REF", "RT": "REFT", "DP": "DIS"}
+
+
+def role_participants(ctx: Ctx, enc: dict) -> None:
+    """ROL (v2.3-2.6) and PRT (v2.7+) sent with the visit, before any order: their people as Encounter
+    participants, the role (tables 0443 / 0912) as participation type, begin and end as period."""
+    added = enc.setdefault("participant", [])
+    for seg in ctx.msg.segments:
+        if seg.name in ("ORC", "OBR", "RXA", "SCH", "TXA", "FT1", "PRB", "RXO", "RXE"):
+            break
+        if seg.name not in ("ROL", "PRT"):
+            continue
+        person_f, role_f, begin_f, end_f = (4, 3, 5, 6) if seg.name == "ROL" else (5, 4, 11, 12)
+        role = dt.concept(seg.rep(role_f))
+        code = _ROLE_TYPES.get(dt.comp(seg.rep(role_f), 1).upper())
+        period = {k: v for k, v in (("start", dt.datetime(seg.get(begin_f))), ("end", dt.datetime(seg.get(end_f)))) if v}
+        for i, rep in enumerate(seg.field(person_f), 1):
+            ref = practitioner(ctx, rep, seg.loc(person_f, i))
+            if ref is None:
+                continue
+            part: dict[str, Any] = {}
+            if code:
+                part["type"] = [{"coding": [{"system": _PART, "code": code}]}]
+            elif role:
+                part["type"] = [role]
+            if period:
+                part["period"] = period
+            part["individual"] = ref
+            added.append(part)
+    if not added:
+        del enc["participant"]
+
+
 def encounter(ctx: Ctx, pv1: Seg, pv2: Seg | None) -> dict | None:
     key, ident = visit_key(ctx, pv1)
     admit = dt.datetime(pv1.get(44))

@@ -9,7 +9,7 @@ from . import datatypes as dt
 from .patient_context import patient_context
 from .context import Ctx
 from .message import Seg
-from .people import practitioner
+from .people import practitioner, provider
 from .results import observation, report_key, specimen, split_groups
 from .tables import table
 
@@ -41,8 +41,8 @@ def build_service_requests(ctx: Ctx) -> None:
     patient_context(ctx)
     groups, loose, early_spm = split_groups(ctx)
     early = [r for r in (specimen(ctx, s) for s in early_spm) if r]
-    for g in groups:
-        service_request(ctx, g, early)
+    orders = [service_request(ctx, g, early) for g in groups]
+    referral_providers(ctx, orders)
     made = len(groups)
     for n, g in enumerate((g for g in _pharmacy_groups(ctx) if "RXO" in g), 1):
         medication_request(ctx, g, n)
@@ -108,6 +108,24 @@ def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
     return ctx.add(res)
 
 
+def referral_providers(ctx: Ctx, orders: list[dict[str, str]]) -> None:
+    """PRD (REF messages) -> Practitioners: the referring provider (PRD-1 RP) requests every order of
+    the referral, the referred-to and consulting ones (RT, CP) perform it."""
+    requesters, performers = [], []
+    for prd in ctx.msg.all("PRD"):
+        ref = provider(ctx, prd)
+        if ref is None:
+            continue
+        role = dt.comp(prd.rep(1), 1).upper()
+        (requesters if role in ("RP", "PP") else performers).append(ref)
+    for o in orders:
+        res = ctx.get("ServiceRequest", o["reference"].split("/", 1)[1])
+        if requesters and "requester" not in res:
+            res["requester"] = requesters[0]
+        if performers:
+            res["performer"] = performers
+
+
 def _pharmacy_groups(ctx: Ctx) -> list[dict[str, Any]]:
     groups: list[dict[str, Any]] = []
     cur: dict[str, Any] | None = None
@@ -119,6 +137,8 @@ def _pharmacy_groups(ctx: Ctx) -> list[dict[str, Any]]:
             cur.setdefault(seg.name, seg)
             if seg.name != "TQ1":
                 cur["owner"] = seg.name
+        elif cur is not None and seg.name in ("RXC", "CDO"):
+            cur.setdefault(seg.name + "s", []).append(seg)
         elif cur is not None and seg.name == "RXR":
             # RXR follows the segment it belongs to: RXO's route (as ordered), RXE's (as encoded)...
             cur["RXR"].append(seg)
@@ -183,7 +203,11 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
         res["identifier"] = idents
     res["status"] = _MEDSTATUS.get(order_status(orc), "active")
     res["intent"] = "order"
-    res["medicationCodeableConcept"] = med
+    compound = _compound(ctx, key, med, g.get("RXCs", []))
+    if compound:
+        res["medicationReference"] = compound
+    else:
+        res["medicationCodeableConcept"] = med
     res["subject"] = ctx.patient_ref
     if ctx.encounter_ref:
         res["encounter"] = ctx.encounter_ref
@@ -212,6 +236,7 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
         if u:
             q["unit"] = u
         dosage["doseAndRate"] = [{"doseQuantity": q}]
+    dosage.update(_limits(g.get("CDOs", [])))
     if dosage:
         res["dosageInstruction"] = [dosage]
     if rxe is not None:
@@ -232,6 +257,54 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
     rxd = g.get("RXD")
     if rxd is not None:
         dispense(ctx, rxd, g["RXR"], key, ref, src)
+
+
+def _quantity(rep: list[list[str]], amount_c: int = 1, unit_c: int = 2) -> dict | None:
+    """CQ (quantity^units) or amount and units fields as a Quantity."""
+    value = dt.decimal(dt.comp(rep, amount_c))
+    if value is None:
+        return None
+    q: dict[str, Any] = {"value": value}
+    unit = dt.comp(rep, unit_c, 2) or dt.comp(rep, unit_c, 1)
+    if unit:
+        q["unit"] = unit
+    return q
+
+
+def _compound(ctx: Ctx, key: str, med: dict, rxcs: list[Seg]) -> dict[str, str] | None:
+    """RXC components (A additive, B base) -> a Medication with its ingredients: RXC-2 what, RXC-3/4 the
+    amount, RXC-5/6 the strength; additives are the active ingredients."""
+    ingredients = []
+    for rxc in rxcs:
+        item = dt.concept(rxc.rep(2))
+        if item is None:
+            continue
+        ing: dict[str, Any] = {"itemCodeableConcept": item, "isActive": rxc.get(1).upper() == "A"}
+        amount = _quantity([[rxc.get(3)], [dt.comp(rxc.rep(4), 2) or dt.comp(rxc.rep(4), 1)]])
+        strength = _quantity([[rxc.get(5)], [dt.comp(rxc.rep(6), 2) or dt.comp(rxc.rep(6), 1)]])
+        if strength or amount:
+            ing["strength"] = {"numerator": strength or amount}
+        ingredients.append(ing)
+    if not ingredients:
+        return None
+    return ctx.add({"resourceType": "Medication", "id": ctx.id("Medication", key), "code": med,
+                    "ingredient": ingredients})
+
+
+def _limits(cdos: list[Seg]) -> dict[str, Any]:
+    """CDO (cumulative dosage, v2.8): CDO-3 the limit, CDO-4 the interval it holds over (none, or a unit
+    without a number such as ``PL``: the patient's lifetime)."""
+    out: dict[str, Any] = {}
+    for cdo in cdos:
+        limit = _quantity(cdo.rep(3))
+        if limit is None:
+            continue
+        interval = _quantity(cdo.rep(4))
+        if interval is not None:
+            out["maxDosePerPeriod"] = {"numerator": limit, "denominator": interval}
+        else:
+            out["maxDosePerLifetime"] = limit
+    return out
 
 
 def _detail_groups(ctx: Ctx, name: str) -> list[tuple[Seg | None, list[Seg], list[str]]]:
@@ -343,6 +416,11 @@ def supply_requests(ctx: Ctx) -> int:
             deliver = dt.concept(rqd.rep(9))
             if deliver:
                 res["deliverTo"] = {"display": deliver.get("text") or deliver["coding"][0]["code"]}
+            after = ctx.msg.segments[rqd.index + 1] if rqd.index + 1 < len(ctx.msg.segments) else None
+            if after is not None and after.name == "RQ1":  # vendor (RQ1-5) or manufacturer (RQ1-3)
+                supplier = dt.comp_text(after.rep(5), 1) or dt.comp_text(after.rep(3), 1)
+                if supplier:
+                    res["supplier"] = [{"display": supplier}]
             ctx.add(res)
             made += 1
     return made

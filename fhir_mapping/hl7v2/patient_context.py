@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .clinical import allergy, condition, coverage, procedure
 from .context import Ctx
-from .encounter import encounter
+from .encounter import encounter, role_participants
 from .people import patient, primary_care, related_person
 
 
@@ -26,7 +26,9 @@ def patient_context(ctx: Ctx, *, with_encounter: bool = True) -> dict:
     if with_encounter:
         pv1 = msg.first("PV1")
         if pv1 is not None:
-            encounter(ctx, pv1, msg.first("PV2"))
+            enc = encounter(ctx, pv1, msg.first("PV2"))
+            if enc is not None:
+                role_participants(ctx, enc)
     for seg in msg.segments:
         if seg.name in ("AL1", "IAM"):
             allergy(ctx, seg)

@@ -359,6 +359,34 @@ def primary_care(ctx: Ctx, pd1: Seg, pat: dict) -> None:
         pat["generalPractitioner"] = refs
 
 
+def provider(ctx: Ctx, prd: Seg) -> dict[str, str] | None:
+    """PRD (referral provider: name XPN 2, address 3, telecom 5, identifiers PLN 7) -> Practitioner, keyed
+    by its usable identifier, else by its name."""
+    name = dt.human_name(prd.rep(2))
+    ids = [v for r, rep in enumerate(prd.field(7), 1)
+           if (v := dt.comp(rep, 1)) and ctx.usable(v, None, prd.loc(7, r, 1), "provider id")]
+    if name is None and not ids:
+        return None
+    res: dict[str, Any] = {"resourceType": "Practitioner",
+                           "id": ctx.id("Practitioner", "PRD", ids[0] if ids else repr(name))}
+    if ids:
+        res["identifier"] = [{"system": s, "value": v} if (s := ctx.local_system("practitioner")) else {"value": v}
+                             for v in ids]
+    res["active"] = True
+    if name:
+        res["name"] = [name]
+    telecom = [c for c in (dt.contact_point(r) for r in prd.field(5)) if c]
+    if telecom:
+        res["telecom"] = _unique(telecom)
+    addrs = [a for a in (dt.address(r) for r in prd.field(3)) if a]
+    if addrs:
+        res["address"] = addrs
+    ref = ctx.add(res)
+    if name:
+        ref = dict(ref, display=name.get("text") or " ".join([*name.get("given", []), name.get("family", "")]).strip())
+    return ref
+
+
 def merge(ctx: Ctx, mrg: Seg, survivor: dict) -> None:
     """MRG-1 names the retired Patient: it becomes inactive and points to the survivor, which
     records that it replaces it (FHIR Patient.link, as $merge does)."""
