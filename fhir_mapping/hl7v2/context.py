@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from fhir_mapping.base import Finding, MappingError, SourceInfo
@@ -14,6 +15,8 @@ from .tables import table
 
 _LOCAL = table("identifiers")["local_suffix"]
 _SHARED_IDS = {"Patient": patient_id, "Encounter": encounter_id}
+# the same record numbers and practitioner ids come back message after message: check each once
+_key_problem = lru_cache(maxsize=1 << 16)(key_problem)
 _PROBLEMS = {"placeholder": "a placeholder (filler) value",
              "check-digit": "a resident ID number failing the GB 11643 check (length, region, birth date or "
                             "check character)"}
@@ -57,7 +60,7 @@ class Ctx:
     def usable(self, value: str | None, system: str | None, loc: str, what: str = "identifier") -> bool:
         """Whether ``value`` may key a resource and be kept as an identifier value
         (``fhir_mapping.identifiers.key_problem``); when not, a finding names the field, never the value."""
-        problem = key_problem(value, system)
+        problem = _key_problem(value, system)
         if problem is None:
             return True
         if problem != "missing":
