@@ -4,6 +4,7 @@ every AIS of an appointment. Small messages of our own, each checked resource by
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from fhir_mapping.base import MappingError, SourceInfo
@@ -192,3 +193,15 @@ def test_compound_components_dose_limits_and_supplier():
                                                               "denominator": {"value": 1, "unit": "d"}}
     sup = conv("ORM^O01", PID + "ORC|NW|S1\rRQD|1|G01^纱布^L|||2\rRQ1||M1|医用材料厂|V1|某某供应商\r")
     assert by_type(sup, "SupplyRequest")[0]["supplier"] == [{"display": "某某供应商"}]
+
+
+@pytest.mark.parametrize("kind, body", [
+    ("ORM^O01", "ORC|NW|P1\rOBR|1|P1||CT^CT^L\r"),
+    ("ORU^R01", "OBR|1|P1|F1|CT^CT^L\rOBX|1|ST|X^X^L||ok||||||F\r"),
+    ("RDE^O11", "ORC|NW|P1\rRXE||A1^阿莫西林^L|1||g\r"),
+])
+def test_charges_travel_with_orders_and_results(kind, body):
+    c = conv(kind, PID + PV1 + body + "FT1|1|T9||20240315||CG|F01^检查费^L|||1|80.00&CNY\r")
+    (item,) = by_type(c, "ChargeItem")
+    assert item["code"]["text"] == "检查费" and item["priceOverride"]["currency"] == "CNY"
+    assert orjson.loads(orjson.dumps(item["priceOverride"]["value"])) == 80

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .context import Ctx
+from .financial import charges
 from .patient_context import patient_context
 from .people import merge
 from .reports import results
@@ -29,6 +30,12 @@ def merge_patients(ctx: Ctx) -> None:
         raise ctx.error(f"{ctx.kind} has no MRG segment naming the patient to merge", "MRG", "v2.mrg.missing")
     for mrg in mrgs[:1]:
         merge(ctx, mrg, pat)
+
+
+def financial(ctx: Ctx) -> None:
+    patient_context(ctx)
+    charges(ctx, require=True)
+    results(ctx, require=False)  # the orders and results (OBR/OBX) a charge is for
 
 
 def billing(ctx: Ctx) -> None:
@@ -56,6 +63,6 @@ BUILDERS: dict[str, Callable[[Ctx], None]] = {
     "immunization": _lazy("orders", "build_immunizations"),
     "schedule": _lazy("scheduling", "build"),
     "document": _lazy("documents", "build"),
-    "financial": _lazy("financial", "build"),
+    "financial": financial,
     "problem": _lazy("problems", "build"),
 }

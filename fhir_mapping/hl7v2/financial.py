@@ -1,4 +1,4 @@
-"""DFT^P03/P11: FT1 -> ChargeItem, keeping the payer split (insurance, self-pay, commercial
+"""FT1 -> ChargeItem (DFT^P03/P11, and the charges orders and results carry), keeping the payer split (insurance, self-pay, commercial
 insurance) as extensions; see tables/payer_split.json for the sources and the choice."""
 
 from __future__ import annotations
@@ -6,8 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from . import datatypes as dt
-from .patient_context import patient_context
-from .reports import results
 from .context import Ctx
 from .message import Seg
 from .people import practitioner
@@ -52,8 +50,9 @@ def payer_split(ctx: Ctx, ft1: Seg, zsegs: list[Seg], total: dict | None) -> lis
     return [_share(c, m) for c, m in shares]
 
 
-def build(ctx: Ctx) -> None:
-    patient_context(ctx)
+def charges(ctx: Ctx, *, require: bool) -> int:
+    """Every FT1 (with its payer-split segments) -> ChargeItem, in whatever message it comes (DFT, and
+    the orders and results that carry their charges); with ``require``, a message without FT1 is refused."""
     zname = _SPLIT["z_segment"]
     items: list[tuple[Seg, list[Seg]]] = []
     for seg in ctx.msg.segments:
@@ -61,9 +60,8 @@ def build(ctx: Ctx) -> None:
             items.append((seg, []))
         elif seg.name == zname and items:
             items[-1][1].append(seg)
-    if not items:
+    if require and not items:
         raise ctx.error(f"{ctx.kind} has no FT1 segment: there is no charge to map", "FT1", "v2.ft1.missing")
-    results(ctx, require=False)  # the orders and results (OBR/OBX) a charge is for
     for n, (ft1, zsegs) in enumerate(items, 1):
         code = dt.concept(ft1.rep(7))
         if code is None:
@@ -113,3 +111,4 @@ def build(ctx: Ctx) -> None:
         if entered:
             res["enteredDate"] = entered
         ctx.add(res)
+    return len(items)

@@ -8,6 +8,7 @@ from typing import Any
 from . import datatypes as dt
 from .patient_context import patient_context
 from .context import Ctx
+from .financial import charges
 from .message import Seg
 from .people import practitioner, provider
 from .results import observation, report_key, specimen, split_groups
@@ -51,6 +52,7 @@ def build_service_requests(ctx: Ctx) -> None:
     if not made:
         raise ctx.error(f"{ctx.kind} has no OBR, RXO, ODS or RQD segment: there is no order to map", "OBR",
                         "v2.obr.missing")
+    charges(ctx, require=False)
 
 
 def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
@@ -186,6 +188,7 @@ def build_medications(ctx: Ctx) -> None:
                         "RXE", "v2.rxe.missing")
     for n, g in enumerate(groups, 1):
         medication_request(ctx, g, n)
+    charges(ctx, require=False)
 
 
 def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:

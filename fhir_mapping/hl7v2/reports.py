@@ -5,6 +5,7 @@ the same order and pointing to the group's Specimen (SPM, or OBR-15 before v2.5)
 from __future__ import annotations
 
 from .context import Ctx
+from .financial import charges
 from .orders import service_request
 from .patient_context import patient_context
 from .results import diagnostic_report, group_specimens, loose_observations, report_key, specimen, split_groups
@@ -30,3 +31,4 @@ def results(ctx: Ctx, *, require: bool) -> int:
 def build(ctx: Ctx) -> None:
     patient_context(ctx)
     results(ctx, require=True)
+    charges(ctx, require=False)
