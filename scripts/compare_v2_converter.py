@@ -142,9 +142,7 @@ def compare(samples: Path) -> dict:
                      "theirs": dict(sorted(theirs.items())), "refused": refused,
                      "reference_output": expected.is_file()})
     segments = []
-    for seg in sorted(seen_segments):
-        if seg not in REFERENCE_SEGMENTS:
-            continue
+    for seg in sorted(REFERENCE_SEGMENTS):
         mapped = declared.get("mapped", {}).get(seg)
         refused = declared.get("refused", {}).get(seg)
         later = declared.get("not_yet", {}).get(seg)
@@ -153,7 +151,8 @@ def compare(samples: Path) -> dict:
         segments.append({"segment": seg, "reference": REFERENCE_SEGMENTS[seg],
                          "ours": "mapped" if mapped else "refused" if refused else "not yet",
                          "resources": claim, "note": (mapped or {}).get("note", "") if mapped else refused or later or "",
-                         "claimed_but_not_produced": missing, "messages": len(seen_segments[seg])})
+                         "claimed_but_not_produced": missing if seg in seen_segments else [],
+                         "messages": len(seen_segments.get(seg, []))})
     return {"messages": len(messages), "rows": rows,
             "total": {"ours": dict(sorted(ours_total.items())), "theirs": dict(sorted(theirs_total.items())),
                       "theirs_distinct": dict(sorted(distinct_total.items())),
@@ -179,24 +178,24 @@ def text_report(result: dict) -> str:
     out.append(f"{'type':<22}{'ours':>6}{'theirs':>8}{'distinct':>10}")
     out += [f"{k:<22}{t['ours'].get(k, 0):>6}{t['theirs'].get(k, 0):>8}{t['theirs_distinct'].get(k, 0):>10}"
             for k in types]
-    out.append("\nSegments of the samples that the reference converter maps:")
+    out.append("\nSegments the reference converter maps (messages of the samples holding them):")
     for s in result["segments"]:
         extra = (f" (not made from the samples: {', '.join(s['claimed_but_not_produced'])})"
                  if s["claimed_but_not_produced"] else "")
         what = ", ".join(s["resources"]) if s["ours"] == "mapped" else s["note"]
-        out.append(f"  {s['segment']}: {s['ours']:<8} {what}{extra}")
+        out.append(f"  {s['segment']} ({s['messages']}): {s['ours']:<8} {what}{extra}")
     todo = [s["segment"] for s in result["segments"] if s["ours"] == "not yet"]
     out.append(f"\nmapped by them, neither mapped nor refused by us: {', '.join(todo) or 'none'}")
     return "\n".join(out)
 
 
 def markdown(result: dict) -> str:
-    out = ["| segment | reference converter makes | we | resources / reason |", "|---|---|---|---|"]
+    out = ["| segment | samples | reference converter makes | we | resources / reason |", "|---|---:|---|---|---|"]
     for s in result["segments"]:
         what = ", ".join(s["resources"]) if s["ours"] == "mapped" else s["note"]
         if s["ours"] == "mapped" and s["note"]:
             what += f" ({s['note']})"
-        out.append(f"| {s['segment']} | {', '.join(s['reference'])} | {s['ours']} | {what} |")
+        out.append(f"| {s['segment']} | {s['messages']} | {', '.join(s['reference'])} | {s['ours']} | {what} |")
     t = result["total"]
     out += ["", "| resource | ours | reference (entries) | reference (distinct ids) |", "|---|---:|---:|---:|"]
     out += [f"| {k} | {t['ours'].get(k, 0)} | {t['theirs'].get(k, 0)} | {t['theirs_distinct'].get(k, 0)} |"
