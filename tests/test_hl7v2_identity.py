@@ -5,7 +5,6 @@ the field, never the value."""
 
 from __future__ import annotations
 
-import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -68,7 +68,8 @@ def role_participants(ctx: Ctx, enc: dict) -> None:
         person_f, role_f, begin_f, end_f = (4, 3, 5, 6) if seg.name == "ROL" else (5, 4, 11, 12)
         role = dt.concept(seg.rep(role_f))
         code = _ROLE_TYPES.get(dt.comp(seg.rep(role_f), 1).upper())
-        period = {k: v for k, v in (("start", dt.datetime(seg.get(begin_f))), ("end", dt.datetime(seg.get(end_f)))) if v}
+        begin, end = dt.datetime(seg.get(begin_f)), dt.datetime(seg.get(end_f))
+        period = {k: v for k, v in (("start", begin), ("end", end)) if v}
         for i, rep in enumerate(seg.field(person_f), 1):
             ref = practitioner(ctx, rep, seg.loc(person_f, i))
             if ref is None:

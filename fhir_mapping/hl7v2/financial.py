@@ -1,5 +1,6 @@
-"""FT1 -> ChargeItem (DFT^P03/P11, and the charges orders and results carry), keeping the payer split (insurance, self-pay, commercial
-insurance) as extensions; see tables/payer_split.json for the sources and the choice."""
+"""FT1 -> ChargeItem (DFT^P03/P11, and the charges orders and results carry), keeping the payer split
+(insurance, self-pay, commercial insurance) as extensions; see tables/payer_split.json for the sources
+and the choice."""
 
 from __future__ import annotations
 

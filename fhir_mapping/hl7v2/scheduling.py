@@ -136,7 +136,8 @@ def _service_request(ctx: Ctx, ais: Seg, key: str, status: str) -> dict | None:
     if code is None:
         return None
     res: dict[str, Any] = {"resourceType": "ServiceRequest",
-                           "id": ctx.id("ServiceRequest", "AIS", key, ais.get(1) or ais.ordinal, dt.comp(ais.rep(3), 1)),
+                           "id": ctx.id("ServiceRequest", "AIS", key, ais.get(1) or ais.ordinal,
+                                        dt.comp(ais.rep(3), 1)),
                            "status": "revoked" if status in ("cancelled", "noshow") else "active",
                            "intent": "order", "code": code, "subject": ctx.patient_ref}
     start = dt.datetime(ais.get(4))
