@@ -127,6 +127,18 @@ _FIELDS = {
     "PV1-19/PV1-7": lambda v: adt("MR1^^^^MR", v, pv1_doctor=f"{v}^张^医生"),
     "NK1-33": lambda v: adt("MR1^^^^MR", "ZY1", extra=f"NK1|1|李^秀英|SPO{'|' * 30}{v}^^^^NI\r"),
     "ORC/OBR": lambda v: _oru("M1", "MR1", v, v, f"{v}^王^医生"),
+    "SPM-2": lambda v: _oru("M1", "MR1", "P1", "F1", "").replace(
+        b"OBX|1", f"SPM|1|{v}&&&^{v}&&&||BLD^全血^HL70487\rOBX|1".encode()),
+    "SCH-1/2": lambda v: ("MSH|^~\\&|HIS|H1|HUB|R|20240315083000+0800||SIU^S12|C1|P|2.5\r"
+                          f"SCH|{v}|{v}|||||复诊\rPID|1||MR1^^^^MR||王^小明\r").encode(),
+    "TXA-12": lambda v: ("MSH|^~\\&|HIS|H1|HUB|R|20240315083000+0800||MDM^T02|C1|P|2.5\r"
+                         f"PID|1||MR1^^^^MR||王^小明\rTXA|1|DS|TX|20240315||||||||{v}|{v}\r"
+                         "OBX|1|TX|X^出院小结^L||正文\r").encode(),
+    "FT1-2/DG1-20/IN1": lambda v: ("MSH|^~\\&|HIS|H1|HUB|R|20240315083000+0800||DFT^P03|C1|P|2.5\r"
+                                   "PID|1||MR1^^^^MR||王^小明\r"
+                                   f"DG1|1||I10^高血压^I10{'|' * 17}{v}\r"
+                                   f"IN1|1|P1^职工医保|{v}|医保中心||||{v}{'|' * 28}{v}\r"
+                                   f"FT1|1|{v}||20240315||CG|F01^检查费^L|||1|20.00\r").encode(),
 }
 
 
