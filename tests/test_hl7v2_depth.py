@@ -205,3 +205,21 @@ def test_charges_travel_with_orders_and_results(kind, body):
     (item,) = by_type(c, "ChargeItem")
     assert item["code"]["text"] == "检查费" and item["priceOverride"]["currency"] == "CNY"
     assert orjson.loads(orjson.dumps(item["priceOverride"]["value"])) == 80
+
+
+def test_fixture_problem_list_and_mixed_orders():
+    from tests.test_hl7v2_mapping import conv as fixture_conv
+
+    ppr = fixture_conv("ppr_pc1_cn.hl7")
+    conds = {c["code"]["coding"][0]["code"]: c for c in by_type(ppr, "Condition")}
+    assert conds["I10.x00"]["verificationStatus"]["coding"][0]["code"] == "confirmed"
+    assert conds["E11.900"]["verificationStatus"]["coding"][0]["code"] == "provisional"
+    assert len(conds["I10.x00"]["evidence"][0]["detail"]) == 2 and "evidence" not in conds["E11.900"]
+    assert not ppr.findings
+    orm = fixture_conv("orm_o01_diet_supply_cn.hl7")
+    kinds = sorted(r["resourceType"] for r in orm.resources if r["resourceType"] in (
+        "NutritionOrder", "SupplyRequest", "MedicationRequest", "ChargeItem", "ServiceRequest"))
+    assert kinds == ["ChargeItem", "MedicationRequest", "NutritionOrder", "SupplyRequest"]
+    assert by_type(orm, "SupplyRequest")[0]["supplier"] == [{"display": "某某医疗器械公司"}]
+    assert by_type(orm, "MedicationRequest")[0]["dosageInstruction"][0]["route"]["coding"][0]["system"] == V2_0162
+    assert not orm.findings
