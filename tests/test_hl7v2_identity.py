@@ -163,3 +163,9 @@ def test_resident_id_in_pid19_keeps_its_system_and_is_checked():
     bad = conv(_pid(f"PID|1||MR1^^^^MR||王^小明||19850312|M|||||||||||{BAD_CHECK}"))
     assert BAD_CHECK not in identifier_values(bad.resources)
     assert [f.location for f in bad.findings if f.rule == "v2.identifier.check-digit"] == ["PID-19"]
+
+
+def test_placeholder_allergy_ids_do_not_merge_allergies():
+    c = conv(adt("MR1^^^^MR", "ZY1", extra="IAM|1|DA|P01^青霉素^L|||A|-\rIAM|2|FA|F01^花生^L|||A|-\r"))
+    assert sorted(a["code"]["text"] for a in by_type(c, "AllergyIntolerance")) == ["花生", "青霉素"]
+    assert [f.location for f in c.findings if f.rule == "v2.identifier.placeholder"] == ["IAM-7.1", "IAM[2]-7.1"]

@@ -25,7 +25,8 @@ def allergy(ctx: Ctx, seg: Seg) -> None:
         ctx.find("warning", "v2.al1-3.missing", f"{seg.name} without an allergen (3) skipped", seg.loc(3))
         return
     key = dt.comp(seg.rep(3), 1) or code.get("text", "")
-    if seg.name == "IAM" and dt.comp(seg.rep(7), 1):
+    if seg.name == "IAM" and dt.comp(seg.rep(7), 1) and ctx.usable(
+            dt.comp(seg.rep(7), 1), None, seg.loc(7, c=1), "allergy unique identifier"):
         key = "IAM7:" + dt.comp(seg.rep(7), 1)
     res: dict[str, Any] = {"resourceType": "AllergyIntolerance",
                            "id": ctx.id("AllergyIntolerance", ctx.patient_key, key)}

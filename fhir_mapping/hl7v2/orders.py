@@ -434,8 +434,11 @@ def dispense(ctx: Ctx, rxd: Seg, rxr: list[Seg], key: str, request_ref: dict, sr
     if med is None:
         ctx.find("warning", "v2.rxd-2.missing", "RXD without a dispense/give code (2) skipped", "RXD-2")
         return
+    number = rxd.get(7)
+    if number and not ctx.usable(number, None, rxd.loc(7), "prescription number"):
+        number = ""
     res: dict[str, Any] = {"resourceType": "MedicationDispense",
-                           "id": ctx.id("MedicationDispense", key, rxd.get(7) or rxd.get(1)),
+                           "id": ctx.id("MedicationDispense", key, number or rxd.get(1)),
                            "status": "completed", "medicationCodeableConcept": med,
                            "subject": ctx.patient_ref, "authorizingPrescription": [request_ref]}
     if ctx.encounter_ref:
