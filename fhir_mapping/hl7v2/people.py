@@ -4,6 +4,7 @@ MRG -> the retired Patient linked to its survivor."""
 from __future__ import annotations
 
 import re
+from datetime import date as _date
 from typing import Any
 
 from terminology import resident_id
@@ -179,7 +180,7 @@ def patient(ctx: Ctx, pid: Seg) -> dict:
                      "not mapped", "PID-7")
         elif b[:4] < _EARLIEST_BIRTH_YEAR:
             ctx.find("warning", "v2.pid7.too-early", f"birth date before {_EARLIEST_BIRTH_YEAR}; not mapped", "PID-7")
-        elif sent and b > sent[:len(b)]:
+        elif sent and _after(b, sent):
             # the message's own time (MSH-7) is "now" for a pure mapper
             ctx.find("warning", "v2.pid7.future", "birth date after the message was sent (MSH-7); not mapped",
                      "PID-7")
@@ -213,6 +214,14 @@ def patient(ctx: Ctx, pid: Seg) -> dict:
     ref = ctx.add(res)
     ctx.patient_ref = ref
     return res
+
+
+def _after(birth: str, sent: str) -> bool:
+    """Birth date later than the message's day, with a day's grace (a birth just after midnight in
+    the sender's zone, stamped by a system in another)."""
+    if len(birth) < 10:
+        return birth > sent[:len(birth)]
+    return (_date.fromisoformat(birth) - _date.fromisoformat(sent[:10])).days > 1
 
 
 def _visit_key(ctx: Ctx, pid: Seg) -> tuple[str, ...]:
