@@ -348,7 +348,13 @@ def nutrition_orders(ctx: Ctx) -> int:
             ctx.find("warning", "v2.ods-3.missing", "ODS without a diet, supplement or preference code (3) "
                      "nor instructions (4) skipped", odss[0].loc(3))
             continue
-        when = (dt.datetime(orc.get(9)) if orc else None) or dt.datetime(ctx.msg.msh.get(7))
+        evn = ctx.msg.first("EVN")
+        when = ((dt.datetime(orc.get(9)) if orc else None) or dt.datetime(ctx.msg.msh.get(7))
+                or (dt.datetime(evn.get(2)) if evn is not None else None))
+        if when is None:  # NutritionOrder.dateTime is required
+            ctx.find("warning", "v2.ods.no-date", "diet order without a date (ORC-9, MSH-7, EVN-2) skipped",
+                     orc.loc(9) if orc else "ORC-9")
+            continue
         res: dict[str, Any] = {"resourceType": "NutritionOrder", "id": ctx.id("NutritionOrder", key)}
         if idents:
             res["identifier"] = idents

@@ -219,8 +219,9 @@ def patient(ctx: Ctx, pid: Seg) -> dict:
 def _after(birth: str, sent: str) -> bool:
     """Birth date later than the message's day, with a day's grace (a birth just after midnight in
     the sender's zone, stamped by a system in another)."""
-    if len(birth) < 10:
-        return birth > sent[:len(birth)]
+    if len(birth) < 10 or len(sent) < 10:  # a year or a month: compare what both give
+        n = min(len(birth), len(sent))
+        return birth[:n] > sent[:n]
     return (_date.fromisoformat(birth) - _date.fromisoformat(sent[:10])).days > 1
 
 
