@@ -223,3 +223,14 @@ def test_fixture_problem_list_and_mixed_orders():
     assert by_type(orm, "SupplyRequest")[0]["supplier"] == [{"display": "某某医疗器械公司"}]
     assert by_type(orm, "MedicationRequest")[0]["dosageInstruction"][0]["route"]["coding"][0]["system"] == V2_0162
     assert not orm.findings
+
+
+def test_order_participations_from_prt():
+    c = conv("ORU^R01", PID + PV1 + "ORC|RE|P1|F1\rPRT|1|AD||OP^Order Provider^HL70912|D1^张^医生\r"
+             "OBR|1|P1|F1|CBC^血常规^L|||20240315080000\rPRT|2|AD||PRI^Principal Result Interpreter^HL70912|D2^李^医生\r"
+             "PRT|3|AD||TN^Technician^HL70912|T1^赵^技师\rOBX|1|NM|6690-2^白细胞^LN||5.2|10*9/L|||||F\r"
+             "PRT|4|AD||RO^Responsible Observer^HL70912|T2^钱^技师\r")
+    (sr,), (rep,) = by_type(c, "ServiceRequest"), by_type(c, "DiagnosticReport")
+    assert sr["requester"]["display"] == "张医生" and [p["display"] for p in sr["performer"]] == ["赵技师"]
+    assert [p["display"] for p in rep["resultsInterpreter"]] == ["李医生"]
+    assert [p.get("display") for p in rep["performer"][1:]] == ["赵技师"]

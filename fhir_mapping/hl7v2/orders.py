@@ -11,7 +11,7 @@ from .context import Ctx
 from .financial import charges
 from .message import Seg
 from .people import practitioner, provider
-from .results import observation, report_key, specimen, split_groups
+from .results import observation, participants, report_key, specimen, split_groups
 from .tables import table
 
 _CODES = table("codes")
@@ -86,9 +86,12 @@ def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
     authored = dt.datetime(orc.get(9)) if orc else None
     if authored:
         res["authoredOn"] = authored
-    req = _requester(ctx, orc, obr)
+    parts = participants(ctx, g)
+    req = _requester(ctx, orc, obr) or next(iter(parts["requester"]), None)
     if req:
         res["requester"] = req
+    if parts["performer"]:
+        res["performer"] = list(parts["performer"])
     reasons = [c for c in (dt.concept(r) for r in obr.field(31)) if c]
     if reasons:
         res["reasonCode"] = reasons

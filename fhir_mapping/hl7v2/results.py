@@ -35,13 +35,35 @@ _ED_TYPES = {("AP", "PDF"): "application/pdf", ("APPLICATION", "PDF"): "applicat
 
 
 class _Group:
-    __slots__ = ("orc", "obr", "obx", "spm", "notes")
+    __slots__ = ("orc", "obr", "obx", "spm", "notes", "prt", "_parts")
 
-    def __init__(self, orc: Seg | None, obr: Seg):
+    def __init__(self, orc: Seg | None, obr: Seg, prt: list[Seg] | None = None):
         self.orc, self.obr = orc, obr
         self.obx: list[tuple[Seg, list[str]]] = []
         self.spm: list[Seg] = []
         self.notes: list[str] = []
+        self.prt: list[Seg] = prt or []  # PRT of the order (after its ORC or OBR, before any OBX)
+        self._parts: dict[str, list[dict]] | None = None
+
+
+# PRT-4 participations (table 0912) of an order: who ordered it, who interpreted the result; any other
+# person taking part performed it
+_ORDERING, _INTERPRETING = frozenset({"OP", "ORD"}), frozenset({"PRI", "ARI"})
+
+
+def participants(ctx: Ctx, g: _Group) -> dict[str, list[dict]]:
+    """The group's PRT people by what they did: ``requester``, ``interpreter``, ``performer`` (made once
+    per group, shared by its ServiceRequest and DiagnosticReport)."""
+    if g._parts is None:
+        g._parts = {"requester": [], "interpreter": [], "performer": []}
+        for prt in g.prt:
+            role = dt.comp(prt.rep(4), 1).upper()
+            kind = "requester" if role in _ORDERING else "interpreter" if role in _INTERPRETING else "performer"
+            for i, rep in enumerate(prt.field(5), 1):
+                ref = practitioner(ctx, rep, prt.loc(5, i))
+                if ref and ref not in g._parts[kind]:
+                    g._parts[kind].append(ref)
+    return g._parts
 
 
 def _nte_text(nte: Seg) -> str:
@@ -55,18 +77,24 @@ def split_groups(ctx: Ctx) -> tuple[list[_Group], list[tuple[Seg, list[str]]], l
     loose: list[tuple[Seg, list[str]]] = []
     early_spm: list[Seg] = []
     orc: Seg | None = None
+    orc_prt: list[Seg] = []
     cur: _Group | None = None
     last_notes: list[str] | None = None
     for seg in ctx.msg.segments:
         name = seg.name
         if name == "ORC":
-            orc = seg
+            orc, orc_prt = seg, []
             last_notes = None
         elif name == "OBR":
-            cur = _Group(orc, seg)
-            orc = None
+            cur = _Group(orc, seg, orc_prt)
+            orc, orc_prt = None, []
             groups.append(cur)
             last_notes = cur.notes
+        elif name == "PRT":
+            if orc is not None:  # after an ORC whose OBR has not come yet
+                orc_prt.append(seg)
+            elif cur is not None and not cur.obx:
+                cur.prt.append(seg)
         elif name == "OBX":
             item = (seg, [])
             (cur.obx if cur is not None else loose).append(item)
@@ -512,9 +540,11 @@ def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict], *,
         ref = practitioner(ctx, rep[:1] + [[s] for s in rep[0][1:]] if rep else rep, obr.loc(32))
         if ref:
             interpreters.append(ref)
+    parts = participants(ctx, g)
+    interpreters += [r for r in parts["interpreter"] if r not in interpreters]
     if interpreters:
         res["resultsInterpreter"] = interpreters
-    res["performer"] = [ctx.org_ref]
+    res["performer"] = [ctx.org_ref, *parts["performer"]]
     if specimens:
         res["specimen"] = specimens
     if results:
