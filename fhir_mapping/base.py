@@ -36,7 +36,7 @@ class Finding:
     """A data-quality observation about the input: kept, counted and reported, never fatal."""
 
     severity: str  # error | warning | information
-    rule: str  # stable rule id, e.g. "v2.pid3.resident-id-check-digit"
+    rule: str  # stable rule id, e.g. "v2.identifier.check-digit"
     message: str
     location: str | None = None  # "PID-3[2].1", an XPath, a column name
 

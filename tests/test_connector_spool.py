@@ -134,7 +134,7 @@ def test_mapper_findings_are_kept_and_counted(tmp_path):
     assert answer.ok
     found = spool.findings()
     assert [(f["rule"], f["severity"], f["unit_id"]) for f in found] == [
-        ("v2.pid3.resident-id-check-digit", "warning", "M1")]  # the check digit should be 9
+        ("v2.identifier.check-digit", "warning", "M1")]  # the check digit should be 9
     assert spool.counters()["mllp"]["findings"] == 1
     spool.close()
 

@@ -63,7 +63,7 @@ def _convert(payload: bytes, source: SourceInfo) -> Conversion:
     if spec is None:
         reason = _REFUSED.get(kind) or _REFUSED.get(mtype) or (
             f"message type {kind} is not supported (supported: ADT, BAR, DFT, ORU, OUL, ORM, OML, OMG, "
-            "REF, RDE, RDS, VXU, SIU, MDM triggers listed in fhir_mapping/hl7v2/tables/messages.json)")
+            "REF, RDE, RDS, VXU, SIU, MDM, PPR triggers listed in fhir_mapping/hl7v2/tables/messages.json)")
         raise MappingError(reason, code="AR", location="MSH-9", rule="v2.msh9.unsupported")
     control_id = msg.msh.get(10)
     if not control_id:

@@ -6,42 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .clinical import allergy, condition, coverage, procedure
 from .context import Ctx
-from .encounter import encounter
-from .people import merge, patient, related_person
-
-
-def patient_context(ctx: Ctx, *, with_encounter: bool = True) -> dict:
-    msg = ctx.msg
-    pid = msg.first("PID")
-    if pid is None:
-        raise ctx.error(f"{ctx.kind} has no PID segment", "PID", "v2.pid.missing")
-    pat = patient(ctx, pid)
-    if len(msg.all("PID")) > 1:
-        ctx.find("information", "v2.pid.repeated", "only the first PID (patient) of the message is mapped", "PID")
-    for n, nk1 in enumerate(msg.all("NK1"), 1):
-        related_person(ctx, nk1, n)
-    if with_encounter:
-        pv1 = msg.first("PV1")
-        if pv1 is not None:
-            encounter(ctx, pv1, msg.first("PV2"))
-    for seg in msg.segments:
-        if seg.name in ("AL1", "IAM"):
-            allergy(ctx, seg)
-    for n, dg1 in enumerate(msg.all("DG1"), 1):
-        condition(ctx, dg1, n)
-    for n, pr1 in enumerate(msg.all("PR1"), 1):
-        procedure(ctx, pr1, n)
-    for n, in1 in enumerate(msg.all("IN1"), 1):
-        coverage(ctx, in1, n)
-    return pat
+from .financial import charges
+from .patient_context import patient_context
+from .people import merge
+from .reports import results
+from .results import loose_observations
 
 
 def adt(ctx: Ctx) -> None:
     patient_context(ctx)
-    from .results import loose_observations
-
     loose_observations(ctx)
 
 
@@ -58,8 +32,15 @@ def merge_patients(ctx: Ctx) -> None:
         merge(ctx, mrg, pat)
 
 
+def financial(ctx: Ctx) -> None:
+    patient_context(ctx)
+    charges(ctx, require=True)
+    results(ctx, require=False)  # the orders and results (OBR/OBX) a charge is for
+
+
 def billing(ctx: Ctx) -> None:
     patient_context(ctx)
+    results(ctx, require=False)  # BAR carries OBX (and OBR) the bill rests on: kept, not dropped
 
 
 def _lazy(module: str, name: str) -> Callable[[Ctx], None]:
@@ -76,11 +57,12 @@ BUILDERS: dict[str, Callable[[Ctx], None]] = {
     "person": person,
     "merge": merge_patients,
     "billing": billing,
-    "results": _lazy("results", "build"),
+    "results": _lazy("reports", "build"),
     "orders": _lazy("orders", "build_service_requests"),
     "pharmacy": _lazy("orders", "build_medications"),
     "immunization": _lazy("orders", "build_immunizations"),
     "schedule": _lazy("scheduling", "build"),
     "document": _lazy("documents", "build"),
-    "financial": _lazy("financial", "build"),
+    "financial": financial,
+    "problem": _lazy("problems", "build"),
 }

@@ -25,7 +25,8 @@ def allergy(ctx: Ctx, seg: Seg) -> None:
         ctx.find("warning", "v2.al1-3.missing", f"{seg.name} without an allergen (3) skipped", seg.loc(3))
         return
     key = dt.comp(seg.rep(3), 1) or code.get("text", "")
-    if seg.name == "IAM" and dt.comp(seg.rep(7), 1):
+    if seg.name == "IAM" and dt.comp(seg.rep(7), 1) and ctx.usable(
+            dt.comp(seg.rep(7), 1), None, seg.loc(7, c=1), "allergy unique identifier"):
         key = "IAM7:" + dt.comp(seg.rep(7), 1)
     res: dict[str, Any] = {"resourceType": "AllergyIntolerance",
                            "id": ctx.id("AllergyIntolerance", ctx.patient_key, key)}
@@ -52,9 +53,36 @@ def allergy(ctx: Ctx, seg: Seg) -> None:
         c = dt.concept(rep)
         if c:
             manifestations.append(c)
-    if manifestations:
-        res["reaction"] = [{"manifestation": manifestations}]
+    reactions = [{"manifestation": manifestations}] if manifestations else []
+    if seg.name == "IAM":
+        reactions += _iar_reactions(ctx, seg)
+    if reactions:
+        res["reaction"] = reactions
     ctx.add(res)
+
+
+_REACTION_SEVERITY = {"MI": "mild", "MO": "moderate", "SV": "severe"}
+
+
+def _iar_reactions(ctx: Ctx, iam: Seg) -> list[dict]:
+    """The IAR segments after an IAM: each a reaction (IAR-1 what, IAR-2 severity, IAR-4 management)."""
+    out = []
+    for seg in ctx.msg.segments[iam.index + 1:]:
+        if seg.name == "NTE":
+            continue
+        if seg.name != "IAR":
+            break
+        what = dt.concept(seg.rep(1))
+        if what is None:
+            continue
+        reaction: dict[str, Any] = {"manifestation": [what]}
+        severity = _REACTION_SEVERITY.get(dt.comp(seg.rep(2), 1).upper())
+        if severity:
+            reaction["severity"] = severity
+        if seg.get(4):
+            reaction["note"] = [{"text": seg.text(4)}]
+        out.append(reaction)
+    return out
 
 
 def condition(ctx: Ctx, dg1: Seg, n: int) -> None:
@@ -65,15 +93,13 @@ def condition(ctx: Ctx, dg1: Seg, n: int) -> None:
     if code is None:
         ctx.find("warning", "v2.dg1-3.missing", "DG1 without a diagnosis code (3) or text (4) skipped", "DG1-3")
         return
-    ident_value = dg1.get(20)
-    key = ident_value or dt.comp(dg1.rep(3), 1) or text
+    ident = identifier(ctx, dg1.rep(20), dg1.loc(20), "entity") if dg1.get(20) else None
+    key = (ident["value"] if ident else "") or dt.comp(dg1.rep(3), 1) or text
     res: dict[str, Any] = {"resourceType": "Condition",
                            "id": ctx.id("Condition", ctx.patient_key,
                                         ctx.encounter_ref["reference"] if ctx.encounter_ref else "", key)}
-    if ident_value:
-        ident = identifier(ctx, dg1.rep(20), "DG1-20", "entity")
-        if ident:
-            res["identifier"] = [ident]
+    if ident:
+        res["identifier"] = [ident]
     res["clinicalStatus"] = {"coding": [dict(_CCLIN)]}
     res["category"] = [{"coding": [{"system": _CCAT, "code": "encounter-diagnosis"}]}]
     if text and "text" not in code:
@@ -118,19 +144,24 @@ def procedure(ctx: Ctx, pr1: Seg, n: int) -> None:
 
 def coverage(ctx: Ctx, in1: Seg, n: int) -> dict[str, str] | None:
     """IN1 -> Coverage; the insurer (IN1-3 id, IN1-4 name) becomes an Organization."""
-    company_id = dt.comp(in1.rep(3), 1)
+    company = identifier(ctx, in1.rep(3), in1.loc(3), "entity") if dt.comp(in1.rep(3), 1) else None
+    company_id = company["value"] if company else ""
     company_name = dt.comp_text(in1.rep(4), 1)
     plan = dt.concept(in1.rep(2))
-    policy = in1.get(36) or in1.get(8)
+    group = in1.get(8)
+    if group and not ctx.usable(group, None, in1.loc(8), "group number"):
+        group = ""
+    policy = in1.get(36)
+    if policy and not ctx.usable(policy, None, in1.loc(36), "policy number"):
+        policy = ""
+    policy = policy or group
     if not company_id and not company_name and plan is None:
         ctx.find("warning", "v2.in1.empty", "IN1 without insurer (3, 4) or plan (2) skipped", "IN1-3")
         return None
     payer: dict[str, Any] = {"resourceType": "Organization",
                              "id": ctx.id("Organization", "payer", company_id or company_name)}
-    if company_id:
-        ident = identifier(ctx, in1.rep(3), "IN1-3", "entity")
-        if ident:
-            payer["identifier"] = [ident]
+    if company:
+        payer["identifier"] = [company]
     payer["active"] = True
     if company_name:
         payer["name"] = company_name
@@ -163,7 +194,6 @@ def coverage(ctx: Ctx, in1: Seg, n: int) -> dict[str, str] | None:
         if dt.comp(in1.rep(2), 2):
             cls["name"] = dt.comp(in1.rep(2), 2)
         res["class"] = [cls]
-    group = in1.get(8)
     if group:
         res.setdefault("class", []).append({"type": {"coding": [{
             "system": "http://terminology.hl7.org/CodeSystem/coverage-class", "code": "group"}]}, "value": group})

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from fhir_mapping.base import Finding, MappingError, SourceInfo
+from fhir_mapping.identifiers import key_problem
 from fhir_mapping.ids import encounter_id, patient_id, stable_id
 
 from . import datatypes as dt
@@ -13,6 +15,11 @@ from .tables import table
 
 _LOCAL = table("identifiers")["local_suffix"]
 _SHARED_IDS = {"Patient": patient_id, "Encounter": encounter_id}
+# the same record numbers and practitioner ids come back message after message: check each once
+_key_problem = lru_cache(maxsize=1 << 16)(key_problem)
+_PROBLEMS = {"placeholder": "a placeholder (filler) value",
+             "check-digit": "a resident ID number failing the GB 11643 check (length, region, birth date or "
+                            "check character)"}
 
 
 class Ctx:
@@ -21,7 +28,7 @@ class Ctx:
 
     def __init__(self, msg: Msg, source: SourceInfo, kind: str, trigger: str, spec: dict):
         self.msg, self.source, self.kind, self.trigger, self.spec = msg, source, kind, trigger, spec
-        self.findings: list[Finding] = []
+        self.findings: list[Finding] = list(msg.findings)
         self._res: dict[tuple[str, str], dict[str, Any]] = {}
         msh = msg.msh
         ns, uid, utype = dt.hd(msh.rep(4))
@@ -50,9 +57,23 @@ class Ctx:
         suffix = _LOCAL.get(what, what if what.isdigit() else None)
         return f"urn:oid:{self.oid}.{suffix}" if self.oid and suffix else None
 
-    def local_identifier(self, what: str, value: str, type_code: str | None = None) -> dict | None:
+    def usable(self, value: str | None, system: str | None, loc: str, what: str = "identifier") -> bool:
+        """Whether ``value`` may key a resource and be kept as an identifier value
+        (``fhir_mapping.identifiers.key_problem``); when not, a finding names the field, never the value."""
+        problem = _key_problem(value, system)
+        if problem is None:
+            return True
+        if problem != "missing":
+            self.find("warning", f"v2.identifier.{problem}",
+                      f"{what} is {_PROBLEMS.get(problem, problem)}: neither a key nor kept as an identifier", loc)
+        return False
+
+    def local_identifier(self, what: str, value: str, type_code: str | None = None,
+                         loc: str | None = None) -> dict | None:
         v = dt.clean_id_value(value)
         if v is None:
+            return None
+        if loc is not None and not self.usable(v, None, loc, f"{what} number"):
             return None
         ident: dict[str, Any] = {}
         sysuri = self.local_system(what)

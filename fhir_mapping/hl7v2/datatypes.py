@@ -196,6 +196,21 @@ def concept(rep: list[list[str]]) -> dict | None:
     return out or None
 
 
+_V2_TABLES: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in table("codes")["v2_tables"].items()
+                                          if not k.startswith("_")}
+
+
+def table_concept(rep: list[list[str]], table_no: str) -> dict | None:
+    """``concept`` of a field bound to HL7 table ``table_no``: a code sent without its coding system
+    (CWE-3) that is in the table gets the table's system (``tables/codes.json`` ``v2_tables``)."""
+    c = concept(rep)
+    if c and c.get("coding") and not comp(rep, 3):
+        first = c["coding"][0]
+        if "system" not in first and first["code"].upper() in _V2_TABLES[table_no]:
+            c["coding"][0] = {"system": f"http://terminology.hl7.org/CodeSystem/v2-{table_no}", **first}
+    return c
+
+
 def code_value(code: str) -> str | None:
     """A value usable as a FHIR code (no leading/trailing or repeated whitespace) or None."""
     c = " ".join(code.split())

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import hl7
 
-from fhir_mapping.base import MappingError
+from fhir_mapping.base import Finding, MappingError
 
 from .tables import table
 
@@ -20,7 +20,13 @@ _CHARSETS: dict[str, str] = table("charsets")["msh18"]
 _DEFAULT_CHARSET: str = table("charsets")["default"]
 _BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
 _NEWLINES = re.compile(r"\r\n|\n|\r")
-_CONTROL = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
+# what Chinese text decoded from GB18030 is made of: CJK ideographs, CJK and full-width punctuation
+_CJK_TEXT = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef\u2000-\u206f\u00b7]")
+# a declared codec that fails on the bytes, or that decodes anything: which codecs to try instead
+_ALTERNATIVES = {"ascii": ("utf-8", "gb18030"), "utf-8": ("gb18030",), "latin-1": ("utf-8",),
+                 "iso8859-15": ("utf-8",), "gb18030": ("utf-8",)}
 
 
 def _reject(reason: str, rule: str, location: str | None = None) -> MappingError:
@@ -58,8 +64,43 @@ def _segment_name(text: str, pos: int) -> str:
     return text[start:start + 3]
 
 
-def decode(payload: bytes) -> tuple[str, str]:
-    """The message text with CR segment separators, and the codec it was decoded with."""
+def _control_location(text: str, pos: int) -> str:
+    """``SEG-n`` of the character at ``pos`` (text with CR/LF segment separators, field separator at 3)."""
+    start = max(text.rfind("\r", 0, pos), text.rfind("\n", 0, pos)) + 1
+    seg = text[start:start + 3]
+    field = text.count(text[3], start, pos) if len(text) > 3 else 0
+    return f"{seg}-{field + 1 if seg == 'MSH' else field}"
+
+
+def _chinese(text: str) -> bool:
+    wide = [c for c in text if ord(c) > 0x7F]
+    return sum(1 for c in wide if _CJK_TEXT.match(c)) >= 0.9 * len(wide)
+
+
+def _sensible(payload: bytes, declared: str, declared_failed: bool) -> tuple[str, str] | None:
+    """(text, codec) of the first other codec that reads the bytes as text of its kind. When the declared
+    codec failed: UTF-8 strictly (other encodings almost never form valid UTF-8 multi-byte sequences), or
+    GB18030 when what it decodes to is Chinese text (it accepts most byte pairs). When the declared codec
+    read the bytes: only UTF-8 over a single-byte set (latin-1 reads anything), or UTF-8 holding Chinese
+    text over GB18030 (short GB18030 text can be valid UTF-8 too: then the declaration wins)."""
+    decoded = []
+    for codec in _ALTERNATIVES.get(declared, ()):
+        try:
+            decoded.append((payload.decode(codec), codec))
+        except UnicodeDecodeError:
+            continue
+    chinese = [d for d in decoded if _chinese(d[0])]
+    if declared_failed:  # a regional hub: text that reads as Chinese wins, else strict UTF-8
+        return next(iter(chinese), None) or next((d for d in decoded if d[1] == "utf-8"), None)
+    if declared == "gb18030":
+        return next(iter(chinese), None)
+    return next((d for d in decoded if d[1] == "utf-8"), None)
+
+
+def decode(payload: bytes) -> tuple[str, str, list[Finding]]:
+    """The message text with CR segment separators, the codec it was decoded with, and what was wrong
+    with the bytes that did not stop the decoding (MSH-18 naming another character set than the bytes
+    hold)."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise _reject(f"the payload must be bytes, not {type(payload).__name__}", "v2.payload.type")
     payload = bytes(payload)
@@ -75,22 +116,37 @@ def decode(payload: bytes) -> tuple[str, str]:
             break
     payload = payload.lstrip(b"\r\n\t ")
     msh18, codec = charset_of(payload)
+    findings: list[Finding] = []
+    declared = f"MSH-18 {msh18!r}" if msh18 else f"MSH-18 empty, so {codec}"
     try:
         text = payload.decode(codec)
     except UnicodeDecodeError as e:
-        seg_start = payload.rfind(b"\r", 0, e.start) + 1
-        seg_start = max(seg_start, payload.rfind(b"\n", 0, e.start) + 1)
-        seg = payload[seg_start:seg_start + 3].decode("ascii", "replace")
-        raise _reject(
-            f"byte 0x{payload[e.start]:02X} at offset {e.start} (segment {seg}) is not valid "
-            f"{codec} (MSH-18 {msh18 or 'empty, so ' + codec + ' assumed'}): {e.reason}",
-            "v2.encoding.undecodable", seg) from None
-    if "\x00" in text:
-        raise _reject(f"NUL character at offset {text.index(chr(0))} (segment "
-                      f"{_segment_name(text, text.index(chr(0)))})", "v2.encoding.nul")
-    if _CONTROL.search(text):  # control characters have no place in v2 text nor in FHIR strings
-        text = _CONTROL.sub("", text)
-    return _NEWLINES.sub("\r", text), codec
+        other = _sensible(payload, codec, True)
+        if other is None:
+            seg_start = payload.rfind(b"\r", 0, e.start) + 1
+            seg_start = max(seg_start, payload.rfind(b"\n", 0, e.start) + 1)
+            seg = payload[seg_start:seg_start + 3].decode("ascii", "replace")
+            raise _reject(
+                f"byte 0x{payload[e.start]:02X} at offset {e.start} (segment {seg}) is not valid "
+                f"{codec} ({declared} assumed), nor any other character set the hub reads: {e.reason}",
+                "v2.encoding.undecodable", seg) from None
+        text, actual = other
+        findings.append(Finding("warning", "v2.msh18.mismatch", f"{declared}, but the bytes are not "
+                                f"{codec}: read as {actual}, the character set they hold", "MSH-18"))
+    else:
+        if codec != "utf-8" and _NON_ASCII.search(payload) and codec in _ALTERNATIVES:
+            other = _sensible(payload, codec, False)
+            if other is not None and other[1] == "utf-8":  # valid UTF-8 with non-ASCII text: UTF-8 it is
+                text = other[0]
+                findings.append(Finding("warning", "v2.msh18.mismatch", f"{declared}, but the bytes are "
+                                        "UTF-8 text: read as utf-8", "MSH-18"))
+    found = _CONTROL.search(text)
+    if found is not None:  # a control character in a field value: refused, see README (Choices)
+        where = _control_location(text, found.start())
+        raise _reject(f"control character U+{ord(found.group()):04X} in {where} (offset {found.start()}): "
+                      "control characters have no place in HL7 v2 text nor in FHIR strings",
+                      "v2.encoding.control-character", where)
+    return _NEWLINES.sub("\r", text), codec, findings
 
 
 def _plain():
@@ -150,10 +206,12 @@ class Parsed:
     """A decoded message, split into segments; ``segment(i)`` parses segment ``i`` with
     python-hl7 on first use (segments the mapping never reads are never parsed)."""
 
-    __slots__ = ("texts", "holder", "codec", "_plan")
+    __slots__ = ("texts", "holder", "codec", "_plan", "findings")
 
-    def __init__(self, texts: list[str], plan: _Plan, holder: hl7.Message, codec: str):
+    def __init__(self, texts: list[str], plan: _Plan, holder: hl7.Message, codec: str,
+                 findings: list[Finding] | None = None):
         self.texts, self._plan, self.holder, self.codec = texts, plan, holder, codec
+        self.findings = findings or []
 
     def segment(self, i: int) -> list:
         return hl7.parser._split(self.texts[i], self._plan)
@@ -161,7 +219,7 @@ class Parsed:
 
 def parse(payload: bytes) -> Parsed:
     """Decode ``payload`` and prepare it for python-hl7 parsing, segment by segment."""
-    text, codec = decode(payload)
+    text, codec, findings = decode(payload)
     sep = text[3]
     msh = text.split("\r", 1)[0]
     enc = msh[4:msh.find(sep, 4)] if msh.find(sep, 4) > 0 else ""
@@ -182,4 +240,4 @@ def parse(payload: bytes) -> Parsed:
         raise
     except Exception as e:  # noqa: BLE001 - python-hl7 raises several kinds on malformed input
         raise _reject(f"HL7 v2 parse failed: {type(e).__name__}: {e}", "v2.parse") from None
-    return Parsed(text.split(plan.separator), seg_plan, holder, codec)
+    return Parsed(text.split(plan.separator), seg_plan, holder, codec, findings)

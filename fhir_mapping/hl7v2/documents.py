@@ -8,7 +8,7 @@ import base64
 from typing import Any
 
 from . import datatypes as dt
-from .builders import patient_context
+from .patient_context import patient_context
 from .context import Ctx
 from .people import practitioner
 from .results import _attachment_ed, _attachment_rp
@@ -24,13 +24,15 @@ def build(ctx: Ctx) -> None:
     if txa is None:
         raise ctx.error(f"{ctx.kind} has no TXA segment", "TXA", "v2.txa.missing")
     patient_context(ctx)
-    number = dt.comp(txa.rep(12), 1) or dt.comp(txa.rep(14), 1) or dt.comp(txa.rep(15), 1)
-    if not number:
+    sent = [(f, dt.comp(txa.rep(f), 1)) for f in (12, 14, 15) if dt.comp(txa.rep(f), 1)]
+    if not sent:
         raise ctx.error("TXA-12 (unique document number) is empty and there is no placer/filler number",
                         "TXA-12", "v2.txa-12.missing")
-    res: dict[str, Any] = {"resourceType": "DocumentReference", "id": ctx.id("DocumentReference", number)}
-    ident = ctx.local_identifier("document", number)
-    oid = dt.oid_of(number, "ISO")
+    number = next((v for f, v in sent if ctx.usable(v, None, f"TXA-{f}", "document number")), None)
+    res: dict[str, Any] = {"resourceType": "DocumentReference",
+                           "id": ctx.id("DocumentReference", number or f"M:{ctx.msg.msh.get(10)}")}
+    ident = ctx.local_identifier("document", number) if number else None
+    oid = dt.oid_of(number or "", "ISO")
     if oid:
         ident = {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{oid}"}
     if ident:
@@ -62,7 +64,7 @@ def build(ctx: Ctx) -> None:
             res["authenticator"] = ref
     res["custodian"] = ctx.org_ref
     parent = dt.comp(txa.rep(13), 1)
-    if parent and parent != number:
+    if parent and parent != number and ctx.usable(parent, None, "TXA-13", "parent document number"):
         res["relatesTo"] = [{"code": "replaces", "target": {"reference": f"DocumentReference/{ctx.id('DocumentReference', parent)}"}}]
     content = []
     texts = []
@@ -87,7 +89,7 @@ def build(ctx: Ctx) -> None:
         content.insert(0, {"attachment": {"contentType": "text/plain; charset=utf-8", "language": "zh-CN" if dt.has_cjk(data.decode("utf-8")) else "en",
                                           "data": base64.b64encode(data).decode("ascii")}})
     if not content:
-        title = tcode or number
+        title = tcode or number or "(no number)"
         content.append({"attachment": {"title": f"document {title} (notification without content)"}})
     res["content"] = content
     context: dict[str, Any] = {}

@@ -36,17 +36,55 @@ def location(ctx: Ctx, rep: list[list[str]]) -> dict[str, str] | None:
 
 
 def visit_key(ctx: Ctx, pv1: Seg) -> tuple[str | None, dict | None]:
-    """The visit number (PV1-19, else PV1-50 alternate visit id) and its Identifier."""
+    """The visit number (PV1-19, else PV1-50 alternate visit id) and its Identifier; a placeholder
+    is neither (finding from ``identifier``), and the next one is tried."""
     for f in (19, 50):
         rep = pv1.rep(f)
         if dt.comp(rep, 1):
             ident = identifier(ctx, rep, pv1.loc(f), "visit")
-            if ident is not None and "system" not in ident and not dt.comp(rep, 4):
-                ident["system"] = ctx.local_system("visit") or ident.get("system")
-                if ident["system"] is None:
-                    del ident["system"]
-            return dt.comp(rep, 1), ident
+            if ident is None:
+                continue
+            if "system" not in ident and not dt.comp(rep, 4):
+                sysuri = ctx.local_system("visit")
+                if sysuri:
+                    ident["system"] = sysuri
+            return ident["value"], ident
     return None, None
+
+
+# roles of tables 0443 / 0912 that have a v3 participation type; others keep the sender's coding
+_ROLE_TYPES = {"AD": "ADM", "AT": "ATND", "CP": "CON", "RP": "REF", "RT": "REFT", "DP": "DIS"}
+
+
+def role_participants(ctx: Ctx, enc: dict) -> None:
+    """ROL (v2.3-2.6) and PRT (v2.7+) sent with the visit, before any order: their people as Encounter
+    participants, the role (tables 0443 / 0912) as participation type, begin and end as period."""
+    added = enc.setdefault("participant", [])
+    for seg in ctx.msg.segments:
+        if seg.name in ("ORC", "OBR", "RXA", "SCH", "TXA", "FT1", "PRB", "RXO", "RXE"):
+            break
+        if seg.name not in ("ROL", "PRT"):
+            continue
+        person_f, role_f, begin_f, end_f = (4, 3, 5, 6) if seg.name == "ROL" else (5, 4, 11, 12)
+        role = dt.concept(seg.rep(role_f))
+        code = _ROLE_TYPES.get(dt.comp(seg.rep(role_f), 1).upper())
+        begin, end = dt.datetime(seg.get(begin_f)), dt.datetime(seg.get(end_f))
+        period = {k: v for k, v in (("start", begin), ("end", end)) if v}
+        for i, rep in enumerate(seg.field(person_f), 1):
+            ref = practitioner(ctx, rep, seg.loc(person_f, i))
+            if ref is None:
+                continue
+            part: dict[str, Any] = {}
+            if code:
+                part["type"] = [{"coding": [{"system": _PART, "code": code}]}]
+            elif role:
+                part["type"] = [role]
+            if period:
+                part["period"] = period
+            part["individual"] = ref
+            added.append(part)
+    if not added:
+        del enc["participant"]
 
 
 def encounter(ctx: Ctx, pv1: Seg, pv2: Seg | None) -> dict | None:

@@ -1,12 +1,12 @@
-"""DFT^P03/P11: FT1 -> ChargeItem, keeping the payer split (insurance, self-pay, commercial
-insurance) as extensions; see tables/payer_split.json for the sources and the choice."""
+"""FT1 -> ChargeItem (DFT^P03/P11, and the charges orders and results carry), keeping the payer split
+(insurance, self-pay, commercial insurance) as extensions; see tables/payer_split.json for the sources
+and the choice."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from . import datatypes as dt
-from .builders import patient_context
 from .context import Ctx
 from .message import Seg
 from .people import practitioner
@@ -51,8 +51,9 @@ def payer_split(ctx: Ctx, ft1: Seg, zsegs: list[Seg], total: dict | None) -> lis
     return [_share(c, m) for c, m in shares]
 
 
-def build(ctx: Ctx) -> None:
-    patient_context(ctx)
+def charges(ctx: Ctx, *, require: bool) -> int:
+    """Every FT1 (with its payer-split segments) -> ChargeItem, in whatever message it comes (DFT, and
+    the orders and results that carry their charges); with ``require``, a message without FT1 is refused."""
     zname = _SPLIT["z_segment"]
     items: list[tuple[Seg, list[Seg]]] = []
     for seg in ctx.msg.segments:
@@ -60,7 +61,7 @@ def build(ctx: Ctx) -> None:
             items.append((seg, []))
         elif seg.name == zname and items:
             items[-1][1].append(seg)
-    if not items:
+    if require and not items:
         raise ctx.error(f"{ctx.kind} has no FT1 segment: there is no charge to map", "FT1", "v2.ft1.missing")
     for n, (ft1, zsegs) in enumerate(items, 1):
         code = dt.concept(ft1.rep(7))
@@ -68,6 +69,8 @@ def build(ctx: Ctx) -> None:
             raise ctx.error("FT1-7 (transaction code) is empty: the ChargeItem has no code", f"FT1[{n}]-7",
                             "v2.ft1-7.missing")
         txid = ft1.get(2)
+        if txid and not ctx.usable(txid, None, ft1.loc(2), "transaction id"):
+            txid = ""
         key = txid or f"{ctx.msg.msh.get(10)}:{ft1.get(1) or n}"
         res: dict[str, Any] = {"resourceType": "ChargeItem", "id": ctx.id("ChargeItem", key)}
         total = dt.money(ft1.rep(11), default_currency=_SPLIT["default_currency"])
@@ -109,3 +112,4 @@ def build(ctx: Ctx) -> None:
         if entered:
             res["enteredDate"] = entered
         ctx.add(res)
+    return len(items)

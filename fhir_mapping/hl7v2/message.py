@@ -95,12 +95,13 @@ class Seg:
 class Msg:
     """A parsed message: its segments in order, by name."""
 
-    __slots__ = ("segments", "_esc", "_message", "codec", "parsed")
+    __slots__ = ("segments", "_esc", "_message", "codec", "parsed", "findings")
 
     def __init__(self, parsed: Any):
         self.parsed = parsed
         self._message = parsed.holder  # an empty hl7.Message with the message's separators, for unescape
         self.codec = parsed.codec
+        self.findings = parsed.findings  # from decoding (charset mismatch), carried into the conversion
         self._esc = parsed.holder.esc
         sep = parsed.holder.separators[1]
         self.segments = [Seg(t.split(sep, 1)[0].strip(), self, i) for i, t in enumerate(parsed.texts)]

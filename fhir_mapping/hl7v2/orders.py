@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from . import datatypes as dt
-from .builders import patient_context
+from .patient_context import patient_context
 from .context import Ctx
+from .financial import charges
 from .message import Seg
-from .people import practitioner
-from .results import observation, report_key, specimen, split_groups
+from .people import practitioner, provider
+from .results import observation, participants, report_key, specimen, split_groups
 from .tables import table
 
 _CODES = table("codes")
@@ -36,20 +37,30 @@ def _requester(ctx: Ctx, orc: Seg | None, obr: Seg | None = None) -> dict | None
 
 
 def build_service_requests(ctx: Ctx) -> None:
+    """ORM/OML/OMG/REF: each order group by its detail segment: OBR -> ServiceRequest, RXO ->
+    MedicationRequest, ODS -> NutritionOrder, RQD -> SupplyRequest."""
     patient_context(ctx)
     groups, loose, early_spm = split_groups(ctx)
-    if not groups:
-        raise ctx.error(f"{ctx.kind} has no OBR segment: there is no order to map", "OBR", "v2.obr.missing")
     early = [r for r in (specimen(ctx, s) for s in early_spm) if r]
-    for g in groups:
-        service_request(ctx, g, early)
+    orders = [service_request(ctx, g, early) for g in groups]
+    referral_providers(ctx, orders)
+    made = len(groups)
+    for n, g in enumerate((g for g in _pharmacy_groups(ctx) if "RXO" in g), 1):
+        medication_request(ctx, g, n)
+        made += 1
+    made += nutrition_orders(ctx) + supply_requests(ctx)
+    if not made:
+        raise ctx.error(f"{ctx.kind} has no OBR, RXO, ODS or RQD segment: there is no order to map", "OBR",
+                        "v2.obr.missing")
+    charges(ctx, require=False)
 
 
 def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
-                    with_observations: bool = True) -> dict[str, str]:
+                    with_observations: bool = True, *, keyed: tuple[str, list[dict]] | None = None,
+                    specimens: list[dict] | None = None) -> dict[str, str]:
     """One order group (ORC + OBR, its OBX and SPM) -> ServiceRequest."""
     obr, orc = g.obr, g.orc
-    key, idents = report_key(ctx, obr, orc)
+    key, idents = keyed or report_key(ctx, obr, orc)
     res: dict[str, Any] = {"resourceType": "ServiceRequest", "id": ctx.id("ServiceRequest", key)}
     if idents:
         res["identifier"] = idents
@@ -75,13 +86,17 @@ def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
     authored = dt.datetime(orc.get(9)) if orc else None
     if authored:
         res["authoredOn"] = authored
-    req = _requester(ctx, orc, obr)
+    parts = participants(ctx, g)
+    req = _requester(ctx, orc, obr) or next(iter(parts["requester"]), None)
     if req:
         res["requester"] = req
+    if parts["performer"]:
+        res["performer"] = list(parts["performer"])
     reasons = [c for c in (dt.concept(r) for r in obr.field(31)) if c]
     if reasons:
         res["reasonCode"] = reasons
-    specs = [r for r in (specimen(ctx, s) for s in g.spm) if r] or list(early or [])
+    specs = specimens if specimens is not None else (
+        [r for r in (specimen(ctx, s) for s in g.spm) if r] or list(early or []))
     if specs:
         res["specimen"] = specs
     sr_ref = {"reference": f"ServiceRequest/{res['id']}"}
@@ -98,40 +113,74 @@ def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
     return ctx.add(res)
 
 
+def referral_providers(ctx: Ctx, orders: list[dict[str, str]]) -> None:
+    """PRD (REF messages) -> Practitioners: the referring provider (PRD-1 RP) requests every order of
+    the referral, the referred-to and consulting ones (RT, CP) perform it."""
+    requesters, performers = [], []
+    for prd in ctx.msg.all("PRD"):
+        ref = provider(ctx, prd)
+        if ref is None:
+            continue
+        role = dt.comp(prd.rep(1), 1).upper()
+        (requesters if role in ("RP", "PP") else performers).append(ref)
+    for o in orders:
+        res = ctx.get("ServiceRequest", o["reference"].split("/", 1)[1])
+        if requesters and "requester" not in res:
+            res["requester"] = requesters[0]
+        if performers:
+            res["performer"] = performers
+
+
 def _pharmacy_groups(ctx: Ctx) -> list[dict[str, Any]]:
     groups: list[dict[str, Any]] = []
     cur: dict[str, Any] | None = None
     for seg in ctx.msg.segments:
         if seg.name == "ORC":
-            cur = {"ORC": seg, "RXR": []}
+            cur = {"ORC": seg, "RXR": [], "owner": None}
             groups.append(cur)
         elif cur is not None and seg.name in ("RXO", "RXE", "RXD", "RXA", "TQ1"):
             cur.setdefault(seg.name, seg)
+            if seg.name != "TQ1":
+                cur["owner"] = seg.name
+        elif cur is not None and seg.name in ("RXC", "CDO"):
+            cur.setdefault(seg.name + "s", []).append(seg)
         elif cur is not None and seg.name == "RXR":
+            # RXR follows the segment it belongs to: RXO's route (as ordered), RXE's (as encoded)...
             cur["RXR"].append(seg)
+            cur.setdefault(f"RXR:{cur['owner']}", []).append(seg)
         elif seg.name in ("RXA",) and cur is None:  # VXU without ORC
-            cur = {"ORC": None, "RXR": [], "RXA": seg}
+            cur = {"ORC": None, "RXR": [], "RXA": seg, "owner": "RXA"}
             groups.append(cur)
     return groups
 
 
 def _order_key(ctx: Ctx, orc: Seg | None, n: int, fallback: str) -> tuple[str, list[dict]]:
+    """Filler number, else placer, else patient + ``fallback``; placeholders are neither keys nor
+    identifiers (the order is then scoped by this message)."""
     idents = []
-    placer = orc.get(2) if orc else ""
-    filler = orc.get(3) if orc else ""
-    for value, kind, code in ((placer, "placer", "PLAC"), (filler, "filler", "FILL")):
-        ident = ctx.local_identifier(kind, value, code) if value else None
+    numbers = {}
+    for kind, code, f in (("placer", "PLAC", 2), ("filler", "FILL", 3)):
+        value = orc.get(f) if orc else ""
+        if not value:
+            continue
+        ident = ctx.local_identifier(kind, value, code, loc=orc.loc(f))
+        numbers[kind] = value if ident else None
         if ident:
             idents.append(ident)
-    if filler:
-        return "F:" + filler, idents
-    if placer:
-        return "P:" + placer, idents
+    if numbers.get("filler"):
+        return "F:" + numbers["filler"], idents
+    if numbers.get("placer"):
+        return "P:" + numbers["placer"], idents
+    if numbers:
+        return f"M:{ctx.msg.msh.get(10)}:{orc.index}", idents
     return f"X:{ctx.patient_key}:{fallback}:{n}", idents
 
 
 def _route(rxr: list[Seg]) -> dict | None:
-    return dt.concept(rxr[0].rep(1)) if rxr else None
+    """RXR-1 route; a code without a coding system is from HL7 table 0162."""
+    if not rxr:
+        return None
+    return dt.table_concept(rxr[0].rep(1), "0162")
 
 
 def build_medications(ctx: Ctx) -> None:
@@ -141,67 +190,252 @@ def build_medications(ctx: Ctx) -> None:
         raise ctx.error(f"{ctx.kind} has no RXE or RXO segment: there is no medication order to map",
                         "RXE", "v2.rxe.missing")
     for n, g in enumerate(groups, 1):
-        orc, rxe, rxo = g["ORC"], g.get("RXE"), g.get("RXO")
-        med = dt.concept(rxe.rep(2)) if rxe is not None else None
-        med = med or (dt.concept(rxo.rep(1)) if rxo is not None else None)
-        if med is None:
-            raise ctx.error("RXE-2 (give code) and RXO-1 (requested give code) are empty: no medication",
-                            "RXE-2", "v2.rxe-2.missing")
-        key, idents = _order_key(ctx, orc, n, dt.comp((rxe or rxo).rep(2 if rxe else 1), 1))
-        res: dict[str, Any] = {"resourceType": "MedicationRequest", "id": ctx.id("MedicationRequest", key)}
-        if idents:
-            res["identifier"] = idents
-        res["status"] = _MEDSTATUS.get(order_status(orc), "active")
-        res["intent"] = "order"
+        medication_request(ctx, g, n)
+    charges(ctx, require=False)
+
+
+def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
+    """ORC + RXO (as ordered) and/or RXE (as encoded by pharmacy), each with its own RXR route, and
+    an RXD dispense -> MedicationRequest (+ MedicationDispense)."""
+    orc, rxe, rxo = g["ORC"], g.get("RXE"), g.get("RXO")
+    med = dt.concept(rxe.rep(2)) if rxe is not None else None
+    med = med or (dt.concept(rxo.rep(1)) if rxo is not None else None)
+    if med is None:
+        raise ctx.error("RXE-2 (give code) and RXO-1 (requested give code) are empty: no medication",
+                        "RXE-2", "v2.rxe-2.missing")
+    key, idents = _order_key(ctx, orc, n, dt.comp((rxe or rxo).rep(2 if rxe else 1), 1))
+    res: dict[str, Any] = {"resourceType": "MedicationRequest", "id": ctx.id("MedicationRequest", key)}
+    if idents:
+        res["identifier"] = idents
+    res["status"] = _MEDSTATUS.get(order_status(orc), "active")
+    res["intent"] = "order"
+    compound = _compound(ctx, key, med, g.get("RXCs", []))
+    if compound:
+        res["medicationReference"] = compound
+    else:
         res["medicationCodeableConcept"] = med
-        res["subject"] = ctx.patient_ref
-        if ctx.encounter_ref:
-            res["encounter"] = ctx.encounter_ref
-        authored = dt.datetime(orc.get(9)) if orc else None
-        if authored:
-            res["authoredOn"] = authored
-        req = _requester(ctx, orc)
-        if req:
-            res["requester"] = req
-        dosage: dict[str, Any] = {}
-        src = rxe if rxe is not None else rxo
-        if rxe is not None:
-            text = rxe.text(21) or rxe.text(7)
-            amount, units = dt.decimal(rxe.get(3)), rxe.rep(5)
-        else:
-            text = rxo.text(6) or rxo.text(7)
-            amount, units = dt.decimal(rxo.get(2)), rxo.rep(4)
-        if text:
-            dosage["text"] = text
-        route = _route(g["RXR"])
-        if route:
-            dosage["route"] = route
-        if amount is not None:
-            q: dict[str, Any] = {"value": amount}
-            u = dt.comp(units, 2) or dt.comp(units, 1)
+    res["subject"] = ctx.patient_ref
+    if ctx.encounter_ref:
+        res["encounter"] = ctx.encounter_ref
+    authored = dt.datetime(orc.get(9)) if orc else None
+    if authored:
+        res["authoredOn"] = authored
+    req = _requester(ctx, orc)
+    if req:
+        res["requester"] = req
+    dosage: dict[str, Any] = {}
+    src = rxe if rxe is not None else rxo
+    if rxe is not None:
+        text = rxe.text(21) or rxe.text(7)
+        amount, units = dt.decimal(rxe.get(3)), rxe.rep(5)
+    else:
+        text = rxo.text(6) or rxo.text(7)
+        amount, units = dt.decimal(rxo.get(2)), rxo.rep(4)
+    if text:
+        dosage["text"] = text
+    route = _route((g.get("RXR:RXE") if rxe is not None else None) or g.get("RXR:RXO") or g["RXR"])
+    if route:
+        dosage["route"] = route
+    if amount is not None:
+        q: dict[str, Any] = {"value": amount}
+        u = dt.comp(units, 2) or dt.comp(units, 1)
+        if u:
+            q["unit"] = u
+        dosage["doseAndRate"] = [{"doseQuantity": q}]
+    dosage.update(_limits(g.get("CDOs", [])))
+    if dosage:
+        res["dosageInstruction"] = [dosage]
+    if rxe is not None:
+        disp: dict[str, Any] = {}
+        qty = dt.decimal(rxe.get(10))
+        if qty is not None:
+            q = {"value": qty}
+            u = dt.comp(rxe.rep(11), 2) or dt.comp(rxe.rep(11), 1)
             if u:
                 q["unit"] = u
-            dosage["doseAndRate"] = [{"doseQuantity": q}]
-        if dosage:
-            res["dosageInstruction"] = [dosage]
-        if rxe is not None:
-            disp: dict[str, Any] = {}
-            qty = dt.decimal(rxe.get(10))
-            if qty is not None:
-                q = {"value": qty}
-                u = dt.comp(rxe.rep(11), 2) or dt.comp(rxe.rep(11), 1)
-                if u:
-                    q["unit"] = u
-                disp["quantity"] = q
-            refills = rxe.get(12)
-            if refills.isdigit() and len(refills) < 9:
-                disp["numberOfRepeatsAllowed"] = int(refills)
-            if disp:
-                res["dispenseRequest"] = disp
-        ref = ctx.add(res)
-        rxd = g.get("RXD")
-        if rxd is not None:
-            dispense(ctx, rxd, g["RXR"], key, ref, src)
+            disp["quantity"] = q
+        refills = rxe.get(12)
+        if refills.isdigit() and len(refills) < 9:
+            disp["numberOfRepeatsAllowed"] = int(refills)
+        if disp:
+            res["dispenseRequest"] = disp
+    ref = ctx.add(res)
+    rxd = g.get("RXD")
+    if rxd is not None:
+        dispense(ctx, rxd, g["RXR"], key, ref, src)
+
+
+def _quantity(rep: list[list[str]], amount_c: int = 1, unit_c: int = 2) -> dict | None:
+    """CQ (quantity^units) or amount and units fields as a Quantity."""
+    value = dt.decimal(dt.comp(rep, amount_c))
+    if value is None:
+        return None
+    q: dict[str, Any] = {"value": value}
+    unit = dt.comp(rep, unit_c, 2) or dt.comp(rep, unit_c, 1)
+    if unit:
+        q["unit"] = unit
+    return q
+
+
+def _compound(ctx: Ctx, key: str, med: dict, rxcs: list[Seg]) -> dict[str, str] | None:
+    """RXC components (A additive, B base) -> a Medication with its ingredients: RXC-2 what, RXC-3/4 the
+    amount, RXC-5/6 the strength; additives are the active ingredients."""
+    ingredients = []
+    for rxc in rxcs:
+        item = dt.concept(rxc.rep(2))
+        if item is None:
+            continue
+        ing: dict[str, Any] = {"itemCodeableConcept": item, "isActive": rxc.get(1).upper() == "A"}
+        amount = _quantity([[rxc.get(3)], [dt.comp(rxc.rep(4), 2) or dt.comp(rxc.rep(4), 1)]])
+        strength = _quantity([[rxc.get(5)], [dt.comp(rxc.rep(6), 2) or dt.comp(rxc.rep(6), 1)]])
+        if strength or amount:
+            ing["strength"] = {"numerator": strength or amount}
+        ingredients.append(ing)
+    if not ingredients:
+        return None
+    return ctx.add({"resourceType": "Medication", "id": ctx.id("Medication", key), "code": med,
+                    "ingredient": ingredients})
+
+
+def _limits(cdos: list[Seg]) -> dict[str, Any]:
+    """CDO (cumulative dosage, v2.8): CDO-3 the limit, CDO-4 the interval it holds over (none, or a unit
+    without a number such as ``PL``: the patient's lifetime)."""
+    out: dict[str, Any] = {}
+    for cdo in cdos:
+        limit = _quantity(cdo.rep(3))
+        if limit is None:
+            continue
+        interval = _quantity(cdo.rep(4))
+        if interval is not None:
+            out["maxDosePerPeriod"] = {"numerator": limit, "denominator": interval}
+        else:
+            out["maxDosePerLifetime"] = limit
+    return out
+
+
+def _detail_groups(ctx: Ctx, name: str) -> list[tuple[Seg | None, list[Seg], list[str]]]:
+    """(ORC, its ``name`` segments, the notes after them) for every ORC group holding ``name``."""
+    out: list[tuple[Seg | None, list[Seg], list[str]]] = []
+    orc: Seg | None = None
+    cur: tuple[Seg | None, list[Seg], list[str]] | None = None
+    for seg in ctx.msg.segments:
+        if seg.name == "ORC":
+            orc, cur = seg, None
+        elif seg.name == name:
+            if cur is None:
+                cur = (orc, [], [])
+                out.append(cur)
+            cur[1].append(seg)
+        elif seg.name == "NTE" and cur is not None:
+            text = seg.text(3)
+            if text:
+                cur[2].append(text)
+        elif seg.name in ("OBR", "RXO", "RXE", "ODS", "RQD", "PID"):
+            cur = None
+    return out
+
+
+def nutrition_orders(ctx: Ctx) -> int:
+    """ORC + ODS (ORM^O01 dietary order) -> NutritionOrder: ODS-1 D (diet) codes (ODS-3) are the oral
+    diet, S the supplements, P the food preferences; ODS-4 the instructions."""
+    made = 0
+    for n, (orc, odss, notes) in enumerate(_detail_groups(ctx, "ODS"), 1):
+        key, idents = _order_key(ctx, orc, n, "ODS")
+        diet, supplements, preferences, texts = [], [], [], []
+        for ods in odss:
+            codes = [c for c in (dt.concept(r) for r in ods.field(3)) if c]
+            kind = ods.get(1).upper()
+            (supplements if kind == "S" else preferences if kind == "P" else diet).extend(codes)
+            texts += [ods.text(4, r) for r in range(1, len(ods.field(4)) + 1) if ods.text(4, r)]
+        if not (diet or supplements or preferences or texts):
+            ctx.find("warning", "v2.ods-3.missing", "ODS without a diet, supplement or preference code (3) "
+                     "nor instructions (4) skipped", odss[0].loc(3))
+            continue
+        evn = ctx.msg.first("EVN")
+        when = ((dt.datetime(orc.get(9)) if orc else None) or dt.datetime(ctx.msg.msh.get(7))
+                or (dt.datetime(evn.get(2)) if evn is not None else None))
+        if when is None:  # NutritionOrder.dateTime is required
+            ctx.find("warning", "v2.ods.no-date", "diet order without a date (ORC-9, MSH-7, EVN-2) skipped",
+                     orc.loc(9) if orc else "ORC-9")
+            continue
+        res: dict[str, Any] = {"resourceType": "NutritionOrder", "id": ctx.id("NutritionOrder", key)}
+        if idents:
+            res["identifier"] = idents
+        res["status"] = order_status(orc)
+        res["intent"] = "order"
+        res["patient"] = ctx.patient_ref
+        if ctx.encounter_ref:
+            res["encounter"] = ctx.encounter_ref
+        res["dateTime"] = when
+        req = _requester(ctx, orc)
+        if req:
+            res["orderer"] = req
+        if preferences:
+            res["foodPreferenceModifier"] = preferences
+        if diet or texts:
+            oral: dict[str, Any] = {}
+            if diet:
+                oral["type"] = diet
+            if texts:
+                oral["instruction"] = "\n".join(texts)
+            res["oralDiet"] = oral
+        if supplements:
+            res["supplement"] = [{"type": c} for c in supplements]
+        if notes:
+            res["note"] = [{"text": t} for t in notes]
+        ctx.add(res)
+        made += 1
+    return made
+
+
+_SUPPLY_STATUS = {"on-hold": "suspended", "revoked": "cancelled"}
+
+
+def supply_requests(ctx: Ctx) -> int:
+    """ORC + RQD (ORM^O01 supply order) -> SupplyRequest: the item from RQD-2 (internal code), RQD-3
+    (external) or RQD-4 (hospital item), the quantity RQD-5 in RQD-6 units, needed by RQD-10."""
+    made = 0
+    for n, (orc, rqds, notes) in enumerate(_detail_groups(ctx, "RQD"), 1):
+        for rqd in rqds:
+            item = dt.concept(rqd.rep(2)) or dt.concept(rqd.rep(3)) or dt.concept(rqd.rep(4))
+            amount = dt.decimal(rqd.get(5))
+            if item is None or amount is None:
+                ctx.find("warning", "v2.rqd.incomplete", "RQD without an item code (2-4) or a quantity (5) "
+                         "skipped: a SupplyRequest needs both", rqd.loc(2 if item is None else 5))
+                continue
+            key, idents = _order_key(ctx, orc, n, "RQD")
+            res: dict[str, Any] = {"resourceType": "SupplyRequest",
+                                   "id": ctx.id("SupplyRequest", key, rqd.get(1) or rqd.ordinal)}
+            if idents:
+                res["identifier"] = idents
+            status = order_status(orc)
+            res["status"] = _SUPPLY_STATUS.get(status, status)
+            res["itemCodeableConcept"] = item
+            q: dict[str, Any] = {"value": amount}
+            unit = dt.comp(rqd.rep(6), 2) or dt.comp(rqd.rep(6), 1)
+            if unit:
+                q["unit"] = unit
+            res["quantity"] = q
+            needed = dt.datetime(rqd.get(10))
+            if needed:
+                res["occurrenceDateTime"] = needed
+            authored = dt.datetime(orc.get(9)) if orc else None
+            if authored:
+                res["authoredOn"] = authored
+            req = _requester(ctx, orc)
+            if req:
+                res["requester"] = req
+            deliver = dt.concept(rqd.rep(9))
+            if deliver:
+                res["deliverTo"] = {"display": deliver.get("text") or deliver["coding"][0]["code"]}
+            after = ctx.msg.segments[rqd.index + 1] if rqd.index + 1 < len(ctx.msg.segments) else None
+            if after is not None and after.name == "RQ1":  # vendor (RQ1-5) or manufacturer (RQ1-3)
+                supplier = dt.comp_text(after.rep(5), 1) or dt.comp_text(after.rep(3), 1)
+                if supplier:
+                    res["supplier"] = [{"display": supplier}]
+            ctx.add(res)
+            made += 1
+    return made
 
 
 def dispense(ctx: Ctx, rxd: Seg, rxr: list[Seg], key: str, request_ref: dict, src: Seg) -> None:
@@ -209,8 +443,11 @@ def dispense(ctx: Ctx, rxd: Seg, rxr: list[Seg], key: str, request_ref: dict, sr
     if med is None:
         ctx.find("warning", "v2.rxd-2.missing", "RXD without a dispense/give code (2) skipped", "RXD-2")
         return
+    number = rxd.get(7)
+    if number and not ctx.usable(number, None, rxd.loc(7), "prescription number"):
+        number = ""
     res: dict[str, Any] = {"resourceType": "MedicationDispense",
-                           "id": ctx.id("MedicationDispense", key, rxd.get(7) or rxd.get(1)),
+                           "id": ctx.id("MedicationDispense", key, number or rxd.get(1)),
                            "status": "completed", "medicationCodeableConcept": med,
                            "subject": ctx.patient_ref, "authorizingPrescription": [request_ref]}
     if ctx.encounter_ref:
@@ -243,7 +480,7 @@ def build_immunizations(ctx: Ctx) -> None:
             raise ctx.error(f"RXA-3 (start of administration) {rxa.get(3)!r} is not a date/time",
                             "RXA-3", "v2.rxa-3.invalid")
         key, idents = _order_key(ctx, orc, n, f"{dt.comp(rxa.rep(5), 1)}:{rxa.get(3)}")
-        if not (orc and (orc.get(2) or orc.get(3))):
+        if key.startswith(("X:", "M:")):  # no usable order number: the shot itself is the key
             key = f"{ctx.patient_key}:{dt.comp(rxa.rep(5), 1)}:{rxa.get(3)}"
         res: dict[str, Any] = {"resourceType": "Immunization", "id": ctx.id("Immunization", key)}
         if idents:
@@ -269,7 +506,7 @@ def build_immunizations(ctx: Ctx) -> None:
         if exp:
             res["expirationDate"] = exp
         if g["RXR"]:
-            route = dt.concept(g["RXR"][0].rep(1))
+            route = _route(g["RXR"])
             site = dt.concept(g["RXR"][0].rep(2))
             if site:
                 res["site"] = site

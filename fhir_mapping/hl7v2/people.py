@@ -4,6 +4,7 @@ MRG -> the retired Patient linked to its survivor."""
 from __future__ import annotations
 
 import re
+from datetime import date as _date
 from typing import Any
 
 from terminology import resident_id
@@ -23,8 +24,11 @@ _CODES = table("codes")
 _SEX = _CODES["administrative_sex"]
 _SEX_GB = _CODES["administrative_sex_gb"]
 _REL = _CODES["relationship"]
+_MARITAL = _CODES["marital_status"]
 _V2_0203 = frozenset("MR PI PT SS DL NI NPI PPN TAX AN VN EI PRN DN MD RI BC HC JHN NH PN XX SB "
                      "NNCHN PLAC FILL ANON MB MC SN U".split())
+_EARLIEST_BIRTH_YEAR = "1880"  # older than any living person: a typing error, not a birth date
+_V2_0203_URI = "http://terminology.hl7.org/CodeSystem/v2-0203"
 _URI_SAFE = re.compile(r"^\S+$")
 
 
@@ -62,8 +66,12 @@ def identifier(ctx: Ctx, rep: list[list[str]], loc: str, default_kind: str = "pa
             ident["type"] = {"text": type_code}
     if system == _RESIDENT:
         value = _resident(ctx, value, loc)
+        if value is None:
+            return None
     elif system == _HEALTH_CARD:
         ident.setdefault("type", {"text": "居民健康卡"})
+    if not ctx.usable(value, system, loc):
+        return None
     if system:
         ident["system"] = system
     else:
@@ -83,26 +91,21 @@ def _is_sender(ctx: Ctx, ns: str) -> bool:
     return ns == dt.comp(ctx.msg.msh.rep(4), 1) or ns == dt.comp(ctx.msg.msh.rep(3), 1)
 
 
-def _resident(ctx: Ctx, value: str, loc: str) -> str:
+def _resident(ctx: Ctx, value: str, loc: str) -> str | None:
+    """A resident ID number upper-cased, 15-digit ones upgraded to 18; None (with a finding) when the
+    old number carries no valid birth date. The GB 11643 check itself is ``Ctx.usable``'s."""
     v = value.upper()
-    if len(v) == 15 and v.isdigit():
+    if len(v) == 15 and v.isdigit() and not resident_id.is_placeholder(v):
         try:
             up = resident_id.upgrade_15_to_18(v)
         except ValueError:
-            ctx.find("warning", "v2.pid3.resident-id-invalid",
-                     "15-digit resident ID number has no valid birth date; kept as sent", loc)
-            return value
+            ctx.find("warning", "v2.identifier.check-digit",
+                     "15-digit resident ID number has no valid birth date: neither a key nor kept as an "
+                     "identifier", loc)
+            return None
         ctx.find("information", "v2.pid3.resident-id-upgraded",
                  "15-digit resident ID number upgraded to 18 digits", loc)
         return up
-    if resident_id.is_placeholder(v):
-        ctx.find("warning", "v2.pid3.resident-id-placeholder",
-                 "resident ID number is a placeholder value; kept as sent", loc)
-        return v
-    if not resident_id.is_valid(v):
-        ctx.find("warning", "v2.pid3.resident-id-check-digit",
-                 "resident ID number fails the GB 11643 check (length, region, birth date or "
-                 "check digit); kept as sent", loc)
     return v
 
 
@@ -135,12 +138,22 @@ def patient(ctx: Ctx, pid: Seg) -> dict:
             if ident and ident not in idents:
                 idents.append(ident)
                 key = key or ident["value"]
+    for ident in (_ssn(ctx, pid), _licence(ctx, pid)):
+        if ident and ident not in idents:
+            idents.append(ident)
+    key_ids: tuple[str, ...] = (key,) if key is not None else ()
     if key is None:
-        raise ctx.error("PID-3 (patient identifier list) holds no identifier, so the Patient has no "
-                        "key", "PID-3", "v2.pid3.missing")
+        key_ids = _visit_key(ctx, pid)
+        key = ":".join(key_ids) if key_ids else None
+    if key is None:
+        raise ctx.error("PID-3 (patient identifier list) holds no usable identifier (none, or only "
+                        "placeholders and resident ID numbers failing their check) and there is no visit "
+                        "number (PV1-19) to key the Patient by", "PID-3", "v2.pid3.missing")
     ctx.patient_key = key
-    res: dict[str, Any] = {"resourceType": "Patient", "id": ctx.id("Patient", key),
-                           "identifier": idents, "active": True}
+    res: dict[str, Any] = {"resourceType": "Patient", "id": ctx.id("Patient", *key_ids)}
+    if idents:
+        res["identifier"] = idents
+    res["active"] = True
     names = [n for n in (dt.human_name(r) for r in pid.field(5)) if n]
     if names:
         res["name"] = names
@@ -161,10 +174,18 @@ def patient(ctx: Ctx, pid: Seg) -> dict:
     birth = pid.get(7)
     if birth:
         b = dt.date(birth)
-        if b:
-            res["birthDate"] = b
+        sent = dt.date(ctx.msg.msh.get(7))
+        if b is None:
+            ctx.find("warning", "v2.pid7.invalid", "birth date is not a valid v2 date (such as February 30); "
+                     "not mapped", "PID-7")
+        elif b[:4] < _EARLIEST_BIRTH_YEAR:
+            ctx.find("warning", "v2.pid7.too-early", f"birth date before {_EARLIEST_BIRTH_YEAR}; not mapped", "PID-7")
+        elif sent and _after(b, sent):
+            # the message's own time (MSH-7) is "now" for a pure mapper
+            ctx.find("warning", "v2.pid7.future", "birth date after the message was sent (MSH-7); not mapped",
+                     "PID-7")
         else:
-            ctx.find("warning", "v2.pid7.invalid", "birth date is not a valid v2 date (value not logged)", "PID-7")
+            res["birthDate"] = b
     deceased = pid.get(30).upper()
     death = dt.datetime(pid.get(29))
     if death:
@@ -174,8 +195,11 @@ def patient(ctx: Ctx, pid: Seg) -> dict:
     addrs = [a for a in (dt.address(r) for r in pid.field(11)) if a]
     if addrs:
         res["address"] = addrs
-    marital = dt.concept(pid.rep(16))
+    marital = dt.table_concept(pid.rep(16), "0002")
     if marital:
+        fhir = _MARITAL["map"].get(dt.comp(pid.rep(16), 1).upper())
+        if fhir and marital["coding"][0].get("system", "").endswith("v2-0002"):
+            marital["coding"].append({"system": _MARITAL["system"], "code": fhir[0], "display": fhir[1]})
         res["maritalStatus"] = marital
     mb = pid.get(24).upper()
     order = pid.get(25)
@@ -190,6 +214,72 @@ def patient(ctx: Ctx, pid: Seg) -> dict:
     ref = ctx.add(res)
     ctx.patient_ref = ref
     return res
+
+
+def _after(birth: str, sent: str) -> bool:
+    """Birth date later than the message's day, with a day's grace (a birth just after midnight in
+    the sender's zone, stamped by a system in another)."""
+    if len(birth) < 10 or len(sent) < 10:  # a year or a month: compare what both give
+        n = min(len(birth), len(sent))
+        return birth[:n] > sent[:n]
+    return (_date.fromisoformat(birth) - _date.fromisoformat(sent[:10])).days > 1
+
+
+def _visit_key(ctx: Ctx, pid: Seg) -> tuple[str, ...]:
+    """No usable PID-3/2/4: the institution's visit number (PV1-19) keys the Patient, as its own kind
+    of key (never equal to a record-number key), so two people sharing one filler or invalid ID number
+    stay two Patients."""
+    pv1 = ctx.msg.first("PV1")
+    visit = pv1.get(19) if pv1 is not None else ""
+    if not visit or not ctx.usable(visit, None, pv1.loc(19), "visit number"):
+        return ()
+    ctx.find("warning", "v2.pid3.keyed-by-visit", "no usable patient identifier in PID-3: the Patient is "
+             "keyed by the visit number (PV1-19), so later visits of this person make other Patients", "PID-3")
+    return ("VN", visit)
+
+
+def _ssn(ctx: Ctx, pid: Seg) -> dict | None:
+    """PID-19 (SSN number, where Chinese systems often put the resident ID number): its system by the
+    value's shape (tables/identifiers.json ``pid19``)."""
+    value = dt.clean_id_value(pid.get(19))
+    if value is None:
+        return None
+    for rule in _ID["pid19"]:
+        if re.fullmatch(rule["pattern"], value):
+            system, type_code = rule.get("system"), rule["type"]
+            break
+    else:
+        system, type_code = None, "SS"
+    if system == _RESIDENT:
+        value = _resident(ctx, value, "PID-19")
+        if value is None:
+            return None
+    if not ctx.usable(value, system, "PID-19", "PID-19 identifier"):
+        return None
+    ident: dict[str, Any] = {"type": {"coding": [{"system": _V2_0203_URI, "code": type_code}]}}
+    if system:
+        ident["system"] = system
+    else:
+        ctx.find("information", "v2.cx.system-unknown", "PID-19 value has no known number shape: kept "
+                 "without a system", "PID-19")
+    ident["value"] = value
+    return ident
+
+
+def _licence(ctx: Ctx, pid: Seg) -> dict | None:
+    """PID-20 driver's licence (DLN: number^issuing authority^expiry); no national system exists, so the
+    issuing authority is the assigner."""
+    value = dt.clean_id_value(pid.get(20))
+    if value is None or not ctx.usable(value, None, "PID-20", "driver's licence number"):
+        return None
+    ident: dict[str, Any] = {"type": {"coding": [{"system": _V2_0203_URI, "code": "DL"}]}, "value": value}
+    expiry = dt.date(pid.get(20, 3))
+    if expiry:
+        ident["period"] = {"end": expiry}
+    issuer = pid.get(20, 2)
+    if issuer:
+        ident["assigner"] = {"display": issuer}
+    return ident
 
 
 def _unique(items: list[dict]) -> list[dict]:
@@ -207,7 +297,7 @@ def related_person(ctx: Ctx, nk1: Seg, n: int) -> None:
                            "id": ctx.id("RelatedPerson", ctx.patient_key, set_id,
                                         names[0].get("family", "") if names else ""),
                            "active": True, "patient": ctx.patient_ref}
-    rel = dt.concept(nk1.rep(3))
+    rel = dt.table_concept(nk1.rep(3), "0063")
     if rel:
         code = dt.comp(nk1.rep(3), 1).upper()
         mapped = _REL["map"].get(code)
@@ -222,6 +312,10 @@ def related_person(ctx: Ctx, nk1: Seg, n: int) -> None:
     addrs = [a for a in (dt.address(r) for r in nk1.field(4)) if a]
     if addrs:
         res["address"] = addrs
+    idents = [i for i in (identifier(ctx, rep, nk1.loc(33, r), "entity")
+                          for r, rep in enumerate(nk1.field(33), 1)) if i]
+    if idents:
+        res["identifier"] = idents
     start, end = dt.date(nk1.get(8)), dt.date(nk1.get(9))
     if start or end:
         res["period"] = {k: v for k, v in (("start", start), ("end", end)) if v}
@@ -238,6 +332,10 @@ def practitioner(ctx: Ctx, rep: list[list[str]], loc: str) -> dict[str, str] | N
     if not pid_ and not name:
         return None
     auth_ns, auth_uid, auth_type = dt.hd_sub(rep, 9)
+    if pid_ and not ctx.usable(pid_, None, loc + ".1", "practitioner id (XCN-1)"):
+        pid_ = ""  # keyed by name, or no Practitioner at all: a filler id would make everyone one person
+        if not name:
+            return None
     res: dict[str, Any] = {"resourceType": "Practitioner",
                            "id": ctx.id("Practitioner", auth_uid or auth_ns, pid_ or "",
                                         "" if pid_ else repr(name))}
@@ -260,6 +358,42 @@ def practitioner(ctx: Ctx, rep: list[list[str]], loc: str) -> dict[str, str] | N
     if name:
         ref = dict(ref, display=name.get("text") or " ".join(
             [*name.get("given", []), name.get("family", "")]).strip() or pid_)
+    return ref
+
+
+def primary_care(ctx: Ctx, pd1: Seg, pat: dict) -> None:
+    """PD1-4 primary care providers (XCN) and PD1-3 primary facility (XON name) -> generalPractitioner."""
+    refs = [r for i, rep in enumerate(pd1.field(4), 1) if (r := practitioner(ctx, rep, pd1.loc(4, i)))]
+    refs += [{"display": name} for rep in pd1.field(3) if (name := dt.comp_text(rep, 1))]
+    if refs:
+        pat["generalPractitioner"] = refs
+
+
+def provider(ctx: Ctx, prd: Seg) -> dict[str, str] | None:
+    """PRD (referral provider: name XPN 2, address 3, telecom 5, identifiers PLN 7) -> Practitioner, keyed
+    by its usable identifier, else by its name."""
+    name = dt.human_name(prd.rep(2))
+    ids = [v for r, rep in enumerate(prd.field(7), 1)
+           if (v := dt.comp(rep, 1)) and ctx.usable(v, None, prd.loc(7, r, 1), "provider id")]
+    if name is None and not ids:
+        return None
+    res: dict[str, Any] = {"resourceType": "Practitioner",
+                           "id": ctx.id("Practitioner", "PRD", ids[0] if ids else repr(name))}
+    if ids:
+        res["identifier"] = [{"system": s, "value": v} if (s := ctx.local_system("practitioner")) else {"value": v}
+                             for v in ids]
+    res["active"] = True
+    if name:
+        res["name"] = [name]
+    telecom = [c for c in (dt.contact_point(r) for r in prd.field(5)) if c]
+    if telecom:
+        res["telecom"] = _unique(telecom)
+    addrs = [a for a in (dt.address(r) for r in prd.field(3)) if a]
+    if addrs:
+        res["address"] = addrs
+    ref = ctx.add(res)
+    if name:
+        ref = dict(ref, display=name.get("text") or " ".join([*name.get("given", []), name.get("family", "")]).strip())
     return ref
 
 

@@ -35,13 +35,35 @@ _ED_TYPES = {("AP", "PDF"): "application/pdf", ("APPLICATION", "PDF"): "applicat
 
 
 class _Group:
-    __slots__ = ("orc", "obr", "obx", "spm", "notes")
+    __slots__ = ("orc", "obr", "obx", "spm", "notes", "prt", "_parts")
 
-    def __init__(self, orc: Seg | None, obr: Seg):
+    def __init__(self, orc: Seg | None, obr: Seg, prt: list[Seg] | None = None):
         self.orc, self.obr = orc, obr
         self.obx: list[tuple[Seg, list[str]]] = []
         self.spm: list[Seg] = []
         self.notes: list[str] = []
+        self.prt: list[Seg] = prt or []  # PRT of the order (after its ORC or OBR, before any OBX)
+        self._parts: dict[str, list[dict]] | None = None
+
+
+# PRT-4 participations (table 0912) of an order: who ordered it, who interpreted the result; any other
+# person taking part performed it
+_ORDERING, _INTERPRETING = frozenset({"OP", "ORD"}), frozenset({"PRI", "ARI"})
+
+
+def participants(ctx: Ctx, g: _Group) -> dict[str, list[dict]]:
+    """The group's PRT people by what they did: ``requester``, ``interpreter``, ``performer`` (made once
+    per group, shared by its ServiceRequest and DiagnosticReport)."""
+    if g._parts is None:
+        g._parts = {"requester": [], "interpreter": [], "performer": []}
+        for prt in g.prt:
+            role = dt.comp(prt.rep(4), 1).upper()
+            kind = "requester" if role in _ORDERING else "interpreter" if role in _INTERPRETING else "performer"
+            for i, rep in enumerate(prt.field(5), 1):
+                ref = practitioner(ctx, rep, prt.loc(5, i))
+                if ref and ref not in g._parts[kind]:
+                    g._parts[kind].append(ref)
+    return g._parts
 
 
 def _nte_text(nte: Seg) -> str:
@@ -55,18 +77,24 @@ def split_groups(ctx: Ctx) -> tuple[list[_Group], list[tuple[Seg, list[str]]], l
     loose: list[tuple[Seg, list[str]]] = []
     early_spm: list[Seg] = []
     orc: Seg | None = None
+    orc_prt: list[Seg] = []
     cur: _Group | None = None
     last_notes: list[str] | None = None
     for seg in ctx.msg.segments:
         name = seg.name
         if name == "ORC":
-            orc = seg
+            orc, orc_prt = seg, []
             last_notes = None
         elif name == "OBR":
-            cur = _Group(orc, seg)
-            orc = None
+            cur = _Group(orc, seg, orc_prt)
+            orc, orc_prt = None, []
             groups.append(cur)
             last_notes = cur.notes
+        elif name == "PRT":
+            if orc is not None:  # after an ORC whose OBR has not come yet
+                orc_prt.append(seg)
+            elif cur is not None and not cur.obx:
+                cur.prt.append(seg)
         elif name == "OBX":
             item = (seg, [])
             (cur.obx if cur is not None else loose).append(item)
@@ -83,29 +111,37 @@ def split_groups(ctx: Ctx) -> tuple[list[_Group], list[tuple[Seg, list[str]]], l
 
 
 def report_key(ctx: Ctx, obr: Seg, orc: Seg | None) -> tuple[str, list[dict]]:
-    """(key, identifiers): filler number first, else placer, else patient + code + time."""
+    """(key, identifiers): filler number first, else placer, else patient + code + time. A placeholder
+    number is neither a key nor an identifier: the order is then scoped by this message."""
     idents = []
-    filler = obr.get(3) or (orc.get(3) if orc else "")
-    placer = obr.get(2) or (orc.get(2) if orc else "")
-    for value, kind, code, seg_field in ((placer, "placer", "PLAC", 2), (filler, "filler", "FILL", 3)):
-        if value:
-            src = obr if obr.get(seg_field) else orc
-            ns = dt.comp(src.rep(seg_field), 2) if src else ""
-            uid, utype = (dt.comp(src.rep(seg_field), 3), dt.comp(src.rep(seg_field), 4)) if src else ("", "")
-            oid = dt.oid_of(uid, utype)
-            ident: dict[str, Any] = {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
-                                                          "code": code}]}}
-            sysuri = f"urn:oid:{oid}" if oid else ctx.local_system(kind) if not ns else None
-            if sysuri:
-                ident["system"] = sysuri
-            ident["value"] = value
-            if ns:
-                ident["assigner"] = {"display": ns}
-            idents.append(ident)
-    if filler:
-        return "F:" + filler, idents
-    if placer:
-        return "P:" + placer, idents
+    numbers = {}
+    for kind, code, seg_field in (("placer", "PLAC", 2), ("filler", "FILL", 3)):
+        src = obr if obr.get(seg_field) else orc if orc is not None and orc.get(seg_field) else None
+        if src is None:
+            continue
+        value = src.get(seg_field)
+        if not ctx.usable(value, None, src.loc(seg_field), f"{kind} order number"):
+            numbers[kind] = None
+            continue
+        numbers[kind] = value
+        rep = src.rep(seg_field)
+        ns, uid, utype = dt.comp(rep, 2), dt.comp(rep, 3), dt.comp(rep, 4)
+        oid = dt.oid_of(uid, utype)
+        ident: dict[str, Any] = {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                                      "code": code}]}}
+        sysuri = f"urn:oid:{oid}" if oid else ctx.local_system(kind) if not ns else None
+        if sysuri:
+            ident["system"] = sysuri
+        ident["value"] = value
+        if ns:
+            ident["assigner"] = {"display": ns}
+        idents.append(ident)
+    if numbers.get("filler"):
+        return "F:" + numbers["filler"], idents
+    if numbers.get("placer"):
+        return "P:" + numbers["placer"], idents
+    if numbers:  # only placeholders were sent
+        return f"M:{ctx.msg.msh.get(10)}:{obr.index}", idents
     ctx.find("warning", "v2.obr.no-order-number", "OBR without placer (2) or filler (3) number: the "
              "report is keyed by patient, code and time", obr.loc(3))
     return f"X:{ctx.patient_key}:{dt.comp(obr.rep(4), 1)}:{obr.get(7)}:{obr.get(1)}", idents
@@ -114,6 +150,10 @@ def report_key(ctx: Ctx, obr: Seg, orc: Seg | None) -> tuple[str, list[dict]]:
 def specimen(ctx: Ctx, spm: Seg) -> dict[str, str] | None:
     placer = dt.comp(spm.rep(2), 1, 1)
     filler = dt.comp(spm.rep(2), 2, 1)
+    if placer and not ctx.usable(placer, None, spm.loc(2, c=1), "placer specimen number"):
+        placer = ""
+    if filler and not ctx.usable(filler, None, spm.loc(2, c=2), "filler specimen number"):
+        filler = ""
     key = filler or placer
     stype = dt.concept(spm.rep(4))
     if not key and stype is None:
@@ -433,31 +473,27 @@ def loose_observations(ctx: Ctx, items: list[tuple[Seg, list[str]]] | None = Non
     return refs
 
 
-def build(ctx: Ctx) -> None:
-    from .builders import patient_context
-
-    patient_context(ctx)
-    groups, loose, early_spm = split_groups(ctx)
-    if not groups:
-        raise ctx.error(f"{ctx.kind} has no OBR segment: there is no report to map", "OBR", "v2.obr.missing")
-    loose_observations(ctx, loose)
-    early = [r for r in (specimen(ctx, s) for s in early_spm) if r]
-    for g in groups:
-        diagnostic_report(ctx, g, early)
+def group_specimens(ctx: Ctx, g: _Group, early_specimens: list[dict], key: str) -> list[dict]:
+    """The group's SPM specimens, else those sent before any OBR (OUL^R22), else OBR-15 (v2.3/2.4)."""
+    specimens = [r for r in (specimen(ctx, s) for s in g.spm) if r] or list(early_specimens)
+    if not specimens:
+        s = specimen_from_obr15(ctx, g.obr, key)
+        if s:
+            specimens = [s]
+    return specimens
 
 
-def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict]) -> None:
+def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict], *,
+                      keyed: tuple[str, list[dict]] | None = None, specimens: list[dict] | None = None,
+                      based_on: list[dict] | None = None) -> dict[str, str]:
     obr, orc = g.obr, g.orc
     code = dt.concept(obr.rep(4))
     if code is None:
         raise ctx.error("OBR-4 (universal service identifier) is empty: the DiagnosticReport has no code",
                         obr.loc(4), "v2.obr-4.missing")
-    key, idents = report_key(ctx, obr, orc)
-    specimens = [r for r in (specimen(ctx, s) for s in g.spm) if r] or list(early_specimens)
-    if not specimens:
-        s = specimen_from_obr15(ctx, obr, key)
-        if s:
-            specimens = [s]
+    key, idents = keyed or report_key(ctx, obr, orc)
+    if specimens is None:
+        specimens = group_specimens(ctx, g, early_specimens, key)
     effective = dt.datetime(obr.get(7))
     results, forms = [], []
     for i, (obx, notes) in enumerate(g.obx, 1):
@@ -474,12 +510,14 @@ def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict]) -> None:
                          f"OBX-5 {vt} holds no usable document (encoding or data)", obx.loc(5))
             continue
         ref = observation(ctx, obx, notes, key, i, effective=effective,
-                          specimen_ref=specimens[0] if specimens else None, category=_CAT)
+                          specimen_ref=specimens[0] if specimens else None, category=_CAT, based_on=based_on)
         if ref:
             results.append(ref)
     res: dict[str, Any] = {"resourceType": "DiagnosticReport", "id": ctx.id("DiagnosticReport", key)}
     if idents:
         res["identifier"] = idents
+    if based_on:
+        res["basedOn"] = based_on
     st = obr.get(25).upper()
     res["status"] = _REPORT_STATUS["map"].get(st, _REPORT_STATUS["default"])
     section = dt.concept(obr.rep(24))
@@ -502,9 +540,11 @@ def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict]) -> None:
         ref = practitioner(ctx, rep[:1] + [[s] for s in rep[0][1:]] if rep else rep, obr.loc(32))
         if ref:
             interpreters.append(ref)
+    parts = participants(ctx, g)
+    interpreters += [r for r in parts["interpreter"] if r not in interpreters]
     if interpreters:
         res["resultsInterpreter"] = interpreters
-    res["performer"] = [ctx.org_ref]
+    res["performer"] = [ctx.org_ref, *parts["performer"]]
     if specimens:
         res["specimen"] = specimens
     if results:
@@ -513,4 +553,4 @@ def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict]) -> None:
         res["conclusion"] = "\n".join(g.notes)
     if forms:
         res["presentedForm"] = forms
-    ctx.add(res)
+    return ctx.add(res)

@@ -7,9 +7,10 @@ import datetime as _dt
 from typing import Any
 
 from . import datatypes as dt
-from .builders import patient_context
+from .patient_context import patient_context
 from .context import Ctx
 from .encounter import location
+from .message import Seg
 from .people import practitioner
 from .tables import table
 
@@ -50,10 +51,12 @@ def build(ctx: Ctx) -> None:
     if not filler and not placer:
         raise ctx.error("SCH-1 (placer appointment id) and SCH-2 (filler appointment id) are both empty",
                         "SCH-2", "v2.sch-2.missing")
-    key = ("F:" + filler) if filler else ("P:" + placer)
+    idents = [i for i in (ctx.local_identifier("appointment", filler, "FILL", loc="SCH-2") if filler else None,
+                          ctx.local_identifier("appointment", placer, "PLAC", loc="SCH-1") if placer else None) if i]
+    usable = {i["type"]["coding"][0]["code"]: i["value"] for i in idents}
+    key = ("F:" + usable["FILL"] if "FILL" in usable else "P:" + usable["PLAC"] if "PLAC" in usable
+           else f"M:{ctx.msg.msh.get(10)}")  # only placeholders: scoped by this message
     res: dict[str, Any] = {"resourceType": "Appointment", "id": ctx.id("Appointment", key)}
-    idents = [i for i in (ctx.local_identifier("appointment", filler, "FILL"),
-                          ctx.local_identifier("appointment", placer, "PLAC") if placer else None) if i]
     if idents:
         res["identifier"] = idents
     status = _STATUS.get(ctx.trigger, "booked")
@@ -61,11 +64,14 @@ def build(ctx: Ctx) -> None:
     if s25 in _STATUS["sch25"]:
         status = _STATUS["sch25"][s25]
     res["status"] = status
-    ais = ctx.msg.first("AIS")
-    if ais is not None:
-        svc = dt.concept(ais.rep(3))
-        if svc:
-            res["serviceType"] = [svc]
+    ais_all = ctx.msg.all("AIS")
+    ais = ais_all[0] if ais_all else None
+    services = [c for c in (dt.concept(s.rep(3)) for s in ais_all) if c]
+    if services:
+        res["serviceType"] = [c for i, c in enumerate(services) if c not in services[:i]]
+    requests = [r for r in (_service_request(ctx, s, key, status) for s in ais_all) if r]
+    if requests:
+        res["basedOn"] = requests
     atype = dt.concept(sch.rep(8))
     if atype:
         res["appointmentType"] = atype
@@ -121,6 +127,24 @@ def build(ctx: Ctx) -> None:
     if slots:
         res["slot"] = slots
     ctx.add(res)
+
+
+def _service_request(ctx: Ctx, ais: Seg, key: str, status: str) -> dict | None:
+    """AIS (a service the appointment is for) -> the ServiceRequest it fulfils: code AIS-3, when
+    AIS-4 (start) and, from AIS-7/8, how long."""
+    code = dt.concept(ais.rep(3))
+    if code is None:
+        return None
+    res: dict[str, Any] = {"resourceType": "ServiceRequest",
+                           "id": ctx.id("ServiceRequest", "AIS", key, ais.get(1) or ais.ordinal,
+                                        dt.comp(ais.rep(3), 1)),
+                           "status": "revoked" if status in ("cancelled", "noshow") else "active",
+                           "intent": "order", "code": code, "subject": ctx.patient_ref}
+    start = dt.datetime(ais.get(4))
+    if start:
+        res["occurrenceDateTime"] = start
+    ref = ctx.add(res)
+    return {"reference": ref["reference"]}
 
 
 def _slot(ctx: Ctx, actor: dict, start: str, end: str, status: str) -> dict:

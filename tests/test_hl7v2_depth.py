@@ -1,0 +1,236 @@
+"""Depth of the HL7 v2 mapping: orders other than OBR (pharmacy, diet, supply), problems (PPR), results
+in billing messages, each OBR as order and report, NK1, coded fields with their systems, routes, and
+every AIS of an appointment. Small messages of our own, each checked resource by resource."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from fhir_mapping.base import MappingError, SourceInfo
+from fhir_mapping.hl7v2 import _convert
+from tests.test_hl7v2_support import assert_valid, by_type
+
+SRC = SourceInfo(institution="H1", oid="2.16.156.10011.99.1.1")
+MSH = "MSH|^~\\&|HIS|H1|HUB|R|20240315083000+0800||{kind}|{ctl}|P|2.5\r"
+PID = "PID|1||MR1^^^^MR||王^小明||19850312|M||||||||M\r"
+PV1 = "PV1|1|I|心内科^301^02||||||||||||||||ZY001\r"
+V2_0162 = "http://terminology.hl7.org/CodeSystem/v2-0162"
+
+
+def conv(kind: str, body: str, ctl: str = "C1"):
+    c = _convert((MSH.format(kind=kind, ctl=ctl) + body).encode(), SRC)
+    assert_valid(c)
+    return c
+
+
+def test_orm_pharmacy_order_is_a_medication_request_with_the_route_of_its_own_rxr():
+    c = conv("ORM^O01", PID + PV1 + "ORC|NW|P100|F100||||||20240315090000|||D1^李^医生\r"
+             "RXO|A001^阿莫西林胶囊^L|0.5||g^克\r"
+             "RXR|PO\r")
+    (mr,) = by_type(c, "MedicationRequest")
+    assert mr["medicationCodeableConcept"]["coding"][0]["code"] == "A001"
+    assert mr["dosageInstruction"][0]["route"] == {"coding": [{"system": V2_0162, "code": "PO"}]}
+    assert mr["identifier"][0]["value"] == "P100" and mr["requester"]["display"] == "李医生"
+    assert not by_type(c, "ServiceRequest")
+
+
+def test_rde_takes_the_route_from_the_rxr_following_rxe():
+    c = conv("RDE^O11", PID + PV1 + "ORC|NW|P1|F1\rRXO|A001^阿莫西林^L|1||g\rRXR|PO\r"
+             "RXE||A001^阿莫西林^L|0.5||g^克\rRXR|IV^静脉注射^HL70162\r")
+    (mr,) = by_type(c, "MedicationRequest")
+    assert mr["dosageInstruction"][0]["route"]["coding"][0] == {"system": V2_0162, "code": "IV", "display": "静脉注射"}
+
+
+def test_orm_diet_order_is_a_nutrition_order():
+    c = conv("ORM^O01", PID + PV1 + "ORC|NW|D100|||||||20240315090000\r"
+             "ODS|D||LS^低盐饮食^L|每日食盐少于5克\rODS|S||ENS^肠内营养粉^L\rODS|P||VEG^素食^L\rNTE|1||忌辛辣\r")
+    (no,) = by_type(c, "NutritionOrder")
+    assert no["status"] == "active" and no["intent"] == "order" and no["dateTime"] == "2024-03-15T09:00:00+08:00"
+    assert no["oralDiet"] == {"type": [{"coding": [{"code": "LS", "display": "低盐饮食"}], "text": "低盐饮食"}],
+                              "instruction": "每日食盐少于5克"}
+    assert no["supplement"][0]["type"]["text"] == "肠内营养粉"
+    assert no["foodPreferenceModifier"][0]["text"] == "素食" and no["note"] == [{"text": "忌辛辣"}]
+    assert no["identifier"][0]["value"] == "D100"
+
+
+def test_orm_supply_order_is_a_supply_request():
+    c = conv("ORM^O01", PID + "ORC|NW|S100|||||||20240315090000\rRQD|1|G01^无菌纱布^L|||20|BAO^包|||ICU^重症监护室|20240316\r"
+             "RQD|2|||||5\r")
+    (sr,) = by_type(c, "SupplyRequest")
+    assert sr["itemCodeableConcept"]["text"] == "无菌纱布" and sr["quantity"] == {"value": 20, "unit": "包"}
+    assert sr["occurrenceDateTime"] == "2024-03-16" and sr["deliverTo"] == {"display": "重症监护室"}
+    assert any(f.rule == "v2.rqd.incomplete" and f.location == "RQD[2]-2" for f in c.findings)
+
+
+def test_orm_without_any_order_detail_is_refused():
+    with pytest.raises(MappingError) as e:
+        conv("ORM^O01", PID + "ORC|NW|X1\r")
+    assert e.value.rule == "v2.obr.missing" and "ODS" in e.value.reason
+
+
+PRB = "PRB|{action}|20240315|I10^高血压^I10|PRB001|||20230101||||||C^confirmed|A^active||20220601\r"
+
+
+def test_problem_add_update_delete():
+    add = conv("PPR^PC1", PID + PV1 + PRB.format(action="AD") + "NTE|1||家族史阳性\r"
+               "OBX|1|NM|8480-6^收缩压^LN||160|mm[Hg]|90-140|H|||F\r")
+    (cond,) = by_type(add, "Condition")
+    assert cond["category"][0]["coding"][0]["code"] == "problem-list-item"
+    assert cond["clinicalStatus"]["coding"][0]["code"] == "active"
+    assert cond["verificationStatus"]["coding"][0]["code"] == "confirmed"
+    assert cond["onsetDateTime"] == "2022-06-01" and cond["recordedDate"] == "2023-01-01"
+    assert cond["note"] == [{"text": "家族史阳性"}] and cond["identifier"][0]["value"] == "PRB001"
+    (obs,) = by_type(add, "Observation")
+    assert cond["evidence"] == [{"detail": [{"reference": f"Observation/{obs['id']}"}]}]
+    update = conv("PPR^PC2", PID + PV1 + PRB.format(action="UP").replace("A^active", "R^resolved"), "C2")
+    assert by_type(update, "Condition")[0]["id"] == cond["id"]
+    assert by_type(update, "Condition")[0]["clinicalStatus"]["coding"][0]["code"] == "resolved"
+    delete = conv("PPR^PC3", PID + PV1 + PRB.format(action="DE"), "C3")
+    (gone,) = by_type(delete, "Condition")
+    assert gone["id"] == cond["id"] and "clinicalStatus" not in gone
+    assert gone["verificationStatus"]["coding"][0]["code"] == "entered-in-error"
+    assert by_type(delete, "Provenance")[0]["activity"]["coding"][0]["code"] == "deprecate"
+
+
+def test_bar_and_dft_keep_their_results():
+    bar = conv("BAR^P01", "EVN|P01\r" + PID + PV1 + "OBX|1|NM|29463-7^体重^LN||65|kg|||||F\r")
+    assert by_type(bar, "Observation")[0]["valueQuantity"]["value"] == 65
+    dft = conv("DFT^P03", "EVN|P03\r" + PID + PV1 + "FT1|1|T1||20240315||CG|F01^血常规^L|||1|20.00&CNY\r"
+               "ORC|RE|P1|F1\rOBR|1|P1|F1|CBC^血常规^L\rOBX|1|NM|6690-2^白细胞^LN||5.2|10*9/L|||||F\r")
+    (sr,), (rep,), (obs,) = by_type(dft, "ServiceRequest"), by_type(dft, "DiagnosticReport"), by_type(dft, "Observation")
+    assert rep["basedOn"] == [{"reference": f"ServiceRequest/{sr['id']}"}] and rep["result"][0]["reference"].endswith(obs["id"])
+    assert len(by_type(dft, "ChargeItem")) == 1
+
+
+def test_every_obr_is_an_order_and_a_report_with_its_specimen():
+    c = conv("ORU^R01", PID + PV1 + "ORC|RE|P1|F1\rOBR|1|P1|F1|CBC^血常规^L|||20240315080000\r"
+             "OBX|1|NM|6690-2^白细胞^LN||5.2|10*9/L|||||F\rSPM|1|S1^^^^|SP2|BLD^全血^HL70487|||||||||||||20240315075000\r"
+             "OBR|2|P2|F2|GLU^葡萄糖^L|||20240315080000||||||||SER^血清\r"
+             "OBX|1|NM|2345-7^葡萄糖^LN||5.6|mmol/L|||||F\r", )
+    reports = {r["code"]["coding"][0]["code"]: r for r in by_type(c, "DiagnosticReport")}
+    orders = {r["code"]["coding"][0]["code"]: r for r in by_type(c, "ServiceRequest")}
+    specimens = {s["type"]["coding"][0]["code"]: s for s in by_type(c, "Specimen")}
+    assert set(reports) == set(orders) == {"CBC", "GLU"} and set(specimens) == {"BLD", "SER"}
+    for code, spec in (("CBC", "BLD"), ("GLU", "SER")):  # SER from OBR-15 (v2.3/2.4)
+        sref = {"reference": f"Specimen/{specimens[spec]['id']}"}
+        assert reports[code]["basedOn"] == [{"reference": f"ServiceRequest/{orders[code]['id']}"}]
+        assert reports[code]["specimen"] == [sref] and orders[code]["specimen"] == [sref]
+        (obs,) = [o for o in by_type(c, "Observation") if {"reference": f"Observation/{o['id']}"} in reports[code]["result"]]
+        assert obs["specimen"] == sref and obs["basedOn"] == reports[code]["basedOn"]
+
+
+def test_nk1_is_a_related_person_with_coded_relationship_and_pid16_keeps_its_system():
+    c = conv("ADT^A04", PID + PV1 + "NK1|1|李^秀英|SPO|解放碑街道民族路188号^^重庆^重庆^400010|13800000000"
+             + "|" * 28 + "510108198503124519^^^^NNCHN\r")
+    (rp,) = by_type(c, "RelatedPerson")
+    codings = rp["relationship"][0]["coding"]
+    assert {"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "SPS"} in codings
+    assert {"system": "http://terminology.hl7.org/CodeSystem/v2-0063", "code": "SPO"} in codings
+    assert rp["name"][0]["text"] == "李秀英" and rp["address"][0]["city"] == "重庆"
+    assert rp["telecom"] == [{"system": "phone", "value": "13800000000"}]
+    assert rp["identifier"][0]["system"] == "urn:oid:2.16.156.10011.1.3"
+    marital = by_type(c, "Patient")[0]["maritalStatus"]["coding"]
+    assert marital == [{"system": "http://terminology.hl7.org/CodeSystem/v2-0002", "code": "M"},
+                       {"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "M",
+                        "display": "Married"}]
+
+
+def test_every_ais_aig_ail_aip_of_an_appointment_is_kept():
+    c = conv("SIU^S12", "SCH|A1|F1|||||复诊^复诊^L|||30|MIN\r" + PID + PV1 +
+             "RGS|1\rAIS|1||CT^CT检查^L|20240320090000\rAIS|2||MRI^磁共振^L|20240320100000\r"
+             "AIG|1||DEV1^CT机\rAIG|2||DEV2^MRI机\rAIL|1||放射科^101\rAIL|2||放射科^102\r"
+             "AIP|1||D1^张^医生\rAIP|2||D2^李^医生\r")
+    (appt,) = by_type(c, "Appointment")
+    assert [s["coding"][0]["code"] for s in appt["serviceType"]] == ["CT", "MRI"]
+    requests = by_type(c, "ServiceRequest")
+    assert sorted(r["code"]["coding"][0]["code"] for r in requests) == ["CT", "MRI"]
+    assert sorted(b["reference"] for b in appt["basedOn"]) == sorted(f"ServiceRequest/{r['id']}" for r in requests)
+    actors = [p["actor"].get("display", "") for p in appt["participant"]]
+    assert {"CT机", "MRI机", "放射科 / 101", "放射科 / 102", "张医生", "李医生"} <= set(actors)
+
+
+def test_iam_reactions_from_iar_and_pd1_primary_care():
+    c = conv("ADT^A60", PID + "PD1|||社区卫生服务中心|D9^赵^全科\r" + PV1 +
+             "IAM|1|FA^食物过敏^HL70127|P01^花生^L|||A|A1\rIAR|R1^皮疹^L|MO^Moderate|AL|口服抗组胺药\r"
+             "IAR|R2^呼吸困难^L|SV\r")
+    (al,) = by_type(c, "AllergyIntolerance")
+    assert [r["manifestation"][0]["text"] for r in al["reaction"]] == ["皮疹", "呼吸困难"]
+    assert [r["severity"] for r in al["reaction"]] == ["moderate", "severe"]
+    assert al["reaction"][0]["note"] == [{"text": "口服抗组胺药"}]
+    gp = by_type(c, "Patient")[0]["generalPractitioner"]
+    assert gp[0]["display"] == "赵全科" and gp[1] == {"display": "社区卫生服务中心"}
+
+
+def test_visit_roles_are_encounter_participants():
+    c = conv("ADT^A01", PID + PV1 + "ROL|1|AD|AT^Attending^HL70443|D1^张^医生|20240315080000\r"
+             "PRT|1|AD||RP^Referring^HL70912|D2^李^医生\rPRT|2|AD||PP^Primary Care^HL70912|D3^赵^医生\r")
+    parts = {p["individual"]["display"]: p for p in by_type(c, "Encounter")[0]["participant"]}
+    assert parts["张医生"]["type"][0]["coding"][0]["code"] == "ATND"
+    assert parts["张医生"]["period"] == {"start": "2024-03-15T08:00:00+08:00"}
+    assert parts["李医生"]["type"][0]["coding"][0]["code"] == "REF"
+    assert parts["赵医生"]["type"][0]["coding"][0]["code"] == "PP"  # no v3 type: the sender's coding
+
+
+def test_referral_providers():
+    c = conv("REF^I12", "RF1|A^Accepted|||||R1\rPRD|RP^Referring^HL70286|王^医生|人民路1号^^重庆||||P001\r"
+             "PRD|RT^Referred to^HL70286|陈^医生|||||-\r" + PID + "ORC|NW|P1\rOBR|1|P1||GI^胃镜^L\r")
+    (sr,) = by_type(c, "ServiceRequest")
+    pracs = {p["name"][0]["text"]: p for p in by_type(c, "Practitioner")}
+    assert sr["requester"]["reference"] == f"Practitioner/{pracs['王医生']['id']}"
+    assert sr["performer"] == [{"reference": f"Practitioner/{pracs['陈医生']['id']}", "display": "陈医生"}]
+    assert pracs["王医生"]["identifier"][0]["value"] == "P001" and "identifier" not in pracs["陈医生"]
+
+
+def test_compound_components_dose_limits_and_supplier():
+    c = conv("RDE^O11", PID + "ORC|NW|P1\rRXE||IVB^静脉营养液^L|1||BAG^袋\rRXC|B|NS^生理盐水^L|250|ML^毫升\r"
+             "RXC|A|KCL^氯化钾^L|1|G^克|10|mg/mL^mg/mL\rCDO|1|A|3^g|1^d\r")
+    (med,), (mr,) = by_type(c, "Medication"), by_type(c, "MedicationRequest")
+    assert mr["medicationReference"] == {"reference": f"Medication/{med['id']}"}
+    assert [(i["itemCodeableConcept"]["text"], i["isActive"]) for i in med["ingredient"]] == [("生理盐水", False), ("氯化钾", True)]
+    assert med["ingredient"][1]["strength"]["numerator"] == {"value": 10, "unit": "mg/mL"}
+    assert mr["dosageInstruction"][0]["maxDosePerPeriod"] == {"numerator": {"value": 3, "unit": "g"},
+                                                              "denominator": {"value": 1, "unit": "d"}}
+    sup = conv("ORM^O01", PID + "ORC|NW|S1\rRQD|1|G01^纱布^L|||2\rRQ1||M1|医用材料厂|V1|某某供应商\r")
+    assert by_type(sup, "SupplyRequest")[0]["supplier"] == [{"display": "某某供应商"}]
+
+
+@pytest.mark.parametrize("kind, body", [
+    ("ORM^O01", "ORC|NW|P1\rOBR|1|P1||CT^CT^L\r"),
+    ("ORU^R01", "OBR|1|P1|F1|CT^CT^L\rOBX|1|ST|X^X^L||ok||||||F\r"),
+    ("RDE^O11", "ORC|NW|P1\rRXE||A1^阿莫西林^L|1||g\r"),
+])
+def test_charges_travel_with_orders_and_results(kind, body):
+    c = conv(kind, PID + PV1 + body + "FT1|1|T9||20240315||CG|F01^检查费^L|||1|80.00&CNY\r")
+    (item,) = by_type(c, "ChargeItem")
+    assert item["code"]["text"] == "检查费" and item["priceOverride"]["currency"] == "CNY"
+    assert orjson.loads(orjson.dumps(item["priceOverride"]["value"])) == 80
+
+
+def test_fixture_problem_list_and_mixed_orders():
+    from tests.test_hl7v2_mapping import conv as fixture_conv
+
+    ppr = fixture_conv("ppr_pc1_cn.hl7")
+    conds = {c["code"]["coding"][0]["code"]: c for c in by_type(ppr, "Condition")}
+    assert conds["I10.x00"]["verificationStatus"]["coding"][0]["code"] == "confirmed"
+    assert conds["E11.900"]["verificationStatus"]["coding"][0]["code"] == "provisional"
+    assert len(conds["I10.x00"]["evidence"][0]["detail"]) == 2 and "evidence" not in conds["E11.900"]
+    assert not ppr.findings
+    orm = fixture_conv("orm_o01_diet_supply_cn.hl7")
+    kinds = sorted(r["resourceType"] for r in orm.resources if r["resourceType"] in (
+        "NutritionOrder", "SupplyRequest", "MedicationRequest", "ChargeItem", "ServiceRequest"))
+    assert kinds == ["ChargeItem", "MedicationRequest", "NutritionOrder", "SupplyRequest"]
+    assert by_type(orm, "SupplyRequest")[0]["supplier"] == [{"display": "某某医疗器械公司"}]
+    assert by_type(orm, "MedicationRequest")[0]["dosageInstruction"][0]["route"]["coding"][0]["system"] == V2_0162
+    assert not orm.findings
+
+
+def test_order_participations_from_prt():
+    c = conv("ORU^R01", PID + PV1 + "ORC|RE|P1|F1\rPRT|1|AD||OP^Order Provider^HL70912|D1^张^医生\r"
+             "OBR|1|P1|F1|CBC^血常规^L|||20240315080000\rPRT|2|AD||PRI^Principal Result Interpreter^HL70912|D2^李^医生\r"
+             "PRT|3|AD||TN^Technician^HL70912|T1^赵^技师\rOBX|1|NM|6690-2^白细胞^LN||5.2|10*9/L|||||F\r"
+             "PRT|4|AD||RO^Responsible Observer^HL70912|T2^钱^技师\r")
+    (sr,), (rep,) = by_type(c, "ServiceRequest"), by_type(c, "DiagnosticReport")
+    assert sr["requester"]["display"] == "张医生" and [p["display"] for p in sr["performer"]] == ["赵技师"]
+    assert [p["display"] for p in rep["resultsInterpreter"]] == ["李医生"]
+    assert [p.get("display") for p in rep["performer"][1:]] == ["赵技师"]
