@@ -54,6 +54,7 @@ from hub.synth.units import FACT_KINDS, Fact, Unit
 NOW = datetime(2025, 1, 1, tzinfo=timezone(timedelta(hours=8)))  # after every generated visit
 RESOURCE_OF = {"diagnosis": "Condition", "medication": "MedicationRequest", "lab": "Observation",
                "visit": "Encounter"}
+READ_TYPES = (*RESOURCE_OF.values(), "Practitioner")  # what the counting reads back (not Binary, Bundle)
 _DATE_FIELDS = ("onsetDateTime", "recordedDate", "authoredOn", "effectiveDateTime", "issued")
 
 
@@ -140,7 +141,7 @@ def read_store(store, page: int = 5000) -> Stored:
     out = Stored()
     start = 1
     while True:
-        batch = store.notifications(start, page)
+        batch = store.notifications_of(READ_TYPES, start, page)
         if not batch:
             return out
         for n in batch:
@@ -164,10 +165,11 @@ def _name(n: dict) -> str:
 
 def _codes(d: dict) -> set[str]:
     out = set()
-    for k in ("code", "medicationCodeableConcept", "valueCodeableConcept"):
-        for c in (d.get(k) or {}).get("coding") or ():
-            if c.get("code"):
-                out.add(c["code"])
+    for part in (d, *(d.get("component") or ())):
+        for k in ("code", "medicationCodeableConcept", "valueCodeableConcept"):
+            for c in (part.get(k) or {}).get("coding") or ():
+                if c.get("code"):
+                    out.add(c["code"])
     for i in d.get("identifier") or ():
         if i.get("value"):
             out.add(i["value"])
@@ -190,23 +192,21 @@ def _values(d: dict) -> set[str]:
     return out
 
 
-def _date(d: dict) -> str | None:
-    for k in _DATE_FIELDS:
-        if isinstance(d.get(k), str):
-            return d[k][:10]
-    for k in ("effectivePeriod", "period"):
-        if isinstance(d.get(k), dict) and d[k].get("start"):
-            return d[k]["start"][:10]
-    return None
+def _dates(d: dict) -> frozenset[str]:
+    """The days a resource is dated (any of its dates: a mapper may put the truth's date in either)."""
+    out = {d[k][:10] for k in _DATE_FIELDS if isinstance(d.get(k), str)}
+    out |= {d[k]["start"][:10] for k in ("effectivePeriod", "period")
+            if isinstance(d.get(k), dict) and isinstance(d[k].get("start"), str)}
+    return frozenset(out)
 
 
 @dataclass(frozen=True, slots=True)
 class _Carrier:
-    """A stored resource that may carry a fact: its Patient, values and date."""
+    """A stored resource that may carry a fact: its Patient, values and dates."""
 
     patient: str | None
     values: frozenset[str]
-    date: str | None
+    dates: frozenset[str]  # empty: the resource carries no date
 
 
 def fact_index(stored: Stored) -> dict[tuple[str, str], list[_Carrier]]:
@@ -224,7 +224,7 @@ def fact_index(stored: Stored) -> dict[tuple[str, str], list[_Carrier]]:
             if member is not None:
                 codes |= _codes(member)
                 values |= _values(member)
-        carrier = _Carrier((d.get("subject") or {}).get("reference"), frozenset(values), _date(d))
+        carrier = _Carrier((d.get("subject") or {}).get("reference"), frozenset(values), _dates(d))
         for c in codes:
             index[(rtype, c)].append(carrier)
     return index
@@ -237,14 +237,15 @@ def _lost_reason(fact: Fact, person: str, own: list[str], carriers: list[_Carrie
     value = _norm(fact.value) if fact.value is not None else None
     mine = [c for c in carriers if c.patient in own]
     if not mine:
-        elsewhere = any((value is None or value in c.values) and c.date in (None, fact.date) for c in carriers)
+        elsewhere = any((value is None or value in c.values) and (not c.dates or fact.date in c.dates)
+                        for c in carriers)
         return "only-on-other-patients" if elsewhere else "absent"
     reasons = set()
     for c in mine:
         if value is not None and value not in c.values:
             reasons.add("code-without-value")
             continue
-        if c.date is not None and c.date != fact.date:
+        if c.dates and fact.date not in c.dates:
             reasons.add("other-date")
             continue
         who = people.get(c.patient or "", set())
@@ -297,7 +298,10 @@ def count(outcomes: list[Outcome], stored: Stored) -> dict:
             for d in o.unit.defects or ("none",):
                 lost_by["defect"][d] += 1
     total_facts, total_lost = sum(facts.values()), sum(lost.values())
-    refusals = Counter(o.refusal for o in outcomes if not o.accepted)
+    refused = [o for o in outcomes if not o.accepted]
+    refusals = Counter(o.refusal for o in refused)
+    # a refused unit's facts are not lost (the sender was told), but refusing is no way to reach the goal
+    refused_facts = Counter(f"{o.unit.family} {f.kind}" for o in refused for f in o.unit.facts)
     return {
         "units": {"sent": len(outcomes), "accepted": len(accepted), "refused": len(outcomes) - len(accepted),
                   "by_kind": dict(sorted(Counter(f"{o.unit.family} {o.unit.kind}" for o in outcomes).items()))},
@@ -317,6 +321,7 @@ def count(outcomes: list[Outcome], stored: Stored) -> dict:
                   "lost_by_family_kind_reason": dict(sorted(lost_by["family_kind_reason"].items())),
                   "lost_by_defect": dict(lost_by["defect"].most_common())},
         "refusals": dict(refusals.most_common()),
+        "facts_in_refused_units": dict(sorted(refused_facts.items())),
         "findings": dict(Counter(r for o in outcomes for r in o.findings).most_common()),
         "goal": {"met": not merged and total_lost == 0, "merged_patients": len(merged), "lost_facts": total_lost,
                  "text": "zero Patients merging distinct people and zero lost acknowledged facts"},
@@ -329,15 +334,24 @@ def load(units: Iterable[Unit], data_dir: Path) -> tuple[list[Outcome], Stored, 
     """Send every unit through the intake; the outcomes, the store read back, and the load's times."""
     intake = Intake(data_dir)
     try:
-        cpu, wall = time.process_time(), time.perf_counter()
-        outcomes = [intake.send(u) for u in units]
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        outcomes, by_family = [], Counter()
+        n_family = Counter()
+        wall = time.perf_counter()
+        for u in units:
+            t = time.process_time()
+            outcomes.append(intake.send(u))
+            by_family[u.family] += time.process_time() - t
+            n_family[u.family] += 1
+        cpu, wall = sum(by_family.values()), time.perf_counter() - wall
         stored = read_store(intake.store)
     finally:
         intake.close()
     n = len(outcomes)
-    return outcomes, stored, {"units": n, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
-                              "units_per_cpu_s": round(n / cpu, 1) if cpu else None}
+    return outcomes, stored, {
+        "units": n, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
+        "units_per_cpu_s": round(n / cpu, 1) if cpu else None,
+        "by_family": {f: {"units": n_family[f], "cpu_s": round(c, 2),
+                          "units_per_cpu_s": round(n_family[f] / c, 1) if c else None} for f, c in by_family.items()}}
 
 
 def region_units(people: int, seed: int) -> Iterator[Unit]:
@@ -371,9 +385,12 @@ def report(r: dict) -> str:
              f"  acknowledged facts lost: {f['lost']} of {f['acknowledged']}"]
     lines += [f"    {k}: {v['lost']} of {v['facts']}" for k, v in f["by_family_kind"].items()]
     lines.append("    why: " + ", ".join(f"{k} {v}" for k, v in f["lost_by_reason"].items()))
-    lines.append("  refused: " + (", ".join(f"{k} {v}" for k, v in r["refusals"].items()) or "none"))
+    lines.append("  refused: " + (", ".join(f"{k} {v}" for k, v in r["refusals"].items()) or "none")
+                 + (" (their facts: " + ", ".join(f"{k} {v}" for k, v in r["facts_in_refused_units"].items()) + ")"
+                    if r["facts_in_refused_units"] else ""))
     t = r["throughput"]
-    lines.append(f"  load: {t['units_per_cpu_s']} units per CPU s ({t['cpu_s']} CPU s, {t['wall_s']} s)")
+    lines.append(f"  load: {t['units_per_cpu_s']} units per CPU s ({t['cpu_s']} CPU s, {t['wall_s']} s wall); "
+                 + ", ".join(f"{k} {v['units_per_cpu_s']}" for k, v in t["by_family"].items()))
     return "\n".join(lines)
 
 

@@ -109,3 +109,17 @@ def test_a_lab_value_apart_from_its_code_is_lost_and_a_panel_keeps_it(tmp_path):
              "code": {"text": "panel"}, "hasMember": [{"reference": "Observation/c"}, {"reference": "Observation/v"}]}
     together = Stored(latest={**apart.latest, ("Observation", "g"): panel})
     assert count_([outcome], together)["facts"]["lost"] == 0
+
+
+def test_units_written_to_disk_are_byte_identical_and_carry_their_truth(tmp_path):
+    import orjson
+
+    from hub.synth.export import write_units
+
+    n = write_units(tmp_path / "a", seed=7, people=4)
+    assert n == write_units(tmp_path / "b", seed=7, people=4) > 0
+    truth = (tmp_path / "a" / "truth.jsonl").read_bytes()
+    assert truth == (tmp_path / "b" / "truth.jsonl").read_bytes()
+    rows = [orjson.loads(line) for line in truth.splitlines()]
+    assert len(rows) == n
+    assert all((tmp_path / "a" / r["file"]).read_bytes() == (tmp_path / "b" / r["file"]).read_bytes() for r in rows)
