@@ -1,13 +1,16 @@
-"""The counting of bench/intake_fidelity.py: merges and lost facts are seen where they are, and only there."""
+"""The counting of bench/intake_fidelity.py (bench/fidelity.py): merges and lost facts are seen where they are,
+and only there."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.intake_fidelity import Intake, count, read_store
+from bench.fidelity import Outcome, Stored, count, read_store
+from bench.intake_fidelity import Intake
+from fhir_mapping.base import SourceInfo
 from hub.ingest import Context, Op
 from hub.synth import Region
-from hub.synth.units import iter_units
+from hub.synth.units import Fact, Unit, iter_units
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +91,7 @@ def test_a_fact_removed_from_the_store_counts_as_lost(tmp_path, units):
     assert r["facts"]["lost_by_reason"] == {"absent": 1}
 
 
-def test_a_lab_value_apart_from_its_code_is_lost_and_a_panel_keeps_it(tmp_path):
-    from bench.intake_fidelity import Stored
-    from bench.intake_fidelity import count as count_
-    from bench.intake_fidelity import Outcome
-    from fhir_mapping.base import SourceInfo
-    from hub.synth.units import Fact, Unit
-
+def test_a_lab_value_apart_from_its_code_is_lost_and_a_panel_keeps_it():
     lab = Fact("lab", "14771-0", "2024-01-02", "5.6")
     unit = Unit("cda", "C0007", b"", SourceInfo(), "person-1", (lab,), (), "")
     code = {"resourceType": "Observation", "id": "c", "subject": {"reference": "Patient/p"},
@@ -104,11 +101,11 @@ def test_a_lab_value_apart_from_its_code_is_lost_and_a_panel_keeps_it(tmp_path):
              "code": {"coding": [{"code": "DE04.30.015.00"}]}, "valueQuantity": {"value": 5.60}}
     apart = Stored(latest={("Observation", "c"): code, ("Observation", "v"): value})
     outcome = Outcome(unit, True, ["Patient/p"])
-    assert count_([outcome], apart)["facts"]["lost_by_reason"] == {"code-without-value": 1}
+    assert count([outcome], apart)["facts"]["lost_by_reason"] == {"code-without-value": 1}
     panel = {"resourceType": "Observation", "id": "g", "subject": {"reference": "Patient/p"},
              "code": {"text": "panel"}, "hasMember": [{"reference": "Observation/c"}, {"reference": "Observation/v"}]}
     together = Stored(latest={**apart.latest, ("Observation", "g"): panel})
-    assert count_([outcome], together)["facts"]["lost"] == 0
+    assert count([outcome], together)["facts"]["lost"] == 0
 
 
 def test_units_written_to_disk_are_byte_identical_and_carry_their_truth(tmp_path):
