@@ -166,11 +166,15 @@ def count(outcomes: list[Outcome], stored: Stored) -> dict:
     accepted = [o for o in outcomes if o.accepted]
     people: dict[str, set[str]] = defaultdict(set)
     family_of: dict[str, set[str]] = defaultdict(set)
+    defects_of: dict[str, set[str]] = defaultdict(set)
     for o in accepted:
         for p in o.patients:
             people[p].add(o.unit.person_key)
             family_of[p].add(o.unit.family)
+            defects_of[p].update(o.unit.defects)
     merged = {p: who for p, who in people.items() if len(who) > 1}
+    # which defects the units of merged Patients carry (a Patient counts once under each)
+    merged_by_defect = Counter(d for p in merged for d in defects_of[p])
     by_family = {}
     for fam in ("cda", "v2"):
         ps = [p for p in people if fam in family_of[p]]
@@ -212,7 +216,7 @@ def count(outcomes: list[Outcome], stored: Stored) -> dict:
                    "merged_patients": len(merged),
                    "people_in_merges": len(set().union(*merged.values())) if merged else 0,
                    "max_people_per_patient": max((len(w) for w in people.values()), default=0),
-                   "by_family": by_family},
+                   "by_family": by_family, "merged_patients_by_defect": dict(merged_by_defect.most_common())},
         "practitioners": {"practitioners": len(names), "merged_practitioners": len(merged_pr),
                           "names_in_merges": sum(len(n) for n in merged_pr.values()),
                           "max_names_per_practitioner": max((len(n) for n in names.values()), default=0)},
