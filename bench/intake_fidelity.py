@@ -162,7 +162,7 @@ def report(r: dict) -> str:
              f"  Patients merging distinct people: {p['merged_patients']} of {p['patients']} "
              f"({p['people_in_merges']} people involved, at most {p['max_people_per_patient']} on one); "
              + ", ".join(f"{k} {v['merged_patients']}/{v['patients']}" for k, v in p["by_family"].items()),
-             f"  Practitioners with several doctors' names: {pr['merged_practitioners']} of {pr['practitioners']} "
+             f"  Practitioners merging doctors (several names on one): {pr['merged_practitioners']} of {pr['practitioners']} "
              f"({pr['names_in_merges']} names)",
              f"  acknowledged facts lost: {f['lost']} of {f['acknowledged']}"]
     lines += [f"    {k}: {v['lost']} of {v['facts']}" for k, v in f["by_family_kind"].items()]
