@@ -56,7 +56,9 @@ def default_doctor(inst: Institution, enc: dict) -> str:
     return f"D{inst.n:03d}01^李^医生"
 
 
-class _Builder:
+class Builder:
+    """Segments of one region's messages; MSH-10 numbered per institution."""
+
     def __init__(self, region: Region, encoding: str, doctor: Callable[[Institution, dict], str] = default_doctor):
         self.region = region
         self.encoding = encoding
@@ -150,7 +152,7 @@ def lab_results(obs: list[dict]) -> list[dict]:
                                   for c in cat.get("coding", []))]
 
 
-def visit_messages(b: _Builder, patient: dict, enc: dict, obs: list[dict], *, updates: bool = True,
+def visit_messages(b: Builder, patient: dict, enc: dict, obs: list[dict], *, updates: bool = True,
                    kinds: tuple[str, ...] = ("ADT", "ORU")) -> Iterator[tuple[str, bytes, SourceInfo]]:
     """The messages of one visit (its Encounter and Observations) about ``patient``."""
     inst = b.inst(enc.get("serviceProvider", {}).get("reference"))
@@ -187,7 +189,7 @@ def iter_messages(region: Region, *, encoding: str = "utf-8", updates: bool = Tr
     """(kind, payload, source) for every visit of the region, in the region's order."""
     if encoding not in _CHARSET:
         raise ValueError(f"encoding must be one of {sorted(_CHARSET)}")
-    b = _Builder(region, encoding)
+    b = Builder(region, encoding)
     patients: dict[str, dict] = {}
     pending: list[dict] = []
 

@@ -35,7 +35,7 @@ from fhir_mapping.base import SourceInfo
 from terminology.resident_id import check_digit
 
 from . import cda
-from .hl7v2 import _Builder, lab_results, visit_messages
+from .hl7v2 import Builder, dtm, esc, lab_results, visit_messages
 from .region import Institution, Region
 from .tables import table
 
@@ -122,6 +122,13 @@ def _registration(region: Region, d: Dialect, patient: dict, noise: tuple[str, .
     return _Registration(patient, sent, tuple(defects))
 
 
+def _after_pv1(payload: bytes, segments: list[str]) -> bytes:
+    """The message with ``segments`` inserted after its PV1 (UTF-8)."""
+    segs = payload.split(b"\r")
+    at = next(i for i, x in enumerate(segs) if x.startswith(b"PV1|")) + 1
+    return b"\r".join(segs[:at] + [x.encode("utf-8") for x in segments] + segs[at:])
+
+
 def _date(ts: str) -> str:
     return ts[:10]
 
@@ -167,7 +174,7 @@ class _Writer:
     def __init__(self, region: Region, encoding: str = "utf-8") -> None:
         self.region = region
         self.dialects = {i.n: dialect(region, i) for i in region.institutions}
-        self.v2 = _Builder(region, encoding, doctor=self._xcn)
+        self.v2 = Builder(region, encoding, doctor=self._xcn)
         self.meds = table("clinical")["medications"]
 
     def doctor(self, inst: Institution, enc: dict) -> tuple[str, str]:
@@ -199,6 +206,8 @@ class _Writer:
     # -- HL7 v2 -----------------------------------------------------------------------------------
     def _v2(self, reg: _Registration, person_key: str, v: _Visit, visit: Fact, defects: tuple[str, ...],
             author: str) -> Iterator[Unit]:
+        """The visit's messages (``hub.synth.hl7v2.visit_messages``), its diagnoses as DG1 in the
+        A01/A04/A03, and its prescriptions as one RDE^O11."""
         d = self.dialects[v.inst.n]
         p = reg.patient
         idents = []
@@ -210,12 +219,48 @@ class _Writer:
         if reg.resident_id is not None:
             idents.insert(0, {"system": RESIDENT_ID_SYSTEM, "value": reg.resident_id})
         patient = {**p, "identifier": idents}
-        labs = {o["id"]: o for o in lab_results(v.observations)}
+        start = v.enc["period"]["start"]
         lab_facts = tuple(Fact("lab", o["code"]["coding"][0]["code"], _date(o["effectiveDateTime"]), _lab_value(o))
-                          for o in labs.values())
+                          for o in lab_results(v.observations))
+        dx = [(c["code"]["coding"][0]["code"], c["code"]["coding"][0]["display"]) for c in v.conditions]
+        dx_facts = tuple(Fact("diagnosis", code, _date(start)) for code, _ in dx)
         for kind, payload, src in visit_messages(self.v2, patient, v.enc, v.observations):
-            facts = (visit, *lab_facts) if kind == "ORU^R01" else (visit,)
+            facts: tuple[Fact, ...] = (visit,)
+            if kind == "ORU^R01":
+                facts += lab_facts
+            elif kind != "ADT^A08" and dx:
+                final = "F" if kind == "ADT^A03" else "A"
+                payload = _after_pv1(payload, [f"DG1|{k}||{esc(code)}^{esc(name)}^I10||{dtm(start)}|{final}"
+                                               for k, (code, name) in enumerate(dx, 1)])
+                facts += dx_facts
             yield Unit("v2", kind, payload, src, person_key, facts, defects, author)
+        if v.medications:
+            yield self._rde(patient, person_key, v, visit, defects + (("order-number-reused",) if d.entry_ids else ()),
+                            author)
+
+    def _rde(self, patient: dict, person_key: str, v: _Visit, visit: Fact, defects: tuple[str, ...],
+             author: str) -> Unit:
+        """RDE^O11: one ORC/RXE/RXR per prescribed drug. A sloppy HIS numbers the orders of each
+        message 1, 2, … (``entry_ids`` dialect); a careful one gives them the visit's number."""
+        b, inst, enc = self.v2, v.inst, v.enc
+        start = enc["period"]["start"]
+        msh, _ = b.msh(inst, start, "RDE^O11", "RDE_O11")
+        segs = [msh, b.pid(patient), b.pv1(enc, inst, discharge=False)]
+        facts = [visit]
+        for k, m in enumerate(v.medications, 1):
+            atc = m["medicationCodeableConcept"]["coding"][0]["code"]
+            row = self.meds[atc]
+            placer = str(k) if self.dialects[inst.n].entry_ids else f"{visit.code}-M{k}"
+            orc = [""] * 13
+            orc[1], orc[2], orc[9], orc[12] = "NW", f"{esc(placer)}^HIS", dtm(start), self._xcn(inst, enc)
+            rxe = [""] * 8
+            rxe[1], rxe[2], rxe[3] = f"1^{esc(row['frequency'])}", f"{esc(atc)}^{esc(row['name'])}^ATC", esc(row["dose"])
+            rxe[5] = f"{esc(row['unit'])}^{esc(row['unit'])}^UCUM"
+            rxe[7] = f"{esc(row['route'])}，{esc(row['frequency'])}，每次{esc(row['dose'])}{esc(row['unit'])}"
+            segs += ["ORC|" + "|".join(orc[1:]), "RXE|" + "|".join(rxe[1:]), f"RXR|^{esc(row['route'])}"]
+            facts.append(Fact("medication", atc, _date(start)))
+        src = SourceInfo(institution=inst.id, oid=inst.oid, name=inst.name, feed="his-v2")
+        return Unit("v2", "RDE^O11", b.encode("\r".join(segs) + "\r"), src, person_key, tuple(facts), defects, author)
 
     # -- CDA --------------------------------------------------------------------------------------
     def _cda(self, reg: _Registration, person_key: str, v: _Visit, visit: Fact, defects: tuple[str, ...],
