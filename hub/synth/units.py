@@ -1,7 +1,8 @@
 """What the region's hospitals send the hub, defects included, with the truth of every unit.
 
-``iter_units(region)`` yields, visit by visit, the HL7 v2 messages (``hub.synth.hl7v2``) and the WS/T 500
-CDA documents (``hub.synth.cda``) of each visit, as ``Unit``: the payload and its source, the true person
+``iter_units(region)`` yields, visit by visit, the HL7 v2 messages (``hub.synth.hl7v2``: ADT with the
+diagnoses as DG1, ORU with the results, RDE^O11 with the prescriptions) and the WS/T 500 CDA documents
+(``hub.synth.cda``) of each visit, as ``Unit``: the payload and its source, the true person
 it is about and the clinical facts it carries (``Fact``: a diagnosis, a medication order, a laboratory
 result, the visit). Benchmarks load the payloads through the hub's intake and look for every fact.
 
@@ -9,7 +10,8 @@ Each institution has a ``Dialect``: the ways its systems fill what they send, as
 
 - ``patient_keys``: ``record`` sends the institution's record number (CDA 病案号 ``2.16.156.10011.1.13``,
   v2 ``MR``) on every unit; ``resident`` sends only the resident ID number as the lasting identifier
-  (CDA: the visit number on patientRole, the ID number on patient; v2: ``NNCHN`` alone in PID-3);
+  (CDA: the visit number on patientRole, the ID number on patient; v2: ``NNCHN`` and the health card in
+  PID-3, the record number only when no ID number is sent);
 - ``default_id``: a resident ID number failing its GB 11643 check digit that registration types for
   people whose card is not at hand (``default_id_rate`` of registrations, and every registration
   without a number when ``missing_id`` is ``default``): one number, many different people;
@@ -18,7 +20,7 @@ Each institution has a ``Dialect``: the ways its systems fill what they send, as
 - ``author_id``: the author / ordering-provider id: real staff numbers, or a filler (``-``, ``无``,
   ``医务人员编码``) for every doctor;
 - ``entry_ids``: every CDA entry carries ``<id root="2.16.156.10011.1.1" extension="1"/>``, the same in
-  every document.
+  every document; the v2 orders of each RDE are numbered 1, 2, … again.
 
 The region's own identity noise (placeholders, mistyped and 15-digit ID numbers) comes on top.
 Everything is seeded: the same region gives the same units, byte for byte.
@@ -323,7 +325,7 @@ class _Writer:
 
 def iter_units(region: Region, families: tuple[str, ...] = ("v2", "cda")) -> Iterator[Unit]:
     """Every unit the region's institutions send, visit by visit in the region's order: the visit's
-    HL7 v2 messages (ADT, ORU), then its CDA documents (C0001 or C0053, C0004, C0007)."""
+    HL7 v2 messages (ADT, ORU, RDE), then its CDA documents (C0001 or C0053, C0004, C0007)."""
     w = _Writer(region)
     for resources, truth in region.iter_people():
         who = {t.patient_reference.split("/", 1)[1]: t for t in truth}
