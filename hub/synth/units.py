@@ -114,6 +114,8 @@ def _registration(region: Region, d: Dialect, patient: dict, noise: tuple[str, .
     rng = random.Random(f"{region.seed}:intake:{patient['id']}")
     sent = next((i["value"] for i in patient["identifier"] if i["system"] == RESIDENT_ID_SYSTEM), None)
     defects = [f"resident-id-{n[3:].replace('_', '-')}" for n in noise if n.startswith("id_")]
+    if "newborn_parent_id" in noise:  # a valid number, but the parent's: no check can tell
+        defects.append("resident-id-of-parent")
     if sent is None:
         sent = None if d.missing_id == "" else d.default_id if d.missing_id == "default" else d.missing_id
         if sent is not None:
