@@ -202,7 +202,7 @@ def count(outcomes: list[Outcome], stored: Stored) -> dict:
             lost_by["family_kind"][f"{o.unit.family} {f.kind}"] += 1
             lost_by["reason"][reason] += 1
             lost_by["family_kind_reason"][f"{o.unit.family} {f.kind} {reason}"] += 1
-            for d in o.unit.defects or ("none",):
+            for d in o.unit.defects or ("none",):  # under every defect the unit carries: co-occurrence, not cause
                 lost_by["defect"][d] += 1
     total_facts, total_lost = sum(facts.values()), sum(lost.values())
     refused = [o for o in outcomes if not o.accepted]
