@@ -19,9 +19,10 @@ def units():
 
 
 def _two_people(units):
-    """Two ADT^A04 messages about different people."""
+    """Two ADT^A04 messages about different people, the first from an institution that sends its record
+    number (whatever a mapper does with resident ID numbers, that number keys the Patient)."""
     adt = [u for u in units if u.kind == "ADT^A04"]
-    a = adt[0]
+    a = next(u for u in adt if "keyed-by-resident-id" not in u.defects)
     b = next(u for u in adt if u.person_key != a.person_key)
     return a, b
 
