@@ -1,9 +1,11 @@
 """Intake fidelity: does the hub ever merge two people, or lose a fact it acknowledged?
 
-A synthetic region's hospitals send their HL7 v2 messages and WS/T 500 CDA documents, defects included
-(``hub.synth.units``: one invalid resident ID number typed for many people, ``-`` / ``无`` / all-zero
-placeholders, filler author ids, ``<id extension="1"/>`` on every entry, 15-digit numbers). They are
-loaded into a fresh data directory through the hub's own intake, in-process:
+A synthetic region's hospitals send, for every visit, their HL7 v2 messages (ADT with DG1 diagnoses, ORU,
+RDE^O11) and WS/T 500 CDA documents (C0001 or C0053, C0004, C0007), defects included (``hub.synth.units``:
+one invalid resident ID number typed for many people, ``-`` / ``无`` / all-zero placeholders, filler
+author ids, ``<id extension="1"/>`` on every entry and order numbers restarting at 1, 15-digit and
+mistyped numbers, newborns under a parent's number). They are loaded into a fresh data directory through
+the hub's own intake, in-process:
 
 - CDA: ``hub.documents.DocumentService.ingest_cda`` (what ``POST /cda`` runs: quality control, mapping,
   validation, one transaction; refusals quarantined);
