@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench import cda, hl7v2, ingest, memory, mllp, mpi, mpi_views, normalise, search, server, terminology
+from bench import (cda, hl7v2, ingest, intake_fidelity, memory, mllp, mpi, mpi_views, normalise, search, server,
+                   terminology)
 from bench.common import RESULTS
 
 
@@ -38,7 +39,8 @@ def summary(ing: dict, http: dict, mem: dict) -> str:
     for name, extra in (("extract", _extract_rows), ("search", _search_rows),
                         ("hl7v2", _hl7v2_rows), ("mllp", _mllp_rows), ("cda", _cda_rows),
                         ("terminology", _terminology_rows), ("normalise", _normalise_rows),
-                        ("mpi", _mpi_rows), ("mpi_views", _mpi_views_rows)):
+                        ("mpi", _mpi_rows), ("mpi_views", _mpi_views_rows),
+                        ("intake_fidelity", intake_fidelity.summary_rows)):
         path = RESULTS / f"{name}.json"
         if path.exists():
             rows += extra(json.loads(path.read_text()))
@@ -176,6 +178,7 @@ def main() -> None:
         # --name mpi-record-1m)
         mpi.main(["--people", "2000"] if args.quick else ["--people", "50000",
                                                            "--speed-people", "500000"])
+        intake_fidelity.main(["--quick"] if args.quick else [])
     table = summary(ing, http, mem)
     (RESULTS / "summary.md").write_text(table)
     print(table)

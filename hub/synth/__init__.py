@@ -7,6 +7,8 @@ record number, with the identity noise real feeds carry (homophones and typos in
 swapped, missing, placeholder, mistyped or 15-digit ID numbers, newborns under a parent's ID and name,
 family phones). Visits produce Encounters, Conditions, Observations, MedicationRequests and Procedures as
 FHIR R4 JSON dicts; ``iter_truth()`` says who every Patient really is. Everything is streamed.
+``hub.synth.units.iter_units(region)`` gives what the institutions send for those visits (HL7 v2 messages,
+WS/T 500 CDA documents, with the defects real feeds carry) and, per unit, the true person and its facts.
 
     region = Region(seed=42, people=1000)
     for resource in region.iter_resources(): ...

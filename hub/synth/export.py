@@ -44,3 +44,24 @@ def write_ndjson(
                 write(resource)
             truth.writerows((r.patient_reference, r.person_key, ";".join(r.noise_kinds)) for r in rows)
     return dict(counts)
+
+
+def write_units(out_dir: str | Path, seed: int = 42, people: int = 100, province: str = "500000") -> int:
+    """The region's intake units (``hub.synth.units``) as files: ``cda/<n>-<code>.xml``, ``v2/<n>-<type>.hl7``
+    and ``truth.jsonl`` (one line per unit: file, family, kind, institution, person, facts, defects,
+    author). Returns the number of units. The same arguments always give byte-identical files."""
+    from .units import iter_units
+
+    out = Path(out_dir)
+    for family in ("cda", "v2"):
+        (out / family).mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(out / "truth.jsonl", "wb") as truth:
+        for n, u in enumerate(iter_units(Region(seed, people, province)), 1):
+            name = f"{u.family}/{n:07d}-{u.kind.replace('^', '_')}.{'xml' if u.family == 'cda' else 'hl7'}"
+            (out / name).write_bytes(u.payload)
+            truth.write(orjson.dumps({"file": name, "family": u.family, "kind": u.kind,
+                                      "institution": u.source.institution, "person": u.person_key,
+                                      "facts": [f._asdict() for f in u.facts], "defects": u.defects,
+                                      "author": u.author}) + b"\n")
+    return n

@@ -13,7 +13,7 @@ institution's record number (``MR``), the resident ID number (``NNCHN``) and the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fhir_mapping.base import SourceInfo
@@ -51,11 +51,19 @@ def _segments(*segs: str) -> str:
     return "\r".join(segs) + "\r"
 
 
-class _Builder:
-    def __init__(self, region: Region, encoding: str):
+def default_doctor(inst: Institution, enc: dict) -> str:
+    """XCN of the visit's doctor: every institution's one doctor ``D<n>01^李^医生``."""
+    return f"D{inst.n:03d}01^李^医生"
+
+
+class Builder:
+    """Segments of one region's messages; MSH-10 numbered per institution."""
+
+    def __init__(self, region: Region, encoding: str, doctor: Callable[[Institution, dict], str] = default_doctor):
         self.region = region
         self.encoding = encoding
         self.counter: dict[int, int] = {}
+        self.doctor = doctor  # (institution, Encounter) -> XCN of PV1-7 and OBR-16
 
     def inst(self, ref: str | None) -> Institution:
         n = int((ref or "Organization/org-1").rsplit("-", 1)[1])
@@ -94,15 +102,14 @@ class _Builder:
         return (f"PID|1||{'~'.join(cx)}||{'~'.join(names)}||{dtm(patient.get('birthDate'))}|"
                 f"{_SEX.get(patient.get('gender', ''), 'U')}|||{addr}||{phones}")
 
-    @staticmethod
-    def pv1(enc: dict, inst: Institution, discharge: bool) -> str:
+    def pv1(self, enc: dict, inst: Institution, discharge: bool) -> str:
         cls = _CLASS.get(enc.get("class", {}).get("code", "AMB"), "O")
         visit = esc(enc["identifier"][0]["value"]) if enc.get("identifier") else ""
         period = enc.get("period", {})
         end = dtm(period.get("end")) if discharge else ""
         f = [""] * 46
         f[1], f[2], f[3] = "1", cls, f"{'住院病区' if cls == 'I' else '门诊'}^^^{esc(inst.name)}"
-        f[7] = f"D{inst.n:03d}01^李^医生"
+        f[7] = self.doctor(inst, enc)
         f[19], f[44], f[45] = visit, dtm(period.get("start")), end
         return "PV1|" + "|".join(f[1:]).rstrip("|")
 
@@ -139,12 +146,50 @@ def _obx(i: int, obs: dict) -> list[str]:
     return out
 
 
+def lab_results(obs: list[dict]) -> list[dict]:
+    """The laboratory Observations of a visit: what its ORU^R01 carries."""
+    return [o for o in obs if any(c.get("code") == "laboratory" for cat in o.get("category", [])
+                                  for c in cat.get("coding", []))]
+
+
+def visit_messages(b: Builder, patient: dict, enc: dict, obs: list[dict], *, updates: bool = True,
+                   kinds: tuple[str, ...] = ("ADT", "ORU")) -> Iterator[tuple[str, bytes, SourceInfo]]:
+    """The messages of one visit (its Encounter and Observations) about ``patient``."""
+    inst = b.inst(enc.get("serviceProvider", {}).get("reference"))
+    src = SourceInfo(institution=inst.id, oid=inst.oid, name=inst.name, feed="his-v2")
+    start = enc.get("period", {}).get("start")
+    inpatient = enc.get("class", {}).get("code") == "IMP"
+    pid, pv1 = b.pid(patient), b.pv1(enc, inst, discharge=False)
+    if "ADT" in kinds:
+        trig = "A01" if inpatient else "A04"
+        msh, _ = b.msh(inst, start, f"ADT^{trig}", "ADT_A01")
+        yield f"ADT^{trig}", b.encode(_segments(msh, f"EVN|{trig}|{dtm(start)}", pid, pv1)), src
+        if updates:
+            msh, _ = b.msh(inst, start, "ADT^A08", "ADT_A01")
+            yield "ADT^A08", b.encode(_segments(msh, f"EVN|A08|{dtm(start)}", pid, pv1)), src
+    labs = lab_results(obs)
+    if "ORU" in kinds and labs:
+        when = labs[0].get("effectiveDateTime") or start
+        msh, control = b.msh(inst, when, "ORU^R01", "ORU_R01")
+        visit = enc["identifier"][0]["value"] if enc.get("identifier") else control
+        obr = (f"OBR|1|{esc(visit)}-L^HIS|{esc(visit)}-L^LIS|LAB^检验报告^L|||{dtm(when)}|||||||||"
+               f"{b.doctor(inst, enc)}||||||{dtm(when)}|||F")
+        obx: list[str] = []
+        for o in labs:
+            obx += _obx(len(obx) + 1, o)
+        yield "ORU^R01", b.encode(_segments(msh, pid, pv1, f"ORC|RE|{esc(visit)}-L^HIS|{esc(visit)}-L^LIS", obr, *obx)), src
+    if "ADT" in kinds and inpatient and enc.get("period", {}).get("end"):
+        end = enc["period"]["end"]
+        msh, _ = b.msh(inst, end, "ADT^A03", "ADT_A03")
+        yield "ADT^A03", b.encode(_segments(msh, f"EVN|A03|{dtm(end)}", pid, b.pv1(enc, inst, True))), src
+
+
 def iter_messages(region: Region, *, encoding: str = "utf-8", updates: bool = True,
                   kinds: tuple[str, ...] = ("ADT", "ORU")) -> Iterator[tuple[str, bytes, SourceInfo]]:
     """(kind, payload, source) for every visit of the region, in the region's order."""
     if encoding not in _CHARSET:
         raise ValueError(f"encoding must be one of {sorted(_CHARSET)}")
-    b = _Builder(region, encoding)
+    b = Builder(region, encoding)
     patients: dict[str, dict] = {}
     pending: list[dict] = []
 
@@ -154,36 +199,8 @@ def iter_messages(region: Region, *, encoding: str = "utf-8", updates: bool = Tr
         enc, obs = pending[0], pending[1:]
         pending.clear()
         patient = patients.get(enc["subject"]["reference"].split("/", 1)[1])
-        if patient is None:
-            return
-        inst = b.inst(enc.get("serviceProvider", {}).get("reference"))
-        src = SourceInfo(institution=inst.id, oid=inst.oid, name=inst.name, feed="his-v2")
-        start = enc.get("period", {}).get("start")
-        inpatient = enc.get("class", {}).get("code") == "IMP"
-        pid, pv1 = b.pid(patient), b.pv1(enc, inst, discharge=False)
-        if "ADT" in kinds:
-            trig = "A01" if inpatient else "A04"
-            msh, _ = b.msh(inst, start, f"ADT^{trig}", "ADT_A01")
-            yield f"ADT^{trig}", b.encode(_segments(msh, f"EVN|{trig}|{dtm(start)}", pid, pv1)), src
-            if updates:
-                msh, _ = b.msh(inst, start, "ADT^A08", "ADT_A01")
-                yield "ADT^A08", b.encode(_segments(msh, f"EVN|A08|{dtm(start)}", pid, pv1)), src
-        labs = [o for o in obs if any(c.get("code") == "laboratory" for cat in o.get("category", [])
-                                      for c in cat.get("coding", []))]
-        if "ORU" in kinds and labs:
-            when = labs[0].get("effectiveDateTime") or start
-            msh, control = b.msh(inst, when, "ORU^R01", "ORU_R01")
-            visit = enc["identifier"][0]["value"] if enc.get("identifier") else control
-            obr = (f"OBR|1|{esc(visit)}-L^HIS|{esc(visit)}-L^LIS|LAB^检验报告^L|||{dtm(when)}|||||||||"
-                   f"D{inst.n:03d}01^李^医生||||||{dtm(when)}|||F")
-            obx: list[str] = []
-            for o in labs:
-                obx += _obx(len(obx) + 1, o)
-            yield "ORU^R01", b.encode(_segments(msh, pid, pv1, f"ORC|RE|{esc(visit)}-L^HIS|{esc(visit)}-L^LIS", obr, *obx)), src
-        if "ADT" in kinds and inpatient and enc.get("period", {}).get("end"):
-            end = enc["period"]["end"]
-            msh, _ = b.msh(inst, end, "ADT^A03", "ADT_A03")
-            yield "ADT^A03", b.encode(_segments(msh, f"EVN|A03|{dtm(end)}", pid, b.pv1(enc, inst, True))), src
+        if patient is not None:
+            yield from visit_messages(b, patient, enc, obs, updates=updates, kinds=kinds)
 
     for res in region.iter_resources():
         rtype = res["resourceType"]
