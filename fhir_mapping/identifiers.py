@@ -20,7 +20,7 @@ import yaml
 from terminology import resident_id
 
 __all__ = ["RESIDENT_ID_OID", "RESIDENT_ID_SYSTEM", "is_filler", "is_filler_text", "is_resident_id_system",
-           "key_problem", "usable"]
+           "key_problem", "someone_elses", "usable"]
 
 RESIDENT_ID_OID = "2.16.156.10011.1.3"
 RESIDENT_ID_SYSTEM = f"urn:oid:{RESIDENT_ID_OID}"
@@ -94,6 +94,26 @@ def key_problem(value: str | None, system: str | None = None) -> str | None:
     if is_resident_id_system(system) and not resident_id.is_valid(str(value).strip()):
         return "check-digit"
     return None
+
+
+# A newborn is registered under a parent's number until it has its own: the number is valid, so no
+# check catches it, but the birth date it encodes is a generation away from the record's own. Ten
+# years leaves room for a mistyped year, a lunar-calendar date or a digit slip, and is still far
+# less than the gap between any parent and child.
+_GENERATION_YEARS = 10
+
+
+def someone_elses(value: str | None, birth_date: str | None) -> bool:
+    """True when ``value`` is a resident ID number whose encoded birth date lies more than ten years
+    from ``birth_date`` (``YYYY-MM-DD`` or ``YYYYMMDD``, at least the year) of the record it is on: it
+    is somebody else's number (a parent's, on a newborn's record), so it may not key that record."""
+    if not value or not birth_date:
+        return False
+    born = resident_id.birth_date(str(value).strip())
+    digits = birth_date.replace("-", "")
+    if born is None or len(digits) < 4 or not digits[:4].isdigit():
+        return False
+    return abs(born.year - int(digits[:4])) > _GENERATION_YEARS
 
 
 def usable(value: str | None, system: str | None = None) -> bool:

@@ -14,7 +14,7 @@ from fhir_mapping.base import Finding, SourceInfo
 from fhir_mapping.cda import dt
 from fhir_mapping.cda.dt import child, children, q
 from fhir_mapping.cda.tables import Tables
-from fhir_mapping.identifiers import is_filler, is_filler_text, is_resident_id_system, key_problem
+from fhir_mapping.identifiers import is_filler, is_filler_text, is_resident_id_system, key_problem, someone_elses
 from fhir_mapping.ids import stable_id
 from terminology import resident_id
 
@@ -82,7 +82,8 @@ class Ctx:
             out["system"] = self.sys_uri(out["system"])
         return out
 
-    def checked_ident(self, el, type_text: str | None = None) -> tuple[dict | None, str | None]:
+    def checked_ident(self, el, type_text: str | None = None,
+                      born: str | None = None) -> tuple[dict | None, str | None]:
         """(Identifier, None) for an id that may key a resource; (None, reason) with a finding
         ``cda.identifier.<reason>`` for one that is a filler or fails its check digit: such a value
         would merge different people into one resource, so it is neither a key nor stored. A 15-digit
@@ -99,8 +100,13 @@ class Ctx:
             except ValueError:
                 pass  # no valid birth date in it: key_problem below refuses it
         problem = key_problem(value, root) if ext else ("placeholder" if is_filler(root) else None)
+        if problem is None and ext and is_resident_id_system(root) and someone_elses(value, born):
+            problem = "other-person"  # a parent's number on a newborn's record
         if problem is not None:
-            why = "fails its check digit (GB 11643)" if problem == "check-digit" else "is a placeholder value"
+            why = {"check-digit": "fails its check digit (GB 11643)",
+                   "other-person": "encodes a birth date more than ten years from the patient's own (someone "
+                                   "else's number, such as a parent's on a newborn's record)"}.get(
+                problem, "is a placeholder value")
             self.find("warning", f"cda.identifier.{problem}",
                       f"{label} {why}: not used as a key and not stored (value not logged)", el)
             return None, problem

@@ -42,13 +42,15 @@ def _patient(ctx: Ctx, root, custodian_ref: str | None) -> str:
     keyed: dict[str, str] = {}  # root -> usable value: fillers and failed check digits never get here
     refused = 0
     order_roots = {str(r) for r in h.get("order_roots") or ()}
+    bt = child(pat, "birthTime")
+    born = dt.clean_str(bt.get("value")) if bt is not None else None
     for el in children(role, "id") + children(pat, "id"):
         key = dt.ii(el)
         if key and key[0] in order_roots:
             if ctx.order_ident is None:
                 ctx.order_ident = ctx.checked_ident(el, types.get(key[0]))[0]
             continue
-        ident, problem = ctx.checked_ident(el, types.get(key[0]) if key else None)
+        ident, problem = ctx.checked_ident(el, types.get(key[0]) if key else None, born)
         refused += problem is not None
         if ident is None:
             continue

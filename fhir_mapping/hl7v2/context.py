@@ -24,7 +24,7 @@ _PROBLEMS = {"placeholder": "a placeholder (filler) value",
 
 class Ctx:
     __slots__ = ("msg", "source", "inst", "oid", "org_ref", "findings", "_res", "kind", "trigger",
-                 "patient_ref", "patient_key", "encounter_ref", "meta", "spec")
+                 "patient_ref", "patient_key", "record_birth", "encounter_ref", "meta", "spec")
 
     def __init__(self, msg: Msg, source: SourceInfo, kind: str, trigger: str, spec: dict):
         self.msg, self.source, self.kind, self.trigger, self.spec = msg, source, kind, trigger, spec
@@ -41,6 +41,9 @@ class Ctx:
         self.meta = {"source": f"urn:oid:{self.oid}"} if self.oid else None
         self.patient_ref: dict | None = None
         self.patient_key: str | None = None
+        # PID-7 of the patient being read: a resident ID number a generation away from it is
+        # someone else's (fhir_mapping.identifiers.someone_elses)
+        self.record_birth: str | None = None
         self.encounter_ref: dict | None = None
         self.org_ref = self._organization(ns)
 

@@ -7,6 +7,7 @@ import re
 from datetime import date as _date
 from typing import Any
 
+from fhir_mapping.identifiers import someone_elses
 from terminology import resident_id
 
 from . import datatypes as dt
@@ -72,6 +73,11 @@ def identifier(ctx: Ctx, rep: list[list[str]], loc: str, default_kind: str = "pa
         ident.setdefault("type", {"text": "居民健康卡"})
     if not ctx.usable(value, system, loc):
         return None
+    if system == _RESIDENT and someone_elses(value, ctx.record_birth):
+        ctx.find("warning", "v2.identifier.other-person",
+                 "resident ID number encodes a birth date more than ten years from PID-7 (a parent's number "
+                 "on a newborn's record): neither a key nor kept as an identifier", loc)
+        return None
     if system:
         ident["system"] = system
     else:
@@ -131,6 +137,7 @@ def patient_identifiers(ctx: Ctx, seg: Seg, field: int = 3) -> tuple[list[dict],
 
 
 def patient(ctx: Ctx, pid: Seg) -> dict:
+    ctx.record_birth = dt.date(pid.get(7)) if pid.get(7) else None
     idents, key = patient_identifiers(ctx, pid)
     for extra, kind in ((2, "patient"), (4, "patient")):
         for i, rep in enumerate(pid.field(extra), 1):
@@ -141,6 +148,7 @@ def patient(ctx: Ctx, pid: Seg) -> dict:
     for ident in (_ssn(ctx, pid), _licence(ctx, pid)):
         if ident and ident not in idents:
             idents.append(ident)
+    ctx.record_birth = None
     key_ids: tuple[str, ...] = (key,) if key is not None else ()
     if key is None:
         key_ids = _visit_key(ctx, pid)
@@ -255,6 +263,11 @@ def _ssn(ctx: Ctx, pid: Seg) -> dict | None:
         if value is None:
             return None
     if not ctx.usable(value, system, "PID-19", "PID-19 identifier"):
+        return None
+    if system == _RESIDENT and someone_elses(value, ctx.record_birth):
+        ctx.find("warning", "v2.identifier.other-person",
+                 "PID-19 resident ID number encodes a birth date more than ten years from PID-7: neither a "
+                 "key nor kept as an identifier", "PID-19")
         return None
     ident: dict[str, Any] = {"type": {"coding": [{"system": _V2_0203_URI, "code": type_code}]}}
     if system:
