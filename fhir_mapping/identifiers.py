@@ -107,8 +107,8 @@ def someone_elses(value: str | None, birth_date: str | None) -> bool:
     """True when ``value`` is a resident ID number whose encoded birth date lies more than ten years
     from ``birth_date`` (``YYYY-MM-DD`` or ``YYYYMMDD``, at least the year) of the record it is on: it
     is somebody else's number (a parent's, on a newborn's record), so it may not key that record."""
-    if not value or not birth_date:
-        return False
+    if not value or not birth_date or not resident_id.is_valid(str(value).strip()):
+        return False  # an invalid number is refused for that already (key_problem)
     born = resident_id.birth_date(str(value).strip())
     digits = birth_date.replace("-", "")
     if born is None or len(digits) < 4 or not digits[:4].isdigit():

@@ -128,10 +128,12 @@ def patient_query(value: str, root: str = "2.16.156.10011.1.3", name: str = "测
 
 
 def resident() -> str:
-    """A fresh resident ID number that passes GB 11643 (an invalid one is neither kept nor a key)."""
+    """A fresh resident ID number that passes GB 11643 (an invalid one is neither kept nor a key), born
+    within a few years of the fixture's birthTime (1980-03-15): a number a generation away from the
+    record's birth date is someone else's and is not kept either."""
     n = uuid.uuid4().int
-    born = date(1950, 1, 1) + timedelta(days=n % 18000)
-    first17 = f"110105{born:%Y%m%d}{(n // 18000) % 1000:03d}"
+    born = date(1978, 1, 1) + timedelta(days=n % 1460)
+    first17 = f"110105{born:%Y%m%d}{(n // 1460) % 1000:03d}"
     return first17 + check_digit(first17)
 
 

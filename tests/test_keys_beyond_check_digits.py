@@ -80,3 +80,16 @@ def test_order_numbers_restarting_at_one_never_overwrite_another_prescription():
     ids = [by_type(x, "MedicationRequest")[0]["id"] for x in (a, b, c, again)]
     assert len(set(ids[:3])) == 3
     assert ids[3] == ids[0]
+
+
+def test_v3_newborn_registered_under_a_parents_number_keeps_only_its_own_ids():
+    from fhir_mapping.hl7v3 import convert
+    from tests.test_identifier_keys import LOCAL, SRC as V3_SRC, patient, values
+    parent = "110105198003151234"  # valid, born 1980-03-15, as the fixture's patient
+    adult = convert(patient("M-P", LOCAL, person_resident=parent), V3_SRC)
+    baby_msg = patient("M-N", LOCAL.replace("P0001", "P0002"), person_resident=parent, name="测试甲之子")
+    baby = convert(baby_msg.replace(b'<birthTime value="19800315"/>', b'<birthTime value="20240310"/>'), V3_SRC)
+    (pa,) = [r for r in adult.resources if r["resourceType"] == "Patient"]
+    (pb,) = [r for r in baby.resources if r["resourceType"] == "Patient"]
+    assert parent in values(pa) and parent not in values(pb) and pa["id"] != pb["id"]
+    assert any(f.rule == "v3.identifier.other-person" for f in baby.findings)

@@ -10,7 +10,7 @@ from typing import Any
 from lxml import etree
 
 from fhir_mapping.base import MappingError
-from fhir_mapping.identifiers import key_problem, usable
+from fhir_mapping.identifiers import key_problem, someone_elses, usable
 from fhir_mapping.ids import patient_id, stable_id
 from terminology import resident_id
 
@@ -135,7 +135,14 @@ def _person(ctx: Ctx, person: etree._Element | None, res: dict[str, Any]) -> Non
     """patientPerson / healthCarePrincipalPerson -> identifiers, name, telecom, gender, birth, address."""
     if person is None:
         return
+    born = attr(first(person, "birthTime"), "value")
     for root, ext in ids(first(person, "id")):
+        if root == RESIDENT_ROOT and someone_elses(ext, born):
+            # a parent's valid number on a newborn's registration: not this person's identifier
+            ctx.find("warning", "v3.identifier.other-person", "resident ID number encodes a birth date more "
+                     "than ten years from birthTime (someone else's number): not kept, and never a key",
+                     _where(ctx, first(person, "id")))
+            continue
         ident = ctx.identifier(root, ext, _where(ctx, first(person, "id")))
         if ident and ident not in res["identifier"]:
             res["identifier"].append(ident)
@@ -158,7 +165,7 @@ def _person(ctx: Ctx, person: etree._Element | None, res: dict[str, Any]) -> Non
     if addr:
         res["address"] = addr
     for root, ext in ids(first(person, "id")):
-        if root == RESIDENT_ROOT and ext:
+        if root == RESIDENT_ROOT and ext and not someone_elses(ext, born):
             _check_resident_id(ctx, ext, _where(ctx, first(person, "id")), res)
 
 
@@ -168,6 +175,11 @@ def _patient_key(ctx: Ctx, patient: etree._Element | None, where: str) -> tuple[
     resident ID number, different people would become one Patient)."""
     idl = ids(first(patient, "id"))
     id_where = _where(ctx, first(patient, "id")) or where
+    born = attr(first(patient, "patientPerson/birthTime"), "value")
+    if any(r == RESIDENT_ROOT and someone_elses(e, born) for r, e in idl):
+        ctx.find("warning", "v3.identifier.other-person", "resident ID number encodes a birth date more than "
+                 "ten years from birthTime (someone else's number): not kept, and never a key", id_where)
+        idl = [(r, e) for r, e in idl if not (r == RESIDENT_ROOT and someone_elses(e, born))]
     idents = [i for i in (ctx.identifier(r, e, id_where) for r, e in idl) if i]
     local = [e for r, e in _keys(idl) if r == LOCAL_PATIENT_ROOT]
     keys = _keys(idl)
