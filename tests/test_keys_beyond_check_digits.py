@@ -93,3 +93,9 @@ def test_v3_newborn_registered_under_a_parents_number_keeps_only_its_own_ids():
     (pb,) = [r for r in baby.resources if r["resourceType"] == "Patient"]
     assert parent in values(pa) and parent not in values(pb) and pa["id"] != pb["id"]
     assert any(f.rule == "v3.identifier.other-person" for f in baby.findings)
+
+
+def test_the_same_order_number_and_drug_in_another_visit_is_another_prescription():
+    first = conv(rde("MR1", "V1", "M1", "A10BA02^二甲双胍^ATC"))
+    later = conv(rde("MR1", "V7", "M9", "A10BA02^二甲双胍^ATC"))   # next month's visit, order "1" again
+    assert by_type(first, "MedicationRequest")[0]["id"] != by_type(later, "MedicationRequest")[0]["id"]

@@ -55,6 +55,11 @@ class Ctx:
             return _SHARED_IDS[rtype](self.inst, str(keys[0]))
         return stable_id(self.inst, rtype, *keys)
 
+    def visit_scope(self) -> str:
+        """The visit an order or report belongs to (its Encounter id, '' without PV1): order numbers are
+        scoped by it, since senders reuse them from visit to visit."""
+        return self.encounter_ref["reference"].rpartition("/")[2] if self.encounter_ref else ""
+
     def local_system(self, what: str) -> str | None:
         """``urn:oid:<institution oid>.<n>`` for the institution's own numbers of one kind."""
         suffix = _LOCAL.get(what, what if what.isdigit() else None)

@@ -167,13 +167,13 @@ def _order_key(ctx: Ctx, orc: Seg | None, n: int, fallback: str) -> tuple[str, l
         numbers[kind] = value if ident else None
         if ident:
             idents.append(ident)
-    # An order number belongs to one patient and one thing ordered, whatever the sender's numbering
+    # An order number belongs to one patient's visit and one thing ordered, whatever the sender's numbering
     # does: systems that restart at 1 in every message would otherwise overwrite one patient's order
     # with another's (a lost prescription). Updates of an order repeat both, so they still meet it.
     if numbers.get("filler"):
-        return f"F:{ctx.patient_key}:{numbers['filler']}:{fallback}", idents
+        return f"F:{ctx.patient_key}:{ctx.visit_scope()}:{numbers['filler']}:{fallback}", idents
     if numbers.get("placer"):
-        return f"P:{ctx.patient_key}:{numbers['placer']}:{fallback}", idents
+        return f"P:{ctx.patient_key}:{ctx.visit_scope()}:{numbers['placer']}:{fallback}", idents
     if numbers:
         return f"M:{ctx.msg.msh.get(10)}:{orc.index}", idents
     return f"X:{ctx.patient_key}:{fallback}:{n}", idents

@@ -136,13 +136,13 @@ def report_key(ctx: Ctx, obr: Seg, orc: Seg | None) -> tuple[str, list[dict]]:
         if ns:
             ident["assigner"] = {"display": ns}
         idents.append(ident)
-    # scoped by patient and test, as orders are (orders.py): a sender's order numbers that restart
+    # scoped by patient, visit and test, as orders are (orders.py): a sender's order numbers that restart
     # in every message must not put one patient's results on another's report
     test = dt.comp(obr.rep(4), 1)
     if numbers.get("filler"):
-        return f"F:{ctx.patient_key}:{numbers['filler']}:{test}", idents
+        return f"F:{ctx.patient_key}:{ctx.visit_scope()}:{numbers['filler']}:{test}", idents
     if numbers.get("placer"):
-        return f"P:{ctx.patient_key}:{numbers['placer']}:{test}", idents
+        return f"P:{ctx.patient_key}:{ctx.visit_scope()}:{numbers['placer']}:{test}", idents
     if numbers:  # only placeholders were sent
         return f"M:{ctx.msg.msh.get(10)}:{obr.index}", idents
     ctx.find("warning", "v2.obr.no-order-number", "OBR without placer (2) or filler (3) number: the "
