@@ -28,7 +28,7 @@ from typing import Any
 URL = "https://fhir-region-hub.example/StructureDefinition/source-order"
 DEFAULT_OFFSET = timezone(timedelta(hours=8))  # a time the source gave without one: China
 
-__all__ = ["URL", "Order", "older_than", "order_of", "stamp", "strip"]
+__all__ = ["URL", "Order", "older_than", "order_of", "stamp", "strip", "strip_all"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,3 +132,24 @@ def older_than(new: Order | None, stored: Order | None) -> str | None:
     if t_new is not None and t_stored is not None and t_new < t_stored:
         return f"the source time {new.time} is older than the stored state's {stored.time}"
     return None
+
+
+def strip_all(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` without the stamp, on itself and on the resources of its Bundle entries (copies only what
+    changes). The hub validates a document without the stamps it made itself: they add four elements
+    to every resource, a third more model objects for the validator, and say nothing about the data."""
+    d = strip(d)
+    entries = d.get("entry") if d.get("resourceType") == "Bundle" else None
+    if not isinstance(entries, list):
+        return d
+    out = []
+    changed = False
+    for e in entries:
+        r = e.get("resource") if isinstance(e, dict) else None
+        if isinstance(r, dict):
+            r2 = strip(r)
+            if r2 is not r:
+                e = {**e, "resource": r2}
+                changed = True
+        out.append(e)
+    return {**d, "entry": out} if changed else d

@@ -61,7 +61,9 @@ class DocumentService:
                    now: datetime | None = None) -> DocumentResult:
         now = now or datetime.now(CHINA)
         ctx = ctx or Context()
-        institution = reporting_source(source, header(payload)).institution
+        # the document's custodian names the institution only when the connector does not (a parse
+        # of its own: the document may not even be well-formed)
+        institution = source.institution or reporting_source(source, header(payload)).institution
         ctx.source = {**ctx.source, "institution": institution or "unknown",
                       **({"feed": source.feed} if source.feed else {})}
         try:
@@ -156,7 +158,7 @@ class DocumentService:
 
     def _write(self, resources: list[dict], ctx: Context) -> list[Result]:
         for i in to_validate(resources):
-            d = resources[i]
+            d = source_order.strip_all(resources[i])  # the mapper's own stamps need no validating
             where = f"Document.resource[{i}]"
             res.validate(d["resourceType"], jsontext.dumps(d, where), d, prefix=where)
         ops = []
