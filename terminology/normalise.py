@@ -57,7 +57,9 @@ _MAX_DEPTH = 6
 CLINICAL_TYPES = frozenset({
     "Observation", "DiagnosticReport", "MedicationRequest", "MedicationStatement",
     "MedicationAdministration", "MedicationDispense", "Medication", "Procedure", "Condition",
-    "Encounter", "ServiceRequest", "Specimen", "Immunization", "AllergyIntolerance"})
+    "Encounter", "ServiceRequest", "Specimen", "Immunization", "AllergyIntolerance",
+    # fee items (WS/T 500 病案首页, HL7 v2 FT1) and diet and supply orders carry local codes as well
+    "ChargeItem", "NutritionOrder", "SupplyRequest"})
 
 
 @dataclass(frozen=True, slots=True)
