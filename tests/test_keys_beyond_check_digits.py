@@ -99,3 +99,20 @@ def test_the_same_order_number_and_drug_in_another_visit_is_another_prescription
     first = conv(rde("MR1", "V1", "M1", "A10BA02^二甲双胍^ATC"))
     later = conv(rde("MR1", "V7", "M9", "A10BA02^二甲双胍^ATC"))   # next month's visit, order "1" again
     assert by_type(first, "MedicationRequest")[0]["id"] != by_type(later, "MedicationRequest")[0]["id"]
+
+
+def oru(pid3: str, msg_id: str) -> bytes:
+    return ("MSH|^~\\&|LIS|H1|HUB|R|20240315083000+0800||ORU^R01|" + msg_id + "|P|2.5.1\r"
+            f"PID|1||{pid3}^^^H1^MR||张^三||19800101|M\r"
+            "PV1|1|O|内科||||||||||||||||V1\r"
+            "ORC|RE|1|1\r"
+            "OBR|1|1|1|2345-7^葡萄糖^LN|||20240315080000\r"
+            "OBX|1|NM|2345-7^葡萄糖^LN||5.6|mmol/L|||||F\r"
+            "SPM|1|S1^S1||BLD^全血^HL70487\r").encode()
+
+
+def test_specimen_and_order_numbers_a_laboratory_reuses_keep_patients_apart():
+    a, b = conv(oru("MR1", "L1")), conv(oru("MR2", "L2"))
+    for rtype in ("Specimen", "ServiceRequest", "DiagnosticReport", "Observation"):
+        assert by_type(a, rtype)[0]["id"] != by_type(b, rtype)[0]["id"], rtype
+    assert by_type(b, "Observation")[0]["specimen"]["reference"] == f"Specimen/{by_type(b, 'Specimen')[0]['id']}"

@@ -110,6 +110,19 @@ def split_groups(ctx: Ctx) -> tuple[list[_Group], list[tuple[Seg, list[str]]], l
     return groups, loose, early_spm
 
 
+def entity_identifier(ctx: Ctx, value: str, ns: str, oid: str | None, kind: str) -> dict[str, Any]:
+    """An EI (order or specimen number): its assigning authority's OID, else the institution's own
+    system for ``kind`` when no namespace names another assigner."""
+    ident: dict[str, Any] = {}
+    sysuri = f"urn:oid:{oid}" if oid else None if ns else ctx.local_system(kind)
+    if sysuri:
+        ident["system"] = sysuri
+    ident["value"] = value
+    if ns:
+        ident["assigner"] = {"display": ns}
+    return ident
+
+
 def report_key(ctx: Ctx, obr: Seg, orc: Seg | None) -> tuple[str, list[dict]]:
     """(key, identifiers): filler number first, else placer, else patient + code + time. A placeholder
     number is neither a key nor an identifier: the order is then scoped by this message."""
@@ -125,16 +138,9 @@ def report_key(ctx: Ctx, obr: Seg, orc: Seg | None) -> tuple[str, list[dict]]:
             continue
         numbers[kind] = value
         rep = src.rep(seg_field)
-        ns, uid, utype = dt.comp(rep, 2), dt.comp(rep, 3), dt.comp(rep, 4)
-        oid = dt.oid_of(uid, utype)
-        ident: dict[str, Any] = {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
-                                                      "code": code}]}}
-        sysuri = f"urn:oid:{oid}" if oid else ctx.local_system(kind) if not ns else None
-        if sysuri:
-            ident["system"] = sysuri
-        ident["value"] = value
-        if ns:
-            ident["assigner"] = {"display": ns}
+        ident = {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": code}]},
+                 **entity_identifier(ctx, value, dt.comp(rep, 2), dt.oid_of(dt.comp(rep, 3), dt.comp(rep, 4)),
+                                     kind)}
         idents.append(ident)
     # scoped by patient, visit and test, as orders are (orders.py): a sender's order numbers that restart
     # in every message must not put one patient's results on another's report
@@ -162,20 +168,15 @@ def specimen(ctx: Ctx, spm: Seg) -> dict[str, str] | None:
     if not key and stype is None:
         return None
     res: dict[str, Any] = {"resourceType": "Specimen",
-                           "id": ctx.id("Specimen", key or f"{ctx.patient_key}:{spm.get(1)}:{ctx.msg.msh.get(10)}")}
+                           # scoped by patient: a laboratory's specimen numbers wrap around, and a
+                           # specimen shared by two patients would put one's results on the other
+                           "id": ctx.id("Specimen", f"{ctx.patient_key}:{key}" if key else
+                                        f"{ctx.patient_key}:{spm.get(1)}:{ctx.msg.msh.get(10)}")}
     idents = []
     for value, c in ((placer, 1), (filler, 2)):
         if value:
-            ident: dict[str, Any] = {}
             oid = dt.oid_of(dt.comp(spm.rep(2), c, 3), dt.comp(spm.rep(2), c, 4))
-            ns = dt.comp(spm.rep(2), c, 2)
-            sysuri = f"urn:oid:{oid}" if oid else None if ns else ctx.local_system("specimen")
-            if sysuri:
-                ident["system"] = sysuri
-            ident["value"] = value
-            if ns:
-                ident["assigner"] = {"display": ns}
-            idents.append(ident)
+            idents.append(entity_identifier(ctx, value, dt.comp(spm.rep(2), c, 2), oid, "specimen"))
     if idents:
         res["identifier"] = idents
     if stype:
