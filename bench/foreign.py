@@ -5,7 +5,8 @@ What differs from the project's generator: a southern surname distribution (陈,
 long tail), its own given-name characters, one-character given names half the time, and other noise:
 names in traditional characters or in pinyin only (either order), a character dropped or a homophone
 typed, resident ID numbers with two digits transposed or one mistyped, sex missing, birth dates
-recorded in the lunar calendar, a year off, day and month swapped, or missing, phones mistyped. And
+recorded in the lunar calendar, a year off, day and month swapped, or missing, phones mistyped,
+addresses missing or another one. And
 the hard cases a region of millions holds: twins (same birth date, surname, phone and address,
 different given names) and strangers with the same name and the same birth date.
 
@@ -45,12 +46,14 @@ HOMOPHONES = ["伟玮炜", "芳方", "静晶婧", "丽莉立", "明铭", "华桦
               "涛滔", "婷亭", "怡仪", "欣馨", "嘉佳家", "宇雨语", "泽则", "涵晗", "乐勒", "梅玫"]
 DISTRICTS = ["440103", "440104", "440105", "440106", "440111", "440303", "440304", "440305",
              "350102", "350103", "350104", "350203", "350205", "350206", "445102", "445103"]
+STREETS = [f"{a}{b}" for a in ("中山", "解放", "人民", "建设", "东风", "滨江", "湖滨", "新华", "五一", "花园")
+           for b in ("路", "大道", "北路", "南街", "西路")]
 NOISE = {  # kind: probability per record (after the first, "clean" one of a person)
     "name_traditional": 0.08, "name_pinyin": 0.05, "name_dropped_char": 0.03,
     "name_homophone": 0.06, "id_missing": 0.30, "id_transposed": 0.03, "id_typo": 0.03,
     "sex_missing": 0.15, "birth_lunar": 0.06, "birth_year_off": 0.03,
     "birth_day_month_swapped": 0.02, "birth_missing": 0.02, "phone_typo": 0.04,
-    "phone_missing": 0.2, "district_missing": 0.3,
+    "phone_missing": 0.2, "district_missing": 0.3, "address_moved": 0.08, "address_missing": 0.1,
 }
 _PINYIN_CACHE: dict[str, str] = {}
 
@@ -83,7 +86,11 @@ class ForeignRegion:
         return {"key": key, "sex": sex, "birth": birth, "family": family, "given": given,
                 "id": first17 + check_digit(first17), "phone": phone,
                 "district": fixed.get("district") or region,
-                "line": fixed.get("line") or f"{rng.randint(1, 300)}号{rng.randint(1, 30)}栋"}
+                "line": fixed.get("line") or self._line(rng)}
+
+    @staticmethod
+    def _line(rng: random.Random) -> str:
+        return f"{rng.choice(STREETS)}{rng.randint(1, 300)}号{rng.randint(1, 30)}栋{rng.randint(101, 2806)}房"
 
     def persons(self) -> list[dict]:
         rng = random.Random(f"foreign:{self.seed}")
@@ -191,8 +198,13 @@ class ForeignRegion:
                 i = rng.randrange(3, 11)
                 phone = phone[:i] + str((int(phone[i]) + 1) % 10) + phone[i + 1:]
             patient["telecom"] = [{"system": "phone", "value": phone}]
-        addr: dict = {"line": [p["line"]]}
+        addr: dict = {}
+        if "address_moved" in noise:
+            addr["line"] = [self._line(rng)]
+        elif "address_missing" not in noise:
+            addr["line"] = [p["line"]]
         if "district_missing" not in noise:
             addr["extension"] = [{"url": DIVISION_EXTENSION, "valueCode": p["district"]}]
-        patient["address"] = [addr]
+        if addr:
+            patient["address"] = [addr]
         return patient

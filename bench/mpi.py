@@ -343,7 +343,8 @@ def train_shipped(people: int = 20000, seed: int = 3) -> Path:
         _, path = train.run(index, Path(tmp), sample=people, base=W.Weights(old))
         index.close()
         new = json.loads(path.read_text(encoding="utf-8"))
-    new.update(version="1", thresholds=old["thresholds"], dependent=old.get("dependent", {}))
+    new.update(version="1", thresholds=old["thresholds"], dependent=old.get("dependent", {}),
+               combined=old.get("combined", []), twin=old.get("twin", {}))
     new["trained"]["source"] = (f"synthetic region seed {seed}, {people:,} people (hub.synth): "
                                 "python -m bench.mpi --train-shipped")
     shipped.write_text(json.dumps(new, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

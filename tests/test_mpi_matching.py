@@ -77,8 +77,39 @@ def test_birth_levels():
     assert compare_birth("1980-01-02", "1980-01-02") == "exact"
     assert compare_birth("1980-01-02", "1980-02-01") == "swapped"
     assert compare_birth("1980-01-02", "1980-07-09") == "year"
-    assert compare_birth("1980-01-02", "1981-01-02") == "different"
+    assert compare_birth("1980-01-02", "1981-01-02") == "year1"
+    assert compare_birth("1980-01-02", "1982-01-02") == "different"
+    # 1985-03-14 was the 23rd day of the first lunar month of 1985
+    assert compare_birth("1985-01-23", "1985-03-14") == compare_birth("1985-03-14", "1985-01-23") == "lunar"
+    assert compare_birth("1985-01-24", "1985-03-14") == "year"
+    assert compare_birth("1985-01-30", "1985-03-14") == "year"  # no such lunar day: not a conversion
     assert compare_birth(None, "1981-01-02") is None
+
+
+def test_id_kept_when_the_birth_date_beside_it_is_a_year_off_or_lunar():
+    a = pat("a", id_=A_ID, phone=None)
+    # the number says 1980-01-02: a record with 1981-01-02 or the lunar date keeps the number's evidence
+    for birth in ("1981-01-02", "1979-11-15"):  # 1980-01-02 is the 15th of the 11th lunar month of 1979
+        b = features(pat("b", id_=A_ID, birth=birth, phone=None))
+        assert b["ids"] == "inconsistent"
+        assert compare(features(a), b)[0]["id"] == "exact"
+        assert ("id", A_ID) in blocking.keys(b)
+    # a number decades off the birth date is someone else's (a newborn's parent's): no evidence
+    newborn = features(pat("n", id_=A_ID, birth="2023-05-01", phone=None))
+    assert "id" not in compare(features(a), newborn)[0]
+    assert ("id", A_ID) not in blocking.keys(newborn)
+
+
+def test_address_levels():
+    def with_address(pid, line, pc=None):
+        p = pat(pid)
+        p["address"][0].update(line=[line], **({"postalCode": pc} if pc else {}))
+        return p
+    lv, _ = levels(with_address("a", "12 Stanley Street", "4223"), with_address("b", "12 stanley street", "4223"))
+    assert lv["addr"] == "exact" and lv["pc"] == "same"
+    lv, _ = levels(with_address("a", "12 Stanley Street"), with_address("b", "12 Stanly Street"))
+    assert lv["addr"] == "similar" and "pc" not in lv
+    assert levels(with_address("a", "12 Stanley Street"), with_address("b", "3 Oak Road"))[0]["addr"] == "different"
 
 
 def test_phone_and_district_levels():
@@ -91,10 +122,13 @@ def test_phone_and_district_levels():
 
 def test_blocking_keys():
     kinds = [k for k, _ in blocking.keys(features(pat("a")))]
-    assert kinds == ["id", "idseq", "ph", "py", "bds", "bdd"]
+    assert kinds == ["id", "idseq", "ph", "py", "bdf", "bdg", "bdt"]
     # someone else's number (a newborn under the parent's) blocks nothing
     newborn = features(pat("n", birth="2023-05-01", name="王芳之子"))
-    assert [k for k, _ in blocking.keys(newborn)] == ["ph", "bdd"]
+    assert [k for k, _ in blocking.keys(newborn)] == ["ph", "bdt"]
+    # no key needs the sex: a source that doesn't send it meets the same candidates
+    without_sex = {**pat("a"), "gender": None}
+    assert blocking.keys(features(without_sex)) == blocking.keys(features(pat("a")))
 
 
 def test_block_over_cap_alerts_and_compares_the_cap(tmp_path, caplog):
@@ -130,6 +164,29 @@ def test_em_recovers_m_above_u(tmp_path):
     path = W.save(config, tmp_path)
     assert W.load(tmp_path).version == path.stem.split("-")[1] == "2"
     index.close()
+
+
+def _score(a: dict, b: dict):
+    return Matcher(None, W.load()).score(features(a), features(b), {}, 0)
+
+
+def test_name_and_birth_date_alone_never_reach_certainty():
+    # strangers with the same name and birth date, nothing else known of one of them: not a link
+    a = pat("a", id_=None, phone=None)
+    c = _score(a, pat("b", id_=None, phone="13900139000"))
+    assert c.grade != "certain", c.evidence
+    assert c.evidence["name+birth+sex+dist"]["weight"] < 0
+    # one more agreement (the same ID number) makes it one
+    assert _score(pat("a", phone=None), pat("b")).grade == "certain"
+
+
+def test_twins_are_evidence_against():
+    # same birth date, surname, phone and district; other given names: twins, not typos
+    c = _score(pat("a", name="李雨慧", id_=None), pat("b", name="李玉", id_=None))
+    assert c.grade not in ("certain", "probable"), c.evidence
+    assert c.evidence["twin"]["weight"] < 0 and c.evidence["phone"]["weight"] == 0.0
+    # a homophone of the same given name is the same person
+    assert _score(pat("a", name="李雨慧", id_=None), pat("b", name="李语慧", id_=None)).grade == "certain"
 
 
 def test_term_frequency_common_name_counts_less():
@@ -191,7 +248,7 @@ def test_incremental_matcher_follows_patient_events(hub, tmp_path):
     assert score > 0.9999 and evidence["Patient/a"]["fields"]["name"]["level"] == "pinyin"
     assert ruleset == W.load().ruleset
     not_dup.add(frozenset(("Patient/a", "Patient/c")))
-    put(hub, pat("c", phone=None))
+    put(hub, pat("c", name="章伟", id_=None))  # b's name and phone; a's too, but marked apart
     runner.catch_up()
     assert calls[-1][:3] == ("Patient/c", "link", ["Patient/b"])  # a is marked not-duplicate
     assert follower.position() == index.position() == hub.store.max_notification_id()

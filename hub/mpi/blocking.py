@@ -3,8 +3,9 @@
 A Patient is compared only with Patients sharing at least one key (``keys``): its resident ID number,
 the birth-date-and-sequence digits of that number (a mistyped region code or check character still
 meets), its health card and other institution-independent identifiers, each phone, the pinyin of the
-name with the birth year (homophones and swapped days meet), birth date + sex + surname, and birth
-date + sex + district (a newborn registered without a name of its own). Keys are stored as 64-bit
+name with the birth year (homophones and swapped days meet), birth date + surname, birth date +
+given name (a surname mistyped or in another script), and birth date + district (a newborn registered
+without a name of its own). No key holds the sex: not every source sends it. Keys are stored as 64-bit
 hashes. A block larger than its cap (``data/blocking.json``) is not dropped silently: the first
 ``cap`` members are compared, an alert is counted per key kind and logged (the kind and size only,
 never the value: no personal data in logs).
@@ -20,10 +21,11 @@ from collections import Counter
 from functools import lru_cache
 from typing import Any
 
+from hub.mpi.compare import id_status
 from hub.mpi.normalise import DATA
 
 log = logging.getLogger("hub.mpi.blocking")
-KINDS = ("id", "idseq", "hc", "oid", "ph", "py", "bds", "bdd")
+KINDS = ("id", "idseq", "hc", "oid", "ph", "py", "bdf", "bdg", "bdt")
 
 
 @lru_cache(maxsize=1)
@@ -39,7 +41,7 @@ def keys(f: dict[str, Any]) -> list[tuple[str, str]]:
     """(kind, key) pairs of a Patient's features, without repeats."""
     out: list[tuple[str, str]] = []
     idno = f.get("id")
-    if idno and f.get("ids") in ("valid", "invalid"):  # someone else's number blocks nothing
+    if idno and id_status(f) in ("valid", "invalid"):  # someone else's number blocks nothing
         out.append(("id", idno))
         out.append(("idseq", idno[6:17]))
     if f.get("hc"):
@@ -48,13 +50,15 @@ def keys(f: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("oid", o))
     for p in f.get("ph") or ():
         out.append(("ph", p))
-    bd, sex = f.get("bd"), f.get("sex")
+    bd = f.get("bd")
     if f.get("py") and bd:
         out.append(("py", f"{f['py']}|{bd[:4]}"))
-    if bd and sex and f.get("fam"):
-        out.append(("bds", f"{bd}|{sex}|{f['fam']}"))
-    if bd and sex and f.get("dist"):
-        out.append(("bdd", f"{bd}|{sex}|{f['dist']}"))
+    if bd and f.get("pyf"):
+        out.append(("bdf", f"{bd}|{f['pyf']}"))
+    if bd and f.get("py") and f.get("pyf") and len(f["py"]) > len(f["pyf"]):
+        out.append(("bdg", f"{bd}|{f['py'][len(f['pyf']):]}"))
+    if bd and f.get("dist"):
+        out.append(("bdt", f"{bd}|{f['dist']}"))
     return list(dict.fromkeys(out))
 
 

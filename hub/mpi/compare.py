@@ -7,12 +7,20 @@ nothing) and the vetoes. Levels, from strongest agreement down:
 id        exact | typo (one digit off or two transposed: edit distance 1, OSA) | different
 name      exact | pinyin (same reading: homophones) | swap (given name characters swapped) |
           similar (Jaro-Winkler of the pinyin >= 0.9) | different
-birth     exact | swapped (day and month) | year (same year only) | different
+birth     exact | swapped (day and month) | lunar (one is the other's date in the Chinese lunar
+          calendar, as many registrations record it) | year1 (same day and month, the year one
+          off) | year (same year only) | different
 sex       same | different
 phone     same (any number in common) | different
 dist      same (district code) | different
+addr      exact (address lines) | similar (the same numbers, Jaro-Winkler >= 0.9: a typo in a
+          name) | different
+pc        same (postal code) | different
 hc        exact | different (health card)
 ========  ==================================================================================
+
+A resident ID number whose birth date the record contradicts only as a mistyped or lunar birth date
+does (``near_birth``) is still compared: the number is right, the date beside it is not.
 
 Vetoes (never linked, whatever the score): ``id_conflict`` (two different valid, consistent resident
 ID numbers) and ``sex_conflict``.
@@ -20,33 +28,55 @@ ID numbers) and ``sex_conflict``.
 
 from __future__ import annotations
 
+import datetime as dt
+from functools import lru_cache
 from typing import Any
 
 from rapidfuzz.distance import OSA, JaroWinkler
 
-FIELDS = ("id", "name", "birth", "sex", "phone", "dist", "hc")
+from terminology import resident_id
+
+FIELDS = ("id", "name", "birth", "sex", "phone", "dist", "hc", "addr", "pc")
 LEVELS = {
     "id": ("exact", "typo", "different"),
     "name": ("exact", "pinyin", "swap", "similar", "different"),
-    "birth": ("exact", "swapped", "year", "different"),
+    "birth": ("exact", "swapped", "lunar", "year1", "year", "different"),
     "sex": ("same", "different"),
     "phone": ("same", "different"),
     "dist": ("same", "different"),
     "hc": ("exact", "different"),
+    "addr": ("exact", "similar", "different"),
+    "pc": ("same", "different"),
 }
 _ID_USABLE = ("valid", "invalid")
+NEAR_BIRTH = ("swapped", "lunar", "year1")  # a birth date mistyped or recorded in the lunar calendar
 SIMILAR = 0.9
 
 
+def id_status(f: dict) -> str | None:
+    """The resident ID number's status for comparison and blocking: an ``inconsistent`` number whose
+    sex agrees and whose birth date is the record's but for a near slip (``NEAR_BIRTH``) counts as
+    ``valid``; someone else's number (a newborn's parent's: decades apart) stays ``inconsistent``."""
+    status = f.get("ids")
+    if status != "inconsistent" or not f.get("id") or not f.get("bd"):
+        return status
+    idno = f["id"]
+    if f.get("sex") and resident_id.sex(idno) != f["sex"]:
+        return status
+    id_birth = f"{idno[6:10]}-{idno[10:12]}-{idno[12:14]}"
+    return "valid" if compare_birth(f["bd"], id_birth) in NEAR_BIRTH else status
+
+
 def compare_id(a: dict, b: dict) -> str | None:
-    if a.get("ids") not in _ID_USABLE or b.get("ids") not in _ID_USABLE:
+    sa, sb = id_status(a), id_status(b)
+    if sa not in _ID_USABLE or sb not in _ID_USABLE:
         return None
     x, y = a["id"], b["id"]
     if x == y:
         return "exact"
     if OSA.distance(x, y, score_cutoff=2) <= 1:
         # two valid numbers one digit apart are two people (twins get neighbouring sequences)
-        return "different" if a["ids"] == b["ids"] == "valid" else "typo"
+        return "different" if sa == sb == "valid" else "typo"
     return "different"
 
 
@@ -67,16 +97,52 @@ def compare_name(a: dict, b: dict) -> str | None:
     return "different"
 
 
+@lru_cache(maxsize=65536)
+def solar_of_lunar(date: str) -> str | None:
+    """The solar date of ``YYYY-MM-DD`` read as a lunar-calendar date (not a leap month), or None
+    when no such lunar date exists (a 30th in a short month, out of the table's range)."""
+    from lunardate import LunarDate
+
+    try:
+        return LunarDate(int(date[:4]), int(date[5:7]), int(date[8:10])).to_solar_date().isoformat()
+    except (ValueError, IndexError, OverflowError):
+        return None
+
+
+def _year1(x: str, y: str) -> bool:
+    try:
+        return abs(int(x[:4]) - int(y[:4])) == 1 and x[4:] == y[4:]
+    except ValueError:
+        return False
+
+
 def compare_birth(x: str | None, y: str | None) -> str | None:
     if not x or not y:
         return None
     if x == y:
         return "exact"
+    if x[:4] == y[:4] and x[5:7] == y[8:10] and x[8:10] == y[5:7]:
+        return "swapped"
+    # a lunar date lies 3 to 8 weeks before its solar one, within a year: cheap test first
+    if abs(_ordinal(x) - _ordinal(y)) <= 62 and (solar_of_lunar(x) == y or solar_of_lunar(y) == x):
+        return "lunar"
+    if _year1(x, y):
+        return "year1"
     if x[:4] == y[:4]:
-        if x[5:7] == y[8:10] and x[8:10] == y[5:7]:
-            return "swapped"
         return "year"
     return "different"
+
+
+def _ordinal(date: str) -> int:
+    try:
+        return dt.date(int(date[:4]), int(date[5:7]), int(date[8:10])).toordinal()
+    except ValueError:
+        return 0
+
+
+def _digits(text: str) -> str:
+    """The numbers of an address (house, building, room): one digit off is another home."""
+    return "".join(c if c.isdigit() else " " for c in text).split().__str__()
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
@@ -86,7 +152,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, str], list[
     lv = compare_id(a, b)
     if lv is not None:
         levels["id"] = lv
-        if lv == "different" and a["ids"] == b["ids"] == "valid":
+        if lv == "different" and id_status(a) == id_status(b) == "valid":
             vetoes.append("id_conflict")
     lv = compare_name(a, b)
     if lv is not None:
@@ -105,4 +171,10 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, str], list[
         levels["dist"] = "same" if a["dist"] == b["dist"] else "different"
     if a.get("hc") and b.get("hc"):
         levels["hc"] = "exact" if a["hc"] == b["hc"] else "different"
+    x, y = a.get("addr"), b.get("addr")
+    if x and y:
+        levels["addr"] = ("exact" if x == y else "similar" if _digits(x) == _digits(y)
+                          and JaroWinkler.similarity(x, y) >= SIMILAR else "different")
+    if a.get("pc") and b.get("pc"):
+        levels["pc"] = "same" if a["pc"] == b["pc"] else "different"
     return levels, vetoes

@@ -57,6 +57,18 @@ class Matcher:
             x = w.weight(fld, level, share)
             total_weight += x
             evidence[fld] = {"level": level, "weight": round(x, 3)}
+        if w.twin_weight and _twins(a, b, levels, w.twin_household):
+            for fld in w.twin_household:
+                if fld in evidence:
+                    total_weight -= evidence[fld]["weight"]
+                    evidence[fld]["weight"] = 0.0
+            total_weight += w.twin_weight
+            evidence["twin"] = {"level": "pattern", "weight": w.twin_weight}
+        for fields, cap in w.combined:
+            together = sum(evidence[f]["weight"] for f in fields if f in evidence)
+            if together > cap:
+                total_weight -= together - cap
+                evidence["+".join(fields)] = {"level": "bounded", "weight": round(cap - together, 3)}
         p = w.probability(total_weight)
         grade = CERTAINLY_NOT if vetoes else w.grade(p)
         return Candidate(b["ref"], total_weight, p, grade, evidence, vetoes)
@@ -86,6 +98,13 @@ class Matcher:
             out.append(c)
         out.sort(key=lambda c: (c.grade == CERTAINLY_NOT, -c.weight, c.ref))
         return out
+
+
+def _twins(a: dict, b: dict, levels: dict[str, str], household: tuple[str, ...]) -> bool:
+    """Same birth date and surname, another given name, and a household field in common."""
+    return (levels.get("birth") == "exact" and levels.get("name") in ("similar", "different")
+            and bool(a.get("pyf")) and a.get("pyf") == b.get("pyf")
+            and any(levels.get(f) in ("same", "exact") for f in household))
 
 
 def decision(candidates: list[Candidate]) -> tuple[str, list[Candidate]]:

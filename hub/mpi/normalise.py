@@ -15,6 +15,8 @@ fam   surname (simplified); ``py``: pinyin of the full name with the surname's o
 nb    1 when the name is a newborn's placeholder ("<parent>之子/之女"): the name is left out
 sex   ``male`` | ``female`` | None; ``bd``: birth date ``YYYY-MM-DD`` or None
 ph    phone numbers, digits only, +86/0086 stripped; ``dist``: GB/T 2260 district code
+addr  the home address's lines (else its text), folded like names, at most 100 characters;
+      ``pc``: its postal code
 ====  =====================================================================================
 """
 
@@ -212,7 +214,22 @@ def features(patient: dict) -> dict[str, Any]:
                 phones.add(p)
     f["ph"] = sorted(phones)[:5]
     f["dist"] = _district(patient)
+    f["addr"], f["pc"] = _address(patient)
     return f
+
+
+def _address(patient: dict) -> tuple[str | None, str | None]:
+    """(address lines or text, postal code) of the first address that has either."""
+    for a in _items(patient.get("address")):
+        if not isinstance(a, dict):
+            continue
+        lines = [x for x in _items(a.get("line")) if isinstance(x, str)]
+        text = " ".join(lines) or (a.get("text") if isinstance(a.get("text"), str) else "")
+        pc = a.get("postalCode") if isinstance(a.get("postalCode"), str) else ""
+        addr, pc = clean_name(text)[:100], clean_name(pc)[:20]
+        if addr or pc:
+            return addr or None, pc or None
+    return None, None
 
 
 def _district(patient: dict) -> str | None:

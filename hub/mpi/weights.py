@@ -7,7 +7,11 @@ score is the posterior probability ``1 / (1 + 2^-weight)``, and the grade comes 
 on it. The exact-name level is term-frequency adjusted: its ``u`` is the share of indexed Patients
 carrying that very name (never below ``floor``), so a common name counts less than a rare one.
 ``dependent`` silences a field when another already said the same (the district when the phone
-agrees: both point to a household, not to a person).
+agrees: both point to a household, not to a person). ``combined`` bounds what fields say together:
+a name and a birth date, however rare each, are shared by strangers in a region of tens of millions
+(in the same district too), so name, birth date, sex and district, whichever are known, never weigh
+more than ``max_weight`` bits together and a link needs one more agreement (an ID number, a phone, an address). ``twin`` is the pattern of twins (same birth date and surname, another given name,
+the same household): the ``household`` fields then say nothing and the pattern weighs ``weight``.
 
 A configuration is a file ``weights-<version>.json``: shipped in ``hub/mpi/data/``, and written by
 ``hub mpi train`` into ``$HUB_DATA_DIR/mpi/``; ``load`` takes the highest version found. ``train``
@@ -50,12 +54,17 @@ class Weights:
         # {field: (other field, level)}: the field says nothing more when the other is at that
         # level (an address shared with the phone: both name a household, not a person)
         self.dependent = {f: tuple(v) for f, v in config.get("dependent", {}).items()}
+        self.combined = [(tuple(c["fields"]), float(c["max_weight"])) for c in config.get("combined", [])]
+        twin = config.get("twin") or {}
+        self.twin_weight = float(twin.get("weight", 0.0))
+        self.twin_household = tuple(twin.get("household", ()))
         self.m_name_exact = config["fields"]["name"]["exact"]["m"] if self.tf_on else 1.0
 
     def weight(self, field: str, level: str, name_share: float | None = None) -> float:
         if field == "name" and level == "exact" and self.tf_on and name_share is not None:
             return math.log2(self.m_name_exact / max(name_share, self.tf_floor))
-        return self.table[field][level]
+        # a level this configuration doesn't know (trained before it existed) says nothing
+        return self.table[field].get(level, 0.0)
 
     @staticmethod
     def probability(match_weight: float) -> float:
@@ -183,5 +192,7 @@ def train(blocked: Iterable[dict[str, str]], random_pairs: Iterable[dict[str, st
         "thresholds": base.config["thresholds"],
         "tf": base.config.get("tf", {}),
         "dependent": base.config.get("dependent", {}),
+        "combined": base.config.get("combined", []),
+        "twin": base.config.get("twin", {}),
         "fields": fields,
     }
