@@ -73,12 +73,33 @@ def test_name_levels():
     assert levels(a, pat("b", name="李四"))[0]["name"] == "different"
 
 
+def latin(pid: str, family: str | None, given: str | None) -> dict:
+    p = pat(pid, id_=None, phone=None)
+    p["name"] = [{"use": "official", **({"family": family} if family else {}),
+                  **({"given": [given]} if given else {})}]
+    return p
+
+
+def test_latin_name_levels():
+    a = latin("a", "Flockhart", "Jasper")
+    assert levels(a, latin("b", "Jasper", "Flockhart"))[0]["name"] == "swap"
+    assert levels(latin("a", "Neumann", "Michaela"), latin("b", "Newman", "Mikaela"))[0]["name"] == "phonetic"
+    assert levels(a, latin("b", "Flockahrt", "Jaspr"))[0]["name"] == "edit"
+    assert levels(a, latin("b", None, "Jasper"))[0]["name"] == "partial"  # surname missing
+    assert features(latin("b", None, "Jasper"))["fam"] is None  # not "j": a Latin name isn't split
+    assert levels(a, latin("b", "Ryan", "Ella"))[0]["name"] == "different"
+    # a dropped character of a Chinese given name
+    assert levels(pat("a", name="司徒明文"), pat("b", name="司徒文"))[0]["name"] == "partial"
+
+
 def test_birth_levels():
     assert compare_birth("1980-01-02", "1980-01-02") == "exact"
     assert compare_birth("1980-01-02", "1980-02-01") == "swapped"
     assert compare_birth("1980-01-02", "1980-07-09") == "year"
     assert compare_birth("1980-01-02", "1981-01-02") == "year1"
-    assert compare_birth("1980-01-02", "1982-01-02") == "different"
+    assert compare_birth("1980-01-02", "1982-01-02") == "typo"  # one digit
+    assert compare_birth("1980-01-02", "1980-01-20") == "typo"  # two transposed
+    assert compare_birth("1980-01-02", "1991-01-02") == "different"
     # 1985-03-14 was the 23rd day of the first lunar month of 1985
     assert compare_birth("1985-01-23", "1985-03-14") == compare_birth("1985-03-14", "1985-01-23") == "lunar"
     assert compare_birth("1985-01-24", "1985-03-14") == "year"
@@ -129,6 +150,15 @@ def test_blocking_keys():
     # no key needs the sex: a source that doesn't send it meets the same candidates
     without_sex = {**pat("a"), "gender": None}
     assert blocking.keys(features(without_sex)) == blocking.keys(features(pat("a")))
+
+
+def test_blocking_on_address_and_postal_code_sounds():
+    a, b = latin("a", "Neumann", "Caitlin"), latin("b", "Neuman", "Kaitlyn")
+    for p in (a, b):
+        p["address"] = [{"line": ["8 Stanley Street"], "postalCode": "4223"}]
+    b["birthDate"] = "1981-03-02"  # name and birth date both off: only the address meets
+    ka, kb = set(blocking.keys(features(a))), set(blocking.keys(features(b)))
+    assert {k for k, _ in ka & kb} == {"ad", "pcf", "pcg"}
 
 
 def test_block_over_cap_alerts_and_compares_the_cap(tmp_path, caplog):

@@ -4,8 +4,10 @@ A Patient is compared only with Patients sharing at least one key (``keys``): it
 the birth-date-and-sequence digits of that number (a mistyped region code or check character still
 meets), its health card and other institution-independent identifiers, each phone, the pinyin of the
 name with the birth year (homophones and swapped days meet), birth date + surname, birth date +
-given name (a surname mistyped or in another script), and birth date + district (a newborn registered
-without a name of its own). No key holds the sex: not every source sends it. Keys are stored as 64-bit
+given name (a surname mistyped or in another script), birth date + district (a newborn registered
+without a name of its own), the address lines when they hold a house number, and postal code +
+how the surname or given name sounds (Latin script: a name and a birth date both mistyped). No key
+holds the sex: not every source sends it. Keys are stored as 64-bit
 hashes. A block larger than its cap (``data/blocking.json``) is not dropped silently: the first
 ``cap`` members are compared, an alert is counted per key kind and logged (the kind and size only,
 never the value: no personal data in logs).
@@ -21,11 +23,11 @@ from collections import Counter
 from functools import lru_cache
 from typing import Any
 
-from hub.mpi.compare import id_status
+from hub.mpi.compare import id_status, latin_parts, sounds
 from hub.mpi.normalise import DATA
 
 log = logging.getLogger("hub.mpi.blocking")
-KINDS = ("id", "idseq", "hc", "oid", "ph", "py", "bdf", "bdg", "bdt")
+KINDS = ("id", "idseq", "hc", "oid", "ph", "py", "bdf", "bdg", "bdt", "ad", "pcf", "pcg")
 
 
 @lru_cache(maxsize=1)
@@ -59,6 +61,14 @@ def keys(f: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("bdg", f"{bd}|{f['py'][len(f['pyf']):]}"))
     if bd and f.get("dist"):
         out.append(("bdt", f"{bd}|{f['dist']}"))
+    addr = f.get("addr")
+    if addr and len(addr) >= 6 and any(c.isdigit() for c in addr):
+        out.append(("ad", addr))
+    parts = latin_parts(f)
+    if f.get("pc") and parts:
+        for kind, part in zip(("pcf", "pcg"), parts):
+            if part:
+                out.append((kind, f"{f['pc']}|{sounds(part)[0]}"))
     return list(dict.fromkeys(out))
 
 

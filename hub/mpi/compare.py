@@ -5,11 +5,14 @@ nothing) and the vetoes. Levels, from strongest agreement down:
 
 ========  ==================================================================================
 id        exact | typo (one digit off or two transposed: edit distance 1, OSA) | different
-name      exact | pinyin (same reading: homophones) | swap (given name characters swapped) |
-          similar (Jaro-Winkler of the pinyin >= 0.9) | different
+name      exact | pinyin (same reading: homophones) | swap (given name characters swapped, or a
+          Latin-script surname and given name in each other's place) | phonetic (Latin script:
+          surname and given name each sound alike, Metaphone or NYSIIS) | edit (Latin script: each
+          part a typo of the other's, Jaro-Winkler >= 0.88) | partial (a character of a Chinese
+          given name dropped; Latin script: one part missing, the other the same) | similar (Jaro-Winkler of the pinyin >= 0.9) | different
 birth     exact | swapped (day and month) | lunar (one is the other's date in the Chinese lunar
           calendar, as many registrations record it) | year1 (same day and month, the year one
-          off) | year (same year only) | different
+          off) | typo (one digit mistyped or two transposed) | year (same year only) | different
 sex       same | different
 phone     same (any number in common) | different
 dist      same (district code) | different
@@ -39,8 +42,8 @@ from terminology import resident_id
 FIELDS = ("id", "name", "birth", "sex", "phone", "dist", "hc", "addr", "pc")
 LEVELS = {
     "id": ("exact", "typo", "different"),
-    "name": ("exact", "pinyin", "swap", "similar", "different"),
-    "birth": ("exact", "swapped", "lunar", "year1", "year", "different"),
+    "name": ("exact", "pinyin", "swap", "phonetic", "edit", "partial", "similar", "different"),
+    "birth": ("exact", "swapped", "lunar", "year1", "typo", "year", "different"),
     "sex": ("same", "different"),
     "phone": ("same", "different"),
     "dist": ("same", "different"),
@@ -51,6 +54,7 @@ LEVELS = {
 _ID_USABLE = ("valid", "invalid")
 NEAR_BIRTH = ("swapped", "lunar", "year1")  # a birth date mistyped or recorded in the lunar calendar
 SIMILAR = 0.9
+LATIN_EDIT = 0.88
 
 
 def id_status(f: dict) -> str | None:
@@ -92,6 +96,13 @@ def compare_name(a: dict, b: dict) -> str | None:
     gx, gy = x[len(fx):], y[len(fy):]
     if fx == fy and len(gx) > 1 and sorted(gx) == sorted(gy):
         return "swap"
+    if fx == fy and not x.isascii() and abs(len(gx) - len(gy)) == 1 and min(len(gx), len(gy)) >= 1 \
+            and (gx in gy or gy in gx):
+        return "partial"
+    if x.isascii() and y.isascii():
+        latin = _compare_latin((fx, gx), (fy, gy))
+        if latin:
+            return latin
     if JaroWinkler.similarity(a["py"], b["py"]) >= SIMILAR:
         return "similar"
     return "different"
@@ -116,6 +127,44 @@ def _year1(x: str, y: str) -> bool:
         return False
 
 
+def latin_parts(f: dict) -> tuple[str, str] | None:
+    """(surname, given name) of a Latin-script name (either may be empty), else None."""
+    name = f.get("name")
+    if not name or not name.isascii():
+        return None
+    fam = f.get("fam") or ""
+    return fam, name[len(fam):]
+
+
+@lru_cache(maxsize=65536)
+def sounds(word: str) -> tuple[str, str]:
+    import jellyfish  # Metaphone and NYSIIS: how an English-reading clerk hears a Latin name
+
+    return jellyfish.metaphone(word), jellyfish.nysiis(word)
+
+
+def _alike(x: str, y: str) -> bool:
+    sx, sy = sounds(x), sounds(y)
+    return sx[0] == sy[0] or sx[1] == sy[1]
+
+
+def _compare_latin(a: tuple[str, str], b: tuple[str, str]) -> str | None:
+    """The level of two Latin-script (surname, given name) pairs that aren't the same, or None."""
+    (fa, ga), (fb, gb) = a, b
+    if (fa, ga) == (gb, fb) and fa and ga:
+        return "swap"
+    if not (fa and ga and fb and gb):  # a part missing on one side
+        have_a, have_b = {p for p in a if p}, {p for p in b if p}
+        return "partial" if have_a & have_b and len(have_a) + len(have_b) == 3 else None
+    for (p, q), (r, t) in (((fa, ga), (fb, gb)), ((fa, ga), (gb, fb))):
+        if _alike(p, r) and _alike(q, t):
+            return "phonetic"
+    for (p, q), (r, t) in (((fa, ga), (fb, gb)), ((fa, ga), (gb, fb))):
+        if JaroWinkler.similarity(p, r) >= LATIN_EDIT and JaroWinkler.similarity(q, t) >= LATIN_EDIT:
+            return "edit"
+    return None
+
+
 def compare_birth(x: str | None, y: str | None) -> str | None:
     if not x or not y:
         return None
@@ -128,6 +177,8 @@ def compare_birth(x: str | None, y: str | None) -> str | None:
         return "lunar"
     if _year1(x, y):
         return "year1"
+    if len(x) == len(y) == 10 and OSA.distance(x, y, score_cutoff=2) == 1:
+        return "typo"
     if x[:4] == y[:4]:
         return "year"
     return "different"

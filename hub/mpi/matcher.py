@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub.mpi import blocking
-from hub.mpi.compare import compare
+from rapidfuzz.distance import OSA
+
+from hub.mpi.compare import NEAR_BIRTH, compare, latin_parts
 from hub.mpi.weights import Weights
 
 CERTAINLY_NOT = "certainly-not"
+TWIN_BIRTH = ("exact", *NEAR_BIRTH, "typo")  # the same birth date, or one of them mistyped
 
 
 @dataclass(slots=True)
@@ -48,7 +51,7 @@ class Matcher:
         total_weight = w.prior_weight
         evidence = {}
         for fld, level in levels.items():
-            if fld in w.dependent and levels.get(w.dependent[fld][0]) == w.dependent[fld][1]:
+            if any(levels.get(other) == lv for other, lv in w.dependent.get(fld, ())):
                 evidence[fld] = {"level": level, "weight": 0.0}  # said already (same household)
                 continue
             share = None
@@ -102,9 +105,19 @@ class Matcher:
 
 def _twins(a: dict, b: dict, levels: dict[str, str], household: tuple[str, ...]) -> bool:
     """Same birth date and surname, another given name, and a household field in common."""
-    return (levels.get("birth") == "exact" and levels.get("name") in ("similar", "different")
+    if not (levels.get("birth") in TWIN_BIRTH and levels.get("name") in _twin_names(a)
             and bool(a.get("pyf")) and a.get("pyf") == b.get("pyf")
-            and any(levels.get(f) in ("same", "exact") for f in household))
+            and any(levels.get(f) in ("same", "exact") for f in household)):
+        return False
+    pa, pb = latin_parts(a), latin_parts(b)
+    if pa and pb:  # a Latin given name two letters off is a typo, not a sibling
+        return OSA.distance(pa[1], pb[1], score_cutoff=3) > 2
+    return True
+
+
+def _twin_names(a: dict) -> tuple[str, ...]:
+    # twins' Chinese given names often share a character (浩平, 平): a dropped character looks the same
+    return ("similar", "different") if (a.get("name") or "").isascii() else ("partial", "similar", "different")
 
 
 def decision(candidates: list[Candidate]) -> tuple[str, list[Candidate]]:

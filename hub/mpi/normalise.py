@@ -169,7 +169,7 @@ def _name_parts(patient: dict) -> tuple[str, str, bool]:
         if _NEWBORN_MARK.search(text):
             return "", "", True
         family, given = split_surname(text)
-    elif not family and given:
+    elif not family and given and not given.isascii():  # a Latin given name alone is no surname
         family, given = split_surname(given)
     return family, given, False
 

@@ -51,9 +51,11 @@ class Weights:
         tf = config.get("tf", {}).get("name", {})
         self.tf_floor = float(tf.get("floor", 1e-7))
         self.tf_on = bool(tf) and "exact" in config["fields"].get("name", {})
-        # {field: (other field, level)}: the field says nothing more when the other is at that
-        # level (an address shared with the phone: both name a household, not a person)
-        self.dependent = {f: tuple(v) for f, v in config.get("dependent", {}).items()}
+        # the field says nothing more when another is at the given level (an address shared with
+        # the phone: both name a household, not a person)
+        # {field: ((other field, level), ...)}; a single pair is the older form
+        self.dependent = {f: ((tuple(v),) if isinstance(v[0], str) else tuple(tuple(x) for x in v))
+                          for f, v in config.get("dependent", {}).items()}
         self.combined = [(tuple(c["fields"]), float(c["max_weight"])) for c in config.get("combined", [])]
         twin = config.get("twin") or {}
         self.twin_weight = float(twin.get("weight", 0.0))
