@@ -3,6 +3,7 @@ the incremental matcher over the event log (hub.mpi)."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -217,6 +218,48 @@ def test_twins_are_evidence_against():
     assert c.evidence["twin"]["weight"] < 0 and c.evidence["phone"]["weight"] == 0.0
     # a homophone of the same given name is the same person
     assert _score(pat("a", name="李雨慧", id_=None), pat("b", name="李语慧", id_=None)).grade == "certain"
+
+
+def test_em_per_pass_finds_each_pass_share_of_matches(tmp_path):
+    # the household passes (phone, address) meet whole families: EM must not take them for one person
+    rows = region_patients(600, seed=5)
+    person = {f["ref"]: k for f, k, _ in rows}
+    index = build_index(tmp_path / "ic.sqlite", [f for f, _, _ in rows])
+    blocked, rand = train.pairs(index, 800)
+    config = W.train(blocked, rand, W.load())
+    for name in ("phone", "address"):
+        kinds = blocking.passes()[name][0]
+        same = total = 0
+        for f in index.sample(800, 1):
+            found, _, _ = index.lookup([k for k in blocking.hashed(f) if k[0] in kinds])
+            for _, g in found:
+                if g["ref"] != f["ref"]:
+                    total += 1
+                    same += person[g["ref"]] == person[f["ref"]]
+        assert abs(config["trained"]["passes"][name]["prior"] - same / total) < 0.1, name
+    index.close()
+
+
+def test_retrained_model_not_activated_when_worse_on_stewards_decisions(tmp_path):
+    rows = region_patients(600, seed=5)
+    index = build_index(tmp_path / "ic.sqlite", [f for f, _, _ in rows])
+    # two people of one household (same phone, same sex), which a steward linked as one
+    by_phone: dict[str, tuple[dict, str]] = {}
+    a, b = next((by_phone[f["ph"][0]][0], f) for f, key, _ in rows if f["ph"]
+                if by_phone.setdefault(f["ph"][0], (f, key))[1] != key and not compare(by_phone[f["ph"][0]][0], f)[1])
+    decisions = [(a["ref"], b["ref"], True)]
+    shipped = W.load()
+    trusting = json.loads(json.dumps(shipped.config))  # a model that links on a shared phone alone
+    trusting["fields"]["phone"]["same"]["u"] = 1e-30
+    base = W.Weights(trusting)
+    assert train.judge(index, base, decisions)["missed"] == 0
+    active, path = train.run(index, tmp_path, 800, base=base, decisions=decisions)
+    assert active is base and path.parent.name == "rejected"
+    assert W.load(tmp_path).version == shipped.version  # nothing activated
+    # without decisions against it, the retrained model is activated
+    active, path = train.run(index, tmp_path, 800, base=base)
+    assert W.load(tmp_path).version == active.version == "2"
+    index.close()
 
 
 def test_term_frequency_common_name_counts_less():

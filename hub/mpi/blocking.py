@@ -35,6 +35,13 @@ def caps() -> dict[str, int]:
     return json.loads((DATA / "blocking.json").read_text(encoding="utf-8"))["caps"]
 
 
+@lru_cache(maxsize=1)
+def passes() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """{pass: (key kinds, fields those keys are made of)} for training."""
+    raw = json.loads((DATA / "blocking.json").read_text(encoding="utf-8"))["passes"]
+    return {name: (tuple(p["keys"]), tuple(p["excluded"])) for name, p in raw.items()}
+
+
 def key_hash(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
 

@@ -46,6 +46,21 @@ def _index(settings: Any, store: Any):
     return index
 
 
+def _steward_decisions(settings: Any, store: Any) -> list:
+    """The decisions data stewards made (``hub.mpi.train.steward_decisions``), the person
+    projection brought up to the log's end first."""
+    from hub.mpi.train import steward_decisions
+    from projections.person import PersonProjection
+    from projections.runner import Runner
+
+    person = PersonProjection(settings.data_dir / "person.sqlite")
+    try:
+        Runner(store, person).catch_up()
+        return steward_decisions(person)
+    finally:
+        person.close()
+
+
 def _identity_decide(settings: Any, store: Any):
     """``(auto_decide_many, blocked_pairs, close)`` of the identity service (issue 6,
     hub.mpi.identity), or None when it is not there."""
@@ -77,11 +92,15 @@ def cmd_mpi(args: Any, settings: Any, open_store: Any, usage_error: type[Excepti
             with tqdm(total=min(args.sample, index.size()), unit=" Patients", desc="sampled pairs",
                       disable=not sys.stderr.isatty()) as bar:
                 try:
-                    w, path = train.run(index, settings.data_dir, args.sample, progress=bar.update)
+                    w, path = train.run(index, settings.data_dir, args.sample, progress=bar.update,
+                                        decisions=_steward_decisions(settings, store))
                 except ValueError as e:
                     raise usage_error(str(e)) from None
             print(w.table_text())
-            print(f"written {path}")
+            if path.parent.name == "rejected":
+                print(f"not activated (worse on stewards' decisions than version {w.version}): {path}")
+            else:
+                print(f"written {path}")
             return 0
         try:
             w = weights.load(settings.data_dir, args.weights)

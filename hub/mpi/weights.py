@@ -16,8 +16,8 @@ the same household): the ``household`` fields then say nothing and the pattern w
 A configuration is a file ``weights-<version>.json``: shipped in ``hub/mpi/data/``, and written by
 ``hub mpi train`` into ``$HUB_DATA_DIR/mpi/``; ``load`` takes the highest version found. ``train``
 estimates it from the platform's own data without any truth: ``u`` from random pairs of Patients
-(nearly all different people), and ``m`` and λ by expectation-maximisation over the blocked pairs
-(which estimates their own ``u`` on the way, used only to tell the two classes apart).
+(nearly all different people), and ``m`` and λ by expectation-maximisation per blocking pass with
+the pass's own fields left out, bounded.
 """
 
 from __future__ import annotations
@@ -129,17 +129,62 @@ def _pattern(levels: dict[str, str]) -> tuple:
     return tuple(levels.get(f) for f in FIELDS)
 
 
-def _floored(p: dict[str, float], floor: float) -> dict[str, float]:
-    raised = {k: max(v, floor) for k, v in p.items()}
+M_BOUNDS = (1e-5, 0.999)  # no level is impossible, nor certain, for the same person
+PRIOR_BOUNDS = (0.01, 0.95)
+
+
+def _em_pass(patterns: Counter, fields: tuple[str, ...], m0: dict, u: dict, lam: float,
+             iterations: int) -> tuple[dict, float, dict[str, float]]:
+    """EM for m and λ over one pass's patterns (u fixed): (m, λ, expected matches per field)."""
+    idx = [FIELDS.index(f) for f in fields]
+    m = {f: dict(m0[f]) for f in fields}
+    weight_of = {f: 0.0 for f in fields}
+    for _ in range(iterations):
+        num = {f: Counter() for f in fields}
+        total_p = 0.0
+        n = 0
+        for pattern, count in patterns.items():
+            lm, lu = math.log(lam), math.log(1 - lam)
+            for f, i in zip(fields, idx):
+                lv = pattern[i]
+                if lv is not None:
+                    lm += math.log(m[f][lv])
+                    lu += math.log(u[f][lv])
+            p = 1.0 / (1.0 + math.exp(max(-700.0, min(700.0, lu - lm))))
+            total_p += p * count
+            n += count
+            for f, i in zip(fields, idx):
+                if pattern[i] is not None:
+                    num[f][pattern[i]] += p * count
+        lam = min(max(total_p / max(n, 1), PRIOR_BOUNDS[0]), PRIOR_BOUNDS[1])
+        for f in fields:
+            d = sum(num[f].values())
+            weight_of[f] = d
+            if d > 0:
+                m[f] = _bounded({lv: num[f][lv] / d for lv in LEVELS[f]})
+    return m, lam, weight_of
+
+
+def _bounded(p: dict[str, float]) -> dict[str, float]:
+    lo, hi = M_BOUNDS
+    raised = {k: min(max(v, lo), hi) for k, v in p.items()}
     total = sum(raised.values())
     return {k: v / total for k, v in raised.items()}
 
 
-def train(blocked: Iterable[dict[str, str]], random_pairs: Iterable[dict[str, str]],
-          base: Weights, iterations: int = 40, smoothing: float = 0.5) -> dict[str, Any]:
-    """A new configuration (without its version) from the comparison levels of blocked pairs and of
-    random pairs. ``base`` gives the starting ``m``, the thresholds and the term-frequency settings."""
-    # u: random pairs are different people but for a negligible share
+def train(blocked: dict[str, tuple[Iterable[str], Iterable[dict[str, str]]]] | Iterable[dict[str, str]],
+          random_pairs: Iterable[dict[str, str]], base: Weights, iterations: int = 40,
+          smoothing: float = 0.5) -> dict[str, Any]:
+    """A new configuration (without its version) from comparison levels, as the established record
+    linkage tools estimate: ``u`` from random pairs (different people but for a negligible share),
+    fixed; ``m`` and λ by EM per blocking pass over the pass's pairs, the fields its keys are made of
+    left out (they agree by construction), each field's ``m`` then the average over the passes that
+    kept it, weighted by their expected matches; ``m`` and λ bounded (``M_BOUNDS``,
+    ``PRIOR_BOUNDS``). ``blocked``: ``{pass: (excluded fields, [levels])}``, or one list of levels
+    (one pass, nothing left out). ``base`` gives the starting ``m``, the thresholds and the
+    settings kept."""
+    if not isinstance(blocked, dict):
+        blocked = {"all": ((), blocked)}
     u_counts = {f: Counter() for f in FIELDS}
     n_random = 0
     for levels in random_pairs:
@@ -148,47 +193,32 @@ def train(blocked: Iterable[dict[str, str]], random_pairs: Iterable[dict[str, st
             u_counts[f][lv] += 1
     u = {f: {lv: (u_counts[f][lv] + smoothing) / (sum(u_counts[f].values()) + smoothing * len(LEVELS[f]))
              for lv in LEVELS[f]} for f in FIELDS}
-    # m, u and λ: EM over the blocked pairs' distinct patterns, from the base m and the random u
-    patterns = Counter(_pattern(levels) for levels in blocked)
     base_fields = base.config["fields"]
-    m = {f: {lv: base_fields[f][lv]["m"] for lv in LEVELS[f]} for f in FIELDS}
-    ub = {f: dict(u[f]) for f in FIELDS}
-    lam = base.prior
-    eps = smoothing * 1e-3
-    for _ in range(iterations):
-        m_num = {f: Counter() for f in FIELDS}
-        u_num = {f: Counter() for f in FIELDS}
-        total_p = 0.0
-        n = 0
-        for pattern, count in patterns.items():
-            lm = math.log(lam)
-            lu = math.log(1 - lam)
-            for f, lv in zip(FIELDS, pattern):
-                if lv is not None:
-                    lm += math.log(m[f][lv])
-                    lu += math.log(ub[f][lv])
-            p = 1.0 / (1.0 + math.exp(max(-700.0, min(700.0, lu - lm))))
-            total_p += p * count
-            n += count
-            for f, lv in zip(FIELDS, pattern):
-                if lv is not None:
-                    m_num[f][lv] += p * count
-                    u_num[f][lv] += (1 - p) * count
-        lam = min(max(total_p / max(n, 1), 1e-6), 1 - 1e-6)
-        for f in FIELDS:
-            dm = sum(m_num[f].values()) + eps * len(LEVELS[f])
-            du = sum(u_num[f].values()) + eps * len(LEVELS[f])
-            m[f] = {lv: (m_num[f][lv] + eps) / dm for lv in LEVELS[f]}
-            ub[f] = {lv: (u_num[f][lv] + eps) / du for lv in LEVELS[f]}
-    # Final: EM's m (floored: no level is impossible for the same person) and λ, with the
-    # population u of the random pairs (the EM's u is that of blocked non-matches: household members
-    # sharing a phone, which says nothing of how rare agreement is among strangers).
-    m = {f: _floored(m[f], floor=1e-5) for f in FIELDS}
+    m0 = {f: _bounded({lv: base_fields.get(f, {}).get(lv, {}).get("m", 1.0 / len(LEVELS[f]))
+                       for lv in LEVELS[f]}) for f in FIELDS}
+    sums = {f: Counter() for f in FIELDS}
+    mass = Counter()
+    matches = n_pairs = 0.0
+    per_pass = {}
+    for name, (excluded, levels) in blocked.items():
+        patterns = Counter(_pattern(lv) for lv in levels)
+        fields = tuple(f for f in FIELDS if f not in set(excluded))
+        m, lam, weight_of = _em_pass(patterns, fields, m0, u, base.prior, iterations)
+        n = sum(patterns.values())
+        matches += lam * n
+        n_pairs += n
+        per_pass[name] = {"pairs": n, "prior": round(lam, 6)}
+        for f in fields:
+            for lv in LEVELS[f]:
+                sums[f][lv] += m[f][lv] * weight_of[f]
+            mass[f] += weight_of[f]
+    m = {f: _bounded({lv: sums[f][lv] / mass[f] for lv in LEVELS[f]}) if mass[f] else m0[f] for f in FIELDS}
+    lam = min(max(matches / max(n_pairs, 1), PRIOR_BOUNDS[0]), PRIOR_BOUNDS[1])
     fields = {f: {lv: {"m": round(m[f][lv], 8), "u": round(u[f][lv], 10)} for lv in LEVELS[f]} for f in FIELDS}
     return {
         "ruleset": base.config.get("ruleset", "fs"),
         "trained": {"at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "blocked_pairs": sum(patterns.values()), "random_pairs": n_random,
+                    "blocked_pairs": int(n_pairs), "random_pairs": n_random, "passes": per_pass,
                     "iterations": iterations, "from_version": base.version},
         "prior": round(lam, 6),
         "thresholds": base.config["thresholds"],
