@@ -89,6 +89,10 @@ def test_latin_name_levels():
     assert levels(a, latin("b", None, "Jasper"))[0]["name"] == "partial"  # surname missing
     assert features(latin("b", None, "Jasper"))["fam"] is None  # not "j": a Latin name isn't split
     assert levels(a, latin("b", "Ryan", "Ella"))[0]["name"] == "different"
+    assert levels(a, latin("b", "Tiller", "Jasper"))[0]["name"] == "given"  # a surname taken at marriage
+    assert levels(a, latin("b", "Flockhart", "Ella"))[0]["name"] == "family"
+    # Chinese names have no such levels: another surname is another person
+    assert levels(pat("a", name="张伟"), pat("b", name="李伟"))[0]["name"] == "different"
     # a dropped character of a Chinese given name
     assert levels(pat("a", name="司徒明文"), pat("b", name="司徒文"))[0]["name"] == "partial"
 

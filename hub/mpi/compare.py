@@ -9,7 +9,9 @@ name      exact | pinyin (same reading: homophones) | swap (given name character
           Latin-script surname and given name in each other's place) | phonetic (Latin script:
           surname and given name each sound alike, Metaphone or NYSIIS) | edit (Latin script: each
           part a typo of the other's, Jaro-Winkler >= 0.88) | partial (a character of a Chinese
-          given name dropped; Latin script: one part missing, the other the same) | similar (Jaro-Winkler of the pinyin >= 0.9) | different
+          given name dropped; Latin script: one part missing, the other the same) | given (Latin
+          script: the given names alike, the surnames not: a name taken at marriage) | family
+          (Latin script: the surnames alike, the given names not) | similar (Jaro-Winkler of the pinyin >= 0.9) | different
 birth     exact | swapped (day and month) | lunar (one is the other's date in the Chinese lunar
           calendar, as many registrations record it) | year1 (same day and month, the year one
           off) | typo (one digit mistyped or two transposed) | year (same year only) | different
@@ -42,7 +44,8 @@ from terminology import resident_id
 FIELDS = ("id", "name", "birth", "sex", "phone", "dist", "hc", "addr", "pc")
 LEVELS = {
     "id": ("exact", "typo", "different"),
-    "name": ("exact", "pinyin", "swap", "phonetic", "edit", "partial", "similar", "different"),
+    "name": ("exact", "pinyin", "swap", "phonetic", "edit", "partial", "given", "family", "similar",
+             "different"),
     "birth": ("exact", "swapped", "lunar", "year1", "typo", "year", "different"),
     "sex": ("same", "different"),
     "phone": ("same", "different"),
@@ -162,6 +165,10 @@ def _compare_latin(a: tuple[str, str], b: tuple[str, str]) -> str | None:
     for (p, q), (r, t) in (((fa, ga), (fb, gb)), ((fa, ga), (gb, fb))):
         if JaroWinkler.similarity(p, r) >= LATIN_EDIT and JaroWinkler.similarity(q, t) >= LATIN_EDIT:
             return "edit"
+    if _alike(ga, gb) or JaroWinkler.similarity(ga, gb) >= LATIN_EDIT:
+        return "given"
+    if _alike(fa, fb) or JaroWinkler.similarity(fa, fb) >= LATIN_EDIT:
+        return "family"
     return None
 
 

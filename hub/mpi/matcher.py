@@ -61,7 +61,7 @@ class Matcher:
             total_weight += x
             evidence[fld] = {"level": level, "weight": round(x, 3)}
         if w.twin_weight and _twins(a, b, levels, w.twin_household):
-            for fld in w.twin_household:
+            for fld in w.twin_silenced:
                 if fld in evidence:
                     total_weight -= evidence[fld]["weight"]
                     evidence[fld]["weight"] = 0.0

@@ -11,7 +11,9 @@ agrees: both point to a household, not to a person). ``combined`` bounds what fi
 a name and a birth date, however rare each, are shared by strangers in a region of tens of millions
 (in the same district too), so name, birth date, sex and district, whichever are known, never weigh
 more than ``max_weight`` bits together and a link needs one more agreement (an ID number, a phone, an address). ``twin`` is the pattern of twins (same birth date and surname, another given name,
-the same household): the ``household`` fields then say nothing and the pattern weighs ``weight``.
+one of the ``household`` fields in common: a phone, an address): the ``silenced`` fields then say
+nothing (a district or a postal code is shared by any household in it) and the pattern weighs
+``weight``.
 
 A configuration is a file ``weights-<version>.json``: shipped in ``hub/mpi/data/``, and written by
 ``hub mpi train`` into ``$HUB_DATA_DIR/mpi/``; ``load`` takes the highest version found. ``train``
@@ -60,6 +62,7 @@ class Weights:
         twin = config.get("twin") or {}
         self.twin_weight = float(twin.get("weight", 0.0))
         self.twin_household = tuple(twin.get("household", ()))
+        self.twin_silenced = tuple(twin.get("silenced", self.twin_household))
         self.m_name_exact = config["fields"]["name"]["exact"]["m"] if self.tf_on else 1.0
 
     def weight(self, field: str, level: str, name_share: float | None = None) -> float:
