@@ -117,7 +117,9 @@ def _twins(a: dict, b: dict, levels: dict[str, str], household: tuple[str, ...])
 
 def _twin_names(a: dict) -> tuple[str, ...]:
     # twins' Chinese given names often share a character (浩平, 平): a dropped character looks the same
-    return ("similar", "different") if (a.get("name") or "").isascii() else ("partial", "similar", "different")
+    # (Latin script, pinyin too: "family", the surnames alike and the given names not)
+    return ("family", "similar", "different") if (a.get("name") or "").isascii() else \
+        ("partial", "similar", "different")
 
 
 def decision(candidates: list[Candidate]) -> tuple[str, list[Candidate]]:

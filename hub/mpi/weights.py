@@ -11,9 +11,9 @@ agrees: both point to a household, not to a person). ``combined`` bounds what fi
 a name and a birth date, however rare each, are shared by strangers in a region of tens of millions
 (in the same district too), so name, birth date, sex and district, whichever are known, never weigh
 more than ``max_weight`` bits together and a link needs one more agreement (an ID number, a phone, an address). ``twin`` is the pattern of twins (same birth date and surname, another given name,
-one of the ``household`` fields in common: a phone, an address): the ``silenced`` fields then say
-nothing (a district or a postal code is shared by any household in it) and the pattern weighs
-``weight``.
+one of the ``household`` fields in common: a phone, an address, a district): the ``silenced``
+fields then say nothing and the pattern weighs ``weight``. A postal code is no household field: it
+is shared by too many.
 
 A configuration is a file ``weights-<version>.json``: shipped in ``hub/mpi/data/``, and written by
 ``hub mpi train`` into ``$HUB_DATA_DIR/mpi/``; ``load`` takes the highest version found. ``train``
