@@ -68,7 +68,8 @@ class Matcher:
             total_weight += w.twin_weight
             evidence["twin"] = {"level": "pattern", "weight": w.twin_weight}
         for fields, cap in w.combined:
-            together = sum(evidence[f]["weight"] for f in fields if f in evidence)
+            # with the prior: a model retrained to a higher prior must not get round the bound
+            together = w.prior_weight + sum(evidence[f]["weight"] for f in fields if f in evidence)
             if together > cap:
                 total_weight -= together - cap
                 evidence["+".join(fields)] = {"level": "bounded", "weight": round(cap - together, 3)}

@@ -10,7 +10,7 @@ carrying that very name (never below ``floor``), so a common name counts less th
 agrees: both point to a household, not to a person). ``combined`` bounds what fields say together:
 a name and a birth date, however rare each, are shared by strangers in a region of tens of millions
 (in the same district too), so name, birth date, sex and district, whichever are known, never weigh
-more than ``max_weight`` bits together and a link needs one more agreement (an ID number, a phone, an address). ``twin`` is the pattern of twins (same birth date and surname, another given name,
+more than ``max_weight`` bits together with the prior and a link needs one more agreement (an ID number, a phone, an address). ``twin`` is the pattern of twins (same birth date and surname, another given name,
 one of the ``household`` fields in common: a phone, an address, a district): the ``silenced``
 fields then say nothing and the pattern weighs ``weight``. A postal code is no household field: it
 is shared by too many.
