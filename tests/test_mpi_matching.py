@@ -213,6 +213,10 @@ def test_name_and_birth_date_alone_never_reach_certainty():
     assert c.evidence["name+birth+sex+dist"]["weight"] < 0
     # one more agreement (the same ID number) makes it one
     assert _score(pat("a", phone=None), pat("b")).grade == "certain"
+    # nor with a model retrained to a higher prior
+    confident = W.Weights({**W.load().config, "prior": 0.99})
+    c = Matcher(None, confident).score(features(a), features(pat("b", id_=None, phone="13900139000")), {}, 0)
+    assert c.grade != "certain", c.evidence
 
 
 def test_twins_are_evidence_against():
