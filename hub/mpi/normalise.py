@@ -12,9 +12,16 @@ hc    health card number; ``oid``: other institution-independent identifiers ``s
 name  full name: trimmed, NFKC, traditional folded to simplified, minority separators removed
 fam   surname (simplified); ``py``: pinyin of the full name with the surname's own reading, no
       spaces; ``pyf``: pinyin of the surname
-nb    1 when the name is a newborn's placeholder ("<parent>之子/之女"): the name is left out
+nb    1 when the name is a newborn's placeholder ("<parent>之子/之女", twins "<parent>之大子",
+      "之小女", "之一子", "之二女", "男婴", ... whether written as text or split into family and
+      given): the name is left out
 sex   ``male`` | ``female`` | None; ``bd``: birth date ``YYYY-MM-DD`` or None
-ph    phone numbers, digits only, +86/0086 stripped; ``dist``: GB/T 2260 district code
+ph    phone numbers, digits only, +86/0086 stripped
+dist  GB/T 2260 district code: the hub's administrative-division extension (``valueCode``), an
+      address extension coded in GB/T 2260 (``valueCoding`` / ``valueCodeableConcept``), or a
+      six-digit code written in ``address.district`` or ``address.text``
+dn    the district's name as written in ``address.district`` (simplified, no spaces; a code there
+      is ``dist``, not a name), or None
 ====  =====================================================================================
 """
 
@@ -33,11 +40,15 @@ DATA = Path(__file__).with_name("data")
 RESIDENT_ID = "urn:oid:2.16.156.10011.1.3"
 HEALTH_CARD = "urn:oid:2.16.156.10011.1.19"
 DIVISION_EXTENSION = "https://fhir-region-hub.example/StructureDefinition/administrative-division"
+DIVISION_SYSTEMS = ("https://fhir-region-hub.example/CodeSystem/gb-t-2260",)  # GB/T 2260 (terminology/data)
 MAX_TEXT = 200  # longer names, numbers or addresses are cut (hostile input stays cheap)
 
 # separators inside minority names (维吾尔族, 藏族 ...) and the stray spaces of Latin input
 _SEPARATORS = re.compile(r"[·•.．・‧∙⋅\s\-_]+")
-_NEWBORN_MARK = re.compile(r"之(子|女)$|(男婴|女婴|婴儿)$")
+# "<parent>之子", twins and further siblings "<parent>之大子/之小女/之一子/之二女/之长子/之次女",
+# "<parent>之子一", and "<parent>男婴/女婴/婴儿" with a birth order after it
+_ORDER = "大小长次一二三四五六1-9"
+_NEWBORN_MARK = re.compile(rf"之[{_ORDER}]?[子女][{_ORDER}]?$|(男婴|女婴|婴儿)[{_ORDER}]?$")
 _DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
 _DISTRICT = re.compile(r"^\d{6}$")
 
@@ -163,12 +174,11 @@ def _name_parts(patient: dict) -> tuple[str, str, bool]:
     text = n.get("text") if isinstance(n.get("text"), str) else ""
     family, given = clean_name(family), clean_name(given)
     if not family and not given and text:
-        text = clean_name(text)
-        if _NEWBORN_MARK.search(text):
-            return "", "", True
-        family, given = split_surname(text)
+        family, given = split_surname(clean_name(text))
     elif not family and given:
         family, given = split_surname(given)
+    if _NEWBORN_MARK.search(family + given):  # the mark may sit in the given name: 王 + 丽之子
+        return "", "", True
     return family, given, False
 
 
@@ -212,22 +222,56 @@ def features(patient: dict) -> dict[str, Any]:
                 phones.add(p)
     f["ph"] = sorted(phones)[:5]
     f["dist"] = _district(patient)
+    f["dn"] = _district_name(patient)
     return f
 
 
+def _division_code(e: dict) -> str | None:
+    """The GB/T 2260 code an address extension carries, or None."""
+    if e.get("url") == DIVISION_EXTENSION:
+        code = e.get("valueCode")
+        return code if isinstance(code, str) and _DISTRICT.match(code) else None
+    codings = []
+    if isinstance(e.get("valueCoding"), dict):
+        codings.append(e["valueCoding"])
+    if isinstance(e.get("valueCodeableConcept"), dict):
+        codings += _items(e["valueCodeableConcept"].get("coding"))
+    for c in codings:
+        if isinstance(c, dict) and c.get("system") in DIVISION_SYSTEMS:
+            code = c.get("code")
+            if isinstance(code, str) and _DISTRICT.match(code):
+                return code
+    return None
+
+
+def _addresses(patient: dict) -> list[dict]:
+    """Addresses, current ones first (an old address says less about where the person is)."""
+    addresses = [a for a in _items(patient.get("address")) if isinstance(a, dict)]
+    return sorted(addresses, key=lambda a: a.get("use") == "old")
+
+
 def _district(patient: dict) -> str | None:
-    for a in _items(patient.get("address")):
-        if not isinstance(a, dict):
-            continue
+    for a in _addresses(patient):
         for e in _items(a.get("extension")):
-            if isinstance(e, dict) and e.get("url") == DIVISION_EXTENSION:
-                code = e.get("valueCode")
-                if isinstance(code, str) and _DISTRICT.match(code):
+            if isinstance(e, dict):
+                code = _division_code(e)
+                if code:
                     return code
-        for key in ("postalCode", "district", "text"):  # a division code written into the address
+        # a division code written into the address (a postal code is six digits too: not read)
+        for key in ("district", "text"):
             v = a.get(key)
             if isinstance(v, str):
                 m = re.search(r"(?<!\d)([1-8]\d{5})(?!\d)", v[:MAX_TEXT])
-                if m and key != "postalCode":
+                if m:
                     return m.group(1)
+    return None
+
+
+def _district_name(patient: dict) -> str | None:
+    for a in _addresses(patient):
+        v = a.get("district")
+        if isinstance(v, str):
+            name = clean_name(re.sub(r"[\d()（）]+", "", v))
+            if name:
+                return name
     return None
