@@ -14,8 +14,13 @@ dist      same (district code) | different
 hc        exact | different (health card)
 ========  ==================================================================================
 
+An identifier of a system configured ``unique`` (``hub.mpi.identifiers``) weighs as the ID number
+does when the numbers are not both there: a shared value is ``id`` ``exact``, none shared in a system
+both carry is ``different``.
+
 Vetoes (never linked, whatever the score): ``id_conflict`` (two different valid, consistent resident
-ID numbers) and ``sex_conflict``.
+ID numbers), ``identifier_conflict`` (no value in common in a unique system both carry) and
+``sex_conflict``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from __future__ import annotations
 from typing import Any
 
 from rapidfuzz.distance import OSA, JaroWinkler
+
+from hub.mpi.identifiers import compare_unique
 
 FIELDS = ("id", "name", "birth", "sex", "phone", "dist", "hc")
 LEVELS = {
@@ -88,6 +95,12 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, str], list[
         levels["id"] = lv
         if lv == "different" and a["ids"] == b["ids"] == "valid":
             vetoes.append("id_conflict")
+    # identifiers of systems configured unique (hub.mpi.identifiers): hard identifiers too
+    agree, conflict = compare_unique(a, b)
+    if conflict:
+        vetoes.append("identifier_conflict")
+    if "id" not in levels and (agree or conflict):
+        levels["id"] = "exact" if agree and not conflict else "different"
     lv = compare_name(a, b)
     if lv is not None:
         levels["name"] = lv

@@ -8,7 +8,11 @@ id    the resident ID number, 18 characters (15-digit numbers upgraded), or None
 ids   its status: ``valid`` | ``invalid`` (check character wrong: a typo) | ``inconsistent``
       (valid, but its sex or birth date contradicts the record: someone else's number, e.g. a
       newborn's parent) | ``placeholder`` | ``malformed`` | None (absent)
-hc    health card number; ``oid``: other institution-independent identifiers ``system|value``
+hc    health card number
+x     identifiers of every other system, ``system|value`` (value NFKC, trimmed, upper-cased;
+      at most 8): kept so a change of configuration re-reads them without the Patient
+oid   those the index reads (``hub.mpi.identifiers``: systems configured ``unique`` or
+      ``identifying``): blocking keys; ``uid``: the ``unique`` ones, hard identifiers
 name  full name: trimmed, NFKC, traditional folded to simplified, minority separators removed
 fam   surname (simplified); ``py``: pinyin of the full name with the surname's own reading, no
       spaces; ``pyf``: pinyin of the surname
@@ -34,6 +38,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from fhir_mapping.identifiers import is_filler
+from hub.mpi import identifiers
 from terminology import resident_id
 
 DATA = Path(__file__).with_name("data")
@@ -54,10 +60,9 @@ _DISTRICT = re.compile(r"^\d{6}$")
 
 
 @lru_cache(maxsize=1)
-def _tables() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+def _tables() -> tuple[dict[str, str], dict[str, str]]:
     surnames = json.loads((DATA / "surnames.json").read_text(encoding="utf-8"))
-    blocking = json.loads((DATA / "blocking.json").read_text(encoding="utf-8"))
-    return surnames["compound"], surnames["single"], blocking["institution_independent_systems"]
+    return surnames["compound"], surnames["single"]
 
 
 @lru_cache(maxsize=1)
@@ -90,7 +95,7 @@ def _syllables(text: str) -> tuple[str, ...]:
 def split_surname(name: str) -> tuple[str, str]:
     """(surname, given name) of a full name without separators: a compound surname when one starts
     it, else the first character."""
-    compound, _, _ = _tables()
+    compound, _ = _tables()
     if len(name) > 2 and name[:2] in compound:
         return name[:2], name[2:]
     return name[:1], name[1:]
@@ -98,7 +103,7 @@ def split_surname(name: str) -> tuple[str, str]:
 
 def surname_pinyin(family: str) -> str:
     """Pinyin of a surname with the readings surnames take (单 shan, 曾 zeng, 解 xie, 区 ou ...)."""
-    compound, single, _ = _tables()
+    compound, single = _tables()
     if family in compound:
         return compound[family].replace(" ", "")
     if len(family) == 1 and family in single:
@@ -182,8 +187,9 @@ def _name_parts(patient: dict) -> tuple[str, str, bool]:
     return family, given, False
 
 
-def features(patient: dict) -> dict[str, Any]:
-    """The matching features of a Patient dict (never raises on odd input: odd parts are left out)."""
+def features(patient: dict, roles: identifiers.Roles = identifiers.DEFAULT) -> dict[str, Any]:
+    """The matching features of a Patient dict (never raises on odd input: odd parts are left out);
+    ``roles``: what each identifier system is (the shipped table unless the hub configured more)."""
     f: dict[str, Any] = {"ref": f"Patient/{patient.get('id')}"}
     sex = patient.get("gender")
     f["sex"] = sex if sex in ("male", "female") else None
@@ -191,8 +197,7 @@ def features(patient: dict) -> dict[str, Any]:
     m = _DATE.match(bd) if isinstance(bd, str) else None
     f["bd"] = m.group(0) if m else None
     f["id"] = f["ids"] = f["hc"] = None
-    others = []
-    _, _, systems = _tables()
+    others: list[str] = []
     for ident in _items(patient.get("identifier")):
         if not isinstance(ident, dict):
             continue
@@ -205,9 +210,12 @@ def features(patient: dict) -> dict[str, Any]:
                 f["id"], f["ids"] = idno, status
         elif system == HEALTH_CARD:
             f["hc"] = unicodedata.normalize("NFKC", value[:MAX_TEXT]).strip().upper() or None
-        elif system in systems:
-            others.append(f"{system}|{value.strip()[:MAX_TEXT]}")
-    f["oid"] = sorted(others)
+        elif len(others) < identifiers.MAX_OTHER and not identifiers.builtin(system):
+            v = unicodedata.normalize("NFKC", value[:MAX_TEXT]).strip().upper()
+            if v and not is_filler(v):  # "无", "-", zeros: no one's identifier
+                others.append(f"{system[:MAX_TEXT]}|{v}")
+    f["x"] = sorted(set(others))
+    f["uid"], f["oid"] = identifiers.split(f["x"], roles)
     family, given, newborn = _name_parts(patient)
     f["nb"] = 1 if newborn else 0
     f["fam"] = family or None
