@@ -69,6 +69,15 @@ def test_export_lists_every_link_with_assurance_and_decision(tmp_path, capsysbin
     assert [(r["patient"], r["person"], r["assurance"]) for r in table] == [
         (r["patient"], r["person"], r["assurance"]) for r in rows]
     assert table[0]["manual"] in ("true", "false")
+    # read in batches smaller than the region: the same rows, none twice
+    from hub.mpi.listing import link_rows
+    from projections.person import PersonProjection
+
+    person = PersonProjection(settings.data_dir / "person.sqlite")
+    try:
+        assert list(link_rows(person, batch=2)) == list(link_rows(person)) == rows
+    finally:
+        person.close()
     out = tmp_path / "links.csv"
     _export(settings, capsysbinary, "--out", str(out))
     assert out.read_text() == text

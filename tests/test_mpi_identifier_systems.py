@@ -37,7 +37,7 @@ def patient(pid: str, passport: str | None, name: str = "张伟", **kw) -> dict:
     if passport:
         p["identifier"].append({"system": PASSPORT, "value": passport})
     p.update(kw)
-    return p
+    return {k: v for k, v in p.items() if v != []}  # FHIR JSON has no empty arrays
 
 
 def test_naming_system_declares_roles_by_extension_or_type():
@@ -135,3 +135,45 @@ def test_a_stored_naming_system_configures_the_index_and_matcher(hub, tmp_path):
     runner.catch_up()
     assert index.features_of("Patient/a")["uid"] == [] and index.roles.role(PASSPORT) is None
     index.close()
+
+
+def test_a_naming_system_put_over_http_keeps_two_passport_holders_apart(tmp_path, monkeypatch):
+    """``hub serve`` with automatic matching: a NamingSystem declaring the passport unique, PUT like
+    any resource, makes two people of the same name, sex, birth date and phone two persons, while
+    a pair without passports and otherwise alike is linked."""
+    import time
+
+    import httpx
+
+    from hub.config import Settings
+
+    from .conftest import LiveServer
+
+    fhir = {"content-type": "application/fhir+json"}
+    monkeypatch.setenv("HUB_MPI_AUTOMATCH", "1")
+    with LiveServer(Settings(data_dir=tmp_path)) as srv, httpx.Client(base_url=srv.base, timeout=30) as c:
+        r = c.put("/NamingSystem/passport", json=naming_system("unique"), headers=fhir)
+        assert r.status_code == 201, r.text
+        phone = [{"system": "phone", "value": "13800138000"}]
+        other = [{"system": "phone", "value": "13900139000"}]
+        for body in (patient("h-a", "E1", telecom=phone), patient("h-b", "E2", telecom=phone),
+                     patient("h-c", None, name="刘洋", telecom=other),
+                     patient("h-d", None, name="刘洋", telecom=other)):
+            r = c.put(f"/Patient/{body['id']}", json=body, headers=fhir)
+            assert r.status_code == 201, r.text
+
+        def person_of(pid: str) -> dict | None:
+            b = c.get("/Person", params={"patient": f"Patient/{pid}"}).json()
+            return b["entry"][0]["resource"] if b.get("entry") else None
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            d = person_of("h-d")
+            if d and len(d.get("link", [])) == 2:
+                break
+            time.sleep(0.2)
+        assert {x["target"]["reference"] for x in person_of("h-c")["link"]} == {
+            "Patient/h-c", "Patient/h-d"}  # decided after h-a and h-b (log order)
+        a, b = person_of("h-a"), person_of("h-b")
+        assert a is not None and b is not None and a["id"] != b["id"]
+        assert [x["target"]["reference"] for x in a["link"]] == ["Patient/h-a"]
