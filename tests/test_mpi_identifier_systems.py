@@ -177,3 +177,13 @@ def test_a_naming_system_put_over_http_keeps_two_passport_holders_apart(tmp_path
         a, b = person_of("h-a"), person_of("h-b")
         assert a is not None and b is not None and a["id"] != b["id"]
         assert [x["target"]["reference"] for x in a["link"]] == ["Patient/h-a"]
+
+
+def test_unique_identifiers_of_a_patient_for_cluster_checks():
+    roles = roles_from([naming_system("unique")])
+    p = patient("a", " e1 ", identifier=[{"system": PASSPORT, "value": " e1 "},
+                                          {"system": PASSPORT, "value": "-"},
+                                          {"system": HEALTH_RECORD, "value": "HR-1"},
+                                          {"system": RESIDENT_ID, "value": "11010519491231002X"}])
+    assert identifiers.unique_identifiers(p, roles) == [(PASSPORT, "E1")]
+    assert identifiers.unique_identifiers(p) == []  # the shipped table does not know the passport

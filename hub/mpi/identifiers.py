@@ -19,16 +19,20 @@ share a hard identifier and whether they contradict one another on one.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from fhir_mapping.identifiers import is_filler
 
 DATA = Path(__file__).with_name("data")
 
 ROLE_EXTENSION = "https://fhir-region-hub.example/StructureDefinition/mpi-identifier-role"
 ROLES = ("unique", "identifying", "ignored")
 MAX_OTHER = 8  # identifiers of other systems kept per Patient (hostile input stays cheap)
+MAX_TEXT = 200
 
 
 @lru_cache(maxsize=1)
@@ -104,6 +108,32 @@ def roles_from(naming_systems: Iterable[Mapping[str, Any]]) -> Roles:
     for ns in naming_systems:
         overrides.update(naming_system_roles(ns))
     return Roles(overrides)
+
+
+def value_key(value: str) -> str | None:
+    """An identifier value as the index compares it: NFKC, trimmed, upper-cased; None for a
+    filler ("无", "-", zeros: nobody's identifier)."""
+    v = unicodedata.normalize("NFKC", value[:MAX_TEXT]).strip().upper()
+    return v if v and not is_filler(v) else None
+
+
+def unique_identifiers(patient: Mapping[str, Any], roles: Roles = DEFAULT) -> list[tuple[str, str]]:
+    """(system, value) of a Patient dict's identifiers in systems configured ``unique`` (the
+    resident ID number aside: its own rules decide whether it counts), for checks of whole
+    clusters."""
+    out = set()
+    idents = patient.get("identifier")
+    for ident in idents if isinstance(idents, list) else ():
+        if not isinstance(ident, dict):
+            continue
+        system, value = ident.get("system"), ident.get("value")
+        if not isinstance(system, str) or not isinstance(value, str) or builtin(system):
+            continue
+        if roles.role(system) == "unique":
+            v = value_key(value)
+            if v:
+                out.add((system, v))
+    return sorted(out)
 
 
 def split(x: Iterable[str], roles: Roles) -> tuple[list[str], list[str]]:

@@ -38,7 +38,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from fhir_mapping.identifiers import is_filler
 from hub.mpi import identifiers
 from terminology import resident_id
 
@@ -211,8 +210,8 @@ def features(patient: dict, roles: identifiers.Roles = identifiers.DEFAULT) -> d
         elif system == HEALTH_CARD:
             f["hc"] = unicodedata.normalize("NFKC", value[:MAX_TEXT]).strip().upper() or None
         elif len(others) < identifiers.MAX_OTHER and not identifiers.builtin(system):
-            v = unicodedata.normalize("NFKC", value[:MAX_TEXT]).strip().upper()
-            if v and not is_filler(v):  # "无", "-", zeros: no one's identifier
+            v = identifiers.value_key(value)
+            if v:
                 others.append(f"{system[:MAX_TEXT]}|{v}")
     f["x"] = sorted(set(others))
     f["uid"], f["oid"] = identifiers.split(f["x"], roles)
