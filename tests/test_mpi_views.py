@@ -467,6 +467,11 @@ def test_stewards_list_the_whole_index_page_by_page(live, client, data):
     recent = pages(client, "/Person", _lastUpdated=f"ge{since}", _count=1)
     assert {e["resource"]["id"] for e in recent} == {pa, pb, pz}
     assert pages(client, "/Person", _lastUpdated=["ge2000-01-01", "lt2000-01-02"]) == []
+    counted = client.get("/Person", params={"_lastUpdated": f"ge{since}", "_total": "accurate",
+                                            "_count": 1}).json()
+    assert counted["total"] == 3 and len(counted["entry"]) == 1
+    assert "total" not in client.get("/Person", params={"_count": 1}).json()
+    assert client.get("/Person", params={"_total": "maybe"}).status_code == 400
     # criteria page the same way
     found = pages(client, "/Person", _id=f"{pa},{pb},{pz}", _count=1)
     assert [e["resource"]["id"] for e in found] == sorted([pa, pb, pz])

@@ -6,8 +6,9 @@ Routes (included before the generic ``/fhir/{type}…`` routes, so these answer 
 ==============================================  ===================================================
 ``GET /fhir/Person/{id}``                       the golden person (a projection; audited read)
 ``GET /fhir/Person?identifier=|link=|patient=|_id=``  search (``system|value`` or ``value``)
-``GET /fhir/Person[?_lastUpdated=…]``          every person, paged (``_count``, ``next`` links):
-                                                the steward's listing of the whole index
+``GET /fhir/Person[?_lastUpdated=…]``          every person, paged (``_count``, ``next`` links,
+                                                ``_total=accurate`` counts them): the steward's
+                                                listing of the whole index
 ``PUT/POST/DELETE/PATCH /fhir/Person[/{id}]``   405: a Person is rebuilt from identity events only
 ``POST /fhir/Person/$link``                     Parameters ``patient``, ``person`` (absent or
                                                 ``none``: a new person), ``reason``
@@ -207,7 +208,7 @@ async def person_search(request: Request) -> Response:
     check_format(request)
     identity = _identity(request)
     allowed = {"_id", "identifier", "link", "patient", "_lastUpdated", "_count", "_cursor",
-               "_format", "_pretty"}
+               "_total", "_format", "_pretty"}
     crit: dict[str, str] = {}
     updated_values: list[str] = []
     for k, v in request.query_params.multi_items():
@@ -232,6 +233,8 @@ async def person_search(request: Request) -> Response:
         updated = listing.updated_bounds(updated_values)
     except ValueError as e:
         raise bad_request(f"_lastUpdated: {e}") from None
+    if crit.get("_total", "none") not in ("none", "estimate", "accurate"):
+        raise bad_request("_total must be none, estimate or accurate")
     base = _base(request)
     limit = int(count)
 
@@ -241,7 +244,8 @@ async def person_search(request: Request) -> Response:
         sets = _criteria_sets(identity, crit, base)
         if sets is None:  # the whole index, page by page
             page = listing.person_ids(P, after, limit + 1, updated)
-            total = None
+            # counting a whole region costs a scan: only when asked for
+            total = listing.count_persons(P, updated) if crit.get("_total") == "accurate" else None
         else:
             with P.read() as c:
                 matched = sorted(p for p in set.intersection(*sets)

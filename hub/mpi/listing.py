@@ -65,6 +65,15 @@ def person_ids(person: Any, after: str = "", limit: int = 50,
         return [r[0] for r in c.fetchall()]
 
 
+def count_persons(person: Any, updated: list[tuple[str, str]] = ()) -> int:
+    """How many persons a listing with these bounds holds (one counting read)."""
+    where = ["1"] + [f"updated {op} ?" for op, _ in updated]
+    with person.read() as c:
+        c.execute(f"SELECT COUNT(*) FROM p_person WHERE {' AND '.join(where)}",
+                  [v for _, v in updated])
+        return c.fetchone()[0]
+
+
 def person_updated(person: Any, c: Any, pid: str) -> str | None:
     row = person.person_row(c, pid)
     return None if row is None else row["updated"]
