@@ -13,5 +13,5 @@ Matching is normalise -> block -> compare -> score:
   JSON configuration, estimated from the platform's own data by EM (``hub mpi train``);
 - ``matcher``: ranked candidates with score, grade and evidence; ``incremental``: the read model that
   matches each new or updated Patient as it arrives; ``listing``: the whole index for stewards (persons
-page by page, every Patient's link as export rows).
+  page by page, every Patient's link as export rows).
 """
