@@ -172,3 +172,16 @@ def test_district_code_and_name():
                                   {"use": "home", "district": "天河区（440106）"}]))
     assert f["dist"] == "440106" and f["dn"] == "天河区"  # the current address first
     assert features(patient())["dn"] is None
+
+
+def test_district_names_compare_when_codes_are_missing():
+    from hub.mpi.compare import compare
+
+    a = features(patient(address=[{"district": "天河區"}]))
+    b = features(patient(address=[{"district": "天河区 "}]))
+    c = features(patient(address=[{"district": "越秀区"}]))
+    coded = features(patient(address=[{"district": "越秀区", "extension": [
+        {"url": "https://fhir-region-hub.example/StructureDefinition/administrative-division",
+         "valueCode": "440104"}]}]))
+    assert compare(a, b)[0]["dist"] == "same" and compare(a, c)[0]["dist"] == "different"
+    assert compare(coded, features(patient(address=[{"district": "440104"}])))[0]["dist"] == "same"

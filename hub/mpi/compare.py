@@ -10,7 +10,7 @@ name      exact | pinyin (same reading: homophones) | swap (given name character
 birth     exact | swapped (day and month) | year (same year only) | different
 sex       same | different
 phone     same (any number in common) | different
-dist      same (district code) | different
+dist      same (district code; without codes on both sides, the district name) | different
 hc        exact | different (health card)
 ========  ==================================================================================
 
@@ -116,6 +116,8 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, str], list[
         levels["phone"] = "same" if set(a["ph"]) & set(b["ph"]) else "different"
     if a.get("dist") and b.get("dist"):
         levels["dist"] = "same" if a["dist"] == b["dist"] else "different"
+    elif a.get("dn") and b.get("dn"):  # no codes on both sides: the district names written
+        levels["dist"] = "same" if a["dn"] == b["dn"] else "different"
     if a.get("hc") and b.get("hc"):
         levels["hc"] = "exact" if a["hc"] == b["hc"] else "different"
     return levels, vetoes
