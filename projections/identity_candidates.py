@@ -5,7 +5,13 @@ Follows the Patient events of the log (``types``) into ``$HUB_DATA_DIR/identity-
 - ``ic_patient``: one row per current Patient (``pk``, ``ref``, version, features as JSON with the
   hashes of its blocking keys);
 - ``ic_key``: (64-bit key hash, pk), indexed on (hash, pk): a block is one indexed range read;
-- ``ic_name``: how many current Patients carry each normalised name (term frequencies).
+- ``ic_name``: how many current Patients carry each normalised name (term frequencies);
+- ``ic_system``: the identifier-system roles each stored NamingSystem declares
+  (``hub.mpi.identifiers``). The model follows NamingSystem events too: a change of roles re-reads
+  every indexed Patient's other identifiers (kept in its features as ``x``) under the new
+  configuration in the same transaction, so the index always answers under the configuration
+  at its position, whether built incrementally or rebuilt. Decisions already taken stand until
+  ``hub mpi rematch``.
 
 Rows and the tracking position are written in one transaction, so the index is exactly the log up to
 its position. A rebuild (``reset``) is a bulk load: key rows go in without their index, an updated
@@ -24,12 +30,13 @@ import orjson
 from eventsourcing.persistence import Notification
 
 from hub.events import KIND_OF_TOPIC
-from hub.mpi import blocking
+from hub.mpi import blocking, identifiers
 from hub.mpi.normalise import features as patient_features
 from projections.sqlite_model import SQLiteReadModel, newest
 
 NAME = "identity-candidates"
 _PREFIX = "Patient/"
+_NS_PREFIX = "NamingSystem/"
 _KEY_INDEX = "CREATE INDEX IF NOT EXISTS ic_key_h ON ic_key (h, pk)"
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS ic_meta (key TEXT PRIMARY KEY, value)",
@@ -38,6 +45,7 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS ic_key (h INTEGER NOT NULL, pk INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS ic_name (name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS ic_stale (pk INTEGER PRIMARY KEY)",
+    "CREATE TABLE IF NOT EXISTS ic_system (stream TEXT PRIMARY KEY, roles BLOB NOT NULL)",
     "INSERT OR IGNORE INTO ic_meta (key, value) VALUES ('writer', 0)",
     "INSERT OR IGNORE INTO ic_meta (key, value) VALUES ('bulk', 0)",
 ]
@@ -47,8 +55,8 @@ class IdentityCandidates(SQLiteReadModel):
     name = NAME
     meta_table = "ic_meta"  # its 'writer' row: the write lock
     schema = SCHEMA
-    types = ("Patient",)
-    tables = ("ic_patient", "ic_key", "ic_name", "ic_stale")
+    types = ("Patient", "NamingSystem")
+    tables = ("ic_patient", "ic_key", "ic_name", "ic_stale", "ic_system")
 
     def opened(self, c: Any) -> None:
         c.execute("SELECT value FROM ic_meta WHERE key='bulk'")
@@ -57,6 +65,7 @@ class IdentityCandidates(SQLiteReadModel):
             c.execute(_KEY_INDEX)
         self.caps = blocking.caps()
         self.alerts = blocking.ALERTS
+        self.roles = _load_roles(c)
 
     @property
     def bulk(self) -> bool:
@@ -121,8 +130,45 @@ class IdentityCandidates(SQLiteReadModel):
             self._put(c, ((f["ref"], version, f) for f in features))
 
     def apply_new(self, c, notifications: list[Notification]) -> None:
+        self.roles = _load_roles(c)  # another process may have changed them
+        systems = newest(notifications, lambda n: n.originator_id.startswith(_NS_PREFIX))
+        if systems:
+            for stream, n in systems.items():
+                c.execute("DELETE FROM ic_system WHERE stream=?", (stream,))
+                declared = _declared_roles(n)
+                if declared:
+                    c.execute("INSERT INTO ic_system (stream, roles) VALUES (?,?)",
+                              (stream, orjson.dumps(declared)))
+            roles = _load_roles(c)
+            if roles != self.roles:
+                self.roles = roles
+                self._reread_identifiers(c)
         latest = newest(notifications, lambda n: n.originator_id.startswith(_PREFIX))
-        self._put(c, (_row(stream, n) for stream, n in latest.items()))
+        self._put(c, (_row(stream, n, self.roles) for stream, n in latest.items()))
+
+    def _reread_identifiers(self, c: Any, batch: int = 5000) -> None:
+        """Every indexed Patient's unique and read identifiers again under ``self.roles``; those
+        that change are written anew (keys included)."""
+        last = 0
+        while True:
+            c.execute("SELECT pk, ref, version, f FROM ic_patient WHERE pk > ? ORDER BY pk LIMIT ?",
+                      (last, batch))
+            rows = c.fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            changed = []
+            for _, ref, version, raw in rows:
+                f = orjson.loads(raw)
+                if "x" not in f:
+                    continue  # indexed before identifiers were kept: a rebuild reads them
+                uid, oid = identifiers.split(f["x"], self.roles)
+                if uid != f.get("uid") or oid != f.get("oid"):
+                    f = {k: v for k, v in f.items() if k != "k"}
+                    f["uid"], f["oid"] = uid, oid
+                    changed.append((ref, version, f))
+            if changed:
+                self._put(c, changed)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -212,7 +258,26 @@ class IdentityCandidates(SQLiteReadModel):
         return {**super().stats(), "blocks_over_cap": sum(self.alerts.counts.values())}
 
 
-def _row(stream: str, n: Notification) -> tuple[str, int, dict | None]:
+def _load_roles(c: Any) -> identifiers.Roles:
+    c.execute("SELECT roles FROM ic_system ORDER BY rowid")
+    overrides: dict[str, str] = {}
+    for (raw,) in c.fetchall():
+        overrides.update(orjson.loads(raw))
+    return identifiers.Roles(overrides)
+
+
+def _declared_roles(n: Notification) -> dict[str, str]:
+    if KIND_OF_TOPIC.get(n.topic) == "deleted":
+        return {}
+    try:
+        d = orjson.loads(n.state.partition(b"\n")[2])
+    except orjson.JSONDecodeError:
+        return {}
+    return identifiers.naming_system_roles(d) if isinstance(d, dict) else {}
+
+
+def _row(stream: str, n: Notification,
+         roles: identifiers.Roles = identifiers.DEFAULT) -> tuple[str, int, dict | None]:
     if KIND_OF_TOPIC.get(n.topic) == "deleted":
         return stream, n.originator_version, None
     _, _, body = n.state.partition(b"\n")
@@ -223,4 +288,4 @@ def _row(stream: str, n: Notification) -> tuple[str, int, dict | None]:
     if not isinstance(d, dict):
         return stream, n.originator_version, None
     d.setdefault("id", stream[len(_PREFIX):])
-    return stream, n.originator_version, patient_features(d)
+    return stream, n.originator_version, patient_features(d, roles)

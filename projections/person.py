@@ -93,9 +93,12 @@ class PersonProjection(SQLiteReadModel):
                   "version = version + 1, updated = excluded.updated", (person, at, at))
 
     def _mark_manual(self, c: Any, persons: list[str]) -> None:
+        # a user merging (or unmerging) persons has decided about every Patient they hold: each
+        # link is now a user's, the highest assurance
         for p in persons:
             fam = self._family(c, p)
-            c.executemany("UPDATE p_patient SET manual=1 WHERE person=?", [(x,) for x in fam])
+            c.executemany("UPDATE p_patient SET manual=1, assurance='level4' WHERE person=?",
+                          [(x,) for x in fam])
 
     def _apply_one(self, c: Any, ev) -> None:
         d, at = ev.data, ev.data.get("at", "")

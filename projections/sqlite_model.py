@@ -11,7 +11,8 @@ all in one transaction. ``tables`` are what ``reset`` empties and ``stats`` coun
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,29 @@ class SQLiteReadModel:
         self.datastore = FastSQLiteDatastore(self.path, pool_size=4)
         self.tracking = SQLiteTrackingRecorder(self.datastore)
         self.tracking.create_table()
-        with self.datastore.transaction(commit=True) as c:
+        with self._immediate() as c:
             for statement in self.schema:
                 c.execute(statement)
             self.opened(c)
+
+    @contextmanager
+    def _immediate(self) -> Iterator[Any]:
+        """A write transaction that holds the file's write lock from its first statement.
+
+        The schema's statements read before they write (``CREATE … IF NOT EXISTS``, then
+        ``INSERT OR IGNORE``); in a plain (deferred) transaction that upgrade fails at once with
+        "database is locked" when another process committed meanwhile (a re-match writing this
+        file), without waiting. ``BEGIN IMMEDIATE`` waits for the writer instead (the
+        connection's busy timeout), so opening a model to read never fails beside a writer."""
+        with self.datastore.get_connection(commit=True) as conn:
+            raw = conn._sqlite_conn
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn.cursor()
+            except BaseException:
+                raw.rollback()
+                raise
+            raw.commit()
 
     def opened(self, c: Any) -> None:
         """Called once the tables exist, inside the opening transaction."""

@@ -140,3 +140,48 @@ def test_15_and_18_digit_forms_agree(first17):
     if first17[6:8] == "19":
         old = first17[:6] + first17[8:]
         assert resident_id_features(old, None, None) == (idno, "valid")
+
+
+def test_newborn_placeholder_split_into_family_and_given_and_twins():
+    for family, given in (("王", "丽之子"), ("王", "丽之大子"), ("王", "丽之小女"), ("王", "丽之一子"),
+                          ("王", "丽之二女"), ("欧阳", "丽之长子"), ("王", "丽之子二"), ("王丽", "男婴")):
+        f = features(patient(name=[{"family": family, "given": [given]}]))
+        assert f["nb"] == 1 and f["name"] is None, (family, given)
+    for text in ("王丽之大女", "王丽之小子", "王丽女婴二"):
+        assert features(patient(name=[{"text": text}]))["nb"] == 1, text
+    # a given name ending in 子 or 女 without the mark is a name
+    for family, given in (("王", "丽子"), ("李", "子君"), ("孙", "美女")):
+        f = features(patient(name=[{"family": family, "given": [given]}]))
+        assert f["nb"] == 0 and f["name"] == family + given
+
+
+def test_district_code_and_name():
+    coded = {"url": "https://example.org/any-extension",
+             "valueCoding": {"system": "https://fhir-region-hub.example/CodeSystem/gb-t-2260",
+                             "code": "440106"}}
+    assert features(patient(address=[{"extension": [coded]}]))["dist"] == "440106"
+    concept = {"url": "https://example.org/x", "valueCodeableConcept": {"coding": [
+        {"system": "https://example.org/other", "code": "999999"},
+        {"system": "https://fhir-region-hub.example/CodeSystem/gb-t-2260", "code": "440106"}]}}
+    assert features(patient(address=[{"extension": [concept]}]))["dist"] == "440106"
+    f = features(patient(address=[{"district": "天河區", "postalCode": "510630"}]))
+    assert f["dist"] is None and f["dn"] == "天河区"  # a postal code is not a division code
+    f = features(patient(address=[{"district": "440106"}]))
+    assert f["dist"] == "440106" and f["dn"] is None
+    f = features(patient(address=[{"use": "old", "district": "越秀区"},
+                                  {"use": "home", "district": "天河区（440106）"}]))
+    assert f["dist"] == "440106" and f["dn"] == "天河区"  # the current address first
+    assert features(patient())["dn"] is None
+
+
+def test_district_names_compare_when_codes_are_missing():
+    from hub.mpi.compare import compare
+
+    a = features(patient(address=[{"district": "天河區"}]))
+    b = features(patient(address=[{"district": "天河区 "}]))
+    c = features(patient(address=[{"district": "越秀区"}]))
+    coded = features(patient(address=[{"district": "越秀区", "extension": [
+        {"url": "https://fhir-region-hub.example/StructureDefinition/administrative-division",
+         "valueCode": "440104"}]}]))
+    assert compare(a, b)[0]["dist"] == "same" and compare(a, c)[0]["dist"] == "different"
+    assert compare(coded, features(patient(address=[{"district": "440104"}])))[0]["dist"] == "same"

@@ -60,7 +60,7 @@ def _with_mpi(routed: frozenset[str], base: str) -> dict:
         person["conditionalDelete"] = "not-supported"
         person["searchParam"] = [p for p in person["searchParam"]
                                  if p["name"] in ("identifier", "link", "patient")] + [
-            {"name": "_id", "type": "token"}]
+            {"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}]
     for name, rtype, op, definition in _MPI_TYPE_OPS:
         if name in routed and rtype in by_type:
             by_type[rtype].setdefault("operation", []).append(

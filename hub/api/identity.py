@@ -6,6 +6,9 @@ Routes (included before the generic ``/fhir/{type}…`` routes, so these answer 
 ==============================================  ===================================================
 ``GET /fhir/Person/{id}``                       the golden person (a projection; audited read)
 ``GET /fhir/Person?identifier=|link=|patient=|_id=``  search (``system|value`` or ``value``)
+``GET /fhir/Person[?_lastUpdated=…]``          every person, paged (``_count``, ``next`` links,
+                                                ``_total=accurate`` counts them): the steward's
+                                                listing of the whole index
 ``PUT/POST/DELETE/PATCH /fhir/Person[/{id}]``   405: a Person is rebuilt from identity events only
 ``POST /fhir/Person/$link``                     Parameters ``patient``, ``person`` (absent or
                                                 ``none``: a new person), ``reason``
@@ -30,6 +33,7 @@ not-duplicate pair, a merge that stands), 413 bodies over 64 KiB, 415 other cont
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -38,12 +42,14 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from hub import resource as res
+from hub.api import paging
 from hub.api.everything import AuditWriter, audited, purpose_of, user_of
 from hub.api.responses import base_url, check_content_type, check_format, fhir_response
 from hub.config import Settings
 from hub.errors import FhirError, Issue, bad_request, not_found, operation_outcome
 from hub.ingest import Hub
 from hub.mpi.everything import SharedRecord, person_view
+from hub.mpi import listing
 from hub.mpi.identity import IdentityService, patient_ref, person_id
 from hub.mpi.qr import QrError
 from hub.mpi.qr import parse as parse_qr
@@ -196,54 +202,70 @@ async def person_not_writable(request: Request, rid: str | None = None) -> Respo
 
 @router.get("/fhir/Person", name="person-search")
 async def person_search(request: Request) -> Response:
+    """Search by ``_id``, ``identifier``, ``link``, ``patient``, ``_lastUpdated``; without any of
+    them, the steward's listing of the whole index. Either way paged in person id order (keyset:
+    ``_cursor`` is the last id of the page before), ``_count`` per page."""
     check_format(request)
     identity = _identity(request)
-    allowed = {"_id", "identifier", "link", "patient", "_count", "_format", "_pretty"}
+    allowed = {"_id", "identifier", "link", "patient", "_lastUpdated", "_count", "_cursor",
+               "_total", "_format", "_pretty"}
     crit: dict[str, str] = {}
+    updated_values: list[str] = []
     for k, v in request.query_params.multi_items():
         if k not in allowed:
             raise bad_request(f"Unknown parameter {k[:40]!r} for Person; use "
                               + ", ".join(sorted(allowed)))
-        if k in crit or len(v) > 1024:
-            raise bad_request(f"{k} is given more than once or is too long")
+        if len(v) > 1024:
+            raise bad_request(f"{k} is too long")
+        if k == "_lastUpdated":  # repeated: a range (ge… and lt…)
+            updated_values.append(v)
+            continue
+        if k in crit:
+            raise bad_request(f"{k} is given more than once")
         crit[k] = v
     count = crit.get("_count", "50")
     if not count.isdigit() or not 0 <= int(count) <= 1000:
         raise bad_request("_count must be a whole number from 0 to 1000")
+    after = crit.get("_cursor", "")
+    if after and not _PERSON_CURSOR.match(after):
+        raise bad_request("_cursor is not one this server gave")
+    try:
+        updated = listing.updated_bounds(updated_values)
+    except ValueError as e:
+        raise bad_request(f"_lastUpdated: {e}") from None
+    if crit.get("_total", "none") not in ("none", "estimate", "accurate"):
+        raise bad_request("_total must be none, estimate or accurate")
     base = _base(request)
+    limit = int(count)
 
     def answer(_purpose) -> dict:
         identity.sync()
-        sets: list[set[str]] = []
         P = identity.person
-        with P.read() as c:
-            if "_id" in crit:
-                ids = {x.strip() for x in crit["_id"].split(",")}
-                sets.append({x for x in ids if P.person_row(c, x)})
-            for key in ("link", "patient"):
-                if key in crit:
-                    refs = [patient_ref(x.strip().removeprefix(base + "/"), key)
-                            for x in crit[key].split(",")]
-                    sets.append({p for p in (P.person_of(c, r) for r in refs) if p})
-            if "identifier" in crit:
-                found: set[str] = set()
-                for one in crit["identifier"].split(","):
-                    system, value = _token(one)
-                    for rid in identity.store.find_by_identifier("Patient", system, value):
-                        p = P.person_of(c, f"Patient/{rid}")
-                        if p:
-                            found.add(p)
-                sets.append(found)
-        if not sets:
-            raise bad_request("Search Person by _id, identifier, link or patient")
-        matched = sorted(set.intersection(*sets))
+        sets = _criteria_sets(identity, crit, base)
+        if sets is None:  # the whole index, page by page
+            page = listing.person_ids(P, after, limit + 1, updated)
+            # counting a whole region costs a scan: only when asked for
+            total = listing.count_persons(P, updated) if crit.get("_total") == "accurate" else None
+        else:
+            with P.read() as c:
+                matched = sorted(p for p in set.intersection(*sets)
+                                 if not updated or listing.within(
+                                     listing.person_updated(P, c, p), updated))
+            total = len(matched)
+            page = [p for p in matched if p > after][:limit + 1]
+        more, page = len(page) > limit, page[:limit]
         entries = [{"fullUrl": f"{base}/Person/{pid}",
                     "resource": person_view(identity, identity.store, pid),
-                    "search": {"mode": "match"}} for pid in matched[:int(count)]]
+                    "search": {"mode": "match"}} for pid in page]
+        params = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
         out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
-                               "total": len(matched),
                                "link": [{"relation": "self",
                                          "url": f"{base}/Person?{request.url.query}"}]}
+        if total is not None:
+            out["total"] = total
+        if more and page:
+            out["link"].append({"relation": "next", "url": paging.link(
+                f"{base}/Person", params, _cursor=page[-1])})
         if entries:
             out["entry"] = entries
         return out
@@ -255,9 +277,39 @@ async def person_search(request: Request) -> Response:
                     if x["target"]["reference"].startswith("Patient/")]
         return persons, patients
 
-    # a search answers with persons' demographics and links: a read of their records, audited
+    # a search or listing answers with persons' demographics and links: a read of their
+    # records, audited like any other (access control attaches here, before ``answer`` runs)
     out = await audited(request, "person-search", answer, scope, (None, []))
     return fhir_response(out, request=request)
+
+
+_PERSON_CURSOR = re.compile(r"^[A-Za-z0-9.\-]{1,64}$")
+
+
+def _criteria_sets(identity: IdentityService, crit: dict[str, str],
+                   base: str) -> list[set[str]] | None:
+    """The persons each search criterion allows, or None when none is given (a listing)."""
+    sets: list[set[str]] = []
+    P = identity.person
+    with P.read() as c:
+        if "_id" in crit:
+            ids = {x.strip() for x in crit["_id"].split(",")}
+            sets.append({x for x in ids if P.person_row(c, x)})
+        for key in ("link", "patient"):
+            if key in crit:
+                refs = [patient_ref(x.strip().removeprefix(base + "/"), key)
+                        for x in crit[key].split(",")]
+                sets.append({p for p in (P.person_of(c, r) for r in refs) if p})
+        if "identifier" in crit:
+            found: set[str] = set()
+            for one in crit["identifier"].split(","):
+                system, value = _token(one)
+                for rid in identity.store.find_by_identifier("Patient", system, value):
+                    p = P.person_of(c, f"Patient/{rid}")
+                    if p:
+                        found.add(p)
+            sets.append(found)
+    return sets or None
 
 
 def _token(one: str) -> tuple[str | None, str]:

@@ -155,10 +155,11 @@ async def patient_match(request: Request) -> Response:
     if index is None or runner is None or matcher is None:
         raise FhirError(503, "transient", "The master patient index is not running")
     hub = request.app.state.hub
-    f = features({**patient, "id": "$match"})  # the query is no indexed Patient
 
     def answer() -> list[tuple[Any, Any]]:
         sync(index, runner)
+        # the query is no indexed Patient; read with the identifier systems the index knows
+        f = features({**patient, "id": "$match"}, index.roles)
         ranked = matcher.match(f)
         if only_certain:
             ranked = [c for c in ranked if c.grade == "certain"]

@@ -17,18 +17,23 @@ birth     exact | swapped (day and month) | lunar (one is the other's date in th
           off) | typo (one digit mistyped or two transposed) | year (same year only) | different
 sex       same | different
 phone     same (any number in common) | different
-dist      same (district code) | different
+dist      same (district code; without codes on both sides, the district name) | different
+hc        exact | different (health card)
 addr      exact (address lines) | similar (the same numbers, Jaro-Winkler >= 0.9: a typo in a
           name) | different
 pc        same (postal code) | different
-hc        exact | different (health card)
 ========  ==================================================================================
 
 A resident ID number whose birth date the record contradicts only as a mistyped or lunar birth date
-does (``near_birth``) is still compared: the number is right, the date beside it is not.
+does (``NEAR_BIRTH``) is still compared: the number is right, the date beside it is not.
+
+An identifier of a system configured ``unique`` (``hub.mpi.identifiers``) weighs as the ID number
+does when the numbers are not both there: a shared value is ``id`` ``exact``, none shared in a system
+both carry is ``different``.
 
 Vetoes (never linked, whatever the score): ``id_conflict`` (two different valid, consistent resident
-ID numbers) and ``sex_conflict``.
+ID numbers), ``identifier_conflict`` (no value in common in a unique system both carry) and
+``sex_conflict``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import Any
 
 from rapidfuzz.distance import OSA, JaroWinkler
 
+from hub.mpi.identifiers import compare_unique
 from terminology import resident_id
 
 FIELDS = ("id", "name", "birth", "sex", "phone", "dist", "hc", "addr", "pc")
@@ -212,6 +218,12 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, str], list[
         levels["id"] = lv
         if lv == "different" and id_status(a) == id_status(b) == "valid":
             vetoes.append("id_conflict")
+    # identifiers of systems configured unique (hub.mpi.identifiers): hard identifiers too
+    agree, conflict = compare_unique(a, b)
+    if conflict:
+        vetoes.append("identifier_conflict")
+    if "id" not in levels and (agree or conflict):
+        levels["id"] = "exact" if agree and not conflict else "different"
     lv = compare_name(a, b)
     if lv is not None:
         levels["name"] = lv
@@ -227,6 +239,8 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, str], list[
         levels["phone"] = "same" if set(a["ph"]) & set(b["ph"]) else "different"
     if a.get("dist") and b.get("dist"):
         levels["dist"] = "same" if a["dist"] == b["dist"] else "different"
+    elif a.get("dn") and b.get("dn"):  # no codes on both sides: the district names written
+        levels["dist"] = "same" if a["dn"] == b["dn"] else "different"
     if a.get("hc") and b.get("hc"):
         levels["hc"] = "exact" if a["hc"] == b["hc"] else "different"
     x, y = a.get("addr"), b.get("addr")

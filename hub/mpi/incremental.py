@@ -66,7 +66,7 @@ def _decision(matcher: Matcher, f: dict, blocked: Blocked | None,
 
 class IncrementalMatcher:
     name = NAME
-    types = ("Patient",)
+    types = IdentityCandidates.types  # the index it brings up follows NamingSystems too
 
     def __init__(self, index: IdentityCandidates, matcher: Matcher, decide: Decide,
                  blocked: Blocked | None = None, decide_many: DecideMany | None = None):

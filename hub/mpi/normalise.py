@@ -8,13 +8,24 @@ id    the resident ID number, 18 characters (15-digit numbers upgraded), or None
 ids   its status: ``valid`` | ``invalid`` (check character wrong: a typo) | ``inconsistent``
       (valid, but its sex or birth date contradicts the record: someone else's number, e.g. a
       newborn's parent) | ``placeholder`` | ``malformed`` | None (absent)
-hc    health card number; ``oid``: other institution-independent identifiers ``system|value``
+hc    health card number
+x     identifiers of every other system, ``system|value`` (value NFKC, trimmed, upper-cased;
+      at most 8): kept so a change of configuration re-reads them without the Patient
+oid   those the index reads (``hub.mpi.identifiers``: systems configured ``unique`` or
+      ``identifying``): blocking keys; ``uid``: the ``unique`` ones, hard identifiers
 name  full name: trimmed, NFKC, traditional folded to simplified, minority separators removed
 fam   surname (simplified); ``py``: pinyin of the full name with the surname's own reading, no
       spaces; ``pyf``: pinyin of the surname
-nb    1 when the name is a newborn's placeholder ("<parent>之子/之女"): the name is left out
+nb    1 when the name is a newborn's placeholder ("<parent>之子/之女", twins "<parent>之大子",
+      "之小女", "之一子", "之二女", "男婴", ... whether written as text or split into family and
+      given): the name is left out
 sex   ``male`` | ``female`` | None; ``bd``: birth date ``YYYY-MM-DD`` or None
-ph    phone numbers, digits only, +86/0086 stripped; ``dist``: GB/T 2260 district code
+ph    phone numbers, digits only, +86/0086 stripped
+dist  GB/T 2260 district code: the hub's administrative-division extension (``valueCode``), an
+      address extension coded in GB/T 2260 (``valueCoding`` / ``valueCodeableConcept``), or a
+      six-digit code written in ``address.district`` or ``address.text``
+dn    the district's name as written in ``address.district`` (simplified, no spaces; a code there
+      is ``dist``, not a name), or None
 addr  the home address's lines (else its text), folded like names, at most 100 characters;
       ``pc``: its postal code
 ====  =====================================================================================
@@ -29,26 +40,30 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from hub.mpi import identifiers
 from terminology import resident_id
 
 DATA = Path(__file__).with_name("data")
 RESIDENT_ID = "urn:oid:2.16.156.10011.1.3"
 HEALTH_CARD = "urn:oid:2.16.156.10011.1.19"
 DIVISION_EXTENSION = "https://fhir-region-hub.example/StructureDefinition/administrative-division"
+DIVISION_SYSTEMS = ("https://fhir-region-hub.example/CodeSystem/gb-t-2260",)  # GB/T 2260 (terminology/data)
 MAX_TEXT = 200  # longer names, numbers or addresses are cut (hostile input stays cheap)
 
 # separators inside minority names (维吾尔族, 藏族 ...) and the stray spaces of Latin input
 _SEPARATORS = re.compile(r"[·•.．・‧∙⋅\s\-_]+")
-_NEWBORN_MARK = re.compile(r"之(子|女)$|(男婴|女婴|婴儿)$")
+# "<parent>之子", twins and further siblings "<parent>之大子/之小女/之一子/之二女/之长子/之次女",
+# "<parent>之子一", and "<parent>男婴/女婴/婴儿" with a birth order after it
+_ORDER = "大小长次一二三四五六1-9"
+_NEWBORN_MARK = re.compile(rf"之[{_ORDER}]?[子女][{_ORDER}]?$|(男婴|女婴|婴儿)[{_ORDER}]?$")
 _DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
 _DISTRICT = re.compile(r"^\d{6}$")
 
 
 @lru_cache(maxsize=1)
-def _tables() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+def _tables() -> tuple[dict[str, str], dict[str, str]]:
     surnames = json.loads((DATA / "surnames.json").read_text(encoding="utf-8"))
-    blocking = json.loads((DATA / "blocking.json").read_text(encoding="utf-8"))
-    return surnames["compound"], surnames["single"], blocking["institution_independent_systems"]
+    return surnames["compound"], surnames["single"]
 
 
 @lru_cache(maxsize=1)
@@ -81,7 +96,7 @@ def _syllables(text: str) -> tuple[str, ...]:
 def split_surname(name: str) -> tuple[str, str]:
     """(surname, given name) of a full name without separators: a compound surname when one starts
     it, else the first character."""
-    compound, _, _ = _tables()
+    compound, _ = _tables()
     if len(name) > 2 and name[:2] in compound:
         return name[:2], name[2:]
     return name[:1], name[1:]
@@ -89,7 +104,7 @@ def split_surname(name: str) -> tuple[str, str]:
 
 def surname_pinyin(family: str) -> str:
     """Pinyin of a surname with the readings surnames take (单 shan, 曾 zeng, 解 xie, 区 ou ...)."""
-    compound, single, _ = _tables()
+    compound, single = _tables()
     if family in compound:
         return compound[family].replace(" ", "")
     if len(family) == 1 and family in single:
@@ -165,17 +180,17 @@ def _name_parts(patient: dict) -> tuple[str, str, bool]:
     text = n.get("text") if isinstance(n.get("text"), str) else ""
     family, given = clean_name(family), clean_name(given)
     if not family and not given and text:
-        text = clean_name(text)
-        if _NEWBORN_MARK.search(text):
-            return "", "", True
-        family, given = split_surname(text)
+        family, given = split_surname(clean_name(text))
     elif not family and given and not given.isascii():  # a Latin given name alone is no surname
         family, given = split_surname(given)
+    if _NEWBORN_MARK.search(family + given):  # the mark may sit in the given name: 王 + 丽之子
+        return "", "", True
     return family, given, False
 
 
-def features(patient: dict) -> dict[str, Any]:
-    """The matching features of a Patient dict (never raises on odd input: odd parts are left out)."""
+def features(patient: dict, roles: identifiers.Roles = identifiers.DEFAULT) -> dict[str, Any]:
+    """The matching features of a Patient dict (never raises on odd input: odd parts are left out);
+    ``roles``: what each identifier system is (the shipped table unless the hub configured more)."""
     f: dict[str, Any] = {"ref": f"Patient/{patient.get('id')}"}
     sex = patient.get("gender")
     f["sex"] = sex if sex in ("male", "female") else None
@@ -183,8 +198,7 @@ def features(patient: dict) -> dict[str, Any]:
     m = _DATE.match(bd) if isinstance(bd, str) else None
     f["bd"] = m.group(0) if m else None
     f["id"] = f["ids"] = f["hc"] = None
-    others = []
-    _, _, systems = _tables()
+    others: list[str] = []
     for ident in _items(patient.get("identifier")):
         if not isinstance(ident, dict):
             continue
@@ -197,9 +211,12 @@ def features(patient: dict) -> dict[str, Any]:
                 f["id"], f["ids"] = idno, status
         elif system == HEALTH_CARD:
             f["hc"] = unicodedata.normalize("NFKC", value[:MAX_TEXT]).strip().upper() or None
-        elif system in systems:
-            others.append(f"{system}|{value.strip()[:MAX_TEXT]}")
-    f["oid"] = sorted(others)
+        elif len(others) < identifiers.MAX_OTHER and not identifiers.builtin(system):
+            v = identifiers.value_key(value)
+            if v:
+                others.append(f"{system[:MAX_TEXT]}|{v}")
+    f["x"] = sorted(set(others))
+    f["uid"], f["oid"] = identifiers.split(f["x"], roles)
     family, given, newborn = _name_parts(patient)
     f["nb"] = 1 if newborn else 0
     f["fam"] = family or None
@@ -214,6 +231,7 @@ def features(patient: dict) -> dict[str, Any]:
                 phones.add(p)
     f["ph"] = sorted(phones)[:5]
     f["dist"] = _district(patient)
+    f["dn"] = _district_name(patient)
     f["addr"], f["pc"] = _address(patient)
     return f
 
@@ -232,19 +250,52 @@ def _address(patient: dict) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _division_code(e: dict) -> str | None:
+    """The GB/T 2260 code an address extension carries, or None."""
+    if e.get("url") == DIVISION_EXTENSION:
+        code = e.get("valueCode")
+        return code if isinstance(code, str) and _DISTRICT.match(code) else None
+    codings = []
+    if isinstance(e.get("valueCoding"), dict):
+        codings.append(e["valueCoding"])
+    if isinstance(e.get("valueCodeableConcept"), dict):
+        codings += _items(e["valueCodeableConcept"].get("coding"))
+    for c in codings:
+        if isinstance(c, dict) and c.get("system") in DIVISION_SYSTEMS:
+            code = c.get("code")
+            if isinstance(code, str) and _DISTRICT.match(code):
+                return code
+    return None
+
+
+def _addresses(patient: dict) -> list[dict]:
+    """Addresses, current ones first (an old address says less about where the person is)."""
+    addresses = [a for a in _items(patient.get("address")) if isinstance(a, dict)]
+    return sorted(addresses, key=lambda a: a.get("use") == "old")
+
+
 def _district(patient: dict) -> str | None:
-    for a in _items(patient.get("address")):
-        if not isinstance(a, dict):
-            continue
+    for a in _addresses(patient):
         for e in _items(a.get("extension")):
-            if isinstance(e, dict) and e.get("url") == DIVISION_EXTENSION:
-                code = e.get("valueCode")
-                if isinstance(code, str) and _DISTRICT.match(code):
+            if isinstance(e, dict):
+                code = _division_code(e)
+                if code:
                     return code
-        for key in ("postalCode", "district", "text"):  # a division code written into the address
+        # a division code written into the address (a postal code is six digits too: not read)
+        for key in ("district", "text"):
             v = a.get(key)
             if isinstance(v, str):
                 m = re.search(r"(?<!\d)([1-8]\d{5})(?!\d)", v[:MAX_TEXT])
-                if m and key != "postalCode":
+                if m:
                     return m.group(1)
+    return None
+
+
+def _district_name(patient: dict) -> str | None:
+    for a in _addresses(patient):
+        v = a.get("district")
+        if isinstance(v, str):
+            name = clean_name(re.sub(r"[\d()（）]+", "", v))
+            if name:
+                return name
     return None
