@@ -46,6 +46,8 @@ SCHEMA = [
     "updated TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS p_patient_person ON p_patient (person)",
     "CREATE TABLE IF NOT EXISTS p_block (a TEXT NOT NULL, b TEXT NOT NULL, PRIMARY KEY (a, b))",
+    # a cluster's not-duplicate marks are read from either side of the pair
+    "CREATE INDEX IF NOT EXISTS p_block_b ON p_block (b)",
     "CREATE TABLE IF NOT EXISTS p_review (id TEXT PRIMARY KEY, patient TEXT NOT NULL, "
     "candidates TEXT NOT NULL, score REAL, evidence TEXT, ruleset TEXT, status TEXT NOT NULL, "
     "opened TEXT NOT NULL, closed TEXT, outcome TEXT, decided_by TEXT, seq INTEGER NOT NULL)",
@@ -234,6 +236,18 @@ class PersonProjection(SQLiteReadModel):
     def blocked(self, c: Any, a: str, b: str) -> bool:
         c.execute("SELECT 1 FROM p_block WHERE a=? AND b=?", pair(a, b))
         return c.fetchone() is not None
+
+    def blocked_across(self, c: Any, xs: Sequence[str], ys: Sequence[str]) -> tuple[str, str] | None:
+        """A not-duplicate pair with one Patient in ``xs`` and the other in ``ys``, or None; one
+        indexed read per Patient of the smaller side."""
+        small, other = (xs, set(ys)) if len(xs) <= len(ys) else (ys, set(xs))
+        for x in small:
+            c.execute("SELECT a, b FROM p_block WHERE a=? UNION ALL "
+                      "SELECT b, a FROM p_block WHERE b=?", (x, x))
+            for mine, theirs in c.fetchall():
+                if theirs in other:
+                    return mine, theirs
+        return None
 
     def blocked_pairs(self) -> set[frozenset[str]]:
         with self.read() as c:

@@ -20,6 +20,7 @@ Rules:
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import uuid
@@ -28,6 +29,7 @@ from typing import Any
 
 from hub.errors import FhirError, bad_request, conflict, not_found
 from hub.ingest import now_instant
+from hub.mpi import conflicts
 from hub.mpi.events import MATCHER, USER, IdentityEvent, to_stored
 from hub.store import ConflictError, ResourceStore
 from projections.person import PersonProjection
@@ -42,8 +44,17 @@ BATCH_DECISIONS, BATCH_EVENTS = 1000, 5000  # auto_decide_many: one append at mo
 MAX_TEXT = 512
 
 
-def new_person_id() -> str:
-    return uuid.uuid4().hex
+def own_person_id(person: Any, c: Any, patient: str) -> str:
+    """The id of a new person founded for ``patient``: derived from the Patient, so the same
+    decisions give the same ids in any order (a cluster's id is the least of its Patients' own
+    ids, see ``_join``); a suffix when a person of that id exists already (the Patient founded one
+    before and left it)."""
+    n = 0
+    while True:
+        pid = hashlib.sha256(f"{patient}#{n}".encode() if n else patient.encode()).hexdigest()[:32]
+        if person.person_row(c, pid) is None:
+            return pid
+        n += 1
 
 
 def patient_ref(value: Any, what: str = "patient") -> str:
@@ -133,10 +144,30 @@ class IdentityService:
         if missing:
             raise not_found(f"{missing[0]} is not known (or was deleted)")
 
-    def _own_person(self, patient: str, base: dict, assurance: str) -> IdentityEvent:
-        return IdentityEvent("Linked", {**base, "patient": patient, "person": new_person_id(),
+    def _own_person(self, c: Any, patient: str, base: dict, assurance: str) -> IdentityEvent:
+        return IdentityEvent("Linked", {**base, "patient": patient,
+                                        "person": own_person_id(self.person, c, patient),
                                         "previous": None, "created": True,
                                         "assurance": assurance})
+
+    def _keys(self, refs: Iterable[str], cache: dict[str, conflicts.Keys]
+              ) -> list[tuple[str, conflicts.Keys]]:
+        """(ref, hard keys) of the Patients, read from their current versions (``cache`` keeps
+        them for one plan: a batch reads each Patient once)."""
+        refs = list(refs)
+        missing = [r.split("/", 1)[1] for r in refs if r not in cache]
+        if missing:
+            found = self.store.latest_many("Patient", missing)
+            for rid in missing:
+                hit = found.get(rid)
+                cache[f"Patient/{rid}"] = conflicts.keys_of_stored(hit[1]) if hit else \
+                    conflicts.NONE
+        return [(r, cache[r]) for r in refs]
+
+    def _cluster_conflict(self, c: Any, xs: list[str], ys: list[str],
+                          cache: dict[str, conflicts.Keys]) -> str | None:
+        """Why the Patients ``xs`` and ``ys`` cannot be one person (hard keys), or None."""
+        return conflicts.conflict(self._keys(xs, cache), self._keys(ys, cache))
 
     # -- the matcher's interface ------------------------------------------------------------------
 
@@ -236,13 +267,14 @@ class IdentityService:
         """Plan the decisions of ``todo`` in order against one snapshot of the person projection
         until the batch is full: (stream version planned against, decisions planned, events).
 
-        Each decision's events are applied to the snapshot before the next one is planned
-        (inside a savepoint rolled back at the end: the rows are written for real when the
-        committed events are synced), so every decision sees those before it, as one
-        ``auto_decide`` call each would. The savepoint starts with a write: the projection's
-        write lock is held while planning, so the snapshot cannot go stale under it."""
+        Each decision's events are applied to the snapshot as they are planned (inside a
+        savepoint rolled back at the end: the rows are written for real when the committed events
+        are synced), so every decision sees those before it, as one ``auto_decide`` call each
+        would. The savepoint starts with a write: the projection's write lock is held while
+        planning, so the snapshot cannot go stale under it."""
         P = self.person
         events: list[IdentityEvent] = []
+        keys: dict[str, conflicts.Keys] = {}
         n = 0
         with P.datastore.transaction(commit=True) as c:
             c.execute("SAVEPOINT plan")
@@ -252,74 +284,139 @@ class IdentityService:
                 for p, decision, cands, extra in todo:
                     if n >= BATCH_DECISIONS or len(events) >= BATCH_EVENTS:
                         break
-                    evs = self._plan_auto(c, p, decision, cands, extra)
+                    events += self._plan_auto(c, p, decision, cands, extra, keys)
                     n += 1
-                    for ev in evs:
-                        P._apply_one(c, ev)
-                    events += evs
             finally:
                 c.execute("ROLLBACK TO plan")
                 c.execute("RELEASE plan")
         return version, n, events
 
-    def _plan_auto(self, c, p: str, decision: str, cands: list[str],
-                   extra: dict) -> list[IdentityEvent]:
-        """The events of the matcher's decision about ``p`` against the snapshot ``c``."""
+    def _plan_auto(self, c, p: str, decision: str, cands: list[str], extra: dict,
+                   keys: dict[str, conflicts.Keys]) -> list[IdentityEvent]:
+        """The events of the matcher's decision about ``p`` against the snapshot ``c``, each
+        applied to it as planned."""
         P = self.person
+        out: list[IdentityEvent] = []
+
+        def emit(*evs: IdentityEvent) -> None:
+            for ev in evs:
+                P._apply_one(c, ev)
+            out.extend(evs)
+
         if not cands:
             decision = "new"
         base = self._base(MATCHER, MATCHER, **extra)
         link = P.link_of(c, p)
         if link is not None and link["manual"]:
             return []  # a user decided: the matcher does not override
-        current = P.person_of(c, p) if link else None
-        held = current is not None and P.has_manual(c, current)
-        kind = decision
         alive = [x for x in cands if not P.blocked(c, p, x)]
-        if kind in ("link", "review") and not alive:
-            kind = "new"
-        if kind == "link":
-            target_patient = alive[0] if decision == "link" else None
-            if target_patient != cands[0]:
-                kind = "new"  # the first candidate is blocked: no link to someone else
-        events: list[IdentityEvent] = []
-        if kind == "link":
-            c0 = cands[0]
-            target = P.person_of(c, c0)
-            if target is not None and any(P.blocked(c, p, q) for q in P.patients(c, target)):
-                kind = "new"
-            elif target is not None and target == current:
-                return []  # already together
-            elif held:
-                return []  # never move a Patient out of a person a user decided about
+        if decision in ("link", "review") and not alive:
+            decision = "new"
+        if decision == "link" and alive[0] != cands[0]:
+            decision = "new"  # the first candidate is blocked: no link to someone else
+        if decision == "link":
+            # linking is clustering: p's cluster and each certain candidate's become one
+            outcomes = [self._join(c, p, x, base, keys, emit) for x in cands]
+            vetoed = [x for x, o in zip(cands, outcomes) if o == "veto"]
+            if any(o in ("joined", "together") for o in outcomes):
+                emit(*self._supersede(c, p, base, "superseded"))
+            if vetoed:
+                # certain by the pair, impossible by the clusters: a steward decides
+                if P.link_of(c, p) is None:
+                    emit(self._own_person(c, p, base, ASSURANCE_REVIEW))
+                if not any(sorted(r["candidates"]) == sorted(vetoed)
+                           for r in P.open_reviews(c, p)):
+                    emit(IdentityEvent("ReviewOpened", {
+                        **base, "review": uuid.uuid4().hex, "patient": p, "candidates": vetoed,
+                        "reason": "the clusters carry conflicting identifiers or sexes"}))
+            if all(o == "blocked" for o in outcomes):
+                decision = "new"
             else:
-                if target is None:
-                    founder = self._own_person(c0, base, ASSURANCE_MATCH)
-                    events.append(founder)
-                    target = founder.data["person"]
-                events.append(IdentityEvent("Linked", {
-                    **base, "patient": p, "person": target,
-                    "previous": link["person"] if link else None, "created": False,
-                    "assurance": ASSURANCE_MATCH, "candidates": cands}))
-                events += self._supersede(c, p, base, "superseded")
-                return events
-        if kind == "review":
+                if P.link_of(c, p) is None:  # nothing joined (a held cluster): its own person
+                    emit(self._own_person(c, p, base, ASSURANCE_MATCH))
+                return out
+        if decision == "review":
             if link is None:
-                events.append(self._own_person(p, base, ASSURANCE_REVIEW))
+                emit(self._own_person(c, p, base, ASSURANCE_REVIEW))
             for r in P.open_reviews(c, p):
                 if sorted(r["candidates"]) == sorted(alive):
-                    return events  # already waiting for a steward
-            events.append(IdentityEvent("ReviewOpened", {
+                    return out  # already waiting for a steward
+            emit(IdentityEvent("ReviewOpened", {
                 **base, "review": uuid.uuid4().hex, "patient": p, "candidates": alive}))
-            return events
+            return out
         # new: its own person
+        link = P.link_of(c, p)
         if link is None:
-            return [self._own_person(p, base, ASSURANCE_MATCH)]
-        if held or len(P.patients(c, current)) <= 1:
-            return []
-        return [IdentityEvent("Unlinked", {**base, "patient": p, "person": link["person"],
-                                           "new_person": new_person_id(),
-                                           "assurance": ASSURANCE_MATCH})]
+            emit(self._own_person(c, p, base, ASSURANCE_MATCH))
+            return out
+        current = P.person_of(c, p)
+        if P.has_manual(c, current) or len(P.patients(c, current)) <= 1:
+            return out  # never move a Patient out of a person a user decided about
+        emit(IdentityEvent("Unlinked", {**base, "patient": p, "person": link["person"],
+                                        "new_person": own_person_id(P, c, p),
+                                        "assurance": ASSURANCE_MATCH}))
+        return out
+
+    def _join(self, c: Any, p: str, x: str, base: dict, keys: dict[str, conflicts.Keys],
+              emit: Callable[..., None]) -> str:
+        """Join the cluster of ``p`` with that of candidate ``x`` (the matcher's link): every
+        Patient of both ends in one person. Returns ``joined``, ``together`` (already),
+        ``blocked`` (a not-duplicate pair across them), ``held`` (a user's decision stands in
+        the way) or ``veto`` (the union would hold conflicting hard keys).
+
+        The survivor is the person with the least id; since a person founded by the matcher
+        takes its id from its Patient (``own_person_id``), a cluster's id is the least own id
+        of its Patients whatever the order of the decisions that formed it. A join is a
+        ``Merged`` event by the matcher (the loser points to the survivor, so its id still
+        resolves and an unmerge splits exactly what it held); a Patient without a person yet is
+        linked straight into the other cluster's person when that has the lesser id. The work is
+        proportional to the two clusters' sizes."""
+        P = self.person
+        pp, xp = P.person_of(c, p), P.person_of(c, x)
+        if pp is not None and pp == xp:
+            return "together"
+        ps = P.patients(c, pp) if pp is not None else [p]
+        xs = P.patients(c, xp) if xp is not None else [x]
+        if P.blocked_across(c, ps, xs) is not None:
+            return "blocked"
+        # the matcher adds single Patients to a person a steward shaped, never whole clusters
+        # (that could undo an unlink or unmerge)
+        if (pp is not None and len(xs) > 1 and P.has_manual(c, pp)) or \
+                (xp is not None and len(ps) > 1 and P.has_manual(c, xp)):
+            return "held"
+        if self._cluster_conflict(c, ps, xs, keys) is not None:
+            return "veto"
+        if pp is None and xp is None:  # found the one whose id survives, link the other in
+            if own_person_id(P, c, p) < own_person_id(P, c, x):
+                founder = self._own_person(c, p, base, ASSURANCE_MATCH)
+                emit(founder)
+                pp = founder.data["person"]
+            else:
+                founder = self._own_person(c, x, base, ASSURANCE_MATCH)
+                emit(founder)
+                xp = founder.data["person"]
+        if pp is None and xp is not None and xp < own_person_id(P, c, p):
+            emit(IdentityEvent("Linked", {
+                **base, "patient": p, "person": xp, "previous": None, "created": False,
+                "assurance": ASSURANCE_MATCH, "candidates": [x]}))
+            return "joined"
+        if xp is None and pp is not None and pp < own_person_id(P, c, x):
+            emit(IdentityEvent("Linked", {
+                **base, "patient": x, "person": pp, "previous": None, "created": False,
+                "assurance": ASSURANCE_MATCH, "candidates": [p]}))
+            return "joined"
+        if pp is None:
+            founder = self._own_person(c, p, base, ASSURANCE_MATCH)
+            emit(founder)
+            pp = founder.data["person"]
+        if xp is None:
+            founder = self._own_person(c, x, base, ASSURANCE_MATCH)
+            emit(founder)
+            xp = founder.data["person"]
+        survivor, loser = (pp, xp) if pp < xp else (xp, pp)
+        emit(IdentityEvent("Merged", {**base, "source": loser, "target": survivor,
+                                      "patient": p, "candidate": x}))
+        return "joined"
 
     def blocked_pairs(self) -> set[frozenset[str]]:
         """Pairs of Patient references marked "not the same person"."""
@@ -347,7 +444,7 @@ class IdentityService:
             events: list[IdentityEvent] = []
             if target_in is None:
                 events.append(IdentityEvent("Linked", {
-                    **base, "patient": p, "person": new_person_id(),
+                    **base, "patient": p, "person": own_person_id(P, c, p),
                     "previous": link["person"] if link else None, "created": True,
                     "assurance": ASSURANCE_USER}))
             else:
@@ -358,6 +455,9 @@ class IdentityService:
                 blocked = [q for q in others if P.blocked(c, p, q)]
                 if blocked:
                     raise conflict(f"{p} and {blocked[0]} are marked as not the same person")
+                why = self._cluster_conflict(c, [p], others, {})
+                if why is not None:
+                    raise conflict(f"{p} cannot join Person/{target}: {why}")
                 if link is not None and link["person"] == target and link["manual"] \
                         and link["assurance"] == ASSURANCE_USER:
                     return []  # decided so already
@@ -384,7 +484,7 @@ class IdentityService:
                 raise conflict(f"{p} is the only Patient of Person/{current}; nothing to unlink")
             base = self._base(USER, user, reason=reason)
             return [IdentityEvent("Unlinked", {**base, "patient": p, "person": link["person"],
-                                               "new_person": new_person_id(),
+                                               "new_person": own_person_id(P, c, p),
                                                "assurance": ASSURANCE_USER}),
                     *self._supersede(c, p, base, "superseded")]
 
@@ -408,10 +508,12 @@ class IdentityService:
             if t == s_in:
                 raise conflict("A person cannot be merged into itself")
             sp, tp = P.patients(c, s_in), P.patients(c, t)
-            for a in sp:
-                for b in tp:
-                    if P.blocked(c, a, b):
-                        raise conflict(f"{a} and {b} are marked as not the same person")
+            blocked = P.blocked_across(c, sp, tp)
+            if blocked is not None:
+                raise conflict(f"{blocked[0]} and {blocked[1]} are marked as not the same person")
+            why = self._cluster_conflict(c, sp, tp, {})
+            if why is not None:
+                raise conflict(f"Person/{s_in} and Person/{t} cannot be one person: {why}")
             base = self._base(USER, user, reason=reason)
             return [IdentityEvent("Merged", {**base, "source": s_in, "target": t})]
 
@@ -487,13 +589,17 @@ class IdentityService:
             base = self._base(USER, user, reason=reason)
             events: list[IdentityEvent] = []
             target = P.person_of(c, cand)
-            if target is None:
-                founder = self._own_person(cand, base, ASSURANCE_USER)
-                events.append(founder)
-                target = founder.data["person"]
-            if any(P.blocked(c, p, q) for q in P.patients(c, target)):
+            others = [q for q in P.patients(c, target) if q != p] if target else [cand]
+            if any(P.blocked(c, p, q) for q in others):
                 raise conflict(f"{p} is marked as not the same person as a Patient of "
                                f"Person/{target}")
+            why = self._cluster_conflict(c, [p], others, {})
+            if why is not None:
+                raise conflict(f"{p} cannot join the person of {cand}: {why}")
+            if target is None:
+                founder = self._own_person(c, cand, base, ASSURANCE_USER)
+                events.append(founder)
+                target = founder.data["person"]
             link = P.link_of(c, p)
             events.append(IdentityEvent("Linked", {
                 **base, "patient": p, "person": target,
