@@ -133,8 +133,12 @@ def rematch_all(index: IdentityCandidates, matcher: Matcher, decide: Decide | No
                 progress: Callable[[int], object] | None = None,
                 decide_many: DecideMany | None = None) -> dict[str, int]:
     """Match every indexed Patient again and call ``decide`` for each; counts per decision.
-    With ``decide_many``, all decisions go to it instead, as one lazy iterable (read as they are
-    made: memory stays flat)."""
+    With ``decide_many``, all decisions go to it instead, as one lazy iterable.
+
+    The decisions are handed over in a canonical order (``canonical``), not in the index's:
+    where links conflict (two people with different ID numbers both certain of a third record
+    without one), which join is refused depends on the order, and a re-match from scratch must
+    give the same persons whatever order the Patients were loaded in."""
     counts = {"link": 0, "review": 0, "new": 0}
 
     def decisions() -> Iterator[Decision]:
@@ -145,10 +149,36 @@ def rematch_all(index: IdentityCandidates, matcher: Matcher, decide: Decide | No
                 progress(1)
             yield args
 
+    ordered = canonical(decisions())
     if decide_many is not None:
-        decide_many(decisions())
+        decide_many(ordered)
     else:
         assert decide is not None
-        for args in decisions():
+        for args in ordered:
             decide(*args)
     return counts
+
+
+_RANK = {"new": 0, "link": 1, "review": 2}
+
+
+def canonical(decisions: Iterable[Decision]) -> Iterator[Decision]:
+    """The decisions sorted by a key of their own content: first every ``new`` (each Patient's own
+    person), then the links, most certain first, then the reviews; ties by Patient reference.
+    Each decision is spooled to a temporary file as it is made and read back in that order, so
+    memory holds only the sort keys (about 100 bytes a Patient), not the evidence."""
+    import tempfile
+
+    import orjson
+
+    keys: list[tuple[int, float, str, int, int]] = []
+    with tempfile.TemporaryFile() as spool:
+        for d in decisions:
+            raw = orjson.dumps(d)
+            keys.append((_RANK[d[1]], -float(d[3] or 0.0), d[0], spool.tell(), len(raw)))
+            spool.write(raw)
+        keys.sort()
+        for *_, offset, size in keys:
+            spool.seek(offset)
+            ref, kind, cands, score, evidence, ruleset = orjson.loads(spool.read(size))
+            yield ref, kind, cands, score, evidence, ruleset
