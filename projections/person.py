@@ -12,12 +12,16 @@ Tables:
   (an unmerge clears it), ``version``/``updated`` for the Person view's ``meta``;
 - ``p_patient``: each Patient's own person (before merges) with the link's assurance, whether a
   user decided about it (``manual``: the matcher leaves it alone), the deciding score and who;
-- ``p_block``: pairs of Patients a user (or a rejected review) marked "not the same person";
+- ``p_block``: pairs of Patients a user (or a rejected review) marked "not the same person"
+  (indexed from both sides: a join checks every Patient of the smaller cluster);
 - ``p_review``: the review queue for data stewards, with score, evidence and rule-set version.
 
 A person's Patients are those of the person and of every person merged into it, transitively
 (one recursive query): merges are never copied into link rows, so an unmerge restores exactly the
-Patients the merged person had, plus any linked to it meanwhile.
+Patients the merged person had, plus any linked to it meanwhile. The matcher's links are merges
+too (joins of two clusters, ``hub.mpi.identity``); the surviving person has the least id, and ids
+are hashes of Patients, so the depth of a cluster's merge tree grows with the number of times its
+least id changed, about the logarithm of its size.
 """
 
 from __future__ import annotations

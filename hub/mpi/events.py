@@ -13,6 +13,10 @@ client could forge one with a PUT. As its own kind it is invisible to every reso
 projections) without any special cases there but one skip in the search projection; projections
 that want it read it by topic (``ResourceStore.notifications_of(["Identity"])``).
 
+A link by the matcher joins two clusters: it is recorded as ``Merged`` with ``by.type`` matcher
+(the person with the lesser id is the target), preceded by the founding ``Linked`` of a Patient
+that had no person yet; a steward's ``unmerge`` splits such a join like any merge.
+
 Layout: one stream, ``Identity/mpi``; its position is the number of identity events. Every decision
 is taken against the person projection at the stream's current version and committed as the next
 version(s): eventsourcing's unique (stream, version) key turns two concurrent deciders (two API

@@ -8,9 +8,21 @@ After a commit the projection is brought up to date before the call returns (rea
 Rules:
 
 - every known Patient belongs to exactly one person (its own, if nobody else's);
+- **linking is clustering**: the matcher's link joins the Patient's cluster with each certain
+  candidate's (``_join``: a ``Merged`` event by the matcher, the person with the least id
+  surviving); a person the matcher founds takes its id from its Patient (``own_person_id``), so
+  the same decisions give the same persons, ids included, in any order as long as none is
+  refused; ``hub mpi rematch`` hands its decisions over in a canonical order
+  (``hub.mpi.incremental.canonical``), so a re-match from scratch gives the same persons
+  whatever order the Patients were loaded in;
+- **no person holds two valid numbers of a unique identifier system or two sexes**
+  (``hub.mpi.conflicts``), checked on the whole clusters, not the pair: the matcher's join is
+  refused and goes to the review queue, a steward's link, merge or accepted review is a 409
+  naming the Patients and the system;
 - **manual decisions win**: once a user decided about a Patient (link, unlink, not-duplicate, a
   review accepted or rejected, a merge or unmerge of its person), ``auto_decide`` leaves it alone;
-  the matcher never moves a Patient out of a person holding a user's decision either;
+  the matcher never moves a Patient out of a person holding a user's decision either, and joins
+  such a person only with a single Patient (a whole cluster could undo a steward's split);
 - a pair marked not-duplicate is never linked by the matcher: ``link``/``review`` become ``new``;
 - assurance of a link: ``level4`` a user decided, ``level3`` the matcher linked (or the Patient
   founded its own person), ``level2`` the Patient waits in its own person for a review.
@@ -175,9 +187,9 @@ class IdentityService:
                     score: float, evidence: dict, ruleset: str) -> list[IdentityEvent]:
         """Record the matcher's decision about ``patient_ref`` (see the module's rules).
 
-        ``link``: to the person of ``candidate_refs[0]`` (a person is created for the candidate
-        if it has none); ``review``: the pairs go on the review queue, the Patient gets its own
-        person meanwhile; ``new``: its own person. Nothing happens if a user decided about the
+        ``link``: the Patient's cluster joins that of each candidate (``_join``; a join the
+        clusters' hard keys forbid goes to the review queue instead); ``review``: the pairs go on
+        the review queue, the Patient gets its own person meanwhile; ``new``: its own person. Nothing happens if a user decided about the
         Patient; a not-duplicate pair turns ``link``/``review`` into ``new``. Re-deciding the same
         is a no-op (the matcher delivers at least once). A deleted or unknown Patient is skipped,
         deleted candidates are dropped. Malformed arguments raise ValueError. Returns the events
@@ -281,6 +293,9 @@ class IdentityService:
             try:
                 c.execute("UPDATE p_meta SET value = value WHERE key = 'writer'")  # the lock
                 version = P.stream_version(c)
+                # the hard keys of the batch's Patients in a few reads (joins and checks need them)
+                self._keys({x for p, _, cands, _ in todo[:BATCH_DECISIONS] for x in (p, *cands)},
+                           keys)
                 for p, decision, cands, extra in todo:
                     if n >= BATCH_DECISIONS or len(events) >= BATCH_EVENTS:
                         break
@@ -309,6 +324,18 @@ class IdentityService:
         link = P.link_of(c, p)
         if link is not None and link["manual"]:
             return []  # a user decided: the matcher does not override
+        if link is not None:
+            # the Patient changed (a number or sex added or corrected) and now contradicts the
+            # person the matcher put it in: out first, then decided like a new one
+            current = P.person_of(c, p)
+            mates = [q for q in P.patients(c, current) if q != p]
+            if mates and not P.has_manual(c, current) and \
+                    self._cluster_conflict(c, [p], mates, keys) is not None:
+                emit(IdentityEvent("Unlinked", {**base, "patient": p, "person": link["person"],
+                                                "new_person": own_person_id(P, c, p),
+                                                "assurance": ASSURANCE_MATCH,
+                                                "reason": "conflicting identifiers or sexes"}))
+                link = P.link_of(c, p)
         alive = [x for x in cands if not P.blocked(c, p, x)]
         if decision in ("link", "review") and not alive:
             decision = "new"
