@@ -28,7 +28,9 @@ Who decided is the ``X-Hub-User`` header (a named user is required for every dec
 takes its place once the hub has authentication), or the ``by`` parameter without the header.
 Parameter values may be ``valueReference``, ``valueString`` or ``valueId``. Errors are
 OperationOutcomes: 400 malformed, 404 unknown ids, 409 a decision that contradicts another (a
-not-duplicate pair, a merge that stands), 413 bodies over 64 KiB, 415 other content types.
+not-duplicate pair, a merge that stands) or would give a person two valid numbers of a unique
+identifier system or two sexes (the diagnostics name the Patients and the system, never the
+values), 413 bodies over 64 KiB, 415 other content types.
 """
 
 from __future__ import annotations
