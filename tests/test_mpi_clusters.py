@@ -201,3 +201,32 @@ def test_a_patient_updated_to_contradict_its_cluster_leaves_it(hub, svc):
     evs = link(svc, "z", "y")
     assert [e.event for e in evs] == ["Unlinked", "ReviewOpened"]
     assert groups(svc) == [["Patient/x", "Patient/y"], ["Patient/z"]]
+
+
+PASSPORT = "urn:example:passport"
+
+
+def test_configured_unique_systems_are_hard_keys_of_the_cluster(hub, svc):
+    from hub.mpi.identifiers import Roles
+
+    roles = Roles({PASSPORT: "unique"})
+    one = {"identifier": [{"system": PASSPORT, "value": "e1"}, {"system": PASSPORT, "value": "E2"}]}
+    two = {"identifier": [{"system": PASSPORT, "value": "E3"}]}
+    assert conflicts.keys_of(two) == conflicts.NONE  # not configured: not read
+    k1, k2 = conflicts.keys_of(one, roles), conflicts.keys_of(two, roles)
+    assert k1.ids == ((PASSPORT, "E1"), (PASSPORT, "E2"))
+    # two values on one Patient are one person's; a third value elsewhere is someone else's
+    assert conflicts.conflict([("Patient/a", k1)],
+                              [("Patient/b", conflicts.Keys(((PASSPORT, "E2"),), None))]) is None
+    assert PASSPORT in conflicts.conflict([("Patient/a", k1)], [("Patient/b", k2)])
+    # the service reads them with the roles it is given (the candidate index's, in a server)
+    ops = [Op("PUT", "Patient", x, {"resourceType": "Patient", "id": x, "identifier": [
+        {"system": PASSPORT, "value": v}]} if v else {"resourceType": "Patient", "id": x},
+        url=f"Patient/{x}") for x, v in (("pa", "E1"), ("pb", None), ("pc", "E9"))]
+    assert all(r.status in (200, 201) for r in hub.execute(ops, Context(), atomic=True))
+    svc.roles = lambda: roles
+    for x in ("pa", "pb", "pc"):
+        svc.auto_decide(f"Patient/{x}", "new", [], 0.0, {}, "t")
+    link(svc, "pb", "pa")
+    assert [e.event for e in link(svc, "pb", "pc")] == ["ReviewOpened"]
+    assert groups(svc) == [["Patient/pa", "Patient/pb"], ["Patient/pc"]]

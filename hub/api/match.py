@@ -56,6 +56,7 @@ def attach(app: FastAPI, settings: Settings, store: ResourceStore) -> None:
         # linked automatically, "review": the review queue, "new") are recorded by the identity
         # service as identity events (IdentityService.auto_decide_many: a batch of the log's
         # Patients, one commit).
+        identity.roles = lambda: index.roles  # the unique systems stored NamingSystems declare
         follower = IncrementalMatcher(index, app.state.mpi_matcher, identity.auto_decide,
                                       blocked_from_pairs(identity.blocked_pairs),
                                       decide_many=identity.auto_decide_many)

@@ -77,7 +77,7 @@ def _steward_decisions(settings: Any, store: Any) -> list:
         person.close()
 
 
-def _identity_decide(settings: Any, store: Any):
+def _identity_decide(settings: Any, store: Any, index: Any = None):
     """``(auto_decide_many, blocked_pairs, close)`` of the identity service (issue 6,
     hub.mpi.identity), or None when it is not there."""
     try:
@@ -88,6 +88,8 @@ def _identity_decide(settings: Any, store: Any):
         return None
     person = PersonProjection(settings.data_dir / "person.sqlite")
     service = IdentityService(store, person, Runner(store, person))
+    if index is not None:
+        service.roles = lambda: index.roles  # the unique systems stored NamingSystems declare
     return service.auto_decide_many, service.blocked_pairs, person.close
 
 
@@ -129,7 +131,7 @@ def cmd_mpi(args: Any, settings: Any, open_store: Any, usage_error: type[Excepti
             raise usage_error(str(e)) from None
         matcher = Matcher(index, w)
         out = open(args.out, "wb") if args.out else None
-        service = None if args.dry_run else _identity_decide(settings, store)
+        service = None if args.dry_run else _identity_decide(settings, store, index)
         if service is None and not args.dry_run:
             print("no identity service here: decisions are counted, not recorded", file=sys.stderr)
 

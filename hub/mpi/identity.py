@@ -43,6 +43,8 @@ from hub.errors import FhirError, bad_request, conflict, not_found
 from hub.ingest import now_instant
 from hub.mpi import conflicts
 from hub.mpi.events import MATCHER, USER, IdentityEvent, to_stored
+from hub.mpi.identifiers import DEFAULT as DEFAULT_ROLES
+from hub.mpi.identifiers import Roles
 from hub.store import ConflictError, ResourceStore
 from projections.person import PersonProjection
 from projections.runner import Runner
@@ -105,6 +107,9 @@ class IdentityService:
         self.runner = runner or Runner(store, person)
         self.clock = clock
         self._lock = threading.Lock()
+        # which identifier systems are unique (hard keys): the candidate index's configuration
+        # where one runs beside the service (it follows stored NamingSystems), else the shipped
+        self.roles: Callable[[], Roles] = lambda: DEFAULT_ROLES
 
     @classmethod
     def open(cls, store: ResourceStore, data_dir) -> IdentityService:
@@ -170,9 +175,10 @@ class IdentityService:
         missing = [r.split("/", 1)[1] for r in refs if r not in cache]
         if missing:
             found = self.store.latest_many("Patient", missing)
+            roles = self.roles()
             for rid in missing:
                 hit = found.get(rid)
-                cache[f"Patient/{rid}"] = conflicts.keys_of_stored(hit[1]) if hit else \
+                cache[f"Patient/{rid}"] = conflicts.keys_of_stored(hit[1], roles) if hit else \
                     conflicts.NONE
         return [(r, cache[r]) for r in refs]
 
