@@ -195,11 +195,11 @@ class IdentityService:
 
         ``link``: the Patient's cluster joins that of each candidate (``_join``; a join the
         clusters' hard keys forbid goes to the review queue instead); ``review``: the pairs go on
-        the review queue, the Patient gets its own person meanwhile; ``new``: its own person. Nothing happens if a user decided about the
-        Patient; a not-duplicate pair turns ``link``/``review`` into ``new``. Re-deciding the same
-        is a no-op (the matcher delivers at least once). A deleted or unknown Patient is skipped,
-        deleted candidates are dropped. Malformed arguments raise ValueError. Returns the events
-        recorded."""
+        the review queue, the Patient gets its own person meanwhile; ``new``: its own person.
+        Nothing happens if a user decided about the Patient; a not-duplicate pair turns
+        ``link``/``review`` into ``new``. Re-deciding the same is a no-op (the matcher delivers
+        at least once). A deleted or unknown Patient is skipped, deleted candidates are dropped.
+        Malformed arguments raise ValueError. Returns the events recorded."""
         out: list[IdentityEvent] = []
         self._auto_decide_many([(patient_ref, decision, candidate_refs, score, evidence, ruleset)],
                                out)
