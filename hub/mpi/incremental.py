@@ -166,7 +166,8 @@ def canonical(decisions: Iterable[Decision]) -> Iterator[Decision]:
     """The decisions sorted by a key of their own content: first every ``new`` (each Patient's own
     person), then the links, most certain first, then the reviews; ties by Patient reference.
     Each decision is spooled to a temporary file as it is made and read back in that order, so
-    memory holds only the sort keys (about 100 bytes a Patient), not the evidence."""
+    memory holds only the sort keys (about 230 bytes a Patient: 227 MB for a million), not the
+    evidence."""
     import tempfile
 
     import orjson
