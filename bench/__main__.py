@@ -51,7 +51,7 @@ def summary(ing: dict, http: dict, mem: dict) -> str:
 
 
 def _extract_rows(r: dict) -> list[tuple[str, str, str]]:
-    return [("Search-value extraction (issue 3), ratio to raw model_validate_json",
+    return [("Search-value extraction, ratio to raw model_validate_json",
              f"{r['median_ratio']}", ">= 2 (alone)")]
 
 
@@ -86,7 +86,7 @@ def _hl7v2_rows(r: dict) -> list[tuple[str, str, str]]:
     rows = []
     for kind, k in r["kinds"].items():
         m = k["median"]
-        rows.append((f"HL7 v2 {kind} conversion (issue 4), messages per CPU s ({k['resources_per_message']}"
+        rows.append((f"HL7 v2 {kind} conversion, messages per CPU s ({k['resources_per_message']}"
                      " resources each); ratio of resources/CPU s to validation/CPU s",
                      f"{m['cpu_convert_msgs_per_s']}; {m['cpu_ratio_resources']}", ""))
     return rows
@@ -120,7 +120,7 @@ def _cda_rows(r: dict) -> list[tuple[str, str, str]]:
 def _terminology_rows(r: dict) -> list[tuple[str, str, str]]:
     h = r["http_ms"]
     ops = [k for k in h if not k.startswith("baseline")]
-    return [(f"Terminology over HTTP (issue 7), {r['concepts']:,} concepts / {r['map_elements']:,} "
+    return [(f"Terminology over HTTP, {r['concepts']:,} concepts / {r['map_elements']:,} "
              "map elements, p50/p95 ms: " + ", ".join(ops) + "; baseline read",
              ", ".join(f"{h[k]['p50']}/{h[k]['p95']}" for k in ops) + "; "
              + "/".join(str(v) for v in next(h[k] for k in h if k.startswith("baseline")).values()
@@ -130,7 +130,7 @@ def _terminology_rows(r: dict) -> list[tuple[str, str, str]]:
 
 def _normalise_rows(r: dict) -> list[tuple[str, str, str]]:
     k = r["kinds"]
-    return [(f"Local-code normalisation (issue 7) added to HL7 v2 conversion CPU time, "
+    return [(f"Local-code normalisation added to HL7 v2 conversion CPU time, "
              f"{r['messages']:,} messages: all; ORU; ADT",
              f"+{k['all']['overhead_percent']}%; +{k['ORU']['overhead_percent']}%; "
              f"+{k['ADT']['overhead_percent']}%", "< 10%")]
@@ -139,7 +139,7 @@ def _normalise_rows(r: dict) -> list[tuple[str, str, str]]:
 def _mpi_rows(r: dict) -> list[tuple[str, str, str]]:
     from bench.mpi import summary_rows  # adds the mpi-accuracy-* and mpi-record-* results
 
-    return [(f"MPI (issue 6): {row}", val, goal) for row, val, goal in summary_rows(r)]
+    return [(f"MPI: {row}", val, goal) for row, val, goal in summary_rows(r)]
 
 
 def _mpi_foreign_rows(r: dict) -> list[tuple[str, str, str]]:
@@ -151,7 +151,7 @@ def _mpi_views_rows(r: dict) -> list[tuple[str, str, str]]:
     rows = []
     for op, goal in (("$everything", "< 200"), ("$timeline", "< 50")):
         qs = {k[len(op) + 2:]: v for k, v in r["queries_ms"].items() if k.startswith(op)}
-        rows.append((f"{op} (issue 6), a person with {r['person_resources']:,} resources in "
+        rows.append((f"{op}, a person with {r['person_resources']:,} resources in "
                      f"{r['institutions']} institutions, region of {r['resources']:,}, p50/p95 ms: "
                      + "; ".join(qs), "; ".join(f"{q['p50']}/{q['p95']}" for q in qs.values()), goal))
     return rows

@@ -1,6 +1,6 @@
 """Search-index value extraction, as a ratio to raw model_validate_json measured in the same run.
 
-Goal (issue 3): extraction costs clearly less than validation, ratio of rates >= 2. Measured on the
+Goal: extraction costs clearly less than validation, ratio of rates >= 2. Measured on the
 synthetic region's resources in their stored form (canonical JSON with meta), for every parameter of
 each resource's type: ``parse_and_extract`` includes orjson parsing of the stored bytes (what the
 projection does), ``extract`` starts from parsed dicts. Each resource's values are consumed and

@@ -1,4 +1,4 @@
-"""Shared-record views of the master patient index (issue 6): ``$everything`` and the timeline.
+"""Shared-record views of the master patient index: ``$everything`` and the timeline.
 
 A synthetic region (``hub.synth``, ``--people`` people, about 26 resources each) is the "other
 data"; one person is given 2,000 resources across 5 institutions: five Patients, one per

@@ -1,4 +1,4 @@
-"""What normalising local codes adds to HL7 v2 conversion (issue 7: goal under 10 %).
+"""What normalising local codes adds to HL7 v2 conversion (goal under 10 %).
 
 Messages come from the synthetic region (``hub.synth.hl7v2``: ADT^A01/A04/A08/A03, ORU^R01). The
 generator writes LOINC codes in OBX-3, so every OBX-3 ``code^text^LN`` is rewritten to the

@@ -1,4 +1,4 @@
-"""Search (issue 3) on generated regions: index build, disk per resource, query latency.
+"""Search on generated regions: index build, disk per resource, query latency.
 
 For each size: the region is ingested in process (not timed), then `hub projections rebuild search`
 runs as its own process (rate as a ratio to raw model_validate_json measured in this run, and its

@@ -1,4 +1,4 @@
-"""Terminology (issue 7): loading a large code system and concept map, and operation latency.
+"""Terminology: loading a large code system and concept map, and operation latency.
 
 A generated code system of 100,000 concepts in a hierarchy (ten children per concept, five levels,
 every 50th inactive) and a concept map of 100,000 elements (local code -> that code system) are

@@ -112,7 +112,7 @@ class ConnectorConfig:
         if not isinstance(sink, dict) or sink.get("type") not in ("http", "kafka"):
             raise ConfigError(f"{where}: 'sink.type' must be http or kafka")
         retry = d.get("retry") or {}
-        # -- terminology (issue 7): the section is checked by connectors.terminology --
+        # -- terminology: the section is checked by connectors.terminology --
         from connectors.terminology import TerminologyConfigError, parse_config
 
         try:

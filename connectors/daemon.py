@@ -61,7 +61,7 @@ def build_sink(cfg: dict, config: ConnectorConfig):
 class Connector:
     def __init__(self, config: ConnectorConfig, sink=None, sources=None):
         self.config = config
-        # -- terminology (issue 7): conversions normalised after mapping, before spooling --
+        # -- terminology: conversions normalised after mapping, before spooling --
         from connectors.spool import default_converter_factory
         from connectors.terminology import Terminology
 
@@ -84,7 +84,7 @@ class Connector:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.terminology.start(self.stop_event)  # issue 7: ConceptMaps from the hub, refreshed
+        self.terminology.start(self.stop_event)  # ConceptMaps from the hub, refreshed
         for src in self.sources:
             t = threading.Thread(target=self._run_source, args=(src,), name=f"source-{src.name}",
                                  daemon=True)

@@ -1,4 +1,4 @@
-"""A connector's terminology: its institution's ConceptMaps applied to every conversion (issue 7).
+"""A connector's terminology: its institution's ConceptMaps applied to every conversion.
 
 The optional ``terminology:`` section of a connector config::
 

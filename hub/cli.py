@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--all", action="store_true", help="every open entry")
     q.add_argument("--json", action="store_true", help="one JSON result per line")
 
-    # -- hub terminology: the command group (issue 7; `load` and others join it) --
+    # -- hub terminology: the command group (`load` and others join it) --
     p = sub.add_parser("terminology", parents=[common],
                        help="terminology: load code systems, value sets and maps; local "
                             "codes without a standard code, re-normalise")
@@ -122,13 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     cli_normalise.add_parsers(tsub, common)
     # -- end terminology --
 
-    # -- hub mpi train|rematch (issue 6, matching) --
+    # -- hub mpi train|rematch (matching) --
     from hub.mpi import cli as mpi_cli
 
     mpi_cli.add_parsers(sub, common)
     # -- end mpi --
 
-    # -- hub identity link|unlink|merge|unmerge|not-duplicate|review|show (issue 6, identity) --
+    # -- hub identity link|unlink|merge|unmerge|not-duplicate|review|show (identity) --
     p = sub.add_parser("identity", parents=[common],
                        help="master patient index decisions by a named user (identity events)")
     isub = p.add_subparsers(dest="identity_action", required=True)
@@ -540,7 +540,7 @@ def cmd_history(args, settings: Settings) -> int:
         raise UsageError(f"{rtype}/{rid} is not known")
     print(f"{'version':>7}  {'kind':8} {'last updated':28} {'request':32} source")
     for stored in versions:
-        if not stored.topic.startswith("hub.resource:"):  # issue 6: an identity decision
+        if not stored.topic.startswith("hub.resource:"):  # an identity decision
             d = orjson.loads(stored.state)
             by = d.get("by") or {}
             what = d.get("patient") or d.get("source") or d.get("review") or d.get("patients")
@@ -580,31 +580,31 @@ def _quality_model(settings: Settings):
     return QualityProjection(settings.data_dir / "quality.sqlite")
 
 
-def _terminology_model(settings: Settings):  # issue 7: code systems, value sets, concept maps
+def _terminology_model(settings: Settings):  # code systems, value sets, concept maps
     from projections.terminology import TerminologyProjection
 
     return TerminologyProjection(settings.data_dir / "terminology.sqlite")
 
 
-def _person_model(settings: Settings):  # issue 6: golden persons from identity events
+def _person_model(settings: Settings):  # golden persons from identity events
     from projections.person import PersonProjection
 
     return PersonProjection(settings.data_dir / "person.sqlite")
 
 
-def _timeline_model(settings: Settings):  # issue 6: each Patient's clinical events in time order
+def _timeline_model(settings: Settings):  # each Patient's clinical events in time order
     from projections.timeline import TimelineProjection
 
     return TimelineProjection(settings.data_dir / "timeline.sqlite")
 
 
-def _identity_candidates_model(settings: Settings):  # issue 6: features and blocking keys
+def _identity_candidates_model(settings: Settings):  # features and blocking keys
     from projections.identity_candidates import IdentityCandidates
 
     return IdentityCandidates(settings.data_dir / "identity-candidates.sqlite")
 
 
-def _unmapped_model(settings: Settings):  # issue 7: the unmapped local codes worklist
+def _unmapped_model(settings: Settings):  # the unmapped local codes worklist
     from projections.unmapped import UnmappedProjection
 
     return UnmappedProjection(settings.data_dir / "unmapped.sqlite")
@@ -612,9 +612,9 @@ def _unmapped_model(settings: Settings):  # issue 7: the unmapped local codes wo
 
 # read models by name: each opens its file in the data directory (on any event store)
 PROJECTIONS = {"search": _search_model, "quality": _quality_model,
-               "terminology": _terminology_model, "unmapped": _unmapped_model,  # issue 7
-               "person": _person_model, "timeline": _timeline_model,  # issue 6
-               "identity-candidates": _identity_candidates_model}  # issue 6, matching
+               "terminology": _terminology_model, "unmapped": _unmapped_model,
+               "person": _person_model, "timeline": _timeline_model,
+               "identity-candidates": _identity_candidates_model}
 QUALITY_DEFAULT_GROUP = ("institution", "document_type", "rule", "day")
 
 
@@ -880,14 +880,14 @@ def _connector_command(name: str):
     return run
 
 
-def cmd_terminology(args, settings: Settings) -> int:  # issue 7: each subcommand names its function
+def cmd_terminology(args, settings: Settings) -> int:  # each subcommand names its function
     return args.terminology_func(args, settings)
 
 
 COMMANDS["terminology"] = cmd_terminology
 
 
-def cmd_mpi(args, settings: Settings) -> int:  # issue 6: hub mpi train|rematch (hub/mpi/cli.py)
+def cmd_mpi(args, settings: Settings) -> int:  # hub mpi train|rematch (hub/mpi/cli.py)
     from hub.mpi import cli as mpi_cli
 
     return mpi_cli.cmd_mpi(args, settings, open_store, UsageError)
@@ -896,7 +896,7 @@ def cmd_mpi(args, settings: Settings) -> int:  # issue 6: hub mpi train|rematch 
 COMMANDS["mpi"] = cmd_mpi
 
 
-def cmd_identity(args, settings: Settings) -> int:  # issue 6: hub identity … (hub/mpi/identity.py)
+def cmd_identity(args, settings: Settings) -> int:  # hub identity … (hub/mpi/identity.py)
     """Decisions as identity events, taken like the API's operations; prints the resulting Person
     (or the queue)."""
     from hub.mpi.everything import person_view

@@ -1,6 +1,6 @@
 """The unmapped-codes worklist: local codes that current resources carry without a standard one.
 
-Issue 7: a code with no mapping is kept, flagged, and listed per institution with its frequency, so
+A code with no mapping is kept, flagged, and listed per institution with its frequency, so
 a terminologist maps the most frequent first. This read model follows the events of the clinical
 types that carry local codes (``TYPES``) and keeps, in ``$HUB_DATA_DIR/unmapped.sqlite``:
 

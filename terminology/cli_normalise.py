@@ -1,4 +1,4 @@
-"""``hub terminology unmapped`` and ``hub terminology renormalise`` (issue 7).
+"""``hub terminology unmapped`` and ``hub terminology renormalise``.
 
 ``unmapped`` prints the worklist (``projections.unmapped``, brought up to date first): local codes
 carried by current resources without a standard code, most frequent first.

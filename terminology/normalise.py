@@ -1,4 +1,4 @@
-"""Local codes to standard codes on the way in: ConceptMaps applied to resource dicts (issue 7).
+"""Local codes to standard codes on the way in: ConceptMaps applied to resource dicts.
 
 Pure: no I/O, no clock. ``Normaliser.from_concept_maps(maps)`` reads FHIR R4 ConceptMap resources
 (dicts) into a lookup ``(source system, code) -> target codings``:

@@ -91,7 +91,7 @@ def test_replay_of_a_quarantined_document(hub, tmp_path):
 
 
 def test_local_codes_of_a_document_get_the_standard_coding_beside_them(client):
-    """Issue 7: POST /cda maps in the hub, so the hub's ConceptMaps normalise what it maps: the
+    """POST /cda maps in the hub, so the hub's ConceptMaps normalise what it maps: the
     ICD-10 national-clinical code keeps its coding and gains the WHO one beside it."""
     cmap = {"resourceType": "ConceptMap", "id": "cda-icd10-test", "status": "active",
             "url": "http://example.org/fhir/ConceptMap/cda-icd10-test",

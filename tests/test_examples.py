@@ -91,7 +91,7 @@ def test_every_accepted_example_round_trips(live, examples):
             url = f"/{d['resourceType']}/{d['id']}"
             r = c.put(url, content=raw, headers=FHIR_JSON)
             if d["resourceType"] == "Person":
-                # the master patient index's view, never written by hand (issue 6)
+                # the master patient index's view, never written by hand
                 if r.status_code != 405 or r.json()["resourceType"] != "OperationOutcome":
                     return f"{name}: PUT of a Person gave {r.status_code}, not a 405 outcome"
                 return "refused"

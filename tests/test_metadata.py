@@ -99,7 +99,7 @@ def test_the_quality_report_operation_is_listed(statement):
 
 
 def test_the_operations_of_the_mpi_and_terminology_are_listed(statement):
-    """Issues 6 and 7: what a client can discover from /metadata."""
+    """What a client can discover from /metadata."""
     rest = statement["rest"][0]
     system = {o["name"] for o in rest.get("operation", [])}
     assert {"quality-report", "mpi-review", "resolve-identifier", "unmapped-codes"} <= system

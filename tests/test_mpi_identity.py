@@ -1,4 +1,4 @@
-"""Identity events and the person projection (issue 6), on SQLite and PostgreSQL.
+"""Identity events and the person projection, on SQLite and PostgreSQL.
 
 The matcher's interface (``auto_decide``, ``blocked_pairs``) is driven directly: it is the real
 interface the incremental matcher calls. Exact person memberships are asserted after every step.

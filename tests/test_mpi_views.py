@@ -1,5 +1,5 @@
 """The Person view, $everything, $timeline, identifier resolution, the review queue and the access
-audit over real HTTP against ``hub serve`` (SQLite and PostgreSQL), issue 6.
+audit over real HTTP against ``hub serve`` (SQLite and PostgreSQL).
 
 One server per backend; each test makes its own Patients (ids carry a per-test prefix), so the
 tests do not depend on each other's order.

@@ -1,4 +1,4 @@
-"""Token modifiers that need the terminology service: :in, :not-in, :below, :above (issue 7)."""
+"""Token modifiers that need the terminology service: :in, :not-in, :below, :above."""
 
 from __future__ import annotations
 

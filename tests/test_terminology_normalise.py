@@ -1,4 +1,4 @@
-"""terminology.normalise and connectors.terminology: standard codings beside local ones (issue 7)."""
+"""terminology.normalise and connectors.terminology: standard codings beside local ones."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""End to end (issue 7): an HL7 v2 lab file -> folder connector with ConceptMaps (a file and the
+"""End to end: an HL7 v2 lab file -> folder connector with ConceptMaps (a file and the
 hub's) -> ``hub serve``: the resources carry both codings, the unmapped code is on the worklist
 (``GET /fhir/$unmapped-codes``), and after a mapping is added ``hub terminology renormalise``
 takes it off. Real processes, real HTTP, real SQLite files.

@@ -1,4 +1,4 @@
-"""The unmapped-codes worklist (projections.unmapped) and re-normalisation by replay (issue 7).
+"""The unmapped-codes worklist (projections.unmapped) and re-normalisation by replay.
 
 A real SQLite event store and read model; writes go through ``Hub.execute`` as the API's do.
 """

@@ -21,9 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub import resource as res
 from hub.api import bundles, capability, documents, quality, terminology, unmapped, v3
-from hub.api import everything as mpi_everything  # issue 6
-from hub.api import identity as mpi_identity  # issue 6
-from hub.api import match as mpi_match  # issue 6: Patient/$match
+from hub.api import everything as mpi_everything
+from hub.api import identity as mpi_identity
+from hub.api import match as mpi_match  # Patient/$match
 from hub.api.history import history_bundle
 from hub.api.limits import BodyLimit
 from hub.api.responses import (
@@ -77,10 +77,10 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         app.state.documents = DocumentService(hub, quarantine)
         runner.start()
         quality.attach(app, settings, follow_store)  # the data-quality projection follows too
-        mpi_identity.attach(app, settings, hub, follow_store)  # issue 6: Person, timeline, audit
-        mpi_match.attach(app, settings, follow_store)  # issue 6: the candidate index of $match
-        unmapped.attach(app, settings, follow_store)  # issue 7: the unmapped-codes worklist
-        terminology.attach(app, settings, follow_store)  # issue 7: the terminology read model
+        mpi_identity.attach(app, settings, hub, follow_store)  # Person, timeline, audit
+        mpi_match.attach(app, settings, follow_store)  # the candidate index of $match
+        unmapped.attach(app, settings, follow_store)  # the unmapped-codes worklist
+        terminology.attach(app, settings, follow_store)  # the terminology read model
         app.state.search.terminology = app.state.terminology  # :in, :not-in, :below, :above
         app.state.search.terminology_sync = app.state.terminology_runner.sync
         # POST /cda and POST /v3 map in the hub: their local codes normalised here
@@ -92,8 +92,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         finally:
             terminology.detach(app)
             unmapped.detach(app)
-            mpi_match.detach(app)  # issue 6
-            mpi_identity.detach(app)  # issue 6
+            mpi_match.detach(app)
+            mpi_identity.detach(app)
             quality.detach(app)
             runner.stop()
             index.close()
@@ -110,14 +110,14 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     _install_error_handlers(app)
     # before the FHIR routes: /fhir/{type} would otherwise take /fhir/$quality-report
     app.include_router(quality.router)  # GET /fhir/$quality-report
-    # issue 6: Person (read, search, operations), $everything, $timeline, $mpi-review,
+    # Person (read, search, operations), $everything, $timeline, $mpi-review,
     # $resolve-identifier; before /fhir/{type}/{id} and /fhir/{type}/{id}/{compartment type}
     app.include_router(mpi_identity.router)
     app.include_router(mpi_everything.router)
-    app.include_router(mpi_match.router)  # POST /fhir/Patient/$match (issue 6)
-    # issue 7: /fhir/CodeSystem/$lookup and the other terminology operations
+    app.include_router(mpi_match.router)  # POST /fhir/Patient/$match
+    # /fhir/CodeSystem/$lookup and the other terminology operations
     app.include_router(terminology.router)
-    app.include_router(unmapped.router)  # GET /fhir/$unmapped-codes (issue 7)
+    app.include_router(unmapped.router)  # GET /fhir/$unmapped-codes
     app.include_router(documents.router)  # POST /cda
     app.include_router(v3.router)  # POST /v3
     _install_routes(app, settings)

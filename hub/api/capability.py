@@ -21,10 +21,10 @@ _STARTED = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def statement(app: FastAPI, base: str) -> dict:
-    return _with_mpi(frozenset(_route_names(app.routes)), base)  # issue 6: MPI operations added
+    return _with_mpi(frozenset(_route_names(app.routes)), base)  # MPI operations added
 
 
-# -- issue 6: the master patient index (hub.api.identity, hub.api.everything) ----------------------
+# -- the master patient index (hub.api.identity, hub.api.everything) ------------------------------
 _HUB_OP = "https://fhir-region-hub.example/OperationDefinition/"
 _MPI_TYPE_OPS = (  # route name, resource type, operation, definition
     ("patient-match", "Patient", "match", "http://hl7.org/fhir/OperationDefinition/Patient-match"),
@@ -40,7 +40,7 @@ _MPI_TYPE_OPS = (  # route name, resource type, operation, definition
     ("person-not-duplicate", "Person", "not-duplicate", _HUB_OP + "person-not-duplicate"),
 )
 _MPI_SYSTEM_OPS = (("mpi-review", "mpi-review"), ("resolve-identifier", "resolve-identifier"),
-                   ("unmapped-codes", "unmapped-codes"))  # the last: issue 7's worklist
+                   ("unmapped-codes", "unmapped-codes"))  # the last: the unmapped-codes worklist
 
 
 @lru_cache(maxsize=8)
@@ -69,7 +69,7 @@ def _with_mpi(routed: frozenset[str], base: str) -> dict:
         if name in routed:
             rest.setdefault("operation", []).append({"name": op, "definition": _HUB_OP + op})
     return out
-# -- end of issue 6 --------------------------------------------------------------------------------
+# -- end of the master patient index --------------------------------------------------------------
 
 
 def _route_names(routes) -> list[str]:
@@ -92,7 +92,7 @@ def _statement(routed: frozenset[str], base: str) -> dict:
         routed.add("batch")  # one endpoint; Bundle.type picks the semantics
     type_interactions = [{"code": c} for c in _TYPE_LEVEL if c in routed]
     resources = []
-    # issue 7: the terminology operations, routed by hub.api.terminology as "CodeSystem-lookup"
+    # the terminology operations, routed by hub.api.terminology as "CodeSystem-lookup"
     # and so on: the ids of their R4 OperationDefinitions
     operations: dict[str, list[dict]] = {}
     for name in sorted(routed):

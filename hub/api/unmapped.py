@@ -1,4 +1,4 @@
-"""``GET /fhir/$unmapped-codes``: the worklist of local codes without a standard code (issue 7).
+"""``GET /fhir/$unmapped-codes``: the worklist of local codes without a standard code.
 
 Answers from ``projections.unmapped``, first brought up to the log's end as of the request
 (read-your-writes, bounded at 5 s). Parameters: ``institution`` (the sending institution's code, or

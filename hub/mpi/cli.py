@@ -78,8 +78,8 @@ def _steward_decisions(settings: Any, store: Any) -> list:
 
 
 def _identity_decide(settings: Any, store: Any, index: Any = None):
-    """``(auto_decide_many, blocked_pairs, close)`` of the identity service (issue 6,
-    hub.mpi.identity), or None when it is not there."""
+    """``(auto_decide_many, blocked_pairs, close)`` of the identity service
+    (hub.mpi.identity), or None when it is not there."""
     try:
         from hub.mpi.identity import IdentityService
         from projections.person import PersonProjection

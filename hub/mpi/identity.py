@@ -27,7 +27,7 @@ Rules:
 - assurance of a link: ``level4`` a user decided, ``level3`` the matcher linked (or the Patient
   founded its own person), ``level2`` the Patient waits in its own person for a review.
 
-``IdentityService.auto_decide`` and ``blocked_pairs`` are the matcher's interface (issue 6).
+``IdentityService.auto_decide`` and ``blocked_pairs`` are the matcher's interface.
 """
 
 from __future__ import annotations

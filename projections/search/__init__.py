@@ -1,1 +1,1 @@
-"""FHIR search (issue 3): the R4 search-parameter table (params) and index values of a resource (extract)."""
+"""FHIR search: the R4 search-parameter table (params) and index values of a resource (extract)."""
