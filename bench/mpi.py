@@ -103,28 +103,34 @@ def _pairs_of_groups(groups: dict[str, list[str]]) -> set[frozenset[str]]:
     return out
 
 
-def evaluate(rows, links, review) -> dict:
-    person = {f["ref"]: key for f, key, _ in rows}
+def pr(found: set, true: set) -> dict:
+    """Precision and recall of ``found`` pairs against the ``true`` ones."""
+    tp = len(found & true)
+    return {"links": len(found), "true_pairs": len(true), "correct": tp,
+            "precision": round(tp / len(found), 5) if found else None,
+            "recall": round(tp / len(true), 5) if true else None}
+
+
+def linkage(rows, links):
+    """(noise by ref, Patients by true person, true pairs, clusters the links make, their pairs,
+    union-find) of ``rows`` (features, person key, noise kinds) and the matcher's ``links``."""
     noise = {f["ref"]: kinds for f, _, kinds in rows}
     by_person = defaultdict(list)
     for f, key, _ in rows:
         by_person[key].append(f["ref"])
-    truth = _pairs_of_groups(by_person)
-    direct = {frozenset(p) for p in links}
     uf = _Union()
     for a, b in links:
         uf.union(a, b)
     clusters = defaultdict(list)
-    for ref in person:
-        clusters[uf.find(ref)].append(ref)
-    clustered = _pairs_of_groups(clusters)
-    review_pairs = {frozenset(p) for p in review} - clustered
+    for f, _, _ in rows:
+        clusters[uf.find(f["ref"])].append(f["ref"])
+    return noise, by_person, _pairs_of_groups(by_person), clusters, _pairs_of_groups(clusters), uf
 
-    def pr(found: set, true: set) -> dict:
-        tp = len(found & true)
-        return {"links": len(found), "true_pairs": len(true), "correct": tp,
-                "precision": round(tp / len(found), 5) if found else None,
-                "recall": round(tp / len(true), 5) if true else None}
+
+def evaluate(rows, links, review) -> dict:
+    noise, by_person, truth, _, clustered, _ = linkage(rows, links)
+    direct = {frozenset(p) for p in links}
+    review_pairs = {frozenset(p) for p in review} - clustered
 
     out = {"patients": len(rows), "persons": len(by_person), "true_pairs": len(truth),
            "direct": pr(direct, truth), "clustered": pr(clustered, truth),

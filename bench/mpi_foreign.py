@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.common import record, rss_peak_mb
 from bench.foreign import NOISE, ForeignRegion
-from bench.mpi import _pairs_of_groups, _Union, build_index, rematch
+from bench.mpi import build_index, linkage, pr, rematch
 from hub.mpi import weights as W
 from hub.mpi.matcher import Matcher
 from hub.mpi.normalise import features
@@ -32,31 +32,12 @@ from hub.mpi.normalise import features
 _DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})$")
 
 
-def _pr(found: set, true: set) -> dict:
-    tp = len(found & true)
-    return {"links": len(found), "true_pairs": len(true), "correct": tp,
-            "precision": round(tp / len(found), 5) if found else None,
-            "recall": round(tp / len(true), 5) if true else None}
-
-
 def evaluate(rows: list[tuple[dict, str, list[str]]], links: list[tuple[str, str]],
              special: dict[str, list[tuple[str, str]]] | None = None,
              review: list[tuple[str, str]] = ()) -> dict:
-    person = {f["ref"]: key for f, key, _ in rows}
-    noise = {f["ref"]: kinds for f, _, kinds in rows}
-    by_person = defaultdict(list)
-    for f, key, _ in rows:
-        by_person[key].append(f["ref"])
-    truth = _pairs_of_groups(by_person)
-    uf = _Union()
-    for a, b in links:
-        uf.union(a, b)
-    clusters = defaultdict(list)
-    for ref in person:
-        clusters[uf.find(ref)].append(ref)
-    clustered = _pairs_of_groups(clusters)
+    noise, by_person, truth, clusters, clustered, uf = linkage(rows, links)
     out = {"patients": len(rows), "persons": len(by_person), "true_pairs": len(truth),
-           "direct": _pr({frozenset(p) for p in links}, truth), "clustered": _pr(clustered, truth),
+           "direct": pr({frozenset(p) for p in links}, truth), "clustered": pr(clustered, truth),
            "clusters": len(clusters)}
     queued = {frozenset(p) for p in review} - clustered  # probable pairs: the stewards' review queue
     out["review_queue"] = {"pairs": len(queued), "true": len(queued & truth),
@@ -69,7 +50,7 @@ def evaluate(rows: list[tuple[dict, str, list[str]]], links: list[tuple[str, str
             return kind in noise[a] or kind in noise[b]
         t_k = {p for p in truth if has(p)}
         if t_k:
-            per[kind] = _pr({p for p in clustered if has(p)}, t_k)
+            per[kind] = pr({p for p in clustered if has(p)}, t_k)
     out["per_noise_kind"] = per
     if special:
         cluster_of = defaultdict(set)  # person key -> clusters its records are in

@@ -9,8 +9,9 @@ import pytest
 from hub.errors import FhirError
 from hub.ingest import Context, Op
 from hub.mpi import conflicts
-from hub.mpi.identity import IdentityService, own_person_id
+from hub.mpi.identity import own_person_id
 from terminology.resident_id import check_digit
+from tests.test_mpi_identity import groups, svc  # noqa: F401 - svc is a fixture
 
 RESIDENT = "urn:oid:2.16.156.10011.1.3"
 
@@ -34,20 +35,6 @@ def put(hub, *specs):
     assert all(r.status in (200, 201) for r in hub.execute(ops, Context(), atomic=True))
 
 
-@pytest.fixture
-def svc(hub, settings):
-    s = IdentityService.open(hub.store, settings.data_dir)
-    yield s
-    s.close()
-
-
-def groups(svc) -> list[list[str]]:
-    svc.sync()
-    P = svc.person
-    with P.read() as c:
-        c.execute("SELECT patient FROM p_patient")
-        persons = {P.person_of(c, r[0]) for r in c.fetchall()}
-        return sorted(sorted(P.patients(c, x)) for x in persons)
 
 
 def person_of(svc, patient):
