@@ -240,11 +240,7 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
     if route:
         dosage["route"] = route
     if amount is not None:
-        q: dict[str, Any] = {"value": amount}
-        u = dt.comp(units, 2) or dt.comp(units, 1)
-        if u:
-            q["unit"] = u
-        dosage["doseAndRate"] = [{"doseQuantity": q}]
+        dosage["doseAndRate"] = [{"doseQuantity": _amount(amount, units)}]
     dosage.update(_limits(g.get("CDOs", [])))
     if dosage:
         res["dosageInstruction"] = [dosage]
@@ -252,11 +248,7 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
         disp: dict[str, Any] = {}
         qty = dt.decimal(rxe.get(10))
         if qty is not None:
-            q = {"value": qty}
-            u = dt.comp(rxe.rep(11), 2) or dt.comp(rxe.rep(11), 1)
-            if u:
-                q["unit"] = u
-            disp["quantity"] = q
+            disp["quantity"] = _amount(qty, rxe.rep(11))
         refills = rxe.get(12)
         if refills.isdigit() and len(refills) < 9:
             disp["numberOfRepeatsAllowed"] = int(refills)
@@ -266,6 +258,15 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
     rxd = g.get("RXD")
     if rxd is not None:
         dispense(ctx, rxd, g["RXR"], key, ref, src)
+
+
+def _amount(value: Any, units: list[list[str]]) -> dict[str, Any]:
+    """A Quantity of ``value`` in a CE/CWE units field (its text, else its code)."""
+    q: dict[str, Any] = {"value": value}
+    unit = dt.comp(units, 2) or dt.comp(units, 1)
+    if unit:
+        q["unit"] = unit
+    return q
 
 
 def _quantity(rep: list[list[str]], amount_c: int = 1, unit_c: int = 2) -> dict | None:
@@ -414,11 +415,7 @@ def supply_requests(ctx: Ctx) -> int:
             status = order_status(orc)
             res["status"] = _SUPPLY_STATUS.get(status, status)
             res["itemCodeableConcept"] = item
-            q: dict[str, Any] = {"value": amount}
-            unit = dt.comp(rqd.rep(6), 2) or dt.comp(rqd.rep(6), 1)
-            if unit:
-                q["unit"] = unit
-            res["quantity"] = q
+            res["quantity"] = _amount(amount, rqd.rep(6))
             needed = dt.datetime(rqd.get(10))
             if needed:
                 res["occurrenceDateTime"] = needed
@@ -457,11 +454,7 @@ def dispense(ctx: Ctx, rxd: Seg, rxr: list[Seg], key: str, request_ref: dict, sr
         res["context"] = ctx.encounter_ref
     qty = dt.decimal(rxd.get(4))
     if qty is not None:
-        q: dict[str, Any] = {"value": qty}
-        u = dt.comp(rxd.rep(5), 2) or dt.comp(rxd.rep(5), 1)
-        if u:
-            q["unit"] = u
-        res["quantity"] = q
+        res["quantity"] = _amount(qty, rxd.rep(5))
     when = dt.datetime(rxd.get(3))
     if when:
         res["whenHandedOver"] = when
