@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench import (cda, hl7v2, ingest, intake_fidelity, memory, mllp, mpi, mpi_foreign, mpi_views, normalise,
+from bench import (cda, hl7v2, ingest, intake_fidelity, jsontext, memory, mllp, mpi, mpi_foreign, mpi_views, normalise,
                    search, server, terminology)
 from bench.common import RESULTS
 
@@ -37,7 +37,8 @@ def summary(ing: dict, http: dict, mem: dict) -> str:
          "< 1024, flat"),
     ]
     for name, extra in (("extract", _extract_rows), ("search", _search_rows),
-                        ("hl7v2", _hl7v2_rows), ("mllp", _mllp_rows), ("cda", _cda_rows),
+                        ("jsontext", _jsontext_rows), ("hl7v2", _hl7v2_rows), ("mllp", _mllp_rows),
+                        ("cda", _cda_rows),
                         ("terminology", _terminology_rows), ("normalise", _normalise_rows),
                         ("mpi", _mpi_rows), ("mpi_foreign", _mpi_foreign_rows),
                         ("mpi_views", _mpi_views_rows),
@@ -90,6 +91,13 @@ def _hl7v2_rows(r: dict) -> list[tuple[str, str, str]]:
                      " resources each); ratio of resources/CPU s to validation/CPU s",
                      f"{m['cpu_convert_msgs_per_s']}; {m['cpu_ratio_resources']}", ""))
     return rows
+
+
+def _jsontext_rows(r: dict) -> list[tuple[str, str, str]]:
+    return [(f"Write-path text checks, {k['resources']:,} generated resources written {label}: duplicate-key "
+             "and control-character byte tests, share of validation (CPU)",
+             f"{k['duplicate_byte_test_share']:.1%}; {k['control_byte_test_share']:.1%}", "small")
+            for label, k in r["kinds"].items()]
 
 
 def _mllp_rows(r: dict) -> list[tuple[str, str, str]]:
@@ -171,6 +179,7 @@ def main() -> None:
         http = server.main(["--n", "300" if args.quick else "3000"])
         mem = memory.main(["--small", "5000", "--large", "20000"] if args.quick else [])
         search.main(["--people", "200", "800"] if args.quick else [])
+        jsontext.main(["--people", "20"] if args.quick else [])
         hl7v2.main(["--people", "50"] if args.quick else [])
         cda.main(["--repeats", "1", "--rounds", "1"] if args.quick else [])
         mllp.main(["--latency-messages", "200", "--messages", "2000"] if args.quick else
