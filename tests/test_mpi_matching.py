@@ -163,7 +163,7 @@ def test_blocking_on_address_and_postal_code_sounds():
         p["address"] = [{"line": ["8 Stanley Street"], "postalCode": "4223"}]
     b["birthDate"] = "1981-03-02"  # name and birth date both off: only the address meets
     ka, kb = set(blocking.keys(features(a))), set(blocking.keys(features(b)))
-    assert {k for k, _ in ka & kb} == {"ad", "pcf", "pcg"}
+    assert {k for k, _ in ka & kb} == {"ad", "aw", "pcf", "pcg"}
 
 
 def test_block_over_cap_alerts_and_compares_the_cap(tmp_path, caplog):
@@ -367,3 +367,60 @@ def test_cli_train_rematch_and_rebuild(tmp_path, capsys):
     assert "rematch with weights 2:" in out
     assert len((tmp_path / "d.jsonl").read_text().splitlines()) == len(patients)
     assert cli.main(["mpi", "train", "--sample", "5", "--data-dir", d]) == 2  # a usage error
+
+
+# -- Latin-script addresses, localities and postal codes ------------------------------------------
+
+
+def _addressed(pid: str, line: str, pc: str = "4223", city: str | None = "Winston Hills",
+               family: str = "Neumann", given: str = "Michaela", birth: str = "1915-11-11") -> dict:
+    p = latin(pid, family, given)
+    p["birthDate"] = birth
+    p["address"] = [{"line": [line], "postalCode": pc, **({"city": city} if city else {})}]
+    return p
+
+
+def test_latin_address_words_in_any_order_or_one_left_out():
+    a = _addressed("a", "16 O'Shanassy Street Banksia Village")
+    assert levels(a, _addressed("b", "16 O'Shanassy Street"))[0]["addr"] == "similar"
+    assert levels(a, _addressed("b", "16 Banksia Village O'Shanassy Street"))[0]["addr"] == "similar"
+    # a number and a short word in common say little; another house number is another home
+    assert levels(_addressed("a", "5 High Street Kew"), _addressed("b", "5 Kew"))[0]["addr"] == "different"
+    assert levels(a, _addressed("b", "18 O'Shanassy Street Banksia Village"))[0]["addr"] == "different"
+
+
+def test_postal_code_typo_and_locality_levels():
+    a = _addressed("a", "8 Stanley Street")
+    lv = levels(a, _addressed("b", "8 Stanley Street", pc="4232", city="Winston  hills"))[0]
+    assert lv["pc"] == "typo" and lv["city"] == "same"
+    lv = levels(a, _addressed("b", "8 Stanley Street", pc="4610", city="Rowville"))[0]
+    assert lv["pc"] == "different" and lv["city"] == "different"
+    # the locality says nothing more when the whole address already agrees
+    c = _score(a, _addressed("b", "8 Stanley Street"))
+    assert c.evidence["city"]["weight"] == 0.0
+
+
+def test_blocking_meets_swapped_latin_names_and_changed_names():
+    a = _addressed("a", "8 Stanley Street", family="Stephenson", given="Danny")
+    swapped = _addressed("b", "99 Other Road", pc="9999", city=None, family="Danny", given="Stephenson")
+    shared = {k for k, _ in set(blocking.keys(features(a))) & set(blocking.keys(features(swapped)))}
+    assert shared == {"bds"}
+    renamed = _addressed("c", "99 Other Road", city=None, family="Jakimow", given="Michaela")
+    renamed["name"][0]["given"] = ["Ryley"]
+    shared = {k for k, _ in set(blocking.keys(features(a))) & set(blocking.keys(features(renamed)))}
+    assert shared == {"bdp"}
+
+
+def test_a_district_counts_beyond_the_name_and_birth_date_bound_only_for_a_rare_name():
+    a, b = pat("a", id_=None, phone=None), pat("b", id_=None, phone=None)
+    m = Matcher(None, W.load())
+    fa, fb = features(a), features(b)
+    # 张伟 held by 1 in 100 indexed Patients: many share it in one district
+    common = m.score(fa, fb, {fa["name"]: 1000}, 100000)
+    assert common.grade != "certain", common.evidence
+    # held by 2 in 100,000: the same district is one more agreement
+    rare = m.score(fa, fb, {fa["name"]: 2}, 100000)
+    assert rare.grade == "certain", rare.evidence
+    # without the district, the bound holds for a rare name too
+    fb_far = {**fb, "dist": None}
+    assert m.score(fa, fb_far, {fa["name"]: 2}, 100000).grade != "certain"

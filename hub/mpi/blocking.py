@@ -5,8 +5,11 @@ the birth-date-and-sequence digits of that number (a mistyped region code or che
 meets), its health card and other institution-independent identifiers, each phone, the pinyin of the
 name with the birth year (homophones and swapped days meet), birth date + surname, birth date +
 given name (a surname mistyped or in another script), birth date + district (a newborn registered
-without a name of its own), the address lines when they hold a house number, and postal code +
-how the surname or given name sounds (Latin script: a name and a birth date both mistyped). No key
+without a name of its own), birth date + postal code (both names changed), the address lines when they hold a house number, and postal code +
+how the surname or given name sounds (Latin script: a name and a birth date both mistyped), birth
+date or locality + how either part of a Latin name sounds (surname and given name swapped), and a
+Latin address's house number with each of its two longest words (a street and a locality in either
+order). No key
 holds the sex: not every source sends it. Keys are stored as 64-bit
 hashes. A block larger than its cap (``data/blocking.json``) is not dropped silently: the first
 ``cap`` members are compared, an alert is counted per key kind and logged (the kind and size only,
@@ -27,7 +30,8 @@ from hub.mpi.compare import id_status, latin_parts, sounds
 from hub.mpi.normalise import DATA
 
 log = logging.getLogger("hub.mpi.blocking")
-KINDS = ("id", "idseq", "hc", "oid", "ph", "py", "bdf", "bdg", "bdt", "ad", "pcf", "pcg")
+KINDS = ("id", "idseq", "hc", "oid", "ph", "py", "bdf", "bdg", "bdt", "ad", "pcf", "pcg", "bds", "cts",
+         "aw", "bdp")
 
 
 @lru_cache(maxsize=1)
@@ -68,6 +72,8 @@ def keys(f: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("bdg", f"{bd}|{f['py'][len(f['pyf']):]}"))
     if bd and f.get("dist"):
         out.append(("bdt", f"{bd}|{f['dist']}"))
+    if bd and f.get("pc"):  # both names changed (a marriage, a nickname, a clerk's slip)
+        out.append(("bdp", f"{bd}|{f['pc']}"))
     addr = f.get("addr")
     if addr and len(addr) >= 6 and any(c.isdigit() for c in addr):
         out.append(("ad", addr))
@@ -76,6 +82,24 @@ def keys(f: dict[str, Any]) -> list[tuple[str, str]]:
         for kind, part in zip(("pcf", "pcg"), parts):
             if part:
                 out.append((kind, f"{f['pc']}|{sounds(part)[0]}"))
+    if parts:
+        # either part of a Latin name, whichever place it was written in: surname and given name
+        # swapped, or one of them mistyped, still meet (with the birth date, or the locality)
+        for part in parts:
+            if len(part) > 1:
+                if bd:
+                    out.append(("bds", f"{bd}|{sounds(part)[0]}"))
+                if f.get("city"):
+                    out.append(("cts", f"{f['city']}|{sounds(part)[0]}"))
+    words = f.get("aw")
+    if words:
+        # the house number with each of the two longest words: a street and a locality written
+        # in either order, or one of them mistyped, still meet
+        nums = [w for w in words.split() if w.isdigit()]
+        longest = sorted({w for w in words.split() if w.isalpha() and len(w) >= 4},
+                         key=lambda w: (-len(w), w))[:2]
+        for w in longest:
+            out.append(("aw", f"{nums[0] if nums else ''}|{w}"))
     return list(dict.fromkeys(out))
 
 

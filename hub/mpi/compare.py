@@ -20,8 +20,10 @@ phone     same (any number in common) | different
 dist      same (district code; without codes on both sides, the district name) | different
 hc        exact | different (health card)
 addr      exact (address lines) | similar (the same numbers, Jaro-Winkler >= 0.9: a typo in a
-          name) | different
-pc        same (postal code) | different
+          name; Latin script: the same numbers and the words of one nearly all among the other's,
+          in any order: a locality left out or put first) | different
+pc        same (postal code) | typo (one digit off or two transposed) | different
+city      same (city or locality) | different
 ========  ==================================================================================
 
 A resident ID number whose birth date the record contradicts only as a mistyped or lunar birth date
@@ -42,12 +44,13 @@ import datetime as dt
 from functools import lru_cache
 from typing import Any
 
+from rapidfuzz import fuzz
 from rapidfuzz.distance import OSA, JaroWinkler
 
 from hub.mpi.identifiers import compare_unique
 from terminology import resident_id
 
-FIELDS = ("id", "name", "birth", "sex", "phone", "dist", "hc", "addr", "pc")
+FIELDS = ("id", "name", "birth", "sex", "phone", "dist", "hc", "addr", "pc", "city")
 LEVELS = {
     "id": ("exact", "typo", "different"),
     "name": ("exact", "pinyin", "swap", "phonetic", "edit", "partial", "given", "family", "similar",
@@ -58,12 +61,14 @@ LEVELS = {
     "dist": ("same", "different"),
     "hc": ("exact", "different"),
     "addr": ("exact", "similar", "different"),
-    "pc": ("same", "different"),
+    "pc": ("same", "typo", "different"),
+    "city": ("same", "different"),
 }
 _ID_USABLE = ("valid", "invalid")
 NEAR_BIRTH = ("swapped", "lunar", "year1")  # a birth date mistyped or recorded in the lunar calendar
 SIMILAR = 0.9
 LATIN_EDIT = 0.88
+LATIN_WORDS = 90  # rapidfuzz token_set_ratio of two Latin-script addresses' words
 
 
 def id_status(f: dict) -> str | None:
@@ -245,8 +250,27 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, str], list[
         levels["hc"] = "exact" if a["hc"] == b["hc"] else "different"
     x, y = a.get("addr"), b.get("addr")
     if x and y:
-        levels["addr"] = ("exact" if x == y else "similar" if _digits(x) == _digits(y)
-                          and JaroWinkler.similarity(x, y) >= SIMILAR else "different")
-    if a.get("pc") and b.get("pc"):
-        levels["pc"] = "same" if a["pc"] == b["pc"] else "different"
+        levels["addr"] = compare_address(x, y, a.get("aw"), b.get("aw"))
+    x, y = a.get("pc"), b.get("pc")
+    if x and y:
+        levels["pc"] = ("same" if x == y else "typo" if len(x) == len(y)
+                        and OSA.distance(x, y, score_cutoff=2) == 1 else "different")
+    if a.get("city") and b.get("city"):
+        levels["city"] = "same" if a["city"] == b["city"] else "different"
     return levels, vetoes
+
+
+def compare_address(x: str, y: str, wx: str | None, wy: str | None) -> str:
+    """The level of two address lines (folded, no spaces), with their Latin-script words."""
+    if x == y:
+        return "exact"
+    if _digits(x) != _digits(y):
+        return "different"
+    if JaroWinkler.similarity(x, y) >= SIMILAR:
+        return "similar"
+    if wx and wy and fuzz.token_set_ratio(wx, wy) >= LATIN_WORDS:
+        # a word set inside the other says little when what they share is a number and "street"
+        shared = {w for w in wx.split() if w.isalpha()} & {w for w in wy.split() if w.isalpha()}
+        if sum(map(len, shared)) >= 8:
+            return "similar"
+    return "different"

@@ -67,12 +67,19 @@ class Matcher:
                     evidence[fld]["weight"] = 0.0
             total_weight += w.twin_weight
             evidence["twin"] = {"level": "pattern", "weight": w.twin_weight}
-        for fields, cap in w.combined:
-            # with the prior: a model retrained to a higher prior must not get round the bound
-            together = w.prior_weight + sum(evidence[f]["weight"] for f in fields if f in evidence)
+        applied: list[tuple[frozenset, float]] = []
+        for fields, cap, rare in w.combined:
+            if rare and total and a.get("name") and \
+                    name_counts.get(a["name"], 0) / total < rare:
+                continue  # a rare name: strangers sharing it and the rest are rarer still
+            # with the prior: a model retrained to a higher prior must not get round the bound;
+            # with what a narrower bound already took off
+            together = w.prior_weight + sum(evidence[f]["weight"] for f in fields if f in evidence) \
+                + sum(cut for inner, cut in applied if inner <= set(fields))
             if together > cap:
                 total_weight -= together - cap
                 evidence["+".join(fields)] = {"level": "bounded", "weight": round(cap - together, 3)}
+                applied.append((frozenset(fields), cap - together))
         p = w.probability(total_weight)
         grade = CERTAINLY_NOT if vetoes else w.grade(p)
         return Candidate(b["ref"], total_weight, p, grade, evidence, vetoes)

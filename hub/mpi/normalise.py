@@ -28,6 +28,9 @@ dn    the district's name as written in ``address.district`` (simplified, no spa
       is ``dist``, not a name), or None
 addr  the home address's lines (else its text), folded like names, at most 100 characters;
       ``pc``: its postal code
+aw    a Latin-script address's words (lower-case, in order, single spaces), else None: compared
+      as word sets, since clerks write a street and a locality in either order or leave one out
+city  the address's city or locality (``address.city``, folded like names), or None
 ====  =====================================================================================
 """
 
@@ -232,12 +235,16 @@ def features(patient: dict, roles: identifiers.Roles = identifiers.DEFAULT) -> d
     f["ph"] = sorted(phones)[:5]
     f["dist"] = _district(patient)
     f["dn"] = _district_name(patient)
-    f["addr"], f["pc"] = _address(patient)
+    f["addr"], f["pc"], f["aw"], f["city"] = _address(patient)
     return f
 
 
-def _address(patient: dict) -> tuple[str | None, str | None]:
-    """(address lines or text, postal code) of the first address that has either."""
+_WORDS = re.compile(r"[a-z0-9]+")
+
+
+def _address(patient: dict) -> tuple[str | None, str | None, str | None, str | None]:
+    """(address lines or text, postal code, Latin-script words, city) of the first address that
+    has lines, text or a postal code."""
     for a in _items(patient.get("address")):
         if not isinstance(a, dict):
             continue
@@ -245,9 +252,13 @@ def _address(patient: dict) -> tuple[str | None, str | None]:
         text = " ".join(lines) or (a.get("text") if isinstance(a.get("text"), str) else "")
         pc = a.get("postalCode") if isinstance(a.get("postalCode"), str) else ""
         addr, pc = clean_name(text)[:100], clean_name(pc)[:20]
+        city = clean_name(a["city"])[:40] if isinstance(a.get("city"), str) else ""
         if addr or pc:
-            return addr or None, pc or None
-    return None, None
+            words = None
+            if addr and addr.isascii():
+                words = " ".join(_WORDS.findall(simplify(text).replace("'", "")))[:100] or None
+            return addr or None, pc or None, words, city or None
+    return None, None, None, None
 
 
 def _division_code(e: dict) -> str | None:

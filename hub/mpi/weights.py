@@ -9,8 +9,10 @@ carrying that very name (never below ``floor``), so a common name counts less th
 ``dependent`` silences a field when another already said the same (the district when the phone
 agrees: both point to a household, not to a person). ``combined`` bounds what fields say together:
 a name and a birth date, however rare each, are shared by strangers in a region of tens of millions
-(in the same district too), so name, birth date, sex and district, whichever are known, never weigh
-more than ``max_weight`` bits together with the prior and a link needs one more agreement (an ID number, a phone, an address). ``twin`` is the pattern of twins (same birth date and surname, another given name,
+(in the same district too), so name, birth date and sex, whichever are known, never weigh
+more than ``max_weight`` bits together with the prior and a link needs one more agreement (an ID number, a phone, an address,
+a district); with the district the same bound holds unless the name is rare (``unless_name_share_below``: its
+share of the indexed Patients), since a common name is shared by many in one district. ``twin`` is the pattern of twins (same birth date and surname, another given name,
 one of the ``household`` fields in common: a phone, an address, a district): the ``silenced``
 fields then say nothing and the pattern weighs ``weight``. A postal code is no household field: it
 is shared by too many.
@@ -58,7 +60,8 @@ class Weights:
         # {field: ((other field, level), ...)}; a single pair is the older form
         self.dependent = {f: ((tuple(v),) if isinstance(v[0], str) else tuple(tuple(x) for x in v))
                           for f, v in config.get("dependent", {}).items()}
-        self.combined = [(tuple(c["fields"]), float(c["max_weight"])) for c in config.get("combined", [])]
+        self.combined = [(tuple(c["fields"]), float(c["max_weight"]),
+                          float(c.get("unless_name_share_below", 0.0))) for c in config.get("combined", [])]
         twin = config.get("twin") or {}
         self.twin_weight = float(twin.get("weight", 0.0))
         self.twin_household = tuple(twin.get("household", ()))
