@@ -163,7 +163,7 @@ def test_blocking_on_address_and_postal_code_sounds():
         p["address"] = [{"line": ["8 Stanley Street"], "postalCode": "4223"}]
     b["birthDate"] = "1981-03-02"  # name and birth date both off: only the address meets
     ka, kb = set(blocking.keys(features(a))), set(blocking.keys(features(b)))
-    assert {k for k, _ in ka & kb} == {"ad", "aw", "pcf", "pcg"}
+    assert {k for k, _ in ka & kb} == {"ad", "aw", "pcw", "pcf", "pcg"}
 
 
 def test_block_over_cap_alerts_and_compares_the_cap(tmp_path, caplog):
@@ -384,9 +384,15 @@ def test_latin_address_words_in_any_order_or_one_left_out():
     a = _addressed("a", "16 O'Shanassy Street Banksia Village")
     assert levels(a, _addressed("b", "16 O'Shanassy Street"))[0]["addr"] == "similar"
     assert levels(a, _addressed("b", "16 Banksia Village O'Shanassy Street"))[0]["addr"] == "similar"
-    # a number and a short word in common say little; another house number is another home
+    # a number and a short word in common say little
     assert levels(_addressed("a", "5 High Street Kew"), _addressed("b", "5 Kew"))[0]["addr"] == "different"
-    assert levels(a, _addressed("b", "18 O'Shanassy Street Banksia Village"))[0]["addr"] == "different"
+    # another house number or none on the same street: a level of its own (a neighbour, or a slip)
+    assert levels(a, _addressed("b", "18 O'Shanassy Street Banksia Village"))[0]["addr"] == "street"
+    assert levels(a, _addressed("b", "O'Shanassy Street"))[0]["addr"] == "street"
+    # Chinese addresses keep their own rule: another room number is another home
+    x, y = pat("x"), pat("y")
+    x["address"][0]["line"], y["address"][0]["line"] = ["中山路101号14栋295房"], ["中山路101号14栋296房"]
+    assert levels(x, y)[0]["addr"] == "different"
 
 
 def test_postal_code_typo_and_locality_levels():
@@ -395,6 +401,7 @@ def test_postal_code_typo_and_locality_levels():
     assert lv["pc"] == "typo" and lv["city"] == "same"
     lv = levels(a, _addressed("b", "8 Stanley Street", pc="4610", city="Rowville"))[0]
     assert lv["pc"] == "different" and lv["city"] == "different"
+    assert levels(a, _addressed("b", "8 Stanley Street", city="Winstonbhills"))[0]["city"] == "similar"
     # the locality says nothing more when the whole address already agrees
     c = _score(a, _addressed("b", "8 Stanley Street"))
     assert c.evidence["city"]["weight"] == 0.0

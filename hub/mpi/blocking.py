@@ -7,9 +7,9 @@ name with the birth year (homophones and swapped days meet), birth date + surnam
 given name (a surname mistyped or in another script), birth date + district (a newborn registered
 without a name of its own), birth date + postal code (both names changed), the address lines when they hold a house number, and postal code +
 how the surname or given name sounds (Latin script: a name and a birth date both mistyped), birth
-date or locality + how either part of a Latin name sounds (surname and given name swapped), and a
+date or locality + how either part of a Latin name sounds (surname and given name swapped), a
 Latin address's house number with each of its two longest words (a street and a locality in either
-order). No key
+order), and its postal code with its longest word (another or no house number). No key
 holds the sex: not every source sends it. Keys are stored as 64-bit
 hashes. A block larger than its cap (``data/blocking.json``) is not dropped silently: the first
 ``cap`` members are compared, an alert is counted per key kind and logged (the kind and size only,
@@ -31,7 +31,7 @@ from hub.mpi.normalise import DATA
 
 log = logging.getLogger("hub.mpi.blocking")
 KINDS = ("id", "idseq", "hc", "oid", "ph", "py", "bdf", "bdg", "bdt", "ad", "pcf", "pcg", "bds", "cts",
-         "aw", "bdp")
+         "aw", "pcw", "bdp")
 
 
 @lru_cache(maxsize=1)
@@ -100,6 +100,8 @@ def keys(f: dict[str, Any]) -> list[tuple[str, str]]:
                          key=lambda w: (-len(w), w))[:2]
         for w in longest:
             out.append(("aw", f"{nums[0] if nums else ''}|{w}"))
+        if longest and f.get("pc"):  # another house number, or none: the street in its postal area
+            out.append(("pcw", f"{f['pc']}|{longest[0]}"))
     return list(dict.fromkeys(out))
 
 

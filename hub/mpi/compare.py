@@ -21,9 +21,10 @@ dist      same (district code; without codes on both sides, the district name) |
 hc        exact | different (health card)
 addr      exact (address lines) | similar (the same numbers, Jaro-Winkler >= 0.9: a typo in a
           name; Latin script: the same numbers and the words of one nearly all among the other's,
-          in any order: a locality left out or put first) | different
+          in any order: a locality left out or put first) | street (Latin script: those words
+          alike, the house number another or missing) | different
 pc        same (postal code) | typo (one digit off or two transposed) | different
-city      same (city or locality) | different
+city      same (city or locality) | similar (Latin script: two letters off at most) | different
 ========  ==================================================================================
 
 A resident ID number whose birth date the record contradicts only as a mistyped or lunar birth date
@@ -60,9 +61,9 @@ LEVELS = {
     "phone": ("same", "different"),
     "dist": ("same", "different"),
     "hc": ("exact", "different"),
-    "addr": ("exact", "similar", "different"),
+    "addr": ("exact", "similar", "street", "different"),
     "pc": ("same", "typo", "different"),
-    "city": ("same", "different"),
+    "city": ("same", "similar", "different"),
 }
 _ID_USABLE = ("valid", "invalid")
 NEAR_BIRTH = ("swapped", "lunar", "year1")  # a birth date mistyped or recorded in the lunar calendar
@@ -256,7 +257,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, str], list[
         levels["pc"] = ("same" if x == y else "typo" if len(x) == len(y)
                         and OSA.distance(x, y, score_cutoff=2) == 1 else "different")
     if a.get("city") and b.get("city"):
-        levels["city"] = "same" if a["city"] == b["city"] else "different"
+        levels["city"] = compare_city(a["city"], b["city"])
     return levels, vetoes
 
 
@@ -264,13 +265,31 @@ def compare_address(x: str, y: str, wx: str | None, wy: str | None) -> str:
     """The level of two address lines (folded, no spaces), with their Latin-script words."""
     if x == y:
         return "exact"
-    if _digits(x) != _digits(y):
-        return "different"
-    if JaroWinkler.similarity(x, y) >= SIMILAR:
+    same_numbers = _digits(x) == _digits(y)
+    if same_numbers and JaroWinkler.similarity(x, y) >= SIMILAR:
         return "similar"
-    if wx and wy and fuzz.token_set_ratio(wx, wy) >= LATIN_WORDS:
-        # a word set inside the other says little when what they share is a number and "street"
-        shared = {w for w in wx.split() if w.isalpha()} & {w for w in wy.split() if w.isalpha()}
-        if sum(map(len, shared)) >= 8:
-            return "similar"
+    if wx and wy:
+        words = _latin_words_alike(wx, wy)
+        if words:
+            return "similar" if same_numbers else "street"
+    return "different"
+
+
+def _latin_words_alike(wx: str, wy: str) -> bool:
+    """The words of one address nearly all among the other's (numbers left out), and what they
+    share more than a number and a short word such as "street"."""
+    ax = " ".join(w for w in wx.split() if not w.isdigit())
+    ay = " ".join(w for w in wy.split() if not w.isdigit())
+    if not ax or not ay or fuzz.token_set_ratio(ax, ay) < LATIN_WORDS:
+        return False
+    shared = set(ax.split()) & set(ay.split())
+    return sum(map(len, shared)) >= 8
+
+
+def compare_city(x: str, y: str) -> str:
+    if x == y:
+        return "same"
+    if x.isascii() and y.isascii() and min(len(x), len(y)) >= 5 and \
+            OSA.distance(x, y, score_cutoff=3) <= 2:
+        return "similar"  # a mistyped locality name
     return "different"
