@@ -431,3 +431,16 @@ def test_a_district_counts_beyond_the_name_and_birth_date_bound_only_for_a_rare_
     # without the district, the bound holds for a rare name too
     fb_far = {**fb, "dist": None}
     assert m.score(fa, fb_far, {fa["name"]: 2}, 100000).grade != "certain"
+
+
+def test_training_on_a_young_index_never_raises_the_prior(tmp_path):
+    # a small region's blocked pairs are mostly matches; trusting that share would link on less
+    # evidence than a full region holds
+    rows = region_patients(300, seed=8)
+    index = build_index(tmp_path / "ic.sqlite", [f for f, _, _ in rows])
+    blocked, rand = train.pairs(index, 400)
+    base = W.load()
+    config = W.train(blocked, rand, base)
+    index.close()
+    assert max(p["prior"] for p in config["trained"]["passes"].values()) > base.prior
+    assert config["prior"] <= base.prior

@@ -220,6 +220,12 @@ def train(blocked: dict[str, tuple[Iterable[str], Iterable[dict[str, str]]]] | I
             mass[f] += weight_of[f]
     m = {f: _bounded({lv: sums[f][lv] / mass[f] for lv in LEVELS[f]}) if mass[f] else m0[f] for f in FIELDS}
     lam = min(max(matches / max(n_pairs, 1), PRIOR_BOUNDS[0]), PRIOR_BOUNDS[1])
+    # Strangers sharing a blocking key grow with the square of the indexed Patients, a person's
+    # own records only in proportion: the share of matches among blocked pairs falls as a region
+    # fills. A share above the base configuration's is the mark of a young or small index, and
+    # weights that trust it would link on less evidence than the region will hold: kept at most
+    # the base's.
+    lam = min(lam, base.prior)
     fields = {f: {lv: {"m": round(m[f][lv], 8), "u": round(u[f][lv], 10)} for lv in LEVELS[f]} for f in FIELDS}
     return {
         "ruleset": base.config.get("ruleset", "fs"),
