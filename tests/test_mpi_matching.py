@@ -380,6 +380,14 @@ def _addressed(pid: str, line: str, pc: str = "4223", city: str | None = "Winsto
     return p
 
 
+def test_short_latin_names_one_letter_off_are_a_typo():
+    a = latin("a", "White", "Zane")
+    assert levels(a, latin("b", "White", "Zdne"))[0]["name"] == "edit"
+    assert levels(a, latin("b", "Whyte", "Zaen"))[0]["name"] in ("edit", "phonetic")
+    # three letters: one letter is a third of the name
+    assert levels(latin("a", "Whiteley", "Wil"), latin("b", "Whiteley", "Wio"))[0]["name"] == "family"
+
+
 def test_latin_address_words_in_any_order_or_one_left_out():
     a = _addressed("a", "16 O'Shanassy Street Banksia Village")
     assert levels(a, _addressed("b", "16 O'Shanassy Street"))[0]["addr"] == "similar"

@@ -8,7 +8,7 @@ id        exact | typo (one digit off or two transposed: edit distance 1, OSA) |
 name      exact | pinyin (same reading: homophones) | swap (given name characters swapped, or a
           Latin-script surname and given name in each other's place) | phonetic (Latin script:
           surname and given name each sound alike, Metaphone or NYSIIS) | edit (Latin script: each
-          part a typo of the other's, Jaro-Winkler >= 0.88) | partial (a character of a Chinese
+          part a typo of the other's, Jaro-Winkler >= 0.88 or one letter off in four or more) | partial (a character of a Chinese
           given name dropped; Latin script: one part missing, the other the same) | given (Latin
           script: the given names alike, the surnames not: a name taken at marriage) | family
           (Latin script: the surnames alike, the given names not) | similar (Jaro-Winkler of the pinyin >= 0.9) | different
@@ -163,6 +163,13 @@ def _alike(x: str, y: str) -> bool:
     return sx[0] == sy[0] or sx[1] == sy[1]
 
 
+def _typo(x: str, y: str) -> bool:
+    """Two Latin name parts a slip apart: Jaro-Winkler >= 0.88, or (a short name, where one
+    letter moves Jaro-Winkler most) one letter off or two transposed in four letters or more."""
+    return JaroWinkler.similarity(x, y) >= LATIN_EDIT or \
+        (min(len(x), len(y)) >= 4 and OSA.distance(x, y, score_cutoff=2) <= 1)
+
+
 def _compare_latin(a: tuple[str, str], b: tuple[str, str]) -> str | None:
     """The level of two Latin-script (surname, given name) pairs that aren't the same, or None."""
     (fa, ga), (fb, gb) = a, b
@@ -175,7 +182,7 @@ def _compare_latin(a: tuple[str, str], b: tuple[str, str]) -> str | None:
         if _alike(p, r) and _alike(q, t):
             return "phonetic"
     for (p, q), (r, t) in (((fa, ga), (fb, gb)), ((fa, ga), (gb, fb))):
-        if JaroWinkler.similarity(p, r) >= LATIN_EDIT and JaroWinkler.similarity(q, t) >= LATIN_EDIT:
+        if _typo(p, r) and _typo(q, t):
             return "edit"
     if _alike(ga, gb) or JaroWinkler.similarity(ga, gb) >= LATIN_EDIT:
         return "given"
