@@ -334,6 +334,7 @@ class IdentityService:
             # the Patient changed (a number or sex added or corrected) and now contradicts the
             # person the matcher put it in: out first, then decided like a new one
             current = P.person_of(c, p)
+            assert current is not None  # linked: it has a person
             mates = [q for q in P.patients(c, current) if q != p]
             if mates and not P.has_manual(c, current) and \
                     self._cluster_conflict(c, [p], mates, keys) is not None:
@@ -383,6 +384,7 @@ class IdentityService:
             emit(self._own_person(c, p, base, ASSURANCE_MATCH))
             return out
         current = P.person_of(c, p)
+        assert current is not None  # linked: it has a person
         if P.has_manual(c, current) or len(P.patients(c, current)) <= 1:
             return out  # never move a Patient out of a person a user decided about
         emit(IdentityEvent("Unlinked", {**base, "patient": p, "person": link["person"],
@@ -535,6 +537,7 @@ class IdentityService:
                 if P.person_row(c, x) is None:
                     raise not_found(f"Person/{x} is not known")
             row = P.person_row(c, s_in)
+            assert row is not None  # known: checked above
             if row["merged_into"] is not None:
                 raise conflict(f"Person/{s_in} is already merged into Person/{row['merged_into']}")
             t = P.survivor(c, t_in)

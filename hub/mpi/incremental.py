@@ -101,7 +101,7 @@ class IncrementalMatcher:
         newest: dict[str, Notification] = {}
         for n in notifications:
             if n.id > done:
-                newest[n.originator_id] = n
+                newest[str(n.originator_id)] = n
         refresh = getattr(self.blocked, "refresh", None)
         if refresh is not None and newest:
             refresh()

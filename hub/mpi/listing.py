@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from collections.abc import Sequence
 from typing import Any
 
 from hub.fhirtime import parse_range
@@ -55,7 +56,7 @@ def updated_bounds(values: list[str]) -> list[tuple[str, str]]:
 
 
 def person_ids(person: Any, after: str = "", limit: int = 50,
-               updated: list[tuple[str, str]] = ()) -> list[str]:
+               updated: Sequence[tuple[str, str]] = ()) -> list[str]:
     """Up to ``limit`` person ids after ``after`` in id order (merged ones too: they answer as
     inactive Persons pointing at the survivor)."""
     where = ["id > ?"] + [f"updated {op} ?" for op, _ in updated]
@@ -65,7 +66,7 @@ def person_ids(person: Any, after: str = "", limit: int = 50,
         return [r[0] for r in c.fetchall()]
 
 
-def count_persons(person: Any, updated: list[tuple[str, str]] = ()) -> int:
+def count_persons(person: Any, updated: Sequence[tuple[str, str]] = ()) -> int:
     """How many persons a listing with these bounds holds (one counting read)."""
     where = ["1"] + [f"updated {op} ?" for op, _ in updated]
     with person.read() as c:

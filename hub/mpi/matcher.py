@@ -49,7 +49,7 @@ class Matcher:
         levels, vetoes = compare(a, b)
         w = self.weights
         total_weight = w.prior_weight
-        evidence = {}
+        evidence: dict[str, dict[str, Any]] = {}
         for fld, level in levels.items():
             if any(levels.get(other) == lv for other, lv in w.dependent.get(fld, ())):
                 evidence[fld] = {"level": level, "weight": 0.0}  # said already (same household)

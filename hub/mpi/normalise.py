@@ -178,9 +178,9 @@ def _name_parts(patient: dict) -> tuple[str, str, bool]:
     n = _official_name(patient)
     if n is None:
         return "", "", False
-    family = n.get("family") if isinstance(n.get("family"), str) else ""
+    family: str = n["family"] if isinstance(n.get("family"), str) else ""
     given = "".join(g for g in _items(n.get("given")) if isinstance(g, str))[:MAX_TEXT]
-    text = n.get("text") if isinstance(n.get("text"), str) else ""
+    text: str = n["text"] if isinstance(n.get("text"), str) else ""
     family, given = clean_name(family), clean_name(given)
     if not family and not given and text:
         family, given = split_surname(clean_name(text))
@@ -249,8 +249,8 @@ def _address(patient: dict) -> tuple[str | None, str | None, str | None, str | N
         if not isinstance(a, dict):
             continue
         lines = [x for x in _items(a.get("line")) if isinstance(x, str)]
-        text = " ".join(lines) or (a.get("text") if isinstance(a.get("text"), str) else "")
-        pc = a.get("postalCode") if isinstance(a.get("postalCode"), str) else ""
+        text: str = " ".join(lines) or (a["text"] if isinstance(a.get("text"), str) else "")
+        pc: str = a["postalCode"] if isinstance(a.get("postalCode"), str) else ""
         addr, pc = clean_name(text)[:100], clean_name(pc)[:20]
         city = clean_name(a["city"])[:40] if isinstance(a.get("city"), str) else ""
         if addr or pc:

@@ -30,7 +30,7 @@ def pairs(index: Any, sample: int, seed: int = 1,
     """({pass: (excluded fields, [levels of its blocked pairs])}, [levels of random pairs]) over a
     sample of the index."""
     chosen = index.sample(sample, seed)
-    by_pass = {name: (excluded, []) for name, (_, excluded) in blocking.passes().items()}
+    by_pass: dict[str, tuple[tuple[str, ...], list[dict]]] = {name: (excluded, []) for name, (_, excluded) in blocking.passes().items()}
     for f in chosen:
         hashed = blocking.hashed(f)
         for name, (kinds, _) in blocking.passes().items():
@@ -42,7 +42,7 @@ def pairs(index: Any, sample: int, seed: int = 1,
         if progress is not None:
             progress(1)
     rng = random.Random(seed)
-    rand = []
+    rand: list[dict] = []
     for _ in range(20):
         other = chosen[:]
         rng.shuffle(other)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -146,7 +146,7 @@ def _em_pass(patterns: Counter, fields: tuple[str, ...], m0: dict, u: dict, lam:
     m = {f: dict(m0[f]) for f in fields}
     weight_of = {f: 0.0 for f in fields}
     for _ in range(iterations):
-        num = {f: Counter() for f in fields}
+        num: dict[str, defaultdict[str, float]] = {f: defaultdict(float) for f in fields}
         total_p = 0.0
         n = 0
         for pattern, count in patterns.items():
@@ -189,36 +189,37 @@ def train(blocked: dict[str, tuple[Iterable[str], Iterable[dict[str, str]]]] | I
     ``PRIOR_BOUNDS``). ``blocked``: ``{pass: (excluded fields, [levels])}``, or one list of levels
     (one pass, nothing left out). ``base`` gives the starting ``m``, the thresholds and the
     settings kept."""
-    if not isinstance(blocked, dict):
-        blocked = {"all": ((), blocked)}
-    u_counts = {f: Counter() for f in FIELDS}
+    passes: dict[str, tuple[Iterable[str], Iterable[dict[str, str]]]] = \
+        blocked if isinstance(blocked, dict) else {"all": ((), blocked)}
+    u_counts: dict[str, Counter[str]] = {f: Counter() for f in FIELDS}
     n_random = 0
-    for levels in random_pairs:
+    for pair in random_pairs:
         n_random += 1
-        for f, lv in levels.items():
+        for f, lv in pair.items():
             u_counts[f][lv] += 1
     u = {f: {lv: (u_counts[f][lv] + smoothing) / (sum(u_counts[f].values()) + smoothing * len(LEVELS[f]))
              for lv in LEVELS[f]} for f in FIELDS}
     base_fields = base.config["fields"]
     m0 = {f: _bounded({lv: base_fields.get(f, {}).get(lv, {}).get("m", 1.0 / len(LEVELS[f]))
                        for lv in LEVELS[f]}) for f in FIELDS}
-    sums = {f: Counter() for f in FIELDS}
-    mass = Counter()
+    sums: dict[str, defaultdict[str, float]] = {f: defaultdict(float) for f in FIELDS}
+    mass: defaultdict[str, float] = defaultdict(float)
     matches = n_pairs = 0.0
     per_pass = {}
-    for name, (excluded, levels) in blocked.items():
-        patterns = Counter(_pattern(lv) for lv in levels)
-        fields = tuple(f for f in FIELDS if f not in set(excluded))
-        m, lam, weight_of = _em_pass(patterns, fields, m0, u, base.prior, iterations)
+    for name, (excluded, pairs) in passes.items():
+        patterns = Counter(_pattern(lv) for lv in pairs)
+        kept = tuple(f for f in FIELDS if f not in set(excluded))
+        m, lam, weight_of = _em_pass(patterns, kept, m0, u, base.prior, iterations)
         n = sum(patterns.values())
         matches += lam * n
         n_pairs += n
         per_pass[name] = {"pairs": n, "prior": round(lam, 6)}
-        for f in fields:
+        for f in kept:
             for lv in LEVELS[f]:
                 sums[f][lv] += m[f][lv] * weight_of[f]
             mass[f] += weight_of[f]
-    m = {f: _bounded({lv: sums[f][lv] / mass[f] for lv in LEVELS[f]}) if mass[f] else m0[f] for f in FIELDS}
+    m = {f: _bounded({lv: sums[f][lv] / mass[f] for lv in LEVELS[f]}) if mass[f] else m0[f]
+         for f in FIELDS}
     lam = min(max(matches / max(n_pairs, 1), PRIOR_BOUNDS[0]), PRIOR_BOUNDS[1])
     # Strangers sharing a blocking key grow with the square of the indexed Patients, a person's
     # own records only in proportion: the share of matches among blocked pairs falls as a region
