@@ -46,8 +46,8 @@ from hub.errors import FhirError, Issue, bad_request, not_found
 from hub.events import resource_bytes
 from hub.ingest import Context, Hub, Op, Result
 from hub.quarantine import Quarantine
+from projections.registry import open_models
 from projections.runner import Runner
-from projections.search.sqlite_index import SQLiteSearchIndex
 from terminology.normalise import StoredMaps
 
 log = logging.getLogger("hub.api")
@@ -61,32 +61,41 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        own = app.state.hub is None
-        if own:
-            app.state.hub = Hub(settings.open_store())
-        hub = app.state.hub
-        settings.data_dir.mkdir(parents=True, exist_ok=True)  # the index lives here on any store
-        index = SQLiteSearchIndex(settings.data_dir / "search.sqlite")
-        # the follower reads the log through its own connections: trouble there (a store outage
-        # mid-batch) never starves the requests' pool
-        follow_store = settings.open_store() if own else hub.store
+        # Every object is built with what it uses (constructors, in dependency order); the read
+        # models are those of projections.registry, each followed by its own runner.
+        given: Hub | None = app.state.hub
+        own = given is None
+        store = settings.open_store() if own else given.store
+        # the followers read the log through their own connections: trouble there (a store
+        # outage mid-batch) never starves the requests' pool
+        follow_store = settings.open_store() if own else store
+        models = open_models(settings.data_dir)  # the index lives in the data dir on any store
+        index = models["search"]
         runner = Runner(follow_store, index)
-        app.state.search = SearchService(hub.store, index, runner, settings)
-        hub.resolver = SearchResolver(hub.store, app.state.search)
-        quarantine = Quarantine(settings.data_dir / "quarantine.sqlite")
-        app.state.documents = DocumentService(hub, quarantine)
-        runner.start()
-        quality.attach(app, settings, follow_store)  # the data-quality projection follows too
-        mpi_identity.attach(app, settings, hub, follow_store)  # Person, timeline, audit
-        mpi_match.attach(app, settings, follow_store)  # the candidate index of $match
-        unmapped.attach(app, settings, follow_store)  # the unmapped-codes worklist
-        terminology.attach(app, settings, follow_store)  # the terminology read model
-        app.state.search.terminology = app.state.terminology  # :in, :not-in, :below, :above
-        app.state.search.terminology_sync = app.state.terminology_runner.sync
+        terminology.attach(app, settings, follow_store, models["terminology"])
+        search = SearchService(store, index, runner, settings,
+                               terminology=app.state.terminology,  # :in, :not-in, :below, :above
+                               terminology_sync=app.state.terminology_runner.sync)
+        resolver = SearchResolver(store, search)  # conditional interactions search the index
+        if own:
+            hub = Hub(store, resolver=resolver)
+        else:  # a hub the caller built (tests): it takes the API's resolver
+            hub = given
+            hub.resolver = resolver
         # POST /cda and POST /v3 map in the hub: their local codes normalised here
-        app.state.normaliser = StoredMaps(app.state.terminology, hub.store,
-                                          app.state.search.terminology_sync)
-        app.state.documents.normaliser = app.state.normaliser
+        normaliser = StoredMaps(app.state.terminology, store, search.terminology_sync)
+        quarantine = Quarantine(settings.data_dir / "quarantine.sqlite")
+        app.state.hub = hub
+        app.state.search = search
+        app.state.normaliser = normaliser
+        app.state.documents = DocumentService(hub, quarantine, normaliser=normaliser)
+        runner.start()
+        quality.attach(app, settings, follow_store, models["quality"])  # data-quality findings
+        # Person, timeline, audit
+        mpi_identity.attach(app, settings, hub, follow_store, models["person"], models["timeline"])
+        # the candidate index of $match
+        mpi_match.attach(app, settings, follow_store, models["identity-candidates"])
+        unmapped.attach(app, settings, follow_store, models["unmapped"])  # the worklist
         try:
             yield
         finally:
@@ -100,7 +109,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
             quarantine.close()
             if own:
                 follow_store.close()
-                app.state.hub.store.close()
+                store.close()
 
     app = FastAPI(title="Regional FHIR hub", lifespan=lifespan, docs_url="/docs",
                   openapi_url="/openapi.json")
