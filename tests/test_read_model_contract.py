@@ -323,3 +323,23 @@ def test_lag_is_how_far_behind_the_log_it_is(spec, hub, work, tmp_path):
         assert runner.lag() == 0
     finally:
         model.close()
+
+
+def test_the_cli_and_the_api_follow_the_registry(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from hub.api.app import create_app
+    from hub.cli import PROJECTIONS
+    from hub.config import Settings
+    from projections.registry import names
+
+    assert list(PROJECTIONS) == names()
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.database_url = None
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/fhir/metadata").status_code == 200
+        state = client.app.state
+        followed = {state.search.index, state.quality, state.terminology_model, state.unmapped,
+                    *state.mpi_models, state.mpi_candidates}
+        assert {m.name for m in followed} == set(names())
+        assert {Path(m.path).name for m in followed} == {spec.file for spec in READ_MODELS}
