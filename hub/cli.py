@@ -21,6 +21,8 @@ import orjson
 
 from hub.config import Settings
 from hub.errors import FhirError
+from projections.registry import names as read_model_names
+from projections.registry import open_model
 
 
 class UsageError(Exception):
@@ -568,53 +570,9 @@ def cmd_reindex(args, settings: Settings) -> int:
     return 0
 
 
-def _search_model(settings: Settings):
-    from projections.search.sqlite_index import SQLiteSearchIndex
-
-    return SQLiteSearchIndex(settings.data_dir / "search.sqlite")
-
-
-def _quality_model(settings: Settings):
-    from projections.quality import QualityProjection
-
-    return QualityProjection(settings.data_dir / "quality.sqlite")
-
-
-def _terminology_model(settings: Settings):  # code systems, value sets, concept maps
-    from projections.terminology import TerminologyProjection
-
-    return TerminologyProjection(settings.data_dir / "terminology.sqlite")
-
-
-def _person_model(settings: Settings):  # golden persons from identity events
-    from projections.person import PersonProjection
-
-    return PersonProjection(settings.data_dir / "person.sqlite")
-
-
-def _timeline_model(settings: Settings):  # each Patient's clinical events in time order
-    from projections.timeline import TimelineProjection
-
-    return TimelineProjection(settings.data_dir / "timeline.sqlite")
-
-
-def _identity_candidates_model(settings: Settings):  # features and blocking keys
-    from projections.identity_candidates import IdentityCandidates
-
-    return IdentityCandidates(settings.data_dir / "identity-candidates.sqlite")
-
-
-def _unmapped_model(settings: Settings):  # the unmapped local codes worklist
-    from projections.unmapped import UnmappedProjection
-
-    return UnmappedProjection(settings.data_dir / "unmapped.sqlite")
-
-
-# read models by name: each opens its file in the data directory (on any event store)
-PROJECTIONS = {"search": _search_model, "quality": _quality_model,
-               "terminology": _terminology_model, "unmapped": _unmapped_model,
-               "person": _person_model, "timeline": _timeline_model,
-               "identity-candidates": _identity_candidates_model}
+# read models by name (projections.registry): each opens its file in the data directory (on any
+# event store)
+PROJECTIONS = read_model_names()
 QUALITY_DEFAULT_GROUP = ("institution", "document_type", "rule", "day")
 
 
@@ -627,7 +585,7 @@ def cmd_projections(args, settings: Settings) -> int:
     store = open_store(settings, existing=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # the index lives here on any event store
     try:
-        model = PROJECTIONS[args.name](settings)
+        model = open_model(args.name, settings.data_dir)
     except BaseException:
         store.close()
         raise
@@ -671,7 +629,7 @@ def cmd_quality(args, settings: Settings) -> int:
     store = open_store(settings, existing=True)
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        model = _quality_model(settings)
+        model = open_model("quality", settings.data_dir)
         try:
             runner = Runner(store, model)
             lag = runner.lag()

@@ -51,11 +51,11 @@ class DocumentResult:
 
 
 class DocumentService:
-    def __init__(self, hub: Hub, quarantine: Quarantine):
+    def __init__(self, hub: Hub, quarantine: Quarantine, normaliser: Any = None):
         self.hub = hub
         self.quarantine = quarantine
         # local codes get their standard coding beside them (terminology.normalise.StoredMaps)
-        self.normaliser: Any = None
+        self.normaliser: Any = normaliser
 
     def ingest_cda(self, payload: bytes, source: SourceInfo, ctx: Context | None = None,
                    now: datetime | None = None) -> DocumentResult:

@@ -103,9 +103,12 @@ def now_instant() -> tuple[str, int]:
 
 
 class Hub:
-    def __init__(self, store: ResourceStore, clock: Callable[[], tuple[str, int]] = now_instant):
+    def __init__(self, store: ResourceStore, clock: Callable[[], tuple[str, int]] = now_instant,
+                 resolver: IdentifierResolver | None = None):
         self.store = store
-        self.resolver = IdentifierResolver(store)
+        # what conditional interactions search with: the identifier index unless given one
+        # (the API's SearchResolver, over the search index)
+        self.resolver = resolver if resolver is not None else IdentifierResolver(store)
         self.clock = clock
 
     # -- reads ---------------------------------------------------------------------------------

@@ -11,31 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable
 
-from eventsourcing.persistence import IntegrityError, Notification
+from eventsourcing.persistence import IntegrityError
 
 from hub.store import ResourceStore
+from projections.contract import ReadModel
 
 log = logging.getLogger("projections.runner")
-
-
-class ReadModel(Protocol):
-    name: str
-
-    def position(self) -> int:
-        """The last notification id applied (0 when empty)."""
-
-    def apply(self, notifications: Sequence[Notification]) -> None:
-        """Apply in order, and record the last id, in one transaction. A model with ``types``
-        (the resource types it follows) also takes ``up_to``: the position to record when it
-        is beyond the last notification (the events between were of other types)."""
-
-    def reset(self) -> None:
-        """Forget everything (rebuild starts from here)."""
-
-    def close(self) -> None: ...
 
 
 class Runner:
@@ -57,9 +40,9 @@ class Runner:
         """Apply the next batch; how many notifications it held."""
         with self._stepping:
             # a bulk load (rebuild) takes bigger bites: fewer commits, same bounded memory
-            size = self.batch * 5 if getattr(self.model, "bulk", False) else self.batch
+            size = self.batch * 5 if self.model.bulk else self.batch
             position = self.model.position()
-            types = getattr(self.model, "types", None)
+            types = self.model.types
             covered = 0
             if types:
                 # A model of a few resource types reads only their events (the type index),
@@ -76,10 +59,7 @@ class Runner:
                 covered = len(notes)
             if notes or up_to:
                 try:
-                    if up_to is not None:
-                        self.model.apply(notes, up_to=up_to)
-                    else:
-                        self.model.apply(notes)
+                    self.model.apply(notes, up_to=up_to)
                 except IntegrityError:
                     # Another process (a second API worker) applied this batch first; its
                     # tracking row refused ours and our rows were rolled back. Move on from there.
@@ -105,10 +85,9 @@ class Runner:
 
     def _caught_up(self) -> None:
         """Tell the model it reached the end of the log (a bulk load builds its indexes now)."""
-        hook = getattr(self.model, "caught_up", None)
-        if hook is not None and getattr(self.model, "bulk", False):
+        if self.model.bulk:
             with self._stepping:
-                hook()
+                self.model.caught_up()
 
     def rebuild(self, progress: Callable[[int], object] | None = None) -> int:
         self.model.reset()
@@ -122,7 +101,7 @@ class Runner:
         deadline = time.monotonic() + timeout
         while self.model.position() < target:
             if time.monotonic() > deadline:
-                log.warning("%s lags the log (%s < %s)", getattr(self.model, "name", "a model"),
+                log.warning("%s lags the log (%s < %s)", self.model.name,
                             self.model.position(), target)
                 return False
             if not self.step():  # another thread holds the batch, or it is not visible yet

@@ -19,11 +19,28 @@ from typing import Any
 from eventsourcing.persistence import Notification, Tracking
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 
+from projections.contract import ReadModel
+
 from hub.store import FastSQLiteDatastore
 
 
-class SQLiteReadModel:
+def record_position(tracking: SQLiteTrackingRecorder, c: Any, name: str,
+                    position: int) -> None:
+    """Record ``name``'s tracking position inside the caller's transaction (cursor ``c``).
+
+    eventsourcing's public ``insert_tracking`` commits a transaction of its own, and its
+    process recorder records tracking only beside stored events; a read model needs the row in
+    the transaction of its own rows. The one call to eventsourcing's private
+    ``_insert_tracking`` is here (it checks the table's layout and, with single-row tracking,
+    refuses a position that does not advance with ``IntegrityError``)."""
+    tracking._insert_tracking(c, Tracking(name, position))
+
+
+class SQLiteReadModel(ReadModel):
+    """The ``ReadModel`` contract (``projections.contract``) over one SQLite file."""
+
     name: str
+    types: tuple[str, ...] = ()  # every event unless a model names its resource types
     schema: Sequence[str] = ()
 
     def __init__(self, path: Path | str):
@@ -46,17 +63,25 @@ class SQLiteReadModel:
         file), without waiting. ``BEGIN IMMEDIATE`` waits for the writer instead (the
         connection's busy timeout), so opening a model to read never fails beside a writer."""
         with self.datastore.get_connection(commit=True) as conn:
-            raw = conn._sqlite_conn
-            raw.execute("BEGIN IMMEDIATE")
+            c = conn.cursor()
+            c.execute("BEGIN IMMEDIATE")
             try:
-                yield conn.cursor()
+                yield c
             except BaseException:
-                raw.rollback()
+                conn.rollback()
                 raise
-            raw.commit()
+            conn.commit()
 
     def opened(self, c: Any) -> None:
         """Called once the tables exist, inside the opening transaction."""
+
+    @property
+    def bulk(self) -> bool:
+        """No bulk mode here; a model with one (a rebuild without its indexes) overrides."""
+        return False
+
+    def caught_up(self) -> None:
+        """The end of a bulk load; nothing to do without a bulk mode."""
 
     def close(self) -> None:
         self.datastore.close()
@@ -75,7 +100,7 @@ class SQLiteReadModel:
             if last <= done:
                 return  # all applied by another follower of this file
             self.apply_new(c, [n for n in notifications if n.id > done])
-            self.tracking._insert_tracking(c, Tracking(self.name, last))
+            record_position(self.tracking, c, self.name, last)
 
     def apply_new(self, c: Any, notifications: list[Notification]) -> None:
         """Apply notifications no follower of this file has applied, inside ``apply``'s

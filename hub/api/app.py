@@ -46,8 +46,8 @@ from hub.errors import FhirError, Issue, bad_request, not_found
 from hub.events import resource_bytes
 from hub.ingest import Context, Hub, Op, Result
 from hub.quarantine import Quarantine
+from projections.registry import open_models
 from projections.runner import Runner
-from projections.search.sqlite_index import SQLiteSearchIndex
 from terminology.normalise import StoredMaps
 
 log = logging.getLogger("hub.api")
@@ -61,32 +61,41 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        own = app.state.hub is None
-        if own:
-            app.state.hub = Hub(settings.open_store())
-        hub = app.state.hub
-        settings.data_dir.mkdir(parents=True, exist_ok=True)  # the index lives here on any store
-        index = SQLiteSearchIndex(settings.data_dir / "search.sqlite")
-        # the follower reads the log through its own connections: trouble there (a store outage
-        # mid-batch) never starves the requests' pool
-        follow_store = settings.open_store() if own else hub.store
+        # Every object is built with what it uses (constructors, in dependency order); the read
+        # models are those of projections.registry, each followed by its own runner.
+        given: Hub | None = app.state.hub
+        own = given is None
+        store = settings.open_store() if own else given.store
+        # the followers read the log through their own connections: trouble there (a store
+        # outage mid-batch) never starves the requests' pool
+        follow_store = settings.open_store() if own else store
+        models = open_models(settings.data_dir)  # the index lives in the data dir on any store
+        index = models["search"]
         runner = Runner(follow_store, index)
-        app.state.search = SearchService(hub.store, index, runner, settings)
-        hub.resolver = SearchResolver(hub.store, app.state.search)
-        quarantine = Quarantine(settings.data_dir / "quarantine.sqlite")
-        app.state.documents = DocumentService(hub, quarantine)
-        runner.start()
-        quality.attach(app, settings, follow_store)  # the data-quality projection follows too
-        mpi_identity.attach(app, settings, hub, follow_store)  # Person, timeline, audit
-        mpi_match.attach(app, settings, follow_store)  # the candidate index of $match
-        unmapped.attach(app, settings, follow_store)  # the unmapped-codes worklist
-        terminology.attach(app, settings, follow_store)  # the terminology read model
-        app.state.search.terminology = app.state.terminology  # :in, :not-in, :below, :above
-        app.state.search.terminology_sync = app.state.terminology_runner.sync
+        terminology.attach(app, settings, follow_store, models["terminology"])
+        search = SearchService(store, index, runner, settings,
+                               terminology=app.state.terminology,  # :in, :not-in, :below, :above
+                               terminology_sync=app.state.terminology_runner.sync)
+        resolver = SearchResolver(store, search)  # conditional interactions search the index
+        if own:
+            hub = Hub(store, resolver=resolver)
+        else:  # a hub the caller built (tests): it takes the API's resolver
+            hub = given
+            hub.resolver = resolver
         # POST /cda and POST /v3 map in the hub: their local codes normalised here
-        app.state.normaliser = StoredMaps(app.state.terminology, hub.store,
-                                          app.state.search.terminology_sync)
-        app.state.documents.normaliser = app.state.normaliser
+        normaliser = StoredMaps(app.state.terminology, store, search.terminology_sync)
+        quarantine = Quarantine(settings.data_dir / "quarantine.sqlite")
+        app.state.hub = hub
+        app.state.search = search
+        app.state.normaliser = normaliser
+        app.state.documents = DocumentService(hub, quarantine, normaliser=normaliser)
+        runner.start()
+        quality.attach(app, settings, follow_store, models["quality"])  # data-quality findings
+        # Person, timeline, audit
+        mpi_identity.attach(app, settings, hub, follow_store, models["person"], models["timeline"])
+        # the candidate index of $match
+        mpi_match.attach(app, settings, follow_store, models["identity-candidates"])
+        unmapped.attach(app, settings, follow_store, models["unmapped"])  # the worklist
         try:
             yield
         finally:
@@ -100,7 +109,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
             quarantine.close()
             if own:
                 follow_store.close()
-                app.state.hub.store.close()
+                store.close()
 
     app = FastAPI(title="Regional FHIR hub", lifespan=lifespan, docs_url="/docs",
                   openapi_url="/openapi.json")
@@ -120,7 +129,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     app.include_router(unmapped.router)  # GET /fhir/$unmapped-codes
     app.include_router(documents.router)  # POST /cda
     app.include_router(v3.router)  # POST /v3
-    _install_routes(app, settings)
+    _install_routes(app)
     return app
 
 
@@ -203,199 +212,243 @@ async def _body(request: Request, expected: str | None = None, where: str = "") 
     return raw, d
 
 
-def _install_routes(app: FastAPI, settings: Settings) -> None:
-    def base(request: Request) -> str:
-        return base_url(request, settings.base_url)
+# -- the FHIR interactions' handlers (routed by ROUTES below) ------------------------------------
 
-    def write_response(request: Request, result: Result, *, location: bool = True) -> Response:
-        headers = {}
-        if result.version is not None:
-            headers = version_headers(base(request), result.rtype, result.rid, result.version,
-                                      result.last_updated, location=location)
-        mode = prefer_return(request)
-        if mode == "minimal":
-            return fhir_response(None, result.status, headers=headers)
-        if mode == "OperationOutcome" or result.body is None:
-            issues = result.issues or [Issue("informational", f"{request.method} succeeded",
-                                             "information")]
-            return fhir_response({"resourceType": "OperationOutcome",
-                                  "issue": [i.to_json() for i in issues]},
-                                 result.status, request=request, headers=headers)
-        return fhir_response(result.body, result.status, request=request, headers=headers)
 
-    async def run(request: Request, op: Op) -> Response:
-        hub = _hub(request)
-        def execute() -> Result:
-            return hub.complete(hub.execute([op], _ctx(request), atomic=True)[0])
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
 
-        return write_response(request, await run_in_threadpool(execute))
 
-    def stored_response(request: Request, stored, status: int = 200) -> Response:
-        ev_version = stored.originator_version
-        header = orjson.loads(stored.state.partition(b"\n")[0])
-        headers = version_headers(base(request), header["type"], header["id"], ev_version,
-                                  header["lastUpdated"])
-        if request.headers.get("if-none-match"):
-            if none_match(request.headers["if-none-match"], ev_version):
-                return Response(status_code=304, headers=headers)
-        return fhir_response(resource_bytes(stored), status, request=request, headers=headers)
+def _base(request: Request) -> str:
+    return base_url(request, _settings(request).base_url)
 
-    # -- system level ----------------------------------------------------------------------------
 
-    @app.get("/fhir/metadata", name="capabilities")
-    async def metadata(request: Request) -> Response:
-        check_format(request)
-        return fhir_response(capability.statement(app, base(request)), request=request)
-
-    @app.post("/fhir", name="transaction")  # and batch: same endpoint, Bundle.type decides
-    @app.post("/fhir/", include_in_schema=False)
-    async def transaction(request: Request) -> Response:
-        check_format(request)
-        raw, d = await _body(request, "Bundle")
-        hub, ctx, b = _hub(request), _ctx(request), base(request)
-        service = _search(request)
-
-        def get(path: str, query: str):
-            return _get(hub, service, path, query, b, settings)
-
-        out = await run_in_threadpool(bundles.process, d, hub, ctx, b,
-                                      prefer_return(request) == "representation", get, raw)
-        return fhir_response(out, request=request)
-
-    @app.get("/fhir/_history", name="history-system")
-    async def history_system(request: Request) -> Response:
-        check_format(request)
-        out = await run_in_threadpool(history_bundle, _hub(request), request, base(request),
-                                      settings)
-        return fhir_response(out, request=request)
-
-    # -- type level ------------------------------------------------------------------------------
-
-    @app.get("/fhir/{rtype}/_history", name="history-type")
-    async def history_type(request: Request, rtype: str) -> Response:
-        check_format(request)
-        out = await run_in_threadpool(history_bundle, _hub(request), request, base(request),
-                                      settings, _type(rtype))
-        return fhir_response(out, request=request)
-
-    @app.get("/fhir/{rtype}", name="search-type")
-    async def search(request: Request, rtype: str) -> Response:
-        check_format(request)
-        params = list(request.query_params.multi_items())
-        out = await run_in_threadpool(search_bundle, _hub(request), _search(request), _type(rtype),
-                                      params, base(request), settings, prefer_strict(request))
-        return fhir_response(out, request=request)
-
-    @app.post("/fhir/{rtype}/_search", include_in_schema=False)
-    async def search_post(request: Request, rtype: str) -> Response:
-        check_format(request)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip()
-        if ctype != "application/x-www-form-urlencoded":
-            raise FhirError(415, "not-supported",
-                            "POST _search takes application/x-www-form-urlencoded parameters")
-        raw = (await request.body()).decode("utf-8", "replace")
-        params = list(request.query_params.multi_items()) + parse_query(raw) if raw else \
-            list(request.query_params.multi_items())
-        out = await run_in_threadpool(search_bundle, _hub(request), _search(request), _type(rtype),
-                                      params, base(request), settings, prefer_strict(request))
-        return fhir_response(out, request=request)
-
-    @app.post("/fhir/{rtype}", name="create")
-    async def create(request: Request, rtype: str) -> Response:
-        check_format(request)
-        raw, d = await _body(request, _type(rtype))
-        if "id" in d:  # the server assigns the id of a create; whatever was sent is ignored
-            del d["id"]
-            raw = orjson.dumps(d)
-        res.validate(rtype, raw, d)
-        op = Op("POST", rtype, d=d, url=rtype)
-        inx = request.headers.get("if-none-exist")
-        if inx:
-            op.if_none_exist = parse_query(inx.split("?", 1)[1] if "?" in inx else inx)
-        return await run(request, op)
-
-    @app.put("/fhir/{rtype}", name="conditional-update", include_in_schema=False)
-    async def conditional_update(request: Request, rtype: str) -> Response:
-        check_format(request)
-        raw, d = await _body(request, _type(rtype))
-        if not request.url.query:
-            raise bad_request("PUT on a type needs search criteria (conditional update) or an id")
-        res.validate(rtype, raw, d)
-        op = Op("PUT", rtype, d=d, query=parse_query(request.url.query),
-                if_match=parse_etag(request.headers.get("if-match")), url=f"{rtype}?{request.url.query}")
-        return await run(request, op)
-
-    @app.delete("/fhir/{rtype}", name="conditional-delete", include_in_schema=False)
-    async def conditional_delete(request: Request, rtype: str) -> Response:
-        check_format(request)
-        _type(rtype)
-        if not request.url.query:
-            raise FhirError(405, "not-supported", "Deleting a whole type is not supported")
-        op = Op("DELETE", rtype, query=parse_query(request.url.query),
-                url=f"{rtype}?{request.url.query}")
-        return await run(request, op)
-
-    # -- instance level --------------------------------------------------------------------------
-
-    @app.get("/fhir/{rtype}/{rid}/_history", name="history-instance")
-    async def history_instance(request: Request, rtype: str, rid: str) -> Response:
-        check_format(request)
-        out = await run_in_threadpool(history_bundle, _hub(request), request, base(request),
-                                      settings, _type(rtype), _id(rid))
-        return fhir_response(out, request=request)
-
-    @app.get("/fhir/{ctype}/{cid}/{rtype}", name="search-compartment", include_in_schema=False)
-    async def search_compartment(request: Request, ctype: str, cid: str, rtype: str) -> Response:
-        check_format(request)
-        params = list(request.query_params.multi_items())
-        out = await run_in_threadpool(search_bundle, _hub(request), _search(request), _type(rtype),
-                                      params, base(request), settings, prefer_strict(request),
-                                      (_type(ctype), _id(cid)))
-        return fhir_response(out, request=request)
-
-    @app.get("/fhir/{rtype}/{rid}/_history/{vid}", name="vread")
-    async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
-        check_format(request)
-        if not vid.isdigit():
-            raise not_found(f"{vid!r} is not a version of {rtype}/{rid}")
-        stored = await run_in_threadpool(_hub(request).vread, _type(rtype), _id(rid), int(vid))
-        return stored_response(request, stored)
-
-    @app.get("/fhir/{rtype}/{rid}", name="read")
-    async def read(request: Request, rtype: str, rid: str) -> Response:
-        check_format(request)
-        stored = await run_in_threadpool(_hub(request).read, _type(rtype), _id(rid))
-        return stored_response(request, stored)
-
-    @app.put("/fhir/{rtype}/{rid}", name="update")
-    async def update(request: Request, rtype: str, rid: str) -> Response:
-        check_format(request)
-        raw, d = await _body(request, _type(rtype))
-        _id(rid)
-        if d.get("id") != rid:
-            raise bad_request(
-                f"The body's id {d.get('id')!r} must equal the id in the URL ({rid!r})",
-                f"{rtype}.id",
-            )
-        res.validate(rtype, raw, d)
-        op = Op("PUT", rtype, rid, d, if_match=parse_etag(request.headers.get("if-match")),
-                url=f"{rtype}/{rid}")
-        return await run(request, op)
-
-    @app.delete("/fhir/{rtype}/{rid}", name="delete")
-    async def delete(request: Request, rtype: str, rid: str) -> Response:
-        check_format(request)
-        op = Op("DELETE", _type(rtype), _id(rid), if_match=parse_etag(request.headers.get("if-match")),
-                url=f"{rtype}/{rid}")
-        hub = _hub(request)
-        result = (await run_in_threadpool(hub.execute, [op], _ctx(request), atomic=True))[0]
-        if prefer_return(request) == "minimal":
-            return Response(status_code=204)
-        issues = result.issues or [Issue("informational", f"Deleted {rtype}/{rid}", "information")]
-        headers = {"ETag": f'W/"{result.version}"'} if result.version else None
+def _write_response(request: Request, result: Result, *, location: bool = True) -> Response:
+    headers = {}
+    if result.version is not None:
+        headers = version_headers(_base(request), result.rtype, result.rid, result.version,
+                                  result.last_updated, location=location)
+    mode = prefer_return(request)
+    if mode == "minimal":
+        return fhir_response(None, result.status, headers=headers)
+    if mode == "OperationOutcome" or result.body is None:
+        issues = result.issues or [Issue("informational", f"{request.method} succeeded",
+                                         "information")]
         return fhir_response({"resourceType": "OperationOutcome",
-                              "issue": [i.to_json() for i in issues]}, 200, request=request,
-                             headers=headers)
+                              "issue": [i.to_json() for i in issues]},
+                             result.status, request=request, headers=headers)
+    return fhir_response(result.body, result.status, request=request, headers=headers)
+
+
+async def _run(request: Request, op: Op) -> Response:
+    hub = _hub(request)
+    def execute() -> Result:
+        return hub.complete(hub.execute([op], _ctx(request), atomic=True)[0])
+
+    return _write_response(request, await run_in_threadpool(execute))
+
+
+def _stored_response(request: Request, stored, status: int = 200) -> Response:
+    ev_version = stored.originator_version
+    header = orjson.loads(stored.state.partition(b"\n")[0])
+    headers = version_headers(_base(request), header["type"], header["id"], ev_version,
+                              header["lastUpdated"])
+    if request.headers.get("if-none-match"):
+        if none_match(request.headers["if-none-match"], ev_version):
+            return Response(status_code=304, headers=headers)
+    return fhir_response(resource_bytes(stored), status, request=request, headers=headers)
+
+
+# -- system level ----------------------------------------------------------------------------
+
+
+async def metadata(request: Request) -> Response:
+    check_format(request)
+    return fhir_response(capability.statement(request.app, _base(request)), request=request)
+
+
+async def transaction(request: Request) -> Response:
+    check_format(request)
+    raw, d = await _body(request, "Bundle")
+    hub, ctx, b = _hub(request), _ctx(request), _base(request)
+    service = _search(request)
+
+    def get(path: str, query: str):
+        return _get(hub, service, path, query, b, _settings(request))
+
+    out = await run_in_threadpool(bundles.process, d, hub, ctx, b,
+                                  prefer_return(request) == "representation", get, raw)
+    return fhir_response(out, request=request)
+
+
+async def history_system(request: Request) -> Response:
+    check_format(request)
+    out = await run_in_threadpool(history_bundle, _hub(request), request, _base(request),
+                                  _settings(request))
+    return fhir_response(out, request=request)
+
+
+# -- type level ------------------------------------------------------------------------------
+
+
+async def history_type(request: Request, rtype: str) -> Response:
+    check_format(request)
+    out = await run_in_threadpool(history_bundle, _hub(request), request, _base(request),
+                                  _settings(request), _type(rtype))
+    return fhir_response(out, request=request)
+
+
+async def search(request: Request, rtype: str) -> Response:
+    check_format(request)
+    params = list(request.query_params.multi_items())
+    out = await run_in_threadpool(search_bundle, _hub(request), _search(request), _type(rtype),
+                                  params, _base(request), _settings(request),
+                                  prefer_strict(request))
+    return fhir_response(out, request=request)
+
+
+async def search_post(request: Request, rtype: str) -> Response:
+    check_format(request)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip()
+    if ctype != "application/x-www-form-urlencoded":
+        raise FhirError(415, "not-supported",
+                        "POST _search takes application/x-www-form-urlencoded parameters")
+    raw = (await request.body()).decode("utf-8", "replace")
+    params = list(request.query_params.multi_items()) + parse_query(raw) if raw else \
+        list(request.query_params.multi_items())
+    out = await run_in_threadpool(search_bundle, _hub(request), _search(request), _type(rtype),
+                                  params, _base(request), _settings(request),
+                                  prefer_strict(request))
+    return fhir_response(out, request=request)
+
+
+async def create(request: Request, rtype: str) -> Response:
+    check_format(request)
+    raw, d = await _body(request, _type(rtype))
+    if "id" in d:  # the server assigns the id of a create; whatever was sent is ignored
+        del d["id"]
+        raw = orjson.dumps(d)
+    res.validate(rtype, raw, d)
+    op = Op("POST", rtype, d=d, url=rtype)
+    inx = request.headers.get("if-none-exist")
+    if inx:
+        op.if_none_exist = parse_query(inx.split("?", 1)[1] if "?" in inx else inx)
+    return await _run(request, op)
+
+
+async def conditional_update(request: Request, rtype: str) -> Response:
+    check_format(request)
+    raw, d = await _body(request, _type(rtype))
+    if not request.url.query:
+        raise bad_request("PUT on a type needs search criteria (conditional update) or an id")
+    res.validate(rtype, raw, d)
+    op = Op("PUT", rtype, d=d, query=parse_query(request.url.query),
+            if_match=parse_etag(request.headers.get("if-match")), url=f"{rtype}?{request.url.query}")
+    return await _run(request, op)
+
+
+async def conditional_delete(request: Request, rtype: str) -> Response:
+    check_format(request)
+    _type(rtype)
+    if not request.url.query:
+        raise FhirError(405, "not-supported", "Deleting a whole type is not supported")
+    op = Op("DELETE", rtype, query=parse_query(request.url.query),
+            url=f"{rtype}?{request.url.query}")
+    return await _run(request, op)
+
+
+# -- instance level --------------------------------------------------------------------------
+
+
+async def history_instance(request: Request, rtype: str, rid: str) -> Response:
+    check_format(request)
+    out = await run_in_threadpool(history_bundle, _hub(request), request, _base(request),
+                                  _settings(request), _type(rtype), _id(rid))
+    return fhir_response(out, request=request)
+
+
+async def search_compartment(request: Request, ctype: str, cid: str, rtype: str) -> Response:
+    check_format(request)
+    params = list(request.query_params.multi_items())
+    out = await run_in_threadpool(search_bundle, _hub(request), _search(request), _type(rtype),
+                                  params, _base(request), _settings(request),
+                                  prefer_strict(request),
+                                  (_type(ctype), _id(cid)))
+    return fhir_response(out, request=request)
+
+
+async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
+    check_format(request)
+    if not vid.isdigit():
+        raise not_found(f"{vid!r} is not a version of {rtype}/{rid}")
+    stored = await run_in_threadpool(_hub(request).vread, _type(rtype), _id(rid), int(vid))
+    return _stored_response(request, stored)
+
+
+async def read(request: Request, rtype: str, rid: str) -> Response:
+    check_format(request)
+    stored = await run_in_threadpool(_hub(request).read, _type(rtype), _id(rid))
+    return _stored_response(request, stored)
+
+
+async def update(request: Request, rtype: str, rid: str) -> Response:
+    check_format(request)
+    raw, d = await _body(request, _type(rtype))
+    _id(rid)
+    if d.get("id") != rid:
+        raise bad_request(
+            f"The body's id {d.get('id')!r} must equal the id in the URL ({rid!r})",
+            f"{rtype}.id",
+        )
+    res.validate(rtype, raw, d)
+    op = Op("PUT", rtype, rid, d, if_match=parse_etag(request.headers.get("if-match")),
+            url=f"{rtype}/{rid}")
+    return await _run(request, op)
+
+
+async def delete(request: Request, rtype: str, rid: str) -> Response:
+    check_format(request)
+    op = Op("DELETE", _type(rtype), _id(rid), if_match=parse_etag(request.headers.get("if-match")),
+            url=f"{rtype}/{rid}")
+    hub = _hub(request)
+    result = (await run_in_threadpool(hub.execute, [op], _ctx(request), atomic=True))[0]
+    if prefer_return(request) == "minimal":
+        return Response(status_code=204)
+    issues = result.issues or [Issue("informational", f"Deleted {rtype}/{rid}", "information")]
+    headers = {"ETag": f'W/"{result.version}"'} if result.version else None
+    return fhir_response({"resourceType": "OperationOutcome",
+                          "issue": [i.to_json() for i in issues]}, 200, request=request,
+                         headers=headers)
+
+
+# The FHIR interactions' route table, in matching order (the first route that matches a request
+# takes it: a literal segment such as _history comes before the parameter it would otherwise
+# fill): method, path, handler, route name (the FHIR interaction code the CapabilityStatement
+# lists; None: the handler's name), listed in the OpenAPI schema.
+ROUTES: tuple[tuple[str, str, Any, str | None, bool], ...] = (
+    ("GET", "/fhir/metadata", metadata, "capabilities", True),
+    ("POST", "/fhir/", transaction, None, False),
+    ("POST", "/fhir", transaction, "transaction", True),  # and batch: Bundle.type decides
+    ("GET", "/fhir/_history", history_system, "history-system", True),
+    ("GET", "/fhir/{rtype}/_history", history_type, "history-type", True),
+    ("GET", "/fhir/{rtype}", search, "search-type", True),
+    ("POST", "/fhir/{rtype}/_search", search_post, None, False),
+    ("POST", "/fhir/{rtype}", create, "create", True),
+    ("PUT", "/fhir/{rtype}", conditional_update, "conditional-update", False),
+    ("DELETE", "/fhir/{rtype}", conditional_delete, "conditional-delete", False),
+    ("GET", "/fhir/{rtype}/{rid}/_history", history_instance, "history-instance", True),
+    ("GET", "/fhir/{ctype}/{cid}/{rtype}", search_compartment, "search-compartment", False),
+    ("GET", "/fhir/{rtype}/{rid}/_history/{vid}", vread, "vread", True),
+    ("GET", "/fhir/{rtype}/{rid}", read, "read", True),
+    ("PUT", "/fhir/{rtype}/{rid}", update, "update", True),
+    ("DELETE", "/fhir/{rtype}/{rid}", delete, "delete", True),
+)
+
+
+def _install_routes(app: FastAPI) -> None:
+    for method, path, handler, name, in_schema in ROUTES:
+        app.add_api_route(path, handler, methods=[method], name=name,
+                          include_in_schema=in_schema)
 
 
 def _get(hub: Hub, service: SearchService, path: str, query: str, base: str,

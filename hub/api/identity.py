@@ -57,6 +57,7 @@ from hub.mpi.qr import QrError
 from hub.mpi.qr import parse as parse_qr
 from hub.store import ResourceStore
 from projections.person import PersonProjection
+from projections.registry import open_model
 from projections.runner import Runner
 from projections.timeline import TimelineProjection
 
@@ -67,11 +68,16 @@ MAX_SEARCH = 100
 
 # -- wiring -----------------------------------------------------------------------------------------
 
-def attach(app: FastAPI, settings: Settings, hub: Hub, follow_store: ResourceStore) -> None:
-    """Open the person and timeline projections, follow the log, start the audit writer."""
+def attach(app: FastAPI, settings: Settings, hub: Hub, follow_store: ResourceStore,
+           person: PersonProjection | None = None,
+           timeline: TimelineProjection | None = None) -> None:
+    """Follow the log with the person and timeline projections (given, or opened from the
+    registry), start the audit writer."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    person = PersonProjection(settings.data_dir / "person.sqlite")
-    timeline = TimelineProjection(settings.data_dir / "timeline.sqlite")
+    if person is None:
+        person = open_model("person", settings.data_dir)
+    if timeline is None:
+        timeline = open_model("timeline", settings.data_dir)
     person_runner = Runner(follow_store, person)
     timeline_runner = Runner(follow_store, timeline)
     # decisions are taken with the requests' store; the follower keeps the projection current

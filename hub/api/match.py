@@ -32,6 +32,7 @@ from hub.mpi.matcher import Matcher
 from hub.mpi.normalise import features
 from hub.store import ResourceStore
 from projections.identity_candidates import IdentityCandidates
+from projections.registry import open_model
 from projections.runner import Runner
 
 router = APIRouter()
@@ -40,10 +41,13 @@ RYW_TIMEOUT = 5.0
 _PARAMS = {"resource", "onlyCertainMatches", "count"}
 
 
-def attach(app: FastAPI, settings: Settings, store: ResourceStore) -> None:
-    """Open the candidate index and follow the log in the background."""
+def attach(app: FastAPI, settings: Settings, store: ResourceStore,
+           index: IdentityCandidates | None = None) -> None:
+    """Follow the log with the candidate index (``index``, or opened from the registry) in the
+    background."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    index = IdentityCandidates(settings.data_dir / "identity-candidates.sqlite")
+    if index is None:
+        index = open_model("identity-candidates", settings.data_dir)
     runner = Runner(store, index)
     app.state.mpi_candidates = index
     app.state.mpi_candidates_runner = runner

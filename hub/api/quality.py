@@ -52,6 +52,7 @@ from projections.quality import (
     parse_group,
     to_csv,
 )
+from projections.registry import open_model
 from projections.runner import Runner
 
 router = APIRouter()
@@ -70,10 +71,12 @@ _XML = {"xml", "text/xml", "application/xml", "application/fhir+xml", "applicati
 # -- wiring --------------------------------------------------------------------------------------
 
 
-def attach(app: FastAPI, settings: Settings, store: ResourceStore) -> None:
-    """Open the projection, follow the log in the background (``store``: the follower's store)."""
+def attach(app: FastAPI, settings: Settings, store: ResourceStore,
+           model: QualityProjection | None = None) -> None:
+    """Follow the log with the projection (``model``, or opened from the registry) in the
+    background (``store``: the follower's store); ``detach`` closes it."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    model = QualityProjection(settings.data_dir / "quality.sqlite")
+    model = model if model is not None else open_model("quality", settings.data_dir)
     runner = Runner(store, model)
     app.state.quality = model
     app.state.quality_runner = runner

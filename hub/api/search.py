@@ -30,19 +30,31 @@ from projections.search.query import (
     TokenValue,
     parse,
 )
+from projections.search.backend import SearchBackend, open_backend
 from projections.search.sqlite_index import SQLiteSearchIndex
-from projections.search.sqlite_query import SQLiteSearch
 
 RYW_TIMEOUT = 5.0
 
 
 class SearchService:
+    """Searches answered by a ``SearchBackend`` (``backend``; by default the one
+    ``projections.search.backend.open_backend`` builds over ``index``). ``terminology``: the
+    TerminologyService that answers :in, :not-in, :below, :above, ``terminology_sync`` its
+    read-your-writes."""
+
     def __init__(self, store: ResourceStore, index: SQLiteSearchIndex, runner: Runner,
-                 settings: Settings):
+                 settings: Settings, *, backend: SearchBackend | None = None,
+                 terminology=None, terminology_sync: Callable[[], object] | None = None):
         self.store, self.index, self.runner, self.settings = store, index, runner, settings
-        self.sql = SQLiteSearch(index)
-        self.terminology = None  # a TerminologyService once it runs: :in, :not-in, :below, :above
-        self.terminology_sync: Callable[[], object] | None = None  # its read-your-writes
+        self.backend: SearchBackend = backend if backend is not None else open_backend(index)
+        self.terminology = terminology
+        self.terminology_sync = terminology_sync
+
+    @property
+    def sql(self):
+        """The backend where SQLite-specific code reads the index tables itself
+        (``hub.mpi.everything``) or tunes it (tests)."""
+        return self.backend
 
     def sync(self, timeout: float = RYW_TIMEOUT) -> bool:
         """Bring the index up to the log's end as of now (read-your-writes); False on timeout."""
@@ -69,7 +81,7 @@ class SearchService:
         if not q.where:
             raise bad_request("A conditional operation needs search criteria")
         self.sync()
-        return self.sql.match_ids(q)
+        return self.backend.match_ids(q)
 
 
 # -- the Patient compartment ----------------------------------------------------------------------
@@ -151,7 +163,7 @@ def search_bundle(hub: Hub, service: SearchService, rtype: str, params: list[tup
         # ~1,000 index rows, or none at all) and left out otherwise, so a broad search does not pay
         # for counting every match; _total=accurate always counts.
         want_total = "if-cheap" if q.total is None else q.total
-    page = service.sql.page(q, count, False if want_total == "none" else want_total)
+    page = service.backend.page(q, count, False if want_total == "none" else want_total)
     keep = None
     if q.summary == "true":
         allowed = summary_elements(rtype)
@@ -184,7 +196,7 @@ def search_bundle(hub: Hub, service: SearchService, rtype: str, params: list[tup
     bodies = current_bodies(hub, page.rows)
     for row in page.rows:
         add(row, "match", bodies)
-    included = list(service.sql.included(page.rows, q.include, q.revinclude, base=base))
+    included = list(service.backend.included(page.rows, q.include, q.revinclude, base=base))
     bodies = current_bodies(hub, included)
     for row in included:
         add(row, "include", bodies)

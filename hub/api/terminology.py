@@ -33,6 +33,7 @@ from hub.api.responses import check_content_type, check_format, fhir_response
 from hub.config import Settings
 from hub.errors import FhirError, bad_request, not_found
 from hub.store import ResourceStore
+from projections.registry import BY_NAME, open_model
 from projections.runner import Runner
 from projections.terminology import TerminologyProjection
 from terminology.operations import OPERATIONS, SPECS
@@ -44,11 +45,13 @@ router = APIRouter()
 _INLINE = {"lookup", "validate-code", "subsumes", "translate"}  # cheap: answered on the loop
 
 
-def attach(app: FastAPI, settings: Settings, store: ResourceStore) -> None:
-    """Open the projection and follow the log in the background (``store``: the follower's)."""
+def attach(app: FastAPI, settings: Settings, store: ResourceStore,
+           model: TerminologyProjection | None = None) -> None:
+    """Follow the log with the projection (``model``, or opened from the registry) in the
+    background (``store``: the follower's); the service reads its file."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.data_dir / "terminology.sqlite"
-    model = TerminologyProjection(path)
+    path = BY_NAME["terminology"].path(settings.data_dir)
+    model = model if model is not None else open_model("terminology", settings.data_dir)
     runner = Runner(store, model)
     app.state.terminology = TerminologyService(path)
     app.state.terminology_model = model

@@ -28,6 +28,7 @@ from hub.api.responses import pretty
 from hub.config import Settings
 from hub.errors import FhirError, bad_request
 from hub.store import ResourceStore
+from projections.registry import open_model
 from projections.runner import Runner
 from projections.unmapped import COLUMNS, MAX_TEXT, QueryError, UnmappedProjection, to_csv
 
@@ -38,9 +39,12 @@ MAX_ROWS = 100_000
 _PARAMS = {"institution", "system", "_count", "_format", "_pretty"}
 
 
-def attach(app: FastAPI, settings: Settings, store: ResourceStore) -> None:
+def attach(app: FastAPI, settings: Settings, store: ResourceStore,
+           model: UnmappedProjection | None = None) -> None:
+    """Follow the log with the worklist (``model``, or opened from the registry) in the
+    background; ``detach`` closes it."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    model = UnmappedProjection(settings.data_dir / "unmapped.sqlite")
+    model = model if model is not None else open_model("unmapped", settings.data_dir)
     runner = Runner(store, model)
     app.state.unmapped = model
     app.state.unmapped_runner = runner

@@ -300,7 +300,7 @@ def _search(request: Request, q: dict[str, Any]) -> tuple[list[dict], int | None
     plan = service.parse(rtype, params, True, base)  # strict: an ignored criterion would widen it
     wanted = min(plan.count if plan.count is not None else settings.default_count, settings.max_count)
     service.sync()
-    page = service.sql.page(plan, settings.max_count if post else wanted, "accurate")
+    page = service.backend.page(plan, settings.max_count if post else wanted, "accurate")
     matches = []
     for row in page.rows:
         d = _load(hub, row.rtype, row.rid)
@@ -315,7 +315,7 @@ def _search(request: Request, q: dict[str, Any]) -> tuple[list[dict], int | None
     else:
         rows = page.rows
     resources = list(matches)
-    for row in service.sql.included(rows, plan.include, plan.revinclude, base=base):
+    for row in service.backend.included(rows, plan.include, plan.revinclude, base=base):
         d = _load(hub, row.rtype, row.rid)
         if d is not None:
             resources.append(d)

@@ -48,11 +48,11 @@ def add_parsers(sub: Any, common: Any) -> None:
 def _index(settings: Any, store: Any):
     from tqdm import tqdm
 
-    from projections.identity_candidates import IdentityCandidates
+    from projections.registry import open_model
     from projections.runner import Runner
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    index = IdentityCandidates(settings.data_dir / "identity-candidates.sqlite")
+    index = open_model("identity-candidates", settings.data_dir)
     runner = Runner(store, index)
     lag = runner.lag()
     with tqdm(total=lag, unit=" events", desc="identity-candidates", disable=not sys.stderr.isatty()) as bar:
@@ -66,10 +66,10 @@ def _steward_decisions(settings: Any, store: Any) -> list:
     """The decisions data stewards made (``hub.mpi.train.steward_decisions``), the person
     projection brought up to the log's end first."""
     from hub.mpi.train import steward_decisions
-    from projections.person import PersonProjection
+    from projections.registry import open_model
     from projections.runner import Runner
 
-    person = PersonProjection(settings.data_dir / "person.sqlite")
+    person = open_model("person", settings.data_dir)
     try:
         Runner(store, person).catch_up()
         return steward_decisions(person)
@@ -82,11 +82,11 @@ def _identity_decide(settings: Any, store: Any, index: Any = None):
     (hub.mpi.identity), or None when it is not there."""
     try:
         from hub.mpi.identity import IdentityService
-        from projections.person import PersonProjection
+        from projections.registry import open_model
         from projections.runner import Runner
     except ImportError:
         return None
-    person = PersonProjection(settings.data_dir / "person.sqlite")
+    person = open_model("person", settings.data_dir)
     service = IdentityService(store, person, Runner(store, person))
     if index is not None:
         service.roles = lambda: index.roles  # the unique systems stored NamingSystems declare
@@ -173,11 +173,11 @@ def cmd_mpi(args: Any, settings: Any, open_store: Any, usage_error: type[Excepti
 
 def _export(args: Any, settings: Any, store: Any) -> int:
     from hub.mpi.listing import EXPORT_COLUMNS, link_rows
-    from projections.person import PersonProjection
+    from projections.registry import open_model
     from projections.runner import Runner
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    person = PersonProjection(settings.data_dir / "person.sqlite")
+    person = open_model("person", settings.data_dir)
     try:
         runner = Runner(store, person)
         if not args.no_sync:

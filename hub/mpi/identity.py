@@ -113,11 +113,13 @@ class IdentityService:
 
     @classmethod
     def open(cls, store: ResourceStore, data_dir) -> IdentityService:
-        """The service over the person projection in ``data_dir`` (``person.sqlite``)."""
+        """The service over the person projection in ``data_dir`` (projections.registry)."""
         from pathlib import Path
 
+        from projections.registry import open_model
+
         Path(data_dir).mkdir(parents=True, exist_ok=True)
-        return cls(store, PersonProjection(Path(data_dir) / "person.sqlite"))
+        return cls(store, open_model("person", data_dir))
 
     def close(self) -> None:
         self.person.close()

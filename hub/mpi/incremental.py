@@ -25,11 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from eventsourcing.persistence import Notification, Tracking
+from eventsourcing.persistence import Notification
 
 from hub.events import KIND_OF_TOPIC
 from hub.mpi.matcher import Candidate, Matcher, decision
 from projections.identity_candidates import IdentityCandidates
+from projections.sqlite_model import record_position
 
 NAME = "mpi-incremental"
 Decide = Callable[[str, str, list, float, dict, str], object]
@@ -86,6 +87,11 @@ class IncrementalMatcher:
         with self.index.datastore.transaction(commit=True) as c:
             c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
 
+    bulk = False  # no bulk mode of its own (it ends the index's, below)
+
+    def caught_up(self) -> None:
+        pass  # the ReadModel contract: nothing to build at the log's end
+
     def close(self) -> None:
         pass  # the index is closed by its owner
 
@@ -125,7 +131,7 @@ class IncrementalMatcher:
             c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (NAME,))
             row = c.fetchone()
             if row is None or row[0] < last:
-                self.tracking._insert_tracking(c, Tracking(NAME, last))
+                record_position(self.tracking, c, NAME, last)
 
 
 def rematch_all(index: IdentityCandidates, matcher: Matcher, decide: Decide | None,

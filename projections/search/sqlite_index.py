@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
-from eventsourcing.persistence import Notification, Tracking
+from eventsourcing.persistence import Notification
 
 from hub.events import KIND_OF_TOPIC
 from hub.fhirtime import parse_range
-from projections.sqlite_model import SQLiteReadModel
+from projections.sqlite_model import SQLiteReadModel, record_position
 from projections.search.extract import DateRange, Quantity, Str, Token, extract
 from projections.search.params import params_for
 
@@ -234,9 +234,14 @@ class SQLiteSearchIndex(SQLiteReadModel):
         table, rows_of = _ROWS[p.type]
         return self._param_id(c, rtype, code), p.type == "date", self._rows[table], rows_of
 
-    def apply(self, notifications: Sequence[Notification]) -> None:
+    def apply(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
+        """Apply a batch and record the last id (or ``up_to`` when beyond it) in one
+        transaction; a batch at or below the recorded position is refused (``IntegrityError``)."""
+        last = max(notifications[-1].id if notifications else 0, up_to or 0)
+        if not last:
+            return
         try:
-            self._apply(notifications)
+            self._apply(notifications, last)
         except BaseException:
             # the transaction rolled back: parameter ids it created are gone again
             self._params.clear()
@@ -246,7 +251,7 @@ class SQLiteSearchIndex(SQLiteReadModel):
             for batch in self._rows.values():
                 batch.clear()
 
-    def _apply(self, notifications: Sequence[Notification]) -> None:
+    def _apply(self, notifications: Sequence[Notification], last: int) -> None:
         # Only the newest event of each resource in the batch matters for the index.
         newest: dict[str, Notification] = {}
         for n in notifications:
@@ -332,7 +337,7 @@ class SQLiteSearchIndex(SQLiteReadModel):
             c.executemany("UPDATE sp_param SET multi=1 WHERE id=?", [(pid,) for pid in multi])
             c.executemany("UPDATE sp_param SET span=MAX(span, ?) WHERE id=?",
                           [(span, pid) for pid, span in spans.items()])
-            self.tracking._insert_tracking(c, Tracking(NAME, notifications[-1].id))
+            record_position(self.tracking, c, NAME, last)
         self._multi |= multi  # after the commit: a rolled-back batch must not count
         for pid, span in spans.items():
             self._span[pid] = max(span, self._span.get(pid, 0.0))

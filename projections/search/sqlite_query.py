@@ -16,13 +16,13 @@ import re
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import orjson
 
 from hub.errors import bad_request
+from projections.search.backend import Page, Row, SearchBackend
 from projections.search.extract import normalize, ucum_canonical
 from projections.search.params import params_for
 from projections.search.query import (
@@ -49,21 +49,6 @@ ESTIMATE_EXACT_UP_TO = 1000  # _total=estimate is exact when some criterion has 
 TYPE_SIZE_TTL = 60.0
 SORT_COLUMN = {"string": "norm", "token": "code", "number": "value", "quantity": "cvalue",
                "reference": "target", "uri": "uri", "date": "lo"}
-
-
-@dataclass
-class Row:
-    rtype: str
-    rid: str
-    pk: int
-
-
-@dataclass
-class Page:
-    rows: list[Row]
-    next_cursor: str | None
-    prev_cursor: str | None
-    total: int | None
 
 
 _WORD = re.compile(r"\w+")
@@ -135,7 +120,9 @@ class _Sql:
         return f"{test} AND {x}.type = {self.arg(target_type)}" if target_type else test
 
 
-class SQLiteSearch:
+class SQLiteSearch(SearchBackend):
+    """The ``SearchBackend`` over the SQLite search index."""
+
     def __init__(self, index: SQLiteSearchIndex):
         self.index = index
         self._pids: dict[tuple[str, str], int] = {}

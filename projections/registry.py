@@ -1,0 +1,76 @@
+"""The read models, listed once: the CLI (``hub projections``) and the API's lifespan open them
+from here, each in its own SQLite file in the data directory (on any event store).
+
+A model's class is imported when it is opened, so listing the names stays cheap for the CLI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+
+from projections.contract import ReadModel
+
+
+@dataclass(frozen=True)
+class ReadModelSpec:
+    name: str  # its tracking name, and the name ``hub projections`` takes
+    file: str  # its SQLite file in the data directory
+    cls: str  # "module:Class", a ``ReadModel``
+    about: str
+
+    def model_class(self) -> type[ReadModel]:
+        module, _, attr = self.cls.partition(":")
+        return getattr(import_module(module), attr)
+
+    def path(self, data_dir: Path) -> Path:
+        return Path(data_dir) / self.file
+
+    def open(self, data_dir: Path) -> ReadModel:
+        return self.model_class()(self.path(data_dir))
+
+
+READ_MODELS: tuple[ReadModelSpec, ...] = (
+    ReadModelSpec("search", "search.sqlite", "projections.search.sqlite_index:SQLiteSearchIndex",
+                  "the search index"),
+    ReadModelSpec("quality", "quality.sqlite", "projections.quality:QualityProjection",
+                  "document quality findings"),
+    ReadModelSpec("terminology", "terminology.sqlite",
+                  "projections.terminology:TerminologyProjection",
+                  "code systems, value sets, concept maps"),
+    ReadModelSpec("unmapped", "unmapped.sqlite", "projections.unmapped:UnmappedProjection",
+                  "the unmapped local codes worklist"),
+    ReadModelSpec("person", "person.sqlite", "projections.person:PersonProjection",
+                  "golden persons from identity events"),
+    ReadModelSpec("timeline", "timeline.sqlite", "projections.timeline:TimelineProjection",
+                  "each Patient's clinical events in time order"),
+    ReadModelSpec("identity-candidates", "identity-candidates.sqlite",
+                  "projections.identity_candidates:IdentityCandidates",
+                  "features and blocking keys of the master patient index"),
+)
+BY_NAME = {spec.name: spec for spec in READ_MODELS}
+
+
+def names() -> list[str]:
+    return [spec.name for spec in READ_MODELS]
+
+
+def open_model(name: str, data_dir: Path) -> ReadModel:
+    """Open the read model ``name`` in ``data_dir`` (its tables created if new)."""
+    return BY_NAME[name].open(data_dir)
+
+
+def open_models(data_dir: Path) -> dict[str, ReadModel]:
+    """Every read model, by name, opened in ``data_dir`` (those opened are closed again if one
+    fails to open)."""
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    out: dict[str, ReadModel] = {}
+    try:
+        for spec in READ_MODELS:
+            out[spec.name] = spec.open(data_dir)
+    except BaseException:
+        for model in out.values():
+            model.close()
+        raise
+    return out

@@ -1,0 +1,67 @@
+"""What the API asks of a search backend: a search plan (``projections.search.query.Query``) in,
+a page of matches out.
+
+The planner (query.py) is independent of storage; a backend answers its plans. The SQLite one
+(``sqlite_query.SQLiteSearch`` over ``sqlite_index.SQLiteSearchIndex``) is the one there is;
+``open_backend`` is the one place the API's backend is built, so another (PostgreSQL, an
+external engine) replaces it there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from projections.search.query import Include, Query
+
+if TYPE_CHECKING:
+    from projections.search.sqlite_index import SQLiteSearchIndex
+
+
+@dataclass
+class Row:
+    """A match: its type, id, and the backend's key for it (includes start from it)."""
+
+    rtype: str
+    rid: str
+    pk: int
+
+
+@dataclass
+class Page:
+    """One page of matches with the keyset cursors of the pages beside it."""
+
+    rows: list[Row]
+    next_cursor: str | None
+    prev_cursor: str | None
+    total: int | None
+
+
+@runtime_checkable
+class SearchBackend(Protocol):
+    def page(self, q: Query, count: int, with_total: bool | str) -> Page:
+        """One page of ``q``'s matches (``count`` of them at most, from ``q.cursor``);
+        ``with_total``: False, True or "accurate" (exact), "estimate", or "if-cheap" (exact
+        where cheap, else no total)."""
+        ...
+
+    def included(self, matches: list[Row], include: list[Include], revinclude: list[Include],
+                 rounds: int = 4, base: str | None = None) -> list[Row]:
+        """What ``_include``/``_revinclude`` add to a page (not those already in it); ``base``:
+        this server's base URL (absolute references on it are local)."""
+        ...
+
+    def match_ids(self, q: Query, limit: int = 1000) -> list[str]:
+        """Ids of ``q``'s matches, for conditional interactions."""
+        ...
+
+    def count(self, q: Query) -> int:
+        """How many resources match ``q``."""
+        ...
+
+
+def open_backend(index: SQLiteSearchIndex) -> SearchBackend:
+    """The API's search backend over the search index it follows the log with."""
+    from projections.search.sqlite_query import SQLiteSearch
+
+    return SQLiteSearch(index)
