@@ -45,7 +45,7 @@ def _money(ctx: Ctx, st) -> dict | None:
 def build_charge_item(ctx: Ctx, sec: Section, st, pos: str, map_nested: Callable,
                       part_of: str | None = None) -> list[str] | None:
     """One fee statement -> a ChargeItem; nested fees -> ChargeItems ``partOf`` it, the self-paid part
-    -> an extension; other nested statements -> ``map_nested(ctx, sec, st, pos, ref)`` (the mapper's)."""
+    -> an extension; other nested statements -> ``map_nested(ctx, sec, st, pos, ref)`` (``entries``')."""
     money = _money(ctx, st)
     code = ctx.concept(child(st, "code"))
     if money is None or not code:

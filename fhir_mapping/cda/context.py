@@ -1,7 +1,7 @@
 """State of one CDA conversion (Ctx) and the statement helpers every entry builder shares.
 
-Lower than ``mapper`` and the entry-builder modules (``orders``, ``reports``, ``charges``): they all import
-from here and nothing here imports them back."""
+Lower than ``mapper``, ``sections``, ``entries`` and the entry-builder modules (``orders``, ``reports``,
+``charges``): they all import from here and nothing here imports them back."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The CDA header -> Patient, Organization (custodian, department chain), Location (bed, room),
 Practitioner / PractitionerRole and Encounter. Identity keys follow fhir_mapping.identifiers: no
 filler and no identifier failing its check digit is ever a key or stored (Ctx.checked_ident).
-Imports only ``context``; ``mapper`` calls in here."""
+Imports only ``context``; ``mapper`` (and ``entries``, for performers) call in here."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ of its MedicationRequest, and a non-drug order becomes a ServiceRequest.
 
 Tables (``tables/entries.yaml``): ``medication_details`` (data element nested in a drug -> where it
 goes), ``prescription_facts`` (data element of the prescription section -> what it sets on every
-MedicationRequest of that section). Imports only ``context``; ``mapper`` calls in here.
+MedicationRequest of that section). Imports only ``context``; ``entries`` and ``sections`` call in here.
 """
 
 from __future__ import annotations
