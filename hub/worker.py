@@ -23,6 +23,7 @@ import orjson
 
 from connectors.sinks.base import RETRY_STATUS
 from fhir_mapping.base import Conversion
+from hub.commandline import open_store
 from hub.config import Settings
 from hub.errors import FhirError
 
@@ -78,7 +79,6 @@ class IngestWorker:
                  group: str = "hub-ingest-worker", max_records: int = 500,
                  consumer: dict | None = None):
         from connectors.spool import Spool
-        from hub.cli import open_store
         from hub.ingest import Hub
 
         self.settings = settings
@@ -214,7 +214,6 @@ def _decode(value: bytes) -> dict:
 
 def replay_deadletters(store, ids: list[int], settings: Settings):
     """Write dead-lettered units again (after a fix); [(id, ok, error, None)]."""
-    from hub.cli import open_store
     from hub.ingest import Hub
 
     hub = Hub(open_store(settings))
