@@ -26,6 +26,7 @@ from fhir_mapping.base import Conversion
 from hub.commandline import open_store
 from hub.config import Settings
 from hub.errors import FhirError
+from hubbase.errors import HubError
 
 log = logging.getLogger("hub.worker")
 
@@ -39,8 +40,8 @@ def _no_get(path: str, query: str):
     raise FhirError(400, "not-supported", "GET entries are not run by the ingest worker")
 
 
-class Transient(Exception):
-    pass
+class Transient(HubError):
+    error_code = "unavailable"
 
 
 def _conversion(unit: dict) -> Conversion:

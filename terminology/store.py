@@ -21,16 +21,21 @@ from typing import Any
 
 import orjson
 
+from hubbase.errors import HubError
 from terminology import rows as R
 
 
-class TerminologyNotFound(LookupError):
+class TerminologyNotFound(HubError, LookupError):
     """An unknown code system, value set or concept map (404)."""
 
+    error_code = "not-found"
 
-class TerminologyError(ValueError):
+
+class TerminologyError(HubError, ValueError):
     """A request or a value set the operations cannot answer (400); ``code`` is the
     OperationOutcome issue type (``invalid``, ``too-costly``, ``not-supported``)."""
+
+    error_code = "invalid"
 
     def __init__(self, message: str, code: str = "invalid"):
         super().__init__(message)

@@ -11,6 +11,7 @@ from typing import Any
 from lxml import etree
 
 from fhir_mapping.base import Finding
+from hubbase.errors import HubError
 
 V3 = "urn:hl7-org:v3"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -57,8 +58,10 @@ class QualityFinding:
                        self.location)
 
 
-class RuleError(ValueError):
+class RuleError(HubError, ValueError):
     """A rule file is malformed (raised when loading, never while checking a document)."""
+
+    error_code = "config"
 
 
 @dataclass

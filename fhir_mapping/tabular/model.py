@@ -6,11 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from hubbase.errors import HubError
+
 __all__ = ["MappingFileError", "Resource", "Rule"]
 
 
-class MappingFileError(ValueError):
+class MappingFileError(HubError, ValueError):
     """The mapping file itself is wrong; the message names the file and the rule."""
+
+    error_code = "config"
 
 
 # -- compiled form ---------------------------------------------------------------------------------

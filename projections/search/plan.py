@@ -44,6 +44,7 @@ import orjson
 from hub.fhirtime import parse_range
 from hub.jsontypes import TYPES as ELEMENTS
 from hub.resource import RESOURCE_TYPES
+from hubbase.errors import HubError
 from projections.search.params import SearchParam, indexed_params
 
 
@@ -446,8 +447,10 @@ def _guess_type(v: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 # Compiling FHIRPath to dict walks
 
-class CompileError(Exception):
+class CompileError(HubError):
     """The expression is more than a simple path; it is left to the FHIRPath library."""
+
+    error_code = "unsupported"
 
 
 _TOKENS = re.compile(r"\s*(?:(?P<str>'(?:[^'\\]|\\.)*')|(?P<num>\d+)|(?P<id>%?[A-Za-z_][A-Za-z0-9_]*)"
