@@ -814,7 +814,7 @@ COMMANDS["terminology"] = cmd_terminology
 def cmd_mpi(args, settings: Settings) -> int:  # hub mpi train|rematch (hub/mpi/cli.py)
     from hub.mpi import cli as mpi_cli
 
-    return mpi_cli.cmd_mpi(args, settings, open_store, UsageError)
+    return mpi_cli.cmd_mpi(args, settings)
 
 
 COMMANDS["mpi"] = cmd_mpi
