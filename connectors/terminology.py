@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from fhir_mapping.base import Conversion, Finding, MappingError, SourceInfo
+from hubbase.errors import HubError
 from terminology.normalise import Normaliser
 
 log = logging.getLogger("connectors.terminology")
@@ -50,8 +51,8 @@ MAX_PAGES = 100
 PAGE = 200
 
 
-class TerminologyConfigError(ValueError):
-    pass
+class TerminologyConfigError(HubError, ValueError):
+    error_code = "config"
 
 
 def parse_config(d: Any, base: Path, where: str) -> dict[str, Any] | None:

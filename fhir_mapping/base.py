@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from fhir_mapping import source_order
+from hubbase.errors import HubError
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +98,12 @@ class Conversion:
         return {"resourceType": "Bundle", "type": type_, "entry": self.entries()}
 
 
-class MappingError(Exception):
+class MappingError(HubError):
     """The payload cannot be converted. ``code`` follows HL7 v2 MSA-1: AR = rejected (the
     message itself is unacceptable: framing, encoding, unsupported type), AE = application error
-    (well-formed but its content cannot be mapped)."""
+    (well-formed but its content cannot be mapped). The root of the mappers' errors."""
+
+    error_code = "mapping"
 
     def __init__(self, reason: str, *, code: str = "AE", location: str | None = None,
                  rule: str | None = None):

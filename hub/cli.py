@@ -12,21 +12,20 @@ import heapq
 import os
 import sys
 import time
-import zlib
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 
+from hub.commandline import UsageError, input_kind, iter_inputs, open_store
 from hub.config import Settings
 from hub.errors import FhirError
 from projections.registry import names as read_model_names
 from projections.registry import open_model
 
-
-class UsageError(Exception):
-    pass
+# the shared command helpers (hub.commandline) stay importable from hub.cli
+__all__ = ["COMMANDS", "PROJECTIONS", "UsageError", "input_kind", "iter_inputs", "main",
+           "open_store"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,39 +187,6 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
-def open_store(settings: Settings, existing: bool = False):
-    """The configured event store; an unusable PostgreSQL URL is a UsageError saying why.
-
-    Checked with one plain connection first: the store's pool would only say, after a wait, that
-    it got no connection. With ``existing`` a SQLite store must already be there (reading commands
-    should not create an empty one in a mistyped data directory).
-    """
-    if settings.database_url:
-        import psycopg
-
-        try:
-            info = psycopg.conninfo.conninfo_to_dict(settings.database_url)
-        except psycopg.Error as e:
-            raise UsageError("--database-url / HUB_DATABASE_URL is not a PostgreSQL URL: "
-                             + _one_line(e)) from None
-        # the same defaults as ResourceStore.postgres; the password is never printed
-        params = {"host": info.get("host", "127.0.0.1"), "port": info.get("port", 5432),
-                  "user": info.get("user", "postgres"), "dbname": info.get("dbname", "postgres")}
-        where = f"{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
-        try:
-            psycopg.connect(**params, password=info.get("password", ""), connect_timeout=5).close()
-        except psycopg.Error as e:
-            raise UsageError(f"cannot connect to PostgreSQL at {where}: {_one_line(e)}") from None
-    elif existing and not settings.event_store_path.exists():
-        raise UsageError(f"no event store in {settings.data_dir} (set --data-dir or HUB_DATA_DIR)")
-    return settings.open_store()
-
-
-def _one_line(e: Exception) -> str:
-    """libpq's messages span lines."""
-    return "; ".join(" ".join(line.split()) for line in str(e).splitlines() if line.strip())
-
-
 def cmd_serve(args, settings: Settings) -> int:
     import uvicorn
 
@@ -247,46 +213,7 @@ def cmd_serve(args, settings: Settings) -> int:
 
 # -- ingest ----------------------------------------------------------------------------------------
 
-BOM = b"\xef\xbb\xbf"
 SHOW_PROBLEMS = 20
-
-
-def input_kind(f: Path) -> str | None:
-    """"ndjson" or "json" for the files ``hub ingest`` reads (optionally gzipped), else None."""
-    name = f.name.lower().removesuffix(".gz")
-    return "ndjson" if name.endswith(".ndjson") else "json" if name.endswith(".json") else None
-
-
-def iter_inputs(paths: list[Path]) -> Iterator[tuple[str, bytes | None, str | None]]:
-    """(where, raw JSON, None) for every resource or Bundle in files and folders, NDJSON line by
-    line; (where, None, reason) for a file that cannot be read (the other files are still read)."""
-    for path in paths:
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for f in files:
-            kind = input_kind(f)
-            if kind is None:
-                continue  # other files in a folder (truth.csv, README, ...)
-            n = 0
-            try:
-                with _open(f) as fh:
-                    if kind == "json":
-                        yield str(f), fh.read().removeprefix(BOM), None
-                        continue
-                    for n, line in enumerate(fh, 1):
-                        if n == 1:
-                            line = line.removeprefix(BOM)
-                        if line.strip():
-                            yield f"{f}:{n}", line, None
-            except (OSError, EOFError, zlib.error) as e:  # unreadable, corrupt or truncated gzip
-                yield (f"{f}:{n + 1}" if n else str(f)), None, f"Cannot read the file: {e}"
-
-
-def _open(f: Path):
-    if f.name.lower().endswith(".gz"):
-        import gzip
-
-        return gzip.open(f, "rb")
-    return f.open("rb")
 
 
 def outcome_kind(result) -> str:
@@ -831,10 +758,7 @@ def _connector_command(name: str):
     def run(args, settings: Settings) -> int:
         from connectors import cli as connector_cli
 
-        try:
-            return getattr(connector_cli, name)(args, settings)
-        except connector_cli.CliError as e:
-            raise UsageError(str(e)) from None
+        return getattr(connector_cli, name)(args, settings)
     return run
 
 
@@ -848,7 +772,7 @@ COMMANDS["terminology"] = cmd_terminology
 def cmd_mpi(args, settings: Settings) -> int:  # hub mpi train|rematch (hub/mpi/cli.py)
     from hub.mpi import cli as mpi_cli
 
-    return mpi_cli.cmd_mpi(args, settings, open_store, UsageError)
+    return mpi_cli.cmd_mpi(args, settings)
 
 
 COMMANDS["mpi"] = cmd_mpi
@@ -934,8 +858,6 @@ COMMANDS.update({"connector": _connector_command("cmd_connector"),
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    # run the imported module's main: commands living in other modules raise hub.cli.UsageError,
-    # which must be the class main catches, not a second copy made by `python -m hub.cli`
-    from hub.cli import main as _main
-
-    sys.exit(_main())
+    # commands living in other modules raise hub.commandline.UsageError, the class main catches
+    # (it is not defined here, so `python -m hub.cli` makes no second copy of it)
+    sys.exit(main())

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from hubbase.errors import HubError
+
 
 @dataclass(frozen=True, slots=True)
 class Issue:
@@ -21,14 +23,24 @@ class Issue:
         return out
 
 
-class FhirError(Exception):
-    """An interaction failed; ``status`` is the HTTP status, ``issues`` say what and where."""
+# the error root's code of a FHIR failure, by HTTP status (anything else 4xx: invalid)
+_ERROR_CODE_OF_STATUS = {404: "not-found", 410: "not-found", 409: "conflict", 412: "conflict",
+                         413: "too-large", 422: "invalid", 501: "unsupported"}
+
+
+class FhirError(HubError):
+    """An interaction failed; ``status`` is the HTTP status, ``issues`` say what and where.
+    ``error_code`` (the root's stable code) follows the status; 5xx other than 501 is unavailable."""
+
+    error_code = "invalid"
 
     def __init__(self, status: int, code: str, diagnostics: str, expression: str | None = None,
                  issues: list[Issue] | None = None):
         super().__init__(diagnostics)
         self.status = status
         self.issues = issues or [Issue(code, diagnostics, expression=expression)]
+        self.error_code = _ERROR_CODE_OF_STATUS.get(
+            status, "unavailable" if status >= 500 else type(self).error_code)
 
     def outcome(self) -> dict:
         return operation_outcome(self.issues)

@@ -38,6 +38,7 @@ from hub.events import KIND_OF_TOPIC, ResourceEvent, from_stored, to_stored
 from hub.fhirtime import parse_range
 from hub.mpi import events as identity_events
 from hub.resource import content_hash, identifiers
+from hubbase.errors import HubError
 
 # -- events that are no resource (MPI identity decisions, hub/mpi/events.py) -----------------------
 # They live in the same log (one notification order) under streams of their own kind, with no row
@@ -48,8 +49,10 @@ STREAM_KINDS: dict[str, tuple[str, ...]] = {identity_events.STREAM_KIND: identit
 # ---------------------------------------------------------------------------------------------------
 
 
-class ConflictError(Exception):
+class ConflictError(HubError):
     """A concurrent write changed what this commit was prepared against; safe to retry."""
+
+    error_code = "conflict"
 
 
 @dataclass(frozen=True, slots=True)

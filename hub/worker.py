@@ -23,8 +23,10 @@ import orjson
 
 from connectors.sinks.base import RETRY_STATUS
 from fhir_mapping.base import Conversion
+from hub.commandline import open_store
 from hub.config import Settings
 from hub.errors import FhirError
+from hubbase.errors import HubError
 
 log = logging.getLogger("hub.worker")
 
@@ -38,8 +40,8 @@ def _no_get(path: str, query: str):
     raise FhirError(400, "not-supported", "GET entries are not run by the ingest worker")
 
 
-class Transient(Exception):
-    pass
+class Transient(HubError):
+    error_code = "unavailable"
 
 
 def _conversion(unit: dict) -> Conversion:
@@ -78,7 +80,6 @@ class IngestWorker:
                  group: str = "hub-ingest-worker", max_records: int = 500,
                  consumer: dict | None = None):
         from connectors.spool import Spool
-        from hub.cli import open_store
         from hub.ingest import Hub
 
         self.settings = settings
@@ -214,7 +215,6 @@ def _decode(value: bytes) -> dict:
 
 def replay_deadletters(store, ids: list[int], settings: Settings):
     """Write dead-lettered units again (after a fix); [(id, ok, error, None)]."""
-    from hub.cli import open_store
     from hub.ingest import Hub
 
     hub = Hub(open_store(settings))

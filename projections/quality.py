@@ -40,6 +40,7 @@ from eventsourcing.persistence import Notification
 
 from hub.events import KIND_OF_TOPIC
 from hub.fhirtime import parse_range
+from projections.errors import QueryError
 from projections.sqlite_model import SQLiteReadModel, newest
 
 NAME = "quality"
@@ -93,10 +94,6 @@ _COUNT_SQL = (
     "COUNT(CASE WHEN f.severity = 'information' THEN 1 END)",
 )
 MAX_TEXT = 256  # longest filter value accepted (institution codes and OIDs are far shorter)
-
-
-class QueryError(ValueError):
-    """A filter or grouping the projection cannot answer (a user mistake: 400 / exit 2)."""
 
 
 # -- reading a report --------------------------------------------------------------------------

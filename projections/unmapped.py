@@ -34,6 +34,7 @@ import orjson
 from eventsourcing.persistence import Notification
 
 from hub.events import KIND_OF_TOPIC
+from projections.errors import QueryError
 from projections.sqlite_model import SQLiteReadModel
 
 NAME = "unmapped"
@@ -61,10 +62,6 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS u_code_rank ON u_code (resources DESC)",
     "INSERT OR IGNORE INTO u_meta (key, value) VALUES ('writer', 0)",
 ]
-
-
-class QueryError(ValueError):
-    """A filter the worklist cannot answer (400 / exit 2)."""
 
 
 def _cut(text: str) -> str:

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from hub.jsontypes import TYPES as ELEMENTS
-from projections.search.extract import CompileError, _merge_oftype, _Parser
+from projections.search.plan import CompileError, _merge_oftype, _Parser
 from fhir_defs import complete_code_systems
 from projections.search.params import params_for, resource_types
 

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from hub.commandline import UsageError, open_store
+
 
 def add_parsers(tsub, common) -> None:
     p = tsub.add_parser("load", parents=[common],
@@ -29,7 +31,6 @@ def add_parsers(tsub, common) -> None:
 def cmd_load(args, settings) -> int:
     from tqdm import tqdm
 
-    from hub.cli import UsageError, open_store
     from hub.ingest import Context, Hub
     from projections.runner import Runner
     from projections.terminology import TerminologyProjection

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import orjson
 
+from hub.commandline import UsageError, open_store
+
 FEED = "terminology-renormalise"
 CHUNK = 200
 
@@ -43,14 +45,11 @@ def add_parsers(tsub, common) -> None:
     p.set_defaults(terminology_func=cmd_renormalise)
 
 
-def _usage(msg: str) -> Exception:
-    from hub.cli import UsageError
-
+def _usage(msg: str) -> UsageError:
     return UsageError(msg)
 
 
 def _open(settings):
-    from hub.cli import open_store
     from projections.unmapped import UnmappedProjection
 
     store = open_store(settings, existing=True)

@@ -46,6 +46,7 @@ import io
 import re
 from typing import Any
 
+from hubbase.errors import HubError
 from terminology import rows as R
 
 MAX_PROBLEMS = 20
@@ -67,8 +68,10 @@ CM_COLUMNS = {"source_system", "source_code", "source_display", "target_system",
               "target_display", "equivalence", "comment"}
 
 
-class CsvError(ValueError):
+class CsvError(HubError, ValueError):
     """The file cannot be read as a code system or concept map; ``problems``: (line, what)."""
+
+    error_code = "invalid"
 
     def __init__(self, problems: list[tuple[int, str]]):
         self.problems = problems

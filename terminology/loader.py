@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 
+from hub.commandline import iter_inputs
 from hub.errors import FhirError
 from hub.ingest import Context, Hub
 from terminology import csvformat
@@ -101,7 +102,6 @@ def iter_resources(path: Path, csv_options: dict[str, str | None]
         except OSError as e:
             yield str(path), None, f"Cannot read the file: {e}"
         return
-    from hub.cli import iter_inputs
     from hub.resource import parse_json
 
     for where, raw, unreadable in iter_inputs([path]):

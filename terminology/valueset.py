@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from terminology import rows as R
-from terminology.service import (
+from terminology.store import (
     CodeSystemRef,
     TerminologyError,
     TerminologyNotFound,
-    TerminologyService,
+    TerminologyStore,
     split_canonical,
 )
 
@@ -77,7 +77,7 @@ class Options:
     # canonical system -> (version, forced): system-version / force-system-version
     system_versions: tuple[tuple[str, str, bool], ...] = ()
 
-    def version_for(self, svc: TerminologyService, system: str, given: str | None) -> str | None:
+    def version_for(self, svc: TerminologyStore, system: str, given: str | None) -> str | None:
         canonical = svc.canonical_system(system)
         for s, v, forced in self.system_versions:
             if svc.canonical_system(s) == canonical and (forced or given is None):
@@ -141,7 +141,7 @@ def _flat(contains: object):
         yield from _flat(c.get("contains"))
 
 
-def stored_plan(svc: TerminologyService, canonical: str, version: str | None = None) -> Plan:
+def stored_plan(svc: TerminologyStore, canonical: str, version: str | None = None) -> Plan:
     ref = svc.value_set(canonical, version)
     if ref is None:
         url, v = split_canonical(canonical)
@@ -151,7 +151,7 @@ def stored_plan(svc: TerminologyService, canonical: str, version: str | None = N
     return plan_of(svc, ref)
 
 
-def plan_of(svc: TerminologyService, ref) -> Plan:
+def plan_of(svc: TerminologyStore, ref) -> Plan:
     plan = svc.plans.get(ref.stream)
     if plan is None:
         plan = svc.plans[ref.stream] = compile_plan(ref.body, ref.stream)
@@ -170,11 +170,11 @@ def _regex(value: str) -> re.Pattern:
         raise TerminologyError(f"bad regex filter {value[:60]!r}: {e}") from None
 
 
-def _all_codes(svc: TerminologyService, cs: CodeSystemRef) -> set[str]:
+def _all_codes(svc: TerminologyStore, cs: CodeSystemRef) -> set[str]:
     return {c for (c,) in svc.q("SELECT code FROM t_concept WHERE sid=?", (cs.sid,))}
 
 
-def filter_codes(svc: TerminologyService, cs: CodeSystemRef, f: Filter) -> set[str]:
+def filter_codes(svc: TerminologyStore, cs: CodeSystemRef, f: Filter) -> set[str]:
     """The codes of ``cs`` passing ``f`` (may name codes the system does not define)."""
     op, v = f.op, f.value
     values = [x.strip() for x in v.split(",") if x.strip()]
@@ -229,7 +229,7 @@ def filter_codes(svc: TerminologyService, cs: CodeSystemRef, f: Filter) -> set[s
     raise TerminologyError(f"filter {f.prop[:40]} {op} is not supported")
 
 
-def filter_test(svc: TerminologyService, plan: Plan, cs: CodeSystemRef, f: Filter,
+def filter_test(svc: TerminologyStore, plan: Plan, cs: CodeSystemRef, f: Filter,
                 code: str) -> bool:
     """Does ``code`` pass ``f``? The hierarchy filters are one indexed read; the others use
     their code set, kept with the plan."""
@@ -259,7 +259,7 @@ def _entry(cs: CodeSystemRef, concept, display: str | None = None) -> Entry:
                  not concept.active, concept.abstract)
 
 
-def _include_entries(svc: TerminologyService, inc: Include, opts: Options,
+def _include_entries(svc: TerminologyStore, inc: Include, opts: Options,
                      depth: int) -> list[Entry]:
     parts: list[list[Entry]] = []
     if inc.system is not None:
@@ -298,7 +298,7 @@ def _include_entries(svc: TerminologyService, inc: Include, opts: Options,
     return result
 
 
-def expand(svc: TerminologyService, plan: Plan, opts: Options = Options(),
+def expand(svc: TerminologyStore, plan: Plan, opts: Options = Options(),
            depth: int = 0) -> list[Entry]:
     """Every concept of the value set, in include order, each once."""
     if depth > MAX_DEPTH:
@@ -328,7 +328,7 @@ def expand(svc: TerminologyService, plan: Plan, opts: Options = Options(),
     return svc.cached_expansion((plan.key, opts), compute)
 
 
-def expand_stored(svc: TerminologyService, canonical: str) -> list[Entry]:
+def expand_stored(svc: TerminologyStore, canonical: str) -> list[Entry]:
     svc.refresh()
     return expand(svc, stored_plan(svc, canonical))
 
@@ -336,7 +336,7 @@ def expand_stored(svc: TerminologyService, canonical: str) -> list[Entry]:
 # -- one code -------------------------------------------------------------------------------------
 
 
-def _include_has(svc: TerminologyService, plan: Plan, inc: Include, system: str, code: str,
+def _include_has(svc: TerminologyStore, plan: Plan, inc: Include, system: str, code: str,
                  opts: Options, depth: int) -> Entry | None:
     entry = None
     if inc.system is not None:
@@ -373,7 +373,7 @@ def _include_has(svc: TerminologyService, plan: Plan, inc: Include, system: str,
     return entry
 
 
-def lookup(svc: TerminologyService, plan: Plan, system: str, code: str,
+def lookup(svc: TerminologyStore, plan: Plan, system: str, code: str,
            opts: Options = Options(), depth: int = 0) -> Entry | None:
     """The value set's entry of ``system|code`` (any URI of the system), or None. Decided
     include by include, without expanding (a hierarchy filter is one indexed read)."""

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from connectors.spool import Unit
+from hubbase.errors import HubError
 
 
-class Unavailable(Exception):
-    pass
+class Unavailable(HubError):
+    error_code = "unavailable"
 
 
 class Sink(Protocol):

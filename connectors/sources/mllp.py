@@ -27,6 +27,7 @@ from typing import Any
 import hl7
 
 from connectors.base import Envelope, Intake
+from hubbase.errors import HubError
 
 log = logging.getLogger("connectors.mllp")
 
@@ -52,7 +53,9 @@ def frame(message: bytes) -> bytes:
     return VT + message + FS + CR
 
 
-class FramingError(Exception):
+class FramingError(HubError):
+    error_code = "invalid"
+
     def __init__(self, reason: str, fragment: bytes = b"", fatal: bool = False):
         super().__init__(reason)
         self.reason, self.fragment, self.fatal = reason, fragment, fatal

@@ -12,7 +12,7 @@ from lxml import etree
 
 from terminology import resident_id
 
-from .engine import NS, XSI, Ctx, QualityFinding, Rule, xpath_of
+from .model import NS, XSI, Ctx, QualityFinding, Rule, xpath_of
 
 Check = Callable[[Ctx, Rule], Iterator[QualityFinding]]
 

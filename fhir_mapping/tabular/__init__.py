@@ -14,8 +14,13 @@ import threading
 from pathlib import Path
 
 from fhir_mapping.base import MappingError
-from fhir_mapping.tabular.loader import load_file
-from fhir_mapping.tabular.mapping import SHIPPED, CsvRowsError, MappingFileError, TabularMapping
+from fhir_mapping.tabular.mapping import (
+    SHIPPED,
+    CsvRowsError,
+    MappingFileError,
+    TabularMapping,
+    load_file,
+)
 
 __all__ = ["load_mapping", "shipped_mappings", "TabularMapping", "MappingFileError",
            "CsvRowsError", "load_file"]

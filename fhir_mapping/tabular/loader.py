@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import re
 import string
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import yaml
+from typing import Any
 
 from fhir_mapping.tabular import values as V
-from fhir_mapping.tabular.mapping import MappingFileError, Resource, Rule
+from fhir_mapping.tabular.model import MappingFileError, Resource, Rule
 from hub.jsontypes import TYPES
 from hub.resource import RESOURCE_TYPES
 
-if TYPE_CHECKING:
-    from fhir_mapping.tabular.mapping import TabularMapping
-
-__all__ = ["Loader", "load_file"]
+__all__ = ["Loader"]
 
 QUANTITY_TYPES = {"Quantity", "Duration", "Age", "Count", "Distance"}
 _SEG = re.compile(r"(_?[A-Za-z][A-Za-z0-9]*)(?:\[(\d+)\])?")
@@ -36,7 +30,9 @@ _KINDS = {"s": "a string", "i": "an integer", "d": "a decimal", "b": "a boolean"
 
 
 class Loader:
-    def __init__(self, m: TabularMapping, d: Any, origin: str):
+    # ``m`` is the ``mapping.TabularMapping`` being built: the loader sets its attributes (it sits
+    # below the mapping module, which calls it, so it does not name the class)
+    def __init__(self, m: Any, d: Any, origin: str):
         self.m, self.d, self.origin = m, d, origin
 
     def fail(self, where: str, msg: str) -> MappingFileError:
@@ -371,17 +367,3 @@ def _walk(rules: list[Rule]):
     for rule in rules:
         yield rule
         yield from _walk(rule.alternatives)
-
-
-def load_file(path: str | Path) -> TabularMapping:
-    """Read, check and compile one mapping file (``MappingFileError`` when it is wrong)."""
-    from fhir_mapping.tabular.mapping import TabularMapping
-
-    path = Path(path)
-    try:
-        d = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise MappingFileError(f"{path}: cannot read: {e}") from None
-    except yaml.YAMLError as e:
-        raise MappingFileError(f"{path}: not valid YAML: {e}") from None
-    return TabularMapping(d, str(path))

@@ -61,27 +61,26 @@ import io
 import json
 import string
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import orjson
+import yaml
 
 from fhir_mapping.base import Conversion, Finding, MappingError, SourceInfo
 from fhir_mapping.identifiers import RESIDENT_ID_SYSTEM, key_problem
 from fhir_mapping.ids import stable_id
 from fhir_mapping.tabular import values as V
+from fhir_mapping.tabular.loader import Loader
+from fhir_mapping.tabular.model import MappingFileError, Resource, Rule
 
 __all__ = ["MappingFileError", "TabularMapping", "CsvRowsError", "Rule", "Resource"]
 
 SHIPPED = Path(__file__).parent / "mappings"
 UCUM = "http://unitsofmeasure.org"
-
-
-class MappingFileError(ValueError):
-    """The mapping file itself is wrong; the message names the file and the rule."""
 
 
 class CsvRowsError(MappingError):
@@ -113,39 +112,6 @@ class CsvRowsError(MappingError):
         return d
 
 
-# -- compiled form ---------------------------------------------------------------------------------
-
-@dataclass(slots=True)
-class Rule:
-    where: str  # "resources.patient.rules[3]" for messages
-    path: list[tuple[str, int | None]]
-    source: str
-    spec: Any
-    transform: str = "string"
-    targs: dict = field(default_factory=dict)
-    default: Any = None
-    when: tuple[str, ...] = ()
-    skip_on_error: bool = False
-    alternatives: list[Rule] = field(default_factory=list)
-    columns: tuple[str, ...] = ()  # read by this rule (for error locations)
-    # fills an Identifier (object:) or an Identifier's value (column:): a filler value or an
-    # invalid resident ID number is left out of it (fhir_mapping.identifiers)
-    identifier: str = ""  # "" | "object" | "value"
-
-
-@dataclass(slots=True)
-class Resource:
-    name: str
-    type: str
-    id_kind: str
-    id_columns: tuple[str, ...]
-    emit: bool
-    when: tuple[str, ...]
-    rules: list[Rule]
-    # the next keys when a key column holds a filler or an invalid resident ID number: (kind, columns)
-    fallbacks: tuple[tuple[str, tuple[str, ...]], ...] = ()
-
-
 class _Seq(dict):
     """A repeating element while a resource is built: index -> item; becomes a list at the end."""
 
@@ -175,8 +141,6 @@ class TabularMapping:
     converters the registry hands out for ``row:<name>`` and ``csv:<name>``."""
 
     def __init__(self, d: dict, origin: str):
-        from fhir_mapping.tabular.loader import Loader
-
         self.origin = origin
         Loader(self, d, origin).load()
         self._selftest()
@@ -610,3 +574,15 @@ def _finish(v: Any) -> Any:
     if t is list:
         return [_finish(x) for x in v]
     return v
+
+
+def load_file(path: str | Path) -> TabularMapping:
+    """Read, check and compile one mapping file (``MappingFileError`` when it is wrong)."""
+    path = Path(path)
+    try:
+        d = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise MappingFileError(f"{path}: cannot read: {e}") from None
+    except yaml.YAMLError as e:
+        raise MappingFileError(f"{path}: not valid YAML: {e}") from None
+    return TabularMapping(d, str(path))

@@ -16,11 +16,12 @@ from typing import Any
 import orjson
 
 from fhir_mapping.identifiers import RESIDENT_ID_SYSTEM, key_problem
+from hubbase.errors import HubError
 from terminology import resident_id
 
 
-class BadValue(ValueError):
-    pass
+class BadValue(HubError, ValueError):
+    error_code = "invalid"
 
 
 # FHIR string: [ \r\n\t\S]+ ; other whitespace (vertical tab, form feed, U+3000 …) becomes a space.

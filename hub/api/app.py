@@ -7,7 +7,6 @@ those names, so the CapabilityStatement lists exactly what is routed.
 from __future__ import annotations
 
 import logging
-import re
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,6 +26,7 @@ from hub.api import match as mpi_match  # Patient/$match
 from hub.api.history import history_bundle
 from hub.api.limits import BodyLimit
 from hub.api.responses import (
+    ID_RE,
     base_url,
     check_content_type,
     check_format,
@@ -51,9 +51,6 @@ from projections.runner import Runner
 from terminology.normalise import StoredMaps
 
 log = logging.getLogger("hub.api")
-# FHIR says ids are at most 64 characters, but official R4B examples carry longer ones (68);
-# like HAPI (100) the hub is lenient on length, strict on the characters.
-ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,128}$")
 
 
 def create_app(settings: Settings | None = None, hub: Hub | None = None) -> FastAPI:

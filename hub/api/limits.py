@@ -6,6 +6,8 @@ from hub.errors import FhirError, Issue, outcome_bytes
 
 
 class BodyTooLarge(FhirError):
+    error_code = "too-large"
+
     def __init__(self, limit: int):
         super().__init__(413, "too-costly", f"The request body exceeds the limit of {limit} bytes")
 

@@ -14,6 +14,9 @@ from hub.fhirtime import http_date
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
 _XML_FORMATS = {"xml", "text/xml", "application/xml", "application/fhir+xml", "application/xml+fhir"}
+# FHIR says ids are at most 64 characters, but official R4B examples carry longer ones (68);
+# like HAPI (100) the hub is lenient on length, strict on the characters.
+ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,128}$")
 _ETAG = re.compile(r'^\s*(?:(?:W/)?"(\d+)"|(\d+))\s*$')  # W/"3", "3" or a bare 3
 
 

@@ -29,7 +29,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from hub import resource as res
-from hub.api.responses import check_content_type, check_format, fhir_response
+from hub.api.responses import ID_RE, check_content_type, check_format, fhir_response
 from hub.config import Settings
 from hub.errors import FhirError, bad_request, not_found
 from hub.store import ResourceStore
@@ -71,8 +71,6 @@ def detach(app: FastAPI) -> None:
 
 
 def _instance(svc: TerminologyService, rtype: str, rid: str):
-    from hub.api.app import ID_RE
-
     if not ID_RE.match(rid):
         raise bad_request(f"{rid[:80]!r} is not a valid FHIR id")
     find = {"CodeSystem": svc.code_system_by_id, "ValueSet": svc.value_set_by_id,

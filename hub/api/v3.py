@@ -53,6 +53,7 @@ from hub.errors import FhirError
 from hub.events import resource_bytes
 from hub import v3intake
 from hub.ingest import Context, Hub, Result
+from hubbase.errors import HubError
 
 log = logging.getLogger("hub.api.v3")
 router = APIRouter()
@@ -74,8 +75,10 @@ INCLUDES: dict[str, list[tuple[str, str]]] = {
 INCLUDES["document_retrieve"] = INCLUDES["document_search"]
 
 
-class Refused(Exception):
+class Refused(HubError):
     """An answer decided before or while handling the message: (HTTP status, ack code, text)."""
+
+    error_code = "refused"
 
     def __init__(self, status: int, code: str, text: str, rule: str = ""):
         super().__init__(text)

@@ -26,6 +26,8 @@ from typing import Any
 
 import orjson
 
+from hub.commandline import UsageError, open_store
+
 
 def add_parsers(sub: Any, common: Any) -> None:
     p = sub.add_parser("mpi", parents=[common], help="master patient index: train weights, re-match")
@@ -93,7 +95,7 @@ def _identity_decide(settings: Any, store: Any, index: Any = None):
     return service.auto_decide_many, service.blocked_pairs, person.close
 
 
-def cmd_mpi(args: Any, settings: Any, open_store: Any, usage_error: type[Exception]) -> int:
+def cmd_mpi(args: Any, settings: Any) -> int:
     from tqdm import tqdm
 
     from hub.mpi import train, weights
@@ -111,14 +113,14 @@ def cmd_mpi(args: Any, settings: Any, open_store: Any, usage_error: type[Excepti
         index = _index(settings, store)
         if args.mpi_action == "train":
             if args.sample < 100:
-                raise usage_error("--sample must be at least 100")
+                raise UsageError("--sample must be at least 100")
             with tqdm(total=min(args.sample, index.size()), unit=" Patients", desc="sampled pairs",
                       disable=not sys.stderr.isatty()) as bar:
                 try:
                     w, path = train.run(index, settings.data_dir, args.sample, progress=bar.update,
                                         decisions=_steward_decisions(settings, store))
                 except ValueError as e:
-                    raise usage_error(str(e)) from None
+                    raise UsageError(str(e)) from None
             print(w.table_text())
             if path.parent.name == "rejected":
                 print(f"not activated (worse on stewards' decisions than version {w.version}): {path}")
@@ -128,7 +130,7 @@ def cmd_mpi(args: Any, settings: Any, open_store: Any, usage_error: type[Excepti
         try:
             w = weights.load(settings.data_dir, args.weights)
         except ValueError as e:
-            raise usage_error(str(e)) from None
+            raise UsageError(str(e)) from None
         matcher = Matcher(index, w)
         out = open(args.out, "wb") if args.out else None
         service = None if args.dry_run else _identity_decide(settings, store, index)

@@ -18,14 +18,18 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from hubbase.errors import HubError
+
 HEALTH_CARD_SYSTEM = "urn:oid:2.16.156.10011.1.19"
 CST = timezone(timedelta(hours=8))
 MAX_PAYLOAD = 256
 _CARD = re.compile(r"^[A-Za-z0-9\-]{1,64}$")
 
 
-class QrError(ValueError):
+class QrError(HubError, ValueError):
     """A payload that is malformed or expired."""
+
+    error_code = "invalid"
 
 
 @dataclass(frozen=True, slots=True)

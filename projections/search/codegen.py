@@ -1,6 +1,6 @@
 """A resource type's extraction plan as one Python function.
 
-The interpreter in ``extract.py`` walks each parameter's path step by step and builds a list per
+The interpreter in ``plan.py`` walks each parameter's path step by step and builds a list per
 step; over the dozens of parameters of a type that bookkeeping cost as much as the values did. Here
 a type's plan becomes the source of one function of nested loops over ``dict.get`` (compiled once
 per type with ``exec``), calling the same converters. Steps that need a whole collection at once
@@ -16,7 +16,7 @@ from functools import lru_cache
 from itertools import product
 from typing import Callable
 
-from projections.search import extract as ex
+from projections.search import plan as ex
 
 _IND = "    "
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from hub.errors import bad_request
 from hub.fhirtime import parse_range
+from hubbase.errors import HubError
 from projections.search.extract import normalize, normalize_reference, ucum_canonical
 from projections.search.params import SearchParam, params_for
 
@@ -48,8 +49,10 @@ MODIFIERS = {
 SPECIAL_TYPES = {"_id": "token", "_lastUpdated": "date"}  # answered from the resource table
 
 
-class Unsupported(Exception):
+class Unsupported(HubError):
     """A parameter the server does not support: ignored with a warning, or 400 when strict."""
+
+    error_code = "unsupported"
 
 
 # -- typed values ---------------------------------------------------------------------------------

@@ -1,0 +1,50 @@
+"""The compiled form of a tabular mapping file, shared by ``loader`` (which checks a file and builds
+it) and ``mapping`` (which runs it), and the error for a wrong file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hubbase.errors import HubError
+
+__all__ = ["MappingFileError", "Resource", "Rule"]
+
+
+class MappingFileError(HubError, ValueError):
+    """The mapping file itself is wrong; the message names the file and the rule."""
+
+    error_code = "config"
+
+
+# -- compiled form ---------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Rule:
+    where: str  # "resources.patient.rules[3]" for messages
+    path: list[tuple[str, int | None]]
+    source: str
+    spec: Any
+    transform: str = "string"
+    targs: dict = field(default_factory=dict)
+    default: Any = None
+    when: tuple[str, ...] = ()
+    skip_on_error: bool = False
+    alternatives: list[Rule] = field(default_factory=list)
+    columns: tuple[str, ...] = ()  # read by this rule (for error locations)
+    # fills an Identifier (object:) or an Identifier's value (column:): a filler value or an
+    # invalid resident ID number is left out of it (fhir_mapping.identifiers)
+    identifier: str = ""  # "" | "object" | "value"
+
+
+@dataclass(slots=True)
+class Resource:
+    name: str
+    type: str
+    id_kind: str
+    id_columns: tuple[str, ...]
+    emit: bool
+    when: tuple[str, ...]
+    rules: list[Rule]
+    # the next keys when a key column holds a filler or an invalid resident ID number: (kind, columns)
+    fallbacks: tuple[tuple[str, tuple[str, ...]], ...] = ()

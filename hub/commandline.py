@@ -1,0 +1,99 @@
+"""What the hub's commands share, whichever package they live in: the usage error, opening the
+event store with a clear message, and reading input files and folders.
+
+Below ``hub.cli`` (which registers the commands) and the command modules of ``connectors``,
+``terminology`` and ``hub.mpi``: it imports none of them.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from hub.config import Settings
+from hubbase.errors import HubError
+
+__all__ = ["BOM", "UsageError", "input_kind", "iter_inputs", "one_line", "open_store"]
+
+
+class UsageError(HubError):
+    """A user mistake: ``hub`` prints it as one line on stderr and exits with status 2."""
+
+    error_code = "usage"
+
+
+def open_store(settings: Settings, existing: bool = False):
+    """The configured event store; an unusable PostgreSQL URL is a UsageError saying why.
+
+    Checked with one plain connection first: the store's pool would only say, after a wait, that
+    it got no connection. With ``existing`` a SQLite store must already be there (reading commands
+    should not create an empty one in a mistyped data directory).
+    """
+    if settings.database_url:
+        import psycopg
+
+        try:
+            info = psycopg.conninfo.conninfo_to_dict(settings.database_url)
+        except psycopg.Error as e:
+            raise UsageError("--database-url / HUB_DATABASE_URL is not a PostgreSQL URL: "
+                             + one_line(e)) from None
+        # the same defaults as ResourceStore.postgres; the password is never printed
+        params = {"host": info.get("host", "127.0.0.1"), "port": info.get("port", 5432),
+                  "user": info.get("user", "postgres"), "dbname": info.get("dbname", "postgres")}
+        where = f"{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
+        try:
+            psycopg.connect(**params, password=info.get("password", ""), connect_timeout=5).close()
+        except psycopg.Error as e:
+            raise UsageError(f"cannot connect to PostgreSQL at {where}: {one_line(e)}") from None
+    elif existing and not settings.event_store_path.exists():
+        raise UsageError(f"no event store in {settings.data_dir} (set --data-dir or HUB_DATA_DIR)")
+    return settings.open_store()
+
+
+def one_line(e: Exception) -> str:
+    """libpq's messages span lines."""
+    return "; ".join(" ".join(line.split()) for line in str(e).splitlines() if line.strip())
+
+
+# -- input files -----------------------------------------------------------------------------------
+
+BOM = b"\xef\xbb\xbf"
+
+
+def input_kind(f: Path) -> str | None:
+    """"ndjson" or "json" for the files ``hub ingest`` reads (optionally gzipped), else None."""
+    name = f.name.lower().removesuffix(".gz")
+    return "ndjson" if name.endswith(".ndjson") else "json" if name.endswith(".json") else None
+
+
+def iter_inputs(paths: list[Path]) -> Iterator[tuple[str, bytes | None, str | None]]:
+    """(where, raw JSON, None) for every resource or Bundle in files and folders, NDJSON line by
+    line; (where, None, reason) for a file that cannot be read (the other files are still read)."""
+    for path in paths:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            kind = input_kind(f)
+            if kind is None:
+                continue  # other files in a folder (truth.csv, README, ...)
+            n = 0
+            try:
+                with _open(f) as fh:
+                    if kind == "json":
+                        yield str(f), fh.read().removeprefix(BOM), None
+                        continue
+                    for n, line in enumerate(fh, 1):
+                        if n == 1:
+                            line = line.removeprefix(BOM)
+                        if line.strip():
+                            yield f"{f}:{n}", line, None
+            except (OSError, EOFError, zlib.error) as e:  # unreadable, corrupt or truncated gzip
+                yield (f"{f}:{n + 1}" if n else str(f)), None, f"Cannot read the file: {e}"
+
+
+def _open(f: Path):
+    if f.name.lower().endswith(".gz"):
+        import gzip
+
+        return gzip.open(f, "rb")
+    return f.open("rb")
