@@ -74,7 +74,7 @@ def _wall(fn) -> float:
 
 
 def run(repeats: int = 3, rounds: int = 5) -> dict:
-    from hub.resource import validate
+    from hub.core.resource import validate
 
     docs = documents()
     payloads = [d for _, d in docs] * rounds
@@ -125,9 +125,9 @@ def run(repeats: int = 3, rounds: int = 5) -> dict:
         import tempfile
 
         from hub.documents import DocumentService
-        from hub.ingest import Hub
+        from hub.core.ingest import Hub
         from hub.quarantine import Quarantine
-        from hub.store import ResourceStore
+        from hub.core.store import ResourceStore
 
         for _ in range(rounds):
             tmp = tempfile.mkdtemp(prefix="bench-cda-")

@@ -32,7 +32,7 @@ def validation_rate(items: list[bytes], clock=time.perf_counter) -> float:
     ``clock=time.process_time`` gives the rate per CPU second of this process: on a shared,
     loaded machine that is the fairer baseline for figures taken in CPU time too.
     """
-    from hub.resource import model_class
+    from hub.core.resource import model_class
 
     parsed = [(raw, orjson.loads(raw)["resourceType"]) for raw in items]
     for raw, rtype in parsed[:200]:  # import the models first

@@ -15,7 +15,7 @@ import argparse
 import orjson
 
 from bench.common import generated, rate, record, validation_rate
-from hub.resource import canonical
+from hub.core.resource import canonical
 from projections.search.extract import compile_stats, extract
 
 

@@ -37,7 +37,7 @@ class Stored:
 
 
 def read_store(store, page: int = 5000) -> Stored:
-    from hub.events import DELETED, from_stored
+    from hub.core.events import DELETED, from_stored
 
     import orjson
 

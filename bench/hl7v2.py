@@ -46,7 +46,7 @@ def _cpu_rate(n: int, fn) -> float:
 
 
 def _validate_all(resources: list[tuple[bytes, str]]) -> None:
-    from hub.resource import model_class
+    from hub.core.resource import model_class
 
     for raw, rtype in resources:
         model_class(rtype).model_validate_json(raw)

@@ -13,8 +13,8 @@ import tempfile
 import orjson
 
 from bench.common import generated, rate, record, validation_rate
-from hub.ingest import Context, Hub
-from hub.store import ResourceStore
+from hub.core.ingest import Context, Hub
+from hub.core.store import ResourceStore
 
 
 def ingest_rate(store: ResourceStore, items: list[bytes]) -> float:

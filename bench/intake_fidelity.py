@@ -66,9 +66,9 @@ class Intake:
 
     def __init__(self, data_dir: Path) -> None:
         from hub.documents import DocumentService
-        from hub.ingest import Hub
+        from hub.core.ingest import Hub
         from hub.quarantine import Quarantine
-        from hub.store import ResourceStore
+        from hub.core.store import ResourceStore
 
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = ResourceStore.sqlite(str(data_dir / "events.sqlite"))

@@ -17,8 +17,8 @@ import time
 import orjson
 
 from bench.common import generated, record
-from hub import jsontext
-from hub import resource as res
+from hub.core import jsontext
+from hub.core import resource as res
 
 
 def _cpu(fn, items) -> float:

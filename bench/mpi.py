@@ -1,7 +1,7 @@
 """Master patient index matching: accuracy against the generator's truth, and speed.
 
 Accuracy: a synthetic region's Patients (``hub.synth.Region``, with its identity noise) are indexed in
-the real SQLite candidate index (``projections.identity_candidates``, fed directly, no event store),
+the real SQLite candidate index (``hub.mpi.candidates``, fed directly, no event store),
 then every Patient is matched against those indexed before it (each pair once, as a full re-match
 does). Pairs graded ``certain`` are the automatic links; ``probable`` ones go to the review queue.
 Against the truth's person keys:
@@ -43,7 +43,7 @@ from hub.mpi.incremental import blocked_from_pairs, rematch_all
 from hub.mpi.matcher import Matcher
 from hub.mpi.normalise import RESIDENT_ID, features
 from hub.synth import NOISE_KINDS, Region
-from projections.identity_candidates import IdentityCandidates
+from hub.mpi.candidates import IdentityCandidates
 
 
 def region_patients(people: int, seed: int, withhold_id: bool = False):
@@ -234,10 +234,10 @@ def recorded_rematch(people: int, seed: int, weights: W.Weights, workdir: Path) 
     ``IdentityService.auto_decide_many``."""
     import orjson
 
-    from hub.errors import FhirError
-    from hub.ingest import Context, Hub
+    from hub.core.errors import FhirError
+    from hub.core.ingest import Context, Hub
     from hub.mpi.identity import IdentityService
-    from hub.store import ResourceStore
+    from hub.core.store import ResourceStore
     from projections.person import PersonProjection
     from projections.runner import Runner
 

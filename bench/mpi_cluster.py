@@ -24,15 +24,15 @@ from pathlib import Path
 
 import orjson
 
-from hub.errors import FhirError
-from hub.ingest import Context, Hub
+from hub.core.errors import FhirError
+from hub.core.ingest import Context, Hub
 from hub.mpi import weights as W
 from hub.mpi.identity import IdentityService
 from hub.mpi.incremental import IncrementalMatcher, blocked_from_pairs, rematch_all
 from hub.mpi.matcher import Matcher
-from hub.store import ResourceStore
+from hub.core.store import ResourceStore
 from hub.synth import Region
-from projections.identity_candidates import IdentityCandidates
+from hub.mpi.candidates import IdentityCandidates
 from projections.person import PersonProjection
 from projections.runner import Runner
 

@@ -34,7 +34,7 @@ import orjson
 from bench.common import record
 from bench.foreign import ForeignRegion
 from bench.server import start_server
-from hub.resource import model_class
+from hub.core.resource import model_class
 
 
 def _pairs(groups) -> set[tuple[str, str]]:

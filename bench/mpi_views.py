@@ -29,8 +29,8 @@ import orjson
 
 from bench.common import record
 from bench.server import percentile, start_server
-from hub.ingest import Context, Hub
-from hub.store import ResourceStore
+from hub.core.ingest import Context, Hub
+from hub.core.store import ResourceStore
 
 REPEATS = 30
 TARGET = 2000

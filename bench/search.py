@@ -24,8 +24,8 @@ import orjson
 
 from bench.common import generated, record, validation_rate
 from bench.server import percentile, start_server
-from hub.ingest import Context, Hub
-from hub.store import ResourceStore
+from hub.core.ingest import Context, Hub
+from hub.core.store import ResourceStore
 
 REPEATS = 30
 ROUNDS = 3

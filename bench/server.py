@@ -20,7 +20,7 @@ import httpx
 import orjson
 
 from bench.common import generated, record, rss_now_mb, rss_peak_mb
-from hub.resource import model_class
+from hub.core.resource import model_class
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from hub.commandline import UsageError
+from hub.core.commandline import UsageError
 
 
 def add_parsers(sub, common) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from fhir_mapping.base import SourceInfo
-from hubbase.errors import HubError
+from hub.core.errors import HubError
 
 
 class ConfigError(HubError, ValueError):

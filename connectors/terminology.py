@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import orjson
 
 from fhir_mapping.base import Conversion, Finding, MappingError, SourceInfo
-from hubbase.errors import HubError
+from hub.core.errors import HubError
+from terminology.conceptmaps import concept_maps_in, read_concept_maps
 from terminology.normalise import Normaliser
 
 log = logging.getLogger("connectors.terminology")
@@ -90,33 +90,6 @@ def parse_config(d: Any, base: Path, where: str) -> dict[str, Any] | None:
         raise TerminologyConfigError(f"{where}: terminology.hub_url must be a URL")
     return {"concept_maps": paths, "from_hub": bool(d.get("from_hub", False)), "hub_url": hub_url,
             "refresh_seconds": max(refresh, 1.0), "local_systems": local}
-
-
-def read_concept_maps(path: str | Path) -> list[dict]:
-    """The ConceptMaps of a file: one resource, a Bundle, a JSON array, or NDJSON."""
-    raw = Path(path).read_bytes()
-    try:
-        docs = [orjson.loads(raw)]
-    except orjson.JSONDecodeError:
-        docs = []
-        for n, line in enumerate(raw.splitlines(), 1):
-            if line.strip():
-                try:
-                    docs.append(orjson.loads(line))
-                except orjson.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {n} is not JSON: {e}") from None
-    return list(_concept_maps(docs))
-
-
-def _concept_maps(docs: Iterable[Any]) -> Iterable[dict]:
-    for d in docs:
-        if isinstance(d, list):
-            yield from _concept_maps(d)
-        elif isinstance(d, dict) and d.get("resourceType") == "Bundle":
-            yield from _concept_maps(e.get("resource") for e in d.get("entry") or ()
-                                     if isinstance(e, dict))
-        elif isinstance(d, dict) and d.get("resourceType") == "ConceptMap":
-            yield d
 
 
 def local_settings(info: SourceInfo, local: dict[str, str | None] | None = None
@@ -201,7 +174,7 @@ class Terminology:
                 r = client.get(url, headers={"accept": "application/fhir+json"})
                 r.raise_for_status()
                 bundle = r.json()
-                out.extend(_concept_maps([bundle]))
+                out.extend(concept_maps_in([bundle]))
                 url = next((ln.get("url") for ln in bundle.get("link") or ()
                             if isinstance(ln, dict) and ln.get("relation") == "next"), None)
         return for_institution(out, self.info)

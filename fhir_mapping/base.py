@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from fhir_mapping import source_order
-from hubbase.errors import HubError
+from hub.core.errors import HubError
 
 
 @dataclass(frozen=True, slots=True)

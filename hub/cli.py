@@ -17,11 +17,11 @@ from pathlib import Path
 
 import orjson
 
-from hub.commandline import UsageError, input_kind, iter_inputs, open_store
-from hub.config import Settings
-from hub.errors import FhirError
-from projections.registry import names as read_model_names
-from projections.registry import open_model
+from hub.core.commandline import UsageError, input_kind, iter_inputs, open_store
+from hub.core.config import Settings
+from hub.core.errors import FhirError
+from hub.readmodels import names as read_model_names
+from hub.readmodels import open_model
 
 # the shared command helpers (hub.commandline) stay importable from hub.cli
 __all__ = ["COMMANDS", "PROJECTIONS", "UsageError", "input_kind", "iter_inputs", "main",
@@ -251,7 +251,7 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
     from tqdm import tqdm
 
     from hub.api import bundles
-    from hub.resource import parse_json
+    from hub.core.resource import parse_json
 
     counts: Counter[str] = Counter()
     shown: list[tuple[int, int, str, str]] = []  # max-heap (-seq, -n) of the first problems
@@ -364,7 +364,7 @@ def summary(counts: Counter[str]) -> str:
 
 
 def cmd_ingest(args, settings: Settings) -> int:
-    from hub.ingest import Context, Hub
+    from hub.core.ingest import Context, Hub
 
     for path in args.paths:  # before anything is stored
         if not path.exists():
@@ -409,7 +409,7 @@ def cmd_generate(args, settings: Settings) -> int:
 def cmd_demo(args, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from hub.ingest import Context, Hub
+    from hub.core.ingest import Context, Hub
     from hub.synth import Region
 
     region = Region(seed=args.seed, people=args.people)
@@ -441,8 +441,8 @@ def _parse_ref(ref: str) -> tuple[str, str, int | None]:
 
 
 def cmd_show(args, settings: Settings) -> int:
-    from hub.events import resource_bytes
-    from hub.ingest import Hub
+    from hub.core.events import resource_bytes
+    from hub.core.ingest import Hub
 
     rtype, rid, version = _parse_ref(args.reference)
     hub = Hub(open_store(settings, existing=True))
@@ -456,8 +456,8 @@ def cmd_show(args, settings: Settings) -> int:
 
 
 def cmd_history(args, settings: Settings) -> int:
-    from hub.events import from_stored
-    from hub.ingest import Hub
+    from hub.core.events import from_stored
+    from hub.core.ingest import Hub
 
     rtype, rid, _ = _parse_ref(args.reference)
     hub = Hub(open_store(settings, existing=True))
@@ -497,7 +497,7 @@ def cmd_reindex(args, settings: Settings) -> int:
     return 0
 
 
-# read models by name (projections.registry): each opens its file in the data directory (on any
+# read models by name (hub.readmodels): each opens its file in the data directory (on any
 # event store)
 PROJECTIONS = read_model_names()
 QUALITY_DEFAULT_GROUP = ("institution", "document_type", "rule", "day")
@@ -702,7 +702,7 @@ def _quarantine_replay(args, settings: Settings) -> int:
             return 0
         from hub import v3intake
         from hub.documents import DocumentService
-        from hub.ingest import Hub
+        from hub.core.ingest import Hub
 
         hub = Hub(open_store(settings))
         try:

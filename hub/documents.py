@@ -27,11 +27,11 @@ from fhir_mapping.documents import (
     quality_report,
     reporting_source,
 )
-from hub import jsontext
-from hub import resource as res
-from hub.errors import FhirError
-from hub.events import resource_bytes
-from hub.ingest import Context, Hub, Op, Result
+from hub.core import jsontext
+from hub.core import resource as res
+from hub.core.errors import FhirError
+from hub.core.events import resource_bytes
+from hub.core.ingest import Context, Hub, Op, Result
 from hub.quarantine import Quarantine
 
 RULE_SYSTEM = "https://fhir-region-hub.example/CodeSystem/quality-rule"

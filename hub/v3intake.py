@@ -18,8 +18,8 @@ from fhir_mapping.documents import quality_report
 from fhir_mapping.hl7v3.common import Ctx, parse
 from fhir_mapping.hl7v3.common import table as hl7v3_table
 from hub.api import bundles
-from hub.errors import FhirError
-from hub.ingest import Context, Hub, Result
+from hub.core.errors import FhirError
+from hub.core.ingest import Context, Hub, Result
 from hub.quarantine import Quarantine
 
 KIND = "v3"

@@ -23,10 +23,10 @@ import orjson
 
 from connectors.sinks.base import RETRY_STATUS
 from fhir_mapping.base import Conversion
-from hub.commandline import open_store
-from hub.config import Settings
-from hub.errors import FhirError
-from hubbase.errors import HubError
+from hub.core.commandline import open_store
+from hub.core.config import Settings
+from hub.core.errors import FhirError
+from hub.core.errors import HubError
 
 log = logging.getLogger("hub.worker")
 
@@ -52,7 +52,7 @@ def write_units(hub, units: list[dict], source: dict[str, Any]) -> list[dict | N
     """Write units (dicts with resources/deletes) as one batch; per unit None or its error.
     Raises Transient when the batch should be tried again (store unavailable, conflicts)."""
     from hub.api import bundles
-    from hub.ingest import Context
+    from hub.core.ingest import Context
 
     from connectors.sinks.base import Unavailable, unit_errors
     from connectors.sinks.http import dedupe_entries
@@ -80,7 +80,7 @@ class IngestWorker:
                  group: str = "hub-ingest-worker", max_records: int = 500,
                  consumer: dict | None = None):
         from connectors.spool import Spool
-        from hub.ingest import Hub
+        from hub.core.ingest import Hub
 
         self.settings = settings
         self.topics = topics
@@ -215,7 +215,7 @@ def _decode(value: bytes) -> dict:
 
 def replay_deadletters(store, ids: list[int], settings: Settings):
     """Write dead-lettered units again (after a fix); [(id, ok, error, None)]."""
-    from hub.ingest import Hub
+    from hub.core.ingest import Hub
 
     hub = Hub(open_store(settings))
     out = []

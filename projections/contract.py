@@ -6,7 +6,7 @@ it exactly-once (a batch delivered again, or a restart mid-way, applies nothing 
 (it picks up from its position), rebuildable (``reset`` then a replay gives the same state) and
 measurable (the runner's lag is the log's end minus the position).
 
-Every read model in ``projections.registry`` declares the whole contract; most inherit it from
+Every read model in ``hub.readmodels`` declares the whole contract; most inherit it from
 ``projections.sqlite_model.SQLiteReadModel``. ``tests/test_read_model_contract.py`` checks the
 behaviour for each of them.
 """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hubbase.errors import HubError
+from hub.core.errors import HubError
 
 __all__ = ["QueryError"]
 

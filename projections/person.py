@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 from eventsourcing.persistence import Notification
 
-from hub.mpi.events import STREAM_KIND, USER, from_state, is_identity_topic
+from hub.core.identity_events import STREAM_KIND, USER, from_state, is_identity_topic
 from projections.sqlite_model import SQLiteReadModel
 
 NAME = "person"

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from eventsourcing.persistence import IntegrityError
 
-from hub.store import ResourceStore
+from hub.core.store import ResourceStore
 from projections.contract import ReadModel
 
 log = logging.getLogger("projections.runner")

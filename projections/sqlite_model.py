@@ -21,7 +21,7 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 
 from projections.contract import ReadModel
 
-from hub.store import FastSQLiteDatastore
+from hub.core.store import FastSQLiteDatastore
 
 
 def record_position(tracking: SQLiteTrackingRecorder, c: Any, name: str,

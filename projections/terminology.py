@@ -27,7 +27,7 @@ from __future__ import annotations
 import orjson
 from eventsourcing.persistence import Notification
 
-from hub.events import KIND_OF_TOPIC
+from hub.core.events import KIND_OF_TOPIC
 from projections.sqlite_model import SQLiteReadModel, newest
 from terminology import rows as R
 

@@ -24,8 +24,8 @@ from typing import Any
 import orjson
 from eventsourcing.persistence import Notification
 
-from hub.events import KIND_OF_TOPIC
-from hub.fhirtime import parse_range
+from hub.core.events import KIND_OF_TOPIC
+from hub.core.fhirtime import parse_range
 from projections.sqlite_model import SQLiteReadModel, newest
 
 NAME = "timeline"

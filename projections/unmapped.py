@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 from eventsourcing.persistence import Notification
 
-from hub.events import KIND_OF_TOPIC
+from hub.core.events import KIND_OF_TOPIC
 from projections.errors import QueryError
 from projections.sqlite_model import SQLiteReadModel
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hub.jsontypes import TYPES as ELEMENTS
+from hub.core.jsontypes import TYPES as ELEMENTS
 from projections.search.plan import CompileError, _merge_oftype, _Parser
 from fhir_defs import complete_code_systems
 from projections.search.params import params_for, resource_types

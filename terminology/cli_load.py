@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from hub.commandline import UsageError, open_store
+from hub.core.commandline import UsageError, open_store
 
 
 def add_parsers(tsub, common) -> None:
@@ -31,7 +31,7 @@ def add_parsers(tsub, common) -> None:
 def cmd_load(args, settings) -> int:
     from tqdm import tqdm
 
-    from hub.ingest import Context, Hub
+    from hub.core.ingest import Context, Hub
     from projections.runner import Runner
     from projections.terminology import TerminologyProjection
     from terminology.loader import BUILTIN, load

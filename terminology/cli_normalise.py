@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from hub.commandline import UsageError, open_store
+from hub.core.commandline import UsageError, open_store
 
 FEED = "terminology-renormalise"
 CHUNK = 200
@@ -105,7 +105,7 @@ def cmd_unmapped(args, settings) -> int:
 
 def store_concept_maps(store, batch: int = 1000) -> list[dict]:
     """The current (not deleted) ConceptMap resources of the store, read from the log."""
-    from hub.events import KIND_OF_TOPIC
+    from hub.core.events import KIND_OF_TOPIC
 
     newest = {}
     start = 1
@@ -137,9 +137,9 @@ def mapped_codes(model, normaliser, institution: str | None = None) -> list[tupl
 
 def renormalise(hub, model, normaliser, institution: str | None = None, progress=None) -> Counter:
     """Write new versions of the listed resources that gain a standard coding; counts by outcome."""
-    from hub import resource as res
-    from hub.errors import FhirError
-    from hub.ingest import Context, Op
+    from hub.core import resource as res
+    from hub.core.errors import FhirError
+    from hub.core.ingest import Context, Op
 
     counts: Counter = Counter()
     streams = model.streams(institution, mapped_codes(model, normaliser, institution))
@@ -182,8 +182,8 @@ def renormalise(hub, model, normaliser, institution: str | None = None, progress
 def cmd_renormalise(args, settings) -> int:
     from tqdm import tqdm
 
-    from connectors.terminology import read_concept_maps
-    from hub.ingest import Hub
+    from terminology.conceptmaps import read_concept_maps
+    from hub.core.ingest import Hub
     from terminology.normalise import Normaliser
 
     store, model = _open(settings)

@@ -46,7 +46,7 @@ import io
 import re
 from typing import Any
 
-from hubbase.errors import HubError
+from hub.core.errors import HubError
 from terminology import rows as R
 
 MAX_PROBLEMS = 20

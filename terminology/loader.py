@@ -17,9 +17,9 @@ from pathlib import Path
 
 import orjson
 
-from hub.commandline import iter_inputs
-from hub.errors import FhirError
-from hub.ingest import Context, Hub
+from hub.core.commandline import iter_inputs
+from hub.core.errors import FhirError
+from hub.core.ingest import Context, Hub
 from terminology import csvformat
 from terminology import rows as R
 
@@ -102,7 +102,7 @@ def iter_resources(path: Path, csv_options: dict[str, str | None]
         except OSError as e:
             yield str(path), None, f"Cannot read the file: {e}"
         return
-    from hub.resource import parse_json
+    from hub.core.resource import parse_json
 
     for where, raw, unreadable in iter_inputs([path]):
         if unreadable is not None:

@@ -82,7 +82,7 @@ _TYPES: dict[str, dict[str, list]] | None = None
 def _types() -> dict[str, dict[str, list]]:
     global _TYPES
     if _TYPES is None:
-        from hub.jsontypes import TYPES
+        from hub.core.jsontypes import TYPES
 
         _TYPES = TYPES
     return _TYPES

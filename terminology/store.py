@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from hubbase.errors import HubError
+from hub.core.errors import HubError
 from terminology import rows as R
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from hub.config import Settings
-from hub.ingest import Hub
+from hub.core.config import Settings
+from hub.core.ingest import Hub
 
 # Servers the tests start do not link Patients in the background: identity decisions would land in
 # the log of every test that writes a Patient. The MPI tests turn it on (HUB_MPI_AUTOMATCH=1).

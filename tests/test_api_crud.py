@@ -482,7 +482,7 @@ def test_search_count_zero_gives_total_without_paging(client):
 
 
 def test_a_connector_names_its_institution_and_feed_in_the_event_source(client, live):
-    from hub.events import from_stored
+    from hub.core.events import from_stored
 
     r = client.post("/Patient", json={"resourceType": "Patient", "gender": "male"},
                     headers={"content-type": "application/fhir+json",

@@ -458,7 +458,7 @@ def test_store_outage_is_a_503_and_the_server_recovers(pg_databases, tmp_path):
     import psycopg
 
     from tests.conftest import PG_ADMIN, LiveServer
-    from hub.config import Settings
+    from hub.core.config import Settings
 
     dsn = pg_databases.new()
     settings = Settings(data_dir=tmp_path)

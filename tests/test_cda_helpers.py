@@ -9,8 +9,8 @@ import orjson
 
 from fhir_mapping.cda.dt import xpath
 from fhir_mapping.cda.mapper import STATEMENTS
-from hub.errors import FhirError
-from hub.resource import validate
+from hub.core.errors import FhirError
+from hub.core.resource import validate
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cda"
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"

@@ -27,7 +27,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from hub import cli
-from hub.config import Settings
+from hub.core.config import Settings
 
 from .conftest import _pg_available, free_port
 

@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import orjson
 
-from hub import resource as res
-from hub.errors import FhirError
-from hub.ingest import Context, Hub, Op
+from hub.core import resource as res
+from hub.core.errors import FhirError
+from hub.core.ingest import Context, Hub, Op
 from tests.api_helpers import FHIR_JSON, if_none_exist, observation, patient, token, unique
 
 THREADS = 8

@@ -19,7 +19,7 @@ from connectors.kinds import converter
 from connectors.mllp_client import MLLPClient, ack_code
 from connectors.testing import ConnectorProcess, adt_stream, wait_until, write_config
 from fhir_mapping.base import SourceInfo
-from hub.config import Settings
+from hub.core.config import Settings
 
 from tests.conftest import LiveServer, free_port
 

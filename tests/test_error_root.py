@@ -1,4 +1,4 @@
-"""Every error class of the hub's packages derives from the one root, ``hubbase.errors.HubError``,
+"""Every error class of the hub's packages derives from the one root, ``hub.core.errors.HubError``,
 with a stable ``error_code``; the historical bases stay (``except ValueError`` still catches)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import importlib
 import inspect
 import pkgutil
 
-from hubbase.errors import ERROR_CODES, HubError
+from hub.core.errors import ERROR_CODES, HubError
 
 PACKAGES = ("hub", "fhir_mapping", "projections", "connectors", "terminology")
 CONTROL_FLOW = {"fhir_mapping.tabular.mapping._Skip"}  # leaves a row out; never reaches a caller
@@ -36,7 +36,7 @@ def test_every_error_class_has_the_root_and_a_known_code():
 def test_one_usage_error_and_one_query_error():
     from connectors import cli as connector_cli
     from hub import cli
-    from hub.commandline import UsageError
+    from hub.core.commandline import UsageError
     from projections import quality, unmapped
 
     assert cli.UsageError is UsageError and UsageError.error_code == "usage"
@@ -47,7 +47,7 @@ def test_one_usage_error_and_one_query_error():
 
 def test_fhir_errors_take_their_code_from_the_status():
     from hub.api.limits import BodyTooLarge
-    from hub.errors import FhirError, bad_request, not_found
+    from hub.core.errors import FhirError, bad_request, not_found
 
     assert bad_request("x").error_code == "invalid"
     assert not_found("x").error_code == "not-found"

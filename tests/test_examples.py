@@ -19,7 +19,7 @@ import orjson
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from hub.resource import RESOURCE_TYPES
+from hub.core.resource import RESOURCE_TYPES
 from tests.conftest import FHIR_JSON
 
 PACKAGE = "hl7.fhir.r4b.examples@4.3.0"

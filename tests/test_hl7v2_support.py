@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 
 from fhir_mapping.base import Conversion
-from hub.resource import validate
+from hub.core.resource import validate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hl7v2"
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "hl7v2" / "messages"

@@ -14,7 +14,7 @@ from fhir_mapping.base import MappingError, SourceInfo
 from fhir_mapping.hl7v3 import acknowledge, convert, interaction_of, is_query, parse_query, respond
 from fhir_mapping.ids import patient_id
 from fhir_mapping.xmlsafe import parse_xml
-from hub.resource import validate
+from hub.core.resource import validate
 
 FIX = Path(__file__).parent / "fixtures" / "hl7v3"
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "hl7v3-interaction"

@@ -12,7 +12,7 @@ from lxml import etree
 from fhir_mapping.base import MappingError, SourceInfo
 from fhir_mapping.hl7v3 import acknowledge, convert, parse_query, respond
 from fhir_mapping.xmlsafe import parse_xml
-from hub.resource import validate
+from hub.core.resource import validate
 
 FIX = Path(__file__).parent / "fixtures" / "hl7v3"
 MESSAGES = [(FIX / n).read_bytes() for n in ("patient-register.xml", "patient-merge.xml", "patient-query.xml")]

@@ -8,7 +8,7 @@ import pytest
 from bench.fidelity import Outcome, Stored, count, read_store
 from bench.intake_fidelity import Intake
 from fhir_mapping.base import SourceInfo
-from hub.ingest import Context, Op
+from hub.core.ingest import Context, Op
 from hub.synth import Region
 from hub.synth.units import Fact, Unit, iter_units
 

@@ -204,7 +204,7 @@ def test_the_stamp_is_no_content_a_connector_batch_need_keep_apart():
     units still share a delivery batch (take_batch), and the hub sees no new version."""
     from connectors.sinks.base import take_batch
     from connectors.spool import Unit
-    from hub.resource import content_hash
+    from hub.core.resource import content_hash
 
     a = hl7v2.convert(adt_a08("K-1", "20240316100000", "20240316100001", "05", "13900000010"),
                       SourceInfo(institution="H0731"))

@@ -16,11 +16,11 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from hub import jsontext
-from hub import resource as res
+from hub.core import jsontext
+from hub.core import resource as res
 from hub.api import bundles
-from hub.errors import FhirError
-from hub.ingest import Context, Op
+from hub.core.errors import FhirError
+from hub.core.ingest import Context, Op
 from hub.worker import write_units
 from tests.api_helpers import patient, unique
 

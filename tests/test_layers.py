@@ -14,7 +14,7 @@ import grimp
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("hubbase", "fhir_mapping", "terminology", "projections", "connectors", "hub")
+PACKAGES = ("fhir_mapping", "terminology", "projections", "connectors", "hub")
 
 
 def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:

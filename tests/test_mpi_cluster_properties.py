@@ -19,15 +19,15 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hub.config import Settings
-from hub.errors import FhirError
-from hub.ingest import Context, Hub, Op
+from hub.core.config import Settings
+from hub.core.errors import FhirError
+from hub.core.ingest import Context, Hub, Op
 from hub.mpi import conflicts, weights
 from hub.mpi.identity import IdentityService
 from hub.mpi.incremental import canonical, rematch_all
 from hub.mpi.matcher import Matcher
 from hub.mpi.normalise import features
-from projections.identity_candidates import IdentityCandidates
+from hub.mpi.candidates import IdentityCandidates
 from terminology.resident_id import check_digit
 
 RESIDENT = "urn:oid:2.16.156.10011.1.3"

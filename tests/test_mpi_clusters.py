@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from hub.errors import FhirError
-from hub.ingest import Context, Op
+from hub.core.errors import FhirError
+from hub.core.ingest import Context, Op
 from hub.mpi import conflicts
 from hub.mpi.identity import own_person_id
 from terminology.resident_id import check_digit

@@ -11,8 +11,8 @@ import time
 import orjson
 
 from hub import cli
-from hub.config import Settings
-from hub.ingest import Context, Hub, Op
+from hub.core.config import Settings
+from hub.core.ingest import Context, Hub, Op
 from hub.mpi.identity import IdentityService
 from hub.synth import Region
 

@@ -3,14 +3,14 @@ in the hub, and what normalisation, comparison and the candidate index make of t
 
 from __future__ import annotations
 
-from hub.ingest import Context, Op
+from hub.core.ingest import Context, Op
 from hub.mpi import identifiers, weights as W
 from hub.mpi.compare import compare
 from hub.mpi.identifiers import ROLE_EXTENSION, Roles, naming_system_roles, roles_from
 from hub.mpi.incremental import IncrementalMatcher
 from hub.mpi.matcher import Matcher
 from hub.mpi.normalise import RESIDENT_ID, features
-from projections.identity_candidates import IdentityCandidates
+from hub.mpi.candidates import IdentityCandidates
 from projections.runner import Runner
 
 PASSPORT = "urn:oid:2.16.156.10011.99.77.1"  # a system the shipped table does not know
@@ -145,7 +145,7 @@ def test_a_naming_system_put_over_http_keeps_two_passport_holders_apart(tmp_path
 
     import httpx
 
-    from hub.config import Settings
+    from hub.core.config import Settings
 
     from .conftest import LiveServer
 

@@ -12,10 +12,10 @@ import orjson
 import pytest
 from fhir.resources.R4B.person import Person as PersonModel
 
-from hub.errors import FhirError
-from hub.ingest import Context, Op
+from hub.core.errors import FhirError
+from hub.core.ingest import Context, Op
 from hub.mpi import qr
-from hub.mpi.events import STREAM, TOPICS
+from hub.core.identity_events import STREAM, TOPICS
 from hub.mpi.everything import person_view
 from hub.mpi.identity import IdentityService
 from projections.person import PersonProjection

@@ -118,7 +118,7 @@ def test_serve_matches_new_patients_as_they_arrive(tmp_path, monkeypatch):
 
     import httpx
 
-    from hub.config import Settings
+    from hub.core.config import Settings
 
     from .conftest import LiveServer
 

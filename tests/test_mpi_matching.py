@@ -9,13 +9,13 @@ import logging
 import pytest
 
 from bench.mpi import build_index, evaluate, region_patients, rematch
-from hub.ingest import Context, Op
+from hub.core.ingest import Context, Op
 from hub.mpi import blocking, train, weights as W
 from hub.mpi.compare import compare, compare_birth
 from hub.mpi.incremental import IncrementalMatcher, blocked_from_pairs, rematch_all
 from hub.mpi.matcher import Matcher, decision
 from hub.mpi.normalise import RESIDENT_ID, features
-from projections.identity_candidates import IdentityCandidates
+from hub.mpi.candidates import IdentityCandidates
 from projections.runner import Runner
 from terminology.resident_id import check_digit
 
@@ -347,8 +347,8 @@ def test_incremental_matcher_follows_patient_events(hub, tmp_path):
 
 def test_cli_train_rematch_and_rebuild(tmp_path, capsys):
     from hub import cli
-    from hub.config import Settings
-    from hub.ingest import Hub
+    from hub.core.config import Settings
+    from hub.core.ingest import Hub
     from hub.synth import Region
 
     d = str(tmp_path)

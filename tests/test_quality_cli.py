@@ -68,7 +68,7 @@ def test_quality_report_table_csv_and_filters(settings, loaded, capsys):
 ])
 def test_quality_report_mistakes_end_with_one_line_and_status_2(tmp_path, capsys, args,
                                                                  message):
-    from hub.config import Settings
+    from hub.core.config import Settings
 
     settings = Settings(data_dir=tmp_path / "data")
     settings.database_url = None
@@ -145,7 +145,7 @@ def test_quarantine_show_payload_gives_the_kept_bytes(settings, loaded):
 
 
 def test_an_empty_data_directory(tmp_path):
-    from hub.config import Settings
+    from hub.core.config import Settings
 
     settings = Settings(data_dir=tmp_path / "data")
     settings.database_url = None

@@ -14,7 +14,7 @@ import pytest
 
 from fhir_mapping.base import SourceInfo
 from fhir_mapping.documents import quality_report
-from hub.ingest import Context, Op
+from hub.core.ingest import Context, Op
 from projections.quality import RULE_SYSTEM, QualityProjection, QueryError, period, to_csv
 from projections.runner import Runner
 

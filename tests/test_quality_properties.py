@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from fhir_mapping.quality import QualityFinding, check_bytes, report
-from hub.resource import validate
+from hub.core.resource import validate
 
 CLEAN = (Path(__file__).parent / "fixtures" / "quality" / "wst500-C0002-clean.xml").read_bytes()
 NOW = datetime(2026, 11, 22, tzinfo=timezone.utc)

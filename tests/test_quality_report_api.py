@@ -27,8 +27,8 @@ with warnings.catch_warnings():  # starlette 1.x would rather see httpx2
 from fhir_mapping.base import SourceInfo
 from fhir_mapping.documents import quality_report
 from hub.api import quality as quality_api
-from hub.config import Settings
-from hub.ingest import Context, Hub, Op
+from hub.core.config import Settings
+from hub.core.ingest import Context, Hub, Op
 from projections.quality import COUNT_COLUMNS, RULE_SYSTEM
 
 CST = timezone(timedelta(hours=8))

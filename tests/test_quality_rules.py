@@ -12,7 +12,7 @@ import pytest
 
 from fhir_mapping.quality import RULE_SYSTEM, RuleError, check_bytes, default_rules, evaluate, load_rules, report
 from fhir_mapping.quality.checks import loinc_check_digit, parse_ts, resident_id_problem
-from hub.resource import validate
+from hub.core.resource import validate
 
 FIX = Path(__file__).parent / "fixtures" / "quality"
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"

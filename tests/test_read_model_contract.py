@@ -1,4 +1,4 @@
-"""Every read model of ``projections.registry`` keeps the ``ReadModel`` contract
+"""Every read model of ``hub.readmodels`` keeps the ``ReadModel`` contract
 (``projections.contract``): exactly-once, resume, rebuild and lag.
 
 The events come through the hub's own write paths (``Hub.execute``, the document service, the
@@ -16,11 +16,11 @@ from eventsourcing.persistence import IntegrityError
 
 from fhir_mapping.base import SourceInfo
 from hub.documents import DocumentService
-from hub.ingest import Context, Op
+from hub.core.ingest import Context, Op
 from hub.mpi.identity import IdentityService
 from hub.quarantine import Quarantine
 from projections.contract import ReadModel
-from projections.registry import READ_MODELS, ReadModelSpec, open_model
+from hub.readmodels import READ_MODELS, ReadModelSpec, open_model
 from projections.runner import Runner
 from projections.search.sqlite_index import TABLES, SQLiteSearchIndex
 
@@ -330,8 +330,8 @@ def test_the_cli_and_the_api_follow_the_registry(tmp_path):
 
     from hub.api.app import create_app
     from hub.cli import PROJECTIONS
-    from hub.config import Settings
-    from projections.registry import names
+    from hub.core.config import Settings
+    from hub.readmodels import names
 
     assert list(PROJECTIONS) == names()
     settings = Settings(data_dir=tmp_path / "data")

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub.errors import FhirError
-from hub.fhirtime import parse_range
-from hub.resource import canonical, content_hash, identifiers, parse_json
+from hub.core.errors import FhirError
+from hub.core.fhirtime import parse_range
+from hub.core.resource import canonical, content_hash, identifiers, parse_json
 
 
 def test_decimals_keep_their_written_precision():

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from hub.api.search import SearchService, search_bundle
-from hub.errors import FhirError
-from hub.ingest import Context, Hub, Op
+from hub.core.errors import FhirError
+from hub.core.ingest import Context, Hub, Op
 from projections.runner import Runner
 from projections.search.query import split_escaped, unescape
 from projections.search.sqlite_index import SQLiteSearchIndex

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from hub.errors import FhirError
-from hub.fhirtime import parse_range
-from hub.resource import RESOURCE_TYPES, canonical, parse_json, validate
+from hub.core.errors import FhirError
+from hub.core.fhirtime import parse_range
+from hub.core.resource import RESOURCE_TYPES, canonical, parse_json, validate
 from hub.synth import Region
 from projections.search.extract import (
     DateRange, Quantity, Ref, Str, Token, compile_stats, extract, normalize, plan_for, ucum_canonical,

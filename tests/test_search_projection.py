@@ -8,7 +8,7 @@ import orjson
 import pytest
 from eventsourcing.persistence import IntegrityError
 
-from hub.ingest import Context, Op
+from hub.core.ingest import Context, Op
 from projections.runner import Runner
 from projections.search.sqlite_index import TABLES, SQLiteSearchIndex
 

@@ -8,11 +8,11 @@ import uuid
 import orjson
 import pytest
 
-from hub import resource as res
-from hub.errors import FhirError
-from hub.events import TOPICS, TRANSCODER, ResourceEvent, from_stored
-from hub.ingest import Context, Hub, Op
-from hub.store import Commit, ConflictError, IdentifierGuard
+from hub.core import resource as res
+from hub.core.errors import FhirError
+from hub.core.events import TOPICS, TRANSCODER, ResourceEvent, from_stored
+from hub.core.ingest import Context, Hub, Op
+from hub.core.store import Commit, ConflictError, IdentifierGuard
 from tests.api_helpers import FHIR_JSON, SYSTEM, patient, unique
 
 
@@ -190,7 +190,7 @@ def test_rest_writes_record_their_source_and_request_id(client, live):
 
 def test_write_side_indexes_rebuild_from_the_log(hub):
     """Derived tables can be dropped and rebuilt from the events with the same answers."""
-    from hub.ingest import Context, Op
+    from hub.core.ingest import Context, Op
 
     ctx = Context()
     pid = f"r{uuid.uuid4().hex[:10]}"

@@ -15,7 +15,7 @@ from fhir_mapping.registry import converter
 from fhir_mapping.tabular import (CsvRowsError, MappingFileError, load_file, load_mapping,
                                   shipped_mappings)
 from fhir_mapping.tabular.mapping import SHIPPED
-from hub.resource import validate
+from hub.core.resource import validate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tabular"
 SRC = SourceInfo(institution="H0001", oid="1.2.156.112604.1.1", name="市第一人民医院")
@@ -438,8 +438,8 @@ def test_decimal_values_exact():
 
 
 def test_hub_accepts_and_replay_changes_nothing(tmp_path, request):
-    from hub.ingest import Context, Hub
-    from hub.resource import parse_json
+    from hub.core.ingest import Context, Hub
+    from hub.core.resource import parse_json
 
     from tests.conftest import make_settings
 

@@ -10,8 +10,8 @@ import orjson
 import pytest
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.tabular import CsvRowsError, load_mapping
-from hub.errors import FhirError
-from hub.resource import validate
+from hub.core.errors import FhirError
+from hub.core.resource import validate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

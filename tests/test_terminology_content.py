@@ -19,7 +19,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub.resource import validate
+from hub.core.resource import validate
 from terminology import icd10
 from terminology.builtin import builtin_files, iter_builtin
 

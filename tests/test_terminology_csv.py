@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from hub.config import Settings
-from hub.ingest import Hub
-from hub.resource import validate
+from hub.core.config import Settings
+from hub.core.ingest import Hub
+from hub.core.resource import validate
 from projections.terminology import TerminologyProjection
 from terminology.csvformat import CsvError, parse, write_code_system
 from terminology.loader import load, resource_id

@@ -15,7 +15,7 @@ from connectors.terminology import Terminology
 from connectors.testing import ConnectorProcess, wait_until, write_config
 from fhir_mapping.base import SourceInfo
 from hub.cli import main
-from hub.config import Settings
+from hub.core.config import Settings
 
 from tests.conftest import LiveServer, free_port
 

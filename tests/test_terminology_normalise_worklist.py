@@ -8,8 +8,8 @@ from __future__ import annotations
 import orjson
 import pytest
 from hub.cli import main
-from hub.config import Settings
-from hub.ingest import Context, Hub, Op
+from hub.core.config import Settings
+from hub.core.ingest import Context, Hub, Op
 from projections.runner import Runner
 from projections.unmapped import UnmappedProjection, is_local_system, local_codes
 from terminology.cli_normalise import renormalise, store_concept_maps

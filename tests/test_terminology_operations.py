@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from hub.config import Settings
-from hub.ingest import Context, Hub, Op
+from hub.core.config import Settings
+from hub.core.ingest import Context, Hub, Op
 from projections.runner import Runner
 from projections.terminology import TerminologyProjection
 from terminology import operations as O

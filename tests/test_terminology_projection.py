@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from hub.ingest import Context, Op
+from hub.core.ingest import Context, Op
 from projections.runner import Runner
 from projections.terminology import TerminologyProjection
 from terminology.rows import closure

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from connectors.spool import Unit
-from hubbase.errors import HubError
+from hub.core.errors import HubError
 
 
 class Unavailable(HubError):

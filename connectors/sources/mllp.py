@@ -27,7 +27,7 @@ from typing import Any
 import hl7
 
 from connectors.base import Envelope, Intake
-from hubbase.errors import HubError
+from hub.core.errors import HubError
 
 log = logging.getLogger("connectors.mllp")
 

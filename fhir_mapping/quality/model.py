@@ -11,7 +11,7 @@ from typing import Any
 from lxml import etree
 
 from fhir_mapping.base import Finding
-from hubbase.errors import HubError
+from hub.core.errors import HubError
 
 V3 = "urn:hl7-org:v3"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"

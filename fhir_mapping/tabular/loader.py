@@ -14,8 +14,8 @@ from typing import Any
 
 from fhir_mapping.tabular import values as V
 from fhir_mapping.tabular.model import MappingFileError, Resource, Rule
-from hub.jsontypes import TYPES
-from hub.resource import RESOURCE_TYPES
+from hub.core.jsontypes import TYPES
+from hub.core.resource import RESOURCE_TYPES
 
 __all__ = ["Loader"]
 

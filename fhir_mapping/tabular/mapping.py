@@ -481,8 +481,8 @@ class TabularMapping:
 
     def _selftest(self) -> None:
         """Convert the row of column examples and validate every resource with the hub."""
-        from hub.errors import FhirError
-        from hub.resource import validate
+        from hub.core.errors import FhirError
+        from hub.core.resource import validate
 
         row = {c: spec["example"] for c, spec in self.columns.items() if "example" in spec}
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hubbase.errors import HubError
+from hub.core.errors import HubError
 
 __all__ = ["MappingFileError", "Resource", "Rule"]
 

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from fhir_mapping.identifiers import RESIDENT_ID_SYSTEM, key_problem
-from hubbase.errors import HubError
+from hub.core.errors import HubError
 from terminology import resident_id
 
 

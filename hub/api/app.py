@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hub import resource as res
+from hub.core import resource as res
 from hub.api import bundles, capability, documents, quality, terminology, unmapped, v3
 from hub.api import everything as mpi_everything
 from hub.api import identity as mpi_identity
@@ -39,14 +39,14 @@ from hub.api.responses import (
     version_headers,
 )
 from hub.api.search import SearchService, search_bundle
-from hub.conditional import SearchResolver, parse_query
-from hub.config import Settings
+from hub.core.conditional import SearchResolver, parse_query
+from hub.core.config import Settings
 from hub.documents import DocumentService
-from hub.errors import FhirError, Issue, bad_request, not_found
-from hub.events import resource_bytes
-from hub.ingest import Context, Hub, Op, Result
+from hub.core.errors import FhirError, Issue, bad_request, not_found
+from hub.core.events import resource_bytes
+from hub.core.ingest import Context, Hub, Op, Result
 from hub.quarantine import Quarantine
-from projections.registry import open_models
+from hub.readmodels import open_models
 from projections.runner import Runner
 from terminology.normalise import StoredMaps
 
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # Every object is built with what it uses (constructors, in dependency order); the read
-        # models are those of projections.registry, each followed by its own runner.
+        # models are those of hub.readmodels, each followed by its own runner.
         given: Hub | None = app.state.hub
         own = given is None
         store = settings.open_store() if own else given.store

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from fastapi import FastAPI
 
-from hub import resource as res
+from hub.core import resource as res
 from projections.search.params import params_for
 
 _TYPE_LEVEL = ("read", "vread", "update", "delete", "history-instance", "history-type", "create",

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fhir_mapping.base import SourceInfo
 from hub.api.responses import base_url, fhir_response
-from hub.errors import FhirError, bad_request
+from hub.core.errors import FhirError, bad_request
 
 router = APIRouter()
 XML_TYPES = ("application/xml", "text/xml", "application/hl7-cda+xml", "application/cda+xml",

@@ -43,9 +43,9 @@ from starlette.concurrency import run_in_threadpool
 
 from hub.api.paging import link
 from hub.api.responses import base_url, check_format, fhir_response
-from hub.errors import FhirError, bad_request
-from hub.fhirtime import parse_range
-from hub.ingest import Context, Hub, Op, now_instant
+from hub.core.errors import FhirError, bad_request
+from hub.core.fhirtime import parse_range
+from hub.core.ingest import Context, Hub, Op, now_instant
 from hub.mpi.everything import Scope, SharedRecord, check_types
 from projections.timeline import KINDS
 

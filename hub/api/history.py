@@ -11,10 +11,10 @@ from fastapi import Request
 from hub.api.bundles import status_line
 from hub.api.paging import link, page_size
 from hub.api.responses import etag
-from hub.config import Settings
-from hub.errors import bad_request, not_found
-from hub.fhirtime import parse_range
-from hub.ingest import Hub
+from hub.core.config import Settings
+from hub.core.errors import bad_request, not_found
+from hub.core.fhirtime import parse_range
+from hub.core.ingest import Hub
 
 _STATUS = {"created": 201, "updated": 200, "deleted": 204}
 

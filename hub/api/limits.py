@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hub.errors import FhirError, Issue, outcome_bytes
+from hub.core.errors import FhirError, Issue, outcome_bytes
 
 
 class BodyTooLarge(FhirError):

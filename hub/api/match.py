@@ -5,7 +5,7 @@ The body is a ``Parameters`` resource with ``resource`` (the Patient to match, r
 1..``HUB_MAX_COUNT``). The answer is a ``searchset`` Bundle, best first, each entry the stored
 Patient with ``search.mode = match``, ``search.score`` (the posterior probability, 0..1) and the
 ``match-grade`` extension (``certain`` | ``probable`` | ``possible``). Candidates come from the
-identity-candidates read model (``projections.identity_candidates``), brought up to the log's end
+identity-candidates read model (``hub.mpi.candidates``), brought up to the log's end
 as of the request (read-your-writes, bounded at 5 s). Bad input is a 400 OperationOutcome. The
 operation only answers: it decides and records nothing. Unless ``HUB_MPI_AUTOMATCH=0``, the
 server also runs the incremental matcher (``hub.mpi.incremental``), whose decisions go to the identity
@@ -21,18 +21,18 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from hub import resource as res
+from hub.core import resource as res
 from hub.api.responses import base_url, check_content_type, check_format, fhir_response
-from hub.config import Settings
-from hub.errors import FhirError, bad_request
-from hub.events import resource_bytes
+from hub.core.config import Settings
+from hub.core.errors import FhirError, bad_request
+from hub.core.events import resource_bytes
 from hub.mpi import weights as W
 from hub.mpi.incremental import IncrementalMatcher, blocked_from_pairs
 from hub.mpi.matcher import Matcher
 from hub.mpi.normalise import features
-from hub.store import ResourceStore
-from projections.identity_candidates import IdentityCandidates
-from projections.registry import open_model
+from hub.core.store import ResourceStore
+from hub.mpi.candidates import IdentityCandidates
+from hub.readmodels import open_model
 from projections.runner import Runner
 
 router = APIRouter()

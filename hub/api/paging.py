@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from hub.config import Settings
-from hub.errors import bad_request
+from hub.core.config import Settings
+from hub.core.errors import bad_request
 
 def page_size(params: dict[str, str], settings: Settings) -> int:
     raw = params.get("_count")

@@ -39,9 +39,9 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from hub.api.responses import pretty
-from hub.config import Settings
-from hub.errors import FhirError, bad_request
-from hub.store import ResourceStore
+from hub.core.config import Settings
+from hub.core.errors import FhirError, bad_request
+from hub.core.store import ResourceStore
 from projections.quality import (
     COUNT_COLUMNS,
     MAX_TEXT,
@@ -52,7 +52,7 @@ from projections.quality import (
     parse_group,
     to_csv,
 )
-from projections.registry import open_model
+from hub.readmodels import open_model
 from projections.runner import Runner
 
 router = APIRouter()

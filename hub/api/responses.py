@@ -8,8 +8,8 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from hub.errors import FhirError, Issue, operation_outcome
-from hub.fhirtime import http_date
+from hub.core.errors import FhirError, Issue, operation_outcome
+from hub.core.fhirtime import http_date
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}

@@ -16,10 +16,10 @@ from importlib import resources
 import orjson
 
 from hub.api.paging import link
-from hub.config import Settings
-from hub.errors import FhirError, Issue, bad_request
-from hub.ingest import Hub
-from hub.store import ResourceStore
+from hub.core.config import Settings
+from hub.core.errors import FhirError, Issue, bad_request
+from hub.core.ingest import Hub
+from hub.core.store import ResourceStore
 from projections.runner import Runner
 from projections.search.params import params_for
 from projections.search.query import (
@@ -30,7 +30,8 @@ from projections.search.query import (
     TokenValue,
     parse,
 )
-from projections.search.backend import SearchBackend, open_backend
+from projections.search.backend import SearchBackend
+from projections.search.backends import open_backend
 from projections.search.sqlite_index import SQLiteSearchIndex
 
 RYW_TIMEOUT = 5.0
@@ -38,7 +39,7 @@ RYW_TIMEOUT = 5.0
 
 class SearchService:
     """Searches answered by a ``SearchBackend`` (``backend``; by default the one
-    ``projections.search.backend.open_backend`` builds over ``index``). ``terminology``: the
+    ``projections.search.backends.open_backend`` builds over ``index``). ``terminology``: the
     TerminologyService that answers :in, :not-in, :below, :above, ``terminology_sync`` its
     read-your-writes."""
 

@@ -28,12 +28,12 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from hub import resource as res
+from hub.core import resource as res
 from hub.api.responses import ID_RE, check_content_type, check_format, fhir_response
-from hub.config import Settings
-from hub.errors import FhirError, bad_request, not_found
-from hub.store import ResourceStore
-from projections.registry import BY_NAME, open_model
+from hub.core.config import Settings
+from hub.core.errors import FhirError, bad_request, not_found
+from hub.core.store import ResourceStore
+from hub.readmodels import BY_NAME, open_model
 from projections.runner import Runner
 from projections.terminology import TerminologyProjection
 from terminology.operations import OPERATIONS, SPECS

@@ -25,10 +25,10 @@ from starlette.concurrency import run_in_threadpool
 
 from hub.api.quality import _wants_csv
 from hub.api.responses import pretty
-from hub.config import Settings
-from hub.errors import FhirError, bad_request
-from hub.store import ResourceStore
-from projections.registry import open_model
+from hub.core.config import Settings
+from hub.core.errors import FhirError, bad_request
+from hub.core.store import ResourceStore
+from hub.readmodels import open_model
 from projections.runner import Runner
 from projections.unmapped import COLUMNS, MAX_TEXT, QueryError, UnmappedProjection, to_csv
 

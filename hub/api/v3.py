@@ -49,11 +49,11 @@ from fhir_mapping.hl7v3.ack import request_header
 from fhir_mapping.hl7v3.common import Ctx, interactions, parse
 from fhir_mapping.xmlsafe import MAX_BYTES
 from hub.api.limits import BodyTooLarge
-from hub.errors import FhirError
-from hub.events import resource_bytes
+from hub.core.errors import FhirError
+from hub.core.events import resource_bytes
 from hub import v3intake
-from hub.ingest import Context, Hub, Result
-from hubbase.errors import HubError
+from hub.core.ingest import Context, Hub, Result
+from hub.core.errors import HubError
 
 log = logging.getLogger("hub.api.v3")
 router = APIRouter()

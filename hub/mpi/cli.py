@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from hub.commandline import UsageError, open_store
+from hub.core.commandline import UsageError, open_store
 
 
 def add_parsers(sub: Any, common: Any) -> None:
@@ -50,7 +50,7 @@ def add_parsers(sub: Any, common: Any) -> None:
 def _index(settings: Any, store: Any):
     from tqdm import tqdm
 
-    from projections.registry import open_model
+    from hub.readmodels import open_model
     from projections.runner import Runner
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +68,7 @@ def _steward_decisions(settings: Any, store: Any) -> list:
     """The decisions data stewards made (``hub.mpi.train.steward_decisions``), the person
     projection brought up to the log's end first."""
     from hub.mpi.train import steward_decisions
-    from projections.registry import open_model
+    from hub.readmodels import open_model
     from projections.runner import Runner
 
     person = open_model("person", settings.data_dir)
@@ -84,7 +84,7 @@ def _identity_decide(settings: Any, store: Any, index: Any = None):
     (hub.mpi.identity), or None when it is not there."""
     try:
         from hub.mpi.identity import IdentityService
-        from projections.registry import open_model
+        from hub.readmodels import open_model
         from projections.runner import Runner
     except ImportError:
         return None
@@ -175,7 +175,7 @@ def cmd_mpi(args: Any, settings: Any) -> int:
 
 def _export(args: Any, settings: Any, store: Any) -> int:
     from hub.mpi.listing import EXPORT_COLUMNS, link_rows
-    from projections.registry import open_model
+    from hub.readmodels import open_model
     from projections.runner import Runner
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)

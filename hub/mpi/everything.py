@@ -28,9 +28,9 @@ from typing import Any
 import orjson
 
 from hub.api.search import SearchService, compartment_group, patient_compartment
-from hub.errors import FhirError, bad_request, not_found
+from hub.core.errors import FhirError, bad_request, not_found
 from hub.mpi.identity import IdentityService
-from hub.store import ResourceStore
+from hub.core.store import ResourceStore
 from projections.runner import Runner
 from projections.timeline import TimelineProjection
 

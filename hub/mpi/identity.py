@@ -39,13 +39,13 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from hub.errors import FhirError, bad_request, conflict, not_found
-from hub.ingest import now_instant
+from hub.core.errors import FhirError, bad_request, conflict, not_found
+from hub.core.ingest import now_instant
 from hub.mpi import conflicts
-from hub.mpi.events import MATCHER, USER, IdentityEvent, to_stored
+from hub.core.identity_events import MATCHER, USER, IdentityEvent, to_stored
 from hub.mpi.identifiers import DEFAULT as DEFAULT_ROLES
 from hub.mpi.identifiers import Roles
-from hub.store import ConflictError, ResourceStore
+from hub.core.store import ConflictError, ResourceStore
 from projections.person import PersonProjection
 from projections.runner import Runner
 
@@ -113,10 +113,10 @@ class IdentityService:
 
     @classmethod
     def open(cls, store: ResourceStore, data_dir) -> IdentityService:
-        """The service over the person projection in ``data_dir`` (projections.registry)."""
+        """The service over the person projection in ``data_dir`` (hub.readmodels)."""
         from pathlib import Path
 
-        from projections.registry import open_model
+        from hub.readmodels import open_model
 
         Path(data_dir).mkdir(parents=True, exist_ok=True)
         return cls(store, open_model("person", data_dir))

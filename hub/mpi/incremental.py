@@ -1,7 +1,7 @@
 """Incremental matching: each new or updated Patient is matched as it arrives, not by nightly batch.
 
 ``IncrementalMatcher`` is a read model over the Patient events (``types``). It shares the candidate
-index's SQLite file and tracking table (``projections.identity_candidates``), and for each batch:
+index's SQLite file and tracking table (``hub.mpi.candidates``), and for each batch:
 
 1. brings the candidate index up to the batch (the index skips what it already applied), so a new
    Patient's own features are indexed before it is matched;
@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from eventsourcing.persistence import Notification
 
-from hub.events import KIND_OF_TOPIC
+from hub.core.events import KIND_OF_TOPIC
 from hub.mpi.matcher import Candidate, Matcher, decision
-from projections.identity_candidates import IdentityCandidates
+from hub.mpi.candidates import IdentityCandidates
 from projections.sqlite_model import record_position
 
 NAME = "mpi-incremental"

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from collections.abc import Sequence
 from typing import Any
 
-from hub.fhirtime import parse_range
+from hub.core.fhirtime import parse_range
 
 PREFIXES = ("eq", "ge", "gt", "le", "lt")
 EXPORT_COLUMNS = ("patient", "person", "own_person", "assurance", "decided_by_type", "decided_by",

@@ -1,7 +1,7 @@
 """Ranked candidates for a Patient: block, compare, weigh, grade.
 
 ``Matcher(index, weights).match(features)`` looks the Patient's blocking keys up in the candidate
-index (``projections.identity_candidates``), compares it with every candidate, and returns
+index (``hub.mpi.candidates``), compares it with every candidate, and returns
 ``Candidate``s best first: match weight (bits), score (posterior probability 0..1), grade
 (``certain`` | ``probable`` | ``possible``, from the configured thresholds; ``certainly-not`` when
 a veto holds), per-field evidence ``{field: {"level", "weight"}}`` and the vetoes. ``decision``

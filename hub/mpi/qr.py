@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from hubbase.errors import HubError
+from hub.core.errors import HubError
 
 HEALTH_CARD_SYSTEM = "urn:oid:2.16.156.10011.1.19"
 CST = timezone(timedelta(hours=8))

@@ -3,19 +3,16 @@ a page of matches out.
 
 The planner (query.py) is independent of storage; a backend answers its plans. The SQLite one
 (``sqlite_query.SQLiteSearch`` over ``sqlite_index.SQLiteSearchIndex``) is the one there is;
-``open_backend`` is the one place the API's backend is built, so another (PostgreSQL, an
+``projections.search.backends.open_backend`` is the one place the API's backend is built, so another (PostgreSQL, an
 external engine) replaces it there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from projections.search.query import Include, Query
-
-if TYPE_CHECKING:
-    from projections.search.sqlite_index import SQLiteSearchIndex
 
 
 @dataclass
@@ -58,10 +55,3 @@ class SearchBackend(Protocol):
     def count(self, q: Query) -> int:
         """How many resources match ``q``."""
         ...
-
-
-def open_backend(index: SQLiteSearchIndex) -> SearchBackend:
-    """The API's search backend over the search index it follows the log with."""
-    from projections.search.sqlite_query import SQLiteSearch
-
-    return SQLiteSearch(index)

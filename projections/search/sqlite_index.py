@@ -16,8 +16,8 @@ from pathlib import Path
 import orjson
 from eventsourcing.persistence import Notification
 
-from hub.events import KIND_OF_TOPIC
-from hub.fhirtime import parse_range
+from hub.core.events import KIND_OF_TOPIC
+from hub.core.fhirtime import parse_range
 from projections.sqlite_model import SQLiteReadModel, record_position
 from projections.search.extract import DateRange, Quantity, Str, Token, extract
 from projections.search.params import params_for

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from hub.errors import bad_request
+from hub.core.errors import bad_request
 from projections.search.backend import Page, Row, SearchBackend
 from projections.search.extract import normalize, ucum_canonical
 from projections.search.params import params_for

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from eventsourcing.persistence import Notification
 
-from hub.events import KIND_OF_TOPIC
+from hub.core.events import KIND_OF_TOPIC
 from hub.mpi import blocking, identifiers
 from hub.mpi.normalise import features as patient_features
 from projections.sqlite_model import SQLiteReadModel, newest

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Protocol
 from urllib.parse import parse_qsl
 
-from hub.errors import FhirError, bad_request
-from hub.store import IdentifierGuard, QuietGuard, ResourceStore
+from hub.core.errors import FhirError, bad_request
+from hub.core.store import IdentifierGuard, QuietGuard, ResourceStore
 
 Query = list[tuple[str, str]]
 

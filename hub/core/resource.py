@@ -19,8 +19,8 @@ import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 
 from fhir_mapping import source_order
-from hub import jsontext, jsontypes
-from hub.errors import FhirError, Issue, bad_request
+from hub.core import jsontext, jsontypes
+from hub.core.errors import FhirError, Issue, bad_request
 
 # type -> facts derived from the models by scripts/derive_resource_types.py
 TYPE_FACTS: dict[str, dict] = json.loads(

@@ -11,8 +11,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from hub.config import Settings
-from hubbase.errors import HubError
+from hub.core.config import Settings
+from hub.core.errors import HubError
 
 __all__ = ["BOM", "UsageError", "input_kind", "iter_inputs", "one_line", "open_store"]
 

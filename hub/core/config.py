@@ -35,7 +35,7 @@ class Settings:
         return self.data_dir / "events.sqlite"
 
     def open_store(self):
-        from hub.store import ResourceStore
+        from hub.core.store import ResourceStore
 
         if self.database_url:
             return ResourceStore.postgres(self.database_url)

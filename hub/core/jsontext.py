@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from hub.errors import FhirError, Issue
+from hub.core.errors import FhirError, Issue
 
 MAX_ISSUES = 20
 

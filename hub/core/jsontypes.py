@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from hub.errors import Issue
+from hub.core.errors import Issue
 
 # type name -> {element: [kind, repeats, codes?]}; kind is b(oolean), i(nteger), d(ecimal),
 # s(tring-like), or the name of a complex type / backbone element / "Resource".

@@ -31,10 +31,10 @@ import orjson
 from eventsourcing.persistence import StoredEvent
 
 from fhir_mapping import source_order
-from hub import jsontext
-from hub import resource as res
-from hub.conditional import IdentifierResolver, Query, identifiers_match, parse_query
-from hub.errors import (
+from hub.core import jsontext
+from hub.core import resource as res
+from hub.core.conditional import IdentifierResolver, Query, identifiers_match, parse_query
+from hub.core.errors import (
     FhirError,
     Issue,
     bad_request,
@@ -43,8 +43,8 @@ from hub.errors import (
     not_found,
     precondition_failed,
 )
-from hub.events import CREATED, DELETED, UPDATED, ResourceEvent, from_stored
-from hub.store import Commit, ConflictError, Head, ResourceStore
+from hub.core.events import CREATED, DELETED, UPDATED, ResourceEvent, from_stored
+from hub.core.store import Commit, ConflictError, Head, ResourceStore
 
 RETRIES = 12
 RETRY_SECONDS = 10.0

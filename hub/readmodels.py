@@ -46,7 +46,7 @@ READ_MODELS: tuple[ReadModelSpec, ...] = (
     ReadModelSpec("timeline", "timeline.sqlite", "projections.timeline:TimelineProjection",
                   "each Patient's clinical events in time order"),
     ReadModelSpec("identity-candidates", "identity-candidates.sqlite",
-                  "projections.identity_candidates:IdentityCandidates",
+                  "hub.mpi.candidates:IdentityCandidates",
                   "features and blocking keys of the master patient index"),
 )
 BY_NAME = {spec.name: spec for spec in READ_MODELS}

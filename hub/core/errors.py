@@ -1,4 +1,18 @@
-"""FHIR errors: every failure the API reports is an OperationOutcome with an HTTP status."""
+"""The root of every error the hub raises on purpose, and the FHIR errors under it.
+
+``HubError.error_code`` names the kind of failure for logs, exit statuses and callers that do not
+want to know each class: ``usage`` (a command line mistake), ``invalid`` (input that breaks a rule),
+``not-found``, ``conflict`` (a concurrent change; retry), ``unavailable`` (a store, broker or peer
+cannot be reached now; retry), ``unsupported`` (valid but not handled here), ``config`` (a wrong
+configuration or rule file), ``mapping`` (a payload that cannot be converted to FHIR), ``refused``
+(an answer decided while handling a message) and ``too-large``. Subclasses keep their historical
+bases too (``ValueError``, ``LookupError``), so ``except ValueError`` keeps catching them. The
+attribute is ``error_code``, not ``code``: ``code`` already means the HL7 acknowledgment code on
+mapping errors (AE / AR) and the FHIR issue type on terminology errors, and both go out on the wire.
+
+Every failure the API reports is a ``FhirError``: an OperationOutcome with an HTTP status. This
+module imports nothing of the hub (the mappers, which import nothing else of it, share the root).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +20,14 @@ from dataclasses import dataclass
 
 import orjson
 
-from hubbase.errors import HubError
+ERROR_CODES = frozenset({"error", "usage", "invalid", "not-found", "conflict", "unavailable",
+                         "unsupported", "config", "mapping", "refused", "too-large"})
+
+
+class HubError(Exception):
+    """Root of the hub's errors; ``error_code`` is one of ``ERROR_CODES``."""
+
+    error_code: str = "error"
 
 
 @dataclass(frozen=True, slots=True)
