@@ -1,4 +1,4 @@
-"""What the write path's text checks (hub/jsontext.py) cost next to validation, per resource.
+"""What the write path's text checks (hub/core/jsontext.py) cost next to validation, per resource.
 
     python -m bench.jsontext [--people N]
 

@@ -23,7 +23,7 @@ from hub.core.errors import FhirError
 from hub.readmodels import names as read_model_names
 from hub.readmodels import open_model
 
-# the shared command helpers (hub.commandline) stay importable from hub.cli
+# the shared command helpers (hub.core.commandline) stay importable from hub.cli
 __all__ = ["COMMANDS", "PROJECTIONS", "UsageError", "input_kind", "iter_inputs", "main",
            "open_store"]
 
@@ -858,6 +858,6 @@ COMMANDS.update({"connector": _connector_command("cmd_connector"),
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    # commands living in other modules raise hub.commandline.UsageError, the class main catches
+    # commands living in other modules raise hub.core.commandline.UsageError, the class main catches
     # (it is not defined here, so `python -m hub.cli` makes no second copy of it)
     sys.exit(main())

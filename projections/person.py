@@ -1,6 +1,6 @@
 """The person projection: golden persons, their Patients, merges, not-duplicate pairs, reviews.
 
-Fed only by identity events (``hub/mpi/events.py``), read from the log by topic
+Fed only by identity events (``hub/core/identity_events.py``), read from the log by topic
 (``notifications_of(["Identity"])``), never edited by hand: ``hub projections rebuild person``
 replays the events and gives the same rows. Rows and the tracking position are written in one
 transaction (``$HUB_DATA_DIR/person.sqlite``). ``p_meta.stream_version`` is the number of identity

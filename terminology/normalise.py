@@ -14,7 +14,7 @@ Pure: no I/O, no clock. ``Normaliser.from_concept_maps(maps)`` reads FHIR R4 Con
 - a malformed map, group or element is skipped, never fatal (``skipped`` counts them).
 
 ``normalise(resource)`` walks the resource's CodeableConcepts (the paths of each resource type
-are compiled once from the R4B element table, ``hub.jsontypes.TYPES``) and, for a coding of a
+are compiled once from the R4B element table, ``hub.core.jsontypes.TYPES``) and, for a coding of a
 *local* system that has a mapping, inserts each standard coding right after it, marked
 ``userSelected: false``. The local coding is never changed or removed; a target already present in
 the CodeableConcept is not added again, so normalising twice adds nothing the second time (codings

@@ -7,7 +7,7 @@ the hierarchy as a closure (every ancestor of every concept) from concept nestin
 row per source code -> target code. Aliases: the URIs a code system is also known by (its
 ``identifier`` OIDs; a NamingSystem's ``uniqueId``s).
 
-The input is validated FHIR (``hub.ingest``), but inline resources in operation requests are
+The input is validated FHIR (``hub.core.ingest``), but inline resources in operation requests are
 only parsed, so every accessor here tolerates any JSON.
 """
 

@@ -1,4 +1,4 @@
-"""What the JSON text may not carry (hub/jsontext.py): duplicate keys, control characters and lone
+"""What the JSON text may not carry (hub/core/jsontext.py): duplicate keys, control characters and lone
 surrogates; the fast byte tests must never clear a body the exact checks refuse.
 
 The JSON texts here are written by a serializer of their own that escapes characters at random

@@ -40,7 +40,7 @@ from hub.core import identity_events as identity_events
 from hub.core.resource import content_hash, identifiers
 from hub.core.errors import HubError
 
-# -- events that are no resource (MPI identity decisions, hub/mpi/events.py) -----------------------
+# -- events that are no resource (MPI identity decisions, hub/core/identity_events.py) -----------------------
 # They live in the same log (one notification order) under streams of their own kind, with no row
 # in resource_head / resource_identifier / resource_version: every resource-level read (heads,
 # history, conditional interactions, notifications_of resource types) passes them by. A projection

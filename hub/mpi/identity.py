@@ -1,7 +1,7 @@
 """The identity service: every MPI decision, by the matcher or by a named user, as identity events.
 
 Decisions are taken against the person projection brought up to the end of the log, and committed
-as the next versions of the identity stream (``hub/mpi/events.py``); a concurrent decider elsewhere
+as the next versions of the identity stream (``hub/core/identity_events.py``); a concurrent decider elsewhere
 makes the commit fail on the stream's unique key and the decision is taken again on fresh state.
 After a commit the projection is brought up to date before the call returns (read-your-writes).
 
