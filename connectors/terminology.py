@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-
 from fhir_mapping.base import Conversion, Finding, MappingError, SourceInfo
 from hub.core.errors import HubError
 from terminology.conceptmaps import concept_maps_in, read_concept_maps

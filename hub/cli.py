@@ -701,8 +701,8 @@ def _quarantine_replay(args, settings: Settings) -> int:
             print("no open entries in the quarantine")
             return 0
         from hub import v3intake
-        from hub.documents import DocumentService
         from hub.core.ingest import Hub
+        from hub.documents import DocumentService
 
         hub = Hub(open_store(settings))
         try:

@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
-from fhir_mapping.base import MappingError, SourceInfo
 from fhir_mapping import source_order
+from fhir_mapping.base import MappingError, SourceInfo
 from fhir_mapping.documents import (
     QualityRejected,
     check_and_convert,

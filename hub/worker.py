@@ -25,8 +25,7 @@ from connectors.sinks.base import RETRY_STATUS
 from fhir_mapping.base import Conversion
 from hub.core.commandline import open_store
 from hub.core.config import Settings
-from hub.core.errors import FhirError
-from hub.core.errors import HubError
+from hub.core.errors import FhirError, HubError
 
 log = logging.getLogger("hub.worker")
 
@@ -51,11 +50,10 @@ def _conversion(unit: dict) -> Conversion:
 def write_units(hub, units: list[dict], source: dict[str, Any]) -> list[dict | None]:
     """Write units (dicts with resources/deletes) as one batch; per unit None or its error.
     Raises Transient when the batch should be tried again (store unavailable, conflicts)."""
-    from hub.api import bundles
-    from hub.core.ingest import Context
-
     from connectors.sinks.base import Unavailable, unit_errors
     from connectors.sinks.http import dedupe_entries
+    from hub.api import bundles
+    from hub.core.ingest import Context
 
     entries, positions = dedupe_entries([_conversion(u).entries() for u in units])
     if not entries:

@@ -19,9 +19,8 @@ from typing import Any
 from eventsourcing.persistence import Notification, Tracking
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 
-from projections.contract import ReadModel
-
 from hub.core.store import FastSQLiteDatastore
+from projections.contract import ReadModel
 
 
 def record_position(tracking: SQLiteTrackingRecorder, c: Any, name: str,

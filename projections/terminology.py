@@ -23,7 +23,6 @@ terminology`` replays the log into an empty model.
 
 from __future__ import annotations
 
-
 import orjson
 from eventsourcing.persistence import Notification
 

@@ -182,8 +182,8 @@ def renormalise(hub, model, normaliser, institution: str | None = None, progress
 def cmd_renormalise(args, settings) -> int:
     from tqdm import tqdm
 
-    from terminology.conceptmaps import read_concept_maps
     from hub.core.ingest import Hub
+    from terminology.conceptmaps import read_concept_maps
     from terminology.normalise import Normaliser
 
     store, model = _open(settings)

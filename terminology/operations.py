@@ -479,7 +479,7 @@ def translate(svc: TerminologyService, p: Params, instance: ResourceRef | None =
             sources = {m.key: m.url for m in maps}
             headers = {m.key: m.body for m in maps}
         matched_groups = set()
-        for mid, ssys, scode, sdisp, tsys, tcode, tdisp, equivalence, comment in rows:
+        for mid, ssys, scode, sdisp, tsys, tcode, tdisp, equivalence, _comment in rows:
             other_sys, other_code, other_disp = (ssys, scode, sdisp) if reverse else (tsys, tcode,
                                                                                       tdisp)
             matched_groups.add((mid, ssys, tsys))  # the group lists the code: no unmapped rule

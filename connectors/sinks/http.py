@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import orjson
 
-from fhir_mapping.base import SourceInfo
-
 from connectors.sinks.base import RETRY_STATUS, Unavailable, unit_errors
 from connectors.spool import Unit
+from fhir_mapping.base import SourceInfo
+
 
 def dedupe_entries(per_unit: list[list[dict]]) -> tuple[list[dict], list[list[int]]]:
     """One entry per request in the batch: units of one institution repeat its Organization,

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import re
 import threading
-import queue
 from concurrent.futures import Future
 from typing import Any
 
@@ -262,7 +262,7 @@ class MLLPSource:
             while not stop.is_set():
                 try:
                     payload = await self._read_frame(reader, buf)
-                except FramingError as e:
+                except FramingError:
                     self.stats["framing_errors"] += 1
                     junk += 1
                     if junk > 100:  # a peer that sends nothing but noise

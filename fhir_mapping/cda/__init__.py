@@ -39,8 +39,9 @@ patient has no usable identifier is refused (``cda.header.patient-id-missing``):
 date are no key, linking people by demographics is the master patient index's job.
 Composition, DocumentReference and Bundle are keyed by (institution, document code, ``setId``) (the
 document id when there is no setId), the Binary by (institution, document code, document id):
-WS/T 500 id roots are namespaces every hospital shares, so a document id alone is not unique. So the same document twice yields identical
-resources, and a new version (same setId, higher versionNumber, ``relatedDocument typeCode=RPLC``)
+WS/T 500 id roots are namespaces every hospital shares, so a document id alone is not unique. So
+the same document twice yields identical resources, and a new version (same setId, higher
+versionNumber, ``relatedDocument typeCode=RPLC``)
 lands as a new version of the *same* Composition / DocumentReference / Bundle (the older version
 stays in the event log's history, ``vread`` serves it), with ``relatesTo`` ``replaces`` pointing
 to the parent document's identifier; each version's original bytes stay in their own Binary.

@@ -11,13 +11,32 @@ from typing import Any
 
 from fhir_mapping.cda import dt
 from fhir_mapping.cda.charges import build_charge_item, is_money
-from fhir_mapping.cda.context import (COND_CAT, DAR, OBS_CAT, Ctx, Section, _absent, _categories, _code, _describe,
-                                      _entry_id, _nested, _obs_code, _set_value, _status, _subject, _templates,
-                                      _unmapped, _value, absent_value)
+from fhir_mapping.cda.context import (
+    COND_CAT,
+    DAR,
+    OBS_CAT,
+    Ctx,
+    Section,
+    _absent,
+    _categories,
+    _code,
+    _describe,
+    _entry_id,
+    _nested,
+    _obs_code,
+    _set_value,
+    _status,
+    _subject,
+    _templates,
+    _unmapped,
+    _value,
+    absent_value,
+)
 from fhir_mapping.cda.dt import child, children
 from fhir_mapping.cda.header import _practitioner
 from fhir_mapping.cda.orders import build_service_request, medication_details
 from fhir_mapping.cda.reports import build_result_item, is_result_item, members
+
 
 def _rule(ctx: Ctx, st) -> dict | None:
     ent = ctx.t.entries

@@ -13,8 +13,7 @@ import datetime as _dt
 from typing import Any
 
 from fhir_mapping.cda import dt
-from fhir_mapping.cda.context import (Ctx, Section, _code, _describe, _entry_id, _nested, _status, _subject,
-                                      absent_value)
+from fhir_mapping.cda.context import Ctx, Section, _code, _describe, _entry_id, _nested, _status, _subject, absent_value
 from fhir_mapping.cda.dt import child
 
 __all__ = ["medication_details", "prescription_facts", "build_service_request", "value_text"]

@@ -16,8 +16,19 @@ import copy
 from typing import Any
 
 from fhir_mapping.cda import dt
-from fhir_mapping.cda.context import (DAR, OBS_CAT, Ctx, Section, _absent, _code, _entry_id, _nested, _status,
-                                      _subject, absent_value)
+from fhir_mapping.cda.context import (
+    DAR,
+    OBS_CAT,
+    Ctx,
+    Section,
+    _absent,
+    _code,
+    _entry_id,
+    _nested,
+    _status,
+    _subject,
+    absent_value,
+)
 from fhir_mapping.cda.dt import child
 from fhir_mapping.ids import stable_id
 

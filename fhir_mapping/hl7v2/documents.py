@@ -8,8 +8,8 @@ import base64
 from typing import Any
 
 from . import datatypes as dt
-from .patient_context import patient_context
 from .context import Ctx
+from .patient_context import patient_context
 from .people import practitioner
 from .results import _attachment_ed, _attachment_rp
 from .tables import table
@@ -65,7 +65,8 @@ def build(ctx: Ctx) -> None:
     res["custodian"] = ctx.org_ref
     parent = dt.comp(txa.rep(13), 1)
     if parent and parent != number and ctx.usable(parent, None, "TXA-13", "parent document number"):
-        res["relatesTo"] = [{"code": "replaces", "target": {"reference": f"DocumentReference/{ctx.id('DocumentReference', parent)}"}}]
+        replaced = f"DocumentReference/{ctx.id('DocumentReference', parent)}"
+        res["relatesTo"] = [{"code": "replaces", "target": {"reference": replaced}}]
     content = []
     texts = []
     for obx in ctx.msg.all("OBX"):
@@ -86,7 +87,8 @@ def build(ctx: Ctx) -> None:
                      "is not document content", obx.loc(2))
     if texts:
         data = "\n".join(texts).encode("utf-8")
-        content.insert(0, {"attachment": {"contentType": "text/plain; charset=utf-8", "language": "zh-CN" if dt.has_cjk(data.decode("utf-8")) else "en",
+        language = "zh-CN" if dt.has_cjk(data.decode("utf-8")) else "en"
+        content.insert(0, {"attachment": {"contentType": "text/plain; charset=utf-8", "language": language,
                                           "data": base64.b64encode(data).decode("ascii")}})
     if not content:
         title = tcode or number or "(no number)"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-
 Rep = list[list[str]]  # components, each a list of subcomponents
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 

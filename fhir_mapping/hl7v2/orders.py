@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from . import datatypes as dt
-from .patient_context import patient_context
 from .context import Ctx
 from .financial import charges
 from .message import Seg
+from .patient_context import patient_context
 from .people import practitioner, provider
 from .results import observation, participants, report_key, specimen, split_groups
 from .tables import table
@@ -399,7 +399,7 @@ def supply_requests(ctx: Ctx) -> int:
     """ORC + RQD (ORM^O01 supply order) -> SupplyRequest: the item from RQD-2 (internal code), RQD-3
     (external) or RQD-4 (hospital item), the quantity RQD-5 in RQD-6 units, needed by RQD-10."""
     made = 0
-    for n, (orc, rqds, notes) in enumerate(_detail_groups(ctx, "RQD"), 1):
+    for n, (orc, rqds, _notes) in enumerate(_detail_groups(ctx, "RQD"), 1):
         for rqd in rqds:
             item = dt.concept(rqd.rep(2)) or dt.concept(rqd.rep(3)) or dt.concept(rqd.rep(4))
             amount = dt.decimal(rqd.get(5))

@@ -7,10 +7,10 @@ import datetime as _dt
 from typing import Any
 
 from . import datatypes as dt
-from .patient_context import patient_context
 from .context import Ctx
 from .encounter import location
 from .message import Seg
+from .patient_context import patient_context
 from .people import practitioner
 from .tables import table
 

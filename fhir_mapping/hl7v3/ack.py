@@ -10,9 +10,9 @@ from lxml import etree
 
 from fhir_mapping.base import Finding, MappingError
 from fhir_mapping.ids import stable_id
+from fhir_mapping.xmlsafe import parse_xml
 
 from .common import V3, XSI, attr, first, ids, table, v3_ts
-from fhir_mapping.xmlsafe import parse_xml
 
 ACK_CODES = ("AA", "AE", "AR")
 # the hub's data-quality rule ids have no OID: named, as the FHIR CodeSystem of the quality reports

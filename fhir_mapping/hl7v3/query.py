@@ -27,6 +27,7 @@ from .common import (
     text_parts,
 )
 
+
 def _gender(code: str) -> str | None:
     spec = table("codes")["sex"]["codes"].get(code)
     return spec["gender"] if spec else None

@@ -35,7 +35,6 @@ from fhir_mapping.quality.model import (
 )
 from fhir_mapping.xmlsafe import parse_xml
 
-
 _XPATH_KEYS = ("select", "xpath", "sex", "birth")
 
 

@@ -18,7 +18,6 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hub.core import resource as res
 from hub.api import bundles, capability, documents, quality, terminology, unmapped, v3
 from hub.api import everything as mpi_everything
 from hub.api import identity as mpi_identity
@@ -39,12 +38,13 @@ from hub.api.responses import (
     version_headers,
 )
 from hub.api.search import SearchService, search_bundle
+from hub.core import resource as res
 from hub.core.conditional import SearchResolver, parse_query
 from hub.core.config import Settings
-from hub.documents import DocumentService
 from hub.core.errors import FhirError, Issue, bad_request, not_found
 from hub.core.events import resource_bytes
 from hub.core.ingest import Context, Hub, Op, Result
+from hub.documents import DocumentService
 from hub.quarantine import Quarantine
 from hub.readmodels import open_models
 from projections.runner import Runner

@@ -13,12 +13,12 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from hub.api.responses import etag, parse_etag
 from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.conditional import parse_query
 from hub.core.errors import FhirError, bad_request
 from hub.core.ingest import Context, Hub, Op, Result
-from hub.api.responses import etag, parse_etag
 
 WRITE_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2}
 GetHandler = Callable[[str, str], tuple[int, bytes | dict | None]]  # (path, query) -> status, body

@@ -43,21 +43,21 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from hub.core import resource as res
 from hub.api import paging
 from hub.api.everything import AuditWriter, audited, purpose_of, user_of
 from hub.api.responses import base_url, check_content_type, check_format, fhir_response
+from hub.core import resource as res
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request, not_found, operation_outcome
 from hub.core.ingest import Hub
-from hub.mpi.everything import SharedRecord, person_view
+from hub.core.store import ResourceStore
 from hub.mpi import listing
+from hub.mpi.everything import SharedRecord, person_view
 from hub.mpi.identity import IdentityService, patient_ref, person_id
 from hub.mpi.qr import QrError
 from hub.mpi.qr import parse as parse_qr
-from hub.core.store import ResourceStore
-from projections.person import PersonProjection
 from hub.readmodels import open_model
+from projections.person import PersonProjection
 from projections.runner import Runner
 from projections.timeline import TimelineProjection
 

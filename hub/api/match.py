@@ -21,17 +21,17 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from hub.core import resource as res
 from hub.api.responses import base_url, check_content_type, check_format, fhir_response
+from hub.core import resource as res
 from hub.core.config import Settings
 from hub.core.errors import FhirError, bad_request
 from hub.core.events import resource_bytes
+from hub.core.store import ResourceStore
 from hub.mpi import weights as W
+from hub.mpi.candidates import IdentityCandidates
 from hub.mpi.incremental import IncrementalMatcher, blocked_from_pairs
 from hub.mpi.matcher import Matcher
 from hub.mpi.normalise import features
-from hub.core.store import ResourceStore
-from hub.mpi.candidates import IdentityCandidates
 from hub.readmodels import open_model
 from projections.runner import Runner
 

@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 from hub.core.config import Settings
 from hub.core.errors import bad_request
 
+
 def page_size(params: dict[str, str], settings: Settings) -> int:
     raw = params.get("_count")
     if raw is None:

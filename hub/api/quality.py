@@ -42,6 +42,7 @@ from hub.api.responses import pretty
 from hub.core.config import Settings
 from hub.core.errors import FhirError, bad_request
 from hub.core.store import ResourceStore
+from hub.readmodels import open_model
 from projections.quality import (
     COUNT_COLUMNS,
     MAX_TEXT,
@@ -52,7 +53,6 @@ from projections.quality import (
     parse_group,
     to_csv,
 )
-from hub.readmodels import open_model
 from projections.runner import Runner
 
 router = APIRouter()

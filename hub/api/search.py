@@ -21,6 +21,8 @@ from hub.core.errors import FhirError, Issue, bad_request
 from hub.core.ingest import Hub
 from hub.core.store import ResourceStore
 from projections.runner import Runner
+from projections.search.backend import SearchBackend
+from projections.search.backends import open_backend
 from projections.search.params import params_for
 from projections.search.query import (
     TERMINOLOGY_MODIFIERS,
@@ -30,8 +32,6 @@ from projections.search.query import (
     TokenValue,
     parse,
 )
-from projections.search.backend import SearchBackend
-from projections.search.backends import open_backend
 from projections.search.sqlite_index import SQLiteSearchIndex
 
 RYW_TIMEOUT = 5.0

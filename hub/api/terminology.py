@@ -28,8 +28,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from hub.core import resource as res
 from hub.api.responses import ID_RE, check_content_type, check_format, fhir_response
+from hub.core import resource as res
 from hub.core.config import Settings
 from hub.core.errors import FhirError, bad_request, not_found
 from hub.core.store import ResourceStore

@@ -48,12 +48,11 @@ from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.hl7v3.ack import request_header
 from fhir_mapping.hl7v3.common import Ctx, interactions, parse
 from fhir_mapping.xmlsafe import MAX_BYTES
-from hub.api.limits import BodyTooLarge
-from hub.core.errors import FhirError
-from hub.core.events import resource_bytes
 from hub import v3intake
+from hub.api.limits import BodyTooLarge
+from hub.core.errors import FhirError, HubError
+from hub.core.events import resource_bytes
 from hub.core.ingest import Context, Hub, Result
-from hub.core.errors import HubError
 
 log = logging.getLogger("hub.api.v3")
 router = APIRouter()
@@ -136,7 +135,7 @@ async def _read(request: Request) -> bytes:
     try:
         raw = await request.body()
     except BodyTooLarge:  # chunked upload past the hub's limit (the middleware counts)
-        raise Refused(413, "AR", f"The request body exceeds the limit of {limit} bytes", "v3.too-large")
+        raise Refused(413, "AR", f"The request body exceeds the limit of {limit} bytes", "v3.too-large") from None
     if len(raw) > limit:
         raise Refused(413, "AR", f"The request body exceeds the limit of {limit} bytes", "v3.too-large")
     return raw

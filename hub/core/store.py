@@ -34,11 +34,11 @@ from eventsourcing.sqlite import (
     SQLiteDatastore,
 )
 
+from hub.core import identity_events as identity_events
+from hub.core.errors import HubError
 from hub.core.events import KIND_OF_TOPIC, ResourceEvent, from_stored, to_stored
 from hub.core.fhirtime import parse_range
-from hub.core import identity_events as identity_events
 from hub.core.resource import content_hash, identifiers
-from hub.core.errors import HubError
 
 # -- events that are no resource (MPI identity decisions, hub/core/identity_events.py) -----------------------
 # They live in the same log (one notification order) under streams of their own kind, with no row

@@ -5,7 +5,8 @@ the birth-date-and-sequence digits of that number (a mistyped region code or che
 meets), its health card and other institution-independent identifiers, each phone, the pinyin of the
 name with the birth year (homophones and swapped days meet), birth date + surname, birth date +
 given name (a surname mistyped or in another script), birth date + district (a newborn registered
-without a name of its own), birth date + postal code (both names changed), the address lines when they hold a house number, and postal code +
+without a name of its own), birth date + postal code (both names changed), the address lines when
+they hold a house number, and postal code +
 how the surname or given name sounds (Latin script: a name and a birth date both mistyped), birth
 date or locality + how either part of a Latin name sounds (surname and given name swapped), a
 Latin address's house number with each of its two longest words (a street and a locality in either

@@ -29,8 +29,8 @@ import orjson
 
 from hub.api.search import SearchService, compartment_group, patient_compartment
 from hub.core.errors import FhirError, bad_request, not_found
-from hub.mpi.identity import IdentityService
 from hub.core.store import ResourceStore
+from hub.mpi.identity import IdentityService
 from projections.runner import Runner
 from projections.timeline import TimelineProjection
 

@@ -40,12 +40,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from hub.core.errors import FhirError, bad_request, conflict, not_found
-from hub.core.ingest import now_instant
-from hub.mpi import conflicts
 from hub.core.identity_events import MATCHER, USER, IdentityEvent, to_stored
+from hub.core.ingest import now_instant
+from hub.core.store import ConflictError, ResourceStore
+from hub.mpi import conflicts
 from hub.mpi.identifiers import DEFAULT as DEFAULT_ROLES
 from hub.mpi.identifiers import Roles
-from hub.core.store import ConflictError, ResourceStore
 from projections.person import PersonProjection
 from projections.runner import Runner
 

@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from eventsourcing.persistence import Notification
 
 from hub.core.events import KIND_OF_TOPIC
-from hub.mpi.matcher import Candidate, Matcher, decision
 from hub.mpi.candidates import IdentityCandidates
+from hub.mpi.matcher import Candidate, Matcher, decision
 from projections.sqlite_model import record_position
 
 NAME = "mpi-incremental"

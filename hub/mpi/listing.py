@@ -15,9 +15,8 @@ blocked, and a reader sees each page as of one moment (a long export is not one 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
-from collections.abc import Sequence
 from typing import Any
 
 from hub.core.fhirtime import parse_range

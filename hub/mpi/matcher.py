@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.mpi import blocking
 from rapidfuzz.distance import OSA
 
+from hub.mpi import blocking
 from hub.mpi.compare import NEAR_BIRTH, compare, latin_parts
 from hub.mpi.weights import Weights
 

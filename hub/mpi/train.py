@@ -30,7 +30,8 @@ def pairs(index: Any, sample: int, seed: int = 1,
     """({pass: (excluded fields, [levels of its blocked pairs])}, [levels of random pairs]) over a
     sample of the index."""
     chosen = index.sample(sample, seed)
-    by_pass: dict[str, tuple[tuple[str, ...], list[dict]]] = {name: (excluded, []) for name, (_, excluded) in blocking.passes().items()}
+    by_pass: dict[str, tuple[tuple[str, ...], list[dict]]] = {
+        name: (excluded, []) for name, (_, excluded) in blocking.passes().items()}
     for f in chosen:
         hashed = blocking.hashed(f)
         for name, (kinds, _) in blocking.passes().items():

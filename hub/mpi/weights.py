@@ -12,7 +12,8 @@ a name and a birth date, however rare each, are shared by strangers in a region 
 (in the same district too), so name, birth date and sex, whichever are known, never weigh
 more than ``max_weight`` bits together with the prior and a link needs one more agreement (an ID number, a phone, an address,
 a district); with the district the same bound holds unless the name is rare (``unless_name_share_below``: its
-share of the indexed Patients), since a common name is shared by many in one district. ``twin`` is the pattern of twins (same birth date and surname, another given name,
+share of the indexed Patients), since a common name is shared by many in one district. ``twin`` is
+the pattern of twins (same birth date and surname, another given name,
 one of the ``household`` fields in common: a phone, an address, a district): the ``silenced``
 fields then say nothing and the pattern weighs ``weight``. A postal code is no household field: it
 is shared by too many.

@@ -142,7 +142,8 @@ def _obx(i: int, obs: dict) -> list[str]:
         else:
             continue
         status = {"final": "F", "preliminary": "P", "amended": "C", "corrected": "C"}.get(obs.get("status", "final"), "F")
-        out.append(f"OBX|{i + len(out)}|{vt}|{code}||{value}|{units}|{rr}|{flag}|||{status}|||{dtm(obs.get('effectiveDateTime'))}")
+        when = dtm(obs.get("effectiveDateTime"))
+        out.append(f"OBX|{i + len(out)}|{vt}|{code}||{value}|{units}|{rr}|{flag}|||{status}|||{when}")
     return out
 
 

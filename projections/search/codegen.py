@@ -154,7 +154,7 @@ def _type_source(rtype: str) -> _Source:
         for w in walks:
             sub = _Source()
             sub.names = src.names
-            _guarded(sub, w.code, lambda d, w=w: _walk(sub, w.steps, w.convert, "top", "acc", d))
+            _guarded(sub, w.code, lambda d, w=w, sub=sub: _walk(sub, w.steps, w.convert, "top", "acc", d))
             src.lines += [_IND + line for line in sub.lines]
     for w in plan.from_root:
         _guarded(src, w.code, lambda d, w=w: _walk(src, w.steps, w.convert, "(r,)", "acc", d))

@@ -41,10 +41,10 @@ from typing import Any, Callable, NamedTuple
 
 import orjson
 
+from hub.core.errors import HubError
 from hub.core.fhirtime import parse_range
 from hub.core.jsontypes import TYPES as ELEMENTS
 from hub.core.resource import RESOURCE_TYPES
-from hub.core.errors import HubError
 from projections.search.params import SearchParam, indexed_params
 
 

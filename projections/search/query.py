@@ -28,9 +28,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from hub.core.errors import bad_request
+from hub.core.errors import HubError, bad_request
 from hub.core.fhirtime import parse_range
-from hub.core.errors import HubError
 from projections.search.extract import normalize, normalize_reference, ucum_canonical
 from projections.search.params import SearchParam, params_for
 

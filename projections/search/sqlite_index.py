@@ -18,9 +18,9 @@ from eventsourcing.persistence import Notification
 
 from hub.core.events import KIND_OF_TOPIC
 from hub.core.fhirtime import parse_range
-from projections.sqlite_model import SQLiteReadModel, record_position
 from projections.search.extract import DateRange, Quantity, Str, Token, extract
 from projections.search.params import params_for
+from projections.sqlite_model import SQLiteReadModel, record_position
 
 NAME = "search"
 
