@@ -22,8 +22,11 @@ event store); the incremental matcher (``hub.mpi.incremental``) shares this file
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -59,6 +62,9 @@ class IdentityCandidates(SQLiteReadModel):
     tables = ("ic_patient", "ic_key", "ic_name", "ic_stale", "ic_system")
 
     def opened(self, c: Any) -> None:
+        self._readers = threading.local()
+        self._readers_lock = threading.Lock()
+        self._reader_conns: list[sqlite3.Connection] = []
         c.execute("SELECT value FROM ic_meta WHERE key='bulk'")
         self._bulk = bool(c.fetchone()[0])
         if not self._bulk:
@@ -177,6 +183,32 @@ class IdentityCandidates(SQLiteReadModel):
             c.execute("SELECT COUNT(*) FROM ic_patient")
             return c.fetchone()[0]
 
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Cursor]:
+        """A read snapshot on this thread's own read-only connection: a lookup is a dozen small
+        indexed reads, and the pool's transaction bookkeeping cost as much as the reads."""
+        conn = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA query_only=ON")
+            self._readers.conn = conn
+            with self._readers_lock:
+                self._reader_conns.append(conn)
+        c = conn.cursor()
+        c.execute("BEGIN")
+        try:
+            yield c
+        finally:
+            c.execute("ROLLBACK")
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+        self._readers = threading.local()
+        super().close()
+
     def features_of(self, ref: str) -> dict | None:
         with self.datastore.transaction(commit=False) as c:
             c.execute("SELECT f FROM ic_patient WHERE ref=?", (ref,))
@@ -195,7 +227,7 @@ class IdentityCandidates(SQLiteReadModel):
         candidates' names, Patients indexed). One indexed read per key; a block over its cap is
         cut to the cap and counted in ``alerts``."""
         pks: dict[int, None] = {}
-        with self.datastore.transaction(commit=False) as c:
+        with self._reading() as c:
             for kind, h in keys:
                 cap = self.caps.get(kind, 100)
                 c.execute("SELECT pk FROM ic_key WHERE h=? LIMIT ?", (h, cap + 1))
@@ -212,12 +244,12 @@ class IdentityCandidates(SQLiteReadModel):
                     chunk = ids[i:i + 500]
                     c.execute(f"SELECT pk, f FROM ic_patient WHERE pk IN ({','.join('?' * len(chunk))})", chunk)
                     out.extend((pk, orjson.loads(f)) for pk, f in c.fetchall())
-            wanted = set(names) | {f["name"] for _, f in out if f.get("name")}
-            counts = {}
-            for name in wanted:
-                c.execute("SELECT n FROM ic_name WHERE name=?", (name,))
-                row = c.fetchone()
-                counts[name] = row[0] if row else 0
+            wanted = list(set(names) | {f["name"] for _, f in out if f.get("name")})
+            counts = dict.fromkeys(wanted, 0)
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i:i + 500]
+                c.execute(f"SELECT name, n FROM ic_name WHERE name IN ({','.join('?' * len(chunk))})", chunk)
+                counts.update(c.fetchall())
             c.execute("SELECT MAX(pk) FROM ic_patient")  # O(1); a bound of the count, good for shares
             total = c.fetchone()[0] or 0
         return out, counts, total
