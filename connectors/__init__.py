@@ -1,1 +1,2 @@
-"""connectors: see README and ../shared/DESIGN.md; filled in by later issues."""
+"""The connector daemons hospitals run: read a feed (MLLP, folders, database views, Kafka), spool
+it durably, map it and deliver it to the hub (HTTP or Kafka)."""

@@ -1,1 +1,2 @@
-"""projections: see README and ../shared/DESIGN.md; filled in by later issues."""
+"""The read models: each follows the event log with tracking (``projections.contract``) and
+answers one kind of question (search, quality, persons, timelines, unmapped codes, terminology)."""

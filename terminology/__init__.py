@@ -1,1 +1,2 @@
-"""terminology: see README and ../shared/DESIGN.md; filled in by later issues."""
+"""The terminology service: code systems, value sets and concept maps, their FHIR operations, and
+the normalisation of local codes to standard ones."""

@@ -1,0 +1,221 @@
+"""The ``hub`` command: its parser and the table of commands. The commands live by concern in
+``records`` (serve, ingest, generate, demo, show, history, reindex), ``readmodels`` (projections,
+quality report), ``quarantine`` and ``identity``; terminology, the MPI and the connectors register
+their own (``terminology.cli_*``, ``hub.mpi.cli``, ``connectors.cli``).
+
+User mistakes (a missing file, a bad reference, an unreachable database) end with one clear line on
+stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from hub.cli.identity import cmd_identity
+from hub.cli.quarantine import cmd_quarantine
+from hub.cli.readmodels import PROJECTIONS, QUALITY_DEFAULT_GROUP, cmd_projections, cmd_quality
+from hub.cli.records import cmd_demo, cmd_generate, cmd_history, cmd_ingest, cmd_reindex, cmd_serve, cmd_show
+from hub.core.commandline import UsageError, input_kind, iter_inputs, open_store
+from hub.core.config import Settings
+from hub.core.errors import FhirError
+
+# the shared command helpers (hub.core.commandline) stay importable from hub.cli
+__all__ = ["COMMANDS", "PROJECTIONS", "UsageError", "input_kind", "iter_inputs", "main",
+           "open_store"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    # The store options are accepted before and after the command (hub ingest --data-dir D ...).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=argparse.SUPPRESS,
+                        help="data directory (default $HUB_DATA_DIR or ./var)")
+    common.add_argument("--database-url", default=argparse.SUPPRESS,
+                        help="postgresql://… event store instead of SQLite (default $HUB_DATABASE_URL)")
+    parser = argparse.ArgumentParser(prog="hub", description="Regional FHIR integration hub",
+                                     parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve the FHIR REST API", parents=[common])
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, default=1)
+
+    p = sub.add_parser("ingest", help="validate and store FHIR JSON, Bundles and NDJSON",
+                       parents=[common])
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--institution", help="source institution recorded on every event")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("demo", help="generate a synthetic demo region and load it", parents=[common])
+    p.add_argument("--people", type=int, default=300)
+    p.add_argument("--seed", type=int, default=42)
+
+    p = sub.add_parser("generate", help="write a synthetic region as NDJSON files")
+    p.add_argument("out", type=Path)
+    p.add_argument("--people", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=42)
+
+    p = sub.add_parser("show", help="print a resource (or one version of it)", parents=[common])
+    p.add_argument("reference", help="Type/id or Type/id/_history/N")
+
+    p = sub.add_parser("history", help="list the versions of a resource with their sources",
+                       parents=[common])
+    p.add_argument("reference", help="Type/id")
+
+    sub.add_parser("reindex", parents=[common],
+                   help="rebuild the store's write-side indexes from the event log (writers stopped)")
+
+    p = sub.add_parser("projections", parents=[common],
+                       help="read models that follow the event log: status, catch up, rebuild")
+    p.add_argument("action", choices=["status", "run", "rebuild"])
+    p.add_argument("name", nargs="?", default="search", choices=list(PROJECTIONS))
+
+    p = sub.add_parser("quality", parents=[common], help="document quality: counts of findings")
+    qsub = p.add_subparsers(dest="quality_action", required=True)
+    q = qsub.add_parser("report", parents=[common],
+                        help="documents and findings per institution, document type, rule and "
+                             "day (brings the projection up to date first)")
+    q.add_argument("--institution", action="append",
+                   help="only this institution (repeat for several)")
+    q.add_argument("--document-type", action="append", help="only this document type (C0005, …)")
+    q.add_argument("--rule", action="append", help="only findings of this rule")
+    q.add_argument("--since", help="checked on or after: YYYY[-MM[-DD]] (+08:00) or a date-time "
+                                   "with its offset")
+    q.add_argument("--until", help="checked on or before (same forms, inclusive)")
+    q.add_argument("--group", default=",".join(QUALITY_DEFAULT_GROUP),
+                   help="comma list of institution, document_type, rule, day, decision, severity "
+                        "(default %(default)s; \"\" for totals only)")
+    q.add_argument("--csv", action="store_true", help="CSV on stdout instead of a table")
+    q.add_argument("--limit", type=int, help="at most this many rows")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("quarantine", parents=[common],
+                       help="documents refused by quality control: list, show, replay")
+    qsub = p.add_subparsers(dest="quarantine_action", required=True)
+    q = qsub.add_parser("list", parents=[common], help="quarantined documents (open ones)")
+    q.add_argument("--all", action="store_true", help="also the replayed and superseded ones")
+    q.add_argument("--limit", type=int, default=100)
+    q.add_argument("--json", action="store_true", help="one JSON object per line")
+    q = qsub.add_parser("show", parents=[common], help="one entry with its quality report")
+    q.add_argument("id", type=int)
+    q.add_argument("--json", action="store_true", help="the entry as JSON (without the payload)")
+    q.add_argument("--payload", action="store_true",
+                   help="write the kept document, byte for byte, to stdout")
+    q = qsub.add_parser("replay", parents=[common],
+                        help="run quality control and mapping again; what passes is stored")
+    q.add_argument("ids", nargs="*", type=int, metavar="ID")
+    q.add_argument("--all", action="store_true", help="every open entry")
+    q.add_argument("--json", action="store_true", help="one JSON result per line")
+
+    # -- hub terminology: the command group (`load` and others join it) --
+    p = sub.add_parser("terminology", parents=[common],
+                       help="terminology: load code systems, value sets and maps; local "
+                            "codes without a standard code, re-normalise")
+    tsub = p.add_subparsers(dest="terminology_action", required=True)
+    from terminology import cli_load, cli_normalise  # hub terminology unmapped|renormalise
+
+    cli_load.add_parsers(tsub, common)  # hub terminology load FILE|DIR… [--builtin]
+    cli_normalise.add_parsers(tsub, common)
+    # -- end terminology --
+
+    # -- hub mpi train|rematch (matching) --
+    from hub.mpi import cli as mpi_cli
+
+    mpi_cli.add_parsers(sub, common)
+    # -- end mpi --
+
+    # -- hub identity link|unlink|merge|unmerge|not-duplicate|review|show (identity) --
+    p = sub.add_parser("identity", parents=[common],
+                       help="master patient index decisions by a named user (identity events)")
+    isub = p.add_subparsers(dest="identity_action", required=True)
+    q = isub.add_parser("link", parents=[common], help="link a Patient to a person (or a new one)")
+    q.add_argument("patient", help="Patient/id")
+    q.add_argument("--person", help="Person id (default: a new person)")
+    q = isub.add_parser("unlink", parents=[common], help="a Patient into a new person of its own")
+    q.add_argument("patient")
+    q = isub.add_parser("merge", parents=[common], help="merge person SOURCE into TARGET")
+    q.add_argument("source")
+    q.add_argument("target")
+    q = isub.add_parser("unmerge", parents=[common], help="undo the merge of person SOURCE")
+    q.add_argument("source")
+    q = isub.add_parser("not-duplicate", parents=[common], help="mark two Patients as different")
+    q.add_argument("patient")
+    q.add_argument("other")
+    q = isub.add_parser("review", parents=[common], help="the review queue: list, accept, reject")
+    q.add_argument("review_action", choices=["list", "accept", "reject"])
+    q.add_argument("review_id", nargs="?")
+    q.add_argument("--candidate")
+    q.add_argument("--status", default="open", choices=["open", "closed", "all"])
+    q = isub.add_parser("show", parents=[common], help="print the Person of a person or Patient")
+    q.add_argument("reference", help="Person id, Person/id or Patient/id")
+    for q in isub.choices.values():
+        q.add_argument("--user", default=os.environ.get("HUB_USER"),
+                       help="who decides (default $HUB_USER); required for decisions")
+        q.add_argument("--reason")
+    # -- end identity --
+
+    from connectors import cli as connector_cli  # hub connector|deadletter|ingest-worker
+
+    connector_cli.add_parsers(sub, common)
+
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValueError as e:  # HUB_PORT=abc and the like
+        print(f"hub: bad HUB_* environment setting: {e}", file=sys.stderr)
+        return 2
+    if getattr(args, "data_dir", None):
+        settings.data_dir = Path(args.data_dir)
+    if getattr(args, "database_url", None):
+        settings.database_url = args.database_url
+    try:
+        return COMMANDS[args.command](args, settings)
+    except (UsageError, FhirError, OSError) as e:
+        print(f"hub {args.command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - engines report connection problems in many types
+        if type(e).__module__.startswith(("eventsourcing", "psycopg", "sqlite3")):
+            print(f"hub {args.command}: event store error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+COMMANDS = {"projections": cmd_projections, "serve": cmd_serve, "ingest": cmd_ingest,
+            "demo": cmd_demo, "generate": cmd_generate, "show": cmd_show, "history": cmd_history,
+            "reindex": cmd_reindex, "quality": cmd_quality, "quarantine": cmd_quarantine}
+
+
+def _connector_command(name: str):
+    def run(args, settings: Settings) -> int:
+        from connectors import cli as connector_cli
+
+        return getattr(connector_cli, name)(args, settings)
+    return run
+
+
+def cmd_terminology(args, settings: Settings) -> int:  # each subcommand names its function
+    return args.terminology_func(args, settings)
+
+
+COMMANDS["terminology"] = cmd_terminology
+
+
+def cmd_mpi(args, settings: Settings) -> int:  # hub mpi train|rematch (hub/mpi/cli.py)
+    from hub.mpi import cli as mpi_cli
+
+    return mpi_cli.cmd_mpi(args, settings)
+
+
+COMMANDS["mpi"] = cmd_mpi
+
+
+COMMANDS["identity"] = cmd_identity
+COMMANDS.update({"connector": _connector_command("cmd_connector"),
+                 "deadletter": _connector_command("cmd_deadletter"),
+                 "ingest-worker": _connector_command("cmd_ingest_worker")})

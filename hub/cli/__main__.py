@@ -1,0 +1,9 @@
+"""``python -m hub.cli``: the ``hub`` command."""
+
+import os
+import sys
+
+from hub.cli import main
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
+sys.exit(main())

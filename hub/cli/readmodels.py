@@ -1,0 +1,103 @@
+"""``hub projections status|run|rebuild`` and ``hub quality report``: the read models."""
+
+from __future__ import annotations
+
+import sys
+
+from hub.core.commandline import UsageError, open_store
+from hub.core.config import Settings
+from hub.readmodels import names as read_model_names
+from hub.readmodels import open_model
+
+# read models by name (hub.readmodels): each opens its file in the data directory (on any
+# event store)
+PROJECTIONS = read_model_names()
+QUALITY_DEFAULT_GROUP = ("institution", "document_type", "rule", "day")
+
+
+def cmd_projections(args, settings: Settings) -> int:
+    """status: position and lag; run: catch up (resumable, Ctrl-C safe); rebuild: from nothing."""
+    from tqdm import tqdm
+
+    from projections.runner import Runner
+
+    store = open_store(settings, existing=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # the index lives here on any event store
+    try:
+        model = open_model(args.name, settings.data_dir)
+    except BaseException:
+        store.close()
+        raise
+    runner = Runner(store, model)
+    try:
+        if args.action == "status":
+            print(f"{model.name}: position {model.position()}, lag {runner.lag()} events")
+            for table, n in model.stats().items():
+                print(f"  {table:14} {n:>12,}")
+            return 0
+        total = store.max_notification_id() - (0 if args.action == "rebuild" else model.position())
+        with tqdm(total=max(total, 0), unit=" events", disable=not sys.stderr.isatty(),
+                  desc=f"{args.action} {model.name}") as bar:
+            if args.action == "rebuild":
+                done = runner.rebuild(progress=bar.update)
+            else:
+                done = runner.catch_up(progress=bar.update)
+        print(f"{model.name}: applied {done} events, now at {model.position()}, lag {runner.lag()}")
+        return 0
+    finally:
+        model.close()
+        store.close()
+
+
+# -- document quality and the quarantine ------------------------------------------------------------
+
+
+def cmd_quality(args, settings: Settings) -> int:
+    """``hub quality report``: the data-quality projection brought up to date, then its counts."""
+    from tqdm import tqdm
+
+    from projections.quality import QueryError, parse_group, to_csv, to_table
+    from projections.runner import Runner
+
+    try:
+        group = parse_group(args.group)
+    except QueryError as e:
+        raise UsageError(str(e)) from None
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    store = open_store(settings, existing=True)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        model = open_model("quality", settings.data_dir)
+        try:
+            runner = Runner(store, model)
+            lag = runner.lag()
+            with tqdm(total=lag, unit=" events", desc="quality projection",
+                      disable=args.quiet or not lag or not sys.stderr.isatty()) as bar:
+                runner.catch_up(progress=bar.update)
+            try:
+                kw = {"document_type": args.document_type, "rule": args.rule}
+                rows = model.counts(args.institution, args.since, args.until, group,
+                                    limit=args.limit, **kw)
+                totals = model.counts(args.institution, args.since, args.until, (), **kw)[0]
+            except QueryError as e:
+                raise UsageError(str(e)) from None
+        finally:
+            model.close()
+    finally:
+        store.close()
+    if args.csv:
+        sys.stdout.write(to_csv(rows, group))
+        return 0
+    if not totals["documents"]:
+        print("no quality reports" + (" match" if any(
+            (args.institution, args.document_type, args.rule, args.since, args.until)) else ""))
+        return 0
+    if group:
+        sys.stdout.write(to_table(rows, group))
+    print(f"total: {totals['documents']} documents ({totals['accepted']} accepted, "
+          f"{totals['accepted_with_warnings']} accepted with warnings, {totals['rejected']} "
+          f"rejected), {totals['findings']} findings ({totals['fatal']} fatal, "
+          f"{totals['errors']} errors, {totals['warnings']} warnings, "
+          f"{totals['information']} information); days in +08:00")
+    return 0

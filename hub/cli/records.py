@@ -1,0 +1,328 @@
+"""``hub serve|ingest|generate|demo|show|history|reindex``: the records themselves: serving them,
+loading files of them, a synthetic region, one resource and its versions, the write-side indexes."""
+
+from __future__ import annotations
+
+import heapq
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+
+from hub.core.commandline import UsageError, input_kind, iter_inputs, open_store
+from hub.core.config import Settings
+from hub.core.errors import FhirError
+
+
+def cmd_serve(args, settings: Settings) -> int:
+    import uvicorn
+
+    from hub.api.app import create_app
+
+    settings.host = args.host or settings.host
+    settings.port = args.port or settings.port
+    open_store(settings).close()  # fail now, with a clear line, if the store cannot be opened
+    print(f"FHIR API on http://{settings.host}:{settings.port}/fhir "
+          f"(data: {settings.database_url and 'PostgreSQL' or settings.data_dir})", flush=True)
+    if args.workers > 1:
+        # Worker processes build their own app from the environment: hand the settings on.
+        os.environ.update(HUB_DATA_DIR=str(settings.data_dir), HUB_HOST=settings.host,
+                          HUB_PORT=str(settings.port))
+        if settings.database_url:
+            os.environ["HUB_DATABASE_URL"] = settings.database_url
+        uvicorn.run("hub.api.app:create_app", factory=True, workers=args.workers,
+                    host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    else:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                    log_level="warning", access_log=False)
+    return 0
+
+
+# -- ingest ----------------------------------------------------------------------------------------
+
+SHOW_PROBLEMS = 20
+
+
+def outcome_kind(result) -> str:
+    """created | updated | unchanged | rejected for one result of ``Hub.ingest``."""
+    if isinstance(result, FhirError):
+        return "rejected"
+    if result.status == 201:
+        return "created"
+    return "unchanged" if result.issues else "updated"
+
+
+def entry_kind(entry, response: dict) -> str:
+    """created | updated | deleted | unchanged | rejected for one entry of a transaction/batch."""
+    status = response["status"][:3]
+    if status == "201":
+        return "created"
+    if not status.startswith("2"):
+        return "rejected"
+    method = entry["request"]["method"]
+    if method == "DELETE":
+        return "unchanged" if "outcome" in response else "deleted"  # nothing there to delete
+    if method == "POST" or "outcome" in response:  # conditional create matched; same content
+        return "unchanged"
+    return "updated"
+
+
+def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, rejected_dir: Path):
+    """Feed files through the hub, in input order.
+
+    Returns (Counter of outcomes per input, the first problems as (where, reason) in input order,
+    the number of problems, the file keeping the rejected inputs or None). Plain resources are
+    stored in batches; a batch is committed before a transaction or batch Bundle runs, so later
+    inputs always win over earlier ones.
+    """
+    from tqdm import tqdm
+
+    from hub.api import bundles
+    from hub.core.resource import parse_json
+
+    counts: Counter[str] = Counter()
+    shown: list[tuple[int, int, str, str]] = []  # max-heap (-seq, -n) of the first problems
+    n_problems = 0
+    rejected_dir.mkdir(parents=True, exist_ok=True)
+    rejected_path = rejected_dir / f"ingest-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.ndjson"
+    rejected_file = None
+    bar = tqdm(unit=" res", disable=not progress, smoothing=0.1, mininterval=0.5)
+
+    def count(kind: str, n: int = 1) -> None:
+        counts[kind] += n
+        bar.update(n)
+
+    def reject(seq: int, where: str, raw: bytes, outcome: dict, n: int = 1) -> None:
+        nonlocal rejected_file, n_problems
+        count("rejected", n)
+        n_problems += 1
+        issue = outcome["issue"][0]
+        reason = issue.get("diagnostics") or issue["code"]
+        if issue.get("expression"):
+            reason += f" at {issue['expression'][0]}"
+        heapq.heappush(shown, (-seq, -n_problems, where, reason))
+        if len(shown) > SHOW_PROBLEMS:
+            heapq.heappop(shown)
+        if rejected_file is None:
+            rejected_file = rejected_path.open("ab")
+        rejected_file.write(orjson.dumps({"where": where, "outcome": outcome,
+                                          "input": raw.decode("utf-8", "replace")}) + b"\n")
+
+    pending: list[tuple[int, str, bytes, object]] = []  # (seq, where, raw, parsed)
+
+    def flush() -> None:
+        if pending:
+            results = hub.ingest(((raw, d) for _, _, raw, d in pending), ctx, batch_size=len(pending))
+            for (seq, where, raw, _), result in zip(pending, results, strict=True):
+                kind = outcome_kind(result)
+                if kind == "rejected":
+                    reject(seq, where, raw, result.outcome())
+                else:
+                    count(kind)
+            pending.clear()
+
+    def add(item: tuple[int, str, bytes, object]) -> None:
+        pending.append(item)
+        if len(pending) >= batch_size:
+            flush()
+
+    def run_bundle(seq: int, where: str, raw: bytes, d: dict) -> None:
+        entries = d["entry"]
+        flush()
+        try:
+            out = bundles.process(d, hub, ctx, "", False, _no_get)
+        except FhirError as e:  # a transaction fails as a whole: every entry is rejected
+            reject(seq, where, raw, e.outcome(), len(entries))
+            return
+        for i, (entry, answer) in enumerate(zip(entries, out["entry"], strict=True)):
+            kind = entry_kind(entry, answer["response"])
+            if kind == "rejected":  # kept as a one-entry Bundle of the same type, to replay
+                reject(seq, f"{where}#entry[{i}]",
+                       orjson.dumps({"resourceType": "Bundle", "type": d["type"], "entry": [entry]}),
+                       answer["response"]["outcome"])
+            else:
+                count(kind)
+
+    try:
+        for seq, (where, raw, unreadable) in enumerate(iter_inputs(paths)):
+            if unreadable is not None:
+                reject(seq, where, b"", FhirError(400, "exception", unreadable).outcome())
+                continue
+            try:
+                d = parse_json(raw)
+            except FhirError as e:
+                reject(seq, where, raw, e.outcome())
+                continue
+            btype = d.get("type") if isinstance(d, dict) and d.get("resourceType") == "Bundle" else None
+            if btype not in ("transaction", "batch", "collection"):
+                add((seq, where, raw, d))  # a resource (a document or other Bundle included)
+                continue
+            entries = d.get("entry", [])
+            if not isinstance(entries, list) or not entries:  # every input gets an answer
+                why = (f"The {btype} Bundle has no entries: nothing to store"
+                       if isinstance(entries, list) else "Bundle.entry must be an array")
+                reject(seq, where, raw, FhirError(400, "structure", why, "Bundle.entry").outcome())
+            elif btype != "collection":
+                run_bundle(seq, where, raw, d)
+            else:
+                for i, entry in enumerate(entries):
+                    r = entry.get("resource") if isinstance(entry, dict) else None
+                    add((seq, f"{where}#entry[{i}]", orjson.dumps(r), r))
+        flush()
+    finally:
+        bar.close()
+        if rejected_file is not None:
+            rejected_file.close()
+    problems = [(where, reason) for _, _, where, reason in sorted(shown, reverse=True)]
+    return counts, problems, n_problems, (rejected_path if rejected_file else None)
+
+
+def _no_get(path: str, query: str):
+    raise FhirError(400, "not-supported", "GET entries are not run by hub ingest")
+
+
+def summary(counts: Counter[str]) -> str:
+    """"N accepted (N created, N updated, N unchanged[, N deleted]), N rejected"."""
+    accepted = counts["created"] + counts["updated"] + counts["unchanged"] + counts["deleted"]
+    return (f"{accepted} accepted ({counts['created']} created, {counts['updated']} updated, "
+            f"{counts['unchanged']} unchanged"
+            + (f", {counts['deleted']} deleted" if counts["deleted"] else "")
+            + f"), {counts['rejected']} rejected")
+
+
+def cmd_ingest(args, settings: Settings) -> int:
+    from hub.core.ingest import Context, Hub
+
+    for path in args.paths:  # before anything is stored
+        if not path.exists():
+            raise UsageError(f"{path} does not exist")
+        if not path.is_dir() and input_kind(path) is None:
+            raise UsageError(f"{path} is not a .json or .ndjson file (optionally .gz)")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    ctx = Context(source={"feed": "file", "institution": args.institution} if args.institution
+                  else {"feed": "file"})
+    hub = Hub(open_store(settings))
+    t0 = time.perf_counter()
+    try:
+        counts, problems, n_problems, rejected_path = ingest_paths(
+            hub, args.paths, ctx, args.batch_size, not args.quiet and sys.stderr.isatty(),
+            settings.data_dir / "rejected")
+    finally:
+        hub.store.close()
+    elapsed = time.perf_counter() - t0
+    print(f"{sum(counts.values())} inputs in {elapsed:.1f}s: {summary(counts)}")
+    for where, reason in problems:
+        print(f"  rejected {where}: {reason}")
+    if n_problems > len(problems):
+        print(f"  … and {n_problems - len(problems)} more")
+    if rejected_path:
+        print(f"rejected inputs kept for replay in {rejected_path}")
+    return 1 if counts["rejected"] else 0
+
+
+# -- demo and generator ------------------------------------------------------------------------------
+
+
+def cmd_generate(args, settings: Settings) -> int:
+    from hub.synth import write_ndjson
+
+    counts = write_ndjson(args.out, seed=args.seed, people=args.people)
+    print(f"wrote {sum(counts.values())} resources to {args.out}: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def cmd_demo(args, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from hub.core.ingest import Context, Hub
+    from hub.synth import Region
+
+    region = Region(seed=args.seed, people=args.people)
+    hub = Hub(open_store(settings))
+    counts: Counter[str] = Counter()
+    try:
+        items = ((orjson.dumps(d), d) for d in region.iter_resources())
+        with tqdm(unit=" res", disable=not sys.stderr.isatty(), desc="demo region") as bar:
+            for result in hub.ingest(items, Context(source={"feed": "demo"})):
+                counts[outcome_kind(result)] += 1
+                bar.update(1)
+    finally:
+        hub.store.close()
+    print(f"demo region (seed {args.seed}, {args.people} people): {sum(counts.values())} resources, "
+          f"{summary(counts)}, in {settings.database_url and 'PostgreSQL' or settings.data_dir}")
+    return 0 if not counts["rejected"] else 1
+
+
+# -- operator views -------------------------------------------------------------------------------
+
+
+def _parse_ref(ref: str) -> tuple[str, str, int | None]:
+    parts = ref.strip("/").split("/")
+    if len(parts) == 2:
+        return parts[0], parts[1], None
+    if len(parts) == 4 and parts[2] == "_history" and parts[3].isdigit():
+        return parts[0], parts[1], int(parts[3])
+    raise UsageError(f"{ref!r} is not Type/id or Type/id/_history/N")
+
+
+def cmd_show(args, settings: Settings) -> int:
+    from hub.core.events import resource_bytes
+    from hub.core.ingest import Hub
+
+    rtype, rid, version = _parse_ref(args.reference)
+    hub = Hub(open_store(settings, existing=True))
+    try:
+        stored = hub.vread(rtype, rid, version) if version is not None else hub.read(rtype, rid)
+    finally:
+        hub.store.close()
+    sys.stdout.write(orjson.dumps(orjson.loads(resource_bytes(stored)),
+                                  option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def cmd_history(args, settings: Settings) -> int:
+    from hub.core.events import from_stored
+    from hub.core.ingest import Hub
+
+    rtype, rid, _ = _parse_ref(args.reference)
+    hub = Hub(open_store(settings, existing=True))
+    try:
+        versions = hub.store.versions(rtype, rid)
+    finally:
+        hub.store.close()
+    if not versions:
+        raise UsageError(f"{rtype}/{rid} is not known")
+    print(f"{'version':>7}  {'kind':8} {'last updated':28} {'request':32} source")
+    for stored in versions:
+        if not stored.topic.startswith("hub.resource:"):  # an identity decision
+            d = orjson.loads(stored.state)
+            by = d.get("by") or {}
+            what = d.get("patient") or d.get("source") or d.get("review") or d.get("patients")
+            print(f"{stored.originator_version:>7}  {stored.topic.split(':')[-1]:8} "
+                  f"{d.get('at', ''):28} {str(what):32} by {by.get('type')}:{by.get('name')}")
+            continue
+        ev = from_stored(stored)
+        req = f"{ev.request.get('method', '')} {ev.request.get('url', '')}".strip()
+        src = ", ".join(f"{k}={v}" for k, v in ev.source.items())
+        print(f"{ev.version:>7}  {ev.kind:8} {ev.last_updated:28} {req:32} {src}")
+    return 0
+
+
+def cmd_reindex(args, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    store = open_store(settings, existing=True)
+    try:
+        total = store.max_notification_id()
+        with tqdm(total=total, unit=" events", disable=not sys.stderr.isatty()) as bar:
+            done = store.rebuild_indexes(progress=bar.update)
+    finally:
+        store.close()
+    print(f"reindexed {done} events")
+    return 0
+
