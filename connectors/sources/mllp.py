@@ -262,11 +262,11 @@ class MLLPSource:
             while not stop.is_set():
                 try:
                     payload = await self._read_frame(reader, buf)
-                except FramingError:
+                except FramingError as err:
                     self.stats["framing_errors"] += 1
                     junk += 1
-                    if junk > 100:  # a peer that sends nothing but noise
-                        e = FramingError("too many framing errors; closing", fatal=True)
+                    # a peer that sends nothing but noise is closed
+                    e = err if junk <= 100 else FramingError("too many framing errors; closing", fatal=True)
                     log.warning("MLLP %s: framing error from %s: %s", self.name, peer_s, e.reason)
                     if e.fragment or e.fatal:
                         nak = self._answer(e.fragment, "AR", {"reason": e.reason, "code": "AR",

@@ -5,5 +5,6 @@ import sys
 
 from hub.cli import main
 
-os.environ.setdefault("PYTHONUNBUFFERED", "1")
-sys.exit(main())
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
