@@ -12,7 +12,7 @@ Behaviour is the interpreter's: a parameter whose walk raises is left out (or th
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import product
 from typing import Callable
 
@@ -154,10 +154,10 @@ def _type_source(rtype: str) -> _Source:
         for w in walks:
             sub = _Source()
             sub.names = src.names
-            _guarded(sub, w.code, lambda d, w=w, sub=sub: _walk(sub, w.steps, w.convert, "top", "acc", d))
+            _guarded(sub, w.code, partial(_walk, sub, w.steps, w.convert, "top", "acc"))
             src.lines += [_IND + line for line in sub.lines]
     for w in plan.from_root:
-        _guarded(src, w.code, lambda d, w=w: _walk(src, w.steps, w.convert, "(r,)", "acc", d))
+        _guarded(src, w.code, partial(_walk, src, w.steps, w.convert, "(r,)", "acc"))
     for c in plan.composites:
         f = src.name(_composite_fn(c), "K")
         src.add(1, "try:")

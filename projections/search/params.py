@@ -79,7 +79,9 @@ def indexed_params(rtype: str) -> dict[str, SearchParam]:
 
 def _parts(expression: str) -> tuple[str, ...]:
     """The top-level alternatives of a FHIRPath union, outer parentheses removed."""
-    out, depth, cur = [], 0, []
+    out: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in expression:
         depth += (ch == "(") - (ch == ")")
         if ch == "|" and depth == 0:

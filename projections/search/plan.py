@@ -37,7 +37,7 @@ import unicodedata
 from decimal import Decimal
 from functools import lru_cache
 from itertools import product
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, cast
 
 import orjson
 
@@ -94,7 +94,7 @@ def normalize(s: str) -> str:
     if s.isascii():
         return " ".join(s.lower().split())
     s = unicodedata.normalize("NFKC", s)
-    out = []
+    out: list[str] = []
     for ch in s:
         if ord(ch) < _STRIP_ACCENTS_BELOW:
             out.extend(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
@@ -135,7 +135,9 @@ def ucum_canonical(code: str) -> tuple[int, str]:
         if ten:
             power += sign * int(ten.group(1))
             continue
-        atom, exp = _EXPONENT.match(term).groups()
+        m_exp = _EXPONENT.match(term)
+        assert m_exp is not None  # both of its groups may be empty: it matches any term
+        atom, exp = m_exp.groups()
         exp_n = int(exp) if exp else 1
         prefix = ""
         if atom not in _METRIC:
@@ -465,6 +467,7 @@ def _tokenize(expr: str) -> list[tuple[str, str]]:
         if not m or m.end() == pos:
             raise CompileError(f"cannot read {expr[pos:]!r}")
         kind = m.lastgroup
+        assert kind is not None  # each alternative of _TOKENS is a named group
         out.append((kind, m.group(kind)))
         pos = m.end()
     return out
@@ -535,6 +538,7 @@ class _Parser:
         if self.peek()[1] != "(":
             return ("name", name)
         self.take("(")
+        step: tuple
         if name == "ofType":
             step = ("ofType", self.take(kind="id"))
         elif name == "first":
@@ -578,7 +582,7 @@ Step = Callable[[list, dict], list]
 # Each step also says what it is (``sym``), for projections.search.codegen.
 
 def _sym(step: Step, *sym) -> Step:
-    step.sym = sym
+    cast(Any, step).sym = sym
     return step
 
 
@@ -684,7 +688,7 @@ def _name(step: tuple, first: str | None, steps: list[Step], t: str) -> list:
             raise CompileError(f"{t} has no element {name}")
         if want is not None:
             keys = {c: k for c, k in keys.items() if c.lower() == want.lower()}
-    out = []
+    out: list[tuple[str | None, list[Step], str]] = []
     for ctype, key in keys.items():
         if first is None and not steps:
             out.append((key, [], ctype))
@@ -777,7 +781,7 @@ def _exists_not_false(expression: str, rtype: str) -> Callable[[dict], list] | N
 
 
 @lru_cache(maxsize=None)
-def _fhirpath(expression: str) -> Callable[[dict], list]:
+def _fhirpath(expression: str) -> Callable[..., list]:
     import fhirpathpy
     from fhirpathpy.models import models
 
@@ -796,7 +800,7 @@ def _compile_param(p: SearchParam, rtype: str, plan: dict) -> None:
                       for c in p.components)
                 for ctx in contexts)
             value_keys = tuple(
-                frozenset(w.first_key for w in cs[-1])
+                frozenset(k for w in cs[-1] if (k := w.first_key) is not None)
                 if cs and cs[-1] and all(w.first_key is not None for w in cs[-1]) else None
                 for cs in comps)
             plan["composites"].append(_Composite(p.code, tuple(contexts), comps, value_keys))

@@ -211,7 +211,9 @@ def _number(raw: str) -> RangeValue:
         raise bad_request(f"{raw!r} is not a number") from None
     if not d.is_finite():
         raise bad_request(f"{raw!r} is not a number")
-    half = Decimal(5) * Decimal(10) ** (d.as_tuple().exponent - 1)  # implicit precision
+    exponent = d.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite: not the "n", "N", "F" of NaN and infinity
+    half = Decimal(5) * Decimal(10) ** (exponent - 1)  # implicit precision
     return RangeValue(float(d - half), float(d + half), float(d))
 
 
@@ -404,8 +406,8 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
         inner = parse_criteria(src, rest, value, base, terminology)
         return [Criterion("_has", "has", value=Has(src, ref_param, c)) for c in inner]
     head, dot, rest = name.partition(".")
-    code, _, modifier = head.partition(":")
-    modifier = modifier or None
+    code, _, given_modifier = head.partition(":")
+    modifier = given_modifier or None
     ptype, p = param_type(rtype, code)
     if dot:
         if ptype != "reference":

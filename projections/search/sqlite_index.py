@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import orjson
 from eventsourcing.persistence import Notification
@@ -256,7 +257,7 @@ class SQLiteSearchIndex(SQLiteReadModel):
         newest: dict[str, Notification] = {}
         for n in notifications:
             if n.topic in KIND_OF_TOPIC:  # not an event of another stream kind (MPI identity)
-                newest[n.originator_id] = n
+                newest[cast(str, n.originator_id)] = n  # the hub's streams are named "Type/id"
         with self.datastore.transaction(commit=True) as c:
             # read inside the transaction: another process may have ended the bulk load
             c.execute("SELECT value FROM sp_meta WHERE key='next_pk'")
@@ -292,7 +293,8 @@ class SQLiteSearchIndex(SQLiteReadModel):
                 updated = parse_range(orjson.loads(header)["lastUpdated"])[0]
                 if found is None and bulk:
                     pk = self._next_pk
-                    self._next_pk += 1
+                    assert pk is not None  # bulk is set from it above
+                    self._next_pk = pk + 1
                     new_res.append((pk, rtype, rid, n.originator_version, updated))
                     added += 1
                 elif found is None:
@@ -352,7 +354,7 @@ class SQLiteSearchIndex(SQLiteReadModel):
         for stream in streams:
             rtype, rid = stream.split("/", 1)
             by_type.setdefault(rtype, []).append(rid)
-        out = {}
+        out: dict[str, tuple[int, int]] = {}
         for rtype, rids in by_type.items():
             for i in range(0, len(rids), 400):
                 chunk = rids[i:i + 400]

@@ -58,7 +58,8 @@ _CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 @lru_cache(maxsize=1 << 12)
 def text_query(q: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(word prefixes, CJK substrings) of a ``:text`` search, normalized (case, accents, width)."""
-    words, cjk = [], []
+    words: list[str] = []
+    cjk: list[str] = []
     for w in _WORD.findall(normalize(q)):
         (cjk if _CJK.search(w) else words).append(w)
     return tuple(words), tuple(cjk)
@@ -280,7 +281,7 @@ class SQLiteSearch(SearchBackend):
             test = _date_test(s, c.prefix, v, f"{x}.lo", f"{x}.hi")
             # a lower bound on hi bounds lo too (lo >= hi - span): the (p, lo) index range
             # becomes [bound - span, ...) instead of every row before the upper bound
-            floor = {"ge": v.lo, "gt": v.hi, "ap": None}.get(c.prefix)
+            floor = {"ge": v.lo, "gt": v.hi, "ap": None}.get(c.prefix) if c.prefix else None
             if c.prefix == "ap":
                 floor = approx(v, is_date=True)[0]
             if floor is not None and rtype is not None:
@@ -543,7 +544,7 @@ def _token_set_test(s: _Sql, v: TokenSet, x: str) -> str:
 
 
 def _token_test(s: _Sql, v: TokenValue | TokenSet, x: str) -> str:
-    if type(v) is TokenSet:
+    if isinstance(v, TokenSet):  # (neither class has subclasses)
         return _token_set_test(s, v, x)
     parts = []
     if v.code is not None:
