@@ -26,18 +26,19 @@ import orjson
 
 from hub.core.errors import FhirError
 from hub.core.ingest import Context, Hub
+from hub.core.store import ResourceStore
 from hub.mpi import weights as W
+from hub.mpi.candidates import IdentityCandidates
 from hub.mpi.identity import IdentityService
 from hub.mpi.incremental import IncrementalMatcher, blocked_from_pairs, rematch_all
 from hub.mpi.matcher import Matcher
-from hub.core.store import ResourceStore
 from hub.synth import Region
-from hub.mpi.candidates import IdentityCandidates
 from projections.person import PersonProjection
 from projections.runner import Runner
 
 
-def _pairs(groups) -> set[tuple[str, str]]:
+def pairs_in(groups) -> set[tuple[str, str]]:
+    """Every pair of members of each group, each pair sorted."""
     out = set()
     for m in groups:
         m = sorted(m)
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     by_truth = defaultdict(list)
     for p, k in truth.items():
         by_truth[k].append(p)
-    true = _pairs(by_truth.values())
+    true = pairs_in(by_truth.values())
     out: dict = {"mode": args.mode, "people": args.people}
     states = {}
     for name, order in (("generated", patients),
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         groups = defaultdict(list)
         for p, x in state.items():
             groups[x].append(p)
-        found = _pairs(groups.values())
+        found = pairs_in(groups.values())
         tp = len(found & true)
         states[name] = state
         out[name] = {"patients": len(state), "persons": len(groups), "wall_s": round(wall, 1),

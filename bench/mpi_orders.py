@@ -33,16 +33,9 @@ import orjson
 
 from bench.common import record
 from bench.foreign import ForeignRegion
+from bench.mpi_cluster import pairs_in
 from bench.server import start_server
 from hub.core.resource import model_class
-
-
-def _pairs(groups) -> set[tuple[str, str]]:
-    out = set()
-    for m in groups:
-        m = sorted(m)
-        out.update((a, b) for i, a in enumerate(m) for b in m[i + 1:])
-    return out
 
 
 def _hub(data_dir: Path, *args: str, out: Path | None = None) -> None:
@@ -123,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     by_truth = defaultdict(list)
     for p, k in truth.items():
         by_truth[k].append(p)
-    true = _pairs(by_truth.values())
+    true = pairs_in(by_truth.values())
     out: dict = {"people": args.people, "patients": len(patients), "true_pairs": len(true),
                  "refused_by_validation": refused}
     states: dict[str, dict[str, str]] = {}
@@ -134,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         with tempfile.TemporaryDirectory(prefix=f"bench-mpi-{name}-") as tmp:
             state, wall = load(Path(tmp))
         assert len(state) == len(patients), (name, len(state))
-        found = _pairs(partition(state))
+        found = pairs_in(partition(state))
         tp = len(found & true)
         states[name] = state
         out[name] = {"persons": len(set(state.values())), "links": len(found),
@@ -145,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     out["differences"] = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            pa, pb = _pairs(partition(states[a])), _pairs(partition(states[b]))
+            pa, pb = pairs_in(partition(states[a])), pairs_in(partition(states[b]))
             either = pa | pb
             out["differences"][f"{a}|{b}"] = {
                 "pairs_in_one_only": len(pa ^ pb),
