@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from hub.core.errors import HubError
+from projections.readers import ReadConnections
 from terminology import rows as R
 
 
@@ -104,9 +105,8 @@ class TerminologyStore:
             from projections.terminology import TerminologyProjection
 
             TerminologyProjection(self.path).close()
-        self._local = threading.local()
         self._lock = threading.Lock()
-        self._conns: list[sqlite3.Connection] = []  # every thread's, closed by close()
+        self.readers = ReadConnections(self.path)  # every thread's, closed by close()
         self._generation: int | None = None
         self._reset_caches()
 
@@ -122,14 +122,7 @@ class TerminologyStore:
     # -- connection and freshness --------------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA query_only=1")
-            self._local.conn = conn
-            with self._lock:
-                self._conns.append(conn)
-        return conn
+        return self.readers.get()
 
     def q(self, sql: str, args: tuple = ()) -> list[tuple]:
         return self._conn().execute(sql, args).fetchall()
@@ -145,11 +138,7 @@ class TerminologyStore:
         return gen
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._conns:
-                conn.close()
-            self._conns.clear()
-        self._local = threading.local()
+        self.readers.close()
 
     # -- systems and their aliases -------------------------------------------------------------
 

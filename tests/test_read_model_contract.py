@@ -15,14 +15,15 @@ import pytest
 from eventsourcing.persistence import IntegrityError
 
 from fhir_mapping.base import SourceInfo
-from hub.documents import DocumentService
 from hub.core.ingest import Context, Op
+from hub.documents import DocumentService
 from hub.mpi.identity import IdentityService
 from hub.quarantine import Quarantine
-from projections.contract import ReadModel
 from hub.readmodels import READ_MODELS, ReadModelSpec, open_model
+from projections.contract import ReadModel
 from projections.runner import Runner
-from projections.search.sqlite_index import TABLES, SQLiteSearchIndex
+from projections.search.sqlite_index import SQLiteSearchIndex
+from tests.test_search_projection import dump as search_dump
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RESIDENT = "urn:oid:2.16.156.10011.1.3"
@@ -101,20 +102,6 @@ def load(hub, work: Path, round_: int) -> None:
 
 # -- a model's state -------------------------------------------------------------------------------
 
-def _search_dump(index: SQLiteSearchIndex) -> dict:
-    with index.datastore.transaction(commit=False) as c:
-        c.execute("SELECT pk, rtype || '/' || rid, version FROM sp_res")
-        names = {pk: (name, version) for pk, name, version in c.fetchall()}
-        c.execute("SELECT id, rtype || '.' || code FROM sp_param")
-        params = dict(c.fetchall())
-        out = {"sp_res": sorted(names.values())}
-        for table in TABLES:
-            c.execute(f"SELECT * FROM {table}")
-            out[table] = sorted(((params[r[0]], *r[1:-1], names[r[-1]][0])
-                                 for r in c.fetchall()), key=repr)
-        return out
-
-
 def _identity_candidates_dump(model) -> dict:
     with model.datastore.transaction(commit=False) as c:
         c.execute("PRAGMA table_info(ic_patient)")
@@ -137,7 +124,7 @@ def _identity_candidates_dump(model) -> dict:
 def state(model: ReadModel):
     """Every row the model holds (the integer keys replaced by what they stand for)."""
     if isinstance(model, SQLiteSearchIndex):
-        return _search_dump(model)
+        return search_dump(model)
     if model.name == "identity-candidates":
         return _identity_candidates_dump(model)
     return model.dump()

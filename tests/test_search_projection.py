@@ -32,7 +32,8 @@ def dump(index: SQLiteSearchIndex) -> dict:
         out = {"sp_res": sorted(names.values())}
         for table in TABLES:
             c.execute(f"SELECT * FROM {table}")
-            out[table] = sorted((params[r[0]], *r[1:-1], names[r[-1]][0]) for r in c.fetchall())
+            # by repr: a column may hold None beside values, which do not compare
+            out[table] = sorted(((params[r[0]], *r[1:-1], names[r[-1]][0]) for r in c.fetchall()), key=repr)
         return out
 
 

@@ -297,7 +297,10 @@ async def history_type(request: Request, rtype: str) -> Response:
 
 async def search(request: Request, rtype: str) -> Response:
     check_format(request)
-    params = list(request.query_params.multi_items())
+    return await _search_response(request, rtype, list(request.query_params.multi_items()))
+
+
+async def _search_response(request: Request, rtype: str, params: list[tuple[str, str]]) -> Response:
     out = await run_in_threadpool(search_bundle, _hub(request), _search(request), _type(rtype),
                                   params, _base(request), _settings(request),
                                   prefer_strict(request))
@@ -311,12 +314,8 @@ async def search_post(request: Request, rtype: str) -> Response:
         raise FhirError(415, "not-supported",
                         "POST _search takes application/x-www-form-urlencoded parameters")
     raw = (await request.body()).decode("utf-8", "replace")
-    params = list(request.query_params.multi_items()) + parse_query(raw) if raw else \
-        list(request.query_params.multi_items())
-    out = await run_in_threadpool(search_bundle, _hub(request), _search(request), _type(rtype),
-                                  params, _base(request), _settings(request),
-                                  prefer_strict(request))
-    return fhir_response(out, request=request)
+    params = list(request.query_params.multi_items()) + (parse_query(raw) if raw else [])
+    return await _search_response(request, rtype, params)
 
 
 async def create(request: Request, rtype: str) -> Response:

@@ -22,11 +22,8 @@ event store); the incremental matcher (``hub.mpi.incremental``) shares this file
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -35,6 +32,7 @@ from eventsourcing.persistence import Notification
 from hub.core.events import KIND_OF_TOPIC
 from hub.mpi import blocking, identifiers
 from hub.mpi.normalise import features as patient_features
+from projections.readers import ReadConnections
 from projections.sqlite_model import SQLiteReadModel, newest
 
 NAME = "identity-candidates"
@@ -62,9 +60,8 @@ class IdentityCandidates(SQLiteReadModel):
     tables = ("ic_patient", "ic_key", "ic_name", "ic_stale", "ic_system")
 
     def opened(self, c: Any) -> None:
-        self._readers = threading.local()
-        self._readers_lock = threading.Lock()
-        self._reader_conns: list[sqlite3.Connection] = []
+        # lookups: a dozen small indexed reads in one snapshot, on this thread's own connection
+        self.readers = ReadConnections(self.path, timeout=30)
         c.execute("SELECT value FROM ic_meta WHERE key='bulk'")
         self._bulk = bool(c.fetchone()[0])
         if not self._bulk:
@@ -183,30 +180,8 @@ class IdentityCandidates(SQLiteReadModel):
             c.execute("SELECT COUNT(*) FROM ic_patient")
             return c.fetchone()[0]
 
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Cursor]:
-        """A read snapshot on this thread's own read-only connection: a lookup is a dozen small
-        indexed reads, and the pool's transaction bookkeeping cost as much as the reads."""
-        conn = getattr(self._readers, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-            conn.execute("PRAGMA query_only=ON")
-            self._readers.conn = conn
-            with self._readers_lock:
-                self._reader_conns.append(conn)
-        c = conn.cursor()
-        c.execute("BEGIN")
-        try:
-            yield c
-        finally:
-            c.execute("ROLLBACK")
-
     def close(self) -> None:
-        with self._readers_lock:
-            for conn in self._reader_conns:
-                conn.close()
-            self._reader_conns.clear()
-        self._readers = threading.local()
+        self.readers.close()
         super().close()
 
     def features_of(self, ref: str) -> dict | None:
@@ -227,7 +202,7 @@ class IdentityCandidates(SQLiteReadModel):
         candidates' names, Patients indexed). One indexed read per key; a block over its cap is
         cut to the cap and counted in ``alerts``."""
         pks: dict[int, None] = {}
-        with self._reading() as c:
+        with self.readers.snapshot() as c:
             for kind, h in keys:
                 cap = self.caps.get(kind, 100)
                 c.execute("SELECT pk FROM ic_key WHERE h=? LIMIT ?", (h, cap + 1))
