@@ -125,6 +125,7 @@ def run(repeats: int = 3, rounds: int = 5) -> dict:
         import tempfile
 
         from hub.documents import DocumentService
+        from hub.repository import Repository
         from hub.core.ingest import Hub
         from hub.quarantine import Quarantine
         from hub.core.store import ResourceStore
@@ -133,7 +134,7 @@ def run(repeats: int = 3, rounds: int = 5) -> dict:
             tmp = tempfile.mkdtemp(prefix="bench-cda-")
             store = ResourceStore.sqlite(f"{tmp}/events.sqlite")
             q = Quarantine(f"{tmp}/q.sqlite")
-            service = DocumentService(Hub(store), q)
+            service = DocumentService(Repository(Hub(store)), q)
             for _, d in docs:
                 service.ingest_cda(d, SRC, now=now)
             q.close()

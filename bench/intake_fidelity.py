@@ -66,6 +66,7 @@ class Intake:
 
     def __init__(self, data_dir: Path) -> None:
         from hub.documents import DocumentService
+        from hub.repository import Repository
         from hub.core.ingest import Hub
         from hub.quarantine import Quarantine
         from hub.core.store import ResourceStore
@@ -74,7 +75,7 @@ class Intake:
         self.store = ResourceStore.sqlite(str(data_dir / "events.sqlite"))
         self.hub = Hub(self.store)
         self.quarantine = Quarantine(data_dir / "quarantine.sqlite")
-        self.documents = DocumentService(self.hub, self.quarantine)
+        self.documents = DocumentService(Repository(self.hub), self.quarantine)
 
     def close(self) -> None:
         self.quarantine.close()

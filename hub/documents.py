@@ -29,10 +29,12 @@ from fhir_mapping.documents import (
 )
 from hub.core import jsontext
 from hub.core import resource as res
+from hub.core.access import SYSTEM
 from hub.core.errors import FhirError
 from hub.core.events import resource_bytes
-from hub.core.ingest import Context, Hub, Op, Result
+from hub.core.ingest import Context, Op, Result
 from hub.quarantine import Quarantine
+from hub.repository import Repository
 
 RULE_SYSTEM = "https://fhir-region-hub.example/CodeSystem/quality-rule"
 SUPERSEDED_RULE = "cda.document.superseded"
@@ -51,8 +53,8 @@ class DocumentResult:
 
 
 class DocumentService:
-    def __init__(self, hub: Hub, quarantine: Quarantine, normaliser: Any = None):
-        self.hub = hub
+    def __init__(self, repo: Repository, quarantine: Quarantine, normaliser: Any = None):
+        self.repo = repo
         self.quarantine = quarantine
         # local codes get their standard coding beside them (terminology.normalise.StoredMaps)
         self.normaliser: Any = normaliser
@@ -75,7 +77,7 @@ class DocumentService:
                                 self._error_report(payload, source, now, e.reason, e.location),
                                 e.reason)
         report = conversion.resources[-1]
-        self._note_superseded(conversion.resources, report)
+        self._note_superseded(conversion.resources, report, ctx)
         normaliser = self.normaliser() if self.normaliser is not None else None
         if normaliser is not None:
             normaliser.apply(conversion)
@@ -99,7 +101,7 @@ class DocumentService:
         if entry is None:
             raise KeyError(qid)
         result = self.ingest_cda(entry["payload"], SourceInfo(**entry["source"]),
-                                 Context(source={"feed": "quarantine-replay"}), now)
+                                 Context(source={"feed": "quarantine-replay"}, actor=SYSTEM), now)
         summary = {"status": result.status, "decision": result.decision,
                    "document": result.document_ref, "quarantine_id": result.quarantine_id}
         self.quarantine.mark(qid, "replayed" if result.status != 422 else "superseded", summary)
@@ -107,7 +109,7 @@ class DocumentService:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _note_superseded(self, resources: list[dict], report: dict) -> None:
+    def _note_superseded(self, resources: list[dict], report: dict, ctx: Context) -> None:
         """A late older version of a stored document: accepted and kept for audit (its Binary and
         this report are written), but the hub leaves what the newer version wrote in place
         (``Hub.execute`` compares the source-order stamps). The report says so, so the sender's
@@ -117,7 +119,7 @@ class DocumentService:
         new = source_order.order_of(doc) if doc is not None else None
         if not new:
             return
-        stored = self.hub.store.latest("DocumentReference", doc["id"])
+        stored = self.repo.latest(ctx, "DocumentReference", doc["id"])
         if stored is None or stored.topic.endswith("Deleted"):
             return
         why = source_order.older_than(new, source_order.order_of(orjson.loads(resource_bytes(stored))))
@@ -165,7 +167,7 @@ class DocumentService:
         for d in resources:
             ops.append(Op("PUT", d["resourceType"], d["id"], d,
                           url=f"{d['resourceType']}/{d['id']}"))
-        out = self.hub.execute(ops, ctx, atomic=True)
+        out = self.repo.execute(ops, ctx, atomic=True)
         for r in out:
             if isinstance(r, FhirError):
                 raise r

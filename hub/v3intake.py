@@ -18,15 +18,17 @@ from fhir_mapping.documents import quality_report
 from fhir_mapping.hl7v3.common import Ctx, parse
 from fhir_mapping.hl7v3.common import table as hl7v3_table
 from hub.api import bundles
+from hub.core.access import SYSTEM
 from hub.core.errors import FhirError
-from hub.core.ingest import Context, Hub, Result
+from hub.core.ingest import Context, Result
 from hub.quarantine import Quarantine
+from hub.repository import Repository
 
 KIND = "v3"
 CHINA = timezone(timedelta(hours=8))
 
 
-def register(hub: Hub, raw: bytes, source: SourceInfo, ctx: Context,
+def register(repo: Repository, raw: bytes, source: SourceInfo, ctx: Context,
              normaliser: Any = None, now: datetime | None = None
              ) -> tuple[Conversion, list[Result | FhirError]]:
     """Convert and store one registration in one transaction. Raises MappingError (the mapper
@@ -44,7 +46,7 @@ def register(hub: Hub, raw: bytes, source: SourceInfo, ctx: Context,
             institution = institution_of(raw, source)
         conv.resources.append(findings_report(conv, source, institution, now or datetime.now(CHINA)))
     ops = [bundles.parse_entry(i, entry, "") for i, entry in enumerate(conv.entries())]
-    return conv, hub.execute(ops, ctx, atomic=True)  # type: ignore[arg-type]
+    return conv, repo.execute(ops, ctx, atomic=True)  # type: ignore[arg-type]
 
 
 def institution_of(raw: bytes, source: SourceInfo) -> str:
@@ -74,7 +76,7 @@ def keep(quarantine: Quarantine, raw: bytes, source: SourceInfo, code: str, reas
     return quarantine.put(KIND, raw, src, report, reason)
 
 
-def replay(hub: Hub, quarantine: Quarantine, qid: int,
+def replay(repo: Repository, quarantine: Quarantine, qid: int,
            normaliser: Any = None) -> tuple[bool, str]:
     """Register a quarantined message again: (stored, what happened). Stored marks the entry
     replayed; refused again leaves it open with the new reason in its last result."""
@@ -84,9 +86,9 @@ def replay(hub: Hub, quarantine: Quarantine, qid: int,
     source = SourceInfo(**{k: v for k, v in entry["source"].items()
                            if k in ("institution", "oid", "feed")})
     ctx = Context(source={"institution": source.institution or "unknown",
-                          "feed": "quarantine-replay"})
+                          "feed": "quarantine-replay"}, actor=SYSTEM)
     try:
-        _, results = register(hub, entry["payload"], source, ctx, normaliser)
+        _, results = register(repo, entry["payload"], source, ctx, normaliser)
     except MappingError as e:
         quarantine.mark(qid, "open", {"ack": e.code, "reason": e.reason[:300]})
         return False, f"{e.code}: {e.reason}"

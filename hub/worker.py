@@ -48,18 +48,22 @@ def _conversion(unit: dict) -> Conversion:
 
 
 def write_units(hub, units: list[dict], source: dict[str, Any]) -> list[dict | None]:
-    """Write units (dicts with resources/deletes) as one batch; per unit None or its error.
-    Raises Transient when the batch should be tried again (store unavailable, conflicts)."""
+    """Write units (dicts with resources/deletes) as one batch through the repository (``hub``:
+    one, or a ``Hub`` to wrap in the open policy's); per unit None or its error. Raises
+    Transient when the batch should be tried again (store unavailable, conflicts)."""
     from connectors.sinks.base import Unavailable, unit_errors
     from connectors.sinks.http import dedupe_entries
     from hub.api import bundles
     from hub.core.ingest import Context
+    from hub.repository import Repository
+
+    repo = hub if isinstance(hub, Repository) else Repository(hub)
 
     entries, positions = dedupe_entries([_conversion(u).entries() for u in units])
     if not entries:
         return [None] * len(units)
     try:
-        out = bundles.process({"resourceType": "Bundle", "type": "batch", "entry": entries}, hub,
+        out = bundles.process({"resourceType": "Bundle", "type": "batch", "entry": entries}, repo,
                               Context(source=source), "", False, _no_get)
     except FhirError as e:
         if e.status >= 500 or e.status in RETRY_STATUS:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hub.repository import Repository
 from hub.documents import DocumentService
 from hub.quarantine import Quarantine
 from fhir_mapping.base import SourceInfo
@@ -75,7 +76,7 @@ def test_hostile_and_wrong_bodies_are_refused_and_the_server_keeps_serving(clien
 
 def test_replay_of_a_quarantined_document(hub, tmp_path):
     q = Quarantine(tmp_path / "quarantine.sqlite")
-    service = DocumentService(hub, q)
+    service = DocumentService(Repository(hub), q)
     refused = service.ingest_cda(b"<ClinicalDocument xmlns='urn:hl7-org:v3'><id/>",
                                  SourceInfo(institution="H9"))
     assert refused.status == 422 and refused.quarantine_id

@@ -410,6 +410,7 @@ def test_a_refused_registration_is_kept_and_replays(hub, tmp_path):
     from fhir_mapping.base import SourceInfo
     from hub import v3intake
     from hub.quarantine import Quarantine
+    from hub.repository import Repository
 
     q = Quarantine(tmp_path / "quarantine.sqlite")
     broken = variant(patient_message(f"P{tag()}", resident()),
@@ -417,16 +418,16 @@ def test_a_refused_registration_is_kept_and_replays(hub, tmp_path):
                      ('<id><item root="2.16.156.10011.1.5" extension="ORG0001"/></id>', "<id/>"))
     broken = broken.replace(b'<item root="2.16.156.10011.1.5" extension="ORG0001"/>', b"")
     qid = v3intake.keep(q, broken, SourceInfo(), "AE", "no institution", "v3.institution")
-    ok, why = v3intake.replay(hub, q, qid)
+    ok, why = v3intake.replay(Repository(hub), q, qid)
     assert not ok and "institution" in why and q.get(qid)["status"] == "open"
     assert q.list()[0]["kind"] == "v3"
     # held back earlier (a mapping table since fixed, say): the replay stores it
     local = f"P{tag()}"
     held = v3intake.keep(q, patient_message(local, resident()), SourceInfo(institution=INST,
                          oid=OID, feed="v3-test"), "AE", "held", "test")
-    ok, written = v3intake.replay(hub, q, held)
+    ok, written = v3intake.replay(Repository(hub), q, held)
     assert ok and "Patient/" in written and q.get(held)["status"] == "replayed"
-    ok, _ = v3intake.replay(hub, q, held)  # replaying again changes nothing and still succeeds
+    ok, _ = v3intake.replay(Repository(hub), q, held)  # replaying again changes nothing and still succeeds
     assert ok
     q.close()
 

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from fhir_mapping.base import SourceInfo
+from hub.repository import Repository
 from hub import cli
 from hub.documents import DocumentService
 from hub.quarantine import Quarantine
@@ -30,7 +31,7 @@ def loaded(hub, settings):
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # the quarantine lives there on any store
     q = Quarantine(settings.data_dir / "quarantine.sqlite")
     try:
-        service = DocumentService(hub, q)
+        service = DocumentService(Repository(hub), q)
         assert service.ingest_cda(CLEAN, SourceInfo(institution="H4")).status == 201
         refused = service.ingest_cda(BROKEN, SourceInfo(institution="H5"))
         assert refused.status == 422

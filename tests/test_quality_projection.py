@@ -14,6 +14,7 @@ import pytest
 
 from fhir_mapping.base import SourceInfo
 from fhir_mapping.documents import quality_report
+from hub.repository import Repository
 from hub.core.ingest import Context, Op
 from projections.quality import RULE_SYSTEM, QualityProjection, QueryError, period, to_csv
 from projections.runner import Runner
@@ -239,7 +240,7 @@ def test_documents_through_the_document_service_are_counted(hub, model, tmp_path
 
     q = Quarantine(tmp_path / "quarantine.sqlite")
     try:
-        service = DocumentService(hub, q)
+        service = DocumentService(Repository(hub), q)
         clean = (FIXTURES / "quality" / "wst500-C0002-clean.xml").read_bytes()
         ok = service.ingest_cda(clean, SourceInfo(institution="H7"))
         assert ok.status == 201

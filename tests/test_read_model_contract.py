@@ -15,6 +15,7 @@ import pytest
 from eventsourcing.persistence import IntegrityError
 
 from fhir_mapping.base import SourceInfo
+from hub.repository import Repository
 from hub.core.ingest import Context, Op
 from hub.documents import DocumentService
 from hub.mpi.identity import IdentityService
@@ -80,7 +81,7 @@ def load(hub, work: Path, round_: int) -> None:
     # a document through the document service: its resources and its quality report
     quarantine = Quarantine(work / f"quarantine{round_}.sqlite")
     try:
-        documents = DocumentService(hub, quarantine)
+        documents = DocumentService(Repository(hub), quarantine)
         if round_ == 0:
             clean = (FIXTURES / "quality" / "wst500-C0002-clean.xml").read_bytes()
             assert documents.ingest_cda(clean, SourceInfo(institution="H7")).status == 201

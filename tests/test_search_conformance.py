@@ -13,7 +13,9 @@ from urllib.parse import parse_qsl
 import httpx
 import pytest
 
+from hub.repository import Repository
 from hub.api.search import SearchService, search_bundle
+from hub.core.ingest import Context
 from hub.core.errors import FhirError
 from hub.core.ingest import Context, Hub, Op
 from projections.runner import Runner
@@ -383,7 +385,7 @@ def run(world, rtype: str, query: str, dataset: str | None = None) -> dict:
     params = parse_qsl(query, keep_blank_values=True)
     if dataset:
         params.append(("_tag", f"urn:test:ds|{dataset}"))
-    return search_bundle(hub, service, rtype, params, "http://test/fhir", settings, True)
+    return search_bundle(Repository(hub, search=service), Context(), rtype, params, "http://test/fhir", settings, True)
 
 
 def ids(bundle: dict) -> list[str]:
@@ -418,7 +420,7 @@ def test_bad_values_are_400(world, query):
 
 def test_unknown_parameters_warn_or_refuse(world):
     hub, service, settings = world
-    b = search_bundle(hub, service, "Patient", [("nonsense", "1"), ("_tag", "urn:test:ds|str")],
+    b = search_bundle(Repository(hub, search=service), Context(), "Patient", [("nonsense", "1"), ("_tag", "urn:test:ds|str")],
                       "http://t/fhir", settings, False)
     outcome = [e for e in b["entry"] if e["search"]["mode"] == "outcome"]
     assert outcome and "nonsense" in outcome[0]["resource"]["issue"][0]["diagnostics"]
@@ -508,10 +510,10 @@ def test_summary_count_and_elements(world):
 
 def test_compartment(world):
     hub, service, settings = world
-    b = search_bundle(hub, service, "Observation", [], "http://t/fhir", settings, True,
+    b = search_bundle(Repository(hub, search=service), Context(), "Observation", [], "http://t/fhir", settings, True,
                       ("Patient", "r1"))
     assert ids(b) == ["o1"]
-    b = search_bundle(hub, service, "Observation", [("code", "1111-1")], "http://t/fhir",
+    b = search_bundle(Repository(hub, search=service), Context(), "Observation", [("code", "1111-1")], "http://t/fhir",
                       settings, True, ("Patient", "r2"))
     assert ids(b) == ["o2"]
 

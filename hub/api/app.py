@@ -22,6 +22,7 @@ from hub.api import bundles, capability, documents, quality, terminology, unmapp
 from hub.api import everything as mpi_everything
 from hub.api import identity as mpi_identity
 from hub.api import match as mpi_match  # Patient/$match
+from hub.api.caller import context_of, repository
 from hub.api.history import history_bundle
 from hub.api.limits import BodyLimit
 from hub.api.responses import (
@@ -39,6 +40,7 @@ from hub.api.responses import (
 )
 from hub.api.search import SearchService, search_bundle
 from hub.core import resource as res
+from hub.core.access import OPEN, Policy
 from hub.core.conditional import SearchResolver, parse_query
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request, not_found
@@ -47,13 +49,17 @@ from hub.core.ingest import Context, Hub, Op, Result
 from hub.documents import DocumentService
 from hub.quarantine import Quarantine
 from hub.readmodels import open_models
+from hub.repository import Repository
 from projections.runner import Runner
 from terminology.normalise import StoredMaps
 
 log = logging.getLogger("hub.api")
 
 
-def create_app(settings: Settings | None = None, hub: Hub | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
+               policy: Policy = OPEN) -> FastAPI:
+    """The application; ``policy`` decides what each caller may read and write (every handler
+    reaches resources through the repository that asks it)."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -82,14 +88,18 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         # POST /cda and POST /v3 map in the hub: their local codes normalised here
         normaliser = StoredMaps(app.state.terminology, store, search.terminology_sync)
         quarantine = Quarantine(settings.data_dir / "quarantine.sqlite")
+        # every read and write of the handlers below passes through it
+        repo = Repository(hub, search=search, policy=policy)
         app.state.hub = hub
+        app.state.repo = repo
         app.state.search = search
         app.state.normaliser = normaliser
-        app.state.documents = DocumentService(hub, quarantine, normaliser=normaliser)
+        app.state.documents = DocumentService(repo, quarantine, normaliser=normaliser)
         runner.start()
         quality.attach(app, settings, follow_store, models["quality"])  # data-quality findings
         # Person, timeline, audit
-        mpi_identity.attach(app, settings, hub, follow_store, models["person"], models["timeline"])
+        mpi_identity.attach(app, settings, repo, follow_store, models["person"],
+                            models["timeline"])
         # the candidate index of $match
         mpi_match.attach(app, settings, follow_store, models["identity-candidates"])
         unmapped.attach(app, settings, follow_store, models["unmapped"])  # the worklist
@@ -166,27 +176,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         return outcome_response([Issue("exception", "Internal server error")], 500, request)
 
 
-def _hub(request: Request) -> Hub:
-    return request.app.state.hub
-
-
-def _search(request: Request) -> SearchService:
-    return request.app.state.search
-
-
-def _ctx(request: Request) -> Context:
-    rid = request.headers.get("x-request-id")
-    ctx = Context(request_id=rid[:64]) if rid else Context()
-    ctx.source = {"feed": "rest"}
-    # a connector names its institution and feed (recorded in each event's source, shown by
-    # `hub history`); metadata, not authorization
-    for header, key in (("x-hub-source-institution", "institution"), ("x-hub-source-feed", "feed")):
-        value = request.headers.get(header)
-        if value and value.isprintable():
-            ctx.source[key] = value[:128]
-    return ctx
-
-
 def _type(rtype: str) -> str:
     if rtype not in res.RESOURCE_TYPES:
         raise not_found(f"Unknown resource type {rtype!r}")
@@ -238,9 +227,12 @@ def _write_response(request: Request, result: Result, *, location: bool = True) 
 
 
 async def _run(request: Request, op: Op) -> Response:
-    hub = _hub(request)
+    repo, ctx = repository(request), context_of(request)
+
     def execute() -> Result:
-        return hub.complete(hub.execute([op], _ctx(request), atomic=True)[0])
+        result = repo.execute([op], ctx, atomic=True)[0]
+        assert isinstance(result, Result)  # atomic: a failure is raised, not returned
+        return repo.complete(result)
 
     return _write_response(request, await run_in_threadpool(execute))
 
@@ -267,21 +259,20 @@ async def metadata(request: Request) -> Response:
 async def transaction(request: Request) -> Response:
     check_format(request)
     raw, d = await _body(request, "Bundle")
-    hub, ctx, b = _hub(request), _ctx(request), _base(request)
-    service = _search(request)
+    repo, ctx, b = repository(request), context_of(request), _base(request)
 
     def get(path: str, query: str):
-        return _get(hub, service, path, query, b, _settings(request))
+        return _get(repo, ctx, path, query, b, _settings(request))
 
-    out = await run_in_threadpool(bundles.process, d, hub, ctx, b,
+    out = await run_in_threadpool(bundles.process, d, repo, ctx, b,
                                   prefer_return(request) == "representation", get, raw)
     return fhir_response(out, request=request)
 
 
 async def history_system(request: Request) -> Response:
     check_format(request)
-    out = await run_in_threadpool(history_bundle, _hub(request), request, _base(request),
-                                  _settings(request))
+    out = await run_in_threadpool(history_bundle, repository(request), context_of(request),
+                                  request, _base(request), _settings(request))
     return fhir_response(out, request=request)
 
 
@@ -290,8 +281,8 @@ async def history_system(request: Request) -> Response:
 
 async def history_type(request: Request, rtype: str) -> Response:
     check_format(request)
-    out = await run_in_threadpool(history_bundle, _hub(request), request, _base(request),
-                                  _settings(request), _type(rtype))
+    out = await run_in_threadpool(history_bundle, repository(request), context_of(request),
+                                  request, _base(request), _settings(request), _type(rtype))
     return fhir_response(out, request=request)
 
 
@@ -301,8 +292,8 @@ async def search(request: Request, rtype: str) -> Response:
 
 
 async def _search_response(request: Request, rtype: str, params: list[tuple[str, str]]) -> Response:
-    out = await run_in_threadpool(search_bundle, _hub(request), _search(request), _type(rtype),
-                                  params, _base(request), _settings(request),
+    out = await run_in_threadpool(search_bundle, repository(request), context_of(request),
+                                  _type(rtype), params, _base(request), _settings(request),
                                   prefer_strict(request))
     return fhir_response(out, request=request)
 
@@ -358,18 +349,18 @@ async def conditional_delete(request: Request, rtype: str) -> Response:
 
 async def history_instance(request: Request, rtype: str, rid: str) -> Response:
     check_format(request)
-    out = await run_in_threadpool(history_bundle, _hub(request), request, _base(request),
-                                  _settings(request), _type(rtype), _id(rid))
+    out = await run_in_threadpool(history_bundle, repository(request), context_of(request),
+                                  request, _base(request), _settings(request), _type(rtype),
+                                  _id(rid))
     return fhir_response(out, request=request)
 
 
 async def search_compartment(request: Request, ctype: str, cid: str, rtype: str) -> Response:
     check_format(request)
     params = list(request.query_params.multi_items())
-    out = await run_in_threadpool(search_bundle, _hub(request), _search(request), _type(rtype),
-                                  params, _base(request), _settings(request),
-                                  prefer_strict(request),
-                                  (_type(ctype), _id(cid)))
+    out = await run_in_threadpool(search_bundle, repository(request), context_of(request),
+                                  _type(rtype), params, _base(request), _settings(request),
+                                  prefer_strict(request), (_type(ctype), _id(cid)))
     return fhir_response(out, request=request)
 
 
@@ -377,13 +368,15 @@ async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
     check_format(request)
     if not vid.isdigit():
         raise not_found(f"{vid!r} is not a version of {rtype}/{rid}")
-    stored = await run_in_threadpool(_hub(request).vread, _type(rtype), _id(rid), int(vid))
+    stored = await run_in_threadpool(repository(request).vread, context_of(request), _type(rtype),
+                                     _id(rid), int(vid))
     return _stored_response(request, stored)
 
 
 async def read(request: Request, rtype: str, rid: str) -> Response:
     check_format(request)
-    stored = await run_in_threadpool(_hub(request).read, _type(rtype), _id(rid))
+    stored = await run_in_threadpool(repository(request).read, context_of(request), _type(rtype),
+                                     _id(rid))
     return _stored_response(request, stored)
 
 
@@ -406,8 +399,9 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
     check_format(request)
     op = Op("DELETE", _type(rtype), _id(rid), if_match=parse_etag(request.headers.get("if-match")),
             url=f"{rtype}/{rid}")
-    hub = _hub(request)
-    result = (await run_in_threadpool(hub.execute, [op], _ctx(request), atomic=True))[0]
+    result = (await run_in_threadpool(repository(request).execute, [op], context_of(request),
+                                      atomic=True))[0]
+    assert isinstance(result, Result)  # atomic: a failure is raised, not returned
     if prefer_return(request) == "minimal":
         return Response(status_code=204)
     issues = result.issues or [Issue("informational", f"Deleted {rtype}/{rid}", "information")]
@@ -447,7 +441,7 @@ def _install_routes(app: FastAPI) -> None:
                           include_in_schema=in_schema)
 
 
-def _get(hub: Hub, service: SearchService, path: str, query: str, base: str,
+def _get(repo: Repository, ctx: Context, path: str, query: str, base: str,
          settings: Settings) -> tuple[int, Any]:
     """GET inside a batch or transaction: read, vread or search."""
     parts = path.split("/")
@@ -455,11 +449,11 @@ def _get(hub: Hub, service: SearchService, path: str, query: str, base: str,
     if rtype not in res.RESOURCE_TYPES:
         raise not_found(f"Cannot GET {path!r}")
     if len(parts) == 1:
-        return 200, search_bundle(hub, service, rtype, parse_query(query) if query else [], base,
+        return 200, search_bundle(repo, ctx, rtype, parse_query(query) if query else [], base,
                                   settings, False)
     if len(parts) == 2:
-        return 200, resource_bytes(hub.read(rtype, _id(parts[1])))
+        return 200, resource_bytes(repo.read(ctx, rtype, _id(parts[1])))
     if len(parts) == 4 and parts[2] == "_history" and parts[3].isdigit():
-        return 200, resource_bytes(hub.vread(rtype, _id(parts[1]), int(parts[3])))
+        return 200, resource_bytes(repo.vread(ctx, rtype, _id(parts[1]), int(parts[3])))
     raise bad_request(f"GET {path!r} is not supported inside a Bundle")
 

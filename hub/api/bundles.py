@@ -18,7 +18,8 @@ from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.conditional import parse_query
 from hub.core.errors import FhirError, bad_request
-from hub.core.ingest import Context, Hub, Op, Result
+from hub.core.ingest import Context, Op, Result
+from hub.repository import Repository
 
 WRITE_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2}
 GetHandler = Callable[[str, str], tuple[int, bytes | dict | None]]  # (path, query) -> status, body
@@ -121,7 +122,7 @@ def validate_envelope(bundle: dict, entries: list) -> None:
     res.validate("Bundle", jsontext.dumps(envelope, "Bundle"), envelope, check_json=False)
 
 
-def process(bundle: dict, hub: Hub, ctx: Context, base: str, representation: bool,
+def process(bundle: dict, repo: Repository, ctx: Context, base: str, representation: bool,
             get: GetHandler, raw: bytes | None = None) -> dict:
     """``raw``: the JSON text of ``bundle`` as received, when there is one."""
     btype = bundle.get("type")
@@ -153,10 +154,10 @@ def process(bundle: dict, hub: Hub, ctx: Context, base: str, representation: boo
     )
     out: list[dict | None] = [None] * len(parsed)
     ops: list[Op] = [parsed[i] for i in writes]  # type: ignore[misc]
-    results = hub.execute(ops, ctx, atomic=True) if atomic else hub.execute_batch(ops, ctx)
+    results = repo.execute(ops, ctx, atomic=True) if atomic else repo.execute_batch(ops, ctx)
     for i, result in zip(writes, results):
         if isinstance(result, Result) and parsed[i].method != "DELETE":  # type: ignore[union-attr]
-            hub.complete(result)
+            repo.complete(result)
         out[i] = _write_entry(result, base, representation)
     for i, p in enumerate(parsed):
         if isinstance(p, FhirError):

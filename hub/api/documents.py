@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from fhir_mapping.base import SourceInfo
+from hub.api.caller import context_of
 from hub.api.responses import base_url, fhir_response
 from hub.core.errors import FhirError, bad_request
 
@@ -45,7 +46,8 @@ async def post_cda(request: Request) -> Response:
     if not payload.strip():
         raise bad_request("The request body is empty")
     service = request.app.state.documents
-    result = await run_in_threadpool(service.ingest_cda, payload, source_of(request))
+    result = await run_in_threadpool(service.ingest_cda, payload, source_of(request),
+                                     context_of(request))
     headers = {}
     if result.document_ref:
         base = base_url(request, request.app.state.settings.base_url)

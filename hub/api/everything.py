@@ -41,12 +41,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from hub.api.caller import context_of, purpose_of, repository, user_of
 from hub.api.paging import link
 from hub.api.responses import base_url, check_format, fhir_response
+from hub.core.access import SYSTEM, Action
 from hub.core.errors import FhirError, bad_request
 from hub.core.fhirtime import parse_range
-from hub.core.ingest import Context, Hub, Op, now_instant
+from hub.core.ingest import Context, Op, now_instant
 from hub.mpi.everything import Scope, SharedRecord, check_types
+from hub.repository import Repository
 from projections.timeline import KINDS
 
 log = logging.getLogger("hub.api.everything")
@@ -55,15 +58,6 @@ router = APIRouter()
 DEFAULT_COUNT = 1000
 MAX_COUNT = 5000
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,128}$")
-_USER = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
-# v3 PurposeOfUse (codes of v3-ActReason)
-PURPOSES = {
-    "TREAT", "ETREAT", "CAREMGT", "CLINTRL", "COC", "HPAYMT", "CLMATTCH", "COVAUTH", "COVERAGE",
-    "HOPERAT", "HSYSADMIN", "HMARKT", "HRESCH", "PATRQT", "FAMRQT", "PWATRNY", "SUPNWK",
-    "PUBHLTH", "DISASTER", "THREAT", "HDIRECT", "HLEGAL", "HQUALIMP", "HACCRED", "HCOMPL",
-    "HDM", "HOUTCOMS", "HPRGRP", "HTEST", "TRAIN", "BTG", "ERTREAT", "POPHLTH", "PATADMIN",
-    "PATSFTY", "DONAT", "METAMGT", "SYSDEV", "RECORDMGT",
-}
 ACTREASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 ACCESS_SYSTEM = "https://fhir-region-hub.example/CodeSystem/shared-record-access"
 USER_SYSTEM = "https://fhir-region-hub.example/user"
@@ -73,24 +67,6 @@ _PARAMS_TIMELINE = {"start", "end", "kind", "_count", "_cursor", "institution", 
 
 
 # -- the audit --------------------------------------------------------------------------------------
-
-def user_of(request: Request) -> str:
-    u = request.headers.get("x-hub-user")
-    if u and _USER.match(u) and u.strip():
-        return u.strip()
-    return "anonymous"
-
-
-def purpose_of(request: Request) -> str | None:
-    p = request.headers.get("x-purpose-of-use")
-    if p is None:
-        return None
-    p = p.strip().upper()
-    if p not in PURPOSES:
-        raise bad_request("X-Purpose-Of-Use must be a v3 PurposeOfUse code such as TREAT, "
-                          "ETREAT, HPAYMT, HOPERAT, PUBHLTH, HRESCH or PATRQT")
-    return p
-
 
 def audit_event(request: Request, access: str, person: str | list[str] | None,
                 patients: list[str],
@@ -150,11 +126,12 @@ def audit_event(request: Request, access: str, person: str | list[str] | None,
 
 
 class AuditWriter:
-    """Writes AuditEvents through ``Hub.execute``; a request waits for its own commit, and
-    whatever queued meanwhile goes in the next transaction together (group commit)."""
+    """Writes AuditEvents through the repository as the hub itself; a request waits for its own
+    commit, and whatever queued meanwhile goes in the next transaction together (group
+    commit)."""
 
-    def __init__(self, hub: Hub, batch: int = 256):
-        self.hub = hub
+    def __init__(self, repo: Repository, batch: int = 256):
+        self.repo = repo
         self.batch = batch
         self._q: queue.Queue[tuple[dict, Future] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="audit-writer", daemon=True)
@@ -186,9 +163,9 @@ class AuditWriter:
                     break
                 items.append(nxt)
             ops = [Op("POST", "AuditEvent", d=d, url="AuditEvent") for d, _ in items]
-            ctx = Context(source={"feed": "audit"})
+            ctx = Context(source={"feed": "audit"}, actor=SYSTEM)
             try:
-                results = self.hub.execute(ops, ctx, atomic=False)
+                results = self.repo.execute(ops, ctx, atomic=False)
             except BaseException as e:  # noqa: BLE001 - handed to every waiting request
                 for _, fut in items:
                     fut.set_exception(e)
@@ -326,9 +303,13 @@ async def _everything(request: Request, rtype: str, rid: str) -> Response:
     shared = _shared(request)
     base = base_url(request, request.app.state.settings.base_url)
 
+    ctx, repo = context_of(request), repository(request)
+
     def answer(_purpose):
+        repo.authorize(ctx, Action("operation", rtype, rid, "$everything"))
         scope = _scope(shared, rtype, rid, institution)
         entries, nxt, total, referenced = shared.everything(scope, since, types, count, after)
+        entries, referenced = repo.shown(ctx, entries), repo.shown(ctx, referenced)
         path = f"{base}/{rtype}/{rid}/$everything"
         plist = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
         links = [{"relation": "self", "url": link(path, list(request.query_params.multi_items()))}]
@@ -360,9 +341,13 @@ async def _timeline(request: Request, rtype: str, rid: str) -> Response:
     shared = _shared(request)
     base = base_url(request, request.app.state.settings.base_url)
 
+    ctx, repo = context_of(request), repository(request)
+
     def answer(_purpose):
+        repo.authorize(ctx, Action("operation", rtype, rid, "$timeline"))
         scope = _scope(shared, rtype, rid, institution)
         entries, nxt = shared.timeline(scope, start, end, kinds, count, after)
+        entries = repo.shown(ctx, entries)
         path = f"{base}/{rtype}/{rid}/$timeline"
         plist = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
         links = [{"relation": "self", "url": link(path, list(request.query_params.multi_items()))}]

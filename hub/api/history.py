@@ -14,15 +14,16 @@ from hub.api.responses import etag
 from hub.core.config import Settings
 from hub.core.errors import bad_request, not_found
 from hub.core.fhirtime import parse_range
-from hub.core.ingest import Hub
+from hub.core.ingest import Context
+from hub.repository import Repository
 
 _STATUS = {"created": 201, "updated": 200, "deleted": 204}
 
 
-def history_bundle(hub: Hub, request: Request, base: str, settings: Settings,
-                   rtype: str | None = None, rid: str | None = None) -> dict:
-    if rid is not None:
-        if hub.store.latest(rtype, rid) is None:
+def history_bundle(repo: Repository, ctx: Context, request: Request, base: str,
+                   settings: Settings, rtype: str | None = None, rid: str | None = None) -> dict:
+    if rtype is not None and rid is not None:
+        if not repo.exists(ctx, rtype, rid):
             raise not_found(f"{rtype}/{rid} is not known")
     items = list(request.query_params.multi_items())
     params = dict(items)
@@ -39,8 +40,8 @@ def history_bundle(hub: Hub, request: Request, base: str, settings: Settings,
         if not params["_cursor"].isdigit():
             raise bad_request("_cursor is not a page cursor of this server")
         cursor = int(params["_cursor"])
-    rows = hub.store.history(rtype=rtype, rid=rid, since_us=since_us, at_us=at_us,
-                             before_nid=cursor, limit=count + 1)
+    rows = repo.history(ctx, rtype=rtype, rid=rid, since_us=since_us, at_us=at_us,
+                        before_nid=cursor, limit=count + 1)
     more, rows = count > 0 and len(rows) > count, rows[:count]  # _count=0: the total only
     entries = []
     for row in rows:
@@ -62,7 +63,7 @@ def history_bundle(hub: Hub, request: Request, base: str, settings: Settings,
         links.append({"relation": "next", "url": link(path, items, _cursor=str(rows[-1].nid))})
     out = {"resourceType": "Bundle", "type": "history"}
     if at_us is None and (rid is not None or params.get("_total") == "accurate"):
-        out["total"] = hub.store.count_history(rtype=rtype, rid=rid, since_us=since_us)
+        out["total"] = repo.count_history(ctx, rtype=rtype, rid=rid, since_us=since_us)
     out["link"] = links
     out["entry"] = entries
     return out

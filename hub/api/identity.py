@@ -44,12 +44,14 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from hub.api import paging
-from hub.api.everything import AuditWriter, audited, purpose_of, user_of
+from hub.api.caller import context_of, purpose_of, repository, user_of
+from hub.api.everything import AuditWriter, audited
 from hub.api.responses import base_url, check_content_type, check_format, fhir_response
 from hub.core import resource as res
+from hub.core.access import Action
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request, not_found, operation_outcome
-from hub.core.ingest import Hub
+from hub.core.ingest import Context
 from hub.core.store import ResourceStore
 from hub.mpi import listing
 from hub.mpi.everything import SharedRecord, person_view
@@ -57,6 +59,7 @@ from hub.mpi.identity import IdentityService, patient_ref, person_id
 from hub.mpi.qr import QrError
 from hub.mpi.qr import parse as parse_qr
 from hub.readmodels import open_model
+from hub.repository import Repository
 from projections.person import PersonProjection
 from projections.runner import Runner
 from projections.timeline import TimelineProjection
@@ -68,7 +71,7 @@ MAX_SEARCH = 100
 
 # -- wiring -----------------------------------------------------------------------------------------
 
-def attach(app: FastAPI, settings: Settings, hub: Hub, follow_store: ResourceStore,
+def attach(app: FastAPI, settings: Settings, repo: Repository, follow_store: ResourceStore,
            person: PersonProjection | None = None,
            timeline: TimelineProjection | None = None) -> None:
     """Follow the log with the person and timeline projections (given, or opened from the
@@ -81,11 +84,11 @@ def attach(app: FastAPI, settings: Settings, hub: Hub, follow_store: ResourceSto
     person_runner = Runner(follow_store, person)
     timeline_runner = Runner(follow_store, timeline)
     # decisions are taken with the requests' store; the follower keeps the projection current
-    identity = IdentityService(hub.store, person, Runner(hub.store, person))
+    identity = IdentityService(repo.store, person, Runner(repo.store, person))
     app.state.identity = identity
-    app.state.shared_record = SharedRecord(hub.store, identity, app.state.search, timeline,
-                                           Runner(hub.store, timeline))
-    app.state.audit = AuditWriter(hub)
+    app.state.shared_record = SharedRecord(repo.store, identity, app.state.search, timeline,
+                                           Runner(repo.store, timeline))
+    app.state.audit = AuditWriter(repo)
     app.state.mpi_runners = [person_runner, timeline_runner]
     app.state.mpi_models = [person, timeline]
     person_runner.start()
@@ -104,7 +107,9 @@ def detach(app: FastAPI) -> None:
     app.state.identity = app.state.shared_record = app.state.audit = None
 
 
-def _identity(request: Request) -> IdentityService:
+def _identity(request: Request, action: Action) -> IdentityService:
+    """The identity service, once the access policy allowed ``action``."""
+    repository(request).authorize(context_of(request), action)
     identity = getattr(request.app.state, "identity", None)
     if identity is None:
         raise FhirError(503, "transient", "The master patient index is not running")
@@ -214,7 +219,7 @@ async def person_search(request: Request) -> Response:
     them, the steward's listing of the whole index. Either way paged in person id order (keyset:
     ``_cursor`` is the last id of the page before), ``_count`` per page."""
     check_format(request)
-    identity = _identity(request)
+    identity = _identity(request, Action("search-type", "Person"))
     allowed = {"_id", "identifier", "link", "patient", "_lastUpdated", "_count", "_cursor",
                "_total", "_format", "_pretty"}
     crit: dict[str, str] = {}
@@ -249,7 +254,7 @@ async def person_search(request: Request) -> Response:
     def answer(_purpose) -> dict:
         identity.sync()
         P = identity.person
-        sets = _criteria_sets(identity, crit, base)
+        sets = _criteria_sets(identity, crit, base, repository(request), context_of(request))
         if sets is None:  # the whole index, page by page
             page = listing.person_ids(P, after, limit + 1, updated)
             # counting a whole region costs a scan: only when asked for
@@ -294,8 +299,8 @@ async def person_search(request: Request) -> Response:
 _PERSON_CURSOR = re.compile(r"^[A-Za-z0-9.\-]{1,64}$")
 
 
-def _criteria_sets(identity: IdentityService, crit: dict[str, str],
-                   base: str) -> list[set[str]] | None:
+def _criteria_sets(identity: IdentityService, crit: dict[str, str], base: str,
+                   repo: Repository, ctx: Context) -> list[set[str]] | None:
     """The persons each search criterion allows, or None when none is given (a listing)."""
     sets: list[set[str]] = []
     P = identity.person
@@ -312,7 +317,7 @@ def _criteria_sets(identity: IdentityService, crit: dict[str, str],
             found: set[str] = set()
             for one in crit["identifier"].split(","):
                 system, value = _token(one)
-                for rid in identity.store.find_by_identifier("Patient", system, value):
+                for rid in repo.find_by_identifier(ctx, "Patient", system, value):
                     p = P.person_of(c, f"Patient/{rid}")
                     if p:
                         found.add(p)
@@ -335,7 +340,7 @@ def _token(one: str) -> tuple[str | None, str]:
 @router.get("/fhir/Person/{rid}", name="person-read")
 async def person_read(request: Request, rid: str) -> Response:
     check_format(request)
-    identity = _identity(request)
+    identity = _identity(request, Action("read", "Person", rid))
     if rid in ("_history", "_search"):
         raise FhirError(405, "not-supported", f"Person/{rid} is not supported: a Person is a "
                         "projection without history; search with GET /fhir/Person?…")
@@ -362,7 +367,7 @@ async def person_read(request: Request, rid: str) -> Response:
 async def op_link(request: Request) -> Response:
     params = await _parameters(request)
     _known(params, {"patient", "person", "reason"}, {"patient"})
-    identity, user = _identity(request), _decider(request, params)
+    identity, user = _identity(request, Action("operation", "Person", None, "$link")), _decider(request, params)
     person = params.get("person")
     if isinstance(person, str) and person.strip().lower() in ("none", "new", ""):
         person = None
@@ -385,7 +390,7 @@ def _survivor(identity: IdentityService, pid: str) -> str:
 async def op_unlink(request: Request) -> Response:
     params = await _parameters(request)
     _known(params, {"patient", "reason"}, {"patient"})
-    identity, user = _identity(request), _decider(request, params)
+    identity, user = _identity(request, Action("operation", "Person", None, "$unlink")), _decider(request, params)
     p = patient_ref(params["patient"])
 
     def run() -> str:
@@ -399,7 +404,7 @@ async def op_unlink(request: Request) -> Response:
 async def op_merge(request: Request) -> Response:
     params = await _parameters(request)
     _known(params, {"source", "target", "reason"}, {"source", "target"})
-    identity, user = _identity(request), _decider(request, params)
+    identity, user = _identity(request, Action("operation", "Person", None, "$merge")), _decider(request, params)
 
     def run() -> str:
         events = identity.merge(params["source"], params["target"], user, params.get("reason"))
@@ -412,7 +417,7 @@ async def op_merge(request: Request) -> Response:
 async def op_unmerge(request: Request) -> Response:
     params = await _parameters(request)
     _known(params, {"source", "reason"}, {"source"})
-    identity, user = _identity(request), _decider(request, params)
+    identity, user = _identity(request, Action("operation", "Person", None, "$unmerge")), _decider(request, params)
     source = person_id(params["source"], "source")
 
     def run() -> str:
@@ -426,7 +431,7 @@ async def op_unmerge(request: Request) -> Response:
 async def op_not_duplicate(request: Request) -> Response:
     params = await _parameters(request)
     _known(params, {"patient", "other", "reason"}, {"patient", "other"})
-    identity, user = _identity(request), _decider(request, params)
+    identity, user = _identity(request, Action("operation", "Person", None, "$not-duplicate")), _decider(request, params)
     a, b = patient_ref(params["patient"]), patient_ref(params["other"], "other")
     events = await run_in_threadpool(identity.not_duplicate, a, b, user, params.get("reason"))
     text = f"{a} and {b} are marked as not the same person" if events else \
@@ -449,7 +454,7 @@ def _review_json(r: dict, base: str) -> dict:
 @router.get("/fhir/$mpi-review", name="mpi-review")
 async def review_list(request: Request) -> Response:
     """The queue as a plain JSON table (like $quality-report): a steward's worklist."""
-    identity = _identity(request)
+    identity = _identity(request, Action("operation", None, None, "$mpi-review"))
     allowed = {"status", "_count", "_cursor", "_pretty", "_format"}
     params = {}
     for k, v in request.query_params.multi_items():
@@ -489,7 +494,7 @@ async def review_list(request: Request) -> Response:
 async def review_accept(request: Request, rid: str) -> Response:
     params = await _parameters(request) if await request.body() else {}
     _known(params, {"candidate", "reason"}, set())
-    identity, user = _identity(request), _decider(request, params)
+    identity, user = _identity(request, Action("operation", None, rid, "$mpi-review-accept")), _decider(request, params)
     _review_id(rid)
 
     def run() -> str:
@@ -503,7 +508,7 @@ async def review_accept(request: Request, rid: str) -> Response:
 async def review_reject(request: Request, rid: str) -> Response:
     params = await _parameters(request) if await request.body() else {}
     _known(params, {"reason"}, set())
-    identity, user = _identity(request), _decider(request, params)
+    identity, user = _identity(request, Action("operation", None, rid, "$mpi-review-reject")), _decider(request, params)
     _review_id(rid)
     await run_in_threadpool(identity.reject_review, rid, user, params.get("reason"))
     return fhir_response(operation_outcome([Issue(
@@ -521,7 +526,7 @@ def _review_id(rid: str) -> None:
 @router.get("/fhir/$resolve-identifier", name="resolve-identifier")
 async def resolve_identifier(request: Request) -> Response:
     check_format(request)
-    identity = _identity(request)
+    identity = _identity(request, Action("operation", "Patient", None, "$resolve-identifier"))
     params: dict[str, str] = {}
     for k, v in request.query_params.multi_items():
         if k not in ("identifier", "qr", "_format", "_pretty"):
@@ -540,10 +545,11 @@ async def resolve_identifier(request: Request) -> Response:
         system, value = _token(params["identifier"])
     base = _base(request)
     purpose_of(request)  # a malformed purpose is refused before anything is read
+    repo, ctx = repository(request), context_of(request)
 
     def answer(_purpose) -> tuple[list[str], list[str], dict]:
         identity.sync()
-        rids = identity.store.find_by_identifier("Patient", system, value)
+        rids = repo.find_by_identifier(ctx, "Patient", system, value)
         P = identity.person
         persons: list[str] = []
         patients: list[str] = []
@@ -561,7 +567,7 @@ async def resolve_identifier(request: Request) -> Response:
         entries = [{"fullUrl": f"{base}/Person/{pid}",
                     "resource": person_view(identity, identity.store, pid),
                     "search": {"mode": "match"}} for pid in persons]
-        bodies = identity.store.latest_many("Patient", [p.split("/", 1)[1] for p in patients])
+        bodies = repo.latest_many(ctx, "Patient", [p.split("/", 1)[1] for p in patients])
         for p in patients:
             found = bodies.get(p.split("/", 1)[1])
             if found is not None:

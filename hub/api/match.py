@@ -21,8 +21,10 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from hub.api.caller import context_of, repository
 from hub.api.responses import base_url, check_content_type, check_format, fhir_response
 from hub.core import resource as res
+from hub.core.access import Action
 from hub.core.config import Settings
 from hub.core.errors import FhirError, bad_request
 from hub.core.events import resource_bytes
@@ -159,7 +161,8 @@ async def patient_match(request: Request) -> Response:
     matcher: Matcher | None = getattr(request.app.state, "mpi_matcher", None)
     if index is None or runner is None or matcher is None:
         raise FhirError(503, "transient", "The master patient index is not running")
-    hub = request.app.state.hub
+    repo, ctx = repository(request), context_of(request)
+    repo.authorize(ctx, Action("operation", "Patient", None, "$match"))
 
     def answer() -> list[tuple[Any, Any]]:
         sync(index, runner)
@@ -173,7 +176,7 @@ async def patient_match(request: Request) -> Response:
             if count is not None and len(out) >= count:
                 break
             rtype, _, rid = c.ref.partition("/")
-            stored = hub.store.latest(rtype, rid)
+            stored = repo.latest(ctx, rtype, rid)
             if stored is None or stored.topic.endswith("Deleted"):
                 continue  # deleted since the index read
             out.append((c, resource_bytes(stored)))

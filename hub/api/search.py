@@ -18,8 +18,9 @@ import orjson
 from hub.api.paging import link
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request
-from hub.core.ingest import Hub
+from hub.core.ingest import Context
 from hub.core.store import ResourceStore
+from hub.repository import Repository
 from projections.runner import Runner
 from projections.search.backend import SearchBackend
 from projections.search.backends import open_backend
@@ -137,26 +138,15 @@ def _subset(raw: bytes, keep) -> dict:
 
 # -- the bundle -----------------------------------------------------------------------------------
 
-def current_bodies(hub: Hub, rows) -> dict[tuple[str, str], tuple[int, bytes]]:
-    """(type, id) -> (version, stored state) of the rows' resources, one query per type (a page
-    read one resource at a time spent most of its time there)."""
-    by_type: dict[str, list[str]] = {}
-    for row in rows:
-        by_type.setdefault(row.rtype, []).append(row.rid)
-    return {(rtype, rid): found for rtype, rids in by_type.items()
-            for rid, found in hub.store.latest_many(rtype, rids).items()}
-
-
-def search_bundle(hub: Hub, service: SearchService, rtype: str, params: list[tuple[str, str]],
+def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple[str, str]],
                   base: str, settings: Settings, strict: bool,
                   compartment: tuple[str, str] | None = None) -> dict:
-    q = service.parse(rtype, params, strict, base)
+    q = repo.plan(ctx, rtype, params, strict, base)
     if compartment is not None:
         q.where.append(compartment_group(*compartment, rtype))
     count = q.count if q.count is not None else settings.default_count
     if q.summary == "count":
         count = 0
-    service.sync()
     if q.summary == "count":
         want_total: bool | str = "estimate" if q.total == "estimate" else "accurate"
     else:
@@ -164,7 +154,7 @@ def search_bundle(hub: Hub, service: SearchService, rtype: str, params: list[tup
         # ~1,000 index rows, or none at all) and left out otherwise, so a broad search does not pay
         # for counting every match; _total=accurate always counts.
         want_total = "if-cheap" if q.total is None else q.total
-    page = service.backend.page(q, count, False if want_total == "none" else want_total)
+    page = repo.page(ctx, q, count, False if want_total == "none" else want_total)
     keep = None
     if q.summary == "true":
         allowed = summary_elements(rtype)
@@ -194,11 +184,11 @@ def search_bundle(hub: Hub, service: SearchService, rtype: str, params: list[tup
         entries.append({"fullUrl": f"{base}/{row.rtype}/{row.rid}", "resource": body,
                         "search": {"mode": mode}})
 
-    bodies = current_bodies(hub, page.rows)
+    bodies = repo.current_bodies(ctx, page.rows)
     for row in page.rows:
         add(row, "match", bodies)
-    included = list(service.backend.included(page.rows, q.include, q.revinclude, base=base))
-    bodies = current_bodies(hub, included)
+    included = repo.included(ctx, page.rows, q.include, q.revinclude, base=base)
+    bodies = repo.current_bodies(ctx, included)
     for row in included:
         add(row, "include", bodies)
     if q.ignored:

@@ -49,10 +49,12 @@ from fhir_mapping.hl7v3.ack import request_header
 from fhir_mapping.hl7v3.common import Ctx, interactions, parse
 from fhir_mapping.xmlsafe import MAX_BYTES
 from hub import v3intake
+from hub.api.caller import actor_of, context_of, repository
 from hub.api.limits import BodyTooLarge
 from hub.core.errors import FhirError, HubError
 from hub.core.events import resource_bytes
-from hub.core.ingest import Context, Hub, Result
+from hub.core.ingest import Context, Result
+from hub.repository import Repository
 
 log = logging.getLogger("hub.api.v3")
 router = APIRouter()
@@ -196,12 +198,13 @@ def _institution(msg: Any, source: SourceInfo) -> str:
 def _register(request: Request, raw: bytes, msg: Any, reply_type: str) -> Response:
     source = _source(request)
     mid = msg.message_id
-    hub: Hub = request.app.state.hub
+    repo = repository(request)
     stored_maps = getattr(request.app.state, "normaliser", None)
     documents = getattr(request.app.state, "documents", None)
     quarantine = documents.quarantine if documents is not None else None
     rid = request.headers.get("x-request-id")
     ctx = Context(request_id=rid[:64]) if rid and rid.isprintable() else Context()
+    ctx.actor = actor_of(request)
     institution = _institution(msg, source) or source.institution
     ctx.source = {"institution": institution, "feed": source.feed or "v3", "messageId": mid[:128]}
 
@@ -213,7 +216,7 @@ def _register(request: Request, raw: bytes, msg: Any, reply_type: str) -> Respon
         return ack_response(raw, code, text, 200, reply_type)
 
     try:
-        conv, results = v3intake.register(hub, raw, source, ctx,
+        conv, results = v3intake.register(repo, raw, source, ctx,
                                           stored_maps() if stored_maps is not None else None, now())
     except MappingError as e:
         text = e.reason + (f" ({e.location})" if e.location and e.code == "AE" else "")
@@ -291,21 +294,20 @@ def _query(request: Request, raw: bytes, interaction: str, reply_type: str) -> R
 
 def _search(request: Request, q: dict[str, Any]) -> tuple[list[dict], int | None]:
     """Run the query's FHIR search: (matches + what the response needs beside them, total)."""
-    hub: Hub = request.app.state.hub
-    service = request.app.state.search
+    repo, ctx = repository(request), context_of(request, feed="v3")
     settings = request.app.state.settings
     rtype = q["resource_type"]
     filters = POST_FILTERS.get(rtype, {})
     post = [(k, v) for k, v in q["params"] if k in filters]
     params = [(k, v) for k, v in q["params"] if k not in filters] + INCLUDES.get(q["handler"], [])
     base = (settings.base_url or str(request.base_url).rstrip("/") + "/fhir").rstrip("/")
-    plan = service.parse(rtype, params, True, base)  # strict: an ignored criterion would widen it
+    # strict: an ignored criterion would widen it
+    plan = repo.plan(ctx, rtype, params, True, base)
     wanted = min(plan.count if plan.count is not None else settings.default_count, settings.max_count)
-    service.sync()
-    page = service.backend.page(plan, settings.max_count if post else wanted, "accurate")
+    page = repo.page(ctx, plan, settings.max_count if post else wanted, "accurate")
     matches = []
     for row in page.rows:
-        d = _load(hub, row.rtype, row.rid)
+        d = _load(repo, ctx, row.rtype, row.rid)
         if d is not None and all(filters[k](d, v) for k, v in post):
             matches.append(d)
     total = page.total
@@ -317,17 +319,17 @@ def _search(request: Request, q: dict[str, Any]) -> tuple[list[dict], int | None
     else:
         rows = page.rows
     resources = list(matches)
-    for row in service.backend.included(rows, plan.include, plan.revinclude, base=base):
-        d = _load(hub, row.rtype, row.rid)
+    for row in repo.included(ctx, rows, plan.include, plan.revinclude, base=base):
+        d = _load(repo, ctx, row.rtype, row.rid)
         if d is not None:
             resources.append(d)
     if q["handler"] == "document_retrieve":
-        resources += _binaries(hub, resources)
+        resources += _binaries(repo, ctx, resources)
     return resources, total
 
 
-def _load(hub: Hub, rtype: str, rid: str) -> dict | None:
-    stored = hub.store.latest(rtype, rid)
+def _load(repo: Repository, ctx: Context, rtype: str, rid: str) -> dict | None:
+    stored = repo.latest(ctx, rtype, rid)
     if stored is None or stored.topic.endswith("Deleted"):
         return None  # changed since the index row was read
     return orjson.loads(resource_bytes(stored))
@@ -360,7 +362,7 @@ POST_FILTERS: dict[str, dict[str, Any]] = {
 }
 
 
-def _binaries(hub: Hub, resources: list[dict]) -> list[dict]:
+def _binaries(repo: Repository, ctx: Context, resources: list[dict]) -> list[dict]:
     """The Binary each retrieved DocumentReference points to (``content.attachment.url``); its data is
     also put on the attachment, so the response carries the document whatever form the URL has."""
     out = []
@@ -374,7 +376,7 @@ def _binaries(hub: Hub, resources: list[dict]) -> list[dict]:
                 continue
             bid = url.rsplit("Binary/", 1)[1].split("/")[0]
             try:
-                binary = orjson.loads(resource_bytes(hub.read("Binary", bid)))
+                binary = orjson.loads(resource_bytes(repo.read(ctx, "Binary", bid)))
             except FhirError:
                 continue  # unknown or deleted: the response says the content is not available
             if binary.get("data"):

@@ -33,6 +33,7 @@ from eventsourcing.persistence import StoredEvent
 from fhir_mapping import source_order
 from hub.core import jsontext
 from hub.core import resource as res
+from hub.core.access import ANONYMOUS, Actor
 from hub.core.conditional import IdentifierResolver, Query, identifiers_match, parse_query
 from hub.core.errors import (
     FhirError,
@@ -53,10 +54,12 @@ BACKOFF = 0.001  # seconds; doubled per retry, jittered, at most 50 ms: racing w
 
 @dataclass(slots=True)
 class Context:
-    """Who asked: the request id and the source (institution, feed, source message id)."""
+    """Who asked: the request id, the source (institution, feed, source message id) and the
+    actor the access policy judges (``hub.repository``)."""
 
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     source: dict[str, Any] = field(default_factory=dict)
+    actor: Actor = ANONYMOUS
 
 
 @dataclass(slots=True)

@@ -1,0 +1,65 @@
+"""Who acts, what they ask to do, and the access policy that decides.
+
+Every read and write a caller makes of resources passes through ``hub.repository.Repository``,
+which asks a ``Policy`` before it acts and before it hands a stored resource out. The core names
+the vocabulary; the policy that reads tokens, roles and consents is given to the repository when
+the application is built. ``OPEN`` allows everything: the command line and a hub without access
+control configured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """The caller: a person or a client, with what it was granted and why it asks.
+
+    ``subject`` is what the audit and the identity decisions record (a token's ``sub``);
+    ``institution`` the one a connector writes as; ``purpose`` the v3 PurposeOfUse it gave."""
+
+    subject: str = "anonymous"
+    kind: str = "anonymous"  # anonymous | user | client | system
+    roles: frozenset[str] = frozenset()
+    scopes: tuple[str, ...] = ()
+    institution: str | None = None
+    purpose: str | None = None
+
+
+ANONYMOUS = Actor()
+SYSTEM = Actor("hub", "system")  # the hub's own writes: audit events, replays from the CLI
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One thing asked of the repository: a FHIR interaction code (``read``, ``vread``,
+    ``search-type``, ``history-instance``, ``create``, ``update``, ``delete``, ``operation``) on a
+    type and, where there is one, an instance; ``operation`` names it (``$everything``)."""
+
+    interaction: str
+    rtype: str | None = None
+    rid: str | None = None
+    operation: str | None = None
+
+
+class Policy(Protocol):
+    def check(self, actor: Actor, action: Action) -> None:
+        """Raise a ``FhirError`` (403) when ``actor`` may not do ``action``."""
+
+    def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+        """May ``actor`` see this resource (its JSON)?"""
+
+
+class OpenPolicy:
+    """Everything allowed."""
+
+    def check(self, actor: Actor, action: Action) -> None:
+        return None
+
+    def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+        return True
+
+
+OPEN = OpenPolicy()
