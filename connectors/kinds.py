@@ -1,5 +1,9 @@
 """Payload kinds a connector understands: the mapping registry plus ``fhir``.
 
+The registry's tabular mappings (``row:``/``csv:``) are handed the hub's resource validation
+(``hub.core.resource.validate``) for the self-test of their mapping file: the row of column examples
+must make resources the hub accepts, or the mapping is refused when loaded.
+
 ``fhir``: the payload is FHIR JSON already (a resource, or a Bundle whose entries carry resources
 with ids); it becomes one unit written with PUTs. Used by feeds that already speak FHIR and by tests
 that need no HL7 v2 mapper.
@@ -50,4 +54,8 @@ def convert_fhir(payload: bytes, source: SourceInfo) -> list[Conversion]:
 def converter(kind: str) -> Converter:
     if kind == "fhir":
         return convert_fhir
+    if kind.startswith(("row:", "csv:")):
+        from hub.core.resource import validate
+
+        return registry_converter(kind, validate)
     return registry_converter(kind)

@@ -6,6 +6,10 @@ mapping); ``row:<mapping>`` (one JSON
 object, a row of a HIS view) and ``csv:<mapping>`` (a CSV export, one unit per row), where
 ``<mapping>`` is the name of a shipped tabular mapping or a path to a mapping file.
 Every converter returns a list of Conversions (a CSV file holds many units).
+
+``validate`` is the hub's resource validation for the self-test of a tabular mapping file (its row
+of column examples; see ``fhir_mapping.tabular.mapping.Validate``): the caller passes it in, as
+``connectors.kinds`` does; the other kinds ignore it.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from collections.abc import Callable
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
 
 Converter = Callable[[bytes, SourceInfo], list[Conversion]]
+Validate = Callable[[str, bytes, dict], None]  # as fhir_mapping.tabular.mapping.Validate
 
 
-def converter(kind: str) -> Converter:
+def converter(kind: str, validate: Validate | None = None) -> Converter:
     name, _, arg = kind.partition(":")
     if name == "hl7v2":
         from fhir_mapping.hl7v2 import convert
@@ -37,6 +42,6 @@ def converter(kind: str) -> Converter:
     if name in ("row", "csv"):
         from fhir_mapping.tabular import load_mapping
 
-        mapping = load_mapping(arg)
+        mapping = load_mapping(arg, validate)
         return mapping.convert_row_json if name == "row" else mapping.convert_csv
     raise MappingError(f"no mapper for payload kind {kind!r}", code="AR", rule="kind")

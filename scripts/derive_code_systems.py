@@ -7,7 +7,7 @@ side which systems a token parameter's system-less codes belong to:
 
     {resource type: {parameter: {system: [codes]}}}
 
-It is derived from hub/data/element_types.json (whose code lists are kept only where they equal a
+It is derived from fhir_mapping/tables/element_types.json (whose code lists are kept only where they equal a
 complete official CodeSystem) and ../shared/fhir-r4/valuesets.json (which CodeSystem has exactly
 those codes; where several have, all of them). Only parameters whose expression the compiled
 extractor understands are covered. Run from the project root after deriving element_types:

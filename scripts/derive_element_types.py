@@ -1,7 +1,7 @@
-"""Derive, from the fhir.resources R4B models, the JSON type of every element: hub/data/element_types.json.
+"""Derive, from the fhir.resources R4B models, the JSON type of every element: fhir_mapping/tables/element_types.json.
 
 The models coerce JSON primitives ("true" for a boolean, "5" for an integer) and the hub stores what
-was sent, so hub.jsontypes checks the JSON types itself, and the codes of required bindings the models
+was sent, so hub.core.jsontypes checks the JSON types itself, and the codes of required bindings the models
 declare (``enum_values``) where they equal a complete official CodeSystem of
 ../shared/fhir-r4/valuesets.json. Run after upgrading fhir.resources:
 
@@ -21,7 +21,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir_defs import complete_code_systems
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-RESOURCES = json.loads((ROOT / "hub" / "data" / "resource_types.json").read_text())
+RESOURCES = json.loads((ROOT / "fhir_mapping" / "tables" / "resource_types.json").read_text())
 
 
 # The models' enum_values are parsed from element descriptions and can be partial or wrong
@@ -88,7 +88,7 @@ def main() -> None:
     table: dict = {}
     for rtype in RESOURCES:
         describe(rtype, table)
-    out = ROOT / "hub" / "data" / "element_types.json"
+    out = ROOT / "fhir_mapping" / "tables" / "element_types.json"
     out.write_text(json.dumps(table, separators=(",", ":"), sort_keys=True, ensure_ascii=False))
     print(f"{len(table)} types -> {out} ({out.stat().st_size // 1024} KiB)")
 

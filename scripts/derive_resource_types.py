@@ -1,4 +1,4 @@
-"""Derive the FHIR resource types that fhir.resources R4B models (and which have identifier), into hub/data/.
+"""Derive the FHIR resource types that fhir.resources R4B models (and which have identifier), into fhir_mapping/tables/.
 
 Run after upgrading fhir.resources:  .venv/bin/python scripts/derive_resource_types.py
 """
@@ -23,6 +23,6 @@ for attr in dir(fhirtypes):
     ):
         names[cls.__name__] = {"identifier": "identifier" in cls.model_fields}
 
-out = pathlib.Path(__file__).resolve().parent.parent / "hub" / "data" / "resource_types.json"
+out = pathlib.Path(__file__).resolve().parent.parent / "fhir_mapping" / "tables" / "resource_types.json"
 out.write_text(json.dumps(dict(sorted(names.items())), indent=0) + "\n")
 print(f"{len(names)} resource types -> {out}")

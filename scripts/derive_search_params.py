@@ -1,7 +1,7 @@
 """Derive the R4 search parameters of every resource type the hub accepts: projections/data/search_parameters.json.
 
 Reads ../shared/fhir-r4/search-parameters.json (a Bundle of the specification's SearchParameters) and keeps,
-per resource type of hub/data/resource_types.json, each parameter's code, type, FHIRPath expression
+per resource type of fhir_mapping/tables/resource_types.json, each parameter's code, type, FHIRPath expression
 restricted to that type (multi-base expressions are split on their top-level ``|``), targets, composite
 components (code, type, expression relative to the composite's context) and comparators/modifiers. The
 parameters every resource has (``_id``, ``_lastUpdated``, ``_tag``, ``_profile``, ``_security``,
@@ -19,7 +19,7 @@ import re
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCE = ROOT.parent / "shared" / "fhir-r4" / "search-parameters.json"
 OUT = ROOT / "projections" / "data" / "search_parameters.json"
-RESOURCE_TYPES = json.loads((ROOT / "hub" / "data" / "resource_types.json").read_text())
+RESOURCE_TYPES = json.loads((ROOT / "fhir_mapping" / "tables" / "resource_types.json").read_text())
 COMMON = ("_id", "_lastUpdated", "_tag", "_profile", "_security", "_source")
 
 

@@ -11,7 +11,7 @@ Inputs, read at derivation time only (nothing reads ../shared at run time):
   (OIDs under 2.16.156.10011.2.3.1/.2/.3), as partial CodeSystems; see fhir.yaml `samples`.
 - ../shared/fhir-r4/valuesets.json: the FHIR CodeSystems and ValueSets the mappings need: the
   systems named in the mappers' source (fhir_mapping/, hub/synth/), those of the required bindings of
-  the resource types they produce (hub/data/element_types.json), and fhir.yaml `value_sets`.
+  the resource types they produce (fhir_mapping/tables/element_types.json), and fhir.yaml `value_sets`.
 - ../shared/fhir-r4/v2-tables.json: the HL7 v2 tables of fhir.yaml `v2_tables`.
 
 Official resources are copied as they are, minus their narrative (``text``) and the translations
@@ -340,7 +340,7 @@ def strip(resource: dict) -> dict:
 
 def element_code_sets(types: list[str]) -> set[frozenset]:
     """The code lists of every code element reachable from these resource types."""
-    elements = json.loads((ROOT / "hub" / "data" / "element_types.json").read_text())
+    elements = json.loads((ROOT / "fhir_mapping" / "tables" / "element_types.json").read_text())
     seen, todo, sets = set(), list(types), set()
     while todo:
         t = todo.pop()

@@ -162,8 +162,8 @@ class DatabaseSource:
                 raise ValueError(f"database source {name}: give mapping (or kind)")
             kind = f"row:{mapping}"
         if kind.startswith(("row:", "csv:")):  # a missing or broken mapping file: refuse to start
+            from connectors.kinds import converter
             from fhir_mapping.base import MappingError
-            from fhir_mapping.registry import converter
 
             try:
                 converter(kind)

@@ -1,9 +1,9 @@
 """Loading and checking a tabular mapping file (the format is described in ``mapping.py``).
 
 Everything a rule names is checked against the file (columns, value maps, resource names) and
-against the FHIR element table of ``hub.jsontypes`` (paths, repeating elements, the kind of value
-an element holds, codes of required bindings); a mistake is a ``MappingFileError`` that names the
-file and the rule (``resources.patient.rules[4] (gender): …``).
+against the FHIR element table and resource types of ``fhir_mapping.fhir_types`` (paths, repeating
+elements, the kind of value an element holds, codes of required bindings); a mistake is a
+``MappingFileError`` that names the file and the rule (``resources.patient.rules[4] (gender): …``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import re
 import string
 from typing import Any
 
+from fhir_mapping.fhir_types import RESOURCE_TYPES, TYPES
 from fhir_mapping.tabular import values as V
 from fhir_mapping.tabular.model import MappingFileError, Resource, Rule
-from hub.core.jsontypes import TYPES
-from hub.core.resource import RESOURCE_TYPES
 
 __all__ = ["Loader"]
 

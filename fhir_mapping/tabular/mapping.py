@@ -48,8 +48,8 @@ and optionally ``when: column | [columns]`` (applies only when they have values)
 A file is refused at load (``MappingFileError`` naming the file and rule; see ``loader.py``) for
 unknown keys, columns, transforms, value maps or resource names, paths that are not elements of
 the type, a source whose kind does not fit the element, codes outside a required binding, and
-when the row of column examples does not convert into resources that pass
-``hub.resource.validate``.
+when the row of column examples does not convert into resources that pass the hub's validation
+(``hub.core.resource.validate``, passed in by the caller that loads the file: see ``Validate``).
 
 This module is the engine: it applies a checked mapping to one row.
 """
@@ -60,7 +60,7 @@ import csv
 import io
 import json
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -76,11 +76,18 @@ from fhir_mapping.ids import stable_id
 from fhir_mapping.tabular import values as V
 from fhir_mapping.tabular.loader import Loader
 from fhir_mapping.tabular.model import MappingFileError, Resource, Rule
+from hub.core.errors import FhirError
 
-__all__ = ["MappingFileError", "TabularMapping", "CsvRowsError", "Rule", "Resource"]
+__all__ = ["MappingFileError", "TabularMapping", "CsvRowsError", "Rule", "Resource", "Validate"]
 
 SHIPPED = Path(__file__).parent / "mappings"
 UCUM = "http://unitsofmeasure.org"
+
+# The hub's resource validation, passed in by whoever loads a mapping file (the mappers import none
+# of the hub's validation; ``connectors.kinds`` passes ``hub.core.resource.validate``):
+# ``validate(resource type, resource JSON, resource)`` raises a ``FhirError`` listing the issues.
+# Without it the self-test only converts the row of column examples.
+Validate = Callable[[str, bytes, dict], None]
 
 
 class CsvRowsError(MappingError):
@@ -140,10 +147,10 @@ class TabularMapping:
     """One loaded, checked mapping file; ``convert_row_json`` and ``convert_csv`` are the
     converters the registry hands out for ``row:<name>`` and ``csv:<name>``."""
 
-    def __init__(self, d: dict, origin: str):
+    def __init__(self, d: dict, origin: str, validate: Validate | None = None):
         self.origin = origin
         Loader(self, d, origin).load()
-        self._selftest()
+        self._selftest(validate)
 
     # attributes set by loader.Loader
     name: str
@@ -479,17 +486,17 @@ class TabularMapping:
             vals[name] = v
         return tpl.format_map(vals)
 
-    def _selftest(self) -> None:
-        """Convert the row of column examples and validate every resource with the hub."""
-        from hub.core.errors import FhirError
-        from hub.core.resource import validate
-
+    def _selftest(self, validate: Validate | None) -> None:
+        """Convert the row of column examples and validate every resource with ``validate`` (the
+        hub's, passed in by the caller), when given."""
         row = {c: spec["example"] for c, spec in self.columns.items() if "example" in spec}
         try:
             conv = self.convert_row(row, SourceInfo(institution="SELFTEST", oid="1.2.156.0.0"))
         except MappingError as e:
             raise MappingFileError(f"{self.origin}: the row of column examples does not convert:"
                                    f" {e.reason}") from None
+        if validate is None:
+            return
         for r in conv.resources:
             try:
                 validate(r["resourceType"], orjson.dumps(r), r)
@@ -576,8 +583,9 @@ def _finish(v: Any) -> Any:
     return v
 
 
-def load_file(path: str | Path) -> TabularMapping:
-    """Read, check and compile one mapping file (``MappingFileError`` when it is wrong)."""
+def load_file(path: str | Path, validate: Validate | None = None) -> TabularMapping:
+    """Read, check and compile one mapping file (``MappingFileError`` when it is wrong); the row of
+    column examples is validated with ``validate`` when given (see ``Validate``)."""
     path = Path(path)
     try:
         d = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -585,4 +593,4 @@ def load_file(path: str | Path) -> TabularMapping:
         raise MappingFileError(f"{path}: cannot read: {e}") from None
     except yaml.YAMLError as e:
         raise MappingFileError(f"{path}: not valid YAML: {e}") from None
-    return TabularMapping(d, str(path))
+    return TabularMapping(d, str(path), validate)

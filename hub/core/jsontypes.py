@@ -9,24 +9,20 @@ The hub stores the JSON as sent, so it must be valid FHIR JSON, not merely coerc
 - codes of required bindings that the models declare completely (``male | female | other |
   unknown``; lists the specification marks as open, with ``+``, are not checked).
 
-The table of element types comes from the models (``scripts/derive_element_types.py``).
+The table of element types comes from the models (``scripts/derive_element_types.py``); it lives in
+the leaf module ``fhir_mapping.fhir_types``, below the core, because the tabular mappers check their
+mapping files against it too. ``TYPES`` here is that table.
 """
 
 from __future__ import annotations
 
-import json
-from importlib import resources
 from typing import Any
 
 import orjson
 
+from fhir_mapping.fhir_types import TYPES
 from hub.core.errors import Issue
 
-# type name -> {element: [kind, repeats, codes?]}; kind is b(oolean), i(nteger), d(ecimal),
-# s(tring-like), or the name of a complex type / backbone element / "Resource".
-TYPES: dict[str, dict[str, list]] = json.loads(
-    resources.files("hub.data").joinpath("element_types.json").read_text()
-)
 _CODES = {
     (t, name): frozenset(spec[2])
     for t, fields in TYPES.items()

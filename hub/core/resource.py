@@ -11,7 +11,6 @@ import hashlib
 import json
 import re
 from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 import orjson
@@ -19,14 +18,10 @@ import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 
 from fhir_mapping import source_order
+from fhir_mapping.fhir_types import RESOURCE_TYPES  # a leaf module: the tabular mappers read it too
 from hub.core import jsontext, jsontypes
 from hub.core.errors import FhirError, Issue, bad_request
 
-# type -> facts derived from the models by scripts/derive_resource_types.py
-TYPE_FACTS: dict[str, dict] = json.loads(
-    resources.files("hub.data").joinpath("resource_types.json").read_text()
-)
-RESOURCE_TYPES: frozenset[str] = frozenset(TYPE_FACTS)
 MAX_ISSUES = 20
 
 

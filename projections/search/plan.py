@@ -25,7 +25,7 @@ special    ``(latitude, longitude)`` (Location near)
 
 Expressions are compiled once per resource type. Simple paths (``Patient.name``, choices,
 ``ofType(…)``/``as``, ``where(resolve() is T)``, ``where(system='phone')``, ``[0]``, ``%resource``)
-become direct dict walks typed by hub/data/element_types.json; anything else is evaluated by
+become direct dict walks typed by fhir_mapping/tables/element_types.json; anything else is evaluated by
 fhirpathpy (``compile_stats()`` says which).
 """
 

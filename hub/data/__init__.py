@@ -1,1 +1,0 @@
-"""Derived data tables (see scripts/)."""
