@@ -115,7 +115,7 @@ class DocumentService:
         changed."""
         doc = next((r for r in resources if r["resourceType"] == "DocumentReference"), None)
         new = source_order.order_of(doc) if doc is not None else None
-        if not new:
+        if doc is None or not new:
             return
         stored = self.hub.store.latest("DocumentReference", doc["id"])
         if stored is None or stored.topic.endswith("Deleted"):
