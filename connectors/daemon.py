@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 from connectors.config import ConnectorConfig
 from connectors.sinks.base import Unavailable, take_batch
@@ -105,7 +105,7 @@ class Connector:
 
     def _write_status_file(self) -> None:
         if self.http is not None:
-            host, port = self.http.server_address[:2]
+            host, port = cast(tuple[str, int], self.http.server_address[:2])  # a TCP server's
             (self.config.state_dir / "status.url").write_text(f"http://{host}:{port}\n")
 
     def stop(self) -> None:

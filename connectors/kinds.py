@@ -11,6 +11,8 @@ that need no HL7 v2 mapper.
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
@@ -26,7 +28,7 @@ def convert_fhir(payload: bytes, source: SourceInfo) -> list[Conversion]:
     if not isinstance(d, dict) or not isinstance(d.get("resourceType"), str):
         raise MappingError("not a FHIR resource (no resourceType)", code="AR", rule="fhir.type")
     if d["resourceType"] == "Bundle":
-        resources = [e.get("resource") for e in d.get("entry") or [] if isinstance(e, dict)]
+        resources: list[Any] = [e.get("resource") for e in d.get("entry") or [] if isinstance(e, dict)]
         unit_id = d.get("id") or ""
     else:
         resources = [d]

@@ -170,11 +170,12 @@ class Spool:
                 for env, result in zip(envelopes, converted, strict=True):
                     meta = orjson.dumps(env.meta, default=str)
                     self._count(env.source, "received", 1)
-                    if isinstance(result, MappingError) and getattr(result, "conversions", None):
+                    good: list[Conversion] | None = getattr(result, "conversions", None)
+                    if isinstance(result, MappingError) and good:
                         # part of the payload converted (rows of a CSV export): the good parts
                         # flow, each refused part is a dead letter of its own, replayable alone
                         self._dead_parts(env, result, stamp)
-                        result = result.conversions
+                        result = good
                     if isinstance(result, MappingError):
                         cur = db.execute(
                             "INSERT INTO deadletters (source, kind, payload, meta, unit_id, stage,"
@@ -289,11 +290,13 @@ class Spool:
                         p = db.execute("SELECT kind, payload, meta FROM payloads WHERE id=?",
                                        (pid,)).fetchone()
                         kind, payload, meta = p if p else (u.kind, b"", b"{}")
-                        ids.append(db.execute(
+                        dl = db.execute(
                             "INSERT INTO deadletters (source, kind, payload, meta, unit_id, stage,"
                             " error, time) VALUES (?,?,?,?,?,?,?,?)",
                             (u.source, kind, payload, meta, u.unit_id, "deliver",
-                             orjson.dumps(errors[i]), stamp)).lastrowid)
+                             orjson.dumps(errors[i]), stamp)).lastrowid
+                        assert dl is not None  # set by the INSERT
+                        ids.append(dl)
                     self._count(u.source, "failed" if errors is not None else "delivered", 1)
                     db.execute("DELETE FROM units WHERE seq=?", (u.seq,))
                     db.execute("UPDATE payloads SET open_units = open_units - 1 WHERE id=?", (pid,))
@@ -350,6 +353,7 @@ class Spool:
                 (source, kind, payload, orjson.dumps(meta, default=str), unit_id, stage,
                  orjson.dumps(error), utc_now()))
             self._count(source, "failed", 1)
+            assert cur.lastrowid is not None  # set by the INSERT
             return cur.lastrowid
 
     def count(self, source: str, name: str, n: int = 1) -> None:

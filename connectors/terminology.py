@@ -193,12 +193,13 @@ class Terminology:
         return True
 
     def start(self, stop: threading.Event) -> None:
-        if not self.enabled or not self.settings.get("from_hub"):
+        settings = self.settings
+        if settings is None or not settings.get("from_hub"):  # not enabled, or nothing to fetch
             return
         self.refresh()
 
         def loop() -> None:
-            while not stop.wait(self.settings["refresh_seconds"]):
+            while not stop.wait(settings["refresh_seconds"]):
                 self.refresh()
 
         self._thread = threading.Thread(target=loop, name="terminology-refresh", daemon=True)
@@ -231,8 +232,9 @@ class Terminology:
                 try:
                     return self.apply(convert(payload, source))
                 except MappingError as e:
-                    if getattr(e, "conversions", None):  # the good rows of a CSV flow on
-                        self.apply(e.conversions)
+                    good: list[Conversion] | None = getattr(e, "conversions", None)
+                    if good:  # the good rows of a CSV flow on
+                        self.apply(good)
                     raise
 
             return normalised

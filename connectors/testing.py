@@ -114,9 +114,15 @@ class ConnectorProcess:
         wait_until(self._ready, timeout, what="connector start")
         return self
 
+    def _started(self) -> subprocess.Popen:
+        if self.proc is None:
+            raise RuntimeError("the connector has not been started")
+        return self.proc
+
     def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"the connector exited with {self.proc.returncode}: "
+        proc = self._started()
+        if proc.poll() is not None:
+            raise RuntimeError(f"the connector exited with {proc.returncode}: "
                                + self.log.read_text(errors="replace")[-2000:])
         try:
             st = httpx.get(self.status_url, timeout=2).json()
@@ -128,8 +134,9 @@ class ConnectorProcess:
         return httpx.get(self.status_url, timeout=5).json()
 
     def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        proc = self._started()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
 
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc and self.proc.poll() is None:

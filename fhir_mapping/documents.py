@@ -34,6 +34,10 @@ class QualityRejected(MappingError):
     """A rule with policy ``reject`` fired. ``report`` is the OperationOutcome resource (to store)
     and ``decision`` the quality decision; ``to_dict`` carries the rule ids for dead letters."""
 
+    # set by for_connector: what still travels to the hub, and the refused payload as a dead letter
+    conversions: list[Conversion]
+    rejected: list[tuple[int, bytes, MappingError]]
+
     def __init__(self, report: dict[str, Any], rules: list[str]):
         first = next((i for i in report["issue"] if "reject" in i.get("diagnostics", "")),
                      report["issue"][0])

@@ -65,7 +65,8 @@ def strip(d: dict[str, Any]) -> dict[str, Any]:
     """``d`` without the stamp (a shallow copy when there was one)."""
     meta = d.get("meta")
     exts = meta.get("extension") if isinstance(meta, dict) else None
-    if not isinstance(exts, list) or not any(isinstance(e, dict) and e.get("url") == URL for e in exts):
+    if not isinstance(meta, dict) or not isinstance(exts, list) \
+            or not any(isinstance(e, dict) and e.get("url") == URL for e in exts):
         return d
     rest = [e for e in exts if not (isinstance(e, dict) and e.get("url") == URL)]
     meta = {k: v for k, v in meta.items() if k != "extension"}

@@ -117,7 +117,7 @@ class DocumentService:
         changed."""
         doc = next((r for r in resources if r["resourceType"] == "DocumentReference"), None)
         new = source_order.order_of(doc) if doc is not None else None
-        if not new:
+        if doc is None or not new:
             return
         stored = self.repo.latest(ctx, "DocumentReference", doc["id"])
         if stored is None or stored.topic.endswith("Deleted"):

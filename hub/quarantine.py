@@ -46,6 +46,7 @@ class Quarantine:
                 "INSERT INTO quarantine (kind, payload, source, report, reason, time) "
                 "VALUES (?,?,?,?,?,?)",
                 (kind, payload, orjson.dumps(source), orjson.dumps(report), reason[:2000], _now()))
+            assert cur.lastrowid is not None  # set by the INSERT
             return cur.lastrowid
 
     def list(self, status: str | None = "open", limit: int = 100) -> list[dict[str, Any]]:

@@ -6,11 +6,21 @@ A model's class is imported when it is opened, so listing the names stays cheap 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
+from typing import Protocol
 
 from projections.contract import ReadModel
+
+
+class ListedReadModel(ReadModel, Protocol):
+    """A read model listed here: the contract, and its row counts for ``hub projections status``."""
+
+    def stats(self) -> dict[str, int]:
+        """Rows per table."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -20,14 +30,14 @@ class ReadModelSpec:
     cls: str  # "module:Class", a ``ReadModel``
     about: str
 
-    def model_class(self) -> type[ReadModel]:
+    def model_class(self) -> Callable[[Path], ListedReadModel]:
         module, _, attr = self.cls.partition(":")
         return getattr(import_module(module), attr)
 
     def path(self, data_dir: Path) -> Path:
         return Path(data_dir) / self.file
 
-    def open(self, data_dir: Path) -> ReadModel:
+    def open(self, data_dir: Path) -> ListedReadModel:
         return self.model_class()(self.path(data_dir))
 
 
@@ -56,7 +66,7 @@ def names() -> list[str]:
     return [spec.name for spec in READ_MODELS]
 
 
-def open_model(name: str, data_dir: Path) -> ReadModel:
+def open_model(name: str, data_dir: Path) -> ListedReadModel:
     """Open the read model ``name`` in ``data_dir`` (its tables created if new)."""
     return BY_NAME[name].open(data_dir)
 

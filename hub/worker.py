@@ -135,7 +135,8 @@ class IngestWorker:
         done = 0
         try:
             while done < len(records):
-                sub, seen = [], {}
+                sub: list[tuple[Any, Any, dict]] = []  # (partition, record, unit)
+                seen: dict[str, bytes] = {}
                 for tp, r in records[done:]:
                     unit = _decode(r.value)
                     keys = _conversion(unit).write_keys() if "error" not in unit else {}
@@ -220,7 +221,7 @@ def replay_deadletters(store, ids: list[int], settings: Settings):
     from hub.core.ingest import Hub
 
     hub = Hub(open_store(settings))
-    out = []
+    out: list[tuple[int, bool, dict | None, None]] = []
     try:
         for i in ids:
             dl = store.deadletter(i)

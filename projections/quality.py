@@ -108,7 +108,7 @@ def is_quality_report(d: dict) -> bool:
 
 
 def _extensions(d: dict) -> dict[str, dict]:
-    out = {}
+    out: dict[str, dict] = {}
     for e in d.get("extension") or ():
         if isinstance(e, dict) and isinstance(e.get("url"), str) and e["url"].startswith(EXT):
             out.setdefault(e["url"][len(EXT):], e)
@@ -190,15 +190,15 @@ def period(value: Any, name: str = "since") -> tuple[int, int]:
     try:
         if m:
             y, mo, d = int(m[1]), int(m[2] or 1), int(m[3] or 1)
-            start = datetime(y, mo, d, tzinfo=REPORT_TZ)
+            begin = datetime(y, mo, d, tzinfo=REPORT_TZ)
             if m[3]:
-                end = start + timedelta(days=1)
+                end = begin + timedelta(days=1)
             elif m[2]:
-                end = start.replace(year=y + (mo == 12), month=mo % 12 + 1)
+                end = begin.replace(year=y + (mo == 12), month=mo % 12 + 1)
             else:
-                end = start.replace(year=y + 1) if y < 9999 else datetime.max.replace(
+                end = begin.replace(year=y + 1) if y < 9999 else datetime.max.replace(
                     tzinfo=REPORT_TZ)
-            return _us(start), _us(end)
+            return _us(begin), _us(end)
         if not value.isascii():
             raise ValueError(value)
         if "T" in value and not re.search(r"(Z|[+-][0-9]{2}:[0-9]{2})$", value):
@@ -254,7 +254,8 @@ class QualityProjection(SQLiteReadModel):
 
     def apply_new(self, c, notifications: list[Notification]) -> None:
         # only the last event of a report counts
-        drop, reports, findings = [], [], []
+        drop, reports = [], []
+        findings: list[tuple[str, str, str]] = []
         for stream, n in newest(notifications,
                                 lambda n: n.originator_id.startswith(_STREAM_PREFIX)).items():
             rid = stream[len(_STREAM_PREFIX):]
@@ -304,7 +305,8 @@ class QualityProjection(SQLiteReadModel):
         totals. Mistakes raise ``QueryError``.
         """
         group = parse_group(group_by) if group_by is not None else DEFAULT_GROUP
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         for col, values in (("r.institution", _filter_values(institution, "institution")),
                             ("r.document_type", _filter_values(document_type, "document_type")),
                             ("f.rule", _filter_values(rule, "rule"))):
@@ -339,9 +341,9 @@ class QualityProjection(SQLiteReadModel):
             rows = c.fetchall()
         out = []
         for row in rows:
-            values = tuple(row)
-            d = dict(zip(group, values[:len(group)]))
-            d.update(zip(COUNT_COLUMNS, values[len(group):]))
+            cells = tuple(row)
+            d = dict(zip(group, cells[:len(group)]))
+            d.update(zip(COUNT_COLUMNS, cells[len(group):]))
             out.append(d)
         return out
 

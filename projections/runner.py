@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, Notification
 
 from hub.core.store import ResourceStore
 from projections.contract import ReadModel
@@ -44,6 +44,7 @@ class Runner:
             position = self.model.position()
             types = self.model.types
             covered = 0
+            notes: Sequence[Notification]
             if types:
                 # A model of a few resource types reads only their events (the type index),
                 # and may then record the log's end as its position: nothing else concerns it.

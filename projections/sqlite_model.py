@@ -145,6 +145,6 @@ def newest(notifications: Sequence[Notification], keep=None) -> dict[str, Notifi
     out: dict[str, Notification] = {}
     for n in notifications:
         if keep is None or keep(n):
-            out[n.originator_id] = n
+            out[str(n.originator_id)] = n  # text ids (hub.core.store)
     return out
 

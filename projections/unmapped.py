@@ -113,9 +113,9 @@ class UnmappedProjection(SQLiteReadModel):
         # display then depend on the log alone, not on how it was cut into batches; the batch's
         # resources that have rows are read in a few queries (one per resource cost most of a
         # rebuild: 300 s at a million events)
-        held = self._held(c, list({n.originator_id for n in notifications}))
+        held = self._held(c, list({str(n.originator_id) for n in notifications}))
         for n in notifications:
-            self._replace(c, n.originator_id, n, held)
+            self._replace(c, str(n.originator_id), n, held)
 
     @staticmethod
     def _held(c: Any, streams: list[str]) -> dict[str, list[tuple]]:

@@ -188,15 +188,15 @@ def _code_system(columns: list[str], body: list[tuple[int, list[str]]],
     if "code" not in columns:
         raise CsvError([(0, "a code system needs a code column")])
     designations, props = {}, []
-    for c in columns:
-        if c in CS_COLUMNS or not c:
+    for col in columns:
+        if col in CS_COLUMNS or not col:
             continue
-        if c.startswith("display@") and LANG_RE.match(c[8:]):
-            designations[c] = c[8:]
-        elif PROPERTY_RE.match(c):
-            props.append(c)
+        if col.startswith("display@") and LANG_RE.match(col[8:]):
+            designations[col] = col[8:]
+        elif PROPERTY_RE.match(col):
+            props.append(col)
         else:
-            problems.append((0, f"column {c[:40]!r} is not a property name (letters, digits, "
+            problems.append((0, f"column {col[:40]!r} is not a property name (letters, digits, "
                                 "_-. and at most 64 characters)"))
     concepts: list[dict] = []
     where: dict[str, int] = {}

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -220,20 +220,20 @@ class Normaliser:
             step = plan.get(key)
             if step is None:
                 continue
-            is_cc, repeats, sub, default = step
+            is_cc, repeats, sub, default = step  # not a CodeableConcept: it has its sub-plan
             if repeats:
                 if type(value) is not list:
                     continue
                 for i, item in enumerate(value):
                     if type(item) is dict:
-                        found = self._concept(item, default) if is_cc else self._walk(item, sub)
+                        found = self._concept(item, default) if is_cc else self._walk(item, cast(Plan, sub))
                         if found:
                             segment = f".{key}[{i}]"
                             for f in found:
                                 f[3].append(segment)
                             out = found if out is None else out + found
             elif type(value) is dict:
-                found = self._concept(value, default) if is_cc else self._walk(value, sub)
+                found = self._concept(value, default) if is_cc else self._walk(value, cast(Plan, sub))
                 if found:
                     segment = "." + key
                     for f in found:

@@ -282,9 +282,10 @@ def _plan(svc: TerminologyService, p: Params, instance: ResourceRef | None) -> V
         if "url" in p:
             raise TerminologyError("Give url or valueSet, not both")
         return V.compile_plan(p.one("valueSet"))
-    if not p.text("url"):
+    canonical = p.text("url")
+    if not canonical:
         raise TerminologyError("Which value set? Give url (or a valueSet in a POSTed Parameters)")
-    url, version = split_canonical(p.text("url"))
+    url, version = split_canonical(canonical)
     return V.stored_plan(svc, url, version or p.text("valueSetVersion"))
 
 
@@ -395,8 +396,8 @@ def validate_code_vs(svc: TerminologyService, p: Params,
     messages: list[str] = []
     name = plan.url or (f"ValueSet/{instance.rid}" if instance else "the value set")
     for coding in codings:
-        code = coding.get("code")
-        if not R.text(code):
+        code = R.text(coding.get("code"))
+        if not code:
             raise TerminologyError("The code to validate is missing")
         system = coding.get("system") or _single_system(plan)
         if not system:
@@ -446,8 +447,9 @@ def _maps(svc: TerminologyService, p: Params, instance: ResourceRef | None
         return [instance], None
     if "conceptMap" in p:
         return None, p.one("conceptMap")
-    if p.text("url"):
-        url, version = split_canonical(p.text("url"))
+    canonical = p.text("url")
+    if canonical:
+        url, version = split_canonical(canonical)
         ref = svc.concept_map(url, version or p.text("conceptMapVersion"))
         if ref is None:
             raise TerminologyNotFound(f"Concept map {p.text('url')} is not known")
@@ -465,8 +467,8 @@ def translate(svc: TerminologyService, p: Params, instance: ResourceRef | None =
     matches: list[dict] = []
     found_any = False
     for coding in codings:
-        code, system = coding.get("code"), coding.get("system")
-        if not R.text(code) or not R.text(system):
+        code, system = R.text(coding.get("code")), R.text(coding.get("system"))
+        if not code or not system:
             raise TerminologyError("translate needs the code and its system")
         systems = svc.system_aliases(system)
         if inline is not None:
@@ -475,6 +477,7 @@ def translate(svc: TerminologyService, p: Params, instance: ResourceRef | None =
             sources = {0: R.text(inline.get("url"))}
             headers = {0: {"unmapped": R.unmapped(inline)}}
         else:
+            assert maps is not None  # no inline ConceptMap: the stored ones
             rows = svc.map_rows([m.key for m in maps], systems, code, reverse) if maps else []
             sources = {m.key: m.url for m in maps}
             headers = {m.key: m.body for m in maps}
@@ -503,16 +506,16 @@ def translate(svc: TerminologyService, p: Params, instance: ResourceRef | None =
                     if want is not None and tsys not in want:
                         continue
                     mode = rule.get("mode")
-                    concept = ({"system": tsys, "code": code} if mode == "provided" else
-                               {"system": tsys, "code": rule.get("code"),
-                                **({"display": rule["display"]} if rule.get("display") else {})}
-                               if mode == "fixed" and R.text(rule.get("code")) else None)
-                    if concept is None:
+                    unmapped = ({"system": tsys, "code": code} if mode == "provided" else
+                                {"system": tsys, "code": rule.get("code"),
+                                 **({"display": rule["display"]} if rule.get("display") else {})}
+                                if mode == "fixed" and R.text(rule.get("code")) else None)
+                    if unmapped is None:
                         continue
                     found_any = True
                     matches.append(part("match", param("equivalence", "Code", "equivalent"
                                                        if mode == "provided" else "inexact"),
-                                        param("concept", "Coding", concept),
+                                        param("concept", "Coding", unmapped),
                                         param("source", "Uri", sources.get(mid))))
     message = None
     if not found_any:

@@ -3,6 +3,7 @@ checked against what each operation declares. Every mistake is a ``TerminologyEr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from terminology.service import TerminologyError
@@ -122,7 +123,7 @@ def from_query(op: str, spec: dict[str, str], items: list[tuple[str, str]]) -> P
 
 
 def from_parameters(op: str, spec: dict[str, str], d: Any,
-                    query: list[tuple[str, str]] = ()) -> Params:
+                    query: Sequence[tuple[str, str]] = ()) -> Params:
     """A POSTed ``Parameters`` resource (plus any query-string parameters)."""
     if not isinstance(d, dict) or d.get("resourceType") != "Parameters":
         raise TerminologyError(f"POST ${op} takes a Parameters resource")

@@ -207,7 +207,7 @@ def map_rows(cm: dict) -> list[tuple]:
     """(source system, source code, source display, target system, target code, target display,
     equivalence, comment) for every target of every element; an element without targets has
     one row with no target (it says the code is known and unmapped)."""
-    out = []
+    out: list[tuple] = []
     for g in as_list(cm.get("group")):
         if not isinstance(g, dict):
             continue

@@ -114,7 +114,8 @@ class TerminologyStore:
         self._canonical: dict[str, str] | None = None
         self._groups: dict[str, frozenset[str]] = {}
         self._cs: dict[tuple, CodeSystemRef | None] = {}
-        self._res: dict[tuple, ResourceRef | None] = {}
+        # resources by id (ResourceRef | None), headers (dict), ConceptMap lists (list[ResourceRef])
+        self._res: dict[tuple, Any] = {}
         self.plans: dict[tuple, Any] = {}  # compiled value sets (terminology.valueset)
         self.expansions: OrderedDict[tuple, Any] = OrderedDict()
         self._hier: OrderedDict[tuple, frozenset[str]] = OrderedDict()

@@ -92,7 +92,7 @@ def _include(d: object, where: str) -> Include:
     if not isinstance(d, dict):
         raise TerminologyError(f"{where} must be an object")
     system = R.text(d.get("system"))
-    concepts = None
+    concepts: dict[str, str | None] | None = None
     if d.get("concept") is not None:
         concepts = {}
         for c in R.as_list(d.get("concept")):
@@ -346,7 +346,7 @@ def _include_has(svc: TerminologyStore, plan: Plan, inc: Include, system: str, c
         cs = svc.code_system(inc.system, version)
         if inc.concepts is not None:
             concept = svc.concept(cs, code) if cs is not None else None
-            if concept is not None:
+            if cs is not None and concept is not None:
                 if concept.code not in inc.concepts:
                     return None
                 entry = _entry(cs, concept, inc.concepts[concept.code])

@@ -46,7 +46,7 @@ import decimal
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -56,9 +56,10 @@ from connectors.base import Envelope, Intake
 
 log = logging.getLogger("connectors.database")
 
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool,
-          "decimal": decimal.Decimal, "datetime": dt.datetime.fromisoformat,
-          "date": dt.date.fromisoformat, "time": dt.time.fromisoformat, "uuid": uuid.UUID}
+_TYPES: dict[str, Callable[[Any], Any]] = {
+    "int": int, "float": float, "str": str, "bool": bool,
+    "decimal": decimal.Decimal, "datetime": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat, "time": dt.time.fromisoformat, "uuid": uuid.UUID}
 
 
 def encode_value(v: Any) -> dict[str, Any]:
@@ -227,8 +228,8 @@ class DatabaseSource:
             src: Any = sa.table(self.table, schema=self.schema)
         else:
             src = sa.text(f"({self.query}) AS hub_src")
-        wm = sa.column(self.watermark)
-        keys = [sa.column(k) for k in self.keys]
+        wm: sa.ColumnClause[Any] = sa.column(self.watermark)
+        keys: list[sa.ColumnClause[Any]] = [sa.column(k) for k in self.keys]
         q = sa.select(sa.text("*")).select_from(src).where(wm.is_not(None),
                                                             *[k.is_not(None) for k in keys])
         if self.position is not None:

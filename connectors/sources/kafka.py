@@ -30,7 +30,7 @@ class KafkaSource:
                     "max_poll_records": int(max_records), "session_timeout_ms": 10000,
                     "heartbeat_interval_ms": 1000, **(consumer or {})}
         self.key = f"kafka:{topic}"
-        self.stats = {"records": 0, "topic_lag": None}
+        self.stats: dict[str, Any] = {"records": 0, "topic_lag": None}
 
     @classmethod
     def from_config(cls, name: str, cfg: dict) -> KafkaSource:

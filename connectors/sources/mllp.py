@@ -21,12 +21,13 @@ import logging
 import queue
 import re
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
 import hl7
 
-from connectors.base import Envelope, Intake
+from connectors.base import Accepted, Envelope, Intake
 from hub.core.errors import HubError
 
 log = logging.getLogger("connectors.mllp")
@@ -92,7 +93,8 @@ def _msh_text(payload: bytes) -> tuple[str | None, str]:
 
 
 def _escape(text: str, enc: str = "^~\\&", sep: str = "|") -> str:
-    comp, rep, esc, sub = (enc + "^~\\&")[:4]
+    chars = (enc + "^~\\&")[:4]
+    comp, rep, esc, sub = chars[0], chars[1], chars[2], chars[3]
     out = text.replace(esc, f"{esc}E{esc}")
     for ch, code in ((sep, "F"), (comp, "S"), (sub, "T"), (rep, "R")):
         out = out.replace(ch, f"{esc}{code}{esc}")
@@ -213,6 +215,7 @@ class MLLPSource:
 
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
+            assert task is not None  # the connection's own task
             tasks.add(task)
             try:
                 await self._serve(intake, reader, writer, stop)
@@ -319,6 +322,7 @@ class MLLPSource:
                 items.append(nxt)
             envs = [Envelope(p, self.kind, self.name, {"peer": peer, "unit_id": control_id(p)})
                     for p, peer, _ in items]
+            answers: Sequence[Accepted | None]
             try:
                 answers = intake.accept(envs)
             except Exception as e:  # noqa: BLE001 - the spool is unusable (disk full, ...)
@@ -340,7 +344,7 @@ class MLLPSource:
             return self._answer(payload, "AA")
         self.stats["naks"] += 1
         err = answer.error or {}
-        code = err.get("code") if err.get("code") in ("AE", "AR") else "AE"
+        code = err["code"] if err.get("code") in ("AE", "AR") else "AE"
         return self._answer(payload, code, err)
 
     @staticmethod

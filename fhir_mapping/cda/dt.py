@@ -318,7 +318,7 @@ def money(el, currencies: dict[str, str]) -> dict | None:
 def human_name(el) -> dict | None:
     if el is None or el.get("nullFlavor"):
         return None
-    parts = {k: [text(p) for p in children(el, k) if text(p)] for k in ("family", "given", "prefix", "suffix")}
+    parts = {k: [t for p in children(el, k) if (t := text(p))] for k in ("family", "given", "prefix", "suffix")}
     out: dict[str, Any] = {}
     use = {"L": "official", "P": "nickname", "A": "anonymous", "C": "official"}.get(el.get("use") or "")
     if use:

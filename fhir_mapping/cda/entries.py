@@ -89,9 +89,9 @@ def map_statement(ctx: Ctx, sec: Section, st, pos: str, focus: str | None = None
             _absent(ctx, sec, st, why)
             return []
     if rule.get("if_money") == "ChargeItem" and is_money(st):
-        refs = build_charge_item(ctx, sec, st, pos, _map_rest)
-        if refs is not None:
-            return refs
+        charged = build_charge_item(ctx, sec, st, pos, _map_rest)
+        if charged is not None:
+            return charged
     builder = BUILDERS[kind]
     return builder(ctx, sec, st, rule, pos, focus)
 
@@ -124,8 +124,8 @@ def _nested_into(ctx: Ctx, sec: Section, st, pos: str, parent_ref: str, componen
         if n in absorbed or n in ctx.trace:
             continue
         if components is not None and n not in ctx.partners and dt.local(n) == "observation" \
-                and not _nested(n) and absent_value(n):
-            _absent(ctx, sec, n, absent_value(n))
+                and not _nested(n) and (why := absent_value(n)):
+            _absent(ctx, sec, n, why)
             continue
         if components is not None and dt.local(n) == "observation" and not _nested(n) \
                 and child(n, "code") is not None and not _templates(n):

@@ -52,7 +52,7 @@ def _patient(ctx: Ctx, root, custodian_ref: str | None) -> str:
             continue
         ident, problem = ctx.checked_ident(el, types.get(key[0]) if key else None, born)
         refused += problem is not None
-        if ident is None:
+        if ident is None or key is None:  # an identifier only comes from a key
             continue
         if ident not in idents:
             idents.append(ident)
@@ -219,8 +219,8 @@ def _practitioner(ctx: Ctx, entity, org_ref: str | None) -> tuple[str | None, st
         return None, None
     person = child(entity, "assignedPerson")
     ids, refused = ctx.checked_idents(children(entity, "id"))
-    names = [n for n in (dt.human_name(e) for e in children(person, "name"))] if person is not None else []
-    names = [n for n in names if n and not is_filler(n.get("text"))]
+    found = [n for n in (dt.human_name(e) for e in children(person, "name"))] if person is not None else []
+    names = [n for n in found if n and not is_filler(n.get("text"))]
     if ids:
         key: tuple = ("Practitioner", ctx.institution, ids[0].get("system", ""), ids[0]["value"])
     elif names:
@@ -253,7 +253,7 @@ def _encounter(ctx: Ctx, root, custodian_ref: str | None) -> str | None:
     h = ctx.t.header
     keyed = ctx.patient_keyed
     ee = dt.path(root, "componentOf", "encompassingEncounter")
-    visit_ids = []
+    visit_ids: list[dict[str, Any]] = []
     for r in [str(x) for x in h["inpatient_roots"] + h["outpatient_roots"]]:
         if keyed.get(r):
             visit_ids.append({"system": f"urn:oid:{r}", "value": keyed[r],
@@ -262,6 +262,7 @@ def _encounter(ctx: Ctx, root, custodian_ref: str | None) -> str | None:
         return None
     ids = ctx.checked_idents(children(ee, "id"))[0] if ee is not None else []
     idents = ids + [v for v in visit_ids if v not in ids]
+    key: tuple[str, ...]
     if ids:
         key = ("Encounter", ctx.institution, ids[0].get("system", ""), ids[0]["value"])
     elif visit_ids:

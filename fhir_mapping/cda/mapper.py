@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from typing import Any
 
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.cda import dt
@@ -84,7 +85,7 @@ def convert_document(payload: bytes, source: SourceInfo) -> tuple[Conversion, di
         else:
             raise MappingError("document has neither an author nor a custodian", code="AE",
                                location="/ClinicalDocument/author", rule="cda.header.author-missing")
-    attesters = []
+    attesters: list[dict[str, Any]] = []
     la = child(root, "legalAuthenticator")
     for mode, el in [("legal", la)] + [("professional", e) for e in children(root, "authenticator")]:
         if el is None:

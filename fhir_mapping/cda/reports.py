@@ -194,8 +194,8 @@ def finish_report(ctx: Ctx, type_cc: dict, date: str) -> str | None:
                        and any(c.get("code") in ("laboratory", "imaging") for cat in r.get("category", [])
                                for c in cat.get("coding", []))]
     facts = rep.facts
-    times = [o.get("effectiveDateTime") for o in (ctx.resources.get(("Observation", r.split("/", 1)[1]))
-                                                  for r in rep.results) if o and o.get("effectiveDateTime")]
+    times = [t for o in (ctx.resources.get(("Observation", r.split("/", 1)[1])) for r in rep.results)
+             if o and (t := o.get("effectiveDateTime"))]
     res: dict[str, Any] = {
         "resourceType": "DiagnosticReport", "id": rep.id, "status": "final",
         "category": [{"coding": [{"system": V2_0074, "code": rep.section_code}],

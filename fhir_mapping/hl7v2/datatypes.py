@@ -50,6 +50,7 @@ def _valid_date(y: str, m: str | None, d: str | None) -> bool:
     if m is not None and not 1 <= int(m) <= 12:
         return False
     if d is not None:
+        assert m is not None  # the day comes only with the month
         dd = int(d)
         if not 1 <= dd <= _DAYS[int(m) - 1]:
             return False

@@ -116,7 +116,8 @@ def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
 def referral_providers(ctx: Ctx, orders: list[dict[str, str]]) -> None:
     """PRD (REF messages) -> Practitioners: the referring provider (PRD-1 RP) requests every order of
     the referral, the referred-to and consulting ones (RT, CP) perform it."""
-    requesters, performers = [], []
+    requesters: list[dict[str, str]] = []
+    performers: list[dict[str, str]] = []
     for prd in ctx.msg.all("PRD"):
         ref = provider(ctx, prd)
         if ref is None:
@@ -125,6 +126,7 @@ def referral_providers(ctx: Ctx, orders: list[dict[str, str]]) -> None:
         (requesters if role in ("RP", "PP") else performers).append(ref)
     for o in orders:
         res = ctx.get("ServiceRequest", o["reference"].split("/", 1)[1])
+        assert res is not None  # the orders of this message
         if requesters and "requester" not in res:
             res["requester"] = requesters[0]
         if performers:
@@ -161,7 +163,7 @@ def _order_key(ctx: Ctx, orc: Seg | None, n: int, fallback: str) -> tuple[str, l
     numbers = {}
     for kind, code, f in (("placer", "PLAC", 2), ("filler", "FILL", 3)):
         value = orc.get(f) if orc else ""
-        if not value:
+        if orc is None or not value:
             continue
         ident = ctx.local_identifier(kind, value, code, loc=orc.loc(f))
         numbers[kind] = value if ident else None
@@ -175,6 +177,7 @@ def _order_key(ctx: Ctx, orc: Seg | None, n: int, fallback: str) -> tuple[str, l
     if numbers.get("placer"):
         return f"P:{ctx.patient_key}:{ctx.visit_scope()}:{numbers['placer']}:{fallback}", idents
     if numbers:
+        assert orc is not None  # the numbers came from it
         return f"M:{ctx.msg.msh.get(10)}:{orc.index}", idents
     return f"X:{ctx.patient_key}:{fallback}:{n}", idents
 
@@ -206,7 +209,9 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
     if med is None:
         raise ctx.error("RXE-2 (give code) and RXO-1 (requested give code) are empty: no medication",
                         "RXE-2", "v2.rxe-2.missing")
-    key, idents = _order_key(ctx, orc, n, dt.comp((rxe or rxo).rep(2 if rxe else 1), 1))
+    src = rxe if rxe is not None else rxo
+    assert src is not None  # the medication came from one of them
+    key, idents = _order_key(ctx, orc, n, dt.comp(src.rep(2 if rxe else 1), 1))
     res: dict[str, Any] = {"resourceType": "MedicationRequest", "id": ctx.id("MedicationRequest", key)}
     if idents:
         res["identifier"] = idents
@@ -227,13 +232,12 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
     if req:
         res["requester"] = req
     dosage: dict[str, Any] = {}
-    src = rxe if rxe is not None else rxo
     if rxe is not None:
         text = rxe.text(21) or rxe.text(7)
         amount, units = dt.decimal(rxe.get(3)), rxe.rep(5)
-    else:
-        text = rxo.text(6) or rxo.text(7)
-        amount, units = dt.decimal(rxo.get(2)), rxo.rep(4)
+    else:  # src is the RXO
+        text = src.text(6) or src.text(7)
+        amount, units = dt.decimal(src.get(2)), src.rep(4)
     if text:
         dosage["text"] = text
     route = _route((g.get("RXR:RXE") if rxe is not None else None) or g.get("RXR:RXO") or g["RXR"])
@@ -345,7 +349,10 @@ def nutrition_orders(ctx: Ctx) -> int:
     made = 0
     for n, (orc, odss, notes) in enumerate(_detail_groups(ctx, "ODS"), 1):
         key, idents = _order_key(ctx, orc, n, "ODS")
-        diet, supplements, preferences, texts = [], [], [], []
+        diet: list[dict[str, Any]] = []
+        supplements: list[dict[str, Any]] = []
+        preferences: list[dict[str, Any]] = []
+        texts = []
         for ods in odss:
             codes = [c for c in (dt.concept(r) for r in ods.field(3)) if c]
             kind = ods.get(1).upper()

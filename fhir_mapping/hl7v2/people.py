@@ -239,7 +239,7 @@ def _visit_key(ctx: Ctx, pid: Seg) -> tuple[str, ...]:
     stay two Patients."""
     pv1 = ctx.msg.first("PV1")
     visit = pv1.get(19) if pv1 is not None else ""
-    if not visit or not ctx.usable(visit, None, pv1.loc(19), "visit number"):
+    if pv1 is None or not visit or not ctx.usable(visit, None, pv1.loc(19), "visit number"):
         return ()
     ctx.find("warning", "v2.pid3.keyed-by-visit", "no usable patient identifier in PID-3: the Patient is "
              "keyed by the visit number (PV1-19), so later visits of this person make other Patients", "PID-3")

@@ -96,7 +96,7 @@ def split_groups(ctx: Ctx) -> tuple[list[_Group], list[tuple[Seg, list[str]]], l
             elif cur is not None and not cur.obx:
                 cur.prt.append(seg)
         elif name == "OBX":
-            item = (seg, [])
+            item: tuple[Seg, list[str]] = (seg, [])
             (cur.obx if cur is not None else loose).append(item)
             last_notes = item[1]
         elif name == "SPM":
@@ -127,7 +127,7 @@ def report_key(ctx: Ctx, obr: Seg, orc: Seg | None) -> tuple[str, list[dict]]:
     """(key, identifiers): filler number first, else placer, else patient + code + time. A placeholder
     number is neither a key nor an identifier: the order is then scoped by this message."""
     idents = []
-    numbers = {}
+    numbers: dict[str, str | None] = {}
     for kind, code, seg_field in (("placer", "PLAC", 2), ("filler", "FILL", 3)):
         src = obr if obr.get(seg_field) else orc if orc is not None and orc.get(seg_field) else None
         if src is None:
@@ -365,12 +365,12 @@ def value(ctx: Ctx, obx: Seg) -> tuple[str, Any] | tuple[None, str] | None:
         per = {k: v for k, v in (("start", s), ("end", e)) if v}
         return ("valuePeriod", per) if per else None
     if kind == "quantity-money":
-        m = dt.money(first)
-        if m is None:
+        money = dt.money(first)
+        if money is None:
             return None, "OBX-5 money amount is not a number"
-        q: dict[str, Any] = {"value": m["value"]}
-        if "currency" in m:
-            q.update(unit=m["currency"], system="urn:iso:std:iso:4217", code=m["currency"])
+        q: dict[str, Any] = {"value": money["value"]}
+        if "currency" in money:
+            q.update(unit=money["currency"], system="urn:iso:std:iso:4217", code=money["currency"])
         return "valueQuantity", q
     if kind == "numeric-array":
         return None, ("OBX-2 NA (numeric array) is not mapped: FHIR SampledData needs a period and "

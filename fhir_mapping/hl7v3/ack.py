@@ -20,7 +20,7 @@ FINDING_RULES = "https://fhir-region-hub.example/CodeSystem/quality-rule"
 MAX_DETAILS = 100  # findings listed in one acknowledgement (the stored report has them all)
 
 
-def E(parent: etree._Element | None, name: str, **attrs: str) -> etree._Element:
+def E(parent: etree._Element | None, name: str, **attrs: str | None) -> etree._Element:
     el = etree.Element(f"{{{V3}}}{name}", nsmap={None: V3, "xsi": XSI}) if parent is None \
         else etree.SubElement(parent, f"{{{V3}}}{name}")
     for k, v in attrs.items():

@@ -66,7 +66,7 @@ def attr(el: etree._Element | None, name: str) -> str:
 
 def ids(el: etree._Element | None) -> list[tuple[str, str]]:
     """(root, extension) of an II or a DSET<II> (``<id><item root extension/></id>``), skipping empties."""
-    out = []
+    out: list[tuple[str, str]] = []
     if el is None:
         return out
     items = q(el, "item") or [el]
@@ -305,7 +305,7 @@ def human_name(el: etree._Element | None) -> dict[str, Any] | None:
 
 
 def telecoms(el: etree._Element | None) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     if el is None:
         return out
     for it in (q(el, "item") or [el]):
@@ -317,7 +317,7 @@ def telecoms(el: etree._Element | None) -> list[dict[str, Any]]:
 
 
 def address(el: etree._Element | None) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     if el is None:
         return out
     parts_map = table("codes")["address_parts"]

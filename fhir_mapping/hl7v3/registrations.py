@@ -89,9 +89,12 @@ def _practitioner(ctx: Ctx, entity: etree._Element | None, person_path: str = "a
     where = _where(ctx, first(entity, "id"))
     idents = [i for i in (ctx.identifier(r, e, where) for r, e in idl) if i]
     keys = _keys(idl)
-    if not keys and not name:
+    if keys:
+        key = keys[0]
+    elif name:
+        key = ("name", name["text"])
+    else:
         return None
-    key = keys[0] if keys else ("name", name["text"])
     res: dict[str, Any] = {"resourceType": "Practitioner", "id": ctx.id("Practitioner", *key)}
     if idents:
         res["identifier"] = idents
@@ -218,6 +221,7 @@ def patient(ctx: Ctx, subject: etree._Element | None = None) -> dict[str, Any]:
     if attr(ms, "code"):
         m = codes["marital"]
         cc = concept(ms)
+        assert cc is not None  # it has a code
         fhir = m["codes"].get(attr(ms, "code"))
         if fhir and attr(ms, "codeSystem") in ("", m["system"]):
             cc["coding"].insert(0, {"system": m["fhir_system"], "code": fhir})
@@ -457,6 +461,7 @@ def document(ctx: Ctx) -> list[dict[str, str]]:
     if attr(code_el, "code"):
         dt = codes["document_type"]
         cc = concept(code_el)
+        assert cc is not None  # it has a code
         if attr(code_el, "codeSystem") == dt["v3_system"]:
             cc["coding"].insert(0, coding(dt["cda_system"], attr(code_el, "code"), display(code_el)))
         res["type"] = cc

@@ -263,7 +263,9 @@ def resident_id_consistency(ctx: Ctx, rule: Rule) -> Iterator[QualityFinding]:
             born = resident_id.birth_date(value)
             if born is not None and re.fullmatch(r"[0-9]{4,}.*", stated_b):
                 enc = born.strftime("%Y%m%d")
-                n = min(8, len(re.match(r"[0-9]*", stated_b).group(0)))
+                digits = re.match(r"[0-9]*", stated_b)
+                assert digits is not None  # [0-9]* matches any text
+                n = min(8, len(digits.group(0)))
                 if stated_b[:n] != enc[:n]:
                     yield ctx.finding(rule, f"birth time {stated_b[:8]} contradicts the birth date the "
                                             f"resident ID number encodes ({enc})", births[0])
@@ -284,7 +286,7 @@ def parse_ts(value: str) -> tuple[tuple[int, ...], int, int | None] | None:
     # a component can only be given when all coarser ones are (the regex allows that already)
     full = parts + [1, 1, 0, 0, 0][len(parts) - 1:]
     try:
-        datetime(*full[:6])
+        datetime(full[0], full[1], full[2], full[3], full[4], full[5])
     except ValueError:
         return None
     off = None
@@ -317,7 +319,8 @@ def _key(ts: tuple[tuple[int, ...], int, int | None], default_off: int, precisio
     if precision >= 4 and n >= 4:  # both carry a time: compare instants
         full = list(parts) + [0] * (6 - n)
         o = default_off if off is None else off
-        return (datetime(*full[:6], tzinfo=timezone(timedelta(minutes=o))).astimezone(timezone.utc),)
+        return (datetime(full[0], full[1], full[2], full[3], full[4], full[5],
+                         tzinfo=timezone(timedelta(minutes=o))).astimezone(timezone.utc),)
     return tuple(parts[:min(precision, 3)])
 
 
@@ -325,12 +328,15 @@ def date_order(ctx: Ctx, rule: Rule) -> Iterator[QualityFinding]:
     c = rule.check
     default_off = _offset(str(c.get("default_offset", "+08:00")))
     points: list[tuple[str, Any, tuple]] = []
+    ts: tuple[tuple[int, ...], int, int | None] | None
     for p in c.get("points") or []:
         if p.get("now"):
             if ctx.now is None:
                 continue
             now = ctx.now if ctx.now.tzinfo else ctx.now.replace(tzinfo=timezone(timedelta(minutes=default_off)))
-            off = int(now.utcoffset().total_seconds() // 60)
+            utc_offset = now.utcoffset()
+            assert utc_offset is not None  # aware: it has a tzinfo
+            off = int(utc_offset.total_seconds() // 60)
             ts = ((now.year, now.month, now.day, now.hour, now.minute, now.second), 6, off)
             points.append((p.get("name", "now"), None, ts))
             continue

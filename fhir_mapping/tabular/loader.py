@@ -175,11 +175,12 @@ class Loader:
                                            f"element of {tname}")
                 spec = ["Element", base[1]]
             else:
-                spec = TYPES.get(tname, {}).get(name)
-                if spec is None and tname == "Element" and name in ("extension", "id"):
-                    spec = ["Extension", 1] if name == "extension" else ["s", 0]
-                if spec is None:
+                found = TYPES.get(tname, {}).get(name)
+                if found is None and tname == "Element" and name in ("extension", "id"):
+                    found = ["Extension", 1] if name == "extension" else ["s", 0]
+                if found is None:
                     raise self.fail(where, f"bad path {text!r}: {tname} has no element {name!r}")
+                spec = found
             if spec[1] and index is None:
                 raise self.fail(where, f"bad path {text!r}: {name} repeats; give an index {name}[0]")
             if not spec[1] and index is not None:

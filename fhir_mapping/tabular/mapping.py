@@ -274,9 +274,10 @@ class TabularMapping:
                                rule="tabular.json")
         return [self.convert_row(row, source)]
 
-    def csv_rows(self, payload: bytes) -> Iterator[tuple[int, dict[str, str]]]:
+    def csv_rows(self, payload: bytes) -> Iterator[tuple[int, dict[str, str | None] | dict[str, bool]]]:
         """(line number, row) of a CSV export: UTF-8 (with or without BOM), else GB18030; the
-        first line names the columns; every required column must be among them."""
+        first line names the columns; every required column must be among them. An empty cell is
+        None; a line with more values than columns is ``{"\x00too-many": True}``."""
         try:
             textual = payload.decode("utf-8-sig")
         except UnicodeDecodeError:
@@ -418,12 +419,12 @@ class TabularMapping:
             code = V.t_code(cells.get(spec["code"]), {}, ctx) if cell_text(spec["code"]) else None
             if code is None:
                 raise _Skip
-            out: dict[str, Any] = {}
+            coding: dict[str, Any] = {}
             if "system" in spec:
-                out["system"] = self._template(spec["system"], cell_text, source, rule)
+                coding["system"] = self._template(spec["system"], cell_text, source, rule)
             if "code_map" in spec:
                 code = V.t_map(code, {"map": spec["code_map"]}, ctx)
-            out["code"] = code
+            coding["code"] = code
             display = None
             if "display" in spec:
                 display = cell_text(spec["display"])
@@ -431,8 +432,8 @@ class TabularMapping:
                 display = self.value_maps[spec["display_map"]].get(
                     cell_text(spec["code"]) or "")
             if display:
-                out["display"] = display
-            return out
+                coding["display"] = display
+            return coding
         if kind == "quantity":
             spec = rule.spec
             ctx.column = spec["value"]

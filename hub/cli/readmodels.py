@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import cast
 
 from hub.core.commandline import UsageError, open_store
 from hub.core.config import Settings
@@ -56,7 +57,7 @@ def cmd_quality(args, settings: Settings) -> int:
     """``hub quality report``: the data-quality projection brought up to date, then its counts."""
     from tqdm import tqdm
 
-    from projections.quality import QueryError, parse_group, to_csv, to_table
+    from projections.quality import QualityProjection, QueryError, parse_group, to_csv, to_table
     from projections.runner import Runner
 
     try:
@@ -68,7 +69,7 @@ def cmd_quality(args, settings: Settings) -> int:
     store = open_store(settings, existing=True)
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        model = open_model("quality", settings.data_dir)
+        model = cast(QualityProjection, open_model("quality", settings.data_dir))
         try:
             runner = Runner(store, model)
             lag = runner.lag()

@@ -151,6 +151,7 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
             if unreadable is not None:
                 reject(seq, where, b"", FhirError(400, "exception", unreadable).outcome())
                 continue
+            assert raw is not None  # iter_inputs gives the text or why it could not be read
             try:
                 d = parse_json(raw)
             except FhirError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from hub.core.config import Settings
 from hub.core.errors import HubError
@@ -39,8 +40,9 @@ def open_store(settings: Settings, existing: bool = False):
             raise UsageError("--database-url / HUB_DATABASE_URL is not a PostgreSQL URL: "
                              + one_line(e)) from None
         # the same defaults as ResourceStore.postgres; the password is never printed
-        params = {"host": info.get("host", "127.0.0.1"), "port": info.get("port", 5432),
-                  "user": info.get("user", "postgres"), "dbname": info.get("dbname", "postgres")}
+        params: dict[str, Any] = {
+            "host": info.get("host", "127.0.0.1"), "port": info.get("port", 5432),
+            "user": info.get("user", "postgres"), "dbname": info.get("dbname", "postgres")}
         where = f"{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
         try:
             psycopg.connect(**params, password=info.get("password", ""), connect_timeout=5).close()

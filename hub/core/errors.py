@@ -17,6 +17,7 @@ module imports nothing of the hub (the mappers, which import nothing else of it,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -38,7 +39,8 @@ class Issue:
     expression: str | None = None  # FHIRPath of the problem inside the resource
 
     def to_json(self) -> dict:
-        out = {"severity": self.severity, "code": self.code, "diagnostics": self.diagnostics}
+        out: dict[str, Any] = {"severity": self.severity, "code": self.code,
+                               "diagnostics": self.diagnostics}
         if self.expression:
             out["expression"] = [self.expression]
         return out

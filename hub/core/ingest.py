@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from eventsourcing.persistence import StoredEvent
@@ -165,7 +165,9 @@ class Hub:
         results: list[Result | FhirError | None] = [None] * len(ops)
         todo = list(range(len(ops)))
         while todo:
-            now, later, keys = [], [], set()
+            now: list[int] = []
+            later: list[int] = []
+            keys = set()
             for i in todo:
                 key = _batch_key(ops[i])
                 (later if key in keys else now).append(i)
@@ -197,7 +199,7 @@ class Hub:
                 planned.append(i)
             except FhirError as e:
                 fail(i, e)
-        seen: dict[tuple[str, str], int] = {}
+        seen: dict[tuple[str, str | None], int] = {}  # no target: a delete that matched nothing
         for i in list(planned):
             key = (ops[i].rtype, ops[i].target)
             j = seen.get(key)
@@ -218,7 +220,7 @@ class Hub:
 
         # 3. heads
         heads = self.store.heads(
-            (ops[i].rtype, ops[i].target) for i in planned if not ops[i].existing
+            (ops[i].rtype, cast(str, ops[i].target)) for i in planned if not ops[i].existing
         )
 
         # 4. decide
@@ -232,8 +234,8 @@ class Hub:
                 pending.append((i, older[i]))
                 continue
             try:
-                result = self._decide(op, heads.get((op.rtype, op.target)), ctx, commit,
-                                      last_updated, ts)
+                head = heads.get((op.rtype, op.target)) if op.target is not None else None
+                result = self._decide(op, head, ctx, commit, last_updated, ts)
             except FhirError as e:
                 fail(i, e)
                 continue
@@ -289,7 +291,8 @@ class Hub:
                 continue
             if e.method == "DELETE":  # deleted before this entry runs: no longer a match
                 found.discard(e.target)
-            elif e.d is not None and identifiers_match(query, res.identifiers(e.d), e.target or ""):
+            elif e.d is not None and e.target is not None \
+                    and identifiers_match(query, res.identifiers(e.d), e.target):
                 found.add(e.target)
         return sorted(found)
 
@@ -332,16 +335,17 @@ class Hub:
         wanted: dict[str, list[int]] = {}
         for i in planned:
             op = ops[i]
-            head = heads.get((op.rtype, op.target))
+            head = heads.get((op.rtype, op.target)) if op.target is not None else None
             if op.method == "PUT" and op.d is not None and head is not None and not head.deleted \
                     and source_order.order_of(op.d):
                 wanted.setdefault(op.rtype, []).append(i)
         out: dict[int, Result] = {}
         for rtype, idx in wanted.items():
-            stored = self.store.latest_many(rtype, [ops[i].target for i in idx])
+            # each has a stored head, so a target
+            stored = self.store.latest_many(rtype, [cast(str, ops[i].target) for i in idx])
             for i in idx:
                 op = ops[i]
-                found = stored.get(op.target)
+                found = stored.get(cast(str, op.target))
                 if found is None:
                     continue
                 try:
@@ -362,6 +366,8 @@ class Hub:
             if op.method == "DELETE":
                 return Result(200, op.rtype, issues=[Issue("not-found", "Nothing matched; nothing deleted", "information")])
             return Result(200, op.rtype, op.target)
+        # only a conditional delete that matched nothing (existing, above) has no target
+        assert op.target is not None
         current = head.version if head else 0
         if op.if_match is not None and op.if_match != current:
             raise precondition_failed(
@@ -378,6 +384,7 @@ class Hub:
                                   ctx.source, request)
             commit.add(event, b"", [], ts)
             return Result(200, op.rtype, op.target, current + 1, last_updated)
+        assert op.d is not None  # a POST or PUT carries its resource
         where = f"{op.where}.resource" if op.where else op.rtype
         try:
             h = res.content_hash(op.d)

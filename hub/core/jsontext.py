@@ -134,7 +134,12 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict:
         return d
     out = _Repeats(d)
     seen: set[str] = set()
-    out.repeated = [k for k, _ in pairs if k in seen or seen.add(k)]
+    out.repeated = []
+    for k, _ in pairs:
+        if k in seen:
+            out.repeated.append(k)
+        else:
+            seen.add(k)
     return out
 
 

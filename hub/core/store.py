@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import psycopg
@@ -116,6 +116,10 @@ class _IndexMixin:
     placeholder = "?"
     nid_column = "rowid"
 
+    # from the eventsourcing recorder it is mixed into (SQLite or PostgreSQL: their cursors differ)
+    datastore: Any
+    select_notifications: Callable[..., Sequence[Notification]]
+
     def q(self, sql: str) -> str:
         return sql if self.placeholder == "?" else sql.replace("?", "%s")
 
@@ -125,7 +129,8 @@ class _IndexMixin:
             self._insert_many(c, "stream_event", ("kind", "nid"),
                               [(commit.stream_kind, nid) for nid in nids])
             return
-        heads, versions, supersede, drop_ids, add_ids = [], [], [], [], []
+        heads, versions, supersede, drop_ids = [], [], [], []
+        add_ids: list[tuple[str, str, str, str]] = []
         for nid, ev, h, idents, ts in zip(
             nids, commit.events, commit.hashes, commit.identifiers, commit.timestamps
         ):
@@ -350,7 +355,7 @@ class _IndexMixin:
             kinds = []
             for n in notes:
                 if n.topic not in KIND_OF_TOPIC:  # an event of another stream kind: no resource
-                    kind = n.originator_id.partition("/")[0]
+                    kind = str(n.originator_id).partition("/")[0]
                     if kind in STREAM_KINDS:
                         kinds.append((kind, n.id))
                     continue
@@ -459,6 +464,7 @@ class SQLiteResourceRecorder(_IndexMixin, SQLiteApplicationRecorder):
 
     def _insert_events(self, c: Any, stored_events: Sequence[StoredEvent], **kwargs: Any):
         nids = super()._insert_events(c, stored_events, **kwargs)
+        assert nids is not None  # the application recorder returns the notification ids
         # The inserts above took the write lock, so the guard checks below see the latest state.
         self._write_index(c, nids, kwargs["commit"])
         return nids
@@ -533,7 +539,7 @@ class ResourceStore:
 
     @classmethod
     def postgres(cls, dsn: str, pool_size: int = 5) -> ResourceStore:
-        info = psycopg.conninfo.conninfo_to_dict(dsn)
+        info = cast(dict[str, str], psycopg.conninfo.conninfo_to_dict(dsn))  # parsed from text
         datastore = PostgresDatastore(
             dbname=info.get("dbname", "postgres"),
             host=info.get("host", "127.0.0.1"),
@@ -623,7 +629,7 @@ class ResourceStore:
         if not stored:
             return []
         try:
-            kind = stored[0].originator_id.partition("/")[0]
+            kind = str(stored[0].originator_id).partition("/")[0]
             return list(self.recorder.insert_events(list(stored), commit=Commit(stream_kind=kind))
                         or [])
         except (IntegrityError, sqlite3.IntegrityError, psycopg.errors.UniqueViolation) as e:

@@ -222,8 +222,9 @@ class IdentityCandidates(SQLiteReadModel):
             wanted = list(set(names) | {f["name"] for _, f in out if f.get("name")})
             counts = dict.fromkeys(wanted, 0)
             for i in range(0, len(wanted), 500):
-                chunk = wanted[i:i + 500]
-                c.execute(f"SELECT name, n FROM ic_name WHERE name IN ({','.join('?' * len(chunk))})", chunk)
+                name_chunk = wanted[i:i + 500]
+                c.execute(f"SELECT name, n FROM ic_name WHERE name IN ({','.join('?' * len(name_chunk))})",
+                          name_chunk)
                 counts.update(c.fetchall())
             c.execute("SELECT MAX(pk) FROM ic_patient")  # O(1); a bound of the count, good for shares
             total = c.fetchone()[0] or 0
@@ -253,7 +254,7 @@ class IdentityCandidates(SQLiteReadModel):
                 return []
             rng = random.Random(seed)
             picks = sorted({rng.randint(1, top) for _ in range(min(n * 2, top * 2))})[: n * 2]
-            out = []
+            out: list[dict] = []
             for i in range(0, len(picks), 500):
                 chunk = picks[i:i + 500]
                 c.execute(f"SELECT f FROM ic_patient WHERE pk IN ({','.join('?' * len(chunk))})", chunk)

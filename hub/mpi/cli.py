@@ -22,11 +22,14 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
 from hub.core.commandline import UsageError, open_store
+
+if TYPE_CHECKING:
+    from projections.person import PersonProjection
 
 
 def add_parsers(sub: Any, common: Any) -> None:
@@ -88,7 +91,7 @@ def _identity_decide(settings: Any, store: Any, index: Any = None):
         from projections.runner import Runner
     except ImportError:
         return None
-    person = open_model("person", settings.data_dir)
+    person = cast("PersonProjection", open_model("person", settings.data_dir))
     service = IdentityService(store, person, Runner(store, person))
     if index is not None:
         service.roles = lambda: index.roles  # the unique systems stored NamingSystems declare

@@ -37,7 +37,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from hub.core.errors import FhirError, bad_request, conflict, not_found
 from hub.core.identity_events import MATCHER, USER, IdentityEvent, to_stored
@@ -119,7 +119,7 @@ class IdentityService:
         from hub.readmodels import open_model
 
         Path(data_dir).mkdir(parents=True, exist_ok=True)
-        return cls(store, open_model("person", data_dir))
+        return cls(store, cast(PersonProjection, open_model("person", data_dir)))
 
     def close(self) -> None:
         self.person.close()

@@ -6,6 +6,7 @@ import csv
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
+from typing import IO
 
 import orjson
 
@@ -24,7 +25,7 @@ def write_ndjson(
     region = Region(seed, people, province)
     counts: Counter[str] = Counter()
     with ExitStack() as stack:
-        files: dict[str, object] = {}
+        files: dict[str, IO[bytes]] = {}
 
         def write(resource: dict) -> None:
             rt = resource["resourceType"]

@@ -7,6 +7,7 @@ get. Times are naive local datetimes written with the +08:00 offset.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 RESIDENT_ID_SYSTEM = "urn:oid:2.16.156.10011.1.3"
 HEALTH_CARD_SYSTEM = "urn:oid:2.16.156.10011.1.19"
@@ -47,7 +48,7 @@ def ref(resource_type: str, rid: str) -> dict:
 
 
 def identifier(type_code: str, system: str, value: str, use: str | None = None) -> dict:
-    d = {"use": use} if use else {}
+    d: dict[str, Any] = {"use": use} if use else {}
     d["type"] = coded(V2_0203, type_code, _ID_TYPES[type_code])
     d["system"] = system
     d["value"] = value

@@ -118,7 +118,7 @@ class Builder:
 
 
 def _obx(i: int, obs: dict) -> list[str]:
-    out = []
+    out: list[str] = []
     parts = [obs] if "component" not in obs else [dict(c, status=obs.get("status")) for c in obs["component"]]
     for p in parts:
         coding = (p.get("code", {}).get("coding") or [{}])[0]

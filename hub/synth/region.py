@@ -13,7 +13,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from . import fhir as F
 from .people import DIVISION_EXTENSION, FIRST_VISIT_DATE, HOUSEHOLD, REFERENCE_DATE, PeopleFactory, Person
@@ -239,6 +239,7 @@ class Region:
         by = self._by_level
         village = rng.choice(self._villages_by_district.get(person.district) or by["village"])
         hospital = rng.choice(by["tertiary"])
+        assert village.part_of is not None  # a village clinic belongs to a township centre
         pool = [village, self.institutions[village.part_of - 1], hospital, rng.choice(self.institutions)]
         chosen = rng.sample(pool, rng.choices((1, 2, 3, 4), cum_weights=(25, 70, 95, 100))[0])
         born_in_window = person.birth >= FIRST_VISIT_DATE
@@ -270,6 +271,7 @@ class Region:
         """The Patient an institution records at a person's first visit there, and the noise in it."""
         noise: list[str] = []
         family, given, text = person.family, person.given, None
+        idno: str | None
         birth, idno, phone = person.birth, person.id_number, person.contact_phone
         if person.parent is not None and (first - person.birth).days < 60:  # registered as a newborn
             if rng.random() < 0.6:
@@ -315,7 +317,7 @@ class Region:
             identifiers.append(F.identifier("NI", F.RESIDENT_ID_SYSTEM, idno, use="official"))
         if person.health_card and rng.random() < 0.7:
             identifiers.append(F.identifier("HC", F.HEALTH_CARD_SYSTEM, person.health_card))
-        name = {"use": "official", "text": text or family + given}
+        name: dict[str, Any] = {"use": "official", "text": text or family + given}
         if not text:
             name |= {"family": family, "given": [given]}
         patient = {"resourceType": "Patient", "id": pid, "identifier": identifiers, "active": True, "name": [name]}
@@ -490,6 +492,7 @@ class _Visit:
                     for v, val in ((self.c.vitals["systolic"], sys_), (self.c.vitals["diastolic"], dia))
                 ]
                 continue
+            value: float
             if name == "heart_rate":
                 value = int(rng.gauss(76, 9) if age >= 12 else rng.gauss(110, 12))
             elif name == "temperature":

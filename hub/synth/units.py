@@ -318,10 +318,10 @@ class _Writer:
         if labs:
             when = labs[0]["effectiveDateTime"]
             doc = cda.Document(header("C0007", when))
-            items = [(o["code"]["coding"][0]["code"], o["code"]["text"], _lab_value(o), o["valueQuantity"]["unit"],
-                      o["interpretation"][0]["coding"][0]["code"] != "N") for o in labs]
-            doc.lab_results(items, _hl7_ts(when))
-            facts = (visit, *(Fact("lab", c, _date(when), val) for c, _, val, _, _ in items))
+            results = [(o["code"]["coding"][0]["code"], o["code"]["text"], _lab_value(o), o["valueQuantity"]["unit"],
+                        o["interpretation"][0]["coding"][0]["code"] != "N") for o in labs]
+            doc.lab_results(results, _hl7_ts(when))
+            facts = (visit, *(Fact("lab", c, _date(when), val) for c, _, val, _, _ in results))
             yield Unit("cda", "C0007", doc.bytes(), src, person_key, facts, doc_defects, author[1])
 
 

@@ -121,21 +121,22 @@ def _aliases(params: dict[str, SearchParam]) -> dict[str, tuple[tuple[str, ...],
     plain = {c: p for c, p in params.items() if p.expression and not c.startswith("_")}
     out: dict[str, tuple[tuple[str, ...], str | None]] = {}
     for code, p in plain.items():
-        m = _TYPED.fullmatch(p.expression) if p.type == "reference" else None
+        # ``or ""``: every expression of ``plain`` is set (for the type checker)
+        m = _TYPED.fullmatch(p.expression or "") if p.type == "reference" else None
         if m:
             base = [c for c, q in plain.items() if c != code and q.type == "reference"
                     and q.expression == m.group(1)]
             if base:
                 out[code] = ((base[0],), m.group(2))
             continue
-        parts = _parts(p.expression)
+        parts = _parts(p.expression or "")
         # others of the same type (and, for composites, the same component expressions) whose
         # alternatives together are exactly this one's; the first in order when two are equal
         left, union = set(parts), []
         for c, q in plain.items():
             if c == code or c in out or shape(q)[1] != shape(p)[1] or q.type != p.type:
                 continue
-            q_parts = set(_parts(q.expression))
+            q_parts = set(_parts(q.expression or ""))
             if q_parts and q_parts <= left and (len(parts) > 1 or c < code):
                 union.append(c)
                 left -= q_parts
