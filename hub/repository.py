@@ -11,8 +11,11 @@ split Medplum draws between its routers and its ``Repository``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Protocol, TypeVar
 
 from eventsourcing.persistence import StoredEvent
 
@@ -22,6 +25,46 @@ from hub.core.ingest import Context, Hub, Op, Result
 from hub.core.store import ResourceStore, VersionRow
 from projections.search.backend import Page, Row
 from projections.search.query import Include, Query
+
+T = TypeVar("T")
+_PATIENT_REF = re.compile(rb'"reference"\s*:\s*"(?:[^"]*/)?Patient/([A-Za-z0-9\-.]{1,64})"')
+
+
+class AccessLog(Protocol):
+    """Where each access to patient data is recorded (``hub.access.audit.AccessAudit``)."""
+
+    def record(self, ctx: Context, action: Action, outcome: str, patients: Sequence[str],
+               handed: Sequence[tuple[str, str]], detail: str | None = None) -> None:
+        """Record one access: ``outcome`` 0 (success), 4 (refused or not found), 8 (failed);
+        ``patients`` the ``Patient/id`` whose data was handed out, ``handed`` what was."""
+
+
+@lru_cache(maxsize=1)
+def patient_data_types() -> frozenset[str]:
+    """Types that hold patient data: those of the Patient compartment, and Person."""
+    import json
+    from importlib import resources
+
+    table = json.loads(resources.files("projections.data").joinpath(
+        "compartment_patient.json").read_text())
+    return frozenset(table) | {"Patient", "Person"}
+
+
+def patients_in(rtype: str, rid: str, resource: bytes) -> list[str]:
+    """The Patients a resource is about: itself, or those its references name."""
+    if rtype == "Patient":
+        return [f"Patient/{rid}"]
+    return sorted({f"Patient/{m.decode()}" for m in _PATIENT_REF.findall(resource)})
+
+
+@dataclass
+class Found:
+    """A search's page: matches, what ``_include``/``_revinclude`` added, and the current stored
+    state of each (those the caller may see)."""
+
+    page: Page
+    included: list[Row]
+    bodies: dict[tuple[str, str], tuple[int, bytes]]
 
 
 class Searcher(Protocol):
@@ -52,10 +95,12 @@ def _write_action(op: Op) -> Action:
 class Repository:
     """Reads, searches and writes of resources on behalf of the actor in each ``Context``."""
 
-    def __init__(self, hub: Hub, *, search: Searcher | None = None, policy: Policy = OPEN):
+    def __init__(self, hub: Hub, *, search: Searcher | None = None, policy: Policy = OPEN,
+                 audit: AccessLog | None = None):
         self._hub = hub
         self._search = search
         self.policy = policy
+        self.audit = audit
         self._open = policy is OPEN  # nothing to filter: no copies of what is handed out
 
     @property
@@ -86,15 +131,44 @@ class Repository:
             raise forbidden(f"{rtype}/{rid} is not shown to this caller")
         return stored
 
+    def _audited(self, ctx: Context, action: Action, run: Callable[[], T],
+                 handed: Callable[[T], Iterable[tuple[str, str, bytes]]]) -> T:
+        """Run an access; record it (and a refused or failed one) when it is to patient data."""
+        if (self.audit is None or ctx.actor.kind == "system"
+                or (action.rtype is not None and action.rtype not in patient_data_types())):
+            return run()
+        try:
+            result = run()
+        except FhirError as e:
+            self.audit.record(ctx, action, "4" if e.status < 500 else "8", [], [],
+                              e.issues[0].diagnostics if e.issues else None)
+            raise
+        patients: dict[str, None] = {}
+        out: list[tuple[str, str]] = []
+        for rtype, rid, state in handed(result):
+            out.append((rtype, rid))
+            for p in patients_in(rtype, rid, state):
+                patients[p] = None
+        self.audit.record(ctx, action, "0", list(patients), out)
+        return result
+
     # -- reads ----------------------------------------------------------------------------------
 
     def read(self, ctx: Context, rtype: str, rid: str) -> StoredEvent:
-        self.policy.check(ctx.actor, Action("read", rtype, rid))
-        return self._hand_out(ctx, self._hub.read(rtype, rid), rtype, rid)
+        action = Action("read", rtype, rid)
+
+        def run() -> StoredEvent:
+            self.policy.check(ctx.actor, action)
+            return self._hand_out(ctx, self._hub.read(rtype, rid), rtype, rid)
+        return self._audited(ctx, action, run, lambda s: [(rtype, rid, s.state)])
 
     def vread(self, ctx: Context, rtype: str, rid: str, version: int) -> StoredEvent:
-        self.policy.check(ctx.actor, Action("vread", rtype, rid))
-        return self._hand_out(ctx, self._hub.vread(rtype, rid, version), rtype, rid)
+        action = Action("vread", rtype, rid)
+
+        def run() -> StoredEvent:
+            self.policy.check(ctx.actor, action)
+            return self._hand_out(ctx, self._hub.vread(rtype, rid, version), rtype, rid)
+        return self._audited(ctx, action, run, lambda s: [(rtype, rid, s.state)])
 
     def latest(self, ctx: Context, rtype: str, rid: str) -> StoredEvent | None:
         """The current version, a deletion included; None when unknown or not shown."""
@@ -118,8 +192,16 @@ class Repository:
         by_type: dict[str, list[str]] = {}
         for row in rows:
             by_type.setdefault(row.rtype, []).append(row.rid)
-        return {(rtype, rid): found for rtype, rids in by_type.items()
-                for rid, found in self.latest_many(ctx, rtype, rids).items()}
+        out: dict[tuple[str, str], tuple[int, bytes]] = {}
+        for rtype, rids in by_type.items():
+            try:  # an included type the caller may not search is left out, not an error
+                self.policy.check(ctx.actor, Action("search-type", rtype))
+            except FhirError:
+                continue
+            for rid, v in self._hub.store.latest_many(rtype, rids).items():
+                if self._shown(ctx.actor, rtype, rid, v[1]):
+                    out[(rtype, rid)] = v
+        return out
 
     def find_by_identifier(self, ctx: Context, rtype: str, system: str | None,
                            value: str) -> list[str]:
@@ -128,9 +210,14 @@ class Repository:
 
     def history(self, ctx: Context, *, rtype: str | None = None, rid: str | None = None,
                 **window: Any) -> list[VersionRow]:
-        self.policy.check(ctx.actor, Action(_history_kind(rtype, rid), rtype, rid))
-        rows = self._hub.store.history(rtype=rtype, rid=rid, **window)
-        return [r for r in rows if self._shown(ctx.actor, r.rtype, r.rid, r.state)]
+        action = Action(_history_kind(rtype, rid), rtype, rid)
+
+        def run() -> list[VersionRow]:
+            self.policy.check(ctx.actor, action)
+            rows = self._hub.store.history(rtype=rtype, rid=rid, **window)
+            return [r for r in rows if self._shown(ctx.actor, r.rtype, r.rid, r.state)]
+        return self._audited(ctx, action, run,
+                             lambda rows: [(r.rtype, r.rid, r.state) for r in rows])
 
     def count_history(self, ctx: Context, *, rtype: str | None = None, rid: str | None = None,
                       since_us: int | None = None) -> int:
@@ -159,6 +246,23 @@ class Repository:
         searcher = self._searcher()
         searcher.sync()
         return searcher.backend.page(q, count, with_total)
+
+    def search(self, ctx: Context, q: Query, count: int, with_total: bool | str,
+               base: str | None = None, *, includes: bool = True) -> Found:
+        """A planned search's page with its includes and their stored states: one access."""
+        action = Action("search-type", q.rtype)
+
+        def run() -> Found:
+            page = self.page(ctx, q, count, with_total)
+            bodies = self.current_bodies(ctx, page.rows)
+            included: list[Row] = []
+            if includes and (q.include or q.revinclude):
+                included = self.included(ctx, page.rows, q.include, q.revinclude, base=base)
+                bodies.update(self.current_bodies(ctx, included))
+            return Found(page, included, bodies)
+
+        return self._audited(ctx, action, run, lambda f: [
+            (rtype, rid, state) for (rtype, rid), (_, state) in f.bodies.items()])
 
     def included(self, ctx: Context, rows: list[Row], include: list[Include],
                  revinclude: list[Include], base: str | None = None) -> list[Row]:

@@ -72,6 +72,7 @@ def make_settings(backend: str, tmp_path: Path, request) -> Settings:
     """Settings for an empty store: a new SQLite directory or a new PostgreSQL database."""
     settings = Settings(data_dir=tmp_path / "data")
     settings.database_url = None
+    settings.audit = False  # see LiveServer
     if backend == "postgres":
         settings.database_url = request.getfixturevalue("pg_databases").new()
     return settings
@@ -119,6 +120,9 @@ class LiveServer:
         if self.settings.database_url:
             env["HUB_DATABASE_URL"] = self.settings.database_url
         env["HUB_MAX_BODY"] = str(self.settings.max_body)
+        # the access audit writes an AuditEvent per read: the suites that count what is stored
+        # run without it; tests/test_access_audit.py runs with it
+        env["HUB_AUDIT"] = "1" if self.settings.audit else "0"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hub.cli", "serve", "--host", "127.0.0.1",
              "--port", str(self.port)], env=env, stdout=subprocess.DEVNULL)

@@ -18,6 +18,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hub.access.audit import AccessAudit, AuditWriter
 from hub.api import bundles, capability, documents, quality, terminology, unmapped, v3
 from hub.api import everything as mpi_everything
 from hub.api import identity as mpi_identity
@@ -88,8 +89,11 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         # POST /cda and POST /v3 map in the hub: their local codes normalised here
         normaliser = StoredMaps(app.state.terminology, store, search.terminology_sync)
         quarantine = Quarantine(settings.data_dir / "quarantine.sqlite")
-        # every read and write of the handlers below passes through it
-        repo = Repository(hub, search=search, policy=policy)
+        # the hub's own writes (the audit) need no policy; every read and write of the handlers
+        # below passes through the repository, each access to patient data audited
+        audit = AuditWriter(Repository(hub))
+        repo = Repository(hub, search=search, policy=policy,
+                          audit=AccessAudit(audit) if settings.audit else None)
         app.state.hub = hub
         app.state.repo = repo
         app.state.search = search
@@ -98,7 +102,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         runner.start()
         quality.attach(app, settings, follow_store, models["quality"])  # data-quality findings
         # Person, timeline, audit
-        mpi_identity.attach(app, settings, repo, follow_store, models["person"],
+        mpi_identity.attach(app, settings, repo, audit, follow_store, models["person"],
                             models["timeline"])
         # the candidate index of $match
         mpi_match.attach(app, settings, follow_store, models["identity-candidates"])
@@ -110,6 +114,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
             unmapped.detach(app)
             mpi_match.detach(app)
             mpi_identity.detach(app)
+            audit.close()
             quality.detach(app)
             runner.stop()
             index.close()

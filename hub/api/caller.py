@@ -69,6 +69,9 @@ def context_of(request: Request, feed: str = "rest") -> Context:
         if value and value.isprintable():
             ctx.source[key] = value[:128]
     ctx.actor = actor_of(request)
+    if request.client is not None and request.client.host:
+        ctx.address = request.client.host
+    ctx.query = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return ctx
 
 

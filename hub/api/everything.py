@@ -29,11 +29,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import queue
 import re
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 import orjson
@@ -41,15 +38,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from hub.access.audit import AuditWriter
 from hub.api.caller import context_of, purpose_of, repository, user_of
 from hub.api.paging import link
 from hub.api.responses import base_url, check_format, fhir_response
-from hub.core.access import SYSTEM, Action
+from hub.core.access import Action
 from hub.core.errors import FhirError, bad_request
 from hub.core.fhirtime import parse_range
-from hub.core.ingest import Context, Op, now_instant
+from hub.core.ingest import now_instant
 from hub.mpi.everything import Scope, SharedRecord, check_types
-from hub.repository import Repository
 from projections.timeline import KINDS
 
 log = logging.getLogger("hub.api.everything")
@@ -123,58 +120,6 @@ def audit_event(request: Request, access: str, person: str | list[str] | None,
                                "display": "Application Server"}]}
     out["entity"] = entities
     return out
-
-
-class AuditWriter:
-    """Writes AuditEvents through the repository as the hub itself; a request waits for its own
-    commit, and whatever queued meanwhile goes in the next transaction together (group
-    commit)."""
-
-    def __init__(self, repo: Repository, batch: int = 256):
-        self.repo = repo
-        self.batch = batch
-        self._q: queue.Queue[tuple[dict, Future] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="audit-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, d: dict) -> Future:
-        fut: Future = Future()
-        self._q.put((d, fut))
-        return fut
-
-    def close(self) -> None:
-        self._q.put(None)
-        self._thread.join(timeout=30)
-
-    def _loop(self) -> None:
-        stop = False
-        while not stop:
-            first = self._q.get()
-            if first is None:
-                return
-            items = [first]
-            while len(items) < self.batch:
-                try:
-                    nxt = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                items.append(nxt)
-            ops = [Op("POST", "AuditEvent", d=d, url="AuditEvent") for d, _ in items]
-            ctx = Context(source={"feed": "audit"}, actor=SYSTEM)
-            try:
-                results = self.repo.execute(ops, ctx, atomic=False)
-            except BaseException as e:  # noqa: BLE001 - handed to every waiting request
-                for _, fut in items:
-                    fut.set_exception(e)
-                continue
-            for (_, fut), r in zip(items, results):
-                if isinstance(r, FhirError):
-                    fut.set_exception(r)
-                else:
-                    fut.set_result(r)
 
 
 async def audited(request: Request, access: str, answer: Callable[[str | None], Any],

@@ -43,9 +43,10 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from hub.access.audit import AuditWriter
 from hub.api import paging
 from hub.api.caller import context_of, purpose_of, repository, user_of
-from hub.api.everything import AuditWriter, audited
+from hub.api.everything import audited
 from hub.api.responses import base_url, check_content_type, check_format, fhir_response
 from hub.core import resource as res
 from hub.core.access import Action
@@ -71,11 +72,11 @@ MAX_SEARCH = 100
 
 # -- wiring -----------------------------------------------------------------------------------------
 
-def attach(app: FastAPI, settings: Settings, repo: Repository, follow_store: ResourceStore,
-           person: PersonProjection | None = None,
+def attach(app: FastAPI, settings: Settings, repo: Repository, audit: AuditWriter,
+           follow_store: ResourceStore, person: PersonProjection | None = None,
            timeline: TimelineProjection | None = None) -> None:
     """Follow the log with the person and timeline projections (given, or opened from the
-    registry), start the audit writer."""
+    registry); shared-record reads are audited through ``audit``."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if person is None:
         person = open_model("person", settings.data_dir)
@@ -88,7 +89,7 @@ def attach(app: FastAPI, settings: Settings, repo: Repository, follow_store: Res
     app.state.identity = identity
     app.state.shared_record = SharedRecord(repo.store, identity, app.state.search, timeline,
                                            Runner(repo.store, timeline))
-    app.state.audit = AuditWriter(repo)
+    app.state.audit = audit
     app.state.mpi_runners = [person_runner, timeline_runner]
     app.state.mpi_models = [person, timeline]
     person_runner.start()
@@ -98,9 +99,6 @@ def attach(app: FastAPI, settings: Settings, repo: Repository, follow_store: Res
 def detach(app: FastAPI) -> None:
     for r in getattr(app.state, "mpi_runners", None) or ():
         r.stop()
-    audit = getattr(app.state, "audit", None)
-    if audit is not None:
-        audit.close()
     for m in getattr(app.state, "mpi_models", None) or ():
         m.close()
     app.state.mpi_runners = app.state.mpi_models = None

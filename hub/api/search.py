@@ -154,7 +154,8 @@ def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple
         # ~1,000 index rows, or none at all) and left out otherwise, so a broad search does not pay
         # for counting every match; _total=accurate always counts.
         want_total = "if-cheap" if q.total is None else q.total
-    page = repo.page(ctx, q, count, False if want_total == "none" else want_total)
+    found = repo.search(ctx, q, count, False if want_total == "none" else want_total, base)
+    page = found.page
     keep = None
     if q.summary == "true":
         allowed = summary_elements(rtype)
@@ -184,13 +185,10 @@ def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple
         entries.append({"fullUrl": f"{base}/{row.rtype}/{row.rid}", "resource": body,
                         "search": {"mode": mode}})
 
-    bodies = repo.current_bodies(ctx, page.rows)
-    for row in page.rows:
-        add(row, "match", bodies)
-    included = repo.included(ctx, page.rows, q.include, q.revinclude, base=base)
-    bodies = repo.current_bodies(ctx, included)
-    for row in included:
-        add(row, "include", bodies)
+    for row in found.page.rows:
+        add(row, "match", found.bodies)
+    for row in found.included:
+        add(row, "include", found.bodies)
     if q.ignored:
         entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [
             Issue("not-supported",

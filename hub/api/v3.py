@@ -304,7 +304,8 @@ def _search(request: Request, q: dict[str, Any]) -> tuple[list[dict], int | None
     # strict: an ignored criterion would widen it
     plan = repo.plan(ctx, rtype, params, True, base)
     wanted = min(plan.count if plan.count is not None else settings.default_count, settings.max_count)
-    page = repo.page(ctx, plan, settings.max_count if post else wanted, "accurate")
+    page = repo.search(ctx, plan, settings.max_count if post else wanted, "accurate", base,
+                       includes=False).page
     matches = []
     for row in page.rows:
         d = _load(repo, ctx, row.rtype, row.rid)

@@ -7,6 +7,7 @@ HUB_BASE_URL      public base URL used in links and Location headers            
 HUB_MAX_BODY      largest accepted request body, bytes                          67108864 (64 MiB)
 HUB_MAX_COUNT     largest page size a client may ask for                        1000
 HUB_MPI_AUTOMATCH `hub serve` matches new and updated Patients as they arrive     1 (0: off)
+HUB_AUDIT         every access to patient data writes an AuditEvent             1 (0: off)
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class Settings:
     # the master patient index links new and updated Patients as they arrive (hub.api.match)
     mpi_automatch: bool = field(
         default_factory=lambda: os.environ.get("HUB_MPI_AUTOMATCH", "1") != "0")
+    # each read, search and history of patient data is recorded (hub.access.audit)
+    audit: bool = field(default_factory=lambda: os.environ.get("HUB_AUDIT", "1") != "0")
 
     @property
     def event_store_path(self) -> Path:

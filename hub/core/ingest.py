@@ -60,6 +60,8 @@ class Context:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     source: dict[str, Any] = field(default_factory=dict)
     actor: Actor = ANONYMOUS
+    address: str | None = None  # the caller's network address, as the audit records it
+    query: str | None = None  # the request (path and query) an access answers, for the audit
 
 
 @dataclass(slots=True)

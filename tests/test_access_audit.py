@@ -1,0 +1,105 @@
+"""Every access to patient data writes one AuditEvent, refused and failed ones included.
+
+Over real HTTP against ``hub serve`` with the access audit on; the AuditEvents are read from the
+event store itself (reading them through the API would be audited too).
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from tests.api_helpers import observation, patient, unique
+from tests.conftest import FHIR_JSON, LiveServer, make_settings
+
+
+@pytest.fixture(scope="module", params=["sqlite"])
+def live(request, tmp_path_factory):
+    settings = make_settings(request.param, tmp_path_factory.mktemp("audit"), request)
+    settings.audit = True
+    with LiveServer(settings) as server:
+        yield server
+
+
+@pytest.fixture
+def client(live):
+    import httpx
+
+    with httpx.Client(base_url=live.base, timeout=30,
+                      headers={"accept": "application/fhir+json", "x-hub-user": "dr.li"}) as c:
+        yield c
+
+
+def audit_events(live) -> dict[str, dict]:
+    """id -> AuditEvent, every one in the store."""
+    store = live.settings.open_store()
+    try:
+        rows = store.history(rtype="AuditEvent", limit=100_000)
+        return {r.rid: orjson.loads(r.state.partition(b"\n")[2]) for r in rows}
+    finally:
+        store.close()
+
+
+def new_since(live, before: dict[str, dict]) -> list[dict]:
+    return [e for rid, e in audit_events(live).items() if rid not in before]
+
+
+def _put(client, d: dict) -> None:
+    r = client.put(f"/{d['resourceType']}/{d['id']}", json=d, headers=FHIR_JSON)
+    assert r.status_code in (200, 201), r.text
+
+
+def _about(events: list[dict], ref: str) -> list[dict]:
+    return [e for e in events if any((x.get("what") or {}).get("reference") == ref
+                                     for x in e.get("entity", []))]
+
+
+def test_each_access_to_patient_data_is_one_audit_event(client, live):
+    p = patient(rid=unique()[:16])
+    o = observation(f"Patient/{p['id']}")
+    o["id"] = unique()[:16]
+    _put(client, p)
+    _put(client, o)
+    before = audit_events(live)
+    assert client.get(f"/Patient/{p['id']}").status_code == 200
+    assert client.get(f"/Observation/{o['id']}/_history/1").status_code == 200
+    assert client.get("/Observation", params={"subject": f"Patient/{p['id']}"}).status_code == 200
+    assert client.get(f"/Patient/{p['id']}/_history").status_code == 200
+    assert client.get(f"/Patient/{unique()[:16]}").status_code == 404
+    events = new_since(live, before)
+    assert len(events) == 5  # writes are in the log already; reads are audited once each
+    mine = _about(events, f"Patient/{p['id']}")
+    kinds = sorted(e["subtype"][0]["code"] for e in mine)
+    assert kinds == ["history-instance", "read", "search-type", "vread"], kinds
+    for e in mine:
+        assert e["outcome"] == "0"
+        assert e["agent"][0]["who"]["identifier"]["value"] == "dr.li"
+        assert e["agent"][0]["network"]["address"] == "127.0.0.1"
+    search = next(e for e in mine if e["subtype"][0]["code"] == "search-type")
+    query = [x for x in search["entity"] if x["role"]["code"] == "24"]
+    assert query and "subject=Patient" in query[0]["description"]
+    refused = [e for e in events if e["outcome"] == "4"]
+    assert len(refused) == 1 and refused[0]["subtype"][0]["code"] == "read"
+
+
+def test_data_that_is_not_about_patients_is_not_audited(client, live):
+    org = {"resourceType": "Organization", "id": unique()[:16], "name": "Audit test hospital"}
+    _put(client, org)
+    before = audit_events(live)
+    assert client.get(f"/Organization/{org['id']}").status_code == 200
+    assert client.get("/Organization", params={"name": "Audit test"}).status_code == 200
+    assert new_since(live, before) == []
+
+
+def test_a_batch_read_is_audited_like_a_plain_one(client, live):
+    p = patient(rid=unique()[:16])
+    _put(client, p)
+    before = audit_events(live)
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"Patient/{p['id']}"}},
+        {"request": {"method": "GET", "url": f"Patient?_id={p['id']}"}},
+    ]}
+    r = client.post("", json=bundle, headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    events = new_since(live, before)
+    assert sorted(e["subtype"][0]["code"] for e in events) == ["read", "search-type"]
