@@ -129,7 +129,9 @@ class Runner:
         def loop() -> None:
             while not self._stop.is_set():
                 try:
-                    if not self.step():
+                    applied = self.step()
+                    self.error = None  # following again: an outage that ended is no error
+                    if not applied:
                         self._caught_up()
                         self._stop.wait(poll)
                 except BaseException as e:  # noqa: BLE001 - kept for lag reports; retried

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.access.audit import AccessAudit, AuditWriter
-from hub.api import bundles, capability, documents, quality, terminology, unmapped, v3
+from hub.api import bundles, capability, documents, health, quality, terminology, unmapped, v3
 from hub.api import everything as mpi_everything
 from hub.api import identity as mpi_identity
 from hub.api import match as mpi_match  # Patient/$match
@@ -130,6 +130,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
     app.add_middleware(BodyLimit, limit=settings.max_body, answers={"/v3": v3.too_large})
     _install_error_handlers(app)
     # before the FHIR routes: /fhir/{type} would otherwise take /fhir/$quality-report
+    app.include_router(health.router)  # GET /health, GET /ready
     app.include_router(quality.router)  # GET /fhir/$quality-report
     # Person (read, search, operations), $everything, $timeline, $mpi-review,
     # $resolve-identifier; before /fhir/{type}/{id} and /fhir/{type}/{id}/{compartment type}

@@ -1,0 +1,70 @@
+"""Liveness and readiness for load balancers and orchestrators; open to any caller (they carry no
+personal data).
+
+- ``GET /health``: the process answers (liveness).
+- ``GET /ready``: the event store answers within a few seconds and every read model's follower
+  is alive; each one's lag (notifications not yet applied) is listed. 503 when not ready, so a
+  balancer stops sending requests to a process whose database is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+router = APIRouter()
+STORE_TIMEOUT = 3.0
+HEALTH_JSON = "application/health+json"
+
+
+def _runners(request: Request) -> dict[str, Any]:
+    state = request.app.state
+    out: dict[str, Any] = {}
+    search = getattr(state, "search", None)
+    if search is not None:
+        out["search"] = search.runner
+    for name, attr in (("terminology", "terminology_runner"), ("quality", "quality_runner"),
+                       ("identity-candidates", "mpi_candidates_runner"),
+                       ("unmapped", "unmapped_runner")):
+        runner = getattr(state, attr, None)
+        if runner is not None:
+            out[name] = runner
+    for runner in getattr(state, "mpi_runners", None) or ():
+        out[getattr(runner.model, "name", type(runner.model).__name__)] = runner
+    return out
+
+
+@router.get("/health", name="health", include_in_schema=True)
+async def health() -> Response:
+    return JSONResponse({"status": "pass"}, media_type=HEALTH_JSON)
+
+
+@router.get("/ready", name="ready", include_in_schema=True)
+async def ready(request: Request) -> Response:
+    checks: dict[str, Any] = {}
+    status = "pass"
+    repo = getattr(request.app.state, "repo", None)
+    if repo is None:
+        return JSONResponse({"status": "fail", "output": "starting"}, 503, media_type=HEALTH_JSON)
+    try:
+        head = await asyncio.wait_for(run_in_threadpool(repo.store.max_notification_id),
+                                      STORE_TIMEOUT)
+        checks["event-store"] = {"status": "pass", "position": head}
+    except Exception as e:  # noqa: BLE001 - any engine error means not ready
+        checks["event-store"] = {"status": "fail",
+                                 "output": "timed out" if isinstance(e, TimeoutError)
+                                 else type(e).__name__}
+        return JSONResponse({"status": "fail", "checks": checks}, 503, media_type=HEALTH_JSON)
+    for name, runner in _runners(request).items():
+        position = runner.model.position()
+        check: dict[str, Any] = {"status": "pass", "lag": max(0, head - position)}
+        if runner.error is not None:
+            check = {"status": "fail", "lag": check["lag"], "output": type(runner.error).__name__}
+            status = "fail"
+        checks[f"read-model:{name}"] = check
+    return JSONResponse({"status": status, "checks": checks}, 200 if status == "pass" else 503,
+                        media_type=HEALTH_JSON)
