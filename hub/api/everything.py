@@ -44,6 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from hub.api.caller import context_of, purpose_of, repository, user_of
 from hub.api.paging import link
 from hub.api.responses import base_url, check_format, fhir_response
+from hub.auditchain import AuditChain
 from hub.core.access import SYSTEM, Action
 from hub.core.errors import FhirError, bad_request
 from hub.core.fhirtime import parse_range
@@ -130,9 +131,11 @@ class AuditWriter:
     commit, and whatever queued meanwhile goes in the next transaction together (group
     commit)."""
 
-    def __init__(self, repo: Repository, batch: int = 256):
+    def __init__(self, repo: Repository, batch: int = 256, chain: AuditChain | None = None):
         self.repo = repo
         self.batch = batch
+        # each AuditEvent sealed into a hash chain (hub.auditchain), one chain per writer
+        self.chain = chain if chain is not None else AuditChain.new()
         self._q: queue.Queue[tuple[dict, Future] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="audit-writer", daemon=True)
         self._thread.start()
@@ -162,14 +165,26 @@ class AuditWriter:
                     stop = True
                     break
                 items.append(nxt)
-            ops = [Op("POST", "AuditEvent", d=d, url="AuditEvent") for d, _ in items]
+            # sealed in queue order, committed in that order by one transaction
+            before, ops, sealed = self.chain.state(), [], []
+            for d, fut in items:
+                try:
+                    ops.append(Op("POST", "AuditEvent", d=self.chain.seal(d), url="AuditEvent"))
+                    sealed.append((d, fut))
+                except FhirError as e:
+                    fut.set_exception(e)
+            items = sealed
+            if not items:
+                continue
             ctx = Context(source={"feed": "audit"}, actor=SYSTEM)
             try:
                 results = self.repo.execute(ops, ctx, atomic=False)
             except BaseException as e:  # noqa: BLE001 - handed to every waiting request
+                self.chain = self.chain.failed(before, e)
                 for _, fut in items:
                     fut.set_exception(e)
                 continue
+            self.chain.written(before, results)
             for (_, fut), r in zip(items, results):
                 if isinstance(r, FhirError):
                     fut.set_exception(r)
