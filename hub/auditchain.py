@@ -36,7 +36,11 @@ reports, each with the resource id, chain, sequence and notification id:
   POST, or forged into the table);
 - ``malformed``: a chain extension or body that cannot be read;
 - ``updated`` / ``deleted``: a version after the first, or a deletion: the audit is append-only;
-- ``truncated``: with anchors (below), a chain that ends before, or differs at, an anchored head.
+- ``truncated`` / ``rewritten``: with anchors (below), a chain that ends before an anchored head,
+  or whose event at an anchored sequence has another hash (the chain was rebuilt since).
+
+One event moved far ahead makes every event it jumped over read as ``reordered``: which of them
+moved cannot be told from the order alone, only that the order is not the sealed one.
 
 **What is not detected.** The hash covers the AuditEvent as the writer built it, not what the
 server adds: the resource ``id``, ``meta`` and the event header (``lastUpdated``, source, request)
@@ -206,7 +210,7 @@ class AuditChain:
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    kind: str  # modified | missing | reordered | duplicate | unchained | malformed | updated | deleted | truncated
+    kind: str  # modified missing reordered duplicate unchained malformed updated deleted truncated rewritten
     rid: str | None
     chain: str | None
     seq: int | None
@@ -300,7 +304,7 @@ def verify(store: Any, anchors: Iterable[dict] | None = None, page: int = 1000) 
             problem("modified", rid, seal, nid, "the content does not match its sealed hash")
         want = anchored.get((seal.chain, seal.seq))
         if want is not None and want != seal.hash:
-            problem("truncated", rid, seal, nid, "differs from the anchored event at this sequence")
+            problem("rewritten", rid, seal, nid, "differs from the anchored event at this sequence")
         st = chains.setdefault(seal.chain, _ChainState())
         if seal.seq == st.seq + 1:
             if seal.previous != st.head:
