@@ -324,8 +324,8 @@ def verify(store: Any, anchors: Iterable[dict] | None = None, page: int = 1000) 
             report.problems.append(Problem("missing", g.after_rid, chain, g.lo, g.after_nid,
                                            f"{which} not found before this event"))
     for chain, seq in anchored:
-        st = chains.get(chain)
-        last = st.seq if st else 0
+        found = chains.get(chain)
+        last = found.seq if found else 0
         if seq > last:
             report.problems.append(Problem(
                 "truncated", None, chain, seq, None,
