@@ -420,3 +420,28 @@ def test_hub_audit_verify_export_and_anchor(chained, settings, tmp_path, capsys)
     assert cli.main(["audit", "anchor", *args]) == 1  # a failing store is not anchored
     capsys.readouterr()
     assert cli.main(["audit", "verify", *args, "--anchors", str(tmp_path / "nope")]) == 2
+
+
+# -- end to end ---------------------------------------------------------------------------------------
+
+def test_reads_audited_by_hub_serve_verify_and_a_posted_audit_event_does_not(live, client, capsys):
+    def read(i: int) -> None:
+        assert client.get(f"/Person/nobody-{i}/$everything",
+                          headers={"X-Hub-User": f"u{i}"}).status_code == 404
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    args = store_args(live.settings)
+    capsys.readouterr()
+    assert cli.main(["audit", "verify", *args, "--json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["events"] == 20 and report["chains"] == 1
+    # an AuditEvent a client POSTs is not sealed: it is reported
+    r = client.post("/AuditEvent", content=orjson.dumps(audit_event(1)),
+                    headers={"content-type": "application/fhir+json"})
+    assert r.status_code == 201
+    assert cli.main(["audit", "verify", *args, "--json"]) == 1
+    assert [p["kind"] for p in orjson.loads(capsys.readouterr().out)["problems"]] == ["unchained"]
