@@ -79,6 +79,9 @@ class Searcher(Protocol):
     def backend(self) -> Any: ...
 
 
+APPEND_ONLY = frozenset({"AuditEvent"})
+
+
 def forbidden(diagnostics: str) -> FhirError:
     return FhirError(403, "forbidden", diagnostics)
 
@@ -293,6 +296,11 @@ class Repository:
         refused: dict[int, FhirError] = {}
         for i, op in enumerate(ops):
             try:
+                if op.rtype in APPEND_ONLY and ctx.actor.kind != "system":
+                    # whatever the policy: a forged or erased audit record would be worse than
+                    # none (the hub seals its own into a hash chain, hub.access.chain)
+                    raise forbidden(f"{op.rtype} is written by the hub only; it cannot be "
+                                    "created, changed or deleted through the API")
                 self.policy.check(ctx.actor, _write_action(op))
             except FhirError as e:
                 refused[i] = e

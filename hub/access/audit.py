@@ -18,6 +18,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from hub.access.chain import AuditChain
 from hub.core.access import SYSTEM, Action
 from hub.core.errors import FhirError
 from hub.core.ingest import Context, Op, now_instant
@@ -36,9 +37,11 @@ class AuditWriter:
     commit, and whatever queued meanwhile goes in the next transaction together (group
     commit)."""
 
-    def __init__(self, writer: Any, batch: int = 256):
+    def __init__(self, writer: Any, batch: int = 256, chain: AuditChain | None = None):
         self.repo = writer
         self.batch = batch
+        # each AuditEvent sealed into a hash chain (hub.access.chain), one chain per writer
+        self.chain = chain if chain is not None else AuditChain.new()
         self._q: queue.Queue[tuple[dict, Future] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="audit-writer", daemon=True)
         self._thread.start()
@@ -68,14 +71,26 @@ class AuditWriter:
                     stop = True
                     break
                 items.append(nxt)
-            ops = [Op("POST", "AuditEvent", d=d, url="AuditEvent") for d, _ in items]
+            # sealed in queue order, committed in that order by one transaction
+            before, ops, sealed = self.chain.state(), [], []
+            for d, fut in items:
+                try:
+                    ops.append(Op("POST", "AuditEvent", d=self.chain.seal(d), url="AuditEvent"))
+                    sealed.append((d, fut))
+                except FhirError as e:
+                    fut.set_exception(e)
+            items = sealed
+            if not items:
+                continue
             ctx = Context(source={"feed": "audit"}, actor=SYSTEM)
             try:
                 results = self.repo.execute(ops, ctx, atomic=False)
             except BaseException as e:  # noqa: BLE001 - handed to every waiting request
+                self.chain = self.chain.failed(before, e)
                 for _, fut in items:
                     fut.set_exception(e)
                 continue
+            self.chain.written(before, results)
             for (_, fut), r in zip(items, results):
                 if isinstance(r, FhirError):
                     fut.set_exception(r)

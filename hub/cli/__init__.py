@@ -128,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     mpi_cli.add_parsers(sub, common)
     # -- end mpi --
 
+    # -- hub audit verify|export|anchor (the AuditEvents' hash chain) --
+    from hub.cli import audit as audit_cli
+
+    audit_cli.add_parsers(sub, common)
+    # -- end audit --
+
     # -- hub identity link|unlink|merge|unmerge|not-duplicate|review|show (identity) --
     p = sub.add_parser("identity", parents=[common],
                        help="master patient index decisions by a named user (identity events)")
@@ -213,6 +219,15 @@ def cmd_mpi(args, settings: Settings) -> int:  # hub mpi train|rematch (hub/mpi/
 
 
 COMMANDS["mpi"] = cmd_mpi
+
+
+def cmd_audit(args, settings: Settings) -> int:  # hub audit verify|export|anchor (hub/cli/audit.py)
+    from hub.cli import audit as audit_cli
+
+    return audit_cli.cmd_audit(args, settings)
+
+
+COMMANDS["audit"] = cmd_audit
 
 
 COMMANDS["identity"] = cmd_identity
