@@ -25,13 +25,13 @@ from pathlib import Path
 import orjson
 
 from hub.auth.keys import check_jwks
+from hub.auth.roles import ROLES
 from hub.auth.scopes import check_scopes
 from hub.core.errors import bad_request, not_found
 
 __all__ = ["REGISTRY_FILE", "ROLES", "Client", "ClientRegistry", "open_registry"]
 
 REGISTRY_FILE = "auth.sqlite"
-ROLES = ("connector", "clinician", "steward", "auditor", "admin")
 STATUSES = ("active", "revoked")
 
 _SCHEMA = """
