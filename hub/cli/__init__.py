@@ -128,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     mpi_cli.add_parsers(sub, common)
     # -- end mpi --
 
+    # -- hub auth client add|list|revoke, rotate-key (access control) --
+    from hub.cli import auth as auth_cli
+
+    auth_cli.add_parsers(sub, common)
+    # -- end auth --
+
     # -- hub identity link|unlink|merge|unmerge|not-duplicate|review|show (identity) --
     p = sub.add_parser("identity", parents=[common],
                        help="master patient index decisions by a named user (identity events)")
@@ -213,6 +219,15 @@ def cmd_mpi(args, settings: Settings) -> int:  # hub mpi train|rematch (hub/mpi/
 
 
 COMMANDS["mpi"] = cmd_mpi
+
+
+def cmd_auth(args, settings: Settings) -> int:  # hub auth client …|rotate-key (hub/cli/auth.py)
+    from hub.cli import auth as auth_cli
+
+    return auth_cli.cmd_auth(args, settings)
+
+
+COMMANDS["auth"] = cmd_auth
 
 
 COMMANDS["identity"] = cmd_identity
