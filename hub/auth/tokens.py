@@ -5,7 +5,7 @@ signed JWT assertion, RFC 7523) and, re-exported here, the signer and the verifi
 JWT signed by a key it registered (``hub auth client add``): ``iss`` and ``sub`` its client_id,
 ``aud`` the token URL, ``exp`` at most five minutes ahead, a ``jti`` it never used before. It is
 granted what it asks for within what it is allowed (``scopes.narrow``), in an access token the
-hub signs (``Signer``) that carries its roles and institution. Refusals are ``OAuthError``\\ s,
+hub signs (``Signer``) that carries its roles and institution. A refusal is an ``OAuthError``,
 answered as OAuth error JSON (RFC 6749 section 5.2): authentication failures of any kind are
 ``invalid_client`` (401), as the SMART specification asks, so that they tell an attacker nothing.
 """
@@ -13,11 +13,10 @@ answered as OAuth error JSON (RFC 6749 section 5.2): authentication failures of 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import jwt
 
-from hub.auth.clients import ClientRegistry
+from hub.auth.clients import Client, ClientRegistry
 from hub.auth.jose import CLOCK_SKEW_S, algorithms_for, describe, header_of
 from hub.auth.scopes import format_scopes, narrow, parse_scopes
 from hub.auth.signer import Signer
@@ -89,8 +88,8 @@ def issue_for_client(form: dict[str, str], registry: ClientRegistry, signer: Sig
     return {"access_token": token, "token_type": "bearer", "expires_in": int(ttl_s), "scope": scope}
 
 
-def access_claims(client: Any, scope: str, issuer: str, audience: str) -> dict:
-    """The claims of an access token for ``client`` (a registry Client) granted ``scope``."""
+def access_claims(client: Client, scope: str, issuer: str, audience: str) -> dict:
+    """The claims of an access token for ``client`` granted ``scope``."""
     claims = {"iss": issuer, "aud": audience, "sub": client.client_id, "client_id": client.client_id,
               "scope": scope, "hub_roles": list(client.roles)}
     if client.institution:
@@ -98,7 +97,7 @@ def access_claims(client: Any, scope: str, issuer: str, audience: str) -> dict:
     return claims
 
 
-def _authenticate(assertion: str, registry: ClientRegistry, token_url: str) -> tuple[Any, dict]:
+def _authenticate(assertion: str, registry: ClientRegistry, token_url: str) -> tuple[Client, dict]:
     """The active client that signed ``assertion`` and the assertion's verified claims."""
     try:
         header = header_of(assertion)
