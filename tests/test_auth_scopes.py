@@ -123,8 +123,8 @@ def test_narrow_and_queries():
     assert granted(f"system/Observation.cruds?{LAB}", "system/*.rs") == f"system/Observation.rs?{LAB}"
 
 
-@given(st.text())
-def test_parse_scopes_raises_nothing_but_fhir_errors(text):
+def check_parse(text: str) -> None:
+    """A bad request, or scopes that read back the same from their formatted string."""
     try:
         scopes = parse_scopes(text)
     except FhirError as e:
@@ -132,6 +132,20 @@ def test_parse_scopes_raises_nothing_but_fhir_errors(text):
     else:
         assert all(isinstance(s, Scope) for s in scopes)
         assert parse_scopes(format_scopes(scopes)) == scopes
+
+
+@given(st.text())
+def test_parse_scopes_raises_nothing_but_fhir_errors(text):
+    check_parse(text)
+
+
+PIECES = ["system/", "user/", "patient/", "launch/", "Patient", "Observation", "*", ".", "rs", "cruds", "sr",
+          "read", "write", "?", "=", "&", "|", "%", "%zz", " ", "\t", "\\", '"', "é"]
+
+
+@given(st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=2)), max_size=12).map("".join))
+def test_scope_like_text_raises_nothing_but_fhir_errors(text):
+    check_parse(text)
 
 
 @given(st.lists(st.sampled_from(["system/Patient.rs", "system/*.cruds", "user/Observation.cu", "system/*.s",
