@@ -134,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     audit_cli.add_parsers(sub, common)
     # -- end audit --
 
+    # -- hub auth client add|list|revoke, rotate-key (access control) --
+    from hub.cli import auth as auth_cli
+
+    auth_cli.add_parsers(sub, common)
+    # -- end auth --
+
     # -- hub identity link|unlink|merge|unmerge|not-duplicate|review|show (identity) --
     p = sub.add_parser("identity", parents=[common],
                        help="master patient index decisions by a named user (identity events)")
@@ -228,6 +234,15 @@ def cmd_audit(args, settings: Settings) -> int:  # hub audit verify|export|ancho
 
 
 COMMANDS["audit"] = cmd_audit
+
+
+def cmd_auth(args, settings: Settings) -> int:  # hub auth client …|rotate-key (hub/cli/auth.py)
+    from hub.cli import auth as auth_cli
+
+    return auth_cli.cmd_auth(args, settings)
+
+
+COMMANDS["auth"] = cmd_auth
 
 
 COMMANDS["identity"] = cmd_identity

@@ -1,0 +1,175 @@
+"""The registry of clients allowed to ask the token endpoint for access tokens.
+
+A client (a hospital's connector, a data-quality service) is registered by an administrator with
+its public keys (it signs its token requests with the private half, which the hub never sees), the
+institution it speaks for, its hub roles and the scopes it may be granted. Revoking it refuses its
+next token request; tokens already issued expire within minutes.
+
+The registry is one SQLite file (``auth.sqlite`` in the data directory), apart from the event store
+(on SQLite or PostgreSQL alike): the clients are configuration, not records. It also remembers the
+``jti`` of every client assertion until the assertion expires, so that none is accepted twice.
+Each call opens its own connection, so the registry is safe to share between threads and processes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from hub.auth.keys import check_jwks
+from hub.auth.roles import ROLES
+from hub.auth.scopes import check_scopes
+from hub.core.errors import bad_request, not_found
+
+__all__ = ["REGISTRY_FILE", "ROLES", "Client", "ClientRegistry", "open_registry"]
+
+REGISTRY_FILE = "auth.sqlite"
+STATUSES = ("active", "revoked")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS client (
+    client_id   TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    jwks        TEXT NOT NULL,
+    institution TEXT NOT NULL DEFAULT '',
+    roles       TEXT NOT NULL,
+    scopes      TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
+    created     TEXT NOT NULL,
+    revoked     TEXT
+);
+CREATE TABLE IF NOT EXISTS used_jti (
+    client_id TEXT NOT NULL,
+    jti       TEXT NOT NULL,
+    expires   REAL NOT NULL,
+    PRIMARY KEY (client_id, jti)
+);
+CREATE INDEX IF NOT EXISTS used_jti_expires ON used_jti (expires);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """A registered client. ``roles`` are hub roles (``ROLES``), ``scopes`` the SMART scope string
+    it may be granted, ``created`` and ``revoked`` UTC times (ISO 8601)."""
+
+    client_id: str
+    name: str
+    jwks: dict
+    institution: str
+    roles: tuple[str, ...]
+    scopes: str
+    status: str
+    created: str
+    revoked: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+    def to_json(self) -> dict:
+        return {"client_id": self.client_id, "name": self.name, "institution": self.institution,
+                "roles": list(self.roles), "scopes": self.scopes, "status": self.status,
+                "created": self.created, "revoked": self.revoked, "jwks": self.jwks}
+
+
+def open_registry(data_dir: Path) -> ClientRegistry:
+    """The registry of the data directory ``data_dir`` (``auth.sqlite``), created when missing."""
+    return ClientRegistry(Path(data_dir) / REGISTRY_FILE)
+
+
+class ClientRegistry:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:  # one transaction: committed, or rolled back on an error
+                yield db
+        finally:
+            db.close()
+
+    def add(self, name: str, jwks: dict, *, institution: str = "", roles: Iterable[str] = (),
+            scopes: str = "") -> Client:
+        """Register a client with its public keys (a JWK Set, checked) and a new client_id."""
+        name = name.strip()
+        if not name:
+            raise bad_request("A client needs a name")
+        roles = tuple(dict.fromkeys(roles))
+        unknown = [r for r in roles if r not in ROLES]
+        if unknown:
+            raise bad_request(f"Unknown role(s) {', '.join(unknown)}; the roles are {', '.join(ROLES)}")
+        client = Client(client_id=secrets.token_urlsafe(16), name=name, jwks=check_jwks(jwks),
+                        institution=institution.strip(), roles=roles, scopes=check_scopes(scopes),
+                        status="active", created=_now())
+        with self._db() as db:
+            db.execute("INSERT INTO client (client_id, name, jwks, institution, roles, scopes, status,"
+                       " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (client.client_id, client.name, orjson.dumps(client.jwks).decode(),
+                        client.institution, orjson.dumps(list(roles)).decode(), client.scopes,
+                        client.status, client.created))
+        return client
+
+    def get(self, client_id: str) -> Client | None:
+        with self._db() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM client WHERE client_id = ?", (client_id,)).fetchone()
+        return _client(row) if row else None
+
+    def list(self) -> list[Client]:
+        """Every client, in the order they were registered."""
+        with self._db() as db:
+            rows = db.execute(f"SELECT {_COLUMNS} FROM client ORDER BY created, rowid").fetchall()
+        return [_client(r) for r in rows]
+
+    def revoke(self, client_id: str) -> Client:
+        """Revoke a client (once: revoking it again keeps the first time); unknown: not found."""
+        with self._db() as db:
+            db.execute("UPDATE client SET status = 'revoked', revoked = ? "
+                       "WHERE client_id = ? AND status = 'active'", (_now(), client_id))
+        client = self.get(client_id)
+        if client is None:
+            raise not_found(f"No client {client_id!r}")
+        return client
+
+    def use_jti(self, client_id: str, jti: str, expires: float) -> bool:
+        """Record that ``client_id`` used the assertion id ``jti``, remembered until ``expires``
+        (epoch seconds); False when it was used before. Forgotten ids are purged on the way."""
+        now = time.time()
+        with self._db() as db:
+            db.execute("DELETE FROM used_jti WHERE expires < ?", (now,))
+            done = db.execute("INSERT OR IGNORE INTO used_jti (client_id, jti, expires) VALUES (?, ?, ?)",
+                              (client_id, jti, max(expires, now)))
+            return done.rowcount == 1
+
+    def purge_jtis(self, now: float | None = None) -> int:
+        """Forget the assertion ids whose assertions have expired; how many were."""
+        with self._db() as db:
+            return db.execute("DELETE FROM used_jti WHERE expires < ?",
+                              (time.time() if now is None else now,)).rowcount
+
+
+_COLUMNS = "client_id, name, jwks, institution, roles, scopes, status, created, revoked"
+
+
+def _client(row: tuple) -> Client:
+    cid, name, jwks, institution, roles, scopes, status, created, revoked = row
+    return Client(cid, name, orjson.loads(jwks), institution, tuple(orjson.loads(roles)), scopes,
+                  status, created, revoked)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

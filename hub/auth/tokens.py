@@ -1,0 +1,140 @@
+"""Access tokens for backend clients: the SMART Backend Services grant (client credentials with a
+signed JWT assertion, RFC 7523) and, re-exported here, the signer and the verifier.
+
+``issue_for_client`` is the token endpoint's logic. The client proves who it is with a short-lived
+JWT signed by a key it registered (``hub auth client add``): ``iss`` and ``sub`` its client_id,
+``aud`` the token URL, ``exp`` at most five minutes ahead, a ``jti`` it never used before. It is
+granted what it asks for within what it is allowed (``scopes.narrow``), in an access token the
+hub signs (``Signer``) that carries its roles and institution. A refusal is an ``OAuthError``,
+answered as OAuth error JSON (RFC 6749 section 5.2): authentication failures of any kind are
+``invalid_client`` (401), as the SMART specification asks, so that they tell an attacker nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+
+from hub.auth.clients import Client, ClientRegistry
+from hub.auth.jose import CLOCK_SKEW_S, algorithms_for, describe, header_of
+from hub.auth.scopes import format_scopes, narrow, parse_scopes
+from hub.auth.signer import Signer
+from hub.auth.verifier import ExternalIssuer, Verifier
+from hub.core.errors import FhirError
+
+__all__ = ["ASSERTION_ALGORITHMS", "ASSERTION_TYPE", "MAX_ASSERTION_LIFETIME_S", "ExternalIssuer",
+           "OAuthError", "Signer", "Verifier", "access_claims", "issue_for_client"]
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_ALGORITHMS = ("RS384", "ES384", "RS256", "ES256")
+MAX_ASSERTION_LIFETIME_S = 300
+_ISSUE_CODE = {400: "invalid", 401: "login", 403: "forbidden"}
+
+
+class OAuthError(FhirError):
+    """A refusal of the token endpoint: ``error`` is the OAuth error code (``invalid_request``,
+    ``invalid_client``, ``invalid_grant``, ``invalid_scope``, ``unsupported_grant_type``),
+    ``description`` says why, ``status`` is the HTTP status (400, or 401 for ``invalid_client``).
+    A FhirError too, so that anywhere else it still answers as an OperationOutcome."""
+
+    def __init__(self, status: int, error: str, description: str):
+        super().__init__(status, _ISSUE_CODE.get(status, "invalid"), description)
+        self.error = error
+        self.description = description
+
+    def to_json(self) -> dict:
+        return {"error": self.error, "error_description": self.description}
+
+
+def _invalid_client(description: str) -> OAuthError:
+    return OAuthError(401, "invalid_client", description)
+
+
+def issue_for_client(form: dict[str, str], registry: ClientRegistry, signer: Signer, token_url: str,
+                     issuer: str, audience: str, ttl_s: int = 300) -> dict:
+    """Answer a token request (its form parameters): the OAuth token response, or OAuthError.
+
+    ``token_url`` is the endpoint's own URL (the assertion's audience), ``issuer`` and ``audience``
+    go into the access token (the hub's token issuer and its FHIR base URL)."""
+    grant_type = form.get("grant_type")
+    if not grant_type:
+        raise OAuthError(400, "invalid_request", "grant_type is missing")
+    if grant_type != "client_credentials":
+        raise OAuthError(400, "unsupported_grant_type",
+                         f"grant_type {grant_type!r} is not supported; use client_credentials")
+    if form.get("client_assertion_type") != ASSERTION_TYPE:
+        raise _invalid_client(f"client_assertion_type must be {ASSERTION_TYPE}")
+    assertion = form.get("client_assertion")
+    if not assertion:
+        raise _invalid_client("client_assertion is missing")
+    client, claims = _authenticate(assertion, registry, token_url)
+    requested_text = form.get("scope", "").strip()
+    if not requested_text:
+        raise OAuthError(400, "invalid_scope", "scope is missing: say which scopes the client asks for")
+    try:
+        requested = parse_scopes(requested_text)
+    except FhirError as e:
+        raise OAuthError(400, "invalid_scope", str(e)) from None
+    granted = narrow(requested, parse_scopes(client.scopes))
+    if not any(s.is_resource for s in granted):
+        raise OAuthError(400, "invalid_scope",
+                         f"None of the scopes asked for ({requested_text}) is allowed to this client")
+    # the assertion is spent only once everything else is settled: a refusal can be retried
+    if not registry.use_jti(client.client_id, claims["jti"], float(claims["exp"]) + CLOCK_SKEW_S):
+        raise _invalid_client("This client assertion (its jti) was used before; sign a new one")
+    scope = format_scopes(granted)
+    token = signer.issue(access_claims(client, scope, issuer, audience), ttl_s)
+    return {"access_token": token, "token_type": "bearer", "expires_in": int(ttl_s), "scope": scope}
+
+
+def access_claims(client: Client, scope: str, issuer: str, audience: str) -> dict:
+    """The claims of an access token for ``client`` granted ``scope``."""
+    claims = {"iss": issuer, "aud": audience, "sub": client.client_id, "client_id": client.client_id,
+              "scope": scope, "hub_roles": list(client.roles)}
+    if client.institution:
+        claims["hub_institution"] = client.institution
+    return claims
+
+
+def _authenticate(assertion: str, registry: ClientRegistry, token_url: str) -> tuple[Client, dict]:
+    """The active client that signed ``assertion`` and the assertion's verified claims."""
+    try:
+        header = header_of(assertion)
+        unverified = jwt.decode(assertion, options={"verify_signature": False})
+    except jwt.PyJWTError as e:
+        raise _invalid_client(describe(e, "The client assertion")) from None
+    alg = header.get("alg")
+    if alg not in ASSERTION_ALGORITHMS:
+        raise _invalid_client(f"The client assertion is signed with {alg!r}; accepted are "
+                              + ", ".join(ASSERTION_ALGORITHMS))
+    client_id = unverified.get("iss")
+    if not isinstance(client_id, str) or not client_id or unverified.get("sub") != client_id:
+        raise _invalid_client("The client assertion's iss and sub must both be the client_id")
+    client = registry.get(client_id)
+    if client is None or not client.active:
+        raise _invalid_client(f"No active client {client_id!r}")
+    keys = [k for k in client.jwks["keys"] if alg in algorithms_for(k)
+            and (header.get("kid") is None or k.get("kid") == header["kid"])]
+    if not keys:
+        raise _invalid_client(f"Client {client_id!r} has no registered key for {alg}"
+                              + (f" with kid {header['kid']!r}" if header.get("kid") else ""))
+    failure: jwt.PyJWTError | None = None
+    for jwk in keys:
+        try:
+            claims = jwt.decode(assertion, jwt.PyJWK(jwk, alg).key, algorithms=[alg], audience=token_url,
+                                issuer=client_id, leeway=CLOCK_SKEW_S,
+                                options={"require": ["iss", "sub", "aud", "exp", "jti"]})
+            break
+        except jwt.InvalidSignatureError as e:
+            failure = e  # another of its keys may have signed it
+        except jwt.PyJWTError as e:
+            raise _invalid_client(describe(e, "The client assertion")) from None
+    else:
+        raise _invalid_client(describe(failure or jwt.InvalidSignatureError(), "The client assertion"))
+    if claims["exp"] > time.time() + MAX_ASSERTION_LIFETIME_S + CLOCK_SKEW_S:
+        raise _invalid_client(f"The client assertion expires more than {MAX_ASSERTION_LIFETIME_S // 60}"
+                              " minutes from now; make it short-lived")
+    if not isinstance(claims["jti"], str) or not claims["jti"]:
+        raise _invalid_client("The client assertion's jti must be a non-empty string")
+    return client, claims

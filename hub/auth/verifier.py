@@ -1,0 +1,147 @@
+"""Verifying the bearer tokens callers present: the hub's own access tokens and those of the
+external identity providers (a regional Keycloak, a hospital's IdP) configured to be trusted.
+
+A token is accepted when an asymmetric algorithm (never ``none``, never HMAC) verifies its
+signature with a key of its issuer, its issuer is the hub's own or a configured one, its audience is
+the hub's FHIR base URL, and it has not expired nor is used before its time (30 s of clock skew).
+Anything else is a 401 ``login`` OperationOutcome that says what was wrong.
+
+An external issuer's keys come from its JWKS URL through ``jwt.PyJWKClient``, which caches the set
+and fetches it again when a token names a key id it does not know: a key rotation at the provider
+needs no restart. Its claims are brought to the shape of the hub's own tokens: ``scope`` (from
+``scope`` or ``scp``), ``hub_roles`` (from its roles claim, a dotted path such as
+``realm_access.roles``, keeping the hub's roles only) and ``hub_institution``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+from hub.auth.clients import ROLES
+from hub.auth.jose import ASYMMETRIC, CLOCK_SKEW_S, algorithms_for_key, describe, header_of
+from hub.auth.signer import ALGORITHM, Signer
+from hub.core.errors import FhirError
+
+__all__ = ["ExternalIssuer", "Verifier", "unauthenticated"]
+
+
+def unauthenticated(diagnostics: str) -> FhirError:
+    """401: the caller is not (validly) authenticated."""
+    return FhirError(401, "login", diagnostics)
+
+
+@dataclass
+class ExternalIssuer:
+    """An identity provider whose tokens the hub accepts. ``roles_claim`` and ``institution_claim``
+    name the claims (dotted paths into nested objects) holding the hub roles and the institution;
+    ``cache_s`` is how long its key set is kept, ``refetch_cooldown_s`` the least time between two
+    fetches caused by unknown key ids (so random kids cannot make the hub hammer the provider)."""
+
+    issuer: str
+    jwks_url: str
+    roles_claim: str = "roles"
+    institution_claim: str = "institution"
+    cache_s: float = 300
+    refetch_cooldown_s: float = 30
+    _client: jwt.PyJWKClient | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def keys(self) -> jwt.PyJWKClient:
+        if self._client is None:
+            self._client = jwt.PyJWKClient(self.jwks_url, cache_jwk_set=True, lifespan=self.cache_s,
+                                           cooldown_duration=self.refetch_cooldown_s, timeout=10)
+        return self._client
+
+
+class Verifier:
+    def __init__(self, audience: str, own: Signer | None = None,
+                 external: Iterable[ExternalIssuer] = (), *, issuer: str | None = None):
+        """``audience``: the FHIR base URL tokens must be for; ``own``: the hub's signer, whose
+        tokens are accepted (from ``issuer`` only, when given); ``external``: trusted providers."""
+        self.audience = audience
+        self.own = own
+        self.issuer = issuer
+        self.external = {e.issuer: e for e in external}
+        if issuer is not None and issuer in self.external:
+            raise ValueError(f"{issuer} is both the hub's own issuer and an external one")
+
+    def verify(self, token: str) -> dict:
+        """The claims of a valid token (normalised for external ones), else a 401 FhirError."""
+        try:
+            header = header_of(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as e:
+            raise unauthenticated(describe(e, "The access token")) from None
+        alg = header.get("alg")
+        if alg not in ASYMMETRIC:
+            raise unauthenticated(f"The access token is signed with {alg!r}; only asymmetric "
+                                  "signatures (RS*, PS*, ES*) are accepted")
+        iss = unverified.get("iss")
+        if not isinstance(iss, str):
+            raise unauthenticated("The access token has no issuer (iss)")
+        external = self.external.get(iss)
+        if external is not None:
+            key, algorithms = self._external_key(external, header)
+        elif self.own is not None and (self.issuer is None or iss == self.issuer):
+            key = self.own.public_key(str(header.get("kid")))
+            if key is None:
+                raise unauthenticated("The access token's signature does not verify (it names no "
+                                      "current signing key of this hub: kid unknown)")
+            algorithms = {ALGORITHM}
+        else:
+            raise unauthenticated(f"The access token's issuer {iss!r} is not trusted here")
+        if alg not in algorithms:
+            raise unauthenticated(f"The access token is signed with {alg}, which its key does not use")
+        try:
+            claims = jwt.decode(token, key, algorithms=[alg], audience=self.audience, issuer=iss,
+                                leeway=CLOCK_SKEW_S, options={"require": ["iss", "aud", "exp"]})
+        except jwt.PyJWTError as e:
+            raise unauthenticated(describe(e, "The access token")) from None
+        return normalise(claims, external) if external is not None else claims
+
+    def _external_key(self, external: ExternalIssuer, header: dict) -> tuple[Any, set[str]]:
+        kid = header.get("kid")
+        if not kid:
+            raise unauthenticated("The access token names no key (kid) of its issuer")
+        try:
+            jwk = external.keys.get_signing_key(kid)
+        except jwt.PyJWKClientConnectionError as e:
+            raise FhirError(503, "transient", f"The keys of issuer {external.issuer} cannot be "
+                                              f"fetched now ({e}); retry later") from None
+        except jwt.PyJWKClientError:
+            raise unauthenticated(f"The access token's signature does not verify: issuer "
+                                  f"{external.issuer} publishes no key {kid!r}") from None
+        except jwt.PyJWTError as e:
+            raise FhirError(503, "transient", f"The key set of issuer {external.issuer} is "
+                                              f"unusable: {e}") from None
+        return jwk.key, algorithms_for_key(jwk.key)
+
+
+def normalise(claims: dict, issuer: ExternalIssuer) -> dict:
+    """An external token's claims with ``scope``, ``hub_roles`` and ``hub_institution`` as the
+    hub's own tokens carry them (whatever claims of those names the provider sent are replaced)."""
+    out = {k: v for k, v in claims.items() if k not in ("hub_roles", "hub_institution")}
+    scope = claims.get("scope", claims.get("scp"))
+    out["scope"] = " ".join(str(s) for s in scope) if isinstance(scope, list) else str(scope or "")
+    roles = _at(claims, issuer.roles_claim)
+    roles = [roles] if isinstance(roles, str) else roles if isinstance(roles, list) else []
+    out["hub_roles"] = [r for r in ROLES if r in roles]
+    institution = _at(claims, issuer.institution_claim)
+    if isinstance(institution, list) and len(institution) == 1:
+        institution = institution[0]
+    if isinstance(institution, str) and institution:
+        out["hub_institution"] = institution
+    return out
+
+
+def _at(claims: dict, path: str) -> Any:
+    node: Any = claims
+    for part in path.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node

@@ -1,0 +1,99 @@
+"""``hub auth client add|list|revoke`` and ``hub auth rotate-key``: the clients allowed to ask the
+token endpoint for access tokens, and the hub's signing key.
+
+``client add --name N --public-key FILE --role R… --scope "system/*.rs …" [--institution I]``
+registers a client with its public key (a PEM public key, or a JWK Set as .jwks or .json) and
+prints its new client_id (``--json``: the whole record). ``client list`` prints a table (``--json``:
+one JSON object per line), ``client revoke CLIENT_ID`` refuses its next token request.
+``rotate-key`` signs with a new key from now on; the previous one stays published for the tokens
+it signed. The registry is ``auth.sqlite`` in the data directory, whichever store holds the events.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from hub.auth.roles import ROLES  # the rest of hub.auth (cryptography) is imported when run
+from hub.core.commandline import UsageError
+from hub.core.errors import FhirError
+
+__all__ = ["add_parsers", "cmd_auth"]
+
+
+def add_parsers(sub: Any, common: Any) -> None:
+    p = sub.add_parser("auth", parents=[common],
+                       help="access control: the clients allowed to get tokens, the signing key")
+    asub = p.add_subparsers(dest="auth_action", required=True)
+    c = asub.add_parser("client", parents=[common], help="register, list and revoke clients")
+    csub = c.add_subparsers(dest="client_action", required=True)
+    a = csub.add_parser("add", parents=[common], help="register a client; prints its client_id")
+    a.add_argument("--name", required=True, help="what the client is (shown in lists and audits)")
+    a.add_argument("--public-key", required=True, type=Path, metavar="FILE",
+                   help="its public key: a PEM file, or a JWK Set (.jwks or .json)")
+    a.add_argument("--institution", default="", help="the institution it speaks for")
+    a.add_argument("--role", action="append", choices=ROLES, default=[],
+                   help="a hub role (repeat for several)")
+    a.add_argument("--scope", required=True,
+                   help='the SMART scopes it may be granted, e.g. "system/*.rs system/Observation.cu"')
+    a.add_argument("--json", action="store_true", help="print the registered client as JSON")
+    ls = csub.add_parser("list", parents=[common], help="the registered clients")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    r = csub.add_parser("revoke", parents=[common], help="refuse the client's next token requests")
+    r.add_argument("client_id")
+    asub.add_parser("rotate-key", parents=[common],
+                    help="sign access tokens with a new key (the previous one stays published)")
+
+
+def cmd_auth(args: Any, settings: Any) -> int:
+    from hub.auth.clients import open_registry
+    from hub.auth.signer import Signer
+
+    if args.auth_action == "rotate-key":
+        kid = Signer(settings.data_dir).rotate()
+        print(f"signing with the new key {kid}; the previous one verifies until its tokens expire")
+        return 0
+    registry = open_registry(settings.data_dir)
+    try:
+        return _CLIENT_ACTIONS[args.client_action](args, registry)
+    except FhirError as e:  # a bad key file, an unknown role or scope, an unknown client
+        raise UsageError(str(e)) from None
+
+
+def _add(args: Any, registry: Any) -> int:
+    try:
+        data = args.public_key.read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read --public-key {args.public_key}: {e.strerror or e}") from None
+    from hub.auth.keys import jwks_from_bytes
+
+    client = registry.add(args.name, jwks_from_bytes(data, args.public_key.name),
+                          institution=args.institution, roles=args.role, scopes=args.scope)
+    print(orjson.dumps(client.to_json()).decode() if args.json else client.client_id)
+    return 0
+
+
+def _list(args: Any, registry: Any) -> int:
+    clients = registry.list()
+    if args.json:
+        for c in clients:
+            print(orjson.dumps(c.to_json()).decode())
+        return 0
+    rows = [("CLIENT_ID", "NAME", "INSTITUTION", "ROLES", "STATUS", "SCOPES")]
+    rows += [(c.client_id, c.name, c.institution or "-", ",".join(c.roles) or "-", c.status, c.scopes)
+             for c in clients]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
+    return 0
+
+
+def _revoke(args: Any, registry: Any) -> int:
+    client = registry.revoke(args.client_id)
+    print(f"revoked {client.client_id} ({client.name}) at {client.revoked}")
+    return 0
+
+
+_CLIENT_ACTIONS = {"add": _add, "list": _list, "revoke": _revoke}

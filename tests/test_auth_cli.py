@@ -1,0 +1,108 @@
+"""``hub auth client add|list|revoke`` and ``hub auth rotate-key`` through ``hub.cli.main``, on a
+real registry file in a temporary data directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from hub.auth.clients import open_registry
+from hub.auth.keys import public_jwk
+from hub.auth.signer import Signer
+from hub.cli import main
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture
+def data(tmp_path):
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def keys(tmp_path):
+    pub = tmp_path / "lab.pem"
+    pub.write_bytes(RSA_KEY.public_key().public_bytes(serialization.Encoding.PEM,
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+    jwks = tmp_path / "steward.jwks"
+    jwks.write_text(json.dumps({"keys": [public_jwk(EC_KEY.public_key())]}))
+    private = tmp_path / "private.pem"
+    private.write_bytes(RSA_KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+    return {"pem": pub, "jwks": jwks, "private": private}
+
+
+def hub(data, *args) -> int:
+    return main(["auth", *args, "--data-dir", str(data)])
+
+
+def test_add_list_revoke(data, keys, capsys):
+    assert hub(data, "client", "add", "--name", "Lab feed", "--public-key", str(keys["pem"]),
+               "--institution", "H1", "--role", "connector", "--scope", "system/*.rs system/Observation.cud") == 0
+    lab = capsys.readouterr().out.strip()
+    assert hub(data, "client", "add", "--name", "Steward tool", "--public-key", str(keys["jwks"]),
+               "--role", "steward", "--role", "auditor", "--scope", "system/Patient.read", "--json") == 0
+    steward = json.loads(capsys.readouterr().out)
+    assert steward["roles"] == ["steward", "auditor"] and steward["institution"] == ""
+    assert steward["status"] == "active" and steward["jwks"]["keys"][0]["kty"] == "EC"
+    assert "d" not in steward["jwks"]["keys"][0]
+
+    registry = open_registry(data)
+    client = registry.get(lab)
+    assert client.name == "Lab feed" and client.institution == "H1" and client.roles == ("connector",)
+    assert client.scopes == "system/*.rs system/Observation.cud"
+    assert client.jwks["keys"][0]["kty"] == "RSA" and client.jwks["keys"][0]["kid"]
+
+    assert hub(data, "client", "list") == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["CLIENT_ID", "NAME", "INSTITUTION", "ROLES", "STATUS", "SCOPES"]
+    assert lab in table[1] and "Lab feed" in table[1] and "active" in table[1]
+    assert steward["client_id"] in table[2] and "steward,auditor" in table[2]
+
+    assert hub(data, "client", "revoke", lab) == 0
+    assert f"revoked {lab}" in capsys.readouterr().out
+    assert hub(data, "client", "list", "--json") == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["client_id"], r["status"]) for r in rows] == [(lab, "revoked"), (steward["client_id"], "active")]
+    assert rows[0]["revoked"] and rows[1]["revoked"] is None
+    assert registry.get(lab).status == "revoked"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--public-key", "{private}"], "private key"),
+    (["--public-key", "{missing}"], "cannot read"),
+    (["--scope", "system/Patient.sr"], "cruds"),
+    (["--scope", "system/Nothing.rs"], "not a FHIR resource type"),
+])
+def test_add_mistakes_are_one_line_and_status_2(data, keys, tmp_path, capsys, args, words):
+    base = {"--name": "x", "--public-key": str(keys["pem"]), "--scope": "system/*.rs"}
+    base[args[0]] = args[1].format(private=keys["private"], missing=tmp_path / "nope.pem")
+    argv = [a for kv in base.items() for a in kv]
+    assert hub(data, "client", "add", *argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hub auth: ") and words in err and len(err.strip().splitlines()) == 1
+    assert open_registry(data).list() == []
+
+
+def test_unknown_role_is_refused_by_the_parser(data, keys, capsys):
+    with pytest.raises(SystemExit) as e:
+        hub(data, "client", "add", "--name", "x", "--public-key", str(keys["pem"]), "--scope", "system/*.rs",
+            "--role", "superuser")
+    assert e.value.code == 2 and "superuser" in capsys.readouterr().err
+
+
+def test_revoke_unknown_client(data, capsys):
+    assert hub(data, "client", "revoke", "nobody") == 2
+    assert "No client 'nobody'" in capsys.readouterr().err
+
+
+def test_rotate_key(data, capsys):
+    old = Signer(data).kid
+    assert hub(data, "rotate-key") == 0
+    new = Signer(data).kid
+    assert new != old and new in capsys.readouterr().out
+    assert [k["kid"] for k in Signer(data).jwks()["keys"]] == [new, old]

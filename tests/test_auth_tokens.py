@@ -1,0 +1,513 @@
+"""The token side of access control: the SMART Backend Services token endpoint over real HTTP
+(client assertions signed with RSA and EC keys; every way an assertion can be wrong is refused with
+the right OAuth error), scope narrowing, the hub's signing key and its rotation, and the Verifier of
+the hub's own tokens and of an external issuer whose key set a local HTTP server publishes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from fastapi import FastAPI
+
+from hub.api import auth as auth_api
+from hub.auth.clients import ClientRegistry, open_registry
+from hub.auth.keys import jwks_from_bytes, public_jwk
+from hub.auth.tokens import (
+    ASSERTION_TYPE,
+    ExternalIssuer,
+    OAuthError,
+    Signer,
+    Verifier,
+    issue_for_client,
+)
+from hub.core.config import Settings
+from hub.core.errors import FhirError
+from tests.conftest import free_port
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP384R1())
+OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def pem(key) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+# -- a minimal application with the router, served over HTTP ---------------------------------------
+
+class Hub:
+    """The served app's data directory, registry, signer and URLs."""
+
+    def __init__(self, data_dir: Path, port: int):
+        self.data_dir = data_dir
+        self.origin = f"http://127.0.0.1:{port}"
+        self.token_url = f"{self.origin}/auth/token"
+        self.issuer = f"{self.origin}/auth"
+        self.audience = f"{self.origin}/fhir"
+        self.registry = open_registry(data_dir)
+        self.signer = Signer(data_dir)
+        self.http = httpx.Client(base_url=self.origin, timeout=30)
+        self.rsa = self.registry.add("RSA lab feed", jwks_from_bytes(pem(RSA_KEY), "rsa.pem"),
+                                     institution="H1", roles=["connector"],
+                                     scopes="system/*.rs system/Observation.cruds")
+        self.ec = self.registry.add("EC steward tool", jwks_from_bytes(json.dumps(
+            {"keys": [public_jwk(EC_KEY.public_key())]}).encode(), "ec.jwks"),
+            roles=["steward", "auditor"], scopes="system/Patient.rs")
+
+    def assertion(self, client_id: str, key=RSA_KEY, alg: str = "RS384", headers: dict | None = None,
+                  **claims) -> str:
+        body = {"iss": client_id, "sub": client_id, "aud": self.token_url,
+                "exp": int(time.time()) + 120, "jti": str(uuid.uuid4()), **claims}
+        return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm=alg,
+                          headers=headers)
+
+    def form(self, assertion: str, scope: str = "system/Patient.rs", **more) -> dict:
+        return {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": assertion, "scope": scope, **more}
+
+    def token(self, form: dict) -> httpx.Response:
+        return self.http.post("/auth/token", data=form)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("auth") / "data"
+    settings = Settings(data_dir=data_dir)
+    settings.base_url = None
+    app = FastAPI()
+    app.include_router(auth_api.router)
+    auth_api.attach(app, settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    h = Hub(data_dir, port)
+    yield h
+    h.http.close()
+    server.should_exit = True
+    thread.join(timeout=30)
+    auth_api.detach(app)
+
+
+def refused(r: httpx.Response, status: int, error: str, words: str = "") -> str:
+    assert r.status_code == status, r.text
+    assert r.headers["cache-control"] == "no-store"
+    body = r.json()
+    assert body["error"] == error, body
+    assert words.lower() in body["error_description"].lower(), body
+    return body["error_description"]
+
+
+# -- the token endpoint --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alg", ["RS384", "RS256"])
+def test_rsa_client_gets_a_token(hub, alg):
+    r = hub.token(hub.form(hub.assertion(hub.rsa.client_id, alg=alg),
+                           scope="system/Patient.rs system/Observation.cruds"))
+    assert r.status_code == 200, r.text
+    assert r.headers["cache-control"] == "no-store"
+    body = r.json()
+    assert body["token_type"] == "bearer" and body["expires_in"] == 300
+    assert body["scope"] == "system/Patient.rs system/Observation.cruds"
+    claims = Verifier(hub.audience, hub.signer, issuer=hub.issuer).verify(body["access_token"])
+    assert claims["iss"] == hub.issuer and claims["aud"] == hub.audience
+    assert claims["sub"] == claims["client_id"] == hub.rsa.client_id
+    assert claims["scope"] == body["scope"]
+    assert claims["hub_roles"] == ["connector"] and claims["hub_institution"] == "H1"
+    assert claims["exp"] - claims["iat"] == 300 and claims["jti"]
+    assert jwt.get_unverified_header(body["access_token"])["kid"] == hub.signer.kid
+
+
+def test_ec_client_gets_a_token_without_an_institution(hub):
+    r = hub.token(hub.form(hub.assertion(hub.ec.client_id, EC_KEY, "ES384")))
+    assert r.status_code == 200, r.text
+    claims = Verifier(hub.audience, hub.signer).verify(r.json()["access_token"])
+    assert claims["hub_roles"] == ["steward", "auditor"] and "hub_institution" not in claims
+
+
+def test_scopes_are_narrowed_to_what_the_client_is_allowed(hub):
+    r = hub.token(hub.form(hub.assertion(hub.rsa.client_id),
+                           scope="system/Patient.cruds system/Encounter.read user/Patient.rs openid"))
+    assert r.status_code == 200, r.text
+    assert r.json()["scope"] == "system/Patient.rs system/Encounter.read"
+
+
+def test_nothing_grantable_is_invalid_scope(hub):
+    refused(hub.token(hub.form(hub.assertion(hub.ec.client_id, EC_KEY, "ES384"), scope="system/Observation.rs")),
+            400, "invalid_scope", "none of the scopes")
+    refused(hub.token(hub.form(hub.assertion(hub.rsa.client_id), scope="system/Patient.xyz")),
+            400, "invalid_scope", "cruds")
+    refused(hub.token(hub.form(hub.assertion(hub.rsa.client_id), scope="")), 400, "invalid_scope", "missing")
+
+
+def test_a_refused_scope_does_not_spend_the_assertion(hub):
+    assertion = hub.assertion(hub.rsa.client_id)
+    refused(hub.token(hub.form(assertion, scope="user/Patient.rs")), 400, "invalid_scope")
+    assert hub.token(hub.form(assertion)).status_code == 200
+
+
+def test_expired_assertion(hub):
+    refused(hub.token(hub.form(hub.assertion(hub.rsa.client_id, exp=int(time.time()) - 120))),
+            401, "invalid_client", "expired")
+
+
+def test_assertion_expiring_too_far_ahead(hub):
+    refused(hub.token(hub.form(hub.assertion(hub.rsa.client_id, exp=int(time.time()) + 3600))),
+            401, "invalid_client", "5 minutes")
+
+
+def test_assertion_without_exp_or_jti(hub):
+    refused(hub.token(hub.form(hub.assertion(hub.rsa.client_id, exp=None))), 401, "invalid_client", "'exp'")
+    refused(hub.token(hub.form(hub.assertion(hub.rsa.client_id, jti=None))), 401, "invalid_client", "'jti'")
+
+
+def test_wrong_audience(hub):
+    refused(hub.token(hub.form(hub.assertion(hub.rsa.client_id, aud=hub.audience))),
+            401, "invalid_client", "audience")
+
+
+def test_wrong_issuer(hub):
+    cid = hub.rsa.client_id
+    refused(hub.token(hub.form(hub.assertion(cid, iss=hub.ec.client_id))), 401, "invalid_client", "iss and sub")
+    refused(hub.token(hub.form(hub.assertion(cid, iss="someone-else", sub="someone-else"))),
+            401, "invalid_client", "no active client")
+
+
+def test_replayed_jti(hub):
+    assertion = hub.assertion(hub.rsa.client_id)
+    assert hub.token(hub.form(assertion)).status_code == 200
+    refused(hub.token(hub.form(assertion)), 401, "invalid_client", "used before")
+    # the same jti in a freshly signed assertion is a replay too
+    jti = jwt.decode(assertion, options={"verify_signature": False})["jti"]
+    refused(hub.token(hub.form(hub.assertion(hub.rsa.client_id, jti=jti))), 401, "invalid_client", "used before")
+
+
+def test_revoked_client(hub):
+    client = hub.registry.add("soon revoked", jwks_from_bytes(pem(RSA_KEY), "k.pem"), scopes="system/*.rs")
+    assert hub.token(hub.form(hub.assertion(client.client_id))).status_code == 200
+    hub.registry.revoke(client.client_id)
+    refused(hub.token(hub.form(hub.assertion(client.client_id))), 401, "invalid_client", "no active client")
+
+
+def test_unknown_client(hub):
+    refused(hub.token(hub.form(hub.assertion("nobody"))), 401, "invalid_client", "no active client")
+
+
+def test_wrong_key(hub):
+    refused(hub.token(hub.form(hub.assertion(hub.rsa.client_id, OTHER_KEY))), 401, "invalid_client", "signature")
+    # an EC assertion from a client that registered only an RSA key
+    refused(hub.token(hub.form(hub.assertion(hub.rsa.client_id, EC_KEY, "ES384"))),
+            401, "invalid_client", "no registered key for ES384")
+    # a kid that is not the client's
+    refused(hub.token(hub.form(hub.assertion(hub.rsa.client_id, headers={"kid": "nope"}))),
+            401, "invalid_client", "kid")
+
+
+def test_alg_none(hub):
+    cid = hub.rsa.client_id
+    unsigned = jwt.encode({"iss": cid, "sub": cid, "aud": hub.token_url, "exp": int(time.time()) + 60,
+                           "jti": str(uuid.uuid4())}, None, algorithm="none")
+    refused(hub.token(hub.form(unsigned)), 401, "invalid_client", "'none'")
+
+
+def test_hs256_with_the_public_key_as_secret(hub):
+    import base64
+    import hashlib
+    import hmac
+    cid = hub.rsa.client_id
+    # PyJWT itself refuses to HMAC with a PEM key, so the forgery is built by hand
+    part = [base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=") for d in (
+        {"alg": "HS256", "typ": "JWT"},
+        {"iss": cid, "sub": cid, "aud": hub.token_url, "exp": int(time.time()) + 60, "jti": str(uuid.uuid4())})]
+    signing_input = part[0] + b"." + part[1]
+    sig = base64.urlsafe_b64encode(hmac.new(pem(RSA_KEY), signing_input, hashlib.sha256).digest()).rstrip(b"=")
+    refused(hub.token(hub.form((signing_input + b"." + sig).decode())), 401, "invalid_client", "'HS256'")
+
+
+def test_malformed_requests(hub):
+    assertion = hub.assertion(hub.rsa.client_id)
+    refused(hub.token(hub.form(assertion, grant_type="authorization_code")), 400, "unsupported_grant_type")
+    refused(hub.token({**hub.form(assertion), "grant_type": ""}), 400, "invalid_request", "grant_type")
+    refused(hub.token(hub.form(assertion, client_assertion_type="urn:other")), 401, "invalid_client",
+            "client_assertion_type")
+    refused(hub.token(hub.form("")), 401, "invalid_client", "missing")
+    refused(hub.token(hub.form("not.a.jwt")), 401, "invalid_client", "malformed")
+    refused(hub.http.post("/auth/token", json=hub.form(assertion)), 400, "invalid_request",
+            "x-www-form-urlencoded")
+    refused(hub.http.post("/auth/token", content=b"grant_type=a&grant_type=b",
+                          headers={"content-type": "application/x-www-form-urlencoded"}),
+            400, "invalid_request", "more than once")
+
+
+def test_issue_for_client_raises_oauth_errors(hub):
+    """The grant itself (without HTTP): what the endpoint answers is the exception's."""
+    with pytest.raises(OAuthError) as e:
+        issue_for_client({"grant_type": "password"}, hub.registry, hub.signer, hub.token_url,
+                         hub.issuer, hub.audience)
+    assert (e.value.status, e.value.error) == (400, "unsupported_grant_type")
+    assert isinstance(e.value, FhirError) and e.value.issues[0].code == "invalid"
+    with pytest.raises(OAuthError) as e:
+        issue_for_client(hub.form(hub.assertion("nobody")), hub.registry, hub.signer, hub.token_url,
+                         hub.issuer, hub.audience)
+    assert (e.value.status, e.value.error, e.value.issues[0].code) == (401, "invalid_client", "login")
+    answer = issue_for_client(hub.form(hub.assertion(hub.rsa.client_id)), hub.registry, hub.signer,
+                              hub.token_url, hub.issuer, hub.audience, ttl_s=60)
+    assert answer["expires_in"] == 60 and answer["scope"] == "system/Patient.rs"
+
+
+# -- discovery and keys ----------------------------------------------------------------------------
+
+def test_smart_configuration_and_jwks(hub):
+    r = hub.http.get("/fhir/.well-known/smart-configuration")
+    assert r.status_code == 200
+    conf = r.json()
+    assert conf["token_endpoint"] == hub.token_url
+    assert conf["jwks_uri"] == f"{hub.origin}/auth/jwks"
+    assert conf["grant_types_supported"] == ["client_credentials"]
+    assert conf["token_endpoint_auth_methods_supported"] == ["private_key_jwt"]
+    assert {"RS384", "ES384"} <= set(conf["token_endpoint_auth_signing_alg_values_supported"])
+    assert set(conf["capabilities"]) == {"client-confidential-asymmetric", "permission-v2"}
+    assert "system/*.rs" in conf["scopes_supported"]
+    keys = hub.http.get("/auth/jwks").json()["keys"]
+    assert [k["kid"] for k in keys] == [hub.signer.kid]
+    assert {"d"} & keys[0].keys() == set() and keys[0]["alg"] == "ES256" and keys[0]["crv"] == "P-256"
+
+
+def test_configured_base_url_decides_the_urls(tmp_path):
+    app = FastAPI()
+    app.include_router(auth_api.router)
+    settings = Settings(data_dir=tmp_path)
+    settings.base_url = "https://hub.example.org/region/fhir"
+    auth_api.attach(app, settings)
+    from starlette.requests import Request
+    request = Request({"type": "http", "app": app, "scheme": "http", "server": ("127.0.0.1", 80),
+                       "path": "/auth/token", "root_path": "", "headers": [], "query_string": b""})
+    assert auth_api.endpoints(request) == {
+        "audience": "https://hub.example.org/region/fhir",
+        "token_url": "https://hub.example.org/region/auth/token",
+        "issuer": "https://hub.example.org/region/auth",
+        "jwks_uri": "https://hub.example.org/region/auth/jwks"}
+    assert app.state.auth_registry.path == tmp_path / "auth.sqlite"
+
+
+# -- the signer ------------------------------------------------------------------------------------
+
+def test_signing_key_file_and_kid(tmp_path):
+    signer = Signer(tmp_path)
+    kid = signer.kid
+    path = tmp_path / "auth" / "signing-key.pem"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "auth").stat().st_mode & 0o777 == 0o700
+    assert Signer(tmp_path).kid == kid  # the same key from the file
+    [jwk] = signer.jwks()["keys"]
+    assert jwk["kid"] == kid == jwt.PyJWK(jwk).key_id and "d" not in jwk
+
+
+def test_rotation_keeps_the_previous_key_until_the_next(tmp_path):
+    signer = Signer(tmp_path)
+    verifier = Verifier("aud", signer)
+    claims = {"iss": "me", "aud": "aud", "sub": "c"}
+    first = signer.issue(claims, 60)
+    old = signer.kid
+    other_process = Signer(tmp_path)
+    assert other_process.kid == old
+    new = signer.rotate()
+    assert new != old
+    assert [k["kid"] for k in signer.jwks()["keys"]] == [new, old]
+    assert other_process.kid == new  # it sees the files change
+    assert (tmp_path / "auth" / "signing-key.previous.pem").stat().st_mode & 0o777 == 0o600
+    assert verifier.verify(first)["sub"] == "c"
+    assert jwt.get_unverified_header(signer.issue(claims, 60))["kid"] == new
+    signer.rotate()
+    with pytest.raises(FhirError) as e:
+        verifier.verify(first)
+    assert e.value.status == 401 and "kid unknown" in str(e.value)
+
+
+# -- the verifier ----------------------------------------------------------------------------------
+
+def own_key(signer: Signer):
+    signer.kid  # noqa: B018  (makes the key)
+    return serialization.load_pem_private_key(signer.path.read_bytes(), None)
+
+
+def refused_token(verifier: Verifier, token: str, words: str) -> None:
+    with pytest.raises(FhirError) as e:
+        verifier.verify(token)
+    assert e.value.status == 401 and e.value.issues[0].code == "login"
+    assert words.lower() in str(e.value).lower(), str(e.value)
+
+
+@pytest.fixture
+def own(tmp_path):
+    signer = Signer(tmp_path)
+    return signer, Verifier("https://hub/fhir", signer, issuer="https://hub/auth")
+
+
+def sign_own(signer: Signer, key=None, alg="ES256", **claims) -> str:
+    now = int(time.time())
+    body = {"iss": "https://hub/auth", "aud": "https://hub/fhir", "sub": "c", "iat": now, "exp": now + 60,
+            **claims}
+    return jwt.encode(body, key or own_key(signer), algorithm=alg, headers={"kid": signer.kid})
+
+
+def test_verifier_accepts_own_token(own):
+    signer, verifier = own
+    token = signer.issue({"iss": "https://hub/auth", "aud": "https://hub/fhir", "sub": "c", "scope": "system/*.rs",
+                          "hub_roles": ["admin"]}, 60)
+    assert verifier.verify(token)["hub_roles"] == ["admin"]
+    assert verifier.verify(sign_own(signer, exp=int(time.time()) - 10))["sub"] == "c"  # within the skew
+
+
+def test_verifier_refuses(own):
+    signer, verifier = own
+    refused_token(verifier, sign_own(signer, exp=int(time.time()) - 120), "expired")
+    refused_token(verifier, sign_own(signer, nbf=int(time.time()) + 600), "not valid yet")
+    refused_token(verifier, sign_own(signer, ec.generate_private_key(ec.SECP256R1())), "signature")
+    refused_token(verifier, sign_own(signer, aud="https://elsewhere/fhir"), "audience")
+    refused_token(verifier, sign_own(signer, iss="https://stranger/auth"), "not trusted")
+    refused_token(verifier, "garbage", "malformed")
+    refused_token(verifier, "a.b.c", "malformed")
+    refused_token(verifier, jwt.encode({"iss": "https://hub/auth", "aud": "https://hub/fhir", "exp": 2**40},
+                                       None, algorithm="none"), "'none'")
+    refused_token(verifier, jwt.encode({"iss": "https://hub/auth", "aud": "https://hub/fhir", "exp": 2**40},
+                                       "secret" * 6, algorithm="HS256"), "'HS256'")
+    # a token whose payload was changed after signing
+    head, _, sig = sign_own(signer).split(".")
+    forged = jwt.utils.base64url_encode(json.dumps({"iss": "https://hub/auth", "aud": "https://hub/fhir",
+                                                    "sub": "admin", "exp": 2**40}).encode()).decode()
+    refused_token(verifier, f"{head}.{forged}.{sig}", "signature")
+
+
+def test_verifier_without_own_signer_trusts_nobody(own):
+    signer, _ = own
+    refused_token(Verifier("https://hub/fhir", None), sign_own(signer), "not trusted")
+
+
+# -- an external issuer ----------------------------------------------------------------------------
+
+class JwksServer:
+    """A tiny identity provider's JWKS endpoint; ``keys`` can change (a rotation)."""
+
+    def __init__(self):
+        self.keys: list[dict] = []
+        self.fetches = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                outer.fetches += 1
+                body = json.dumps({"keys": outer.keys}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/realms/region/certs"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def publish(self, key, kid: str) -> None:
+        self.keys.append({**public_jwk(key.public_key()), "kid": kid, "use": "sig"})
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def idp():
+    server = JwksServer()
+    yield server
+    server.close()
+
+
+IDP = "https://sso.region.example/realms/region"
+
+
+def idp_token(key, kid: str, alg: str = "RS256", **claims) -> str:
+    now = int(time.time())
+    body = {"iss": IDP, "aud": "https://hub/fhir", "sub": "user-1", "iat": now, "exp": now + 60,
+            "azp": "portal", **claims}
+    return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
+
+
+def test_external_issuer_claims_are_normalised(idp):
+    idp.publish(RSA_KEY, "k1")
+    verifier = Verifier("https://hub/fhir", None, [ExternalIssuer(
+        IDP, idp.url, roles_claim="realm_access.roles", institution_claim="hub.institution")])
+    claims = verifier.verify(idp_token(RSA_KEY, "k1", scp=["system/*.rs", "openid"],
+                                       realm_access={"roles": ["clinician", "offline_access", "admin"]},
+                                       hub={"institution": "H7"}, hub_roles=["steward"]))
+    assert claims["scope"] == "system/*.rs openid"
+    assert claims["hub_roles"] == ["clinician", "admin"]  # the hub's roles only, from the claim named
+    assert claims["hub_institution"] == "H7" and claims["sub"] == "user-1"
+    plain = Verifier("https://hub/fhir", None, [ExternalIssuer(IDP, idp.url)]).verify(
+        idp_token(RSA_KEY, "k1", scope="user/Patient.rs", roles="auditor"))
+    assert plain["scope"] == "user/Patient.rs" and plain["hub_roles"] == ["auditor"]
+    assert "hub_institution" not in plain
+
+
+def test_external_issuer_key_rotation_is_picked_up(idp):
+    idp.publish(RSA_KEY, "k1")
+    verifier = Verifier("https://hub/fhir", None, [ExternalIssuer(IDP, idp.url, refetch_cooldown_s=0)])
+    assert verifier.verify(idp_token(RSA_KEY, "k1"))["sub"] == "user-1"
+    assert verifier.verify(idp_token(RSA_KEY, "k1"))["sub"] == "user-1"
+    assert idp.fetches == 1  # the key set is cached
+    idp.keys = []
+    idp.publish(EC_KEY, "k2")  # the provider rotates to a new key
+    assert verifier.verify(idp_token(EC_KEY, "k2", alg="ES384"))["sub"] == "user-1"
+    assert idp.fetches == 2
+    refused_token(verifier, idp_token(OTHER_KEY, "k3"), "publishes no key 'k3'")
+    refused_token(verifier, idp_token(OTHER_KEY, "k2", alg="RS256"), "RS256")  # not what k2 verifies
+    refused_token(verifier, idp_token(EC_KEY, "k2", alg="ES384", aud="https://other/fhir"), "audience")
+
+
+def test_external_issuer_refetches_are_rate_limited(idp):
+    idp.publish(RSA_KEY, "k1")
+    verifier = Verifier("https://hub/fhir", None, [ExternalIssuer(IDP, idp.url, refetch_cooldown_s=60)])
+    verifier.verify(idp_token(RSA_KEY, "k1"))
+    for i in range(5):
+        refused_token(verifier, idp_token(OTHER_KEY, f"random-{i}"), "publishes no key")
+    assert idp.fetches == 1
+
+
+def test_unreachable_key_set_is_unavailable_not_unauthenticated():
+    port = free_port()  # nothing listens there
+    verifier = Verifier("https://hub/fhir", None, [ExternalIssuer(IDP, f"http://127.0.0.1:{port}/certs")])
+    with pytest.raises(FhirError) as e:
+        verifier.verify(idp_token(RSA_KEY, "k1"))
+    assert e.value.status == 503
+
+
+def test_registry_remembers_jtis_until_they_expire(tmp_path):
+    registry = ClientRegistry(tmp_path / "auth.sqlite")
+    now = time.time()
+    assert registry.use_jti("c", "j1", now + 60)
+    assert not registry.use_jti("c", "j1", now + 60)
+    assert registry.use_jti("other", "j1", now + 60)  # per client
+    assert registry.use_jti("c", "old", now - 1)
+    assert registry.purge_jtis(now + 1) == 1  # the expired one only
+    assert registry.purge_jtis(now + 120) == 2
+    assert registry.use_jti("c", "j1", now + 60)  # forgotten once expired
