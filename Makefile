@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Load the shipped terminology and the synthetic demo region once (ids are deterministic: loading
-# again changes nothing), then serve.
+# again changes nothing), register the demo administrator client (printing how to get a token),
+# then serve with access control on.
 run: $(STAMP)
 	@test -f $(HUB_DATA_DIR)/.demo-loaded || { $(VENV)/bin/hub terminology load --builtin && \
 	  $(VENV)/bin/hub demo && touch $(HUB_DATA_DIR)/.demo-loaded; }
+	@$(VENV)/bin/hub auth demo-client
 	$(VENV)/bin/hub serve
 
 # The import contracts (pyproject.toml [tool.importlinter]: layers, no cycles) are checked first.

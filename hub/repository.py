@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
 
+import orjson
 from eventsourcing.persistence import StoredEvent
 
 from hub.core.access import OPEN, Action, Actor, Policy
@@ -302,9 +303,21 @@ class Repository:
                     raise forbidden(f"{op.rtype} is written by the hub only; it cannot be "
                                     "created, changed or deleted through the API")
                 self.policy.check(ctx.actor, _write_action(op))
+                if not self._open and op.method in ("PUT", "DELETE") and op.rid is not None:
+                    self._check_owner(ctx, op)
             except FhirError as e:
                 refused[i] = e
         return refused
+
+    def _check_owner(self, ctx: Context, op: Op) -> None:
+        assert op.rid is not None
+        stored = self._hub.store.latest(op.rtype, op.rid)
+        if stored is None:
+            return
+        header = orjson.loads(stored.state.partition(b"\n")[0])
+        if not self.policy.may_change(ctx.actor, op.rtype, op.rid, header.get("source") or {}):
+            raise forbidden(f"{op.rtype}/{op.rid} was written by another institution; this "
+                            "caller changes only its own institution's records")
 
     @staticmethod
     def _merge(ops: list[Op], refused: dict[int, FhirError],

@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from hub.auth.backend_client import BackendServicesAuth, new_key, private_pem, public_jwks
+from hub.auth.clients import open_registry
 from hub.core.config import Settings
 from hub.core.ingest import Hub
 
@@ -73,6 +75,7 @@ def make_settings(backend: str, tmp_path: Path, request) -> Settings:
     settings = Settings(data_dir=tmp_path / "data")
     settings.database_url = None
     settings.audit = False  # see LiveServer
+    settings.auth = True  # the suites call the API with tokens (LiveServer.auth)
     if backend == "postgres":
         settings.database_url = request.getfixturevalue("pg_databases").new()
     return settings
@@ -107,8 +110,43 @@ class LiveServer:
     def __init__(self, settings: Settings):
         self.port = free_port()
         settings.host, settings.port = "127.0.0.1", self.port
+        settings.base_url = None  # where it listens: the tokens' audience
         self.settings = settings
         self.proc: subprocess.Popen | None = None
+        # with access control on: an administrator client with every scope, its tokens renewed
+        self.auth: BackendServicesAuth | None = None
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client_auth(self, *, roles: tuple[str, ...] = ("admin",), scope: str = "system/*.cruds",
+                    institution: str = "", name: str = "test client") -> BackendServicesAuth:
+        """Register a client (a new key) and return its token source."""
+        key = new_key()
+        registry = open_registry(self.settings.data_dir)
+        client = registry.add(name, public_jwks(key), institution=institution, roles=roles,
+                              scopes=scope)
+        return BackendServicesAuth(self.origin + "/auth/token", client.client_id, key, scope)
+
+    def sink_credentials(self, institution: str, folder: Path) -> dict[str, str]:
+        """The http sink settings of a connector client of ``institution`` (none without access
+        control): its client_id and the PEM file of its private key."""
+        if not self.settings.auth:
+            return {}
+        key = new_key()
+        client = open_registry(self.settings.data_dir).add(
+            f"connector {institution}", public_jwks(key), institution=institution,
+            roles=("connector",), scopes="system/*.cruds")
+        folder.mkdir(parents=True, exist_ok=True)
+        pem = folder / f"{client.client_id}.pem"
+        pem.write_bytes(private_pem(key))
+        return {"client_id": client.client_id, "private_key": str(pem)}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Authorization header of the administrator client (none without access control)."""
+        return {"authorization": f"Bearer {self.auth.token()}"} if self.auth else {}
 
     @property
     def base(self) -> str:
@@ -123,6 +161,16 @@ class LiveServer:
         # the access audit writes an AuditEvent per read: the suites that count what is stored
         # run without it; tests/test_access_audit.py runs with it
         env["HUB_AUDIT"] = "1" if self.settings.audit else "0"
+        env["HUB_AUTH"] = "1" if self.settings.auth else "0"
+        env.pop("HUB_BASE_URL", None)
+        for name, value in (("HUB_AUTH_ISSUER", self.settings.auth_issuer),
+                            ("HUB_AUTH_JWKS_URL", self.settings.auth_jwks_url)):
+            env.pop(name, None)
+            if value:
+                env[name] = value
+        if self.settings.auth:
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            self.auth = self.client_auth()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hub.cli", "serve", "--host", "127.0.0.1",
              "--port", str(self.port)], env=env, stdout=subprocess.DEVNULL)
@@ -160,7 +208,7 @@ def live(request, tmp_path_factory) -> Iterator[LiveServer]:
 
 @pytest.fixture
 def client(live) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live.base, timeout=30,
+    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth,
                       headers={"accept": "application/fhir+json"}) as c:
         yield c
 

@@ -25,8 +25,8 @@ def live(request, tmp_path_factory):
 def client(live):
     import httpx
 
-    with httpx.Client(base_url=live.base, timeout=30,
-                      headers={"accept": "application/fhir+json", "x-hub-user": "dr.li"}) as c:
+    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth,
+                      headers={"accept": "application/fhir+json"}) as c:
         yield c
 
 
@@ -73,7 +73,7 @@ def test_each_access_to_patient_data_is_one_audit_event(client, live):
     assert kinds == ["history-instance", "read", "search-type", "vread"], kinds
     for e in mine:
         assert e["outcome"] == "0"
-        assert e["agent"][0]["who"]["identifier"]["value"] == "dr.li"
+        assert e["agent"][0]["who"]["identifier"]["value"] == live.auth.client_id
         assert e["agent"][0]["network"]["address"] == "127.0.0.1"
     search = next(e for e in mine if e["subtype"][0]["code"] == "search-type")
     query = [x for x in search["entity"] if x["role"]["code"] == "24"]

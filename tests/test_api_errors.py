@@ -463,7 +463,7 @@ def test_store_outage_is_a_503_and_the_server_recovers(pg_databases, tmp_path):
     dsn = pg_databases.new()
     settings = Settings(data_dir=tmp_path)
     settings.database_url = dsn
-    with LiveServer(settings) as server, httpx.Client(base_url=server.base, timeout=30) as c:
+    with LiveServer(settings) as server, httpx.Client(base_url=server.base, timeout=30, auth=server.auth) as c:
         assert c.post("/Patient", content=b'{"resourceType":"Patient"}',
                       headers=FHIR_JSON).status_code == 201
         name = dsn.rsplit("/", 1)[1]

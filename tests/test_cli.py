@@ -404,6 +404,7 @@ def test_serve_answers_metadata(tmp_path, feed):
     port = free_port()
     env = hub_env(Settings(data_dir=tmp_path / "elsewhere"))  # --data-dir wins over the environment
     env.pop("HUB_DATABASE_URL", None)
+    env["HUB_AUTH"] = "0"  # on loopback: this is about where the data is, not who may read it
     proc = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(port),
                              "--data-dir", str(data)], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -132,7 +132,7 @@ def test_service_transactions_retried_keep_their_references(hub):
 
 def with_client(live, fn):
     def call(i):
-        with httpx.Client(base_url=live.base, timeout=60) as c:
+        with httpx.Client(base_url=live.base, timeout=60, auth=live.auth) as c:
             return fn(c, i)
     return call
 

@@ -39,7 +39,8 @@ def test_deadletters_list_show_replay_and_status(tmp_path, capsys):
 
     hub = LiveServer(hub_settings(tmp_path, max_body=limit)).__enter__()
     try:
-        cfg = connector_config(tmp_path, hub.base, free_port(), free_port())
+        cfg = connector_config(tmp_path, hub.base, free_port(), free_port(),
+                               **hub.sink_credentials("H0001", tmp_path / "keys"))
         import yaml
 
         ports = yaml.safe_load(cfg.read_text())
@@ -72,9 +73,9 @@ def test_deadletters_list_show_replay_and_status(tmp_path, capsys):
                             "--config", str(cfg))
             assert code == 0 and "1 replayed" in out
             [unit] = converter("hl7v2")(big, INFO)
-            wait_until(lambda: httpx.get(f"{hub.base}/{unit.patient_key}").status_code == 200, 30,
+            wait_until(lambda: httpx.get(f"{hub.base}/{unit.patient_key}", headers=hub.headers).status_code == 200, 30,
                        what="replayed patient")
-            assert httpx.get(f"{hub.base}/{unit.patient_key}").json()["name"][0]["family"] \
+            assert httpx.get(f"{hub.base}/{unit.patient_key}", headers=hub.headers).json()["name"][0]["family"] \
                 == "欧阳" * 1500
 
             # the mapper still refuses ZZZ: a new dead letter, the old one superseded

@@ -84,8 +84,8 @@ def _strip(r: dict) -> dict:
     return {k: v for k, v in r.items() if k != "meta"}
 
 
-def check_hub(base: str, expected: dict) -> None:
-    with httpx.Client(base_url=base, timeout=30) as c:
+def check_hub(base: str, expected: dict, auth=None) -> None:
+    with httpx.Client(base_url=base, timeout=30, auth=auth) as c:
         for ref, (content, versions) in expected.items():
             r = c.get(ref)
             assert r.status_code == 200, f"{ref} missing: {r.status_code}"
@@ -130,7 +130,8 @@ def test_mllp_to_hub_concurrent_senders(tmp_path, settings):
     expected = expected_state(groups)
     total = sum(len(m) for _, m in groups)
     with LiveServer(settings) as hub:
-        cfg = connector_config(tmp_path, hub.base, free_port(), free_port())
+        cfg = connector_config(tmp_path, hub.base, free_port(), free_port(),
+                               **hub.sink_credentials(INFO.institution, tmp_path / "keys"))
         mllp_port = _port(cfg)
         with ConnectorProcess(cfg, _status_port(cfg)) as conn:
             acks: list[str] = []
@@ -145,7 +146,7 @@ def test_mllp_to_hub_concurrent_senders(tmp_path, settings):
             st = wait_until(lag_zero(conn, total), 60, what="delivery")
             assert st["received"] == st["converted"] == total and st["failed"] == 0
             assert conn.stop() == 0  # SIGTERM: a clean stop
-        check_hub(hub.base, expected)
+        check_hub(hub.base, expected, hub.auth)
 
 
 @needs_v2
@@ -157,7 +158,8 @@ def test_sigkill_connector_and_hub_mid_stream(tmp_path):
     total = sum(len(m) for _, m in groups)
     hub = LiveServer(hub_settings(tmp_path)).__enter__()
     try:
-        cfg = connector_config(tmp_path, hub.base, free_port(), free_port())
+        cfg = connector_config(tmp_path, hub.base, free_port(), free_port(),
+                               **hub.sink_credentials(INFO.institution, tmp_path / "keys"))
         mllp_port = _port(cfg)
         conn = ConnectorProcess(cfg, _status_port(cfg)).start()
         acks: list[str] = []
@@ -186,7 +188,7 @@ def test_sigkill_connector_and_hub_mid_stream(tmp_path):
         assert st["lag"] == 0 and st["failed"] == 0
         assert st["converted"] >= total  # messages resent after the kill are converted twice
         conn.stop()
-        check_hub(hub.base, expected)
+        check_hub(hub.base, expected, hub.auth)
     finally:
         hub.__exit__(None, None, None)
 

@@ -151,7 +151,7 @@ def test_a_naming_system_put_over_http_keeps_two_passport_holders_apart(tmp_path
 
     fhir = {"content-type": "application/fhir+json"}
     monkeypatch.setenv("HUB_MPI_AUTOMATCH", "1")
-    with LiveServer(Settings(data_dir=tmp_path)) as srv, httpx.Client(base_url=srv.base, timeout=30) as c:
+    with LiveServer(Settings(data_dir=tmp_path)) as srv, httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c:
         r = c.put("/NamingSystem/passport", json=naming_system("unique"), headers=fhir)
         assert r.status_code == 201, r.text
         phone = [{"system": "phone", "value": "13800138000"}]

@@ -123,7 +123,7 @@ def test_serve_matches_new_patients_as_they_arrive(tmp_path, monkeypatch):
     from .conftest import LiveServer
 
     monkeypatch.setenv("HUB_MPI_AUTOMATCH", "1")
-    with LiveServer(Settings(data_dir=tmp_path)) as srv, httpx.Client(base_url=srv.base, timeout=30) as c:
+    with LiveServer(Settings(data_dir=tmp_path)) as srv, httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c:
         for pid, name in (("auto-a", "张伟"), ("auto-b", "章伟")):
             r = c.put(f"/Patient/{pid}", json=patient(pid, name=name), headers=FHIR)
             assert r.status_code == 201, r.text

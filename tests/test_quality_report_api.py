@@ -29,6 +29,7 @@ from fhir_mapping.documents import quality_report
 from hub.api import quality as quality_api
 from hub.core.config import Settings
 from hub.core.ingest import Context, Hub, Op
+from hub.repository import Repository
 from projections.quality import COUNT_COLUMNS, RULE_SYSTEM
 
 CST = timezone(timedelta(hours=8))
@@ -57,6 +58,7 @@ def build_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         store = settings.open_store()
         app.state.hub = Hub(store)
+        app.state.repo = Repository(app.state.hub)  # where the router's caller is authorized
         quality_api.attach(app, settings, store)
         try:
             yield

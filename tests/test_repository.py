@@ -44,6 +44,7 @@ class TestPolicy:
 def base(tmp_path_factory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("repo") / "data")
     settings.database_url = None
+    settings.auth = False  # the callers are named by X-Hub-User; the policy is the test's
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings, policy=TestPolicy()),
                                            host="127.0.0.1", port=port, log_level="warning"))

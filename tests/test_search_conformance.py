@@ -551,7 +551,7 @@ def test_http_get_post_strict_and_read_your_writes(client):
                                   "meta": {"tag": [{"system": tag.split("|")[0],
                                                     "code": tag.split("|")[1]}]}},
                 headers=FHIR_JSON)
-    second = httpx.get(nxt, headers={"accept": "application/fhir+json"}).json()
+    second = client.get(nxt).json()
     assert [e["resource"]["birthDate"] for e in second["entry"]] == ["2001"]
     # compartment
     o = client.post("/Observation", json=obs("x", subject=f"Patient/{rid}") | {"id": "x"},

@@ -47,7 +47,7 @@ def world(live):
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": e, "request": {"method": "PUT", "url": f"{e['resourceType']}/{e['id']}"}}
         for e in entries]}
-    with httpx.Client(base_url=live.base, timeout=30) as c:
+    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth) as c:
         r = c.post("", content=orjson.dumps(bundle), headers=FHIR_JSON)
         assert r.status_code == 200, r.text[:500]
     return {"tag": tag, "vs": vs, "gender_vs": gender_vs}

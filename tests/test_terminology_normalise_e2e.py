@@ -60,7 +60,7 @@ def test_lab_file_to_hub_with_both_codings_worklist_and_renormalise(tmp_path):
     assert set(refs) >= {"GLU", "K", "LAB"}
     (tmp_path / "maps").mkdir()
     (tmp_path / "maps" / "lab.json").write_bytes(orjson.dumps(cmap("file-map", ("GLU", "2345-7"))))
-    with LiveServer(settings) as hub, httpx.Client(base_url=hub.base, timeout=30) as http:
+    with LiveServer(settings) as hub, httpx.Client(base_url=hub.base, timeout=30, auth=hub.auth) as http:
         # the hub's own ConceptMap for the report code, fetched by the connector at start
         r = http.put("/ConceptMap/hub-map", content=orjson.dumps(cmap("hub-map", ("LAB", "11502-2"))),
                      headers={"content-type": "application/fhir+json"})
@@ -73,7 +73,8 @@ def test_lab_file_to_hub_with_both_codings_worklist_and_renormalise(tmp_path):
             retry={"initial_s": 0.05, "max_s": 0.5},
             sources=[{"type": "folder", "name": "lab", "path": "inbox", "kind": "hl7v2",
                       "pattern": "*.hl7", "settle_ms": 50, "poll_s": 0.1}],
-            sink={"type": "http", "url": hub.base, "batch_size": 10, "timeout_s": 10},
+            sink={"type": "http", "url": hub.base, "batch_size": 10, "timeout_s": 10,
+                  **hub.sink_credentials(INFO.institution, tmp_path / "keys")},
             terminology={"concept_maps": ["maps/lab.json"], "from_hub": True,
                          "refresh_seconds": 60})
         with ConnectorProcess(cfg, status_port) as conn:
@@ -124,7 +125,7 @@ def test_connector_fetches_from_the_hub_and_keeps_the_snapshot_when_it_goes(tmp_
     settings = Settings(data_dir=tmp_path / "hubdata")
     settings.database_url = None
     with LiveServer(settings) as hub:
-        with httpx.Client(base_url=hub.base, timeout=30) as http:
+        with httpx.Client(base_url=hub.base, timeout=30, auth=hub.auth) as http:
             for i in range(3):  # another institution's map is left out
                 body = cmap(f"m{i}", (f"C{i}", "1-8"))
                 if i == 2:
@@ -134,7 +135,8 @@ def test_connector_fetches_from_the_hub_and_keeps_the_snapshot_when_it_goes(tmp_
         cfg = ConnectorConfig.from_dict({
             "name": "lab", "institution": {"code": "H0001", "oid": OID},
             "sources": [{"type": "folder", "path": "in"}],
-            "sink": {"type": "http", "url": hub.base},
+            "sink": {"type": "http", "url": hub.base,
+                     **hub.sink_credentials(INFO.institution, tmp_path / "keys")},
             "terminology": {"from_hub": True}}, base=tmp_path)
         term = Terminology.from_config(cfg)
         assert term.refresh() and term.state["maps"] == 2 and len(term.normaliser) == 2

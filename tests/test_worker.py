@@ -78,8 +78,8 @@ def kafka_connector_config(tmp_path, bootstrap, topic, mllp_port, status_port):
               "producer": {"request_timeout_ms": 3000, "reconnect_backoff_max_ms": 300}})
 
 
-def all_there(base: str, expected: dict) -> bool:
-    with httpx.Client(base_url=base, timeout=10) as c:
+def all_there(base: str, expected: dict, auth=None) -> bool:
+    with httpx.Client(base_url=base, timeout=10, auth=auth) as c:
         for ref, (content, _) in expected.items():
             r = c.get(ref)
             if r.status_code != 200 or _strip(r.json()) != content:
@@ -128,10 +128,10 @@ def test_mllp_through_kafka_with_kills_and_a_frozen_broker(tmp_path, broker):  #
             assert len(acks) == total and set(acks) == {"AA"}
             wait_until(lambda: conn.status()["sources"]["adt"]["lag"] == 0, 60,
                        what="connector delivery")
-            wait_until(lambda: all_there(hub.base, expected), 60, every=0.5,
+            wait_until(lambda: all_there(hub.base, expected, hub.auth), 60, every=0.5,
                        what="worker ingest")
             time.sleep(0.5)  # anything still in flight would add versions
-            check_hub(hub.base, expected)
+            check_hub(hub.base, expected, hub.auth)
         finally:
             conn.stop()
             worker.stop()

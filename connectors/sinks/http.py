@@ -39,15 +39,37 @@ def dedupe_entries(per_unit: list[list[dict]]) -> tuple[list[dict], list[list[in
     return entries, positions
 
 
+def hub_auth(url: str, client_id: str | None, private_key: str | None,
+             token_url: str | None = None, scope: str = "system/*.cruds") -> httpx.Auth | None:
+    """The connector's tokens for the hub at ``url`` (its FHIR base), when it has credentials."""
+    if not client_id:
+        return None
+    if not private_key:
+        raise ValueError("an http sink with client_id needs private_key (a PEM file)")
+    from hub.auth.backend_client import BackendServicesAuth
+
+    token_url = token_url or url.rstrip("/").removesuffix("/fhir") + "/auth/token"
+    with open(private_key, "rb") as f:
+        return BackendServicesAuth(token_url, client_id, f.read(), scope)
+
+
 class HttpSink:
+    """Batches to the hub's REST API. With ``client_id`` and ``private_key`` (a PEM file) the
+    connector authenticates as a SMART Backend Services client of the hub (its tokens from
+    ``token_url``, by default the hub's own ``/auth/token``); the hub then records the
+    institution of its registration, whatever the headers say."""
+
     def __init__(self, url: str, timeout_s: float = 30.0, headers: dict | None = None,
-                 batch_size: int = 50, source_info: SourceInfo | None = None, **_: Any):
+                 batch_size: int = 50, source_info: SourceInfo | None = None,
+                 client_id: str | None = None, private_key: str | None = None,
+                 token_url: str | None = None, scope: str = "system/*.cruds", **_: Any):
         self.url = url.rstrip("/")
         self.batch_size = int(batch_size)
+        auth = hub_auth(self.url, client_id, private_key, token_url, scope)
         # where the writes come from, recorded by the hub in each event's source
         origin = {"x-hub-source-institution": source_info.institution,
                   "x-hub-source-feed": source_info.feed} if source_info else {}
-        self.client = httpx.Client(timeout=float(timeout_s), headers={
+        self.client = httpx.Client(timeout=float(timeout_s), auth=auth, headers={
             "content-type": "application/fhir+json", "accept": "application/fhir+json",
             "prefer": "return=minimal", **{k: v for k, v in origin.items() if v},
             **(headers or {})})

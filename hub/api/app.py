@@ -12,18 +12,19 @@ from typing import Any
 
 import orjson
 from eventsourcing.persistence import InterfaceError, OperationalError
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.access.audit import AccessAudit, AuditWriter
-from hub.api import bundles, capability, documents, health, quality, terminology, unmapped, v3
+from hub.access.policy import AccessPolicy
+from hub.api import auth, bundles, capability, documents, health, quality, terminology, unmapped, v3
 from hub.api import everything as mpi_everything
 from hub.api import identity as mpi_identity
 from hub.api import match as mpi_match  # Patient/$match
-from hub.api.caller import context_of, repository
+from hub.api.caller import authenticate, context_of, repository
 from hub.api.history import history_bundle
 from hub.api.limits import BodyLimit
 from hub.api.responses import (
@@ -40,6 +41,7 @@ from hub.api.responses import (
     version_headers,
 )
 from hub.api.search import SearchService, search_bundle
+from hub.auth.verifier import ExternalIssuer, Verifier
 from hub.core import resource as res
 from hub.core.access import OPEN, Policy
 from hub.core.conditional import SearchResolver, parse_query
@@ -58,10 +60,16 @@ log = logging.getLogger("hub.api")
 
 
 def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
-               policy: Policy = OPEN) -> FastAPI:
+               policy: Policy | None = None) -> FastAPI:
     """The application; ``policy`` decides what each caller may read and write (every handler
-    reaches resources through the repository that asks it)."""
+    reaches resources through the repository that asks it): by default the access policy of
+    ``hub.access.policy`` with access control on (``settings.auth``), else everything open."""
     settings = settings or Settings()
+    if settings.auth:
+        # tokens are for one audience: the configured base URL, never the request's Host
+        settings.base_url = settings.fhir_base
+    if policy is None:
+        policy = AccessPolicy() if settings.auth else OPEN
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -123,14 +131,19 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
                 follow_store.close()
                 store.close()
 
+    # every route authenticates its caller first (hub.api.caller.PUBLIC_PATHS excepted)
     app = FastAPI(title="Regional FHIR hub", lifespan=lifespan, docs_url="/docs",
-                  openapi_url="/openapi.json")
+                  openapi_url="/openapi.json", dependencies=[Depends(authenticate)])
     app.state.hub = hub
     app.state.settings = settings
+    auth.attach(app, settings)  # the token endpoint, the client registry, the hub's signing key
+    app.state.auth_verifier = _verifier(app, settings) if settings.auth else None
     app.add_middleware(BodyLimit, limit=settings.max_body, answers={"/v3": v3.too_large})
     _install_error_handlers(app)
     # before the FHIR routes: /fhir/{type} would otherwise take /fhir/$quality-report
     app.include_router(health.router)  # GET /health, GET /ready
+    # POST /auth/token, GET /auth/jwks, GET /fhir/.well-known/smart-configuration
+    app.include_router(auth.router)
     app.include_router(quality.router)  # GET /fhir/$quality-report
     # Person (read, search, operations), $everything, $timeline, $mpi-review,
     # $resolve-identifier; before /fhir/{type}/{id} and /fhir/{type}/{id}/{compartment type}
@@ -146,10 +159,22 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
     return app
 
 
+def _verifier(app: FastAPI, settings: Settings) -> Verifier:
+    external = []
+    if settings.auth_issuer and settings.auth_jwks_url:
+        external.append(ExternalIssuer(settings.auth_issuer, settings.auth_jwks_url,
+                                       roles_claim=settings.auth_roles_claim,
+                                       institution_claim=settings.auth_institution_claim))
+    return Verifier(settings.fhir_base, own=app.state.auth_signer, external=external)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, e: FhirError) -> Response:
-        return outcome_response(e.issues, e.status, request)
+        response = outcome_response(e.issues, e.status, request)
+        if e.status == 401:  # RFC 6750: how to authenticate
+            response.headers["WWW-Authenticate"] = 'Bearer realm="fhir", error="invalid_token"'
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> Response:

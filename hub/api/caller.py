@@ -9,11 +9,12 @@ proof, which is why the open policy is the only one that trusts them.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from fastapi import Request
 
-from hub.core.access import ANONYMOUS, Actor
-from hub.core.errors import bad_request
+from hub.core.access import ANONYMOUS, Action, Actor
+from hub.core.errors import FhirError, bad_request
 from hub.core.ingest import Context
 from hub.repository import Repository
 
@@ -48,6 +49,40 @@ def purpose_of(request: Request) -> str | None:
 
 
 def actor_of(request: Request) -> Actor:
+    """The caller: from its bearer token when access control is on (verified once per request),
+    else the claims of the headers."""
+    known = getattr(request.state, "actor", None)
+    if known is not None:
+        return known
+    verifier = getattr(request.app.state, "auth_verifier", None)
+    actor = _from_token(request, verifier) if verifier is not None else _from_headers(request)
+    request.state.actor = actor
+    return actor
+
+
+def _from_token(request: Request, verifier: Any) -> Actor:
+    header = request.headers.get("authorization")
+    if not header:
+        return ANONYMOUS  # refused by the policy wherever it reaches data
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise FhirError(401, "login", "Authorization must be a bearer token")
+    claims = verifier.verify(token.strip())
+    scope = claims.get("scope")
+    roles = claims.get("hub_roles")
+    institution = claims.get("hub_institution")
+    patient = claims.get("patient")
+    return Actor(subject=str(claims.get("sub") or claims.get("client_id") or "unknown")[:128],
+                 kind="user" if claims.get("fhirUser") else "client",
+                 roles=frozenset(r for r in roles if isinstance(r, str))
+                 if isinstance(roles, list) else frozenset(),
+                 scopes=tuple(scope.split()) if isinstance(scope, str) else (),
+                 institution=institution if isinstance(institution, str) and institution else None,
+                 purpose=purpose_of(request),
+                 patient=patient if isinstance(patient, str) and patient else None)
+
+
+def _from_headers(request: Request) -> Actor:
     user = user_of(request)
     purpose = (request.headers.get("x-purpose-of-use") or "").strip().upper()
     if user == "anonymous" and not purpose:
@@ -63,12 +98,16 @@ def context_of(request: Request, feed: str = "rest") -> Context:
     ctx = Context(request_id=rid[:64]) if rid and rid.isprintable() else Context()
     ctx.source = {"feed": feed}
     # a connector names its institution and feed (recorded in each event's source, shown by
-    # `hub history`); metadata, not authorization
+    # `hub history`); with access control on, the institution is the token's, never a header's
+    ctx.actor = actor_of(request)
     for header, key in (("x-hub-source-institution", "institution"), ("x-hub-source-feed", "feed")):
         value = request.headers.get(header)
         if value and value.isprintable():
             ctx.source[key] = value[:128]
-    ctx.actor = actor_of(request)
+    if authenticated(request) and not header_names_institution(ctx.actor):
+        ctx.source.pop("institution", None)
+        if ctx.actor.institution:
+            ctx.source["institution"] = ctx.actor.institution
     if request.client is not None and request.client.host:
         ctx.address = request.client.host
     ctx.query = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -77,3 +116,40 @@ def context_of(request: Request, feed: str = "rest") -> Context:
 
 def repository(request: Request) -> Repository:
     return request.app.state.repo
+
+
+# What anyone may call: the capability statement, discovery and the token endpoint, liveness and
+# readiness, the API's own description. Every other route needs a valid token (then the policy
+# decides what it may do).
+PUBLIC_PATHS = frozenset({
+    "/fhir/metadata", "/fhir/.well-known/smart-configuration", "/auth/token", "/auth/jwks",
+    "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json",
+})
+
+
+async def authenticate(request: Request) -> None:
+    """Every route's first step: with access control on, no valid token, no answer (401)."""
+    if not authenticated(request) or request.url.path in PUBLIC_PATHS:
+        return
+    if actor_of(request).kind == "anonymous":
+        raise FhirError(401, "login", "A bearer token is required (Authorization: Bearer …; "
+                        "see /fhir/.well-known/smart-configuration)")
+
+
+def header_names_institution(actor: Actor) -> bool:
+    """Whether ``X-Hub-Source-Institution`` counts: without access control, or for a platform
+    administrator whose token names no institution (an operator loading or replaying data on an
+    institution's behalf). A connector's institution is its token's, never a header's."""
+    return actor.kind == "anonymous" or ("admin" in actor.roles and not actor.institution)
+
+
+def authenticated(request: Request) -> bool:
+    """Whether access control is on: callers are who their tokens say."""
+    return getattr(request.app.state, "auth_verifier", None) is not None
+
+
+def authorize(request: Request, action: Action) -> Context:
+    """Check an action a route answers from its own service, not the repository; its context."""
+    ctx = context_of(request)
+    repository(request).authorize(ctx, action)
+    return ctx

@@ -45,7 +45,14 @@ from starlette.concurrency import run_in_threadpool
 
 from hub.access.audit import AuditWriter
 from hub.api import paging
-from hub.api.caller import context_of, purpose_of, repository, user_of
+from hub.api.caller import (
+    actor_of,
+    authenticated,
+    context_of,
+    purpose_of,
+    repository,
+    user_of,
+)
 from hub.api.everything import audited
 from hub.api.responses import base_url, check_content_type, check_format, fhir_response
 from hub.core import resource as res
@@ -167,6 +174,8 @@ def _known(params: dict[str, Any], allowed: set[str], required: set[str]) -> Non
 
 
 def _decider(request: Request, params: dict[str, Any]) -> str:
+    if authenticated(request):  # the token's subject, never a header or a parameter
+        return actor_of(request).subject
     u = user_of(request)
     if u != "anonymous":
         return u

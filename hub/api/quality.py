@@ -38,7 +38,9 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from hub.api.caller import authorize
 from hub.api.responses import pretty
+from hub.core.access import Action
 from hub.core.config import Settings
 from hub.core.errors import FhirError, bad_request
 from hub.core.store import ResourceStore
@@ -148,6 +150,7 @@ def _offset() -> str:
 
 @router.get("/fhir/$quality-report", name="quality-report")
 async def quality_report(request: Request) -> Response:
+    authorize(request, Action("operation", None, None, "$quality-report"))
     params = _params(request)
     csv = _wants_csv(request, params)
     limit = _count(params)

@@ -28,8 +28,10 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from hub.api.caller import authorize
 from hub.api.responses import ID_RE, check_content_type, check_format, fhir_response
 from hub.core import resource as res
+from hub.core.access import Action
 from hub.core.config import Settings
 from hub.core.errors import FhirError, bad_request, not_found
 from hub.core.store import ResourceStore
@@ -84,6 +86,7 @@ def _instance(svc: TerminologyService, rtype: str, rid: str):
 
 async def _operate(request: Request, rtype: str, op: str, rid: str | None = None) -> Response:
     check_format(request)
+    authorize(request, Action("operation", rtype, rid, f"${op}"))
     svc: TerminologyService | None = getattr(request.app.state, "terminology", None)
     runner: Runner | None = getattr(request.app.state, "terminology_runner", None)
     if svc is None or runner is None:

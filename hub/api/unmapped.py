@@ -23,8 +23,10 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from hub.api.caller import authorize
 from hub.api.quality import _wants_csv
 from hub.api.responses import pretty
+from hub.core.access import Action
 from hub.core.config import Settings
 from hub.core.errors import FhirError, bad_request
 from hub.core.store import ResourceStore
@@ -77,6 +79,7 @@ def _params(request: Request) -> dict[str, str]:
 
 @router.get("/fhir/$unmapped-codes", name="unmapped-codes")
 async def unmapped_codes(request: Request) -> Response:
+    authorize(request, Action("operation", None, None, "$unmapped-codes"))
     params = _params(request)
     csv = _wants_csv(request, {k: [v] for k, v in params.items()})
     raw = params.get("_count", str(DEFAULT_ROWS))

@@ -49,7 +49,13 @@ from fhir_mapping.hl7v3.ack import request_header
 from fhir_mapping.hl7v3.common import Ctx, interactions, parse
 from fhir_mapping.xmlsafe import MAX_BYTES
 from hub import v3intake
-from hub.api.caller import actor_of, context_of, repository
+from hub.api.caller import (
+    actor_of,
+    authenticated,
+    context_of,
+    header_names_institution,
+    repository,
+)
 from hub.api.limits import BodyTooLarge
 from hub.core.errors import FhirError, HubError
 from hub.core.events import resource_bytes
@@ -125,6 +131,10 @@ def _source(request: Request) -> SourceInfo:
         v = request.headers.get(header, "").strip()
         if v and v.isprintable():
             values[key] = v[:128]
+    if authenticated(request) and not header_names_institution(actor_of(request)):
+        values.pop("institution", None)  # the institution is the token's, not a header's
+        if actor_of(request).institution:
+            values["institution"] = actor_of(request).institution
     return SourceInfo(**values)
 
 
@@ -206,6 +216,9 @@ def _register(request: Request, raw: bytes, msg: Any, reply_type: str) -> Respon
     ctx = Context(request_id=rid[:64]) if rid and rid.isprintable() else Context()
     ctx.actor = actor_of(request)
     institution = _institution(msg, source) or source.institution
+    if authenticated(request) and ctx.actor.institution and \
+            not header_names_institution(ctx.actor):
+        institution = ctx.actor.institution  # a connector writes as its own institution only
     ctx.source = {"institution": institution, "feed": source.feed or "v3", "messageId": mid[:128]}
 
     def refuse(code: str, text: str, rule: str) -> Response:

@@ -45,6 +45,17 @@ def add_parsers(sub: Any, common: Any) -> None:
     r.add_argument("client_id")
     asub.add_parser("rotate-key", parents=[common],
                     help="sign access tokens with a new key (the previous one stays published)")
+    d = asub.add_parser("demo-client", parents=[common],
+                        help="a demo administrator client for this machine (its key in the data "
+                             "directory; made once), and how to get a token")
+    d.add_argument("--json", action="store_true", help="print client_id and key file as JSON")
+    t = asub.add_parser("token", parents=[common],
+                        help="get an access token from a running hub (SMART Backend Services)")
+    t.add_argument("--client-id", required=True)
+    t.add_argument("--key", required=True, type=Path, metavar="PEM", help="the client's private key")
+    t.add_argument("--scope", default="system/*.rs", help='default "system/*.rs"')
+    t.add_argument("--url", help="the hub's FHIR base URL (default: HUB_BASE_URL, or where "
+                                 "hub serve listens)")
 
 
 def cmd_auth(args: Any, settings: Any) -> int:
@@ -55,6 +66,10 @@ def cmd_auth(args: Any, settings: Any) -> int:
         kid = Signer(settings.data_dir).rotate()
         print(f"signing with the new key {kid}; the previous one verifies until its tokens expire")
         return 0
+    if args.auth_action == "demo-client":
+        return _demo_client(args, settings)
+    if args.auth_action == "token":
+        return _token(args, settings)
     registry = open_registry(settings.data_dir)
     try:
         return _CLIENT_ACTIONS[args.client_action](args, registry)
@@ -97,3 +112,60 @@ def _revoke(args: Any, registry: Any) -> int:
 
 
 _CLIENT_ACTIONS = {"add": _add, "list": _list, "revoke": _revoke}
+
+
+DEMO_FILE = "demo-client.json"
+
+
+def _demo_client(args: Any, settings: Any) -> int:
+    """The demo region's administrator client: registered once, its private key kept beside the
+    hub's own key (the data directory is the operator's)."""
+    from hub.auth.backend_client import new_key, private_pem, public_jwks
+    from hub.auth.clients import open_registry
+
+    folder = Path(settings.data_dir) / "auth"
+    record = folder / DEMO_FILE
+    known = orjson.loads(record.read_bytes()) if record.exists() else None
+    registry = open_registry(settings.data_dir)
+    client = registry.get(known["client_id"]) if known else None
+    if client is None or not client.active:
+        key = new_key()
+        client = registry.add("demo administrator", public_jwks(key), roles=("admin",),
+                              scopes="system/*.cruds")
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pem = folder / "demo-client.pem"
+        pem.write_bytes(private_pem(key))
+        pem.chmod(0o600)
+        known = {"client_id": client.client_id, "key": str(pem)}
+        record.write_bytes(orjson.dumps(known))
+    if args.json:
+        print(orjson.dumps(known).decode())
+        return 0
+    print(f"demo client {known['client_id']} (role admin, scopes system/*.cruds)\n"
+          f"  token:  TOKEN=$(.venv/bin/hub auth token --client-id {known['client_id']} "
+          f"--key {known['key']} --scope 'system/*.cruds')\n"
+          f'  use it: curl -H "Authorization: Bearer $TOKEN" '
+          f"{settings.fhir_base}/Patient?_count=5")
+    return 0
+
+
+def _token(args: Any, settings: Any) -> int:
+    import httpx
+    from cryptography.hazmat.primitives import serialization
+
+    from hub.auth.backend_client import fetch_token
+
+    base = (args.url or settings.fhir_base).rstrip("/")
+    try:
+        key = serialization.load_pem_private_key(args.key.read_bytes(), password=None)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read the private key {args.key}: {e}") from None
+    try:
+        answer = fetch_token(base.removesuffix("/fhir") + "/auth/token", args.client_id, key,
+                             args.scope)
+    except httpx.HTTPStatusError as e:
+        raise UsageError(f"the token endpoint refused: {e.response.text[:300]}") from None
+    except httpx.HTTPError as e:
+        raise UsageError(f"cannot reach the hub at {base}: {e}") from None
+    print(answer["access_token"])
+    return 0

@@ -24,6 +24,10 @@ def cmd_serve(args, settings: Settings) -> int:
 
     settings.host = args.host or settings.host
     settings.port = args.port or settings.port
+    if not settings.auth and not _loopback(settings.host):
+        raise UsageError(f"refusing to serve on {settings.host} without access control: anyone "
+                         "on the network could read every record; unset HUB_AUTH=0, or listen "
+                         "on 127.0.0.1")
     open_store(settings).close()  # fail now, with a clear line, if the store cannot be opened
     print(f"FHIR API on http://{settings.host}:{settings.port}/fhir "
           f"(data: {settings.database_url and 'PostgreSQL' or settings.data_dir})", flush=True)
@@ -39,6 +43,17 @@ def cmd_serve(args, settings: Settings) -> int:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                     log_level="warning", access_log=False)
     return 0
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # -- ingest ----------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ class Actor:
     scopes: tuple[str, ...] = ()
     institution: str | None = None
     purpose: str | None = None
+    patient: str | None = None  # a patient-context token's Patient id (SMART launch context)
 
 
 ANONYMOUS = Actor()
@@ -51,6 +52,10 @@ class Policy(Protocol):
     def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         """May ``actor`` see this resource (its JSON)?"""
 
+    def may_change(self, actor: Actor, rtype: str, rid: str, source: dict) -> bool:
+        """May ``actor`` update or delete a stored resource whose current version came from
+        ``source`` (institution, feed)?"""
+
 
 class OpenPolicy:
     """Everything allowed."""
@@ -59,6 +64,9 @@ class OpenPolicy:
         return None
 
     def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+        return True
+
+    def may_change(self, actor: Actor, rtype: str, rid: str, source: dict) -> bool:
         return True
 
 

@@ -8,6 +8,11 @@ HUB_MAX_BODY      largest accepted request body, bytes                          
 HUB_MAX_COUNT     largest page size a client may ask for                        1000
 HUB_MPI_AUTOMATCH `hub serve` matches new and updated Patients as they arrive     1 (0: off)
 HUB_AUDIT         every access to patient data writes an AuditEvent             1 (0: off)
+HUB_AUTH          access control: bearer tokens, SMART scopes and roles         1 (0: off, loopback only)
+HUB_AUTH_ISSUER   an external OpenID Connect provider's issuer (its tokens are accepted) (unset)
+HUB_AUTH_JWKS_URL that provider's key set                                       (unset)
+HUB_AUTH_ROLES_CLAIM / HUB_AUTH_INSTITUTION_CLAIM  where its tokens carry the hub's roles and the
+                  institution                                                   roles / institution
 """
 
 from __future__ import annotations
@@ -32,6 +37,21 @@ class Settings:
         default_factory=lambda: os.environ.get("HUB_MPI_AUTOMATCH", "1") != "0")
     # each read, search and history of patient data is recorded (hub.access.audit)
     audit: bool = field(default_factory=lambda: os.environ.get("HUB_AUDIT", "1") != "0")
+    # callers present bearer tokens; the policy of hub.access.policy decides (hub.api.caller)
+    auth: bool = field(default_factory=lambda: os.environ.get("HUB_AUTH", "1") != "0")
+    auth_issuer: str | None = field(
+        default_factory=lambda: os.environ.get("HUB_AUTH_ISSUER") or None)
+    auth_jwks_url: str | None = field(
+        default_factory=lambda: os.environ.get("HUB_AUTH_JWKS_URL") or None)
+    auth_roles_claim: str = field(
+        default_factory=lambda: os.environ.get("HUB_AUTH_ROLES_CLAIM", "roles"))
+    auth_institution_claim: str = field(
+        default_factory=lambda: os.environ.get("HUB_AUTH_INSTITUTION_CLAIM", "institution"))
+
+    @property
+    def fhir_base(self) -> str:
+        """The FHIR base URL: ``base_url``, else where ``hub serve`` listens."""
+        return self.base_url or f"http://{self.host}:{self.port}/fhir"
 
     @property
     def event_store_path(self) -> Path:

@@ -1,0 +1,148 @@
+"""Who may do what: roles and SMART scopes, judged for every action the repository is asked.
+
+The token says who the caller is (``hub.api.caller`` turns it into an ``Actor``); this policy
+decides:
+
+- **No token, no access.** An anonymous caller gets 401 for everything the repository does.
+- **Scopes.** Every FHIR interaction needs a granted SMART scope with its letter on the type
+  (read, vread and history ``r``; search ``s``; create ``c``; update ``u``; delete ``d``); a
+  history or search across all types needs a ``*`` scope.
+- **Roles.** Writes come from connectors, stewards and administrators only (a clinician reads);
+  the audit is read by auditors and administrators only (and written by the hub alone, see
+  ``hub.repository.APPEND_ONLY``); identity decisions are a data steward's; the shared record
+  (``$everything``, ``$timeline``) is read by clinicians and administrators, a clinician only
+  with a purpose of use, and break-the-glass (``ETREAT``, ``BTG``) only by a role that may use it.
+- **Patient context.** A token whose scopes are all ``patient/`` ones sees its own Patient and
+  what refers to it, nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from hub.auth.scopes import Scope, parse_scopes, permits
+from hub.core.access import Action, Actor
+from hub.core.errors import FhirError
+
+ROLES = ("connector", "clinician", "steward", "auditor", "admin")
+WRITERS = frozenset({"connector", "steward", "admin"})
+AUDITORS = frozenset({"auditor", "admin"})
+EMERGENCY = frozenset({"ETREAT", "BTG"})  # break-the-glass purposes of use
+MAY_BREAK_GLASS = frozenset({"clinician", "admin"})
+
+LETTER = {
+    "read": "r", "vread": "r", "history-instance": "r", "history-type": "r", "history-system": "r",
+    "search-type": "s", "search-system": "s", "create": "c", "update": "u",
+    "conditional-update": "u", "delete": "d", "conditional-delete": "d",
+}
+
+# operation -> (roles that may call it, scope letter it needs, on which type)
+OPERATIONS: dict[str, tuple[frozenset[str], str | None, str | None]] = {
+    "$everything": (frozenset({"clinician", "admin"}), "r", "Patient"),
+    "$timeline": (frozenset({"clinician", "admin"}), "r", "Patient"),
+    "$match": (frozenset({"clinician", "steward", "admin", "connector"}), "s", "Patient"),
+    "$resolve-identifier": (frozenset({"clinician", "steward", "admin"}), "s", "Patient"),
+    "$link": (frozenset({"steward", "admin"}), None, None),
+    "$unlink": (frozenset({"steward", "admin"}), None, None),
+    "$merge": (frozenset({"steward", "admin"}), None, None),
+    "$unmerge": (frozenset({"steward", "admin"}), None, None),
+    "$not-duplicate": (frozenset({"steward", "admin"}), None, None),
+    "$mpi-review": (frozenset({"steward", "admin"}), None, None),
+    "$mpi-review-accept": (frozenset({"steward", "admin"}), None, None),
+    "$mpi-review-reject": (frozenset({"steward", "admin"}), None, None),
+    "$quality-report": (frozenset({"steward", "auditor", "admin"}), None, None),
+    "$unmapped-codes": (frozenset({"steward", "admin"}), None, None),
+}
+# terminology operations: any role, with a read scope on the terminology resource
+TERMINOLOGY = {"$lookup", "$validate-code", "$subsumes", "$expand", "$translate"}
+SHARED_RECORD = frozenset({"$everything", "$timeline"})
+
+
+def forbidden(diagnostics: str) -> FhirError:
+    return FhirError(403, "forbidden", diagnostics)
+
+
+def login_required() -> FhirError:
+    return FhirError(401, "login", "A bearer token is required (Authorization: Bearer …; see "
+                     "/fhir/.well-known/smart-configuration)")
+
+
+@lru_cache(maxsize=4096)
+def scopes_of(texts: tuple[str, ...]) -> tuple[Scope, ...]:
+    """The parsed scopes of a token (a token's scopes are few and repeat across requests)."""
+    return tuple(s for s in parse_scopes(" ".join(texts)) if s.is_resource)
+
+
+def _patient_only(scopes: list[Scope]) -> bool:
+    return bool(scopes) and all(s.context == "patient" for s in scopes)
+
+
+class AccessPolicy:
+    """The policy of a hub with access control on."""
+
+    def check(self, actor: Actor, action: Action) -> None:
+        if actor.kind == "system":
+            return
+        if actor.kind == "anonymous":
+            raise login_required()
+        if actor.purpose in EMERGENCY and not actor.roles & MAY_BREAK_GLASS:
+            raise forbidden(f"Purpose of use {actor.purpose} (break the glass) is not open to "
+                            "this caller's roles")
+        if action.interaction == "operation":
+            self._operation(actor, action)
+            return
+        letter = LETTER.get(action.interaction)
+        if letter is None:
+            raise forbidden(f"{action.interaction} is not an interaction this hub grants")
+        rtype = action.rtype or "*"
+        if letter in "cud" and not actor.roles & WRITERS:
+            raise forbidden("Writes come from connectors, data stewards and administrators; "
+                            "this caller's roles do not write")
+        if rtype == "AuditEvent" and not actor.roles & AUDITORS:
+            raise forbidden("The audit is read by auditors and administrators only")
+        if not permits(scopes_of(actor.scopes), letter, rtype):
+            raise forbidden(f"No granted scope allows {action.interaction} on {rtype} "
+                            f"(needs the letter {letter!r}, e.g. system/{rtype}.{letter})")
+
+    def _operation(self, actor: Actor, action: Action) -> None:
+        name = action.operation or ""
+        if name in TERMINOLOGY and action.rtype in ("CodeSystem", "ValueSet", "ConceptMap"):
+            if not permits(scopes_of(actor.scopes), "r", action.rtype):
+                raise forbidden(f"No granted scope allows {name} (needs {action.rtype} 'r')")
+            return
+        rule = OPERATIONS.get(name)
+        if rule is None:
+            raise forbidden(f"{name or 'This operation'} is not granted to callers")
+        roles, letter, rtype = rule
+        if not actor.roles & roles:
+            raise forbidden(f"{name} is for the roles {', '.join(sorted(roles))}")
+        if letter is not None and rtype is not None \
+                and not permits(scopes_of(actor.scopes), letter, rtype):
+            raise forbidden(f"No granted scope allows {name} (needs {rtype} {letter!r})")
+        if name in SHARED_RECORD and "admin" not in actor.roles and not actor.purpose:
+            raise forbidden(f"{name} reads a person's records across institutions: give a "
+                            "purpose of use (X-Purpose-Of-Use: TREAT, …)")
+
+    def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+        if actor.kind == "system" or actor.patient is None:
+            return True
+        granting = [s for s in scopes_of(actor.scopes) if s.rtype in ("*", rtype)]
+        if not _patient_only(granting):
+            return True  # a user/ or system/ scope covers it: not limited to the patient
+        return _in_compartment(rtype, rid, resource, actor.patient)
+
+
+    def may_change(self, actor: Actor, rtype: str, rid: str, source: dict) -> bool:
+        """A connector changes what its own institution wrote, nothing another one did."""
+        if actor.kind == "system" or actor.roles & {"steward", "admin"}:
+            return True
+        owner = source.get("institution")
+        return not owner or owner == actor.institution
+
+
+def _in_compartment(rtype: str, rid: str, resource: bytes, patient: str) -> bool:
+    if rtype == "Patient":
+        return rid == patient
+    return re.search(rb'"reference"\s*:\s*"(?:[^"]*/)?Patient/' + re.escape(patient.encode())
+                     + rb'"', resource) is not None

@@ -1,0 +1,290 @@
+"""Access control over real HTTP: every route refuses a caller without a valid token, and the
+roles, scopes, institutions and patient context of valid tokens are held to.
+
+One ``hub serve`` with access control on; clients registered in its registry get tokens from its
+token endpoint (SMART Backend Services); an external OpenID Connect provider is a local JWKS
+server whose tokens carry a patient context.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import httpx
+import jwt
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi.routing import APIRoute
+
+from hub.auth.backend_client import BackendServicesAuth
+from hub.auth.keys import public_jwk
+from hub.auth.signer import Signer
+from tests.api_helpers import observation, patient, unique
+from tests.conftest import FHIR_JSON, LiveServer, free_port, make_settings
+
+# routes anyone may call (hub.api.caller.PUBLIC_PATHS)
+PUBLIC = {"/fhir/metadata", "/fhir/.well-known/smart-configuration", "/auth/token", "/auth/jwks",
+          "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"}
+FILL = {"rtype": "Patient", "rid": "x1", "vid": "1", "ctype": "Patient", "cid": "x1"}
+ISSUER = "https://idp.example.test/realms/region"
+
+
+@dataclass
+class World:
+    live: LiveServer
+    clinician: BackendServicesAuth
+    narrow: BackendServicesAuth
+    connector_h1: BackendServicesAuth
+    connector_h2: BackendServicesAuth
+    steward: BackendServicesAuth
+    auditor: BackendServicesAuth
+    idp_key: ec.EllipticCurvePrivateKey
+
+
+class _Jwks(http.server.BaseHTTPRequestHandler):
+    body = b"{}"
+
+    def do_GET(self):  # noqa: N802 - the http.server interface
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def world(request, tmp_path_factory):
+    idp_key = ec.generate_private_key(ec.SECP256R1())
+    _Jwks.body = orjson.dumps({"keys": [{**public_jwk(idp_key.public_key()), "alg": "ES256"}]})
+    port = free_port()
+    idp = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Jwks)
+    threading.Thread(target=idp.serve_forever, daemon=True).start()
+    settings = make_settings("sqlite", tmp_path_factory.mktemp("security"), request)
+    settings.auth_issuer, settings.auth_jwks_url = ISSUER, f"http://127.0.0.1:{port}/jwks"
+    try:
+        with LiveServer(settings) as live:
+            yield World(
+                live,
+                clinician=live.client_auth(roles=("clinician",), scope="user/*.rs",
+                                           institution="H1"),
+                narrow=live.client_auth(roles=("clinician",), scope="user/Organization.rs",
+                                        institution="H1"),
+                connector_h1=live.client_auth(roles=("connector",), scope="system/*.cruds",
+                                              institution="H1"),
+                connector_h2=live.client_auth(roles=("connector",), scope="system/*.cruds",
+                                              institution="H2"),
+                steward=live.client_auth(roles=("steward",),
+                                         scope="system/Patient.rs system/Person.rs"),
+                auditor=live.client_auth(roles=("auditor",), scope="system/AuditEvent.rs"),
+                idp_key=idp_key,
+            )
+    finally:
+        idp.shutdown()
+
+
+def _http(world: World, auth=None, headers: dict | None = None) -> httpx.Client:
+    return httpx.Client(base_url=world.live.base, timeout=30, auth=auth,
+                        headers={"accept": "application/fhir+json", **(headers or {})})
+
+
+def _routes() -> list[tuple[str, str]]:
+    import tempfile
+    from pathlib import Path
+
+    from hub.api.app import create_app
+    from hub.core.config import Settings
+
+    app = create_app(Settings(data_dir=Path(tempfile.mkdtemp(prefix="hub-routes-")), auth=False))
+    def walk(routes):  # included routers are branches (no prefixes here)
+        for route in routes:
+            if hasattr(route, "original_router"):
+                yield from walk(route.original_router.routes)
+            else:
+                yield route
+
+    out = []
+    for route in walk(app.routes):
+        if not isinstance(route, APIRoute) or route.path in PUBLIC:
+            continue
+        path = route.path
+        for name, value in FILL.items():
+            path = path.replace("{" + name + "}", value)
+        for method in sorted(route.methods - {"HEAD"}):
+            out.append((method, path))
+    return out
+
+
+ROUTES = _routes()
+
+
+def _own_token(world: World, **claims) -> str:
+    """A token signed with the hub's own key: the claims given, for the audience it serves."""
+    signer = Signer(world.live.settings.data_dir)
+    base = {"iss": world.live.origin + "/auth", "aud": world.live.base, "sub": "forger",
+            "scope": "system/*.cruds", "hub_roles": ["admin"]}
+    return signer.issue({**base, **claims}, 300)
+
+
+def _bad_tokens(world: World) -> dict[str, str]:
+    other = ec.generate_private_key(ec.SECP256R1())
+    signer = Signer(world.live.settings.data_dir)
+    now = int(time.time())
+    forged = jwt.encode({"iss": world.live.origin + "/auth", "aud": world.live.base, "sub": "x",
+                         "scope": "system/*.cruds", "hub_roles": ["admin"], "iat": now,
+                         "exp": now + 300}, other, algorithm="ES256",
+                        headers={"kid": signer.kid})
+    expired = jwt.encode({"iss": world.live.origin + "/auth", "aud": world.live.base, "sub": "x",
+                          "scope": "system/*.cruds", "hub_roles": ["admin"], "iat": now - 900,
+                          "exp": now - 600}, signer._load()[0].private, algorithm="ES256",
+                         headers={"kid": signer.kid})
+    return {"none": "", "malformed": "Bearer not-a-jwt", "expired": f"Bearer {expired}",
+            "bad signature": f"Bearer {forged}",
+            "wrong audience": "Bearer " + _own_token(world, aud="https://elsewhere.example/fhir"),
+            "unknown issuer": "Bearer " + jwt.encode(
+                {"iss": "https://evil.example", "aud": world.live.base, "sub": "x",
+                 "exp": now + 300}, other, algorithm="ES256", headers={"kid": "k"})}
+
+
+@pytest.mark.parametrize("method,path", ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
+def test_every_route_refuses_a_caller_without_a_valid_token(world, method, path):
+    for case, header in _bad_tokens(world).items():
+        headers = {"accept": "application/fhir+json", "content-type": "application/fhir+json"}
+        if header:
+            headers["authorization"] = header
+        r = httpx.request(method, world.live.origin + path, headers=headers, content=b"{}",
+                          timeout=30)
+        assert r.status_code == 401, (case, r.status_code, r.text[:300])
+        assert r.json()["resourceType"] == "OperationOutcome", case
+        assert r.headers["www-authenticate"].startswith("Bearer"), case
+
+
+def test_public_routes_answer_without_a_token(world):
+    for path in ("/fhir/metadata", "/fhir/.well-known/smart-configuration", "/auth/jwks",
+                 "/health", "/ready"):
+        assert httpx.get(world.live.origin + path, timeout=30).status_code == 200, path
+
+
+def _put(client: httpx.Client, d: dict, **headers) -> httpx.Response:
+    return client.put(f"/{d['resourceType']}/{d['id']}", json=d, headers={**FHIR_JSON, **headers})
+
+
+def test_scopes_and_roles(world):
+    p = patient(rid=unique()[:16])
+    with _http(world, world.connector_h1) as c:
+        assert _put(c, p).status_code == 201
+    with _http(world, world.narrow) as c:
+        r = c.get(f"/Patient/{p['id']}")
+        assert r.status_code == 403 and r.json()["resourceType"] == "OperationOutcome"
+        assert c.get("/Patient", params={"_id": p["id"]}).status_code == 403
+        assert c.get("/Organization", params={"name": "x"}).status_code == 200
+    with _http(world, world.clinician) as c:
+        assert c.get(f"/Patient/{p['id']}").status_code == 200
+        assert _put(c, {**p, "gender": "female"}).status_code == 403  # a clinician reads
+        assert c.get("/AuditEvent", params={"_count": "1"}).status_code == 403
+        assert c.get("/$quality-report").status_code == 403
+    with _http(world, world.auditor) as c:
+        assert c.get("/AuditEvent", params={"_count": "1"}).status_code == 200
+        assert c.get(f"/Patient/{p['id']}").status_code == 403  # no scope on Patient
+    with _http(world, world.steward) as c:
+        assert c.get("/$quality-report").status_code == 200
+    with _http(world, world.live.auth) as c:
+        forged = {"resourceType": "AuditEvent", "recorded": "2024-01-01T00:00:00Z",
+                  "type": {"system": "http://dicom.nema.org/resources/ontology/DCM",
+                           "code": "110110"},
+                  "agent": [{"requestor": True}], "source": {"observer": {"display": "x"}}}
+        r = c.post("/AuditEvent", json=forged, headers=FHIR_JSON)
+        assert r.status_code == 403  # not even an administrator writes the audit
+
+
+def test_a_connector_writes_as_its_own_institution_only(world):
+    p = patient(rid=unique()[:16])
+    with _http(world, world.connector_h1) as c:
+        # the header claims another institution: the token's wins
+        assert _put(c, p, **{"x-hub-source-institution": "H9"}).status_code == 201
+    store = world.live.settings.open_store()
+    try:
+        header = orjson.loads(store.latest("Patient", p["id"]).state.partition(b"\n")[0])
+    finally:
+        store.close()
+    assert header["source"]["institution"] == "H1"
+    with _http(world, world.connector_h2) as c:
+        assert _put(c, {**p, "gender": "male"}).status_code == 403
+        assert c.delete(f"/Patient/{p['id']}").status_code == 403
+    with _http(world, world.connector_h1) as c:
+        assert _put(c, {**p, "gender": "male"}).status_code == 200
+
+
+def test_the_shared_record_needs_a_purpose_and_break_the_glass_a_role(world):
+    p = patient(rid=unique()[:16])
+    with _http(world, world.connector_h1) as c:
+        assert _put(c, p).status_code == 201
+        r = c.get(f"/Patient/{p['id']}/$everything", headers={"x-purpose-of-use": "ETREAT"})
+        assert r.status_code == 403
+    with _http(world, world.clinician) as c:
+        assert c.get(f"/Patient/{p['id']}/$everything").status_code == 403
+        r = c.get(f"/Patient/{p['id']}/$everything", headers={"x-purpose-of-use": "TREAT"})
+        assert r.status_code == 200, r.text
+        r = c.get(f"/Patient/{p['id']}/$everything", headers={"x-purpose-of-use": "ETREAT"})
+        assert r.status_code == 200, r.text
+
+
+def test_identity_decisions_are_a_stewards_and_record_the_token_subject(world):
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": "Patient/nobody"}}]}
+    with _http(world, world.clinician) as c:
+        assert c.post("/Person/$unlink", json=body, headers=FHIR_JSON).status_code == 403
+    with _http(world, world.steward, {"x-hub-user": "someone-else"}) as c:
+        r = c.post("/Person/$unlink", json=body, headers=FHIR_JSON)
+        assert r.status_code not in (401, 403), r.text
+
+
+def _patient_token(world: World, pid: str, scope: str = "patient/*.rs") -> str:
+    now = int(time.time())
+    return jwt.encode({"iss": ISSUER, "aud": world.live.base, "sub": f"user-{pid}",
+                       "scope": scope, "patient": pid, "roles": ["clinician"],
+                       "fhirUser": f"Patient/{pid}", "iat": now, "exp": now + 300,
+                       "jti": uuid.uuid4().hex},
+                      world.idp_key, algorithm="ES256",
+                      headers={"kid": public_jwk(world.idp_key.public_key())["kid"]})
+
+
+def test_a_patient_context_token_sees_its_own_patient_only(world):
+    mine, other = patient(rid=unique()[:16]), patient(rid=unique()[:16])
+    mine_obs = {**observation(f"Patient/{mine['id']}"), "id": unique()[:16]}
+    other_obs = {**observation(f"Patient/{other['id']}"), "id": unique()[:16]}
+    with _http(world, world.connector_h1) as c:
+        for d in (mine, other, mine_obs, other_obs):
+            assert _put(c, d).status_code == 201
+    token = _patient_token(world, mine["id"])
+    with _http(world, headers={"authorization": f"Bearer {token}"}) as c:
+        assert c.get(f"/Patient/{mine['id']}").status_code == 200
+        assert c.get(f"/Patient/{other['id']}").status_code == 403
+        assert c.get(f"/Observation/{other_obs['id']}").status_code == 403
+        found = c.get("/Observation", params={"_id": f"{mine_obs['id']},{other_obs['id']}"})
+        assert found.status_code == 200
+        assert [e["resource"]["id"] for e in found.json().get("entry", [])] == [mine_obs["id"]]
+        assert _put(c, {**mine, "gender": "female"}).status_code == 403  # read scopes only
+
+
+def test_the_demo_client_gets_a_token_from_the_command_line(world, capsys):
+    from hub.cli import main
+
+    data = ["--data-dir", str(world.live.settings.data_dir)]
+    assert main(["auth", "demo-client", "--json", *data]) == 0
+    demo = orjson.loads(capsys.readouterr().out)
+    assert main(["auth", "demo-client", "--json", *data]) == 0  # made once
+    assert orjson.loads(capsys.readouterr().out) == demo
+    assert main(["auth", "token", "--client-id", demo["client_id"], "--key", demo["key"],
+                 "--url", world.live.base, *data]) == 0
+    token = capsys.readouterr().out.strip()
+    with _http(world, headers={"authorization": f"Bearer {token}"}) as c:
+        assert c.get("/Patient", params={"_count": "1"}).status_code == 200
+        # system/*.rs by default: no writes
+        assert _put(c, patient(rid=unique()[:16])).status_code == 403
