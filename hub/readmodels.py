@@ -10,9 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from projections.contract import ReadModel
+
+M = TypeVar("M")
 
 
 class ListedReadModel(ReadModel, Protocol):
@@ -69,6 +71,23 @@ def names() -> list[str]:
 def open_model(name: str, data_dir: Path) -> ListedReadModel:
     """Open the read model ``name`` in ``data_dir`` (its tables created if new)."""
     return BY_NAME[name].open(data_dir)
+
+
+def open_as(kind: type[M], name: str, data_dir: Path) -> M:
+    """Open the read model ``name``, which must be a ``kind`` (typed for its callers)."""
+    model = open_model(name, data_dir)
+    if not isinstance(model, kind):
+        model.close()
+        raise TypeError(f"the read model {name!r} is a {type(model).__name__}, not {kind.__name__}")
+    return model
+
+
+def typed(models: dict[str, ReadModel], name: str, kind: type[M]) -> M:
+    """``models[name]`` (from ``open_models``), which must be a ``kind``."""
+    model = models[name]
+    if not isinstance(model, kind):
+        raise TypeError(f"the read model {name!r} is a {type(model).__name__}, not {kind.__name__}")
+    return model
 
 
 def open_models(data_dir: Path) -> dict[str, ReadModel]:

@@ -50,10 +50,17 @@ from hub.core.errors import FhirError, Issue, bad_request, not_found
 from hub.core.events import resource_bytes
 from hub.core.ingest import Context, Hub, Op, Result
 from hub.documents import DocumentService
+from hub.mpi.candidates import IdentityCandidates
 from hub.quarantine import Quarantine
-from hub.readmodels import open_models
+from hub.readmodels import open_models, typed
 from hub.repository import Repository
+from projections.person import PersonProjection
+from projections.quality import QualityProjection
 from projections.runner import Runner
+from projections.search.sqlite_index import SQLiteSearchIndex
+from projections.terminology import TerminologyProjection
+from projections.timeline import TimelineProjection
+from projections.unmapped import UnmappedProjection
 from terminology.normalise import StoredMaps
 
 log = logging.getLogger("hub.api")
@@ -77,19 +84,20 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         # models are those of hub.readmodels, each followed by its own runner.
         given: Hub | None = app.state.hub
         own = given is None
-        store = settings.open_store() if own else given.store
+        store = settings.open_store() if given is None else given.store
         # the followers read the log through their own connections: trouble there (a store
         # outage mid-batch) never starves the requests' pool
         follow_store = settings.open_store() if own else store
         models = open_models(settings.data_dir)  # the index lives in the data dir on any store
-        index = models["search"]
+        index = typed(models, "search", SQLiteSearchIndex)
         runner = Runner(follow_store, index)
-        terminology.attach(app, settings, follow_store, models["terminology"])
+        terminology.attach(app, settings, follow_store,
+                           typed(models, "terminology", TerminologyProjection))
         search = SearchService(store, index, runner, settings,
                                terminology=app.state.terminology,  # :in, :not-in, :below, :above
                                terminology_sync=app.state.terminology_runner.sync)
         resolver = SearchResolver(store, search)  # conditional interactions search the index
-        if own:
+        if given is None:
             hub = Hub(store, resolver=resolver)
         else:  # a hub the caller built (tests): it takes the API's resolver
             hub = given
@@ -108,13 +116,15 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         app.state.normaliser = normaliser
         app.state.documents = DocumentService(repo, quarantine, normaliser=normaliser)
         runner.start()
-        quality.attach(app, settings, follow_store, models["quality"])  # data-quality findings
+        quality.attach(app, settings, follow_store, typed(models, "quality", QualityProjection))  # data-quality findings
         # Person, timeline, audit
-        mpi_identity.attach(app, settings, repo, audit, follow_store, models["person"],
-                            models["timeline"])
+        mpi_identity.attach(app, settings, repo, audit, follow_store,
+                            typed(models, "person", PersonProjection),
+                            typed(models, "timeline", TimelineProjection))
         # the candidate index of $match
-        mpi_match.attach(app, settings, follow_store, models["identity-candidates"])
-        unmapped.attach(app, settings, follow_store, models["unmapped"])  # the worklist
+        mpi_match.attach(app, settings, follow_store,
+                         typed(models, "identity-candidates", IdentityCandidates))
+        unmapped.attach(app, settings, follow_store, typed(models, "unmapped", UnmappedProjection))  # the worklist
         try:
             yield
         finally:
@@ -243,6 +253,7 @@ def _base(request: Request) -> str:
 def _write_response(request: Request, result: Result, *, location: bool = True) -> Response:
     headers = {}
     if result.version is not None:
+        assert result.rid is not None and result.last_updated is not None  # a stored version
         headers = version_headers(_base(request), result.rtype, result.rid, result.version,
                                   result.last_updated, location=location)
     mode = prefer_return(request)

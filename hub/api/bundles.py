@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -165,9 +166,10 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
         elif isinstance(p, tuple):
             try:
                 status, body = get(*p)
-                out[i] = {"response": {"status": status_line(status)}}
+                answer: dict[str, Any] = {"response": {"status": status_line(status)}}
                 if body is not None:
-                    out[i]["resource"] = orjson.Fragment(body) if isinstance(body, bytes) else body
+                    answer["resource"] = orjson.Fragment(body) if isinstance(body, bytes) else body
+                out[i] = answer
             except FhirError as e:
                 # After the commit even in a transaction: the writes stand, this entry says why
                 # its read failed (a read cannot be rolled back into the transaction).

@@ -87,9 +87,8 @@ def _route_names(routes) -> list[str]:
 def _statement(routed: frozenset[str], base: str) -> dict:
     from importlib.metadata import version
 
-    routed = set(routed)
-    if "transaction" in routed:
-        routed.add("batch")  # one endpoint; Bundle.type picks the semantics
+    routed = frozenset(routed | {"batch"}) if "transaction" in routed else routed
+    # (batch: one endpoint with transaction; Bundle.type picks the semantics)
     type_interactions = [{"code": c} for c in _TYPE_LEVEL if c in routed]
     resources = []
     # the terminology operations, routed by hub.api.terminology as "CodeSystem-lookup"

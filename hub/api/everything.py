@@ -30,7 +30,7 @@ import asyncio
 import base64
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -197,7 +197,8 @@ def _scope(shared: SharedRecord, rtype: str, rid: str, institution: str | None) 
 
 
 def _bundle(entries: list[tuple[str, str, bytes]], base: str, links: list[dict],
-            total: int | None = None, referenced: list[tuple[str, str, bytes]] = ()) -> dict:
+            total: int | None = None,
+            referenced: Sequence[tuple[str, str, bytes]] = ()) -> dict:
     out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if total is not None:
         out["total"] = total

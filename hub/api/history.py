@@ -5,6 +5,8 @@ The cursor is the notification id of the last entry shown, so pages stay put whi
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from fastapi import Request
 
@@ -49,7 +51,7 @@ def history_bundle(repo: Repository, ctx: Context, request: Request, base: str,
         header = orjson.loads(header_bytes)
         method = (header.get("request") or {}).get("method") or (
             "DELETE" if row.kind == "deleted" else "POST" if row.version == 1 else "PUT")
-        entry = {"fullUrl": f"{base}/{row.rtype}/{row.rid}"}
+        entry: dict[str, Any] = {"fullUrl": f"{base}/{row.rtype}/{row.rid}"}
         if body:
             entry["resource"] = orjson.Fragment(body)
         entry["request"] = {"method": method,
@@ -61,7 +63,7 @@ def history_bundle(repo: Repository, ctx: Context, request: Request, base: str,
     links = [{"relation": "self", "url": link(path, items)}]
     if more:
         links.append({"relation": "next", "url": link(path, items, _cursor=str(rows[-1].nid))})
-    out = {"resourceType": "Bundle", "type": "history"}
+    out: dict[str, Any] = {"resourceType": "Bundle", "type": "history"}
     if at_us is None and (rid is not None or params.get("_total") == "accurate"):
         out["total"] = repo.count_history(ctx, rtype=rtype, rid=rid, since_us=since_us)
     out["link"] = links

@@ -66,7 +66,7 @@ from hub.mpi.everything import SharedRecord, person_view
 from hub.mpi.identity import IdentityService, patient_ref, person_id
 from hub.mpi.qr import QrError
 from hub.mpi.qr import parse as parse_qr
-from hub.readmodels import open_model
+from hub.readmodels import open_as
 from hub.repository import Repository
 from projections.person import PersonProjection
 from projections.runner import Runner
@@ -86,9 +86,9 @@ def attach(app: FastAPI, settings: Settings, repo: Repository, audit: AuditWrite
     registry); shared-record reads are audited through ``audit``."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if person is None:
-        person = open_model("person", settings.data_dir)
+        person = open_as(PersonProjection, "person", settings.data_dir)
     if timeline is None:
-        timeline = open_model("timeline", settings.data_dir)
+        timeline = open_as(TimelineProjection, "timeline", settings.data_dir)
     person_runner = Runner(follow_store, person)
     timeline_runner = Runner(follow_store, timeline)
     # decisions are taken with the requests' store; the follower keeps the projection current
@@ -334,9 +334,10 @@ def _criteria_sets(identity: IdentityService, crit: dict[str, str], base: str,
 
 def _token(one: str) -> tuple[str | None, str]:
     one = one.strip()
+    system: str | None
     if "|" in one:
-        system, value = one.split("|", 1)
-        system = system or None
+        named, value = one.split("|", 1)
+        system = named or None
     else:
         system, value = None, one
     if not value:
@@ -374,7 +375,8 @@ async def person_read(request: Request, rid: str) -> Response:
 async def op_link(request: Request) -> Response:
     params = await _parameters(request)
     _known(params, {"patient", "person", "reason"}, {"patient"})
-    identity, user = _identity(request, Action("operation", "Person", None, "$link")), _decider(request, params)
+    identity = _identity(request, Action("operation", "Person", None, "$link"))
+    user = _decider(request, params)
     person = params.get("person")
     if isinstance(person, str) and person.strip().lower() in ("none", "new", ""):
         person = None
@@ -397,7 +399,8 @@ def _survivor(identity: IdentityService, pid: str) -> str:
 async def op_unlink(request: Request) -> Response:
     params = await _parameters(request)
     _known(params, {"patient", "reason"}, {"patient"})
-    identity, user = _identity(request, Action("operation", "Person", None, "$unlink")), _decider(request, params)
+    identity = _identity(request, Action("operation", "Person", None, "$unlink"))
+    user = _decider(request, params)
     p = patient_ref(params["patient"])
 
     def run() -> str:
@@ -411,7 +414,8 @@ async def op_unlink(request: Request) -> Response:
 async def op_merge(request: Request) -> Response:
     params = await _parameters(request)
     _known(params, {"source", "target", "reason"}, {"source", "target"})
-    identity, user = _identity(request, Action("operation", "Person", None, "$merge")), _decider(request, params)
+    identity = _identity(request, Action("operation", "Person", None, "$merge"))
+    user = _decider(request, params)
 
     def run() -> str:
         events = identity.merge(params["source"], params["target"], user, params.get("reason"))
@@ -424,7 +428,8 @@ async def op_merge(request: Request) -> Response:
 async def op_unmerge(request: Request) -> Response:
     params = await _parameters(request)
     _known(params, {"source", "reason"}, {"source"})
-    identity, user = _identity(request, Action("operation", "Person", None, "$unmerge")), _decider(request, params)
+    identity = _identity(request, Action("operation", "Person", None, "$unmerge"))
+    user = _decider(request, params)
     source = person_id(params["source"], "source")
 
     def run() -> str:
@@ -438,7 +443,8 @@ async def op_unmerge(request: Request) -> Response:
 async def op_not_duplicate(request: Request) -> Response:
     params = await _parameters(request)
     _known(params, {"patient", "other", "reason"}, {"patient", "other"})
-    identity, user = _identity(request, Action("operation", "Person", None, "$not-duplicate")), _decider(request, params)
+    identity = _identity(request, Action("operation", "Person", None, "$not-duplicate"))
+    user = _decider(request, params)
     a, b = patient_ref(params["patient"]), patient_ref(params["other"], "other")
     events = await run_in_threadpool(identity.not_duplicate, a, b, user, params.get("reason"))
     text = f"{a} and {b} are marked as not the same person" if events else \
@@ -485,7 +491,7 @@ async def review_list(request: Request) -> Response:
                                        int(after))
         more = len(rows) > int(count)
         rows = rows[:int(count)]
-        out = {"reviews": [_review_json(r, base) for r in rows]}
+        out: dict[str, Any] = {"reviews": [_review_json(r, base) for r in rows]}
         if more:
             out["next"] = f"{base}/$mpi-review?status={status}&_count={count}" \
                           f"&_cursor={rows[-1]['seq']}"
@@ -501,12 +507,16 @@ async def review_list(request: Request) -> Response:
 async def review_accept(request: Request, rid: str) -> Response:
     params = await _parameters(request) if await request.body() else {}
     _known(params, {"candidate", "reason"}, set())
-    identity, user = _identity(request, Action("operation", None, rid, "$mpi-review-accept")), _decider(request, params)
+    identity = _identity(request, Action("operation", None, rid, "$mpi-review-accept"))
+    user = _decider(request, params)
     _review_id(rid)
 
     def run() -> str:
         events = identity.accept_review(rid, user, params.get("candidate"), params.get("reason"))
-        return _event_person([e for e in events if e.event == "Linked"], "person")
+        person = _event_person([e for e in events if e.event == "Linked"], "person")
+        if person is None:  # an accepted review links: the service says to which person
+            raise FhirError(500, "exception", "The accepted review linked no person")
+        return person
 
     return _person_response(request, identity, _survivor(identity, await run_in_threadpool(run)))
 
@@ -515,7 +525,8 @@ async def review_accept(request: Request, rid: str) -> Response:
 async def review_reject(request: Request, rid: str) -> Response:
     params = await _parameters(request) if await request.body() else {}
     _known(params, {"reason"}, set())
-    identity, user = _identity(request, Action("operation", None, rid, "$mpi-review-reject")), _decider(request, params)
+    identity = _identity(request, Action("operation", None, rid, "$mpi-review-reject"))
+    user = _decider(request, params)
     _review_id(rid)
     await run_in_threadpool(identity.reject_review, rid, user, params.get("reason"))
     return fhir_response(operation_outcome([Issue(
@@ -543,6 +554,7 @@ async def resolve_identifier(request: Request) -> Response:
         params[k] = v
     if ("identifier" in params) == ("qr" in params):
         raise bad_request("Give exactly one of identifier=system|value and qr=<payload>")
+    system: str | None
     if "qr" in params:
         try:
             system, value = parse_qr(params["qr"]).identifier

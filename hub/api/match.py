@@ -34,7 +34,7 @@ from hub.mpi.candidates import IdentityCandidates
 from hub.mpi.incremental import IncrementalMatcher, blocked_from_pairs
 from hub.mpi.matcher import Matcher
 from hub.mpi.normalise import features
-from hub.readmodels import open_model
+from hub.readmodels import open_as
 from projections.runner import Runner
 
 router = APIRouter()
@@ -49,7 +49,7 @@ def attach(app: FastAPI, settings: Settings, store: ResourceStore,
     background."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if index is None:
-        index = open_model("identity-candidates", settings.data_dir)
+        index = open_as(IdentityCandidates, "identity-candidates", settings.data_dir)
     runner = Runner(store, index)
     app.state.mpi_candidates = index
     app.state.mpi_candidates_runner = runner
@@ -171,7 +171,7 @@ async def patient_match(request: Request) -> Response:
         ranked = matcher.match(f)
         if only_certain:
             ranked = [c for c in ranked if c.grade == "certain"]
-        out = []
+        out: list[tuple[Any, bytes]] = []
         for c in ranked:
             if count is not None and len(out) >= count:
                 break

@@ -44,7 +44,7 @@ from hub.core.access import Action
 from hub.core.config import Settings
 from hub.core.errors import FhirError, bad_request
 from hub.core.store import ResourceStore
-from hub.readmodels import open_model
+from hub.readmodels import open_as
 from projections.quality import (
     COUNT_COLUMNS,
     MAX_TEXT,
@@ -78,7 +78,8 @@ def attach(app: FastAPI, settings: Settings, store: ResourceStore,
     """Follow the log with the projection (``model``, or opened from the registry) in the
     background (``store``: the follower's store); ``detach`` closes it."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    model = model if model is not None else open_model("quality", settings.data_dir)
+    if model is None:
+        model = open_as(QualityProjection, "quality", settings.data_dir)
     runner = Runner(store, model)
     app.state.quality = model
     app.state.quality_runner = runner

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from functools import lru_cache
 from importlib import resources
+from typing import Any
 
 import orjson
 
@@ -176,6 +177,7 @@ def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple
             return
         seen.add((row.rtype, row.rid))
         raw = found[1].partition(b"\n")[2]  # the stored state: header line, resource JSON
+        body: Any
         if mode == "match" and keep is not None:
             body = _subset(raw, keep)
         elif q.summary == "true":
@@ -200,7 +202,7 @@ def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple
         links.append({"relation": "next", "url": link(path, params, _cursor=page.next_cursor)})
     if page.prev_cursor:
         links.append({"relation": "previous", "url": link(path, params, _cursor=page.prev_cursor)})
-    out = {"resourceType": "Bundle", "type": "searchset"}
+    out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if page.total is not None:
         out["total"] = page.total
     out["link"] = links

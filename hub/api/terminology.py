@@ -23,6 +23,8 @@ which would otherwise take ``/fhir/CodeSystem/$lookup`` for a read.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import cast
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
@@ -35,7 +37,7 @@ from hub.core.access import Action
 from hub.core.config import Settings
 from hub.core.errors import FhirError, bad_request, not_found
 from hub.core.store import ResourceStore
-from hub.readmodels import BY_NAME, open_model
+from hub.readmodels import BY_NAME, open_as
 from projections.runner import Runner
 from projections.terminology import TerminologyProjection
 from terminology.operations import OPERATIONS, SPECS
@@ -53,7 +55,8 @@ def attach(app: FastAPI, settings: Settings, store: ResourceStore,
     background (``store``: the follower's); the service reads its file."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     path = BY_NAME["terminology"].path(settings.data_dir)
-    model = model if model is not None else open_model("terminology", settings.data_dir)
+    if model is None:
+        model = open_as(TerminologyProjection, "terminology", settings.data_dir)
     runner = Runner(store, model)
     app.state.terminology = TerminologyService(path)
     app.state.terminology_model = model
@@ -91,7 +94,7 @@ async def _operate(request: Request, rtype: str, op: str, rid: str | None = None
     runner: Runner | None = getattr(request.app.state, "terminology_runner", None)
     if svc is None or runner is None:
         raise FhirError(503, "transient", "The terminology service is not running")
-    spec_name, fn = OPERATIONS[(rtype, op)]
+    spec_name, fn = cast(tuple[str, Callable[..., dict]], OPERATIONS[(rtype, op)])
     spec = SPECS[spec_name]
     query = list(request.query_params.multi_items())
     try:

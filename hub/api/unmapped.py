@@ -30,7 +30,7 @@ from hub.core.access import Action
 from hub.core.config import Settings
 from hub.core.errors import FhirError, bad_request
 from hub.core.store import ResourceStore
-from hub.readmodels import open_model
+from hub.readmodels import open_as
 from projections.runner import Runner
 from projections.unmapped import COLUMNS, MAX_TEXT, QueryError, UnmappedProjection, to_csv
 
@@ -46,7 +46,8 @@ def attach(app: FastAPI, settings: Settings, store: ResourceStore,
     """Follow the log with the worklist (``model``, or opened from the registry) in the
     background; ``detach`` closes it."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    model = model if model is not None else open_model("unmapped", settings.data_dir)
+    if model is None:
+        model = open_as(UnmappedProjection, "unmapped", settings.data_dir)
     runner = Runner(store, model)
     app.state.unmapped = model
     app.state.unmapped_runner = runner

@@ -133,8 +133,9 @@ def _source(request: Request) -> SourceInfo:
             values[key] = v[:128]
     if authenticated(request) and not header_names_institution(actor_of(request)):
         values.pop("institution", None)  # the institution is the token's, not a header's
-        if actor_of(request).institution:
-            values["institution"] = actor_of(request).institution
+        institution = actor_of(request).institution
+        if institution:
+            values["institution"] = institution
     return SourceInfo(**values)
 
 

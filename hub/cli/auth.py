@@ -138,6 +138,7 @@ def _demo_client(args: Any, settings: Any) -> int:
         pem.chmod(0o600)
         known = {"client_id": client.client_id, "key": str(pem)}
         record.write_bytes(orjson.dumps(known))
+    assert known is not None  # read or just made
     if args.json:
         print(orjson.dumps(known).decode())
         return 0

@@ -56,7 +56,7 @@ class IdentityCandidates(SQLiteReadModel):
     name = NAME
     meta_table = "ic_meta"  # its 'writer' row: the write lock
     schema = SCHEMA
-    types = ("Patient", "NamingSystem")
+    types: tuple[str, ...] = ("Patient", "NamingSystem")
     tables = ("ic_patient", "ic_key", "ic_name", "ic_stale", "ic_system")
 
     def opened(self, c: Any) -> None:
