@@ -46,6 +46,11 @@ def header_of(token: str) -> dict:
     return jwt.get_unverified_header(token)
 
 
+def peek(token: str) -> tuple[dict, dict]:
+    """A token's header and claims, unverified: what to verify it with (raises PyJWTError)."""
+    return header_of(token), jwt.decode(token, options={"verify_signature": False})
+
+
 def describe(e: jwt.PyJWTError, what: str = "The token") -> str:
     """A sentence saying why PyJWT refused ``what``."""
     if isinstance(e, jwt.ExpiredSignatureError):

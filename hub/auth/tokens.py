@@ -17,7 +17,7 @@ import time
 import jwt
 
 from hub.auth.clients import Client, ClientRegistry
-from hub.auth.jose import CLOCK_SKEW_S, algorithms_for, describe, header_of
+from hub.auth.jose import CLOCK_SKEW_S, algorithms_for, describe, peek
 from hub.auth.scopes import format_scopes, narrow, parse_scopes
 from hub.auth.signer import Signer
 from hub.auth.verifier import ExternalIssuer, Verifier
@@ -100,8 +100,7 @@ def access_claims(client: Client, scope: str, issuer: str, audience: str) -> dic
 def _authenticate(assertion: str, registry: ClientRegistry, token_url: str) -> tuple[Client, dict]:
     """The active client that signed ``assertion`` and the assertion's verified claims."""
     try:
-        header = header_of(assertion)
-        unverified = jwt.decode(assertion, options={"verify_signature": False})
+        header, unverified = peek(assertion)
     except jwt.PyJWTError as e:
         raise _invalid_client(describe(e, "The client assertion")) from None
     alg = header.get("alg")
