@@ -233,6 +233,16 @@ def test_the_shared_record_needs_a_purpose_and_break_the_glass_a_role(world):
         assert r.status_code == 200, r.text
         r = c.get(f"/Patient/{p['id']}/$everything", headers={"x-purpose-of-use": "ETREAT"})
         assert r.status_code == 200, r.text
+    # every break-the-glass access is listed for review, the refused one too
+    from hub.cli.audit import emergency_accesses
+
+    store = world.live.settings.open_store()
+    try:
+        listed = [a for a in emergency_accesses(store) if f"Patient/{p['id']}" in a["what"]]
+    finally:
+        store.close()
+    assert sorted(a["outcome"] for a in listed) == ["0", "4"], listed
+    assert {a["who"] for a in listed} == {world.clinician.client_id, world.connector_h1.client_id}
 
 
 def test_identity_decisions_are_a_stewards_and_record_the_token_subject(world):

@@ -39,7 +39,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from hub.access.audit import AuditWriter
-from hub.api.caller import context_of, purpose_of, repository, user_of
+from hub.api.caller import actor_of, context_of, purpose_of, repository
 from hub.api.paging import link
 from hub.api.responses import base_url, check_format, fhir_response
 from hub.core.access import Action
@@ -70,7 +70,7 @@ def audit_event(request: Request, access: str, person: str | list[str] | None,
                 outcome: str = "0", description: str | None = None,
                 purpose: str | None = None) -> dict:
     """The AuditEvent of one read of a shared record."""
-    user = user_of(request)
+    user = actor_of(request).subject  # the token's subject (X-Hub-User without access control)
     recorded, _ = now_instant()
     entities: list[dict] = []
     role_patient = {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1",

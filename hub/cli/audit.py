@@ -1,5 +1,6 @@
-"""``hub audit verify|export|anchor``: check the AuditEvents' hash chain (``hub.access.chain``),
-export them, and write anchors of the chain heads to a file kept outside the store.
+"""``hub audit verify|export|anchor|emergency``: check the AuditEvents' hash chain
+(``hub.access.chain``), export them, write anchors of the chain heads to a file kept outside the
+store, and list the break-the-glass accesses for review.
 
 ``verify`` exits 0 when every AuditEvent is intact, 1 when it found problems (each printed, or the
 whole report as JSON with ``--json``). ``--anchors FILE`` also requires every head anchored in FILE
@@ -38,11 +39,16 @@ def add_parsers(sub: Any, common: Any) -> None:
                         help="verify, then append the chain heads as a JSON line to a file kept "
                              "outside the store")
     a.add_argument("--out", type=Path, help="append to this file (default: standard output)")
+    g = asub.add_parser("emergency", parents=[common],
+                        help="break-the-glass accesses (purpose ETREAT or BTG) to review: who, "
+                             "when, whose record, with what outcome")
+    g.add_argument("--since", help="only those stored at or after this FHIR date or instant")
+    g.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
 def cmd_audit(args: Any, settings: Any) -> int:
     since_us = None
-    if args.audit_action == "export" and args.since:
+    if args.audit_action in ("export", "emergency") and args.since:
         try:
             since_us = parse_range(args.since.strip())[0]
         except ValueError:
@@ -52,6 +58,8 @@ def cmd_audit(args: Any, settings: Any) -> int:
     try:
         if args.audit_action == "export":
             return _export(store, since_us, args.out)
+        if args.audit_action == "emergency":
+            return _emergency(store, since_us, args.json)
         report = verify(store, anchors)
     finally:
         store.close()
@@ -106,4 +114,41 @@ def _export(store: Any, since_us: int | None, path: Path | None) -> int:
             n += 1
     if path:
         print(f"{n} AuditEvents written to {path}", file=sys.stderr)
+    return 0
+
+
+EMERGENCY = {"ETREAT", "BTG"}
+
+
+def emergency_accesses(store: Any, since_us: int | None = None) -> list[dict]:
+    """The break-the-glass accesses in the audit: recorded, who, purpose, outcome, what."""
+    out = []
+    for body in audit_events(store, since_us):
+        d = orjson.loads(body)
+        purposes = {c.get("code") for p in d.get("purposeOfEvent") or ()
+                    for c in p.get("coding") or ()}
+        if not purposes & EMERGENCY:
+            continue
+        agent = (d.get("agent") or [{}])[0]
+        out.append({
+            "id": d.get("id"), "recorded": d.get("recorded"),
+            "who": ((agent.get("who") or {}).get("identifier") or {}).get("value"),
+            "purpose": sorted(purposes & EMERGENCY)[0], "outcome": d.get("outcome"),
+            "access": [s.get("code") for s in d.get("subtype") or ()],
+            "what": [e["what"]["reference"] for e in d.get("entity") or ()
+                     if (e.get("what") or {}).get("reference")],
+        })
+    return out
+
+
+def _emergency(store: Any, since_us: int | None, as_json: bool) -> int:
+    found = emergency_accesses(store, since_us)
+    for a in found:
+        if as_json:
+            sys.stdout.write(orjson.dumps(a).decode() + "\n")
+        else:
+            print(f"{a['recorded']}  {a['who']}  {a['purpose']}  outcome {a['outcome']}  "
+                  f"{'/'.join(a['access'])}  {', '.join(a['what'][:5])}")
+    if not as_json:
+        print(f"{len(found)} break-the-glass accesses to review", file=sys.stderr)
     return 0
