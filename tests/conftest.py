@@ -164,7 +164,9 @@ class LiveServer:
         env["HUB_AUTH"] = "1" if self.settings.auth else "0"
         env.pop("HUB_BASE_URL", None)
         for name, value in (("HUB_AUTH_ISSUER", self.settings.auth_issuer),
-                            ("HUB_AUTH_JWKS_URL", self.settings.auth_jwks_url)):
+                            ("HUB_AUTH_JWKS_URL", self.settings.auth_jwks_url),
+                            ("HUB_TRUSTED_PROXIES", ",".join(self.settings.trusted_proxies)),
+                            ("HUB_RATE_LIMIT", str(self.settings.rate_limit or ""))):
             env.pop(name, None)
             if value:
                 env[name] = value

@@ -6,6 +6,8 @@ event store itself (reading them through the API would be audited too).
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 
@@ -103,3 +105,55 @@ def test_a_batch_read_is_audited_like_a_plain_one(client, live):
     assert r.status_code == 200, r.text
     events = new_since(live, before)
     assert sorted(e["subtype"][0]["code"] for e in events) == ["read", "search-type"]
+
+
+def test_a_forwarded_address_counts_only_from_a_trusted_proxy(client, live):
+    p = patient(rid=unique()[:16])
+    _put(client, p)
+    before = audit_events(live)
+    r = client.get(f"/Patient/{p['id']}", headers={"x-forwarded-for": "203.0.113.7"})
+    assert r.status_code == 200
+    [event] = new_since(live, before)
+    assert event["agent"][0]["network"]["address"] == "127.0.0.1"  # not a proxy: ignored
+
+
+@pytest.fixture(scope="module")
+def behind_proxy(request, tmp_path_factory):
+    settings = make_settings("sqlite", tmp_path_factory.mktemp("proxied"), request)
+    settings.audit = True
+    settings.trusted_proxies = ("127.0.0.1",)
+    settings.rate_limit = 5.0
+    with LiveServer(settings) as server:
+        yield server
+
+
+def test_behind_a_trusted_proxy_the_forwarded_client_is_audited(behind_proxy):
+    import httpx
+
+    live = behind_proxy
+    p = patient(rid=unique()[:16])
+    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth) as c:
+        assert c.put(f"/Patient/{p['id']}", json=p, headers=FHIR_JSON).status_code == 201
+        before = audit_events(live)
+        time.sleep(1)  # the rate limit's bucket refills
+        r = c.get(f"/Patient/{p['id']}",
+                  headers={"x-forwarded-for": "198.51.100.23, 203.0.113.7, 127.0.0.1"})
+        assert r.status_code == 200, r.text
+    [event] = new_since(live, before)
+    # the nearest hop that is not a trusted proxy
+    assert event["agent"][0]["network"]["address"] == "203.0.113.7"
+
+
+def test_a_caller_over_its_rate_is_told_to_wait(behind_proxy):
+    import httpx
+
+    live = behind_proxy
+    other = live.client_auth(name="another client")
+    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth) as c:
+        answers = [c.get("/Organization", params={"_count": "1"}) for _ in range(30)]
+        with httpx.Client(base_url=live.base, timeout=30, auth=other) as d:
+            assert d.get("/Organization", params={"_count": "1"}).status_code == 200
+    throttled = [r for r in answers if r.status_code == 429]
+    assert throttled and len(throttled) < 30, [r.status_code for r in answers]
+    assert int(throttled[0].headers["retry-after"]) >= 1
+    assert throttled[0].json()["issue"][0]["code"] == "throttled"

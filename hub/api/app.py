@@ -24,7 +24,8 @@ from hub.api import auth, bundles, capability, documents, health, quality, termi
 from hub.api import everything as mpi_everything
 from hub.api import identity as mpi_identity
 from hub.api import match as mpi_match  # Patient/$match
-from hub.api.caller import authenticate, context_of, repository
+from hub.api.caller import Throttled, authenticate, context_of, repository
+from hub.api.callers import RateLimiter, networks
 from hub.api.history import history_bundle
 from hub.api.limits import BodyLimit
 from hub.api.responses import (
@@ -148,6 +149,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
     app.state.settings = settings
     auth.attach(app, settings)  # the token endpoint, the client registry, the hub's signing key
     app.state.auth_verifier = _verifier(app, settings) if settings.auth else None
+    app.state.trusted_proxies = networks(settings.trusted_proxies)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None
     app.add_middleware(BodyLimit, limit=settings.max_body, answers={"/v3": v3.too_large})
     _install_error_handlers(app)
     # before the FHIR routes: /fhir/{type} would otherwise take /fhir/$quality-report
@@ -184,6 +187,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         response = outcome_response(e.issues, e.status, request)
         if e.status == 401:  # RFC 6750: how to authenticate
             response.headers["WWW-Authenticate"] = 'Bearer realm="fhir", error="invalid_token"'
+        if isinstance(e, Throttled):
+            response.headers["Retry-After"] = str(e.retry_after)
         return response
 
     @app.exception_handler(StarletteHTTPException)

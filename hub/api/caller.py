@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import Request
 
+from hub.api.callers import client_address
 from hub.core.access import ANONYMOUS, Action, Actor
 from hub.core.errors import FhirError, bad_request
 from hub.core.ingest import Context
@@ -108,8 +109,7 @@ def context_of(request: Request, feed: str = "rest") -> Context:
         ctx.source.pop("institution", None)
         if ctx.actor.institution:
             ctx.source["institution"] = ctx.actor.institution
-    if request.client is not None and request.client.host:
-        ctx.address = request.client.host
+    ctx.address = address_of(request)
     ctx.query = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return ctx
 
@@ -128,12 +128,36 @@ PUBLIC_PATHS = frozenset({
 
 
 async def authenticate(request: Request) -> None:
-    """Every route's first step: with access control on, no valid token, no answer (401)."""
-    if not authenticated(request) or request.url.path in PUBLIC_PATHS:
+    """Every route's first step: with access control on, no valid token, no answer (401); a
+    caller over its rate, 429."""
+    if request.url.path in PUBLIC_PATHS:
         return
-    if actor_of(request).kind == "anonymous":
+    if authenticated(request) and actor_of(request).kind == "anonymous":
         raise FhirError(401, "login", "A bearer token is required (Authorization: Bearer …; "
                         "see /fhir/.well-known/smart-configuration)")
+    limiter = getattr(request.app.state, "rate_limiter", None)
+    if limiter is not None:
+        actor = actor_of(request)
+        key = actor.subject if actor.kind != "anonymous" else f"@{address_of(request)}"
+        wait = limiter.wait_for(key)
+        if wait > 0:
+            raise Throttled(wait)
+
+
+class Throttled(FhirError):
+    error_code = "unavailable"
+
+    def __init__(self, wait: float):
+        super().__init__(429, "throttled", "Too many requests from this caller; retry after "
+                         f"{max(1, round(wait))} s")
+        self.retry_after = max(1, round(wait + 0.5))
+
+
+def address_of(request: Request) -> str | None:
+    """The caller's network address (behind trusted proxies only, ``hub.api.callers``)."""
+    peer = request.client.host if request.client is not None else None
+    proxies = getattr(request.app.state, "trusted_proxies", ())
+    return client_address(peer, request.headers.get("x-forwarded-for"), proxies)
 
 
 def header_names_institution(actor: Actor) -> bool:

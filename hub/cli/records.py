@@ -38,10 +38,13 @@ def cmd_serve(args, settings: Settings) -> int:
         if settings.database_url:
             os.environ["HUB_DATABASE_URL"] = settings.database_url
         uvicorn.run("hub.api.app:create_app", factory=True, workers=args.workers,
-                    host=settings.host, port=settings.port, log_level="warning", access_log=False)
+                    host=settings.host, port=settings.port, log_level="warning", access_log=False,
+                    proxy_headers=False)
     else:
+        # proxy_headers off: uvicorn would believe X-Forwarded-For from localhost; the hub
+        # believes it from HUB_TRUSTED_PROXIES only (hub.api.callers)
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                    log_level="warning", access_log=False)
+                    log_level="warning", access_log=False, proxy_headers=False)
     return 0
 
 

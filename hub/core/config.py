@@ -8,6 +8,8 @@ HUB_MAX_BODY      largest accepted request body, bytes                          
 HUB_MAX_COUNT     largest page size a client may ask for                        1000
 HUB_MPI_AUTOMATCH `hub serve` matches new and updated Patients as they arrive     1 (0: off)
 HUB_AUDIT         every access to patient data writes an AuditEvent             1 (0: off)
+HUB_TRUSTED_PROXIES addresses or networks whose X-Forwarded-For is believed     (none)
+HUB_RATE_LIMIT    requests per second per caller (bursts of twice that)         0 (no limit)
 HUB_AUTH          access control: bearer tokens, SMART scopes and roles         1 (0: off, loopback only)
 HUB_AUTH_ISSUER   an external OpenID Connect provider's issuer (its tokens are accepted) (unset)
 HUB_AUTH_JWKS_URL that provider's key set                                       (unset)
@@ -39,6 +41,10 @@ class Settings:
     audit: bool = field(default_factory=lambda: os.environ.get("HUB_AUDIT", "1") != "0")
     # callers present bearer tokens; the policy of hub.access.policy decides (hub.api.caller)
     auth: bool = field(default_factory=lambda: os.environ.get("HUB_AUTH", "1") != "0")
+    trusted_proxies: tuple[str, ...] = field(default_factory=lambda: tuple(
+        p for p in os.environ.get("HUB_TRUSTED_PROXIES", "").split(",") if p.strip()))
+    rate_limit: float = field(
+        default_factory=lambda: float(os.environ.get("HUB_RATE_LIMIT", "0") or 0))
     auth_issuer: str | None = field(
         default_factory=lambda: os.environ.get("HUB_AUTH_ISSUER") or None)
     auth_jwks_url: str | None = field(
