@@ -474,3 +474,14 @@ def test_store_outage_is_a_503_and_the_server_recovers(pg_databases, tmp_path):
         assert r.headers.get("retry-after") == "1"
         assert r.json()["resourceType"] == "OperationOutcome"
         assert c.get("/metadata").status_code == 200  # still serving
+
+
+def test_a_query_too_complex_for_the_index_is_400_not_503(client):
+    ids = ",".join(f"p{i}" for i in range(40000))
+    r = client.post("/Patient/_search", data={"_id": ids})
+    body = assert_outcome(r, 400)
+    assert body["issue"][0]["code"] == "too-costly"
+    chain = "subject:Patient.organization:Organization.partof:Organization.partof:Organization.partof.name"
+    body = assert_outcome(client.get("/Observation", params={chain: "x"}), 400)
+    assert body["issue"][0]["code"] == "too-costly"
+    assert client.get("/Patient", params={"_count": "1"}).status_code == 200  # still serving

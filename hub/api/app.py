@@ -172,6 +172,19 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
     return app
 
 
+# SQLite's and PostgreSQL's refusals of a statement too big to plan: the client's query, not an
+# outage
+_TOO_COMPLEX = ("too many sql variables", "expression tree is too large", "parser stack overflow",
+                "too many terms in compound select", "at most 64 tables in a join",
+                "too many columns", "stack depth limit exceeded", "too many range table entries",
+                "number of parameters must be between")
+
+
+def too_complex(e: Exception) -> bool:
+    text = str(e).lower()
+    return any(m in text for m in _TOO_COMPLEX)
+
+
 def _verifier(app: FastAPI, settings: Settings) -> Verifier:
     external = []
     if settings.auth_issuer and settings.auth_jwks_url:
@@ -206,6 +219,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
     async def store_unavailable(request: Request, e: Exception) -> Response:
+        if too_complex(e):  # the engine's own limits: the same query fails again; say so
+            log.info("query too complex on %s %s: %s", request.method, request.url.path, e)
+            return outcome_response([Issue("too-costly", "The query is too complex for the index "
+                                           "(too many values, criteria or chained steps); "
+                                           "narrow it or split it")], 400, request)
         # Store down or its connections exhausted: a client can retry; the server keeps going.
         log.warning("event store unavailable on %s %s: %s", request.method, request.url.path,
                     type(e).__name__)
