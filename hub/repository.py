@@ -11,7 +11,6 @@ split Medplum draws between its routers and its ``Repository``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 from eventsourcing.persistence import StoredEvent
 
-from hub.core.access import OPEN, Action, Actor, Policy
+from hub.core.access import OPEN, Action, Actor, Policy, patients_in
 from hub.core.errors import FhirError
 from hub.core.ingest import Context, Hub, Op, Result
 from hub.core.store import ResourceStore, VersionRow
@@ -28,7 +27,6 @@ from projections.search.backend import Page, Row
 from projections.search.query import Include, Query
 
 T = TypeVar("T")
-_PATIENT_REF = re.compile(rb'"reference"\s*:\s*"(?:[^"]*/)?Patient/([A-Za-z0-9\-.]{1,64})"')
 
 
 class AccessLog(Protocol):
@@ -49,13 +47,6 @@ def patient_data_types() -> frozenset[str]:
     table = json.loads(resources.files("projections.data").joinpath(
         "compartment_patient.json").read_text())
     return frozenset(table) | {"Patient", "Person"}
-
-
-def patients_in(rtype: str, rid: str, resource: bytes) -> list[str]:
-    """The Patients a resource is about: itself, or those its references name."""
-    if rtype == "Patient":
-        return [f"Patient/{rid}"]
-    return sorted({f"Patient/{m.decode()}" for m in _PATIENT_REF.findall(resource)})
 
 
 @dataclass

@@ -298,3 +298,59 @@ def test_the_demo_client_gets_a_token_from_the_command_line(world, capsys):
         assert c.get("/Patient", params={"_count": "1"}).status_code == 200
         # system/*.rs by default: no writes
         assert _put(c, patient(rid=unique()[:16])).status_code == 403
+
+
+def _consent(pid: str, provision: dict, org: str = "H1") -> dict:
+    return {"resourceType": "Consent", "id": unique()[:16], "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                  "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": f"Patient/{pid}"},
+            "organization": [{"reference": f"Organization/{org}"}],
+            "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                       "code": "OPTOUT"}]},
+            "provision": {"type": "deny", **provision}}
+
+
+def test_consents_are_kept_on_read_search_include_and_everything(world):
+    h2 = world.live.client_auth(roles=("clinician",), scope="user/*.rs", institution="H2")
+    sensitive, opted_out, excluding = (patient(rid=unique()[:16]) for _ in range(3))
+    plain = {**observation(f"Patient/{sensitive['id']}"), "id": unique()[:16]}
+    psy = {**observation(f"Patient/{sensitive['id']}"), "id": unique()[:16],
+           "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                  "code": "PSY"}]}}
+    of_opted_out = {**observation(f"Patient/{opted_out['id']}"), "id": unique()[:16]}
+    with _http(world, world.connector_h1) as c:
+        for d in (sensitive, opted_out, excluding, plain, psy, of_opted_out):
+            assert _put(c, d).status_code == 201
+        for consent in (
+                _consent(sensitive["id"], {"securityLabel": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                     "code": "PSY"}]}),
+                _consent(opted_out["id"], {}),
+                _consent(excluding["id"], {"actor": [{
+                    "role": {"coding": [{"code": "PRCP"}]},
+                    "reference": {"reference": "Organization/H2"}}]})):
+            assert _put(c, consent).status_code == 201, consent
+    with _http(world, world.clinician) as same:  # the recording institution sees everything
+        assert same.get(f"/Observation/{psy['id']}").status_code == 200
+        assert same.get(f"/Patient/{opted_out['id']}").status_code == 200
+        assert same.get(f"/Patient/{excluding['id']}").status_code == 200
+    with _http(world, h2) as other:
+        # a sensitive category: hidden from another institution, the rest shown
+        assert other.get(f"/Observation/{psy['id']}").status_code == 403
+        found = other.get("/Observation", params={"subject": f"Patient/{sensitive['id']}"})
+        assert [e["resource"]["id"] for e in found.json().get("entry", [])] == [plain["id"]]
+        # opted out of sharing: nothing of the patient beyond the recording institution
+        assert other.get(f"/Patient/{opted_out['id']}").status_code == 403
+        found = other.get("/Observation", params={"_id": of_opted_out["id"],
+                                                  "_include": "Observation:subject"})
+        assert not found.json().get("entry")
+        r = other.get(f"/Patient/{opted_out['id']}/$everything",
+                      headers={"x-purpose-of-use": "TREAT"})
+        assert r.status_code in (200, 403) and not r.json().get("entry")
+        # an institution named by the consent
+        assert other.get(f"/Patient/{excluding['id']}").status_code == 403
+        # break the glass sets the consent aside (and is audited, see above)
+        r = other.get(f"/Patient/{opted_out['id']}", headers={"x-purpose-of-use": "ETREAT"})
+        assert r.status_code == 200, r.text

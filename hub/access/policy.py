@@ -21,8 +21,9 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from hub.access.consent import ConsentIndex
 from hub.auth.scopes import Scope, parse_scopes, permits
-from hub.core.access import Action, Actor
+from hub.core.access import Action, Actor, patients_in
 from hub.core.errors import FhirError
 
 ROLES = ("connector", "clinician", "steward", "auditor", "admin")
@@ -79,7 +80,11 @@ def _patient_only(scopes: list[Scope]) -> bool:
 
 
 class AccessPolicy:
-    """The policy of a hub with access control on."""
+    """The policy of a hub with access control on; ``consents``: the patients' privacy
+    preferences (``hub.access.consent``), applied to everything handed out."""
+
+    def __init__(self, consents: ConsentIndex | None = None):
+        self.consents = consents
 
     def check(self, actor: Actor, action: Action) -> None:
         if actor.kind == "system":
@@ -125,12 +130,21 @@ class AccessPolicy:
                             "purpose of use (X-Purpose-Of-Use: TREAT, …)")
 
     def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
-        if actor.kind == "system" or actor.patient is None:
+        if actor.kind == "system":
             return True
-        granting = [s for s in scopes_of(actor.scopes) if s.rtype in ("*", rtype)]
-        if not _patient_only(granting):
-            return True  # a user/ or system/ scope covers it: not limited to the patient
-        return _in_compartment(rtype, rid, resource, actor.patient)
+        if actor.patient is not None:
+            granting = [s for s in scopes_of(actor.scopes) if s.rtype in ("*", rtype)]
+            # only patient/ scopes cover it: limited to the patient's compartment
+            if _patient_only(granting) and not _in_compartment(rtype, rid, resource,
+                                                                actor.patient):
+                return False
+        if self.consents is None or actor.purpose in EMERGENCY:
+            return True  # break the glass (open only to the roles that may) sets consent aside
+        for ref in patients_in(rtype, rid, resource):
+            for rule in self.consents.rules(ref.split("/", 1)[1]):
+                if rule.denies(actor.institution, resource):
+                    return False
+        return True
 
 
     def may_change(self, actor: Actor, rtype: str, rid: str, source: dict) -> bool:

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.access.audit import AccessAudit, AuditWriter
+from hub.access.consent import ConsentIndex
 from hub.access.policy import AccessPolicy
 from hub.api import auth, bundles, capability, documents, health, quality, terminology, unmapped, v3
 from hub.api import everything as mpi_everything
@@ -76,8 +77,6 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
     if settings.auth:
         # tokens are for one audience: the configured base URL, never the request's Host
         settings.base_url = settings.fhir_base
-    if policy is None:
-        policy = AccessPolicy() if settings.auth else OPEN
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -109,7 +108,11 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         # the hub's own writes (the audit) need no policy; every read and write of the handlers
         # below passes through the repository, each access to patient data audited
         audit = AuditWriter(Repository(hub))
-        repo = Repository(hub, search=search, policy=policy,
+        # the access policy: the one given, else with access control on the roles, scopes and
+        # the patients' consents (read from this store)
+        active = policy if policy is not None else (
+            AccessPolicy(ConsentIndex(store)) if settings.auth else OPEN)
+        repo = Repository(hub, search=search, policy=active,
                           audit=AccessAudit(audit) if settings.audit else None)
         app.state.hub = hub
         app.state.repo = repo

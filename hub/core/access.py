@@ -9,6 +9,7 @@ control configured.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,3 +72,13 @@ class OpenPolicy:
 
 
 OPEN = OpenPolicy()
+
+
+_PATIENT_REF = re.compile(rb'"reference"\s*:\s*"(?:[^"]*/)?Patient/([A-Za-z0-9\-.]{1,64})"')
+
+
+def patients_in(rtype: str, rid: str, resource: bytes) -> list[str]:
+    """The Patients a resource is about: itself, or those its references name."""
+    if rtype == "Patient":
+        return [f"Patient/{rid}"]
+    return sorted({f"Patient/{m.decode()}" for m in _PATIENT_REF.findall(resource)})
