@@ -7,6 +7,7 @@ role allowed to create databases). Each test session creates its own database an
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 import signal
 import socket
 import subprocess
@@ -102,6 +103,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def app_server(app) -> Iterator[int]:
+    """``app`` served by uvicorn in a thread of this process on a free loopback port (the port):
+    real HTTP for an application a test builds itself."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 class LiveServer:

@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI
@@ -33,7 +32,7 @@ from hub.auth.tokens import (
 )
 from hub.core.config import Settings
 from hub.core.errors import FhirError
-from tests.conftest import free_port
+from tests.conftest import app_server, free_port
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP384R1())
@@ -89,19 +88,10 @@ def hub(tmp_path_factory):
     app = FastAPI()
     app.include_router(auth_api.router)
     auth_api.attach(app, settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    h = Hub(data_dir, port)
-    yield h
-    h.http.close()
-    server.should_exit = True
-    thread.join(timeout=30)
+    with app_server(app) as port:
+        h = Hub(data_dir, port)
+        yield h
+        h.http.close()
     auth_api.detach(app)
 
 

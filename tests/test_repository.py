@@ -9,20 +9,17 @@ And no handler reaches the store around the repository (a source check).
 from __future__ import annotations
 
 import ast
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from hub.api.app import create_app
 from hub.core.access import Action, Actor
 from hub.core.config import Settings
 from hub.core.errors import FhirError
 from tests.api_helpers import assert_outcome, observation, patient, unique
-from tests.conftest import FHIR_JSON, free_port
+from tests.conftest import FHIR_JSON, app_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESTRICTED = {"system": "urn:test:label", "code": "restricted"}
@@ -45,18 +42,8 @@ def base(tmp_path_factory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("repo") / "data")
     settings.database_url = None
     settings.auth = False  # the callers are named by X-Hub-User; the policy is the test's
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, policy=TestPolicy()),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/fhir"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with app_server(create_app(settings, policy=TestPolicy())) as port:
+        yield f"http://127.0.0.1:{port}/fhir"
 
 
 @pytest.fixture

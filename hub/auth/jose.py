@@ -51,22 +51,22 @@ def peek(token: str) -> tuple[dict, dict]:
     return header_of(token), jwt.decode(token, options={"verify_signature": False})
 
 
+# why PyJWT refused a token, most specific first (several are subclasses of DecodeError)
+_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.ExpiredSignatureError, "{what} has expired"),
+    (jwt.ImmatureSignatureError, "{what} is not valid yet (nbf or iat in the future)"),
+    (jwt.InvalidAudienceError, "{what} is not meant for this server (wrong audience: {e})"),
+    (jwt.InvalidIssuerError, "{what} has the wrong issuer ({e})"),
+    (jwt.MissingRequiredClaimError, "{what} lacks the {claim!r} claim"),
+    (jwt.InvalidSignatureError, "{what}'s signature does not verify"),
+    (jwt.InvalidAlgorithmError, "{what} is signed with an algorithm not accepted here"),
+    (jwt.DecodeError, "{what} is malformed: {e}"),
+)
+
+
 def describe(e: jwt.PyJWTError, what: str = "The token") -> str:
     """A sentence saying why PyJWT refused ``what``."""
-    if isinstance(e, jwt.ExpiredSignatureError):
-        return f"{what} has expired"
-    if isinstance(e, jwt.ImmatureSignatureError):
-        return f"{what} is not valid yet (nbf or iat in the future)"
-    if isinstance(e, jwt.InvalidAudienceError):
-        return f"{what} is not meant for this server (wrong audience: {e})"
-    if isinstance(e, jwt.InvalidIssuerError):
-        return f"{what} has the wrong issuer ({e})"
-    if isinstance(e, jwt.MissingRequiredClaimError):
-        return f"{what} lacks the {e.claim!r} claim"
-    if isinstance(e, jwt.InvalidSignatureError):
-        return f"{what}'s signature does not verify"
-    if isinstance(e, jwt.InvalidAlgorithmError):
-        return f"{what} is signed with an algorithm not accepted here"
-    if isinstance(e, jwt.DecodeError):
-        return f"{what} is malformed: {e}"
+    for kind, text in _REASONS:
+        if isinstance(e, kind):
+            return text.format(what=what, e=e, claim=getattr(e, "claim", ""))
     return f"{what} is not valid: {e}"
