@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from hub.core.errors import FhirError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, payload BLOB NOT NULL,
@@ -29,23 +31,52 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class QuarantineFull(FhirError):
+    """An institution has as many open entries as its quota allows: nothing more is kept (or
+    accepted) from it until an operator works the list down."""
+
+    error_code = "unavailable"
+
+    def __init__(self, institution: str, quota: int):
+        super().__init__(429, "throttled", f"The quarantine holds {quota} open entries from "
+                         f"{institution or 'an unnamed sender'}, its quota: this one is neither "
+                         "kept nor accepted; send it again once they are worked off")
+
+
 class Quarantine:
-    def __init__(self, path: Path | str):
+    """``quota``: open entries kept per institution at most (None: no limit), so one sender's
+    flood of refusals cannot fill the disk the others share."""
+
+    def __init__(self, path: Path | str, quota: int | None = None):
         self.path = str(path)
+        self.quota = quota
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(quarantine)")}
+        if "institution" not in columns:  # a file from before quotas: counted from now on
+            self._db.execute("ALTER TABLE quarantine ADD COLUMN institution TEXT")
+        self._db.execute("CREATE INDEX IF NOT EXISTS quarantine_institution "
+                         "ON quarantine (institution, status)")
 
     def close(self) -> None:
         self._db.close()
 
     def put(self, kind: str, payload: bytes, source: dict, report: dict, reason: str) -> int:
+        institution = str(source.get("institution") or "")
         with self._lock:
+            if self.quota is not None:
+                (held,) = self._db.execute(
+                    "SELECT count(*) FROM quarantine WHERE institution = ? AND status = 'open'",
+                    (institution,)).fetchone()
+                if held >= self.quota:
+                    raise QuarantineFull(institution, self.quota)
             cur = self._db.execute(
-                "INSERT INTO quarantine (kind, payload, source, report, reason, time) "
-                "VALUES (?,?,?,?,?,?)",
-                (kind, payload, orjson.dumps(source), orjson.dumps(report), reason[:2000], _now()))
+                "INSERT INTO quarantine (kind, payload, source, report, reason, time, "
+                "institution) VALUES (?,?,?,?,?,?,?)",
+                (kind, payload, orjson.dumps(source), orjson.dumps(report), reason[:2000], _now(),
+                 institution))
             assert cur.lastrowid is not None  # set by the INSERT
             return cur.lastrowid
 

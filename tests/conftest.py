@@ -190,7 +190,8 @@ class LiveServer:
         for name, value in (("HUB_AUTH_ISSUER", self.settings.auth_issuer),
                             ("HUB_AUTH_JWKS_URL", self.settings.auth_jwks_url),
                             ("HUB_TRUSTED_PROXIES", ",".join(self.settings.trusted_proxies)),
-                            ("HUB_RATE_LIMIT", str(self.settings.rate_limit or ""))):
+                            ("HUB_RATE_LIMIT", str(self.settings.rate_limit or "")),
+                            ("HUB_QUARANTINE_QUOTA", str(self.settings.quarantine_quota))):
             env.pop(name, None)
             if value:
                 env[name] = value

@@ -104,7 +104,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
             hub.resolver = resolver
         # POST /cda and POST /v3 map in the hub: their local codes normalised here
         normaliser = StoredMaps(app.state.terminology, store, search.terminology_sync)
-        quarantine = Quarantine(settings.data_dir / "quarantine.sqlite")
+        quarantine = Quarantine(settings.data_dir / "quarantine.sqlite",
+                                quota=settings.quarantine_quota)
         # the hub's own writes (the audit) need no policy; every read and write of the handlers
         # below passes through the repository, each access to patient data audited
         audit = AuditWriter(Repository(hub))

@@ -60,6 +60,7 @@ from hub.api.limits import BodyTooLarge
 from hub.core.errors import FhirError, HubError
 from hub.core.events import resource_bytes
 from hub.core.ingest import Context, Result
+from hub.quarantine import QuarantineFull
 from hub.repository import Repository
 
 log = logging.getLogger("hub.api.v3")
@@ -225,7 +226,11 @@ def _register(request: Request, raw: bytes, msg: Any, reply_type: str) -> Respon
     def refuse(code: str, text: str, rule: str) -> Response:
         _log(msg.interaction, mid, code, rule)
         if quarantine is not None:  # kept for replay (hub quarantine replay), as documents are
-            qid = v3intake.keep(quarantine, raw, source, code, text, rule)
+            try:
+                qid = v3intake.keep(quarantine, raw, source, code, text, rule)
+            except QuarantineFull as full:  # not kept: the sender must send it again later
+                return ack_response(raw, "AE", f"{text}; {full.issues[0].diagnostics}", 429,
+                                    reply_type, {"Retry-After": "60"})
             text += f" (kept for replay as quarantine entry {qid})"
         return ack_response(raw, code, text, 200, reply_type)
 

@@ -10,6 +10,7 @@ HUB_MPI_AUTOMATCH `hub serve` matches new and updated Patients as they arrive   
 HUB_AUDIT         every access to patient data writes an AuditEvent             1 (0: off)
 HUB_TRUSTED_PROXIES addresses or networks whose X-Forwarded-For is believed     (none)
 HUB_RATE_LIMIT    requests per second per caller (bursts of twice that)         0 (no limit)
+HUB_QUARANTINE_QUOTA open quarantine entries kept per institution               10000
 HUB_AUTH          access control: bearer tokens, SMART scopes and roles         1 (0: off, loopback only)
 HUB_AUTH_ISSUER   an external OpenID Connect provider's issuer (its tokens are accepted) (unset)
 HUB_AUTH_JWKS_URL that provider's key set                                       (unset)
@@ -45,6 +46,8 @@ class Settings:
         p for p in os.environ.get("HUB_TRUSTED_PROXIES", "").split(",") if p.strip()))
     rate_limit: float = field(
         default_factory=lambda: float(os.environ.get("HUB_RATE_LIMIT", "0") or 0))
+    quarantine_quota: int = field(
+        default_factory=lambda: int(os.environ.get("HUB_QUARANTINE_QUOTA", "10000")))
     auth_issuer: str | None = field(
         default_factory=lambda: os.environ.get("HUB_AUTH_ISSUER") or None)
     auth_jwks_url: str | None = field(
