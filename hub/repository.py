@@ -270,16 +270,23 @@ class Repository:
         """``Hub.execute`` after the policy allowed every write; with ``atomic`` one refusal
         refuses all, else the refused writes answer 403 and the rest go on."""
         refused = self._refusals(ops, ctx)
-        if not refused:
-            return self._hub.execute(ops, ctx, atomic=atomic)
-        if atomic:
-            raise next(iter(refused.values()))
-        return self._merge(ops, refused, lambda allowed: self._hub.execute(allowed, ctx,
-                                                                           atomic=False))
+        try:
+            if not refused:
+                return self._hub.execute(ops, ctx, atomic=atomic)
+            if atomic:
+                raise next(iter(refused.values()))
+            return self._merge(ops, refused, lambda allowed: self._hub.execute(allowed, ctx,
+                                                                               atomic=False))
+        finally:
+            self.policy.written({op.rtype for op in ops})
 
     def execute_batch(self, ops: list[Op], ctx: Context) -> list[Result | FhirError]:
         refused = self._refusals(ops, ctx)
-        return self._merge(ops, refused, lambda allowed: self._hub.execute_batch(allowed, ctx))
+        try:
+            return self._merge(ops, refused,
+                               lambda allowed: self._hub.execute_batch(allowed, ctx))
+        finally:
+            self.policy.written({op.rtype for op in ops})
 
     def complete(self, result: Result) -> Result:
         return self._hub.complete(result)

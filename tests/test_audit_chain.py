@@ -17,7 +17,7 @@ import pytest
 from hub import cli
 from hub.access.audit import AuditWriter
 from hub.access.chain import CHAIN_URL, ZERO, AuditChain, anchor_line, canonical, seal_of, verify
-from hub.core.access import SYSTEM, Action
+from hub.core.access import SYSTEM, Action, OpenPolicy
 from hub.core.errors import FhirError
 from hub.core.ingest import Context, Op
 from hub.repository import Repository
@@ -325,7 +325,7 @@ def test_the_writer_seals_in_commit_order_under_concurrent_submits(hub):
     assert report.heads[writer.chain.chain_id][0] == 150
 
 
-class RefuseFirst:
+class RefuseFirst(OpenPolicy):
     """A policy that refuses the first ``n`` writes of AuditEvents, then allows everything."""
 
     def __init__(self, n: int):

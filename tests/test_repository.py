@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from hub.api.app import create_app
-from hub.core.access import Action, Actor
+from hub.core.access import Action, Actor, OpenPolicy
 from hub.core.config import Settings
 from hub.core.errors import FhirError
 from tests.api_helpers import assert_outcome, observation, patient, unique
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESTRICTED = {"system": "urn:test:label", "code": "restricted"}
 
 
-class TestPolicy:
+class TestPolicy(OpenPolicy):  # the rest of the protocol as the open policy
     def check(self, actor: Actor, action: Action) -> None:
         if action.rtype == "Encounter":
             raise FhirError(403, "forbidden", "Encounters are not for this caller")

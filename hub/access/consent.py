@@ -17,15 +17,17 @@ Break the glass (purpose ``ETREAT`` or ``BTG``, for the roles that may) sets a c
 and the access is audited as always. The hub's own reads (``SYSTEM``) are not judged.
 
 The rules come from the event store: every current Consent is read again when a Consent was
-written since the last read (one indexed query per judged access tells). That suits a region
-where consents are few next to records; a region with millions of them would keep them in a read
-model instead.
+written since the last read. Whether one was is asked at most every quarter second (one indexed
+query), and at once after a Consent written through this process; another server process sees
+a new Consent within that quarter second. That suits a region where consents are few next to
+records; a region with millions of them would keep them in a read model instead.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +98,9 @@ def rule_of(d: dict) -> tuple[str, ConsentRule] | None:
     return patient.rsplit("Patient/", 1)[1], rule
 
 
+FRESH_S = 0.25  # how long a check that no Consent was written holds
+
+
 class ConsentIndex:
     """Patient id -> the deny rules of its active Consents, read from the store."""
 
@@ -103,13 +108,22 @@ class ConsentIndex:
         self.store = store
         self._lock = threading.Lock()
         self._seen: int | None = None  # the newest Consent version's notification id
+        self._checked = 0.0  # when that was last asked
         self._rules: dict[str, list[ConsentRule]] = {}
 
     def rules(self, patient: str) -> list[ConsentRule]:
         self._refresh()
         return self._rules.get(patient, [])
 
+    def changed(self) -> None:
+        """A Consent was just written: ask again before the next judgement."""
+        self._checked = 0.0
+
     def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < FRESH_S:
+            return
+        self._checked = now
         newest = self.store.history(rtype="Consent", limit=1)
         seen = newest[0].nid if newest else 0
         if seen == self._seen:

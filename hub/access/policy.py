@@ -147,6 +147,10 @@ class AccessPolicy:
         return True
 
 
+    def written(self, rtypes: set[str]) -> None:
+        if self.consents is not None and "Consent" in rtypes:
+            self.consents.changed()
+
     def may_change(self, actor: Actor, rtype: str, rid: str, source: dict) -> bool:
         """A connector changes what its own institution wrote, nothing another one did."""
         if actor.kind == "system" or actor.roles & {"steward", "admin"}:

@@ -15,6 +15,9 @@ needs no restart. Its claims are brought to the shape of the hub's own tokens: `
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +60,9 @@ class ExternalIssuer:
         return self._client
 
 
+VERIFIED_CACHE = 10_000  # tokens whose claims are kept verified until they expire
+
+
 class Verifier:
     def __init__(self, audience: str, own: Signer | None = None,
                  external: Iterable[ExternalIssuer] = (), *, issuer: str | None = None):
@@ -68,9 +74,34 @@ class Verifier:
         self.external = {e.issuer: e for e in external}
         if issuer is not None and issuer in self.external:
             raise ValueError(f"{issuer} is both the hub's own issuer and an external one")
+        # A client sends the same token with every request until it expires: its verified claims
+        # are kept until then (a signature check per request was most of the cost of access
+        # control), as long as the hub still holds the key that signed it (a rotation away from
+        # a compromised key ends them at once). Bounded; the oldest entries go first.
+        self._verified: OrderedDict[str, tuple[dict, float, str | None]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def verify(self, token: str) -> dict:
         """The claims of a valid token (normalised for external ones), else a 401 FhirError."""
+        now = time.time()
+        with self._lock:
+            known = self._verified.get(token)
+        if known is not None and now < known[1] and (
+                known[2] is None or (self.own is not None and self.own.public_key(known[2]))):
+            return known[0]
+        claims = self._verify(token)
+        exp = claims.get("exp")
+        if isinstance(exp, (int, float)):
+            own_kid = None if claims.get("iss") in self.external else \
+                str(jwt.get_unverified_header(token).get("kid"))
+            with self._lock:
+                self._verified[token] = (claims, float(exp), own_kid)
+                while len(self._verified) > VERIFIED_CACHE:
+                    self._verified.popitem(last=False)
+        return claims
+
+    def _verify(self, token: str) -> dict:
+        """Check the signature, issuer, audience and times of ``token``; its claims."""
         try:
             header, unverified = peek(token)
         except jwt.PyJWTError as e:

@@ -57,6 +57,10 @@ class Policy(Protocol):
         """May ``actor`` update or delete a stored resource whose current version came from
         ``source`` (institution, feed)?"""
 
+    def written(self, rtypes: set[str]) -> None:
+        """Resources of these types were just written (a policy that reads some, such as
+        consents, knows to read them again)."""
+
 
 class OpenPolicy:
     """Everything allowed."""
@@ -69,6 +73,9 @@ class OpenPolicy:
 
     def may_change(self, actor: Actor, rtype: str, rid: str, source: dict) -> bool:
         return True
+
+    def written(self, rtypes: set[str]) -> None:
+        return None
 
 
 OPEN = OpenPolicy()
