@@ -26,7 +26,6 @@ from hub.api import everything as mpi_everything
 from hub.api import identity as mpi_identity
 from hub.api import match as mpi_match  # Patient/$match
 from hub.api.caller import Throttled, authenticate, context_of, repository
-from hub.api.callers import RateLimiter, networks
 from hub.api.history import history_bundle
 from hub.api.limits import BodyLimit
 from hub.api.responses import (
@@ -43,6 +42,7 @@ from hub.api.responses import (
     version_headers,
 )
 from hub.api.search import SearchService, search_bundle
+from hub.api.traffic import RateLimiter, networks
 from hub.auth.verifier import ExternalIssuer, Verifier
 from hub.core import resource as res
 from hub.core.access import OPEN, Policy

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import Request
 
-from hub.api.callers import client_address
+from hub.api.traffic import client_address
 from hub.core.access import ANONYMOUS, Action, Actor
 from hub.core.errors import FhirError, bad_request
 from hub.core.ingest import Context
@@ -154,7 +154,7 @@ class Throttled(FhirError):
 
 
 def address_of(request: Request) -> str | None:
-    """The caller's network address (behind trusted proxies only, ``hub.api.callers``)."""
+    """The caller's network address (behind trusted proxies only, ``hub.api.traffic``)."""
     peer = request.client.host if request.client is not None else None
     proxies = getattr(request.app.state, "trusted_proxies", ())
     return client_address(peer, request.headers.get("x-forwarded-for"), proxies)

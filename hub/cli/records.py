@@ -42,7 +42,7 @@ def cmd_serve(args, settings: Settings) -> int:
                     proxy_headers=False)
     else:
         # proxy_headers off: uvicorn would believe X-Forwarded-For from localhost; the hub
-        # believes it from HUB_TRUSTED_PROXIES only (hub.api.callers)
+        # believes it from HUB_TRUSTED_PROXIES only (hub.api.traffic)
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                     log_level="warning", access_log=False, proxy_headers=False)
     return 0
