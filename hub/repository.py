@@ -20,7 +20,7 @@ import orjson
 from eventsourcing.persistence import StoredEvent
 
 from hub.core.access import OPEN, Action, Actor, Policy, patients_in
-from hub.core.errors import FhirError
+from hub.core.errors import FhirError, forbidden
 from hub.core.ingest import Context, Hub, Op, Result
 from hub.core.store import ResourceStore, VersionRow
 from projections.search.backend import Page, Row
@@ -72,10 +72,6 @@ class Searcher(Protocol):
 
 
 APPEND_ONLY = frozenset({"AuditEvent"})
-
-
-def forbidden(diagnostics: str) -> FhirError:
-    return FhirError(403, "forbidden", diagnostics)
 
 
 def _write_action(op: Op) -> Action:

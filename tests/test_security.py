@@ -250,9 +250,24 @@ def test_identity_decisions_are_a_stewards_and_record_the_token_subject(world):
         {"name": "patient", "valueReference": {"reference": "Patient/nobody"}}]}
     with _http(world, world.clinician) as c:
         assert c.post("/Person/$unlink", json=body, headers=FHIR_JSON).status_code == 403
+    p = patient(rid=unique()[:16])
+    with _http(world, world.connector_h1) as c:
+        assert _put(c, p).status_code == 201
+    link = {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": f"Patient/{p['id']}"}}]}
     with _http(world, world.steward, {"x-hub-user": "someone-else"}) as c:
-        r = c.post("/Person/$unlink", json=body, headers=FHIR_JSON)
-        assert r.status_code not in (401, 403), r.text
+        r = c.post("/Person/$link", json=link, headers=FHIR_JSON)
+        assert r.status_code in (200, 201), r.text
+    from hub.core.identity_events import STREAM, from_state
+
+    store = world.live.settings.open_store()
+    try:
+        events = [from_state(e.topic, e.state)
+                  for e in store.recorder.select_events(STREAM, desc=True, limit=50)]
+    finally:
+        store.close()
+    mine = [e for e in events if f"Patient/{p['id']}" in orjson.dumps(e.to_json()).decode()]
+    assert mine and {e.data["by"]["name"] for e in mine} == {world.steward.client_id}
 
 
 def _patient_token(world: World, pid: str, scope: str = "patient/*.rs") -> str:

@@ -264,6 +264,18 @@ _SEVERITY = {"255604002": "mild", "6736007": "moderate", "24484000": "severe", "
              "371924009": "moderate"}
 
 
+def _absorb_reasons(ctx: Ctx, res: dict, ab: dict[str, list], ref: str) -> set:
+    """The absorbed reason observations as ``reasonCode``; the nodes used."""
+    used = set()
+    for n in ab.get("reasonCode", []):
+        c = ctx.concept(child(n, "value"))
+        if c:
+            res.setdefault("reasonCode", []).append(c)
+        ctx.trace[n] = f"absorbed:{ref}"
+        used.add(n)
+    return used
+
+
 def _absorb_common(ctx: Ctx, res: dict, ab: dict[str, list], ref: str) -> set:
     used = set()
     for n in ab.get("note", []):
@@ -437,12 +449,7 @@ def build_procedure(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: str
     res["bodySite"] = site
     ab = _absorbed(ctx, st)
     used = _absorb_common(ctx, res, ab, ref)
-    for n in ab.get("reasonCode", []):
-        c = ctx.concept(child(n, "value"))
-        if c:
-            res.setdefault("reasonCode", []).append(c)
-        ctx.trace[n] = f"absorbed:{ref}"
-        used.add(n)
+    used |= _absorb_reasons(ctx, res, ab, ref)
     if focus:
         res["partOf"] = [{"reference": focus}] if focus.startswith(("Procedure/", "Observation/")) else None
     ctx.trace[st] = ref
@@ -538,12 +545,7 @@ def build_medication(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: st
         res["groupIdentifier"] = ctx.order_ident
     ab = _absorbed(ctx, st)
     used = _absorb_common(ctx, res, ab, ref) | medication_details(ctx, st, res, ref)
-    for n in ab.get("reasonCode", []):
-        c = ctx.concept(child(n, "value"))
-        if c:
-            res.setdefault("reasonCode", []).append(c)
-        ctx.trace[n] = f"absorbed:{ref}"
-        used.add(n)
+    used |= _absorb_reasons(ctx, res, ab, ref)
     ctx.trace[st] = ref
     extra = _nested_into(ctx, sec, st, pos, ref, None, used)
     res["supportingInformation"] = [{"reference": r} for r in extra if r.startswith("Observation/")]

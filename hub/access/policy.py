@@ -24,7 +24,7 @@ from functools import lru_cache
 from hub.access.consent import ConsentIndex
 from hub.auth.scopes import Scope, parse_scopes, permits
 from hub.core.access import Action, Actor, patients_in
-from hub.core.errors import FhirError
+from hub.core.errors import LOGIN_REQUIRED, forbidden, unauthenticated
 
 ROLES = ("connector", "clinician", "steward", "auditor", "admin")
 WRITERS = frozenset({"connector", "steward", "admin"})
@@ -60,15 +60,6 @@ TERMINOLOGY = {"$lookup", "$validate-code", "$subsumes", "$expand", "$translate"
 SHARED_RECORD = frozenset({"$everything", "$timeline"})
 
 
-def forbidden(diagnostics: str) -> FhirError:
-    return FhirError(403, "forbidden", diagnostics)
-
-
-def login_required() -> FhirError:
-    return FhirError(401, "login", "A bearer token is required (Authorization: Bearer …; see "
-                     "/fhir/.well-known/smart-configuration)")
-
-
 @lru_cache(maxsize=4096)
 def scopes_of(texts: tuple[str, ...]) -> tuple[Scope, ...]:
     """The parsed scopes of a token (a token's scopes are few and repeat across requests)."""
@@ -90,7 +81,7 @@ class AccessPolicy:
         if actor.kind == "system":
             return
         if actor.kind == "anonymous":
-            raise login_required()
+            raise unauthenticated(LOGIN_REQUIRED)
         if actor.purpose in EMERGENCY and not actor.roles & MAY_BREAK_GLASS:
             raise forbidden(f"Purpose of use {actor.purpose} (break the glass) is not open to "
                             "this caller's roles")

@@ -15,7 +15,7 @@ from fastapi import Request
 
 from hub.api.traffic import client_address
 from hub.core.access import ANONYMOUS, Action, Actor
-from hub.core.errors import FhirError, bad_request
+from hub.core.errors import LOGIN_REQUIRED, FhirError, bad_request, unauthenticated
 from hub.core.ingest import Context
 from hub.repository import Repository
 
@@ -67,7 +67,7 @@ def _from_token(request: Request, verifier: Any) -> Actor:
         return ANONYMOUS  # refused by the policy wherever it reaches data
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise FhirError(401, "login", "Authorization must be a bearer token")
+        raise unauthenticated("Authorization must be a bearer token")
     claims = verifier.verify(token.strip())
     scope = claims.get("scope")
     roles = claims.get("hub_roles")
@@ -105,10 +105,9 @@ def context_of(request: Request, feed: str = "rest") -> Context:
         value = request.headers.get(header)
         if value and value.isprintable():
             ctx.source[key] = value[:128]
-    if authenticated(request) and not header_names_institution(ctx.actor):
-        ctx.source.pop("institution", None)
-        if ctx.actor.institution:
-            ctx.source["institution"] = ctx.actor.institution
+    institution = recorded_institution(request, ctx.source.pop("institution", None))
+    if institution:
+        ctx.source["institution"] = institution
     ctx.address = address_of(request)
     ctx.query = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return ctx
@@ -133,8 +132,7 @@ async def authenticate(request: Request) -> None:
     if request.url.path in PUBLIC_PATHS:
         return
     if authenticated(request) and actor_of(request).kind == "anonymous":
-        raise FhirError(401, "login", "A bearer token is required (Authorization: Bearer …; "
-                        "see /fhir/.well-known/smart-configuration)")
+        raise unauthenticated(LOGIN_REQUIRED)
     limiter = getattr(request.app.state, "rate_limiter", None)
     if limiter is not None:
         actor = actor_of(request)
@@ -160,11 +158,18 @@ def address_of(request: Request) -> str | None:
     return client_address(peer, request.headers.get("x-forwarded-for"), proxies)
 
 
-def header_names_institution(actor: Actor) -> bool:
-    """Whether ``X-Hub-Source-Institution`` counts: without access control, or for a platform
-    administrator whose token names no institution (an operator loading or replaying data on an
-    institution's behalf). A connector's institution is its token's, never a header's."""
-    return actor.kind == "anonymous" or ("admin" in actor.roles and not actor.institution)
+def recorded_institution(request: Request, claimed: str | None) -> str | None:
+    """The institution a write is recorded under, given the one the request claims (its
+    ``X-Hub-Source-Institution``, a message's own): the claim stands without access control, and
+    for a platform administrator whose token names no institution (an operator loading or
+    replaying data on an institution's behalf); otherwise it is the token's institution, never
+    a claim (None when the token names none)."""
+    if not authenticated(request):
+        return claimed
+    actor = actor_of(request)
+    if "admin" in actor.roles and not actor.institution:
+        return claimed
+    return actor.institution
 
 
 def authenticated(request: Request) -> bool:

@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from fhir_mapping.base import SourceInfo
-from hub.api.caller import actor_of, authenticated, context_of, header_names_institution
+from hub.api.caller import context_of, recorded_institution
 from hub.api.responses import base_url, fhir_response
 from hub.core.errors import FhirError, bad_request
 
@@ -32,11 +32,7 @@ def source_of(request: Request) -> SourceInfo:
         value = request.headers.get(name, "")
         return value[:128] if value.isprintable() else ""
 
-    # with access control on, the institution is the token's, never a header's
-    actor = actor_of(request)
-    institution = header("x-hub-source-institution") \
-        if not authenticated(request) or header_names_institution(actor) \
-        else (actor.institution or "")
+    institution = recorded_institution(request, header("x-hub-source-institution")) or ""
     return SourceInfo(institution=institution,
                       oid=header("x-hub-source-oid"), feed=header("x-hub-source-feed") or "rest")
 

@@ -51,9 +51,8 @@ from fhir_mapping.xmlsafe import MAX_BYTES
 from hub import v3intake
 from hub.api.caller import (
     actor_of,
-    authenticated,
     context_of,
-    header_names_institution,
+    recorded_institution,
     repository,
 )
 from hub.api.limits import BodyTooLarge
@@ -132,11 +131,9 @@ def _source(request: Request) -> SourceInfo:
         v = request.headers.get(header, "").strip()
         if v and v.isprintable():
             values[key] = v[:128]
-    if authenticated(request) and not header_names_institution(actor_of(request)):
-        values.pop("institution", None)  # the institution is the token's, not a header's
-        institution = actor_of(request).institution
-        if institution:
-            values["institution"] = institution
+    institution = recorded_institution(request, values.pop("institution", None))
+    if institution:
+        values["institution"] = institution
     return SourceInfo(**values)
 
 
@@ -217,10 +214,9 @@ def _register(request: Request, raw: bytes, msg: Any, reply_type: str) -> Respon
     rid = request.headers.get("x-request-id")
     ctx = Context(request_id=rid[:64]) if rid and rid.isprintable() else Context()
     ctx.actor = actor_of(request)
-    institution = _institution(msg, source) or source.institution
-    if authenticated(request) and ctx.actor.institution and \
-            not header_names_institution(ctx.actor):
-        institution = ctx.actor.institution  # a connector writes as its own institution only
+    # the message's own institution, unless the token says whose it is
+    claimed = _institution(msg, source) or source.institution
+    institution = recorded_institution(request, claimed) or claimed
     ctx.source = {"institution": institution, "feed": source.feed or "v3", "messageId": mid[:128]}
 
     def refuse(code: str, text: str, rule: str) -> Response:

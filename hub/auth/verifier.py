@@ -27,14 +27,9 @@ import jwt
 from hub.auth.clients import ROLES
 from hub.auth.jose import ASYMMETRIC, CLOCK_SKEW_S, algorithms_for_key, describe, peek
 from hub.auth.signer import ALGORITHM, Signer
-from hub.core.errors import FhirError
+from hub.core.errors import FhirError, unauthenticated
 
 __all__ = ["ExternalIssuer", "Verifier", "unauthenticated"]
-
-
-def unauthenticated(diagnostics: str) -> FhirError:
-    """401: the caller is not (validly) authenticated."""
-    return FhirError(401, "login", diagnostics)
 
 
 @dataclass

@@ -85,6 +85,20 @@ def bad_request(diagnostics: str, expression: str | None = None) -> FhirError:
     return FhirError(400, "invalid", diagnostics, expression)
 
 
+def unauthenticated(diagnostics: str) -> FhirError:
+    """401: the caller is not (validly) authenticated."""
+    return FhirError(401, "login", diagnostics)
+
+
+LOGIN_REQUIRED = ("A bearer token is required (Authorization: Bearer …; see "
+                  "/fhir/.well-known/smart-configuration)")
+
+
+def forbidden(diagnostics: str) -> FhirError:
+    """403: authenticated, but not allowed this."""
+    return FhirError(403, "forbidden", diagnostics)
+
+
 def not_found(diagnostics: str) -> FhirError:
     return FhirError(404, "not-found", diagnostics)
 
