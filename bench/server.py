@@ -36,11 +36,29 @@ def start_server(data_dir: str, port: int) -> subprocess.Popen:
     for _ in range(300):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=1).status_code == 200:
-                return proc
+                break
         except httpx.TransportError:
             time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
+    else:
+        proc.kill()
+        raise RuntimeError("server did not start")
+    _caught_up(port)
+    return proc
+
+
+def _caught_up(port: int, seconds: float = 600) -> None:
+    """Wait until every read model has taken in the log (``/ready``: each one's lag), so that a
+    measurement does not share the machine with a projection still catching up."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            checks = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).json().get("checks", {})
+            if checks and all(c.get("lag", 0) == 0 for c in checks.values()):
+                return
+        except (httpx.TransportError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("the server's read models did not catch up")
 
 
 def run(n: int, port: int) -> dict:

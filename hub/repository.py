@@ -20,7 +20,7 @@ import orjson
 from eventsourcing.persistence import StoredEvent
 
 from hub.core.access import OPEN, Action, Actor, Policy, patients_in
-from hub.core.errors import FhirError, forbidden
+from hub.core.errors import FhirError, bad_request, forbidden, not_found
 from hub.core.ingest import Context, Hub, Op, Result
 from hub.core.store import ResourceStore, VersionRow
 from projections.search.backend import Page, Row
@@ -36,6 +36,24 @@ class AccessLog(Protocol):
                handed: Sequence[tuple[str, str]], detail: str | None = None) -> None:
         """Record one access: ``outcome`` 0 (success), 4 (refused or not found), 8 (failed);
         ``patients`` the ``Patient/id`` whose data was handed out, ``handed`` what was."""
+
+
+class AuditRecords(Protocol):
+    """Where the hub's AuditEvents are kept, apart from the event store
+    (``hub.access.auditlog.AuditLog``); each stored one has ``pos``, ``id`` and ``state`` (a
+    header line and the resource JSON, like a stored version)."""
+
+    def get_many(self, rids: Iterable[str]) -> dict[str, Any]: ...
+
+    def rows(self, after: int = 0, page: int = 1000, since_us: int | None = None,
+             newest_first: bool = False, limit: int | None = None) -> Iterable[Any]: ...
+
+    def count(self, since_us: int | None = None) -> int: ...
+
+    def page(self, q: Query, count: int, with_total: bool | str) -> Page: ...
+
+
+AUDIT = "AuditEvent"
 
 
 @lru_cache(maxsize=1)
@@ -87,11 +105,12 @@ class Repository:
     """Reads, searches and writes of resources on behalf of the actor in each ``Context``."""
 
     def __init__(self, hub: Hub, *, search: Searcher | None = None, policy: Policy = OPEN,
-                 audit: AccessLog | None = None):
+                 audit: AccessLog | None = None, audit_records: AuditRecords | None = None):
         self._hub = hub
         self._search = search
         self.policy = policy
         self.audit = audit
+        self._records = audit_records  # AuditEvents are read from here, not from the store
         self._open = policy is OPEN  # nothing to filter: no copies of what is handed out
 
     @property
@@ -150,21 +169,41 @@ class Repository:
 
         def run() -> StoredEvent:
             self.policy.check(ctx.actor, action)
-            return self._hand_out(ctx, self._hub.read(rtype, rid), rtype, rid)
+            return self._hand_out(ctx, self._stored(rtype, rid), rtype, rid)
         return self._audited(ctx, action, run, lambda s: [(rtype, rid, s.state)])
+
+    def _stored(self, rtype: str, rid: str) -> StoredEvent:
+        if rtype != AUDIT or self._records is None:
+            return self._hub.read(rtype, rid)
+        found = self._records.get_many([rid]).get(rid)
+        if found is None:
+            raise not_found(f"{rtype}/{rid} is not known")
+        return StoredEvent(originator_id=f"{AUDIT}/{rid}", originator_version=1,
+                           topic="hub.resource:Created", state=found.state)
 
     def vread(self, ctx: Context, rtype: str, rid: str, version: int) -> StoredEvent:
         action = Action("vread", rtype, rid)
 
         def run() -> StoredEvent:
             self.policy.check(ctx.actor, action)
+            if rtype == AUDIT and self._records is not None:
+                stored = self._stored(rtype, rid)
+                if version != 1:  # an AuditEvent is never changed
+                    raise not_found(f"{rtype}/{rid} has no version {version}")
+                return self._hand_out(ctx, stored, rtype, rid)
             return self._hand_out(ctx, self._hub.vread(rtype, rid, version), rtype, rid)
         return self._audited(ctx, action, run, lambda s: [(rtype, rid, s.state)])
 
     def latest(self, ctx: Context, rtype: str, rid: str) -> StoredEvent | None:
         """The current version, a deletion included; None when unknown or not shown."""
         self.policy.check(ctx.actor, Action("read", rtype, rid))
-        stored = self._hub.store.latest(rtype, rid)
+        if rtype == AUDIT and self._records is not None:
+            try:
+                stored: StoredEvent | None = self._stored(rtype, rid)
+            except FhirError:
+                stored = None
+        else:
+            stored = self._hub.store.latest(rtype, rid)
         if stored is None or not self._shown(ctx.actor, rtype, rid, stored.state):
             return None
         return stored
@@ -174,7 +213,7 @@ class Repository:
         """rid -> (version, stored state) of the current versions; deleted, unknown and
         not-shown ones left out."""
         self.policy.check(ctx.actor, Action("read", rtype))
-        found = self._hub.store.latest_many(rtype, rids)
+        found = self._latest_many(rtype, rids)
         return {rid: v for rid, v in found.items() if self._shown(ctx.actor, rtype, rid, v[1])}
 
     def current_bodies(self, ctx: Context,
@@ -189,10 +228,15 @@ class Repository:
                 self.policy.check(ctx.actor, Action("search-type", rtype))
             except FhirError:
                 continue
-            for rid, v in self._hub.store.latest_many(rtype, rids).items():
+            for rid, v in self._latest_many(rtype, rids).items():
                 if self._shown(ctx.actor, rtype, rid, v[1]):
                     out[(rtype, rid)] = v
         return out
+
+    def _latest_many(self, rtype: str, rids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+        if rtype == AUDIT and self._records is not None:
+            return {rid: (1, r.state) for rid, r in self._records.get_many(rids).items()}
+        return self._hub.store.latest_many(rtype, rids)
 
     def find_by_identifier(self, ctx: Context, rtype: str, system: str | None,
                            value: str) -> list[str]:
@@ -205,7 +249,10 @@ class Repository:
 
         def run() -> list[VersionRow]:
             self.policy.check(ctx.actor, action)
-            rows = self._hub.store.history(rtype=rtype, rid=rid, **window)
+            if rtype == AUDIT and self._records is not None:
+                rows = self._audit_history(rid, **window)
+            else:
+                rows = self._hub.store.history(rtype=rtype, rid=rid, **window)
             return [r for r in rows if self._shown(ctx.actor, r.rtype, r.rid, r.state)]
         return self._audited(ctx, action, run,
                              lambda rows: [(r.rtype, r.rid, r.state) for r in rows])
@@ -213,7 +260,26 @@ class Repository:
     def count_history(self, ctx: Context, *, rtype: str | None = None, rid: str | None = None,
                       since_us: int | None = None) -> int:
         self.policy.check(ctx.actor, Action(_history_kind(rtype, rid), rtype, rid))
+        if rtype == AUDIT and self._records is not None:
+            return len(self._audit_history(rid, since_us=since_us)) if rid is not None \
+                else self._records.count(since_us)
         return self._hub.store.count_history(rtype=rtype, rid=rid, since_us=since_us)
+
+    def _audit_history(self, rid: str | None, *, since_us: int | None = None,
+                       at_us: tuple[int, int] | None = None, before_nid: int | None = None,
+                       limit: int = 50) -> list[VersionRow]:
+        """AuditEvents as history rows: one version each, newest first (by position)."""
+        assert self._records is not None
+        if at_us is not None:
+            raise bad_request("_at is not answered for AuditEvent: each has one version, "
+                              "search by date instead")
+        if rid is not None:
+            found = self._records.get_many([rid]).get(rid)
+            stored = [found] if found is not None else []
+        else:
+            stored = list(self._records.rows(after=before_nid or 0, since_us=since_us,
+                                             newest_first=True, limit=limit))
+        return [VersionRow(r.pos, "created", AUDIT, r.id, 1, r.state) for r in stored]
 
     def exists(self, ctx: Context, rtype: str, rid: str) -> bool:
         """Whether ``rtype/rid`` was ever written (a deletion counts), as far as shown."""
@@ -234,6 +300,8 @@ class Repository:
     def page(self, ctx: Context, q: Query, count: int, with_total: bool | str) -> Page:
         """One page of a planned search, after the index caught up with the log
         (read-your-writes); the rows' resources come from ``current_bodies``."""
+        if q.rtype == AUDIT and self._records is not None:
+            return self._records.page(q, count, with_total)
         searcher = self._searcher()
         searcher.sync()
         return searcher.backend.page(q, count, with_total)
@@ -247,6 +315,8 @@ class Repository:
             page = self.page(ctx, q, count, with_total)
             bodies = self.current_bodies(ctx, page.rows)
             included: list[Row] = []
+            if q.rtype == AUDIT and (q.include or q.revinclude):
+                raise bad_request("_include and _revinclude are not answered for AuditEvent")
             if includes and (q.include or q.revinclude):
                 included = self.included(ctx, page.rows, q.include, q.revinclude, base=base)
                 bodies.update(self.current_bodies(ctx, included))
@@ -291,7 +361,8 @@ class Repository:
         refused: dict[int, FhirError] = {}
         for i, op in enumerate(ops):
             try:
-                if op.rtype in APPEND_ONLY and ctx.actor.kind != "system":
+                if op.rtype in APPEND_ONLY and (ctx.actor.kind != "system"
+                                                or self._records is not None):
                     # whatever the policy: a forged or erased audit record would be worse than
                     # none (the hub seals its own into a hash chain, hub.access.chain)
                     raise forbidden(f"{op.rtype} is written by the hub only; it cannot be "

@@ -1,7 +1,7 @@
 """Every access to patient data writes one AuditEvent, refused and failed ones included.
 
 Over real HTTP against ``hub serve`` with the access audit on; the AuditEvents are read from the
-event store itself (reading them through the API would be audited too).
+audit log itself (reading them through the API would be audited too).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import time
 
 import orjson
 import pytest
+
+from hub.access.auditlog import open_audit_log
 
 from tests.api_helpers import observation, patient, unique
 from tests.conftest import FHIR_JSON, LiveServer, make_settings
@@ -33,13 +35,14 @@ def client(live):
 
 
 def audit_events(live) -> dict[str, dict]:
-    """id -> AuditEvent, every one in the store."""
-    store = live.settings.open_store()
+    """id -> AuditEvent, every one in the audit log."""
+    log = open_audit_log(live.settings.data_dir, live.settings.database_url)
     try:
-        rows = store.history(rtype="AuditEvent", limit=100_000)
-        return {r.rid: orjson.loads(r.state.partition(b"\n")[2]) for r in rows}
+        stored = {r.id: orjson.loads(r.body) for r in log.rows()}
+        # and those the server has spooled but not yet moved into the tables
+        return {**stored, **{e.id: e.body for e in log.spool.pending()}}
     finally:
-        store.close()
+        log.engine.dispose()  # not close(): that would move the server's spool
 
 
 def new_since(live, before: dict[str, dict]) -> list[dict]:
@@ -115,6 +118,60 @@ def test_a_forwarded_address_counts_only_from_a_trusted_proxy(client, live):
     assert r.status_code == 200
     [event] = new_since(live, before)
     assert event["agent"][0]["network"]["address"] == "127.0.0.1"  # not a proxy: ignored
+
+
+def _search(client, **params) -> dict:
+    r = client.get("/AuditEvent", params=params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _ids(bundle: dict) -> list[str]:
+    return [e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def test_auditors_search_the_audit_log_by_patient_date_agent_and_outcome(client, live):
+    from fhir.resources.R4B.auditevent import AuditEvent
+
+    p = patient(rid=unique()[:16])
+    _put(client, p)
+    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+    for _ in range(3):
+        assert client.get(f"/Patient/{p['id']}").status_code == 200
+    assert client.get(f"/Patient/{p['id']}/_history/7").status_code == 404
+    ref = f"Patient/{p['id']}"
+    read = "http://hl7.org/fhir/restful-interaction|read"
+    mine = _search(client, patient=ref, subtype=read, _count="10")
+    assert len(_ids(mine)) == 3 and mine["total"] == 3
+    for e in mine["entry"]:
+        AuditEvent.model_validate(e["resource"])  # the log serves valid FHIR R4
+    [refused] = _search(client, patient=ref, outcome="4")["entry"]
+    assert refused["resource"]["subtype"][0]["code"] == "vread"
+    # reading the audit is an access to the patient's data too: these searches are in it
+    searches = _search(client, patient=ref, subtype="search-type", _total="accurate")
+    assert searches["total"] == 2
+    assert len(_ids(_search(client, entity=ref, date=f"ge{start}"))) >= 6
+    assert _ids(_search(client, entity=ref, date="lt2000-01-01")) == []
+    by_name = _search(client, patient=ref, subtype=read, **{"agent-name": live.auth.client_id[:6]})
+    assert len(_ids(by_name)) == 3
+    assert _ids(_search(client, patient=ref, **{"agent-name:exact": "someone-else"})) == []
+    # newest first, paged
+    newest = _search(client, _sort="-date", _count="2", patient=ref, subtype=read)
+    assert len(_ids(newest)) == 2
+    nxt = next(link["url"] for link in newest["link"] if link["relation"] == "next")
+    rest = client.get(nxt).json()
+    assert len(_ids(rest)) == 1 and not set(_ids(rest)) & set(_ids(newest))
+    assert _ids(newest)[0] == _ids(mine)[-1] and _ids(rest) == _ids(mine)[:1]
+    one = client.get(f"/AuditEvent/{_ids(mine)[0]}")
+    assert one.status_code == 200 and one.headers["etag"] == 'W/"1"'
+    assert client.get(f"/AuditEvent/{_ids(mine)[0]}/_history/2").status_code == 404
+    assert client.get("/AuditEvent/not-there").status_code == 404
+    # what the log cannot answer is refused, not silently widened
+    for params in ({"patient:identifier": "x|1"}, {"_sort": "outcome"}, {"_has:Patient:link:name": "x"},
+                   {"patient": ref, "_include": "AuditEvent:patient"}):
+        r = client.get("/AuditEvent", params=params)
+        assert r.status_code == 400, (params, r.text)
+        assert r.json()["resourceType"] == "OperationOutcome"
 
 
 @pytest.fixture(scope="module")

@@ -234,13 +234,15 @@ def test_the_shared_record_needs_a_purpose_and_break_the_glass_a_role(world):
         r = c.get(f"/Patient/{p['id']}/$everything", headers={"x-purpose-of-use": "ETREAT"})
         assert r.status_code == 200, r.text
     # every break-the-glass access is listed for review, the refused one too
+    from hub.access.auditlog import open_audit_log
     from hub.cli.audit import emergency_accesses
 
-    store = world.live.settings.open_store()
+    settings = world.live.settings
+    log = open_audit_log(settings.data_dir, settings.database_url)
     try:
-        listed = [a for a in emergency_accesses(store) if f"Patient/{p['id']}" in a["what"]]
+        listed = [a for a in emergency_accesses(log) if f"Patient/{p['id']}" in a["what"]]
     finally:
-        store.close()
+        log.close()
     assert sorted(a["outcome"] for a in listed) == ["0", "4"], listed
     assert {a["who"] for a in listed} == {world.clinician.client_id, world.connector_h1.client_id}
 

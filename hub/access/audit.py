@@ -1,7 +1,8 @@
-"""The audit of access to patient data, written as FHIR AuditEvents in the hub's own log.
+"""The audit of access to patient data, written as FHIR AuditEvents to the audit log.
 
-``AuditWriter`` group-commits AuditEvents (a request waits for the commit of its own, so no
-answered read goes unaudited even if the process dies right after). ``AccessAudit`` is the
+``AuditWriter`` writes AuditEvents to the audit log's spool (``hub.access.auditlog``); a request
+is answered only after its event is there, so no answered read goes unaudited even if the
+process dies right after. ``AccessAudit`` is the
 repository's ``AccessLog``: each read, vread, search and history of patient data, and each
 refused or failed attempt, becomes one AuditEvent shaped after IHE Basic Audit Log Patterns
 (the RESTful interaction as subtype; the user or client as requesting agent, with its
@@ -11,91 +12,69 @@ purpose of use).
 
 from __future__ import annotations
 
-import queue
 import threading
+import time
+import uuid
 from collections.abc import Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from hub.access.chain import AuditChain
-from hub.core.access import SYSTEM, Action
+from hub.access.auditlog import AuditLog, Entry
+from hub.access.chain import AuditChain, seal_of
+from hub.core.access import Action
 from hub.core.errors import FhirError
-from hub.core.ingest import Context, Op, now_instant
+from hub.core.ingest import Context, now_instant
 
 USER_SYSTEM = "https://fhir-region-hub.example/user"
 INSTITUTION_EXT = "https://fhir-region-hub.example/StructureDefinition/agent-institution"
 ACTREASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 READS = ("read", "vread", "history-instance", "history-type", "history-system")
 MAX_ENTITIES = 100  # a page of a thousand matches names its Patients, not every resource
-WAIT_SECONDS = 30.0
 
 
 class AuditWriter:
-    """Writes AuditEvents as the hub itself, through ``writer`` (anything with
-    ``execute(ops, ctx, atomic=...)``: a repository or the hub); a request waits for its own
-    commit, and whatever queued meanwhile goes in the next transaction together (group
-    commit)."""
+    """Seals AuditEvents into this process's hash chain and spools them (``AuditLog.spool``):
+    ``write`` returns once the event is in the spool file, which is what a crash of this
+    process cannot undo; the log's background mover (``AuditLog.start``) commits spooled
+    events to the tables in bulk. One lock keeps the spool in the chain's order."""
 
-    def __init__(self, writer: Any, batch: int = 256, chain: AuditChain | None = None):
-        self.repo = writer
-        self.batch = batch
+    def __init__(self, log: AuditLog, chain: AuditChain | None = None):
+        self.log = log
         # each AuditEvent sealed into a hash chain (hub.access.chain), one chain per writer
         self.chain = chain if chain is not None else AuditChain.new()
-        self._q: queue.Queue[tuple[dict, Future] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="audit-writer", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
 
-    def submit(self, d: dict) -> Future:
-        fut: Future = Future()
-        self._q.put((d, fut))
-        return fut
+    def write(self, d: dict) -> str:
+        """Write AuditEvent ``d``; its id. Raises a ``FhirError`` for content that cannot be
+        stored (the chain does not move), an ``OSError`` when the spool could not be written
+        (the chain then starts afresh: whether a torn line was left is not known)."""
+        with self._lock:
+            before = self.chain.state()
+            entry = self._entry(d)
+            try:
+                self.log.spool.write(entry)
+            except (OSError, FhirError) as e:  # a FhirError before writing: the chain goes back
+                self.chain = self.chain.failed(before, e)
+                raise
+            return entry.id
 
     def close(self) -> None:
-        self._q.put(None)
-        self._thread.join(timeout=30)
+        """Close the spool file and move what is spooled into the tables."""
+        with self._lock:
+            self.log.spool.close()
+        self.log.move_spooled()
 
-    def _loop(self) -> None:
-        stop = False
-        while not stop:
-            first = self._q.get()
-            if first is None:
-                return
-            items = [first]
-            while len(items) < self.batch:
-                try:
-                    nxt = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                items.append(nxt)
-            # sealed in queue order, committed in that order by one transaction
-            before, ops, sealed = self.chain.state(), [], []
-            for d, fut in items:
-                try:
-                    ops.append(Op("POST", "AuditEvent", d=self.chain.seal(d), url="AuditEvent"))
-                    sealed.append((d, fut))
-                except FhirError as e:
-                    fut.set_exception(e)
-            items = sealed
-            if not items:
-                continue
-            ctx = Context(source={"feed": "audit"}, actor=SYSTEM)
-            try:
-                results = self.repo.execute(ops, ctx, atomic=False)
-            except BaseException as e:  # noqa: BLE001 - handed to every waiting request
-                self.chain = self.chain.failed(before, e)
-                for _, fut in items:
-                    fut.set_exception(e)
-                continue
-            self.chain.written(before, results)
-            for (_, fut), r in zip(items, results):
-                if isinstance(r, FhirError):
-                    fut.set_exception(r)
-                else:
-                    fut.set_result(r)
+    def _entry(self, d: dict) -> Entry:
+        """``d`` sealed into the chain, with its id and meta (neither is hashed)."""
+        body = self.chain.seal(d)
+        seal = seal_of(body)
+        assert seal is not None
+        # time first, so that ids arrive in order in the id index (a page, not a page per row)
+        rid = f"{time.time_ns() // 1000:014x}{uuid.uuid4().hex[:18]}"
+        recorded = d.get("recorded") if isinstance(d.get("recorded"), str) else now_instant()[0]
+        out = {"resourceType": "AuditEvent", "id": rid,
+               "meta": {"versionId": "1", "lastUpdated": recorded}}
+        out.update((k, v) for k, v in body.items() if k not in out)
+        return Entry(rid, out, seal.chain, seal.seq)
 
 
 def access_event(ctx: Context, action: Action, outcome: str, patients: Sequence[str],
@@ -175,15 +154,13 @@ def access_event(ctx: Context, action: Action, outcome: str, patients: Sequence[
 class AccessAudit:
     """The repository's access log: one AuditEvent per access, committed before the answer."""
 
-    def __init__(self, writer: AuditWriter, wait: float = WAIT_SECONDS):
+    def __init__(self, writer: AuditWriter):
         self.writer = writer
-        self.wait = wait
 
     def record(self, ctx: Context, action: Action, outcome: str, patients: Sequence[str],
                handed: Sequence[tuple[str, str]], detail: str | None = None) -> None:
-        fut = self.writer.submit(access_event(ctx, action, outcome, patients, handed, detail))
         try:
-            fut.result(timeout=self.wait)
-        except (FutureTimeout, FhirError, OSError) as e:
+            self.writer.write(access_event(ctx, action, outcome, patients, handed, detail))
+        except (FhirError, OSError) as e:
             raise FhirError(503, "transient", "The access could not be audited, so it is not "
                             "answered; retry") from e

@@ -1,4 +1,5 @@
-"""A hash chain over the hub's AuditEvents: modifying, deleting or reordering one in the store shows.
+"""A hash chain over the hub's AuditEvents: modifying, deleting or reordering one in the audit log
+shows.
 
 **Sealing.** Before an AuditEvent is written, ``AuditChain.seal`` gives it one extension
 (``CHAIN_URL``) with four sub-extensions: ``chain`` (the chain id), ``sequence`` (1, 2, … per
@@ -8,22 +9,22 @@ chain), ``previous`` (the hash of the chain's previous event, hex; ``ZERO`` for 
     hash = SHA-256( previous "\\n" chain "\\n" sequence "\\n" canonical )
 
 where ``canonical`` is the AuditEvent without this extension and without ``id`` and ``meta`` (the
-server assigns those after sealing), written by orjson with sorted keys. The chain id and sequence
+writer assigns those after sealing), written by orjson with sorted keys. The chain id and sequence
 are hashed too, so every part of the extension but the hash itself is covered. One SHA-256 per
-event; nothing is read from the store.
+event; nothing is read from the log.
 
 **One chain per writer.** Each ``AuditWriter`` (one per process, and ``hub serve --workers N`` runs
 N processes) starts a chain of its own (``AuditChain.new()``, a fresh uuid): two processes never
-extend one chain, so no chain forks, and a restart needs no read of the store. Verification accepts
+extend one chain, so no chain forks, and a restart needs no read of the log. Verification accepts
 any number of chains, each of which must be contiguous from sequence 1. ``AuditChain.resume``
 continues a named chain from its last stored event instead, for a single writer that wants one
-chain across restarts (it reads every AuditEvent once).
+chain across restarts.
 
-**Verification.** ``verify(store)`` reads every stored AuditEvent version straight from the event
-table (``stored_events``, not the write-side indexes an intruder could leave out of step) in commit
-(notification id) order, page by page, keeping per chain only its last sequence and hash and the
-gaps still open: memory grows with the number of chains and of problems, not of events. It
-reports, each with the resource id, chain, sequence and notification id:
+**Verification.** ``verify(log)`` reads every AuditEvent in the audit log
+(``hub.access.auditlog``, whose tables refuse UPDATE and DELETE by trigger; an intruder with the
+database's keys can drop a trigger) in commit order (``pos``), page by page, keeping per chain only
+its last sequence and hash and the gaps still open: memory grows with the number of chains and of
+problems, not of events. It reports, each with the resource id, chain, sequence and position:
 
 - ``modified``: the recomputed hash differs from the sealed one (a changed byte of the content, or
   of the chain extension);
@@ -32,26 +33,24 @@ reports, each with the resource id, chain, sequence and notification id:
   before (one was removed, or replaced by another sealed elsewhere);
 - ``reordered``: an event whose sequence is lower than one committed before it;
 - ``duplicate``: a sequence number seen twice in a chain (a copied event);
-- ``unchained``: an AuditEvent without the chain extension (written around the writer, e.g. a REST
-  POST, or forged into the table);
+- ``unchained``: an AuditEvent without the chain extension (written around the writer);
 - ``malformed``: a chain extension or body that cannot be read;
-- ``updated`` / ``deleted``: a version after the first, or a deletion: the audit is append-only;
 - ``truncated`` / ``rewritten``: with anchors (below), a chain that ends before an anchored head,
   or whose event at an anchored sequence has another hash (the chain was rebuilt since).
 
 One event moved far ahead makes every event it jumped over read as ``reordered``: which of them
 moved cannot be told from the order alone, only that the order is not the sealed one.
 
-**What is not detected.** The hash covers the AuditEvent as the writer built it, not what the
-server adds: the resource ``id``, ``meta`` and the event header (``lastUpdated``, source, request)
-can be changed unnoticed, as long as the body's position in the log is kept. Deleting the newest
-events of a chain (the tail), or a whole chain, leaves no trace in the store itself: nothing after
-them refers to them. Anchors close that gap: ``hub audit anchor`` appends the verified heads of all
-chains (``chain -> (sequence, hash)``) as one JSON line to a file kept outside the store (another
-machine, a WORM bucket, a printed report); ``verify(store, anchors)`` then requires each anchored
-event to be present with its hash. What was written after the last anchor can still be cut off
-unnoticed. An intruder who can also run the writer's code can rebuild a whole consistent chain;
-only an anchor taken before rules that out for what it covers.
+**What is not detected.** The hash covers the AuditEvent as the writer built it, not its ``id``
+and ``meta``, nor the log's own columns (the search values in ``audit_index``): those can be
+changed unnoticed, as long as the body's position in the log is kept. Deleting the newest events of
+a chain (the tail), or a whole chain, leaves no trace in the log itself: nothing after them refers
+to them. Anchors close that gap: ``hub audit anchor`` appends the verified heads of all chains
+(``chain -> (sequence, hash)``) as one JSON line to a file kept outside the log (another machine, a
+WORM bucket, a printed report); ``verify(log, anchors)`` then requires each anchored event to be
+present with its hash. What was written after the last anchor can still be cut off unnoticed. An
+intruder who can also run the writer's code can rebuild a whole consistent chain; only an anchor
+taken before rules that out for what it covers.
 """
 
 from __future__ import annotations
@@ -68,12 +67,9 @@ import orjson
 from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.errors import FhirError
-from hub.core.events import KIND_OF_TOPIC
-from hub.core.fhirtime import parse_range
 
 CHAIN_URL = "https://fhir-region-hub.example/StructureDefinition/audit-chain"
 ZERO = "0" * 64
-_PREFIX = "AuditEvent/"
 
 
 def canonical(d: dict) -> bytes:
@@ -140,20 +136,18 @@ class AuditChain:
         return cls(str(uuid.uuid4()))
 
     @classmethod
-    def resume(cls, store: Any, chain_id: str) -> AuditChain:
-        """Continue ``chain_id`` after its last event in ``store`` (a new chain if it has none).
-        Reads every stored AuditEvent once; only one writer may resume a given chain."""
-        seq, head = 0, ZERO
-        for row in _audit_rows(store):
-            if KIND_OF_TOPIC.get(row[3]) != "created" or row[2] != 1:
-                continue
+    def resume(cls, log: Any, chain_id: str) -> AuditChain:
+        """Continue ``chain_id`` after its last event in the audit log ``log`` (a new chain if it
+        has none); only one writer may resume a given chain."""
+        body = log.last_of_chain(chain_id)
+        if body is not None:
             try:
-                s = seal_of(orjson.loads(row[4].partition(b"\n")[2]))
+                s = seal_of(orjson.loads(body))
             except (ValueError, orjson.JSONDecodeError):
-                continue
-            if s is not None and s.chain == chain_id and s.seq > seq:
-                seq, head = s.seq, s.hash
-        return cls(chain_id, seq, head)
+                s = None
+            if s is not None and s.chain == chain_id:
+                return cls(chain_id, s.seq, s.hash)
+        return cls(chain_id)
 
     def state(self) -> tuple[int, str]:
         with self._lock:
@@ -186,12 +180,13 @@ class AuditChain:
         advanced past it. Content the hub would refuse to store (forbidden characters, values JSON
         cannot hold) is refused here first, with the chain left as it was: a sealed event that is
         then not written would read as a deleted one."""
-        jsontext.refuse_bad_text(d, "AuditEvent")
         try:
             body = canonical(d)
         except (TypeError, orjson.JSONEncodeError) as e:
             raise FhirError(400, "value", f"The AuditEvent cannot be written as JSON: {e}",
                             "AuditEvent") from None
+        # the id, meta and extensions left out of ``body`` are the writer's own
+        jsontext.refuse_bad_text(d, "AuditEvent", body)
         with self._lock:
             seq, previous = self.seq + 1, self.head
             digest = chain_hash(previous, self.chain_id, seq, body)
@@ -210,17 +205,17 @@ class AuditChain:
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    kind: str  # modified missing reordered duplicate unchained malformed updated deleted truncated rewritten
+    kind: str  # modified missing reordered duplicate unchained malformed truncated rewritten
     rid: str | None
     chain: str | None
     seq: int | None
-    nid: int | None
+    pos: int | None
     detail: str
 
 
 @dataclass
 class Report:
-    events: int = 0  # AuditEvent versions read
+    events: int = 0  # AuditEvents read
     chains: int = 0
     problems: list[Problem] = field(default_factory=list)
     heads: dict[str, tuple[int, str]] = field(default_factory=dict)  # chain -> (last seq, its hash)
@@ -248,7 +243,7 @@ class _Gap:
     before_hash: str
     after_prev: str
     after_rid: str
-    after_nid: int
+    after_pos: int
 
 
 @dataclass(slots=True)
@@ -258,8 +253,8 @@ class _ChainState:
     gaps: list[_Gap] = field(default_factory=list)
 
 
-def verify(store: Any, anchors: Iterable[dict] | None = None, page: int = 1000) -> Report:
-    """Check every stored AuditEvent (see the module docstring for what is found). ``anchors``:
+def verify(log: Any, anchors: Iterable[dict] | None = None, page: int = 1000) -> Report:
+    """Check every AuditEvent in the audit log ``log`` (see the module docstring for what is found). ``anchors``:
     heads written earlier by ``anchor_line`` (parsed JSON lines), each required to be present."""
     report = Report()
     chains: dict[str, _ChainState] = {}
@@ -268,60 +263,53 @@ def verify(store: Any, anchors: Iterable[dict] | None = None, page: int = 1000) 
         for chain, head in (line.get("chains") or {}).items():
             anchored[(chain, int(head["seq"]))] = head["hash"]
 
-    def problem(kind: str, rid: str | None, seal: Seal | None, nid: int | None, detail: str,
+    def problem(kind: str, rid: str | None, seal: Seal | None, pos: int | None, detail: str,
                 seq: int | None = None) -> None:
         report.problems.append(Problem(kind, rid, seal.chain if seal else None,
                                        seq if seq is not None else (seal.seq if seal else None),
-                                       nid, detail))
+                                       pos, detail))
 
-    for nid, originator_id, version, topic, state in _audit_rows(store, page):
+    for row in log.rows(page=page):
         report.events += 1
-        rid = originator_id[len(_PREFIX):]
-        kind = KIND_OF_TOPIC.get(topic)
-        if kind == "deleted":
-            problem("deleted", rid, None, nid, f"deleted (version {version}); the audit is append-only")
-            continue
-        if kind != "created" or version != 1:
-            problem("updated", rid, None, nid, f"version {version} exists; the audit is append-only")
-            continue
+        rid, pos = row.id, row.pos
         try:
-            d = res.parse_json(state.partition(b"\n")[2], "stored AuditEvent")
+            d = res.parse_json(row.body, "stored AuditEvent")
             if not isinstance(d, dict):
                 raise ValueError("the stored body is no JSON object")
             seal = seal_of(d)
         except (FhirError, ValueError) as e:
-            problem("malformed", rid, None, nid, str(e)[:200])
+            problem("malformed", rid, None, pos, str(e)[:200])
             continue
         if seal is None:
-            problem("unchained", rid, None, nid, "no chain extension")
+            problem("unchained", rid, None, pos, "no chain extension")
             continue
         try:
             recomputed = chain_hash(seal.previous, seal.chain, seal.seq, canonical(d))
         except (TypeError, orjson.JSONEncodeError, UnicodeEncodeError) as e:
-            problem("malformed", rid, seal, nid, str(e)[:200])
+            problem("malformed", rid, seal, pos, str(e)[:200])
             continue
         if recomputed != seal.hash:
-            problem("modified", rid, seal, nid, "the content does not match its sealed hash")
+            problem("modified", rid, seal, pos, "the content does not match its sealed hash")
         want = anchored.get((seal.chain, seal.seq))
         if want is not None and want != seal.hash:
-            problem("rewritten", rid, seal, nid, "differs from the anchored event at this sequence")
+            problem("rewritten", rid, seal, pos, "differs from the anchored event at this sequence")
         st = chains.setdefault(seal.chain, _ChainState())
         if seal.seq == st.seq + 1:
             if seal.previous != st.head:
-                problem("missing", rid, seal, nid, "previous hash is not the hash of the event "
+                problem("missing", rid, seal, pos, "previous hash is not the hash of the event "
                         "before: an event was removed or replaced")
             st.seq, st.head = seal.seq, seal.hash
         elif seal.seq > st.seq:
-            st.gaps.append(_Gap(st.seq + 1, seal.seq - 1, st.head, seal.previous, rid, nid))
+            st.gaps.append(_Gap(st.seq + 1, seal.seq - 1, st.head, seal.previous, rid, pos))
             st.seq, st.head = seal.seq, seal.hash
         else:
-            _fill(st, seal, rid, nid, problem)
+            _fill(st, seal, rid, pos, problem)
 
     for chain, st in chains.items():
         report.heads[chain] = (st.seq, st.head)
         for g in st.gaps:
             which = f"sequence {g.lo}" if g.lo == g.hi else f"sequences {g.lo}-{g.hi}"
-            report.problems.append(Problem("missing", g.after_rid, chain, g.lo, g.after_nid,
+            report.problems.append(Problem("missing", g.after_rid, chain, g.lo, g.after_pos,
                                            f"{which} not found before this event"))
     for chain, seq in anchored:
         found = chains.get(chain)
@@ -329,73 +317,44 @@ def verify(store: Any, anchors: Iterable[dict] | None = None, page: int = 1000) 
         if seq > last:
             report.problems.append(Problem(
                 "truncated", None, chain, seq, None,
-                f"anchored up to sequence {seq}, the store ends at {last}" if last else
-                f"anchored up to sequence {seq}, no event of this chain is stored"))
+                f"anchored up to sequence {seq}, the log ends at {last}" if last else
+                f"anchored up to sequence {seq}, no event of this chain is in the log"))
     report.chains = len(chains)
-    report.problems.sort(key=lambda p: (p.nid is None, p.nid or 0))
+    report.problems.sort(key=lambda p: (p.pos is None, p.pos or 0))
     return report
 
 
-def _fill(st: _ChainState, seal: Seal, rid: str, nid: int, problem: Any) -> None:
+def _fill(st: _ChainState, seal: Seal, rid: str, pos: int, problem: Any) -> None:
     """An event whose sequence is not above the chain's last: it fills a gap (it came late, so it
     is reordered), or it repeats a sequence already seen."""
     for i, g in enumerate(st.gaps):
         if not g.lo <= seal.seq <= g.hi:
             continue
-        problem("reordered", rid, seal, nid, f"committed after sequence {st.seq}")
+        problem("reordered", rid, seal, pos, f"committed after sequence {st.seq}")
         if seal.seq == g.lo and seal.previous != g.before_hash:
-            problem("missing", rid, seal, nid, "previous hash is not the hash of the event before")
+            problem("missing", rid, seal, pos, "previous hash is not the hash of the event before")
         if seal.seq == g.hi and seal.hash != g.after_prev:
-            problem("missing", rid, seal, nid, "its hash is not the previous hash of the event after")
+            problem("missing", rid, seal, pos, "its hash is not the previous hash of the event after")
         parts = []
         if g.lo < seal.seq:
-            parts.append(_Gap(g.lo, seal.seq - 1, g.before_hash, seal.previous, rid, nid))
+            parts.append(_Gap(g.lo, seal.seq - 1, g.before_hash, seal.previous, rid, pos))
         if seal.seq < g.hi:
-            parts.append(_Gap(seal.seq + 1, g.hi, seal.hash, g.after_prev, g.after_rid, g.after_nid))
+            parts.append(_Gap(seal.seq + 1, g.hi, seal.hash, g.after_prev, g.after_rid, g.after_pos))
         st.gaps[i:i + 1] = parts
         return
-    problem("duplicate", rid, seal, nid, f"sequence {seal.seq} was seen before in this chain")
+    problem("duplicate", rid, seal, pos, f"sequence {seal.seq} was seen before in this chain")
 
 
 def anchor_line(report: Report, at: str) -> dict:
-    """The heads of a verified store, as one anchor record (JSON-able)."""
+    """The heads of a verified log, as one anchor record (JSON-able)."""
     return {"at": at, "events": report.events,
             "chains": {c: {"seq": s, "hash": h} for c, (s, h) in sorted(report.heads.items())}}
 
 
 # -- reading -------------------------------------------------------------------------------------------
 
-def _audit_rows(store: Any, page: int = 1000) -> Iterator[tuple[int, str, int, str, bytes]]:
-    """(notification id, originator id, version, topic, state) of every stored AuditEvent event, in
-    notification id order, read page by page from the event table itself."""
-    rec = store.recorder
-    nid = rec.nid_column
-    sql = rec.q(f"SELECT {nid} AS nid, originator_id, originator_version, topic, state "
-                f"FROM stored_events WHERE {nid} > ? AND substr(originator_id, 1, {len(_PREFIX)}) = ? "
-                f"ORDER BY {nid} LIMIT ?")
-    after = 0
-    while True:
-        with rec.datastore.transaction(commit=False) as c:
-            c.execute(sql, (after, _PREFIX, page))
-            rows = [(r["nid"], r["originator_id"], r["originator_version"], r["topic"],
-                     bytes(r["state"])) for r in c.fetchall()]
-        yield from rows
-        if len(rows) < page:
-            return
-        after = rows[-1][0]
-
-
-def audit_events(store: Any, since_us: int | None = None, page: int = 1000) -> Iterator[bytes]:
-    """The stored JSON of every AuditEvent version (deletions left out) in commit order; with
-    ``since_us`` only those stored at or after it (microseconds since the epoch)."""
-    for _nid, _oid, _version, topic, state in _audit_rows(store, page):
-        if KIND_OF_TOPIC.get(topic) == "deleted":
-            continue
-        header, _, body = state.partition(b"\n")
-        if since_us is not None:
-            try:
-                if parse_range(orjson.loads(header)["lastUpdated"])[0] < since_us:
-                    continue
-            except (orjson.JSONDecodeError, KeyError, ValueError):
-                pass  # an unreadable header is exported: verify reports it
-        yield body
+def audit_events(log: Any, since_us: int | None = None, page: int = 1000) -> Iterator[bytes]:
+    """The JSON of every AuditEvent in the audit log in commit order; with ``since_us`` only those
+    recorded at or after it (microseconds since the epoch)."""
+    for row in log.rows(page=page, since_us=since_us):
+        yield row.body

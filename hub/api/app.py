@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.access.audit import AccessAudit, AuditWriter
+from hub.access.auditlog import open_audit_log
 from hub.access.consent import ConsentIndex
 from hub.access.policy import AccessPolicy
 from hub.api import auth, bundles, capability, documents, health, quality, terminology, unmapped, v3
@@ -106,15 +107,18 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         normaliser = StoredMaps(app.state.terminology, store, search.terminology_sync)
         quarantine = Quarantine(settings.data_dir / "quarantine.sqlite",
                                 quota=settings.quarantine_quota)
-        # the hub's own writes (the audit) need no policy; every read and write of the handlers
-        # below passes through the repository, each access to patient data audited
-        audit = AuditWriter(Repository(hub))
+        # every read and write of the handlers below passes through the repository, each access
+        # to patient data audited: its AuditEvent in the audit log's spool before the answer
+        audit_log = open_audit_log(settings.data_dir, settings.database_url)
+        audit_log.start()  # spooled events into the tables, in bulk, off the requests' path
+        audit = AuditWriter(audit_log)
         # the access policy: the one given, else with access control on the roles, scopes and
         # the patients' consents (read from this store)
         active = policy if policy is not None else (
             AccessPolicy(ConsentIndex(store)) if settings.auth else OPEN)
         repo = Repository(hub, search=search, policy=active,
-                          audit=AccessAudit(audit) if settings.audit else None)
+                          audit=AccessAudit(audit) if settings.audit else None,
+                          audit_records=audit_log)
         app.state.hub = hub
         app.state.repo = repo
         app.state.search = search
@@ -138,6 +142,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
             mpi_match.detach(app)
             mpi_identity.detach(app)
             audit.close()
+            audit_log.close()
             quality.detach(app)
             runner.stop()
             index.close()

@@ -14,10 +14,10 @@ Routes (before the generic ``/fhir/{type}/{id}/{compartment type}`` route, which
   procedure, document, allergy, immunization), ``_count`` (default 1000, at most 5000), ``_cursor``.
 
 **Audit.** Every read of a person's shared record (these, ``GET /fhir/Person/{id}``, Person search
-and ``$resolve-identifier``) writes an ``AuditEvent`` through the hub's normal ingest: the user
-(``X-Hub-User``, else ``anonymous``), the person and the Patients read as entities, the purpose of
+and ``$resolve-identifier``) writes an ``AuditEvent`` to the audit log (``hub.access.auditlog``):
+the caller (the token's subject), the person and the Patients read as entities, the purpose of
 use from ``X-Purpose-Of-Use`` (a v3 PurposeOfUse code, e.g. ``TREAT``), the outcome (0 success,
-4 refused or not found). It is searchable like any resource (``AuditEvent?entity=Person/…``).
+4 refused or not found). Auditors search it like any resource (``AuditEvent?entity=Person/…``).
 The answer is sent only once its AuditEvent is committed, so no read goes unaudited even if the
 process dies right after; concurrent requests share one commit (``AuditWriter``: a group commit
 of everything queued while the previous commit ran), so the cost is one short write per burst,
@@ -26,7 +26,6 @@ not per request, and the latency of a read grows by one commit (~1 ms on SQLite)
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import re
@@ -135,13 +134,13 @@ async def audited(request: Request, access: str, answer: Callable[[str | None], 
         result = await run_in_threadpool(answer, purpose)
     except FhirError as e:
         person, patients = asked
-        fut = writer.submit(audit_event(request, access, person, patients, "4",
-                                        e.issues[0].diagnostics if e.issues else None, purpose))
-        await asyncio.wrap_future(fut)
+        await run_in_threadpool(writer.write, audit_event(
+            request, access, person, patients, "4",
+            e.issues[0].diagnostics if e.issues else None, purpose))
         raise
     person, patients = scope_of(result)
-    await asyncio.wrap_future(writer.submit(audit_event(request, access, person, patients, "0",
-                                                        purpose=purpose)))
+    await run_in_threadpool(writer.write, audit_event(request, access, person, patients, "0",
+                                                      purpose=purpose))
     return result
 
 

@@ -32,12 +32,14 @@ __all__ = ["ALGORITHM", "Signer"]
 ALGORITHM = "ES256"
 KEY_FILE = "signing-key.pem"
 PREVIOUS_FILE = "signing-key.previous.pem"
+RECHECK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class _Key:
     kid: str
     private: ec.EllipticCurvePrivateKey
+    public: ec.EllipticCurvePublicKey
     jwk: dict  # public, with kid, use and alg
 
 
@@ -47,6 +49,7 @@ class Signer:
         self._lock = threading.Lock()
         self._seen: tuple | None = None  # the files' identity when last loaded
         self._keys: list[_Key] = []  # current first, then the previous one
+        self._checked = 0.0  # when the files were last looked at (monotonic seconds)
 
     @property
     def path(self) -> Path:
@@ -62,7 +65,7 @@ class Signer:
 
     def public_key(self, kid: str) -> Any | None:
         """The public key with id ``kid`` (current or previous), or None."""
-        return next((k.private.public_key() for k in self._load() if k.kid == kid), None)
+        return next((k.public for k in self._load() if k.kid == kid), None)
 
     def issue(self, claims: dict, ttl_s: int) -> str:
         """A JWT of ``claims`` signed with the current key, with ``iat``, ``exp`` (``ttl_s`` seconds
@@ -87,7 +90,13 @@ class Signer:
     # -- the files -------------------------------------------------------------------------------
 
     def _load(self) -> list[_Key]:
+        """The keys, current first. The files are looked at again at most every ``RECHECK_S``
+        (every token checked asks): a rotation by another process counts within that."""
         with self._lock:
+            now = time.monotonic()
+            if self._seen is not None and now - self._checked < RECHECK_S:
+                return self._keys
+            self._checked = now
             if not self.path.exists():
                 self._ensure_folder()
                 self._write(self.path, _new_pem(), replace=False)
@@ -138,7 +147,7 @@ def _read(path: Path) -> _Key:
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ValueError(f"{path} is not a P-256 EC private key")
     jwk = public_jwk(key.public_key())
-    return _Key(jwk["kid"], key, {**jwk, "use": "sig", "alg": ALGORITHM})
+    return _Key(jwk["kid"], key, key.public_key(), {**jwk, "use": "sig", "alg": ALGORITHM})
 
 
 def _identity(path: Path) -> tuple | None:

@@ -1,12 +1,12 @@
-"""``hub audit verify|export|anchor|emergency``: check the AuditEvents' hash chain
-(``hub.access.chain``), export them, write anchors of the chain heads to a file kept outside the
-store, and list the break-the-glass accesses for review.
+"""``hub audit verify|export|anchor|emergency``: check the hash chain of the AuditEvents in the
+audit log (``hub.access.auditlog``, ``hub.access.chain``), export them, write anchors of the chain
+heads to a file kept outside the log, and list the break-the-glass accesses for review.
 
 ``verify`` exits 0 when every AuditEvent is intact, 1 when it found problems (each printed, or the
 whole report as JSON with ``--json``). ``--anchors FILE`` also requires every head anchored in FILE
 to be present (this closes the one gap a chain cannot: its newest events removed). ``anchor``
 verifies, then appends the heads as one JSON line to ``--out`` (or prints it); it writes nothing,
-and exits 1, when the store fails verification.
+and exits 1, when the log fails verification.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from hub.access.auditlog import open_audit_log
 from hub.access.chain import anchor_line, audit_events, verify
 from hub.core.commandline import UsageError, open_store
 from hub.core.fhirtime import parse_range
@@ -33,16 +34,16 @@ def add_parsers(sub: Any, common: Any) -> None:
     v.add_argument("--anchors", type=Path,
                    help="a file of anchors (hub audit anchor): each anchored head must be there")
     e = asub.add_parser("export", parents=[common], help="AuditEvents as NDJSON in commit order")
-    e.add_argument("--since", help="only those stored at or after this FHIR date or instant")
+    e.add_argument("--since", help="only those recorded at or after this FHIR date or instant")
     e.add_argument("--out", type=Path, help="write to this file (default: standard output)")
     a = asub.add_parser("anchor", parents=[common],
                         help="verify, then append the chain heads as a JSON line to a file kept "
-                             "outside the store")
+                             "outside the audit log")
     a.add_argument("--out", type=Path, help="append to this file (default: standard output)")
     g = asub.add_parser("emergency", parents=[common],
                         help="break-the-glass accesses (purpose ETREAT or BTG) to review: who, "
                              "when, whose record, with what outcome")
-    g.add_argument("--since", help="only those stored at or after this FHIR date or instant")
+    g.add_argument("--since", help="only those recorded at or after this FHIR date or instant")
     g.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
@@ -54,19 +55,21 @@ def cmd_audit(args: Any, settings: Any) -> int:
         except ValueError:
             raise UsageError(f"--since must be a FHIR date or instant, not {args.since!r}") from None
     anchors = _anchors(args.anchors) if getattr(args, "anchors", None) else None
-    store = open_store(settings, existing=True)
+    open_store(settings, existing=True).close()  # a data directory or database that is there
+    log = open_audit_log(settings.data_dir, settings.database_url)
+    log.move_spooled()  # what a process that died left in the spool (a running one moves its own)
     try:
         if args.audit_action == "export":
-            return _export(store, since_us, args.out)
+            return _export(log, since_us, args.out)
         if args.audit_action == "emergency":
-            return _emergency(store, since_us, args.json)
-        report = verify(store, anchors)
+            return _emergency(log, since_us, args.json)
+        report = verify(log, anchors)
     finally:
-        store.close()
+        log.close()
     if args.audit_action == "anchor":
         if not report.ok:
             _print_problems(report, sys.stderr)
-            print("hub audit anchor: the store fails verification; nothing anchored",
+            print("hub audit anchor: the audit log fails verification; nothing anchored",
                   file=sys.stderr)
             return 1
         line = orjson.dumps(anchor_line(report, now_instant()[0])) + b"\n"
@@ -80,7 +83,7 @@ def cmd_audit(args: Any, settings: Any) -> int:
         sys.stdout.buffer.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2) + b"\n")
     else:
         _print_problems(report, sys.stdout)
-        print(f"{report.events} AuditEvent versions in {report.chains} chains: "
+        print(f"{report.events} AuditEvents in {report.chains} chains: "
               + ("intact" if report.ok else f"{len(report.problems)} problems"))
     return 0 if report.ok else 1
 
@@ -88,7 +91,7 @@ def cmd_audit(args: Any, settings: Any) -> int:
 def _print_problems(report: Any, out: Any) -> None:
     for p in report.problems:
         print(f"{p.kind:10} AuditEvent/{p.rid or '-'}  chain {p.chain or '-'}  seq {p.seq or '-'}  "
-              f"nid {p.nid or '-'}: {p.detail}", file=out)
+              f"pos {p.pos or '-'}: {p.detail}", file=out)
 
 
 def _anchors(path: Path) -> list[dict]:
@@ -106,10 +109,10 @@ def _anchors(path: Path) -> list[dict]:
     return out
 
 
-def _export(store: Any, since_us: int | None, path: Path | None) -> int:
+def _export(log: Any, since_us: int | None, path: Path | None) -> int:
     n = 0
     with (open(path, "wb") if path else open(sys.stdout.fileno(), "wb", closefd=False)) as f:
-        for body in audit_events(store, since_us):
+        for body in audit_events(log, since_us):
             f.write(body + b"\n")
             n += 1
     if path:
@@ -120,10 +123,10 @@ def _export(store: Any, since_us: int | None, path: Path | None) -> int:
 EMERGENCY = {"ETREAT", "BTG"}
 
 
-def emergency_accesses(store: Any, since_us: int | None = None) -> list[dict]:
+def emergency_accesses(log: Any, since_us: int | None = None) -> list[dict]:
     """The break-the-glass accesses in the audit: recorded, who, purpose, outcome, what."""
     out = []
-    for body in audit_events(store, since_us):
+    for body in audit_events(log, since_us):
         d = orjson.loads(body)
         purposes = {c.get("code") for p in d.get("purposeOfEvent") or ()
                     for c in p.get("coding") or ()}
@@ -141,8 +144,8 @@ def emergency_accesses(store: Any, since_us: int | None = None) -> list[dict]:
     return out
 
 
-def _emergency(store: Any, since_us: int | None, as_json: bool) -> int:
-    found = emergency_accesses(store, since_us)
+def _emergency(log: Any, since_us: int | None, as_json: bool) -> int:
+    found = emergency_accesses(log, since_us)
     for a in found:
         if as_json:
             sys.stdout.write(orjson.dumps(a).decode() + "\n")

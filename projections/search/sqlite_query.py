@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -90,6 +90,12 @@ def _ucum_value(c2: str | None, num: float | None, ccode: str) -> float | None:
     if unit != ccode:
         return None
     return num * 10.0 ** power if power >= 0 else num / 10.0 ** -power
+
+
+class Args(Protocol):
+    """Where a test's values go: ``arg`` keeps one and gives its placeholder."""
+
+    def arg(self, v: Any) -> str: ...
 
 
 class _Sql:
@@ -223,7 +229,7 @@ class SQLiteSearch(SearchBackend):
             lo, hi = f"{alias}.updated", f"({alias}.updated + 1)"
             if c.modifier == "missing":
                 return "0" if c.value else "1"
-            return _date_test(s, c.prefix, c.value, lo, hi)
+            return date_test(s, c.prefix, c.value, lo, hi)
         if c.type == "has":
             return self._has(s, rtype, c.value, alias)
         table = TABLE[c.type]
@@ -278,7 +284,7 @@ class SQLiteSearch(SearchBackend):
                 return f"fhir_text({x}.text, {s.arg(v)})"
             return _token_test(s, v, x)
         if t == "date":
-            test = _date_test(s, c.prefix, v, f"{x}.lo", f"{x}.hi")
+            test = date_test(s, c.prefix, v, f"{x}.lo", f"{x}.hi")
             # a lower bound on hi bounds lo too (lo >= hi - span): the (p, lo) index range
             # becomes [bound - span, ...) instead of every row before the upper bound
             floor = {"ge": v.lo, "gt": v.hi, "ap": None}.get(c.prefix) if c.prefix else None
@@ -568,7 +574,7 @@ def _token_test(s: _Sql, v: TokenValue | TokenSet, x: str) -> str:
     return " AND ".join(parts) or "1"
 
 
-def _date_test(s: _Sql, prefix: str | None, v: RangeValue, lo: str, hi: str) -> str:
+def date_test(s: Args, prefix: str | None, v: RangeValue, lo: str, hi: str) -> str:
     a, b = s.arg, s.arg
     if prefix in (None, "eq"):
         return f"{lo} >= {a(v.lo)} AND {hi} <= {b(v.hi)}"
@@ -675,7 +681,7 @@ def _composite_test(s: _Sql, i: int, part: tuple, x: str) -> str:
     if ptype == "number":
         return _number_test(s, prefix, v, f"{x}.num")
     if ptype == "date":
-        return _date_test(s, prefix, v, f"{x}.lo", f"{x}.hi")
+        return date_test(s, prefix, v, f"{x}.lo", f"{x}.hi")
     if ptype == "token":
         if v.system is not None and v.code is not None:
             return f"{x}.c2 = {s.arg(v.system + '|' + v.code)}"
