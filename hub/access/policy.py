@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from hub.access.consent import ConsentIndex
+from hub.access.consent import Access, ConsentIndex
 from hub.access.scopequery import compile_query, search_groups
 from hub.auth.scopes import Scope, parse_scopes, permits
 from hub.core.access import Action, Actor, patients_in
@@ -167,9 +167,11 @@ class AccessPolicy:
                 return False
         if self.consents is None or actor.purpose in EMERGENCY:
             return True  # break the glass (open only to the roles that may) sets consent aside
+        access: Access | None = None
         for ref in patients_in(rtype, rid, resource):
             for rule in self.consents.rules(ref.split("/", 1)[1]):
-                if rule.denies(actor.institution, resource):
+                access = access or Access(actor.institution, actor.purpose, rtype, rid, resource)
+                if rule.denies(access):
                     return False
         return True
 
