@@ -339,3 +339,4 @@ def test_purpose_data_and_what_is_not_judged(world, readers):
                                                        policyRule={"coding": [
         {"system": ACTCODE, "code": "OPTOUT"}]}))
     assert not _sees(world, readers["H2"], plain) and _sees(world, readers["H1"], plain)
+

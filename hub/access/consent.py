@@ -1,8 +1,8 @@
 """Patients' privacy preferences (FHIR R4 ``Consent``), as the access policy applies them.
 
 **Which Consents count.** ``status`` ``active``, a ``patient`` reference, and in force now: not
-dated in the future (``dateTime``), and inside its ``period`` when it has one (an R5 element,
-read when present). Its ``organization`` is the recording institution.
+dated in the future (``dateTime``; R4 has no ``Consent.period``, the provisions' periods say
+when). Its ``organization`` is the recording institution.
 
 **The provisions.** The base ``provision`` says ``permit`` or ``deny`` (``type``; without one,
 ``policyRule`` ``OPTIN`` reads as permit and ``OPTOUT`` as deny, else the Consent is not
@@ -228,18 +228,15 @@ def rule_of(d: dict) -> tuple[str, ConsentRule] | None:
     provision = _provision(base, base.get("type") or fallback)
     if provision is None:
         return None
-    in_force = _period(d.get("period"))
-    if in_force is None:
-        return None
-    lo, hi = in_force
+    lo = float("-inf")
     if isinstance(d.get("dateTime"), str):
         try:
-            lo = max(lo, parse_range(d["dateTime"])[0])
+            lo = parse_range(d["dateTime"])[0]
         except ValueError:
             return None
     orgs = [_institution_of(o) for o in d.get("organization") or ()]
     rule = ConsentRule(f"Consent/{d.get('id')}", next((o for o in orgs if o), None), provision,
-                       (lo, hi))
+                       (lo, float("inf")))
     return patient.rsplit("Patient/", 1)[1], rule
 
 
