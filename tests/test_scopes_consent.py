@@ -201,7 +201,8 @@ def _consent(pid: str, provision: dict, org: str = "H1", **extra) -> dict:
 
 
 def _org(inst: str) -> dict:
-    return {"role": {"coding": [{"code": "PRCP"}]}, "reference": {"reference": f"Organization/{inst}"}}
+    return {"role": {"coding": [{"code": "PRCP"}]},
+            "reference": {"reference": f"Organization/{inst}"}}
 
 
 def _when(days: float) -> str:
