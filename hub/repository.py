@@ -295,7 +295,10 @@ class Repository:
     def plan(self, ctx: Context, rtype: str, params: list[tuple[str, str]], strict: bool,
              base: str | None = None) -> Query:
         self.policy.check(ctx.actor, Action("search-type", rtype))
-        return self._searcher().parse(rtype, params, strict, base)
+        q = self._searcher().parse(rtype, params, strict, base)
+        if not self._open:  # a scope with a query: only what it selects (paged and counted)
+            q.where.extend(self.policy.narrow_search(ctx.actor, rtype) or ())
+        return q
 
     def page(self, ctx: Context, q: Query, count: int, with_total: bool | str) -> Page:
         """One page of a planned search, after the index caught up with the log
@@ -368,6 +371,9 @@ class Repository:
                     raise forbidden(f"{op.rtype} is written by the hub only; it cannot be "
                                     "created, changed or deleted through the API")
                 self.policy.check(ctx.actor, _write_action(op))
+                if not self._open and op.d is not None:
+                    self._check_content(ctx, "c" if op.method == "POST" else "u", op.rtype,
+                                        op.d, "the resource written")
                 if not self._open and op.method in ("PUT", "DELETE") and op.rid is not None:
                     self._check_owner(ctx, op)
             except FhirError as e:
@@ -379,10 +385,20 @@ class Repository:
         stored = self._hub.store.latest(op.rtype, op.rid)
         if stored is None:
             return
-        header = orjson.loads(stored.state.partition(b"\n")[0])
+        head, _, body = stored.state.partition(b"\n")
+        header = orjson.loads(head)
         if not self.policy.may_change(ctx.actor, op.rtype, op.rid, header.get("source") or {}):
             raise forbidden(f"{op.rtype}/{op.rid} was written by another institution; this "
                             "caller changes only its own institution's records")
+        if body.strip():  # not a deletion: what it replaces must be one the caller may change
+            self._check_content(ctx, "u" if op.method == "PUT" else "d", op.rtype,
+                                orjson.loads(body), f"{op.rtype}/{op.rid} as stored")
+
+    def _check_content(self, ctx: Context, letter: str, rtype: str, d: dict, what: str) -> None:
+        """A scope granting ``letter`` on ``rtype`` must select ``d`` (its query, if any)."""
+        if not self.policy.admits(ctx.actor, letter, rtype, d):
+            raise forbidden(f"No granted scope allows {letter!r} on {what}: the scopes that "
+                            f"grant it on {rtype} have a query it does not match")
 
     @staticmethod
     def _merge(ops: list[Op], refused: dict[int, FhirError],

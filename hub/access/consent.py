@@ -1,17 +1,41 @@
-"""Patients' privacy preferences (FHIR ``Consent``), as the access policy applies them.
+"""Patients' privacy preferences (FHIR R4 ``Consent``), as the access policy applies them.
 
-A Consent counts when it is ``active``, names its Patient (``patient``) and its top-level
-provision denies (``provision.type = deny``). What it denies:
+**Which Consents count.** ``status`` ``active``, a ``patient`` reference, and in force now: not
+dated in the future (``dateTime``; R4 has no ``Consent.period``, the provisions' periods say
+when). Its ``organization`` is the recording institution.
 
-- **Sharing beyond the recording institution**: a provision with no actor and no category. Only
-  callers of the Consent's ``organization`` (the institution that recorded it) see the
-  Patient's data; a caller of any other institution does not.
-- **Named institutions**: ``provision.actor[].reference`` naming an Organization (its id
-  ``Organization/H0001`` or its identifier value): callers of those institutions do not see it.
-- **Sensitive categories**: ``provision.securityLabel`` (e.g. ``PSY``, ``HIV``, ``SUD`` of
-  v3-ActCode), ``provision.class`` or ``provision.code`` codes: resources about the Patient
-  carrying one of those codes (in ``meta.security`` or anywhere as a ``code``) are hidden from
-  callers of other institutions than the recording one.
+**The provisions.** The base ``provision`` says ``permit`` or ``deny`` (``type``; without one,
+``policyRule`` ``OPTIN`` reads as permit and ``OPTOUT`` as deny, else the Consent is not
+applied). Each nested ``provision`` is an exception to the one holding it (of the opposite type
+when it names none), nested to any depth. A provision applies to an access when all of its
+conditions hold:
+
+- ``actor[].reference``: the caller's institution is one named (an Organization, by its id
+  ``Organization/H0001`` or identifier value). A provision naming no actor applies to every
+  caller, except that a ``deny`` naming no actor spares the recording institution (a patient's
+  "no sharing" means beyond the place that recorded it).
+- ``securityLabel``, ``class``, ``code``: the resource carries one of those codes (in
+  ``meta.security`` or anywhere as a ``code``), or its type is a ``class`` code.
+- ``period``: now is inside it.
+- ``purpose``: the caller's purpose of use (``X-Purpose-Of-Use``) is one listed.
+- ``action``: it lists ``access``, ``use`` or ``disclose`` (what a reader does); a provision
+  only about ``collect`` or ``correct`` does not apply to reads.
+- ``data[].reference``: the resource is one named (whatever ``meaning``: ``related``,
+  ``dependents`` and ``authoredby`` are read as ``instance``).
+
+The deepest provision that applies decides (a ``deny`` among exceptions that apply at one level
+wins); when the base provision does not apply the Consent decides nothing. Not judged:
+``dataPeriod``, and an actor that is not an Organization; a provision holding one applies when
+it denies (its other conditions holding) and never when it permits, so what cannot be checked
+hides rather than shows. Several Consents of one Patient: any that denies hides the resource; a
+permit does not undo another Consent's deny. ``verification``, ``scope``, ``category`` and
+``source`` are not read.
+
+Examples: a base ``deny`` with nothing else (no sharing beyond the recording institution); a
+base ``deny`` naming ``Organization/H2`` (that institution sees nothing); a base ``permit`` with
+a nested ``deny`` of the ``securityLabel`` ``PSY`` (psychiatric records hidden from other
+institutions); a base ``deny`` with a nested ``permit`` for ``Organization/H2`` (shared with that
+institution only).
 
 Break the glass (purpose ``ETREAT`` or ``BTG``, for the roles that may) sets a consent aside,
 and the access is audited as always. The hub's own reads (``SYSTEM``) are not judged.
@@ -33,29 +57,91 @@ from typing import Any
 
 import orjson
 
+from hub.core.fhirtime import parse_range
+
 _CODE = re.compile(rb'"code"\s*:\s*"([^"]{1,64})"')
+PERMIT, DENY = "permit", "deny"
+READING_ACTIONS = frozenset({"access", "use", "disclose"})
+_ALWAYS = (float("-inf"), float("inf"))
+
+
+@dataclass(frozen=True)
+class Access:
+    """What is judged: who asks (institution, purpose of use) for which resource, and when."""
+
+    institution: str | None
+    purpose: str | None
+    rtype: str
+    rid: str
+    resource: bytes
+    now_us: float = field(default_factory=lambda: time.time() * 1e6)
+
+    def codes(self) -> set[str]:
+        return {m.decode() for m in _CODE.findall(self.resource)}
+
+
+@dataclass
+class Provision:
+    type: str  # permit | deny
+    institutions: set[str] = field(default_factory=set)  # actors (none: every caller)
+    codes: set[str] = field(default_factory=set)  # securityLabel, class and code codes
+    classes: set[str] = field(default_factory=set)  # class codes (a resource type matches)
+    purposes: set[str] = field(default_factory=set)
+    data: set[str] = field(default_factory=set)  # Type/id
+    period: tuple[float, float] = _ALWAYS
+    reads: bool = True  # its actions (if any) include reading
+    unjudged: bool = False  # a condition not judged here
+    nested: list[Provision] = field(default_factory=list)
+
+    def applies(self, access: Access, organization: str | None, codes: set[str]) -> bool:
+        lo, hi = self.period
+        if not lo <= access.now_us < hi or not self.reads:
+            return False
+        inst = access.institution
+        if self.institutions:
+            if inst is None or inst not in self.institutions:
+                return False
+        elif self.type == DENY and inst is not None and inst == organization:
+            return False
+        if self.purposes and access.purpose not in self.purposes:
+            return False
+        if (self.codes or self.classes) and not (codes & self.codes
+                                                  or access.rtype in self.classes):
+            return False
+        if self.data and f"{access.rtype}/{access.rid}" not in self.data:
+            return False
+        return not (self.unjudged and self.type == PERMIT)
+
+    def decide(self, access: Access, organization: str | None, codes: set[str]) -> str | None:
+        """permit or deny when this provision applies (an exception that applies decides),
+        else None."""
+        if not self.applies(access, organization, codes):
+            return None
+        found = {p.decide(access, organization, codes) for p in self.nested} - {None}
+        if found:
+            return DENY if DENY in found else PERMIT
+        return self.type
+
+    def wants_codes(self) -> bool:
+        return bool(self.codes or self.classes) or any(p.wants_codes() for p in self.nested)
 
 
 @dataclass
 class ConsentRule:
     consent: str  # Consent/id
     organization: str | None  # the recording institution
-    everyone_else: bool = False  # no sharing beyond the recording institution
-    institutions: set[str] = field(default_factory=set)  # denied institutions
-    codes: set[str] = field(default_factory=set)  # denied categories
+    provision: Provision
+    in_force: tuple[float, float] = _ALWAYS
 
-    def denies(self, institution: str | None, resource: bytes) -> bool:
-        own = institution is not None and institution == self.organization
-        if institution is not None and institution in self.institutions:
-            return True
-        if own:
-            return False
-        if self.everyone_else:
-            return True
-        if self.codes:
-            found = {m.decode() for m in _CODE.findall(resource)}
-            return bool(found & self.codes)
-        return False
+    def decide(self, access: Access) -> str | None:
+        lo, hi = self.in_force
+        if not lo <= access.now_us < hi:
+            return None
+        codes = access.codes() if self.provision.wants_codes() else set()
+        return self.provision.decide(access, self.organization, codes)
+
+    def denies(self, access: Access) -> bool:
+        return self.decide(access) == DENY
 
 
 def _institution_of(ref: Any) -> str | None:
@@ -70,31 +156,87 @@ def _institution_of(ref: Any) -> str | None:
     return None
 
 
+def _codes(items: Any) -> set[str]:
+    """The codes of Codings or CodeableConcepts."""
+    out: set[str] = set()
+    for item in items if isinstance(items, list) else ():
+        if not isinstance(item, dict):
+            continue
+        for coding in item.get("coding") or ([item] if "code" in item else ()):
+            if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+                out.add(coding["code"])
+    return out
+
+
+def _period(p: Any) -> tuple[float, float] | None:
+    """[start, end) of a Period in µs; None when malformed."""
+    if not isinstance(p, dict):
+        return _ALWAYS
+    try:
+        lo = parse_range(p["start"])[0] if isinstance(p.get("start"), str) else float("-inf")
+        hi = parse_range(p["end"])[1] if isinstance(p.get("end"), str) else float("inf")
+    except ValueError:
+        return None
+    return lo, hi
+
+
+def _provision(d: dict, type_: str | None) -> Provision | None:
+    if type_ not in (PERMIT, DENY):
+        return None
+    period = _period(d.get("period"))
+    p = Provision(type_, period=period or _ALWAYS, unjudged=period is None)
+    for actor in d.get("actor") or ():
+        inst = _institution_of((actor or {}).get("reference"))
+        if inst:
+            p.institutions.add(inst)
+        else:
+            p.unjudged = True
+    p.codes = _codes(d.get("securityLabel")) | _codes(d.get("class")) | _codes(d.get("code"))
+    p.classes = _codes(d.get("class"))
+    p.purposes = _codes(d.get("purpose"))
+    actions = _codes(d.get("action"))
+    p.reads = not actions or bool(actions & READING_ACTIONS)
+    for item in d.get("data") or ():
+        ref = ((item or {}).get("reference") or {}).get("reference")
+        if isinstance(ref, str) and "/" in ref:
+            p.data.add("/".join(ref.rsplit("/", 2)[-2:]))
+        else:
+            p.unjudged = True
+    if d.get("dataPeriod"):
+        p.unjudged = True
+    opposite = PERMIT if type_ == DENY else DENY
+    for child in d.get("provision") or ():
+        if isinstance(child, dict):
+            nested = _provision(child, child.get("type") or opposite)
+            if nested is not None:
+                p.nested.append(nested)
+    return p
+
+
 def rule_of(d: dict) -> tuple[str, ConsentRule] | None:
-    """(Patient id, rule) of an active deny Consent, else None."""
+    """(Patient id, rule) of an active Consent with a base provision, else None."""
     if d.get("status") != "active":
         return None
     patient = ((d.get("patient") or {}).get("reference") or "")
     if "Patient/" not in patient:
         return None
-    provision = d.get("provision") or {}
-    if provision.get("type") != "deny":
+    base = d.get("provision") or {}
+    if not isinstance(base, dict):
         return None
+    policy = _codes([d.get("policyRule")]) if isinstance(d.get("policyRule"), dict) else set()
+    fallback = DENY if "OPTOUT" in policy else PERMIT if "OPTIN" in policy else None
+    provision = _provision(base, base.get("type") or fallback)
+    if provision is None:
+        return None
+    lo = float("-inf")
+    if isinstance(d.get("dateTime"), str):
+        try:
+            lo = parse_range(d["dateTime"])[0]
+        except ValueError:
+            return None
     orgs = [_institution_of(o) for o in d.get("organization") or ()]
-    rule = ConsentRule(f"Consent/{d.get('id')}", next((o for o in orgs if o), None))
-    for actor in provision.get("actor") or ():
-        inst = _institution_of((actor or {}).get("reference"))
-        if inst:
-            rule.institutions.add(inst)
-    for label in provision.get("securityLabel") or ():
-        if isinstance(label, dict) and isinstance(label.get("code"), str):
-            rule.codes.add(label["code"])
-    for concept in [*(provision.get("class") or ()), *(provision.get("code") or ())]:
-        for coding in (concept or {}).get("coding") or ([concept] if "code" in (concept or {})
-                                                         else ()):
-            if isinstance(coding, dict) and isinstance(coding.get("code"), str):
-                rule.codes.add(coding["code"])
-    rule.everyone_else = not rule.institutions and not rule.codes
+    rule = ConsentRule(f"Consent/{d.get('id')}", next((o for o in orgs if o), None), provision,
+                       (lo, float("inf")))
     return patient.rsplit("Patient/", 1)[1], rule
 
 
@@ -102,7 +244,7 @@ FRESH_S = 0.25  # how long a check that no Consent was written holds
 
 
 class ConsentIndex:
-    """Patient id -> the deny rules of its active Consents, read from the store."""
+    """Patient id -> the rules of its active Consents, read from the store."""
 
     def __init__(self, store: Any):
         self.store = store

@@ -12,6 +12,19 @@ decides:
   ``hub.repository.APPEND_ONLY``); identity decisions are a data steward's; the shared record
   (``$everything``, ``$timeline``) is read by clinicians and administrators, a clinician only
   with a purpose of use, and break-the-glass (``ETREAT``, ``BTG``) only by a role that may use it.
+- **Query-restricted scopes.** A scope with a query (``patient/Observation.rs?category=
+  laboratory``) grants its letters only on the resources its query selects
+  (``hub.access.scopequery``: token parameters and ``_id``; a query it cannot judge selects
+  nothing). Several scopes on one type are OR'ed; one without a query wins. What is handed out
+  (read, vread, history, search results, ``_include``, ``$everything``) is shown when a scope
+  granting ``r`` or ``s`` on its type selects it (what one may search for one may read by
+  ``_id``, and the reverse); a search is narrowed in its plan by the queries of its ``s``
+  scopes, so its pages and totals count only what is shown. A resource not selected is refused
+  on read as any hidden resource is, 403 (the caller names the id; a 404 would tell a deleted
+  one from a hidden one no better, and the consent and patient-context refusals answer 403
+  too). A create or update must store a resource a ``c`` or ``u`` scope selects, an update or
+  delete must replace one a ``u`` or ``d`` scope selects, else 403; a conditional update or
+  delete, whose target is found later, needs a scope without a query.
 - **Patient context.** A token whose scopes are all ``patient/`` ones sees its own Patient and
   what refers to it, nothing else.
 """
@@ -20,8 +33,12 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Any
 
-from hub.access.consent import ConsentIndex
+import orjson
+
+from hub.access.consent import Access, ConsentIndex
+from hub.access.scopequery import compile_query, search_groups
 from hub.auth.scopes import Scope, parse_scopes, permits
 from hub.core.access import Action, Actor, patients_in
 from hub.core.errors import LOGIN_REQUIRED, forbidden, unauthenticated
@@ -97,9 +114,13 @@ class AccessPolicy:
                             "this caller's roles do not write")
         if rtype == "AuditEvent" and not actor.roles & AUDITORS:
             raise forbidden("The audit is read by auditors and administrators only")
-        if not permits(scopes_of(actor.scopes), letter, rtype):
+        granting = permits(scopes_of(actor.scopes), letter, rtype)
+        if not granting:
             raise forbidden(f"No granted scope allows {action.interaction} on {rtype} "
                             f"(needs the letter {letter!r}, e.g. system/{rtype}.{letter})")
+        if action.interaction.startswith("conditional-") and all(s.query for s in granting):
+            raise forbidden(f"A {action.interaction} needs a scope on {rtype} without a query "
+                            "(its target is found after the scope is checked)")
 
     def _operation(self, actor: Actor, action: Action) -> None:
         name = action.operation or ""
@@ -120,9 +141,24 @@ class AccessPolicy:
             raise forbidden(f"{name} reads a person's records across institutions: give a "
                             "purpose of use (X-Purpose-Of-Use: TREAT, …)")
 
+    def admits(self, actor: Actor, letter: str, rtype: str, resource: dict) -> bool:
+        if actor.kind == "system":
+            return True
+        return _selects(permits(scopes_of(actor.scopes), letter, rtype), rtype, resource)
+
+    def narrow_search(self, actor: Actor, rtype: str) -> list[list[Any]] | None:
+        if actor.kind == "system":
+            return None
+        granting = permits(scopes_of(actor.scopes), "s", rtype)
+        if not granting or any(not s.query for s in granting):
+            return None
+        return search_groups([compile_query(rtype, s.query) for s in granting])
+
     def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         if actor.kind == "system":
             return True
+        if not self._scopes_show(actor, rtype, resource):
+            return False
         if actor.patient is not None:
             granting = [s for s in scopes_of(actor.scopes) if s.rtype in ("*", rtype)]
             # only patient/ scopes cover it: limited to the patient's compartment
@@ -131,12 +167,28 @@ class AccessPolicy:
                 return False
         if self.consents is None or actor.purpose in EMERGENCY:
             return True  # break the glass (open only to the roles that may) sets consent aside
+        access: Access | None = None
         for ref in patients_in(rtype, rid, resource):
             for rule in self.consents.rules(ref.split("/", 1)[1]):
-                if rule.denies(actor.institution, resource):
+                access = access or Access(actor.institution, actor.purpose, rtype, rid, resource)
+                if rule.denies(access):
                     return False
         return True
 
+
+    @staticmethod
+    def _scopes_show(actor: Actor, rtype: str, resource: bytes) -> bool:
+        """Does a scope granting ``r`` or ``s`` on ``rtype`` select this resource? (True when
+        none grants either: whether the caller may ask was the check's to say.)"""
+        granting = [s for s in scopes_of(actor.scopes)
+                    if s.rtype in ("*", rtype) and s.perms & {"r", "s"}]
+        if not granting or any(not s.query for s in granting):
+            return True
+        try:
+            d = orjson.loads(resource)
+        except orjson.JSONDecodeError:
+            return False
+        return isinstance(d, dict) and _selects(granting, rtype, d)
 
     def written(self, rtypes: set[str]) -> None:
         if self.consents is not None and "Consent" in rtypes:
@@ -148,6 +200,12 @@ class AccessPolicy:
             return True
         owner = source.get("institution")
         return not owner or owner == actor.institution
+
+
+def _selects(granting: list[Scope], rtype: str, resource: dict) -> bool:
+    """Some of these scopes selects the resource: one without a query, or one whose query
+    matches it (none: nothing granted)."""
+    return any(not s.query or compile_query(rtype, s.query).matches(resource) for s in granting)
 
 
 def _in_compartment(rtype: str, rid: str, resource: bytes, patient: str) -> bool:

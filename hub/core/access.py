@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,15 @@ class Policy(Protocol):
         """May ``actor`` update or delete a stored resource whose current version came from
         ``source`` (institution, feed)?"""
 
+    def admits(self, actor: Actor, letter: str, rtype: str, resource: dict) -> bool:
+        """Does a scope of ``actor`` that grants ``letter`` (``c``, ``u``, ``d``) on ``rtype``
+        take in this resource (a scope with a query: the resource matches it)? Asked of what a
+        write would store and, for an update or delete, of what it replaces."""
+
+    def narrow_search(self, actor: Actor, rtype: str) -> list[list[Any]] | None:
+        """AND groups (``projections.search.query.Criterion`` OR lists) to add to a search of
+        ``rtype`` by ``actor``, so that it finds only what its scopes select; None: none."""
+
     def written(self, rtypes: set[str]) -> None:
         """Resources of these types were just written (a policy that reads some, such as
         consents, knows to read them again)."""
@@ -73,6 +82,12 @@ class OpenPolicy:
 
     def may_change(self, actor: Actor, rtype: str, rid: str, source: dict) -> bool:
         return True
+
+    def admits(self, actor: Actor, letter: str, rtype: str, resource: dict) -> bool:
+        return True
+
+    def narrow_search(self, actor: Actor, rtype: str) -> list[list[Any]] | None:
+        return None
 
     def written(self, rtypes: set[str]) -> None:
         return None

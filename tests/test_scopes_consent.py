@@ -1,0 +1,343 @@
+"""Query-restricted SMART scopes and Consent provisions, over real HTTP with real tokens.
+
+One ``hub serve`` with access control on; each client is registered in its registry and gets its
+token from the token endpoint (SMART Backend Services), asking for the scopes under test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+
+from tests.api_helpers import observation, patient, unique
+from tests.conftest import FHIR_JSON, LiveServer, make_settings
+
+CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+ACTCODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+
+
+@dataclass
+class World:
+    live: LiveServer
+    writer: object  # connector of H1, every scope
+    pid: str
+    lab: dict  # laboratory, LOINC 1234-5, final
+    lab_prelim: dict  # laboratory, LOINC 1234-5, preliminary
+    vital: dict  # vital-signs, LOINC 8867-4, final
+
+
+def _obs(pid: str, category: str, code: str, status: str = "final") -> dict:
+    d = {**observation(f"Patient/{pid}"), "id": unique()[:16], "status": status,
+         "category": [{"coding": [{"system": CATEGORY, "code": category}]}]}
+    d["code"] = {"coding": [{"system": "http://loinc.org", "code": code}]}
+    return d
+
+
+def _put(c: httpx.Client, d: dict, **headers) -> httpx.Response:
+    return c.put(f"/{d['resourceType']}/{d['id']}", json=d, headers={**FHIR_JSON, **headers})
+
+
+def _http(world: World, auth=None, **headers) -> httpx.Client:
+    return httpx.Client(base_url=world.live.base, timeout=30, auth=auth,
+                        headers={"accept": "application/fhir+json", **headers})
+
+
+def _ids(r: httpx.Response, rtype: str = "Observation") -> set[str]:
+    assert r.status_code == 200, r.text
+    return {e["resource"]["id"] for e in r.json().get("entry", ())
+            if e["resource"]["resourceType"] == rtype}
+
+
+@pytest.fixture(scope="module")
+def world(request, tmp_path_factory):
+    settings = make_settings("sqlite", tmp_path_factory.mktemp("scopes"), request)
+    with LiveServer(settings) as live:
+        writer = live.client_auth(roles=("connector",), scope="system/*.cruds", institution="H1")
+        p = patient(rid=unique()[:16])
+        lab, prelim, vital = (_obs(p["id"], "laboratory", "1234-5"),
+                              _obs(p["id"], "laboratory", "1234-5", "preliminary"),
+                              _obs(p["id"], "vital-signs", "8867-4"))
+        w = World(live, writer, p["id"], lab, prelim, vital)
+        with _http(w, writer) as c:
+            for d in (p, lab, prelim, vital):
+                assert _put(c, d).status_code == 201
+        yield w
+
+
+def _reader(world: World, scope: str, institution: str = "H1"):
+    return world.live.client_auth(roles=("clinician",), scope=scope, institution=institution)
+
+
+# -- query-restricted scopes ----------------------------------------------------------------------
+
+def test_a_query_restricted_scope_reads_and_finds_only_what_its_query_selects(world):
+    lab_only = _reader(world, "system/Patient.rs system/Observation.rs?category=laboratory")
+    with _http(world, lab_only) as c:
+        assert c.get(f"/Observation/{world.lab['id']}").status_code == 200
+        r = c.get(f"/Observation/{world.vital['id']}")
+        assert r.status_code == 403 and r.json()["resourceType"] == "OperationOutcome"
+        assert c.get(f"/Observation/{world.vital['id']}/_history/1").status_code == 403
+        assert not c.get(f"/Observation/{world.vital['id']}/_history").json().get("entry")
+        want = {world.lab["id"], world.lab_prelim["id"]}
+        found = c.get("/Observation", params={"subject": f"Patient/{world.pid}",
+                                              "_total": "accurate"})
+        assert _ids(found) == want and found.json()["total"] == 2  # narrowed in the plan
+        # paging counts only what is shown: one per page, two pages, no empty page
+        seen, url = [], "/Observation"
+        params: dict | None = {"subject": f"Patient/{world.pid}", "_count": "1"}
+        while url:
+            page = c.get(url, params=params)
+            seen += sorted(_ids(page))
+            assert len(_ids(page)) == 1
+            url = next((link["url"] for link in page.json().get("link", ())
+                        if link["relation"] == "next"), None)
+            params = None
+        assert sorted(seen) == sorted(want)
+        # what a search asks for is AND'ed with the scope: vital signs are not found
+        assert not _ids(c.get("/Observation", params={"category": "vital-signs"}))
+        # _revinclude and _include are held to the same
+        r = c.get("/Patient", params={"_id": world.pid, "_revinclude": "Observation:subject"})
+        assert _ids(r) == want and _ids(r, "Patient") == {world.pid}
+        r = c.get("/Observation", params={"_id": f"{world.lab['id']},{world.vital['id']}",
+                                          "_include": "Observation:subject"})
+        assert _ids(r) == {world.lab["id"]} and _ids(r, "Patient") == {world.pid}
+        # the shared record too
+        r = c.get(f"/Patient/{world.pid}/$everything", headers={"x-purpose-of-use": "TREAT"})
+        assert _ids(r) == want
+
+
+def test_token_queries_with_a_system_and_several_parameters(world):
+    by_code = _reader(world, "system/Observation.rs?code=http://loinc.org|1234-5")
+    with _http(world, by_code) as c:
+        assert c.get(f"/Observation/{world.lab['id']}").status_code == 200
+        assert c.get(f"/Observation/{world.vital['id']}").status_code == 403
+    by_system = _reader(world, f"system/Observation.rs?category={CATEGORY}|vital-signs")
+    with _http(world, by_system) as c:
+        assert c.get(f"/Observation/{world.vital['id']}").status_code == 200
+        assert c.get(f"/Observation/{world.lab['id']}").status_code == 403
+    both = _reader(world, "system/Observation.rs?category=laboratory&status=final")
+    with _http(world, both) as c:
+        assert c.get(f"/Observation/{world.lab['id']}").status_code == 200
+        assert c.get(f"/Observation/{world.lab_prelim['id']}").status_code == 403
+        assert c.get(f"/Observation/{world.vital['id']}").status_code == 403
+        assert _ids(c.get("/Observation", params={"subject": f"Patient/{world.pid}"})) == {
+            world.lab["id"]}
+
+
+def test_several_restricted_scopes_are_ored_and_an_unrestricted_one_wins(world):
+    every = {world.lab["id"], world.lab_prelim["id"], world.vital["id"]}
+    either = _reader(world, "system/Observation.rs?category=laboratory&status=preliminary "
+                            "system/Observation.rs?code=http://loinc.org|8867-4")
+    with _http(world, either) as c:
+        assert c.get(f"/Observation/{world.lab['id']}").status_code == 403
+        assert c.get(f"/Observation/{world.lab_prelim['id']}").status_code == 200
+        assert c.get(f"/Observation/{world.vital['id']}").status_code == 200
+        found = c.get("/Observation", params={"subject": f"Patient/{world.pid}",
+                                              "_total": "accurate"})
+        assert _ids(found) == {world.lab_prelim["id"], world.vital["id"]}
+        assert found.json()["total"] == 2
+    wins = _reader(world, "system/Observation.rs?category=laboratory system/Observation.rs")
+    with _http(world, wins) as c:
+        assert c.get(f"/Observation/{world.vital['id']}").status_code == 200
+        assert _ids(c.get("/Observation", params={"subject": f"Patient/{world.pid}"})) == every
+
+
+def test_a_query_the_hub_cannot_judge_selects_nothing(world):
+    unjudged = _reader(world, "system/Observation.rs?value-quantity=72")
+    with _http(world, unjudged) as c:
+        assert c.get(f"/Observation/{world.lab['id']}").status_code == 403
+        assert not _ids(c.get("/Observation", params={"subject": f"Patient/{world.pid}"}))
+
+
+def test_writes_must_store_and_replace_what_the_scope_selects(world):
+    lab_writer = world.live.client_auth(
+        roles=("connector",), scope="system/Observation.cruds?category=laboratory",
+        institution="H1")
+    new_lab = _obs(world.pid, "laboratory", "1234-5")
+    new_vital = _obs(world.pid, "vital-signs", "8867-4")
+    with _http(world, lab_writer) as c:
+        r = c.post("/Observation", json={k: v for k, v in new_lab.items() if k != "id"},
+                   headers=FHIR_JSON)
+        assert r.status_code == 201, r.text
+        r = c.post("/Observation", json={k: v for k, v in new_vital.items() if k != "id"},
+                   headers=FHIR_JSON)
+        assert r.status_code == 403 and r.json()["resourceType"] == "OperationOutcome"
+        assert _put(c, new_lab).status_code == 201
+        assert _put(c, new_vital).status_code == 403
+        # an update may not turn a laboratory result into something else, nor the reverse
+        assert _put(c, {**new_lab, "category": new_vital["category"]}).status_code == 403
+        assert _put(c, {**world.vital, "category": new_lab["category"]}).status_code == 403
+        assert _put(c, {**new_lab, "status": "amended"}).status_code == 200
+        assert c.delete(f"/Observation/{world.vital['id']}").status_code == 403
+        # a conditional write finds its target later: it needs a scope without a query
+        r = c.put("/Observation", params={"identifier": "urn:oid:1.2.156.1|nope"},
+                  json={k: v for k, v in new_lab.items() if k != "id"}, headers=FHIR_JSON)
+        assert r.status_code == 403
+        # in a transaction one refused entry refuses all
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {k: v for k, v in d.items() if k != "id"},
+             "request": {"method": "POST", "url": "Observation"}}
+            for d in (new_lab, new_vital)]}
+        assert c.post("/", json=bundle, headers=FHIR_JSON).status_code == 403
+        assert c.delete(f"/Observation/{new_lab['id']}").status_code in (200, 204)
+    with _http(world, world.writer) as c:
+        assert c.get(f"/Observation/{world.vital['id']}").json()["category"] == \
+            world.vital["category"]
+
+
+# -- consent provisions ---------------------------------------------------------------------------
+
+def _consent(pid: str, provision: dict, org: str = "H1", **extra) -> dict:
+    return {"resourceType": "Consent", "id": unique()[:16], "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                  "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": f"Patient/{pid}"},
+            "organization": [{"reference": f"Organization/{org}"}],
+            "provision": provision, **extra}
+
+
+def _org(inst: str) -> dict:
+    return {"role": {"coding": [{"code": "PRCP"}]},
+            "reference": {"reference": f"Organization/{inst}"}}
+
+
+def _when(days: float) -> str:
+    return (datetime.now(timezone.utc) + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _records(world: World, consent_of) -> tuple[dict, dict, dict]:
+    """A Patient with a plain and a PSY-labelled Observation, and the Consent ``consent_of(pid)``
+    (None: none), written by H1."""
+    p = patient(rid=unique()[:16])
+    plain = {**observation(f"Patient/{p['id']}"), "id": unique()[:16]}
+    psy = {**observation(f"Patient/{p['id']}"), "id": unique()[:16],
+           "meta": {"security": [{"system": ACTCODE, "code": "PSY"}]}}
+    with _http(world, world.writer) as c:
+        for d in (p, plain, psy):
+            assert _put(c, d).status_code == 201
+        consent = consent_of(p["id"])
+        if consent is not None:
+            r = _put(c, consent)
+            assert r.status_code == 201, r.text
+    return p, plain, psy
+
+
+def _sees(world: World, auth, d: dict, **headers) -> bool:
+    with _http(world, auth, **headers) as c:
+        r = c.get(f"/{d['resourceType']}/{d['id']}")
+    assert r.status_code in (200, 403), r.text
+    return r.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def readers(world):
+    return {inst: _reader(world, "user/*.rs", inst) for inst in ("H1", "H2", "H3")}
+
+
+def test_a_base_permit_with_a_nested_deny_of_a_security_label(world, readers):
+    p, plain, psy = _records(world, lambda pid: _consent(pid, {
+        "type": "permit", "provision": [{"type": "deny", "securityLabel": [
+            {"system": ACTCODE, "code": "PSY"}]}]}))
+    assert _sees(world, readers["H2"], p) and _sees(world, readers["H2"], plain)
+    assert not _sees(world, readers["H2"], psy)
+    assert _sees(world, readers["H1"], psy)  # the recording institution is spared
+    with _http(world, readers["H2"]) as c:
+        found = c.get("/Observation", params={"subject": f"Patient/{p['id']}"})
+        assert _ids(found) == {plain["id"]}
+
+
+def test_a_base_deny_with_a_nested_permit_for_one_institution(world, readers):
+    p, plain, psy = _records(world, lambda pid: _consent(pid, {
+        "type": "deny", "provision": [{"type": "permit", "actor": [_org("H2")]}]}))
+    assert _sees(world, readers["H2"], p) and _sees(world, readers["H2"], psy)
+    assert not _sees(world, readers["H3"], p) and not _sees(world, readers["H3"], plain)
+    assert _sees(world, readers["H1"], plain)
+
+
+def test_a_base_permit_with_a_nested_deny_of_an_actor_or_a_class(world, readers):
+    p, plain, _ = _records(world, lambda pid: _consent(pid, {
+        "type": "permit", "provision": [{"type": "deny", "actor": [_org("H2")]}]}))
+    assert not _sees(world, readers["H2"], p) and _sees(world, readers["H3"], p)
+    p, plain, _ = _records(world, lambda pid: _consent(pid, {
+        "type": "permit", "provision": [{"type": "deny", "class": [
+            {"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]}]}))
+    assert _sees(world, readers["H2"], p) and not _sees(world, readers["H2"], plain)
+    # a nested deny with two conditions: both must hold
+    p, plain, psy = _records(world, lambda pid: _consent(pid, {
+        "type": "permit", "provision": [{"type": "deny", "actor": [_org("H2")],
+                                         "securityLabel": [{"system": ACTCODE, "code": "PSY"}]}]}))
+    assert _sees(world, readers["H2"], plain) and not _sees(world, readers["H2"], psy)
+    assert _sees(world, readers["H3"], psy)
+
+
+def test_a_nested_exception_of_an_exception(world, readers):
+    # no sharing, except with H2, except its PSY records
+    p, plain, psy = _records(world, lambda pid: _consent(pid, {
+        "type": "deny", "provision": [{"type": "permit", "actor": [_org("H2")], "provision": [
+            {"type": "deny", "securityLabel": [{"system": ACTCODE, "code": "PSY"}]}]}]}))
+    assert _sees(world, readers["H2"], plain) and not _sees(world, readers["H2"], psy)
+    assert not _sees(world, readers["H3"], plain)
+
+
+def test_periods_status_and_dates_say_when_a_consent_is_in_force(world, readers):
+    deny = {"type": "deny"}
+    cases = {
+        "past provision period": (_consent, {**deny, "period": {"start": _when(-10),
+                                                                 "end": _when(-5)}}, {}, True),
+        "current provision period": (_consent, {**deny, "period": {"start": _when(-1)}}, {},
+                                     False),
+        "future provision period": (_consent, {**deny, "period": {"start": _when(5)}}, {}, True),
+        "draft": (_consent, deny, {"status": "draft"}, True),
+        "inactive": (_consent, deny, {"status": "inactive"}, True),
+        "dated in the future": (_consent, deny, {"dateTime": _when(3)}, True),
+        "dated in the past": (_consent, deny, {"dateTime": _when(-3)}, False),
+        "a nested permit out of its period": (_consent, {**deny, "provision": [
+            {"type": "permit", "actor": [_org("H2")], "period": {"end": _when(-1)}}]}, {}, False),
+    }
+    for name, (make, provision, extra, shown) in cases.items():
+        p, _, _ = _records(world, lambda pid, make=make, provision=provision, extra=extra:
+                           make(pid, provision, **extra))
+        assert _sees(world, readers["H2"], p) is shown, name
+
+
+def test_purpose_data_and_what_is_not_judged(world, readers):
+    # shared for treatment only
+    p, plain, _ = _records(world, lambda pid: _consent(pid, {
+        "type": "deny", "provision": [{"type": "permit", "purpose": [
+            {"system": ACTCODE, "code": "TREAT"}]}]}))
+    assert not _sees(world, readers["H2"], plain)
+    assert _sees(world, readers["H2"], plain, **{"x-purpose-of-use": "TREAT"})
+    # one record named
+    holder: dict = {}
+
+    def named(pid: str) -> dict:
+        holder["id"] = unique()[:16]
+        return _consent(pid, {"type": "permit", "provision": [
+            {"type": "deny", "data": [{"meaning": "instance", "reference": {
+                "reference": f"Observation/{holder['id']}"}}]}]})
+    p, plain, _ = _records(world, named)
+    hidden = {**observation(f"Patient/{p['id']}"), "id": holder["id"]}
+    with _http(world, world.writer) as c:
+        assert _put(c, hidden).status_code == 201
+    assert not _sees(world, readers["H2"], hidden) and _sees(world, readers["H2"], plain)
+    # a permit with a condition the hub does not judge (dataPeriod) is not applied
+    p, plain, _ = _records(world, lambda pid: _consent(pid, {
+        "type": "deny", "provision": [{"type": "permit", "actor": [_org("H2")],
+                                       "dataPeriod": {"start": "2000-01-01"}}]}))
+    assert not _sees(world, readers["H2"], plain)
+    # a provision only about collecting data does not hide it from readers
+    p, plain, _ = _records(world, lambda pid: _consent(pid, {
+        "type": "deny", "action": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/consentaction",
+            "code": "collect"}]}]}))
+    assert _sees(world, readers["H2"], plain)
+    # the policy rule stands for a base provision without a type
+    p, plain, _ = _records(world, lambda pid: _consent(pid, {"period": {"start": _when(-1)}},
+                                                       policyRule={"coding": [
+        {"system": ACTCODE, "code": "OPTOUT"}]}))
+    assert not _sees(world, readers["H2"], plain) and _sees(world, readers["H1"], plain)
+
