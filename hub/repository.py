@@ -141,7 +141,7 @@ class Repository:
             raise forbidden(f"{rtype}/{rid} is not shown to this caller")
         return stored
 
-    def _audited(self, ctx: Context, action: Action, run: Callable[[], T],
+    def audited(self, ctx: Context, action: Action, run: Callable[[], T],
                  handed: Callable[[T], Iterable[tuple[str, str, bytes]]]) -> T:
         """Run an access; record it (and a refused or failed one) when it is to patient data."""
         if (self.audit is None or ctx.actor.kind == "system"
@@ -170,7 +170,7 @@ class Repository:
         def run() -> StoredEvent:
             self.policy.check(ctx.actor, action)
             return self._hand_out(ctx, self._stored(rtype, rid), rtype, rid)
-        return self._audited(ctx, action, run, lambda s: [(rtype, rid, s.state)])
+        return self.audited(ctx, action, run, lambda s: [(rtype, rid, s.state)])
 
     def _stored(self, rtype: str, rid: str) -> StoredEvent:
         if rtype != AUDIT or self._records is None:
@@ -192,7 +192,7 @@ class Repository:
                     raise not_found(f"{rtype}/{rid} has no version {version}")
                 return self._hand_out(ctx, stored, rtype, rid)
             return self._hand_out(ctx, self._hub.vread(rtype, rid, version), rtype, rid)
-        return self._audited(ctx, action, run, lambda s: [(rtype, rid, s.state)])
+        return self.audited(ctx, action, run, lambda s: [(rtype, rid, s.state)])
 
     def latest(self, ctx: Context, rtype: str, rid: str) -> StoredEvent | None:
         """The current version, a deletion included; None when unknown or not shown."""
@@ -254,7 +254,7 @@ class Repository:
             else:
                 rows = self._hub.store.history(rtype=rtype, rid=rid, **window)
             return [r for r in rows if self._shown(ctx.actor, r.rtype, r.rid, r.state)]
-        return self._audited(ctx, action, run,
+        return self.audited(ctx, action, run,
                              lambda rows: [(r.rtype, r.rid, r.state) for r in rows])
 
     def count_history(self, ctx: Context, *, rtype: str | None = None, rid: str | None = None,
@@ -325,7 +325,7 @@ class Repository:
                 bodies.update(self.current_bodies(ctx, included))
             return Found(page, included, bodies)
 
-        return self._audited(ctx, action, run, lambda f: [
+        return self.audited(ctx, action, run, lambda f: [
             (rtype, rid, state) for (rtype, rid), (_, state) in f.bodies.items()])
 
     def included(self, ctx: Context, rows: list[Row], include: list[Include],

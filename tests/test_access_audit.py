@@ -120,6 +120,24 @@ def test_a_forwarded_address_counts_only_from_a_trusted_proxy(client, live):
     assert event["agent"][0]["network"]["address"] == "127.0.0.1"  # not a proxy: ignored
 
 
+def test_patients_handed_out_by_match_are_audited(client, live):
+    from tests.test_mpi_match_api import patient as person
+
+    p = person(unique()[:16], name="赵敏", id_=None, birthDate="1977-07-07")
+    _put(client, p)
+    before = audit_events(live)
+    query = {k: v for k, v in p.items() if k != "id"}
+    r = client.post("/Patient/$match", headers=FHIR_JSON, json={
+        "resourceType": "Parameters", "parameter": [{"name": "resource", "resource": query}]})
+    assert r.status_code == 200, r.text
+    assert any(e["resource"]["id"] == p["id"] for e in r.json().get("entry", [])), r.text
+    [event] = new_since(live, before)
+    assert event["subtype"][0] == {"system": "http://hl7.org/fhir/restful-interaction",
+                                   "code": "operation", "display": "$match"}
+    assert f"Patient/{p['id']}" in [x["what"]["reference"] for x in event["entity"]
+                                    if "what" in x]
+
+
 def _search(client, **params) -> dict:
     r = client.get("/AuditEvent", params=params)
     assert r.status_code == 200, r.text

@@ -162,7 +162,8 @@ async def patient_match(request: Request) -> Response:
     if index is None or runner is None or matcher is None:
         raise FhirError(503, "transient", "The master patient index is not running")
     repo, ctx = repository(request), context_of(request)
-    repo.authorize(ctx, Action("operation", "Patient", None, "$match"))
+    action = Action("operation", "Patient", None, "$match")
+    repo.authorize(ctx, action)
 
     def answer() -> list[tuple[Any, Any]]:
         sync(index, runner)
@@ -182,7 +183,13 @@ async def patient_match(request: Request) -> Response:
             out.append((c, resource_bytes(stored)))
         return out
 
-    found = await run_in_threadpool(answer)
+    def audited() -> list[tuple[Any, Any]]:
+        # the Patients handed out are an access to their data, audited like a search
+        def handed(out: list[tuple[Any, Any]]) -> list[tuple[str, str, bytes]]:
+            return [(*c.ref.split("/", 1), body_bytes) for c, body_bytes in out]
+        return repo.audited(ctx, action, answer, handed)
+
+    found = await run_in_threadpool(audited)
     base = base_url(request, settings.base_url)
     entries = [{
         "fullUrl": f"{base}/{c.ref}",
