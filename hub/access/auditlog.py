@@ -20,9 +20,10 @@ commit on every read: a quarter of the read throughput, measured (``bench/access
 id (time first, so ids arrive in order), the recorded time as a range in µs, its hash-chain
 position and the JSON. ``audit_index`` holds the search values (``param``, ``value``, ``pos``),
 extracted in bulk after the events are stored (``index_pending``, sorted by value, with the
-position reached kept in ``audit_indexed``); each search first moves this process's spool and
-indexes what is new, so it sees every event this process wrote before it (another API process's
-within 0.2 s). Both tables of events refuse UPDATE and DELETE with a trigger, and the hash chain
+position reached kept in ``audit_indexed``) when the server is quiet or a backlog grew; each
+search first moves this process's spool and indexes what waits, so it sees every event this
+process wrote before it (another API process's within 0.2 s). Both tables of events refuse
+UPDATE and DELETE with a trigger, and the hash chain
 (``hub.access.chain``) shows what was changed around the triggers.
 
 **Search** answers the planner's plans (``projections.search.query.Query``) for these parameters:
@@ -180,15 +181,18 @@ class AuditLog:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def start(self, every: float = 0.2) -> None:
-        """Move spooled AuditEvents into the tables, and index them, every ``every`` seconds in
-        a background thread."""
+    def start(self, every: float = 0.2, quiet_below: int = 50, backlog: int = 200_000) -> None:
+        """Move spooled AuditEvents into the tables every ``every`` seconds in a background
+        thread, and index them when the server is quiet (fewer than ``quiet_below`` events in
+        the round) or more than ``backlog`` wait: indexing yields to a busy server (it costs
+        about as much as the rest of the audit), and a search indexes what waits first."""
         def loop() -> None:
             while not self._stop.wait(every):
                 try:
-                    self.move_spooled()
-                    while self.index_pending() and not self._stop.is_set():
-                        pass
+                    moved = self.move_spooled()
+                    if moved < quiet_below or self.unindexed() > backlog:
+                        while self.index_pending() and not self._stop.is_set():
+                            pass
                 except Exception:  # noqa: BLE001 - tried again on the next round
                     log.exception("moving the audit spool into the audit log failed")
 
@@ -234,6 +238,13 @@ class AuditLog:
             conn.close()
 
     # -- the search values ----------------------------------------------------------------------
+
+    def unindexed(self) -> int:
+        """How many AuditEvents wait for their search values (about: positions, not rows)."""
+        with self.engine.connect() as c:
+            return int(c.execute(sa.text(
+                "SELECT COALESCE((SELECT MAX(pos) FROM audit_event), 0) - pos "
+                "FROM audit_indexed WHERE one = 1")).scalar_one())
 
     def index_pending(self, limit: int = 2000) -> int:
         """Extract the search values of up to ``limit`` AuditEvents not indexed yet, in one
