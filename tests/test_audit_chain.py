@@ -375,6 +375,27 @@ def test_events_spooled_by_a_process_that_died_are_moved_by_the_next(settings):
         log.close()
 
 
+def test_the_background_mover_stores_at_once_and_indexes_when_quiet_or_behind(log):
+    writer = AuditWriter(log)
+    log.start(every=0.05, quiet_below=0, backlog=5)  # never quiet: indexes past a backlog of 5
+    try:
+        for i in range(3):
+            writer.write(audit_event(i))
+        deadline = time.monotonic() + 10
+        while log.count() < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log.count() == 3
+        time.sleep(0.2)
+        assert log.unindexed() == 3  # busy and not behind: the index waits
+        for i in range(3, 9):
+            writer.write(audit_event(i))
+        while log.unindexed() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log.count() == 9 and log.unindexed() == 0
+    finally:
+        writer.close()
+
+
 class FailingSpool:
     """The spool's write failing once (a full disk): before writing anything, or after a line
     went out (``torn``)."""
