@@ -197,6 +197,9 @@ class LiveServer:
                             ("HUB_TRUSTED_PROXIES", ",".join(self.settings.trusted_proxies)),
                             ("HUB_RATE_LIMIT", str(self.settings.rate_limit or "")),
                             ("HUB_QUARANTINE_QUOTA", str(self.settings.quarantine_quota)),
+                            ("HUB_MAX_STRING", str(self.settings.max_string)),
+                            ("HUB_MAX_HEADER", str(self.settings.max_header)),
+                            ("HUB_HEADER_TIMEOUT", str(self.settings.header_timeout)),
                             ("HUB_TLS_CERT", self.settings.tls_cert),
                             ("HUB_TLS_KEY", self.settings.tls_key),
                             ("HUB_TLS_CLIENT_CA", self.settings.tls_client_ca)):

@@ -43,6 +43,7 @@ def cmd_serve(args, settings: Settings) -> int:
         # Worker processes build their own app from the environment: hand the settings on.
         os.environ.update(HUB_DATA_DIR=str(settings.data_dir), HUB_HOST=settings.host,
                           HUB_PORT=str(settings.port))
+        os.environ["HUB_HEADER_TIMEOUT"] = str(settings.header_timeout)
         for name, value in (("HUB_DATABASE_URL", settings.database_url),
                             ("HUB_TLS_CERT", settings.tls_cert), ("HUB_TLS_KEY", settings.tls_key),
                             ("HUB_TLS_CLIENT_CA", settings.tls_client_ca)):
@@ -55,14 +56,22 @@ def cmd_serve(args, settings: Settings) -> int:
 
 
 def server_options(settings: Settings) -> dict:
-    """uvicorn's options for ``settings``: where to listen, TLS.
+    """uvicorn's options for ``settings``: where to listen, the header limits (size, and the
+    deadline of hub.api.headtimeout), the keep-alive timeout, TLS.
 
     proxy_headers is off: uvicorn would believe X-Forwarded-For from localhost; the hub believes it
     from HUB_TRUSTED_PROXIES only (hub.api.traffic)."""
     import ssl
 
+    from hub.api.headtimeout import HeadTimeoutH11Protocol
+
+    HeadTimeoutH11Protocol.head_timeout = settings.header_timeout
+
     options: dict = dict(host=settings.host, port=settings.port, log_level="warning",
-                         access_log=False, proxy_headers=False)
+                         access_log=False, proxy_headers=False,
+                         http="hub.api.headtimeout:HeadTimeoutH11Protocol",
+                         timeout_keep_alive=settings.keep_alive,
+                         h11_max_incomplete_event_size=settings.max_header)
     if settings.tls_cert:
         options.update(ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
         if settings.tls_client_ca:  # mutual TLS: a client certificate signed by this CA
