@@ -31,9 +31,9 @@ def cmd_serve(args, settings: Settings) -> int:
         raise UsageError(f"refusing to serve on {settings.host} without access control: anyone "
                          "on the network could read every record; unset HUB_AUTH=0, or listen "
                          "on 127.0.0.1")
-    if settings.tls_client_ca and not settings.tls_cert:
-        raise UsageError("HUB_TLS_CLIENT_CA (--tls-client-ca) needs a server certificate: set "
-                         "HUB_TLS_CERT (--tls-cert) too")
+    if (settings.tls_client_ca or settings.tls_key) and not settings.tls_cert:
+        raise UsageError("HUB_TLS_KEY and HUB_TLS_CLIENT_CA (--tls-key, --tls-client-ca) need a "
+                         "server certificate: set HUB_TLS_CERT (--tls-cert) too")
     open_store(settings).close()  # fail now, with a clear line, if the store cannot be opened
     print(f"FHIR API on {settings.fhir_base} "
           f"(data: {settings.database_url and 'PostgreSQL' or settings.data_dir}"
