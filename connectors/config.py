@@ -9,13 +9,17 @@ status: {host: 127.0.0.1, port: 8181} # health/status HTTP endpoint (port 0: any
 retry: {initial_s: 0.5, max_s: 30}    # backoff while the hub or broker is unreachable
 sources:
   - {type: mllp, name: adt, host: 0.0.0.0, port: 2575, kind: hl7v2,
-     max_message_bytes: 1048576, idle_timeout_s: 300}
+     max_message_bytes: 1048576, idle_timeout_s: 300,
+     tls: {cert: tls/mllp.pem, key: tls/mllp.key, client_ca: tls/senders-ca.pem}}  # optional
   - {type: folder, name: drop, path: ./inbox, kind: hl7v2, pattern: "*.hl7", settle_ms: 500}
   - {type: database, name: visits, ...}  # connectors.sources.database.DatabaseSource.from_config
   - {type: kafka, name: feed, bootstrap_servers: "127.0.0.1:9092", topic: his.adt,
      group_id: h0001-connector, kind: hl7v2}
 sink:                                 # the hub's FHIR API ...
   {type: http, url: "http://127.0.0.1:8080/fhir", batch_size: 50, timeout_s: 30, headers: {}}
+  # a hub behind TLS, with a client certificate (mutual TLS; connectors.tls):
+  # {type: http, url: "https://hub.example:8443/fhir",
+  #  tls: {ca: tls/hub-ca.pem, cert: tls/h0001.pem, key: tls/h0001.key}}
   # ... or a Kafka topic read by `hub ingest-worker`
   # {type: kafka, bootstrap_servers: "127.0.0.1:9092", topic: hub.ingest}
 terminology:                          # optional: local codes -> standard (connectors.terminology)
@@ -105,6 +109,7 @@ class ConnectorConfig:
                     if arg.endswith((".yaml", ".yml", ".json")) and not Path(arg).is_absolute():
                         arg = str((base / arg).resolve())
                         s[key] = f"{prefix}:{arg}" if prefix else arg
+            _resolve_tls(s, base, f"{where}: sources[{i}]")
             url = s.get("url")
             if isinstance(url, str) and url.startswith("sqlite:///") and not url.startswith(
                     "sqlite:////") and url != "sqlite:///:memory:":
@@ -112,6 +117,7 @@ class ConnectorConfig:
         sink = d.get("sink")
         if not isinstance(sink, dict) or sink.get("type") not in ("http", "kafka"):
             raise ConfigError(f"{where}: 'sink.type' must be http or kafka")
+        _resolve_tls(sink, base, f"{where}: sink")
         retry = d.get("retry") or {}
         # -- terminology: the section is checked by connectors.terminology --
         from connectors.terminology import TerminologyConfigError, parse_config
@@ -126,3 +132,15 @@ class ConnectorConfig:
                    retry_initial_s=float(retry.get("initial_s", 0.5)),
                    retry_max_s=float(retry.get("max_s", 30.0)), path=path,
                    terminology=terminology)
+
+
+def _resolve_tls(section: dict, base: Path, where: str) -> None:
+    """The files of a ``tls:`` mapping, relative to the configuration file."""
+    tls = section.get("tls")
+    if tls is None:
+        return
+    if not isinstance(tls, dict):
+        raise ConfigError(f"{where}: 'tls' must be a mapping (cert, key, client_ca or ca)")
+    for key, value in tls.items():
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            tls[key] = str((base / value).resolve())

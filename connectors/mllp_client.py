@@ -1,15 +1,32 @@
-"""A minimal blocking MLLP sender (tests, benchmarks, ``hub``-side tools)."""
+"""A minimal blocking MLLP sender (tests, benchmarks, ``hub``-side tools).
+
+``tls={"ca": ..., "cert": ..., "key": ...}`` (connectors.tls) wraps the connection in TLS: the
+listener's certificate is checked against ``ca`` (and ``host``), ``cert``/``key`` are presented
+for mutual TLS. ``tls`` may also be a ready ``ssl.SSLContext``.
+"""
 
 from __future__ import annotations
 
 import socket
+import ssl
+from typing import Any
+
+from connectors.tls import client_context
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 
 
 class MLLPClient:
-    def __init__(self, host: str, port: int, timeout: float = 30.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, host: str, port: int, timeout: float = 30.0, tls: Any = None):
+        sock = socket.create_connection((host, port), timeout=timeout)
+        if tls is not None:
+            ctx = tls if isinstance(tls, ssl.SSLContext) else client_context(tls, "MLLP client")
+            try:
+                sock = ctx.wrap_socket(sock, server_hostname=host)
+            except BaseException:
+                sock.close()
+                raise
+        self.sock: socket.socket = sock
         self.buf = bytearray()
 
     def send_raw(self, data: bytes) -> None:

@@ -121,12 +121,13 @@ class Terminology:
 
     def __init__(self, info: SourceInfo, settings: dict[str, Any] | None = None,
                  hub_url: str | None = None, http_headers: dict | None = None,
-                 http_auth: Any = None):
+                 http_auth: Any = None, http_verify: Any = True):
         self.info = info
         self.settings = settings
         self.hub_url = ((settings or {}).get("hub_url") or hub_url or "").rstrip("/") or None
         self.headers = http_headers or {}
         self.auth = http_auth  # the sink's tokens (connectors.sinks.http.hub_auth)
+        self.verify = http_verify  # the sink's TLS (connectors.tls.client_context)
         self.file_maps: list[dict] = []
         self.hub_maps: list[dict] = []
         self.normaliser: Normaliser | None = None
@@ -146,13 +147,18 @@ class Terminology:
         sink = config.sink or {}
         url = sink.get("url") if sink.get("type") == "http" else None
         auth = None
+        verify: Any = True
+        if url and sink.get("tls"):
+            from connectors.tls import client_context
+
+            verify = client_context(sink["tls"], "http sink")
         if url and sink.get("client_id"):
             from connectors.sinks.http import hub_auth
 
             auth = hub_auth(url, sink.get("client_id"), sink.get("private_key"),
-                            sink.get("token_url"), sink.get("scope") or "system/*.cruds")
+                            sink.get("token_url"), sink.get("scope") or "system/*.cruds", verify)
         return cls(config.source_info, getattr(config, "terminology", None), url,
-                   sink.get("headers") or {}, auth)
+                   sink.get("headers") or {}, auth, verify)
 
     @property
     def enabled(self) -> bool:
@@ -174,7 +180,8 @@ class Terminology:
             raise ValueError("from_hub needs an http sink or terminology.hub_url")
         out: list[dict] = []
         url: str | None = f"{self.hub_url}/ConceptMap?_count={PAGE}"
-        with httpx.Client(timeout=timeout, headers=self.headers, auth=self.auth) as client:
+        with httpx.Client(timeout=timeout, headers=self.headers, auth=self.auth,
+                          verify=self.verify) as client:
             for _ in range(MAX_PAGES):
                 if url is None:
                     break

@@ -131,7 +131,11 @@ def app_server(app) -> Iterator[int]:
 class LiveServer:
     """``hub serve`` in its own process on a loopback port: real HTTP, no shared GIL."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, verify=True):
+        """``verify``: the client side of the server's TLS (settings.tls_cert), httpx's: an
+        ``ssl.SSLContext`` trusting its CA and, with settings.tls_client_ca, holding a client
+        certificate."""
+        self.verify = verify
         self.port = free_port()
         settings.host, settings.port = "127.0.0.1", self.port
         settings.base_url = None  # where it listens: the tokens' audience
@@ -142,7 +146,7 @@ class LiveServer:
 
     @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.settings.tls_cert else 'http'}://127.0.0.1:{self.port}"
 
     def client_auth(self, *, roles: tuple[str, ...] = ("admin",), scope: str = "system/*.cruds",
                     institution: str = "", name: str = "test client") -> BackendServicesAuth:
@@ -151,7 +155,8 @@ class LiveServer:
         registry = open_registry(self.settings.data_dir)
         client = registry.add(name, public_jwks(key), institution=institution, roles=roles,
                               scopes=scope)
-        return BackendServicesAuth(self.origin + "/auth/token", client.client_id, key, scope)
+        return BackendServicesAuth(self.origin + "/auth/token", client.client_id, key, scope,
+                                   verify=self.verify)
 
     def sink_credentials(self, institution: str, folder: Path) -> dict[str, str]:
         """The http sink settings of a connector client of ``institution`` (none without access
@@ -174,7 +179,7 @@ class LiveServer:
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}/fhir"
+        return self.origin + "/fhir"
 
     def __enter__(self) -> LiveServer:
         env = {**os.environ, "HUB_DATA_DIR": str(self.settings.data_dir)}
@@ -191,7 +196,13 @@ class LiveServer:
                             ("HUB_AUTH_JWKS_URL", self.settings.auth_jwks_url),
                             ("HUB_TRUSTED_PROXIES", ",".join(self.settings.trusted_proxies)),
                             ("HUB_RATE_LIMIT", str(self.settings.rate_limit or "")),
-                            ("HUB_QUARANTINE_QUOTA", str(self.settings.quarantine_quota))):
+                            ("HUB_QUARANTINE_QUOTA", str(self.settings.quarantine_quota)),
+                            ("HUB_MAX_STRING", str(self.settings.max_string)),
+                            ("HUB_MAX_HEADER", str(self.settings.max_header)),
+                            ("HUB_HEADER_TIMEOUT", str(self.settings.header_timeout)),
+                            ("HUB_TLS_CERT", self.settings.tls_cert),
+                            ("HUB_TLS_KEY", self.settings.tls_key),
+                            ("HUB_TLS_CLIENT_CA", self.settings.tls_client_ca)):
             env.pop(name, None)
             if value:
                 env[name] = value
@@ -206,7 +217,8 @@ class LiveServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the test server exited with {self.proc.returncode}")
             try:
-                if httpx.get(self.base + "/metadata", timeout=2).status_code == 200:
+                if httpx.get(self.base + "/metadata", timeout=2,
+                             verify=self.verify).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

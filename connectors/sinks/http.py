@@ -16,6 +16,7 @@ import orjson
 
 from connectors.sinks.base import RETRY_STATUS, Unavailable, unit_errors
 from connectors.spool import Unit
+from connectors.tls import client_context
 from fhir_mapping.base import SourceInfo
 
 
@@ -40,7 +41,8 @@ def dedupe_entries(per_unit: list[list[dict]]) -> tuple[list[dict], list[list[in
 
 
 def hub_auth(url: str, client_id: str | None, private_key: str | None,
-             token_url: str | None = None, scope: str = "system/*.cruds") -> httpx.Auth | None:
+             token_url: str | None = None, scope: str = "system/*.cruds",
+             verify: Any = True) -> httpx.Auth | None:
     """The connector's tokens for the hub at ``url`` (its FHIR base), when it has credentials."""
     if not client_id:
         return None
@@ -50,26 +52,32 @@ def hub_auth(url: str, client_id: str | None, private_key: str | None,
 
     token_url = token_url or url.rstrip("/").removesuffix("/fhir") + "/auth/token"
     with open(private_key, "rb") as f:
-        return BackendServicesAuth(token_url, client_id, f.read(), scope)
+        return BackendServicesAuth(token_url, client_id, f.read(), scope, verify=verify)
 
 
 class HttpSink:
     """Batches to the hub's REST API. With ``client_id`` and ``private_key`` (a PEM file) the
     connector authenticates as a SMART Backend Services client of the hub (its tokens from
     ``token_url``, by default the hub's own ``/auth/token``); the hub then records the
-    institution of its registration, whatever the headers say."""
+    institution of its registration, whatever the headers say.
+
+    ``tls: {ca, cert, key}`` (connectors.tls): the CA of a hub behind TLS (default: the system's),
+    and a client certificate for a hub that requires one (mutual TLS); the token requests use
+    the same TLS."""
 
     def __init__(self, url: str, timeout_s: float = 30.0, headers: dict | None = None,
                  batch_size: int = 50, source_info: SourceInfo | None = None,
                  client_id: str | None = None, private_key: str | None = None,
-                 token_url: str | None = None, scope: str = "system/*.cruds", **_: Any):
+                 token_url: str | None = None, scope: str = "system/*.cruds",
+                 tls: dict | None = None, **_: Any):
         self.url = url.rstrip("/")
         self.batch_size = int(batch_size)
-        auth = hub_auth(self.url, client_id, private_key, token_url, scope)
+        verify: Any = client_context(tls, "http sink") if tls else True
+        auth = hub_auth(self.url, client_id, private_key, token_url, scope, verify)
         # where the writes come from, recorded by the hub in each event's source
         origin = {"x-hub-source-institution": source_info.institution,
                   "x-hub-source-feed": source_info.feed} if source_info else {}
-        self.client = httpx.Client(timeout=float(timeout_s), auth=auth, headers={
+        self.client = httpx.Client(timeout=float(timeout_s), auth=auth, verify=verify, headers={
             "content-type": "application/fhir+json", "accept": "application/fhir+json",
             "prefer": "return=minimal", **{k: v for k, v in origin.items() if v},
             **(headers or {})})

@@ -12,6 +12,11 @@ Answers (original-mode acknowledgement, built from the message's MSH with the ``
 Framing errors never stop the listener: bytes before ``<VT>`` are skipped, a block that never ends
 (a new ``<VT>`` before ``<FS>``) is answered AR, a message over ``max_message_bytes`` is answered AR
 and the connection closed, and a connection idle for ``idle_timeout_s`` is closed.
+
+With ``tls: {cert, key, client_ca}`` the listener speaks MLLP inside TLS (connectors.tls); with
+``client_ca`` a sender must present a certificate that CA signed. A sender that fails the
+handshake (plaintext, no or a wrong certificate) is dropped before any message is read; the
+listener goes on serving the others.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 import hl7
 
 from connectors.base import Accepted, Envelope, Intake
+from connectors.tls import server_context
 from hub.core.errors import HubError
 
 log = logging.getLogger("connectors.mllp")
@@ -191,8 +197,10 @@ class MLLPSource:
     def __init__(self, name: str = "mllp", host: str = "127.0.0.1", port: int = 2575,
                  kind: str = "hl7v2", max_message_bytes: int = 1 << 20,
                  idle_timeout_s: float = 300.0, max_connections: int = 256, group_commit: int = 64,
-                 **_: Any):
+                 tls: dict | None = None, **_: Any):
         self.name, self.host, self.port, self.kind = name, host, int(port), kind
+        # TLS (mutual with client_ca); a bad file fails here, at start, not at the first sender
+        self.ssl = server_context(tls, f"MLLP source {name}") if tls else None
         self.max_message_bytes = int(max_message_bytes)
         self.idle_timeout = float(idle_timeout_s)
         self.max_connections = int(max_connections)
@@ -226,13 +234,16 @@ class MLLPSource:
                                      name=f"mllp-{self.name}-commit", daemon=True)
         committer.start()
         try:
-            server = await asyncio.start_server(on_connect, self.host, self.port,
-                                                limit=self.max_message_bytes + 65536)
+            server = await asyncio.start_server(
+                on_connect, self.host, self.port, limit=self.max_message_bytes + 65536,
+                ssl=self.ssl,
+                ssl_handshake_timeout=min(self.idle_timeout, 30.0) if self.ssl else None)
         except BaseException:
             self._queue.put(None)
             raise
         self.port = server.sockets[0].getsockname()[1]
-        log.info("MLLP source %s listening on %s:%s", self.name, self.host, self.port)
+        log.info("MLLP source %s listening on %s:%s%s", self.name, self.host, self.port,
+                 " (TLS)" if self.ssl else "")
         self.ready.set()
         try:
             while not stop.is_set():

@@ -160,7 +160,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
     app.state.auth_verifier = _verifier(app, settings) if settings.auth else None
     app.state.trusted_proxies = networks(settings.trusted_proxies)
     app.state.rate_limiter = RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None
-    app.add_middleware(BodyLimit, limit=settings.max_body, answers={"/v3": v3.too_large})
+    app.add_middleware(BodyLimit, limit=settings.max_body, answers={"/v3": v3.too_large},
+                       max_header=settings.max_header)
     _install_error_handlers(app)
     # before the FHIR routes: /fhir/{type} would otherwise take /fhir/$quality-report
     app.include_router(health.router)  # GET /health, GET /ready
@@ -266,7 +267,7 @@ async def _body(request: Request, expected: str | None = None, where: str = "") 
     raw = await request.body()
     if not raw.strip():
         raise bad_request("The request body is empty")
-    d = res.parse_json(raw)
+    d = res.parse_json(raw, max_string=_settings(request).max_string)
     res.check_type(d, expected, where)
     return raw, d
 

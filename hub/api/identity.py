@@ -140,7 +140,7 @@ async def _parameters(request: Request) -> dict[str, Any]:
                         f"{MAX_OP_BODY} bytes")
     if not raw.strip():
         raise bad_request("The request body is empty; send a Parameters resource")
-    d = res.parse_json(raw)
+    d = res.parse_json(raw, max_string=request.app.state.settings.max_string)
     res.check_type(d, "Parameters")
     res.validate("Parameters", raw, d)
     out: dict[str, Any] = {}

@@ -154,7 +154,7 @@ async def patient_match(request: Request) -> Response:
     raw = await request.body()
     if not raw.strip():
         raise bad_request("The request body is empty")
-    body = res.parse_json(raw)
+    body = res.parse_json(raw, max_string=settings.max_string)
     patient, only_certain, count = parse(body, settings.max_count)
     index: IdentityCandidates | None = getattr(request.app.state, "mpi_candidates", None)
     runner: Runner | None = getattr(request.app.state, "mpi_candidates_runner", None)

@@ -103,7 +103,8 @@ async def _operate(request: Request, rtype: str, op: str, rid: str | None = None
             raw = await request.body()
             if not raw.strip():
                 raise bad_request(f"POST ${op} takes a Parameters resource; the body is empty")
-            params = from_parameters(op, spec, res.parse_json(raw), query)
+            params = from_parameters(
+                op, spec, res.parse_json(raw, max_string=request.app.state.settings.max_string), query)
         else:
             params = from_query(op, spec, query)
     except TerminologyError as e:

@@ -53,13 +53,14 @@ def assertion(key: Any, client_id: str, token_url: str, lifetime_s: int = 240) -
 
 
 def fetch_token(token_url: str, client_id: str, key: Any, scope: str,
-                client: httpx.Client | None = None) -> dict:
+                client: httpx.Client | None = None, verify: Any = True) -> dict:
     """The token endpoint's answer (``access_token``, ``expires_in``, ``scope``); raises
-    ``httpx.HTTPStatusError`` with the OAuth error when refused."""
+    ``httpx.HTTPStatusError`` with the OAuth error when refused. ``verify``: httpx's (an
+    ``ssl.SSLContext`` holding the CA to trust and, for mutual TLS, the client certificate)."""
     form = {"grant_type": "client_credentials", "scope": scope,
             "client_assertion_type": ASSERTION_TYPE,
             "client_assertion": assertion(key, client_id, token_url)}
-    http = client or httpx.Client(timeout=30)
+    http = client or httpx.Client(timeout=30, verify=verify)
     try:
         r = http.post(token_url, data=form)
         r.raise_for_status()
@@ -72,11 +73,12 @@ def fetch_token(token_url: str, client_id: str, key: Any, scope: str,
 class BackendServicesAuth(httpx.Auth):
     """Bearer tokens from the hub's (or any SMART) token endpoint, renewed before they expire."""
 
-    def __init__(self, token_url: str, client_id: str, key: Any, scope: str):
+    def __init__(self, token_url: str, client_id: str, key: Any, scope: str, verify: Any = True):
         if isinstance(key, (bytes, str)):
             key = serialization.load_pem_private_key(
                 key.encode() if isinstance(key, str) else key, password=None)
         self.token_url, self.client_id, self.key, self.scope = token_url, client_id, key, scope
+        self.verify = verify  # the TLS of the token endpoint (fetch_token)
         self._token: str | None = None
         self._expires = 0.0
         self._lock = threading.Lock()
@@ -84,7 +86,8 @@ class BackendServicesAuth(httpx.Auth):
     def token(self, renew: bool = False) -> str:
         with self._lock:
             if renew or self._token is None or time.time() > self._expires - REFRESH_MARGIN_S:
-                answer = fetch_token(self.token_url, self.client_id, self.key, self.scope)
+                answer = fetch_token(self.token_url, self.client_id, self.key, self.scope,
+                                     verify=self.verify)
                 self._token = answer["access_token"]
                 self._expires = time.time() + int(answer.get("expires_in", 300))
             return self._token

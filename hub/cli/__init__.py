@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS (default $HUB_TLS_CERT)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert (default $HUB_TLS_KEY)")
+    p.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed (mutual "
+                   "TLS; default $HUB_TLS_CLIENT_CA)")
 
     p = sub.add_parser("ingest", help="validate and store FHIR JSON, Bundles and NDJSON",
                        parents=[common])

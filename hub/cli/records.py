@@ -24,28 +24,59 @@ def cmd_serve(args, settings: Settings) -> int:
 
     settings.host = args.host or settings.host
     settings.port = args.port or settings.port
+    settings.tls_cert = getattr(args, "tls_cert", None) or settings.tls_cert
+    settings.tls_key = getattr(args, "tls_key", None) or settings.tls_key
+    settings.tls_client_ca = getattr(args, "tls_client_ca", None) or settings.tls_client_ca
     if not settings.auth and not _loopback(settings.host):
         raise UsageError(f"refusing to serve on {settings.host} without access control: anyone "
                          "on the network could read every record; unset HUB_AUTH=0, or listen "
                          "on 127.0.0.1")
+    if (settings.tls_client_ca or settings.tls_key) and not settings.tls_cert:
+        raise UsageError("HUB_TLS_KEY and HUB_TLS_CLIENT_CA (--tls-key, --tls-client-ca) need a "
+                         "server certificate: set HUB_TLS_CERT (--tls-cert) too")
     open_store(settings).close()  # fail now, with a clear line, if the store cannot be opened
-    print(f"FHIR API on http://{settings.host}:{settings.port}/fhir "
-          f"(data: {settings.database_url and 'PostgreSQL' or settings.data_dir})", flush=True)
+    print(f"FHIR API on {settings.fhir_base} "
+          f"(data: {settings.database_url and 'PostgreSQL' or settings.data_dir}"
+          f"{', client certificates required' if settings.tls_client_ca else ''})", flush=True)
+    options = server_options(settings)
     if args.workers > 1:
         # Worker processes build their own app from the environment: hand the settings on.
         os.environ.update(HUB_DATA_DIR=str(settings.data_dir), HUB_HOST=settings.host,
                           HUB_PORT=str(settings.port))
-        if settings.database_url:
-            os.environ["HUB_DATABASE_URL"] = settings.database_url
-        uvicorn.run("hub.api.app:create_app", factory=True, workers=args.workers,
-                    host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                    proxy_headers=False)
+        os.environ["HUB_HEADER_TIMEOUT"] = str(settings.header_timeout)
+        for name, value in (("HUB_DATABASE_URL", settings.database_url),
+                            ("HUB_TLS_CERT", settings.tls_cert), ("HUB_TLS_KEY", settings.tls_key),
+                            ("HUB_TLS_CLIENT_CA", settings.tls_client_ca)):
+            if value:
+                os.environ[name] = value
+        uvicorn.run("hub.api.app:create_app", factory=True, workers=args.workers, **options)
     else:
-        # proxy_headers off: uvicorn would believe X-Forwarded-For from localhost; the hub
-        # believes it from HUB_TRUSTED_PROXIES only (hub.api.traffic)
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                    log_level="warning", access_log=False, proxy_headers=False)
+        uvicorn.run(create_app(settings), **options)
     return 0
+
+
+def server_options(settings: Settings) -> dict:
+    """uvicorn's options for ``settings``: where to listen, the header limits (size, and the
+    deadline of hub.api.headtimeout), the keep-alive timeout, TLS.
+
+    proxy_headers is off: uvicorn would believe X-Forwarded-For from localhost; the hub believes it
+    from HUB_TRUSTED_PROXIES only (hub.api.traffic)."""
+    import ssl
+
+    from hub.api.headtimeout import HeadTimeoutH11Protocol
+
+    HeadTimeoutH11Protocol.head_timeout = settings.header_timeout
+
+    options: dict = dict(host=settings.host, port=settings.port, log_level="warning",
+                         access_log=False, proxy_headers=False,
+                         http="hub.api.headtimeout:HeadTimeoutH11Protocol",
+                         timeout_keep_alive=settings.keep_alive,
+                         h11_max_incomplete_event_size=settings.max_header)
+    if settings.tls_cert:
+        options.update(ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
+        if settings.tls_client_ca:  # mutual TLS: a client certificate signed by this CA
+            options.update(ssl_ca_certs=settings.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
 
 
 def _loopback(host: str) -> bool:

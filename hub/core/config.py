@@ -5,6 +5,22 @@ HUB_DATABASE_URL  postgresql://… to keep the event store in PostgreSQL instead
 HUB_HOST/HUB_PORT where `hub serve` listens                                     127.0.0.1:8080
 HUB_BASE_URL      public base URL used in links and Location headers            http://HOST:PORT/fhir
 HUB_MAX_BODY      largest accepted request body, bytes                          67108864 (64 MiB)
+HUB_MAX_STRING    longest string (value or key) in FHIR JSON input, characters  1048576 (1 MiB)
+                  except the values of keys named "data" (base64 of Attachment.data, Binary.data:
+                  only HUB_MAX_BODY bounds those); a longer one is answered 413 naming its element
+HUB_MAX_HEADER    largest request line plus headers, bytes                      65536 (64 KiB)
+                  a head over it is answered 431 (400 by uvicorn while it is still incomplete:
+                  h11_max_incomplete_event_size), and the connection closed
+HUB_KEEP_ALIVE    seconds an idle keep-alive connection is kept open             5
+HUB_HEADER_TIMEOUT seconds a client has to send a request's line and headers     30 (0: none)
+                  (from its connection or the previous response; then the connection is closed:
+                  hub.api.headtimeout). Behind a reverse proxy, the proxy's own applies first
+                  (nginx: client_header_timeout)
+HUB_TLS_CERT/HUB_TLS_KEY  PEM files of the server certificate (chain) and its key:  (unset: plain HTTP)
+                  `hub serve` speaks HTTPS, and the default base URL is https://HOST:PORT/fhir
+HUB_TLS_CLIENT_CA PEM file of the CA(s) whose client certificates are accepted:     (unset)
+                  mutual TLS, a client without such a certificate is refused at the handshake
+                  (bearer tokens are still required on top)
 HUB_MAX_COUNT     largest page size a client may ask for                        1000
 HUB_MPI_AUTOMATCH `hub serve` matches new and updated Patients as they arrive     1 (0: off)
 HUB_AUDIT         every access to patient data writes an AuditEvent             1 (0: off)
@@ -33,6 +49,14 @@ class Settings:
     port: int = field(default_factory=lambda: int(os.environ.get("HUB_PORT", "8080")))
     base_url: str | None = field(default_factory=lambda: os.environ.get("HUB_BASE_URL") or None)
     max_body: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_BODY", str(64 << 20))))
+    max_string: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_STRING", str(1 << 20))))
+    max_header: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_HEADER", str(64 << 10))))
+    keep_alive: int = field(default_factory=lambda: int(os.environ.get("HUB_KEEP_ALIVE", "5")))
+    header_timeout: float = field(
+        default_factory=lambda: float(os.environ.get("HUB_HEADER_TIMEOUT", "30") or 0))
+    tls_cert: str | None = field(default_factory=lambda: os.environ.get("HUB_TLS_CERT") or None)
+    tls_key: str | None = field(default_factory=lambda: os.environ.get("HUB_TLS_KEY") or None)
+    tls_client_ca: str | None = field(default_factory=lambda: os.environ.get("HUB_TLS_CLIENT_CA") or None)
     max_count: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_COUNT", "1000")))
     default_count: int = 50
     # the master patient index links new and updated Patients as they arrive (hub.api.match)
@@ -59,8 +83,8 @@ class Settings:
 
     @property
     def fhir_base(self) -> str:
-        """The FHIR base URL: ``base_url``, else where ``hub serve`` listens."""
-        return self.base_url or f"http://{self.host}:{self.port}/fhir"
+        """The FHIR base URL: ``base_url``, else where ``hub serve`` listens (https with TLS)."""
+        return self.base_url or f"{'https' if self.tls_cert else 'http'}://{self.host}:{self.port}/fhir"
 
     @property
     def event_store_path(self) -> Path:

@@ -177,3 +177,48 @@ def refuse_duplicate_keys(raw: bytes, d: Any, root: str = "$") -> None:
         issues = duplicate_keys(raw, root)
         if issues:
             raise FhirError(400, issues[0].code, issues[0].diagnostics, issues=issues)
+
+
+# -- overlong strings ----------------------------------------------------------------------------
+
+# Keys whose values may be longer than the limit: "data" holds base64 (Attachment.data, Binary.data,
+# Signature.data), bounded by the body limit only. Any key of that name, at any depth: simple to
+# state, and no element named "data" holds free text.
+LONG_VALUE_KEYS = frozenset({"data"})
+
+
+def long_string(d: Any, limit: int, root: str) -> tuple[str, int] | None:
+    """(the path, the length) of the first string of ``d`` (a value, or a key) longer than
+    ``limit`` characters, values of keys in LONG_VALUE_KEYS aside; None when there is none.
+    Iterative: a deeply nested body cannot exhaust the stack here."""
+    stack: list[tuple[Any, str]] = [(d, root)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            if len(node) > limit:
+                return path, len(node)
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                if len(k) > limit:
+                    return path, len(k)
+                if k in LONG_VALUE_KEYS or isinstance(v, (int, float, bool)) or v is None:
+                    continue
+                stack.append((v, f"{path}.{k}"))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                stack.append((v, f"{path}[{i}]"))
+    return None
+
+
+def refuse_long_strings(raw: bytes, d: Any, limit: int, root: str) -> None:
+    """413 naming the element whose string is longer than ``limit`` characters. A body no longer
+    than ``limit`` bytes cannot hold one (a character takes at least a byte): not walked."""
+    if len(raw) <= limit:
+        return
+    if isinstance(d, dict) and isinstance(d.get("resourceType"), str):
+        root = d["resourceType"]
+    found = long_string(d, limit, root)
+    if found is not None:
+        path, length = found
+        raise FhirError(413, "too-costly", f"A string of {length} characters exceeds the limit of "
+                        f"{limit} (HUB_MAX_STRING; only elements named 'data' may be longer)", path)

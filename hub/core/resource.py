@@ -30,9 +30,11 @@ MAX_ISSUES = 20
 _INEXACT_NUMBER = re.compile(rb"[0-9]\.[0-9]*0(?![0-9])|[0-9][eE][+-]?[0-9]|[0-9.]{17}")
 
 
-def parse_json(body: bytes, where: str = "body") -> Any:
+def parse_json(body: bytes, where: str = "body", max_string: int | None = None) -> Any:
     """Parse with orjson; where a decimal would lose its written form, keep it as sent. A key
-    repeated in one object is refused (400), not decided by whichever value the parser keeps."""
+    repeated in one object is refused (400), not decided by whichever value the parser keeps.
+    With ``max_string`` (the API passes HUB_MAX_STRING) a string longer than that many characters
+    is refused (413, naming its element), except the values of keys named "data" (base64)."""
     try:
         if _INEXACT_NUMBER.search(body) is None:
             d = orjson.loads(body)
@@ -41,8 +43,10 @@ def parse_json(body: bytes, where: str = "body") -> Any:
             d = json.loads(body, parse_float=orjson.Fragment)
     except (orjson.JSONDecodeError, ValueError, RecursionError) as e:
         raise FhirError(400, "structure", f"The {where} is not valid JSON: {e}") from None
-    jsontext.refuse_duplicate_keys(body if isinstance(body, bytes) else bytes(body, "utf-8"), d,
-                                   where)
+    raw = body if isinstance(body, bytes) else bytes(body, "utf-8")
+    if max_string is not None:
+        jsontext.refuse_long_strings(raw, d, max_string, "$")
+    jsontext.refuse_duplicate_keys(raw, d, where)
     return d
 
 

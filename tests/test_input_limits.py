@@ -1,0 +1,267 @@
+"""Limits on what a request may hold, against ``hub serve`` over real sockets.
+
+* HUB_MAX_STRING: no string in FHIR JSON input (a value, or a key) longer than the limit (1 MiB by
+  default), except the values of keys named "data" (base64 of Attachment.data, Binary.data): 413
+  with an OperationOutcome naming the element; the server keeps answering.
+* HUB_MAX_HEADER: the request line and headers at most that many bytes (64 KiB): beyond, 431 (400
+  from uvicorn while the head is incomplete) and the connection closed; the server keeps answering.
+* HUB_HEADER_TIMEOUT: a head sent a byte at a time is cut off (hub.api.headtimeout).
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+from typing import Any
+
+import httpx
+import pytest
+from hub.core import jsontext
+from hub.core.errors import FhirError
+from hub.core.resource import parse_json
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import FHIR_JSON, LiveServer, make_settings
+
+MiB = 1 << 20
+
+
+HEAD_TIMEOUT = 2.0
+
+
+@pytest.fixture(scope="module")
+def live(request, tmp_path_factory):
+    settings = make_settings("sqlite", tmp_path_factory.mktemp("limits"), request)
+    settings.header_timeout = HEAD_TIMEOUT
+    with LiveServer(settings) as server:
+        yield server
+
+
+@pytest.fixture
+def client(live):
+    with httpx.Client(base_url=live.base, timeout=60, auth=live.auth,
+                      headers={"accept": "application/fhir+json"}) as c:
+        yield c
+
+
+def still_serving(client) -> None:
+    assert client.get("metadata").status_code == 200
+    r = client.post("Patient", json={"resourceType": "Patient", "name": [{"family": "Ok"}]},
+                    headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+
+
+def refused(r: httpx.Response, expression: str) -> None:
+    assert r.status_code == 413, r.text[:500]
+    issue = r.json()["issue"][0]
+    assert issue["code"] == "too-costly"
+    assert issue["expression"] == [expression]
+    assert "HUB_MAX_STRING" in issue["diagnostics"]
+
+
+def test_a_2_mib_name_is_refused_naming_its_element(client):
+    big = "x" * (2 * MiB)
+    r = client.post("Patient", json={"resourceType": "Patient", "name": [{"family": "A"},
+                                                                         {"text": big}]},
+                    headers=FHIR_JSON)
+    refused(r, "Patient.name[1].text")
+    r = client.put("Patient/big", json={"resourceType": "Patient", "id": "big",
+                                        "name": [{"text": big}]}, headers=FHIR_JSON)
+    refused(r, "Patient.name[0].text")
+    assert client.get("Patient/big").status_code == 404  # nothing stored
+    still_serving(client)
+
+
+def test_multibyte_strings_are_counted_in_characters(client):
+    # 400 000 CJK characters: 1.2 MB of UTF-8, fewer characters than the limit
+    r = client.post("Patient", json={"resourceType": "Patient",
+                                     "name": [{"text": "张" * 400_000}]}, headers=FHIR_JSON)
+    assert r.status_code == 201, r.text[:300]
+
+
+def test_inside_a_bundle_the_entry_is_named(client):
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "name": [{"family": "B"}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "status": "final",
+                      "code": {"text": "y" * (MiB + 1)}},
+         "request": {"method": "POST", "url": "Observation"}}]}
+    r = client.post("", json=bundle, headers=FHIR_JSON)
+    refused(r, "Bundle.entry[1].resource.code.text")
+    still_serving(client)
+
+
+def test_a_long_key_is_refused(client):
+    r = client.post("Patient", content=b'{"resourceType":"Patient","' + b"k" * (MiB + 5) + b'":1}',
+                    headers=FHIR_JSON)
+    refused(r, "Patient")
+    still_serving(client)
+
+
+def test_base64_data_may_be_longer(client):
+    blob = base64.b64encode(b"\x89PNG" + b"\0" * (2 * MiB)).decode()
+    assert len(blob) > 2 * MiB
+    r = client.post("Binary", json={"resourceType": "Binary", "contentType": "image/png",
+                                    "data": blob}, headers=FHIR_JSON)
+    assert r.status_code == 201, r.text[:300]
+    r = client.post("Patient", json={"resourceType": "Patient", "photo": [
+        {"contentType": "image/png", "data": blob}]}, headers=FHIR_JSON)
+    assert r.status_code == 201, r.text[:300]
+    # the exemption is the value of "data" only: a long title beside it is refused
+    r = client.post("Patient", json={"resourceType": "Patient", "photo": [
+        {"contentType": "image/png", "data": "AAAA", "title": "t" * (MiB + 1)}]},
+                    headers=FHIR_JSON)
+    refused(r, "Patient.photo[0].title")
+
+
+@settings(max_examples=15, deadline=None)
+@given(path=st.lists(st.sampled_from(["extension", "valueString", "note", "text", "x"]),
+                     min_size=1, max_size=6),
+       extra=st.integers(min_value=1, max_value=4096))
+def test_hostile_long_strings_anywhere_are_refused_and_the_server_answers(live, path, extra):
+    """A string just over the limit at an arbitrary depth: 413 (or 400 when the rest of the body
+    is not FHIR; never a crash, never stored), and the server keeps answering."""
+    node: Any = "z" * (MiB + extra)
+    for key in reversed(path):
+        node = {key: [node]} if key == "extension" else {key: node}
+    body = {"resourceType": "Patient", **node}
+    with httpx.Client(base_url=live.base, timeout=60, auth=live.auth) as c:
+        r = c.post("Patient", json=body, headers=FHIR_JSON)
+        assert r.status_code == 413, r.text[:300]
+        assert r.json()["issue"][0]["expression"][0].startswith("Patient.")
+        assert c.get("metadata").status_code == 200
+
+
+# -- the walk itself -----------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["a", "data", "text", "b"]), children, max_size=4),
+    max_leaves=30)
+
+
+def reference(node: Any, limit: int) -> bool:
+    """Is there a string over ``limit`` outside the values of "data" keys (recursive, plain)?"""
+    if isinstance(node, str):
+        return len(node) > limit
+    if isinstance(node, list):
+        return any(reference(v, limit) for v in node)
+    if isinstance(node, dict):
+        return any(len(k) > limit or (k != "data" and reference(v, limit)) for k, v in node.items())
+    return False
+
+
+@settings(max_examples=300, deadline=None)
+@given(d=json_values, limit=st.integers(min_value=0, max_value=12))
+def test_long_string_agrees_with_a_plain_recursive_walk(d, limit):
+    found = jsontext.long_string(d, limit, "$")
+    assert (found is not None) == reference(d, limit)
+    if found is not None:
+        assert found[1] > limit and found[0].startswith("$")
+
+
+def test_deep_nesting_does_not_exhaust_the_stack():
+    node: Any = "q" * 20
+    for _ in range(50_000):
+        node = [node]
+    assert jsontext.long_string(node, 10, "$") == ("$" + "[0]" * 50_000, 20)
+
+
+def test_parse_json_checks_only_bodies_longer_than_the_limit():
+    assert parse_json(b'{"a":"' + b"x" * 100 + b'"}', max_string=100)  # 100: at the limit
+    with pytest.raises(FhirError) as e:
+        parse_json(b'{"resourceType":"Patient","a":["' + b"x" * 101 + b'"]}', max_string=100)
+    assert e.value.status == 413 and e.value.issues[0].expression == "Patient.a[0]"
+    assert parse_json(b'{"a":"' + b"x" * 101 + b'"}')  # no limit: the CLI, stored records
+
+
+# -- headers ---------------------------------------------------------------------------------------
+
+
+def raw_request(port: int, head: bytes, pause_after: int | None = None) -> bytes:
+    """Send ``head`` (with ``pause_after``: that many bytes, a pause, the rest) and read the
+    answer until the server closes the connection."""
+    import time
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        if pause_after is None:
+            s.sendall(head)
+        else:
+            s.sendall(head[:pause_after])
+            time.sleep(0.3)  # the server has read an incomplete head by now
+            try:
+                s.sendall(head[pause_after:])
+            except OSError:
+                pass  # refused already
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except ConnectionResetError:
+            pass
+        return out
+
+
+def head(*headers: bytes) -> bytes:
+    return (b"GET /fhir/metadata HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n"
+            + b"".join(headers) + b"\r\n")
+
+
+def test_oversized_headers_are_refused_and_the_server_keeps_running(live, client):
+    big = b"x-junk: " + b"a" * (100 << 10) + b"\r\n"
+    # arriving whole: the hub answers 431
+    answer = raw_request(live.port, head(big))
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert b"HUB_MAX_HEADER" in answer
+    many = b"".join(b"x-h%d: %s\r\n" % (i, b"b" * 100) for i in range(1000))  # 100 KiB in many
+    assert raw_request(live.port, head(many)).startswith(b"HTTP/1.1 431")
+    # arriving in parts, the first already over the cap: uvicorn stops buffering it, 400
+    answer = raw_request(live.port, head(big), pause_after=80 << 10)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    r = httpx.get(live.base + "/metadata", headers={"x-junk": "c" * (100 << 10)}, timeout=30)
+    assert r.status_code == 431
+    still_serving(client)
+
+
+def test_headers_under_the_cap_are_served(live):
+    """32 KiB of headers: over h11's own default (16 KiB), under HUB_MAX_HEADER (64 KiB)."""
+    big = b"x-big: " + b"d" * (32 << 10) + b"\r\n"
+    answer = raw_request(live.port, head(big), pause_after=20 << 10)  # incomplete over 16 KiB
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    r = httpx.get(live.base + "/metadata", headers={"x-big": "d" * (32 << 10)}, timeout=30)
+    assert r.status_code == 200
+
+
+def test_a_head_sent_slowly_is_cut_off(live, client):
+    import time
+
+    with socket.create_connection(("127.0.0.1", live.port), timeout=30) as s:
+        s.sendall(b"GET /fhir/metadata HTTP/1.1\r\nhost: 127.0.0.1\r\n")
+        start = time.monotonic()
+        closed = None
+        while time.monotonic() - start < 5 * HEAD_TIMEOUT:
+            try:
+                s.sendall(b"x")  # a byte every 0.2 s: the keep-alive timer alone never fires
+                s.settimeout(0.2)
+                if s.recv(1024) == b"":
+                    closed = time.monotonic() - start
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = time.monotonic() - start
+                break
+        assert closed is not None, "the slow head was never cut off"
+        assert HEAD_TIMEOUT - 0.5 < closed < HEAD_TIMEOUT + 2
+    still_serving(client)
+
+
+def test_kept_alive_connections_still_serve_prompt_requests(live):
+    import time
+
+    with httpx.Client(timeout=30) as c:  # one connection, requests within the deadline
+        for _ in range(3):
+            assert c.get(live.base + "/metadata").status_code == 200
+            time.sleep(HEAD_TIMEOUT / 4)
