@@ -210,6 +210,11 @@ class Connector:
             t = self.threads.get(src.name)
             d = {"type": type(src).__name__, "alive": bool(t and t.is_alive()),
                  **counters.get(src.name, {})}
+            ready = getattr(src, "ready", None)  # a listener: is it bound and accepting?
+            if ready is not None:
+                d["listening"] = ready.is_set()
+                if d["listening"]:
+                    self.source_errors.pop(src.name, None)  # an earlier failure to bind is over
             if src.name in self.source_errors:
                 d["error"] = self.source_errors[src.name]
             if hasattr(src, "port"):
@@ -217,7 +222,7 @@ class Connector:
             if hasattr(src, "stats"):
                 d["stats"] = dict(src.stats)
             sources[src.name] = d
-        healthy = all(d["alive"] for d in sources.values()) and (
+        healthy = all(d["alive"] and d.get("listening", True) for d in sources.values()) and (
             self.sink_state["state"] != "retrying" or time.time() - self.sink_state["since"] < 300)
         return {"connector": self.config.name, "healthy": healthy,
                 "uptime_s": round(time.time() - self.started, 1), "sources": sources,

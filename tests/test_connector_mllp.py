@@ -217,3 +217,34 @@ def test_build_ack_without_msh():
     ack = build_ack(b"garbage", "AR", {"reason": "bad | thing ^ here", "code": "AR"})
     assert ack_segment(ack, "MSA")[1] == "AR"
     assert ack_segment(ack, "MSA")[3] == "bad \\F\\ thing \\S\\ here"  # escaped
+
+
+def test_a_listener_that_cannot_bind_is_not_healthy_until_it_does(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    cfg = ConnectorConfig.from_dict({
+        "name": "adt", "institution": {"code": "H0001", "oid": "2.16.156.10011.99.1.1"},
+        "state_dir": str(tmp_path / "state"), "durable": False,
+        "retry": {"initial_s": 0.2, "max_s": 0.2},
+        "sources": [{"type": "mllp", "name": "adt", "host": "127.0.0.1", "port": port,
+                     "kind": "hl7v2"}],
+        "sink": {"type": "http", "url": f"http://127.0.0.1:{free_port()}/fhir"}})
+    conn = Connector(cfg)
+    conn.start()
+    try:
+        deadline = time.monotonic() + 10
+        while "error" not in conn.status()["sources"]["adt"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        st = conn.status()
+        assert st["healthy"] is False, st
+        assert st["sources"]["adt"]["listening"] is False and "error" in st["sources"]["adt"]
+        taken.close()  # the port comes free: the next retry binds
+        assert conn.sources[0].ready.wait(10)
+        st = conn.status()
+        assert st["healthy"] is True and "error" not in st["sources"]["adt"], st
+    finally:
+        taken.close()
+        conn.stop()
+        conn.join()

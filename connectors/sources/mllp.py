@@ -249,6 +249,7 @@ class MLLPSource:
             while not stop.is_set():
                 await asyncio.sleep(0.1)
         finally:
+            self.ready.clear()
             server.close()
             for _ in range(100):  # let messages in flight be answered (at most 10 s)
                 if not self._busy:
