@@ -87,6 +87,7 @@ def test_latin_name_levels():
     assert levels(latin("a", "Neumann", "Michaela"), latin("b", "Newman", "Mikaela"))[0]["name"] == "phonetic"
     assert levels(a, latin("b", "Flockahrt", "Jaspr"))[0]["name"] == "edit"
     assert levels(a, latin("b", None, "Jasper"))[0]["name"] == "partial"  # surname missing
+    assert levels(a, latin("b", None, "Jaspre"))[0]["name"] == "partial"  # and the given name mistyped
     assert features(latin("b", None, "Jasper"))["fam"] is None  # not "j": a Latin name isn't split
     assert levels(a, latin("b", "Ryan", "Ella"))[0]["name"] == "different"
     assert levels(a, latin("b", "Tiller", "Jasper"))[0]["name"] == "given"  # a surname taken at marriage
@@ -104,6 +105,8 @@ def test_birth_levels():
     assert compare_birth("1980-01-02", "1981-01-02") == "year1"
     assert compare_birth("1980-01-02", "1982-01-02") == "typo"  # one digit
     assert compare_birth("1980-01-02", "1980-01-20") == "typo"  # two transposed
+    assert compare_birth("1996-01-11", "1990-61-11") == "typo"  # two transposed across the "-"
+    assert compare_birth("1991-02-03", "1990-12-03") == "typo"
     assert compare_birth("1980-01-02", "1991-01-02") == "different"
     # 1985-03-14 was the 23rd day of the first lunar month of 1985
     assert compare_birth("1985-01-23", "1985-03-14") == compare_birth("1985-03-14", "1985-01-23") == "lunar"
