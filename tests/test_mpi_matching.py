@@ -87,6 +87,7 @@ def test_latin_name_levels():
     assert levels(latin("a", "Neumann", "Michaela"), latin("b", "Newman", "Mikaela"))[0]["name"] == "phonetic"
     assert levels(a, latin("b", "Flockahrt", "Jaspr"))[0]["name"] == "edit"
     assert levels(a, latin("b", None, "Jasper"))[0]["name"] == "partial"  # surname missing
+    assert levels(a, latin("b", None, "Jaspre"))[0]["name"] == "partial"  # and the given name mistyped
     assert features(latin("b", None, "Jasper"))["fam"] is None  # not "j": a Latin name isn't split
     assert levels(a, latin("b", "Ryan", "Ella"))[0]["name"] == "different"
     assert levels(a, latin("b", "Tiller", "Jasper"))[0]["name"] == "given"  # a surname taken at marriage
@@ -104,6 +105,8 @@ def test_birth_levels():
     assert compare_birth("1980-01-02", "1981-01-02") == "year1"
     assert compare_birth("1980-01-02", "1982-01-02") == "typo"  # one digit
     assert compare_birth("1980-01-02", "1980-01-20") == "typo"  # two transposed
+    assert compare_birth("1996-01-11", "1990-61-11") == "typo"  # two transposed across the "-"
+    assert compare_birth("1991-02-03", "1990-12-03") == "typo"
     assert compare_birth("1980-01-02", "1991-01-02") == "different"
     # 1985-03-14 was the 23rd day of the first lunar month of 1985
     assert compare_birth("1985-01-23", "1985-03-14") == compare_birth("1985-03-14", "1985-01-23") == "lunar"
@@ -163,7 +166,7 @@ def test_blocking_on_address_and_postal_code_sounds():
         p["address"] = [{"line": ["8 Stanley Street"], "postalCode": "4223"}]
     b["birthDate"] = "1981-03-02"  # name and birth date both off: only the address meets
     ka, kb = set(blocking.keys(features(a))), set(blocking.keys(features(b)))
-    assert {k for k, _ in ka & kb} == {"ad", "aw", "pcw", "pcf", "pcg"}
+    assert {k for k, _ in ka & kb} == {"ad", "aw", "pcw", "pcn", "pcf", "pcg"}
 
 
 def test_block_over_cap_alerts_and_compares_the_cap(tmp_path, caplog):
@@ -424,6 +427,24 @@ def test_blocking_meets_swapped_latin_names_and_changed_names():
     renamed["name"][0]["given"] = ["Ryley"]
     shared = {k for k, _ in set(blocking.keys(features(a))) & set(blocking.keys(features(renamed)))}
     assert shared == {"bdp"}
+
+
+def test_blocking_meets_a_latin_address_by_locality_and_by_house_number():
+    a = _addressed("a", "14 Ross Hill", pc="6072", city="Barmera", family="Menzies", given="Luke")
+    # surname replaced, given name, street and postal code mistyped: the birth date and locality meet
+    b = _addressed("b", "14 Roskhill", pc="6027", city="Barmera", family="Dixon", given="Luge")
+    shared = {k for k, _ in set(blocking.keys(features(a))) & set(blocking.keys(features(b)))}
+    assert shared == {"bdc"}
+    # names and street mistyped, another birth date: the house number in its postal area meets
+    c = _addressed("c", "14 Rosshlil", pc="6072", city="Barmeta", family="Dixon", given="Luge",
+                   birth="1917-05-09")
+    shared = {k for k, _ in set(blocking.keys(features(a))) & set(blocking.keys(features(c)))}
+    assert shared == {"pcn"}
+    # a Chinese-script address: its city is a whole city (the district keys are the finer ones)
+    z = pat("z")
+    z["address"][0].update({"line": ["解放路14号"], "city": "重庆市", "postalCode": "400010"})
+    kinds = {k for k, _ in blocking.keys(features(z))}
+    assert "bdc" not in kinds and "pcn" not in kinds
 
 
 def test_a_district_counts_beyond_the_name_and_birth_date_bound_only_for_a_rare_name():

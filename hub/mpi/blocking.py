@@ -10,8 +10,9 @@ they hold a house number, and postal code +
 how the surname or given name sounds (Latin script: a name and a birth date both mistyped), birth
 date or locality + how either part of a Latin name sounds (surname and given name swapped), a
 Latin address's house number with each of its two longest words (a street and a locality in either
-order), and its postal code with its longest word (another or no house number). No key
-holds the sex: not every source sends it. Keys are stored as 64-bit
+order), its postal code with its longest word (another or no house number) and with its house
+number (the street's name mistyped), and, with a Latin address, the birth date with the locality
+(names, lines and postal code all changed or mistyped). No key holds the sex: not every source sends it. Keys are stored as 64-bit
 hashes. A block larger than its cap (``data/blocking.json``) is not dropped silently: the first
 ``cap`` members are compared, an alert is counted per key kind and logged (the kind and size only,
 never the value: no personal data in logs).
@@ -32,7 +33,7 @@ from hub.mpi.normalise import DATA
 
 log = logging.getLogger("hub.mpi.blocking")
 KINDS = ("id", "idseq", "hc", "oid", "ph", "py", "bdf", "bdg", "bdt", "ad", "pcf", "pcg", "bds", "cts",
-         "aw", "pcw", "bdp")
+         "aw", "pcw", "bdp", "bdc", "pcn")
 
 
 @lru_cache(maxsize=1)
@@ -103,6 +104,12 @@ def keys(f: dict[str, Any]) -> list[tuple[str, str]]:
             out.append(("aw", f"{nums[0] if nums else ''}|{w}"))
         if longest and f.get("pc"):  # another house number, or none: the street in its postal area
             out.append(("pcw", f"{f['pc']}|{longest[0]}"))
+        if nums and f.get("pc"):  # the street's name mistyped or written otherwise: the house
+            out.append(("pcn", f"{f['pc']}|{nums[0]}"))  # number in its postal area
+        if bd and f.get("city"):
+            # a Latin-script address's locality is a suburb or town (the lines hold no district):
+            # with the birth date, it meets a record whose names, lines and postal code all changed
+            out.append(("bdc", f"{bd}|{f['city']}"))
     return list(dict.fromkeys(out))
 
 

@@ -9,12 +9,12 @@ name      exact | pinyin (same reading: homophones) | swap (given name character
           Latin-script surname and given name in each other's place) | phonetic (Latin script:
           surname and given name each sound alike, Metaphone or NYSIIS) | edit (Latin script: each
           part a typo of the other's, Jaro-Winkler >= 0.88 or one letter off in four or more) | partial (a character of a Chinese
-          given name dropped; Latin script: one part missing, the other the same) | given (Latin
+          given name dropped; Latin script: one part missing, the other the same or a typo of it) | given (Latin
           script: the given names alike, the surnames not: a name taken at marriage) | family
           (Latin script: the surnames alike, the given names not) | similar (Jaro-Winkler of the pinyin >= 0.9) | different
 birth     exact | swapped (day and month) | lunar (one is the other's date in the Chinese lunar
           calendar, as many registrations record it) | year1 (same day and month, the year one
-          off) | typo (one digit mistyped or two transposed) | year (same year only) | different
+          off) | typo (one digit mistyped or two transposed, also across a separator) | year (same year only) | different
 sex       same | different
 phone     same (any number in common) | different
 dist      same (district code; without codes on both sides, the district name) | different
@@ -175,9 +175,12 @@ def _compare_latin(a: tuple[str, str], b: tuple[str, str]) -> str | None:
     (fa, ga), (fb, gb) = a, b
     if (fa, ga) == (gb, fb) and fa and ga:
         return "swap"
-    if not (fa and ga and fb and gb):  # a part missing on one side
+    if not (fa and ga and fb and gb):  # a part missing on one side: the other the same, or a slip
         have_a, have_b = {p for p in a if p}, {p for p in b if p}
-        return "partial" if have_a & have_b and len(have_a) + len(have_b) == 3 else None
+        if len(have_a) + len(have_b) != 3:
+            return None
+        return "partial" if have_a & have_b or any(
+            _typo(p, q) for p in have_a for q in have_b) else None
     for (p, q), (r, t) in (((fa, ga), (fb, gb)), ((fa, ga), (gb, fb))):
         if _alike(p, r) and _alike(q, t):
             return "phonetic"
@@ -203,7 +206,10 @@ def compare_birth(x: str | None, y: str | None) -> str | None:
         return "lunar"
     if _year1(x, y):
         return "year1"
-    if len(x) == len(y) == 10 and OSA.distance(x, y, score_cutoff=2) == 1:
+    # on the eight digits: two digits transposed across a separator (1996-01-11 keyed 1990-61-11)
+    # are one slip too
+    if len(x) == len(y) == 10 and OSA.distance(x.replace("-", ""), y.replace("-", ""),
+                                               score_cutoff=2) == 1:
         return "typo"
     if x[:4] == y[:4]:
         return "year"
