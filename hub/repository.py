@@ -24,6 +24,7 @@ from hub.core.errors import FhirError, bad_request, forbidden, not_found
 from hub.core.ingest import Context, Hub, Op, Result
 from hub.core.store import ResourceStore, VersionRow
 from projections.search.backend import Page, Row
+from projections.search.compartment import patient_compartment
 from projections.search.query import Include, Query
 
 T = TypeVar("T")
@@ -59,12 +60,7 @@ AUDIT = "AuditEvent"
 @lru_cache(maxsize=1)
 def patient_data_types() -> frozenset[str]:
     """Types that hold patient data: those of the Patient compartment, and Person."""
-    import json
-    from importlib import resources
-
-    table = json.loads(resources.files("projections.data").joinpath(
-        "compartment_patient.json").read_text())
-    return frozenset(table) | {"Patient", "Person"}
+    return frozenset(patient_compartment()) | {"Patient", "Person"}
 
 
 @dataclass

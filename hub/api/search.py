@@ -8,10 +8,8 @@ bounded). Unknown parameters are ignored with a warning in the bundle, or refuse
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 import orjson
@@ -25,13 +23,10 @@ from hub.repository import Repository
 from projections.runner import Runner
 from projections.search.backend import SearchBackend
 from projections.search.backends import open_backend
-from projections.search.params import params_for
+from projections.search.compartment import compartment_group
 from projections.search.query import (
     TERMINOLOGY_MODIFIERS,
-    Criterion,
     Query,
-    RefValue,
-    TokenValue,
     parse,
 )
 from projections.search.sqlite_index import SQLiteSearchIndex
@@ -85,28 +80,6 @@ class SearchService:
             raise bad_request("A conditional operation needs search criteria")
         self.sync()
         return self.backend.match_ids(q)
-
-
-# -- the Patient compartment ----------------------------------------------------------------------
-
-@lru_cache(maxsize=1)
-def patient_compartment() -> dict[str, list[str]]:
-    return json.loads(resources.files("projections.data").joinpath(
-        "compartment_patient.json").read_text())
-
-
-def compartment_group(ctype: str, cid: str, rtype: str) -> list[Criterion]:
-    if ctype != "Patient":
-        raise FhirError(400, "not-supported", f"Only the Patient compartment is supported, not {ctype}")
-    params = patient_compartment().get(rtype)
-    if params is None:
-        raise FhirError(400, "not-supported", f"{rtype} is not in the Patient compartment")
-    known = params_for(rtype)
-    group = [Criterion(p, "reference", value=RefValue(targets=(f"Patient/{cid}",)))
-             for p in params if p in known and known[p].type == "reference"]
-    if rtype == "Patient":
-        group.append(Criterion("_id", "token", value=TokenValue(None, cid)))
-    return group
 
 
 # -- _summary and _elements -----------------------------------------------------------------------

@@ -5,7 +5,7 @@
   gender, birth date, telecom and address of the most assured Patient);
 - ``SharedRecord.everything``: every resource in the Patient compartment of each of the person's
   Patients, answered from the search index in one query (the compartment's reference parameters
-  of every type, from ``hub.api.search.compartment_group``, over the Patients' references), paged
+  of every type, from ``projections.search.compartment``, over the Patients' references), paged
   by the index key, bodies read in bulk from the event store;
 - ``SharedRecord.timeline``: the timeline projection read for the person's Patients.
 
@@ -23,15 +23,15 @@ Institution``, what connectors send) or to the Organization of its ``managingOrg
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-from hub.api.search import SearchService, compartment_group, patient_compartment
 from hub.core.errors import FhirError, bad_request, not_found
 from hub.core.store import ResourceStore
 from hub.mpi.identity import IdentityService
 from projections.runner import Runner
+from projections.search.compartment import compartment_group, patient_compartment
 from projections.timeline import TimelineProjection
 
 EXCLUDED_BY_DEFAULT = ("AuditEvent",)
@@ -105,8 +105,20 @@ class Scope:
     all_patients: list[str]
 
 
+class IndexedSearch(Protocol):
+    """What the shared record reads of the search service (``hub.api.search.SearchService``):
+    read-your-writes, and the SQLite index whose tables it reads itself."""
+
+    index: Any
+
+    def sync(self) -> bool: ...
+
+    @property
+    def sql(self) -> Any: ...
+
+
 class SharedRecord:
-    def __init__(self, store: ResourceStore, identity: IdentityService, search: SearchService,
+    def __init__(self, store: ResourceStore, identity: IdentityService, search: IndexedSearch,
                  timeline: TimelineProjection, timeline_runner: Runner):
         self.store, self.identity, self.search = store, identity, search
         self.timeline_model, self.timeline_runner = timeline, timeline_runner

@@ -1,0 +1,34 @@
+"""The Patient compartment as search criteria: which parameters of each type point at the Patient
+(the official compartment definition, derived into ``projections/data``)."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+
+from hub.core.errors import FhirError
+from projections.search.params import params_for
+from projections.search.query import Criterion, RefValue, TokenValue
+
+
+@lru_cache(maxsize=1)
+def patient_compartment() -> dict[str, list[str]]:
+    """Resource type -> the parameters that put it in a Patient's compartment."""
+    return json.loads(resources.files("projections.data").joinpath(
+        "compartment_patient.json").read_text())
+
+
+def compartment_group(ctype: str, cid: str, rtype: str) -> list[Criterion]:
+    """The OR-group of criteria selecting ``rtype`` resources in compartment ``ctype/cid``."""
+    if ctype != "Patient":
+        raise FhirError(400, "not-supported", f"Only the Patient compartment is supported, not {ctype}")
+    params = patient_compartment().get(rtype)
+    if params is None:
+        raise FhirError(400, "not-supported", f"{rtype} is not in the Patient compartment")
+    known = params_for(rtype)
+    group = [Criterion(p, "reference", value=RefValue(targets=(f"Patient/{cid}",)))
+             for p in params if p in known and known[p].type == "reference"]
+    if rtype == "Patient":
+        group.append(Criterion("_id", "token", value=TokenValue(None, cid)))
+    return group
