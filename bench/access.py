@@ -5,8 +5,10 @@ access control and audit (``HUB_AUTH=0 HUB_AUDIT=0``, the baseline) and with bot
 administrator client's token from the hub's own token endpoint, every read audited). wrk drives
 one server at a time, 4 connections, ``--seconds`` per run, in turn for ``--rounds`` rounds:
 reads of Patients by id, then Observation searches by subject, spread over the region. Reported:
-the medians' requests/s ratio (with / without) and read p50 difference in ms, and each round's
-rate (the machine is shared: taking the two in turn puts its drift on both).
+the medians' requests/s ratio (with / without) and read p50 difference in ms, each round's
+rate (the machine is shared: taking the two in turn puts its drift on both), and the server
+process's CPU time per request (its ratio with / without says what the checks and the audit cost
+the server, apart from what latency does to 4 connections' rate).
 
 Completeness: against the audited server a Python client makes a known mix of reads, vreads,
 searches, history and writes; the AuditEvents the audit log gained must equal the accesses to
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import psutil
 
 from bench.common import generated, record
 from bench.server import start_server
@@ -54,6 +57,18 @@ def _load(data_dir: str, people: int) -> tuple[list[str], list[str]]:
         elif d["resourceType"] == "Observation":
             subjects.add(d["subject"]["reference"])
     return patients, sorted(subjects)
+
+
+def _measured(proc, port: int, paths: list[str], seconds: int, token: str | None,
+              work: Path) -> dict:
+    """A wrk run, with the server process's CPU time per request (user + system, its threads
+    included): what each request cost the server, whatever the latency did to the rate."""
+    cpu = psutil.Process(proc.pid)
+    before = sum(cpu.cpu_times()[:2])
+    out = _wrk(port, paths, seconds, token, work)
+    used = sum(cpu.cpu_times()[:2]) - before
+    out["cpu_us_per_request"] = round(used / max(1.0, out["per_s"] * seconds) * 1e6, 1)
+    return out
 
 
 def _wrk(port: int, paths: list[str], seconds: int, token: str | None, work: Path) -> dict:
@@ -179,17 +194,20 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         # both servers up at once, measured in turn: a drift of the machine's load over the run
         # falls on both alike, and the medians of several short rounds are compared
-        procs.append(_serve(open_dir, args.port + 1, protected=False))
-        procs.append(_serve(data_dir, args.port, protected=True, audit=not args.no_audit))
+        open_proc = _serve(open_dir, args.port + 1, protected=False)
+        procs.append(open_proc)
+        protected_proc = _serve(data_dir, args.port, protected=True, audit=not args.no_audit)
+        procs.append(protected_proc)
         auth = BackendServicesAuth(f"http://127.0.0.1:{args.port}/auth/token",
                                    client.client_id, key, "system/*.cruds")
         token = auth.token()
         runs: dict = {"open": {"read": [], "search": []}, "protected": {"read": [], "search": []}}
         for _ in range(args.rounds):
             for kind in ("read", "search"):
-                runs["open"][kind].append(_wrk(args.port + 1, paths[kind], args.seconds, None, work))
-                runs["protected"][kind].append(_wrk(args.port, paths[kind], args.seconds, token,
-                                                    work))
+                runs["open"][kind].append(_measured(open_proc, args.port + 1, paths[kind],
+                                                    args.seconds, None, work))
+                runs["protected"][kind].append(_measured(protected_proc, args.port, paths[kind],
+                                                         args.seconds, token, work))
         for side, kinds in runs.items():
             out[side] = {kind: _median(rs) for kind, rs in kinds.items()}
         out["rounds_per_s"] = {side: {kind: [r["per_s"] for r in rs] for kind, rs in kinds.items()}
@@ -206,6 +224,9 @@ def main(argv: list[str] | None = None) -> dict:
             out["protected"][kind]["per_s"] / out["open"][kind]["per_s"], 3)
     out["read_p50_added_ms"] = round(out["protected"]["read"]["p50_ms"]
                                      - out["open"]["read"]["p50_ms"], 3)
+    for kind in ("read", "search"):  # the server's CPU per request, with / without
+        out[f"{kind}_cpu_ratio"] = round(out["protected"][kind]["cpu_us_per_request"]
+                                         / out["open"][kind]["cpu_us_per_request"], 3)
     record("access-no-audit" if args.no_audit else "access", out)
     print(out)
     return out

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import mmap
 import os
 import threading
 import time
@@ -391,53 +392,64 @@ class AuditLog:
 
 
 class Spool:
-    """AuditEvents as JSON lines in files of a local directory, until moved into the tables.
+    """AuditEvents as lines in files of a local directory, until moved into the tables.
 
-    ``write`` is one ``write(2)`` with ``O_APPEND`` to this process's current file, which the
-    process holds an exclusive ``flock`` on; a file grown past ``rotate_bytes`` is closed and a
-    new one begun. ``take`` reads the complete lines not yet taken from this process's files
-    and from any file no live process holds (one left by a process that died), and deletes a
-    file once wholly taken and no longer written."""
+    ``write`` copies the line into this process's current file, mapped into memory
+    (``MAP_SHARED``): no system call, so the writing request keeps the interpreter's lock, where a
+    ``write(2)`` per access would hand it to another thread and back. A page of a shared
+    mapping is the kernel's page cache, as a ``write(2)``'s bytes are: either survives the process
+    dying and neither the machine losing power before the cache is written out. Each file's room
+    (``rotate_bytes``) is reserved on disk when it is begun (``posix_fallocate``), so a full disk
+    is an error then rather than a signal at a later copy; the unused rest reads as NUL bytes,
+    which no line holds. The process holds an exclusive ``flock`` on its current file; a full
+    one is closed and another begun. ``take`` reads the complete lines not yet taken from this
+    process's files and from any file no live process holds (one left by a process that died),
+    and deletes a file once wholly taken and no longer written."""
 
     def __init__(self, directory: Path, rotate_bytes: int = 4 << 20):
         self.dir = directory
         self.rotate_bytes = rotate_bytes
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._map: mmap.mmap | None = None
         self._path: Path | None = None
         self._size = 0
         self._taken: dict[Path, int] = {}  # bytes of each file already taken (this process)
 
     def write(self, entry: Entry) -> None:
         """Append ``entry``; on return it survives this process's crash. An ``OSError`` (a full
-        disk) leaves the file it may have torn a line of closed: the next write begins another."""
+        disk when a file is begun) leaves no line behind."""
         rid, lo, hi, chain, seq, body = row_of(entry)
         # the row as the table takes it, tab-separated (JSON escapes tabs and newlines), so
         # that moving it needs no parsing
         line = b"\t".join((rid.encode(), str(lo).encode(), str(hi).encode(), chain.encode(),
                            str(seq).encode(), body)) + b"\n"
         with self._lock:
-            if self._fd is None or self._size >= self.rotate_bytes:
-                self._begin()
-            assert self._fd is not None
-            try:
-                n = os.write(self._fd, line)
-                if n != len(line):
-                    raise OSError(f"short write to the audit spool ({n} of {len(line)} bytes)")
-            except OSError:
-                self._end()
-                raise
-            self._size += n
+            if self._map is None or self._size + len(line) > len(self._map):
+                self._begin(max(self.rotate_bytes, len(line)))
+            assert self._map is not None
+            self._map[self._size:self._size + len(line)] = line
+            self._size += len(line)
 
-    def _begin(self) -> None:
+    def _begin(self, room: int) -> None:
         self._end()
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self.dir / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.ndjson"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._fd, self._path, self._size = fd, path, 0
+        path = self.dir / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.spool"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.posix_fallocate(fd, 0, room)
+            mapped = mmap.mmap(fd, room, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        self._fd, self._map, self._path, self._size = fd, mapped, path, 0
 
     def _end(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         if self._fd is not None:
             os.close(self._fd)  # the lock goes with it: the file is now taken like any other
             self._fd = self._path = None
@@ -450,9 +462,10 @@ class Spool:
         """(rows, done) in file and line order; call ``done`` once they are stored."""
         if not self.dir.is_dir():
             return
-        for path in sorted(self.dir.glob("*.ndjson")):
+        for path in sorted(self.dir.glob("*.spool")):
             with self._lock:
                 current = path == self._path
+                written = self._size if current else None
             fd = None
             if not current:
                 try:
@@ -465,7 +478,7 @@ class Spool:
                     os.close(fd)
                     continue  # a live process writes it: that one takes it
             try:
-                yield from self._take_file(path, batch)
+                yield from self._take_file(path, batch, written)
                 if not current:
                     path.unlink(missing_ok=True)
                     self._taken.pop(path, None)
@@ -473,15 +486,18 @@ class Spool:
                 if fd is not None:
                     os.close(fd)
 
-    def _take_file(self, path: Path, batch: int) -> Iterator[tuple[list[tuple], Callable[[], None]]]:
+    def _take_file(self, path: Path, batch: int,
+                   written: int | None) -> Iterator[tuple[list[tuple], Callable[[], None]]]:
+        """The lines of ``path`` from where this process stopped taking; ``written``: how far
+        this process has written it (its current file), else up to the first unused byte."""
         start = self._taken.get(path, 0)
         try:
             with open(path, "rb") as f:
                 f.seek(start)
-                data = f.read()
+                data = f.read() if written is None else f.read(max(0, written - start))
         except FileNotFoundError:
             return
-        end = data.rfind(b"\n") + 1  # a line still being written waits for the next round
+        end = _lines_end(data)
         entries: list[tuple] = []
         offset = start
         for line in data[:end].splitlines():
@@ -501,15 +517,22 @@ class Spool:
         """Every complete spooled line, taken or not (for a reader beside a running server)."""
         if not self.dir.is_dir():
             return
-        for path in sorted(self.dir.glob("*.ndjson")):
+        for path in sorted(self.dir.glob("*.spool")):
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
                 continue
-            for line in data[:data.rfind(b"\n") + 1].splitlines():
+            for line in data[:_lines_end(data)].splitlines():
                 row = _spooled_row(line)
                 if row is not None:
                     yield Entry(row[0], orjson.loads(row[5]), row[3], row[4])
+
+
+def _lines_end(data: bytes) -> int:
+    """Where the complete lines of spooled ``data`` end: after the last newline before the
+    unused (NUL) rest of the file; a line still being copied waits for the next round."""
+    unused = data.find(b"\x00")
+    return data.rfind(b"\n", 0, len(data) if unused < 0 else unused) + 1
 
 
 def row_of(e: Entry) -> tuple[str, int, int, str, int, bytes]:
