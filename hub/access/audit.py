@@ -12,14 +12,14 @@ purpose of use).
 
 from __future__ import annotations
 
+import random
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from hub.access.auditlog import AuditLog, Entry
-from hub.access.chain import AuditChain, seal_of
+from hub.access.chain import AuditChain, prepared, sealed
 from hub.core.access import Action
 from hub.core.errors import FhirError
 from hub.core.ingest import Context, now_instant
@@ -46,10 +46,12 @@ class AuditWriter:
     def write(self, d: dict) -> str:
         """Write AuditEvent ``d``; its id. Raises a ``FhirError`` for content that cannot be
         stored (the chain does not move), an ``OSError`` when the spool could not be written
-        (the chain then starts afresh: whether a torn line was left is not known)."""
+        (the chain then starts afresh: whether a torn line was left is not known). What needs
+        no chain is done before taking the writer's turn."""
+        ready = self._prepare(d)
         with self._lock:
             before = self.chain.state()
-            entry = self._entry(d)
+            entry = self._sealed(d, *ready)
             try:
                 self.log.spool.write(entry)
             except (OSError, FhirError) as e:  # a FhirError before writing: the chain goes back
@@ -65,16 +67,46 @@ class AuditWriter:
 
     def _entry(self, d: dict) -> Entry:
         """``d`` sealed into the chain, with its id and meta (neither is hashed)."""
-        body = self.chain.seal(d)
-        seal = seal_of(body)
-        assert seal is not None
-        # time first, so that ids arrive in order in the id index (a page, not a page per row)
-        rid = f"{time.time_ns() // 1000:014x}{uuid.uuid4().hex[:18]}"
-        recorded = d.get("recorded") if isinstance(d.get("recorded"), str) else now_instant()[0]
+        return self._sealed(d, *self._prepare(d))
+
+    @staticmethod
+    def _prepare(d: dict) -> tuple[bytes, str, str]:
+        """(canonical form, id, recorded): an id with the time first, so that ids arrive in
+        order in the id index (a page, not a page per row)."""
+        # (random bits from the interpreter's generator: os.urandom would be a system call,
+        # which hands the interpreter lock to another thread and back on every access)
+        rid = f"{time.time_ns() // 1000:014x}{random.getrandbits(72):018x}"
+        given = d.get("recorded")
+        recorded = given if isinstance(given, str) else now_instant()[0]
+        return prepared(d), rid, recorded
+
+    def _sealed(self, d: dict, body: bytes, rid: str, recorded: str) -> Entry:
+        seal = self.chain.advance(body)
         out = {"resourceType": "AuditEvent", "id": rid,
                "meta": {"versionId": "1", "lastUpdated": recorded}}
-        out.update((k, v) for k, v in body.items() if k not in out)
+        out.update(sealed(d, seal))
         return Entry(rid, out, seal.chain, seal.seq)
+
+
+# The constant parts of an access's AuditEvent, shared by every event (never changed in place)
+_TERMS = "http://terminology.hl7.org/CodeSystem/"
+_REST = "http://hl7.org/fhir/restful-interaction"
+_HUMAN = {"coding": [{"system": f"{_TERMS}extra-security-role-type", "code": "humanuser",
+                      "display": "human user"}]}
+_PROCESSOR = {"coding": [{"system": f"{_TERMS}extra-security-role-type", "code": "dataprocessor",
+                          "display": "data processor"}]}
+_TYPE = {"system": f"{_TERMS}audit-event-type", "code": "rest", "display": "Restful Operation"}
+_SOURCE = {"observer": {"display": "fhir-region-hub"},
+           "type": [{"system": f"{_TERMS}security-source-type", "code": "4",
+                     "display": "Application Server"}]}
+_PERSON = {"system": f"{_TERMS}audit-entity-type", "code": "1", "display": "Person"}
+_OBJECT = {"system": f"{_TERMS}audit-entity-type", "code": "2", "display": "System Object"}
+_PATIENT_ROLE = {"system": f"{_TERMS}object-role", "code": "1", "display": "Patient"}
+_RESOURCE_ROLE = {"system": f"{_TERMS}object-role", "code": "4", "display": "Domain Resource"}
+_QUERY_ROLE = {"system": f"{_TERMS}object-role", "code": "24", "display": "Query"}
+_SUBTYPES = {i: {"system": _REST, "code": i} for i in (
+    "read", "vread", "search-type", "search-system", "history-instance", "history-type",
+    "history-system")}
 
 
 def access_event(ctx: Context, action: Action, outcome: str, patients: Sequence[str],
@@ -82,12 +114,8 @@ def access_event(ctx: Context, action: Action, outcome: str, patients: Sequence[
     """The AuditEvent of one access (IHE BALP: RESTful interaction, requesting agent,
     Patients and resources as entities)."""
     actor = ctx.actor
-    human = actor.kind in ("user", "anonymous")
     agent: dict[str, Any] = {
-        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
-                             "extra-security-role-type",
-                             "code": "humanuser" if human else "dataprocessor",
-                             "display": "human user" if human else "data processor"}]},
+        "type": _HUMAN if actor.kind in ("user", "anonymous") else _PROCESSOR,
         "who": {"identifier": {"system": USER_SYSTEM, "value": actor.subject},
                 "display": actor.subject},
         "requestor": True,
@@ -96,18 +124,16 @@ def access_event(ctx: Context, action: Action, outcome: str, patients: Sequence[
         agent["extension"] = [{"url": INSTITUTION_EXT, "valueString": actor.institution}]
     if ctx.address:
         agent["network"] = {"address": ctx.address[:64], "type": "2"}
-    subtype = {"system": "http://hl7.org/fhir/restful-interaction", "code": action.interaction}
     if action.operation:
-        subtype = {"system": "http://hl7.org/fhir/restful-interaction", "code": "operation",
-                   "display": action.operation}
-    recorded, _ = now_instant()
+        subtype = {"system": _REST, "code": "operation", "display": action.operation}
+    else:
+        subtype = _SUBTYPES.get(action.interaction) or {"system": _REST, "code": action.interaction}
     out: dict[str, Any] = {
         "resourceType": "AuditEvent",
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
-                 "code": "rest", "display": "Restful Operation"},
+        "type": _TYPE,
         "subtype": [subtype],
         "action": "R" if action.interaction in READS else "E",
-        "recorded": recorded,
+        "recorded": now_instant()[0],
         "outcome": outcome,
     }
     if detail:
@@ -115,37 +141,20 @@ def access_event(ctx: Context, action: Action, outcome: str, patients: Sequence[
     if actor.purpose:
         out["purposeOfEvent"] = [{"coding": [{"system": ACTREASON, "code": actor.purpose}]}]
     out["agent"] = [agent]
-    out["source"] = {"observer": {"display": "fhir-region-hub"},
-                     "type": [{"system": "http://terminology.hl7.org/CodeSystem/"
-                               "security-source-type", "code": "4",
-                               "display": "Application Server"}]}
-    entities: list[dict] = []
-    for p in patients[:MAX_ENTITIES]:
-        entities.append({"what": {"reference": p},
-                         "type": {"system": "http://terminology.hl7.org/CodeSystem/"
-                                  "audit-entity-type", "code": "1", "display": "Person"},
-                         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
-                                  "code": "1", "display": "Patient"}})
+    out["source"] = _SOURCE
+    entities: list[dict] = [{"what": {"reference": p}, "type": _PERSON, "role": _PATIENT_ROLE}
+                            for p in patients[:MAX_ENTITIES]]
     if action.interaction in ("read", "vread") or not patients:
         for rtype, rid in handed[:MAX_ENTITIES - len(entities)]:
             if rtype == "Patient" and f"Patient/{rid}" in patients:
                 continue
-            entities.append({"what": {"reference": f"{rtype}/{rid}"},
-                             "type": {"system": "http://terminology.hl7.org/CodeSystem/"
-                                      "audit-entity-type", "code": "2",
-                                      "display": "System Object"},
-                             "role": {"system": "http://terminology.hl7.org/CodeSystem/"
-                                      "object-role", "code": "4", "display": "Domain Resource"}})
+            entities.append({"what": {"reference": f"{rtype}/{rid}"}, "type": _OBJECT,
+                             "role": _RESOURCE_ROLE})
     if ctx.query:
-        entities.append({"type": {"system": "http://terminology.hl7.org/CodeSystem/"
-                                  "audit-entity-type", "code": "2", "display": "System Object"},
-                         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
-                                  "code": "24", "display": "Query"},
-                         "description": ctx.query[:1024]})
+        entities.append({"type": _OBJECT, "role": _QUERY_ROLE, "description": ctx.query[:1024]})
     if action.rid and not handed and action.rtype:  # a refused read names what was asked for
         entities.append({"what": {"reference": f"{action.rtype}/{action.rid}"},
-                         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
-                                  "code": "4", "display": "Domain Resource"}})
+                         "role": _RESOURCE_ROLE})
     if entities:
         out["entity"] = entities
     return out

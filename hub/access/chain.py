@@ -180,25 +180,41 @@ class AuditChain:
         advanced past it. Content the hub would refuse to store (forbidden characters, values JSON
         cannot hold) is refused here first, with the chain left as it was: a sealed event that is
         then not written would read as a deleted one."""
-        try:
-            body = canonical(d)
-        except (TypeError, orjson.JSONEncodeError) as e:
-            raise FhirError(400, "value", f"The AuditEvent cannot be written as JSON: {e}",
-                            "AuditEvent") from None
-        # the id, meta and extensions left out of ``body`` are the writer's own
-        jsontext.refuse_bad_text(d, "AuditEvent", body)
+        return sealed(d, self.advance(prepared(d)))
+
+    def advance(self, body: bytes) -> Seal:
+        """The chain moved past an event whose canonical form (``prepared``) is ``body``."""
         with self._lock:
             seq, previous = self.seq + 1, self.head
             digest = chain_hash(previous, self.chain_id, seq, body)
             self.seq, self.head = seq, digest
-        ext = [e for e in d.get("extension") or () if not (isinstance(e, dict) and e.get("url") == CHAIN_URL)]
-        ext.append({"url": CHAIN_URL, "extension": [
-            {"url": "chain", "valueString": self.chain_id},
-            {"url": "sequence", "valueInteger": seq},
-            {"url": "previous", "valueString": previous},
-            {"url": "hash", "valueString": digest},
-        ]})
-        return {**d, "extension": ext}
+        return Seal(self.chain_id, seq, previous, digest)
+
+
+def prepared(d: dict) -> bytes:
+    """The canonical form of AuditEvent ``d`` that its seal hashes; a ``FhirError`` for content
+    the hub would refuse to store. Needs no chain, so a writer computes it before taking its
+    turn."""
+    try:
+        body = canonical(d)
+    except (TypeError, orjson.JSONEncodeError) as e:
+        raise FhirError(400, "value", f"The AuditEvent cannot be written as JSON: {e}",
+                        "AuditEvent") from None
+    # the id, meta and extensions left out of ``body`` are the writer's own
+    jsontext.refuse_bad_text(d, "AuditEvent", body)
+    return body
+
+
+def sealed(d: dict, seal: Seal) -> dict:
+    """A copy of ``d`` carrying ``seal`` as its chain extension (any earlier one replaced)."""
+    ext = [e for e in d.get("extension") or () if not (isinstance(e, dict) and e.get("url") == CHAIN_URL)]
+    ext.append({"url": CHAIN_URL, "extension": [
+        {"url": "chain", "valueString": seal.chain},
+        {"url": "sequence", "valueInteger": seal.seq},
+        {"url": "previous", "valueString": seal.previous},
+        {"url": "hash", "valueString": seal.hash},
+    ]})
+    return {**d, "extension": ext}
 
 
 # -- verification ------------------------------------------------------------------------------------

@@ -103,8 +103,9 @@ class Result:
 def now_instant() -> tuple[str, int]:
     """(FHIR instant in UTC, microseconds since the epoch)."""
     us = time.time_ns() // 1000
-    dt = datetime.fromtimestamp(us / 1e6, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{us % 1_000_000:06d}Z", us
+    dt = datetime.fromtimestamp(us // 1_000_000, tz=timezone.utc)
+    # isoformat, not strftime: the C library's strftime may look the time zone up every call
+    return f"{dt.isoformat()[:19]}.{us % 1_000_000:06d}Z", us
 
 
 class Hub:
