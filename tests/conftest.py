@@ -200,6 +200,9 @@ class LiveServer:
                             ("HUB_MAX_STRING", str(self.settings.max_string)),
                             ("HUB_MAX_HEADER", str(self.settings.max_header)),
                             ("HUB_HEADER_TIMEOUT", str(self.settings.header_timeout)),
+                            ("HUB_LARGE_BODY", str(self.settings.large_body)),
+                            ("HUB_MAX_LARGE", str(self.settings.max_large)),
+                            ("HUB_LARGE_WAIT", str(self.settings.large_wait)),
                             ("HUB_TLS_CERT", self.settings.tls_cert),
                             ("HUB_TLS_KEY", self.settings.tls_key),
                             ("HUB_TLS_CLIENT_CA", self.settings.tls_client_ca)):

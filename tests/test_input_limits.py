@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import base64
 import socket
+import time
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from hub.core import jsontext
 from hub.core.errors import FhirError
@@ -265,3 +267,51 @@ def test_kept_alive_connections_still_serve_prompt_requests(live):
         for _ in range(3):
             assert c.get(live.base + "/metadata").status_code == 200
             time.sleep(HEAD_TIMEOUT / 4)
+
+
+@pytest.fixture(scope="module")
+def one_large(request, tmp_path_factory):
+    settings = make_settings("sqlite", tmp_path_factory.mktemp("large"), request)
+    settings.large_body, settings.max_large, settings.large_wait = 4096, 1, 0.5
+    with LiveServer(settings) as server:
+        yield server
+
+
+def test_large_bodies_are_read_one_at_a_time_and_small_ones_go_on(one_large):
+    """With one large request allowed in flight: while a slow sender holds it, another large
+    request is answered 503 with Retry-After, a small one is served; then large ones go on."""
+    import threading
+
+    big = {"resourceType": "Patient", "name": [{"text": "x" * 8000}]}
+    started = threading.Event()
+
+    def slow_body():
+        raw = orjson.dumps(big)
+        yield raw[:100]
+        started.set()
+        time.sleep(2.0)
+        yield raw[100:]
+
+    results = {}
+
+    def slow():
+        with httpx.Client(base_url=one_large.base, timeout=30, auth=one_large.auth) as c:
+            results["slow"] = c.post("/Patient", content=slow_body(), headers=FHIR_JSON)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    try:
+        assert started.wait(10)
+        time.sleep(0.2)
+        with httpx.Client(base_url=one_large.base, timeout=30, auth=one_large.auth) as c:
+            r = c.post("/Patient", json=big, headers=FHIR_JSON)
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"] and r.json()["issue"][0]["code"] == "transient"
+            small = c.post("/Patient", json={"resourceType": "Patient", "gender": "other"},
+                           headers=FHIR_JSON)
+            assert small.status_code == 201, small.text
+    finally:
+        t.join(30)
+    assert results["slow"].status_code == 201, results["slow"].text
+    with httpx.Client(base_url=one_large.base, timeout=30, auth=one_large.auth) as c:
+        assert c.post("/Patient", json=big, headers=FHIR_JSON).status_code == 201

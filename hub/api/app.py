@@ -161,7 +161,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
     app.state.trusted_proxies = networks(settings.trusted_proxies)
     app.state.rate_limiter = RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None
     app.add_middleware(BodyLimit, limit=settings.max_body, answers={"/v3": v3.too_large},
-                       max_header=settings.max_header)
+                       max_header=settings.max_header, large=settings.large_body,
+                       max_large=settings.max_large, large_wait=settings.large_wait)
     _install_error_handlers(app)
     # before the FHIR routes: /fhir/{type} would otherwise take /fhir/$quality-report
     app.include_router(health.router)  # GET /health, GET /ready

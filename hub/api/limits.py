@@ -3,9 +3,18 @@
 
 Headers: uvicorn (h11) holds at most HUB_MAX_HEADER bytes of a request's head while it is still
 incomplete (``h11_max_incomplete_event_size``, answered 400), but a head that arrives whole in one
-read is parsed whatever its size; here any head over the limit is answered 431."""
+read is parsed whatever its size; here any head over the limit is answered 431.
+
+Memory: a body is at most HUB_MAX_BODY bytes, and parsed it takes several times that. A body over
+HUB_LARGE_BODY bytes, or one sent without a length, is read only while fewer than HUB_MAX_LARGE
+such requests are in flight in this process; another waits for its turn up to HUB_LARGE_WAIT
+seconds, then is answered 503 with ``Retry-After``. So what a process's requests hold at once is
+bounded by HUB_MAX_LARGE large bodies plus the small ones, however many clients send large
+documents together."""
 
 from __future__ import annotations
+
+import asyncio
 
 from hub.core.errors import FhirError, Issue, outcome_bytes
 
@@ -21,11 +30,15 @@ class BodyLimit:
     """``answers``: per request path, a function of the limit giving (content type, body) of the
     refusal, for endpoints that do not speak FHIR JSON (``/v3`` answers an HL7 v3 AR)."""
 
-    def __init__(self, app, limit: int, answers: dict | None = None, max_header: int | None = None):
+    def __init__(self, app, limit: int, answers: dict | None = None, max_header: int | None = None,
+                 large: int | None = None, max_large: int = 2, large_wait: float = 10.0):
         self.app = app
         self.limit = limit
         self.answers = answers or {}
         self.max_header = max_header
+        self.large = large
+        self._large_slots = asyncio.Semaphore(max(1, max_large))
+        self.large_wait = large_wait
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -36,10 +49,26 @@ class BodyLimit:
                 len(name) + len(value) + 4 for name, value in headers)
             if size > self.max_header:
                 return await _refuse_headers(send, self.max_header)
+        length = None
         for name, value in headers:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.limit:
                     return await _refuse(send, self.limit, self.answers.get(scope.get("path", "")))
+                length = int(value)
+        has_body = length is not None and length > 0 or any(
+            name == b"transfer-encoding" for name, _ in headers)
+        if self.large is not None and has_body and (length is None or length > self.large):
+            try:
+                await asyncio.wait_for(self._large_slots.acquire(), self.large_wait)
+            except asyncio.TimeoutError:
+                return await _busy(send)
+            try:
+                return await self._limited(scope, receive, send)
+            finally:
+                self._large_slots.release()
+        return await self._limited(scope, receive, send)
+
+    async def _limited(self, scope, receive, send):
         seen = 0
 
         async def limited_receive():
@@ -64,6 +93,18 @@ async def _refuse(send, limit: int, answer=None) -> None:
     await send({"type": "http.response.start", "status": 413, "headers": [
         (b"content-type", ctype),
         (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _busy(send) -> None:
+    body = outcome_bytes([Issue("transient", "Too many large requests are being read at once; "
+                                "retry shortly (HUB_MAX_LARGE)")])
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"application/fhir+json; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", b"2"),
         (b"connection", b"close"),
     ]})
     await send({"type": "http.response.body", "body": body})

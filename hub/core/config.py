@@ -9,6 +9,10 @@ HUB_MAX_STRING    longest string (value or key) in FHIR JSON input, characters  
                   except the values of keys named "data" (base64 of Attachment.data, Binary.data:
                   only HUB_MAX_BODY bounds those); a longer one is answered 413 naming its element
 HUB_MAX_HEADER    largest request line plus headers, bytes                      65536 (64 KiB)
+HUB_LARGE_BODY / HUB_MAX_LARGE / HUB_LARGE_WAIT  a body over HUB_LARGE_BODY bytes (or of
+                  unknown length) is read only while fewer than HUB_MAX_LARGE such requests are
+                  in flight per process; others wait up to HUB_LARGE_WAIT s, then 503: what
+                  requests hold in memory at once is bounded                     1048576; 2; 10
                   a head over it is answered 431 (400 by uvicorn while it is still incomplete:
                   h11_max_incomplete_event_size), and the connection closed
 HUB_KEEP_ALIVE    seconds an idle keep-alive connection is kept open             5
@@ -51,6 +55,9 @@ class Settings:
     max_body: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_BODY", str(64 << 20))))
     max_string: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_STRING", str(1 << 20))))
     max_header: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_HEADER", str(64 << 10))))
+    large_body: int = field(default_factory=lambda: int(os.environ.get("HUB_LARGE_BODY", str(1 << 20))))
+    max_large: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_LARGE", "2")))
+    large_wait: float = field(default_factory=lambda: float(os.environ.get("HUB_LARGE_WAIT", "10")))
     keep_alive: int = field(default_factory=lambda: int(os.environ.get("HUB_KEEP_ALIVE", "5")))
     header_timeout: float = field(
         default_factory=lambda: float(os.environ.get("HUB_HEADER_TIMEOUT", "30") or 0))
