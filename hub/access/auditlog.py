@@ -177,6 +177,8 @@ class AuditLog:
         self.spool.close()  # the current file is then moved and deleted like any other
         try:
             self.move_spooled()
+        except Exception:  # noqa: BLE001 - the database gone at shutdown: the next start moves it
+            log.exception("the audit spool stays in %s until the next start", self.spool.dir)
         finally:
             self.engine.dispose()
 
