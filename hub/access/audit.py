@@ -12,6 +12,7 @@ purpose of use).
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -23,6 +24,8 @@ from hub.access.chain import AuditChain, prepared, sealed
 from hub.core.access import Action
 from hub.core.errors import FhirError
 from hub.core.ingest import Context, now_instant
+
+log = logging.getLogger("hub.audit")
 
 USER_SYSTEM = "https://fhir-region-hub.example/user"
 INSTITUTION_EXT = "https://fhir-region-hub.example/StructureDefinition/agent-institution"
@@ -60,10 +63,14 @@ class AuditWriter:
             return entry.id
 
     def close(self) -> None:
-        """Close the spool file and move what is spooled into the tables."""
+        """Close the spool file and move what is spooled into the tables (kept in the spool for
+        the next start if the database is gone)."""
         with self._lock:
             self.log.spool.close()
-        self.log.move_spooled()
+        try:
+            self.log.move_spooled()
+        except Exception:  # noqa: BLE001 - nothing is lost: the spool stays
+            log.exception("the audit spool stays in %s until the next start", self.log.spool.dir)
 
     def _entry(self, d: dict) -> Entry:
         """``d`` sealed into the chain, with its id and meta (neither is hashed)."""
