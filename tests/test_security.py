@@ -376,3 +376,19 @@ def test_consents_are_kept_on_read_search_include_and_everything(world):
         # break the glass sets the consent aside (and is audited, see above)
         r = other.get(f"/Patient/{opted_out['id']}", headers={"x-purpose-of-use": "ETREAT"})
         assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("method,path", ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
+def test_every_route_refuses_a_valid_token_that_grants_nothing(world, method, path):
+    """Authenticated but without a scope or role for anything: refused with 403, never answered.
+    A request no caller could make (a body the route cannot read, 400; a content type it does not
+    take, 415; an interaction it does not have, 405) is refused as such before anything is
+    looked up, the same for everyone."""
+    token = _own_token(world, scope="openid", hub_roles=[])
+    headers = {"accept": "application/fhir+json", "content-type": "application/fhir+json",
+               "authorization": f"Bearer {token}"}
+    r = httpx.request(method, world.live.origin + path, headers=headers, content=b"{}",
+                      timeout=30)
+    assert r.status_code in (400, 403, 405, 415), (r.status_code, r.text[:300])
+    if r.headers.get("content-type", "").startswith("application/fhir+json"):
+        assert r.json()["resourceType"] == "OperationOutcome"
