@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench import (access, cda, hl7v2, ingest, intake_fidelity, jsontext, memory, mllp, mpi, mpi_foreign,
+from bench import (access, audit_cost, cda, hl7v2, ingest, intake_fidelity, jsontext, memory, mllp, mpi, mpi_foreign,
                    mpi_orders, mpi_views, normalise, search, server, terminology)
 from bench.common import RESULTS
 
@@ -43,7 +43,8 @@ def summary(ing: dict, http: dict, mem: dict) -> str:
                         ("mpi", _mpi_rows), ("mpi_foreign", _mpi_foreign_rows),
                         ("mpi_views", _mpi_views_rows), ("mpi_orders", _mpi_orders_rows),
                         ("intake_fidelity", intake_fidelity.summary_rows),
-                        ("access", _access_rows), ("access-no-audit", _token_rows)):
+                        ("access", _access_rows), ("access-no-audit", _token_rows),
+                        ("audit_cost", _audit_cost_rows)):
         path = RESULTS / f"{name}.json"
         if path.exists():
             rows += extra(json.loads(path.read_text()))
@@ -66,6 +67,14 @@ def _access_rows(r: dict) -> list[tuple[str, str, str]]:
          "and non-patient reads mixed in)",
          f"{c['audit_events_gained']} / {c['accesses_to_patient_data']}", "equal"),
     ]
+
+
+def _audit_cost_rows(r: dict) -> list[tuple[str, str, str]]:
+    one, four = r["threads_1"], r["threads_4"]
+    return [("Access audit in the repository alone: CPU µs per read without / with, one thread; "
+             "four threads; the mover per event: spool to tables, search values",
+             f"{one['without']} / {one['with']}; {four['without']} / {four['with']}; "
+             f"{r['move_us_per_event']}, {r['index_us_per_event']}", "")]
 
 
 def _token_rows(r: dict) -> list[tuple[str, str, str]]:
@@ -229,6 +238,7 @@ def main() -> None:
         access.main(["--people", "100", "--seconds", "3"] if args.quick else [])
         access.main(["--people", "100", "--seconds", "3", "--no-audit"] if args.quick
                     else ["--no-audit"])
+        audit_cost.main(["--reads", "1000"] if args.quick else [])
     table = summary(ing, http, mem)
     (RESULTS / "summary.md").write_text(table)
     print(table)

@@ -38,6 +38,17 @@ def observation(subject: str, value: str | None = None) -> dict:
     }
 
 
+def consent(pid: str, provision: dict, org: str = "H1", **extra) -> dict:
+    """An active patient-privacy Consent of Patient ``pid`` recorded by Organization ``org``."""
+    return {"resourceType": "Consent", "id": unique()[:16], "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                  "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": f"Patient/{pid}"},
+            "organization": [{"reference": f"Organization/{org}"}],
+            "provision": provision, **extra}
+
+
 def token(d: dict) -> str:
     """The identifier search token (system|value) of a resource built above."""
     i = d["identifier"][0]

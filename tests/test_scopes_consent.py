@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from tests.api_helpers import observation, patient, unique
+from tests.api_helpers import consent, observation, patient, unique
 from tests.conftest import FHIR_JSON, LiveServer, make_settings
 
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -190,16 +190,6 @@ def test_writes_must_store_and_replace_what_the_scope_selects(world):
 
 # -- consent provisions ---------------------------------------------------------------------------
 
-def _consent(pid: str, provision: dict, org: str = "H1", **extra) -> dict:
-    return {"resourceType": "Consent", "id": unique()[:16], "status": "active",
-            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                                  "code": "patient-privacy"}]},
-            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-            "patient": {"reference": f"Patient/{pid}"},
-            "organization": [{"reference": f"Organization/{org}"}],
-            "provision": provision, **extra}
-
-
 def _org(inst: str) -> dict:
     return {"role": {"coding": [{"code": "PRCP"}]},
             "reference": {"reference": f"Organization/{inst}"}}
@@ -239,7 +229,7 @@ def readers(world):
 
 
 def test_a_base_permit_with_a_nested_deny_of_a_security_label(world, readers):
-    p, plain, psy = _records(world, lambda pid: _consent(pid, {
+    p, plain, psy = _records(world, lambda pid: consent(pid, {
         "type": "permit", "provision": [{"type": "deny", "securityLabel": [
             {"system": ACTCODE, "code": "PSY"}]}]}))
     assert _sees(world, readers["H2"], p) and _sees(world, readers["H2"], plain)
@@ -251,7 +241,7 @@ def test_a_base_permit_with_a_nested_deny_of_a_security_label(world, readers):
 
 
 def test_a_base_deny_with_a_nested_permit_for_one_institution(world, readers):
-    p, plain, psy = _records(world, lambda pid: _consent(pid, {
+    p, plain, psy = _records(world, lambda pid: consent(pid, {
         "type": "deny", "provision": [{"type": "permit", "actor": [_org("H2")]}]}))
     assert _sees(world, readers["H2"], p) and _sees(world, readers["H2"], psy)
     assert not _sees(world, readers["H3"], p) and not _sees(world, readers["H3"], plain)
@@ -259,15 +249,15 @@ def test_a_base_deny_with_a_nested_permit_for_one_institution(world, readers):
 
 
 def test_a_base_permit_with_a_nested_deny_of_an_actor_or_a_class(world, readers):
-    p, plain, _ = _records(world, lambda pid: _consent(pid, {
+    p, plain, _ = _records(world, lambda pid: consent(pid, {
         "type": "permit", "provision": [{"type": "deny", "actor": [_org("H2")]}]}))
     assert not _sees(world, readers["H2"], p) and _sees(world, readers["H3"], p)
-    p, plain, _ = _records(world, lambda pid: _consent(pid, {
+    p, plain, _ = _records(world, lambda pid: consent(pid, {
         "type": "permit", "provision": [{"type": "deny", "class": [
             {"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]}]}))
     assert _sees(world, readers["H2"], p) and not _sees(world, readers["H2"], plain)
     # a nested deny with two conditions: both must hold
-    p, plain, psy = _records(world, lambda pid: _consent(pid, {
+    p, plain, psy = _records(world, lambda pid: consent(pid, {
         "type": "permit", "provision": [{"type": "deny", "actor": [_org("H2")],
                                          "securityLabel": [{"system": ACTCODE, "code": "PSY"}]}]}))
     assert _sees(world, readers["H2"], plain) and not _sees(world, readers["H2"], psy)
@@ -276,7 +266,7 @@ def test_a_base_permit_with_a_nested_deny_of_an_actor_or_a_class(world, readers)
 
 def test_a_nested_exception_of_an_exception(world, readers):
     # no sharing, except with H2, except its PSY records
-    p, plain, psy = _records(world, lambda pid: _consent(pid, {
+    p, plain, psy = _records(world, lambda pid: consent(pid, {
         "type": "deny", "provision": [{"type": "permit", "actor": [_org("H2")], "provision": [
             {"type": "deny", "securityLabel": [{"system": ACTCODE, "code": "PSY"}]}]}]}))
     assert _sees(world, readers["H2"], plain) and not _sees(world, readers["H2"], psy)
@@ -286,16 +276,16 @@ def test_a_nested_exception_of_an_exception(world, readers):
 def test_periods_status_and_dates_say_when_a_consent_is_in_force(world, readers):
     deny = {"type": "deny"}
     cases = {
-        "past provision period": (_consent, {**deny, "period": {"start": _when(-10),
+        "past provision period": (consent, {**deny, "period": {"start": _when(-10),
                                                                  "end": _when(-5)}}, {}, True),
-        "current provision period": (_consent, {**deny, "period": {"start": _when(-1)}}, {},
+        "current provision period": (consent, {**deny, "period": {"start": _when(-1)}}, {},
                                      False),
-        "future provision period": (_consent, {**deny, "period": {"start": _when(5)}}, {}, True),
-        "draft": (_consent, deny, {"status": "draft"}, True),
-        "inactive": (_consent, deny, {"status": "inactive"}, True),
-        "dated in the future": (_consent, deny, {"dateTime": _when(3)}, True),
-        "dated in the past": (_consent, deny, {"dateTime": _when(-3)}, False),
-        "a nested permit out of its period": (_consent, {**deny, "provision": [
+        "future provision period": (consent, {**deny, "period": {"start": _when(5)}}, {}, True),
+        "draft": (consent, deny, {"status": "draft"}, True),
+        "inactive": (consent, deny, {"status": "inactive"}, True),
+        "dated in the future": (consent, deny, {"dateTime": _when(3)}, True),
+        "dated in the past": (consent, deny, {"dateTime": _when(-3)}, False),
+        "a nested permit out of its period": (consent, {**deny, "provision": [
             {"type": "permit", "actor": [_org("H2")], "period": {"end": _when(-1)}}]}, {}, False),
     }
     for name, (make, provision, extra, shown) in cases.items():
@@ -306,7 +296,7 @@ def test_periods_status_and_dates_say_when_a_consent_is_in_force(world, readers)
 
 def test_purpose_data_and_what_is_not_judged(world, readers):
     # shared for treatment only
-    p, plain, _ = _records(world, lambda pid: _consent(pid, {
+    p, plain, _ = _records(world, lambda pid: consent(pid, {
         "type": "deny", "provision": [{"type": "permit", "purpose": [
             {"system": ACTCODE, "code": "TREAT"}]}]}))
     assert not _sees(world, readers["H2"], plain)
@@ -316,7 +306,7 @@ def test_purpose_data_and_what_is_not_judged(world, readers):
 
     def named(pid: str) -> dict:
         holder["id"] = unique()[:16]
-        return _consent(pid, {"type": "permit", "provision": [
+        return consent(pid, {"type": "permit", "provision": [
             {"type": "deny", "data": [{"meaning": "instance", "reference": {
                 "reference": f"Observation/{holder['id']}"}}]}]})
     p, plain, _ = _records(world, named)
@@ -325,18 +315,18 @@ def test_purpose_data_and_what_is_not_judged(world, readers):
         assert _put(c, hidden).status_code == 201
     assert not _sees(world, readers["H2"], hidden) and _sees(world, readers["H2"], plain)
     # a permit with a condition the hub does not judge (dataPeriod) is not applied
-    p, plain, _ = _records(world, lambda pid: _consent(pid, {
+    p, plain, _ = _records(world, lambda pid: consent(pid, {
         "type": "deny", "provision": [{"type": "permit", "actor": [_org("H2")],
                                        "dataPeriod": {"start": "2000-01-01"}}]}))
     assert not _sees(world, readers["H2"], plain)
     # a provision only about collecting data does not hide it from readers
-    p, plain, _ = _records(world, lambda pid: _consent(pid, {
+    p, plain, _ = _records(world, lambda pid: consent(pid, {
         "type": "deny", "action": [{"coding": [{
             "system": "http://terminology.hl7.org/CodeSystem/consentaction",
             "code": "collect"}]}]}))
     assert _sees(world, readers["H2"], plain)
     # the policy rule stands for a base provision without a type
-    p, plain, _ = _records(world, lambda pid: _consent(pid, {"period": {"start": _when(-1)}},
+    p, plain, _ = _records(world, lambda pid: consent(pid, {"period": {"start": _when(-1)}},
                                                        policyRule={"coding": [
         {"system": ACTCODE, "code": "OPTOUT"}]}))
     assert not _sees(world, readers["H2"], plain) and _sees(world, readers["H1"], plain)

@@ -24,7 +24,7 @@ from fastapi.routing import APIRoute
 from hub.auth.backend_client import BackendServicesAuth
 from hub.auth.keys import public_jwk
 from hub.auth.signer import Signer
-from tests.api_helpers import observation, patient, unique
+from tests.api_helpers import consent, observation, patient, unique
 from tests.conftest import FHIR_JSON, LiveServer, free_port, make_settings
 
 # routes anyone may call (hub.api.caller.PUBLIC_PATHS)
@@ -323,15 +323,9 @@ def test_the_demo_client_gets_a_token_from_the_command_line(world, capsys):
 
 
 def _consent(pid: str, provision: dict, org: str = "H1") -> dict:
-    return {"resourceType": "Consent", "id": unique()[:16], "status": "active",
-            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                                  "code": "patient-privacy"}]},
-            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-            "patient": {"reference": f"Patient/{pid}"},
-            "organization": [{"reference": f"Organization/{org}"}],
-            "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
-                                       "code": "OPTOUT"}]},
-            "provision": {"type": "deny", **provision}}
+    """An opt-out: a Consent whose top-level provision denies."""
+    return consent(pid, {"type": "deny", **provision}, org, policyRule={"coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]})
 
 
 def test_consents_are_kept_on_read_search_include_and_everything(world):

@@ -117,16 +117,22 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """A stored AuditEvent: commit position, id, and the store's state form (header line,
-    resource JSON) that the API's responses read."""
+    """A stored AuditEvent: commit position, id and JSON."""
 
     pos: int
     id: str
-    state: bytes
+    body: bytes
 
     @property
-    def body(self) -> bytes:
-        return self.state.partition(b"\n")[2]
+    def state(self) -> bytes:
+        """The store's state form (header line, resource JSON) that the API's responses read;
+        built when asked for, so that verifying or exporting the log parses each body once."""
+        try:
+            recorded = (orjson.loads(self.body).get("meta") or {}).get("lastUpdated")
+        except (orjson.JSONDecodeError, AttributeError):
+            recorded = None
+        header = orjson.dumps({"type": "AuditEvent", "id": self.id, "lastUpdated": recorded})
+        return header + b"\n" + self.body
 
 
 def open_audit_log(data_dir: Path, database_url: str | None) -> AuditLog:
@@ -296,10 +302,6 @@ class AuditLog:
 
     # -- reading --------------------------------------------------------------------------------
 
-    def get(self, rid: str) -> Stored | None:
-        found = self.get_many([rid])
-        return found.get(rid)
-
     def get_many(self, rids: Iterable[str]) -> dict[str, Stored]:
         wanted = list(dict.fromkeys(rids))
         if not wanted:
@@ -308,7 +310,7 @@ class AuditLog:
             rows = c.execute(sa.text("SELECT pos, id, body FROM audit_event WHERE id IN :ids")
                              .bindparams(sa.bindparam("ids", expanding=True)),
                              {"ids": wanted}).all()
-        return {r.id: _stored(r.pos, r.id, bytes(r.body)) for r in rows}
+        return {r.id: Stored(r.pos, r.id, bytes(r.body)) for r in rows}
 
     def rows(self, after: int = 0, page: int = 1000, since_us: int | None = None,
              newest_first: bool = False, limit: int | None = None) -> Iterator[Stored]:
@@ -327,7 +329,7 @@ class AuditLog:
                            "ORDER BY pos LIMIT :n")
                 rows = c.execute(sa.text(sql), {"after": after, "since": since_us, "n": n}).all()
             for r in rows:
-                yield _stored(r.pos, r.id, bytes(r.body))
+                yield Stored(r.pos, r.id, bytes(r.body))
             if len(rows) < n:
                 return
             after = rows[-1].pos
@@ -381,14 +383,12 @@ class AuditLog:
             more = len(rows) > count
             rows = rows[:count]
             total: int | None = None
-            if with_total in (True, "accurate", "estimate") or (
-                    with_total == "if-cheap" and after is None and not more and count > 0):
-                if with_total == "if-cheap":
+            if with_total == "if-cheap":  # known without counting: a first page that is all
+                if after is None and not more and count > 0:
                     total = len(rows)
-                else:
-                    total = int(c.execute(sa.text(
-                        f"SELECT count(*) FROM audit_event e WHERE {cond}"), sql.args
-                    ).scalar_one())
+            elif with_total:
+                total = int(c.execute(sa.text(
+                    f"SELECT count(*) FROM audit_event e WHERE {cond}"), sql.args).scalar_one())
         nxt = f"{'d' if q_desc else 'a'}:{rows[-1].pos}" if more and rows else None
         return Page([Row("AuditEvent", r.id, r.pos) for r in rows], nxt, None, total)
 
@@ -617,15 +617,6 @@ class _Sql:
 
 def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _stored(pos: int, rid: str, body: bytes) -> Stored:
-    try:
-        recorded = (orjson.loads(body).get("meta") or {}).get("lastUpdated")
-    except (orjson.JSONDecodeError, AttributeError):
-        recorded = None
-    header = orjson.dumps({"type": "AuditEvent", "id": rid, "lastUpdated": recorded})
-    return Stored(pos, rid, header + b"\n" + body)
 
 
 def _recorded_range(d: dict) -> tuple[int, int]:
