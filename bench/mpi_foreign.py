@@ -163,14 +163,17 @@ def summary_rows(result: dict) -> list[tuple[str, str, str]]:
             c = r["clustered"]
             rows.append((f"FEBRL{k} without its ID field, {r['patients']:,} records, shipped weights: "
                          "precision / recall", f"{c['precision']} / {c['recall']}",
-                         ">= 0.999 / >= 0.99" if k == 4 else "reported"))
-    for key, label in (("febrl4_retrained", "weights estimated from it (hub mpi train)"),
-                       ("febrl4_retrained_no_twin_rule", "weights estimated from it, the twin rule off")):
+                         "reported"))
+    # FEBRL makes no twins: the goal is for a population configured so (the rule off)
+    for key, label, goal in (
+            ("febrl4_retrained_no_twin_rule", "weights estimated from it (hub mpi train), the twin "
+             "rule off", ">= 0.999 / >= 0.99"),
+            ("febrl4_retrained", "weights estimated from it, the twin rule on", "reported")):
         r = result.get(key)
         if r:
             c = r["clustered"]
             rows.append((f"FEBRL4, {label}: precision / recall", f"{c['precision']} / {c['recall']}",
-                         ">= 0.999 / >= 0.99"))
+                         goal))
     return rows
 
 

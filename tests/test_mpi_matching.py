@@ -10,7 +10,7 @@ import pytest
 
 from bench.mpi import build_index, evaluate, region_patients, rematch
 from hub.core.ingest import Context, Op
-from hub.mpi import blocking, train, weights as W
+from hub.mpi import blocking, compare as compare_mod, train, weights as W
 from hub.mpi.compare import compare, compare_birth
 from hub.mpi.incremental import IncrementalMatcher, blocked_from_pairs, rematch_all
 from hub.mpi.matcher import Matcher, decision
@@ -166,7 +166,25 @@ def test_blocking_on_address_and_postal_code_sounds():
         p["address"] = [{"line": ["8 Stanley Street"], "postalCode": "4223"}]
     b["birthDate"] = "1981-03-02"  # name and birth date both off: only the address meets
     ka, kb = set(blocking.keys(features(a))), set(blocking.keys(features(b)))
-    assert {k for k, _ in ka & kb} == {"ad", "aw", "pcw", "pcn", "pcf", "pcg"}
+    assert {k for k, _ in ka & kb} == {"ad", "aw", "pcw", "pcn", "pcf", "hn", "nm"}
+
+
+def test_blocking_meets_swapped_names_and_a_missing_birth_date():
+    # surname and given name swapped, one mistyped, no birth date: the postal code with either part
+    a, b = latin("a", "Mihal", "Hannah"), latin("b", "Hannah", "Mihal")
+    for p, line in ((a, "Aspinall Street"), (b, "Aspinal St")):
+        p["address"] = [{"line": [line], "postalCode": "6060"}]
+        p.pop("birthDate", None)
+    ka, kb = set(blocking.keys(features(a))), set(blocking.keys(features(b)))
+    assert {k for k, _ in ka & kb} >= {"pcf", "nm"}
+    # the same name, no birth date on one side, the postal code and the street both mistyped:
+    # the name alone, or the house number with the surname
+    c, d = latin("c", "Matson", "Nicholas"), latin("d", "Matson", "Nicholas")
+    c["address"] = [{"line": ["17 Stephen Street"], "postalCode": "2454"}]
+    d["address"] = [{"line": ["17 Stepen Streat"], "postalCode": "2474"}]
+    d.pop("birthDate", None)
+    kc, kd = set(blocking.keys(features(c))), set(blocking.keys(features(d)))
+    assert {k for k, _ in kc & kd} == {"nm", "hn"}
 
 
 def test_block_over_cap_alerts_and_compares_the_cap(tmp_path, caplog):
@@ -185,6 +203,29 @@ def test_block_over_cap_alerts_and_compares_the_cap(tmp_path, caplog):
 
 
 # -- weights --------------------------------------------------------------------------------------
+
+
+def test_a_shared_given_name_weighs_by_how_common_it_is(tmp_path):
+    # the same given name under another surname (a surname changed or replaced): a given name
+    # that few indexed Patients hold says more than one that many hold
+    index = IdentityCandidates(tmp_path / "ic.sqlite")
+    index.put(features(_addressed(f"j{i}", f"{i} Other Road", family=f"Fam{chr(97 + i % 26)}x{i}",
+                                  given="James")) for i in range(40))
+    pairs = {}
+    for given in ("James", "Thaddeus"):
+        a = features(_addressed("a", "8 Stanley Street", family="Roselli", given=given))
+        b = features(_addressed("b", "8 Stanley Street", family="White", given=given))
+        index.put([a, b])
+        found, counts, total = index.lookup(blocking.hashed(a), compare_mod.count_terms(a))
+        assert counts[f"given:{given.lower()}"] == (42 if given == "James" else 2)
+        pairs[given] = Matcher(index, W.load()).score(a, b, counts, total)
+    assert pairs["James"].evidence["name"]["level"] == "given"
+    assert pairs["Thaddeus"].evidence["name"]["weight"] > pairs["James"].evidence["name"]["weight"] + 3
+    # an index that never counted given names gives the level its plain weight
+    plain = Matcher(index, W.load()).score(a, b, {}, total)
+    assert plain.evidence["name"]["weight"] == round(W.load().weight("name", "given"), 3)
+    index.close()
+
 
 
 def test_em_recovers_m_above_u(tmp_path):
@@ -422,7 +463,7 @@ def test_blocking_meets_swapped_latin_names_and_changed_names():
     a = _addressed("a", "8 Stanley Street", family="Stephenson", given="Danny")
     swapped = _addressed("b", "99 Other Road", pc="9999", city=None, family="Danny", given="Stephenson")
     shared = {k for k, _ in set(blocking.keys(features(a))) & set(blocking.keys(features(swapped)))}
-    assert shared == {"bds"}
+    assert shared == {"bds", "nm"}
     renamed = _addressed("c", "99 Other Road", city=None, family="Jakimow", given="Michaela")
     renamed["name"][0]["given"] = ["Ryley"]
     shared = {k for k, _ in set(blocking.keys(features(a))) & set(blocking.keys(features(renamed)))}

@@ -7,12 +7,14 @@ name with the birth year (homophones and swapped days meet), birth date + surnam
 given name (a surname mistyped or in another script), birth date + district (a newborn registered
 without a name of its own), birth date + postal code (both names changed), the address lines when
 they hold a house number, and postal code +
-how the surname or given name sounds (Latin script: a name and a birth date both mistyped), birth
+how either part of a name sounds (Latin script: a name and a birth date both mistyped), birth
 date or locality + how either part of a Latin name sounds (surname and given name swapped), a
 Latin address's house number with each of its two longest words (a street and a locality in either
 order), its postal code with its longest word (another or no house number) and with its house
 number (the street's name mistyped), and, with a Latin address, the birth date with the locality
-(names, lines and postal code all changed or mistyped). No key holds the sex: not every source sends it. Keys are stored as 64-bit
+(names, lines and postal code all changed or mistyped), the house number with how either part of
+the name sounds (street, locality and postal code all mistyped), and how a whole Latin name sounds
+alone (no birth date, the address mistyped). No key holds the sex: not every source sends it. Keys are stored as 64-bit
 hashes. A block larger than its cap (``data/blocking.json``) is not dropped silently: the first
 ``cap`` members are compared, an alert is counted per key kind and logged (the kind and size only,
 never the value: no personal data in logs).
@@ -32,8 +34,8 @@ from hub.mpi.compare import id_status, latin_parts, sounds
 from hub.mpi.normalise import DATA
 
 log = logging.getLogger("hub.mpi.blocking")
-KINDS = ("id", "idseq", "hc", "oid", "ph", "py", "bdf", "bdg", "bdt", "ad", "pcf", "pcg", "bds", "cts",
-         "aw", "pcw", "bdp", "bdc", "pcn")
+KINDS = ("id", "idseq", "hc", "oid", "ph", "py", "bdf", "bdg", "bdt", "ad", "pcf", "bds", "cts",
+         "aw", "pcw", "bdp", "bdc", "pcn", "nm", "hn")
 
 
 @lru_cache(maxsize=1)
@@ -81,9 +83,9 @@ def keys(f: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("ad", addr))
     parts = latin_parts(f)
     if f.get("pc") and parts:
-        for kind, part in zip(("pcf", "pcg"), parts):
+        for part in parts:  # one kind for either part: surname and given name swapped still meet
             if part:
-                out.append((kind, f"{f['pc']}|{sounds(part)[0]}"))
+                out.append(("pcf", f"{f['pc']}|{sounds(part)[0]}"))
     if parts:
         # either part of a Latin name, whichever place it was written in: surname and given name
         # swapped, or one of them mistyped, still meet (with the birth date, or the locality)
@@ -93,6 +95,10 @@ def keys(f: dict[str, Any]) -> list[tuple[str, str]]:
                     out.append(("bds", f"{bd}|{sounds(part)[0]}"))
                 if f.get("city"):
                     out.append(("cts", f"{f['city']}|{sounds(part)[0]}"))
+        if all(len(p) > 1 for p in parts):
+            # how the whole name sounds, in either order, alone: a record whose birth date is
+            # missing and whose address and postal code are both mistyped still meets
+            out.append(("nm", "|".join(sorted(sounds(p)[0] for p in parts))))
     words = f.get("aw")
     if words:
         # the house number with each of the two longest words: a street and a locality written
@@ -106,6 +112,10 @@ def keys(f: dict[str, Any]) -> list[tuple[str, str]]:
             out.append(("pcw", f"{f['pc']}|{longest[0]}"))
         if nums and f.get("pc"):  # the street's name mistyped or written otherwise: the house
             out.append(("pcn", f"{f['pc']}|{nums[0]}"))  # number in its postal area
+        if nums and parts:  # the house number with how either part of the name sounds: the
+            for part in parts:  # street, locality and postal code all mistyped
+                if len(part) > 1:
+                    out.append(("hn", f"{nums[0]}|{sounds(part)[0]}"))
         if bd and f.get("city"):
             # a Latin-script address's locality is a suburb or town (the lines hold no district):
             # with the birth date, it meets a record whose names, lines and postal code all changed

@@ -5,7 +5,8 @@ Follows the Patient events of the log (``types``) into ``$HUB_DATA_DIR/identity-
 - ``ic_patient``: one row per current Patient (``pk``, ``ref``, version, features as JSON with the
   hashes of its blocking keys);
 - ``ic_key``: (64-bit key hash, pk), indexed on (hash, pk): a block is one indexed range read;
-- ``ic_name``: how many current Patients carry each normalised name (term frequencies);
+- ``ic_name``: how many current Patients carry each normalised name, and each given name of a
+  Latin-script name (term frequencies);
 - ``ic_system``: the identifier-system roles each stored NamingSystem declares
   (``hub.mpi.identifiers``). The model follows NamingSystem events too: a change of roles re-reads
   every indexed Patient's other identifiers (kept in its features as ``x``) under the new
@@ -31,6 +32,7 @@ from eventsourcing.persistence import Notification
 
 from hub.core.events import KIND_OF_TOPIC
 from hub.mpi import blocking, identifiers
+from hub.mpi.compare import count_terms
 from hub.mpi.normalise import features as patient_features
 from projections.readers import ReadConnections
 from projections.sqlite_model import SQLiteReadModel, newest
@@ -104,8 +106,8 @@ class IdentityCandidates(SQLiteReadModel):
             old = c.fetchone()
             if old is not None:
                 old_f = orjson.loads(old[1])
-                if old_f.get("name"):
-                    names[old_f["name"]] -= 1
+                for t in count_terms(old_f):
+                    names[t] -= 1
                 if self._bulk:
                     c.execute("INSERT OR IGNORE INTO ic_stale (pk) VALUES (?)", (old[0],))
                 else:
@@ -118,8 +120,8 @@ class IdentityCandidates(SQLiteReadModel):
             c.execute("INSERT INTO ic_patient (ref, version, f) VALUES (?,?,?)", (ref, version, orjson.dumps(f)))
             pk = c.lastrowid
             new_keys.extend((h, pk) for h in hashes)
-            if f.get("name"):
-                names[f["name"]] += 1
+            for t in count_terms(f):
+                names[t] += 1
         if new_keys:
             c.executemany("INSERT INTO ic_key (h, pk) VALUES (?,?)", new_keys)
         changed = [(n, d) for n, d in names.items() if d]
@@ -198,8 +200,8 @@ class IdentityCandidates(SQLiteReadModel):
 
     def lookup(self, keys: Sequence[tuple[str, int]], names: Iterable[str] = ()) -> tuple[
             list[tuple[int, dict]], dict[str, int], int]:
-        """Candidates sharing a key: ([(pk, features)], {name: count} of ``names`` and of the
-        candidates' names, Patients indexed). One indexed read per key; a block over its cap is
+        """Candidates sharing a key: ([(pk, features)], {term: count} of ``names`` and of the
+        candidates' counted terms (``compare.count_terms``), Patients indexed). One indexed read per key; a block over its cap is
         cut to the cap and counted in ``alerts``."""
         pks: dict[int, None] = {}
         with self.readers.snapshot() as c:
@@ -219,7 +221,7 @@ class IdentityCandidates(SQLiteReadModel):
                     chunk = ids[i:i + 500]
                     c.execute(f"SELECT pk, f FROM ic_patient WHERE pk IN ({','.join('?' * len(chunk))})", chunk)
                     out.extend((pk, orjson.loads(f)) for pk, f in c.fetchall())
-            wanted = list(set(names) | {f["name"] for _, f in out if f.get("name")})
+            wanted = list(set(names) | {t for _, f in out for t in count_terms(f)})
             counts = dict.fromkeys(wanted, 0)
             for i in range(0, len(wanted), 500):
                 name_chunk = wanted[i:i + 500]

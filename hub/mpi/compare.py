@@ -151,6 +151,16 @@ def latin_parts(f: dict) -> tuple[str, str] | None:
     return fam, name[len(fam):]
 
 
+def count_terms(f: dict) -> list[str]:
+    """What the index counts of a Patient for term frequencies: its normalised name and, for a
+    Latin-script name, its given name alone (``given:<name>``; no normalised name holds a colon)."""
+    name = f.get("name")
+    if not name:
+        return []
+    parts = latin_parts(f)
+    return [name, f"given:{parts[1]}"] if parts and parts[1] else [name]
+
+
 @lru_cache(maxsize=65536)
 def sounds(word: str) -> tuple[str, str]:
     import jellyfish  # Metaphone and NYSIIS: how an English-reading clerk hears a Latin name

@@ -18,7 +18,7 @@ from typing import Any
 from rapidfuzz.distance import OSA
 
 from hub.mpi import blocking
-from hub.mpi.compare import NEAR_BIRTH, compare, latin_parts
+from hub.mpi.compare import NEAR_BIRTH, compare, count_terms, latin_parts
 from hub.mpi.weights import Weights
 
 CERTAINLY_NOT = "certainly-not"
@@ -57,6 +57,8 @@ class Matcher:
             share = None
             if fld == "name" and level == "exact" and total:
                 share = max(name_counts.get(a["name"], 0), 1) / total
+            elif fld == "name" and level == "given" and total:
+                share = _given_share(a, b, name_counts, total)
             x = w.weight(fld, level, share)
             total_weight += x
             evidence[fld] = {"level": level, "weight": round(x, 3)}
@@ -94,7 +96,7 @@ class Matcher:
         hashed = blocking.hashed(f)
         if not hashed:
             return []
-        found, counts, total = self.index.lookup(hashed, [f["name"]] if f.get("name") else [])
+        found, counts, total = self.index.lookup(hashed, count_terms(f))
         skip = set(exclude)
         skip.add(f["ref"])
         out = []
@@ -109,6 +111,17 @@ class Matcher:
             out.append(c)
         out.sort(key=lambda c: (c.grade == CERTAINLY_NOT, -c.weight, c.ref))
         return out
+
+
+def _given_share(a: dict, b: dict, counts: dict[str, int], total: int) -> float | None:
+    """The share of indexed Patients with the given name two Latin names have the same (their
+    surnames differ), or None: the names only alike, or not counted (an index built before given
+    names were counted says nothing about them)."""
+    pa, pb = latin_parts(a), latin_parts(b)
+    if not (pa and pb and pa[1] and pa[1] == pb[1]):
+        return None
+    n = counts.get(f"given:{pa[1]}", 0)
+    return n / total if n else None
 
 
 def _twins(a: dict, b: dict, levels: dict[str, str], household: tuple[str, ...]) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.mpi import blocking, weights
-from hub.mpi.compare import compare
+from hub.mpi.compare import compare, count_terms
 
 
 def pairs(index: Any, sample: int, seed: int = 1,
@@ -83,7 +83,7 @@ def judge(index: Any, w: weights.Weights, decisions: Iterable[tuple[str, str, bo
         fa, fb = index.features_of(a), index.features_of(b)
         if fa is None or fb is None:
             continue
-        counts = {n: index.name_count(n) for n in (fa.get("name"),) if n}
+        counts = {n: index.name_count(n) for n in count_terms(fa)}
         c = m.score(fa, fb, counts, total)
         out["decisions"] += 1
         if not same and c.grade == "certain":

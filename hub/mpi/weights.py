@@ -56,6 +56,11 @@ class Weights:
         tf = config.get("tf", {}).get("name", {})
         self.tf_floor = float(tf.get("floor", 1e-7))
         self.tf_on = bool(tf) and "exact" in config["fields"].get("name", {})
+        # the given name alone (Latin script: the surname differs): how common that given name is
+        given = config.get("tf", {}).get("given", {})
+        self.tf_given_floor = float(given.get("floor", 1e-4))
+        self.tf_given = bool(given) and "given" in config["fields"].get("name", {})
+        self.m_name_given = config["fields"]["name"]["given"]["m"] if self.tf_given else 1.0
         # the field says nothing more when another is at the given level (an address shared with
         # the phone: both name a household, not a person)
         # {field: ((other field, level), ...)}; a single pair is the older form
@@ -70,8 +75,11 @@ class Weights:
         self.m_name_exact = config["fields"]["name"]["exact"]["m"] if self.tf_on else 1.0
 
     def weight(self, field: str, level: str, name_share: float | None = None) -> float:
-        if field == "name" and level == "exact" and self.tf_on and name_share is not None:
-            return math.log2(self.m_name_exact / max(name_share, self.tf_floor))
+        if field == "name" and name_share is not None:
+            if level == "exact" and self.tf_on:
+                return math.log2(self.m_name_exact / max(name_share, self.tf_floor))
+            if level == "given" and self.tf_given:
+                return math.log2(self.m_name_given / max(name_share, self.tf_given_floor))
         # a level this configuration doesn't know (trained before it existed) says nothing
         return self.table[field].get(level, 0.0)
 
