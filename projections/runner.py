@@ -125,7 +125,7 @@ class Runner:
 
     # -- background following ----------------------------------------------------------------
 
-    def start(self, poll: float = 0.05) -> None:
+    def start(self, poll: float = 0.2) -> None:
         def loop() -> None:
             while not self._stop.is_set():
                 try:
@@ -133,7 +133,11 @@ class Runner:
                     self.error = None  # following again: an outage that ended is no error
                     if not applied:
                         self._caught_up()
-                        self._stop.wait(poll)
+                    # between steps, under load too: a write stream then arrives in batches of
+                    # a poll's worth, whose fixed costs (the position, the log's end, one
+                    # transaction) are paid once, not per write; a reader that must see its own
+                    # write steps the model itself (``sync``), so waiting here delays no one
+                    self._stop.wait(poll)
                 except BaseException as e:  # noqa: BLE001 - kept for lag reports; retried
                     self.error = e
                     self._stop.wait(1.0)

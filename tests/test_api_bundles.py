@@ -384,3 +384,33 @@ def test_batch_conditional_entries_meeting_on_one_resource(client):
         assert r.json()["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
     hist = client.get(f"/Patient/{rid}/_history").json()
     assert hist["total"] == 1 + codes.count("200")
+
+
+def test_synthea_shaped_bundles_load_whole(client):
+    # the generator's Synthea-shaped Bundles (hub.synth.bundles, which bench/bundles.py posts):
+    # institutions by conditional create, then one transaction per Patient record whose
+    # urn:uuid references and conditional Organization references all resolve
+    from hub.synth import Region
+    from hub.synth.bundles import hospital_bundle, patient_bundles
+
+    region = Region(seed=11, people=3)
+    r = send(client, hospital_bundle(region))
+    assert r.status_code == 200 and set(statuses(r)) <= {"200", "201"}
+    bundles = list(patient_bundles(region))
+    entries = sum(len(b["entry"]) for b in bundles)
+    first = None
+    for b in bundles:
+        assert b["entry"][0]["resource"]["resourceType"] == "Patient"
+        r = send(client, b)
+        first = first or r.json()["entry"][0]["response"]["location"]
+        assert r.status_code == 200, r.text
+        assert set(statuses(r)) == {"201"}
+        for e in r.json()["entry"]:
+            assert "urn:uuid" not in str(client.get("/" + e["response"]["location"].split("/_history")[0])
+                                         .json())
+    pid = first.split("/")[1]
+    everything = client.get(f"/Patient/{pid}/$everything", params={"_count": "1000"})
+    assert everything.status_code == 200, everything.text
+    # the Patient, its records and the Organizations they reference
+    assert len(everything.json()["entry"]) >= len(bundles[0]["entry"])
+    assert entries > len(bundles)

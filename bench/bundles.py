@@ -1,0 +1,121 @@
+"""Synthea-shaped transaction Bundles posted over REST, against raw validation of their resources.
+
+A generated region is written as Synthea writes its patients (``hub.synth.bundles``: one
+transaction Bundle per Patient record, ``urn:uuid:`` references, the institutions referenced
+conditionally and loaded first from a batch). One client posts the Bundles one after another to
+``hub serve`` (the embedded default, automatic matching on, as ``make run`` serves; on loopback
+without access control, like the other benchmarks). Reported: resources stored per wall second,
+and per CPU second of the server, each as a ratio to raw ``model_validate_json`` of the same
+resources in this process (per wall second, and per CPU second), measured before and after the
+posting. Goal: >= 0.6.
+
+    .venv/bin/python -m bench.bundles [--people 400] [--per-bundle 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+
+import httpx
+import orjson
+import psutil
+
+from bench.common import record, rss_peak_mb, validation_rate
+from bench.server import start_server
+from hub.synth import Region
+from hub.synth.bundles import hospital_bundle, patient_bundles
+
+
+def _merge(bundles: list[dict], k: int) -> list[dict]:
+    """``k`` Patient Bundles per transaction (a client that batches several patients)."""
+    if k <= 1:
+        return bundles
+    return [{"resourceType": "Bundle", "type": "transaction",
+             "entry": [e for b in bundles[i:i + k] for e in b["entry"]]} for i in range(0, len(bundles), k)]
+
+
+def run(people: int, per_bundle: int, port: int) -> dict:
+    region = Region(seed=11, people=people)
+    bundles = _merge(list(patient_bundles(region)), per_bundle)
+    bodies = [orjson.dumps(b) for b in bundles]
+    resources = [orjson.dumps(e["resource"]) for b in bundles for e in b["entry"]]
+    base_wall = [validation_rate(resources)]
+    base_cpu = [validation_rate(resources, time.process_time)]
+    tmp = tempfile.mkdtemp(prefix="hub-bench-bundles-")
+    proc = start_server(tmp, port)
+    try:
+        server = psutil.Process(proc.pid)
+        headers = {"content-type": "application/fhir+json", "prefer": "return=minimal"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/fhir", timeout=120) as c:
+            r = c.post("", content=orjson.dumps(hospital_bundle(region)), headers=headers)
+            assert r.status_code == 200, r.text[:500]
+            cpu0 = sum(server.cpu_times()[:2])
+            t0 = time.perf_counter()
+            lat = []
+            for body in bodies:
+                t = time.perf_counter()
+                r = c.post("", content=body, headers=headers)
+                lat.append(time.perf_counter() - t)
+                assert r.status_code == 200, r.text[:500]
+            wall = time.perf_counter() - t0
+            cpu = sum(server.cpu_times()[:2]) - cpu0
+            stored = c.get("/Observation", params={"_summary": "count"}).json()["total"]
+        peak = rss_peak_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    base_wall.append(validation_rate(resources))
+    base_cpu.append(validation_rate(resources, time.process_time))
+    n = len(resources)
+    per_wall, per_cpu = n / wall, n / cpu
+    vw, vc = statistics.mean(base_wall), statistics.mean(base_cpu)
+    return {
+        "people": people, "bundles": len(bundles), "resources": n,
+        "entries_per_bundle": round(n / len(bundles), 1),
+        "observations_stored": stored,
+        "resources_per_s": round(per_wall), "resources_per_server_cpu_s": round(per_cpu),
+        "validation_per_s": [round(x) for x in base_wall],
+        "validation_per_cpu_s": [round(x) for x in base_cpu],
+        "ratio_wall": round(per_wall / vw, 3), "ratio_server_cpu": round(per_cpu / vc, 3),
+        "bundle_ms_p50": round(statistics.median(lat) * 1000, 2),
+        "server_peak_rss_mb": round(peak),
+    }
+
+
+def summary_rows(r: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for key, label in (("one", "one Patient per Bundle"), ("batched", "several Patients per Bundle")):
+        x = r.get(key)
+        if x:
+            rows.append((f"Synthea-shaped transaction Bundles over REST, {label} ({x['entries_per_bundle']} "
+                         "entries), one client, automatic matching on: resources/s (ratio to raw "
+                         "model_validate_json per s); per server CPU s (ratio per CPU s)",
+                         f"{x['resources_per_s']} ({x['ratio_wall']}); {x['resources_per_server_cpu_s']} "
+                         f"({x['ratio_server_cpu']})", ">= 0.6"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--people", type=int, default=400)
+    p.add_argument("--batched", type=int, default=10, help="Patients per Bundle of the second run")
+    p.add_argument("--port", type=int, default=18093)
+    args = p.parse_args(argv)
+    result = {"one": run(args.people, 1, args.port)}
+    if args.batched > 1:
+        result["batched"] = run(args.people, args.batched, args.port)
+    result["summary_rows"] = summary_rows(result)
+    for k in ("one", "batched"):
+        if k in result:
+            print(k, result[k])
+    print("written", record("bundles", result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
