@@ -141,6 +141,8 @@ class LiveServer:
         settings.base_url = None  # where it listens: the tokens' audience
         self.settings = settings
         self.proc: subprocess.Popen | None = None
+        self.extra_args: list[str] = []  # more `hub serve` options
+        self.env: dict[str, str] = {}  # the server's environment, once started
         # with access control on: an administrator client with every scope, its tokens renewed
         self.auth: BackendServicesAuth | None = None
 
@@ -212,9 +214,10 @@ class LiveServer:
         if self.settings.auth:
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
             self.auth = self.client_auth()
+        self.env = env
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hub.cli", "serve", "--host", "127.0.0.1",
-             "--port", str(self.port)], env=env, stdout=subprocess.DEVNULL)
+             "--port", str(self.port), *self.extra_args], env=env, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:

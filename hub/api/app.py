@@ -124,7 +124,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         app.state.search = search
         app.state.normaliser = normaliser
         app.state.documents = DocumentService(repo, quarantine, normaliser=normaliser)
-        runner.start()
+        if settings.follow == "threads":
+            runner.start()
         quality.attach(app, settings, follow_store, typed(models, "quality", QualityProjection))  # data-quality findings
         # Person, timeline, audit
         mpi_identity.attach(app, settings, repo, audit, follow_store,

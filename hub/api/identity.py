@@ -99,8 +99,9 @@ def attach(app: FastAPI, settings: Settings, repo: Repository, audit: AuditWrite
     app.state.audit = audit
     app.state.mpi_runners = [person_runner, timeline_runner]
     app.state.mpi_models = [person, timeline]
-    person_runner.start()
-    timeline_runner.start()
+    if settings.follow == "threads":
+        person_runner.start()
+        timeline_runner.start()
 
 
 def detach(app: FastAPI) -> None:

@@ -54,15 +54,17 @@ def attach(app: FastAPI, settings: Settings, store: ResourceStore,
     app.state.mpi_candidates = index
     app.state.mpi_candidates_runner = runner
     app.state.mpi_matcher = Matcher(index, W.load(settings.data_dir))
-    runner.start()
+    if settings.follow == "threads":
+        runner.start()
     identity = getattr(app.state, "identity", None)  # hub.api.identity's IdentityService
     app.state.mpi_incremental_runner = None
-    if identity is not None and settings.mpi_automatch:
+    if identity is not None:
+        identity.roles = lambda: index.roles  # the unique systems stored NamingSystems declare
+    if identity is not None and settings.mpi_automatch and settings.follow == "threads":
         # New and updated Patients matched as they arrive; the matcher's decisions ("link":
         # linked automatically, "review": the review queue, "new") are recorded by the identity
         # service as identity events (IdentityService.auto_decide_many: a batch of the log's
-        # Patients, one commit).
-        identity.roles = lambda: index.roles  # the unique systems stored NamingSystems declare
+        # Patients, one commit). With followers in another process, that process matches.
         follower = IncrementalMatcher(index, app.state.mpi_matcher, identity.auto_decide,
                                       blocked_from_pairs(identity.blocked_pairs),
                                       decide_many=identity.auto_decide_many)

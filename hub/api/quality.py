@@ -83,7 +83,8 @@ def attach(app: FastAPI, settings: Settings, store: ResourceStore,
     runner = Runner(store, model)
     app.state.quality = model
     app.state.quality_runner = runner
-    runner.start()
+    if settings.follow == "threads":
+        runner.start()
 
 
 def detach(app: FastAPI) -> None:

@@ -61,7 +61,8 @@ def attach(app: FastAPI, settings: Settings, store: ResourceStore,
     app.state.terminology = TerminologyService(path)
     app.state.terminology_model = model
     app.state.terminology_runner = runner
-    runner.start()
+    if settings.follow == "threads":
+        runner.start()
 
 
 def detach(app: FastAPI) -> None:

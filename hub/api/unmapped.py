@@ -51,7 +51,8 @@ def attach(app: FastAPI, settings: Settings, store: ResourceStore,
     runner = Runner(store, model)
     app.state.unmapped = model
     app.state.unmapped_runner = runner
-    runner.start()
+    if settings.follow == "threads":
+        runner.start()
 
 
 def detach(app: FastAPI) -> None:

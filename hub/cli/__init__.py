@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--followers", choices=["process", "threads", "none"], default="process",
+                   help="who keeps the read models current: a `hub projections follow` process "
+                        "started beside the server (default), threads of each API process, or "
+                        "none (run `hub projections follow` yourself)")
     p.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS (default $HUB_TLS_CERT)")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert (default $HUB_TLS_KEY)")
     p.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed (mutual "
@@ -75,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("projections", parents=[common],
                        help="read models that follow the event log: status, catch up, rebuild")
-    p.add_argument("action", choices=["status", "run", "rebuild"])
-    p.add_argument("name", nargs="?", default="search", choices=list(PROJECTIONS))
+    p.add_argument("action", choices=["status", "run", "rebuild", "follow"],
+                   help="follow: keep every read model (or the one named) current until stopped, "
+                        "matching new Patients too (hub serve starts one such process)")
+    p.add_argument("name", nargs="?", choices=list(PROJECTIONS),
+                   help="the read model (default: search; follow: all)")
 
     p = sub.add_parser("quality", parents=[common], help="document quality: counts of findings")
     qsub = p.add_subparsers(dest="quality_action", required=True)

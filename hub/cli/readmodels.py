@@ -1,7 +1,8 @@
-"""``hub projections status|run|rebuild`` and ``hub quality report``: the read models."""
+"""``hub projections status|run|rebuild|follow`` and ``hub quality report``: the read models."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import cast
 
@@ -22,10 +23,12 @@ def cmd_projections(args, settings: Settings) -> int:
 
     from projections.runner import Runner
 
+    if args.action == "follow":
+        return _follow(args, settings)
     store = open_store(settings, existing=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # the index lives here on any event store
     try:
-        model = open_model(args.name, settings.data_dir)
+        model = open_model(args.name or "search", settings.data_dir)
     except BaseException:
         store.close()
         raise
@@ -48,6 +51,37 @@ def cmd_projections(args, settings: Settings) -> int:
     finally:
         model.close()
         store.close()
+
+
+def _follow(args, settings: Settings) -> int:
+    """Follow the log into the read models until SIGTERM or Ctrl-C."""
+    import signal
+    import threading
+
+    from hub.followers import Followers
+
+    store = open_store(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    parent = os.environ.get("HUB_FOLLOW_PARENT")
+    if parent:  # started by `hub serve`: stop with it, however it ended
+        threading.Thread(target=_watch_parent, args=(int(parent), stop), daemon=True).start()
+    try:
+        followers = Followers(store, settings, [args.name] if args.name else None)
+        try:
+            followers.run_until(stop)
+        finally:
+            followers.close()
+    finally:
+        store.close()
+    return 0
+
+
+def _watch_parent(pid: int, stop) -> None:
+    while not stop.wait(1.0):
+        if os.getppid() != pid:  # the parent is gone: this process was handed to init
+            stop.set()
 
 
 # -- document quality and the quarantine ------------------------------------------------------------

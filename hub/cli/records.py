@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -18,8 +19,6 @@ from hub.core.errors import FhirError
 
 
 def cmd_serve(args, settings: Settings) -> int:
-    import uvicorn
-
     from hub.api.app import create_app
 
     settings.host = args.host or settings.host
@@ -39,6 +38,37 @@ def cmd_serve(args, settings: Settings) -> int:
           f"(data: {settings.database_url and 'PostgreSQL' or settings.data_dir}"
           f"{', client certificates required' if settings.tls_client_ca else ''})", flush=True)
     options = server_options(settings)
+    mode = getattr(args, "followers", "process")
+    child = None
+    if mode != "threads":  # the API processes only sync on demand; another process follows
+        settings.follow = os.environ["HUB_FOLLOW"] = "none"
+    if mode == "process":
+        from hub.followers import FollowerProcess
+
+        env = {**os.environ, "HUB_DATA_DIR": str(settings.data_dir),
+               "HUB_FOLLOW_PARENT": str(os.getpid())}
+        if settings.database_url:
+            env["HUB_DATABASE_URL"] = settings.database_url
+        child = FollowerProcess(env)
+        child.start()
+        # uvicorn shuts down on SIGTERM, then raises it again under the handler it found: this
+        # one turns it into an exit that stops the follower on the way out
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        _run_server(args, settings, options, create_app)
+    finally:
+        if child is not None:
+            child.stop()
+    return 0
+
+
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _run_server(args, settings: Settings, options: dict, create_app) -> None:
+    import uvicorn
+
     if args.workers > 1:
         # Worker processes build their own app from the environment: hand the settings on.
         os.environ.update(HUB_DATA_DIR=str(settings.data_dir), HUB_HOST=settings.host,
@@ -52,7 +82,6 @@ def cmd_serve(args, settings: Settings) -> int:
         uvicorn.run("hub.api.app:create_app", factory=True, workers=args.workers, **options)
     else:
         uvicorn.run(create_app(settings), **options)
-    return 0
 
 
 def server_options(settings: Settings) -> dict:

@@ -69,6 +69,10 @@ class Settings:
     # the master patient index links new and updated Patients as they arrive (hub.api.match)
     mpi_automatch: bool = field(
         default_factory=lambda: os.environ.get("HUB_MPI_AUTOMATCH", "1") != "0")
+    # who follows the event log into the read models: this process's threads ("threads"), or
+    # another process ("none": `hub projections follow`, which `hub serve` starts by default);
+    # a request that must see its own write brings the model up to date itself either way
+    follow: str = field(default_factory=lambda: os.environ.get("HUB_FOLLOW", "threads"))
     # each read, search and history of patient data is recorded (hub.access.audit)
     audit: bool = field(default_factory=lambda: os.environ.get("HUB_AUDIT", "1") != "0")
     # callers present bearer tokens; the policy of hub.access.policy decides (hub.api.caller)

@@ -128,6 +128,7 @@ class IncrementalMatcher:
             assert self.decide_many is not None
             self.decide_many(batch)  # the batch's decisions in one call (one commit, mostly)
         with self.index.datastore.transaction(commit=True) as c:
+            c.execute("UPDATE ic_meta SET value = value + 1 WHERE key = 'writer'")  # lock first
             c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (NAME,))
             row = c.fetchone()
             if row is None or row[0] < last:

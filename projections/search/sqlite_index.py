@@ -46,6 +46,7 @@ _SORT_COLUMN = {"ix_string": "norm", "ix_token": "code", "ix_date": "lo, hi", "i
                 "ix_composite": "c1"}
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS sp_meta (key TEXT PRIMARY KEY, value)",
+    "INSERT OR IGNORE INTO sp_meta (key, value) VALUES ('writer', 0)",
     # pks whose rows a bulk load left behind (a newer version got a new pk); deleted at the end
     "CREATE TABLE IF NOT EXISTS sp_stale (pk INTEGER PRIMARY KEY)",
     # a bulk load's updates and deletes (versions after the first): at its end the older versions'
@@ -160,6 +161,7 @@ class SQLiteSearchIndex(SQLiteReadModel):
         index row (a reference search took 8 ms instead of 0.3 at 100k resources).
         """
         with self.datastore.transaction(commit=True) as c:
+            c.execute("UPDATE sp_meta SET value = value + 1 WHERE key = 'writer'")  # lock first
             c.execute("PRAGMA analysis_limit=1000")
             c.execute("ANALYZE")
         self._analyzed_at = self._resources
@@ -259,6 +261,9 @@ class SQLiteSearchIndex(SQLiteReadModel):
             if n.topic in KIND_OF_TOPIC:  # not an event of another stream kind (MPI identity)
                 newest[cast(str, n.originator_id)] = n  # the hub's streams are named "Type/id"
         with self.datastore.transaction(commit=True) as c:
+            # the file's write lock first: a transaction that reads before it writes fails at
+            # once ("database is locked") when another follower committed in between
+            c.execute("UPDATE sp_meta SET value = value + 1 WHERE key = 'writer'")
             # read inside the transaction: another process may have ended the bulk load
             c.execute("SELECT value FROM sp_meta WHERE key='next_pk'")
             found = c.fetchone()

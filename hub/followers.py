@@ -1,0 +1,145 @@
+"""The read models following the event log, and automatic matching, as one set per process.
+
+``hub projections follow`` runs them in a process of their own. ``hub serve`` starts one such
+process beside the API by default, so that a stream of writes is taken into the read models on
+the other core instead of sharing the API's interpreter (and its lock) with the requests. An
+API process reads the same files and, before answering a read that must see its own write,
+brings the model up to date itself (``Runner.sync``). Two followers of one file never apply a
+batch twice: each batch takes the file's write lock and re-reads the position first
+(``projections.sqlite_model``), and identity decisions are versioned on their stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+
+from hub.core.config import Settings
+from hub.core.store import ResourceStore
+from hub.mpi import weights as W
+from hub.mpi.candidates import IdentityCandidates
+from hub.mpi.identity import IdentityService
+from hub.mpi.incremental import IncrementalMatcher, blocked_from_pairs
+from hub.mpi.matcher import Matcher
+from hub.readmodels import names as read_model_names
+from hub.readmodels import open_model
+from projections.contract import ReadModel
+from projections.person import PersonProjection
+from projections.runner import Runner
+
+log = logging.getLogger("hub.followers")
+
+
+class Followers:
+    """The runners of the read models ``names`` (all by default) over ``store``, and, when the
+    candidate index is among them and automatic matching is on, the incremental matcher with
+    the identity service recording its decisions."""
+
+    def __init__(self, store: ResourceStore, settings: Settings, names: Iterable[str] | None = None):
+        self.store = store
+        chosen = list(names) if names else read_model_names()
+        unknown = [n for n in chosen if n not in read_model_names()]
+        if unknown:
+            raise ValueError(f"unknown read model(s): {', '.join(unknown)}; "
+                             f"known: {', '.join(read_model_names())}")
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.models: dict[str, ReadModel] = {}
+        self.runners: list[Runner] = []
+        self._identity: IdentityService | None = None
+        self._person: PersonProjection | None = None
+        try:
+            for name in chosen:
+                self.models[name] = open_model(name, settings.data_dir)
+            index = self.models.get("identity-candidates")
+            for model in self.models.values():
+                if model is index and settings.mpi_automatch:
+                    continue  # the incremental matcher below brings the index up itself
+                self.runners.append(Runner(store, model))
+            if isinstance(index, IdentityCandidates) and settings.mpi_automatch:
+                self.runners.append(self._matching(index, settings))
+        except BaseException:
+            self.close()
+            raise
+
+    def _matching(self, index: IdentityCandidates, settings: Settings) -> Runner:
+        person = self.models.get("person")
+        if not isinstance(person, PersonProjection):  # decisions are planned on persons
+            person = self._person = PersonProjection(settings.data_dir / "person.sqlite")
+        identity = self._identity = IdentityService(self.store, person, Runner(self.store, person))
+        identity.roles = lambda: index.roles  # the unique systems stored NamingSystems declare
+        matcher = Matcher(index, W.load(settings.data_dir))
+        return Runner(self.store, IncrementalMatcher(
+            index, matcher, identity.auto_decide, blocked_from_pairs(identity.blocked_pairs),
+            decide_many=identity.auto_decide_many))
+
+    def start(self) -> None:
+        for r in self.runners:
+            r.start()
+
+    def run_until(self, stop: threading.Event) -> None:
+        """Follow until ``stop`` is set (a signal), then stop the runners."""
+        self.start()
+        try:
+            stop.wait()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        for r in self.runners:
+            r.stop()
+
+    def errors(self) -> dict[str, str]:
+        return {r.model.name: repr(r.error) for r in self.runners if r.error is not None}
+
+    def close(self) -> None:
+        self.stop()
+        for m in self.models.values():
+            m.close()
+        if self._person is not None:
+            self._person.close()
+
+
+class FollowerProcess:
+    """``hub projections follow`` as a child process of ``hub serve``, started again (after a
+    pause that grows to 30 s) whenever it stops on its own, stopped with the server."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="follower-process", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _supervise(self) -> None:
+        pause = 1.0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self.proc = subprocess.Popen([sys.executable, "-m", "hub.cli", "projections", "follow"],
+                                         env=self.env)
+            code = self.proc.wait()
+            if self._stop.is_set():
+                return
+            self.restarts += 1
+            log.warning("the read-model follower process stopped (exit %s); starting it again in "
+                        "%.0f s", code, pause)
+            pause = 1.0 if time.monotonic() - started > 60 else min(pause * 2, 30.0)
+            self._stop.wait(pause)
+
+    def stop(self) -> None:
+        self._stop.set()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._thread.join(timeout=15)

@@ -1,0 +1,100 @@
+"""Read models kept current by a follower process beside the API (``hub serve`` starts
+``hub projections follow``): the API's requests do not share an interpreter with them, a follower
+that dies is started again, and none outlives its server."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+
+from hub.core.config import Settings
+from tests.api_helpers import FHIR_JSON, observation, patient
+from tests.conftest import LiveServer
+
+
+def _followers(proc: subprocess.Popen) -> list[psutil.Process]:
+    return [p for p in psutil.Process(proc.pid).children()
+            if "follow" in " ".join(p.cmdline())]
+
+
+def _caught_up(c: httpx.Client, seconds: float = 20) -> dict:
+    """/ready until every read model's lag is 0 (no read here brings a model up itself)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        checks = {k: v for k, v in c.get("/ready").json().get("checks", {}).items()
+                  if k.startswith("read-model:")}
+        if checks and all(v.get("lag") == 0 for v in checks.values()):
+            return checks
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the read models did not catch up: {checks}")
+        time.sleep(0.2)
+
+
+def _root(srv: LiveServer) -> httpx.Client:
+    return httpx.Client(base_url=srv.origin, timeout=30)
+
+
+def test_the_follower_process_keeps_read_models_current_and_comes_back(tmp_path):
+    with LiveServer(Settings(data_dir=tmp_path / "d")) as srv, \
+            httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c, _root(srv) as root:
+        (follower,) = _followers(srv.proc)
+        r = c.post("/Patient", json=patient(), headers=FHIR_JSON)
+        assert r.status_code == 201
+        pid = r.json()["id"]
+        assert c.post("/Observation", json=observation(f"Patient/{pid}"),
+                      headers=FHIR_JSON).status_code == 201
+        _caught_up(root)  # the follower applied the writes: nobody read them
+        follower.kill()
+        follower.wait(10)
+        for _ in range(3):  # written while no follower runs
+            assert c.post("/Observation", json=observation(f"Patient/{pid}"),
+                          headers=FHIR_JSON).status_code == 201
+        deadline = time.monotonic() + 20
+        while not _followers(srv.proc) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (again,) = _followers(srv.proc)
+        assert again.pid != follower.pid
+        _caught_up(root)
+        # and a search sees all four, as it would have anyway (read-your-writes)
+        b = c.get("/Observation", params={"subject": f"Patient/{pid}", "_total": "accurate"}).json()
+        assert b["total"] == 4
+
+
+def test_no_follower_outlives_its_server(tmp_path):
+    srv = LiveServer(Settings(data_dir=tmp_path / "d"))
+    with srv:
+        (follower,) = _followers(srv.proc)
+    follower.wait(15)  # SIGINT to the server: it stopped its follower on the way out
+    assert not follower.is_running()
+    srv = LiveServer(Settings(data_dir=tmp_path / "d"))
+    with srv:
+        (follower,) = _followers(srv.proc)
+        srv.proc.send_signal(signal.SIGKILL)  # no way out at all: the follower notices
+        srv.proc.wait(10)
+        follower.wait(15)
+        assert not follower.is_running()
+
+
+def test_followers_none_leaves_it_to_a_follow_process_of_ones_own(tmp_path):
+    settings = Settings(data_dir=tmp_path / "d")
+    settings.auth = False
+    srv = LiveServer(settings)
+    srv.extra_args = ["--followers", "none"]
+    with srv, httpx.Client(base_url=srv.base, timeout=30) as c, _root(srv) as root:
+        assert _followers(srv.proc) == []
+        assert c.post("/Patient", json=patient(), headers=FHIR_JSON).status_code == 201
+        time.sleep(1.0)
+        lags = {k: v.get("lag") for k, v in root.get("/ready").json()["checks"].items()}
+        assert lags["read-model:search"] > 0  # nobody follows
+        env = {**srv.env, "HUB_DATA_DIR": str(settings.data_dir)}
+        follow = subprocess.Popen([sys.executable, "-m", "hub.cli", "projections", "follow"], env=env)
+        try:
+            _caught_up(root)
+        finally:
+            follow.send_signal(signal.SIGTERM)
+            assert follow.wait(15) == 0
