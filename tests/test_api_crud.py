@@ -498,3 +498,21 @@ def test_a_connector_names_its_institution_and_feed_in_the_event_source(client, 
         store.close()
     assert from_stored(named).source == {"feed": "h0001-adt", "institution": "H0001"}
     assert from_stored(anon).source == {"feed": "rest"}
+
+
+def test_head_answers_like_get_without_a_body(client):
+    from tests.api_helpers import create as _create
+    from tests.api_helpers import patient as _patient
+
+    loc = _create(client, _patient()).headers["location"].split("/_history")[0]
+    rid = loc.rstrip("/").split("/")[-1]
+    for path in ("/metadata", f"/Patient/{rid}", f"/Patient/{rid}/_history/1", f"/Patient/{rid}/_history",
+                 "/Patient?_count=1", "/Patient/missing-one", "/Patient/x/_history/99"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code, path
+        assert head.content == b"", path
+        for h in ("content-type", "etag", "last-modified", "content-length"):
+            if h in got.headers and h != "content-length":
+                assert head.headers.get(h) == got.headers[h], (path, h)
+    etag = client.get(f"/Patient/{rid}").headers["etag"]
+    assert client.head(f"/Patient/{rid}", headers={"if-none-match": etag}).status_code == 304

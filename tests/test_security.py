@@ -165,6 +165,19 @@ def test_every_route_refuses_a_caller_without_a_valid_token(world, method, path)
         assert r.headers["www-authenticate"].startswith("Bearer"), case
 
 
+HEAD_ROUTES = [p for m, p in ROUTES if m == "GET"]
+
+
+@pytest.mark.parametrize("path", HEAD_ROUTES)
+def test_head_refuses_a_caller_without_a_valid_token(world, path):
+    # HEAD is GET without the body: it says whether a record exists and its version
+    for case, header in _bad_tokens(world).items():
+        headers = {"authorization": header} if header else {}
+        r = httpx.head(world.live.origin + path, headers=headers, timeout=30)
+        assert r.status_code == 401 and r.content == b"", (case, r.status_code)
+        assert r.headers["www-authenticate"].startswith("Bearer"), case
+
+
 def test_public_routes_answer_without_a_token(world):
     for path in ("/fhir/metadata", "/fhir/.well-known/smart-configuration", "/auth/jwks",
                  "/health", "/ready"):

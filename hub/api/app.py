@@ -514,8 +514,9 @@ ROUTES: tuple[tuple[str, str, Any, str | None, bool], ...] = (
 
 def _install_routes(app: FastAPI) -> None:
     for method, path, handler, name, in_schema in ROUTES:
-        app.add_api_route(path, handler, methods=[method], name=name,
-                          include_in_schema=in_schema)
+        # HEAD wherever GET: the same status and headers, the server sends no body
+        app.add_api_route(path, handler, methods=[method, "HEAD"] if method == "GET" else [method],
+                          name=name, include_in_schema=in_schema)
 
 
 def _get(repo: Repository, ctx: Context, path: str, query: str, base: str,

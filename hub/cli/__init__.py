@@ -27,6 +27,15 @@ __all__ = ["COMMANDS", "PROJECTIONS", "UsageError", "input_kind", "iter_inputs",
            "open_store"]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fhir-region-hub")
+    except PackageNotFoundError:  # run from a checkout without installing
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     # The store options are accepted before and after the command (hub ingest --data-dir D ...).
     common = argparse.ArgumentParser(add_help=False)
@@ -36,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="postgresql://… event store instead of SQLite (default $HUB_DATABASE_URL)")
     parser = argparse.ArgumentParser(prog="hub", description="Regional FHIR integration hub",
                                      parents=[common])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="serve the FHIR REST API", parents=[common])
