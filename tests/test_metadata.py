@@ -40,9 +40,8 @@ def test_system_interactions_are_the_routed_ones(statement):
 def test_patient_capabilities(statement):
     p = by_type(statement)["Patient"]
     codes = {i["code"] for i in p["interaction"]}
-    assert codes == {"read", "vread", "update", "delete", "history-instance", "history-type",
+    assert codes == {"read", "vread", "update", "patch", "delete", "history-instance", "history-type",
                      "create", "search-type"}
-    assert "patch" not in codes
     assert p["versioning"] in ("versioned", "versioned-update")
     assert p["readHistory"] is True and p["updateCreate"] is True
     assert p["conditionalCreate"] is True and p["conditionalUpdate"] is True
@@ -80,9 +79,12 @@ def test_what_it_claims_works(client, statement):
     assert_outcome(stale, 412)
     assert client.delete("/Patient", params={"identifier": tok}).status_code in (200, 204)
     assert_outcome(client.get(f"/Patient/{rid}"), 410)
-    # something that is not in the statement is refused
+    # patch is claimed, and a deleted resource cannot be patched
+    assert "patch" in {i["code"] for i in p["interaction"]}
     assert_outcome(client.patch(f"/Patient/{rid}", content=b"[]",
-                                headers={"content-type": "application/json-patch+json"}), 405)
+                                headers={"content-type": "application/json-patch+json"}), 410)
+    # something that is not in the statement is refused
+    assert_outcome(client.post(f"/Patient/{rid}/_history", json={}), 405)
     assert_outcome(client.get(f"/Patient/{unique()}/_history"), 404)
 
 

@@ -7,6 +7,7 @@ those names, so the CapabilityStatement lists exactly what is routed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -45,6 +46,7 @@ from hub.api.responses import (
 from hub.api.search import SearchService, search_bundle
 from hub.api.traffic import RateLimiter, networks
 from hub.auth.verifier import ExternalIssuer, Verifier
+from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.access import OPEN, Policy
 from hub.core.conditional import SearchResolver, parse_query
@@ -52,6 +54,7 @@ from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request, not_found
 from hub.core.events import resource_bytes
 from hub.core.ingest import Context, Hub, Op, Result
+from hub.core.patch import apply_fhirpath_patch, apply_json_patch
 from hub.documents import DocumentService
 from hub.mpi.candidates import IdentityCandidates
 from hub.quarantine import Quarantine
@@ -472,6 +475,54 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
     return await _run(request, op)
 
 
+_JSON_PATCH = "application/json-patch+json"
+_PATCH_RETRIES = 3  # without If-Match, a patch that raced another write is applied again
+
+
+async def patch(request: Request, rtype: str, rid: str) -> Response:
+    """PATCH with a JSON Patch (application/json-patch+json) or a FHIRPath Patch (a Parameters
+    body): the current version read, patched, validated and stored as an update of that version
+    (If-Match: only of the version named, else 412)."""
+    check_format(request)
+    rtype, rid = _type(rtype), _id(rid)
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != _JSON_PATCH:
+        check_content_type(request)
+    raw = await request.body()
+    if not raw.strip():
+        raise bad_request("The request body is empty")
+    document = res.parse_json(raw, max_string=_settings(request).max_string)
+    apply: Callable[[dict, Any], dict] = apply_json_patch
+    if media != _JSON_PATCH:
+        res.check_type(document, "Parameters")
+        apply = apply_fhirpath_patch
+    if_match = parse_etag(request.headers.get("if-match"))
+    repo, ctx = repository(request), context_of(request)
+
+    def execute() -> Result:
+        for attempt in range(_PATCH_RETRIES):
+            stored = repo.read(ctx, rtype, rid)
+            version = stored.originator_version
+            if if_match is not None and if_match != version:
+                raise FhirError(412, "conflict", f"{rtype}/{rid} is at version {version}, not "
+                                                 f"{if_match}")
+            current = orjson.loads(resource_bytes(stored))
+            patched = apply(current, document)  # meta's versionId and lastUpdated: the store's
+            res.validate(rtype, jsontext.dumps(patched, rtype), patched)
+            op = Op("PUT", rtype, rid, patched, if_match=version, url=f"{rtype}/{rid}")
+            try:
+                result = repo.execute([op], ctx, atomic=True)[0]
+            except FhirError as e:
+                if e.status == 412 and if_match is None and attempt + 1 < _PATCH_RETRIES:
+                    continue  # another write came between the read and this one
+                raise
+            assert isinstance(result, Result)
+            return repo.complete(result)
+        raise AssertionError("unreachable")
+
+    return _write_response(request, await run_in_threadpool(execute), location=False)
+
+
 async def delete(request: Request, rtype: str, rid: str) -> Response:
     check_format(request)
     op = Op("DELETE", _type(rtype), _id(rid), if_match=parse_etag(request.headers.get("if-match")),
@@ -508,6 +559,7 @@ ROUTES: tuple[tuple[str, str, Any, str | None, bool], ...] = (
     ("GET", "/fhir/{rtype}/{rid}/_history/{vid}", vread, "vread", True),
     ("GET", "/fhir/{rtype}/{rid}", read, "read", True),
     ("PUT", "/fhir/{rtype}/{rid}", update, "update", True),
+    ("PATCH", "/fhir/{rtype}/{rid}", patch, "patch", True),
     ("DELETE", "/fhir/{rtype}/{rid}", delete, "delete", True),
 )
 

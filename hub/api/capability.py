@@ -14,8 +14,8 @@ from fastapi import FastAPI
 from hub.core import resource as res
 from projections.search.params import params_for
 
-_TYPE_LEVEL = ("read", "vread", "update", "delete", "history-instance", "history-type", "create",
-               "search-type")
+_TYPE_LEVEL = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type",
+               "create", "search-type")
 _SYSTEM_LEVEL = ("transaction", "batch", "history-system")
 _STARTED = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -1,0 +1,279 @@
+"""PATCH documents applied to a resource: JSON Patch (RFC 6902) and FHIRPath Patch (R4 fhirpatch.html).
+
+``apply_json_patch`` runs the ``jsonpatch`` library. ``apply_fhirpath_patch`` takes a Parameters
+resource of ``operation`` parameters (``type`` add | insert | delete | replace | move, ``path``,
+``name``, ``value``, ``index``, ``source``, ``destination``) and finds each path's node with
+``fhirpathpy``. fhirpathpy hands back copies, not the resource's own objects, so every object of a
+working copy carries a marker while the paths are evaluated. A marker found in a result names the
+object, and its container and place in it. A path ending at a primitive is evaluated without its
+last step, and that step names the element of the object found.
+
+Both return the patched resource, which the caller validates and stores like an update. A patch
+that cannot apply (a path matching nothing or several nodes, a failed ``test``) is a 422; a
+malformed document is a 400. Changing ``id`` or ``resourceType`` is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+from fhir_mapping.fhir_types import TYPES
+from hub.core.errors import FhirError
+
+MARK = "\x00node"  # no FHIR element name holds a NUL
+_LAST_STEP = re.compile(r"^(.*)\.([A-Za-z][A-Za-z0-9_]*)(?:\[(\d+)\])?$")
+
+
+def _bad(msg: str, where: str | None = None) -> FhirError:
+    return FhirError(400, "invalid", msg, where)
+
+
+def _cannot(msg: str, where: str | None = None) -> FhirError:
+    return FhirError(422, "processing", msg, where)
+
+
+def _check_identity(before: dict, after: Any) -> dict:
+    if not isinstance(after, dict):
+        raise _cannot("The patched resource is not a JSON object")
+    for key in ("resourceType", "id"):
+        if after.get(key) != before.get(key):
+            raise _cannot(f"A patch may not change {key}", key)
+    return after
+
+
+def apply_json_patch(resource: dict, document: Any) -> dict:
+    import jsonpatch
+    import jsonpointer
+
+    if not isinstance(document, list) or not all(isinstance(op, dict) for op in document):
+        raise _bad("A JSON Patch is an array of operation objects")
+    try:
+        patch = jsonpatch.JsonPatch(document)
+        patched = patch.apply(resource, in_place=False)
+    except jsonpatch.JsonPatchTestFailed as e:
+        raise _cannot(f"JSON Patch test failed: {e}") from None
+    except (jsonpatch.JsonPatchConflict, jsonpointer.JsonPointerException) as e:
+        raise _cannot(f"JSON Patch cannot apply: {e}") from None
+    except (jsonpatch.InvalidJsonPatch, TypeError, ValueError) as e:
+        raise _bad(f"Malformed JSON Patch: {e}") from None
+    return _check_identity(resource, patched)
+
+
+# -- FHIRPath Patch -------------------------------------------------------------------------------
+
+
+class _Doc:
+    """A marked working copy: every object numbered, with its FHIR type, container and place."""
+
+    def __init__(self, resource: dict):
+        self.root = copy.deepcopy(resource)
+        self.nodes: dict[int, tuple[dict, str | None, Any, Any]] = {}  # n -> (obj, type, container, key)
+        self._mark(self.root, resource.get("resourceType"), None, None)
+
+    def _mark(self, obj: Any, ftype: str | None, container: Any, key: Any) -> None:
+        if isinstance(obj, dict):
+            n = len(self.nodes)
+            obj[MARK] = n
+            self.nodes[n] = (obj, ftype, container, key)
+            elements = TYPES.get(ftype or "", {})
+            for k, v in list(obj.items()):
+                if k == MARK:
+                    continue
+                kind = elements.get(k, [None])[0]
+                if k == "contained" or kind == "Resource":
+                    kind = None  # typed by its own resourceType
+                if isinstance(v, list):
+                    for i, item in enumerate(v):
+                        self._mark(item, kind or (item.get("resourceType") if isinstance(item, dict) else None), v, i)
+                else:
+                    self._mark(v, kind or (v.get("resourceType") if isinstance(v, dict) else None), obj, k)
+
+    def strip(self) -> dict:
+        def clean(o: Any) -> Any:
+            if isinstance(o, dict):
+                return {k: clean(v) for k, v in o.items() if k != MARK}
+            if isinstance(o, list):
+                return [clean(v) for v in o]
+            return o
+        return clean(self.root)
+
+    def evaluate(self, path: str, where: str) -> list:
+        import fhirpathpy
+
+        try:
+            return list(fhirpathpy.evaluate(self.root, path, {}))
+        except Exception as e:  # noqa: BLE001 - the FHIRPath engine's parse and evaluation errors
+            raise _bad(f"Cannot evaluate the FHIRPath {path!r}: {type(e).__name__}", where) from None
+
+    def node(self, found: Any) -> int | None:
+        return found.get(MARK) if isinstance(found, dict) else None
+
+    def one_object(self, path: str, where: str) -> tuple[dict, str | None, Any, Any]:
+        found = self.evaluate(path, where)
+        marks = [self.node(f) for f in found]
+        if len(found) != 1 or marks[0] is None:
+            raise _cannot(f"The path {path!r} must match one element, not {len(found)}", where)
+        return self.nodes[marks[0]]
+
+    def target(self, path: str, where: str) -> tuple[Any, Any] | None:
+        """(container, key or index) of the one node ``path`` matches; None if it matches none."""
+        found = self.evaluate(path, where)
+        if not found:
+            return None
+        if len(found) > 1:
+            raise _cannot(f"The path {path!r} matches {len(found)} elements, not one", where)
+        mark = self.node(found[0])
+        if mark is not None:
+            obj, _, container, key = self.nodes[mark]
+            if container is None:
+                raise _cannot("A patch may not replace or delete the resource itself", where)
+            if isinstance(container, list):  # where it is now: an earlier delete may have moved it
+                key = next(i for i, x in enumerate(container) if x is obj)
+            return container, key
+        m = _LAST_STEP.match(path.strip())  # a primitive: its parent and its element's name
+        if not m:
+            raise _cannot(f"The path {path!r} does not end at an element", where)
+        parent, _, _, _ = self.one_object(m.group(1), where)
+        name, index = m.group(2), m.group(3)
+        value = parent.get(name)
+        if index is not None:
+            if not isinstance(value, list) or int(index) >= len(value):
+                raise _cannot(f"The path {path!r} matches nothing", where)
+            return value, int(index)
+        if isinstance(value, list):
+            if len(value) != 1:
+                raise _cannot(f"The path {path!r} matches {len(value)} elements, not one", where)
+            return value, 0
+        return parent, name
+
+
+def _value(part: dict, where: str) -> Any:
+    """The JSON of a ``value`` parameter: its value[x], or its parts as an object."""
+    for k, v in part.items():
+        if k.startswith("value") and k != "value":
+            return copy.deepcopy(v)
+    if "resource" in part:
+        return copy.deepcopy(part["resource"])
+    if isinstance(part.get("part"), list):
+        out: dict[str, Any] = {}
+        for sub in part["part"]:
+            if not isinstance(sub, dict) or not isinstance(sub.get("name"), str):
+                raise _bad("Each part of a value needs a name", where)
+            v = _value(sub, where)
+            if sub["name"] in out:  # a repeated part: a repeating element
+                prev = out[sub["name"]]
+                out[sub["name"]] = (prev if isinstance(prev, list) else [prev]) + [v]
+            else:
+                out[sub["name"]] = v
+        return out
+    raise _bad("The operation's value has no value[x] and no parts", where)
+
+
+def _operations(parameters: Any) -> list[tuple[dict[str, Any], str]]:
+    if not isinstance(parameters, dict) or parameters.get("resourceType") != "Parameters":
+        raise _bad("A FHIRPath Patch is a Parameters resource")
+    ops = []
+    for i, p in enumerate(parameters.get("parameter") or []):
+        where = f"Parameters.parameter[{i}]"
+        if not isinstance(p, dict) or p.get("name") != "operation":
+            raise _bad("A FHIRPath Patch holds only 'operation' parameters", where)
+        fields: dict[str, Any] = {}
+        for part in p.get("part") or []:
+            if not isinstance(part, dict) or not isinstance(part.get("name"), str):
+                raise _bad("Each part of an operation needs a name", where)
+            name = part["name"]
+            if name == "value":
+                fields["value"] = _value(part, where)
+            else:
+                simple = [v for k, v in part.items() if k.startswith("value")]
+                if len(simple) != 1:
+                    raise _bad(f"The operation's {name!r} needs one value", where)
+                fields[name] = simple[0]
+        ops.append((fields, where))
+    if not ops:
+        raise _bad("The FHIRPath Patch holds no operation")
+    return ops
+
+
+def _int(fields: dict, name: str, where: str) -> int:
+    v = fields.get(name)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise _bad(f"The operation needs {name} as a non-negative integer", where)
+    return v
+
+
+def _list_at(doc: _Doc, path: str, where: str) -> list:
+    """The list of elements ``path`` names (its repetitions), to insert into or move within."""
+    m = _LAST_STEP.match(path.strip())
+    if not m:
+        raise _cannot(f"The path {path!r} does not name a repeating element", where)
+    parent, _, _, _ = doc.one_object(m.group(1), where)
+    value = parent.get(m.group(2))
+    if value is None:
+        value = parent[m.group(2)] = []
+    if not isinstance(value, list):
+        raise _cannot(f"{path!r} does not repeat", where)
+    return value
+
+
+def apply_fhirpath_patch(resource: dict, parameters: Any) -> dict:
+    ops = _operations(parameters)
+    doc = _Doc(resource)
+    for fields, where in ops:
+        kind, path = fields.get("type"), fields.get("path")
+        if not isinstance(path, str) or not path.strip():
+            raise _bad("The operation needs a path", where)
+        if kind == "add":
+            name = fields.get("name")
+            if not isinstance(name, str) or "value" not in fields:
+                raise _bad("add needs a name and a value", where)
+            obj, ftype, _, _ = doc.one_object(path, where)
+            repeats = bool(TYPES.get(ftype or "", {}).get(name, [None, 0])[1])
+            value = fields["value"]
+            if isinstance(obj.get(name), list):
+                obj[name].append(value)
+            elif name in obj:
+                raise _cannot(f"{path}.{name} already has a value; use replace", where)
+            else:
+                obj[name] = [value] if repeats and not isinstance(value, list) else value
+        elif kind == "insert":
+            items = _list_at(doc, path, where)
+            index = _int(fields, "index", where)
+            if index > len(items) or "value" not in fields:
+                raise _cannot(f"insert at {index} into {len(items)} elements (with a value)", where)
+            items.insert(index, fields["value"])
+        elif kind == "delete":
+            found = doc.target(path, where)
+            if found is not None:
+                container, key = found
+                del container[key]
+        elif kind == "replace":
+            if "value" not in fields:
+                raise _bad("replace needs a value", where)
+            found = doc.target(path, where)
+            if found is None:
+                raise _cannot(f"The path {path!r} matches nothing to replace", where)
+            container, key = found
+            container[key] = fields["value"]
+        elif kind == "move":
+            items = _list_at(doc, path, where)
+            src, dst = _int(fields, "source", where), _int(fields, "destination", where)
+            if src >= len(items) or dst >= len(items):
+                raise _cannot(f"move {src} -> {dst} within {len(items)} elements", where)
+            items.insert(dst, items.pop(src))
+        else:
+            raise _bad(f"Unknown operation type {kind!r}; use add, insert, delete, replace, move",
+                       where)
+    return _check_identity(resource, _prune(doc.strip()))
+
+
+def _prune(o: Any) -> Any:
+    """Drop what a delete left empty (an empty list or object is not valid FHIR JSON)."""
+    if isinstance(o, dict):
+        out = {k: _prune(v) for k, v in o.items()}
+        return {k: v for k, v in out.items() if v not in ([], {})}
+    if isinstance(o, list):
+        return [x for x in (_prune(v) for v in o) if x not in ([], {})]
+    return o
