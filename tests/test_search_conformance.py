@@ -567,3 +567,37 @@ def test_http_get_post_strict_and_read_your_writes(client):
     r = client.get("/Patient", params={"family": "sima", "gender": "male"})
     assert r.json()["total"] == 1  # updated in place (the update dropped the tag)
     assert client.get("/Patient", params={"family": "sima", "_tag": tag}).json()["total"] == 0
+
+
+@pytest.mark.parametrize("query,allowed,required", [
+    # _elements and _summary=text keep the mandatory elements (Observation: status, code)
+    ("_elements=id", {"resourceType", "id", "meta", "status", "code"}, {"status", "code"}),
+    ("_summary=text", {"resourceType", "id", "meta", "status", "code", "text"}, {"status", "code"}),
+    ("_summary=data", None, {"status", "code"}),
+    ("_summary=true", None, {"status", "code"}),
+])
+def test_subsets_as_r4_defines_them(world, query, allowed, required):
+    b = run(world, "Observation", f"_id=t5&{query}")
+    res = b["entry"][0]["resource"]
+    assert required <= set(res), res
+    if allowed is not None:
+        assert set(res) <= allowed, res
+    assert "text" not in res or query == "_summary=text"
+    assert any(t["code"] == "SUBSETTED" for t in res["meta"]["tag"])
+
+
+def test_summary_values_outside_r4_are_refused(world):
+    with pytest.raises(FhirError) as refused:
+        run(world, "Patient", "_summary=everything")
+    assert refused.value.status == 400
+
+
+def test_count_over_the_maximum_is_capped_with_a_warning(world):
+    hub, service, settings = world
+    b = run(world, "Patient", f"_count={settings.max_count + 1}", "sort")
+    assert len([e for e in b["entry"] if e["search"]["mode"] == "match"]) == 5  # it ran
+    (outcome,) = [e for e in b["entry"] if e["search"]["mode"] == "outcome"]
+    issue = outcome["resource"]["issue"][0]
+    assert issue["severity"] == "warning" and str(settings.max_count) in issue["diagnostics"]
+    assert not [e for e in run(world, "Patient", "_count=2", "sort")["entry"]
+                if e["search"]["mode"] == "outcome"]

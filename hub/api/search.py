@@ -100,6 +100,33 @@ def summary_elements(rtype: str) -> frozenset[str]:
     return frozenset(out)
 
 
+@lru_cache(maxsize=None)
+def mandatory_elements(rtype: str) -> frozenset[str]:
+    """The top-level elements of ``rtype`` with a minimum cardinality of one: kept in every
+    subset (_summary=text, _elements), as R4 asks, so a subset still reads as the resource."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    out = set(ALWAYS)
+    for name, f in get_fhir_model_class(rtype).model_fields.items():
+        extra = f.json_schema_extra or {}
+        if f.is_required() or (isinstance(extra, dict) and extra.get("element_required")):
+            out.add(f.alias or name)
+    return frozenset(out)
+
+
+def subset_filter(rtype: str, summary: str | None, elements: list[str] | None):
+    """What a search's _summary or _elements keeps of each ``rtype`` resource (None: all)."""
+    if summary == "true":
+        return summary_elements(rtype).__contains__
+    if summary == "text":
+        return (mandatory_elements(rtype) | {"text"}).__contains__
+    if summary == "data":
+        return lambda k: k != "text"
+    if elements:
+        return (mandatory_elements(rtype) | set(elements)).__contains__
+    return None
+
+
 def _subset(raw: bytes, keep) -> dict:
     d = orjson.loads(raw)
     out = {k: v for k, v in d.items() if k in ALWAYS or keep(k)}
@@ -130,13 +157,7 @@ def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple
         want_total = "if-cheap" if q.total is None else q.total
     found = repo.search(ctx, q, count, False if want_total == "none" else want_total, base)
     page = found.page
-    keep = None
-    if q.summary == "true":
-        allowed = summary_elements(rtype)
-        keep = allowed.__contains__
-    elif q.elements:
-        wanted = set(q.elements)
-        keep = wanted.__contains__
+    keep = subset_filter(rtype, q.summary, q.elements)
 
     entries = []
 
@@ -153,8 +174,8 @@ def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple
         body: Any
         if mode == "match" and keep is not None:
             body = _subset(raw, keep)
-        elif q.summary == "true":
-            body = _subset(raw, summary_elements(row.rtype).__contains__)
+        elif mode == "include" and q.summary in ("true", "text", "data"):
+            body = _subset(raw, subset_filter(row.rtype, q.summary, None))
         else:
             body = orjson.Fragment(raw)
         entries.append({"fullUrl": f"{base}/{row.rtype}/{row.rid}", "resource": body,
@@ -164,11 +185,13 @@ def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple
         add(row, "match", found.bodies)
     for row in found.included:
         add(row, "include", found.bodies)
-    if q.ignored:
-        entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [
-            Issue("not-supported",
-                  f"Ignored unsupported search parameter(s): {', '.join(sorted(set(q.ignored)))}",
-                  "warning").to_json()]}, "search": {"mode": "outcome"}})
+    warnings = [Issue("not-supported", "Ignored unsupported search parameter(s): "
+                      f"{', '.join(sorted(set(q.ignored)))}", "warning")] if q.ignored else []
+    warnings += [Issue("informational", note, "warning") for note in q.notes]
+    if warnings:
+        entries.append({"resource": {"resourceType": "OperationOutcome",
+                                     "issue": [w.to_json() for w in warnings]},
+                        "search": {"mode": "outcome"}})
     path = f"{base}/{compartment[0]}/{compartment[1]}/{rtype}" if compartment else f"{base}/{rtype}"
     links = [{"relation": "self", "url": link(path, params)}]
     if page.next_cursor:

@@ -158,6 +158,7 @@ class Query:
     elements: list[str] | None = None
     cursor: str | None = None
     ignored: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings of a search that still ran
 
 
 # -- escaping -------------------------------------------------------------------------------------
@@ -497,6 +498,9 @@ def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
                 if not value.isdigit():
                     raise bad_request(f"_count={value!r} is not a non-negative integer")
                 q.count = min(int(value), max_count)
+                if int(value) > max_count:
+                    q.notes.append(f"_count={value} is above this server's maximum: "
+                                   f"{max_count} per page")
             elif name == "_sort":
                 q.sort = _sort(rtype, value)
             elif name == "_total":
@@ -504,8 +508,8 @@ def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
                     raise bad_request(f"_total={value!r}: none, estimate or accurate")
                 q.total = value
             elif name == "_summary":
-                if value not in ("count", "true", "false"):
-                    raise Unsupported(f"_summary={value} is not supported")
+                if value not in ("count", "true", "false", "text", "data"):
+                    raise bad_request(f"_summary={value!r}: true, text, data, count or false")
                 q.summary = value
             elif name == "_elements":
                 q.elements = [e.strip() for e in value.split(",") if e.strip()]
