@@ -109,6 +109,11 @@ class Repository:
         self._records = audit_records  # AuditEvents are read from here, not from the store
         self._open = policy is OPEN  # nothing to filter: no copies of what is handed out
 
+    def record_own(self, ops: list[Op], ctx: Context) -> None:
+        """Writes the hub makes itself about a caller's write (the report of the repairs lenient
+        intake made to it): not the caller's records, so not held to its scopes."""
+        self._hub.execute(ops, ctx, atomic=True)
+
     @property
     def store(self) -> ResourceStore:
         """The event store, for the wiring that builds read models and services on it; handlers

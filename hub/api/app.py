@@ -23,7 +23,7 @@ from hub.access.audit import AccessAudit, AuditWriter
 from hub.access.auditlog import open_audit_log
 from hub.access.consent import ConsentIndex
 from hub.access.policy import AccessPolicy
-from hub.api import auth, bundles, capability, documents, health, quality, terminology, unmapped, v3
+from hub.api import auth, bundles, capability, documents, health, intake, quality, terminology, unmapped, v3
 from hub.api import everything as mpi_everything
 from hub.api import identity as mpi_identity
 from hub.api import match as mpi_match  # Patient/$match
@@ -306,12 +306,15 @@ def _write_response(request: Request, result: Result, *, location: bool = True) 
     return fhir_response(result.body, result.status, request=request, headers=headers)
 
 
-async def _run(request: Request, op: Op) -> Response:
+async def _run(request: Request, op: Op, repairs: list[Issue] | None = None) -> Response:
     repo, ctx = repository(request), context_of(request)
 
     def execute() -> Result:
         result = repo.execute([op], ctx, atomic=True)[0]
         assert isinstance(result, Result)  # atomic: a failure is raised, not returned
+        if repairs and result.rid is not None and result.version is not None:
+            repo.record_own([intake.quality_report(ctx, result, repairs)], ctx)
+            result.issues = [*repairs, *result.issues]
         return repo.complete(result)
 
     return _write_response(request, await run_in_threadpool(execute))
@@ -344,8 +347,14 @@ async def transaction(request: Request) -> Response:
     def get(path: str, query: str):
         return _get(repo, ctx, path, query, b, _settings(request))
 
+    settings = _settings(request)
+
+    def validate(rtype: str, text: bytes, resource: dict, where: str):
+        return intake.validate(ctx, settings, rtype, text, resource, where)
+
     out = await run_in_threadpool(bundles.process, d, repo, ctx, b,
-                                  prefer_return(request) == "representation", get, raw)
+                                  prefer_return(request) == "representation", get, raw, validate,
+                                  lambda result, repairs: intake.quality_report(ctx, result, repairs))
     return fhir_response(out, request=request)
 
 
@@ -395,12 +404,12 @@ async def create(request: Request, rtype: str) -> Response:
     if "id" in d:  # the server assigns the id of a create; whatever was sent is ignored
         del d["id"]
         raw = orjson.dumps(d)
-    res.validate(rtype, raw, d)
+    d, repairs = intake.validate(context_of(request), _settings(request), rtype, raw, d)
     op = Op("POST", rtype, d=d, url=rtype)
     inx = request.headers.get("if-none-exist")
     if inx:
         op.if_none_exist = parse_query(inx.split("?", 1)[1] if "?" in inx else inx)
-    return await _run(request, op)
+    return await _run(request, op, repairs)
 
 
 async def conditional_update(request: Request, rtype: str) -> Response:
@@ -408,10 +417,10 @@ async def conditional_update(request: Request, rtype: str) -> Response:
     raw, d = await _body(request, _type(rtype))
     if not request.url.query:
         raise bad_request("PUT on a type needs search criteria (conditional update) or an id")
-    res.validate(rtype, raw, d)
+    d, repairs = intake.validate(context_of(request), _settings(request), rtype, raw, d)
     op = Op("PUT", rtype, d=d, query=parse_query(request.url.query),
             if_match=parse_etag(request.headers.get("if-match")), url=f"{rtype}?{request.url.query}")
-    return await _run(request, op)
+    return await _run(request, op, repairs)
 
 
 async def conditional_delete(request: Request, rtype: str) -> Response:
@@ -469,10 +478,10 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
             f"The body's id {d.get('id')!r} must equal the id in the URL ({rid!r})",
             f"{rtype}.id",
         )
-    res.validate(rtype, raw, d)
+    d, repairs = intake.validate(context_of(request), _settings(request), rtype, raw, d)
     op = Op("PUT", rtype, rid, d, if_match=parse_etag(request.headers.get("if-match")),
             url=f"{rtype}/{rid}")
-    return await _run(request, op)
+    return await _run(request, op, repairs)
 
 
 _JSON_PATCH = "application/json-patch+json"

@@ -18,12 +18,16 @@ from hub.api.responses import etag, parse_etag
 from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.conditional import parse_query
-from hub.core.errors import FhirError, bad_request
+from hub.core.errors import FhirError, Issue, bad_request
 from hub.core.ingest import Context, Op, Result
 from hub.repository import Repository
 
 WRITE_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2}
 GetHandler = Callable[[str, str], tuple[int, bytes | dict | None]]  # (path, query) -> status, body
+# (type, JSON text, resource, where) -> the resource to store and what lenient intake repaired
+Validate = Callable[[str, bytes, dict, str], tuple[dict, list[Issue]]]
+# (the caller's write with its repairs, its result) -> the write of the report of the repairs
+Report = Callable[[Result, list[Issue]], Op]
 
 
 def status_line(code: int) -> str:
@@ -47,7 +51,8 @@ def split_url(url: str, base: str) -> tuple[str, str]:
     return path, query
 
 
-def parse_entry(i: int, entry: object, base: str) -> Op | tuple[str, str]:
+def parse_entry(i: int, entry: object, base: str,
+                validate: Validate | None = None) -> Op | tuple[str, str]:
     """A Bundle entry as a write ``Op``, or (path, query) for a GET."""
     where = f"Bundle.entry[{i}]"
     if not isinstance(entry, dict):
@@ -91,7 +96,11 @@ def parse_entry(i: int, entry: object, base: str) -> Op | tuple[str, str]:
                 f"The resource id {d.get('id')!r} differs from the request URL {url!r}",
                 f"{where}.resource.id",
             )
-        res.validate(rtype, jsontext.dumps(d, f"{where}.resource"), d, f"{where}.resource")
+        raw = jsontext.dumps(d, f"{where}.resource")
+        if validate is None:
+            res.validate(rtype, raw, d, f"{where}.resource")
+        else:
+            d, op.repairs = validate(rtype, raw, d, f"{where}.resource")
         op.d = d
     return op
 
@@ -124,8 +133,10 @@ def validate_envelope(bundle: dict, entries: list) -> None:
 
 
 def process(bundle: dict, repo: Repository, ctx: Context, base: str, representation: bool,
-            get: GetHandler, raw: bytes | None = None) -> dict:
-    """``raw``: the JSON text of ``bundle`` as received, when there is one."""
+            get: GetHandler, raw: bytes | None = None, validate: Validate | None = None,
+            report: Report | None = None) -> dict:
+    """``raw``: the JSON text of ``bundle`` as received, when there is one; ``validate``: the
+    caller's intake policy (``hub.api.intake``), whose repairs ``report`` records."""
     btype = bundle.get("type")
     if btype not in ("transaction", "batch"):
         raise bad_request(
@@ -143,7 +154,7 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
     parsed: list[Op | tuple[str, str] | FhirError] = []
     for i, entry in enumerate(entries):
         try:
-            parsed.append(parse_entry(i, entry, base))
+            parsed.append(parse_entry(i, entry, base, validate))
         except FhirError as e:
             if atomic:
                 raise
@@ -157,7 +168,13 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
     ops: list[Op] = [parsed[i] for i in writes]  # type: ignore[misc]
     results = repo.execute(ops, ctx, atomic=True) if atomic else repo.execute_batch(ops, ctx)
     for i, result in zip(writes, results):
-        if isinstance(result, Result) and parsed[i].method != "DELETE":  # type: ignore[union-attr]
+        op = parsed[i]
+        assert isinstance(op, Op)
+        if isinstance(result, Result) and op.method != "DELETE":
+            if op.repairs and result.rid is not None and result.version is not None:
+                if report is not None:
+                    repo.record_own([report(result, op.repairs)], ctx)
+                result.issues = [*op.repairs, *result.issues]
             repo.complete(result)
         out[i] = _write_entry(result, base, representation)
     for i, p in enumerate(parsed):

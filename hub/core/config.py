@@ -73,6 +73,14 @@ class Settings:
     # another process ("none": `hub projections follow`, which `hub serve` starts by default);
     # a request that must see its own write brings the model up to date itself either way
     follow: str = field(default_factory=lambda: os.environ.get("HUB_FOLLOW", "threads"))
+    # lenient intake (hub.core.repair): the platform's zone for times sent without one, and who
+    # gets repairs instead of a 422: callers with the connector role, and the institutions listed
+    # in HUB_INTAKE_REPAIR ("*": everyone), except those in HUB_INTAKE_STRICT
+    timezone: str = field(default_factory=lambda: os.environ.get("HUB_TIMEZONE", "+08:00"))
+    intake_repair: tuple[str, ...] = field(default_factory=lambda: tuple(
+        p.strip() for p in os.environ.get("HUB_INTAKE_REPAIR", "").split(",") if p.strip()))
+    intake_strict: tuple[str, ...] = field(default_factory=lambda: tuple(
+        p.strip() for p in os.environ.get("HUB_INTAKE_STRICT", "").split(",") if p.strip()))
     # each read, search and history of patient data is recorded (hub.access.audit)
     audit: bool = field(default_factory=lambda: os.environ.get("HUB_AUDIT", "1") != "0")
     # callers present bearer tokens; the policy of hub.access.policy decides (hub.api.caller)
