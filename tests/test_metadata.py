@@ -34,7 +34,7 @@ def test_is_a_valid_r4_capability_statement(statement, live):
 
 def test_system_interactions_are_the_routed_ones(statement):
     codes = {i["code"] for i in statement["rest"][0]["interaction"]}
-    assert codes == {"transaction", "batch", "history-system"}
+    assert codes == {"transaction", "batch", "history-system", "search-system"}
 
 
 def test_patient_capabilities(statement):

@@ -44,6 +44,7 @@ from hub.api.responses import (
     version_headers,
 )
 from hub.api.search import SearchService, search_bundle
+from hub.api.systemsearch import system_search
 from hub.api.traffic import RateLimiter, networks
 from hub.auth.verifier import ExternalIssuer, Verifier
 from hub.core import jsontext
@@ -387,15 +388,35 @@ async def _search_response(request: Request, rtype: str, params: list[tuple[str,
     return fhir_response(out, request=request)
 
 
-async def search_post(request: Request, rtype: str) -> Response:
+async def search_system(request: Request) -> Response:
     check_format(request)
+    params = list(request.query_params.multi_items())
+    return await _system_search_response(request, params)
+
+
+async def search_system_post(request: Request) -> Response:
+    check_format(request)
+    return await _system_search_response(request, await _form_params(request))
+
+
+async def _system_search_response(request: Request, params: list[tuple[str, str]]) -> Response:
+    out = await run_in_threadpool(system_search, repository(request), context_of(request), params,
+                                  _base(request), _settings(request), prefer_strict(request))
+    return fhir_response(out, request=request)
+
+
+async def _form_params(request: Request) -> list[tuple[str, str]]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip()
     if ctype != "application/x-www-form-urlencoded":
         raise FhirError(415, "not-supported",
                         "POST _search takes application/x-www-form-urlencoded parameters")
     raw = (await request.body()).decode("utf-8", "replace")
-    params = list(request.query_params.multi_items()) + (parse_query(raw) if raw else [])
-    return await _search_response(request, rtype, params)
+    return list(request.query_params.multi_items()) + (parse_query(raw) if raw else [])
+
+
+async def search_post(request: Request, rtype: str) -> Response:
+    check_format(request)
+    return await _search_response(request, rtype, await _form_params(request))
 
 
 async def create(request: Request, rtype: str) -> Response:
@@ -554,6 +575,9 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
 # lists; None: the handler's name), listed in the OpenAPI schema.
 ROUTES: tuple[tuple[str, str, Any, str | None, bool], ...] = (
     ("GET", "/fhir/metadata", metadata, "capabilities", True),
+    ("GET", "/fhir", search_system, "search-system", True),
+    ("GET", "/fhir/", search_system, None, False),
+    ("POST", "/fhir/_search", search_system_post, None, False),
     ("POST", "/fhir/", transaction, None, False),
     ("POST", "/fhir", transaction, "transaction", True),  # and batch: Bundle.type decides
     ("GET", "/fhir/_history", history_system, "history-system", True),

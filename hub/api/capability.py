@@ -16,7 +16,7 @@ from projections.search.params import params_for
 
 _TYPE_LEVEL = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type",
                "create", "search-type")
-_SYSTEM_LEVEL = ("transaction", "batch", "history-system")
+_SYSTEM_LEVEL = ("transaction", "batch", "history-system", "search-system")
 _STARTED = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -1,0 +1,140 @@
+"""System-level search: ``GET [base]?_type=A,B&…`` and ``POST [base]/_search``.
+
+Each type's search runs through the same planner and repository as a type search (so access,
+consent, the audit and every parameter behave the same); the page is filled from the types in the
+order ``_type`` lists them (all types without it), and the ``next`` link's cursor says where it
+stopped: the type's place and that type's own keyset cursor. A parameter a listed type does not
+know is refused (``Prefer: handling=strict``) or ignored with a warning, as in a type search.
+Without ``_type``, only the types the caller may search are searched, AuditEvent (the audit
+log's own search) only when named. ``_sort`` across types is
+refused: each type's order is its own. ``_total=accurate`` and ``_summary=count`` add the
+types' counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from hub.api.paging import link
+from hub.api.search import search_bundle
+from hub.core import resource as res
+from hub.core.config import Settings
+from hub.core.errors import FhirError, bad_request
+from hub.core.ingest import Context
+from hub.repository import Repository
+
+_OWN = ("_type", "_cursor", "_count", "_total")
+
+
+def _types(params: list[tuple[str, str]]) -> tuple[list[str], bool]:
+    listed = [t.strip() for k, v in params if k == "_type" for t in v.split(",") if t.strip()]
+    if not listed:  # AuditEvents live in the audit log, with a search of their own: named only
+        return sorted(res.RESOURCE_TYPES - {"AuditEvent"}), False
+    unknown = [t for t in listed if t not in res.RESOURCE_TYPES]
+    if unknown:
+        raise bad_request(f"Unknown resource type(s) in _type: {', '.join(unknown[:5])}")
+    return list(dict.fromkeys(listed)), True
+
+
+def _cursor(value: str | None, n_types: int) -> tuple[int, str | None]:
+    if not value:
+        return 0, None
+    place, _, inner = value.partition(".")
+    if not place.isdigit() or int(place) >= n_types:
+        raise bad_request("The paging cursor is not one this server wrote")
+    return int(place), inner or None
+
+
+def _next_cursor(bundle: dict) -> str | None:
+    for lk in bundle.get("link", []):
+        if lk.get("relation") == "next":
+            return dict(parse_qsl(urlsplit(lk["url"]).query)).get("_cursor")
+    return None
+
+
+def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]], base: str,
+                  settings: Settings, strict: bool) -> dict:
+    types, explicit = _types(params)
+    if any(k == "_sort" for k, _ in params):
+        raise bad_request("_sort is not supported across types; search one type to sort")
+    values = dict(params)
+    count_raw = values.get("_count")
+    if count_raw is not None and not count_raw.isdigit():
+        raise bad_request(f"_count={count_raw!r} is not a non-negative integer")
+    count = min(int(count_raw), settings.max_count) if count_raw else settings.default_count
+    counting = values.get("_summary") == "count" or values.get("_total") == "accurate"
+    rest = [(k, v) for k, v in params if k not in _OWN]
+    start, inner = _cursor(values.get("_cursor"), len(types))
+
+    entries: list[dict] = []
+    outcomes: dict[str, dict] = {}
+    total = 0
+    next_cursor: str | None = None
+    refused: FhirError | None = None  # why a type this caller may not search was left out
+    searched = 0
+    for place, rtype in enumerate(types):
+        if place < start and not counting:
+            continue
+        own: list[tuple[str, str]] = list(rest)
+        wanted = count - len([e for e in entries if e["search"]["mode"] == "match"])
+        fill = place >= start and wanted > 0 and next_cursor is None
+        own.append(("_count", str(wanted if fill else 0)))
+        if counting:
+            own.append(("_total", "accurate"))
+        if fill and place == start and inner:
+            own.append(("_cursor", inner))
+        if not fill and not counting:
+            break
+        try:
+            b = search_bundle(repo, ctx, rtype, own, base, settings, strict)
+        except FhirError as e:
+            if not explicit and e.status in (401, 403):
+                refused = e
+                continue  # a type this caller may not search: not part of "all types"
+            raise
+        searched += 1
+        total += b.get("total", 0)
+        for entry in b.get("entry", []):
+            if entry["search"]["mode"] == "outcome":
+                outcomes[str(entry["resource"]["issue"])] = entry
+            elif fill:
+                entries.append(entry)
+        if fill and _next_cursor(b):
+            next_cursor = f"{place}.{_next_cursor(b)}"
+        elif fill and len([e for e in entries if e["search"]["mode"] == "match"]) >= count \
+                and place + 1 < len(types):
+            next_cursor = f"{place + 1}."
+    if not searched and refused is not None and start == 0:
+        raise refused  # a caller who may search no type at all
+    if next_cursor and next_cursor.endswith(".") and not counting:
+        # the page ended with a type: say "next" only if some type after it has a match
+        nxt = int(next_cursor[:-1])
+        if not any(_has_any(repo, ctx, t, rest, base, settings, strict, explicit)
+                   for t in types[nxt:]):
+            next_cursor = None
+    out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if counting:
+        out["total"] = total
+    links = [{"relation": "self", "url": link(base, params)}]
+    if next_cursor:
+        links.append({"relation": "next", "url": link(base, params, _cursor=next_cursor)})
+    out["link"] = links
+    if values.get("_summary") == "count":
+        entries = []
+    all_entries = entries + list(outcomes.values())
+    if all_entries:
+        out["entry"] = all_entries
+    return out
+
+
+def _has_any(repo: Repository, ctx: Context, rtype: str, rest: list[tuple[str, str]], base: str,
+             settings: Settings, strict: bool, explicit: bool) -> bool:
+    try:
+        b = search_bundle(repo, ctx, rtype, [*rest, ("_count", "1"), ("_total", "none")], base,
+                          settings, strict)
+    except FhirError as e:
+        if not explicit and e.status in (401, 403):
+            return False
+        raise
+    return any(entry["search"]["mode"] == "match" for entry in b.get("entry", []))

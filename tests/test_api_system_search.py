@@ -1,0 +1,105 @@
+"""System-level search (R4 search.html#all): GET [base]?_type=…, POST [base]/_search, paging
+across types, the parameters common to all types, strict and lenient handling."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+
+from tests.api_helpers import FHIR_JSON, create, observation, patient, unique
+
+TAG = "urn:test:sys"
+
+
+@pytest.fixture(scope="module")
+def world(live):
+    import httpx
+
+    code = unique()[:12]
+    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth) as c:
+        pids = []
+        for _ in range(3):
+            d = patient(meta={"tag": [{"system": TAG, "code": code}]})
+            pids.append(create(c, d).json()["id"])
+        oids = []
+        for pid in pids[:2]:
+            d = observation(f"Patient/{pid}") | {"meta": {"tag": [{"system": TAG, "code": code}]}}
+            oids.append(create(c, d).json()["id"])
+    return code, pids, oids
+
+
+def _ids(bundle: dict) -> list[str]:
+    return [e["fullUrl"].split("/fhir/")[1] for e in bundle.get("entry", [])
+            if e["search"]["mode"] == "match"]
+
+
+def _all_pages(client, params: dict) -> list[str]:
+    out, r = [], client.get("", params=params)
+    while True:
+        assert r.status_code == 200, r.text
+        b = r.json()
+        out += _ids(b)
+        nxt = [lk["url"] for lk in b["link"] if lk["relation"] == "next"]
+        if not nxt:
+            return out
+        r = client.get("", params=dict(parse_qsl(urlsplit(nxt[0]).query)))
+
+
+def test_types_and_common_parameters(client, world):
+    code, pids, oids = world
+    b = client.get("", params={"_type": "Patient,Observation", "_tag": f"{TAG}|{code}"}).json()
+    assert sorted(_ids(b)) == sorted([f"Patient/{p}" for p in pids] + [f"Observation/{o}" for o in oids])
+    b = client.get("", params={"_type": "Observation", "_tag": f"{TAG}|{code}"}).json()
+    assert sorted(_ids(b)) == sorted(f"Observation/{o}" for o in oids)
+    b = client.get("", params={"_id": pids[0], "_type": "Patient,Observation"}).json()
+    assert _ids(b) == [f"Patient/{pids[0]}"]
+
+
+def test_without_type_every_type_is_searched(client, world):
+    code, pids, oids = world
+    b = client.get("", params={"_tag": f"{TAG}|{code}", "_count": "100"}).json()
+    assert len(_ids(b)) == 5
+
+
+@pytest.mark.parametrize("count", ["1", "2", "4"])
+def test_paging_across_types_returns_each_once(client, world, count):
+    code, pids, oids = world
+    got = _all_pages(client, {"_type": "Observation,Patient", "_tag": f"{TAG}|{code}", "_count": count})
+    assert sorted(got) == sorted([f"Patient/{p}" for p in pids] + [f"Observation/{o}" for o in oids])
+    assert len(got) == len(set(got))
+
+
+def test_totals_and_post(client, world):
+    code, pids, oids = world
+    q = {"_type": "Patient,Observation", "_tag": f"{TAG}|{code}"}
+    b = client.get("", params={**q, "_summary": "count"}).json()
+    assert b["total"] == 5 and "entry" not in b
+    assert client.get("", params={**q, "_total": "accurate"}).json()["total"] == 5
+    r = client.post("/_search", content=f"_type=Patient&_tag={TAG}|{code}",
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and len(_ids(r.json())) == 3
+    assert client.post("/_search", json={}, headers=FHIR_JSON).status_code == 415
+
+
+def test_mistakes(client, world):
+    assert client.get("", params={"_type": "Nope"}).status_code == 400
+    assert client.get("", params={"_type": "Patient", "_sort": "_lastUpdated"}).status_code == 400
+    assert client.get("", params={"_type": "Patient", "_cursor": "99.x"}).status_code == 400
+    strict = client.get("", params={"_type": "Patient,Observation", "family": "Wang"},
+                        headers={"prefer": "handling=strict"})
+    assert strict.status_code == 400  # family is no Observation parameter
+    lenient = client.get("", params={"_type": "Patient", "bogus": "1"}).json()
+    assert [e for e in lenient.get("entry", []) if e["search"]["mode"] == "outcome"]
+
+
+def test_a_scoped_caller_searches_only_what_it_may(live, world):
+    import httpx
+
+    code, pids, oids = world
+    auth = live.client_auth(roles=("clinician",), scope="system/Patient.rs")
+    with httpx.Client(base_url=live.base, timeout=30, auth=auth) as c:
+        b = c.get("", params={"_tag": f"{TAG}|{code}", "_count": "100"})
+        assert b.status_code == 200, b.text
+        assert sorted(_ids(b.json())) == sorted(f"Patient/{p}" for p in pids)
+        assert c.get("", params={"_type": "Observation", "_tag": f"{TAG}|{code}"}).status_code == 403
