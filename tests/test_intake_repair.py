@@ -27,7 +27,7 @@ def _obs(effective="2024-03-01T10:20:00") -> dict:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("intake") / "d")
-    settings.audit = False
+    settings.audit, settings.auth = False, True  # (a module of the worker may have set HUB_AUTH=0)
     with LiveServer(settings) as srv:
         yield srv
 
@@ -83,7 +83,9 @@ def test_nothing_else_is_repaired(server):
 
 def test_an_institution_configured_strict_stays_strict(tmp_path, monkeypatch):
     monkeypatch.setenv("HUB_INTAKE_STRICT", "H0903")  # the server started below inherits it
-    with LiveServer(Settings(data_dir=tmp_path / "e")) as srv, \
+    settings = Settings(data_dir=tmp_path / "e")
+    settings.auth = True
+    with LiveServer(settings) as srv, \
             _client(srv, roles=("connector",), institution="H0903") as c, \
             _client(srv, roles=("connector",), institution="H0904") as other:
         assert c.post("/Observation", json=_obs(), headers=FHIR_JSON).status_code == 422
