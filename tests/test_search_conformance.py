@@ -138,6 +138,18 @@ DATA = {
         for i, sys_, dia, unit in ((1, 140, 90, "mm[Hg]"), (2, 120, 85, "mm[Hg]"),
                                    (3, 13.5, 8.0, "cm[Hg]"))
     ],
+    "canon": [  # canonical references, with and without a version or a fragment
+        {"resourceType": "QuestionnaireResponse", "id": "qr1", "status": "completed",
+         "questionnaire": "http://example.org/Questionnaire/q|1.0"},
+        {"resourceType": "QuestionnaireResponse", "id": "qr2", "status": "completed",
+         "questionnaire": "http://example.org/Questionnaire/q|2.0"},
+        {"resourceType": "QuestionnaireResponse", "id": "qr3", "status": "completed",
+         "questionnaire": "http://example.org/Questionnaire/q"},
+        {"resourceType": "QuestionnaireResponse", "id": "qr4", "status": "completed",
+         "questionnaire": "http://example.org/Questionnaire/qq"},
+        {"resourceType": "QuestionnaireResponse", "id": "qr5", "status": "completed",
+         "questionnaire": "http://example.org/Questionnaire/q#part"},
+    ],
     "abs": [
         pat("a1", "Abs"),
         obs("a2", subject="Patient/a1"),
@@ -335,6 +347,23 @@ CASES = [
     ("ref", "Patient", "_id=r1&_revinclude=Observation:subject", ["r1", "+o1"]),
     ("ref", "Organization", "_revinclude=Patient:organization"
      "&_revinclude:iterate=Observation:subject", ["org1", "+r1", "+o1"]),
+    # canonical references: a URL alone matches every version; with |version only that one
+    ("canon", "QuestionnaireResponse", "questionnaire=http://example.org/Questionnaire/q",
+     ["qr1", "qr2", "qr3", "qr5"]),
+    ("canon", "QuestionnaireResponse", "questionnaire=http://example.org/Questionnaire/q|2.0",
+     ["qr2"]),
+    ("canon", "QuestionnaireResponse", "questionnaire=http://example.org/Questionnaire/q%7C3.0",
+     []),
+    ("canon", "QuestionnaireResponse", "questionnaire=http://example.org/Questionnaire/q#part",
+     ["qr5"]),
+    # wildcards: every reference parameter (of the type, or of every type for _revinclude=*:*)
+    ("ref", "Observation", "_id=o1&_include=*", ["o1", "+r1"]),
+    ("ref", "Observation", "_id=o1&_include=Observation:*", ["o1", "+r1"]),
+    ("ref", "Observation", "_id=o1&_include=*&_include:iterate=Patient:*", ["o1", "+r1", "+org1"]),
+    ("ref", "Patient", "_id=r1&_revinclude=*:*", ["r1", "+o1"]),
+    ("ref", "Patient", "_id=r1&_revinclude=Observation:*", ["r1", "+o1"]),
+    ("ref", "Patient", "_id=r1&_revinclude=Encounter:*", ["r1"]),
+    ("ref", "Organization", "_revinclude=*:*&_revinclude:iterate=*:*", ["org1", "+r1", "+o1"]),
     # absolute references to this server's base (http://test/fhir) are local
     ("abs", "Observation", "subject=http://test/fhir/Patient/a1", ["a2", "a3"]),
     ("abs", "Observation", "subject=http://test/fhir/Patient/a1/_history/1", ["a2", "a3"]),
@@ -411,7 +440,8 @@ def test_escaping_helpers():
 
 @pytest.mark.parametrize("query", ["birthdate=1980-13", "_count=x", "probability=abc",
                                    "gender:missing=maybe", "_total=some", "_sort=name&_cursor=zz",
-                                   "_include=Nope:subject"])
+                                   "_include=Nope:subject", "_include=Nope:*",
+                                   "_include=Observation:*"])
 def test_bad_values_are_400(world, query):
     with pytest.raises(FhirError) as e:
         run(world, "Patient" if "probability" not in query else "RiskAssessment", query)

@@ -103,6 +103,9 @@ class RefValue:
     targets: tuple[str, ...] = ()  # 'Type/id' or absolute URLs: any of them
     id_suffix: str | None = None  # a bare id whose type the parameter does not fix
     identifier: TokenValue | None = None
+    # an absolute URL elsewhere, as sent: a canonical, which also matches it stored with any
+    # version or fragment (url|1.0, url#part) when it names neither
+    canonical: str | None = None
 
 
 @dataclass
@@ -300,8 +303,10 @@ def _reference(raw: str, p: SearchParam | None, modifier: str | None,
             return RefValue(targets=_with_base((normalize_reference(_local(raw, base))[0],), base))
         return RefValue(targets=_with_base((f"{modifier}/{raw}",), base))
     if "/" in raw:
-        ref, _ = normalize_reference(_local(raw, base))
-        return RefValue(targets=_with_base((ref,), base))
+        local = _local(raw, base)
+        ref, _ = normalize_reference(local)
+        canonical = local if "://" in local and "|" not in local and "#" not in local else None
+        return RefValue(targets=_with_base((ref,), base), canonical=canonical)
     targets = p.targets if p is not None else ()
     if targets:
         return RefValue(targets=_with_base(tuple(f"{t}/{raw}" for t in targets), base))
@@ -457,7 +462,16 @@ def _resource_types() -> set[str]:
 
 def _include(rtype: str, name: str, value: str, rev: bool) -> Include:
     iterate = name.endswith(":iterate") or name.endswith(":recurse")
+    # wildcards: every reference parameter (_include=*, Type:*), from every type (_revinclude=*:*)
+    if value == "*" or value == "*:*":
+        return Include("*" if rev else rtype, "*", None, iterate)
     parts = value.split(":")
+    if len(parts) == 2 and parts[1] == "*":
+        if parts[0] not in _resource_types():
+            raise bad_request(f"{name}={value!r}: unknown resource type {parts[0]!r}")
+        if not rev and not iterate and parts[0] != rtype:
+            raise bad_request(f"{name}={value!r}: the source type must be {rtype} (or use :iterate)")
+        return Include(parts[0], "*", None, iterate)
     if len(parts) not in (2, 3):
         raise bad_request(f"{name}={value!r}: expected SourceType:parameter[:TargetType]")
     source, code = parts[0], parts[1]

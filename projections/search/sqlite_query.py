@@ -477,7 +477,7 @@ class SQLiteSearch(SearchBackend):
                 for inc in include:
                     if round_ and not inc.iterate:
                         continue
-                    pks = [r.pk for r in frontier if r.rtype == inc.source]
+                    pks = [r.pk for r in frontier if inc.source in ("*", r.rtype)]
                     if pks:
                         found += self._forward(c, inc, pks, base)
                 for inc in revinclude:
@@ -498,13 +498,18 @@ class SQLiteSearch(SearchBackend):
         return out
 
     def _forward(self, c, inc: Include, pks: list[int], base: str | None = None) -> list[Row]:
-        pids, target_type = self.stored_as(c, inc.source, inc.param)
+        pids: list[int]
+        target_type: str | None
+        if inc.param == "*":  # every reference of the resources
+            pids, target_type = [], None
+        else:
+            pids, target_type = self.stored_as(c, inc.source, inc.param)
         target = inc.target or target_type
         rows = []
         own = base.rstrip("/") + "/" if base else None
+        by_param = f"p IN ({', '.join('?' * len(pids))}) AND " if pids else ""
         for chunk in _chunks(pks, 500):
-            c.execute(f"SELECT DISTINCT target FROM ix_reference WHERE p IN "
-                      f"({', '.join('?' * len(pids))}) AND pk IN "
+            c.execute(f"SELECT DISTINCT target FROM ix_reference WHERE {by_param}pk IN "
                       f"({', '.join('?' * len(chunk))})", [*pids, *chunk])
             found = [t for (t,) in c.fetchall() if t]
             if own:
@@ -521,14 +526,22 @@ class SQLiteSearch(SearchBackend):
 
     def _reverse(self, c, inc: Include, targets: list[str], base: str | None = None) -> list[Row]:
         # a typed alias (Observation:patient) needs no type test: the targets name their type
-        pids, _ = self.stored_as(c, inc.source, inc.param)
+        pids: list[int]
+        if inc.param == "*":  # every reference to the resources (of one type, or of any)
+            pids = []
+            by_param = "" if inc.source == "*" else "r.rtype = ? AND "
+            first: list = [] if inc.source == "*" else [inc.source]
+        else:
+            pids, _ = self.stored_as(c, inc.source, inc.param)
+            by_param = f"x.p IN ({', '.join('?' * len(pids))}) AND "
+            first = list(pids)
         if base:
             targets = [*targets, *(f"{base.rstrip('/')}/{t}" for t in targets)]
         rows = []
         for chunk in _chunks(targets, 500):
             c.execute(f"SELECT DISTINCT r.rtype, r.rid, r.pk FROM ix_reference x JOIN sp_res r "
-                      f"ON r.pk = x.pk WHERE x.p IN ({', '.join('?' * len(pids))}) AND x.target "
-                      f"IN ({', '.join('?' * len(chunk))}) ORDER BY r.rid", [*pids, *chunk])
+                      f"ON r.pk = x.pk WHERE {by_param}x.target "
+                      f"IN ({', '.join('?' * len(chunk))}) ORDER BY r.rid", [*first, *chunk])
             rows += [Row(*f) for f in c.fetchall()]
         return rows
 
@@ -648,7 +661,13 @@ def _reference_test(s: _Sql, v: RefValue, x: str) -> str:
     if v.id_suffix is not None:
         tail = "/" + v.id_suffix
         return f"substr({x}.target, -{len(tail)}) = {s.arg(tail)}"
-    return f"{x}.target IN ({', '.join(s.arg(t) for t in v.targets)})"
+    test = f"{x}.target IN ({', '.join(s.arg(t) for t in v.targets)})"
+    if v.canonical is None:
+        return test
+    # a canonical URL without a version or fragment matches it stored with any (url|1.0, url#p)
+    ranges = [f"({x}.target >= {s.arg(v.canonical + sep)} AND "
+              f"{x}.target < {s.arg(v.canonical + sep + TOP)})" for sep in ("|", "#")]
+    return f"({' OR '.join([test, *ranges])})"
 
 
 def _composite_test(s: _Sql, i: int, part: tuple, x: str) -> str:
