@@ -49,6 +49,10 @@ ESTIMATE_EXACT_UP_TO = 1000  # _total=estimate is exact when some criterion has 
 TYPE_SIZE_TTL = 60.0
 SORT_COLUMN = {"string": "norm", "token": "code", "number": "value", "quantity": "cvalue",
                "reference": "target", "uri": "uri", "date": "lo"}
+# parameter types whose query index (p, sort column, …) delivers the sort order (quantity's is by
+# unit first), and the result size from which a sorted page is read from that index
+INDEX_SORTABLE = ("string", "token", "date", "number", "reference", "uri")
+INDEX_SORT_FROM = 2000
 
 
 _WORD = re.compile(r"\w+")
@@ -407,6 +411,14 @@ class SQLiteSearch(SearchBackend):
             sorts = self._sort_exprs(s, q, "r")
             cols = "".join(f", {e} AS s{i}" for i, (e, _) in enumerate(sorts))
             w = self.where(s, q, "r")
+            # a big result sorted by a single-valued parameter: the page's candidates from that
+            # parameter's value index, in order, instead of every match's sort keys
+            first = None
+            if direction == "n" and (values is None or values[0] is not None) and \
+                    (total is None or total > INDEX_SORT_FROM):
+                first = self._index_order(c, q, count, values)
+            if first is not None:
+                w = f"{w} AND r.pk IN ({', '.join(s.arg(pk) for pk in first)})"
             inner = f"SELECT r.pk AS pk, r.rid AS rid{cols} FROM sp_res r WHERE {w}"
             # components: per sort key (missing last, then the value), then the id
             comps: list[tuple[str, bool]] = []
@@ -442,6 +454,43 @@ class SQLiteSearch(SearchBackend):
         has_prev = more if reverse else beyond
         return Page(rows, _encode("n", _key(fetched[-1])) if has_next else None,
                     _encode("p", _key(fetched[0])) if has_prev else None, total)
+
+    def _index_order(self, c, q: Query, count: int, values: list | None) -> list[int] | None:
+        """The pks that can make the next page of ``q`` when its first sort key is a
+        single-valued parameter with a value index: the matches with the ``count + 1`` best
+        values walking that index (from the cursor's value on), and every match tied with the
+        last of them, so the full order (the other keys, the pk) is decided among them alone.
+        None when this does not apply, or when the walk ran out of values (matches without one
+        sort last: the full query finds them)."""
+        if not q.sort:
+            return None
+        key = q.sort[0]
+        if key.param in ("_id", "_lastUpdated") or key.type not in INDEX_SORTABLE or \
+                not self._single_valued(c, q.rtype, key.param):
+            return None
+        table, col = TABLE[key.type], SORT_COLUMN[key.type]
+        order = "DESC" if key.desc else "ASC"
+        s = _Sql(self, c)
+        w = self.where(s, q, "r")
+        x = s.alias("x")
+        base = (f"FROM {table} {x} JOIN sp_res r ON r.pk = {x}.pk WHERE "
+                f"{s.p_is(q.rtype, key.param, x)} AND {w}")
+        pks: list[int] = []
+        walk = base
+        if values is not None:
+            # the cursor's own value: all its ties (the rest of the order decides which follow),
+            # then the values beyond it
+            at = s.arg(values[0])
+            c.execute(f"SELECT {x}.pk {base} AND {x}.{col} = {at}", s.args)
+            pks += [pk for (pk,) in c.fetchall()]
+            walk += f" AND {x}.{col} {'<' if key.desc else '>'} {at}"
+        c.execute(f"SELECT {x}.pk, {x}.{col} {walk} ORDER BY {x}.{col} {order} "
+                  f"LIMIT {int(count) + 1}", s.args)
+        rows = c.fetchall()
+        if len(rows) <= count:
+            return None
+        c.execute(f"SELECT {x}.pk {base} AND {x}.{col} = {s.arg(rows[-1][1])}", s.args)
+        return list(dict.fromkeys([*pks, *(pk for pk, _ in rows), *(pk for (pk,) in c.fetchall())]))
 
     def match_ids(self, q: Query, limit: int = 1000) -> list[str]:
         with self._cursor() as c:
