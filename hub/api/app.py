@@ -524,7 +524,10 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
     document = res.parse_json(raw, max_string=_settings(request).max_string)
     apply: Callable[[dict, Any], dict] = apply_json_patch
     if media != _JSON_PATCH:
-        res.check_type(document, "Parameters")
+        if not isinstance(document, dict) or document.get("resourceType") != "Parameters":
+            raise bad_request("PATCH takes a JSON Patch (Content-Type application/json-patch+json) "
+                              "or a FHIRPath Patch (a Parameters resource); a partial resource "
+                              "(JSON merge patch) is not a FHIR patch format")
         apply = apply_fhirpath_patch
     if_match = parse_etag(request.headers.get("if-match"))
     repo, ctx = repository(request), context_of(request)
