@@ -23,7 +23,7 @@ from hub.access.audit import AccessAudit, AuditWriter
 from hub.access.auditlog import open_audit_log
 from hub.access.consent import ConsentIndex
 from hub.access.policy import AccessPolicy
-from hub.api import auth, bundles, capability, documents, health, intake, quality, terminology, unmapped, v3
+from hub.api import auth, bundles, capability, documents, fhirxml, health, intake, quality, terminology, unmapped, v3
 from hub.api import everything as mpi_everything
 from hub.api import identity as mpi_identity
 from hub.api import match as mpi_match  # Patient/$match
@@ -273,6 +273,8 @@ async def _body(request: Request, expected: str | None = None, where: str = "") 
     raw = await request.body()
     if not raw.strip():
         raise bad_request("The request body is empty")
+    if fhirxml.is_xml(request.headers.get("content-type", "")):
+        raw = await run_in_threadpool(fhirxml.xml_to_json, raw)
     d = res.parse_json(raw, max_string=_settings(request).max_string)
     res.check_type(d, expected, where)
     return raw, d

@@ -127,7 +127,7 @@ def _statement(routed: frozenset[str], base: str) -> dict:
         "software": {"name": "fhir-region-hub", "version": version("fhir-region-hub")},
         "implementation": {"description": "Regional FHIR integration hub", "url": base},
         "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json", "json"],
+        "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
         "rest": [{
             "mode": "server",
             "resource": resources,

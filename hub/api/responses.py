@@ -8,12 +8,13 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
+from hub.api import fhirxml
 from hub.core.errors import FhirError, Issue, operation_outcome
 from hub.core.fhirtime import http_date
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
-_XML_FORMATS = {"xml", "text/xml", "application/xml", "application/fhir+xml", "application/xml+fhir"}
+_XML_FORMATS = fhirxml.XML_FORMATS
 # FHIR says ids are at most 64 characters, but official R4B examples carry longer ones (68);
 # like HAPI (100) the hub is lenient on length, strict on the characters.
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,128}$")
@@ -21,27 +22,29 @@ _ETAG = re.compile(r'^\s*(?:(?:W/)?"(\d+)"|(\d+))\s*$')  # W/"3", "3" or a bare 
 
 
 def check_format(request: Request) -> None:
-    """Only JSON is served; say so clearly when something else is asked for."""
+    """FHIR JSON or FHIR XML; say so clearly when something else is asked for."""
     fmt = request.query_params.get("_format")
     if fmt is not None:
         base = fmt.split(";")[0].strip().lower()
-        if base in _XML_FORMATS:
-            raise FhirError(406, "not-supported", "This server speaks FHIR JSON only; _format=xml is not supported")
-        if base not in _JSON_FORMATS:
-            raise FhirError(406, "not-supported", f"Unknown _format {fmt!r}")
+        if base not in _JSON_FORMATS and base not in _XML_FORMATS:
+            raise FhirError(406, "not-supported", f"Unknown _format {fmt!r}; json or xml")
         return
     accept = request.headers.get("accept", "")
-    if accept and "json" not in accept and "*/*" not in accept and "application/*" not in accept:
-        raise FhirError(406, "not-supported", f"Cannot answer in {accept!r}; this server speaks application/fhir+json")
+    if accept and "json" not in accept and "xml" not in accept and "*/*" not in accept \
+            and "application/*" not in accept:
+        raise FhirError(406, "not-supported", f"Cannot answer in {accept!r}; this server speaks "
+                                              "application/fhir+json and application/fhir+xml")
 
 
 def check_content_type(request: Request) -> None:
     ctype = request.headers.get("content-type", "")
     base = ctype.split(";")[0].strip().lower()
-    if base not in ("application/fhir+json", "application/json", "application/json+fhir"):
+    if base not in ("application/fhir+json", "application/json", "application/json+fhir") and \
+            base not in _XML_FORMATS:
         raise FhirError(
             415, "not-supported",
-            f"Content-Type {ctype or '(none)'!r} is not supported; send application/fhir+json",
+            f"Content-Type {ctype or '(none)'!r} is not supported; send application/fhir+json "
+            "or application/fhir+xml",
         )
 
 
@@ -86,7 +89,12 @@ def etag(version: int) -> str:
 
 def fhir_response(body: bytes | dict | None, status: int = 200, *, request: Request | None = None,
                   headers: dict[str, str] | None = None) -> Response:
-    """Answer with FHIR JSON; stored bytes pass through untouched unless ``_pretty`` asks otherwise."""
+    """Answer with FHIR JSON; stored bytes pass through untouched unless ``_pretty`` asks otherwise.
+    Asked for XML (``hub.api.fhirxml``), the answer is written out as FHIR XML."""
+    if request is not None and body is not None and fhirxml.wants_xml(request):
+        raw = orjson.dumps(body) if isinstance(body, dict) else body
+        return Response(content=fhirxml.json_to_xml(raw, pretty(request)), status_code=status,
+                        media_type=fhirxml.FHIR_XML, headers=headers)
     if isinstance(body, dict):
         body = orjson.dumps(body, option=orjson.OPT_INDENT_2 if request and pretty(request) else 0)
     elif body is not None and request is not None and pretty(request):

@@ -1,0 +1,75 @@
+"""FHIR XML in and out (R4 formats.html#xml): bodies sent as application/fhir+xml, answers in XML
+when asked (_format, Accept), the same content as JSON, and hostile XML refused."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from hub.synth import Region
+from tests.api_helpers import create, patient, system_total
+
+XML = {"content-type": "application/fhir+xml", "accept": "application/fhir+xml"}
+SAMPLE = [d for d in Region(seed=5, people=6).iter_resources()
+          if d["resourceType"] in ("Patient", "Encounter", "Observation", "Condition",
+                                   "MedicationRequest", "Procedure", "Organization")][:60]
+
+
+def _content(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in ("meta", "id")}
+
+
+def test_round_trip_through_xml_keeps_the_content(client):
+    for d in SAMPLE:
+        d = {k: v for k, v in d.items() if k != "id"}
+        # references to records not here are kept as they are: the hub stores them regardless
+        json_id = create(client, d).json()["id"]
+        xml = client.get(f"/{d['resourceType']}/{json_id}", params={"_format": "xml"})
+        assert xml.status_code == 200 and xml.headers["content-type"].startswith("application/fhir+xml")
+        assert xml.content.lstrip().startswith(b"<?xml") and b'xmlns="http://hl7.org/fhir"' in xml.content
+        r = client.post(f"/{d['resourceType']}", content=xml.content, headers=XML)
+        assert r.status_code == 201, r.text
+        assert r.headers["content-type"].startswith("application/fhir+xml")
+        back = client.get(r.headers["location"].split("/_history")[0].split("/fhir")[1]).json()
+        assert _content(back) == _content(d), d["resourceType"]
+
+
+def test_searches_and_errors_answer_in_xml(client):
+    rid = create(client, patient(family="XmlWang")).json()["id"]
+    b = client.get("/Patient", params={"family": "XmlWang"}, headers={"accept": "application/fhir+xml"})
+    assert b.status_code == 200 and b.content.count(b"<Patient>") == 1 and b"<Bundle" in b.content
+    missing = client.get("/Patient/not-there", headers={"accept": "application/fhir+xml"})
+    assert missing.status_code == 404 and b"<OperationOutcome" in missing.content
+    assert client.get(f"/Patient/{rid}", headers={"accept": "application/fhir+json"}).json()["id"] == rid
+
+
+@pytest.mark.parametrize("body,status", [
+    (b"<Patient xmlns='http://hl7.org/fhir'><id value='x'", 400),  # not well-formed
+    (b"<Patient><gender value='male'/></Patient>", 400),  # not the FHIR namespace
+    (b"<Nope xmlns='http://hl7.org/fhir'/>", 400),  # no such resource type
+    (b"<Patient xmlns='http://hl7.org/fhir'><gender value='male'/><bogus value='1'/></Patient>", 422),
+    (b"<!DOCTYPE p [<!ENTITY e SYSTEM 'file:///etc/passwd'>]>"
+     b"<Patient xmlns='http://hl7.org/fhir'><gender value='&e;'/></Patient>", 400),  # XXE
+    (b"<!DOCTYPE p [<!ENTITY a 'aaaaaaaaaa'><!ENTITY b '&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;'>"
+     b"<!ENTITY c '&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;'><!ENTITY d '&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;'>]>"
+     b"<Patient xmlns='http://hl7.org/fhir'><gender value='&d;'/></Patient>", 400),  # entities
+    (orjson.dumps(patient()), 400),  # JSON sent as XML
+])
+def test_hostile_or_malformed_xml_is_refused_and_stores_nothing(client, body, status):
+    before = system_total(client)
+    r = client.post("/Patient", content=body, headers=XML)
+    assert r.status_code == status, r.text[:300]
+    assert b"<OperationOutcome" in r.content
+    assert system_total(client) == before
+    assert client.get("/metadata").status_code == 200
+
+
+def test_a_transaction_in_xml(client):
+    d = patient(family="XmlTx")
+    tx = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": d, "request": {"method": "POST", "url": "Patient"}}]}
+    from hub.api.fhirxml import json_to_xml
+
+    r = client.post("", content=json_to_xml(orjson.dumps(tx)), headers=XML)
+    assert r.status_code == 200, r.text
+    assert b"<Bundle" in r.content and b"201" in r.content
