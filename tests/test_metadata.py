@@ -107,7 +107,7 @@ def test_the_operations_of_the_mpi_and_terminology_are_listed(statement):
     system = {o["name"] for o in rest.get("operation", [])}
     assert {"quality-report", "mpi-review", "resolve-identifier", "unmapped-codes"} <= system
     by_type = {r["type"]: {o["name"] for o in r.get("operation", [])} for r in rest["resource"]}
-    assert {"match", "everything", "timeline"} <= by_type["Patient"]
+    assert {"match", "everything", "timeline", "validate"} <= by_type["Patient"]
     assert {"everything", "link", "merge", "unmerge"} <= by_type["Person"]
     assert {"lookup", "validate-code", "subsumes"} <= by_type["CodeSystem"]
     assert {"expand", "validate-code"} <= by_type["ValueSet"]

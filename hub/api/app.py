@@ -30,6 +30,7 @@ from hub.api import match as mpi_match  # Patient/$match
 from hub.api.caller import Throttled, authenticate, context_of, repository
 from hub.api.history import history_bundle
 from hub.api.limits import BodyLimit
+from hub.api.profiles import ProfileRegistry, enforce, validate_instance, validate_type
 from hub.api.responses import (
     ID_RE,
     base_url,
@@ -125,6 +126,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
                           audit_records=audit_log)
         app.state.hub = hub
         app.state.repo = repo
+        # StructureDefinitions stored here, enforced on writes that declare or must meet them
+        app.state.profiles = ProfileRegistry(search, hub, app.state.terminology, settings)
         app.state.search = search
         app.state.normaliser = normaliser
         app.state.documents = DocumentService(repo, quarantine, normaliser=normaliser)
@@ -309,6 +312,15 @@ def _write_response(request: Request, result: Result, *, location: bool = True) 
     return fhir_response(result.body, result.status, request=request, headers=headers)
 
 
+def _checked(request: Request, rtype: str, raw: bytes, d: dict) -> tuple[dict, list[Issue]]:
+    """What a write stores after validation, lenient intake and the profiles it must meet, with
+    the warnings to answer."""
+    d, repairs = intake.validate(context_of(request), _settings(request), rtype, raw, d)
+    warnings = enforce(getattr(request.app.state, "profiles", None), rtype, d,
+                       prefer_strict(request))
+    return d, [*repairs, *warnings]
+
+
 async def _run(request: Request, op: Op, repairs: list[Issue] | None = None) -> Response:
     repo, ctx = repository(request), context_of(request)
 
@@ -352,8 +364,12 @@ async def transaction(request: Request) -> Response:
 
     settings = _settings(request)
 
+    registry = getattr(request.app.state, "profiles", None)
+    strict = prefer_strict(request)
+
     def validate(rtype: str, text: bytes, resource: dict, where: str):
-        return intake.validate(ctx, settings, rtype, text, resource, where)
+        resource, repairs = intake.validate(ctx, settings, rtype, text, resource, where)
+        return resource, [*repairs, *enforce(registry, rtype, resource, strict, where)]
 
     out = await run_in_threadpool(bundles.process, d, repo, ctx, b,
                                   prefer_return(request) == "representation", get, raw, validate,
@@ -427,7 +443,7 @@ async def create(request: Request, rtype: str) -> Response:
     if "id" in d:  # the server assigns the id of a create; whatever was sent is ignored
         del d["id"]
         raw = orjson.dumps(d)
-    d, repairs = intake.validate(context_of(request), _settings(request), rtype, raw, d)
+    d, repairs = _checked(request, rtype, raw, d)
     op = Op("POST", rtype, d=d, url=rtype)
     inx = request.headers.get("if-none-exist")
     if inx:
@@ -440,7 +456,7 @@ async def conditional_update(request: Request, rtype: str) -> Response:
     raw, d = await _body(request, _type(rtype))
     if not request.url.query:
         raise bad_request("PUT on a type needs search criteria (conditional update) or an id")
-    d, repairs = intake.validate(context_of(request), _settings(request), rtype, raw, d)
+    d, repairs = _checked(request, rtype, raw, d)
     op = Op("PUT", rtype, d=d, query=parse_query(request.url.query),
             if_match=parse_etag(request.headers.get("if-match")), url=f"{rtype}?{request.url.query}")
     return await _run(request, op, repairs)
@@ -501,7 +517,7 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
             f"The body's id {d.get('id')!r} must equal the id in the URL ({rid!r})",
             f"{rtype}.id",
         )
-    d, repairs = intake.validate(context_of(request), _settings(request), rtype, raw, d)
+    d, repairs = _checked(request, rtype, raw, d)
     op = Op("PUT", rtype, rid, d, if_match=parse_etag(request.headers.get("if-match")),
             url=f"{rtype}/{rid}")
     return await _run(request, op, repairs)
@@ -592,6 +608,9 @@ ROUTES: tuple[tuple[str, str, Any, str | None, bool], ...] = (
     ("POST", "/fhir/{rtype}", create, "create", True),
     ("PUT", "/fhir/{rtype}", conditional_update, "conditional-update", False),
     ("DELETE", "/fhir/{rtype}", conditional_delete, "conditional-delete", False),
+    ("POST", "/fhir/{rtype}/$validate", validate_type, "validate", False),
+    ("POST", "/fhir/{rtype}/{rid}/$validate", validate_instance, None, False),
+    ("GET", "/fhir/{rtype}/{rid}/$validate", validate_instance, None, False),
     ("GET", "/fhir/{rtype}/{rid}/_history", history_instance, "history-instance", True),
     ("GET", "/fhir/{ctype}/{cid}/{rtype}", search_compartment, "search-compartment", False),
     ("GET", "/fhir/{rtype}/{rid}/_history/{vid}", vread, "vread", True),

@@ -117,8 +117,13 @@ def _statement(routed: frozenset[str], base: str) -> dict:
             "referencePolicy": ["literal", "local"],
             "searchInclude": [f"{rtype}:{c}" for c in refs],
             "searchParam": params,
-            **({"operation": operations[rtype]} if rtype in operations else {}),
+            "operation": [*operations.get(rtype, []),
+                          *([{"name": "validate", "definition":
+                              "http://hl7.org/fhir/OperationDefinition/Resource-validate"}]
+                            if "validate" in routed else [])],
         })
+        if not resources[-1]["operation"]:
+            del resources[-1]["operation"]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -81,6 +81,9 @@ class Settings:
         p.strip() for p in os.environ.get("HUB_INTAKE_REPAIR", "").split(",") if p.strip()))
     intake_strict: tuple[str, ...] = field(default_factory=lambda: tuple(
         p.strip() for p in os.environ.get("HUB_INTAKE_STRICT", "").split(",") if p.strip()))
+    # profiles every resource of a type must conform to (hub.api.profiles): "Type=url,…"
+    required_profiles: tuple[str, ...] = field(default_factory=lambda: tuple(
+        p.strip() for p in os.environ.get("HUB_REQUIRED_PROFILES", "").split(",") if p.strip()))
     # each read, search and history of patient data is recorded (hub.access.audit)
     audit: bool = field(default_factory=lambda: os.environ.get("HUB_AUDIT", "1") != "0")
     # callers present bearer tokens; the policy of hub.access.policy decides (hub.api.caller)

@@ -1,0 +1,191 @@
+"""Profiles a region enforces, and ``$validate``.
+
+StructureDefinitions (constraint profiles) are stored through the API like any resource; the
+``ProfileRegistry`` finds one by its canonical ``url`` in the search index (read-your-writes: one
+stored a moment ago counts) and keeps its compiled form until a newer version is stored. A
+resource is checked against (``hub.core.profiles``):
+
+- the profiles its ``meta.profile`` declares and the hub holds (one it does not hold is a warning,
+  or a 422 under ``Prefer: handling=strict``),
+- and, for its type, the profiles ``HUB_REQUIRED_PROFILES`` names
+  (``Patient=http://…/cn-patient,Observation=…``), whether it declares them or not.
+
+A type with no required profile and a resource declaring none cost one dict lookup. Required
+bindings are checked through the terminology service's value-set expansions.
+
+``$validate`` (type and instance level, ``mode=create|update|delete``, ``profile``) answers an
+OperationOutcome and stores nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from hub.api.caller import context_of, repository
+from hub.api.responses import check_format, fhir_response
+from hub.core import jsontext
+from hub.core import resource as res
+from hub.core.access import Action
+from hub.core.config import Settings
+from hub.core.errors import FhirError, Issue, bad_request, operation_outcome
+from hub.core.events import resource_bytes
+from hub.core.profiles import Profile
+
+_VALIDATE_MODES = ("create", "update", "delete")
+
+
+class ProfileRegistry:
+    def __init__(self, search: Any, hub: Any, terminology: Any, settings: Settings):
+        self.search, self.hub, self.terminology = search, hub, terminology
+        self.required: dict[str, tuple[str, ...]] = {}
+        for item in settings.required_profiles:
+            rtype, _, url = item.partition("=")
+            if rtype.strip() and url.strip():
+                self.required.setdefault(rtype.strip(), ())
+                self.required[rtype.strip()] += (url.strip(),)
+        self._cache: dict[str, tuple[tuple[str, int], Profile]] = {}
+        self._lock = threading.Lock()
+
+    def profile(self, url: str) -> Profile | None:
+        """The stored profile with this canonical URL (``url|version`` too), or None."""
+        base = url.split("|", 1)[0]
+        ids = self.search.match_ids("StructureDefinition", [("url", base)])
+        if not ids:
+            return None
+        rid = sorted(ids)[0]
+        stored = self.hub.read("StructureDefinition", rid)
+        key = (rid, stored.originator_version)
+        with self._lock:
+            hit = self._cache.get(base)
+            if hit is not None and hit[0] == key:
+                return hit[1]
+        p = Profile(orjson.loads(resource_bytes(stored)))
+        with self._lock:
+            self._cache[base] = (key, p)
+        return p
+
+    def binding_ok(self, valueset: str, system: str | None, code: str | None) -> bool | None:
+        if self.terminology is None or code is None:
+            return None
+        try:
+            codes = self.terminology.expand_codes(valueset, with_aliases=True)
+        except Exception:  # noqa: BLE001 - a value set the terminology service does not know
+            return None
+        return any(c == code and (system is None or s == system) for s, c in codes)
+
+    def applies(self, rtype: str, d: dict) -> bool:
+        """Whether a write of ``d`` has anything to check (the write path's one lookup)."""
+        return rtype in self.required or bool((d.get("meta") or {}).get("profile"))
+
+    def check(self, rtype: str, d: dict, extra: tuple[str, ...] = (),
+              strict: bool = False) -> list[Issue]:
+        declared = (d.get("meta") or {}).get("profile") or []
+        urls = list(dict.fromkeys([*self.required.get(rtype, ()), *extra,
+                                   *(u for u in declared if isinstance(u, str))]))
+        issues: list[Issue] = []
+        for url in urls:
+            p = self.profile(url)
+            if p is None:
+                required = url in self.required.get(rtype, ()) or url in extra
+                issues.append(Issue("not-found", f"The profile {url} is not held by this server",
+                                    "error" if required or strict else "warning",
+                                    f"{rtype}.meta.profile"))
+                continue
+            issues += p.check(d, self.binding_ok)
+        return issues
+
+
+def enforce(registry: ProfileRegistry | None, rtype: str, d: dict, strict: bool,
+            where: str = "") -> list[Issue]:
+    """The warnings of a write that conforms; a 422 naming every error of one that does not."""
+    if registry is None or not registry.applies(rtype, d):
+        return []
+    issues = registry.check(rtype, d, strict=strict)
+    if where:
+        issues = [Issue(i.code, i.diagnostics, i.severity,
+                        where + (i.expression or "")[len(rtype):]) for i in issues]
+    errors = [i for i in issues if i.severity == "error"]
+    if errors:
+        raise FhirError(422, "processing", errors[0].diagnostics, issues=errors[:20])
+    return [i for i in issues if i.severity == "warning"]
+
+
+# -- $validate --------------------------------------------------------------------------------------
+
+
+def _registry(request: Request) -> ProfileRegistry | None:
+    return getattr(request.app.state, "profiles", None)
+
+
+async def validate_type(request: Request, rtype: str) -> Response:
+    return await _validate(request, rtype, None)
+
+
+async def validate_instance(request: Request, rtype: str, rid: str) -> Response:
+    return await _validate(request, rtype, rid)
+
+
+async def _validate(request: Request, rtype: str, rid: str | None) -> Response:
+    check_format(request)
+    if rtype not in res.RESOURCE_TYPES:
+        raise FhirError(404, "not-found", f"Unknown resource type {rtype!r}")
+    mode = request.query_params.get("mode")
+    profiles = [p for k, p in request.query_params.multi_items() if k == "profile"]
+    resource: dict | None = None
+    raw = await request.body() if request.method == "POST" else b""
+    if raw.strip():
+        body = res.parse_json(raw)
+        if isinstance(body, dict) and body.get("resourceType") == "Parameters" and rtype != "Parameters":
+            for p in body.get("parameter") or []:
+                if not isinstance(p, dict):
+                    raise bad_request("Parameters.parameter must hold objects")
+                if p.get("name") == "resource":
+                    resource = p.get("resource")
+                elif p.get("name") == "mode":
+                    mode = p.get("valueCode") or p.get("valueString")
+                elif p.get("name") == "profile":
+                    profiles.append(p.get("valueUri") or p.get("valueCanonical") or "")
+        else:
+            resource = body
+    if mode is not None and mode not in _VALIDATE_MODES:
+        raise bad_request(f"mode must be one of {', '.join(_VALIDATE_MODES)}, not {mode!r}")
+    repo, ctx = repository(request), context_of(request)
+    registry = _registry(request)
+
+    def run() -> list[Issue]:
+        # who may validate: whoever may read (and, for create/update, write) the type
+        repo.policy.check(ctx.actor, Action("search-type", rtype, None))
+        issues: list[Issue] = []
+        if rid is not None and (mode in ("update", "delete") or resource is None):
+            repo.read(ctx, rtype, rid)  # 404/410 when there is none to update or delete
+        if mode == "delete":
+            return [Issue("informational", f"{rtype}/{rid} may be deleted", "information")] \
+                if rid is not None else [Issue("required", "mode=delete needs an instance", "error")]
+        target = resource
+        if target is None:
+            if rid is None:
+                raise bad_request("$validate needs a resource (the body, or a Parameters "
+                                  "'resource')")
+            target = orjson.loads(resource_bytes(repo.read(ctx, rtype, rid)))
+        if not isinstance(target, dict) or target.get("resourceType") != rtype:
+            return [Issue("invalid", f"The resource to validate must be a {rtype}", "error", rtype)]
+        if mode == "update" and rid is not None and target.get("id") != rid:
+            issues.append(Issue("invalid", f"The resource's id must be {rid!r} to update it",
+                                "error", f"{rtype}.id"))
+        try:
+            res.validate(rtype, jsontext.dumps(target, rtype), target)
+        except FhirError as e:
+            issues += e.issues
+        if registry is not None and (registry.applies(rtype, target) or profiles):
+            issues += registry.check(rtype, target, tuple(p for p in profiles if p))
+        return issues or [Issue("informational", "No issues: the resource is valid",
+                                "information")]
+
+    issues = await run_in_threadpool(run)
+    return fhir_response(operation_outcome(issues), 200, request=request)

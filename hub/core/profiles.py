@@ -1,0 +1,179 @@
+"""Conformance to a StructureDefinition (a constraint profile), checked on a resource's JSON.
+
+``Profile(sd)`` reads the profile's element definitions (the snapshot, else the differential:
+what the profile constrains), and ``check(resource, binding_ok)`` returns the issues:
+
+- cardinality (``min``/``max`` of each element under each occurrence of its parent);
+- ``fixed[x]`` (equal) and ``pattern[x]`` (the pattern's elements present with these values;
+  in a list, each pattern item matched by some item);
+- ``required`` bindings, through ``binding_ok(valueset, system, code)`` (the terminology
+  service); a value set the service does not know is reported as a warning, not passed;
+- invariants (``constraint[].expression``, FHIRPath through ``fhirpathpy``, compiled once), on
+  every occurrence of the element (errors for ``severity=error``, warnings otherwise); an
+  expression that cannot be evaluated does not hold.
+
+Slices are not told apart (a sliced element is checked as a whole, its slices' own rules are
+skipped: the issue says so once) and ``type.targetProfile`` is not followed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from hub.core.errors import FhirError, Issue
+
+BindingCheck = Callable[[str, str | None, str | None], bool | None]  # (valueset, system, code)
+_CHOICE = re.compile(r"^(fixed|pattern)([A-Z]\w*)$")
+MAX_ELEMENTS = 5000  # a profile is configuration, but one from outside may be hostile
+
+
+class ProfileError(FhirError):
+    """A StructureDefinition the hub cannot use as a profile."""
+
+    def __init__(self, message: str):
+        super().__init__(422, "invalid", message)
+
+
+@lru_cache(maxsize=4096)
+def _compiled(expression: str) -> Any:
+    import fhirpathpy
+
+    return fhirpathpy.compile(expression)
+
+
+def _values(node: Any, name: str) -> list:
+    if not isinstance(node, dict):
+        return []
+    if name.endswith("[x]"):
+        stem = name[:-3]
+        return [v for k, v in node.items() if k.startswith(stem) and k[len(stem):][:1].isupper()
+                for v in (v if isinstance(v, list) else [v])]
+    v = node.get(name)
+    if v is None:
+        return []
+    return v if isinstance(v, list) else [v]
+
+
+def _pattern_matches(pattern: Any, value: Any) -> bool:
+    if isinstance(pattern, dict):
+        return isinstance(value, dict) and all(_pattern_matches(v, value.get(k))
+                                               for k, v in pattern.items())
+    if isinstance(pattern, list):
+        return isinstance(value, list) and all(any(_pattern_matches(p, v) for v in value)
+                                               for p in pattern)
+    return pattern == value
+
+
+class Profile:
+    def __init__(self, sd: dict):
+        if not isinstance(sd, dict) or sd.get("resourceType") != "StructureDefinition":
+            raise ProfileError("Not a StructureDefinition")
+        url, rtype = sd.get("url"), sd.get("type")
+        if not isinstance(url, str) or not isinstance(rtype, str):
+            raise ProfileError("A profile needs a url and a type")
+        self.url: str = url
+        self.type: str = rtype
+        elements = (sd.get("snapshot") or {}).get("element") or \
+            (sd.get("differential") or {}).get("element") or []
+        if not isinstance(elements, list) or len(elements) > MAX_ELEMENTS:
+            raise ProfileError(f"A profile's elements must be a list of at most {MAX_ELEMENTS}")
+        self.elements = []
+        self.sliced = False
+        for e in elements:
+            if not isinstance(e, dict) or not isinstance(e.get("path"), str):
+                raise ProfileError("Every element definition needs a path")
+            if e.get("sliceName") or ":" in str(e.get("id", "")):
+                self.sliced = True
+                continue
+            parts = e["path"].split(".")
+            if parts[0] != self.type:
+                raise ProfileError(f"The element {e['path']!r} is not on {self.type}")
+            self.elements.append((parts[1:], e))
+
+    def _occurrences(self, resource: dict, steps: list[str]) -> list[tuple[Any, str]]:
+        """(parent node, FHIRPath of the parent) for each parent occurrence of ``steps``."""
+        nodes: list[tuple[Any, str]] = [(resource, self.type)]
+        for step in steps[:-1]:
+            nxt = []
+            for node, where in nodes:
+                vals = _values(node, step)
+                for i, v in enumerate(vals):
+                    nxt.append((v, f"{where}.{step}[{i}]" if len(vals) > 1 else f"{where}.{step}"))
+            nodes = nxt
+        return nodes
+
+    def check(self, resource: dict, binding_ok: BindingCheck | None = None) -> list[Issue]:
+        issues: list[Issue] = []
+        if resource.get("resourceType") != self.type:
+            return [Issue("invalid", f"The profile {self.url} is for {self.type}, not "
+                                     f"{resource.get('resourceType')}", expression=self.type)]
+        for steps, e in self.elements:
+            if not steps:  # the resource itself: its invariants
+                issues += self._invariants(e, [(resource, self.type)], resource)
+                continue
+            name = steps[-1]
+            for parent, where in self._occurrences(resource, steps):
+                vals = _values(parent, name)
+                path = f"{where}.{name}"
+                lo, hi = e.get("min"), e.get("max")
+                if isinstance(lo, int) and len(vals) < lo:
+                    issues.append(Issue("required", f"{path}: at least {lo} required by {self.url}",
+                                        expression=path))
+                if isinstance(hi, str) and hi.isdigit() and len(vals) > int(hi):
+                    issues.append(Issue("structure", f"{path}: at most {hi} allowed by {self.url}",
+                                        expression=path))
+                for k, expected in e.items():
+                    m = _CHOICE.match(k)
+                    if not m:
+                        continue
+                    ok = (lambda v, x=expected: v == x) if m.group(1) == "fixed" else \
+                        (lambda v, x=expected: _pattern_matches(x, v))
+                    if any(not ok(v) for v in vals):
+                        issues.append(Issue("value", f"{path} must match the {m.group(1)} value of "
+                                                     f"{self.url}", expression=path))
+                binding = e.get("binding") or {}
+                if binding.get("strength") == "required" and binding.get("valueSet") and \
+                        binding_ok is not None:
+                    issues += self._binding(binding["valueSet"], vals, path, binding_ok)
+                issues += self._invariants(e, [(v, path) for v in vals], resource)
+        if self.sliced:
+            issues.append(Issue("informational", f"Slices of {self.url} are not checked apart",
+                                "information"))
+        return issues
+
+    def _binding(self, valueset: str, vals: list, path: str, ok: BindingCheck) -> list[Issue]:
+        out = []
+        for v in vals:
+            codings = [(None, v)] if isinstance(v, str) else \
+                [(c.get("system"), c.get("code")) for c in (v.get("coding") or [])] \
+                if isinstance(v, dict) and "coding" in v else \
+                [(v.get("system"), v.get("code"))] if isinstance(v, dict) else []
+            answers = [ok(valueset, s, c) for s, c in codings]
+            if any(a is None for a in answers):
+                out.append(Issue("not-found", f"{path}: the value set {valueset} is not known here",
+                                 "warning", path))
+            elif not any(answers):
+                out.append(Issue("code-invalid", f"{path}: not a code of the required value set "
+                                                 f"{valueset}", expression=path))
+        return out
+
+    def _invariants(self, e: dict, nodes: list[tuple[Any, str]], resource: dict) -> list[Issue]:
+        out = []
+        for c in e.get("constraint") or ():
+            expr = c.get("expression") if isinstance(c, dict) else None
+            if not isinstance(expr, str):
+                continue
+            for node, where in nodes:
+                try:
+                    result = _compiled(expr)(node, {"resource": resource,
+                                                    "rootResource": resource})
+                except Exception:  # noqa: BLE001 - an expression that fails here does not hold
+                    result = [False]
+                if result not in ([True],):
+                    sev = "error" if c.get("severity") == "error" else "warning"
+                    out.append(Issue("invariant", f"{c.get('key')}: {c.get('human') or expr}",
+                                     sev, where))
+        return out

@@ -1,0 +1,170 @@
+"""Profiles a region enforces (StructureDefinitions stored through the API) and $validate:
+cardinality, pattern and fixed values, required bindings, invariants, meta.profile and
+HUB_REQUIRED_PROFILES; hostile profiles answered clearly."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hub.core.config import Settings
+from tests.api_helpers import FHIR_JSON
+from tests.conftest import LiveServer
+
+IG = Path(__file__).parent / "fixtures" / "ig"
+URL = "https://fhir-region-hub.example/StructureDefinition/cn-patient"
+STRICT = {**FHIR_JSON, "prefer": "handling=strict"}
+
+
+def _load(name: str) -> dict:
+    return json.loads((IG / name).read_text())
+
+
+def good() -> dict:
+    return {"resourceType": "Patient", "meta": {"profile": [URL]}, "active": True,
+            "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": "11010519491231002X"}],
+            "name": [{"family": "王"}], "gender": "female"}
+
+
+@pytest.fixture(scope="module")
+def ig(live):
+    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth) as c:
+        for name in ("cn-gender.json", "cn-patient.json"):
+            d = _load(name)
+            r = c.put(f"/{d['resourceType']}/{d['id']}", json=d, headers=FHIR_JSON)
+            assert r.status_code in (200, 201), r.text
+    return live
+
+
+def _broken(change) -> dict:
+    d = copy.deepcopy(good())
+    change(d)
+    return d
+
+
+BROKEN = [
+    ("no identifier", lambda d: d.pop("identifier"), "Patient.identifier"),
+    ("another identifier system", lambda d: d["identifier"][0].update(system="urn:x"),
+     "Patient.identifier"),
+    ("an identifier value too short (invariant)", lambda d: d["identifier"][0].update(value="1"),
+     "Patient.identifier.value"),
+    ("no name", lambda d: d.pop("name"), "Patient.name"),
+    ("three names", lambda d: d.update(name=[{"family": "a"}, {"family": "b"}, {"family": "c"}]),
+     "Patient.name"),
+    ("gender outside the required value set", lambda d: d.update(gender="other"), "Patient.gender"),
+    ("no gender", lambda d: d.pop("gender"), "Patient.gender"),
+    ("active not the fixed value", lambda d: d.update(active=False), "Patient.active"),
+]
+
+
+def test_a_conforming_resource_is_stored(client, ig):
+    r = client.post("/Patient", json=good(), headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize("label,change,where", BROKEN, ids=[b[0] for b in BROKEN])
+def test_a_declared_profile_is_enforced(client, ig, label, change, where):
+    r = client.post("/Patient", json=_broken(change), headers=FHIR_JSON)
+    assert r.status_code == 422, (label, r.text)
+    exprs = [e for i in r.json()["issue"] for e in i.get("expression", [])]
+    assert any(e.startswith(where) for e in exprs), (label, exprs)
+
+
+def test_without_the_profile_declared_nothing_is_required(client, ig):
+    d = _broken(lambda d: d.pop("identifier"))
+    d.pop("meta")
+    assert client.post("/Patient", json=d, headers=FHIR_JSON).status_code == 201
+
+
+def test_in_a_transaction_the_entry_is_named(client, ig):
+    bad = _broken(lambda d: d.pop("name"))
+    tx = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": good(), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": bad, "request": {"method": "POST", "url": "Patient"}}]}
+    r = client.post("", json=tx, headers=FHIR_JSON)
+    assert r.status_code == 422
+    assert any(e.startswith("Bundle.entry[1].resource.name")
+               for i in r.json()["issue"] for e in i.get("expression", []))
+
+
+def test_an_unknown_declared_profile(client, ig):
+    d = good()
+    d["meta"]["profile"] = ["https://elsewhere.example/StructureDefinition/x"]
+    r = client.post("/Patient", json=d, headers={**FHIR_JSON, "prefer": "return=OperationOutcome"})
+    assert r.status_code == 201 and any(i["severity"] == "warning" for i in r.json()["issue"])
+    assert client.post("/Patient", json=d, headers=STRICT).status_code == 422
+
+
+def test_validate_operation(client, ig):
+    ok = client.post("/Patient/$validate", json=good(), headers=FHIR_JSON)
+    assert ok.status_code == 200
+    assert {i["severity"] for i in ok.json()["issue"]} == {"information"}
+    bad = _broken(lambda d: d.pop("gender"))
+    bad.pop("meta")
+    plain = client.post("/Patient/$validate", json=bad, headers=FHIR_JSON).json()
+    assert {i["severity"] for i in plain["issue"]} == {"information"}  # no profile asked for
+    params = {"resourceType": "Parameters", "parameter": [
+        {"name": "resource", "resource": bad}, {"name": "profile", "valueUri": URL},
+        {"name": "mode", "valueCode": "create"}]}
+    out = client.post("/Patient/$validate", json=params, headers=FHIR_JSON)
+    assert out.status_code == 200 and any(i["severity"] == "error" for i in out.json()["issue"])
+    # instance level: the stored resource, and update and delete modes; nothing is stored
+    rid = client.post("/Patient", json=good(), headers=FHIR_JSON).json()["id"]
+    assert client.get(f"/Patient/{rid}/$validate").json()["issue"][0]["severity"] == "information"
+    wrong_id = {**good(), "id": "other"}
+    r = client.post(f"/Patient/{rid}/$validate", params={"mode": "update"}, json=wrong_id,
+                    headers=FHIR_JSON)
+    assert any(i.get("expression") == ["Patient.id"] for i in r.json()["issue"])
+    assert client.post(f"/Patient/{rid}/$validate", params={"mode": "delete"},
+                       headers=FHIR_JSON).status_code == 200
+    assert client.post("/Patient/nope/$validate", params={"mode": "delete"},
+                       headers=FHIR_JSON).status_code == 404
+    assert client.post("/Patient/$validate", params={"mode": "frob"}, json=good(),
+                       headers=FHIR_JSON).status_code == 400
+    invalid = client.post("/Patient/$validate", json={"resourceType": "Patient", "gender": 5},
+                          headers=FHIR_JSON).json()
+    assert any(i["severity"] == "error" for i in invalid["issue"])
+
+
+def test_hostile_profiles_answer_clearly(client, ig):
+    sd = _load("cn-patient.json")
+    sd["id"], sd["url"] = "broken-fhirpath", "https://fhir-region-hub.example/StructureDefinition/bf"
+    sd["differential"]["element"] = [{"id": "Patient", "path": "Patient", "constraint": [
+        {"key": "x-1", "severity": "error", "human": "broken", "expression": "name.(("}]}]
+    assert client.put(f"/StructureDefinition/{sd['id']}", json=sd, headers=FHIR_JSON).status_code == 201
+    d = {**good(), "meta": {"profile": [sd["url"]]}}
+    r = client.post("/Patient", json=d, headers=FHIR_JSON)
+    assert r.status_code == 422 and "x-1" in r.text  # an expression that cannot be evaluated
+    big = _load("cn-patient.json")
+    big["id"], big["url"] = "huge", "https://fhir-region-hub.example/StructureDefinition/huge"
+    big["differential"]["element"] = [{"id": f"Patient.x{i}", "path": "Patient.name"}
+                                      for i in range(6000)]
+    assert client.put(f"/StructureDefinition/{big['id']}", json=big,
+                      headers=FHIR_JSON).status_code == 201
+    r = client.post("/Patient", json={**good(), "meta": {"profile": [big["url"]]}}, headers=FHIR_JSON)
+    assert r.status_code == 422 and "at most" in r.text
+    assert client.get("/metadata").status_code == 200
+
+
+def test_required_profiles_apply_whether_declared_or_not(tmp_path, monkeypatch):
+    monkeypatch.setenv("HUB_REQUIRED_PROFILES", f"Patient={URL}")
+    settings = Settings(data_dir=tmp_path / "d")
+    settings.auth = True
+    with LiveServer(settings) as srv, httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c:
+        undeclared = {k: v for k, v in good().items() if k != "meta"}
+        # not held yet: required and unknown is an error
+        assert c.post("/Patient", json=undeclared, headers=FHIR_JSON).status_code == 422
+        for name in ("cn-gender.json", "cn-patient.json"):
+            d = _load(name)
+            assert c.put(f"/{d['resourceType']}/{d['id']}", json=d, headers=FHIR_JSON).status_code == 201
+        assert c.post("/Patient", json=undeclared, headers=FHIR_JSON).status_code == 201
+        bad = {**undeclared, "name": []}
+        bad.pop("name")
+        assert c.post("/Patient", json=bad, headers=FHIR_JSON).status_code == 422
+        # other types are not held to it
+        obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+        assert c.post("/Observation", json=obs, headers=FHIR_JSON).status_code == 201
