@@ -138,6 +138,16 @@ DATA = {
         for i, sys_, dia, unit in ((1, 140, 90, "mm[Hg]"), (2, 120, 85, "mm[Hg]"),
                                    (3, 13.5, 8.0, "cm[Hg]"))
     ],
+    "fts": [  # narrative and content for _text and _content
+        {"resourceType": "Condition", "id": "ft1", "subject": {"reference": "Patient/x"},
+         "text": {"status": "generated",
+                  "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">原发性高血压, chest pain</div>"},
+         "code": {"text": "Essential hypertension"}},
+        {"resourceType": "Condition", "id": "ft2", "subject": {"reference": "Patient/x"},
+         "code": {"text": "高血压病 二级"}, "note": [{"text": "Fever at night"}]},
+        {"resourceType": "Condition", "id": "ft3", "subject": {"reference": "Patient/x"},
+         "code": {"text": "Type 2 diabetes"}, "note": [{"text": "血压正常 (高)"}]},
+    ],
     "canon": [  # canonical references, with and without a version or a fragment
         {"resourceType": "QuestionnaireResponse", "id": "qr1", "status": "completed",
          "questionnaire": "http://example.org/Questionnaire/q|1.0"},
@@ -347,6 +357,18 @@ CASES = [
     ("ref", "Patient", "_id=r1&_revinclude=Observation:subject", ["r1", "+o1"]),
     ("ref", "Organization", "_revinclude=Patient:organization"
      "&_revinclude:iterate=Observation:subject", ["org1", "+r1", "+o1"]),
+    # _text (the narrative) and _content (every string): words, phrases, OR, Chinese in a row
+    ("fts", "Condition", "_text=chest", ["ft1"]),
+    ("fts", "Condition", "_text=高血压", ["ft1"]),
+    ("fts", "Condition", "_content=高血压", ["ft1", "ft2"]),  # ft3 holds 血压 and 高, not in a row
+    ("fts", "Condition", "_content=hypertension", ["ft1"]),
+    ("fts", "Condition", "_text=hypertension", []),  # in the code, not the narrative
+    ("fts", "Condition", "_content=fever OR diabetes", ["ft2", "ft3"]),
+    ("fts", "Condition", "_content=fever night", ["ft2"]),
+    ("fts", "Condition", '_content="night fever"', []),
+    ("fts", "Condition", '_content="fever at"', ["ft2"]),
+    ("fts", "Condition", "_content=NEAR(fever", []),  # FTS5 syntax is only text here
+    ("fts", "Condition", "_content=x*", []),
     # canonical references: a URL alone matches every version; with |version only that one
     ("canon", "QuestionnaireResponse", "questionnaire=http://example.org/Questionnaire/q",
      ["qr1", "qr2", "qr3", "qr5"]),
@@ -441,7 +463,7 @@ def test_escaping_helpers():
 @pytest.mark.parametrize("query", ["birthdate=1980-13", "_count=x", "probability=abc",
                                    "gender:missing=maybe", "_total=some", "_sort=name&_cursor=zz",
                                    "_include=Nope:subject", "_include=Nope:*",
-                                   "_include=Observation:*"])
+                                   "_include=Observation:*", "_content=", "_text=%20%22%22"])
 def test_bad_values_are_400(world, query):
     with pytest.raises(FhirError) as e:
         run(world, "Patient" if "probability" not in query else "RiskAssessment", query)

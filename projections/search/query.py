@@ -535,6 +535,16 @@ def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
                 q.cursor = value
             elif name in ("_format", "_pretty"):
                 continue
+            elif name in ("_text", "_content"):
+                from projections.search.fulltext import enabled, match_query
+
+                if not enabled(rtype):
+                    raise Unsupported(f"{name} is not indexed for {rtype} (HUB_FULLTEXT)")
+                try:
+                    fts = match_query(value, "narrative" if name == "_text" else "content")
+                except ValueError as e:
+                    raise bad_request(f"{name}={value[:60]!r}: {e}") from None
+                q.where.append([Criterion(name, "fulltext", value=fts)])
             elif name.startswith("_") and name.split(":")[0].split(".")[0] not in (
                     "_has", *SPECIAL_TYPES, "_tag", "_profile", "_security", "_source"):
                 raise Unsupported(f"{name} is not supported")

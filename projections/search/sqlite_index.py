@@ -19,6 +19,7 @@ from eventsourcing.persistence import Notification
 
 from hub.core.events import KIND_OF_TOPIC
 from hub.core.fhirtime import parse_range
+from projections.search import fulltext
 from projections.search.extract import DateRange, Quantity, Str, Token, extract
 from projections.search.params import params_for
 from projections.sqlite_model import SQLiteReadModel, record_position
@@ -47,6 +48,9 @@ _SORT_COLUMN = {"ix_string": "norm", "ix_token": "code", "ix_date": "lo, hi", "i
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS sp_meta (key TEXT PRIMARY KEY, value)",
     "INSERT OR IGNORE INTO sp_meta (key, value) VALUES ('writer', 0)",
+    # _text and _content (projections.search.fulltext): rowid = the resource's pk
+    "CREATE VIRTUAL TABLE IF NOT EXISTS sp_fts USING fts5(narrative, content, "
+    "tokenize='unicode61 remove_diacritics 2')",
     # pks whose rows a bulk load left behind (a newer version got a new pk); deleted at the end
     "CREATE TABLE IF NOT EXISTS sp_stale (pk INTEGER PRIMARY KEY)",
     # a bulk load's updates and deletes (versions after the first): at its end the older versions'
@@ -186,7 +190,7 @@ class SQLiteSearchIndex(SQLiteReadModel):
                 c.execute("DROP TABLE sp_res")
                 c.execute(next(x for x in SCHEMA if "TABLE IF NOT EXISTS sp_res " in x))
                 self._old_sp_res = False
-            for table in (*TABLES, "sp_res", "sp_stale", "sp_redo"):
+            for table in (*TABLES, "sp_res", "sp_stale", "sp_redo", "sp_fts"):
                 c.execute(f"DELETE FROM {table}")
             c.execute("UPDATE sp_param SET multi=0, span=0")
             c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
@@ -212,6 +216,7 @@ class SQLiteSearchIndex(SQLiteReadModel):
             stale = c.fetchall()
             for table in TABLES:  # through the new pk indexes
                 c.executemany(f"DELETE FROM {table} WHERE pk=?", stale)
+            c.executemany("DELETE FROM sp_fts WHERE rowid=?", stale)
             c.execute("DELETE FROM sp_stale")
             c.execute("DELETE FROM sp_meta WHERE key='next_pk'")
             c.execute("PRAGMA cache_size=-16384")
@@ -271,6 +276,7 @@ class SQLiteSearchIndex(SQLiteReadModel):
             bulk = self._next_pk is not None
             rows = self._rows
             stale: list[tuple[int]] = []
+            texts: list[tuple[int, str, str]] = []  # (pk, narrative, content): sp_fts
             new_res: list[tuple] = []  # bulk load: sp_res rows with their pks, inserted at once
             redo: list[tuple] = []  # bulk load: updates and deletes, settled at its end
             multi: set[int] = set()  # parameters seen with several values for the first time
@@ -314,7 +320,10 @@ class SQLiteSearchIndex(SQLiteReadModel):
                 writers = self._writers.get(rtype)
                 if writers is None:
                     writers = self._writers[rtype] = {}
-                for code, values in extract(orjson.loads(body)).items():
+                resource = orjson.loads(body)
+                if fulltext.enabled(rtype):
+                    texts.append((pk, fulltext.narrative(resource), fulltext.content(resource)))
+                for code, values in extract(resource).items():
                     w = writers.get(code)
                     if w is None:
                         w = writers[code] = self._writer(c, rtype, code)
@@ -337,6 +346,8 @@ class SQLiteSearchIndex(SQLiteReadModel):
             elif stale:
                 for table in TABLES:
                     c.executemany(f"DELETE FROM {table} WHERE pk=?", stale)
+                c.executemany("DELETE FROM sp_fts WHERE rowid=?", stale)
+            c.executemany("INSERT INTO sp_fts (rowid, narrative, content) VALUES (?,?,?)", texts)
             for table, batch in rows.items():
                 if batch:
                     marks = ", ".join("?" * (len(TABLES[table]) + 2))

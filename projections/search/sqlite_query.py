@@ -236,6 +236,8 @@ class SQLiteSearch(SearchBackend):
             return date_test(s, c.prefix, c.value, lo, hi)
         if c.type == "has":
             return self._has(s, rtype, c.value, alias)
+        if c.type == "fulltext":  # _text, _content (projections.search.fulltext)
+            return f"{alias}.pk IN (SELECT rowid FROM sp_fts WHERE sp_fts MATCH {s.arg(c.value)})"
         table = TABLE[c.type]
         if c.modifier == "missing":
             x = s.alias("x")

@@ -1,0 +1,98 @@
+"""Full-text search: ``_text`` (the narrative) and ``_content`` (every string of the resource).
+
+The search index keeps one FTS5 row per resource of the types configured (``TYPES`` below;
+``sp_fts``: rowid = the resource's pk) with its narrative as text (tags stripped) and its
+strings. SQLite's ``unicode61`` tokenizer splits on spaces and punctuation, which Chinese does not have: each CJK character is made a word of its own
+here, and a search term's characters a phrase, so ``高血压`` finds the three characters in a row.
+
+A search value is read as FHIR's simple text search: words must all be present, ``"a phrase"`` in
+a row, ``OR`` between two terms either. Every term is handed to FTS5 as a quoted string, so no
+FTS5 syntax a caller sends is ever interpreted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+_TAG = re.compile(r"<[^>]*>")
+_ENTITY = re.compile(r"&(amp|lt|gt|quot|apos|nbsp|#\d+);")
+_CJK = re.compile(r"([\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff])")
+_TERM = re.compile(r'"([^"]*)"|(\S+)')
+_ROOT_SKIP = frozenset({"resourceType", "id", "meta", "text"})  # the narrative is added apart
+_SKIP = frozenset({"reference", "system", "url", "data"})  # links, code system URIs, base64
+# The types whose text is indexed: those where free text carries the clinical meaning (a full-text
+# row costs about a third more index per resource and a quarter more rebuild time, so the bulk of
+# structured results, Observations, is left out unless configured). HUB_FULLTEXT: a comma list
+# of types, "*" for all, "" for none.
+DEFAULT_TYPES = ("Composition", "DocumentReference", "DiagnosticReport", "Condition", "Procedure",
+                 "AllergyIntolerance", "CarePlan", "ClinicalImpression", "ServiceRequest",
+                 "MedicationStatement", "FamilyMemberHistory", "Communication")
+_configured = os.environ.get("HUB_FULLTEXT")
+TYPES: frozenset[str] | None = (
+    frozenset(DEFAULT_TYPES) if _configured is None else
+    None if _configured.strip() == "*" else
+    frozenset(t.strip() for t in _configured.split(",") if t.strip()))
+
+
+def enabled(rtype: str) -> bool:
+    return TYPES is None or rtype in TYPES
+
+
+MAX_CHARS = 20000  # of one resource's strings: a giant attachment's text does not bloat the index
+MAX_TERMS = 16
+
+
+def _spaced(text: str) -> str:
+    return _CJK.sub(r" \1 ", text)
+
+
+def narrative(d: dict) -> str:
+    text = d.get("text")
+    div = text.get("div") if isinstance(text, dict) else None
+    if not isinstance(div, str):
+        return ""
+    plain = _ENTITY.sub(" ", _TAG.sub(" ", div))
+    return _spaced(plain)[:MAX_CHARS]
+
+
+def content(d: dict) -> str:
+    out: list[str] = []
+    size = 0
+
+    def walk(o: Any, root: bool = False) -> None:
+        nonlocal size
+        if size > MAX_CHARS:
+            return
+        if isinstance(o, dict):
+            for k, v in o.items():
+                if k not in _SKIP and not (root and k in _ROOT_SKIP):
+                    walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+        elif isinstance(o, str):
+            out.append(o)
+            size += len(o)
+    walk(d, True)
+    return (narrative(d) + " " + _spaced(" ".join(out)))[:MAX_CHARS]
+
+
+def match_query(value: str, column: str) -> str:
+    """The FTS5 query of a ``_text``/``_content`` value on ``column``; ValueError when empty."""
+    groups: list[list[str]] = [[]]
+    for m in _TERM.finditer(value):
+        phrase, word = m.group(1), m.group(2)
+        if word == "OR" and groups[-1]:
+            groups.append([])
+            continue
+        term = phrase if phrase is not None else word
+        tokens = _spaced(term).split()
+        if tokens:
+            groups[-1].append('"' + " ".join(t.replace('"', '""') for t in tokens) + '"')
+    groups = [g for g in groups if g]
+    if not groups or sum(len(g) for g in groups) > MAX_TERMS:
+        raise ValueError(f"between 1 and {MAX_TERMS} search terms")
+    ors = ["(" + " AND ".join(g) + ")" for g in groups]
+    return f"{column} : ({' OR '.join(ors)})"
