@@ -2,8 +2,9 @@
 
 The search index keeps one FTS5 row per resource of the types configured (``TYPES`` below;
 ``sp_fts``: rowid = the resource's pk) with its narrative as text (tags stripped) and its
-strings. SQLite's ``unicode61`` tokenizer splits on spaces and punctuation, which Chinese does not have: each CJK character is made a word of its own
-here, and a search term's characters a phrase, so ``高血压`` finds the three characters in a row.
+strings. SQLite's ``unicode61`` tokenizer splits on spaces and punctuation, which Chinese does
+not have: each CJK character is made a word of its own here, and a search term's characters a
+phrase, so ``高血压`` finds the three characters in a row.
 
 A search value is read as FHIR's simple text search: words must all be present, ``"a phrase"`` in
 a row, ``OR`` between two terms either. Every term is handed to FTS5 as a quoted string, so no
