@@ -102,6 +102,12 @@ def test_every_accepted_example_round_trips(live, examples):
                 return "refused"
             if r.status_code == 422 and not accepted_by_fhir_resources(raw):
                 return "refused"  # refused by the model too: outside what the hub must take
+            declared = (d.get("meta") or {}).get("profile") or []
+            if r.status_code == 422 and declared and all(
+                    any(p in i["diagnostics"] for p in declared) for i in r.json()["issue"]):
+                # a profile the example declares, held here (the examples carry the official
+                # StructureDefinitions), that the example itself does not meet
+                return "nonconforming"
             if r.status_code not in (200, 201):
                 return f"{name}: PUT {r.status_code} {r.text[:300]}"
             got = c.get(url)
@@ -120,6 +126,9 @@ def test_every_accepted_example_round_trips(live, examples):
 
     with ThreadPoolExecutor(2) as pool:
         outcomes = list(pool.map(put_and_get, examples))
-    failures = [f for f in outcomes if f and f != "refused"]
+    failures = [f for f in outcomes if f and f not in ("refused", "nonconforming")]
+    # a handful of the official examples break the profiles they declare (ValueSets without the
+    # publisher that shareablevalueset requires): refused by the profile, not by accident
+    assert outcomes.count("nonconforming") <= 10
     assert not failures, f"{len(failures)} of {len(examples)} failed:\n" + "\n".join(failures[:30])
     assert outcomes.count(None) >= 0.95 * len(examples), "too few examples round-tripped"

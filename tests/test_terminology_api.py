@@ -164,9 +164,10 @@ def test_metadata_lists_the_operations(client):
     statement = client.get("/metadata").json()
     ops = {r["type"]: sorted(o["name"] for o in r.get("operation", []))
            for r in statement["rest"][0]["resource"]}
-    assert ops["CodeSystem"] == ["lookup", "subsumes", "validate-code"]
-    assert ops["ValueSet"] == ["expand", "validate-code"]
-    assert ops["ConceptMap"] == ["translate"]
+    # (with the $validate every type has)
+    assert ops["CodeSystem"] == ["lookup", "subsumes", "validate", "validate-code"]
+    assert ops["ValueSet"] == ["expand", "validate", "validate-code"]
+    assert ops["ConceptMap"] == ["translate", "validate"]
 
 
 def test_reads_of_terminology_resources_still_work(loaded):

@@ -67,6 +67,9 @@ def xml_to_json(body: bytes) -> bytes:
 
 def json_to_xml(body: bytes, pretty: bool = False) -> bytes:
     """The XML of a FHIR JSON answer (a resource, a Bundle, an OperationOutcome)."""
-    rtype = orjson.loads(body).get("resourceType")
+    d = orjson.loads(body)
+    rtype = d.get("resourceType") if isinstance(d, dict) else None
+    if rtype not in res.RESOURCE_TYPES:  # a table of the hub's own (a report), not a resource
+        raise FhirError(406, "not-supported", "This answer has no FHIR XML form; ask for JSON")
     model: Any = res.model_class(rtype).model_validate_json(body)
     return model.model_dump_xml(pretty_print=pretty)

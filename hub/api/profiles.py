@@ -31,18 +31,19 @@ from hub.api.caller import context_of, repository
 from hub.api.responses import check_format, fhir_response
 from hub.core import jsontext
 from hub.core import resource as res
-from hub.core.access import Action
+from hub.core.access import SYSTEM, Action
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request, operation_outcome
 from hub.core.events import resource_bytes
+from hub.core.ingest import Context
 from hub.core.profiles import Profile
 
 _VALIDATE_MODES = ("create", "update", "delete")
 
 
 class ProfileRegistry:
-    def __init__(self, search: Any, hub: Any, terminology: Any, settings: Settings):
-        self.search, self.hub, self.terminology = search, hub, terminology
+    def __init__(self, search: Any, repo: Any, terminology: Any, settings: Settings):
+        self.search, self.repo, self.terminology = search, repo, terminology
         self.required: dict[str, tuple[str, ...]] = {}
         for item in settings.required_profiles:
             rtype, _, url = item.partition("=")
@@ -59,7 +60,8 @@ class ProfileRegistry:
         if not ids:
             return None
         rid = sorted(ids)[0]
-        stored = self.hub.read("StructureDefinition", rid)
+        # the hub's own read of its configuration: through the repository, as the system
+        stored = self.repo.read(Context(actor=SYSTEM), "StructureDefinition", rid)
         key = (rid, stored.originator_version)
         with self._lock:
             hit = self._cache.get(base)

@@ -8,7 +8,9 @@ what the profile constrains), and ``check(resource, binding_ok)`` returns the is
   in a list, each pattern item matched by some item);
 - ``required`` bindings, through ``binding_ok(valueset, system, code)`` (the terminology
   service); a value set the service does not know is reported as a warning, not passed;
-- invariants (``constraint[].expression``, FHIRPath through ``fhirpathpy``, compiled once), on
+- the profile's own invariants (``constraint[].expression`` whose ``source`` is not another
+  definition: the base specification's rules are the model's to check; FHIRPath through
+  ``fhirpathpy``, compiled once), on
   every occurrence of the element (errors for ``severity=error``, warnings otherwise); an
   expression that cannot be evaluated does not hold.
 
@@ -166,6 +168,9 @@ class Profile:
             expr = c.get("expression") if isinstance(c, dict) else None
             if not isinstance(expr, str):
                 continue
+            source = c.get("source")
+            if isinstance(source, str) and source.split("|")[0] != self.url:
+                continue  # the base specification's own rules: the resource's model checks those
             for node, where in nodes:
                 try:
                     result = _compiled(expr)(node, {"resource": resource,
