@@ -138,6 +138,12 @@ DATA = {
         for i, sys_, dia, unit in ((1, 140, 90, "mm[Hg]"), (2, 120, 85, "mm[Hg]"),
                                    (3, 13.5, 8.0, "cm[Hg]"))
     ],
+    "geo": [  # Location near: Beijing, Tianjin (about 110 km), Shanghai (about 1,070 km), none
+        {"resourceType": "Location", "id": "l1", "position": {"latitude": 39.9042, "longitude": 116.4074}},
+        {"resourceType": "Location", "id": "l2", "position": {"latitude": 39.0842, "longitude": 117.2009}},
+        {"resourceType": "Location", "id": "l3", "position": {"latitude": 31.2304, "longitude": 121.4737}},
+        {"resourceType": "Location", "id": "l4", "name": "nowhere in particular"},
+    ],
     "fts": [  # narrative and content for _text and _content
         {"resourceType": "Condition", "id": "ft1", "subject": {"reference": "Patient/x"},
          "text": {"status": "generated",
@@ -357,6 +363,15 @@ CASES = [
     ("ref", "Patient", "_id=r1&_revinclude=Observation:subject", ["r1", "+o1"]),
     ("ref", "Organization", "_revinclude=Patient:organization"
      "&_revinclude:iterate=Observation:subject", ["org1", "+r1", "+o1"]),
+    # near: latitude|longitude|distance|units (km by default; a default distance of 5 km)
+    ("geo", "Location", "near=39.9|116.4|10|km", ["l1"]),
+    ("geo", "Location", "near=39.9|116.4", ["l1"]),
+    ("geo", "Location", "near=39.9|116.4|120|km", ["l1", "l2"]),
+    ("geo", "Location", "near=39.9|116.4|100|km", ["l1"]),
+    ("geo", "Location", "near=39.9|116.4|80|mi", ["l1", "l2"]),
+    ("geo", "Location", "near=39.9|116.4|2000|km", ["l1", "l2", "l3"]),
+    ("geo", "Location", "near=39.9|116.4|500|m", []),
+    ("geo", "Location", "near=0|0|100|km", []),
     # _text (the narrative) and _content (every string): words, phrases, OR, Chinese in a row
     ("fts", "Condition", "_text=chest", ["ft1"]),
     ("fts", "Condition", "_text=高血压", ["ft1"]),
@@ -653,3 +668,10 @@ def test_count_over_the_maximum_is_capped_with_a_warning(world):
     assert issue["severity"] == "warning" and str(settings.max_count) in issue["diagnostics"]
     assert not [e for e in run(world, "Patient", "_count=2", "sort")["entry"]
                 if e["search"]["mode"] == "outcome"]
+
+
+@pytest.mark.parametrize("value", ["abc", "91|0|1|km", "1|2|3|furlong", "1|2|-3|km", "1"])
+def test_bad_near_values_are_400(world, value):
+    with pytest.raises(FhirError) as e:
+        run(world, "Location", f"near={value}")
+    assert e.value.status == 400

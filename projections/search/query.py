@@ -460,6 +460,27 @@ def _resource_types() -> set[str]:
 
 # -- result controls ------------------------------------------------------------------------------
 
+_UNIT_KM = {"km": 1.0, "[km]": 1.0, "m": 0.001, "[m]": 0.001, "mi": 1.609344, "[mi_i]": 1.609344,
+            "[mi_us]": 1.609347}
+NEAR_DEFAULT_KM = 5.0
+NEAR_MAX_KM = 5000.0
+
+
+def _near(value: str) -> tuple[float, float, float]:
+    """(latitude, longitude, distance in km) of ``near=lat|long[|distance[|units]]`` (R4)."""
+    parts = value.split("|")
+    try:
+        lat, lon = float(parts[0]), float(parts[1])
+        km = float(parts[2]) if len(parts) > 2 and parts[2] else NEAR_DEFAULT_KM
+        unit = parts[3] if len(parts) > 3 and parts[3] else "km"
+    except (ValueError, IndexError):
+        raise bad_request(f"near={value[:60]!r}: expected latitude|longitude|distance|units") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180) or unit not in _UNIT_KM or not 0 <= km:
+        raise bad_request(f"near={value[:60]!r}: a latitude, a longitude, a distance >= 0 and "
+                          f"units among {', '.join(_UNIT_KM)}")
+    return lat, lon, min(km * _UNIT_KM[unit], NEAR_MAX_KM)
+
+
 def _include(rtype: str, name: str, value: str, rev: bool) -> Include:
     iterate = name.endswith(":iterate") or name.endswith(":recurse")
     # wildcards: every reference parameter (_include=*, Type:*), from every type (_revinclude=*:*)
@@ -535,6 +556,8 @@ def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
                 q.cursor = value
             elif name in ("_format", "_pretty"):
                 continue
+            elif name == "near" and rtype == "Location":
+                q.where.append([Criterion("near", "geo", value=_near(value))])
             elif name in ("_text", "_content"):
                 from projections.search.fulltext import enabled, match_query
 

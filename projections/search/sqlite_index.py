@@ -48,6 +48,9 @@ _SORT_COLUMN = {"ix_string": "norm", "ix_token": "code", "ix_date": "lo, hi", "i
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS sp_meta (key TEXT PRIMARY KEY, value)",
     "INSERT OR IGNORE INTO sp_meta (key, value) VALUES ('writer', 0)",
+    # Location near: each Location's position
+    "CREATE TABLE IF NOT EXISTS sp_geo (pk INTEGER PRIMARY KEY, lat REAL NOT NULL, lon REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS sp_geo_lat ON sp_geo (lat, lon)",
     # _text and _content (projections.search.fulltext): rowid = the resource's pk
     "CREATE VIRTUAL TABLE IF NOT EXISTS sp_fts USING fts5(narrative, content, "
     "tokenize='unicode61 remove_diacritics 2')",
@@ -190,7 +193,7 @@ class SQLiteSearchIndex(SQLiteReadModel):
                 c.execute("DROP TABLE sp_res")
                 c.execute(next(x for x in SCHEMA if "TABLE IF NOT EXISTS sp_res " in x))
                 self._old_sp_res = False
-            for table in (*TABLES, "sp_res", "sp_stale", "sp_redo", "sp_fts"):
+            for table in (*TABLES, "sp_res", "sp_stale", "sp_redo", "sp_fts", "sp_geo"):
                 c.execute(f"DELETE FROM {table}")
             c.execute("UPDATE sp_param SET multi=0, span=0")
             c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
@@ -217,6 +220,7 @@ class SQLiteSearchIndex(SQLiteReadModel):
             for table in TABLES:  # through the new pk indexes
                 c.executemany(f"DELETE FROM {table} WHERE pk=?", stale)
             c.executemany("DELETE FROM sp_fts WHERE rowid=?", stale)
+            c.executemany("DELETE FROM sp_geo WHERE pk=?", stale)
             c.execute("DELETE FROM sp_stale")
             c.execute("DELETE FROM sp_meta WHERE key='next_pk'")
             c.execute("PRAGMA cache_size=-16384")
@@ -277,6 +281,7 @@ class SQLiteSearchIndex(SQLiteReadModel):
             rows = self._rows
             stale: list[tuple[int]] = []
             texts: list[tuple[int, str, str]] = []  # (pk, narrative, content): sp_fts
+            geo: list[tuple[int, float, float]] = []  # (pk, latitude, longitude): sp_geo
             new_res: list[tuple] = []  # bulk load: sp_res rows with their pks, inserted at once
             redo: list[tuple] = []  # bulk load: updates and deletes, settled at its end
             multi: set[int] = set()  # parameters seen with several values for the first time
@@ -323,6 +328,11 @@ class SQLiteSearchIndex(SQLiteReadModel):
                 resource = orjson.loads(body)
                 if fulltext.enabled(rtype):
                     texts.append((pk, fulltext.narrative(resource), fulltext.content(resource)))
+                if rtype == "Location":
+                    position = resource.get("position") or {}
+                    lat, lon = position.get("latitude"), position.get("longitude")
+                    if isinstance(lat, (int, float)) and isinstance(lon, (int, float)):
+                        geo.append((pk, float(lat), float(lon)))
                 for code, values in extract(resource).items():
                     w = writers.get(code)
                     if w is None:
@@ -347,7 +357,9 @@ class SQLiteSearchIndex(SQLiteReadModel):
                 for table in TABLES:
                     c.executemany(f"DELETE FROM {table} WHERE pk=?", stale)
                 c.executemany("DELETE FROM sp_fts WHERE rowid=?", stale)
+                c.executemany("DELETE FROM sp_geo WHERE pk=?", stale)
             c.executemany("INSERT INTO sp_fts (rowid, narrative, content) VALUES (?,?,?)", texts)
+            c.executemany("INSERT OR REPLACE INTO sp_geo (pk, lat, lon) VALUES (?,?,?)", geo)
             for table, batch in rows.items():
                 if batch:
                     marks = ", ".join("?" * (len(TABLES[table]) + 2))

@@ -12,6 +12,7 @@ come last; ties are broken by the resource id, which survives index rebuilds.
 from __future__ import annotations
 
 import base64
+import math
 import re
 import threading
 import time
@@ -236,6 +237,17 @@ class SQLiteSearch(SearchBackend):
             return date_test(s, c.prefix, c.value, lo, hi)
         if c.type == "has":
             return self._has(s, rtype, c.value, alias)
+        if c.type == "geo":  # Location near: a box on the index, then the distance on a plane
+            lat, lon, km = c.value  # (good to a fraction of a per cent over a few hundred km)
+            ky, kx = 111.32, 111.32 * max(math.cos(math.radians(lat)), 1e-6)
+            dy, dx = km / ky, km / kx
+            a = s.alias("g")
+            return (f"{alias}.pk IN (SELECT {a}.pk FROM sp_geo {a} WHERE {a}.lat BETWEEN "
+                    f"{s.arg(lat - dy)} AND {s.arg(lat + dy)} AND {a}.lon BETWEEN "
+                    f"{s.arg(lon - dx)} AND {s.arg(lon + dx)} AND "
+                    f"(({a}.lat - {s.arg(lat)}) * {ky}) * (({a}.lat - {s.arg(lat)}) * {ky}) + "
+                    f"(({a}.lon - {s.arg(lon)}) * {kx}) * (({a}.lon - {s.arg(lon)}) * {kx}) "
+                    f"<= {s.arg(km * km)})")
         if c.type == "fulltext":  # _text, _content (projections.search.fulltext)
             return f"{alias}.pk IN (SELECT rowid FROM sp_fts WHERE sp_fts MATCH {s.arg(c.value)})"
         table = TABLE[c.type]
