@@ -7,7 +7,7 @@ conditionally and loaded first from a batch). One client posts the Bundles one a
 without access control, like the other benchmarks). Reported: resources stored per wall second,
 and per CPU second of the server, each as a ratio to raw ``model_validate_json`` of the same
 resources in this process (per wall second, and per CPU second), measured before and after the
-posting. Goal: >= 0.6.
+posting; and the CPU of the API process and its read-model follower process together. Goal: >= 0.6.
 
     .venv/bin/python -m bench.bundles [--people 400] [--per-bundle 1]
 """
@@ -53,7 +53,11 @@ def run(people: int, per_bundle: int, port: int) -> dict:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}/fhir", timeout=120) as c:
             r = c.post("", content=orjson.dumps(hospital_bundle(region)), headers=headers)
             assert r.status_code == 200, r.text[:500]
-            cpu0 = sum(server.cpu_times()[:2])
+            followers = server.children(recursive=True)  # hub projections follow
+
+            def all_cpu() -> float:
+                return sum(sum(p.cpu_times()[:2]) for p in (server, *followers))
+            cpu0, all0 = sum(server.cpu_times()[:2]), all_cpu()
             t0 = time.perf_counter()
             lat = []
             for body in bodies:
@@ -63,6 +67,8 @@ def run(people: int, per_bundle: int, port: int) -> dict:
                 assert r.status_code == 200, r.text[:500]
             wall = time.perf_counter() - t0
             cpu = sum(server.cpu_times()[:2]) - cpu0
+            time.sleep(1.0)  # the follower takes in the last writes
+            everything = all_cpu() - all0
             stored = c.get("/Observation", params={"_summary": "count"}).json()["total"]
         peak = rss_peak_mb(proc.pid)
     finally:
@@ -82,6 +88,8 @@ def run(people: int, per_bundle: int, port: int) -> dict:
         "validation_per_s": [round(x) for x in base_wall],
         "validation_per_cpu_s": [round(x) for x in base_cpu],
         "ratio_wall": round(per_wall / vw, 3), "ratio_server_cpu": round(per_cpu / vc, 3),
+        # the API process and its read-model follower together (automatic matching included)
+        "ratio_all_cpu": round(n / everything / vc, 3),
         "bundle_ms_p50": round(statistics.median(lat) * 1000, 2),
         "server_peak_rss_mb": round(peak),
     }
@@ -94,9 +102,10 @@ def summary_rows(r: dict) -> list[tuple[str, str, str]]:
         if x:
             rows.append((f"Synthea-shaped transaction Bundles over REST, {label} ({x['entries_per_bundle']} "
                          "entries), one client, automatic matching on: resources/s (ratio to raw "
-                         "model_validate_json per s); per server CPU s (ratio per CPU s)",
+                         "model_validate_json per s); per CPU s of the API process (ratio per "
+                         "CPU s); ratio per CPU s of the API process and its follower together",
                          f"{x['resources_per_s']} ({x['ratio_wall']}); {x['resources_per_server_cpu_s']} "
-                         f"({x['ratio_server_cpu']})", ">= 0.6"))
+                         f"({x['ratio_server_cpu']}); {x.get('ratio_all_cpu', '-')}", ">= 0.6"))
     return rows
 
 
