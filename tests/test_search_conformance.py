@@ -145,14 +145,16 @@ DATA = {
         {"resourceType": "Location", "id": "l4", "name": "nowhere in particular"},
     ],
     "fts": [  # narrative and content for _text and _content
-        {"resourceType": "Condition", "id": "ft1", "subject": {"reference": "Patient/x"},
+        {"resourceType": "DiagnosticReport", "id": "ft1", "status": "final",
          "text": {"status": "generated",
                   "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">原发性高血压, chest pain</div>"},
          "code": {"text": "Essential hypertension"}},
-        {"resourceType": "Condition", "id": "ft2", "subject": {"reference": "Patient/x"},
-         "code": {"text": "高血压病 二级"}, "note": [{"text": "Fever at night"}]},
-        {"resourceType": "Condition", "id": "ft3", "subject": {"reference": "Patient/x"},
-         "code": {"text": "Type 2 diabetes"}, "note": [{"text": "血压正常 (高)"}]},
+        {"resourceType": "DiagnosticReport", "id": "ft2", "status": "final",
+         "code": {"text": "高血压病 二级"}, "conclusion": "Fever at night"},
+        {"resourceType": "DiagnosticReport", "id": "ft3", "status": "final",
+         "code": {"text": "Type 2 diabetes"}, "conclusion": "血压正常 (高)"},
+        {"resourceType": "Condition", "id": "ft4", "subject": {"reference": "Patient/x"},
+         "code": {"text": "fever"}},
     ],
     "canon": [  # canonical references, with and without a version or a fragment
         {"resourceType": "QuestionnaireResponse", "id": "qr1", "status": "completed",
@@ -373,17 +375,17 @@ CASES = [
     ("geo", "Location", "near=39.9|116.4|500|m", []),
     ("geo", "Location", "near=0|0|100|km", []),
     # _text (the narrative) and _content (every string): words, phrases, OR, Chinese in a row
-    ("fts", "Condition", "_text=chest", ["ft1"]),
-    ("fts", "Condition", "_text=高血压", ["ft1"]),
-    ("fts", "Condition", "_content=高血压", ["ft1", "ft2"]),  # ft3 holds 血压 and 高, not in a row
-    ("fts", "Condition", "_content=hypertension", ["ft1"]),
-    ("fts", "Condition", "_text=hypertension", []),  # in the code, not the narrative
-    ("fts", "Condition", "_content=fever OR diabetes", ["ft2", "ft3"]),
-    ("fts", "Condition", "_content=fever night", ["ft2"]),
-    ("fts", "Condition", '_content="night fever"', []),
-    ("fts", "Condition", '_content="fever at"', ["ft2"]),
-    ("fts", "Condition", "_content=NEAR(fever", []),  # FTS5 syntax is only text here
-    ("fts", "Condition", "_content=x*", []),
+    ("fts", "DiagnosticReport", "_text=chest", ["ft1"]),
+    ("fts", "DiagnosticReport", "_text=高血压", ["ft1"]),
+    ("fts", "DiagnosticReport", "_content=高血压", ["ft1", "ft2"]),  # ft3 holds 血压 and 高, not in a row
+    ("fts", "DiagnosticReport", "_content=hypertension", ["ft1"]),
+    ("fts", "DiagnosticReport", "_text=hypertension", []),  # in the code, not the narrative
+    ("fts", "DiagnosticReport", "_content=fever OR diabetes", ["ft2", "ft3"]),
+    ("fts", "DiagnosticReport", "_content=fever night", ["ft2"]),
+    ("fts", "DiagnosticReport", '_content="night fever"', []),
+    ("fts", "DiagnosticReport", '_content="fever at"', ["ft2"]),
+    ("fts", "DiagnosticReport", "_content=NEAR(fever", []),  # FTS5 syntax is only text here
+    ("fts", "DiagnosticReport", "_content=x*", []),
     # canonical references: a URL alone matches every version; with |version only that one
     ("canon", "QuestionnaireResponse", "questionnaire=http://example.org/Questionnaire/q",
      ["qr1", "qr2", "qr3", "qr5"]),
@@ -674,4 +676,11 @@ def test_count_over_the_maximum_is_capped_with_a_warning(world):
 def test_bad_near_values_are_400(world, value):
     with pytest.raises(FhirError) as e:
         run(world, "Location", f"near={value}")
+    assert e.value.status == 400
+
+
+def test_full_text_only_where_indexed(world):
+    # Conditions are not indexed for full text by default (their coded text answers code:text)
+    with pytest.raises(FhirError) as e:
+        run(world, "Condition", "_content=fever")
     assert e.value.status == 400

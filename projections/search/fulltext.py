@@ -23,13 +23,12 @@ _CJK = re.compile(r"([\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff])")
 _TERM = re.compile(r'"([^"]*)"|(\S+)')
 _ROOT_SKIP = frozenset({"resourceType", "id", "meta", "text"})  # the narrative is added apart
 _SKIP = frozenset({"reference", "system", "url", "data"})  # links, code system URIs, base64
-# The types whose text is indexed: those where free text carries the clinical meaning (a full-text
-# row costs about a third more index per resource and a quarter more rebuild time, so the bulk of
-# structured results, Observations, is left out unless configured). HUB_FULLTEXT: a comma list
-# of types, "*" for all, "" for none.
-DEFAULT_TYPES = ("Composition", "DocumentReference", "DiagnosticReport", "Condition", "Procedure",
-                 "AllergyIntolerance", "CarePlan", "ClinicalImpression", "ServiceRequest",
-                 "MedicationStatement", "FamilyMemberHistory", "Communication")
+# The types whose text is indexed: documents and reports, whose meaning is in their free text (a
+# full-text row for every resource costs about a quarter more rebuild time and index; the coded
+# types' text is searchable already with :text on their codes). HUB_FULLTEXT: a comma list of
+# types, "*" for all, "" for none.
+DEFAULT_TYPES = ("Composition", "DocumentReference", "DiagnosticReport", "ClinicalImpression",
+                 "CarePlan", "Communication")
 _configured = os.environ.get("HUB_FULLTEXT")
 TYPES: frozenset[str] | None = (
     frozenset(DEFAULT_TYPES) if _configured is None else
