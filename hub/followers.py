@@ -23,7 +23,7 @@ from hub.core.store import ResourceStore
 from hub.mpi import weights as W
 from hub.mpi.candidates import IdentityCandidates
 from hub.mpi.identity import IdentityService
-from hub.mpi.incremental import IncrementalMatcher, blocked_from_pairs
+from hub.mpi.incremental import IncrementalMatcher
 from hub.mpi.matcher import Matcher
 from hub.readmodels import names as read_model_names
 from hub.readmodels import open_model
@@ -70,11 +70,8 @@ class Followers:
         if not isinstance(person, PersonProjection):  # decisions are planned on persons
             person = self._person = PersonProjection(settings.data_dir / "person.sqlite")
         identity = self._identity = IdentityService(self.store, person, Runner(self.store, person))
-        identity.roles = lambda: index.roles  # the unique systems stored NamingSystems declare
         matcher = Matcher(index, W.load(settings.data_dir))
-        return Runner(self.store, IncrementalMatcher(
-            index, matcher, identity.auto_decide, blocked_from_pairs(identity.blocked_pairs),
-            decide_many=identity.auto_decide_many))
+        return Runner(self.store, IncrementalMatcher.recording_with(index, matcher, identity))
 
     def start(self) -> None:
         for r in self.runners:

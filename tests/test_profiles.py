@@ -91,12 +91,31 @@ def test_in_a_transaction_the_entry_is_named(client, ig):
                for i in r.json()["issue"] for e in i.get("expression", []))
 
 
+def _reports(client) -> int:
+    """Quality reports stored (lenient intake writes one per repaired write)."""
+    return client.get("/OperationOutcome", params={"_summary": "count"}).json()["total"]
+
+
 def test_an_unknown_declared_profile(client, ig):
     d = good()
     d["meta"]["profile"] = ["https://elsewhere.example/StructureDefinition/x"]
+    before = _reports(client)
     r = client.post("/Patient", json=d, headers={**FHIR_JSON, "prefer": "return=OperationOutcome"})
     assert r.status_code == 201 and any(i["severity"] == "warning" for i in r.json()["issue"])
+    assert _reports(client) == before  # a profile's warning is no intake repair to report
     assert client.post("/Patient", json=d, headers=STRICT).status_code == 422
+
+
+def test_a_patch_must_leave_the_resource_conforming(client, ig):
+    rid = client.post("/Patient", json=good(), headers=FHIR_JSON).json()["id"]
+    r = client.patch(f"/Patient/{rid}", headers={"content-type": "application/json-patch+json"},
+                     json=[{"op": "remove", "path": "/name"}])
+    assert r.status_code == 422 and any(e.startswith("Patient.name") for i in r.json()["issue"]
+                                        for e in i.get("expression", []))
+    assert client.get(f"/Patient/{rid}").json()["name"]  # nothing stored
+    ok = client.patch(f"/Patient/{rid}", headers={"content-type": "application/json-patch+json"},
+                      json=[{"op": "replace", "path": "/gender", "value": "male"}])
+    assert ok.status_code == 200
 
 
 def test_validate_operation(client, ig):

@@ -131,7 +131,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         app.state.search = search
         app.state.normaliser = normaliser
         app.state.documents = DocumentService(repo, quarantine, normaliser=normaliser)
-        if settings.follow == "threads":
+        if settings.follows_here:
             runner.start()
         quality.attach(app, settings, follow_store, typed(models, "quality", QualityProjection))  # data-quality findings
         # Person, timeline, audit
@@ -312,24 +312,31 @@ def _write_response(request: Request, result: Result, *, location: bool = True) 
     return fhir_response(result.body, result.status, request=request, headers=headers)
 
 
+def _checker(request: Request, ctx: Context) -> bundles.Validate:
+    """The checks of every resource a request writes (create, update, patch, Bundle entries):
+    validation, lenient intake for those whose policy repairs, then the profiles it must meet.
+    (type, JSON text, resource, where) -> (the resource to store, the warnings to answer)."""
+    settings = _settings(request)
+    registry = getattr(request.app.state, "profiles", None)
+    strict = prefer_strict(request)
+
+    def check(rtype: str, raw: bytes, d: dict, where: str) -> tuple[dict, list[Issue]]:
+        d, repairs = intake.validate(ctx, settings, rtype, raw, d, where)
+        return d, [*repairs, *enforce(registry, rtype, d, strict, where)]
+    return check
+
+
 def _checked(request: Request, rtype: str, raw: bytes, d: dict) -> tuple[dict, list[Issue]]:
-    """What a write stores after validation, lenient intake and the profiles it must meet, with
-    the warnings to answer."""
-    d, repairs = intake.validate(context_of(request), _settings(request), rtype, raw, d)
-    warnings = enforce(getattr(request.app.state, "profiles", None), rtype, d,
-                       prefer_strict(request))
-    return d, [*repairs, *warnings]
+    return _checker(request, context_of(request))(rtype, raw, d, "")
 
 
-async def _run(request: Request, op: Op, repairs: list[Issue] | None = None) -> Response:
+async def _run(request: Request, op: Op, warnings: list[Issue] | None = None) -> Response:
     repo, ctx = repository(request), context_of(request)
 
     def execute() -> Result:
         result = repo.execute([op], ctx, atomic=True)[0]
         assert isinstance(result, Result)  # atomic: a failure is raised, not returned
-        if repairs and result.rid is not None and result.version is not None:
-            repo.record_own([intake.quality_report(ctx, result, repairs)], ctx)
-            result.issues = [*repairs, *result.issues]
+        intake.finish(repo, ctx, result, warnings or [])
         return repo.complete(result)
 
     return _write_response(request, await run_in_threadpool(execute))
@@ -362,18 +369,9 @@ async def transaction(request: Request) -> Response:
     def get(path: str, query: str):
         return _get(repo, ctx, path, query, b, _settings(request))
 
-    settings = _settings(request)
-
-    registry = getattr(request.app.state, "profiles", None)
-    strict = prefer_strict(request)
-
-    def validate(rtype: str, text: bytes, resource: dict, where: str):
-        resource, repairs = intake.validate(ctx, settings, rtype, text, resource, where)
-        return resource, [*repairs, *enforce(registry, rtype, resource, strict, where)]
-
     out = await run_in_threadpool(bundles.process, d, repo, ctx, b,
-                                  prefer_return(request) == "representation", get, raw, validate,
-                                  lambda result, repairs: intake.quality_report(ctx, result, repairs))
+                                  prefer_return(request) == "representation", get, raw,
+                                  _checker(request, ctx))
     return fhir_response(out, request=request)
 
 
@@ -549,6 +547,7 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
         apply = apply_fhirpath_patch
     if_match = parse_etag(request.headers.get("if-match"))
     repo, ctx = repository(request), context_of(request)
+    check = _checker(request, ctx)
 
     def execute() -> Result:
         for attempt in range(_PATCH_RETRIES):
@@ -559,7 +558,8 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
                                                  f"{if_match}")
             current = orjson.loads(resource_bytes(stored))
             patched = apply(current, document)  # meta's versionId and lastUpdated: the store's
-            res.validate(rtype, jsontext.dumps(patched, rtype), patched)
+            # the same checks as an update: validation, lenient intake, the profiles to meet
+            patched, warnings = check(rtype, jsontext.dumps(patched, rtype), patched, "")
             op = Op("PUT", rtype, rid, patched, if_match=version, url=f"{rtype}/{rid}")
             try:
                 result = repo.execute([op], ctx, atomic=True)[0]
@@ -568,6 +568,7 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
                     continue  # another write came between the read and this one
                 raise
             assert isinstance(result, Result)
+            intake.finish(repo, ctx, result, warnings)
             return repo.complete(result)
         raise AssertionError("unreachable")
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from hub.api import intake
 from hub.api.responses import etag, parse_etag
 from hub.core import jsontext
 from hub.core import resource as res
@@ -24,10 +25,9 @@ from hub.repository import Repository
 
 WRITE_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2}
 GetHandler = Callable[[str, str], tuple[int, bytes | dict | None]]  # (path, query) -> status, body
-# (type, JSON text, resource, where) -> the resource to store and what lenient intake repaired
+# (type, JSON text, resource, where) -> the resource to store and the warnings to answer
+# (what lenient intake repaired, what the profiles warn of)
 Validate = Callable[[str, bytes, dict, str], tuple[dict, list[Issue]]]
-# (the caller's write with its repairs, its result) -> the write of the report of the repairs
-Report = Callable[[Result, list[Issue]], Op]
 
 
 def status_line(code: int) -> str:
@@ -100,7 +100,7 @@ def parse_entry(i: int, entry: object, base: str,
         if validate is None:
             res.validate(rtype, raw, d, f"{where}.resource")
         else:
-            d, op.repairs = validate(rtype, raw, d, f"{where}.resource")
+            d, op.warnings = validate(rtype, raw, d, f"{where}.resource")
         op.d = d
     return op
 
@@ -133,10 +133,9 @@ def validate_envelope(bundle: dict, entries: list) -> None:
 
 
 def process(bundle: dict, repo: Repository, ctx: Context, base: str, representation: bool,
-            get: GetHandler, raw: bytes | None = None, validate: Validate | None = None,
-            report: Report | None = None) -> dict:
+            get: GetHandler, raw: bytes | None = None, validate: Validate | None = None) -> dict:
     """``raw``: the JSON text of ``bundle`` as received, when there is one; ``validate``: the
-    caller's intake policy (``hub.api.intake``), whose repairs ``report`` records."""
+    caller's checks of what it writes (lenient intake, profiles), plain validation without."""
     btype = bundle.get("type")
     if btype not in ("transaction", "batch"):
         raise bad_request(
@@ -171,10 +170,7 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
         op = parsed[i]
         assert isinstance(op, Op)
         if isinstance(result, Result) and op.method != "DELETE":
-            if op.repairs and result.rid is not None and result.version is not None:
-                if report is not None:
-                    repo.record_own([report(result, op.repairs)], ctx)
-                result.issues = [*op.repairs, *result.issues]
+            intake.finish(repo, ctx, result, op.warnings)
             repo.complete(result)
         out[i] = _write_entry(result, base, representation)
     for i, p in enumerate(parsed):

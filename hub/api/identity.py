@@ -99,7 +99,7 @@ def attach(app: FastAPI, settings: Settings, repo: Repository, audit: AuditWrite
     app.state.audit = audit
     app.state.mpi_runners = [person_runner, timeline_runner]
     app.state.mpi_models = [person, timeline]
-    if settings.follow == "threads":
+    if settings.follows_here:
         person_runner.start()
         timeline_runner.start()
 

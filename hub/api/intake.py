@@ -13,24 +13,31 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.config import Settings
-from hub.core.errors import FhirError, Issue
+from hub.core.errors import FhirError, Issue, relocate
 from hub.core.ingest import Context, Op, Result
 from hub.core.repair import Repair, repair
+from hub.repository import Repository
 
 log = logging.getLogger("hub.api.intake")
 _ZONE = re.compile(r"^[+-](0\d|1[0-4]):[0-5]\d$|^Z$")
 INTAKE_TYPES = "https://fhir-region-hub.example/CodeSystem/intake"
 
 
+def _institution(ctx: Context) -> str | None:
+    """The institution a write is recorded under: the token's, else the connector's source."""
+    return (ctx.actor.institution if ctx.actor is not None else None) or \
+        (ctx.source or {}).get("institution")
+
+
 def repairs_allowed(ctx: Context, settings: Settings) -> bool:
     actor = ctx.actor
-    institution = (actor.institution if actor is not None else None) or \
-        (ctx.source or {}).get("institution")
+    institution = _institution(ctx)
     if institution and institution in settings.intake_strict:
         return False
     if "*" in settings.intake_repair or (institution and institution in settings.intake_repair):
@@ -58,22 +65,26 @@ def validate(ctx: Context, settings: Settings, rtype: str, raw: bytes, d: dict,
             raise
     repaired, issues = fixed
     res.validate(rtype, jsontext.dumps(repaired, where or rtype), repaired, where or rtype)
-    if where:  # inside a Bundle: the entry's path in front of the element's
-        issues = [Repair(i.code, i.diagnostics, i.severity,
-                         where + (i.expression or "")[len(rtype):], rule=getattr(i, "rule", ""))
-                  for i in issues]
-    return repaired, issues
+    return repaired, relocate(issues, rtype, where)
 
 
-def quality_report(ctx: Context, result: Result, issues: list[Issue]) -> Op:
-    """The write of the report of the repairs made to one stored resource."""
+def finish(repo: Repository, ctx: Context, result: Result, warnings: list[Issue]) -> None:
+    """After a write is stored: its warnings (repairs, profiles) in its answer, and the report
+    of the repairs made to it, which the data-quality projection counts."""
+    if not warnings or result.rid is None or result.version is None:
+        return
+    repairs = [i for i in warnings if isinstance(i, Repair)]
+    if repairs:
+        repo.record_own([_report(ctx, result, repairs)], ctx)
+    result.issues = [*warnings, *result.issues]
+
+
+def _report(ctx: Context, result: Result, repairs: Sequence[Issue]) -> Op:
     from fhir_mapping.base import SourceInfo
-    from fhir_mapping.documents import quality_report as report
+    from fhir_mapping.documents import quality_report
 
-    institution = (ctx.actor.institution if ctx.actor is not None else None) or \
-        (ctx.source or {}).get("institution") or "unknown"
-    d = report({"issue": [i.to_json() for i in issues]}, "accept-with-warnings",
-               SourceInfo(institution=institution), f"{result.rtype}/{result.rid}", "fhir-rest",
-               datetime.now(UTC), document_ref=f"{result.rtype}/{result.rid}",
-               type_system=INTAKE_TYPES)
+    d = quality_report({"issue": [i.to_json() for i in repairs]}, "accept-with-warnings",
+                       SourceInfo(institution=_institution(ctx) or "unknown"),
+                       f"{result.rtype}/{result.rid}", "fhir-rest", datetime.now(UTC),
+                       document_ref=f"{result.rtype}/{result.rid}", type_system=INTAKE_TYPES)
     return Op("PUT", "OperationOutcome", d["id"], d, url=f"OperationOutcome/{d['id']}")

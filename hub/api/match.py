@@ -31,7 +31,7 @@ from hub.core.events import resource_bytes
 from hub.core.store import ResourceStore
 from hub.mpi import weights as W
 from hub.mpi.candidates import IdentityCandidates
-from hub.mpi.incremental import IncrementalMatcher, blocked_from_pairs
+from hub.mpi.incremental import IncrementalMatcher
 from hub.mpi.matcher import Matcher
 from hub.mpi.normalise import features
 from hub.readmodels import open_as
@@ -54,20 +54,18 @@ def attach(app: FastAPI, settings: Settings, store: ResourceStore,
     app.state.mpi_candidates = index
     app.state.mpi_candidates_runner = runner
     app.state.mpi_matcher = Matcher(index, W.load(settings.data_dir))
-    if settings.follow == "threads":
+    if settings.follows_here:
         runner.start()
     identity = getattr(app.state, "identity", None)  # hub.api.identity's IdentityService
     app.state.mpi_incremental_runner = None
     if identity is not None:
         identity.roles = lambda: index.roles  # the unique systems stored NamingSystems declare
-    if identity is not None and settings.mpi_automatch and settings.follow == "threads":
+    if identity is not None and settings.mpi_automatch and settings.follows_here:
         # New and updated Patients matched as they arrive; the matcher's decisions ("link":
         # linked automatically, "review": the review queue, "new") are recorded by the identity
         # service as identity events (IdentityService.auto_decide_many: a batch of the log's
         # Patients, one commit). With followers in another process, that process matches.
-        follower = IncrementalMatcher(index, app.state.mpi_matcher, identity.auto_decide,
-                                      blocked_from_pairs(identity.blocked_pairs),
-                                      decide_many=identity.auto_decide_many)
+        follower = IncrementalMatcher.recording_with(index, app.state.mpi_matcher, identity)
         app.state.mpi_incremental_runner = Runner(store, follower)
         app.state.mpi_incremental_runner.start()
 

@@ -33,7 +33,7 @@ from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.access import SYSTEM, Action
 from hub.core.config import Settings
-from hub.core.errors import FhirError, Issue, bad_request, operation_outcome
+from hub.core.errors import FhirError, Issue, bad_request, operation_outcome, relocate
 from hub.core.events import resource_bytes
 from hub.core.ingest import Context
 from hub.core.profiles import Profile
@@ -108,10 +108,7 @@ def enforce(registry: ProfileRegistry | None, rtype: str, d: dict, strict: bool,
     """The warnings of a write that conforms; a 422 naming every error of one that does not."""
     if registry is None or not registry.applies(rtype, d):
         return []
-    issues = registry.check(rtype, d, strict=strict)
-    if where:
-        issues = [Issue(i.code, i.diagnostics, i.severity,
-                        where + (i.expression or "")[len(rtype):]) for i in issues]
+    issues = relocate(registry.check(rtype, d, strict=strict), rtype, where)
     errors = [i for i in issues if i.severity == "error"]
     if errors:
         raise FhirError(422, "processing", errors[0].diagnostics, issues=errors[:20])

@@ -83,7 +83,7 @@ def attach(app: FastAPI, settings: Settings, store: ResourceStore,
     runner = Runner(store, model)
     app.state.quality = model
     app.state.quality_runner = runner
-    if settings.follow == "threads":
+    if settings.follows_here:
         runner.start()
 
 

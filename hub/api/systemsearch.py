@@ -72,12 +72,12 @@ def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]],
     total = 0
     next_cursor: str | None = None
     refused: FhirError | None = None  # why a type this caller may not search was left out
-    searched = 0
+    searched = matched = 0
     for place, rtype in enumerate(types):
         if place < start and not counting:
             continue
         own: list[tuple[str, str]] = list(rest)
-        wanted = count - len([e for e in entries if e["search"]["mode"] == "match"])
+        wanted = count - matched
         fill = place >= start and wanted > 0 and next_cursor is None
         own.append(("_count", str(wanted if fill else 0)))
         if counting:
@@ -96,15 +96,18 @@ def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]],
         searched += 1
         total += b.get("total", 0)
         for entry in b.get("entry", []):
-            if entry["search"]["mode"] == "outcome":
+            mode = entry["search"]["mode"]
+            if mode == "outcome":
                 outcomes[str(entry["resource"]["issue"])] = entry
             elif fill:
                 entries.append(entry)
-        if fill and _next_cursor(b):
-            next_cursor = f"{place}.{_next_cursor(b)}"
-        elif fill and len([e for e in entries if e["search"]["mode"] == "match"]) >= count \
-                and place + 1 < len(types):
-            next_cursor = f"{place + 1}."
+                matched += mode == "match"
+        if fill:
+            inner_next = _next_cursor(b)
+            if inner_next:  # this type has more: the next page goes on in it
+                next_cursor = f"{place}.{inner_next}"
+            elif matched >= count and place + 1 < len(types):  # full: from the next type on
+                next_cursor = f"{place + 1}."
     if not searched and refused is not None and start == 0:
         raise refused  # a caller who may search no type at all
     if next_cursor and next_cursor.endswith(".") and not counting:

@@ -61,7 +61,7 @@ def attach(app: FastAPI, settings: Settings, store: ResourceStore,
     app.state.terminology = TerminologyService(path)
     app.state.terminology_model = model
     app.state.terminology_runner = runner
-    if settings.follow == "threads":
+    if settings.follows_here:
         runner.start()
 
 

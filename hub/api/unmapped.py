@@ -51,7 +51,7 @@ def attach(app: FastAPI, settings: Settings, store: ResourceStore,
     runner = Runner(store, model)
     app.state.unmapped = model
     app.state.unmapped_runner = runner
-    if settings.follow == "threads":
+    if settings.follows_here:
         runner.start()
 
 

@@ -104,6 +104,11 @@ class Settings:
         default_factory=lambda: os.environ.get("HUB_AUTH_INSTITUTION_CLAIM", "institution"))
 
     @property
+    def follows_here(self) -> bool:
+        """Whether this process's threads follow the log into the read models (``follow``)."""
+        return self.follow == "threads"
+
+    @property
     def fhir_base(self) -> str:
         """The FHIR base URL: ``base_url``, else where ``hub serve`` listens (https with TLS)."""
         return self.base_url or f"{'https' if self.tls_cert else 'http'}://{self.host}:{self.port}/fhir"

@@ -16,7 +16,7 @@ module imports nothing of the hub (the mappers, which import nothing else of it,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -44,6 +44,15 @@ class Issue:
         if self.expression:
             out["expression"] = [self.expression]
         return out
+
+
+def relocate(issues: list[Issue], rtype: str, where: str) -> list[Issue]:
+    """Issues found on a resource (expressions from ``rtype``) as issues of the place it sits
+    in, e.g. ``Bundle.entry[2].resource``; unchanged without a ``where``."""
+    if not where:
+        return issues
+    return [replace(i, expression=where + i.expression[len(rtype):])
+            if i.expression and i.expression.startswith(rtype) else i for i in issues]
 
 
 # the error root's code of a FHIR failure, by HTTP status (anything else 4xx: invalid)

@@ -78,7 +78,7 @@ class Op:
     full_url: str | None = None
     url: str = ""
     where: str | None = None  # FHIRPath of the Bundle entry it came from, for error locations
-    repairs: list[Issue] = field(default_factory=list)  # what lenient intake repaired in ``d``
+    warnings: list[Issue] = field(default_factory=list)  # of its checks: repairs, profiles
     # filled by planning
     target: str | None = None
     existing: bool = False  # conditional create matched: nothing to write

@@ -24,7 +24,7 @@ from typing import Any
 import pydantic
 
 from hub.core.errors import Issue
-from hub.core.resource import model_class
+from hub.core.resource import loc_path, model_class
 
 RULE_SYSTEM = "https://fhir-region-hub.example/CodeSystem/quality-rule"
 ZONELESS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?$")
@@ -42,13 +42,6 @@ class Repair(Issue):
         out = Issue.to_json(self)  # (a slotted dataclass: no bare super())
         out["details"] = {"coding": [{"system": RULE_SYSTEM, "code": self.rule}]}
         return out
-
-
-def _path(prefix: str, loc: tuple) -> str:
-    out = prefix
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
 
 
 def _locate(d: Any, loc: tuple) -> tuple[Any, Any] | None:
@@ -87,7 +80,7 @@ def repair(rtype: str, d: dict, timezone: str) -> tuple[dict, list[Issue]] | Non
                 return None
             container, key = found
             value = container[key]
-            where = _path(rtype, tuple(err["loc"]))
+            where = loc_path(rtype, tuple(err["loc"]))
             if err["type"] == "list_type" and not isinstance(value, list) and value is not None:
                 container[key] = [value]
                 round_made.append(Repair("value", "A single value where R4 has an array: "

@@ -87,7 +87,7 @@ def validate(rtype: str, raw: bytes, d: dict, prefix: str | None = None,
     except pydantic.ValidationError as e:
         for err in e.errors()[:MAX_ISSUES]:
             issues.append(
-                Issue(_issue_code(err["type"]), f"{err['msg']}", expression=_path(prefix, err["loc"]))
+                Issue(_issue_code(err["type"]), f"{err['msg']}", expression=loc_path(prefix, err["loc"]))
             )
     except KeyError as e:  # fhir_core's lookup of a contained resource of an unknown type
         name = str(e.args[0]).split(".")[-1].removesuffix("Type")
@@ -112,7 +112,8 @@ def _issue_code(pydantic_type: str) -> str:
     return "value"
 
 
-def _path(prefix: str, loc: tuple) -> str:
+def loc_path(prefix: str, loc: tuple) -> str:
+    """The FHIRPath of a validation error's location (``loc``) under ``prefix``."""
     out = prefix
     for part in loc:
         if isinstance(part, int):

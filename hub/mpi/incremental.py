@@ -24,6 +24,7 @@ over every indexed Patient (``hub mpi rematch``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from eventsourcing.persistence import Notification
 
@@ -78,6 +79,16 @@ class IncrementalMatcher:
         self.blocked = blocked
         self.tracking = index.tracking
         self.decisions: dict[str, int] = {"link": 0, "review": 0, "new": 0}
+
+    @classmethod
+    def recording_with(cls, index: IdentityCandidates, matcher: Matcher,
+                       identity: Any) -> IncrementalMatcher:
+        """The matcher whose decisions ``identity`` (an ``IdentityService``) records, in batches,
+        leaving out the pairs it holds marked not-duplicate; the roles of the identifier
+        systems it judges by are the index's (those stored NamingSystems declare)."""
+        identity.roles = lambda: index.roles
+        return cls(index, matcher, identity.auto_decide, blocked_from_pairs(identity.blocked_pairs),
+                   decide_many=identity.auto_decide_many)
 
     def position(self) -> int:
         return self.tracking.max_tracking_id(NAME) or 0
