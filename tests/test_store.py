@@ -241,3 +241,37 @@ def test_events_of_some_types_come_in_log_order_page_by_page(hub):
         got += [n.id for n in page]
         start = page[-1].id + 1
     assert got == want and len(got) == 14
+
+
+def test_opening_a_postgres_store_does_not_wait_for_a_write_in_flight(pg_databases):
+    """Each API process and follower opens the store; creating the schema on every open took
+    table locks and deadlocked with another process's write. Opening an existing store now
+    touches no table: it returns while another connection holds an uncommitted write."""
+    import threading
+    import time
+
+    import psycopg
+
+    from hub.core.store import ResourceStore
+
+    url = pg_databases.new()
+    ResourceStore.postgres(url).close()  # the first open creates the schema
+    with psycopg.connect(url) as writer:  # a write in flight, holding its row locks
+        writer.execute("INSERT INTO resource_identifier (rtype, system, value, rid) "
+                       "VALUES ('Patient', 's', 'v', 'x')")
+        opened: list[float] = []
+
+        def open_again() -> None:
+            t0 = time.monotonic()
+            ResourceStore.postgres(url).close()
+            opened.append(time.monotonic() - t0)
+
+        thread = threading.Thread(target=open_again, daemon=True)
+        thread.start()
+        thread.join(timeout=5)
+        writer.rollback()
+    thread.join(timeout=15)
+    assert opened and opened[0] < 5, "opening waited for another connection's write"
+    with psycopg.connect(url) as conn:  # recorded once, and the tables are there
+        assert conn.execute("SELECT count(*) FROM hub_schema").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM resource_identifier").fetchone()[0] == 0

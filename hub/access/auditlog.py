@@ -53,6 +53,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from hub.core import pgschema
 from hub.core.errors import FhirError, bad_request
 from hub.core.fhirtime import parse_range
 from projections.search.backend import Page, Row
@@ -169,9 +170,15 @@ class AuditLog:
         self._indexing = threading.Lock()
         self._stop = threading.Event()
         self._mover: threading.Thread | None = None
-        with engine.begin() as c:
-            if self.postgres:  # two processes creating the tables at once would collide
-                c.execute(sa.text("SELECT pg_advisory_xact_lock(4242001)"))
+        if self.postgres:  # once, not on every open: see hub.core.pgschema
+            pgschema.ensure(engine.url.render_as_string(hide_password=False)
+                            .replace("postgresql+psycopg://", "postgresql://", 1),
+                            "audit_log", schema, lambda: self._create(schema))
+        else:
+            self._create(schema)
+
+    def _create(self, schema: Sequence[str]) -> None:
+        with self.engine.begin() as c:
             for ddl in schema:
                 c.exec_driver_sql(ddl)
 

@@ -35,6 +35,7 @@ from eventsourcing.sqlite import (
 )
 
 from hub.core import identity_events as identity_events
+from hub.core import pgschema
 from hub.core.errors import HubError
 from hub.core.events import KIND_OF_TOPIC, ResourceEvent, from_stored, to_stored
 from hub.core.fhirtime import parse_range
@@ -499,6 +500,16 @@ class PostgresResourceRecorder(_IndexMixin, PostgresApplicationRecorder):
             for statement in _POSTGRES_TABLES:
                 c.execute(statement)
 
+    def open_table(self, dsn: str) -> None:
+        """Create the tables the first time only (see ``hub.core.pgschema``), then register the
+        composite types eventsourcing's statements use."""
+        from importlib.metadata import version
+
+        pgschema.ensure(dsn, "event_store", [f"eventsourcing {version('eventsourcing')}",
+                                             *_POSTGRES_TABLES],
+                        self.create_table)
+        self.datastore.register_type_adapters()
+
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any):
         # Plain (not pipelined) transaction: the guard checks must read inside the table lock.
         with self.datastore.transaction(commit=True) as c:
@@ -558,7 +569,7 @@ class ResourceStore:
             connect_timeout=0.5,
         )
         recorder = PostgresResourceRecorder(datastore, events_table_name="stored_events")
-        recorder.create_table()
+        recorder.open_table(dsn)
         return cls(recorder, datastore.close)
 
     def close(self) -> None:
