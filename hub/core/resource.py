@@ -25,13 +25,15 @@ from hub.core.errors import FhirError, Issue, bad_request
 MAX_ISSUES = 20
 
 
-# A number orjson would not write back as sent: a fraction ending in 0 (FHIR decimals keep their
-# precision: 1.50 is not 1.5), an exponent, or more digits than a double holds. Only a whole number
-# token counts: after ':', '[' or ',' and before ',', ']' or '}' (whitespace aside), so that digits
-# inside strings (OIDs such as 2.16.156.10011.99, UUIDs such as ...8e-5...) do not send every body
-# down the slow parse. Text inside a string that looks like a token only costs the slow parse.
+# A number orjson would not write back as sent: a fraction ending in 0 other than a lone ".0" (FHIR
+# decimals keep their precision: 1.50 is not 1.5; 39.0 comes back as 39.0), a fraction starting
+# with five zeros (0.000001 would come back as 1e-6), an exponent, or more digits than a double
+# holds. Only a whole number token counts: after ':', '[' or ',' and before ',', ']' or '}'
+# (whitespace aside), so that digits inside strings (OIDs such as 2.16.156.10011.99, UUIDs such as
+# ...8e-5...) do not send every body down the slow parse; a string that looks like a token only
+# costs the slow parse.
 _INEXACT_NUMBER = re.compile(
-    rb"[:\[,][ \t\r\n]*+-?(?:[0-9]+\.[0-9]*0|[0-9.]*[eE][+-]?[0-9]+|[0-9.]{17,})"
+    rb"[:\[,][ \t\r\n]*+-?(?:[0-9]+\.(?:[0-9]+0|0{5}[0-9]*)|[0-9.]*[eE][+-]?[0-9]+|[0-9.]{17,})"
     rb"(?=[ \t\r\n]*[,\]}])")
 
 
