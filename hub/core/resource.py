@@ -42,19 +42,29 @@ def parse_json(body: bytes, where: str = "body", max_string: int | None = None) 
     repeated in one object is refused (400), not decided by whichever value the parser keeps.
     With ``max_string`` (the API passes HUB_MAX_STRING) a string longer than that many characters
     is refused (413, naming its element), except the values of keys named "data" (base64)."""
+    raw = body if isinstance(body, bytes) else bytes(body, "utf-8")
     try:
-        if _INEXACT_NUMBER.search(body) is None:
-            d = orjson.loads(body)
-        else:
-            orjson.loads(body)  # same error messages as the fast path
-            d = json.loads(body, parse_float=orjson.Fragment)
+        d = orjson.loads(raw)
+        exact = _written_back(raw, d)
+        if not exact and _INEXACT_NUMBER.search(raw) is not None:
+            d = json.loads(raw, parse_float=orjson.Fragment)
     except (orjson.JSONDecodeError, ValueError, RecursionError) as e:
         raise FhirError(400, "structure", f"The {where} is not valid JSON: {e}") from None
-    raw = body if isinstance(body, bytes) else bytes(body, "utf-8")
     if max_string is not None:
         jsontext.refuse_long_strings(raw, d, max_string, "$")
-    jsontext.refuse_duplicate_keys(raw, d, where)
+    if not exact:
+        jsontext.refuse_duplicate_keys(raw, d, where)
     return d
+
+
+def _written_back(raw: bytes, d: Any) -> bool:
+    """Whether orjson writes the parse back as the very text received (as compact JSON from most
+    programs is): then no number lost its written form and no key was dropped as a repeat, and
+    neither the exact-decimal parse nor the duplicate-key search needs to run."""
+    try:
+        return orjson.dumps(d) == raw.strip()
+    except orjson.JSONEncodeError:  # nesting orjson will not write
+        return False
 
 
 def check_type(d: Any, expected: str | None = None, where: str = "") -> str:
