@@ -32,59 +32,76 @@ _CODES = {
 _PRIMITIVE = {"b": "a JSON boolean", "i": "a JSON integer", "d": "a JSON number", "s": "a JSON string"}
 
 
+# A path is built only when an issue needs it: (parent, key or index) pairs, rendered on demand
+# (the walk runs on every resource written; almost all of them have no issue).
+Path = Any
+
+
+def _render(path: Path) -> str:
+    parts: list[str] = []
+    while isinstance(path, tuple):
+        path, part = path
+        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
+    return path + "".join(reversed(parts))
+
+
 def check(d: dict, rtype: str, path: str, issues: list[Issue]) -> None:
     _object(d, rtype, path, issues)
 
 
-def _object(d: dict, tname: str, path: str, issues: list[Issue]) -> None:
+def _object(d: dict, tname: str, path: Path, issues: list[Issue]) -> None:
     if not d:
-        issues.append(Issue("invalid", "Empty objects are not allowed in FHIR JSON", expression=path))
+        issues.append(Issue("invalid", "Empty objects are not allowed in FHIR JSON",
+                            expression=_render(path)))
         return
     fields = TYPES.get(tname, {})
     for k, v in d.items():
-        where = f"{path}.{k}"
         if v is None or v == [] or v == {}:
             what = "null" if v is None else "an empty array" if v == [] else "an empty object"
-            issues.append(Issue("invalid", f"{k} is {what}, which FHIR JSON forbids", expression=where))
+            issues.append(Issue("invalid", f"{k} is {what}, which FHIR JSON forbids",
+                                expression=_render((path, k))))
             continue
         spec = fields.get(k)
         if spec is None:  # resourceType, _primitive extensions, or unknown (the model said so)
-            _untyped(v, where, issues)
+            if isinstance(v, (dict, list)):
+                _untyped(v, (path, k), issues)
             continue
         kind, repeats = spec[0], spec[1]
         if repeats:
             if not isinstance(v, list):
-                issues.append(Issue("structure", f"{k} repeats, so it must be an array", expression=where))
+                issues.append(Issue("structure", f"{k} repeats, so it must be an array",
+                                    expression=_render((path, k))))
                 continue
+            where = (path, k)
             for i, item in enumerate(v):
-                _value(item, kind, (tname, k), f"{where}[{i}]", issues)
+                _value(item, kind, (tname, k), (where, i), issues)
         elif isinstance(v, list):
             issues.append(Issue("structure", f"{k} does not repeat; it must not be an array",
-                                expression=where))
+                                expression=_render((path, k))))
         else:
-            _value(v, kind, (tname, k), where, issues)
+            _value(v, kind, (tname, k), (path, k), issues)
 
 
-def _value(v: Any, kind: str, element: tuple[str, str], where: str, issues: list[Issue]) -> None:
+def _value(v: Any, kind: str, element: tuple[str, str], where: Path, issues: list[Issue]) -> None:
     if v is None:
-        issues.append(Issue("invalid", "null inside an array", expression=where))
+        issues.append(Issue("invalid", "null inside an array", expression=_render(where)))
     elif kind == "s":
         if not isinstance(v, str):
-            issues.append(Issue("value", f"must be {_PRIMITIVE[kind]}", expression=where))
+            issues.append(Issue("value", f"must be {_PRIMITIVE[kind]}", expression=_render(where)))
         elif element in _CODES and v not in _CODES[element]:
             issues.append(Issue("code-invalid", f"{v!r} is not one of "
-                                f"{', '.join(sorted(_CODES[element]))}", expression=where))
+                                f"{', '.join(sorted(_CODES[element]))}", expression=_render(where)))
     elif kind == "b":
         if type(v) is not bool:
-            issues.append(Issue("value", f"must be {_PRIMITIVE[kind]}", expression=where))
+            issues.append(Issue("value", f"must be {_PRIMITIVE[kind]}", expression=_render(where)))
     elif kind == "i":
         if type(v) is not int:
-            issues.append(Issue("value", f"must be {_PRIMITIVE[kind]}", expression=where))
+            issues.append(Issue("value", f"must be {_PRIMITIVE[kind]}", expression=_render(where)))
     elif kind == "d":
         if type(v) is bool or not isinstance(v, (int, float, orjson.Fragment)):
-            issues.append(Issue("value", f"must be {_PRIMITIVE[kind]}", expression=where))
+            issues.append(Issue("value", f"must be {_PRIMITIVE[kind]}", expression=_render(where)))
     elif not isinstance(v, dict):
-        issues.append(Issue("structure", "must be a JSON object", expression=where))
+        issues.append(Issue("structure", "must be a JSON object", expression=_render(where)))
     elif kind == "Resource":
         rtype = v.get("resourceType")
         _object(v, rtype if isinstance(rtype, str) else "", where, issues)
@@ -92,16 +109,16 @@ def _value(v: Any, kind: str, element: tuple[str, str], where: str, issues: list
         _object(v, kind, where, issues)
 
 
-def _untyped(v: Any, where: str, issues: list[Issue]) -> None:
+def _untyped(v: Any, where: Path, issues: list[Issue]) -> None:
     """Only the no-empties rule for parts without a known type (``_given`` arrays may hold nulls)."""
     if isinstance(v, dict):
         for k, item in v.items():
             if item is None or item == [] or item == {}:
                 issues.append(Issue("invalid", f"{k} is empty or null, which FHIR JSON forbids",
-                                    expression=f"{where}.{k}"))
+                                    expression=_render((where, k))))
             else:
-                _untyped(item, f"{where}.{k}", issues)
+                _untyped(item, (where, k), issues)
     elif isinstance(v, list):
         for i, item in enumerate(v):
             if item is not None:
-                _untyped(item, f"{where}[{i}]", issues)
+                _untyped(item, (where, i), issues)
