@@ -28,8 +28,10 @@ def percentile(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
-def start_server(data_dir: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "HUB_DATA_DIR": data_dir}
+def start_server(data_dir: str, port: int, workers: int = 1) -> subprocess.Popen:
+    """``hub serve`` as ``make run`` serves, but with ``workers`` API processes (one by default,
+    so that figures compare across machines with other core counts)."""
+    env = {**os.environ, "HUB_DATA_DIR": data_dir, "HUB_WORKERS": str(workers)}
     env.pop("HUB_DATABASE_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL)

@@ -189,6 +189,8 @@ class LiveServer:
         if self.settings.database_url:
             env["HUB_DATABASE_URL"] = self.settings.database_url
         env["HUB_MAX_BODY"] = str(self.settings.max_body)
+        # one API process unless a test asks for more (--workers): the suite runs many servers
+        env.setdefault("HUB_WORKERS", "1")
         # the access audit writes an AuditEvent per read: the suites that count what is stored
         # run without it; tests/test_access_audit.py runs with it
         env["HUB_AUDIT"] = "1" if self.settings.audit else "0"

@@ -7,6 +7,8 @@ those names, so the CapabilityStatement lists exactly what is routed.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -56,6 +58,7 @@ from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request, not_found
 from hub.core.events import resource_bytes
 from hub.core.ingest import Context, Hub, Op, Result
+from hub.core.parentwatch import watch_parent
 from hub.core.patch import apply_fhirpath_patch, apply_json_patch
 from hub.documents import DocumentService
 from hub.mpi.candidates import IdentityCandidates
@@ -72,6 +75,15 @@ from projections.unmapped import UnmappedProjection
 from terminology.normalise import StoredMaps
 
 log = logging.getLogger("hub.api")
+
+
+def create_worker_app() -> FastAPI:
+    """The application of one of `hub serve --workers N`'s processes: its settings from the
+    environment the server handed on; it ends with the server, even one killed outright."""
+    parent = os.environ.get("HUB_SERVE_PARENT")
+    if parent:
+        watch_parent(int(parent), lambda: os.kill(os.getpid(), signal.SIGTERM))
+    return create_app()
 
 
 def create_app(settings: Settings | None = None, hub: Hub | None = None, *,

@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="serve the FHIR REST API", parents=[common])
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int,
+                   help="API processes behind the one port (default $HUB_WORKERS, else one per "
+                        "core); none of them runs the read models")
     p.add_argument("--followers", choices=["process", "threads", "none"], default="process",
                    help="who keeps the read models current: a `hub projections follow` process "
                         "started beside the server (default), threads of each API process, or "

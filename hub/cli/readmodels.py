@@ -58,6 +58,7 @@ def _follow(args, settings: Settings) -> int:
     import signal
     import threading
 
+    from hub.core.parentwatch import watch_parent
     from hub.followers import Followers
 
     store = open_store(settings)
@@ -66,7 +67,7 @@ def _follow(args, settings: Settings) -> int:
         signal.signal(sig, lambda *_: stop.set())
     parent = os.environ.get("HUB_FOLLOW_PARENT")
     if parent:  # started by `hub serve`: stop with it, however it ended
-        threading.Thread(target=_watch_parent, args=(int(parent), stop), daemon=True).start()
+        watch_parent(int(parent), stop.set, stop)
     try:
         followers = Followers(store, settings, [args.name] if args.name else None)
         try:
@@ -76,12 +77,6 @@ def _follow(args, settings: Settings) -> int:
     finally:
         store.close()
     return 0
-
-
-def _watch_parent(pid: int, stop) -> None:
-    while not stop.wait(1.0):
-        if os.getppid() != pid:  # the parent is gone: this process was handed to init
-            stop.set()
 
 
 # -- document quality and the quarantine ------------------------------------------------------------

@@ -69,17 +69,23 @@ def _exit_on_signal(signum, frame) -> None:
 def _run_server(args, settings: Settings, options: dict, create_app) -> None:
     import uvicorn
 
-    if args.workers > 1:
+    workers = args.workers or settings.workers
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if workers > 1:
         # Worker processes build their own app from the environment: hand the settings on.
         os.environ.update(HUB_DATA_DIR=str(settings.data_dir), HUB_HOST=settings.host,
                           HUB_PORT=str(settings.port))
+        if settings.rate_limit > 0:  # each worker keeps its share: together, the limit set
+            os.environ["HUB_RATE_LIMIT"] = str(settings.rate_limit / workers)
+        os.environ["HUB_SERVE_PARENT"] = str(os.getpid())  # the workers end with this process
         os.environ["HUB_HEADER_TIMEOUT"] = str(settings.header_timeout)
         for name, value in (("HUB_DATABASE_URL", settings.database_url),
                             ("HUB_TLS_CERT", settings.tls_cert), ("HUB_TLS_KEY", settings.tls_key),
                             ("HUB_TLS_CLIENT_CA", settings.tls_client_ca)):
             if value:
                 os.environ[name] = value
-        uvicorn.run("hub.api.app:create_app", factory=True, workers=args.workers, **options)
+        uvicorn.run("hub.api.app:create_worker_app", factory=True, workers=workers, **options)
     else:
         uvicorn.run(create_app(settings), **options)
 

@@ -65,6 +65,9 @@ class Settings:
     tls_key: str | None = field(default_factory=lambda: os.environ.get("HUB_TLS_KEY") or None)
     tls_client_ca: str | None = field(default_factory=lambda: os.environ.get("HUB_TLS_CLIENT_CA") or None)
     max_count: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_COUNT", "1000")))
+    # API processes of `hub serve` behind its one port (default: one per core)
+    workers: int = field(default_factory=lambda: int(os.environ.get("HUB_WORKERS", "0"))
+                         or os.cpu_count() or 1)
     default_count: int = 50
     # the master patient index links new and updated Patients as they arrive (hub.api.match)
     mpi_automatch: bool = field(
