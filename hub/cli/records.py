@@ -33,6 +33,10 @@ def cmd_serve(args, settings: Settings) -> int:
     if (settings.tls_client_ca or settings.tls_key) and not settings.tls_cert:
         raise UsageError("HUB_TLS_KEY and HUB_TLS_CLIENT_CA (--tls-key, --tls-client-ca) need a "
                          "server certificate: set HUB_TLS_CERT (--tls-cert) too")
+    if args.workers is not None:
+        settings.workers = args.workers
+    if settings.workers < 1:
+        raise UsageError("--workers / HUB_WORKERS must be at least 1")
     open_store(settings).close()  # fail now, with a clear line, if the store cannot be opened
     print(f"FHIR API on {settings.fhir_base} "
           f"(data: {settings.database_url and 'PostgreSQL' or settings.data_dir}"
@@ -69,9 +73,7 @@ def _exit_on_signal(signum, frame) -> None:
 def _run_server(args, settings: Settings, options: dict, create_app) -> None:
     import uvicorn
 
-    workers = args.workers or settings.workers
-    if workers < 1:
-        raise UsageError("--workers must be at least 1")
+    workers = settings.workers
     if workers > 1:
         # Worker processes build their own app from the environment: hand the settings on.
         os.environ.update(HUB_DATA_DIR=str(settings.data_dir), HUB_HOST=settings.host,
