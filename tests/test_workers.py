@@ -93,3 +93,14 @@ def test_a_rate_limit_holds_across_workers(tmp_path, request):
         # limits of the full rate would let about 40 through
         assert answers.count(200) < 34, answers.count(200)
         assert 429 in answers
+
+
+def test_no_workers_is_a_usage_error(tmp_path):
+    import os
+    import sys
+
+    env = {**os.environ, "HUB_DATA_DIR": str(tmp_path / "d"), "HUB_AUTH": "0"}
+    env.pop("HUB_DATABASE_URL", None)
+    done = subprocess.run([sys.executable, "-m", "hub.cli", "serve", "--workers", "0"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--workers" in done.stderr
