@@ -18,6 +18,7 @@ from hub.cli.identity import cmd_identity
 from hub.cli.quarantine import cmd_quarantine
 from hub.cli.readmodels import PROJECTIONS, QUALITY_DEFAULT_GROUP, cmd_projections, cmd_quality
 from hub.cli.records import cmd_demo, cmd_generate, cmd_history, cmd_ingest, cmd_reindex, cmd_serve, cmd_show
+from hub.cli.stream import cmd_stream
 from hub.core.commandline import UsageError, input_kind, iter_inputs, open_store
 from hub.core.config import Settings
 from hub.core.errors import FhirError
@@ -96,6 +97,18 @@ def main(argv: list[str] | None = None) -> int:
                         "matching new Patients too (hub serve starts one such process)")
     p.add_argument("name", nargs="?", choices=list(PROJECTIONS),
                    help="the read model (default: search; follow: all)")
+
+    p = sub.add_parser("stream", parents=[common],
+                       help="the change stream: every committed event to a Kafka topic")
+    p.add_argument("action", choices=["relay"],
+                   help="relay: follow the event log into the topic until stopped (exactly once, "
+                        "keyed by patient)")
+    p.add_argument("--bootstrap-servers", help="Kafka brokers (default $HUB_KAFKA_BOOTSTRAP)")
+    p.add_argument("--topic", default="hub.events")
+    p.add_argument("--partitions", type=int,
+                   help="create the topic with this many partitions if it does not exist")
+    p.add_argument("--batch", type=int, default=2000, help="events per acknowledged batch")
+    p.add_argument("--once", action="store_true", help="up to the log's end, then stop")
 
     p = sub.add_parser("quality", parents=[common], help="document quality: counts of findings")
     qsub = p.add_subparsers(dest="quality_action", required=True)
@@ -223,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
 
 COMMANDS = {"projections": cmd_projections, "serve": cmd_serve, "ingest": cmd_ingest,
             "demo": cmd_demo, "generate": cmd_generate, "show": cmd_show, "history": cmd_history,
-            "reindex": cmd_reindex, "quality": cmd_quality, "quarantine": cmd_quarantine}
+            "reindex": cmd_reindex, "quality": cmd_quality, "quarantine": cmd_quarantine,
+            "stream": cmd_stream}
 
 
 def _connector_command(name: str):

@@ -1,0 +1,234 @@
+"""The change stream: every committed event of the log, published to one Kafka topic.
+
+``hub stream relay`` follows the notification log (the same log the read models follow) and
+produces one record per event:
+
+- **topic**: one topic for the whole log (``hub.events`` by default);
+- **key**: the patient the event is about (``Patient/<id>``: a Patient's own events, and those
+  of resources whose ``subject`` or ``patient`` is a Patient; a deletion is keyed like the
+  version it deletes), otherwise the resource itself (``Organization/<id>``), and
+  ``Identity/mpi`` for the identity decisions. One key is one partition, so a consumer reads one
+  patient's events in log order;
+- **value**: the stored event as it is (one line of JSON header with type, id, versionId,
+  lastUpdated, source and request, a newline, then the resource's canonical JSON; nothing after
+  the newline for a deletion);
+- **headers**: ``nid`` (the event's position in the log), ``stream`` (``Type/id``), ``version``,
+  ``event`` (``created``, ``updated``, ``deleted`` or the identity decision's topic).
+
+Exactly once, without Kafka transactions. A partition only ever holds a prefix of what the relay
+sent to it, in order (one relay, the idempotent producer, ``acks=all``). So on every start, and
+after every failed send, the relay asks the broker for the last record of each partition and skips
+what that partition already holds: whatever was sent before a kill or a broker outage is neither
+lost nor sent again. Its own position (a file in the data directory, written after the broker
+acknowledged a batch) only saves rereading the log from the start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from eventsourcing.persistence import Notification
+
+from hub.core.events import KIND_OF_TOPIC
+from hub.core.store import ResourceStore
+
+log = logging.getLogger("hub.changestream")
+
+DEFAULT_TOPIC = "hub.events"
+
+
+def event_key(store: ResourceStore, n: Notification) -> str:
+    """The record key of notification ``n`` (see the module docstring)."""
+    stream = n.originator_id
+    rtype, _, rid = str(stream).partition("/")
+    if n.topic not in KIND_OF_TOPIC:  # identity decisions and other non-resource streams
+        return str(stream)
+    if rtype == "Patient":
+        return str(stream)
+    body = _resource_of(n.state)
+    if not body:  # a deletion: the patient of the version it deletes
+        previous = store.version(rtype, rid, n.originator_version - 1)
+        body = _resource_of(previous.state) if previous is not None else b""
+    patient = _patient_of(body) if body else None
+    return f"Patient/{patient}" if patient else str(stream)
+
+
+def _resource_of(state: bytes) -> bytes:
+    return state[state.index(b"\n") + 1:] if b"\n" in state else b""
+
+
+def _patient_of(body: bytes) -> str | None:
+    try:
+        d = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    for name in ("subject", "patient"):
+        ref = (d.get(name) or {}).get("reference") if isinstance(d.get(name), dict) else None
+        if isinstance(ref, str):
+            i = ref.find("Patient/")
+            if i >= 0 and (i == 0 or ref[i - 1] == "/"):
+                rid = ref[i + len("Patient/"):].split("/_history")[0]
+                if rid:
+                    return rid
+    return None
+
+
+class Relay:
+    """Follows the log of ``store`` into ``topic`` on the brokers ``bootstrap``."""
+
+    def __init__(self, store: ResourceStore, bootstrap: str, topic: str = DEFAULT_TOPIC,
+                 position_file: Path | None = None, batch: int = 2000,
+                 producer: dict[str, Any] | None = None, timeout_s: float = 30.0):
+        self.store = store
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.position_file = position_file
+        self.batch = batch
+        self.timeout = timeout_s
+        self.producer_config = {
+            "bootstrap_servers": bootstrap, "acks": "all", "enable_idempotence": True,
+            "retries": 2**31 - 1, "max_in_flight_requests_per_connection": 5, "linger_ms": 5,
+            "request_timeout_ms": 10000, "delivery_timeout_ms": int(timeout_s * 1000),
+            "reconnect_backoff_max_ms": 2000, "compression_type": None, **(producer or {})}
+        self._producer: Any = None
+        self._partitions: list[int] = []
+        self._last: dict[int, int] = {}  # partition -> the highest nid it holds
+        self.position = 0
+        self.published = 0
+
+    # -- the broker's side of the position ----------------------------------------------------
+
+    def connect(self) -> None:
+        """(Re)connect, and learn what each partition already holds."""
+        from kafka import KafkaProducer
+
+        self.close()
+        self._producer = KafkaProducer(**self.producer_config)
+        parts = self._producer.partitions_for(self.topic)  # waits for metadata; may create it
+        if not parts:
+            raise RuntimeError(f"topic {self.topic!r} has no partitions")
+        self._partitions = sorted(parts)
+        self._last = self._last_published()
+        saved = self._saved_position()
+        held = [self._last.get(p, 0) for p in self._partitions]
+        # everything up to the saved position was acknowledged; a partition holding more than
+        # that got part of the next batch before the relay stopped, and skips it below
+        self.position = max(saved, min(held)) if all(held) else saved
+        log.info("change stream %s: resuming after %d (partitions hold up to %s)", self.topic,
+                 self.position, self._last)
+
+    def _last_published(self) -> dict[int, int]:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                 group_id=None, request_timeout_ms=10000,
+                                 consumer_timeout_ms=int(self.timeout * 1000))
+        try:
+            tps = [TopicPartition(self.topic, p) for p in self._partitions]
+            consumer.assign(tps)
+            ends = consumer.end_offsets(tps)
+            last: dict[int, int] = {}
+            for tp in tps:
+                if ends[tp] <= 0:
+                    continue
+                consumer.assign([tp])
+                consumer.seek(tp, ends[tp] - 1)
+                deadline = time.monotonic() + self.timeout
+                while tp.partition not in last:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"could not read the last record of {tp}")
+                    for records in consumer.poll(timeout_ms=500).values():
+                        for r in records:
+                            last[tp.partition] = max(last.get(tp.partition, 0), _nid(r.headers))
+            return last
+        finally:
+            consumer.close()
+
+    def _saved_position(self) -> int:
+        if self.position_file is None or not self.position_file.exists():
+            return 0
+        try:
+            return int(orjson.loads(self.position_file.read_bytes())["position"])
+        except (ValueError, KeyError, orjson.JSONDecodeError):
+            return 0
+
+    def _save_position(self) -> None:
+        if self.position_file is None:
+            return
+        tmp = self.position_file.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps({"topic": self.topic, "position": self.position}))
+        os.replace(tmp, self.position_file)
+
+    # -- relaying -------------------------------------------------------------------------------
+
+    def step(self) -> int:
+        """Publish the next batch of the log; how many notifications it covered."""
+        if self._producer is None:
+            self.connect()
+        notes = self.store.notifications(self.position + 1, self.batch)
+        if not notes:
+            return 0
+        self._send(notes)
+        self.position = notes[-1].id
+        self._save_position()
+        return len(notes)
+
+    def _send(self, notes: Sequence[Notification]) -> None:
+        from kafka.partitioner.default import murmur2
+
+        futures = []
+        n_parts = len(self._partitions)
+        for n in notes:
+            key = event_key(self.store, n).encode()
+            partition = self._partitions[(murmur2(key) & 0x7FFFFFFF) % n_parts]
+            if n.id <= self._last.get(partition, 0):
+                continue  # the partition holds it already (sent before a stop)
+            event = KIND_OF_TOPIC.get(n.topic, n.topic)
+            futures.append((partition, n.id, self._producer.send(
+                self.topic, key=key, value=n.state, partition=partition,
+                headers=[("nid", str(n.id).encode()), ("stream", str(n.originator_id).encode()),
+                         ("version", str(n.originator_version).encode()),
+                         ("event", event.encode())])))
+        self._producer.flush(timeout=self.timeout)
+        for partition, nid, f in futures:
+            f.get(timeout=self.timeout)  # raises what the broker said
+            self._last[partition] = nid
+        self.published += len(futures)
+
+    def run_until(self, stop: threading.Event, idle: float = 0.2) -> None:
+        """Relay until ``stop``; a failure (broker unreachable) reconnects and goes on from what
+        the broker holds, after a pause that grows to 10 s."""
+        pause = 0.5
+        while not stop.is_set():
+            try:
+                if self.step() == 0:
+                    stop.wait(idle)
+                pause = 0.5
+            except Exception as e:  # noqa: BLE001 - kafka-python's errors have no common root here
+                log.warning("change stream: %s: %s; reconnecting in %.1f s", type(e).__name__, e,
+                            pause)
+                self.close()
+                stop.wait(pause)
+                pause = min(pause * 2, 10.0)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=5)
+            except Exception:  # noqa: BLE001 - closing after a failure
+                pass
+            self._producer = None
+
+
+def _nid(headers: Sequence[tuple[str, bytes]] | None) -> int:
+    for k, v in headers or ():
+        if k == "nid":
+            return int(v)
+    return 0

@@ -1,0 +1,54 @@
+"""``hub stream relay``: the change stream (``hub.changestream``) as a daemon."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+from hub.core.commandline import UsageError, open_store
+from hub.core.config import Settings
+
+
+def cmd_stream(args, settings: Settings) -> int:
+    from hub.changestream import Relay
+
+    bootstrap = args.bootstrap_servers or os.environ.get("HUB_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        raise UsageError("--bootstrap-servers (or HUB_KAFKA_BOOTSTRAP) is required")
+    if args.partitions:
+        _create_topic(bootstrap, args.topic, args.partitions)
+    store = open_store(settings, existing=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    relay = Relay(store, bootstrap, args.topic, batch=args.batch,
+                  position_file=settings.data_dir / f"changestream-{args.topic}.json")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        if args.once:  # up to the log's end as it is now, then stop
+            relay.connect()
+            while relay.step():
+                pass
+        else:
+            relay.run_until(stop)
+    finally:
+        relay.close()
+        store.close()
+    print(f"published {relay.published} events to {args.topic}; position {relay.position}",
+          flush=True)
+    return 0
+
+
+def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    """The topic with ``partitions`` partitions, unless it exists (then it stays as it is)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()

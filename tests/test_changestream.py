@@ -1,0 +1,199 @@
+"""The change stream (``hub stream relay``): every committed event in one Kafka topic, keyed by
+patient, exactly once as a consumer reading the topic sees it, across relay kills (SIGKILL) and a
+frozen broker (SIGSTOP), on a real Kafka-protocol broker (Tansu)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from hub.core.config import Settings
+from hub.core.ingest import Context, Hub, Op
+from tests.kafka_broker import broker  # noqa: F401 - fixture
+
+
+def _settings(tmp_path: Path) -> Settings:
+    s = Settings(data_dir=tmp_path / "data")
+    s.database_url = None
+    return s
+
+
+def _write(hub: Hub, patients: int, observations: int, tag: str) -> None:
+    """Patients with Observations, some updated, some deleted, and an Organization."""
+    ctx = Context()
+    for p in range(patients):
+        pid = f"{tag}-p{p}"
+        ops = [Op("PUT", "Patient", rid=pid, d={"resourceType": "Patient", "id": pid,
+                                                "name": [{"family": f"F{p}"}]})]
+        for o in range(observations):
+            oid = f"{tag}-p{p}-o{o}"
+            ops.append(Op("PUT", "Observation", rid=oid, d={
+                "resourceType": "Observation", "id": oid, "status": "final",
+                "code": {"text": "pulse"}, "subject": {"reference": f"Patient/{pid}"},
+                "valueQuantity": {"value": o}}))
+        hub.execute(ops, ctx, atomic=True)
+        hub.execute([Op("PUT", "Observation", rid=f"{tag}-p{p}-o0", d={
+            "resourceType": "Observation", "id": f"{tag}-p{p}-o0", "status": "amended",
+            "code": {"text": "pulse"}, "subject": {"reference": f"Patient/{pid}"},
+            "valueQuantity": {"value": 99}})], ctx, atomic=True)
+        hub.execute([Op("DELETE", "Observation", rid=f"{tag}-p{p}-o1")], ctx, atomic=True)
+    hub.execute([Op("PUT", "Organization", rid=f"{tag}-org", d={
+        "resourceType": "Organization", "id": f"{tag}-org", "name": "X"})], ctx, atomic=True)
+
+
+def _relay(settings: Settings, bootstrap: str, topic: str, *extra: str, log: Path):
+    env = {**os.environ, "HUB_DATA_DIR": str(settings.data_dir), "PYTHONUNBUFFERED": "1"}
+    env.pop("HUB_DATABASE_URL", None)
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "hub.cli", "stream", "relay",
+                                 "--bootstrap-servers", bootstrap, "--topic", topic,
+                                 "--partitions", "4", *extra], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def _consume(bootstrap: str, topic: str) -> list:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        records: list = []
+        deadline = time.monotonic() + 60
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline, "could not read the topic to its end"
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def _header(r, name: str) -> str:
+    return dict(r.headers)[name].decode()
+
+
+def _check_exactly_once(records: list, last_nid: int) -> None:
+    nids = sorted(int(_header(r, "nid")) for r in records)
+    assert nids == list(range(1, last_nid + 1)), \
+        f"{len(nids)} records for {last_nid} events; duplicated " \
+        f"{sorted({n for n in nids if nids.count(n) > 1})[:10]}, missing " \
+        f"{sorted(set(range(1, last_nid + 1)) - set(nids))[:10]}"
+    by_partition = defaultdict(list)
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        by_partition[r.partition].append(int(_header(r, "nid")))
+    for nids_of_partition in by_partition.values():  # in log order within each partition
+        assert nids_of_partition == sorted(nids_of_partition)
+
+
+def test_every_event_once_keyed_by_patient_across_relay_kills(broker, tmp_path):  # noqa: F811
+    settings = _settings(tmp_path)
+    store = settings.open_store()
+    hub = Hub(store)
+    _write(hub, patients=40, observations=8, tag="a")
+    topic = f"events-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "relay.log"
+    rng = random.Random(7)
+    kills = 0
+    # small batches, killed at random moments while more is written
+    for round_ in range(5):
+        relay = _relay(settings, broker.bootstrap, topic, "--batch", "25", log=log)
+        _write(hub, patients=6, observations=8, tag=f"k{round_}")
+        time.sleep(rng.uniform(1.5, 3.0))
+        if relay.poll() is None:
+            relay.send_signal(signal.SIGKILL)
+            kills += 1
+        relay.wait(10)
+    assert kills >= 3, log.read_text()
+    done = _relay(settings, broker.bootstrap, topic, "--once", log=log)
+    assert done.wait(120) == 0, log.read_text()[-2000:]
+    # a relay killed after the broker acknowledged a batch and before it noted its position:
+    # its next start must find what the partitions hold and send none of it again
+    position_file = settings.data_dir / f"changestream-{topic}.json"
+    for behind in (store.max_notification_id() // 3, None):
+        if behind is None:
+            position_file.unlink()
+        else:
+            position_file.write_bytes(orjson.dumps({"topic": topic, "position": behind}))
+        again = _relay(settings, broker.bootstrap, topic, "--once", log=log)
+        assert again.wait(120) == 0, log.read_text()[-2000:]
+    last = store.max_notification_id()
+    records = _consume(broker.bootstrap, topic)
+    _check_exactly_once(records, last)
+
+    keys = {_header(r, "stream"): r.key.decode() for r in records}
+    assert keys["Patient/a-p3"] == "Patient/a-p3"
+    assert keys["Observation/a-p3-o5"] == "Patient/a-p3"
+    assert keys["Organization/a-org"] == "Organization/a-org"
+    deleted = [r for r in records if _header(r, "event") == "deleted"]
+    assert deleted and all(r.key.decode().startswith("Patient/") for r in deleted), \
+        "a deletion is keyed by the patient of the version it deletes"
+    # one patient's events are in one partition, in log order
+    one = [r for r in records if r.key == b"Patient/a-p3"]
+    assert len({r.partition for r in one}) == 1
+    # the value is the stored event: its header line, then the resource
+    created = next(r for r in records if _header(r, "stream") == "Observation/a-p3-o5")
+    header, _, body = created.value.partition(b"\n")
+    assert orjson.loads(header)["type"] == "Observation"
+    assert orjson.loads(body)["subject"]["reference"] == "Patient/a-p3"
+    store.close()
+
+
+def test_a_frozen_broker_loses_and_duplicates_nothing(broker, tmp_path):  # noqa: F811
+    settings = _settings(tmp_path)
+    store = settings.open_store()
+    hub = Hub(store)
+    topic = f"events-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "relay.log"
+    relay = _relay(settings, broker.bootstrap, topic, "--batch", "50", log=log)
+    try:
+        _write(hub, patients=10, observations=5, tag="b")
+        time.sleep(3)
+        broker.pause()
+        try:
+            _write(hub, patients=10, observations=5, tag="c")  # written while the broker is frozen
+            time.sleep(6)
+            assert relay.poll() is None, "the relay gave up while the broker was frozen"
+        finally:
+            broker.resume()
+        _write(hub, patients=5, observations=5, tag="d")
+        last = store.max_notification_id()
+        deadline = time.monotonic() + 90
+        while True:  # the running relay catches up by itself
+            position = orjson.loads((settings.data_dir / f"changestream-{topic}.json").read_bytes())
+            if position["position"] >= last:
+                break
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(30) == 0, log.read_text()[-2000:]
+    _check_exactly_once(_consume(broker.bootstrap, topic), last)
+    store.close()
+
+
+def test_relay_without_brokers_is_a_usage_error(tmp_path):
+    settings = _settings(tmp_path)
+    settings.open_store().close()
+    env = {**os.environ, "HUB_DATA_DIR": str(settings.data_dir)}
+    env.pop("HUB_KAFKA_BOOTSTRAP", None)
+    env.pop("HUB_DATABASE_URL", None)
+    done = subprocess.run([sys.executable, "-m", "hub.cli", "stream", "relay"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--bootstrap-servers" in done.stderr
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_kafka(monkeypatch):
+    monkeypatch.delenv("HUB_KAFKA_BOOTSTRAP", raising=False)
