@@ -5,8 +5,28 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench import (access, audit_cost, bundles, cda, hl7v2, ingest, intake_fidelity, jsontext, memory, mllp, mpi, mpi_foreign,
-                   mpi_orders, mpi_views, normalise, search, server, terminology, workers)
+from bench import (
+    access,
+    audit_cost,
+    bundles,
+    cda,
+    changestream,
+    hl7v2,
+    ingest,
+    intake_fidelity,
+    jsontext,
+    memory,
+    mllp,
+    mpi,
+    mpi_foreign,
+    mpi_orders,
+    mpi_views,
+    normalise,
+    search,
+    server,
+    terminology,
+    workers,
+)
 from bench.common import RESULTS
 
 
@@ -45,7 +65,8 @@ def summary(ing: dict, http: dict, mem: dict) -> str:
                         ("intake_fidelity", intake_fidelity.summary_rows),
                         ("access", _access_rows), ("access-no-audit", _token_rows),
                         ("audit_cost", _audit_cost_rows), ("bundles", bundles.summary_rows),
-                        ("workers", workers.summary_rows)):
+                        ("workers", workers.summary_rows),
+                        ("changestream", changestream.summary_rows)):
         path = RESULTS / f"{name}.json"
         if path.exists():
             rows += extra(json.loads(path.read_text()))
@@ -242,6 +263,7 @@ def main() -> None:
         audit_cost.main(["--reads", "1000"] if args.quick else [])
         bundles.main(["--people", "40"] if args.quick else [])
         workers.main(["--people", "40", "--seconds", "3", "--rounds", "1"] if args.quick else [])
+        changestream.main(["--people", "200", "--lag-people", "60"] if args.quick else [])
     table = summary(ing, http, mem)
     (RESULTS / "summary.md").write_text(table)
     print(table)

@@ -94,7 +94,8 @@ class Relay:
         self.timeout = timeout_s
         self.producer_config = {
             "bootstrap_servers": bootstrap, "acks": "all", "enable_idempotence": True,
-            "retries": 2**31 - 1, "max_in_flight_requests_per_connection": 5, "linger_ms": 5,
+            "retries": 2**31 - 1, "max_in_flight_requests_per_connection": 5, "linger_ms": 20,
+            "batch_size": 512 * 1024,
             "request_timeout_ms": 10000, "delivery_timeout_ms": int(timeout_s * 1000),
             "reconnect_backoff_max_ms": 2000, "compression_type": None, **(producer or {})}
         self._producer: Any = None
