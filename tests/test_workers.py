@@ -80,27 +80,19 @@ def test_a_rate_limit_holds_across_workers(tmp_path, request):
     """HUB_RATE_LIMIT is per client for the whole server: each of N workers keeps 1/N of it."""
     settings = make_settings("sqlite", tmp_path, request)
     settings.auth = False
-    settings.rate_limit = 10  # per second, bursts of twice that
+    settings.rate_limit = 5  # per second, bursts of twice that
     srv = LiveServer(settings)
     srv.extra_args = ["--workers", "2"]
     with srv:
-        time.sleep(1.5)  # both workers up, buckets full
+        time.sleep(2.5)  # both workers up, buckets full
         answers = []
-        for _ in range(60):  # new connections, spread over both workers, as fast as they go
+        t0 = time.monotonic()
+        for _ in range(80):  # new connections, spread over both workers, as fast as they go
             with httpx.Client(base_url=srv.base, timeout=30) as c:
                 answers.append(c.get("/Patient", params={"_count": "1"}).status_code)
-        # a burst of 20 for the whole server, and a few tokens refilled meanwhile; per worker
-        # limits of the full rate would let about 40 through
-        assert answers.count(200) < 34, answers.count(200)
+        took = time.monotonic() - t0
+        # the whole server allows a burst of 10 and 5 a second after it; workers that each kept
+        # the full limit would allow up to twice that
+        allowed = 10 + 5 * took
+        assert answers.count(200) <= allowed + 2, (answers.count(200), round(took, 2))
         assert 429 in answers
-
-
-def test_no_workers_is_a_usage_error(tmp_path):
-    import os
-    import sys
-
-    env = {**os.environ, "HUB_DATA_DIR": str(tmp_path / "d"), "HUB_AUTH": "0"}
-    env.pop("HUB_DATABASE_URL", None)
-    done = subprocess.run([sys.executable, "-m", "hub.cli", "serve", "--workers", "0"], env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "--workers" in done.stderr
