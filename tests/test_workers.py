@@ -96,3 +96,14 @@ def test_a_rate_limit_holds_across_workers(tmp_path, request):
         allowed = 10 + 5 * took
         assert answers.count(200) <= allowed + 2, (answers.count(200), round(took, 2))
         assert 429 in answers
+
+
+def test_no_workers_is_a_usage_error(tmp_path):
+    import os
+    import sys
+
+    env = {**os.environ, "HUB_DATA_DIR": str(tmp_path / "d"), "HUB_AUTH": "0"}
+    env.pop("HUB_DATABASE_URL", None)
+    done = subprocess.run([sys.executable, "-m", "hub.cli", "serve", "--workers", "0"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--workers" in done.stderr
