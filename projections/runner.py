@@ -139,6 +139,11 @@ class Runner:
                     # write steps the model itself (``sync``), so waiting here delays no one
                     self._stop.wait(poll)
                 except BaseException as e:  # noqa: BLE001 - kept for lag reports; retried
+                    if self.error is None or repr(self.error) != repr(e):
+                        # said once per new failure: a step failing the same way every second
+                        # would otherwise stall the model with only /ready's lag to show it
+                        log.warning("%s: step failed, retried every second: %s: %s",
+                                    self.model.name, type(e).__name__, e)
                     self.error = e
                     self._stop.wait(1.0)
 
