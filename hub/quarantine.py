@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -52,13 +53,35 @@ class Quarantine:
         self.quota = quota
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # API workers starting together on a new file: switching it to WAL and creating the
+        # tables can meet "database is locked" without waiting (SQLite does not wait there), so
+        # the opening is tried again for a while; the column check runs under the write lock,
+        # where only the first adds it
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self._create()
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _create(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
-        columns = {r[1] for r in self._db.execute("PRAGMA table_info(quarantine)")}
-        if "institution" not in columns:  # a file from before quotas: counted from now on
-            self._db.execute("ALTER TABLE quarantine ADD COLUMN institution TEXT")
-        self._db.execute("CREATE INDEX IF NOT EXISTS quarantine_institution "
-                         "ON quarantine (institution, status)")
+        self._db.execute("BEGIN IMMEDIATE")  # waits (the connect timeout) for another writer
+        try:
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(quarantine)")}
+            if "institution" not in columns:  # a file from before quotas: counted from now on
+                self._db.execute("ALTER TABLE quarantine ADD COLUMN institution TEXT")
+            self._db.execute("CREATE INDEX IF NOT EXISTS quarantine_institution "
+                             "ON quarantine (institution, status)")
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self._db.close()
