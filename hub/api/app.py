@@ -139,7 +139,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         app.state.hub = hub
         app.state.repo = repo
         # StructureDefinitions stored here, enforced on writes that declare or must meet them
-        app.state.profiles = ProfileRegistry(search, repo, app.state.terminology, settings)
+        app.state.profiles = ProfileRegistry(search, repo, app.state.terminology, settings,
+                                             app.state.terminology_runner.sync)
         app.state.search = search
         app.state.normaliser = normaliser
         app.state.documents = DocumentService(repo, quarantine, normaliser=normaliser)

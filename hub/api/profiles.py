@@ -42,8 +42,12 @@ _VALIDATE_MODES = ("create", "update", "delete")
 
 
 class ProfileRegistry:
-    def __init__(self, search: Any, repo: Any, terminology: Any, settings: Settings):
+    def __init__(self, search: Any, repo: Any, terminology: Any, settings: Settings,
+                 terminology_sync: Any = None):
         self.search, self.repo, self.terminology = search, repo, terminology
+        # brings the terminology model up to the log before a binding is judged: a value set
+        # written just before the resource must count (another process may follow the log)
+        self.terminology_sync = terminology_sync
         self.required: dict[str, tuple[str, ...]] = {}
         for item in settings.required_profiles:
             rtype, _, url = item.partition("=")
@@ -75,6 +79,8 @@ class ProfileRegistry:
     def binding_ok(self, valueset: str, system: str | None, code: str | None) -> bool | None:
         if self.terminology is None or code is None:
             return None
+        if self.terminology_sync is not None:
+            self.terminology_sync()
         try:
             codes = self.terminology.expand_codes(valueset, with_aliases=True)
         except Exception:  # noqa: BLE001 - a value set the terminology service does not know
