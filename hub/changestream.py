@@ -36,8 +36,9 @@ from typing import Any
 import orjson
 from eventsourcing.persistence import Notification
 
-from hub.core.events import KIND_OF_TOPIC
+from hub.core.events import KIND_OF_TOPIC, resource_bytes
 from hub.core.store import ResourceStore
+from projections.timeline import patient_of
 
 log = logging.getLogger("hub.changestream")
 
@@ -52,32 +53,12 @@ def event_key(store: ResourceStore, n: Notification) -> str:
         return str(stream)
     if rtype == "Patient":
         return str(stream)
-    body = _resource_of(n.state)
+    body = resource_bytes(n)
     if not body:  # a deletion: the patient of the version it deletes
         previous = store.version(rtype, rid, n.originator_version - 1)
-        body = _resource_of(previous.state) if previous is not None else b""
-    patient = _patient_of(body) if body else None
+        body = resource_bytes(previous) if previous is not None else b""
+    patient = patient_of(orjson.loads(body)) if body else None
     return f"Patient/{patient}" if patient else str(stream)
-
-
-def _resource_of(state: bytes) -> bytes:
-    return state[state.index(b"\n") + 1:] if b"\n" in state else b""
-
-
-def _patient_of(body: bytes) -> str | None:
-    try:
-        d = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    for name in ("subject", "patient"):
-        ref = (d.get(name) or {}).get("reference") if isinstance(d.get(name), dict) else None
-        if isinstance(ref, str):
-            i = ref.find("Patient/")
-            if i >= 0 and (i == 0 or ref[i - 1] == "/"):
-                rid = ref[i + len("Patient/"):].split("/_history")[0]
-                if rid:
-                    return rid
-    return None
 
 
 class Relay:
@@ -133,7 +114,6 @@ class Relay:
                                  consumer_timeout_ms=int(self.timeout * 1000))
         try:
             tps = [TopicPartition(self.topic, p) for p in self._partitions]
-            consumer.assign(tps)
             ends = consumer.end_offsets(tps)
             last: dict[int, int] = {}
             for tp in tps:

@@ -15,7 +15,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import orjson
-import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from hub.core.config import Settings
@@ -192,8 +191,3 @@ def test_relay_without_brokers_is_a_usage_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "hub.cli", "stream", "relay"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--bootstrap-servers" in done.stderr
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_kafka(monkeypatch):
-    monkeypatch.delenv("HUB_KAFKA_BOOTSTRAP", raising=False)

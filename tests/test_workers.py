@@ -23,6 +23,15 @@ def _workers(proc: subprocess.Popen) -> list[psutil.Process]:
             if "multiprocessing.spawn" in " ".join(p.cmdline())]
 
 
+def _both_workers(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The server's two worker processes, once both are up."""
+    deadline = time.monotonic() + 30
+    while len(workers := _workers(proc)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(workers) == 2
+    return workers
+
+
 def _cpu(p: psutil.Process) -> float:
     return sum(p.cpu_times()[:2])
 
@@ -33,10 +42,7 @@ def test_two_workers_share_one_port_and_see_each_others_writes(backend, tmp_path
     srv = LiveServer(settings)
     srv.extra_args = ["--workers", "2"]
     with srv:
-        deadline = time.monotonic() + 30
-        while len(workers := _workers(srv.proc)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert len(workers) == 2
+        workers = _both_workers(srv.proc)
         # the read models are followed by the one follower process, not by the workers
         assert sum("projections follow" in " ".join(p.cmdline())
                    for p in psutil.Process(srv.proc.pid).children()) == 1
@@ -64,10 +70,7 @@ def test_workers_end_with_their_server_even_when_it_is_killed(tmp_path, request)
     srv = LiveServer(settings)
     srv.extra_args = ["--workers", "2"]
     with srv:
-        deadline = time.monotonic() + 30
-        while len(workers := _workers(srv.proc)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert len(workers) == 2
+        workers = _both_workers(srv.proc)
         srv.proc.send_signal(signal.SIGKILL)
         srv.proc.wait(10)
         gone, alive = psutil.wait_procs(workers, timeout=20)

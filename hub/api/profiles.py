@@ -20,6 +20,7 @@ OperationOutcome and stores nothing.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -43,7 +44,7 @@ _VALIDATE_MODES = ("create", "update", "delete")
 
 class ProfileRegistry:
     def __init__(self, search: Any, repo: Any, terminology: Any, settings: Settings,
-                 terminology_sync: Any = None):
+                 terminology_sync: Callable[[], object] | None = None):
         self.search, self.repo, self.terminology = search, repo, terminology
         # brings the terminology model up to the log before a binding is judged: a value set
         # written just before the resource must count (another process may follow the log)

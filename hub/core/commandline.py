@@ -10,7 +10,6 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from hub.core.config import Settings
 from hub.core.errors import HubError
@@ -34,18 +33,17 @@ def open_store(settings: Settings, existing: bool = False):
     if settings.database_url:
         import psycopg
 
+        from hub.core.pgschema import connect_args
+
         try:
-            info = psycopg.conninfo.conninfo_to_dict(settings.database_url)
+            params = connect_args(settings.database_url)  # ResourceStore.postgres's defaults
         except psycopg.Error as e:
             raise UsageError("--database-url / HUB_DATABASE_URL is not a PostgreSQL URL: "
                              + one_line(e)) from None
-        # the same defaults as ResourceStore.postgres; the password is never printed
-        params: dict[str, Any] = {
-            "host": info.get("host", "127.0.0.1"), "port": info.get("port", 5432),
-            "user": info.get("user", "postgres"), "dbname": info.get("dbname", "postgres")}
+        # the password is never printed
         where = f"{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
         try:
-            psycopg.connect(**params, password=info.get("password", ""), connect_timeout=5).close()
+            psycopg.connect(**params, connect_timeout=5).close()
         except psycopg.Error as e:
             raise UsageError(f"cannot connect to PostgreSQL at {where}: {one_line(e)}") from None
     elif existing and not settings.event_store_path.exists():

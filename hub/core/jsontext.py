@@ -109,12 +109,13 @@ _KEY_END = re.compile(rb'"[ \t\r\n]*:')
 _QUOTE_OR_COLON_ESCAPE = re.compile(rb"\\u00(?:22|3[aA])")
 
 
-def keys_may_repeat(raw: bytes, d: Any) -> bool:
-    """False when the JSON text ``raw``, parsed as ``d``, surely has no duplicate key."""
+def keys_may_repeat(raw: bytes, d: Any, dumped: bytes | None = None) -> bool:
+    """False when the JSON text ``raw``, parsed as ``d``, surely has no duplicate key
+    (``dumped``: ``orjson.dumps(d)`` when the caller has it already)."""
     if b"\\" in raw and _QUOTE_OR_COLON_ESCAPE.search(raw):
         return True
     try:
-        written = orjson.dumps(d).count(b'":')
+        written = (dumped if dumped is not None else orjson.dumps(d)).count(b'":')
     except orjson.JSONEncodeError:  # integers beyond 64 bits, nesting orjson will not write
         return True
     if _KEY_END_SPACED.search(raw) is None:
@@ -171,9 +172,10 @@ def duplicate_keys(raw: bytes, root: str) -> list[Issue]:
     return issues
 
 
-def refuse_duplicate_keys(raw: bytes, d: Any, root: str = "$") -> None:
+def refuse_duplicate_keys(raw: bytes, d: Any, root: str = "$",
+                          dumped: bytes | None = None) -> None:
     """400 naming each repeated key of the JSON text ``raw`` (already parsed as ``d``)."""
-    if keys_may_repeat(raw, d):
+    if keys_may_repeat(raw, d, dumped):
         issues = duplicate_keys(raw, root)
         if issues:
             raise FhirError(400, issues[0].code, issues[0].diagnostics, issues=issues)

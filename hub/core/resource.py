@@ -45,26 +45,27 @@ def parse_json(body: bytes, where: str = "body", max_string: int | None = None) 
     raw = body if isinstance(body, bytes) else bytes(body, "utf-8")
     try:
         d = orjson.loads(raw)
-        exact = _written_back(raw, d)
+        dumped = _dumps(d)
+        # orjson writes the parse back as the very text received (compact JSON, as most programs
+        # send): no number lost its written form and no key was dropped as a repeat
+        exact = dumped is not None and dumped == raw.strip()
         if not exact and _INEXACT_NUMBER.search(raw) is not None:
             d = json.loads(raw, parse_float=orjson.Fragment)
+            dumped = None  # of the other parse
     except (orjson.JSONDecodeError, ValueError, RecursionError) as e:
         raise FhirError(400, "structure", f"The {where} is not valid JSON: {e}") from None
     if max_string is not None:
         jsontext.refuse_long_strings(raw, d, max_string, "$")
     if not exact:
-        jsontext.refuse_duplicate_keys(raw, d, where)
+        jsontext.refuse_duplicate_keys(raw, d, where, dumped)
     return d
 
 
-def _written_back(raw: bytes, d: Any) -> bool:
-    """Whether orjson writes the parse back as the very text received (as compact JSON from most
-    programs is): then no number lost its written form and no key was dropped as a repeat, and
-    neither the exact-decimal parse nor the duplicate-key search needs to run."""
+def _dumps(d: Any) -> bytes | None:
     try:
-        return orjson.dumps(d) == raw.strip()
-    except orjson.JSONEncodeError:  # nesting orjson will not write
-        return False
+        return orjson.dumps(d)
+    except orjson.JSONEncodeError:  # integers beyond 64 bits, nesting orjson will not write
+        return None
 
 
 def check_type(d: Any, expected: str | None = None, where: str = "") -> str:

@@ -21,7 +21,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import psycopg
@@ -550,13 +550,13 @@ class ResourceStore:
 
     @classmethod
     def postgres(cls, dsn: str, pool_size: int = 5) -> ResourceStore:
-        info = cast(dict[str, str], psycopg.conninfo.conninfo_to_dict(dsn))  # parsed from text
+        args = pgschema.connect_args(dsn)
         datastore = PostgresDatastore(
-            dbname=info.get("dbname", "postgres"),
-            host=info.get("host", "127.0.0.1"),
-            port=info.get("port", 5432),
-            user=info.get("user", "postgres"),
-            password=info.get("password", ""),
+            dbname=args["dbname"],
+            host=args["host"],
+            port=args["port"],
+            user=args["user"],
+            password=args["password"],
             originator_id_type="text",
             pool_size=pool_size,
             max_overflow=pool_size,
