@@ -503,6 +503,25 @@ def test_a_district_counts_beyond_the_name_and_birth_date_bound_only_for_a_rare_
     assert m.score(fa, fb_far, {fa["name"]: 2}, 100000).grade != "certain"
 
 
+def test_a_rare_name_is_rare_in_a_young_index_too():
+    # the first thousand Patients of a region: a name held by two of them is no common name; judged
+    # by its raw share (1 in 500) the pair would miss the link it gets once the region has filled,
+    # and a Patient's decision would depend on how early it arrived
+    a, b = pat("a", id_=None, phone=None), pat("b", id_=None, phone=None)
+    m = Matcher(None, W.load())
+    fa, fb = features(a), features(b)
+    young = m.score(fa, fb, {fa["name"]: 2}, 1000)
+    full = m.score(fa, fb, {fa["name"]: 2}, 100000)
+    assert young.grade == full.grade == "certain", (young.evidence, full.evidence)
+    # a name 1 in 100 hold stays common however young the index
+    assert m.score(fa, fb, {fa["name"]: 10}, 1000).grade != "certain"
+    w = W.load()
+    # the estimate keeps the names' order, and tends to the raw share as the index fills
+    assert w.name_share("exact", 10, 1000) > w.name_share("exact", 2, 1000) > \
+        w.name_share("exact", 1, 1000)
+    assert w.name_share("exact", 10_000, 1_000_000) == pytest.approx(0.01, rel=0.05)
+
+
 def test_training_on_a_young_index_never_raises_the_prior(tmp_path):
     # a small region's blocked pairs are mostly matches; trusting that share would link on less
     # evidence than a full region holds

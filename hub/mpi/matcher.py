@@ -56,9 +56,9 @@ class Matcher:
                 continue
             share = None
             if fld == "name" and level == "exact" and total:
-                share = max(name_counts.get(a["name"], 0), 1) / total
+                share = w.name_share("exact", max(name_counts.get(a["name"], 0), 1), total)
             elif fld == "name" and level == "given" and total:
-                share = _given_share(a, b, name_counts, total)
+                share = _given_share(a, b, name_counts, total, w)
             x = w.weight(fld, level, share)
             total_weight += x
             evidence[fld] = {"level": level, "weight": round(x, 3)}
@@ -72,7 +72,7 @@ class Matcher:
         applied: list[tuple[frozenset, float]] = []
         for fields, cap, rare in w.combined:
             if rare and total and a.get("name") and \
-                    name_counts.get(a["name"], 0) / total < rare:
+                    w.name_share("exact", name_counts.get(a["name"], 0), total) < rare:
                 continue  # a rare name: strangers sharing it and the rest are rarer still
             # with the prior: a model retrained to a higher prior must not get round the bound;
             # with what a narrower bound already took off
@@ -113,7 +113,8 @@ class Matcher:
         return out
 
 
-def _given_share(a: dict, b: dict, counts: dict[str, int], total: int) -> float | None:
+def _given_share(a: dict, b: dict, counts: dict[str, int], total: int,
+                 w: Weights) -> float | None:
     """The share of indexed Patients with the given name two Latin names have the same (their
     surnames differ), or None: the names only alike, or not counted (an index built before given
     names were counted says nothing about them)."""
@@ -121,7 +122,7 @@ def _given_share(a: dict, b: dict, counts: dict[str, int], total: int) -> float 
     if not (pa and pb and pa[1] and pa[1] == pb[1]):
         return None
     n = counts.get(f"given:{pa[1]}", 0)
-    return n / total if n else None
+    return w.name_share("given", n, total) if n else None
 
 
 def _twins(a: dict, b: dict, levels: dict[str, str], household: tuple[str, ...]) -> bool:

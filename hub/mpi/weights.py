@@ -5,7 +5,8 @@ the level's weight is ``log2(m / u)`` and a pair's match weight is the sum over 
 have, plus the prior ``log2(λ / (1 - λ))`` (λ: the share of true matches among blocked pairs). The
 score is the posterior probability ``1 / (1 + 2^-weight)``, and the grade comes from ``thresholds``
 on it. The exact-name level is term-frequency adjusted: its ``u`` is the share of indexed Patients
-carrying that very name (never below ``floor``), so a common name counts less than a rare one.
+carrying that very name (never below ``floor``), so a common name counts less than a rare one;
+the share is estimated with the trained ``u`` as prior (``name_share``).
 ``dependent`` silences a field when another already said the same (the district when the phone
 agrees: both point to a household, not to a person). ``combined`` bounds what fields say together:
 a name and a birth date, however rare each, are shared by strangers in a region of tens of millions
@@ -73,6 +74,21 @@ class Weights:
         self.twin_household = tuple(twin.get("household", ()))
         self.twin_silenced = tuple(twin.get("silenced", self.twin_household))
         self.m_name_exact = config["fields"]["name"]["exact"]["m"] if self.tf_on else 1.0
+        # a name's share is estimated with the level's trained u as prior: ``prior_count``
+        # pseudo-Patients of that name among ``prior_count / u`` pseudo-Patients, so a young index
+        # (a few thousand Patients, where any name's raw share is at least 1/total) does not
+        # judge every name common, and decisions depend less on how far the index had filled
+        self.tf_prior = {lv: (float(t.get("prior_count", 1.0)),
+                              float(t.get("prior_count", 1.0))
+                              / config["fields"]["name"][lv]["u"] if lv in config["fields"].get(
+                                  "name", {}) else 0.0)
+                         for lv, t in (("exact", tf), ("given", given))}
+
+    def name_share(self, level: str, count: int, total: int) -> float:
+        """The estimated share of Patients with a name (``exact``) or Latin given name (``given``)
+        of which the index holds ``count`` among ``total``."""
+        k, population = self.tf_prior[level]
+        return (count + k) / (total + population) if total + population else 0.0
 
     def weight(self, field: str, level: str, name_share: float | None = None) -> float:
         if field == "name" and name_share is not None:
