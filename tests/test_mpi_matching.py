@@ -10,12 +10,14 @@ import pytest
 
 from bench.mpi import build_index, evaluate, region_patients, rematch
 from hub.core.ingest import Context, Op
-from hub.mpi import blocking, compare as compare_mod, train, weights as W
+from hub.mpi import blocking, train
+from hub.mpi import compare as compare_mod
+from hub.mpi import weights as W
+from hub.mpi.candidates import IdentityCandidates
 from hub.mpi.compare import compare, compare_birth
 from hub.mpi.incremental import IncrementalMatcher, blocked_from_pairs, rematch_all
 from hub.mpi.matcher import Matcher, decision
 from hub.mpi.normalise import RESIDENT_ID, features
-from hub.mpi.candidates import IdentityCandidates
 from projections.runner import Runner
 from terminology.resident_id import check_digit
 
