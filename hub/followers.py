@@ -30,6 +30,7 @@ from hub.readmodels import open_model
 from projections.contract import ReadModel
 from projections.person import PersonProjection
 from projections.runner import Runner
+from projections.search.backends import open_es_index
 
 log = logging.getLogger("hub.followers")
 
@@ -61,6 +62,10 @@ class Followers:
                 self.runners.append(Runner(store, model))
             if isinstance(index, IdentityCandidates) and settings.mpi_automatch:
                 self.runners.append(self._matching(index, settings))
+            if settings.search == "elasticsearch" and (not names or "search" in chosen):
+                # the search index on Elasticsearch follows beside the SQLite one
+                es = self.models["search-es"] = open_es_index(settings.es_url, settings.es_prefix)
+                self.runners.append(Runner(store, es))
         except BaseException:
             self.close()
             raise

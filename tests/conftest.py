@@ -209,7 +209,10 @@ class LiveServer:
                             ("HUB_LARGE_WAIT", str(self.settings.large_wait)),
                             ("HUB_TLS_CERT", self.settings.tls_cert),
                             ("HUB_TLS_KEY", self.settings.tls_key),
-                            ("HUB_TLS_CLIENT_CA", self.settings.tls_client_ca)):
+                            ("HUB_TLS_CLIENT_CA", self.settings.tls_client_ca),
+                            ("HUB_SEARCH", self.settings.search),
+                            ("HUB_ES_URL", self.settings.es_url),
+                            ("HUB_ES_PREFIX", self.settings.es_prefix)):
             env.pop(name, None)
             if value:
                 env[name] = value

@@ -19,10 +19,12 @@ from hub.core.ingest import Context
 from hub.core.errors import FhirError
 from hub.core.ingest import Context, Hub, Op
 from projections.runner import Runner
+from projections.search.backends import open_backend, open_es_index
 from projections.search.query import split_escaped, unescape
 from projections.search.sqlite_index import SQLiteSearchIndex
 from projections.search.sqlite_query import ESTIMATE_EXACT_UP_TO, _encode
 from tests.conftest import BACKENDS, FHIR_JSON, make_settings
+from tests.es_server import es_server, prefix  # noqa: F401 - fixture
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
@@ -432,9 +434,14 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+# each event store with the SQLite index, and the SQLite event store with Elasticsearch search
+SEARCH_BACKENDS = [*BACKENDS, "elasticsearch"]
+
+
+@pytest.fixture(scope="module", params=SEARCH_BACKENDS)
 def world(request, tmp_path_factory):
-    settings = make_settings(request.param, tmp_path_factory.mktemp("conf"), request)
+    store_kind = "sqlite" if request.param == "elasticsearch" else request.param
+    settings = make_settings(store_kind, tmp_path_factory.mktemp("conf"), request)
     hub = Hub(settings.open_store())
     ops = [Op("PUT", d["resourceType"], d["id"], _tagged(name, d), url="x")
            for name, items in DATA.items() for d in items]
@@ -442,9 +449,19 @@ def world(request, tmp_path_factory):
         assert not isinstance(r, FhirError), r
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     index = SQLiteSearchIndex(settings.data_dir / "search.sqlite")
-    service = SearchService(hub.store, index, Runner(hub.store, index), settings)
+    es = es_runner = None
+    if request.param == "elasticsearch":
+        server = request.getfixturevalue("es_server")
+        settings.search, settings.es_url, settings.es_prefix = "elasticsearch", server.url, prefix()
+        es = open_es_index(settings.es_url, settings.es_prefix)
+        es_runner = Runner(hub.store, es)
+    service = SearchService(hub.store, index, Runner(hub.store, index), settings,
+                            backend=open_backend(index, es), backend_runner=es_runner)
     yield hub, service, settings
     index.close()
+    if es is not None:
+        es.drop()
+        es.close()
     hub.store.close()
 
 

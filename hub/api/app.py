@@ -68,6 +68,7 @@ from hub.repository import Repository
 from projections.person import PersonProjection
 from projections.quality import QualityProjection
 from projections.runner import Runner
+from projections.search.backends import open_backend, open_es_index
 from projections.search.sqlite_index import SQLiteSearchIndex
 from projections.terminology import TerminologyProjection
 from projections.timeline import TimelineProjection
@@ -111,7 +112,12 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         runner = Runner(follow_store, index)
         terminology.attach(app, settings, follow_store,
                            typed(models, "terminology", TerminologyProjection))
+        # HUB_SEARCH=elasticsearch: searches answered from Elasticsearch, fed by its own runner
+        es = open_es_index(settings.es_url, settings.es_prefix) \
+            if settings.search == "elasticsearch" else None
+        es_runner = Runner(follow_store, es) if es is not None else None
         search = SearchService(store, index, runner, settings,
+                               backend=open_backend(index, es), backend_runner=es_runner,
                                terminology=app.state.terminology,  # :in, :not-in, :below, :above
                                terminology_sync=app.state.terminology_runner.sync)
         resolver = SearchResolver(store, search)  # conditional interactions search the index
@@ -146,6 +152,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         app.state.documents = DocumentService(repo, quarantine, normaliser=normaliser)
         if settings.follows_here:
             runner.start()
+            if es_runner is not None:
+                es_runner.start()
         quality.attach(app, settings, follow_store, typed(models, "quality", QualityProjection))  # data-quality findings
         # Person, timeline, audit
         mpi_identity.attach(app, settings, repo, audit, follow_store,
@@ -167,6 +175,9 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
             quality.detach(app)
             runner.stop()
             index.close()
+            if es_runner is not None and es is not None:
+                es_runner.stop()
+                es.close()
             quarantine.close()
             if own:
                 follow_store.close()

@@ -22,7 +22,6 @@ from hub.core.store import ResourceStore
 from hub.repository import Repository
 from projections.runner import Runner
 from projections.search.backend import SearchBackend
-from projections.search.backends import open_backend
 from projections.search.compartment import compartment_group
 from projections.search.query import (
     TERMINOLOGY_MODIFIERS,
@@ -30,33 +29,42 @@ from projections.search.query import (
     parse,
 )
 from projections.search.sqlite_index import SQLiteSearchIndex
+from projections.search.sqlite_query import SQLiteSearch
 
 RYW_TIMEOUT = 5.0
 
 
 class SearchService:
-    """Searches answered by a ``SearchBackend`` (``backend``; by default the one
-    ``projections.search.backends.open_backend`` builds over ``index``). ``terminology``: the
+    """Searches answered by a ``SearchBackend`` (``backend``, which
+    ``projections.search.backends.open_backend`` builds; by default the SQLite index's). ``terminology``: the
     TerminologyService that answers :in, :not-in, :below, :above, ``terminology_sync`` its
     read-your-writes."""
 
     def __init__(self, store: ResourceStore, index: SQLiteSearchIndex, runner: Runner,
                  settings: Settings, *, backend: SearchBackend | None = None,
-                 terminology=None, terminology_sync: Callable[[], object] | None = None):
+                 terminology=None, terminology_sync: Callable[[], object] | None = None,
+                 backend_runner: Runner | None = None):
         self.store, self.index, self.runner, self.settings = store, index, runner, settings
-        self.backend: SearchBackend = backend if backend is not None else open_backend(index)
+        self._sqlite = SQLiteSearch(index)
+        self.backend: SearchBackend = backend if backend is not None else self._sqlite
+        # the runner that feeds ``backend`` when that is not the SQLite index (Elasticsearch)
+        self.backend_runner = backend_runner
         self.terminology = terminology
         self.terminology_sync = terminology_sync
 
     @property
-    def sql(self):
-        """The backend where SQLite-specific code reads the index tables itself
-        (``hub.mpi.everything``) or tunes it (tests)."""
-        return self.backend
+    def sql(self) -> SQLiteSearch:
+        """The SQLite index's planner, where SQLite-specific code reads the index tables itself
+        (``hub.mpi.everything``) or tunes it (tests), whichever backend answers searches."""
+        return self._sqlite
 
     def sync(self, timeout: float = RYW_TIMEOUT) -> bool:
-        """Bring the index up to the log's end as of now (read-your-writes); False on timeout."""
-        return self.runner.sync(timeout)
+        """Bring the index (and the backend's, if another) up to the log's end as of now
+        (read-your-writes); False on timeout."""
+        ok = self.runner.sync(timeout)
+        if self.backend_runner is not None:
+            ok = self.backend_runner.sync(timeout) and ok
+        return ok
 
     def parse(self, rtype: str, params: list[tuple[str, str]], strict: bool,
               base: str | None = None) -> Query:

@@ -13,7 +13,7 @@ from hub.readmodels import open_model
 
 # read models by name (hub.readmodels): each opens its file in the data directory (on any
 # event store)
-PROJECTIONS = read_model_names()
+PROJECTIONS = [*read_model_names(), "search-es"]  # search-es: the index on Elasticsearch
 QUALITY_DEFAULT_GROUP = ("institution", "document_type", "rule", "day")
 
 
@@ -28,7 +28,12 @@ def cmd_projections(args, settings: Settings) -> int:
     store = open_store(settings, existing=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # the index lives here on any event store
     try:
-        model = open_model(args.name or "search", settings.data_dir)
+        if args.name == "search-es":  # at HUB_ES_URL, whatever HUB_SEARCH says
+            from projections.search.backends import open_es_index
+
+            model = open_es_index(settings.es_url, settings.es_prefix)
+        else:
+            model = open_model(args.name or "search", settings.data_dir)
     except BaseException:
         store.close()
         raise
@@ -69,7 +74,10 @@ def _follow(args, settings: Settings) -> int:
     if parent:  # started by `hub serve`: stop with it, however it ended
         watch_parent(int(parent), stop.set, stop)
     try:
-        followers = Followers(store, settings, [args.name] if args.name else None)
+        if args.name == "search-es":
+            settings.search = "elasticsearch"
+        names = ["search"] if args.name == "search-es" else [args.name] if args.name else None
+        followers = Followers(store, settings, names)
         try:
             followers.run_until(stop)
         finally:

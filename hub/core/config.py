@@ -106,6 +106,18 @@ class Settings:
     auth_institution_claim: str = field(
         default_factory=lambda: os.environ.get("HUB_AUTH_INSTITUTION_CLAIM", "institution"))
 
+    # the search backend: the SQLite index in the data directory ("sqlite"), or Elasticsearch
+    # at HUB_ES_URL ("elasticsearch"; the SQLite index is still kept: $everything reads it)
+    search: str = field(default_factory=lambda: os.environ.get("HUB_SEARCH", "sqlite"))
+    es_url: str = field(default_factory=lambda: os.environ.get("HUB_ES_URL",
+                                                               "http://127.0.0.1:9200"))
+    # index names start with it: several hubs (or test runs) can share one cluster
+    es_prefix: str = field(default_factory=lambda: os.environ.get("HUB_ES_PREFIX", "hub"))
+
+    def __post_init__(self) -> None:
+        if self.search not in ("sqlite", "elasticsearch"):
+            raise ValueError(f"HUB_SEARCH must be sqlite or elasticsearch, not {self.search!r}")
+
     @property
     def follows_here(self) -> bool:
         """Whether this process's threads follow the log into the read models (``follow``)."""

@@ -1,5 +1,6 @@
-"""The search backends there are, and the one place the API's is built: the SQLite index's today
-(``projections.search.sqlite_query``); Elasticsearch will be chosen here too."""
+"""The search backends there are, and the one place the API's is built: the SQLite index's
+(``projections.search.sqlite_query``, the embedded default) or Elasticsearch's
+(``projections.search.es_query``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,20 @@ from projections.search.sqlite_index import SQLiteSearchIndex
 from projections.search.sqlite_query import SQLiteSearch
 
 
-def open_backend(index: SQLiteSearchIndex) -> SearchBackend:
-    """The API's search backend over the search index it follows the log with."""
+def open_backend(index: SQLiteSearchIndex, es: object | None = None) -> SearchBackend:
+    """The API's search backend: over ``es`` (an ``ElasticsearchIndex``) when given, else over
+    the SQLite search index."""
+    if es is not None:
+        from projections.search.es_index import ElasticsearchIndex
+        from projections.search.es_query import ElasticsearchSearch
+
+        assert isinstance(es, ElasticsearchIndex)
+        return ElasticsearchSearch(es)
     return SQLiteSearch(index)
+
+
+def open_es_index(url: str, prefix: str):
+    """The Elasticsearch search index read model (the ``elasticsearch`` client imported here)."""
+    from projections.search.es_index import ElasticsearchIndex
+
+    return ElasticsearchIndex(url, prefix)

@@ -79,20 +79,27 @@ def content(d: dict) -> str:
     return (narrative(d) + " " + _spaced(" ".join(out)))[:MAX_CHARS]
 
 
-def match_query(value: str, column: str) -> str:
-    """The FTS5 query of a ``_text``/``_content`` value on ``column``; ValueError when empty."""
-    groups: list[list[str]] = [[]]
+def terms(value: str) -> tuple[tuple[tuple[str, ...], ...], ...]:
+    """A ``_text``/``_content`` value as alternatives (``OR``) of terms that must all be present,
+    each term a phrase of tokens (a CJK character is a token); ValueError when empty or too long."""
+    groups: list[list[tuple[str, ...]]] = [[]]
     for m in _TERM.finditer(value):
         phrase, word = m.group(1), m.group(2)
         if word == "OR" and groups[-1]:
             groups.append([])
             continue
-        term = phrase if phrase is not None else word
-        tokens = _spaced(term).split()
+        tokens = tuple(_spaced(phrase if phrase is not None else word).split())
         if tokens:
-            groups[-1].append('"' + " ".join(t.replace('"', '""') for t in tokens) + '"')
-    groups = [g for g in groups if g]
-    if not groups or sum(len(g) for g in groups) > MAX_TERMS:
+            groups[-1].append(tokens)
+    out = tuple(tuple(g) for g in groups if g)
+    if not out or sum(len(g) for g in out) > MAX_TERMS:
         raise ValueError(f"between 1 and {MAX_TERMS} search terms")
-    ors = ["(" + " AND ".join(g) + ")" for g in groups]
+    return out
+
+
+def match_query(column: str, groups: tuple[tuple[tuple[str, ...], ...], ...]) -> str:
+    """The FTS5 query of ``terms`` on ``column``: every term a quoted phrase, so no FTS5 syntax a
+    caller sends is ever interpreted."""
+    ors = ["(" + " AND ".join('"' + " ".join(t.replace('"', '""') for t in tokens) + '"'
+                              for tokens in g) + ")" for g in groups]
     return f"{column} : ({' OR '.join(ors)})"

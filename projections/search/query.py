@@ -559,15 +559,17 @@ def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
             elif name == "near" and rtype == "Location":
                 q.where.append([Criterion("near", "geo", value=_near(value))])
             elif name in ("_text", "_content"):
-                from projections.search.fulltext import enabled, match_query
+                from projections.search.fulltext import enabled, terms
 
                 if not enabled(rtype):
                     raise Unsupported(f"{name} is not indexed for {rtype} (HUB_FULLTEXT)")
                 try:
-                    fts = match_query(value, "narrative" if name == "_text" else "content")
+                    found = terms(value)
                 except ValueError as e:
                     raise bad_request(f"{name}={value[:60]!r}: {e}") from None
-                q.where.append([Criterion(name, "fulltext", value=fts)])
+                # (the indexed text it searches, the alternatives of terms)
+                q.where.append([Criterion(name, "fulltext", value=(
+                    "narrative" if name == "_text" else "content", found))])
             elif name.startswith("_") and name.split(":")[0].split(".")[0] not in (
                     "_has", *SPECIAL_TYPES, "_tag", "_profile", "_security", "_source"):
                 raise Unsupported(f"{name} is not supported")

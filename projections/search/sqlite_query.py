@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import orjson
 
 from hub.core.errors import bad_request
+from projections.search import fulltext
 from projections.search.backend import Page, Row, SearchBackend
 from projections.search.extract import normalize, ucum_canonical
 from projections.search.params import params_for
@@ -249,7 +250,8 @@ class SQLiteSearch(SearchBackend):
                     f"(({a}.lon - {s.arg(lon)}) * {kx}) * (({a}.lon - {s.arg(lon)}) * {kx}) "
                     f"<= {s.arg(km * km)})")
         if c.type == "fulltext":  # _text, _content (projections.search.fulltext)
-            return f"{alias}.pk IN (SELECT rowid FROM sp_fts WHERE sp_fts MATCH {s.arg(c.value)})"
+            query = fulltext.match_query(*c.value)
+            return f"{alias}.pk IN (SELECT rowid FROM sp_fts WHERE sp_fts MATCH {s.arg(query)})"
         table = TABLE[c.type]
         if c.modifier == "missing":
             x = s.alias("x")

@@ -1,0 +1,214 @@
+"""The Elasticsearch search backend: its read model keeps the contract (exactly once, resume,
+rebuild behind an alias swap, an older version never over a newer), and ``hub serve`` with
+``HUB_SEARCH=elasticsearch`` answers searches from it over HTTP with read-your-writes.
+
+The server is the ES-compatible one of the ``noida-db`` wheel (tests/es_server.py); the search
+conformance table runs against it too (tests/test_search_conformance.py).
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from hub.core.config import Settings
+from hub.core.errors import FhirError
+from hub.core.ingest import Context, Hub, Op
+from projections.runner import Runner
+from projections.search.backends import open_backend, open_es_index
+from projections.search.query import parse
+from tests.conftest import LiveServer
+from tests.es_server import es_server, prefix  # noqa: F401 - fixture
+
+LOINC = "http://loinc.org"
+
+
+def _obs(rid: str, status: str, subject: str, when: str) -> dict:
+    return {"resourceType": "Observation", "id": rid, "status": status,
+            "code": {"coding": [{"system": LOINC, "code": "8867-4"}]},
+            "subject": {"reference": subject}, "effectiveDateTime": when}
+
+
+def _load(hub: Hub) -> None:
+    ops = [Op("PUT", "Patient", f"p{i}", {"resourceType": "Patient", "id": f"p{i}",
+                                          "name": [{"family": f"Fam{i}"}]}, url="x")
+           for i in range(3)]
+    ops += [Op("PUT", "Observation", f"o{i}", _obs(f"o{i}", "final", f"Patient/p{i % 3}",
+                                                  f"2024-01-{i + 1:02d}"), url="x")
+            for i in range(9)]
+    for r in hub.execute(ops, Context(), atomic=True):
+        assert not isinstance(r, FhirError), r
+    # an update and a delete: only current versions are found
+    hub.execute([Op("PUT", "Observation", "o1", _obs("o1", "amended", "Patient/p1", "2024-01-02"),
+                    url="x")], Context(), atomic=True)
+    hub.execute([Op("DELETE", "Observation", "o2", url="x")], Context(), atomic=True)
+
+
+def _state(es) -> dict:
+    """Every document: id -> (version, pk, status codes)."""
+    es.es.indices.refresh(index=f"{es.prefix}-*")
+    out = {}
+    for rtype in ("Patient", "Observation"):
+        hits = es.es.search(index=es.alias(rtype), size=100, ignore_unavailable=True,
+                            query={"match_all": {}})["hits"]["hits"]
+        for h in hits:
+            s = h["_source"]
+            out[f"{rtype}/{h['_id']}"] = (s["version"], s["pk"],
+                                          sorted(v.get("code") or "" for v in s.get("tok", [])
+                                                 if v["p"] == "status"))
+    return out
+
+
+def _ids(backend, rtype: str, query: list[tuple[str, str]]) -> list[str]:
+    return [r.rid for r in backend.page(parse(rtype, query), 100, False).rows]
+
+
+@pytest.fixture
+def store_hub(tmp_path):
+    hub = Hub(Settings(data_dir=tmp_path, database_url=None).open_store())
+    yield hub
+    hub.store.close()
+
+
+def test_read_model_exactly_once_resume_and_an_older_version_never_over_a_newer(
+        store_hub, es_server):
+    _load(store_hub)
+    es = open_es_index(es_server.url, prefix())
+    try:
+        assert es.position() == 0 and not es.bulk
+        Runner(store_hub.store, es).catch_up()
+        expected = _state(es)
+        assert expected["Observation/o1"][0] == 2 and expected["Observation/o1"][2] == ["amended"]
+        assert "Observation/o2" not in expected and len(expected) == 11
+        position = es.position()
+        assert position == store_hub.store.max_notification_id()
+
+        # the same batch again: skipped by the position
+        batch = store_hub.store.notifications(1, 10_000)
+        es.apply(batch)
+        assert _state(es) == expected and es.position() == position
+
+        # the position lost (a crash before it was stored): the replay changes nothing, and
+        # the first version of o1 does not overwrite the second, nor o2 come back from its
+        # deletion's tombstone
+        es._state["position"] = 0
+        es.apply(batch[:12])
+        assert _state(es) == expected
+
+        # another process resumes where it stopped
+        again = open_es_index(es_server.url, es.prefix)
+        try:
+            assert again.position() == position
+            assert Runner(store_hub.store, again).catch_up() == 0
+        finally:
+            again.close()
+    finally:
+        es.drop()
+        es.close()
+
+
+def test_rebuild_behind_an_alias_swap(store_hub, es_server):
+    _load(store_hub)
+    es = open_es_index(es_server.url, prefix())
+    backend = open_backend(None, es)  # type: ignore[arg-type] - the SQLite index is not read
+    try:
+        runner = Runner(store_hub.store, es)
+        runner.catch_up()
+        before = _ids(backend, "Observation", [("_sort", "_id")])
+        assert before == ["o0", "o1", "o3", "o4", "o5", "o6", "o7", "o8"]
+        old = set(es.es.indices.get(index=f"{es.prefix}-observation-*"))
+
+        es.reset()
+        assert es.bulk and es.position() == 0
+        es.apply(store_hub.store.notifications(1, 3))  # a rebuild under way
+        # searches still read the old generation, whole
+        assert _ids(backend, "Observation", [("_sort", "_id")]) == before
+        assert _ids(backend, "Observation", [("status", "amended")]) == ["o1"]
+
+        runner.catch_up()  # to the log's end: caught_up moves the aliases
+        assert not es.bulk and es.position() == store_hub.store.max_notification_id()
+        assert _ids(backend, "Observation", [("_sort", "_id")]) == before
+        now = set(es.es.indices.get(index=f"{es.prefix}-observation-*"))
+        assert now and not (now & old)  # the old generation is gone
+    finally:
+        es.drop()
+        es.close()
+
+
+def test_unknown_search_backend_is_refused():
+    with pytest.raises(ValueError, match="HUB_SEARCH"):
+        Settings(search="solr")
+
+
+@pytest.fixture
+def es_live(tmp_path, es_server):
+    settings = Settings(data_dir=tmp_path / "data", database_url=None)
+    settings.auth = True
+    settings.audit = False
+    settings.search, settings.es_url, settings.es_prefix = "elasticsearch", es_server.url, prefix()
+    with LiveServer(settings) as server:
+        yield server
+    es = open_es_index(es_server.url, settings.es_prefix)
+    es.drop()
+    es.close()
+
+
+def test_http_search_answered_from_elasticsearch(es_live):
+    s = es_live
+    with httpx.Client(base_url=s.base, headers={**s.headers, "content-type":
+                                                "application/fhir+json"}, timeout=30) as c:
+        r = c.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:p", "request": {"method": "POST", "url": "Patient"},
+             "resource": {"resourceType": "Patient", "name": [{"family": "王", "given": ["小明"]}],
+                          "birthDate": "1980-05-02"}},
+            *({"request": {"method": "POST", "url": "Observation"},
+               "resource": {k: v for k, v in _obs("x", "final", "urn:uuid:p",
+                                                  f"2024-02-{d:02d}").items() if k != "id"}}
+              for d in range(1, 8)),
+            {"request": {"method": "POST", "url": "DiagnosticReport"},
+             "resource": {"resourceType": "DiagnosticReport", "status": "final",
+                          "code": {"text": "胸片"}, "subject": {"reference": "urn:uuid:p"},
+                          "text": {"status": "generated",
+                                   "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">"
+                                          "双肺纹理增多，考虑支气管炎</div>"}}}]})
+        assert r.status_code == 200, r.text
+        pid = r.json()["entry"][0]["response"]["location"].split("/")[1]
+
+        # read-your-writes: found at once, from Elasticsearch
+        b = c.get("/Patient", params={"name": "王小"}).json()
+        assert [e["resource"]["id"] for e in b["entry"]] == [pid]
+        assert b["total"] == 1
+        # a chain, _has, _include, the total
+        b = c.get("/Observation", params={"subject:Patient.birthdate": "1980-05-02",
+                                          "_total": "accurate", "_count": "3"}).json()
+        assert b["total"] == 7 and len(b["entry"]) == 3
+        b = c.get("/Patient", params={"_has:Observation:subject:date": "2024-02-03"}).json()
+        assert [e["resource"]["id"] for e in b["entry"]] == [pid]
+        b = c.get("/DiagnosticReport", params={"_include": "DiagnosticReport:subject"}).json()
+        assert sorted(e["search"]["mode"] for e in b["entry"]) == ["include", "match"]
+        # Chinese full text: the characters in a row, not each anywhere
+        assert len(c.get("/DiagnosticReport", params={"_text": "支气管炎"}).json()
+                   .get("entry", [])) == 1
+        assert not c.get("/DiagnosticReport", params={"_text": "炎管"}).json().get("entry")
+
+        # paging by the sort, forwards and back
+        first = c.get("/Observation", params={"_sort": "-date", "_count": "3"}).json()
+        dates = [e["resource"]["effectiveDateTime"] for e in first["entry"]]
+        assert dates == ["2024-02-07", "2024-02-06", "2024-02-05"]
+        nxt = next(x["url"] for x in first["link"] if x["relation"] == "next")
+        second = httpx.get(nxt, headers=s.headers, timeout=30).json()
+        assert [e["resource"]["effectiveDateTime"] for e in second["entry"]] == \
+            ["2024-02-04", "2024-02-03", "2024-02-02"]
+        prev = next(x["url"] for x in second["link"] if x["relation"] == "previous")
+        back = httpx.get(prev, headers=s.headers, timeout=30).json()
+        assert [e["resource"]["effectiveDateTime"] for e in back["entry"]] == dates
+        assert not [x for x in back["link"] if x["relation"] == "previous"]
+
+        # a deleted resource is gone from the search at once
+        oid = first["entry"][0]["resource"]["id"]
+        assert c.delete(f"/Observation/{oid}").status_code in (200, 204)
+        b = c.get("/Observation", params={"date": "2024-02-07"}).json()
+        assert not b.get("entry")
+        # a malformed value is still a 400 OperationOutcome
+        r = c.get("/Observation", params={"date": "yesterday"})
+        assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
