@@ -64,7 +64,8 @@ class Followers:
                 self.runners.append(self._matching(index, settings))
             if settings.search == "elasticsearch" and (not names or "search" in chosen):
                 # the search index on Elasticsearch follows beside the SQLite one
-                es = self.models["search-es"] = open_es_index(settings.es_url, settings.es_prefix)
+                es = open_es_index(settings.es_url, settings.es_prefix, settings.es_analyzer)
+                self.models["search-es"] = es
                 self.runners.append(Runner(store, es))
         except BaseException:
             self.close()

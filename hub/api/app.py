@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         terminology.attach(app, settings, follow_store,
                            typed(models, "terminology", TerminologyProjection))
         # HUB_SEARCH=elasticsearch: searches answered from Elasticsearch, fed by its own runner
-        es = open_es_index(settings.es_url, settings.es_prefix) \
+        es = open_es_index(settings.es_url, settings.es_prefix, settings.es_analyzer) \
             if settings.search == "elasticsearch" else None
         es_runner = Runner(follow_store, es) if es is not None else None
         search = SearchService(store, index, runner, settings,

@@ -31,7 +31,7 @@ def cmd_projections(args, settings: Settings) -> int:
         if args.name == "search-es":  # at HUB_ES_URL, whatever HUB_SEARCH says
             from projections.search.backends import open_es_index
 
-            model = open_es_index(settings.es_url, settings.es_prefix)
+            model = open_es_index(settings.es_url, settings.es_prefix, settings.es_analyzer)
         else:
             model = open_model(args.name or "search", settings.data_dir)
     except BaseException:

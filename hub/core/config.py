@@ -113,6 +113,9 @@ class Settings:
                                                                "http://127.0.0.1:9200"))
     # index names start with it: several hubs (or test runs) can share one cluster
     es_prefix: str = field(default_factory=lambda: os.environ.get("HUB_ES_PREFIX", "hub"))
+    # the analyzer of _text and _content (a cluster with a Chinese one: smartcn, ik_max_word);
+    # the text is indexed with each CJK character spaced, so "standard" finds them in a row
+    es_analyzer: str = field(default_factory=lambda: os.environ.get("HUB_ES_ANALYZER", "standard"))
 
     def __post_init__(self) -> None:
         if self.search not in ("sqlite", "elasticsearch"):

@@ -21,8 +21,8 @@ def open_backend(index: SQLiteSearchIndex, es: object | None = None) -> SearchBa
     return SQLiteSearch(index)
 
 
-def open_es_index(url: str, prefix: str):
+def open_es_index(url: str, prefix: str, analyzer: str = "standard"):
     """The Elasticsearch search index read model (the ``elasticsearch`` client imported here)."""
     from projections.search.es_index import ElasticsearchIndex
 
-    return ElasticsearchIndex(url, prefix)
+    return ElasticsearchIndex(url, prefix, analyzer)
