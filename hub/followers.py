@@ -12,6 +12,7 @@ batch twice: each batch takes the file's write lock and re-reads the position fi
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterable
 
 from hub.core.config import Settings
+from hub.core.lease import PgLease
 from hub.core.store import ResourceStore
 from hub.mpi import weights as W
 from hub.mpi.candidates import IdentityCandidates
@@ -59,17 +61,29 @@ class Followers:
             for model in self.models.values():
                 if model is index and settings.mpi_automatch:
                     continue  # the incremental matcher below brings the index up itself
-                self.runners.append(Runner(store, model))
+                self.runners.append(Runner(store, model, lease=self._lease(settings, model.name)))
             if isinstance(index, IdentityCandidates) and settings.mpi_automatch:
                 self.runners.append(self._matching(index, settings))
             if settings.search == "elasticsearch" and (not names or "search" in chosen):
                 # the search index on Elasticsearch follows beside the SQLite one
                 es = open_es_index(settings.es_url, settings.es_prefix, settings.es_analyzer)
                 self.models["search-es"] = es
-                self.runners.append(Runner(store, es))
+                self.runners.append(Runner(store, es, lease=self._lease(
+                    settings, es.name, f"{settings.es_url}|{es.prefix}")))
         except BaseException:
             self.close()
             raise
+
+    @staticmethod
+    def _lease(settings: Settings, name: str, where: str | None = None) -> PgLease | None:
+        """With PostgreSQL, the lease that lets one follower of a model apply at a time: of
+        this machine's files for a model in the data directory, of the whole region for one
+        shared by every node (``where``: the Elasticsearch index; the identity decisions)."""
+        if not settings.database_url:
+            return None  # the embedded default: the SQLite file's own lock is enough
+        if where is None:
+            where = f"{socket.gethostname()}:{settings.data_dir.resolve()}"
+        return PgLease(settings.database_url, f"hub-follower|{where}|{name}")
 
     def _matching(self, index: IdentityCandidates, settings: Settings) -> Runner:
         person = self.models.get("person")
@@ -77,7 +91,9 @@ class Followers:
             person = self._person = PersonProjection(settings.data_dir / "person.sqlite")
         identity = self._identity = IdentityService(self.store, person, Runner(self.store, person))
         matcher = Matcher(index, W.load(settings.data_dir))
-        return Runner(self.store, IncrementalMatcher.recording_with(index, matcher, identity))
+        # the decisions are the region's: one matcher at a time across every node
+        return Runner(self.store, IncrementalMatcher.recording_with(index, matcher, identity),
+                      lease=self._lease(settings, "mpi-incremental", "region"))
 
     def start(self) -> None:
         for r in self.runners:

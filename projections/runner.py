@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from eventsourcing.persistence import IntegrityError, Notification
 
@@ -21,11 +22,22 @@ from projections.contract import ReadModel
 log = logging.getLogger("projections.runner")
 
 
+class Lease(Protocol):
+    """Who may apply: ``held`` says whether this process does now (taking it if free)."""
+
+    def held(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
 class Runner:
-    def __init__(self, store: ResourceStore, model: ReadModel, batch: int = 1000):
+    def __init__(self, store: ResourceStore, model: ReadModel, batch: int = 1000,
+                 lease: Lease | None = None):
         self.store = store
         self.model = model
         self.batch = batch
+        # with a lease, the background loop applies only while it holds it (a standby waits)
+        self.lease = lease
         self._applied = threading.Condition()
         self._stepping = threading.Lock()  # one batch at a time per process
         self._stop = threading.Event()
@@ -129,6 +141,9 @@ class Runner:
         def loop() -> None:
             while not self._stop.is_set():
                 try:
+                    if self.lease is not None and not self.lease.held():
+                        self._stop.wait(poll)  # another follower applies; take over if it dies
+                        continue
                     applied = self.step()
                     self.error = None  # following again: an outage that ended is no error
                     if not applied:
@@ -156,3 +171,5 @@ class Runner:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        if self.lease is not None:
+            self.lease.release()
