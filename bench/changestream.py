@@ -103,6 +103,8 @@ def lag(broker, items: list[bytes], rate: int, tmp: Path) -> dict:
             for batch in consumer.poll(timeout_ms=100).values():
                 now = time.monotonic()
                 for r in batch:
+                    if dict(r.headers)["event"] == b"watermark":
+                        continue  # a partition's progress mark, no event
                     nid = int(dict(r.headers)["nid"])
                     seen.add(nid)
                     if nid in committed:

@@ -15,6 +15,13 @@ produces one record per event:
 - **headers**: ``nid`` (the event's position in the log), ``stream`` (``Type/id``), ``version``,
   ``event`` (``created``, ``updated``, ``deleted`` or the identity decision's topic).
 
+After each batch the broker acknowledged, the relay writes a **watermark** to every partition: a
+record with key ``~watermark``, an empty value and the headers ``nid`` (the batch's last event) and
+``event: watermark``, saying that the partition holds every event of its keys up to ``nid``.
+Consumers of the events skip it; a reader that merges the partitions back into log order
+(``hub.streamfollow``: read models fed by the stream) needs it to know when a partition that
+has nothing new is not merely late.
+
 Exactly once, without Kafka transactions. A partition only ever holds a prefix of what the relay
 sent to it, in order (one relay, the idempotent producer, ``acks=all``). So on every start, and
 after every failed send, the relay asks the broker for the last record of each partition and skips
@@ -43,6 +50,8 @@ from projections.timeline import patient_of
 log = logging.getLogger("hub.changestream")
 
 DEFAULT_TOPIC = "hub.events"
+WATERMARK = "watermark"  # the event header of a partition's watermark record
+WATERMARK_KEY = b"~watermark"
 
 
 def event_key(store: ResourceStore, n: Notification) -> str:
@@ -182,6 +191,16 @@ class Relay:
             f.get(timeout=self.timeout)  # raises what the broker said
             self._last[partition] = nid
         self.published += len(futures)
+        # every partition holds its events up to the batch's end: say so in each
+        last = notes[-1].id
+        marks = [self._producer.send(self.topic, key=WATERMARK_KEY, value=b"", partition=p,
+                                     headers=[("nid", str(last).encode()),
+                                              ("event", WATERMARK.encode())])
+                 for p in self._partitions]
+        self._producer.flush(timeout=self.timeout)
+        for p, f in zip(self._partitions, marks):
+            f.get(timeout=self.timeout)
+            self._last[p] = max(self._last.get(p, 0), last)
 
     def run_until(self, stop: threading.Event, idle: float = 0.2) -> None:
         """Relay until ``stop``; a failure (broker unreachable) reconnects and goes on from what

@@ -73,7 +73,7 @@ def _consume(bootstrap: str, topic: str) -> list:
         while any(consumer.position(tp) < ends[tp] for tp in tps):
             assert time.monotonic() < deadline, "could not read the topic to its end"
             for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
+                records.extend(r for r in batch if dict(r.headers)["event"] != b"watermark")
         return records
     finally:
         consumer.close()

@@ -97,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
                         "matching new Patients too (hub serve starts one such process)")
     p.add_argument("name", nargs="?", choices=list(PROJECTIONS),
                    help="the read model (default: search; follow: all)")
+    p.add_argument("--from-stream", metavar="BOOTSTRAP", default=None,
+                   help="follow: read the change stream on these Kafka brokers instead of the "
+                        "event store (no store needed; no automatic matching)")
+    p.add_argument("--topic", default="hub.events", help="follow --from-stream: its topic")
+    p.add_argument("--group", default=None,
+                   help="follow --from-stream: the consumer group (default: one per machine and "
+                        "data directory)")
 
     p = sub.add_parser("stream", parents=[common],
                        help="the change stream: every committed event to a Kafka topic")

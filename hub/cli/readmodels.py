@@ -24,7 +24,11 @@ def cmd_projections(args, settings: Settings) -> int:
     from projections.runner import Runner
 
     if args.action == "follow":
+        if getattr(args, "from_stream", None):
+            return _follow_stream(args, settings)
         return _follow(args, settings)
+    if getattr(args, "from_stream", None):
+        raise UsageError("--from-stream is for follow")
     store = open_store(settings, existing=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # the index lives here on any event store
     try:
@@ -84,6 +88,45 @@ def _follow(args, settings: Settings) -> int:
             followers.close()
     finally:
         store.close()
+    return 0
+
+
+def _follow_stream(args, settings: Settings) -> int:
+    """Follow the change stream into the read models (all, or the one named) until SIGTERM or
+    Ctrl-C, without the event store."""
+    import hashlib
+    import signal
+    import socket
+    import threading
+
+    from hub.streamfollow import StreamFollower
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    names = [args.name] if args.name else read_model_names()
+    models = []
+    try:
+        for name in names:
+            if name == "search-es":
+                from projections.search.backends import open_es_index
+
+                models.append(open_es_index(settings.es_url, settings.es_prefix,
+                                            settings.es_analyzer))
+            else:
+                models.append(open_model(name, settings.data_dir))
+        where = hashlib.blake2b(str(settings.data_dir.resolve()).encode(),
+                                digest_size=4).hexdigest()
+        group = args.group or f"hub-follow-{socket.gethostname()}-{where}"
+        follower = StreamFollower(args.from_stream, models, group, topic=args.topic)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        try:
+            follower.run_until(stop)
+        finally:
+            follower.close()
+    finally:
+        for m in models:
+            m.close()
     return 0
 
 
