@@ -11,6 +11,7 @@ from bench import (
     bundles,
     cda,
     changestream,
+    es_search,
     hl7v2,
     ingest,
     intake_fidelity,
@@ -66,7 +67,8 @@ def summary(ing: dict, http: dict, mem: dict) -> str:
                         ("access", _access_rows), ("access-no-audit", _token_rows),
                         ("audit_cost", _audit_cost_rows), ("bundles", bundles.summary_rows),
                         ("workers", workers.summary_rows),
-                        ("changestream", changestream.summary_rows)):
+                        ("changestream", changestream.summary_rows),
+                        ("es_search", es_search.summary_rows)):
         path = RESULTS / f"{name}.json"
         if path.exists():
             rows += extra(json.loads(path.read_text()))
@@ -264,6 +266,7 @@ def main() -> None:
         bundles.main(["--people", "40"] if args.quick else [])
         workers.main(["--people", "40", "--seconds", "3", "--rounds", "1"] if args.quick else [])
         changestream.main(["--people", "200", "--lag-people", "60"] if args.quick else [])
+        es_search.main(["--people", "60"] if args.quick else [])
     table = summary(ing, http, mem)
     (RESULTS / "summary.md").write_text(table)
     print(table)
