@@ -52,6 +52,7 @@ log = logging.getLogger("hub.changestream")
 DEFAULT_TOPIC = "hub.events"
 WATERMARK = "watermark"  # the event header of a partition's watermark record
 WATERMARK_KEY = b"~watermark"
+TAKEOVER_GRACE = 2.0  # seconds a standby relay waits after taking the lease
 
 
 def event_key(store: ResourceStore, n: Notification) -> str:
@@ -75,8 +76,12 @@ class Relay:
 
     def __init__(self, store: ResourceStore, bootstrap: str, topic: str = DEFAULT_TOPIC,
                  position_file: Path | None = None, batch: int = 2000,
-                 producer: dict[str, Any] | None = None, timeout_s: float = 30.0):
+                 producer: dict[str, Any] | None = None, timeout_s: float = 30.0,
+                 lease: Any = None):
         self.store = store
+        # with a lease (``hub.core.lease.PgLease``), relays of one topic stand by until they
+        # hold it: one sends at a time, another takes over when its connection ends
+        self.lease = lease
         self.bootstrap = bootstrap
         self.topic = topic
         self.position_file = position_file
@@ -208,6 +213,16 @@ class Relay:
         pause = 0.5
         while not stop.is_set():
             try:
+                if self.lease is not None and not self.lease.held():
+                    if self._producer is not None:
+                        log.warning("change stream %s: lost the lease; standing by", self.topic)
+                        self.close()
+                    stop.wait(idle)
+                    continue
+                if self._producer is None and self.lease is not None:
+                    # just took over: what a relay that died was sending settles in the broker
+                    # first, then connect() reads what each partition holds
+                    stop.wait(TAKEOVER_GRACE)
                 if self.step() == 0:
                     stop.wait(idle)
                 pause = 0.5
@@ -219,6 +234,7 @@ class Relay:
                 pause = min(pause * 2, 10.0)
 
     def close(self) -> None:
+        """Close the producer (the lease, if any, is the caller's to release)."""
         if self._producer is not None:
             try:
                 self._producer.close(timeout=5)

@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import orjson
+import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from hub.core.config import Settings
@@ -191,3 +192,57 @@ def test_relay_without_brokers_is_a_usage_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "hub.cli", "stream", "relay"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--bootstrap-servers" in done.stderr
+
+
+@pytest.mark.postgres
+def test_a_standby_relay_takes_over_when_the_holder_dies(broker, tmp_path, pg_databases):  # noqa: F811
+    """With PostgreSQL, two relays of one topic: one holds the lease and sends, the other stands
+    by; the holder killed, the standby takes over and every event still arrives once."""
+    settings = _settings(tmp_path)
+    settings.database_url = pg_databases.new()
+    hub = Hub(settings.open_store())
+    topic = f"events-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "HUB_DATABASE_URL": settings.database_url, "PYTHONUNBUFFERED": "1"}
+    relays = []
+    try:
+        _write(hub, patients=10, observations=3, tag="a")
+        for i in range(2):
+            data = tmp_path / f"relay{i}"  # each on its own machine, say: its own position file
+            with open(tmp_path / f"relay{i}.log", "ab") as out:
+                relays.append(subprocess.Popen(
+                    [sys.executable, "-m", "hub.cli", "stream", "relay", "--bootstrap-servers",
+                     broker.bootstrap, "--topic", topic, "--partitions", "3"],
+                    env={**env, "HUB_DATA_DIR": str(data)}, stdout=out, stderr=subprocess.STDOUT))
+        first_end = hub.store.max_notification_id()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if len(_consume(broker.bootstrap, topic)) >= first_end:
+                    break
+            except (ValueError, TypeError):  # the topic is not there yet
+                pass
+            assert time.monotonic() < deadline, "nothing relayed"
+            time.sleep(0.5)
+        # exactly one relay sent (the other never held the lease)
+        sent = [(tmp_path / f"relay{i}" / f"changestream-{topic}.json").exists() for i in range(2)]
+        assert sent.count(True) == 1
+        holder = relays[sent.index(True)]
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        _write(hub, patients=6, observations=2, tag="b")
+        end = hub.store.max_notification_id()
+        deadline = time.monotonic() + 60
+        while True:
+            records = _consume(broker.bootstrap, topic)
+            if len(records) >= end:
+                break
+            assert time.monotonic() < deadline, f"{len(records)} of {end} after the takeover"
+            time.sleep(0.5)
+        _check_exactly_once(records, end)
+        assert relays[1 - sent.index(True)].poll() is None
+    finally:
+        for r in relays:
+            if r.poll() is None:
+                r.terminate()
+                r.wait(10)
+        hub.store.close()

@@ -20,8 +20,15 @@ def cmd_stream(args, settings: Settings) -> int:
         _create_topic(bootstrap, args.topic, args.partitions)
     store = open_store(settings, existing=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lease = None
+    if settings.database_url and not args.once:
+        from hub.core.lease import PgLease
+
+        # one relay of a topic sends at a time, region-wide; others stand by
+        lease = PgLease(settings.database_url, f"hub-relay|{args.topic}")
     relay = Relay(store, bootstrap, args.topic, batch=args.batch,
-                  position_file=settings.data_dir / f"changestream-{args.topic}.json")
+                  position_file=settings.data_dir / f"changestream-{args.topic}.json",
+                  lease=lease)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -34,6 +41,8 @@ def cmd_stream(args, settings: Settings) -> int:
             relay.run_until(stop)
     finally:
         relay.close()
+        if lease is not None:
+            lease.release()
         store.close()
     print(f"published {relay.published} events to {args.topic}; position {relay.position}",
           flush=True)
