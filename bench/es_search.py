@@ -160,7 +160,7 @@ def run(people: int, port: int, keep: str | None) -> dict:
 
 def summary_rows(r: dict) -> list[tuple[str, str, str]]:
     rows = []
-    for size, x in r.items():
+    for x in r.values():
         if not isinstance(x, dict) or "es_build" not in x:
             continue
         n = f"{x['resources']:,}"

@@ -256,6 +256,21 @@ def live(request, tmp_path_factory) -> Iterator[LiveServer]:
         yield server
 
 
+def live_server(request, tmp_path_factory, kind: str) -> LiveServer:
+    """A server on the event store ``kind`` (``sqlite``, ``postgres``), or ``elasticsearch``:
+    the SQLite store with searches answered by the test session's Elasticsearch-compatible
+    server (a module using it imports the ``es_server`` fixture)."""
+    settings = make_settings("sqlite" if kind == "elasticsearch" else kind,
+                             tmp_path_factory.mktemp("live"), request)
+    if kind == "elasticsearch":
+        import uuid
+
+        es = request.getfixturevalue("es_server")
+        settings.search, settings.es_url = "elasticsearch", es.url
+        settings.es_prefix = "t" + uuid.uuid4().hex[:10]
+    return LiveServer(settings)
+
+
 @pytest.fixture
 def client(live) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=live.base, timeout=30, auth=live.auth,

@@ -8,8 +8,17 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from tests.api_helpers import FHIR_JSON, create, observation, patient, unique
+from tests.conftest import BACKENDS, live_server
+from tests.es_server import es_server  # noqa: F401 - fixture
 
 TAG = "urn:test:sys"
+
+
+@pytest.fixture(scope="module", params=[*BACKENDS, "elasticsearch"])
+def live(request, tmp_path_factory):
+    """Each event store with the SQLite index, and searches answered by Elasticsearch."""
+    with live_server(request, tmp_path_factory, request.param) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

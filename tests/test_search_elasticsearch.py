@@ -71,7 +71,7 @@ def store_hub(tmp_path):
 
 
 def test_read_model_exactly_once_resume_and_an_older_version_never_over_a_newer(
-        store_hub, es_server):
+        store_hub, es_server):  # noqa: F811
     _load(store_hub)
     es = open_es_index(es_server.url, prefix())
     try:
@@ -107,7 +107,7 @@ def test_read_model_exactly_once_resume_and_an_older_version_never_over_a_newer(
         es.close()
 
 
-def test_rebuild_behind_an_alias_swap(store_hub, es_server):
+def test_rebuild_behind_an_alias_swap(store_hub, es_server):  # noqa: F811
     _load(store_hub)
     es = open_es_index(es_server.url, prefix())
     backend = open_backend(None, es)  # type: ignore[arg-type] - the SQLite index is not read
@@ -141,7 +141,7 @@ def test_unknown_search_backend_is_refused():
 
 
 @pytest.fixture
-def es_live(tmp_path, es_server):
+def es_live(tmp_path, es_server):  # noqa: F811
     settings = Settings(data_dir=tmp_path / "data", database_url=None)
     settings.auth = True
     settings.audit = False

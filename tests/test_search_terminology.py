@@ -7,10 +7,19 @@ import uuid
 import orjson
 import pytest
 
-from tests.conftest import FHIR_JSON
+from tests.conftest import BACKENDS, FHIR_JSON, live_server
+from tests.es_server import es_server  # noqa: F401 - fixture
 
 CS = "http://example.org/fhir/CodeSystem/lab-panels"
 OID = "urn:oid:1.2.156.999.7"
+
+
+
+@pytest.fixture(scope="module", params=[*BACKENDS, "elasticsearch"])
+def live(request, tmp_path_factory):
+    """Each event store with the SQLite index, and searches answered by Elasticsearch."""
+    with live_server(request, tmp_path_factory, request.param) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
