@@ -8,6 +8,7 @@ OperationOutcome) and, after a replay, what the replay did.
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import threading
 import time
@@ -113,6 +114,21 @@ class Quarantine:
             rows = self._db.execute(sql + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
         keys = ("id", "kind", "source", "reason", "time", "status", "replayed")
         return [dict(zip(keys, r), source=orjson.loads(r[2])) for r in rows]
+
+    def counts_by(self, kind: str, key: str, status: str | None = None
+                  ) -> builtins.list[tuple[str, int, str]]:
+        """(value of ``key`` in the reports of ``kind``, entries, the latest time) for each value,
+        most entries first (``hub.api.v3``: the interactions received and refused as unknown)."""
+        sql = ("SELECT json_extract(CAST(report AS TEXT), ?) AS v, count(*), max(time) "
+               "FROM quarantine WHERE kind = ?")
+        args: builtins.list = [f"$.{key}", kind]
+        if status:
+            sql += " AND status = ?"
+            args.append(status)
+        with self._lock:
+            rows = self._db.execute(sql + " GROUP BY v HAVING v IS NOT NULL "
+                                    "ORDER BY count(*) DESC, v", args).fetchall()
+        return [(str(v), int(n), str(t)) for v, n, t in rows]
 
     def get(self, qid: int) -> dict[str, Any] | None:
         with self._lock:

@@ -68,9 +68,12 @@ def findings_report(conv: Conversion, source: SourceInfo, institution: str, now:
 
 
 def keep(quarantine: Quarantine, raw: bytes, source: SourceInfo, code: str, reason: str,
-         rule: str | None) -> int:
-    """Quarantine a refused registration; its id."""
+         rule: str | None, interaction: str | None = None) -> int:
+    """Quarantine a refused message (a registration, or one the hub could not read or does not
+    support: ``interaction`` names what its root element says it is); its id."""
     report = {"ack": code, "rule": rule, "reason": reason[:2000]}
+    if interaction:
+        report["interaction"] = interaction[:80]
     src = {k: v for k, v in (("institution", source.institution), ("oid", source.oid),
                              ("feed", source.feed)) if v}
     return quarantine.put(KIND, raw, src, report, reason)

@@ -404,6 +404,39 @@ def test_unmappable_content_is_an_application_error(client, v3):
     assert "kept for replay as quarantine entry" in text  # not lost: hub quarantine replay
 
 
+def test_an_unsupported_interaction_is_kept_and_listed(client, v3, live):
+    """A message of an interaction the hub does not support yet is refused (AR) but kept for
+    replay, and /v3/metadata lists it as received and unsupported beside the supported ones."""
+    interaction = f"POOR_IN2009{tag()[:2]}UV"  # an order service the hub has no mapping for
+    body = _wrap(interaction, "<subject/>", f"M{tag()}")
+    r = post(client, v3, body)
+    assert r.status_code == 200
+    code, text, _ = ack(r)
+    assert code == "AR" and "unsupported" in text and "kept for replay as quarantine entry" in text
+    qid = int(text.rsplit("quarantine entry", 1)[1].strip(" )"))
+    post(client, v3, body)  # sent twice: counted twice
+    caps = client.get(v3 + "/metadata").json()
+    by_id = {i["interaction"]: i for i in caps["interactions"]}
+    assert by_id["PRPA_IN201311UV02"]["supported"] is True
+    assert by_id["PRPA_IN201305UV02"]["response"] == "PRPA_IN201306UV02"
+    assert by_id[interaction] | {"latest": None} == {"interaction": interaction,
+                                                     "supported": False, "received": 2,
+                                                     "latest": None}
+    # the kept message itself, as sent
+    from hub.quarantine import Quarantine
+
+    q = Quarantine(live.settings.data_dir / "quarantine.sqlite")
+    try:
+        entry = q.get(qid)
+        assert entry["payload"] == body and entry["kind"] == "v3"
+        assert entry["report"]["interaction"] == interaction
+    finally:
+        q.close()
+    # without a token, nothing (the listing is for callers of the service)
+    if live.settings.auth:
+        assert httpx.get(v3 + "/metadata").status_code == 401
+
+
 def test_a_refused_registration_is_kept_and_replays(hub, tmp_path):
     """A registration the mapper or the hub refuses is quarantined (kind v3) with its
     acknowledgement; a replay that still fails leaves it open, one that passes stores it."""

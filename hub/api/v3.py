@@ -41,13 +41,15 @@ import orjson
 from eventsourcing.persistence import InterfaceError, OperationalError
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from lxml import etree
 from starlette.concurrency import run_in_threadpool
 
 from fhir_mapping import hl7v3
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.hl7v3.ack import request_header
 from fhir_mapping.hl7v3.common import Ctx, interactions, parse
-from fhir_mapping.xmlsafe import MAX_BYTES
+from fhir_mapping.hl7v3.common import table as interactions_tables
+from fhir_mapping.xmlsafe import MAX_BYTES, parse_xml
 from hub import v3intake
 from hub.api.caller import (
     actor_of,
@@ -187,11 +189,61 @@ def _handle(request: Request, raw: bytes, reply_type: str) -> Response:
         msg = parse(raw)  # well-formed, safe, v3 namespace, a known interaction, has an id
     except MappingError as e:
         _log("", "", e.code, e.rule or "")
-        return ack_response(raw, e.code, e.reason, 200, reply_type)
+        # kept like every refusal: an interaction supported later is replayed then
+        return _kept(request, raw, _source(request), e.code, e.reason, e.rule or "", reply_type,
+                     _root_name(raw))
     spec = interactions()[msg.interaction]
     if spec["kind"] == "query":
         return _query(request, raw, msg.interaction, reply_type)
     return _register(request, raw, msg, reply_type)
+
+
+def _root_name(raw: bytes) -> str | None:
+    """What a message's root element says it is (its local name), if it can be read safely."""
+    try:
+        root = parse_xml(raw)
+    except MappingError:
+        return None
+    return etree.QName(root).localname[:80]
+
+
+def _quarantine(request: Request) -> Any:
+    documents = getattr(request.app.state, "documents", None)
+    return documents.quarantine if documents is not None else None
+
+
+def _kept(request: Request, raw: bytes, source: SourceInfo, code: str, text: str, rule: str,
+          reply_type: str, interaction: str | None = None) -> Response:
+    """The AE/AR of a refused message, kept in the quarantine for replay first."""
+    quarantine = _quarantine(request)
+    if quarantine is not None:
+        try:
+            qid = v3intake.keep(quarantine, raw, source, code, text, rule, interaction)
+        except QuarantineFull as full:  # not kept: the sender must send it again later
+            return ack_response(raw, "AE", f"{text}; {full.issues[0].diagnostics}", 429,
+                                reply_type, {"Retry-After": "60"})
+        text += f" (kept for replay as quarantine entry {qid})"
+    return ack_response(raw, code, text, 200, reply_type)
+
+
+@router.get("/v3/metadata", name="hl7v3-capabilities")
+def v3_capabilities(request: Request) -> Response:
+    """The v3 interactions: those the hub answers (service, name, kind, response), and those it
+    has received without supporting them (kept in the quarantine: how many, the latest)."""
+    supported = [{"interaction": i, "service": spec.get("service"), "name": spec.get("name"),
+                  "kind": spec.get("kind"), "response": spec.get("response") or
+                  interactions_tables("interactions")["ack"], "supported": True}
+                 for i, spec in interactions().items()]
+    received = []
+    quarantine = _quarantine(request)
+    if quarantine is not None:
+        known = set(interactions())
+        received = [{"interaction": i, "supported": False, "received": n, "latest": t}
+                    for i, n, t in quarantine.counts_by(v3intake.KIND, "interaction")
+                    if i not in known]
+    body = {"transport": {"post": "/v3", "media_types": list(MEDIA_TYPES)},
+            "interactions": supported + received}
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 # -- registrations, updates, merges -----------------------------------------------------------------
@@ -209,8 +261,6 @@ def _register(request: Request, raw: bytes, msg: Any, reply_type: str) -> Respon
     mid = msg.message_id
     repo = repository(request)
     stored_maps = getattr(request.app.state, "normaliser", None)
-    documents = getattr(request.app.state, "documents", None)
-    quarantine = documents.quarantine if documents is not None else None
     rid = request.headers.get("x-request-id")
     ctx = Context(request_id=rid[:64]) if rid and rid.isprintable() else Context()
     ctx.actor = actor_of(request)
@@ -221,14 +271,8 @@ def _register(request: Request, raw: bytes, msg: Any, reply_type: str) -> Respon
 
     def refuse(code: str, text: str, rule: str) -> Response:
         _log(msg.interaction, mid, code, rule)
-        if quarantine is not None:  # kept for replay (hub quarantine replay), as documents are
-            try:
-                qid = v3intake.keep(quarantine, raw, source, code, text, rule)
-            except QuarantineFull as full:  # not kept: the sender must send it again later
-                return ack_response(raw, "AE", f"{text}; {full.issues[0].diagnostics}", 429,
-                                    reply_type, {"Retry-After": "60"})
-            text += f" (kept for replay as quarantine entry {qid})"
-        return ack_response(raw, code, text, 200, reply_type)
+        # kept for replay (hub quarantine replay), as documents are
+        return _kept(request, raw, source, code, text, rule, reply_type, msg.interaction)
 
     try:
         conv, results = v3intake.register(repo, raw, source, ctx,
