@@ -71,7 +71,8 @@ def post(client: httpx.Client, url: str, data: bytes, headers: dict | None = Non
 
 
 def xml(r: httpx.Response) -> etree._Element:
-    assert r.headers["content-type"].startswith(("application/xml", "text/xml", "application/hl7-v3+xml")), \
+    assert r.headers["content-type"].startswith(("application/xml", "text/xml", "application/hl7-v3+xml",
+                                                 "application/soap+xml")), \
         r.headers["content-type"]
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
     return etree.fromstring(r.content, parser)
@@ -578,3 +579,85 @@ def test_shared_samples(client, v3):
     merge = convert(sample("H02/H0203Rt.xml"), SRC)
     (old,) = [p for p in merge.resources if p["resourceType"] == "Patient" and p.get("active") is False]
     assert read(client, f"Patient/{old['id']}")["active"] is False
+
+
+# -- SOAP envelopes (the platforms' service buses) --------------------------------------------------
+
+SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
+SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
+
+
+def _strip_decl(data: bytes) -> str:
+    text = data.decode("utf-8")
+    return text.split("?>", 1)[1] if text.startswith("<?xml") else text
+
+
+def _envelope(ns: str, body: str) -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?><s:Envelope xmlns:s="{ns}"><s:Header/>'
+            f"<s:Body>{body}</s:Body></s:Envelope>").encode()
+
+
+def _soap_body(r: httpx.Response, ns: str) -> etree._Element:
+    root = xml(r)
+    assert root.tag == f"{{{ns}}}Envelope", root.tag
+    return root.find(f"{{{ns}}}Body")[0]
+
+
+def test_soap_11_inline_and_soap_12_string_parameter(client, v3):
+    from xml.sax.saxutils import escape
+
+    local, rid = f"P{tag()}", resident()
+    # SOAP 1.1, the message inline in the Body: answered inline in a 1.1 envelope
+    r = post(client, v3, _envelope(SOAP11, _strip_decl(patient_message(local, rid))),
+             {"content-type": "text/xml; charset=utf-8", "soapaction": '"urn:hl7-org:v3/x"'})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/xml")
+    answer = _soap_body(r, SOAP11)
+    assert answer.tag == V3 + "MCCI_IN000002UV01"
+    assert answer.find(f"{V3}acknowledgement").get("typeCode") == "AA"
+
+    # SOAP 1.2, the query as the escaped text of HIPMessageServer's message parameter: the
+    # answer as the escaped text of HIPMessageServerResult, in a 1.2 envelope
+    call = (f'<HIPMessageServer xmlns="urn:hl7-org:v3"><action>PRPA_IN201305UV02</action>'
+            f"<message>{escape(patient_query(rid).decode())}</message></HIPMessageServer>")
+    r = post(client, v3, _envelope(SOAP12, call), {"content-type": "application/soap+xml"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/soap+xml")
+    response = _soap_body(r, SOAP12)
+    assert response.tag == V3 + "HIPMessageServerResponse"
+    result = response.find(f"{V3}HIPMessageServerResult").text
+    out = etree.fromstring(result.encode())
+    assert out.tag == V3 + "PRPA_IN201306UV02" and query_ack(out) == ("OK", 1)
+
+    # the same in CDATA, and an operation of another name and namespace
+    call = (f'<m:Submit xmlns:m="http://bus.example/"><m:input><![CDATA['
+            f"{patient_query(rid).decode()}]]></m:input></m:Submit>")
+    r = post(client, v3, _envelope(SOAP11, call), {"content-type": "text/xml"})
+    response = _soap_body(r, SOAP11)
+    assert response.tag == "{http://bus.example/}SubmitResponse"
+    out = etree.fromstring(response.find("{http://bus.example/}SubmitResult").text.encode())
+    assert query_ack(out) == ("OK", 1)
+
+
+@pytest.mark.parametrize("ns,status", [(SOAP11, 500), (SOAP12, 400)])
+def test_a_soap_envelope_without_a_message_is_a_fault(client, v3, ns, status):
+    ctype = "text/xml" if ns == SOAP11 else "application/soap+xml"
+    for body in ("", "<op xmlns='http://x/'><action>nothing here</action></op>"):
+        r = post(client, v3, _envelope(ns, body), {"content-type": ctype})
+        assert r.status_code == status
+        fault = _soap_body(r, ns)
+        assert fault.tag == f"{{{ns}}}Fault"
+    # a refused message inside an envelope is an AR acknowledgement in one, kept as any other
+    r = post(client, v3, _envelope(ns, "<PRPA_IN999999UV02 xmlns='urn:hl7-org:v3'/>"),
+             {"content-type": ctype})
+    assert r.status_code == 200
+    answer = _soap_body(r, ns)
+    assert answer.find(f"{V3}acknowledgement").get("typeCode") == "AR"
+
+
+def test_the_wsdl_describes_the_service(client, v3, live):
+    r = httpx.get(v3 + "/wsdl")  # no token: a service description, like /fhir/metadata
+    assert r.status_code == 200
+    root = etree.fromstring(r.content)
+    assert root.tag == "{http://schemas.xmlsoap.org/wsdl/}definitions"
+    addresses = [a.get("location") for a in root.iter() if etree.QName(a).localname == "address"]
+    assert addresses == [v3, v3]  # a SOAP 1.1 and a 1.2 port
+    assert client.get(v3, params={"wsdl": ""}).content == r.content

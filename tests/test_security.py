@@ -29,7 +29,7 @@ from tests.conftest import FHIR_JSON, LiveServer, free_port, make_settings
 
 # routes anyone may call (hub.api.caller.PUBLIC_PATHS)
 PUBLIC = {"/fhir/metadata", "/fhir/.well-known/smart-configuration", "/auth/token", "/auth/jwks",
-          "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"}
+          "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/v3/wsdl"}
 FILL = {"rtype": "Patient", "rid": "x1", "vid": "1", "ctype": "Patient", "cid": "x1"}
 ISSUER = "https://idp.example.test/realms/region"
 

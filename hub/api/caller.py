@@ -118,11 +118,11 @@ def repository(request: Request) -> Repository:
 
 
 # What anyone may call: the capability statement, discovery and the token endpoint, liveness and
-# readiness, the API's own description. Every other route needs a valid token (then the policy
+# readiness, the API's own description and the v3 service's (WSDL). Every other route needs a valid token (then the policy
 # decides what it may do).
 PUBLIC_PATHS = frozenset({
     "/fhir/metadata", "/fhir/.well-known/smart-configuration", "/auth/token", "/auth/jwks",
-    "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json",
+    "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/v3/wsdl",
 })
 
 

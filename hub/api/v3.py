@@ -51,6 +51,7 @@ from fhir_mapping.hl7v3.common import Ctx, interactions, parse
 from fhir_mapping.hl7v3.common import table as interactions_tables
 from fhir_mapping.xmlsafe import MAX_BYTES, parse_xml
 from hub import v3intake
+from hub.api import soap
 from hub.api.caller import (
     actor_of,
     context_of,
@@ -67,7 +68,8 @@ from hub.repository import Repository
 log = logging.getLogger("hub.api.v3")
 router = APIRouter()
 
-MEDIA_TYPES = ("application/xml", "text/xml", "application/hl7-v3+xml")
+# the last: SOAP 1.2 envelopes (SOAP 1.1 ones come as text/xml); see hub.api.soap
+MEDIA_TYPES = ("application/xml", "text/xml", "application/hl7-v3+xml", "application/soap+xml")
 TRANSIENT = (OperationalError, InterfaceError)
 TRANSIENT_STATUS = {409, 429, 503}  # the hub's own "retry": too many concurrent changes
 
@@ -173,15 +175,46 @@ async def v3_interaction(request: Request) -> Response:
     except Refused as r:
         _log("", "", r.code, r.rule)
         return ack_response(None, r.code, r.text, r.status, reply_type)
+    try:  # a SOAP envelope: the message inside it, the answer back in one like it
+        env = soap.unwrap(raw)
+    except soap.NotAMessage as e:
+        _log("", "", "AR", "v3.soap-fault")
+        status, body = soap.fault(e.ns, e.text)
+        return xml_response(body, status, soap.MEDIA[e.ns])
+    if env is not None:
+        raw, reply_type = env.message, "application/xml"
     try:
-        return await run_in_threadpool(_handle, request, raw, reply_type)
+        answer = await run_in_threadpool(_handle, request, raw, reply_type)
     except TRANSIENT as e:
         log.warning("v3: event store unavailable: %s", type(e).__name__)
-        return ack_response(raw, "AE", "The hub's store is unavailable or busy; retry shortly", 503,
-                            reply_type, {"Retry-After": "1"})
+        answer = ack_response(raw, "AE", "The hub's store is unavailable or busy; retry shortly",
+                              503, reply_type, {"Retry-After": "1"})
     except Exception:
         log.exception("v3: unhandled error")  # as the REST API: the request content is not logged
-        return ack_response(raw, "AE", "Internal server error", 500, reply_type)
+        answer = ack_response(raw, "AE", "Internal server error", 500, reply_type)
+    if env is None:
+        return answer
+    retry = answer.headers.get("retry-after")
+    return xml_response(soap.wrap(env, bytes(answer.body)), answer.status_code, env.media_type,
+                        {"Retry-After": retry} if retry else None)
+
+
+@router.get("/v3/wsdl", name="hl7v3-wsdl")
+def v3_wsdl(request: Request) -> Response:
+    """The SOAP service description of ``POST /v3`` (also ``GET /v3?wsdl``)."""
+    settings = request.app.state.settings
+    base = settings.base_url.rsplit("/fhir", 1)[0] if settings.base_url else \
+        str(request.base_url).rstrip("/")
+    return xml_response(soap.wsdl(base + "/v3"), media_type="text/xml")
+
+
+@router.get("/v3", name="hl7v3-wsdl-query")
+def v3_wsdl_query(request: Request) -> Response:
+    """``GET /v3?wsdl``, as SOAP clients ask for a service's description."""
+    if "wsdl" not in request.query_params:
+        return xml_response(b"<error>GET /v3?wsdl for the service description; POST v3 messages"
+                            b"</error>", 400)
+    return v3_wsdl(request)
 
 
 def _handle(request: Request, raw: bytes, reply_type: str) -> Response:
