@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -84,48 +85,60 @@ def test_every_accepted_example_round_trips(live, examples):
     """All examples on SQLite; on PostgreSQL every 5th (same code path, saves a minute)."""
     if live.settings.database_url:
         examples = examples[::5]
+    local = threading.local()  # a client per thread: its connection and token kept
+    clients: list[httpx.Client] = []
+
+    def client() -> httpx.Client:
+        c = getattr(local, "client", None)
+        if c is None:
+            c = local.client = httpx.Client(base_url=live.base, timeout=60, auth=live.auth)
+            clients.append(c)
+        return c
+
     def put_and_get(item: tuple[str, bytes]) -> str | None:
         name, raw = item
         d = json.loads(raw)
-        with httpx.Client(base_url=live.base, timeout=60, auth=live.auth) as c:
-            url = f"/{d['resourceType']}/{d['id']}"
-            r = c.put(url, content=raw, headers=FHIR_JSON)
-            if d["resourceType"] == "AuditEvent":
-                # the audit is written by the hub alone: no client writes one
-                if r.status_code != 403 or r.json()["resourceType"] != "OperationOutcome":
-                    return f"{name}: PUT of an AuditEvent gave {r.status_code}, not a 403 outcome"
-                return "refused"
-            if d["resourceType"] == "Person":
-                # the master patient index's view, never written by hand
-                if r.status_code != 405 or r.json()["resourceType"] != "OperationOutcome":
-                    return f"{name}: PUT of a Person gave {r.status_code}, not a 405 outcome"
-                return "refused"
-            if r.status_code == 422 and not accepted_by_fhir_resources(raw):
-                return "refused"  # refused by the model too: outside what the hub must take
-            declared = (d.get("meta") or {}).get("profile") or []
-            if r.status_code == 422 and declared and all(
-                    any(p in i["diagnostics"] for p in declared) for i in r.json()["issue"]):
-                # a profile the example declares, held here (the examples carry the official
-                # StructureDefinitions), that the example itself does not meet
-                return "nonconforming"
-            if r.status_code not in (200, 201):
-                return f"{name}: PUT {r.status_code} {r.text[:300]}"
-            got = c.get(url)
-            if got.status_code != 200:
-                return f"{name}: GET {got.status_code}"
-            back = json.loads(got.content)
-            if without_meta(back) != without_meta(d):
-                return f"{name}: read back differs"
-            sent_meta = {k: v for k, v in (d.get("meta") or {}).items()
-                         if k not in ("versionId", "lastUpdated")}
-            kept_meta = {k: v for k, v in back["meta"].items()
-                         if k not in ("versionId", "lastUpdated")}
-            if sent_meta != kept_meta:
-                return f"{name}: meta.profile/tag/security not kept"
+        c = client()
+        url = f"/{d['resourceType']}/{d['id']}"
+        r = c.put(url, content=raw, headers=FHIR_JSON)
+        if d["resourceType"] == "AuditEvent":
+            # the audit is written by the hub alone: no client writes one
+            if r.status_code != 403 or r.json()["resourceType"] != "OperationOutcome":
+                return f"{name}: PUT of an AuditEvent gave {r.status_code}, not a 403 outcome"
+            return "refused"
+        if d["resourceType"] == "Person":
+            # the master patient index's view, never written by hand
+            if r.status_code != 405 or r.json()["resourceType"] != "OperationOutcome":
+                return f"{name}: PUT of a Person gave {r.status_code}, not a 405 outcome"
+            return "refused"
+        if r.status_code == 422 and not accepted_by_fhir_resources(raw):
+            return "refused"  # refused by the model too: outside what the hub must take
+        declared = (d.get("meta") or {}).get("profile") or []
+        if r.status_code == 422 and declared and all(
+                any(p in i["diagnostics"] for p in declared) for i in r.json()["issue"]):
+            # a profile the example declares, held here (the examples carry the official
+            # StructureDefinitions), that the example itself does not meet
+            return "nonconforming"
+        if r.status_code not in (200, 201):
+            return f"{name}: PUT {r.status_code} {r.text[:300]}"
+        got = c.get(url)
+        if got.status_code != 200:
+            return f"{name}: GET {got.status_code}"
+        back = json.loads(got.content)
+        if without_meta(back) != without_meta(d):
+            return f"{name}: read back differs"
+        sent_meta = {k: v for k, v in (d.get("meta") or {}).items()
+                     if k not in ("versionId", "lastUpdated")}
+        kept_meta = {k: v for k, v in back["meta"].items()
+                     if k not in ("versionId", "lastUpdated")}
+        if sent_meta != kept_meta:
+            return f"{name}: meta.profile/tag/security not kept"
         return None
 
     with ThreadPoolExecutor(2) as pool:
         outcomes = list(pool.map(put_and_get, examples))
+    for c in clients:
+        c.close()
     failures = [f for f in outcomes if f and f not in ("refused", "nonconforming")]
     # a handful of the official examples break the profiles they declare (ValueSets without the
     # publisher that shareablevalueset requires): refused by the profile, not by accident

@@ -24,6 +24,7 @@ from lxml import etree
 
 from fhir_mapping.base import MappingError
 from fhir_mapping.xmlsafe import parse_xml
+from hub.core.errors import HubError
 
 SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
@@ -44,8 +45,10 @@ class Envelope:
         return MEDIA[self.ns]
 
 
-class NotAMessage(Exception):
+class NotAMessage(HubError):
     """An envelope without a v3 message in it (answered with a SOAP Fault)."""
+
+    error_code = "invalid"
 
     def __init__(self, ns: str, text: str):
         super().__init__(text)
