@@ -21,7 +21,7 @@ from lxml import etree
 
 from fhir_mapping.base import SourceInfo
 from fhir_mapping.hl7v3 import convert
-from fhir_mapping.ids import patient_id
+from fhir_mapping.ids import encounter_id, patient_id
 from terminology.resident_id import check_digit
 
 FIX = Path(__file__).parent / "fixtures" / "hl7v3"
@@ -661,3 +661,64 @@ def test_the_wsdl_describes_the_service(client, v3, live):
     addresses = [a.get("location") for a in root.iter() if etree.QName(a).localname == "address"]
     assert addresses == [v3, v3]  # a SOAP 1.1 and a 1.2 port
     assert client.get(v3, params={"wsdl": ""}).content == r.content
+
+
+# -- visits (H07) -----------------------------------------------------------------------------------
+
+def visit_message(interaction: str, local: str, serial: str, *pairs: tuple[str, str]) -> bytes:
+    data = variant(fixture("visit-register.xml"), ("P0001", local), ("VS0001", serial),
+                   ("V-MSG-0001", f"V-{tag()}"), *pairs)
+    return data.replace(b"PRPA_IN400001UV", interaction.encode())
+
+
+def test_a_visit_is_registered_updated_and_discharged(client, v3):
+    local, rid, serial = f"P{tag()}", resident(), f"VS{tag()}"
+    accepted(client, v3, patient_message(local, rid))  # the patient, registered first (H02)
+    pid = patient_id("ORG0001", local)
+    # an inpatient admission (patient type 3): in progress, at the department, admitted by a doctor
+    accepted(client, v3, visit_message("PRPA_IN400001UV", local, serial,
+                                       ('code="1" codeSystem="2.16.156.10011.2.3.1.271"',
+                                        'code="3" codeSystem="2.16.156.10011.2.3.1.271"')))
+    found = client.get("/Encounter", params={"subject": f"Patient/{pid}"}).json()
+    (entry,) = found["entry"]
+    enc = entry["resource"]
+    assert enc["class"]["code"] == "IMP" and enc["status"] == "in-progress"
+    assert enc["period"] == {"start": "2024-03-08T09:30:00+08:00"}
+    assert enc["location"][0]["location"]["display"] == "呼吸内科"
+    assert enc["participant"][0]["type"][0]["coding"][0]["code"] == "ADM"
+    assert enc["reasonCode"] == [{"text": "咳嗽三天"}]
+    assert enc["id"] == encounter_id("ORG0001", serial)  # the visit the HL7 v2 feed keys so too
+    assert read(client, f"Patient/{pid}")["name"]  # the registered Patient is kept as it was
+    # moved to another department (an update), then discharged
+    accepted(client, v3, visit_message("PRPA_IN400002UV", local, serial,
+                                       ('code="1" codeSystem="2.16.156.10011.2.3.1.271"',
+                                        'code="3" codeSystem="2.16.156.10011.2.3.1.271"'),
+                                       ("呼吸内科", "心内科")))
+    enc = read(client, f"Encounter/{enc['id']}")
+    assert enc["location"][0]["location"]["display"] == "心内科" and enc["meta"]["versionId"] == "2"
+    accepted(client, v3, visit_message("PRPA_IN400003UV", local, serial,
+                                       ('code="1" codeSystem="2.16.156.10011.2.3.1.271"',
+                                        'code="3" codeSystem="2.16.156.10011.2.3.1.271"'),
+                                       ('<low value="20240308093000"/>',
+                                        '<low value="20240308093000"/><high value="20240312110000"/>')))
+    enc = read(client, f"Encounter/{enc['id']}")
+    assert enc["status"] == "finished" and enc["period"]["end"] == "2024-03-12T11:00:00+08:00"
+
+
+def test_an_outpatient_registration_and_a_visit_that_cannot_be_mapped(client, v3):
+    local, serial = f"P{tag()}", f"VS{tag()}"
+    accepted(client, v3, visit_message("PRPA_IN400001UV", local, serial))
+    enc = read(client, f"Encounter/{encounter_id('ORG0001', serial)}")
+    assert enc["class"]["code"] == "AMB" and enc["status"] == "arrived"
+    assert enc["subject"]["reference"] == f"Patient/{patient_id('ORG0001', local)}"
+    # a patient type outside the table: AE naming the element, kept for replay
+    r = post(client, v3, visit_message("PRPA_IN400001UV", local, f"VS{tag()}",
+                                       ('code="1" codeSystem="2.16.156.10011.2.3.1.271"',
+                                        'code="7" codeSystem="2.16.156.10011.2.3.1.271"')))
+    code, text, _ = ack(r)
+    assert code == "AE" and "patient type" in text and "kept for replay" in text
+    # no usable visit id (fillers only): never a key
+    r = post(client, v3, visit_message("PRPA_IN400001UV", local, "-", ('extension="MZ0001"',
+                                                                       'extension="无"')))
+    code, text, _ = ack(r)
+    assert code == "AE" and "usable id" in text

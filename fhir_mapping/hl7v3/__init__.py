@@ -1,7 +1,8 @@
 """HL7 v3 interaction messages of the hospital-platform interaction services -> FHIR, and back.
 
     convert(payload, source) -> Conversion       registrations (patients, merges, institutions and
-                                                 departments, practitioners, document registrations)
+                                                 departments, practitioners, document registrations,
+                                                 visits)
     parse_query(payload, source=None) -> dict    queries (patient, organisation, practitioner,
                                                  document search / retrieve) as FHIR search criteria
     respond(query, resources, ...) -> bytes      the conformant v3 response to a query
@@ -21,6 +22,7 @@ from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.identifiers import usable
 
 from . import registrations as reg
+from . import visits
 from .ack import acknowledge
 from .common import Ctx, Message, fhir_datetime, ids, interactions, parse, table
 from .query import parse_query, respond
@@ -33,6 +35,7 @@ _HANDLERS = {
     "organization": reg.organization,
     "practitioner": reg.practitioner,
     "document": reg.document,
+    "visit": visits.visit,
 }
 
 

@@ -1,0 +1,140 @@
+"""Visit interactions (H07: outpatient registration, inpatient admission, their updates, discharge)
+-> Encounter. The tables are ``tables/visits.yaml``.
+
+``controlActProcess/subject/encounterEvent`` carries the visit: its ids (the serial number keys it,
+else the outpatient or inpatient number with the visit count), its patient type (outpatient,
+emergency, inpatient: ``Encounter.class``), start and end, reason, the patient (referred to by the
+local patient id, as the patient registration keys it: the Patient itself is the patient
+registration's to write, so a visit message never overwrites what was registered), the admitting
+and attending doctors, the department, and the institution. The Encounter id is the one the HL7 v2
+feed of that hospital gives its visit number (``fhir_mapping.ids.encounter_id``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_mapping.base import MappingError
+from fhir_mapping.ids import encounter_id, patient_id
+
+from .common import (
+    Ctx,
+    attr,
+    concept,
+    fhir_datetime,
+    first,
+    ids,
+    table,
+    text_parts,
+)
+from .registrations import _keys, _patient_key, _practitioner, _provider_org, _where
+
+EVENT = "/*/hl7:controlActProcess/hl7:subject/hl7:encounterEvent"
+
+
+def _visit_key(ctx: Ctx, ev: Any, t: dict[str, Any]) -> str:
+    idl = ids(first(ev, "id"))
+    usable = dict(_keys(idl))  # no filler value is a key
+    if usable.get(t["serial_root"]):
+        return usable[t["serial_root"]]
+    count = next((e for r, e in idl if r == t["count_root"] and e), "")
+    for root in t["number_roots"]:
+        if usable.get(root):
+            return f"{usable[root]}-{count}" if count else usable[root]
+    raise MappingError("the visit has no usable id (encounterEvent/id/item): a serial number "
+                       f"({t['serial_root']}) or an outpatient or inpatient number",
+                       code="AE", location=f"{EVENT}/hl7:id", rule="v3.visit.id-missing")
+
+
+def visit(ctx: Ctx) -> list[dict[str, str]]:
+    """PRPA_IN400001UV (register), PRPA_IN400002UV (update), PRPA_IN400003UV (discharge)."""
+    t = table("visits")
+    ev = first(ctx.msg.control, "subject/encounterEvent")
+    if ev is None:
+        raise MappingError("no subject/encounterEvent in the message", code="AE",
+                           location="/*/hl7:controlActProcess/hl7:subject", rule="v3.visit.missing")
+    key = _visit_key(ctx, ev, t)
+    where = _where(ctx, first(ev, "id"))
+    idents = [i for i in (ctx.identifier(r, e, where) for r, e in ids(first(ev, "id"))
+                          if r != t["count_root"]) if i]
+    ptype = first(ev, "code")
+    klass = t["classes"].get(attr(ptype, "code"))
+    if klass is None:
+        raise MappingError(f"patient type {attr(ptype, 'code')!r} is not one of the table "
+                           f"{t['type_system']} ({', '.join(t['classes'])})", code="AE",
+                           location=f"{EVENT}/hl7:code", rule="v3.visit.type-unknown")
+    res: dict[str, Any] = {"resourceType": "Encounter", "id": encounter_id(ctx.inst, key),
+                           "class": {"system": t["class_system"], **klass}}
+    if idents:
+        res["identifier"] = idents
+    kind = concept(ptype)
+    if kind:
+        res["type"] = [kind]
+    status = t["act_status"].get(attr(first(ev, "statusCode"), "code"))
+    if status is None:
+        defaults = t["status"][ctx.msg.interaction]
+        status = defaults.get(klass["code"], defaults["default"]) or "in-progress"
+    res["status"] = status
+    low = fhir_datetime(attr(first(ev, "effectiveTime/low"), "value"))
+    high = fhir_datetime(attr(first(ev, "effectiveTime/high"), "value"))
+    if attr(first(ev, "effectiveTime/low"), "value") and low is None:
+        ctx.find("warning", "v3.visit.time-invalid", "effectiveTime/low is not an HL7 TS: no start",
+                 f"{EVENT}/hl7:effectiveTime/hl7:low/@value")
+    period = {k: v for k, v in (("start", low), ("end", high)) if v}
+    if status == "finished" and "end" not in period:
+        ctx.find("warning", "v3.visit.end-missing", "a discharge without effectiveTime/high: the "
+                 "visit is finished with no end time", f"{EVENT}/hl7:effectiveTime")
+    if period:
+        res["period"] = period
+    reasons = [text for text in (attr(first(item, "originalText"), "value")
+                                 for item in ev.iterfind("{urn:hl7-org:v3}reasonCode/"
+                                                         "{urn:hl7-org:v3}item")) if text]
+    reasons += [c["text"] if "text" in c else c["coding"][0]["code"]
+                for c in (concept(i) for i in ev.iterfind("{urn:hl7-org:v3}reasonCode/"
+                                                             "{urn:hl7-org:v3}item")) if c]
+    if reasons:
+        res["reasonCode"] = [{"text": r} for r in dict.fromkeys(reasons)]
+    if first(ev, "admissionReferralSourceCode") is not None:
+        ctx.find("information", "v3.visit.unmapped", "admissionReferralSourceCode (the insurance "
+                 "category in these messages) is not mapped: a Coverage needs the payer",
+                 f"{EVENT}/hl7:admissionReferralSourceCode")
+    patient = first(ev, "subject/patient")
+    if patient is None:
+        raise MappingError("the visit names no patient (subject/patient)", code="AE",
+                           location=f"{EVENT}/hl7:subject", rule="v3.visit.patient-missing")
+    pkey, pidents = _patient_key(ctx, patient, f"{EVENT}/hl7:subject/hl7:patient")
+    subject: dict[str, Any] = {"reference": f"Patient/{patient_id(ctx.inst, pkey)}"}
+    # the key as an identifier too: the reference resolves before the patient is registered
+    local = next((i for i in pidents if i.get("value") == pkey), None)
+    if local is not None:
+        subject["identifier"] = {k: v for k, v in local.items() if k in ("system", "value")}
+    name = text_parts(first(patient, "patientPerson/name"))
+    if name:
+        subject["display"] = name
+    res["subject"] = subject
+    agents = []
+    for role, code in t["participants"].items():
+        ref = _practitioner(ctx, first(ev, f"{role}/assignedPerson"))
+        if ref is None:
+            continue
+        agents.append(ref)
+        res.setdefault("participant", []).append({
+            "type": [{"coding": [{"system": t["participation_system"], "code": code}]}],
+            "individual": ref})
+    sdl = first(ev, "location/serviceDeliveryLocation")
+    place = first(sdl, "location")
+    if place is not None:
+        dept: dict[str, Any] = {}
+        dept_id = next((ctx.identifier(r, e, _where(ctx, place)) for r, e in ids(first(place, "id"))
+                        if e), None)
+        if dept_id:
+            dept["identifier"] = {k: v for k, v in dept_id.items() if k in ("system", "value")}
+        label = text_parts(first(place, "name"))
+        if label:
+            dept["display"] = label
+        if dept:
+            res["location"] = [{"location": dept, "status": "active" if status != "finished"
+                                else "completed"}]
+    res["serviceProvider"] = _provider_org(ctx, first(sdl, "serviceProviderOrganization"))
+    ctx.add(res)
+    return agents
