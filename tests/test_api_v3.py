@@ -420,6 +420,12 @@ def test_an_unsupported_interaction_is_kept_and_listed(client, v3, live):
     by_id = {i["interaction"]: i for i in caps["interactions"]}
     assert by_id["PRPA_IN201311UV02"]["supported"] is True
     assert by_id["PRPA_IN201305UV02"]["response"] == "PRPA_IN201306UV02"
+    services = {s["service"]: s for s in caps["catalogue"]}
+    assert services["门诊挂号信息新增服务"]["supported"] and services["住院就诊信息登记服务"]["supported"]
+    assert services["医嘱信息新增服务"] == {"family": "order", "family_name": "医嘱信息交互服务",
+                                        "service": "医嘱信息新增服务",
+                                        "interaction": "POOR_IN200901UV", "supported": False}
+    assert len(services) == len(caps["catalogue"]) == 69
     assert by_id[interaction] | {"latest": None} == {"interaction": interaction,
                                                      "supported": False, "received": 2,
                                                      "latest": None}

@@ -261,8 +261,9 @@ def _kept(request: Request, raw: bytes, source: SourceInfo, code: str, text: str
 
 @router.get("/v3/metadata", name="hl7v3-capabilities")
 def v3_capabilities(request: Request) -> Response:
-    """The v3 interactions: those the hub answers (service, name, kind, response), and those it
-    has received without supporting them (kept in the quarantine: how many, the latest)."""
+    """The v3 interactions: those the hub answers (service, name, kind, response), those it has
+    received without supporting them (kept in the quarantine: how many, the latest), and the
+    platforms' service catalogue, each service marked supported or not."""
     supported = [{"interaction": i, "service": spec.get("service"), "name": spec.get("name"),
                   "kind": spec.get("kind"), "response": spec.get("response") or
                   interactions_tables("interactions")["ack"], "supported": True}
@@ -274,8 +275,14 @@ def v3_capabilities(request: Request) -> Response:
         received = [{"interaction": i, "supported": False, "received": n, "latest": t}
                     for i, n, t in quarantine.counts_by(v3intake.KIND, "interaction")
                     if i not in known]
-    body = {"transport": {"post": "/v3", "media_types": list(MEDIA_TYPES)},
-            "interactions": supported + received}
+    handlers = {spec.get("handler") for spec in interactions().values()}
+    catalogue = [{"family": family, "family_name": f["name"], "service": svc["name"],
+                  "interaction": svc["interaction"],
+                  "supported": bool(svc.get("covered")) and svc["covered"] in handlers}
+                 for family, f in interactions_tables("catalogue")["families"].items()
+                 for svc in f["services"]]
+    body = {"transport": {"post": "/v3", "media_types": list(MEDIA_TYPES), "wsdl": "/v3/wsdl"},
+            "interactions": supported + received, "catalogue": catalogue}
     return Response(orjson.dumps(body), media_type="application/json")
 
 
