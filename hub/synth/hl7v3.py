@@ -1,0 +1,121 @@
+"""HL7 v3 interaction messages from the synthetic region, deterministic, for tests and benchmarks.
+
+Each Patient record of ``Region(seed, people)`` becomes its institution's patient registration
+(``PRPA_IN201311UV02``, H02); each visit its registration (``PRPA_IN400001UV``: outpatient
+registration or inpatient admission, by the patient type code) and, for a finished one, its
+discharge (``PRPA_IN400003UV``), H07. Names are Chinese; identifiers are the institution's local
+patient id (the record number), the resident ID number and the visit number.
+
+    for interaction, payload, source in iter_messages(Region(seed=7, people=100)): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from xml.sax.saxutils import quoteattr
+
+from fhir_mapping.base import SourceInfo
+
+from .region import Region
+
+_RESIDENT = "urn:oid:2.16.156.10011.1.3"
+_TYPE = {"AMB": "1", "EMER": "2", "IMP": "3"}
+_SEX = {"male": "1", "female": "2"}
+_HEAD = ('<?xml version="1.0" encoding="UTF-8"?>\n<{i} xmlns="urn:hl7-org:v3" '
+         'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" ITSVersion="XML_1.0">'
+         '<id root="2.16.156.10011.2.5.1.1" extension={mid}/><creationTime value="{when}"/>'
+         '<interactionId root="2.16.156.10011.2.5.1.2" extension="{i}"/><processingCode code="P"/>'
+         '<processingModeCode/><acceptAckCode code="AL"/>'
+         '<receiver typeCode="RCV"><device classCode="DEV" determinerCode="INSTANCE"><id>'
+         '<item root="2.16.156.10011.2.5.1.3" extension="PLATFORM"/></id></device></receiver>'
+         '<sender typeCode="SND"><device classCode="DEV" determinerCode="INSTANCE"><id>'
+         '<item root="2.16.156.10011.2.5.1.3" extension={inst}/></id></device></sender>')
+
+
+def ts(fhir_datetime: str | None) -> str:
+    """FHIR date/dateTime -> HL7 TS (2024-03-15T08:30:00+08:00 -> 20240315083000+0800)."""
+    if not fhir_datetime:
+        return ""
+    main, plus, zone = fhir_datetime.partition("+")
+    digits = "".join(ch for ch in main if ch.isdigit())
+    return digits + ("+" + zone.replace(":", "") if plus else "")
+
+
+def _a(value: str) -> str:
+    return quoteattr(value)
+
+
+def _patient(p: dict, local: str, inst: str, mid: str) -> bytes:
+    resident = next((i["value"] for i in p.get("identifier", []) if i.get("system") == _RESIDENT),
+                    "")
+    name = (p.get("name") or [{}])[0].get("text", "")
+    sex = _SEX.get(p.get("gender", ""), "0")
+    person = (f'<id><item root="2.16.156.10011.1.3" extension={_a(resident)}/></id>'
+              if resident else "")
+    person += (f'<name xsi:type="LIST_EN"><item><part value={_a(name)}/></item></name>'
+               f'<administrativeGenderCode code="{sex}" codeSystem="2.16.156.10011.2.3.3.4"/>')
+    if p.get("birthDate"):
+        person += f'<birthTime value="{ts(p["birthDate"])}"/>'
+    body = ('<controlActProcess classCode="CACT" moodCode="EVN"><subject typeCode="SUBJ">'
+            '<registrationRequest classCode="REG" moodCode="RQO"><statusCode code="active"/>'
+            '<subject1 typeCode="SBJ"><patient classCode="PAT">'
+            f'<id><item root="2.16.156.10011.2.5.1.4" extension={_a(local)}/></id>'
+            f'<statusCode code="active"/><patientPerson>{person}</patientPerson>'
+            '<providerOrganization classCode="ORG" determinerCode="INSTANCE"><id>'
+            f'<item root="2.16.156.10011.1.5" extension={_a(inst)}/></id></providerOrganization>'
+            '</patient></subject1></registrationRequest></subject></controlActProcess>')
+    when = ts((p.get("meta") or {}).get("lastUpdated")) or "20240101000000"
+    head = _HEAD.format(i="PRPA_IN201311UV02", mid=_a(mid), when=when[:14], inst=_a(inst))
+    return (head + body + "</PRPA_IN201311UV02>").encode("utf-8")
+
+
+def _visit(interaction: str, e: dict, local: str, name: str, inst: str, mid: str) -> bytes:
+    number = next((i["value"] for i in e.get("identifier", [])), e["id"])
+    period = e.get("period") or {}
+    times = f'<low value="{ts(period.get("start"))}"/>' if period.get("start") else ""
+    if interaction == "PRPA_IN400003UV" and period.get("end"):
+        times += f'<high value="{ts(period["end"])}"/>'
+    kind = _TYPE.get(e["class"]["code"], "9")
+    body = ('<controlActProcess classCode="STC" moodCode="EVN"><subject typeCode="SUBJ">'
+            '<encounterEvent classCode="ENC" moodCode="EVN"><id>'
+            f'<item root="2.16.156.10011.2.5.1.9" extension={_a(number)}/></id>'
+            f'<code code="{kind}" codeSystem="2.16.156.10011.2.3.1.271"/><statusCode/>'
+            f'<effectiveTime>{times}</effectiveTime>'
+            '<subject typeCode="SBJ"><patient classCode="PAT">'
+            f'<id><item root="2.16.156.10011.2.5.1.4" extension={_a(local)}/></id>'
+            f'<patientPerson><name xsi:type="DSET_EN"><item><part value={_a(name)}/></item></name>'
+            '</patientPerson></patient></subject>'
+            '<location typeCode="LOC"><serviceDeliveryLocation classCode="SDLOC">'
+            '<serviceProviderOrganization classCode="ORG" determinerCode="INSTANCE"><id>'
+            f'<item root="2.16.156.10011.1.5" extension={_a(inst)}/></id>'
+            '</serviceProviderOrganization></serviceDeliveryLocation></location>'
+            '</encounterEvent></subject></controlActProcess>')
+    when = ts(period.get("end") if interaction == "PRPA_IN400003UV" else period.get("start"))
+    head = _HEAD.format(i=interaction, mid=_a(mid), when=(when or "20240101000000")[:14],
+                        inst=_a(inst))
+    return (head + body + f"</{interaction}>").encode("utf-8")
+
+
+def iter_messages(region: Region) -> Iterator[tuple[str, bytes, SourceInfo]]:
+    """(interaction, message, source) in the order a platform would receive them."""
+    for resources, _ in region.iter_people():
+        patients = {r["id"]: r for r in resources if r["resourceType"] == "Patient"}
+        keys: dict[str, tuple[str, str]] = {}
+        for p in patients.values():
+            local = next((i["value"] for i in p.get("identifier", [])
+                          if i.get("type", {}).get("coding", [{}])[0].get("code") == "MR"), p["id"])
+            inst = p.get("managingOrganization", {}).get("reference", "Organization/x").split("/")[1]
+            keys[p["id"]] = (local, inst)
+            yield ("PRPA_IN201311UV02", _patient(p, local, inst, f"P-{p['id']}"),
+                   SourceInfo(institution=inst, feed="v3"))
+        for e in (r for r in resources if r["resourceType"] == "Encounter"):
+            pid = e["subject"]["reference"].split("/")[1]
+            local, inst = keys[pid]
+            name = (patients[pid].get("name") or [{}])[0].get("text", "")
+            yield ("PRPA_IN400001UV", _visit("PRPA_IN400001UV", e, local, name, inst,
+                                             f"V-{e['id']}"), SourceInfo(institution=inst,
+                                                                         feed="v3"))
+            if e.get("status") == "finished":
+                yield ("PRPA_IN400003UV", _visit("PRPA_IN400003UV", e, local, name, inst,
+                                                 f"D-{e['id']}"), SourceInfo(institution=inst,
+                                                                             feed="v3"))
