@@ -12,6 +12,8 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import orjson
+
 from fhir_mapping import hl7v3, quality
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.documents import quality_report
@@ -20,6 +22,7 @@ from fhir_mapping.hl7v3.common import table as hl7v3_table
 from hub.api import bundles
 from hub.core.access import SYSTEM
 from hub.core.errors import FhirError
+from hub.core.events import resource_bytes
 from hub.core.ingest import Context, Result
 from hub.quarantine import Quarantine
 from hub.repository import Repository
@@ -38,6 +41,8 @@ def register(repo: Repository, raw: bytes, source: SourceInfo, ctx: Context,
     the data-quality projection counts, as for documents), keyed by the institution, interaction
     and message id: a replay rewrites the same report, a no-op."""
     conv: Conversion = hl7v3.convert(raw, source)
+    if conv.kind in VISIT_CHANGES:
+        _keep_what_the_visit_had(repo, ctx, conv)
     if normaliser is not None:
         normaliser.apply(conv)  # local codes: the standard coding beside them
     if conv.findings:
@@ -47,6 +52,40 @@ def register(repo: Repository, raw: bytes, source: SourceInfo, ctx: Context,
         conv.resources.append(findings_report(conv, source, institution, now or datetime.now(CHINA)))
     ops = [bundles.parse_entry(i, entry, "") for i, entry in enumerate(conv.entries())]
     return conv, repo.execute(ops, ctx, atomic=True)  # type: ignore[arg-type]
+
+
+# visit messages after the first: they may carry only what changed (a discharge: its end, a
+# transfer: the new ward), and an Encounter written from them alone would lose the rest
+VISIT_CHANGES = ("PRPA_IN400002UV", "PRPA_IN400003UV")
+
+
+def _keep_what_the_visit_had(repo: Repository, ctx: Context, conv: Conversion) -> None:
+    """Fill in each Encounter of ``conv`` with what its stored version holds and the message does
+    not say (the admitting doctor, the department, the reason, the start), so that no fact of
+    the visit is dropped by a message that names only its change."""
+    for res in conv.resources:
+        if res.get("resourceType") != "Encounter":
+            continue
+        try:
+            stored = repo.latest(ctx, "Encounter", res["id"])
+        except FhirError:
+            continue  # the sender may not read it: written as the message says
+        body = resource_bytes(stored) if stored is not None else b""
+        if not body:
+            continue
+        old = orjson.loads(body)
+        for key, value in old.items():
+            if key in ("meta", "text", "id"):
+                continue
+            if key not in res:
+                res[key] = value
+            elif key == "period" and isinstance(value, dict):
+                res[key] = {**value, **res[key]}
+            elif key == "location" and isinstance(value, list):
+                # the places it was at before, then those the message names
+                now = {orjson.dumps(loc.get("location")) for loc in res[key]}
+                res[key] = [{**loc, "status": "completed"} for loc in value
+                            if orjson.dumps(loc.get("location")) not in now] + res[key]
 
 
 def institution_of(raw: bytes, source: SourceInfo) -> str:

@@ -701,7 +701,10 @@ def test_a_visit_is_registered_updated_and_discharged(client, v3):
                                         'code="3" codeSystem="2.16.156.10011.2.3.1.271"'),
                                        ("呼吸内科", "心内科")))
     enc = read(client, f"Encounter/{enc['id']}")
-    assert enc["location"][0]["location"]["display"] == "心内科" and enc["meta"]["versionId"] == "2"
+    assert enc["meta"]["versionId"] == "2"
+    # the location history: where it was, then where it is
+    assert [(loc["location"]["display"], loc["status"]) for loc in enc["location"]] == \
+        [("呼吸内科", "completed"), ("心内科", "active")]
     accepted(client, v3, visit_message("PRPA_IN400003UV", local, serial,
                                        ('code="1" codeSystem="2.16.156.10011.2.3.1.271"',
                                         'code="3" codeSystem="2.16.156.10011.2.3.1.271"'),
@@ -728,3 +731,30 @@ def test_an_outpatient_registration_and_a_visit_that_cannot_be_mapped(client, v3
                                                                        'extension="无"')))
     code, text, _ = ack(r)
     assert code == "AE" and "usable id" in text
+
+
+def test_a_discharge_naming_only_its_end_keeps_what_the_visit_had(client, v3):
+    import re
+
+    local, serial = f"P{tag()}", f"VS{tag()}"
+    accepted(client, v3, visit_message("PRPA_IN400001UV", local, serial,
+                                       ('code="1" codeSystem="2.16.156.10011.2.3.1.271"',
+                                        'code="3" codeSystem="2.16.156.10011.2.3.1.271"')))
+    # the discharge names the visit, the patient and its end: no doctor, department or reason
+    bare = visit_message("PRPA_IN400003UV", local, serial,
+                         ('code="1" codeSystem="2.16.156.10011.2.3.1.271"',
+                          'code="3" codeSystem="2.16.156.10011.2.3.1.271"'),
+                         ('<low value="20240308093000"/>', '<high value="20240315100000"/>'))
+    for element in ("admitter", "reasonCode"):
+        bare = re.sub(rf"<{element}[ >].*?</{element}>".encode(), b"", bare, flags=re.S)
+    # the department too (the institution stays: it names whose visit this is)
+    bare = re.sub(rb'<location classCode="PLC".*?</location>', b"", bare, flags=re.S)
+    assert b"admitter" not in bare and "呼吸内科".encode() not in bare
+    accepted(client, v3, bare)
+    enc = read(client, f"Encounter/{encounter_id('ORG0001', serial)}")
+    assert enc["status"] == "finished"
+    assert enc["period"] == {"start": "2024-03-08T09:30:00+08:00",
+                             "end": "2024-03-15T10:00:00+08:00"}
+    assert enc["participant"][0]["type"][0]["coding"][0]["code"] == "ADM"
+    assert enc["location"][0]["location"]["display"] == "呼吸内科"
+    assert enc["reasonCode"] == [{"text": "咳嗽三天"}]
