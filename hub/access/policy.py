@@ -71,6 +71,8 @@ OPERATIONS: dict[str, tuple[frozenset[str], str | None, str | None]] = {
     "$mpi-review-reject": (frozenset({"steward", "admin"}), None, None),
     "$quality-report": (frozenset({"steward", "auditor", "admin"}), None, None),
     "$unmapped-codes": (frozenset({"steward", "admin"}), None, None),
+    # the v3 service's interactions, supported and received (GET /v3/metadata): its senders too
+    "$v3-metadata": (frozenset({"connector", "steward", "admin"}), None, None),
 }
 # terminology operations: any role, with a read scope on the terminology resource
 TERMINOLOGY = {"$lookup", "$validate-code", "$subsumes", "$expand", "$translate"}

@@ -54,11 +54,13 @@ from hub import v3intake
 from hub.api import soap
 from hub.api.caller import (
     actor_of,
+    authorize,
     context_of,
     recorded_institution,
     repository,
 )
 from hub.api.limits import BodyTooLarge
+from hub.core.access import Action
 from hub.core.errors import FhirError, HubError
 from hub.core.events import resource_bytes
 from hub.core.ingest import Context, Result
@@ -199,7 +201,7 @@ async def v3_interaction(request: Request) -> Response:
                         {"Retry-After": retry} if retry else None)
 
 
-@router.get("/v3/wsdl", name="hl7v3-wsdl")
+@router.api_route("/v3/wsdl", methods=["GET", "HEAD"], name="hl7v3-wsdl")
 def v3_wsdl(request: Request) -> Response:
     """The SOAP service description of ``POST /v3`` (also ``GET /v3?wsdl``)."""
     settings = request.app.state.settings
@@ -208,7 +210,7 @@ def v3_wsdl(request: Request) -> Response:
     return xml_response(soap.wsdl(base + "/v3"), media_type="text/xml")
 
 
-@router.get("/v3", name="hl7v3-wsdl-query")
+@router.api_route("/v3", methods=["GET", "HEAD"], name="hl7v3-wsdl-query")
 def v3_wsdl_query(request: Request) -> Response:
     """``GET /v3?wsdl``, as SOAP clients ask for a service's description."""
     if "wsdl" not in request.query_params:
@@ -259,11 +261,12 @@ def _kept(request: Request, raw: bytes, source: SourceInfo, code: str, text: str
     return ack_response(raw, code, text, 200, reply_type)
 
 
-@router.get("/v3/metadata", name="hl7v3-capabilities")
+@router.api_route("/v3/metadata", methods=["GET", "HEAD"], name="hl7v3-capabilities")
 def v3_capabilities(request: Request) -> Response:
     """The v3 interactions: those the hub answers (service, name, kind, response), those it has
     received without supporting them (kept in the quarantine: how many, the latest), and the
     platforms' service catalogue, each service marked supported or not."""
+    authorize(request, Action("operation", None, None, "$v3-metadata"))
     supported = [{"interaction": i, "service": spec.get("service"), "name": spec.get("name"),
                   "kind": spec.get("kind"), "response": spec.get("response") or
                   interactions_tables("interactions")["ack"], "supported": True}
