@@ -758,3 +758,51 @@ def test_a_discharge_naming_only_its_end_keeps_what_the_visit_had(client, v3):
     assert enc["participant"][0]["type"][0]["coding"][0]["code"] == "ADM"
     assert enc["location"][0]["location"]["display"] == "呼吸内科"
     assert enc["reasonCode"] == [{"text": "咳嗽三天"}]
+
+
+def visit_query(criteria: str) -> bytes:
+    return fixture("visit-query.xml").replace(b"<!--CRITERIA-->", criteria.encode()).replace(
+        b"VQ-MSG-0001", f"VQ-{tag()}".encode())
+
+
+def test_visits_are_queried_by_visit_patient_time_and_type(client, v3):
+    local, serial, other = f"P{tag()}", f"VS{tag()}", f"VS{tag()}"
+    admit = ('code="1" codeSystem="2.16.156.10011.2.3.1.271"',
+             'code="3" codeSystem="2.16.156.10011.2.3.1.271"')
+    accepted(client, v3, visit_message("PRPA_IN400001UV", local, serial, admit))
+    accepted(client, v3, visit_message("PRPA_IN400001UV", local, other,
+                                       ("20240308093000", "20240401080000")))
+
+    def answer(criteria: str) -> tuple[str, int, etree._Element]:
+        r = post(client, v3, visit_query(criteria))
+        assert r.status_code == 200, r.text
+        code, _, root = ack(r, "PRPA_IN900350UV02")
+        return code, query_ack(root)[1], root
+
+    # by the visit's serial number: the admission, with its doctor and department
+    code, n, root = answer(f'<careEventID><value><item root="2.16.156.10011.2.5.1.9" '
+                           f'extension="{serial}"/></value></careEventID>')
+    assert code == "AA" and n == 1
+    ev = root.find(f"{V3}controlActProcess/{V3}subject/{V3}encounterEvent")
+    assert ev.find(f"{V3}code").get("code") == "3"
+    assert ev.find(f"{V3}effectiveTime/{V3}low").get("value") == "20240308093000"
+    assert ev.find(f"{V3}subject/{V3}patient/{V3}id/{V3}item").get("extension") == local
+    assert ev.find(f"{V3}admitter/{V3}assignedPerson/{V3}id/{V3}item").get("extension") == "D001"
+    assert ev.find(f".//{V3}serviceDeliveryLocation/{V3}location/{V3}name/{V3}item/{V3}part"
+                   ).get("value") == "呼吸内科"
+    # by the patient: both visits; with a time frame, the March one; by type, the outpatient one
+    patient = (f'<patientId><value><item root="2.16.156.10011.2.5.1.4" extension="{local}"/>'
+               f"</value></patientId>")
+    assert answer(patient)[:2] == ("AA", 2)
+    march = ('<encounterTimeframe><value><low value="20240301"/><high value="20240331"/>'
+             "</value></encounterTimeframe>")
+    assert answer(patient + march)[:2] == ("AA", 1)
+    outpatient = ('<typeOfEncounter><value><item code="1" codeSystem="2.16.156.10011.2.3.1.271"/>'
+                  "</value></typeOfEncounter>")
+    _, n, root = answer(patient + outpatient)
+    assert n == 1 and root.find(f".//{V3}encounterEvent/{V3}id/{V3}item[@root='2.16.156.10011.2.5.1.9']"
+                                ).get("extension") == other
+    # nobody's: no match, not an error
+    code, n, _ = answer(f'<careEventID><value><item root="2.16.156.10011.2.5.1.9" '
+                        f'extension="VS{tag()}"/></value></careEventID>')
+    assert (code, n) == ("AA", 0)

@@ -26,6 +26,7 @@ from .common import (
     table,
     text_parts,
 )
+from .registrations import LOCAL_PATIENT_ROOT
 
 
 def _gender(code: str) -> str | None:
@@ -72,6 +73,8 @@ def parse_query(payload: bytes, source: SourceInfo | None = None) -> dict[str, A
         _organization_params(ctx, qbp, params, criteria)
     elif handler == "practitioner_query":
         _practitioner_params(ctx, qbp, params, criteria)
+    elif handler == "visit_query":
+        _visit_params(ctx, qbp, params, criteria)
     else:
         _document_params(ctx, qbp, params, criteria, retrieve=handler == "document_retrieve")
     limit = attr(first(qbp, "initialQuantity"), "value")
@@ -167,6 +170,48 @@ def _practitioner_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: 
     if name:
         params.append(("name", name))
         criteria["name"] = name
+
+
+def _visit_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict) -> None:
+    """PRPA_IN900300UV: the visit's ids, its time frame, the patient, the department, the
+    institution, the patient type (tables/visits.yaml)."""
+    t = table("visits")
+    visit = [(r, e) for r, e in ids(first(qbp, "careEventID/value"))
+             if e and r != t["count_root"]]  # the visit count is no identifier
+    if visit:
+        params.append(("identifier", _or_tokens(ctx, visit)))
+        criteria["visit"] = visit
+    frame = first(qbp, "encounterTimeframe/value")
+    if frame is not None:
+        _range(params, "date", attr(first(frame, "low"), "value"), attr(first(frame, "high"), "value"))
+    pat = [(r, e) for r, e in ids(first(qbp, "patientId/value")) if e]
+    if pat:
+        # the local patient id is on the visit's own reference (found before the patient is
+        # registered); other ids (a resident ID number) through the registered Patient
+        local = [(r, e) for r, e in pat if r == LOCAL_PATIENT_ROOT]
+        if local:
+            params.append(("subject:identifier", _or_tokens(ctx, local)))
+        else:
+            params.append(("patient.identifier", _or_tokens(ctx, pat)))
+        criteria["patient"] = pat
+    dept = [(r, e) for r, e in ids(first(qbp, "patientLocationID/value")) if e]
+    if dept:
+        params.append(("location:identifier", _or_tokens(ctx, dept)))
+        criteria["department"] = dept
+    org = [(r, e) for r, e in ids(first(qbp, "responsibleOrganization/value")) if e]
+    if org:
+        params.append(("service-provider:identifier", _or_tokens(ctx, org)))
+        criteria["organization"] = org
+    kind = attr(first(qbp, "typeOfEncounter/value/item"), "code") or \
+        attr(first(qbp, "typeOfEncounter/value"), "code")
+    if kind:
+        criteria["type"] = kind
+        klass = t["classes"].get(kind)
+        if klass is None:
+            raise MappingError(f"typeOfEncounter {kind!r} is not in the table {t['type_system']}",
+                               code="AE", location="/*/hl7:controlActProcess/hl7:queryByParameter/"
+                               "hl7:typeOfEncounter", rule="v3.query.visit-type-unknown")
+        params.append(("class", f"{t['class_system']}|{klass['code']}"))
 
 
 def _document_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict, retrieve: bool) -> None:
@@ -431,12 +476,69 @@ def _document(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict)
         _name(ro, cust.get("name") or "", "DSET_EN")
 
 
+def _visit(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict) -> None:
+    t = table("visits")
+    ev = E(E(cap, "subject", typeCode="SUBJ"), "encounterEvent", classCode="ENC", moodCode="EVN")
+    _ii(ev, "id", res.get("identifier") or [])
+    kind = next((c for cc in res.get("type") or [] for c in cc.get("coding") or []
+                 if c.get("system") == f"urn:oid:{t['type_system']}"), None)
+    if kind is None:  # from the class: the first patient type the table maps to it
+        code = next((k for k, v in t["classes"].items()
+                     if v["code"] == (res.get("class") or {}).get("code")), "")
+        kind = {"code": code} if code else None
+    if kind is not None:
+        c = E(ev, "code", code=kind["code"], codeSystem=t["type_system"])
+        if kind.get("display"):
+            E(c, "displayName", value=kind["display"])
+    status = {v: k for k, v in t["act_status"].items()}.get(res.get("status", ""), "active")
+    E(ev, "statusCode", code=status)
+    period = res.get("period") or {}
+    if period:
+        et = E(ev, "effectiveTime")
+        if period.get("start"):
+            E(et, "low", value=_ts(period["start"]))
+        if period.get("end"):
+            E(et, "high", value=_ts(period["end"]))
+    for r in res.get("reasonCode") or []:
+        if r.get("text"):
+            E(E(E(ev, "reasonCode"), "item"), "originalText", value=r["text"])
+    subject = res.get("subject") or {}
+    pat = E(E(ev, "subject", typeCode="SBJ"), "patient", classCode="PAT")
+    ident = subject.get("identifier")
+    if ident:
+        _ii(pat, "id", [ident])
+    if subject.get("display"):
+        _name(E(pat, "patientPerson", classCode="PSN", determinerCode="INSTANCE"),
+              subject["display"], "DSET_EN")
+    roles = {v: k for k, v in t["participants"].items()}
+    for part in res.get("participant") or []:
+        code = next((c.get("code") for ty in part.get("type") or [] for c in ty.get("coding") or []),
+                    "")
+        role = roles.get(code)
+        who = refs.get((part.get("individual") or {}).get("reference", ""))
+        if role is None or who is None:
+            continue
+        ap = E(E(ev, role, typeCode=code), "assignedPerson", classCode="ASSIGNED")
+        _ii(ap, "id", who.get("identifier") or [])
+        _name(E(ap, "assignedPerson", classCode="PSN", determinerCode="INSTANCE"),
+              who.get("name") or "", "DSET_EN")
+    for loc in (res.get("location") or [])[-1:]:  # where the visit is (or ended)
+        place = loc.get("location") or {}
+        sdl = E(E(ev, "location", typeCode="LOC"), "serviceDeliveryLocation", classCode="SDLOC")
+        pl = E(sdl, "location", classCode="PLC", determinerCode="INSTANCE")
+        if place.get("identifier"):
+            _ii(pl, "id", [place["identifier"]])
+        if place.get("display"):
+            _name(pl, place["display"], "DSET_EN")
+
+
 _BUILDERS = {
     "patient_query": _patient,
     "organization_query": _organization,
     "practitioner_query": _practitioner,
     "document_search": _document,
     "document_retrieve": _document,
+    "visit_query": _visit,
 }
 
 __all__ = ["parse_query", "respond"]

@@ -86,6 +86,7 @@ INCLUDES: dict[str, list[tuple[str, str]]] = {
                         ("_include", "DocumentReference:custodian")],
 }
 INCLUDES["document_retrieve"] = INCLUDES["document_search"]
+INCLUDES["visit_query"] = [("_include", "Encounter:practitioner")]  # the admitting doctors
 
 
 class Refused(HubError):
