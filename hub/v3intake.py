@@ -56,7 +56,7 @@ def register(repo: Repository, raw: bytes, source: SourceInfo, ctx: Context,
 
 # visit messages after the first: they may carry only what changed (a discharge: its end, a
 # transfer: the new ward), and an Encounter written from them alone would lose the rest
-VISIT_CHANGES = ("PRPA_IN400002UV", "PRPA_IN400003UV")
+VISIT_CHANGES = ("PRPA_IN400002UV", "PRPA_IN400003UV", "PRPA_IN302011UV", "PRPA_IN302012UV")
 
 
 def _keep_what_the_visit_had(repo: Repository, ctx: Context, conv: Conversion) -> None:

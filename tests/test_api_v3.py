@@ -806,3 +806,41 @@ def test_visits_are_queried_by_visit_patient_time_and_type(client, v3):
     code, n, _ = answer(f'<careEventID><value><item root="2.16.156.10011.2.5.1.9" '
                         f'extension="VS{tag()}"/></value></careEventID>')
     assert (code, n) == ("AA", 0)
+
+
+def _transfer(local: str, serial: str, old: str, new: str, at: str) -> bytes:
+    def place(tag_: str, type_code: str, dept: str, name: str) -> str:
+        return (f'<{tag_} typeCode="{type_code}"><time xsi:type="IVL_TS"><low value="{at}"/></time>'
+                '<statusCode/><serviceDeliveryLocation classCode="SDLOC">'
+                '<location classCode="PLC" determinerCode="INSTANCE">'
+                f'<id><item root="2.16.156.10011.1.26" extension="{dept}"/></id>'
+                f'<name xsi:type="DSET_EN"><item><part value="{name}"/></item></name>'
+                '<locatedEntityHasParts classCode="LOCE"><locatedPlace classCode="PLC" '
+                'determinerCode="INSTANCE"><id><item root="2.16.156.10011.1.22" extension="03"/></id>'
+                '<name xsi:type="DSET_EN"><item><part value="3床"/></item></name></locatedPlace>'
+                f"</locatedEntityHasParts></location></serviceDeliveryLocation></{tag_}>")
+    body = ('<subject typeCode="SUBJ"><encounterEvent classCode="ENC" moodCode="EVN"><id>'
+            f'<item root="2.16.156.10011.2.5.1.9" extension="{serial}"/></id>'
+            '<subject typeCode="SBJ"><patient classCode="PAT"><id>'
+            f'<item root="2.16.156.10011.2.5.1.4" extension="{local}"/></id></patient></subject>'
+            + place("location1", "DST", new[0], new[1]) + place("location2", "LOC", old[0], old[1])
+            + "</encounterEvent></subject>")
+    # the institution as the platform's connector states it (the message names none)
+    return _wrap("PRPA_IN302011UV", body, f"T-{tag()}")
+
+
+def test_a_ward_transfer_adds_to_the_visits_location_history(client, v3):
+    local, serial = f"P{tag()}", f"VS{tag()}"
+    accepted(client, v3, visit_message("PRPA_IN400001UV", local, serial,
+                                       ('code="1" codeSystem="2.16.156.10011.2.3.1.271"',
+                                        'code="3" codeSystem="2.16.156.10011.2.3.1.271"')))
+    accepted(client, v3, _transfer(local, serial, ("0801", "呼吸内科"), ("0802", "心内科"),
+                                   "20240310143000"), {**XML, "x-hub-source-institution": "ORG0001"})
+    enc = read(client, f"Encounter/{encounter_id('ORG0001', serial)}")
+    history = [(loc["location"].get("display"), loc["status"], loc.get("period"))
+               for loc in enc["location"]]
+    assert history[-2:] == [("呼吸内科 3床", "completed", {"end": "2024-03-10T14:30:00+08:00"}),
+                            ("心内科 3床", "active", {"start": "2024-03-10T14:30:00+08:00"})]
+    # the rest of the visit is as admitted
+    assert enc["participant"][0]["type"][0]["coding"][0]["code"] == "ADM"
+    assert enc["period"]["start"] == "2024-03-08T09:30:00+08:00" and enc["class"]["code"] == "IMP"

@@ -36,6 +36,7 @@ _HANDLERS = {
     "practitioner": reg.practitioner,
     "document": reg.document,
     "visit": visits.visit,
+    "transfer": visits.transfer,
 }
 
 

@@ -46,6 +46,77 @@ def _visit_key(ctx: Ctx, ev: Any, t: dict[str, Any]) -> str:
                        code="AE", location=f"{EVENT}/hl7:id", rule="v3.visit.id-missing")
 
 
+def _place(ctx: Ctx, sdl: Any) -> dict[str, Any] | None:
+    """A serviceDeliveryLocation as an Encounter.location's Reference: the department's id, and
+    the department, ward, room and bed it names, outermost first, as its display."""
+    place = first(sdl, "location")
+    if place is None:
+        return None
+    out: dict[str, Any] = {}
+    dept_id = next((ctx.identifier(r, e, _where(ctx, place)) for r, e in ids(first(place, "id"))
+                    if e), None)
+    if dept_id:
+        out["identifier"] = {k: v for k, v in dept_id.items() if k in ("system", "value")}
+    names = [text_parts(first(place, "name"))]
+    part = place
+    while (part := first(part, "locatedEntityHasParts/locatedPlace")) is not None:
+        names.append(text_parts(first(part, "name")))
+    label = " ".join(n for n in names if n)
+    if label:
+        out["display"] = label
+    return out or None
+
+
+def transfer(ctx: Ctx) -> list[dict[str, str]]:
+    """PRPA_IN302011UV / PRPA_IN302012UV (住院转科): the ward the patient left (``location2``) and
+    the one they moved to (``location1``), each with its time; the rest of the visit is the stored
+    one's (``hub.v3intake`` keeps it)."""
+    t = table("visits")
+    ev = first(ctx.msg.control, "subject/encounterEvent")
+    if ev is None:
+        raise MappingError("no subject/encounterEvent in the message", code="AE",
+                           location="/*/hl7:controlActProcess/hl7:subject", rule="v3.visit.missing")
+    key = _visit_key(ctx, ev, t)
+    where = _where(ctx, first(ev, "id"))
+    res: dict[str, Any] = {"resourceType": "Encounter", "id": encounter_id(ctx.inst, key),
+                           # a transfer is between wards: an inpatient stay
+                           "class": {"system": t["class_system"], **t["classes"]["3"]},
+                           "status": "in-progress"}
+    idents = [i for i in (ctx.identifier(r, e, where) for r, e in ids(first(ev, "id"))
+                          if r != t["count_root"]) if i]
+    if idents:
+        res["identifier"] = idents
+    patient = first(ev, "subject/patient")
+    if patient is None:
+        raise MappingError("the transfer names no patient (subject/patient)", code="AE",
+                           location=f"{EVENT}/hl7:subject", rule="v3.visit.patient-missing")
+    pkey, pidents = _patient_key(ctx, patient, f"{EVENT}/hl7:subject/hl7:patient")
+    subject: dict[str, Any] = {"reference": f"Patient/{patient_id(ctx.inst, pkey)}"}
+    local = next((i for i in pidents if i.get("value") == pkey), None)
+    if local is not None:
+        subject["identifier"] = {k: v for k, v in local.items() if k in ("system", "value")}
+    res["subject"] = subject
+    locations = []
+    for element, status, bound in (("location2", "completed", "end"),
+                                   ("location1", "active", "start")):
+        loc = first(ev, element)
+        place = _place(ctx, first(loc, "serviceDeliveryLocation"))
+        if place is None:
+            continue
+        entry: dict[str, Any] = {"location": place, "status": status}
+        when = fhir_datetime(attr(first(loc, "time/low"), "value"))
+        if when:
+            entry["period"] = {bound: when}
+        locations.append(entry)
+    if not any(e["status"] == "active" for e in locations):
+        raise MappingError("the transfer names no ward moved to (location1)", code="AE",
+                           location=f"{EVENT}/hl7:location1", rule="v3.transfer.destination-missing")
+    res["location"] = locations
+    res["serviceProvider"] = _provider_org(ctx, None)
+    ctx.add(res)
+    return []
+
+
 def visit(ctx: Ctx) -> list[dict[str, str]]:
     """PRPA_IN400001UV (register), PRPA_IN400002UV (update), PRPA_IN400003UV (discharge)."""
     t = table("visits")
