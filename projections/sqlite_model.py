@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from eventsourcing.persistence import Notification, Tracking
+from eventsourcing.persistence import IntegrityError, Notification, Tracking
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 
 from hub.core.store import FastSQLiteDatastore
@@ -46,7 +46,13 @@ class SQLiteReadModel(ReadModel):
         self.path = str(path)
         self.datastore = FastSQLiteDatastore(self.path, pool_size=4)
         self.tracking = SQLiteTrackingRecorder(self.datastore)
-        self.tracking.create_table()
+        try:
+            self.tracking.create_table()
+        except IntegrityError:
+            # another process (a worker of `hub serve` starting beside this one) created the new
+            # file's tracking table at the same moment, and its first row with it: the table is
+            # there now, and creating it again finds that row
+            self.tracking.create_table()
         with self._immediate() as c:
             for statement in self.schema:
                 c.execute(statement)
