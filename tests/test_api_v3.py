@@ -844,3 +844,22 @@ def test_a_ward_transfer_adds_to_the_visits_location_history(client, v3):
     # the rest of the visit is as admitted
     assert enc["participant"][0]["type"][0]["coding"][0]["code"] == "ADM"
     assert enc["period"]["start"] == "2024-03-08T09:30:00+08:00" and enc["class"]["code"] == "IMP"
+
+
+@pytest.mark.parametrize("body", [
+    BILLION_LAUGHS.replace(b"<PRPA_IN201311UV02", b"<s:Envelope xmlns:s='" + SOAP11.encode()
+                           + b"'><s:Body><PRPA_IN201311UV02").replace(
+        b"</PRPA_IN201311UV02>", b"</PRPA_IN201311UV02></s:Body></s:Envelope>"),
+    _envelope(SOAP12, "<op xmlns='http://x/'><message>&lt;!DOCTYPE r [&lt;!ENTITY x SYSTEM "
+                      "'file:///etc/passwd'&gt;]&gt;&lt;PRPA_IN201311UV02 xmlns='urn:hl7-org:v3'&gt;"
+                      "&lt;id extension='&amp;x;'/&gt;&lt;/PRPA_IN201311UV02&gt;</message></op>"),
+    _envelope(SOAP11, "<op xmlns='http://x/'><message>&lt;not xml</message></op>"),
+], ids=["entities-around-the-envelope", "entities-in-the-escaped-message", "unreadable-message"])
+def test_hostile_or_broken_envelopes_are_refused_and_the_server_keeps_serving(client, v3, body):
+    r = post(client, v3, body, {"content-type": "text/xml"})
+    assert r.status_code == 200
+    assert b"root:" not in r.content  # nothing of the host's files comes back
+    # refused with AR (an unreadable envelope is read as a bare message; a message inside one is
+    # answered inside one, escaped)
+    assert b'typeCode="AR"' in r.content or b"typeCode=&quot;AR&quot;" in r.content
+    accepted(client, v3, patient_message(f"P{tag()}", resident()))
