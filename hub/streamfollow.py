@@ -64,6 +64,7 @@ class StreamFollower:
         self._tps: list[Any] = []
         self._buffers: dict[int, deque] = {}
         self._marks: dict[int, int] = {}  # partition -> the highest nid read there
+        self._committed: dict[Any, int] = {}  # the offsets last committed
         self.applied = 0
 
     def connect(self) -> None:
@@ -92,6 +93,7 @@ class StreamFollower:
                     consumer.seek(tp, committed)
         self._consumer = consumer
         self._buffers = {tp.partition: deque() for tp in self._tps}
+        self._committed = {}
         self._marks = {tp.partition: 0 for tp in self._tps}
 
     def _ready(self) -> list[tuple[int, Any]]:
@@ -162,9 +164,11 @@ class StreamFollower:
         offsets = {}
         for tp in self._tps:
             buf = self._buffers[tp.partition]
-            offset = buf[0][1].offset if buf else self._consumer.position(tp)
-            offsets[tp] = OffsetAndMetadata(offset, "", -1)
-        self._consumer.commit(offsets)
+            offsets[tp] = buf[0][1].offset if buf else self._consumer.position(tp)
+        if offsets == self._committed:
+            return  # nothing new (an idle poll): no round trip to the coordinator
+        self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        self._committed = offsets
 
     def catch_up(self, until: int, timeout: float = 60.0) -> None:
         """Follow until every model holds the log up to ``until`` (tests, scripts)."""

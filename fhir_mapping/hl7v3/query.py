@@ -172,6 +172,15 @@ def _practitioner_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: 
         criteria["name"] = name
 
 
+def _ids_param(ctx: Ctx, qbp: etree._Element, path: str, param: str, key: str, params: list,
+               criteria: dict) -> None:
+    """The ids at ``path`` (ORed) as the search parameter ``param``, and as criterion ``key``."""
+    found = [(r, e) for r, e in ids(first(qbp, path)) if e]
+    if found:
+        params.append((param, _or_tokens(ctx, found)))
+        criteria[key] = found
+
+
 def _visit_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict) -> None:
     """PRPA_IN900300UV: the visit's ids, its time frame, the patient, the department, the
     institution, the patient type (tables/visits.yaml)."""
@@ -194,14 +203,10 @@ def _visit_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict) -
         else:
             params.append(("patient.identifier", _or_tokens(ctx, pat)))
         criteria["patient"] = pat
-    dept = [(r, e) for r, e in ids(first(qbp, "patientLocationID/value")) if e]
-    if dept:
-        params.append(("location:identifier", _or_tokens(ctx, dept)))
-        criteria["department"] = dept
-    org = [(r, e) for r, e in ids(first(qbp, "responsibleOrganization/value")) if e]
-    if org:
-        params.append(("service-provider:identifier", _or_tokens(ctx, org)))
-        criteria["organization"] = org
+    _ids_param(ctx, qbp, "patientLocationID/value", "location:identifier", "department", params,
+               criteria)
+    _ids_param(ctx, qbp, "responsibleOrganization/value", "service-provider:identifier",
+               "organization", params, criteria)
     kind = attr(first(qbp, "typeOfEncounter/value/item"), "code") or \
         attr(first(qbp, "typeOfEncounter/value"), "code")
     if kind:
@@ -216,14 +221,8 @@ def _visit_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict) -
 
 def _document_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict, retrieve: bool) -> None:
     codes = table("codes")["document_type"]
-    pat = [(r, e) for r, e in ids(first(qbp, "patient.id/value")) if e]
-    if pat:
-        params.append(("patient.identifier", _or_tokens(ctx, pat)))
-        criteria["patient"] = pat
-    doc_id = [(r, e) for r, e in ids(first(qbp, "clinicalDocument.id/value")) if e]
-    if doc_id:
-        params.append(("identifier", _or_tokens(ctx, doc_id)))
-        criteria["document"] = doc_id
+    _ids_param(ctx, qbp, "patient.id/value", "patient.identifier", "patient", params, criteria)
+    _ids_param(ctx, qbp, "clinicalDocument.id/value", "identifier", "document", params, criteria)
     code = first(qbp, "clinicalDocument.code/value")
     if attr(code, "code"):
         system = attr(code, "codeSystem")
@@ -237,14 +236,10 @@ def _document_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict
     enc = first(qbp, "encompassingEncounter.effectiveTime/value")
     if enc is not None:
         _range(params, "period", attr(first(enc, "low"), "value"), attr(first(enc, "high"), "value"))
-    enc_ids = [(r, e) for r, e in ids(first(qbp, "encompassingEncounter.id/value")) if e]
-    if enc_ids:
-        params.append(("related:identifier", _or_tokens(ctx, enc_ids)))
-        criteria["encounter"] = enc_ids
-    author = [(r, e) for r, e in ids(first(qbp, "assignedAuthor.id/value")) if e]
-    if author:
-        params.append(("author.identifier", _or_tokens(ctx, author)))
-        criteria["author"] = author
+    _ids_param(ctx, qbp, "encompassingEncounter.id/value", "related:identifier", "encounter",
+               params, criteria)
+    _ids_param(ctx, qbp, "assignedAuthor.id/value", "author.identifier", "author", params,
+               criteria)
     reg = first(qbp, "executionAndDeliveryTime")
     if reg is not None:
         _range(params, "_lastUpdated", attr(reg, "validTimeLow"), attr(reg, "validTimeHigh"))

@@ -24,6 +24,7 @@ from .common import (
     fhir_datetime,
     first,
     ids,
+    q,
     table,
     text_parts,
 )
@@ -44,6 +45,44 @@ def _visit_key(ctx: Ctx, ev: Any, t: dict[str, Any]) -> str:
     raise MappingError("the visit has no usable id (encounterEvent/id/item): a serial number "
                        f"({t['serial_root']}) or an outpatient or inpatient number",
                        code="AE", location=f"{EVENT}/hl7:id", rule="v3.visit.id-missing")
+
+
+def _event(ctx: Ctx) -> Any:
+    ev = first(ctx.msg.control, "subject/encounterEvent")
+    if ev is None:
+        raise MappingError("no subject/encounterEvent in the message", code="AE",
+                           location="/*/hl7:controlActProcess/hl7:subject", rule="v3.visit.missing")
+    return ev
+
+
+def _encounter(ctx: Ctx, ev: Any, t: dict[str, Any]) -> dict[str, Any]:
+    """The Encounter's id (``_visit_key``) and identifiers (the visit count is none)."""
+    res: dict[str, Any] = {"resourceType": "Encounter",
+                           "id": encounter_id(ctx.inst, _visit_key(ctx, ev, t))}
+    where = _where(ctx, first(ev, "id"))
+    idents = [i for i in (ctx.identifier(r, e, where) for r, e in ids(first(ev, "id"))
+                          if r != t["count_root"]) if i]
+    if idents:
+        res["identifier"] = idents
+    return res
+
+
+def _subject(ctx: Ctx, ev: Any) -> dict[str, Any]:
+    """The visit's patient as a Reference: keyed as the patient registration keys it, with the
+    key as an identifier too (it resolves before the patient is registered) and the name."""
+    patient = first(ev, "subject/patient")
+    if patient is None:
+        raise MappingError("the visit names no patient (subject/patient)", code="AE",
+                           location=f"{EVENT}/hl7:subject", rule="v3.visit.patient-missing")
+    pkey, pidents = _patient_key(ctx, patient, f"{EVENT}/hl7:subject/hl7:patient")
+    subject: dict[str, Any] = {"reference": f"Patient/{patient_id(ctx.inst, pkey)}"}
+    local = next((i for i in pidents if i.get("value") == pkey), None)
+    if local is not None:
+        subject["identifier"] = {k: v for k, v in local.items() if k in ("system", "value")}
+    name = text_parts(first(patient, "patientPerson/name"))
+    if name:
+        subject["display"] = name
+    return subject
 
 
 def _place(ctx: Ctx, sdl: Any) -> dict[str, Any] | None:
@@ -72,30 +111,12 @@ def transfer(ctx: Ctx) -> list[dict[str, str]]:
     the one they moved to (``location1``), each with its time; the rest of the visit is the stored
     one's (``hub.v3intake`` keeps it)."""
     t = table("visits")
-    ev = first(ctx.msg.control, "subject/encounterEvent")
-    if ev is None:
-        raise MappingError("no subject/encounterEvent in the message", code="AE",
-                           location="/*/hl7:controlActProcess/hl7:subject", rule="v3.visit.missing")
-    key = _visit_key(ctx, ev, t)
-    where = _where(ctx, first(ev, "id"))
-    res: dict[str, Any] = {"resourceType": "Encounter", "id": encounter_id(ctx.inst, key),
-                           # a transfer is between wards: an inpatient stay
-                           "class": {"system": t["class_system"], **t["classes"]["3"]},
-                           "status": "in-progress"}
-    idents = [i for i in (ctx.identifier(r, e, where) for r, e in ids(first(ev, "id"))
-                          if r != t["count_root"]) if i]
-    if idents:
-        res["identifier"] = idents
-    patient = first(ev, "subject/patient")
-    if patient is None:
-        raise MappingError("the transfer names no patient (subject/patient)", code="AE",
-                           location=f"{EVENT}/hl7:subject", rule="v3.visit.patient-missing")
-    pkey, pidents = _patient_key(ctx, patient, f"{EVENT}/hl7:subject/hl7:patient")
-    subject: dict[str, Any] = {"reference": f"Patient/{patient_id(ctx.inst, pkey)}"}
-    local = next((i for i in pidents if i.get("value") == pkey), None)
-    if local is not None:
-        subject["identifier"] = {k: v for k, v in local.items() if k in ("system", "value")}
-    res["subject"] = subject
+    ev = _event(ctx)
+    res = _encounter(ctx, ev, t)
+    # a transfer is between wards: an inpatient stay
+    res["class"] = {"system": t["class_system"], **t["classes"]["3"]}
+    res["status"] = "in-progress"
+    res["subject"] = _subject(ctx, ev)
     locations = []
     for element, status, bound in (("location2", "completed", "end"),
                                    ("location1", "active", "start")):
@@ -120,24 +141,15 @@ def transfer(ctx: Ctx) -> list[dict[str, str]]:
 def visit(ctx: Ctx) -> list[dict[str, str]]:
     """PRPA_IN400001UV (register), PRPA_IN400002UV (update), PRPA_IN400003UV (discharge)."""
     t = table("visits")
-    ev = first(ctx.msg.control, "subject/encounterEvent")
-    if ev is None:
-        raise MappingError("no subject/encounterEvent in the message", code="AE",
-                           location="/*/hl7:controlActProcess/hl7:subject", rule="v3.visit.missing")
-    key = _visit_key(ctx, ev, t)
-    where = _where(ctx, first(ev, "id"))
-    idents = [i for i in (ctx.identifier(r, e, where) for r, e in ids(first(ev, "id"))
-                          if r != t["count_root"]) if i]
+    ev = _event(ctx)
+    res = _encounter(ctx, ev, t)
     ptype = first(ev, "code")
     klass = t["classes"].get(attr(ptype, "code"))
     if klass is None:
         raise MappingError(f"patient type {attr(ptype, 'code')!r} is not one of the table "
                            f"{t['type_system']} ({', '.join(t['classes'])})", code="AE",
                            location=f"{EVENT}/hl7:code", rule="v3.visit.type-unknown")
-    res: dict[str, Any] = {"resourceType": "Encounter", "id": encounter_id(ctx.inst, key),
-                           "class": {"system": t["class_system"], **klass}}
-    if idents:
-        res["identifier"] = idents
+    res["class"] = {"system": t["class_system"], **klass}
     kind = concept(ptype)
     if kind:
         res["type"] = [kind]
@@ -157,32 +169,19 @@ def visit(ctx: Ctx) -> list[dict[str, str]]:
                  "visit is finished with no end time", f"{EVENT}/hl7:effectiveTime")
     if period:
         res["period"] = period
-    reasons = [text for text in (attr(first(item, "originalText"), "value")
-                                 for item in ev.iterfind("{urn:hl7-org:v3}reasonCode/"
-                                                         "{urn:hl7-org:v3}item")) if text]
-    reasons += [c["text"] if "text" in c else c["coding"][0]["code"]
-                for c in (concept(i) for i in ev.iterfind("{urn:hl7-org:v3}reasonCode/"
-                                                             "{urn:hl7-org:v3}item")) if c]
+    reasons: list[str] = []
+    for item in q(ev, "reasonCode/item"):  # its text, and a code's text (or the code)
+        coded = concept(item)
+        reasons += [text for text in (attr(first(item, "originalText"), "value"),
+                                      coded and (coded.get("text") or coded["coding"][0]["code"]))
+                    if text]
     if reasons:
         res["reasonCode"] = [{"text": r} for r in dict.fromkeys(reasons)]
     if first(ev, "admissionReferralSourceCode") is not None:
         ctx.find("information", "v3.visit.unmapped", "admissionReferralSourceCode (the insurance "
                  "category in these messages) is not mapped: a Coverage needs the payer",
                  f"{EVENT}/hl7:admissionReferralSourceCode")
-    patient = first(ev, "subject/patient")
-    if patient is None:
-        raise MappingError("the visit names no patient (subject/patient)", code="AE",
-                           location=f"{EVENT}/hl7:subject", rule="v3.visit.patient-missing")
-    pkey, pidents = _patient_key(ctx, patient, f"{EVENT}/hl7:subject/hl7:patient")
-    subject: dict[str, Any] = {"reference": f"Patient/{patient_id(ctx.inst, pkey)}"}
-    # the key as an identifier too: the reference resolves before the patient is registered
-    local = next((i for i in pidents if i.get("value") == pkey), None)
-    if local is not None:
-        subject["identifier"] = {k: v for k, v in local.items() if k in ("system", "value")}
-    name = text_parts(first(patient, "patientPerson/name"))
-    if name:
-        subject["display"] = name
-    res["subject"] = subject
+    res["subject"] = _subject(ctx, ev)
     agents = []
     for role, code in t["participants"].items():
         ref = _practitioner(ctx, first(ev, f"{role}/assignedPerson"))
@@ -193,19 +192,10 @@ def visit(ctx: Ctx) -> list[dict[str, str]]:
             "type": [{"coding": [{"system": t["participation_system"], "code": code}]}],
             "individual": ref})
     sdl = first(ev, "location/serviceDeliveryLocation")
-    place = first(sdl, "location")
-    if place is not None:
-        dept: dict[str, Any] = {}
-        dept_id = next((ctx.identifier(r, e, _where(ctx, place)) for r, e in ids(first(place, "id"))
-                        if e), None)
-        if dept_id:
-            dept["identifier"] = {k: v for k, v in dept_id.items() if k in ("system", "value")}
-        label = text_parts(first(place, "name"))
-        if label:
-            dept["display"] = label
-        if dept:
-            res["location"] = [{"location": dept, "status": "active" if status != "finished"
-                                else "completed"}]
+    dept = _place(ctx, sdl)
+    if dept is not None:
+        res["location"] = [{"location": dept,
+                            "status": "completed" if status == "finished" else "active"}]
     res["serviceProvider"] = _provider_org(ctx, first(sdl, "serviceProviderOrganization"))
     ctx.add(res)
     return agents

@@ -45,8 +45,10 @@ class SearchService:
                  terminology=None, terminology_sync: Callable[[], object] | None = None,
                  backend_runner: Runner | None = None):
         self.store, self.index, self.runner, self.settings = store, index, runner, settings
-        self._sqlite = SQLiteSearch(index)
-        self.backend: SearchBackend = backend if backend is not None else self._sqlite
+        self.backend: SearchBackend = backend if backend is not None else SQLiteSearch(index)
+        # the SQLite planner: the backend itself when that is the SQLite index's
+        self._sqlite = self.backend if isinstance(self.backend, SQLiteSearch) \
+            else SQLiteSearch(index)
         # the runner that feeds ``backend`` when that is not the SQLite index (Elasticsearch)
         self.backend_runner = backend_runner
         self.terminology = terminology

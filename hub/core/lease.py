@@ -31,6 +31,7 @@ class PgLease:
     def __init__(self, dsn: str, name: str):
         self.dsn, self.name, self.key = dsn, name, lease_key(name)
         self._conn: psycopg.Connection | None = None
+        self._held = False
         self._lock = threading.Lock()
 
     def held(self) -> bool:
@@ -60,8 +61,6 @@ class PgLease:
                 log.warning("lease of %s: %s", self.name, e)
                 self._close()
                 return False
-
-    _held = False
 
     def _close(self) -> None:
         if self._conn is not None:

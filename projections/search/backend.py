@@ -9,9 +9,13 @@ external engine) replaces it there.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import orjson
+
+from hub.core.errors import bad_request
 from projections.search.query import Include, Query
 
 
@@ -55,3 +59,20 @@ class SearchBackend(Protocol):
     def count(self, q: Query) -> int:
         """How many resources match ``q``."""
         ...
+
+
+def encode_cursor(direction: str, values: list) -> str:
+    """A keyset cursor: the direction (``n`` next, ``p`` previous) and the edge row's sort values."""
+    return base64.urlsafe_b64encode(orjson.dumps([direction, *values])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, n_sort: int) -> tuple[str, list]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = orjson.loads(raw)
+        assert isinstance(data, list) and data[0] in ("n", "p") and len(data) == n_sort + 2
+        assert type(data[-1]) is int
+        return data[0], data[1:]
+    except Exception:  # noqa: BLE001 - anything malformed is the client's
+        raise bad_request("_cursor is not a page cursor of this server (or of another _sort)") \
+            from None

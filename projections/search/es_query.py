@@ -19,7 +19,7 @@ from typing import Any
 
 from hub.core.errors import bad_request
 from hub.core.resource import RESOURCE_TYPES
-from projections.search.backend import Page, Row, SearchBackend
+from projections.search.backend import Page, Row, SearchBackend, decode_cursor, encode_cursor
 from projections.search.es_index import PATH, SORT_FIELD, ElasticsearchIndex, edge
 from projections.search.extract import normalize
 from projections.search.params import params_for
@@ -34,8 +34,9 @@ from projections.search.query import (
     TokenSet,
     TokenValue,
     approx,
+    text_query,
+    uri_prefixes,
 )
-from projections.search.sqlite_query import _decode, _encode, _uri_prefixes, text_query
 
 MAX_INNER = 10_000  # ids or references a chain, _has or near may stand for
 UCUM = "http://unitsofmeasure.org"
@@ -197,7 +198,7 @@ class ElasticsearchSearch(SearchBackend):
             if c.modifier == "below":
                 return {"prefix": {f("uri"): v}}
             if c.modifier == "above":
-                return {"terms": {f("uri"): _uri_prefixes(v)}}
+                return {"terms": {f("uri"): uri_prefixes(v)}}
             return _term(f("uri"), v)
         if t == "composite":
             return _and(*(_composite_test(i, part, f) for i, part in enumerate(v)))
@@ -257,7 +258,7 @@ class ElasticsearchSearch(SearchBackend):
         return out
 
     def page(self, q: Query, count: int, with_total: bool | str) -> Page:
-        direction, values = _decode(q.cursor, len(q.sort)) if q.cursor else ("n", None)
+        direction, values = decode_cursor(q.cursor, len(q.sort)) if q.cursor else ("n", None)
         query = self.query(q)
         total = self.count(q) if with_total else None
         if count == 0:
@@ -284,8 +285,8 @@ class ElasticsearchSearch(SearchBackend):
         rows = [Row(q.rtype, h["_id"], int(h["_source"]["pk"])) for h in hits]
         has_next = beyond if reverse else more
         has_prev = more if reverse else beyond
-        return Page(rows, _encode("n", hits[-1]["sort"]) if has_next else None,
-                    _encode("p", hits[0]["sort"]) if has_prev else None, total)
+        return Page(rows, encode_cursor("n", hits[-1]["sort"]) if has_next else None,
+                    encode_cursor("p", hits[0]["sort"]) if has_prev else None, total)
 
     def match_ids(self, q: Query, limit: int = 1000) -> list[str]:
         hits = self._search(q.rtype, query=self.query(q), size=limit, _source=False,

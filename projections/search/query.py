@@ -600,3 +600,30 @@ def string_key(s: str) -> str:
 
 def bound(x: float) -> float:
     return x if math.isfinite(x) else (1e300 if x > 0 else -1e300)
+
+
+# -- values the backends test alike -------------------------------------------------------------
+
+WORD = re.compile(r"\w+")
+CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+@lru_cache(maxsize=1 << 12)
+def text_query(q: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(word prefixes, CJK substrings) of a ``:text`` search, normalized (case, accents, width)."""
+    words: list[str] = []
+    cjk: list[str] = []
+    for w in WORD.findall(normalize(q)):
+        (cjk if CJK.search(w) else words).append(w)
+    return tuple(words), tuple(cjk)
+
+
+def uri_prefixes(uri: str) -> list[str]:
+    """``uri`` and its parents by path (``:above``), down to the authority."""
+    out, cut = [uri], uri
+    while "/" in cut.rstrip("/"):
+        cut = cut.rstrip("/").rsplit("/", 1)[0]
+        if cut.endswith(":/") or cut.endswith(":"):
+            break
+        out.append(cut)
+    return out

@@ -11,23 +11,19 @@ come last; ties are broken by the resource id, which survives index rebuilds.
 
 from __future__ import annotations
 
-import base64
 import math
-import re
 import threading
 import time
 from collections.abc import Iterable
-from functools import lru_cache
 from typing import Any, Protocol
-
-import orjson
 
 from hub.core.errors import bad_request
 from projections.search import fulltext
-from projections.search.backend import Page, Row, SearchBackend
+from projections.search.backend import Page, Row, SearchBackend, decode_cursor, encode_cursor
 from projections.search.extract import normalize, ucum_canonical
 from projections.search.params import params_for
 from projections.search.query import (
+    WORD,
     Criterion,
     Has,
     Include,
@@ -38,6 +34,8 @@ from projections.search.query import (
     TokenSet,
     TokenValue,
     approx,
+    text_query,
+    uri_prefixes,
 )
 from projections.search.sqlite_index import SQLiteSearchIndex
 
@@ -57,18 +55,6 @@ INDEX_SORTABLE = ("string", "token", "date", "number", "reference", "uri")
 INDEX_SORT_FROM = 2000
 
 
-_WORD = re.compile(r"\w+")
-_CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff]")
-
-
-@lru_cache(maxsize=1 << 12)
-def text_query(q: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(word prefixes, CJK substrings) of a ``:text`` search, normalized (case, accents, width)."""
-    words: list[str] = []
-    cjk: list[str] = []
-    for w in _WORD.findall(normalize(q)):
-        (cjk if _CJK.search(w) else words).append(w)
-    return tuple(words), tuple(cjk)
 
 
 def text_matches(text: str | None, q: str) -> bool:
@@ -84,7 +70,7 @@ def text_matches(text: str | None, q: str) -> bool:
         return False
     if not words:
         return True
-    have = _WORD.findall(norm)
+    have = WORD.findall(norm)
     return all(any(h.startswith(w) for h in have) for w in words)
 
 
@@ -325,7 +311,7 @@ class SQLiteSearch(SearchBackend):
             if c.modifier == "below":
                 return f"{x}.uri >= {s.arg(v)} AND {x}.uri < {s.arg(v + TOP)}"
             if c.modifier == "above":
-                prefixes = _uri_prefixes(v)
+                prefixes = uri_prefixes(v)
                 return f"{x}.uri IN ({', '.join(s.arg(p) for p in prefixes)})"
             return f"{x}.uri = {s.arg(v)}"
         if t == "composite":
@@ -411,7 +397,7 @@ class SQLiteSearch(SearchBackend):
     def page(self, q: Query, count: int, with_total: bool | str) -> Page:
         """One page of matches; ``with_total``: False, True or "accurate" (exact), "estimate", or
         "if-cheap" (exact where cheap, else no total)."""
-        direction, values = _decode(q.cursor, len(q.sort)) if q.cursor else ("n", None)
+        direction, values = decode_cursor(q.cursor, len(q.sort)) if q.cursor else ("n", None)
         with self._cursor() as c:
             self._prepare(c)
             total = None
@@ -468,8 +454,8 @@ class SQLiteSearch(SearchBackend):
         rows = [Row(q.rtype, f[1], f[0]) for f in fetched]
         has_next = beyond if reverse else more
         has_prev = more if reverse else beyond
-        return Page(rows, _encode("n", _key(fetched[-1])) if has_next else None,
-                    _encode("p", _key(fetched[0])) if has_prev else None, total)
+        return Page(rows, encode_cursor("n", _key(fetched[-1])) if has_next else None,
+                    encode_cursor("p", _key(fetched[0])) if has_prev else None, total)
 
     def _index_order(self, c, q: Query, count: int, values: list | None) -> list[int] | None:
         """The pks that can make the next page of ``q`` when its first sort key is a
@@ -776,16 +762,6 @@ def _composite_test(s: _Sql, i: int, part: tuple, x: str) -> str:
     return f"{x}.c2 = {s.arg(v)}"
 
 
-def _uri_prefixes(uri: str) -> list[str]:
-    out, cut = [uri], uri
-    while "/" in cut.rstrip("/"):
-        cut = cut.rstrip("/").rsplit("/", 1)[0]
-        if cut.endswith(":/") or cut.endswith(":"):
-            break
-        out.append(cut)
-    return out
-
-
 def _after(s: _Sql, comps: list[tuple[str, bool]], vals: list[Any], reverse: bool) -> str:
     """Rows after ``vals`` in the order of ``comps`` (before them when ``reverse``)."""
     ors = []
@@ -810,22 +786,6 @@ def _expand(values: list) -> list:
         out += [int(v is None), v]
     out.append(values[-1])
     return out
-
-
-def _encode(direction: str, values: list) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([direction, *values])).decode().rstrip("=")
-
-
-def _decode(cursor: str, n_sort: int) -> tuple[str, list]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        data = orjson.loads(raw)
-        assert isinstance(data, list) and data[0] in ("n", "p") and len(data) == n_sort + 2
-        assert type(data[-1]) is int
-        return data[0], data[1:]
-    except Exception:  # noqa: BLE001 - anything malformed is the client's
-        raise bad_request("_cursor is not a page cursor of this server (or of another _sort)") \
-            from None
 
 
 def _chunks(seq: list, n: int) -> Iterable[list]:
