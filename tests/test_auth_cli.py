@@ -106,3 +106,10 @@ def test_rotate_key(data, capsys):
     new = Signer(data).kid
     assert new != old and new in capsys.readouterr().out
     assert [k["kid"] for k in Signer(data).jwks()["keys"]] == [new, old]
+
+
+def test_client_ids_never_start_with_a_dash():
+    # the command line takes a client id as an argument: "-…" would be read as an option
+    from hub.auth.clients import new_client_id
+
+    assert not any(new_client_id().startswith("-") for _ in range(5000))

@@ -56,6 +56,15 @@ CREATE INDEX IF NOT EXISTS used_jti_expires ON used_jti (expires);
 """
 
 
+def new_client_id() -> str:
+    """A random client id that never starts with "-" (a command line would read it as an
+    option: `hub auth client revoke -x…` failed for one id in 64)."""
+    while True:
+        cid = secrets.token_urlsafe(16)
+        if not cid.startswith("-"):
+            return cid
+
+
 @dataclass(frozen=True, slots=True)
 class Client:
     """A registered client. ``roles`` are hub roles (``ROLES``), ``scopes`` the SMART scope string
@@ -113,7 +122,7 @@ class ClientRegistry:
         unknown = [r for r in roles if r not in ROLES]
         if unknown:
             raise bad_request(f"Unknown role(s) {', '.join(unknown)}; the roles are {', '.join(ROLES)}")
-        client = Client(client_id=secrets.token_urlsafe(16), name=name, jwks=check_jwks(jwks),
+        client = Client(client_id=new_client_id(), name=name, jwks=check_jwks(jwks),
                         institution=institution.strip(), roles=roles, scopes=check_scopes(scopes),
                         status="active", created=_now())
         with self._db() as db:
