@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -441,12 +442,30 @@ _POSTGRES_TABLES = [
 
 class _FastSQLitePool(SQLiteConnectionPool):
     def _create_connection(self) -> SQLiteConnection:
-        conn = super()._create_connection()
+        conn = self._connect_waiting()
         # WAL is set by eventsourcing; NORMAL sync is durable across process crashes in WAL mode
         # (an OS crash can lose the last transactions, never corrupt). Opt out with HUB_SQLITE_SYNC.
         sync = os.environ.get("HUB_SQLITE_SYNC", "NORMAL")
         conn._sqlite_conn.execute(f"PRAGMA synchronous={sync}")
         return conn
+
+    def _connect_waiting(self) -> SQLiteConnection:
+        """eventsourcing's connection, retried while the file is locked.
+
+        Switching a new file to WAL takes an exclusive lock, and when several processes open a new
+        data directory at once (the workers of `hub serve` on a fresh machine) SQLite can refuse
+        the switch with "database is locked" at once, without calling the busy handler that the
+        connection's timeout sets up. So wait here, up to the same timeout."""
+        deadline = time.monotonic() + (self.lock_timeout or 5)
+        delay = 0.005
+        while True:
+            try:
+                return super()._create_connection()
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 class FastSQLiteDatastore(SQLiteDatastore):
