@@ -41,8 +41,8 @@ def register(repo: Repository, raw: bytes, source: SourceInfo, ctx: Context,
     the data-quality projection counts, as for documents), keyed by the institution, interaction
     and message id: a replay rewrites the same report, a no-op."""
     conv: Conversion = hl7v3.convert(raw, source)
-    if conv.kind in VISIT_CHANGES:
-        _keep_what_the_visit_had(repo, ctx, conv)
+    if conv.kind in CHANGES:
+        _keep_what_it_had(repo, ctx, conv, CHANGES[conv.kind])
     if normaliser is not None:
         normaliser.apply(conv)  # local codes: the standard coding beside them
     if conv.findings:
@@ -54,38 +54,58 @@ def register(repo: Repository, raw: bytes, source: SourceInfo, ctx: Context,
     return conv, repo.execute(ops, ctx, atomic=True)  # type: ignore[arg-type]
 
 
-# visit messages after the first: they may carry only what changed (a discharge: its end, a
-# transfer: the new ward), and an Encounter written from them alone would lose the rest
-VISIT_CHANGES = ("PRPA_IN400002UV", "PRPA_IN400003UV", "PRPA_IN302011UV", "PRPA_IN302012UV")
+# messages after the first of a visit or an order: they may carry only what changed (a
+# discharge: its end, a transfer: the new ward, a stop: the order's status), and a resource
+# written from them alone would lose the rest. The resource types each one changes.
+_VISIT = ("Encounter",)
+_ORDER = ("MedicationRequest", "ServiceRequest", "Specimen")
+CHANGES = {"PRPA_IN400002UV": _VISIT, "PRPA_IN400003UV": _VISIT, "PRPA_IN302011UV": _VISIT,
+           "PRPA_IN302012UV": _VISIT, "POOR_IN200902UV": _ORDER}
 
 
-def _keep_what_the_visit_had(repo: Repository, ctx: Context, conv: Conversion) -> None:
-    """Fill in each Encounter of ``conv`` with what its stored version holds and the message does
-    not say (the admitting doctor, the department, the reason, the start), so that no fact of
-    the visit is dropped by a message that names only its change."""
+def _keep_what_it_had(repo: Repository, ctx: Context, conv: Conversion,
+                      types: tuple[str, ...]) -> None:
+    """Fill in each resource of ``types`` in ``conv`` with what its stored version holds and the
+    message does not say (a visit's admitting doctor, department, reason and start; an order's
+    drug, dose and status), so that no fact is dropped by a message that names only its change.
+    An order update with no status and nothing stored is an active order."""
     for res in conv.resources:
-        if res.get("resourceType") != "Encounter":
+        if res.get("resourceType") not in types:
             continue
-        try:
-            stored = repo.latest(ctx, "Encounter", res["id"])
-        except FhirError:
-            continue  # the sender may not read it: written as the message says
-        body = resource_bytes(stored) if stored is not None else b""
-        if not body:
-            continue
-        old = orjson.loads(body)
-        for key, value in old.items():
-            if key in ("meta", "text", "id"):
-                continue
-            if key not in res:
-                res[key] = value
-            elif key == "period" and isinstance(value, dict):
-                res[key] = {**value, **res[key]}
-            elif key == "location" and isinstance(value, list):
-                # the places it was at before, then those the message names
-                now = {orjson.dumps(loc.get("location")) for loc in res[key]}
-                res[key] = [{**loc, "status": "completed"} for loc in value
-                            if orjson.dumps(loc.get("location")) not in now] + res[key]
+        _fill_from_stored(repo, ctx, res)
+        if res["resourceType"] in ("MedicationRequest", "ServiceRequest"):
+            res.setdefault("status", "active")
+
+
+def _fill_from_stored(repo: Repository, ctx: Context, res: dict[str, Any]) -> None:
+    """Each key the message left out, from the stored version (a period merged, the places
+    a visit was at before those the message names)."""
+    try:
+        stored = repo.latest(ctx, res["resourceType"], res["id"])
+    except FhirError:
+        return  # the sender may not read it: written as the message says
+    body = resource_bytes(stored) if stored is not None else b""
+    if not body:
+        return
+    old = orjson.loads(body)
+    for key in ("meta", "text", "id"):
+        old.pop(key, None)
+    _fill(res, old)
+    if isinstance(old.get("location"), list) and "location" in res:
+        # the places it was at before, then those the message names
+        now = {orjson.dumps(loc.get("location")) for loc in res["location"]}
+        res["location"] = [{**loc, "status": "completed"} for loc in old["location"]
+                           if orjson.dumps(loc.get("location")) not in now] + res["location"]
+
+
+def _fill(new: dict[str, Any], old: dict[str, Any]) -> None:
+    """What ``old`` has and ``new`` leaves out, into ``new``, element by element (a period's
+    start, an order's dispense quantity); lists are the message's as it sent them."""
+    for key, value in old.items():
+        if key not in new:
+            new[key] = value
+        elif isinstance(value, dict) and isinstance(new[key], dict):
+            _fill(new[key], value)
 
 
 def institution_of(raw: bytes, source: SourceInfo) -> str:

@@ -422,9 +422,10 @@ def test_an_unsupported_interaction_is_kept_and_listed(client, v3, live):
     assert by_id["PRPA_IN201305UV02"]["response"] == "PRPA_IN201306UV02"
     services = {s["service"]: s for s in caps["catalogue"]}
     assert services["门诊挂号信息新增服务"]["supported"] and services["住院就诊信息登记服务"]["supported"]
-    assert services["医嘱信息新增服务"] == {"family": "order", "family_name": "医嘱信息交互服务",
-                                        "service": "医嘱信息新增服务",
-                                        "interaction": "POOR_IN200901UV", "supported": False}
+    assert services["医嘱信息新增服务"]["supported"] and services["手术申请信息查询服务"]["supported"]
+    assert services["检验状态信息更新服务"] == {"family": "status", "family_name": "结果、状态信息交互服务",
+                                          "service": "检验状态信息更新服务",
+                                          "interaction": "POLB_IN224000UV01", "supported": False}
     assert len(services) == len(caps["catalogue"]) == 69
     assert by_id[interaction] | {"latest": None} == {"interaction": interaction,
                                                      "supported": False, "received": 2,
@@ -863,3 +864,186 @@ def test_hostile_or_broken_envelopes_are_refused_and_the_server_keeps_serving(cl
     # answered inside one, escaped)
     assert b'typeCode="AR"' in r.content or b"typeCode=&quot;AR&quot;" in r.content
     accepted(client, v3, patient_message(f"P{tag()}", resident()))
+
+
+# -- orders (H08) and requests (H09) -----------------------------------------------------------------
+
+def order_message(name: str, local: str, serial: str, *pairs: tuple[str, str],
+                  interaction: str = "POOR_IN200901UV") -> bytes:
+    """One of the order fixtures for this patient and visit, its order numbers made unique."""
+    data = variant(fixture(name), ("P0001", local), ("VS0001", serial), *pairs)
+    data = data.replace(b"MSG-0001", f"MSG-{tag()}".encode())
+    return data.replace(b"POOR_IN200901UV", interaction.encode())
+
+
+def order_query(criteria: str) -> bytes:
+    return fixture("order-query.xml").replace(b"<!--CRITERIA-->", criteria.encode()).replace(
+        b"OQ-MSG-0001", f"OQ-{tag()}".encode())
+
+
+def _search_one(client: httpx.Client, rtype: str, system: str, value: str) -> dict:
+    found = client.get(f"/{rtype}", params={"identifier": f"{system}|{value}"}).json()
+    (entry,) = found["entry"]
+    return entry["resource"]
+
+
+def test_orders_are_registered_stopped_and_keep_what_an_update_leaves_out(client, v3):
+    local, serial, n = f"P{tag()}", f"VS{tag()}", tag()
+    drug, exam = f"YZ{n}1", f"YZ{n}2"
+    accepted(client, v3, visit_message("PRPA_IN400001UV", local, serial), DECLARED)
+    new = order_message("order-new.xml", local, serial, ("YZ0001", drug), ("YZ0002", exam))
+    accepted(client, v3, new, DECLARED)
+    med = _search_one(client, "MedicationRequest", f"urn:oid:{OID}.4", drug)
+    assert med["status"] == "active" and med["intent"] == "order"
+    assert med["subject"]["reference"] == f"Patient/{patient_id(INST, local)}"
+    assert med["encounter"]["reference"] == f"Encounter/{encounter_id(INST, serial)}"
+    read(client, med["encounter"]["reference"])  # the visit the registration wrote
+    assert med["medicationCodeableConcept"]["text"] == "阿莫西林胶囊"
+    dosage = med["dosageInstruction"][0]
+    assert dosage["route"]["coding"][0]["display"] == "口服"
+    assert dosage["timing"]["code"]["coding"][0]["code"] == "TID"
+    assert dosage["doseAndRate"][0]["doseQuantity"] == {"value": 0.5, "unit": "g"}
+    assert med["dispenseRequest"]["quantity"] == {"value": 42, "unit": "粒"}
+    assert med["dispenseRequest"]["validityPeriod"]["end"] == "2024-03-17T10:00:00+08:00"
+    assert [c["text"] for c in med["category"]] == ["药品", "长期医嘱"]
+    assert med["note"] == [{"text": "青霉素皮试阴性后使用"}]
+    assert read(client, med["requester"]["reference"])["name"][0]["text"] == "张医生"
+    ct = _search_one(client, "ServiceRequest", f"urn:oid:{OID}.4", exam)
+    assert ct["code"] == {"text": "胸部CT平扫"} and ct["performer"][0]["display"] == "放射科"
+    # the drug is stopped (aborted): revoked, the rest as ordered
+    stop = order_message("order-new.xml", local, serial, ("YZ0001", drug), ("YZ0002", exam),
+                         ('<statusCode code="active"/>\n            <effectiveTime xsi:type="QSC_TS" '
+                          'validTimeLow="20240310100000"',
+                          '<statusCode code="aborted"/>\n            <effectiveTime xsi:type="QSC_TS" '
+                          'validTimeLow="20240310100000"'), interaction="POOR_IN200902UV")
+    accepted(client, v3, stop, DECLARED)
+    med = read(client, f"MedicationRequest/{med['id']}")
+    assert med["status"] == "stopped" and med["meta"]["versionId"] == "2"
+    assert med["dispenseRequest"]["quantity"]["value"] == 42
+    # an update that leaves out the status, the dispensing and the note keeps them
+    import re
+    bare = order_message("order-new.xml", local, serial, ("YZ0001", drug), ("YZ0002", exam),
+                         interaction="POOR_IN200902UV")
+    for block in (rb"<component2>\s*<supplyRequest.*?</component2>", rb"<subjectOf6.*?</subjectOf6>"):
+        bare = re.sub(block, b"", bare, count=1, flags=re.S)
+    bare = bare.replace(b'<statusCode code="active"/>', b"", 1)
+    assert "青霉素".encode() not in bare and b"supplyRequest" not in bare
+    accepted(client, v3, bare, DECLARED)
+    med = read(client, f"MedicationRequest/{med['id']}")
+    # nothing it names differs from what is stored: no new version
+    assert med["meta"]["versionId"] == "2" and med["status"] == "stopped"
+    assert med["dispenseRequest"]["quantity"]["value"] == 42
+    assert med["note"] == [{"text": "青霉素皮试阴性后使用"}]
+
+
+def test_requests_by_kind_with_specimen_form_and_reason(client, v3):
+    local, serial, n = f"P{tag()}", f"VS{tag()}", tag()
+    form, barcode = f"SQ{n}", f"BC{n}"
+    lab = order_message("request-lab.xml", local, serial, ("SQ0001", form), ("BC0001", barcode),
+                        ("YZ1001", f"YZ{n}1"), ("YZ1002", f"YZ{n}2"))
+    accepted(client, v3, lab, DECLARED)
+    found = client.get("/ServiceRequest", params={"requisition": f"urn:oid:{OID}.17|{form}",
+                                                  "_include": "ServiceRequest:specimen"}).json()
+    requests = [e["resource"] for e in found["entry"] if e["resource"]["resourceType"] == "ServiceRequest"]
+    specimens = [e["resource"] for e in found["entry"] if e["resource"]["resourceType"] == "Specimen"]
+    assert sorted(r["code"]["text"] for r in requests) == ["C反应蛋白", "血常规"]
+    for r in requests:
+        assert r["category"][0]["coding"][0]["code"] == "108252007"  # laboratory
+        assert r["priority"] == "stat" and r["status"] == "active"
+        assert r["reasonCode"][0]["coding"][0]["code"] == "J18.900"
+        assert {"text": "空腹采血"} in r["note"]
+    (specimen,) = specimens
+    assert specimen["accessionIdentifier"]["value"] == barcode
+    assert specimen["type"]["text"] == "静脉血"
+    surgery = order_message("request-surgery.xml", local, serial, ("SS0001", f"SS{n}"),
+                            ("YZ2001", f"YZ{n}3"))
+    accepted(client, v3, surgery, DECLARED)
+    op = _search_one(client, "ServiceRequest", f"urn:oid:{OID}.4", f"YZ{n}3")
+    assert op["category"][0]["coding"][0]["code"] == "387713003"  # surgical procedure
+    assert op["code"]["coding"][0] == {"system": "urn:oid:2.16.156.10011.2.3.3.12",
+                                       "code": "47.0901", "display": "腹腔镜阑尾切除术"}
+    assert op["occurrencePeriod"] == {"start": "2024-03-16T08:00:00+08:00"}
+
+
+def test_orders_that_cannot_be_mapped_are_refused_naming_the_element_and_kept(client, v3):
+    local, serial = f"P{tag()}", f"VS{tag()}"
+    # no usable order number (a filler), and a status outside ActStatus
+    for pairs, words in (((('extension="YZ0001"', 'extension="-"'),), "order number"),
+                         ((('<statusCode code="active"/>', '<statusCode code="maybe"/>'),),
+                          "statusCode")):
+        r = post(client, v3, order_message("order-new.xml", local, serial, *pairs), DECLARED)
+        code, text, _ = ack(r)
+        assert code == "AE" and words in text and "kept for replay" in text, text
+    # no patient: AE, nothing written
+    r = post(client, v3, order_message("request-surgery.xml", local, serial,
+                                       ("<subject typeCode=\"SBJ\">", "<subjectOf typeCode=\"SBJ\">"),
+                                       ("</subject>\n          </encounter>",
+                                        "</subjectOf>\n          </encounter>")), DECLARED)
+    code, text, _ = ack(r)
+    assert code == "AE" and "patient" in text
+
+
+def test_orders_and_requests_are_queried_by_order_form_visit_author_time_and_patient(client, v3):
+    local, serial, n = f"P{tag()}", f"VS{tag()}", tag()
+    accepted(client, v3, visit_message("PRPA_IN400001UV", local, serial), DECLARED)
+    accepted(client, v3, order_message("order-new.xml", local, serial, ("YZ0001", f"YZ{n}1"),
+                                       ("YZ0002", f"YZ{n}2")), DECLARED)
+    accepted(client, v3, order_message("request-lab.xml", local, serial, ("SQ0001", f"SQ{n}"),
+                                       ("BC0001", f"BC{n}"), ("YZ1001", f"YZ{n}3"),
+                                       ("YZ1002", f"YZ{n}4")), DECLARED)
+    # a request another system wrote through REST, for the same patient: found too
+    rest = {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+            "identifier": [{"system": f"urn:oid:{OID}.4", "value": f"YZ{n}5"}],
+            "code": {"text": "心电图"}, "authoredOn": "2024-04-02T10:00:00+08:00",
+            "subject": {"reference": f"Patient/{patient_id(INST, local)}",
+                        "identifier": {"system": f"urn:oid:{OID}.1", "value": local}}}
+    assert client.post("/ServiceRequest", json=rest).status_code == 201
+
+    def answer(criteria: str) -> tuple[str, int, etree._Element]:
+        r = post(client, v3, order_query(criteria), DECLARED)
+        assert r.status_code == 200, r.text
+        code, _, root = ack(r, "QUMT_IN020040UV01")
+        return code, query_ack(root)[1], root
+
+    def act(root: str, ext: str) -> str:
+        return f'<actId><value><item root="{root}" extension="{ext}"/></value></actId>'
+
+    # by the drug's order number: a placerGroup with its drug, author and patient
+    code, count, root = answer(act("2.16.156.10011.1.28", f"YZ{n}1"))
+    assert (code, count) == ("AA", 1)
+    group = root.find(f"{V3}controlActProcess/{V3}subject/{V3}placerGroup")
+    sa = group.find(f"{V3}component2/{V3}substanceAdministrationRequest")
+    assert sa.find(f"{V3}id/{V3}item").get("extension") == f"YZ{n}1"
+    assert sa.find(f"{V3}statusCode").get("code") == "active"
+    assert sa.find(f".//{V3}manufacturedProduct/{V3}name/{V3}item/{V3}part").get("value") == "阿莫西林胶囊"
+    assert group.find(f"{V3}author/{V3}time").get("value") == "20240310091000"
+    assert group.find(f".//{V3}assignedEntity/{V3}id/{V3}item").get("extension") == "D001"
+    assert group.find(f".//{V3}encounter/{V3}subject/{V3}patient/{V3}id/{V3}item"
+                      ).get("extension") == local
+    # by the request form: its two items (no drug order has a form)
+    code, count, root = answer(act("2.16.156.10011.1.24", f"SQ{n}"))
+    assert (code, count) == ("AA", 2)
+    items = root.findall(f"{V3}controlActProcess/{V3}subject/{V3}observationRequest")
+    assert sorted(i.find(f"{V3}component2/{V3}observationRequest/{V3}code").get("code")
+                  for i in items) == ["CBC", "CRP"]
+    assert {i.find(f"{V3}id/{V3}item").get("extension") for i in items} == {f"SQ{n}"}
+    # by the specimen's barcode, as the laboratory asks
+    assert answer(act("2.16.156.10011.1.14", f"BC{n}"))[:2] == ("AA", 2)
+    # by the visit: the two orders and the two items (the REST request names no visit)
+    assert answer(act("2.16.156.10011.2.5.1.9", serial))[:2] == ("AA", 4)
+    # by the patient: all five; with a time frame, the REST one of April
+    patient = (f'<patientId><value><item root="2.16.156.10011.2.5.1.4" extension="{local}"/>'
+               f"</value></patientId>")
+    assert answer(patient)[:2] == ("AA", 5)
+    april = ('<effectiveTime><value><low value="20240401"/><high value="20240430"/></value>'
+             "</effectiveTime>")
+    code, count, root = answer(patient + april)
+    assert (code, count) == ("AA", 1)
+    assert root.find(f".//{V3}component2/{V3}observationRequest/{V3}id/{V3}item"
+                     ).get("extension") == f"YZ{n}5"
+    # by the author and the patient: what 张医生 (D001) wrote
+    author = ('<authorId><value><item root="2.16.156.10011.1.4" extension="D001"/></value>'
+              "</authorId>")
+    assert answer(patient + author)[:2] == ("AA", 4)
+    # nobody's: no match, not an error
+    assert answer(act("2.16.156.10011.1.28", f"YZ{tag()}"))[:2] == ("AA", 0)

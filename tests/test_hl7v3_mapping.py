@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import parse_qsl
 
 import orjson
 import pytest
+from lxml import etree
 
 from fhir_mapping.base import MappingError, SourceInfo
 from fhir_mapping.hl7v3 import acknowledge, convert, interaction_of, is_query, parse_query, respond
@@ -314,3 +316,79 @@ def test_the_synthetic_regions_v3_messages_all_convert():
         assert "Provenance" in types
         assert ("Encounter" if interaction.startswith("PRPA_IN4") else "Patient") in types
     assert set(kinds) == {"PRPA_IN201311UV02", "PRPA_IN400001UV", "PRPA_IN400003UV"}
+
+
+# -- orders and requests -------------------------------------------------------------------------
+
+def _kind(conv) -> list[str]:
+    return sorted({r["category"][0]["coding"][0]["code"] for r in by_type(conv, "ServiceRequest")})
+
+
+def test_a_requests_kind_is_told_by_its_content():
+    """The request message names no kind: a specimen makes it a laboratory request, a method (with
+    or without a specimen) a pathology one, neither an examination; a procedure request with an
+    operation item is a surgery, without one a transfusion (tables/orders.yaml)."""
+    lab = fixture("request-lab.xml")
+    conv = convert(lab, SRC)
+    assert_valid(conv)
+    assert _kind(conv) == ["108252007"] and len(by_type(conv, "Specimen")) == 1
+    specimen = re.search(rb"<specimen>.*?</specimen>\s*</specimen>", lab, re.S).group(0)
+    exam = convert(lab.replace(specimen, b""), SRC)
+    assert _kind(exam) == ["363679005"] and not by_type(exam, "Specimen")
+    pathology = convert(lab.replace(b"<specimen>", b'<methodCode><item code="HE"><displayName '
+                                    b'value="HE"/></item></methodCode><specimen>', 1), SRC)
+    assert _kind(pathology) == ["108257001"]
+    assert all(r["orderDetail"][0]["text"] == "HE" for r in by_type(pathology, "ServiceRequest"))
+    surgery = fixture("request-surgery.xml")
+    assert _kind(convert(surgery, SRC)) == ["387713003"]
+    item = re.search(rb"<component2>.*?</component2>", surgery, re.S).group(0)
+    blood = surgery.replace(item, '<pertinentInformation><observation classCode="OBS" '
+                            'moodCode="EVN"><code code="RBC" codeSystem="2.16.156.10011.2.3.1.251">'
+                            '<displayName value="悬浮红细胞"/></code></observation>'
+                            '</pertinentInformation>'.encode())
+    conv = convert(blood, SRC)
+    assert_valid(conv)
+    (transfusion,) = by_type(conv, "ServiceRequest")
+    assert _kind(conv) == ["116859006"] and transfusion["code"]["text"] == "悬浮红细胞"
+    # the form itself is the one request: keyed by the form's number
+    assert transfusion["requisition"]["value"] == "SS0001"
+
+
+def test_an_order_update_and_a_replay_land_on_the_same_resources():
+    new = fixture("order-new.xml")
+    first_ids = {(r["resourceType"], r["id"]) for r in convert(new, SRC).resources
+                 if r["resourceType"] != "Provenance"}
+    update = new.replace(b"POOR_IN200901UV", b"POOR_IN200902UV").replace(b"O-MSG-0001", b"O-MSG-2")
+    conv = convert(update, SRC)
+    assert {(r["resourceType"], r["id"]) for r in conv.resources
+            if r["resourceType"] != "Provenance"} == first_ids
+    assert convert(new, SRC).resources == convert(new, SRC).resources  # pure: a replay is the same
+    # a status outside ActStatus, and an order with no usable number: AE naming the element
+    with pytest.raises(MappingError) as e:
+        convert(new.replace(b'<statusCode code="active"/>', b'<statusCode code="paused"/>', 1), SRC)
+    assert e.value.code == "AE" and "statusCode" in e.value.location
+    with pytest.raises(MappingError) as e:
+        convert(new.replace(b'extension="YZ0002"', b'extension="000000"'), SRC)
+    assert e.value.rule == "v3.order.id-missing" and "observationRequest" in e.value.location
+
+
+def test_order_query_parameters_and_response():
+    q = parse_query(fixture("order-query.xml").replace(
+        b"<!--CRITERIA-->", b'<actId><value><item root="2.16.156.10011.1.24" extension="SQ1"/>'
+        b'</value></actId><effectiveTime><value><low value="20240301"/><high value="20240331"/>'
+        b'</value></effectiveTime>'), SRC)
+    assert q["response_interaction"] == "QUMT_IN020040UV01"
+    # a request form: drug orders have none, so only ServiceRequests are searched
+    assert q["searches"] == [("ServiceRequest", [
+        ("requisition", "urn:oid:1.2.156.112604.1.2.1.17|SQ1"),
+        ("authored", "ge2024-03-01"), ("authored", "le2024-03-31")])]
+    q = parse_query(fixture("order-query.xml").replace(
+        b"<!--CRITERIA-->", b'<patientId><value><item root="2.16.156.10011.2.5.1.4" extension="P1"/>'
+        b'</value></patientId>'), SRC)
+    assert [t for t, _ in q["searches"]] == ["MedicationRequest", "ServiceRequest"]
+    conv = convert(fixture("order-new.xml"), SRC)
+    body = respond(q, conv.resources, now=NOW, message_id="R1")
+    root = etree.fromstring(body)
+    assert root.tag == V3 + "QUMT_IN020040UV01"
+    subjects = root.findall(f"{V3}controlActProcess/{V3}subject")
+    assert [etree.QName(s[0]).localname for s in subjects] == ["placerGroup", "observationRequest"]

@@ -10,12 +10,15 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from fhir_mapping.base import MappingError, SourceInfo
-from fhir_mapping.hl7v3 import acknowledge, convert, parse_query, respond
+from fhir_mapping.hl7v3 import acknowledge, convert, is_query, parse_query, respond
 from fhir_mapping.xmlsafe import parse_xml
 from hub.core.resource import validate
 
 FIX = Path(__file__).parent / "fixtures" / "hl7v3"
-MESSAGES = [(FIX / n).read_bytes() for n in ("patient-register.xml", "patient-merge.xml", "patient-query.xml")]
+MESSAGES = [(FIX / n).read_bytes() for n in (
+    "patient-register.xml", "patient-merge.xml", "patient-query.xml", "visit-register.xml",
+    "visit-query.xml", "order-new.xml", "request-lab.xml", "request-surgery.xml",
+    "order-query.xml")]
 SRC = SourceInfo(institution="H0001", oid="1.2.156.112604.1.2.1")
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TEXT = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=20)
@@ -25,7 +28,7 @@ VALUES = st.one_of(TEXT, st.sampled_from(["", "1", "2", "9", "X", "20240230", "2
 
 def _run(data: bytes) -> None:
     try:
-        if b"PRPA_IN201305UV02" in data[:200]:
+        if is_query(data):
             q = parse_query(data, SRC)
             parse_xml(respond(q, []))
             return

@@ -25,7 +25,7 @@ DECLARED = {"content-type": "application/xml", "x-hub-source-institution": INST,
             "x-hub-source-oid": OID}
 BAD_RESIDENT = "110105198003151235"  # the fixture's valid number with a wrong check digit
 LOCAL = '<id><item root="2.16.156.10011.2.5.1.4" extension="P0001"/></id>'
-LOCATION = "/*/*[9]/*/*/*[2]/*/*[1]"  # controlActProcess/…/subject1/patient/id of the fixture
+LOCATION = "/*/hl7:controlActProcess/hl7:subject/hl7:registrationRequest/hl7:subject1/hl7:patient/hl7:id"
 PERSON_ID = '<id><item root="2.16.156.10011.1.3" extension="110105198003151234"/></id>'
 
 

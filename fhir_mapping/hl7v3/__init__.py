@@ -2,7 +2,7 @@
 
     convert(payload, source) -> Conversion       registrations (patients, merges, institutions and
                                                  departments, practitioners, document registrations,
-                                                 visits)
+                                                 visits, orders and requests)
     parse_query(payload, source=None) -> dict    queries (patient, organisation, practitioner,
                                                  document search / retrieve) as FHIR search criteria
     respond(query, resources, ...) -> bytes      the conformant v3 response to a query
@@ -21,8 +21,8 @@ from typing import Any
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.identifiers import usable
 
+from . import orders, visits
 from . import registrations as reg
-from . import visits
 from .ack import acknowledge
 from .common import Ctx, Message, fhir_datetime, ids, interactions, parse, table
 from .query import parse_query, respond
@@ -37,6 +37,7 @@ _HANDLERS = {
     "document": reg.document,
     "visit": visits.visit,
     "transfer": visits.transfer,
+    "order": orders.order,
 }
 
 

@@ -66,6 +66,7 @@ def parse_query(payload: bytes, source: SourceInfo | None = None) -> dict[str, A
                            location="/*/hl7:controlActProcess", rule="v3.query.parameters-missing")
     params: list[tuple[str, str]] = []
     criteria: dict[str, Any] = {}
+    searches: list[tuple[str, list[tuple[str, str]]]] | None = None
     handler = spec["handler"]
     if handler == "patient_query":
         _patient_params(ctx, qbp, params, criteria)
@@ -75,17 +76,25 @@ def parse_query(payload: bytes, source: SourceInfo | None = None) -> dict[str, A
         _practitioner_params(ctx, qbp, params, criteria)
     elif handler == "visit_query":
         _visit_params(ctx, qbp, params, criteria)
+    elif handler == "order_query":
+        searches = _order_params(ctx, qbp, params, criteria)
     else:
         _document_params(ctx, qbp, params, criteria, retrieve=handler == "document_retrieve")
     limit = attr(first(qbp, "initialQuantity"), "value")
     if limit.isdigit() and int(limit) > 0:
         params.append(("_count", limit))
+        for _, search in searches or []:
+            search.append(("_count", limit))
     qid = first(qbp, "queryId")
+    types = _resource_types(spec)
     return {
         "interaction": msg.interaction,
         "response_interaction": spec["response"],
         "handler": handler,
-        "resource_type": spec["resource"],
+        "resource_type": types[0],
+        "resource_types": types,
+        # one FHIR search per resource type the response carries
+        "searches": searches if searches is not None else [(types[0], params)],
         "header": msg.header(),
         "query_id": {"root": attr(qid, "root"), "extension": attr(qid, "extension")},
         "limit": int(limit) if limit.isdigit() else None,
@@ -95,6 +104,11 @@ def parse_query(payload: bytes, source: SourceInfo | None = None) -> dict[str, A
         "echo": _echo(qbp),
         "findings": ctx.findings,
     }
+
+
+def _resource_types(spec: dict[str, Any]) -> list[str]:
+    res = spec["resource"]
+    return list(res) if isinstance(res, list) else [res]
 
 
 def _echo(qbp: etree._Element) -> bytes:
@@ -219,6 +233,64 @@ def _visit_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict) -
         params.append(("class", f"{t['class_system']}|{klass['code']}"))
 
 
+def _order_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict
+                  ) -> list[tuple[str, list[tuple[str, str]]]]:
+    """QUMT_IN020030UV01 (orders and requests alike): the order, request form, visit and specimen
+    numbers (``actId``), the author, the time frame and the patient (tables/orders.yaml). Drug
+    orders (MedicationRequest) and other orders and requests (ServiceRequest) are searched
+    apart; a criterion only a request has (its form, its specimen) leaves drug orders out."""
+    t = table("orders")
+    visits = table("visits")
+    # the parameters sit in queryByParameterPayload (its schema), or in queryByParameter itself
+    payload = first(qbp, "queryByParameterPayload")
+    qbp = payload if payload is not None else qbp
+    shared: list[tuple[str, str]] = []
+    request_only: list[tuple[str, str]] = []
+    dates: list[tuple[str, str]] = []
+    acts = [(r, e) for r, e in ids(first(qbp, "actId/value")) if e]
+    by_kind: dict[str, list[tuple[str, str]]] = {}
+    for r, e in acts:
+        kind = ("order" if r == t["order_root"] else "form" if r == t["requisition_root"]
+                else "specimen" if r == t["specimen_root"]
+                else "visit" if r in visits["number_roots"] or r == visits["serial_root"]
+                else "order")
+        by_kind.setdefault(kind, []).append((r, e))
+    if by_kind.get("order"):
+        shared.append(("identifier", _or_tokens(ctx, by_kind["order"])))
+        criteria["order"] = by_kind["order"]
+    if by_kind.get("visit"):
+        shared.append(("encounter.identifier", _or_tokens(ctx, by_kind["visit"])))
+        criteria["visit"] = by_kind["visit"]
+    if by_kind.get("form"):
+        request_only.append(("requisition", _or_tokens(ctx, by_kind["form"])))
+        criteria["form"] = by_kind["form"]
+    if by_kind.get("specimen"):
+        request_only.append(("specimen.accession", _or_tokens(ctx, by_kind["specimen"])))
+        criteria["specimen"] = by_kind["specimen"]
+    author = [(r, e) for r, e in ids(first(qbp, "authorId/value")) if e]
+    if author:
+        shared.append(("requester.identifier", _or_tokens(ctx, author)))
+        criteria["author"] = author
+    frame = first(qbp, "effectiveTime/value")
+    if frame is not None:
+        _range(dates, "authored", attr(first(frame, "low"), "value"),
+               attr(first(frame, "high"), "value"))
+    pat = [(r, e) for r, e in ids(first(qbp, "patientId/value")) if e]
+    if pat:
+        local = [(r, e) for r, e in pat if r == LOCAL_PATIENT_ROOT]
+        if local:  # on the order's own reference, as for visits
+            shared.append(("subject:identifier", _or_tokens(ctx, local)))
+        else:
+            shared.append(("patient.identifier", _or_tokens(ctx, pat)))
+        criteria["patient"] = pat
+    params += shared + request_only + dates
+    searches = [("ServiceRequest", shared + request_only + dates)]
+    if not request_only:
+        searches.insert(0, ("MedicationRequest",
+                            shared + [("authoredon", v) for _, v in dates]))
+    return searches
+
+
 def _document_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict, retrieve: bool) -> None:
     codes = table("codes")["document_type"]
     _ids_param(ctx, qbp, "patient.id/value", "patient.identifier", "patient", params, criteria)
@@ -255,7 +327,8 @@ def respond(query: dict[str, Any], resources: list[dict[str, Any]], *, now: date
     queryResponseCode NF. ``now`` is the response's creationTime (else the query's); ``message_id``
     its id (else derived from the query's id and the results, so the same answer has the same id)."""
     header = query["header"]
-    primary = [r for r in resources if r.get("resourceType") == query["resource_type"]]
+    types = query.get("resource_types") or [query["resource_type"]]
+    primary = [r for r in resources if r.get("resourceType") in types]
     salt = ",".join(f"{r.get('resourceType')}/{r.get('id')}" for r in primary) + (error or "")
     root = wrapper(query["response_interaction"], header, now=now, message_id=message_id, salt=salt)
     ack_element(root, header, "AE" if error else "AA", error or ("" if primary else "no match"))
@@ -527,6 +600,98 @@ def _visit(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict) ->
             _name(pl, place["display"], "DSET_EN")
 
 
+def _order(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict) -> None:
+    """A drug order as a placerGroup of one substanceAdministrationRequest; another order or a
+    request as the request (observationRequest, or procedureRequest for a transfusion or a
+    surgery) with its form's number (tables/orders.yaml)."""
+    t = table("orders")
+    subject = E(cap, "subject", typeCode="SUBJ")
+    back = {v: k for k, v in reversed([*t["status"].items(), *t["medication_status"].items()])}
+    status = back.get(res.get("status", ""), "active")
+    if res["resourceType"] == "MedicationRequest":
+        holder = E(subject, "placerGroup", classCode="GROUPER", moodCode="RQO")
+    else:
+        kind = next((k for k, v in t["categories"].items()
+                     for cc in res.get("category") or [] for c in cc.get("coding") or []
+                     if c.get("code") == v["code"]), "")
+        element = "procedureRequest" if kind in ("surgery", "transfusion") else "observationRequest"
+        holder = E(subject, element, classCode="PROC" if element == "procedureRequest" else "OBS",
+                   moodCode="RQO")
+        if res.get("requisition"):
+            _ii(holder, "id", [res["requisition"]])
+        E(holder, "statusCode", code=status)
+    _order_author(holder, res, refs)
+    comp = E(holder, "component2")
+    if res["resourceType"] == "MedicationRequest":
+        act = E(comp, "substanceAdministrationRequest", classCode="SBADM", moodCode="RQO")
+        _ii(act, "id", res.get("identifier") or [])
+        dosage = (res.get("dosageInstruction") or [{}])[0]
+        if dosage.get("text"):
+            E(act, "text", value=dosage["text"])
+        E(act, "statusCode", code=status)
+        validity = (res.get("dispenseRequest") or {}).get("validityPeriod") or {}
+        eff = E(act, "effectiveTime", validTimeLow=_ts(validity.get("start")) or None,
+                validTimeHigh=_ts(validity.get("end")) or None)
+        eff.set("{http://www.w3.org/2001/XMLSchema-instance}type", "QSC_TS")
+        _cd(eff, "code", ((dosage.get("timing") or {}).get("code")))
+        _cd(act, "routeCode", dosage.get("route"))
+        dose = next(((d.get("doseQuantity") or {}) for d in dosage.get("doseAndRate") or []), {})
+        if dose.get("value") is not None:
+            E(act, "doseQuantity", value=str(dose["value"]), unit=dose.get("unit") or None)
+        product = E(E(E(act, "consumable2", typeCode="CSM"), "manufacturedProduct1",
+                      classCode="MANU"), "manufacturedProduct", classCode="MMAT",
+                    determinerCode="KIND")
+        drug = res.get("medicationCodeableConcept") or {}
+        _cd(product, "code", drug, with_display=False)
+        if drug.get("text"):
+            _name(product, drug["text"], "BAG_EN")
+    else:
+        act = E(comp, "observationRequest" if holder.tag.endswith("observationRequest")
+                else "procedureRequest", classCode="OBS", moodCode="RQO")
+        _ii(act, "id", res.get("identifier") or [])
+        _cd(act, "code", res.get("code"))
+        E(act, "statusCode", code=status)
+    encounter = refs.get((res.get("encounter") or {}).get("reference", "")) or {}
+    enc = E(E(holder, "componentOf1", contextConductionInd="false"), "encounter", classCode="ENC",
+            moodCode="EVN")
+    _ii(enc, "id", encounter.get("identifier") or [])
+    subj = res.get("subject") or {}
+    pat = E(E(enc, "subject", typeCode="SBJ"), "patient", classCode="PAT")
+    if subj.get("identifier"):
+        _ii(pat, "id", [subj["identifier"]])
+    if subj.get("display"):
+        _name(E(pat, "patientPerson", classCode="PSN", determinerCode="INSTANCE"),
+              subj["display"], "BAG_EN")
+
+
+def _order_author(holder: etree._Element, res: dict[str, Any], refs: dict) -> None:
+    if not res.get("authoredOn") and not res.get("requester"):
+        return
+    author = E(holder, "author", typeCode="AUT")
+    if res.get("authoredOn"):
+        E(author, "time", value=_ts(res["authoredOn"]))
+    requester = res.get("requester") or {}
+    who = refs.get(requester.get("reference", "")) or {}
+    entity = E(author, "assignedEntity", classCode="ASSIGNED")
+    _ii(entity, "id", who.get("identifier") or [])
+    name = who.get("name") or requester.get("display") or ""
+    if name:
+        _name(E(entity, "assignedPerson", classCode="PSN", determinerCode="INSTANCE"), name,
+              "BAG_EN")
+
+
+def _cd(parent: etree._Element, name: str, cc: dict[str, Any] | None,
+        with_display: bool = True) -> None:
+    """A CodeableConcept's first coding as a v3 CD (its OID system; its display or text)."""
+    coding = next(iter((cc or {}).get("coding") or []), None)
+    if coding is None or not coding.get("code"):
+        return
+    el = E(parent, name, code=coding["code"], codeSystem=_oid_of(coding.get("system", "")) or None)
+    label = coding.get("display") or (cc or {}).get("text")
+    if with_display and label:
+        E(el, "displayName", value=label)
+
+
 _BUILDERS = {
     "patient_query": _patient,
     "organization_query": _organization,
@@ -534,6 +699,7 @@ _BUILDERS = {
     "document_search": _document,
     "document_retrieve": _document,
     "visit_query": _visit,
+    "order_query": _order,
 }
 
 __all__ = ["parse_query", "respond"]

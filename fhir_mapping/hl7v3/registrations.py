@@ -15,6 +15,7 @@ from fhir_mapping.ids import patient_id, stable_id
 from terminology import resident_id
 
 from .common import (
+    V3,
     Ctx,
     address,
     attr,
@@ -27,6 +28,7 @@ from .common import (
     first_of,
     human_name,
     ids,
+    local_name,
     q,
     table,
     telecoms,
@@ -39,7 +41,20 @@ ORG_CODE_ROOT = "2.16.156.10011.1.5"
 
 
 def _where(ctx: Ctx, el: etree._Element | None) -> str | None:
-    return ctx.msg.root.getroottree().getpath(el) if el is not None else None
+    """The element's XPath by name, as a sender reads it (``/*/hl7:controlActProcess/…/hl7:id``);
+    a position only where siblings share the name (``hl7:component2[2]``)."""
+    if el is None:
+        return None
+    steps = []
+    while el is not None and el.getparent() is not None:
+        parent = el.getparent()
+        step = f"hl7:{local_name(el)}" if etree.QName(el).namespace == V3 else el.tag
+        same = [c for c in parent if c.tag == el.tag]
+        if len(same) > 1:
+            step += f"[{same.index(el) + 1}]"
+        steps.append(step)
+        el = parent
+    return "/*/" + "/".join(reversed(steps)) if steps else "/*"
 
 
 def _keys(idl: list[tuple[str, str]]) -> list[tuple[str, str]]:

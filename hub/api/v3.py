@@ -87,6 +87,8 @@ INCLUDES: dict[str, list[tuple[str, str]]] = {
 }
 INCLUDES["document_retrieve"] = INCLUDES["document_search"]
 INCLUDES["visit_query"] = [("_include", "Encounter:practitioner")]  # the admitting doctors
+INCLUDES["order_query"] = [(inc, f"{t}:{p}") for t in ("MedicationRequest", "ServiceRequest")
+                           for inc, p in (("_include", "requester"), ("_include", "encounter"))]
 
 
 class Refused(HubError):
@@ -355,8 +357,9 @@ def _issues(e: FhirError) -> str:
 def _bare_query(raw: bytes, interaction: str) -> dict[str, Any]:
     """Enough of a parsed query to answer it with AE when its criteria cannot be read."""
     spec = interactions()[interaction]
+    types = spec["resource"] if isinstance(spec["resource"], list) else [spec["resource"]]
     return {"interaction": interaction, "response_interaction": spec["response"],
-            "handler": spec["handler"], "resource_type": spec["resource"],
+            "handler": spec["handler"], "resource_type": types[0], "resource_types": types,
             "header": request_header(raw), "query_id": {}, "echo": None}
 
 
@@ -390,19 +393,32 @@ def _query(request: Request, raw: bytes, interaction: str, reply_type: str) -> R
             return answer(q, [], error="The hub is busy; retry", status=503, headers={"Retry-After": "1"})
         _log(interaction, mid, "AE", "v3.query.unsupported")
         return answer(q, [], error="The query cannot be answered: " + _issues(e))
-    n = sum(1 for r in resources if r.get("resourceType") == q["resource_type"])
+    n = sum(1 for r in resources if r.get("resourceType") in q["resource_types"])
     _log(interaction, mid, "AA", extra=f"matches={n} total={total}")
     return answer(q, resources, total=total)
 
 
 def _search(request: Request, q: dict[str, Any]) -> tuple[list[dict], int | None]:
-    """Run the query's FHIR search: (matches + what the response needs beside them, total)."""
+    """Run the query's FHIR searches (one per resource type it answers with): (matches + what
+    the response needs beside them, total; None when one search's total is unknown)."""
+    resources: list[dict] = []
+    total: int | None = 0
+    for rtype, params in q["searches"]:
+        found, n = _search_one(request, q, rtype, params)
+        resources += found
+        total = None if n is None or total is None else total + n
+    return resources, total
+
+
+def _search_one(request: Request, q: dict[str, Any], rtype: str, params: list
+                ) -> tuple[list[dict], int | None]:
     repo, ctx = repository(request), context_of(request, feed="v3")
     settings = request.app.state.settings
-    rtype = q["resource_type"]
     filters = POST_FILTERS.get(rtype, {})
-    post = [(k, v) for k, v in q["params"] if k in filters]
-    params = [(k, v) for k, v in q["params"] if k not in filters] + INCLUDES.get(q["handler"], [])
+    post = [(k, v) for k, v in params if k in filters]
+    others = set(q["resource_types"]) - {rtype}  # includes from the other searched types
+    params = [(k, v) for k, v in params if k not in filters] + [
+        (k, v) for k, v in INCLUDES.get(q["handler"], []) if v.split(":", 1)[0] not in others]
     base = (settings.base_url or str(request.base_url).rstrip("/") + "/fhir").rstrip("/")
     # strict: an ignored criterion would widen it
     plan = repo.plan(ctx, rtype, params, True, base)
