@@ -19,6 +19,7 @@ from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.documents import quality_report
 from fhir_mapping.hl7v3.common import Ctx, parse
 from fhir_mapping.hl7v3.common import table as hl7v3_table
+from hub import v3routing
 from hub.api import bundles
 from hub.core.access import SYSTEM
 from hub.core.errors import FhirError
@@ -106,6 +107,13 @@ def _fill(new: dict[str, Any], old: dict[str, Any]) -> None:
             new[key] = value
         elif isinstance(value, dict) and isinstance(new[key], dict):
             _fill(new[key], value)
+
+
+def route_keys(conv: Conversion) -> tuple[str, list[str]]:
+    """(patient, kinds) of an accepted message, for the bus (``hub.v3routing``): the unit its
+    deliveries keep in order, and what it is about (``drug``, a request's kind)."""
+    categories = {kind: spec["code"] for kind, spec in hl7v3_table("orders")["categories"].items()}
+    return v3routing.patient_of(conv.resources), v3routing.kinds_of(conv.resources, categories)
 
 
 def institution_of(raw: bytes, source: SourceInfo) -> str:

@@ -65,6 +65,7 @@ from hub.mpi.candidates import IdentityCandidates
 from hub.quarantine import Quarantine
 from hub.readmodels import open_models, typed
 from hub.repository import Repository
+from hub.v3routing import Routes
 from projections.person import PersonProjection
 from projections.quality import QualityProjection
 from projections.runner import Runner
@@ -130,6 +131,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         normaliser = StoredMaps(app.state.terminology, store, search.terminology_sync)
         quarantine = Quarantine(settings.data_dir / "quarantine.sqlite",
                                 quota=settings.quarantine_quota)
+        # accepted HL7 v3 messages for the systems that subscribe to them (hub v3 route)
+        app.state.routes = Routes(settings.data_dir / "v3routes.sqlite")
         # every read and write of the handlers below passes through the repository, each access
         # to patient data audited: its AuditEvent in the audit log's spool before the answer
         audit_log = open_audit_log(settings.data_dir, settings.database_url)
@@ -179,6 +182,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
                 es_runner.stop()
                 es.close()
             quarantine.close()
+            app.state.routes.close()
             if own:
                 follow_store.close()
                 store.close()

@@ -33,6 +33,7 @@ interaction, message id, outcome and rule id, never message content.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import uuid
 from datetime import datetime
 from typing import Any
@@ -333,6 +334,16 @@ def _register(request: Request, raw: bytes, msg: Any, reply_type: str) -> Respon
                                 reply_type, {"Retry-After": "1"})
         return refuse("AE", "The hub refused the message: " + _issues(e), "v3.hub-refused")
     written = [r for r in results if isinstance(r, Result)]
+    routes = getattr(request.app.state, "routes", None)
+    if routes is not None:  # for the subscribers, before the AA: acknowledged is routed
+        patient, kinds = v3intake.route_keys(conv)
+        try:
+            routes.accept(institution, msg.interaction, mid, patient, kinds, raw)
+        except sqlite3.Error as e:
+            _log(msg.interaction, mid, "AE", "v3.routing-unavailable")
+            return ack_response(raw, "AE", f"The message is stored but could not be kept for its "
+                                f"subscribers ({e}); send it again", 503, reply_type,
+                                {"Retry-After": "5"})
     _log(msg.interaction, mid, "AA", extra=f"resources={len(written)} findings={len(conv.findings)}")
     return ack_response(raw, "AA", _summary(written, conv), 200, reply_type, details=conv.findings)
 

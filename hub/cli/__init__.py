@@ -177,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     audit_cli.add_parsers(sub, common)
     # -- end audit --
 
+    # -- hub v3 subscribe|subscriptions|unsubscribe|route|dead-letters|redeliver (the v3 bus) --
+    from hub.cli import v3 as v3_cli
+
+    v3_cli.add_parsers(sub, common)
+    # -- end v3 --
+
     # -- hub auth client add|list|revoke, rotate-key (access control) --
     from hub.cli import auth as auth_cli
 
@@ -278,6 +284,15 @@ def cmd_audit(args, settings: Settings) -> int:  # hub audit verify|export|ancho
 
 
 COMMANDS["audit"] = cmd_audit
+
+
+def cmd_v3(args, settings: Settings) -> int:  # hub v3 … (hub/cli/v3.py)
+    from hub.cli import v3 as v3_cli
+
+    return v3_cli.cmd_v3(args, settings)
+
+
+COMMANDS["v3"] = cmd_v3
 
 
 def cmd_auth(args, settings: Settings) -> int:  # hub auth client …|rotate-key (hub/cli/auth.py)
