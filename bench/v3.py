@@ -2,7 +2,8 @@
 
 Messages come from the synthetic region (``hub.synth.hl7v3``): patient registrations (H02,
 ``PRPA_IN201311UV02``) and visits (H07: ``PRPA_IN400001UV`` registration or admission,
-``PRPA_IN400003UV`` discharge). The rate covers the whole mapper path (safe XML parsing, mapping,
+``PRPA_IN400003UV`` discharge), orders and requests (H08 drug orders, H09 laboratory requests:
+``POOR_IN200901UV``). The rate covers the whole mapper path (safe XML parsing, mapping,
 Provenance) in one thread, in this process's CPU time. The baseline is raw fhir.resources
 ``model_validate_json`` over the very resources the conversion produced, in the same run: the ratio
 (messages converted per CPU s / messages whose resources can be validated per CPU s) says what the
@@ -27,7 +28,8 @@ from hub.synth import Region
 from hub.synth.hl7v3 import iter_messages
 
 FAMILIES = {"H02 patient": ("PRPA_IN201311UV02",),
-            "H07 visit": ("PRPA_IN400001UV", "PRPA_IN400003UV")}
+            "H07 visit": ("PRPA_IN400001UV", "PRPA_IN400003UV"),
+            "H08/H09 orders and requests": ("POOR_IN200901UV",)}
 
 
 def _cpu(fn) -> float:

@@ -3,8 +3,10 @@
 Each Patient record of ``Region(seed, people)`` becomes its institution's patient registration
 (``PRPA_IN201311UV02``, H02); each visit its registration (``PRPA_IN400001UV``: outpatient
 registration or inpatient admission, by the patient type code) and, for a finished one, its
-discharge (``PRPA_IN400003UV``), H07. Names are Chinese; identifiers are the institution's local
-patient id (the record number), the resident ID number and the visit number.
+discharge (``PRPA_IN400003UV``), H07; each visit's drug orders one placerGroup of orders and its
+laboratory results one laboratory request form with an item per test (``POOR_IN200901UV``, H08 and
+H09). Names are Chinese; identifiers are the institution's local patient id (the record number),
+the resident ID number, the visit number and the order numbers.
 
     for interaction, payload, source in iter_messages(Region(seed=7, people=100)): ...
 """
@@ -96,6 +98,76 @@ def _visit(interaction: str, e: dict, local: str, name: str, inst: str, mid: str
     return (head + body + f"</{interaction}>").encode("utf-8")
 
 
+def _encounter_part(number: str, local: str, name: str) -> str:
+    return ('<componentOf1 contextConductionInd="false"><encounter classCode="ENC" moodCode="EVN">'
+            f'<id><item root="2.16.156.10011.2.5.1.9" extension={_a(number)}/></id>'
+            '<subject typeCode="SBJ"><patient classCode="PAT">'
+            f'<id><item root="2.16.156.10011.2.5.1.4" extension={_a(local)}/></id>'
+            f'<patientPerson><name xsi:type="DSET_EN"><item><part value={_a(name)}/></item></name>'
+            '</patientPerson></patient></subject></encounter></componentOf1>')
+
+
+def _author(when: str) -> str:
+    return (f'<author typeCode="AUT"><time value="{when}"/><assignedEntity classCode="ASSIGNED">'
+            '<id><item root="2.16.156.10011.1.4" extension="D0001"/></id></assignedEntity></author>')
+
+
+def _orders(meds: list[dict], number: str, local: str, name: str, inst: str, mid: str) -> bytes:
+    """The visit's drug orders as one placerGroup (H08)."""
+    items = ""
+    for m in meds:
+        drug = m.get("medicationCodeableConcept") or {}
+        coding = (drug.get("coding") or [{}])[0]
+        dosage = (m.get("dosageInstruction") or [{}])[0]
+        dose = ((dosage.get("doseAndRate") or [{}])[0].get("doseQuantity") or {})
+        status = {"completed": "completed", "stopped": "aborted"}.get(m.get("status", ""), "active")
+        items += ('<component2><substanceAdministrationRequest classCode="SBADM" moodCode="RQO">'
+                  f'<id root="2.16.156.10011.1.28" extension={_a(m["id"])}/>'
+                  f'<text value={_a(dosage.get("text", ""))}/><statusCode code="{status}"/>'
+                  f'<effectiveTime xsi:type="QSC_TS" validTimeLow="{ts(m.get("authoredOn"))}"/>'
+                  + (f'<routeCode code="1" codeSystem="2.16.156.10011.2.3.1.158"><displayName '
+                     f'value={_a(dosage["route"]["text"])}/></routeCode>' if dosage.get("route") else "")
+                  + (f'<doseQuantity value="{dose["value"]}" unit={_a(dose.get("unit", ""))}/>'
+                     if dose.get("value") is not None else "")
+                  + '<consumable2 typeCode="CSM"><manufacturedProduct1 classCode="MANU">'
+                  '<manufacturedProduct classCode="MMAT" determinerCode="KIND">'
+                  f'<code code={_a(coding.get("code", ""))} codeSystem="2.16.156.10011.2.5.1.14"/>'
+                  f'<name xsi:type="BAG_EN"><item><part value={_a(drug.get("text", ""))}/></item>'
+                  '</name></manufacturedProduct></manufacturedProduct1></consumable2>'
+                  '</substanceAdministrationRequest></component2>')
+    when = ts(meds[0].get("authoredOn")) or "20240101000000"
+    body = ('<controlActProcess classCode="CACT" moodCode="EVN"><subject typeCode="SUBJ">'
+            '<placerGroup classCode="GROUPER" moodCode="RQO">' + _author(when[:14]) + items
+            + _encounter_part(number, local, name) + "</placerGroup></subject></controlActProcess>")
+    head = _HEAD.format(i="POOR_IN200901UV", mid=_a(mid), when=when[:14], inst=_a(inst))
+    return (head + body + "</POOR_IN200901UV>").encode("utf-8")
+
+
+def _lab_request(obs: list[dict], number: str, local: str, name: str, inst: str,
+                 mid: str) -> bytes:
+    """The visit's laboratory tests as one request form with a specimen (H09)."""
+    when = ts(obs[0].get("effectiveDateTime")) or "20240101000000"
+    items = ""
+    for o in obs:
+        coding = (o["code"].get("coding") or [{}])[0]
+        items += ('<component2><observationRequest classCode="OBS" moodCode="RQO">'
+                  f'<id><item root="2.16.156.10011.1.28" extension={_a(o["id"])}/></id>'
+                  f'<code code={_a(coding.get("code", ""))} codeSystem="2.16.840.1.113883.6.1">'
+                  f'<displayName value={_a(o["code"].get("text", ""))}/></code><statusCode/>'
+                  '</observationRequest></component2>')
+    body = ('<controlActProcess classCode="ACTN" moodCode="EVN"><subject typeCode="SUBJ">'
+            '<observationRequest classCode="OBS" moodCode="RQO">'
+            f'<id><item root="2.16.156.10011.1.24" extension={_a("SQ-" + number)}/></id><code/>'
+            f'<statusCode code="active"/><priorityCode code="R"/>'
+            '<specimen><specimen classCode="SPEC">'
+            f'<id root="2.16.156.10011.1.14" extension={_a("BC-" + number)}/>'
+            '<code code="BLD"><displayName value="静脉血"/></code></specimen></specimen>'
+            + _author(when[:14]) + items + _encounter_part(number, local, name)
+            + "</observationRequest></subject></controlActProcess>")
+    head = _HEAD.format(i="POOR_IN200901UV", mid=_a(mid), when=when[:14], inst=_a(inst))
+    return (head + body + "</POOR_IN200901UV>").encode("utf-8")
+
+
 def iter_messages(region: Region) -> Iterator[tuple[str, bytes, SourceInfo]]:
     """(interaction, message, source) in the order a platform would receive them."""
     for resources, _ in region.iter_people():
@@ -119,3 +191,17 @@ def iter_messages(region: Region) -> Iterator[tuple[str, bytes, SourceInfo]]:
                 yield ("PRPA_IN400003UV", _visit("PRPA_IN400003UV", e, local, name, inst,
                                                  f"D-{e['id']}"), SourceInfo(institution=inst,
                                                                              feed="v3"))
+            number = next((i["value"] for i in e.get("identifier", [])), e["id"])
+            of_visit = [r for r in resources
+                        if (r.get("encounter") or {}).get("reference") == f"Encounter/{e['id']}"]
+            meds = [r for r in of_visit if r["resourceType"] == "MedicationRequest"]
+            if meds:
+                yield ("POOR_IN200901UV", _orders(meds, number, local, name, inst, f"O-{e['id']}"),
+                       SourceInfo(institution=inst, feed="v3"))
+            labs = [r for r in of_visit if r["resourceType"] == "Observation" and any(
+                c.get("code") == "laboratory" for cc in r.get("category") or []
+                for c in cc.get("coding") or [])]
+            if labs:
+                yield ("POOR_IN200901UV", _lab_request(labs, number, local, name, inst,
+                                                       f"L-{e['id']}"),
+                       SourceInfo(institution=inst, feed="v3"))
