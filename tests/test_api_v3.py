@@ -423,9 +423,10 @@ def test_an_unsupported_interaction_is_kept_and_listed(client, v3, live):
     services = {s["service"]: s for s in caps["catalogue"]}
     assert services["门诊挂号信息新增服务"]["supported"] and services["住院就诊信息登记服务"]["supported"]
     assert services["医嘱信息新增服务"]["supported"] and services["手术申请信息查询服务"]["supported"]
-    assert services["检验状态信息更新服务"] == {"family": "status", "family_name": "结果、状态信息交互服务",
-                                          "service": "检验状态信息更新服务",
-                                          "interaction": "POLB_IN224000UV01", "supported": False}
+    assert services["检验状态信息更新服务"]["supported"]
+    assert services["手术排班信息新增服务"] == {"family": "status", "family_name": "结果、状态信息交互服务",
+                                          "service": "手术排班信息新增服务",
+                                          "interaction": "PRSC_IN010101UV01", "supported": False}
     assert len(services) == len(caps["catalogue"]) == 69
     assert by_id[interaction] | {"latest": None} == {"interaction": interaction,
                                                      "supported": False, "received": 2,
@@ -1047,3 +1048,31 @@ def test_orders_and_requests_are_queried_by_order_form_visit_author_time_and_pat
     assert answer(patient + author)[:2] == ("AA", 4)
     # nobody's: no match, not an error
     assert answer(act("2.16.156.10011.1.28", f"YZ{tag()}"))[:2] == ("AA", 0)
+
+
+def test_a_requests_status_is_its_forms_task_and_answers_the_status_query(client, v3):
+    local, serial, n = f"P{tag()}", f"VS{tag()}", tag()
+    form = f"SQ{n}"
+    accepted(client, v3, order_message("request-lab.xml", local, serial, ("SQ0001", form),
+                                       ("BC0001", f"BC{n}"), ("YZ1001", f"YZ{n}1"),
+                                       ("YZ1002", f"YZ{n}2")), DECLARED)
+
+    def lab_status(name: str) -> bytes:
+        return variant(fixture("lab-status.xml"), ("SQ0001", form), ("P0001", local),
+                       ("LS-MSG-0001", f"LS-{tag()}"), ("已采样", name))
+
+    accepted(client, v3, lab_status("已采样"), DECLARED)
+    accepted(client, v3, lab_status("已报告"), DECLARED)
+    found = client.get("/Task", params={"group-identifier": f"urn:oid:{OID}.17|{form}"}).json()
+    (entry,) = found["entry"]
+    task = entry["resource"]
+    assert task["status"] == "completed" and task["meta"]["versionId"] == "2"
+    history = client.get(f"/Task/{task['id']}/_history").json()
+    assert sorted(e["resource"]["businessStatus"]["text"] for e in history["entry"]) == \
+        ["已报告", "已采样"]
+    r = post(client, v3, order_query(f'<actId><value><item root="2.16.156.10011.1.24" '
+                                      f'extension="{form}"/></value></actId>'), DECLARED)
+    code, _, root = ack(r, "QUMT_IN020040UV01")
+    assert code == "AA" and query_ack(root)[1] == 3  # the two items and the form's status
+    steps = root.findall(f".//{V3}processStep/{V3}code/{V3}displayName")
+    assert [s.get("value") for s in steps] == ["已报告"]

@@ -382,10 +382,13 @@ def test_order_query_parameters_and_response():
         b'</value></actId><effectiveTime><value><low value="20240301"/><high value="20240331"/>'
         b'</value></effectiveTime>'), SRC)
     assert q["response_interaction"] == "QUMT_IN020040UV01"
-    # a request form: drug orders have none, so only ServiceRequests are searched
-    assert q["searches"] == [("ServiceRequest", [
-        ("requisition", "urn:oid:1.2.156.112604.1.2.1.17|SQ1"),
-        ("authored", "ge2024-03-01"), ("authored", "le2024-03-31")])]
+    # a request form: drug orders have none, so only ServiceRequests are searched, and the
+    # form's status
+    form = ("requisition", "urn:oid:1.2.156.112604.1.2.1.17|SQ1")
+    assert q["searches"] == [
+        ("ServiceRequest", [form, ("authored", "ge2024-03-01"), ("authored", "le2024-03-31")]),
+        ("Task", [("group-identifier", form[1]), ("modified", "ge2024-03-01"),
+                  ("modified", "le2024-03-31")])]
     q = parse_query(fixture("order-query.xml").replace(
         b"<!--CRITERIA-->", b'<patientId><value><item root="2.16.156.10011.2.5.1.4" extension="P1"/>'
         b'</value></patientId>'), SRC)
@@ -396,3 +399,35 @@ def test_order_query_parameters_and_response():
     assert root.tag == V3 + "QUMT_IN020040UV01"
     subjects = root.findall(f"{V3}controlActProcess/{V3}subject")
     assert [etree.QName(s[0]).localname for s in subjects] == ["placerGroup", "observationRequest"]
+
+
+def test_status_changes_become_the_one_task_of_their_order_or_form():
+    """An examination's status (an order update with a processStep) is the Task of its order,
+    focused on the ServiceRequest the new order wrote; a laboratory status (POLB_IN224000UV01)
+    the Task of its request form. The senders' codes are local: businessStatus keeps them, the
+    table's words give the status."""
+    order = by_type(convert(fixture("order-new.xml"), SRC), "ServiceRequest")[0]
+    conv = convert(fixture("exam-status.xml"), SRC)
+    assert_valid(conv)
+    (task,) = by_type(conv, "Task")
+    assert task["focus"] == {"reference": f"ServiceRequest/{order['id']}"}
+    assert task["status"] == "completed" and task["businessStatus"]["text"] == "检查完成"
+    assert task["owner"]["display"] == "钱技师" and task["location"] == {"display": "放射科"}
+    assert not by_type(conv, "ServiceRequest")  # a status change writes no request
+    lab = fixture("lab-status.xml")
+    (collected,) = by_type(convert(lab, SRC), "Task")
+    assert collected["status"] == "in-progress" and collected["groupIdentifier"]["value"] == "SQ0001"
+    rejected = lab.replace('code="S02" value="已采样"/>'.encode(),
+                           'code="S09" value="拒收"><originalText value="标本溶血"/></statusCode>'.encode())
+    (task,) = by_type(convert(rejected, SRC), "Task")
+    assert task["id"] == collected["id"]  # the form's one Task, a new version
+    assert task["status"] == "rejected" and task["statusReason"] == {"text": "标本溶血"}
+    # a code the table has no words for: in progress, reported, the sender's code kept
+    odd = convert(lab.replace('value="已采样"'.encode(), b'value="7"'), SRC)
+    (task,) = by_type(odd, "Task")
+    assert task["status"] == "in-progress" and task["businessStatus"]["coding"][0]["code"] == "S02"
+    assert [f.rule for f in odd.findings] == ["v3.status.unmapped"]
+    with pytest.raises(MappingError) as e:
+        convert(lab.replace(b'<statusCode code="S02"', b'<statusCode code=""').replace(
+            'value="已采样"'.encode(), b""), SRC)
+    assert e.value.rule == "v3.status.missing"

@@ -21,7 +21,7 @@ from typing import Any
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.identifiers import usable
 
-from . import orders, visits
+from . import orders, status, visits
 from . import registrations as reg
 from .ack import acknowledge
 from .common import Ctx, Message, fhir_datetime, ids, interactions, parse, table
@@ -38,6 +38,7 @@ _HANDLERS = {
     "visit": visits.visit,
     "transfer": visits.transfer,
     "order": orders.order,
+    "lab_status": status.lab_status,
 }
 
 

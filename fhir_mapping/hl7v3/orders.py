@@ -36,6 +36,7 @@ from .common import (
     table,
     text_parts,
 )
+from . import status
 from .registrations import _keys, _patient_key, _practitioner, _where
 from .visits import _visit_key
 
@@ -68,7 +69,12 @@ def order(ctx: Ctx) -> list[dict[str, str]]:
         if not items:
             raise _refusal(ctx, act, "the placerGroup has no order (component2)", "v3.order.empty")
         for item in items:
-            _order_item(ctx, item, common, t)
+            if first(item, "component1/processStep") is not None:  # a status change
+                owner = status.item_status(ctx, item, common)
+                if owner:
+                    agents.append(owner)
+            else:
+                _order_item(ctx, item, common, t)
         return agents
     if local_name(act) not in ("observationRequest", "procedureRequest"):
         raise _refusal(ctx, act, f"{local_name(act)} is neither a placerGroup of orders nor a "

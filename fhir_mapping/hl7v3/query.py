@@ -288,6 +288,13 @@ def _order_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict
     if not request_only:
         searches.insert(0, ("MedicationRequest",
                             shared + [("authoredon", v) for _, v in dates]))
+    # the status of what is asked about by number (an order's, a form's: hl7v3.status)
+    if (by_kind.get("order") or by_kind.get("form")) and not author and not by_kind.get("specimen"):
+        task = [(n, v) for n, v in shared if n in ("identifier", "subject:identifier",
+                                                   "patient.identifier", "encounter.identifier")]
+        if by_kind.get("form"):
+            task.append(("group-identifier", _or_tokens(ctx, by_kind["form"])))
+        searches.append(("Task", task + [("modified", v) for _, v in dates]))
     return searches
 
 
@@ -600,10 +607,33 @@ def _visit(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict) ->
             _name(pl, place["display"], "DSET_EN")
 
 
+def _task(cap: etree._Element, res: dict[str, Any]) -> None:
+    """An order's or a request form's status (hl7v3.status): the item with its number, the
+    status as the sender coded it (``component1/processStep``), the operator and the time."""
+    item = E(E(E(cap, "subject", typeCode="SUBJ"), "placerGroup", classCode="GROUPER",
+               moodCode="RQO"), "component2")
+    act = E(item, "procedureRequest", classCode="PROC", moodCode="RQO")
+    _ii(act, "id", [*(res.get("identifier") or []),
+                    *([res["groupIdentifier"]] if res.get("groupIdentifier") else [])])
+    E(act, "statusCode", code={"completed": "completed", "cancelled": "cancelled",
+                               "rejected": "aborted"}.get(res.get("status", ""), "active"))
+    if res.get("lastModified"):
+        E(E(E(act, "performer", typeCode="PRF"), "time"), "low", value=_ts(res["lastModified"]))
+    business = res.get("businessStatus") or {}
+    step = E(E(act, "component1", contextConductionInd="true"), "processStep", classCode="PROC")
+    if business.get("coding"):
+        _cd(step, "code", business)
+    else:
+        E(E(step, "code"), "displayName", value=business.get("text") or res.get("status", ""))
+
+
 def _order(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict) -> None:
     """A drug order as a placerGroup of one substanceAdministrationRequest; another order or a
     request as the request (observationRequest, or procedureRequest for a transfusion or a
-    surgery) with its form's number (tables/orders.yaml)."""
+    surgery) with its form's number (tables/orders.yaml); a status, as ``_task``."""
+    if res["resourceType"] == "Task":
+        _task(cap, res)
+        return
     t = table("orders")
     subject = E(cap, "subject", typeCode="SUBJ")
     back = {v: k for k, v in reversed([*t["status"].items(), *t["medication_status"].items()])}
