@@ -24,6 +24,7 @@ from lxml import etree
 from fhir_mapping.base import MappingError
 from fhir_mapping.ids import encounter_id, patient_id
 
+from . import status as status_changes
 from .common import (
     Ctx,
     attr,
@@ -36,7 +37,6 @@ from .common import (
     table,
     text_parts,
 )
-from . import status
 from .registrations import _keys, _patient_key, _practitioner, _where
 from .visits import _visit_key
 
@@ -70,7 +70,7 @@ def order(ctx: Ctx) -> list[dict[str, str]]:
             raise _refusal(ctx, act, "the placerGroup has no order (component2)", "v3.order.empty")
         for item in items:
             if first(item, "component1/processStep") is not None:  # a status change
-                owner = status.item_status(ctx, item, common)
+                owner = status_changes.item_status(ctx, item, common)
                 if owner:
                     agents.append(owner)
             else:
