@@ -146,7 +146,7 @@ def lab_status(ctx: Ctx) -> list[dict[str, str]]:
     status_el = first(report, "statusCode")
     status, business = _business(ctx, status_el, _where(ctx, status_el) or SUBJECT)
     patient = first(report, "recordTarget/patient")
-    subject = None
+    subject: dict[str, Any] | None = None
     if patient is not None and ids(first(patient, "id")):
         key, idents = _patient_key(ctx, patient, _where(ctx, patient) or SUBJECT)
         subject = {"reference": f"Patient/{patient_id(ctx.inst, key)}"}
