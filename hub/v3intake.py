@@ -60,8 +60,10 @@ def register(repo: Repository, raw: bytes, source: SourceInfo, ctx: Context,
 # written from them alone would lose the rest. The resource types each one changes.
 _VISIT = ("Encounter",)
 _ORDER = ("MedicationRequest", "ServiceRequest", "Specimen")
+_APPOINTMENT = ("Appointment",)
 CHANGES = {"PRPA_IN400002UV": _VISIT, "PRPA_IN400003UV": _VISIT, "PRPA_IN302011UV": _VISIT,
-           "PRPA_IN302012UV": _VISIT, "POOR_IN200902UV": _ORDER}
+           "PRPA_IN302012UV": _VISIT, "POOR_IN200902UV": _ORDER,
+           "PRPA_IN410002UV": _APPOINTMENT, "PRSC_IN010201UV01": _APPOINTMENT}
 
 
 def _keep_what_it_had(repo: Repository, ctx: Context, conv: Conversion,
@@ -76,6 +78,8 @@ def _keep_what_it_had(repo: Repository, ctx: Context, conv: Conversion,
         _fill_from_stored(repo, ctx, res)
         if res["resourceType"] in ("MedicationRequest", "ServiceRequest"):
             res.setdefault("status", "active")
+        elif res["resourceType"] == "Appointment":
+            res.setdefault("status", "booked")
 
 
 def _fill_from_stored(repo: Repository, ctx: Context, res: dict[str, Any]) -> None:

@@ -424,9 +424,10 @@ def test_an_unsupported_interaction_is_kept_and_listed(client, v3, live):
     assert services["门诊挂号信息新增服务"]["supported"] and services["住院就诊信息登记服务"]["supported"]
     assert services["医嘱信息新增服务"]["supported"] and services["手术申请信息查询服务"]["supported"]
     assert services["检验状态信息更新服务"]["supported"]
-    assert services["手术排班信息新增服务"] == {"family": "status", "family_name": "结果、状态信息交互服务",
-                                          "service": "手术排班信息新增服务",
-                                          "interaction": "PRSC_IN010101UV01", "supported": False}
+    assert services["手术排班信息新增服务"]["supported"]
+    assert services["号源排班信息新增服务"] == {"family": "visit", "family_name": "就诊信息交互服务",
+                                          "service": "号源排班信息新增服务",
+                                          "interaction": "PRSC_IN030101UV", "supported": False}
     assert len(services) == len(caps["catalogue"]) == 69
     assert by_id[interaction] | {"latest": None} == {"interaction": interaction,
                                                      "supported": False, "received": 2,
@@ -1076,3 +1077,27 @@ def test_a_requests_status_is_its_forms_task_and_answers_the_status_query(client
     assert code == "AA" and query_ack(root)[1] == 3  # the two items and the form's status
     steps = root.findall(f".//{V3}processStep/{V3}code/{V3}displayName")
     assert [s.get("value") for s in steps] == ["已报告"]
+
+
+def test_an_appointment_is_booked_and_a_cancellation_keeps_its_time(client, v3):
+    local, n = f"P{tag()}", tag()
+
+    def booking(interaction: str, *pairs: tuple[str, str]) -> bytes:
+        data = variant(fixture("outpatient-appointment.xml"), ("P0001", local), ("YY0001", f"YY{n}"),
+                       ("OA-MSG-0001", f"OA-{tag()}"), *pairs)
+        return data.replace(b"PRPA_IN410001UV", interaction.encode())
+
+    accepted(client, v3, booking("PRPA_IN410001UV"), DECLARED)
+    found = client.get("/Appointment", params={"identifier": f"urn:oid:2.16.156.10011.2.5.1.11|YY{n}"})
+    (entry,) = found.json()["entry"]
+    appt = entry["resource"]
+    assert appt["status"] == "booked" and appt["start"] == "2024-03-20T09:30:00+08:00"
+    assert appt["participant"][0]["actor"]["reference"] == f"Patient/{patient_id(INST, local)}"
+    # cancelled by a message that names only the appointment, its patient and status
+    import re
+    bare = booking("PRPA_IN410002UV", ('code="active"', 'code="cancelled"'))
+    bare = re.sub(rb"<effectiveTime>.*?</effectiveTime>", b"", bare, flags=re.S)
+    accepted(client, v3, bare, DECLARED)
+    appt = read(client, f"Appointment/{appt['id']}")
+    assert appt["status"] == "cancelled" and appt["start"] == "2024-03-20T09:30:00+08:00"
+    assert appt["meta"]["versionId"] == "2"

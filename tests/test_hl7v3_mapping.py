@@ -431,3 +431,27 @@ def test_status_changes_become_the_one_task_of_their_order_or_form():
         convert(lab.replace(b'<statusCode code="S02"', b'<statusCode code=""').replace(
             'value="已采样"'.encode(), b""), SRC)
     assert e.value.rule == "v3.status.missing"
+
+
+def test_appointments_surgery_examination_and_outpatient():
+    conv = convert(fixture("surgery-schedule.xml"), SRC)
+    assert_valid(conv)
+    (appt,) = by_type(conv, "Appointment")
+    assert appt["serviceCategory"][0]["coding"][0]["code"] == "surgery"  # its roles' words
+    assert (appt["start"], appt["end"], appt["minutesDuration"]) == \
+        ("2024-03-16T08:00:00+08:00", "2024-03-16T09:30:00+08:00", 90)
+    roles = [p["type"][0]["text"] for p in appt["participant"] if p.get("type")]
+    assert roles == ["主刀医生", "麻醉医生", "location"]
+    assert appt["basedOn"][0]["identifier"]["value"] == "SS0001"
+    # the same act booking a scanner for an examination
+    scan = fixture("surgery-schedule.xml").replace("主刀医生".encode(), "检查医生".encode()).replace(
+        "麻醉医生".encode(), "技师".encode()).replace("手术室".encode(), "影像科".encode()).replace(
+        "3号手术间".encode(), "CT室".encode())
+    (exam,) = by_type(convert(scan, SRC), "Appointment")
+    assert exam["serviceCategory"][0]["coding"][0]["code"] == "examination"
+    (visit,) = by_type(convert(fixture("outpatient-appointment.xml"), SRC), "Appointment")
+    assert visit["serviceCategory"][0]["coding"][0]["code"] == "outpatient"
+    assert visit["status"] == "booked" and visit["end"] == "2024-03-20T09:45:00+08:00"
+    with pytest.raises(MappingError) as e:
+        convert(fixture("outpatient-appointment.xml").replace(b'code="active"', b'code="later"'), SRC)
+    assert e.value.rule == "v3.appointment.status-unknown"
