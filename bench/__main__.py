@@ -27,6 +27,7 @@ from bench import (
     server,
     terminology,
     v3,
+    v3_routing,
     workers,
 )
 from bench.common import RESULTS
@@ -69,7 +70,8 @@ def summary(ing: dict, http: dict, mem: dict) -> str:
                         ("audit_cost", _audit_cost_rows), ("bundles", bundles.summary_rows),
                         ("workers", workers.summary_rows),
                         ("changestream", changestream.summary_rows),
-                        ("es_search", es_search.summary_rows), ("v3", v3.summary_rows)):
+                        ("es_search", es_search.summary_rows), ("v3", v3.summary_rows),
+                        ("v3_routing", v3_routing.summary_rows)):
         path = RESULTS / f"{name}.json"
         if path.exists():
             rows += extra(json.loads(path.read_text()))
@@ -269,6 +271,7 @@ def main() -> None:
         changestream.main(["--people", "200", "--lag-people", "60"] if args.quick else [])
         es_search.main(["--people", "60"] if args.quick else [])
         v3.main(["--people", "40", "--repeats", "1"] if args.quick else [])
+        v3_routing.main(["--people", "40"] if args.quick else [])
     table = summary(ing, http, mem)
     (RESULTS / "summary.md").write_text(table)
     print(table)

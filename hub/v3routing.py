@@ -125,7 +125,11 @@ def patient_of(resources: Sequence[dict[str, Any]]) -> str:
 
 
 class Routes:
-    def __init__(self, path: Path | str):
+    """``synchronous``: SQLite's, for this connection. FULL (the default) for the API, whose
+    acceptances must survive an OS crash once acknowledged; the router may use NORMAL (a
+    delivery mark lost to an OS crash only repeats a delivery, which at least once allows)."""
+
+    def __init__(self, path: Path | str, synchronous: str = "FULL"):
         self.path = str(path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
@@ -140,7 +144,9 @@ class Routes:
                 if "locked" not in str(e) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged message is on disk
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError("synchronous is FULL or NORMAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
 
     def close(self) -> None:
         self._db.close()

@@ -43,7 +43,8 @@ def add_parsers(sub: Any, common: Any) -> None:
     u.add_argument("id", type=int)
     r = vsub.add_parser("route", parents=[common],
                         help="deliver to the subscribers until stopped (SIGTERM)")
-    r.add_argument("--once", action="store_true", help="one pass, then exit")
+    r.add_argument("--once", action="store_true",
+                   help="deliver what can be delivered now, then exit")
     r.add_argument("--interval", type=float, default=0.5, help="seconds between passes")
     r.add_argument("--retention-days", type=float, default=7.0,
                    help="forget delivered messages after this many days")
@@ -56,15 +57,16 @@ def add_parsers(sub: Any, common: Any) -> None:
     rd.add_argument("seq", type=int, nargs="*", help="these messages (default: all)")
 
 
-def _routes(settings: Settings):
+def _routes(settings: Settings, synchronous: str = "FULL"):
     from hub.v3routing import Routes
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return Routes(settings.data_dir / "v3routes.sqlite")
+    return Routes(settings.data_dir / "v3routes.sqlite", synchronous)
 
 
 def cmd_v3(args: Any, settings: Settings) -> int:
-    routes = _routes(settings)
+    # the router's marks need not survive an OS crash: a lost one repeats a delivery
+    routes = _routes(settings, "NORMAL" if args.v3_action == "route" else "FULL")
     try:
         return _ACTIONS[args.v3_action](args, routes)
     finally:
@@ -153,6 +155,10 @@ def _route(args: Any, routes: Any) -> int:
             if time.time() - pruned_at > 60:
                 routes.prune(args.retention_days * 86400)
                 pruned_at = time.time()
+            if stop.is_set():
+                return 0
+            if done["delivered"] or done["dead"]:
+                continue  # more may be waiting behind this pass's batch: at once
             if args.once or stop.wait(args.interval):
                 return 0
     finally:
