@@ -76,7 +76,7 @@ def run(people: int) -> dict:
         # baseline: the bare HTTP exchange, one client, same receiver
         with httpx.Client() as client:
             t = time.perf_counter()
-            for inst, interaction, mid, _, payload in msgs:
+            for _, _, mid, _, payload in msgs:
                 client.post(receiver.url, content=payload, headers={
                     "content-type": "application/xml", "x-hub-message-id": f"b-{mid}"})
             out["baseline_messages_per_s"] = round(len(msgs) / (time.perf_counter() - t))
