@@ -61,9 +61,11 @@ def register(repo: Repository, raw: bytes, source: SourceInfo, ctx: Context,
 _VISIT = ("Encounter",)
 _ORDER = ("MedicationRequest", "ServiceRequest", "Specimen")
 _APPOINTMENT = ("Appointment",)
+_DICTIONARY = ("CodeSystem",)
 CHANGES = {"PRPA_IN400002UV": _VISIT, "PRPA_IN400003UV": _VISIT, "PRPA_IN302011UV": _VISIT,
            "PRPA_IN302012UV": _VISIT, "POOR_IN200902UV": _ORDER,
-           "PRPA_IN410002UV": _APPOINTMENT, "PRSC_IN010201UV01": _APPOINTMENT}
+           "PRPA_IN410002UV": _APPOINTMENT, "PRSC_IN010201UV01": _APPOINTMENT,
+           "PRVS_IN000002UV01": _DICTIONARY}
 
 
 def _keep_what_it_had(repo: Repository, ctx: Context, conv: Conversion,
@@ -95,7 +97,13 @@ def _fill_from_stored(repo: Repository, ctx: Context, res: dict[str, Any]) -> No
     old = orjson.loads(body)
     for key in ("meta", "text", "id"):
         old.pop(key, None)
+    had_concepts = old.get("concept")
     _fill(res, old)
+    if isinstance(had_concepts, list) and res.get("concept") is not had_concepts:
+        # a dictionary's update adds or changes the items it names; the others stay
+        named = {c.get("code") for c in res["concept"]}
+        res["concept"] = res["concept"] + [c for c in had_concepts if c.get("code") not in named]
+        res["count"] = len(res["concept"])
     if isinstance(old.get("location"), list) and "location" in res:
         # the places it was at before, then those the message names
         now = {orjson.dumps(loc.get("location")) for loc in res["location"]}

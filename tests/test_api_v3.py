@@ -1101,3 +1101,53 @@ def test_an_appointment_is_booked_and_a_cancellation_keeps_its_time(client, v3):
     appt = read(client, f"Appointment/{appt['id']}")
     assert appt["status"] == "cancelled" and appt["start"] == "2024-03-20T09:30:00+08:00"
     assert appt["meta"]["versionId"] == "2"
+
+
+def test_a_dictionary_is_registered_updated_without_losing_codes_and_queried(client, v3):
+    name = f"dict{tag()}"
+    reg = variant(fixture("terminology-register.xml"), ("orderItemType", name),
+                  ("TR-MSG-0001", f"TR-{tag()}"))
+    accepted(client, v3, reg, DECLARED)
+    url = f"https://fhir-region-hub.example/CodeSystem/local/{INST}/{name}"
+    found = client.get("/CodeSystem", params={"url": url}).json()
+    (entry,) = found["entry"]
+    cs = entry["resource"]
+    assert [c["code"] for c in cs["concept"]] == ["01", "02", "09"]
+    assert cs["title"] == "医嘱项目类型" and cs["version"] == "2024.1"
+    # the terminology service knows it
+    r = client.get("/CodeSystem/$lookup", params={"system": url, "code": "02"})
+    assert r.status_code == 200, r.text
+    assert any(p.get("valueString") == "检查" for p in r.json()["parameter"])
+    vs = client.get("/ValueSet", params={"url": url}).json()["entry"][0]["resource"]
+    assert vs["compose"]["include"][0]["system"] == url
+    # an update naming one changed item and one new one keeps the third
+    update = variant(reg, ("PRVS_IN000001UV01", "PRVS_IN000002UV01"),
+                     ('<valueSetItems><code code="01"><displayName value="药品"/></code><statusCode code="1"/></valueSetItems>\n'
+                      '            <valueSetItems><code code="02"><displayName value="检查"/></code><statusCode code="1"/></valueSetItems>\n'
+                      '            <valueSetItems><code code="09"><displayName value="其他（停用）"/></code><statusCode code="0"/></valueSetItems>',
+                      '<valueSetItems><code code="02"><displayName value="检查（影像）"/></code><statusCode code="1"/></valueSetItems>'
+                      '<valueSetItems><code code="03"><displayName value="检验"/></code><statusCode code="1"/></valueSetItems>'))
+    update = update.replace(b"<id root=\"2.16.156.10011.2.5.1.1\" extension=\"TR-",
+                            b"<id root=\"2.16.156.10011.2.5.1.1\" extension=\"TU-")
+    accepted(client, v3, update, DECLARED)
+    cs = read(client, f"CodeSystem/{cs['id']}")
+    assert {c["code"]: c["display"] for c in cs["concept"]} == \
+        {"01": "药品", "02": "检查（影像）", "03": "检验", "09": "其他（停用）"}
+    assert cs["count"] == 4
+
+    def query(items: str) -> etree._Element:
+        body = variant(fixture("terminology-query.xml"), ("orderItemType", name),
+                       ("<!--ITEMS-->", items), ("TQ-MSG-0001", f"TQ-{tag()}"))
+        r = post(client, v3, body, DECLARED)
+        code, _, root = ack(r, "PRVS_IN000004UV01")
+        assert code == "AA"
+        return root
+
+    root = query("")
+    answered = f"{V3}controlActProcess/{V3}subject/{V3}registrationRequest/{V3}subject1/{V3}valueSet"
+    items = root.findall(f"{answered}/{V3}valueSetItems/{V3}code")
+    assert sorted(i.get("code") for i in items) == ["01", "02", "03", "09"]
+    root = query('<valueSetItems><code code="03"/></valueSetItems>')
+    (item,) = root.findall(f"{answered}/{V3}valueSetItems")
+    assert item.find(f"{V3}code/{V3}displayName").get("value") == "检验"
+    assert query_ack(query('<valueSetItems><code code="77"/></valueSetItems>'))[1] == 0

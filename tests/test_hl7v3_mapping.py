@@ -455,3 +455,23 @@ def test_appointments_surgery_examination_and_outpatient():
     with pytest.raises(MappingError) as e:
         convert(fixture("outpatient-appointment.xml").replace(b'code="active"', b'code="later"'), SRC)
     assert e.value.rule == "v3.appointment.status-unknown"
+
+
+def test_a_registered_dictionary_is_a_code_system_and_its_value_set():
+    conv = convert(fixture("terminology-register.xml"), SRC)
+    assert_valid(conv)
+    (cs,) = by_type(conv, "CodeSystem")
+    (vs,) = by_type(conv, "ValueSet")
+    assert cs["url"] == vs["url"] == "https://fhir-region-hub.example/CodeSystem/local/H0001/orderItemType"
+    assert cs["content"] == "complete" and cs["count"] == 3
+    retired = next(c for c in cs["concept"] if c["code"] == "09")
+    assert retired["property"] == [{"code": "status", "valueCode": "retired"}]  # kept, retired
+    # a dictionary named by its OID has that OID as its URL
+    by_oid = fixture("terminology-register.xml").replace(
+        b'<id extension="orderItemType"/>', b'<id root="2.16.156.10011.2.3.1.268"/>')
+    (cs,) = by_type(convert(by_oid, SRC), "CodeSystem")
+    assert cs["url"] == "urn:oid:2.16.156.10011.2.3.1.268"
+    with pytest.raises(MappingError) as e:
+        convert(fixture("terminology-register.xml").replace(b'<statusCode code="0"/>',
+                                                             b'<statusCode code="X"/>'), SRC)
+    assert e.value.rule == "v3.terminology.status-unknown" and "valueSetItems[3]" in e.value.location

@@ -4,6 +4,7 @@ built from the FHIR resources the hub found (``respond``)."""
 from __future__ import annotations
 
 import copy
+import re
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -78,6 +79,8 @@ def parse_query(payload: bytes, source: SourceInfo | None = None) -> dict[str, A
         _visit_params(ctx, qbp, params, criteria)
     elif handler == "order_query":
         searches = _order_params(ctx, qbp, params, criteria)
+    elif handler == "terminology_query":
+        _terminology_params(ctx, qbp, params, criteria)
     else:
         _document_params(ctx, qbp, params, criteria, retrieve=handler == "document_retrieve")
     limit = attr(first(qbp, "initialQuantity"), "value")
@@ -296,6 +299,28 @@ def _order_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict
             task.append(("group-identifier", _or_tokens(ctx, by_kind["form"])))
         searches.append(("Task", task + [("modified", v) for _, v in dates]))
     return searches
+
+
+def _terminology_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict) -> None:
+    """PRVS_IN000003UV01: the dictionary by its code (or OID), its version, and the items asked
+    for (the response carries only those)."""
+    vs = first(qbp, "valueSet")
+    root, ext = next(((r, e) for r, e in ids(first(vs, "id"))), ("", ""))
+    if ext:
+        params.append(("name:exact", re.sub(r"[^A-Za-z0-9_]", "_", ext)))
+        criteria["dictionary"] = ext
+    elif root:
+        params.append(("url", f"urn:oid:{root}"))
+        criteria["dictionary"] = root
+    version = attr(first(vs, "version"), "code")
+    if version:
+        params.append(("version", version))
+        criteria["version"] = version
+    codes = [attr(first(item, "code"), "code") for item in q(vs, "valueSetItems")]
+    codes = [c for c in codes if c]
+    if codes:
+        params.append(("code", ",".join(codes)))
+        criteria["codes"] = codes
 
 
 def _document_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict, retrieve: bool) -> None:
@@ -722,6 +747,37 @@ def _cd(parent: etree._Element, name: str, cc: dict[str, Any] | None,
         E(el, "displayName", value=label)
 
 
+def _dictionary(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict) -> None:
+    """A registered dictionary as the registry's valueSet (only the items asked for, if any)."""
+    reg = E(E(cap, "subject", typeCode="SUBJ"), "registrationRequest", classCode="REG",
+            moodCode="RQO")
+    E(reg, "statusCode")
+    vs = E(E(reg, "subject1", typeCode="SBJ"), "valueSet")
+    ident = next(iter(res.get("identifier") or []), None)
+    if ident:
+        E(vs, "id", root=_oid_of(ident.get("system", "")) or None, extension=ident.get("value"))
+    elif res.get("url", "").startswith("urn:oid:"):
+        E(vs, "id", root=_oid_of(res["url"]))
+    else:
+        E(vs, "id", extension=res.get("url", "").rsplit("/", 1)[-1])
+    if res.get("title"):
+        E(vs, "desc", value=res["title"])
+    E(vs, "statusCode", code="1" if res.get("status") == "active" else "0")
+    if res.get("version"):
+        E(vs, "version", code=res["version"])
+    wanted = set(query.get("criteria", {}).get("codes") or ())
+    for concept in res.get("concept") or []:
+        if wanted and concept.get("code") not in wanted:
+            continue
+        item = E(vs, "valueSetItems")
+        code = E(item, "code", code=concept.get("code"))
+        if concept.get("display"):
+            E(code, "displayName", value=concept["display"])
+        status = next((p.get("valueCode") for p in concept.get("property") or []
+                       if p.get("code") == "status"), "active")
+        E(item, "statusCode", code="1" if status == "active" else "0")
+
+
 _BUILDERS = {
     "patient_query": _patient,
     "organization_query": _organization,
@@ -730,6 +786,7 @@ _BUILDERS = {
     "document_retrieve": _document,
     "visit_query": _visit,
     "order_query": _order,
+    "terminology_query": _dictionary,
 }
 
 __all__ = ["parse_query", "respond"]
