@@ -475,3 +475,25 @@ def test_a_registered_dictionary_is_a_code_system_and_its_value_set():
         convert(fixture("terminology-register.xml").replace(b'<statusCode code="0"/>',
                                                              b'<statusCode code="X"/>'), SRC)
     assert e.value.rule == "v3.terminology.status-unknown" and "valueSetItems[3]" in e.value.location
+
+
+def test_a_visit_card_registration_is_about_the_card():
+    """A registration naming the patient by the visit card (就诊卡号, 2.5.1.6): the card is an
+    institution-scoped identifier from its creation date; a returned card is an old identifier of
+    a patient who stays active."""
+    card = fixture("patient-register.xml").replace(
+        b'<item root="2.16.156.10011.2.5.1.4" extension="P0001"/>',
+        b'<item root="2.16.156.10011.2.5.1.6" extension="CARD0001"/>')
+    assert b"CARD0001" in card
+    card = re.sub(rb'(extension="CARD0001"/></id>\s*)<statusCode code="active"/>',
+                  rb'\1<statusCode code="active"/><effectiveTime><low value="20240101080000"/>'
+                  rb'</effectiveTime>', card)
+    (p,) = by_type(convert(card, SRC), "Patient")
+    ident = next(i for i in p["identifier"] if i["value"] == "CARD0001")
+    assert ident["system"] == "urn:oid:1.2.156.112604.1.2.1.18"
+    assert ident["period"] == {"start": "2024-01-01T08:00:00+08:00"} and p["active"] is True
+    returned = card.replace(b'<statusCode code="active"/><effectiveTime>',
+                            b'<statusCode code="retired"/><effectiveTime>')
+    (p,) = by_type(convert(returned, SRC), "Patient")
+    ident = next(i for i in p["identifier"] if i["value"] == "CARD0001")
+    assert ident["use"] == "old" and ident["period"]["end"] and p["active"] is True

@@ -38,6 +38,7 @@ from .common import (
 RESIDENT_ROOT = "2.16.156.10011.1.3"
 LOCAL_PATIENT_ROOT = "2.16.156.10011.2.5.1.4"
 ORG_CODE_ROOT = "2.16.156.10011.1.5"
+CARD_ROOT = "2.16.156.10011.2.5.1.6"  # 就诊卡号
 
 
 def _where(ctx: Ctx, el: etree._Element | None) -> str | None:
@@ -218,8 +219,14 @@ def patient(ctx: Ctx, subject: etree._Element | None = None) -> dict[str, Any]:
         raise MappingError("no subject1/patient in the registration", code="AE",
                            location="/*/hl7:controlActProcess/hl7:subject", rule="v3.patient.missing")
     key, idents = _patient_key(ctx, pat, _where(ctx, pat) or "")
+    status = attr(first(pat, "statusCode"), "code")
     res: dict[str, Any] = {"resourceType": "Patient", "id": patient_id(ctx.inst, key), "identifier": idents,
-                           "active": attr(first(pat, "statusCode"), "code") in ("", "active")}
+                           "active": status in ("", "active")}
+    if any(r == CARD_ROOT for r, _ in ids(first(pat, "id"))):
+        # a visit card's registration: the status and the time are the card's (a card returned
+        # or voided is an old identifier of a patient who stays active)
+        res["active"] = True
+        _card(ctx, pat, res, status)
     person = first(pat, "patientPerson")
     _person(ctx, person, res)
     for other in q(person, "asOtherIDs"):
@@ -270,6 +277,22 @@ def patient(ctx: Ctx, subject: etree._Element | None = None) -> dict[str, Any]:
                  "needs the payer, which the message does not name", _where(ctx, cov))
     res["managingOrganization"] = _provider_org(ctx, first(pat, "providerOrganization"))
     return res
+
+
+def _card(ctx: Ctx, pat: etree._Element, res: dict[str, Any], status: str) -> None:
+    system, _ = ctx.system(CARD_ROOT)
+    since = fhir_datetime(attr(first(pat, "effectiveTime/low"), "value"))
+    until = fhir_datetime(attr(first(pat, "effectiveTime/high"), "value"))
+    for ident in res["identifier"]:
+        if ident.get("system") != system:
+            continue
+        period = {k: v for k, v in (("start", since), ("end", until)) if v}
+        if status not in ("", "active"):
+            ident["use"] = "old"
+            period.setdefault("end", fhir_datetime(ctx.msg.creation_time) or since or "")
+            period = {k: v for k, v in period.items() if v}
+        if period:
+            ident["period"] = period
 
 
 def register_patient(ctx: Ctx) -> list[dict[str, str]]:
