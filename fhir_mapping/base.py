@@ -58,6 +58,9 @@ class Conversion:
     kind: str = ""  # e.g. "ADT^A01", "row:outpatient-visit"
     findings: list[Finding] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)  # "Type/id" to delete (rare: cancellations)
+    # "Type/id" -> elements the mapper gave a default because the unit did not say (an order
+    # update without a status): a store that holds the resource keeps its own value there
+    unsaid: dict[str, list[str]] = field(default_factory=dict)
     # the source's own order (fhir_mapping.source_order): when it recorded the change (HL7 v2
     # EVN-2, else MSH-7), or a document set and its version; stamped on every resource, so the hub
     # leaves a stored state from a newer source in place, however late this unit arrives

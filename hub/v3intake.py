@@ -73,27 +73,28 @@ def _keep_what_it_had(repo: Repository, ctx: Context, conv: Conversion,
     """Fill in each resource of ``types`` in ``conv`` with what its stored version holds and the
     message does not say (a visit's admitting doctor, department, reason and start; an order's
     drug, dose and status), so that no fact is dropped by a message that names only its change.
-    An order update with no status and nothing stored is an active order."""
+    An element the mapper gave a default (``Conversion.unsaid``: an update without a status)
+    takes the stored value."""
     for res in conv.resources:
         if res.get("resourceType") not in types:
             continue
-        _fill_from_stored(repo, ctx, res)
-        if res["resourceType"] in ("MedicationRequest", "ServiceRequest"):
-            res.setdefault("status", "active")
-        elif res["resourceType"] == "Appointment":
-            res.setdefault("status", "booked")
+        old = _fill_from_stored(repo, ctx, res)
+        # what the mapper defaulted because the message did not say: the stored value stands
+        for element in conv.unsaid.get(f"{res['resourceType']}/{res['id']}", ()):
+            if old is not None and element in old:
+                res[element] = old[element]
 
 
-def _fill_from_stored(repo: Repository, ctx: Context, res: dict[str, Any]) -> None:
+def _fill_from_stored(repo: Repository, ctx: Context, res: dict[str, Any]) -> dict[str, Any] | None:
     """Each key the message left out, from the stored version (a period merged, the places
-    a visit was at before those the message names)."""
+    a visit was at before those the message names); the stored version, if any."""
     try:
         stored = repo.latest(ctx, res["resourceType"], res["id"])
     except FhirError:
-        return  # the sender may not read it: written as the message says
+        return None  # the sender may not read it: written as the message says
     body = resource_bytes(stored) if stored is not None else b""
     if not body:
-        return
+        return None
     old = orjson.loads(body)
     for key in ("meta", "text", "id"):
         old.pop(key, None)
@@ -109,6 +110,7 @@ def _fill_from_stored(repo: Repository, ctx: Context, res: dict[str, Any]) -> No
         now = {orjson.dumps(loc.get("location")) for loc in res["location"]}
         res["location"] = [{**loc, "status": "completed"} for loc in old["location"]
                            if orjson.dumps(loc.get("location")) not in now] + res["location"]
+    return old
 
 
 def _fill(new: dict[str, Any], old: dict[str, Any]) -> None:

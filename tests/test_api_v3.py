@@ -1151,3 +1151,23 @@ def test_a_dictionary_is_registered_updated_without_losing_codes_and_queried(cli
     (item,) = root.findall(f"{answered}/{V3}valueSetItems")
     assert item.find(f"{V3}code/{V3}displayName").get("value") == "检验"
     assert query_ack(query('<valueSetItems><code code="77"/></valueSetItems>'))[1] == 0
+
+
+def test_a_surgery_request_and_its_schedule_answer_the_order_query(client, v3):
+    local, serial, n = f"P{tag()}", f"VS{tag()}", tag()
+    form = f"SS{n}"
+    accepted(client, v3, order_message("request-surgery.xml", local, serial, ("SS0001", form),
+                                       ("YZ2001", f"YZ{n}")), DECLARED)
+    schedule = variant(fixture("surgery-schedule.xml"), ("SS0001", form), ("PB0001", f"PB{n}"),
+                       ("P0001", local), ("SC-MSG-0001", f"SC-{tag()}"))
+    accepted(client, v3, schedule, DECLARED)
+    r = post(client, v3, order_query(f'<actId><value><item root="2.16.156.10011.1.24" '
+                                      f'extension="{form}"/></value></actId>'), DECLARED)
+    code, _, root = ack(r, "QUMT_IN020040UV01")
+    assert code == "AA" and query_ack(root)[1] == 2  # the operation requested and its booking
+    appt = root.find(f"{V3}controlActProcess/{V3}subject/{V3}actAppointment")
+    assert appt.find(f"{V3}id").get("extension") == f"PB{n}"
+    assert appt.find(f"{V3}effectiveTime/{V3}low").get("value") == "20240316080000"
+    assert [p.find(f"{V3}assignedPerson/{V3}code/{V3}displayName").get("value")
+            for p in appt.findall(f"{V3}performer")] == ["主刀医生", "麻醉医生"]
+    assert appt.find(f"{V3}referencedOrder/{V3}actOrder/{V3}id").get("extension") == form

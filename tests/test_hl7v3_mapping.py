@@ -388,7 +388,9 @@ def test_order_query_parameters_and_response():
     assert q["searches"] == [
         ("ServiceRequest", [form, ("authored", "ge2024-03-01"), ("authored", "le2024-03-31")]),
         ("Task", [("group-identifier", form[1]), ("modified", "ge2024-03-01"),
-                  ("modified", "le2024-03-31")])]
+                  ("modified", "le2024-03-31")]),
+        ("Appointment", [("based-on:identifier", form[1]), ("date", "ge2024-03-01"),
+                         ("date", "le2024-03-31")])]
     q = parse_query(fixture("order-query.xml").replace(
         b"<!--CRITERIA-->", b'<patientId><value><item root="2.16.156.10011.2.5.1.4" extension="P1"/>'
         b'</value></patientId>'), SRC)

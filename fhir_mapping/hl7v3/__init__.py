@@ -77,7 +77,8 @@ def convert(payload: bytes, source: SourceInfo) -> Conversion:
     resources = list(ctx.resources.values())
     patient = next((r for r in resources if r["resourceType"] == "Patient" and r.get("active", True)), None)
     return Conversion(resources=resources, unit_id=msg.message_id, kind=msg.interaction,
-                      patient_key=f"Patient/{patient['id']}" if patient else None, findings=ctx.findings)
+                      patient_key=f"Patient/{patient['id']}" if patient else None, findings=ctx.findings,
+                      unsaid=ctx.unsaid)
 
 
 def _provenance(ctx: Ctx, spec: dict[str, Any], agents: list[dict[str, str]]) -> None:

@@ -74,6 +74,8 @@ def appointment(ctx: Ctx) -> list[dict[str, str]]:
                            rule="v3.appointment.status-unknown")
     if status:
         res["status"] = status
+    else:  # an update that does not say: the stored appointment's status stands
+        ctx.default(res, "status", "booked")
     eff = first(act, "effectiveTime")
     start = fhir_datetime(attr(first(eff, "low"), "value"), instant=True)
     end = fhir_datetime(attr(first(eff, "high"), "value"), instant=True)

@@ -193,6 +193,7 @@ class Ctx:
         self.findings: list[Finding] = []
         self.reported: set[tuple[str, str | None, str]] = set()  # identifier problems reported
         self.resources: dict[tuple[str, str], dict[str, Any]] = {}
+        self.unsaid: dict[str, list[str]] = {}  # Conversion.unsaid
         self.oid = source.oid
         sender = next((ext for _, ext in msg.sender if ext), "")
         self.inst = source.institution or org_code or sender
@@ -210,6 +211,11 @@ class Ctx:
 
     def id(self, rtype: str, *keys: object) -> str:
         return stable_id(self.inst, rtype, *keys)
+
+    def default(self, res: dict[str, Any], element: str, value: Any) -> None:
+        """``res[element] = value`` because the message does not say (``Conversion.unsaid``)."""
+        res[element] = value
+        self.unsaid.setdefault(f"{res['resourceType']}/{res['id']}", []).append(element)
 
     def add(self, res: dict[str, Any]) -> dict[str, str]:
         key = (res["resourceType"], res["id"])

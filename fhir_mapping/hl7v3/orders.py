@@ -166,6 +166,8 @@ def _base(ctx: Ctx, rtype: str, key: str, idents: list, common: dict[str, Any],
         res["identifier"] = idents
     if status:
         res["status"] = status
+    else:  # an update that does not say: the stored order's status stands (hub.v3intake)
+        ctx.default(res, "status", "active")
     res["intent"] = "order"
     res["subject"] = common["subject"]
     if "encounter" in common:

@@ -298,6 +298,14 @@ def _order_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict
         if by_kind.get("form"):
             task.append(("group-identifier", _or_tokens(ctx, by_kind["form"])))
         searches.append(("Task", task + [("modified", v) for _, v in dates]))
+    # the examination appointments and surgery schedules booked for a form (hl7v3.appointments)
+    if by_kind.get("form") and not author and not by_kind.get("specimen"):
+        booked = [(n, v) for n, v in shared if n in ("subject:identifier", "patient.identifier")]
+        booked = [("actor:identifier" if n == "subject:identifier" else "patient.identifier", v)
+                  for n, v in booked]
+        searches.append(("Appointment", booked + [("based-on:identifier",
+                                                   _or_tokens(ctx, by_kind["form"]))]
+                         + [("date", v) for _, v in dates]))
     return searches
 
 
@@ -652,12 +660,55 @@ def _task(cap: etree._Element, res: dict[str, Any]) -> None:
         E(E(step, "code"), "displayName", value=business.get("text") or res.get("status", ""))
 
 
+def _appointment(cap: etree._Element, res: dict[str, Any]) -> None:
+    """An examination appointment or surgery schedule as the actAppointment it came as."""
+    act = E(E(cap, "subject", typeCode="SUBJ"), "actAppointment", classCode="ACT", moodCode="APT")
+    ident: dict[str, Any] = next(iter(res.get("identifier") or []), {})
+    if ident.get("value"):
+        E(act, "id", root=_oid_of(ident.get("system", "")) or None, extension=ident["value"])
+    E(act, "statusCode", code={v: k for k, v in reversed(list(
+        table("appointments")["status"].items()))}.get(res.get("status", ""), "active"))
+    if res.get("start"):
+        eff = E(act, "effectiveTime")
+        eff.set("{http://www.w3.org/2001/XMLSchema-instance}type", "IVL_TS")
+        E(eff, "low", value=_ts(res["start"]))
+        if res.get("end"):
+            E(eff, "high", value=_ts(res["end"]))
+    for part in res.get("participant") or []:
+        actor = part.get("actor") or {}
+        role = next((t.get("text") for t in part.get("type") or []), "")
+        if actor.get("reference", "").startswith("Patient/"):
+            pat = E(E(act, "subject", typeCode="SBJ"), "patient", classCode="PAT")
+            if actor.get("display"):
+                _name(E(pat, "patientPerson"), actor["display"], "BAG_EN")
+        elif actor.get("reference", "").startswith("Practitioner/"):
+            person = E(E(act, "performer", typeCode="PRF"), "assignedPerson", classCode="ASSIGNED")
+            if role:
+                E(E(person, "code"), "displayName", value=role)
+            if actor.get("display"):
+                _name(E(person, "assignedPerson", classCode="PSN", determinerCode="INSTANCE"),
+                      actor["display"], "BAG_EN")
+        elif role == "location" and actor.get("display"):
+            place = E(E(E(act, "location", typeCode="LOC"), "serviceDeliveryLocation",
+                        classCode="SDLOC"), "location", classCode="PLC", determinerCode="INSTANCE")
+            _name(place, actor["display"], "BAG_EN")
+    for based in res.get("basedOn") or []:
+        form = based.get("identifier") or {}
+        if form.get("value"):
+            E(E(E(act, "referencedOrder", typeCode="OREF"), "actOrder", classCode="ACT",
+                moodCode="RQO"), "id", root=_oid_of(form.get("system", "")) or None,
+              extension=form["value"])
+
+
 def _order(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict) -> None:
     """A drug order as a placerGroup of one substanceAdministrationRequest; another order or a
     request as the request (observationRequest, or procedureRequest for a transfusion or a
     surgery) with its form's number (tables/orders.yaml); a status, as ``_task``."""
     if res["resourceType"] == "Task":
         _task(cap, res)
+        return
+    if res["resourceType"] == "Appointment":
+        _appointment(cap, res)
         return
     t = table("orders")
     subject = E(cap, "subject", typeCode="SUBJ")
