@@ -315,11 +315,13 @@ def test_the_synthetic_regions_v3_messages_all_convert():
         kinds[interaction] += 1
         types = {r["resourceType"] for r in conv.resources}
         assert "Provenance" in types
-        expected = {"PRPA_IN4": {"Encounter"}, "PRPA_IN2": {"Patient"}}.get(
+        expected = {"PRPA_IN4": {"Encounter", "Appointment"}, "PRPA_IN2": {"Patient"},
+                    "POLB_IN2": {"Task"}, "PRVS_IN0": {"CodeSystem"}}.get(
             interaction[:8], {"MedicationRequest", "ServiceRequest"})
         assert types & expected, (interaction, types)
     assert set(kinds) == {"PRPA_IN201311UV02", "PRPA_IN400001UV", "PRPA_IN400003UV",
-                          "POOR_IN200901UV"}
+                          "POOR_IN200901UV", "POLB_IN224000UV01", "PRPA_IN410001UV",
+                          "PRVS_IN000001UV01"}
 
 
 # -- orders and requests -------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from .common import (
     first_of,
     human_name,
     ids,
-    local_name,
     q,
     table,
     telecoms,
@@ -46,16 +45,12 @@ def _where(ctx: Ctx, el: etree._Element | None) -> str | None:
     a position only where siblings share the name (``hl7:component2[2]``)."""
     if el is None:
         return None
-    steps = []
-    while el is not None and el.getparent() is not None:
-        parent = el.getparent()
-        step = f"hl7:{local_name(el)}" if etree.QName(el).namespace == V3 else el.tag
-        same = [c for c in parent if c.tag == el.tag]
-        if len(same) > 1:
-            step += f"[{same.index(el) + 1}]"
-        steps.append(step)
-        el = parent
-    return "/*/" + "/".join(reversed(steps)) if steps else "/*"
+    if el is ctx.msg.root:
+        return "/*"
+    return "/*/" + ctx.msg.root.getroottree().getelementpath(el).replace(_CLARK, "hl7:")
+
+
+_CLARK = "{" + V3 + "}"
 
 
 def _keys(idl: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -3,9 +3,11 @@
 Each Patient record of ``Region(seed, people)`` becomes its institution's patient registration
 (``PRPA_IN201311UV02``, H02); each visit its registration (``PRPA_IN400001UV``: outpatient
 registration or inpatient admission, by the patient type code) and, for a finished one, its
-discharge (``PRPA_IN400003UV``), H07; each visit's drug orders one placerGroup of orders and its
-laboratory results one laboratory request form with an item per test (``POOR_IN200901UV``, H08 and
-H09). Names are Chinese; identifiers are the institution's local patient id (the record number),
+discharge (``PRPA_IN400003UV``), H07; an outpatient visit its appointment before it
+(``PRPA_IN410001UV``); each visit's drug orders one placerGroup of orders and its laboratory
+results one laboratory request form with an item per test (``POOR_IN200901UV``, H08 and H09) and
+the laboratory's report of the form (``POLB_IN224000UV01``); each institution first registers its
+order item type dictionary (``PRVS_IN000001UV01``, H05). Names are Chinese; identifiers are the institution's local patient id (the record number),
 the resident ID number, the visit number and the order numbers.
 
     for interaction, payload, source in iter_messages(Region(seed=7, people=100)): ...
@@ -168,8 +170,56 @@ def _lab_request(obs: list[dict], number: str, local: str, name: str, inst: str,
     return (head + body + "</POOR_IN200901UV>").encode("utf-8")
 
 
+def _lab_status(number: str, local: str, name: str, inst: str, mid: str, when: str) -> bytes:
+    """The laboratory's report of the visit's request form (H10 status)."""
+    body = ('<controlActProcess classCode="CACT" moodCode="EVN"><subject typeCode="SUBJ">'
+            '<observationReport classCode="GROUPER" moodCode="EVN">'
+            f'<id><item root="2.16.156.10011.1.24" extension={_a("SQ-" + number)}/></id>'
+            f'<time value="{when}"/><performer code="PRF" displayName="检验科"/>'
+            '<statusCode code="R" value="已报告"/>'
+            '<recordTarget typeCode="RCT"><patient classCode="PAT">'
+            f'<id><item root="2.16.156.10011.2.5.1.4" extension={_a(local)}/></id>'
+            f'<name value={_a(name)}/></patient></recordTarget>'
+            '</observationReport></subject></controlActProcess>')
+    head = _HEAD.format(i="POLB_IN224000UV01", mid=_a(mid), when=when, inst=_a(inst))
+    return (head + body + "</POLB_IN224000UV01>").encode("utf-8")
+
+
+def _appointment(e: dict, number: str, local: str, name: str, inst: str, mid: str) -> bytes:
+    """The outpatient visit, booked beforehand (H11 appointment)."""
+    start = ts((e.get("period") or {}).get("start")) or "20240101080000"
+    body = ('<controlActProcess classCode="CACT" moodCode="EVN"><subject typeCode="SUBJ">'
+            '<encounterAppointment classCode="ENC" moodCode="APT">'
+            f'<id><item root="2.16.156.10011.2.5.1.11" extension={_a("YY-" + number)}/></id>'
+            f'<statusCode code="active"/><effectiveTime><low value="{start[:14]}"/>'
+            '<width unit="分" value="15"/></effectiveTime>'
+            '<subject typeCode="SBJ"><patient classCode="PAT">'
+            f'<id><item root="2.16.156.10011.2.5.1.4" extension={_a(local)}/></id>'
+            f'<patientPerson><name xsi:type="BAG_EN"><item><part value={_a(name)}/></item></name>'
+            '</patientPerson></patient></subject></encounterAppointment></subject>'
+            '</controlActProcess>')
+    head = _HEAD.format(i="PRPA_IN410001UV", mid=_a(mid), when=start[:14], inst=_a(inst))
+    return (head + body + "</PRPA_IN410001UV>").encode("utf-8")
+
+
+def _dictionary(inst: str, mid: str) -> bytes:
+    """The institution's order item type dictionary (H05 terminology registry)."""
+    items = "".join(f'<valueSetItems><code code="{c}"><displayName value={_a(d)}/></code>'
+                    '<statusCode code="1"/></valueSetItems>'
+                    for c, d in (("01", "药品"), ("02", "检查"), ("03", "检验"), ("04", "手术"),
+                                 ("05", "护理"), ("06", "膳食"), ("99", "其他")))
+    body = ('<controlActProcess classCode="CACT" moodCode="EVN"><subject typeCode="SUBJ">'
+            '<registrationRequest classCode="REG" moodCode="RQO"><statusCode/>'
+            '<subject1 typeCode="SBJ"><valueSet><id extension="orderItemType"/>'
+            '<desc value="医嘱项目类型"/><statusCode code="1"/><version code="1"/>'
+            f'{items}</valueSet></subject1></registrationRequest></subject></controlActProcess>')
+    head = _HEAD.format(i="PRVS_IN000001UV01", mid=_a(mid), when="20240101000000", inst=_a(inst))
+    return (head + body + "</PRVS_IN000001UV01>").encode("utf-8")
+
+
 def iter_messages(region: Region) -> Iterator[tuple[str, bytes, SourceInfo]]:
     """(interaction, message, source) in the order a platform would receive them."""
+    dictionaries: set[str] = set()
     for resources, _ in region.iter_people():
         patients = {r["id"]: r for r in resources if r["resourceType"] == "Patient"}
         keys: dict[str, tuple[str, str]] = {}
@@ -178,12 +228,21 @@ def iter_messages(region: Region) -> Iterator[tuple[str, bytes, SourceInfo]]:
                           if i.get("type", {}).get("coding", [{}])[0].get("code") == "MR"), p["id"])
             inst = p.get("managingOrganization", {}).get("reference", "Organization/x").split("/")[1]
             keys[p["id"]] = (local, inst)
+            if inst not in dictionaries:  # each institution registers its dictionary first
+                dictionaries.add(inst)
+                yield ("PRVS_IN000001UV01", _dictionary(inst, f"T-{inst}"),
+                       SourceInfo(institution=inst, feed="v3"))
             yield ("PRPA_IN201311UV02", _patient(p, local, inst, f"P-{p['id']}"),
                    SourceInfo(institution=inst, feed="v3"))
         for e in (r for r in resources if r["resourceType"] == "Encounter"):
             pid = e["subject"]["reference"].split("/")[1]
             local, inst = keys[pid]
             name = (patients[pid].get("name") or [{}])[0].get("text", "")
+            number = next((i["value"] for i in e.get("identifier", [])), e["id"])
+            if e["class"]["code"] == "AMB":
+                yield ("PRPA_IN410001UV", _appointment(e, number, local, name, inst,
+                                                       f"A-{e['id']}"),
+                       SourceInfo(institution=inst, feed="v3"))
             yield ("PRPA_IN400001UV", _visit("PRPA_IN400001UV", e, local, name, inst,
                                              f"V-{e['id']}"), SourceInfo(institution=inst,
                                                                          feed="v3"))
@@ -191,7 +250,6 @@ def iter_messages(region: Region) -> Iterator[tuple[str, bytes, SourceInfo]]:
                 yield ("PRPA_IN400003UV", _visit("PRPA_IN400003UV", e, local, name, inst,
                                                  f"D-{e['id']}"), SourceInfo(institution=inst,
                                                                              feed="v3"))
-            number = next((i["value"] for i in e.get("identifier", [])), e["id"])
             of_visit = [r for r in resources
                         if (r.get("encounter") or {}).get("reference") == f"Encounter/{e['id']}"]
             meds = [r for r in of_visit if r["resourceType"] == "MedicationRequest"]
@@ -204,4 +262,8 @@ def iter_messages(region: Region) -> Iterator[tuple[str, bytes, SourceInfo]]:
             if labs:
                 yield ("POOR_IN200901UV", _lab_request(labs, number, local, name, inst,
                                                        f"L-{e['id']}"),
+                       SourceInfo(institution=inst, feed="v3"))
+                when = (ts(labs[-1].get("effectiveDateTime")) or "20240101000000")[:14]
+                yield ("POLB_IN224000UV01", _lab_status(number, local, name, inst,
+                                                        f"R-{e['id']}", when),
                        SourceInfo(institution=inst, feed="v3"))
