@@ -65,7 +65,7 @@ _DICTIONARY = ("CodeSystem",)
 CHANGES = {"PRPA_IN400002UV": _VISIT, "PRPA_IN400003UV": _VISIT, "PRPA_IN302011UV": _VISIT,
            "PRPA_IN302012UV": _VISIT, "POOR_IN200902UV": _ORDER,
            "PRPA_IN410002UV": _APPOINTMENT, "PRSC_IN010201UV01": _APPOINTMENT,
-           "PRVS_IN000002UV01": _DICTIONARY}
+           "PRVS_IN000002UV01": _DICTIONARY, "PRSC_IN030102UV": ("Schedule",)}
 
 
 def _keep_what_it_had(repo: Repository, ctx: Context, conv: Conversion,

@@ -425,9 +425,10 @@ def test_an_unsupported_interaction_is_kept_and_listed(client, v3, live):
     assert services["医嘱信息新增服务"]["supported"] and services["手术申请信息查询服务"]["supported"]
     assert services["检验状态信息更新服务"]["supported"]
     assert services["手术排班信息新增服务"]["supported"]
-    assert services["号源排班信息新增服务"] == {"family": "visit", "family_name": "就诊信息交互服务",
-                                          "service": "号源排班信息新增服务",
-                                          "interaction": "PRSC_IN030101UV", "supported": False}
+    assert services["号源排班信息新增服务"]["supported"]
+    assert services["号源排班信息查询服务"] == {"family": "visit", "family_name": "就诊信息交互服务",
+                                          "service": "号源排班信息查询服务",
+                                          "interaction": "PRSC_IN100000UV", "supported": False}
     assert len(services) == len(caps["catalogue"]) == 69
     assert by_id[interaction] | {"latest": None} == {"interaction": interaction,
                                                      "supported": False, "received": 2,
@@ -1171,3 +1172,22 @@ def test_a_surgery_request_and_its_schedule_answer_the_order_query(client, v3):
     assert [p.find(f"{V3}assignedPerson/{V3}code/{V3}displayName").get("value")
             for p in appt.findall(f"{V3}performer")] == ["主刀医生", "麻醉医生"]
     assert appt.find(f"{V3}referencedOrder/{V3}actOrder/{V3}id").get("extension") == form
+
+
+def test_a_clinic_session_and_its_slots_are_registered_and_a_slot_is_taken(client, v3):
+    n = tag()
+    session = variant(fixture("schedule-register.xml"), ("PB20240320-0801", f"PB{n}"),
+                      ("SR-MSG-0001", f"SR-{tag()}"))
+    accepted(client, v3, session, DECLARED)
+    (entry,) = client.get("/Schedule", params={"identifier": f"PB{n}"}).json()["entry"]
+    schedule = entry["resource"]
+    found = client.get("/Slot", params={"schedule": f"Schedule/{schedule['id']}",
+                                        "status": "free"}).json()
+    assert [e["resource"]["start"] for e in found["entry"]] == ["2024-03-20T08:00:00+08:00"]
+    taken = variant(session, ('<statusCode code="normal"/>', '<statusCode code="booked"/>'),
+                    ("PRSC_IN030101UV", "PRSC_IN030102UV")).replace(
+        b"SR-", b"SU-")
+    accepted(client, v3, taken, DECLARED)
+    found = client.get("/Slot", params={"schedule": f"Schedule/{schedule['id']}",
+                                        "status": "free"}).json()
+    assert not found.get("entry")

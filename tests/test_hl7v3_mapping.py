@@ -501,3 +501,26 @@ def test_a_visit_card_registration_is_about_the_card():
     (p,) = by_type(convert(returned, SRC), "Patient")
     ident = next(i for i in p["identifier"] if i["value"] == "CARD0001")
     assert ident["use"] == "old" and ident["period"]["end"] and p["active"] is True
+
+
+def test_a_clinic_session_is_a_schedule_with_its_slots():
+    conv = convert(fixture("schedule-register.xml"), SRC)
+    assert_valid(conv)
+    (schedule,) = by_type(conv, "Schedule")
+    assert schedule["serviceType"][0]["text"] == "专家号"
+    assert [a.get("display") for a in schedule["actor"]] == ["张医生", "呼吸内科门诊"]
+    slots = by_type(conv, "Slot")
+    assert [(s["status"], s["start"][11:16], s["end"][11:16]) for s in slots] == \
+        [("free", "08:00", "08:15"), ("busy", "08:15", "08:30")]
+    assert {s["schedule"]["reference"] for s in slots} == {f"Schedule/{schedule['id']}"}
+    # an update re-sends the session: the same Schedule and Slots
+    update = fixture("schedule-register.xml").replace(b"PRSC_IN030101UV", b"PRSC_IN030102UV")
+    assert sorted(r["id"] for r in convert(update, SRC).resources if r["resourceType"] != "Provenance") \
+        == sorted(r["id"] for r in conv.resources if r["resourceType"] != "Provenance")
+    with pytest.raises(MappingError) as e:
+        convert(fixture("schedule-register.xml").replace(b'<statusCode code="booked"/>',
+                                                          b'<statusCode code="maybe"/>'), SRC)
+    assert e.value.rule == "v3.schedule.slot-status"
+    with pytest.raises(MappingError) as e:
+        convert(fixture("schedule-register.xml").replace(b'<high value="20240320081500"/>', b""), SRC)
+    assert e.value.rule == "v3.schedule.slot-time"

@@ -19,7 +19,8 @@ MESSAGES = [(FIX / n).read_bytes() for n in (
     "patient-register.xml", "patient-merge.xml", "patient-query.xml", "visit-register.xml",
     "visit-query.xml", "order-new.xml", "request-lab.xml", "request-surgery.xml",
     "order-query.xml", "lab-status.xml", "exam-status.xml", "surgery-schedule.xml",
-    "outpatient-appointment.xml", "terminology-register.xml", "terminology-query.xml")]
+    "outpatient-appointment.xml", "terminology-register.xml", "terminology-query.xml",
+    "schedule-register.xml")]
 SRC = SourceInfo(institution="H0001", oid="1.2.156.112604.1.2.1")
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TEXT = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=20)

@@ -21,7 +21,7 @@ from typing import Any
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.identifiers import usable
 
-from . import appointments, orders, registry, status, visits
+from . import appointments, orders, registry, schedules, status, visits
 from . import registrations as reg
 from .ack import acknowledge
 from .common import Ctx, Message, fhir_datetime, ids, interactions, parse, table
@@ -41,6 +41,7 @@ _HANDLERS = {
     "lab_status": status.lab_status,
     "appointment": appointments.appointment,
     "terminology": registry.register,
+    "schedule": schedules.schedule,
 }
 
 

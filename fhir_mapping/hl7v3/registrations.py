@@ -95,8 +95,9 @@ def _practitioner(ctx: Ctx, entity: etree._Element | None, person_path: str = "a
     """A minimal Practitioner for an author/custodian assignedEntity (registrar, operator)."""
     if entity is None:
         return None
+    # the person's own element carries the name, or (person_path "") the entity itself does
+    name = human_name(first(entity, f"{person_path}/name" if person_path else "name"))
     idl = [(r, e) for r, e in ids(first(entity, "id")) if e]
-    name = human_name(first(entity, f"{person_path}/name"))
     where = _where(ctx, first(entity, "id"))
     idents = [i for i in (ctx.identifier(r, e, where) for r, e in idl) if i]
     keys = _keys(idl)

@@ -7,8 +7,9 @@ discharge (``PRPA_IN400003UV``), H07; an outpatient visit its appointment before
 (``PRPA_IN410001UV``); each visit's drug orders one placerGroup of orders and its laboratory
 results one laboratory request form with an item per test (``POOR_IN200901UV``, H08 and H09) and
 the laboratory's report of the form (``POLB_IN224000UV01``); each institution first registers its
-order item type dictionary (``PRVS_IN000001UV01``, H05). Names are Chinese; identifiers are the institution's local patient id (the record number),
-the resident ID number, the visit number and the order numbers.
+order item type dictionary (``PRVS_IN000001UV01``, H05). Names are Chinese; identifiers are
+the institution's local patient id (the record number), the resident ID number, the visit number
+and the order numbers.
 
     for interaction, payload, source in iter_messages(Region(seed=7, people=100)): ...
 """
