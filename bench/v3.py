@@ -4,8 +4,8 @@ Messages come from the synthetic region (``hub.synth.hl7v3``): patient registrat
 ``PRPA_IN201311UV02``) and visits (H07: ``PRPA_IN400001UV`` registration or admission,
 ``PRPA_IN400003UV`` discharge), orders and requests (H08 drug orders, H09 laboratory requests:
 ``POOR_IN200901UV``), their status (H10 ``POLB_IN224000UV01``), appointments (H11
-``PRPA_IN410001UV``) and dictionaries (H05 ``PRVS_IN000001UV01``). The rate covers the whole mapper path (safe XML parsing, mapping,
-Provenance) in one thread, in this process's CPU time. The baseline is raw fhir.resources
+``PRPA_IN410001UV``) and dictionaries (H05 ``PRVS_IN000001UV01``). The rate covers the whole
+mapper path (safe XML parsing, mapping, Provenance) in one thread, in this process's CPU time. The baseline is raw fhir.resources
 ``model_validate_json`` over the very resources the conversion produced, in the same run: the ratio
 (messages converted per CPU s / messages whose resources can be validated per CPU s) says what the
 mapping costs next to the validation the hub does anyway.
