@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export HUB_DATA_DIR ?= ./var
 
-.PHONY: run test bench venv demo clean
+.PHONY: run test bench venv demo clean console-assets browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -16,10 +16,28 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The operator console's chart library (Apache ECharts), from the npm registry, once.
+ECHARTS := hub/console/static/vendor/echarts.min.js
+ECHARTS_VERSION ?= 5.5.1
+$(ECHARTS):
+	@command -v npm >/dev/null || { echo "the console's charts need npm (Node.js)" >&2; exit 1; }
+	@mkdir -p $(dir $(ECHARTS)) .cache/npm
+	cd .cache/npm && npm pack --silent echarts@$(ECHARTS_VERSION) >/dev/null
+	tar -xzf .cache/npm/echarts-$(ECHARTS_VERSION).tgz -C .cache/npm package/dist/echarts.min.js
+	cp .cache/npm/package/dist/echarts.min.js $(ECHARTS)
+
+console-assets: $(ECHARTS)
+
+# The console's browser tests drive Debian's chromium with its chromedriver.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+	  { echo "make test needs chromium and chromium-driver (apt-get install)" >&2; exit 1; }
+
 # Load the shipped terminology and the synthetic demo region once (ids are deterministic: loading
 # again changes nothing), register the demo administrator client (printing how to get a token),
 # then serve with access control on.
-run: $(STAMP)
+run: $(STAMP) $(ECHARTS)
 	@test -f $(HUB_DATA_DIR)/.demo-loaded || { $(VENV)/bin/hub terminology load --builtin && \
 	  $(VENV)/bin/hub demo && touch $(HUB_DATA_DIR)/.demo-loaded; }
 	@$(VENV)/bin/hub auth demo-client
@@ -29,7 +47,7 @@ run: $(STAMP)
 # Test files run in parallel, one worker per core (pytest-xdist; a file's tests stay on one worker, so
 # its module-scoped server is started once). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= auto
-test: $(STAMP)
+test: $(STAMP) $(ECHARTS) browser
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check hub fhir_mapping projections connectors terminology
 	$(VENV)/bin/mypy hub fhir_mapping projections connectors terminology

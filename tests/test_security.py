@@ -29,7 +29,8 @@ from tests.conftest import FHIR_JSON, LiveServer, free_port, make_settings
 
 # routes anyone may call (hub.api.caller.PUBLIC_PATHS)
 PUBLIC = {"/fhir/metadata", "/fhir/.well-known/smart-configuration", "/auth/token", "/auth/jwks",
-          "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/v3/wsdl"}
+          "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/v3/wsdl",
+          "/console/login"}
 FILL = {"rtype": "Patient", "rid": "x1", "vid": "1", "ctype": "Patient", "cid": "x1"}
 ISSUER = "https://idp.example.test/realms/region"
 
@@ -121,7 +122,9 @@ def _routes() -> list[tuple[str, str]]:
     return out
 
 
-ROUTES = _routes()
+ROUTES = [(m, p) for m, p in _routes() if not p.startswith("/console")]
+# the operator console's pages: a person's session cookie, not a bearer token (tests/test_console.py)
+CONSOLE_ROUTES = [(m, p) for m, p in _routes() if p.startswith("/console")]
 
 
 def _own_token(world: World, **claims) -> str:
@@ -176,6 +179,20 @@ def test_head_refuses_a_caller_without_a_valid_token(world, path):
         r = httpx.head(world.live.origin + path, headers=headers, timeout=30)
         assert r.status_code == 401 and r.content == b"", (case, r.status_code)
         assert r.headers["www-authenticate"].startswith("Bearer"), case
+
+
+@pytest.mark.parametrize("method,path", CONSOLE_ROUTES, ids=[f"{m} {p}" for m, p in CONSOLE_ROUTES])
+def test_every_console_page_sends_a_caller_without_a_session_to_its_login(world, method, path):
+    """Without a session cookie, a console page or action answers nothing but the way to its
+    login page, whatever bearer token comes (an API token opens no console page)."""
+    for case, header in {**_bad_tokens(world),
+                         "a valid admin token": "Bearer " + _own_token(world)}.items():
+        headers = {"authorization": header} if header else {}
+        r = httpx.request(method, world.live.origin + path, headers=headers, content=b"",
+                          timeout=30, follow_redirects=False)
+        assert r.status_code == 303, (case, r.status_code)
+        assert r.headers["location"].startswith("/console/login?next="), case
+        assert r.content == b"", case
 
 
 def test_public_routes_answer_without_a_token(world):

@@ -374,3 +374,27 @@ def audit_events(log: Any, since_us: int | None = None, page: int = 1000) -> Ite
     recorded at or after it (microseconds since the epoch)."""
     for row in log.rows(page=page, since_us=since_us):
         yield row.body
+
+
+EMERGENCY = frozenset({"ETREAT", "BTG"})  # break-the-glass purposes of use: accesses to review
+
+
+def emergency_accesses(log: Any, since_us: int | None = None) -> list[dict]:
+    """The break-the-glass accesses in the audit: recorded, who, purpose, outcome, what."""
+    out = []
+    for body in audit_events(log, since_us):
+        d = orjson.loads(body)
+        purposes = {c.get("code") for p in d.get("purposeOfEvent") or ()
+                    for c in p.get("coding") or ()}
+        if not purposes & EMERGENCY:
+            continue
+        agent = (d.get("agent") or [{}])[0]
+        out.append({
+            "id": d.get("id"), "recorded": d.get("recorded"),
+            "who": ((agent.get("who") or {}).get("identifier") or {}).get("value"),
+            "purpose": sorted(purposes & EMERGENCY)[0], "outcome": d.get("outcome"),
+            "access": [s.get("code") for s in d.get("subtype") or ()],
+            "what": [e["what"]["reference"] for e in d.get("entity") or ()
+                     if (e.get("what") or {}).get("reference")],
+        })
+    return out

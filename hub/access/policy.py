@@ -73,6 +73,11 @@ OPERATIONS: dict[str, tuple[frozenset[str], str | None, str | None]] = {
     "$unmapped-codes": (frozenset({"steward", "admin"}), None, None),
     # the v3 service's interactions, supported and received (GET /v3/metadata): its senders too
     "$v3-metadata": (frozenset({"connector", "steward", "admin"}), None, None),
+    # the operator console's pages and actions (hub.console)
+    "$console-overview": (frozenset({"steward", "auditor", "admin"}), None, None),
+    "$console-quarantine": (frozenset({"steward", "admin"}), None, None),
+    "$console-quarantine-replay": (frozenset({"steward", "admin"}), None, None),
+    "$console-audit": (frozenset({"auditor", "admin"}), None, None),
 }
 # terminology operations: any role, with a read scope on the terminology resource
 TERMINOLOGY = {"$lookup", "$validate-code", "$subsumes", "$expand", "$translate"}

@@ -12,15 +12,18 @@ import signal
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from eventsourcing.persistence import InterfaceError, OperationalError
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hub import console
 from hub.access.audit import AccessAudit, AuditWriter
 from hub.access.auditlog import open_audit_log
 from hub.access.consent import ConsentIndex
@@ -29,7 +32,7 @@ from hub.api import auth, bundles, capability, documents, fhirxml, health, intak
 from hub.api import everything as mpi_everything
 from hub.api import identity as mpi_identity
 from hub.api import match as mpi_match  # Patient/$match
-from hub.api.caller import Throttled, authenticate, context_of, repository
+from hub.api.caller import LoginRequired, Throttled, authenticate, context_of, repository
 from hub.api.history import history_bundle
 from hub.api.limits import BodyLimit
 from hub.api.profiles import ProfileRegistry, enforce, validate_instance, validate_type
@@ -215,6 +218,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
     app.include_router(unmapped.router)  # GET /fhir/$unmapped-codes
     app.include_router(documents.router)  # POST /cda
     app.include_router(v3.router)  # POST /v3
+    app.include_router(console.router)  # /console: the operator console's pages
+    app.mount("/console/static", StaticFiles(directory=console.STATIC), name="console-static")
     _install_routes(app)
     return app
 
@@ -244,6 +249,11 @@ def _verifier(app: FastAPI, settings: Settings) -> Verifier:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, e: FhirError) -> Response:
+        if isinstance(e, LoginRequired):  # a console page without a session: its login page
+            return RedirectResponse(f"/console/login?next={quote(e.path)}", 303)
+        if request.url.path.startswith("/console"):  # the console answers with pages
+            return console.error_page(request, e.status,
+                                      e.issues[0].diagnostics if e.issues else "")
         response = outcome_response(e.issues, e.status, request)
         if e.status == 401:  # RFC 6750: how to authenticate
             response.headers["WWW-Authenticate"] = 'Bearer realm="fhir", error="invalid_token"'

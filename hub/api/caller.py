@@ -55,6 +55,10 @@ def actor_of(request: Request) -> Actor:
     known = getattr(request.state, "actor", None)
     if known is not None:
         return known
+    if request.url.path.startswith("/console"):
+        actor = _from_console_session(request)
+        request.state.actor = actor
+        return actor
     verifier = getattr(request.app.state, "auth_verifier", None)
     actor = _from_token(request, verifier) if verifier is not None else _from_headers(request)
     request.state.actor = actor
@@ -81,6 +85,27 @@ def _from_token(request: Request, verifier: Any) -> Actor:
                  institution=institution if isinstance(institution, str) and institution else None,
                  purpose=purpose_of(request),
                  patient=patient if isinstance(patient, str) and patient else None)
+
+
+def _from_console_session(request: Request) -> Actor:
+    """The person logged in to the console: its session cookie (``hub.console``), a hub-signed
+    token for the console's audience alone; the same roles and scopes as any token. Whether or
+    not the API's access control is on, the console is for people who logged in."""
+    from hub.console import COOKIE, verifier
+
+    token = request.cookies.get(COOKIE)
+    if not token:
+        return ANONYMOUS
+    try:
+        claims = verifier(request).verify(token)
+    except FhirError:
+        return ANONYMOUS  # expired or from another key: log in again
+    request.state.console_claims = claims
+    roles = claims.get("hub_roles")
+    return Actor(subject=str(claims.get("sub"))[:128], kind="user",
+                 roles=frozenset(r for r in roles if isinstance(r, str))
+                 if isinstance(roles, list) else frozenset(),
+                 scopes=tuple(str(claims.get("scope") or "").split()), purpose=None)
 
 
 def _from_headers(request: Request) -> Actor:
@@ -123,14 +148,18 @@ def repository(request: Request) -> Repository:
 PUBLIC_PATHS = frozenset({
     "/fhir/metadata", "/fhir/.well-known/smart-configuration", "/auth/token", "/auth/jwks",
     "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/v3/wsdl",
+    "/console/login",  # the console's login page and form (its pages need a session)
 })
 
 
 async def authenticate(request: Request) -> None:
     """Every route's first step: with access control on, no valid token, no answer (401); a
-    caller over its rate, 429."""
+    caller over its rate, 429. The console's pages send a person without a session to its login
+    page instead."""
     if request.url.path in PUBLIC_PATHS:
         return
+    if request.url.path.startswith("/console") and actor_of(request).kind == "anonymous":
+        raise LoginRequired(request.url.path)
     if authenticated(request) and actor_of(request).kind == "anonymous":
         raise unauthenticated(LOGIN_REQUIRED)
     limiter = getattr(request.app.state, "rate_limiter", None)
@@ -140,6 +169,16 @@ async def authenticate(request: Request) -> None:
         wait = limiter.wait_for(key)
         if wait > 0:
             raise Throttled(wait)
+
+
+class LoginRequired(FhirError):
+    """A console page asked for without a session: answered with its login page."""
+
+    error_code = "unauthenticated"
+
+    def __init__(self, path: str):
+        super().__init__(401, "login", LOGIN_REQUIRED)
+        self.path = path
 
 
 class Throttled(FhirError):

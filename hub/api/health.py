@@ -21,7 +21,7 @@ STORE_TIMEOUT = 3.0
 HEALTH_JSON = "application/health+json"
 
 
-def _runners(request: Request) -> dict[str, Any]:
+def runners(request: Request) -> dict[str, Any]:
     state = request.app.state
     out: dict[str, Any] = {}
     search = getattr(state, "search", None)
@@ -59,7 +59,7 @@ async def ready(request: Request) -> Response:
                                  "output": "timed out" if isinstance(e, TimeoutError)
                                  else type(e).__name__}
         return JSONResponse({"status": "fail", "checks": checks}, 503, media_type=HEALTH_JSON)
-    for name, runner in _runners(request).items():
+    for name, runner in runners(request).items():
         position = runner.model.position()
         check: dict[str, Any] = {"status": "pass", "lag": max(0, head - position)}
         if runner.error is not None:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from hub.access.auditlog import open_audit_log
-from hub.access.chain import anchor_line, audit_events, verify
+from hub.access.chain import anchor_line, audit_events, emergency_accesses, verify
 from hub.core.commandline import UsageError, open_store
 from hub.core.fhirtime import parse_range
 from hub.core.ingest import now_instant
@@ -118,30 +118,6 @@ def _export(log: Any, since_us: int | None, path: Path | None) -> int:
     if path:
         print(f"{n} AuditEvents written to {path}", file=sys.stderr)
     return 0
-
-
-EMERGENCY = {"ETREAT", "BTG"}
-
-
-def emergency_accesses(log: Any, since_us: int | None = None) -> list[dict]:
-    """The break-the-glass accesses in the audit: recorded, who, purpose, outcome, what."""
-    out = []
-    for body in audit_events(log, since_us):
-        d = orjson.loads(body)
-        purposes = {c.get("code") for p in d.get("purposeOfEvent") or ()
-                    for c in p.get("coding") or ()}
-        if not purposes & EMERGENCY:
-            continue
-        agent = (d.get("agent") or [{}])[0]
-        out.append({
-            "id": d.get("id"), "recorded": d.get("recorded"),
-            "who": ((agent.get("who") or {}).get("identifier") or {}).get("value"),
-            "purpose": sorted(purposes & EMERGENCY)[0], "outcome": d.get("outcome"),
-            "access": [s.get("code") for s in d.get("subtype") or ()],
-            "what": [e["what"]["reference"] for e in d.get("entity") or ()
-                     if (e.get("what") or {}).get("reference")],
-        })
-    return out
 
 
 def _emergency(log: Any, since_us: int | None, as_json: bool) -> int:

@@ -43,6 +43,18 @@ def add_parsers(sub: Any, common: Any) -> None:
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     r = csub.add_parser("revoke", parents=[common], help="refuse the client's next token requests")
     r.add_argument("client_id")
+    u = asub.add_parser("user", parents=[common],
+                        help="people who log in to the console: add, list, disable")
+    usub = u.add_subparsers(dest="user_action", required=True)
+    ua = usub.add_parser("add", parents=[common],
+                         help="a person with a password (read from standard input)")
+    ua.add_argument("name")
+    ua.add_argument("--role", action="append", choices=ROLES, required=True,
+                    help="a hub role (repeat for several)")
+    ua.add_argument("--display", default="", help="the name shown (default: NAME)")
+    usub.add_parser("list", parents=[common], help="the console's users")
+    ud = usub.add_parser("disable", parents=[common], help="refuse the user's next login")
+    ud.add_argument("name")
     asub.add_parser("rotate-key", parents=[common],
                     help="sign access tokens with a new key (the previous one stays published)")
     d = asub.add_parser("demo-client", parents=[common],
@@ -62,6 +74,8 @@ def cmd_auth(args: Any, settings: Any) -> int:
     from hub.auth.clients import open_registry
     from hub.auth.signer import Signer
 
+    if args.auth_action == "user":
+        return _user(args, settings)
     if args.auth_action == "rotate-key":
         kid = Signer(settings.data_dir).rotate()
         print(f"signing with the new key {kid}; the previous one verifies until its tokens expire")
@@ -147,7 +161,31 @@ def _demo_client(args: Any, settings: Any) -> int:
           f"--key {known['key']} --scope 'system/*.cruds')\n"
           f'  use it: curl -H "Authorization: Bearer $TOKEN" '
           f"{settings.fhir_base}/Patient?_count=5")
+    print(_demo_user(settings, folder))
     return 0
+
+
+def _demo_user(settings: Any, folder: Path) -> str:
+    """The demo region's console user ``demo`` (admin, steward, auditor): made once, its
+    password kept in the data directory; how to log in."""
+    import secrets
+
+    from hub.auth.clients import REGISTRY_FILE
+    from hub.auth.users import UserRegistry
+
+    users = UserRegistry(Path(settings.data_dir) / REGISTRY_FILE)
+    secret = folder / "demo-user.password"
+    if not secret.exists() or not any(u.name == "demo" for u in users.list()):
+        password = secrets.token_urlsafe(12)
+        if any(u.name == "demo" for u in users.list()):
+            return f"console: {settings.fhir_base.removesuffix('/fhir')}/console (user demo)"
+        users.add("demo", password, ("admin", "steward", "auditor"), display="演示管理员")
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        secret.write_text(password + "\n")
+        secret.chmod(0o600)
+    password = secret.read_text().strip()
+    return (f"console: {settings.fhir_base.removesuffix('/fhir')}/console  user demo  "
+            f"password {password}  (kept in {secret})")
 
 
 def _token(args: Any, settings: Any) -> int:
@@ -169,4 +207,23 @@ def _token(args: Any, settings: Any) -> int:
     except httpx.HTTPError as e:
         raise UsageError(f"cannot reach the hub at {base}: {e}") from None
     print(answer["access_token"])
+    return 0
+
+
+def _user(args: Any, settings: Any) -> int:
+    import sys
+
+    from hub.auth.clients import REGISTRY_FILE
+    from hub.auth.users import UserRegistry
+
+    users = UserRegistry(settings.data_dir / REGISTRY_FILE)
+    if args.user_action == "add":
+        password = sys.stdin.readline().rstrip("\n")
+        users.add(args.name, password, args.role, args.display)
+        print(args.name)
+    elif args.user_action == "list":
+        for u in users.list():
+            print(f"{u.name:24} {u.display:16} {','.join(u.roles):24} {u.status}")
+    else:
+        users.disable(args.name)
     return 0

@@ -1,0 +1,119 @@
+"""People who log in to the operator console with a password (the embedded default; a region
+with an identity provider signs them in there instead).
+
+Kept in the client registry's file (``auth.sqlite``), table ``user``: the name, the roles
+(``hub.auth.roles``), a display name and the password as an scrypt hash (``hashlib.scrypt``,
+n=2^14, r=8, p=1, a random 16-byte salt): never the password itself. Checking a password takes the
+same time whether the user exists or not, so a login does not tell which names exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from hub.auth.roles import ROLES
+from hub.core.errors import bad_request, not_found
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS user (
+    name     TEXT PRIMARY KEY,
+    display  TEXT NOT NULL,
+    roles    TEXT NOT NULL,
+    hash     BLOB NOT NULL,
+    salt     BLOB NOT NULL,
+    status   TEXT NOT NULL CHECK (status IN ('active', 'disabled')),
+    created  TEXT NOT NULL
+);
+"""
+_N, _R, _P = 2 ** 14, 8, 1
+_DUMMY_SALT = b"\0" * 16
+MIN_PASSWORD = 10
+
+
+def _hash(password: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    display: str
+    roles: tuple[str, ...]
+    status: str
+    created: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "display": self.display, "roles": list(self.roles),
+                "status": self.status, "created": self.created}
+
+
+class UserRegistry:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def add(self, name: str, password: str, roles: Iterable[str], display: str = "") -> User:
+        name = name.strip()
+        if not name or not name.isprintable() or len(name) > 64:
+            raise bad_request("A user needs a printable name of at most 64 characters")
+        if len(password) < MIN_PASSWORD:
+            raise bad_request(f"A password has at least {MIN_PASSWORD} characters")
+        roles = tuple(dict.fromkeys(roles))
+        unknown = [r for r in roles if r not in ROLES]
+        if unknown or not roles:
+            raise bad_request(f"Give at least one role of {', '.join(ROLES)}")
+        salt = secrets.token_bytes(16)
+        user = User(name, display.strip() or name, roles, "active",
+                    datetime.now(UTC).isoformat(timespec="seconds"))
+        with self._db() as db:
+            try:
+                db.execute("INSERT INTO user VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (user.name, user.display, orjson.dumps(list(roles)).decode(),
+                            _hash(password, salt), salt, user.status, user.created))
+            except sqlite3.IntegrityError:
+                raise bad_request(f"There is a user {name} already") from None
+        return user
+
+    def check(self, name: str, password: str) -> User | None:
+        """The active user with this name and password, else None (in the same time)."""
+        with self._db() as db:
+            row = db.execute("SELECT name, display, roles, hash, salt, status, created FROM user "
+                             "WHERE name = ?", (name,)).fetchone()
+        given = _hash(password, row[4] if row else _DUMMY_SALT)
+        if row is None or not hmac.compare_digest(given, row[3]) or row[5] != "active":
+            return None
+        return User(row[0], row[1], tuple(orjson.loads(row[2])), row[5], row[6])
+
+    def list(self) -> list[User]:
+        with self._db() as db:
+            rows = db.execute("SELECT name, display, roles, status, created FROM user "
+                              "ORDER BY name").fetchall()
+        return [User(r[0], r[1], tuple(orjson.loads(r[2])), r[3], r[4]) for r in rows]
+
+    def disable(self, name: str) -> None:
+        with self._db() as db:
+            if db.execute("UPDATE user SET status = 'disabled' WHERE name = ?",
+                          (name,)).rowcount != 1:
+                raise not_found(f"No user {name}")

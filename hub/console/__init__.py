@@ -1,0 +1,284 @@
+"""The operator console at ``/console``: pages a regional information centre's staff work in, in
+Chinese first (English by ``?lang=en``), served by the hub itself.
+
+People log in with a local user (``hub auth user add``, ``hub.auth.users``); the session is a
+hub-signed token in an HttpOnly, SameSite=Strict cookie whose audience is the console only (it is
+no API bearer token), turned into the caller by ``hub.api.caller`` like any token, so each page
+and action is checked by the access policy (``$console-*`` operations: roles) and audited like the
+API. Forms carry the session's CSRF value besides.
+
+Pages: the overview (intake per day and type over two weeks, drawn with Apache ECharts; resources
+per type; each read model's lag; open quarantine entries), the quarantine (entries with their
+reason, one entry with its findings and its payload, the lines the findings point at marked;
+replay), the access audit (break-the-glass accesses to review). Templates are Jinja2
+(``templates/``), the words ``i18n.yaml``, ECharts is fetched by ``make console-assets``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from datetime import UTC, datetime
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import yaml
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
+
+from hub.access.chain import emergency_accesses
+from hub.api.caller import authorize, context_of, repository
+from hub.api.health import runners
+from hub.auth.clients import REGISTRY_FILE
+from hub.auth.users import UserRegistry
+from hub.auth.verifier import Verifier
+from hub.core.access import Action
+from hub.core.errors import FhirError
+
+router = APIRouter()
+
+COOKIE = "hub_console"
+LANG_COOKIE = "hub_console_lang"
+AUDIENCE = ISSUER = "hub-console"
+SESSION_S = 8 * 3600
+STATIC = Path(str(resources.files("hub.console").joinpath("static")))
+LANGS = ("zh", "en")
+
+
+@lru_cache(maxsize=1)
+def _words() -> dict[str, dict[str, str]]:
+    return yaml.safe_load(resources.files("hub.console").joinpath("i18n.yaml").read_text("utf-8"))
+
+
+_env = Environment(loader=PackageLoader("hub.console", "templates"),
+                   autoescape=select_autoescape(["html"]))
+
+
+def verifier(request: Request) -> Verifier:
+    """The console sessions' verifier: the hub's own key, the console's audience only."""
+    state = request.app.state
+    if getattr(state, "console_verifier", None) is None:
+        state.console_verifier = Verifier(AUDIENCE, own=state.auth_signer, issuer=ISSUER)
+    return state.console_verifier
+
+
+def _lang(request: Request) -> str:
+    asked = request.query_params.get("lang") or request.cookies.get(LANG_COOKIE) or "zh"
+    return asked if asked in LANGS else "zh"
+
+
+def _page(request: Request, template: str, page: str, **values: Any) -> HTMLResponse:
+    lang = _lang(request)
+    words = _words()
+    claims = getattr(request.state, "console_claims", None) or {}
+    html = _env.get_template(template).render(
+        t=lambda key: words.get(key, {}).get(lang, key), lang=lang, page=page,
+        user=claims.get("name"), csrf=claims.get("csrf", ""), **values)
+    response = HTMLResponse(html, headers={"cache-control": "no-store",
+                                           "content-security-policy": _CSP})
+    if request.query_params.get("lang") in LANGS:
+        response.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="strict")
+    return response
+
+
+# the pages' own scripts and the vendored ECharts only; no frames, no other origin
+_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' "
+        "'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'")
+
+
+def error_page(request: Request, status: int, detail: str) -> HTMLResponse:
+    """A refusal on a console page, as a page (the API answers an OperationOutcome)."""
+    key = {403: "forbidden", 404: "not_found"}.get(status, "failed")
+    response = _page(request, "error.html", "error", status=status, key=key, detail=detail)
+    response.status_code = status
+    return response
+
+
+def _check_csrf(request: Request, form: Any) -> None:
+    claims = getattr(request.state, "console_claims", None) or {}
+    sent = form.get("csrf") or ""
+    if not claims.get("csrf") or not secrets.compare_digest(str(sent), claims["csrf"]):
+        raise FhirError(403, "forbidden", "The form is not from this session (CSRF check)")
+
+
+def _safe_next(value: str) -> str:
+    return value if re.fullmatch(r"/console/[A-Za-z0-9/_-]*", value or "") else "/console/overview"
+
+
+# -- login ------------------------------------------------------------------------------------------
+
+@router.get("/console", name="console", include_in_schema=False)
+def console_root(request: Request) -> Response:
+    authorize(request, Action("operation", None, None, "$console-overview"))
+    return RedirectResponse("/console/overview", 303)
+
+
+@router.api_route("/console/login", methods=["GET", "HEAD"], name="console-login",
+                  include_in_schema=False)
+def login_form(request: Request) -> Response:
+    return _page(request, "login.html", "login", failed=False,
+                 next=_safe_next(request.query_params.get("next", "")))
+
+
+@router.post("/console/login", name="console-login-post", include_in_schema=False)
+async def login(request: Request) -> Response:
+    form = await request.form()
+    name, password = str(form.get("name") or ""), str(form.get("password") or "")
+    settings = request.app.state.settings
+    users = UserRegistry(settings.data_dir / REGISTRY_FILE)
+    user = await run_in_threadpool(users.check, name, password) if name and password else None
+    if user is None:
+        refused = _page(request, "login.html", "login", failed=True,
+                        next=_safe_next(str(form.get("next") or "")))
+        refused.status_code = 401
+        return refused
+    token = request.app.state.auth_signer.issue(
+        {"iss": ISSUER, "aud": AUDIENCE, "sub": f"console:{user.name}", "name": user.display,
+         "fhirUser": f"Practitioner/console-{quote(user.name, safe='')}",
+         "hub_roles": list(user.roles), "scope": "user/*.cruds", "csrf": secrets.token_urlsafe(24)},
+        SESSION_S)
+    response = RedirectResponse(_safe_next(str(form.get("next") or "")), 303)
+    response.set_cookie(COOKIE, token, max_age=SESSION_S, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/console")
+    return response
+
+
+@router.post("/console/logout", name="console-logout", include_in_schema=False)
+async def logout(request: Request) -> Response:
+    authorize(request, Action("operation", None, None, "$console-overview"))
+    _check_csrf(request, await request.form())
+    response = RedirectResponse("/console/login", 303)
+    response.delete_cookie(COOKIE, path="/console")
+    return response
+
+
+# -- overview ---------------------------------------------------------------------------------------
+
+@router.api_route("/console/overview", methods=["GET", "HEAD"], name="console-overview",
+                  include_in_schema=False)
+def overview(request: Request) -> Response:
+    authorize(request, Action("operation", None, None, "$console-overview"))
+    store = request.app.state.repo.store
+    days = 14
+    today = int(time.time() // 86400)
+    rows = store.daily_versions((today - days + 1) * 86400 * 1_000_000)
+    labels = [datetime.fromtimestamp((today - days + 1 + i) * 86400, UTC).strftime("%m-%d")
+              for i in range(days)]
+    per_type: dict[str, list[int]] = {}
+    for day, rtype, n in rows:
+        per_type.setdefault(rtype, [0] * days)[day - (today - days + 1)] += n
+    totals = sorted(((t, sum(v)) for t, v in per_type.items()), key=lambda x: -x[1])
+    top = [t for t, _ in totals[:8]]
+    chart = {"days": labels, "series": [{"name": t, "data": per_type[t]} for t in top]}
+    head = store.max_notification_id()
+    lags = [(name, max(0, head - runner.model.position()),
+             "fail" if runner.error is not None else "pass")
+            for name, runner in runners(request).items()]
+    quarantine = request.app.state.documents.quarantine
+    open_entries = len(quarantine.list(status="open", limit=100_000))
+    return _page(request, "overview.html", "overview", chart=chart, totals=totals, lags=lags,
+                 open_quarantine=open_entries)
+
+
+# -- quarantine -------------------------------------------------------------------------------------
+
+@router.api_route("/console/quarantine", methods=["GET", "HEAD"], name="console-quarantine",
+                  include_in_schema=False)
+def quarantine_list(request: Request) -> Response:
+    authorize(request, Action("operation", None, None, "$console-quarantine"))
+    entries = request.app.state.documents.quarantine.list(status=None, limit=500)
+    entries.reverse()  # the newest first
+    return _page(request, "quarantine.html", "quarantine", entries=entries,
+                 notice=request.query_params.get("notice"))
+
+
+@router.api_route("/console/quarantine/{qid}", methods=["GET", "HEAD"],
+                  name="console-quarantine-entry", include_in_schema=False)
+def quarantine_entry(request: Request, qid: int) -> Response:
+    action = Action("operation", None, None, "$console-quarantine")
+    ctx = authorize(request, action)
+    entry = request.app.state.documents.quarantine.get(qid)
+    if entry is None:
+        raise FhirError(404, "not-found", f"No quarantine entry {qid}")
+    # the payload is a patient's data as sent: its showing is audited like a read
+    audit = getattr(request.app.state.repo, "audit", None)
+    if audit is not None:
+        audit.record(ctx, action, "0", [], [], f"quarantine entry {qid} shown")
+    findings = _findings(entry.get("report") or {})
+    text = bytes(entry["payload"]).decode("utf-8", errors="replace")
+    marked = _marked_lines(text, findings)
+    return _page(request, "entry.html", "quarantine", entry=entry, findings=findings,
+                 lines=marked)
+
+
+def _findings(report: dict) -> list[dict[str, str]]:
+    out = []
+    if "ack" in report:  # an HL7 v3 refusal: the element at fault closes its reason
+        reason = str(report.get("reason") or "")
+        where = re.search(r"\((/\*/[^()\s]+)\)", reason)
+        out.append({"severity": report["ack"], "rule": report.get("rule") or "",
+                    "text": reason, "where": where.group(1) if where else ""})
+    for issue in report.get("issue") or ():
+        details = issue.get("details") or {}
+        rule = next((c.get("code") for c in details.get("coding") or () if c.get("code")), "")
+        where = (issue.get("location") or issue.get("expression") or [""])[0]
+        out.append({"severity": issue.get("severity", ""), "rule": rule,
+                    "text": details.get("text") or issue.get("diagnostics") or "", "where": where})
+    return out
+
+
+def _marked_lines(text: str, findings: list[dict[str, str]]) -> list[tuple[str, bool]]:
+    """The payload's lines, those holding the element a finding's XPath ends at marked."""
+    names = {m.group(1) for f in findings
+             for m in [re.search(r"(?:hl7:|cda:|/)([A-Za-z][\w.-]*)(?:\[\d+\])?(?:/@[\w:]+)?$",
+                                 f["where"] or "")] if m}
+    lines = text.splitlines()[:5000]
+    return [(line, any(f"<{n}" in line for n in names)) for line in lines]
+
+
+@router.post("/console/quarantine/{qid}/replay", name="console-quarantine-replay",
+             include_in_schema=False)
+async def quarantine_replay(request: Request, qid: int) -> Response:
+    authorize(request, Action("operation", None, None, "$console-quarantine-replay"))
+    _check_csrf(request, await request.form())
+    ok, what = await run_in_threadpool(_replay, request, qid)
+    words = _words()
+    lang = _lang(request)
+    notice = f"#{qid}: " + (words["replayed"][lang] if ok else words["refused_again"][lang]) \
+        + f" ({what[:200]})"
+    return RedirectResponse(f"/console/quarantine?notice={quote(notice)}", 303)
+
+
+def _replay(request: Request, qid: int) -> tuple[bool, str]:
+    """The replay ``hub quarantine replay`` does, by the logged-in person (audited as theirs)."""
+    from hub import v3intake
+
+    documents = request.app.state.documents
+    entry = documents.quarantine.get(qid)
+    if entry is None:
+        raise FhirError(404, "not-found", f"No quarantine entry {qid}")
+    if entry["kind"] == v3intake.KIND:
+        return v3intake.replay(repository(request), documents.quarantine, qid)
+    result = documents.replay(qid)
+    return result.status != 422, result.document_ref or result.decision or ""
+
+
+# -- audit ------------------------------------------------------------------------------------------
+
+@router.api_route("/console/audit", methods=["GET", "HEAD"], name="console-audit",
+                  include_in_schema=False)
+def audit_page(request: Request) -> Response:
+    authorize(request, Action("operation", None, None, "$console-audit"))
+    log = getattr(request.app.state.repo, "audit_records", None)
+    found = emergency_accesses(log) if log is not None else []
+    rows = [{"time": a["recorded"], "who": a["who"], "whose": ", ".join(a["what"][:3]),
+             "what": "/".join(a["access"]), "why": a["purpose"], "outcome": a["outcome"]}
+            for a in reversed(found[-200:])]
+    context_of(request)
+    return _page(request, "audit.html", "audit", emergency=rows)
