@@ -115,6 +115,13 @@ class Quarantine:
         keys = ("id", "kind", "source", "reason", "time", "status", "replayed")
         return [dict(zip(keys, r), source=orjson.loads(r[2])) for r in rows]
 
+    def count(self, status: str | None = "open") -> int:
+        with self._lock:
+            row = self._db.execute("SELECT count(*) FROM quarantine" +
+                                   (" WHERE status = ?" if status else ""),
+                                   (status,) if status else ()).fetchone()
+        return int(row[0])
+
     def counts_by(self, kind: str, key: str, status: str | None = None
                   ) -> builtins.list[tuple[str, int, str]]:
         """(value of ``key`` in the reports of ``kind``, entries, the latest time) for each value,

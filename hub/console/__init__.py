@@ -181,7 +181,7 @@ def overview(request: Request) -> Response:
              "fail" if runner.error is not None else "pass")
             for name, runner in runners(request).items()]
     quarantine = request.app.state.documents.quarantine
-    open_entries = len(quarantine.list(status="open", limit=100_000))
+    open_entries = quarantine.count("open")
     return _page(request, "overview.html", "overview", chart=chart, totals=totals, lags=lags,
                  open_quarantine=open_entries)
 
