@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import Request
 
 from hub.api.traffic import client_address
+from hub.auth.sessions import COOKIE, session_verifier
 from hub.core.access import ANONYMOUS, Action, Actor
 from hub.core.errors import LOGIN_REQUIRED, FhirError, bad_request, unauthenticated
 from hub.core.ingest import Context
@@ -91,13 +92,11 @@ def _from_console_session(request: Request) -> Actor:
     """The person logged in to the console: its session cookie (``hub.console``), a hub-signed
     token for the console's audience alone; the same roles and scopes as any token. Whether or
     not the API's access control is on, the console is for people who logged in."""
-    from hub.console import COOKIE, verifier
-
     token = request.cookies.get(COOKIE)
     if not token:
         return ANONYMOUS
     try:
-        claims = verifier(request).verify(token)
+        claims = session_verifier(request.app.state).verify(token)
     except FhirError:
         return ANONYMOUS  # expired or from another key: log in again
     request.state.console_claims = claims
@@ -174,7 +173,7 @@ async def authenticate(request: Request) -> None:
 class LoginRequired(FhirError):
     """A console page asked for without a session: answered with its login page."""
 
-    error_code = "unauthenticated"
+    error_code = "refused"
 
     def __init__(self, path: str):
         super().__init__(401, "login", LOGIN_REQUIRED)

@@ -36,17 +36,14 @@ from hub.access.chain import emergency_accesses
 from hub.api.caller import authorize, context_of, repository
 from hub.api.health import runners
 from hub.auth.clients import REGISTRY_FILE
+from hub.auth.sessions import AUDIENCE, COOKIE, ISSUER, SESSION_S
 from hub.auth.users import UserRegistry
-from hub.auth.verifier import Verifier
 from hub.core.access import Action
 from hub.core.errors import FhirError
 
 router = APIRouter()
 
-COOKIE = "hub_console"
 LANG_COOKIE = "hub_console_lang"
-AUDIENCE = ISSUER = "hub-console"
-SESSION_S = 8 * 3600
 STATIC = Path(str(resources.files("hub.console").joinpath("static")))
 LANGS = ("zh", "en")
 
@@ -58,14 +55,6 @@ def _words() -> dict[str, dict[str, str]]:
 
 _env = Environment(loader=PackageLoader("hub.console", "templates"),
                    autoescape=select_autoescape(["html"]))
-
-
-def verifier(request: Request) -> Verifier:
-    """The console sessions' verifier: the hub's own key, the console's audience only."""
-    state = request.app.state
-    if getattr(state, "console_verifier", None) is None:
-        state.console_verifier = Verifier(AUDIENCE, own=state.auth_signer, issuer=ISSUER)
-    return state.console_verifier
 
 
 def _lang(request: Request) -> str:
