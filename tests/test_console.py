@@ -16,6 +16,7 @@ import pytest
 
 from hub.auth.clients import REGISTRY_FILE
 from hub.auth.users import UserRegistry
+from tests.conftest import BACKENDS, LiveServer, make_settings
 
 FIX = Path(__file__).parent / "fixtures" / "hl7v3"
 PASSWORD = "correct horse battery"
@@ -36,6 +37,16 @@ def _driver():
                  "--window-size=1280,900"):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=options)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def live(request, tmp_path_factory):
+    """The hub with the access audit on (the suites' servers run without it): no page shows a
+    person's data without an AuditEvent."""
+    settings = make_settings(request.param, tmp_path_factory.mktemp("console"), request)
+    settings.audit = True
+    with LiveServer(settings) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -67,25 +78,25 @@ def login(browser, live, name: str, password: str = PASSWORD, path: str = "/cons
     assert "/console/login" in browser.current_url  # no session: the login page
     browser.find_element(By.ID, "name").send_keys(name)
     browser.find_element(By.ID, "password").send_keys(password)
-    form = browser.find_element(By.ID, "submit")
-    form.click()
-    wait_for(lambda: _gone(form))  # the next page is there
+    click(browser, browser.find_element(By.ID, "submit"))
 
 
-def _gone(element) -> bool:
-    from selenium.common.exceptions import StaleElementReferenceException
+def _new_page(browser) -> bool:
+    """Whether the page the last click led to is loaded (the old page's marker is gone)."""
+    from selenium.common.exceptions import WebDriverException
 
     try:
-        element.is_enabled()
+        return bool(browser.execute_script(
+            "return window.__old === undefined && document.readyState === 'complete'"))
+    except WebDriverException:  # between two pages
         return False
-    except StaleElementReferenceException:
-        return True
 
 
 def click(browser, element) -> None:
     """Click and wait for the page it leads to."""
+    browser.execute_script("window.__old = true")
     element.click()
-    wait_for(lambda: _gone(element))
+    assert wait_for(lambda: _new_page(browser)), "the next page did not load"
 
 
 def wait_for(fn, timeout: float = 10.0):
@@ -205,3 +216,66 @@ def test_who_may_see_what(browser, live, people):
     # the session cookie is no API token
     r = httpx.get(base(live) + "/fhir/Patient", headers={"authorization": f"Bearer {cookie}"})
     assert r.status_code == 401 or not live.settings.auth
+
+
+def test_a_steward_decides_the_review_queue_side_by_side(browser, live, people, client):
+    """Two reviews the matcher opened: the steward sees each pair side by side with the evidence,
+    links one (same person), marks the other as different people; the API shows the link and
+    the queue empty of both."""
+    from selenium.webdriver.common.by import By
+
+    from hub.mpi.identity import IdentityService
+
+    prefix = uuid.uuid4().hex[:6]
+    ids = []
+    for who, given in (("a", "四"), ("b", "四"), ("c", "思")):
+        pid = f"{prefix}-{who}"
+        r = client.put(f"/Patient/{pid}", json={
+            "resourceType": "Patient", "id": pid, "name": [{"family": "李", "given": [given]}],
+            "gender": "female", "birthDate": "1975-03-04",
+            "identifier": [{"system": f"urn:oid:1.2.3.{who}", "value": f"MR-{pid}"}]})
+        assert r.status_code in (200, 201), r.text
+        ids.append(pid)
+    a, b, c = ids
+    store = live.settings.open_store()
+    matcher = IdentityService.open(store, live.settings.data_dir / f"matcher-{prefix}")
+    try:
+        matcher.auto_decide(f"Patient/{a}", "new", [], 1.0, {}, "r1")
+        matcher.auto_decide(f"Patient/{b}", "review", [f"Patient/{a}"], 0.71,
+                            {"name": {"level": "exact", "weight": 6.2},
+                             "birth_date": {"level": "exact", "weight": 4.1}}, "r1")
+        matcher.auto_decide(f"Patient/{c}", "review", [f"Patient/{a}"], 0.52,
+                            {"name": {"level": "similar", "weight": 1.3}}, "r1")
+    finally:
+        matcher.close()
+        store.close()
+    login(browser, live, people["steward"], path="/console/identity")
+
+    def section(patient: str):
+        return next(s for s in browser.find_elements(By.CSS_SELECTOR, "section.review")
+                    if f"Patient/{patient}" in s.find_element(By.TAG_NAME, "thead").text)
+
+    sb = wait_for(lambda: section(b))
+    assert "李四" in sb.find_element(By.CSS_SELECTOR, "table.pair tbody").text
+    assert "6.2" in sb.find_element(By.CSS_SELECTOR, "table.evidence").text
+    click(browser, sb.find_element(By.CSS_SELECTOR, "button.accept"))
+    assert "已确认为同一人" in browser.find_element(By.ID, "notice").text
+    sc = section(c)
+    sc.find_element(By.CSS_SELECTOR, "input.reason").send_keys("不同的人：名字不同")
+    click(browser, sc.find_element(By.CSS_SELECTOR, "button.reject"))
+    assert "已标记为不同的人" in browser.find_element(By.ID, "notice").text
+    assert not [s for s in browser.find_elements(By.CSS_SELECTOR, "section.review")
+                if f"Patient/{b}" in s.text or f"Patient/{c}" in s.text]
+    person = client.get("/Person", params={"link": f"Patient/{a}"}).json()["entry"][0]["resource"]
+    assert sorted(x["target"]["reference"] for x in person["link"]) == \
+        sorted([f"Patient/{a}", f"Patient/{b}"])
+    # each Patient shown was read as the steward's access: audited
+    auditor = httpx.Client(base_url=live.base, auth=live.client_auth(roles=("auditor",)) if
+                           live.settings.auth else None)
+
+    def audited() -> bool:
+        audit = auditor.get("/AuditEvent", params={"entity": f"Patient/{b}", "_count": 100}).json()
+        return any("console:" in str(e["resource"]["agent"]) for e in audit.get("entry", []))
+
+    assert wait_for(audited)
+    auditor.close()

@@ -7,11 +7,13 @@ no API bearer token), turned into the caller by ``hub.api.caller`` like any toke
 and action is checked by the access policy (``$console-*`` operations: roles) and audited like the
 API. Forms carry the session's CSRF value besides.
 
-Pages: the overview (intake per day and type over two weeks, drawn with Apache ECharts; resources
-per type; each read model's lag; open quarantine entries), the quarantine (entries with their
-reason, one entry with its findings and its payload, the lines the findings point at marked;
-replay), the access audit (break-the-glass accesses to review). Templates are Jinja2
-(``templates/``), the words ``i18n.yaml``, ECharts is fetched by ``make console-assets``.
+Pages: the overview (intake per day and type over two weeks, drawn with Apache ECharts;
+resources per type; each read model's lag; open quarantine entries), the quarantine (entries
+with their reason, one entry with its findings and its payload, the lines the findings point at
+marked; replay), the identity review (the matcher's review queue, each pair side by side with
+its evidence; same person / not the same person), the access audit (break-the-glass accesses to
+review). Templates are Jinja2 (``templates/``), the words ``i18n.yaml``, ECharts is fetched by
+``make console-assets``.
 """
 
 from __future__ import annotations
@@ -256,6 +258,83 @@ def _replay(request: Request, qid: int) -> tuple[bool, str]:
         return v3intake.replay(repository(request), documents.quarantine, qid)
     result = documents.replay(qid)
     return result.status != 422, result.document_ref or result.decision or ""
+
+
+# -- identity review --------------------------------------------------------------------------------
+
+PAIR_FIELDS = ("name", "gender", "birthDate", "identifiers", "telecom", "address", "organization")
+
+
+@router.api_route("/console/identity", methods=["GET", "HEAD"], name="console-identity",
+                  include_in_schema=False)
+def identity_page(request: Request) -> Response:
+    """The review queue: each pair side by side (each Patient read through the repository, so
+    audited as the steward's read) with the matcher's evidence, field by field."""
+    ctx = authorize(request, Action("operation", None, None, "$mpi-review"))
+    identity = request.app.state.identity
+    if identity is None:
+        raise FhirError(503, "transient", "The master patient index is not running")
+    identity.sync()
+    reviews = []
+    for r in identity.person.reviews("open", 50):
+        people = [_person_view(request, ctx, ref) for ref in [r["patient"], *r["candidates"]]]
+        evidence = []
+        for name, e in sorted((r.get("evidence") or {}).items()):
+            level, weight = (e.get("level", ""), e.get("weight", "")) if isinstance(e, dict) \
+                else ("", e)
+            evidence.append((name, level, weight))
+        reviews.append({"id": r["id"], "score": r["score"], "people": people,
+                        "evidence": evidence})
+    return _page(request, "identity.html", "identity", reviews=reviews, fields=PAIR_FIELDS,
+                 notice=request.query_params.get("notice"))
+
+
+def _person_view(request: Request, ctx: Any, ref: str) -> dict[str, str]:
+    import orjson
+
+    from hub.core.events import resource_bytes
+
+    view = {"ref": ref}
+    rtype, _, rid = ref.partition("/")
+    try:
+        stored = repository(request).read(ctx, rtype, rid)
+    except FhirError:
+        return {**view, **{f: "" for f in PAIR_FIELDS}, "name": _words()["hidden"][_lang(request)]}
+    p = orjson.loads(resource_bytes(stored))
+    name = (p.get("name") or [{}])[0]
+    view["name"] = name.get("text") or "".join([name.get("family", ""), *name.get("given", [])])
+    view["gender"] = p.get("gender", "")
+    view["birthDate"] = p.get("birthDate", "")
+    view["identifiers"] = "; ".join(str(i.get("value", "")) for i in p.get("identifier") or [])
+    view["telecom"] = "; ".join(str(t.get("value", "")) for t in p.get("telecom") or [])
+    view["address"] = "; ".join(a.get("text") or " ".join(a.get("line") or []) for a in
+                                p.get("address") or [])
+    view["organization"] = (p.get("managingOrganization") or {}).get("display") or \
+        (p.get("managingOrganization") or {}).get("reference", "")
+    return view
+
+
+@router.post("/console/identity/{rid}/decide", name="console-identity-decide",
+             include_in_schema=False)
+async def identity_decide(request: Request, rid: str) -> Response:
+    form = await request.form()
+    decision = str(form.get("decision") or "")
+    operation = {"accept": "$mpi-review-accept", "reject": "$mpi-review-reject"}.get(decision)
+    if operation is None:
+        raise FhirError(400, "invalid", "decision is accept or reject")
+    authorize(request, Action("operation", None, rid, operation))
+    _check_csrf(request, form)
+    identity = request.app.state.identity
+    claims = getattr(request.state, "console_claims", None) or {}
+    user = str(claims.get("sub") or "console")
+    reason = str(form.get("reason") or "")[:500] or None
+    if decision == "accept":
+        await run_in_threadpool(identity.accept_review, rid, user, None, reason)
+    else:
+        await run_in_threadpool(identity.reject_review, rid, user, reason)
+    words, lang = _words(), _lang(request)
+    notice = f"{rid}: " + words["accepted" if decision == "accept" else "rejected"][lang]
+    return RedirectResponse(f"/console/identity?notice={quote(notice)}", 303)
 
 
 # -- audit ------------------------------------------------------------------------------------------
