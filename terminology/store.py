@@ -237,6 +237,23 @@ class TerminologyStore:
             self._res[key] = orjson.loads(found[0][0]) if found else {}
         return self._res[key]
 
+    def systems(self, text: str = "", limit: int = 200) -> list[dict]:
+        """The code systems held (url, version, concepts, title), those whose URL or title holds
+        ``text`` (any case) when given, at most ``limit``: what the console lists."""
+        self.refresh()
+        needle = text.strip().lower()
+        out = []
+        for stream, url, version, count in self.q(
+                "SELECT stream, url, version, count FROM t_cs ORDER BY url, vkey"):
+            head = self.header(stream)
+            title = head.get("title") or head.get("name") or ""
+            if needle and needle not in f"{url} {title}".lower():
+                continue
+            out.append({"url": url, "version": version, "count": count, "title": title})
+            if len(out) >= limit:
+                break
+        return out
+
     def versions(self, system: str) -> list[str]:
         names = sorted(self.system_aliases(system))
         marks = ",".join("?" * len(names))

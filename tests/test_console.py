@@ -279,3 +279,32 @@ def test_a_steward_decides_the_review_queue_side_by_side(browser, live, people, 
 
     assert wait_for(audited)
     auditor.close()
+
+
+def test_browse_code_systems_and_look_a_code_up(browser, live, people, client):
+    from selenium.webdriver.common.by import By
+
+    n = uuid.uuid4().hex[:6]
+    url = f"https://example.org/CodeSystem/console-{n}"
+    cs = {"resourceType": "CodeSystem", "id": f"console-{n}", "url": url, "status": "active",
+          "title": f"科室分类 {n}", "content": "complete", "hierarchyMeaning": "is-a",
+          "concept": [{"code": "IM", "display": "内科",
+                       "concept": [{"code": "IM-R", "display": "呼吸内科"}]}]}
+    assert client.put(f"/CodeSystem/console-{n}", json=cs).status_code in (200, 201)
+    login(browser, live, people["clinician"], path="/console/terminology")
+
+    def listed() -> bool:
+        browser.get(base(live) + f"/console/terminology?q={n}")
+        return url in browser.find_element(By.ID, "systems").text
+
+    assert wait_for(listed)  # once the terminology read model has it
+    click(browser, browser.find_element(By.LINK_TEXT, url))
+    browser.find_element(By.ID, "code").send_keys("IM-R")
+    click(browser, browser.find_element(By.ID, "lookup"))
+    assert browser.find_element(By.ID, "display").text == "呼吸内科"
+    assert "IM" in browser.find_element(By.ID, "concept").text  # its parent
+    code = browser.find_element(By.ID, "code")
+    code.clear()
+    code.send_keys("XX")
+    click(browser, browser.find_element(By.ID, "lookup"))
+    assert browser.find_element(By.ID, "display").text == "该代码系统中没有此代码"

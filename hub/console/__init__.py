@@ -337,6 +337,31 @@ async def identity_decide(request: Request, rid: str) -> Response:
     return RedirectResponse(f"/console/identity?notice={quote(notice)}", 303)
 
 
+# -- terminology ------------------------------------------------------------------------------------
+
+@router.api_route("/console/terminology", methods=["GET", "HEAD"], name="console-terminology",
+                  include_in_schema=False)
+def terminology_page(request: Request) -> Response:
+    """The code systems the terminology service holds (by URL or title), and one code looked up:
+    its display, whether active, its parents and children."""
+    authorize(request, Action("operation", None, None, "$console-terminology"))
+    service = request.app.state.terminology
+    text = request.query_params.get("q", "")[:100]
+    system = request.query_params.get("system", "")[:300]
+    code = request.query_params.get("code", "")[:100]
+    systems = service.systems(text)
+    found = None
+    if system and code:
+        ref = service.code_system(system)
+        concept = service.concept(ref, code) if ref is not None else None
+        found = {"system": system, "code": code, "known": concept is not None}
+        if concept is not None:
+            found.update(display=concept.display or "", active=concept.active,
+                         parents=service.parents(ref, code), children=service.children(ref, code))
+    return _page(request, "terminology.html", "terminology", systems=systems, q=text,
+                 system=system, code=code, found=found)
+
+
 # -- audit ------------------------------------------------------------------------------------------
 
 @router.api_route("/console/audit", methods=["GET", "HEAD"], name="console-audit",
