@@ -11,6 +11,7 @@ from bench import (
     bundles,
     cda,
     changestream,
+    console,
     es_search,
     hl7v2,
     ingest,
@@ -71,7 +72,8 @@ def summary(ing: dict, http: dict, mem: dict) -> str:
                         ("workers", workers.summary_rows),
                         ("changestream", changestream.summary_rows),
                         ("es_search", es_search.summary_rows), ("v3", v3.summary_rows),
-                        ("v3_routing", v3_routing.summary_rows)):
+                        ("v3_routing", v3_routing.summary_rows),
+                        ("console", console.summary_rows)):
         path = RESULTS / f"{name}.json"
         if path.exists():
             rows += extra(json.loads(path.read_text()))
@@ -272,6 +274,7 @@ def main() -> None:
         es_search.main(["--people", "60"] if args.quick else [])
         v3.main(["--people", "40", "--repeats", "1"] if args.quick else [])
         v3_routing.main(["--people", "40"] if args.quick else [])
+        console.main(["--people", "200", "--n", "10"] if args.quick else [])
     table = summary(ing, http, mem)
     (RESULTS / "summary.md").write_text(table)
     print(table)
