@@ -308,3 +308,51 @@ def test_browse_code_systems_and_look_a_code_up(browser, live, people, client):
     code.send_keys("XX")
     click(browser, browser.find_element(By.ID, "lookup"))
     assert browser.find_element(By.ID, "display").text == "该代码系统中没有此代码"
+
+
+def test_a_clinician_finds_a_person_and_reads_the_record_with_a_purpose(browser, live, people,
+                                                                         client):
+    from selenium.webdriver.common.by import By
+
+    n = uuid.uuid4().hex[:6]
+    pid = f"rec-{n}"
+    family = f"欧阳{n}"
+    assert client.put(f"/Patient/{pid}", json={
+        "resourceType": "Patient", "id": pid, "name": [{"family": family, "given": ["娜"]}],
+        "gender": "female", "birthDate": "1988-08-08",
+        "identifier": [{"system": "urn:oid:1.2.3.9", "value": f"MR{n}9"}]}).status_code in (200, 201)
+    assert client.put(f"/Observation/obs-{n}", json={
+        "resourceType": "Observation", "id": f"obs-{n}", "status": "final",
+        "code": {"text": "血红蛋白"}, "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": "2024-05-06T09:00:00+08:00",
+        "valueQuantity": {"value": 128, "unit": "g/L"}}).status_code in (200, 201)
+    login(browser, live, people["clinician"], path="/console/record")
+
+    def found() -> list:
+        browser.get(base(live) + f"/console/record?q=MR{n}9")  # by an identifier
+        return browser.find_elements(By.LINK_TEXT, f"{family}娜")
+
+    click(browser, wait_for(found)[0])  # once the search index has it
+    # nothing is shown before a purpose is given
+    assert not browser.find_elements(By.ID, "timeline")
+    click(browser, browser.find_element(By.ID, "open"))
+    assert "TREAT" in browser.find_element(By.ID, "purpose").text
+
+    def shown() -> bool:
+        browser.refresh()
+        return "血红蛋白" in browser.find_element(By.ID, "timeline").text
+
+    assert wait_for(shown)  # once the timeline read model has it
+    auditor = httpx.Client(base_url=live.base, auth=live.client_auth(roles=("auditor",)) if
+                           live.settings.auth else None)
+
+    def audited() -> bool:
+        found = auditor.get("/AuditEvent", params={"entity": f"Patient/{pid}", "_count": 100})
+        return any(e["resource"].get("purposeOfEvent") and "console:" in str(e["resource"]["agent"])
+                   for e in found.json().get("entry", []))
+
+    assert wait_for(audited)
+    auditor.close()
+    # a steward has no shared record
+    login(browser, live, people["steward"], path="/console/record")
+    assert browser.find_element(By.ID, "error-status").text == "403"
