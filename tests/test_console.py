@@ -356,3 +356,36 @@ def test_a_clinician_finds_a_person_and_reads_the_record_with_a_purpose(browser,
     # a steward has no shared record
     login(browser, live, people["steward"], path="/console/record")
     assert browser.find_element(By.ID, "error-status").text == "403"
+
+
+def test_a_steward_maps_an_unmapped_local_code(browser, live, people, client):
+    from selenium.webdriver.common.by import By
+
+    n = uuid.uuid4().hex[:6].upper()
+    local = "urn:oid:2.16.156.10011.99.7.1.7"
+    code = f"GLU{n}"
+    for i in range(2):
+        assert client.put(f"/Observation/map-{n}-{i}", json={
+            "resourceType": "Observation", "id": f"map-{n}-{i}", "status": "final",
+            "code": {"coding": [{"system": local, "code": code, "display": "血糖"}]},
+            "subject": {"reference": "Patient/p-map"}}).status_code in (200, 201)
+    login(browser, live, people["steward"], path="/console/mapping")
+
+    def row():
+        browser.get(base(live) + "/console/mapping")
+        return next((r for r in browser.find_elements(By.CSS_SELECTOR, "#unmapped tbody tr")
+                     if code in r.text), None)
+
+    found = wait_for(row)  # once the unmapped-codes read model has them
+    assert found is not None and "2" in found.text  # two resources carry it
+    found.find_element(By.CSS_SELECTOR, "input.target-code").send_keys("2345-7")
+    found.find_element(By.CSS_SELECTOR, "input.target-display").send_keys("Glucose")
+    click(browser, found.find_element(By.CSS_SELECTOR, "button.map"))
+    assert f"{code} → 2345-7" in browser.find_element(By.ID, "notice").text
+    maps = client.get("/ConceptMap", params={"_count": 200}).json().get("entry", [])
+    elements = [e for m in maps for g in m["resource"].get("group", []) if g["source"] == local
+                for e in g.get("element", []) if e["code"] == code]
+    assert elements and elements[0]["target"][0]["code"] == "2345-7"
+    # the terminology service translates with it, once its read model has the map
+    assert wait_for(lambda: "2345-7" in client.get("/ConceptMap/$translate", params={
+        "system": local, "code": code, "targetsystem": "http://loinc.org"}).text)

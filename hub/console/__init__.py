@@ -446,6 +446,73 @@ def _timeline_row(entry: tuple[str, str, bytes]) -> dict[str, str]:
             "patient": patient}
 
 
+# -- code mapping -----------------------------------------------------------------------------------
+
+@router.api_route("/console/mapping", methods=["GET", "HEAD"], name="console-mapping",
+                  include_in_schema=False)
+def mapping_page(request: Request) -> Response:
+    """Each institution's local codes without a standard code, most frequent first, each with
+    a form to map it (a ConceptMap change)."""
+    authorize(request, Action("operation", None, None, "$unmapped-codes"))
+    model = request.app.state.unmapped
+    runner = request.app.state.unmapped_runner
+    if model is None or runner is None:
+        raise FhirError(503, "transient", "The unmapped-codes projection is not running")
+    institution = request.query_params.get("institution", "").strip()[:200]
+    runner.sync(5.0)
+    rows = model.worklist(institution or None, None, 200)
+    return _page(request, "mapping.html", "mapping", rows=rows, institution=institution,
+                 notice=request.query_params.get("notice"))
+
+
+@router.post("/console/mapping", name="console-mapping-post", include_in_schema=False)
+async def mapping_post(request: Request) -> Response:
+    """Map one local code: its element in the console's ConceptMap from that local system to the
+    target system (made on first use), written through the repository as the logged-in person."""
+    form = await request.form()
+    authorize(request, Action("operation", None, None, "$console-mapping"))
+    _check_csrf(request, form)
+    values = {k: str(form.get(k) or "").strip()[:300] for k in
+              ("system", "code", "display", "target_system", "target_code", "target_display")}
+    if not all(values[k] for k in ("system", "code", "target_system", "target_code")):
+        raise FhirError(400, "invalid", "system, code, target system and target code are needed")
+    await run_in_threadpool(_map_code, request, values)
+    notice = f"{values['code']} → {values['target_code']}: " + _words()["mapped"][_lang(request)]
+    return RedirectResponse(f"/console/mapping?notice={quote(notice)}", 303)
+
+
+def _map_code(request: Request, v: dict[str, str]) -> None:
+    import hashlib
+
+    import orjson
+
+    from hub.api.bundles import parse_entry
+    from hub.core.events import resource_bytes
+
+    repo, ctx = repository(request), context_of(request, feed="console")
+    rid = "console-" + hashlib.sha256(f"{v['system']}|{v['target_system']}".encode()).hexdigest()[:20]
+    try:
+        cm = orjson.loads(resource_bytes(repo.read(ctx, "ConceptMap", rid)))
+    except FhirError as e:
+        if e.status != 404:
+            raise
+        cm = {"resourceType": "ConceptMap", "id": rid, "status": "active",
+              "title": f"{v['system']} → {v['target_system']}",
+              "group": [{"source": v["system"], "target": v["target_system"], "element": []}]}
+    group = cm["group"][0]
+    element: dict[str, Any] = {"code": v["code"], "target": [
+        {"code": v["target_code"], "equivalence": "equivalent",
+         **({"display": v["target_display"]} if v["target_display"] else {})}]}
+    if v["display"]:
+        element["display"] = v["display"]
+    group["element"] = [e for e in group.get("element", []) if e.get("code") != v["code"]] + [element]
+    cm.pop("meta", None)
+    op = parse_entry(0, {"resource": cm, "request": {"method": "PUT", "url": f"ConceptMap/{rid}"}}, "")
+    for result in repo.execute([op], ctx, atomic=True):  # type: ignore[list-item]
+        if isinstance(result, FhirError):
+            raise result
+
+
 # -- terminology ------------------------------------------------------------------------------------
 
 @router.api_route("/console/terminology", methods=["GET", "HEAD"], name="console-terminology",
