@@ -18,10 +18,9 @@ from typing import Any
 from lxml import etree
 
 from fhir_mapping.base import MappingError
-from fhir_mapping.ids import patient_id
 
 from .common import Ctx, attr, display, fhir_datetime, first, ids, local_name, q, table, text_parts
-from .registrations import _keys, _patient_key, _practitioner, _where
+from .registrations import _keys, _practitioner, _where, patient_ref, place_ref
 
 SUBJECT = "/*/hl7:controlActProcess/hl7:subject"
 
@@ -98,11 +97,7 @@ def appointment(ctx: Ctx) -> list[dict[str, str]]:
     if patient is None:
         raise MappingError("the appointment names no patient (subject/patient)", code="AE",
                            location=_where(ctx, act) or SUBJECT, rule="v3.appointment.patient-missing")
-    pkey, pidents = _patient_key(ctx, patient, _where(ctx, patient) or SUBJECT)
-    actor: dict[str, Any] = {"reference": f"Patient/{patient_id(ctx.inst, pkey)}"}
-    name = text_parts(first(patient, "patientPerson/name"))
-    if name:
-        actor["display"] = name
+    actor = patient_ref(ctx, patient, _where(ctx, patient) or SUBJECT)
     participants.append({"actor": actor, "status": "accepted"})
     agents = []
     for performer in q(act, "performer"):
@@ -131,16 +126,11 @@ def appointment(ctx: Ctx) -> list[dict[str, str]]:
     if sdl is not None:
         room = text_parts(first(sdl, "location/name"))
         dept = text_parts(first(sdl, "addr")) or text_parts(first(sdl, "serviceProviderOrganization/name"))
-        label = " ".join(p for p in (dept, room) if p)
-        if label:
-            place: dict[str, Any] = {"display": label}
-            dept_id = next((ctx.identifier(r, e, _where(ctx, sdl)) for r, e in ids(first(sdl, "id"))
-                            if e), None)
-            if dept_id:
-                place["identifier"] = {k: v for k, v in dept_id.items() if k in ("system", "value")}
+        place = place_ref(ctx, sdl, " ".join(p for p in (dept, room) if p))
+        if place is not None and place.get("display"):
             participants.append({"actor": place, "status": "accepted",
                                  "type": [{"text": "location"}]})
-            words.append(label)
+            words.append(place["display"])
     res["participant"] = participants
     forms = [ctx.identifier(r or t["requisition_root"], e, _where(ctx, first(act, "referencedOrder")))
              for r, e in ids(first(act, "referencedOrder/actOrder/id")) if e]

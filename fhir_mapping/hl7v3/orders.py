@@ -22,7 +22,7 @@ from typing import Any
 from lxml import etree
 
 from fhir_mapping.base import MappingError
-from fhir_mapping.ids import encounter_id, patient_id
+from fhir_mapping.ids import encounter_id
 
 from . import status as status_changes
 from .common import (
@@ -37,7 +37,7 @@ from .common import (
     table,
     text_parts,
 )
-from .registrations import _keys, _patient_key, _practitioner, _where
+from .registrations import _keys, _practitioner, _where, patient_ref, place_ref
 from .visits import _visit_key
 
 SUBJECT = "/*/hl7:controlActProcess/hl7:subject"
@@ -61,8 +61,9 @@ def order(ctx: Ctx) -> list[dict[str, str]]:
         raise _refusal(ctx, subject, "no order in the message (subject/placerGroup, "
                        "observationRequest or procedureRequest)", "v3.order.missing")
     encounter = first(act, "componentOf1/encounter")
-    common = _context(ctx, act, encounter, t)
-    agents = [a for a in (common.get("requester"), common.pop("_verifier", None)) if a]
+    common = _context(ctx, act, encounter)
+    verifier = _practitioner(ctx, first(act, "verifier/assignedEntity"))
+    agents = [a for a in (common.get("requester"), verifier) if a]
     if local_name(act) == "placerGroup":
         items = [c for comp in q(act, "component2") for c in _acts(comp)
                  if local_name(c) != "sequenceNumber"]
@@ -83,10 +84,9 @@ def order(ctx: Ctx) -> list[dict[str, str]]:
     return agents
 
 
-def _context(ctx: Ctx, act: etree._Element, encounter: etree._Element | None,
-             t: dict[str, Any]) -> dict[str, Any]:
-    """What every order of the message shares: the patient, the visit, the author (requester and
-    time) and the institution."""
+def _context(ctx: Ctx, act: etree._Element, encounter: etree._Element | None) -> dict[str, Any]:
+    """What every order of the message shares, as the elements of each request: the patient, the
+    visit, the author (requester and time)."""
     if encounter is None:
         raise _refusal(ctx, act, "the order names no visit and patient (componentOf1/encounter)",
                        "v3.order.encounter-missing")
@@ -94,14 +94,7 @@ def _context(ctx: Ctx, act: etree._Element, encounter: etree._Element | None,
     if patient is None:
         raise _refusal(ctx, encounter, "the order's visit names no patient (subject/patient)",
                        "v3.order.patient-missing")
-    pkey, pidents = _patient_key(ctx, patient, _where(ctx, patient) or SUBJECT)
-    subject: dict[str, Any] = {"reference": f"Patient/{patient_id(ctx.inst, pkey)}"}
-    local = next((i for i in pidents if i.get("value") == pkey), None)
-    if local is not None:
-        subject["identifier"] = {k: v for k, v in local.items() if k in ("system", "value")}
-    name = text_parts(first(patient, "patientPerson/name"))
-    if name:
-        subject["display"] = name
+    subject = patient_ref(ctx, patient, _where(ctx, patient) or SUBJECT)
     common: dict[str, Any] = {"subject": subject}
     try:
         visit = _visit_key(ctx, encounter, table("visits"))
@@ -118,9 +111,6 @@ def _context(ctx: Ctx, act: etree._Element, encounter: etree._Element | None,
     requester = _practitioner(ctx, first(author, "assignedEntity"))
     if requester is not None:
         common["requester"] = requester
-    verifier = _practitioner(ctx, first(act, "verifier/assignedEntity"))
-    if verifier is not None:
-        common["_verifier"] = verifier
     return common
 
 
@@ -169,13 +159,7 @@ def _base(ctx: Ctx, rtype: str, key: str, idents: list, common: dict[str, Any],
     else:  # an update that does not say: the stored order's status stands (hub.v3intake)
         ctx.default(res, "status", "active")
     res["intent"] = "order"
-    res["subject"] = common["subject"]
-    if "encounter" in common:
-        res["encounter"] = common["encounter"]
-    if "authoredOn" in common:
-        res["authoredOn"] = common["authoredOn"]
-    if "requester" in common:
-        res["requester"] = common["requester"]
+    res.update(common)
     return res
 
 
@@ -192,15 +176,7 @@ def _performer(ctx: Ctx, act: etree._Element) -> dict[str, Any] | None:
         place = first(sdl, "serviceProviderOrganization")
     if place is None:
         return None
-    out: dict[str, Any] = {}
-    dept = next((ctx.identifier(r, e, _where(ctx, place)) for r, e in ids(first(place, "id"))
-                 if e), None)
-    if dept:
-        out["identifier"] = {k: v for k, v in dept.items() if k in ("system", "value")}
-    name = text_parts(first(place, "name")).strip()
-    if name:
-        out["display"] = name
-    return out or None
+    return place_ref(ctx, place, text_parts(first(place, "name")).strip())
 
 
 def _order_item(ctx: Ctx, item: etree._Element, common: dict[str, Any], t: dict[str, Any]) -> None:

@@ -258,18 +258,14 @@ def _order_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict
                 else "visit" if r in visits["number_roots"] or r == visits["serial_root"]
                 else "order")
         by_kind.setdefault(kind, []).append((r, e))
-    if by_kind.get("order"):
-        shared.append(("identifier", _or_tokens(ctx, by_kind["order"])))
-        criteria["order"] = by_kind["order"]
-    if by_kind.get("visit"):
-        shared.append(("encounter.identifier", _or_tokens(ctx, by_kind["visit"])))
-        criteria["visit"] = by_kind["visit"]
-    if by_kind.get("form"):
-        request_only.append(("requisition", _or_tokens(ctx, by_kind["form"])))
-        criteria["form"] = by_kind["form"]
-    if by_kind.get("specimen"):
-        request_only.append(("specimen.accession", _or_tokens(ctx, by_kind["specimen"])))
-        criteria["specimen"] = by_kind["specimen"]
+    # each kind of number: the search parameter, and whether a drug order can have one
+    for kind, param, to in (("order", "identifier", shared),
+                            ("visit", "encounter.identifier", shared),
+                            ("form", "requisition", request_only),
+                            ("specimen", "specimen.accession", request_only)):
+        if by_kind.get(kind):
+            to.append((param, _or_tokens(ctx, by_kind[kind])))
+            criteria[kind] = by_kind[kind]
     author = [(r, e) for r, e in ids(first(qbp, "authorId/value")) if e]
     if author:
         shared.append(("requester.identifier", _or_tokens(ctx, author)))

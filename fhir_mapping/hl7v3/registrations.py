@@ -116,6 +116,19 @@ def _practitioner(ctx: Ctx, entity: etree._Element | None, person_path: str = "a
     return dict(ref, display=name["text"]) if name else ref
 
 
+def place_ref(ctx: Ctx, el: etree._Element | None, label: str) -> dict[str, Any] | None:
+    """A place or department as a Reference by identifier (the first id of ``el``) with
+    ``label`` as its display; None when it has neither."""
+    out: dict[str, Any] = {}
+    ident = next((ctx.identifier(r, e, _where(ctx, el)) for r, e in ids(first(el, "id")) if e),
+                 None)
+    if ident:
+        out["identifier"] = {k: v for k, v in ident.items() if k in ("system", "value")}
+    if label:
+        out["display"] = label
+    return out or None
+
+
 # -- patients ----------------------------------------------------------------------------------------
 
 def _gender(ctx: Ctx, el: etree._Element | None, res: dict[str, Any], where: str | None) -> None:
@@ -204,6 +217,22 @@ def _patient_key(ctx: Ctx, patient: etree._Element | None, where: str) -> tuple[
                            "placeholders or resident ID numbers failing their check digit",
                            code="AE", location=id_where, rule="v3.patient.id-missing")
     return key, idents
+
+
+def patient_ref(ctx: Ctx, patient: etree._Element, where: str) -> dict[str, Any]:
+    """A Patient named by another message (a visit, an order, an appointment) as a Reference:
+    keyed as the patient registration keys it, so it is the Patient that registration writes
+    (never overwritten from here), with the key as an identifier too (it resolves before the
+    patient is registered) and the name as display."""
+    pkey, pidents = _patient_key(ctx, patient, where)
+    ref: dict[str, Any] = {"reference": f"Patient/{patient_id(ctx.inst, pkey)}"}
+    local = next((i for i in pidents if i.get("value") == pkey), None)
+    if local is not None:
+        ref["identifier"] = {k: v for k, v in local.items() if k in ("system", "value")}
+    name = text_parts(first(patient, "patientPerson/name"))
+    if name:
+        ref["display"] = name
+    return ref
 
 
 def patient(ctx: Ctx, subject: etree._Element | None = None) -> dict[str, Any]:

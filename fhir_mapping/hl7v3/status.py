@@ -17,7 +17,6 @@ from typing import Any
 from lxml import etree
 
 from fhir_mapping.base import MappingError
-from fhir_mapping.ids import patient_id
 
 from .common import (
     Ctx,
@@ -31,17 +30,18 @@ from .common import (
     table,
     text_parts,
 )
-from .registrations import _keys, _patient_key, _practitioner, _where
+from .registrations import _keys, _practitioner, _where, patient_ref
 
 SUBJECT = "/*/hl7:controlActProcess/hl7:subject"
 
 
-def task_status(code: str, name: str, t: dict[str, Any]) -> str:
+def task_status(code: str, name: str, t: dict[str, Any]) -> str | None:
+    """The Task.status of the first rule whose words the status's name or code holds; None."""
     text = f"{name} {code}".lower()
     for rule in t["task_status"]:
         if any(w.lower() in text for w in rule["words"]):
             return str(rule["status"])
-    return str(t["task_default_status"])
+    return None
 
 
 def _business(ctx: Ctx, code_el: etree._Element | None, where: str) -> tuple[str, dict | None]:
@@ -59,8 +59,8 @@ def _business(ctx: Ctx, code_el: etree._Element | None, where: str) -> tuple[str
         business["text"] = name
         business["coding"][0]["display"] = name
     status = task_status(code, name, t)
-    if not any(any(w.lower() in f"{name} {code}".lower() for w in r["words"])
-               for r in t["task_status"]):
+    if status is None:
+        status = str(t["task_default_status"])
         ctx.find("information", "v3.status.unmapped", f"status {code or name!r} is none the table "
                  f"knows: the Task is {status}, the sender's status kept as businessStatus", where)
     return status, business
@@ -146,13 +146,8 @@ def lab_status(ctx: Ctx) -> list[dict[str, str]]:
     status_el = first(report, "statusCode")
     status, business = _business(ctx, status_el, _where(ctx, status_el) or SUBJECT)
     patient = first(report, "recordTarget/patient")
-    subject: dict[str, Any] | None = None
-    if patient is not None and ids(first(patient, "id")):
-        key, idents = _patient_key(ctx, patient, _where(ctx, patient) or SUBJECT)
-        subject = {"reference": f"Patient/{patient_id(ctx.inst, key)}"}
-        local = next((i for i in idents if i.get("value") == key), None)
-        if local is not None:
-            subject["identifier"] = {k: v for k, v in local.items() if k in ("system", "value")}
+    subject = patient_ref(ctx, patient, _where(ctx, patient) or SUBJECT) \
+        if patient is not None and ids(first(patient, "id")) else None
     when = fhir_datetime(attr(first(report, "time"), "value")) or \
         fhir_datetime(ctx.msg.creation_time)
     res = _task(ctx, f"form|{form}", status, business, subject, when)

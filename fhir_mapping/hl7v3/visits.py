@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_mapping.base import MappingError
-from fhir_mapping.ids import encounter_id, patient_id
+from fhir_mapping.ids import encounter_id
 
 from .common import (
     Ctx,
@@ -28,7 +28,7 @@ from .common import (
     table,
     text_parts,
 )
-from .registrations import _keys, _patient_key, _practitioner, _provider_org, _where
+from .registrations import _keys, _practitioner, _provider_org, _where, patient_ref, place_ref
 
 EVENT = "/*/hl7:controlActProcess/hl7:subject/hl7:encounterEvent"
 
@@ -74,15 +74,7 @@ def _subject(ctx: Ctx, ev: Any) -> dict[str, Any]:
     if patient is None:
         raise MappingError("the visit names no patient (subject/patient)", code="AE",
                            location=f"{EVENT}/hl7:subject", rule="v3.visit.patient-missing")
-    pkey, pidents = _patient_key(ctx, patient, f"{EVENT}/hl7:subject/hl7:patient")
-    subject: dict[str, Any] = {"reference": f"Patient/{patient_id(ctx.inst, pkey)}"}
-    local = next((i for i in pidents if i.get("value") == pkey), None)
-    if local is not None:
-        subject["identifier"] = {k: v for k, v in local.items() if k in ("system", "value")}
-    name = text_parts(first(patient, "patientPerson/name"))
-    if name:
-        subject["display"] = name
-    return subject
+    return patient_ref(ctx, patient, f"{EVENT}/hl7:subject/hl7:patient")
 
 
 def _place(ctx: Ctx, sdl: Any) -> dict[str, Any] | None:
@@ -91,19 +83,11 @@ def _place(ctx: Ctx, sdl: Any) -> dict[str, Any] | None:
     place = first(sdl, "location")
     if place is None:
         return None
-    out: dict[str, Any] = {}
-    dept_id = next((ctx.identifier(r, e, _where(ctx, place)) for r, e in ids(first(place, "id"))
-                    if e), None)
-    if dept_id:
-        out["identifier"] = {k: v for k, v in dept_id.items() if k in ("system", "value")}
     names = [text_parts(first(place, "name"))]
     part = place
     while (part := first(part, "locatedEntityHasParts/locatedPlace")) is not None:
         names.append(text_parts(first(part, "name")))
-    label = " ".join(n for n in names if n)
-    if label:
-        out["display"] = label
-    return out or None
+    return place_ref(ctx, place, " ".join(n for n in names if n))
 
 
 def transfer(ctx: Ctx) -> list[dict[str, str]]:

@@ -17,7 +17,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,22 +95,33 @@ def open_registry(data_dir: Path) -> ClientRegistry:
     return ClientRegistry(Path(data_dir) / REGISTRY_FILE)
 
 
+@contextmanager
+def connection(path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection to the registry file for one transaction: committed, or rolled back on an
+    error (the client and user registries open one per call, safe across threads and processes)."""
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        with db:
+            yield db
+    finally:
+        db.close()
+
+
+def create(path: Path, schema: str) -> None:
+    """The registry file and ``schema``'s tables, when missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with connection(path) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(schema)
+
+
 class ClientRegistry:
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+        create(self.path, _SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            with db:  # one transaction: committed, or rolled back on an error
-                yield db
-        finally:
-            db.close()
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return connection(self.path)
 
     def add(self, name: str, jwks: dict, *, institution: str = "", roles: Iterable[str] = (),
             scopes: str = "") -> Client:

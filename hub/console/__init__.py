@@ -18,9 +18,11 @@ review). Templates are Jinja2 (``templates/``), the words ``i18n.yaml``, ECharts
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from importlib import resources
@@ -28,20 +30,26 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 import yaml
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
+from hub import v3intake
 from hub.access.chain import emergency_accesses
-from hub.api.caller import authorize, context_of, repository
+from hub.api.bundles import parse_entry
+from hub.api.caller import PURPOSES, actor_of, authorize, context_of, repository
+from hub.api.everything import audit_event
 from hub.api.health import runners
 from hub.auth.clients import REGISTRY_FILE
 from hub.auth.sessions import AUDIENCE, COOKIE, ISSUER, SESSION_S
 from hub.auth.users import UserRegistry
 from hub.core.access import Action
 from hub.core.errors import FhirError
+from hub.core.events import resource_bytes
+from projections.timeline import KINDS
 
 router = APIRouter()
 
@@ -248,8 +256,6 @@ async def quarantine_replay(request: Request, qid: int) -> Response:
 
 def _replay(request: Request, qid: int) -> tuple[bool, str]:
     """The replay ``hub quarantine replay`` does, by the logged-in person (audited as theirs)."""
-    from hub import v3intake
-
     documents = request.app.state.documents
     entry = documents.quarantine.get(qid)
     if entry is None:
@@ -290,10 +296,6 @@ def identity_page(request: Request) -> Response:
 
 
 def _person_view(request: Request, ctx: Any, ref: str) -> dict[str, str]:
-    import orjson
-
-    from hub.core.events import resource_bytes
-
     view = {"ref": ref}
     rtype, _, rid = ref.partition("/")
     try:
@@ -352,8 +354,6 @@ def record_page(request: Request) -> Response:
     q = request.query_params.get("q", "").strip()[:100]
     patients = []
     if q:
-        import orjson
-
         repo = repository(request)
         params = [("identifier" if _looks_like_identifier(q) else "name", q), ("_count", "20")]
         base = request.app.state.settings.fhir_base
@@ -379,12 +379,6 @@ def record_page(request: Request) -> Response:
 async def record_timeline(request: Request, rid: str) -> Response:
     """A person's timeline across institutions, once the reader gave a purpose of use (asked
     first; break the glass is one); the read is audited as the API's $timeline is."""
-    from dataclasses import replace
-
-    from hub.api.caller import PURPOSES, actor_of
-    from hub.api.everything import audit_event
-    from projections.timeline import KINDS
-
     authorize(request, Action("operation", None, None, "$console-record"))
     purpose = request.query_params.get("purpose", "").upper()
     if purpose and purpose not in PURPOSES:
@@ -428,8 +422,6 @@ _WHEN = ("effectiveDateTime", "authoredOn", "recordedDate", "onsetDateTime", "pe
 
 
 def _timeline_row(entry: tuple[str, str, bytes]) -> dict[str, str]:
-    import orjson
-
     rtype, _, body = entry
     d = orjson.loads(body)
     when = next((d[k] for k in _WHEN if isinstance(d.get(k), str)), "") or \
@@ -482,13 +474,6 @@ async def mapping_post(request: Request) -> Response:
 
 
 def _map_code(request: Request, v: dict[str, str]) -> None:
-    import hashlib
-
-    import orjson
-
-    from hub.api.bundles import parse_entry
-    from hub.core.events import resource_bytes
-
     repo, ctx = repository(request), context_of(request, feed="console")
     rid = "console-" + hashlib.sha256(f"{v['system']}|{v['target_system']}".encode()).hexdigest()[:20]
     try:
@@ -549,5 +534,4 @@ def audit_page(request: Request) -> Response:
     rows = [{"time": a["recorded"], "who": a["who"], "whose": ", ".join(a["what"][:3]),
              "what": "/".join(a["access"]), "why": a["purpose"], "outcome": a["outcome"]}
             for a in reversed(found[-200:])]
-    context_of(request)
     return _page(request, "audit.html", "audit", emergency=rows)
