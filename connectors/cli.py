@@ -1,4 +1,4 @@
-"""``hub connector run|status``, ``hub deadletter list|show|replay`` and ``hub ingest-worker``.
+"""``hub connector run|status|register|unregister|list``, ``hub deadletter list|show|replay`` and ``hub ingest-worker``.
 
 Registered by ``hub.cli``; user mistakes raise ``hub.commandline.UsageError`` (one line on stderr,
 exit status 2).
@@ -18,10 +18,14 @@ from hub.core.commandline import UsageError
 
 
 def add_parsers(sub, common) -> None:
-    p = sub.add_parser("connector", help="run a connector daemon or show its status",
-                       parents=[common])
-    p.add_argument("action", choices=["run", "status"])
-    p.add_argument("config", type=Path, help="the connector's YAML configuration")
+    p = sub.add_parser("connector", parents=[common],
+                       help="run a connector daemon, show its status, or register it with the "
+                            "hub's console (register CONFIG [--url], unregister NAME, list)")
+    p.add_argument("action", choices=["run", "status", "register", "unregister", "list"])
+    p.add_argument("config", nargs="?", type=Path,
+                   help="the connector's YAML configuration (unregister: its name)")
+    p.add_argument("--url", help="register: its status endpoint as the hub reaches it (default: "
+                                 "the configuration's status host and port)")
     p.add_argument("--json", action="store_true", help="status as JSON")
     p.add_argument("--log-level", default="INFO")
 
@@ -68,7 +72,13 @@ def _logging(level: str) -> None:
 
 
 def cmd_connector(args, settings) -> int:
+    if args.action in ("list", "unregister"):
+        return _watched(args, settings)
+    if args.config is None:
+        raise _usage(f"connector {args.action} needs the connector's YAML configuration")
     cfg = _load(args.config)
+    if args.action == "register":
+        return _register(cfg, args.url, settings)
     if args.action == "run":
         from connectors.daemon import Connector
 
@@ -80,6 +90,49 @@ def cmd_connector(args, settings) -> int:
         print(f"connector {cfg.name} stopped", flush=True)
         return 0
     return _status(cfg, args.json)
+
+
+def _register(cfg, url: str | None, settings) -> int:
+    """Record the daemon for the hub's console: its status URL and its admin token."""
+    from hub.daemons import DaemonRegistry
+
+    status = cfg.status
+    if url is None:
+        if status.get("port") in (None, 0):
+            raise _usage("the configuration names no fixed status port: say where with --url")
+        host = status.get("host", "127.0.0.1")
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{status['port']}"
+    token_file = status.get("admin_token_file")
+    token = Path(token_file).read_text().strip() if token_file else None
+    try:
+        DaemonRegistry(settings.data_dir).add(cfg.name, url, token)
+    except ValueError as e:
+        raise _usage(str(e)) from None
+    print(f"connector {cfg.name} registered at {url}"
+          + ("" if token else " (no admin_token_file: its dead letters are not reachable)"))
+    return 0
+
+
+def _watched(args, settings) -> int:
+    from hub.daemons import DaemonRegistry
+
+    registry = DaemonRegistry(settings.data_dir)
+    if args.action == "unregister":
+        if args.config is None:
+            raise _usage("connector unregister needs the connector's name")
+        if not registry.remove(str(args.config)):
+            raise _usage(f"no connector {args.config} is registered")
+        print(f"connector {args.config} unregistered")
+        return 0
+    daemons = registry.list()
+    if args.json:
+        print(json.dumps([{"name": d.name, "url": d.url, "admin": bool(d.token)}
+                          for d in daemons], indent=2))
+        return 0
+    print(f"{len(daemons)} registered connectors")
+    for d in daemons:
+        print(f"  {d.name:24} {d.url}" + ("" if d.token else "  (no admin token)"))
+    return 0
 
 
 def _status(cfg, as_json: bool) -> int:

@@ -6,6 +6,8 @@ institution: {code: H0001, oid: 1.2.156.112604.1.1, name: 市第一人民医院}
 state_dir: ./state/h0001-adt          # spool, checkpoints, dead letters (relative to this file)
 durable: true                         # fsync every spool commit (default)
 status: {host: 127.0.0.1, port: 8181} # health/status HTTP endpoint (port 0: any free port)
+  # admin_token_file: admin.token     # optional: dead letters listed, shown and replayed over it
+  #                                   # by whoever sends this token (the hub's console)
 retry: {initial_s: 0.5, max_s: 30}    # backoff while the hub or broker is unreachable
 sources:
   - {type: mllp, name: adt, host: 0.0.0.0, port: 2575, kind: hl7v2,
@@ -118,6 +120,13 @@ class ConnectorConfig:
         if not isinstance(sink, dict) or sink.get("type") not in ("http", "kafka"):
             raise ConfigError(f"{where}: 'sink.type' must be http or kafka")
         _resolve_tls(sink, base, f"{where}: sink")
+        status = d.get("status") or {}
+        if not isinstance(status, dict):
+            raise ConfigError(f"{where}: 'status' must be a mapping (host, port, admin_token_file)")
+        token_file = status.get("admin_token_file")
+        if token_file is not None:
+            if not Path(str(token_file)).is_absolute():
+                status["admin_token_file"] = str((base / str(token_file)).resolve())
         retry = d.get("retry") or {}
         # -- terminology: the section is checked by connectors.terminology --
         from connectors.terminology import TerminologyConfigError, parse_config
@@ -128,7 +137,7 @@ class ConnectorConfig:
             raise ConfigError(str(e)) from None
         # -- end terminology --
         return cls(name=name, source_info=info, state_dir=state, sources=sources, sink=sink,
-                   durable=bool(d.get("durable", True)), status=d.get("status") or {},
+                   durable=bool(d.get("durable", True)), status=status,
                    retry_initial_s=float(retry.get("initial_s", 0.5)),
                    retry_max_s=float(retry.get("max_s", 30.0)), path=path,
                    terminology=terminology)

@@ -1,5 +1,12 @@
 """The connector daemon: sources in threads, a delivery loop, a health/status endpoint.
 
+The status endpoint answers ``/health`` and ``/status`` (counters, the sink's state, the units
+delivered per minute over the last five minutes) to anyone who reaches it: no patient data is in
+them. With ``status.admin_token_file`` it also answers, to a caller sending that token as a bearer
+token (the hub's console), ``GET /deadletters`` (``?status=all``), ``GET /deadletters/ID`` (with
+the payload) and ``POST /deadletters/ID/replay`` or ``POST /deadletters/replay`` (every open one):
+the replay converts with the daemon's own mappers and terminology and spools for delivery.
+
 ``Connector(config).run()`` blocks until SIGTERM/SIGINT (or ``stop()``): sources stop receiving
 (messages in flight are answered), the delivery loop finishes its batch, the spool is closed.
 Anything spooled but not delivered is delivered at the next start; a killed process loses nothing
@@ -8,13 +15,16 @@ that was acknowledged.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import random
 import signal
 import threading
 import time
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, cast
 
 from connectors.config import ConnectorConfig
@@ -22,6 +32,7 @@ from connectors.sinks.base import Unavailable, take_batch
 from connectors.spool import Spool
 
 log = logging.getLogger("connectors")
+THROUGHPUT_WINDOW_S = 300.0
 
 
 def build_source(cfg: dict):
@@ -79,6 +90,10 @@ class Connector:
         self.sink_state: dict[str, Any] = {"state": "idle", "error": None, "since": time.time(),
                                            "retries": 0}
         self.started = time.time()
+        # (when, units delivered) of the last five minutes: the throughput the status reports
+        self.recent: deque[tuple[float, int]] = deque()
+        token_file = config.status.get("admin_token_file")
+        self.admin_token = Path(token_file).read_text().strip() if token_file else None
         self.http: ThreadingHTTPServer | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -189,10 +204,23 @@ class Connector:
             ok = [u for u, err in zip(batch, errors) if err is None]
             bad = [(u, err) for u, err in zip(batch, errors) if err is not None]
             self.spool.delivered(ok)
+            self._delivered(len(ok))
             if bad:
                 ids = self.spool.fail_units(bad)
                 log.warning("%d units refused by the sink, dead letters %s", len(bad), ids)
             self.sink_state["delivered_at"] = time.time()
+
+    def _delivered(self, n: int) -> None:
+        now = time.time()
+        self.recent.append((now, n))
+        while self.recent and self.recent[0][0] < now - THROUGHPUT_WINDOW_S:
+            self.recent.popleft()
+
+    def throughput_per_min(self) -> float:
+        now = time.time()
+        window = min(THROUGHPUT_WINDOW_S, max(1.0, now - self.started))
+        done = sum(n for t, n in list(self.recent) if t >= now - THROUGHPUT_WINDOW_S)
+        return round(done * 60.0 / window, 1)
 
     def _retrying(self, error: str) -> None:
         if self.sink_state["state"] != "retrying":
@@ -226,6 +254,8 @@ class Connector:
             self.sink_state["state"] != "retrying" or time.time() - self.sink_state["since"] < 300)
         return {"connector": self.config.name, "healthy": healthy,
                 "uptime_s": round(time.time() - self.started, 1), "sources": sources,
+                "throughput_per_min": self.throughput_per_min(),
+                "admin": self.admin_token is not None,
                 "sink": {"type": self.config.sink.get("type"), **self.sink_state},
                 **({"terminology": self.terminology.state} if self.terminology.enabled else {})}
 
@@ -233,17 +263,66 @@ class Connector:
 def _handler(connector: Connector):
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
-            if self.path.rstrip("/") in ("/health", "/healthz"):
+            path, _, query = self.path.partition("?")
+            path = path.rstrip("/")
+            if path in ("/health", "/healthz"):
                 st = connector.status()
-                body, code = {"status": "ok" if st["healthy"] else "degraded"}, (
-                    200 if st["healthy"] else 503)
-            elif self.path.rstrip("/") in ("/status", ""):
-                body, code = connector.status(), 200
+                self._send(200 if st["healthy"] else 503,
+                           {"status": "ok" if st["healthy"] else "degraded"})
+            elif path in ("/status", ""):
+                self._send(200, connector.status())
+            elif path == "/deadletters" and self._admin():
+                every = "status=all" in query.split("&")
+                self._send(200, connector.spool.deadletters(None if every else "open", 500))
+            elif path.startswith("/deadletters/") and self._admin():
+                dl = connector.spool.deadletter(_number(path.rsplit("/", 1)[1]))
+                if dl is None:
+                    self._send(404, {"error": "no such dead letter"})
+                    return
+                dl["payload"] = bytes(dl["payload"]).decode("utf-8", "replace")
+                self._send(200, dl)
+            elif not path.startswith("/deadletters"):
+                self._send(404, {"error": "not found"})
+
+        def do_POST(self):  # noqa: N802
+            path = self.path.partition("?")[0].rstrip("/")
+            if not path.startswith("/deadletters/") or not path.endswith("/replay"):
+                self._send(404, {"error": "not found"})
+                return
+            if not self._admin():
+                return
+            which = path[len("/deadletters/"):-len("/replay")]
+            if which:
+                ids = [_number(which)]
             else:
-                body, code = {"error": "not found"}, 404
-            data = json.dumps(body, default=str).encode()
+                ids = [d["id"] for d in connector.spool.deadletters("open", 10_000)]
+            results = []
+            for i in ids:
+                try:
+                    a = connector.spool.replay(i)
+                    results.append({"id": i, "ok": a.ok, "error": a.error,
+                                    "deadletter_id": a.deadletter_id})
+                except (KeyError, ValueError) as e:
+                    results.append({"id": i, "ok": False,
+                                    "error": {"reason": str(e).strip("'\"")}})
+            self._send(200, {"results": results})
+
+        def _admin(self) -> bool:
+            """Whether the caller sent the admin token (answered 401 or 403 otherwise)."""
+            if connector.admin_token is None:
+                self._send(403, {"error": "the dead letters are not served: no "
+                                          "status.admin_token_file is configured"})
+                return False
+            sent = self.headers.get("authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {connector.admin_token}".encode()):
+                self._send(401, {"error": "the admin token is needed"})
+                return False
+            return True
+
+        def _send(self, code: int, body: Any) -> None:
+            data = json.dumps(body, default=str, ensure_ascii=False).encode()
             self.send_response(code)
-            self.send_header("content-type", "application/json")
+            self.send_header("content-type", "application/json; charset=utf-8")
             self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -252,3 +331,7 @@ def _handler(connector: Connector):
             pass
 
     return Handler
+
+
+def _number(text: str) -> int:
+    return int(text) if text.isdigit() and len(text) < 12 else -1

@@ -57,7 +57,14 @@ SCHEMA = [
     "opened TEXT NOT NULL, closed TEXT, outcome TEXT, decided_by TEXT, seq INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS p_review_status ON p_review (status, seq)",
     "CREATE INDEX IF NOT EXISTS p_review_patient ON p_review (patient, status)",
+    # each person's link, unlink, merge, unmerge and not-duplicate decisions, one row per person
+    # concerned: the history a steward reads and undoes. ``a`` and ``b``: Linked to a from b,
+    # Unlinked from a into b, Merged and Unmerged source a and target b, NotDuplicate Patients
+    "CREATE TABLE IF NOT EXISTS p_history (person TEXT NOT NULL, seq INTEGER NOT NULL, "
+    "event TEXT NOT NULL, patient TEXT, a TEXT, b TEXT, by_type TEXT, by_name TEXT, at TEXT, "
+    "reason TEXT, PRIMARY KEY (person, seq, event))",
 ]
+HISTORY_EVENTS = ("Linked", "Unlinked", "Merged", "Unmerged", "NotDuplicate")
 
 
 def pair(a: str, b: str) -> tuple[str, str]:
@@ -70,7 +77,7 @@ class PersonProjection(SQLiteReadModel):
     schema = SCHEMA
     types = (STREAM_KIND,)  # the runner hands over identity events only (read by topic)
 
-    tables = ("p_person", "p_patient", "p_block", "p_review")
+    tables = ("p_person", "p_patient", "p_block", "p_review", "p_history")
 
     def clear(self, c: Any) -> None:
         super().clear(c)
@@ -86,7 +93,10 @@ class PersonProjection(SQLiteReadModel):
                 continue
             if n.originator_version <= version:
                 continue  # already applied (the stream is one sequence)
-            self._apply_one(c, from_state(n.topic, n.state))
+            ev = from_state(n.topic, n.state)
+            if ev.event in HISTORY_EVENTS:
+                self._remember(c, n.originator_version, ev)
+            self._apply_one(c, ev)
             version = n.originator_version
         c.execute("UPDATE p_meta SET value=? WHERE key='stream_version'", (version,))
 
@@ -105,6 +115,40 @@ class PersonProjection(SQLiteReadModel):
             fam = self._family(c, p)
             c.executemany("UPDATE p_patient SET manual=1, assurance='level4' WHERE person=?",
                           [(x,) for x in fam])
+
+    def _remember(self, c: Any, seq: int, ev) -> None:
+        """The decision in the history of each person it concerns (read before it applies)."""
+        d = ev.data
+        by = d.get("by") or {}
+        patient = d.get("patient")
+        if ev.event == "Linked":
+            a, b = d["person"], d.get("previous")
+            persons = [a, b]
+        elif ev.event == "Unlinked":
+            a, b = d["person"], d["new_person"]
+            persons = [a, b]
+        elif ev.event == "NotDuplicate":
+            a, b = d["patients"]
+            persons = [self.person_of(c, a), self.person_of(c, b)]
+        else:  # Merged, Unmerged
+            a, b = d["source"], d["target"]
+            persons = [a, b]
+        c.executemany(
+            "INSERT OR IGNORE INTO p_history (person, seq, event, patient, a, b, by_type, "
+            "by_name, at, reason) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [(person, seq, ev.event, patient, a, b, by.get("type"), by.get("name"),
+              d.get("at"), d.get("reason")) for person in dict.fromkeys(persons) if person])
+
+    def history(self, c: Any, person: str, limit: int = 200) -> list[dict]:
+        """The decisions about a person and those merged into it, the newest first."""
+        fam = self._family(c, person)
+        marks = ",".join("?" * len(fam))
+        c.execute(f"SELECT DISTINCT seq, event, patient, a, b, by_type, by_name, at, reason "
+                  f"FROM p_history WHERE person IN ({marks}) ORDER BY seq DESC LIMIT ?",
+                  (*fam, limit))
+        return [{"seq": r[0], "event": r[1], "patient": r[2], "a": r[3], "b": r[4],
+                 "by": {"type": r[5], "name": r[6]}, "at": r[7], "reason": r[8]}
+                for r in c.fetchall()]
 
     def _apply_one(self, c: Any, ev) -> None:
         d, at = ev.data, ev.data.get("at", "")

@@ -281,6 +281,61 @@ def test_a_steward_decides_the_review_queue_side_by_side(browser, live, people, 
     auditor.close()
 
 
+def test_a_steward_reads_a_persons_history_and_undoes_a_link(browser, live, people, client):
+    """The matcher linked two records; the steward finds the person by one of them, reads its
+    history (who decided what, when), undoes the link (the API shows two persons), then undoes
+    the unlink (one person again); each undo is a decision of its own in the history."""
+    from selenium.webdriver.common.by import By
+
+    from hub.mpi.identity import IdentityService
+
+    prefix = uuid.uuid4().hex[:6]
+    a, b = f"{prefix}-h1", f"{prefix}-h2"
+    for pid in (a, b):
+        r = client.put(f"/Patient/{pid}", json={
+            "resourceType": "Patient", "id": pid, "name": [{"family": "周", "given": ["敏"]}],
+            "gender": "female", "birthDate": "1982-06-01"})
+        assert r.status_code in (200, 201), r.text
+    store = live.settings.open_store()
+    matcher = IdentityService.open(store, live.settings.data_dir / f"matcher-{prefix}")
+    try:
+        matcher.auto_decide(f"Patient/{a}", "new", [], 1.0, {}, "r1")
+        matcher.auto_decide(f"Patient/{b}", "link", [f"Patient/{a}"], 0.97, {}, "r1")
+    finally:
+        matcher.close()
+        store.close()
+
+    def persons_of_a() -> list[str]:
+        found = client.get("/Person", params={"link": f"Patient/{a}"}).json()
+        return sorted(x["target"]["reference"] for x in found["entry"][0]["resource"]["link"])
+
+    assert wait_for(lambda: persons_of_a() == [f"Patient/{a}", f"Patient/{b}"])
+    login(browser, live, people["steward"], path="/console/identity")
+    browser.find_element(By.ID, "person-ref").send_keys(f"Patient/{b}")
+    click(browser, browser.find_element(By.ID, "person-open"))
+    assert {f"link-Patient/{a}", f"link-Patient/{b}"} <= {
+        r.get_attribute("id") for r in browser.find_elements(By.CSS_SELECTOR, "#links tbody tr")}
+    assert "周敏" in browser.find_element(By.ID, "links").text  # read (audited) as the steward's
+
+    def decisions() -> list:
+        return browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")
+
+    newest = decisions()[0]  # the matcher joined b to a's person (a link, or a merge of persons)
+    assert ("关联" in newest.text or "合并" in newest.text) and f"Patient/{b}" in newest.text and "matcher" in newest.text
+    click(browser, newest.find_element(By.CSS_SELECTOR, "button.undo"))
+    assert "已撤销" in browser.find_element(By.ID, "notice").text
+    assert wait_for(lambda: persons_of_a() == [f"Patient/{a}"])  # b has its own person again
+    newest = decisions()[0]
+    assert ("解除关联" in newest.text or "拆分" in newest.text) and people["steward"] in newest.text
+    click(browser, newest.find_element(By.CSS_SELECTOR, "button.undo"))
+    assert "已撤销" in browser.find_element(By.ID, "notice").text
+    assert wait_for(lambda: persons_of_a() == [f"Patient/{a}", f"Patient/{b}"])
+    assert len(decisions()) >= 4  # two by the matcher, two by the steward, newest first
+    # a person nobody knows: a clear page, not a crash
+    browser.get(base(live) + "/console/identity/person?ref=Patient/nobody-" + prefix)
+    assert browser.find_element(By.ID, "error-status").text == "404"
+
+
 def test_browse_code_systems_and_look_a_code_up(browser, live, people, client):
     from selenium.webdriver.common.by import By
 

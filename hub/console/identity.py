@@ -1,0 +1,176 @@
+"""The identity review: the matcher's queue, each pair side by side with its evidence."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from fastapi import Request
+from fastapi.responses import RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from hub.api.caller import authorize, repository
+from hub.console.common import check_csrf, page, router, say
+from hub.core.access import Action
+from hub.core.errors import FhirError
+from hub.core.events import resource_bytes
+
+# -- identity review --------------------------------------------------------------------------
+
+PAIR_FIELDS = ("name", "gender", "birthDate", "identifiers", "telecom", "address", "organization")
+
+
+@router.api_route("/console/identity", methods=["GET", "HEAD"], name="console-identity",
+                  include_in_schema=False)
+def identity_page(request: Request) -> Response:
+    """The review queue: each pair side by side (each Patient read through the repository, so
+    audited as the steward's read) with the matcher's evidence, field by field."""
+    ctx = authorize(request, Action("operation", None, None, "$mpi-review"))
+    identity = request.app.state.identity
+    if identity is None:
+        raise FhirError(503, "transient", "The master patient index is not running")
+    identity.sync()
+    reviews = []
+    for r in identity.person.reviews("open", 50):
+        people = [_person_view(request, ctx, ref) for ref in [r["patient"], *r["candidates"]]]
+        evidence = []
+        for name, e in sorted((r.get("evidence") or {}).items()):
+            level, weight = (e.get("level", ""), e.get("weight", "")) if isinstance(e, dict) \
+                else ("", e)
+            evidence.append((name, level, weight))
+        reviews.append({"id": r["id"], "score": r["score"], "people": people,
+                        "evidence": evidence})
+    return page(request, "identity.html", "identity", reviews=reviews, fields=PAIR_FIELDS,
+                 notice=request.query_params.get("notice"))
+
+
+def _person_view(request: Request, ctx: Any, ref: str) -> dict[str, str]:
+    view = {"ref": ref}
+    rtype, _, rid = ref.partition("/")
+    try:
+        stored = repository(request).read(ctx, rtype, rid)
+    except FhirError:
+        return {**view, **{f: "" for f in PAIR_FIELDS}, "name": say(request, "hidden")}
+    p = orjson.loads(resource_bytes(stored))
+    name = (p.get("name") or [{}])[0]
+    view["name"] = name.get("text") or "".join([name.get("family", ""), *name.get("given", [])])
+    view["gender"] = p.get("gender", "")
+    view["birthDate"] = p.get("birthDate", "")
+    view["identifiers"] = "; ".join(str(i.get("value", "")) for i in p.get("identifier") or [])
+    view["telecom"] = "; ".join(str(t.get("value", "")) for t in p.get("telecom") or [])
+    view["address"] = "; ".join(a.get("text") or " ".join(a.get("line") or []) for a in
+                                p.get("address") or [])
+    view["organization"] = (p.get("managingOrganization") or {}).get("display") or \
+        (p.get("managingOrganization") or {}).get("reference", "")
+    return view
+
+
+@router.post("/console/identity/{rid}/decide", name="console-identity-decide",
+             include_in_schema=False)
+async def identity_decide(request: Request, rid: str) -> Response:
+    form = await request.form()
+    decision = str(form.get("decision") or "")
+    operation = {"accept": "$mpi-review-accept", "reject": "$mpi-review-reject"}.get(decision)
+    if operation is None:
+        raise FhirError(400, "invalid", "decision is accept or reject")
+    authorize(request, Action("operation", None, rid, operation))
+    check_csrf(request, form)
+    identity = request.app.state.identity
+    claims = getattr(request.state, "console_claims", None) or {}
+    user = str(claims.get("sub") or "console")
+    reason = str(form.get("reason") or "")[:500] or None
+    if decision == "accept":
+        await run_in_threadpool(identity.accept_review, rid, user, None, reason)
+    else:
+        await run_in_threadpool(identity.reject_review, rid, user, reason)
+    notice = f"{rid}: " + say(request, "accepted" if decision == "accept" else "rejected")
+    return RedirectResponse(f"/console/identity?notice={quote(notice)}", 303)
+
+
+# -- a person's history -----------------------------------------------------------------------
+
+def _undo_of(d: dict[str, Any]) -> tuple[str, str] | None:
+    """The operation that undoes a decision, and what it does (``None``: none undoes it)."""
+    return {"Linked": ("$link", f"{d['patient']} → Person/{d['b']}") if d["b"] else
+            ("$unlink", f"{d['patient']} → a person of its own"),
+            "Unlinked": ("$link", f"{d['patient']} → Person/{d['a']}"),
+            "Merged": ("$unmerge", f"Person/{d['a']} ↛ Person/{d['b']}"),
+            "Unmerged": ("$merge", f"Person/{d['a']} → Person/{d['b']}")}.get(d["event"])
+
+
+def _person_of(identity: Any, ref: str) -> str:
+    ref = ref.strip()
+    with identity.person.read() as c:
+        if ref.startswith("Person/"):
+            person = ref[len("Person/"):]
+            if identity.person.person_row(c, person) is None:
+                raise FhirError(404, "not-found", f"{ref} is not known")
+            return identity.person.survivor(c, person)
+        found = identity.person.person_of(c, ref if "/" in ref else f"Patient/{ref}")
+    if found is None:
+        raise FhirError(404, "not-found", f"{ref} is not linked to any person")
+    return found
+
+
+@router.api_route("/console/identity/person", methods=["GET", "HEAD"],
+                  name="console-identity-person", include_in_schema=False)
+def person_page(request: Request) -> Response:
+    """A person (found by one of its Patients or its id): the Patients linked to it, each read
+    through the repository (audited), and its link, merge and unmerge history, newest first,
+    each decision with the action that undoes it."""
+    ctx = authorize(request, Action("operation", None, None, "$mpi-review"))
+    identity = request.app.state.identity
+    if identity is None:
+        raise FhirError(503, "transient", "The master patient index is not running")
+    identity.sync()
+    ref = request.query_params.get("ref", "")[:200]
+    person = _person_of(identity, ref)
+    with identity.person.read() as c:
+        links = identity.person.links(c, person)
+        history = identity.person.history(c, person)
+        merged = identity.person.merged_into_me(c, person)
+    people = {x["patient"]: _person_view(request, ctx, x["patient"]) for x in links}
+    for d in history:
+        undo = _undo_of(d)
+        d["undo"], d["undo_what"] = undo if undo else ("", "")
+    return page(request, "person.html", "identity", person=person, links=links, people=people,
+                history=history, merged=merged, ref=ref,
+                notice=request.query_params.get("notice"))
+
+
+@router.post("/console/identity/person/{person}/undo", name="console-identity-undo",
+             include_in_schema=False)
+async def undo(request: Request, person: str) -> Response:
+    """Undo one decision of the person's history (read again here: the form names it only)."""
+    form = await request.form()
+    check_csrf(request, form)
+    identity = request.app.state.identity
+    seq = int(str(form.get("seq") or "0")) if str(form.get("seq") or "").isdigit() else 0
+    with identity.person.read() as c:
+        found = next((d for d in identity.person.history(c, person, 10_000) if d["seq"] == seq),
+                     None)
+    if found is None or _undo_of(found) is None:
+        raise FhirError(404, "not-found", f"Person/{person} has no decision #{seq} to undo")
+    operation = _undo_of(found)[0]  # type: ignore[index]  # not None: checked above
+    authorize(request, Action("operation", None, None, operation))
+    claims = getattr(request.state, "console_claims", None) or {}
+    user = str(claims.get("sub") or "console")
+    reason = str(form.get("reason") or "")[:400] or f"undo of decision #{seq}"
+    d = found
+    call = {"$link": lambda: identity.link(d["patient"], d["b"] if d["event"] == "Linked"
+                                           else d["a"], user, reason),
+            "$unlink": lambda: identity.unlink(d["patient"], user, reason),
+            "$unmerge": lambda: identity.unmerge(d["a"], user, reason),
+            "$merge": lambda: identity.merge(d["a"], d["b"], user, reason)}[operation]
+    try:
+        await run_in_threadpool(call)
+        notice = f"#{seq}: {say(request, 'undone')}"
+    except FhirError as e:
+        if e.status not in (400, 404, 409):
+            raise
+        notice = f"#{seq}: {say(request, 'not_undone')} ({e.issues[0].diagnostics if e.issues else e.status})"
+    await run_in_threadpool(identity.sync)
+    back = d["patient"] or f"Person/{person}"
+    return RedirectResponse(f"/console/identity/person?ref={quote(back)}&notice={quote(notice)}",
+                            303)

@@ -1,0 +1,63 @@
+"""Logging in and out: a local user's name and password give a session cookie."""
+
+from __future__ import annotations
+
+import secrets
+from urllib.parse import quote
+
+from fastapi import Request
+from fastapi.responses import RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from hub.api.caller import authorize
+from hub.auth.clients import REGISTRY_FILE
+from hub.auth.sessions import AUDIENCE, COOKIE, ISSUER, SESSION_S
+from hub.auth.users import UserRegistry
+from hub.console.common import check_csrf, page, router, safe_next
+from hub.core.access import Action
+
+# -- login ------------------------------------------------------------------------------------
+
+@router.get("/console", name="console", include_in_schema=False)
+def console_root(request: Request) -> Response:
+    authorize(request, Action("operation", None, None, "$console-overview"))
+    return RedirectResponse("/console/overview", 303)
+
+
+@router.api_route("/console/login", methods=["GET", "HEAD"], name="console-login",
+                  include_in_schema=False)
+def login_form(request: Request) -> Response:
+    return page(request, "login.html", "login", failed=False,
+                 next=safe_next(request.query_params.get("next", "")))
+
+
+@router.post("/console/login", name="console-login-post", include_in_schema=False)
+async def login(request: Request) -> Response:
+    form = await request.form()
+    name, password = str(form.get("name") or ""), str(form.get("password") or "")
+    settings = request.app.state.settings
+    users = UserRegistry(settings.data_dir / REGISTRY_FILE)
+    user = await run_in_threadpool(users.check, name, password) if name and password else None
+    if user is None:
+        refused = page(request, "login.html", "login", failed=True,
+                        next=safe_next(str(form.get("next") or "")))
+        refused.status_code = 401
+        return refused
+    token = request.app.state.auth_signer.issue(
+        {"iss": ISSUER, "aud": AUDIENCE, "sub": f"console:{user.name}", "name": user.display,
+         "fhirUser": f"Practitioner/console-{quote(user.name, safe='')}",
+         "hub_roles": list(user.roles), "scope": "user/*.cruds", "csrf": secrets.token_urlsafe(24)},
+        SESSION_S)
+    response = RedirectResponse(safe_next(str(form.get("next") or "")), 303)
+    response.set_cookie(COOKIE, token, max_age=SESSION_S, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/console")
+    return response
+
+
+@router.post("/console/logout", name="console-logout", include_in_schema=False)
+async def logout(request: Request) -> Response:
+    authorize(request, Action("operation", None, None, "$console-overview"))
+    check_csrf(request, await request.form())
+    response = RedirectResponse("/console/login", 303)
+    response.delete_cookie(COOKIE, path="/console")
+    return response

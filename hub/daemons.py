@@ -1,0 +1,122 @@
+"""The connector daemons the operators watch from the console: each registered by name with the
+URL of its status endpoint and, to reach its dead letters, its admin token
+(``hub connector register CONFIG``); kept in ``connectors.sqlite`` in the data directory.
+
+The hub does not open a daemon's spool: a daemon may run on the hospital's side of a firewall. It
+asks the daemon's status endpoint (``connectors.daemon``) over HTTP, with short timeouts, so one
+daemon down shows as unreachable and does not hold the page.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hub.core.errors import FhirError
+
+REGISTRY_FILE = "connectors.sqlite"
+TIMEOUT_S = 3.0
+REPLAY_TIMEOUT_S = 60.0  # a replay of every open dead letter converts each again
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS daemon (
+    name  TEXT PRIMARY KEY,
+    url   TEXT NOT NULL,
+    token TEXT,
+    added TEXT NOT NULL
+)"""
+
+
+@dataclass(frozen=True)
+class Daemon:
+    name: str
+    url: str  # the status endpoint's base: http://host:port
+    token: str | None  # the daemon's admin token, to reach its dead letters
+
+
+class DaemonRegistry:
+    def __init__(self, data_dir: Path):
+        self.path = Path(data_dir) / REGISTRY_FILE
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:
+                db.execute(_SCHEMA)
+                yield db
+        finally:
+            db.close()
+
+    def add(self, name: str, url: str, token: str | None) -> Daemon:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r}: the status endpoint is an http(s) URL")
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO daemon VALUES (?,?,?,?)",
+                       (name, url.rstrip("/"), token, datetime.now(UTC).isoformat()))
+        return Daemon(name, url.rstrip("/"), token)
+
+    def remove(self, name: str) -> bool:
+        with self._db() as db:
+            return db.execute("DELETE FROM daemon WHERE name=?", (name,)).rowcount > 0
+
+    def list(self) -> list[Daemon]:
+        if not self.path.exists():
+            return []
+        with self._db() as db:
+            rows = db.execute("SELECT name, url, token FROM daemon ORDER BY name").fetchall()
+        return [Daemon(*r) for r in rows]
+
+    def get(self, name: str) -> Daemon:
+        found = next((d for d in self.list() if d.name == name), None)
+        if found is None:
+            raise FhirError(404, "not-found", f"No connector {name!r} is registered")
+        return found
+
+
+def status(daemon: Daemon) -> dict[str, Any]:
+    """Its ``/status``, or ``{"reachable": False, "error": …}`` when it does not answer."""
+    try:
+        r = httpx.get(daemon.url + "/status", timeout=TIMEOUT_S)
+        r.raise_for_status()
+        return {"reachable": True, **r.json()}
+    except (httpx.HTTPError, ValueError) as e:
+        return {"reachable": False, "error": f"{type(e).__name__}: {e}"[:300]}
+
+
+def _admin(daemon: Daemon, method: str, path: str, timeout: float = TIMEOUT_S) -> Any:
+    if not daemon.token:
+        raise FhirError(409, "not-supported",
+                        f"Connector {daemon.name!r} was registered without its admin token")
+    try:
+        r = httpx.request(method, daemon.url + path, timeout=timeout,
+                          headers={"authorization": f"Bearer {daemon.token}"})
+    except httpx.HTTPError as e:
+        raise FhirError(502, "transient", f"Connector {daemon.name!r} did not answer: {e}") from None
+    if r.status_code == 404:
+        raise FhirError(404, "not-found", f"Connector {daemon.name!r}: {path} not found")
+    if r.status_code != 200:
+        raise FhirError(502, "transient",
+                        f"Connector {daemon.name!r} answered {r.status_code}: {r.text[:200]}")
+    return r.json()
+
+
+def deadletters(daemon: Daemon, every: bool = False) -> list[dict[str, Any]]:
+    return _admin(daemon, "GET", "/deadletters" + ("?status=all" if every else ""))
+
+
+def deadletter(daemon: Daemon, dl_id: int) -> dict[str, Any]:
+    return _admin(daemon, "GET", f"/deadletters/{int(dl_id)}")
+
+
+def replay(daemon: Daemon, dl_id: int | None) -> list[dict[str, Any]]:
+    """Replay one dead letter, or (``None``) every open one: each result's ``ok`` and error."""
+    path = f"/deadletters/{int(dl_id)}/replay" if dl_id is not None else "/deadletters/replay"
+    return _admin(daemon, "POST", path, REPLAY_TIMEOUT_S)["results"]
