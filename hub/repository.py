@@ -59,8 +59,10 @@ AUDIT = "AuditEvent"
 
 @lru_cache(maxsize=1)
 def patient_data_types() -> frozenset[str]:
-    """Types that hold patient data: those of the Patient compartment, and Person."""
-    return frozenset(patient_compartment()) | {"Patient", "Person"}
+    """Types that hold patient data: those of the Patient compartment, Person, and the two that
+    carry whole documents: Binary (a CDA document as sent, its patient in securityContext) and
+    Bundle (a document Bundle)."""
+    return frozenset(patient_compartment()) | {"Patient", "Person", "Binary", "Bundle"}
 
 
 @dataclass

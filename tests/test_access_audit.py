@@ -232,3 +232,31 @@ def test_a_caller_over_its_rate_is_told_to_wait(behind_proxy):
     assert throttled and len(throttled) < 30, [r.status_code for r in answers]
     assert int(throttled[0].headers["retry-after"]) >= 1
     assert throttled[0].json()["issue"][0]["code"] == "throttled"
+
+
+def test_a_documents_binary_and_bundle_are_the_patients_data(client, live):
+    """A CDA document as sent (its Binary, the patient in securityContext) and its document
+    Bundle are read audited as the patient's data, like any resource of their compartment."""
+    import base64
+
+    p = patient(rid=unique()[:16])
+    _put(client, p)
+    ref = {"reference": f"Patient/{p['id']}"}
+    binary = {"resourceType": "Binary", "id": unique()[:16], "contentType": "application/xml",
+              "securityContext": ref, "data": base64.b64encode(b"<ClinicalDocument/>").decode()}
+    bundle = {"resourceType": "Bundle", "id": unique()[:16], "type": "document",
+              "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{unique()}"},
+              "timestamp": "2024-05-06T10:00:00+08:00",
+              "entry": [{"fullUrl": "urn:uuid:5c6f6c53-3a4e-4a55-9a7e-3b4c2f1d0e01",
+                         "resource": {"resourceType": "Composition", "status": "final",
+                                      "type": {"text": "出院小结"}, "subject": ref,
+                                      "date": "2024-05-06T10:00:00+08:00", "title": "出院小结",
+                                      "author": [{"display": "张医生"}]}},
+                        {"fullUrl": f"Patient/{p['id']}", "resource": p}]}
+    _put(client, binary)
+    _put(client, bundle)
+    before = audit_events(live)
+    assert client.get(f"/Binary/{binary['id']}").status_code == 200
+    assert client.get(f"/Bundle/{bundle['id']}").status_code == 200
+    mine = _about(new_since(live, before), f"Patient/{p['id']}")
+    assert sorted(e["subtype"][0]["code"] for e in mine) == ["read", "read"]

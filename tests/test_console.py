@@ -413,6 +413,91 @@ def test_a_clinician_finds_a_person_and_reads_the_record_with_a_purpose(browser,
     assert browser.find_element(By.ID, "error-status").text == "403"
 
 
+def test_a_clinician_finds_a_person_by_card_qr_and_opens_an_encounter_a_report_and_a_document(
+        browser, live, people, client):
+    """By an electronic health card's QR payload to the person; from the timeline into an
+    encounter (what was recorded in it), a report (its results with values) and a CDA document
+    (rendered: its header and sections); each opened resource read audited with the purpose."""
+    import base64
+
+    from selenium.webdriver.common.by import By
+
+    n = uuid.uuid4().hex[:6]
+    pid, card = f"qr-{n}", f"HC{n.upper()}"
+    patient = {"reference": f"Patient/{pid}"}
+    cda = (Path(__file__).parent / "fixtures" / "cda" / "C0030-critical-condition-notice.xml")
+    writes = [
+        ("Patient", pid, {"name": [{"family": f"诸葛{n}", "given": ["亮"]}], "gender": "male",
+                          "identifier": [{"system": "urn:oid:2.16.156.10011.1.19",
+                                          "value": card}]}),
+        ("Encounter", f"enc-{n}", {"status": "finished", "subject": patient,
+                                   "class": {"system": "http://terminology.hl7.org/CodeSystem/"
+                                             "v3-ActCode", "code": "AMB", "display": "门诊"},
+                                   "period": {"start": "2024-05-06T08:30:00+08:00"}}),
+        ("Observation", f"hb-{n}", {"status": "final", "code": {"text": "血红蛋白"},
+                                    "subject": patient, "encounter": {"reference": f"Encounter/enc-{n}"},
+                                    "effectiveDateTime": "2024-05-06T09:00:00+08:00",
+                                    "valueQuantity": {"value": 96, "unit": "g/L"}}),
+        ("DiagnosticReport", f"cbc-{n}", {"status": "final", "code": {"text": "血常规"},
+                                          "subject": patient,
+                                          "encounter": {"reference": f"Encounter/enc-{n}"},
+                                          "effectiveDateTime": "2024-05-06T09:00:00+08:00",
+                                          "result": [{"reference": f"Observation/hb-{n}"}]}),
+        ("Binary", f"doc-{n}", {"contentType": "application/xml", "securityContext": patient,
+                                "data": base64.b64encode(cda.read_bytes()).decode()}),
+        ("DocumentReference", f"doc-{n}", {"status": "current", "subject": patient,
+                                           "type": {"text": "病危（重）通知书"},
+                                           "date": "2024-05-06T10:00:00+08:00",
+                                           "content": [{"attachment": {
+                                               "contentType": "application/xml",
+                                               "url": f"Binary/doc-{n}"}}]}),
+    ]
+    for rtype, rid, body in writes:
+        r = client.put(f"/{rtype}/{rid}", json={"resourceType": rtype, "id": rid, **body})
+        assert r.status_code in (200, 201), r.text
+    login(browser, live, people["clinician"], path="/console/record")
+
+    def found() -> list:
+        browser.get(base(live) + f"/console/record?q={card}:1")  # a static card's QR payload
+        return browser.find_elements(By.LINK_TEXT, f"诸葛{n}亮")
+
+    click(browser, wait_for(found)[0])
+    click(browser, browser.find_element(By.ID, "open"))  # for treatment
+
+    def timeline_has(*what: str) -> bool:
+        browser.refresh()
+        text = browser.find_element(By.ID, "timeline").text
+        return all(w in text for w in what)
+
+    assert wait_for(lambda: timeline_has("门诊", "血常规", "病危"))
+    click(browser, browser.find_element(By.LINK_TEXT, "门诊"))
+    assert "TREAT" in browser.find_element(By.ID, "purpose").text
+    related = browser.find_element(By.ID, "related").text
+    assert "血红蛋白" in related and "血常规" in related  # what was recorded in the encounter
+    click(browser, browser.find_element(By.LINK_TEXT, "血常规"))
+    assert "96 g/L" in browser.find_element(By.ID, "related").text  # the report's result
+    click(browser, browser.find_element(By.LINK_TEXT, "返回时间线"))
+    click(browser, browser.find_element(By.PARTIAL_LINK_TEXT, "病危"))
+    rendered = browser.find_element(By.ID, "cda")
+    assert rendered.find_element(By.ID, "cda-title").text == "病危（重）通知书"
+    assert "测试患者丙" in rendered.text and "重症肺炎" in rendered.text
+    assert "保管机构" in rendered.text  # the header's labels in the reader's language
+    # an expired dynamic payload is refused as such, not searched as a name
+    browser.get(base(live) + f"/console/record?q={card}:0:1700000000")
+    assert browser.find_element(By.ID, "error-status").text == "400"
+    auditor = httpx.Client(base_url=live.base, auth=live.client_auth(roles=("auditor",)) if
+                           live.settings.auth else None)
+
+    def audited(ref: str) -> bool:
+        found = auditor.get("/AuditEvent", params={"entity": ref, "_count": 100})
+        return any(e["resource"].get("purposeOfEvent") and "console:" in str(e["resource"]["agent"])
+                   for e in found.json().get("entry", []))
+
+    assert wait_for(lambda: audited(f"DocumentReference/doc-{n}") and audited(f"Binary/doc-{n}")
+                    and audited(f"DiagnosticReport/cbc-{n}"))
+    auditor.close()
+
+
 def test_a_steward_maps_an_unmapped_local_code(browser, live, people, client):
     from selenium.webdriver.common.by import By
 

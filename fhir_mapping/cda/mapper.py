@@ -157,7 +157,10 @@ def convert_document(payload: bytes, source: SourceInfo) -> tuple[Conversion, di
         ctx.resources[("Composition", comp_id)]["language"] = lang
     # the original bytes
     bin_id = stable_id("Binary", "cda", ctx.institution, doc_code or "", *doc_id)
+    # the document is the patient's data: its Binary says so (securityContext), so access control,
+    # consent and the access audit treat it as theirs
     binary = {"resourceType": "Binary", "id": bin_id, "contentType": "application/xml",
+              "securityContext": {"reference": patient_ref},
               "data": base64.b64encode(payload).decode("ascii")}
     ctx.add(binary)
     instant = date if "T" in date else None

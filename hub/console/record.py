@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import base64
 import re
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
+from lxml import etree
+from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 
+from fhir_mapping.base import MappingError
+from fhir_mapping.xmlsafe import parse_xml
 from hub.api.caller import PURPOSES, actor_of, authorize, context_of, repository
 from hub.api.everything import audit_event
-from hub.console.common import page, router
+from hub.console.common import page, router, say
 from hub.core.access import Action
 from hub.core.errors import FhirError
+from hub.core.events import resource_bytes
+from hub.core.resource import RESOURCE_TYPES
+from hub.mpi import qr
 from projections.timeline import KINDS
 
 # -- shared record ----------------------------------------------------------------------------
@@ -25,17 +35,29 @@ def _looks_like_identifier(q: str) -> bool:
     return bool(re.fullmatch(r"[\w.:|/-]+", q)) and any(ch.isdigit() for ch in q)
 
 
+def _criterion(q: str) -> tuple[str, str]:
+    """What the finder's text is: a health card's QR payload (its card number; an expired or
+    malformed one is refused as such), an identifier, or a name."""
+    if re.fullmatch(r"[A-Za-z0-9-]{1,64}:[01](:\d{1,14})?", q):
+        try:
+            card = qr.parse(q)
+        except qr.QrError as e:
+            raise FhirError(400, "invalid", f"Health card QR payload: {e}") from None
+        return "identifier", f"{qr.HEALTH_CARD_SYSTEM}|{card.card_id}"
+    return ("identifier" if _looks_like_identifier(q) else "name"), q
+
+
 @router.api_route("/console/record", methods=["GET", "HEAD"], name="console-record",
                   include_in_schema=False)
 def record_page(request: Request) -> Response:
     """Find a person by name or any identifier: the Patients the search finds (a search of
     Patients by the logged-in person: audited like the API's)."""
     ctx = authorize(request, Action("operation", None, None, "$console-record"))
-    q = request.query_params.get("q", "").strip()[:100]
+    q = request.query_params.get("q", "").strip()[:300]
     patients = []
     if q:
         repo = repository(request)
-        params = [("identifier" if _looks_like_identifier(q) else "name", q), ("_count", "20")]
+        params = [_criterion(q), ("_count", "20")]
         base = request.app.state.settings.fhir_base
         plan = repo.plan(ctx, "Patient", params, True, base)
         found = repo.search(ctx, plan, 20, "accurate", base, includes=False)
@@ -114,5 +136,116 @@ def _timeline_row(entry: tuple[str, str, bytes]) -> dict[str, str]:
     if rtype == "Encounter":
         label = (d.get("class") or {}).get("display") or (d.get("class") or {}).get("code", "")
     patient = (d.get("subject") or d.get("patient") or {}).get("reference", "")
-    return {"rtype": rtype, "when": str(when)[:16].replace("T", " "), "label": label,
-            "patient": patient}
+    return {"rtype": rtype, "id": entry[1], "when": str(when)[:16].replace("T", " "),
+            "label": label, "patient": patient}
+
+
+# -- one resource of the record -----------------------------------------------------------------
+
+# what an encounter holds: the resources that name it, by type (searched by ``encounter``)
+IN_ENCOUNTER = ("Condition", "Observation", "DiagnosticReport", "MedicationRequest", "Procedure",
+                "DocumentReference")
+_CDA = etree.XSLT(etree.parse(str(resources.files("hub.console").joinpath("cda.xsl"))),
+                  access_control=etree.XSLTAccessControl.DENY_ALL)
+_CDA_LOCK = threading.Lock()  # an XSLT object is not to be shared between threads at once
+
+
+@router.api_route("/console/record/{rtype}/{rid}", methods=["GET", "HEAD"],
+                  name="console-record-resource", include_in_schema=False)
+async def record_resource(request: Request, rtype: str, rid: str) -> Response:
+    """One resource of a person's record, opened from the timeline with the purpose given there:
+    its elements; an encounter with what was recorded in it; a report with its results; a CDA
+    document rendered. Each resource is read through the repository (checked and audited)."""
+    authorize(request, Action("operation", None, None, "$console-record"))
+    if rtype not in RESOURCE_TYPES or not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", rid):
+        raise FhirError(404, "not-found", f"No resource {rtype}/{rid}")
+    purpose = request.query_params.get("purpose", "").upper()
+    if purpose and purpose not in PURPOSES:
+        raise FhirError(400, "invalid", "purpose is a v3 PurposeOfUse code (TREAT, ETREAT)")
+    if not purpose:
+        return page(request, "timeline.html", "record", who=f"{rtype}/{rid}", purpose="")
+    request.state.actor = replace(actor_of(request), purpose=purpose)
+    ctx = context_of(request)
+    repo = repository(request)
+    base = request.app.state.settings.fhir_base
+    labels = {k: say(request, f"cda_{k}") for k in ("patient", "date", "author", "custodian")}
+
+    def answer() -> dict[str, Any]:
+        d = orjson.loads(resource_bytes(repo.read(ctx, rtype, rid)))
+        out: dict[str, Any] = {"resource": d, "fields": _fields(d), "related": [], "cda": None}
+        if rtype == "Encounter":
+            for t in IN_ENCOUNTER:
+                plan = repo.plan(ctx, t, [("encounter", f"Encounter/{rid}"), ("_count", "50")],
+                                 True, base)
+                found = repo.search(ctx, plan, 50, "none", base, includes=False)
+                for row in found.page.rows:
+                    body = found.bodies.get((row.rtype, row.rid))
+                    if body is not None:
+                        out["related"].append(_timeline_row(
+                            (row.rtype, row.rid, body[1].partition(b"\n")[2])))
+        elif rtype == "DiagnosticReport":
+            for ref in d.get("result") or []:
+                t, _, i = str(ref.get("reference", "")).partition("/")
+                if t == "Observation" and i:
+                    try:
+                        o = resource_bytes(repo.read(ctx, t, i))
+                    except FhirError:
+                        continue  # gone, or not shown to this reader
+                    out["related"].append({**_timeline_row((t, i, o)),
+                                           "value": _show(_value(orjson.loads(o)))})
+        elif rtype == "DocumentReference":
+            out["cda"] = _rendered(repo, ctx, d, labels)
+        return out
+
+    shown = await run_in_threadpool(answer)
+    return page(request, "resource.html", "record", rtype=rtype, rid=rid, purpose=purpose,
+                **shown)
+
+
+def _value(d: dict[str, Any]) -> Any:
+    return next((v for k, v in d.items() if k.startswith("value")), "")
+
+
+def _show(v: Any) -> str:
+    """An element's value as a person reads it."""
+    if isinstance(v, list):
+        return "; ".join(_show(x) for x in v)
+    if not isinstance(v, dict):
+        return str(v)
+    if "coding" in v or "text" in v and len(v) <= 2:
+        return v.get("text") or "; ".join(
+            c.get("display") or f"{c.get('system', '')}|{c.get('code', '')}"
+            for c in v.get("coding") or [])
+    if "reference" in v or "display" in v and len(v) <= 2:
+        return v.get("display") or v.get("reference", "")
+    if "value" in v and ("unit" in v or "code" in v):
+        return f"{v['value']} {v.get('unit') or v.get('code', '')}".strip()
+    if "start" in v or "end" in v:
+        return f"{v.get('start', '')} – {v.get('end', '')}"
+    if "family" in v or "given" in v:
+        return v.get("text") or "".join([v.get("family", ""), *v.get("given", [])])
+    return orjson.dumps(v).decode()[:300]
+
+
+def _fields(d: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(k, _show(v)[:1000]) for k, v in d.items()
+            if k not in ("resourceType", "id", "meta", "text", "contained")]
+
+
+def _rendered(repo: Any, ctx: Any, doc: dict[str, Any], labels: dict[str, str]) -> Markup | None:
+    """The CDA document a DocumentReference points at (its Binary), rendered; ``None`` if it
+    points at none the reader may read."""
+    for content in doc.get("content") or []:
+        att = content.get("attachment") or {}
+        t, _, i = str(att.get("url", "")).partition("/")
+        if t != "Binary" or not i or "xml" not in str(att.get("contentType", "xml")):
+            continue
+        try:
+            binary = orjson.loads(resource_bytes(repo.read(ctx, "Binary", i)))
+            root = parse_xml(base64.b64decode(binary.get("data", "")))
+        except (FhirError, MappingError, ValueError):
+            return None
+        with _CDA_LOCK:
+            html = _CDA(root, **{f"l_{k}": etree.XSLT.strparam(v) for k, v in labels.items()})
+        return Markup(str(html))  # noqa: S704  the stylesheet escapes every text it copies
+    return None
