@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
     source BLOB NOT NULL, report BLOB NOT NULL, reason TEXT NOT NULL, time TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'open', replayed TEXT, result BLOB);
 CREATE INDEX IF NOT EXISTS quarantine_status ON quarantine (status, id);
+CREATE INDEX IF NOT EXISTS quarantine_time ON quarantine (time);
 """
 
 
@@ -121,6 +122,15 @@ class Quarantine:
                                    (" WHERE status = ?" if status else ""),
                                    (status,) if status else ()).fetchone()
         return int(row[0])
+
+    def daily(self, since: str) -> builtins.list[tuple[str, str, int]]:
+        """(day in the region's time, UTC+08:00, as YYYY-MM-DD; kind; entries) of the entries
+        kept since the instant ``since`` (ISO, UTC), for the console's overview."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT date(time, '+8 hours') AS d, kind, count(*) FROM quarantine "
+                "WHERE time >= ? GROUP BY d, kind ORDER BY d", (since,)).fetchall()
+        return [(str(d), str(k), int(n)) for d, k, n in rows]
 
     def counts_by(self, kind: str, key: str, status: str | None = None
                   ) -> builtins.list[tuple[str, int, str]]:

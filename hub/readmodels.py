@@ -57,6 +57,8 @@ READ_MODELS: tuple[ReadModelSpec, ...] = (
                   "golden persons from identity events"),
     ReadModelSpec("timeline", "timeline.sqlite", "projections.timeline:TimelineProjection",
                   "each Patient's clinical events in time order"),
+    ReadModelSpec("intake", "intake.sqlite", "projections.intake:IntakeCounts",
+                  "versions taken in per day, institution, feed and type"),
     ReadModelSpec("identity-candidates", "identity-candidates.sqlite",
                   "hub.mpi.candidates:IdentityCandidates",
                   "features and blocking keys of the master patient index"),

@@ -347,6 +347,35 @@ class QualityProjection(SQLiteReadModel):
             out.append(d)
         return out
 
+    def reports(self, institution: str | None = None, document_type: str | None = None,
+                rule: str | None = None, since: Any = None, limit: int = 100
+                ) -> list[dict[str, Any]]:
+        """The reports behind a count, the newest check first: each one's id, document,
+        institution, type, decision, check time and rules found (the console's drill-down)."""
+        where: list[str] = ["1=1"]
+        args: list[Any] = []
+        for col, value in (("r.institution", institution), ("r.document_type", document_type)):
+            if value:
+                where.append(f"{col} = ?")
+                args.append(value)
+        if rule:
+            where.append("r.rid IN (SELECT rid FROM q_finding WHERE rule = ?)")
+            args.append(rule)
+        if since is not None:
+            where.append("r.checked_us >= ?")
+            args.append(period(since, "since")[0])
+        sql = ("SELECT r.rid, r.document_ref, r.document_id, r.institution, r.document_type, "
+               "r.decision, r.checked, (SELECT group_concat(DISTINCT f.rule) FROM q_finding f "
+               f"WHERE f.rid = r.rid) FROM q_report r WHERE {' AND '.join(where)} "
+               "ORDER BY r.checked_us DESC LIMIT ?")
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(sql, [*args, max(1, min(int(limit), 1000))])
+            rows = c.fetchall()
+        keys = ("rid", "document_ref", "document_id", "institution", "document_type", "decision",
+                "checked")
+        return [{**dict(zip(keys, r[:7])), "rules": sorted((r[7] or "").split(",")) if r[7]
+                 else []} for r in rows]
+
     def dump(self) -> dict[str, list[tuple]]:
         """Every row, sorted (to compare a rebuild with an incremental build)."""
         with self.datastore.transaction(commit=False) as c:

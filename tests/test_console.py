@@ -110,7 +110,18 @@ def wait_for(fn, timeout: float = 10.0):
 
 def test_log_in_and_read_the_overview_with_its_chart(browser, live, people):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
 
+    # two institutions' feeds write today (a connector client's institution is its token's)
+    inst = {k: f"H{k}{uuid.uuid4().hex[:4].upper()}" for k in ("A", "B")}
+    for key, n in (("A", 3), ("B", 1)):
+        auth = live.client_auth(roles=("connector",), institution=inst[key]) \
+            if live.settings.auth else None
+        with httpx.Client(base_url=live.base, auth=auth, timeout=30) as c:
+            for i in range(n):
+                r = c.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "甲"}]},
+                           headers={"x-hub-source-feed": f"adt-{key.lower()}"})
+                assert r.status_code == 201, r.text
     login(browser, live, people["steward"])
     assert browser.current_url.endswith("/console/overview")
     assert browser.find_element(By.ID, "who").text == "steward 张"
@@ -120,6 +131,24 @@ def test_log_in_and_read_the_overview_with_its_chart(browser, live, people):
     assert wait_for(lambda: chart.get_attribute("data-rendered") == "yes")
     assert chart.find_elements(By.TAG_NAME, "canvas")
     assert browser.find_elements(By.CSS_SELECTOR, "#lag tbody tr")  # each read model's lag
+    assert browser.find_element(By.ID, "kept").get_attribute("data-rendered") == "yes"
+
+    def totals() -> dict[str, str]:
+        return {r.find_element(By.TAG_NAME, "th").text: r.find_element(By.TAG_NAME, "td").text
+                for r in browser.find_elements(By.CSS_SELECTOR, "#by-type tbody tr")
+                if r.find_elements(By.TAG_NAME, "th")}
+
+    def counted() -> bool:  # once the intake counts have today's writes
+        browser.get(base(live) + "/console/overview?by=institution")
+        return totals().get(inst["A"]) == "3" and totals().get(inst["B"]) == "1"
+
+    assert wait_for(counted)
+    # one institution's intake by feed
+    Select(browser.find_element(By.ID, "by")).select_by_value("feed")
+    Select(browser.find_element(By.ID, "institution")).select_by_value(inst["A"])
+    click(browser, browser.find_element(By.ID, "show"))
+    assert totals() == {"adt-a": "3"}
+    assert wait_for(lambda: browser.find_element(By.ID, "intake").get_attribute("data-rendered") == "yes")
     # English on asking, remembered
     click(browser, browser.find_element(By.ID, "lang"))
     assert "Overview" in browser.find_element(By.TAG_NAME, "h1").text
@@ -191,6 +220,48 @@ def test_a_replay_that_passes_stores_the_message(browser, live, people):
     found = httpx.get(base(live) + "/fhir/Encounter", params={"identifier": f"VS{tag}"},
                       auth=auth).json()
     assert len(found["entry"]) == 1
+
+
+def test_quality_per_institution_rule_and_type_drilled_down_to_the_document(browser, live, people):
+    """A document with a finding (an ID number failing its check digit) sent by an institution:
+    the quality page counts it per institution, rule and type and draws the trend; a click on
+    the institution filters; the document opens with its finding and its source line marked.
+    An auditor reads the counts but not the document."""
+    from selenium.webdriver.common.by import By
+
+    n = uuid.uuid4().hex[:6].upper()
+    inst = f"HQ{n}"
+    doc = (Path(__file__).parent / "fixtures" / "quality" / "wst500-C0002-clean.xml").read_bytes()
+    doc = doc.replace(b"TEST-OP-0001", f"TEST-Q-{n}".encode()) \
+        .replace(b"MZ20240305001", f"MZ{n}".encode()) \
+        .replace(b"110105198003151234", b"110105198003151235")  # a wrong check digit
+    auth = live.client_auth(roles=("connector",), institution=inst) if live.settings.auth else None
+    r = httpx.post(base(live) + "/cda", content=doc, auth=auth, timeout=60,
+                   headers={"content-type": "application/xml", "x-hub-source-institution": inst})
+    assert r.status_code == 201, r.text
+    login(browser, live, people["steward"], path="/console/quality")
+
+    def listed() -> bool:
+        browser.refresh()
+        return inst in browser.find_element(By.ID, "per-institution").text
+
+    assert wait_for(listed)  # once the quality counts have the report
+    assert browser.find_element(By.ID, "trend").get_attribute("data-rendered") == "yes"
+    click(browser, browser.find_element(By.LINK_TEXT, inst))
+    assert inst in browser.find_element(By.ID, "filter-institution").text
+    rules = browser.find_element(By.ID, "per-rule").text
+    assert "cda.resident-id.valid" in rules
+    rows = browser.find_elements(By.CSS_SELECTOR, "#documents tbody tr")
+    assert len(rows) == 1 and "accept-with-warnings" in rows[0].text
+    click(browser, rows[0].find_element(By.CSS_SELECTOR, "a.report"))
+    assert "cda.resident-id.valid" in browser.find_element(By.ID, "findings").text
+    marked = browser.find_elements(By.CSS_SELECTOR, "#payload mark")
+    assert any("110105198003151235" in m.text for m in marked)
+    report_url = browser.current_url
+    login(browser, live, people["auditor"], path="/console/quality")
+    assert browser.find_element(By.ID, "per-institution")
+    browser.get(report_url)
+    assert browser.find_element(By.ID, "error-status").text == "403"
 
 
 def test_who_may_see_what(browser, live, people):

@@ -328,7 +328,7 @@ def test_the_cli_and_the_api_follow_the_registry(tmp_path):
     with TestClient(create_app(settings)) as client:
         assert client.get("/fhir/metadata").status_code == 200
         state = client.app.state
-        followed = {state.search.index, state.quality, state.terminology_model, state.unmapped,
+        followed = {state.search.index, state.quality, state.terminology_model, state.unmapped, state.intake,
                     *state.mpi_models, state.mpi_candidates}
         assert {m.name for m in followed} == set(names())
         assert {Path(m.path).name for m in followed} == {spec.file for spec in READ_MODELS}

@@ -81,6 +81,8 @@ OPERATIONS: dict[str, tuple[frozenset[str], str | None, str | None]] = {
     "$console-terminology": (frozenset({"clinician", "steward", "auditor", "admin"}), None, None),
     "$console-record": (frozenset({"clinician", "admin"}), None, None),
     "$console-mapping": (frozenset({"steward", "admin"}), None, None),
+    "$console-quality": (frozenset({"steward", "auditor", "admin"}), None, None),
+    "$console-quality-document": (frozenset({"steward", "admin"}), None, None),
     "$console-connectors": (frozenset({"steward", "admin"}), None, None),
     "$console-connectors-replay": (frozenset({"steward", "admin"}), None, None),
 }

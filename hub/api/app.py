@@ -69,6 +69,7 @@ from hub.quarantine import Quarantine
 from hub.readmodels import open_models, typed
 from hub.repository import Repository
 from hub.v3routing import Routes
+from projections.intake import IntakeCounts
 from projections.person import PersonProjection
 from projections.quality import QualityProjection
 from projections.runner import Runner
@@ -169,11 +170,18 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         mpi_match.attach(app, settings, follow_store,
                          typed(models, "identity-candidates", IdentityCandidates))
         unmapped.attach(app, settings, follow_store, typed(models, "unmapped", UnmappedProjection))  # the worklist
+        # intake counts per day, institution, feed and type: the console's overview
+        app.state.intake = typed(models, "intake", IntakeCounts)
+        app.state.intake_runner = Runner(follow_store, app.state.intake)
+        if settings.follows_here:
+            app.state.intake_runner.start()
         try:
             yield
         finally:
             terminology.detach(app)
             unmapped.detach(app)
+            app.state.intake_runner.stop()
+            app.state.intake.close()
             mpi_match.detach(app)
             mpi_identity.detach(app)
             audit.close()

@@ -29,7 +29,7 @@ def runners(request: Request) -> dict[str, Any]:
         out["search"] = search.runner
     for name, attr in (("terminology", "terminology_runner"), ("quality", "quality_runner"),
                        ("identity-candidates", "mpi_candidates_runner"),
-                       ("unmapped", "unmapped_runner")):
+                       ("unmapped", "unmapped_runner"), ("intake", "intake_runner")):
         runner = getattr(state, attr, None)
         if runner is not None:
             out[name] = runner

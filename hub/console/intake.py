@@ -4,8 +4,7 @@ quarantine entries) and the quarantine (an entry's findings marked in its payloa
 from __future__ import annotations
 
 import re
-import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from urllib.parse import quote
 
 from fastapi import Request
@@ -18,33 +17,57 @@ from hub.api.health import runners
 from hub.console.common import check_csrf, page, router, say
 from hub.core.access import Action
 from hub.core.errors import FhirError
+from projections.intake import BY, day_of
 
 # -- overview ---------------------------------------------------------------------------------
+
+DAYS = 14
+TOP = 8  # series drawn by name; the rest are summed as one
+
 
 @router.api_route("/console/overview", methods=["GET", "HEAD"], name="console-overview",
                   include_in_schema=False)
 def overview(request: Request) -> Response:
+    """Intake per day over two weeks by institution, feed or type (one institution's alone
+    when chosen), from the intake counts; quarantine entries per day by kind; each read model's
+    lag; the open quarantine entries. Every figure is read from a small table: the page costs
+    the same whatever the log's size."""
     authorize(request, Action("operation", None, None, "$console-overview"))
-    store = request.app.state.repo.store
-    days = 14
-    today = int(time.time() // 86400)
-    rows = store.daily_versions((today - days + 1) * 86400 * 1_000_000)
-    labels = [datetime.fromtimestamp((today - days + 1 + i) * 86400, UTC).strftime("%m-%d")
-              for i in range(days)]
-    per_type: dict[str, list[int]] = {}
-    for day, rtype, n in rows:
-        per_type.setdefault(rtype, [0] * days)[day - (today - days + 1)] += n
-    totals = sorted(((t, sum(v)) for t, v in per_type.items()), key=lambda x: -x[1])
-    top = [t for t, _ in totals[:8]]
-    chart = {"days": labels, "series": [{"name": t, "data": per_type[t]} for t in top]}
-    head = store.max_notification_id()
+    by = request.query_params.get("by", "institution")
+    by = by if by in BY else "institution"
+    intake = request.app.state.intake
+    institutions = intake.institutions()
+    institution = request.query_params.get("institution", "")
+    institution = institution if institution in institutions else ""
+    today = day_of(datetime.now(UTC).isoformat())
+    first = today - DAYS + 1
+    labels = [(date(1970, 1, 1) + timedelta(days=first + i)).strftime("%m-%d")
+              for i in range(DAYS)]
+    per: dict[str, list[int]] = {}
+    for day, key, n in intake.per_day(first, by, institution or None):
+        per.setdefault(key, [0] * DAYS)[day - first] += n
+    totals = sorted(((k, sum(v)) for k, v in per.items()), key=lambda x: (-x[1], x[0]))
+    series = [{"name": k, "data": per[k]} for k, _ in totals[:TOP]]
+    if len(totals) > TOP:
+        series.append({"name": say(request, "others"), "data": [
+            sum(per[k][i] for k, _ in totals[TOP:]) for i in range(DAYS)]})
+    quarantine = request.app.state.documents.quarantine
+    since = (datetime.now(UTC) - timedelta(days=DAYS + 1)).isoformat().replace("+00:00", "Z")
+    days = {(date(1970, 1, 1) + timedelta(days=first + i)).isoformat(): i for i in range(DAYS)}
+    kept: dict[str, list[int]] = {}
+    for d, kind, n in quarantine.daily(since):
+        if d in days:
+            kept.setdefault(kind, [0] * DAYS)[days[d]] += n
+    head = request.app.state.repo.store.max_notification_id()
     lags = [(name, max(0, head - runner.model.position()),
              "fail" if runner.error is not None else "pass")
             for name, runner in runners(request).items()]
-    quarantine = request.app.state.documents.quarantine
-    open_entries = quarantine.count("open")
-    return page(request, "overview.html", "overview", chart=chart, totals=totals, lags=lags,
-                 open_quarantine=open_entries)
+    return page(request, "overview.html", "overview", by=by, bys=list(BY),
+                institution=institution, institutions=institutions, totals=totals, lags=lags,
+                chart={"days": labels, "series": series},
+                kept={"days": labels, "series": [{"name": k, "data": v}
+                                                 for k, v in sorted(kept.items())]},
+                open_quarantine=quarantine.count("open"))
 
 
 # -- quarantine -------------------------------------------------------------------------------
@@ -71,14 +94,14 @@ def quarantine_entry(request: Request, qid: int) -> Response:
     audit = getattr(request.app.state.repo, "audit", None)
     if audit is not None:
         audit.record(ctx, action, "0", [], [], f"quarantine entry {qid} shown")
-    findings = _findings(entry.get("report") or {})
+    findings = findings_of(entry.get("report") or {})
     text = bytes(entry["payload"]).decode("utf-8", errors="replace")
-    marked = _marked_lines(text, findings)
+    marked = marked_lines(text, findings)
     return page(request, "entry.html", "quarantine", entry=entry, findings=findings,
                  lines=marked)
 
 
-def _findings(report: dict) -> list[dict[str, str]]:
+def findings_of(report: dict) -> list[dict[str, str]]:
     out = []
     if "ack" in report:  # an HL7 v3 refusal: the element at fault closes its reason
         reason = str(report.get("reason") or "")
@@ -94,7 +117,7 @@ def _findings(report: dict) -> list[dict[str, str]]:
     return out
 
 
-def _marked_lines(text: str, findings: list[dict[str, str]]) -> list[tuple[str, bool]]:
+def marked_lines(text: str, findings: list[dict[str, str]]) -> list[tuple[str, bool]]:
     """The payload's lines, those holding the element a finding's XPath ends at marked."""
     names = {m.group(1) for f in findings
              for m in [re.search(r"(?:hl7:|cda:|/)([A-Za-z][\w.-]*)(?:\[\d+\])?(?:/@[\w:]+)?$",

@@ -395,15 +395,6 @@ class _IndexMixin:
             if progress is not None:
                 progress(len(notes))
 
-    def daily_versions(self, since_us: int) -> list[tuple[int, str, int]]:
-        """(day since the epoch, resource type, versions written) since ``since_us``: what was
-        taken in, per day (UTC) and type, for the console's overview."""
-        sql = ("SELECT ts / 86400000000 AS day, rtype, COUNT(*) AS n FROM resource_version "
-               "WHERE ts >= ? GROUP BY ts / 86400000000, rtype ORDER BY day")
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(self.q(sql), [since_us])
-            return [(int(r["day"]), r["rtype"], int(r["n"])) for r in c.fetchall()]
-
     def count_history(
         self, *, rtype: str | None = None, rid: str | None = None, since_us: int | None = None
     ) -> int:
@@ -644,9 +635,6 @@ class ResourceStore:
 
     def count_history(self, **kw: Any) -> int:
         return self.recorder.count_history(**kw)
-
-    def daily_versions(self, since_us: int) -> list[tuple[int, str, int]]:
-        return self.recorder.daily_versions(since_us)
 
     def max_notification_id(self) -> int:
         return self.recorder.max_notification_id() or 0
