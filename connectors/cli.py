@@ -241,18 +241,34 @@ def cmd_deadletter(args, settings) -> int:
         ids = args.ids or ([r["id"] for r in store.deadletters("open")] if args.all else [])
         if not ids:
             raise _usage("replay needs dead letter ids or --all")
-        if who == "worker":
-            from hub.worker import replay_deadletters
+        from tqdm import tqdm
 
-            results = replay_deadletters(store, ids, settings)
-        else:
-            results = []
-            for i in ids:
-                try:
-                    a = store.replay(i)
-                    results.append((i, a.ok, a.error, a.deadletter_id))
-                except (KeyError, ValueError) as e:
-                    results.append((i, False, {"reason": str(e).strip("'\"")}, None))
+        from hub.core.jobs import Jobs
+
+        # a progress bar on a terminal, the job where the hub's console shows it
+        job = Jobs(settings.data_dir).start(
+            "deadletter-replay", f"dead letter replay ({who or args.config.name}): {len(ids)}",
+            len(ids))
+        with tqdm(total=len(ids), unit=" letters", desc="replay",
+                  disable=not sys.stderr.isatty()) as bar, job:
+            if who == "worker":
+                from hub.worker import replay_deadletters
+
+                results = replay_deadletters(store, ids, settings)
+                bar.update(len(ids))
+                job.advance(len(ids))
+            else:
+                results = []
+                for i in ids:
+                    try:
+                        a = store.replay(i)
+                        results.append((i, a.ok, a.error, a.deadletter_id))
+                    except (KeyError, ValueError) as e:
+                        results.append((i, False, {"reason": str(e).strip("'\"")}, None))
+                    bar.update(1)
+                    job.advance(1)
+            job.finish(f"{sum(1 for r in results if r[1])} replayed, "
+                       f"{sum(1 for r in results if not r[1])} failed")
         failed = 0
         for i, ok, error, new_id in results:
             if ok:

@@ -15,15 +15,12 @@ A second run finds nothing to change.
 from __future__ import annotations
 
 import sys
-from collections import Counter
 from pathlib import Path
 
 import orjson
 
 from hub.core.commandline import UsageError, open_store
-
-FEED = "terminology-renormalise"
-CHUNK = 200
+from terminology.renormalise import mapped_codes, outcome, renormalise, store_concept_maps
 
 
 def add_parsers(tsub, common) -> None:
@@ -103,86 +100,11 @@ def cmd_unmapped(args, settings) -> int:
     return 0
 
 
-def store_concept_maps(store, batch: int = 1000) -> list[dict]:
-    """The current (not deleted) ConceptMap resources of the store, read from the log."""
-    from hub.core.events import KIND_OF_TOPIC
-
-    newest = {}
-    start = 1
-    while True:
-        notes = store.notifications_of(("ConceptMap",), start, batch)
-        for n in notes:
-            newest[n.originator_id] = n
-        if len(notes) < batch:
-            break
-        start = notes[-1].id + 1
-    out = []
-    for n in newest.values():
-        if KIND_OF_TOPIC.get(n.topic) == "deleted":
-            continue
-        try:
-            d = orjson.loads(n.state.partition(b"\n")[2])
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(d, dict):
-            out.append(d)
-    return out
-
-
-def mapped_codes(model, normaliser, institution: str | None = None) -> list[tuple[str, str]]:
-    """The (system, code) pairs of the worklist that the ConceptMaps now map."""
-    return sorted({(r["system"], r["code"]) for r in model.worklist(institution)
-                   if normaliser.targets(r["system"], r["code"])})
-
-
-def renormalise(hub, model, normaliser, institution: str | None = None, progress=None) -> Counter:
-    """Write new versions of the listed resources that gain a standard coding; counts by outcome."""
-    from hub.core import resource as res
-    from hub.core.errors import FhirError
-    from hub.core.ingest import Context, Op
-
-    counts: Counter = Counter()
-    streams = model.streams(institution, mapped_codes(model, normaliser, institution))
-    for i in range(0, len(streams), CHUNK):
-        by_source: dict[str, list] = {}
-        for stream in streams[i:i + CHUNK]:
-            rtype, _, rid = stream.partition("/")
-            stored = hub.store.latest(rtype, rid)
-            counts["read"] += 1
-            if stored is None or stored.topic.endswith("Deleted"):
-                counts["gone"] += 1
-                continue
-            header, _, body = stored.state.partition(b"\n")
-            d = res.parse_json(body)
-            before = res.content_hash(d)
-            normaliser.normalise(d)
-            if res.content_hash(d) == before:
-                counts["unchanged"] += 1
-                continue
-            try:
-                res.validate(rtype, orjson.dumps(d), d)
-            except FhirError:
-                counts["invalid"] += 1
-                continue
-            source = (orjson.loads(header).get("source") or {}).get("institution") or ""
-            by_source.setdefault(source, []).append(
-                Op("PUT", rtype, rid, d, if_match=stored.originator_version, url=stream))
-        for source, ops in by_source.items():
-            ctx = Context(source={"feed": FEED, **({"institution": source} if source else {})})
-            for r in hub.execute(ops, ctx, atomic=False):
-                if isinstance(r, FhirError):
-                    counts["conflict" if r.status == 412 else "failed"] += 1
-                else:
-                    counts["updated"] += 1
-        if progress is not None:
-            progress(len(streams[i:i + CHUNK]))
-    return counts
-
-
 def cmd_renormalise(args, settings) -> int:
     from tqdm import tqdm
 
     from hub.core.ingest import Hub
+    from hub.core.jobs import Jobs, both
     from terminology.conceptmaps import read_concept_maps
     from terminology.normalise import Normaliser
 
@@ -206,8 +128,14 @@ def cmd_renormalise(args, settings) -> int:
         total = len(model.streams(args.institution,
                                   mapped_codes(model, normaliser, args.institution)))
         with tqdm(total=total, unit=" resources", desc="renormalise",
-                  disable=args.quiet or not sys.stderr.isatty()) as bar:
-            counts = renormalise(hub, model, normaliser, args.institution, bar.update)
+                  disable=args.quiet or not sys.stderr.isatty()) as bar, \
+                Jobs(settings.data_dir).start(
+                    "renormalise", "renormalisation" + (f" of {args.institution}"
+                                                        if args.institution else ""),
+                    total) as job:
+            counts = renormalise(hub, model, normaliser, args.institution,
+                                 both(bar.update, job.advance))
+            job.finish(outcome(counts))
         _catch_up(store, model, True)
         left = model.worklist(args.institution)
     finally:

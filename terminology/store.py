@@ -285,6 +285,16 @@ class TerminologyStore:
         code, display, active, abstract, extra = found[0]
         return Concept(code, display, bool(active), bool(abstract), extra)
 
+    def find(self, cs: CodeSystemRef, text: str, limit: int = 20) -> list[Concept]:
+        """Active concepts whose code starts with ``text`` or whose display holds it (codes
+        first), for a person looking a standard code up."""
+        like = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self.q("SELECT code, display, active, abstract FROM t_concept WHERE sid=? AND "
+                      "active AND (code LIKE ? ESCAPE '\\' OR display LIKE ? ESCAPE '\\') "
+                      "ORDER BY code NOT LIKE ? ESCAPE '\\', length(code), code LIMIT ?",
+                      (cs.sid, like + "%", "%" + like + "%", like + "%", limit))
+        return [Concept(c, d, bool(a), bool(b)) for c, d, a, b in rows]
+
     def concepts(self, cs: CodeSystemRef, codes: list[str] | None = None) -> list[Concept]:
         """The concepts of a system in definition order (or those of ``codes`` that exist)."""
         if codes is None:

@@ -569,12 +569,22 @@ def test_a_clinician_finds_a_person_by_card_qr_and_opens_an_encounter_a_report_a
     auditor.close()
 
 
-def test_a_steward_maps_an_unmapped_local_code(browser, live, people, client):
+def test_a_steward_maps_an_unmapped_local_code_and_renormalises(browser, live, people, client):
+    """The steward finds a local code on the worklist, looks the standard code up in its code
+    system, maps it (a ConceptMap written), starts a renormalisation from the page and watches
+    it finish on the jobs page; the stored resources then carry the standard coding."""
     from selenium.webdriver.common.by import By
 
     n = uuid.uuid4().hex[:6].upper()
-    local = "urn:oid:2.16.156.10011.99.7.1.7"
+    local = f"urn:oid:2.16.156.10011.99.7.1.{int(n, 16) % 100000}"
+    target = f"https://example.org/CodeSystem/lab-{n}"
     code = f"GLU{n}"
+    assert client.put(f"/CodeSystem/lab-{n}", json={
+        "resourceType": "CodeSystem", "id": f"lab-{n}", "url": target, "status": "active",
+        "content": "complete", "concept": [
+            {"code": "2345-7", "display": "Glucose [Mass/volume] in Serum or Plasma"},
+            {"code": "718-7", "display": "Hemoglobin [Mass/volume] in Blood"}]}).status_code \
+        in (200, 201)
     for i in range(2):
         assert client.put(f"/Observation/map-{n}-{i}", json={
             "resourceType": "Observation", "id": f"map-{n}-{i}", "status": "final",
@@ -582,15 +592,29 @@ def test_a_steward_maps_an_unmapped_local_code(browser, live, people, client):
             "subject": {"reference": "Patient/p-map"}}).status_code in (200, 201)
     login(browser, live, people["steward"], path="/console/mapping")
 
+    def looked_up() -> list:
+        browser.get(base(live) + f"/console/mapping?find_system={target}&find=glucose")
+        return browser.find_elements(By.CSS_SELECTOR, "#found a.use")
+
+    use = wait_for(looked_up)  # once the terminology read model has the code system
+    assert use and "2345-7" in browser.find_element(By.ID, "found").text
+    assert "718-7" not in browser.find_element(By.ID, "found").text
+    click(browser, use[0])
+
     def row():
-        browser.get(base(live) + "/console/mapping")
         return next((r for r in browser.find_elements(By.CSS_SELECTOR, "#unmapped tbody tr")
                      if code in r.text), None)
 
-    found = wait_for(row)  # once the unmapped-codes read model has them
+    def listed():
+        found = row()
+        if found is None:
+            browser.refresh()
+        return found
+
+    found = wait_for(listed)  # once the unmapped-codes read model has them
     assert found is not None and "2" in found.text  # two resources carry it
-    found.find_element(By.CSS_SELECTOR, "input.target-code").send_keys("2345-7")
-    found.find_element(By.CSS_SELECTOR, "input.target-display").send_keys("Glucose")
+    assert found.find_element(By.CSS_SELECTOR, "input.target-code").get_attribute("value") == "2345-7"
+    assert found.find_element(By.CSS_SELECTOR, "input.target-system").get_attribute("value") == target
     click(browser, found.find_element(By.CSS_SELECTOR, "button.map"))
     assert f"{code} → 2345-7" in browser.find_element(By.ID, "notice").text
     maps = client.get("/ConceptMap", params={"_count": 200}).json().get("entry", [])
@@ -599,4 +623,18 @@ def test_a_steward_maps_an_unmapped_local_code(browser, live, people, client):
     assert elements and elements[0]["target"][0]["code"] == "2345-7"
     # the terminology service translates with it, once its read model has the map
     assert wait_for(lambda: "2345-7" in client.get("/ConceptMap/$translate", params={
-        "system": local, "code": code, "targetsystem": "http://loinc.org"}).text)
+        "system": local, "code": code, "targetsystem": target}).text)
+    # the stored resources gain the standard coding by a renormalisation started here
+    click(browser, browser.find_element(By.ID, "renormalise"))
+    assert browser.current_url.split("?")[0].endswith("/console/jobs")
+
+    def finished() -> str:
+        browser.get(base(live) + "/console/jobs")
+        job = browser.find_elements(By.CSS_SELECTOR, "#jobs tr.renormalise")[0]
+        return job.text if "已完成" in job.find_element(By.CLASS_NAME, "status").text else ""
+
+    done = wait_for(finished, 30)
+    assert "2 updated" in done and people["steward"] in done
+    for i in range(2):
+        codings = client.get(f"/Observation/map-{n}-{i}").json()["code"]["coding"]
+        assert {(c["system"], c["code"]) for c in codings} >= {(local, code), (target, "2345-7")}

@@ -12,7 +12,7 @@ from hub.core.config import Settings
 from hub.core.ingest import Context, Hub, Op
 from projections.runner import Runner
 from projections.unmapped import UnmappedProjection, is_local_system, local_codes
-from terminology.cli_normalise import renormalise, store_concept_maps
+from terminology.renormalise import renormalise, store_concept_maps
 from terminology.normalise import Normaliser
 
 OID = "2.16.156.10011.99.1.1"

@@ -119,17 +119,28 @@ def _quarantine_replay(args, settings: Settings) -> int:
         if not ids:
             print("no open entries in the quarantine")
             return 0
+        from tqdm import tqdm
+
         from hub import v3intake
         from hub.core.ingest import Hub
+        from hub.core.jobs import Jobs
         from hub.documents import DocumentService
         from hub.repository import Repository
 
         hub = Hub(open_store(settings))
         repo = Repository(hub)  # the operator at the console is trusted: the open policy
+        # a progress bar on a terminal, the job where the console shows it
+        bar = tqdm(total=len(ids), unit=" entries", desc="replay",
+                   disable=args.json or not sys.stderr.isatty())
+        out = print if bar.disable else bar.write
+        job = Jobs(settings.data_dir).start("quarantine-replay",
+                                            f"quarantine replay of {len(ids)} entries", len(ids))
         try:
             service = DocumentService(repo, quarantine)
             stored = refused = 0
             for qid in ids:
+                bar.update(1)
+                job.advance(1)
                 if quarantine.get(qid)["kind"] == v3intake.KIND:  # an HL7 v3 registration
                     ok, what = v3intake.replay(repo, quarantine, qid)
                     stored += ok
@@ -138,7 +149,7 @@ def _quarantine_replay(args, settings: Settings) -> int:
                         sys.stdout.write(orjson.dumps({"id": qid, "stored": ok,
                                                        "detail": what}).decode() + "\n")
                     else:
-                        print(f"{qid}: " + (f"stored {what}" if ok else f"refused again ({what}); "
+                        out(f"{qid}: " + (f"stored {what}" if ok else f"refused again ({what}); "
                                             "still open"))
                     continue
                 result = service.replay(qid)
@@ -151,7 +162,7 @@ def _quarantine_replay(args, settings: Settings) -> int:
                         "document": result.document_ref,
                         "quarantine_id": result.quarantine_id}).decode() + "\n")
                 elif ok:
-                    print(f"{qid}: stored {result.document_ref or ''} ({result.decision}"
+                    out(f"{qid}: stored {result.document_ref or ''} ({result.decision}"
                           + (", unchanged" if result.status == 200 else "") + ")")
                 else:
                     rules = sorted({c["code"] for i in result.report.get("issue") or ()
@@ -159,9 +170,14 @@ def _quarantine_replay(args, settings: Settings) -> int:
                                     if c.get("code")})
                     shown = ", ".join(rules[:3]) + (f" and {len(rules) - 3} more"
                                                      if len(rules) > 3 else "")
-                    print(f"{qid}: refused again ({shown or 'reject'}); kept as "
+                    out(f"{qid}: refused again ({shown or 'reject'}); kept as "
                           f"quarantine entry {result.quarantine_id}")
+            job.finish(f"{stored} stored, {refused} refused again")
+        except BaseException as e:
+            job.fail(f"{type(e).__name__}: {e}")
+            raise
         finally:
+            bar.close()
             hub.store.close()
     finally:
         quarantine.close()

@@ -21,6 +21,7 @@ def cmd_projections(args, settings: Settings) -> int:
     """status: position and lag; run: catch up (resumable, Ctrl-C safe); rebuild: from nothing."""
     from tqdm import tqdm
 
+    from hub.core.jobs import Jobs, both
     from projections.runner import Runner
 
     if args.action == "follow":
@@ -50,11 +51,15 @@ def cmd_projections(args, settings: Settings) -> int:
             return 0
         total = store.max_notification_id() - (0 if args.action == "rebuild" else model.position())
         with tqdm(total=max(total, 0), unit=" events", disable=not sys.stderr.isatty(),
-                  desc=f"{args.action} {model.name}") as bar:
+                  desc=f"{args.action} {model.name}") as bar, \
+                Jobs(settings.data_dir).start(f"projection-{args.action}",
+                                              f"{args.action} {model.name}", max(total, 0)) as job:
+            progress = both(bar.update, job.advance)
             if args.action == "rebuild":
-                done = runner.rebuild(progress=bar.update)
+                done = runner.rebuild(progress=progress)
             else:
-                done = runner.catch_up(progress=bar.update)
+                done = runner.catch_up(progress=progress)
+            job.finish(f"applied {done} events")
         print(f"{model.name}: applied {done} events, now at {model.position()}, lag {runner.lag()}")
         return 0
     finally:

@@ -403,11 +403,15 @@ def cmd_history(args, settings: Settings) -> int:
 def cmd_reindex(args, settings: Settings) -> int:
     from tqdm import tqdm
 
+    from hub.core.jobs import Jobs, both
+
     store = open_store(settings, existing=True)
     try:
         total = store.max_notification_id()
-        with tqdm(total=total, unit=" events", disable=not sys.stderr.isatty()) as bar:
-            done = store.rebuild_indexes(progress=bar.update)
+        with tqdm(total=total, unit=" events", disable=not sys.stderr.isatty()) as bar, \
+                Jobs(settings.data_dir).start("reindex", "the store's indexes", total) as job:
+            done = store.rebuild_indexes(progress=both(bar.update, job.advance))
+            job.finish(f"reindexed {done} events")
     finally:
         store.close()
     print(f"reindexed {done} events")

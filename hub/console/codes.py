@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from typing import Any
 from urllib.parse import quote
 
@@ -17,6 +18,9 @@ from hub.console.common import check_csrf, page, router, say
 from hub.core.access import Action
 from hub.core.errors import FhirError
 from hub.core.events import resource_bytes
+from hub.core.jobs import Job, Jobs
+from terminology.normalise import Normaliser
+from terminology.renormalise import mapped_codes, outcome, renormalise, store_concept_maps
 
 # -- code mapping -----------------------------------------------------------------------------
 
@@ -30,11 +34,26 @@ def mapping_page(request: Request) -> Response:
     runner = request.app.state.unmapped_runner
     if model is None or runner is None:
         raise FhirError(503, "transient", "The unmapped-codes projection is not running")
-    institution = request.query_params.get("institution", "").strip()[:200]
+    q = request.query_params
+    institution = q.get("institution", "").strip()[:200]
     runner.sync(5.0)
     rows = model.worklist(institution or None, None, 200)
+    # looking a standard code up, and the one chosen (filled into every row's form)
+    find_system = q.get("find_system", "http://loinc.org").strip()[:300]
+    find = q.get("find", "").strip()[:100]
+    found: list[Any] = []
+    if find:
+        service = request.app.state.terminology
+        ref = service.code_system(find_system)
+        if ref is None:
+            raise FhirError(404, "not-found", f"No code system {find_system} is loaded")
+        found = service.find(ref, find, 20)
+    use = {k: q.get(f"use_{k}", "").strip()[:300] for k in ("system", "code", "display")}
+    running = [j for j in Jobs(request.app.state.settings.data_dir).list(20)
+               if j["kind"] == "renormalise"][:1]
     return page(request, "mapping.html", "mapping", rows=rows, institution=institution,
-                 notice=request.query_params.get("notice"))
+                find_system=find_system, find=find, found=found, use=use, last_run=running,
+                notice=q.get("notice"))
 
 
 @router.post("/console/mapping", name="console-mapping-post", include_in_schema=False)
@@ -51,6 +70,52 @@ async def mapping_post(request: Request) -> Response:
     await run_in_threadpool(_map_code, request, values)
     notice = f"{values['code']} → {values['target_code']}: " + say(request, "mapped")
     return RedirectResponse(f"/console/mapping?notice={quote(notice)}", 303)
+
+
+@router.post("/console/mapping/renormalise", name="console-mapping-renormalise",
+             include_in_schema=False)
+async def renormalise_post(request: Request) -> Response:
+    """Start a renormalisation (the ConceptMaps applied again to the resources the worklist
+    lists, new versions written) in the background; its progress is on the jobs page."""
+    form = await request.form()
+    authorize(request, Action("operation", None, None, "$console-mapping"))
+    check_csrf(request, form)
+    institution = str(form.get("institution") or "").strip()[:200] or None
+    jobs = Jobs(request.app.state.settings.data_dir)
+    if any(j["kind"] == "renormalise" and j["status"] == "running" for j in jobs.list(50)):
+        notice = say(request, "already_running")
+        return RedirectResponse(f"/console/jobs?notice={quote(notice)}", 303)
+    claims = getattr(request.state, "console_claims", None) or {}
+    job = jobs.start("renormalise", f"renormalisation{f' of {institution}' if institution else ''}"
+                     f" by {claims.get('sub', 'console')}")
+    app = request.app
+    threading.Thread(target=_renormalise, args=(app, institution, job), daemon=True,
+                     name=f"renormalise-{job.id}").start()
+    return RedirectResponse(f"/console/jobs?notice={quote(say(request, 'started'))}", 303)
+
+
+def _renormalise(app: Any, institution: str | None, job: Job) -> None:
+    """What ``hub terminology renormalise`` does, in the server, recorded as ``job``."""
+    with job:
+        model, runner, hub = app.state.unmapped, app.state.unmapped_runner, app.state.hub
+        normaliser = Normaliser.from_concept_maps(store_concept_maps(hub.store))
+        runner.sync(60.0)
+        job.set_total(len(model.streams(institution, mapped_codes(model, normaliser,
+                                                                 institution))))
+        counts = renormalise(hub, model, normaliser, institution, job.advance)
+        job.finish(outcome(counts))
+
+
+@router.api_route("/console/jobs", methods=["GET", "HEAD"], name="console-jobs",
+                  include_in_schema=False)
+def jobs_page(request: Request) -> Response:
+    """Long work and its progress: index rebuilds, re-matching, renormalisation, bulk replays,
+    whether a CLI command or the console started them (the page reloads while one runs)."""
+    authorize(request, Action("operation", None, None, "$console-overview"))
+    jobs = Jobs(request.app.state.settings.data_dir).list(50)
+    return page(request, "jobs.html", "jobs", jobs=jobs,
+                running=any(j["status"] == "running" for j in jobs),
+                notice=request.query_params.get("notice"))
 
 
 def _map_code(request: Request, v: dict[str, str]) -> None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 
 from hub.core.commandline import UsageError, open_store
+from hub.core.jobs import Jobs, both
 
 if TYPE_CHECKING:
     from projections.person import PersonProjection
@@ -159,9 +160,14 @@ def cmd_mpi(args: Any, settings: Any) -> int:
         blocked = blocked_from_pairs(service[1]) if service is not None else None
         try:
             with tqdm(total=index.size(), unit=" Patients", desc="rematch",
-                      disable=not sys.stderr.isatty()) as bar:
-                counts = rematch_all(index, matcher, None, blocked, progress=bar.update,
+                      disable=not sys.stderr.isatty()) as bar, \
+                    Jobs(settings.data_dir).start("rematch", "re-matching every Patient",
+                                                  index.size()) as job:
+                counts = rematch_all(index, matcher, None, blocked,
+                                     progress=both(bar.update, job.advance),
                                      decide_many=decide_many)
+                job.finish(f"{counts['link']} linked, {counts['review']} to review, "
+                           f"{counts['new']} new")
         finally:
             if out is not None:
                 out.close()

@@ -1,0 +1,53 @@
+"""Long work's progress (``hub.core.jobs``): what a CLI command records where the console shows
+it; a job whose process died shows as interrupted, one that raised as failed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hub.cli import main
+from hub.core.jobs import Jobs, both
+
+
+def test_a_job_counts_its_work_and_finishes(tmp_path):
+    jobs = Jobs(tmp_path)
+    job = jobs.start("rematch", "re-matching every Patient", 1000)
+    seen = []
+    progress = both(seen.append, job.advance)
+    for _ in range(10):
+        progress(100)
+    time.sleep(0.6)
+    job.advance(0)  # the last write is at most half a second behind
+    [row] = jobs.list()
+    assert row["status"] == "running" and row["done"] == 1000 and row["percent"] == 100.0
+    job.finish("10 linked")
+    [row] = jobs.list()
+    assert (row["status"], row["detail"], sum(seen)) == ("finished", "10 linked", 1000)
+
+
+def test_a_job_that_raises_is_failed_and_one_whose_process_died_is_interrupted(tmp_path):
+    jobs = Jobs(tmp_path)
+    with pytest.raises(RuntimeError):
+        with jobs.start("renormalise", "renormalisation", 5) as job:
+            job.advance(2)
+            raise RuntimeError("the store went away")
+    code = ("import sys; from hub.core.jobs import Jobs; "
+            f"Jobs({str(tmp_path)!r}).start('reindex', 'the store', 9).advance(3)")
+    subprocess.run([sys.executable, "-c", code], check=True)  # exits without finishing
+    by_kind = {j["kind"]: j for j in jobs.list()}
+    assert by_kind["renormalise"]["status"] == "failed"
+    assert "the store went away" in by_kind["renormalise"]["detail"]
+    assert by_kind["reindex"]["status"] == "interrupted"
+
+
+def test_a_projection_rebuild_from_the_cli_is_recorded(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["demo", "--data-dir", str(data), "--people", "3"]) == 0
+    assert main(["projections", "rebuild", "quality", "--data-dir", str(data)]) == 0
+    [row] = [j for j in Jobs(data).list() if j["kind"] == "projection-rebuild"]
+    assert row["status"] == "finished" and row["title"] == "rebuild quality"
+    assert row["done"] == row["total"] > 0
