@@ -198,6 +198,10 @@ class LiveServer:
         env.pop("HUB_BASE_URL", None)
         for name, value in (("HUB_AUTH_ISSUER", self.settings.auth_issuer),
                             ("HUB_AUTH_JWKS_URL", self.settings.auth_jwks_url),
+                            ("HUB_CONSOLE_OIDC_ISSUER", self.settings.console_oidc_issuer),
+                            ("HUB_CONSOLE_OIDC_CLIENT_ID", self.settings.console_oidc_client_id),
+                            ("HUB_CONSOLE_OIDC_CLIENT_SECRET",
+                             self.settings.console_oidc_client_secret),
                             ("HUB_TRUSTED_PROXIES", ",".join(self.settings.trusted_proxies)),
                             ("HUB_RATE_LIMIT", str(self.settings.rate_limit or "")),
                             ("HUB_QUARANTINE_QUOTA", str(self.settings.quarantine_quota)),

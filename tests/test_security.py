@@ -30,7 +30,9 @@ from tests.conftest import FHIR_JSON, LiveServer, free_port, make_settings
 # routes anyone may call (hub.api.caller.PUBLIC_PATHS)
 PUBLIC = {"/fhir/metadata", "/fhir/.well-known/smart-configuration", "/auth/token", "/auth/jwks",
           "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/v3/wsdl",
-          "/console/login"}
+          "/console/login",
+          # logging in with an identity provider (tests/test_console_oidc.py): the way to a session
+          "/console/oidc/start", "/console/oidc/callback"}
 FILL = {"rtype": "Patient", "rid": "x1", "vid": "1", "ctype": "Patient", "cid": "x1"}
 ISSUER = "https://idp.example.test/realms/region"
 

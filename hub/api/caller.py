@@ -148,6 +148,7 @@ PUBLIC_PATHS = frozenset({
     "/fhir/metadata", "/fhir/.well-known/smart-configuration", "/auth/token", "/auth/jwks",
     "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/v3/wsdl",
     "/console/login",  # the console's login page and form (its pages need a session)
+    "/console/oidc/start", "/console/oidc/callback",  # logging in with an identity provider
 })
 
 

@@ -152,10 +152,10 @@ def normalise(claims: dict, issuer: ExternalIssuer) -> dict:
     out = {k: v for k, v in claims.items() if k not in ("hub_roles", "hub_institution")}
     scope = claims.get("scope", claims.get("scp"))
     out["scope"] = " ".join(str(s) for s in scope) if isinstance(scope, list) else str(scope or "")
-    roles = _at(claims, issuer.roles_claim)
+    roles = claim_at(claims, issuer.roles_claim)
     roles = [roles] if isinstance(roles, str) else roles if isinstance(roles, list) else []
     out["hub_roles"] = [r for r in ROLES if r in roles]
-    institution = _at(claims, issuer.institution_claim)
+    institution = claim_at(claims, issuer.institution_claim)
     if isinstance(institution, list) and len(institution) == 1:
         institution = institution[0]
     if isinstance(institution, str) and institution:
@@ -163,7 +163,8 @@ def normalise(claims: dict, issuer: ExternalIssuer) -> dict:
     return out
 
 
-def _at(claims: dict, path: str) -> Any:
+def claim_at(claims: dict, path: str) -> Any:
+    """The claim at a dotted path into nested objects (``realm_access.roles``), or None."""
     node: Any = claims
     for part in path.split("."):
         if not isinstance(node, dict):

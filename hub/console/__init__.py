@@ -18,7 +18,7 @@ review). Templates are Jinja2 (``templates/``), the words ``i18n.yaml``, ECharts
 
 from __future__ import annotations
 
-from hub.console import audit, codes, connectors, identity, intake, login, quality, record  # noqa: F401  (their routes)
+from hub.console import audit, codes, connectors, identity, intake, login, oidc, quality, record  # noqa: F401  (their routes)
 from hub.console.common import STATIC, error_page, router
 
 __all__ = ["STATIC", "error_page", "router"]

@@ -14,6 +14,7 @@ from hub.auth.clients import REGISTRY_FILE
 from hub.auth.sessions import AUDIENCE, COOKIE, ISSUER, SESSION_S
 from hub.auth.users import UserRegistry
 from hub.console.common import check_csrf, page, router, safe_next
+from hub.console.oidc import configured
 from hub.core.access import Action
 
 # -- login ------------------------------------------------------------------------------------
@@ -27,8 +28,8 @@ def console_root(request: Request) -> Response:
 @router.api_route("/console/login", methods=["GET", "HEAD"], name="console-login",
                   include_in_schema=False)
 def login_form(request: Request) -> Response:
-    return page(request, "login.html", "login", failed=False,
-                 next=safe_next(request.query_params.get("next", "")))
+    return page(request, "login.html", "login", failed=False, oidc=configured(request),
+                next=safe_next(request.query_params.get("next", "")))
 
 
 @router.post("/console/login", name="console-login-post", include_in_schema=False)
@@ -39,7 +40,7 @@ async def login(request: Request) -> Response:
     users = UserRegistry(settings.data_dir / REGISTRY_FILE)
     user = await run_in_threadpool(users.check, name, password) if name and password else None
     if user is None:
-        refused = page(request, "login.html", "login", failed=True,
+        refused = page(request, "login.html", "login", failed=True, oidc=configured(request),
                         next=safe_next(str(form.get("next") or "")))
         refused.status_code = 401
         return refused

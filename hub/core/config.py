@@ -36,6 +36,10 @@ HUB_AUTH_ISSUER   an external OpenID Connect provider's issuer (its tokens are a
 HUB_AUTH_JWKS_URL that provider's key set                                       (unset)
 HUB_AUTH_ROLES_CLAIM / HUB_AUTH_INSTITUTION_CLAIM  where its tokens carry the hub's roles and the
                   institution                                                   roles / institution
+HUB_CONSOLE_OIDC_ISSUER  an OpenID Connect provider the console's people log in with  (unset: local
+                  (authorization code with PKCE; hub.console.oidc)               users only)
+HUB_CONSOLE_OIDC_CLIENT_ID / HUB_CONSOLE_OIDC_CLIENT_SECRET  the console's registration there
+                  (a public client needs no secret)                             hub-console / (unset)
 """
 
 from __future__ import annotations
@@ -105,6 +109,12 @@ class Settings:
         default_factory=lambda: os.environ.get("HUB_AUTH_ROLES_CLAIM", "roles"))
     auth_institution_claim: str = field(
         default_factory=lambda: os.environ.get("HUB_AUTH_INSTITUTION_CLAIM", "institution"))
+    console_oidc_issuer: str | None = field(
+        default_factory=lambda: os.environ.get("HUB_CONSOLE_OIDC_ISSUER") or None)
+    console_oidc_client_id: str = field(
+        default_factory=lambda: os.environ.get("HUB_CONSOLE_OIDC_CLIENT_ID", "hub-console"))
+    console_oidc_client_secret: str | None = field(
+        default_factory=lambda: os.environ.get("HUB_CONSOLE_OIDC_CLIENT_SECRET") or None)
 
     # the search backend: the SQLite index in the data directory ("sqlite"), or Elasticsearch
     # at HUB_ES_URL ("elasticsearch"; the SQLite index is still kept: $everything reads it)

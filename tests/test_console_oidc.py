@@ -1,0 +1,109 @@
+"""Logging in to the console with an external OpenID Connect provider (authorization code with
+PKCE), in a real headless browser against a real ``hub serve`` and a real provider
+(``oidc-provider-mock``: discovery, a login form, signed ID tokens): a person with a hub role
+gets a session; one without is refused; an answer not for this login (state) is refused."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, quote, urlparse
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer, make_settings
+from tests.test_console import _driver, base, click, wait_for
+
+
+@pytest.fixture(scope="module")
+def provider():
+    import oidc_provider_mock
+
+    with oidc_provider_mock.run_server_in_thread() as server:
+        yield f"http://localhost:{server.server_port}"
+
+
+@pytest.fixture(scope="module")
+def live(provider, tmp_path_factory, request):
+    settings = make_settings("sqlite", tmp_path_factory.mktemp("oidc"), request)
+    settings.console_oidc_issuer = provider
+    settings.console_oidc_client_id = "hub-console"
+    settings.console_oidc_client_secret = "a confidential client's secret"  # the provider's rule
+    with LiveServer(settings) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser():
+    d = _driver()
+    d.set_page_load_timeout(30)
+    yield d
+    d.quit()
+
+
+def person(provider: str, sub: str, claims: dict) -> None:
+    r = httpx.put(f"{provider}/users/{quote(sub)}", json=claims)
+    assert r.status_code == 204, r.text
+
+
+def log_in_at_the_provider(browser, live, sub: str) -> dict[str, list[str]]:
+    """From the console's login page through the provider's form; the authorization request's
+    parameters as the provider received them."""
+    from selenium.webdriver.common.by import By
+
+    browser.delete_all_cookies()
+    browser.get(base(live) + "/console/login?next=/console/quality")
+    click(browser, browser.find_element(By.ID, "oidc"))
+    asked = parse_qs(urlparse(browser.current_url).query)
+    browser.find_element(By.NAME, "sub").send_keys(sub)
+    click(browser, browser.find_element(By.CSS_SELECTOR, "button[type=submit]"))
+    return asked
+
+
+def test_a_person_with_a_role_logs_in_with_the_identity_provider(browser, live, provider):
+    from selenium.webdriver.common.by import By
+
+    person(provider, "li.yunwei@example.org", {"name": "李运维", "roles": ["steward", "nurse"]})
+    asked = log_in_at_the_provider(browser, live, "li.yunwei@example.org")
+    # the authorization request: code flow, PKCE with S256, a state and a nonce
+    assert asked["response_type"] == ["code"] and asked["client_id"] == ["hub-console"]
+    assert asked["code_challenge_method"] == ["S256"] and len(asked["code_challenge"][0]) == 43
+    assert asked["state"][0] and asked["nonce"][0]
+    assert asked["redirect_uri"] == [base(live) + "/console/oidc/callback"]
+    # back at the hub, logged in, on the page asked for
+    assert wait_for(lambda: urlparse(browser.current_url).path == "/console/quality"
+                    and browser.find_elements(By.ID, "who"))
+    assert browser.find_element(By.ID, "who").text == "李运维"
+    assert browser.get_cookie("hub_console_oidc") is None  # the flow's cookie is gone
+    # the session carries the hub's roles only: a steward's pages, not an auditor's
+    browser.get(base(live) + "/console/audit")
+    assert browser.find_element(By.ID, "error-status").text == "403"
+
+
+def test_a_person_without_a_hub_role_is_refused(browser, live, provider):
+    from selenium.webdriver.common.by import By
+
+    person(provider, "visitor@example.org", {"name": "访客", "roles": ["nurse"]})
+    log_in_at_the_provider(browser, live, "visitor@example.org")
+    assert wait_for(lambda: browser.find_elements(By.ID, "oidc-error"))
+    assert "none of the hub's roles" in browser.find_element(By.ID, "oidc-error").text
+    assert browser.get_cookie("hub_console") is None
+
+
+def test_an_answer_not_for_this_login_is_refused(live, provider):
+    # a callback without the flow's cookie (another browser's code, or a forged one)
+    r = httpx.get(base(live) + "/console/oidc/callback", params={"code": "x", "state": "y"},
+                  follow_redirects=False)
+    assert r.status_code == 403 and "hub_console=" not in r.headers.get("set-cookie", "")
+    # the flow's cookie, but another state
+    start = httpx.get(base(live) + "/console/oidc/start", follow_redirects=False)
+    assert start.status_code == 303 and start.headers["location"].startswith(provider)
+    flow = start.cookies.get("hub_console_oidc")
+    assert flow
+    r = httpx.get(base(live) + "/console/oidc/callback", params={"code": "x", "state": "other"},
+                  cookies={"hub_console_oidc": flow}, follow_redirects=False)
+    assert r.status_code == 403 and "state" in r.text
+    # the right state but a code the provider never issued
+    state = parse_qs(urlparse(start.headers["location"]).query)["state"][0]
+    r = httpx.get(base(live) + "/console/oidc/callback", params={"code": "x", "state": state},
+                  cookies={"hub_console_oidc": flow}, follow_redirects=False)
+    assert r.status_code == 403 and "hub_console=" not in r.headers.get("set-cookie", "")
