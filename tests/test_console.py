@@ -264,6 +264,69 @@ def test_quality_per_institution_rule_and_type_drilled_down_to_the_document(brow
     assert browser.find_element(By.ID, "error-status").text == "403"
 
 
+def test_an_auditor_reviews_a_break_the_glass_access_and_searches_the_accesses(
+        browser, live, people, client):
+    """A clinician reads a record breaking the glass (ETREAT) and once for treatment; the
+    auditor finds the emergency access on the audit page, reviews it (not justified needs a
+    reason), the review is an AuditEvent of the log naming the access; the accesses to the
+    patient are found by the patient's reference, each with who, what and why."""
+    from selenium.webdriver.common.by import By
+
+    n = uuid.uuid4().hex[:6]
+    pid = f"btg-{n}"
+    assert client.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid,
+                                               "name": [{"family": "急诊"}]}).status_code in (200, 201)
+    auth = live.client_auth(roles=("clinician",), name=f"急诊医生 {n}") if live.settings.auth \
+        else None
+    for purpose in ("ETREAT", "TREAT"):
+        r = httpx.get(f"{live.base}/Patient/{pid}", auth=auth,
+                      headers={"x-purpose-of-use": purpose})
+        assert r.status_code == 200, r.text
+    login(browser, live, people["auditor"], path="/console/audit")
+
+    def access_row():
+        browser.get(base(live) + "/console/audit")
+        return next((r for r in browser.find_elements(By.CSS_SELECTOR, "#emergency tbody tr")
+                     if f"Patient/{pid}" in r.text), None)
+
+    row = wait_for(access_row)
+    assert row is not None and "ETREAT" in row.text, browser.find_element(By.TAG_NAME, "main").text[:2000]
+    access_id = row.get_attribute("id").removeprefix("access-")
+    # not justified without a reason: refused, nothing recorded
+    click(browser, row.find_element(By.CSS_SELECTOR, "button.unjustified"))
+    assert browser.find_element(By.ID, "error-status").text == "400"
+    browser.get(base(live) + "/console/audit")
+    row = browser.find_element(By.ID, f"access-{access_id}")
+    row.find_element(By.CSS_SELECTOR, "input.note").send_keys("无急诊就诊记录")
+    click(browser, row.find_element(By.CSS_SELECTOR, "button.unjustified"))
+    assert "已复核" in browser.find_element(By.ID, "notice").text
+    review = browser.find_element(By.ID, f"access-{access_id}").find_element(By.CLASS_NAME, "review")
+    assert "不合理" in review.text and people["auditor"] in review.text and "无急诊就诊记录" in review.text
+    assert not review.find_elements(By.TAG_NAME, "form")
+    auditor = httpx.Client(base_url=live.base, auth=live.client_auth(roles=("auditor",)) if
+                           live.settings.auth else None)
+    found = auditor.get("/AuditEvent", params={"entity": f"AuditEvent/{access_id}"}).json()
+    [event] = [e["resource"] for e in found.get("entry", [])]
+    assert event["type"]["code"] == "emergency-access-review"
+    assert event["outcomeDesc"] == "unjustified: 无急诊就诊记录"
+    auditor.close()
+    # who read the patient's record, when and why
+    browser.find_element(By.ID, "a-patient").send_keys(f"Patient/{pid}")
+    click(browser, browser.find_element(By.ID, "a-search"))
+    rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#accesses tbody tr")]
+    reads = [r for r in rows if "read" in r]
+    assert any("ETREAT" in r for r in reads) and any("TREAT" in r and "ETREAT" not in r
+                                                       for r in reads)
+    # a steward has no audit page; a clinician cannot review
+    cookie = browser.get_cookie("hub_console")["value"]
+    login(browser, live, people["steward"], path="/console/audit")
+    assert browser.find_element(By.ID, "error-status").text == "403"
+    r = httpx.post(base(live) + f"/console/audit/{access_id}/review",
+                   data={"csrf": "forged", "finding": "justified"},
+                   cookies={"hub_console": cookie}, follow_redirects=False)
+    assert r.status_code == 403
+
+
 def test_who_may_see_what(browser, live, people):
     """A clinician has no console pages; an auditor sees the audit, not the quarantine; a form
     not from the session is refused; without a session, the login page."""

@@ -116,6 +116,29 @@ _SUBTYPES = {i: {"system": _REST, "code": i} for i in (
     "history-system")}
 
 
+REVIEW = {"system": "https://fhir-region-hub.example/CodeSystem/audit-review",
+          "code": "emergency-access-review", "display": "Break-the-glass access reviewed"}
+
+
+def review_event(ctx: Context, reviewed: str, finding: str, note: str) -> dict:
+    """The AuditEvent of an auditor's review of a break-the-glass access (``reviewed``: that
+    access's AuditEvent id; ``finding``: ``justified`` or ``unjustified``): an event of the
+    append-only log like the access itself, so the review is as tamper-evident as what it
+    reviews."""
+    actor = ctx.actor
+    return {
+        "resourceType": "AuditEvent", "type": REVIEW, "subtype": [REVIEW], "action": "E",
+        "recorded": now_instant()[0], "outcome": "0",
+        "outcomeDesc": f"{finding}: {note}"[:512],
+        "agent": [{"type": _HUMAN, "requestor": True,
+                   "who": {"identifier": {"system": USER_SYSTEM, "value": actor.subject},
+                           "display": actor.subject}}],
+        "source": _SOURCE,
+        "entity": [{"what": {"reference": f"AuditEvent/{reviewed}"}, "type": _OBJECT,
+                    "description": finding}],
+    }
+
+
 def access_event(ctx: Context, action: Action, outcome: str, patients: Sequence[str],
                  handed: Sequence[tuple[str, str]], detail: str | None = None) -> dict:
     """The AuditEvent of one access (IHE BALP: RESTful interaction, requesting agent,

@@ -379,11 +379,14 @@ def audit_events(log: Any, since_us: int | None = None, page: int = 1000) -> Ite
 EMERGENCY = frozenset({"ETREAT", "BTG"})  # break-the-glass purposes of use: accesses to review
 
 
-def emergency_accesses(log: Any, since_us: int | None = None) -> list[dict]:
-    """The break-the-glass accesses in the audit: recorded, who, purpose, outcome, what."""
+def emergency_accesses(log: Any, since_us: int | None = None,
+                       limit: int | None = None) -> list[dict]:
+    """The break-the-glass accesses in the audit, oldest first: recorded, who, purpose, outcome,
+    what; each found by the log's purpose index (the newest ``limit`` of them with a limit)."""
     out = []
-    for body in audit_events(log, since_us):
-        d = orjson.loads(body)
+    found = log.with_values("purpose", sorted(EMERGENCY), since_us, limit or 1 << 62)
+    for row in reversed(found):
+        d = orjson.loads(row.body)
         purposes = {c.get("code") for p in d.get("purposeOfEvent") or ()
                     for c in p.get("coding") or ()}
         if not purposes & EMERGENCY:

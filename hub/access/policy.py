@@ -78,6 +78,7 @@ OPERATIONS: dict[str, tuple[frozenset[str], str | None, str | None]] = {
     "$console-quarantine": (frozenset({"steward", "admin"}), None, None),
     "$console-quarantine-replay": (frozenset({"steward", "admin"}), None, None),
     "$console-audit": (frozenset({"auditor", "admin"}), None, None),
+    "$console-audit-review": (frozenset({"auditor", "admin"}), None, None),
     "$console-terminology": (frozenset({"clinician", "steward", "auditor", "admin"}), None, None),
     "$console-record": (frozenset({"clinician", "admin"}), None, None),
     "$console-mapping": (frozenset({"steward", "admin"}), None, None),

@@ -142,6 +142,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         audit_log = open_audit_log(settings.data_dir, settings.database_url)
         audit_log.start()  # spooled events into the tables, in bulk, off the requests' path
         audit = AuditWriter(audit_log)
+        app.state.audit_log = audit_log  # the console's audit page reads it
         # the access policy: the one given, else with access control on the roles, scopes and
         # the patients' consents (read from this store)
         active = policy if policy is not None else (

@@ -1,24 +1,120 @@
-"""The access audit: break-the-glass accesses to review."""
+"""The access audit: who read whose record, when and why (a search of the audit log, itself
+read through the repository: checked and audited); the break-the-glass accesses, each to be
+reviewed by an auditor (the review written to the append-only audit log as an AuditEvent)."""
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import orjson
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
+from hub.access.audit import REVIEW, review_event
 from hub.access.chain import emergency_accesses
-from hub.api.caller import authorize
-from hub.console.common import page, router
+from hub.api.caller import authorize, context_of, repository
+from hub.console.common import check_csrf, page, router, say
 from hub.core.access import Action
+from hub.core.errors import FhirError
 
-# -- audit ------------------------------------------------------------------------------------
+WINDOW_DAYS = 90  # the break-the-glass accesses listed: the last ninety days'
+FINDINGS = ("justified", "unjustified")
+
+
+def _log(request: Request) -> Any:
+    return getattr(request.app.state, "audit_log", None)
+
 
 @router.api_route("/console/audit", methods=["GET", "HEAD"], name="console-audit",
                   include_in_schema=False)
 def audit_page(request: Request) -> Response:
-    authorize(request, Action("operation", None, None, "$console-audit"))
-    log = getattr(request.app.state.repo, "audit_records", None)
-    found = emergency_accesses(log) if log is not None else []
-    rows = [{"time": a["recorded"], "who": a["who"], "whose": ", ".join(a["what"][:3]),
-             "what": "/".join(a["access"]), "why": a["purpose"], "outcome": a["outcome"]}
-            for a in reversed(found[-200:])]
-    return page(request, "audit.html", "audit", emergency=rows)
+    ctx = authorize(request, Action("operation", None, None, "$console-audit"))
+    log = _log(request)
+    since = int((datetime.now(UTC) - timedelta(days=WINDOW_DAYS)).timestamp() * 1_000_000)
+    found = emergency_accesses(log, since, 200) if log is not None else []
+    reviews: dict[str, dict[str, str]] = {}
+    if found:
+        for row in log.with_values("entity", [f"AuditEvent/{a['id']}" for a in found]):
+            d = orjson.loads(row.body)
+            if (d.get("type") or {}).get("code") != REVIEW["code"]:
+                continue
+            target = d["entity"][0]["what"]["reference"].split("/", 1)[1]
+            reviews.setdefault(target, {  # the newest review stands (rows come newest first)
+                "by": d["agent"][0]["who"]["display"], "when": d.get("recorded", "")[:19],
+                "finding": d["entity"][0].get("description", ""),
+                "note": str(d.get("outcomeDesc", "")).partition(": ")[2]})
+    emergency = [{"id": a["id"], "time": a["recorded"], "who": a["who"],
+                  "whose": ", ".join(a["what"][:3]), "what": "/".join(a["access"]),
+                  "why": a["purpose"], "outcome": a["outcome"], "review": reviews.get(a["id"])}
+                 for a in reversed(found)]
+    q = {k: request.query_params.get(k, "").strip()[:200] for k in ("patient", "who", "since")}
+    accesses = _search(request, ctx, q) if any(q.values()) else None
+    return page(request, "audit.html", "audit", emergency=emergency, q=q, accesses=accesses,
+                findings=FINDINGS, notice=request.query_params.get("notice"))
+
+
+def _search(request: Request, ctx: Any, q: dict[str, str]) -> list[dict[str, str]]:
+    """Who read whose record, when and why: AuditEvents by patient, by the person (the name the
+    log records) and from a day on, the newest first."""
+    params = [("_sort", "-date"), ("_count", "100")]
+    if q["patient"]:
+        ref = q["patient"] if "/" in q["patient"] else f"Patient/{q['patient']}"
+        params.append(("patient", ref))
+    if q["who"]:
+        params.append(("agent-name", q["who"]))
+    if q["since"]:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", q["since"]):
+            raise FhirError(400, "invalid", "since is a date (YYYY-MM-DD)")
+        params.append(("date", f"ge{q['since']}"))
+    repo = repository(request)
+    base = request.app.state.settings.fhir_base
+    plan = repo.plan(ctx, "AuditEvent", params, True, base)
+    found = repo.search(ctx, plan, 100, "none", base, includes=False)
+    out = []
+    for row in found.page.rows:
+        body = found.bodies.get((row.rtype, row.rid))
+        if body is None:
+            continue
+        d = orjson.loads(body[1].partition(b"\n")[2])  # header line, resource JSON
+        agent = (d.get("agent") or [{}])[0]
+        out.append({
+            "time": str(d.get("recorded", ""))[:19].replace("T", " "),
+            "who": (agent.get("who") or {}).get("display", ""),
+            "what": ", ".join(s.get("display") or s.get("code", "")
+                              for s in d.get("subtype") or []),
+            "whose": ", ".join(e["what"]["reference"] for e in d.get("entity") or []
+                               if (e.get("what") or {}).get("reference", "").startswith(
+                                   "Patient/"))[:300],
+            "why": ", ".join(c.get("code", "") for p in d.get("purposeOfEvent") or []
+                             for c in p.get("coding") or []),
+            "outcome": d.get("outcome", ""), "address": (agent.get("network") or {}).get(
+                "address", "")})
+    return out
+
+
+@router.post("/console/audit/{event_id}/review", name="console-audit-review",
+             include_in_schema=False)
+async def review(request: Request, event_id: str) -> Response:
+    """An auditor's review of one break-the-glass access: justified or not, with a note."""
+    form = await request.form()
+    authorize(request, Action("operation", None, None, "$console-audit-review"))
+    check_csrf(request, form)
+    finding = str(form.get("finding") or "")
+    note = str(form.get("note") or "").strip()[:400]
+    if finding not in FINDINGS:
+        raise FhirError(400, "invalid", "the finding is justified or unjustified")
+    if finding == "unjustified" and not note:
+        raise FhirError(400, "invalid", "say why the access was not justified")
+    log = _log(request)
+    if log is None or not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", event_id) or \
+            not log.get_many([event_id]):
+        raise FhirError(404, "not-found", f"No AuditEvent {event_id}")
+    ctx = context_of(request, feed="console")
+    await run_in_threadpool(request.app.state.audit.write,
+                            review_event(ctx, event_id, finding, note))
+    notice = f"{event_id}: {say(request, 'reviewed')} ({say(request, 'finding_' + finding)})"
+    return RedirectResponse(f"/console/audit?notice={quote(notice)}", 303)
