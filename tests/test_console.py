@@ -362,7 +362,7 @@ def test_a_steward_decides_the_review_queue_side_by_side(browser, live, people, 
 
     prefix = uuid.uuid4().hex[:6]
     ids = []
-    for who, given in (("a", "四"), ("b", "四"), ("c", "思")):
+    for who, given in (("a", "四"), ("b", "四"), ("c", "思"), ("d", "斯")):
         pid = f"{prefix}-{who}"
         r = client.put(f"/Patient/{pid}", json={
             "resourceType": "Patient", "id": pid, "name": [{"family": "李", "given": [given]}],
@@ -370,7 +370,7 @@ def test_a_steward_decides_the_review_queue_side_by_side(browser, live, people, 
             "identifier": [{"system": f"urn:oid:1.2.3.{who}", "value": f"MR-{pid}"}]})
         assert r.status_code in (200, 201), r.text
         ids.append(pid)
-    a, b, c = ids
+    a, b, c, d = ids
     store = live.settings.open_store()
     matcher = IdentityService.open(store, live.settings.data_dir / f"matcher-{prefix}")
     try:
@@ -380,6 +380,8 @@ def test_a_steward_decides_the_review_queue_side_by_side(browser, live, people, 
                              "birth_date": {"level": "exact", "weight": 4.1}}, "r1")
         matcher.auto_decide(f"Patient/{c}", "review", [f"Patient/{a}"], 0.52,
                             {"name": {"level": "similar", "weight": 1.3}}, "r1")
+        matcher.auto_decide(f"Patient/{d}", "review", [f"Patient/{a}"], 0.55,
+                            {"name": {"level": "similar", "weight": 1.1}}, "r1")
     finally:
         matcher.close()
         store.close()
@@ -398,8 +400,13 @@ def test_a_steward_decides_the_review_queue_side_by_side(browser, live, people, 
     sc.find_element(By.CSS_SELECTOR, "input.reason").send_keys("不同的人：名字不同")
     click(browser, sc.find_element(By.CSS_SELECTOR, "button.reject"))
     assert "已标记为不同的人" in browser.find_element(By.ID, "notice").text
+    # set aside undecided: closed, nothing linked, nothing marked
+    click(browser, section(d).find_element(By.CSS_SELECTOR, "button.dismiss"))
+    assert "已关闭，未作判断" in browser.find_element(By.ID, "notice").text
     assert not [s for s in browser.find_elements(By.CSS_SELECTOR, "section.review")
-                if f"Patient/{b}" in s.text or f"Patient/{c}" in s.text]
+                if any(f"Patient/{x}" in s.text for x in (b, c, d))]
+    linked_d = client.get("/Person", params={"link": f"Patient/{d}"}).json()["entry"][0]
+    assert [x["target"]["reference"] for x in linked_d["resource"]["link"]] == [f"Patient/{d}"]
     person = client.get("/Person", params={"link": f"Patient/{a}"}).json()["entry"][0]["resource"]
     assert sorted(x["target"]["reference"] for x in person["link"]) == \
         sorted([f"Patient/{a}", f"Patient/{b}"])

@@ -71,9 +71,10 @@ def _person_view(request: Request, ctx: Any, ref: str) -> dict[str, str]:
 async def identity_decide(request: Request, rid: str) -> Response:
     form = await request.form()
     decision = str(form.get("decision") or "")
-    operation = {"accept": "$mpi-review-accept", "reject": "$mpi-review-reject"}.get(decision)
+    operation = {"accept": "$mpi-review-accept", "reject": "$mpi-review-reject",
+                 "dismiss": "$mpi-review-reject"}.get(decision)
     if operation is None:
-        raise FhirError(400, "invalid", "decision is accept or reject")
+        raise FhirError(400, "invalid", "decision is accept, reject or dismiss")
     authorize(request, Action("operation", None, rid, operation))
     check_csrf(request, form)
     identity = request.app.state.identity
@@ -82,9 +83,12 @@ async def identity_decide(request: Request, rid: str) -> Response:
     reason = str(form.get("reason") or "")[:500] or None
     if decision == "accept":
         await run_in_threadpool(identity.accept_review, rid, user, None, reason)
-    else:
+    elif decision == "reject":
         await run_in_threadpool(identity.reject_review, rid, user, reason)
-    notice = f"{rid}: " + say(request, "accepted" if decision == "accept" else "rejected")
+    else:
+        await run_in_threadpool(identity.dismiss_review, rid, user, reason)
+    notice = f"{rid}: " + say(request, {"accept": "accepted", "reject": "rejected",
+                                        "dismiss": "dismissed"}[decision])
     return RedirectResponse(f"/console/identity?notice={quote(notice)}", 303)
 
 

@@ -675,6 +675,23 @@ class IdentityService:
 
         return self._decide(plan)
 
+    def dismiss_review(self, review: str, user: str,
+                       reason: str | None = None) -> list[IdentityEvent]:
+        """A steward sets a proposal aside without deciding (not enough to say either way): the
+        review is closed, nothing is linked or marked, the matcher may propose the pair again."""
+        user, reason = _user(user), _text(reason)
+
+        def plan(c) -> list[IdentityEvent]:
+            r = self.person.review(c, review)
+            if r is None:
+                raise not_found(f"Review {review} is not known")
+            if r["status"] != "open":
+                raise conflict(f"Review {review} is closed ({r['outcome']})")
+            return [IdentityEvent("ReviewClosed", {**self._base(USER, user, reason=reason),
+                                                   "review": review, "outcome": "dismissed"})]
+
+        return self._decide(plan)
+
 
 def _auto_item(patient_ref: str, decision: str, candidate_refs: list[str], score: float,
                evidence: dict, ruleset: str) -> tuple[str, str, list[str], dict]:
