@@ -77,3 +77,18 @@ def test_hub_version():
     out = subprocess.run([sys.executable, "-m", "hub.cli", "--version"], capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == f"hub {metadata.version('fhir-region-hub')}"
+
+
+def test_every_data_file_of_the_packages_is_shipped():
+    """A file the packages read at run time (templates, tables, stylesheets) is in a wheel only
+    if ``package-data`` names its kind: an editable install would not notice one left out."""
+    import fnmatch
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = tool["package-data"]["*"]
+    tracked = subprocess.run(["git", "ls-files", *PACKAGES], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    left_out = [f for f in tracked if not f.endswith(".py")
+                and not any(fnmatch.fnmatch(Path(f).name, p) for p in patterns)
+                and not f.endswith(("README.md", ".gitignore"))]
+    assert not left_out, f"not in package-data: {left_out}"
