@@ -60,7 +60,7 @@ def record_page(request: Request) -> Response:
         params = [_criterion(q), ("_count", "20")]
         base = request.app.state.settings.fhir_base
         plan = repo.plan(ctx, "Patient", params, True, base)
-        found = repo.search(ctx, plan, 20, "accurate", base, includes=False)
+        found = repo.search(ctx, plan, 20, "none", base, includes=False)
         for row in found.page.rows:
             body = found.bodies.get((row.rtype, row.rid))
             if body is None:
