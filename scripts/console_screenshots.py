@@ -85,15 +85,17 @@ def main(argv: list[str] | None = None) -> None:
         _wait(base + "/ready")
         # two institutions' CDA documents: one clean, one whose ID number fails its check digit
         doc = (FIXTURES / "quality" / "wst500-C0002-clean.xml").read_bytes()
-        for inst, changes in (("H0002", {}), ("H0003", {b"110105198003151234":
-                                                        b"110105198003151235"})):
+        for inst, changes in (("H0002", {}), ("H0003", {
+                b"110105198003151234": b"110105198003151235",  # fails its check digit
+                b'root="2.16.156.10011.1.5" extension="H0001"':
+                    b'root="2.16.156.10011.1.5" extension="H0003"'})):
             body = doc.replace(b"TEST-OP-0001", f"SCREEN-{inst}".encode())
             for old, new in changes.items():
                 body = body.replace(old, new)
             auth, _, _ = _client(data, base, inst, ("connector",))
             r = httpx.post(base + "/cda", content=body, auth=auth, timeout=60,
                            headers={"content-type": "application/xml"})
-            assert r.status_code in (200, 201), r.text[:300]
+            assert r.status_code in (200, 201), [i.get("details") for i in r.json().get("issue", [])]
         document = r.headers["location"].split("/fhir/", 1)[1]
         # a connector daemon with one message it cannot convert (a dead letter)
         _, client_id, pem = _client(data, base, "H0001", ("connector",))

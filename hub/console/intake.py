@@ -17,7 +17,7 @@ from hub.api.health import runners
 from hub.console.common import check_csrf, page, router, say
 from hub.core.access import Action
 from hub.core.errors import FhirError
-from projections.intake import BY, day_of
+from projections.intake import BY, UNNAMED, day_of
 
 # -- overview ---------------------------------------------------------------------------------
 
@@ -46,6 +46,8 @@ def overview(request: Request) -> Response:
     per: dict[str, list[int]] = {}
     for day, key, n in intake.per_day(first, by, institution or None):
         per.setdefault(key, [0] * DAYS)[day - first] += n
+    if UNNAMED in per:  # what a source did not say: shown as such, not as a dash
+        per[say(request, "unnamed")] = per.pop(UNNAMED)
     totals = sorted(((k, sum(v)) for k, v in per.items()), key=lambda x: (-x[1], x[0]))
     series = [{"name": k, "data": per[k]} for k, _ in totals[:TOP]]
     if len(totals) > TOP:

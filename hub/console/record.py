@@ -220,6 +220,11 @@ def _show(v: Any) -> str:
         return v.get("display") or v.get("reference", "")
     if "value" in v and ("unit" in v or "code" in v):
         return f"{v['value']} {v.get('unit') or v.get('code', '')}".strip()
+    if "value" in v and isinstance(v["value"], str):  # an Identifier, a ContactPoint
+        return f"{v['value']} ({v['system']})" if v.get("system") else v["value"]
+    if "attachment" in v:
+        att = v["attachment"]
+        return " · ".join(str(att[k]) for k in ("title", "contentType", "url") if att.get(k))
     if "start" in v or "end" in v:
         return f"{v.get('start', '')} – {v.get('end', '')}"
     if "family" in v or "given" in v:
