@@ -254,6 +254,22 @@ class TerminologyStore:
                 break
         return out
 
+    def value_sets(self, text: str = "", limit: int = 200) -> list[dict]:
+        """The value sets held (url, version, title), as ``systems`` lists the code systems."""
+        self.refresh()
+        needle = text.strip().lower()
+        out = []
+        for stream, url, version in self.q("SELECT stream, url, version FROM t_vs "
+                                           "ORDER BY url, vkey"):
+            head = self.header(stream)
+            title = head.get("title") or head.get("name") or ""
+            if needle and needle not in f"{url} {title}".lower():
+                continue
+            out.append({"url": url, "version": version, "title": title})
+            if len(out) >= limit:
+                break
+        return out
+
     def versions(self, system: str) -> list[str]:
         names = sorted(self.system_aliases(system))
         marks = ",".join("?" * len(names))

@@ -23,7 +23,7 @@ from hub.cli import main
 from tests.conftest import LiveServer, free_port, make_settings
 from tests.test_connector_deadletter import batch_size_of
 from tests.test_connector_e2e import INFO, connector_config, needs_v2
-from tests.test_console import PASSWORD, _driver, base, click, login, wait_for
+from tests.console_helpers import PASSWORD, _driver, base, click, login, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, make_settings
-from tests.test_console import _driver, base, click, wait_for
+from tests.console_helpers import _driver, base, click, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ from hub.core.events import resource_bytes
 from hub.core.jobs import Job, Jobs
 from terminology.normalise import Normaliser
 from terminology.renormalise import mapped_codes, outcome, renormalise, store_concept_maps
+from terminology.service import TerminologyError, TerminologyNotFound
+from terminology.valueset import expand_stored
 
 # -- code mapping -----------------------------------------------------------------------------
 
@@ -156,6 +158,18 @@ def terminology_page(request: Request) -> Response:
     system = request.query_params.get("system", "")[:300]
     code = request.query_params.get("code", "")[:100]
     systems = service.systems(text)
+    value_sets = service.value_sets(text)
+    vs_url = request.query_params.get("vs", "")[:300]
+    expansion: dict[str, Any] | None = None
+    if vs_url:
+        try:
+            entries = expand_stored(service, vs_url)
+        except TerminologyNotFound:
+            raise FhirError(404, "not-found", f"No value set {vs_url}") from None
+        except TerminologyError as e:
+            raise FhirError(400, "invalid", f"The value set {vs_url} cannot be expanded: {e}") \
+                from None
+        expansion = {"url": vs_url, "total": len(entries), "entries": entries[:500]}
     found = None
     if system and code:
         ref = service.code_system(system)
@@ -165,4 +179,5 @@ def terminology_page(request: Request) -> Response:
             found.update(display=concept.display or "", active=concept.active,
                          parents=service.parents(ref, code), children=service.children(ref, code))
     return page(request, "terminology.html", "terminology", systems=systems, q=text,
+                value_sets=value_sets, expansion=expansion,
                  system=system, code=code, found=found)
