@@ -10,8 +10,7 @@ daemon down shows as unreachable and does not hold the page.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import httpx
 
 from hub.core.errors import FhirError
+from hub.core.sqlitefile import connection, create
 
 REGISTRY_FILE = "connectors.sqlite"
 TIMEOUT_S = 3.0
@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS daemon (
     url   TEXT NOT NULL,
     token TEXT,
     added TEXT NOT NULL
-)"""
+);"""
 
 
 @dataclass(frozen=True)
@@ -44,16 +44,10 @@ class Daemon:
 class DaemonRegistry:
     def __init__(self, data_dir: Path):
         self.path = Path(data_dir) / REGISTRY_FILE
+        create(self.path, _SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            with db:
-                db.execute(_SCHEMA)
-                yield db
-        finally:
-            db.close()
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return connection(self.path)
 
     def add(self, name: str, url: str, token: str | None) -> Daemon:
         if not url.startswith(("http://", "https://")):
@@ -68,8 +62,6 @@ class DaemonRegistry:
             return db.execute("DELETE FROM daemon WHERE name=?", (name,)).rowcount > 0
 
     def list(self) -> list[Daemon]:
-        if not self.path.exists():
-            return []
         with self._db() as db:
             rows = db.execute("SELECT name, url, token FROM daemon ORDER BY name").fetchall()
         return [Daemon(*r) for r in rows]

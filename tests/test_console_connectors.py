@@ -11,7 +11,6 @@ import secrets
 import uuid
 
 import httpx
-import pytest
 import yaml
 
 from connectors.kinds import converter
@@ -23,15 +22,7 @@ from hub.cli import main
 from tests.conftest import LiveServer, free_port, make_settings
 from tests.test_connector_deadletter import batch_size_of
 from tests.test_connector_e2e import INFO, connector_config, needs_v2
-from tests.console_helpers import PASSWORD, _driver, base, click, login, wait_for
-
-
-@pytest.fixture(scope="module")
-def browser():
-    d = _driver()
-    d.set_page_load_timeout(30)
-    yield d
-    d.quit()
+from tests.console_helpers import PASSWORD, base, browser, click, login, wait_for  # noqa: F401
 
 
 @needs_v2

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, make_settings
-from tests.console_helpers import _driver, base, click, wait_for
+from tests.console_helpers import base, browser, click, wait_for  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +30,6 @@ def live(provider, tmp_path_factory, request):
     settings.console_oidc_client_secret = "a confidential client's secret"  # the provider's rule
     with LiveServer(settings) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def browser():
-    d = _driver()
-    d.set_page_load_timeout(30)
-    yield d
-    d.quit()
 
 
 def person(provider: str, sub: str, claims: dict) -> None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +28,7 @@ from hub.auth.keys import check_jwks
 from hub.auth.roles import ROLES
 from hub.auth.scopes import check_scopes
 from hub.core.errors import bad_request, not_found
+from hub.core.sqlitefile import connection, create
 
 __all__ = ["REGISTRY_FILE", "ROLES", "Client", "ClientRegistry", "open_registry"]
 
@@ -93,26 +94,6 @@ class Client:
 def open_registry(data_dir: Path) -> ClientRegistry:
     """The registry of the data directory ``data_dir`` (``auth.sqlite``), created when missing."""
     return ClientRegistry(Path(data_dir) / REGISTRY_FILE)
-
-
-@contextmanager
-def connection(path: Path) -> Iterator[sqlite3.Connection]:
-    """A connection to the registry file for one transaction: committed, or rolled back on an
-    error (the client and user registries open one per call, safe across threads and processes)."""
-    db = sqlite3.connect(path, timeout=30)
-    try:
-        with db:
-            yield db
-    finally:
-        db.close()
-
-
-def create(path: Path, schema: str) -> None:
-    """The registry file and ``schema``'s tables, when missing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with connection(path) as db:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(schema)
 
 
 class ClientRegistry:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import orjson
 
-from hub.auth.clients import connection, create
 from hub.auth.roles import ROLES
 from hub.core.errors import bad_request, not_found
+from hub.core.sqlitefile import connection, create
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS user (

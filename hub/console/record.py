@@ -76,18 +76,26 @@ def record_page(request: Request) -> Response:
     return page(request, "record.html", "record", q=q, patients=patients)
 
 
+def _purpose(request: Request) -> str:
+    """The purpose of use the reader gave (``""``: none yet, to be asked), made the request's
+    actor's, so every read it does is checked and audited with it."""
+    purpose = request.query_params.get("purpose", "").upper()
+    if purpose and purpose not in PURPOSES:
+        raise FhirError(400, "invalid", "purpose is a v3 PurposeOfUse code (TREAT, ETREAT)")
+    if purpose:
+        request.state.actor = replace(actor_of(request), purpose=purpose)
+    return purpose
+
+
 @router.api_route("/console/record/Patient/{rid}", methods=["GET", "HEAD"],
                   name="console-record-timeline", include_in_schema=False)
 async def record_timeline(request: Request, rid: str) -> Response:
     """A person's timeline across institutions, once the reader gave a purpose of use (asked
     first; break the glass is one); the read is audited as the API's $timeline is."""
     authorize(request, Action("operation", None, None, "$console-record"))
-    purpose = request.query_params.get("purpose", "").upper()
-    if purpose and purpose not in PURPOSES:
-        raise FhirError(400, "invalid", "purpose is a v3 PurposeOfUse code (TREAT, ETREAT)")
+    purpose = _purpose(request)
     if not purpose:
         return page(request, "timeline.html", "record", who=f"Patient/{rid}", purpose="")
-    request.state.actor = replace(actor_of(request), purpose=purpose)
     ctx = context_of(request)
     kind = request.query_params.get("kind", "")
     kind = kind if kind in KINDS else ""
@@ -159,12 +167,9 @@ async def record_resource(request: Request, rtype: str, rid: str) -> Response:
     authorize(request, Action("operation", None, None, "$console-record"))
     if rtype not in RESOURCE_TYPES or not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", rid):
         raise FhirError(404, "not-found", f"No resource {rtype}/{rid}")
-    purpose = request.query_params.get("purpose", "").upper()
-    if purpose and purpose not in PURPOSES:
-        raise FhirError(400, "invalid", "purpose is a v3 PurposeOfUse code (TREAT, ETREAT)")
+    purpose = _purpose(request)
     if not purpose:
         return page(request, "timeline.html", "record", who=f"{rtype}/{rid}", purpose="")
-    request.state.actor = replace(actor_of(request), purpose=purpose)
     ctx = context_of(request)
     repo = repository(request)
     base = request.app.state.settings.fhir_base

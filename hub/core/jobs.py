@@ -14,10 +14,11 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
+
+from hub.core.sqlitefile import connection, create
 
 FILE = "jobs.sqlite"
 WRITE_EVERY_S = 0.5
@@ -29,7 +30,7 @@ CREATE TABLE IF NOT EXISTS job (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, title TEXT NOT NULL,
     started REAL NOT NULL, updated REAL NOT NULL, done INTEGER NOT NULL DEFAULT 0,
     total INTEGER, status TEXT NOT NULL DEFAULT 'running', detail TEXT, pid INTEGER,
-    host TEXT)"""
+    host TEXT);"""
 _COLUMNS = ("id", "kind", "title", "started", "updated", "done", "total", "status", "detail",
             "pid", "host")
 
@@ -37,16 +38,10 @@ _COLUMNS = ("id", "kind", "title", "started", "updated", "done", "total", "statu
 class Jobs:
     def __init__(self, data_dir: Path | str):
         self.path = Path(data_dir) / FILE
+        create(self.path, _SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            with db:
-                db.execute(_SCHEMA)
-                yield db
-        finally:
-            db.close()
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return connection(self.path)
 
     def start(self, kind: str, title: str, total: int | None = None) -> Job:
         now = time.time()
@@ -62,15 +57,10 @@ class Jobs:
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
         """The newest jobs first, each with its state as shown (``interrupted`` for one whose
         process is gone or that stopped moving)."""
-        if not self.path.exists():
-            return []
         with self._db() as db:
             rows = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM job ORDER BY id DESC LIMIT ?",
                               (limit,)).fetchall()
         return [_shown(dict(zip(_COLUMNS, r))) for r in rows]
-
-    def get(self, job_id: int) -> dict[str, Any] | None:
-        return next((j for j in self.list(KEEP) if j["id"] == job_id), None)
 
     def _write(self, job_id: int, **values: Any) -> None:
         sets = ", ".join(f"{k} = ?" for k in values)
