@@ -429,8 +429,11 @@ def test_an_unsupported_interaction_is_kept_and_listed(client, v3, live):
     assert services["号源排班信息新增服务"]["supported"]
     assert services["号源排班信息查询服务"] == {"family": "visit", "family_name": "就诊信息交互服务",
                                           "service": "号源排班信息查询服务",
-                                          "interaction": "PRSC_IN100000UV", "supported": False}
+                                          "interaction": "PRSC_IN100000UV", "supported": True}
+    # the outpatient appointment query shares the visit query's interaction: the sender names it
+    assert services["门诊预约状态信息查询服务"]["named_by"] == "service"
     assert len(services) == len(caps["catalogue"]) == 69
+    assert all(s["supported"] for s in caps["catalogue"])
     assert by_id[interaction] | {"latest": None} == {"interaction": interaction,
                                                      "supported": False, "received": 2,
                                                      "latest": None}
@@ -1192,3 +1195,146 @@ def test_a_clinic_session_and_its_slots_are_registered_and_a_slot_is_taken(clien
     found = client.get("/Slot", params={"schedule": f"Schedule/{schedule['id']}",
                                         "status": "free"}).json()
     assert not found.get("entry")
+
+
+def _booking(local: str, number: str, *pairs: tuple[str, str]) -> bytes:
+    return variant(fixture("outpatient-appointment.xml"), ("P0001", local), ("YY0001", number),
+                   ("OA-MSG-0001", f"OA-{tag()}"), *pairs)
+
+
+APPOINTMENTS = "门诊预约状态信息查询服务"
+
+
+def test_the_outpatient_appointment_query_answers_when_the_service_is_named(client, v3):
+    """PRPA_IN900300UV carries both the visit queries and the outpatient appointment status query:
+    the platforms tell them by the service called. Named (``?service=`` or the SOAP action), the
+    query answers the patient's outpatient appointments with their status; not named, visits."""
+    from xml.sax.saxutils import escape
+
+    local, first, second = f"P{tag()}", f"YY{tag()}", f"YY{tag()}"
+    accepted(client, v3, _booking(local, first), DECLARED)
+    accepted(client, v3, _booking(local, second, ('code="active"', 'code="cancelled"'),
+                                  ("20240320093000", "20240405140000"),
+                                  ("20240320094500", "20240405141500")), DECLARED)
+    accepted(client, v3, visit_message("PRPA_IN400001UV", local, f"VS{tag()}"), DECLARED)
+    patient = (f'<patientId><value><item root="2.16.156.10011.2.5.1.4" extension="{local}"/>'
+               f"</value></patientId>")
+
+    def answer(criteria: str, service: str | None = APPOINTMENTS) -> tuple[str, int, etree._Element]:
+        url = v3 + (f"?service={service}" if service else "")
+        r = post(client, url, visit_query(criteria), DECLARED)
+        assert r.status_code == 200, r.text
+        code, _, root = ack(r, "PRPA_IN900350UV02")
+        return code, query_ack(root)[1], root
+
+    def booked(root: etree._Element) -> dict[str, str]:
+        return {a.find(f"{V3}id").get("extension"): a.find(f"{V3}statusCode").get("code")
+                for a in root.iter(f"{V3}encounterAppointment")}
+
+    # the visit query, as before: the visit, no appointment
+    code, n, root = answer(patient, None)
+    assert (code, n) == ("AA", 1) and root.find(f".//{V3}encounterEvent") is not None
+    assert not booked(root)
+    # the appointment query: both bookings with their status, the patient's id, the department
+    code, n, root = answer(patient)
+    assert (code, n) == ("AA", 2) and root.find(f".//{V3}encounterEvent") is None
+    assert booked(root) == {first: "active", second: "cancelled"}
+    appt = next(a for a in root.iter(f"{V3}encounterAppointment")
+                if a.find(f"{V3}id").get("extension") == first)
+    assert appt.get("moodCode") == "APT"
+    assert appt.find(f"{V3}effectiveTime/{V3}low").get("value") == "20240320093000"
+    assert appt.find(f"{V3}subject/{V3}patient/{V3}id/{V3}item").get("extension") == local
+    # by the appointment's number, by time frame, by department
+    number = (f'<careEventID><value><item root="2.16.156.10011.2.5.1.11" extension="{second}"/>'
+              f"</value></careEventID>")
+    assert booked(answer(number)[2]) == {second: "cancelled"}
+    april = ('<encounterTimeframe><value><low value="20240401"/><high value="20240430"/>'
+             "</value></encounterTimeframe>")
+    assert booked(answer(patient + april)[2]) == {second: "cancelled"}
+    elsewhere = ('<patientLocationID><value><item root="2.16.156.10011.1.26" extension="0999"/>'
+                 "</value></patientLocationID>")
+    assert answer(patient + elsewhere)[:2] == ("AA", 0)
+    here = elsewhere.replace("0999", "0801")
+    assert answer(patient + here)[1] == 2
+    # an appointment names no institution: that criterion is refused, never ignored
+    org = ('<responsibleOrganization><value><item root="2.16.156.10011.1.5" extension="X1"/>'
+           "</value></responsibleOrganization>")
+    code, n, root = answer(patient + org)
+    assert code == "AE" and n == 0
+    # the service named by the SOAP action of HIPMessageServer, as the platform buses call it
+    call = (f'<HIPMessageServer xmlns="urn:hl7-org:v3"><action>{APPOINTMENTS}</action>'
+            f"<message>{escape(visit_query(patient).decode())}</message></HIPMessageServer>")
+    r = post(client, v3, _envelope(SOAP11, call), {**DECLARED, "content-type": "text/xml"})
+    out = etree.fromstring(_soap_body(r, SOAP11).find(f"{V3}HIPMessageServerResult").text.encode())
+    assert booked(out) == {first: "active", second: "cancelled"}
+    # a service that is not this interaction's changes nothing: the visit query answers
+    assert answer(patient, "号源排班信息查询服务")[2].find(f".//{V3}encounterEvent") is not None
+
+
+def test_a_visit_names_the_appointment_it_fulfils(client, v3):
+    """An outpatient registration that fulfils a booking (``inFulfillmentOf``) points its
+    Encounter at the Appointment the booking wrote, whichever of the two arrives first."""
+    for booking_first in (True, False):
+        local, number, serial = f"P{tag()}", f"YY{tag()}", f"VS{tag()}"
+        fulfils = (f'<inFulfillmentOf typeCode="FLFS"><encounterAppointment classCode="ENC" '
+                   f'moodCode="APT"><id><item root="2.16.156.10011.2.5.1.11" extension="{number}"/>'
+                   f"</id></encounterAppointment></inFulfillmentOf>")
+        visit = visit_message("PRPA_IN400001UV", local, serial)
+        visit = visit.replace(b"</encounterEvent>", fulfils.encode() + b"</encounterEvent>", 1)
+        assert fulfils.encode() in visit
+        messages = [_booking(local, number), visit]
+        for m in messages if booking_first else messages[::-1]:
+            accepted(client, v3, m, DECLARED)
+        enc = read(client, f"Encounter/{encounter_id(INST, serial)}")
+        (ref,) = enc["appointment"]
+        assert ref["identifier"]["value"] == number
+        appt = read(client, ref["reference"])
+        assert appt["identifier"][0]["value"] == number and appt["status"] == "booked"
+
+
+def test_the_source_slot_query_answers_sessions_and_their_slots(client, v3):
+    """PRSC_IN100000UV (our reading: no sample at hand): sessions by number, doctor, clinic,
+    kind and time, answered as the schedule acts they were registered as, with their slots (only
+    those of the status asked for, if one is)."""
+    n = tag()
+    accepted(client, v3, variant(fixture("schedule-register.xml"), ("PB20240320-0801", f"PB{n}"),
+                                 ("SR-MSG-0001", f"SR-{tag()}"), ("D001", f"D{n}")), DECLARED)
+
+    def answer(criteria: str) -> tuple[str, int, etree._Element]:
+        body = _wrap("PRSC_IN100000UV", f"<queryByParameter><queryId extension='Q{tag()}'/>"
+                     f"{criteria}</queryByParameter>", f"SQ-{tag()}")
+        r = post(client, v3, body, DECLARED)
+        assert r.status_code == 200, r.text
+        code, text, root = ack(r, "PRSC_IN100001UV")
+        return code, query_ack(root)[1], root
+
+    def slots(root: etree._Element) -> dict[str, str]:
+        return {s.find(f"{V3}id").get("extension"): s.find(f"{V3}statusCode").get("code")
+                for s in root.iter(f"{V3}resourceSlot") if s.find(f"{V3}effectiveTime") is not None}
+
+    by_number = f'<scheduleID><value extension="PB{n}"/></scheduleID>'
+    code, count, root = answer(by_number)
+    assert (code, count) == ("AA", 1)
+    session = root.find(f".//{V3}schedule")
+    assert session.find(f"{V3}id").get("extension") == f"PB{n}"
+    assert session.find(f"{V3}code").get("code") == "2"
+    assert session.find(f"{V3}effectiveTime/{V3}low").get("value") == "20240320080000"
+    assert session.find(f".//{V3}identifiedPerson/{V3}id/{V3}item").get("extension") == f"D{n}"
+    assert session.find(f".//{V3}identifiedPlace/{V3}id/{V3}item").get("extension") == "0801"
+    assert slots(root) == {"1": "normal", "2": "busy"}
+    # the free slots only
+    assert slots(answer(by_number + '<slotStatus><value code="normal"/></slotStatus>')[2]) == \
+        {"1": "normal"}
+    # by the doctor, by the clinic with the kind of slot, by the day; another day: none
+    doctor = (f'<providerID><value><item root="2.16.156.10011.1.4" extension="D{n}"/></value>'
+              f"</providerID>")
+    assert answer(doctor)[:2] == ("AA", 1)
+    day = '<effectiveTime><value><low value="20240320"/><high value="20240320"/></value></effectiveTime>'
+    assert answer(doctor + day)[1] == 1
+    assert answer(doctor + day.replace("20240320", "20240321"))[1] == 0
+    clinic = '<locationID><value><item extension="0801"/></value></locationID>'
+    assert answer(clinic + doctor + '<scheduleCode><value code="2"/></scheduleCode>')[1] == 1
+    assert answer(doctor + '<scheduleCode><value code="1"/></scheduleCode>')[1] == 0
+    # a slot status outside the table: AE naming it
+    code, _, root = answer(by_number + '<slotStatus><value code="odd"/></slotStatus>')
+    assert code == "AE"

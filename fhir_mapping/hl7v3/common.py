@@ -35,6 +35,23 @@ def interactions() -> dict[str, dict[str, Any]]:
     return table("interactions")["interactions"]
 
 
+def service_spec(interaction: str, service: str = "") -> dict[str, Any]:
+    """The interaction's entry in interactions.yaml; for a query, the one of ``service`` (a
+    catalogue service's name or a handler's) when that service answers the interaction apart
+    (``service_queries``). A service that names nothing of this interaction changes nothing."""
+    spec = interactions()[interaction]
+    if not service or spec["kind"] != "query":
+        return spec
+    alternatives = table("interactions").get("service_queries") or {}
+    handler = service if service in alternatives else next(
+        (svc.get("covered") for f in table("catalogue")["families"].values()
+         for svc in f["services"] if svc["name"] == service and svc["interaction"] == interaction),
+        None)
+    if handler not in alternatives:
+        return spec
+    return {**spec, **alternatives[handler], "handler": handler}
+
+
 # -- XML access ----------------------------------------------------------------------------------
 
 def q(el: etree._Element | None, path: str) -> list[etree._Element]:

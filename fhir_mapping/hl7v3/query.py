@@ -21,9 +21,9 @@ from .common import (
     first,
     first_of,
     ids,
-    interactions,
     parse,
     q,
+    service_spec,
     table,
     text_parts,
 )
@@ -48,16 +48,18 @@ def _range(params: list[tuple[str, str]], name: str, low: str, high: str) -> Non
         params.append((name, f"le{hi}"))
 
 
-def parse_query(payload: bytes, source: SourceInfo | None = None) -> dict[str, Any]:
+def parse_query(payload: bytes, source: SourceInfo | None = None, service: str = ""
+                ) -> dict[str, Any]:
     """A query message -> ``{"interaction", "response_interaction", "resource_type", "header",
     "query_id", "limit", "params" [(name, value)], "search" (the query string), "criteria" (what the
     message asked, by v3 parameter name), "echo" (the queryByParameter XML, for the response)}``.
 
     Identifier tokens use the same systems as ``convert`` (local numbers under the institution's OID
     when ``source.oid`` is given). Several values of one identifier parameter are ORed (comma-joined).
+    ``service`` names the service called when several share the interaction (``service_spec``).
     """
     msg = parse(payload)
-    spec = interactions()[msg.interaction]
+    spec = service_spec(msg.interaction, service)
     if spec["kind"] != "query":
         raise MappingError(f"{msg.interaction} is not a query", code="AR", location="/", rule="v3.not-a-query")
     ctx = Ctx(msg, source or SourceInfo(institution="query"))
@@ -77,6 +79,10 @@ def parse_query(payload: bytes, source: SourceInfo | None = None) -> dict[str, A
         _practitioner_params(ctx, qbp, params, criteria)
     elif handler == "visit_query":
         _visit_params(ctx, qbp, params, criteria)
+    elif handler == "appointment_query":
+        _appointment_params(ctx, qbp, params, criteria)
+    elif handler == "slot_query":
+        _slot_params(ctx, qbp, params, criteria)
     elif handler == "order_query":
         searches = _order_params(ctx, qbp, params, criteria)
     elif handler == "terminology_query":
@@ -210,16 +216,7 @@ def _visit_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict) -
     frame = first(qbp, "encounterTimeframe/value")
     if frame is not None:
         _range(params, "date", attr(first(frame, "low"), "value"), attr(first(frame, "high"), "value"))
-    pat = [(r, e) for r, e in ids(first(qbp, "patientId/value")) if e]
-    if pat:
-        # the local patient id is on the visit's own reference (found before the patient is
-        # registered); other ids (a resident ID number) through the registered Patient
-        local = [(r, e) for r, e in pat if r == LOCAL_PATIENT_ROOT]
-        if local:
-            params.append(("subject:identifier", _or_tokens(ctx, local)))
-        else:
-            params.append(("patient.identifier", _or_tokens(ctx, pat)))
-        criteria["patient"] = pat
+    _patient_param(ctx, qbp, "subject:identifier", params, criteria)
     _ids_param(ctx, qbp, "patientLocationID/value", "location:identifier", "department", params,
                criteria)
     _ids_param(ctx, qbp, "responsibleOrganization/value", "service-provider:identifier",
@@ -234,6 +231,83 @@ def _visit_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict) -
                                code="AE", location="/*/hl7:controlActProcess/hl7:queryByParameter/"
                                "hl7:typeOfEncounter", rule="v3.query.visit-type-unknown")
         params.append(("class", f"{t['class_system']}|{klass['code']}"))
+
+
+def _patient_param(ctx: Ctx, qbp: etree._Element, local_param: str, params: list,
+                   criteria: dict) -> None:
+    """``patientId``: the local patient id on the resource's own reference (``local_param``: it is
+    found before the patient is registered); other ids (a resident ID number) through the
+    registered Patient."""
+    pat = [(r, e) for r, e in ids(first(qbp, "patientId/value")) if e]
+    if not pat:
+        return
+    local = [(r, e) for r, e in pat if r == LOCAL_PATIENT_ROOT]
+    if local:
+        params.append((local_param, _or_tokens(ctx, local)))
+    else:
+        params.append(("patient.identifier", _or_tokens(ctx, pat)))
+    criteria["patient"] = pat
+
+
+def _appointment_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict) -> None:
+    """The outpatient appointment status query (PRPA_IN900300UV, the visit query's parameters):
+    the appointment's number (``careEventID``), its time frame, the patient, the department.
+    An appointment names no institution: ``responsibleOrganization`` is refused, not ignored."""
+    t = table("appointments")
+    cat = t["categories"]["outpatient"]
+    params.append(("service-category", f"{t['category_system']}|{cat['code']}"))
+    _ids_param(ctx, qbp, "careEventID/value", "identifier", "appointment", params, criteria)
+    frame = first(qbp, "encounterTimeframe/value")
+    if frame is not None:
+        _range(params, "date", attr(first(frame, "low"), "value"), attr(first(frame, "high"), "value"))
+    _patient_param(ctx, qbp, "actor:identifier", params, criteria)
+    _ids_param(ctx, qbp, "patientLocationID/value", "actor:identifier", "department", params,
+               criteria)
+    if any(e for _, e in ids(first(qbp, "responsibleOrganization/value"))):
+        raise MappingError("an appointment names no institution: responsibleOrganization cannot "
+                           "be applied to the appointment query", code="AE",
+                           location="/*/hl7:controlActProcess/hl7:queryByParameter/"
+                           "hl7:responsibleOrganization", rule="v3.query.criterion-unsupported")
+
+
+def _slot_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict) -> None:
+    """PRSC_IN100000UV, our reading (no sample at hand): the session's number (``scheduleID``),
+    the doctor (``providerID``), the clinic (``locationID``), the kind of slot (``code``), the
+    time frame (``effectiveTime``) and the slots' status (``statusCode``: only slots with it are
+    answered). Parameters as tables/appointments.yaml ``slot_query`` names them."""
+    names = table("appointments")["slot_query"]
+
+    def el(key: str) -> etree._Element | None:
+        return first_of(qbp, *(f"{n}/value" for n in names[key]))
+
+    number = [e for _, e in ids(el("schedule")) if e]
+    if number:
+        params.append(("identifier", ",".join(number)))
+        criteria["schedule"] = number
+    doctor = [(r, e) for r, e in ids(el("doctor")) if e]
+    if doctor:
+        params.append(("actor:Practitioner.identifier", _or_tokens(ctx, doctor)))
+        criteria["doctor"] = doctor
+    clinic = [e for _, e in ids(el("clinic")) if e]
+    if clinic:  # the clinic is named on the session by its number alone
+        params.append(("actor:identifier", ",".join(clinic)))
+        criteria["clinic"] = clinic
+    kind = attr(el("kind"), "code")
+    if kind:
+        params.append(("service-type", kind))
+        criteria["kind"] = kind
+    frame = el("time")
+    if frame is not None:
+        _range(params, "date", attr(first(frame, "low"), "value"), attr(first(frame, "high"), "value"))
+    status = attr(el("status"), "code")
+    if status:
+        slot = table("appointments")["slot_status"].get(status)
+        if slot is None:
+            raise MappingError(f"slot status {status!r} is none of "
+                               f"{', '.join(table('appointments')['slot_status'])}", code="AE",
+                               location="/*/hl7:controlActProcess/hl7:queryByParameter",
+                               rule="v3.query.slot-status-unknown")
+        criteria["slot_status"] = slot
 
 
 def _order_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict
@@ -274,14 +348,7 @@ def _order_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict
     if frame is not None:
         _range(dates, "authored", attr(first(frame, "low"), "value"),
                attr(first(frame, "high"), "value"))
-    pat = [(r, e) for r, e in ids(first(qbp, "patientId/value")) if e]
-    if pat:
-        local = [(r, e) for r, e in pat if r == LOCAL_PATIENT_ROOT]
-        if local:  # on the order's own reference, as for visits
-            shared.append(("subject:identifier", _or_tokens(ctx, local)))
-        else:
-            shared.append(("patient.identifier", _or_tokens(ctx, pat)))
-        criteria["patient"] = pat
+    _patient_param(ctx, qbp, "subject:identifier", shared, criteria)  # as for visits
     params += shared + request_only + dates
     searches = [("ServiceRequest", shared + request_only + dates)]
     if not request_only:
@@ -656,9 +723,11 @@ def _task(cap: etree._Element, res: dict[str, Any]) -> None:
         E(E(step, "code"), "displayName", value=business.get("text") or res.get("status", ""))
 
 
-def _appointment(cap: etree._Element, res: dict[str, Any]) -> None:
-    """An examination appointment or surgery schedule as the actAppointment it came as."""
-    act = E(E(cap, "subject", typeCode="SUBJ"), "actAppointment", classCode="ACT", moodCode="APT")
+def _appointment(cap: etree._Element, res: dict[str, Any], element: str = "actAppointment",
+                 class_code: str = "ACT") -> None:
+    """An examination appointment or surgery schedule as the actAppointment it came as (an
+    outpatient one as its encounterAppointment)."""
+    act = E(E(cap, "subject", typeCode="SUBJ"), element, classCode=class_code, moodCode="APT")
     ident: dict[str, Any] = next(iter(res.get("identifier") or []), {})
     if ident.get("value"):
         E(act, "id", root=_oid_of(ident.get("system", "")) or None, extension=ident["value"])
@@ -675,6 +744,8 @@ def _appointment(cap: etree._Element, res: dict[str, Any]) -> None:
         role = next((t.get("text") for t in part.get("type") or []), "")
         if actor.get("reference", "").startswith("Patient/"):
             pat = E(E(act, "subject", typeCode="SBJ"), "patient", classCode="PAT")
+            if actor.get("identifier"):
+                _ii(pat, "id", [actor["identifier"]])
             if actor.get("display"):
                 _name(E(pat, "patientPerson"), actor["display"], "BAG_EN")
         elif actor.get("reference", "").startswith("Practitioner/"):
@@ -685,8 +756,10 @@ def _appointment(cap: etree._Element, res: dict[str, Any]) -> None:
                 _name(E(person, "assignedPerson", classCode="PSN", determinerCode="INSTANCE"),
                       actor["display"], "BAG_EN")
         elif role == "location" and actor.get("display"):
-            place = E(E(E(act, "location", typeCode="LOC"), "serviceDeliveryLocation",
-                        classCode="SDLOC"), "location", classCode="PLC", determinerCode="INSTANCE")
+            sdl = E(E(act, "location", typeCode="LOC"), "serviceDeliveryLocation", classCode="SDLOC")
+            if actor.get("identifier"):
+                _ii(sdl, "id", [actor["identifier"]])
+            place = E(sdl, "location", classCode="PLC", determinerCode="INSTANCE")
             _name(place, actor["display"], "BAG_EN")
     for based in res.get("basedOn") or []:
         form = based.get("identifier") or {}
@@ -694,6 +767,64 @@ def _appointment(cap: etree._Element, res: dict[str, Any]) -> None:
             E(E(E(act, "referencedOrder", typeCode="OREF"), "actOrder", classCode="ACT",
                 moodCode="RQO"), "id", root=_oid_of(form.get("system", "")) or None,
               extension=form["value"])
+
+
+def _outpatient_appointment(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict
+                            ) -> None:
+    _appointment(cap, res, "encounterAppointment", "ENC")
+
+
+def _schedule(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict) -> None:
+    """A clinic session as the ``schedule`` act it was registered as (hl7v3.schedules): its
+    number, kind, status, time, the doctor and the clinic, then its slots (those of the status
+    asked for, if one was)."""
+    t = table("appointments")
+    act = E(E(cap, "subject", typeCode="SUBJ"), "schedule", classCode="ACT", moodCode="SLOT")
+    ident: dict[str, Any] = next(iter(res.get("identifier") or []), {})
+    if ident.get("value"):
+        E(act, "id", extension=ident["value"])
+    _cd(act, "code", next(iter(res.get("serviceType") or []), None))
+    E(act, "statusCode", code="active" if res.get("active", True) else "cancelled")
+    horizon = res.get("planningHorizon") or {}
+    if horizon:
+        eff = E(act, "effectiveTime")
+        if horizon.get("start"):
+            E(eff, "low", value=_ts(horizon["start"]))
+        if horizon.get("end"):
+            E(eff, "high", value=_ts(horizon["end"]))
+    for actor in res.get("actor") or []:
+        entity = E(E(E(E(act, "component", typeCode="COMP"), "resourceSlot", classCode="ACT",
+                       moodCode="SLOT"), "directTarget", typeCode="DIR"), "identifiedEntity",
+                   classCode="IDENT")
+        if actor.get("reference", "").startswith("Practitioner/"):  # the doctor
+            who = refs.get(actor["reference"]) or {}
+            person = E(entity, "identifiedPerson", classCode="PSN")
+            _ii(person, "id", who.get("identifier") or [])
+            _name(person, who.get("name") or actor.get("display") or "", "BAG_EN")
+        else:  # the clinic, named by its number
+            place = E(entity, "identifiedPlace", classCode="PLC")
+            number = (actor.get("identifier") or {}).get("value")
+            if number:
+                E(E(place, "id"), "item", extension=number)
+            if actor.get("display"):
+                _name(place, actor["display"], "BAG_EN")
+    back = {v: k for k, v in reversed(list(t["slot_status"].items()))}
+    wanted = query.get("criteria", {}).get("slot_status")
+    me = f"Schedule/{res.get('id')}"
+    slots = sorted((r for r in refs.values() if r.get("resourceType") == "Slot"
+                    and (r.get("schedule") or {}).get("reference") == me
+                    and (not wanted or r.get("status") == wanted)),
+                   key=lambda r: r.get("start", ""))
+    for slot in slots:
+        rs = E(E(act, "component", typeCode="COMP"), "resourceSlot", classCode="ACT",
+               moodCode="SLOT")
+        number = next((i.get("value") for i in slot.get("identifier") or [] if i.get("value")), "")
+        if number:
+            E(rs, "id", extension=number)
+        E(rs, "statusCode", code=back.get(slot.get("status", ""), "normal"))
+        eff = E(rs, "effectiveTime")
+        E(eff, "low", value=_ts(slot.get("start")))
+        E(eff, "high", value=_ts(slot.get("end")))
 
 
 def _order(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict) -> None:
@@ -832,6 +963,8 @@ _BUILDERS = {
     "document_search": _document,
     "document_retrieve": _document,
     "visit_query": _visit,
+    "appointment_query": _outpatient_appointment,
+    "slot_query": _schedule,
     "order_query": _order,
     "terminology_query": _dictionary,
 }

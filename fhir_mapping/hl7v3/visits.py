@@ -24,6 +24,7 @@ from .common import (
     fhir_datetime,
     first,
     ids,
+    local_name,
     q,
     table,
     text_parts,
@@ -181,5 +182,29 @@ def visit(ctx: Ctx) -> list[dict[str, str]]:
         res["location"] = [{"location": dept,
                             "status": "completed" if status == "finished" else "active"}]
     res["serviceProvider"] = _provider_org(ctx, first(sdl, "serviceProviderOrganization"))
+    booked = _appointments(ctx, ev)
+    if booked:
+        res["appointment"] = booked
     ctx.add(res)
     return agents
+
+
+def _appointments(ctx: Ctx, ev: Any) -> list[dict[str, Any]]:
+    """The appointment a visit fulfils (``inFulfillmentOf/*Appointment/id``): the Appointment the
+    appointment messages key by that number (hl7v3.appointments), with the number as its
+    identifier, so it resolves whichever of the two messages comes first."""
+    out = []
+    for done in q(ev, "inFulfillmentOf"):
+        act = next((c for c in done if isinstance(c.tag, str)
+                    and local_name(c).endswith("Appointment")), None)
+        idl = ids(first(act, "id"))
+        keys = _keys(idl)
+        if not keys:
+            continue
+        ref: dict[str, Any] = {"reference": f"Appointment/{ctx.id('Appointment', keys[0][1])}"}
+        ident = next((ctx.identifier(r, e, _where(ctx, first(act, "id"))) for r, e in idl
+                      if e == keys[0][1] and r), None)
+        if ident:
+            ref["identifier"] = {k: v for k, v in ident.items() if k in ("system", "value")}
+        out.append(ref)
+    return out

@@ -39,6 +39,7 @@ class Envelope:
     ns: str  # the SOAP version's namespace
     operation: etree.QName | None  # the string-parameter operation; None: inline
     message: bytes  # the v3 message
+    action: str = ""  # the operation's ``action`` parameter: the service the sender calls
 
     @property
     def media_type(self) -> str:
@@ -73,10 +74,13 @@ def unwrap(raw: bytes) -> Envelope | None:
     name = etree.QName(first)
     if name.namespace == V3 and _INTERACTION.match(name.localname):
         return Envelope(ns, None, etree.tostring(first, encoding="UTF-8", xml_declaration=True))
+    action = next(((el.text or "").strip() for el in first.iter()
+                   if el is not first and isinstance(el.tag, str)
+                   and etree.QName(el).localname == "action"), "")
     for el in first.iter():
         text = (el.text or "").strip()
         if el is not first and text.startswith("<"):
-            return Envelope(ns, name, text.encode("utf-8"))
+            return Envelope(ns, name, text.encode("utf-8"), action[:200])
     raise NotAMessage(ns, f"no HL7 v3 message in the SOAP Body's {name.localname!r}: send it "
                           "as the Body's element or as the escaped text of a parameter")
 
@@ -112,7 +116,8 @@ def fault(ns: str, text: str) -> tuple[int, bytes]:
 
 def wsdl(address: str) -> bytes:
     """The service description: one operation, ``HIPMessageServer`` (``action``: the
-    interaction id, ``message``: the v3 message as text) answering ``HIPMessageServerResult``
+    interaction id, or the service's name where several share one; ``message``: the v3 message
+    as text) answering ``HIPMessageServerResult``
     (the v3 answer as text), over SOAP 1.1 and 1.2, at ``address``."""
     a = escape(address, {'"': "&quot;"})
     op = OPERATION

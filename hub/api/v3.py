@@ -48,7 +48,7 @@ from starlette.concurrency import run_in_threadpool
 from fhir_mapping import hl7v3
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.hl7v3.ack import request_header
-from fhir_mapping.hl7v3.common import Ctx, interactions, parse
+from fhir_mapping.hl7v3.common import Ctx, interactions, parse, service_spec
 from fhir_mapping.hl7v3.common import table as interactions_tables
 from fhir_mapping.xmlsafe import MAX_BYTES, parse_xml
 from hub import v3intake
@@ -88,6 +88,8 @@ INCLUDES: dict[str, list[tuple[str, str]]] = {
 }
 INCLUDES["document_retrieve"] = INCLUDES["document_search"]
 INCLUDES["visit_query"] = [("_include", "Encounter:practitioner")]  # the admitting doctors
+INCLUDES["appointment_query"] = []
+INCLUDES["slot_query"] = [("_revinclude", "Slot:schedule"), ("_include", "Schedule:actor")]
 INCLUDES["order_query"] = [(inc, f"{t}:{p}") for t in ("MedicationRequest", "ServiceRequest")
                            for inc, p in (("_include", "requester"), ("_include", "encounter"))]
 
@@ -187,10 +189,13 @@ async def v3_interaction(request: Request) -> Response:
         _log("", "", "AR", "v3.soap-fault")
         status, body = soap.fault(e.ns, e.text)
         return xml_response(body, status, soap.MEDIA[e.ns])
+    # the service called, where several share an interaction: ?service=…, or the SOAP action
+    service = request.query_params.get("service", "")[:200]
     if env is not None:
         raw, reply_type = env.message, "application/xml"
+        service = service or env.action
     try:
-        answer = await run_in_threadpool(_handle, request, raw, reply_type)
+        answer = await run_in_threadpool(_handle, request, raw, reply_type, service)
     except TRANSIENT as e:
         log.warning("v3: event store unavailable: %s", type(e).__name__)
         answer = ack_response(raw, "AE", "The hub's store is unavailable or busy; retry shortly",
@@ -223,7 +228,7 @@ def v3_wsdl_query(request: Request) -> Response:
     return v3_wsdl(request)
 
 
-def _handle(request: Request, raw: bytes, reply_type: str) -> Response:
+def _handle(request: Request, raw: bytes, reply_type: str, service: str = "") -> Response:
     try:
         msg = parse(raw)  # well-formed, safe, v3 namespace, a known interaction, has an id
     except MappingError as e:
@@ -233,7 +238,7 @@ def _handle(request: Request, raw: bytes, reply_type: str) -> Response:
                      _root_name(raw))
     spec = interactions()[msg.interaction]
     if spec["kind"] == "query":
-        return _query(request, raw, msg.interaction, reply_type)
+        return _query(request, raw, msg.interaction, reply_type, service)
     return _register(request, raw, msg, reply_type)
 
 
@@ -283,9 +288,13 @@ def v3_capabilities(request: Request) -> Response:
                     for i, n, t in quarantine.counts_by(v3intake.KIND, "interaction")
                     if i not in known]
     handlers = {spec.get("handler") for spec in interactions().values()}
+    by_service = interactions_tables("interactions").get("service_queries") or {}
+    handlers |= set(by_service)
     catalogue = [{"family": family, "family_name": f["name"], "service": svc["name"],
                   "interaction": svc["interaction"],
-                  "supported": bool(svc.get("covered")) and svc["covered"] in handlers}
+                  "supported": bool(svc.get("covered")) and svc["covered"] in handlers,
+                  # answered only when the sender names the service (POST /v3?service=…)
+                  **({"named_by": "service"} if svc.get("covered") in by_service else {})}
                  for family, f in interactions_tables("catalogue")["families"].items()
                  for svc in f["services"]]
     body = {"transport": {"post": "/v3", "media_types": list(MEDIA_TYPES), "wsdl": "/v3/wsdl"},
@@ -365,16 +374,17 @@ def _issues(e: FhirError) -> str:
 
 # -- queries ----------------------------------------------------------------------------------------
 
-def _bare_query(raw: bytes, interaction: str) -> dict[str, Any]:
+def _bare_query(raw: bytes, interaction: str, service: str) -> dict[str, Any]:
     """Enough of a parsed query to answer it with AE when its criteria cannot be read."""
-    spec = interactions()[interaction]
+    spec = service_spec(interaction, service)
     types = spec["resource"] if isinstance(spec["resource"], list) else [spec["resource"]]
     return {"interaction": interaction, "response_interaction": spec["response"],
             "handler": spec["handler"], "resource_type": types[0], "resource_types": types,
             "header": request_header(raw), "query_id": {}, "echo": None}
 
 
-def _query(request: Request, raw: bytes, interaction: str, reply_type: str) -> Response:
+def _query(request: Request, raw: bytes, interaction: str, reply_type: str, service: str
+           ) -> Response:
     source = _source(request)
     qsource = SourceInfo(institution=source.institution or "query", oid=source.oid, feed=source.feed)
 
@@ -385,12 +395,12 @@ def _query(request: Request, raw: bytes, interaction: str, reply_type: str) -> R
         return xml_response(body, status, reply_type, headers)
 
     try:
-        q = hl7v3.parse_query(raw, qsource)
+        q = hl7v3.parse_query(raw, qsource, service)
     except MappingError as e:
         _log(interaction, "", e.code, e.rule or "")
         if e.code == "AR":
             return ack_response(raw, "AR", e.reason, 200, reply_type)
-        return answer(_bare_query(raw, interaction), [], error=e.reason)
+        return answer(_bare_query(raw, interaction, service), [], error=e.reason)
     mid = (q["header"].get("message_id") or {}).get("extension") or \
         (q["header"].get("message_id") or {}).get("root") or ""
     criteria = [(k, v) for k, v in q["params"] if k != "_count"]
