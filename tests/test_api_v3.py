@@ -1217,6 +1217,18 @@ def test_the_outpatient_appointment_query_answers_when_the_service_is_named(clie
                                   ("20240320093000", "20240405140000"),
                                   ("20240320094500", "20240405141500")), DECLARED)
     accepted(client, v3, visit_message("PRPA_IN400001UV", local, f"VS{tag()}"), DECLARED)
+    # a booking another system wrote through REST, for the same patient, kept: found too
+    third = f"YY{tag()}"
+    rest = {"resourceType": "Appointment", "status": "fulfilled",
+            "identifier": [{"system": "urn:oid:2.16.156.10011.2.5.1.11", "value": third}],
+            "serviceCategory": [{"coding": [{
+                "system": "https://fhir-region-hub.example/CodeSystem/appointment-service",
+                "code": "outpatient"}]}],
+            "start": "2024-04-10T08:00:00+08:00", "end": "2024-04-10T08:15:00+08:00",
+            "participant": [{"status": "accepted", "actor": {
+                "reference": f"Patient/{patient_id(INST, local)}",
+                "identifier": {"system": f"urn:oid:{OID}.1", "value": local}}}]}
+    assert client.post("/Appointment", json=rest).status_code == 201
     patient = (f'<patientId><value><item root="2.16.156.10011.2.5.1.4" extension="{local}"/>'
                f"</value></patientId>")
 
@@ -1237,8 +1249,8 @@ def test_the_outpatient_appointment_query_answers_when_the_service_is_named(clie
     assert not booked(root)
     # the appointment query: both bookings with their status, the patient's id, the department
     code, n, root = answer(patient)
-    assert (code, n) == ("AA", 2) and root.find(f".//{V3}encounterEvent") is None
-    assert booked(root) == {first: "active", second: "cancelled"}
+    assert (code, n) == ("AA", 3) and root.find(f".//{V3}encounterEvent") is None
+    assert booked(root) == {first: "active", second: "cancelled", third: "completed"}
     appt = next(a for a in root.iter(f"{V3}encounterAppointment")
                 if a.find(f"{V3}id").get("extension") == first)
     assert appt.get("moodCode") == "APT"
@@ -1250,7 +1262,7 @@ def test_the_outpatient_appointment_query_answers_when_the_service_is_named(clie
     assert booked(answer(number)[2]) == {second: "cancelled"}
     april = ('<encounterTimeframe><value><low value="20240401"/><high value="20240430"/>'
              "</value></encounterTimeframe>")
-    assert booked(answer(patient + april)[2]) == {second: "cancelled"}
+    assert booked(answer(patient + april)[2]) == {second: "cancelled", third: "completed"}
     elsewhere = ('<patientLocationID><value><item root="2.16.156.10011.1.26" extension="0999"/>'
                  "</value></patientLocationID>")
     assert answer(patient + elsewhere)[:2] == ("AA", 0)
@@ -1266,7 +1278,7 @@ def test_the_outpatient_appointment_query_answers_when_the_service_is_named(clie
             f"<message>{escape(visit_query(patient).decode())}</message></HIPMessageServer>")
     r = post(client, v3, _envelope(SOAP11, call), {**DECLARED, "content-type": "text/xml"})
     out = etree.fromstring(_soap_body(r, SOAP11).find(f"{V3}HIPMessageServerResult").text.encode())
-    assert booked(out) == {first: "active", second: "cancelled"}
+    assert booked(out) == {first: "active", second: "cancelled", third: "completed"}
     # a service that is not this interaction's changes nothing: the visit query answers
     assert answer(patient, "号源排班信息查询服务")[2].find(f".//{V3}encounterEvent") is not None
 
@@ -1334,6 +1346,21 @@ def test_the_source_slot_query_answers_sessions_and_their_slots(client, v3):
     assert answer(doctor + day.replace("20240320", "20240321"))[1] == 0
     clinic = '<locationID><value><item extension="0801"/></value></locationID>'
     assert answer(clinic + doctor + '<scheduleCode><value code="2"/></scheduleCode>')[1] == 1
+    # a session another system wrote through REST, at the same clinic that day: found too
+    rest = {"resourceType": "Schedule", "identifier": [{"value": f"PBR{n}"}], "active": True,
+            "actor": [{"identifier": {"value": f"C{n}"}, "display": "呼吸内科门诊"}],
+            "planningHorizon": {"start": "2024-03-20T13:00:00+08:00",
+                                "end": "2024-03-20T17:00:00+08:00"}}
+    r = client.post("/Schedule", json=rest)
+    assert r.status_code == 201, r.text
+    slot = {"resourceType": "Slot", "identifier": [{"value": "9"}], "status": "free",
+            "schedule": {"reference": f"Schedule/{r.json()['id']}"},
+            "start": "2024-03-20T13:00:00+08:00", "end": "2024-03-20T13:20:00+08:00"}
+    assert client.post("/Slot", json=slot).status_code == 201
+    afternoon = clinic.replace("0801", f"C{n}") + day
+    code, count, root = answer(afternoon)
+    assert (code, count) == ("AA", 1) and slots(root) == {"9": "normal"}
+    assert root.find(f".//{V3}schedule/{V3}id").get("extension") == f"PBR{n}"
     assert answer(doctor + '<scheduleCode><value code="1"/></scheduleCode>')[1] == 0
     # a slot status outside the table: AE naming it
     code, _, root = answer(by_number + '<slotStatus><value code="odd"/></slotStatus>')
