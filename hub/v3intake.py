@@ -59,7 +59,8 @@ def register(repo: Repository, raw: bytes, source: SourceInfo, ctx: Context,
 # discharge: its end, a transfer: the new ward, a stop: the order's status), and a resource
 # written from them alone would lose the rest. The resource types each one changes.
 _VISIT = ("Encounter",)
-_ORDER = ("MedicationRequest", "ServiceRequest", "Specimen")
+_ORDER = ("MedicationRequest", "ServiceRequest", "NutritionOrder", "Specimen",
+          "BiologicallyDerivedProduct")
 _APPOINTMENT = ("Appointment",)
 _DICTIONARY = ("CodeSystem",)
 CHANGES = {"PRPA_IN400002UV": _VISIT, "PRPA_IN400003UV": _VISIT, "PRPA_IN302011UV": _VISIT,

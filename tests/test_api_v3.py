@@ -1056,6 +1056,55 @@ def test_orders_and_requests_are_queried_by_order_form_visit_author_time_and_pat
     assert answer(act("2.16.156.10011.1.28", f"YZ{tag()}"))[:2] == ("AA", 0)
 
 
+def test_a_diet_order_is_written_stopped_and_answers_the_order_query(client, v3):
+    """A diet order (膳食医嘱) in an order message is a NutritionOrder: the order query finds it by
+    its number, the patient and the visit, answered like the orders that are no drug; its stop
+    (an update naming only its status) keeps the diet."""
+    import re
+
+    local, serial, n = f"P{tag()}", f"VS{tag()}", tag()
+    accepted(client, v3, visit_message("PRPA_IN400001UV", local, serial), DECLARED)
+    diet = order_message("order-new.xml", local, serial, ("YZ0001", f"YZ{n}1"),
+                         ("YZ0002", f"YZ{n}2"), ('<displayName value="检查"/>', '<displayName value="膳食"/>'),
+                         ("胸部CT平扫", "低盐低脂半流质饮食"))
+    accepted(client, v3, diet, DECLARED)
+    order = _search_one(client, "NutritionOrder", f"urn:oid:{OID}.4", f"YZ{n}2")
+    assert order["oralDiet"]["type"] == [{"text": "低盐低脂半流质饮食"}] and order["status"] == "active"
+    assert order["patient"]["reference"] == f"Patient/{patient_id(INST, local)}"
+
+    def answer(criteria: str) -> tuple[str, int, etree._Element]:
+        r = post(client, v3, order_query(criteria), DECLARED)
+        assert r.status_code == 200, r.text
+        code, _, root = ack(r, "QUMT_IN020040UV01")
+        return code, query_ack(root)[1], root
+
+    act = (f'<actId><value><item root="2.16.156.10011.1.28" extension="YZ{n}2"/></value>'
+           f"</actId>")
+    code, count, root = answer(act)
+    assert (code, count) == ("AA", 1)
+    item = root.find(f".//{V3}component2/{V3}observationRequest")
+    assert item.find(f"{V3}id/{V3}item").get("extension") == f"YZ{n}2"
+    assert item.find(f"{V3}code/{V3}originalText").get("value") == "低盐低脂半流质饮食"
+    assert root.find(f".//{V3}author/{V3}assignedEntity/{V3}id/{V3}item").get("extension") == "D001"
+    patient = (f'<patientId><value><item root="2.16.156.10011.2.5.1.4" extension="{local}"/>'
+               f"</value></patientId>")
+    assert answer(patient)[:2] == ("AA", 2)  # the drug order and the diet
+    visit = f'<actId><value><item root="2.16.156.10011.2.5.1.9" extension="{serial}"/></value></actId>'
+    assert answer(visit)[:2] == ("AA", 2)
+    # stopped by an update that names only the diet's number and status
+    stop = order_message("order-new.xml", local, serial, ("YZ0001", f"YZ{n}1"),
+                         ("YZ0002", f"YZ{n}2"), ('<displayName value="检查"/>', '<displayName value="膳食"/>'),
+                         ("胸部CT平扫", "低盐低脂半流质饮食"), interaction="POOR_IN200902UV")
+    stop = re.sub(rb'(<observationRequest classCode="OBS" moodCode="RQO">.*?)<statusCode code="active"/>',
+                  rb'\1<statusCode code="cancelled"/>', stop, count=1, flags=re.S)
+    stop = re.sub(rb'<effectiveTime xsi:type="QSC_TS" validTimeLow="20240311080000"/>', b"", stop)
+    accepted(client, v3, stop, DECLARED)
+    order = read(client, f"NutritionOrder/{order['id']}")
+    assert order["status"] == "revoked" and order["meta"]["versionId"] == "2"
+    assert order["oralDiet"]["type"] == [{"text": "低盐低脂半流质饮食"}]
+    assert order["oralDiet"]["schedule"][0]["repeat"]["boundsPeriod"]["start"].startswith("2024-03-11")
+
+
 def test_a_requests_status_is_its_forms_task_and_answers_the_status_query(client, v3):
     local, serial, n = f"P{tag()}", f"VS{tag()}", tag()
     form = f"SQ{n}"

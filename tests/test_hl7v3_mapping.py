@@ -358,6 +358,62 @@ def test_a_requests_kind_is_told_by_its_content():
     assert _kind(conv) == ["116859006"] and transfusion["code"]["text"] == "悬浮红细胞"
     # the form itself is the one request: keyed by the form's number
     assert transfusion["requisition"]["value"] == "SS0001"
+    # its blood product, naming the request: red cells are cells
+    (product,) = by_type(conv, "BiologicallyDerivedProduct")
+    assert product["productCategory"] == "cells" and product["productCode"]["text"] == "悬浮红细胞"
+    assert product["request"] == [{"reference": f"ServiceRequest/{transfusion['id']}"}]
+    assert "quantity" not in product  # the request named no amount
+
+
+def test_a_transfusion_names_each_blood_product_with_its_units():
+    surgery = fixture("request-surgery.xml")
+    item = re.search(rb"<component2>.*?</component2>", surgery, re.S).group(0)
+
+    def product(code: str, label: str, amount: str) -> str:
+        return (f'<pertinentInformation><observation classCode="OBS" moodCode="EVN"><code code="{code}" '
+                f'codeSystem="2.16.156.10011.2.3.1.251"><displayName value="{label}"/></code>'
+                f"{amount}</observation></pertinentInformation>")
+
+    blood = surgery.replace(item, (product("RBC", "去白悬浮红细胞", '<value xsi:type="PQ" value="2" unit="U"/>')
+                                   + product("FFP", "新鲜冰冻血浆", '<value xsi:type="PQ" value="400" unit="ml"/>')
+                                   ).encode())
+    conv = convert(blood, SRC)
+    assert_valid(conv)
+    products = {p["productCode"]["coding"][0]["code"]: p for p in by_type(conv, "BiologicallyDerivedProduct")}
+    assert products["RBC"]["productCategory"] == "cells" and products["RBC"]["quantity"] == 2
+    # plasma is a fluid; 400 ml is a volume, not a count of units: no quantity
+    assert products["FFP"]["productCategory"] == "fluid" and "quantity" not in products["FFP"]
+    assert convert(blood, SRC).resources == conv.resources  # the same ids on a replay
+
+
+def test_a_diet_order_is_a_nutrition_order():
+    """An order whose words say it is a diet (膳食, 流质 …: tables/orders.yaml) is a NutritionOrder
+    with the order's patient, visit, orderer and time; the other orders stay as they were."""
+    new = fixture("order-new.xml")
+    diet = new.replace('<displayName value="检查"/>'.encode(), '<displayName value="膳食"/>'.encode()) \
+        .replace('<text value="胸部CT平扫"/>'.encode(), '<text value="低盐低脂半流质饮食"/>'.encode())
+    conv = convert(diet, SRC)
+    assert_valid(conv)
+    (order,) = by_type(conv, "NutritionOrder")
+    assert order["oralDiet"]["type"] == [{"text": "低盐低脂半流质饮食"}]
+    assert order["status"] == "active" and order["intent"] == "order"
+    assert order["identifier"][0]["value"] == "YZ0002"
+    (drug,) = by_type(conv, "MedicationRequest")
+    assert order["patient"] == drug["subject"] and order["encounter"] == drug["encounter"]
+    assert order["dateTime"] == drug["authoredOn"] and order["orderer"] == drug["requester"]
+    assert order["oralDiet"]["schedule"][0]["repeat"]["boundsPeriod"]["start"].startswith("2024-03-11")
+    assert not by_type(conv, "ServiceRequest")  # the examination it replaced is not there
+    # an examination that asks for fasting stays an examination; a diet told by its text alone
+    fasting = new.replace('<text value="胸部CT平扫"/>'.encode(), '<text value="腹部B超（需禁食）"/>'.encode())
+    assert not by_type(convert(fasting, SRC), "NutritionOrder")
+    by_text = new.replace('<text value="胸部CT平扫"/>'.encode(), '<text value="鼻饲流质"/>'.encode())
+    assert by_type(convert(by_text, SRC), "NutritionOrder")[0]["oralDiet"]["type"] == [{"text": "鼻饲流质"}]
+    # its stop: the same NutritionOrder, revoked
+    stop = diet.replace(b"POOR_IN200901UV", b"POOR_IN200902UV").replace(b"O-MSG-0001", b"O-MSG-3")
+    stop = stop.replace(b'<statusCode code="active"/>\n            <effectiveTime xsi:type="QSC_TS" '
+                        b'validTimeLow="20240311080000"/>', b'<statusCode code="cancelled"/>')
+    (stopped,) = by_type(convert(stop, SRC), "NutritionOrder")
+    assert stopped["id"] == order["id"] and stopped["status"] == "revoked"
 
 
 def test_an_order_update_and_a_replay_land_on_the_same_resources():
@@ -396,7 +452,9 @@ def test_order_query_parameters_and_response():
     q = parse_query(fixture("order-query.xml").replace(
         b"<!--CRITERIA-->", b'<patientId><value><item root="2.16.156.10011.2.5.1.4" extension="P1"/>'
         b'</value></patientId>'), SRC)
-    assert [t for t, _ in q["searches"]] == ["MedicationRequest", "ServiceRequest"]
+    assert [t for t, _ in q["searches"]] == ["MedicationRequest", "NutritionOrder", "ServiceRequest"]
+    # a diet order under its own search parameters' names
+    assert q["searches"][1][1] == [("patient:identifier", "urn:oid:1.2.156.112604.1.2.1.1|P1")]
     conv = convert(fixture("order-new.xml"), SRC)
     body = respond(q, conv.resources, now=NOW, message_id="R1")
     root = etree.fromstring(body)

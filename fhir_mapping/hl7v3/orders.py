@@ -1,13 +1,14 @@
-"""Order and request interactions (H08 orders, H09 requests) -> MedicationRequest / ServiceRequest
-(+ Specimen). The tables are ``tables/orders.yaml``.
+"""Order and request interactions (H08 orders, H09 requests) -> MedicationRequest / ServiceRequest /
+NutritionOrder (+ Specimen, BiologicallyDerivedProduct). The tables are ``tables/orders.yaml``.
 
 One interaction pair carries both: POOR_IN200901UV (new) and POOR_IN200902UV (update, which is
 also how a stop or a cancellation travels: its statusCode). An order message's subject is a
 ``placerGroup`` whose ``component2`` are the orders (a drug: ``substanceAdministrationRequest`` ->
-MedicationRequest; anything else -> ServiceRequest); a request message's subject is the request
+MedicationRequest; a diet, told by its words -> NutritionOrder; anything else -> ServiceRequest); a request message's subject is the request
 form itself (``observationRequest`` or ``procedureRequest``: laboratory, examination, pathology,
 transfusion or surgery, told apart by its content), each of its ``component2`` items one
-ServiceRequest sharing the form's number as ``requisition``.
+ServiceRequest sharing the form's number as ``requisition``; a transfusion's blood products are
+BiologicallyDerivedProducts naming its request.
 
 Every order and item is keyed by its order number (医嘱号), else by the form's number with the
 item's code, so an update or a cancellation lands on the resource the new order wrote. The patient
@@ -17,6 +18,7 @@ them: an order never overwrites what those registered.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from lxml import etree
@@ -185,10 +187,13 @@ def _order_item(ctx: Ctx, item: etree._Element, common: dict[str, Any], t: dict[
         raise _refusal(ctx, item, f"{local_name(item)} is not an order the hub maps "
                        f"({', '.join(t['acts'])})", "v3.order.act-unknown")
     key, idents = _key(ctx, item, t)
-    res = _base(ctx, rtype, key, idents, common, _status(ctx, item, t, None, rtype))
     kind = concept(first(item, "code"))  # 医嘱项目类型: a drug, an examination, nursing …
     content = attr(first(item, "text"), "value")
     category = [c for c in (kind, _order_category(item, t)) if c]
+    if rtype == "ServiceRequest" and _is_diet(kind, content, t):
+        _diet(ctx, item, key, idents, common, category, content, t)
+        return
+    res = _base(ctx, rtype, key, idents, common, _status(ctx, item, t, None, rtype))
     if rtype == "MedicationRequest":
         _medication(ctx, item, res, content)
         if category:
@@ -206,6 +211,53 @@ def _order_item(ctx: Ctx, item: etree._Element, common: dict[str, Any], t: dict[
     if parent:
         res["groupIdentifier"] = {"value": parent}
     notes = _notes(item)
+    if notes:
+        res["note"] = notes
+    ctx.add(res)
+
+
+def _is_diet(kind: dict[str, Any] | None, content: str, t: dict[str, Any]) -> bool:
+    words = " ".join([(kind or {}).get("text") or "",
+                      *((c.get("display") or "") for c in (kind or {}).get("coding") or [])])
+    return any(w in words for w in t["diet_words"]) or \
+        re.search(t["diet_text"], content.strip(), re.I) is not None
+
+
+def _diet(ctx: Ctx, item: etree._Element, key: str, idents: list, common: dict[str, Any],
+          category: list[dict[str, Any]], content: str, t: dict[str, Any]) -> None:
+    """A diet order (膳食医嘱) -> NutritionOrder: the diet as ``oralDiet.type`` (its text), its
+    time as the schedule, the order's patient, visit, orderer and time (the message's when the
+    order has none: R4 requires one)."""
+    res: dict[str, Any] = {"resourceType": "NutritionOrder", "id": ctx.id("NutritionOrder", "order", key)}
+    if idents:
+        res["identifier"] = idents
+    status = _status(ctx, item, t, None)
+    if status:
+        res["status"] = status
+    else:  # as for the other orders: an update that does not say keeps the stored status
+        ctx.default(res, "status", "active")
+    res["intent"] = "order"
+    res["patient"] = common["subject"]
+    if common.get("encounter"):
+        res["encounter"] = common["encounter"]
+    sent = fhir_datetime(attr(first(ctx.msg.root, "creationTime"), "value"))
+    if common.get("authoredOn"):
+        res["dateTime"] = common["authoredOn"]
+    elif sent:  # the message's time; an update's leaves the stored order's standing
+        ctx.default(res, "dateTime", sent)
+    else:
+        raise _refusal(ctx, item, "the diet order has no time (author/time, or the message's "
+                       "creationTime)", "v3.order.time-missing")
+    if common.get("requester"):
+        res["orderer"] = common["requester"]
+    diet: dict[str, Any] = {"type": [{"text": content}] if content else category[:1] or
+                            [{"text": local_name(item)}]}
+    period: dict[str, Any] = {}
+    _timing(item, period, "p")
+    if period:
+        diet["schedule"] = [{"repeat": {"boundsPeriod": period["p"]}}]
+    res["oralDiet"] = diet
+    notes = [*({"text": c["text"]} for c in category if c.get("text")), *_notes(item)]
     if notes:
         res["note"] = notes
     ctx.add(res)
@@ -332,6 +384,8 @@ def _request(ctx: Ctx, act: etree._Element, common: dict[str, Any], t: dict[str,
             products = [p for p in (concept(first(e, "code")) for e in
                         q(act, "pertinentInformation/observation")) if p]
             code = products[0] if products else None
+            if kind == "transfusion":
+                _blood_products(ctx, act, res, form, t)
         res["code"] = code or {"text": description or cat["text"]}
         method = concept(first(item, "methodCode/item")) or concept(first(act, "methodCode/item"))
         if method:
@@ -351,6 +405,29 @@ def _request(ctx: Ctx, act: etree._Element, common: dict[str, Any], t: dict[str,
         if item_notes:
             res["note"] = item_notes
         ctx.add(res)
+
+
+def _blood_products(ctx: Ctx, act: etree._Element, request: dict[str, Any], form: str,
+                    t: dict[str, Any]) -> None:
+    """A transfusion request's blood products (``pertinentInformation/observation``: the product
+    as code, the amount as value) -> BiologicallyDerivedProduct, each naming the request;
+    its category by the words of the table (red cells and platelets are cells, plasma fluid)."""
+    for obs in q(act, "pertinentInformation/observation"):
+        code = concept(first(obs, "code"))
+        if code is None:
+            continue
+        label = " ".join([code.get("text") or "", *(c.get("display") or "" for c in code["coding"])])
+        category = next((r["category"] for r in t["blood_products"]
+                         if any(w in label for w in r["words"])), t["blood_product_default"])
+        product: dict[str, Any] = {
+            "resourceType": "BiologicallyDerivedProduct",
+            "id": ctx.id("BiologicallyDerivedProduct", "order", form, code["coding"][0]["code"]),
+            "productCategory": category, "productCode": code,
+            "request": [{"reference": f"ServiceRequest/{request['id']}"}]}
+        amount = _quantity(first(obs, "value"))
+        if amount and isinstance(amount["value"], int) and amount.get("unit") in t["blood_units"]:
+            product["quantity"] = amount["value"]  # a count of units (袋, U), not a volume
+        ctx.add(product)
 
 
 def _reasons(act: etree._Element) -> list[dict[str, Any]]:

@@ -354,6 +354,11 @@ def _order_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict
     if not request_only:
         searches.insert(0, ("MedicationRequest",
                             shared + [("authoredon", v) for _, v in dates]))
+        # diet orders: the same criteria under NutritionOrder's names
+        names = {"subject:identifier": "patient:identifier",
+                 "requester.identifier": "provider.identifier"}
+        searches.insert(1, ("NutritionOrder", [(names.get(n, n), v) for n, v in shared]
+                            + [("datetime", v) for _, v in dates]))
     # the status of what is asked about by number (an order's, a form's: hl7v3.status)
     if (by_kind.get("order") or by_kind.get("form")) and not author and not by_kind.get("specimen"):
         task = [(n, v) for n, v in shared if n in ("identifier", "subject:identifier",
@@ -837,6 +842,12 @@ def _order(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict) ->
     if res["resourceType"] == "Appointment":
         _appointment(cap, res)
         return
+    if res["resourceType"] == "NutritionOrder":  # answered as the other orders that are no drug
+        res = {"resourceType": "ServiceRequest", "identifier": res.get("identifier"),
+               "status": res.get("status"), "subject": res.get("patient"),
+               "encounter": res.get("encounter"), "authoredOn": res.get("dateTime"),
+               "requester": res.get("orderer"),
+               "code": next(iter((res.get("oralDiet") or {}).get("type") or []), None)}
     t = table("orders")
     subject = E(cap, "subject", typeCode="SUBJ")
     back = {v: k for k, v in reversed([*t["status"].items(), *t["medication_status"].items()])}
@@ -918,6 +929,8 @@ def _cd(parent: etree._Element, name: str, cc: dict[str, Any] | None,
     """A CodeableConcept's first coding as a v3 CD (its OID system; its display or text)."""
     coding = next(iter((cc or {}).get("coding") or []), None)
     if coding is None or not coding.get("code"):
+        if with_display and (cc or {}).get("text"):  # a concept in words only: its words
+            E(E(parent, name), "originalText", value=cc["text"])  # type: ignore[index]
         return
     el = E(parent, name, code=coding["code"], codeSystem=_oid_of(coding.get("system", "")) or None)
     label = coding.get("display") or (cc or {}).get("text")

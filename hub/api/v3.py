@@ -91,7 +91,9 @@ INCLUDES["visit_query"] = [("_include", "Encounter:practitioner")]  # the admitt
 INCLUDES["appointment_query"] = []
 INCLUDES["slot_query"] = [("_revinclude", "Slot:schedule"), ("_include", "Schedule:actor")]
 INCLUDES["order_query"] = [(inc, f"{t}:{p}") for t in ("MedicationRequest", "ServiceRequest")
-                           for inc, p in (("_include", "requester"), ("_include", "encounter"))]
+                           for inc, p in (("_include", "requester"), ("_include", "encounter"))
+                           ] + [("_include", "NutritionOrder:provider"),
+                                ("_include", "NutritionOrder:encounter")]
 
 
 class Refused(HubError):
