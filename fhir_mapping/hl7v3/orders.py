@@ -4,10 +4,11 @@ NutritionOrder (+ Specimen, BiologicallyDerivedProduct). The tables are ``tables
 One interaction pair carries both: POOR_IN200901UV (new) and POOR_IN200902UV (update, which is
 also how a stop or a cancellation travels: its statusCode). An order message's subject is a
 ``placerGroup`` whose ``component2`` are the orders (a drug: ``substanceAdministrationRequest`` ->
-MedicationRequest; a diet, told by its words -> NutritionOrder; anything else -> ServiceRequest); a request message's subject is the request
-form itself (``observationRequest`` or ``procedureRequest``: laboratory, examination, pathology,
-transfusion or surgery, told apart by its content), each of its ``component2`` items one
-ServiceRequest sharing the form's number as ``requisition``; a transfusion's blood products are
+MedicationRequest; a diet, told by its words -> NutritionOrder; anything else ->
+ServiceRequest); a request message's subject is the request form itself
+(``observationRequest`` or ``procedureRequest``: laboratory, examination, pathology, transfusion
+or surgery, told apart by its content), each of its ``component2`` items one ServiceRequest
+sharing the form's number as ``requisition``; a transfusion's blood products are
 BiologicallyDerivedProducts naming its request.
 
 Every order and item is keyed by its order number (医嘱号), else by the form's number with the
