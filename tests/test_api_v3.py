@@ -1353,6 +1353,48 @@ def test_a_visit_names_the_appointment_it_fulfils(client, v3):
         assert appt["identifier"][0]["value"] == number and appt["status"] == "booked"
 
 
+def test_card_visit_and_patient_queries_find_what_was_written_through_rest(client, v3):
+    """The card and visit queries answer from the hub's data, not only from v3 messages: a
+    Patient with a visit card and an Encounter another system wrote through REST are found by
+    the card number, the visit number, the patient and the time frame."""
+    local, card, serial = f"P{tag()}", f"CARD{tag()}", f"VS{tag()}"
+    patient = {"resourceType": "Patient", "name": [{"text": "测试乙"}], "gender": "male",
+               "identifier": [{"system": f"urn:oid:{OID}.1", "value": local},
+                              {"system": f"urn:oid:{OID}.18", "value": card}]}
+    r = client.post("/Patient", json=patient)
+    assert r.status_code == 201, r.text
+    pid = r.json()["id"]
+    encounter = {"resourceType": "Encounter", "status": "finished",
+                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                 "identifier": [{"system": f"urn:oid:{OID}.2", "value": serial}],
+                 "subject": {"reference": f"Patient/{pid}",
+                             "identifier": {"system": f"urn:oid:{OID}.1", "value": local}},
+                 "period": {"start": "2024-05-06T09:00:00+08:00", "end": "2024-05-06T09:40:00+08:00"}}
+    assert client.post("/Encounter", json=encounter).status_code == 201
+    # the card query (就诊卡信息查询: the patient query by the card's number)
+    r = post(client, v3, patient_query(card, "2.16.156.10011.2.5.1.6", "测试乙"), DECLARED)
+    code, _, root = ack(r, "PRPA_IN201306UV02")
+    assert code == "AA" and query_ack(root) == ("OK", 1)
+    assert card in {i.get("extension") for i in root.iter(f"{V3}item")}
+
+    def visits(criteria: str) -> tuple[int, etree._Element]:
+        r = post(client, v3, visit_query(criteria), DECLARED)
+        code, _, root = ack(r, "PRPA_IN900350UV02")
+        assert code == "AA", r.text
+        return query_ack(root)[1], root
+
+    number = (f'<careEventID><value><item root="2.16.156.10011.2.5.1.9" extension="{serial}"/>'
+              f"</value></careEventID>")
+    n, root = visits(number)
+    assert n == 1 and root.find(f".//{V3}encounterEvent/{V3}statusCode").get("code") == "completed"
+    by_patient = (f'<patientId><value><item root="2.16.156.10011.2.5.1.4" extension="{local}"/>'
+                  f"</value></patientId>")
+    may = ('<encounterTimeframe><value><low value="20240501"/><high value="20240531"/>'
+           "</value></encounterTimeframe>")
+    assert visits(by_patient)[0] == 1 and visits(by_patient + may)[0] == 1
+    assert visits(by_patient + may.replace("202405", "202406"))[0] == 0
+
+
 def test_the_source_slot_query_answers_sessions_and_their_slots(client, v3):
     """PRSC_IN100000UV (our reading: no sample at hand): sessions by number, doctor, clinic,
     kind and time, answered as the schedule acts they were registered as, with their slots (only
