@@ -434,6 +434,42 @@ def test_an_order_update_and_a_replay_land_on_the_same_resources():
     assert e.value.rule == "v3.order.id-missing" and "observationRequest" in e.value.location
 
 
+def test_slot_query_parameters_and_response():
+    """PRSC_IN100000UV (our reading): the doctor, the day and the slots' status as criteria; the
+    answer is the session as it was registered, with only the slots of that status."""
+    q = parse_query(fixture("slot-query.xml"), SRC)
+    assert q["response_interaction"] == "PRSC_IN100001UV" and q["resource_types"] == ["Schedule"]
+    assert q["params"] == [("actor:Practitioner.identifier", "urn:oid:1.2.156.112604.1.2.1.6|D001"),
+                           ("date", "ge2024-03-20"), ("date", "le2024-03-20"), ("_count", "20")]
+    assert q["criteria"]["slot_status"] == "free"
+    conv = convert(fixture("schedule-register.xml"), SRC)
+    body = respond(q, conv.resources, now=NOW, message_id="R1")
+    root = parse_xml(body)
+    assert etree.QName(root).localname == "PRSC_IN100001UV"
+    session = root.find(f"{V3}controlActProcess/{V3}subject/{V3}schedule")
+    assert session.find(f"{V3}id").get("extension") == "PB20240320-0801"
+    slots = [s for s in session.iter(f"{V3}resourceSlot") if s.find(f"{V3}effectiveTime") is not None]
+    assert [(s.find(f"{V3}id").get("extension"), s.find(f"{V3}statusCode").get("code")) for s in slots] \
+        == [("1", "normal")]  # the booked one left out: free slots were asked for
+    # the same answer is the same message (its id derives from the query and the results)
+    assert respond(q, conv.resources, now=NOW) == respond(q, conv.resources, now=NOW)
+
+
+def test_a_service_named_apart_changes_the_handler_only_for_its_interaction():
+    visit = fixture("visit-query.xml").replace(
+        b"<!--CRITERIA-->", b'<patientId><value><item root="2.16.156.10011.2.5.1.4" extension="P1"/>'
+        b"</value></patientId>")
+    assert parse_query(visit, SRC)["handler"] == "visit_query"
+    for service in ("门诊预约状态信息查询服务", "appointment_query"):
+        q = parse_query(visit, SRC, service)
+        assert q["handler"] == "appointment_query" and q["resource_types"] == ["Appointment"]
+        assert ("actor:identifier", "urn:oid:1.2.156.112604.1.2.1.1|P1") in q["params"]
+    # a service of another interaction, or one nobody knows: the interaction's own handler
+    for service in ("号源排班信息查询服务", "PRPA_IN900300UV", "no such service"):
+        assert parse_query(visit, SRC, service)["handler"] == "visit_query"
+    assert parse_query(fixture("slot-query.xml"), SRC, "门诊预约状态信息查询服务")["handler"] == "slot_query"
+
+
 def test_order_query_parameters_and_response():
     q = parse_query(fixture("order-query.xml").replace(
         b"<!--CRITERIA-->", b'<actId><value><item root="2.16.156.10011.1.24" extension="SQ1"/>'
