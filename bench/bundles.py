@@ -9,7 +9,11 @@ and per CPU second of the server, each as a ratio to raw ``model_validate_json``
 resources in this process (per wall second, and per CPU second), measured before and after the
 posting; and the CPU of the API process and its read-model follower process together. Goal: >= 0.6.
 
-    .venv/bin/python -m bench.bundles [--people 400] [--per-bundle 1]
+    .venv/bin/python -m bench.bundles [--people 400] [--batched 10] [--history 10]
+
+A third run writes each person's history ``--history`` times as long (``Region(visit_scale=…)``),
+one Patient per Bundle: Synthea writes a patient's whole life, hundreds of entries, where the
+region's people have a few visits each.
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ def _merge(bundles: list[dict], k: int) -> list[dict]:
              "entry": [e for b in bundles[i:i + k] for e in b["entry"]]} for i in range(0, len(bundles), k)]
 
 
-def run(people: int, per_bundle: int, port: int) -> dict:
-    region = Region(seed=11, people=people)
+def run(people: int, per_bundle: int, port: int, visit_scale: int = 1) -> dict:
+    region = Region(seed=11, people=people, visit_scale=visit_scale)
     bundles = _merge(list(patient_bundles(region)), per_bundle)
     bodies = [orjson.dumps(b) for b in bundles]
     resources = [orjson.dumps(e["resource"]) for b in bundles for e in b["entry"]]
@@ -81,7 +85,7 @@ def run(people: int, per_bundle: int, port: int) -> dict:
     per_wall, per_cpu = n / wall, n / cpu
     vw, vc = statistics.mean(base_wall), statistics.mean(base_cpu)
     return {
-        "people": people, "bundles": len(bundles), "resources": n,
+        "people": people, "visit_scale": visit_scale, "bundles": len(bundles), "resources": n,
         "entries_per_bundle": round(n / len(bundles), 1),
         "observations_stored": stored,
         "resources_per_s": round(per_wall), "resources_per_server_cpu_s": round(per_cpu),
@@ -97,7 +101,8 @@ def run(people: int, per_bundle: int, port: int) -> dict:
 
 def summary_rows(r: dict) -> list[tuple[str, str, str]]:
     rows = []
-    for key, label in (("one", "one Patient per Bundle"), ("batched", "several Patients per Bundle")):
+    for key, label in (("one", "one Patient per Bundle"), ("batched", "several Patients per Bundle"),
+                       ("history", "one Patient with a Synthea-long history per Bundle")):
         x = r.get(key)
         if x:
             rows.append((f"Synthea-shaped transaction Bundles over REST, {label} ({x['entries_per_bundle']} "
@@ -113,13 +118,18 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--people", type=int, default=400)
     p.add_argument("--batched", type=int, default=10, help="Patients per Bundle of the second run")
+    p.add_argument("--history", type=int, default=10,
+                   help="visits times this for the third run: one Patient per Bundle, records as "
+                        "long as Synthea's (0: no such run)")
     p.add_argument("--port", type=int, default=18093)
     args = p.parse_args(argv)
     result = {"one": run(args.people, 1, args.port)}
     if args.batched > 1:
         result["batched"] = run(args.people, args.batched, args.port)
+    if args.history > 1:
+        result["history"] = run(max(1, args.people // args.history), 1, args.port, args.history)
     result["summary_rows"] = summary_rows(result)
-    for k in ("one", "batched"):
+    for k in ("one", "batched", "history"):
         if k in result:
             print(k, result[k])
     print("written", record("bundles", result))

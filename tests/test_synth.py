@@ -276,6 +276,26 @@ def test_size_per_person_and_estimate(region500):
     assert abs(region.estimate_resources() - total) < 0.1 * total
 
 
+def test_longer_histories_keep_the_people_and_add_visits():
+    """``visit_scale`` lengthens every person's record (Synthea-long histories for the bundle
+    benchmark) and changes nothing else of them: the same Patients, more Encounters, each
+    still valid; 1 is the region as it always was."""
+    def count(region: Region) -> collections.Counter:
+        return collections.Counter(r["resourceType"] for r in region.iter_resources())
+
+    assert digest(Region(5, 30, visit_scale=1)) == digest(Region(5, 30))
+    base, longer = count(Region(5, 30)), count(Region(5, 30, visit_scale=4))
+    assert longer["Patient"] == base["Patient"]
+    assert 3 * base["Encounter"] < longer["Encounter"] <= 4 * base["Encounter"] + 30
+    patients = {r["id"]: r for r in Region(5, 30).iter_resources() if r["resourceType"] == "Patient"}
+    for r in Region(5, 30, visit_scale=4).iter_resources():
+        if r["resourceType"] == "Patient":
+            assert r == patients[r["id"]]
+        get_fhir_model_class(r["resourceType"]).model_validate(r)
+    with pytest.raises(ValueError):
+        Region(5, 30, visit_scale=0)
+
+
 def _peak_while_streaming(people: int) -> int:
     region = Region(17, people)
     tracemalloc.start()

@@ -113,10 +113,16 @@ class Region:
     so where a person is registered and what their visits contain differ between region sizes.
     """
 
-    def __init__(self, seed: int = 42, people: int = 100, province: str = "500000") -> None:
+    def __init__(self, seed: int = 42, people: int = 100, province: str = "500000",
+                 visit_scale: int = 1) -> None:
         if people < 0:
             raise ValueError("people must be >= 0")
+        if visit_scale < 1:
+            raise ValueError("visit_scale must be >= 1")
         self.seed, self.people, self.province = seed, people, province
+        # a person's visits to each institution, times this: 1 is the region's few visits in the
+        # window; larger gives records as long as Synthea's (whole histories per patient)
+        self.visit_scale = visit_scale
         self._factory = PeopleFactory(seed, province)
         self._clinical = _Clinical()
         self._level_names = table("places")["levels"]
@@ -246,18 +252,23 @@ class Region:
         if born_in_window and hospital not in chosen:
             chosen.append(hospital)
         start = max(person.birth, FIRST_VISIT_DATE).toordinal()
-        span = REFERENCE_DATE.toordinal() - start
-        visits = []
+        visits: list[tuple[dt.datetime, Institution, str]] = []
+        # longer histories (visit_scale): more visits after each institution's first, drawn from
+        # a generator of their own, so that the people and their registrations stay as they are
+        more = random.Random(f"{self.seed}:history:{person.index}")
         for inst in dict.fromkeys(chosen):  # unique, in order
-            for _ in range(rng.choices((1, 2, 3), cum_weights=(65, 90, 100))[0]):
+            n = rng.choices((1, 2, 3), cum_weights=(65, 90, 100))[0]
+            for i in range(n * self.visit_scale):
+                draw, first = (rng, start) if i < n else (more, min(
+                    v[0].date().toordinal() for v in visits if v[1] is inst))
                 cls = "AMB"
                 if inst.level == "tertiary":
-                    cls = rng.choices(("AMB", "IMP", "EMER"), cum_weights=(72, 87, 100))[0]
-                elif inst.level == "township" and rng.random() < 0.05:
+                    cls = draw.choices(("AMB", "IMP", "EMER"), cum_weights=(72, 87, 100))[0]
+                elif inst.level == "township" and draw.random() < 0.05:
                     cls = "IMP"
-                day = dt.date.fromordinal(start + rng.randrange(span + 1))
-                hour = rng.randrange(24) if cls == "EMER" else rng.choice((8, 9, 10, 11, 14, 15, 16))
-                visits.append((dt.datetime(day.year, day.month, day.day, hour, rng.randrange(60)), inst, cls))
+                day = dt.date.fromordinal(first + draw.randrange(REFERENCE_DATE.toordinal() - first + 1))
+                hour = draw.randrange(24) if cls == "EMER" else draw.choice((8, 9, 10, 11, 14, 15, 16))
+                visits.append((dt.datetime(day.year, day.month, day.day, hour, draw.randrange(60)), inst, cls))
         if born_in_window:  # the birth: seen at the hospital within days
             day = person.birth + dt.timedelta(days=rng.randrange(3))
             at = dt.datetime(day.year, day.month, day.day, rng.randrange(8, 17), rng.randrange(60))
