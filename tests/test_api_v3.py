@@ -98,6 +98,15 @@ def query_ack(root: etree._Element) -> tuple[str, int]:
             int(qa.find(f"{V3}resultTotalQuantity").get("value")))
 
 
+def asked(client: httpx.Client, url: str, query: bytes, response: str, headers: dict = DECLARED
+          ) -> tuple[str, int, etree._Element]:
+    """(acknowledgement code, resultTotalQuantity, root) of the answer to a v3 query."""
+    r = post(client, url, query, headers)
+    assert r.status_code == 200, r.text
+    code, _, root = ack(r, response)
+    return code, query_ack(root)[1], root
+
+
 def accepted(client, url, data, headers=None) -> etree._Element:
     r = post(client, url, data, headers)
     assert r.status_code == 200, r.text
@@ -782,10 +791,7 @@ def test_visits_are_queried_by_visit_patient_time_and_type(client, v3):
                                        ("20240308093000", "20240401080000")))
 
     def answer(criteria: str) -> tuple[str, int, etree._Element]:
-        r = post(client, v3, visit_query(criteria))
-        assert r.status_code == 200, r.text
-        code, _, root = ack(r, "PRPA_IN900350UV02")
-        return code, query_ack(root)[1], root
+        return asked(client, v3, visit_query(criteria), "PRPA_IN900350UV02", XML)
 
     # by the visit's serial number: the admission, with its doctor and department
     code, n, root = answer(f'<careEventID><value><item root="2.16.156.10011.2.5.1.9" '
@@ -1007,10 +1013,7 @@ def test_orders_and_requests_are_queried_by_order_form_visit_author_time_and_pat
     assert client.post("/ServiceRequest", json=rest).status_code == 201
 
     def answer(criteria: str) -> tuple[str, int, etree._Element]:
-        r = post(client, v3, order_query(criteria), DECLARED)
-        assert r.status_code == 200, r.text
-        code, _, root = ack(r, "QUMT_IN020040UV01")
-        return code, query_ack(root)[1], root
+        return asked(client, v3, order_query(criteria), "QUMT_IN020040UV01")
 
     def act(root: str, ext: str) -> str:
         return f'<actId><value><item root="{root}" extension="{ext}"/></value></actId>'
@@ -1073,10 +1076,7 @@ def test_a_diet_order_is_written_stopped_and_answers_the_order_query(client, v3)
     assert order["patient"]["reference"] == f"Patient/{patient_id(INST, local)}"
 
     def answer(criteria: str) -> tuple[str, int, etree._Element]:
-        r = post(client, v3, order_query(criteria), DECLARED)
-        assert r.status_code == 200, r.text
-        code, _, root = ack(r, "QUMT_IN020040UV01")
-        return code, query_ack(root)[1], root
+        return asked(client, v3, order_query(criteria), "QUMT_IN020040UV01")
 
     act = (f'<actId><value><item root="2.16.156.10011.1.28" extension="YZ{n}2"/></value>'
            f"</actId>")
@@ -1283,10 +1283,7 @@ def test_the_outpatient_appointment_query_answers_when_the_service_is_named(clie
 
     def answer(criteria: str, service: str | None = APPOINTMENTS) -> tuple[str, int, etree._Element]:
         url = v3 + (f"?service={service}" if service else "")
-        r = post(client, url, visit_query(criteria), DECLARED)
-        assert r.status_code == 200, r.text
-        code, _, root = ack(r, "PRPA_IN900350UV02")
-        return code, query_ack(root)[1], root
+        return asked(client, url, visit_query(criteria), "PRPA_IN900350UV02")
 
     def booked(root: etree._Element) -> dict[str, str]:
         return {a.find(f"{V3}id").get("extension"): a.find(f"{V3}statusCode").get("code")
@@ -1378,10 +1375,9 @@ def test_card_visit_and_patient_queries_find_what_was_written_through_rest(clien
     assert card in {i.get("extension") for i in root.iter(f"{V3}item")}
 
     def visits(criteria: str) -> tuple[int, etree._Element]:
-        r = post(client, v3, visit_query(criteria), DECLARED)
-        code, _, root = ack(r, "PRPA_IN900350UV02")
-        assert code == "AA", r.text
-        return query_ack(root)[1], root
+        code, n, root = asked(client, v3, visit_query(criteria), "PRPA_IN900350UV02")
+        assert code == "AA"
+        return n, root
 
     number = (f'<careEventID><value><item root="2.16.156.10011.2.5.1.9" extension="{serial}"/>'
               f"</value></careEventID>")
@@ -1406,10 +1402,7 @@ def test_the_source_slot_query_answers_sessions_and_their_slots(client, v3):
     def answer(criteria: str) -> tuple[str, int, etree._Element]:
         body = _wrap("PRSC_IN100000UV", f"<queryByParameter><queryId extension='Q{tag()}'/>"
                      f"{criteria}</queryByParameter>", f"SQ-{tag()}")
-        r = post(client, v3, body, DECLARED)
-        assert r.status_code == 200, r.text
-        code, text, root = ack(r, "PRSC_IN100001UV")
-        return code, query_ack(root)[1], root
+        return asked(client, v3, body, "PRSC_IN100001UV")
 
     def slots(root: etree._Element) -> dict[str, str]:
         return {s.find(f"{V3}id").get("extension"): s.find(f"{V3}statusCode").get("code")

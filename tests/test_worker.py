@@ -88,7 +88,6 @@ def all_there(base: str, expected: dict, auth=None) -> bool:
     return True
 
 
-
 # kafka-python's own I/O loop, closing: a socket closed under a pending read is logged with its
 # traceback by the library (a race in its transport, seen on a worker stopped mid-fetch); it is
 # no failure of the worker, which has left its group by then. Every other traceback is one.
@@ -100,6 +99,7 @@ def _tracebacks(log: str) -> list[str]:
     """The log records (a record: a timestamped line and the lines under it) holding a traceback."""
     records = re.split(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", log)
     return [r for r in records if "Traceback" in r and not _LIBRARY_CLOSE_RACE.match(r)]
+
 
 @needs_v2
 def test_mllp_through_kafka_with_kills_and_a_frozen_broker(tmp_path, broker):  # noqa: F811

@@ -241,7 +241,7 @@ def _diet(ctx: Ctx, item: etree._Element, key: str, idents: list, common: dict[s
     res["patient"] = common["subject"]
     if common.get("encounter"):
         res["encounter"] = common["encounter"]
-    sent = fhir_datetime(attr(first(ctx.msg.root, "creationTime"), "value"))
+    sent = fhir_datetime(ctx.msg.creation_time)
     if common.get("authoredOn"):
         res["dateTime"] = common["authoredOn"]
     elif sent:  # the message's time; an update's leaves the stored order's standing

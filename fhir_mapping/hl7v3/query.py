@@ -48,6 +48,12 @@ def _range(params: list[tuple[str, str]], name: str, low: str, high: str) -> Non
         params.append((name, f"le{hi}"))
 
 
+def _ivl_range(params: list[tuple[str, str]], name: str, ivl: etree._Element | None) -> None:
+    """A v3 interval (``low``, ``high``) as ``ge``/``le`` criteria on ``name``; none: nothing."""
+    if ivl is not None:
+        _range(params, name, attr(first(ivl, "low"), "value"), attr(first(ivl, "high"), "value"))
+
+
 def parse_query(payload: bytes, source: SourceInfo | None = None, service: str = ""
                 ) -> dict[str, Any]:
     """A query message -> ``{"interaction", "response_interaction", "resource_type", "header",
@@ -154,7 +160,7 @@ def _patient_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict)
         v = attr(bt, "value")
         if v and fhir_date(v[:8]):
             params.append(("birthdate", fhir_date(v[:8])))
-        _range(params, "birthdate", attr(first(bt, "low"), "value"), attr(first(bt, "high"), "value"))
+        _ivl_range(params, "birthdate", bt)
     md = attr(first(qbp, "matchCriterionList/minimumDegreeMatch/value"), "value")
     if md:
         criteria["minimum_degree_match"] = md
@@ -187,7 +193,7 @@ def _practitioner_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: 
             params.append(("gender", _gender(g)))
     dob = first(qbp, "dOB/value")
     if dob is not None:
-        _range(params, "birthdate", attr(first(dob, "low"), "value"), attr(first(dob, "high"), "value"))
+        _ivl_range(params, "birthdate", dob)
         criteria["birth"] = [attr(first(dob, "low"), "value"), attr(first(dob, "high"), "value")]
     name = text_parts(first(qbp, "providerName/value"))
     if name:
@@ -213,9 +219,7 @@ def _visit_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict) -
     if visit:
         params.append(("identifier", _or_tokens(ctx, visit)))
         criteria["visit"] = visit
-    frame = first(qbp, "encounterTimeframe/value")
-    if frame is not None:
-        _range(params, "date", attr(first(frame, "low"), "value"), attr(first(frame, "high"), "value"))
+    _ivl_range(params, "date", first(qbp, "encounterTimeframe/value"))
     _patient_param(ctx, qbp, "subject:identifier", params, criteria)
     _ids_param(ctx, qbp, "patientLocationID/value", "location:identifier", "department", params,
                criteria)
@@ -257,9 +261,7 @@ def _appointment_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: d
     cat = t["categories"]["outpatient"]
     params.append(("service-category", f"{t['category_system']}|{cat['code']}"))
     _ids_param(ctx, qbp, "careEventID/value", "identifier", "appointment", params, criteria)
-    frame = first(qbp, "encounterTimeframe/value")
-    if frame is not None:
-        _range(params, "date", attr(first(frame, "low"), "value"), attr(first(frame, "high"), "value"))
+    _ivl_range(params, "date", first(qbp, "encounterTimeframe/value"))
     _patient_param(ctx, qbp, "actor:identifier", params, criteria)
     _ids_param(ctx, qbp, "patientLocationID/value", "actor:identifier", "department", params,
                criteria)
@@ -296,9 +298,7 @@ def _slot_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict) ->
     if kind:
         params.append(("service-type", kind))
         criteria["kind"] = kind
-    frame = el("time")
-    if frame is not None:
-        _range(params, "date", attr(first(frame, "low"), "value"), attr(first(frame, "high"), "value"))
+    _ivl_range(params, "date", el("time"))
     status = attr(el("status"), "code")
     if status:
         slot = table("appointments")["slot_status"].get(status)
@@ -344,10 +344,7 @@ def _order_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict
     if author:
         shared.append(("requester.identifier", _or_tokens(ctx, author)))
         criteria["author"] = author
-    frame = first(qbp, "effectiveTime/value")
-    if frame is not None:
-        _range(dates, "authored", attr(first(frame, "low"), "value"),
-               attr(first(frame, "high"), "value"))
+    _ivl_range(dates, "authored", first(qbp, "effectiveTime/value"))
     _patient_param(ctx, qbp, "subject:identifier", shared, criteria)  # as for visits
     params += shared + request_only + dates
     searches = [("ServiceRequest", shared + request_only + dates)]
@@ -410,12 +407,8 @@ def _document_params(ctx: Ctx, qbp: etree._Element, params: list, criteria: dict
             system = codes["cda_system"]
         params.append(("type", f"urn:oid:{system}|{attr(code, 'code')}"))
         criteria["type"] = attr(code, "code")
-    eff = first(qbp, "clinicalDocument.effectiveTime/value")
-    if eff is not None:
-        _range(params, "date", attr(first(eff, "low"), "value"), attr(first(eff, "high"), "value"))
-    enc = first(qbp, "encompassingEncounter.effectiveTime/value")
-    if enc is not None:
-        _range(params, "period", attr(first(enc, "low"), "value"), attr(first(enc, "high"), "value"))
+    _ivl_range(params, "date", first(qbp, "clinicalDocument.effectiveTime/value"))
+    _ivl_range(params, "period", first(qbp, "encompassingEncounter.effectiveTime/value"))
     _ids_param(ctx, qbp, "encompassingEncounter.id/value", "related:identifier", "encounter",
                params, criteria)
     _ids_param(ctx, qbp, "assignedAuthor.id/value", "author.identifier", "author", params,
@@ -478,6 +471,19 @@ def _ii(parent: etree._Element, name: str, identifiers: list[dict[str, Any]], wa
             pairs.append((root, i["value"]))
     if pairs:
         id_items(parent, name, pairs)
+
+
+def _interval(parent: etree._Element, start: str | None, end: str | None
+              ) -> etree._Element | None:
+    """A FHIR period's ends as the v3 ``effectiveTime`` (``low``, ``high``); neither: none."""
+    if not start and not end:
+        return None
+    eff = E(parent, "effectiveTime")
+    if start:
+        E(eff, "low", value=_ts(start))
+    if end:
+        E(eff, "high", value=_ts(end))
+    return eff
 
 
 def _name(parent: etree._Element, names: Any, xsi_type: str = "LIST_EN") -> None:
@@ -669,12 +675,7 @@ def _visit(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict) ->
     status = {v: k for k, v in t["act_status"].items()}.get(res.get("status", ""), "active")
     E(ev, "statusCode", code=status)
     period = res.get("period") or {}
-    if period:
-        et = E(ev, "effectiveTime")
-        if period.get("start"):
-            E(et, "low", value=_ts(period["start"]))
-        if period.get("end"):
-            E(et, "high", value=_ts(period["end"]))
+    _interval(ev, period.get("start"), period.get("end"))
     for r in res.get("reasonCode") or []:
         if r.get("text"):
             E(E(E(ev, "reasonCode"), "item"), "originalText", value=r["text"])
@@ -738,12 +739,9 @@ def _appointment(cap: etree._Element, res: dict[str, Any], element: str = "actAp
         E(act, "id", root=_oid_of(ident.get("system", "")) or None, extension=ident["value"])
     E(act, "statusCode", code={v: k for k, v in reversed(list(
         table("appointments")["status"].items()))}.get(res.get("status", ""), "active"))
-    if res.get("start"):
-        eff = E(act, "effectiveTime")
+    eff = _interval(act, res["start"], res.get("end")) if res.get("start") else None
+    if eff is not None:
         eff.set("{http://www.w3.org/2001/XMLSchema-instance}type", "IVL_TS")
-        E(eff, "low", value=_ts(res["start"]))
-        if res.get("end"):
-            E(eff, "high", value=_ts(res["end"]))
     for part in res.get("participant") or []:
         actor = part.get("actor") or {}
         role = next((t.get("text") for t in part.get("type") or []), "")
@@ -791,12 +789,7 @@ def _schedule(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict)
     _cd(act, "code", next(iter(res.get("serviceType") or []), None))
     E(act, "statusCode", code="active" if res.get("active", True) else "cancelled")
     horizon = res.get("planningHorizon") or {}
-    if horizon:
-        eff = E(act, "effectiveTime")
-        if horizon.get("start"):
-            E(eff, "low", value=_ts(horizon["start"]))
-        if horizon.get("end"):
-            E(eff, "high", value=_ts(horizon["end"]))
+    _interval(act, horizon.get("start"), horizon.get("end"))
     for actor in res.get("actor") or []:
         entity = E(E(E(E(act, "component", typeCode="COMP"), "resourceSlot", classCode="ACT",
                        moodCode="SLOT"), "directTarget", typeCode="DIR"), "identifiedEntity",
@@ -827,9 +820,7 @@ def _schedule(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict)
         if number:
             E(rs, "id", extension=number)
         E(rs, "statusCode", code=back.get(slot.get("status", ""), "normal"))
-        eff = E(rs, "effectiveTime")
-        E(eff, "low", value=_ts(slot.get("start")))
-        E(eff, "high", value=_ts(slot.get("end")))
+        _interval(rs, slot.get("start"), slot.get("end"))
 
 
 def _order(cap: etree._Element, res: dict[str, Any], refs: dict, query: dict) -> None:

@@ -258,23 +258,27 @@ class Region:
         more = random.Random(f"{self.seed}:history:{person.index}")
         for inst in dict.fromkeys(chosen):  # unique, in order
             n = rng.choices((1, 2, 3), cum_weights=(65, 90, 100))[0]
-            for i in range(n * self.visit_scale):
-                draw, first = (rng, start) if i < n else (more, min(
-                    v[0].date().toordinal() for v in visits if v[1] is inst))
-                cls = "AMB"
-                if inst.level == "tertiary":
-                    cls = draw.choices(("AMB", "IMP", "EMER"), cum_weights=(72, 87, 100))[0]
-                elif inst.level == "township" and draw.random() < 0.05:
-                    cls = "IMP"
-                day = dt.date.fromordinal(first + draw.randrange(REFERENCE_DATE.toordinal() - first + 1))
-                hour = draw.randrange(24) if cls == "EMER" else draw.choice((8, 9, 10, 11, 14, 15, 16))
-                visits.append((dt.datetime(day.year, day.month, day.day, hour, draw.randrange(60)), inst, cls))
+            own = [self._visit(rng, inst, start) for _ in range(n)]
+            first = min(v[0] for v in own).toordinal()
+            visits += own + [self._visit(more, inst, first) for _ in range(n * (self.visit_scale - 1))]
         if born_in_window:  # the birth: seen at the hospital within days
             day = person.birth + dt.timedelta(days=rng.randrange(3))
             at = dt.datetime(day.year, day.month, day.day, rng.randrange(8, 17), rng.randrange(60))
             visits.append((at, hospital, "IMP"))
         visits.sort(key=lambda v: (v[0], v[1].n))
         return visits
+
+    @staticmethod
+    def _visit(rng: random.Random, inst: Institution, start: int) -> tuple[dt.datetime, Institution, str]:
+        """One visit to ``inst`` on a day from ``start`` (an ordinal) to the reference date."""
+        cls = "AMB"
+        if inst.level == "tertiary":
+            cls = rng.choices(("AMB", "IMP", "EMER"), cum_weights=(72, 87, 100))[0]
+        elif inst.level == "township" and rng.random() < 0.05:
+            cls = "IMP"
+        day = dt.date.fromordinal(start + rng.randrange(REFERENCE_DATE.toordinal() - start + 1))
+        hour = rng.randrange(24) if cls == "EMER" else rng.choice((8, 9, 10, 11, 14, 15, 16))
+        return dt.datetime(day.year, day.month, day.day, hour, rng.randrange(60)), inst, cls
 
     def _registration(
         self, rng: random.Random, person: Person, inst: Institution, first: dt.date
