@@ -43,8 +43,13 @@ def validation_rate(items: list[bytes], clock=time.perf_counter) -> float:
     parsed = [(raw, orjson.loads(raw)["resourceType"]) for raw in items]
     for raw, rtype in parsed[:200]:  # import the models first
         model_class(rtype).model_validate_json(raw)
-    return rate(len(parsed), lambda: [model_class(t).model_validate_json(r) for r, t in parsed],
-                clock)
+    def validate_all() -> None:
+        # each result dropped as it is made, as a server drops it: a list holding them all
+        # would make the collector walk a growing heap and flatter every ratio to this rate
+        # (by about a third at 8,000 resources)
+        for r, t in parsed:
+            model_class(t).model_validate_json(r)
+    return rate(len(parsed), validate_all, clock)
 
 
 def rss_peak_mb(pid: int | None = None) -> float:

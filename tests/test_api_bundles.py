@@ -296,6 +296,16 @@ def test_transaction_with_absolute_urls_and_conditional_update(client, live):
      "Bundle.entry[0].resource.resourceType"),
     (bundle("transaction", {"request": {"method": "FETCH", "url": "Patient"}}),
      "Bundle.entry[0].request.method"),
+    # the envelope's error is named at its entry among entries alike but for their fullUrl
+    (bundle("transaction", *[dict(post_entry(patient(rid=unique())), fullUrl=f"urn:uuid:{unique()}")
+                             for _ in range(3)],
+            dict(post_entry(patient(rid=unique())), fullUrl=f"urn:uuid:{unique()}",
+                 search={"mode": 7})),
+     "Bundle.entry[3].search.mode"),
+    (bundle("transaction", *[dict(post_entry(patient(rid=unique())), fullUrl=f"urn:uuid:{unique()}")
+                             for _ in range(2)],
+            dict(post_entry(patient(rid=unique())), fullUrl=12)),
+     "Bundle.entry[2].fullUrl"),
 ])
 def test_malformed_transactions(client, b, where):
     before = system_total(client)

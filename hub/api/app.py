@@ -60,6 +60,7 @@ from hub.core.conditional import SearchResolver, parse_query
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request, not_found
 from hub.core.events import resource_bytes
+from hub.core.gctune import tune_for_serving
 from hub.core.ingest import Context, Hub, Op, Result
 from hub.core.parentwatch import watch_parent
 from hub.core.patch import apply_fhirpath_patch, apply_json_patch
@@ -89,14 +90,16 @@ def create_worker_app() -> FastAPI:
     parent = os.environ.get("HUB_SERVE_PARENT")
     if parent:
         watch_parent(int(parent), lambda: os.kill(os.getpid(), signal.SIGTERM))
-    return create_app()
+    return create_app(serving=True)
 
 
 def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
-               policy: Policy | None = None) -> FastAPI:
+               policy: Policy | None = None, serving: bool = False) -> FastAPI:
     """The application; ``policy`` decides what each caller may read and write (every handler
     reaches resources through the repository that asks it): by default the access policy of
-    ``hub.access.policy`` with access control on (``settings.auth``), else everything open."""
+    ``hub.access.policy`` with access control on (``settings.auth``), else everything open.
+    ``serving``: the application is its process's server (``hub serve``), whose garbage
+    collector it tunes once started (``hub.core.gctune``); not for one of many in a process."""
     settings = settings or Settings()
     if settings.auth:
         # tokens are for one audience: the configured base URL, never the request's Host
@@ -176,6 +179,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         app.state.intake_runner = Runner(follow_store, app.state.intake)
         if settings.follows_here:
             app.state.intake_runner.start()
+        if serving:
+            tune_for_serving()
         try:
             yield
         finally:

@@ -89,7 +89,7 @@ def _run_server(args, settings: Settings, options: dict, create_app) -> None:
                 os.environ[name] = value
         uvicorn.run("hub.api.app:create_worker_app", factory=True, workers=workers, **options)
     else:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(create_app(settings, serving=True), **options)
 
 
 def server_options(settings: Settings) -> dict:
