@@ -23,13 +23,14 @@ import orjson
 from fhir_mapping.fhir_types import TYPES
 from hub.core.errors import Issue
 
-_CODES = {
-    (t, name): frozenset(spec[2])
+# (type, element) -> (kind, repeats, the codes of its required binding or None), one lookup a value
+_SPECS: dict[str, dict[str, tuple[str, bool, frozenset[str] | None]]] = {
+    t: {name: (spec[0], bool(spec[1]), frozenset(spec[2]) if len(spec) > 2 else None)
+        for name, spec in fields.items()}
     for t, fields in TYPES.items()
-    for name, spec in fields.items()
-    if len(spec) > 2
 }
 _PRIMITIVE = {"b": "a JSON boolean", "i": "a JSON integer", "d": "a JSON number", "s": "a JSON string"}
+_NO_FIELDS: dict[str, tuple[str, bool, frozenset[str] | None]] = {}
 
 
 # A path is built only when an issue needs it: (parent, key or index) pairs, rendered on demand
@@ -54,10 +55,11 @@ def _object(d: dict, tname: str, path: Path, issues: list[Issue]) -> None:
         issues.append(Issue("invalid", "Empty objects are not allowed in FHIR JSON",
                             expression=_render(path)))
         return
-    fields = TYPES.get(tname, {})
+    fields = _SPECS.get(tname, _NO_FIELDS)
     for k, v in d.items():
-        if v is None or v == [] or v == {}:
-            what = "null" if v is None else "an empty array" if v == [] else "an empty object"
+        if v is None or (not v and isinstance(v, (list, dict))):
+            what = "null" if v is None else "an empty array" if isinstance(v, list) \
+                else "an empty object"
             issues.append(Issue("invalid", f"{k} is {what}, which FHIR JSON forbids",
                                 expression=_render((path, k))))
             continue
@@ -66,7 +68,7 @@ def _object(d: dict, tname: str, path: Path, issues: list[Issue]) -> None:
             if isinstance(v, (dict, list)):
                 _untyped(v, (path, k), issues)
             continue
-        kind, repeats = spec[0], spec[1]
+        kind, repeats, codes = spec
         if repeats:
             if not isinstance(v, list):
                 issues.append(Issue("structure", f"{k} repeats, so it must be an array",
@@ -74,23 +76,28 @@ def _object(d: dict, tname: str, path: Path, issues: list[Issue]) -> None:
                 continue
             where = (path, k)
             for i, item in enumerate(v):
-                _value(item, kind, (tname, k), (where, i), issues)
+                if kind == "s" and type(item) is str and (codes is None or item in codes):
+                    continue  # the common case, without a call
+                _value(item, kind, codes, (where, i), issues)
         elif isinstance(v, list):
             issues.append(Issue("structure", f"{k} does not repeat; it must not be an array",
                                 expression=_render((path, k))))
+        elif kind == "s" and type(v) is str and (codes is None or v in codes):
+            continue
         else:
-            _value(v, kind, (tname, k), (path, k), issues)
+            _value(v, kind, codes, (path, k), issues)
 
 
-def _value(v: Any, kind: str, element: tuple[str, str], where: Path, issues: list[Issue]) -> None:
+def _value(v: Any, kind: str, codes: frozenset[str] | None, where: Path,
+           issues: list[Issue]) -> None:
     if v is None:
         issues.append(Issue("invalid", "null inside an array", expression=_render(where)))
     elif kind == "s":
         if not isinstance(v, str):
             issues.append(Issue("value", f"must be {_PRIMITIVE[kind]}", expression=_render(where)))
-        elif element in _CODES and v not in _CODES[element]:
+        elif codes is not None and v not in codes:
             issues.append(Issue("code-invalid", f"{v!r} is not one of "
-                                f"{', '.join(sorted(_CODES[element]))}", expression=_render(where)))
+                                f"{', '.join(sorted(codes))}", expression=_render(where)))
     elif kind == "b":
         if type(v) is not bool:
             issues.append(Issue("value", f"must be {_PRIMITIVE[kind]}", expression=_render(where)))
