@@ -129,6 +129,10 @@ def test_many_problems_are_all_reported(client):
     ({"name": {"family": "Wang"}}, "Patient.name"),
     ({"contained": [{"resourceType": "Observation", "status": "final", "code": {"text": "x"},
                      "valueQuantity": {"value": "5.4"}}]}, "Patient.contained[0].valueQuantity.value"),
+    # in a repeating element: a number among strings, a code outside its required binding
+    ({"name": [{"family": "Wang", "given": ["Wei", 5]}]}, "Patient.name[0].given[1]"),
+    ({"contained": [{"resourceType": "AllergyIntolerance", "patient": {"reference": "#"},
+                     "category": ["food", "robots"]}]}, "Patient.contained[0].category[1]"),
 ])
 def test_wrong_json_primitive_types_and_codes_are_refused(client, change, where):
     """The models would coerce these; the hub stores JSON as sent, so it must refuse them."""
