@@ -317,6 +317,18 @@ def test_malformed_transactions(client, b, where):
 # -- batch -------------------------------------------------------------------------------------
 
 
+def test_a_control_character_in_a_batch_envelope_is_named_at_its_entry(client):
+    """Entries alike are checked once in the envelope; an error is still named where it is."""
+    alike = [dict(post_entry(patient(rid=unique())), fullUrl=f"urn:uuid:{unique()}")
+             for _ in range(3)]
+    odd = dict(post_entry(patient(rid=unique())), fullUrl=f"urn:uuid:{unique()}")
+    odd["request"] = {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=a\u0001b"}
+    before = system_total(client)
+    body = assert_outcome(send(client, bundle("batch", *alike, odd)), 400)
+    assert "Bundle.entry[3].request.ifNoneExist" in expressions(body), body
+    assert system_total(client) == before
+
+
 def test_batch_entries_are_independent(client):
     ok1, ok2 = patient(), patient(rid=unique())
     bad = patient(birthDate="1990-13-45")

@@ -133,8 +133,8 @@ def validate_envelope(bundle: dict, entries: list) -> None:
 
     The model checks each entry on its own (no rule of Bundle looks across entries), so entries
     alike but for a plain fullUrl are checked once: a transaction's hundreds of entries are a
-    handful of shapes (``POST Observation``, …). A failure is checked again entry by entry, so
-    that its error names the entry where it is."""
+    handful of shapes (``POST Observation``, …). A failure (a 422, or a 400 for a control
+    character) is checked again entry by entry, so that its error names the entry where it is."""
     shapes: dict[bytes, object] = {}
     for e in entries:
         part = {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
@@ -151,9 +151,8 @@ def validate_envelope(bundle: dict, entries: list) -> None:
         try:
             _validate_envelope(bundle, list(shapes.values()))
             return
-        except FhirError as e:
-            if e.status != 422:
-                raise
+        except FhirError:  # its location is among the shapes: found again among the entries
+            pass
     _validate_envelope(bundle, [
         {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
         for e in entries
