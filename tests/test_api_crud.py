@@ -6,6 +6,8 @@ If-None-Match, response headers, Prefer, _format/_pretty, and "content unchanged
 
 from __future__ import annotations
 
+import uuid
+
 import orjson
 import pytest
 
@@ -66,6 +68,20 @@ def test_create_ignores_the_id_in_the_body(client):
     assert rid != sent["id"]
     assert client.get(f"/Patient/{rid}").status_code == 200
     assert_outcome(client.get(f"/Patient/{sent['id']}"), 404)
+
+
+def test_the_ids_the_hub_assigns_are_time_ordered_uuids(client):
+    """Created resources get UUIDs of version 7: they sort in the order they were created (so a
+    commit's keys land together in every index keyed by id), within a transaction too."""
+    singly = [create(client, patient()).json()["id"] for _ in range(5)]
+    r = client.post("", json=bundle("transaction", *[
+        {"fullUrl": f"urn:uuid:{unique()}", "resource": patient(),
+         "request": {"method": "POST", "url": "Patient"}} for _ in range(5)]), headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    together = [e["response"]["location"].split("/")[1] for e in r.json()["entry"]]
+    ids = singly + together
+    assert all(uuid.UUID(i).version == 7 for i in ids)
+    assert sorted(ids) == ids and len(set(ids)) == len(ids)
 
 
 def test_create_ignores_client_meta_version(client):
