@@ -284,6 +284,12 @@ def test_transaction_with_absolute_urls_and_conditional_update(client, live):
     assert_outcome(client.get(f"/Patient/{rid}"), 410)
 
 
+def _alike(n: int) -> list[dict]:
+    """``n`` POST entries alike but for their fullUrl (and their resource)."""
+    return [dict(post_entry(patient(rid=unique())), fullUrl=f"urn:uuid:{unique()}")
+            for _ in range(n)]
+
+
 @pytest.mark.parametrize("b, where", [
     ({"resourceType": "Bundle", "type": "collection", "entry": []}, "Bundle.type"),
     (bundle("transaction", {"resource": patient()}), "Bundle.entry[0].request"),
@@ -297,14 +303,9 @@ def test_transaction_with_absolute_urls_and_conditional_update(client, live):
     (bundle("transaction", {"request": {"method": "FETCH", "url": "Patient"}}),
      "Bundle.entry[0].request.method"),
     # the envelope's error is named at its entry among entries alike but for their fullUrl
-    (bundle("transaction", *[dict(post_entry(patient(rid=unique())), fullUrl=f"urn:uuid:{unique()}")
-                             for _ in range(3)],
-            dict(post_entry(patient(rid=unique())), fullUrl=f"urn:uuid:{unique()}",
-                 search={"mode": 7})),
+    (bundle("transaction", *_alike(3), dict(_alike(1)[0], search={"mode": 7})),
      "Bundle.entry[3].search.mode"),
-    (bundle("transaction", *[dict(post_entry(patient(rid=unique())), fullUrl=f"urn:uuid:{unique()}")
-                             for _ in range(2)],
-            dict(post_entry(patient(rid=unique())), fullUrl=12)),
+    (bundle("transaction", *_alike(2), dict(_alike(1)[0], fullUrl=12)),
      "Bundle.entry[2].fullUrl"),
 ])
 def test_malformed_transactions(client, b, where):
@@ -319,9 +320,8 @@ def test_malformed_transactions(client, b, where):
 
 def test_a_control_character_in_a_batch_envelope_is_named_at_its_entry(client):
     """Entries alike are checked once in the envelope; an error is still named where it is."""
-    alike = [dict(post_entry(patient(rid=unique())), fullUrl=f"urn:uuid:{unique()}")
-             for _ in range(3)]
-    odd = dict(post_entry(patient(rid=unique())), fullUrl=f"urn:uuid:{unique()}")
+    alike = _alike(3)
+    odd = _alike(1)[0]
     odd["request"] = {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=a\u0001b"}
     before = system_total(client)
     body = assert_outcome(send(client, bundle("batch", *alike, odd)), 400)

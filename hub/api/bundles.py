@@ -135,34 +135,32 @@ def validate_envelope(bundle: dict, entries: list) -> None:
     alike but for a plain fullUrl are checked once: a transaction's hundreds of entries are a
     handful of shapes (``POST Observation``, …). A failure (a 422, or a 400 for a control
     character) is checked again entry by entry, so that its error names the entry where it is."""
-    shapes: dict[bytes, object] = {}
-    for e in entries:
-        part = {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
-        if isinstance(part, dict) and isinstance(part.get("fullUrl"), str) \
-                and _PLAIN_URL.fullmatch(part["fullUrl"]):
-            part["fullUrl"] = _ANY_URL
-        try:
-            key = orjson.dumps(part)
-        except orjson.JSONEncodeError:  # what orjson will not write: no shortcut
-            shapes = {}
-            break
-        shapes.setdefault(key, part)
-    else:
-        try:
-            _validate_envelope(bundle, list(shapes.values()))
-            return
-        except FhirError:  # its location is among the shapes: found again among the entries
-            pass
-    _validate_envelope(bundle, [
-        {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
-        for e in entries
-    ])
+    # the entries without their resources; emptied ones are fine here (parse_entry says what
+    # is missing)
+    parts = [{k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
+             for e in entries]
+    try:
+        shapes: dict[bytes, object] = {}
+        for shape in map(_shape, parts):
+            shapes.setdefault(orjson.dumps(shape), shape)
+        _validate_envelope(bundle, list(shapes.values()))
+        return
+    except (orjson.JSONEncodeError, FhirError):
+        pass  # what orjson will not write, or a failure whose location is among the shapes
+    _validate_envelope(bundle, parts)
+
+
+def _shape(part: object) -> object:
+    """An entry (without its resource) with a plain fullUrl stood in for by one valid value."""
+    if isinstance(part, dict) and isinstance(part.get("fullUrl"), str) \
+            and _PLAIN_URL.fullmatch(part["fullUrl"]):
+        return {**part, "fullUrl": _ANY_URL}
+    return part
 
 
 def _validate_envelope(bundle: dict, entries: list) -> None:
     envelope = dict(bundle)
     envelope["entry"] = entries
-    # entries emptied by taking their resource out are fine here; parse_entry says what is missing
     res.validate("Bundle", jsontext.dumps(envelope, "Bundle"), envelope, check_json=False)
 
 
