@@ -21,7 +21,7 @@ from eventsourcing.persistence import StoredEvent
 
 from hub.core.access import OPEN, Action, Actor, Policy, patients_in
 from hub.core.errors import FhirError, bad_request, forbidden, not_found
-from hub.core.ingest import Context, Hub, Op, Result
+from hub.core.ingest import Authorize, Context, Hub, Op, Result
 from hub.core.store import ResourceStore, VersionRow
 from projections.search.backend import Page, Row
 from projections.search.compartment import patient_compartment
@@ -344,11 +344,11 @@ class Repository:
         refused = self._refusals(ops, ctx)
         try:
             if not refused:
-                return self._hub.execute(ops, ctx, atomic=atomic)
+                return self._hub.execute(ops, ctx, atomic=atomic, authorize=self._owner(ctx))
             if atomic:
                 raise next(iter(refused.values()))
-            return self._merge(ops, refused, lambda allowed: self._hub.execute(allowed, ctx,
-                                                                               atomic=False))
+            return self._merge(ops, refused, lambda allowed: self._hub.execute(
+                allowed, ctx, atomic=False, authorize=self._owner(ctx)))
         finally:
             self.policy.written({op.rtype for op in ops})
 
@@ -356,7 +356,8 @@ class Repository:
         refused = self._refusals(ops, ctx)
         try:
             return self._merge(ops, refused,
-                               lambda allowed: self._hub.execute_batch(allowed, ctx))
+                               lambda allowed: self._hub.execute_batch(allowed, ctx,
+                                                                       self._owner(ctx)))
         finally:
             self.policy.written({op.rtype for op in ops})
 
@@ -377,25 +378,28 @@ class Repository:
                 if not self._open and op.d is not None:
                     self._check_content(ctx, "c" if op.method == "POST" else "u", op.rtype,
                                         op.d, "the resource written")
-                if not self._open and op.method in ("PUT", "DELETE") and op.rid is not None:
-                    self._check_owner(ctx, op)
             except FhirError as e:
                 refused[i] = e
         return refused
 
-    def _check_owner(self, ctx: Context, op: Op) -> None:
-        assert op.rid is not None
-        stored = self._hub.store.latest(op.rtype, op.rid)
-        if stored is None:
-            return
-        head, _, body = stored.state.partition(b"\n")
-        header = orjson.loads(head)
-        if not self.policy.may_change(ctx.actor, op.rtype, op.rid, header.get("source") or {}):
-            raise forbidden(f"{op.rtype}/{op.rid} was written by another institution; this "
-                            "caller changes only its own institution's records")
-        if body.strip():  # not a deletion: what it replaces must be one the caller may change
-            self._check_content(ctx, "u" if op.method == "PUT" else "d", op.rtype,
-                                orjson.loads(body), f"{op.rtype}/{op.rid} as stored")
+    def _owner(self, ctx: Context) -> Authorize | None:
+        """The check of what each write changes, made by the hub on the resource it reaches
+        (named by id or found by criteria, in the attempt that commits): it must be one the
+        caller may change."""
+        if self._open:
+            return None
+
+        def check(op: Op, stored: StoredEvent) -> None:
+            rid = op.target or op.rid or ""
+            head, _, body = stored.state.partition(b"\n")
+            header = orjson.loads(head)
+            if not self.policy.may_change(ctx.actor, op.rtype, rid, header.get("source") or {}):
+                raise forbidden(f"{op.rtype}/{rid} was written by another institution; this "
+                                "caller changes only its own institution's records")
+            if body.strip():  # not a deletion: what it replaces must be one the caller may change
+                self._check_content(ctx, "d" if op.method == "DELETE" else "u", op.rtype,
+                                    orjson.loads(body), f"{op.rtype}/{rid} as stored")
+        return check
 
     def _check_content(self, ctx: Context, letter: str, rtype: str, d: dict, what: str) -> None:
         """A scope granting ``letter`` on ``rtype`` must select ``d`` (its query, if any)."""

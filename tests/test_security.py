@@ -253,6 +253,34 @@ def test_a_connector_writes_as_its_own_institution_only(world):
         assert _put(c, {**p, "gender": "male"}).status_code == 200
 
 
+def test_a_conditional_write_cannot_reach_another_institutions_record(world):
+    """Criteria find the record to change: the one found must be the caller's own, as when it is
+    named by id (conditional update and delete, alone and in a transaction)."""
+    p = patient(rid=unique()[:16])
+    ident = p["identifier"][0]
+    criteria = f"identifier={ident['system']}|{ident['value']}"
+    with _http(world, world.connector_h1) as c:
+        assert _put(c, p).status_code == 201
+    changed = {**p, "gender": "male"}
+    changed.pop("id")
+    with _http(world, world.connector_h2) as c:
+        r = c.put(f"/Patient?{criteria}", json=changed, headers=FHIR_JSON)
+        assert r.status_code == 403, r.text
+        assert c.delete(f"/Patient?{criteria}").status_code == 403
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": changed, "request": {"method": "PUT", "url": f"Patient?{criteria}"}}]}
+        assert c.post("", json=bundle, headers=FHIR_JSON).status_code == 403
+        bundle["type"] = "batch"
+        r = c.post("", json=bundle, headers=FHIR_JSON)
+        assert r.status_code == 200 and r.json()["entry"][0]["response"]["status"].startswith("403")
+    with _http(world, world.connector_h1) as c:
+        stored = c.get(f"/Patient/{p['id']}").json()
+        assert "gender" not in stored and stored["meta"]["versionId"] == "1"
+        r = c.put(f"/Patient?{criteria}", json=changed, headers=FHIR_JSON)
+        assert r.status_code == 200, r.text  # its own institution's record: changed
+        assert c.get(f"/Patient/{p['id']}").json()["gender"] == "male"
+
+
 def test_the_shared_record_needs_a_purpose_and_break_the_glass_a_role(world):
     p = patient(rid=unique()[:16])
     with _http(world, world.connector_h1) as c:

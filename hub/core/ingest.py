@@ -85,6 +85,10 @@ class Op:
     existing: bool = False  # conditional create matched: nothing to write
 
 
+# Shown a write and the stored resource it would change; raises a FhirError to refuse it.
+Authorize = Callable[[Op, StoredEvent], None]
+
+
 @dataclass(slots=True)
 class Result:
     status: int
@@ -150,8 +154,12 @@ class Hub:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def execute(self, ops: list[Op], ctx: Context, *, atomic: bool) -> list[Result | FhirError]:
-        """Plan and commit ``ops`` as one transaction; with ``atomic`` any failure fails all."""
+    def execute(self, ops: list[Op], ctx: Context, *, atomic: bool,
+                authorize: Authorize | None = None) -> list[Result | FhirError]:
+        """Plan and commit ``ops`` as one transaction; with ``atomic`` any failure fails all.
+
+        ``authorize`` is shown each write's target as stored when it is planned (criteria
+        resolved), and raises a FhirError for one the caller may not change."""
         undo: list[tuple[Any, Any, str]] = []  # reference rewrites, reverted before a retry
         # a few quick retries, then on for a while: a loaded machine slows every attempt down,
         # and a writer that lost a race this time is the likelier winner the next
@@ -160,7 +168,7 @@ class Hub:
         while attempt < RETRIES or time.monotonic() < deadline:
             attempt += 1
             try:
-                return self._attempt(ops, ctx, atomic, undo)
+                return self._attempt(ops, ctx, atomic, undo, authorize)
             except ConflictError:
                 for node, key, old in reversed(undo):
                     node[key] = old
@@ -170,7 +178,8 @@ class Hub:
                 time.sleep(random.uniform(0, min(0.05, BACKOFF * 2 ** min(attempt, 16))))
         raise FhirError(409, "conflict", "Too many concurrent changes to the same resources; retry")
 
-    def execute_batch(self, ops: list[Op], ctx: Context) -> list[Result | FhirError]:
+    def execute_batch(self, ops: list[Op], ctx: Context,
+                      authorize: Authorize | None = None) -> list[Result | FhirError]:
         """Independent writes (a batch): as if run one after another, committed in few transactions.
 
         Writes that name the same resource (or the same conditional criteria) cannot share a
@@ -186,13 +195,15 @@ class Hub:
                 key = _batch_key(ops[i])
                 (later if key in keys else now).append(i)
                 keys.add(key)
-            for i, result in zip(now, self.execute([ops[i] for i in now], ctx, atomic=False)):
+            for i, result in zip(now, self.execute([ops[i] for i in now], ctx, atomic=False,
+                                                   authorize=authorize)):
                 results[i] = result
             todo = later
         return results  # type: ignore[return-value]
 
     def _attempt(self, ops: list[Op], ctx: Context, atomic: bool,
-                 undo: list[tuple[Any, Any, str]]) -> list[Result | FhirError]:
+                 undo: list[tuple[Any, Any, str]],
+                 authorize: Authorize | None = None) -> list[Result | FhirError]:
         results: list[Result | FhirError | None] = [None] * len(ops)
 
         def fail(i: int, err: FhirError) -> None:
@@ -227,6 +238,17 @@ class Hub:
                 planned.remove(i)
                 continue
             seen.setdefault(key, i)
+        if authorize is not None:  # on the resource each write reaches, however it was named
+            for i in list(planned):
+                op = ops[i]
+                stored = None if op.existing or op.target is None else \
+                    self.store.latest(op.rtype, op.target)
+                if stored is not None:
+                    try:
+                        authorize(op, stored)
+                    except FhirError as e:
+                        fail(i, e)
+                        planned.remove(i)
 
         # 2. references
         if atomic:
