@@ -361,8 +361,15 @@ class Repository:
         finally:
             self.policy.written({op.rtype for op in ops})
 
-    def complete(self, result: Result) -> Result:
-        return self._hub.complete(result)
+    def complete(self, result: Result, ctx: Context) -> Result:
+        """The version a write left, with its content only if the caller may read it: a
+        conditional create that matched, or a write older than the stored one, answers with a
+        version another may have written."""
+        result = self._hub.complete(result)
+        if result.body is not None and result.rid is not None and not self._open \
+                and not self.policy.visible(ctx.actor, result.rtype, result.rid, result.body):
+            result.body = None
+        return result
 
     def _refusals(self, ops: list[Op], ctx: Context) -> dict[int, FhirError]:
         refused: dict[int, FhirError] = {}

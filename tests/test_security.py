@@ -432,6 +432,39 @@ def test_consents_are_kept_on_read_search_include_and_everything(world):
         assert r.status_code == 200, r.text
 
 
+def test_a_matched_conditional_create_does_not_hand_out_what_the_caller_may_not_read(world):
+    """A conditional create that finds the record answers with where it is, and with its content
+    only to a caller who may read it: here the patient has opted out of sharing beyond the
+    institution that recorded them, so another institution's connector gets no content."""
+    opted_out = patient(rid=unique()[:16])
+    with _http(world, world.connector_h1) as c:
+        assert _put(c, opted_out).status_code == 201
+        assert _put(c, _consent(opted_out["id"], {})).status_code == 201
+    again = {k: v for k, v in opted_out.items() if k != "id"}
+    want = {**FHIR_JSON, "prefer": "return=representation"}
+    with _http(world, world.connector_h2) as c:
+        assert c.get(f"/Patient/{opted_out['id']}").status_code == 403
+        r = c.post("/Patient", json=again, headers={
+            **want, "if-none-exist": f"identifier={again['identifier'][0]['system']}|"
+                                     f"{again['identifier'][0]['value']}"})
+        assert r.status_code == 200, r.text
+        assert r.json()["resourceType"] == "OperationOutcome"  # where it is, not what it says
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": again, "request": {
+                "method": "POST", "url": "Patient",
+                "ifNoneExist": f"identifier={again['identifier'][0]['system']}|"
+                               f"{again['identifier'][0]['value']}"}}]}
+        r = c.post("", json=bundle, headers=want)
+        assert r.status_code == 200, r.text
+        entry = r.json()["entry"][0]
+        assert entry["response"]["status"].startswith("200") and "resource" not in entry
+    with _http(world, world.connector_h1) as c:  # the institution that recorded it: shown
+        r = c.post("/Patient", json=again, headers={
+            **want, "if-none-exist": f"identifier={again['identifier'][0]['system']}|"
+                                     f"{again['identifier'][0]['value']}"})
+        assert r.status_code == 200 and r.json()["id"] == opted_out["id"], r.text
+
+
 @pytest.mark.parametrize("method,path", ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
 def test_every_route_refuses_a_valid_token_that_grants_nothing(world, method, path):
     """Authenticated but without a scope or role for anything: refused with 403, never answered.

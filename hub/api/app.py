@@ -389,7 +389,7 @@ async def _run(request: Request, op: Op, warnings: list[Issue] | None = None) ->
         result = repo.execute([op], ctx, atomic=True)[0]
         assert isinstance(result, Result)  # atomic: a failure is raised, not returned
         intake.finish(repo, ctx, result, warnings or [])
-        return repo.complete(result)
+        return repo.complete(result, ctx)
 
     return _write_response(request, await run_in_threadpool(execute))
 
@@ -621,7 +621,7 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
                 raise
             assert isinstance(result, Result)
             intake.finish(repo, ctx, result, warnings)
-            return repo.complete(result)
+            return repo.complete(result, ctx)
         raise AssertionError("unreachable")
 
     return _write_response(request, await run_in_threadpool(execute), location=False)

@@ -203,7 +203,7 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
         assert isinstance(op, Op)
         if isinstance(result, Result) and op.method != "DELETE":
             intake.finish(repo, ctx, result, op.warnings)
-            repo.complete(result)
+            repo.complete(result, ctx)
         out[i] = _write_entry(result, base, representation)
     for i, p in enumerate(parsed):
         if isinstance(p, FhirError):

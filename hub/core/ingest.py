@@ -442,8 +442,9 @@ class Hub:
         created = head is None or head.deleted
         return Result(201 if created else 200, op.rtype, op.target, version, last_updated, body)
 
-    def complete(self, result: Result) -> Result:
-        """Fill in the current version's body and time where a write left the resource as it was."""
+    def complete(self, result: Result, ctx: Context | None = None) -> Result:
+        """Fill in the current version's body and time where a write left the resource as it was.
+        (``ctx``: whom for; the hub answers anyone, the repository hides what they may not read.)"""
         if result.rid is not None and result.body is None and result.status in (200, 201):
             stored = self.store.latest(result.rtype, result.rid)
             if stored is not None and not stored.topic.endswith("Deleted"):
