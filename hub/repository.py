@@ -93,7 +93,7 @@ APPEND_ONLY = frozenset({"AuditEvent"})
 def _write_action(op: Op) -> Action:
     if op.method == "POST":
         return Action("create", op.rtype)
-    kind = "update" if op.method == "PUT" else "delete"
+    kind = {"PUT": "update", "PATCH": "patch"}.get(op.method, "delete")
     if op.query is not None:
         return Action(f"conditional-{kind}", op.rtype)
     return Action(kind, op.rtype, op.rid)
@@ -385,9 +385,21 @@ class Repository:
                 if not self._open and op.d is not None:
                     self._check_content(ctx, "c" if op.method == "POST" else "u", op.rtype,
                                         op.d, "the resource written")
+                if not self._open and op.patch is not None:  # its result, once the hub has it
+                    op.patch = self._checked_patch(ctx, op.rtype, op.patch)
             except FhirError as e:
                 refused[i] = e
         return refused
+
+    def _checked_patch(self, ctx: Context, rtype: str, patch: Callable[[dict], tuple[dict, list]]
+                       ) -> Callable[[dict], tuple[dict, list]]:
+        """A PATCH whose result, too, must be selected by the scope that lets the caller update
+        (a patch may change what the scope's query looks at)."""
+        def run(current: dict) -> tuple[dict, list]:
+            d, warnings = patch(current)
+            self._check_content(ctx, "u", rtype, d, "the patched resource")
+            return d, warnings
+        return run
 
     def _owner(self, ctx: Context) -> Authorize | None:
         """The check of what each write changes, made by the hub on the resource it reaches
@@ -403,6 +415,8 @@ class Repository:
             if not self.policy.may_change(ctx.actor, op.rtype, rid, header.get("source") or {}):
                 raise forbidden(f"{op.rtype}/{rid} was written by another institution; this "
                                 "caller changes only its own institution's records")
+            if op.method == "PATCH" and not self._shown(ctx.actor, op.rtype, rid, stored.state):
+                raise forbidden(f"{op.rtype}/{rid} is not shown to this caller; a patch reads it")
             if body.strip():  # not a deletion: what it replaces must be one the caller may change
                 self._check_content(ctx, "d" if op.method == "DELETE" else "u", op.rtype,
                                     orjson.loads(body), f"{op.rtype}/{rid} as stored")

@@ -1,10 +1,27 @@
-"""PATCH (R4 http.html#patch): JSON Patch and FHIRPath Patch, If-Match, and what a patch may not do."""
+"""PATCH (R4 http.html#patch): JSON Patch and FHIRPath Patch, If-Match, conditional, in
+transaction and batch Bundles, under concurrent writers, and what a patch may not do."""
 
 from __future__ import annotations
 
+import base64
+import threading
+
+import orjson
 import pytest
 
-from tests.api_helpers import FHIR_JSON, create, patient
+from tests.api_helpers import (
+    FHIR_JSON,
+    assert_outcome,
+    bundle,
+    create,
+    expressions,
+    instance_versions,
+    patient,
+    post_entry,
+    system_total,
+    token,
+    unique,
+)
 
 JSON_PATCH = {"content-type": "application/json-patch+json"}
 
@@ -102,3 +119,130 @@ def test_patch_of_what_is_not_there(client):
                      json=[{"op": "replace", "path": "/gender", "value": "male"}])
     assert r.status_code == 404
     assert client.patch("/NoSuchType/x", headers=JSON_PATCH, json=[]).status_code in (400, 404)
+
+
+def _binary(ops: list) -> dict:
+    """A JSON Patch as a Bundle entry carries it: a Binary."""
+    return {"resourceType": "Binary", "contentType": "application/json-patch+json",
+            "data": base64.b64encode(orjson.dumps(ops)).decode()}
+
+
+def _patch_entry(url: str, resource: dict, if_match: str | None = None) -> dict:
+    e: dict = {"resource": resource, "request": {"method": "PATCH", "url": url}}
+    if if_match:
+        e["request"]["ifMatch"] = if_match
+    return e
+
+
+def test_conditional_patch_changes_the_one_resource_found(client):
+    d = patient(gender="male")
+    rid = create(client, d).json()["id"]
+    r = client.patch("/Patient", params={"identifier": token(d)}, headers=JSON_PATCH,
+                     json=[{"op": "replace", "path": "/gender", "value": "female"}])
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == rid and r.json()["gender"] == "female"
+    assert client.get(f"/Patient/{rid}").json()["meta"]["versionId"] == "2"
+    # nothing found: 404; two found: 412; nothing changes either way
+    before = system_total(client)
+    assert_outcome(client.patch("/Patient", params={"identifier": f"urn:x|{unique()}"},
+                                headers=JSON_PATCH, json=[]), 404)
+    twin = patient(value=d["identifier"][0]["value"])
+    create(client, twin)
+    assert_outcome(client.patch("/Patient", params={"identifier": token(d)}, headers=JSON_PATCH,
+                                json=[{"op": "remove", "path": "/gender"}]), 412)
+    assert system_total(client) == before + 1  # the twin only
+    assert client.get(f"/Patient/{rid}").json()["gender"] == "female"
+
+
+def test_patch_entries_in_a_transaction(client):
+    a, b = patient(), patient(gender="male")
+    aid, bid = create(client, a).json()["id"], create(client, b).json()["id"]
+    doctor = {"resourceType": "Practitioner", "name": [{"family": "Li"}]}
+    r = client.post("", headers=FHIR_JSON, json=bundle(
+        "transaction",
+        # FHIRPath Patch naming a resource created by the same transaction
+        _patch_entry(f"Patient/{aid}", _params(_op(
+            "add", "Patient", name="generalPractitioner",
+            value={"valueReference": {"reference": "urn:uuid:0c2d9b2e-8a4f-4c39-9d55-2b7e1c1f0a11"}}))),
+        post_entry(doctor, full_url="urn:uuid:0c2d9b2e-8a4f-4c39-9d55-2b7e1c1f0a11"),
+        # a JSON Patch in a Binary, its target found by criteria, only at the version named
+        _patch_entry(f"Patient?identifier={token(b)}",
+                     _binary([{"op": "replace", "path": "/gender", "value": "female"}]),
+                     if_match='W/"1"')))
+    assert r.status_code == 200, r.text
+    out = r.json()["entry"]
+    assert [e["response"]["status"][:3] for e in out] == ["200", "201", "200"]
+    doctor_id = out[1]["response"]["location"].split("/")[1]
+    assert client.get(f"/Patient/{aid}").json()["generalPractitioner"] == [
+        {"reference": f"Practitioner/{doctor_id}"}]
+    assert client.get(f"/Patient/{bid}").json()["gender"] == "female"
+    # the history says how the version came to be
+    assert instance_versions(client, f"Patient/{aid}")[0]["request"]["method"] == "PATCH"
+
+
+def test_a_patch_entry_that_cannot_apply_fails_its_transaction_and_only_itself_in_a_batch(client):
+    d = patient(gender="male")
+    rid = create(client, d).json()["id"]
+    failing = _patch_entry(f"Patient/{rid}", _binary([{"op": "test", "path": "/gender",
+                                                        "value": "female"}]))
+    other = post_entry(patient())
+    before = system_total(client)
+    r = client.post("", headers=FHIR_JSON, json=bundle("transaction", other, failing))
+    outcome = assert_outcome(r, 422)
+    assert "Bundle.entry[1]" in " ".join(expressions(outcome)) or \
+        "entry[1]" in r.text, r.text
+    assert system_total(client) == before  # all or nothing
+    r = client.post("", headers=FHIR_JSON, json=bundle("batch", other, failing))
+    assert r.status_code == 200, r.text
+    assert [e["response"]["status"][:3] for e in r.json()["entry"]] == ["201", "422"]
+    assert system_total(client) == before + 1
+    assert client.get(f"/Patient/{rid}").json()["meta"]["versionId"] == "1"
+
+
+@pytest.mark.parametrize("resource,where", [
+    (None, "Bundle.entry[0].resource"),
+    ({"resourceType": "Patient"}, "Bundle.entry[0].resource"),
+    ({**_binary([]), "contentType": "application/json"}, "Bundle.entry[0].resource.contentType"),
+    ({**_binary([]), "data": "not base64!"}, "Bundle.entry[0].resource.data"),
+    ({"resourceType": "Binary", "contentType": "application/json-patch+json"},
+     "Bundle.entry[0].resource.data"),
+])
+def test_malformed_patch_entries_are_400_at_the_entry(client, resource, where):
+    rid = create(client, patient()).json()["id"]
+    entry: dict = {"request": {"method": "PATCH", "url": f"Patient/{rid}"}}
+    if resource is not None:
+        entry["resource"] = resource
+    before = system_total(client)
+    outcome = assert_outcome(client.post("", headers=FHIR_JSON, json=bundle("transaction", entry)),
+                             400)
+    assert where in expressions(outcome), outcome
+    assert system_total(client) == before
+
+
+def test_concurrent_patches_all_apply(client, live):
+    """Writers racing on one resource without If-Match: each patch is applied to the version it
+    replaces (again, if another got in first), so no one's addition is lost."""
+    rid = create(client, patient()).json()["id"]
+    n, errors = 6, []
+
+    def add(k: int) -> None:
+        import httpx
+
+        with httpx.Client(base_url=live.base, timeout=60, auth=live.auth) as c:
+            r = c.patch(f"/Patient/{rid}", headers=JSON_PATCH, json=[
+                {"op": "add", "path": "/telecom/-" if k else "/telecom", "value": [
+                    {"system": "phone", "value": f"1380000000{k}"}] if not k else
+                    {"system": "phone", "value": f"1380000000{k}"}}])
+            if r.status_code != 200:
+                errors.append(r.text)
+
+    add(0)
+    threads = [threading.Thread(target=add, args=(k,)) for k in range(1, n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    body = client.get(f"/Patient/{rid}").json()
+    assert sorted(t["value"] for t in body["telecom"]) == [f"1380000000{k}" for k in range(n)]
+    assert body["meta"]["versionId"] == str(n + 1)

@@ -171,6 +171,17 @@ def test_writes_must_store_and_replace_what_the_scope_selects(world):
         assert _put(c, {**new_lab, "category": new_vital["category"]}).status_code == 403
         assert _put(c, {**world.vital, "category": new_lab["category"]}).status_code == 403
         assert _put(c, {**new_lab, "status": "amended"}).status_code == 200
+        # nor may a patch, of what it selects or into what it does not
+        patch = {"content-type": "application/json-patch+json"}
+        r = c.patch(f"/Observation/{new_lab['id']}", headers=patch, json=[
+            {"op": "replace", "path": "/category", "value": new_vital["category"]}])
+        assert r.status_code == 403, r.text
+        r = c.patch(f"/Observation/{world.vital['id']}", headers=patch, json=[
+            {"op": "replace", "path": "/status", "value": "amended"}])
+        assert r.status_code == 403, r.text
+        r = c.patch(f"/Observation/{new_lab['id']}", headers=patch, json=[
+            {"op": "replace", "path": "/status", "value": "corrected"}])
+        assert r.status_code == 200, r.text
         assert c.delete(f"/Observation/{world.vital['id']}").status_code == 403
         # a conditional write finds its target later: it needs a scope without a query
         r = c.put("/Observation", params={"identifier": "urn:oid:1.2.156.1|nope"},

@@ -8,6 +8,7 @@ server whose tokens carry a patient context.
 
 from __future__ import annotations
 
+import base64
 import http.server
 import threading
 import time
@@ -267,6 +268,17 @@ def test_a_conditional_write_cannot_reach_another_institutions_record(world):
         r = c.put(f"/Patient?{criteria}", json=changed, headers=FHIR_JSON)
         assert r.status_code == 403, r.text
         assert c.delete(f"/Patient?{criteria}").status_code == 403
+        gender = [{"op": "add", "path": "/gender", "value": "male"}]
+        assert c.patch(f"/Patient?{criteria}", json=gender,
+                       headers={"content-type": "application/json-patch+json"}).status_code == 403
+        assert c.patch(f"/Patient/{p['id']}", json=gender,
+                       headers={"content-type": "application/json-patch+json"}).status_code == 403
+        patch_entry = {"resource": {"resourceType": "Binary",
+                                    "contentType": "application/json-patch+json",
+                                    "data": base64.b64encode(orjson.dumps(gender)).decode()},
+                       "request": {"method": "PATCH", "url": f"Patient?{criteria}"}}
+        assert c.post("", json={"resourceType": "Bundle", "type": "transaction",
+                                "entry": [patch_entry]}, headers=FHIR_JSON).status_code == 403
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
             {"resource": changed, "request": {"method": "PUT", "url": f"Patient?{criteria}"}}]}
         assert c.post("", json=bundle, headers=FHIR_JSON).status_code == 403

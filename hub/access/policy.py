@@ -52,7 +52,8 @@ MAY_BREAK_GLASS = frozenset({"clinician", "admin"})
 LETTER = {
     "read": "r", "vread": "r", "history-instance": "r", "history-type": "r", "history-system": "r",
     "search-type": "s", "search-system": "s", "create": "c", "update": "u",
-    "conditional-update": "u", "delete": "d", "conditional-delete": "d",
+    "conditional-update": "u", "patch": "u", "conditional-patch": "u", "delete": "d",
+    "conditional-delete": "d",
 }
 
 # operation -> (roles that may call it, scope letter it needs, on which type)

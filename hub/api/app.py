@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
@@ -28,7 +27,7 @@ from hub.access.audit import AccessAudit, AuditWriter
 from hub.access.auditlog import open_audit_log
 from hub.access.consent import ConsentIndex
 from hub.access.policy import AccessPolicy
-from hub.api import auth, bundles, capability, documents, fhirxml, health, intake, quality, terminology, unmapped, v3
+from hub.api import auth, bundles, capability, documents, fhirxml, health, intake, patching, quality, terminology, unmapped, v3
 from hub.api import everything as mpi_everything
 from hub.api import identity as mpi_identity
 from hub.api import match as mpi_match  # Patient/$match
@@ -53,7 +52,6 @@ from hub.api.search import SearchService, search_bundle
 from hub.api.systemsearch import system_search
 from hub.api.traffic import RateLimiter, networks
 from hub.auth.verifier import ExternalIssuer, Verifier
-from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.access import OPEN, Policy
 from hub.core.conditional import SearchResolver, parse_query
@@ -63,7 +61,6 @@ from hub.core.events import resource_bytes
 from hub.core.gctune import tune_for_serving
 from hub.core.ingest import Context, Hub, Op, Result
 from hub.core.parentwatch import watch_parent
-from hub.core.patch import apply_fhirpath_patch, apply_json_patch
 from hub.documents import DocumentService
 from hub.mpi.candidates import IdentityCandidates
 from hub.quarantine import Quarantine
@@ -573,56 +570,39 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
     return await _run(request, op, repairs)
 
 
-_JSON_PATCH = "application/json-patch+json"
-_PATCH_RETRIES = 3  # without If-Match, a patch that raced another write is applied again
-
-
 async def patch(request: Request, rtype: str, rid: str) -> Response:
     """PATCH with a JSON Patch (application/json-patch+json) or a FHIRPath Patch (a Parameters
-    body): the current version read, patched, validated and stored as an update of that version
+    body): applied by the hub to the current version, checked, and stored as its update
     (If-Match: only of the version named, else 412)."""
+    op = Op("PATCH", _type(rtype), _id(rid), url=f"{rtype}/{rid}")
+    return await _patch(request, op)
+
+
+async def conditional_patch(request: Request, rtype: str) -> Response:
+    """PATCH of the one resource the criteria find: none, 404; more than one, 412."""
+    if not request.url.query:
+        raise bad_request("PATCH on a type needs search criteria (conditional patch) or an id")
+    op = Op("PATCH", _type(rtype), query=parse_query(request.url.query),
+            url=f"{rtype}?{request.url.query}")
+    return await _patch(request, op)
+
+
+async def _patch(request: Request, op: Op) -> Response:
     check_format(request)
-    rtype, rid = _type(rtype), _id(rid)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != _JSON_PATCH:
+    if media != patching.JSON_PATCH:
         check_content_type(request)
-    raw = await request.body()
-    if not raw.strip():
-        raise bad_request("The request body is empty")
-    document = res.parse_json(raw, max_string=_settings(request).max_string)
-    apply: Callable[[dict, Any], dict] = apply_json_patch
-    if media != _JSON_PATCH:
-        if not isinstance(document, dict) or document.get("resourceType") != "Parameters":
-            raise bad_request("PATCH takes a JSON Patch (Content-Type application/json-patch+json) "
-                              "or a FHIRPath Patch (a Parameters resource); a partial resource "
-                              "(JSON merge patch) is not a FHIR patch format")
-        apply = apply_fhirpath_patch
-    if_match = parse_etag(request.headers.get("if-match"))
+    apply, document = patching.from_body(media, await request.body(),
+                                         _settings(request).max_string)
     repo, ctx = repository(request), context_of(request)
-    check = _checker(request, ctx)
+    op.if_match = parse_etag(request.headers.get("if-match"))
+    op.patch = patching.step(op.rtype, apply, document, _checker(request, ctx))
 
     def execute() -> Result:
-        for attempt in range(_PATCH_RETRIES):
-            stored = repo.read(ctx, rtype, rid)
-            version = stored.originator_version
-            if if_match is not None and if_match != version:
-                raise FhirError(412, "conflict", f"{rtype}/{rid} is at version {version}, not "
-                                                 f"{if_match}")
-            current = orjson.loads(resource_bytes(stored))
-            patched = apply(current, document)  # meta's versionId and lastUpdated: the store's
-            # the same checks as an update: validation, lenient intake, the profiles to meet
-            patched, warnings = check(rtype, jsontext.dumps(patched, rtype), patched, "")
-            op = Op("PUT", rtype, rid, patched, if_match=version, url=f"{rtype}/{rid}")
-            try:
-                result = repo.execute([op], ctx, atomic=True)[0]
-            except FhirError as e:
-                if e.status == 412 and if_match is None and attempt + 1 < _PATCH_RETRIES:
-                    continue  # another write came between the read and this one
-                raise
-            assert isinstance(result, Result)
-            intake.finish(repo, ctx, result, warnings)
-            return repo.complete(result, ctx)
-        raise AssertionError("unreachable")
+        result = repo.execute([op], ctx, atomic=True)[0]
+        assert isinstance(result, Result)  # atomic: a failure is raised, not returned
+        intake.finish(repo, ctx, result, op.warnings)
+        return repo.complete(result, ctx)
 
     return _write_response(request, await run_in_threadpool(execute), location=False)
 
@@ -661,6 +641,7 @@ ROUTES: tuple[tuple[str, str, Any, str | None, bool], ...] = (
     ("POST", "/fhir/{rtype}", create, "create", True),
     ("PUT", "/fhir/{rtype}", conditional_update, "conditional-update", False),
     ("DELETE", "/fhir/{rtype}", conditional_delete, "conditional-delete", False),
+    ("PATCH", "/fhir/{rtype}", conditional_patch, "conditional-patch", False),
     ("POST", "/fhir/{rtype}/$validate", validate_type, "validate", False),
     ("POST", "/fhir/{rtype}/{rid}/$validate", validate_instance, None, False),
     ("GET", "/fhir/{rtype}/{rid}/$validate", validate_instance, None, False),

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from hub.api import intake
+from hub.api import intake, patching
 from hub.api.responses import etag, parse_etag
 from hub.core import jsontext
 from hub.core import resource as res
@@ -24,7 +24,7 @@ from hub.core.errors import FhirError, Issue, bad_request
 from hub.core.ingest import Context, Op, Result
 from hub.repository import Repository
 
-WRITE_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2}
+WRITE_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2}  # R4: PUT or PATCH, in entry order
 GetHandler = Callable[[str, str], tuple[int, bytes | dict | None]]  # (path, query) -> status, body
 # (type, JSON text, resource, where) -> the resource to store and the warnings to answer
 # (what lenient intake repaired, what the profiles warn of)
@@ -68,8 +68,6 @@ def parse_entry(i: int, entry: object, base: str,
     if method in ("GET", "HEAD"):
         _check_get(path, url, where)
         return path, query
-    if method == "PATCH":
-        raise FhirError(405, "not-supported", "PATCH is not supported", f"{where}.request.method")
     if method not in WRITE_ORDER:
         raise bad_request(f"Unknown request method {method!r}", f"{where}.request.method")
     parts = path.split("/")
@@ -87,6 +85,9 @@ def parse_entry(i: int, entry: object, base: str,
     if method == "POST" and request.get("ifNoneExist"):
         inx = request["ifNoneExist"]
         op.if_none_exist = parse_query(inx.split("?", 1)[1] if "?" in inx else inx)
+    if method == "PATCH":
+        apply, document = patching.from_entry(entry.get("resource"), where)
+        op.patch = patching.step(rtype, apply, document, validate, where)
     if method in ("POST", "PUT"):
         d = entry.get("resource")
         if d is None:

@@ -3,7 +3,8 @@
 A group is one REST interaction, one transaction or batch Bundle, or one batch of ingested
 resources. Every group goes through the same steps:
 
-1. resolve targets (ids, conditional matches, server-assigned ids for creates);
+1. resolve targets (ids, conditional matches, server-assigned ids for creates); a PATCH is
+   applied to the current version of its target here, and its result checked;
 2. rewrite ``urn:uuid:`` and conditional (``Type?query``) references;
 3. read the current heads of all targets in one query;
 4. decide per write: no-op (same content as the current version), new version, 412 on a failed
@@ -69,7 +70,7 @@ class Context:
 class Op:
     """One requested write. ``d`` is the validated resource (None for DELETE)."""
 
-    method: str  # POST | PUT | DELETE
+    method: str  # POST | PUT | PATCH | DELETE
     rtype: str
     rid: str | None = None
     d: dict | None = None
@@ -80,6 +81,9 @@ class Op:
     url: str = ""
     where: str | None = None  # FHIRPath of the Bundle entry it came from, for error locations
     warnings: list[Issue] = field(default_factory=list)  # of its checks: repairs, profiles
+    # a PATCH: the resource to store and its warnings, from the current one (applied and checked)
+    patch: Callable[[dict], tuple[dict, list[Issue]]] | None = None
+    patched_from: int = 0  # the version the PATCH was applied to
     # filled by planning
     target: str | None = None
     existing: bool = False  # conditional create matched: nothing to write
@@ -249,6 +253,13 @@ class Hub:
                     except FhirError as e:
                         fail(i, e)
                         planned.remove(i)
+        for i in list(planned):  # before the references: a patch may add one to an entry
+            if ops[i].method == "PATCH":
+                try:
+                    self._apply_patch(ops[i])
+                except FhirError as e:
+                    fail(i, e)
+                    planned.remove(i)
 
         # 2. references
         if atomic:
@@ -306,6 +317,8 @@ class Hub:
                 raise precondition_failed(
                     f"The conditional {op.method} matched {len(found)} {op.rtype} resources"
                 )
+            if op.method == "PATCH" and not found:
+                raise not_found(f"The conditional PATCH matched no {op.rtype}")
             if op.method == "PUT":
                 body_id = op.d.get("id") if op.d else None
                 if found and body_id and body_id != found[0]:
@@ -319,6 +332,22 @@ class Hub:
                 op.existing = not found  # nothing to delete
         else:
             op.target = op.rid
+
+    def _apply_patch(self, op: Op) -> None:
+        """The PATCH applied to its target's current version (the commit conflicts, and the
+        patch is applied again, if another write makes a newer one meanwhile)."""
+        assert op.patch is not None and op.target is not None
+        stored = self.store.latest(op.rtype, op.target)
+        if stored is None:
+            raise not_found(f"{op.rtype}/{op.target} is not known")
+        version = stored.originator_version
+        if stored.topic.endswith("Deleted"):
+            raise gone(f"{op.rtype}/{op.target} was deleted (version {version})")
+        if op.if_match is not None and op.if_match != version:
+            raise precondition_failed(f"{op.rtype}/{op.target} is at version {version}, not "
+                                      f"{op.if_match}")
+        op.d, op.warnings = op.patch(orjson.loads(from_stored(stored).resource))
+        op.patched_from = version
 
     def _match(self, rtype: str, query: Query, earlier: list[Op]) -> list[str]:
         found = set(self.resolver.match(rtype, query))
@@ -405,6 +434,8 @@ class Hub:
         # only a conditional delete that matched nothing (existing, above) has no target
         assert op.target is not None
         current = head.version if head else 0
+        if op.method == "PATCH" and current != op.patched_from:
+            raise ConflictError(f"{op.rtype}/{op.target} changed while it was patched")
         if op.if_match is not None and op.if_match != current:
             raise precondition_failed(
                 f"If-Match wanted version {op.if_match} of {op.rtype}/{op.target}, "
@@ -420,7 +451,7 @@ class Hub:
                                   ctx.source, request)
             commit.add(event, b"", [], ts)
             return Result(200, op.rtype, op.target, current + 1, last_updated)
-        assert op.d is not None  # a POST or PUT carries its resource
+        assert op.d is not None  # a POST or PUT carries its resource, a PATCH its result
         where = f"{op.where}.resource" if op.where else op.rtype
         try:
             h = res.content_hash(op.d)
