@@ -103,6 +103,9 @@ def test_if_match(client, stored):
     (FHIR_JSON, _params(_op("explode", "Patient")), 400),
     (FHIR_JSON, _params(_op("delete", "Patient.name[")), 400),  # not FHIRPath
     (FHIR_JSON, {"resourceType": "Parameters", "parameter": [{"name": "operation"}]}, 400),
+    (FHIR_JSON, {"resourceType": "Parameters", "parameter": 1}, 400),  # not an array
+    (FHIR_JSON, {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": {}}]},
+     400),
     ({"content-type": "text/plain"}, "x", 415),
 ])
 def test_bad_patches_are_refused_and_change_nothing(client, stored, headers, body, status):

@@ -18,7 +18,7 @@ from typing import Any
 
 from hub.core import jsontext
 from hub.core import resource as res
-from hub.core.errors import Issue, bad_request
+from hub.core.errors import FhirError, Issue, bad_request
 from hub.core.patch import apply_fhirpath_patch, apply_json_patch
 
 JSON_PATCH = "application/json-patch+json"
@@ -62,7 +62,11 @@ def from_entry(resource: object, where: str) -> tuple[Apply, Any]:
         text = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise bad_request("The Binary patch's data is not base64", f"{at}.data") from None
-    return apply_json_patch, res.parse_json(text, f"{at}.data")
+    try:
+        return apply_json_patch, res.parse_json(text, f"{at}.data")
+    except FhirError as e:  # say where: the entry's data
+        raise bad_request(e.issues[0].diagnostics if e.issues else "Not JSON", f"{at}.data") \
+            from None
 
 
 def step(rtype: str, apply: Apply, document: Any, check: Check | None,

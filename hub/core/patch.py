@@ -175,12 +175,18 @@ def _operations(parameters: Any) -> list[tuple[dict[str, Any], str]]:
     if not isinstance(parameters, dict) or parameters.get("resourceType") != "Parameters":
         raise _bad("A FHIRPath Patch is a Parameters resource")
     ops = []
-    for i, p in enumerate(parameters.get("parameter") or []):
+    given = parameters.get("parameter") or []
+    if not isinstance(given, list):
+        raise _bad("Parameters.parameter must be an array", "Parameters.parameter")
+    for i, p in enumerate(given):
         where = f"Parameters.parameter[{i}]"
         if not isinstance(p, dict) or p.get("name") != "operation":
             raise _bad("A FHIRPath Patch holds only 'operation' parameters", where)
         fields: dict[str, Any] = {}
-        for part in p.get("part") or []:
+        found = p.get("part") or []
+        if not isinstance(found, list):
+            raise _bad("An operation's part must be an array", where)
+        for part in found:
             if not isinstance(part, dict) or not isinstance(part.get("name"), str):
                 raise _bad("Each part of an operation needs a name", where)
             name = part["name"]
