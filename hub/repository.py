@@ -11,6 +11,7 @@ split Medplum draws between its routers and its ``Repository``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -97,6 +98,11 @@ def _write_action(op: Op) -> Action:
     if op.query is not None:
         return Action(f"conditional-{kind}", op.rtype)
     return Action(kind, op.rtype, op.rid)
+
+
+# A total for a caller from whom some matches may be hidden is counted one match at a time, up to
+# this many matches (reading each one's current version); beyond, the Bundle carries no total.
+VISIBLE_TOTAL_UP_TO = 2_000
 
 
 class Repository:
@@ -261,12 +267,27 @@ class Repository:
                              lambda rows: [(r.rtype, r.rid, r.state) for r in rows])
 
     def count_history(self, ctx: Context, *, rtype: str | None = None, rid: str | None = None,
-                      since_us: int | None = None) -> int:
+                      since_us: int | None = None) -> int | None:
+        """How many versions the history holds that the caller may see (None: more than
+        ``VISIBLE_TOTAL_UP_TO`` to count one by one, some perhaps hidden)."""
         self.policy.check(ctx.actor, Action(_history_kind(rtype, rid), rtype, rid))
         if rtype == AUDIT and self._records is not None:
             return len(self._audit_history(rid, since_us=since_us)) if rid is not None \
                 else self._records.count(since_us)
-        return self._hub.store.count_history(rtype=rtype, rid=rid, since_us=since_us)
+        if self._open or not self.policy.hides_after_search(ctx.actor, rtype or "*"):
+            return self._hub.store.count_history(rtype=rtype, rid=rid, since_us=since_us)
+        seen = shown = 0
+        before: int | None = None
+        while True:
+            rows = self._hub.store.history(rtype=rtype, rid=rid, since_us=since_us,
+                                           before_nid=before, limit=500)
+            seen += len(rows)
+            if seen > VISIBLE_TOTAL_UP_TO:
+                return None
+            shown += sum(1 for r in rows if self._shown(ctx.actor, r.rtype, r.rid, r.state))
+            if len(rows) < 500:
+                return shown
+            before = rows[-1].nid
 
     def _audit_history(self, rid: str | None, *, since_us: int | None = None,
                        at_us: tuple[int, int] | None = None, before_nid: int | None = None,
@@ -319,6 +340,9 @@ class Repository:
 
         def run() -> Found:
             page = self.page(ctx, q, count, with_total)
+            if page.total is not None and not self._open \
+                    and self.policy.hides_after_search(ctx.actor, q.rtype):
+                page.total = self._visible_total(ctx, q)
             bodies = self.current_bodies(ctx, page.rows)
             included: list[Row] = []
             if q.rtype == AUDIT and (q.include or q.revinclude):
@@ -330,6 +354,24 @@ class Repository:
 
         return self.audited(ctx, action, run, lambda f: [
             (rtype, rid, state) for (rtype, rid), (_, state) in f.bodies.items()])
+
+    def _visible_total(self, ctx: Context, q: Query) -> int | None:
+        """How many of the matches the caller may see: counted one by one, up to
+        ``VISIBLE_TOTAL_UP_TO`` matches; beyond, no total (the index's count would tell how
+        many are hidden, as HAPI's consent service withholds it too)."""
+        seen = shown = 0
+        cursor: str | None = None
+        while True:
+            page = self.page(ctx, dataclasses.replace(q, cursor=cursor), 500, False)
+            seen += len(page.rows)
+            if seen > VISIBLE_TOTAL_UP_TO:
+                q.notes.append(f"No total: more than {VISIBLE_TOTAL_UP_TO} matches, some of "
+                               "which may be hidden from this caller, are not counted one by one")
+                return None
+            shown += len(self.current_bodies(ctx, page.rows))
+            cursor = page.next_cursor
+            if cursor is None:
+                return shown
 
     def included(self, ctx: Context, rows: list[Row], include: list[Include],
                  revinclude: list[Include], base: str | None = None) -> list[Row]:

@@ -9,6 +9,7 @@ And no handler reaches the store around the repository (a source check).
 from __future__ import annotations
 
 import ast
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -35,6 +36,9 @@ class TestPolicy(OpenPolicy):  # the rest of the protocol as the open policy
 
     def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         return b'"restricted"' not in resource
+
+    def hides_after_search(self, actor: Actor, rtype: str) -> bool:
+        return True
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +92,32 @@ def test_search_and_history_leave_hidden_resources_out(client):
     history = client.get("/Patient/_history", params={"_count": "1000"}).json()
     ids = {e["fullUrl"].rsplit("/", 1)[1] for e in history.get("entry", [])}
     assert shown["id"] in ids and hidden["id"] not in ids
+
+
+def test_totals_count_only_what_the_caller_sees(client, monkeypatch):
+    """A search's total and _summary=count tell nothing of what is hidden; where the matches are
+    too many to count one by one, there is no total and a warning says why."""
+    import hub.repository
+
+    family = "Count" + unique()[:8]
+    since = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    for i in range(5):
+        _put(client, _hidden_patient(family) if i % 2 else patient(rid=unique()[:16], family=family))
+    count = client.get("/Patient", params={"family": family, "_summary": "count"}).json()
+    assert count["total"] == 3, count
+    page = client.get("/Patient", params={"family": family, "_total": "accurate",
+                                          "_count": "2"}).json()
+    assert page["total"] == 3 and 1 <= len(page["entry"]) <= 2, page
+    history = client.get("/Patient/_history", params={"_since": since, "_total": "accurate"})
+    assert history.json()["total"] == 3, history.text  # of the versions shown, too
+    monkeypatch.setattr(hub.repository, "VISIBLE_TOTAL_UP_TO", 4)
+    history = client.get("/Patient/_history", params={"_since": since, "_total": "accurate"})
+    assert "total" not in history.json(), history.text
+    page = client.get("/Patient", params={"family": family, "_total": "accurate"}).json()
+    assert "total" not in page, page
+    assert [e["resource"]["resourceType"] for e in page["entry"]].count("Patient") == 3
+    outcome = [e["resource"] for e in page["entry"] if e["search"]["mode"] == "outcome"]
+    assert outcome and "No total" in outcome[0]["issue"][0]["diagnostics"], page
 
 
 def test_refused_types_and_writes(client):

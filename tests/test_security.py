@@ -444,6 +444,29 @@ def test_consents_are_kept_on_read_search_include_and_everything(world):
         assert r.status_code == 200, r.text
 
 
+def test_counts_and_totals_leave_out_what_a_consent_hides(world):
+    """A total is a disclosure too: how many results another institution may not see is not
+    told to it, as a count, as a search's total, nor through _has."""
+    h2 = world.live.client_auth(roles=("clinician",), scope="user/*.rs", institution="H2")
+    opted_out = patient(rid=unique()[:16])
+    tests = [{**observation(f"Patient/{opted_out['id']}"), "id": unique()[:16]} for _ in range(3)]
+    with _http(world, world.connector_h1) as c:
+        for d in (opted_out, *tests):
+            assert _put(c, d).status_code == 201
+        assert _put(c, _consent(opted_out["id"], {})).status_code == 201
+    subject = {"subject": f"Patient/{opted_out['id']}"}
+    with _http(world, world.clinician) as same:  # the recording institution: all three
+        assert same.get("/Observation", params={**subject, "_summary": "count"}).json()["total"] == 3
+    with _http(world, h2) as other:
+        r = other.get("/Observation", params={**subject, "_summary": "count"})
+        assert r.status_code == 200 and r.json()["total"] == 0, r.text
+        r = other.get("/Observation", params={**subject, "_total": "accurate"})
+        assert r.json()["total"] == 0 and not r.json().get("entry"), r.text
+        r = other.get("/Patient", params={"_id": opted_out["id"], "_total": "accurate",
+                                          "_has:Observation:subject:status": "final"})
+        assert r.json().get("total", 0) == 0 and not r.json().get("entry"), r.text
+
+
 def test_a_matched_conditional_create_does_not_hand_out_what_the_caller_may_not_read(world):
     """A conditional create that finds the record answers with where it is, and with its content
     only to a caller who may read it: here the patient has opted out of sharing beyond the

@@ -257,6 +257,11 @@ class ConsentIndex:
         self._refresh()
         return self._rules.get(patient, [])
 
+    def any(self) -> bool:
+        """Is some patient's access restricted by a Consent?"""
+        self._refresh()
+        return bool(self._rules)
+
     def changed(self) -> None:
         """A Consent was just written: ask again before the next judgement."""
         self._checked = 0.0

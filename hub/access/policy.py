@@ -170,6 +170,15 @@ class AccessPolicy:
             return None
         return search_groups([compile_query(rtype, s.query) for s in granting])
 
+    def hides_after_search(self, actor: Actor, rtype: str) -> bool:
+        if actor.kind == "system":
+            return False
+        if actor.patient is not None and _patient_only(
+                [s for s in scopes_of(actor.scopes) if s.rtype in ("*", rtype)]):
+            return True  # the patient's compartment, judged per resource
+        return self.consents is not None and actor.purpose not in EMERGENCY \
+            and self.consents.any()
+
     def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         if actor.kind == "system":
             return True

@@ -65,7 +65,9 @@ def history_bundle(repo: Repository, ctx: Context, request: Request, base: str,
         links.append({"relation": "next", "url": link(path, items, _cursor=str(rows[-1].nid))})
     out: dict[str, Any] = {"resourceType": "Bundle", "type": "history"}
     if at_us is None and (rid is not None or params.get("_total") == "accurate"):
-        out["total"] = repo.count_history(ctx, rtype=rtype, rid=rid, since_us=since_us)
+        total = repo.count_history(ctx, rtype=rtype, rid=rid, since_us=since_us)
+        if total is not None:
+            out["total"] = total
     out["link"] = links
     out["entry"] = entries
     return out

@@ -66,6 +66,10 @@ class Policy(Protocol):
         """AND groups (``projections.search.query.Criterion`` OR lists) to add to a search of
         ``rtype`` by ``actor``, so that it finds only what its scopes select; None: none."""
 
+    def hides_after_search(self, actor: Actor, rtype: str) -> bool:
+        """May ``visible`` leave out some of what a search of ``rtype`` by ``actor`` found
+        (narrowed by ``narrow_search``)? Then a count of the matches would tell what is hidden."""
+
     def written(self, rtypes: set[str]) -> None:
         """Resources of these types were just written (a policy that reads some, such as
         consents, knows to read them again)."""
@@ -88,6 +92,9 @@ class OpenPolicy:
 
     def narrow_search(self, actor: Actor, rtype: str) -> list[list[Any]] | None:
         return None
+
+    def hides_after_search(self, actor: Actor, rtype: str) -> bool:
+        return False
 
     def written(self, rtypes: set[str]) -> None:
         return None
