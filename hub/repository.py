@@ -26,7 +26,7 @@ from hub.core.ingest import Authorize, Context, Hub, Op, Result
 from hub.core.store import ResourceStore, VersionRow
 from projections.search.backend import Page, Row
 from projections.search.compartment import patient_compartment
-from projections.search.query import Include, Query
+from projections.search.query import Criterion, Has, Include, Query, parse_criteria
 
 T = TypeVar("T")
 
@@ -103,6 +103,15 @@ def _write_action(op: Op) -> Action:
 # A total for a caller from whom some matches may be hidden is counted one match at a time, up to
 # this many matches (reading each one's current version); beyond, the Bundle carries no total.
 VISIBLE_TOTAL_UP_TO = 2_000
+
+
+def _depends(c: Criterion) -> bool:
+    """A criterion that holds through other resources (``_has``, a chain)."""
+    return c.type == "has" or c.chain is not None
+
+
+def _dependent_groups(q: Query) -> list[list[Criterion]]:
+    return [g for g in q.where if any(_depends(c) for c in g)]
 
 
 class Repository:
@@ -340,9 +349,11 @@ class Repository:
 
         def run() -> Found:
             page = self.page(ctx, q, count, with_total)
-            if page.total is not None and not self._open \
-                    and self.policy.hides_after_search(ctx.actor, q.rtype):
-                page.total = self._visible_total(ctx, q)
+            if not self._open and self.policy.hides_after_search(ctx.actor, q.rtype):
+                if page.total is not None:
+                    page.total = self._visible_total(ctx, q)
+                if _dependent_groups(q):
+                    page.rows = self._matches_seen(ctx, q, page.rows)
             bodies = self.current_bodies(ctx, page.rows)
             included: list[Row] = []
             if q.rtype == AUDIT and (q.include or q.revinclude):
@@ -368,10 +379,57 @@ class Repository:
                 q.notes.append(f"No total: more than {VISIBLE_TOTAL_UP_TO} matches, some of "
                                "which may be hidden from this caller, are not counted one by one")
                 return None
-            shown += len(self.current_bodies(ctx, page.rows))
+            shown += len(self._matches_seen(ctx, q, page.rows))
             cursor = page.next_cursor
             if cursor is None:
                 return shown
+
+    def _matches_seen(self, ctx: Context, q: Query, rows: list[Row]) -> list[Row]:
+        """The rows the caller may see that match ``q`` by what it may see: a ``_has`` or a
+        chained criterion holds only through a resource shown to the caller (the index found
+        the row through any resource; one hidden from the caller would otherwise be told of by
+        the row it lets through)."""
+        bodies = self.current_bodies(ctx, rows)
+        seen = [r for r in rows if (r.rtype, r.rid) in bodies]
+        groups = _dependent_groups(q)
+        return [r for r in seen if all(self._holds(ctx, q.rtype, r.rid, g) for g in groups)]
+
+    def _holds(self, ctx: Context, rtype: str, rid: str, group: list[Criterion]) -> bool:
+        """Does one of the OR alternatives hold for ``rtype/rid`` by what the caller sees?"""
+        plain = [c for c in group if not _depends(c)]
+        if plain and self._any_seen(ctx, Query(rtype, where=[plain, parse_criteria(
+                rtype, "_id", rid)]), check=False):
+            return True  # the resource's own values: it is shown, so they are
+        for c in group:
+            if c.type == "has":  # some resource shown refers here and matches
+                has: Has = c.value
+                inner = Query(has.rtype, where=[
+                    parse_criteria(has.rtype, has.param, f"{rtype}/{rid}"), [has.criterion]])
+            elif c.chain is not None:  # what this one refers to is shown and matches
+                target = c.chain.rtypes[0]
+                inner = Query(target, where=[
+                    parse_criteria(target, f"_has:{rtype}:{c.param}:_id", rid),
+                    [c.chain.criterion]])
+            else:
+                continue
+            if self._any_seen(ctx, inner):
+                return True
+        return False
+
+    def _any_seen(self, ctx: Context, q: Query, check: bool = True) -> bool:
+        """Does ``q`` match something the caller sees (``check``: through what it sees; a
+        nested ``_has`` or chain is judged again)? Up to ``VISIBLE_TOTAL_UP_TO`` candidates."""
+        cursor: str | None = None
+        looked = 0
+        while looked <= VISIBLE_TOTAL_UP_TO:
+            page = self.page(ctx, dataclasses.replace(q, cursor=cursor), 100, False)
+            looked += len(page.rows)
+            if page.rows and (not check or self._matches_seen(ctx, q, page.rows)):
+                return True
+            cursor = page.next_cursor
+            if cursor is None:
+                return False
+        return False  # too many hidden candidates to look through: not shown to hold
 
     def included(self, ctx: Context, rows: list[Row], include: list[Include],
                  revinclude: list[Include], base: str | None = None) -> list[Row]:

@@ -467,6 +467,48 @@ def test_counts_and_totals_leave_out_what_a_consent_hides(world):
         assert r.json().get("total", 0) == 0 and not r.json().get("entry"), r.text
 
 
+def test_has_and_chains_hold_only_through_what_the_caller_sees(world):
+    """A search by what refers to a resource (_has) or by what it refers to (a chain) must not
+    find a resource the caller sees through one it may not see: the answer would tell that the
+    hidden one exists and what it holds."""
+    h2 = world.live.client_auth(roles=("clinician",), scope="user/*.rs", institution="H2")
+    psy_label = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}
+    secret = unique()[:12]
+    p = patient(rid=unique()[:16])
+    hidden = {**observation(f"Patient/{p['id']}"), "id": unique()[:16],
+              "code": {"coding": [{"system": "urn:test:code", "code": secret}]},
+              "meta": {"security": [psy_label]}}
+    panel = {**observation(f"Patient/{p['id']}"), "id": unique()[:16],
+             "hasMember": [{"reference": f"Observation/{hidden['id']}"}]}
+    with _http(world, world.connector_h1) as c:
+        for d in (p, hidden, panel):
+            assert _put(c, d).status_code == 201, d
+        assert _put(c, _consent(p["id"], {"securityLabel": [psy_label]})).status_code == 201
+    has = {"_has:Observation:subject:code": f"urn:test:code|{secret}"}
+    chain = {"has-member:Observation.code": f"urn:test:code|{secret}"}
+
+    def ids(r: httpx.Response) -> list[str]:
+        assert r.status_code == 200, r.text
+        return [e["resource"]["id"] for e in r.json().get("entry", [])
+                if e["search"]["mode"] == "match"]
+
+    with _http(world, world.clinician) as same:  # H1 sees the hidden one: both found
+        assert ids(same.get("/Patient", params=has)) == [p["id"]]
+        assert ids(same.get("/Observation", params=chain)) == [panel["id"]]
+    with _http(world, h2) as other:
+        assert other.get(f"/Patient/{p['id']}").status_code == 200  # the patient is shown
+        assert other.get(f"/Observation/{panel['id']}").status_code == 200  # and the panel
+        assert other.get(f"/Observation/{hidden['id']}").status_code == 403
+        for path, params in (("/Patient", has), ("/Observation", chain)):
+            assert ids(other.get(path, params=params)) == [], (path, params)
+            r = other.get(path, params={**params, "_summary": "count"})
+            assert r.json()["total"] == 0, r.text
+        # what holds through what it sees is still found
+        assert ids(other.get("/Patient", params={
+            "_id": p["id"], "_has:Observation:subject:has-member": f"Observation/{hidden['id']}"
+        })) == [p["id"]]
+
+
 def test_a_matched_conditional_create_does_not_hand_out_what_the_caller_may_not_read(world):
     """A conditional create that finds the record answers with where it is, and with its content
     only to a caller who may read it: here the patient has opted out of sharing beyond the
