@@ -147,6 +147,11 @@ class Repository:
         """Whether a stored state (header line, resource JSON) may be handed out."""
         return self._open or self.policy.visible(actor, rtype, rid, state.partition(b"\n")[2])
 
+    def may_hide(self, ctx: Context, rtype: str = "*") -> bool:
+        """May the policy leave out of an answer some of what was found for this caller? Then
+        a count of what was found would tell how much is hidden."""
+        return not self._open and self.policy.hides_after_search(ctx.actor, rtype)
+
     def shown(self, ctx: Context,
               entries: list[tuple[str, str, bytes]]) -> list[tuple[str, str, bytes]]:
         """The (type, id, resource JSON) entries an operation found that the caller may see."""
@@ -283,7 +288,7 @@ class Repository:
         if rtype == AUDIT and self._records is not None:
             return len(self._audit_history(rid, since_us=since_us)) if rid is not None \
                 else self._records.count(since_us)
-        if self._open or not self.policy.hides_after_search(ctx.actor, rtype or "*"):
+        if not self.may_hide(ctx, rtype or "*"):
             return self._hub.store.count_history(rtype=rtype, rid=rid, since_us=since_us)
         seen = shown = 0
         before: int | None = None
@@ -349,7 +354,7 @@ class Repository:
 
         def run() -> Found:
             page = self.page(ctx, q, count, with_total)
-            if not self._open and self.policy.hides_after_search(ctx.actor, q.rtype):
+            if self.may_hide(ctx, q.rtype):
                 if page.total is not None:
                     page.total = self._visible_total(ctx, q)
                 if _dependent_groups(q):

@@ -509,6 +509,28 @@ def test_has_and_chains_hold_only_through_what_the_caller_sees(world):
         })) == [p["id"]]
 
 
+def test_everything_and_system_search_count_only_what_the_caller_sees(world):
+    h2 = world.live.client_auth(roles=("clinician",), scope="user/*.rs", institution="H2")
+    psy_label = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}
+    p = patient(rid=unique()[:16])
+    shown = [{**observation(f"Patient/{p['id']}"), "id": unique()[:16]} for _ in range(2)]
+    hidden = [{**observation(f"Patient/{p['id']}"), "id": unique()[:16],
+               "meta": {"security": [psy_label]}} for _ in range(3)]
+    with _http(world, world.connector_h1) as c:
+        for d in (p, *shown, *hidden):
+            assert _put(c, d).status_code == 201
+        assert _put(c, _consent(p["id"], {"securityLabel": [psy_label]})).status_code == 201
+    with _http(world, h2, {"x-purpose-of-use": "TREAT"}) as other:
+        r = other.get(f"/Patient/{p['id']}/$everything", params={"_type": "Observation"})
+        assert r.status_code == 200, r.text
+        matches = [e for e in r.json().get("entry", []) if e["search"]["mode"] == "match"]
+        assert sorted(e["resource"]["id"] for e in matches) == sorted(d["id"] for d in shown)
+        assert r.json().get("total") == 2, r.text
+        r = other.get("", params={"_type": "Observation", "subject": f"Patient/{p['id']}",
+                                  "_summary": "count"})
+        assert r.status_code == 200 and r.json()["total"] == 2, r.text
+
+
 def test_a_matched_conditional_create_does_not_hand_out_what_the_caller_may_not_read(world):
     """A conditional create that finds the record answers with where it is, and with its content
     only to a caller who may read it: here the patient has opted out of sharing beyond the

@@ -46,6 +46,7 @@ from hub.core.errors import FhirError, bad_request
 from hub.core.fhirtime import parse_range
 from hub.core.ingest import now_instant
 from hub.mpi.everything import Scope, SharedRecord, check_types
+from hub.repository import VISIBLE_TOTAL_UP_TO
 from projections.timeline import KINDS
 
 log = logging.getLogger("hub.api.everything")
@@ -255,6 +256,9 @@ async def _everything(request: Request, rtype: str, rid: str) -> Response:
         scope = _scope(shared, rtype, rid, institution)
         entries, nxt, total, referenced = shared.everything(scope, since, types, count, after)
         entries, referenced = repo.shown(ctx, entries), repo.shown(ctx, referenced)
+        if total and repo.may_hide(ctx):  # the total of what this caller sees, or none
+            total = len(repo.shown(ctx, shared.everything(scope, since, types, total, None)[0])) \
+                if total <= VISIBLE_TOTAL_UP_TO else None
         path = f"{base}/{rtype}/{rid}/$everything"
         plist = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
         links = [{"relation": "self", "url": link(path, list(request.query_params.multi_items()))}]
