@@ -249,3 +249,20 @@ def test_concurrent_patches_all_apply(client, live):
     body = client.get(f"/Patient/{rid}").json()
     assert sorted(t["value"] for t in body["telecom"]) == [f"1380000000{k}" for k in range(n)]
     assert body["meta"]["versionId"] == str(n + 1)
+
+
+@pytest.mark.parametrize("query,status", [
+    ("identifier=", 400),  # no value
+    ("identifier=%7C", 400),  # a bare bar
+    ("nosuchparam=1", 400),  # criteria the hub cannot judge decide nothing
+    ("_id=" + "x" * 5000, (400, 404)),  # hostile length
+    ("birthdate=notadate", 400),
+    ("_count=1", (400, 412)),  # a control parameter is no criterion
+])
+def test_conditional_patch_with_criteria_that_cannot_decide_is_refused(client, query, status):
+    create(client, patient())
+    before = system_total(client)
+    r = client.patch(f"/Patient?{query}", headers=JSON_PATCH,
+                     json=[{"op": "add", "path": "/gender", "value": "other"}])
+    assert_outcome(r, status)
+    assert system_total(client) == before
