@@ -266,3 +266,20 @@ def test_conditional_patch_with_criteria_that_cannot_decide_is_refused(client, q
                      json=[{"op": "add", "path": "/gender", "value": "other"}])
     assert_outcome(r, status)
     assert system_total(client) == before
+
+
+def test_a_fhirpath_patch_in_xml(client, stored):
+    xml = b"""<Parameters xmlns="http://hl7.org/fhir">
+  <parameter><name value="operation"/>
+    <part><name value="type"/><valueCode value="replace"/></part>
+    <part><name value="path"/><valueString value="Patient.birthDate"/></part>
+    <part><name value="value"/><valueDate value="1979-12-30"/></part>
+  </parameter>
+</Parameters>"""
+    r = client.patch(f"/{stored}", content=xml, headers={"content-type": "application/fhir+xml"})
+    assert r.status_code == 200, r.text
+    assert client.get(f"/{stored}").json()["birthDate"] == "1979-12-30"
+    bad = client.patch(f"/{stored}", content=b"<Parameters xmlns='http://hl7.org/fhir'><oops",
+                       headers={"content-type": "application/fhir+xml"})
+    assert_outcome(bad, 400)
+    assert client.get(f"/{stored}").json()["meta"]["versionId"] == "2"

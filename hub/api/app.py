@@ -592,8 +592,10 @@ async def _patch(request: Request, op: Op) -> Response:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != patching.JSON_PATCH:
         check_content_type(request)
-    apply, document = patching.from_body(media, await request.body(),
-                                         _settings(request).max_string)
+    raw = await request.body()
+    if raw.strip() and fhirxml.is_xml(media):  # a FHIRPath Patch as a Parameters in XML
+        raw = await run_in_threadpool(fhirxml.xml_to_json, raw)
+    apply, document = patching.from_body(media, raw, _settings(request).max_string)
     repo, ctx = repository(request), context_of(request)
     op.if_match = parse_etag(request.headers.get("if-match"))
     op.patch = patching.step(op.rtype, apply, document, _checker(request, ctx))
