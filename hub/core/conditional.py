@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 from urllib.parse import parse_qsl
 
+from fhir_mapping.identifiers import key_problem
 from hub.core.errors import FhirError, bad_request
 from hub.core.store import IdentifierGuard, QuietGuard, ResourceStore
 
@@ -32,6 +33,38 @@ def split_token(value: str) -> tuple[str | None, str]:
     return None, value
 
 
+# Why an identifier value cannot pick out one resource (fhir_mapping.identifiers.key_problem)
+_NOT_A_KEY = {
+    "placeholder": "its value is a filler ('-', '无', zeros, a field's label), nobody's identifier",
+    "check-digit": "it is a resident ID number that fails its check (length, region, birth date "
+                   "or check character)",
+}
+
+
+def refuse_non_keys(query: Query) -> None:
+    """400 for criteria that name a resource by an identifier that is no key: keyed on a filler
+    or a mistyped resident ID number, a conditional create would take one person for another
+    and a conditional update would overwrite another person's record. The mappers never key on
+    such values either."""
+    for name, value in query:
+        head = name.rpartition(".")[2]
+        param, _, modifier = head.partition(":")
+        if param != "identifier":
+            continue
+        for alt in value.split(","):
+            if modifier == "of-type":
+                system, code = None, alt.rpartition("|")[2]
+            else:
+                system, code = split_token(alt)
+            if not code.strip():
+                continue  # the resolver says what is missing
+            problem = key_problem(code, system or None)
+            if problem in _NOT_A_KEY:
+                raise FhirError(400, "invalid", f"{name}={alt!r} cannot pick out one resource: "
+                                f"{_NOT_A_KEY[problem]}; give criteria that identify it",
+                                name)
+
+
 class Resolver(Protocol):
     def match(self, rtype: str, query: Query) -> list[str]: ...
 
@@ -45,6 +78,7 @@ class IdentifierResolver:
     def match(self, rtype: str, query: Query) -> list[str]:
         if not query:
             raise bad_request("A conditional operation needs search criteria")
+        refuse_non_keys(query)
         result: set[str] | None = None
         for name, value in query:
             if name not in self.supported:
@@ -95,6 +129,7 @@ class SearchResolver(IdentifierResolver):
             raise bad_request("A conditional operation needs search criteria")
         if all(name in self.supported for name, _ in query):
             return super().match(rtype, query)
+        refuse_non_keys(query)
         return self.service.match_ids(rtype, query)
 
     def guards(self, rtype: str, query: Query, searched_at: int = 0) -> list:
