@@ -20,6 +20,7 @@ from tests.api_helpers import (
     post_entry,
     put,
     put_entry,
+    resident,
     system_total,
     token,
     unique,
@@ -74,7 +75,7 @@ def test_transaction_with_failing_if_match_stores_nothing(client):
 
 def test_transaction_with_failing_conditional_reference_stores_nothing(client):
     p = patient()
-    obs = observation(f"Patient?identifier={SYSTEM}|{unique()}")  # matches nothing
+    obs = observation(f"Patient?identifier={SYSTEM}|{resident()}")  # matches nothing
     before = system_total(client)
     r = send(client, bundle("transaction", post_entry(p), post_entry(obs)))
     body = assert_outcome(r, (400, 404, 412, 422))

@@ -23,6 +23,7 @@ from tests.api_helpers import (
     patient,
     put,
     put_entry,
+    resident,
     system_total,
     token,
     unique,
@@ -192,7 +193,7 @@ def test_conditional_create_one_match_returns_existing(client):
 
 
 def test_conditional_create_many_matches_is_412(client):
-    value = unique()
+    value = resident()
     for _ in range(2):
         assert put(client, patient(value, rid=unique())).status_code == 201
     before = system_total(client)
@@ -245,7 +246,7 @@ def test_conditional_update_one_match_updates_it(client):
 
 
 def test_conditional_update_many_matches_is_412(client):
-    value = unique()
+    value = resident()
     ids = [unique(), unique()]
     for rid in ids:
         put(client, patient(value, rid=rid))
@@ -276,7 +277,7 @@ def test_conditional_delete_zero_one_many(client):
     r = client.post("/Patient", json=d, headers=if_none_exist(d))
     assert r.status_code == 201 and r.json()["id"] != rid
 
-    value = unique()
+    value = resident()
     ids = [unique(), unique()]
     for x in ids:
         put(client, patient(value, rid=x))

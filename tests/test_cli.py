@@ -132,9 +132,9 @@ def feed(tmp_path_factory) -> Path:
         "resourceType": "Bundle", "type": "transaction", "entry": [
             {"fullUrl": TX_PATIENT,
              "resource": {"resourceType": "Patient",
-                          "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": "T1"}]},
+                          "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": "110105198003151234"}]},
              "request": {"method": "POST", "url": "Patient",
-                         "ifNoneExist": "identifier=urn:oid:2.16.156.10011.1.3|T1"}},
+                         "ifNoneExist": "identifier=urn:oid:2.16.156.10011.1.3|110105198003151234"}},
             {"resource": observation("tx-obs", TX_PATIENT),
              "request": {"method": "PUT", "url": "Observation/tx-obs"}},
         ]})

@@ -4,18 +4,18 @@ conditional update, transaction and history, against the real server with a real
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 fhirpy = pytest.importorskip("fhirpy")
 fhirclient_client = pytest.importorskip("fhirclient.client")
 
+from tests.api_helpers import resident  # noqa: E402 - after the skips
+
 SYSTEM = "urn:oid:2.16.156.10011.1.3"
 
 
 def _ident() -> str:
-    return uuid.uuid4().hex[:16]
+    return resident()  # a resident ID number the hub takes as a key
 
 
 @pytest.fixture
