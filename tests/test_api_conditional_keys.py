@@ -72,3 +72,25 @@ def test_the_error_names_the_criteria_in_a_bundle_entry(client):
                           400)
     assert any(e.startswith("Bundle.entry[0]") or e == "identifier"
                for e in expressions(body)), body
+
+
+@pytest.mark.parametrize("criteria", [
+    "family=Wang&birthdate=1980-01-01", "name=Wang", "telecom=13800138000",
+    "general-practitioner.identifier=urn:x|1",  # names the doctor, not the patient
+])
+def test_a_person_is_named_by_an_identifier_not_by_demographics(client, criteria):
+    """Two people share a name and a birth date: a conditional create on them would take one for
+    the other. Telling them apart is the master patient index's work."""
+    create(client, patient(family="Wang", birthDate="1980-01-01"))
+    before = system_total(client)
+    other = patient(family="Wang", birthDate="1980-01-01")
+    for r in (client.post("/Patient", json=other, headers={**FHIR_JSON, "if-none-exist": criteria}),
+              client.put(f"/Patient?{criteria}", json=other, headers=FHIR_JSON),
+              client.delete(f"/Patient?{criteria}")):
+        body = assert_outcome(r, 400)
+        assert "identifier or its id" in body["issue"][0]["diagnostics"], body
+    assert system_total(client) == before
+    # with an identifier among the criteria it is decided
+    r = client.post("/Patient", json=other, headers={
+        **FHIR_JSON, "if-none-exist": f"{criteria}&identifier={SYSTEM}|{other['identifier'][0]['value']}"})
+    assert r.status_code in (200, 201), r.text

@@ -197,19 +197,19 @@ def test_http_concurrent_conditional_creates_make_one_resource(client, live):
 def test_http_concurrent_conditional_creates_on_any_search_make_one_resource(client, live):
     """Criteria the identifier index cannot answer go through the search index, which lags the
     log: a guard at commit re-plans a create when a Patient was written since it searched."""
-    for _ in range(3):
+    for _ in range(3):  # an Organization: a person is named only by an identifier
         family = f"Q{unique()}"
-        query = f"family={family}&birthdate=1980-02-03"
+        query = f"name:exact={family}&active=true"
 
         def create(c, i):
-            body = {"resourceType": "Patient", "name": [{"family": family}],
-                    "birthDate": "1980-02-03", "gender": ["male", "female", "other", "unknown"][i]}
-            return c.post("/Patient", json=body, headers={**FHIR_JSON, "if-none-exist": query})
+            body = {"resourceType": "Organization", "name": family, "active": True,
+                    "alias": [["one", "two", "three", "four"][i]]}
+            return c.post("/Organization", json=body, headers={**FHIR_JSON, "if-none-exist": query})
 
         rs = run_together(4, with_client(live, create))
         assert Counter(r.status_code for r in rs) == {201: 1, 200: 3}, [r.text for r in rs]
         assert len({r.json()["id"] for r in rs}) == 1
-        found = client.get("/Patient", params={"family:exact": family}).json()
+        found = client.get("/Organization", params={"name:exact": family}).json()
         assert found["total"] == 1
 
 
@@ -323,19 +323,19 @@ def test_http_concurrent_conditional_updates_make_one_resource_each(client, live
 def test_http_concurrent_conditional_updates_on_any_search_make_one_resource(client, live):
     """Criteria only the search index answers: the guard re-plans an update that would create
     when a Patient was written since it searched."""
-    for _ in range(2):
+    for _ in range(2):  # an Organization: a person is named only by an identifier
         family = f"U{unique()}"
-        query = {"family": family, "birthdate": "1980-02-03"}
+        query = {"name:exact": family, "active": "true"}
 
         def put_(c, i):
-            body = {"resourceType": "Patient", "name": [{"family": family}],
-                    "birthDate": "1980-02-03", "gender": ["male", "female", "other", "unknown"][i]}
-            return c.put("/Patient", params=query, json=body, headers=FHIR_JSON)
+            body = {"resourceType": "Organization", "name": family, "active": True,
+                    "alias": [["one", "two", "three", "four"][i]]}
+            return c.put("/Organization", params=query, json=body, headers=FHIR_JSON)
 
         rs = run_together(4, with_client(live, put_))
         assert Counter(r.status_code for r in rs) == {201: 1, 200: 3}, [r.text for r in rs]
         assert len({r.json()["id"] for r in rs}) == 1
-        assert client.get("/Patient", params={"family:exact": family}).json()["total"] == 1
+        assert client.get("/Organization", params={"name:exact": family}).json()["total"] == 1
 
 
 def test_http_concurrent_transactions_with_conditional_updates(client, live):

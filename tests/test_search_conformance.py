@@ -648,14 +648,23 @@ def test_http_get_post_strict_and_read_your_writes(client):
     assert o.status_code == 201
     r = client.get(f"/Patient/{rid}/Observation", params={"code": "8867-4"})
     assert r.status_code == 200 and r.json()["total"] == 1
-    # conditional update through the index (not an identifier)
+    # a conditional update names a person by an identifier, never by demographics
     r = client.put("/Patient", params={"family": "sima", "_tag": tag},
                    json={"resourceType": "Patient", "name": [{"family": "Sima"}], "gender": "male"},
                    headers=FHIR_JSON)
+    assert r.status_code == 400, r.text
+    assert client.get("/Patient", params={"family": "sima", "_tag": tag}).json()["total"] == 1
+    # through the index (not an identifier), on what is not a person
+    org = {"resourceType": "Organization", "name": "Sima Clinic",
+           "meta": {"tag": [{"system": tag.split("|")[0], "code": tag.split("|")[1]}]}}
+    assert client.post("/Organization", json=org, headers=FHIR_JSON).status_code == 201
+    r = client.put("/Organization", params={"name": "sima", "_tag": tag},
+                   json={"resourceType": "Organization", "name": "Sima Clinic", "active": True},
+                   headers=FHIR_JSON)
     assert r.status_code == 200, r.text
-    r = client.get("/Patient", params={"family": "sima", "gender": "male"})
+    r = client.get("/Organization", params={"name": "sima", "active": "true"})
     assert r.json()["total"] == 1  # updated in place (the update dropped the tag)
-    assert client.get("/Patient", params={"family": "sima", "_tag": tag}).json()["total"] == 0
+    assert client.get("/Organization", params={"name": "sima", "_tag": tag}).json()["total"] == 0
 
 
 @pytest.mark.parametrize("query,allowed,required", [

@@ -41,11 +41,23 @@ _NOT_A_KEY = {
 }
 
 
-def refuse_non_keys(query: Query) -> None:
+# Resources about a person: criteria name one only by an identifier or its id. Two people share a
+# name and a birth date (a region holds thousands of 王伟); a conditional create on them would take
+# one for the other. Telling people apart by demographics is the master patient index's work.
+PERSONS = frozenset({"Patient", "Person", "RelatedPerson", "Practitioner"})
+
+
+def refuse_non_keys(query: Query, rtype: str | None = None) -> None:
     """400 for criteria that name a resource by an identifier that is no key: keyed on a filler
     or a mistyped resident ID number, a conditional create would take one person for another
     and a conditional update would overwrite another person's record. The mappers never key on
-    such values either."""
+    such values either. A person (``PERSONS``) is named only through an identifier or an id."""
+    if rtype in PERSONS and not any(name.partition(":")[0] in ("identifier", "_id")
+                                    for name, _ in query):
+        names = ", ".join(sorted({name for name, _ in query}))
+        raise FhirError(400, "invalid", f"A conditional interaction names a {rtype} by an "
+                        f"identifier or its id, not by {names}: those do not tell two people "
+                        "apart (the master patient index links one person's records)")
     for name, value in query:
         head = name.rpartition(".")[2]
         param, _, modifier = head.partition(":")
@@ -129,7 +141,7 @@ class SearchResolver(IdentifierResolver):
             raise bad_request("A conditional operation needs search criteria")
         if all(name in self.supported for name, _ in query):
             return super().match(rtype, query)
-        refuse_non_keys(query)
+        refuse_non_keys(query, rtype)
         return self.service.match_ids(rtype, query)
 
     def guards(self, rtype: str, query: Query, searched_at: int = 0) -> list:
