@@ -354,12 +354,14 @@ class Repository:
 
         def run() -> Found:
             page = self.page(ctx, q, count, with_total)
+            bodies = None
             if self.may_hide(ctx, q.rtype):
                 if page.total is not None:
                     page.total = self._visible_total(ctx, q)
                 if _dependent_groups(q):
-                    page.rows = self._matches_seen(ctx, q, page.rows)
-            bodies = self.current_bodies(ctx, page.rows)
+                    page.rows, bodies = self._matches_seen(ctx, q, page.rows)
+            if bodies is None:
+                bodies = self.current_bodies(ctx, page.rows)
             included: list[Row] = []
             if q.rtype == AUDIT and (q.include or q.revinclude):
                 raise bad_request("_include and _revinclude are not answered for AuditEvent")
@@ -384,20 +386,22 @@ class Repository:
                 q.notes.append(f"No total: more than {VISIBLE_TOTAL_UP_TO} matches, some of "
                                "which may be hidden from this caller, are not counted one by one")
                 return None
-            shown += len(self._matches_seen(ctx, q, page.rows))
+            shown += len(self._matches_seen(ctx, q, page.rows)[0])
             cursor = page.next_cursor
             if cursor is None:
                 return shown
 
-    def _matches_seen(self, ctx: Context, q: Query, rows: list[Row]) -> list[Row]:
-        """The rows the caller may see that match ``q`` by what it may see: a ``_has`` or a
-        chained criterion holds only through a resource shown to the caller (the index found
-        the row through any resource; one hidden from the caller would otherwise be told of by
-        the row it lets through)."""
+    def _matches_seen(self, ctx: Context, q: Query, rows: list[Row]
+                      ) -> tuple[list[Row], dict[tuple[str, str], tuple[int, bytes]]]:
+        """The rows the caller may see that match ``q`` by what it may see, with their current
+        bodies: a ``_has`` or a chained criterion holds only through a resource shown to the
+        caller (the index found the row through any resource; one hidden from the caller would
+        otherwise be told of by the row it lets through)."""
         bodies = self.current_bodies(ctx, rows)
-        seen = [r for r in rows if (r.rtype, r.rid) in bodies]
         groups = _dependent_groups(q)
-        return [r for r in seen if all(self._holds(ctx, q.rtype, r.rid, g) for g in groups)]
+        kept = [r for r in rows if (r.rtype, r.rid) in bodies
+                and all(self._holds(ctx, q.rtype, r.rid, g) for g in groups)]
+        return kept, {(r.rtype, r.rid): bodies[(r.rtype, r.rid)] for r in kept}
 
     def _holds(self, ctx: Context, rtype: str, rid: str, group: list[Criterion]) -> bool:
         """Does one of the OR alternatives hold for ``rtype/rid`` by what the caller sees?"""
@@ -429,7 +433,7 @@ class Repository:
         while looked <= VISIBLE_TOTAL_UP_TO:
             page = self.page(ctx, dataclasses.replace(q, cursor=cursor), 100, False)
             looked += len(page.rows)
-            if page.rows and (not check or self._matches_seen(ctx, q, page.rows)):
+            if page.rows and (not check or self._matches_seen(ctx, q, page.rows)[0]):
                 return True
             cursor = page.next_cursor
             if cursor is None:
@@ -514,7 +518,8 @@ class Repository:
             return None
 
         def check(op: Op, stored: StoredEvent) -> None:
-            rid = op.target or op.rid or ""
+            rid = op.target
+            assert rid is not None  # the hub shows a write once its target is resolved
             head, _, body = stored.state.partition(b"\n")
             header = orjson.loads(head)
             if not self.policy.may_change(ctx.actor, op.rtype, rid, header.get("source") or {}):

@@ -90,7 +90,7 @@ class IdentifierResolver:
     def match(self, rtype: str, query: Query) -> list[str]:
         if not query:
             raise bad_request("A conditional operation needs search criteria")
-        refuse_non_keys(query)
+        refuse_non_keys(query, rtype)
         result: set[str] | None = None
         for name, value in query:
             if name not in self.supported:

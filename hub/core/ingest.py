@@ -242,24 +242,21 @@ class Hub:
                 planned.remove(i)
                 continue
             seen.setdefault(key, i)
-        if authorize is not None:  # on the resource each write reaches, however it was named
-            for i in list(planned):
-                op = ops[i]
-                stored = None if op.existing or op.target is None else \
-                    self.store.latest(op.rtype, op.target)
-                if stored is not None:
-                    try:
-                        authorize(op, stored)
-                    except FhirError as e:
-                        fail(i, e)
-                        planned.remove(i)
-        for i in list(planned):  # before the references: a patch may add one to an entry
-            if ops[i].method == "PATCH":
-                try:
-                    self._apply_patch(ops[i])
-                except FhirError as e:
-                    fail(i, e)
-                    planned.remove(i)
+        # the stored resource each write reaches, however it was named: shown to ``authorize``,
+        # and patched (before the references: a patch may add one to an entry)
+        for i in list(planned):
+            op = ops[i]
+            if (authorize is None and op.method != "PATCH") or op.existing or op.target is None:
+                continue
+            stored = self.store.latest(op.rtype, op.target)
+            try:
+                if authorize is not None and stored is not None:
+                    authorize(op, stored)
+                if op.method == "PATCH":
+                    self._apply_patch(op, stored)
+            except FhirError as e:
+                fail(i, e)
+                planned.remove(i)
 
         # 2. references
         if atomic:
@@ -333,11 +330,11 @@ class Hub:
         else:
             op.target = op.rid
 
-    def _apply_patch(self, op: Op) -> None:
-        """The PATCH applied to its target's current version (the commit conflicts, and the
-        patch is applied again, if another write makes a newer one meanwhile)."""
-        assert op.patch is not None and op.target is not None
-        stored = self.store.latest(op.rtype, op.target)
+    @staticmethod
+    def _apply_patch(op: Op, stored: StoredEvent | None) -> None:
+        """The PATCH applied to its target's current version, ``stored`` (the commit conflicts,
+        and the patch is applied again, if another write makes a newer one meanwhile)."""
+        assert op.patch is not None
         if stored is None:
             raise not_found(f"{op.rtype}/{op.target} is not known")
         version = stored.originator_version
