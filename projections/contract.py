@@ -60,3 +60,9 @@ class ReadModel(Protocol):
     def close(self) -> None:
         """Release its files and connections."""
         ...
+
+    def stale(self) -> str | None:
+        """Why its rows no longer answer as the hub now would, until a rebuild (they hold times
+        of values without a zone read in another zone than ``HUB_TIMEZONE``); None when current.
+        ``/ready`` and ``hub projections status`` say it."""
+        ...

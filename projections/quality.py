@@ -130,7 +130,7 @@ def report_rows(d: dict, fallback_us: int) -> tuple[tuple, list[tuple[str, str]]
     checked_us = fallback_us
     if isinstance(checked, str):
         try:
-            checked_us = parse_range(checked)[0]  # no zone: UTC, as everywhere in the hub
+            checked_us = parse_range(checked)[0]  # no zone: HUB_TIMEZONE, as everywhere
         except ValueError:
             checked = None
     else:

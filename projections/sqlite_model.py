@@ -19,6 +19,7 @@ from typing import Any
 from eventsourcing.persistence import IntegrityError, Notification, Tracking
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 
+from hub.core.fhirtime import zone_name
 from hub.core.store import FastSQLiteDatastore
 from projections.contract import ReadModel
 
@@ -41,6 +42,11 @@ class SQLiteReadModel(ReadModel):
     name: str
     types: tuple[str, ...] = ()  # every event unless a model names its resource types
     schema: Sequence[str] = ()
+    # a model whose rows hold times of values written without a zone (read in HUB_TIMEZONE,
+    # hub.core.fhirtime) records that zone in its meta table: after HUB_TIMEZONE changes, its
+    # rows are stale until a rebuild
+    zoned: bool = False
+    built_zone: str = ""
 
     def __init__(self, path: Path | str):
         self.path = str(path)
@@ -57,6 +63,34 @@ class SQLiteReadModel(ReadModel):
             for statement in self.schema:
                 c.execute(statement)
             self.opened(c)
+            if self.zoned:
+                self._read_zone(c)
+
+    def _read_zone(self, c: Any) -> None:
+        c.execute(f"SELECT value FROM {self.meta_table} WHERE key='zone'")
+        found = c.fetchone()
+        if found is None:
+            c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (self.name,))
+            applied = c.fetchone()
+            # rows written before the model recorded its zone read zone-less values as UTC
+            zone = "+00:00" if applied and applied[0] else zone_name()
+            c.execute(f"INSERT INTO {self.meta_table} (key, value) VALUES ('zone', ?)", (zone,))
+            found = (zone,)
+        self.built_zone = str(found[0])
+
+    def record_zone(self, c: Any) -> None:
+        """In a reset's transaction: the rows to come read zone-less values in today's zone."""
+        if self.zoned:
+            self.built_zone = zone_name()
+            c.execute(f"INSERT OR REPLACE INTO {self.meta_table} (key, value) VALUES ('zone', ?)",
+                      (self.built_zone,))
+
+    def stale(self) -> str | None:
+        if not self.zoned or self.built_zone == zone_name():
+            return None
+        return (f"times without a zone were read in {self.built_zone}, HUB_TIMEZONE is "
+                f"{zone_name()}: date searches answer by the old zone until "
+                f"`hub projections rebuild {self.name}`")
 
     @contextmanager
     def _immediate(self) -> Iterator[Any]:
@@ -116,6 +150,7 @@ class SQLiteReadModel(ReadModel):
         """Forget everything (a rebuild starts from here)."""
         with self.datastore.transaction(commit=True) as c:
             self.clear(c)
+            self.record_zone(c)
 
     def clear(self, c: Any) -> None:
         for table in self.tables:

@@ -11,9 +11,10 @@ no row is ever rewritten for an identity event. "Person P between t1 and t2, of 
 indexed read: ``patient IN (P's Patients) AND t >= t1 AND t < t2 AND kind IN K ORDER BY t``.
 
 The time of a resource is the first of its clinically meaningful times that is present (below,
-``TIME_PATHS``), as µs since the epoch in UTC (a value without a zone is read as UTC, like
-everywhere in the hub); a resource without any is placed at its ``meta.lastUpdated`` and flagged
-``dated = 0``. The Patient is the ``subject`` or ``patient`` reference (``Patient/id``).
+``TIME_PATHS``), as µs since the epoch in UTC (a value without a zone is read in the platform's
+zone, ``HUB_TIMEZONE``, like everywhere in the hub); a resource without any is placed at its
+``meta.lastUpdated`` and flagged ``dated = 0``. The Patient is the ``subject`` or ``patient``
+reference (``Patient/id``).
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ def row_of(rtype: str, rid: str, version: int, header: bytes, body: bytes) -> tu
 class TimelineProjection(SQLiteReadModel):
     name = NAME
     meta_table = "t_meta"  # its 'writer' row: the write lock
+    zoned = True  # a date-only time is placed at the start of its day in HUB_TIMEZONE
     schema = SCHEMA
     types = tuple(KIND_OF_TYPE)  # the runner hands over only these events
     tables = ("t_row",)

@@ -76,3 +76,52 @@ def test_a_database_outage_is_answered_quickly_and_recovered_from(request, tmp_p
         r = httpx.get(live.base + "/Patient/p1", timeout=10,
                       headers={"accept": "application/fhir+json", **live.headers})
         assert r.status_code == 404, r.text  # answered from the store again
+
+
+def _found(live: LiveServer, birthdate: str) -> list[str]:
+    r = httpx.get(live.base + "/Patient", params={"birthdate": birthdate}, headers=live.headers,
+                  timeout=10)
+    assert r.status_code == 200, r.text
+    return [e["resource"]["id"] for e in r.json().get("entry", [])]
+
+
+def test_a_read_model_built_under_another_zone_is_a_warning_until_rebuilt(tmp_path, request,
+                                                                          monkeypatch):
+    """HUB_TIMEZONE changed under an index: /ready and `hub projections status` say which read
+    models answer by the old zone and how to rebuild them; the rebuild makes a zone-less day
+    the new zone's day."""
+    from tests.test_cli import run_hub
+
+    settings = make_settings("sqlite", tmp_path / "zone", request)
+    born = {"resourceType": "Patient", "id": "z1", "birthDate": "2024-01-15"}
+    with LiveServer(settings) as live:
+        r = httpx.put(live.base + "/Patient/z1", json=born, headers=live.headers, timeout=10)
+        assert r.status_code == 201, r.text
+        # the day of 2024-01-15 begins at 16:00 UTC on the 14th, 00:00 in Beijing
+        assert _found(live, "2024-01-15T12:00:00+08:00") == []  # a point is not the whole day
+        assert _found(live, "lt2024-01-15T06:00:00+08:00") == ["z1"]
+        assert _found(live, "gt2024-01-16T06:00:00+08:00") == []
+        r = httpx.get(_origin(live) + "/ready", timeout=10)
+        assert r.json()["checks"]["read-model:search"]["status"] == "pass"
+
+    monkeypatch.setenv("HUB_TIMEZONE", "-05:00")
+    with LiveServer(settings) as live:
+        r = httpx.get(_origin(live) + "/ready", timeout=10)
+        assert r.status_code == 200  # it answers; an operator is told
+        checks = r.json()["checks"]
+        for name in ("search", "timeline"):
+            assert checks[f"read-model:{name}"]["status"] == "warn"
+            assert f"hub projections rebuild {name}" in checks[f"read-model:{name}"]["output"]
+        assert checks["read-model:person"]["status"] == "pass"
+    status = run_hub(settings, "projections", "status", "search")
+    assert "stale: times without a zone were read in +08:00, HUB_TIMEZONE is -05:00" in status.stdout
+    assert run_hub(settings, "projections", "rebuild", "search").returncode == 0
+    assert "stale" not in run_hub(settings, "projections", "status", "search").stdout
+    with LiveServer(settings) as live:
+        checks = httpx.get(_origin(live) + "/ready", timeout=10).json()["checks"]
+        assert checks["read-model:search"]["status"] == "pass"
+        assert checks["read-model:timeline"]["status"] == "warn"
+        # the day of 2024-01-15 now begins at 05:00 UTC, 13:00 in Beijing
+        assert _found(live, "lt2024-01-15T06:00:00+08:00") == []
+        assert _found(live, "gt2024-01-16T06:00:00+08:00") == ["z1"]
+        assert _found(live, "2024-01-15") == ["z1"]

@@ -56,7 +56,8 @@ def load(hub, work: Path, round_: int) -> None:
             "resourceType": "Observation", "id": f"{p}obs{i}", "status": "final",
             "code": {"coding": [{"system": LOCAL, "code": f"L{i}", "display": f"local {i}"}]},
             "subject": {"reference": f"Patient/{p}pat{i % 2}"},
-            "effectiveDateTime": f"2024-03-0{i + 1}T10:00:00+08:00"},
+            # the first one dated by its day alone: a day in HUB_TIMEZONE
+            "effectiveDateTime": f"2024-03-0{i + 1}" + ("T10:00:00+08:00" if i else "")},
             url=f"Observation/{p}obs{i}")], ctx, atomic=True)
     hub.execute([Op("PUT", "Encounter", f"{p}enc", {
         "resourceType": "Encounter", "id": f"{p}enc", "status": "finished",
@@ -291,6 +292,52 @@ def test_rebuild_reset_and_replay_give_the_same_state(spec, hub, work, tmp_path)
         assert state(model) == incremental and model.position() == position
     finally:
         model.close()
+
+
+def test_a_model_built_under_another_zone_says_so_until_rebuilt(spec, hub, work, tmp_path,
+                                                                 monkeypatch):
+    """Models whose rows hold times read in HUB_TIMEZONE (a birthDate, a date-only time) say
+    they are stale once the zone changes, or when they were built before they recorded it (as
+    UTC), and are current again after a rebuild; the others never are stale."""
+    from hub.core import fhirtime
+
+    load(hub, work, 0)
+    here = models_dir(tmp_path, "zoned")
+    model = open_model(spec.name, here)
+    try:
+        Runner(hub.store, model).catch_up()
+        assert model.stale() is None
+        before = state(model)
+    finally:
+        model.close()
+    monkeypatch.setenv("HUB_TIMEZONE", "-05:00")
+    fhirtime.local_zone.cache_clear()
+    try:
+        model = open_model(spec.name, here)
+        try:
+            stale = model.stale()
+            if not getattr(model, "zoned", False):
+                assert stale is None
+                return
+            assert stale and "+08:00" in stale and "-05:00" in stale
+            assert f"hub projections rebuild {spec.name}" in stale
+            Runner(hub.store, model).rebuild()
+            assert model.stale() is None
+            # the rows moved with the zone: a day now starts 13 hours later
+            assert state(model) != before
+            # a file from before models recorded their zone: its rows read zone-less values as UTC
+            with model.datastore.transaction(commit=True) as c:
+                c.execute(f"DELETE FROM {model.meta_table} WHERE key='zone'")
+        finally:
+            model.close()
+        model = open_model(spec.name, here)
+        try:
+            assert "read in +00:00" in (model.stale() or "")
+        finally:
+            model.close()
+    finally:
+        monkeypatch.undo()
+        fhirtime.local_zone.cache_clear()
 
 
 def test_lag_is_how_far_behind_the_log_it_is(spec, hub, work, tmp_path):

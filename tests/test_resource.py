@@ -110,16 +110,37 @@ def test_canonical_round_trips_any_json_object(extra):
 
 
 @pytest.mark.parametrize("value, start, end", [
-    ("2024", "2024-01-01T00:00:00Z", "2025-01-01T00:00:00Z"),
-    ("2024-12", "2024-12-01T00:00:00Z", "2025-01-01T00:00:00Z"),
-    ("2024-02-29", "2024-02-29T00:00:00Z", "2024-03-01T00:00:00Z"),
+    ("2024", "2024-01-01T00:00:00+08:00", "2025-01-01T00:00:00+08:00"),
+    ("2024-12", "2024-12-01T00:00:00+08:00", "2025-01-01T00:00:00+08:00"),
+    ("2024-02-29", "2024-02-29T00:00:00+08:00", "2024-03-01T00:00:00+08:00"),
+    ("2024-03-05T10:00", "2024-03-05T02:00:00Z", "2024-03-05T02:01:00Z"),
     ("2024-03-05T10:00+08:00", "2024-03-05T02:00:00Z", "2024-03-05T02:01:00Z"),
     ("2024-03-05T10:00:00Z", "2024-03-05T10:00:00Z", "2024-03-05T10:00:01Z"),
-    ("9999-12-31", "9999-12-31T00:00:00Z", "9999-12-31T23:59:59.999999Z"),  # HIS "no end"
+    ("2024-03-05T10:00:00-05:00", "2024-03-05T15:00:00Z", "2024-03-05T15:00:01Z"),
+    ("9999-12-31", "9999-12-31T00:00:00+08:00", "9999-12-31T23:59:59.999999Z"),  # HIS "no end"
 ])
-def test_partial_dates_are_periods_in_utc(value, start, end):
+def test_partial_dates_are_periods_in_the_platforms_zone(value, start, end):
+    """A value without a zone is read in HUB_TIMEZONE (+08:00 by default); one with a zone keeps it."""
     s, e = parse_range(value)
     assert (s, e) == (parse_range(start)[0], parse_range(end)[0] + end.endswith(".999999Z"))
+
+
+@pytest.mark.parametrize("setting, offset_hours", [("-05:00", -5), ("Z", 0), ("+8", 0), ("CST", 0)])
+def test_the_platforms_zone_is_configured(monkeypatch, setting, offset_hours):
+    """HUB_TIMEZONE decides where a zone-less day begins; a setting that is no offset reads as UTC."""
+    from hub.core import fhirtime
+
+    monkeypatch.setenv("HUB_TIMEZONE", setting)
+    fhirtime.local_zone.cache_clear()
+    try:
+        start, end = parse_range("2024-01-15")
+        utc_day = parse_range("2024-01-15T00:00:00Z")[0]
+        assert start == utc_day - offset_hours * 3_600_000_000
+        assert end - start == 86_400_000_000
+        assert parse_range("2024-01-15T00:00:00+08:00")[0] == utc_day - 8 * 3_600_000_000
+    finally:
+        monkeypatch.undo()
+        fhirtime.local_zone.cache_clear()
 
 
 @pytest.mark.parametrize("value", ["24", "2024-13", "2024-02-30", "2024-01-01T25:00", "yesterday", ""])

@@ -83,6 +83,14 @@ DATA = {
          "description": {"text": "one target"}, "subject": {"reference": "Patient/d1"},
          "target": [{"dueDate": "2024-03-01"}]},
     ],
+    # a day without a zone is the platform's local day (HUB_TIMEZONE, +08:00 by default), as R4
+    # asks: results taken early in the morning in Beijing belong to that day, not the one before
+    "zone": [
+        obs("z1", effectiveDateTime="2024-01-15T07:00:00+08:00"),  # 2024-01-14T23:00Z
+        obs("z2", effectiveDateTime="2024-01-16T07:00:00+08:00"),  # 2024-01-15T23:00Z
+        obs("z3", effectiveDateTime="2024-01-15T20:00:00Z"),  # 2024-01-16T04:00+08:00
+        pat("z4", birthDate="2024-01-15"),
+    ],
     "num": [
         {"resourceType": "RiskAssessment", "id": f"n{i}", "status": "final",
          "subject": {"reference": "Patient/x"}, "prediction": [{"probabilityDecimal": p}]}
@@ -285,6 +293,16 @@ CASES = [
     # each may match a different value): targets due in January and March match "in February"
     ("date", "Goal", "target-date=ge2024-02-01&target-date=lt2024-02-15", ["g1"]),
     ("date", "Goal", "target-date=ge2024-02-01&target-date=lt2024-02-15&_id=g2", []),
+    ("zone", "Observation", "date=2024-01-15", ["z1"]),
+    ("zone", "Observation", "date=2024-01-16", ["z2", "z3"]),
+    ("zone", "Observation", "date=sa2024-01-15", ["z2", "z3"]),
+    ("zone", "Observation", "date=ge2024-01-15T08:00&date=lt2024-01-16T08:00", ["z2", "z3"]),
+    ("zone", "Observation", "date=2024-01-15T07:00", ["z1"]),
+    ("zone", "Patient", "birthdate=2024-01-15", ["z4"]),
+    ("zone", "Patient", "birthdate=2024-01-15T12:00:00%2B08:00", []),
+    ("zone", "Patient", "birthdate=ap2024-01-15T12:00:00%2B08:00", ["z4"]),
+    ("zone", "Patient", "birthdate=lt2024-01-15T00:30:00%2B08:00", ["z4"]),
+    ("zone", "Patient", "birthdate=lt2024-01-14T23:30:00%2B08:00", []),
     # number (implicit precision) and quantity (UCUM prefixes folded)
     ("num", "RiskAssessment", "probability=0.5", ["n1"]),
     ("num", "RiskAssessment", "probability=0.55", ["n2"]),

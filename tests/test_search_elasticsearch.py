@@ -135,6 +135,41 @@ def test_rebuild_behind_an_alias_swap(store_hub, es_server):  # noqa: F811
         es.close()
 
 
+def test_an_index_read_in_another_zone_is_stale_until_its_rebuild_swaps_in(
+        store_hub, es_server, monkeypatch):  # noqa: F811
+    from hub.core import fhirtime
+
+    _load(store_hub)
+    es = open_es_index(es_server.url, prefix())
+    try:
+        runner = Runner(store_hub.store, es)
+        runner.catch_up()
+        assert es.stale() is None
+        monkeypatch.setenv("HUB_TIMEZONE", "+05:30")
+        fhirtime.local_zone.cache_clear()
+        again = open_es_index(es_server.url, es.prefix)
+        try:
+            assert "+08:00" in again.stale() and "rebuild search-es" in again.stale()
+            again.reset()
+            again.apply(store_hub.store.notifications(1, 3))
+            assert again.stale()  # the old generation is still the one searched
+            Runner(store_hub.store, again).catch_up()
+            assert again.stale() is None
+        finally:
+            again.close()
+        # an index written before the zone was recorded read zone-less values as UTC
+        state = es._load()
+        del state["zone"]
+        es.es.index(index=es.tracking_index, id=es.name, document=state, refresh=True)
+        es.position()
+        assert "read in +00:00" in es.stale()
+    finally:
+        monkeypatch.undo()
+        fhirtime.local_zone.cache_clear()
+        es.drop()
+        es.close()
+
+
 def test_unknown_search_backend_is_refused():
     with pytest.raises(ValueError, match="HUB_SEARCH"):
         Settings(search="solr")

@@ -4,7 +4,9 @@ personal data).
 - ``GET /health``: the process answers (liveness).
 - ``GET /ready``: the event store answers within a few seconds and every read model's follower
   is alive; each one's lag (notifications not yet applied) is listed. 503 when not ready, so a
-  balancer stops sending requests to a process whose database is gone.
+  balancer stops sending requests to a process whose database is gone. A read model whose rows
+  need a rebuild (``stale``: built under another ``HUB_TIMEZONE``) is a ``warn`` that says so;
+  it still answers.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ async def ready(request: Request) -> Response:
         if runner.error is not None:
             check = {"status": "fail", "lag": check["lag"], "output": type(runner.error).__name__}
             status = "fail"
+        elif (stale := runner.model.stale()) is not None:
+            # it answers, by rows an operator should rebuild (HUB_TIMEZONE changed under them)
+            check = {"status": "warn", "lag": check["lag"], "output": stale}
         checks[f"read-model:{name}"] = check
     return JSONResponse({"status": status, "checks": checks}, 200 if status == "pass" else 503,
                         media_type=HEALTH_JSON)

@@ -12,7 +12,6 @@ document type ``fhir-rest``) records them under the caller's institution.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -20,12 +19,12 @@ from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, relocate
+from hub.core.fhirtime import ZONE
 from hub.core.ingest import Context, Op, Result
 from hub.core.repair import Repair, repair
 from hub.repository import Repository
 
 log = logging.getLogger("hub.api.intake")
-_ZONE = re.compile(r"^[+-](0\d|1[0-4]):[0-5]\d$|^Z$")
 INTAKE_TYPES = "https://fhir-region-hub.example/CodeSystem/intake"
 
 
@@ -56,7 +55,7 @@ def validate(ctx: Context, settings: Settings, rtype: str, raw: bytes, d: dict,
     except FhirError as e:
         if e.status != 422 or not repairs_allowed(ctx, settings):
             raise
-        if not _ZONE.match(settings.timezone):
+        if not ZONE.match(settings.timezone):
             log.warning("HUB_TIMEZONE %r is not an offset like +08:00: nothing is repaired",
                         settings.timezone)
             raise

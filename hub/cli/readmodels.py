@@ -46,6 +46,8 @@ def cmd_projections(args, settings: Settings) -> int:
     try:
         if args.action == "status":
             print(f"{model.name}: position {model.position()}, lag {runner.lag()} events")
+            if (stale := model.stale()) is not None:
+                print(f"  stale: {stale}")
             for table, n in model.stats().items():
                 print(f"  {table:14} {n:>12,}")
             return 0

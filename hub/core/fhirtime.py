@@ -1,14 +1,24 @@
 """FHIR date, dateTime and instant values as UTC ranges (microseconds since the epoch).
 
 A partial value stands for the whole period it names: ``2024`` is [2024-01-01, 2025-01-01).
-Values without a time zone are read as UTC; values with one keep their meaning and are compared
-in UTC. Used by history ``_since``/``_at`` now and by date search later.
+Values with a time zone keep their meaning. Values without one (a ``birthDate``, a date-only
+``effectiveDateTime``, a search for ``date=2024-01-15``) are read in the platform's zone,
+``HUB_TIMEZONE`` (default ``+08:00``), as R4 search asks ("the server's local time zone"): a
+clinician's "the 15th" is the local day, so a result taken at 07:00+08:00 on the 15th is found by
+it, and one taken at 07:00+08:00 on the 16th is not (read as UTC days, both were the other way).
+Everything is compared in UTC.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+
+log = logging.getLogger("hub.fhirtime")
+ZONE = re.compile(r"^[+-](0\d|1[0-4]):[0-5]\d$|^Z$")
 
 _RE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
@@ -17,6 +27,33 @@ _RE = re.compile(
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _END_OF_TIME = 253402300800 * 1_000_000  # 10000-01-01T00:00:00Z in µs
+
+
+@lru_cache(maxsize=1)
+def local_zone() -> timezone:
+    """The platform's zone (``HUB_TIMEZONE``), for values written without one; UTC, with a
+    warning, when the setting is not an offset such as ``+08:00``."""
+    name = os.environ.get("HUB_TIMEZONE", "+08:00").strip()
+    if not ZONE.match(name):
+        log.warning("HUB_TIMEZONE %r is not an offset like +08:00: times without a zone read as UTC",
+                    name)
+        return timezone.utc
+    return _zone(name)
+
+
+def zone_name(tz: timezone | None = None) -> str:
+    """``+08:00`` of a fixed-offset zone (``+00:00`` for UTC): what a read model records of the
+    zone it read zone-less values in."""
+    minutes = int((tz or local_zone()).utcoffset(None).total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def _zone(name: str) -> timezone:
+    if name == "Z":
+        return timezone.utc
+    sign = 1 if name[0] == "+" else -1
+    return timezone(sign * timedelta(hours=int(name[1:3]), minutes=int(name[4:6])))
 
 
 def _us(dt: datetime) -> int:
@@ -57,8 +94,10 @@ def _start_and_step(g: dict, tz: timezone):
 _FULL = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.(\d{1,6}))?(?:Z|[+-]\d{2}:\d{2})")
 
 
-def parse_range(value: str) -> tuple[int, int]:
-    """[start, end) of a FHIR date/dateTime/instant in µs since the epoch; ValueError if malformed."""
+def parse_range(value: str, zone: timezone | None = None) -> tuple[int, int]:
+    """[start, end) of a FHIR date/dateTime/instant in µs since the epoch; ValueError if malformed.
+
+    A value without a zone is read in ``zone``, by default the platform's (``local_zone``)."""
     m = _FULL.fullmatch(value)
     if m is not None:
         try:
@@ -72,11 +111,7 @@ def parse_range(value: str) -> tuple[int, int]:
     if not m:
         raise ValueError(f"{value!r} is not a FHIR date, dateTime or instant")
     g = m.groupdict()
-    tz = timezone.utc
-    if g["tz"] and g["tz"] != "Z":
-        sign = 1 if g["tz"][0] == "+" else -1
-        hh, mm = int(g["tz"][1:3]), int(g["tz"][4:6])
-        tz = timezone(sign * timedelta(hours=hh, minutes=mm))
+    tz = _zone(g["tz"]) if g["tz"] else (zone or local_zone())
     start, step = _start_and_step(g, tz)
     try:
         end = start + step if isinstance(step, timedelta) else step(start)

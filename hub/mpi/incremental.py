@@ -93,6 +93,9 @@ class IncrementalMatcher:
     def position(self) -> int:
         return self.tracking.max_tracking_id(NAME) or 0
 
+    def stale(self) -> str | None:
+        return None  # it keeps no times
+
     def reset(self) -> None:
         """Match every Patient again from the start of the log (the index is left as it is)."""
         with self.index.datastore.transaction(commit=True) as c:

@@ -30,7 +30,7 @@ import orjson
 from eventsourcing.persistence import Notification
 
 from hub.core.events import KIND_OF_TOPIC
-from hub.core.fhirtime import parse_range
+from hub.core.fhirtime import parse_range, zone_name
 from projections.search import fulltext
 from projections.search.extract import DateRange, Quantity, Str, Token, extract, normalize
 from projections.search.params import indexed_params
@@ -207,8 +207,12 @@ class ElasticsearchIndex:
         try:
             found = self.es.get(index=self.tracking_index, id=self.name)
         except NotFoundError:
-            return {"position": 0, "generation": 1, "building": None}
-        return dict(found["_source"])
+            return {"position": 0, "generation": 1, "building": None, "zone": zone_name()}
+        state = dict(found["_source"])
+        # the zone dates without one were read in (hub.core.fhirtime): an index written before
+        # it was recorded read them as UTC
+        state.setdefault("zone", "+00:00" if state.get("position") else zone_name())
+        return state
 
     def _save(self) -> None:
         self.es.index(index=self.tracking_index, id=self.name, document=self._state,
@@ -346,8 +350,16 @@ class ElasticsearchIndex:
             self.es.indices.update_aliases(actions=actions)
         self._delete(olds)
         self._state["generation"], self._state["building"] = new, None
+        self._state["zone"] = zone_name()  # the generation now searched was read in today's zone
         self._made.clear()
         self._save()
+
+    def stale(self) -> str | None:
+        built = self._state.get("zone", zone_name())
+        if built == zone_name():
+            return None
+        return (f"times without a zone were read in {built}, HUB_TIMEZONE is {zone_name()}: date "
+                f"searches answer by the old zone until `hub projections rebuild search-es`")
 
     def _indexes(self, pattern: str) -> list[str]:
         return list(self.es.indices.get(index=pattern, allow_no_indices=True,
@@ -362,7 +374,7 @@ class ElasticsearchIndex:
         """Delete every index of this prefix (tests, and ``hub projections`` starting over)."""
         self._delete(self._indexes(f"{self.prefix}-*"))
         self._made.clear()
-        self._state = {"position": 0, "generation": 1, "building": None}
+        self._state = {"position": 0, "generation": 1, "building": None, "zone": zone_name()}
 
     def stats(self) -> dict[str, int]:
         from elasticsearch import NotFoundError

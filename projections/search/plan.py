@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from datetime import timezone
 from decimal import Decimal
 from functools import lru_cache
 from itertools import product
@@ -42,7 +43,7 @@ from typing import Any, Callable, NamedTuple, cast
 import orjson
 
 from hub.core.errors import HubError
-from hub.core.fhirtime import parse_range
+from hub.core.fhirtime import local_zone, parse_range
 from hub.core.jsontypes import TYPES as ELEMENTS
 from hub.core.resource import RESOURCE_TYPES
 from projections.search.params import SearchParam, indexed_params
@@ -172,9 +173,14 @@ def _num(v: Any) -> float | None:
     return None
 
 
-@lru_cache(maxsize=1 << 16)
 def _range(value: str) -> tuple[float, float]:
-    return parse_range(value)
+    return _range_in(value, local_zone())
+
+
+@lru_cache(maxsize=1 << 16)
+def _range_in(value: str, zone: timezone) -> tuple[float, float]:
+    # keyed by the zone too: a zone-less value means another range under another HUB_TIMEZONE
+    return parse_range(value, zone)
 
 
 _REF = re.compile(r"^(?P<base>[a-z][a-z0-9+.-]*://.*/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9.-]{1,128})"

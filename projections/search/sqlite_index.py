@@ -131,6 +131,8 @@ _ROWS = {
 class SQLiteSearchIndex(SQLiteReadModel):
     name = NAME
     schema = SCHEMA
+    meta_table = "sp_meta"
+    zoned = True  # date rows: a birthDate or a date-only time is a day in HUB_TIMEZONE
 
     def __init__(self, path: Path | str):
         self._params: dict[tuple[str, str], int] = {}
@@ -198,6 +200,7 @@ class SQLiteSearchIndex(SQLiteReadModel):
             c.execute("UPDATE sp_param SET multi=0, span=0")
             c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
             c.execute("INSERT OR REPLACE INTO sp_meta (key, value) VALUES ('next_pk', 1)")
+            self.record_zone(c)
         self._next_pk = 1
         self._multi, self._span = set(), {}
         self._resources, self._analyzed_at = 0, -1
