@@ -6,7 +6,10 @@ If-None-Match, response headers, Prefer, _format/_pretty, and "content unchanged
 
 from __future__ import annotations
 
+import time
 import uuid
+from datetime import timedelta
+from email.utils import parsedate_to_datetime
 
 import orjson
 import pytest
@@ -425,6 +428,36 @@ def test_if_none_match_gives_304(client):
     # vread honours it too
     r = client.get(f"/Patient/{d['id']}/_history/1", headers={"if-none-match": 'W/"1"'})
     assert r.status_code == 304
+
+
+def test_if_modified_since_gives_304_when_nothing_changed_after_the_date(client):
+    from email.utils import format_datetime
+
+    d = patient(rid=unique())
+    put(client, d)
+    url = f"/Patient/{d['id']}"
+    modified = parsedate_to_datetime(client.get(url).headers["last-modified"])
+
+    def read(since, **more):
+        return client.get(url, headers={"if-modified-since": since, **more})
+
+    at = format_datetime(modified, usegmt=True)
+    before = format_datetime(modified - timedelta(seconds=1), usegmt=True)
+    r = read(at)
+    assert r.status_code == 304 and r.content == b""
+    assert r.headers["etag"] == 'W/"1"' and r.headers["last-modified"] == at
+    assert read(before).status_code == 200 and read(before).json()["id"] == d["id"]
+    # not a date, or a date ahead of the server's clock: ignored, the full answer
+    for since in ("yesterday", "", "Sun, 06 Dec 2099 03:00:00 GMT"):
+        assert read(since).status_code == 200, since
+    # If-None-Match decides when both are sent (RFC 9110 13.2.2)
+    assert read(at, **{"if-none-match": 'W/"9"'}).status_code == 200
+    assert read(before, **{"if-none-match": 'W/"1"'}).status_code == 304
+    time.sleep(1.05)  # a change in a later second than the one the client holds
+    d["gender"] = "male"
+    put(client, d)
+    r = read(at)
+    assert r.status_code == 200 and r.json()["gender"] == "male"
 
 
 # -- content unchanged: no new version ---------------------------------------------------------

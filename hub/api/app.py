@@ -42,6 +42,7 @@ from hub.api.responses import (
     check_format,
     fhir_response,
     none_match,
+    not_modified_since,
     outcome_response,
     parse_etag,
     prefer_return,
@@ -398,6 +399,9 @@ def _stored_response(request: Request, stored, status: int = 200) -> Response:
                               header["lastUpdated"])
     if request.headers.get("if-none-match"):
         if none_match(request.headers["if-none-match"], ev_version):
+            return Response(status_code=304, headers=headers)
+    elif request.headers.get("if-modified-since"):  # weaker: only without If-None-Match
+        if not_modified_since(request.headers["if-modified-since"], header["lastUpdated"]):
             return Response(status_code=304, headers=headers)
     return fhir_response(resource_bytes(stored), status, request=request, headers=headers)
 

@@ -111,7 +111,8 @@ def _statement(routed: frozenset[str], base: str) -> dict:
             "readHistory": "vread" in routed,
             "updateCreate": True,
             "conditionalCreate": "create" in routed,
-            "conditionalRead": "not-match",  # If-None-Match on read answers 304
+            # If-None-Match, or If-Modified-Since without it, on read answers 304
+            "conditionalRead": "full-support",
             "conditionalUpdate": "conditional-update" in routed,
             "conditionalDelete": "single" if "conditional-delete" in routed else "not-supported",
             "referencePolicy": ["literal", "local"],

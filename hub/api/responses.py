@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 import orjson
 from fastapi import Request
@@ -10,7 +11,7 @@ from fastapi.responses import Response
 
 from hub.api import fhirxml
 from hub.core.errors import FhirError, Issue, operation_outcome
-from hub.core.fhirtime import http_date
+from hub.core.fhirtime import http_date, parse_range
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
@@ -81,6 +82,23 @@ def none_match(value: str, version: int) -> bool:
     if value.strip() == "*":
         return True
     return any(parse_etag(v, "If-None-Match") == version for v in value.split(","))
+
+
+def not_modified_since(value: str, last_updated: str) -> bool:
+    """If-Modified-Since (RFC 9110 13.1.3): was the version last modified at or before the date
+    the client holds? Second resolution, as Last-Modified; a value that is no HTTP-date, or a
+    date later than now (a client's clock ahead, or a typo), is ignored: the full answer."""
+    from email.utils import parsedate_to_datetime
+
+    try:
+        since = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return False
+    if since.tzinfo is None:  # "-0000": no zone said; an HTTP-date is GMT
+        since = since.replace(tzinfo=UTC)
+    if since > datetime.now(UTC):
+        return False
+    return parse_range(last_updated)[0] // 1_000_000 <= int(since.timestamp())
 
 
 def etag(version: int) -> str:
