@@ -14,12 +14,15 @@ The time of a resource is the first of its clinically meaningful times that is p
 ``TIME_PATHS``), as µs since the epoch in UTC (a value without a zone is read in the platform's
 zone, ``HUB_TIMEZONE``, like everywhere in the hub); a resource without any is placed at its
 ``meta.lastUpdated`` and flagged ``dated = 0``. The Patient is the ``subject`` or ``patient``
-reference (``Patient/id``).
+reference (``Patient/id``, or absolute on ``HUB_BASE_URL``; not a Patient on another server).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -81,17 +84,32 @@ def _get(d: Any, path: str) -> Any:
     return d
 
 
+_PATIENT = re.compile(r"^Patient/([A-Za-z0-9.-]{1,64})(?:/_history/[A-Za-z0-9.-]{1,64})?$")
+
+
+@lru_cache(maxsize=1)
+def _own_base() -> str | None:
+    """``HUB_BASE_URL`` with a slash: a reference stored absolute on it is to this server's
+    Patient (a read model knows no request's base URL)."""
+    base = os.environ.get("HUB_BASE_URL", "").strip().rstrip("/")
+    return base + "/" if base else None
+
+
 def patient_of(d: dict) -> str | None:
+    """The id of the Patient a resource is about: its ``subject`` or ``patient`` reference, as
+    ``Patient/id`` or absolute on ``HUB_BASE_URL``. A Patient on another server is not this
+    server's Patient of the same id: such a resource is no local Patient's."""
+    own = _own_base()
     for key in ("subject", "patient"):
         ref = d.get(key)
         if isinstance(ref, dict):
             r = ref.get("reference")
             if isinstance(r, str):
-                i = r.find("Patient/")
-                if i >= 0 and (i == 0 or r[i - 1] == "/"):
-                    rid = r[i + len("Patient/"):].split("/_history")[0]
-                    if rid:
-                        return rid
+                if own and r.startswith(own):
+                    r = r[len(own):]
+                m = _PATIENT.match(r)
+                if m:
+                    return m.group(1)
     return None
 
 

@@ -433,6 +433,48 @@ def test_everything_adds_what_the_records_refer_to_outside_the_compartment(clien
     assert b["total"] == 3  # the matches; included resources are not counted
 
 
+def test_a_reference_absolute_on_this_server_is_local_and_on_another_is_not(client):
+    """A record may name its Patient by this server's absolute URL: it is in that Patient's
+    compartment, $everything and chains like one naming Patient/id. One naming another server's
+    Patient of the same id is not this Patient's record, in any view."""
+    p = uuid.uuid4().hex[:8]
+    own = str(client.base_url).rstrip("/")
+    entries = [
+        {"resourceType": "Patient", "id": f"{p}-x", "name": [{"family": "郑"}]},
+        {"resourceType": "Practitioner", "id": f"{p}-dr", "name": [{"family": "冯"}]},
+        {"resourceType": "Encounter", "id": f"{p}-mine", "status": "finished",
+         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+         "subject": {"reference": f"{own}/Patient/{p}-x"},
+         "participant": [{"individual": {"reference": f"{own}/Practitioner/{p}-dr"}}],
+         "period": {"start": "2024-01-15T09:00:00+08:00"}},
+        {"resourceType": "Encounter", "id": f"{p}-theirs", "status": "finished",
+         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+         "subject": {"reference": f"http://elsewhere.example/fhir/Patient/{p}-x"},
+         "period": {"start": "2024-01-16T09:00:00+08:00"}},
+    ]
+    r = client.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": e, "request": {"method": "PUT", "url": f"{e['resourceType']}/{e['id']}"}}
+        for e in entries]}, headers=FHIR)
+    assert r.status_code == 200, r.text
+    b = client.get(f"/Patient/{p}-x/$everything").json()
+    got = {(e["resource"]["resourceType"], e["resource"]["id"], e["search"]["mode"])
+           for e in b["entry"]}
+    assert got == {("Patient", f"{p}-x", "match"), ("Encounter", f"{p}-mine", "match"),
+                   ("Practitioner", f"{p}-dr", "include")}
+    ids = [e["resource"]["id"] for e in client.get(f"/Patient/{p}-x/Encounter").json()["entry"]]
+    assert ids == [f"{p}-mine"]
+    ids = [e["resource"]["id"] for e in client.get(
+        "/Encounter", params={"subject:Patient.name": "郑", "_id": f"{p}-mine,{p}-theirs"}
+    ).json()["entry"]]
+    assert ids == [f"{p}-mine"]
+    b = client.get("/Patient", params={"_has:Encounter:subject:_id": f"{p}-mine"}).json()
+    assert [e["resource"]["id"] for e in b["entry"]] == [f"{p}-x"]
+    assert "entry" not in client.get(
+        "/Patient", params={"_has:Encounter:subject:_id": f"{p}-theirs"}).json()
+    b = client.get(f"/Patient/{p}-x/$timeline").json()
+    assert f"{p}-theirs" not in {e["resource"]["id"] for e in b.get("entry", [])}
+
+
 def pages(c: httpx.Client, path: str, **q) -> list[dict]:
     """Every entry of a paged search, following its next links."""
     out: list[dict] = []

@@ -433,6 +433,11 @@ CASES = [
     ("abs", "Observation", "subject=http://other.org/fhir/Patient/a1", ["a4"]),
     ("abs", "Observation", "_id=a3&_include=Observation:subject", ["a3", "+a1"]),
     ("abs", "Patient", "_id=a1&_revinclude=Observation:subject", ["a1", "+a2", "+a3"]),
+    # chains and _has go through a reference in either form of this server, not another's
+    ("abs", "Observation", "subject.name=abs", ["a2", "a3"]),
+    ("abs", "Observation", "subject:Patient.name=abs&_id=a3,a4", ["a3"]),
+    ("abs", "Patient", "_has:Observation:subject:_id=a3", ["a1"]),
+    ("abs", "Patient", "_has:Observation:subject:_id=a4", []),
     # uri
     ("uri", "ValueSet", "url=http://acme.org/fhir/ValueSet/a", ["v1"]),
     ("uri", "ValueSet", "url:below=http://acme.org/fhir", ["v1", "v2"]),
@@ -623,6 +628,12 @@ def test_compartment(world):
     b = search_bundle(Repository(hub, search=service), Context(), "Observation", [("code", "1111-1")], "http://t/fhir",
                       settings, True, ("Patient", "r2"))
     assert ids(b) == ["o2"]
+    # a reference stored absolute on this server puts a resource in the compartment too; one
+    # on another server does not
+    b = search_bundle(Repository(hub, search=service), Context(), "Observation",
+                      [("_tag", "urn:test:ds|abs")], "http://test/fhir", settings, True,
+                      ("Patient", "a1"))
+    assert ids(b) == ["a2", "a3"]
 
 
 # -- over HTTP ------------------------------------------------------------------------------------

@@ -254,11 +254,13 @@ async def _everything(request: Request, rtype: str, rid: str) -> Response:
     def answer(_purpose):
         repo.authorize(ctx, Action("operation", rtype, rid, "$everything"))
         scope = _scope(shared, rtype, rid, institution)
-        entries, nxt, total, referenced = shared.everything(scope, since, types, count, after)
+        entries, nxt, total, referenced = shared.everything(scope, since, types, count, after,
+                                                            base)
         entries, referenced = repo.shown(ctx, entries), repo.shown(ctx, referenced)
         if total and repo.may_hide(ctx):  # the total of what this caller sees, or none:
             # counted on the first page only (each resource read), not again on every page
-            total = len(repo.shown(ctx, shared.everything(scope, since, types, total, None)[0])) \
+            total = len(repo.shown(ctx, shared.everything(scope, since, types, total, None,
+                                                          base)[0])) \
                 if total <= VISIBLE_TOTAL_UP_TO and after is None else None
         path = f"{base}/{rtype}/{rid}/$everything"
         plist = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]

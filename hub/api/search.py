@@ -154,7 +154,7 @@ def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple
                   compartment: tuple[str, str] | None = None) -> dict:
     q = repo.plan(ctx, rtype, params, strict, base)
     if compartment is not None:
-        q.where.append(compartment_group(*compartment, rtype))
+        q.where.append(compartment_group(*compartment, rtype, base))
     count = q.count if q.count is not None else settings.default_count
     if q.summary == "count":
         count = 0

@@ -159,10 +159,11 @@ class SharedRecord:
     # -- $everything --------------------------------------------------------------------------------
 
     def everything(self, scope: Scope, since_us: int | None, types: list[str] | None,
-                   count: int, after_pk: int | None
+                   count: int, after_pk: int | None, base: str | None = None
                    ) -> tuple[list[tuple[str, str, bytes]], int | None, int,
                               list[tuple[str, str, bytes]]]:
-        """(entries (rtype, rid, body), next cursor, total, referenced) of one page.
+        """(entries (rtype, rid, body), next cursor, total, referenced) of one page; ``base``,
+        this server's base URL: a reference stored absolute on it is to the same Patient.
 
         ``referenced``: what the page's resources refer to outside the Patient compartment
         (Practitioner, Organization, Location, Medication, …), as R4's Patient-everything adds
@@ -173,8 +174,9 @@ class SharedRecord:
         self.search.sync()
         wanted = [t for t in patient_compartment() if t not in EXCLUDED_BY_DEFAULT] \
             if types is None else types
-        targets = scope.patients
-        ids = [p.split("/", 1)[1] for p in targets]
+        ids = [p.split("/", 1)[1] for p in scope.patients]
+        targets = [*scope.patients,
+                   *((f"{base.rstrip('/')}/{p}" for p in scope.patients) if base else ())]
         sql = self.search.sql
         with self.search.index.datastore.transaction(commit=False) as c:
             pids = self._compartment_pids(c, sql, tuple(wanted))
@@ -209,24 +211,29 @@ class SharedRecord:
             rows = [tuple(r) for r in c.fetchall()]
             more = len(rows) > count
             rows = rows[:count]
-            refs = self._referenced(c, [r[0] for r in rows])
+            refs = self._referenced(c, [r[0] for r in rows], base)
         bodies = self._bodies([(r[1], r[2]) for r in rows] + refs)
         entries = [(rt, rid, bodies[(rt, rid)]) for _, rt, rid in rows if (rt, rid) in bodies]
         referenced = [(rt, rid, bodies[(rt, rid)]) for rt, rid in refs if (rt, rid) in bodies]
         return entries, (rows[-1][0] if more and rows else None), total, referenced
 
     @staticmethod
-    def _referenced(c, pks: list[int]) -> list[tuple[str, str]]:
+    def _referenced(c, pks: list[int], base: str | None = None) -> list[tuple[str, str]]:
         """(type, id) of the local references of resources ``pks`` to types outside the Patient
-        compartment, from the index's reference rows, in a stable order."""
+        compartment, from the index's reference rows, in a stable order (a reference stored
+        absolute on ``base``, this server, is local too)."""
         compartment = patient_compartment()
+        own = base.rstrip("/") + "/" if base else None
         out: set[tuple[str, str]] = set()
         for i in range(0, len(pks), 500):
             chunk = pks[i:i + 500]
             c.execute("SELECT DISTINCT target FROM ix_reference WHERE pk IN "
                       f"({','.join('?' * len(chunk))})", chunk)
             for (target,) in c.fetchall():
-                rtype, _, rid = (target or "").partition("/")
+                target = target or ""
+                if own and target.startswith(own):
+                    target = target[len(own):]
+                rtype, _, rid = target.partition("/")
                 if rid and "/" not in rid and ":" not in rtype and rtype not in compartment \
                         and rtype not in ("Patient", "Person"):
                     out.add((rtype, rid))

@@ -19,15 +19,17 @@ def patient_compartment() -> dict[str, list[str]]:
         "compartment_patient.json").read_text())
 
 
-def compartment_group(ctype: str, cid: str, rtype: str) -> list[Criterion]:
-    """The OR-group of criteria selecting ``rtype`` resources in compartment ``ctype/cid``."""
+def compartment_group(ctype: str, cid: str, rtype: str, base: str | None = None) -> list[Criterion]:
+    """The OR-group of criteria selecting ``rtype`` resources in compartment ``ctype/cid``; with
+    ``base`` (this server's base URL), references stored absolute on it count too."""
     if ctype != "Patient":
         raise FhirError(400, "not-supported", f"Only the Patient compartment is supported, not {ctype}")
     params = patient_compartment().get(rtype)
     if params is None:
         raise FhirError(400, "not-supported", f"{rtype} is not in the Patient compartment")
     known = params_for(rtype)
-    group = [Criterion(p, "reference", value=RefValue(targets=(f"Patient/{cid}",)))
+    targets = (f"Patient/{cid}", *((f"{base.rstrip('/')}/Patient/{cid}",) if base else ()))
+    group = [Criterion(p, "reference", value=RefValue(targets=targets))
              for p in params if p in known and known[p].type == "reference"]
     if rtype == "Patient":
         group.append(Criterion("_id", "token", value=TokenValue(None, cid)))

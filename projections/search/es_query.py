@@ -132,8 +132,10 @@ class ElasticsearchSearch(SearchBackend):
             ids = self._ids(Query(target, where=[[c.chain.criterion]]))
             if not ids:
                 return NONE
-            return self._nested(rtype, c.param, "reference",
-                                {"terms": {"ref.target": [f"{target}/{i}" for i in ids]}})
+            refs = [f"{target}/{i}" for i in ids]
+            if c.chain.base:  # stored absolute on this server: the same targets
+                refs += [f"{c.chain.base}/{r}" for r in refs]
+            return self._nested(rtype, c.param, "reference", {"terms": {"ref.target": refs}})
         test = self._value(c, PATH[c.type])
         if c.modifier == "not":
             return _not(self._nested(rtype, c.param, c.type, test))
@@ -141,10 +143,13 @@ class ElasticsearchSearch(SearchBackend):
 
     def _has(self, rtype: str, h: Has) -> dict:
         me = rtype + "/"
+        own = f"{h.base}/{me}" if h.base else None  # absolute on this server: the same
         targets: set[str] = set()
         for source in self._sources(Query(h.rtype, where=[[h.criterion]]), ["ref"]):
             for v in source.get("ref") or ():
                 t = v.get("target") or ""
+                if own and t.startswith(own):
+                    t = t[len(own) - len(me):]
                 if t.startswith(me) and self._is_param(h.rtype, h.param, v):
                     targets.add(t[len(me):])
         return {"ids": {"values": sorted(targets)}} if targets else NONE

@@ -120,17 +120,21 @@ class Criterion:
 
 @dataclass
 class Chain:
-    """Reference param chained: the target is a ``rtypes`` resource matching ``criterion``."""
+    """Reference param chained: the target is a ``rtypes`` resource matching ``criterion``.
+    ``base``: this server's base URL; a reference stored absolute on it is to the same target."""
     rtypes: tuple[str, ...]
     criterion: Criterion
+    base: str | None = None
 
 
 @dataclass
 class Has:
-    """``_has:rtype:param:…``: some ``rtype`` resource matching ``criterion`` refers here by ``param``."""
+    """``_has:rtype:param:…``: some ``rtype`` resource matching ``criterion`` refers here by ``param``
+    (as ``Type/id``, or absolute on ``base``, this server's base URL)."""
     rtype: str
     param: str
     criterion: Criterion
+    base: str | None = None
 
 
 @dataclass
@@ -410,7 +414,7 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
         if rp is None or rp.type != "reference":
             raise bad_request(f"{name!r}: {src} has no reference parameter {ref_param!r}")
         inner = parse_criteria(src, rest, value, base, terminology)
-        return [Criterion("_has", "has", value=Has(src, ref_param, c)) for c in inner]
+        return [Criterion("_has", "has", value=Has(src, ref_param, c, base)) for c in inner]
     head, dot, rest = name.partition(".")
     code, _, given_modifier = head.partition(":")
     modifier = given_modifier or None
@@ -427,7 +431,7 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
         out = []
         for t in usable:
             for c in parse_criteria(t, rest, value, base, terminology):
-                out.append(Criterion(code, "reference", chain=Chain((t,), c)))
+                out.append(Criterion(code, "reference", chain=Chain((t,), c, base)))
         # one Criterion per (target, alternative): OR of them
         return out
     if modifier and modifier not in MODIFIERS.get(ptype, ()):

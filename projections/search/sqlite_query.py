@@ -249,10 +249,15 @@ class SQLiteSearch(SearchBackend):
             x, r2 = s.alias("x"), s.alias("r")
             (target,) = c.chain.rtypes
             inner = self.where(s, Query(target, where=[[c.chain.criterion]]), r2)
-            prefix = s.arg(target + "/")
+            if c.chain.base:  # each match as 'Type/id' and as the absolute URL on this server
+                pf = s.alias("pf")
+                targets = (f"SELECT {pf}.column1 || {r2}.rid FROM sp_res {r2}, (VALUES "
+                           f"({s.arg(target + '/')}), ({s.arg(f'{c.chain.base}/{target}/')})) {pf} "
+                           f"WHERE {inner}")
+            else:
+                targets = f"SELECT {s.arg(target + '/')} || {r2}.rid FROM sp_res {r2} WHERE {inner}"
             return (f"{alias}.pk IN (SELECT {x}.pk FROM ix_reference {x} WHERE "
-                    f"{s.p_is(rtype, c.param, x)} AND "
-                    f"{x}.target IN (SELECT {prefix} || {r2}.rid FROM sp_res {r2} WHERE {inner}))")
+                    f"{s.p_is(rtype, c.param, x)} AND {x}.target IN ({targets}))")
         if c.modifier == "not":
             x = s.alias("x")
             return (f"{alias}.pk NOT IN (SELECT {x}.pk FROM ix_token {x} WHERE "
@@ -270,10 +275,21 @@ class SQLiteSearch(SearchBackend):
         x, r3 = s.alias("x"), s.alias("r")
         inner = self.where(s, Query(h.rtype, where=[[h.criterion]]), r3)
         me = rtype + "/"
-        # the reference targets 'Type/id' of this type, less the 'Type/'
-        return (f"{alias}.rid IN (SELECT substr({x}.target, {len(me) + 1}) FROM ix_reference {x} "
-                f"WHERE {s.p_is(h.rtype, h.param, x)} AND {x}.target > {s.arg(me)} AND {x}.target < "
-                f"{s.arg(me + TOP)} AND {x}.pk IN (SELECT {r3}.pk FROM sp_res {r3} WHERE {inner}))")
+        # the reference targets 'Type/id' of this type, less the 'Type/'; and those stored as
+        # absolute URLs on this server, less the base and 'Type/'
+        within = f"{x}.target > {s.arg(me)} AND {x}.target < {s.arg(me + TOP)}"
+        rid = f"substr({x}.target, {len(me) + 1})"
+        if h.base:
+            own = f"{h.base}/{me}"
+            # "+": no index for the OR's terms, so the plan still starts from the matches' pks
+            # (a multi-index OR would read every reference of the parameter to the type)
+            within = (f"((+{x}.target > {s.arg(me)} AND +{x}.target < {s.arg(me + TOP)}) OR "
+                      f"(+{x}.target > {s.arg(own)} AND +{x}.target < {s.arg(own + TOP)}))")
+            rid = (f"CASE WHEN {x}.target < {s.arg(me + TOP)} THEN {rid} "
+                   f"ELSE substr({x}.target, {len(own) + 1}) END")
+        return (f"{alias}.rid IN (SELECT {rid} FROM ix_reference {x} WHERE "
+                f"{s.p_is(h.rtype, h.param, x)} AND {within} AND "
+                f"{x}.pk IN (SELECT {r3}.pk FROM sp_res {r3} WHERE {inner}))")
 
     def _value(self, s: _Sql, c: Criterion, x: str, rtype: str | None = None) -> str:
         """The test of one alternative on an index row ``x`` of its parameter's table."""
