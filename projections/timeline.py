@@ -19,15 +19,14 @@ reference (``Patient/id``, or absolute on ``HUB_BASE_URL``; not a Patient on ano
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 import orjson
 from eventsourcing.persistence import Notification
 
+from hub.core.access import own_base
 from hub.core.events import KIND_OF_TOPIC
 from hub.core.fhirtime import parse_range
 from projections.sqlite_model import SQLiteReadModel, newest
@@ -87,19 +86,11 @@ def _get(d: Any, path: str) -> Any:
 _PATIENT = re.compile(r"^Patient/([A-Za-z0-9.-]{1,64})(?:/_history/[A-Za-z0-9.-]{1,64})?$")
 
 
-@lru_cache(maxsize=1)
-def _own_base() -> str | None:
-    """``HUB_BASE_URL`` with a slash: a reference stored absolute on it is to this server's
-    Patient (a read model knows no request's base URL)."""
-    base = os.environ.get("HUB_BASE_URL", "").strip().rstrip("/")
-    return base + "/" if base else None
-
-
 def patient_of(d: dict) -> str | None:
     """The id of the Patient a resource is about: its ``subject`` or ``patient`` reference, as
     ``Patient/id`` or absolute on ``HUB_BASE_URL``. A Patient on another server is not this
     server's Patient of the same id: such a resource is no local Patient's."""
-    own = _own_base()
+    own = own_base()
     for key in ("subject", "patient"):
         ref = d.get(key)
         if isinstance(ref, dict):

@@ -541,3 +541,36 @@ def test_a_stewards_merge_leaves_every_patient_at_the_highest_assurance(live, cl
     merged = op(client, "merge", source=f"Person/{pc['id']}", target=f"Person/{pa['id']}")
     assert {(x["target"]["reference"], x["assurance"]) for x in merged["link"]} == {
         (f"Patient/{a}", "level4"), (f"Patient/{b}", "level4"), (f"Patient/{c}", "level4")}
+
+
+def test_read_models_and_the_policy_take_an_absolute_reference_as_local_only_on_the_base_url(
+        monkeypatch):
+    """They know no request's base URL: HUB_BASE_URL says which absolute references are this
+    server's; without it only Patient/id is."""
+    from hub.core import access
+    from hub.core.access import names_patient
+    from projections.timeline import patient_of
+
+    def about(ref: str) -> dict:
+        return {"resourceType": "Encounter", "subject": {"reference": ref}}
+
+    def body(ref: str) -> bytes:
+        return orjson.dumps(about(ref))
+
+    try:
+        for base in ("", "https://hub.example/fhir/"):
+            monkeypatch.setenv("HUB_BASE_URL", base)
+            access.own_base.cache_clear()
+            assert patient_of(about("Patient/p1")) == "p1"
+            assert patient_of(about("Patient/p1/_history/2")) == "p1"
+            assert patient_of(about("http://elsewhere.example/fhir/Patient/p1")) is None
+            assert patient_of(about("Group/p1")) is None
+            assert names_patient(body("Patient/p1"), "p1")
+            assert not names_patient(body("Patient/p10"), "p1")
+            assert not names_patient(body("http://elsewhere.example/fhir/Patient/p1"), "p1")
+            on_base = "https://hub.example/fhir/Patient/p1"
+            assert (patient_of(about(on_base)) == "p1") is bool(base)
+            assert names_patient(body(on_base), "p1") is bool(base)
+    finally:
+        monkeypatch.undo()
+        access.own_base.cache_clear()

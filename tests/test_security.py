@@ -375,6 +375,16 @@ def test_a_patient_context_token_sees_its_own_patient_only(world):
         assert found.status_code == 200
         assert [e["resource"]["id"] for e in found.json().get("entry", [])] == [mine_obs["id"]]
         assert _put(c, {**mine, "gender": "female"}).status_code == 403  # read scopes only
+    # a record of another server's Patient of the same id is someone else's
+    theirs = {**observation(f"http://elsewhere.example/fhir/Patient/{mine['id']}"),
+              "id": unique()[:16]}
+    versioned = {**observation(f"Patient/{mine['id']}/_history/1"), "id": unique()[:16]}
+    with _http(world, world.connector_h1) as c:
+        for d in (theirs, versioned):
+            assert _put(c, d).status_code == 201
+    with _http(world, headers={"authorization": f"Bearer {token}"}) as c:
+        assert c.get(f"/Observation/{theirs['id']}").status_code == 403
+        assert c.get(f"/Observation/{versioned['id']}").status_code == 200
 
 
 def test_the_demo_client_gets_a_token_from_the_command_line(world, capsys):

@@ -31,7 +31,6 @@ decides:
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from typing import Any
 
@@ -40,7 +39,7 @@ import orjson
 from hub.access.consent import Access, ConsentIndex
 from hub.access.scopequery import compile_query, search_groups
 from hub.auth.scopes import Scope, parse_scopes, permits
-from hub.core.access import Action, Actor, patients_in
+from hub.core.access import Action, Actor, names_patient, patients_in
 from hub.core.errors import LOGIN_REQUIRED, forbidden, unauthenticated
 
 ROLES = ("connector", "clinician", "steward", "auditor", "admin")
@@ -236,5 +235,4 @@ def _selects(granting: list[Scope], rtype: str, resource: dict) -> bool:
 def _in_compartment(rtype: str, rid: str, resource: bytes, patient: str) -> bool:
     if rtype == "Patient":
         return rid == patient
-    return re.search(rb'"reference"\s*:\s*"(?:[^"]*/)?Patient/' + re.escape(patient.encode())
-                     + rb'"', resource) is not None
+    return names_patient(resource, patient)

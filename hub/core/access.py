@@ -9,8 +9,10 @@ control configured.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 
@@ -104,6 +106,24 @@ OPEN = OpenPolicy()
 
 
 _PATIENT_REF = re.compile(rb'"reference"\s*:\s*"(?:[^"]*/)?Patient/([A-Za-z0-9\-.]{1,64})"')
+
+
+@lru_cache(maxsize=1)
+def own_base() -> str | None:
+    """``HUB_BASE_URL`` with a trailing slash, or None: where a check that knows no request's
+    base URL (a read model, the policy) takes an absolute reference for this server's own."""
+    base = os.environ.get("HUB_BASE_URL", "").strip().rstrip("/")
+    return base + "/" if base else None
+
+
+def names_patient(resource: bytes, patient: str) -> bool:
+    """Does some reference of the resource name Patient ``patient`` of this server: as
+    ``Patient/id`` (a version of it too), or absolute on ``own_base``? Another server's Patient of
+    the same id is someone else."""
+    own = own_base()
+    prefix = rb"(?:" + re.escape(own.encode()) + rb")?" if own else b""
+    return re.search(rb'"reference"\s*:\s*"' + prefix + rb"Patient/" + re.escape(patient.encode())
+                     + rb'(?:/_history/[A-Za-z0-9\-.]{1,64})?"', resource) is not None
 
 
 def patients_in(rtype: str, rid: str, resource: bytes) -> list[str]:
