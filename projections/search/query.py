@@ -222,7 +222,10 @@ def _number(raw: str) -> RangeValue:
     exponent = d.as_tuple().exponent
     assert isinstance(exponent, int)  # finite: not the "n", "N", "F" of NaN and infinity
     half = Decimal(5) * Decimal(10) ** (exponent - 1)  # implicit precision
-    return RangeValue(float(d - half), float(d + half), float(d))
+    out = RangeValue(float(d - half), float(d + half), float(d))
+    if not math.isfinite(out.lo) or not math.isfinite(out.hi):  # 1e309: beyond any stored value
+        raise bad_request(f"{raw!r} is out of range")
+    return out
 
 
 def _date(raw: str) -> RangeValue:
@@ -280,6 +283,8 @@ def _quantity(raw: str) -> QuantityValue:
         power, ccode = ucum_canonical(code)
         scale = (lambda x: x * 10.0 ** power) if power >= 0 else (lambda x: x / 10.0 ** -power)
         canonical = RangeValue(scale(number.lo), scale(number.hi), scale(number.value))
+        if not math.isfinite(canonical.lo) or not math.isfinite(canonical.hi):
+            raise bad_request(f"{raw!r} is out of range")
     return QuantityValue(number, system, code, canonical, ccode)
 
 
@@ -434,7 +439,8 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
                 out.append(Criterion(code, "reference", chain=Chain((t,), c, base)))
         # one Criterion per (target, alternative): OR of them
         return out
-    if modifier and modifier not in MODIFIERS.get(ptype, ()):
+    allowed = ("not", "missing") if code == "_id" else MODIFIERS.get(ptype, ())  # an id is no coding
+    if modifier and modifier not in allowed:
         if not (ptype == "reference" and modifier[0].isupper() and modifier in _resource_types()):
             raise Unsupported(f"Modifier :{modifier} is not supported on {code!r} ({ptype})")
     if modifier in TERMINOLOGY_MODIFIERS and ptype == "token":
