@@ -66,7 +66,7 @@ def _from_text(name: str, kind: str, raw: str) -> Any:
             raise TerminologyError(f"{name} must be true or false")
         return raw == "true"
     if kind == "integer":
-        if not raw.isdigit() or len(raw) > 9:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
             raise TerminologyError(f"{name} must be a whole number from 0 to 999999999")
         return int(raw)
     if kind == "Coding":

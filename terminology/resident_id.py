@@ -106,6 +106,8 @@ def is_placeholder(idno: str | None) -> bool:
         return False
     if len(set(s)) == 1:
         return True
+    if not s.isascii():  # "²" passes isdigit() and fails int(): no number, no filler of one
+        return False
     digits = s.rstrip("X")
     if len(digits) >= 6 and digits.isdigit():
         steps = {(int(b) - int(a)) % 10 for a, b in zip(digits, digits[1:])}

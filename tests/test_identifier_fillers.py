@@ -30,3 +30,23 @@ def test_a_number_is_always_a_value(v):
                                           ("11", False), ("0", False), ("正常", False), ("阴性", False)])
 def test_filler_text(value, filler):
     assert is_filler_text(value) is filler
+
+
+# digits of other scripts and forms: str.isdigit() takes them, int() does not take all of them
+_OTHER_DIGITS = "²³¹⁰₀①٣۳१๓０"
+
+
+@given(st.text(alphabet=st.sampled_from("0123456789X" + _OTHER_DIGITS), min_size=14, max_size=19),
+       st.sampled_from(["urn:oid:2.16.156.10011.1.3", "2.16.156.10011.1.4", None]))
+def test_any_digits_are_judged_without_an_error(value, system):
+    """A resident ID number with a superscript or an Arabic-Indic digit is refused as a key, not
+    a crash (it was a ValueError from int(), so a 500 on a conditional write and a failed
+    mapping); only ASCII digits make a number."""
+    problem = key_problem(value, system)
+    if system == "urn:oid:2.16.156.10011.1.3" and not value.isascii():
+        assert problem in ("check-digit", "placeholder")
+
+
+def test_a_number_written_with_other_digits_is_no_resident_id():
+    assert key_problem("11010119900101123²", "urn:oid:2.16.156.10011.1.3") == "check-digit"
+    assert key_problem("١١٠١٠١١٩٩٠٠١٠١١٢٣٤", "urn:oid:2.16.156.10011.1.3") == "check-digit"

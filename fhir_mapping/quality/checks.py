@@ -209,9 +209,9 @@ def resident_id_problem(value: str, as_of: date | None = None) -> str | None:
         return None
     if resident_id.is_placeholder(s):
         return "is a placeholder, not an identity number"
-    if len(s) == 15 and s.isdigit():
+    if len(s) == 15 and s.isascii() and s.isdigit():
         return "is an old 15-digit number: upgrade it to 18 digits (GB 11643-1999)"
-    if len(s) != 18 or not s[:17].isdigit() or s[17] not in "0123456789Xx":
+    if len(s) != 18 or not (s.isascii() and s[:17].isdigit()) or s[17] not in "0123456789Xx":
         return f"is not 17 digits and a check character ({len(s)} characters)"
     born = resident_id.birth_date(s)
     if born is None or born.year < 1880 or (as_of is not None and born > as_of):

@@ -393,7 +393,7 @@ class AuditLog:
         paged = cond
         if q.cursor:
             direction, _, value = q.cursor.partition(":")
-            if direction not in ("a", "d") or not value.isdigit() or (direction == "d") != q_desc:
+            if direction not in ("a", "d") or not (value.isascii() and value.isdigit()) or (direction == "d") != q_desc:
                 raise bad_request("_cursor is not a page cursor of this audit search")
             after = int(value)
             paged = f"{cond} AND e.pos {'<' if q_desc else '>'} {sql.arg(after)}"

@@ -545,7 +545,7 @@ async def search_compartment(request: Request, ctype: str, cid: str, rtype: str)
 
 async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
     check_format(request)
-    if not vid.isdigit():
+    if not (vid.isascii() and vid.isdigit()) or len(vid) > 18:  # no version reaches 10**18
         raise not_found(f"{vid!r} is not a version of {rtype}/{rid}")
     stored = await run_in_threadpool(repository(request).vread, context_of(request), _type(rtype),
                                      _id(rid), int(vid))
@@ -680,7 +680,8 @@ def _get(repo: Repository, ctx: Context, path: str, query: str, base: str,
                                   settings, False)
     if len(parts) == 2:
         return 200, resource_bytes(repo.read(ctx, rtype, _id(parts[1])))
-    if len(parts) == 4 and parts[2] == "_history" and parts[3].isdigit():
+    if len(parts) == 4 and parts[2] == "_history" and (parts[3].isascii() and parts[3].isdigit()) \
+            and len(parts[3]) <= 18:
         return 200, resource_bytes(repo.vread(ctx, rtype, _id(parts[1]), int(parts[3])))
     raise bad_request(f"GET {path!r} is not supported inside a Bundle")
 

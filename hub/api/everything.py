@@ -164,7 +164,7 @@ def _count(params: dict[str, str]) -> int:
     raw = params.get("_count")
     if raw is None:
         return DEFAULT_COUNT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_COUNT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_COUNT:
         raise bad_request(f"_count must be a whole number from 1 to {MAX_COUNT}")
     return int(raw)
 
@@ -214,7 +214,7 @@ def _bundle(entries: list[tuple[str, str, bytes]], base: str, links: list[dict],
 def _cursor_int(raw: str | None) -> int | None:
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise bad_request("_cursor is not one this server gave")
     return int(raw)
 

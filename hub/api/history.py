@@ -39,7 +39,8 @@ def history_bundle(repo: Repository, ctx: Context, request: Request, base: str,
     except ValueError as e:
         raise bad_request(str(e)) from None
     if "_cursor" in params:
-        if not params["_cursor"].isdigit():
+        raw = params["_cursor"]
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # a notification id
             raise bad_request("_cursor is not a page cursor of this server")
         cursor = int(params["_cursor"])
     rows = repo.history(ctx, rtype=rtype, rid=rid, since_us=since_us, at_us=at_us,

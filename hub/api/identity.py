@@ -132,7 +132,7 @@ async def _parameters(request: Request) -> dict[str, Any]:
     """name -> value of a Parameters body (references as their reference string)."""
     check_content_type(request)
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_OP_BODY:
+    if length is not None and (length.isascii() and length.isdigit()) and int(length) > MAX_OP_BODY:
         raise FhirError(413, "too-costly", f"An identity operation's body is at most "
                         f"{MAX_OP_BODY} bytes")
     raw = await request.body()
@@ -245,7 +245,7 @@ async def person_search(request: Request) -> Response:
             raise bad_request(f"{k} is given more than once")
         crit[k] = v
     count = crit.get("_count", "50")
-    if not count.isdigit() or not 0 <= int(count) <= 1000:
+    if not (count.isascii() and count.isdigit()) or not 0 <= int(count) <= 1000:
         raise bad_request("_count must be a whole number from 0 to 1000")
     after = crit.get("_cursor", "")
     if after and not _PERSON_CURSOR.match(after):
@@ -479,10 +479,10 @@ async def review_list(request: Request) -> Response:
     if status not in ("open", "closed", "all"):
         raise bad_request("status must be open, closed or all")
     count = params.get("_count", "100")
-    if not count.isdigit() or not 1 <= int(count) <= 1000:
+    if not (count.isascii() and count.isdigit()) or not 1 <= int(count) <= 1000:
         raise bad_request("_count must be a whole number from 1 to 1000")
     after = params.get("_cursor", "0")
-    if not after.isdigit() or len(after) > 18:
+    if not (after.isascii() and after.isdigit()) or len(after) > 18:
         raise bad_request("_cursor is not one this server gave")
     base = _base(request)
 

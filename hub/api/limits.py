@@ -1,5 +1,5 @@
-"""Refuse oversized request bodies before reading them whole, and oversized request headers
-(pure ASGI middleware).
+"""Refuse oversized request bodies before reading them whole, oversized request headers, and
+query strings holding control characters (pure ASGI middleware).
 
 Headers: uvicorn (h11) holds at most HUB_MAX_HEADER bytes of a request's head while it is still
 incomplete (``h11_max_incomplete_event_size``, answered 400), but a head that arrives whole in one
@@ -15,8 +15,14 @@ documents together."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 from hub.core.errors import FhirError, Issue, outcome_bytes
+
+# A control character in the query string, sent raw or percent-encoded: none of the FHIR strings
+# a parameter stands for may hold one (tab, line feed and carriage return aside), and PostgreSQL
+# refuses a NUL outright (a 500 where an identifier or an id reached the event store)
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|%(?:0[0-8bBcCeEfF]|1[0-9a-fA-F]|7[fF])")
 
 
 class BodyTooLarge(FhirError):
@@ -49,10 +55,12 @@ class BodyLimit:
                 len(name) + len(value) + 4 for name, value in headers)
             if size > self.max_header:
                 return await _refuse_headers(send, self.max_header)
+        if _CONTROL.search(scope.get("query_string") or b""):
+            return await _refuse_query(send)
         length = None
         for name, value in headers:
             if name == b"content-length":
-                if not value.isdigit() or int(value) > self.limit:
+                if not (value.isascii() and value.isdigit()) or int(value) > self.limit:
                     return await _refuse(send, self.limit, self.answers.get(scope.get("path", "")))
                 length = int(value)
         has_body = length is not None and length > 0 or any(
@@ -106,6 +114,15 @@ async def _busy(send) -> None:
         (b"content-length", str(len(body)).encode()),
         (b"retry-after", b"2"),
         (b"connection", b"close"),
+    ]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _refuse_query(send) -> None:
+    body = outcome_bytes([Issue("invalid", "The query string holds a control character")])
+    await send({"type": "http.response.start", "status": 400, "headers": [
+        (b"content-type", b"application/fhir+json; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
     ]})
     await send({"type": "http.response.body", "body": body})
 

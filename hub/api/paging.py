@@ -12,7 +12,7 @@ def page_size(params: dict[str, str], settings: Settings) -> int:
     raw = params.get("_count")
     if raw is None:
         return settings.default_count
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise bad_request(f"_count={raw!r} is not a non-negative integer")
     return min(int(raw), settings.max_count)
 

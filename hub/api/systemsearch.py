@@ -41,7 +41,7 @@ def _cursor(value: str | None, n_types: int) -> tuple[int, str | None]:
     if not value:
         return 0, None
     place, _, inner = value.partition(".")
-    if not place.isdigit() or int(place) >= n_types:
+    if not (place.isascii() and place.isdigit()) or int(place) >= n_types:
         raise bad_request("The paging cursor is not one this server wrote")
     return int(place), inner or None
 
@@ -60,7 +60,7 @@ def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]],
         raise bad_request("_sort is not supported across types; search one type to sort")
     values = dict(params)
     count_raw = values.get("_count")
-    if count_raw is not None and not count_raw.isdigit():
+    if count_raw is not None and not (count_raw.isascii() and count_raw.isdigit()):
         raise bad_request(f"_count={count_raw!r} is not a non-negative integer")
     count = min(int(count_raw), settings.max_count) if count_raw else settings.default_count
     counting = values.get("_summary") == "count" or values.get("_total") == "accurate"

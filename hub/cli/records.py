@@ -352,7 +352,8 @@ def _parse_ref(ref: str) -> tuple[str, str, int | None]:
     parts = ref.strip("/").split("/")
     if len(parts) == 2:
         return parts[0], parts[1], None
-    if len(parts) == 4 and parts[2] == "_history" and parts[3].isdigit():
+    if len(parts) == 4 and parts[2] == "_history" and (parts[3].isascii() and parts[3].isdigit()) \
+            and len(parts[3]) <= 18:
         return parts[0], parts[1], int(parts[3])
     raise UsageError(f"{ref!r} is not Type/id or Type/id/_history/N")
 
