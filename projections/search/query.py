@@ -439,8 +439,9 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
                 out.append(Criterion(code, "reference", chain=Chain((t,), c, base)))
         # one Criterion per (target, alternative): OR of them
         return out
-    allowed = ("not", "missing") if code == "_id" else MODIFIERS.get(ptype, ())  # an id is no coding
-    if modifier and modifier not in allowed:
+    if code == "_id" and modifier not in (None, "not", "missing"):  # an id is no coding
+        raise bad_request(f"_id:{modifier} is not meaningful: _id takes :not and :missing")
+    if modifier and modifier not in MODIFIERS.get(ptype, ()):
         if not (ptype == "reference" and modifier[0].isupper() and modifier in _resource_types()):
             raise Unsupported(f"Modifier :{modifier} is not supported on {code!r} ({ptype})")
     if modifier in TERMINOLOGY_MODIFIERS and ptype == "token":
