@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -150,7 +151,7 @@ async def undo(request: Request, person: str) -> Response:
     form = await request.form()
     check_csrf(request, form)
     identity = request.app.state.identity
-    seq = int(str(form.get("seq") or "0")) if str(form.get("seq") or "").isdigit() else 0
+    seq = int(str(form.get("seq") or "0")) if re.fullmatch(r"[0-9]{1,18}", str(form.get("seq") or "")) else 0
     with identity.person.read() as c:
         found = next((d for d in identity.person.history(c, person, 10_000) if d["seq"] == seq),
                      None)

@@ -541,7 +541,7 @@ def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
     for name, value in params:
         try:
             if name == "_count":
-                if not value.isdigit():
+                if not (value.isascii() and value.isdigit()):
                     raise bad_request(f"_count={value!r} is not a non-negative integer")
                 q.count = min(int(value), max_count)
                 if int(value) > max_count:
