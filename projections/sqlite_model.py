@@ -19,7 +19,7 @@ from typing import Any
 from eventsourcing.persistence import IntegrityError, Notification, Tracking
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 
-from hub.core.fhirtime import zone_name
+from hub.core.fhirtime import zone_changed, zone_name
 from hub.core.store import FastSQLiteDatastore
 from projections.contract import ReadModel
 
@@ -86,11 +86,7 @@ class SQLiteReadModel(ReadModel):
                       (self.built_zone,))
 
     def stale(self) -> str | None:
-        if not self.zoned or self.built_zone == zone_name():
-            return None
-        return (f"times without a zone were read in {self.built_zone}, HUB_TIMEZONE is "
-                f"{zone_name()}: date searches answer by the old zone until "
-                f"`hub projections rebuild {self.name}`")
+        return zone_changed(self.built_zone, self.name) if self.zoned else None
 
     @contextmanager
     def _immediate(self) -> Iterator[Any]:

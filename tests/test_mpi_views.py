@@ -401,6 +401,14 @@ def test_capability_statement_lists_the_mpi(client):
     assert {o["name"] for o in rest["operation"]} >= {"mpi-review", "resolve-identifier"}
 
 
+def put_all(client: httpx.Client, entries: list[dict]) -> None:
+    """Store resources with their ids in one transaction."""
+    r = client.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": e, "request": {"method": "PUT", "url": f"{e['resourceType']}/{e['id']}"}}
+        for e in entries]}, headers=FHIR)
+    assert r.status_code == 200, r.text
+
+
 def test_everything_adds_what_the_records_refer_to_outside_the_compartment(client):
     """R4 Patient-everything: the compartment plus the resources referenced from it (here the
     practitioner and the hospital), as search.mode=include; never another patient's records."""
@@ -420,10 +428,7 @@ def test_everything_adds_what_the_records_refer_to_outside_the_compartment(clien
         {"resourceType": "Observation", "id": f"{p}-theirs", "status": "final", "code": {"text": "y"},
          "subject": {"reference": f"Patient/{p}-other"}},
     ]
-    r = client.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": e, "request": {"method": "PUT", "url": f"{e['resourceType']}/{e['id']}"}}
-        for e in entries]}, headers=FHIR)
-    assert r.status_code == 200, r.text
+    put_all(client, entries)
     b = client.get(f"/Patient/{p}-x/$everything").json()
     got = {(e["resource"]["resourceType"], e["resource"]["id"], e["search"]["mode"])
            for e in b["entry"]}
@@ -452,10 +457,7 @@ def test_a_reference_absolute_on_this_server_is_local_and_on_another_is_not(clie
          "subject": {"reference": f"http://elsewhere.example/fhir/Patient/{p}-x"},
          "period": {"start": "2024-01-16T09:00:00+08:00"}},
     ]
-    r = client.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": e, "request": {"method": "PUT", "url": f"{e['resourceType']}/{e['id']}"}}
-        for e in entries]}, headers=FHIR)
-    assert r.status_code == 200, r.text
+    put_all(client, entries)
     b = client.get(f"/Patient/{p}-x/$everything").json()
     got = {(e["resource"]["resourceType"], e["resource"]["id"], e["search"]["mode"])
            for e in b["entry"]}

@@ -8,6 +8,7 @@ search backend (Elasticsearch) runs the same table.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from urllib.parse import parse_qsl
 
 import httpx
@@ -466,9 +467,17 @@ SEARCH_BACKENDS = [*BACKENDS, "elasticsearch"]
 def world(request, tmp_path_factory):
     store_kind = "sqlite" if request.param == "elasticsearch" else request.param
     settings = make_settings(store_kind, tmp_path_factory.mktemp("conf"), request)
+    resources = [_tagged(name, d) for name, items in DATA.items() for d in items]
+    with search_world(request, settings, resources) as (hub, service):
+        yield hub, service, settings
+
+
+@contextmanager
+def search_world(request, settings, resources: list[dict]):
+    """(hub, search service) over an event store holding ``resources``, searched through the
+    backend ``request.param`` names ("elasticsearch", else the SQLite index)."""
     hub = Hub(settings.open_store())
-    ops = [Op("PUT", d["resourceType"], d["id"], _tagged(name, d), url="x")
-           for name, items in DATA.items() for d in items]
+    ops = [Op("PUT", d["resourceType"], d["id"], d, url="x") for d in resources]
     for r in hub.execute(ops, Context(), atomic=True):
         assert not isinstance(r, FhirError), r
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -481,12 +490,14 @@ def world(request, tmp_path_factory):
         es_runner = Runner(hub.store, es)
     service = SearchService(hub.store, index, Runner(hub.store, index), settings,
                             backend=open_backend(index, es), backend_runner=es_runner)
-    yield hub, service, settings
-    index.close()
-    if es is not None:
-        es.drop()
-        es.close()
-    hub.store.close()
+    try:
+        yield hub, service
+    finally:
+        index.close()
+        if es is not None:
+            es.drop()
+            es.close()
+        hub.store.close()
 
 
 def run(world, rtype: str, query: str, dataset: str | None = None) -> dict:

@@ -91,49 +91,40 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
+FHIR_JSON = b"application/fhir+json; charset=utf-8"
+
+
+async def _answer(send, status: int, body: bytes, ctype: bytes = FHIR_JSON,
+                  *headers: tuple[bytes, bytes]) -> None:
+    """Answer from the middleware itself, before the application has seen the request."""
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", ctype), (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def _refuse(send, limit: int, answer=None) -> None:
     if answer is not None:
         ctype, body = answer(limit)
     else:
-        ctype = b"application/fhir+json; charset=utf-8"
+        ctype = FHIR_JSON
         body = outcome_bytes([Issue("too-costly",
                                     f"The request body exceeds the limit of {limit} bytes")])
-    await send({"type": "http.response.start", "status": 413, "headers": [
-        (b"content-type", ctype),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-    ]})
-    await send({"type": "http.response.body", "body": body})
+    await _answer(send, 413, body, ctype, (b"connection", b"close"))
 
 
 async def _busy(send) -> None:
     body = outcome_bytes([Issue("transient", "Too many large requests are being read at once; "
                                 "retry shortly (HUB_MAX_LARGE)")])
-    await send({"type": "http.response.start", "status": 503, "headers": [
-        (b"content-type", b"application/fhir+json; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
-        (b"retry-after", b"2"),
-        (b"connection", b"close"),
-    ]})
-    await send({"type": "http.response.body", "body": body})
+    await _answer(send, 503, body, FHIR_JSON, (b"retry-after", b"2"), (b"connection", b"close"))
 
 
 async def _refuse_query(send) -> None:
     body = outcome_bytes([Issue("invalid", "The query string holds a control character")])
-    await send({"type": "http.response.start", "status": 400, "headers": [
-        (b"content-type", b"application/fhir+json; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
-    ]})
-    await send({"type": "http.response.body", "body": body})
+    await _answer(send, 400, body)
 
 
 async def _refuse_headers(send, limit: int) -> None:
     body = outcome_bytes([Issue("too-costly",
                                 f"The request line and headers exceed the limit of {limit} bytes "
                                 "(HUB_MAX_HEADER)")])
-    await send({"type": "http.response.start", "status": 431, "headers": [
-        (b"content-type", b"application/fhir+json; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-    ]})
-    await send({"type": "http.response.body", "body": body})
+    await _answer(send, 431, body, FHIR_JSON, (b"connection", b"close"))

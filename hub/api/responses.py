@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import orjson
 from fastapi import Request
@@ -88,8 +89,6 @@ def not_modified_since(value: str, last_updated: str) -> bool:
     """If-Modified-Since (RFC 9110 13.1.3): was the version last modified at or before the date
     the client holds? Second resolution, as Last-Modified; a value that is no HTTP-date, or a
     date later than now (a client's clock ahead, or a typo), is ignored: the full answer."""
-    from email.utils import parsedate_to_datetime
-
     try:
         since = parsedate_to_datetime(value.strip())
     except (TypeError, ValueError, IndexError):

@@ -105,6 +105,8 @@ class OpenPolicy:
 OPEN = OpenPolicy()
 
 
+# Any server's Patient/id: what consents deny and the audit records err towards more patients
+# (``names_patient``, which grants, takes only this server's)
 _PATIENT_REF = re.compile(rb'"reference"\s*:\s*"(?:[^"]*/)?Patient/([A-Za-z0-9\-.]{1,64})"')
 
 

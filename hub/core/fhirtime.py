@@ -49,6 +49,15 @@ def zone_name(tz: timezone | None = None) -> str:
     return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
+def zone_changed(built: str, model: str) -> str | None:
+    """Why a read model whose rows read zone-less values in ``built`` answers by the old zone,
+    and the rebuild that mends it; None when ``built`` is today's zone."""
+    if built == zone_name():
+        return None
+    return (f"times without a zone were read in {built}, HUB_TIMEZONE is {zone_name()}: date "
+            f"searches answer by the old zone until `hub projections rebuild {model}`")
+
+
 def _zone(name: str) -> timezone:
     if name == "Z":
         return timezone.utc

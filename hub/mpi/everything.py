@@ -32,6 +32,7 @@ from hub.core.store import ResourceStore
 from hub.mpi.identity import IdentityService
 from projections.runner import Runner
 from projections.search.compartment import compartment_group, patient_compartment
+from projections.search.query import local_reference, with_base
 from projections.timeline import TimelineProjection
 
 EXCLUDED_BY_DEFAULT = ("AuditEvent",)
@@ -175,8 +176,8 @@ class SharedRecord:
         wanted = [t for t in patient_compartment() if t not in EXCLUDED_BY_DEFAULT] \
             if types is None else types
         ids = [p.split("/", 1)[1] for p in scope.patients]
-        targets = [*scope.patients,
-                   *((f"{base.rstrip('/')}/{p}" for p in scope.patients) if base else ())]
+        base = base.rstrip("/") if base else None
+        targets = with_base(tuple(scope.patients), base)
         sql = self.search.sql
         with self.search.index.datastore.transaction(commit=False) as c:
             pids = self._compartment_pids(c, sql, tuple(wanted))
@@ -221,19 +222,15 @@ class SharedRecord:
     def _referenced(c, pks: list[int], base: str | None = None) -> list[tuple[str, str]]:
         """(type, id) of the local references of resources ``pks`` to types outside the Patient
         compartment, from the index's reference rows, in a stable order (a reference stored
-        absolute on ``base``, this server, is local too)."""
+        absolute on ``base``, this server's base URL without its slash, is local too)."""
         compartment = patient_compartment()
-        own = base.rstrip("/") + "/" if base else None
         out: set[tuple[str, str]] = set()
         for i in range(0, len(pks), 500):
             chunk = pks[i:i + 500]
             c.execute("SELECT DISTINCT target FROM ix_reference WHERE pk IN "
                       f"({','.join('?' * len(chunk))})", chunk)
             for (target,) in c.fetchall():
-                target = target or ""
-                if own and target.startswith(own):
-                    target = target[len(own):]
-                rtype, _, rid = target.partition("/")
+                rtype, _, rid = local_reference(target or "", base).partition("/")
                 if rid and "/" not in rid and ":" not in rtype and rtype not in compartment \
                         and rtype not in ("Patient", "Person"):
                     out.add((rtype, rid))

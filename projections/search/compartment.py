@@ -9,7 +9,7 @@ from importlib import resources
 
 from hub.core.errors import FhirError
 from projections.search.params import params_for
-from projections.search.query import Criterion, RefValue, TokenValue
+from projections.search.query import Criterion, RefValue, TokenValue, with_base
 
 
 @lru_cache(maxsize=1)
@@ -28,7 +28,7 @@ def compartment_group(ctype: str, cid: str, rtype: str, base: str | None = None)
     if params is None:
         raise FhirError(400, "not-supported", f"{rtype} is not in the Patient compartment")
     known = params_for(rtype)
-    targets = (f"Patient/{cid}", *((f"{base.rstrip('/')}/Patient/{cid}",) if base else ()))
+    targets = with_base((f"Patient/{cid}",), base.rstrip("/") if base else None)
     group = [Criterion(p, "reference", value=RefValue(targets=targets))
              for p in params if p in known and known[p].type == "reference"]
     if rtype == "Patient":

@@ -30,7 +30,7 @@ import orjson
 from eventsourcing.persistence import Notification
 
 from hub.core.events import KIND_OF_TOPIC
-from hub.core.fhirtime import parse_range, zone_name
+from hub.core.fhirtime import parse_range, zone_changed, zone_name
 from projections.search import fulltext
 from projections.search.extract import DateRange, Quantity, Str, Token, extract, normalize
 from projections.search.params import indexed_params
@@ -355,11 +355,7 @@ class ElasticsearchIndex:
         self._save()
 
     def stale(self) -> str | None:
-        built = self._state.get("zone", zone_name())
-        if built == zone_name():
-            return None
-        return (f"times without a zone were read in {built}, HUB_TIMEZONE is {zone_name()}: date "
-                f"searches answer by the old zone until `hub projections rebuild search-es`")
+        return zone_changed(self._state.get("zone", zone_name()), "search-es")
 
     def _indexes(self, pattern: str) -> list[str]:
         return list(self.es.indices.get(index=pattern, allow_no_indices=True,

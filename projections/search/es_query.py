@@ -34,6 +34,7 @@ from projections.search.query import (
     TokenSet,
     TokenValue,
     approx,
+    local_reference,
     text_query,
     uri_prefixes,
 )
@@ -143,13 +144,10 @@ class ElasticsearchSearch(SearchBackend):
 
     def _has(self, rtype: str, h: Has) -> dict:
         me = rtype + "/"
-        own = f"{h.base}/{me}" if h.base else None  # absolute on this server: the same
         targets: set[str] = set()
         for source in self._sources(Query(h.rtype, where=[[h.criterion]]), ["ref"]):
             for v in source.get("ref") or ():
-                t = v.get("target") or ""
-                if own and t.startswith(own):
-                    t = t[len(own) - len(me):]
+                t = local_reference(v.get("target") or "", h.base)  # absolute on this server
                 if t.startswith(me) and self._is_param(h.rtype, h.param, v):
                     targets.add(t[len(me):])
         return {"ids": {"values": sorted(targets)}} if targets else NONE

@@ -288,14 +288,14 @@ def _quantity(raw: str) -> QuantityValue:
     return QuantityValue(number, system, code, canonical, ccode)
 
 
-def _local(ref: str, base: str | None) -> str:
+def local_reference(ref: str, base: str | None) -> str:
     """``Type/id`` for an absolute reference to this server's own base URL; others unchanged."""
     if base and ref.startswith(base) and ref[len(base):len(base) + 1] == "/":
         return ref[len(base) + 1:]
     return ref
 
 
-def _with_base(targets: tuple[str, ...], base: str | None) -> tuple[str, ...]:
+def with_base(targets: tuple[str, ...], base: str | None) -> tuple[str, ...]:
     """Local references also in their absolute form on this server: a resource may store either."""
     if not base:
         return targets
@@ -309,16 +309,16 @@ def _reference(raw: str, p: SearchParam | None, modifier: str | None,
         return RefValue(identifier=_token(raw, None))
     if modifier and modifier[0].isupper():  # :Type
         if "/" in raw:
-            return RefValue(targets=_with_base((normalize_reference(_local(raw, base))[0],), base))
-        return RefValue(targets=_with_base((f"{modifier}/{raw}",), base))
+            return RefValue(targets=with_base((normalize_reference(local_reference(raw, base))[0],), base))
+        return RefValue(targets=with_base((f"{modifier}/{raw}",), base))
     if "/" in raw:
-        local = _local(raw, base)
+        local = local_reference(raw, base)
         ref, _ = normalize_reference(local)
         canonical = local if "://" in local and "|" not in local and "#" not in local else None
-        return RefValue(targets=_with_base((ref,), base), canonical=canonical)
+        return RefValue(targets=with_base((ref,), base), canonical=canonical)
     targets = p.targets if p is not None else ()
     if targets:
-        return RefValue(targets=_with_base(tuple(f"{t}/{raw}" for t in targets), base))
+        return RefValue(targets=with_base(tuple(f"{t}/{raw}" for t in targets), base))
     return RefValue(id_suffix=raw)
 
 
