@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -32,15 +32,13 @@ from hub.core import resource as res
 from hub.core.access import SYSTEM
 from hub.core.errors import FhirError
 from hub.core.events import resource_bytes
+from hub.core.fhirtime import local_zone
 from hub.core.ingest import Context, Op, Result
 from hub.quarantine import Quarantine
 from hub.repository import Repository
 
 RULE_SYSTEM = "https://fhir-region-hub.example/CodeSystem/quality-rule"
 SUPERSEDED_RULE = "cda.document.superseded"
-
-CHINA = timezone(timedelta(hours=8))
-
 
 @dataclass
 class DocumentResult:
@@ -61,7 +59,7 @@ class DocumentService:
 
     def ingest_cda(self, payload: bytes, source: SourceInfo, ctx: Context | None = None,
                    now: datetime | None = None) -> DocumentResult:
-        now = now or datetime.now(CHINA)
+        now = now or datetime.now(local_zone())
         ctx = ctx or Context()
         # the document's custodian names the institution only when the connector does not (a parse
         # of its own: the document may not even be well-formed)

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from hub.core.errors import FhirError
+from hub.core.fhirtime import local_zone
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -124,12 +125,13 @@ class Quarantine:
         return int(row[0])
 
     def daily(self, since: str) -> builtins.list[tuple[str, str, int]]:
-        """(day in the region's time, UTC+08:00, as YYYY-MM-DD; kind; entries) of the entries
-        kept since the instant ``since`` (ISO, UTC), for the console's overview."""
+        """(day in the platform's zone, HUB_TIMEZONE, as YYYY-MM-DD; kind; entries) of the
+        entries kept since the instant ``since`` (ISO, UTC), for the console's overview."""
+        offset = f"{int(local_zone().utcoffset(None).total_seconds())} seconds"
         with self._lock:
             rows = self._db.execute(
-                "SELECT date(time, '+8 hours') AS d, kind, count(*) FROM quarantine "
-                "WHERE time >= ? GROUP BY d, kind ORDER BY d", (since,)).fetchall()
+                "SELECT date(time, ?) AS d, kind, count(*) FROM quarantine "
+                "WHERE time >= ? GROUP BY d, kind ORDER BY d", (offset, since)).fetchall()
         return [(str(d), str(k), int(n)) for d, k, n in rows]
 
     def counts_by(self, kind: str, key: str, status: str | None = None

@@ -9,7 +9,7 @@ refused CDA document is, and can be replayed after a fix (of the mapping tables,
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -24,12 +24,12 @@ from hub.api import bundles
 from hub.core.access import SYSTEM
 from hub.core.errors import FhirError
 from hub.core.events import resource_bytes
+from hub.core.fhirtime import local_zone
 from hub.core.ingest import Context, Result
 from hub.quarantine import Quarantine
 from hub.repository import Repository
 
 KIND = "v3"
-CHINA = timezone(timedelta(hours=8))
 
 
 def register(repo: Repository, raw: bytes, source: SourceInfo, ctx: Context,
@@ -50,7 +50,7 @@ def register(repo: Repository, raw: bytes, source: SourceInfo, ctx: Context,
         institution = ctx.source.get("institution") or ""
         if institution in ("", "unknown"):
             institution = institution_of(raw, source)
-        conv.resources.append(findings_report(conv, source, institution, now or datetime.now(CHINA)))
+        conv.resources.append(findings_report(conv, source, institution, now or datetime.now(local_zone())))
     ops = [bundles.parse_entry(i, entry, "") for i, entry in enumerate(conv.entries())]
     return conv, repo.execute(ops, ctx, atomic=True)  # type: ignore[arg-type]
 

@@ -5,9 +5,10 @@ the log: a row per (day, institution, feed, type) in ``$HUB_DATA_DIR/intake.sqli
 raised as events are applied, in the transaction that records the position (so the counts are
 exactly the log up to it; a rebuild gives them again). The institution and feed are those the
 event's source names (the connector's, or the token's institution), ``-`` when it names none. The
-day is the civil day in the region's time, China Standard Time (as the quality counts), of the
-version's ``lastUpdated``. A day's rows are few (institutions × feeds × types), so the overview's
-two weeks are read in well under a millisecond whatever the log's size.
+day is the civil day in the platform's zone (``HUB_TIMEZONE``, as the quality counts) of the
+version's ``lastUpdated``; the model records that zone and is stale under another until rebuilt.
+A day's rows are few (institutions × feeds × types), so the overview's two weeks are read in well
+under a millisecond whatever the log's size.
 """
 
 from __future__ import annotations
@@ -21,18 +22,17 @@ import orjson
 from eventsourcing.persistence import Notification
 
 from hub.core.events import KIND_OF_TOPIC
-from projections.quality import REPORT_OFFSET
+from hub.core.fhirtime import local_zone
 from projections.sqlite_model import SQLiteReadModel
 
 NAME = "intake"
 UNNAMED = "-"
 BY = {"institution": "institution", "feed": "feed", "type": "rtype"}
-_OFFSET_S = int(REPORT_OFFSET.total_seconds())
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS i_meta (key TEXT PRIMARY KEY, value)",
     "INSERT OR IGNORE INTO i_meta (key, value) VALUES ('writer', 0)",
-    # day: days since 1970-01-01 in the region's time
+    # day: days since 1970-01-01 in the platform's zone
     "CREATE TABLE IF NOT EXISTS i_count (day INTEGER NOT NULL, institution TEXT NOT NULL, "
     "feed TEXT NOT NULL, rtype TEXT NOT NULL, n INTEGER NOT NULL, "
     "PRIMARY KEY (day, institution, feed, rtype)) WITHOUT ROWID",
@@ -40,9 +40,9 @@ SCHEMA = [
 
 
 def day_of(last_updated: str) -> int:
-    """The region's day number of an instant written as the store writes it."""
+    """The day number, in the platform's zone, of an instant written as the store writes it."""
     stamp = datetime.fromisoformat(last_updated.replace("Z", "+00:00")).timestamp()
-    return int((stamp + _OFFSET_S) // 86400)
+    return int((stamp + local_zone().utcoffset(None).total_seconds()) // 86400)
 
 
 class IntakeCounts(SQLiteReadModel):
@@ -50,6 +50,8 @@ class IntakeCounts(SQLiteReadModel):
     meta_table = "i_meta"  # its 'writer' row: the write lock
     schema = SCHEMA
     tables = ("i_count",)
+    zoned = True  # its rows hold days of the zone it was built in
+    unrecorded_zone = "+08:00"  # the one zone it had before it recorded its own
 
     def apply_new(self, c: Any, notifications: list[Notification]) -> None:
         counts: Counter[tuple[int, str, str, str]] = Counter()

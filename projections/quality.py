@@ -17,9 +17,9 @@ What counts:
   mapper could not map) counts under the rule ``unspecified``; the one informational issue of a
   clean ("accept") report has no coding and is no finding;
 - a *document* is a report (one per document and institution: a re-check updates the same report);
-- the *day* is the civil day in the region's time, China Standard Time (UTC+08:00 all year, no
-  daylight saving: ``REPORT_OFFSET``), of the report's ``quality-checked`` time. The instant is
-  stored in UTC and the day computed when counting, so another offset needs no rebuild. A report
+- the *day* is the civil day in the platform's zone (``HUB_TIMEZONE``, default +08:00, China
+  Standard Time, a fixed offset), of the report's ``quality-checked`` time. The instant is
+  stored in UTC and the day computed when counting, so another zone needs no rebuild. A report
   without a readable check time counts on the day its event was stored.
 
 ``counts`` groups by any of institution, document_type, rule, day, decision, severity. Grouped by
@@ -39,7 +39,7 @@ import orjson
 from eventsourcing.persistence import Notification
 
 from hub.core.events import KIND_OF_TOPIC
-from hub.core.fhirtime import parse_range
+from hub.core.fhirtime import local_zone, parse_range
 from projections.errors import QueryError
 from projections.sqlite_model import SQLiteReadModel, newest
 
@@ -49,8 +49,6 @@ QUALITY_TAG_CODE = "document-quality"
 EXT = "https://fhir-region-hub.example/StructureDefinition/"
 RULE_SYSTEM = "https://fhir-region-hub.example/CodeSystem/quality-rule"
 UNCODED_RULE = "unspecified"  # the rule of a problem issue that names none
-REPORT_OFFSET = timedelta(hours=8)  # the day of a report: China Standard Time
-REPORT_TZ = timezone(REPORT_OFFSET)
 _STREAM_PREFIX = "OperationOutcome/"
 
 SCHEMA = [
@@ -69,12 +67,11 @@ SCHEMA = [
 
 DECISIONS = ("accept", "accept-with-warnings", "reject")
 SEVERITIES = ("fatal", "error", "warning", "information")
-_DAY_SQL = f"date(r.checked_us / 1000000 + {int(REPORT_OFFSET.total_seconds())}, 'unixepoch')"
-GROUPS = {  # group name -> SQL expression
+GROUPS = {  # group name -> SQL expression ("day": that of the platform's zone, see _group_sql)
     "institution": "r.institution",
     "document_type": "r.document_type",
     "rule": "f.rule",
-    "day": _DAY_SQL,
+    "day": "",
     "decision": "r.decision",
     "severity": "f.severity",
 }
@@ -94,6 +91,13 @@ _COUNT_SQL = (
     "COUNT(CASE WHEN f.severity = 'information' THEN 1 END)",
 )
 MAX_TEXT = 256  # longest filter value accepted (institution codes and OIDs are far shorter)
+
+
+def _group_sql(name: str) -> str:
+    if name != "day":
+        return GROUPS[name]
+    offset = int(local_zone().utcoffset(None).total_seconds())
+    return f"date(r.checked_us / 1000000 + {offset}, 'unixepoch')"
 
 
 # -- reading a report --------------------------------------------------------------------------
@@ -171,8 +175,8 @@ def _us(dt: datetime) -> int:
 def period(value: Any, name: str = "since") -> tuple[int, int]:
     """[start, end) in µs (UTC) of a ``since``/``until`` value.
 
-    A date (``2026``, ``2026-11``, ``2026-11-22``, or a ``date``) is that period in the report
-    zone (+08:00); a date-time must carry its offset (``2026-11-22T08:00:00+08:00``, ``…Z``) and
+    A date (``2026``, ``2026-11``, ``2026-11-22``, or a ``date``) is that period in the
+    platform's zone (``HUB_TIMEZONE``); a date-time must carry its offset (``2026-11-22T08:00:00+08:00``, ``…Z``) and
     stands for that instant (its precision's period). Anything else is a ``QueryError``.
     """
     if isinstance(value, datetime):
@@ -190,14 +194,15 @@ def period(value: Any, name: str = "since") -> tuple[int, int]:
     try:
         if m:
             y, mo, d = int(m[1]), int(m[2] or 1), int(m[3] or 1)
-            begin = datetime(y, mo, d, tzinfo=REPORT_TZ)
+            zone = local_zone()
+            begin = datetime(y, mo, d, tzinfo=zone)
             if m[3]:
                 end = begin + timedelta(days=1)
             elif m[2]:
                 end = begin.replace(year=y + (mo == 12), month=mo % 12 + 1)
             else:
                 end = begin.replace(year=y + 1) if y < 9999 else datetime.max.replace(
-                    tzinfo=REPORT_TZ)
+                    tzinfo=zone)
             return _us(begin), _us(end)
         if not value.isascii():
             raise ValueError(value)
@@ -326,7 +331,7 @@ class QualityProjection(SQLiteReadModel):
             raise QueryError("since is after until")
         if limit is not None and limit < 1:
             raise QueryError("limit must be at least 1")
-        keys = [f"{GROUPS[g]} AS g_{g}" for g in group]
+        keys = [f"{_group_sql(g)} AS g_{g}" for g in group]
         sql = (f"SELECT {', '.join([*keys, *_COUNT_SQL])} FROM q_report r "
                "LEFT JOIN q_finding f ON f.rid = r.rid")
         if where:

@@ -47,6 +47,7 @@ class SQLiteReadModel(ReadModel):
     # rows are stale until a rebuild
     zoned: bool = False
     built_zone: str = ""
+    unrecorded_zone = "+00:00"  # the zone of rows written before the model recorded one
 
     def __init__(self, path: Path | str):
         self.path = str(path)
@@ -72,8 +73,7 @@ class SQLiteReadModel(ReadModel):
         if found is None:
             c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (self.name,))
             applied = c.fetchone()
-            # rows written before the model recorded its zone read zone-less values as UTC
-            zone = "+00:00" if applied and applied[0] else zone_name()
+            zone = self.unrecorded_zone if applied and applied[0] else zone_name()
             c.execute(f"INSERT INTO {self.meta_table} (key, value) VALUES ('zone', ?)", (zone,))
             found = (zone,)
         self.built_zone = str(found[0])

@@ -293,3 +293,33 @@ def test_the_projection_reads_only_reports_and_keeps_up_with_the_log(hub, model)
     assert model.counts(institution="H7", group_by=())[0]["documents"] == 1
     put(hub, {"resourceType": "Patient", "id": "qp-late"})
     assert runner.wait_for(hub.store.max_notification_id(), timeout=2)
+
+
+@pytest.fixture
+def zone(monkeypatch):
+    """Set HUB_TIMEZONE for the test (the zone is read once per process, so its cache is cleared
+    on the way in and out)."""
+    from hub.core import fhirtime
+
+    def set_zone(value: str) -> None:
+        monkeypatch.setenv("HUB_TIMEZONE", value)
+        fhirtime.local_zone.cache_clear()
+    yield set_zone
+    monkeypatch.undo()
+    fhirtime.local_zone.cache_clear()
+
+
+def test_days_are_those_of_the_platforms_zone_without_a_rebuild(hub, model, zone):
+    """The day of a report and a day named in a filter follow HUB_TIMEZONE: the same rows
+    counted under UTC put the two reports of 23:30+08:00 and 00:30+08:00 on the same UTC day."""
+    load_region(hub)
+    Runner(hub.store, model).catch_up()
+    zone("+00:00")
+    assert {r["day"]: r["documents"] for r in model.counts(group_by="day")} == {"2026-11-20": 4}
+    assert model.counts(group_by=(), since="2026-11-21")[0]["documents"] == 0
+    assert model.counts(group_by=(), until="2026-11-20")[0]["documents"] == 4
+    zone("-05:00")  # 15:30 and 16:30 UTC are 10:30 and 11:30 on the 20th
+    assert model.counts(group_by=(), since="2026-11-20", until="2026-11-20")[0]["documents"] == 4
+    start, _ = period("2026-11-20")
+    assert datetime.fromtimestamp(start / 1e6, timezone.utc) == datetime(
+        2026, 11, 20, 5, tzinfo=timezone.utc)

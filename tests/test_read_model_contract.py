@@ -323,8 +323,11 @@ def test_a_model_built_under_another_zone_says_so_until_rebuilt(spec, hub, work,
             assert f"hub projections rebuild {spec.name}" in stale
             Runner(hub.store, model).rebuild()
             assert model.stale() is None
-            # the rows moved with the zone: a day now starts 13 hours later
-            assert state(model) != before
+            # the rows moved with the zone: a day now starts 13 hours later (the intake counts'
+            # days are those of the writes, today's, which may fall on one day in both zones:
+            # tests/test_platform_zone_days.py moves them)
+            if spec.name != "intake":
+                assert state(model) != before
             # a file from before models recorded their zone: its rows read zone-less values as UTC
             with model.datastore.transaction(commit=True) as c:
                 c.execute(f"DELETE FROM {model.meta_table} WHERE key='zone'")
@@ -332,7 +335,7 @@ def test_a_model_built_under_another_zone_says_so_until_rebuilt(spec, hub, work,
             model.close()
         model = open_model(spec.name, here)
         try:
-            assert "read in +00:00" in (model.stale() or "")
+            assert f"read in {model.unrecorded_zone}" in (model.stale() or "")
         finally:
             model.close()
     finally:

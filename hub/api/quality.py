@@ -43,12 +43,12 @@ from hub.api.responses import pretty
 from hub.core.access import Action
 from hub.core.config import Settings
 from hub.core.errors import FhirError, bad_request
+from hub.core.fhirtime import zone_name
 from hub.core.store import ResourceStore
 from hub.readmodels import open_as
 from projections.quality import (
     COUNT_COLUMNS,
     MAX_TEXT,
-    REPORT_OFFSET,
     QualityProjection,
     QueryError,
     columns,
@@ -144,12 +144,6 @@ def _count(params: dict[str, list[str]]) -> int:
     return int(raw)
 
 
-def _offset() -> str:
-    minutes = int(REPORT_OFFSET.total_seconds() // 60)
-    sign = "+" if minutes >= 0 else "-"
-    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
-
-
 @router.get("/fhir/$quality-report", name="quality-report")
 async def quality_report(request: Request) -> Response:
     authorize(request, Action("operation", None, None, "$quality-report"))
@@ -196,7 +190,7 @@ async def quality_report(request: Request) -> Response:
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "position": position,
         "upToDate": current,
-        "timezone": _offset(),
+        "timezone": zone_name(),
         "filters": {k: v for k, v in filters.items() if v is not None},
         "group": list(group),
         "columns": columns(group),

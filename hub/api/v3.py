@@ -64,6 +64,7 @@ from hub.api.limits import BodyTooLarge
 from hub.core.access import Action
 from hub.core.errors import FhirError, HubError
 from hub.core.events import resource_bytes
+from hub.core.fhirtime import local_zone
 from hub.core.ingest import Context, Result
 from hub.quarantine import QuarantineFull
 from hub.repository import Repository
@@ -107,8 +108,8 @@ class Refused(HubError):
 
 
 def now() -> datetime:
-    """The real clock, in the server's local zone (a regional platform runs on +08:00)."""
-    return datetime.now().astimezone()
+    """The real clock, in the platform's zone (``HUB_TIMEZONE``)."""
+    return datetime.now(local_zone())
 
 
 def xml_response(body: bytes, status: int = 200, media_type: str = "application/xml",

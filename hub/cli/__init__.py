@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="only this institution (repeat for several)")
     q.add_argument("--document-type", action="append", help="only this document type (C0005, …)")
     q.add_argument("--rule", action="append", help="only findings of this rule")
-    q.add_argument("--since", help="checked on or after: YYYY[-MM[-DD]] (+08:00) or a date-time "
+    q.add_argument("--since", help="checked on or after: YYYY[-MM[-DD]] (in HUB_TIMEZONE) or a date-time "
                                    "with its offset")
     q.add_argument("--until", help="checked on or before (same forms, inclusive)")
     q.add_argument("--group", default=",".join(QUALITY_DEFAULT_GROUP),

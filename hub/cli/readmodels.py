@@ -8,6 +8,7 @@ from typing import cast
 
 from hub.core.commandline import UsageError, open_store
 from hub.core.config import Settings
+from hub.core.fhirtime import zone_name
 from hub.readmodels import names as read_model_names
 from hub.readmodels import open_model
 
@@ -187,5 +188,5 @@ def cmd_quality(args, settings: Settings) -> int:
           f"{totals['accepted_with_warnings']} accepted with warnings, {totals['rejected']} "
           f"rejected), {totals['findings']} findings ({totals['fatal']} fatal, "
           f"{totals['errors']} errors, {totals['warnings']} warnings, "
-          f"{totals['information']} information); days in +08:00")
+          f"{totals['information']} information); days in {zone_name()}")
     return 0

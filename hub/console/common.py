@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from hub.core.errors import FhirError
+from hub.core.fhirtime import local_zone
 
 router = APIRouter()
 
@@ -37,8 +38,8 @@ def say(request: Request, key: str) -> str:
 
 _env = Environment(loader=PackageLoader("hub.console", "templates"),
                    autoescape=select_autoescape(["html"]))
-REGION_TZ = timezone(timedelta(hours=8))  # the times shown: the region's, China Standard Time
-_env.filters["datetime"] = lambda ts: datetime.fromtimestamp(float(ts), REGION_TZ).strftime(
+# the times shown: in the platform's zone (HUB_TIMEZONE)
+_env.filters["datetime"] = lambda ts: datetime.fromtimestamp(float(ts), local_zone()).strftime(
     "%Y-%m-%d %H:%M:%S")
 
 

@@ -6,7 +6,7 @@ repository: checked and audited)."""
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -20,6 +20,7 @@ from hub.console.intake import findings_of, marked_lines
 from hub.core.access import Action
 from hub.core.errors import FhirError
 from hub.core.events import resource_bytes
+from hub.core.fhirtime import local_zone
 from projections.errors import QueryError
 
 DAYS = (7, 30, 90, 365)
@@ -40,7 +41,7 @@ def quality_page(request: Request) -> Response:
         raise FhirError(503, "transient", "The quality projection is not running")
     days = int(request.query_params.get("days", "30")) \
         if request.query_params.get("days", "30") in {str(d) for d in DAYS} else 30
-    since = (datetime.now(UTC) + timedelta(hours=8) - timedelta(days=days - 1)).date()
+    since = (datetime.now(local_zone()) - timedelta(days=days - 1)).date()
     f = _filters(request)
     chosen = {k: v or None for k, v in f.items()}
     try:
