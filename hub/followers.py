@@ -31,7 +31,7 @@ from hub.readmodels import names as read_model_names
 from hub.readmodels import open_model
 from projections.contract import ReadModel
 from projections.person import PersonProjection
-from projections.runner import Runner
+from projections.runner import LogWatch, Runner
 from projections.search.backends import open_es_index
 
 log = logging.getLogger("hub.followers")
@@ -52,6 +52,7 @@ class Followers:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.models: dict[str, ReadModel] = {}
         self.runners: list[Runner] = []
+        self._watch = LogWatch(store)  # one reader of the log's end for all of them
         self._identity: IdentityService | None = None
         self._person: PersonProjection | None = None
         try:
@@ -96,8 +97,9 @@ class Followers:
                       lease=self._lease(settings, "mpi-incremental", "region"))
 
     def start(self) -> None:
+        self._watch.start()
         for r in self.runners:
-            r.start()
+            r.start(watch=self._watch)
 
     def run_until(self, stop: threading.Event) -> None:
         """Follow until ``stop`` is set (a signal), then stop the runners."""
@@ -110,6 +112,7 @@ class Followers:
     def stop(self) -> None:
         for r in self.runners:
             r.stop()
+        self._watch.stop()
 
     def errors(self) -> dict[str, str]:
         return {r.model.name: repr(r.error) for r in self.runners if r.error is not None}

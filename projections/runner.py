@@ -20,6 +20,7 @@ from hub.core.store import ResourceStore
 from projections.contract import ReadModel
 
 log = logging.getLogger("projections.runner")
+IDLE_STEP = 5.0  # the longest an idle runner with a LogWatch goes without a step of its own
 
 
 class Lease(Protocol):
@@ -28,6 +29,57 @@ class Lease(Protocol):
     def held(self) -> bool: ...
 
     def release(self) -> None: ...
+
+
+class LogWatch:
+    """The log's end, read by one thread for every runner of a process.
+
+    A runner that found nothing new waits for the end to move instead of asking its model's
+    position and the log every poll: an idle follower of a dozen read models spent about 4 % of
+    a core on those questions. A write is still taken in within a poll of its commit.
+    """
+
+    def __init__(self, store: ResourceStore, poll: float = 0.2):
+        self.store = store
+        self.poll = poll
+        self.end = 0
+        self._moved = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="log-watch", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                end = self.store.max_notification_id()
+            except Exception as e:  # noqa: BLE001 - the store away: the runners' own steps say so
+                log.debug("the log's end could not be read: %s", e)
+            else:
+                if end != self.end:
+                    with self._moved:
+                        self.end = end
+                        self._moved.notify_all()
+            self._stop.wait(self.poll)
+
+    def wait_past(self, seen: int, stop: threading.Event, timeout: float) -> None:
+        """Until the log's end is no longer ``seen``, ``stop`` is set, or ``timeout`` passes."""
+        with self._moved:
+            self._moved.wait_for(lambda: self.end != seen or stop.is_set(), timeout)
+
+    def wake(self) -> None:
+        """Let waiting runners look at their stop events."""
+        with self._moved:
+            self._moved.notify_all()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
 
 
 class Runner:
@@ -42,6 +94,7 @@ class Runner:
         self._stepping = threading.Lock()  # one batch at a time per process
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watch: LogWatch | None = None
         self.error: BaseException | None = None
 
     def lag(self) -> int:
@@ -137,13 +190,19 @@ class Runner:
 
     # -- background following ----------------------------------------------------------------
 
-    def start(self, poll: float = 0.2) -> None:
+    def start(self, poll: float = 0.2, watch: LogWatch | None = None) -> None:
+        """Follow the log in a thread of this process, a step every ``poll`` seconds; with a
+        ``watch``, an idle model waits for the log's end to move (or, should the watch fall
+        silent, at most ``IDLE_STEP`` seconds) before it steps again."""
+        self._watch = watch
+
         def loop() -> None:
             while not self._stop.is_set():
                 try:
                     if self.lease is not None and not self.lease.held():
                         self._stop.wait(poll)  # another follower applies; take over if it dies
                         continue
+                    seen = watch.end if watch is not None else 0
                     applied = self.step()
                     self.error = None  # following again: an outage that ended is no error
                     if not applied:
@@ -152,7 +211,10 @@ class Runner:
                     # a poll's worth, whose fixed costs (the position, the log's end, one
                     # transaction) are paid once, not per write; a reader that must see its own
                     # write steps the model itself (``sync``), so waiting here delays no one
-                    self._stop.wait(poll)
+                    if applied or watch is None:
+                        self._stop.wait(poll)
+                    else:
+                        watch.wait_past(seen, self._stop, IDLE_STEP)
                 except BaseException as e:  # noqa: BLE001 - kept for lag reports; retried
                     if self.error is None or repr(self.error) != repr(e):
                         # said once per new failure: a step failing the same way every second
@@ -168,6 +230,8 @@ class Runner:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._watch is not None:
+            self._watch.wake()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
