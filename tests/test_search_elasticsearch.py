@@ -247,3 +247,62 @@ def test_http_search_answered_from_elasticsearch(es_live):
         # a malformed value is still a 400 OperationOutcome
         r = c.get("/Observation", params={"date": "yesterday"})
         assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+        # /ready lists the Elasticsearch index beside the SQLite one, with its lag
+        ready = httpx.get(s.origin + "/ready", timeout=30).json()
+        assert ready["checks"]["read-model:search-es"] == {"status": "pass", "lag": 0}
+
+
+# -- values longer than a keyword Elasticsearch takes ---------------------------------------------
+
+LONG = "v" * 20_000 + "尾" * 10_000  # 50,000 bytes: over Elasticsearch's 32,766 for one term
+
+
+LONG_FAMILY = "王" + LONG
+LONG_RESOURCES = [
+    {"resourceType": "Patient", "id": "long", "name": [{"family": LONG_FAMILY}],
+     "identifier": [{"system": "urn:x", "value": LONG}]},
+    {"resourceType": "Patient", "id": "short", "name": [{"family": "王"}],
+     "identifier": [{"system": "urn:x", "value": LONG[:-1] + "x"}]},
+    {"resourceType": "Observation", "id": "o", "status": "final",
+     "code": {"coding": [{"system": LOINC, "code": LONG}]},
+     "subject": {"reference": "Patient/long"}}]
+
+
+@pytest.fixture(params=["sqlite", "elasticsearch"])
+def long_world(request, tmp_path):
+    from tests.conftest import make_settings
+    from tests.test_search_conformance import search_world
+
+    settings = make_settings("sqlite", tmp_path, request)
+    with search_world(request, settings, LONG_RESOURCES) as (hub, service):
+        yield hub, service, settings
+
+
+def test_a_value_longer_than_a_keyword_is_indexed_and_found_by_itself(long_world):
+    """Elasticsearch refuses a document holding a keyword over 32,766 bytes, and the index would
+    stall on it for ever; the index cuts such values (and what searches compare them with), so
+    the resource is indexed and found by its whole value and by no other, as in SQLite."""
+    from urllib.parse import quote
+
+    from projections.search.es_index import KEYWORD_CHARS, document, mapping
+    from tests.test_search_conformance import ids, run
+
+    # what is sent to Elasticsearch holds no keyword over the cut, and the mapping guards it
+    doc = document("Patient", "long", 1, 0, LONG_RESOURCES[0], 1)
+    kept = [v for rows in doc.values() if isinstance(rows, list) for row in rows
+            for v in row.values() if isinstance(v, str)]
+    assert kept and max(map(len, kept)) == KEYWORD_CHARS  # its start and its hash
+    keywords = [f for group in mapping("Patient")["properties"].values()
+                for f in (group.get("properties") or {}).values() if f.get("type") == "keyword"]
+    assert keywords and all(f["ignore_above"] * 4 <= 32766 for f in keywords)
+
+    def found(rtype: str, name: str, value: str) -> list[str]:
+        return sorted(ids(run(long_world, rtype, f"{name}={quote(value, safe='')}")))
+
+    assert found("Patient", "identifier", f"urn:x|{LONG}") == ["long"]
+    assert found("Patient", "identifier", f"urn:x|{LONG[:-1]}x") == ["short"]
+    assert found("Patient", "family:exact", LONG_FAMILY) == ["long"]
+    assert found("Patient", "family", LONG_FAMILY[:9000]) == ["long"]
+    assert found("Patient", "family:contains", "v" * 9000) == ["long"]
+    assert found("Observation", "code", f"{LOINC}|{LONG}") == ["o"]
+    assert found("Observation", "code", f"{LOINC}|{LONG[:100]}") == []

@@ -29,6 +29,8 @@ def runners(request: Request) -> dict[str, Any]:
     search = getattr(state, "search", None)
     if search is not None:
         out["search"] = search.runner
+        if search.backend_runner is not None:  # the Elasticsearch index beside the SQLite one
+            out[search.backend_runner.model.name] = search.backend_runner
     for name, attr in (("terminology", "terminology_runner"), ("quality", "quality_runner"),
                        ("identity-candidates", "mpi_candidates_runner"),
                        ("unmapped", "unmapped_runner"), ("intake", "intake_runner")):

@@ -21,6 +21,7 @@ is deleted, so searches never see a half-built index.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -38,10 +39,28 @@ from projections.search.plan import UCUM
 
 NAME = "search-es"
 LONG_EDGE = 2 ** 62  # an open date range's end (µs), within a long
-_KEYWORD = {"type": "keyword"}
-_LONG = {"type": "long"}
-_DOUBLE = {"type": "double"}
-NESTED = {
+# Elasticsearch refuses a whole document holding a keyword of more than 32,766 bytes (an
+# "immense term"), and the follower would retry it for ever. A keyword value longer than 8,191
+# characters (of up to 4 bytes each) is indexed as its first KEPT characters and the SHA-256 of
+# the whole (``keyword``), and the values a search compares with are written alike (es_query):
+# such a value is found by itself and by no other; a prefix or a :contains beyond KEPT
+# characters is asked only as far as that. The mapping's ignore_above is the guard behind it.
+KEYWORD_CHARS = 8191
+KEPT = KEYWORD_CHARS - 65
+
+
+def keyword(value: str) -> str:
+    """``value`` as a keyword field holds it: itself, or when too long its start and hash."""
+    if len(value) <= KEYWORD_CHARS:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{value[:KEPT]}#{digest}"
+
+
+_KEYWORD: dict[str, Any] = {"type": "keyword", "ignore_above": KEYWORD_CHARS}
+_LONG: dict[str, Any] = {"type": "long"}
+_DOUBLE: dict[str, Any] = {"type": "double"}
+NESTED: dict[str, dict[str, dict[str, Any]]] = {
     "str": {"norm": _KEYWORD, "exact": _KEYWORD},
     "tok": {"system": _KEYWORD, "code": _KEYWORD, "text": {"type": "text"},
             "type_system": _KEYWORD, "type_code": _KEYWORD},
@@ -162,8 +181,14 @@ def document(rtype: str, rid: str, version: int, updated: float, resource: dict,
             doc.setdefault(PATH[p.type], []).extend(rows)
         if keys and p.type in SORT_FIELD:
             sort[code] = {"min": min(keys), "max": max(keys)}
+    for path, fields in NESTED.items():
+        for row in doc.get(path, ()):
+            for k, v in row.items():
+                if isinstance(v, str) and len(v) > KEYWORD_CHARS and fields.get(k, _KEYWORD) is _KEYWORD:
+                    row[k] = keyword(v)
     if sort:
-        doc["sort"] = sort
+        doc["sort"] = {code: {k: keyword(v) if isinstance(v, str) else v
+                              for k, v in bounds.items()} for code, bounds in sort.items()}
     if fulltext.enabled(rtype):
         doc["narrative"] = fulltext.narrative(resource)
         doc["content"] = fulltext.content(resource)

@@ -20,7 +20,7 @@ from typing import Any
 from hub.core.errors import bad_request
 from hub.core.resource import RESOURCE_TYPES
 from projections.search.backend import Page, Row, SearchBackend, decode_cursor, encode_cursor
-from projections.search.es_index import PATH, SORT_FIELD, ElasticsearchIndex, edge
+from projections.search.es_index import PATH, SORT_FIELD, ElasticsearchIndex, edge, keyword
 from projections.search.extract import normalize
 from projections.search.params import params_for
 from projections.search.query import (
@@ -39,6 +39,10 @@ from projections.search.query import (
     uri_prefixes,
 )
 
+# Elasticsearch refuses a prefix longer than index.max_regex_length (1,000 by default): a longer
+# prefix or :contains value is asked as far as that (a few more matches, never fewer); also below
+# es_index.KEPT, where a long keyword value's hash begins
+PATTERN_CHARS = 1000
 MAX_INNER = 10_000  # ids or references a chain, _has or near may stand for
 UCUM = "http://unitsofmeasure.org"
 NONE: dict = {"bool": {"must_not": [{"match_all": {}}]}}
@@ -76,6 +80,47 @@ def _missing(field: str) -> dict:
 def _wild(s: str) -> str:
     """``s`` as literal text inside a wildcard pattern."""
     return "".join("\\" + ch if ch in "*?\\" else ch for ch in s)
+
+
+def _cut(value: Any) -> Any:
+    return keyword(value) if isinstance(value, str) else value
+
+
+def _cut_prefix(value: Any) -> Any:
+    return value[:PATTERN_CHARS] if isinstance(value, str) and len(value) > PATTERN_CHARS else value
+
+
+def _cut_pattern(pattern: str) -> str:
+    """A wildcard pattern asked only as far as PATTERN_CHARS: what it asks beyond is dropped."""
+    if len(pattern) <= PATTERN_CHARS:
+        return pattern
+    head = pattern[:PATTERN_CHARS - 1]
+    escapes = len(head) - len(head.rstrip("\\"))
+    return head[:len(head) - escapes % 2] + "*"  # never end on half an escape
+
+
+def cut_values(node: Any) -> Any:
+    """The query with the values it compares keywords with written as the index writes them
+    (``es_index.keyword``), so that a value too long for a keyword is found by itself."""
+    if isinstance(node, list):
+        return [cut_values(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "term" and isinstance(value, dict):
+            out[key] = {f: _cut(v) for f, v in value.items()}
+        elif key == "prefix" and isinstance(value, dict):
+            out[key] = {f: _cut_prefix(v) for f, v in value.items()}
+        elif key == "terms" and isinstance(value, dict):
+            out[key] = {f: [_cut(x) for x in v] if isinstance(v, list) else v
+                        for f, v in value.items()}
+        elif key == "wildcard" and isinstance(value, dict):
+            out[key] = {f: {**v, "value": _cut_pattern(v["value"])} if isinstance(v, dict) else v
+                        for f, v in value.items()}
+        else:
+            out[key] = cut_values(value)
+    return out
 
 
 class ElasticsearchSearch(SearchBackend):
@@ -212,6 +257,8 @@ class ElasticsearchSearch(SearchBackend):
     def _search(self, rtype: str | None, **body: Any) -> dict:
         index = self.index.alias(rtype) if rtype else \
             f"{self.index.prefix}-*,-{self.index.tracking_index}"
+        if "query" in body:
+            body["query"] = cut_values(body["query"])
         return dict(self.es.search(index=index, ignore_unavailable=True, allow_no_indices=True,
                                    **body))
 
@@ -297,7 +344,7 @@ class ElasticsearchSearch(SearchBackend):
         return [h["_id"] for h in hits]
 
     def count(self, q: Query) -> int:
-        return int(self.es.count(index=self.index.alias(q.rtype), query=self.query(q),
+        return int(self.es.count(index=self.index.alias(q.rtype), query=cut_values(self.query(q)),
                                  ignore_unavailable=True, allow_no_indices=True)["count"])
 
     def included(self, matches: list[Row], include: list[Include], revinclude: list[Include],
