@@ -13,7 +13,13 @@ produces one record per event:
   lastUpdated, source and request, a newline, then the resource's canonical JSON; nothing after
   the newline for a deletion);
 - **headers**: ``nid`` (the event's position in the log), ``stream`` (``Type/id``), ``version``,
-  ``event`` (``created``, ``updated``, ``deleted`` or the identity decision's topic).
+  ``event`` (``created``, ``updated``, ``deleted`` or the identity decision's topic);
+- **parts**: an event longer than ``part_bytes`` (512 KiB: a Binary or a document with its
+  attachment; a broker takes 1 MB by default and refuses more) comes as consecutive records of one
+  partition, each with the headers above and ``part: i/k``; its value is the parts' values joined
+  in order. A part 1 begins the event again (after a relay stopped in the middle of one, it sends
+  the whole event again). Without parts, one such event would be refused for ever and hold back
+  every event after it.
 
 After each batch the broker acknowledged, the relay writes a **watermark** to every partition: a
 record with key ``~watermark``, an empty value and the headers ``nid`` (the batch's last event) and
@@ -52,6 +58,7 @@ log = logging.getLogger("hub.changestream")
 DEFAULT_TOPIC = "hub.events"
 WATERMARK = "watermark"  # the event header of a partition's watermark record
 WATERMARK_KEY = b"~watermark"
+PART_BYTES = 512 * 1024  # the largest value of one record; a longer event is sent in parts
 TAKEOVER_GRACE = 2.0  # seconds a standby relay waits after taking the lease
 
 
@@ -77,7 +84,7 @@ class Relay:
     def __init__(self, store: ResourceStore, bootstrap: str, topic: str = DEFAULT_TOPIC,
                  position_file: Path | None = None, batch: int = 2000,
                  producer: dict[str, Any] | None = None, timeout_s: float = 30.0,
-                 lease: Any = None):
+                 lease: Any = None, part_bytes: int = PART_BYTES):
         self.store = store
         # with a lease (``hub.core.lease.PgLease``), relays of one topic stand by until they
         # hold it: one sends at a time, another takes over when its connection ends
@@ -86,6 +93,7 @@ class Relay:
         self.topic = topic
         self.position_file = position_file
         self.batch = batch
+        self.part_bytes = part_bytes
         self.timeout = timeout_s
         self.producer_config = {
             "bootstrap_servers": bootstrap, "acks": "all", "enable_idempotence": True,
@@ -141,7 +149,7 @@ class Relay:
                         raise TimeoutError(f"could not read the last record of {tp}")
                     for records in consumer.poll(timeout_ms=500).values():
                         for r in records:
-                            last[tp.partition] = max(last.get(tp.partition, 0), _nid(r.headers))
+                            last[tp.partition] = max(last.get(tp.partition, 0), _held(r.headers))
             return last
         finally:
             consumer.close()
@@ -186,11 +194,16 @@ class Relay:
             if n.id <= self._last.get(partition, 0):
                 continue  # the partition holds it already (sent before a stop)
             event = KIND_OF_TOPIC.get(n.topic, n.topic)
-            futures.append((partition, n.id, self._producer.send(
-                self.topic, key=key, value=n.state, partition=partition,
-                headers=[("nid", str(n.id).encode()), ("stream", str(n.originator_id).encode()),
-                         ("version", str(n.originator_version).encode()),
-                         ("event", event.encode())])))
+            headers = [("nid", str(n.id).encode()), ("stream", str(n.originator_id).encode()),
+                       ("version", str(n.originator_version).encode()), ("event", event.encode())]
+            value, size = n.state, self.part_bytes
+            parts = [value] if len(value) <= size else \
+                [value[i:i + size] for i in range(0, len(value), size)]
+            for i, part in enumerate(parts, 1):
+                futures.append((partition, n.id, self._producer.send(
+                    self.topic, key=key, value=part, partition=partition,
+                    headers=headers if len(parts) == 1 else
+                    [*headers, ("part", f"{i}/{len(parts)}".encode())])))
         self._producer.flush(timeout=self.timeout)
         for partition, nid, f in futures:
             f.get(timeout=self.timeout)  # raises what the broker said
@@ -243,8 +256,20 @@ class Relay:
             self._producer = None
 
 
-def _nid(headers: Sequence[tuple[str, bytes]] | None) -> int:
-    for k, v in headers or ():
-        if k == "nid":
-            return int(v)
-    return 0
+def part_of(headers: dict[str, bytes]) -> tuple[int, int]:
+    """(i, k) of a record holding part i of an event sent in k parts; (1, 1) for a whole one."""
+    part = headers.get("part")
+    if part is None:
+        return 1, 1
+    i, _, k = part.decode().partition("/")
+    return int(i), int(k)
+
+
+def _held(headers: Sequence[tuple[str, bytes]] | None) -> int:
+    """The last event a partition holds whole, its last record having these headers: not the
+    event of a part before its last (that event is sent again, whole)."""
+    h = dict(headers or ())
+    if "nid" not in h:
+        return 0
+    i, k = part_of(h)
+    return int(h["nid"]) - (1 if i < k else 0)

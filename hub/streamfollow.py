@@ -23,11 +23,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from eventsourcing.persistence import IntegrityError, Notification
 
-from hub.changestream import DEFAULT_TOPIC, WATERMARK
+from hub.changestream import DEFAULT_TOPIC, WATERMARK, part_of
 from hub.core.events import TOPICS
 from projections.contract import ReadModel
 
@@ -36,6 +37,15 @@ log = logging.getLogger("hub.streamfollow")
 
 def _headers(record: Any) -> dict[str, bytes]:
     return dict(record.headers or ())
+
+
+@dataclass
+class Joined:
+    """An event sent in parts, joined: the first part's headers and offset, every part's value."""
+
+    headers: list[tuple[str, bytes]]
+    value: bytes
+    offset: int
 
 
 def notification(record: Any) -> Notification:
@@ -63,6 +73,7 @@ class StreamFollower:
         self._consumer: Any = None
         self._tps: list[Any] = []
         self._buffers: dict[int, deque] = {}
+        self._parts: dict[int, list[Any]] = {}  # partition -> the parts read of an event
         self._marks: dict[int, int] = {}  # partition -> the highest nid read there
         self._committed: dict[Any, int] = {}  # the offsets last committed
         self.applied = 0
@@ -93,6 +104,7 @@ class StreamFollower:
                     consumer.seek(tp, committed)
         self._consumer = consumer
         self._buffers = {tp.partition: deque() for tp in self._tps}
+        self._parts = {}
         self._committed = {}
         self._marks = {tp.partition: 0 for tp in self._tps}
 
@@ -124,11 +136,15 @@ class StreamFollower:
             for r in records:
                 h = _headers(r)
                 nid = int(h["nid"])
+                if h.get("event") != WATERMARK.encode():
+                    r = self._joined(tp.partition, nid, h, r)
+                    if r is None:  # a part of an event not read whole yet
+                        nid -= 1
+                    else:
+                        self._buffers[tp.partition].append((nid, r))
                 # a partition holds its events in log order: having read ``nid`` there (an
                 # event, or a watermark), nothing before it is still to come from it
                 self._marks[tp.partition] = max(self._marks[tp.partition], nid)
-                if h.get("event") != WATERMARK.encode():
-                    self._buffers[tp.partition].append((nid, r))
         ready = self._ready()
         if not ready:
             self._commit()
@@ -141,6 +157,26 @@ class StreamFollower:
         self._commit()
         self.applied += len(notes)
         return len(notes)
+
+    def _joined(self, partition: int, nid: int, h: dict[str, bytes], record: Any) -> Any:
+        """The record of a whole event: ``record`` itself, or once its last part is read, the
+        parts joined; None before that. A part 1 begins the event again."""
+        i, k = part_of(h)
+        if k == 1:
+            return record
+        parts = self._parts.get(partition, [])
+        if i == 1:
+            parts = [record]
+        elif parts and int(_headers(parts[0])["nid"]) == nid and len(parts) == i - 1:
+            parts.append(record)
+        else:  # not the next part of the event begun (the relay sends it again from part 1)
+            parts = []
+        if len(parts) == k:
+            self._parts.pop(partition, None)
+            return Joined(list(parts[0].headers), b"".join(p.value for p in parts),
+                          parts[0].offset)
+        self._parts[partition] = parts
+        return None
 
     @staticmethod
     def _apply(model: ReadModel, notes: list[Notification]) -> None:
@@ -163,8 +199,9 @@ class StreamFollower:
 
         offsets = {}
         for tp in self._tps:
-            buf = self._buffers[tp.partition]
-            offsets[tp] = buf[0][1].offset if buf else self._consumer.position(tp)
+            buf, parts = self._buffers[tp.partition], self._parts.get(tp.partition)
+            offsets[tp] = buf[0][1].offset if buf else \
+                parts[0].offset if parts else self._consumer.position(tp)
         if offsets == self._committed:
             return  # nothing new (an idle poll): no round trip to the coordinator
         self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})

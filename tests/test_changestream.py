@@ -4,6 +4,7 @@ frozen broker (SIGSTOP), on a real Kafka-protocol broker (Tansu)."""
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -29,9 +31,13 @@ def _settings(tmp_path: Path) -> Settings:
     return s
 
 
-def _write(hub: Hub, patients: int, observations: int, tag: str) -> None:
-    """Patients with Observations, some updated, some deleted, and an Organization."""
+def _write(hub: Hub, patients: int, observations: int, tag: str, big: bool = False) -> None:
+    """Patients with Observations, some updated, some deleted, and an Organization; with
+    ``big``, a Binary too long for one record (1.2 MB: sent in three parts)."""
     ctx = Context()
+    if big:
+        hub.execute([Op("PUT", "Binary", rid=f"{tag}-big", d=_big(f"{tag}-big"))], ctx,
+                    atomic=True)
     for p in range(patients):
         pid = f"{tag}-p{p}"
         ops = [Op("PUT", "Patient", rid=pid, d={"resourceType": "Patient", "id": pid,
@@ -50,6 +56,11 @@ def _write(hub: Hub, patients: int, observations: int, tag: str) -> None:
         hub.execute([Op("DELETE", "Observation", rid=f"{tag}-p{p}-o1")], ctx, atomic=True)
     hub.execute([Op("PUT", "Organization", rid=f"{tag}-org", d={
         "resourceType": "Organization", "id": f"{tag}-org", "name": "X"})], ctx, atomic=True)
+
+
+def _big(rid: str) -> dict:
+    data = base64.b64encode(random.Random(rid).randbytes(900_000)).decode()
+    return {"resourceType": "Binary", "id": rid, "contentType": "application/pdf", "data": data}
 
 
 def _relay(settings: Settings, bootstrap: str, topic: str, *extra: str, log: Path):
@@ -84,7 +95,36 @@ def _header(r, name: str) -> str:
     return dict(r.headers)[name].decode()
 
 
+@dataclass
+class Joined:
+    headers: list
+    value: bytes
+    partition: int
+    offset: int
+    key: bytes
+
+
+def _joined(records: list) -> list:
+    """The events of the records as a consumer reads them: the parts of an event sent in parts
+    joined (a part 1 begins it again), in each partition's order."""
+    out, parts = [], {}
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        h = dict(r.headers)
+        if "part" not in h:
+            out.append(r)
+            continue
+        i, k = map(int, h["part"].decode().split("/"))
+        got = [r] if i == 1 else parts.get(r.partition, []) + [r]
+        parts[r.partition] = got
+        if i == k:
+            assert [int(_header(x, "nid")) for x in got] == [int(h["nid"])] * k, "parts mixed"
+            out.append(Joined(got[0].headers, b"".join(x.value for x in got), r.partition,
+                              got[0].offset, r.key))
+    return out
+
+
 def _check_exactly_once(records: list, last_nid: int) -> None:
+    records = _joined(records)
     nids = sorted(int(_header(r, "nid")) for r in records)
     assert nids == list(range(1, last_nid + 1)), \
         f"{len(nids)} records for {last_nid} events; duplicated " \
@@ -101,7 +141,7 @@ def test_every_event_once_keyed_by_patient_across_relay_kills(broker, tmp_path):
     settings = _settings(tmp_path)
     store = settings.open_store()
     hub = Hub(store)
-    _write(hub, patients=40, observations=8, tag="a")
+    _write(hub, patients=40, observations=8, tag="a", big=True)
     topic = f"events-{uuid.uuid4().hex[:6]}"
     log = tmp_path / "relay.log"
     rng = random.Random(7)
@@ -109,7 +149,7 @@ def test_every_event_once_keyed_by_patient_across_relay_kills(broker, tmp_path):
     # small batches, killed at random moments while more is written
     for round_ in range(5):
         relay = _relay(settings, broker.bootstrap, topic, "--batch", "25", log=log)
-        _write(hub, patients=6, observations=8, tag=f"k{round_}")
+        _write(hub, patients=6, observations=8, tag=f"k{round_}", big=True)
         time.sleep(rng.uniform(1.5, 3.0))
         if relay.poll() is None:
             relay.send_signal(signal.SIGKILL)
@@ -147,7 +187,81 @@ def test_every_event_once_keyed_by_patient_across_relay_kills(broker, tmp_path):
     header, _, body = created.value.partition(b"\n")
     assert orjson.loads(header)["type"] == "Observation"
     assert orjson.loads(body)["subject"]["reference"] == "Patient/a-p3"
+    # an event too long for one record comes in parts, joined to the stored event
+    big = [r for r in _joined(records) if _header(r, "stream").startswith("Binary/")]
+    assert len(big) == 6
+    for r in big:
+        stored = store.notifications(int(_header(r, "nid")), 1)[0]
+        assert r.value == stored.state
     store.close()
+
+
+def test_a_relay_stopped_in_the_middle_of_an_event_sends_it_again_whole(broker, tmp_path):  # noqa: F811
+    """The partition holds the first two of an event's three parts (its relay died between
+    them): the next relay sends the event again from its first part, and a consumer joining parts
+    (a stream-fed read model) reads each event once."""
+    from kafka import KafkaProducer
+    from kafka.partitioner.default import murmur2
+
+    from hub.changestream import Relay, event_key
+    from hub.streamfollow import StreamFollower
+    from projections.runner import Runner
+    from projections.search.sqlite_index import SQLiteSearchIndex
+    from tests.test_search_projection import dump
+
+    settings = _settings(tmp_path)
+    store = settings.open_store()
+    hub = Hub(store)
+    _write(hub, patients=2, observations=1, tag="a")
+    hub.execute([Op("PUT", "Binary", rid="cut", d=_big("cut"))], Context(), atomic=True)
+    _write(hub, patients=2, observations=1, tag="b")
+    topic = f"events-{uuid.uuid4().hex[:6]}"
+    broker.create_topic(topic, partitions=2)
+    cut = next(n for n in store.notifications(1, 1000) if n.originator_id == "Binary/cut")
+    key = event_key(store, cut).encode()
+    partition = (murmur2(key) & 0x7FFFFFFF) % 2
+    size = 512 * 1024
+    before = Relay(store, broker.bootstrap, topic, batch=cut.id - 1)
+    try:
+        assert before.step() == cut.id - 1  # the events before it, whole
+    finally:
+        before.close()
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    for i in (1, 2):  # what a relay sent before it died
+        producer.send(topic, key=key, value=cut.state[(i - 1) * size:i * size],
+                      partition=partition,
+                      headers=[("nid", str(cut.id).encode()), ("stream", b"Binary/cut"),
+                               ("version", b"1"), ("event", b"created"),
+                               ("part", f"{i}/3".encode())])
+    producer.flush()
+    producer.close()
+    relay = Relay(store, broker.bootstrap, topic, batch=3)
+    try:
+        while relay.step():
+            pass
+    finally:
+        relay.close()
+    records = _consume(broker.bootstrap, topic)
+    parts = [dict(r.headers).get("part") for r in records if r.key == key and
+             _header(r, "stream") == "Binary/cut"]
+    assert parts == [b"1/3", b"2/3", b"1/3", b"2/3", b"3/3"]
+    _check_exactly_once(records, store.max_notification_id())
+    assert next(r for r in _joined(records) if r.key == key).value == cut.state
+
+    node = SQLiteSearchIndex(tmp_path / "node.sqlite")
+    reference = SQLiteSearchIndex(tmp_path / "reference.sqlite")
+    follower = StreamFollower(broker.bootstrap, [node], f"g-{uuid.uuid4().hex[:6]}", topic=topic,
+                              batch=2)
+    try:
+        follower.catch_up(store.max_notification_id())
+        Runner(store, reference).catch_up()
+        assert dump(node) == dump(reference)
+        assert follower.applied == store.max_notification_id()
+    finally:
+        follower.close()
+        node.close()
+        reference.close()
+        store.close()
 
 
 def test_a_frozen_broker_loses_and_duplicates_nothing(broker, tmp_path):  # noqa: F811

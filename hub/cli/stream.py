@@ -26,7 +26,9 @@ def cmd_stream(args, settings: Settings) -> int:
 
         # one relay of a topic sends at a time, region-wide; others stand by
         lease = PgLease(settings.database_url, f"hub-relay|{args.topic}")
-    relay = Relay(store, bootstrap, args.topic, batch=args.batch,
+    if args.part_bytes < 1024:
+        raise UsageError("--part-bytes must be at least 1024")
+    relay = Relay(store, bootstrap, args.topic, batch=args.batch, part_bytes=args.part_bytes,
                   position_file=settings.data_dir / f"changestream-{args.topic}.json",
                   lease=lease)
     stop = threading.Event()
