@@ -62,7 +62,8 @@ class ReadModel(Protocol):
         ...
 
     def stale(self) -> str | None:
-        """Why its rows no longer answer as the hub now would, until a rebuild (they hold times
-        of values without a zone read in another zone than ``HUB_TIMEZONE``); None when current.
-        ``/ready`` and ``hub projections status`` say it."""
+        """Why its answers fall short of what the hub would now give: rows holding times of
+        values without a zone read in another zone than ``HUB_TIMEZONE`` (until a rebuild), or
+        resources its engine refused to index whole; None when it answers fully. ``/ready`` (a
+        warning) and ``hub projections status`` say it."""
         ...

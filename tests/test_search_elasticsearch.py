@@ -135,6 +135,44 @@ def test_rebuild_behind_an_alias_swap(store_hub, es_server):  # noqa: F811
         es.close()
 
 
+def test_a_document_over_the_engines_limits_is_indexed_reduced_and_the_log_goes_on(
+        store_hub, es_server):  # noqa: F811
+    """Each value of a parameter is a nested object, and the engine refuses a document holding
+    more than its limit: the index takes a Group of 12,000 members whole (its limit is raised to
+    50,000), and a Patient with 60,000 identifiers without its values, found by _id, named in
+    ``stale`` (a warning on /ready), and the resources after it are indexed as ever."""
+    from projections.search.es_index import NESTED_LIMIT
+
+    members = [{"entity": {"reference": f"Patient/m{i}"}} for i in range(12_000)]
+    ops = [Op("PUT", "Group", "g", {"resourceType": "Group", "id": "g", "type": "person",
+                                    "actual": True, "member": members}, url="x"),
+           Op("PUT", "Patient", "many", {"resourceType": "Patient", "id": "many", "identifier": [
+               {"system": "urn:x", "value": f"v{i}"} for i in range(NESTED_LIMIT + 10_000)]},
+              url="x"),
+           Op("PUT", "Patient", "after", {"resourceType": "Patient", "id": "after",
+                                          "identifier": [{"system": "urn:x", "value": "v7"}]},
+              url="x")]
+    for op in ops:
+        assert not isinstance(store_hub.execute([op], Context(), atomic=True)[0], FhirError)
+    es = open_es_index(es_server.url, prefix())
+    backend = open_backend(None, es)  # type: ignore[arg-type] - the SQLite index is not read
+    try:
+        assert es.stale() is None
+        Runner(store_hub.store, es).catch_up()
+        assert es.position() == store_hub.store.max_notification_id()
+        assert _ids(backend, "Group", [("member", "Patient/m11999")]) == ["g"]
+        assert _ids(backend, "Patient", [("identifier", "urn:x|v7")]) == ["after"]
+        assert _ids(backend, "Patient", [("_id", "many")]) == ["many"]
+        said = es.stale() or ""
+        assert "refused 1 resource" in said and "Patient/many" in said and "nested" in said
+        # a rebuild meets it again, and says so for the generation it swaps in
+        Runner(store_hub.store, es).rebuild()
+        assert "refused 1 resource" in (es.stale() or "")
+    finally:
+        es.drop()
+        es.close()
+
+
 def test_an_index_read_in_another_zone_is_stale_until_its_rebuild_swaps_in(
         store_hub, es_server, monkeypatch):  # noqa: F811
     from hub.core import fhirtime

@@ -22,6 +22,7 @@ is deleted, so searches never see a half-built index.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -38,6 +39,7 @@ from projections.search.params import indexed_params
 from projections.search.plan import UCUM
 
 NAME = "search-es"
+log = logging.getLogger("projections.search.es_index")
 LONG_EDGE = 2 ** 62  # an open date range's end (µs), within a long
 # Elasticsearch refuses a whole document holding a keyword of more than 32,766 bytes (an
 # "immense term"), and the follower would retry it for ever. A keyword value longer than 8,191
@@ -46,6 +48,11 @@ LONG_EDGE = 2 ** 62  # an open date range's end (µs), within a long
 # such a value is found by itself and by no other; a prefix or a :contains beyond KEPT
 # characters is asked only as far as that. The mapping's ignore_above is the guard behind it.
 KEYWORD_CHARS = 8191
+# values one document may hold (each value of a parameter is a nested object; the engine's
+# default is 10,000, which a Group's members or a List's items pass): a document over it is
+# refused, and indexed reduced (``ElasticsearchIndex.apply``)
+NESTED_LIMIT = 50_000
+REFUSALS_KEPT = 20  # the latest refused resources named in the state
 KEPT = KEYWORD_CHARS - 65
 
 
@@ -261,7 +268,9 @@ class ElasticsearchIndex:
             return name
         if not self.es.indices.exists(index=name):
             body: dict[str, Any] = {"mappings": mapping(rtype, self.analyzer),
-                                    "settings": {"index": {"max_result_window": 100000}}}
+                                    "settings": {"index": {
+                                        "max_result_window": 100000,
+                                        "mapping.nested_objects.limit": NESTED_LIMIT}}}
             if not self.bulk:  # live: searched at once; a rebuild's are aliased at its end
                 body["aliases"] = {self.alias(rtype): {}}
             from elasticsearch import BadRequestError
@@ -293,6 +302,7 @@ class ElasticsearchIndex:
         pks = self._pks([s for s, n in newest.items() if s not in first
                          and KIND_OF_TOPIC[n.topic] != "deleted"])
         actions: list[bytes] = []
+        docs: dict[tuple[str, str], tuple[str, dict, dict]] = {}
         for stream, n in newest.items():
             rtype, rid = stream.split("/", 1)
             index = self._ensure(rtype)
@@ -307,12 +317,38 @@ class ElasticsearchIndex:
                            first.get(stream) or pks.get(stream) or n.id)
             actions.append(orjson.dumps({"index": meta}))
             actions.append(orjson.dumps(doc))
+            docs[(index, rid)] = rtype, meta, doc
         if actions:
-            self._bulk(actions)
+            refused = self._bulk(actions)
+            if refused:
+                self._index_reduced(refused, docs)
         self._state["position"] = last
         self._save()
 
-    def _bulk(self, actions: list[bytes]) -> None:
+    def _index_reduced(self, refused: list[tuple[str, str, str]],
+                       docs: dict[tuple[str, str], tuple[str, dict, dict]]) -> None:
+        """Documents the engine refused (over a limit of its own): indexed without their values,
+        so that the log goes on past them and they are still found by _id and _lastUpdated; the
+        refusal is kept in the state, and ``stale`` says it."""
+        actions = []
+        for index, rid, reason in refused:
+            _, meta, doc = docs[(index, rid)]
+            actions.append(orjson.dumps({"index": meta}))
+            actions.append(orjson.dumps({**{k: doc[k] for k in ("rid", "pk", "version", "updated")},
+                                         "unindexed": reason}))
+        if self._bulk(actions):
+            raise RuntimeError(f"Elasticsearch refused even the reduced document of {refused[0][1]}")
+        generation = str(self.generation)
+        kept = self._state.setdefault("refused", {}).setdefault(generation, {"count": 0, "last": []})
+        for index, rid, reason in refused:
+            resource = f"{docs[(index, rid)][0]}/{rid}"
+            log.warning("Elasticsearch refused %s, indexed without its values: %s", resource, reason)
+            kept["count"] += 1
+            kept["last"] = [*kept["last"], {"resource": resource, "reason": reason}][-REFUSALS_KEPT:]
+
+    def _bulk(self, actions: list[bytes]) -> list[tuple[str, str, str]]:
+        """Send ``actions``; (index, id, reason) of each document the engine refused as such (a
+        400: over one of its limits), raising for any other failure."""
         body = b"\n".join(actions) + b"\n"
         # the NDJSON body as it is (the client takes bytes; its typing says mappings only);
         # refreshed at once (a search right after a write must see it), but not during a
@@ -320,15 +356,23 @@ class ElasticsearchIndex:
         answer = self.es.bulk(operations=body,  # type: ignore[arg-type]
                               refresh=not self.bulk)
         if not answer.get("errors"):
-            return
+            return []
+        refused = []
         for item in answer["items"]:
             (op, result), = item.items()
             status = result.get("status", 200)
             # 409: the index holds this version or a newer one (a replay); 404: a delete of
             # something never indexed
-            if status >= 300 and status != 409 and not (op == "delete" and status == 404):
-                raise RuntimeError(f"Elasticsearch refused a {op} of {result.get('_id')}: "
-                                   f"{result.get('error')}")
+            if status < 300 or status == 409 or (op == "delete" and status == 404):
+                continue
+            error = result.get("error")
+            if op == "index" and status == 400:
+                reason = error.get("reason") if isinstance(error, dict) else error
+                refused.append((str(result.get("_index")), str(result.get("_id")),
+                                str(reason)[:300]))
+                continue
+            raise RuntimeError(f"Elasticsearch refused a {op} of {result.get('_id')}: {error}")
+        return refused
 
     def _pks(self, streams: Iterable[str]) -> dict[str, int]:
         """The index keys of resources already indexed (kept by their later versions)."""
@@ -354,6 +398,7 @@ class ElasticsearchIndex:
             self._delete(self._indexes(f"{self.prefix}-*-g{old_building}"))
         self._state["building"] = int(self._state["generation"]) + 1
         self._state["position"] = 0
+        self._state.get("refused", {}).pop(str(self._state["building"]), None)
         self._made.clear()
         self._save()
 
@@ -376,11 +421,26 @@ class ElasticsearchIndex:
         self._delete(olds)
         self._state["generation"], self._state["building"] = new, None
         self._state["zone"] = zone_name()  # the generation now searched was read in today's zone
+        self._state["refused"] = {k: v for k, v in self._state.get("refused", {}).items()
+                                  if k == str(new)}
         self._made.clear()
         self._save()
 
     def stale(self) -> str | None:
-        return zone_changed(self._state.get("zone", zone_name()), "search-es")
+        """The zone's change, and the resources the engine refused to index with their values
+        (found only by _id and _lastUpdated)."""
+        said = [s for s in (zone_changed(self._state.get("zone", zone_name()), "search-es"),
+                            self._refusals()) if s]
+        return "; ".join(said) or None
+
+    def _refusals(self) -> str | None:
+        kept = self._state.get("refused", {}).get(str(self._state["generation"]))
+        if not kept or not kept.get("count"):
+            return None
+        last = kept["last"][-1]
+        return (f"Elasticsearch refused {kept['count']} resource(s) as they are, indexed without "
+                f"their values (searches by them miss them), the latest {last['resource']}: "
+                f"{last['reason']}")
 
     def _indexes(self, pattern: str) -> list[str]:
         return list(self.es.indices.get(index=pattern, allow_no_indices=True,
