@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tarfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +22,8 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from hub.core.resource import RESOURCE_TYPES
-from tests.conftest import FHIR_JSON
+from tests.conftest import BACKENDS, FHIR_JSON, live_server
+from tests.es_server import es_server  # noqa: F401 - fixture
 
 PACKAGE = "hl7.fhir.r4b.examples@4.3.0"
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "hl7.fhir.r4b.examples-4.3.0"
@@ -81,10 +83,20 @@ def examples() -> list[tuple[str, bytes]]:
     return found
 
 
+@pytest.fixture(scope="module", params=[*BACKENDS, "elasticsearch"])
+def live(request, tmp_path_factory):
+    """Each event store with the SQLite index, and searches answered by Elasticsearch."""
+    with live_server(request, tmp_path_factory, request.param) as server:
+        yield server
+
+
 def test_every_accepted_example_round_trips(live, examples):
-    """All examples on SQLite; on PostgreSQL every 5th (same code path, saves a minute)."""
+    """All examples on SQLite; on PostgreSQL every 5th (same code path, saves a minute), and
+    with Elasticsearch every 5th after the first (its index takes them in too)."""
     if live.settings.database_url:
         examples = examples[::5]
+    elif live.settings.search == "elasticsearch":
+        examples = examples[1::5]
     local = threading.local()  # a client per thread: its connection and token kept
     clients: list[httpx.Client] = []
 
@@ -145,3 +157,14 @@ def test_every_accepted_example_round_trips(live, examples):
     assert outcomes.count("nonconforming") <= 10
     assert not failures, f"{len(failures)} of {len(examples)} failed:\n" + "\n".join(failures[:30])
     assert outcomes.count(None) >= 0.95 * len(examples), "too few examples round-tripped"
+    # every read model takes every example in: none stalls on one (its lag would stay)
+    deadline = time.monotonic() + 120
+    while True:
+        checks = httpx.get(live.origin + "/ready", timeout=30).json()["checks"]
+        models = {k: v for k, v in checks.items() if k.startswith("read-model:")}
+        if models and all(v["lag"] == 0 for v in models.values()):
+            break
+        assert time.monotonic() < deadline, f"read models stalled: {models}"
+        time.sleep(0.5)
+    assert all(v["status"] == "pass" for v in models.values()), models
+    assert ("read-model:search-es" in models) == (live.settings.search == "elasticsearch")
