@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from pathlib import Path
 
 import orjson
@@ -115,7 +117,9 @@ def test_every_response_builder_answers_whatever_the_hub_holds(which, data):
         if data.draw(st.booleans()) and isinstance(parent, dict):
             parent.pop(path[-1], None)  # an element left out: the hub stores such resources
         else:
-            value = data.draw(ODD)
+            # a copy: st.just hands out one object, and put in two places a later draw could
+            # put it inside itself (a cycle no stored resource has)
+            value = copy.deepcopy(data.draw(ODD))
             retyped = retyped or type(value) is not type(parent[path[-1]])
             parent[path[-1]] = value
     try:
