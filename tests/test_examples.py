@@ -23,7 +23,6 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from hub.core.resource import RESOURCE_TYPES
 from tests.conftest import BACKENDS, FHIR_JSON, live_server
-from tests.es_server import es_server  # noqa: F401 - fixture
 
 PACKAGE = "hl7.fhir.r4b.examples@4.3.0"
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "hl7.fhir.r4b.examples-4.3.0"
@@ -83,9 +82,11 @@ def examples() -> list[tuple[str, bytes]]:
     return found
 
 
-@pytest.fixture(scope="module", params=[*BACKENDS, "elasticsearch"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def live(request, tmp_path_factory):
-    """Each event store with the SQLite index, and searches answered by Elasticsearch."""
+    """Each event store with the SQLite index (tests/test_examples_elasticsearch.py runs the
+    test with searches answered by Elasticsearch, in a file of its own so that it runs beside
+    these)."""
     with live_server(request, tmp_path_factory, request.param) as server:
         yield server
 
