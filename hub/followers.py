@@ -12,12 +12,16 @@ batch twice: each batch takes the file's write lock and re-reads the position fi
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
+
+import orjson
 
 from hub.core.config import Settings
 from hub.core.lease import PgLease
@@ -35,6 +39,21 @@ from projections.runner import LogWatch, Runner
 from projections.search.backends import open_es_index
 
 log = logging.getLogger("hub.followers")
+# what a follower process's read models are failing on, for the API processes' /ready: they
+# follow nothing themselves and would show only a growing lag ({"pid", "errors": {model: text}})
+STATUS_FILE = "followers.json"
+
+
+def follower_errors(data_dir: Path) -> dict[str, str]:
+    """The failures the follower process of ``data_dir`` last reported, by read model; none when
+    it reported none or is no longer running (its successor writes its own)."""
+    try:
+        status = orjson.loads((data_dir / STATUS_FILE).read_bytes())
+        os.kill(int(status["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        return {}
+    errors = status.get("errors")
+    return {str(k): str(v) for k, v in errors.items()} if isinstance(errors, dict) else {}
 
 
 class Followers:
@@ -55,6 +74,8 @@ class Followers:
         self._watch = LogWatch(store)  # one reader of the log's end for all of them
         self._identity: IdentityService | None = None
         self._person: PersonProjection | None = None
+        self._status = settings.data_dir / STATUS_FILE
+        self._reported: dict[str, str] | None = None
         try:
             for name in chosen:
                 self.models[name] = open_model(name, settings.data_dir)
@@ -102,12 +123,28 @@ class Followers:
             r.start(watch=self._watch)
 
     def run_until(self, stop: threading.Event) -> None:
-        """Follow until ``stop`` is set (a signal), then stop the runners."""
+        """Follow until ``stop`` is set (a signal), then stop the runners; meanwhile, what they
+        fail on is written for the API processes' /ready (``STATUS_FILE``) as it changes."""
         self.start()
         try:
-            stop.wait()
+            self._report()
+            while not stop.wait(1.0):
+                self._report()
         finally:
             self.stop()
+            self._report({})
+
+    def _report(self, errors: dict[str, str] | None = None) -> None:
+        errors = self.errors() if errors is None else errors
+        if errors == self._reported:
+            return
+        try:
+            tmp = self._status.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(orjson.dumps({"pid": os.getpid(), "errors": errors}))
+            os.replace(tmp, self._status)
+            self._reported = errors
+        except OSError as e:  # a full disk: the lag still shows on /ready
+            log.warning("could not write %s: %s", self._status, e)
 
     def stop(self) -> None:
         for r in self.runners:
@@ -115,7 +152,8 @@ class Followers:
         self._watch.stop()
 
     def errors(self) -> dict[str, str]:
-        return {r.model.name: repr(r.error) for r in self.runners if r.error is not None}
+        return {r.model.name: f"{type(r.error).__name__}: {r.error}"[:300]
+                for r in self.runners if r.error is not None}
 
     def close(self) -> None:
         self.stop()

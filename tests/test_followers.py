@@ -98,3 +98,52 @@ def test_followers_none_leaves_it_to_a_follow_process_of_ones_own(tmp_path):
         finally:
             follow.send_signal(signal.SIGTERM)
             assert follow.wait(15) == 0
+
+
+def test_what_the_follower_process_fails_on_is_a_failing_check_on_ready(tmp_path):
+    """The API processes follow nothing themselves: a read model failing in the follower process
+    (its Elasticsearch gone) shows on /ready as failing, with the reason, not only as a lag; and
+    passes again once the engine is back."""
+    from bench.noida import SearchServer, noida_binary
+
+    if noida_binary() is None:
+        import pytest
+
+        pytest.fail("the noida-db binary (PyPI wheel noida-db) is not installed")
+    es = SearchServer(tmp_path / "es").start()
+    settings = Settings(data_dir=tmp_path / "d")
+    settings.database_url = None
+    settings.search, settings.es_url, settings.es_prefix = "elasticsearch", es.url, "f"
+    try:
+        with LiveServer(settings) as srv, _root(srv) as root, \
+                httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c:
+            assert c.post("/Patient", json=patient(), headers=FHIR_JSON).status_code == 201
+            assert _caught_up(root)["read-model:search-es"]["status"] == "pass"
+            es.stop()
+            assert c.post("/Patient", json=patient(), headers=FHIR_JSON).status_code == 201
+            deadline = time.monotonic() + 30
+            while True:
+                r = root.get("/ready")
+                check = r.json()["checks"]["read-model:search-es"]
+                if check["status"] == "fail":
+                    break
+                assert time.monotonic() < deadline, check
+                time.sleep(0.3)
+            # the engine away: this process cannot read the index's position either (it was a
+            # 500); once the follower process has said why, a request after shows that too
+            assert r.status_code == 503
+            deadline = time.monotonic() + 30
+            while "the follower process" not in check.get("output", ""):
+                assert time.monotonic() < deadline, check
+                time.sleep(0.3)
+                check = root.get("/ready").json()["checks"]["read-model:search-es"]
+            assert r.json()["checks"]["read-model:search"]["status"] == "pass"
+            es.start()  # the same port and data
+            _caught_up(root, 60)
+            deadline = time.monotonic() + 30  # the follower process reports within a second
+            while (r := root.get("/ready")).status_code != 200:
+                assert time.monotonic() < deadline, r.json()
+                time.sleep(0.3)
+            assert r.json()["checks"]["read-model:search-es"] == {"status": "pass", "lag": 0}
+    finally:
+        es.stop()

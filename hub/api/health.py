@@ -3,7 +3,9 @@ personal data).
 
 - ``GET /health``: the process answers (liveness).
 - ``GET /ready``: the event store answers within a few seconds and every read model's follower
-  is alive; each one's lag (notifications not yet applied) is listed. 503 when not ready, so a
+  is alive and not failing (in this process, or in the follower process of ``hub serve``, which
+  reports its failures in ``followers.json``); each one's lag (notifications not yet applied)
+  is listed. 503 when not ready, so a
   balancer stops sending requests to a process whose database is gone. A read model whose rows
   need a rebuild (``stale``: built under another ``HUB_TIMEZONE``) is a ``warn`` that says so;
   it still answers.
@@ -17,6 +19,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+
+from hub.followers import follower_errors
 
 router = APIRouter()
 STORE_TIMEOUT = 3.0
@@ -63,15 +67,25 @@ async def ready(request: Request) -> Response:
                                  "output": "timed out" if isinstance(e, TimeoutError)
                                  else type(e).__name__}
         return JSONResponse({"status": "fail", "checks": checks}, 503, media_type=HEALTH_JSON)
+    settings = getattr(request.app.state, "settings", None)
+    # with the read models followed by another process (hub serve's default), what it fails on
+    elsewhere = follower_errors(settings.data_dir) \
+        if settings is not None and not settings.follows_here else {}
     for name, runner in runners(request).items():
-        position = runner.model.position()
-        check: dict[str, Any] = {"status": "pass", "lag": max(0, head - position)}
+        check: dict[str, Any] = {"status": "pass"}
+        try:
+            check["lag"] = max(0, head - runner.model.position())
+        except Exception as e:  # noqa: BLE001 - its engine away (an Elasticsearch cluster)
+            check = {"status": "fail", "output": f"its position cannot be read: {type(e).__name__}"}
         if runner.error is not None:
-            check = {"status": "fail", "lag": check["lag"], "output": type(runner.error).__name__}
-            status = "fail"
-        elif (stale := runner.model.stale()) is not None:
+            check.update(status="fail", output=type(runner.error).__name__)
+        elif name in elsewhere:
+            check.update(status="fail", output=f"the follower process: {elsewhere[name]}")
+        elif check["status"] == "pass" and (stale := runner.model.stale()) is not None:
             # it answers, by rows an operator should rebuild (HUB_TIMEZONE changed under them)
-            check = {"status": "warn", "lag": check["lag"], "output": stale}
+            check.update(status="warn", output=stale)
+        if check["status"] == "fail":
+            status = "fail"
         checks[f"read-model:{name}"] = check
     return JSONResponse({"status": status, "checks": checks}, 200 if status == "pass" else 503,
                         media_type=HEALTH_JSON)

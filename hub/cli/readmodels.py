@@ -49,6 +49,10 @@ def cmd_projections(args, settings: Settings) -> int:
             print(f"{model.name}: position {model.position()}, lag {runner.lag()} events")
             if (stale := model.stale()) is not None:
                 print(f"  stale: {stale}")
+            from hub.followers import follower_errors
+
+            if (failing := follower_errors(settings.data_dir).get(model.name)) is not None:
+                print(f"  failing in the follower process: {failing}")
             for table, n in model.stats().items():
                 print(f"  {table:14} {n:>12,}")
             return 0
