@@ -102,8 +102,8 @@ def test_followers_none_leaves_it_to_a_follow_process_of_ones_own(tmp_path):
 
 def test_what_the_follower_process_fails_on_is_a_failing_check_on_ready(tmp_path):
     """The API processes follow nothing themselves: a read model failing in the follower process
-    (its Elasticsearch gone) shows on /ready as failing, with the reason, not only as a lag; and
-    passes again once the engine is back."""
+    (its Elasticsearch gone) shows on /ready as failing, with the reason, not only as a lag; a
+    search meanwhile is a 503 to retry; all passes again once the engine is back."""
     from bench.noida import SearchServer, noida_binary
 
     if noida_binary() is None:
@@ -121,6 +121,10 @@ def test_what_the_follower_process_fails_on_is_a_failing_check_on_ready(tmp_path
             assert _caught_up(root)["read-model:search-es"]["status"] == "pass"
             es.stop()
             assert c.post("/Patient", json=patient(), headers=FHIR_JSON).status_code == 201
+            # a search meanwhile: the engine's absence, not a crash
+            r = c.get("/Patient", params={"name": "x"})
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+            assert r.json()["issue"][0]["code"] == "transient"
             deadline = time.monotonic() + 30
             while True:
                 r = root.get("/ready")

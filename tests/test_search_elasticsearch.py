@@ -344,3 +344,21 @@ def test_a_value_longer_than_a_keyword_is_indexed_and_found_by_itself(long_world
     assert found("Patient", "family:contains", "v" * 9000) == ["long"]
     assert found("Observation", "code", f"{LOINC}|{LONG}") == ["o"]
     assert found("Observation", "code", f"{LOINC}|{LONG[:100]}") == []
+
+
+def test_an_engine_away_is_told_from_a_refused_request():
+    """A search while the cluster cannot answer is a 503 to retry (tests/test_followers.py stops
+    the engine under a server); a request it refused as wrong stays the hub's own error."""
+    from elastic_transport import ApiResponseMeta, ConnectionError, HttpHeaders, NodeConfig
+    from elasticsearch import ApiError, BadRequestError
+
+    from hub.api.app import search_engine_away
+
+    def meta(status: int) -> ApiResponseMeta:
+        return ApiResponseMeta(status, "1.1", HttpHeaders(), 0.1, NodeConfig("http", "h", 9200))
+
+    assert search_engine_away(ConnectionError("refused"))
+    assert search_engine_away(ApiError("busy", meta(503), {}))
+    assert search_engine_away(ApiError("too many", meta(429), {}))
+    assert not search_engine_away(BadRequestError("bad", meta(400), {}))
+    assert not search_engine_away(ValueError("ours"))

@@ -304,9 +304,30 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def crash(request: Request, e: Exception) -> Response:
+        if search_engine_away(e):  # Elasticsearch down or overloaded: a client can retry
+            log.warning("search engine unavailable on %s %s: %s", request.method,
+                        request.url.path, type(e).__name__)
+            response = outcome_response(
+                [Issue("transient", "The search engine is unavailable or busy; retry shortly")],
+                503, request)
+            response.headers["Retry-After"] = "1"
+            return response
         # No request content in the log: it may hold personal data.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return outcome_response([Issue("exception", "Internal server error")], 500, request)
+
+
+def search_engine_away(e: Exception) -> bool:
+    """An Elasticsearch client's error that says the cluster cannot answer now (no connection, a
+    timeout, a 5xx or 429), not that the request was wrong. Known by module, so the client is not
+    imported where Elasticsearch is not used."""
+    module = type(e).__module__
+    if module.startswith("elastic_transport"):
+        return True
+    if not module.startswith("elasticsearch"):
+        return False
+    status = getattr(getattr(e, "meta", None), "status", None)
+    return not isinstance(status, int) or status >= 500 or status == 429
 
 
 def _type(rtype: str) -> str:
