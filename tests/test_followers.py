@@ -151,3 +151,28 @@ def test_what_the_follower_process_fails_on_is_a_failing_check_on_ready(tmp_path
             assert r.json()["checks"]["read-model:search-es"] == {"status": "pass", "lag": 0}
     finally:
         es.stop()
+
+
+def test_the_hub_starts_and_writes_while_its_elasticsearch_is_away(tmp_path):
+    """Elasticsearch is the search backend, not the record: with none answering, ``hub serve``
+    starts (it refused to), writes are stored, the other read models follow, searches are 503s
+    to retry and /ready says which model fails and why."""
+    from tests.conftest import free_port
+
+    settings = Settings(data_dir=tmp_path / "d")
+    settings.database_url = None
+    settings.search, settings.es_url = "elasticsearch", f"http://127.0.0.1:{free_port()}"
+    with LiveServer(settings) as srv, _root(srv) as root, \
+            httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c:
+        assert c.post("/Patient", json=patient(), headers=FHIR_JSON).status_code == 201
+        assert c.get("/Patient", params={"name": "x"}).status_code == 503
+        deadline = time.monotonic() + 30
+        while True:
+            checks = root.get("/ready").json()["checks"]
+            if "the follower process" in checks["read-model:search-es"].get("output", ""):
+                break
+            assert time.monotonic() < deadline, checks
+            time.sleep(0.3)
+        assert checks["read-model:search-es"]["status"] == "fail"
+        assert checks["read-model:timeline"]["status"] == "pass"
+        assert checks["read-model:search"] == {"status": "pass", "lag": 0}

@@ -222,7 +222,17 @@ class ElasticsearchIndex:
         self.es = client if client is not None else Elasticsearch(url, request_timeout=60)
         self.tracking_index = f"{self.prefix}-tracking"
         self._made: set[str] = set()  # concrete indexes known to exist
-        self._state = self._load()
+        from elastic_transport import TransportError
+        from elasticsearch import ApiError
+
+        try:
+            self._state = self._load()
+        except (TransportError, ApiError) as e:
+            # the cluster away: the hub starts all the same (its searches answer 503, this
+            # model's follower retries); the state is read again before anything is written
+            log.warning("Elasticsearch at %s does not answer (%s): its searches and index wait "
+                        "for it", url, type(e).__name__)
+            self._state = {"position": 0, "generation": 1, "building": None, "zone": zone_name()}
 
     # -- names and state ---------------------------------------------------------------------------
 
