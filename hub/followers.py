@@ -40,20 +40,25 @@ from projections.search.backends import open_es_index
 
 log = logging.getLogger("hub.followers")
 # what a follower process's read models are failing on, for the API processes' /ready: they
-# follow nothing themselves and would show only a growing lag ({"pid", "errors": {model: text}})
+# follow nothing themselves and would show only a growing lag ({"pid", "errors": {model: text}});
+# one file per follower of all the models, or of the ones named (followers-search.json)
 STATUS_FILE = "followers.json"
 
 
 def follower_errors(data_dir: Path) -> dict[str, str]:
-    """The failures the follower process of ``data_dir`` last reported, by read model; none when
-    it reported none or is no longer running (its successor writes its own)."""
-    try:
-        status = orjson.loads((data_dir / STATUS_FILE).read_bytes())
-        os.kill(int(status["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-        return {}
-    errors = status.get("errors")
-    return {str(k): str(v) for k, v in errors.items()} if isinstance(errors, dict) else {}
+    """The failures the follower processes of ``data_dir`` last reported, by read model; none
+    from one that is no longer running (its successor writes its own)."""
+    found: dict[str, str] = {}
+    for path in sorted(data_dir.glob("followers*.json")):
+        try:
+            status = orjson.loads(path.read_bytes())
+            os.kill(int(status["pid"]), 0)
+        except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+            continue
+        errors = status.get("errors")
+        if isinstance(errors, dict):
+            found.update((str(k), str(v)) for k, v in errors.items())
+    return found
 
 
 class Followers:
@@ -74,7 +79,8 @@ class Followers:
         self._watch = LogWatch(store)  # one reader of the log's end for all of them
         self._identity: IdentityService | None = None
         self._person: PersonProjection | None = None
-        self._status = settings.data_dir / STATUS_FILE
+        self._status = settings.data_dir / (
+            STATUS_FILE if not names else f"followers-{'-'.join(sorted(chosen))}.json")
         self._reported: dict[str, str] | None = None
         try:
             for name in chosen:

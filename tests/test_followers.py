@@ -176,3 +176,22 @@ def test_the_hub_starts_and_writes_while_its_elasticsearch_is_away(tmp_path):
         assert checks["read-model:search-es"]["status"] == "fail"
         assert checks["read-model:timeline"]["status"] == "pass"
         assert checks["read-model:search"] == {"status": "pass", "lag": 0}
+
+
+def test_the_failures_of_every_live_follower_of_a_data_directory_are_read(tmp_path):
+    """Followers of all the models and of one named model each report in a file of their own;
+    one that has ended reports nothing (its successor writes its own)."""
+    import orjson
+
+    from hub.followers import follower_errors
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    for name, pid, errors in (("followers.json", ended.pid, {"timeline": "OSError: gone"}),
+                              ("followers-search-es.json", psutil.Process().pid,
+                               {"search-es": "ConnectionError: refused"}),
+                              ("followers-quality.json", psutil.Process().pid, {})):
+        (tmp_path / name).write_bytes(orjson.dumps({"pid": pid, "errors": errors}))
+    (tmp_path / "followers-broken.json").write_bytes(b"{")
+    assert follower_errors(tmp_path) == {"search-es": "ConnectionError: refused"}
+    assert follower_errors(tmp_path / "nowhere") == {}
