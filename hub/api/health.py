@@ -5,10 +5,10 @@ personal data).
 - ``GET /ready``: the event store answers within a few seconds and every read model's follower
   is alive and not failing (in this process, or in the follower process of ``hub serve``, which
   reports its failures in ``followers.json``); each one's lag (notifications not yet applied)
-  is listed. 503 when not ready, so a
-  balancer stops sending requests to a process whose database is gone. A read model whose rows
-  need a rebuild (``stale``: built under another ``HUB_TIMEZONE``) is a ``warn`` that says so;
-  it still answers.
+  is listed. 503 when not ready, so a balancer stops sending requests to a process whose
+  database is gone or whose own read models fail. A read model in a shared engine failing
+  (Elasticsearch away), or one whose rows need a rebuild (``stale``: built under another
+  ``HUB_TIMEZONE``), makes the answer a 200 ``warn`` that says so: the node still serves.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from hub.followers import follower_errors
 
 router = APIRouter()
 STORE_TIMEOUT = 3.0
+# read models kept in an engine every node shares: its outage is every node's alike, and taking
+# them all out of the balancer would stop writes and reads too, so it is a warning, not a 503
+SHARED = frozenset({"search-es"})
 HEALTH_JSON = "application/health+json"
 
 
@@ -84,8 +87,10 @@ async def ready(request: Request) -> Response:
         elif check["status"] == "pass" and (stale := runner.model.stale()) is not None:
             # it answers, by rows an operator should rebuild (HUB_TIMEZONE changed under them)
             check.update(status="warn", output=stale)
-        if check["status"] == "fail":
+        if check["status"] == "fail" and name not in SHARED:
             status = "fail"
+        elif check["status"] != "pass" and status == "pass":
+            status = "warn"
         checks[f"read-model:{name}"] = check
-    return JSONResponse({"status": status, "checks": checks}, 200 if status == "pass" else 503,
+    return JSONResponse({"status": status, "checks": checks}, 503 if status == "fail" else 200,
                         media_type=HEALTH_JSON)
