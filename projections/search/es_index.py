@@ -48,12 +48,12 @@ LONG_EDGE = 2 ** 62  # an open date range's end (µs), within a long
 # such a value is found by itself and by no other; a prefix or a :contains beyond KEPT
 # characters is asked only as far as that. The mapping's ignore_above is the guard behind it.
 KEYWORD_CHARS = 8191
+KEPT = KEYWORD_CHARS - 65  # then '#' and 64 hex digits
 # values one document may hold (each value of a parameter is a nested object; the engine's
 # default is 10,000, which a Group's members or a List's items pass): a document over it is
 # refused, and indexed reduced (``ElasticsearchIndex.apply``)
 NESTED_LIMIT = 50_000
 REFUSALS_KEPT = 20  # the latest refused resources named in the state
-KEPT = KEYWORD_CHARS - 65
 
 
 def keyword(value: str) -> str:
