@@ -11,7 +11,6 @@ import logging
 import sys
 from pathlib import Path
 
-import httpx
 import orjson
 
 from hub.core.commandline import UsageError
@@ -143,6 +142,8 @@ def _status(cfg, as_json: bool) -> int:
     live = None
     url_file = cfg.state_dir / "status.url"
     if url_file.exists():
+        import httpx  # here: the parsers of this module are built for every `hub` command
+
         try:
             live = httpx.get(url_file.read_text().strip() + "/status", timeout=3).json()
         except (httpx.HTTPError, ValueError):

@@ -506,3 +506,17 @@ def test_random_json_file_never_breaks_ingest(fuzz_dir, data):
 def test_random_ndjson_file_never_breaks_ingest(fuzz_dir, lines):
     data = b"\n".join(lines)
     check(fuzz_dir, "random.ndjson", data, sum(1 for x in lines if x in VALID), expected_inputs(data))
+
+
+def test_the_command_starts_without_the_engines_and_models_it_does_not_use():
+    """Every `hub` command builds the whole parser first: building it imports no engine, client
+    or model library (they are imported by the command that uses them), so `hub --version` and
+    `hub … --help` answer at once (they took over a second)."""
+    heavy = ("sqlalchemy", "psycopg", "httpx", "fastapi", "uvicorn", "fhir.resources", "pydantic",
+             "lxml", "kafka", "elasticsearch")
+    probe = ("import sys\nfrom hub.cli import main\ntry:\n    main(['--version'])\n"
+             "except SystemExit:\n    pass\n"
+             f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1:] == [""], f"imported: {done.stdout.splitlines()[-1]}"

@@ -17,11 +17,8 @@ from typing import Any
 
 import orjson
 
-from hub.access.auditlog import open_audit_log
-from hub.access.chain import anchor_line, audit_events, emergency_accesses, verify
 from hub.core.commandline import UsageError, open_store
 from hub.core.fhirtime import parse_range
-from hub.core.ingest import now_instant
 
 
 def add_parsers(sub: Any, common: Any) -> None:
@@ -56,6 +53,12 @@ def cmd_audit(args: Any, settings: Any) -> int:
             raise UsageError(f"--since must be a FHIR date or instant, not {args.since!r}") from None
     anchors = _anchors(args.anchors) if getattr(args, "anchors", None) else None
     open_store(settings, existing=True).close()  # a data directory or database that is there
+    # here, not at the top: the parser above is built for every `hub` command, and the audit
+    # log's engine (SQLAlchemy) and the search index it reads take most of a second to import
+    from hub.access.auditlog import open_audit_log
+    from hub.access.chain import anchor_line, verify
+    from hub.core.ingest import now_instant
+
     log = open_audit_log(settings.data_dir, settings.database_url)
     log.move_spooled()  # what a process that died left in the spool (a running one moves its own)
     try:
@@ -110,6 +113,8 @@ def _anchors(path: Path) -> list[dict]:
 
 
 def _export(log: Any, since_us: int | None, path: Path | None) -> int:
+    from hub.access.chain import audit_events
+
     n = 0
     with (open(path, "wb") if path else open(sys.stdout.fileno(), "wb", closefd=False)) as f:
         for body in audit_events(log, since_us):
@@ -121,6 +126,8 @@ def _export(log: Any, since_us: int | None, path: Path | None) -> int:
 
 
 def _emergency(log: Any, since_us: int | None, as_json: bool) -> int:
+    from hub.access.chain import emergency_accesses
+
     found = emergency_accesses(log, since_us)
     for a in found:
         if as_json:
