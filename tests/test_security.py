@@ -307,7 +307,7 @@ def test_the_shared_record_needs_a_purpose_and_break_the_glass_a_role(world):
         assert r.status_code == 200, r.text
     # every break-the-glass access is listed for review, the refused one too
     from hub.access.auditlog import open_audit_log
-    from hub.cli.audit import emergency_accesses
+    from hub.access.chain import emergency_accesses
 
     settings = world.live.settings
     log = open_audit_log(settings.data_dir, settings.database_url)
