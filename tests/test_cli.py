@@ -520,3 +520,18 @@ def test_the_command_starts_without_the_engines_and_models_it_does_not_use():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1:] == [""], f"imported: {done.stdout.splitlines()[-1]}"
+
+
+def test_an_elasticsearch_that_does_not_answer_is_one_line_not_a_traceback(tmp_path):
+    from tests.conftest import free_port
+
+    settings = Settings(data_dir=tmp_path / "d", database_url=None)
+    settings.open_store().close()
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {**hub_env(settings), "HUB_ES_URL": url}
+    done = subprocess.run([sys.executable, "-m", "hub.cli", "projections", "status", "search-es"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    # exit 2 and no traceback; before the error, the index's own warning that the cluster is away
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"hub projections: Elasticsearch at {url}: ConnectionError"), last
