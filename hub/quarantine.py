@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from hub.core.errors import FhirError
-from hub.core.fhirtime import local_zone
+from hub.core.fhirtime import local_offset
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -127,7 +127,7 @@ class Quarantine:
     def daily(self, since: str) -> builtins.list[tuple[str, str, int]]:
         """(day in the platform's zone, HUB_TIMEZONE, as YYYY-MM-DD; kind; entries) of the
         entries kept since the instant ``since`` (ISO, UTC), for the console's overview."""
-        offset = f"{int(local_zone().utcoffset(None).total_seconds())} seconds"
+        offset = f"{local_offset()} seconds"
         with self._lock:
             rows = self._db.execute(
                 "SELECT date(time, ?) AS d, kind, count(*) FROM quarantine "

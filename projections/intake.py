@@ -22,7 +22,7 @@ import orjson
 from eventsourcing.persistence import Notification
 
 from hub.core.events import KIND_OF_TOPIC
-from hub.core.fhirtime import local_zone
+from hub.core.fhirtime import local_offset
 from projections.sqlite_model import SQLiteReadModel
 
 NAME = "intake"
@@ -42,7 +42,7 @@ SCHEMA = [
 def day_of(last_updated: str) -> int:
     """The day number, in the platform's zone, of an instant written as the store writes it."""
     stamp = datetime.fromisoformat(last_updated.replace("Z", "+00:00")).timestamp()
-    return int((stamp + local_zone().utcoffset(None).total_seconds()) // 86400)
+    return int((stamp + local_offset()) // 86400)
 
 
 class IntakeCounts(SQLiteReadModel):

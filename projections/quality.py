@@ -39,7 +39,7 @@ import orjson
 from eventsourcing.persistence import Notification
 
 from hub.core.events import KIND_OF_TOPIC
-from hub.core.fhirtime import local_zone, parse_range
+from hub.core.fhirtime import local_offset, local_zone, parse_range
 from projections.errors import QueryError
 from projections.sqlite_model import SQLiteReadModel, newest
 
@@ -96,8 +96,7 @@ MAX_TEXT = 256  # longest filter value accepted (institution codes and OIDs are 
 def _group_sql(name: str) -> str:
     if name != "day":
         return GROUPS[name]
-    offset = int(local_zone().utcoffset(None).total_seconds())
-    return f"date(r.checked_us / 1000000 + {offset}, 'unixepoch')"
+    return f"date(r.checked_us / 1000000 + {local_offset()}, 'unixepoch')"
 
 
 # -- reading a report --------------------------------------------------------------------------

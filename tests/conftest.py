@@ -283,3 +283,17 @@ def client(live) -> Iterator[httpx.Client]:
 
 
 FHIR_JSON = {"content-type": "application/fhir+json"}
+
+
+@pytest.fixture
+def zone(monkeypatch):
+    """Set HUB_TIMEZONE for the test: ``zone("+05:30")`` (the zone is read once per process, so
+    its cache is cleared on the way in and out)."""
+    from hub.core import fhirtime
+
+    def set_zone(value: str) -> None:
+        monkeypatch.setenv("HUB_TIMEZONE", value)
+        fhirtime.local_zone.cache_clear()
+    yield set_zone
+    monkeypatch.undo()
+    fhirtime.local_zone.cache_clear()

@@ -11,6 +11,7 @@ import time
 
 import httpx
 import psutil
+import pytest
 
 from hub.core.config import Settings
 from tests.api_helpers import FHIR_JSON, observation, patient
@@ -107,8 +108,6 @@ def test_what_the_follower_process_fails_on_is_a_failing_check_on_ready(tmp_path
     from bench.noida import SearchServer, noida_binary
 
     if noida_binary() is None:
-        import pytest
-
         pytest.fail("the noida-db binary (PyPI wheel noida-db) is not installed")
     es = SearchServer(tmp_path / "es").start()
     settings = Settings(data_dir=tmp_path / "d")

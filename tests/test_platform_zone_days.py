@@ -7,23 +7,12 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-import pytest
 
 from hub.core import fhirtime
 from hub.core.ingest import Context, Op
 from hub.quarantine import Quarantine
 from projections.intake import IntakeCounts, day_of
 from projections.runner import Runner
-
-
-@pytest.fixture
-def zone(monkeypatch):
-    def set_zone(value: str) -> None:
-        monkeypatch.setenv("HUB_TIMEZONE", value)
-        fhirtime.local_zone.cache_clear()
-    yield set_zone
-    monkeypatch.undo()
-    fhirtime.local_zone.cache_clear()
 
 
 def _day(n: int) -> date:

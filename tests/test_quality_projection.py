@@ -295,20 +295,6 @@ def test_the_projection_reads_only_reports_and_keeps_up_with_the_log(hub, model)
     assert runner.wait_for(hub.store.max_notification_id(), timeout=2)
 
 
-@pytest.fixture
-def zone(monkeypatch):
-    """Set HUB_TIMEZONE for the test (the zone is read once per process, so its cache is cleared
-    on the way in and out)."""
-    from hub.core import fhirtime
-
-    def set_zone(value: str) -> None:
-        monkeypatch.setenv("HUB_TIMEZONE", value)
-        fhirtime.local_zone.cache_clear()
-    yield set_zone
-    monkeypatch.undo()
-    fhirtime.local_zone.cache_clear()
-
-
 def test_days_are_those_of_the_platforms_zone_without_a_rebuild(hub, model, zone):
     """The day of a report and a day named in a filter follow HUB_TIMEZONE: the same rows
     counted under UTC put the two reports of 23:30+08:00 and 00:30+08:00 on the same UTC day."""

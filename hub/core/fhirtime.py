@@ -41,6 +41,11 @@ def local_zone() -> timezone:
     return _zone(name)
 
 
+def local_offset() -> int:
+    """The platform's zone as seconds east of UTC: a civil day of it in SQL or day numbers."""
+    return int(local_zone().utcoffset(None).total_seconds())
+
+
 def zone_name(tz: timezone | None = None) -> str:
     """``+08:00`` of a fixed-offset zone (``+00:00`` for UTC): what a read model records of the
     zone it read zone-less values in."""

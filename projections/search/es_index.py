@@ -207,6 +207,11 @@ def document(rtype: str, rid: str, version: int, updated: float, resource: dict,
     return doc
 
 
+def _fresh_state() -> dict:
+    """The state of an index that holds nothing yet (read in today's zone)."""
+    return {"position": 0, "generation": 1, "building": None, "zone": zone_name()}
+
+
 class ElasticsearchIndex:
     """The ``ReadModel`` writing the search index into Elasticsearch (``url``), under index
     names starting with ``prefix``."""
@@ -232,7 +237,7 @@ class ElasticsearchIndex:
             # model's follower retries); the state is read again before anything is written
             log.warning("Elasticsearch at %s does not answer (%s): its searches and index wait "
                         "for it", url, type(e).__name__)
-            self._state = {"position": 0, "generation": 1, "building": None, "zone": zone_name()}
+            self._state = _fresh_state()
 
     # -- names and state ---------------------------------------------------------------------------
 
@@ -249,7 +254,7 @@ class ElasticsearchIndex:
         try:
             found = self.es.get(index=self.tracking_index, id=self.name)
         except NotFoundError:
-            return {"position": 0, "generation": 1, "building": None, "zone": zone_name()}
+            return _fresh_state()
         state = dict(found["_source"])
         # the zone dates without one were read in (hub.core.fhirtime): an index written before
         # it was recorded read them as UTC
@@ -465,7 +470,7 @@ class ElasticsearchIndex:
         """Delete every index of this prefix (tests, and ``hub projections`` starting over)."""
         self._delete(self._indexes(f"{self.prefix}-*"))
         self._made.clear()
-        self._state = {"position": 0, "generation": 1, "building": None, "zone": zone_name()}
+        self._state = _fresh_state()
 
     def stats(self) -> dict[str, int]:
         from elasticsearch import NotFoundError
