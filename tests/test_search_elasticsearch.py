@@ -173,6 +173,31 @@ def test_a_document_over_the_engines_limits_is_indexed_reduced_and_the_log_goes_
         es.close()
 
 
+def test_an_index_an_older_hub_made_under_the_engines_default_limits_takes_ours(
+        store_hub, es_server):  # noqa: F811
+    """An index made before the hub raised the nested-objects limit (or by hand) would refuse a
+    12,000-member Group for ever: opening it raises the limit, and the Group is indexed whole."""
+    from projections.search.es_index import ENGINE_DEFAULTS, mapping
+
+    members = [{"entity": {"reference": f"Patient/m{i}"}} for i in range(12_000)]
+    op = Op("PUT", "Group", "g", {"resourceType": "Group", "id": "g", "type": "person",
+                                  "actual": True, "member": members}, url="x")
+    assert not isinstance(store_hub.execute([op], Context(), atomic=True)[0], FhirError)
+    es = open_es_index(es_server.url, prefix())
+    backend = open_backend(None, es)  # type: ignore[arg-type] - the SQLite index is not read
+    try:
+        name = es._concrete("Group", es.generation)
+        es.es.indices.create(index=name, mappings=mapping("Group", es.analyzer),
+                             settings={"index": dict(ENGINE_DEFAULTS)},
+                             aliases={es.alias("Group"): {}})
+        Runner(store_hub.store, es).catch_up()
+        assert es.stale() is None
+        assert _ids(backend, "Group", [("member", "Patient/m11999")]) == ["g"]
+    finally:
+        es.drop()
+        es.close()
+
+
 def test_an_index_read_in_another_zone_is_stale_until_its_rebuild_swaps_in(
         store_hub, es_server, monkeypatch):  # noqa: F811
     from hub.core import fhirtime

@@ -53,6 +53,9 @@ KEPT = KEYWORD_CHARS - 65  # then '#' and 64 hex digits
 # default is 10,000, which a Group's members or a List's items pass): a document over it is
 # refused, and indexed reduced (``ElasticsearchIndex.apply``)
 NESTED_LIMIT = 50_000
+# the settings of every index the hub makes, raised on one it finds lower (an older hub's)
+INDEX_LIMITS = {"max_result_window": 100_000, "mapping.nested_objects.limit": NESTED_LIMIT}
+ENGINE_DEFAULTS = {"max_result_window": 10_000, "mapping.nested_objects.limit": 10_000}
 REFUSALS_KEPT = 20  # the latest refused resources named in the state
 
 
@@ -281,11 +284,11 @@ class ElasticsearchIndex:
         name = self._concrete(rtype, self.generation)
         if name in self._made:
             return name
-        if not self.es.indices.exists(index=name):
+        if self.es.indices.exists(index=name):
+            self._raise_limits(name)
+        else:
             body: dict[str, Any] = {"mappings": mapping(rtype, self.analyzer),
-                                    "settings": {"index": {
-                                        "max_result_window": 100000,
-                                        "mapping.nested_objects.limit": NESTED_LIMIT}}}
+                                    "settings": {"index": dict(INDEX_LIMITS)}}
             if not self.bulk:  # live: searched at once; a rebuild's are aliased at its end
                 body["aliases"] = {self.alias(rtype): {}}
             from elasticsearch import BadRequestError
@@ -297,6 +300,19 @@ class ElasticsearchIndex:
                     raise
         self._made.add(name)
         return name
+
+    def _raise_limits(self, name: str) -> None:
+        """An index created by an older hub, or by hand, under lower limits (the engine's default
+        of 10,000 nested objects: a 12,000-member Group refused) takes ours. Both are dynamic
+        settings, and each is changed only where it is lower, so that a follower's start does
+        not rewrite the cluster's state once per index."""
+        found = self.es.indices.get_settings(index=name, flat_settings=True)
+        have = next(iter(found.values()), {}).get("settings", {})
+        lower = {k: v for k, v in INDEX_LIMITS.items()
+                 if int(have.get(f"index.{k}", ENGINE_DEFAULTS[k])) < v}
+        if lower:
+            self.es.indices.put_settings(index=name, settings={"index": lower})
+            log.info("%s: raised %s", name, ", ".join(f"{k} to {v}" for k, v in lower.items()))
 
     # -- the ReadModel contract ------------------------------------------------------------------
 
