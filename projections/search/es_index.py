@@ -306,8 +306,8 @@ class ElasticsearchIndex:
         of 10,000 nested objects: a 12,000-member Group refused) takes ours. Both are dynamic
         settings, and each is changed only where it is lower, so that a follower's start does
         not rewrite the cluster's state once per index."""
-        found = self.es.indices.get_settings(index=name, flat_settings=True)
-        have = next(iter(found.values()), {}).get("settings", {})
+        found: dict[str, dict] = dict(self.es.indices.get_settings(index=name, flat_settings=True))
+        have: dict[str, str] = next(iter(found.values()), {}).get("settings", {})
         lower = {k: v for k, v in INDEX_LIMITS.items()
                  if int(have.get(f"index.{k}", ENGINE_DEFAULTS[k])) < v}
         if lower:
