@@ -3,11 +3,13 @@ when asked (_format, Accept), the same content as JSON, and hostile XML refused.
 
 from __future__ import annotations
 
+import re
+
 import orjson
 import pytest
 
 from hub.synth import Region
-from tests.api_helpers import create, patient, system_total
+from tests.api_helpers import FHIR_JSON, create, patient, system_total
 
 XML = {"content-type": "application/fhir+xml", "accept": "application/fhir+xml"}
 SAMPLE = [d for d in Region(seed=5, people=6).iter_resources()
@@ -54,6 +56,16 @@ def test_searches_and_errors_answer_in_xml(client):
      b"<!ENTITY c '&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;'><!ENTITY d '&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;'>]>"
      b"<Patient xmlns='http://hl7.org/fhir'><gender value='&d;'/></Patient>", 400),  # entities
     (orjson.dumps(patient()), 400),  # JSON sent as XML
+    # what FHIR XML does not have: each a 422 naming its element
+    (b"<Patient xmlns='http://hl7.org/fhir'><active value='yes'/></Patient>", 422),
+    (b"<Patient xmlns='http://hl7.org/fhir'><gender value='male'/><gender value='female'/>"
+     b"</Patient>", 422),  # a single element twice
+    (b"<Patient xmlns='http://hl7.org/fhir'><multipleBirthInteger value='1.5'/></Patient>", 422),
+    (b"<Patient xmlns='http://hl7.org/fhir'><gender>male</gender></Patient>", 422),  # no value
+    (b"<Patient xmlns='http://hl7.org/fhir' colour='red'><gender value='male'/></Patient>", 422),
+    (b"<Patient xmlns='http://hl7.org/fhir'><contained><Nope/></contained></Patient>", 422),
+    (b"<Patient xmlns='http://hl7.org/fhir'><contained><Patient/><Patient/></contained>"
+     b"</Patient>", 422),
 ])
 def test_hostile_or_malformed_xml_is_refused_and_stores_nothing(client, body, status):
     before = system_total(client)
@@ -73,3 +85,31 @@ def test_a_transaction_in_xml(client):
     r = client.post("", content=json_to_xml(orjson.dumps(tx)), headers=XML)
     assert r.status_code == 200, r.text
     assert b"<Bundle" in r.content and b"201" in r.content
+
+
+# decimals whose trailing zeros, leading zeros or exponent carry their precision, date-times
+# with a fraction of a second, a partial date, an instant in UTC
+WRITTEN = (b'{"resourceType":"Observation","status":"final","code":{"text":"x"},'
+           b'"effectiveDateTime":"2020-03-01T10:00:00.5-03:00","issued":"2020-03-01T10:00:00Z",'
+           b'"valueQuantity":{"value":1.50,"unit":"mg"},"component":['
+           b'{"code":{"text":"a"},"valueQuantity":{"value":100.000}},'
+           b'{"code":{"text":"b"},"valueQuantity":{"value":0.0000010}},'
+           b'{"code":{"text":"c"},"valueQuantity":{"value":1e2}},'
+           b'{"code":{"text":"d"},"valueDateTime":"2020"}]}')
+VALUES = [b"1.50", b"100.000", b"0.0000010", b"1e2", b"2020-03-01T10:00:00.5-03:00",
+          b"2020-03-01T10:00:00Z", b"2020"]
+
+
+def test_values_keep_their_written_form_in_xml_both_ways(client):
+    """R4 keeps a decimal's precision as written: 1.50 mg is not 1.5 mg. Read and written through
+    the models, XML turned 1.50 into 1.5, 0.0000010 into 1e-06 and .5 s into .500000 s."""
+    oid = client.post("/Observation", content=WRITTEN, headers=FHIR_JSON).json()["id"]
+    xml = client.get(f"/Observation/{oid}", params={"_format": "xml"}).content
+    for v in VALUES:
+        assert b'value="' + v + b'"' in xml, v
+    r = client.post("/Observation", content=xml.replace(f'<id value="{oid}"/>'.encode(), b""),
+                    headers=XML)
+    assert r.status_code == 201, r.text
+    back = client.get(r.headers["location"].split("/_history")[0].split("/fhir")[1]).content
+    for v in VALUES:  # the JSON stored holds each as written
+        assert re.search(rb'[:\[]"?' + re.escape(v) + rb'"?[,}\]]', back), (v, back)
