@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
+from hub.core import resource as res
 from tests.api_helpers import FHIR_JSON, assert_outcome, if_none_exist, patient, token, unique
 
 
@@ -23,6 +25,9 @@ def by_type(statement: dict) -> dict[str, dict]:
 
 def test_is_a_valid_r4_capability_statement(statement, live):
     CapabilityStatement.model_validate(statement)
+    # and valid as the hub reads what it is sent (no empty arrays or objects, JSON types)
+    raw = orjson.dumps(statement)
+    res.validate("CapabilityStatement", raw, orjson.loads(raw))
     assert statement["resourceType"] == "CapabilityStatement"
     assert statement["fhirVersion"] == "4.0.1"
     assert statement["kind"] == "instance" and statement["status"] == "active"
@@ -114,3 +119,17 @@ def test_the_operations_of_the_mpi_and_terminology_are_listed(statement):
     assert "translate" in by_type["ConceptMap"]
     person = next(r for r in rest["resource"] if r["type"] == "Person")
     assert {i["code"] for i in person["interaction"]} == {"read", "search-type"}
+
+
+def test_every_include_and_revinclude_claimed_is_taken(client, statement):
+    """Each searchInclude and searchRevInclude of a few types is a search the server answers
+    (200, not a 400 for an unknown parameter) under Prefer: handling=strict."""
+    types = by_type(statement)
+    assert "Observation:subject" in types["Patient"]["searchRevInclude"]
+    assert "Observation:subject" in types["Observation"]["searchInclude"]
+    for rtype in ("Patient", "Observation", "Encounter", "Organization"):
+        for key, param in (("searchInclude", "_include"), ("searchRevInclude", "_revinclude")):
+            for value in types[rtype].get(key, []):
+                r = client.get(f"/{rtype}", params={param: value, "_count": "1"},
+                               headers={"prefer": "handling=strict"})
+                assert r.status_code == 200, (rtype, param, value, r.text[:300])

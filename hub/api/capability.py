@@ -99,6 +99,13 @@ def _statement(routed: frozenset[str], base: str) -> dict:
         if rtype in ("CodeSystem", "ValueSet", "ConceptMap") and op and "-instance" not in op:
             operations.setdefault(rtype, []).append(
                 {"name": op, "definition": f"http://hl7.org/fhir/OperationDefinition/{name}"})
+    # _revinclude: each reference parameter of each type, under every type it can point at
+    rev: dict[str, set[str]] = {}
+    for source in res.RESOURCE_TYPES:
+        for code, p in params_for(source).items():
+            if p.type == "reference":
+                for target in p.targets:
+                    rev.setdefault(target, set()).add(f"{source}:{code}")
     for rtype in sorted(res.RESOURCE_TYPES):
         # what the search index answers: every parameter of the type but those of type special
         params = [{"name": code, "type": p.type, "definition": p.url}
@@ -117,14 +124,17 @@ def _statement(routed: frozenset[str], base: str) -> dict:
             "conditionalDelete": "single" if "conditional-delete" in routed else "not-supported",
             "referencePolicy": ["literal", "local"],
             "searchInclude": [f"{rtype}:{c}" for c in refs],
+            "searchRevInclude": sorted(rev.get(rtype, ())),
             "searchParam": params,
             "operation": [*operations.get(rtype, []),
                           *([{"name": "validate", "definition":
                               "http://hl7.org/fhir/OperationDefinition/Resource-validate"}]
                             if "validate" in routed else [])],
         })
-        if not resources[-1]["operation"]:
-            del resources[-1]["operation"]
+        # FHIR JSON has no empty arrays
+        for key in ("operation", "searchInclude", "searchRevInclude"):
+            if not resources[-1][key]:
+                del resources[-1][key]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
