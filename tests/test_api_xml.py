@@ -113,3 +113,24 @@ def test_values_keep_their_written_form_in_xml_both_ways(client):
     back = client.get(r.headers["location"].split("/_history")[0].split("/fhir")[1]).content
     for v in VALUES:  # the JSON stored holds each as written
         assert re.search(rb'[:\[]"?' + re.escape(v) + rb'"?[,}\]]', back), (v, back)
+
+
+def test_operations_take_their_parameters_in_xml(client):
+    """$validate and $match read a Parameters body in XML as they read it in JSON (both said
+    "the body is not valid JSON" though the Content-Type was accepted)."""
+    def params(resource: dict) -> bytes:
+        from hub.api.fhirxml import json_to_xml
+
+        return json_to_xml(orjson.dumps({"resourceType": "Parameters", "parameter": [
+            {"name": "resource", "resource": resource}]}))
+
+    ok = client.post("/Patient/$validate", content=params(patient()), headers=XML)
+    assert ok.status_code == 200 and b"<OperationOutcome" in ok.content, ok.text
+    assert b'<severity value="error"/>' not in ok.content
+    bad = client.post("/Patient/$validate", content=params(patient(gender="neither")), headers=XML)
+    assert b'<severity value="error"/>' in bad.content, bad.text
+    d = patient(family="XmlMatch")
+    create(client, d)
+    found = client.post("/Patient/$match", content=params(d), headers=XML)
+    assert found.status_code == 200, found.text
+    assert b"<Bundle" in found.content and b"XmlMatch" in found.content

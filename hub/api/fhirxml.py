@@ -35,6 +35,14 @@ def is_xml(content_type: str) -> bool:
     return content_type.split(";")[0].strip().lower() in XML_FORMATS
 
 
+def json_body(request: Request, raw: bytes) -> bytes:
+    """The JSON text of a request's body: ``raw`` itself, or written from FHIR XML when its
+    Content-Type names XML (the operations take Parameters in either format)."""
+    if raw.strip() and is_xml(request.headers.get("content-type", "")):
+        return xml_to_json(raw)
+    return raw
+
+
 def xml_to_json(body: bytes) -> bytes:
     """The JSON of a FHIR XML resource, to be validated as any JSON body is; 400 for XML that is
     not one, 422 for an element or value FHIR XML does not have there."""

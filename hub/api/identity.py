@@ -44,7 +44,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from hub.access.audit import AuditWriter
-from hub.api import paging
+from hub.api import fhirxml, paging
 from hub.api.caller import (
     actor_of,
     authenticated,
@@ -141,6 +141,7 @@ async def _parameters(request: Request) -> dict[str, Any]:
                         f"{MAX_OP_BODY} bytes")
     if not raw.strip():
         raise bad_request("The request body is empty; send a Parameters resource")
+    raw = fhirxml.json_body(request, raw)
     d = res.parse_json(raw, max_string=request.app.state.settings.max_string)
     res.check_type(d, "Parameters")
     res.validate("Parameters", raw, d)

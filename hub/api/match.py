@@ -21,6 +21,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from hub.api import fhirxml
 from hub.api.caller import context_of, repository
 from hub.api.responses import base_url, check_content_type, check_format, fhir_response
 from hub.core import resource as res
@@ -154,7 +155,7 @@ async def patient_match(request: Request) -> Response:
     raw = await request.body()
     if not raw.strip():
         raise bad_request("The request body is empty")
-    body = res.parse_json(raw, max_string=settings.max_string)
+    body = res.parse_json(fhirxml.json_body(request, raw), max_string=settings.max_string)
     patient, only_certain, count = parse(body, settings.max_count)
     index: IdentityCandidates | None = getattr(request.app.state, "mpi_candidates", None)
     runner: Runner | None = getattr(request.app.state, "mpi_candidates_runner", None)

@@ -28,6 +28,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from hub.api import fhirxml
 from hub.api.caller import context_of, repository
 from hub.api.responses import check_format, fhir_response
 from hub.core import jsontext
@@ -144,7 +145,7 @@ async def _validate(request: Request, rtype: str, rid: str | None) -> Response:
     mode = request.query_params.get("mode")
     profiles = [p for k, p in request.query_params.multi_items() if k == "profile"]
     resource: dict | None = None
-    raw = await request.body() if request.method == "POST" else b""
+    raw = fhirxml.json_body(request, await request.body()) if request.method == "POST" else b""
     if raw.strip():
         body = res.parse_json(raw)
         if isinstance(body, dict) and body.get("resourceType") == "Parameters" and rtype != "Parameters":

@@ -30,6 +30,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from hub.api import fhirxml
 from hub.api.caller import authorize
 from hub.api.responses import ID_RE, check_content_type, check_format, fhir_response
 from hub.core import resource as res
@@ -104,8 +105,9 @@ async def _operate(request: Request, rtype: str, op: str, rid: str | None = None
             raw = await request.body()
             if not raw.strip():
                 raise bad_request(f"POST ${op} takes a Parameters resource; the body is empty")
-            params = from_parameters(
-                op, spec, res.parse_json(raw, max_string=request.app.state.settings.max_string), query)
+            params = from_parameters(op, spec, res.parse_json(
+                fhirxml.json_body(request, raw), max_string=request.app.state.settings.max_string),
+                query)
         else:
             params = from_query(op, spec, query)
     except TerminologyError as e:
