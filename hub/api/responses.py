@@ -11,6 +11,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from hub.api import fhirxml
+from hub.core import jsontext
 from hub.core.errors import FhirError, Issue, operation_outcome
 from hub.core.fhirtime import http_date, parse_range
 
@@ -115,7 +116,7 @@ def fhir_response(body: bytes | dict | None, status: int = 200, *, request: Requ
     if isinstance(body, dict):
         body = orjson.dumps(body, option=orjson.OPT_INDENT_2 if request and pretty(request) else 0)
     elif body is not None and request is not None and pretty(request):
-        body = orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2)
+        body = orjson.dumps(jsontext.loads_exact(body), option=orjson.OPT_INDENT_2)
     return Response(content=body or b"", status_code=status, media_type=FHIR_JSON if body else None,
                     headers=headers)
 

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from hub.api.paging import link
+from hub.core import jsontext
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request
 from hub.core.ingest import Context
@@ -138,7 +139,7 @@ def subset_filter(rtype: str, summary: str | None, elements: list[str] | None):
 
 
 def _subset(raw: bytes, keep) -> dict:
-    d = orjson.loads(raw)
+    d = jsontext.loads_exact(raw)
     out = {k: v for k, v in d.items() if k in ALWAYS or keep(k)}
     meta = dict(out.get("meta") or {})
     meta["tag"] = [*meta.get("tag", []), {

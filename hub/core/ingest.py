@@ -343,7 +343,8 @@ class Hub:
         if op.if_match is not None and op.if_match != version:
             raise precondition_failed(f"{op.rtype}/{op.target} is at version {version}, not "
                                       f"{op.if_match}")
-        op.d, op.warnings = op.patch(orjson.loads(from_stored(stored).resource))
+        # exact: the decimals the patch does not touch keep their precision as stored
+        op.d, op.warnings = op.patch(jsontext.loads_exact(from_stored(stored).resource))
         op.patched_from = version
 
     def _match(self, rtype: str, query: Query, earlier: list[Op]) -> list[str]:

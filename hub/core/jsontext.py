@@ -85,6 +85,37 @@ def escaped(text: str) -> str:
     return _FORBIDDEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+# A number orjson would not write back as sent: a fraction ending in 0 other than a lone ".0" (FHIR
+# decimals keep their precision: 1.50 is not 1.5; 39.0 comes back as 39.0), a fraction starting
+# with five zeros (0.000001 would come back as 1e-6), an exponent, or more digits than a double
+# holds. Only a whole number token counts: after ':', '[' or ',' and before ',', ']' or '}'
+# (whitespace aside), so that digits inside strings (OIDs such as 2.16.156.10011.99, UUIDs such as
+# ...8e-5...) do not send every body down the slow parse; a string that looks like a token only
+# costs the slow parse.
+INEXACT_NUMBER = re.compile(
+    rb"[:\[,][ \t\r\n]*+-?(?:[0-9]+\.(?:[0-9]+0|0{5}[0-9]*)|[0-9.]*[eE][+-]?[0-9]+|[0-9.]{17,})"
+    rb"(?=[ \t\r\n]*[,\]}])")
+
+
+def loads_exact(raw: bytes) -> Any:
+    """JSON the hub wrote (a stored resource, an answer) parsed to be changed and written again:
+    with orjson, but where a decimal would lose its written form (``1.50``, ``0.0000010``), with
+    each such number kept as written (an ``orjson.Fragment``, which orjson writes back as is)."""
+    if INEXACT_NUMBER.search(raw) is None:
+        return orjson.loads(raw)
+    return json.loads(raw, parse_float=orjson.Fragment)
+
+
+def copy_json(o: Any) -> Any:
+    """A deep copy of parsed JSON: what ``loads_exact`` and ``resource.parse_json`` keep as
+    written (``orjson.Fragment``, immutable, which ``copy.deepcopy`` cannot copy) is shared."""
+    if isinstance(o, dict):
+        return {k: copy_json(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [copy_json(v) for v in o]
+    return o
+
+
 def dumps(d: Any, path: str) -> bytes:
     """``orjson.dumps(d)`` for a dict built in memory (a mapper's output, a Bundle entry): what
     orjson cannot write (a lone surrogate, an integer beyond 64 bits) is a 400 naming the

@@ -8,22 +8,55 @@ working copy carries a marker while the paths are evaluated. A marker found in a
 object, and its container and place in it. A path ending at a primitive is evaluated without its
 last step, and that step names the element of the object found.
 
-Both return the patched resource, which the caller validates and stores like an update. A patch
+Decimals the hub keeps as written (``orjson.Fragment``: ``1.50``, ``0.0000010``) are numbers while a
+patch runs (``_Exact``, a ``decimal.Decimal``: FHIRPath compares them, JSON Patch's ``test`` finds
+``1.5`` equal to ``1.50``, ``copy`` copies them) and are written back as their text, so that
+what a patch does not touch keeps its precision, and what it writes has the precision it was sent
+with. Both return the patched resource, which the caller validates and stores like an update. A patch
 that cannot apply (a path matching nothing or several nodes, a failed ``test``) is a 422; a
 malformed document is a 400. Changing ``id`` or ``resourceType`` is refused.
 """
 
 from __future__ import annotations
 
-import copy
+import decimal
 import re
 from typing import Any
 
+import orjson
+
 from fhir_mapping.fhir_types import TYPES
+from hub.core import jsontext
 from hub.core.errors import FhirError
 
 MARK = "\x00node"  # no FHIR element name holds a NUL
 _LAST_STEP = re.compile(r"^(.*)\.([A-Za-z][A-Za-z0-9_]*)(?:\[(\d+)\])?$")
+
+
+class _Exact(decimal.Decimal):
+    """A decimal kept as written, as a number; ``str`` gives its text back."""
+
+
+def _as_numbers(o: Any) -> Any:
+    """A copy of parsed JSON with each decimal kept as written as an ``_Exact``."""
+    if isinstance(o, dict):
+        return {k: _as_numbers(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_as_numbers(v) for v in o]
+    if isinstance(o, orjson.Fragment):
+        return _Exact(orjson.dumps(o).decode())
+    return o
+
+
+def _as_written(o: Any) -> Any:
+    """``o`` with each ``decimal.Decimal`` as its text again (an ``orjson.Fragment``)."""
+    if isinstance(o, dict):
+        return {k: _as_written(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_as_written(v) for v in o]
+    if isinstance(o, decimal.Decimal):
+        return orjson.Fragment(str(o).encode())
+    return o
 
 
 def _bad(msg: str, where: str | None = None) -> FhirError:
@@ -50,8 +83,8 @@ def apply_json_patch(resource: dict, document: Any) -> dict:
     if not isinstance(document, list) or not all(isinstance(op, dict) for op in document):
         raise _bad("A JSON Patch is an array of operation objects")
     try:
-        patch = jsonpatch.JsonPatch(document)
-        patched = patch.apply(resource, in_place=False)
+        patch = jsonpatch.JsonPatch(_as_numbers(document))
+        patched = _as_written(patch.apply(_as_numbers(resource), in_place=True))
     except jsonpatch.JsonPatchTestFailed as e:
         raise _cannot(f"JSON Patch test failed: {e}") from None
     except (jsonpatch.JsonPatchConflict, jsonpointer.JsonPointerException) as e:
@@ -68,7 +101,7 @@ class _Doc:
     """A marked working copy: every object numbered, with its FHIR type, container and place."""
 
     def __init__(self, resource: dict):
-        self.root = copy.deepcopy(resource)
+        self.root = jsontext.copy_json(resource)
         self.nodes: dict[int, tuple[dict, str | None, Any, Any]] = {}  # n -> (obj, type, container, key)
         self._mark(self.root, resource.get("resourceType"), None, None)
 
@@ -153,9 +186,9 @@ def _value(part: dict, where: str) -> Any:
     """The JSON of a ``value`` parameter: its value[x], or its parts as an object."""
     for k, v in part.items():
         if k.startswith("value") and k != "value":
-            return copy.deepcopy(v)
+            return jsontext.copy_json(v)
     if "resource" in part:
-        return copy.deepcopy(part["resource"])
+        return jsontext.copy_json(part["resource"])
     if isinstance(part.get("part"), list):
         out: dict[str, Any] = {}
         for sub in part["part"]:
@@ -225,8 +258,8 @@ def _list_at(doc: _Doc, path: str, where: str) -> list:
 
 
 def apply_fhirpath_patch(resource: dict, parameters: Any) -> dict:
-    ops = _operations(parameters)
-    doc = _Doc(resource)
+    ops = _operations(_as_numbers(parameters))
+    doc = _Doc(_as_numbers(resource))
     for fields, where in ops:
         kind, path = fields.get("type"), fields.get("path")
         if not isinstance(path, str) or not path.strip():
@@ -272,7 +305,7 @@ def apply_fhirpath_patch(resource: dict, parameters: Any) -> dict:
         else:
             raise _bad(f"Unknown operation type {kind!r}; use add, insert, delete, replace, move",
                        where)
-    return _check_identity(resource, _prune(doc.strip()))
+    return _check_identity(resource, _as_written(_prune(doc.strip())))
 
 
 def _prune(o: Any) -> Any:

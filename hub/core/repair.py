@@ -16,13 +16,14 @@ projection counts per institution.
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pydantic
 
+from hub.core import jsontext
 from hub.core.errors import Issue
 from hub.core.resource import loc_path, model_class
 
@@ -62,12 +63,12 @@ def _locate(d: Any, loc: tuple) -> tuple[Any, Any] | None:
 def repair(rtype: str, d: dict, timezone: str) -> tuple[dict, list[Issue]] | None:
     """The repaired copy of ``d`` and what was repaired; None when the resource has a defect
     these repairs do not cover (or none at all)."""
-    fixed = copy.deepcopy(d)
+    fixed = jsontext.copy_json(d)  # decimals kept as written stay so
     made: list[Issue] = []
     model = model_class(rtype)
     for _ in range(ROUNDS):
-        try:
-            model.model_validate(fixed)
+        try:  # as the JSON text: what resource.validate validates
+            model.model_validate_json(orjson.dumps(fixed))
             return (fixed, made) if made else None
         except pydantic.ValidationError as e:
             errors = e.errors()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from functools import lru_cache
 from typing import Any
 
@@ -25,16 +24,6 @@ from hub.core.errors import FhirError, Issue, bad_request
 MAX_ISSUES = 20
 
 
-# A number orjson would not write back as sent: a fraction ending in 0 other than a lone ".0" (FHIR
-# decimals keep their precision: 1.50 is not 1.5; 39.0 comes back as 39.0), a fraction starting
-# with five zeros (0.000001 would come back as 1e-6), an exponent, or more digits than a double
-# holds. Only a whole number token counts: after ':', '[' or ',' and before ',', ']' or '}'
-# (whitespace aside), so that digits inside strings (OIDs such as 2.16.156.10011.99, UUIDs such as
-# ...8e-5...) do not send every body down the slow parse; a string that looks like a token only
-# costs the slow parse.
-_INEXACT_NUMBER = re.compile(
-    rb"[:\[,][ \t\r\n]*+-?(?:[0-9]+\.(?:[0-9]+0|0{5}[0-9]*)|[0-9.]*[eE][+-]?[0-9]+|[0-9.]{17,})"
-    rb"(?=[ \t\r\n]*[,\]}])")
 
 
 def parse_json(body: bytes, where: str = "body", max_string: int | None = None) -> Any:
@@ -49,7 +38,7 @@ def parse_json(body: bytes, where: str = "body", max_string: int | None = None) 
         # orjson writes the parse back as the very text received (compact JSON, as most programs
         # send): no number lost its written form and no key was dropped as a repeat
         exact = dumped is not None and dumped == raw.strip()
-        if not exact and _INEXACT_NUMBER.search(raw) is not None:
+        if not exact and jsontext.INEXACT_NUMBER.search(raw) is not None:
             d = json.loads(raw, parse_float=orjson.Fragment)
             dumped = None  # of the other parse
     except (orjson.JSONDecodeError, ValueError, RecursionError) as e:

@@ -1,0 +1,108 @@
+"""A decimal keeps its precision as written (R4: 1.50 mg is not 1.5 mg) through every path that
+reads a stored resource and writes it again: a subset of it (_elements, _summary), a pretty answer,
+a JSON Patch or FHIRPath Patch that does not touch it, and lenient intake's repair of a connector's
+resource. Each path parsed the stored JSON into floats: 1.50 came back as 1.5 and 0.0000010 as
+1e-06, a patch stored them so, and a repair failed with a 500."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import httpx
+import orjson
+import pytest
+
+from hub.core.config import Settings
+from tests.api_helpers import FHIR_JSON
+from tests.conftest import LiveServer
+
+WRITTEN = [b"1.50", b"0.0000010", b"100.000"]
+
+
+def _observation(effective: bytes = b"2020-03-01T10:00:00.5-03:00") -> bytes:
+    return (b'{"resourceType":"Observation","status":"final","code":{"text":"x"},'
+            b'"valueQuantity":{"value":1.50,"unit":"mg"},"effectiveDateTime":"' + effective +
+            b'","referenceRange":[{"low":{"value":0.0000010},"high":{"value":100.000}}]}')
+
+
+def _kept(body: bytes, values=WRITTEN) -> list[bytes]:
+    """Those of ``values`` not in ``body`` as JSON numbers written so."""
+    return [v for v in values if not re.search(rb"[:\[]\s*" + re.escape(v) + rb"\s*[,}\]]", body)]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("written") / "d")
+    settings.audit, settings.auth = False, True
+    with LiveServer(settings) as srv:
+        yield srv
+
+
+@pytest.fixture
+def c(server):
+    with httpx.Client(base_url=server.base, timeout=30, auth=server.auth,
+                      headers={"content-type": "application/fhir+json"}) as client:
+        yield client
+
+
+def _create(c) -> str:
+    r = c.post("/Observation", content=_observation())
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def test_subsets_and_pretty_answers_keep_them(c):
+    oid = _create(c)
+    for params in ({"_id": oid, "_elements": "valueQuantity,referenceRange"},
+                   {"_id": oid, "_summary": "data"}, {"_id": oid, "_pretty": "true"}):
+        assert _kept(c.get("/Observation", params=params).content) == [], params
+    assert _kept(c.get(f"/Observation/{oid}", params={"_pretty": "true"}).content) == []
+
+
+@pytest.mark.parametrize("patch,media,written", [
+    # a patch that does not touch them
+    (b'[{"op":"replace","path":"/status","value":"amended"}]', "application/json-patch+json",
+     WRITTEN),
+    # JSON Patch compares numbers by value (1.5 is 1.50), copies them, and writes its own as sent
+    (b'[{"op":"test","path":"/valueQuantity/value","value":1.5},'
+     b'{"op":"copy","from":"/referenceRange/0/high","path":"/referenceRange/0/low"},'
+     b'{"op":"replace","path":"/valueQuantity/value","value":2.500}]',
+     "application/json-patch+json", [b"2.500", b"100.000"]),
+    (orjson.dumps({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Observation.status"},
+        {"name": "value", "valueCode": "amended"}]}]}), "application/fhir+json", WRITTEN),
+    # FHIRPath compares them as numbers; a value sent as 3.50 is stored as 3.50
+    (b'{"resourceType":"Parameters","parameter":[{"name":"operation","part":['
+     b'{"name":"type","valueCode":"replace"},{"name":"path","valueString":'
+     b'"Observation.referenceRange.where(low.value > 0).high.value"},'
+     b'{"name":"value","valueDecimal":3.50}]}]}', "application/fhir+json",
+     [b"1.50", b"0.0000010", b"3.50"]),
+])
+def test_a_patch_keeps_what_it_does_not_change_and_writes_what_it_does_as_sent(
+        c, patch, media, written):
+    oid = _create(c)
+    r = c.patch(f"/Observation/{oid}", content=patch, headers={"content-type": media})
+    assert r.status_code == 200, r.text
+    assert _kept(c.get(f"/Observation/{oid}").content, written) == []
+    # the same patch as a transaction entry
+    oid = _create(c)
+    data = patch if media == "application/json-patch+json" else None
+    entry = ({"resource": {"resourceType": "Binary", "contentType": media,
+                           "data": base64.b64encode(data).decode()}} if data else
+             {"resource": orjson.Fragment(patch)})
+    tx = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {**entry, "request": {"method": "PATCH", "url": f"Observation/{oid}"}}]}
+    r = c.post("", content=orjson.dumps(tx))
+    assert r.status_code == 200, r.text
+    assert _kept(c.get(f"/Observation/{oid}").content, written) == []
+
+
+def test_a_connector_s_resource_repaired_keeps_them(server):
+    with httpx.Client(base_url=server.base, timeout=30,
+                      auth=server.client_auth(roles=("connector",), institution="H7")) as c:
+        r = c.post("/Observation", content=_observation(b"2020-03-01T10:00:00"),
+                   headers={**FHIR_JSON, "prefer": "return=representation"})
+        assert r.status_code == 201, r.text
+        assert r.json()["effectiveDateTime"] == "2020-03-01T10:00:00+08:00"
+        assert _kept(r.content) == []
