@@ -106,3 +106,26 @@ def test_a_connector_s_resource_repaired_keeps_them(server):
         assert r.status_code == 201, r.text
         assert r.json()["effectiveDateTime"] == "2020-03-01T10:00:00+08:00"
         assert _kept(r.content) == []
+
+
+def test_a_profile_compares_them_as_numbers(c):
+    """An invariant over a decimal kept as written failed to evaluate (so "did not hold"), and a
+    pattern value 1.5 did not equal 1.50: a conforming resource was refused."""
+    url = "https://fhir-region-hub.example/StructureDefinition/lab-mg"
+    sd = {"resourceType": "StructureDefinition", "id": "lab-mg", "url": url, "name": "LabMg",
+          "status": "active", "kind": "resource", "abstract": False, "type": "Observation",
+          "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Observation",
+          "derivation": "constraint", "differential": {"element": [
+              {"id": "Observation", "path": "Observation", "constraint": [
+                  {"key": "mg-1", "severity": "error", "human": "a value over 1 mg",
+                   "expression": "valueQuantity.value > 1"}]},
+              {"id": "Observation.referenceRange.high", "path": "Observation.referenceRange.high",
+               "patternQuantity": {"value": 100}}]}}
+    assert c.put("/StructureDefinition/lab-mg", json=sd).status_code in (200, 201)
+    body = _observation().replace(b'"status"', b'"meta":{"profile":["' + url.encode() + b'"]},'
+                                                b'"status"', 1)
+    r = c.post("/Observation", content=body, headers={"prefer": "return=representation"})
+    assert r.status_code == 201, r.text
+    assert _kept(r.content) == []
+    low = body.replace(b'"value":1.50', b'"value":0.50')  # the invariant still bites
+    assert c.post("/Observation", content=low).status_code == 422

@@ -16,6 +16,7 @@ only a body the byte test cannot clear is walked (or parsed a second time) to na
 
 from __future__ import annotations
 
+import decimal
 import json
 import re
 from typing import Any
@@ -113,6 +114,30 @@ def copy_json(o: Any) -> Any:
         return {k: copy_json(v) for k, v in o.items()}
     if isinstance(o, list):
         return [copy_json(v) for v in o]
+    return o
+
+
+def as_numbers(o: Any) -> Any:
+    """A copy of parsed JSON in which each decimal kept as written is a ``decimal.Decimal``: a
+    number FHIRPath and comparisons take (``Decimal("1.50") == 1.5``), whose ``str`` is its
+    text. ``as_written`` turns it back."""
+    if isinstance(o, dict):
+        return {k: as_numbers(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [as_numbers(v) for v in o]
+    if isinstance(o, orjson.Fragment):
+        return decimal.Decimal(orjson.dumps(o).decode())
+    return o
+
+
+def as_written(o: Any) -> Any:
+    """``o`` with each ``decimal.Decimal`` as its text again (an ``orjson.Fragment``)."""
+    if isinstance(o, dict):
+        return {k: as_written(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [as_written(v) for v in o]
+    if isinstance(o, decimal.Decimal):
+        return orjson.Fragment(str(o).encode())
     return o
 
 

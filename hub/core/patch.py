@@ -8,22 +8,20 @@ working copy carries a marker while the paths are evaluated. A marker found in a
 object, and its container and place in it. A path ending at a primitive is evaluated without its
 last step, and that step names the element of the object found.
 
-Decimals the hub keeps as written (``orjson.Fragment``: ``1.50``, ``0.0000010``) are numbers while a
-patch runs (``_Exact``, a ``decimal.Decimal``: FHIRPath compares them, JSON Patch's ``test`` finds
-``1.5`` equal to ``1.50``, ``copy`` copies them) and are written back as their text, so that
-what a patch does not touch keeps its precision, and what it writes has the precision it was sent
-with. Both return the patched resource, which the caller validates and stores like an update. A patch
-that cannot apply (a path matching nothing or several nodes, a failed ``test``) is a 422; a
+Decimals the hub keeps as written (``orjson.Fragment``: ``1.50``, ``0.0000010``) are numbers
+while a patch runs (``decimal.Decimal``, ``jsontext.as_numbers``: FHIRPath compares them, JSON
+Patch's ``test`` finds ``1.5`` equal to ``1.50``, ``copy`` copies them) and are written back as
+their text, so that what a patch does not touch keeps its precision, and what it writes has the
+precision it was sent with. Both return the patched resource, which the caller validates and
+stores like an update. A patch that cannot apply (a path matching nothing or several nodes, a
+failed ``test``) is a 422; a
 malformed document is a 400. Changing ``id`` or ``resourceType`` is refused.
 """
 
 from __future__ import annotations
 
-import decimal
 import re
 from typing import Any
-
-import orjson
 
 from fhir_mapping.fhir_types import TYPES
 from hub.core import jsontext
@@ -31,32 +29,6 @@ from hub.core.errors import FhirError
 
 MARK = "\x00node"  # no FHIR element name holds a NUL
 _LAST_STEP = re.compile(r"^(.*)\.([A-Za-z][A-Za-z0-9_]*)(?:\[(\d+)\])?$")
-
-
-class _Exact(decimal.Decimal):
-    """A decimal kept as written, as a number; ``str`` gives its text back."""
-
-
-def _as_numbers(o: Any) -> Any:
-    """A copy of parsed JSON with each decimal kept as written as an ``_Exact``."""
-    if isinstance(o, dict):
-        return {k: _as_numbers(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [_as_numbers(v) for v in o]
-    if isinstance(o, orjson.Fragment):
-        return _Exact(orjson.dumps(o).decode())
-    return o
-
-
-def _as_written(o: Any) -> Any:
-    """``o`` with each ``decimal.Decimal`` as its text again (an ``orjson.Fragment``)."""
-    if isinstance(o, dict):
-        return {k: _as_written(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [_as_written(v) for v in o]
-    if isinstance(o, decimal.Decimal):
-        return orjson.Fragment(str(o).encode())
-    return o
 
 
 def _bad(msg: str, where: str | None = None) -> FhirError:
@@ -83,8 +55,8 @@ def apply_json_patch(resource: dict, document: Any) -> dict:
     if not isinstance(document, list) or not all(isinstance(op, dict) for op in document):
         raise _bad("A JSON Patch is an array of operation objects")
     try:
-        patch = jsonpatch.JsonPatch(_as_numbers(document))
-        patched = _as_written(patch.apply(_as_numbers(resource), in_place=True))
+        patch = jsonpatch.JsonPatch(jsontext.as_numbers(document))
+        patched = jsontext.as_written(patch.apply(jsontext.as_numbers(resource), in_place=True))
     except jsonpatch.JsonPatchTestFailed as e:
         raise _cannot(f"JSON Patch test failed: {e}") from None
     except (jsonpatch.JsonPatchConflict, jsonpointer.JsonPointerException) as e:
@@ -258,8 +230,8 @@ def _list_at(doc: _Doc, path: str, where: str) -> list:
 
 
 def apply_fhirpath_patch(resource: dict, parameters: Any) -> dict:
-    ops = _operations(_as_numbers(parameters))
-    doc = _Doc(_as_numbers(resource))
+    ops = _operations(jsontext.as_numbers(parameters))
+    doc = _Doc(jsontext.as_numbers(resource))
     for fields, where in ops:
         kind, path = fields.get("type"), fields.get("path")
         if not isinstance(path, str) or not path.strip():
@@ -305,7 +277,7 @@ def apply_fhirpath_patch(resource: dict, parameters: Any) -> dict:
         else:
             raise _bad(f"Unknown operation type {kind!r}; use add, insert, delete, replace, move",
                        where)
-    return _check_identity(resource, _as_written(_prune(doc.strip())))
+    return _check_identity(resource, jsontext.as_written(_prune(doc.strip())))
 
 
 def _prune(o: Any) -> Any:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+from hub.core import jsontext
 from hub.core.errors import FhirError, Issue
 
 BindingCheck = Callable[[str, str | None, str | None], bool | None]  # (valueset, system, code)
@@ -109,6 +110,9 @@ class Profile:
 
     def check(self, resource: dict, binding_ok: BindingCheck | None = None) -> list[Issue]:
         issues: list[Issue] = []
+        # decimals kept as written compared as numbers: by the invariants' FHIRPath, with fixed
+        # and pattern values
+        resource = jsontext.as_numbers(resource)
         if resource.get("resourceType") != self.type:
             return [Issue("invalid", f"The profile {self.url} is for {self.type}, not "
                                      f"{resource.get('resourceType')}", expression=self.type)]
