@@ -21,6 +21,7 @@ from fhir_mapping.hl7v3.common import Ctx, parse
 from fhir_mapping.hl7v3.common import table as hl7v3_table
 from hub import v3routing
 from hub.api import bundles
+from hub.core import jsontext
 from hub.core.access import SYSTEM
 from hub.core.errors import FhirError
 from hub.core.events import resource_bytes
@@ -96,7 +97,7 @@ def _fill_from_stored(repo: Repository, ctx: Context, res: dict[str, Any]) -> di
     body = resource_bytes(stored) if stored is not None else b""
     if not body:
         return None
-    old = orjson.loads(body)
+    old = jsontext.loads_exact(body)  # what it keeps: decimals as written
     for key in ("meta", "text", "id"):
         old.pop(key, None)
     had_concepts = old.get("concept")

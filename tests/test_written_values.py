@@ -129,3 +129,24 @@ def test_a_profile_compares_them_as_numbers(c):
     assert _kept(r.content) == []
     low = body.replace(b'"value":1.50', b'"value":0.50')  # the invariant still bites
     assert c.post("/Observation", content=low).status_code == 422
+
+
+def test_the_operator_sees_them_as_written(server, c):
+    """`hub show` printed a stored 1.50 as 1.5, and the console's record page showed 1.5 mg."""
+    import os
+    import subprocess
+    import sys
+
+    from hub.console.record import _show
+    from hub.core import jsontext
+
+    oid = _create(c)
+    env = {**os.environ, "HUB_DATA_DIR": str(server.settings.data_dir)}
+    env.pop("HUB_DATABASE_URL", None)
+    shown = subprocess.run([sys.executable, "-m", "hub.cli", "show", f"Observation/{oid}"],
+                           env=env, capture_output=True, timeout=60, check=True).stdout
+    assert _kept(shown) == [], shown
+    stored = c.get(f"/Observation/{oid}").content
+    d = jsontext.as_numbers(jsontext.loads_exact(stored))
+    assert _show(d["valueQuantity"]) == "1.50 mg"
+    assert "0.0000010" in _show(d["referenceRange"])

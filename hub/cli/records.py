@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 
+from hub.core import jsontext
 from hub.core.commandline import UsageError, input_kind, iter_inputs, open_store
 from hub.core.config import Settings
 from hub.core.errors import FhirError
@@ -368,7 +369,7 @@ def cmd_show(args, settings: Settings) -> int:
         stored = hub.vread(rtype, rid, version) if version is not None else hub.read(rtype, rid)
     finally:
         hub.store.close()
-    sys.stdout.write(orjson.dumps(orjson.loads(resource_bytes(stored)),
+    sys.stdout.write(orjson.dumps(jsontext.loads_exact(resource_bytes(stored)),
                                   option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 

@@ -22,6 +22,7 @@ from fhir_mapping.xmlsafe import parse_xml
 from hub.api.caller import PURPOSES, actor_of, authorize, context_of, repository
 from hub.api.everything import audit_event
 from hub.console.common import page, router, say
+from hub.core import jsontext
 from hub.core.access import Action
 from hub.core.errors import FhirError
 from hub.core.events import resource_bytes
@@ -176,7 +177,8 @@ async def record_resource(request: Request, rtype: str, rid: str) -> Response:
     labels = {k: say(request, f"cda_{k}") for k in ("patient", "date", "author", "custodian")}
 
     def answer() -> dict[str, Any]:
-        d = orjson.loads(resource_bytes(repo.read(ctx, rtype, rid)))
+        # decimals as written (1.50 mg, not 1.5 mg), as numbers the page shows by their text
+        d = jsontext.as_numbers(jsontext.loads_exact(resource_bytes(repo.read(ctx, rtype, rid))))
         out: dict[str, Any] = {"resource": d, "fields": _fields(d), "related": [], "cda": None}
         if rtype == "Encounter":
             for t in IN_ENCOUNTER:
@@ -197,7 +199,8 @@ async def record_resource(request: Request, rtype: str, rid: str) -> Response:
                     except FhirError:
                         continue  # gone, or not shown to this reader
                     out["related"].append({**_timeline_row((t, i, o)),
-                                           "value": _show(_value(orjson.loads(o)))})
+                                           "value": _show(_value(jsontext.as_numbers(
+                                               jsontext.loads_exact(o))))})
         elif rtype == "DocumentReference":
             out["cda"] = _rendered(repo, ctx, d, labels)
         return out
@@ -234,7 +237,7 @@ def _show(v: Any) -> str:
         return f"{v.get('start', '')} – {v.get('end', '')}"
     if "family" in v or "given" in v:
         return v.get("text") or "".join([v.get("family", ""), *v.get("given", [])])
-    return orjson.dumps(v).decode()[:300]
+    return orjson.dumps(jsontext.as_written(v)).decode()[:300]
 
 
 def _fields(d: dict[str, Any]) -> list[tuple[str, str]]:
