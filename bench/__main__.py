@@ -13,6 +13,7 @@ from bench import (
     changestream,
     console,
     es_search,
+    fhirxml,
     hl7v2,
     ingest,
     intake_fidelity,
@@ -73,7 +74,7 @@ def summary(ing: dict, http: dict, mem: dict) -> str:
                         ("changestream", changestream.summary_rows),
                         ("es_search", es_search.summary_rows), ("v3", v3.summary_rows),
                         ("v3_routing", v3_routing.summary_rows),
-                        ("console", console.summary_rows)):
+                        ("console", console.summary_rows), ("fhirxml", fhirxml.summary_rows)):
         path = RESULTS / f"{name}.json"
         if path.exists():
             rows += extra(json.loads(path.read_text()))
@@ -275,6 +276,7 @@ def main() -> None:
         v3.main(["--people", "40", "--repeats", "1"] if args.quick else [])
         v3_routing.main(["--people", "40"] if args.quick else [])
         console.main(["--people", "200", "--n", "10"] if args.quick else [])
+        fhirxml.main(["--people", "10"] if args.quick else [])
     table = summary(ing, http, mem)
     (RESULTS / "summary.md").write_text(table)
     print(table)
