@@ -23,6 +23,7 @@ import orjson
 
 from connectors.sinks.base import RETRY_STATUS
 from fhir_mapping.base import Conversion
+from hub.core import jsontext
 from hub.core.commandline import open_store
 from hub.core.config import Settings
 from hub.core.errors import FhirError, HubError
@@ -205,8 +206,8 @@ class IngestWorker:
 
 def _decode(value: bytes) -> dict:
     try:
-        d = orjson.loads(value)
-    except orjson.JSONDecodeError as e:
+        d = jsontext.loads_exact(value)  # a mapper's decimals as written (1.50 stays 1.50)
+    except (orjson.JSONDecodeError, ValueError) as e:
         return {"error": f"the record is not JSON: {e}"}
     if not isinstance(d, dict) or not isinstance(d.get("resources", []), list):
         return {"error": "the record is not a connector unit"}

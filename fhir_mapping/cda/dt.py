@@ -11,6 +11,8 @@ import datetime as _dt
 import re
 from typing import Any
 
+from fhir_mapping import numbers
+
 V3 = "urn:hl7-org:v3"
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 NS = {"h": V3}
@@ -18,7 +20,6 @@ NS = {"h": V3}
 _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?([+-]\d{4})?$")
-_DECIMAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 _INT = re.compile(r"^[+-]?\d{1,15}$")
 _CODE_OK = re.compile(r"^[^\s]+( [^\s]+)*$")  # FHIR code: no leading/trailing/double whitespace
 
@@ -248,23 +249,13 @@ def effective(el, offset: str | None) -> tuple[str, Any] | None:
 
 # ---------------------------------------------------------------- numbers
 
-def decimal(s: str | None) -> float | int | None:
-    s = (s or "").strip()
-    if not s or not _DECIMAL.match(s) or len(s) > 30:
+def decimal(s: str | None) -> Any:
+    """A PQ's or MO's value as a FHIR JSON number keeping its written precision (``1.50`` stays
+    ``1.50``: fhir_mapping.numbers); None for what is not a number, or an integer beyond 2^53."""
+    v = numbers.decimal(s)
+    if isinstance(v, int) and abs(v) >= 2**53:
         return None
-    if "." not in s:
-        try:
-            n = int(s)
-        except ValueError:
-            return None
-        return n if abs(n) < 2**53 else None
-    try:
-        f = float(s)
-    except ValueError:
-        return None
-    if f != f or f in (float("inf"), float("-inf")):
-        return None
-    return f
+    return v
 
 
 def integer(s: str | None) -> int | None:

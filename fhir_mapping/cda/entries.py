@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fhir_mapping import numbers
 from fhir_mapping.cda import dt
 from fhir_mapping.cda.charges import build_charge_item, is_money
 from fhir_mapping.cda.context import (
@@ -531,7 +532,7 @@ def build_medication(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: st
             per = child(et, "period")
             pv = dt.decimal(per.get("value")) if per is not None else None
             unit = dt.clean_str(per.get("unit")) if per is not None else None
-            if pv and pv > 0 and unit in ("s", "min", "h", "d", "wk", "mo", "a"):
+            if pv is not None and numbers.value_of(pv) > 0 and unit in ("s", "min", "h", "d", "wk", "mo", "a"):
                 rep = {"frequency": 1, "period": pv, "periodUnit": unit}
         else:
             p = dt.period(et, ctx.offset)

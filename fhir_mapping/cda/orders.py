@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
+from fhir_mapping import numbers
 from fhir_mapping.cda import dt
 from fhir_mapping.cda.context import Ctx, Section, _code, _describe, _entry_id, _nested, _status, _subject, absent_value
 from fhir_mapping.cda.dt import child
@@ -101,7 +102,7 @@ def prescription_facts(ctx: Ctx, stmts: list, meds: list[dict]) -> list:
             if how == "validity-days":
                 q = _quantity(ctx, n)
                 start = (res.get("authoredOn") or "")[:10]
-                if q and len(start) == 10 and 0 < float(q["value"]) < 3660:
+                if q and len(start) == 10 and 0 < numbers.value_of(q["value"]) < 3660:
                     end = _dt.date.fromisoformat(start) + _dt.timedelta(days=int(q["value"]))
                     res.setdefault("dispenseRequest", {})["validityPeriod"] = {"start": start,
                                                                                "end": end.isoformat()}

@@ -9,10 +9,9 @@ region's zone, +08:00 (``DEFAULT_OFFSET``), the offset given is kept as sent.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from typing import Any
 
-import orjson
+from fhir_mapping import numbers
 
 from .tables import table
 
@@ -20,7 +19,6 @@ DEFAULT_OFFSET = "+08:00"
 _DTM = re.compile(r"^(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?)?)?)?"
                   r"([+-]\d{4})?$")
 _TM = re.compile(r"^(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?([+-]\d{4})?$")
-_NUM = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)$")
 _DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _SYSTEMS: dict[str, str] = {k.upper(): v for k, v in table("coding_systems").items() if not k.startswith("_")}
 _WS = re.compile(r"\s")
@@ -116,33 +114,7 @@ def date(value: str) -> str | None:
 def decimal(value: str) -> Any:
     """A FHIR decimal (int, float or, where a float would not keep the written form, an orjson
     Fragment, as the hub's own JSON parser produces) or None."""
-    v = value.strip()
-    if not v or len(v) > 30 or _NUM.match(v) is None:
-        return None
-    if v[0] == "+":
-        v = v[1:]
-    if v.startswith("."):
-        v = "0" + v
-    elif v.startswith("-."):
-        v = "-0" + v[1:]
-    if v.endswith("."):
-        v = v[:-1]
-    intpart = v.lstrip("-").split(".")[0]
-    if len(intpart) > 1 and intpart.startswith("0"):
-        stripped = intpart.lstrip("0") or "0"
-        v = ("-" if v.startswith("-") else "") + stripped + v.lstrip("-")[len(intpart):]
-    if "." not in v:
-        return int(v)
-    f = float(v)
-    if repr(f) == v:
-        return f
-    return _fragment(v)
-
-
-@lru_cache(maxsize=1 << 16)
-def _fragment(text: str) -> orjson.Fragment:
-    """One Fragment per written form, so equal values compare equal (Fragments compare by identity)."""
-    return orjson.Fragment(text.encode())
+    return numbers.decimal(value)
 
 
 # -- codes -----------------------------------------------------------------------------------------
@@ -348,6 +320,4 @@ def clean_id_value(value: str) -> str | None:
 
 def to_float(v: Any) -> float:
     """The numeric value of what ``decimal`` returned (an orjson Fragment included)."""
-    if isinstance(v, (int, float)):
-        return float(v)
-    return float(orjson.dumps(v))
+    return numbers.value_of(v)

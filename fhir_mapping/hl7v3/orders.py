@@ -24,6 +24,7 @@ from typing import Any
 
 from lxml import etree
 
+from fhir_mapping import numbers
 from fhir_mapping.base import MappingError
 from fhir_mapping.ids import encounter_id
 
@@ -283,11 +284,10 @@ def _timing(item: etree._Element, res: dict[str, Any], element: str) -> None:
 
 def _quantity(el: etree._Element | None) -> dict[str, Any] | None:
     value = attr(el, "value")
-    try:
-        number = float(value)
-    except ValueError:
+    number = numbers.decimal(value)  # as written: 1.50 stays 1.50
+    if number is None:
         return None
-    out: dict[str, Any] = {"value": int(number) if number.is_integer() else number}
+    out: dict[str, Any] = {"value": number}
     if attr(el, "unit"):
         out["unit"] = attr(el, "unit")
     return out

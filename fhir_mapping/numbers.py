@@ -1,0 +1,58 @@
+"""A number written in a source document as the FHIR JSON value that keeps its written precision.
+
+R4 keeps a decimal's precision as written: a lab value of ``1.50`` is not ``1.5``. A float keeps
+it where Python writes it back identically (``1.5``, ``72.3``); otherwise the value is an
+``orjson.Fragment`` of the exact text, as the hub's own JSON parser produces, which orjson writes
+as is. ``value_of`` gives the number of either, for a comparison or a sum.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+# what sources write: a sign, digits with an optional fraction, or a bare fraction (".5", "5.");
+# ASCII digits only (Python's int() and float() also read other scripts' digits, which JSON has not)
+_SOURCE = re.compile(r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)$")
+
+
+def decimal(text: str | None) -> int | float | orjson.Fragment | None:
+    """A source's decimal text as a FHIR JSON number (None: not a number, or over 30
+    characters). ``+1.50`` -> 1.50, ``.5`` -> 0.5, ``007`` -> 7, ``5.`` -> 5."""
+    v = (text or "").strip()
+    if not v or len(v) > 30 or _SOURCE.match(v) is None:
+        return None
+    if v[0] == "+":
+        v = v[1:]
+    if v.startswith("."):
+        v = "0" + v
+    elif v.startswith("-."):
+        v = "-0" + v[1:]
+    if v.endswith("."):
+        v = v[:-1]
+    intpart = v.lstrip("-").split(".")[0]
+    if len(intpart) > 1 and intpart.startswith("0"):
+        stripped = intpart.lstrip("0") or "0"
+        v = ("-" if v.startswith("-") else "") + stripped + v.lstrip("-")[len(intpart):]
+    if "." not in v:
+        return int(v)
+    f = float(v)
+    if repr(f) == v:
+        return f
+    return _fragment(v)
+
+
+@lru_cache(maxsize=1 << 16)
+def _fragment(text: str) -> orjson.Fragment:
+    """One Fragment per written form, so equal values compare equal (Fragments compare by identity)."""
+    return orjson.Fragment(text.encode())
+
+
+def value_of(v: Any) -> float:
+    """The numeric value of what ``decimal`` returned (an orjson Fragment included)."""
+    if isinstance(v, (int, float)):
+        return float(v)
+    return float(orjson.dumps(v))
