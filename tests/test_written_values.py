@@ -17,13 +17,14 @@ from hub.core.config import Settings
 from tests.api_helpers import FHIR_JSON
 from tests.conftest import LiveServer
 
-WRITTEN = [b"1.50", b"0.0000010", b"100.000"]
+WRITTEN = [b"1.50", b"0.0000010", b"100.000", b"1e2"]
 
 
 def _observation(effective: bytes = b"2020-03-01T10:00:00.5-03:00") -> bytes:
     return (b'{"resourceType":"Observation","status":"final","code":{"text":"x"},'
             b'"valueQuantity":{"value":1.50,"unit":"mg"},"effectiveDateTime":"' + effective +
-            b'","referenceRange":[{"low":{"value":0.0000010},"high":{"value":100.000}}]}')
+            b'","referenceRange":[{"low":{"value":0.0000010},"high":{"value":100.000}}],'
+            b'"component":[{"code":{"text":"e"},"valueQuantity":{"value":1e2}}]}')
 
 
 def _kept(body: bytes, values=WRITTEN) -> list[bytes]:
@@ -54,7 +55,7 @@ def _create(c) -> str:
 
 def test_subsets_and_pretty_answers_keep_them(c):
     oid = _create(c)
-    for params in ({"_id": oid, "_elements": "valueQuantity,referenceRange"},
+    for params in ({"_id": oid, "_elements": "valueQuantity,referenceRange,component"},
                    {"_id": oid, "_summary": "data"}, {"_id": oid, "_pretty": "true"}):
         assert _kept(c.get("/Observation", params=params).content) == [], params
     assert _kept(c.get(f"/Observation/{oid}", params={"_pretty": "true"}).content) == []
@@ -68,7 +69,7 @@ def test_subsets_and_pretty_answers_keep_them(c):
     (b'[{"op":"test","path":"/valueQuantity/value","value":1.5},'
      b'{"op":"copy","from":"/referenceRange/0/high","path":"/referenceRange/0/low"},'
      b'{"op":"replace","path":"/valueQuantity/value","value":2.500}]',
-     "application/json-patch+json", [b"2.500", b"100.000"]),
+     "application/json-patch+json", [b"2.500", b"100.000", b"1e2"]),
     (orjson.dumps({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
         {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Observation.status"},
         {"name": "value", "valueCode": "amended"}]}]}), "application/fhir+json", WRITTEN),
@@ -77,7 +78,7 @@ def test_subsets_and_pretty_answers_keep_them(c):
      b'{"name":"type","valueCode":"replace"},{"name":"path","valueString":'
      b'"Observation.referenceRange.where(low.value > 0).high.value"},'
      b'{"name":"value","valueDecimal":3.50}]}]}', "application/fhir+json",
-     [b"1.50", b"0.0000010", b"3.50"]),
+     [b"1.50", b"0.0000010", b"3.50", b"1e2"]),
 ])
 def test_a_patch_keeps_what_it_does_not_change_and_writes_what_it_does_as_sent(
         c, patch, media, written):

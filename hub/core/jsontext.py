@@ -120,27 +120,42 @@ def copy_json(o: Any) -> Any:
     return o
 
 
+class WrittenDecimal(decimal.Decimal):
+    """A decimal kept as written, as a number (``WrittenDecimal("1.50") == 1.5``) that remembers
+    its text (``1e2`` stays ``1e2``, where ``str`` says ``1E+2``), copies included."""
+
+    text: str
+
+    def __new__(cls, text: str) -> WrittenDecimal:
+        d = super().__new__(cls, text)
+        d.text = text
+        return d
+
+    def __reduce__(self):  # copy.deepcopy (JSON Patch's copy and move) keeps the text
+        return (type(self), (self.text,))
+
+
 def as_numbers(o: Any) -> Any:
-    """A copy of parsed JSON in which each decimal kept as written is a ``decimal.Decimal``: a
-    number FHIRPath and comparisons take (``Decimal("1.50") == 1.5``), whose ``str`` is its
-    text. ``as_written`` turns it back."""
+    """A copy of parsed JSON in which each decimal kept as written is a ``WrittenDecimal``: a
+    number FHIRPath and comparisons take. ``as_written`` turns it back."""
     if isinstance(o, dict):
         return {k: as_numbers(v) for k, v in o.items()}
     if isinstance(o, list):
         return [as_numbers(v) for v in o]
     if isinstance(o, orjson.Fragment):
-        return decimal.Decimal(orjson.dumps(o).decode())
+        return WrittenDecimal(orjson.dumps(o).decode())
     return o
 
 
 def as_written(o: Any) -> Any:
-    """``o`` with each ``decimal.Decimal`` as its text again (an ``orjson.Fragment``)."""
+    """``o`` with each ``decimal.Decimal`` as its text again (an ``orjson.Fragment``): a
+    ``WrittenDecimal`` as written, another (a result of arithmetic) as Python writes it."""
     if isinstance(o, dict):
         return {k: as_written(v) for k, v in o.items()}
     if isinstance(o, list):
         return [as_written(v) for v in o]
     if isinstance(o, decimal.Decimal):
-        return orjson.Fragment(str(o).encode())
+        return orjson.Fragment((getattr(o, "text", None) or str(o)).encode())
     return o
 
 
