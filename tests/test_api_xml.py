@@ -134,3 +134,10 @@ def test_operations_take_their_parameters_in_xml(client):
     found = client.post("/Patient/$match", content=params(d), headers=XML)
     assert found.status_code == 200, found.text
     assert b"<Bundle" in found.content and b"XmlMatch" in found.content
+
+
+def test_a_value_over_the_xml_parsers_limit_is_a_413_that_says_to_send_json(client):
+    body = (b'<Binary xmlns="http://hl7.org/fhir"><contentType value="text/plain"/><data value="'
+            + b"QUFB" * 3_000_000 + b'"/></Binary>')
+    r = client.post("/Binary", content=body, headers=XML)
+    assert r.status_code == 413 and b"JSON" in r.content, r.text[:300]

@@ -51,6 +51,10 @@ def xml_to_json(body: bytes) -> bytes:
     try:
         root = etree.fromstring(body, parser=xmlform.safe_parser())
     except etree.XMLSyntaxError as e:
+        if "limit exceeded" in str(e):  # lxml's guard (huge_tree off): a value over 10 MB
+            raise FhirError(413, "too-costly", "A value in this XML is over 10 MB, beyond what the "
+                            "XML parser takes; send the resource as JSON (up to HUB_MAX_BODY)") \
+                from None
         raise FhirError(400, "structure", f"The body is not well-formed XML: {e}") from None
     tag = root.tag if isinstance(root.tag, str) else ""
     if not tag.startswith(FHIR_NS):
