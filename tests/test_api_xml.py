@@ -140,4 +140,4 @@ def test_a_value_over_the_xml_parsers_limit_is_a_413_that_says_to_send_json(clie
     body = (b'<Binary xmlns="http://hl7.org/fhir"><contentType value="text/plain"/><data value="'
             + b"QUFB" * 3_000_000 + b'"/></Binary>')
     r = client.post("/Binary", content=body, headers=XML)
-    assert r.status_code == 413 and b"JSON" in r.content, r.text[:300]
+    assert r.status_code == 413 and b"over 10 MB" in r.content, r.text[:300]
