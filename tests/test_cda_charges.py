@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+
 from fhir_mapping.cda import convert_traced
 from tests.cda_docs import SRC, by_type, wst500
 from tests.test_cda_helpers import check_no_silent_drops, invalid_resources
@@ -47,5 +49,6 @@ def test_front_page_fees_are_charge_items_in_cny():
 def test_prescription_amount_is_a_charge_item():
     conv, t = run(fee("DE07.00.004.00", "处方药品金额", "4.00", system=DE))
     (c,) = t["ChargeItem"]
-    assert c["priceOverride"] == {"value": 4.0, "currency": "CNY"}
+    # the amount as written: 4.00 yuan, not 4.0
+    assert orjson.dumps(c["priceOverride"]) == b'{"value":4.00,"currency":"CNY"}'
     assert c["code"]["coding"][0]["display"] == "处方药品金额"
