@@ -13,9 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from hub.core.config import Settings
 from tests.api_helpers import FHIR_JSON
-from tests.conftest import LiveServer
 
 WRITTEN = [b"1.50", b"0.0000010", b"100.000", b"1e2"]
 
@@ -32,19 +30,11 @@ def _kept(body: bytes, values=WRITTEN) -> list[bytes]:
     return [v for v in values if not re.search(rb"[:\[]\s*" + re.escape(v) + rb"\s*[,}\]]", body)]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    settings = Settings(data_dir=tmp_path_factory.mktemp("written") / "d")
-    settings.audit, settings.auth = False, True
-    with LiveServer(settings) as srv:
-        yield srv
-
-
 @pytest.fixture
-def c(server):
-    with httpx.Client(base_url=server.base, timeout=30, auth=server.auth,
-                      headers={"content-type": "application/fhir+json"}) as client:
-        yield client
+def c(client):
+    """The suite's client (``live``: one server per backend) sending FHIR JSON."""
+    client.headers["content-type"] = "application/fhir+json"
+    return client
 
 
 def _create(c) -> str:
@@ -99,9 +89,9 @@ def test_a_patch_keeps_what_it_does_not_change_and_writes_what_it_does_as_sent(
     assert _kept(c.get(f"/Observation/{oid}").content, written) == []
 
 
-def test_a_connector_s_resource_repaired_keeps_them(server):
-    with httpx.Client(base_url=server.base, timeout=30,
-                      auth=server.client_auth(roles=("connector",), institution="H7")) as c:
+def test_a_connector_s_resource_repaired_keeps_them(live):
+    with httpx.Client(base_url=live.base, timeout=30,
+                      auth=live.client_auth(roles=("connector",), institution="H7")) as c:
         r = c.post("/Observation", content=_observation(b"2020-03-01T10:00:00"),
                    headers={**FHIR_JSON, "prefer": "return=representation"})
         assert r.status_code == 201, r.text
@@ -132,7 +122,7 @@ def test_a_profile_compares_them_as_numbers(c):
     assert c.post("/Observation", content=low).status_code == 422
 
 
-def test_the_operator_sees_them_as_written(server, c):
+def test_the_operator_sees_them_as_written(live, c):
     """`hub show` printed a stored 1.50 as 1.5, and the console's record page showed 1.5 mg."""
     import os
     import subprocess
@@ -142,8 +132,7 @@ def test_the_operator_sees_them_as_written(server, c):
     from hub.core import jsontext
 
     oid = _create(c)
-    env = {**os.environ, "HUB_DATA_DIR": str(server.settings.data_dir)}
-    env.pop("HUB_DATABASE_URL", None)
+    env = {**os.environ, **live.env}  # the server's store, SQLite or PostgreSQL
     shown = subprocess.run([sys.executable, "-m", "hub.cli", "show", f"Observation/{oid}"],
                            env=env, capture_output=True, timeout=60, check=True).stdout
     assert _kept(shown) == [], shown

@@ -108,3 +108,16 @@ def test_any_xml_is_json_or_a_fhir_error(body):
         assert 400 <= e.status < 500
     else:
         assert json.loads(out)["resourceType"] == "Patient"
+
+
+def test_json_that_is_no_resource_has_no_xml_form():
+    """A table of the hub's own asked for in XML is a 406, not a guess at its elements."""
+    import pytest
+
+    from hub.api import fhirxml
+
+    for body in (b'{"report":"document-quality","rows":[]}', b'[1,2]',
+                 b'{"resourceType":"NoSuchType"}'):
+        with pytest.raises(FhirError) as e:
+            fhirxml.json_to_xml(body)
+        assert e.value.status == 406

@@ -81,9 +81,15 @@ def _is_resource(type_name: str) -> bool:
 # -- JSON to XML ----------------------------------------------------------------------------------
 
 
+class NotAResource(ValueError):
+    """JSON that is no FHIR resource (a table of the hub's own): it has no XML form."""
+
+
 def json_to_xml(body: bytes, pretty: bool = False) -> bytes:
     """The XML of the FHIR JSON resource ``body`` (a resource, a Bundle, an OperationOutcome)."""
     d = json.loads(body, parse_float=Number, parse_int=Number)
+    if not isinstance(d, dict) or d.get("resourceType") not in RESOURCE_TYPES:
+        raise NotAResource("not a FHIR resource")
     root = etree.Element(f"{{{FHIR}}}{d['resourceType']}", nsmap={None: FHIR})
     _write(root, d["resourceType"], d)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=pretty)

@@ -73,7 +73,7 @@ class _Doc:
     """A marked working copy: every object numbered, with its FHIR type, container and place."""
 
     def __init__(self, resource: dict):
-        self.root = jsontext.copy_json(resource)
+        self.root = resource  # the caller's working copy (jsontext.as_numbers made it)
         self.nodes: dict[int, tuple[dict, str | None, Any, Any]] = {}  # n -> (obj, type, container, key)
         self._mark(self.root, resource.get("resourceType"), None, None)
 

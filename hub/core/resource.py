@@ -24,8 +24,6 @@ from hub.core.errors import FhirError, Issue, bad_request
 MAX_ISSUES = 20
 
 
-
-
 def parse_json(body: bytes, where: str = "body", max_string: int | None = None) -> Any:
     """Parse with orjson; where a decimal would lose its written form, keep it as sent. A key
     repeated in one object is refused (400), not decided by whichever value the parser keeps.
