@@ -347,8 +347,7 @@ async def _body(request: Request, expected: str | None = None, where: str = "") 
     raw = await request.body()
     if not raw.strip():
         raise bad_request("The request body is empty")
-    if fhirxml.is_xml(request.headers.get("content-type", "")):
-        raw = await run_in_threadpool(fhirxml.xml_to_json, raw)
+    raw = await run_in_threadpool(fhirxml.json_body, request, raw)  # XML, off the event loop
     d = res.parse_json(raw, max_string=_settings(request).max_string)
     res.check_type(d, expected, where)
     return raw, d
@@ -617,9 +616,8 @@ async def _patch(request: Request, op: Op) -> Response:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != patching.JSON_PATCH:
         check_content_type(request)
-    raw = await request.body()
-    if raw.strip() and fhirxml.is_xml(media):  # a FHIRPath Patch as a Parameters in XML
-        raw = await run_in_threadpool(fhirxml.xml_to_json, raw)
+    # a FHIRPath Patch may be a Parameters in XML
+    raw = await run_in_threadpool(fhirxml.json_body, request, await request.body())
     apply, document = patching.from_body(media, raw, _settings(request).max_string)
     repo, ctx = repository(request), context_of(request)
     op.if_match = parse_etag(request.headers.get("if-match"))
