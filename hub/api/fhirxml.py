@@ -66,8 +66,4 @@ def xml_to_json(body: bytes) -> bytes:
 
 def json_to_xml(body: bytes, pretty: bool = False) -> bytes:
     """The XML of a FHIR JSON answer (a resource, a Bundle, an OperationOutcome)."""
-    try:
-        return xmlform.json_to_xml(body, pretty)
-    except xmlform.NotAResource:  # a table of the hub's own (a report)
-        raise FhirError(406, "not-supported", "This answer has no FHIR XML form; ask for JSON") \
-            from None
+    return xmlform.json_to_xml(body, pretty)

@@ -81,15 +81,12 @@ def _is_resource(type_name: str) -> bool:
 # -- JSON to XML ----------------------------------------------------------------------------------
 
 
-class NotAResource(ValueError):
-    """JSON that is no FHIR resource (a table of the hub's own): it has no XML form."""
-
-
 def json_to_xml(body: bytes, pretty: bool = False) -> bytes:
-    """The XML of the FHIR JSON resource ``body`` (a resource, a Bundle, an OperationOutcome)."""
+    """The XML of the FHIR JSON resource ``body`` (a resource, a Bundle, an OperationOutcome);
+    406 for JSON that is no resource (a table of the hub's own has no XML form)."""
     d = json.loads(body, parse_float=Number, parse_int=Number)
     if not isinstance(d, dict) or d.get("resourceType") not in RESOURCE_TYPES:
-        raise NotAResource("not a FHIR resource")
+        raise FhirError(406, "not-supported", "This answer has no FHIR XML form; ask for JSON")
     root = etree.Element(f"{{{FHIR}}}{d['resourceType']}", nsmap={None: FHIR})
     _write(root, d["resourceType"], d)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=pretty)
