@@ -21,8 +21,9 @@ import orjson
 from eventsourcing.persistence import StoredEvent
 
 from hub.core.access import OPEN, Action, Actor, Policy, patients_in
+from hub.core.conditional import IdentifierResolver
 from hub.core.errors import FhirError, bad_request, forbidden, not_found
-from hub.core.ingest import Authorize, Context, Hub, Op, Result
+from hub.core.ingest import Authorize, Context, Hub, Op, Result, Sees
 from hub.core.store import ResourceStore, VersionRow
 from projections.search.backend import Page, Row
 from projections.search.compartment import patient_compartment
@@ -147,10 +148,25 @@ class Repository:
         """Whether a stored state (header line, resource JSON) may be handed out."""
         return self._open or self.policy.visible(actor, rtype, rid, state.partition(b"\n")[2])
 
-    def may_hide(self, ctx: Context, rtype: str = "*") -> bool:
+    def _version_shown(self, actor: Actor, row: VersionRow) -> bool:
+        """Whether a version in a history may be handed out; a deletion, which holds no
+        resource (so names no patient), as the version it deleted."""
+        state, version = row.state, row.version
+        while not self._open and version > 1 and not state.partition(b"\n")[2].strip():
+            version -= 1
+            before = self._hub.store.version(row.rtype, row.rid, version)
+            if before is None:
+                break
+            state = before.state
+        return self._shown(actor, row.rtype, row.rid, state)
+
+    def may_hide(self, ctx: Context, rtype: str = "*", *, narrowed: bool = True,
+                 across: bool = False) -> bool:
         """May the policy leave out of an answer some of what was found for this caller? Then
-        a count of what was found would tell how much is hidden."""
-        return not self._open and self.policy.hides_after_search(ctx.actor, rtype)
+        a count of what was found would tell how much is hidden (``Policy.hides_after_search``
+        says what the flags mean)."""
+        return not self._open and self.policy.hides_after_search(
+            ctx.actor, rtype, narrowed=narrowed, across=across)
 
     def shown(self, ctx: Context,
               entries: list[tuple[str, str, bytes]]) -> list[tuple[str, str, bytes]]:
@@ -276,7 +292,7 @@ class Repository:
                 rows = self._audit_history(rid, **window)
             else:
                 rows = self._hub.store.history(rtype=rtype, rid=rid, **window)
-            return [r for r in rows if self._shown(ctx.actor, r.rtype, r.rid, r.state)]
+            return [r for r in rows if self._version_shown(ctx.actor, r)]
         return self.audited(ctx, action, run,
                              lambda rows: [(r.rtype, r.rid, r.state) for r in rows])
 
@@ -288,7 +304,7 @@ class Repository:
         if rtype == AUDIT and self._records is not None:
             return len(self._audit_history(rid, since_us=since_us)) if rid is not None \
                 else self._records.count(since_us)
-        if not self.may_hide(ctx, rtype or "*"):
+        if not self.may_hide(ctx, rtype or "*", narrowed=False):
             return self._hub.store.count_history(rtype=rtype, rid=rid, since_us=since_us)
         seen = shown = 0
         before: int | None = None
@@ -298,7 +314,7 @@ class Repository:
             seen += len(rows)
             if seen > VISIBLE_TOTAL_UP_TO:
                 return None
-            shown += sum(1 for r in rows if self._shown(ctx.actor, r.rtype, r.rid, r.state))
+            shown += sum(1 for r in rows if self._version_shown(ctx.actor, r))
             if len(rows) < 500:
                 return shown
             before = rows[-1].nid
@@ -355,7 +371,7 @@ class Repository:
         def run() -> Found:
             page = self.page(ctx, q, count, with_total)
             bodies = None
-            if self.may_hide(ctx, q.rtype):
+            if self.may_hide(ctx, q.rtype, across=bool(_dependent_groups(q))):
                 if page.total is not None:
                     page.total = self._visible_total(ctx, q)
                 if _dependent_groups(q):
@@ -442,8 +458,29 @@ class Repository:
 
     def included(self, ctx: Context, rows: list[Row], include: list[Include],
                  revinclude: list[Include], base: str | None = None) -> list[Row]:
-        # what is added is handed out through ``current_bodies``, checked there
-        return list(self._searcher().backend.included(rows, include, revinclude, base=base))
+        """What ``_include``/``_revinclude`` add to ``rows``, followed only through what the
+        caller sees: a hidden match or included resource is no way to what it refers to, or
+        to what refers to it (what is added is handed out through ``current_bodies``, checked
+        there again)."""
+        backend = self._searcher().backend
+        if self._open:
+            return list(backend.included(rows, include, revinclude, base=base))
+        shown = self.current_bodies(ctx, rows)
+        frontier = [r for r in rows if (r.rtype, r.rid) in shown]
+        seen = {(r.rtype, r.rid) for r in rows}
+        out: list[Row] = []
+        for round_ in range(_INCLUDE_ROUNDS):
+            inc = include if round_ == 0 else [i for i in include if i.iterate]
+            rev = revinclude if round_ == 0 else [i for i in revinclude if i.iterate]
+            if not frontier or not (inc or rev):
+                break
+            found = [r for r in backend.included(frontier, inc, rev, rounds=1, base=base)
+                     if (r.rtype, r.rid) not in seen]
+            seen.update((r.rtype, r.rid) for r in found)
+            shown = self.current_bodies(ctx, found)
+            frontier = [r for r in found if (r.rtype, r.rid) in shown]
+            out += frontier
+        return out
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -453,11 +490,12 @@ class Repository:
         refused = self._refusals(ops, ctx)
         try:
             if not refused:
-                return self._hub.execute(ops, ctx, atomic=atomic, authorize=self._owner(ctx))
+                return self._hub.execute(ops, ctx, atomic=atomic, authorize=self._owner(ctx),
+                                         sees=self._sees(ctx))
             if atomic:
                 raise next(iter(refused.values()))
             return self._merge(ops, refused, lambda allowed: self._hub.execute(
-                allowed, ctx, atomic=False, authorize=self._owner(ctx)))
+                allowed, ctx, atomic=False, authorize=self._owner(ctx), sees=self._sees(ctx)))
         finally:
             self.policy.written({op.rtype for op in ops})
 
@@ -465,8 +503,8 @@ class Repository:
         refused = self._refusals(ops, ctx)
         try:
             return self._merge(ops, refused,
-                               lambda allowed: self._hub.execute_batch(allowed, ctx,
-                                                                       self._owner(ctx)))
+                               lambda allowed: self._hub.execute_batch(
+                                   allowed, ctx, self._owner(ctx), self._sees(ctx)))
         finally:
             self.policy.written({op.rtype for op in ops})
 
@@ -532,6 +570,27 @@ class Repository:
                                     orjson.loads(body), f"{op.rtype}/{rid} as stored")
         return check
 
+    def _sees(self, ctx: Context) -> Sees | None:
+        """What of a conditional write's matches the caller sees (``Hub.execute``)."""
+        if self._open:
+            return None
+
+        def sees(rtype: str, rids: list[str], params: list[tuple[str, str]]) -> list[str]:
+            if all(n in KEY_PARAMETERS for n, _ in params):
+                # a key (an identifier, an id) is one record's: another under the same key
+                # would be the duplicate the key forbids, so a hidden match stays a match
+                # (its content is not handed out: ``complete``), told only to who names the key
+                return rids
+            # a _has or a chain holds only through what the caller sees, as in a search
+            groups = _dependent_groups(self._searcher().parse(rtype, list(params), False)) \
+                if any(n.startswith("_has:") or "." in n for n, _ in params) else []
+            if not self.may_hide(ctx, rtype, narrowed=False, across=bool(groups)):
+                return rids
+            found = self._latest_many(rtype, rids)
+            return [r for r in rids if r in found and self._shown(ctx.actor, rtype, r, found[r][1])
+                    and all(self._holds(ctx, rtype, r, g) for g in groups)]
+        return sees
+
     def _check_content(self, ctx: Context, letter: str, rtype: str, d: dict, what: str) -> None:
         """A scope granting ``letter`` on ``rtype`` must select ``d`` (its query, if any)."""
         if not self.policy.admits(ctx.actor, letter, rtype, d):
@@ -544,6 +603,10 @@ class Repository:
         allowed = [op for i, op in enumerate(ops) if i not in refused]
         done = iter(run(allowed) if allowed else [])
         return [refused[i] if i in refused else next(done) for i in range(len(ops))]
+
+
+KEY_PARAMETERS = IdentifierResolver.supported  # criteria that name one record by its key
+_INCLUDE_ROUNDS = 4  # as the search backends follow ``:iterate``
 
 
 def _history_kind(rtype: str | None, rid: str | None) -> str:

@@ -37,7 +37,8 @@ class TestPolicy(OpenPolicy):  # the rest of the protocol as the open policy
     def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         return b'"restricted"' not in resource
 
-    def hides_after_search(self, actor: Actor, rtype: str) -> bool:
+    def hides_after_search(self, actor: Actor, rtype: str, *, narrowed: bool = True,
+                           across: bool = False) -> bool:
         return True
 
 

@@ -237,7 +237,8 @@ def rule_of(d: dict) -> tuple[str, ConsentRule] | None:
     orgs = [_institution_of(o) for o in d.get("organization") or ()]
     rule = ConsentRule(f"Consent/{d.get('id')}", next((o for o in orgs if o), None), provision,
                        (lo, float("inf")))
-    return patient.rsplit("Patient/", 1)[1], rule
+    # a version of the Patient (Patient/x/_history/2) is the same person
+    return patient.rsplit("Patient/", 1)[1].split("/", 1)[0], rule
 
 
 FRESH_S = 0.25  # how long a check that no Consent was written holds

@@ -159,7 +159,12 @@ class AccessPolicy:
     def admits(self, actor: Actor, letter: str, rtype: str, resource: dict) -> bool:
         if actor.kind == "system":
             return True
-        return _selects(permits(scopes_of(actor.scopes), letter, rtype), rtype, resource)
+        granting = permits(scopes_of(actor.scopes), letter, rtype)
+        if not _selects(granting, rtype, resource):
+            return False
+        # a patient-context token writes, as it reads, only its own Patient's compartment
+        return actor.patient is None or not _patient_only(granting) or _in_compartment(
+            rtype, str(resource.get("id") or ""), orjson.dumps(resource), actor.patient)
 
     def narrow_search(self, actor: Actor, rtype: str) -> list[list[Any]] | None:
         if actor.kind == "system":
@@ -169,14 +174,23 @@ class AccessPolicy:
             return None
         return search_groups([compile_query(rtype, s.query) for s in granting])
 
-    def hides_after_search(self, actor: Actor, rtype: str) -> bool:
+    def hides_after_search(self, actor: Actor, rtype: str, *, narrowed: bool = True,
+                           across: bool = False) -> bool:
         if actor.kind == "system":
             return False
         if actor.patient is not None and _patient_only(
                 [s for s in scopes_of(actor.scopes) if s.rtype in ("*", rtype)]):
             return True  # the patient's compartment, judged per resource
-        return self.consents is not None and actor.purpose not in EMERGENCY \
-            and self.consents.any()
+        if self.consents is not None and actor.purpose not in EMERGENCY and self.consents.any():
+            return True
+        reading = [s for s in scopes_of(actor.scopes) if s.perms & {"r", "s"}]
+        if rtype == "*" or across:
+            # what is found holds, or was found through, resources of any type: all shown only
+            # to a scope on every type without a query
+            return not any(s.rtype == "*" and not s.query for s in reading)
+        # a scope's query narrows a search's plan; what nothing narrowed (a history) is judged
+        # resource by resource
+        return not narrowed and not any(not s.query for s in reading if s.rtype in ("*", rtype))
 
     def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         if actor.kind == "system":
@@ -202,11 +216,14 @@ class AccessPolicy:
 
     @staticmethod
     def _scopes_show(actor: Actor, rtype: str, resource: bytes) -> bool:
-        """Does a scope granting ``r`` or ``s`` on ``rtype`` select this resource? (True when
-        none grants either: whether the caller may ask was the check's to say.)"""
+        """Does a scope granting ``r`` or ``s`` on ``rtype`` select this resource? None does
+        when none grants either: an operation handing out several types (``$everything``)
+        shows only the types the caller's scopes name."""
         granting = [s for s in scopes_of(actor.scopes)
                     if s.rtype in ("*", rtype) and s.perms & {"r", "s"}]
-        if not granting or any(not s.query for s in granting):
+        if not granting:
+            return False
+        if any(not s.query for s in granting):
             return True
         try:
             d = orjson.loads(resource)

@@ -45,6 +45,7 @@ from hub.core.access import Action
 from hub.core.errors import FhirError, bad_request
 from hub.core.fhirtime import parse_range
 from hub.core.ingest import now_instant
+from hub.core.pagetokens import page_tokens
 from hub.mpi.everything import Scope, SharedRecord, check_types
 from hub.repository import VISIBLE_TOTAL_UP_TO
 from projections.timeline import KINDS
@@ -254,13 +255,14 @@ async def _everything(request: Request, rtype: str, rid: str) -> Response:
     def answer(_purpose):
         repo.authorize(ctx, Action("operation", rtype, rid, "$everything"))
         scope = _scope(shared, rtype, rid, institution)
+        def shown(entries):
+            return repo.shown(ctx, entries)
         entries, nxt, total, referenced = shared.everything(scope, since, types, count, after,
-                                                            base)
-        entries, referenced = repo.shown(ctx, entries), repo.shown(ctx, referenced)
+                                                            base, shown)
+        referenced = repo.shown(ctx, referenced)
         if total and repo.may_hide(ctx):  # the total of what this caller sees, or none:
             # counted on the first page only (each resource read), not again on every page
-            total = len(repo.shown(ctx, shared.everything(scope, since, types, total, None,
-                                                          base)[0])) \
+            total = len(shared.everything(scope, since, types, total, None, base, shown)[0]) \
                 if total <= VISIBLE_TOTAL_UP_TO and after is None else None
         path = f"{base}/{rtype}/{rid}/$everything"
         plist = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
@@ -288,7 +290,8 @@ async def _timeline(request: Request, rtype: str, rid: str) -> Response:
         bad = [k for k in kinds if k not in KINDS]
         if bad or not kinds:
             raise bad_request(f"kind must be among {', '.join(KINDS)}")
-    after = _cursor_tl(params.get("_cursor"))
+    tokens = page_tokens(request.app.state.settings.data_dir)
+    after = _cursor_tl(tokens.open(params["_cursor"])) if "_cursor" in params else None
     institution = params.get("institution")
     shared = _shared(request)
     base = base_url(request, request.app.state.settings.base_url)
@@ -304,7 +307,8 @@ async def _timeline(request: Request, rtype: str, rid: str) -> Response:
         plist = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
         links = [{"relation": "self", "url": link(path, list(request.query_params.multi_items()))}]
         if nxt is not None:
-            links.append({"relation": "next", "url": link(path, plist, _cursor=_encode_tl(nxt))})
+            links.append({"relation": "next", "url": link(path, plist,
+                                                            _cursor=tokens.seal(_encode_tl(nxt)))})
         return scope, _bundle(entries, base, links)
 
     asked = (rid, []) if rtype == "Person" else (None, [f"Patient/{rid}"])

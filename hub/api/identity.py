@@ -36,6 +36,7 @@ values), 413 bodies over 64 KiB, 415 other content types.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -195,6 +196,19 @@ def _person_response(request: Request, identity: IdentityService, pid: str,
                          headers={"ETag": f'W/"{body["meta"]["versionId"]}"'})
 
 
+def _seen_by(request: Request) -> Callable[[str, str, bytes], bool]:
+    """Whether the caller may see a resource (a Person shows only the Patients it may)."""
+    repo, ctx = repository(request), context_of(request)
+    return lambda rtype, rid, body: bool(repo.shown(ctx, [(rtype, rid, body)]))
+
+
+def _seen_patients(repo: Repository, ctx: Context, rids: list[str]) -> list[str]:
+    """The Patient ids among ``rids`` that the caller may see (a Person found through a hidden
+    one would tell what it holds)."""
+    seen = repo.latest_many(ctx, "Patient", rids) if rids else {}
+    return [r for r in rids if r in seen]
+
+
 def _linked_person(identity: IdentityService, patient: str) -> str:
     with identity.person.read() as c:
         pid = identity.person.person_of(c, patient)
@@ -276,9 +290,19 @@ async def person_search(request: Request) -> Response:
             total = len(matched)
             page = [p for p in matched if p > after][:limit + 1]
         more, page = len(page) > limit, page[:limit]
-        entries = [{"fullUrl": f"{base}/Person/{pid}",
-                    "resource": person_view(identity, identity.store, pid),
-                    "search": {"mode": "match"}} for pid in page]
+        seen = _seen_by(request)
+        entries = []
+        for pid in page:
+            try:
+                view = person_view(identity, identity.store, pid, seen)
+            except FhirError as e:
+                if e.status != 403:
+                    raise
+                continue  # links to no Patient this caller sees
+            entries.append({"fullUrl": f"{base}/Person/{pid}", "resource": view,
+                            "search": {"mode": "match"}})
+        if repository(request).may_hide(context_of(request), "Person"):
+            total = None  # a count of all would tell how many are hidden
         params = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
         out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
                                "link": [{"relation": "self",
@@ -321,12 +345,15 @@ def _criteria_sets(identity: IdentityService, crit: dict[str, str], base: str,
             if key in crit:
                 refs = [patient_ref(x.strip().removeprefix(base + "/"), key)
                         for x in crit[key].split(",")]
-                sets.append({p for p in (P.person_of(c, r) for r in refs) if p})
+                seen = set(_seen_patients(repo, ctx, [r.split("/", 1)[1] for r in refs]))
+                sets.append({p for p in (P.person_of(c, r) for r in refs
+                                         if r.split("/", 1)[1] in seen) if p})
         if "identifier" in crit:
             found: set[str] = set()
             for one in crit["identifier"].split(","):
                 system, value = _token(one)
-                for rid in repo.find_by_identifier(ctx, "Patient", system, value):
+                for rid in _seen_patients(
+                        repo, ctx, repo.find_by_identifier(ctx, "Patient", system, value)):
                     p = P.person_of(c, f"Patient/{rid}")
                     if p:
                         found.add(p)
@@ -358,8 +385,7 @@ async def person_read(request: Request, rid: str) -> Response:
 
     def answer(_purpose):
         identity.sync()
-        body = person_view(identity, identity.store, pid)
-        return body
+        return person_view(identity, identity.store, pid, _seen_by(request))
 
     def scope(body):
         pats = [x["target"]["reference"] for x in body.get("link") or ()
@@ -570,7 +596,7 @@ async def resolve_identifier(request: Request) -> Response:
 
     def answer(_purpose) -> tuple[list[str], list[str], dict]:
         identity.sync()
-        rids = repo.find_by_identifier(ctx, "Patient", system, value)
+        rids = _seen_patients(repo, ctx, repo.find_by_identifier(ctx, "Patient", system, value))
         P = identity.person
         persons: list[str] = []
         patients: list[str] = []
@@ -585,16 +611,20 @@ async def resolve_identifier(request: Request) -> Response:
                 if person not in persons:
                     persons.append(person)
                     patients += [x for x in P.patients(c, person) if x not in patients]
-        entries = [{"fullUrl": f"{base}/Person/{pid}",
-                    "resource": person_view(identity, identity.store, pid),
-                    "search": {"mode": "match"}} for pid in persons]
+        seen = _seen_by(request)
+        entries = []
+        for pid in persons:
+            # found through a Patient the caller sees: shown with those it sees
+            entries.append({"fullUrl": f"{base}/Person/{pid}",
+                            "resource": person_view(identity, identity.store, pid, seen),
+                            "search": {"mode": "match"}})
         bodies = repo.latest_many(ctx, "Patient", [p.split("/", 1)[1] for p in patients])
+        patients = [p for p in patients if p.split("/", 1)[1] in bodies]
         for p in patients:
-            found = bodies.get(p.split("/", 1)[1])
-            if found is not None:
-                entries.append({"fullUrl": f"{base}/{p}",
-                                "resource": orjson.Fragment(found[1].partition(b"\n")[2]),
-                                "search": {"mode": "include"}})
+            found = bodies[p.split("/", 1)[1]]
+            entries.append({"fullUrl": f"{base}/{p}",
+                            "resource": orjson.Fragment(found[1].partition(b"\n")[2]),
+                            "search": {"mode": "include"}})
         out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
                                "total": len(persons) or len(patients),
                                "link": [{"relation": "self", "url": f"{base}/$resolve-identifier"}]}

@@ -19,6 +19,7 @@ from hub.core import jsontext
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request
 from hub.core.ingest import Context
+from hub.core.pagetokens import page_tokens
 from hub.core.store import ResourceStore
 from hub.repository import Repository
 from projections.runner import Runner
@@ -153,7 +154,9 @@ def _subset(raw: bytes, keep) -> dict:
 def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple[str, str]],
                   base: str, settings: Settings, strict: bool,
                   compartment: tuple[str, str] | None = None) -> dict:
-    q = repo.plan(ctx, rtype, params, strict, base)
+    tokens = page_tokens(settings.data_dir)
+    q = repo.plan(ctx, rtype, [(k, tokens.open(v) if k == "_cursor" else v) for k, v in params],
+                  strict, base)
     if compartment is not None:
         q.where.append(compartment_group(*compartment, rtype, base))
     count = q.count if q.count is not None else settings.default_count
@@ -206,9 +209,11 @@ def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple
     path = f"{base}/{compartment[0]}/{compartment[1]}/{rtype}" if compartment else f"{base}/{rtype}"
     links = [{"relation": "self", "url": link(path, params)}]
     if page.next_cursor:
-        links.append({"relation": "next", "url": link(path, params, _cursor=page.next_cursor)})
+        links.append({"relation": "next",
+                      "url": link(path, params, _cursor=tokens.seal(page.next_cursor))})
     if page.prev_cursor:
-        links.append({"relation": "previous", "url": link(path, params, _cursor=page.prev_cursor)})
+        links.append({"relation": "previous",
+                      "url": link(path, params, _cursor=tokens.seal(page.prev_cursor))})
     out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if page.total is not None:
         out["total"] = page.total

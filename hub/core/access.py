@@ -68,9 +68,12 @@ class Policy(Protocol):
         """AND groups (``projections.search.query.Criterion`` OR lists) to add to a search of
         ``rtype`` by ``actor``, so that it finds only what its scopes select; None: none."""
 
-    def hides_after_search(self, actor: Actor, rtype: str) -> bool:
-        """May ``visible`` leave out some of what a search of ``rtype`` by ``actor`` found
-        (narrowed by ``narrow_search``)? Then a count of the matches would tell what is hidden."""
+    def hides_after_search(self, actor: Actor, rtype: str, *, narrowed: bool = True,
+                           across: bool = False) -> bool:
+        """May ``visible`` leave out some of what a search of ``rtype`` (``*``: of any type) by
+        ``actor`` found? Then a count of the matches would tell what is hidden. ``narrowed``: the
+        search was narrowed by ``narrow_search`` (a history is not); ``across``: its criteria
+        reach resources of other types (``_has``, chains), which must be shown to count."""
 
     def written(self, rtypes: set[str]) -> None:
         """Resources of these types were just written (a policy that reads some, such as
@@ -95,7 +98,8 @@ class OpenPolicy:
     def narrow_search(self, actor: Actor, rtype: str) -> list[list[Any]] | None:
         return None
 
-    def hides_after_search(self, actor: Actor, rtype: str) -> bool:
+    def hides_after_search(self, actor: Actor, rtype: str, *, narrowed: bool = True,
+                           across: bool = False) -> bool:
         return False
 
     def written(self, rtypes: set[str]) -> None:
@@ -105,9 +109,10 @@ class OpenPolicy:
 OPEN = OpenPolicy()
 
 
-# Any server's Patient/id: what consents deny and the audit records err towards more patients
-# (``names_patient``, which grants, takes only this server's)
-_PATIENT_REF = re.compile(rb'"reference"\s*:\s*"(?:[^"]*/)?Patient/([A-Za-z0-9\-.]{1,64})"')
+# Any server's Patient/id, a version of it too: what consents deny and the audit records err
+# towards more patients (``names_patient``, which grants, takes only this server's)
+_PATIENT_REF = re.compile(rb'"reference"\s*:\s*"(?:[^"]*/)?Patient/([A-Za-z0-9\-.]{1,64})'
+                          rb'(?:/_history/[A-Za-z0-9\-.]{1,64})?"')
 
 
 @lru_cache(maxsize=1)

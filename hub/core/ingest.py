@@ -91,6 +91,11 @@ class Op:
 
 # Shown a write and the stored resource it would change; raises a FhirError to refuse it.
 Authorize = Callable[[Op, StoredEvent], None]
+# Which of these ids of a type, found by the criteria, the caller sees (through what it sees,
+# for a ``_has`` or a chain): a conditional write's criteria match only those. A match hidden
+# from it would otherwise be told of by the answer: 403 or 412 where no match gives 200, 201
+# or 404, a Location, a reference rewritten to its id.
+Sees = Callable[[str, list[str], Query], list[str]]
 
 
 @dataclass(slots=True)
@@ -159,11 +164,13 @@ class Hub:
     # -- writes --------------------------------------------------------------------------------
 
     def execute(self, ops: list[Op], ctx: Context, *, atomic: bool,
-                authorize: Authorize | None = None) -> list[Result | FhirError]:
+                authorize: Authorize | None = None,
+                sees: Sees | None = None) -> list[Result | FhirError]:
         """Plan and commit ``ops`` as one transaction; with ``atomic`` any failure fails all.
 
         ``authorize`` is shown each write's target as stored when it is planned (criteria
-        resolved), and raises a FhirError for one the caller may not change."""
+        resolved), and raises a FhirError for one the caller may not change; criteria match
+        only what ``sees`` keeps."""
         undo: list[tuple[Any, Any, str]] = []  # reference rewrites, reverted before a retry
         # a few quick retries, then on for a while: a loaded machine slows every attempt down,
         # and a writer that lost a race this time is the likelier winner the next
@@ -172,7 +179,7 @@ class Hub:
         while attempt < RETRIES or time.monotonic() < deadline:
             attempt += 1
             try:
-                return self._attempt(ops, ctx, atomic, undo, authorize)
+                return self._attempt(ops, ctx, atomic, undo, authorize, sees)
             except ConflictError:
                 for node, key, old in reversed(undo):
                     node[key] = old
@@ -182,8 +189,8 @@ class Hub:
                 time.sleep(random.uniform(0, min(0.05, BACKOFF * 2 ** min(attempt, 16))))
         raise FhirError(409, "conflict", "Too many concurrent changes to the same resources; retry")
 
-    def execute_batch(self, ops: list[Op], ctx: Context,
-                      authorize: Authorize | None = None) -> list[Result | FhirError]:
+    def execute_batch(self, ops: list[Op], ctx: Context, authorize: Authorize | None = None,
+                      sees: Sees | None = None) -> list[Result | FhirError]:
         """Independent writes (a batch): as if run one after another, committed in few transactions.
 
         Writes that name the same resource (or the same conditional criteria) cannot share a
@@ -200,14 +207,15 @@ class Hub:
                 (later if key in keys else now).append(i)
                 keys.add(key)
             for i, result in zip(now, self.execute([ops[i] for i in now], ctx, atomic=False,
-                                                   authorize=authorize)):
+                                                   authorize=authorize, sees=sees)):
                 results[i] = result
             todo = later
         return results  # type: ignore[return-value]
 
     def _attempt(self, ops: list[Op], ctx: Context, atomic: bool,
                  undo: list[tuple[Any, Any, str]],
-                 authorize: Authorize | None = None) -> list[Result | FhirError]:
+                 authorize: Authorize | None = None,
+                 sees: Sees | None = None) -> list[Result | FhirError]:
         results: list[Result | FhirError | None] = [None] * len(ops)
 
         def fail(i: int, err: FhirError) -> None:
@@ -224,7 +232,7 @@ class Hub:
         planned: list[int] = []
         for i, op in enumerate(ops):
             try:
-                self._resolve_target(op, ops[:i] if atomic else [])
+                self._resolve_target(op, ops[:i] if atomic else [], sees)
                 planned.append(i)
             except FhirError as e:
                 fail(i, e)
@@ -260,7 +268,7 @@ class Hub:
 
         # 2. references
         if atomic:
-            self._rewrite_references(ops, planned, undo)
+            self._rewrite_references(ops, planned, undo, sees)
 
         # 3. heads
         heads = self.store.heads(
@@ -296,10 +304,10 @@ class Hub:
             results[i] = result
         return results  # type: ignore[return-value]
 
-    def _resolve_target(self, op: Op, earlier: list[Op]) -> None:
+    def _resolve_target(self, op: Op, earlier: list[Op], sees: Sees | None = None) -> None:
         if op.method == "POST":
             if op.if_none_exist:
-                found = self._match(op.rtype, op.if_none_exist, earlier)
+                found = self._match(op.rtype, op.if_none_exist, earlier, sees)
                 if len(found) > 1:
                     raise precondition_failed(
                         f"If-None-Exist matched {len(found)} {op.rtype} resources; need at most one"
@@ -309,7 +317,7 @@ class Hub:
                     return
             op.target = new_id()
         elif op.query is not None:
-            found = self._match(op.rtype, op.query, earlier)
+            found = self._match(op.rtype, op.query, earlier, sees)
             if len(found) > 1:
                 raise precondition_failed(
                     f"The conditional {op.method} matched {len(found)} {op.rtype} resources"
@@ -347,8 +355,11 @@ class Hub:
         op.d, op.warnings = op.patch(jsontext.loads_exact(from_stored(stored).resource))
         op.patched_from = version
 
-    def _match(self, rtype: str, query: Query, earlier: list[Op]) -> list[str]:
+    def _match(self, rtype: str, query: Query, earlier: list[Op],
+               sees: Sees | None = None) -> list[str]:
         found = set(self.resolver.match(rtype, query))
+        if found and sees is not None:
+            found = set(sees(rtype, sorted(found), query))
         for e in earlier:  # writes of this same transaction count too
             if e.rtype != rtype or e.existing:
                 continue
@@ -360,7 +371,7 @@ class Hub:
         return sorted(found)
 
     def _rewrite_references(self, ops: list[Op], planned: list[int],
-                            undo: list[tuple[Any, Any, str]]) -> None:
+                            undo: list[tuple[Any, Any, str]], sees: Sees | None = None) -> None:
         mapping = {}
         for i in planned:
             op = ops[i]
@@ -375,7 +386,7 @@ class Hub:
             if not sep or rtype not in res.RESOURCE_TYPES:
                 return ref
             if ref not in cache:
-                found = self._match(rtype, parse_query(query), [ops[i] for i in planned])
+                found = self._match(rtype, parse_query(query), [ops[i] for i in planned], sees)
                 if len(found) != 1:
                     raise precondition_failed(
                         f"Conditional reference {ref!r} matched {len(found)} resources; need one"

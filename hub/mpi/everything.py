@@ -22,12 +22,13 @@ Institution``, what connectors send) or to the Organization of its ``managingOrg
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
-from hub.core.errors import FhirError, bad_request, not_found
+from hub.core.errors import FhirError, bad_request, forbidden, not_found
 from hub.core.store import ResourceStore
 from hub.mpi.identity import IdentityService
 from projections.runner import Runner
@@ -46,8 +47,11 @@ def body_of(state: bytes) -> bytes:
 
 # -- the Person view ------------------------------------------------------------------------------
 
-def person_view(identity: IdentityService, store: ResourceStore, pid: str) -> dict:
-    """The FHIR Person of golden person ``pid`` (404 if unknown)."""
+def person_view(identity: IdentityService, store: ResourceStore, pid: str,
+                shown: Callable[[str, str, bytes], bool] | None = None) -> dict:
+    """The FHIR Person of golden person ``pid`` (404 if unknown). ``shown``: whether the caller
+    may see a linked Patient (type, id, resource JSON); the Person then holds only the links,
+    identifiers and demographics of those, and is refused (403) when it links to none."""
     P = identity.person
     with P.read() as c:
         row = P.person_row(c, pid)
@@ -64,6 +68,12 @@ def person_view(identity: IdentityService, store: ResourceStore, pid: str) -> di
         return out
     ids = [x["patient"].split("/", 1)[1] for x in links]
     current = store.latest_many("Patient", ids)
+    if shown is not None and links:
+        pairs = [(x, rid) for x, rid in zip(links, ids) if rid in current
+                 and shown("Patient", rid, body_of(current[rid][1]))]
+        if not pairs:
+            raise forbidden(f"Person/{pid} is not shown to this caller")
+        links, ids = [x for x, _ in pairs], [rid for _, rid in pairs]
     idents, seen = [], set()
     best: tuple | None = None
     for x, rid in zip(links, ids):
@@ -95,6 +105,9 @@ def person_view(identity: IdentityService, store: ResourceStore, pid: str) -> di
 
 
 # -- the shared record ----------------------------------------------------------------------------
+
+Entry = tuple[str, str, bytes]  # (type, id, resource JSON)
+
 
 @dataclass
 class Scope:
@@ -160,11 +173,13 @@ class SharedRecord:
     # -- $everything --------------------------------------------------------------------------------
 
     def everything(self, scope: Scope, since_us: int | None, types: list[str] | None,
-                   count: int, after_pk: int | None, base: str | None = None
-                   ) -> tuple[list[tuple[str, str, bytes]], int | None, int,
-                              list[tuple[str, str, bytes]]]:
+                   count: int, after_pk: int | None, base: str | None = None,
+                   shown: Callable[[list[Entry]], list[Entry]] | None = None
+                   ) -> tuple[list[Entry], int | None, int, list[Entry]]:
         """(entries (rtype, rid, body), next cursor, total, referenced) of one page; ``base``,
-        this server's base URL: a reference stored absolute on it is to the same Patient.
+        this server's base URL: a reference stored absolute on it is to the same Patient;
+        ``shown``: the entries a caller may see (the rest are left out, with what only they
+        refer to).
 
         ``referenced``: what the page's resources refer to outside the Patient compartment
         (Practitioner, Organization, Location, Medication, …), as R4's Patient-everything adds
@@ -210,11 +225,16 @@ class SharedRecord:
             c.execute(f"SELECT s.pk, s.rtype, s.rid {base_sql}{page_where} ORDER BY s.pk LIMIT ?",
                       [*page_args, count + 1])
             rows = [tuple(r) for r in c.fetchall()]
-            more = len(rows) > count
-            rows = rows[:count]
-            refs = self._referenced(c, [r[0] for r in rows], base)
-        bodies = self._bodies([(r[1], r[2]) for r in rows] + refs)
+        more = len(rows) > count
+        rows = rows[:count]
+        bodies = self._bodies([(r[1], r[2]) for r in rows])
         entries = [(rt, rid, bodies[(rt, rid)]) for _, rt, rid in rows if (rt, rid) in bodies]
+        if shown is not None:
+            entries = shown(entries)
+        kept = {(rt, rid) for rt, rid, _ in entries}
+        with self.search.index.datastore.transaction(commit=False) as c:
+            refs = self._referenced(c, [pk for pk, rt, rid in rows if (rt, rid) in kept], base)
+        bodies = self._bodies(refs)
         referenced = [(rt, rid, bodies[(rt, rid)]) for rt, rid in refs if (rt, rid) in bodies]
         return entries, (rows[-1][0] if more and rows else None), total, referenced
 

@@ -1,0 +1,328 @@
+"""Every way data leaves the hub keeps to what the caller may see: consents, type scopes,
+query-restricted scopes and a patient-context token's compartment, over real HTTP with real
+tokens.
+
+Each case is a channel that once handed out (or told of) what the caller may not see: a
+versioned reference, the Person view, ``$everything``'s types and what it refers to,
+``_include:iterate`` through a hidden record, a page link's cursor, ``_has`` and chains through
+an unscoped type, conditional writes whose answer tells whether a hidden record matches, a
+patient token writing outside its compartment, and the history of a deleted record.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import httpx
+import pytest
+
+from hub.auth.signer import Signer
+from tests.api_helpers import consent, observation, patient, unique
+from tests.conftest import FHIR_JSON, LiveServer, make_settings
+
+ACTCODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+PSY = {"system": ACTCODE, "code": "PSY"}
+TREAT = {"x-purpose-of-use": "TREAT"}
+
+
+def _obs(pid: str, code: str = "8867-4", system: str = "http://loinc.org",
+         category: str | None = None, psy: bool = False, **extra) -> dict:
+    d = {**observation(f"Patient/{pid}"), "id": unique()[:16],
+         "code": {"coding": [{"system": system, "code": code}]}}
+    if category:
+        d["category"] = [{"coding": [{"system": CATEGORY, "code": category}]}]
+    if psy:
+        d["meta"] = {"security": [PSY]}
+    return {**d, **extra}
+
+
+def _optout(pid: str) -> dict:
+    return consent(pid, {"type": "deny"}, "H1")
+
+
+def _psy_consent(pid: str) -> dict:
+    return consent(pid, {"type": "permit", "provision": [{"type": "deny", "securityLabel": [PSY]}]},
+                   "H1")
+
+
+def _put(c: httpx.Client, d: dict) -> httpx.Response:
+    return c.put(f"/{d['resourceType']}/{d['id']}", json=d, headers=FHIR_JSON)
+
+
+def _http(live: LiveServer, auth) -> httpx.Client:
+    headers = {"accept": "application/fhir+json"}
+    if isinstance(auth, str):
+        headers["authorization"], auth = f"Bearer {auth}", None
+    return httpx.Client(base_url=live.base, timeout=60, auth=auth, headers=headers)
+
+
+def _ids(r: httpx.Response, rtype: str | None = None) -> set[str]:
+    assert r.status_code == 200, r.text
+    return {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in r.json().get("entry", ())
+            if e.get("search", {}).get("mode") != "outcome"
+            and (rtype is None or e["resource"]["resourceType"] == rtype)}
+
+
+def _patient_token(live: LiveServer, pid: str, scope: str = "patient/*.rs",
+                   roles: tuple[str, ...] = ("clinician",)) -> str:
+    """A patient-context token for Patient ``pid`` (as an OpenID provider's launch would give)."""
+    return Signer(live.settings.data_dir).issue(
+        {"iss": live.origin + "/auth", "aud": live.base, "sub": f"user-{pid}", "scope": scope,
+         "patient": pid, "hub_roles": list(roles)}, 300)
+
+
+def _server(request, tmp_path_factory, name: str) -> LiveServer:
+    return LiveServer(make_settings("sqlite", tmp_path_factory.mktemp(name), request))
+
+
+@pytest.fixture(scope="module")
+def bare(request, tmp_path_factory):
+    """A hub where no Consent was ever written: only scopes narrow what a caller sees."""
+    with _server(request, tmp_path_factory, "bare") as live:
+        live.h1 = live.client_auth(roles=("connector",), scope="system/*.cruds",
+                                   institution="H1")
+        yield live
+
+
+@pytest.fixture(scope="module")
+def guarded(request, tmp_path_factory):
+    """A hub holding patients' consents: H1 records, H2 is another institution."""
+    with _server(request, tmp_path_factory, "guarded") as live:
+        live.h1 = live.client_auth(roles=("connector",), scope="system/*.cruds",
+                                   institution="H1")
+        live.h2 = live.client_auth(roles=("clinician",), scope="user/*.rs", institution="H2")
+        yield live
+
+
+def _write(live: LiveServer, *resources: dict) -> None:
+    with _http(live, live.h1) as c:
+        for d in resources:
+            assert _put(c, d).status_code == 201, d
+
+
+# -- with scopes alone ----------------------------------------------------------------------------
+
+def test_has_and_chains_hold_only_through_what_the_scopes_show(bare):
+    p = patient(rid=unique()[:16])
+    vital = _obs(p["id"], "SECRET", "urn:x", category="vital-signs")
+    panel = _obs(p["id"], "PANEL", "urn:x", category="laboratory",
+                 hasMember=[{"reference": f"Observation/{vital['id']}"}])
+    _write(bare, p, vital, panel)
+    has = {"_has:Observation:subject:code": "urn:x|SECRET", "_id": p["id"]}
+    lab = bare.client_auth(roles=("clinician",),
+                           scope="user/Patient.rs user/Observation.rs?category=laboratory")
+    with _http(bare, lab) as c:
+        assert c.get(f"/Observation/{vital['id']}").status_code == 403
+        assert _ids(c.get("/Patient", params=has)) == set()
+        assert c.get("/Patient", params={**has, "_summary": "count"}).json()["total"] == 0
+        assert _ids(c.get("/Observation", params={
+            "has-member:Observation.code": "urn:x|SECRET"})) == set()
+        # the same through what it does see
+        assert _ids(c.get("/Patient", params={"_has:Observation:subject:code": "urn:x|PANEL",
+                                              "_id": p["id"]})) == {f"Patient/{p['id']}"}
+    patients_only = bare.client_auth(roles=("clinician",), scope="user/Patient.rs")
+    with _http(bare, patients_only) as c:
+        assert _ids(c.get("/Patient", params=has)) == set()
+    with _http(bare, bare.h1) as c:  # who sees every Observation finds it
+        assert _ids(c.get("/Patient", params=has)) == {f"Patient/{p['id']}"}
+
+
+def test_a_history_total_counts_only_what_a_query_scope_shows(bare):
+    q = patient(rid=unique()[:16])
+    labs = [_obs(q["id"], category="laboratory") for _ in range(2)]
+    vitals = [_obs(q["id"], category="vital-signs") for _ in range(3)]
+    _write(bare, q, *labs, *vitals)
+    lab = bare.client_auth(roles=("clinician",),
+                           scope="user/Observation.rs?category=laboratory")
+    with _http(bare, lab) as c:
+        body = c.get("/Observation/_history", params={"_total": "accurate"}).json()
+        shown = {e["resource"]["id"] for e in body.get("entry", ())}
+        assert shown >= {d["id"] for d in labs} and not shown & {d["id"] for d in vitals}
+        assert body["total"] == len(body["entry"])
+
+
+def test_everything_and_timeline_hand_out_only_the_scoped_types(bare):
+    p = patient(rid=unique()[:16])
+    prac = {"resourceType": "Practitioner", "id": unique()[:16], "name": [{"family": "Li"}]}
+    vital = _obs(p["id"], category="vital-signs",
+                 performer=[{"reference": f"Practitioner/{prac['id']}"}])
+    _write(bare, p, prac, vital)
+    patients_only = bare.client_auth(roles=("clinician",), scope="user/Patient.rs")
+    lab = bare.client_auth(roles=("clinician",),
+                           scope="user/Patient.rs user/Observation.rs?category=laboratory")
+    for caller in (patients_only, lab):
+        with _http(bare, caller) as c:
+            r = c.get(f"/Patient/{p['id']}/$everything", headers=TREAT)
+            assert _ids(r) == {f"Patient/{p['id']}"}
+            assert r.json()["total"] == 1
+            assert _ids(c.get(f"/Patient/{p['id']}/$timeline", headers=TREAT),
+                        "Observation") == set()
+    everyone = bare.client_auth(roles=("clinician",), scope="user/*.rs")
+    with _http(bare, everyone) as c:
+        assert _ids(c.get(f"/Patient/{p['id']}/$everything", headers=TREAT)) == {
+            f"Patient/{p['id']}", f"Observation/{vital['id']}", f"Practitioner/{prac['id']}"}
+
+
+def test_a_patient_token_writes_only_its_own_compartment(bare):
+    a, b = patient(rid=unique()[:16]), patient(rid=unique()[:16])
+    _write(bare, a, b)
+    token = _patient_token(bare, a["id"], "patient/*.cruds", ("connector",))
+    with _http(bare, token) as c:
+        other = {k: v for k, v in _obs(b["id"]).items() if k != "id"}
+        assert c.post("/Observation", json=other, headers=FHIR_JSON).status_code == 403
+        assert _put(c, _obs(b["id"])).status_code == 403
+        assert _put(c, {**b, "active": False}).status_code == 403
+        own = _obs(a["id"])
+        assert _put(c, own).status_code == 201
+        # nor moved out of it
+        assert _put(c, {**own, "subject": {"reference": f"Patient/{b['id']}"}}).status_code == 403
+
+
+# -- with consents --------------------------------------------------------------------------------
+
+def test_a_versioned_subject_reference_is_the_patients(guarded):
+    p = patient(rid=unique()[:16])
+    plain, versioned = _obs(p["id"]), _obs(p["id"])
+    versioned["subject"] = {"reference": f"Patient/{p['id']}/_history/1"}
+    _write(guarded, p, plain, versioned, _optout(p["id"]))
+    with _http(guarded, guarded.h2) as c:
+        assert c.get(f"/Observation/{plain['id']}").status_code == 403
+        assert c.get(f"/Observation/{versioned['id']}").status_code == 403
+        assert _ids(c.get("/Observation", params={"subject": f"Patient/{p['id']}"})) == set()
+    # a Consent naming a version of its Patient applies too
+    q = patient(rid=unique()[:16])
+    record = _obs(q["id"])
+    opt = _optout(q["id"])
+    opt["patient"] = {"reference": f"Patient/{q['id']}/_history/1"}
+    _write(guarded, q, record, opt)
+    with _http(guarded, guarded.h2) as c:
+        assert c.get(f"/Observation/{record['id']}").status_code == 403
+
+
+def test_includes_follow_only_what_the_caller_sees(guarded):
+    p = patient(rid=unique()[:16])
+    prac = {"resourceType": "Practitioner", "id": unique()[:16], "name": [{"family": "Zhou"}]}
+    psy = _obs(p["id"], psy=True, performer=[{"reference": f"Practitioner/{prac['id']}"}])
+    _write(guarded, p, prac, psy, _psy_consent(p["id"]))
+    with _http(guarded, guarded.h2) as c:
+        assert c.get(f"/Observation/{psy['id']}").status_code == 403
+        for params in ({"_revinclude": "Observation:subject",
+                        "_include:iterate": "Observation:performer"},
+                       {"_revinclude": "*:*", "_include:iterate": "*"}):
+            assert _ids(c.get("/Patient", params={"_id": p["id"], **params})) == {
+                f"Patient/{p['id']}"}, params
+        # a hidden match is no way to what it refers to either
+        assert _ids(c.get("/Observation", params={"_id": psy["id"],
+                                                  "_include": "Observation:performer"})) == set()
+        assert _ids(c.get(f"/Patient/{p['id']}/$everything", headers=TREAT)) == {
+            f"Patient/{p['id']}"}
+    with _http(guarded, guarded.h1) as c:  # the recording institution sees the way
+        assert f"Practitioner/{prac['id']}" in _ids(c.get("/Patient", params={
+            "_id": p["id"], "_revinclude": "Observation:subject",
+            "_include:iterate": "Observation:performer"}))
+
+
+def _cursor_of(r: httpx.Response) -> str:
+    return next(lk["url"] for lk in r.json()["link"]
+                if lk["relation"] == "next").split("_cursor=")[1].split("&")[0]
+
+
+def test_page_links_tell_nothing_of_hidden_rows(guarded):
+    p = patient(rid=unique()[:16])
+    _write(guarded, p, _obs(p["id"], "AAA", "urn:x"),
+           _obs(p["id"], "ZZZ-SCHIZOPHRENIA", "urn:x", psy=True), _psy_consent(p["id"]))
+    with _http(guarded, guarded.h2) as c:
+        r = c.get("/Observation", params={"subject": f"Patient/{p['id']}", "_sort": "-code",
+                                          "_count": "1"})
+        cursor = _cursor_of(r)
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        except (binascii.Error, ValueError):
+            raw = b""
+        assert b"ZZZ" not in raw and b"SCHIZ" not in raw
+        # the link still pages: the visible record on the next page
+        nxt = c.get(next(lk["url"] for lk in r.json()["link"] if lk["relation"] == "next"))
+        assert {e["resource"]["code"]["coding"][0]["code"] for e in nxt.json().get("entry", ())
+                } <= {"AAA"}
+        # a cursor made by the client (to probe where hidden rows lie) is refused
+        forged = base64.urlsafe_b64encode(b'["n","ZZZ",1]').decode().rstrip("=")
+        r = c.get("/Observation", params={"subject": f"Patient/{p['id']}", "_sort": "-code",
+                                          "_count": "1", "_cursor": forged})
+        assert r.status_code == 400
+
+
+def test_a_person_shows_only_the_patients_the_caller_may_see(guarded):
+    me, d = patient(rid=unique()[:16]), patient(rid=unique()[:16], family="Opted")
+    _write(guarded, me, d, _optout(d["id"]))
+    steward = guarded.client_auth(roles=("steward",), scope="system/Patient.rs system/Person.rs",
+                                  institution="H1")
+    link = {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": f"Patient/{d['id']}"}}]}
+    with _http(guarded, steward) as c:
+        r = c.post("/Person/$link", json=link, headers=FHIR_JSON)
+        assert r.status_code in (200, 201), r.text
+        person = r.json()["id"]
+        assert c.get(f"/Person/{person}").json()["name"][0]["family"] == "Opted"
+    ident = f"{d['identifier'][0]['system']}|{d['identifier'][0]['value']}"
+    with _http(guarded, guarded.h2) as c:
+        assert c.get(f"/Patient/{d['id']}").status_code == 403
+        assert c.get(f"/Person/{person}").status_code == 403
+        assert f"Person/{person}" not in _ids(c.get("/Person"))
+        for params in ({"identifier": ident}, {"patient": f"Patient/{d['id']}"}):
+            assert _ids(c.get("/Person", params=params)) == set(), params
+        r = c.get("/$resolve-identifier", params={"identifier": ident}, headers=TREAT)
+        assert r.status_code == 200 and r.json()["total"] == 0 and _ids(r) == set()
+    with _http(guarded, _patient_token(guarded, me["id"])) as c:
+        assert f"Person/{person}" not in _ids(c.get("/Person"))
+
+
+def test_conditional_writes_match_only_what_the_caller_sees(guarded):
+    p = patient(rid=unique()[:16])
+    psy = _obs(p["id"], "F20", "urn:icd", psy=True)
+    _write(guarded, p, psy, _psy_consent(p["id"]))
+    h2 = guarded.client_auth(roles=("connector",), scope="system/*.cruds", institution="H2")
+
+    def answers(c: httpx.Client, code: str) -> tuple:
+        q = {"subject": f"Patient/{p['id']}", "code": f"urn:icd|{code}"}
+        patch = [{"op": "add", "path": "/status", "value": "final"}]
+        return (c.delete("/Observation", params=q).status_code,
+                c.patch("/Observation", params=q, json=patch,
+                        headers={"content-type": "application/json-patch+json"}).status_code,
+                c.delete("/Patient", params={"_id": p["id"],
+                                             "_has:Observation:subject:code": f"urn:icd|{code}"}
+                         ).status_code)
+
+    with _http(guarded, h2) as c:
+        assert c.get(f"/Observation/{psy['id']}").status_code == 403
+        # the hidden record's code answers as a code nobody has
+        assert answers(c, "F20") == answers(c, "F99")
+        body = {k: v for k, v in _obs(p["id"]).items() if k != "id"}
+        r = c.post("/Observation", json=body, headers={
+            **FHIR_JSON, "if-none-exist": f"subject=Patient/{p['id']}&code=urn:icd|F20"})
+        assert r.status_code == 201 and psy["id"] not in r.headers["location"]
+        body["focus"] = [{"reference": "Observation?code=urn:icd|F20"}]
+        tx = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": body, "request": {"method": "POST", "url": "Observation"}}]}
+        r = c.post("", json=tx, headers={**FHIR_JSON, "prefer": "return=representation"})
+        assert r.status_code == 412 and psy["id"] not in r.text
+    with _http(guarded, guarded.h1) as c:  # it is still there, for who may see it
+        assert c.get(f"/Observation/{psy['id']}").status_code == 200
+
+
+def test_the_history_of_a_deleted_record_is_hidden_as_the_record(guarded):
+    p = patient(rid=unique()[:16])
+    gone = _obs(p["id"])
+    _write(guarded, p, gone)
+    with _http(guarded, guarded.h1) as c:
+        assert c.delete(f"/Observation/{gone['id']}").status_code in (200, 204)
+    _write(guarded, _optout(p["id"]))
+    with _http(guarded, guarded.h2) as c:
+        r = c.get(f"/Observation/{gone['id']}/_history", params={"_total": "accurate"})
+        assert r.json().get("total", 0) == 0 and not r.json().get("entry")
+        urls = {e["request"]["url"] for e in c.get("/Observation/_history",
+                                                    params={"_count": "500"}).json().get("entry", ())}
+        assert f"Observation/{gone['id']}" not in urls
+    with _http(guarded, guarded.h1) as c:
+        assert len(c.get(f"/Observation/{gone['id']}/_history").json()["entry"]) == 2
