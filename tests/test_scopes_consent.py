@@ -125,6 +125,12 @@ def test_token_queries_with_a_system_and_several_parameters(world):
         assert c.get(f"/Observation/{world.vital['id']}").status_code == 403
         assert _ids(c.get("/Observation", params={"subject": f"Patient/{world.pid}"})) == {
             world.lab["id"]}
+    # :not with several values selects none of them (each negation OR'ed would select all)
+    neither = _reader(world, "system/Observation.rs?status:not=preliminary,final")
+    with _http(world, neither) as c:
+        for d in (world.lab, world.lab_prelim, world.vital):
+            assert c.get(f"/Observation/{d['id']}").status_code == 403
+        assert _ids(c.get("/Observation", params={"subject": f"Patient/{world.pid}"})) == set()
 
 
 def test_several_restricted_scopes_are_ored_and_an_unrestricted_one_wins(world):

@@ -239,6 +239,10 @@ CASES = [
     ("tok", "Patient", "gender:missing=true", ["t3"]),
     ("tok", "Patient", "_id=t1,t3", ["t1", "t3"]),
     ("tok", "Patient", "_id:not=t1", ["t2", "t3", "t4"]),
+    # :not with several values: none of them (NOT (a OR b)), as HAPI and Microsoft read it
+    ("tok", "Patient", "gender:not=male,female", ["t3", "t4"]),
+    ("tok", "Patient", "_id:not=t1,t2", ["t3", "t4"]),
+    ("tok", "Patient", "identifier:not=urn:a|1,urn:b|2", ["t2", "t4"]),
     ("tok", "Observation", "code=http://loinc.org|8867-4", ["t5"]),
     ("tok", "Observation", "code:text=heart", ["t5"]),
     ("tok", "Observation", "code:text=pul", ["t5"]),

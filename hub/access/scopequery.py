@@ -20,7 +20,7 @@ from functools import lru_cache
 
 from hub.core.errors import HubError
 from projections.search.extract import Token, extract
-from projections.search.query import Criterion, TokenValue, parse_criteria
+from projections.search.query import Criterion, TokenValue, criteria_groups
 
 __all__ = ["ScopeQuery", "compile_query", "search_groups"]
 
@@ -86,12 +86,12 @@ def compile_query(rtype: str, query: tuple[tuple[str, str], ...]) -> ScopeQuery:
     groups: list[tuple[Criterion, ...]] = []
     for name, value in query:
         try:
-            group = parse_criteria(rtype, name, value)
+            found = criteria_groups(rtype, name, value)
         except HubError:  # unknown or unsupported parameter, malformed value
             return ScopeQuery(rtype, None)
-        if not group or not all(_supported(c) for c in group):
+        if not found or not all(_supported(c) for group in found for c in group):
             return ScopeQuery(rtype, None)
-        groups.append(tuple(group))
+        groups += [tuple(group) for group in found]
     return ScopeQuery(rtype, tuple(groups))
 
 

@@ -457,6 +457,18 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
     return out
 
 
+def criteria_groups(rtype: str, name: str, value: str, base: str | None = None,
+                    terminology: Any = None) -> list[list[Criterion]]:
+    """The AND groups of one ``name=value``: its OR alternatives as one group, but for ``:not``,
+    one group per value: ``gender:not=male,female`` is neither (NOT (a OR b)), as HAPI and
+    Microsoft's server read it; each negation OR'ed with the others would select everything."""
+    group = parse_criteria(rtype, name, value, base, terminology)
+    if len(group) > 1 and all(c.modifier == "not" and c.chain is None and c.type != "has"
+                              for c in group):
+        return [[c] for c in group]
+    return [group] if group else []
+
+
 _TYPES_CACHE: set[str] | None = None
 
 
@@ -585,9 +597,7 @@ def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
                     "_has", *SPECIAL_TYPES, "_tag", "_profile", "_security", "_source"):
                 raise Unsupported(f"{name} is not supported")
             else:
-                group = parse_criteria(rtype, name, value, base, terminology)
-                if group:
-                    q.where.append(group)
+                q.where.extend(criteria_groups(rtype, name, value, base, terminology))
         except Unsupported:
             q.ignored.append(name)
     return q
