@@ -272,3 +272,30 @@ def test_non_default_separators():
     a, b = _convert(std.encode(), SRC), _convert(odd.encode(), SRC)
     assert_valid(b)
     assert a.resources == b.resources
+
+
+def test_a_correction_replaces_the_result_however_its_obx_are_numbered():
+    """OBX-1 only numbers a message's OBX segments: a correction (OBX-11 C) that sends one result
+    of the report numbers it 1, and must update that result, not add a second one beside the
+    wrong value still 'final'. Two OBX of one code in one report stay two results."""
+    head = ("MSH|^~\\&|LIS|H1|HUB|R|{t}||ORU^R01|{cid}|P|2.5\r"
+            "PID|1||COR1^^^H1^MR||周^九||19800101|F\r"
+            "PV1|1|O|||||||||||||||||CV1\r"
+            "OBR|1|PL7|FL7|GLU^Glucose^L|||20240115080000||||||||||||||||||{st}\r")
+    final = _convert((head.format(t="20240115100000", cid="C1", st="F")
+                      + "OBX|1|NM|HGB^Hgb^L||120|g/L|||||F\r"
+                      + "OBX|2|NM|GLU^Glu^L||5.6|mmol/L|||||F\r").encode(), SRC)
+    fix = _convert((head.format(t="20240115110000", cid="C2", st="C")
+                    + "OBX|1|NM|GLU^Glu^L||7.9|mmol/L|||||C\r").encode(), SRC)
+    assert_valid(final)
+    assert_valid(fix)
+    glu = [o for o in by_type(final, "Observation") if o["code"]["coding"][0]["code"] == "GLU"]
+    corrected = by_type(fix, "Observation")
+    assert len(glu) == 1 and len(corrected) == 1
+    assert corrected[0]["id"] == glu[0]["id"]
+    assert corrected[0]["status"] == "corrected" and corrected[0]["valueQuantity"]["value"] == 7.9
+    twice = _convert((head.format(t="20240115100000", cid="C3", st="F")
+                      + "OBX|1|NM|GLU^Glu^L||5.6|mmol/L|||||F\r"
+                      + "OBX|2|NM|GLU^Glu^L||5.9|mmol/L|||||F\r").encode(), SRC)
+    values = {o["id"]: o["valueQuantity"]["value"] for o in by_type(twice, "Observation")}
+    assert sorted(values.values()) == [5.6, 5.9]

@@ -11,7 +11,7 @@ from .financial import charges
 from .message import Seg
 from .patient_context import patient_context
 from .people import practitioner, provider
-from .results import observation, participants, report_key, specimen, split_groups
+from .results import observation, occurrences, participants, report_key, specimen, split_groups
 from .tables import table
 
 _CODES = table("codes")
@@ -102,8 +102,8 @@ def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
     sr_ref = {"reference": f"ServiceRequest/{res['id']}"}
     info = []
     if with_observations:
-        for i, (obx, notes) in enumerate(g.obx, 1):
-            ref = observation(ctx, obx, notes, key, i, based_on=[sr_ref])
+        for nth, (obx, notes) in zip(occurrences([s for s, _ in g.obx]), g.obx):
+            ref = observation(ctx, obx, notes, key, nth, based_on=[sr_ref])
             if ref:
                 info.append(ref)
     if info:

@@ -14,7 +14,7 @@ from . import datatypes as dt
 from .context import Ctx
 from .message import Seg
 from .patient_context import patient_context
-from .results import observation
+from .results import observation, occurrences
 from .tables import table
 
 _PROBLEM = table("codes")["problem"]
@@ -88,8 +88,8 @@ def condition(ctx: Ctx, prb: Seg, obxs: list[Seg], notes: list[str]) -> None:
     recorded = dt.datetime(prb.get(7)) or dt.datetime(prb.get(2))
     if recorded:
         res["recordedDate"] = recorded
-    evidence = [ref for i, obx in enumerate(obxs, 1)
-                if (ref := observation(ctx, obx, [], f"{res['id']}:PRB", i))]
+    evidence = [ref for nth, obx in zip(occurrences(obxs), obxs)
+                if (ref := observation(ctx, obx, [], f"{res['id']}:PRB", nth))]
     if evidence:
         res["evidence"] = [{"detail": evidence}]
     if notes:

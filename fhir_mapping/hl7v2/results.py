@@ -398,7 +398,21 @@ def reference_range(obx: Seg, units: list[list[str]]) -> list[dict] | None:
     return [{"text": text}]
 
 
-def observation(ctx: Ctx, obx: Seg, notes: list[str], key: str, index: int, *,
+def occurrences(obxs: list[Seg]) -> list[str]:
+    """Each OBX's place among the OBX of its group with the same code and sub-ID (OBX-3, OBX-4):
+    '' for the first, '2', '3'… for repeats. An Observation is keyed by it, never by OBX-1, which
+    only numbers a message's OBX segments: a correction (OBX-11 ``C``) that sends one result of
+    a report numbers it 1, and must replace that result, not sit beside it."""
+    seen: dict[tuple[str, str], int] = {}
+    out = []
+    for obx in obxs:
+        k = (dt.comp(obx.rep(3), 1), obx.get(4))
+        seen[k] = seen.get(k, 0) + 1
+        out.append("" if seen[k] == 1 else str(seen[k]))
+    return out
+
+
+def observation(ctx: Ctx, obx: Seg, notes: list[str], key: str, nth: str, *,
                 effective: str | None = None, specimen_ref: dict | None = None,
                 category: dict | None = None, based_on: list | None = None) -> dict[str, str] | None:
     code = dt.concept(obx.rep(3))
@@ -409,9 +423,8 @@ def observation(ctx: Ctx, obx: Seg, notes: list[str], key: str, index: int, *,
     if got is not None and got[0] is None:
         ctx.find("warning", "v2.obx-5.unmapped", got[1], obx.loc(5))
         return None
-    set_id = obx.get(1) or str(index)
     res: dict[str, Any] = {"resourceType": "Observation",
-                           "id": ctx.id("Observation", key, set_id, dt.comp(obx.rep(3), 1), obx.get(4))}
+                           "id": ctx.id("Observation", key, nth, dt.comp(obx.rep(3), 1), obx.get(4))}
     if based_on:
         res["basedOn"] = based_on
     st = obx.get(11).upper()
@@ -470,8 +483,8 @@ def loose_observations(ctx: Ctx, items: list[tuple[Seg, list[str]]] | None = Non
         items = [(s, []) for s in ctx.msg.all("OBX")]
     refs = []
     enc = ctx.encounter_ref["reference"] if ctx.encounter_ref else ""
-    for i, (obx, notes) in enumerate(items, 1):
-        ref = observation(ctx, obx, notes, f"{ctx.patient_key}:{enc}:{ctx.msg.msh.get(10)}", i)
+    for nth, (obx, notes) in zip(occurrences([s for s, _ in items]), items):
+        ref = observation(ctx, obx, notes, f"{ctx.patient_key}:{enc}:{ctx.msg.msh.get(10)}", nth)
         if ref:
             refs.append(ref)
     return refs
@@ -500,7 +513,7 @@ def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict], *,
         specimens = group_specimens(ctx, g, early_specimens, key)
     effective = dt.datetime(obr.get(7))
     results, forms = [], []
-    for i, (obx, notes) in enumerate(g.obx, 1):
+    for nth, (obx, notes) in zip(occurrences([s for s, _ in g.obx]), g.obx):
         vt = obx.get(2).upper()
         if vt in ("ED", "RP"):
             att = (_attachment_ed if vt == "ED" else _attachment_rp)(obx.rep(5))
@@ -513,7 +526,7 @@ def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict], *,
                 ctx.find("warning", "v2.obx-5.attachment-invalid",
                          f"OBX-5 {vt} holds no usable document (encoding or data)", obx.loc(5))
             continue
-        ref = observation(ctx, obx, notes, key, i, effective=effective,
+        ref = observation(ctx, obx, notes, key, nth, effective=effective,
                           specimen_ref=specimens[0] if specimens else None, category=_CAT, based_on=based_on)
         if ref:
             results.append(ref)
