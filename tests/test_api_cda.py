@@ -71,6 +71,13 @@ def test_hostile_and_wrong_bodies_are_refused_and_the_server_keeps_serving(clien
     assert client.post("/../cda", content=b'{"x":1}',
                        headers={"content-type": "application/json"}).status_code == 415
     assert client.post("/../cda", content=b"", headers=XML).status_code == 400
+    # a character reference to a lone surrogate: not well-formed, refused and kept for replay
+    # (its recovered tree cannot be written out again, which once made it a 500)
+    surrogate = CLEAN.replace(b"</title>", b"&#xD800;</title>", 1)
+    assert surrogate != CLEAN
+    r = client.post("/../cda", content=surrogate, headers=XML)
+    assert r.status_code == 422 and "cda.xml.well-formed" in rules_of(r.json()), r.text
+    assert r.headers.get("x-quarantine-id")
     assert client.get("/metadata").status_code == 200
 
 

@@ -119,7 +119,9 @@ def _recover(data: bytes) -> etree._Element | None:
         return None  # nothing but a bare root: checking it would only report phantom omissions
     try:
         return parse_xml(etree.tostring(root))
-    except MappingError:
+    except (MappingError, etree.SerialisationError):
+        # a recovered tree may hold what cannot be written out again (a character reference to
+        # a lone surrogate, &#xD800;): nothing is left to check
         return None
 
 
