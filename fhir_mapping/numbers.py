@@ -17,12 +17,17 @@ import orjson
 # what sources write: a sign, digits with an optional fraction, or a bare fraction (".5", "5.");
 # ASCII digits only (Python's int() and float() also read other scripts' digits, which JSON has not)
 _SOURCE = re.compile(r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)$")
+# HL7 v3 REAL and PQ values (and FHIR decimals) may carry an exponent: 1.5e3
+_EXPONENT = re.compile(r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?[eE][+-]?[0-9]{1,3}$")
 
 
-def decimal(text: str | None) -> int | float | orjson.Fragment | None:
+def decimal(text: str | None, exponent: bool = False) -> int | float | orjson.Fragment | None:
     """A source's decimal text as a FHIR JSON number (None: not a number, or over 30
-    characters). ``+1.50`` -> 1.50, ``.5`` -> 0.5, ``007`` -> 7, ``5.`` -> 5."""
+    characters). ``+1.50`` -> 1.50, ``.5`` -> 0.5, ``007`` -> 7, ``5.`` -> 5; with ``exponent``
+    (HL7 v3 data types, not HL7 v2's NM), ``1.5e3`` as written."""
     v = (text or "").strip()
+    if exponent and len(v) <= 30 and _EXPONENT.match(v.removeprefix("+")):
+        return _fragment(v.removeprefix("+"))
     if not v or len(v) > 30 or _SOURCE.match(v) is None:
         return None
     if v[0] == "+":

@@ -3,7 +3,10 @@ data elements is one Observation with its value, unit, interpretation and specim
 
 from __future__ import annotations
 
+import orjson
+
 from fhir_mapping.cda import convert_traced
+from fhir_mapping.numbers import value_of
 from tests.cda_docs import SRC, by_type, wst500
 from tests.test_cda_helpers import check_no_silent_drops, invalid_resources
 
@@ -83,3 +86,34 @@ def test_other_documents_make_no_diagnostic_report():
     conv, _ = convert_traced(lab_report().replace(b'code="C0007"', b'code="C0010"')
                              .replace(b"2.16.156.10011.2.1.1.27", b"2.16.156.10011.2.1.1.30"), SRC)
     assert "DiagnosticReport" not in by_type(conv)
+
+
+def test_a_quantitative_result_the_mapper_cannot_read_as_a_number_is_kept():
+    """检验定量结果 written as something other than a plain decimal PQ or REAL is kept (a range, a
+    text like <0.5, a REAL with an exponent), never dropped for the interpretation (异常)."""
+    plain = '<value xsi:type="REAL" value="11.8"/>'
+    assert plain.encode() in lab_report()
+    cases = {
+        '<value xsi:type="PQ" value="&lt;0.5" unit="10^9/L"/>': ("valueString", "<0.5 10^9/L"),
+        '<value xsi:type="ST">&lt;0.5</value>': ("valueString", "<0.5"),
+        '<value xsi:type="IVL_PQ"><low value="1.0" unit="mg"/><high value="2" unit="mg"/></value>':
+            ("valueRange", {"low": {"value": 1.0, "unit": "mg", "system": "http://unitsofmeasure.org",
+                                    "code": "mg"},
+                            "high": {"value": 2, "unit": "mg", "system": "http://unitsofmeasure.org",
+                                     "code": "mg"}}),
+        '<value xsi:type="REAL" value="1.5e3"/>': ("valueQuantity", 1500.0),
+    }
+    for written, (element, expected) in cases.items():
+        conv, trace = convert_traced(lab_report().replace(plain.encode(), written.encode()), SRC)
+        assert invalid_resources(conv) == [], written
+        check_no_silent_drops(conv, trace)
+        wbc = next(o for o in by_type(conv)["Observation"] if o["code"]["coding"][0]["code"] == "WBC")
+        assert "valueCodeableConcept" not in wbc, written  # not the interpretation in its place
+        got = wbc[element]
+        if element == "valueQuantity":
+            assert value_of(got["value"]) == expected and got["code"] == "10*9/L", got
+            assert b'"value":1.5e3' in orjson.dumps(got)  # as written
+        else:
+            assert got == expected, (written, got)
+        if element == "valueString":
+            assert any(f.rule == "cda.value.invalid-quantity" for f in conv.findings), written

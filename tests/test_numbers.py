@@ -65,3 +65,13 @@ def test_a_connector_unit_read_from_kafka_keeps_them():
             b'"valueQuantity":{"value":1.50},"referenceRange":[{"low":{"value":0.0000010}}]}]}')
     out = orjson.dumps(_decode(unit)["resources"][0])
     assert b'"value":1.50' in out and b'"value":0.0000010' in out
+
+
+def test_an_exponent_is_read_only_where_the_source_allows_one():
+    """HL7 v3 REAL and PQ values may carry an exponent, kept as written; HL7 v2's NM may not."""
+    assert orjson.dumps({"v": numbers.decimal("1.5e3", exponent=True)}) == b'{"v":1.5e3}'
+    assert orjson.dumps({"v": numbers.decimal("+2E-3", exponent=True)}) == b'{"v":2E-3}'
+    assert numbers.value_of(numbers.decimal("1.5e3", exponent=True)) == 1500.0
+    assert numbers.decimal("1.5e3") is None
+    for bad in ("1.5e", "e3", "1.5e3.1", "01.5e3", "1.5e1234", "١.5e3"):
+        assert numbers.decimal(bad, exponent=True) is None, bad

@@ -249,10 +249,11 @@ def effective(el, offset: str | None) -> tuple[str, Any] | None:
 
 # ---------------------------------------------------------------- numbers
 
-def decimal(s: str | None) -> Any:
+def decimal(s: str | None, exponent: bool = False) -> Any:
     """A PQ's or MO's value as a FHIR JSON number keeping its written precision (``1.50`` stays
-    ``1.50``: fhir_mapping.numbers); None for what is not a number, or an integer beyond 2^53."""
-    v = numbers.decimal(s)
+    ``1.50``: fhir_mapping.numbers; ``exponent``: ``1.5e3`` too, as a REAL or PQ may be written);
+    None for what is not a number, or an integer beyond 2^53."""
+    v = numbers.decimal(s, exponent)
     if isinstance(v, int) and abs(v) >= 2**53:
         return None
     return v
@@ -269,7 +270,7 @@ def integer(s: str | None) -> int | None:
 def quantity(el, ucum: dict[str, str], *, default_ucum: str | None = None) -> dict | None:
     if el is None or el.get("nullFlavor"):
         return None
-    v = decimal(el.get("value"))
+    v = decimal(el.get("value"), exponent=True)
     if v is None:
         return None
     out: dict[str, Any] = {"value": v}

@@ -56,6 +56,27 @@ def _text(st) -> str | None:
     return dt.text(val) or dt.clean_str(val.get("displayName")) or dt.clean_str(val.get("value"))
 
 
+def _unread_quantity(ctx: Ctx, nodes: list, res: dict[str, Any]) -> None:
+    """A quantitative result that is no PQ the mapper reads, kept rather than dropped: a range
+    (IVL_PQ) as valueRange, anything else (``<0.5``, a text) as the text written, with a
+    finding; never the interpretation in its place."""
+    for n in nodes:
+        val = child(n, "value")
+        if val is None or absent_value(n):
+            continue
+        low, high = (dt.quantity(child(val, side), ctx.t.header["ucum"]) for side in ("low", "high"))
+        if low or high:
+            res["valueRange"] = {k: q for k, q in (("low", low), ("high", high)) if q}
+            return
+        written = " ".join(x for x in (dt.text(val) or dt.clean_str(val.get("value")),
+                                       dt.clean_str(val.get("unit"))) if x)
+        if written:
+            res["valueString"] = written
+            ctx.find("warning", "cda.value.invalid-quantity", "a quantitative result "
+                     "(DE04.30.015.00) is no number the mapper reads: kept as its text", val)
+            return
+
+
 def members(st) -> list:
     """The statements of a cluster: its components and what they nest, in document order."""
     out = []
@@ -113,13 +134,15 @@ def build_result_item(ctx: Ctx, sec: Section, st, pos: str) -> list[str]:
         res["valueQuantity"] = q
         break
     if "valueQuantity" not in res:
+        _unread_quantity(ctx, by.get("quantity", []), res)
+    if "valueQuantity" not in res and "valueRange" not in res and "valueString" not in res:
         txt = next((t for t in (_text(n) for n in by.get("text-result", [])) if t), None)
         if txt:
             res["valueString"] = txt
     interp = [c for c in (ctx.concept(child(n, "value")) for n in by.get("interpretation", []) if not absent_value(n)) if c]
     if interp:
         res["interpretation"] = interp
-    if "valueQuantity" not in res and "valueString" not in res:
+    if not any(k in res for k in ("valueQuantity", "valueRange", "valueString")):
         if interp:
             res["valueCodeableConcept"] = interp[0]
         else:
