@@ -280,6 +280,8 @@ class Hub:
         commit = Commit()
         pending: list[tuple[int, Result]] = []
         older = self._older_than_stored(ops, planned, heads)
+        if ctx.source.get("feed", "rest") != "rest":
+            self._keep_retirements(ops, planned, heads)
         for i in planned:
             op = ops[i]
             if i in older:  # the stored state came from a newer source: kept, and said so
@@ -400,6 +402,44 @@ class Hub:
                     _rewrite(ops[i].d, resolve, undo)
                 except FhirError as e:
                     raise _located(e, ops[i]) from None
+
+    def _keep_retirements(self, ops: list[Op], planned: list[int],
+                          heads: dict[tuple[str, str], Head]) -> None:
+        """A Patient a merge retired (``active: false``, linked ``replaced-by`` its survivor, as
+        an HL7 v2 A40 or ``$merge`` leave it) stays retired when a feed writes it again: a lab
+        that has not caught up with the merge sends the old record number, and its message must
+        not undo the merge on one side (the survivor still saying it ``replaces`` it). The write
+        keeps the retirement and says so. Asked of a feed's writes only (a connector's, the
+        Kafka intake's): a client writing the Patient through the REST API may undo it."""
+        wanted = []
+        for i in planned:
+            op = ops[i]
+            if op.method != "PUT" or op.rtype != "Patient" or op.d is None or _replaced_by(op.d):
+                continue
+            head = heads.get(("Patient", cast(str, op.target)))
+            if head is not None and not head.deleted:
+                wanted.append(i)
+        if not wanted:
+            return
+        stored = self.store.latest_many("Patient", [cast(str, ops[i].target) for i in wanted])
+        for i in wanted:
+            op = ops[i]
+            found = stored.get(cast(str, op.target))
+            try:
+                body = orjson.loads(found[1].partition(b"\n")[2]) if found else None
+            except orjson.JSONDecodeError:
+                continue
+            links = _replaced_by(body) if isinstance(body, dict) and body.get("active") is False \
+                else []
+            if not links:
+                continue
+            assert op.d is not None
+            op.d = {**op.d, "active": False, "link": [*(op.d.get("link") or ()), *links]}
+            op.warnings.append(Issue(
+                "business-rule", f"Patient/{op.target} was merged into "
+                f"{links[0]['other'].get('reference')}: it stays retired (its record number is "
+                "the retired one's; a later message from this feed does not undo the merge)",
+                "warning", "Patient.active"))
 
     def _older_than_stored(self, ops: list[Op], planned: list[int],
                            heads: dict[tuple[str, str], Head]) -> dict[int, Result]:
@@ -540,6 +580,12 @@ def _batch_key(op: Op) -> tuple:
     if criteria is not None:
         return (op.rtype, "?", tuple(criteria))
     return (op.rtype, id(op))  # a plain create: a fresh id, shares with nothing
+
+
+def _replaced_by(d: dict) -> list[dict]:
+    """The ``replaced-by`` links of a Patient (to the survivor of a merge)."""
+    return [x for x in d.get("link") or () if isinstance(x, dict) and x.get("type") == "replaced-by"
+            and isinstance(x.get("other"), dict)]
 
 
 def _located(err: FhirError, op: Op) -> FhirError:
