@@ -299,3 +299,20 @@ def test_a_correction_replaces_the_result_however_its_obx_are_numbered():
                       + "OBX|2|NM|GLU^Glu^L||5.9|mmol/L|||||F\r").encode(), SRC)
     values = {o["id"]: o["valueQuantity"]["value"] for o in by_type(twice, "Observation")}
     assert sorted(values.values()) == [5.6, 5.9]
+
+
+def test_an_explicit_null_is_no_value():
+    """"" is HL7's explicit null (delete the value in the receiver): the element is left out,
+    never stored as the text "" (a telecom, an address line, a marital status, a Location named "")."""
+    msg = ('MSH|^~\\&|HIS|H1|HUB|HUB|20240302080000||ADT^A08^ADT_A01|N2|P|2.5\r'
+           'EVN|A08|20240302080000\r'
+           'PID|1||NUL1^^^H1^MR||孙^七||19700101|M|||""||""|||""\r'
+           'PV1|1|I|""||||||||||||||||NULV1\r'
+           'OBX|1|ST|X^Note^L||""||||||F\r')
+    c = _convert(msg.encode(), SRC)
+    assert_valid(c)
+    assert b'\\"\\"' not in orjson.dumps(c.resources)
+    (pat,) = by_type(c, "Patient")
+    assert not {"telecom", "address", "maritalStatus"} & set(pat)
+    (enc,) = by_type(c, "Encounter")
+    assert "location" not in enc and not by_type(c, "Location")

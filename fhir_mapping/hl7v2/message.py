@@ -42,20 +42,27 @@ class Seg:
         f = raw[n]
         if self.name == "MSH" and n <= 2:
             return [[[f if isinstance(f, str) else "".join(x for x in f if isinstance(x, str))]]]
-        un = self._msg.unescape
         esc = self._msg._esc
+
+        def un(x: str) -> str:
+            # "" is HL7's explicit null (v2.5 2.5.3: delete the value in the receiver): no value,
+            # never the text "" (the hub replaces a resource with what the message holds, so the
+            # element goes)
+            if x == '""':
+                return ""
+            return self._msg.unescape(x) if esc in x else x
         reps: list[Rep] = []
         items = f if not (len(f) == 1 and isinstance(f[0], str)) else [f[0]]
         for r in items:
             if isinstance(r, str):
-                reps.append([[un(r) if esc in r else r]])
+                reps.append([[un(r)]])
                 continue
             comps: Rep = []
             for c in r:
                 if isinstance(c, str):
-                    comps.append([un(c) if esc in c else c])
+                    comps.append([un(c)])
                 else:
-                    comps.append([un(x) if esc in x else x for x in c])
+                    comps.append([un(x) for x in c])
             reps.append(comps)
         # drop trailing empty repetitions; a field of one empty rep is empty
         while reps and not any(any(c) for c in reps[-1]):
