@@ -219,6 +219,21 @@ def test_build_ack_without_msh():
     assert ack_segment(ack, "MSA")[3] == "bad \\F\\ thing \\S\\ here"  # escaped
 
 
+def test_an_ack_answers_the_control_id_of_headers_senders_write():
+    """MSA-2 echoes MSH-10 (else the sender cannot match the answer), and the ACK's MSH holds no
+    piece of the next segment, for a header hl7 cannot answer itself (MSH-9 without a trigger)
+    and an MSH ended by LF before segments ended by CR (as the shared samples mix them)."""
+    for message in (b"MSH|^~\\&|HIS|H1|HUB|HUB|20240115103000||ADT|CTRL8|P|2.5\r"
+                    b"EVN|A01|20240115103000\rPID|1||M1^^^H1^MR||LI^SI\r",
+                    b"MSH|^~\\&|HIS|H1|HUB|HUB|20240115103000||ADT^A01^ADT_A01|CTRL8|P|2.5\n"
+                    b"EVN|A01|20240115103000\rPID|1||M1^^^H1^MR||LI^SI\r"):
+        ack = hl7.parse(build_ack(message, "AA").decode())
+        assert str(ack.segment("MSA")(2)) == "CTRL8", ack
+        msh = ack.segment("MSH")
+        assert str(msh(12)) == "2.5" and str(msh(5)) == "HIS" and str(msh(6)) == "H1", ack
+        assert "EVN" not in str(ack)
+
+
 def test_a_listener_that_cannot_bind_is_not_healthy_until_it_does(tmp_path):
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))

@@ -316,3 +316,13 @@ def test_an_explicit_null_is_no_value():
     assert not {"telecom", "address", "maritalStatus"} & set(pat)
     (enc,) = by_type(c, "Encounter")
     assert "location" not in enc and not by_type(c, "Location")
+
+
+def test_a_repeated_character_set_reads_the_first_repetition():
+    """MSH-18 repeats: the first repetition is the message's character set, the rest alternates."""
+    msg = ("MSH|^~\\&|HIS|H1|HUB|HUB|20240302080000||ADT^A01^ADT_A01|R18|P|2.5|||||CHN|"
+           "UNICODE UTF-8~GB18030\rEVN|A01|20240302080000\r"
+           "PID|1||R18^^^H1^MR||王^小明||19700101|M\rPV1|1|O|||||||||||||||||R18V\r")
+    c = _convert(msg.encode("utf-8"), SRC)
+    assert_valid(c)
+    assert by_type(c, "Patient")[0]["name"][0]["text"] == "王小明"

@@ -80,15 +80,17 @@ def _msh_text(payload: bytes) -> tuple[str | None, str]:
     start = payload.find(b"MSH")
     if start < 0:
         return None, "ascii"
-    end = payload.find(b"\r", start)
-    end = payload.find(b"\n", start) if end < 0 else end
-    raw = payload[start:end if end > 0 else len(payload)]
+    # the MSH ends at the first segment terminator, \r or \n (senders mix them)
+    end = min((i for i in (payload.find(b"\r", start), payload.find(b"\n", start)) if i >= 0),
+              default=len(payload))
+    raw = payload[start:end]
     if len(raw) < 8:
         return None, "ascii"
     ascii_view = raw.decode("latin-1")
     sep = ascii_view[3]
     fields = ascii_view.split(sep)
-    charset = fields[17].split(ascii_view[4:5] or "^")[0].strip().upper() if len(fields) > 17 else ""
+    charset = fields[17].split(ascii_view[5:6] or "~")[0].split(ascii_view[4:5] or "^")[0] \
+        .strip().upper() if len(fields) > 17 else ""
     wanted = _CHARSETS.get(charset)
     for enc in ([wanted] if wanted else []) + ["utf-8", "gb18030"]:
         try:
@@ -151,7 +153,8 @@ def build_ack(payload: bytes, code: str = "AA", error: dict | None = None,
             f += [""] * (13 - len(f))
             safe = [_escape(x.split("^")[0]) for x in f]
             typ = (f[8] + "^^").split("^")
-            header = (f"MSH|^~\\&|{safe[2]}|{safe[3]}|{safe[4]}|{safe[5]}||"
+            # MSH-3 to MSH-6, MSH-7 and MSH-8 left empty, MSH-9 to MSH-12
+            header = (f"MSH|^~\\&|{safe[2]}|{safe[3]}|{safe[4]}|{safe[5]}|||"
                       f"{_escape(typ[0]) or 'ACK'}^{_escape(typ[1]) or 'ACK'}|{safe[9]}|"
                       f"{safe[10]}|{safe[11]}")
             msg = hl7.parse(header)

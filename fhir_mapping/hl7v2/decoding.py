@@ -45,7 +45,10 @@ def charset_of(payload: bytes) -> tuple[str, str]:
     end = min((i for i in (payload.find(b"\r"), payload.find(b"\n")) if i >= 0), default=len(payload))
     fields = payload[:end].split(sep)
     # fields[0] = "MSH", fields[1] = MSH-2, so MSH-n is fields[n - 1]
-    raw = fields[17].split(fields[1][:1] or b"^")[0] if len(fields) > 17 and fields[1] else b""
+    # MSH-18 repeats: the first repetition is the message's character set, the others are
+    # alternates the sender switches to with escape sequences
+    raw = fields[17].split(fields[1][1:2] or b"~")[0].split(fields[1][:1] or b"^")[0] \
+        if len(fields) > 17 and fields[1] else b""
     if not raw.strip():
         return "", _DEFAULT_CHARSET
     try:
