@@ -141,6 +141,8 @@ DATA = {
         obs("u2", valueQuantity=qty(5.4, "mg", system="urn:local:units")),
         obs("u3", valueQuantity=qty(0.0054, "g")),
         obs("u4", valueQuantity=qty(5.4, "mmol/L")),
+        obs("u5", valueQuantity={"value": 5.4, "unit": "mg"}),  # a stated unit, no code
+        obs("u6", valueQuantity={"value": 120, "unit": "mmHg", "system": UCUM, "code": "mm[Hg]"}),
     ],
     "bp": [
         obs(f"b{i}", code="85354-9", component=[
@@ -336,8 +338,13 @@ CASES = [
     ("num", "Observation", "code-value-quantity=2345-7$5||mg", ["q1", "q2"]),
     ("num", "Observation", "code-value-quantity=http://loinc.org|2345-7$gt5.5||mg", ["q3"]),
     # quantity without a system: the code in any system (and UCUM-folded); no unit: any unit
-    ("qty", "Observation", "value-quantity=5.4||mg", ["u1", "u2", "u3"]),
-    ("qty", "Observation", "value-quantity=5.4|", ["u1", "u2", "u4"]),
+    ("qty", "Observation", "value-quantity=5.4||mg", ["u1", "u2", "u3", "u5"]),
+    ("qty", "Observation", "value-quantity=5.4|", ["u1", "u2", "u4", "u5"]),
+    # R4: "the code (code) or the stated human unit (unit)"; the stated unit is no UCUM code
+    ("qty", "Observation", "value-quantity=120||mmHg", ["u6"]),
+    ("qty", "Observation", "value-quantity=120||mm[Hg]", ["u6"]),
+    ("qty", "Observation", "value-quantity=120|http://unitsofmeasure.org|mmHg", []),
+    ("qty", "Observation", "value-quantity=gt100||mmHg", ["u6"]),
     ("qty", "Observation", "value-quantity=5.4|http://unitsofmeasure.org|mg", ["u1", "u3"]),
     ("qty", "Observation", "value-quantity=5.4|urn:local:units|mg", ["u2"]),
     ("qty", "Observation", "value-quantity=5.4|urn:local:units|", ["u2"]),

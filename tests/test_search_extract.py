@@ -275,10 +275,13 @@ def test_composites():
     v = ex(bp)
     sys_ = Token(LOINC, "8480-6", None, None, None)
     dia = Token(LOINC, "8462-4", None, None, None)
-    pairs = [(t.code, q.value) for t, q in v["component-code-value-quantity"]]
-    assert pairs == [("8480-6", 120.0), ("8462-4", 80.0)]
+    # each value by its code and, under no system, by its stated unit (mmHg): "the code or the
+    # stated human unit", as R4 has a quantity's unit matched
+    pairs = [(t.code, q.value, q.system, q.code) for t, q in v["component-code-value-quantity"]]
+    assert pairs == [("8480-6", 120.0, UCUM, "mm[Hg]"), ("8480-6", 120.0, None, "mmHg"),
+                     ("8462-4", 80.0, UCUM, "mm[Hg]"), ("8462-4", 80.0, None, "mmHg")]
     assert v["component-code-value-quantity"][0][0] == sys_
-    assert v["component-code-value-quantity"][1][0] == dia
+    assert v["component-code-value-quantity"][2][0] == dia
     assert [(t.code, q.value) for t, q in v["code-value-quantity"]] == [("85354-9", 1.0)]
     # the combo- parameters are the union of the plain and component- ones: not stored twice
     assert "combo-code-value-quantity" not in v

@@ -348,12 +348,17 @@ def _c_quantity(v, root, out):
     value = _num(v.get("value"))
     if value is None:
         return
-    system, code = v.get("system"), v.get("code")
+    system, code, unit = v.get("system"), v.get("code"), v.get("unit")
     cvalue, ccode = value, code
     if system == UCUM and type(code) is str:
         power, ccode = ucum_canonical(code)
         cvalue = _scaled(value, power)
-    out.append(Quantity(value, system, code, v.get("unit"), cvalue, ccode))
+    out.append(Quantity(value, system, code, unit, cvalue, ccode))
+    if type(unit) is str and unit and unit != code:
+        # R4: "5.4||mg" matches where "either the code or the stated human unit" is mg. The
+        # stated unit is a row of its own, under no system (so system|code finds only the code),
+        # sorting where the coded row does
+        out.append(Quantity(value, None, unit, unit, cvalue, None))
 
 
 def _c_money(v, root, out):
