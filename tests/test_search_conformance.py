@@ -70,6 +70,11 @@ DATA = {
         obs("t5", code={"text": "Heart rate"}) | {"code": {"coding": [
             {"system": LOINC, "code": "8867-4", "display": "Heart rate"}], "text": "Pulse"}},
     ],
+    "leap": [  # a leap second (FHIR allows second 60): the second after 23:59:59, as POSIX
+        obs("l1", effectiveDateTime="2016-12-31T23:59:60Z"),
+        obs("l2", effectiveDateTime="2017-01-01T00:00:00Z"),
+        obs("l3", effectiveDateTime="2016-12-31T23:59:59Z"),
+    ],
     "date": [
         pat("d1", birthDate="1980"), pat("d2", birthDate="1980-05-02"),
         pat("d3", birthDate="1990-01-01"),
@@ -282,6 +287,10 @@ CASES = [
     ("date", "Patient", "birthdate=ne1980", ["d3"]),
     ("date", "Patient", "birthdate=ap1990-01-01", ["d3"]),
     ("date", "Patient", "birthdate=ge1980&birthdate=lt1990", ["d1", "d2"]),
+    ("leap", "Observation", "date=ge2016-12-31T23:59:59Z", ["l1", "l2", "l3"]),
+    ("leap", "Observation", "date=gt2016-12-31T23:59:59Z", ["l1", "l2"]),
+    ("leap", "Observation", "date=2016-12-31T23:59:60Z", ["l1", "l2"]),
+    ("leap", "Observation", "date:missing=true", []),
     ("date", "Observation", "date=2024-01-15", ["e1", "e2"]),
     ("date", "Observation", "date=2024-01-15T23:30:00%2B08:00", ["e1"]),
     ("date", "Observation", "date=2024-01-15T15:30:00Z", ["e1"]),

@@ -96,7 +96,12 @@ def _start_and_step(g: dict, tz: timezone):
     start = day.replace(hour=int(g["H"]), minute=int(g["M"]))
     if g["S"] is None:
         return start, timedelta(minutes=1)
-    start = start.replace(second=int(g["S"]))
+    second = int(g["S"])
+    if second > 60:
+        raise ValueError(f"second {second} is out of range")
+    # a leap second (23:59:60, which FHIR's regex allows and Python's datetime does not) is
+    # read as the second after 23:59:59: the instant POSIX time gives it
+    start = start.replace(second=min(second, 59)) + timedelta(seconds=max(0, second - 59))
     if not g["f"]:
         return start, timedelta(seconds=1)
     frac = g["f"][1:]
