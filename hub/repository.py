@@ -283,18 +283,24 @@ class Repository:
         return self._hub.store.find_by_identifier(rtype, system, value)
 
     def history(self, ctx: Context, *, rtype: str | None = None, rid: str | None = None,
-                **window: Any) -> list[VersionRow]:
+                count: int, **window: Any) -> tuple[list[VersionRow], int | None]:
+        """The versions the caller may see among the next ``count`` of a history (newest first),
+        and the position to go on from (None: no more). A page may show fewer than ``count``,
+        none even, and still have a next one: what it held was hidden."""
         action = Action(_history_kind(rtype, rid), rtype, rid)
 
-        def run() -> list[VersionRow]:
+        def run() -> tuple[list[VersionRow], int | None]:
             self.policy.check(ctx.actor, action)
             if rtype == AUDIT and self._records is not None:
-                rows = self._audit_history(rid, **window)
+                rows = self._audit_history(rid, limit=count + 1, **window)
             else:
-                rows = self._hub.store.history(rtype=rtype, rid=rid, **window)
-            return [r for r in rows if self._version_shown(ctx.actor, r)]
+                rows = self._hub.store.history(rtype=rtype, rid=rid, limit=count + 1, **window)
+            more = count > 0 and len(rows) > count
+            rows = rows[:count]
+            return ([r for r in rows if self._version_shown(ctx.actor, r)],
+                    rows[-1].nid if more and rows else None)
         return self.audited(ctx, action, run,
-                             lambda rows: [(r.rtype, r.rid, r.state) for r in rows])
+                             lambda page: [(r.rtype, r.rid, r.state) for r in page[0]])
 
     def count_history(self, ctx: Context, *, rtype: str | None = None, rid: str | None = None,
                       since_us: int | None = None) -> int | None:

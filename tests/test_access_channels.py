@@ -326,3 +326,28 @@ def test_the_history_of_a_deleted_record_is_hidden_as_the_record(guarded):
         assert f"Observation/{gone['id']}" not in urls
     with _http(guarded, guarded.h1) as c:
         assert len(c.get(f"/Observation/{gone['id']}/_history").json()["entry"]) == 2
+
+
+def test_a_history_page_of_hidden_versions_still_leads_to_the_visible_ones(guarded):
+    """Versions hidden from the caller do not end the history early: a page may show fewer
+    versions than _count, none even, and still link to the next."""
+    p, q = patient(rid=unique()[:16]), patient(rid=unique()[:16])
+    _write(guarded, p, q, _optout(p["id"]))
+    record = _obs(q["id"])
+    _write(guarded, record)  # version 1: of q, shown to H2
+    with _http(guarded, guarded.h1) as c:
+        since = c.get(f"/Observation/{record['id']}").json()["meta"]["lastUpdated"]
+        for n in range(4):  # versions 2-5: moved to p, who opted out
+            assert _put(c, {**record, "subject": {"reference": f"Patient/{p['id']}"},
+                            "valueQuantity": {"value": 60 + n, "unit": "/min"}}).status_code == 200
+    with _http(guarded, guarded.h2) as c:
+        url, seen = f"/Observation/_history?_count=2&_since={since.replace('+', '%2B')}", []
+        for _ in range(10):
+            r = c.get(url)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            seen += [e["response"]["etag"] for e in body.get("entry", ())]
+            url = next((lk["url"] for lk in body["link"] if lk["relation"] == "next"), None)
+            if url is None:
+                break
+        assert seen == ['W/"1"']

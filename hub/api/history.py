@@ -43,9 +43,9 @@ def history_bundle(repo: Repository, ctx: Context, request: Request, base: str,
         if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # a notification id
             raise bad_request("_cursor is not a page cursor of this server")
         cursor = int(params["_cursor"])
-    rows = repo.history(ctx, rtype=rtype, rid=rid, since_us=since_us, at_us=at_us,
-                        before_nid=cursor, limit=count + 1)
-    more, rows = count > 0 and len(rows) > count, rows[:count]  # _count=0: the total only
+    # _count=0: the total only
+    rows, after = repo.history(ctx, rtype=rtype, rid=rid, since_us=since_us, at_us=at_us,
+                               before_nid=cursor, count=count)
     entries = []
     for row in rows:
         header_bytes, _, body = row.state.partition(b"\n")
@@ -62,8 +62,8 @@ def history_bundle(repo: Repository, ctx: Context, request: Request, base: str,
         entries.append(entry)
     path = base + "/" + "/".join(p for p in (rtype, rid, "_history") if p)
     links = [{"relation": "self", "url": link(path, items)}]
-    if more:
-        links.append({"relation": "next", "url": link(path, items, _cursor=str(rows[-1].nid))})
+    if after is not None:
+        links.append({"relation": "next", "url": link(path, items, _cursor=str(after))})
     out: dict[str, Any] = {"resourceType": "Bundle", "type": "history"}
     if at_us is None and (rid is not None or params.get("_total") == "accurate"):
         total = repo.count_history(ctx, rtype=rtype, rid=rid, since_us=since_us)
