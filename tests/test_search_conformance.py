@@ -223,6 +223,8 @@ CASES = [
     ("str", "Patient", "name=王小", ["s3"]),
     ("str", "Patient", "given=小明", ["s3"]),
     ("str", "Patient", "name=muller", ["s4"]),
+    # an empty alternative (a trailing comma) is no value, never a prefix that matches all
+    ("str", "Patient", "name=muller,", ["s4"]),
     ("str", "Patient", "name=MÜLL", ["s4"]),
     ("str", "Patient", "family=zhang,muller", ["s1", "s2", "s4"]),
     ("str", "Patient", "name=zhang&name=wei", ["s2"]),
@@ -242,6 +244,7 @@ CASES = [
     ("tok", "Patient", "identifier:text=medical", ["t3"]),
     ("tok", "Patient", r"identifier=urn:c|a\,b\|c\$d", ["t4"]),
     ("tok", "Patient", "gender:not=male", ["t2", "t3", "t4"]),
+    ("tok", "Patient", "gender=male,", ["t1"]),
     ("tok", "Patient", "gender=male,female", ["t1", "t2"]),
     ("tok", "Patient", "gender:missing=true", ["t3"]),
     ("tok", "Patient", "_id=t1,t3", ["t1", "t3"]),
@@ -548,6 +551,24 @@ def test_case(world, dataset, rtype, query, expected):
 def test_escaping_helpers():
     assert split_escaped(r"a\,b,c", ",") == [r"a\,b", "c"]
     assert [unescape(x) for x in split_escaped(r"s|a\|b", "|")] == ["s", "a|b"]
+
+
+def test_a_parameter_without_a_value_is_ignored_as_any_unsupported_one(world):
+    """name= (no value) is ignored, as HAPI does: with a warning, or 400 when strict; before,
+    name= matched everything, gender= and _id= nothing and birthdate= was a 400."""
+    hub, service, settings = world
+    repo = Repository(hub, search=service)
+    for query, dataset in (("name=", "str"), ("gender=", "tok"), ("_id=", "tok"),
+                           ("birthdate=", "date")):
+        params = [*parse_qsl(query, keep_blank_values=True), ("_tag", f"urn:test:ds|{dataset}")]
+        every = search_bundle(repo, Context(), "Patient", [("_tag", f"urn:test:ds|{dataset}")],
+                              "http://test/fhir", settings, False)
+        b = search_bundle(repo, Context(), "Patient", params, "http://test/fhir", settings, False)
+        assert b["entry"][-1]["search"]["mode"] == "outcome", query
+        assert [e["fullUrl"] for e in b["entry"][:-1]] == [e["fullUrl"] for e in every["entry"]]
+        with pytest.raises(FhirError) as e:
+            search_bundle(repo, Context(), "Patient", params, "http://test/fhir", settings, True)
+        assert e.value.status == 400
 
 
 @pytest.mark.parametrize("query", ["birthdate=1980-13", "_count=x", "probability=abc",

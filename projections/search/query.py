@@ -449,7 +449,10 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
             raise bad_request(f"{code}:{modifier} is not meaningful")
         ts = expand_token(rtype, code, modifier, value, terminology)
         return [Criterion(code, ptype, "not" if modifier == "not-in" else None, None, ts)]
-    alternatives = split_escaped(value, ",") if modifier != "missing" else [value]
+    # an empty alternative (name=a, with a trailing comma) is no value: left out, not a
+    # criterion that a string's prefix search would let match everything
+    alternatives = [a for a in split_escaped(value, ",") if a.strip()] \
+        if modifier != "missing" else [value]
     out = []
     for alt in alternatives:
         prefix, typed = _value(rtype, code, ptype, p, modifier, alt, base)
@@ -597,6 +600,8 @@ def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
                     "_has", *SPECIAL_TYPES, "_tag", "_profile", "_security", "_source"):
                 raise Unsupported(f"{name} is not supported")
             else:
+                if not value.strip():  # no value (name=): ignored, as HAPI and Microsoft do
+                    raise Unsupported(f"{name} has no value")
                 q.where.extend(criteria_groups(rtype, name, value, base, terminology))
         except Unsupported:
             q.ignored.append(name)
