@@ -177,6 +177,7 @@ def parse_xml(data: bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_D
         raise MappingError(f"XML payload is {len(data)} bytes, over the limit of {max_bytes}", code="AR",
                            rule="xml.too-large")
     _scan_prolog(data)
+    data = _gbk_as_gb18030(data)
     parser = _parser()
     try:
         root = etree.fromstring(data, parser)
@@ -204,6 +205,24 @@ def parse_xml(data: bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_D
     if _has_entity_refs(root):
         raise MappingError("XML entity references are refused", code="AR", rule="xml.entity-reference")
     return root
+
+
+# GB2312 and GBK as declared by Chinese senders: their bytes hold GBK and GB18030 characters
+# (镕, 喆, 䶮: common in names) that a strict GB2312 decoder refuses, so the whole document was
+# refused. Read as GB18030, their superset, as WHATWG's encoding standard reads these labels.
+_GB_DECLARATION = re.compile(rb"""^(\s*<\?xml[^>\x80-\xff]*?encoding\s*=\s*["'])(gb2312|gbk|gb_2312-80|x-gbk|cp936|"""
+                             rb"""euc-cn|csgb2312)(["'])""", re.IGNORECASE)
+
+
+def _gbk_as_gb18030(data: bytes) -> bytes:
+    m = _GB_DECLARATION.match(data[:300])
+    if m is None:
+        return data
+    try:
+        text = data.decode("gb18030")
+    except UnicodeDecodeError:
+        return data  # not GB18030 either: the parser says where
+    return (m.group(1) + b"UTF-8" + m.group(3)) + text[len(m.group(0).decode("ascii")):].encode()
 
 
 def _has_entity_refs(root: etree._Element) -> bool:

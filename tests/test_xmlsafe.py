@@ -145,3 +145,17 @@ def test_entity_declared_after_root_start_lookalike():
     # '<!DOCTYPE' after a comment holding '<b': the comment is skipped as a unit
     doc = b'<!--<b>--><!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>'
     _refused(doc, "xml.doctype-entities")
+
+
+@pytest.mark.parametrize("label,codec", [("GB2312", "gbk"), ("gbk", "gb18030"), ("GB2312", "gb2312")])
+def test_a_gb2312_or_gbk_label_reads_gbk_and_gb18030_characters(label, codec):
+    """Chinese senders label GBK (and GB18030) bytes GB2312: names such as 朱镕基 and 李䶮 are read,
+    not the whole document refused (as WHATWG's encoding standard reads these labels)."""
+    name = "杨磊" if codec == "gb2312" else "朱镕基" if codec == "gbk" else "李䶮"
+    doc = f'<?xml version="1.0" encoding="{label}"?><ClinicalDocument><name>{name}</name></ClinicalDocument>'
+    root = parse_xml(doc.encode(codec))
+    assert root.findtext("name") == name
+    # what is no GB18030 either is still refused, with where
+    with pytest.raises(MappingError) as e:
+        parse_xml(doc.encode(codec).replace(b"</name>", b"\xff</name>"))
+    assert e.value.rule == "xml.not-well-formed"
