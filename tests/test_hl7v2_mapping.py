@@ -326,3 +326,16 @@ def test_a_repeated_character_set_reads_the_first_repetition():
     c = _convert(msg.encode("utf-8"), SRC)
     assert_valid(c)
     assert by_type(c, "Patient")[0]["name"][0]["text"] == "王小明"
+
+
+def test_a_result_status_outside_table_0085_is_unknown_not_final():
+    msg = ("MSH|^~\\&|LIS|H1|HUB|R|20240115100000||ORU^R01|S1|P|2.5\r"
+           "PID|1||ST1^^^H1^MR||周^九||19800101|F\r"
+           "OBR|1|PL7|FL7|GLU^Glucose^L|||20240115080000\r"
+           "OBX|1|NM|GLU^Glu^L||5.6|mmol/L|||||Z\r"
+           "OBX|2|NM|HGB^Hgb^L||120|g/L|||||\r")
+    c = _convert(msg.encode(), SRC)
+    assert_valid(c)
+    status = {o["code"]["coding"][0]["code"]: o["status"] for o in by_type(c, "Observation")}
+    assert status == {"GLU": "unknown", "HGB": "final"}  # an empty OBX-11: final, as senders mean
+    assert any(f.rule == "v2.obx-11.unlisted" and f.location == "OBX-11" for f in c.findings)

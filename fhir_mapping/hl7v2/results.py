@@ -428,7 +428,12 @@ def observation(ctx: Ctx, obx: Seg, notes: list[str], key: str, nth: str, *,
     if based_on:
         res["basedOn"] = based_on
     st = obx.get(11).upper()
-    res["status"] = _OBS_STATUS["map"].get(st, _OBS_STATUS["default"])
+    if st and st not in _OBS_STATUS["map"]:
+        ctx.find("warning", "v2.obx-11.unlisted", f"OBX-11 result status {st[:8]!r} is not in HL7 "
+                 "table 0085: the result's status is unknown, not final", obx.loc(11))
+        res["status"] = _OBS_STATUS["unlisted"]
+    else:
+        res["status"] = _OBS_STATUS["map"].get(st, _OBS_STATUS["default"])
     if category:
         res["category"] = [category]
     res["code"] = code
