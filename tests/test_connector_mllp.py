@@ -146,6 +146,13 @@ def test_oversized_message_is_refused_and_connection_closed(connector, messages)
                 c.send(messages[0])
                 time.sleep(0.05)
     still_serving(connector, messages[0])
+    # over the limit by a little, the whole frame in one write: refused as well
+    with client(connector) as c:
+        c.send_raw(VT + messages[0] + b"\rNTE|1||" + b"x" * (MAX + 10 - len(messages[0]))
+                   + FS + b"\r")
+        ack = c.read_ack()
+        assert ack_code(ack) == "AR" and "larger than" in ack_segment(ack, "MSA")[3]
+    still_serving(connector, messages[0])
 
 
 def test_truncated_stream_and_idle_connections(connector, messages):

@@ -393,17 +393,19 @@ class MLLPSource:
                 fragment = bytes(buf[1:again])
                 del buf[:again]
                 raise FramingError("a message without its end block (FS CR)", fragment)
+            if end - 1 > self.max_message_bytes or (end < 0 and len(buf) > self.max_message_bytes):
+                # the limit holds however the bytes arrived (a message and its end block in one
+                # read was let through at any size below the read that crossed it)
+                fragment = bytes(buf[1:4096])
+                buf.clear()
+                raise FramingError(f"message larger than {self.max_message_bytes} bytes",
+                                   fragment, fatal=True)
             if end >= 0:
                 payload = bytes(buf[1:end])
                 del buf[:end + 1]
                 if buf[:1] == CR:
                     del buf[:1]
                 return payload
-            if len(buf) > self.max_message_bytes:
-                fragment = bytes(buf[1:4096])
-                buf.clear()
-                raise FramingError(f"message larger than {self.max_message_bytes} bytes",
-                                   fragment, fatal=True)
             if not await self._fill(reader, buf):
                 if len(buf) > 1:
                     fragment = bytes(buf[1:])
