@@ -388,8 +388,8 @@ class Repository:
             if q.rtype == AUDIT and (q.include or q.revinclude):
                 raise bad_request("_include and _revinclude are not answered for AuditEvent")
             if includes and (q.include or q.revinclude):
-                included = self.included(ctx, page.rows, q.include, q.revinclude, base=base)
-                bodies.update(self.current_bodies(ctx, included))
+                included = self.included(ctx, page.rows, q.include, q.revinclude, base=base,
+                                         bodies=bodies)
             return Found(page, included, bodies)
 
         return self.audited(ctx, action, run, lambda f: [
@@ -463,16 +463,21 @@ class Repository:
         return False  # too many hidden candidates to look through: not shown to hold
 
     def included(self, ctx: Context, rows: list[Row], include: list[Include],
-                 revinclude: list[Include], base: str | None = None) -> list[Row]:
+                 revinclude: list[Include], base: str | None = None,
+                 bodies: dict[tuple[str, str], tuple[int, bytes]] | None = None) -> list[Row]:
         """What ``_include``/``_revinclude`` add to ``rows``, followed only through what the
         caller sees: a hidden match or included resource is no way to what it refers to, or
-        to what refers to it (what is added is handed out through ``current_bodies``, checked
-        there again)."""
+        to what refers to it. ``bodies``: the rows' current bodies the caller sees (read when
+        not given), filled in with what is added."""
         backend = self._searcher().backend
         if self._open:
-            return list(backend.included(rows, include, revinclude, base=base))
-        shown = self.current_bodies(ctx, rows)
-        frontier = [r for r in rows if (r.rtype, r.rid) in shown]
+            added = list(backend.included(rows, include, revinclude, base=base))
+            if bodies is not None:
+                bodies.update(self.current_bodies(ctx, added))
+            return added
+        if bodies is None:
+            bodies = self.current_bodies(ctx, rows)
+        frontier = [r for r in rows if (r.rtype, r.rid) in bodies]
         seen = {(r.rtype, r.rid) for r in rows}
         out: list[Row] = []
         for round_ in range(_INCLUDE_ROUNDS):
@@ -484,6 +489,7 @@ class Repository:
                      if (r.rtype, r.rid) not in seen]
             seen.update((r.rtype, r.rid) for r in found)
             shown = self.current_bodies(ctx, found)
+            bodies.update(shown)
             frontier = [r for r in found if (r.rtype, r.rid) in shown]
             out += frontier
         return out
