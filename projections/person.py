@@ -172,6 +172,11 @@ class PersonProjection(SQLiteReadModel):
             self._touch(c, person, at)
             if previous and previous != person:
                 self._touch(c, previous, at)
+            if manual and ev.event == "Unlinked":
+                # a user took this Patient out of that person: what stays there is held too, so
+                # the matcher cannot join the two again through a third Patient like both
+                for x in self._family(c, previous):
+                    c.execute("UPDATE p_patient SET manual=1 WHERE person=?", (x,))
         elif ev.event == "Merged":
             self._touch(c, d["source"], at)
             self._touch(c, d["target"], at)

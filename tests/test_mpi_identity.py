@@ -484,3 +484,19 @@ def test_auto_decide_many_replans_after_a_concurrent_decision(hub, settings, mon
     finally:
         one.close()
         two.close()
+
+
+def test_a_steward_unlink_is_not_undone_through_a_third_patient(hub, svc):
+    """A steward took b out of a's person (twins the matcher joined); a third record like both
+    must not join them again: the matcher may add it to one side, never bridge the two."""
+    put_patients(hub, ("a", None), ("b", None), ("c", None))
+    svc.auto_decide("Patient/a", "new", [], 1.0, {}, "r1")
+    svc.auto_decide("Patient/b", "link", ["Patient/a"], 0.99999, {}, "r1")
+    assert groups(svc) == [["Patient/a", "Patient/b"], ["Patient/c"]] or \
+        ["Patient/a", "Patient/b"] in groups(svc)
+    svc.unlink("Patient/b", "steward1", "twins")
+    assert person_of(svc, "Patient/a") != person_of(svc, "Patient/b")
+    # the matcher finds c certain against both, b's side first
+    svc.auto_decide("Patient/c", "link", ["Patient/b", "Patient/a"], 0.99999, {}, "r1")
+    svc.sync()
+    assert person_of(svc, "Patient/a") != person_of(svc, "Patient/b")

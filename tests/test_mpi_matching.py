@@ -497,9 +497,12 @@ def test_a_district_counts_beyond_the_name_and_birth_date_bound_only_for_a_rare_
     # 张伟 held by 1 in 100 indexed Patients: many share it in one district
     common = m.score(fa, fb, {fa["name"]: 1000}, 100000)
     assert common.grade != "certain", common.evidence
-    # held by 2 in 100,000: the same district is one more agreement
+    # held by 2 in 100,000: the same district is one more agreement, but a name, a birth date
+    # and a district are no evidence of the person's own (an identifier, a phone, an address):
+    # a steward decides, as for namesakes of a common name in a young index
     rare = m.score(fa, fb, {fa["name"]: 2}, 100000)
-    assert rare.grade == "certain", rare.evidence
+    assert rare.weight > common.weight and rare.score >= 0.99999, rare.evidence
+    assert rare.grade == "probable" and rare.evidence["hold"]["level"] == "no-own-evidence"
     # without the district, the bound holds for a rare name too
     fb_far = {**fb, "dist": None}
     assert m.score(fa, fb_far, {fa["name"]: 2}, 100000).grade != "certain"
@@ -514,7 +517,9 @@ def test_a_rare_name_is_rare_in_a_young_index_too():
     fa, fb = features(a), features(b)
     young = m.score(fa, fb, {fa["name"]: 2}, 1000)
     full = m.score(fa, fb, {fa["name"]: 2}, 100000)
-    assert young.grade == full.grade == "certain", (young.evidence, full.evidence)
+    # (both held for review: a name, a birth date and a district only)
+    assert young.score >= 0.99999 and full.score >= 0.99999, (young.evidence, full.evidence)
+    assert young.grade == full.grade == "probable", (young.evidence, full.evidence)
     # a name 1 in 100 hold stays common however young the index
     assert m.score(fa, fb, {fa["name"]: 10}, 1000).grade != "certain"
     w = W.load()
@@ -535,3 +540,39 @@ def test_training_on_a_young_index_never_raises_the_prior(tmp_path):
     index.close()
     assert max(p["prior"] for p in config["trained"]["passes"].values()) > base.prior
     assert config["prior"] <= base.prior
+
+
+# -- what weights alone never link ----------------------------------------------------------------
+
+
+def _held(a: dict, b: dict, counts: int = 2, total: int = 100000):
+    """The grade of a pair and why it is held for review (None: not held)."""
+    fa, fb = features(a), features(b)
+    c = Matcher(None, W.load()).score(fa, fb, {fa["name"] or "": counts}, total)
+    return c.grade, c.evidence.get("hold", {}).get("level")
+
+
+def test_what_no_sum_of_agreements_links_without_a_steward():
+    home = {"line": ["通州区新华大街9号5-601"]}
+    # twins named apart (the father's and the mother's surname), strangers born on a default
+    # date with a filler phone, two residents of one nursing home: one birth date and household
+    for x, y in (("张子涵", "李子涵"), ("赵淑珍", "孙玉兰")):
+        a, b = pat("a", name=x, id_=None), pat("b", name=y, id_=None)
+        a["address"][0].update(home)
+        b["address"][0].update(home)
+        assert _held(a, b) in (("probable", "names-differ"), ("possible", None),
+                               (None, None)), (x, y)
+    # one valid resident ID number, two entirely different names: a borrowed card
+    assert _held(pat("a", name="张建国"), pat("b", name="王磊")) == ("probable", "names-differ")
+    # newborn twins under their mother's number, same day, same home: two children
+    ma, mb = pat("a", name="王丽之大女", sex="female"), pat("b", name="王丽之小女", sex="female")
+    assert _held(ma, mb) == ("probable", "newborns-apart")
+    assert _held(ma, pat("c", name="王丽之大女", sex="female"))[1] is None  # the same child
+    # a father and a son of one rare name and one home, 28 years apart, however full the index
+    for total in (1000, 100000, 5_000_000):
+        father = pat("a", name="欧阳子墨", id_=None, birth="1960-03-01")
+        son = pat("b", name="欧阳子墨", id_=None, birth="1988-07-15")
+        grade, why = _held(father, son, 2, total)
+        assert grade != "certain", (total, why)
+    # the same person, own evidence agreeing: linked as before
+    assert _held(pat("a", id_=None), pat("b", id_=None)) == ("certain", None)

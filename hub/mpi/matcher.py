@@ -84,6 +84,11 @@ class Matcher:
                 applied.append((frozenset(fields), cap - together))
         p = w.probability(total_weight)
         grade = CERTAINLY_NOT if vetoes else w.grade(p)
+        if grade == "certain":
+            held = hold(a, b, levels)
+            if held:  # a steward decides: never two people merged on weights alone
+                grade = "probable"
+                evidence["hold"] = {"level": held, "weight": 0.0}
         return Candidate(b["ref"], total_weight, p, grade, evidence, vetoes)
 
     def match(self, f: dict, *, exclude: Iterable[str] = (), min_pk: int = 0,
@@ -111,6 +116,26 @@ class Matcher:
             out.append(c)
         out.sort(key=lambda c: (c.grade == CERTAINLY_NOT, -c.weight, c.ref))
         return out
+
+
+def hold(a: dict, b: dict, levels: dict[str, str]) -> str | None:
+    """Why two records the weights call certain go to review instead, or None. Evidence adds up
+    in bits, and some disagreements no sum of agreements outweighs: an automatic link needs the
+    names to agree, a person's own evidence (an identifier, a phone, an address) beyond a
+    district, and nothing that marks two children of one household."""
+    name, birth, same_id = levels.get("name"), levels.get("birth"), levels.get("id") == "exact"
+    if name == "different":
+        # another name with one identifier (a borrowed card, a child on a parent's), or with a
+        # birth date and a household (twins named apart, a nursing home, a default birth date
+        # and a filler phone)
+        return "names-differ"
+    if a.get("nb") and b.get("nb") and (a.get("nbo") or "") != (b.get("nbo") or ""):
+        return "newborns-apart"  # 之大女 and 之小女 under their mother's number: two children
+    if birth == "different" and not same_id:
+        return "births-differ"  # a father and a son of one name and one home
+    if not same_id and not any(levels.get(f) in ("same", "exact") for f in ("phone", "addr", "hc")):
+        return "no-own-evidence"  # a name, a birth date and a district: namesakes in a city
+    return None
 
 
 def _given_share(a: dict, b: dict, counts: dict[str, int], total: int,

@@ -18,7 +18,7 @@ fam   surname (simplified); ``py``: pinyin of the full name with the surname's o
       spaces; ``pyf``: pinyin of the surname
 nb    1 when the name is a newborn's placeholder ("<parent>之子/之女", twins "<parent>之大子",
       "之小女", "之一子", "之二女", "男婴", ... whether written as text or split into family and
-      given): the name is left out
+      given): the name is left out; ``nbo``: its birth-order mark (大, 小, 一, 二…), when it has one
 sex   ``male`` | ``female`` | None; ``bd``: birth date ``YYYY-MM-DD`` or None
 ph    phone numbers, digits only, +86/0086 stripped
 dist  GB/T 2260 district code: the hub's administrative-division extension (``valueCode``), an
@@ -173,11 +173,12 @@ def _official_name(patient: dict) -> dict | None:
         (n for n in names if n.get("use") not in ("old", "anonymous", "nickname")), names[0])
 
 
-def _name_parts(patient: dict) -> tuple[str, str, bool]:
-    """(surname, given, newborn placeholder) of the patient's official name."""
+def _name_parts(patient: dict) -> tuple[str, str, str | None]:
+    """(surname, given, newborn placeholder's birth-order mark) of the patient's official name;
+    the mark is None for a name that is no placeholder, "" for one without an order (之女)."""
     n = _official_name(patient)
     if n is None:
-        return "", "", False
+        return "", "", None
     family: str = n["family"] if isinstance(n.get("family"), str) else ""
     given = "".join(g for g in _items(n.get("given")) if isinstance(g, str))[:MAX_TEXT]
     text: str = n["text"] if isinstance(n.get("text"), str) else ""
@@ -186,9 +187,10 @@ def _name_parts(patient: dict) -> tuple[str, str, bool]:
         family, given = split_surname(clean_name(text))
     elif not family and given and not given.isascii():  # a Latin given name alone is no surname
         family, given = split_surname(given)
-    if _NEWBORN_MARK.search(family + given):  # the mark may sit in the given name: 王 + 丽之子
-        return "", "", True
-    return family, given, False
+    mark = _NEWBORN_MARK.search(family + given)  # it may sit in the given name: 王 + 丽之子
+    if mark:
+        return "", "", "".join(ch for ch in mark.group(0) if ch in _ORDER)
+    return family, given, None
 
 
 def features(patient: dict, roles: identifiers.Roles = identifiers.DEFAULT) -> dict[str, Any]:
@@ -220,8 +222,10 @@ def features(patient: dict, roles: identifiers.Roles = identifiers.DEFAULT) -> d
                 others.append(f"{system[:MAX_TEXT]}|{v}")
     f["x"] = sorted(set(others))
     f["uid"], f["oid"] = identifiers.split(f["x"], roles)
-    family, given, newborn = _name_parts(patient)
-    f["nb"] = 1 if newborn else 0
+    family, given, order = _name_parts(patient)
+    f["nb"] = 0 if order is None else 1
+    if order:
+        f["nbo"] = order  # twins: 之大女 and 之小女 are two children
     f["fam"] = family or None
     f["name"] = (family + given) or None
     f["pyf"] = surname_pinyin(family) if family else None
