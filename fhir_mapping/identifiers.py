@@ -58,6 +58,8 @@ def is_filler(value: str | None) -> bool:
         return True
     if len(s) > 2 and s.endswith(suffixes) and _cjk_only(s):
         return True  # a field label left in the value: 责任护士工号, 会诊科室名称
+    if len(s) > 2 and s[-2:].casefold() == "id" and _cjk_only(s[:-2]):
+        return True  # 患者ID, 登记人ID: a template's label, which keyed two people as one
     if not any(c.isalnum() for c in s):
         return True  # "-", "--", "/", "*", "。"
     if len(s) >= 2 and len(set(s)) == 1 and (not s.isdigit() or s[0] == "0" or len(s) >= 4):

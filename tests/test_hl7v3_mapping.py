@@ -143,10 +143,20 @@ def test_errors():
 
 # -- the shared samples --------------------------------------------------------------------------
 
+def keyed(name: str) -> bytes:
+    """A patient sample with real local ids: the samples write the template's label (患者ID,
+    被合并患者ID), which is never a key (two senders' patients would be one)."""
+    return sample(name).replace('extension="被合并患者ID"'.encode(), b'extension="P0199"') \
+        .replace('extension="患者ID"'.encode(), b'extension="P0201"')
+
+
 def test_samples_patient_register_update_merge():
-    reg = convert(sample("H02/H0201Rt.xml"), SRC)
-    upd = convert(sample("H02/H0202Rt.xml"), SRC)
-    mrg = convert(sample("H02/H0203Rt.xml"), SRC)
+    with pytest.raises(MappingError) as e:  # as written: a label where the patient's id goes
+        convert(sample("H02/H0201Rt.xml"), SRC)
+    assert "no usable identifier" in str(e.value)
+    reg = convert(keyed("H02/H0201Rt.xml"), SRC)
+    upd = convert(keyed("H02/H0202Rt.xml"), SRC)
+    mrg = convert(keyed("H02/H0203Rt.xml"), SRC)
     for c in (reg, upd, mrg):
         assert_valid(c)
     assert reg.patient_key == upd.patient_key == mrg.patient_key  # one patient, updated, then a survivor
@@ -243,7 +253,7 @@ def test_sample_queries_parse_and_answer():
         q = parse_query(sample(name), SRC)
         assert q["response_interaction"] == response
         assert {k for k, _ in q["params"]} == params, name
-        found = convert(sample(reg[name]), SRC).resources
+        found = convert(keyed(reg[name]), SRC).resources
         root = parse_xml(respond(q, found, now=NOW))
         assert root.tag == V3 + response
         code = root.find(f"{V3}controlActProcess/{V3}queryAck/{V3}queryResponseCode").get("code")

@@ -10,12 +10,16 @@ from hypothesis import strategies as st
 from fhir_mapping.identifiers import is_filler, is_filler_text, key_problem
 
 
-@pytest.mark.parametrize("value", ["责任护士工号", "会诊科室名称", "医疗卫生机构编号", "主治医师编码", "ID_CARD_NO", "-", "无"])
+@pytest.mark.parametrize("value", ["责任护士工号", "会诊科室名称", "医疗卫生机构编号", "主治医师编码", "ID_CARD_NO", "-", "无",
+                                   # the HL7 v3 samples' templates: 患者ID keyed two people as one
+                                   "患者ID", "PatientID", "被合并患者ID", "登记人ID", "操作人ID",
+                                   "文档流水号"])
 def test_template_labels_and_fillers_are_no_identifiers(value):
     assert is_filler(value) and key_problem(value, "2.16.156.10011.1.4") == "placeholder"
 
 
-@pytest.mark.parametrize("value", ["D01102", "心内科", "王建国", "HA201102113366666", "ZY20240311007"])
+@pytest.mark.parametrize("value", ["D01102", "心内科", "王建国", "HA201102113366666", "ZY20240311007",
+                                   "ID20240311007", "PID0001"])
 def test_real_identifiers_and_names_are_not_fillers(value):
     assert not is_filler(value)
 
