@@ -156,9 +156,19 @@ class Spool:
     def accept(self, envelopes: Sequence[Envelope],
                checkpoint: tuple[str, str] | None = None) -> list[Accepted]:
         converted: list[list[Conversion] | MappingError] = []
+        bodies: dict[int, bytes] = {}  # id(conversion) -> its unit's JSON
         for env in envelopes:  # pure work, outside the lock
             try:
-                converted.append(self.convert(env))
+                conversions = self.convert(env)
+                for c in conversions:
+                    try:
+                        bodies[id(c)] = orjson.dumps({"resources": c.resources,
+                                                      "deletes": c.deletes})
+                    except orjson.JSONEncodeError as e:
+                        # (a 25-digit dose): a dead letter, never a source that stops on it
+                        raise MappingError(f"the converted resources cannot be written as JSON: "
+                                           f"{e}", code="AE", rule="mapper.unwritable") from None
+                converted.append(conversions)
             except MappingError as e:
                 converted.append(e)
         now, stamp = time.time(), utc_now()
@@ -168,7 +178,7 @@ class Spool:
             db.execute("BEGIN IMMEDIATE")
             try:
                 for env, result in zip(envelopes, converted, strict=True):
-                    meta = orjson.dumps(env.meta, default=str)
+                    meta = _meta_json(env.meta)
                     self._count(env.source, "received", 1)
                     good: list[Conversion] | None = getattr(result, "conversions", None)
                     if isinstance(result, MappingError) and good:
@@ -194,7 +204,8 @@ class Spool:
                         "INSERT INTO units (payload_id, source, unit_id, kind, patient_key, body,"
                         " received) VALUES (?,?,?,?,?,?,?)",
                         [(pid, env.source, c.unit_id, c.kind or env.kind, c.patient_key,
-                          orjson.dumps({"resources": c.resources, "deletes": c.deletes}), now)
+                          bodies.get(id(c)) or orjson.dumps({"resources": c.resources,
+                                                             "deletes": c.deletes}), now)
                          for c in result])
                     self._count(env.source, "converted", 1)
                     self._keep_findings(env.source, result, stamp)
@@ -215,7 +226,7 @@ class Spool:
             self._db.execute(
                 "INSERT INTO deadletters (source, kind, payload, meta, unit_id, stage, error, time)"
                 " VALUES (?,?,?,?,?,?,?,?)",
-                (env.source, kind, part, orjson.dumps({**env.meta, "line": line}, default=str),
+                (env.source, kind, part, _meta_json({**env.meta, "line": line}),
                  env.meta.get("unit_id"), "convert", orjson.dumps(e.to_dict()), stamp))
             self._count(env.source, "failed", 1)
 
@@ -426,3 +437,16 @@ class Spool:
     def checkpoints(self) -> dict[str, str]:
         with self._lock:
             return dict(self._db.execute("SELECT key, value FROM checkpoints").fetchall())
+
+
+def _meta_json(meta: dict) -> bytes:
+    """A payload's metadata as JSON; a value JSON cannot hold (a file name that is no UTF-8, read
+    with surrogate escapes) is written with its undecodable bytes replaced."""
+    try:
+        return orjson.dumps(meta, default=str)
+    except orjson.JSONEncodeError:
+        def clean(v: Any) -> Any:
+            if isinstance(v, str):
+                return v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            return v
+        return orjson.dumps({k: clean(v) for k, v in meta.items()}, default=str)

@@ -91,3 +91,46 @@ def test_restart_after_spooling_before_moving(tmp_path):
 def test_split_hl7():
     assert split_hl7(b"\xef\xbb\xbfMSH|a\r\nPID|1\r\nMSH|b\nPID|2\n\n") == [
         b"MSH|a\rPID|1", b"MSH|b\rPID|2"]
+
+
+def test_odd_files_are_set_aside_and_the_source_goes_on(tmp_path):
+    """A name that is no UTF-8 (copied from Windows in GBK), a symbolic link (a loop, or to a file
+    outside the inbox) and a payload whose resources cannot be spooled as JSON (a 25-digit number)
+    never stop the source: each is taken or set aside, and a good file after them is taken."""
+    msgs = [m for _, ms in adt_stream(2, seed=43) for m in ms]
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    outside = tmp_path / "secret.txt"
+    outside.write_bytes(b"not for the daemon")
+    gbk = os.fsdecode("检验报告-001.hl7".encode("gbk"))
+    (inbox / gbk).write_bytes(msgs[0])
+    os.symlink(inbox / "loop", inbox / "loop")
+    os.symlink(outside, inbox / "link.hl7")
+    big = msgs[1].replace(b"\rPV1|", b"\rOBX|1|NM|GLU^Glu^L||1234567890123456789012345|mmol/L"
+                          b"|||||F\rPV1|", 1)
+    assert big != msgs[1]
+    (inbox / "big.hl7").write_bytes(big)
+    old = time.time() - 5
+    for p in inbox.iterdir():
+        if not p.is_symlink():
+            os.utime(p, (old, old))
+    spool = Spool(tmp_path / "spool.sqlite", INFO, durable=False)
+    src = FolderSource("drop", str(inbox), kind="hl7v2", settle_ms=100, poll_s=0.05)
+    stop, t = run_source(src, spool)
+    try:
+        wait_until(lambda: src.stats["files"] == 2, 10, what="the readable files")
+        (inbox / "good.hl7").write_bytes(msgs[0])
+        os.utime(inbox / "good.hl7", (old, old))
+        wait_until(lambda: src.stats["files"] == 3, 10, what="a good file after them")
+        assert t.is_alive()
+    finally:
+        stop.set()
+        t.join(5)
+    done = {p.name for p in (inbox / "done").iterdir()}
+    failed = {p.name for p in (inbox / "failed").iterdir()}
+    assert gbk in done and "good.hl7" in done
+    assert {"loop", "link.hl7"} <= failed and outside.read_bytes() == b"not for the daemon"
+    assert "big.hl7" in failed
+    [dl] = spool.deadletters()  # kept for replay, with why
+    assert dl["stage"] == "convert" and spool.deadletter(dl["id"])["payload"] == big
+    spool.close()

@@ -74,8 +74,15 @@ class FolderSource:
             if name.startswith(".") or name.lower().endswith(PARTIAL):
                 continue
             try:
+                if f.is_symlink():
+                    # the daemon reads what the hospital drops, not what a link points to (a file
+                    # outside the inbox, or a loop): the link goes to failed/
+                    log.warning("folder %s: %s is a symbolic link: moved to failed/, not read",
+                                self.name, _shown(name))
+                    self._move(f, False)
+                    continue
                 st = f.stat()
-            except FileNotFoundError:
+            except OSError:  # gone meanwhile, or unreadable: not taken
                 continue
             if not f.is_file() or now - st.st_mtime < self.settle:
                 continue
@@ -90,19 +97,29 @@ class FolderSource:
                 return  # still being written after all: next round
         except FileNotFoundError:
             return
+        except OSError as e:  # unreadable (permissions): set aside, the rest go on
+            log.warning("folder %s: %s cannot be read (%s): moved to failed/", self.name,
+                        _shown(f.name), e)
+            try:
+                self._move(f, False)
+            except OSError:
+                pass
+            return
         payloads = split_hl7(data) if self.split == "hl7" else [data]
         if not payloads:
             payloads = [data]
-        envs = [Envelope(p, self.kind, self.name, {"file": f.name, "part": i})
+        shown = _shown(f.name)  # a name that is no UTF-8 (copied from Windows) as text
+        envs = [Envelope(p, self.kind, self.name, {"file": shown, "part": i})
                 for i, p in enumerate(payloads)]
-        cp = {"file": f.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        cp = {"file": shown, "raw": os.fsencode(f.name).hex(), "size": st.st_size,
+              "mtime_ns": st.st_mtime_ns}
         answers = intake.accept(envs, (self.key, orjson.dumps(cp).decode()))
         ok = all(a.ok for a in answers)
         self._move(f, ok)
         self.stats["files"] += 1
         self.stats["done" if ok else "failed"] += 1
         if not ok:
-            log.warning("folder %s: %s failed (dead letters %s)", self.name, f.name,
+            log.warning("folder %s: %s failed (dead letters %s)", self.name, shown,
                         [a.deadletter_id for a in answers if not a.ok])
 
     def _recover(self, intake: Intake) -> None:
@@ -112,7 +129,7 @@ class FolderSource:
         if not raw:
             return
         cp = orjson.loads(raw)
-        f = self.path / cp["file"]
+        f = self.path / (os.fsdecode(bytes.fromhex(cp["raw"])) if "raw" in cp else cp["file"])
         try:
             st = f.stat()
         except FileNotFoundError:
@@ -128,3 +145,8 @@ class FolderSource:
             target = target_dir / f"{f.stem}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}" \
                                   f"{time.monotonic_ns() % 10**6}{f.suffix}"
         os.replace(f, target)
+
+
+def _shown(name: str) -> str:
+    """A file name as text: bytes that are no UTF-8 (read with surrogate escapes) replaced."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
