@@ -1165,6 +1165,21 @@ def test_an_appointment_is_booked_and_a_cancellation_keeps_its_time(client, v3):
     assert appt["meta"]["versionId"] == "2"
 
 
+def test_an_appointment_width_beyond_any_calendar_is_no_end(client, v3):
+    """A width of 1e400 minutes (or 99999999999) is no end, not a 500 with nothing kept."""
+    for width in ("1e400", "99999999999", "-1e308"):
+        local, n = f"P{tag()}", tag()
+        data = variant(fixture("outpatient-appointment.xml"), ("P0001", local), ("YY0001", f"YY{n}"),
+                       ("OA-MSG-0001", f"OA-{tag()}"),
+                       ('<high value="20240320094500"/>', f'<width value="{width}" unit="min"/>'))
+        accepted(client, v3, data, DECLARED)
+        found = client.get("/Appointment", params={
+            "identifier": f"urn:oid:2.16.156.10011.2.5.1.11|YY{n}"}).json()
+        (entry,) = found["entry"]
+        assert entry["resource"]["start"] == "2024-03-20T09:30:00+08:00"
+        assert "end" not in entry["resource"], width
+
+
 def test_a_dictionary_is_registered_updated_without_losing_codes_and_queried(client, v3):
     name = f"dict{tag()}"
     reg = variant(fixture("terminology-register.xml"), ("orderItemType", name),
@@ -1457,3 +1472,32 @@ def test_the_source_slot_query_answers_sessions_and_their_slots(client, v3):
     # a slot status outside the table: AE naming it
     code, _, root = answer(by_number + '<slotStatus><value code="odd"/></slotStatus>')
     assert code == "AE"
+
+
+def test_a_message_the_hub_fails_on_is_kept_for_replay(tmp_path, monkeypatch):
+    """An error of the hub's own (a mapper bug) answers AE and keeps the message, as any refusal:
+    a bare 500 made senders resend it for ever, and nothing of it was kept."""
+    from hub.api import v3 as v3_api
+    from hub.api.app import create_app
+    from hub.core.config import Settings
+    from hub.quarantine import Quarantine
+    from tests.conftest import app_server
+
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.database_url, settings.auth, settings.audit = None, False, False
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a mapper bug")
+
+    monkeypatch.setattr(v3_api, "_register", broken)
+    data = variant(fixture("outpatient-appointment.xml"), ("OA-MSG-0001", f"OA-{tag()}"))
+    with app_server(create_app(settings)) as port:
+        r = httpx.post(f"http://127.0.0.1:{port}/v3", content=data, headers=DECLARED, timeout=30)
+    code, text, _ = ack(r)
+    assert r.status_code == 200 and code == "AE" and "kept for replay" in text, (r.status_code, text)
+    qid = int(text.rsplit("quarantine entry ", 1)[1].split(")")[0])
+    q = Quarantine(settings.data_dir / "quarantine.sqlite")
+    try:
+        assert q.get(qid)["payload"] == data
+    finally:
+        q.close()

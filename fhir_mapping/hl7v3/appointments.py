@@ -44,10 +44,10 @@ def _end(start: str | None, width: etree._Element | None, t: dict[str, Any]) -> 
         return None, None
     try:
         minutes = int(round(float(value) * factor))
-    except ValueError:
+        began = datetime.fromisoformat(start)
+        return (began + timedelta(minutes=minutes)).isoformat(), minutes
+    except (ValueError, OverflowError):  # not a number, or beyond any calendar (1e400 min)
         return None, None
-    began = datetime.fromisoformat(start)
-    return (began + timedelta(minutes=minutes)).isoformat(), minutes
 
 
 def appointment(ctx: Ctx) -> list[dict[str, str]]:

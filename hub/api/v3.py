@@ -205,7 +205,16 @@ async def v3_interaction(request: Request) -> Response:
                               503, reply_type, {"Retry-After": "1"})
     except Exception:
         log.exception("v3: unhandled error")  # as the REST API: the request content is not logged
-        answer = ack_response(raw, "AE", "Internal server error", 500, reply_type)
+        # kept like any refusal, to replay once the cause is fixed: a bare 500 made senders
+        # resend it for ever, and the hub kept nothing of it
+        try:
+            answer = await run_in_threadpool(
+                _kept, request, raw, _source(request), "AE",
+                "the hub failed on this message (an internal error, logged)", "v3.internal",
+                reply_type, _root_name(raw))
+        except Exception:  # noqa: BLE001 - the quarantine too: the sender keeps it
+            log.exception("v3: the failed message could not be kept")
+            answer = ack_response(raw, "AE", "Internal server error", 500, reply_type)
     if env is None:
         return answer
     retry = answer.headers.get("retry-after")
