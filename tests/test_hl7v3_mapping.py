@@ -628,3 +628,24 @@ def test_a_clinic_session_is_a_schedule_with_its_slots():
     with pytest.raises(MappingError) as e:
         convert(fixture("schedule-register.xml").replace(b'<high value="20240320081500"/>', b""), SRC)
     assert e.value.rule == "v3.schedule.slot-time"
+
+
+def test_an_order_quantity_that_is_no_plain_decimal_is_kept():
+    """A dose or a quantity to dispense with an exponent (a PQ may carry one) is kept as written;
+    one written <0.5 is kept as text with a finding, never dropped."""
+    new = fixture("order-new.xml")
+    exp = new.replace(b'<doseQuantity value="0.5" unit="g"/>', b'<doseQuantity value="1.5e2" unit="g"/>') \
+        .replace(b'<quantity value="42" unit="\xe7\xb2\x92"/>', b'<quantity value="4.2E1" unit="\xe7\xb2\x92"/>')
+    assert exp != new
+    (mr,) = by_type(convert(exp, SRC), "MedicationRequest")
+    assert orjson.dumps(mr["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]) == \
+        b'{"value":1.5e2,"unit":"g"}'
+    assert orjson.dumps(mr["dispenseRequest"]["quantity"]["value"]) == b"4.2E1"
+    lt = new.replace(b'<doseQuantity value="0.5" unit="g"/>', b'<doseQuantity value="&lt;0.5" unit="g"/>') \
+        .replace(b'<quantity value="42" unit="\xe7\xb2\x92"/>', b'<quantity value="&lt;42" unit="\xe7\xb2\x92"/>')
+    conv = convert(lt, SRC)
+    assert_valid(conv)
+    (mr,) = by_type(conv, "MedicationRequest")
+    assert "<0.5 g" in mr["dosageInstruction"][0]["text"]
+    assert any("<42" in n["text"] for n in mr["note"])
+    assert [f.rule for f in conv.findings].count("v3.value.invalid-quantity") == 2

@@ -212,7 +212,7 @@ def _order_item(ctx: Ctx, item: etree._Element, common: dict[str, Any], t: dict[
                   "")
     if parent:
         res["groupIdentifier"] = {"value": parent}
-    notes = _notes(item)
+    notes = _notes(item) + res.pop("note", [])  # the order's, then what the mapping kept as text
     if notes:
         res["note"] = notes
     ctx.add(res)
@@ -284,13 +284,26 @@ def _timing(item: etree._Element, res: dict[str, Any], element: str) -> None:
 
 def _quantity(el: etree._Element | None) -> dict[str, Any] | None:
     value = attr(el, "value")
-    number = numbers.decimal(value)  # as written: 1.50 stays 1.50
+    # as written: 1.50 stays 1.50, and 1.5e2 (a PQ may carry an exponent)
+    number = numbers.decimal(value, exponent=True)
     if number is None:
         return None
     out: dict[str, Any] = {"value": number}
     if attr(el, "unit"):
         out["unit"] = attr(el, "unit")
     return out
+
+
+def _unread(ctx: Ctx, item: etree._Element, path: str) -> str | None:
+    """The quantity at ``path`` as written, when it is there but no number (``<0.5``): kept as
+    text by the caller, with a finding, never dropped."""
+    el = first(item, path)
+    written = " ".join(x for x in (attr(el, "value"), attr(el, "unit")) if x)
+    if not written or attr(el, "value") is None:
+        return None
+    ctx.find("warning", "v3.value.invalid-quantity", f"{path} {written!r} is no number: kept as "
+             "text", path)
+    return written
 
 
 def _medication(ctx: Ctx, item: etree._Element, res: dict[str, Any], content: str) -> None:
@@ -319,6 +332,8 @@ def _medication(ctx: Ctx, item: etree._Element, res: dict[str, Any], content: st
     dose = _quantity(first(item, "doseQuantity"))
     if dose:
         dosage["doseAndRate"] = [{"doseQuantity": dose}]
+    elif (written := _unread(ctx, item, "doseQuantity")):
+        dosage["text"] = "; ".join(x for x in (dosage.get("text"), f"单次剂量 {written}") if x)
     form = concept(first(item, "administrationUnitCode"))
     if form:  # the dosage form, where the CDA mapper puts a prescription's too
         dosage["method"] = form
@@ -332,6 +347,8 @@ def _medication(ctx: Ctx, item: etree._Element, res: dict[str, Any], content: st
     supply = _quantity(first(item, "component2/supplyRequest/quantity"))
     if supply:
         dispense["quantity"] = supply
+    elif (written := _unread(ctx, item, "component2/supplyRequest/quantity")):
+        res.setdefault("note", []).append({"text": f"发药数量 {written}"})
     performer = _performer(ctx, item)
     if performer is not None:
         dispense["performer"] = performer
