@@ -649,3 +649,21 @@ def test_an_order_quantity_that_is_no_plain_decimal_is_kept():
     assert "<0.5 g" in mr["dosageInstruction"][0]["text"]
     assert any("<42" in n["text"] for n in mr["note"])
     assert [f.rule for f in conv.findings].count("v3.value.invalid-quantity") == 2
+
+
+def test_a_second_patient_or_prior_record_is_refused_not_dropped():
+    """A registration names one patient and a merge one prior record: a second one was dropped
+    without a word; it is refused (AE, kept for replay by the endpoint) with where."""
+    reg = fixture("patient-register.xml").decode()
+    start, end = reg.index('<subject typeCode="SUBJ">'), reg.index("</subject>") + len("</subject>")
+    two = reg[:end] + reg[start:end] + reg[end:]
+    with pytest.raises(MappingError) as e:
+        convert(two.encode(), SRC)
+    assert e.value.rule == "v3.patient.several" and e.value.code == "AE"
+    mrg = fixture("patient-merge.xml").decode()
+    start, end = mrg.index("<replacementOf"), mrg.index("</replacementOf>") + len("</replacementOf>")
+    with pytest.raises(MappingError) as e:
+        convert((mrg[:end] + mrg[start:end] + mrg[end:]).encode(), SRC)
+    assert e.value.rule == "v3.merge.several"
+    convert(reg.encode(), SRC)  # one of each: as before
+    convert(mrg.encode(), SRC)

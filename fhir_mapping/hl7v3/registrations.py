@@ -238,6 +238,12 @@ def patient_ref(ctx: Ctx, patient: etree._Element, where: str) -> dict[str, Any]
 def patient(ctx: Ctx, subject: etree._Element | None = None) -> dict[str, Any]:
     """PRPA_IN201311UV02 / PRPA_IN201314UV02 (and the survivor of a merge)."""
     ca = ctx.msg.control
+    if subject is None and len(q(ca, "subject")) > 1:
+        # one registration per message, as the interaction defines it: the second was dropped
+        raise MappingError(f"the message holds {len(q(ca, 'subject'))} patients "
+                           "(controlActProcess/subject); a registration names one", code="AE",
+                           location="/*/hl7:controlActProcess/hl7:subject[2]",
+                           rule="v3.patient.several")
     reg = first_of(ca, "subject/registrationRequest", "subject/registrationEvent")
     pat = subject if subject is not None else first(reg, "subject1/patient")
     if pat is None:
@@ -333,6 +339,10 @@ def merge_patients(ctx: Ctx) -> list[dict[str, str]]:
     survivor = patient(ctx)
     prior = first(reg, "replacementOf/priorRegistration/subject1/priorRegisteredRole")
     where = "/*/hl7:controlActProcess/hl7:subject/hl7:registrationEvent/hl7:replacementOf"
+    if len(q(reg, "replacementOf")) > 1:  # the second retired record was dropped: refused
+        raise MappingError(f"the merge names {len(q(reg, 'replacementOf'))} prior registrations "
+                           "(replacementOf); merge them one message each", code="AE",
+                           location=where + "[2]", rule="v3.merge.several")
     if prior is None:
         raise MappingError("merge without replacementOf/priorRegistration: nothing to merge", code="AE",
                            location=where, rule="v3.merge.prior-missing")
