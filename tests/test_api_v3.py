@@ -667,6 +667,17 @@ def test_soap_11_inline_and_soap_12_string_parameter(client, v3):
     out = etree.fromstring(response.find("{http://bus.example/}SubmitResult").text.encode())
     assert query_ack(out) == ("OK", 1)
 
+    # the escaped message keeps the declaration its client wrote it with (gb2312): the text is
+    # characters by then, read as such, not refused as bytes that are no GB2312
+    declared = patient_query(rid).decode()
+    declared = '<?xml version="1.0" encoding="gb2312"?>' + declared.split("?>", 1)[-1] \
+        if declared.startswith("<?xml") else '<?xml version="1.0" encoding="gb2312"?>' + declared
+    call = (f'<HIPMessageServer xmlns="urn:hl7-org:v3"><action>PRPA_IN201305UV02</action>'
+            f"<message>{escape(declared)}</message></HIPMessageServer>")
+    r = post(client, v3, _envelope(SOAP12, call), {"content-type": "application/soap+xml"})
+    result = _soap_body(r, SOAP12).find(f"{V3}HIPMessageServerResult").text
+    assert query_ack(etree.fromstring(result.encode())) == ("OK", 1)
+
 
 @pytest.mark.parametrize("ns,status", [(SOAP11, 500), (SOAP12, 400)])
 def test_a_soap_envelope_without_a_message_is_a_fault(client, v3, ns, status):

@@ -56,6 +56,9 @@ class NotAMessage(HubError):
         self.ns, self.text = ns, text
 
 
+_DECLARED = re.compile(r"""^(<\?xml[^>]*?encoding\s*=\s*["'])[A-Za-z0-9._-]+(["'])""")
+
+
 def unwrap(raw: bytes) -> Envelope | None:
     """The v3 message of a SOAP request, or None when ``raw`` is no envelope (a bare v3 message,
     or something unreadable: the v3 endpoint answers those itself)."""
@@ -80,6 +83,9 @@ def unwrap(raw: bytes) -> Envelope | None:
     for el in first.iter():
         text = (el.text or "").strip()
         if el is not first and text.startswith("<"):
+            # the text is characters now: a declaration naming the bytes it once was (gb2312, as
+            # Chinese .NET and Java clients send it) would make the parser misread the UTF-8
+            text = _DECLARED.sub(r"\1UTF-8\2", text, count=1)
             return Envelope(ns, name, text.encode("utf-8"), action[:200])
     raise NotAMessage(ns, f"no HL7 v3 message in the SOAP Body's {name.localname!r}: send it "
                           "as the Body's element or as the escaped text of a parameter")
