@@ -308,6 +308,13 @@ def _alike(n: int) -> list[dict]:
      "Bundle.entry[3].search.mode"),
     (bundle("transaction", *_alike(2), dict(_alike(1)[0], fullUrl=12)),
      "Bundle.entry[2].fullUrl"),
+    # bdl-7: two entries of one fullUrl (both were created; a reference went to the last)
+    (bundle("transaction",
+            {"fullUrl": "urn:uuid:9b8e6d52-0c1a-4c0e-9d57-2f4f0b1a7c11", "resource": patient(),
+             "request": {"method": "POST", "url": "Patient"}},
+            {"fullUrl": "urn:uuid:9b8e6d52-0c1a-4c0e-9d57-2f4f0b1a7c11", "resource": patient(),
+             "request": {"method": "POST", "url": "Patient"}}),
+     "Bundle.entry[1].fullUrl"),
 ])
 def test_malformed_transactions(client, b, where):
     before = system_total(client)

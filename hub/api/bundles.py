@@ -136,6 +136,21 @@ def validate_envelope(bundle: dict, entries: list) -> None:
     alike but for a plain fullUrl are checked once: a transaction's hundreds of entries are a
     handful of shapes (``POST Observation``, …). A failure (a 422, or a 400 for a control
     character) is checked again entry by entry, so that its error names the entry where it is."""
+    # bdl-7: a fullUrl names one entry (or versions of one resource); two entries of one
+    # fullUrl made two resources, and a reference to it went to the last
+    seen: dict[str, int] = {}
+    for i, e in enumerate(entries):
+        url = e.get("fullUrl") if isinstance(e, dict) else None
+        if not isinstance(url, str):
+            continue
+        version = ((e.get("resource") or {}).get("meta") or {}).get("versionId") \
+            if isinstance(e.get("resource"), dict) else None
+        key = f"{url}|{version}" if version else url
+        if key in seen and bundle.get("type") != "history":
+            raise FhirError(400, "invalid", f"Bundle.entry[{i}] has the fullUrl of "
+                            f"Bundle.entry[{seen[key]}] ({url[:100]!r}): a fullUrl names one "
+                            "entry (bdl-7)", expression=f"Bundle.entry[{i}].fullUrl")
+        seen.setdefault(key, i)
     # the entries without their resources; emptied ones are fine here (parse_entry says what
     # is missing)
     parts = [{k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
