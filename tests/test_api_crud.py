@@ -390,6 +390,13 @@ def test_format_json_variants_and_unknown_formats(client):
     for fmt in ("xml", "application/fhir+xml", "text/xml"):  # tests/test_api_xml.py says more
         r = client.get(f"/Patient/{rid}", params={"_format": fmt})
         assert r.status_code == 200 and r.headers["content-type"].startswith("application/fhir+xml")
+    # a + left unescaped in the query reads as a space: the type meant, as HAPI reads it
+    for fmt, xml in (("application/fhir+json", False), ("application/json+fhir", False),
+                     ("application/fhir+xml", True)):
+        r = client.get(f"/Patient/{rid}?_format={fmt}")
+        assert r.status_code == 200, (fmt, r.text[:200])
+        assert r.headers["content-type"].startswith(
+            "application/fhir+xml" if xml else "application/fhir+json"), fmt
     assert_outcome(client.get(f"/Patient/{rid}", params={"_format": "yaml"}), 406)
     assert_outcome(client.get(f"/Patient/{rid}", headers={"accept": "text/csv"}), 406)
     before = system_total(client)

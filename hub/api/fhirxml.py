@@ -22,10 +22,16 @@ FHIR_XML = "application/fhir+xml; charset=utf-8"
 FHIR_NS = "{http://hl7.org/fhir}"
 
 
+def format_asked(fmt: str) -> str:
+    """The mime type or short name of a ``_format`` value. A ``+`` a client left unescaped in the
+    query reads as a space (application/fhir json), as HAPI reads it too."""
+    return fmt.split(";")[0].strip().lower().replace(" ", "+")
+
+
 def wants_xml(request: Request) -> bool:
     fmt = request.query_params.get("_format")
     if fmt is not None:
-        return fmt.split(";")[0].strip().lower() in XML_FORMATS
+        return format_asked(fmt) in XML_FORMATS
     accept = request.headers.get("accept", "").lower()
     return "xml" in accept and "json" not in accept
 

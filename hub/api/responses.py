@@ -28,7 +28,7 @@ def check_format(request: Request) -> None:
     """FHIR JSON or FHIR XML; say so clearly when something else is asked for."""
     fmt = request.query_params.get("_format")
     if fmt is not None:
-        base = fmt.split(";")[0].strip().lower()
+        base = fhirxml.format_asked(fmt)
         if base not in _JSON_FORMATS and base not in _XML_FORMATS:
             raise FhirError(406, "not-supported", f"Unknown _format {fmt!r}; json or xml")
         return
