@@ -91,6 +91,18 @@ def test_what_it_claims_works(client, statement):
     # something that is not in the statement is refused
     assert_outcome(client.post(f"/Patient/{rid}/_history", json={}), 405)
     assert_outcome(client.get(f"/Patient/{unique()}/_history"), 404)
+    # the patch formats it takes are named, and each is taken
+    assert statement["patchFormat"] == ["application/json-patch+json", "application/fhir+json",
+                                        "application/fhir+xml"]
+    # the audit is written by the hub alone: no write is claimed for it, and each is refused
+    audit = by_type(statement)["AuditEvent"]
+    claimed = {i["code"] for i in audit["interaction"]}
+    assert claimed & {"create", "update", "patch", "delete"} == set() and "read" in claimed
+    assert not audit["updateCreate"] and not audit["conditionalCreate"]
+    event = {"resourceType": "AuditEvent", "type": {"code": "rest"}, "recorded":
+             "2024-01-01T00:00:00Z", "agent": [{"requestor": True}], "source": {"observer": {
+                 "display": "x"}}}
+    assert client.post("/AuditEvent", json=event, headers=FHIR_JSON).status_code in (403, 405)
 
 
 def test_metadata_formats(client):

@@ -12,6 +12,7 @@ from functools import lru_cache
 from fastapi import FastAPI
 
 from hub.core import resource as res
+from hub.repository import APPEND_ONLY
 from projections.search.params import params_for
 
 _TYPE_LEVEL = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type",
@@ -83,6 +84,9 @@ def _route_names(routes) -> list[str]:
     return names
 
 
+_WRITES = frozenset({"create", "update", "patch", "delete"})
+
+
 @lru_cache(maxsize=8)
 def _statement(routed: frozenset[str], base: str) -> dict:
     from importlib.metadata import version
@@ -106,6 +110,7 @@ def _statement(routed: frozenset[str], base: str) -> dict:
             if p.type == "reference":
                 for target in p.targets:
                     rev.setdefault(target, set()).add(f"{source}:{code}")
+    read_only = [i for i in type_interactions if i["code"] not in _WRITES]
     for rtype in sorted(res.RESOURCE_TYPES):
         # what the search index answers: every parameter of the type but those of type special
         params = [{"name": code, "type": p.type, "definition": p.url}
@@ -113,15 +118,17 @@ def _statement(routed: frozenset[str], base: str) -> dict:
         refs = sorted(code for code, p in params_for(rtype).items() if p.type == "reference")
         resources.append({
             "type": rtype,
-            "interaction": type_interactions,
+            # the audit is written by the hub alone (hub.repository.APPEND_ONLY)
+            "interaction": read_only if rtype in APPEND_ONLY else type_interactions,
             "versioning": "versioned-update",
             "readHistory": "vread" in routed,
-            "updateCreate": True,
-            "conditionalCreate": "create" in routed,
+            "updateCreate": rtype not in APPEND_ONLY,
+            "conditionalCreate": "create" in routed and rtype not in APPEND_ONLY,
             # If-None-Match, or If-Modified-Since without it, on read answers 304
             "conditionalRead": "full-support",
-            "conditionalUpdate": "conditional-update" in routed,
-            "conditionalDelete": "single" if "conditional-delete" in routed else "not-supported",
+            "conditionalUpdate": "conditional-update" in routed and rtype not in APPEND_ONLY,
+            "conditionalDelete": "single" if "conditional-delete" in routed
+            and rtype not in APPEND_ONLY else "not-supported",
             "referencePolicy": ["literal", "local"],
             "searchInclude": [f"{rtype}:{c}" for c in refs],
             "searchRevInclude": sorted(rev.get(rtype, ())),
@@ -144,6 +151,9 @@ def _statement(routed: frozenset[str], base: str) -> dict:
         "implementation": {"description": "Regional FHIR integration hub", "url": base},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
+        # JSON Patch, and FHIRPath Patch (a Parameters resource) in either format
+        **({"patchFormat": ["application/json-patch+json", "application/fhir+json",
+                            "application/fhir+xml"]} if "patch" in routed else {}),
         "rest": [{
             "mode": "server",
             "resource": resources,
