@@ -575,3 +575,26 @@ def test_head_answers_like_get_without_a_body(client):
                 assert head.headers.get(h) == got.headers[h], (path, h)
     etag = client.get(f"/Patient/{rid}").headers["etag"]
     assert client.head(f"/Patient/{rid}", headers={"if-none-match": etag}).status_code == 304
+
+
+def test_a_read_takes_summary_and_elements(client):
+    """R4: _summary and _elements can be used when reading a resource, as in a search: the
+    mandatory elements, meta and the SUBSETTED tag; a value a read cannot take is a 400."""
+    d = patient(gender="female", text={"status": "generated",
+                                       "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>'})
+    rid = create(client, d).json()["id"]
+    subsetted = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                 "code": "SUBSETTED"}
+    for url in (f"/Patient/{rid}", f"/Patient/{rid}/_history/1"):
+        el = client.get(url, params={"_elements": "gender"}).json()
+        assert el["gender"] == "female" and "name" not in el and "identifier" not in el
+        assert subsetted in el["meta"]["tag"] and el["id"] == rid
+        text = client.get(url, params={"_summary": "text"}).json()
+        assert "text" in text and "name" not in text and subsetted in text["meta"]["tag"]
+        data = client.get(url, params={"_summary": "data"}).json()
+        assert "text" not in data and data["name"] == d["name"]
+        assert "name" in client.get(url, params={"_summary": "true"}).json()  # a summary element
+        whole = client.get(url, params={"_summary": "false"}).json()
+        assert "text" in whole and "tag" not in whole["meta"]
+    for bad in ("count", "bogus"):
+        assert_outcome(client.get(f"/Patient/{rid}", params={"_summary": bad}), 400)

@@ -49,7 +49,7 @@ from hub.api.responses import (
     prefer_strict,
     version_headers,
 )
-from hub.api.search import SearchService, search_bundle
+from hub.api.search import SearchService, search_bundle, subset, subset_filter
 from hub.api.systemsearch import system_search
 from hub.api.traffic import RateLimiter, networks
 from hub.auth.verifier import ExternalIssuer, Verifier
@@ -423,7 +423,21 @@ def _stored_response(request: Request, stored, status: int = 200) -> Response:
     elif request.headers.get("if-modified-since"):  # weaker: only without If-None-Match
         if not_modified_since(request.headers["if-modified-since"], header["lastUpdated"]):
             return Response(status_code=304, headers=headers)
-    return fhir_response(resource_bytes(stored), status, request=request, headers=headers)
+    keep = _read_subset(request, header["type"])
+    body = resource_bytes(stored) if keep is None else subset(resource_bytes(stored), keep)
+    return fhir_response(body, status, request=request, headers=headers)
+
+
+def _read_subset(request: Request, rtype: str):
+    """What a read's ``_summary`` or ``_elements`` keeps (R4 lets a read ask, as a search does;
+    None: all): the mandatory elements and ``meta`` with the SUBSETTED tag."""
+    summary = request.query_params.get("_summary")
+    if summary is not None and summary not in ("true", "text", "data", "false"):
+        raise bad_request(f"_summary={summary[:20]!r}: true, text, data or false on a read")
+    elements = request.query_params.get("_elements")
+    return subset_filter(rtype, None if summary == "false" else summary,
+                         [e.strip() for e in elements.split(",") if e.strip()] if elements
+                         else None)
 
 
 # -- system level ----------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def subset_filter(rtype: str, summary: str | None, elements: list[str] | None):
     return None
 
 
-def _subset(raw: bytes, keep) -> dict:
+def subset(raw: bytes, keep) -> dict:
     d = jsontext.loads_exact(raw)
     out = {k: v for k, v in d.items() if k in ALWAYS or keep(k)}
     meta = dict(out.get("meta") or {})
@@ -187,9 +187,9 @@ def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple
         raw = found[1].partition(b"\n")[2]  # the stored state: header line, resource JSON
         body: Any
         if mode == "match" and keep is not None:
-            body = _subset(raw, keep)
+            body = subset(raw, keep)
         elif mode == "include" and q.summary in ("true", "text", "data"):
-            body = _subset(raw, subset_filter(row.rtype, q.summary, None))
+            body = subset(raw, subset_filter(row.rtype, q.summary, None))
         else:
             body = orjson.Fragment(raw)
         entries.append({"fullUrl": f"{base}/{row.rtype}/{row.rid}", "resource": body,
