@@ -253,6 +253,23 @@ def test_processing_order_delete_post_put_get(client):
     assert len(times) == 1
 
 
+def test_a_transaction_whose_get_fails_stores_nothing(client):
+    """All or nothing (R4): a GET entry that fails (a malformed search, an unknown resource)
+    refuses the transaction before anything is written; before, the writes stood and the
+    answer was a 200."""
+    kept = patient(rid=unique())
+    for bad in (f"Patient?birthdate=notadate&_id={kept['id']}", f"Patient/{unique()}"):
+        before = system_total(client)
+        r = send(client, bundle("transaction", put_entry(kept), get_entry(bad)))
+        body = assert_outcome(r, (400, 404))
+        assert "Bundle.entry[1]" in expressions(body), body
+        assert system_total(client) == before
+        assert client.get(f"/Patient/{kept['id']}").status_code == 404
+    # a GET of what the transaction itself writes answers after the write, as before
+    r = send(client, bundle("transaction", put_entry(kept), get_entry(f"Patient/{kept['id']}")))
+    assert r.status_code == 200 and r.json()["entry"][1]["resource"]["id"] == kept["id"]
+
+
 def test_transaction_response_entries_carry_status_location_etag(client, live):
     entries = [post_entry(patient()) for _ in range(3)] + [put_entry(patient(rid=unique()))]
     r = send(client, bundle("transaction", *entries))

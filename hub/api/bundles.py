@@ -1,8 +1,8 @@
 """Transaction and batch Bundles (FHIR R4 http.html#transaction).
 
-A transaction is all or nothing: every entry is validated, then DELETEs, POSTs and PUTs are planned
-and committed in one store transaction (``urn:uuid:`` and conditional references rewritten), and
-GETs answer afterwards. A batch runs each entry on its own; its writes still share one commit.
+A transaction is all or nothing: every entry is validated and every GET tried, then DELETEs, POSTs
+and PUTs are planned and committed in one store transaction (``urn:uuid:`` and conditional
+references rewritten), and GETs answer afterwards. A batch runs each entry on its own; its writes still share one commit.
 """
 
 from __future__ import annotations
@@ -213,6 +213,8 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
     )
     out: list[dict | None] = [None] * len(parsed)
     ops: list[Op] = [parsed[i] for i in writes]  # type: ignore[misc]
+    if atomic:
+        _try_gets(parsed, ops, get)
     results = repo.execute(ops, ctx, atomic=True) if atomic else repo.execute_batch(ops, ctx)
     for i, result in zip(writes, results):
         op = parsed[i]
@@ -232,10 +234,31 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
                     answer["resource"] = orjson.Fragment(body) if isinstance(body, bytes) else body
                 out[i] = answer
             except FhirError as e:
-                # After the commit even in a transaction: the writes stand, this entry says why
-                # its read failed (a read cannot be rolled back into the transaction).
+                # tried before the writes (``_try_gets``); what fails only now (a read of what
+                # the transaction wrote, a resource deleted meanwhile) says why at its entry
                 out[i] = _error_entry(e)
     return {"resourceType": "Bundle", "type": f"{btype}-response", "entry": out}
+
+
+def _try_gets(parsed: list, ops: list[Op], get: GetHandler) -> None:
+    """A transaction is all or nothing (R4), and its GETs answer after its writes, which cannot
+    be taken back then: so each GET is tried before anything is written, and one that fails (a
+    malformed search, an unknown or forbidden resource) refuses the whole transaction. A read of
+    a resource the transaction itself writes is left to after the writes."""
+    written = {f"{op.rtype}/{op.rid}" for op in ops if op.rid is not None}
+    for i, p in enumerate(parsed):
+        if not isinstance(p, tuple):
+            continue
+        path = p[0]
+        if "/".join(path.split("/")[:2]) in written:
+            continue
+        try:
+            get(*p)
+        except FhirError as e:
+            where = f"Bundle.entry[{i}]"
+            raise FhirError(e.status, e.issues[0].code if e.issues else "processing",
+                            f"{where} (GET {path}): {e.issues[0].diagnostics if e.issues else e}",
+                            where) from None
 
 
 def _write_entry(result: Result | FhirError, base: str, representation: bool) -> dict:
