@@ -3,6 +3,8 @@ responses."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
@@ -251,6 +253,25 @@ def test_processing_order_delete_post_put_get(client):
     # every write of the transaction has the same lastUpdated: one commit
     times = {e["response"]["lastModified"] for e in (upd, post, dele)}
     assert len(times) == 1
+
+
+def test_narrative_links_to_entries_are_rewritten(client):
+    """R4: links in the narrative (<a href>, <img src>) naming an entry's fullUrl are replaced
+    as references are; one naming no entry is left as it is."""
+    org_url, other = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
+    org = {"resourceType": "Organization", "name": "第一医院"}
+    pat = patient(managingOrganization={"reference": org_url}, text={
+        "status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><a href="{org_url}">'
+        f'医院</a><img src="{org_url}"/><a href="{other}">别处</a></div>'})
+    r = send(client, bundle("transaction", post_entry(org, org_url), post_entry(pat)))
+    assert r.status_code == 200, r.text
+    org_ref = r.json()["entry"][0]["response"]["location"].rsplit("/_history", 1)[0]
+    rid = r.json()["entry"][1]["response"]["location"].split("/")[1]
+    stored = client.get(f"/Patient/{rid}").json()
+    assert stored["managingOrganization"]["reference"] == org_ref
+    div = stored["text"]["div"]
+    assert f'href="{org_ref}"' in div and f'src="{org_ref}"' in div and org_url not in div
+    assert f'href="{other}"' in div
 
 
 def test_a_transaction_whose_get_fails_stores_nothing(client):

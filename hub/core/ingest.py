@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -596,6 +597,9 @@ def _located(err: FhirError, op: Op) -> FhirError:
     return err
 
 
+_NARRATIVE_LINK = re.compile(r"""(\b(?:href|src)\s*=\s*["'])(urn:uuid:[0-9A-Fa-f-]{36})(["'])""")
+
+
 def _rewrite(node: Any, resolve: Callable[[str], str], undo: list[tuple[Any, Any, str]]) -> None:
     """Replace reference strings in place (``reference`` elements and uri values naming a fullUrl),
     noting each replaced value in ``undo``."""
@@ -606,5 +610,12 @@ def _rewrite(node: Any, resolve: Callable[[str], str], undo: list[tuple[Any, Any
                 if new is not v:
                     undo.append((node, k, v))
                     node[k] = new  # same keys: safe while iterating
+            elif k == "div" and "urn:uuid:" in v:
+                # R4: the narrative's <a href> and <img src> naming an entry are replaced too
+                new = _NARRATIVE_LINK.sub(lambda m: m.group(1) + resolve(m.group(2)) + m.group(3),
+                                          v)
+                if new != v:
+                    undo.append((node, k, v))
+                    node[k] = new
         elif isinstance(v, (dict, list)):
             _rewrite(v, resolve, undo)
