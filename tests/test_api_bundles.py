@@ -427,6 +427,16 @@ def test_batch_gets(client):
     assert e[0]["resource"]["id"] == d["id"] and e[2]["resource"]["meta"]["versionId"] == "1"
     assert e[1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
     assert e[3]["resource"]["type"] == "searchset" and e[3]["resource"]["total"] == 1
+    assert e[0]["response"]["etag"] == 'W/"1"' and e[0]["response"]["lastModified"]
+    # conditional reads as on a read: 304 without the resource; HEAD: no resource
+    held = {"request": {"method": "GET", "url": f"Patient/{d['id']}", "ifNoneMatch": 'W/"1"'}}
+    stale = {"request": {"method": "GET", "url": f"Patient/{d['id']}", "ifNoneMatch": 'W/"0"'}}
+    head = {"request": {"method": "HEAD", "url": f"Patient/{d['id']}"}}
+    r = send(client, bundle("batch", held, stale, head))
+    assert statuses(r) == ["304", "200", "200"]
+    e = r.json()["entry"]
+    assert "resource" not in e[0] and e[1]["resource"]["id"] == d["id"] and "resource" not in e[2]
+    assert e[2]["response"]["etag"] == 'W/"1"'
 
 
 def test_batch_does_not_resolve_references_between_entries(client):

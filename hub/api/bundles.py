@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from hub.api import intake, patching
-from hub.api.responses import etag, parse_etag
+from hub.api.responses import etag, none_match, not_modified_since, parse_etag
 from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.conditional import parse_query
@@ -53,8 +53,8 @@ def split_url(url: str, base: str) -> tuple[str, str]:
 
 
 def parse_entry(i: int, entry: object, base: str,
-                validate: Validate | None = None) -> Op | tuple[str, str]:
-    """A Bundle entry as a write ``Op``, or (path, query) for a GET."""
+                validate: Validate | None = None) -> Op | tuple[str, str, dict]:
+    """A Bundle entry as a write ``Op``, or (path, query, what else it asks) for a GET."""
     where = f"Bundle.entry[{i}]"
     if not isinstance(entry, dict):
         raise bad_request("A Bundle entry must be a JSON object", where)
@@ -67,7 +67,10 @@ def parse_entry(i: int, entry: object, base: str,
     path, query = split_url(url, base)
     if method in ("GET", "HEAD"):
         _check_get(path, url, where)
-        return path, query
+        # HEAD answers without the resource; ifNoneMatch / ifModifiedSince as on a read
+        return path, query, {"head": method == "HEAD",
+                             "ifNoneMatch": request.get("ifNoneMatch"),
+                             "ifModifiedSince": request.get("ifModifiedSince")}
     if method not in WRITE_ORDER:
         raise bad_request(f"Unknown request method {method!r}", f"{where}.request.method")
     parts = path.split("/")
@@ -198,7 +201,7 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
         raise bad_request("Bundle.entry must be an array", "Bundle.entry")
     validate_envelope(bundle, entries)
     atomic = btype == "transaction"
-    parsed: list[Op | tuple[str, str] | FhirError] = []
+    parsed: list[Op | tuple[str, str, dict] | FhirError] = []
     for i, entry in enumerate(entries):
         try:
             parsed.append(parse_entry(i, entry, base, validate))
@@ -228,16 +231,42 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
             out[i] = _error_entry(p)
         elif isinstance(p, tuple):
             try:
-                status, body = get(*p)
-                answer: dict[str, Any] = {"response": {"status": status_line(status)}}
-                if body is not None:
-                    answer["resource"] = orjson.Fragment(body) if isinstance(body, bytes) else body
-                out[i] = answer
+                status, body = get(p[0], p[1])
+                out[i] = _get_entry(status, body, p[2])
             except FhirError as e:
                 # tried before the writes (``_try_gets``); what fails only now (a read of what
                 # the transaction wrote, a resource deleted meanwhile) says why at its entry
                 out[i] = _error_entry(e)
     return {"resourceType": "Bundle", "type": f"{btype}-response", "entry": out}
+
+
+def _get_entry(status: int, body: Any, asked: dict) -> dict:
+    """The response entry of a GET or HEAD: a read's ETag and Last-Modified, 304 without the
+    resource when ``ifNoneMatch`` or ``ifModifiedSince`` says the client holds it, no resource
+    for a HEAD."""
+    response: dict[str, Any] = {"status": status_line(status)}
+    meta = None
+    if isinstance(body, bytes):
+        try:
+            meta = (orjson.loads(body) or {}).get("meta") or {}
+        except orjson.JSONDecodeError:
+            meta = None
+    version = meta.get("versionId") if meta else None
+    if isinstance(version, str) and version.isdigit():
+        response["etag"] = etag(int(version))
+        if meta and meta.get("lastUpdated"):
+            response["lastModified"] = meta["lastUpdated"]
+        inm, ims = asked.get("ifNoneMatch"), asked.get("ifModifiedSince")
+        held = none_match(str(inm), int(version)) if inm else \
+            bool(ims and meta and meta.get("lastUpdated")
+                 and not_modified_since(str(ims), meta["lastUpdated"]))
+        if held:
+            response["status"] = status_line(304)
+            return {"response": response}
+    answer: dict[str, Any] = {"response": response}
+    if body is not None and not asked.get("head"):
+        answer["resource"] = orjson.Fragment(body) if isinstance(body, bytes) else body
+    return answer
 
 
 def _try_gets(parsed: list, ops: list[Op], get: GetHandler) -> None:
@@ -253,7 +282,7 @@ def _try_gets(parsed: list, ops: list[Op], get: GetHandler) -> None:
         if "/".join(path.split("/")[:2]) in written:
             continue
         try:
-            get(*p)
+            get(p[0], p[1])
         except FhirError as e:
             where = f"Bundle.entry[{i}]"
             raise FhirError(e.status, e.issues[0].code if e.issues else "processing",
