@@ -255,6 +255,20 @@ def test_processing_order_delete_post_put_get(client):
     assert len(times) == 1
 
 
+def test_prefer_return_shapes_each_entry_of_a_transaction(client):
+    """return=representation: the resource; minimal: the response alone; OperationOutcome: an
+    OperationOutcome in each entry's response (it was the plain response)."""
+    for prefer, resource, outcome in (("representation", True, False), ("minimal", False, False),
+                                      ("OperationOutcome", False, True)):
+        r = client.post("", json=bundle("transaction", post_entry(patient())),
+                        headers={**FHIR_JSON, "prefer": f"return={prefer}"})
+        assert r.status_code == 200, r.text
+        (entry,) = r.json()["entry"]
+        assert ("resource" in entry) is resource, prefer
+        assert (entry["response"].get("outcome", {}).get("resourceType") == "OperationOutcome") \
+            is outcome, prefer
+
+
 def test_narrative_links_to_entries_are_rewritten(client):
     """R4: links in the narrative (<a href>, <img src>) naming an entry's fullUrl are replaced
     as references are; one naming no entry is left as it is."""

@@ -456,8 +456,10 @@ async def transaction(request: Request) -> Response:
     def get(path: str, query: str):
         return _get(repo, ctx, path, query, b, _settings(request))
 
+    mode = prefer_return(request)
     out = await run_in_threadpool(bundles.process, d, repo, ctx, b,
-                                  prefer_return(request) == "representation", get, raw,
+                                  "outcome" if mode == "OperationOutcome"
+                                  else mode == "representation", get, raw,
                                   _checker(request, ctx))
     return fhir_response(out, request=request)
 

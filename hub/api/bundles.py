@@ -183,9 +183,11 @@ def _validate_envelope(bundle: dict, entries: list) -> None:
     res.validate("Bundle", jsontext.dumps(envelope, "Bundle"), envelope, check_json=False)
 
 
-def process(bundle: dict, repo: Repository, ctx: Context, base: str, representation: bool,
+def process(bundle: dict, repo: Repository, ctx: Context, base: str, representation: bool | str,
             get: GetHandler, raw: bytes | None = None, validate: Validate | None = None) -> dict:
-    """``raw``: the JSON text of ``bundle`` as received, when there is one; ``validate``: the
+    """``representation``: each write's entry holds the resource (True), only the response
+    (False), or an OperationOutcome in it (``"outcome"``: Prefer: return=OperationOutcome);
+    ``raw``: the JSON text of ``bundle`` as received, when there is one; ``validate``: the
     caller's checks of what it writes (lenient intake, profiles), plain validation without."""
     btype = bundle.get("type")
     if btype not in ("transaction", "batch"):
@@ -290,7 +292,7 @@ def _try_gets(parsed: list, ops: list[Op], get: GetHandler) -> None:
                             where) from None
 
 
-def _write_entry(result: Result | FhirError, base: str, representation: bool) -> dict:
+def _write_entry(result: Result | FhirError, base: str, representation: bool | str) -> dict:
     if isinstance(result, FhirError):
         return _error_entry(result)
     response: dict = {"status": status_line(result.status)}
@@ -300,10 +302,11 @@ def _write_entry(result: Result | FhirError, base: str, representation: bool) ->
         response["location"] = f"{result.rtype}/{result.rid}/_history/{result.version}"
         response["etag"] = etag(result.version)
         response["lastModified"] = result.last_updated
-    if result.issues:
+    if result.issues or representation == "outcome":  # Prefer: return=OperationOutcome
+        issues = result.issues or [Issue("informational", "succeeded", "information")]
         response["outcome"] = {"resourceType": "OperationOutcome",
-                               "issue": [i.to_json() for i in result.issues]}
-    if representation and result.body:
+                               "issue": [i.to_json() for i in issues]}
+    if representation is True and result.body:
         entry["resource"] = orjson.Fragment(result.body)
     entry["response"] = response
     return entry
