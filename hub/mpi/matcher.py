@@ -122,19 +122,29 @@ def hold(a: dict, b: dict, levels: dict[str, str]) -> str | None:
     """Why two records the weights call certain go to review instead, or None. Evidence adds up
     in bits, and some disagreements no sum of agreements outweighs: an automatic link needs the
     names to agree, a person's own evidence (an identifier, a phone, an address) beyond a
-    district, and nothing that marks two children of one household."""
+    district, and nothing that marks two children of one household. Held for Chinese names only
+    (and newborn placeholders); see below."""
     name, birth, same_id = levels.get("name"), levels.get("birth"), levels.get("id") == "exact"
+    if a.get("nb") and b.get("nb") and (a.get("nbo") or "") != (b.get("nbo") or ""):
+        return "newborns-apart"  # 之大女 and 之小女 under their mother's number: two children
+    if any(n and n.isascii() for n in (a.get("name"), b.get("name"))):
+        # the rules below are of Chinese names, which few surnames and common given names make
+        # repeat far more than the weights' name frequencies assume (王伟, 张伟), and of the
+        # region's habits (a parent's card for a child); Latin-script data (FEBRL) keeps its
+        # weights' decisions
+        return None
     if name == "different":
         # another name with one identifier (a borrowed card, a child on a parent's), or with a
         # birth date and a household (twins named apart, a nursing home, a default birth date
         # and a filler phone)
         return "names-differ"
-    if a.get("nb") and b.get("nb") and (a.get("nbo") or "") != (b.get("nbo") or ""):
-        return "newborns-apart"  # 之大女 and 之小女 under their mother's number: two children
     if birth == "different" and not same_id:
         return "births-differ"  # a father and a son of one name and one home
-    if not same_id and not any(levels.get(f) in ("same", "exact") for f in ("phone", "addr", "hc")):
-        return "no-own-evidence"  # a name, a birth date and a district: namesakes in a city
+    if levels.get("id") not in ("exact", "typo") and \
+            not any(levels.get(f) in ("same", "exact") for f in ("phone", "addr", "hc")):
+        # a name, a birth date and a district: namesakes in a city (a resident ID number one
+        # slip off is the person's own, as a phone or an address is)
+        return "no-own-evidence"
     return None
 
 
