@@ -280,9 +280,10 @@ class Hub:
         last_updated, ts = self.clock()
         commit = Commit()
         pending: list[tuple[int, Result]] = []
-        older = self._older_than_stored(ops, planned, heads)
+        replaced: dict[int, tuple[int, Any]] = {}  # what each PUT replaces, read once
+        older = self._older_than_stored(ops, planned, heads, replaced)
         if ctx.source.get("feed", "rest") != "rest":
-            self._keep_retirements(ops, planned, heads)
+            self._keep_retirements(ops, planned, heads, replaced)
         for i in planned:
             op = ops[i]
             if i in older:  # the stored state came from a newer source: kept, and said so
@@ -405,7 +406,8 @@ class Hub:
                     raise _located(e, ops[i]) from None
 
     def _keep_retirements(self, ops: list[Op], planned: list[int],
-                          heads: dict[tuple[str, str], Head]) -> None:
+                          heads: dict[tuple[str, str], Head],
+                          replaced: dict[int, tuple[int, Any]]) -> None:
         """A Patient a merge retired (``active: false``, linked ``replaced-by`` its survivor, as
         an HL7 v2 A40 or ``$merge`` leave it) stays retired when a feed writes it again: a lab
         that has not caught up with the merge sends the old record number, and its message must
@@ -420,16 +422,10 @@ class Hub:
             head = heads.get(("Patient", cast(str, op.target)))
             if head is not None and not head.deleted:
                 wanted.append(i)
-        if not wanted:
-            return
-        stored = self.store.latest_many("Patient", [cast(str, ops[i].target) for i in wanted])
+        self._read_replaced(ops, wanted, replaced)
         for i in wanted:
             op = ops[i]
-            found = stored.get(cast(str, op.target))
-            try:
-                body = orjson.loads(found[1].partition(b"\n")[2]) if found else None
-            except orjson.JSONDecodeError:
-                continue
+            body = replaced[i][1] if i in replaced else None
             links = _replaced_by(body) if isinstance(body, dict) and body.get("active") is False \
                 else []
             if not links:
@@ -442,37 +438,52 @@ class Hub:
                 "the retired one's; a later message from this feed does not undo the merge)",
                 "warning", "Patient.active"))
 
-    def _older_than_stored(self, ops: list[Op], planned: list[int],
-                           heads: dict[tuple[str, str], Head]) -> dict[int, Result]:
-        """Writes whose source order (``fhir_mapping.source_order``, stamped by the mappers) is
-        older than the stored version's: their results, the stored version left in place. A
-        concurrent newer write makes this commit conflict, and the retry reads it here."""
+    def _read_replaced(self, ops: list[Op], idx: list[int],
+                       replaced: dict[int, tuple[int, Any]]) -> None:
+        """(stored version, resource as a dict, or None when unreadable) of what each of the
+        ``idx`` writes replaces, into ``replaced``, for those not read yet: one query a type."""
         wanted: dict[str, list[int]] = {}
-        for i in planned:
-            op = ops[i]
-            head = heads.get((op.rtype, op.target)) if op.target is not None else None
-            if op.method == "PUT" and op.d is not None and head is not None and not head.deleted \
-                    and source_order.order_of(op.d):
-                wanted.setdefault(op.rtype, []).append(i)
-        out: dict[int, Result] = {}
-        for rtype, idx in wanted.items():
-            # each has a stored head, so a target
-            stored = self.store.latest_many(rtype, [cast(str, ops[i].target) for i in idx])
-            for i in idx:
-                op = ops[i]
-                found = stored.get(cast(str, op.target))
+        for i in idx:
+            if i not in replaced:
+                wanted.setdefault(ops[i].rtype, []).append(i)
+        for rtype, ii in wanted.items():
+            stored = self.store.latest_many(rtype, [cast(str, ops[i].target) for i in ii])
+            for i in ii:
+                found = stored.get(cast(str, ops[i].target))
                 if found is None:
                     continue
                 try:
                     body = orjson.loads(found[1].partition(b"\n")[2] or found[1])
                 except orjson.JSONDecodeError:
-                    continue
-                why = source_order.older_than(source_order.order_of(op.d),
-                                              source_order.order_of(body))
-                if why:
-                    out[i] = Result(200, op.rtype, op.target, found[0], issues=[Issue(
-                        "informational", f"{op.rtype}/{op.target} not written: {why}; the stored "
-                        f"version {found[0]} stays", "information")])
+                    body = None
+                replaced[i] = (found[0], body)
+
+    def _older_than_stored(self, ops: list[Op], planned: list[int],
+                           heads: dict[tuple[str, str], Head],
+                           replaced: dict[int, tuple[int, Any]]) -> dict[int, Result]:
+        """Writes whose source order (``fhir_mapping.source_order``, stamped by the mappers) is
+        older than the stored version's: their results, the stored version left in place. A
+        concurrent newer write makes this commit conflict, and the retry reads it here."""
+        wanted = []
+        for i in planned:
+            op = ops[i]
+            head = heads.get((op.rtype, op.target)) if op.target is not None else None
+            if op.method == "PUT" and op.d is not None and head is not None and not head.deleted \
+                    and source_order.order_of(op.d):
+                wanted.append(i)  # each has a stored head, so a target
+        self._read_replaced(ops, wanted, replaced)
+        out: dict[int, Result] = {}
+        for i in wanted:
+            op = ops[i]
+            if i not in replaced or replaced[i][1] is None:
+                continue
+            version, body = replaced[i]
+            why = source_order.older_than(source_order.order_of(op.d),
+                                          source_order.order_of(body))
+            if why:
+                out[i] = Result(200, op.rtype, op.target, version, issues=[Issue(
+                    "informational", f"{op.rtype}/{op.target} not written: {why}; the stored "
+                    f"version {version} stays", "information")])
         return out
 
     def _decide(self, op: Op, head: Head | None, ctx: Context, commit: Commit,
