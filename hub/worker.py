@@ -36,7 +36,7 @@ def deadletter_path(settings: Settings) -> Path:
     return settings.data_dir / "ingest-deadletters.sqlite"
 
 
-def _no_get(path: str, query: str):
+def _no_get(path: str, query: str, check: bool = False):
     raise FhirError(400, "not-supported", "GET entries are not run by the ingest worker")
 
 

@@ -108,6 +108,12 @@ def test_a_batch_read_is_audited_like_a_plain_one(client, live):
     assert r.status_code == 200, r.text
     events = new_since(live, before)
     assert sorted(e["subtype"][0]["code"] for e in events) == ["read", "search-type"]
+    # a transaction's GETs are checked before its writes, and read (and audited) once, after
+    before = audit_events(live)
+    r = client.post("", json={**bundle, "type": "transaction"}, headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    events = new_since(live, before)
+    assert sorted(e["subtype"][0]["code"] for e in events) == ["read", "search-type"]
 
 
 def test_a_forwarded_address_counts_only_from_a_trusted_proxy(client, live):

@@ -49,7 +49,7 @@ from hub.api.responses import (
     prefer_strict,
     version_headers,
 )
-from hub.api.search import SearchService, search_bundle, subset, subset_filter
+from hub.api.search import SearchService, plan_search, search_bundle, subset, subset_filter
 from hub.api.systemsearch import system_search
 from hub.api.traffic import RateLimiter, networks
 from hub.auth.verifier import ExternalIssuer, Verifier
@@ -453,8 +453,8 @@ async def transaction(request: Request) -> Response:
     raw, d = await _body(request, "Bundle")
     repo, ctx, b = repository(request), context_of(request), _base(request)
 
-    def get(path: str, query: str):
-        return _get(repo, ctx, path, query, b, _settings(request))
+    def get(path: str, query: str, check: bool = False):
+        return _get(repo, ctx, path, query, b, _settings(request), check)
 
     mode = prefer_return(request)
     out = await run_in_threadpool(bundles.process, d, repo, ctx, b,
@@ -704,12 +704,23 @@ def _install_routes(app: FastAPI) -> None:
 
 
 def _get(repo: Repository, ctx: Context, path: str, query: str, base: str,
-         settings: Settings) -> tuple[int, Any]:
-    """GET inside a batch or transaction: read, vread or search."""
+         settings: Settings, check: bool = False) -> tuple[int, Any]:
+    """GET inside a batch or transaction: read, vread or search. ``check``: only whether it would
+    fail (a search planned, a resource's latest version looked up), nothing read nor audited."""
     parts = path.split("/")
     rtype = parts[0]
     if rtype not in res.RESOURCE_TYPES:
         raise not_found(f"Cannot GET {path!r}")
+    if check and len(parts) == 1:
+        plan_search(repo, ctx, rtype, parse_query(query) if query else [], base, settings, False)
+        return 200, None
+    if check and len(parts) in (2, 4):
+        stored = repo.latest(ctx, rtype, _id(parts[1]))
+        if stored is None:  # unknown, or not shown to the caller: alike
+            raise not_found(f"{rtype}/{parts[1]} is not known")
+        if len(parts) == 2 and stored.topic.endswith("Deleted"):
+            raise FhirError(410, "deleted", f"{rtype}/{parts[1]} was deleted")
+        return 200, None
     if len(parts) == 1:
         return 200, search_bundle(repo, ctx, rtype, parse_query(query) if query else [], base,
                                   settings, False)

@@ -25,7 +25,8 @@ from hub.core.ingest import Context, Op, Result
 from hub.repository import Repository
 
 WRITE_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2}  # R4: PUT or PATCH, in entry order
-GetHandler = Callable[[str, str], tuple[int, bytes | dict | None]]  # (path, query) -> status, body
+# (path, query, check) -> status, body; ``check``: only whether it would fail (see _try_gets)
+GetHandler = Callable[[str, str, bool], tuple[int, bytes | dict | None]]
 # (type, JSON text, resource, where) -> the resource to store and the warnings to answer
 # (what lenient intake repaired, what the profiles warn of)
 Validate = Callable[[str, bytes, dict, str], tuple[dict, list[Issue]]]
@@ -233,7 +234,7 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
             out[i] = _error_entry(p)
         elif isinstance(p, tuple):
             try:
-                status, body = get(p[0], p[1])
+                status, body = get(p[0], p[1], False)
                 out[i] = _get_entry(status, body, p[2])
             except FhirError as e:
                 # tried before the writes (``_try_gets``); what fails only now (a read of what
@@ -273,9 +274,10 @@ def _get_entry(status: int, body: Any, asked: dict) -> dict:
 
 def _try_gets(parsed: list, ops: list[Op], get: GetHandler) -> None:
     """A transaction is all or nothing (R4), and its GETs answer after its writes, which cannot
-    be taken back then: so each GET is tried before anything is written, and one that fails (a
-    malformed search, an unknown or forbidden resource) refuses the whole transaction. A read of
-    a resource the transaction itself writes is left to after the writes."""
+    be taken back then: so each GET is checked before anything is written (planned or looked
+    up, not run nor audited), and one that would fail (a malformed search, an unknown or
+    forbidden resource) refuses the whole transaction. A read of a resource the transaction
+    itself writes is left to after the writes."""
     written = {f"{op.rtype}/{op.rid}" for op in ops if op.rid is not None}
     for i, p in enumerate(parsed):
         if not isinstance(p, tuple):
@@ -284,7 +286,7 @@ def _try_gets(parsed: list, ops: list[Op], get: GetHandler) -> None:
         if "/".join(path.split("/")[:2]) in written:
             continue
         try:
-            get(p[0], p[1])
+            get(p[0], p[1], True)
         except FhirError as e:
             where = f"Bundle.entry[{i}]"
             raise FhirError(e.status, e.issues[0].code if e.issues else "processing",

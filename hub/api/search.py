@@ -151,12 +151,20 @@ def subset(raw: bytes, keep) -> dict:
 
 # -- the bundle -----------------------------------------------------------------------------------
 
+def plan_search(repo: Repository, ctx: Context, rtype: str, params: list[tuple[str, str]],
+                base: str, settings: Settings, strict: bool) -> Query:
+    """The caller's search planned (its page cursor unsealed): a malformed or forbidden search
+    fails here, before anything is read."""
+    tokens = page_tokens(settings.data_dir)
+    return repo.plan(ctx, rtype, [(k, tokens.open(v) if k == "_cursor" else v)
+                                  for k, v in params], strict, base)
+
+
 def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple[str, str]],
                   base: str, settings: Settings, strict: bool,
                   compartment: tuple[str, str] | None = None) -> dict:
     tokens = page_tokens(settings.data_dir)
-    q = repo.plan(ctx, rtype, [(k, tokens.open(v) if k == "_cursor" else v) for k, v in params],
-                  strict, base)
+    q = plan_search(repo, ctx, rtype, params, base, settings, strict)
     if compartment is not None:
         q.where.append(compartment_group(*compartment, rtype, base))
     count = q.count if q.count is not None else settings.default_count

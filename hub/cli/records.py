@@ -268,7 +268,7 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
     return counts, problems, n_problems, (rejected_path if rejected_file else None)
 
 
-def _no_get(path: str, query: str):
+def _no_get(path: str, query: str, check: bool = False):
     raise FhirError(400, "not-supported", "GET entries are not run by hub ingest")
 
 
