@@ -12,13 +12,18 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-__all__ = ["TYPES", "TYPE_FACTS", "RESOURCE_TYPES"]
+__all__ = ["TYPES", "TYPE_FACTS", "RESOURCE_TYPES", "URI_ELEMENTS"]
 
 _TABLES = resources.files("fhir_mapping.tables")
 
 # type name -> {element: [kind, repeats, codes?]}; kind is b(oolean), i(nteger), d(ecimal),
 # s(tring-like), or the name of a complex type / backbone element / "Resource".
 TYPES: dict[str, dict[str, list]] = json.loads(_TABLES.joinpath("element_types.json").read_text("utf-8"))
+
+# type name -> its elements of FHIR type uri, url, oid or uuid (where a transaction's fullUrls
+# are replaced, besides references)
+URI_ELEMENTS: dict[str, list[str]] = json.loads(
+    _TABLES.joinpath("uri_elements.json").read_text("utf-8"))
 
 # resource type -> facts about it ({"identifier": whether it has one})
 TYPE_FACTS: dict[str, dict] = json.loads(_TABLES.joinpath("resource_types.json").read_text("utf-8"))

@@ -1,4 +1,5 @@
-"""Derive, from the fhir.resources R4B models, the JSON type of every element: fhir_mapping/tables/element_types.json.
+"""Derive, from the fhir.resources R4B models, the JSON type of every element: fhir_mapping/tables/element_types.json,
+and which string elements are of type uri, url, oid or uuid: fhir_mapping/tables/uri_elements.json.
 
 The models coerce JSON primitives ("true" for a boolean, "5" for an integer) and the hub stores what
 was sent, so hub.core.jsontypes checks the JSON types itself, and the codes of required bindings the models
@@ -16,6 +17,7 @@ import json
 import pathlib
 import types
 import typing
+import uuid
 
 from fhir.resources.R4B import get_fhir_model_class
 from fhir_defs import complete_code_systems
@@ -27,6 +29,28 @@ RESOURCES = json.loads((ROOT / "fhir_mapping" / "tables" / "resource_types.json"
 # The models' enum_values are parsed from element descriptions and can be partial or wrong
 # ("xml | json | ttl | mime type"); only a list equal to a whole official CodeSystem is kept.
 COMPLETE = set(complete_code_systems())
+
+
+# R4 transaction processing replaces a fullUrl wherever it appears "in resource references,
+# elements of type uri, url, oid, uuid, and the narrative": these are the uri-typed elements
+# (canonical is left out: it names a resource by its canonical URL, never by a local reference)
+URI_TYPES = {"Uri", "Url", "Oid", "Uuid"}
+
+
+def primitive_name(ann) -> str | None:
+    """The fhir_core primitive an element's annotation declares (``Annotated[str, Uri()]``)."""
+    while True:
+        origin = typing.get_origin(ann)
+        if origin is typing.Annotated:
+            meta = [type(m).__name__ for m in ann.__metadata__]
+            return meta[0] if meta else None
+        if origin in (typing.Union, types.UnionType, list, typing.List):
+            args = [a for a in typing.get_args(ann) if a is not type(None)]
+            if not args:
+                return None
+            ann = args[0]
+        else:
+            return None
 
 
 def unwrap(ann) -> tuple[object, bool]:
@@ -61,7 +85,7 @@ def kind(base) -> str | None:
     return None
 
 
-def describe(cls_name: str, table: dict) -> None:
+def describe(cls_name: str, table: dict, uris: dict) -> None:
     if cls_name in table or cls_name in ("Resource", "FHIRPrimitiveExtension"):
         return
     cls = get_fhir_model_class(cls_name)
@@ -73,6 +97,8 @@ def describe(cls_name: str, table: dict) -> None:
             continue
         base, is_list = unwrap(field.annotation)
         k = kind(base)
+        if base is uuid.UUID:  # valueUuid: a uuid, though the models type it apart from str
+            uris.setdefault(cls_name, []).append(alias)
         if k is None:
             continue
         entry: list = [k, int(is_list)]
@@ -80,17 +106,24 @@ def describe(cls_name: str, table: dict) -> None:
         if isinstance(extra, dict) and frozenset(extra.get("enum_values") or ()) in COMPLETE:
             entry.append(sorted(extra["enum_values"]))
         fields[alias] = entry
+        if k == "s" and primitive_name(field.annotation) in URI_TYPES:
+            uris.setdefault(cls_name, []).append(alias)
         if k not in ("b", "i", "d", "s"):
-            describe(k, table)
+            describe(k, table, uris)
 
 
 def main() -> None:
     table: dict = {}
+    uris: dict = {}
     for rtype in RESOURCES:
-        describe(rtype, table)
+        describe(rtype, table, uris)
     out = ROOT / "fhir_mapping" / "tables" / "element_types.json"
     out.write_text(json.dumps(table, separators=(",", ":"), sort_keys=True, ensure_ascii=False))
     print(f"{len(table)} types -> {out} ({out.stat().st_size // 1024} KiB)")
+    out = ROOT / "fhir_mapping" / "tables" / "uri_elements.json"
+    out.write_text(json.dumps({t: sorted(e) for t, e in uris.items()}, separators=(",", ":"),
+                              sort_keys=True))
+    print(f"uri-typed elements of {len(uris)} types -> {out}")
 
 
 if __name__ == "__main__":

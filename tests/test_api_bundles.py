@@ -288,6 +288,47 @@ def test_narrative_links_to_entries_are_rewritten(client):
     assert f'href="{other}"' in div
 
 
+def test_only_links_are_rewritten_never_a_string_that_equals_a_full_url(client):
+    """R4 replaces an entry's fullUrl in references, in elements of type uri, url, oid and uuid
+    (repeating ones too, and inside extensions, contained resources and a primitive's
+    extensions) and in the narrative; an identifier's value, a note's text or a canonical that
+    happens to equal it is the sender's data and is kept as sent."""
+    org_url = f"urn:uuid:{uuid.uuid4()}"
+    org = {"resourceType": "Organization", "name": "第一医院"}
+    ext = "https://fhir-region-hub.example/StructureDefinition/test-link"
+    pat = patient(managingOrganization={"reference": org_url})
+    pat["identifier"] = pat["identifier"] + [{"system": "urn:ietf:rfc:3986", "value": org_url}]
+    pat["extension"] = [{"url": ext, "valueUri": org_url},
+                        {"url": ext, "valueString": org_url},
+                        {"url": ext, "valueReference": {"reference": org_url}}]
+    pat["_birthDate"] = {"extension": [{"url": ext, "valueReference": {"reference": org_url}}]}
+    pat["birthDate"] = "1980-01-01"
+    pat["contained"] = [{"resourceType": "Basic", "id": "c1", "code": {"text": "x"},
+                         "author": {"reference": org_url},
+                         "identifier": [{"system": org_url, "value": org_url}]}]
+    plan = {"resourceType": "CarePlan", "status": "active", "intent": "plan",
+            "subject": {"reference": "urn:uuid:pat"}, "instantiatesUri": [org_url, "http://x"],
+            "instantiatesCanonical": [org_url], "note": [{"text": org_url}]}
+    pat_url = "urn:uuid:pat"
+    r = send(client, bundle("transaction", post_entry(org, org_url), post_entry(pat, pat_url),
+                            post_entry(plan)))
+    assert r.status_code == 200, r.text
+    locs = [e["response"]["location"].rsplit("/_history", 1)[0] for e in r.json()["entry"]]
+    org_ref, pat_ref, plan_ref = locs
+    stored = client.get(f"/{pat_ref}").json()
+    assert stored["managingOrganization"]["reference"] == org_ref
+    assert stored["identifier"][-1] == {"system": "urn:ietf:rfc:3986", "value": org_url}
+    assert [e.get("valueUri") or e.get("valueString") or e["valueReference"]["reference"]
+            for e in stored["extension"]] == [org_ref, org_url, org_ref]
+    assert stored["_birthDate"]["extension"][0]["valueReference"]["reference"] == org_ref
+    assert stored["contained"][0]["author"]["reference"] == org_ref
+    assert stored["contained"][0]["identifier"] == [{"system": org_ref, "value": org_url}]
+    care = client.get(f"/{plan_ref}").json()
+    assert care["subject"]["reference"] == pat_ref
+    assert care["instantiatesUri"] == [org_ref, "http://x"]
+    assert care["instantiatesCanonical"] == [org_url] and care["note"] == [{"text": org_url}]
+
+
 def test_a_transaction_whose_get_fails_stores_nothing(client):
     """All or nothing (R4): a GET entry that fails (a malformed search, an unknown resource)
     refuses the transaction before anything is written; before, the writes stood and the

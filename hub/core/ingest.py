@@ -34,6 +34,7 @@ import uuid6
 from eventsourcing.persistence import StoredEvent
 
 from fhir_mapping import source_order
+from fhir_mapping.fhir_types import TYPES, URI_ELEMENTS
 from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.access import ANONYMOUS, Actor
@@ -399,9 +400,10 @@ class Hub:
             return cache[ref]
 
         for i in planned:
-            if ops[i].d is not None:
+            d = ops[i].d
+            if d is not None:
                 try:
-                    _rewrite(ops[i].d, resolve, undo)
+                    _rewrite(d, ops[i].rtype, resolve, mapping, undo)
                 except FhirError as e:
                     raise _located(e, ops[i]) from None
 
@@ -611,22 +613,48 @@ def _located(err: FhirError, op: Op) -> FhirError:
 _NARRATIVE_LINK = re.compile(r"""(\b(?:href|src)\s*=\s*["'])(urn:uuid:[0-9A-Fa-f-]{36})(["'])""")
 
 
-def _rewrite(node: Any, resolve: Callable[[str], str], undo: list[tuple[Any, Any, str]]) -> None:
-    """Replace reference strings in place (``reference`` elements and uri values naming a fullUrl),
-    noting each replaced value in ``undo``."""
-    for k, v in node.items() if isinstance(node, dict) else enumerate(node):
+# where R4's transaction rules replace a fullUrl: Reference.reference (which may also be a
+# conditional reference), elements of type uri, url, oid and uuid, and the narrative's links;
+# a string element (Identifier.value, a note's text) that happens to equal a fullUrl is kept
+_LINKS: dict[str, frozenset[str]] = {
+    t: frozenset(URI_ELEMENTS.get(t, ())) | ({"reference"} if t == "Reference" else frozenset())
+    for t in set(URI_ELEMENTS) | {"Reference"}
+}
+_ELEMENT = {"extension": ["Extension", 1], "id": ["s", 0]}  # what a primitive's ``_name`` holds
+_NOTHING: frozenset[str] = frozenset()
+
+
+def _rewrite(node: dict, tname: str, resolve: Callable[[str], str], full_urls: dict[str, str],
+             undo: list[tuple[Any, Any, str]]) -> None:
+    """Replace, in place, the links naming an entry of the Bundle in ``node`` (an element of FHIR
+    type ``tname``), noting each replaced value in ``undo``: a reference through ``resolve``, a
+    uri-typed value only where it is an entry's fullUrl."""
+    fields = TYPES.get(tname) or (_ELEMENT if tname == "Element" else {})
+    links = _LINKS.get(tname, _NOTHING)
+    for k, v in node.items():
         if isinstance(v, str):
-            if k == "reference" or v.startswith("urn:uuid:"):
-                new = resolve(v)
-                if new is not v:
+            if k in links:
+                new = resolve(v) if k == "reference" and tname == "Reference" else full_urls.get(v, v)
+                if new is not v and new != v:
                     undo.append((node, k, v))
                     node[k] = new  # same keys: safe while iterating
-            elif k == "div" and "urn:uuid:" in v:
+            elif k == "div" and tname == "Narrative" and "urn:uuid:" in v:
                 # R4: the narrative's <a href> and <img src> naming an entry are replaced too
                 new = _NARRATIVE_LINK.sub(lambda m: m.group(1) + resolve(m.group(2)) + m.group(3),
                                           v)
                 if new != v:
                     undo.append((node, k, v))
                     node[k] = new
-        elif isinstance(v, (dict, list)):
-            _rewrite(v, resolve, undo)
+            continue
+        if not isinstance(v, (dict, list)):
+            continue
+        child = "Element" if k.startswith("_") else str((fields.get(k) or ("",))[0])
+        for i, item in enumerate(v) if isinstance(v, list) else ((None, v),):
+            if isinstance(item, dict):
+                _rewrite(item, item.get("resourceType", "") if child == "Resource" else child,
+                         resolve, full_urls, undo)
+            elif i is not None and isinstance(item, str) and k in links:  # repeating uri
+                new = full_urls.get(item, item)
+                if new != item:
+                    undo.append((v, i, item))
+                    v[i] = new
