@@ -45,6 +45,39 @@ def test_searches_and_errors_answer_in_xml(client):
     assert client.get(f"/Patient/{rid}", headers={"accept": "application/fhir+json"}).json()["id"] == rid
 
 
+@pytest.mark.parametrize("accept,fmt,answered", [
+    # a generic type asked for is answered in that type (http.html#mime-type)
+    ("application/json", None, "application/json"),
+    ("application/xml", None, "application/xml"),
+    ("text/json", None, "text/json"),
+    (None, "application/json", "application/json"),
+    (None, "json", "application/fhir+json"),
+    (None, "xml", "application/fhir+xml"),
+    # quality values decide (RFC 9110 12.5.1), not which format is named at all
+    ("application/fhir+xml;q=0.9, application/fhir+json;q=0.1", None, "application/fhir+xml"),
+    ("application/fhir+json;q=0, application/fhir+xml", None, "application/fhir+xml"),
+    ("application/fhir+xml, application/fhir+json", None, "application/fhir+json"),
+    ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", None, "application/xml"),
+    ("application/fhir+json; fhirVersion=4.0", None, "application/fhir+json"),
+    ("*/*", None, "application/fhir+json"),
+    ("text/csv", None, None),
+    ("application/fhir+json;q=0", None, None),
+])
+def test_the_answer_is_in_the_type_asked_for(client, accept, fmt, answered):
+    rid = create(client, patient(family="AcceptWang")).json()["id"]
+    r = client.get(f"/Patient/{rid}", headers={"accept": accept} if accept else {},
+                   params={"_format": fmt} if fmt else {})
+    if answered is None:
+        assert r.status_code == 406 and "OperationOutcome" in r.text
+        return
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].split(";")[0] == answered
+    if "json" in answered:
+        assert r.json()["id"] == rid
+    else:
+        assert r.content.lstrip().startswith(b"<?xml") and b"<Patient" in r.content
+
+
 @pytest.mark.parametrize("body,status", [
     (b"<Patient xmlns='http://hl7.org/fhir'><id value='x'", 400),  # not well-formed
     (b"<Patient><gender value='male'/></Patient>", 400),  # not the FHIR namespace

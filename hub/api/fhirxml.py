@@ -28,12 +28,54 @@ def format_asked(fmt: str) -> str:
     return fmt.split(";")[0].strip().lower().replace(" ", "+")
 
 
-def wants_xml(request: Request) -> bool:
+FHIR_JSON = "application/fhir+json; charset=utf-8"
+# what an asked-for type is answered with (http.html#mime-type: a generic type asked for, the
+# answer is in that type); the wildcards take FHIR JSON
+_ANSWERS = {
+    "application/fhir+json": FHIR_JSON, "application/json+fhir": FHIR_JSON, "json": FHIR_JSON,
+    "application/json": "application/json; charset=utf-8",
+    "text/json": "text/json; charset=utf-8",
+    "application/fhir+xml": FHIR_XML, "application/xml+fhir": FHIR_XML, "xml": FHIR_XML,
+    "application/xml": "application/xml; charset=utf-8", "text/xml": "text/xml; charset=utf-8",
+    "*/*": FHIR_JSON, "application/*": FHIR_JSON,
+}
+
+
+def answer_type(request: Request) -> str | None:
+    """The media type to answer in: ``_format`` if given, else the ``Accept`` type of the highest
+    quality (RFC 9110 12.5.1: ``q`` values; on a tie, JSON, then the first named) that the hub
+    writes; FHIR JSON when nothing is asked; None when nothing asked for can be written."""
     fmt = request.query_params.get("_format")
     if fmt is not None:
-        return format_asked(fmt) in XML_FORMATS
-    accept = request.headers.get("accept", "").lower()
-    return "xml" in accept and "json" not in accept
+        return _ANSWERS.get(format_asked(fmt))
+    accept = request.headers.get("accept", "")
+    if not accept.strip():
+        return FHIR_JSON
+    best: tuple[float, int, int, str] | None = None
+    for order, part in enumerate(accept.split(",")):
+        media, *params = part.split(";")
+        answer = _ANSWERS.get(media.strip().lower())
+        if answer is None:
+            continue
+        q = 1.0
+        for p in params:
+            name, _, value = p.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+        if q <= 0:
+            continue
+        key = (q, "json" in answer, -order, answer)
+        if best is None or key > best:
+            best = key
+    return best[3] if best else None
+
+
+def wants_xml(request: Request) -> bool:
+    answer = answer_type(request)
+    return answer is not None and "xml" in answer
 
 
 def is_xml(content_type: str) -> bool:
