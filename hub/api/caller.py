@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import Request
 
 from hub.api.traffic import client_address
-from hub.auth.sessions import COOKIE, session_verifier
+from hub.auth.sessions import COOKIE, session_log, session_verifier
 from hub.core.access import ANONYMOUS, Action, Actor
 from hub.core.errors import LOGIN_REQUIRED, FhirError, bad_request, unauthenticated
 from hub.core.ingest import Context
@@ -99,6 +99,9 @@ def _from_console_session(request: Request) -> Actor:
         claims = session_verifier(request.app.state).verify(token)
     except FhirError:
         return ANONYMOUS  # expired or from another key: log in again
+    sid = claims.get("sid")
+    if not isinstance(sid, str) or not session_log(request.app.state).live(sid):
+        return ANONYMOUS  # logged out, or its user disabled since: log in again
     request.state.console_claims = claims
     roles = claims.get("hub_roles")
     return Actor(subject=str(claims.get("sub"))[:128], kind="user",

@@ -10,12 +10,14 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from hub.auth.sessions import AUDIENCE, COOKIE, ISSUER, SESSION_S, session_log
 from hub.core.errors import FhirError
 from hub.core.fhirtime import local_zone
 
@@ -73,6 +75,29 @@ def error_page(request: Request, status: int, detail: str) -> HTMLResponse:
     response = page(request, "error.html", "error", status=status, key=key, detail=detail)
     response.status_code = status
     return response
+
+
+def start_session(request: Request, response: Response, subject: str, name: str,
+                  roles: list[str], user: str | None, fhir_user: str) -> None:
+    """Sign ``subject`` in: a session begun in the session log (so that logging out or disabling
+    the user ends it on the server too) and its cookie set on ``response``."""
+    state = request.app.state
+    sid = session_log(state).begin(subject, user)
+    token = state.auth_signer.issue(
+        {"iss": ISSUER, "aud": AUDIENCE, "sub": subject, "name": name,
+         "fhirUser": f"Practitioner/console-{quote(fhir_user, safe='')}", "hub_roles": roles,
+         "scope": "user/*.cruds", "csrf": secrets.token_urlsafe(24), "sid": sid}, SESSION_S)
+    # Secure also behind a proxy that ends TLS: the hub's public base URL says https
+    secure = request.url.scheme == "https" or str(state.settings.fhir_base).startswith("https:")
+    response.set_cookie(COOKIE, token, max_age=SESSION_S, httponly=True, samesite="strict",
+                        secure=secure, path="/console")
+
+
+def end_session(request: Request, response: Response) -> None:
+    claims = getattr(request.state, "console_claims", None) or {}
+    if isinstance(claims.get("sid"), str):
+        session_log(request.app.state).end(claims["sid"])
+    response.delete_cookie(COOKIE, path="/console")
 
 
 def check_csrf(request: Request, form: Any) -> None:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import secrets
-from urllib.parse import quote
-
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from hub.api.caller import authorize
 from hub.auth.clients import REGISTRY_FILE
-from hub.auth.sessions import AUDIENCE, COOKIE, ISSUER, SESSION_S
 from hub.auth.users import UserRegistry
-from hub.console.common import check_csrf, page, router, safe_next
+from hub.console.common import check_csrf, end_session, page, router, safe_next, start_session
 from hub.console.oidc import configured
 from hub.core.access import Action
 
@@ -44,14 +40,9 @@ async def login(request: Request) -> Response:
                         next=safe_next(str(form.get("next") or "")))
         refused.status_code = 401
         return refused
-    token = request.app.state.auth_signer.issue(
-        {"iss": ISSUER, "aud": AUDIENCE, "sub": f"console:{user.name}", "name": user.display,
-         "fhirUser": f"Practitioner/console-{quote(user.name, safe='')}",
-         "hub_roles": list(user.roles), "scope": "user/*.cruds", "csrf": secrets.token_urlsafe(24)},
-        SESSION_S)
     response = RedirectResponse(safe_next(str(form.get("next") or "")), 303)
-    response.set_cookie(COOKIE, token, max_age=SESSION_S, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", path="/console")
+    await run_in_threadpool(start_session, request, response, f"console:{user.name}",
+                            user.display, list(user.roles), user.name, user.name)
     return response
 
 
@@ -60,5 +51,5 @@ async def logout(request: Request) -> Response:
     authorize(request, Action("operation", None, None, "$console-overview"))
     check_csrf(request, await request.form())
     response = RedirectResponse("/console/login", 303)
-    response.delete_cookie(COOKIE, path="/console")
+    await run_in_threadpool(end_session, request, response)
     return response

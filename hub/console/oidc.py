@@ -21,7 +21,7 @@ import base64
 import hashlib
 import secrets
 from typing import Any
-from urllib.parse import quote, urlencode, urlparse
+from urllib.parse import urlencode, urlparse
 
 import httpx
 import jwt
@@ -30,9 +30,9 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from hub.auth.clients import ROLES
-from hub.auth.sessions import AUDIENCE, COOKIE, ISSUER, SESSION_S
+from hub.auth.sessions import ISSUER
 from hub.auth.verifier import Verifier, claim_at
-from hub.console.common import page, router, safe_next
+from hub.console.common import page, router, safe_next, start_session
 from hub.core.errors import FhirError
 
 FLOW_COOKIE = "hub_console_oidc"
@@ -135,15 +135,10 @@ async def callback(request: Request) -> Response:
     issuer_host = urlparse(str(claims["iss"])).netloc or str(claims["iss"])
     subject = f"oidc:{issuer_host}:{claims['sub']}"[:200]
     name = str(claims.get("name") or claims.get("preferred_username") or claims["sub"])[:200]
-    token = request.app.state.auth_signer.issue(
-        {"iss": ISSUER, "aud": AUDIENCE, "sub": subject, "name": name,
-         "fhirUser": f"Practitioner/console-{quote(subject, safe='')}", "hub_roles": roles,
-         "scope": "user/*.cruds", "csrf": secrets.token_urlsafe(24)}, SESSION_S)
     # not a redirect: the navigation the provider started is cross-site, and a browser sends no
     # SameSite=Strict cookie (the session's) anywhere along it; this page's own step is same-site
     response = page(request, "signed_in.html", "login", next=safe_next(str(flow.get("next") or "")))
-    response.set_cookie(COOKIE, token, max_age=SESSION_S, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", path="/console")
+    await run_in_threadpool(start_session, request, response, subject, name, roles, None, subject)
     response.delete_cookie(FLOW_COOKIE, path="/console/oidc")
     return response
 
