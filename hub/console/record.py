@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import re
+import secrets
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import Request
@@ -19,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fhir_mapping.base import MappingError
 from fhir_mapping.xmlsafe import parse_xml
+from hub.access.policy import EMERGENCY
 from hub.api.caller import PURPOSES, actor_of, authorize, context_of, repository
 from hub.api.everything import audit_event
 from hub.console.common import page, router, say
@@ -79,13 +82,45 @@ def record_page(request: Request) -> Response:
 
 def _purpose(request: Request) -> str:
     """The purpose of use the reader gave (``""``: none yet, to be asked), made the request's
-    actor's, so every read it does is checked and audited with it."""
+    actor's, so every read it does is checked and audited with it. Breaking the glass is the
+    reader's own choice on this console's form: an emergency purpose counts only with the
+    session's value (``btg``), which the form and the pages' own links carry; a link from
+    anywhere else (a reference a feed wrote, a message) asks again."""
     purpose = request.query_params.get("purpose", "").upper()
     if purpose and purpose not in PURPOSES:
         raise FhirError(400, "invalid", "purpose is a v3 PurposeOfUse code (TREAT, ETREAT)")
+    if purpose in EMERGENCY:
+        claims = getattr(request.state, "console_claims", None) or {}
+        sent = request.query_params.get("btg", "")
+        if not claims.get("csrf") or not secrets.compare_digest(sent, str(claims["csrf"])):
+            return ""
     if purpose:
         request.state.actor = replace(actor_of(request), purpose=purpose)
     return purpose
+
+
+def _purpose_query(request: Request, purpose: str) -> str:
+    """The query that keeps ``purpose`` on the links of a page (with the session's value when
+    it breaks the glass)."""
+    if purpose in EMERGENCY:
+        claims = getattr(request.state, "console_claims", None) or {}
+        return urlencode({"purpose": purpose, "btg": claims.get("csrf", "")})
+    return urlencode({"purpose": purpose})
+
+
+_PATIENT_REF = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/\d{1,18})?")
+
+
+def _patient_of(d: dict[str, Any]) -> str | None:
+    """The id of the Patient a resource is of, where its reference is a plain local one (a
+    link is built from it: nothing else a feed wrote goes into one)."""
+    for key in ("subject", "patient"):
+        ref = d.get(key)
+        if isinstance(ref, dict):
+            m = _PATIENT_REF.fullmatch(str(ref.get("reference") or ""))
+            if m:
+                return m.group(1)
+    return None
 
 
 @router.api_route("/console/record/Patient/{rid}", methods=["GET", "HEAD"],
@@ -124,7 +159,7 @@ async def record_timeline(request: Request, rid: str) -> Response:
     await run_in_threadpool(writer.write, audit_event(
         request, "timeline", scope.person, scope.patients, "0", purpose=purpose))
     return page(request, "timeline.html", "record", who=f"Patient/{rid}", purpose=purpose,
-                 patients=scope.patients, kinds=KINDS, kind=kind, since=since,
+                 purpose_q=_purpose_query(request, purpose), patients=scope.patients, kinds=KINDS, kind=kind, since=since,
                  entries=[_timeline_row(e) for e in entries])
 
 
@@ -207,6 +242,7 @@ async def record_resource(request: Request, rtype: str, rid: str) -> Response:
 
     shown = await run_in_threadpool(answer)
     return page(request, "resource.html", "record", rtype=rtype, rid=rid, purpose=purpose,
+                purpose_q=_purpose_query(request, purpose), back=_patient_of(shown["resource"]),
                 **shown)
 
 

@@ -1,0 +1,90 @@
+"""The console against a careless or hostile world: sessions end on the server (logging out, or an
+administrator disabling the user, ends every session of it at once: a signed cookie alone stayed
+valid for its eight hours); breaking the glass is the reader's own choice on the console's form,
+never a link a feed wrote."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import httpx
+
+from hub.auth.clients import REGISTRY_FILE
+from hub.auth.users import UserRegistry
+from tests.console_helpers import PASSWORD, base, live  # noqa: F401 - fixtures
+
+
+def _user(live, roles=("steward",)) -> str:
+    name = f"session-{uuid.uuid4().hex[:6]}"
+    UserRegistry(live.settings.data_dir / REGISTRY_FILE).add(name, PASSWORD, list(roles))
+    return name
+
+
+def _csrf(page: httpx.Response) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+
+
+def _logged_in(live, name: str) -> httpx.Client:
+    c = httpx.Client(base_url=base(live), timeout=30)
+    r = c.post("/console/login", data={"name": name, "password": PASSWORD})
+    assert r.status_code == 303 and "hub_console" in r.cookies, r.text[:300]
+    return c
+
+
+def _overview(live, cookie: str) -> int:
+    return httpx.get(base(live) + "/console/overview", cookies={"hub_console": cookie},
+                     timeout=30).status_code
+
+
+def test_logging_out_ends_the_session_on_the_server(live):
+    name = _user(live)
+    c = _logged_in(live, name)
+    cookie = c.cookies["hub_console"]
+    page = c.get("/console/overview")
+    assert page.status_code == 200
+    csrf = _csrf(page)
+    assert c.post("/console/logout", data={"csrf": csrf}).status_code == 303
+    # the cookie kept (copied before the logout) opens nothing any more: the login page
+    assert _overview(live, cookie) == 303
+    # a second session of the same user was not ended by the first one's logout
+    other = _logged_in(live, name)
+    assert other.get("/console/overview").status_code == 200
+
+
+def test_disabling_a_user_ends_its_live_sessions(live):
+    name = _user(live, ("admin",))
+    c = _logged_in(live, name)
+    assert c.get("/console/audit").status_code == 200
+    UserRegistry(live.settings.data_dir / REGISTRY_FILE).disable(name)
+    assert c.get("/console/audit").status_code == 303  # to the login page
+    assert c.post("/console/login", data={"name": name, "password": PASSWORD}).status_code == 401
+
+
+def test_a_link_breaks_no_glass_and_the_way_back_is_built_from_a_checked_id(live, client):
+    n = uuid.uuid4().hex[:6]
+    pid = f"btg-{n}"
+    assert client.put(f"/Patient/{pid}", json={
+        "resourceType": "Patient", "id": pid, "name": [{"family": f"林{n}"}]}).status_code == 201
+    for oid, subject in ((f"o-{n}", f"Patient/{pid}"), (f"x-{n}", "http://evil.example/Patient/x")):
+        assert client.put(f"/Observation/{oid}", json={
+            "resourceType": "Observation", "id": oid, "status": "final", "code": {"text": "血糖"},
+            "subject": {"reference": subject}}).status_code == 201
+    c = _logged_in(live, _user(live, ("clinician",)))
+    csrf = _csrf(c.get("/console/record"))
+    # an emergency purpose in a link (a feed's reference, a message) asks for the purpose again
+    asked = c.get(f"/console/record/Observation/o-{n}", params={"purpose": "ETREAT"})
+    assert asked.status_code == 200 and 'id="purpose-form"' in asked.text
+    assert "血糖" not in asked.text
+    # the console's own form carries the session's value: the reader chose it
+    assert f'name="btg" value="{csrf}"' in asked.text
+    chosen = c.get(f"/console/record/Observation/o-{n}", params={"purpose": "ETREAT", "btg": csrf})
+    assert chosen.status_code == 200 and "血糖" in chosen.text
+    assert f'href="/console/record/Patient/{pid}?purpose=ETREAT&amp;btg={csrf}"' in chosen.text
+    treat = c.get(f"/console/record/Observation/o-{n}", params={"purpose": "TREAT"})
+    assert f'href="/console/record/Patient/{pid}?purpose=TREAT"' in treat.text
+    # a subject that is no plain local reference gives no way back, rather than a link to it
+    other = c.get(f"/console/record/Observation/x-{n}", params={"purpose": "TREAT"})
+    assert other.status_code == 200 and "evil.example" not in re.sub(r"<td>[^<]*</td>", "",
+                                                                     other.text).split("<table")[0]
+    assert "/console/record/Patient/" not in other.text
