@@ -192,6 +192,20 @@ def test_conditional_reference_with_many_matches_fails(client):
     assert system_total(client) == before
 
 
+@pytest.mark.parametrize("ref", ["Patient/p1?purpose=ETREAT&x=", "Patient/p1/_history/1?x=1",
+                                 "http://other.example/fhir/Patient?identifier=a|b", "?x"])
+def test_a_reference_with_a_query_on_no_type_is_refused(client, ref):
+    """Only ``Type?criteria`` is a conditional reference (resolved, then stored as the resource
+    found); anything else with a query is no resource's location, and stored it would be a link
+    carrying whatever its writer put after the ``?``."""
+    before = system_total(client)
+    r = client.post("/Observation", json=observation(ref), headers=FHIR_JSON)
+    assert_outcome(r, 422)
+    r = send(client, bundle("transaction", post_entry(observation(ref))))
+    assert_outcome(r, 422)
+    assert system_total(client) == before
+
+
 def test_if_none_exist_inside_a_transaction(client):
     existing = patient()
     pid = create(client, existing).json()["id"]

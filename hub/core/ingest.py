@@ -388,8 +388,13 @@ class Hub:
             if ref in mapping:
                 return mapping[ref]
             rtype, sep, query = ref.partition("?")
-            if not sep or rtype not in res.RESOURCE_TYPES:
+            if not sep:
                 return ref
+            if rtype not in res.RESOURCE_TYPES:
+                # a query on anything but a type is no conditional reference, and no location
+                # either: stored, it would be a link carrying whatever its writer put after "?"
+                raise FhirError(422, "invalid", f"Reference {ref[:200]!r} is neither a "
+                                "resource's location nor a conditional reference (Type?criteria)")
             if ref not in cache:
                 found = self._match(rtype, parse_query(query), [ops[i] for i in planned], sees)
                 if len(found) != 1:
