@@ -13,7 +13,7 @@ import pytest
 
 from hub.access.auditlog import open_audit_log
 
-from tests.api_helpers import observation, patient, unique
+from tests.api_helpers import consent, observation, patient, unique
 from tests.conftest import FHIR_JSON, LiveServer, make_settings
 
 
@@ -196,6 +196,35 @@ def test_auditors_search_the_audit_log_by_patient_date_agent_and_outcome(client,
         r = client.get("/AuditEvent", params=params)
         assert r.status_code == 400, (params, r.text)
         assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_the_accesses_to_an_opted_out_patient_are_the_auditors_to_see(client, live):
+    """A patient's Consent governs the disclosure of their data, not the record of who read it:
+    an auditor finds every access to a patient who opted out of sharing (a break-the-glass
+    read above all), and reads each; before, the log hid them as the patient's data."""
+    import httpx
+
+    p = patient(rid=unique()[:16])
+    _put(client, p)
+    _put(client, consent(p["id"], {"type": "deny"}))
+    ref = f"Patient/{p['id']}"
+    time.sleep(0.5)  # the consent rules are read again within a quarter second
+    assert client.get(f"/{ref}").status_code == 403  # an administrator of no institution
+    emergency = client.get(f"/{ref}", headers={"x-purpose-of-use": "ETREAT"})
+    assert emergency.status_code == 200
+    with httpx.Client(base_url=live.base, timeout=30,
+                      auth=live.client_auth(roles=("auditor",), institution="H2")) as auditor:
+        found = auditor.get("/AuditEvent", params={"patient": ref, "_count": "50"})
+        assert found.status_code == 200, found.text
+        events = [e["resource"] for e in found.json().get("entry", [])]
+        outcomes = sorted(e["outcome"] for e in events if e["subtype"][0]["code"] == "read")
+        assert outcomes == ["0", "4"], outcomes
+        for e in events:
+            assert auditor.get(f"/AuditEvent/{e['id']}").status_code == 200
+    # the patient's own data stays hidden from that auditor's institution
+    with httpx.Client(base_url=live.base, timeout=30,
+                      auth=live.client_auth(roles=("auditor",), institution="H2")) as auditor:
+        assert auditor.get(f"/{ref}").status_code == 403
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,10 @@ WRITERS = frozenset({"connector", "steward", "admin"})
 AUDITORS = frozenset({"auditor", "admin"})
 EMERGENCY = frozenset({"ETREAT", "BTG"})  # break-the-glass purposes of use
 MAY_BREAK_GLASS = frozenset({"clinician", "admin"})
+# in the Patient compartment, but not the patient's data to disclose: the record of who read
+# it, which only auditors and administrators read; a Consent hiding it would hide from them
+# the accesses to opted-out patients, break-the-glass reads above all
+NOT_THE_PATIENTS = frozenset({"AuditEvent"})
 
 LETTER = {
     "read": "r", "vread": "r", "history-instance": "r", "history-type": "r", "history-system": "r",
@@ -181,7 +185,8 @@ class AccessPolicy:
         if actor.patient is not None and _patient_only(
                 [s for s in scopes_of(actor.scopes) if s.rtype in ("*", rtype)]):
             return True  # the patient's compartment, judged per resource
-        if self.consents is not None and actor.purpose not in EMERGENCY and self.consents.any():
+        if self.consents is not None and actor.purpose not in EMERGENCY and \
+                rtype not in NOT_THE_PATIENTS and self.consents.any():
             return True
         reading = [s for s in scopes_of(actor.scopes) if s.perms & {"r", "s"}]
         if rtype == "*" or across:
@@ -203,7 +208,7 @@ class AccessPolicy:
             if _patient_only(granting) and not _in_compartment(rtype, rid, resource,
                                                                 actor.patient):
                 return False
-        if self.consents is None or actor.purpose in EMERGENCY:
+        if self.consents is None or actor.purpose in EMERGENCY or rtype in NOT_THE_PATIENTS:
             return True  # break the glass (open only to the roles that may) sets consent aside
         access: Access | None = None
         for ref in patients_in(rtype, rid, resource):
