@@ -150,6 +150,8 @@ class Quarantine:
         return [(str(v), int(n), str(t)) for v, n, t in rows]
 
     def get(self, qid: int) -> dict[str, Any] | None:
+        if not 0 < qid < 2 ** 63:  # beyond SQLite's integers: no entry (not an OverflowError)
+            return None
         with self._lock:
             r = self._db.execute(
                 "SELECT id, kind, payload, source, report, reason, time, status, replayed, result "

@@ -88,3 +88,45 @@ def test_a_link_breaks_no_glass_and_the_way_back_is_built_from_a_checked_id(live
     assert other.status_code == 200 and "evil.example" not in re.sub(r"<td>[^<]*</td>", "",
                                                                      other.text).split("<table")[0]
     assert "/console/record/Patient/" not in other.text
+
+
+def test_a_login_form_posted_from_another_site_is_refused(live):
+    name = _user(live)
+    form = {"name": name, "password": PASSWORD}
+    with httpx.Client(base_url=base(live), timeout=30) as c:
+        elsewhere = c.post("/console/login", data=form, headers={"origin": "http://evil.example"})
+        assert elsewhere.status_code == 403 and "hub_console" not in elsewhere.cookies
+        nowhere = c.post("/console/login", data=form, headers={"origin": "null"})
+        assert nowhere.status_code == 403
+        ours = c.post("/console/login", data=form, headers={"origin": base(live)})
+        assert ours.status_code == 303 and "hub_console" in ours.cookies
+
+
+def test_pages_and_files_forbid_inline_script_sniffing_and_telling_other_sites(live):
+    c = _logged_in(live, _user(live, ("admin",)))
+    for r in (c.get("/console/overview"), c.get("/console/login"),
+              c.get("/console/static/charts.js"), c.get("/console/static/console.css")):
+        assert r.status_code == 200, r.url
+        csp = r.headers["content-security-policy"]
+        script = next(d for d in csp.split(";") if d.strip().startswith("script-src"))
+        assert "unsafe-inline" not in script and "frame-ancestors 'none'" in csp
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["referrer-policy"] == "same-origin"
+    assert "<script>" not in c.get("/console/overview").text  # no inline script left to allow
+
+
+def test_malformed_console_input_is_a_page_not_a_crash(live):
+    c = _logged_in(live, _user(live, ("admin", "clinician")))
+    for since in ("2024-13-45", "0000-01-01"):
+        r = c.get("/console/record/Patient/x", params={"purpose": "TREAT", "since": since})
+        assert r.status_code == 400 and "<html" in r.text, since
+    r = c.get("/console/quarantine/99999999999999999999999")
+    assert r.status_code == 404 and "<html" in r.text
+
+
+def test_an_undo_is_refused_alike_whether_or_not_the_decision_exists(live):
+    c = _logged_in(live, _user(live, ("clinician",)))
+    csrf = _csrf(c.get("/console/record"))
+    answers = {c.post(f"/console/identity/person/{uuid.uuid4().hex}/undo",
+                      data={"csrf": csrf, "seq": seq}).status_code for seq in ("1", "999")}
+    assert answers == {403}

@@ -18,7 +18,6 @@ from eventsourcing.persistence import InterfaceError, OperationalError
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -231,7 +230,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
     app.include_router(documents.router)  # POST /cda
     app.include_router(v3.router)  # POST /v3
     app.include_router(console.router)  # /console: the operator console's pages
-    app.mount("/console/static", StaticFiles(directory=console.STATIC), name="console-static")
+    app.mount("/console/static", console.StaticFiles(directory=console.STATIC),
+              name="console-static")
     _install_routes(app)
     return app
 

@@ -10,10 +10,10 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import yaml
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, staticfiles
 from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
@@ -57,16 +57,31 @@ def page(request: Request, template: str, current: str, **values: Any) -> HTMLRe
     html = _env.get_template(template).render(
         t=lambda key: said.get(key, {}).get(lang, key), lang=lang, page=current,
         user=claims.get("name"), csrf=claims.get("csrf", ""), **values)
-    response = HTMLResponse(html, headers={"cache-control": "no-store",
-                                           "content-security-policy": _CSP})
+    response = HTMLResponse(html, headers={"cache-control": "no-store", **SECURITY_HEADERS})
     if request.query_params.get("lang") in LANGS:
         response.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="strict")
     return response
 
 
-# the pages' own scripts and the vendored ECharts only; no frames, no other origin
-_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' "
-        "'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'")
+# the pages' own script files and the vendored ECharts only (no inline script: an injected
+# element could run none), no frames, no other origin; no sniffing a file into another type;
+# the console's addresses (a record's, with its purpose) never sent to another site
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self' "
+                               "'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; "
+                               "form-action 'self'; base-uri 'none'; object-src 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+}
+
+
+class StaticFiles(staticfiles.StaticFiles):
+    """The console's script, style and chart library, with the pages' security headers."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
 
 def error_page(request: Request, status: int, detail: str) -> HTMLResponse:
@@ -98,6 +113,18 @@ def end_session(request: Request, response: Response) -> None:
     if isinstance(claims.get("sid"), str):
         session_log(request.app.state).end(claims["sid"])
     response.delete_cookie(COOKIE, path="/console")
+
+
+def from_elsewhere(request: Request) -> bool:
+    """Did a page of another origin send this form? (login CSRF: a page elsewhere posting its
+    own credentials would swap the reader's session for the attacker's.) Browsers name the
+    form's origin in ``Origin``; a client that sends none is no browser posting another site's
+    form. The hub's own origin is where the request came (``Host``) or its public base URL."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    ours = {request.headers.get("host", ""), urlsplit(str(request.app.state.settings.fhir_base)).netloc}
+    return urlsplit(origin).netloc not in ours
 
 
 def check_csrf(request: Request, form: Any) -> None:

@@ -148,6 +148,9 @@ def person_page(request: Request) -> Response:
              include_in_schema=False)
 async def undo(request: Request, person: str) -> Response:
     """Undo one decision of the person's history (read again here: the form names it only)."""
+    # who may undo anything at all, before the history is read: a refusal tells nothing of
+    # which decisions exist (each undo is then checked as the operation it is)
+    authorize(request, Action("operation", None, None, "$unlink"))
     form = await request.form()
     check_csrf(request, form)
     identity = request.app.state.identity

@@ -9,9 +9,10 @@ from starlette.concurrency import run_in_threadpool
 from hub.api.caller import authorize
 from hub.auth.clients import REGISTRY_FILE
 from hub.auth.users import UserRegistry
-from hub.console.common import check_csrf, end_session, page, router, safe_next, start_session
+from hub.console.common import check_csrf, end_session, from_elsewhere, page, router, safe_next, start_session
 from hub.console.oidc import configured
 from hub.core.access import Action
+from hub.core.errors import FhirError
 
 # -- login ------------------------------------------------------------------------------------
 
@@ -30,6 +31,8 @@ def login_form(request: Request) -> Response:
 
 @router.post("/console/login", name="console-login-post", include_in_schema=False)
 async def login(request: Request) -> Response:
+    if from_elsewhere(request):
+        raise FhirError(403, "forbidden", "The login form was sent from another site")
     form = await request.form()
     name, password = str(form.get("name") or ""), str(form.get("password") or "")
     settings = request.app.state.settings

@@ -138,7 +138,10 @@ async def record_timeline(request: Request, rid: str) -> Response:
     since = request.query_params.get("since", "")[:10]
     start = None
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", since):
-        start = int(datetime.fromisoformat(since).replace(tzinfo=UTC).timestamp() * 1_000_000)
+        try:
+            start = int(datetime.fromisoformat(since).replace(tzinfo=UTC).timestamp() * 1_000_000)
+        except ValueError:  # 2024-13-45, year 0
+            raise FhirError(400, "invalid", f"since {since!r} is no date") from None
     shared = request.app.state.shared_record
     repo = repository(request)
 
