@@ -227,6 +227,18 @@ def test_the_accesses_to_an_opted_out_patient_are_the_auditors_to_see(client, li
         assert auditor.get(f"/{ref}").status_code == 403
 
 
+def test_the_person_an_identity_decision_answers_with_is_an_audited_read(client, live):
+    p = patient(rid=unique()[:16])
+    _put(client, p)
+    before = audit_events(live)
+    link = {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": f"Patient/{p['id']}"}}]}
+    r = client.post("/Person/$link", json=link, headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    assert any(e["subtype"][0]["code"] == "person-read"
+               for e in _about(new_since(live, before), f"Patient/{p['id']}"))
+
+
 @pytest.fixture(scope="module")
 def behind_proxy(request, tmp_path_factory):
     settings = make_settings("sqlite", tmp_path_factory.mktemp("proxied"), request)

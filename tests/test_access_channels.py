@@ -278,6 +278,44 @@ def test_a_person_shows_only_the_patients_the_caller_may_see(guarded):
         assert f"Person/{person}" not in _ids(c.get("/Person"))
 
 
+def test_an_identity_decisions_answer_shows_only_what_the_decider_may_see(guarded):
+    """$link, $unlink (and the other decisions) answer with the Person as a read of it shows it
+    to the decider: a steward of another institution links an opted-out patient's record and
+    gets the Person's id, not the patient's resident ID, phone and address; a steward whose
+    scopes name no Patient gets no demographics either."""
+    kept, other = patient(rid=unique()[:16], family="Hidden"), patient(rid=unique()[:16])
+    kept["telecom"] = [{"system": "phone", "value": "13711112222"}]
+    other["identifier"] = [{"system": "urn:oid:1.2.3.9", "value": unique()[:12]}]  # no clash
+    _write(guarded, kept, other, _optout(kept["id"]))
+    secret = kept["identifier"][0]["value"]
+    link = {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": f"Patient/{kept['id']}"}}]}
+    h2 = guarded.client_auth(roles=("steward",), scope="system/Patient.rs system/Person.rs",
+                             institution="H2")
+    no_patients = guarded.client_auth(roles=("steward",), scope="system/Observation.rs",
+                                      institution="H1")
+    def params(pid: str, person: str | None = None) -> dict:
+        return {"resourceType": "Parameters", "parameter": [
+            {"name": "patient", "valueReference": {"reference": f"Patient/{pid}"}},
+            *([{"name": "person", "valueString": person}] if person else [])]}
+
+    for auth in (h2, no_patients):
+        with _http(guarded, auth) as c:
+            r = c.post("/Person/$link", json=params(other["id"]), headers=FHIR_JSON)
+            assert r.status_code == 200, r.text
+            person = r.json()["id"]
+            for op, body in (("$link", params(kept["id"], person)), ("$unlink", link)):
+                r = c.post(f"/Person/{op}", json=body, headers=FHIR_JSON)
+                assert r.status_code == 200, r.text
+                assert r.json()["resourceType"] == "Person" and r.json()["id"]
+                for leaked in (secret, "13711112222", "Hidden"):
+                    assert leaked not in r.text, (op, leaked)
+    with _http(guarded, guarded.client_auth(roles=("steward",), institution="H1",
+                                            scope="system/Patient.rs system/Person.rs")) as c:
+        r = c.post("/Person/$link", json=link, headers=FHIR_JSON)
+        assert r.status_code == 200 and secret in r.text  # the recording institution sees it
+
+
 def test_conditional_writes_match_only_what_the_caller_sees(guarded):
     p = patient(rid=unique()[:16])
     psy = _obs(p["id"], "F20", "urn:icd", psy=True)

@@ -189,9 +189,20 @@ def _decider(request: Request, params: dict[str, Any]) -> str:
                     "(X-Hub-User header)")
 
 
-def _person_response(request: Request, identity: IdentityService, pid: str,
-                     status: int = 200) -> Response:
-    body = person_view(identity, identity.store, pid)
+async def _person_response(request: Request, identity: IdentityService, pid: str,
+                           status: int = 200) -> Response:
+    """The Person a decision left, as a read of it shows it to this caller (only the Patients it
+    may see; its id alone when it sees none of them), and audited as that read."""
+    seen = _seen_by(request)
+
+    def answer(_purpose: str | None) -> dict:
+        return person_view(identity, identity.store, pid, seen, bare=True)
+
+    def scope(body: dict) -> tuple[str, list[str]]:
+        return pid, [x["target"]["reference"] for x in body.get("link") or ()
+                     if x["target"]["reference"].startswith("Patient/")]
+
+    body = await audited(request, "person-read", answer, scope, (pid, []))
     return fhir_response(body, status, request=request,
                          headers={"ETag": f'W/"{body["meta"]["versionId"]}"'})
 
@@ -415,7 +426,7 @@ async def op_link(request: Request) -> Response:
         return _event_person(events, "person") or _linked_person(identity, p)
 
     pid = await run_in_threadpool(run)
-    return _person_response(request, identity, _survivor(identity, pid))
+    return await _person_response(request, identity, _survivor(identity, pid))
 
 
 def _survivor(identity: IdentityService, pid: str) -> str:
@@ -435,7 +446,7 @@ async def op_unlink(request: Request) -> Response:
         events = identity.unlink(p, user, params.get("reason"))
         return _event_person(events, "new_person") or _linked_person(identity, p)
 
-    return _person_response(request, identity, await run_in_threadpool(run))
+    return await _person_response(request, identity, await run_in_threadpool(run))
 
 
 @router.post("/fhir/Person/$merge", name="person-merge")
@@ -449,7 +460,7 @@ async def op_merge(request: Request) -> Response:
         events = identity.merge(params["source"], params["target"], user, params.get("reason"))
         return events[0].data["target"]
 
-    return _person_response(request, identity, await run_in_threadpool(run))
+    return await _person_response(request, identity, await run_in_threadpool(run))
 
 
 @router.post("/fhir/Person/$unmerge", name="person-unmerge")
@@ -464,7 +475,7 @@ async def op_unmerge(request: Request) -> Response:
         identity.unmerge(source, user, params.get("reason"))
         return source
 
-    return _person_response(request, identity, await run_in_threadpool(run))
+    return await _person_response(request, identity, await run_in_threadpool(run))
 
 
 @router.post("/fhir/Person/$not-duplicate", name="person-not-duplicate")
@@ -546,7 +557,7 @@ async def review_accept(request: Request, rid: str) -> Response:
             raise FhirError(500, "exception", "The accepted review linked no person")
         return person
 
-    return _person_response(request, identity, _survivor(identity, await run_in_threadpool(run)))
+    return await _person_response(request, identity, _survivor(identity, await run_in_threadpool(run)))
 
 
 @router.post("/fhir/$mpi-review/{rid}/$reject", name="mpi-review-reject")

@@ -48,10 +48,12 @@ def body_of(state: bytes) -> bytes:
 # -- the Person view ------------------------------------------------------------------------------
 
 def person_view(identity: IdentityService, store: ResourceStore, pid: str,
-                shown: Callable[[str, str, bytes], bool] | None = None) -> dict:
+                shown: Callable[[str, str, bytes], bool] | None = None,
+                bare: bool = False) -> dict:
     """The FHIR Person of golden person ``pid`` (404 if unknown). ``shown``: whether the caller
     may see a linked Patient (type, id, resource JSON); the Person then holds only the links,
-    identifiers and demographics of those, and is refused (403) when it links to none."""
+    identifiers and demographics of those, and is refused (403) when it links to none, or,
+    with ``bare`` (the answer to a decision the caller made), is only its id and version."""
     P = identity.person
     with P.read() as c:
         row = P.person_row(c, pid)
@@ -72,6 +74,8 @@ def person_view(identity: IdentityService, store: ResourceStore, pid: str,
         pairs = [(x, rid) for x, rid in zip(links, ids) if rid in current
                  and shown("Patient", rid, body_of(current[rid][1]))]
         if not pairs:
+            if bare:
+                return out
             raise forbidden(f"Person/{pid} is not shown to this caller")
         links, ids = [x for x, _ in pairs], [rid for _, rid in pairs]
     idents, seen = [], set()
