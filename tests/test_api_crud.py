@@ -221,6 +221,34 @@ def test_conditional_writes_on_identifier_alternatives_commit_at_once(client):
     assert etag_version(r) == 2
 
 
+def test_conditional_writes_on_anded_identifiers_commit_when_none_has_them_all(client):
+    """identifier=a&identifier=b (or _id=x&identifier=a) finds a resource holding both: one
+    holding only ``a`` is no match, and it must not stall the write (it was refused as a
+    "concurrent change" after ten seconds of retries, every time, with no concurrency at all)."""
+    a = unique()
+    b1, b2, b3 = unique(), unique(), unique()
+
+    def org(*second: str) -> dict:
+        return {"resourceType": "Organization", "name": "机构", "identifier": [
+            {"system": "urn:g1", "value": a}, *({"system": "urn:g2", "value": v} for v in second)]}
+
+    assert client.post("/Organization", json=org(), headers=FHIR_JSON).status_code == 201
+    for body, criteria in ((org(b1), f"identifier=urn:g1|{a}&identifier=urn:g2|{b1}"),
+                           (org(b2), f"_id={unique()}&identifier=urn:g1|{a}")):
+        t = time.monotonic()
+        r = client.post("/Organization", json=body, headers={**FHIR_JSON, "if-none-exist": criteria})
+        assert r.status_code == 201 and time.monotonic() - t < 5, (criteria, r.text)
+    t = time.monotonic()
+    r = client.put("/Organization", params=[("identifier", f"urn:g1|{a}"),
+                                            ("identifier", f"urn:g2|{b3}")],
+                   json=org(b3), headers=FHIR_JSON)
+    assert r.status_code == 201 and time.monotonic() - t < 5, r.text
+    # the one holding both is found by the ANDed criteria: no second one is made
+    r = client.post("/Organization", json=org(b1), headers={
+        **FHIR_JSON, "if-none-exist": f"identifier=urn:g1|{a}&identifier=urn:g2|{b1}"})
+    assert r.status_code == 200, r.text
+
+
 # -- conditional update ------------------------------------------------------------------------
 
 

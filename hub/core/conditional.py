@@ -116,12 +116,17 @@ class IdentifierResolver:
         fails (and the write is planned again) if its search would now find something else."""
         if any(name == "identifier" and "," in value for name, value in query):
             return [QuietGuard(rtype, searched_at)]  # alternatives: no single row to check
-        out = []
+        # the criteria are ANDed: what must not appear is one resource meeting them all
+        idents = [split_token(value) for name, value in query if name == "identifier"]
+        if not idents:
+            return []
+        ids: frozenset[str] | None = None
         for name, value in query:
-            if name == "identifier" and "," not in value:
-                system, code = split_token(value)
-                out.append(IdentifierGuard(rtype, system, code))
-        return out
+            if name == "_id":
+                alts = frozenset(value.split(","))
+                ids = alts if ids is None else ids & alts
+        (system, code), *also = idents
+        return [IdentifierGuard(rtype, system, code, tuple(also), ids)]
 
 
 class SearchResolver(IdentifierResolver):

@@ -66,11 +66,14 @@ class Head:
 
 @dataclass(frozen=True, slots=True)
 class IdentifierGuard:
-    """Commit only if no current ``rtype`` resource (outside this commit) has this identifier."""
+    """Commit only if no current ``rtype`` resource (outside this commit) has this identifier,
+    and (criteria being ANDed) each of ``also`` too, and is one of ``ids`` when given."""
 
     rtype: str
     system: str | None
     value: str
+    also: tuple[tuple[str | None, str], ...] = ()
+    ids: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,20 +184,27 @@ class _IndexMixin:
                 if any((g.rtype, row["rid"]) not in mine for row in c.fetchall()):
                     raise ConflictError(f"a {g.rtype} was written meanwhile")
                 continue
-            if g.system is None:
-                c.execute(
-                    self.q("SELECT rid FROM resource_identifier WHERE rtype=? AND value=?"),
-                    (g.rtype, g.value),
-                )
-            else:
-                c.execute(
-                    self.q(
-                        "SELECT rid FROM resource_identifier WHERE rtype=? AND system=? AND value=?"
-                    ),
-                    (g.rtype, g.system, g.value),
-                )
-            if any((g.rtype, row["rid"]) not in mine for row in c.fetchall()):
+            others = [rid for rid in self._with_identifier(c, g.rtype, g.system, g.value)
+                      if (g.rtype, rid) not in mine and (g.ids is None or rid in g.ids)]
+            for system, value in g.also:
+                others = [rid for i in range(0, len(others), 500) for rid in
+                          self._with_identifier(c, g.rtype, system, value, others[i:i + 500])]
+            if others:
                 raise ConflictError(f"a {g.rtype} with identifier {g.value!r} appeared meanwhile")
+
+    def _with_identifier(self, c: Any, rtype: str, system: str | None, value: str,
+                         among: list[str] | None = None) -> list[str]:
+        """The current ``rtype`` resources (of ``among``, when given) holding this identifier."""
+        sql = "SELECT rid FROM resource_identifier WHERE rtype=? AND value=?"
+        args: list[Any] = [rtype, value]
+        if system is not None:
+            sql += " AND system=?"
+            args.append(system)
+        if among is not None:
+            sql += f" AND rid IN ({','.join('?' * len(among))})"
+            args += among
+        c.execute(self.q(sql), tuple(args))
+        return [row["rid"] for row in c.fetchall()]
 
     # -- reads ---------------------------------------------------------------------------------
 
