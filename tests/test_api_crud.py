@@ -249,6 +249,26 @@ def test_conditional_writes_on_anded_identifiers_commit_when_none_has_them_all(c
     assert r.status_code == 200, r.text
 
 
+def test_an_identifier_too_long_to_be_a_key_is_refused_alike_on_both_stores(client):
+    """The store indexes every (system, value) as a key; PostgreSQL refuses an index row over
+    2,704 bytes, which failed the write (then a whole batch) as a 503 "retry later" there while
+    SQLite stored it. Both now refuse it as the entry's own error, naming the element."""
+    long = patient(unique())
+    long["identifier"][0]["value"] = "9" * 3000
+    r = client.post("/Patient", json=long, headers=FHIR_JSON)
+    assert_outcome(r, 422)
+    assert "Patient.identifier[0].value" in r.text
+    fits = patient(unique())
+    fits["identifier"][0]["value"] = "号" * 333  # 999 bytes in UTF-8
+    assert client.post("/Patient", json=fits, headers=FHIR_JSON).status_code == 201
+    good = [patient(unique()) for _ in range(3)]
+    b = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": d, "request": {"method": "POST", "url": "Patient"}} for d in (*good, long)]}
+    r = client.post("", json=b, headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    assert [e["response"]["status"][:3] for e in r.json()["entry"]] == ["201"] * 3 + ["422"]
+
+
 # -- conditional update ------------------------------------------------------------------------
 
 

@@ -244,6 +244,12 @@ _TOO_COMPLEX = ("too many sql variables", "expression tree is too large", "parse
                 "number of parameters must be between")
 
 
+def too_large(e: Exception) -> bool:
+    """PostgreSQL's program limits (SQLSTATE class 54) met by a value: an index row too big."""
+    state = getattr(getattr(e, "__cause__", None), "sqlstate", None) or ""
+    return state.startswith("54") or "index row size" in str(e).lower()
+
+
 def too_complex(e: Exception) -> bool:
     text = str(e).lower()
     return any(m in text for m in _TOO_COMPLEX)
@@ -293,6 +299,10 @@ def _install_error_handlers(app: FastAPI) -> None:
             return outcome_response([Issue("too-costly", "The query is too complex for the index "
                                            "(too many values, criteria or chained steps); "
                                            "narrow it or split it")], 400, request)
+        if too_large(e):  # content beyond what the engine indexes: a retry fails the same
+            log.info("content too large to index on %s %s: %s", request.method, request.url.path, e)
+            return outcome_response([Issue("too-long", "A value of this resource is too large for "
+                                           "the event store to index")], 422, request)
         # Store down or its connections exhausted: a client can retry; the server keeps going.
         log.warning("event store unavailable on %s %s: %s", request.method, request.url.path,
                     type(e).__name__)

@@ -105,8 +105,31 @@ def validate(rtype: str, raw: bytes, d: dict, prefix: str | None = None,
         jsontypes.check(d, rtype, prefix, found)
         reported = {i.expression for i in issues}
         issues += [i for i in found if i.expression not in reported]
+    _long_keys(d, prefix, issues)
     if issues:
         raise FhirError(422, "invalid", issues[0].diagnostics, issues=issues[:MAX_ISSUES])
+
+
+# A business identifier is a key: the event store indexes each (system, value), and PostgreSQL
+# refuses an index row over 2,704 bytes (it failed the whole write, then a batch, as a "retry
+# later" outage). Both stores refuse the same: no real identifier comes near this.
+MAX_KEY_BYTES = 1000
+
+
+def _long_keys(d: dict, prefix: str, issues: list[Issue]) -> None:
+    found = d.get("identifier")
+    items = [found] if isinstance(found, dict) else found if isinstance(found, list) else []
+    for i, ident in enumerate(items):
+        if not isinstance(ident, dict):
+            continue
+        for part in ("system", "value"):
+            v = ident.get(part)
+            if isinstance(v, str) and len(v) * 4 > MAX_KEY_BYTES and \
+                    len(v.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+                where = f"{prefix}.identifier" + (f"[{i}]" if isinstance(found, list) else "")
+                issues.append(Issue("too-long", f"An identifier's {part} is at most "
+                                    f"{MAX_KEY_BYTES} bytes (UTF-8) here: it is a key the store "
+                                    "indexes", expression=f"{where}.{part}"))
 
 
 def _issue_code(pydantic_type: str) -> str:
