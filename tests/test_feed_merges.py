@@ -4,12 +4,17 @@ undo it. Through the connector's HTTP sink into a live hub, on both event stores
 
 from __future__ import annotations
 
+import os
 import time
+
+import httpx
+import pytest
 
 from connectors.sinks.http import HttpSink
 from connectors.spool import Unit
 from fhir_mapping.base import SourceInfo
 from fhir_mapping.hl7v2 import _convert
+from tests.conftest import LiveServer, make_settings
 
 SRC = SourceInfo(institution="H1", oid="2.16.156.10011.99.1.7", name="Test hospital", feed="adt")
 MSH = "MSH|^~\\&|HIS|H1|HUB|HUB|{t}||{kind}|{cid}|P|2.5\r"
@@ -62,3 +67,80 @@ def test_a_later_message_with_the_retired_record_number_does_not_undo_a_merge(li
     assert client.put(f"/{new}", json=d, headers={"content-type": "application/fhir+json"}
                       ).status_code == 200
     assert state(new) == (True, [])
+
+
+def _person_of(client, ref: str) -> str | None:
+    found = client.get("/Person", params={"link": ref}).json()
+    ids = [e["resource"]["id"] for e in found.get("entry", ())
+           if e["resource"].get("active", True)]
+    return ids[0] if len(ids) == 1 else None
+
+
+def _wait(fn, seconds: float = 20.0):
+    deadline = time.monotonic() + seconds
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def matching(request, tmp_path_factory):
+    """A hub whose index matches Patients as they arrive (the suites' servers do not)."""
+    before = os.environ.get("HUB_MPI_AUTOMATCH")
+    os.environ["HUB_MPI_AUTOMATCH"] = "1"
+    try:
+        settings = make_settings("sqlite", tmp_path_factory.mktemp("merges"), request)
+        settings.mpi_automatch = True
+        with LiveServer(settings) as server:
+            yield server
+    finally:
+        if before is None:
+            os.environ.pop("HUB_MPI_AUTOMATCH", None)
+        else:
+            os.environ["HUB_MPI_AUTOMATCH"] = before
+
+
+def test_a_feeds_merge_keeps_the_retired_records_facts_and_joins_the_person(matching, tmp_path):
+    """An A40 names the retired record by its number alone. Written as it came, it wiped the
+    record's resident ID, birth date and sex, so the index, matching it again, split it from
+    the survivor's person and its lab result left the survivor's shared record. The merge keeps
+    what the record held, and the index follows the institution's own merge: one person,
+    also for two records the scores alone kept apart."""
+    live = matching
+    client = httpx.Client(base_url=live.base, timeout=30, auth=live.auth)
+    sink = HttpSink(live.base, source_info=SRC, **live.sink_credentials("H1", tmp_path / "keys"))
+    tag = str(time.time_ns())[-9:]
+    rid = "11010519491231002X"
+    s = _send(sink, MSH.format(t="20240401080000", kind="ADT^A01^ADT_A01", cid=f"E{tag}")
+              + f"PID|1||S{tag}^^^H1^MR~{rid}^^^CHN^NNCHN||褚^秀兰||19491231|F\r"
+              + f"PV1|1|O|||||||||||||||||W1{tag}\r").patient_key
+    o = _send(sink, MSH.format(t="20240401090000", kind="ADT^A01^ADT_A01", cid=f"F{tag}")
+              + f"PID|1||O{tag}^^^H1^MR~{rid}^^^CHN^NNCHN||褚^秀兰||19491231|F\r"
+              + f"PV1|1|O|||||||||||||||||W2{tag}\r").patient_key
+    # two more records of the same hospital the scores keep apart (another name, no number)
+    t = _send(sink, MSH.format(t="20240401100000", kind="ADT^A01^ADT_A01", cid=f"G{tag}")
+              + f"PID|1||T{tag}^^^H1^MR||单^一||19700101|M\r").patient_key
+    u = _send(sink, MSH.format(t="20240401110000", kind="ADT^A01^ADT_A01", cid=f"H{tag}")
+              + f"PID|1||U{tag}^^^H1^MR||单^壹||19700202|M\r").patient_key
+    _send(sink, MSH.format(t="20240402080000", kind="ORU^R01^ORU_R01", cid=f"I{tag}")
+          + f"PID|1||O{tag}^^^H1^MR~{rid}^^^CHN^NNCHN||褚^秀兰||19491231|F\r"
+          + "OBR|1||G1|GLU^Glucose^L|||20240402070000\r"
+          + "OBX|1|NM|GLU^Glu^L||6.1|mmol/L|||||F\r")
+    assert _wait(lambda: _person_of(client, s) and _person_of(client, s) == _person_of(client, o))
+    for n, (pid, mrg) in enumerate(((f"S{tag}^^^H1^MR||褚^秀兰||19491231|F", f"O{tag}"),
+                                    (f"T{tag}^^^H1^MR||单^一||19700101|M", f"U{tag}"))):
+        _send(sink, MSH.format(t="20240403080000", kind="ADT^A40^ADT_A39", cid=f"J{n}{tag}")
+              + "EVN|A40|20240403080000\r" + f"PID|1||{pid}\r" + f"MRG|{mrg}^^^H1^MR\r")
+    kept = client.get(f"/{o}").json()
+    assert kept["active"] is False and kept["birthDate"] == "1949-12-31" and kept["gender"] == "female"
+    assert any(i.get("value") == rid for i in kept["identifier"])
+    for survivor, retired in ((s, o), (t, u)):
+        assert _wait(lambda: _person_of(client, survivor) is not None
+                     and _person_of(client, survivor) == _person_of(client, retired)), retired
+    person = _person_of(client, s)
+    r = client.get(f"/Person/{person}/$everything", headers={"x-purpose-of-use": "TREAT"})
+    assert r.status_code == 200, r.text
+    assert any(e["resource"]["resourceType"] == "Observation" for e in r.json()["entry"])
+

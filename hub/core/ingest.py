@@ -421,15 +421,18 @@ class Hub:
         not undo the merge on one side (the survivor still saying it ``replaces`` it). The write
         keeps the retirement and says so. Asked of a feed's writes only (a connector's, the
         Kafka intake's): a client writing the Patient through the REST API may undo it."""
-        wanted = []
+        wanted: list[int] = []
+        retiring: list[int] = []
         for i in planned:
             op = ops[i]
-            if op.method != "PUT" or op.rtype != "Patient" or op.d is None or _replaced_by(op.d):
+            if op.method != "PUT" or op.rtype != "Patient" or op.d is None:
                 continue
             head = heads.get(("Patient", cast(str, op.target)))
             if head is not None and not head.deleted:
-                wanted.append(i)
-        self._read_replaced(ops, wanted, replaced)
+                (retiring if _replaced_by(op.d) else wanted).append(i)
+        self._read_replaced(ops, wanted + retiring, replaced)
+        for i in retiring:
+            self._keep_content(ops[i], replaced[i][1] if i in replaced else None)
         for i in wanted:
             op = ops[i]
             body = replaced[i][1] if i in replaced else None
@@ -444,6 +447,36 @@ class Hub:
                 f"{links[0]['other'].get('reference')}: it stays retired (its record number is "
                 "the retired one's; a later message from this feed does not undo the merge)",
                 "warning", "Patient.active"))
+
+    @staticmethod
+    def _keep_content(op: Op, body: Any) -> None:
+        """A feed's merge retires a record; it does not erase it. An HL7 v2 A40 (or v3 merge)
+        names the retired record by its number alone (MRG-1, the prior name), and written as it
+        comes it would wipe the record's resident ID, birth date, sex and contacts: the
+        evidence that it is the survivor's person, and facts of the record. The write keeps
+        what the record held and adds the retirement: inactive, linked ``replaced-by``, with
+        the identifiers and names the message brought besides its own."""
+        if not isinstance(body, dict) or body.get("active") is False or op.d is None:
+            return
+        d = op.d
+        kept: dict[str, Any] = {k: v for k, v in body.items() if k not in ("meta", "id")}
+        for key in ("identifier", "name"):
+            mine = list(kept.get(key) or ())
+            mine += [x for x in d.get(key) or () if x not in mine]
+            if mine:
+                kept[key] = mine
+        links = [x for x in kept.get("link") or () if isinstance(x, dict)
+                 and x.get("type") != "replaced-by"]
+        kept["link"] = links + [x for x in _replaced_by(d) if x not in links]
+        kept["active"] = False
+        for key in ("managingOrganization", "meta"):
+            if key in d:
+                kept[key] = d[key]
+        op.d = {"resourceType": "Patient", **({"id": d["id"]} if "id" in d else {}), **kept}
+        op.warnings.append(Issue(
+            "informational", f"Patient/{op.target} is retired into "
+            f"{kept['link'][-1]['other'].get('reference')}; what the record held is kept",
+            "information", "Patient.active"))
 
     def _read_replaced(self, ops: list[Op], idx: list[int],
                        replaced: dict[int, tuple[int, Any]]) -> None:

@@ -57,6 +57,16 @@ def _decision(matcher: Matcher, f: dict, blocked: Blocked | None,
     """Match one Patient: (kind, chosen candidates, the arguments of ``decide``)."""
     ranked = matcher.match(f, blocked=blocked, min_pk=min_pk)
     kind, chosen = decision(ranked)
+    merged = _merged_by_institution(matcher, f, blocked)
+    if merged:
+        # the institution merged these records itself: they are one person, whatever the
+        # scores (its merge message names the retired record by number alone); joined as the
+        # matcher joins, so conflicting hard keys still go to a steward
+        links = [c.ref for c in chosen] if kind == "link" else []
+        refs = merged + [r for r in links if r not in merged]
+        evidence = {r: {"weight": 0.0, "score": 1.0, "fields": {"link": "merged by its institution"}}
+                    for r in merged}
+        return "link", chosen, (f["ref"], "link", refs, 1.0, evidence, matcher.weights.ruleset)
     best = chosen[0] if chosen else (ranked[0] if ranked else None)
     # the decision point: "link" is linked automatically, "review" goes to the review queue
     args = (f["ref"], {"link": "link", "review": "review", "new": "new"}[kind],
@@ -64,6 +74,20 @@ def _decision(matcher: Matcher, f: dict, blocked: Blocked | None,
             {c.ref: {"weight": round(c.weight, 3), "score": round(c.score, 6), "fields": c.evidence}
              for c in chosen} if chosen else {}, matcher.weights.ruleset)
     return kind, chosen, args
+
+
+def _merged_by_institution(matcher: Matcher, f: dict, blocked: Blocked | None) -> list[str]:
+    """The Patients ``f``'s own institution says it was merged with (Patient.link), where the
+    other record is of that same institution and the pair is not marked not-duplicate."""
+    if not f.get("merged") or not f.get("org"):
+        return []
+    out = []
+    for ref in f["merged"]:
+        g = matcher.index.features_of(ref)
+        if g is not None and g.get("org") == f["org"] and \
+                (blocked is None or not blocked(f["ref"], ref)):
+            out.append(ref)
+    return out
 
 
 class IncrementalMatcher:

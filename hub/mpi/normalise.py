@@ -237,6 +237,17 @@ def features(patient: dict, roles: identifiers.Roles = identifiers.DEFAULT) -> d
             if p:
                 phones.add(p)
     f["ph"] = sorted(phones)[:5]
+    # an institution's own merge (an HL7 v2 A40, a v3 merge: Patient.link replaced-by and
+    # replaces) says its two records are one person; the matcher follows it within the
+    # institution that made it
+    org = patient.get("managingOrganization")
+    f["org"] = org.get("reference") if isinstance(org, dict) and \
+        isinstance(org.get("reference"), str) else None
+    f["merged"] = sorted({x["other"]["reference"] for x in _items(patient.get("link"))
+                          if isinstance(x, dict) and x.get("type") in ("replaced-by", "replaces")
+                          and isinstance(x.get("other"), dict)
+                          and isinstance(x["other"].get("reference"), str)
+                          and x["other"]["reference"].startswith("Patient/")})[:5]
     f["dist"] = _district(patient)
     f["dn"] = _district_name(patient)
     f["addr"], f["pc"], f["aw"], f["city"] = _address(patient)
