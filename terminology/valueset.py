@@ -15,9 +15,12 @@ other concept property (``=``, ``in``, ``not-in``, ``regex``, ``exists``).
 
 from __future__ import annotations
 
-import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+import regex
 
 from terminology import rows as R
 from terminology.store import (
@@ -161,13 +164,33 @@ def plan_of(svc: TerminologyStore, ref) -> Plan:
 # -- filters --------------------------------------------------------------------------------------
 
 
-def _regex(value: str) -> re.Pattern:
+# A regex filter is the caller's pattern run over every code or display of a code system: a
+# pattern that backtracks ((a|a)*Z) takes time doubling with each character it is run over, and
+# Python's re, holding the interpreter, froze the whole API process meanwhile. The `regex`
+# library stops a match at a deadline: a filter gets this many seconds in all.
+REGEX_SECONDS = 1.0
+
+
+def _regex(value: str) -> Callable[[str], bool]:
+    """``fullmatch`` of the filter's pattern, within the filter's time (400 too-costly past it)."""
     if len(value) > MAX_REGEX:
         raise TerminologyError(f"regex filters are at most {MAX_REGEX} characters")
     try:
-        return re.compile(value)
-    except re.error as e:
+        rx = regex.compile(value)
+    except (regex.error, ValueError, OverflowError) as e:
         raise TerminologyError(f"bad regex filter {value[:60]!r}: {e}") from None
+    deadline = time.monotonic() + REGEX_SECONDS
+
+    def fullmatch(text: str) -> bool:
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            return rx.fullmatch(text, timeout=left, concurrent=True) is not None
+        except TimeoutError:
+            raise TerminologyError(f"the regex filter {value[:60]!r} takes too long over this "
+                                   "code system; simplify it", "too-costly") from None
+    return fullmatch
 
 
 def _all_codes(svc: TerminologyStore, cs: CodeSystemRef) -> set[str]:
@@ -195,7 +218,7 @@ def filter_codes(svc: TerminologyStore, cs: CodeSystemRef, f: Filter) -> set[str
             return _all_codes(svc, cs) - set(values)
         if op == "regex":
             rx = _regex(v)
-            return {c for c in _all_codes(svc, cs) if rx.fullmatch(c)}
+            return {c for c in _all_codes(svc, cs) if rx(c)}
     elif f.prop in ("parent", "child") and op in ("=", "in"):
         out: set[str] = set()
         for x in values if op == "in" else [v]:
@@ -206,7 +229,7 @@ def filter_codes(svc: TerminologyStore, cs: CodeSystemRef, f: Filter) -> set[str
         if op == "=":
             return {c for c, d in rows if d == v}
         rx = _regex(v)
-        return {c for c, d in rows if d is not None and rx.fullmatch(d)}
+        return {c for c, d in rows if d is not None and rx(d)}
     elif f.prop == "inactive" and op == "=" and v in ("true", "false"):
         return {c for (c,) in svc.q("SELECT code FROM t_concept WHERE sid=? AND active=?",
                                     (cs.sid, int(v == "false")))}
@@ -221,7 +244,7 @@ def filter_codes(svc: TerminologyStore, cs: CodeSystemRef, f: Filter) -> set[str
             return _all_codes(svc, cs) - {c for c, x in rows if x in values}
         if op == "regex":
             rx = _regex(v)
-            return {c for c, x in rows if rx.fullmatch(x)}
+            return {c for c, x in rows if rx(x)}
         if v not in ("true", "false"):
             raise TerminologyError("an exists filter takes true or false")
         having = {c for c, _ in rows}
@@ -337,7 +360,7 @@ def expand_stored(svc: TerminologyStore, canonical: str) -> list[Entry]:
 
 
 def _include_has(svc: TerminologyStore, plan: Plan, inc: Include, system: str, code: str,
-                 opts: Options, depth: int) -> Entry | None:
+                 opts: Options, depth: int, memo: dict | None = None) -> Entry | None:
     entry = None
     if inc.system is not None:
         if svc.canonical_system(inc.system) != system:
@@ -366,7 +389,15 @@ def _include_has(svc: TerminologyStore, plan: Plan, inc: Include, system: str, c
                 return None
             entry = _entry(cs, concept)
     for canonical in inc.valuesets:
-        found = lookup(svc, stored_plan(svc, canonical), system, code, opts, depth + 1)
+        # each included value set is asked once per code: value sets that include each other
+        # several times over (no cycle) made the lookups multiply with each level (F^depth)
+        if memo is None:
+            memo = {}
+        key = (canonical, system, code)
+        if key not in memo:
+            memo[key] = lookup(svc, stored_plan(svc, canonical), system, code, opts, depth + 1,
+                               memo)
+        found = memo[key]
         if found is None:
             return None
         entry = entry or found
@@ -374,7 +405,7 @@ def _include_has(svc: TerminologyStore, plan: Plan, inc: Include, system: str, c
 
 
 def lookup(svc: TerminologyStore, plan: Plan, system: str, code: str,
-           opts: Options = Options(), depth: int = 0) -> Entry | None:
+           opts: Options = Options(), depth: int = 0, memo: dict | None = None) -> Entry | None:
     """The value set's entry of ``system|code`` (any URI of the system), or None. Decided
     include by include, without expanding (a hierarchy filter is one indexed read)."""
     if depth > MAX_DEPTH:
@@ -386,13 +417,15 @@ def lookup(svc: TerminologyStore, plan: Plan, system: str, code: str,
                     and svc.canonical_system(e.system) == system), None)
     else:
         hit = None
+        memo = {} if memo is None else memo
         for inc in plan.includes:
-            hit = _include_has(svc, plan, inc, system, code, opts, depth)
+            hit = _include_has(svc, plan, inc, system, code, opts, depth, memo)
             if hit is not None:
                 break
     if hit is None:
         return None
-    if any(_include_has(svc, plan, exc, system, hit.code, opts, depth) for exc in plan.excludes):
+    if any(_include_has(svc, plan, exc, system, hit.code, opts, depth, memo)
+           for exc in plan.excludes):
         return None
     if hit.inactive and (opts.active_only or plan.inactive is False):
         return None

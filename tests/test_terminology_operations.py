@@ -552,3 +552,66 @@ def test_any_query_gets_an_answer_or_a_400_or_404(svc, op, query):
         assert got[0] in (400, 404) and got[1]
     else:
         assert got["resourceType"] in ("Parameters", "ValueSet")
+
+
+def test_a_backtracking_regex_filter_is_stopped_not_run_for_ever(tmp_path):
+    """A regex filter runs the caller's pattern over every display of a code system; one that
+    backtracks takes time doubling with each character, and it held the whole API process
+    (4.5 s at 26 characters, for ever at the 255 of shipped displays). It now gets a second."""
+    import time
+
+    settings = Settings(data_dir=tmp_path)
+    settings.database_url = None
+    hub = Hub(settings.open_store())
+    long = {"resourceType": "CodeSystem", "id": "long", "url": "http://example.org/cs/long",
+            "status": "active", "content": "complete",
+            "concept": [{"code": "A", "display": "a" * 60}, {"code": "B", "display": "ab"}]}
+    store_content(hub, [long])
+    model = TerminologyProjection(tmp_path / "terminology.sqlite")
+    Runner(hub.store, model).catch_up()
+    service = TerminologyService(tmp_path / "terminology.sqlite")
+    try:
+        def expand(pattern: str):
+            return call(service, "ValueSet", "expand", {"resourceType": "Parameters", "parameter": [
+                {"name": "valueSet", "resource": vs("rx", {"include": [{
+                    "system": long["url"], "filter": [
+                        {"property": "display", "op": "regex", "value": pattern}]}]})}]})
+
+        t = time.monotonic()
+        status, text = expand("(a|aa)+Z")
+        assert status == 400 and "too long" in text and time.monotonic() - t < 5
+        assert codes(expand("a+b?")) == ["A", "B"]  # a pattern that does not backtrack runs
+    finally:
+        service.close()
+        model.close()
+        hub.store.close()
+
+
+def test_value_sets_including_each_other_many_times_over_are_asked_once_each(tmp_path):
+    """Seven levels of value sets, each including the next six times (no cycle): a code not in
+    them was looked up 6^7 times (about ten seconds of a frozen server), now once a level."""
+    import time
+
+    settings = Settings(data_dir=tmp_path)
+    settings.database_url = None
+    hub = Hub(settings.open_store())
+    cs = {"resourceType": "CodeSystem", "id": "fan", "url": "http://example.org/cs/fan",
+          "status": "active", "content": "complete", "concept": [{"code": "X"}]}
+    levels = [vs("fan-7", {"include": [{"system": cs["url"]}]})]
+    for n in range(6, -1, -1):
+        levels.append(vs(f"fan-{n}", {"include": [{"valueSet": [VS + f"fan-{n + 1}"]}] * 6}))
+    store_content(hub, [cs, *levels])
+    model = TerminologyProjection(tmp_path / "terminology.sqlite")
+    Runner(hub.store, model).catch_up()
+    service = TerminologyService(tmp_path / "terminology.sqlite")
+    try:
+        t = time.monotonic()
+        for code, result in (("Y", False), ("X", True)):
+            answer = out(call(service, "ValueSet", "validate-code", [
+                ("url", VS + "fan-0"), ("system", cs["url"]), ("code", code)]))
+            assert answer["result"] is result, (code, answer)
+        assert time.monotonic() - t < 3
+    finally:
+        service.close()
+        model.close()
+        hub.store.close()
