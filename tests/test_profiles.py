@@ -187,3 +187,39 @@ def test_required_profiles_apply_whether_declared_or_not(tmp_path, monkeypatch):
         # other types are not held to it
         obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
         assert c.post("/Observation", json=obs, headers=FHIR_JSON).status_code == 201
+
+
+def test_a_profile_is_checked_in_the_version_named(client, live):
+    """``meta.profile`` ``url|version`` is checked against that version; a bare URL against the
+    latest held (1.10 after 1.9); a version not held is an unknown profile. Before, the stored
+    definition whose id sorted first answered for every version."""
+    url = "https://fhir-region-hub.example/StructureDefinition/versioned"
+
+    def sd(rid: str, version: str, required: str) -> dict:
+        return {"resourceType": "StructureDefinition", "id": rid, "url": url, "version": version,
+                "name": "Versioned", "status": "active", "kind": "resource", "abstract": False,
+                "type": "Patient", "derivation": "constraint",
+                "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
+                "differential": {"element": [{"id": "Patient", "path": "Patient"}, {
+                    "id": f"Patient.{required}", "path": f"Patient.{required}", "min": 1}]}}
+
+    for d in (sd("ver-z", "1.9", "gender"), sd("ver-a", "1.10", "birthDate")):
+        assert client.put(f"/StructureDefinition/{d['id']}", json=d,
+                          headers=FHIR_JSON).status_code in (200, 201)
+
+    def write(profile: str, **content) -> int:
+        d = {"resourceType": "Patient", "meta": {"profile": [profile]}, **content}
+        return client.post("/Patient", json=d, headers=STRICT).status_code
+
+    assert write(f"{url}|1.9", gender="male") == 201
+    assert write(f"{url}|1.9", birthDate="1990-01-01") == 422
+    assert write(f"{url}|1.10", birthDate="1990-01-01") == 201
+    assert write(url, birthDate="1990-01-01") == 201  # the latest: 1.10
+    assert write(url, gender="male") == 422
+    assert write(f"{url}|3", gender="male", birthDate="1990-01-01") == 422  # not held (strict)
+    # $validate's profile parameter must be a canonical URL, not a number
+    bad = {"resourceType": "Parameters", "parameter": [
+        {"name": "resource", "resource": {"resourceType": "Patient"}},
+        {"name": "profile", "valueUri": 5}]}
+    r = client.post("/Patient/$validate", json=bad, headers=FHIR_JSON)
+    assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"

@@ -19,6 +19,7 @@ OperationOutcome and stores nothing.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +44,14 @@ from hub.core.profiles import Profile
 _VALIDATE_MODES = ("create", "update", "delete")
 
 
+def _version_key(version: object) -> tuple:
+    """Order of versions: 1.10 after 1.9 (numbers compared as numbers), absent first."""
+    if not isinstance(version, str):
+        return ()
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p)
+                 for p in re.split(r"[.\-]", version))
+
+
 class ProfileRegistry:
     def __init__(self, search: Any, repo: Any, terminology: Any, settings: Settings,
                  terminology_sync: Callable[[], object] | None = None):
@@ -60,22 +69,33 @@ class ProfileRegistry:
         self._lock = threading.Lock()
 
     def profile(self, url: str) -> Profile | None:
-        """The stored profile with this canonical URL (``url|version`` too), or None."""
-        base = url.split("|", 1)[0]
-        ids = self.search.match_ids("StructureDefinition", [("url", base)])
+        """The stored profile with this canonical URL, or None: of the version ``url|version``
+        names, else the latest version held (by its version, compared as numbers where it is
+        one; ties by id)."""
+        base, _, version = url.partition("|")
+        criteria = [("url", base)] + ([("version", version)] if version else [])
+        ids = self.search.match_ids("StructureDefinition", criteria)
         if not ids:
             return None
-        rid = sorted(ids)[0]
         # the hub's own read of its configuration: through the repository, as the system
-        stored = self.repo.read(Context(actor=SYSTEM), "StructureDefinition", rid)
-        key = (rid, stored.originator_version)
+        found = [self.repo.read(Context(actor=SYSTEM), "StructureDefinition", rid)
+                 for rid in sorted(ids)[:50]]
+        bodies = [orjson.loads(resource_bytes(stored)) for stored in found]
+        if version:
+            pairs = [(s, b) for s, b in zip(found, bodies) if b.get("version") == version]
+        else:
+            pairs = list(zip(found, bodies))
+        if not pairs:
+            return None
+        stored, body = max(pairs, key=lambda sb: _version_key(sb[1].get("version")))
+        key = (str(stored.originator_id), stored.originator_version)
         with self._lock:
-            hit = self._cache.get(base)
+            hit = self._cache.get(url)
             if hit is not None and hit[0] == key:
                 return hit[1]
-        p = Profile(orjson.loads(resource_bytes(stored)))
+        p = Profile(body)
         with self._lock:
-            self._cache[base] = (key, p)
+            self._cache[url] = (key, p)
         return p
 
     def binding_ok(self, valueset: str, system: str | None, code: str | None) -> bool | None:
@@ -157,7 +177,11 @@ async def _validate(request: Request, rtype: str, rid: str | None) -> Response:
                 elif p.get("name") == "mode":
                     mode = p.get("valueCode") or p.get("valueString")
                 elif p.get("name") == "profile":
-                    profiles.append(p.get("valueUri") or p.get("valueCanonical") or "")
+                    url = p.get("valueUri") or p.get("valueCanonical") or ""
+                    if not isinstance(url, str):
+                        raise bad_request("The profile parameter is a canonical URL "
+                                          "(valueUri or valueCanonical)")
+                    profiles.append(url)
         else:
             resource = body
     if mode is not None and mode not in _VALIDATE_MODES:
