@@ -201,6 +201,44 @@ def test_ingest_single_files_and_updates(settings, feed):
     assert orjson.loads(run_hub(settings, "show", "Patient/p1").stdout)["name"] == [{"family": "Zhao"}]
 
 
+def test_ingesting_resources_without_ids_again_stores_nothing_twice(settings, tmp_path):
+    """A resource without an id gets one of its content: an interrupted import run again, or a
+    file ingested twice, finds what it stored (unchanged) instead of storing every fact again.
+    Two identical resources in one input are still two."""
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "心率"},
+           "subject": {"reference": "Patient/p1"}, "valueQuantity": {"value": 72, "unit": "/min"}}
+    other = {**obs, "valueQuantity": {"value": 80, "unit": "/min"}}
+    folder = tmp_path / "no-ids"
+    write(folder / "obs.ndjson", ndjson(obs, other, obs))
+    first = run_hub(settings, "ingest", folder)
+    assert counts(first.stdout)["created"] == 3, first.stdout + first.stderr
+    again = run_hub(settings, "ingest", folder)
+    assert counts(again.stdout) == dict(inputs=3, accepted=3, created=0, updated=0, unchanged=3,
+                                        deleted=0, rejected=0), again.stdout
+    store = settings.open_store()
+    try:
+        assert len(current_ids(store, "Observation")) == 3
+    finally:
+        store.close()
+
+
+def test_a_rejected_inputs_file_is_replayed_by_ingest_once_fixed(settings, tmp_path):
+    """What ``hub ingest`` keeps "for replay" is taken back by ``hub ingest`` as it is: each
+    line's input is replayed (it was refused as having no resourceType)."""
+    write(tmp_path / "in" / "p.ndjson", ndjson(patient("r1", birthDate="yesterday"), patient("r2")))
+    first = run_hub(settings, "ingest", tmp_path / "in")
+    assert counts(first.stdout)["rejected"] == 1
+    [kept] = sorted((settings.data_dir / "rejected").glob("*.ndjson"))
+    replay = run_hub(settings, "ingest", kept)
+    assert counts(replay.stdout)["rejected"] == 1  # still invalid: refused for what it is
+    assert "birthDate" in replay.stdout and "no resourceType" not in replay.stdout
+    fixed = tmp_path / "fixed.ndjson"
+    fixed.write_text(kept.read_text().replace("yesterday", "1990-01-01"))
+    again = run_hub(settings, "ingest", fixed)
+    assert counts(again.stdout)["created"] == 1, again.stdout
+    assert orjson.loads(run_hub(settings, "show", "Patient/r1").stdout)["birthDate"] == "1990-01-01"
+
+
 # -- rejected inputs -------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -157,6 +158,10 @@ def entry_kind(entry, response: dict) -> str:
     return "updated"
 
 
+# the namespace of the ids `hub ingest` gives resources that come without one
+_INGEST_IDS = uuid.UUID("6f1d6f3c-2f0b-5d8e-9a51-3c0b1f7e2a40")
+
+
 def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, rejected_dir: Path):
     """Feed files through the hub, in input order.
 
@@ -168,7 +173,7 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
     from tqdm import tqdm
 
     from hub.api import bundles
-    from hub.core.resource import parse_json
+    from hub.core.resource import content_hash, parse_json
 
     counts: Counter[str] = Counter()
     shown: list[tuple[int, int, str, str]] = []  # max-heap (-seq, -n) of the first problems
@@ -211,7 +216,21 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
                     count(kind)
             pending.clear()
 
+    seen: Counter[bytes] = Counter()
+
     def add(item: tuple[int, str, bytes, object]) -> None:
+        d = item[3]
+        if isinstance(d, dict) and not d.get("id") and isinstance(d.get("resourceType"), str):
+            # a resource without an id gets one of its content (and how many times the same
+            # content came before in this run): running an import again, after an interruption
+            # or by mistake, finds what it stored then (unchanged) instead of storing it twice
+            try:
+                h = content_hash(d)
+            except (TypeError, ValueError, orjson.JSONEncodeError):
+                h = b""
+            if h:
+                seen[h] += 1
+                d["id"] = str(uuid.uuid5(_INGEST_IDS, f"{d['resourceType']}|{h.hex()}|{seen[h]}"))
         pending.append(item)
         if len(pending) >= batch_size:
             flush()
@@ -241,6 +260,11 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
             assert raw is not None  # iter_inputs gives the text or why it could not be read
             try:
                 d = parse_json(raw)
+                if isinstance(d, dict) and "resourceType" not in d and \
+                        isinstance(d.get("input"), str) and "outcome" in d:
+                    # a line of a rejected-inputs file: what was sent, replayed as it was
+                    raw = d["input"].encode("utf-8")
+                    d = parse_json(raw)
             except FhirError as e:
                 reject(seq, where, raw, e.outcome())
                 continue
