@@ -223,3 +223,41 @@ def test_a_profile_is_checked_in_the_version_named(client, live):
         {"name": "profile", "valueUri": 5}]}
     r = client.post("/Patient/$validate", json=bad, headers=FHIR_JSON)
     assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_required_binding_on_a_concept_needs_a_code_of_the_value_set(client, live):
+    """Text alone, or a display-only coding beside a wrong code, met a required binding with a
+    warning ("the value set is not known here") and was stored; each is now the error a wrong
+    code is. A right code among others still meets it."""
+    system = "https://fhir-region-hub.example/CodeSystem/marital-test"
+    cs = {"resourceType": "CodeSystem", "id": "marital-test", "url": system, "status": "active",
+          "content": "complete", "concept": [{"code": "A1"}, {"code": "A2"}]}
+    vs = {"resourceType": "ValueSet", "id": "marital-a1", "status": "active",
+          "url": "https://fhir-region-hub.example/ValueSet/marital-a1",
+          "compose": {"include": [{"system": system, "concept": [{"code": "A1"}]}]}}
+    url = "https://fhir-region-hub.example/StructureDefinition/marital"
+    sd = {"resourceType": "StructureDefinition", "id": "marital", "url": url, "name": "Marital",
+          "status": "active", "kind": "resource", "abstract": False, "type": "Patient",
+          "derivation": "constraint",
+          "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
+          "differential": {"element": [{"id": "Patient", "path": "Patient"}, {
+              "id": "Patient.maritalStatus", "path": "Patient.maritalStatus",
+              "binding": {"strength": "required", "valueSet": vs["url"]}}]}}
+    for d in (cs, vs, sd):
+        assert client.put(f"/{d['resourceType']}/{d['id']}", json=d,
+                          headers=FHIR_JSON).status_code in (200, 201)
+
+    def write(status: dict) -> int:
+        d = {"resourceType": "Patient", "meta": {"profile": [url]}, "maritalStatus": status}
+        return client.post("/Patient", json=d, headers=FHIR_JSON).status_code
+
+    a1, a2 = {"system": system, "code": "A1"}, {"system": system, "code": "A2"}
+    import time
+    deadline = time.monotonic() + 15
+    while write({"coding": [a1]}) != 201 and time.monotonic() < deadline:
+        time.sleep(0.3)  # the terminology read model takes the value set in
+    assert write({"coding": [a1]}) == 201
+    assert write({"coding": [a2, {"display": "x"}, a1]}) == 201
+    assert write({"coding": [a2]}) == 422
+    assert write({"text": "whatever"}) == 422
+    assert write({"coding": [a2, {"display": "x"}]}) == 422

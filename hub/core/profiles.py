@@ -157,7 +157,18 @@ class Profile:
                 [(c.get("system"), c.get("code")) for c in (v.get("coding") or [])] \
                 if isinstance(v, dict) and "coding" in v else \
                 [(v.get("system"), v.get("code"))] if isinstance(v, dict) else []
+            # a coding without a code (a display alone), or a concept that is text alone, names
+            # no code of the value set: it does not meet a required binding, and it does not
+            # make the others' answer unknown either
+            codings = [(sy, c) for sy, c in codings if isinstance(c, str) and c]
+            if not codings:
+                out.append(Issue("code-invalid", f"{path}: no code of the required value set "
+                                                 f"{valueset} (a text or display alone)",
+                                 expression=path))
+                continue
             answers = [ok(valueset, s, c) for s, c in codings]
+            if any(answers):
+                continue
             if any(a is None for a in answers):
                 out.append(Issue("not-found", f"{path}: the value set {valueset} is not known here",
                                  "warning", path))
