@@ -178,3 +178,24 @@ def test_reads_of_terminology_resources_still_work(loaded):
     assert loaded.get("/NamingSystem/sex").status_code == 200
     assert loaded.get("/CodeSystem/$lookup", params={"system": SEX_OID, "code": "9"}).status_code \
         == 200
+
+
+def test_a_query_restricted_scope_opens_no_terminology_operation(loaded, live):
+    """A scope selecting some value sets (``ValueSet.rs?_id=enum``) reads those; an operation
+    answers from any value set's or code system's content, which the query cannot be held to,
+    so it is refused (before, $expand of a value set the scope hid returned its expansion)."""
+    import httpx
+
+    narrow = live.client_auth(roles=("clinician",), scope="system/ValueSet.rs?_id=enum "
+                                                          "system/CodeSystem.rs")
+    wide = live.client_auth(roles=("clinician",), scope="system/ValueSet.rs system/CodeSystem.rs")
+    with httpx.Client(base_url=live.base, timeout=30, auth=narrow) as c:
+        assert c.get("/ValueSet/enum").status_code == 200
+        assert c.get("/ValueSet/internal").status_code == 403
+        for path in ("/ValueSet/internal/$expand", "/ValueSet/enum/$expand"):
+            r = c.get(path)
+            assert r.status_code == 403 and "query" in r.text, (path, r.text)
+        assert c.get("/CodeSystem/$lookup", params={"system": DEPT, "code": "01"}
+                     ).status_code == 403  # the value sets' query is no bound on this either
+    with httpx.Client(base_url=live.base, timeout=30, auth=wide) as c:
+        assert c.get("/ValueSet/internal/$expand").status_code == 200

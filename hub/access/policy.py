@@ -144,8 +144,17 @@ class AccessPolicy:
     def _operation(self, actor: Actor, action: Action) -> None:
         name = action.operation or ""
         if name in TERMINOLOGY and action.rtype in ("CodeSystem", "ValueSet", "ConceptMap"):
-            if not permits(scopes_of(actor.scopes), "r", action.rtype):
+            scopes = scopes_of(actor.scopes)
+            if not permits(scopes, "r", action.rtype):
                 raise forbidden(f"No granted scope allows {name} (needs {action.rtype} 'r')")
+            # an operation answers from the content of any code system, value set or map, not
+            # from resources a search selects: a scope's query cannot be held to it
+            for t in ("CodeSystem", "ValueSet", "ConceptMap"):
+                granting = permits(scopes, "r", t)
+                if granting and all(g.query for g in granting):
+                    raise forbidden(f"{name} answers from terminology content a query-restricted "
+                                    f"scope on {t} does not select; it needs a scope on {t} "
+                                    "without a query")
             return
         rule = OPERATIONS.get(name)
         if rule is None:
