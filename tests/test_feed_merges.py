@@ -144,3 +144,26 @@ def test_a_feeds_merge_keeps_the_retired_records_facts_and_joins_the_person(matc
     assert r.status_code == 200, r.text
     assert any(e["resource"]["resourceType"] == "Observation" for e in r.json()["entry"])
 
+
+
+def test_a_merge_reversed_by_the_feed_leaves_one_active_record(live, client, tmp_path):
+    """A into B, then B into A (the first merge was the wrong way round): A is the survivor,
+    active, replacing B; B is retired into A. Before, A stayed retired too (its retirement was
+    kept against the feed) and the patient had no active record, each pointing to the other."""
+    sink = HttpSink(live.base, source_info=SRC, **live.sink_credentials("H1", tmp_path / "keys"))
+    tag = str(time.time_ns())[-9:]
+    a = _send(sink, MSH.format(t="20240401080000", kind="ADT^A01^ADT_A01", cid=f"K{tag}")
+              + f"PID|1||A{tag}^^^H1^MR||卫^平||19800101|M\r").patient_key
+    b = _send(sink, MSH.format(t="20240401090000", kind="ADT^A01^ADT_A01", cid=f"L{tag}")
+              + f"PID|1||B{tag}^^^H1^MR||卫^平||19800101|M\r").patient_key
+    for n, (survivor, retired) in enumerate(((f"B{tag}", f"A{tag}"), (f"A{tag}", f"B{tag}"))):
+        _send(sink, MSH.format(t=f"2024040{n + 2}080000", kind="ADT^A40^ADT_A39", cid=f"M{n}{tag}")
+              + f"EVN|A40|2024040{n + 2}080000\r"
+              + f"PID|1||{survivor}^^^H1^MR||卫^平||19800101|M\r" + f"MRG|{retired}^^^H1^MR\r")
+
+    def state(ref: str) -> tuple:
+        d = client.get(f"/{ref}").json()
+        return d.get("active"), sorted((x["type"], x["other"]["reference"]) for x in d.get("link", ()))
+
+    assert state(a) == (True, [("replaces", b)])
+    assert state(b) == (False, [("replaced-by", a)])

@@ -438,7 +438,14 @@ class Hub:
             body = replaced[i][1] if i in replaced else None
             links = _replaced_by(body) if isinstance(body, dict) and body.get("active") is False \
                 else []
-            if not links:
+            assert op.d is not None
+            # a later merge naming this record the survivor of the one it was merged into (A
+            # into B, then B into A) reverses the first: it does not keep the retirement, or
+            # both records would end retired, the patient with no active record at all
+            replaces = {x["other"].get("reference") for x in op.d.get("link") or ()
+                        if isinstance(x, dict) and x.get("type") == "replaces"
+                        and isinstance(x.get("other"), dict)}
+            if not links or any(x["other"].get("reference") in replaces for x in links):
                 continue
             assert op.d is not None
             op.d = {**op.d, "active": False, "link": [*(op.d.get("link") or ()), *links]}
@@ -465,8 +472,13 @@ class Hub:
             mine += [x for x in d.get(key) or () if x not in mine]
             if mine:
                 kept[key] = mine
+        survivors = {x["other"].get("reference") for x in _replaced_by(d)}
+        # its own earlier links out: another retirement, and a ``replaces`` of the record now
+        # named its survivor (A into B, then B into A)
         links = [x for x in kept.get("link") or () if isinstance(x, dict)
-                 and x.get("type") != "replaced-by"]
+                 and x.get("type") != "replaced-by"
+                 and not (x.get("type") == "replaces" and isinstance(x.get("other"), dict)
+                          and x["other"].get("reference") in survivors)]
         kept["link"] = links + [x for x in _replaced_by(d) if x not in links]
         kept["active"] = False
         for key in ("managingOrganization", "meta"):
