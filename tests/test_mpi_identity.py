@@ -127,6 +127,26 @@ def test_review_accept_links_as_the_steward(hub, svc):
     assert e.value.status == 409
 
 
+def test_no_decision_moves_a_deleted_record(hub, svc):
+    """A review whose Patient or candidate was deleted since it opened cannot be accepted, and a
+    deleted record cannot be unlinked: 404, as $link answers (both answered 200 and linked the
+    live record into the deleted one's person)."""
+    put_patients(hub, ("d1", None), ("d2", None), ("d3", None))
+    svc.auto_decide("Patient/d1", "new", [], 1.0, {}, "r1")
+    svc.auto_decide("Patient/d2", "review", ["Patient/d1"], 0.7, {}, "r1")
+    svc.auto_decide("Patient/d3", "link", ["Patient/d1"], 1.0, {}, "r1")
+    with svc.person.read() as c:
+        review = svc.person.open_reviews(c)[0]["id"]
+    results = hub.execute([Op("DELETE", "Patient", "d1", url="Patient/d1")], Context(), atomic=True)
+    assert results[0].status in (200, 204)
+    for decide in (lambda: svc.accept_review(review, "steward-li"),
+                   lambda: svc.unlink("Patient/d1", "steward-li")):
+        with pytest.raises(FhirError) as e:
+            decide()
+        assert e.value.status == 404
+    assert groups(svc) == [["Patient/d1", "Patient/d3"], ["Patient/d2"]]
+
+
 def test_manual_decision_survives_rematching(hub, svc):
     put_patients(hub, ("m1", None), ("m2", None), ("m3", None))
     svc.auto_decide("Patient/m1", "new", [], 1.0, {}, "r1")

@@ -510,6 +510,7 @@ class IdentityService:
         """Take a Patient out of its person into a new person of its own."""
         p = patient_ref(patient)
         user, reason = _user(user), _text(reason)
+        self._exists([p])  # a deleted record is no one's to move
 
         def plan(c) -> list[IdentityEvent]:
             P = self.person
@@ -624,6 +625,7 @@ class IdentityService:
             if cand not in r["candidates"]:
                 raise bad_request(f"{cand} is not a candidate of review {review}")
             p = r["patient"]
+            self._exists([p, cand])  # a record deleted since the review opened joins no one
             base = self._base(USER, user, reason=reason)
             events: list[IdentityEvent] = []
             target = P.person_of(c, cand)
