@@ -36,7 +36,6 @@ from hub.core.identity_events import STREAM_KIND, USER, from_state, is_identity_
 from projections.sqlite_model import SQLiteReadModel
 
 NAME = "person"
-MAX_MERGE_DEPTH = 64
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS p_meta (key TEXT PRIMARY KEY, value)",
@@ -216,10 +215,12 @@ class PersonProjection(SQLiteReadModel):
 
     def _family(self, c: Any, person: str) -> list[str]:
         """The person and every person merged into it, transitively."""
+        # at any depth: UNION keeps each person once, so the walk ends (a merge chain of a
+        # hundred persons is one family; the walk stopped at 64 and dropped the rest)
         c.execute(
-            "WITH RECURSIVE fam(id, depth) AS (SELECT ?, 0 UNION "
-            "SELECT p.id, fam.depth + 1 FROM p_person p JOIN fam ON p.merged_into = fam.id "
-            f"WHERE fam.depth < {MAX_MERGE_DEPTH}) SELECT DISTINCT id FROM fam", (person,))
+            "WITH RECURSIVE fam(id) AS (SELECT ? UNION "
+            "SELECT p.id FROM p_person p JOIN fam ON p.merged_into = fam.id) SELECT id FROM fam",
+            (person,))
         return [r[0] for r in c.fetchall()]
 
     def read(self):
@@ -243,15 +244,16 @@ class PersonProjection(SQLiteReadModel):
                 "updated": r[4]}
 
     def survivor(self, c: Any, person: str) -> str:
-        """The person a (possibly merged) person now lives in."""
-        seen = 0
-        while seen < MAX_MERGE_DEPTH:
+        """The person a (possibly merged) person now lives in, at the end of its merge chain
+        however long (a merge that would close a loop is refused, ``IdentityService.merge``)."""
+        seen = {person}
+        while True:
             c.execute("SELECT merged_into FROM p_person WHERE id=?", (person,))
             r = c.fetchone()
-            if r is None or r[0] is None:
+            if r is None or r[0] is None or r[0] in seen:
                 return person
-            person, seen = r[0], seen + 1
-        return person
+            person = r[0]
+            seen.add(person)
 
     def link_of(self, c: Any, patient: str) -> dict | None:
         c.execute("SELECT person, assurance, manual, score, decided_by, updated FROM p_patient "

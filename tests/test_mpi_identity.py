@@ -147,6 +147,24 @@ def test_no_decision_moves_a_deleted_record(hub, svc):
     assert groups(svc) == [["Patient/d1", "Patient/d3"], ["Patient/d2"]]
 
 
+def test_a_merge_chain_of_any_length_keeps_every_patient_and_closes_no_loop(hub, svc):
+    """Seventy persons merged one into the next: the last holds all seventy Patients, and
+    merging it back into the first is refused. The chain was followed 64 steps only: two
+    Patients fell out of the survivor, and the loop was allowed, leaving no active person."""
+    n = 70
+    put_patients(hub, *((f"m{i}", None) for i in range(n)))
+    for i in range(n):
+        svc.auto_decide(f"Patient/m{i}", "new", [], 1.0, {}, "r1")
+    persons = [person_of(svc, f"Patient/m{i}") for i in range(n)]
+    for a, b in zip(persons, persons[1:]):
+        svc.merge(f"Person/{a}", f"Person/{b}", "steward-li")
+    assert groups(svc) == [sorted(f"Patient/m{i}" for i in range(n))]
+    assert person_of(svc, "Patient/m0") == persons[-1]
+    with pytest.raises(FhirError) as e:
+        svc.merge(f"Person/{persons[-1]}", f"Person/{persons[0]}", "steward-li")
+    assert e.value.status == 409
+
+
 def test_manual_decision_survives_rematching(hub, svc):
     put_patients(hub, ("m1", None), ("m2", None), ("m3", None))
     svc.auto_decide("Patient/m1", "new", [], 1.0, {}, "r1")
