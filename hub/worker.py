@@ -48,13 +48,16 @@ def _conversion(unit: dict) -> Conversion:
     return Conversion(resources=unit.get("resources") or [], deletes=unit.get("deletes") or [])
 
 
-def write_units(hub, units: list[dict], source: dict[str, Any]) -> list[dict | None]:
+def write_units(hub, units: list[dict], source: dict[str, Any],
+                actor: Any = None) -> list[dict | None]:
     """Write units (dicts with resources/deletes) as one batch through the repository (``hub``:
-    one, or a ``Hub`` to wrap in the open policy's); per unit None or its error. Raises
-    Transient when the batch should be tried again (store unavailable, conflicts)."""
+    one, or a ``Hub`` to wrap in the open policy's) as ``actor`` (the hub's own by default);
+    per unit None or its error. Raises Transient when the batch should be tried again (store
+    unavailable, conflicts)."""
     from connectors.sinks.base import Unavailable, unit_errors
     from connectors.sinks.http import dedupe_entries
     from hub.api import bundles
+    from hub.core.access import SYSTEM
     from hub.core.ingest import Context
     from hub.repository import Repository
 
@@ -65,13 +68,13 @@ def write_units(hub, units: list[dict], source: dict[str, Any]) -> list[dict | N
         return [None] * len(units)
     try:
         out = bundles.process({"resourceType": "Bundle", "type": "batch", "entry": entries}, repo,
-                              Context(source=source), "", False, _no_get)
+                              Context(source=source, actor=actor or SYSTEM), "", False, _no_get)
     except FhirError as e:
         if e.status >= 500 or e.status in RETRY_STATUS:
             raise Transient(str(e)) from None
         if len(units) == 1:
             return [{"reason": str(e), "code": "AE", "outcome": e.outcome()}]
-        return [r for u in units for r in write_units(hub, [u], source)]
+        return [r for u in units for r in write_units(hub, [u], source, actor)]
     try:
         return unit_errors(entries, positions, out["entry"])
     except Unavailable as e:
@@ -83,11 +86,15 @@ class IngestWorker:
                  group: str = "hub-ingest-worker", max_records: int = 500,
                  consumer: dict | None = None):
         from connectors.spool import Spool
+        from hub.access.policy import AccessPolicy
         from hub.core.ingest import Hub
+        from hub.repository import Repository
 
         self.settings = settings
         self.topics = topics
         self.hub = Hub(open_store(settings))
+        # consents do not judge a feed's writes; the rest of the policy does (who owns what)
+        self.repo = Repository(self.hub, policy=AccessPolicy())
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.deadletters = Spool(deadletter_path(settings))
         self.cfg = {"bootstrap_servers": bootstrap_servers, "group_id": group,
@@ -170,22 +177,35 @@ class IngestWorker:
                 self._dead(tp, r, u, {"reason": u["error"], "code": "AR", "rule": "record"})
         if not good:
             return
-        first = good[0][2]
-        source = {"feed": "kafka", "topic": good[0][0].topic}
-        if all(u.get("connector") == first.get("connector") for _, _, u in good):
-            source["connector"] = first.get("connector")
-            if first.get("institution"):
-                source["institution"] = first["institution"]
-        try:
-            errors = write_units(self.hub, [u for _, _, u in good], source)
-        except Transient:
-            raise
-        except FhirError as e:
-            raise Transient(str(e)) from None
-        except Exception as e:  # noqa: BLE001 - store connection problems and the like
-            raise Transient(f"{type(e).__name__}: {e}") from None
+        # each unit is written as its own connector and institution (units of several hospitals
+        # share a topic and a poll): stored with its owner, and held to the rule that a
+        # connector changes only what its institution wrote, as through the REST API
+        groups: dict[tuple[str, str], list[tuple[Any, Any, dict]]] = {}
+        for item in good:
+            u = item[2]
+            key = (str(u.get("connector") or ""), str(u.get("institution") or ""))
+            groups.setdefault(key, []).append(item)
+        errors: dict[int, dict | None] = {}
+        for (connector, institution), items in groups.items():
+            source = {"feed": "kafka", "topic": items[0][0].topic}
+            if connector:
+                source["connector"] = connector
+            if institution:
+                source["institution"] = institution
+            try:
+                found = write_units(self.repo, [u for _, _, u in items], source,
+                                    _feed_actor(connector, institution))
+            except Transient:
+                raise
+            except FhirError as e:
+                raise Transient(str(e)) from None
+            except Exception as e:  # noqa: BLE001 - store connection problems and the like
+                raise Transient(f"{type(e).__name__}: {e}") from None
+            errors.update({id(item): err for item, err in zip(items, found)})
         self.stats["batches"] += 1
-        for (tp, r, u), err in zip(good, errors):
+        for item in good:
+            tp, r, u = item
+            err = errors[id(item)]
             self.stats["records"] += 1
             if err is None:
                 self.stats["written"] += 1
@@ -196,7 +216,7 @@ class IngestWorker:
     def _dead(self, tp, r, unit, error) -> None:
         self.stats["failed"] += 1
         dl = self.deadletters.add_deadletter(
-            tp.topic, "unit", r.value, {"topic": tp.topic, "partition": tp.partition,
+            tp.topic, "unit", r.value or b"", {"topic": tp.topic, "partition": tp.partition,
                                         "offset": r.offset, "connector": unit.get("connector")},
             unit.get("unit_id"), "ingest", error)
         # the reason may quote the data: it stays in the dead letter, out of the log
@@ -204,17 +224,39 @@ class IngestWorker:
                     tp.partition, r.offset, error.get("rule") or error.get("code"), dl)
 
 
-def _decode(value: bytes) -> dict:
+def _decode(value: bytes | None) -> dict:
+    if value is None:
+        return {"error": "the record has no value (a tombstone)"}
     try:
         d = jsontext.loads_exact(value)  # a mapper's decimals as written (1.50 stays 1.50)
-    except (orjson.JSONDecodeError, ValueError) as e:
-        return {"error": f"the record is not JSON: {e}"}
-    if not isinstance(d, dict) or not isinstance(d.get("resources", []), list):
+    except (orjson.JSONDecodeError, ValueError, TypeError, RecursionError) as e:
+        return {"error": f"the record is not JSON a connector writes: {str(e)[:200]}"}
+    if not isinstance(d, dict) or not isinstance(d.get("resources", []), list) \
+            or not isinstance(d.get("deletes", []), list):
         return {"error": "the record is not a connector unit"}
     for r in d.get("resources") or []:
         if not isinstance(r, dict) or not r.get("resourceType") or not r.get("id"):
             return {"error": "every resource of a unit needs resourceType and id"}
+    for x in d.get("deletes") or []:
+        if not isinstance(x, str) or "/" not in x:
+            return {"error": "every deletion of a unit is a reference Type/id"}
+    for k in ("connector", "institution", "unit_id"):
+        if d.get(k) is not None and not isinstance(d[k], str):
+            return {"error": f"a unit's {k} is a string"}
     return d
+
+
+def _feed_actor(connector: str, institution: str) -> Any:
+    """Who a unit is written as: its connector of its institution, held to what that
+    institution wrote; the hub itself for a unit naming no institution (its connector was
+    configured without one: nothing to hold it to)."""
+    from hub.core.access import SYSTEM, Actor
+
+    if not institution:
+        return SYSTEM
+    return Actor(subject=f"kafka:{connector or 'connector'}"[:128], kind="client",
+                 roles=frozenset({"connector"}), scopes=("system/*.cruds",),
+                 institution=institution)
 
 
 def replay_deadletters(store, ids: list[int], settings: Settings):

@@ -59,3 +59,29 @@ def test_kafka_source_checkpoint(tmp_path, broker):  # noqa: F811
     assert sorted(u.unit_id for u in spool.pending()) == sorted(
         m.split(b"|")[9].decode() for m in msgs[:7])
     spool.close()
+
+
+def test_a_tombstone_is_a_dead_letter_and_the_source_goes_on(tmp_path, broker):  # noqa: F811
+    """A record with no value (a tombstone) stopped the source: the spool refused a null
+    payload, and the source read the same poll again for ever while /health said ok."""
+    topic = "his.h0001.tombstone"
+    broker.create_topic(topic, partitions=1)
+    msgs = [m for _, ms in adt_stream(2, seed=52) for m in ms][:2]
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    for value in (msgs[0], None, msgs[1]):
+        producer.send(topic, key=b"k", value=value)
+    producer.flush()
+    producer.close()
+    spool = Spool(tmp_path / "spool.sqlite", SourceInfo(institution="H0001"), durable=False)
+    src = KafkaSource("feed", broker.bootstrap, topic, "conn-t", kind="hl7v2",
+                      consumer=FAST_GROUP)
+    stop, t = run(src, spool)
+    try:
+        wait_until(lambda: spool.counters().get("feed", {}).get("received") == 3, 30,
+                   what="three records")
+    finally:
+        stop.set()
+        t.join(10)
+    assert spool.counters()["feed"]["converted"] == 2
+    assert len(spool.deadletters()) == 1
+    spool.close()

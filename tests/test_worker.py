@@ -201,6 +201,60 @@ def test_worker_dead_letters(tmp_path, broker, capsys, settings):  # noqa: F811
     assert main(["show", "Patient/w1", *args]) == 0
 
 
+def test_worker_goes_on_past_poison_and_writes_each_unit_as_its_institution(tmp_path, broker,  # noqa: F811
+                                                                             settings):
+    """A tombstone (no value), a deletion that is no reference and JSON nested 600 deep each
+    stopped the worker, and stopped it again on every restart; they are dead letters now. Units
+    of two hospitals in one poll are each stored as their own institution's (they were stored
+    as no one's, which any hospital could then overwrite), and a unit claiming another
+    hospital's record is refused as a REST write of it is."""
+    from hub.core.ingest import Hub
+    from hub.worker import IngestWorker
+
+    topic = f"hub.poison.{settings.database_url and 'pg' or 'sqlite'}"
+    broker.create_topic(topic, partitions=1)
+
+    def unit(uid: str, inst: str, rid: str, **extra) -> bytes:
+        return orjson.dumps({"v": 1, "connector": f"c-{inst}", "institution": inst,
+                             "unit_id": uid, "kind": "fhir", "patient_key": f"Patient/{rid}",
+                             "resources": [{"resourceType": "Patient", "id": rid, **extra}],
+                             "deletes": []})
+
+    records = [unit("a1", "H0001", "own1", gender="female"),
+               None,  # a tombstone
+               orjson.dumps({"v": 1, "resources": [], "deletes": [{"a": 1}]}),
+               b"[" * 600 + b"]" * 600,
+               unit("b1", "H0002", "theirs1", gender="male"),  # another hospital, same poll
+               unit("b2", "H0002", "own1", gender="male")]  # H0002 claims H0001's record
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    for value in records:
+        producer.send(topic, key=b"k", value=value)
+    producer.flush()
+    producer.close()
+
+    worker = IngestWorker(settings, broker.bootstrap, [topic], group=f"p-{topic}",
+                          consumer=FAST_GROUP)
+    t = threading.Thread(target=worker.run, kwargs={"install_signals": False})
+    t.start()
+    try:
+        wait_until(lambda: worker.stats["written"] + worker.stats["failed"] >= 6, 30,
+                   what="six records")
+    finally:
+        worker.stop()
+        t.join(20)
+    assert t.is_alive() is False
+    assert worker.stats["written"] == 2 and worker.stats["failed"] == 4
+    hub = Hub(settings.open_store())
+    try:
+        for rid, inst, gender in (("own1", "H0001", "female"), ("theirs1", "H0002", "male")):
+            stored = hub.store.latest_many("Patient", [rid])[rid][1]
+            head, _, body = stored.partition(b"\n")
+            assert orjson.loads(head)["source"]["institution"] == inst
+            assert orjson.loads(body)["gender"] == gender
+    finally:
+        hub.store.close()
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_env(monkeypatch):
     monkeypatch.delenv("HUB_DATABASE_URL", raising=False)

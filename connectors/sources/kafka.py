@@ -69,7 +69,9 @@ class KafkaSource:
                 commit = {}
                 for tp, records in batch.items():
                     for r in records:
-                        envs.append(Envelope(r.value, self.kind, self.name, {
+                        # a tombstone (no value) is an empty payload: refused by the
+                        # converter and kept as a dead letter, never a stop of the source
+                        envs.append(Envelope(r.value or b"", self.kind, self.name, {
                             "topic": tp.topic, "partition": tp.partition, "offset": r.offset,
                             "key": r.key.decode("utf-8", "replace") if r.key else None}))
                     positions[str(tp.partition)] = records[-1].offset + 1
