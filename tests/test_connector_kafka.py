@@ -85,3 +85,45 @@ def test_a_tombstone_is_a_dead_letter_and_the_source_goes_on(tmp_path, broker): 
     assert spool.counters()["feed"]["converted"] == 2
     assert len(spool.deadletters()) == 1
     spool.close()
+
+
+def test_the_kafka_sink_starts_without_its_broker_and_sets_aside_only_a_too_large_unit(
+        tmp_path, broker):  # noqa: F811
+    """Made at start, the producer failed the whole connector while its broker was away (its
+    MLLP port refused senders); a unit over the producer's record limit stalled every unit
+    batched with it, retried for ever. Now the sink waits for the broker, and the large unit
+    alone is a dead letter."""
+    import time
+
+    import pytest
+    from kafka import KafkaConsumer
+
+    from connectors.sinks.base import Unavailable
+    from connectors.sinks.kafka import KafkaSink
+    from connectors.spool import Unit
+    from tests.conftest import free_port
+
+    away = KafkaSink(f"127.0.0.1:{free_port()}", "nowhere", "c", timeout_s=11,
+                     producer={"request_timeout_ms": 1000, "bootstrap_timeout_ms": 1000})
+    with pytest.raises(Unavailable):
+        away.deliver([Unit(0, "adt", "u0", "fhir", "Patient/p0", [], [], time.time())])
+    away.close()
+
+    topic = "hub.sink.large"
+    broker.create_topic(topic, partitions=1)
+    sink = KafkaSink(broker.bootstrap, topic, "c", producer={"request_timeout_ms": 5000})
+
+    def unit(i: int, size: int = 0) -> Unit:
+        r = {"resourceType": "Binary", "id": f"b{i}", "contentType": "text/plain",
+             "data": "QUFB" * (size // 4)} if size else {"resourceType": "Patient", "id": f"p{i}"}
+        return Unit(i, "adt", f"u{i}", "fhir", f"Patient/p{i}", [r], [], time.time())
+
+    out = sink.deliver([unit(1), unit(2, 2_000_000), unit(3)])
+    sink.close()
+    assert out[0] is None and out[2] is None
+    assert out[1] is not None and out[1]["rule"] == "kafka.too-large"
+    consumer = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    got = [r.value for r in consumer]
+    consumer.close()
+    assert len(got) == 2 and all(b'"Patient"' in v for v in got)
