@@ -34,10 +34,20 @@ def convert_fhir(payload: bytes, source: SourceInfo) -> list[Conversion]:
         resources = [d]
         unit_id = ""
     patient_key = None
+    seen: dict[tuple[str, str], int] = {}
     for i, r in enumerate(resources):
         if not isinstance(r, dict) or not r.get("resourceType") or not r.get("id"):
             raise MappingError("every resource needs resourceType and id", code="AE",
                                location=f"entry[{i}]", rule="fhir.id")
+        # one message holding two different resources under one id: which one is meant cannot
+        # be told, and storing either drops the other's facts (a critical potassium kept as
+        # the glucose before it): refused whole, kept for a person to decide
+        key = (str(r["resourceType"]), str(r["id"]))
+        if key in seen and resources[seen[key]] != r:
+            raise MappingError(f"entry[{seen[key]}] and entry[{i}] are two different "
+                               f"{key[0]}/{key[1]}", code="AE", location=f"entry[{i}]",
+                               rule="fhir.duplicate-id")
+        seen.setdefault(key, i)
         if patient_key is None:
             if r["resourceType"] == "Patient":
                 patient_key = f"Patient/{r['id']}"

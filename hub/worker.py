@@ -234,9 +234,13 @@ def _decode(value: bytes | None) -> dict:
     if not isinstance(d, dict) or not isinstance(d.get("resources", []), list) \
             or not isinstance(d.get("deletes", []), list):
         return {"error": "the record is not a connector unit"}
+    seen: dict[tuple[str, str], Any] = {}
     for r in d.get("resources") or []:
         if not isinstance(r, dict) or not r.get("resourceType") or not r.get("id"):
             return {"error": "every resource of a unit needs resourceType and id"}
+        key = (str(r["resourceType"]), str(r["id"]))
+        if seen.setdefault(key, r) != r:  # which one is meant cannot be told: neither dropped
+            return {"error": f"the unit holds two different {key[0]}/{key[1]}"}
     for x in d.get("deletes") or []:
         if not isinstance(x, str) or "/" not in x:
             return {"error": "every deletion of a unit is a reference Type/id"}

@@ -35,6 +35,23 @@ def test_accept_is_one_transaction_with_the_checkpoint(spool, tmp_path):
     reopened.close()
 
 
+def test_a_message_holding_two_different_resources_under_one_id_is_kept_whole(spool):
+    """Two Observation/dd1 in one Bundle (a glucose, then a critical potassium): one of them
+    was dropped without a word. The message is a dead letter now; the same resource twice,
+    identical, is no conflict."""
+    glucose = {"resourceType": "Observation", "id": "dd1", "status": "final",
+               "code": {"text": "glucose"}}
+    potassium = {**glucose, "code": {"text": "potassium"}, "valueString": "7.9 critical"}
+    both = orjson.dumps({"resourceType": "Bundle", "type": "collection", "id": "m1",
+                         "entry": [{"resource": glucose}, {"resource": potassium}]})
+    same = orjson.dumps({"resourceType": "Bundle", "type": "collection", "id": "m2",
+                         "entry": [{"resource": glucose}, {"resource": glucose}]})
+    answers = spool.accept([Envelope(both, "fhir", "s"), Envelope(same, "fhir", "s")])
+    assert [a.ok for a in answers] == [False, True]
+    assert answers[0].error["rule"] == "fhir.duplicate-id"
+    assert len(spool.deadletters()) == 1
+
+
 def test_delivered_units_and_payloads_are_deleted(spool):
     spool.accept([Envelope(fhir(str(i)), "fhir", "s") for i in range(5)])
     units = spool.pending()
