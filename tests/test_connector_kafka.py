@@ -127,3 +127,13 @@ def test_the_kafka_sink_starts_without_its_broker_and_sets_aside_only_a_too_larg
     got = [r.value for r in consumer]
     consumer.close()
     assert len(got) == 2 and all(b'"Patient"' in v for v in got)
+
+
+def test_a_sources_checkpoint_is_of_its_topic_on_its_cluster():
+    """Keyed by the topic alone, two sources reading same-named topics of two clusters (or one
+    source moved to a new cluster) shared one checkpoint and skipped records."""
+    a = KafkaSource("adt", "kafka-a:9092", "his.adt", "g")
+    b = KafkaSource("adt", "kafka-b:9092", "his.adt", "g")
+    other = KafkaSource("lab", "kafka-a:9092", "his.adt", "g")
+    assert len({a.key, b.key, other.key}) == 3
+    assert a.key == KafkaSource("adt", "kafka-a:9092", "his.adt", "another-group").key

@@ -29,7 +29,10 @@ class KafkaSource:
                     "enable_auto_commit": False, "auto_offset_reset": "earliest",
                     "max_poll_records": int(max_records), "session_timeout_ms": 10000,
                     "heartbeat_interval_ms": 1000, **(consumer or {})}
-        self.key = f"kafka:{topic}"
+        # the spool's checkpoint of this source: of this topic on this cluster (keyed by the
+        # topic alone, a same-named topic of another cluster, or the cluster a source was moved
+        # to, started at the other one's offsets and skipped its first records)
+        self.key = f"kafka:{name}:{bootstrap_servers}:{topic}"
         self.stats: dict[str, Any] = {"records": 0, "topic_lag": None}
 
     @classmethod
