@@ -78,9 +78,37 @@ def status(daemon: Daemon) -> dict[str, Any]:
     try:
         r = httpx.get(daemon.url + "/status", timeout=TIMEOUT_S)
         r.raise_for_status()
-        return {"reachable": True, **r.json()}
+        d = r.json()
     except (httpx.HTTPError, ValueError) as e:
         return {"reachable": False, "error": f"{type(e).__name__}: {e}"[:300]}
+    if not isinstance(d, dict):
+        return {"reachable": False, "error": "it answered something that is no status"}
+    # what the pages read, in the shapes they read it (a daemon of another version, or a
+    # broken one, must not take the page of every connector down with it)
+    sources = d.get("sources")
+    d["sources"] = {str(k): v for k, v in sources.items() if isinstance(v, dict)} \
+        if isinstance(sources, dict) else {}
+    for v in d["sources"].values():
+        for k, x in list(v.items()):
+            if k in COUNTED and not isinstance(x, (int, float)):
+                v[k] = 0
+    if not isinstance(d.get("sink"), dict):
+        d["sink"] = {}
+    return {**d, "reachable": True}
+
+
+# the counters the console sums over a daemon's sources
+COUNTED = ("received", "converted", "failed", "delivered", "deadletters", "lag")
+
+
+def _letter(d: Any) -> dict[str, Any]:
+    """A dead letter (or a replay's result) as the pages read it: its error an object."""
+    if not isinstance(d, dict):
+        return {"error": {"reason": "the connector answered something that is no dead letter"}}
+    err = d.get("error")
+    if err is not None and not isinstance(err, dict):
+        d = {**d, "error": {"reason": str(err)[:500]}}
+    return d
 
 
 def _admin(daemon: Daemon, method: str, path: str, timeout: float = TIMEOUT_S) -> Any:
@@ -101,14 +129,23 @@ def _admin(daemon: Daemon, method: str, path: str, timeout: float = TIMEOUT_S) -
 
 
 def deadletters(daemon: Daemon, every: bool = False) -> list[dict[str, Any]]:
-    return _admin(daemon, "GET", "/deadletters" + ("?status=all" if every else ""))
+    found = _admin(daemon, "GET", "/deadletters" + ("?status=all" if every else ""))
+    if not isinstance(found, list):
+        raise FhirError(502, "transient", f"Connector {daemon.name!r} answered its dead "
+                        "letters with something that is no list")
+    return [_letter(d) for d in found]
 
 
 def deadletter(daemon: Daemon, dl_id: int) -> dict[str, Any]:
-    return _admin(daemon, "GET", f"/deadletters/{int(dl_id)}")
+    return _letter(_admin(daemon, "GET", f"/deadletters/{int(dl_id)}"))
 
 
 def replay(daemon: Daemon, dl_id: int | None) -> list[dict[str, Any]]:
     """Replay one dead letter, or (``None``) every open one: each result's ``ok`` and error."""
     path = f"/deadletters/{int(dl_id)}/replay" if dl_id is not None else "/deadletters/replay"
-    return _admin(daemon, "POST", path, REPLAY_TIMEOUT_S)["results"]
+    answer = _admin(daemon, "POST", path, REPLAY_TIMEOUT_S)
+    results = answer.get("results") if isinstance(answer, dict) else None
+    if not isinstance(results, list):
+        raise FhirError(502, "transient", f"Connector {daemon.name!r} answered the replay "
+                        "with no results")
+    return [_letter(r) for r in results]

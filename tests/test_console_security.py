@@ -130,3 +130,44 @@ def test_an_undo_is_refused_alike_whether_or_not_the_decision_exists(live):
     answers = {c.post(f"/console/identity/person/{uuid.uuid4().hex}/undo",
                       data={"csrf": csrf, "seq": seq}).status_code for seq in ("1", "999")}
     assert answers == {403}
+
+
+def test_one_misbehaving_connector_daemon_holds_no_page(live, tmp_path):
+    """A daemon answering its status as a list, with counts that are no numbers, or its dead
+    letters with an error that is a string, gave the connectors page a 500 for every connector;
+    it now shows as it can, and the page stands."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from hub.daemons import DaemonRegistry
+
+    answers = {"/status": {"healthy": True, "sources": {"adt": {"received": "many"}},
+                           "sink": "broken"},
+               "/deadletters": [{"id": 1, "error": "a plain string"}],
+               "/deadletters/1": {"id": 1, "error": "a plain string", "payload": "MSH|"}}
+
+    class Daemon(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the standard library's name
+            body = json.dumps(answers.get(self.path.split("?")[0], [])).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    listed = ThreadingHTTPServer(("127.0.0.1", 0), Daemon)
+    threading.Thread(target=listed.serve_forever, daemon=True).start()
+    try:
+        registry = DaemonRegistry(live.settings.data_dir)
+        registry.add("odd", f"http://127.0.0.1:{listed.server_port}", "token")
+        c = _logged_in(live, _user(live, ("admin",)))
+        assert c.get("/console/connectors").status_code == 200
+        answers["/status"] = ["not", "a", "status"]
+        assert c.get("/console/connectors").status_code == 200
+        assert c.get("/console/connectors/odd/deadletters/1").status_code == 200
+        registry.remove("odd")
+    finally:
+        listed.shutdown()
