@@ -171,3 +171,19 @@ def test_one_misbehaving_connector_daemon_holds_no_page(live, tmp_path):
         registry.remove("odd")
     finally:
         listed.shutdown()
+
+
+def test_guessing_a_password_is_held_after_ten_failures(live):
+    """Forty wrong passwords in two seconds were all answered 401, then the right one let the
+    guesser in. After ten failures in a quarter hour the name is held (429), the right
+    password included, until the oldest failure leaves the window."""
+    name = _user(live)
+    with httpx.Client(base_url=base(live), timeout=30) as c:
+        for _ in range(10):
+            assert c.post("/console/login", data={"name": name, "password": "wrong guess"}
+                          ).status_code == 401
+        held = c.post("/console/login", data={"name": name, "password": PASSWORD})
+        assert held.status_code == 429 and "hub_console" not in held.cookies
+        other = _user(live)  # another name is not held
+        assert c.post("/console/login", data={"name": other, "password": PASSWORD}
+                      ).status_code == 303

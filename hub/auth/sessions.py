@@ -39,7 +39,16 @@ CREATE TABLE IF NOT EXISTS console_session (
     expires  INTEGER NOT NULL,
     ended    INTEGER
 );
+CREATE TABLE IF NOT EXISTS console_login_failure (
+    name  TEXT NOT NULL,
+    at    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_login_failure_name ON console_login_failure (name, at);
 """
+# a name's failed logins counted over this window; this many in it hold the name's logins
+# until the oldest leaves the window (guessing a password online: ten tries a quarter hour)
+FAILURE_WINDOW_S = 15 * 60
+MAX_FAILURES = 10
 
 
 class SessionLog:
@@ -61,6 +70,26 @@ class SessionLog:
             db.execute("INSERT INTO console_session VALUES (?, ?, ?, ?, NULL)",
                        (sid, subject, user, now + SESSION_S))
         return sid
+
+    def held(self, name: str) -> int:
+        """Seconds until ``name`` may try again (0: now), after too many failed logins."""
+        now = int(time.time())
+        with connection(self.path) as db:
+            rows = db.execute("SELECT at FROM console_login_failure WHERE name = ? AND at > ? "
+                              "ORDER BY at", (name[:200], now - FAILURE_WINDOW_S)).fetchall()
+        if len(rows) < MAX_FAILURES:
+            return 0
+        return max(1, rows[-MAX_FAILURES][0] + FAILURE_WINDOW_S - now)
+
+    def failed(self, name: str) -> None:
+        now = int(time.time())
+        with connection(self.path) as db:
+            db.execute("DELETE FROM console_login_failure WHERE at < ?", (now - FAILURE_WINDOW_S,))
+            db.execute("INSERT INTO console_login_failure VALUES (?, ?)", (name[:200], now))
+
+    def succeeded(self, name: str) -> None:
+        with connection(self.path) as db:
+            db.execute("DELETE FROM console_login_failure WHERE name = ?", (name[:200],))
 
     def end(self, sid: str) -> None:
         with connection(self.path) as db:

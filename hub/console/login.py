@@ -6,8 +6,9 @@ from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from hub.api.caller import authorize
+from hub.api.caller import Throttled, authorize
 from hub.auth.clients import REGISTRY_FILE
+from hub.auth.sessions import session_log
 from hub.auth.users import UserRegistry
 from hub.console.common import check_csrf, end_session, from_elsewhere, page, router, safe_next, start_session
 from hub.console.oidc import configured
@@ -36,8 +37,16 @@ async def login(request: Request) -> Response:
     form = await request.form()
     name, password = str(form.get("name") or ""), str(form.get("password") or "")
     settings = request.app.state.settings
+    log = session_log(request.app.state)
+    wait = await run_in_threadpool(log.held, name) if name else 0
+    if wait:  # before the password is checked: a right one tells nothing either
+        raise Throttled(wait)
     users = UserRegistry(settings.data_dir / REGISTRY_FILE)
     user = await run_in_threadpool(users.check, name, password) if name and password else None
+    if user is not None:
+        await run_in_threadpool(log.succeeded, name)
+    elif name:
+        await run_in_threadpool(log.failed, name)
     if user is None:
         refused = page(request, "login.html", "login", failed=True, oidc=configured(request),
                         next=safe_next(str(form.get("next") or "")))
