@@ -167,3 +167,41 @@ def test_a_merge_reversed_by_the_feed_leaves_one_active_record(live, client, tmp
 
     assert state(a) == (True, [("replaces", b)])
     assert state(b) == (False, [("replaced-by", a)])
+
+
+def test_a_lab_message_naming_the_patient_by_number_alone_erases_nothing(live, client, tmp_path):
+    """An ORU's PID often carries the record number alone. Written as it came, it replaced the
+    Patient an ADT gave and erased its resident ID, birth date and sex. A message other than an
+    ADT now clears only what it sends as HL7's explicit null (""); an ADT states the record
+    whole, as before."""
+    sink = HttpSink(live.base, source_info=SRC, **live.sink_credentials("H1", tmp_path / "keys"))
+    tag = str(time.time_ns())[-9:]
+    rid = "11010519491231002X"
+    p = _send(sink, MSH.format(t="20240401080000", kind="ADT^A01^ADT_A01", cid=f"N{tag}")
+              + f"PID|1||Q{tag}^^^H1^MR~{rid}^^^CHN^NNCHN||严^明||19491231|F|||幸福路1号\r"
+              + f"PV1|1|O|||||||||||||||||X1{tag}\r").patient_key
+
+    def now() -> dict:
+        return client.get(f"/{p}").json()
+
+    _send(sink, MSH.format(t="20240402080000", kind="ORU^R01^ORU_R01", cid=f"O{tag}")
+          + f"PID|1||Q{tag}^^^H1^MR\r"
+          + "OBR|1||R1|GLU^Glucose^L|||20240402070000\r"
+          + "OBX|1|NM|GLU^Glu^L||6.2|mmol/L|||||F\r")
+    d = now()
+    assert d["birthDate"] == "1949-12-31" and d["gender"] == "female" and d["address"]
+    assert any(i["value"] == rid for i in d["identifier"])
+    assert "cleared" not in str(d.get("meta"))  # the mark never stored
+    # an explicit null in a lab message clears that element
+    _send(sink, MSH.format(t="20240403080000", kind="ORU^R01^ORU_R01", cid=f"P{tag}")
+          + f'PID|1||Q{tag}^^^H1^MR||||""\r'
+          + "OBR|1||R2|GLU^Glucose^L|||20240403070000\r"
+          + "OBX|1|NM|GLU^Glu^L||6.3|mmol/L|||||F\r")
+    d = now()
+    assert "birthDate" not in d and d["gender"] == "female"
+    # an ADT states the record whole: what it does not hold is gone
+    _send(sink, MSH.format(t="20240404080000", kind="ADT^A08^ADT_A01", cid=f"R{tag}")
+          + "EVN|A08|20240404080000\r" + f"PID|1||Q{tag}^^^H1^MR||严^明||19491231|F\r")
+    d = now()
+    assert d["birthDate"] == "1949-12-31" and "address" not in d
+    assert [i["value"] for i in d["identifier"]] == [f"Q{tag}"]

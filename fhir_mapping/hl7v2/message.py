@@ -26,6 +26,18 @@ class Seg:
         self.index = index  # position in the message, 0 = MSH
         self.ordinal = 1  # 1 for the first segment of its name, 2 for the second...
 
+    def nulled(self, n: int) -> bool:
+        """Is field ``n`` HL7's explicit null, ``""`` (delete the value in the receiver)?"""
+        raw = self._raw
+        if raw is None:
+            raw = self._raw = self._msg.parsed.segment(self.index)
+        if not 0 < n < len(raw):
+            return False
+        f = raw[n]
+        while isinstance(f, list) and len(f) == 1:  # one repetition, one component: its text
+            f = f[0]
+        return f == '""'
+
     def field(self, n: int) -> list[Rep]:
         """Repetitions of field ``n`` (MSH-n counts MSH-1 as the field separator, like the standard)."""
         got = self._cache.get(n)

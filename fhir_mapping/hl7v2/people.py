@@ -7,6 +7,7 @@ import re
 from datetime import date as _date
 from typing import Any
 
+from fhir_mapping import cleared
 from fhir_mapping.identifiers import someone_elses
 from terminology import resident_id
 
@@ -220,8 +221,23 @@ def patient(ctx: Ctx, pid: Seg) -> dict:
         res["communication"] = [{"language": lang}]
     res["managingOrganization"] = ctx.org_ref
     ref = ctx.add(res)
+    # what the message clears, as against what it does not mention (the hub keeps the stored
+    # values of the latter: a lab's PID with the record number alone). An ADT message states
+    # the patient's record: what it does not hold, it clears; another message clears only its
+    # explicit nulls (HL7's "")
+    if ctx.msg.msh.get(9, 1).upper() == "ADT":
+        gone = ["identifier", *dict.fromkeys(e for _, e in _CLEARABLE)]
+    else:
+        gone = list(dict.fromkeys(e for n, e in _CLEARABLE if pid.nulled(n)))
+    cleared.mark(res, gone)
     ctx.patient_ref = ref
     return res
+
+
+# PID fields and the Patient element each fills, for the explicit nulls a message sends
+_CLEARABLE = ((5, "name"), (7, "birthDate"), (8, "gender"), (11, "address"), (13, "telecom"),
+              (14, "telecom"), (16, "maritalStatus"), (29, "deceased"), (30, "deceased"),
+              (15, "communication"), (24, "multipleBirth"))
 
 
 def _after(birth: str, sent: str) -> bool:

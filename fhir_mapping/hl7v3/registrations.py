@@ -9,6 +9,7 @@ from typing import Any
 
 from lxml import etree
 
+from fhir_mapping import cleared
 from fhir_mapping.base import MappingError
 from fhir_mapping.identifiers import key_problem, someone_elses, usable
 from fhir_mapping.ids import patient_id, stable_id
@@ -307,6 +308,10 @@ def patient(ctx: Ctx, subject: etree._Element | None = None) -> dict[str, Any]:
         ctx.find("information", "v3.patient.unmapped", "insurance (coveredPartyOf) is not mapped: a Coverage "
                  "needs the payer, which the message does not name", _where(ctx, cov))
     res["managingOrganization"] = _provider_org(ctx, first(pat, "providerOrganization"))
+    # a registration states the patient's record whole: what it does not hold, it clears (a
+    # partial mention of the patient elsewhere keeps what the hub holds: fhir_mapping.cleared)
+    cleared.mark(res, ["identifier", "name", "birthDate", "gender", "address", "telecom",
+                       "maritalStatus", "deceased", "multipleBirth", "communication"])
     return res
 
 

@@ -33,7 +33,7 @@ import orjson
 import uuid6
 from eventsourcing.persistence import StoredEvent
 
-from fhir_mapping import source_order
+from fhir_mapping import cleared, source_order
 from fhir_mapping.fhir_types import TYPES, URI_ELEMENTS
 from hub.core import jsontext
 from hub.core import resource as res
@@ -431,6 +431,12 @@ class Hub:
             if head is not None and not head.deleted:
                 (retiring if _replaced_by(op.d) else wanted).append(i)
         self._read_replaced(ops, wanted + retiring, replaced)
+        for i in planned:  # the mark of what a message clears is never stored
+            op = ops[i]
+            if op.rtype == "Patient" and op.d is not None:
+                gone = cleared.take(op.d)
+                if i in wanted:
+                    _keep_unsaid(op.d, replaced[i][1] if i in replaced else None, gone)
         for i in retiring:
             self._keep_content(ops[i], replaced[i][1] if i in replaced else None)
         for i in wanted:
@@ -644,6 +650,42 @@ def _batch_key(op: Op) -> tuple:
     if criteria is not None:
         return (op.rtype, "?", tuple(criteria))
     return (op.rtype, id(op))  # a plain create: a fresh id, shares with nothing
+
+
+# what a feed's Patient keeps of the stored one when its message does not mention it (by the
+# element's name, a choice type by its stem: deceased[x])
+_KEPT_UNSAID = ("name", "birthDate", "gender", "address", "telecom", "maritalStatus",
+                "deceased", "multipleBirth", "communication")
+
+
+def _keep_unsaid(d: dict, stored: Any, gone: set[str]) -> None:
+    """A feed's message holds what its sender chose to send: a lab's PID may carry the record
+    number alone, and the Patient written from it would erase the resident ID, birth date and
+    sex an ADT gave. What the stored version has and the write does not mention is kept (its
+    identifiers, all of them, with the write's), unless the message cleared it (HL7's explicit
+    null, ``fhir_mapping.cleared``)."""
+    if not isinstance(stored, dict):
+        return
+    said = {_stem(k) for k in d}
+    for k, v in stored.items():
+        stem = _stem(k)
+        if stem in _KEPT_UNSAID and stem not in said and stem not in gone:
+            d[k] = v
+    if "identifier" not in gone:
+        mine = list(d.get("identifier") or ())
+        keys = {(i.get("system"), i.get("value")) for i in mine if isinstance(i, dict)}
+        for ident in stored.get("identifier") or ():
+            if isinstance(ident, dict) and (ident.get("system"), ident.get("value")) not in keys:
+                mine.append(ident)
+        if mine:
+            d["identifier"] = mine
+
+
+def _stem(key: str) -> str:
+    for stem in ("deceased", "multipleBirth"):
+        if key.startswith(stem):
+            return stem
+    return key
 
 
 def _replaced_by(d: dict) -> list[dict]:
