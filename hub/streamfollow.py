@@ -77,6 +77,7 @@ class StreamFollower:
         self._marks: dict[int, int] = {}  # partition -> the highest nid read there
         self._committed: dict[Any, int] = {}  # the offsets last committed
         self.applied = 0
+        self.skipped = 0  # records on the topic that are no events of the log
 
     def connect(self) -> None:
         from kafka import KafkaConsumer, TopicPartition
@@ -134,8 +135,19 @@ class StreamFollower:
         for tp, records in self._consumer.poll(timeout_ms=timeout_ms,
                                                max_records=self.batch * 5).items():
             for r in records:
-                h = _headers(r)
-                nid = int(h["nid"])
+                try:
+                    h = _headers(r)
+                    nid = int(h["nid"])
+                    int(h.get("version") or b"0")
+                    if h.get("event") != WATERMARK.encode():
+                        h["stream"].decode(), h["event"].decode()
+                except (KeyError, ValueError, TypeError, AttributeError, UnicodeDecodeError):
+                    # no event of the hub's log (another producer's record on the topic, or a
+                    # broken one): nothing to apply, and no reason to stop every model here
+                    self.skipped += 1
+                    log.warning("change stream %s: record %s@%s is no event of the log; "
+                                "skipped", self.topic, tp.partition, r.offset)
+                    continue
                 if h.get("event") != WATERMARK.encode():
                     r = self._joined(tp.partition, nid, h, r)
                     if r is None:  # a part of an event not read whole yet

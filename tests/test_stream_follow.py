@@ -86,6 +86,45 @@ def test_a_node_follows_the_stream_to_the_state_the_log_gives(broker, tmp_path):
         hub.store.close()
 
 
+def test_a_record_that_is_no_event_is_skipped_not_a_stop(broker, tmp_path):  # noqa: F811
+    """Another producer's record on the topic (no headers), or one with a header that is no
+    number, stopped every model of the node for good (KeyError: 'nid', reconnecting for ever,
+    even the events before it not applied). It is skipped, counted, and the node follows on."""
+    from kafka import KafkaProducer
+
+    settings = _settings(tmp_path)
+    hub = Hub(settings.open_store())
+    topic = f"events-{uuid.uuid4().hex[:6]}"
+    broker.create_topic(topic, partitions=1)
+    relay = Relay(hub.store, broker.bootstrap, topic, batch=50)
+    node = _models(tmp_path / "node")
+    reference = _models(tmp_path / "reference")
+    try:
+        _write(hub, patients=3, observations=2, tag="a")
+        _relay_all(relay)
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+        producer.send(topic, value=b"not an event")
+        producer.send(topic, value=b"{}", headers=[("nid", b"twelve")])
+        producer.flush()
+        producer.close()
+        _write(hub, patients=2, observations=1, tag="b")
+        _relay_all(relay)
+        follower = StreamFollower(broker.bootstrap, node, f"g-{uuid.uuid4().hex[:6]}",
+                                  topic=topic)
+        end = hub.store.max_notification_id()
+        follower.catch_up(end)
+        for m in reference:
+            Runner(hub.store, m).catch_up()
+        assert _state(node) == _state(reference)
+        assert follower.skipped == 2
+        follower.close()
+    finally:
+        relay.close()
+        for m in (*node, *reference):
+            m.close()
+        hub.store.close()
+
+
 def test_the_cli_follows_the_stream_without_the_store(broker, tmp_path):  # noqa: F811
     settings = _settings(tmp_path)
     hub = Hub(settings.open_store())
