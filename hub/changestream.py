@@ -123,8 +123,14 @@ class Relay:
         saved = self._saved_position()
         held = [self._last.get(p, 0) for p in self._partitions]
         # everything up to the saved position was acknowledged; a partition holding more than
-        # that got part of the next batch before the relay stopped, and skips it below
-        self.position = max(saved, min(held)) if all(held) else saved
+        # that got part of the next batch before the relay stopped, and skips it below. A topic
+        # holding nothing at all is new (another cluster, or recreated): the saved position is
+        # of some other topic, and the log is published from its start (trusting it, the relay
+        # published nothing before it, and a model fed from the stream missed that history)
+        if not any(held):
+            self.position = 0
+        else:
+            self.position = max(saved, min(held)) if all(held) else saved
         log.info("change stream %s: resuming after %d (partitions hold up to %s)", self.topic,
                  self.position, self._last)
 

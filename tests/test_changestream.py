@@ -299,6 +299,33 @@ def test_a_frozen_broker_loses_and_duplicates_nothing(broker, tmp_path):  # noqa
     store.close()
 
 
+def test_a_relay_to_a_topic_that_holds_nothing_publishes_the_log_from_its_start(broker,  # noqa: F811
+                                                                                   tmp_path):
+    """The position file said the log was relayed up to its end, but the topic holds nothing (a
+    new cluster, a recreated topic): the relay used to trust the file and publish nothing before
+    it, so a model fed from the stream never had that history."""
+    from hub.changestream import Relay
+
+    settings = _settings(tmp_path)
+    hub = Hub(settings.open_store())
+    topic = f"fresh-{uuid.uuid4().hex[:6]}"
+    broker.create_topic(topic, partitions=2)
+    try:
+        _write(hub, patients=4, observations=2, tag="f")
+        end = hub.store.max_notification_id()
+        position_file = settings.data_dir / f"changestream-{topic}.json"
+        position_file.write_bytes(orjson.dumps({"topic": topic, "position": end}))
+        relay = Relay(hub.store, broker.bootstrap, topic, position_file=position_file, batch=50)
+        try:
+            while relay.step():
+                pass
+        finally:
+            relay.close()
+        _check_exactly_once(_consume(broker.bootstrap, topic), end)
+    finally:
+        hub.store.close()
+
+
 def test_relay_without_brokers_is_a_usage_error(tmp_path):
     settings = _settings(tmp_path)
     settings.open_store().close()
