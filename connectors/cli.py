@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from hub.core.commandline import UsageError
+from hub.core.commandline import UsageError, kafka_topic
 
 
 def add_parsers(sub, common) -> None:
@@ -290,6 +290,8 @@ def cmd_ingest_worker(args, settings) -> int:
 
     _logging(args.log_level)
     ms = args.session_timeout_ms
+    for topic in args.topic:
+        kafka_topic(topic)
     worker = IngestWorker(settings, args.bootstrap_servers, args.topic, group=args.group,
                           max_records=args.max_records,
                           consumer={"session_timeout_ms": ms,

@@ -335,6 +335,17 @@ def test_relay_without_brokers_is_a_usage_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "hub.cli", "stream", "relay"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--bootstrap-servers" in done.stderr
+    # a topic name Kafka refuses, and a batch of nothing: one line each, before any broker
+    for extra, said in ((["--topic", "his adt!"], "no Kafka topic name"),
+                        (["--batch", "0"], "--batch")):
+        done = subprocess.run([sys.executable, "-m", "hub.cli", "stream", "relay",
+                               "--bootstrap-servers", "127.0.0.1:9", *extra], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run([sys.executable, "-m", "hub.cli", "ingest-worker",
+                           "--bootstrap-servers", "127.0.0.1:9", "--topic", "a b"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "no Kafka topic name" in done.stderr, done.stderr
 
 
 @pytest.mark.postgres

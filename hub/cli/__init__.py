@@ -251,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hub {args.command}: Elasticsearch at {settings.es_url}: {type(e).__name__}: "
                   f"{e}", file=sys.stderr)
             return 2
+        if type(e).__module__.startswith("kafka"):  # a broker away, a topic name it refuses
+            print(f"hub {args.command}: Kafka: {type(e).__name__}: {e}"[:500], file=sys.stderr)
+            return 2
         raise
 
 

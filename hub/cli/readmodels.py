@@ -6,7 +6,7 @@ import os
 import sys
 from typing import cast
 
-from hub.core.commandline import UsageError, open_store
+from hub.core.commandline import UsageError, kafka_topic, open_store
 from hub.core.config import Settings
 from hub.core.fhirtime import zone_name
 from hub.readmodels import names as read_model_names
@@ -128,7 +128,7 @@ def _follow_stream(args, settings: Settings) -> int:
         where = hashlib.blake2b(str(settings.data_dir.resolve()).encode(),
                                 digest_size=4).hexdigest()
         group = args.group or f"hub-follow-{socket.gethostname()}-{where}"
-        follower = StreamFollower(args.from_stream, models, group, topic=args.topic)
+        follower = StreamFollower(args.from_stream, models, group, topic=kafka_topic(args.topic))
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())

@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 
-from hub.core.commandline import UsageError, open_store
+from hub.core.commandline import UsageError, kafka_topic, open_store
 from hub.core.config import Settings
 
 
@@ -16,6 +16,9 @@ def cmd_stream(args, settings: Settings) -> int:
     bootstrap = args.bootstrap_servers or os.environ.get("HUB_KAFKA_BOOTSTRAP")
     if not bootstrap:
         raise UsageError("--bootstrap-servers (or HUB_KAFKA_BOOTSTRAP) is required")
+    kafka_topic(args.topic)
+    if args.batch < 1:
+        raise UsageError("--batch must be at least 1")
     if args.partitions:
         _create_topic(bootstrap, args.topic, args.partitions)
     store = open_store(settings, existing=True)

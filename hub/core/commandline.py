@@ -7,6 +7,7 @@ Below ``hub.cli`` (which registers the commands) and the command modules of ``co
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,3 +98,15 @@ def _open(f: Path):
 
         return gzip.open(f, "rb")
     return f.open("rb")
+
+
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def kafka_topic(name: str) -> str:
+    """A Kafka topic name as Kafka takes it (ASCII letters, digits, ``.``, ``_``, ``-``; at most
+    249), or a usage error saying so before any broker is asked."""
+    if not _TOPIC.fullmatch(name or "") or name in (".", ".."):
+        raise UsageError(f"{name!r} is no Kafka topic name: ASCII letters, digits, '.', '_' and "
+                         "'-', at most 249")
+    return name
