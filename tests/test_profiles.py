@@ -261,3 +261,25 @@ def test_a_required_binding_on_a_concept_needs_a_code_of_the_value_set(client, l
     assert write({"coding": [a2]}) == 422
     assert write({"text": "whatever"}) == 422
     assert write({"coding": [a2, {"display": "x"}]}) == 422
+
+
+def test_a_primitive_present_through_its_extension_alone_meets_its_minimum(client, live):
+    """A birth date not known, said by a data-absent-reason extension on ``_birthDate``, is
+    present in R4: a profile requiring birthDate took it as missing and refused the write."""
+    url = "https://fhir-region-hub.example/StructureDefinition/needs-birth-date"
+    sd = {"resourceType": "StructureDefinition", "id": "needs-birth-date", "url": url,
+          "name": "NeedsBirthDate", "status": "active", "kind": "resource", "abstract": False,
+          "type": "Patient", "derivation": "constraint",
+          "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
+          "differential": {"element": [{"id": "Patient", "path": "Patient"},
+                                       {"id": "Patient.birthDate", "path": "Patient.birthDate",
+                                        "min": 1}]}}
+    assert client.put("/StructureDefinition/needs-birth-date", json=sd,
+                      headers=FHIR_JSON).status_code in (200, 201)
+    absent = {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+              "valueCode": "unknown"}
+    d = {"resourceType": "Patient", "meta": {"profile": [url]},
+         "_birthDate": {"extension": [absent]}}
+    assert client.post("/Patient", json=d, headers=FHIR_JSON).status_code == 201
+    bare = {"resourceType": "Patient", "meta": {"profile": [url]}}
+    assert client.post("/Patient", json=bare, headers=FHIR_JSON).status_code == 422

@@ -125,7 +125,11 @@ class Profile:
                 vals = _values(parent, name)
                 path = f"{where}.{name}"
                 lo, hi = e.get("min"), e.get("max")
-                if isinstance(lo, int) and len(vals) < lo:
+                # R4: a primitive present only through its extensions (``_birthDate`` with a
+                # data-absent-reason) is present
+                present = len(vals) or int(isinstance(parent, dict)
+                                           and isinstance(parent.get(f"_{name}"), dict))
+                if isinstance(lo, int) and present < lo:
                     issues.append(Issue("required", f"{path}: at least {lo} required by {self.url}",
                                         expression=path))
                 if isinstance(hi, str) and hi.isdigit() and len(vals) > int(hi):
