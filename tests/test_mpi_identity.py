@@ -165,6 +165,25 @@ def test_a_merge_chain_of_any_length_keeps_every_patient_and_closes_no_loop(hub,
     assert e.value.status == 409
 
 
+@pytest.mark.parametrize("decision", ["accept", "reject"])
+def test_deciding_a_review_closes_the_same_question_asked_the_other_way(hub, svc, decision):
+    """Two records arriving together are each proposed against the other: deciding one left
+    its mirror open on the queue, to be decided again (or differently)."""
+    put_patients(hub, ("v1", None), ("v2", None))
+    svc.auto_decide("Patient/v1", "review", ["Patient/v2"], 0.7, {}, "r1")
+    svc.auto_decide("Patient/v2", "review", ["Patient/v1"], 0.7, {}, "r1")
+    with svc.person.read() as c:
+        first = svc.person.open_reviews(c)
+    assert len(first) == 2
+    if decision == "accept":
+        svc.accept_review(first[0]["id"], "steward-li")
+    else:
+        svc.reject_review(first[0]["id"], "steward-li")
+    with svc.person.read() as c:
+        assert svc.person.open_reviews(c) == []
+        assert svc.person.review(c, first[1]["id"])["outcome"] == f"{decision}ed"
+
+
 def test_manual_decision_survives_rematching(hub, svc):
     put_patients(hub, ("m1", None), ("m2", None), ("m3", None))
     svc.auto_decide("Patient/m1", "new", [], 1.0, {}, "r1")

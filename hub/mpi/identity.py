@@ -647,6 +647,8 @@ class IdentityService:
                 "assurance": ASSURANCE_USER, "review": review}))
             events.append(IdentityEvent("ReviewClosed", {**base, "review": review,
                                                          "outcome": "accepted"}))
+            events += [IdentityEvent("ReviewClosed", {**base, "review": m, "outcome": "accepted"})
+                       for m in self._mirrors(c, p, [cand])]
             return events
 
         return self._decide(plan)
@@ -673,9 +675,18 @@ class IdentityService:
                       for q in r["candidates"] if not P.blocked(c, r["patient"], q)]
             events.append(IdentityEvent("ReviewClosed", {**base, "review": review,
                                                          "outcome": "rejected"}))
+            events += [IdentityEvent("ReviewClosed", {**base, "review": m, "outcome": "rejected"})
+                       for m in self._mirrors(c, r["patient"], r["candidates"])]
             return events
 
         return self._decide(plan)
+
+    def _mirrors(self, c: Any, p: str, others: list[str]) -> list[str]:
+        """The open reviews asking the same question the other way round (each of ``others``
+        against ``p`` alone): two records arriving together were each proposed against the
+        other, and deciding one left the other open."""
+        return [r["id"] for q in others for r in self.person.open_reviews(c, q)
+                if r["candidates"] == [p]]
 
     def dismiss_review(self, review: str, user: str,
                        reason: str | None = None) -> list[IdentityEvent]:
