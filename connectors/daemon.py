@@ -87,6 +87,7 @@ class Connector:
         self.stop_event = threading.Event()
         self.threads: dict[str, threading.Thread] = {}
         self.source_errors: dict[str, str] = {}
+        self.source_failed: dict[str, float] = {}  # when each source last failed
         self.sink_state: dict[str, Any] = {"state": "idle", "error": None, "since": time.time(),
                                            "retries": 0}
         self.started = time.time()
@@ -168,6 +169,7 @@ class Connector:
             except Exception as e:  # noqa: BLE001 - a source failing is restarted, never fatal
                 log.exception("source %s failed; restarting in %.1f s", src.name, delay)
                 self.source_errors[src.name] = f"{type(e).__name__}: {e}"
+                self.source_failed[src.name] = time.time()
             if self.stop_event.wait(delay):
                 return
             delay = min(delay * 2, self.config.retry_max_s)
@@ -243,6 +245,7 @@ class Connector:
                 d["listening"] = ready.is_set()
                 if d["listening"]:
                     self.source_errors.pop(src.name, None)  # an earlier failure to bind is over
+                    self.source_failed.pop(src.name, None)
             if src.name in self.source_errors:
                 d["error"] = self.source_errors[src.name]
             if hasattr(src, "port"):
@@ -250,7 +253,14 @@ class Connector:
             if hasattr(src, "stats"):
                 d["stats"] = dict(src.stats)
             sources[src.name] = d
-        healthy = all(d["alive"] and d.get("listening", True) for d in sources.values()) and (
+        # a source failing again and again (its broker away, a topic it cannot read) is alive
+        # only as a thread: it is not healthy until it has gone a while without failing
+        window = max(60.0, 3 * self.config.retry_max_s)
+        failing = {n for n, t in self.source_failed.items() if time.time() - t < window}
+        for name in failing & set(sources):
+            sources[name]["failing"] = True
+        healthy = all(d["alive"] and d.get("listening", True) and not d.get("failing")
+                      for d in sources.values()) and (
             self.sink_state["state"] != "retrying" or time.time() - self.sink_state["since"] < 300)
         return {"connector": self.config.name, "healthy": healthy,
                 "uptime_s": round(time.time() - self.started, 1), "sources": sources,

@@ -137,3 +137,32 @@ def test_a_sources_checkpoint_is_of_its_topic_on_its_cluster():
     other = KafkaSource("lab", "kafka-a:9092", "his.adt", "g")
     assert len({a.key, b.key, other.key}) == 3
     assert a.key == KafkaSource("adt", "kafka-a:9092", "his.adt", "another-group").key
+
+
+def test_a_kafka_source_that_keeps_failing_is_not_healthy(tmp_path, broker):  # noqa: F811
+    """A source naming a topic Kafka refuses restarted again and again (a traceback each time)
+    while /health answered ok: its thread was alive. It is degraded while it keeps failing."""
+    import time
+
+    from connectors.config import ConnectorConfig
+    from connectors.daemon import Connector
+    from tests.conftest import free_port
+
+    cfg = ConnectorConfig.from_dict({
+        "name": "lab", "institution": {"code": "H0001", "oid": "2.16.156.10011.99.1.1"},
+        "state_dir": str(tmp_path / "state"), "durable": False,
+        "retry": {"initial_s": 0.1, "max_s": 0.2},
+        "sources": [{"type": "kafka", "name": "lab", "bootstrap_servers": broker.bootstrap,
+                     "topic": "his lab!", "group_id": "g", "kind": "hl7v2"}],
+        "sink": {"type": "http", "url": f"http://127.0.0.1:{free_port()}/fhir"}})
+    conn = Connector(cfg)
+    conn.start()
+    try:
+        deadline = time.monotonic() + 20
+        while "error" not in conn.status()["sources"]["lab"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        st = conn.status()
+        assert st["healthy"] is False and st["sources"]["lab"]["failing"] is True, st
+    finally:
+        conn.stop()
+        conn.join()
