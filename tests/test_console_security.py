@@ -187,3 +187,12 @@ def test_guessing_a_password_is_held_after_ten_failures(live):
         other = _user(live)  # another name is not held
         assert c.post("/console/login", data={"name": other, "password": PASSWORD}
                       ).status_code == 303
+
+
+def test_a_clinician_lands_on_a_page_of_theirs(live):
+    """The overview is not a clinician's page: a clinician's login landed on a 403."""
+    name = _user(live, ("clinician",))
+    with httpx.Client(base_url=base(live), timeout=30) as c:
+        r = c.post("/console/login", data={"name": name, "password": PASSWORD})
+        assert r.status_code == 303 and r.headers["location"] == "/console/record"
+        assert c.get(r.headers["location"]).status_code == 200

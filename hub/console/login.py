@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from hub.access.policy import OPERATIONS
 from hub.api.caller import Throttled, authorize
 from hub.auth.clients import REGISTRY_FILE
 from hub.auth.sessions import session_log
@@ -27,7 +30,7 @@ def console_root(request: Request) -> Response:
                   include_in_schema=False)
 def login_form(request: Request) -> Response:
     return page(request, "login.html", "login", failed=False, oidc=configured(request),
-                next=safe_next(request.query_params.get("next", "")))
+                next=_asked(request.query_params.get("next", "")))
 
 
 @router.post("/console/login", name="console-login-post", include_in_schema=False)
@@ -49,13 +52,26 @@ async def login(request: Request) -> Response:
         await run_in_threadpool(log.failed, name)
     if user is None:
         refused = page(request, "login.html", "login", failed=True, oidc=configured(request),
-                        next=safe_next(str(form.get("next") or "")))
+                        next=_asked(str(form.get("next") or "")))
         refused.status_code = 401
         return refused
-    response = RedirectResponse(safe_next(str(form.get("next") or "")), 303)
+    asked = _asked(str(form.get("next") or ""))
+    response = RedirectResponse(asked or landing(user.roles), 303)
     await run_in_threadpool(start_session, request, response, f"console:{user.name}",
                             user.display, list(user.roles), user.name, user.name)
     return response
+
+
+def _asked(value: str) -> str:
+    """The console page a login was asked to lead to (checked), or "" when none was."""
+    return safe_next(value) if value else ""
+
+
+def landing(roles: Iterable[str]) -> str:
+    """Where a login lands when no page was asked for: the overview, or for a person whose
+    roles do not open it (a clinician, who landed on a 403), the shared record."""
+    overview = OPERATIONS["$console-overview"][0]
+    return "/console/overview" if set(roles) & overview else "/console/record"
 
 
 @router.post("/console/logout", name="console-logout", include_in_schema=False)
