@@ -206,7 +206,9 @@ def _check_display(svc: TerminologyService, concept: Concept, display: str | Non
 def validate_code_cs(svc: TerminologyService, p: Params,
                      instance: CodeSystemRef | None = None) -> dict:
     url = p.text("url") or p.text("system")
-    if p.text("url") and p.text("system") and p.text("url") != p.text("system"):
+    named, system = p.text("url"), p.text("system")
+    if named and system and svc.canonical_system(named) != svc.canonical_system(system):
+        # an OID and the canonical URL of one code system are one system
         raise TerminologyError("url and system name different code systems")
     codings = _codings(p, system=None)
     messages: list[str] = []

@@ -238,6 +238,8 @@ CS_VALIDATE = [
     ([("url", DEPT), ("code", "0101")], True, "心血管内科", None),
     ([("url", DEPT_OID), ("code", "0101")], True, "心血管内科", None),
     ([("system", SEX_OID), ("code", "2")], True, "女性", None),
+    # url and system naming one code system, by its OID and by its URL (were refused as two)
+    ([("url", SEX_OID), ("system", SEX), ("code", "2")], True, "女性", None),
     ([("url", DEPT), ("code", "0199")], True, "旧内科", "inactive"),
     ([("url", DEPT), ("code", "09")], False, None, "Unknown code '09'"),  # only in version 1
     ([("url", DEPT), ("code", "09"), ("version", "1")], True, "中医科", None),
