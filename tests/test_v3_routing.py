@@ -210,6 +210,24 @@ def test_a_kafka_subscriber_gets_each_patients_messages_in_one_partition(tmp_pat
     routes.close()
 
 
+def test_a_message_too_large_for_the_broker_is_set_aside_not_retried_for_ever(broker):  # noqa: F811
+    """The broker refuses the same large message on every try: it was retried for ever, ahead
+    of that patient's next messages. It is refused (a dead letter of the route) at once."""
+    from hub.v3routing import Pending, Refused
+
+    topic = f"v3-large-{uuid.uuid4().hex[:8]}"
+    broker.create_topic(topic, partitions=1)
+    sink = KafkaMessageSink(broker.bootstrap, topic, timeout_s=20)
+    try:
+        big = Pending(1, "H1", "POOR_IN200901UV", "m-big", "Patient/p1", b"<x>" + b"a" * 1_500_000
+                      + b"</x>", 0, 0.0)
+        with pytest.raises(Refused):
+            sink.send(big)
+        sink.send(Pending(2, "H1", "POOR_IN200901UV", "m-small", "Patient/p1", b"<x/>", 0, 0.0))
+    finally:
+        sink.close()
+
+
 def test_accepted_messages_reach_their_subscribers_through_the_api(live, client, receiver):
     """POST /v3 keeps an accepted order for the laboratory system (a lab request) and not for
     the pharmacy (a drug subscriber); `hub v3 route --once` delivers it."""

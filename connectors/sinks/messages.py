@@ -93,6 +93,10 @@ class KafkaMessageSink:
                                headers=[(k, v.encode()) for k, v in _names(p).items()]
                                ).get(timeout=self.timeout)
         except KafkaError as e:
+            if "MessageSizeTooLarge" in type(e).__name__ or "RecordTooLarge" in type(e).__name__:
+                # the same message is refused again on every try: set aside, never retried for
+                # ever ahead of the subscriber's next messages
+                raise Refused(f"the broker refuses a message this large: {e}") from None
             raise Unavailable(f"{type(e).__name__}: {e}") from None
 
 
