@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -31,7 +32,9 @@ from terminology.store import (
     split_canonical,
 )
 
-MAX_DEPTH = 8  # include.valueSet nesting (deeper is taken for a cycle)
+MAX_DEPTH = 32  # include.valueSet nesting, at most (a cycle is found as one, at any depth)
+# the stored value sets being expanded or asked, outermost first (a cycle: one met again)
+_ACTIVE: ContextVar[tuple[str, ...]] = ContextVar("terminology_active", default=())
 MAX_REGEX = 200
 HIERARCHY_PROPS = ("concept", "code")
 OPS = ("=", "is-a", "descendent-of", "is-not-a", "regex", "in", "not-in", "generalizes", "exists")
@@ -321,12 +324,33 @@ def _include_entries(svc: TerminologyStore, inc: Include, opts: Options,
     return result
 
 
+def _enter(plan: Plan, depth: int) -> Token | None:
+    """Mark ``plan`` as being worked on; a cycle (met again inside itself) or a nesting over
+    ``MAX_DEPTH`` is refused. Found so rather than by depth alone, a cycle costs one pass
+    around it, and the answer does not depend on what the cache happens to hold."""
+    if depth > MAX_DEPTH:
+        raise TerminologyError(f"Value sets include each other more than {MAX_DEPTH} deep")
+    if plan.key is None:
+        return None
+    active = _ACTIVE.get()
+    if plan.key in active:
+        raise TerminologyError("Value sets include each other in a cycle: "
+                               + " -> ".join([*active[active.index(plan.key):], plan.key]))
+    return _ACTIVE.set((*active, plan.key))
+
+
 def expand(svc: TerminologyStore, plan: Plan, opts: Options = Options(),
            depth: int = 0) -> list[Entry]:
     """Every concept of the value set, in include order, each once."""
-    if depth > MAX_DEPTH:
-        raise TerminologyError(f"Value sets include each other more than {MAX_DEPTH} deep "
-                               "(a cycle?)")
+    token = _enter(plan, depth)
+    try:
+        return _expand(svc, plan, opts, depth)
+    finally:
+        if token is not None:
+            _ACTIVE.reset(token)
+
+
+def _expand(svc: TerminologyStore, plan: Plan, opts: Options, depth: int) -> list[Entry]:
 
     def compute() -> list[Entry]:
         if plan.expansion is not None:
@@ -408,9 +432,16 @@ def lookup(svc: TerminologyStore, plan: Plan, system: str, code: str,
            opts: Options = Options(), depth: int = 0, memo: dict | None = None) -> Entry | None:
     """The value set's entry of ``system|code`` (any URI of the system), or None. Decided
     include by include, without expanding (a hierarchy filter is one indexed read)."""
-    if depth > MAX_DEPTH:
-        raise TerminologyError(f"Value sets include each other more than {MAX_DEPTH} deep "
-                               "(a cycle?)")
+    token = _enter(plan, depth)
+    try:
+        return _lookup(svc, plan, system, code, opts, depth, memo)
+    finally:
+        if token is not None:
+            _ACTIVE.reset(token)
+
+
+def _lookup(svc: TerminologyStore, plan: Plan, system: str, code: str, opts: Options,
+            depth: int, memo: dict | None) -> Entry | None:
     system = svc.canonical_system(system)
     if plan.expansion is not None:
         hit = next((e for e in plan.expansion if e.code == code

@@ -617,3 +617,37 @@ def test_value_sets_including_each_other_many_times_over_are_asked_once_each(tmp
         service.close()
         model.close()
         hub.store.close()
+
+
+def test_a_deep_chain_expands_and_a_cycle_is_refused_at_once(tmp_path):
+    """Twelve value sets each including the next (no cycle) were refused past eight as "a
+    cycle?", or answered once a deeper one happened to be cached; a real cycle whose members
+    include each other ten times over is refused at once, not after 10^8 expansions."""
+    import time
+
+    settings = Settings(data_dir=tmp_path)
+    settings.database_url = None
+    hub = Hub(settings.open_store())
+    cs = {"resourceType": "CodeSystem", "id": "chain", "url": "http://example.org/cs/chain",
+          "status": "active", "content": "complete", "concept": [{"code": "X"}]}
+    chain = [vs("ch-12", {"include": [{"system": cs["url"]}]})]
+    chain += [vs(f"ch-{n}", {"include": [{"valueSet": [VS + f"ch-{n + 1}"]}]})
+              for n in range(11, -1, -1)]
+    loop = [vs("lp-a", {"include": [{"valueSet": [VS + "lp-b"]}] * 10}),
+            vs("lp-b", {"include": [{"valueSet": [VS + "lp-a"]}] * 10})]
+    store_content(hub, [cs, *chain, *loop])
+    model = TerminologyProjection(tmp_path / "terminology.sqlite")
+    Runner(hub.store, model).catch_up()
+    service = TerminologyService(tmp_path / "terminology.sqlite")
+    try:
+        assert codes(call(service, "ValueSet", "expand", [("url", VS + "ch-0")])) == ["X"]
+        t = time.monotonic()
+        for op, extra in (("expand", []), ("validate-code", [("system", cs["url"]),
+                                                            ("code", "X")])):
+            status, text = call(service, "ValueSet", op, [("url", VS + "lp-a"), *extra])
+            assert status == 400 and "cycle" in text, (op, text)
+        assert time.monotonic() - t < 3
+    finally:
+        service.close()
+        model.close()
+        hub.store.close()
