@@ -277,8 +277,20 @@ def subsumes(svc: TerminologyService, p: Params, instance: CodeSystemRef | None 
 # -- ValueSet ------------------------------------------------------------------------------------
 
 
+def _same_instance(p: Params, instance: ResourceRef, what: str) -> None:
+    """An instance-level operation given a ``url`` naming another resource: which is meant
+    cannot be told (it was answered for the instance, the url ignored)."""
+    asked = p.text("url")
+    if asked:
+        url, version = split_canonical(asked)
+        if url != instance.url or (version and version != instance.version):
+            raise TerminologyError(f"url {asked[:200]!r} names another {what} than "
+                                   f"{what}/{instance.rid}")
+
+
 def _plan(svc: TerminologyService, p: Params, instance: ResourceRef | None) -> V.Plan:
     if instance is not None:
+        _same_instance(p, instance, "ValueSet")
         return V.plan_of(svc, instance)
     if "valueSet" in p:
         if "url" in p:
@@ -446,6 +458,7 @@ def _maps(svc: TerminologyService, p: Params, instance: ResourceRef | None
           ) -> tuple[list[ResourceRef] | None, dict | None]:
     """(stored maps to read, or None with an inline ConceptMap; the inline ConceptMap)."""
     if instance is not None:
+        _same_instance(p, instance, "ConceptMap")
         return [instance], None
     if "conceptMap" in p:
         return None, p.one("conceptMap")

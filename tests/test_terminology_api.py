@@ -199,3 +199,13 @@ def test_a_query_restricted_scope_opens_no_terminology_operation(loaded, live):
                      ).status_code == 403  # the value sets' query is no bound on this either
     with httpx.Client(base_url=live.base, timeout=30, auth=wide) as c:
         assert c.get("/ValueSet/internal/$expand").status_code == 200
+
+
+def test_an_instance_operation_refuses_a_url_naming_another_resource(loaded):
+    """ValueSet/internal/$expand?url=<another value set> answered with internal's expansion,
+    the url ignored; ConceptMap instance $translate likewise. Which is meant cannot be told: a
+    400, as the CodeSystem instance form answers. The instance's own url is fine."""
+    other = loaded.get("/ValueSet/internal/$expand", params={"url": VS + "enum"})
+    assert other.status_code == 400 and "another" in other.text
+    same = loaded.get("/ValueSet/internal/$expand", params={"url": VS + "internal"})
+    assert same.status_code == 200
