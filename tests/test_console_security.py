@@ -196,3 +196,16 @@ def test_a_clinician_lands_on_a_page_of_theirs(live):
         r = c.post("/console/login", data={"name": name, "password": PASSWORD})
         assert r.status_code == 303 and r.headers["location"] == "/console/record"
         assert c.get(r.headers["location"]).status_code == 200
+
+
+def test_a_form_posted_after_the_session_ended_leads_back_to_its_page(live):
+    """A replay posted once the session had ended sent the login to the replay's address, which
+    takes only POST: the person landed on a 405 in FHIR JSON. The login leads back to the page
+    the form was on."""
+    with httpx.Client(base_url=base(live), timeout=30) as c:
+        r = c.post("/console/quarantine/1/replay", data={"csrf": "x"},
+                   headers={"referer": base(live) + "/console/quarantine"})
+        assert r.status_code == 303
+        assert r.headers["location"] == "/console/login?next=/console/quarantine"
+        r = c.post("/console/quarantine/1/replay", data={"csrf": "x"})
+        assert r.headers["location"] == "/console/login?next=/console"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import Request
 
@@ -162,7 +163,7 @@ async def authenticate(request: Request) -> None:
     if request.url.path in PUBLIC_PATHS:
         return
     if request.url.path.startswith("/console") and actor_of(request).kind == "anonymous":
-        raise LoginRequired(request.url.path)
+        raise LoginRequired(_return_to(request))
     if authenticated(request) and actor_of(request).kind == "anonymous":
         raise unauthenticated(LOGIN_REQUIRED)
     limiter = getattr(request.app.state, "rate_limiter", None)
@@ -172,6 +173,17 @@ async def authenticate(request: Request) -> None:
         wait = limiter.wait_for(key)
         if wait > 0:
             raise Throttled(wait)
+
+
+def _return_to(request: Request) -> str:
+    """Where a login should lead back to: the page asked for, or, for a form posted after the
+    session ended (its action takes only POST), the page the form was on."""
+    if request.method in ("GET", "HEAD"):
+        return request.url.path
+    referer = urlsplit(request.headers.get("referer") or "")
+    if referer.netloc == request.headers.get("host") and referer.path.startswith("/console"):
+        return referer.path
+    return "/console"
 
 
 class LoginRequired(FhirError):
