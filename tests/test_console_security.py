@@ -209,3 +209,14 @@ def test_a_form_posted_after_the_session_ended_leads_back_to_its_page(live):
         assert r.headers["location"] == "/console/login?next=/console/quarantine"
         r = c.post("/console/quarantine/1/replay", data={"csrf": "x"})
         assert r.headers["location"] == "/console/login?next=/console"
+
+
+def test_console_mistakes_are_pages_not_fhir_json(live):
+    """An unknown console address or a malformed one answered an OperationOutcome in FHIR JSON
+    inside the console; they are console pages, with their status."""
+    c = _logged_in(live, _user(live, ("admin",)))
+    for path, status in (("/console/nope", 404), ("/console/quarantine/abc", 400)):
+        r = c.get(path)
+        assert r.status_code == status and r.headers["content-type"].startswith("text/html"), path
+        assert 'id="error-status"' in r.text
+    assert c.get("/console/static/nope.js").status_code == 404

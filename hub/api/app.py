@@ -285,10 +285,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         text = {404: f"No FHIR endpoint at {request.url.path}",
                 405: f"{request.method} is not supported on {request.url.path}"}.get(
             e.status_code, str(e.detail))
+        if request.url.path.startswith("/console/") and not \
+                request.url.path.startswith("/console/static/"):  # the console answers pages
+            return console.error_page(request, e.status_code,
+                                      text.replace("No FHIR endpoint", "No console page"))
         return outcome_response([Issue(code, text)], e.status_code, request)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError) -> Response:
+        if request.url.path.startswith("/console/"):
+            return console.error_page(request, 400, "Malformed request parameters")
         return outcome_response([Issue("invalid", "Malformed request parameters")], 400, request)
 
     @app.exception_handler(OperationalError)
