@@ -34,20 +34,10 @@ def convert_fhir(payload: bytes, source: SourceInfo) -> list[Conversion]:
         resources = [d]
         unit_id = ""
     patient_key = None
-    seen: dict[tuple[str, str], int] = {}
     for i, r in enumerate(resources):
         if not isinstance(r, dict) or not r.get("resourceType") or not r.get("id"):
             raise MappingError("every resource needs resourceType and id", code="AE",
                                location=f"entry[{i}]", rule="fhir.id")
-        # one message holding two different resources under one id: which one is meant cannot
-        # be told, and storing either drops the other's facts (a critical potassium kept as
-        # the glucose before it): refused whole, kept for a person to decide
-        key = (str(r["resourceType"]), str(r["id"]))
-        if key in seen and resources[seen[key]] != r:
-            raise MappingError(f"entry[{seen[key]}] and entry[{i}] are two different "
-                               f"{key[0]}/{key[1]}", code="AE", location=f"entry[{i}]",
-                               rule="fhir.duplicate-id")
-        seen.setdefault(key, i)
         if patient_key is None:
             if r["resourceType"] == "Patient":
                 patient_key = f"Patient/{r['id']}"
@@ -58,9 +48,28 @@ def convert_fhir(payload: bytes, source: SourceInfo) -> list[Conversion]:
                     patient_key = ref
     if not resources:
         raise MappingError("the Bundle has no resources", code="AE", rule="fhir.empty")
+    clash = two_under_one_id(resources)
+    if clash is not None:
+        first, second = clash
+        raise MappingError(f"entry[{first}] and entry[{second}] are two different "
+                           f"{resources[second]['resourceType']}/{resources[second]['id']}",
+                           code="AE", location=f"entry[{second}]", rule="fhir.duplicate-id")
     unit_id = unit_id or f"{resources[0]['resourceType']}/{resources[0]['id']}"
     return [Conversion(resources=resources, unit_id=unit_id, patient_key=patient_key,
                        kind="fhir")]
+
+
+def two_under_one_id(resources: list[Any]) -> tuple[int, int] | None:
+    """The places of two different resources under one type and id, or None. Which one is meant
+    cannot be told, and storing either drops the other's facts (a critical potassium kept as the
+    glucose before it): such a message or unit is refused whole, kept for a person to decide."""
+    seen: dict[tuple[str, str], int] = {}
+    for i, r in enumerate(resources):
+        key = (str(r.get("resourceType")), str(r.get("id")))
+        if key in seen and resources[seen[key]] != r:
+            return seen[key], i
+        seen.setdefault(key, i)
+    return None
 
 
 def converter(kind: str) -> Converter:

@@ -90,15 +90,15 @@ def status(daemon: Daemon) -> dict[str, Any]:
         if isinstance(sources, dict) else {}
     for v in d["sources"].values():
         for k, x in list(v.items()):
-            if k in COUNTED and not isinstance(x, (int, float)):
+            if k in COUNTS and not isinstance(x, (int, float)):
                 v[k] = 0
     if not isinstance(d.get("sink"), dict):
         d["sink"] = {}
     return {**d, "reachable": True}
 
 
-# the counters the console sums over a daemon's sources
-COUNTED = ("received", "converted", "failed", "delivered", "deadletters", "lag")
+# a source's counters, in the order the console shows them (summed over a daemon's sources)
+COUNTS = ("received", "converted", "delivered", "failed", "lag", "deadletters")
 
 
 def _letter(d: Any) -> dict[str, Any]:

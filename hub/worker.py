@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from connectors.kinds import two_under_one_id
 from connectors.sinks.base import RETRY_STATUS
 from fhir_mapping.base import Conversion
 from hub.core import jsontext
@@ -234,13 +235,13 @@ def _decode(value: bytes | None) -> dict:
     if not isinstance(d, dict) or not isinstance(d.get("resources", []), list) \
             or not isinstance(d.get("deletes", []), list):
         return {"error": "the record is not a connector unit"}
-    seen: dict[tuple[str, str], Any] = {}
     for r in d.get("resources") or []:
         if not isinstance(r, dict) or not r.get("resourceType") or not r.get("id"):
             return {"error": "every resource of a unit needs resourceType and id"}
-        key = (str(r["resourceType"]), str(r["id"]))
-        if seen.setdefault(key, r) != r:  # which one is meant cannot be told: neither dropped
-            return {"error": f"the unit holds two different {key[0]}/{key[1]}"}
+    clash = two_under_one_id(d.get("resources") or [])
+    if clash is not None:
+        r = d["resources"][clash[1]]
+        return {"error": f"the unit holds two different {r['resourceType']}/{r['id']}"}
     for x in d.get("deletes") or []:
         if not isinstance(x, str) or "/" not in x:
             return {"error": "every deletion of a unit is a reference Type/id"}

@@ -7,6 +7,8 @@ service as the API runs it. The same tables run over HTTP in test_terminology_ap
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
@@ -128,20 +130,29 @@ def store_content(hub: Hub, resources=CONTENT) -> None:
         assert r.status in (200, 201), r
 
 
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory):
-    data = tmp_path_factory.mktemp("terminology")
+@contextmanager
+def serving(data, resources=CONTENT):
+    """The terminology service over ``resources``, stored in a new SQLite store in ``data`` and
+    followed by the terminology read model, as the API runs it."""
     settings = Settings(data_dir=data)
     settings.database_url = None
     hub = Hub(settings.open_store())
-    store_content(hub)
+    store_content(hub, resources)
     model = TerminologyProjection(data / "terminology.sqlite")
     Runner(hub.store, model).catch_up()
     service = TerminologyService(data / "terminology.sqlite")
-    yield service
-    service.close()
-    model.close()
-    hub.store.close()
+    try:
+        yield service
+    finally:
+        service.close()
+        model.close()
+        hub.store.close()
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory):
+    with serving(tmp_path_factory.mktemp("terminology")) as service:
+        yield service
 
 
 def call(svc, rtype: str, op: str, params, instance=None):
@@ -562,17 +573,10 @@ def test_a_backtracking_regex_filter_is_stopped_not_run_for_ever(tmp_path):
     (4.5 s at 26 characters, for ever at the 255 of shipped displays). It now gets a second."""
     import time
 
-    settings = Settings(data_dir=tmp_path)
-    settings.database_url = None
-    hub = Hub(settings.open_store())
     long = {"resourceType": "CodeSystem", "id": "long", "url": "http://example.org/cs/long",
             "status": "active", "content": "complete",
             "concept": [{"code": "A", "display": "a" * 60}, {"code": "B", "display": "ab"}]}
-    store_content(hub, [long])
-    model = TerminologyProjection(tmp_path / "terminology.sqlite")
-    Runner(hub.store, model).catch_up()
-    service = TerminologyService(tmp_path / "terminology.sqlite")
-    try:
+    with serving(tmp_path, [long]) as service:
         def expand(pattern: str):
             return call(service, "ValueSet", "expand", {"resourceType": "Parameters", "parameter": [
                 {"name": "valueSet", "resource": vs("rx", {"include": [{
@@ -583,10 +587,6 @@ def test_a_backtracking_regex_filter_is_stopped_not_run_for_ever(tmp_path):
         status, text = expand("(a|aa)+Z")
         assert status == 400 and "too long" in text and time.monotonic() - t < 5
         assert codes(expand("a+b?")) == ["A", "B"]  # a pattern that does not backtrack runs
-    finally:
-        service.close()
-        model.close()
-        hub.store.close()
 
 
 def test_value_sets_including_each_other_many_times_over_are_asked_once_each(tmp_path):
@@ -594,29 +594,18 @@ def test_value_sets_including_each_other_many_times_over_are_asked_once_each(tmp
     them was looked up 6^7 times (about ten seconds of a frozen server), now once a level."""
     import time
 
-    settings = Settings(data_dir=tmp_path)
-    settings.database_url = None
-    hub = Hub(settings.open_store())
     cs = {"resourceType": "CodeSystem", "id": "fan", "url": "http://example.org/cs/fan",
           "status": "active", "content": "complete", "concept": [{"code": "X"}]}
     levels = [vs("fan-7", {"include": [{"system": cs["url"]}]})]
     for n in range(6, -1, -1):
         levels.append(vs(f"fan-{n}", {"include": [{"valueSet": [VS + f"fan-{n + 1}"]}] * 6}))
-    store_content(hub, [cs, *levels])
-    model = TerminologyProjection(tmp_path / "terminology.sqlite")
-    Runner(hub.store, model).catch_up()
-    service = TerminologyService(tmp_path / "terminology.sqlite")
-    try:
+    with serving(tmp_path, [cs, *levels]) as service:
         t = time.monotonic()
         for code, result in (("Y", False), ("X", True)):
             answer = out(call(service, "ValueSet", "validate-code", [
                 ("url", VS + "fan-0"), ("system", cs["url"]), ("code", code)]))
             assert answer["result"] is result, (code, answer)
         assert time.monotonic() - t < 3
-    finally:
-        service.close()
-        model.close()
-        hub.store.close()
 
 
 def test_a_deep_chain_expands_and_a_cycle_is_refused_at_once(tmp_path):
@@ -625,9 +614,6 @@ def test_a_deep_chain_expands_and_a_cycle_is_refused_at_once(tmp_path):
     include each other ten times over is refused at once, not after 10^8 expansions."""
     import time
 
-    settings = Settings(data_dir=tmp_path)
-    settings.database_url = None
-    hub = Hub(settings.open_store())
     cs = {"resourceType": "CodeSystem", "id": "chain", "url": "http://example.org/cs/chain",
           "status": "active", "content": "complete", "concept": [{"code": "X"}]}
     chain = [vs("ch-12", {"include": [{"system": cs["url"]}]})]
@@ -635,11 +621,7 @@ def test_a_deep_chain_expands_and_a_cycle_is_refused_at_once(tmp_path):
               for n in range(11, -1, -1)]
     loop = [vs("lp-a", {"include": [{"valueSet": [VS + "lp-b"]}] * 10}),
             vs("lp-b", {"include": [{"valueSet": [VS + "lp-a"]}] * 10})]
-    store_content(hub, [cs, *chain, *loop])
-    model = TerminologyProjection(tmp_path / "terminology.sqlite")
-    Runner(hub.store, model).catch_up()
-    service = TerminologyService(tmp_path / "terminology.sqlite")
-    try:
+    with serving(tmp_path, [cs, *chain, *loop]) as service:
         assert codes(call(service, "ValueSet", "expand", [("url", VS + "ch-0")])) == ["X"]
         t = time.monotonic()
         for op, extra in (("expand", []), ("validate-code", [("system", cs["url"]),
@@ -647,7 +629,3 @@ def test_a_deep_chain_expands_and_a_cycle_is_refused_at_once(tmp_path):
             status, text = call(service, "ValueSet", op, [("url", VS + "lp-a"), *extra])
             assert status == 400 and "cycle" in text, (op, text)
         assert time.monotonic() - t < 3
-    finally:
-        service.close()
-        model.close()
-        hub.store.close()

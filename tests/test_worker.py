@@ -16,13 +16,14 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import httpx
 import orjson
 import pytest
-from connectors.testing import ConnectorProcess, adt_stream, wait_until, write_config
 from kafka import KafkaProducer
 
+from connectors.testing import ConnectorProcess, adt_stream, wait_until, write_config
 from tests.conftest import LiveServer, free_port
 from tests.kafka_broker import FAST_GROUP, broker  # noqa: F401 - fixture
 from tests.test_connector_e2e import (
@@ -153,11 +154,33 @@ def test_mllp_through_kafka_with_kills_and_a_frozen_broker(tmp_path, broker):  #
     assert not _tracebacks(log), log[-3000:]
 
 
+def _worked_through(settings, broker, topic: str, group: str, values: list) -> Any:  # noqa: F811
+    """An ingest worker (in a thread of this process) run until it has written or refused every
+    one of ``values``, sent to ``topic`` in order; it has stopped when this returns."""
+    from hub.worker import IngestWorker
+
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    for value in values:
+        producer.send(topic, key=b"k", value=value)
+    producer.flush()
+    producer.close()
+    worker = IngestWorker(settings, broker.bootstrap, [topic], group=group, consumer=FAST_GROUP)
+    t = threading.Thread(target=worker.run, kwargs={"install_signals": False})
+    t.start()
+    try:
+        wait_until(lambda: worker.stats["written"] + worker.stats["failed"] >= len(values), 30,
+                   what=f"{len(values)} records")
+    finally:
+        worker.stop()
+        t.join(20)
+    assert not t.is_alive()
+    return worker
+
+
 def test_worker_dead_letters(tmp_path, broker, capsys, settings):  # noqa: F811
     """Records the hub refuses are dead-lettered with the record; the others are written.
     On both event stores (SQLite, PostgreSQL); the dead letters live in the data directory."""
     from hub.cli import main
-    from hub.worker import IngestWorker
 
     topic = f"hub.bad.{settings.database_url and 'pg' or 'sqlite'}"
     broker.create_topic(topic, partitions=1)
@@ -167,22 +190,8 @@ def test_worker_dead_letters(tmp_path, broker, capsys, settings):  # noqa: F811
             "deletes": []}
     invalid = {**good, "unit_id": "u2",
                "resources": [{"resourceType": "Patient", "id": "w2", "gender": "sometimes"}]}
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
-    for value in (orjson.dumps(good), b"not json at all", orjson.dumps(invalid)):
-        producer.send(topic, key=b"k", value=value)
-    producer.flush()
-    producer.close()
-
-    worker = IngestWorker(settings, broker.bootstrap, [topic], group=f"dl-{topic}",
-                          consumer=FAST_GROUP)
-    t = threading.Thread(target=worker.run, kwargs={"install_signals": False})
-    t.start()
-    try:
-        wait_until(lambda: worker.stats["written"] + worker.stats["failed"] >= 3, 30,
-                   what="three records")
-    finally:
-        worker.stop()
-        t.join(20)
+    worker = _worked_through(settings, broker, topic, f"dl-{topic}",
+                             [orjson.dumps(good), b"not json at all", orjson.dumps(invalid)])
     assert worker.stats["written"] == 1 and worker.stats["failed"] == 2
 
     args = ["--data-dir", str(settings.data_dir)]
@@ -209,7 +218,6 @@ def test_worker_goes_on_past_poison_and_writes_each_unit_as_its_institution(tmp_
     as no one's, which any hospital could then overwrite), and a unit claiming another
     hospital's record is refused as a REST write of it is."""
     from hub.core.ingest import Hub
-    from hub.worker import IngestWorker
 
     topic = f"hub.poison.{settings.database_url and 'pg' or 'sqlite'}"
     broker.create_topic(topic, partitions=1)
@@ -226,23 +234,7 @@ def test_worker_goes_on_past_poison_and_writes_each_unit_as_its_institution(tmp_
                b"[" * 600 + b"]" * 600,
                unit("b1", "H0002", "theirs1", gender="male"),  # another hospital, same poll
                unit("b2", "H0002", "own1", gender="male")]  # H0002 claims H0001's record
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
-    for value in records:
-        producer.send(topic, key=b"k", value=value)
-    producer.flush()
-    producer.close()
-
-    worker = IngestWorker(settings, broker.bootstrap, [topic], group=f"p-{topic}",
-                          consumer=FAST_GROUP)
-    t = threading.Thread(target=worker.run, kwargs={"install_signals": False})
-    t.start()
-    try:
-        wait_until(lambda: worker.stats["written"] + worker.stats["failed"] >= 6, 30,
-                   what="six records")
-    finally:
-        worker.stop()
-        t.join(20)
-    assert t.is_alive() is False
+    worker = _worked_through(settings, broker, topic, f"p-{topic}", records)
     assert worker.stats["written"] == 2 and worker.stats["failed"] == 4
     hub = Hub(settings.open_store())
     try:

@@ -10,6 +10,8 @@ resolves no entities, loads no DTD and fetches nothing from the network.
 
 from __future__ import annotations
 
+from typing import cast
+
 from fastapi import Request
 from lxml import etree
 
@@ -42,6 +44,18 @@ _ANSWERS = {
 
 
 def answer_type(request: Request) -> str | None:
+    """The media type to answer in (see ``_answer_type``), worked out once per request: the
+    format check, the answer and the XML test each ask."""
+    found = request.scope.get("hub.answer_type", _UNSET)
+    if found is _UNSET:
+        found = request.scope["hub.answer_type"] = _answer_type(request)
+    return cast(str | None, found)
+
+
+_UNSET = object()
+
+
+def _answer_type(request: Request) -> str | None:
     """The media type to answer in: ``_format`` if given, else the ``Accept`` type of the highest
     quality (RFC 9110 12.5.1: ``q`` values; on a tie, JSON, then the first named) that the hub
     writes; FHIR JSON when nothing is asked; None when nothing asked for can be written."""

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hub.auth.clients import REGISTRY_FILE
 from hub.auth.verifier import Verifier
 from hub.core.sqlitefile import connection, create
 
@@ -20,7 +21,7 @@ SESSION_S = 8 * 3600
 def session_log(state: Any) -> SessionLog:
     """The session log of an application's ``state`` (its data directory's), opened once."""
     if getattr(state, "console_sessions", None) is None:
-        state.console_sessions = SessionLog(state.settings.data_dir / "auth.sqlite")
+        state.console_sessions = SessionLog(state.settings.data_dir / REGISTRY_FILE)
     return state.console_sessions
 
 

@@ -18,7 +18,7 @@ from hub.api.caller import authorize
 from hub.console.common import check_csrf, page, router, say
 from hub.core.access import Action
 
-COUNTS = ("received", "converted", "delivered", "failed", "lag", "deadletters")
+COUNTS = daemons.COUNTS
 
 
 def _registry(request: Request) -> daemons.DaemonRegistry:

@@ -431,11 +431,12 @@ class Hub:
             if head is not None and not head.deleted:
                 (retiring if _replaced_by(op.d) else wanted).append(i)
         self._read_replaced(ops, wanted + retiring, replaced)
+        kept = set(wanted)
         for i in planned:  # the mark of what a message clears is never stored
             op = ops[i]
             if op.rtype == "Patient" and op.d is not None:
                 gone = cleared.take(op.d)
-                if i in wanted:
+                if i in kept:
                     _keep_unsaid(op.d, replaced[i][1] if i in replaced else None, gone)
         for i in retiring:
             self._keep_content(ops[i], replaced[i][1] if i in replaced else None)
@@ -453,7 +454,6 @@ class Hub:
                         and isinstance(x.get("other"), dict)}
             if not links or any(x["other"].get("reference") in replaces for x in links):
                 continue
-            assert op.d is not None
             op.d = {**op.d, "active": False, "link": [*(op.d.get("link") or ()), *links]}
             op.warnings.append(Issue(
                 "business-rule", f"Patient/{op.target} was merged into "
@@ -474,10 +474,9 @@ class Hub:
         d = op.d
         kept: dict[str, Any] = {k: v for k, v in body.items() if k not in ("meta", "id")}
         for key in ("identifier", "name"):
-            mine = list(kept.get(key) or ())
-            mine += [x for x in d.get(key) or () if x not in mine]
-            if mine:
-                kept[key] = mine
+            joined = _joined(kept.get(key), d.get(key))
+            if joined:
+                kept[key] = joined
         survivors = {x["other"].get("reference") for x in _replaced_by(d)}
         # its own earlier links out: another retirement, and a ``replaces`` of the record now
         # named its survivor (A into B, then B into A)
@@ -672,13 +671,24 @@ def _keep_unsaid(d: dict, stored: Any, gone: set[str]) -> None:
         if stem in _KEPT_UNSAID and stem not in said and stem not in gone:
             d[k] = v
     if "identifier" not in gone:
-        mine = list(d.get("identifier") or ())
-        keys = {(i.get("system"), i.get("value")) for i in mine if isinstance(i, dict)}
-        for ident in stored.get("identifier") or ():
-            if isinstance(ident, dict) and (ident.get("system"), ident.get("value")) not in keys:
-                mine.append(ident)
-        if mine:
-            d["identifier"] = mine
+        joined = _joined(d.get("identifier"), stored.get("identifier"))
+        if joined:
+            d["identifier"] = joined
+
+
+def _joined(first: Any, then: Any) -> list:
+    """The items of ``first``, then those of ``then`` not among them (an identifier counted
+    as its system and value: the same number with another ``type`` or period is the same)."""
+    def key(x: Any) -> Any:
+        return (x.get("system"), x.get("value")) if isinstance(x, dict) and "value" in x else \
+            orjson.dumps(x, option=orjson.OPT_SORT_KEYS)
+    out = list(first or ())
+    seen = {key(x) for x in out}
+    for x in then or ():
+        if key(x) not in seen:
+            seen.add(key(x))
+            out.append(x)
+    return out
 
 
 def _stem(key: str) -> str:
@@ -727,7 +737,7 @@ def _rewrite(node: dict, tname: str, resolve: Callable[[str], str], full_urls: d
         if isinstance(v, str):
             if k in links:
                 new = resolve(v) if k == "reference" and tname == "Reference" else full_urls.get(v, v)
-                if new is not v and new != v:
+                if new != v:
                     undo.append((node, k, v))
                     node[k] = new  # same keys: safe while iterating
             elif k == "div" and tname == "Narrative" and "urn:uuid:" in v:
