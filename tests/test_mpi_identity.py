@@ -147,6 +147,36 @@ def test_no_decision_moves_a_deleted_record(hub, svc):
     assert groups(svc) == [["Patient/d1", "Patient/d3"], ["Patient/d2"]]
 
 
+def test_a_deleted_record_withdraws_the_reviews_about_it(hub, svc):
+    """Deleting a Patient closes the reviews it is the subject of, and those left with no live
+    candidate (outcome withdrawn); a review with a live candidate left stays. They stayed open
+    on the stewards' queue, each to be refused when decided."""
+    put_patients(hub, *((f"w{i}", None) for i in range(1, 5)))
+    svc.auto_decide("Patient/w1", "new", [], 1.0, {}, "r1")
+    svc.auto_decide("Patient/w2", "review", ["Patient/w1"], 0.7, {}, "r1")
+    svc.auto_decide("Patient/w3", "review", ["Patient/w1", "Patient/w2"], 0.7, {}, "r1")
+    svc.auto_decide("Patient/w4", "review", ["Patient/w3"], 0.7, {}, "r1")
+
+    def still_open():
+        svc.sync()
+        with svc.person.read() as c:
+            return sorted(r["patient"] for r in svc.person.open_reviews(c))
+
+    assert still_open() == ["Patient/w2", "Patient/w3", "Patient/w4"]
+    for rid in ("w1", "w4"):
+        hub.execute([Op("DELETE", "Patient", rid, url=f"Patient/{rid}")], Context(), atomic=True)
+        svc.auto_decide(f"Patient/{rid}", "deleted", [], 0.0, {}, "r1")
+    assert still_open() == ["Patient/w3"]  # w2 is still a live candidate of it
+    closed = [r for r in svc.person.reviews(status=None) if r["patient"] == "Patient/w2"]
+    assert closed[0]["outcome"] == "withdrawn"
+    svc.auto_decide("Patient/w4", "deleted", [], 0.0, {}, "r1")  # again: nothing more
+    hub.execute([Op("DELETE", "Patient", "w2", url="Patient/w2")], Context(), atomic=True)
+    svc.auto_decide("Patient/w2", "deleted", [], 0.0, {}, "r1")
+    assert still_open() == []
+    with pytest.raises(ValueError):
+        svc.auto_decide("Patient/w2", "deleted", ["Patient/w3"], 0.0, {}, "r1")
+
+
 def test_a_merge_chain_of_any_length_keeps_every_patient_and_closes_no_loop(hub, svc):
     """Seventy persons merged one into the next: the last holds all seventy Patients, and
     merging it back into the first is refused. The chain was followed 64 steps only: two

@@ -381,6 +381,9 @@ def test_incremental_matcher_follows_patient_events(hub, tmp_path):
     assert follower.position() == index.position() == hub.store.max_notification_id()
     counts = rematch_all(index, follower.matcher, lambda *a: None)
     assert counts == {"link": 3, "review": 0, "new": 0}
+    hub.execute([Op("DELETE", "Patient", "c", url="Patient/c")], Context(), atomic=True)
+    runner.catch_up()
+    assert calls[-1][:3] == ("Patient/c", "deleted", [])  # its open reviews close
     # a rebuild of the index gives the same rows
     before = index.stats()
     Runner(hub.store, index).rebuild()

@@ -24,6 +24,8 @@ Rules:
   the matcher never moves a Patient out of a person holding a user's decision either, and joins
   such a person only with a single Patient (a whole cluster could undo a steward's split);
 - a pair marked not-duplicate is never linked by the matcher: ``link``/``review`` become ``new``;
+- a deleted Patient's open reviews close (outcome ``withdrawn``, the matcher's ``deleted``
+  decision), as do those left with no live candidate: no steward is asked about a record gone;
 - assurance of a link: ``level4`` a user decided, ``level3`` the matcher linked (or the Patient
   founded its own person), ``level2`` the Patient waits in its own person for a review.
 
@@ -49,7 +51,7 @@ from hub.mpi.identifiers import Roles
 from projections.person import PersonProjection
 from projections.runner import Runner
 
-DECISIONS = ("link", "review", "new")
+DECISIONS = ("link", "review", "new", "deleted")
 ASSURANCE_USER, ASSURANCE_MATCH, ASSURANCE_REVIEW = "level4", "level3", "level2"
 _REF = re.compile(r"^Patient/[A-Za-z0-9\-.]{1,128}$")
 _PERSON_ID = re.compile(r"^[A-Za-z0-9\-.]{1,128}$")
@@ -254,6 +256,10 @@ class IdentityService:
             alive.update(self.store.current_ids("Patient", ids[i:i + 900]))
         todo = []
         for p, decision, cands, extra in chunk:
+            if decision == "deleted":
+                if p.split("/", 1)[1] not in alive:  # not re-created since
+                    todo.append((p, decision, [], extra))
+                continue
             if p.split("/", 1)[1] not in alive:
                 continue
             cands = [x for x in cands if x.split("/", 1)[1] in alive]
@@ -326,9 +332,12 @@ class IdentityService:
                 P._apply_one(c, ev)
             out.extend(evs)
 
+        base = self._base(MATCHER, MATCHER, **extra)
+        if decision == "deleted":
+            emit(*self._withdraw(c, p, base))
+            return out
         if not cands:
             decision = "new"
-        base = self._base(MATCHER, MATCHER, **extra)
         link = P.link_of(c, p)
         if link is not None and link["manual"]:
             return []  # a user decided: the matcher does not override
@@ -459,6 +468,20 @@ class IdentityService:
         """Pairs of Patient references marked "not the same person"."""
         self.sync()
         return self.person.blocked_pairs()
+
+    def _withdraw(self, c, patient: str, base: dict) -> list[IdentityEvent]:
+        """Close the reviews about a deleted Patient: those it is the subject of, and those whose
+        candidates are all deleted now (with live ones left, the review stays: accepting the
+        deleted candidate is refused)."""
+        out = []
+        for r in self.person.reviews_involving(c, patient):
+            if r["patient"] != patient:
+                rest = [x.split("/", 1)[1] for x in r["candidates"] if x != patient]
+                if rest and self.store.current_ids("Patient", rest):
+                    continue
+            out.append(IdentityEvent("ReviewClosed", {**base, "review": r["id"],
+                                                      "outcome": "withdrawn"}))
+        return out
 
     def _supersede(self, c, patient: str, base: dict, outcome: str) -> list[IdentityEvent]:
         return [IdentityEvent("ReviewClosed", {**base, "review": r["id"], "outcome": outcome})
@@ -713,6 +736,8 @@ def _auto_item(patient_ref: str, decision: str, candidate_refs: list[str], score
         raise ValueError(f"decision must be one of {DECISIONS}, not {decision!r}")
     p = patient_ref_strict(patient_ref)
     cands = [patient_ref_strict(x) for x in candidate_refs if x != p]
+    if decision == "deleted" and cands:
+        raise ValueError("a deleted decision has no candidates")
     if decision in ("link", "review") and not cands:
         raise ValueError(f"a {decision} decision needs candidates")
     extra = {"score": float(score) if score is not None else None,

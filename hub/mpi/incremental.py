@@ -17,7 +17,8 @@ The callback is the identity service's ``IdentityService.auto_decide`` (``decide
 ``auto_decide_many``, the same decisions batched; ``hub.mpi.identity``), which
 records the decision as an identity event unless a person already decided about that Patient; it
 must be idempotent, since a crash between 3 and 4 calls it again for the same batch (at least once).
-A deleted Patient is removed from the index and not matched. ``rematch_all`` runs the same decisions
+A deleted Patient is removed from the index and not matched; the ``deleted`` decision closes its
+open reviews. ``rematch_all`` runs the same decisions
 over every indexed Patient (``hub mpi rematch``).
 """
 
@@ -152,6 +153,12 @@ class IncrementalMatcher:
         batch: list[Decision] = []
         for stream, n in newest.items():
             if KIND_OF_TOPIC.get(n.topic) == "deleted":
+                # its open reviews close: no steward is asked about a record gone
+                args = (stream, "deleted", [], 0.0, {}, self.matcher.weights.ruleset)
+                if self.decide_many is None:
+                    self.decide(*args)
+                else:
+                    batch.append(args)
                 continue
             f = self.index.features_of(stream)
             if f is None:
