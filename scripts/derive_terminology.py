@@ -13,6 +13,10 @@ Inputs, read at derivation time only (nothing reads ../shared at run time):
   systems named in the mappers' source (fhir_mapping/, hub/synth/), those of the required bindings of
   the resource types they produce (fhir_mapping/tables/element_types.json), and fhir.yaml `value_sets`.
 - ../shared/fhir-r4/v2-tables.json: the HL7 v2 tables of fhir.yaml `v2_tables`.
+- HL7 Terminology (THO), the npm package ``hl7.terminology.r4`` (CC0; fetched once with
+  ``npm pack`` into .cache/npm): the code systems the above name but the R4 definitions do not
+  carry (the v3 ones: MaritalStatus, NullFlavor, ObservationInterpretation, RoleCode, ...), so that
+  the value sets shipped can be expanded.
 
 Official resources are copied as they are, minus their narrative (``text``) and the translations
 of concept comments the R4B models refuse (see ``strip``). Output is one file per
@@ -29,7 +33,9 @@ import collections
 import csv
 import json
 import re
+import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import yaml
@@ -50,6 +56,8 @@ OWN_FILE = re.compile(r"^(CodeSystem|ValueSet|NamingSystem)-[A-Za-z0-9.\-]+\.jso
 SYSTEM_URL = re.compile(r"https?://(?:terminology\.hl7\.org/CodeSystem|hl7\.org/fhir)/[A-Za-z0-9.\-]+"
                         r"(?:/[A-Za-z0-9.\-]+)?")
 HL7 = "urn:hl7-org:v3"
+THO = ("hl7.terminology.r4", "7.0.1")
+THO_SYSTEM = "http://terminology.hl7.org/CodeSystem/"
 
 
 def natural(code: str) -> tuple:
@@ -364,6 +372,35 @@ def mapper_system_urls() -> set[str]:
     return found
 
 
+def tho_package() -> Path:
+    """The unpacked HL7 Terminology package (``npm pack`` once into .cache/npm, as the Makefile
+    fetches the console's chart library)."""
+    name, version = THO
+    where = ROOT / ".cache" / "npm" / f"{name}-{version}"
+    if not (where / "package" / "package.json").exists():
+        where.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "pack", "--silent", f"{name}@{version}"], cwd=where, check=True,
+                       stdout=subprocess.DEVNULL)
+        with tarfile.open(where / f"{name}-{version}.tgz") as tar:
+            tar.extractall(where, filter="data")
+    return where / "package"
+
+
+def from_tho(urls: set[str]) -> dict[str, dict]:
+    """The THO CodeSystems of these URLs (those it has)."""
+    package = tho_package()
+    found = {}
+    for url in sorted(urls):
+        if not url.startswith(THO_SYSTEM):
+            continue
+        f = package / f"CodeSystem-{url.removeprefix(THO_SYSTEM)}.json"
+        if f.exists():
+            cs = json.loads(f.read_text("utf-8"))
+            if cs.get("url") == url:
+                found[url] = cs
+    return found
+
+
 def official(spec: dict) -> tuple[list[dict], list[str], dict[str, str]]:
     sys.path.insert(0, str(ROOT / "scripts"))
     from fhir_defs import complete_code_systems
@@ -375,16 +412,24 @@ def official(spec: dict) -> tuple[list[dict], list[str], dict[str, str]]:
         for e in json.loads((SHARED / "fhir-r4" / fname).read_text())["entry"]:
             r = e["resource"]
             (cs_by_url if r["resourceType"] == "CodeSystem" else vs_by_url)[r["url"]] = r
-            origin[f"{r['resourceType']}/{r['url']}"] = fname
+            origin[f"{r['resourceType']}/{r['url']}"] = f"`../shared/fhir-r4/{fname}`"
     notes: list[str] = []
     want_cs: set[str] = set()
     want_vs: set[str] = set()
     mentioned = mapper_system_urls()
+    # what the R4 definitions lack, from HL7 Terminology: systems the mappers name or the value
+    # sets they bind include
+    wanted_vs = set(spec["value_sets"]) | {u for u in mentioned if "/ValueSet/" in u}
+    named = mentioned | {inc.get("system") for u in wanted_vs if u in vs_by_url
+                         for inc in vs_by_url[u].get("compose", {}).get("include", ())} - {None}
+    for url, cs in from_tho({u for u in named if u not in cs_by_url}).items():
+        cs_by_url[url] = cs
+        origin[f"CodeSystem/{url}"] = f"HL7 Terminology `{THO[0]}@{THO[1]}`"
     for url in sorted(mentioned):
         if url in cs_by_url:
             want_cs.add(url)
         elif "/CodeSystem/" in url and not url.endswith("-") and not url.startswith("http://hl7.org/fhir/sid"):
-            notes.append(f"{url}: named by the mappers, not in the R4 definitions here")
+            notes.append(f"{url}: named by the mappers, not in the R4 definitions or HL7 Terminology here")
     by_codes = complete_code_systems()
     for codes in element_code_sets(spec["mapped_resource_types"]):
         want_cs.update(by_codes.get(codes, ()))
@@ -402,7 +447,7 @@ def official(spec: dict) -> tuple[list[dict], list[str], dict[str, str]]:
             want_vs.add(vs)
     for url in list(want_cs):
         vs = cs_by_url[url].get("valueSet")
-        if vs in vs_by_url:
+        if vs in vs_by_url and not origin[f"CodeSystem/{url}"].startswith("HL7 Terminology"):
             want_vs.add(vs)
     for url in sorted(want_vs):
         for inc in vs_by_url[url].get("compose", {}).get("include", ()):
@@ -410,7 +455,7 @@ def official(spec: dict) -> tuple[list[dict], list[str], dict[str, str]]:
             if s in cs_by_url:
                 want_cs.add(s)
             elif s and not s.startswith(BASE):
-                notes.append(f"{url} includes {s}, which is not in the R4 definitions here")
+                notes.append(f"{url} includes {s}, which is not in the R4 definitions or HL7 Terminology here")
     out = [strip(cs_by_url[u]) for u in sorted(want_cs)] + [strip(vs_by_url[u]) for u in sorted(want_vs)]
     src = {f"{r['resourceType']}-{r['id']}.json": origin[f"{r['resourceType']}/{r['url']}"] for r in out}
     return out, sorted(set(notes)), src
@@ -495,7 +540,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in samp:
         source[f"{r['resourceType']}-{r['id']}.json"] = "codes used by `../shared/samples/` documents"
     off, official_notes, off_src = official(spec)
-    source.update({k: f"`../shared/fhir-r4/{v}`" for k, v in off_src.items()})
+    source.update(off_src)
     resources = nat + icd + samp + off
 
     order = {"CodeSystem": 0, "ValueSet": 1, "NamingSystem": 2}
@@ -516,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
             old.unlink()
             print(f"removed {old.name}")
     notes = {"Left out of the partial national tables (from the samples)": sample_notes,
-             "Not available in the R4 definitions here": official_notes}
+             "Not available in the R4 definitions or HL7 Terminology here": official_notes}
     (args.out / "README.md").write_text(readme(resources, source, notes), "utf-8")
     init = args.out / "__init__.py"
     if not init.exists():

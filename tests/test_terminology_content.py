@@ -83,6 +83,34 @@ def test_nothing_reads_shared_at_run_time():
         assert not [v for v in strings if "shared" in v or "fhir-r4" in v], module
 
 
+def test_every_shipped_value_set_expands_and_knows_its_codes(tmp_path):
+    """Loaded as `hub terminology load --builtin` loads them, each shipped ValueSet expands
+    with no code system missing, and the v3 codes a mapper or a core binding uses validate.
+    marital-status, observation-interpretation and relatedperson-relationshiptype answered 404:
+    their v3 code systems were not shipped."""
+    from tests.test_terminology_operations import call, codes, out, serving
+
+    with serving(tmp_path, RESOURCES) as svc:
+        for url in sorted(VALUE_SETS):
+            status = call(svc, "ValueSet", "expand", [("url", url), ("count", "5")])
+            assert isinstance(status, dict), f"{url}: {status}"
+        marital = call(svc, "ValueSet", "expand",
+                       [("url", "http://hl7.org/fhir/ValueSet/marital-status")])
+        assert {"M", "S", "W", "UNK"} <= set(codes(marital))
+        for vs, system, code in (
+                ("http://hl7.org/fhir/ValueSet/observation-interpretation",
+                 "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "H"),
+                ("http://hl7.org/fhir/ValueSet/relatedperson-relationshiptype",
+                 "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "MTH")):
+            answer = out(call(svc, "ValueSet", "validate-code",
+                              [("url", vs), ("system", system), ("code", code)]))
+            assert answer["result"] is True, answer
+        answer = out(call(svc, "CodeSystem", "lookup",
+                          [("system", "http://terminology.hl7.org/CodeSystem/v3-ActCode"),
+                           ("code", "AMB")]))
+        assert answer["display"] == "ambulatory"
+
+
 def test_files_named_after_their_resource_and_no_narrative():
     for name, r in zip(builtin_files(), RESOURCES):
         assert name == f"{r['resourceType']}-{r['id']}.json"
