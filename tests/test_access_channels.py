@@ -182,6 +182,29 @@ def test_a_patient_token_writes_only_its_own_compartment(bare):
 
 # -- with consents --------------------------------------------------------------------------------
 
+def test_a_patient_scope_without_a_patient_in_context_grants_nothing(bare):
+    """patient/ scopes are about the patient in context: a token holding them but naming no
+    patient read the whole region (as a system/ scope would), and the hub's own token endpoint
+    handed such tokens out to any client allowed patient/ scopes."""
+    p = patient(rid=unique()[:16])
+    obs = _obs(p["id"], "X", "urn:x")
+    _write(bare, p, obs)
+    token = Signer(bare.settings.data_dir).issue(
+        {"iss": bare.origin + "/auth", "aud": bare.base, "sub": "no-context",
+         "scope": "patient/*.cruds", "hub_roles": ["connector"]}, 300)
+    with _http(bare, token) as c:
+        assert c.get(f"/Observation/{obs['id']}").status_code == 403
+        assert c.get("/Patient", params={"_summary": "count"}).status_code == 403
+        assert c.put(f"/Observation/{obs['id']}", json=obs).status_code == 403
+    with _http(bare, _patient_token(bare, p["id"])) as c:  # with its patient: its records
+        assert c.get(f"/Observation/{obs['id']}").status_code == 200
+    asking = bare.client_auth(roles=("clinician",), scope="patient/*.rs")
+    with pytest.raises(httpx.HTTPStatusError) as e:
+        asking.token()
+    assert e.value.response.status_code == 400
+    assert "patient in context" in e.value.response.json()["error_description"]
+
+
 def test_a_versioned_subject_reference_is_the_patients(guarded):
     p = patient(rid=unique()[:16])
     plain, versioned = _obs(p["id"]), _obs(p["id"])

@@ -162,6 +162,15 @@ def test_assertion_expiring_too_far_ahead(hub):
             401, "invalid_client", "5 minutes")
 
 
+def test_assertion_times_that_are_not_numbers(hub):
+    """A NumericDate written as a string was a 500 (PyJWT takes it, the lifetime check did not)."""
+    for claim in ("exp", "iat", "nbf"):
+        when = int(time.time()) + (60 if claim == "exp" else 0)
+        extra = {"exp": str(when)} if claim == "exp" else {claim: str(when)}
+        refused(hub.token(hub.form(hub.assertion(hub.rsa.client_id, **extra))),
+                401, "invalid_client", f"{claim} must be a number")
+
+
 def test_assertion_without_exp_or_jti(hub):
     refused(hub.token(hub.form(hub.assertion(hub.rsa.client_id, exp=None))), 401, "invalid_client", "'exp'")
     refused(hub.token(hub.form(hub.assertion(hub.rsa.client_id, jti=None))), 401, "invalid_client", "'jti'")

@@ -9,6 +9,7 @@ proof, which is why the open policy is the only one that trusts them.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -79,14 +80,21 @@ def _from_token(request: Request, verifier: Any) -> Actor:
     roles = claims.get("hub_roles")
     institution = claims.get("hub_institution")
     patient = claims.get("patient")
+    patient = patient if isinstance(patient, str) and patient else None
     return Actor(subject=str(claims.get("sub") or claims.get("client_id") or "unknown")[:128],
                  kind="user" if claims.get("fhirUser") else "client",
                  roles=frozenset(r for r in roles if isinstance(r, str))
                  if isinstance(roles, list) else frozenset(),
-                 scopes=tuple(scope.split()) if isinstance(scope, str) else (),
+                 scopes=in_context(scope.split() if isinstance(scope, str) else (), patient),
                  institution=institution if isinstance(institution, str) and institution else None,
-                 purpose=purpose_of(request),
-                 patient=patient if isinstance(patient, str) and patient else None)
+                 purpose=purpose_of(request), patient=patient)
+
+
+def in_context(scopes: Iterable[str], patient: str | None) -> tuple[str, ...]:
+    """The scopes a token holds that grant anything: a ``patient/`` scope is about the patient
+    in context, so without a ``patient`` claim it grants nothing (it granted the whole region,
+    as a ``system/`` scope would)."""
+    return tuple(s for s in scopes if patient is not None or not s.startswith("patient/"))
 
 
 def _from_console_session(request: Request) -> Actor:
@@ -108,7 +116,7 @@ def _from_console_session(request: Request) -> Actor:
     return Actor(subject=str(claims.get("sub"))[:128], kind="user",
                  roles=frozenset(r for r in roles if isinstance(r, str))
                  if isinstance(roles, list) else frozenset(),
-                 scopes=tuple(str(claims.get("scope") or "").split()), purpose=None)
+                 scopes=in_context(str(claims.get("scope") or "").split(), None), purpose=None)
 
 
 def _from_headers(request: Request) -> Actor:

@@ -76,10 +76,13 @@ def issue_for_client(form: dict[str, str], registry: ClientRegistry, signer: Sig
         requested = parse_scopes(requested_text)
     except FhirError as e:
         raise OAuthError(400, "invalid_scope", str(e)) from None
-    granted = narrow(requested, parse_scopes(client.scopes))
+    # a backend service has no patient in context: a patient/ scope would name no one
+    granted = [s for s in narrow(requested, parse_scopes(client.scopes)) if s.context != "patient"]
     if not any(s.is_resource for s in granted):
         raise OAuthError(400, "invalid_scope",
-                         f"None of the scopes asked for ({requested_text}) is allowed to this client")
+                         f"None of the scopes asked for ({requested_text}) is allowed to this client"
+                         + ("; patient/ scopes need a patient in context, which a backend "
+                            "service token has not" if "patient/" in requested_text else ""))
     # the assertion is spent only once everything else is settled: a refusal can be retried
     if not registry.use_jti(client.client_id, claims["jti"], float(claims["exp"]) + CLOCK_SKEW_S):
         raise _invalid_client("This client assertion (its jti) was used before; sign a new one")
@@ -131,6 +134,12 @@ def _authenticate(assertion: str, registry: ClientRegistry, token_url: str) -> t
             raise _invalid_client(describe(e, "The client assertion")) from None
     else:
         raise _invalid_client(describe(failure or jwt.InvalidSignatureError(), "The client assertion"))
+    for name in ("exp", "iat", "nbf"):
+        # a NumericDate is a JSON number; PyJWT takes "1796573000" too, which then failed the
+        # comparison below as a 500
+        value = claims.get(name)
+        if name in claims and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise _invalid_client(f"The client assertion's {name} must be a number of seconds")
     if claims["exp"] > time.time() + MAX_ASSERTION_LIFETIME_S + CLOCK_SKEW_S:
         raise _invalid_client(f"The client assertion expires more than {MAX_ASSERTION_LIFETIME_S // 60}"
                               " minutes from now; make it short-lived")
