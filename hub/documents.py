@@ -82,6 +82,8 @@ class DocumentService:
         try:
             results = self._write(conversion.resources, ctx)
         except FhirError as e:  # mapper output the hub refuses: a mapper bug, kept for replay
+            if e.status in (401, 403):
+                raise  # what this sender may not write is never kept (a replay writes as the hub)
             reason = "; ".join(i.diagnostics for i in e.issues)[:1000]
             return self._refuse(payload, source, ctx,
                                 self._error_report(payload, source, now, reason, None), reason)

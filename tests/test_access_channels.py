@@ -205,6 +205,41 @@ def test_a_patient_scope_without_a_patient_in_context_grants_nothing(bare):
     assert "patient in context" in e.value.response.json()["error_description"]
 
 
+def test_what_a_caller_may_not_write_is_refused_over_v3_and_cda_and_never_kept(bare):
+    """A reader's v3 registration and CDA document were answered "refused, kept for replay":
+    a routine `hub quarantine replay` then stored them as the hub itself. Refused (403) and
+    kept nowhere; a connector's are taken in."""
+    from pathlib import Path
+
+    from hub.quarantine import Quarantine
+
+    fixtures = Path(__file__).parent / "fixtures"
+    register = (fixtures / "hl7v3" / "patient-register.xml").read_bytes()
+    document = (fixtures / "cda" / "C0030-critical-condition-notice.xml").read_bytes()
+    xml = {"content-type": "application/xml"}
+
+    def kept() -> int:
+        q = Quarantine(bare.settings.data_dir / "quarantine.sqlite")
+        try:
+            return len(q.list())
+        finally:
+            q.close()
+
+    before = kept()
+    reader = bare.client_auth(roles=("clinician",), scope="system/*.rs")
+    with httpx.Client(base_url=bare.origin, timeout=60, auth=reader) as c:
+        r = c.post("/v3", content=register, headers=xml)
+        assert r.status_code == 403 and b'typeCode="AR"' in r.content, r.text[:300]
+        assert c.post("/v3", content=b"<x/>", headers=xml).status_code == 400  # and not kept
+        assert c.post("/cda", content=document, headers=xml).status_code == 403
+        assert c.post("/cda", content=b"<ClinicalDocument/>", headers=xml).status_code == 403
+    assert kept() == before
+    with httpx.Client(base_url=bare.origin, timeout=60, auth=bare.h1) as c:
+        r = c.post("/v3", content=register, headers=xml)
+        assert r.status_code == 200 and b'typeCode="AA"' in r.content, r.text[:300]
+        assert c.post("/cda", content=document, headers=xml).status_code in (200, 201)
+
+
 def test_a_versioned_subject_reference_is_the_patients(guarded):
     p = patient(rid=unique()[:16])
     plain, versioned = _obs(p["id"]), _obs(p["id"])

@@ -17,8 +17,9 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from fhir_mapping.base import SourceInfo
-from hub.api.caller import context_of, recorded_institution
+from hub.api.caller import authorize, recorded_institution
 from hub.api.responses import base_url, fhir_response
+from hub.core.access import Action
 from hub.core.errors import FhirError, bad_request
 
 router = APIRouter()
@@ -43,12 +44,14 @@ async def post_cda(request: Request) -> Response:
     if ctype not in XML_TYPES:
         raise FhirError(415, "not-supported", f"Content-Type {ctype or '(none)'!r} is not supported;"
                         " send a CDA document as application/xml")
+    # a document writes: a writer's role and scope, checked before anything is kept (a
+    # quarantined document is replayed as the hub itself)
+    ctx = authorize(request, Action("create", "DocumentReference"))
     payload = await request.body()
     if not payload.strip():
         raise bad_request("The request body is empty")
     service = request.app.state.documents
-    result = await run_in_threadpool(service.ingest_cda, payload, source_of(request),
-                                     context_of(request))
+    result = await run_in_threadpool(service.ingest_cda, payload, source_of(request), ctx)
     headers = {}
     if result.document_ref:
         base = base_url(request, request.app.state.settings.base_url)

@@ -245,6 +245,9 @@ def _handle(request: Request, raw: bytes, reply_type: str, service: str = "") ->
         msg = parse(raw)  # well-formed, safe, v3 namespace, a known interaction, has an id
     except MappingError as e:
         _log("", "", e.code, e.rule or "")
+        if _refused_writer(request) is not None:  # kept only from a sender that may write
+            return ack_response(raw, e.code, e.reason + " (not kept: this caller does not "
+                                "write)", 400, reply_type)
         # kept like every refusal: an interaction supported later is replayed then
         return _kept(request, raw, _source(request), e.code, e.reason, e.rule or "", reply_type,
                      _root_name(raw))
@@ -252,6 +255,16 @@ def _handle(request: Request, raw: bytes, reply_type: str, service: str = "") ->
     if spec["kind"] == "query":
         return _query(request, raw, msg.interaction, reply_type, service)
     return _register(request, raw, msg, reply_type)
+
+
+def _refused_writer(request: Request) -> FhirError | None:
+    """Why the caller may not write a registration (None: it may). Only what a writer sent is
+    kept for replay: a replay writes as the hub itself."""
+    try:
+        authorize(request, Action("create", "Patient"))
+    except FhirError as e:
+        return e
+    return None
 
 
 def _root_name(raw: bytes) -> str | None:
@@ -342,6 +355,15 @@ def _register(request: Request, raw: bytes, msg: Any, reply_type: str) -> Respon
         # kept for replay (hub quarantine replay), as documents are
         return _kept(request, raw, source, code, text, rule, reply_type, msg.interaction)
 
+    def forbidden(e: FhirError) -> Response:
+        # never kept: a replay writes as the hub itself, which would carry out what this caller
+        # may not do (a registration from a reader, a record of another institution)
+        _log(msg.interaction, mid, "AR", "v3.forbidden")
+        return ack_response(raw, "AR", _issues(e), e.status, reply_type)
+
+    refused = _refused_writer(request)  # a registration writes: checked before anything
+    if refused is not None:
+        return forbidden(refused)
     try:
         conv, results = v3intake.register(repo, raw, source, ctx,
                                           stored_maps() if stored_maps is not None else None, now())
@@ -353,6 +375,8 @@ def _register(request: Request, raw: bytes, msg: Any, reply_type: str) -> Respon
             _log(msg.interaction, mid, "AE", "v3.hub-busy")
             return ack_response(raw, "AE", "The hub is busy: " + _issues(e) + "; retry", 503,
                                 reply_type, {"Retry-After": "1"})
+        if e.status in (401, 403):
+            return forbidden(e)
         return refuse("AE", "The hub refused the message: " + _issues(e), "v3.hub-refused")
     written = [r for r in results if isinstance(r, Result)]
     routes = getattr(request.app.state, "routes", None)
