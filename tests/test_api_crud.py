@@ -280,6 +280,25 @@ def test_conditional_update_no_match_creates(client):
     assert client.get(f"/Patient/{rid}").json()["identifier"] == d["identifier"]
 
 
+def test_conditional_update_no_match_with_the_id_of_another_record_is_409(client):
+    """No match, and the body carries the id of a stored record: 409 (R4B), not an update of
+    that record. It replaced another person's Patient (its resident ID and name gone)."""
+    other = patient()
+    rid = create(client, other).json()["id"]
+    d = dict(patient(), id=rid)  # someone else, under the stored record's id
+    r = client.put("/Patient", params={"identifier": token(d)}, json=d, headers=FHIR_JSON)
+    assert_outcome(r, 409)
+    assert client.get(f"/Patient/{rid}").json()["identifier"] == other["identifier"]
+    tx = bundle("transaction", {"resource": d, "request": {
+        "method": "PUT", "url": f"Patient?identifier={token(d)}"}})
+    assert client.post("", json=tx, headers=FHIR_JSON).status_code == 409
+    assert etag_version(client.get(f"/Patient/{rid}")) == 1
+    # an id that names no stored record: created under it (update as create)
+    fresh = dict(patient(), id=unique())
+    r = client.put("/Patient", params={"identifier": token(fresh)}, json=fresh, headers=FHIR_JSON)
+    assert r.status_code == 201 and r.json()["id"] == fresh["id"], r.text
+
+
 def test_conditional_update_one_match_updates_it(client):
     d = patient()
     rid = create(client, d).json()["id"]

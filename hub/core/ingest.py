@@ -336,6 +336,14 @@ class Hub:
                         f"The body's id {body_id!r} differs from the matched {op.rtype}/{found[0]}",
                         f"{op.rtype}.id",
                     )
+                if not found and body_id and (
+                        any(e.target == body_id and e.rtype == op.rtype for e in earlier)
+                        or self.store.current_ids(op.rtype, [body_id])):
+                    # no match with an id that exists: a conflict (R4B), never an update of
+                    # the record that happens to carry the id (another person's Patient)
+                    raise conflict(f"No {op.rtype} matched the conditional update's criteria, "
+                                   f"and {op.rtype}/{body_id} exists: the body's id may only "
+                                   "create a new resource")
                 op.target = found[0] if found else (body_id or new_id())
             else:
                 op.target = found[0] if found else None
