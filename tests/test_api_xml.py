@@ -45,6 +45,17 @@ def test_searches_and_errors_answer_in_xml(client):
     assert client.get(f"/Patient/{rid}", headers={"accept": "application/fhir+json"}).json()["id"] == rid
 
 
+def test_what_xml_cannot_hold_is_refused_on_the_way_in_and_replaced_on_the_way_out(client):
+    """U+FFFE was stored, then every XML answer holding it was a 500 (or a dropped connection);
+    an answer echoing it from the query string still is XML, with U+FFFD in its place."""
+    for raw in ('{"resourceType":"Patient","name":[{"family":"a\ufffeb"}]}'.encode(),
+                b'{"resourceType":"Patient","name":[{"family":"a\\uFFFFb"}]}'):
+        r = client.post("/Patient", content=raw, headers={"content-type": "application/fhir+json"})
+        assert r.status_code == 400 and "U+FFF" in r.text, r.text
+    r = client.get("/Patient", params={"x\ufffey": "1", "_format": "xml", "_count": "1"})
+    assert r.status_code == 200 and "x\ufffdy" in r.text, r.text[:300]
+
+
 @pytest.mark.parametrize("accept,fmt,answered", [
     # a generic type asked for is answered in that type (http.html#mime-type)
     ("application/json", None, "application/json"),

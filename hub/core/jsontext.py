@@ -3,11 +3,11 @@
 - **Duplicate keys.** ``{"gender": "male", "gender": "female"}`` is valid JSON to orjson, pydantic
   and the ``json`` module alike, and each keeps the last value without a word: the hub would store
   a resource that is not what one reader of the same bytes sees.
-- **Control characters and lone surrogates in strings.** FHIR R4 strings match
+- **Control characters, lone surrogates and U+FFFE/U+FFFF in strings.** FHIR R4 strings match
   ``[ \\r\\n\\t\\S]+`` and may not hold code points below U+0020 other than tab, CR and LF; JSON
   escapes (``\\u0000``) carry them past the parser, and a lone surrogate (``\\ud800``, or a str a
   mapper built) is no Unicode text at all. NUL in particular breaks PostgreSQL text columns and
-  every C consumer downstream.
+  every C consumer downstream. U+FFFE and U+FFFF are noncharacters no XML document may hold.
 
 Both are checked on the bytes first, where nearly every body is ruled out in a few microseconds
 (the write path validates 5-8 thousand resources a second per core, so a check may cost little);
@@ -32,13 +32,17 @@ MAX_ISSUES = 20
 # In JSON text a control character inside a string can only be an escape (raw ones are a syntax
 # error): \b, \f or \u0000-\u001f; a surrogate is \ud800-\udfff (a valid pair matches too, and the
 # walk then finds nothing). An escaped backslash before "u0000" matches as well: the walk decides.
-_SUSPECT_ESCAPE = re.compile(rb"\\(?:[bf]|u(?:00[01]|[dD][89a-fA-F]))")
-_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+_SUSPECT_ESCAPE = re.compile(rb"\\(?:[bf]|u(?:00[01]|[dD][89a-fA-F]|[fF]{3}[eEfF]))")
+# U+FFFE and U+FFFF written as UTF-8: noncharacters no XML document may hold (the hub's XML
+# answers then failed, for every page holding the resource)
+_NONCHARACTERS = (b"\xef\xbf\xbe", b"\xef\xbf\xbf")
+_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def text_may_be_bad(raw: bytes) -> bool:
     """False when the JSON text ``raw`` surely holds no forbidden character in any string."""
-    return b"\\" in raw and _SUSPECT_ESCAPE.search(raw) is not None
+    return (b"\\" in raw and _SUSPECT_ESCAPE.search(raw) is not None) or \
+        any(n in raw for n in _NONCHARACTERS)
 
 
 def bad_text(node: Any, path: str, issues: list[Issue]) -> None:
@@ -49,7 +53,7 @@ def bad_text(node: Any, path: str, issues: list[Issue]) -> None:
         if not node.isprintable() and (m := _FORBIDDEN.search(node)) is not None:
             issues.append(Issue(
                 "invalid", f"The string holds U+{ord(m.group()):04X}: FHIR strings may not contain "
-                "control characters other than tab, CR and LF, nor lone surrogates",
+                "control characters other than tab, CR and LF, lone surrogates, nor U+FFFE/U+FFFF",
                 expression=path))
     elif isinstance(node, dict):
         for k, v in node.items():
