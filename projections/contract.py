@@ -39,13 +39,16 @@ class ReadModel(Protocol):
         """The last notification id applied (0 when empty)."""
         ...
 
-    def apply(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
+    def apply(self, notifications: Sequence[Notification], up_to: int | None = None,
+              since: int | None = None) -> None:
         """Apply in order, and record the last id, in one transaction. Nothing is applied twice:
         notifications at or below the recorded position are skipped (another follower applied
         them), or the whole batch is refused with eventsourcing's ``IntegrityError`` and rolled
         back (the tracking row refuses a position that does not advance). ``up_to``: the
         position to record when it is beyond the last notification (the events between were of
-        types the model does not follow)."""
+        types the model does not follow). ``since``: the position the batch was read after;
+        when the recorded one is below it now (a rebuild reset the model meanwhile), nothing is
+        applied: the batch would skip everything between and record a position past it."""
         ...
 
     def caught_up(self) -> None:

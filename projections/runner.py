@@ -125,7 +125,7 @@ class Runner:
                 covered = len(notes)
             if notes or up_to:
                 try:
-                    self.model.apply(notes, up_to=up_to)
+                    self.model.apply(notes, up_to=up_to, since=position)
                 except IntegrityError:
                     # Another process (a second API worker) applied this batch first; its
                     # tracking row refused ours and our rows were rolled back. Move on from there.

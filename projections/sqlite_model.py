@@ -124,16 +124,18 @@ class SQLiteReadModel(ReadModel):
     meta_table: str = ""  # its key/value table, with the 'writer' row that is the write lock
     tables: Sequence[str] = ()  # its own rows' tables
 
-    def apply(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
+    def apply(self, notifications: Sequence[Notification], up_to: int | None = None,
+              since: int | None = None) -> None:
         """Apply a batch and record the last id (or ``up_to``, the log's end, when the events
-        between were of types the model does not follow) in one transaction."""
+        between were of types the model does not follow) in one transaction; nothing when the
+        model was reset below ``since`` (the contract's)."""
         last = max(notifications[-1].id if notifications else 0, up_to or 0)
         if not last:
             return
         with self.datastore.transaction(commit=True) as c:
             done = self.locked_position(c)
-            if last <= done:
-                return  # all applied by another follower of this file
+            if last <= done or (since is not None and done < since):
+                return  # all applied by another follower of this file, or read before a reset
             self.apply_new(c, [n for n in notifications if n.id > done])
             record_position(self.tracking, c, self.name, last)
 

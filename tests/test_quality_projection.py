@@ -285,8 +285,8 @@ def test_the_projection_reads_only_reports_and_keeps_up_with_the_log(hub, model)
     runner = Runner(hub.store, model, batch=10)
     seen = []
     original = model.apply
-    model.apply = lambda notes, up_to=None: (seen.extend(n.originator_id for n in notes),
-                                              original(notes, up_to=up_to))
+    model.apply = lambda notes, up_to=None, since=None: (
+        seen.extend(n.originator_id for n in notes), original(notes, up_to=up_to, since=since))
     runner.catch_up()
     assert [s for s in seen if not s.startswith("OperationOutcome/")] == []
     assert model.position() == hub.store.max_notification_id() and runner.lag() == 0

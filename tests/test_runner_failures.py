@@ -19,11 +19,11 @@ class FailingIndex(SQLiteSearchIndex):
 
     failures = 0
 
-    def apply(self, notifications, up_to=None):
+    def apply(self, notifications, up_to=None, since=None):
         if self.failures > 0:
             self.failures -= 1
             raise OSError("database or disk is full")
-        return super().apply(notifications, up_to=up_to)
+        return super().apply(notifications, up_to=up_to, since=since)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

@@ -6,7 +6,6 @@ import uuid
 
 import orjson
 import pytest
-from eventsourcing.persistence import IntegrityError
 
 from hub.core.ingest import Context, Op
 from projections.runner import Runner
@@ -95,8 +94,7 @@ def test_a_batch_is_never_applied_twice(hub, index):
     notes = hub.store.notifications(1, 100)
     index.apply(notes)
     before = dump(index)
-    with pytest.raises(IntegrityError):
-        index.apply(notes)  # the tracking row refuses it, and the transaction rolls back
+    index.apply(notes)  # skipped: at or below the recorded position
     assert dump(index) == before
 
 
@@ -140,8 +138,7 @@ def test_two_processes_following_one_index_file_never_double_apply(hub, tmp_path
     a, b = Runner(hub.store, first, batch=4), Runner(hub.store, second, batch=4)
     a.step()
     stale = hub.store.notifications(1, 4)  # what b would apply if it had read before a wrote
-    with pytest.raises(IntegrityError):
-        second.apply(stale)
+    second.apply(stale, since=0)  # skipped: the position under the lock says a applied it
     b.step()  # b reads the position a left, applies the next batch
     a.catch_up()
     b.catch_up()

@@ -134,11 +134,12 @@ class IncrementalMatcher:
     def close(self) -> None:
         pass  # the index is closed by its owner
 
-    def apply(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
+    def apply(self, notifications: Sequence[Notification], up_to: int | None = None,
+              since: int | None = None) -> None:
         last = max(notifications[-1].id if notifications else 0, up_to or 0)
         done = self.position()
-        if last <= done:
-            return
+        if last <= done or (since is not None and done < since):
+            return  # applied already, or read before a reset
         if self.index.position() < last:
             self.index.apply(notifications, up_to=up_to)
         if self.index.bulk:

@@ -316,11 +316,12 @@ class ElasticsearchIndex:
 
     # -- the ReadModel contract ------------------------------------------------------------------
 
-    def apply(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
+    def apply(self, notifications: Sequence[Notification], up_to: int | None = None,
+              since: int | None = None) -> None:
         last = max(notifications[-1].id if notifications else 0, up_to or 0)
         done = self.position()
-        if last <= done:
-            return
+        if last <= done or (since is not None and done < since):
+            return  # applied already, or read before a rebuild's reset
         newest: dict[str, Notification] = {}
         first: dict[str, int] = {}  # the notification id a resource entered the index with
         for n in notifications:

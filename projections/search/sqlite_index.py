@@ -249,14 +249,16 @@ class SQLiteSearchIndex(SQLiteReadModel):
         table, rows_of = _ROWS[p.type]
         return self._param_id(c, rtype, code), p.type == "date", self._rows[table], rows_of
 
-    def apply(self, notifications: Sequence[Notification], up_to: int | None = None) -> None:
+    def apply(self, notifications: Sequence[Notification], up_to: int | None = None,
+              since: int | None = None) -> None:
         """Apply a batch and record the last id (or ``up_to`` when beyond it) in one
-        transaction; a batch at or below the recorded position is refused (``IntegrityError``)."""
+        transaction; what another follower applied is skipped, and nothing is applied when the
+        index was reset below ``since`` (the contract's)."""
         last = max(notifications[-1].id if notifications else 0, up_to or 0)
         if not last:
             return
         try:
-            self._apply(notifications, last)
+            self._apply(notifications, last, since)
         except BaseException:
             # the transaction rolled back: parameter ids it created are gone again
             self._params.clear()
@@ -266,16 +268,23 @@ class SQLiteSearchIndex(SQLiteReadModel):
             for batch in self._rows.values():
                 batch.clear()
 
-    def _apply(self, notifications: Sequence[Notification], last: int) -> None:
-        # Only the newest event of each resource in the batch matters for the index.
-        newest: dict[str, Notification] = {}
-        for n in notifications:
-            if n.topic in KIND_OF_TOPIC:  # not an event of another stream kind (MPI identity)
-                newest[cast(str, n.originator_id)] = n  # the hub's streams are named "Type/id"
+    def _apply(self, notifications: Sequence[Notification], last: int,
+               since: int | None = None) -> None:
         with self.datastore.transaction(commit=True) as c:
             # the file's write lock first: a transaction that reads before it writes fails at
             # once ("database is locked") when another follower committed in between
             c.execute("UPDATE sp_meta SET value = value + 1 WHERE key = 'writer'")
+            c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (NAME,))
+            found = c.fetchone()
+            done = found[0] if found else 0
+            if last <= done or (since is not None and done < since):
+                return  # applied by another follower, or read before a rebuild's reset
+            # Only the newest event of each resource in the batch matters for the index; what
+            # another follower applied already is not indexed twice.
+            newest: dict[str, Notification] = {}
+            for n in notifications:
+                if n.id > done and n.topic in KIND_OF_TOPIC:  # not an MPI identity event
+                    newest[cast(str, n.originator_id)] = n  # streams are named "Type/id"
             # read inside the transaction: another process may have ended the bulk load
             c.execute("SELECT value FROM sp_meta WHERE key='next_pk'")
             found = c.fetchone()
