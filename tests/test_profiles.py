@@ -283,3 +283,40 @@ def test_a_primitive_present_through_its_extension_alone_meets_its_minimum(clien
     assert client.post("/Patient", json=d, headers=FHIR_JSON).status_code == 201
     bare = {"resourceType": "Patient", "meta": {"profile": [url]}}
     assert client.post("/Patient", json=bare, headers=FHIR_JSON).status_code == 422
+
+
+def test_invariants_on_choice_elements_see_the_choice_as_written(client, live):
+    """The official vital-signs profile's vs-2 (``value.exists() or dataAbsentReason.exists()``)
+    refused every vital-sign Observation: ``value`` never resolved to ``valueQuantity`` (the
+    expressions ran without the FHIR model). At the root and on an element."""
+    url = "https://fhir-region-hub.example/StructureDefinition/needs-a-value"
+    rule = {"severity": "error", "source": url}
+    sd = {"resourceType": "StructureDefinition", "id": "needs-a-value", "url": url,
+          "name": "NeedsAValue", "status": "active", "kind": "resource", "abstract": False,
+          "type": "Observation", "derivation": "constraint",
+          "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Observation",
+          "differential": {"element": [
+              {"id": "Observation", "path": "Observation", "constraint": [{
+                  **rule, "key": "nv-1", "human": "a value or why not",
+                  "expression": "value.exists() or dataAbsentReason.exists()"}, {
+                  **rule, "key": "nv-2", "human": "a day at least",
+                  "expression": "effective.exists() implies (effective as dateTime)"
+                                ".toString().length() >= 8"}]},
+              {"id": "Observation.component", "path": "Observation.component", "constraint": [{
+                  **rule, "key": "nv-3", "human": "a component value",
+                  "expression": "value.exists()"}]}]}}
+    assert client.put("/StructureDefinition/needs-a-value", json=sd,
+                      headers=FHIR_JSON).status_code in (200, 201)
+    d = {"resourceType": "Observation", "meta": {"profile": [url]}, "status": "final",
+         "code": {"text": "body temperature"}, "effectiveDateTime": "1999-07-02",
+         "valueQuantity": {"value": 36.5, "unit": "Cel"},
+         "component": [{"code": {"text": "site"}, "valueString": "oral"}]}
+    r = client.post("/Observation", json=d, headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+    for key, change in (("nv-1", lambda x: x.pop("valueQuantity")),
+                        ("nv-2", lambda x: x.update(effectiveDateTime="1999")),
+                        ("nv-3", lambda x: x["component"][0].pop("valueString"))):
+        bad = copy.deepcopy(d)
+        change(bad)
+        r = client.post("/Observation", json=bad, headers=FHIR_JSON)
+        assert r.status_code == 422 and key in r.text, (key, r.text)

@@ -43,8 +43,23 @@ class ProfileError(FhirError):
 @lru_cache(maxsize=4096)
 def _compiled(expression: str) -> Any:
     import fhirpathpy
+    from fhirpathpy.models import models
 
-    return fhirpathpy.compile(expression)
+    # with the model: a choice element (value, effective) resolves to valueQuantity, ...; without
+    # it every official vital-signs Observation failed vs-1 and vs-2
+    return fhirpathpy.compile(expression, models["r4"])
+
+
+def _evaluate(expression: str, base: str, node: Any, context: dict) -> list:
+    """The expression on ``node``, an element at ``base`` (``Observation.component``): the
+    model needs the element's path to type its choices."""
+    if "." not in base:
+        return _compiled(expression)(node, context)
+    import fhirpathpy
+    from fhirpathpy.models import models
+
+    return fhirpathpy.evaluate(node, {"base": base, "expression": expression}, context,
+                               models["r4"])
 
 
 def _values(node: Any, name: str) -> list:
@@ -192,8 +207,8 @@ class Profile:
                 continue  # the base specification's own rules: the resource's model checks those
             for node, where in nodes:
                 try:
-                    result = _compiled(expr)(node, {"resource": resource,
-                                                    "rootResource": resource})
+                    result = _evaluate(expr, str(e.get("path") or ""), node,
+                                       {"resource": resource, "rootResource": resource})
                 except Exception:  # noqa: BLE001 - an expression that fails here does not hold
                     result = [False]
                 if result not in ([True],):
