@@ -179,38 +179,48 @@ class Connector:
     def _deliver_loop(self) -> None:
         delay = self.config.retry_initial_s
         while not self.stop_event.is_set():
-            units = self.spool.pending(self.batch_size)
-            if not units:
-                self.spool.wait(0.5)
-                continue
-            batch = take_batch(units, self.batch_size)
             try:
-                errors = self.sink.deliver(batch)
-            except Unavailable as e:
-                self._retrying(str(e))
-                self.spool.attempted(batch)
+                delay = self._deliver_step(delay)
+            except Exception as e:  # noqa: BLE001 - the spool failed (locked, disk full, I/O)
+                # the thread must live on: it ended here, and nothing was delivered again until
+                # a restart while the status still said "retrying"
+                log.exception("delivery failed on the spool")
+                self._retrying(f"spool: {type(e).__name__}: {e}")
                 if self.stop_event.wait(delay * random.uniform(0.8, 1.2)):
                     return
                 delay = min(delay * 2, self.config.retry_max_s)
-                continue
-            except Exception as e:  # noqa: BLE001 - a sink bug: keep the units, retry later
-                log.exception("sink failed")
-                self._retrying(f"{type(e).__name__}: {e}")
-                if self.stop_event.wait(delay):
-                    return
-                delay = min(delay * 2, self.config.retry_max_s)
-                continue
-            delay = self.config.retry_initial_s
-            if self.sink_state["state"] != "ok":
-                self.sink_state.update(state="ok", error=None, since=time.time(), retries=0)
-            ok = [u for u, err in zip(batch, errors) if err is None]
-            bad = [(u, err) for u, err in zip(batch, errors) if err is not None]
-            self.spool.delivered(ok)
-            self._delivered(len(ok))
-            if bad:
-                ids = self.spool.fail_units(bad)
-                log.warning("%d units refused by the sink, dead letters %s", len(bad), ids)
-            self.sink_state["delivered_at"] = time.time()
+
+    def _deliver_step(self, delay: float) -> float:
+        """Deliver one batch (or wait for one); the retry delay to go on with."""
+        units = self.spool.pending(self.batch_size)
+        if not units:
+            self.spool.wait(0.5)
+            return delay
+        batch = take_batch(units, self.batch_size)
+        try:
+            errors = self.sink.deliver(batch)
+        except Unavailable as e:
+            self._retrying(str(e))
+            self.spool.attempted(batch)
+            self.stop_event.wait(delay * random.uniform(0.8, 1.2))
+            return min(delay * 2, self.config.retry_max_s)
+        except Exception as e:  # noqa: BLE001 - a sink bug: keep the units, retry later
+            log.exception("sink failed")
+            self._retrying(f"{type(e).__name__}: {e}")
+            self.stop_event.wait(delay)
+            return min(delay * 2, self.config.retry_max_s)
+        delay = self.config.retry_initial_s
+        if self.sink_state["state"] != "ok":
+            self.sink_state.update(state="ok", error=None, since=time.time(), retries=0)
+        ok = [u for u, err in zip(batch, errors) if err is None]
+        bad = [(u, err) for u, err in zip(batch, errors) if err is not None]
+        self.spool.delivered(ok)
+        self._delivered(len(ok))
+        if bad:
+            ids = self.spool.fail_units(bad)
+            log.warning("%d units refused by the sink, dead letters %s", len(bad), ids)
+        self.sink_state["delivered_at"] = time.time()
+        return delay
 
     def _delivered(self, n: int) -> None:
         now = time.time()

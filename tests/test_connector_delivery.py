@@ -1,0 +1,55 @@
+"""The connector's delivery thread outlives a failing spool: a SQLite error there (a lock held
+over the busy timeout, a full disk) ended the thread, and nothing was delivered again until the
+connector restarted, while its status still said "retrying"."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import httpx
+import orjson
+import pytest
+
+from connectors.base import Envelope
+from connectors.config import ConnectorConfig
+from connectors.daemon import Connector
+from tests.conftest import live_server
+
+
+@pytest.fixture(scope="module")
+def hub(request, tmp_path_factory):
+    with live_server(request, tmp_path_factory, "sqlite") as live:
+        yield live
+
+
+def test_delivery_goes_on_after_the_spool_failed(hub, tmp_path):
+    cfg = ConnectorConfig.from_dict({
+        "name": "lab", "institution": {"code": "H0001", "oid": "2.16.156.10011.99.1.1"},
+        "state_dir": str(tmp_path / "state"), "durable": False,
+        "retry": {"initial_s": 0.1, "max_s": 0.2},
+        "sources": [{"type": "folder", "name": "in", "path": str(tmp_path / "in"),
+                     "kind": "fhir"}],
+        "sink": {"type": "http", "url": hub.base,
+                 **hub.sink_credentials("H0001", tmp_path / "keys")}})
+    conn = Connector(cfg, sources=[])
+    rid = "spool-locked-1"
+    conn.spool.accept([Envelope(orjson.dumps({"resourceType": "Patient", "id": rid}), "fhir",
+                                "in")])
+    conn.spool._db.execute("PRAGMA busy_timeout = 100")  # fail fast while the file is locked
+    other = sqlite3.connect(str(cfg.spool_path), isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    conn.start()
+    try:
+        time.sleep(1.0)  # the delivery thread meets "database is locked", more than once
+        other.execute("ROLLBACK")
+        other.close()
+        deadline = time.monotonic() + 30
+        with httpx.Client(base_url=hub.base, timeout=10, auth=hub.auth) as c:
+            while c.get(f"/Patient/{rid}").status_code != 200:
+                assert time.monotonic() < deadline, conn.status()["sink"]
+                time.sleep(0.2)
+        assert conn.threads["<delivery>"].is_alive()
+    finally:
+        conn.stop()
+        conn.join()
