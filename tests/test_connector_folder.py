@@ -134,3 +134,69 @@ def test_odd_files_are_set_aside_and_the_source_goes_on(tmp_path):
     [dl] = spool.deadletters()  # kept for replay, with why
     assert dl["stage"] == "convert" and spool.deadletter(dl["id"])["payload"] == big
     spool.close()
+
+
+def test_a_batch_file_in_its_envelope_gives_its_messages_alone(tmp_path):
+    """FHS/BHS ... BTS/FTS: the header went to failed/ as a message "not starting with MSH"
+    (a dead letter replayed in vain for ever) and the trailer rode on the last message."""
+    msgs = [m for _, ms in adt_stream(2, seed=44) for m in ms]
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    body = (b"FHS|^~\\&|HIS|H0001|||20240101\rBHS|^~\\&|HIS|H0001\r" + b"\r".join(msgs)
+            + b"\rBTS|4\rFTS|1\r")
+    (inbox / "batch.hl7").write_bytes(body)
+    spool = Spool(tmp_path / "spool.sqlite", INFO, durable=False)
+    src = FolderSource("drop", str(inbox), settle_ms=100, poll_s=0.05, split="hl7")
+    stop, t = run_source(src, spool)
+    try:
+        wait_until(lambda: src.stats["files"] == 1, 10, what="the file")
+    finally:
+        stop.set()
+        t.join(5)
+    assert (inbox / "done" / "batch.hl7").exists() and spool.deadletters() == []
+    counters = spool.counters()["drop"]
+    assert (counters["received"], counters["converted"]) == (len(msgs), len(msgs))
+    spool.close()
+
+
+def test_a_big_batch_file_is_spooled_a_chunk_at_a_time_and_resumes_after_a_restart(
+        tmp_path, monkeypatch):
+    """The whole file was converted in one transaction (60,000 messages held 1.4 GB). Chunks
+    now, each with a checkpoint naming the next message: a restart after the first chunk goes
+    on from the second, nothing spooled twice. A file over max_file_bytes is not read."""
+    from connectors.sources import folder
+
+    monkeypatch.setattr(folder, "CHUNK", 3)
+    msgs = [m for _, ms in adt_stream(4, seed=45) for m in ms][:8]
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    f = inbox / "big.hl7"
+    f.write_bytes(b"\r".join(msgs))
+    old = time.time() - 5
+    os.utime(f, (old, old))
+    spool = Spool(tmp_path / "spool.sqlite", INFO, durable=False)
+    src = FolderSource("drop", str(inbox), settle_ms=100, poll_s=0.05, split="hl7",
+                       max_file_bytes=10**6)
+    st = f.stat()
+    from connectors.base import Envelope
+
+    # the first chunk was spooled, then the process died
+    cp = {"file": "big.hl7", "raw": os.fsencode("big.hl7").hex(), "size": st.st_size,
+          "mtime_ns": st.st_mtime_ns, "parts": 8, "next": 3}
+    spool.accept([Envelope(m, "hl7v2", "drop", {"file": "big.hl7", "part": i})
+                  for i, m in enumerate(msgs[:3])], ("folder:drop", orjson.dumps(cp).decode()))
+    huge = inbox / "huge.hl7"
+    huge.write_bytes(msgs[0] * (10**6 // len(msgs[0]) + 1))
+    os.utime(huge, (old, old))
+    stop, t = run_source(src, spool)
+    try:
+        wait_until(lambda: src.stats["files"] == 2, 10, what="both files")
+    finally:
+        stop.set()
+        t.join(5)
+    assert (inbox / "done" / "big.hl7").exists() and (inbox / "failed" / "huge.hl7").exists()
+    counters = spool.counters()["drop"]
+    assert (counters["received"], counters["converted"]) == (8, 8)
+    assert len(spool.pending(100)) == 8
+    assert orjson.loads(spool.checkpoint("folder:drop"))["next"] == 8
+    spool.close()

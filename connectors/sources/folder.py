@@ -8,7 +8,12 @@ it; only then is it moved. A crash between the two is recognised at restart by t
 file is moved without being read again.
 
 ``split: hl7`` splits a file of several HL7 v2 messages (each starting with ``MSH``) into one
-payload per message; otherwise the whole file is one payload (``csv:<mapping>`` handles many rows).
+payload per message, leaving out the batch envelope (``FHS``, ``BHS``, ``BTS``, ``FTS``
+segments); otherwise the whole file is one payload (``csv:<mapping>`` handles many rows). The
+messages of a big batch file are spooled ``CHUNK`` at a time, each chunk in one transaction with
+a checkpoint naming the file and the next message, so memory stays bounded (a 15 MB file of
+60,000 messages, spooled at once, held 1.4 GB) and a restart resumes after the last chunk. A
+file over ``max_file_bytes`` (default 256 MiB) is moved to ``failed/`` unread.
 """
 
 from __future__ import annotations
@@ -28,11 +33,16 @@ from connectors.base import Envelope, Intake
 log = logging.getLogger("connectors.folder")
 
 PARTIAL = (".tmp", ".part", ".partial", ".filepart", ".crdownload")
+CHUNK = 500  # messages of a batch file spooled per transaction
+MAX_FILE_BYTES = 256 * 1024 * 1024
 _MSH = re.compile(rb"(?:\r\n|\r|\n)(?=MSH)")
+# the batch envelope of HL7 v2 (2.10.3): file and batch header and trailer segments
+_ENVELOPE = re.compile(rb"(?:^|(?<=[\r\n]))(?:FHS|BHS|BTS|FTS)[^\r\n]*(?:\r\n|\r|\n|$)")
 
 
 def split_hl7(data: bytes) -> list[bytes]:
     data = data.lstrip(b"\xef\xbb\xbf").strip(b"\r\n\x0b\x1c")
+    data = _ENVELOPE.sub(b"", data)
     parts = [p.strip(b"\r\n\x0b\x1c") for p in _MSH.split(data)]
     return [p.replace(b"\r\n", b"\r").replace(b"\n", b"\r") for p in parts if p]
 
@@ -40,7 +50,8 @@ def split_hl7(data: bytes) -> list[bytes]:
 class FolderSource:
     def __init__(self, name: str, path: str, kind: str = "hl7v2", pattern: str = "*",
                  settle_ms: int = 500, poll_s: float = 0.5, done_dir: str | None = None,
-                 failed_dir: str | None = None, split: str | None = None, **_: Any):
+                 failed_dir: str | None = None, split: str | None = None,
+                 max_file_bytes: int = MAX_FILE_BYTES, **_: Any):
         self.name, self.kind, self.pattern = name, kind, pattern
         self.path = Path(path)
         self.settle = settle_ms / 1000.0
@@ -48,6 +59,7 @@ class FolderSource:
         self.done = Path(done_dir) if done_dir else self.path / "done"
         self.failed = Path(failed_dir) if failed_dir else self.path / "failed"
         self.split = split
+        self.max_file_bytes = int(max_file_bytes)
         self.key = f"folder:{name}"
         self.stats = {"files": 0, "done": 0, "failed": 0}
 
@@ -92,6 +104,14 @@ class FolderSource:
     def take(self, intake: Intake, f: Path) -> None:
         try:
             st = f.stat()
+            if st.st_size > self.max_file_bytes:
+                log.warning("folder %s: %s holds %d bytes, over max_file_bytes %d: moved to "
+                            "failed/, not read (split it, or raise the limit)", self.name,
+                            _shown(f.name), st.st_size, self.max_file_bytes)
+                self._move(f, False)
+                self.stats["files"] += 1
+                self.stats["failed"] += 1
+                return
             data = f.read_bytes()
             if f.stat().st_size != st.st_size or f.stat().st_mtime_ns != st.st_mtime_ns:
                 return  # still being written after all: next round
@@ -109,11 +129,15 @@ class FolderSource:
         if not payloads:
             payloads = [data]
         shown = _shown(f.name)  # a name that is no UTF-8 (copied from Windows) as text
-        envs = [Envelope(p, self.kind, self.name, {"file": shown, "part": i})
-                for i, p in enumerate(payloads)]
         cp = {"file": shown, "raw": os.fsencode(f.name).hex(), "size": st.st_size,
-              "mtime_ns": st.st_mtime_ns}
-        answers = intake.accept(envs, (self.key, orjson.dumps(cp).decode()))
+              "mtime_ns": st.st_mtime_ns, "parts": len(payloads)}
+        start = self._resumed(intake, cp)
+        answers = []
+        for i in range(start, len(payloads), CHUNK):
+            envs = [Envelope(p, self.kind, self.name, {"file": shown, "part": i + j})
+                    for j, p in enumerate(payloads[i:i + CHUNK])]
+            at = {**cp, "next": min(i + CHUNK, len(payloads))}
+            answers += intake.accept(envs, (self.key, orjson.dumps(at).decode()))
         ok = all(a.ok for a in answers)
         self._move(f, ok)
         self.stats["files"] += 1
@@ -122,13 +146,26 @@ class FolderSource:
             log.warning("folder %s: %s failed (dead letters %s)", self.name, shown,
                         [a.deadletter_id for a in answers if not a.ok])
 
+    def _resumed(self, intake: Intake, cp: dict) -> int:
+        """The first message of the file still to spool: after the chunks spooled before a
+        restart (the checkpoint names this very file), else 0."""
+        raw = intake.checkpoint(self.key)
+        if not raw:
+            return 0
+        was = orjson.loads(raw)
+        same = all(was.get(k) == cp[k] for k in ("raw", "size", "mtime_ns", "parts"))
+        return int(was.get("next", 0)) if same else 0
+
     def _recover(self, intake: Intake) -> None:
         """A file spooled before a crash but not moved: move it now, do not read it again (to
-        done/: a failure of it is in the dead letters already)."""
+        done/: a failure of it is in the dead letters already). A batch file spooled in part
+        stays: ``take`` goes on from its next chunk."""
         raw = intake.checkpoint(self.key)
         if not raw:
             return
         cp = orjson.loads(raw)
+        if cp.get("next", 0) < cp.get("parts", 0):
+            return
         f = self.path / (os.fsdecode(bytes.fromhex(cp["raw"])) if "raw" in cp else cp["file"])
         try:
             st = f.stat()
