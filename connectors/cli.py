@@ -79,10 +79,14 @@ def cmd_connector(args, settings) -> int:
     if args.action == "register":
         return _register(cfg, args.url, settings)
     if args.action == "run":
+        from connectors.config import ConfigError
         from connectors.daemon import Connector
 
         _logging(args.log_level)
-        conn = Connector(cfg)
+        try:
+            conn = Connector(cfg)
+        except ConfigError as e:
+            raise _usage(str(e)) from None
         print(f"connector {cfg.name}: {len(conn.sources)} sources, sink {cfg.sink['type']}, "
               f"state in {cfg.state_dir}", flush=True)
         conn.run()
@@ -93,6 +97,7 @@ def cmd_connector(args, settings) -> int:
 
 def _register(cfg, url: str | None, settings) -> int:
     """Record the daemon for the hub's console: its status URL and its admin token."""
+    from connectors.config import ConfigError, admin_token
     from hub.daemons import DaemonRegistry
 
     status = cfg.status
@@ -102,7 +107,10 @@ def _register(cfg, url: str | None, settings) -> int:
         host = status.get("host", "127.0.0.1")
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{status['port']}"
     token_file = status.get("admin_token_file")
-    token = Path(token_file).read_text().strip() if token_file else None
+    try:
+        token = admin_token(token_file) if token_file else None
+    except ConfigError as e:
+        raise _usage(str(e)) from None
     try:
         DaemonRegistry(settings.data_dir).add(cfg.name, url, token)
     except ValueError as e:

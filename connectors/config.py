@@ -153,3 +153,19 @@ def _resolve_tls(section: dict, base: Path, where: str) -> None:
     for key, value in tls.items():
         if isinstance(value, str) and value and not Path(value).is_absolute():
             tls[key] = str((base / value).resolve())
+
+
+MIN_TOKEN = 16  # characters of the dead letters' admin token (they hold patients' messages)
+
+
+def admin_token(token_file: str | Path) -> str:
+    """The token in ``status.admin_token_file``; an empty or short one is refused (an empty file
+    let a bare "Bearer " read and replay every dead letter)."""
+    try:
+        token = Path(token_file).read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"status.admin_token_file {token_file}: {e.strerror or e}") from None
+    if len(token) < MIN_TOKEN:
+        raise ConfigError(f"status.admin_token_file {token_file} holds no token of at least "
+                          f"{MIN_TOKEN} characters")
+    return token

@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 
-from connectors.config import ConnectorConfig
+from connectors.config import ConnectorConfig, admin_token
 from connectors.sinks.base import Unavailable, take_batch
 from connectors.spool import Spool
 
@@ -94,7 +94,7 @@ class Connector:
         # (when, units delivered) of the last five minutes: the throughput the status reports
         self.recent: deque[tuple[float, int]] = deque()
         token_file = config.status.get("admin_token_file")
-        self.admin_token = Path(token_file).read_text().strip() if token_file else None
+        self.admin_token = admin_token(token_file) if token_file else None
         self.http: ThreadingHTTPServer | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------

@@ -120,6 +120,18 @@ def test_cli_usage_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "does not exist" in err and "not valid YAML" in err and "--worker" in err
     assert "Traceback" not in err
+    # an empty admin token let a bare "Bearer " read and replay every dead letter
+    for content in ("", "short\n"):
+        (tmp_path / "admin.token").write_text(content)
+        (tmp_path / "c.yaml").write_text(
+            "name: x\ninstitution: {code: H1, oid: '1.2'}\nstate_dir: state\n"
+            "sources: [{type: folder, path: inbox}]\nsink: {type: http, url: 'http://127.0.0.1:9'}\n"
+            "status: {port: 9, admin_token_file: admin.token}\n")
+        for action in ("run", "register"):
+            assert main(["connector", action, str(tmp_path / "c.yaml"), "--data-dir",
+                         str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("admin_token_file") == 2 and "Traceback" not in err, err
 
 
 def test_a_csv_export_with_bad_rows_lets_the_good_rows_flow(tmp_path):
