@@ -83,7 +83,7 @@ def _get(d: Any, path: str) -> Any:
     return d
 
 
-_PATIENT = re.compile(r"^Patient/([A-Za-z0-9.-]{1,64})(?:/_history/[A-Za-z0-9.-]{1,64})?$")
+_PATIENT = re.compile(r"^Patient/([A-Za-z0-9.-]{1,128})(?:/_history/[A-Za-z0-9.-]{1,64})?$")
 
 
 def patient_of(d: dict) -> str | None:

@@ -108,7 +108,7 @@ def _purpose_query(request: Request, purpose: str) -> str:
     return urlencode({"purpose": purpose})
 
 
-_PATIENT_REF = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/\d{1,18})?")
+_PATIENT_REF = re.compile(r"Patient/([A-Za-z0-9\-.]{1,128})(?:/_history/\d{1,18})?")
 
 
 def _patient_of(d: dict[str, Any]) -> str | None:
@@ -204,7 +204,7 @@ async def record_resource(request: Request, rtype: str, rid: str) -> Response:
     its elements; an encounter with what was recorded in it; a report with its results; a CDA
     document rendered. Each resource is read through the repository (checked and audited)."""
     authorize(request, Action("operation", None, None, "$console-record"))
-    if rtype not in RESOURCE_TYPES or not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", rid):
+    if rtype not in RESOURCE_TYPES or not re.fullmatch(r"[A-Za-z0-9\-.]{1,128}", rid):
         raise FhirError(404, "not-found", f"No resource {rtype}/{rid}")
     purpose = _purpose(request)
     if not purpose:

@@ -111,7 +111,7 @@ OPEN = OpenPolicy()
 
 # Any server's Patient/id, a version of it too: what consents deny and the audit records err
 # towards more patients (``names_patient``, which grants, takes only this server's)
-_PATIENT_REF = re.compile(rb'"reference"\s*:\s*"(?:[^"]*/)?Patient/([A-Za-z0-9\-.]{1,64})'
+_PATIENT_REF = re.compile(rb'"reference"\s*:\s*"(?:[^"]*/)?Patient/([A-Za-z0-9\-.]{1,128})'
                           rb'(?:/_history/[A-Za-z0-9\-.]{1,64})?"')
 
 

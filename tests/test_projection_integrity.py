@@ -1,4 +1,6 @@
-"""A rebuild on a live hub: the server's follower (or a request's read-your-writes step) may hold
+"""Read models that keep every record: rebuilt on a live hub, and with long patient ids.
+
+A rebuild on a live hub: the server's follower (or a request's read-your-writes step) may hold
 a batch it read before the rebuild reset the read model, or two followers may read overlapping
 batches. Such a batch applied anyway recorded a position past everything between: the timeline
 lost all but a few rows, the search index kept some resources twice (counts and `$everything`
@@ -68,3 +70,24 @@ def test_overlapping_batches_of_two_followers_index_each_resource_once(hub, tmp_
     assert dump(index) == dump(fresh)
     index.close()
     fresh.close()
+
+
+def test_a_patient_id_of_128_characters_is_everywhere_a_patient(hub, tmp_path):
+    """Ids may be 128 characters here; the patterns that find a record's patient took 64: such
+    a patient's records were left out of its timeline, and its consents were not applied to
+    them (patients_in found no patient)."""
+    from hub.core.access import patients_in
+
+    long = "p" + "1" * 90
+    obs = {"resourceType": "Observation", "id": "o-long", "status": "final",
+           "code": {"text": "t"}, "subject": {"reference": f"Patient/{long}"},
+           "effectiveDateTime": "2026-01-02T03:04:05+08:00"}
+    hub.execute([Op("PUT", "Patient", long, {"resourceType": "Patient", "id": long}, url="x"),
+                 Op("PUT", "Observation", "o-long", obs, url="x")], Context(), atomic=True)
+    import orjson
+
+    assert patients_in("Observation", "o-long", orjson.dumps(obs)) == [f"Patient/{long}"]
+    model = TimelineProjection(tmp_path / "timeline.sqlite")
+    Runner(hub.store, model).catch_up()
+    assert ("Observation", "o-long", long) in _timeline_rows(model)
+    model.close()
