@@ -106,7 +106,11 @@ def describe(cls_name: str, table: dict, uris: dict) -> None:
         if isinstance(extra, dict) and frozenset(extra.get("enum_values") or ()) in COMPLETE:
             entry.append(sorted(extra["enum_values"]))
         fields[alias] = entry
-        if k == "s" and primitive_name(field.annotation) in URI_TYPES:
+        # a resource's own ``url`` is its canonical identity (ValueSet.url, typed uri), not a
+        # link to an entry: a conformance Bundle whose fullUrl is each resource's canonical had
+        # every canonical replaced by a local path
+        own_url = alias == "url" and cls_name in RESOURCES
+        if k == "s" and primitive_name(field.annotation) in URI_TYPES and not own_url:
             uris.setdefault(cls_name, []).append(alias)
         if k not in ("b", "i", "d", "s"):
             describe(k, table, uris)

@@ -575,3 +575,16 @@ def test_synthea_shaped_bundles_load_whole(client):
     # the Patient, its records and the Organizations they reference
     assert len(everything.json()["entry"]) >= len(bundles[0]["entry"])
     assert entries > len(bundles)
+
+
+def test_a_resource_whose_full_url_is_its_canonical_keeps_its_canonical(client):
+    """Published conformance Bundles give each resource its canonical URL as fullUrl: the
+    canonical (ValueSet.url, typed uri) was replaced by the local path "ValueSet/…", and the
+    value set could no longer be found by its url."""
+    canonical = f"http://example.org/fhir/ValueSet/vs-{unique()}"
+    vs = {"resourceType": "ValueSet", "url": canonical, "status": "active",
+          "compose": {"include": [{"system": "http://example.org/cs", "concept": [{"code": "a"}]}]}}
+    r = send(client, bundle("transaction", post_entry(vs, canonical)))
+    assert r.status_code == 200, r.text
+    found = client.get("/ValueSet", params={"url": canonical}).json()
+    assert [e["resource"]["url"] for e in found.get("entry", ())] == [canonical]
