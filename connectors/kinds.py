@@ -79,4 +79,38 @@ def converter(kind: str) -> Converter:
         from hub.core.resource import validate
 
         return registry_converter(kind, validate)
+    if kind == "hl7v2":
+        return _production_only(registry_converter(kind))
     return registry_converter(kind)
+
+
+def _production_only(convert: Converter) -> Converter:
+    """HL7 v2 messages of production (MSH-11 ``P``, or left empty) and of version 2.x (MSH-12):
+    a training (``T``) or debugging (``D``) message was written to the regional record, and a
+    message of another version mapped as if it were 2.x. Refused with ERR 202 / 203."""
+    def checked(payload: bytes, source: SourceInfo) -> list[Conversion]:
+        processing, version = _msh_11_12(payload)
+        if processing not in ("", "P"):
+            raise MappingError(f"MSH-11 processing id {processing!r}: only production messages "
+                               "(P) are written to the regional record", code="AR",
+                               location="MSH-11", rule="v2.msh11.processing")
+        if version and not version.startswith("2."):
+            raise MappingError(f"MSH-12 version {version!r} is not an HL7 v2 version", code="AR",
+                               location="MSH-12", rule="v2.msh12.version")
+        return convert(payload, source)
+    return checked
+
+
+def _msh_11_12(payload: bytes) -> tuple[str, str]:
+    """MSH-11.1 and MSH-12.1 as written (empty when absent or unreadable)."""
+    start = payload.find(b"MSH")
+    if start < 0 or len(payload) < start + 8:
+        return "", ""
+    end = min((i for i in (payload.find(b"\r", start), payload.find(b"\n", start)) if i >= 0),
+              default=len(payload))
+    msh = payload[start:end].decode("latin-1")
+    fields = msh.split(msh[3])
+    comp = msh[4:5] or "^"
+    def first(n: int) -> str:  # MSH-n is fields[n - 1]: the separator is MSH-1
+        return fields[n - 1].split(comp)[0].strip().upper() if len(fields) >= n else ""
+    return first(11), first(12)

@@ -196,3 +196,27 @@ def test_a_refused_document_is_a_dead_letter_while_its_quality_report_goes_on(tm
     [dl] = spool.deadletters()
     assert spool.deadletter(dl["id"])["payload"] == broken and dl["kind"] == "cda"
     spool.close()
+
+
+def test_training_debugging_and_non_v2_messages_are_refused_with_err_202_203(spool):
+    """MSH-11 T (training) was written to the regional record; MSH-12 9.9 mapped as v2."""
+    from connectors.sources.mllp import build_ack
+    from connectors.testing import adt_stream
+
+    [msg] = [m for _, ms in adt_stream(1, seed=46) for m in ms][:1]
+    fields = msg.split(b"\r", 1)[0].split(b"|")
+    rest = msg.split(b"\r", 1)[1]
+
+    def variant(processing: bytes, version: bytes) -> bytes:
+        f = list(fields)
+        f[10], f[11] = processing, version
+        return b"|".join(f) + b"\r" + rest
+
+    answers = spool.accept([Envelope(variant(p, v), "hl7v2", "mllp")
+                            for p, v in ((b"T", b"2.5"), (b"D", b"2.5"), (b"P", b"9.9"),
+                                         (b"P", b"2.5"), (b"", b"2.5"))])
+    assert [a.ok for a in answers] == [False, False, False, True, True]
+    for a, code in zip(answers[:3], (b"202", b"202", b"203")):
+        assert a.error["code"] == "AR"
+        ack = build_ack(variant(b"T", b"2.5"), "AR", a.error)
+        assert b"|" + code + b"^" in ack, ack
