@@ -274,10 +274,20 @@ class QualityProjection(SQLiteReadModel):
             if not isinstance(d, dict) or not is_quality_report(d):
                 continue  # an OperationOutcome of another kind (or one that lost the tag)
             try:
-                fallback = parse_range(orjson.loads(header)["lastUpdated"])[0]
-            except (ValueError, KeyError, orjson.JSONDecodeError):
+                head = orjson.loads(header)
+            except orjson.JSONDecodeError:
+                head = {}
+            try:
+                fallback = parse_range(head["lastUpdated"])[0]
+            except (ValueError, KeyError, TypeError):
                 fallback = 0
             cols, found_rules = report_rows(d, fallback)
+            writer = (head.get("source") or {}).get("institution") if isinstance(head, dict) \
+                else None
+            if isinstance(writer, str) and writer and writer != "unknown" and writer != cols[0]:
+                # a report counts for the institution that wrote it: a connector of one
+                # hospital wrote reports "of" another and forged its quality figures
+                cols = (writer[:MAX_TEXT * 4], *cols[1:])
             reports.append((rid, n.originator_version, *cols))
             findings.extend((rid, rule, sev) for rule, sev in found_rules)
         if drop:

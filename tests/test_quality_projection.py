@@ -309,3 +309,17 @@ def test_days_are_those_of_the_platforms_zone_without_a_rebuild(hub, model, zone
     start, _ = period("2026-11-20")
     assert datetime.fromtimestamp(start / 1e6, timezone.utc) == datetime(
         2026, 11, 20, 5, tzinfo=timezone.utc)
+
+
+def test_a_report_counts_for_the_institution_that_wrote_it(hub, model):
+    """A connector of org-1 wrote a tagged report "of" org-2 with five fatal findings: org-2's
+    quality figures showed a rejected document it never sent."""
+    forged = report("org-2", "doc-forged", "reject",
+                    [finding("cda.resident-id.valid", "fatal")] * 5,
+                    datetime(2026, 11, 22, 9, 0, tzinfo=CST))
+    result = hub.execute([Op("PUT", "OperationOutcome", forged["id"], forged, url="x")],
+                         Context(source={"institution": "org-1", "feed": "rest"}), atomic=True)
+    assert result[0].status == 201
+    Runner(hub.store, model).catch_up()
+    assert model.counts(institution="org-2", group_by=())[0]["documents"] == 0
+    assert model.counts(institution="org-1", group_by=())[0]["documents"] == 1
