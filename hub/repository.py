@@ -181,8 +181,9 @@ class Repository:
         return stored
 
     def audited(self, ctx: Context, action: Action, run: Callable[[], T],
-                 handed: Callable[[T], Iterable[tuple[str, str, bytes]]]) -> T:
-        """Run an access; record it (and a refused or failed one) when it is to patient data."""
+                 handed: Callable[[T], Iterable[tuple[str, str, bytes]]] | None) -> T:
+        """Run an access; record it (and a refused or failed one) when it is to patient data.
+        ``handed`` None: only a refusal or failure is recorded (the access is recorded later)."""
         if (self.audit is None or ctx.actor.kind == "system"
                 or (action.rtype is not None and action.rtype not in patient_data_types())):
             return run()
@@ -192,6 +193,8 @@ class Repository:
             self.audit.record(ctx, action, "4" if e.status < 500 else "8", [], [],
                               e.issues[0].diagnostics if e.issues else None)
             raise
+        if handed is None:
+            return result
         patients: dict[str, None] = {}
         out: list[tuple[str, str]] = []
         for rtype, rid, state in handed(result):
@@ -354,11 +357,17 @@ class Repository:
 
     def plan(self, ctx: Context, rtype: str, params: list[tuple[str, str]], strict: bool,
              base: str | None = None) -> Query:
-        self.policy.check(ctx.actor, Action("search-type", rtype))
-        q = self._searcher().parse(rtype, params, strict, base)
-        if not self._open:  # a scope with a query: only what it selects (paged and counted)
-            q.where.extend(self.policy.narrow_search(ctx.actor, rtype) or ())
-        return q
+        action = Action("search-type", rtype)
+
+        def run() -> Query:
+            self.policy.check(ctx.actor, action)
+            q = self._searcher().parse(rtype, params, strict, base)
+            if not self._open:  # a scope with a query: only what it selects (paged, counted)
+                q.where.extend(self.policy.narrow_search(ctx.actor, rtype) or ())
+            return q
+        # a search refused (403) or malformed (400) is recorded here, before it runs; one that
+        # runs is recorded by ``search``
+        return self.audited(ctx, action, run, None)
 
     def page(self, ctx: Context, q: Query, count: int, with_total: bool | str) -> Page:
         """One page of a planned search, after the index caught up with the log

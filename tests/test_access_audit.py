@@ -87,6 +87,21 @@ def test_each_access_to_patient_data_is_one_audit_event(client, live):
     assert len(refused) == 1 and refused[0]["subtype"][0]["code"] == "read"
 
 
+def test_a_refused_or_malformed_search_is_audited_too(client, live):
+    """A read refused (403) was audited, a search refused or malformed (400, 403) was not: the
+    README says every access to patient data, refused and failed ones included."""
+    before = audit_events(live)
+    narrow = live.client_auth(roles=("clinician",), scope="system/Organization.rs")
+    import httpx
+
+    with httpx.Client(base_url=live.base, timeout=30, auth=narrow) as c:
+        assert c.get("/Patient", params={"_id": "x"}).status_code == 403
+    assert client.get("/Observation", params={"date": "notadate"}).status_code == 400
+    events = new_since(live, before)
+    assert sorted((e["subtype"][0]["code"], e["outcome"]) for e in events) == [
+        ("search-type", "4"), ("search-type", "4")]
+
+
 def test_data_that_is_not_about_patients_is_not_audited(client, live):
     org = {"resourceType": "Organization", "id": unique()[:16], "name": "Audit test hospital"}
     _put(client, org)
