@@ -296,6 +296,29 @@ def test_a_caller_over_its_rate_is_told_to_wait(behind_proxy):
     assert throttled[0].json()["issue"][0]["code"] == "throttled"
 
 
+def test_callers_without_a_valid_token_are_held_to_a_rate_per_address(behind_proxy):
+    """HUB_RATE_LIMIT held only callers with a valid token: guessing tokens, and signing
+    assertions at the token endpoint, went unthrottled."""
+    import httpx
+
+    live = behind_proxy
+    form = {"grant_type": "client_credentials"}
+    with httpx.Client(base_url=live.origin, timeout=30) as c:
+        def statuses(send, address: str) -> set[int]:
+            time.sleep(1.2)  # the bucket refills
+            return {send({"x-forwarded-for": address}).status_code for _ in range(25)}
+
+        assert statuses(lambda h: c.get("/fhir/Patient", headers=h), "198.51.100.1") == {401, 429}
+        assert statuses(lambda h: c.get("/fhir/Patient", headers={
+            **h, "authorization": "Bearer a.b.c"}), "198.51.100.2") == {401, 429}
+        assert statuses(lambda h: c.post("/auth/token", data=form, headers=h),
+                        "198.51.100.3") == {401, 429}
+        time.sleep(1.2)
+        assert c.get("/fhir/metadata").status_code == 200  # public, not held
+        assert c.get("/fhir/Patient", headers={"x-forwarded-for": "198.51.100.4"}
+                     ).status_code == 401  # another address is not held by the others
+
+
 def test_a_documents_binary_and_bundle_are_the_patients_data(client, live):
     """A CDA document as sent (its Binary, the patient in securityContext) and its document
     Bundle are read audited as the patient's data, like any resource of their compartment."""

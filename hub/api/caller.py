@@ -168,16 +168,29 @@ async def authenticate(request: Request) -> None:
     """Every route's first step: with access control on, no valid token, no answer (401); a
     caller over its rate, 429. The console's pages send a person without a session to its login
     page instead."""
-    if request.url.path in PUBLIC_PATHS:
-        return
-    if request.url.path.startswith("/console") and actor_of(request).kind == "anonymous":
-        raise LoginRequired(_return_to(request))
-    if authenticated(request) and actor_of(request).kind == "anonymous":
-        raise unauthenticated(LOGIN_REQUIRED)
     limiter = getattr(request.app.state, "rate_limiter", None)
-    if limiter is not None:
+    if request.url.path in PUBLIC_PATHS:
+        if request.url.path == "/auth/token":  # each answer checks a signature: per address
+            _throttle(limiter, f"@{address_of(request)}")
+        return
+    try:
         actor = actor_of(request)
-        key = actor.subject if actor.kind != "anonymous" else f"@{address_of(request)}"
+    except FhirError:
+        # a token that does not verify counts against its address: guessing tokens was free
+        _throttle(limiter, f"@{address_of(request)}")
+        raise
+    if request.url.path.startswith("/console") and actor.kind == "anonymous":
+        raise LoginRequired(_return_to(request))
+    if authenticated(request) and actor.kind == "anonymous":
+        _throttle(limiter, f"@{address_of(request)}")
+        raise unauthenticated(LOGIN_REQUIRED)
+    _throttle(limiter, actor.subject if actor.kind != "anonymous" else f"@{address_of(request)}")
+
+
+def _throttle(limiter: Any, key: str) -> None:
+    """429 when ``key`` is over its rate (a token bucket per caller: token subject, else
+    address); nothing without a limit."""
+    if limiter is not None:
         wait = limiter.wait_for(key)
         if wait > 0:
             raise Throttled(wait)
