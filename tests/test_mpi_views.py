@@ -352,6 +352,8 @@ def test_hostile_input_gets_operation_outcomes(client, data):
         ("GET", f"/Person/{pa}/$everything?_count=0", None, 400),
         ("GET", f"/Person/{pa}/$everything?_count=99999", None, 400),
         ("GET", f"/Person/{pa}/$everything?_type=Organization", None, 400),
+        # in the audit log, not the record: it answered an empty page as if there were none
+        ("GET", f"/Person/{pa}/$everything?_type=AuditEvent", None, 400),
         ("GET", f"/Person/{pa}/$everything?_since=yesterday", None, 400),
         ("GET", f"/Person/{pa}/$everything?_cursor=abc", None, 400),
         ("GET", f"/Person/{pa}/$everything?bogus=1", None, 400),

@@ -342,6 +342,9 @@ def check_types(raw: str | None) -> list[str] | None:
         t = t.strip()
         if not t:
             continue
+        if t == "AuditEvent":  # in the audit log, not the record: an empty page misled
+            raise bad_request("AuditEvents are not part of a patient's record here: an auditor "
+                              "searches them with AuditEvent?patient=Patient/…")
         if t != "Patient" and t not in comp:
             raise bad_request(f"_type {t[:64]!r} is not a type of the Patient compartment")
         if t not in out:
