@@ -66,6 +66,8 @@ TOKEN_PARAMS = ("outcome", "action", "type", "subtype", "altid")
 REFERENCE_PARAMS = ("patient", "entity", "agent")
 STRING_PARAMS = ("agent-name", "address")
 DATE_PARAMS = ("date", "_lastUpdated")
+# what an AuditEvent search answers (the capability statement lists these alone)
+SEARCHABLE = frozenset(("_id", *TOKEN_PARAMS, *REFERENCE_PARAMS, *STRING_PARAMS, *DATE_PARAMS))
 
 _SQLITE = [
     "CREATE TABLE IF NOT EXISTS audit_event (pos INTEGER PRIMARY KEY AUTOINCREMENT, "

@@ -11,8 +11,9 @@ from functools import lru_cache
 
 from fastapi import FastAPI
 
+from hub.access.auditlog import SEARCHABLE as AUDIT_SEARCHABLE
 from hub.core import resource as res
-from hub.repository import APPEND_ONLY
+from hub.repository import APPEND_ONLY, AUDIT
 from projections.search.params import params_for
 
 _TYPE_LEVEL = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type",
@@ -116,6 +117,9 @@ def _statement(routed: frozenset[str], base: str) -> dict:
         params = [{"name": code, "type": p.type, "definition": p.url}
                   for code, p in sorted(params_for(rtype).items()) if p.type != "special"]
         refs = sorted(code for code, p in params_for(rtype).items() if p.type == "reference")
+        if rtype == AUDIT:  # answered by the audit log: its own parameters, no includes
+            params = [p for p in params if p["name"] in AUDIT_SEARCHABLE]
+            refs = []
         resources.append({
             "type": rtype,
             # the audit is written by the hub alone (hub.repository.APPEND_ONLY)
@@ -131,7 +135,7 @@ def _statement(routed: frozenset[str], base: str) -> dict:
             and rtype not in APPEND_ONLY else "not-supported",
             "referencePolicy": ["literal", "local"],
             "searchInclude": [f"{rtype}:{c}" for c in refs],
-            "searchRevInclude": sorted(rev.get(rtype, ())),
+            "searchRevInclude": sorted(rev.get(rtype, ())) if rtype != AUDIT else [],
             "searchParam": params,
             "operation": [*operations.get(rtype, []),
                           *([{"name": "validate", "definition":
@@ -164,7 +168,7 @@ def _statement(routed: frozenset[str], base: str) -> dict:
                                "https://fhir-region-hub.example/OperationDefinition/quality-report"}]}
                if "quality-report" in routed else {}),
             "searchParam": [{"name": n, "type": t} for n, t in (
-                ("_count", "number"), ("_sort", "string"), ("_include", "special"),
+                ("_count", "number"), ("_include", "special"),
                 ("_revinclude", "special"), ("_total", "token"), ("_summary", "token"),
                 ("_elements", "string"), ("_has", "special"))],
         }],
