@@ -434,6 +434,16 @@ def test_generate_then_ingest(settings, tmp_path):
     assert orjson.loads(run_hub(settings, "show", one).stdout)["resourceType"] == "Patient"
 
 
+def test_serve_on_every_address_with_access_control_needs_its_public_url(tmp_path):
+    """With access control on, --host 0.0.0.0 and no HUB_BASE_URL the hub started, and every
+    token had to name http://0.0.0.0:… as its audience (a token for the address clients used
+    was refused as "wrong audience"), every link pointing there too."""
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.database_url = None
+    proc = run_hub(settings, "serve", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert_clean_error(proc, "HUB_BASE_URL")
+
+
 def test_serve_answers_metadata(tmp_path, feed):
     data = tmp_path / "served"
     settings = Settings(data_dir=data)

@@ -32,6 +32,13 @@ def cmd_serve(args, settings: Settings) -> int:
         raise UsageError(f"refusing to serve on {settings.host} without access control: anyone "
                          "on the network could read every record; unset HUB_AUTH=0, or listen "
                          "on 127.0.0.1")
+    if settings.auth and not settings.base_url and settings.host in ("0.0.0.0", "::", ""):
+        # tokens name the FHIR base as their audience, and answers link to it: a wildcard
+        # address is nowhere a client can reach (every token and link said http://0.0.0.0:…)
+        raise UsageError(f"serving on {settings.host or 'every address'} with access control "
+                         "needs HUB_BASE_URL: the URL clients reach the hub at (tokens name it "
+                         "as their audience, answers link to it), e.g. "
+                         f"HUB_BASE_URL=https://hub.example.org/fhir")
     if (settings.tls_client_ca or settings.tls_key) and not settings.tls_cert:
         raise UsageError("HUB_TLS_KEY and HUB_TLS_CLIENT_CA (--tls-key, --tls-client-ca) need a "
                          "server certificate: set HUB_TLS_CERT (--tls-cert) too")
