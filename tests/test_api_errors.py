@@ -97,6 +97,10 @@ def test_unknown_type_is_404(client):
     ({"gender": None}, "Patient.gender"),
     ({"name": [{}]}, "Patient.name[0]"),
     ({"name": [{"given": [None]}]}, "Patient.name[0].given[0]"),
+    # a repeating primitive and its _ array line up item by item (R4 JSON)
+    ({"name": [{"given": ["A"], "_given": [None, {"id": "x"}]}]}, "Patient.name[0]._given"),
+    ({"name": [{"given": ["A", None], "_given": [{"id": "x"}, None]}]},
+     "Patient.name[0].given[1]"),
     ({"identifier": [{"system": "urn:oid:1.2", "value": "x"}, {}]}, "Patient.identifier[1]"),
     ({"active": "maybe"}, "Patient.active"),
     ({"multipleBirthInteger": 1.5}, "Patient.multipleBirthInteger"),
@@ -112,6 +116,24 @@ def test_invalid_resource_is_422_with_expression(client, change, where):
         body = assert_outcome(client.put("/Patient", params={"identifier": f"urn:oid:1|{unique()}"},
                                          json=d, headers=FHIR_JSON), 422)
         assert where in expressions(body)
+
+
+def test_a_value_absent_beside_its_extensions_is_taken(client):
+    """R4 JSON pads a repeating primitive with null where only extensions are known
+    (given [null] with _given [{extension: data-absent-reason}]): it was refused as "null
+    inside an array", in JSON and in the XML that says the same."""
+    absent = {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+              "valueCode": "unknown"}
+    d = patient() | {"name": [{"family": "王", "given": ["A", None, "D"],
+                               "_given": [None, {"extension": [absent]}, None]}]}
+    r = client.post("/Patient", json=d, headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+    stored = client.get(f"/Patient/{r.json()['id']}").json()["name"][0]
+    assert stored["given"] == ["A", None, "D"] and stored["_given"][1] == {"extension": [absent]}
+    xml = client.get(f"/Patient/{r.json()['id']}", params={"_format": "xml"}).text
+    back = client.post("/Patient", content=xml.encode(),
+                       headers={"content-type": "application/fhir+xml"})
+    assert back.status_code == 201, back.text
 
 
 def test_many_problems_are_all_reported(client):

@@ -67,6 +67,8 @@ def _object(d: dict, tname: str, path: Path, issues: list[Issue]) -> None:
         if spec is None:  # resourceType, _primitive extensions, or unknown (the model said so)
             if isinstance(v, (dict, list)):
                 _untyped(v, (path, k), issues)
+            if isinstance(v, list) and k.startswith("_"):
+                _aligned(d, k, path, issues)
             continue
         kind, repeats, codes = spec
         if repeats:
@@ -78,6 +80,8 @@ def _object(d: dict, tname: str, path: Path, issues: list[Issue]) -> None:
             for i, item in enumerate(v):
                 if kind == "s" and type(item) is str and (codes is None or item in codes):
                     continue  # the common case, without a call
+                if item is None and kind in _PRIMITIVE and _extended(d, k, i):
+                    continue  # a value absent, its extensions in _k[i] (R4 JSON pads so)
                 _value(item, kind, codes, (where, i), issues)
         elif isinstance(v, list):
             issues.append(Issue("structure", f"{k} does not repeat; it must not be an array",
@@ -86,6 +90,28 @@ def _object(d: dict, tname: str, path: Path, issues: list[Issue]) -> None:
             continue
         else:
             _value(v, kind, codes, (path, k), issues)
+
+
+def _extended(d: dict, k: str, i: int) -> bool:
+    """Does ``_k[i]`` hold the extensions of the value absent at ``k[i]``?"""
+    ext = d.get("_" + k)
+    return isinstance(ext, list) and i < len(ext) and isinstance(ext[i], dict)
+
+
+def _aligned(d: dict, k: str, path: Path, issues: list[Issue]) -> None:
+    """A repeating primitive and its ``_`` array line up item by item (R4 JSON): as many items,
+    and no place null in both. Misaligned, JSON and XML gave the extensions to other values."""
+    values, ext = d.get(k[1:]), d[k]
+    if not isinstance(values, list):
+        return
+    if len(values) != len(ext):
+        issues.append(Issue("structure", f"{k} must have as many items as {k[1:]} (null where "
+                            "one has none)", expression=_render((path, k))))
+        return
+    for i, (value, x) in enumerate(zip(values, ext)):
+        if value is None and x is None:
+            issues.append(Issue("invalid", f"{k[1:]}[{i}] has neither a value nor extensions",
+                                expression=_render(((path, k[1:]), i))))
 
 
 def _value(v: Any, kind: str, codes: frozenset[str] | None, where: Path,
