@@ -55,7 +55,8 @@ def _person_view(request: Request, ctx: Any, ref: str) -> dict[str, str]:
         return {**view, **{f: "" for f in PAIR_FIELDS}, "name": say(request, "hidden")}
     p = orjson.loads(resource_bytes(stored))
     name = (p.get("name") or [{}])[0]
-    view["name"] = name.get("text") or "".join([name.get("family", ""), *name.get("given", [])])
+    view["name"] = name.get("text") or "".join(
+        [name.get("family", ""), *(g for g in name.get("given", []) if isinstance(g, str))])
     view["gender"] = p.get("gender", "")
     view["birthDate"] = p.get("birthDate", "")
     view["identifiers"] = "; ".join(str(i.get("value", "")) for i in p.get("identifier") or [])

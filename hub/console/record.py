@@ -75,7 +75,8 @@ def record_page(request: Request) -> Response:
             patients.append({
                 "id": row.rid, "gender": p.get("gender", ""), "birthDate": p.get("birthDate", ""),
                 "name": name.get("text") or "".join([name.get("family", ""),
-                                                     *name.get("given", [])]) or row.rid,
+                                                     *(g for g in name.get("given", [])
+                                                       if isinstance(g, str))]) or row.rid,
                 "organization": org.get("display") or org.get("reference", "")})
     return page(request, "record.html", "record", q=q, patients=patients)
 
@@ -275,7 +276,8 @@ def _show(v: Any) -> str:
     if "start" in v or "end" in v:
         return f"{v.get('start', '')} – {v.get('end', '')}"
     if "family" in v or "given" in v:
-        return v.get("text") or "".join([v.get("family", ""), *v.get("given", [])])
+        return v.get("text") or "".join(  # a given name absent (null) beside its extensions
+            [v.get("family", ""), *(g for g in v.get("given", []) if isinstance(g, str))])
     return orjson.dumps(jsontext.as_written(v)).decode()[:300]
 
 
