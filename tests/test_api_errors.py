@@ -97,6 +97,17 @@ def test_unknown_type_is_404(client):
     ({"gender": None}, "Patient.gender"),
     ({"name": [{}]}, "Patient.name[0]"),
     ({"name": [{"given": [None]}]}, "Patient.name[0].given[0]"),
+    # a narrative is XHTML FHIR can carry: it was stored as any string, then broke the XML
+    # form, and a script in it reached every viewer
+    ({"text": {"status": "generated", "div": "not xml"}}, "Patient.text.div"),
+    ({"text": {"status": "generated", "div": "<div>no namespace</div>"}}, "Patient.text.div"),
+    ({"text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">'
+               '<script>alert(1)</script>x</div>'}}, "Patient.text.div"),
+    ({"text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">'
+               '<a href="javascript:alert(1)">x</a></div>'}}, "Patient.text.div"),
+    ({"contained": [{"resourceType": "Basic", "id": "b", "code": {"text": "x"}, "text": {
+        "status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml"> </div>'}}]},
+     "Patient.contained[0].text.div"),
     # a repeating primitive and its _ array line up item by item (R4 JSON)
     ({"name": [{"given": ["A"], "_given": [None, {"id": "x"}]}]}, "Patient.name[0]._given"),
     ({"name": [{"given": ["A", None], "_given": [{"id": "x"}, None]}]},

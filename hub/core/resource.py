@@ -18,7 +18,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from fhir_mapping import source_order
 from fhir_mapping.fhir_types import RESOURCE_TYPES  # a leaf module: the tabular mappers read it too
-from hub.core import jsontext, jsontypes
+from hub.core import jsontext, jsontypes, narrative
 from hub.core.errors import FhirError, Issue, bad_request
 
 MAX_ISSUES = 20
@@ -106,6 +106,7 @@ def validate(rtype: str, raw: bytes, d: dict, prefix: str | None = None,
         reported = {i.expression for i in issues}
         issues += [i for i in found if i.expression not in reported]
     _long_keys(d, prefix, issues)
+    _narratives(d, prefix, issues)
     if issues:
         raise FhirError(422, "invalid", issues[0].diagnostics, issues=issues[:MAX_ISSUES])
 
@@ -130,6 +131,17 @@ def _long_keys(d: dict, prefix: str, issues: list[Issue]) -> None:
                 issues.append(Issue("too-long", f"An identifier's {part} is at most "
                                     f"{MAX_KEY_BYTES} bytes (UTF-8) here: it is a key the store "
                                     "indexes", expression=f"{where}.{part}"))
+
+
+def _narratives(d: dict, prefix: str, issues: list[Issue]) -> None:
+    """The resource's narrative and those of its contained resources (``hub.core.narrative``)."""
+    for where, r in [(prefix, d), *((f"{prefix}.contained[{i}]", c) for i, c in
+                                    enumerate(d.get("contained") or ()) if isinstance(c, dict))]:
+        text = r.get("text")
+        if isinstance(text, dict) and "div" in text:
+            why = narrative.problem(text["div"])
+            if why is not None:
+                issues.append(Issue("invalid", why, expression=f"{where}.text.div"))
 
 
 def _issue_code(pydantic_type: str) -> str:
