@@ -315,3 +315,21 @@ def test_large_bodies_are_read_one_at_a_time_and_small_ones_go_on(one_large):
     assert results["slow"].status_code == 201, results["slow"].text
     with httpx.Client(base_url=one_large.base, timeout=30, auth=one_large.auth) as c:
         assert c.post("/Patient", json=big, headers=FHIR_JSON).status_code == 201
+
+
+def test_a_body_in_a_content_coding_is_a_415(client):
+    """A gzip body failed as "not valid UTF-8", and a plain body labelled br was stored as if
+    decoded: the hub reads bodies as they are sent."""
+    import gzip
+
+    import orjson
+
+    body = orjson.dumps({"resourceType": "Patient", "name": [{"family": "Li"}]})
+    for coding, content in ((b"gzip", gzip.compress(body)), (b"br", body)):
+        r = client.post("/Patient", content=content, headers={
+            "content-type": "application/fhir+json", "content-encoding": coding.decode()})
+        assert r.status_code == 415 and r.json()["issue"][0]["code"] == "not-supported", r.text
+    r = client.post("/Patient", content=body, headers={
+        "content-type": "application/fhir+json", "content-encoding": "identity"})
+    assert r.status_code == 201, r.text
+    still_serving(client)

@@ -59,6 +59,10 @@ class BodyLimit:
             return await _refuse_query(send)
         length = None
         for name, value in headers:
+            if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+                # the hub reads bodies as sent: a gzip body failed as "not valid UTF-8", and a
+                # plain one labelled br was stored as if decoded (RFC 9110 15.5.16)
+                return await _refuse_encoding(send, value)
             if name == b"content-length":
                 if not (value.isascii() and value.isdigit()) or int(value) > self.limit:
                     return await _refuse(send, self.limit, self.answers.get(scope.get("path", "")))
@@ -116,6 +120,13 @@ async def _busy(send) -> None:
     body = outcome_bytes([Issue("transient", "Too many large requests are being read at once; "
                                 "retry shortly (HUB_MAX_LARGE)")])
     await _answer(send, 503, body, FHIR_JSON, (b"retry-after", b"2"), (b"connection", b"close"))
+
+
+async def _refuse_encoding(send, value: bytes) -> None:
+    body = outcome_bytes([Issue("not-supported", "Content-Encoding "
+                                f"{value[:40].decode('latin-1')!r} is not supported: send the "
+                                "body as it is (identity)")])
+    await _answer(send, 415, body, FHIR_JSON, (b"accept-encoding", b"identity"))
 
 
 async def _refuse_query(send) -> None:
