@@ -121,6 +121,20 @@ def test_every_audit_search_parameter_claimed_is_answered(client, statement):
     assert "_sort" not in {p["name"] for p in statement["rest"][0]["searchParam"]}
 
 
+def test_composites_the_index_cannot_answer_are_neither_claimed_nor_guessed(client, statement):
+    """Three-component composites were answered from two (a false match on the third), and a
+    composite with a reference component was listed but ignored."""
+    seq = [p["name"] for p in by_type(statement)["MolecularSequence"]["searchParam"]]
+    doc = [p["name"] for p in by_type(statement)["DocumentReference"]["searchParam"]]
+    assert "referenceseqid-window-coordinate" not in seq and "relationship" not in doc
+    assert "code-value-quantity" in [p["name"] for p in by_type(statement)["Observation"]
+                                     ["searchParam"]]
+    r = client.get("/MolecularSequence", params={
+        "referenceseqid-window-coordinate": "NG_007726.3$55227970$55227970"},
+        headers={"prefer": "handling=strict"})
+    assert r.status_code == 400, r.text
+
+
 def test_metadata_formats(client):
     xml = client.get("/metadata", params={"_format": "xml"})
     assert xml.status_code == 200 and b"<CapabilityStatement" in xml.content

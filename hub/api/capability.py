@@ -115,7 +115,7 @@ def _statement(routed: frozenset[str], base: str) -> dict:
     for rtype in sorted(res.RESOURCE_TYPES):
         # what the search index answers: every parameter of the type but those of type special
         params = [{"name": code, "type": p.type, "definition": p.url}
-                  for code, p in sorted(params_for(rtype).items()) if p.type != "special"]
+                  for code, p in sorted(params_for(rtype).items()) if p.answered]
         refs = sorted(code for code, p in params_for(rtype).items() if p.type == "reference")
         if rtype == AUDIT:  # answered by the audit log: its own parameters, no includes
             params = [p for p in params if p["name"] in AUDIT_SEARCHABLE]

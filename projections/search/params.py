@@ -14,6 +14,7 @@ from functools import lru_cache
 from importlib import resources
 
 TYPES = ("string", "token", "date", "number", "quantity", "reference", "uri", "composite", "special")
+COMPOSITE_COMPONENTS = ("token", "quantity", "date", "number", "string", "uri")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,18 @@ class SearchParam:
     # alias (``patient`` = ``subject`` where the target is a Patient) the target type.
     stored_as: tuple[str, ...] = ()
     target_type: str | None = None
+
+    @property
+    def answered(self) -> bool:
+        """Whether a search by it is answered: every type but ``special``; a composite when the
+        index holds what it compares (two components, none a reference: the composite table
+        keeps a first token and a second value)."""
+        if self.type == "special":
+            return False
+        if self.type == "composite":
+            return len(self.components) == 2 and all(
+                c.type in COMPOSITE_COMPONENTS for c in self.components)
+        return True
 
     @property
     def url(self) -> str:

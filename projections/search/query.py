@@ -351,10 +351,11 @@ def _value(rtype: str, code: str, ptype: str, p: SearchParam | None, modifier: s
         if p is None or len(comps) != len(p.components):
             raise bad_request(f"{code}={raw!r} needs {len(p.components) if p else '?'} "
                               "components separated by $")
+        if not p.answered:  # three components (the index keeps two), or a reference one
+            raise Unsupported(f"Composite {code!r} is not answered here (its components: "
+                              f"{', '.join(c.type for c in p.components)})")
         out = []
         for comp, craw in zip(p.components, comps):
-            if comp.type not in ("token", "quantity", "date", "number", "string", "uri"):
-                raise Unsupported(f"Composite {code!r} has a {comp.type} component")
             out.append((comp.type, *_value(rtype, comp.code, comp.type, None, None, craw)))
         return None, tuple(out)
     raise Unsupported(f"Search parameter type {ptype!r} is not supported")
