@@ -24,7 +24,6 @@ import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, cast
 
 from connectors.config import ConnectorConfig, admin_token

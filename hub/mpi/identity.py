@@ -254,7 +254,7 @@ class IdentityService:
         alive: set[str] = set()
         for i in range(0, len(ids), 900):
             alive.update(self.store.current_ids("Patient", ids[i:i + 900]))
-        todo = []
+        todo: list[tuple[str, str, list[str], dict]] = []
         for p, decision, cands, extra in chunk:
             if decision == "deleted":
                 if p.split("/", 1)[1] not in alive:  # not re-created since

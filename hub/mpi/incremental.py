@@ -155,7 +155,7 @@ class IncrementalMatcher:
         for stream, n in newest.items():
             if KIND_OF_TOPIC.get(n.topic) == "deleted":
                 # its open reviews close: no steward is asked about a record gone
-                args = (stream, "deleted", [], 0.0, {}, self.matcher.weights.ruleset)
+                args: Decision = (stream, "deleted", [], 0.0, {}, self.matcher.weights.ruleset)
                 if self.decide_many is None:
                     self.decide(*args)
                 else:
