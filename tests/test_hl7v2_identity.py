@@ -169,3 +169,23 @@ def test_placeholder_allergy_ids_do_not_merge_allergies():
     c = conv(adt("MR1^^^^MR", "ZY1", extra="IAM|1|DA|P01^青霉素^L|||A|-\rIAM|2|FA|F01^花生^L|||A|-\r"))
     assert sorted(a["code"]["text"] for a in by_type(c, "AllergyIntolerance")) == ["花生", "青霉素"]
     assert [f.location for f in c.findings if f.rule == "v2.identifier.placeholder"] == ["IAM-7.1", "IAM[2]-7.1"]
+
+
+def test_a_control_id_used_again_for_another_message_keeps_both_lineages():
+    """A sender that started its MSH-10 counter again: the second message's Provenance took the
+    first one's id and replaced it (the first patient's lineage gone). A message sent again
+    keeps its one Provenance."""
+    from connectors.testing import adt_stream
+    from fhir_mapping.base import SourceInfo
+    from fhir_mapping.hl7v2 import convert
+
+    (_, [a, _]), (_, [b, _]) = adt_stream(2, seed=47)[:2]
+    b = b.replace(b"|M0000001A|", b"|M0000000A|")  # another patient, the same control id
+    source = SourceInfo(institution="H0001", oid="2.16.156.10011.99.1.1")
+
+    def provenance(msg: bytes) -> str:
+        return next(r["id"] for r in convert(msg, source).resources
+                    if r["resourceType"] == "Provenance")
+
+    assert provenance(a) != provenance(b)
+    assert provenance(a) == provenance(a)

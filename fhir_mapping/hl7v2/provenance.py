@@ -33,7 +33,10 @@ def provenance(ctx: Ctx, activity: str) -> dict:
         what["identifier"] = {"system": msg_system, "value": control_id}
     res = {
         "resourceType": "Provenance",
-        "id": ctx.id("Provenance", control_id),
+        # the control id with the message's time: a sender that starts its counter again (the
+        # same MSH-10 for another message) overwrote the first message's lineage; a message
+        # sent again keeps its one Provenance
+        "id": ctx.id("Provenance", control_id, recorded),
         "target": targets,
         "recorded": recorded,
         "activity": {"coding": codings, "text": ctx.kind},
