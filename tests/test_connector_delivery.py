@@ -53,3 +53,36 @@ def test_delivery_goes_on_after_the_spool_failed(hub, tmp_path):
     finally:
         conn.stop()
         conn.join()
+
+
+def test_a_message_with_one_refused_resource_writes_nothing_of_it(hub, tmp_path):
+    """The sink sent a batch Bundle: a message holding an Observation and a Patient the hub
+    refused was dead-lettered while its Observation was stored, referring to no one. As a
+    transaction, the refused message writes nothing; the good one beside it is written."""
+    cfg = ConnectorConfig.from_dict({
+        "name": "lab2", "institution": {"code": "H0001", "oid": "2.16.156.10011.99.1.1"},
+        "state_dir": str(tmp_path / "state"), "durable": False,
+        "sources": [{"type": "folder", "name": "in", "path": str(tmp_path / "in"),
+                     "kind": "fhir"}],
+        "sink": {"type": "http", "url": hub.base,
+                 **hub.sink_credentials("H0001", tmp_path / "keys")}})
+    conn = Connector(cfg, sources=[])
+
+    def message(n: int, gender: str) -> bytes:
+        return orjson.dumps({"resourceType": "Bundle", "id": f"msg-{n}", "type": "collection",
+                             "entry": [{"resource": {
+                                 "resourceType": "Observation", "id": f"obs-{n}",
+                                 "status": "final", "code": {"text": "K"},
+                                 "subject": {"reference": f"Patient/pat-{n}"}}},
+                                 {"resource": {"resourceType": "Patient", "id": f"pat-{n}",
+                                               "gender": gender}}]})
+
+    conn.spool.accept([Envelope(message(1, "maybe"), "fhir", "in"),
+                       Envelope(message(2, "female"), "fhir", "in")])
+    units = conn.spool.pending()
+    errors = conn.sink.deliver(units)
+    assert errors[0] is not None and errors[1] is None, errors
+    with httpx.Client(base_url=hub.base, timeout=10, auth=hub.auth) as c:
+        assert c.get("/Observation/obs-1").status_code == 404
+        assert c.get("/Observation/obs-2").status_code == 200
+    conn.spool.close()

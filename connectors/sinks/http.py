@@ -1,9 +1,11 @@
-"""Deliver units to the hub's FHIR API as batch Bundles (``POST {base}``).
+"""Deliver units to the hub's FHIR API as transaction Bundles (``POST {base}``).
 
-Each unit's entries (PUT Type/id, idempotent) go into one batch Bundle with the other units of the
-batch; the batch-response entries map back to their unit. A unit with a refused entry (4xx) is
-dead-lettered; a 5xx, 409, 429 entry or any transport error makes the whole batch retried later
-(the writes that succeeded become no-ops when it is sent again).
+Each unit's entries (PUT Type/id, idempotent) go into one transaction Bundle with the other units
+of the batch: all of them are written, or none. A refusal (4xx) splits the batch in halves until
+the refused unit is alone, which is dead-lettered with nothing of it written (as a batch Bundle,
+a message with one refused resource was dead-lettered while its other resources were stored,
+referring to what was not); a 5xx, 409, 429 or any transport error makes the whole batch retried
+later.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class HttpSink:
         entries, positions = dedupe_entries([u.entries() for u in units])
         if not entries:
             return [None] * len(units)
-        body = orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": entries})
+        body = orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries})
         try:
             r = self.client.post(self.url, content=body)
         except httpx.HTTPError as e:
@@ -106,9 +108,9 @@ class HttpSink:
         try:
             answers = orjson.loads(r.content)["entry"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise Unavailable("the hub answered without a batch-response Bundle") from None
+            raise Unavailable("the hub answered without a transaction-response Bundle") from None
         if len(answers) != len(entries):
-            raise Unavailable("the batch-response does not answer every entry")
+            raise Unavailable("the transaction-response does not answer every entry")
         return unit_errors(entries, positions, answers)
 
 
