@@ -86,3 +86,33 @@ def test_a_message_with_one_refused_resource_writes_nothing_of_it(hub, tmp_path)
         assert c.get("/Observation/obs-1").status_code == 404
         assert c.get("/Observation/obs-2").status_code == 200
     conn.spool.close()
+
+
+def test_a_message_touching_another_institutions_record_is_refused_alone(hub, tmp_path):
+    """In a transaction, one message's write to a record of another institution (403) refused
+    the whole Bundle; that status must refuse that message alone, not hold the feed for ever."""
+    def connector(name: str, code: str) -> Connector:
+        return Connector(ConnectorConfig.from_dict({
+            "name": name, "institution": {"code": code, "oid": "2.16.156.10011.99.1.1"},
+            "state_dir": str(tmp_path / name), "durable": False,
+            "sources": [{"type": "folder", "name": "in", "path": str(tmp_path / "in"),
+                         "kind": "fhir"}],
+            "sink": {"type": "http", "url": hub.base,
+                     **hub.sink_credentials(code, tmp_path / f"keys-{name}")}}), sources=[])
+
+    def patient(rid: str) -> bytes:
+        return orjson.dumps({"resourceType": "Patient", "id": rid, "gender": "female"})
+
+    first, second = connector("first", "H0101"), connector("second", "H0202")
+    first.spool.accept([Envelope(patient("owned-by-first"), "fhir", "in")])
+    assert first.sink.deliver(first.spool.pending()) == [None]
+    second.spool.accept([Envelope(patient("owned-by-first"), "fhir", "in"),
+                         Envelope(patient("new-of-second"), "fhir", "in")])
+    errors = second.sink.deliver(second.spool.pending())
+    if not hub.settings.auth:
+        pytest.skip("without access control no institution owns a record")
+    assert errors[0] is not None and errors[0]["status"] == 403 and errors[1] is None, errors
+    with httpx.Client(base_url=hub.base, timeout=10, auth=hub.auth) as c:
+        assert c.get("/Patient/new-of-second").status_code == 200
+    first.spool.close()
+    second.spool.close()

@@ -97,7 +97,7 @@ class HttpSink:
         except httpx.HTTPError as e:
             raise Unavailable(f"{type(e).__name__}: {e}") from None
         if r.status_code == 413 or (400 <= r.status_code < 500 and r.status_code not in
-                                    (401, 403, 404, *RETRY_STATUS)):
+                                    (401, 403, 404, *RETRY_STATUS)) or _an_entrys(r):
             if len(units) > 1:  # find the culprit: split the batch
                 half = len(units) // 2
                 return self.deliver(units[:half]) + self.deliver(units[half:])
@@ -112,6 +112,18 @@ class HttpSink:
         if len(answers) != len(entries):
             raise Unavailable("the transaction-response does not answer every entry")
         return unit_errors(entries, positions, answers)
+
+
+def _an_entrys(r: httpx.Response) -> bool:
+    """A 403 or 404 about one entry (a record of another institution, say), not about the
+    caller (its token, its scopes): that entry's message is refused, the others go on."""
+    if r.status_code not in (403, 404):
+        return False
+    outcome = _json(r)
+    issues = outcome.get("issue") if isinstance(outcome, dict) else None
+    return any(isinstance(i, dict) and any(str(x).startswith("Bundle.entry[")
+                                           for x in i.get("expression") or ())
+               for i in issues or ())
 
 
 def _json(r: httpx.Response) -> Any:
