@@ -169,6 +169,8 @@ def test_every_route_refuses_a_caller_without_a_valid_token(world, method, path)
         assert r.status_code == 401, (case, r.status_code, r.text[:300])
         assert r.json()["resourceType"] == "OperationOutcome", case
         assert r.headers["www-authenticate"].startswith("Bearer"), case
+        # RFC 6750 3.1: an error code only when a token was sent
+        assert ("error=" in r.headers["www-authenticate"]) == bool(header), case
 
 
 HEAD_ROUTES = [p for m, p in ROUTES if m == "GET"]
@@ -588,3 +590,10 @@ def test_every_route_refuses_a_valid_token_that_grants_nothing(world, method, pa
     assert r.status_code in (400, 403, 405, 415), (r.status_code, r.text[:300])
     if r.headers.get("content-type", "").startswith("application/fhir+json"):
         assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_method_not_allowed_says_which_are(world):
+    """RFC 9110 15.5.6: a 405 names the methods the resource takes (it named none)."""
+    r = httpx.request("PROPFIND", world.live.base + "/metadata", timeout=30)
+    assert r.status_code == 405 and "GET" in r.headers.get("allow", ""), (r.status_code,
+                                                                          r.headers)

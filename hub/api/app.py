@@ -273,8 +273,11 @@ def _install_error_handlers(app: FastAPI) -> None:
             return console.error_page(request, e.status,
                                       e.issues[0].diagnostics if e.issues else "")
         response = outcome_response(e.issues, e.status, request)
-        if e.status == 401:  # RFC 6750: how to authenticate
-            response.headers["WWW-Authenticate"] = 'Bearer realm="fhir", error="invalid_token"'
+        if e.status == 401:  # RFC 6750: how to authenticate; an error code only when a token
+            # was sent (3.1: a request without credentials gets none)
+            sent = bool(request.headers.get("authorization"))
+            response.headers["WWW-Authenticate"] = 'Bearer realm="fhir"' + (
+                ', error="invalid_token"' if sent else "")
         if isinstance(e, Throttled):
             response.headers["Retry-After"] = str(e.retry_after)
         return response
@@ -289,7 +292,10 @@ def _install_error_handlers(app: FastAPI) -> None:
                 request.url.path.startswith("/console/static/"):  # the console answers pages
             return console.error_page(request, e.status_code,
                                       text.replace("No FHIR endpoint", "No console page"))
-        return outcome_response([Issue(code, text)], e.status_code, request)
+        response = outcome_response([Issue(code, text)], e.status_code, request)
+        if e.status_code == 405 and e.headers and "Allow" in e.headers:
+            response.headers["Allow"] = e.headers["Allow"]  # RFC 9110 15.5.6: what is allowed
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError) -> Response:
