@@ -172,6 +172,28 @@ def test_truncated_stream_and_idle_connections(connector, messages):
     assert connector.sources[0].stats["framing_errors"] >= 1
 
 
+def test_a_sender_trickling_bytes_outside_a_message_is_closed_when_idle(connector, messages):
+    """A CR every half second kept a connection open for ever (each read restarted the idle
+    timer), so 256 such senders locked every real one out."""
+    s = socket.create_connection(("127.0.0.1", connector.sources[0].port))
+    s.settimeout(0.2)
+    started = time.monotonic()
+    closed = False
+    while time.monotonic() - started < 5 and not closed:
+        try:
+            s.sendall(b"\r")
+            if s.recv(1) == b"":
+                closed = True
+        except TimeoutError:
+            pass
+        except OSError:
+            closed = True
+        time.sleep(0.3)
+    s.close()
+    assert closed and time.monotonic() - started < 4  # idle_timeout_s is 1
+    still_serving(connector, messages[0])
+
+
 def test_concurrent_senders_and_noise(connector, messages):
     errors = []
 

@@ -371,7 +371,11 @@ class MLLPSource:
             return build_ack(b"", code, error)
 
     async def _read_frame(self, reader: asyncio.StreamReader, buf: bytearray) -> bytes | None:
-        """The next message, None at end of stream or idle timeout; FramingError for bad blocks."""
+        """The next message, None at end of stream or idle timeout; FramingError for bad blocks.
+        The idle timeout runs from when the message is awaited, not from the last byte: a sender
+        trickling a CR every few seconds held its connection (and a slot of ``max_connections``)
+        for ever."""
+        deadline = asyncio.get_running_loop().time() + self.idle_timeout
         while True:
             start = buf.find(VT)
             if start < 0:
@@ -379,7 +383,7 @@ class MLLPSource:
                 buf.clear()
                 if junk:
                     raise FramingError(f"{junk} bytes outside an MLLP block skipped")
-                if not await self._fill(reader, buf):
+                if not await self._fill(reader, buf, deadline):
                     return None
                 continue
             if start > 0:
@@ -406,7 +410,7 @@ class MLLPSource:
                 if buf[:1] == CR:
                     del buf[:1]
                 return payload
-            if not await self._fill(reader, buf):
+            if not await self._fill(reader, buf, deadline):
                 if len(buf) > 1:
                     fragment = bytes(buf[1:])
                     buf.clear()
@@ -414,9 +418,12 @@ class MLLPSource:
                                        fatal=True)
                 return None
 
-    async def _fill(self, reader: asyncio.StreamReader, buf: bytearray) -> bool:
+    async def _fill(self, reader: asyncio.StreamReader, buf: bytearray, deadline: float) -> bool:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return False
         try:
-            chunk = await asyncio.wait_for(reader.read(65536), self.idle_timeout)
+            chunk = await asyncio.wait_for(reader.read(65536), left)
         except asyncio.TimeoutError:
             return False
         if not chunk:
