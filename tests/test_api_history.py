@@ -3,7 +3,7 @@ _at."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import httpx
 from fhir.resources.R4B.bundle import Bundle
@@ -17,6 +17,8 @@ from tests.api_helpers import (
     put,
     unique,
 )
+
+CHINA = timezone(timedelta(hours=8))  # HUB_TIMEZONE's default, which the test servers keep
 
 
 def pages(client: httpx.Client, path: str, params: dict, between=None) -> list[dict]:
@@ -203,8 +205,13 @@ def test_at_with_full_and_partial_dates(client):
 
     assert at(t1) == [1]  # at the instant of version 1 only version 1 was current
     assert at(t2) == [2]  # version 1 ended exactly when version 2 began
-    assert at(t1[:10]) == at(t1[:7]) == at(t1[:4]) == [3, 2, 1] or t1[:10] != t2[:10]
-    assert 1 in at(t1[:10]) and 1 in at(t1[:7]) and 1 in at(t1[:4])
+    # a date without a time is a day of the platform's zone (+08:00 by default), not of UTC:
+    # from 16:00 UTC on, the UTC date of t1 was a day of +08:00 that had ended before it
+    local = datetime.fromisoformat(t1.replace("Z", "+00:00")).astimezone(CHINA).isoformat()
+    local2 = datetime.fromisoformat(t2.replace("Z", "+00:00")).astimezone(CHINA).isoformat()
+    assert at(local[:10]) == at(local[:7]) == at(local[:4]) == [3, 2, 1] or \
+        local[:10] != local2[:10]
+    assert 1 in at(local[:10]) and 1 in at(local[:7]) and 1 in at(local[:4])
     assert at("2000") == [] and at("2000-02") == [] and at("2000-02-03") == []
 
     # type level: only versions current during the period

@@ -440,7 +440,12 @@ def test_serve_on_every_address_with_access_control_needs_its_public_url(tmp_pat
     was refused as "wrong audience"), every link pointing there too."""
     settings = Settings(data_dir=tmp_path / "data")
     settings.database_url = None
-    proc = run_hub(settings, "serve", "--host", "0.0.0.0", "--port", str(free_port()))
+    env = {**hub_env(settings), "HUB_AUTH": "1"}  # the suite may run with it off
+    env.pop("HUB_BASE_URL", None)
+    (tmp_path / "data").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "hub.cli", "serve", "--host", "0.0.0.0",
+                           "--port", str(free_port())], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
     assert_clean_error(proc, "HUB_BASE_URL")
 
 
