@@ -212,6 +212,10 @@ def test_everything_parameters_and_paging(client, data):
         url = nxt[0].split("/fhir", 1)[1] if nxt else None
         pages += 1
     assert pages == 4 and sorted(seen) == full and len(set(seen)) == 18
+    # the page cursor is sealed, as every page link's: one a client edits is refused (it was
+    # the index's row number, open to any position)
+    r = client.get(f"/Person/{pa}/$everything", params={"_count": "5", "_cursor": "1"})
+    assert r.status_code == 400, r.text
 
 
 def test_timeline_window_kinds_and_paging(client, data):

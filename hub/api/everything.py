@@ -245,7 +245,9 @@ async def _everything(request: Request, rtype: str, rid: str) -> Response:
     count = _count(params)
     since = _instant(params["_since"], "_since") if "_since" in params else None
     types = check_types(params.get("_type"))
-    after = _cursor_int(params.get("_cursor"))
+    # sealed, as every page link is: a cursor a client edits (another position) is refused
+    tokens = page_tokens(request.app.state.settings.data_dir)
+    after = _cursor_int(tokens.open(params["_cursor"])) if "_cursor" in params else None
     institution = params.get("institution")
     shared = _shared(request)
     base = base_url(request, request.app.state.settings.base_url)
@@ -268,7 +270,8 @@ async def _everything(request: Request, rtype: str, rid: str) -> Response:
         plist = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
         links = [{"relation": "self", "url": link(path, list(request.query_params.multi_items()))}]
         if nxt is not None:
-            links.append({"relation": "next", "url": link(path, plist, _cursor=str(nxt))})
+            links.append({"relation": "next", "url": link(path, plist,
+                                                          _cursor=tokens.seal(str(nxt)))})
         return scope, _bundle(entries, base, links, total, referenced)
 
     asked = (rid, []) if rtype == "Person" else (None, [f"Patient/{rid}"])
