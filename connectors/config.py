@@ -128,6 +128,13 @@ class ConnectorConfig:
             if not Path(str(token_file)).is_absolute():
                 status["admin_token_file"] = str((base / str(token_file)).resolve())
         retry = d.get("retry") or {}
+        if not isinstance(retry, dict):
+            raise ConfigError(f"{where}: 'retry' must be a mapping (initial_s, max_s)")
+        for i, s in enumerate(sources):
+            _numbers(s, f"{where}: sources[{i}]")
+        _numbers(sink, f"{where}: sink")
+        _numbers(status, f"{where}: status")
+        _numbers(retry, f"{where}: retry")
         # -- terminology: the section is checked by connectors.terminology --
         from connectors.terminology import TerminologyConfigError, parse_config
 
@@ -169,3 +176,18 @@ def admin_token(token_file: str | Path) -> str:
         raise ConfigError(f"status.admin_token_file {token_file} holds no token of at least "
                           f"{MIN_TOKEN} characters")
     return token
+
+
+_POSITIVE = ("_s", "_ms", "_bytes", "batch_size", "max_connections", "group_commit")
+
+
+def _numbers(section: dict, where: str) -> None:
+    """Times, sizes and counts are positive numbers, a port a number from 0 (any free port): a
+    word there ended the daemon with a traceback, and 0 or -1 made it close every connection
+    unanswered or take messages of any size."""
+    for key, value in section.items():
+        if key == "port" or key.endswith(_POSITIVE):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{where}.{key} must be a number, not {value!r}")
+            if value < 0 or (value == 0 and key != "port") or (key == "port" and value > 65535):
+                raise ConfigError(f"{where}.{key} is out of range: {value!r}")

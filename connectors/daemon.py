@@ -16,6 +16,7 @@ that was acknowledged.
 from __future__ import annotations
 
 import hmac
+import inspect
 import json
 import logging
 import random
@@ -26,9 +27,10 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
-from connectors.config import ConnectorConfig, admin_token
+from connectors.config import ConfigError, ConnectorConfig, admin_token
 from connectors.sinks.base import Unavailable, take_batch
 from connectors.spool import Spool
+from fhir_mapping.base import MappingError
 
 log = logging.getLogger("connectors")
 THROUGHPUT_WINDOW_S = 300.0
@@ -37,33 +39,70 @@ THROUGHPUT_WINDOW_S = 300.0
 def build_source(cfg: dict):
     kind = cfg["type"]
     name = cfg["name"]
+    payload = cfg.get("kind")
+    if isinstance(payload, str):
+        from connectors.kinds import converter
+
+        try:
+            converter(payload)
+        except MappingError as e:
+            raise ConfigError(f"sources {name!r}: kind: {e.reason}") from None
     if kind == "mllp":
         from connectors.sources.mllp import MLLPSource
 
+        known_keys(MLLPSource, cfg, f"sources {name!r}")
         return MLLPSource.from_config(name, cfg)
     if kind == "folder":
         from connectors.sources.folder import FolderSource
 
+        known_keys(FolderSource, cfg, f"sources {name!r}")
         return FolderSource.from_config(name, cfg)
     if kind == "kafka":
         from connectors.sources.kafka import KafkaSource
 
+        known_keys(KafkaSource, cfg, f"sources {name!r}")
         return KafkaSource.from_config(name, cfg)
     if kind == "database":
         from connectors.sources.database import DatabaseSource
 
+        known_keys(DatabaseSource, cfg, f"sources {name!r}")
         return DatabaseSource.from_config(name, cfg)
     raise ValueError(f"unknown source type {kind!r}")
+
+
+def _built(make: Any, where: str) -> Any:
+    """A source or sink built from its configuration, a mistake in which is a ConfigError naming
+    where (it was a traceback, or a misspelt key was silently ignored)."""
+    try:
+        return make()
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, OSError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def known_keys(cls: Any, cfg: dict, where: str, also: tuple[str, ...] = ()) -> None:
+    """Refuse keys ``cls`` does not take (misspelt ones were swallowed by ``**_``); ``also``:
+    keys the daemon reads itself."""
+    params = inspect.signature(cls.__init__).parameters
+    known = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    known |= set(also)
+    unknown = sorted(set(cfg) - known - {"type", "name", "self"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: "
+                          f"{', '.join(sorted(known - {'self', 'name'}))})")
 
 
 def build_sink(cfg: dict, config: ConnectorConfig):
     if cfg["type"] == "http":
         from connectors.sinks.http import HttpSink
 
+        known_keys(HttpSink, cfg, "sink", also=("batch_size",))
         return HttpSink(source_info=config.source_info,
                         **{k: v for k, v in cfg.items() if k != "type"})
     from connectors.sinks.kafka import KafkaSink
 
+    known_keys(KafkaSink, cfg, "sink", also=("batch_size",))
     return KafkaSink(connector=config.name, source_info=config.source_info,
                      **{k: v for k, v in cfg.items() if k != "type"})
 
@@ -80,8 +119,10 @@ class Connector:
                            converter_factory=self.terminology.converter_factory(
                                default_converter_factory))
         # -- end terminology --
-        self.sources = sources if sources is not None else [build_source(s) for s in config.sources]
-        self.sink = sink if sink is not None else build_sink(config.sink, config)
+        self.sources = sources if sources is not None else [
+            _built(lambda s=s: build_source(s), f"sources {s['name']!r}") for s in config.sources]
+        self.sink = sink if sink is not None else _built(
+            lambda: build_sink(config.sink, config), "sink")
         self.batch_size = int(config.sink.get("batch_size", 50))
         self.stop_event = threading.Event()
         self.threads: dict[str, threading.Thread] = {}

@@ -220,3 +220,31 @@ def test_training_debugging_and_non_v2_messages_are_refused_with_err_202_203(spo
         assert a.error["code"] == "AR"
         ack = build_ack(variant(b"T", b"2.5"), "AR", a.error)
         assert b"|" + code + b"^" in ack, ack
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda c: c["sources"][0].update(port="abc"), "port must be a number"),
+    (lambda c: c["sources"][0].update(max_mesage_bytes=10), "unknown key(s) max_mesage_bytes"),
+    (lambda c: c["sources"][0].update(idle_timeout_s=0), "idle_timeout_s is out of range"),
+    (lambda c: c["sources"][0].update(max_message_bytes=-1), "max_message_bytes is out of range"),
+    (lambda c: c["sources"][0].update(kind="hl7v9"), "no mapper for payload kind"),
+    (lambda c: c["sink"].update(batch_size="many"), "batch_size must be a number"),
+    (lambda c: c["sink"].update(batchsize=5), "unknown key(s) batchsize"),
+    (lambda c: c.update(retry="fast"), "'retry' must be a mapping"),
+    (lambda c: c.update(status={"port": "eighty"}), "status.port must be a number"),
+])
+def test_a_configuration_mistake_is_one_line_naming_it(tmp_path, capsys, change, needle):
+    """Each of these ended the daemon with a traceback, or was silently taken (a misspelt key
+    ignored, every connection closed unanswered, messages of any size)."""
+    import yaml
+
+    from hub.cli import main
+
+    config = {"name": "x", "institution": {"code": "H1", "oid": "1.2"}, "state_dir": "state",
+              "sources": [{"type": "mllp", "port": 0, "kind": "hl7v2"}],
+              "sink": {"type": "http", "url": "http://127.0.0.1:9/fhir"}}
+    change(config)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["connector", "run", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and err.count("\n") == 1, err
