@@ -78,6 +78,39 @@ def test_fhirpath_patch_operations(client, stored):
     assert body["telecom"] == [{"system": "phone", "value": "1"}] and "gender" not in body
 
 
+def test_fhirpath_patch_keeps_each_extension_with_its_value(client):
+    """Deleting, inserting or moving a repeating primitive moved its neighbours' extensions
+    onto the wrong values (the _given array was left as it was); a primitive with an extension
+    could not be replaced or deleted ("matches 2 elements"), nor a family name when another
+    name had none."""
+    def ext(text: str) -> dict:
+        return {"extension": [{"url": "http://example.org/note", "valueString": text}]}
+
+    d = patient(birthDate="1980-01-02")
+    d["_birthDate"] = ext("estimated")
+    d["name"] = [{"family": "Wang", "given": ["A", "B", "C"], "_given": [ext("for-A"), None,
+                                                                         ext("for-C")]},
+                 {"text": "no family"}]
+    rid = create(client, d).headers["location"].split("/_history")[0].split("/fhir/")[-1]
+    r = client.patch(f"/{rid}", headers=FHIR_JSON, json=_params(
+        _op("delete", "Patient.name[0].given[0]"),  # A and its extension
+        _op("insert", "Patient.name[0].given", index=0, value={"valueString": "Z"}),
+        _op("move", "Patient.name[0].given", source=2, destination=0),  # C first
+        _op("replace", "Patient.birthDate", value={"valueDate": "1981-01-01"}),
+        _op("replace", "Patient.name.family", value={"valueString": "Li"})))
+    assert r.status_code == 200, r.text
+    body = client.get(f"/{rid}").json()
+    name = body["name"][0]
+    assert name["given"] == ["C", "Z", "B"] and name["family"] == "Li"
+    assert name["_given"] == [ext("for-C"), None, None]
+    assert body["birthDate"] == "1981-01-01" and body["_birthDate"] == ext("estimated")
+    r = client.patch(f"/{rid}", headers=FHIR_JSON, json=_params(
+        _op("delete", "Patient.birthDate")))
+    assert r.status_code == 200, r.text
+    body = client.get(f"/{rid}").json()
+    assert "birthDate" not in body and "_birthDate" not in body
+
+
 def test_if_match(client, stored):
     ok = client.patch(f"/{stored}", headers={**JSON_PATCH, "if-match": 'W/"1"'},
                       json=[{"op": "replace", "path": "/gender", "value": "female"}])

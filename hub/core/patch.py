@@ -75,13 +75,19 @@ class _Doc:
     def __init__(self, resource: dict):
         self.root = resource  # the caller's working copy (jsontext.as_numbers made it)
         self.nodes: dict[int, tuple[dict, str | None, Any, Any]] = {}  # n -> (obj, type, container, key)
+        # the objects of ``_name`` arrays and objects: a primitive's id and extensions, which the
+        # FHIRPath engine (without a model) hands back beside the primitives themselves
+        self.holders: set[int] = set()
         self._mark(self.root, resource.get("resourceType"), None, None)
 
-    def _mark(self, obj: Any, ftype: str | None, container: Any, key: Any) -> None:
+    def _mark(self, obj: Any, ftype: str | None, container: Any, key: Any,
+              holder: bool = False) -> None:
         if isinstance(obj, dict):
             n = len(self.nodes)
             obj[MARK] = n
             self.nodes[n] = (obj, ftype, container, key)
+            if holder:
+                self.holders.add(n)
             elements = TYPES.get(ftype or "", {})
             for k, v in list(obj.items()):
                 if k == MARK:
@@ -89,11 +95,14 @@ class _Doc:
                 kind = elements.get(k, [None])[0]
                 if k == "contained" or kind == "Resource":
                     kind = None  # typed by its own resourceType
+                held = k.startswith("_")
                 if isinstance(v, list):
                     for i, item in enumerate(v):
-                        self._mark(item, kind or (item.get("resourceType") if isinstance(item, dict) else None), v, i)
+                        self._mark(item, kind or (item.get("resourceType") if isinstance(item, dict) else None), v, i,
+                                   held)
                 else:
-                    self._mark(v, kind or (v.get("resourceType") if isinstance(v, dict) else None), obj, k)
+                    self._mark(v, kind or (v.get("resourceType") if isinstance(v, dict) else None), obj, k,
+                               held)
 
     def strip(self) -> dict:
         def clean(o: Any) -> Any:
@@ -112,19 +121,26 @@ class _Doc:
         except Exception as e:  # noqa: BLE001 - the FHIRPath engine's parse and evaluation errors
             raise _bad(f"Cannot evaluate the FHIRPath {path!r}: {type(e).__name__}", where) from None
 
+    def found(self, path: str, where: str) -> list:
+        """The elements ``path`` matches, without the primitives' extension holders (and the
+        nulls of ``_name`` arrays) the engine hands back beside them."""
+        return [f for f in self.evaluate(path, where) if f is not None and not (
+            isinstance(f, dict) and f.get(MARK) in self.holders)]
+
     def node(self, found: Any) -> int | None:
         return found.get(MARK) if isinstance(found, dict) else None
 
     def one_object(self, path: str, where: str) -> tuple[dict, str | None, Any, Any]:
-        found = self.evaluate(path, where)
+        found = self.found(path, where)
         marks = [self.node(f) for f in found]
         if len(found) != 1 or marks[0] is None:
             raise _cannot(f"The path {path!r} must match one element, not {len(found)}", where)
         return self.nodes[marks[0]]
 
-    def target(self, path: str, where: str) -> tuple[Any, Any] | None:
-        """(container, key or index) of the one node ``path`` matches; None if it matches none."""
-        found = self.evaluate(path, where)
+    def target(self, path: str, where: str) -> tuple[Any, Any, Any] | None:
+        """(container, key or index, the ``_name`` array or object beside a primitive or None)
+        of the one node ``path`` matches; None if it matches none."""
+        found = self.found(path, where)
         if not found:
             return None
         if len(found) > 1:
@@ -136,22 +152,29 @@ class _Doc:
                 raise _cannot("A patch may not replace or delete the resource itself", where)
             if isinstance(container, list):  # where it is now: an earlier delete may have moved it
                 key = next(i for i, x in enumerate(container) if x is obj)
-            return container, key
+            return container, key, None
         m = _LAST_STEP.match(path.strip())  # a primitive: its parent and its element's name
         if not m:
             raise _cannot(f"The path {path!r} does not end at an element", where)
-        parent, _, _, _ = self.one_object(m.group(1), where)
         name, index = m.group(2), m.group(3)
-        value = parent.get(name)
+        # the one parent holding the element (Patient.name.family with two names, one of
+        # them without a family, names one family)
+        parents = [self.nodes[mark][0] for mark in (self.node(p) for p in self.found(
+            m.group(1), where)) if mark is not None and (name in self.nodes[mark][0] or
+                                                         "_" + name in self.nodes[mark][0])]
+        if len(parents) != 1:
+            raise _cannot(f"The path {path!r} must match one element, not {len(parents)}", where)
+        parent = parents[0]
+        value, ext = parent.get(name), parent.get("_" + name)
         if index is not None:
             if not isinstance(value, list) or int(index) >= len(value):
                 raise _cannot(f"The path {path!r} matches nothing", where)
-            return value, int(index)
+            return value, int(index), ext
         if isinstance(value, list):
             if len(value) != 1:
                 raise _cannot(f"The path {path!r} matches {len(value)} elements, not one", where)
-            return value, 0
-        return parent, name
+            return value, 0, ext
+        return parent, name, ext
 
 
 def _value(part: dict, where: str) -> Any:
@@ -215,8 +238,9 @@ def _int(fields: dict, name: str, where: str) -> int:
     return v
 
 
-def _list_at(doc: _Doc, path: str, where: str) -> list:
-    """The list of elements ``path`` names (its repetitions), to insert into or move within."""
+def _list_at(doc: _Doc, path: str, where: str) -> tuple[list, list | None]:
+    """The list of elements ``path`` names (its repetitions), to insert into or move within,
+    and the ``_name`` array of their ids and extensions beside it (None without one)."""
     m = _LAST_STEP.match(path.strip())
     if not m:
         raise _cannot(f"The path {path!r} does not name a repeating element", where)
@@ -226,7 +250,8 @@ def _list_at(doc: _Doc, path: str, where: str) -> list:
         value = parent[m.group(2)] = []
     if not isinstance(value, list):
         raise _cannot(f"{path!r} does not repeat", where)
-    return value
+    ext = parent.get("_" + m.group(2))
+    return value, ext if isinstance(ext, list) and len(ext) == len(value) else None
 
 
 def apply_fhirpath_patch(resource: dict, parameters: Any) -> dict:
@@ -250,30 +275,39 @@ def apply_fhirpath_patch(resource: dict, parameters: Any) -> dict:
             else:
                 obj[name] = [value] if repeats and not isinstance(value, list) else value
         elif kind == "insert":
-            items = _list_at(doc, path, where)
+            items, ext = _list_at(doc, path, where)
             index = _int(fields, "index", where)
             if index > len(items) or "value" not in fields:
                 raise _cannot(f"insert at {index} into {len(items)} elements (with a value)", where)
             items.insert(index, fields["value"])
+            if ext is not None:  # the extensions stay with their values
+                ext.insert(index, None)
         elif kind == "delete":
             found = doc.target(path, where)
             if found is not None:
-                container, key = found
+                container, key, ext = found
                 del container[key]
+                # the element goes whole: its id and extensions with its value
+                if isinstance(key, int) and isinstance(ext, list) and key < len(ext):
+                    del ext[key]
+                elif isinstance(key, str) and isinstance(container, dict):
+                    container.pop("_" + key, None)
         elif kind == "replace":
             if "value" not in fields:
                 raise _bad("replace needs a value", where)
             found = doc.target(path, where)
             if found is None:
                 raise _cannot(f"The path {path!r} matches nothing to replace", where)
-            container, key = found
+            container, key, _ = found
             container[key] = fields["value"]
         elif kind == "move":
-            items = _list_at(doc, path, where)
+            items, ext = _list_at(doc, path, where)
             src, dst = _int(fields, "source", where), _int(fields, "destination", where)
             if src >= len(items) or dst >= len(items):
                 raise _cannot(f"move {src} -> {dst} within {len(items)} elements", where)
             items.insert(dst, items.pop(src))
+            if ext is not None:
+                ext.insert(dst, ext.pop(src))
         else:
             raise _bad(f"Unknown operation type {kind!r}; use add, insert, delete, replace, move",
                        where)
@@ -286,5 +320,7 @@ def _prune(o: Any) -> Any:
         out = {k: _prune(v) for k, v in o.items()}
         return {k: v for k, v in out.items() if v not in ([], {})}
     if isinstance(o, list):
-        return [x for x in (_prune(v) for v in o) if x not in ([], {})]
+        items = [x for x in (_prune(v) for v in o) if x not in ([], {})]
+        # a _name array left with nulls alone holds no extension any more
+        return [] if items and all(x is None for x in items) else items
     return o
