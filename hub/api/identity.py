@@ -68,7 +68,7 @@ from hub.mpi.identity import IdentityService, patient_ref, person_id
 from hub.mpi.qr import QrError
 from hub.mpi.qr import parse as parse_qr
 from hub.readmodels import open_as
-from hub.repository import Repository
+from hub.repository import VISIBLE_TOTAL_UP_TO, Repository
 from projections.person import PersonProjection
 from projections.runner import Runner
 from projections.timeline import TimelineProjection
@@ -312,8 +312,11 @@ async def person_search(request: Request) -> Response:
                 continue  # links to no Patient this caller sees
             entries.append({"fullUrl": f"{base}/Person/{pid}", "resource": view,
                             "search": {"mode": "match"}})
-        if repository(request).may_hide(context_of(request), "Person"):
-            total = None  # a count of all would tell how many are hidden
+        if total is not None and repository(request).may_hide(context_of(request), "Person"):
+            # a count of all would tell how many are hidden: those this caller sees are counted
+            # one by one, up to VISIBLE_TOTAL_UP_TO (as a type search counts), else no total
+            total = _visible_persons(identity, sets, P, updated, seen) \
+                if total <= VISIBLE_TOTAL_UP_TO else None
         params = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
         out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
                                "link": [{"relation": "self",
@@ -341,6 +344,27 @@ async def person_search(request: Request) -> Response:
 
 
 _PERSON_CURSOR = re.compile(r"^[A-Za-z0-9.\-]{1,64}$")
+
+
+def _visible_persons(identity: Any, sets: Any, P: Any, updated: Any, seen: Any) -> int:
+    """How many of the persons a Person search matches this caller sees (linked to a Patient
+    it may read)."""
+    if sets is None:
+        pids = listing.person_ids(P, "", VISIBLE_TOTAL_UP_TO + 1, updated)
+    else:
+        with P.read() as c:
+            pids = [p for p in set.intersection(*sets) if not updated or listing.within(
+                listing.person_updated(P, c, p), updated)]
+    n = 0
+    for pid in pids:
+        try:
+            person_view(identity, identity.store, pid, seen)
+        except FhirError as e:
+            if e.status != 403:
+                raise
+            continue
+        n += 1
+    return n
 
 
 def _criteria_sets(identity: IdentityService, crit: dict[str, str], base: str,
