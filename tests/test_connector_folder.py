@@ -200,3 +200,26 @@ def test_a_big_batch_file_is_spooled_a_chunk_at_a_time_and_resumes_after_a_resta
     assert len(spool.pending(100)) == 8
     assert orjson.loads(spool.checkpoint("folder:drop"))["next"] == 8
     spool.close()
+
+
+def test_a_file_dated_in_the_future_or_named_in_capitals_is_taken(tmp_path):
+    """A sender whose clock is an hour ahead: its file waited unseen until the clock caught up.
+    *.hl7 did not match UPPER.HL7 (Windows senders), and nothing said so."""
+    msgs = [m for _, ms in adt_stream(2, seed=48) for m in ms]
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    ahead = inbox / "future.hl7"
+    ahead.write_bytes(msgs[0])
+    later = time.time() + 3600
+    os.utime(ahead, (later, later))
+    (inbox / "UPPER.HL7").write_bytes(msgs[1])
+    spool = Spool(tmp_path / "spool.sqlite", INFO, durable=False)
+    src = FolderSource("drop", str(inbox), pattern="*.hl7", settle_ms=300, poll_s=0.05)
+    stop, t = run_source(src, spool)
+    try:
+        wait_until(lambda: src.stats["files"] == 2, 10, what="both files")
+    finally:
+        stop.set()
+        t.join(5)
+    assert sorted(p.name for p in (inbox / "done").iterdir()) == ["UPPER.HL7", "future.hl7"]
+    spool.close()

@@ -18,6 +18,7 @@ file over ``max_file_bytes`` (default 256 MiB) is moved to ``failed/`` unread.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import re
@@ -62,6 +63,7 @@ class FolderSource:
         self.max_file_bytes = int(max_file_bytes)
         self.key = f"folder:{name}"
         self.stats = {"files": 0, "done": 0, "failed": 0}
+        self._watched: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime, since)
 
     @classmethod
     def from_config(cls, name: str, cfg: dict) -> FolderSource:
@@ -79,10 +81,15 @@ class FolderSource:
             stop.wait(self.poll)
 
     def ready_files(self) -> list[Path]:
-        now = time.time()
+        now, clock = time.time(), time.monotonic()
         out = []
-        for f in self.path.glob(self.pattern):
+        seen: dict[str, tuple[int, int, float]] = {}
+        # the pattern matches names in any case (*.hl7 takes UPPER.HL7, as Windows senders write)
+        pattern = self.pattern.lower()
+        for f in self.path.iterdir() if self.path.is_dir() else ():
             name = f.name
+            if not fnmatch.fnmatchcase(name.lower(), pattern):
+                continue
             if name.startswith(".") or name.lower().endswith(PARTIAL):
                 continue
             try:
@@ -96,9 +103,18 @@ class FolderSource:
                 st = f.stat()
             except OSError:  # gone meanwhile, or unreadable: not taken
                 continue
-            if not f.is_file() or now - st.st_mtime < self.settle:
+            if not f.is_file():
+                continue
+            # unchanged for settle_ms: by its time, or, for a time in the future (a sender's
+            # clock ahead: such a file waited unseen until the clock caught up), by watching it
+            size, first = st.st_size, self._watched.get(name)
+            since = first[2] if first is not None and first[:2] == (size, st.st_mtime_ns) else clock
+            seen[name] = (size, st.st_mtime_ns, since)
+            if not (0 <= now - st.st_mtime and now - st.st_mtime >= self.settle) and \
+                    clock - since < self.settle:
                 continue
             out.append((st.st_mtime_ns, name, f))
+        self._watched = seen
         return [f for _, _, f in sorted(out)]
 
     def take(self, intake: Intake, f: Path) -> None:
@@ -139,7 +155,10 @@ class FolderSource:
             at = {**cp, "next": min(i + CHUNK, len(payloads))}
             answers += intake.accept(envs, (self.key, orjson.dumps(at).decode()))
         ok = all(a.ok for a in answers)
-        self._move(f, ok)
+        try:
+            self._move(f, ok)
+        except FileNotFoundError:  # removed by its sender once spooled: nothing to move
+            log.info("folder %s: %s was removed after it was spooled", self.name, shown)
         self.stats["files"] += 1
         self.stats["done" if ok else "failed"] += 1
         if not ok:
