@@ -12,6 +12,7 @@ answered as OAuth error JSON (RFC 6749 section 5.2): authentication failures of 
 
 from __future__ import annotations
 
+import logging
 import time
 
 import jwt
@@ -22,6 +23,8 @@ from hub.auth.scopes import format_scopes, narrow, parse_scopes
 from hub.auth.signer import Signer
 from hub.auth.verifier import ExternalIssuer, Verifier
 from hub.core.errors import FhirError
+
+log = logging.getLogger("hub.auth")
 
 __all__ = ["ASSERTION_ALGORITHMS", "ASSERTION_TYPE", "MAX_ASSERTION_LIFETIME_S", "ExternalIssuer",
            "OAuthError", "Signer", "Verifier", "access_claims", "issue_for_client"]
@@ -113,14 +116,22 @@ def _authenticate(assertion: str, registry: ClientRegistry, token_url: str) -> t
     client_id = unverified.get("iss")
     if not isinstance(client_id, str) or not client_id or unverified.get("sub") != client_id:
         raise _invalid_client("The client assertion's iss and sub must both be the client_id")
+    # an unknown client, one without such a key and a bad signature are told apart in the log
+    # only: the answer told an attacker which client ids are registered, and their key types
+    unverified_answer = _invalid_client(
+        f"The client assertion does not verify: no active client {client_id!r} has a "
+        f"registered {alg} key" + (f" of kid {header['kid']!r}" if header.get("kid") else "")
+        + " that signed it")
     client = registry.get(client_id)
     if client is None or not client.active:
-        raise _invalid_client(f"No active client {client_id!r}")
+        log.info("token request refused: no active client %r", client_id[:64])
+        raise unverified_answer
     keys = [k for k in client.jwks["keys"] if alg in algorithms_for(k)
             and (header.get("kid") is None or k.get("kid") == header["kid"])]
     if not keys:
-        raise _invalid_client(f"Client {client_id!r} has no registered key for {alg}"
-                              + (f" with kid {header['kid']!r}" if header.get("kid") else ""))
+        log.info("token request refused: client %r has no %s key%s", client_id[:64], alg,
+                 f" of kid {str(header['kid'])[:64]!r}" if header.get("kid") else "")
+        raise unverified_answer
     failure: jwt.PyJWTError | None = None
     for jwk in keys:
         try:
@@ -133,7 +144,9 @@ def _authenticate(assertion: str, registry: ClientRegistry, token_url: str) -> t
         except jwt.PyJWTError as e:
             raise _invalid_client(describe(e, "The client assertion")) from None
     else:
-        raise _invalid_client(describe(failure or jwt.InvalidSignatureError(), "The client assertion"))
+        log.info("token request refused: client %r: %s", client_id[:64],
+                 describe(failure or jwt.InvalidSignatureError(), "the assertion"))
+        raise unverified_answer
     for name in ("exp", "iat", "nbf"):
         # a NumericDate is a JSON number; PyJWT takes "1796573000" too, which then failed the
         # comparison below as a 500
