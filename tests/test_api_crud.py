@@ -164,6 +164,7 @@ def test_delete_prefer_minimal_is_204_without_body(client):
     rid = create(client, patient()).json()["id"]
     r = client.delete(f"/Patient/{rid}", headers={"prefer": "return=minimal"})
     assert r.status_code == 204 and r.content == b""
+    assert r.headers["etag"] == 'W/"2"'  # the deleted version, as the full answer says
     assert_outcome(client.get(f"/Patient/{rid}"), 410)
 
 

@@ -677,10 +677,10 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
     result = (await run_in_threadpool(repository(request).execute, [op], context_of(request),
                                       atomic=True))[0]
     assert isinstance(result, Result)  # atomic: a failure is raised, not returned
-    if prefer_return(request) == "minimal":
-        return Response(status_code=204)
-    issues = result.issues or [Issue("informational", f"Deleted {rtype}/{rid}", "information")]
     headers = {"ETag": f'W/"{result.version}"'} if result.version else None
+    if prefer_return(request) == "minimal":  # the version the delete made, as the other answers
+        return Response(status_code=204, headers=headers)
+    issues = result.issues or [Issue("informational", f"Deleted {rtype}/{rid}", "information")]
     return fhir_response({"resourceType": "OperationOutcome",
                           "issue": [i.to_json() for i in issues]}, 200, request=request,
                          headers=headers)
