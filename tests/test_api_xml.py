@@ -70,6 +70,10 @@ def test_what_xml_cannot_hold_is_refused_on_the_way_in_and_replaced_on_the_way_o
     ("application/fhir+xml, application/fhir+json", None, "application/fhir+json"),
     ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", None, "application/xml"),
     ("application/fhir+json; fhirVersion=4.0", None, "application/fhir+json"),
+    # another FHIR version is not what this server writes (it was answered in R4)
+    ("application/fhir+xml; fhirVersion=3.0", None, None),
+    ("application/fhir+json; fhirVersion=5.0, application/fhir+xml", None,
+     "application/fhir+xml"),
     ("*/*", None, "application/fhir+json"),
     ("text/csv", None, None),
     ("application/fhir+json;q=0", None, None),

@@ -79,6 +79,9 @@ def _answer_type(request: Request) -> str | None:
                     q = float(value.strip())
                 except ValueError:
                     q = 0.0
+            elif name.strip().lower() == "fhirversion" and \
+                    not value.strip().strip('"').startswith(("4.0", "4.3")):
+                q = 0.0  # another FHIR version (3.0, 5.0): not what this server writes
         if q <= 0:
             continue
         key = (q, "json" in answer, -order, answer)
