@@ -133,6 +133,14 @@ def test_composites_the_index_cannot_answer_are_neither_claimed_nor_guessed(clie
         "referenceseqid-window-coordinate": "NG_007726.3$55227970$55227970"},
         headers={"prefer": "handling=strict"})
     assert r.status_code == 400, r.text
+    # Bundle composition/message name the first entry's resource, inside the Bundle: a chain
+    # through them found the local resource of the same id
+    bundle = [p["name"] for p in by_type(statement)["Bundle"]["searchParam"]]
+    assert "composition" not in bundle and "message" not in bundle
+    for q in ({"composition.title": "x"}, {"composition": "Composition/x"},
+              {"_include": "Bundle:composition"}):
+        r = client.get("/Bundle", params=q, headers={"prefer": "handling=strict"})
+        assert r.status_code == 400, (q, r.text)
 
 
 def test_metadata_formats(client):

@@ -108,7 +108,7 @@ def _statement(routed: frozenset[str], base: str) -> dict:
     rev: dict[str, set[str]] = {}
     for source in res.RESOURCE_TYPES:
         for code, p in params_for(source).items():
-            if p.type == "reference":
+            if p.type == "reference" and p.answered:
                 for target in p.targets:
                     rev.setdefault(target, set()).add(f"{source}:{code}")
     read_only = [i for i in type_interactions if i["code"] not in _WRITES]
@@ -116,7 +116,8 @@ def _statement(routed: frozenset[str], base: str) -> dict:
         # what the search index answers: every parameter of the type but those of type special
         params = [{"name": code, "type": p.type, "definition": p.url}
                   for code, p in sorted(params_for(rtype).items()) if p.answered]
-        refs = sorted(code for code, p in params_for(rtype).items() if p.type == "reference")
+        refs = sorted(code for code, p in params_for(rtype).items()
+                      if p.type == "reference" and p.answered)
         if rtype == AUDIT:  # answered by the audit log: its own parameters, no includes
             params = [p for p in params if p["name"] in AUDIT_SEARCHABLE]
             refs = []

@@ -41,10 +41,15 @@ class SearchParam:
 
     @property
     def answered(self) -> bool:
-        """Whether a search by it is answered: every type but ``special``; a composite when the
+        """Whether a search by it is answered: every type but ``special`` and the Bundle's
+        ``composition``/``message``; a composite when the
         index holds what it compares (two components, none a reference: the composite table
         keeps a first token and a second value)."""
         if self.type == "special":
+            return False
+        if self.type == "reference" and (self.expression or "").endswith("entry[0].resource"):
+            # Bundle composition/message: the first entry's resource, inside the Bundle, which
+            # the index would take for the local resource of the same id
             return False
         if self.type == "composite":
             return len(self.components) == 2 and all(

@@ -203,6 +203,9 @@ def param_type(rtype: str, code: str) -> tuple[str, SearchParam | None]:
         raise Unsupported(f"Unknown search parameter {code!r} for {rtype}")
     if p.type == "special":
         raise Unsupported(f"Search parameter {code!r} (type special) is not supported")
+    if p.type == "reference" and not p.answered:
+        raise Unsupported(f"Search parameter {code!r} of {rtype} (its first entry's resource) "
+                          "is not answered here")
     return p.type, p
 
 
@@ -529,6 +532,9 @@ def _include(rtype: str, name: str, value: str, rev: bool) -> Include:
     p = params_for(source).get(code)
     if p is None or p.type != "reference":
         raise bad_request(f"{name}={value!r}: {source} has no reference parameter {code!r}")
+    if not p.answered:
+        raise bad_request(f"{name}={value!r}: {source}.{code} (its first entry's resource) is "
+                          "not followed here")
     if not rev and not iterate and source != rtype:
         raise bad_request(f"{name}={value!r}: the source type must be {rtype} (or use :iterate)")
     return Include(source, code, target, iterate)
