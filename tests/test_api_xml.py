@@ -111,6 +111,8 @@ def test_the_answer_is_in_the_type_asked_for(client, accept, fmt, answered):
     (b"<Patient xmlns='http://hl7.org/fhir'><multipleBirthInteger value='1.5'/></Patient>", 422),
     (b"<Patient xmlns='http://hl7.org/fhir'><gender>male</gender></Patient>", 422),  # no value
     (b"<Patient xmlns='http://hl7.org/fhir' colour='red'><gender value='male'/></Patient>", 422),
+    # an attribute a primitive's element has not (it was dropped without a word)
+    (b"<Patient xmlns='http://hl7.org/fhir'><gender value='male' foo='bar'/></Patient>", 422),
     (b"<Patient xmlns='http://hl7.org/fhir'><contained><Nope/></contained></Patient>", 422),
     (b"<Patient xmlns='http://hl7.org/fhir'><contained><Patient/><Patient/></contained>"
      b"</Patient>", 422),

@@ -196,8 +196,10 @@ def _read(node: etree._Element, type_name: str, path: str, primitive: bool = Fal
         if el.kind == "primitive":
             raw = child.get("value")
             value = None if raw is None else _primitive(raw, el.type, where)
-            extra = _read(child, "Element", where, primitive=True) \
-                if len(child) or child.get("id") else None
+            # read for its id and extensions, and so that an attribute FHIR XML has not there
+            # (gender foo="bar") is refused, not dropped
+            extra = (_read(child, "Element", where, primitive=True) or None) \
+                if len(child) or set(child.attrib) - {"value"} else None
             if value is None and extra is None:
                 raise _invalid(f"{name} has neither a value nor extensions", where)
             if el.repeats:
