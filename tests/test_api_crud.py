@@ -668,3 +668,12 @@ def test_a_read_takes_summary_and_elements(client):
         assert "text" in whole and "tag" not in whole["meta"]
     for bad in ("count", "bogus"):
         assert_outcome(client.get(f"/Patient/{rid}", params={"_summary": bad}), 400)
+
+
+def test_a_conditional_delete_with_an_empty_criterion_says_so(client):
+    """DELETE /Flag?status= answered "Unsupported search parameter(s): status", when status is
+    supported and only its value is missing."""
+    r = client.delete("/Flag", params={"status": ""})
+    outcome = assert_outcome(r, 400)
+    text = outcome["issue"][0]["diagnostics"]
+    assert "without a value: status" in text and "Unsupported" not in text, text

@@ -80,8 +80,12 @@ class SearchService:
         q = parse(rtype, params, self.settings.max_count, self.settings.default_count,
                   base=base or self.settings.base_url, terminology=self.terminology)
         if q.ignored and strict:
-            raise FhirError(400, "not-supported",
-                            f"Unsupported search parameter(s): {', '.join(sorted(set(q.ignored)))}")
+            empty = sorted(set(q.empty))
+            other = sorted(set(q.ignored) - set(empty))
+            raise FhirError(400, "not-supported", "; ".join(
+                ([f"Unsupported search parameter(s): {', '.join(other)}"] if other else [])
+                + ([f"Search parameter(s) without a value: {', '.join(empty)}"] if empty
+                   else [])))
         return q
 
     def match_ids(self, rtype: str, params: list[tuple[str, str]],

@@ -165,6 +165,7 @@ class Query:
     elements: list[str] | None = None
     cursor: str | None = None
     ignored: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)  # those of ``ignored`` given no value
     notes: list[str] = field(default_factory=list)  # warnings of a search that still ran
 
 
@@ -608,6 +609,7 @@ def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
                 raise Unsupported(f"{name} is not supported")
             else:
                 if not value.strip():  # no value (name=): ignored, as HAPI and Microsoft do
+                    q.empty.append(name)
                     raise Unsupported(f"{name} has no value")
                 q.where.extend(criteria_groups(rtype, name, value, base, terminology))
         except Unsupported:
