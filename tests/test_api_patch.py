@@ -126,6 +126,8 @@ def test_if_match(client, stored):
     (JSON_PATCH, [{"op": "replace", "path": "/resourceType", "value": "Group"}], 422),
     (JSON_PATCH, [{"op": "test", "path": "/gender", "value": "other"}], 422),  # a failed test
     (JSON_PATCH, [{"op": "remove", "path": "/nope"}], 422),  # nothing there
+    (JSON_PATCH, [{"op": "replace", "path": "/nope/x", "value": 1}], 422),
+    (JSON_PATCH, [{"op": "test", "path": "/birthDate", "value": "1999-01-01"}], 422),
     (JSON_PATCH, [{"op": "frobnicate", "path": "/gender"}], 400),  # malformed
     (JSON_PATCH, {"op": "replace"}, 400),  # not an array
     (JSON_PATCH, [{"op": "replace", "path": "/gender", "value": 7}], 422),  # the result is invalid
@@ -148,6 +150,8 @@ def test_bad_patches_are_refused_and_change_nothing(client, stored, headers, bod
     assert r.status_code == status, r.text
     assert r.json()["resourceType"] == "OperationOutcome"
     assert client.get(f"/{stored}").json() == before
+    # a refusal quotes no stored value (the library's text quoted the whole resource)
+    assert "Xiaoming" not in r.text and "1980-01-02" not in r.text, r.text
 
 
 def test_patch_of_what_is_not_there(client):

@@ -57,13 +57,20 @@ def apply_json_patch(resource: dict, document: Any) -> dict:
     try:
         patch = jsonpatch.JsonPatch(jsontext.as_numbers(document))
         patched = jsontext.as_written(patch.apply(jsontext.as_numbers(resource), in_place=True))
-    except jsonpatch.JsonPatchTestFailed as e:
-        raise _cannot(f"JSON Patch test failed: {e}") from None
+    except jsonpatch.JsonPatchTestFailed:
+        # the library's text quotes the stored value; the answer names the operation only
+        raise _cannot(f"JSON Patch test failed at {_failed_path(document)}") from None
     except (jsonpatch.JsonPatchConflict, jsonpointer.JsonPointerException) as e:
-        raise _cannot(f"JSON Patch cannot apply: {e}") from None
+        # its text may quote the whole stored resource ("member 'x' not found in {...}")
+        raise _cannot(f"JSON Patch cannot apply: {str(e).split(' in {', 1)[0][:200]}") from None
     except (jsonpatch.InvalidJsonPatch, TypeError, ValueError) as e:
         raise _bad(f"Malformed JSON Patch: {e}") from None
     return _check_identity(resource, patched)
+
+
+def _failed_path(document: list) -> str:
+    tests = [op.get("path") for op in document if op.get("op") == "test"]
+    return repr(tests[0])[:200] if len(tests) == 1 else "one of its test operations"
 
 
 # -- FHIRPath Patch -------------------------------------------------------------------------------
