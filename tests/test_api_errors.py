@@ -524,3 +524,15 @@ def test_a_query_too_complex_for_the_index_is_400_not_503(client):
     body = assert_outcome(client.get("/Observation", params={chain: "x"}), 400)
     assert body["issue"][0]["code"] == "too-costly"
     assert client.get("/Patient", params={"_count": "1"}).status_code == 200  # still serving
+
+
+@pytest.mark.parametrize("method,path", [
+    ("GET", "/Observation/x1/$meta"), ("GET", "/Patient/$export"), ("POST", "/$reindex"),
+    ("GET", "/$everything-else")])
+def test_an_operation_the_hub_has_not_is_named_as_such(client, method, path):
+    """They were taken for a resource type (404 "Unknown resource type '$meta'") or an id
+    ("'$export' is not a valid FHIR id")."""
+    r = client.request(method, path, headers=FHIR_JSON, content=b"{}" if method == "POST" else None)
+    outcome = assert_outcome(r, 400)
+    assert "operation" in outcome["issue"][0]["diagnostics"] and \
+        outcome["issue"][0]["code"] == "not-supported", outcome

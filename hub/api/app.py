@@ -354,14 +354,25 @@ def search_engine_away(e: Exception) -> bool:
 
 def _type(rtype: str) -> str:
     if rtype not in res.RESOURCE_TYPES:
+        _no_operation(rtype)
         raise not_found(f"Unknown resource type {rtype!r}")
     return rtype
 
 
 def _id(rid: str) -> str:
     if not ID_RE.match(rid):
+        _no_operation(rid)
         raise bad_request(f"{rid!r} is not a valid FHIR id")
     return rid
+
+
+def _no_operation(segment: str) -> None:
+    """An operation this server does not have ($export, $meta) is named as such: it was taken
+    for a resource type or an id."""
+    if segment.startswith("$") and len(segment) > 1:
+        raise FhirError(400, "not-supported",
+                        f"The operation {segment[:64]!r} is not supported here (GET /fhir/metadata "
+                        "lists the operations)")
 
 
 async def _body(request: Request, expected: str | None = None, where: str = "") -> tuple[bytes, Any]:
