@@ -8,8 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,20 @@ def wait_until(cond: Callable[[], Any], timeout: float = 30.0, every: float = 0.
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not reached in {timeout} s")
         time.sleep(every)
+
+
+@contextmanager
+def running(source: Any, intake: Any, join_s: float = 10.0) -> Iterator[threading.Thread]:
+    """``source`` running in a thread of its own (yielded), feeding ``intake``, until the block
+    ends."""
+    stop = threading.Event()
+    t = threading.Thread(target=source.run, args=(intake, stop), daemon=True)
+    t.start()
+    try:
+        yield t
+    finally:
+        stop.set()
+        t.join(join_s)
 
 
 def write_config(path: Path, **cfg: Any) -> Path:

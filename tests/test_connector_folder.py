@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 import orjson
 from connectors.sources.folder import FolderSource, split_hl7
 from connectors.spool import Spool
-from connectors.testing import adt_stream, wait_until
+from connectors.testing import adt_stream, running, wait_until
 from fhir_mapping.base import SourceInfo
 
 
 INFO = SourceInfo(institution="H0001", oid="2.16.156.10011.99.1.1", feed="drop")
 
-
-def run_source(src, spool):
-    stop = threading.Event()
-    t = threading.Thread(target=src.run, args=(spool, stop), daemon=True)
-    t.start()
-    return stop, t
 
 
 def test_folder_drop(tmp_path):
@@ -34,8 +27,7 @@ def test_folder_drop(tmp_path):
     (inbox / "bad.hl7").write_bytes(b"this is not HL7")
     partial = inbox / "c.hl7.part"
     partial.write_bytes(msgs[2][:50])  # being written under a temporary name
-    stop, t = run_source(src, spool)
-    try:
+    with running(src, spool, join_s=5):
         wait_until(lambda: src.stats["files"] == 2, 10, what="two files")
         assert sorted(p.name for p in (inbox / "done").iterdir()) == ["a.hl7"]
         assert sorted(p.name for p in (inbox / "failed").iterdir()) == ["bad.hl7"]
@@ -48,9 +40,6 @@ def test_folder_drop(tmp_path):
         wait_until(lambda: src.stats["files"] == 3, 10, what="third file")
         time.sleep(0.3)
         assert src.stats["files"] == 3  # each file once
-    finally:
-        stop.set()
-        t.join(5)
     counters = spool.counters()["drop"]
     assert (counters["received"], counters["converted"], counters["failed"]) == (4, 3, 1)
     assert [u.unit_id for u in spool.pending()] == ["M0000000A", "M0000000B", "M0000001A"]
@@ -77,13 +66,9 @@ def test_restart_after_spooling_before_moving(tmp_path):
     spool.accept([Envelope(m, "hl7v2", "drop", {"file": "x.hl7"})],
                  ("folder:drop", orjson.dumps({"file": "x.hl7", "size": st.st_size,
                                                "mtime_ns": st.st_mtime_ns}).decode()))
-    stop, t = run_source(src, spool)
-    try:
+    with running(src, spool, join_s=5):
         wait_until(lambda: (inbox / "done" / "x.hl7").exists(), 10, what="moved")
         time.sleep(0.2)
-    finally:
-        stop.set()
-        t.join(5)
     assert spool.counters()["drop"]["received"] == 1 and src.stats["files"] == 0
     spool.close()
 
@@ -116,16 +101,12 @@ def test_odd_files_are_set_aside_and_the_source_goes_on(tmp_path):
             os.utime(p, (old, old))
     spool = Spool(tmp_path / "spool.sqlite", INFO, durable=False)
     src = FolderSource("drop", str(inbox), kind="hl7v2", settle_ms=100, poll_s=0.05)
-    stop, t = run_source(src, spool)
-    try:
+    with running(src, spool, join_s=5) as t:
         wait_until(lambda: src.stats["files"] == 2, 10, what="the readable files")
         (inbox / "good.hl7").write_bytes(msgs[0])
         os.utime(inbox / "good.hl7", (old, old))
         wait_until(lambda: src.stats["files"] == 3, 10, what="a good file after them")
         assert t.is_alive()
-    finally:
-        stop.set()
-        t.join(5)
     done = {p.name for p in (inbox / "done").iterdir()}
     failed = {p.name for p in (inbox / "failed").iterdir()}
     assert gbk in done and "good.hl7" in done
@@ -147,12 +128,8 @@ def test_a_batch_file_in_its_envelope_gives_its_messages_alone(tmp_path):
     (inbox / "batch.hl7").write_bytes(body)
     spool = Spool(tmp_path / "spool.sqlite", INFO, durable=False)
     src = FolderSource("drop", str(inbox), settle_ms=100, poll_s=0.05, split="hl7")
-    stop, t = run_source(src, spool)
-    try:
+    with running(src, spool, join_s=5):
         wait_until(lambda: src.stats["files"] == 1, 10, what="the file")
-    finally:
-        stop.set()
-        t.join(5)
     assert (inbox / "done" / "batch.hl7").exists() and spool.deadletters() == []
     counters = spool.counters()["drop"]
     assert (counters["received"], counters["converted"]) == (len(msgs), len(msgs))
@@ -188,12 +165,8 @@ def test_a_big_batch_file_is_spooled_a_chunk_at_a_time_and_resumes_after_a_resta
     huge = inbox / "huge.hl7"
     huge.write_bytes(msgs[0] * (10**6 // len(msgs[0]) + 1))
     os.utime(huge, (old, old))
-    stop, t = run_source(src, spool)
-    try:
+    with running(src, spool, join_s=5):
         wait_until(lambda: src.stats["files"] == 2, 10, what="both files")
-    finally:
-        stop.set()
-        t.join(5)
     assert (inbox / "done" / "big.hl7").exists() and (inbox / "failed" / "huge.hl7").exists()
     counters = spool.counters()["drop"]
     assert (counters["received"], counters["converted"]) == (8, 8)
@@ -215,11 +188,7 @@ def test_a_file_dated_in_the_future_or_named_in_capitals_is_taken(tmp_path):
     (inbox / "UPPER.HL7").write_bytes(msgs[1])
     spool = Spool(tmp_path / "spool.sqlite", INFO, durable=False)
     src = FolderSource("drop", str(inbox), pattern="*.hl7", settle_ms=300, poll_s=0.05)
-    stop, t = run_source(src, spool)
-    try:
+    with running(src, spool, join_s=5):
         wait_until(lambda: src.stats["files"] == 2, 10, what="both files")
-    finally:
-        stop.set()
-        t.join(5)
     assert sorted(p.name for p in (inbox / "done").iterdir()) == ["UPPER.HL7", "future.hl7"]
     spool.close()

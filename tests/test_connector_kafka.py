@@ -4,23 +4,15 @@ takes nothing twice)."""
 
 from __future__ import annotations
 
-import threading
-
 from connectors.sources.kafka import KafkaSource
 from connectors.spool import Spool
-from connectors.testing import adt_stream, wait_until
+from connectors.testing import adt_stream, running, wait_until
 from fhir_mapping.base import SourceInfo
 from kafka import KafkaProducer
 
 from tests.kafka_broker import FAST_GROUP, broker  # noqa: F401 - fixture
 
 
-
-def run(src, spool):
-    stop = threading.Event()
-    t = threading.Thread(target=src.run, args=(spool, stop), daemon=True)
-    t.start()
-    return stop, t
 
 
 def test_kafka_source_checkpoint(tmp_path, broker):  # noqa: F811
@@ -34,14 +26,10 @@ def test_kafka_source_checkpoint(tmp_path, broker):  # noqa: F811
     spool = Spool(tmp_path / "spool.sqlite", SourceInfo(institution="H0001"), durable=False)
     src = KafkaSource("feed", broker.bootstrap, topic, "conn-a", kind="hl7v2",
                       consumer=FAST_GROUP)
-    stop, t = run(src, spool)
-    try:
+    with running(src, spool):
         wait_until(lambda: spool.counters().get("feed", {}).get("converted") == 5, 30,
                    what="five records")
         assert src.stats["records"] == 5
-    finally:
-        stop.set()
-        t.join(10)
     # another group (no committed offsets: it would start at the beginning) over the same spool
     for i, m in enumerate(msgs[5:7]):
         producer.send(topic, key=str(i % 2).encode(), value=m)
@@ -49,12 +37,8 @@ def test_kafka_source_checkpoint(tmp_path, broker):  # noqa: F811
     producer.close()
     src2 = KafkaSource("feed", broker.bootstrap, topic, "conn-b", kind="hl7v2",
                        consumer=FAST_GROUP)
-    stop, t = run(src2, spool)
-    try:
+    with running(src2, spool):
         wait_until(lambda: spool.counters()["feed"]["converted"] == 7, 30, what="two more")
-    finally:
-        stop.set()
-        t.join(10)
     assert spool.counters()["feed"]["received"] == 7
     assert sorted(u.unit_id for u in spool.pending()) == sorted(
         m.split(b"|")[9].decode() for m in msgs[:7])
@@ -75,13 +59,9 @@ def test_a_tombstone_is_a_dead_letter_and_the_source_goes_on(tmp_path, broker): 
     spool = Spool(tmp_path / "spool.sqlite", SourceInfo(institution="H0001"), durable=False)
     src = KafkaSource("feed", broker.bootstrap, topic, "conn-t", kind="hl7v2",
                       consumer=FAST_GROUP)
-    stop, t = run(src, spool)
-    try:
+    with running(src, spool):
         wait_until(lambda: spool.counters().get("feed", {}).get("received") == 3, 30,
                    what="three records")
-    finally:
-        stop.set()
-        t.join(10)
     assert spool.counters()["feed"]["converted"] == 2
     assert len(spool.deadletters()) == 1
     spool.close()
