@@ -289,6 +289,7 @@ async def person_search(request: Request) -> Response:
         identity.sync()
         P = identity.person
         sets = _criteria_sets(identity, crit, base, repository(request), context_of(request))
+        matched: list[str] | None = None
         if sets is None:  # the whole index, page by page
             page = listing.person_ids(P, after, limit + 1, updated)
             # counting a whole region costs a scan: only when asked for
@@ -304,18 +305,16 @@ async def person_search(request: Request) -> Response:
         seen = _seen_by(request)
         entries = []
         for pid in page:
-            try:
-                view = person_view(identity, identity.store, pid, seen)
-            except FhirError as e:
-                if e.status != 403:
-                    raise
-                continue  # links to no Patient this caller sees
-            entries.append({"fullUrl": f"{base}/Person/{pid}", "resource": view,
-                            "search": {"mode": "match"}})
+            view = _view_seen(identity, pid, seen)
+            if view is not None:  # else it links to no Patient this caller sees
+                entries.append({"fullUrl": f"{base}/Person/{pid}", "resource": view,
+                                "search": {"mode": "match"}})
         if total is not None and repository(request).may_hide(context_of(request), "Person"):
             # a count of all would tell how many are hidden: those this caller sees are counted
             # one by one, up to VISIBLE_TOTAL_UP_TO (as a type search counts), else no total
-            total = _visible_persons(identity, sets, P, updated, seen) \
+            total = sum(_view_seen(identity, pid, seen) is not None for pid in (
+                matched if matched is not None else
+                listing.person_ids(P, "", total, updated))) \
                 if total <= VISIBLE_TOTAL_UP_TO else None
         params = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
         out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
@@ -346,25 +345,14 @@ async def person_search(request: Request) -> Response:
 _PERSON_CURSOR = re.compile(r"^[A-Za-z0-9.\-]{1,64}$")
 
 
-def _visible_persons(identity: Any, sets: Any, P: Any, updated: Any, seen: Any) -> int:
-    """How many of the persons a Person search matches this caller sees (linked to a Patient
-    it may read)."""
-    if sets is None:
-        pids = listing.person_ids(P, "", VISIBLE_TOTAL_UP_TO + 1, updated)
-    else:
-        with P.read() as c:
-            pids = [p for p in set.intersection(*sets) if not updated or listing.within(
-                listing.person_updated(P, c, p), updated)]
-    n = 0
-    for pid in pids:
-        try:
-            person_view(identity, identity.store, pid, seen)
-        except FhirError as e:
-            if e.status != 403:
-                raise
-            continue
-        n += 1
-    return n
+def _view_seen(identity: Any, pid: str, seen: Any) -> dict | None:
+    """The Person as this caller sees it, or None when it links to no Patient it may read."""
+    try:
+        return person_view(identity, identity.store, pid, seen)
+    except FhirError as e:
+        if e.status != 403:
+            raise
+        return None
 
 
 def _criteria_sets(identity: IdentityService, crit: dict[str, str], base: str,

@@ -30,6 +30,7 @@ from fhir_core.utils import (
 )
 from lxml import etree
 
+from hub.core import jsontext
 from hub.core.errors import FhirError
 from hub.core.resource import RESOURCE_TYPES
 
@@ -101,7 +102,7 @@ def _write(parent: etree._Element, type_name: str, d: dict) -> None:
             continue
         if not resource and name == "id" or type_name == "Extension" and name == "url":
             if isinstance(value, str):  # an element's id and an extension's url are attributes
-                parent.set(name, _xml_safe(value))
+                parent.set(name, jsontext.replaced(value))
             continue
         values: list[Any] = value if isinstance(value, list) else [value]
         if el.kind == "primitive":
@@ -129,17 +130,8 @@ def _write(parent: etree._Element, type_name: str, d: dict) -> None:
 def _text(v: Any) -> str:
     if v is True or v is False:
         return "true" if v else "false"
-    return _xml_safe(str(v))
+    return jsontext.replaced(str(v))
 
-
-# What XML 1.0 cannot hold (intake refuses it; an answer may still echo a caller's query, or a
-# resource stored before): written as U+FFFD rather than failing the whole answer
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
-def _xml_safe(text: str) -> str:
-    return text if text.isprintable() or _NOT_XML.search(text) is None else \
-        _NOT_XML.sub("\ufffd", text)
 
 
 def _xhtml(div: str) -> etree._Element:
@@ -147,7 +139,7 @@ def _xhtml(div: str) -> etree._Element:
         return etree.fromstring(div, parser=safe_parser())
     except etree.XMLSyntaxError:  # stored before narratives were checked: its text, escaped
         el = etree.Element(f"{{{XHTML}}}div", nsmap={None: XHTML})
-        el.text = _xml_safe(div)
+        el.text = jsontext.replaced(div)
         return el
 
 

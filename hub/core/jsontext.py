@@ -33,16 +33,18 @@ MAX_ISSUES = 20
 # error): \b, \f or \u0000-\u001f; a surrogate is \ud800-\udfff (a valid pair matches too, and the
 # walk then finds nothing). An escaped backslash before "u0000" matches as well: the walk decides.
 _SUSPECT_ESCAPE = re.compile(rb"\\(?:[bf]|u(?:00[01]|[dD][89a-fA-F]|[fF]{3}[eEfF]))")
-# U+FFFE and U+FFFF written as UTF-8: noncharacters no XML document may hold (the hub's XML
-# answers then failed, for every page holding the resource)
-_NONCHARACTERS = (b"\xef\xbf\xbe", b"\xef\xbf\xbf")
+# U+FFFE and U+FFFF written as UTF-8 (EF BF BE, EF BF BF): noncharacters no XML document may
+# hold (the hub's XML answers then failed, for every page holding the resource). Their two-byte
+# lead, U+FFC0-U+FFFF, is rare in real text: one scan of the body rules nearly all out.
+_NONCHARACTER_LEAD = b"\xef\xbf"
+_NONCHARACTER = re.compile(rb"\xef\xbf[\xbe\xbf]")
 _FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def text_may_be_bad(raw: bytes) -> bool:
     """False when the JSON text ``raw`` surely holds no forbidden character in any string."""
-    return (b"\\" in raw and _SUSPECT_ESCAPE.search(raw) is not None) or \
-        any(n in raw for n in _NONCHARACTERS)
+    return (b"\\" in raw and _SUSPECT_ESCAPE.search(raw) is not None) or (
+        _NONCHARACTER_LEAD in raw and _NONCHARACTER.search(raw) is not None)
 
 
 def bad_text(node: Any, path: str, issues: list[Issue]) -> None:
@@ -88,6 +90,14 @@ def refuse_bad_text(d: Any, path: str, raw: bytes | None = None) -> None:
 def escaped(text: str) -> str:
     """``text`` with each forbidden character written as ``\\uXXXX``: safe to store."""
     return _FORBIDDEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def replaced(text: str) -> str:
+    """``text`` with each forbidden character, none of which XML 1.0 can hold either, written as
+    U+FFFD (an answer echoing a caller's query, or a resource stored before intake refused them,
+    is still XML)."""
+    return text if text.isprintable() or _FORBIDDEN.search(text) is None else \
+        _FORBIDDEN.sub("\ufffd", text)
 
 
 # A number orjson would not write back as sent: a fraction ending in 0 other than a lone ".0" (FHIR
