@@ -6,6 +6,7 @@ links). The models take any string: a narrative that is no XML broke the resourc
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from lxml import etree
@@ -15,8 +16,16 @@ XHTML = "http://www.w3.org/1999/xhtml"
 _ACTIVE = frozenset(("script", "style", "iframe", "frame", "frameset", "object", "embed",
                      "applet", "form", "input", "button", "select", "textarea", "base", "link",
                      "meta"))
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                          huge_tree=False, remove_comments=True)
+_PARSERS = threading.local()  # an lxml parser is not to be shared between threads
+
+
+def _parser() -> etree.XMLParser:
+    parser = getattr(_PARSERS, "parser", None)
+    if parser is None:
+        parser = _PARSERS.parser = etree.XMLParser(
+            resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
+            remove_comments=True)
+    return parser
 
 
 def problem(div: Any) -> str | None:
@@ -24,7 +33,7 @@ def problem(div: Any) -> str | None:
     if not isinstance(div, str):
         return None  # the models say so
     try:
-        root = etree.fromstring(div.encode("utf-8", "surrogatepass"), _PARSER)
+        root = etree.fromstring(div.encode("utf-8", "surrogatepass"), _parser())
     except (etree.XMLSyntaxError, ValueError) as e:
         return f"the narrative is not well-formed XHTML ({str(e).split(',')[0]})"
     if root is None or root.tag != f"{{{XHTML}}}div":
