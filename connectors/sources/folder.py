@@ -110,8 +110,7 @@ class FolderSource:
             size, first = st.st_size, self._watched.get(name)
             since = first[2] if first is not None and first[:2] == (size, st.st_mtime_ns) else clock
             seen[name] = (size, st.st_mtime_ns, since)
-            if not (0 <= now - st.st_mtime and now - st.st_mtime >= self.settle) and \
-                    clock - since < self.settle:
+            if now - st.st_mtime < self.settle and clock - since < self.settle:
                 continue
             out.append((st.st_mtime_ns, name, f))
         self._watched = seen

@@ -166,9 +166,12 @@ class _Doc:
         name, index = m.group(2), m.group(3)
         # the one parent holding the element (Patient.name.family with two names, one of
         # them without a family, names one family)
-        parents = [self.nodes[mark][0] for mark in (self.node(p) for p in self.found(
-            m.group(1), where)) if mark is not None and (name in self.nodes[mark][0] or
-                                                         "_" + name in self.nodes[mark][0])]
+        parents = []
+        for candidate in self.found(m.group(1), where):
+            mark = self.node(candidate)  # the engine hands back copies: the marked original
+            if mark is not None and (name in self.nodes[mark][0] or
+                                     "_" + name in self.nodes[mark][0]):
+                parents.append(self.nodes[mark][0])
         if len(parents) != 1:
             raise _cannot(f"The path {path!r} must match one element, not {len(parents)}", where)
         parent = parents[0]
