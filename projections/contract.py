@@ -70,3 +70,10 @@ class ReadModel(Protocol):
         resources its engine refused to index whole; None when it answers fully. ``/ready`` (a
         warning) and ``hub projections status`` say it."""
         ...
+
+
+def nothing_to_apply(last: int, done: int, since: int | None) -> bool:
+    """Whether a batch ending at ``last`` applies nothing to a model at position ``done``: all of
+    it was applied (by another follower), or it was read after ``since`` and the model was reset
+    below that meanwhile (applied, it would skip everything between)."""
+    return last <= done or (since is not None and done < since)

@@ -21,7 +21,7 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 
 from hub.core.fhirtime import zone_changed, zone_name
 from hub.core.store import FastSQLiteDatastore
-from projections.contract import ReadModel
+from projections.contract import ReadModel, nothing_to_apply
 
 
 def record_position(tracking: SQLiteTrackingRecorder, c: Any, name: str,
@@ -134,7 +134,7 @@ class SQLiteReadModel(ReadModel):
             return
         with self.datastore.transaction(commit=True) as c:
             done = self.locked_position(c)
-            if last <= done or (since is not None and done < since):
+            if nothing_to_apply(last, done, since):
                 return  # all applied by another follower of this file, or read before a reset
             self.apply_new(c, [n for n in notifications if n.id > done])
             record_position(self.tracking, c, self.name, last)

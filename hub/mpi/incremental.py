@@ -32,6 +32,7 @@ from eventsourcing.persistence import Notification
 from hub.core.events import KIND_OF_TOPIC
 from hub.mpi.candidates import IdentityCandidates
 from hub.mpi.matcher import Candidate, Matcher, decision
+from projections.contract import nothing_to_apply
 from projections.sqlite_model import record_position
 
 NAME = "mpi-incremental"
@@ -138,7 +139,7 @@ class IncrementalMatcher:
               since: int | None = None) -> None:
         last = max(notifications[-1].id if notifications else 0, up_to or 0)
         done = self.position()
-        if last <= done or (since is not None and done < since):
+        if nothing_to_apply(last, done, since):
             return  # applied already, or read before a reset
         if self.index.position() < last:
             self.index.apply(notifications, up_to=up_to)

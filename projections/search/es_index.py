@@ -33,6 +33,7 @@ from eventsourcing.persistence import Notification
 
 from hub.core.events import KIND_OF_TOPIC
 from hub.core.fhirtime import parse_range, zone_changed, zone_name
+from projections.contract import nothing_to_apply
 from projections.search import fulltext
 from projections.search.extract import DateRange, Quantity, Str, Token, extract, normalize
 from projections.search.params import indexed_params
@@ -320,7 +321,7 @@ class ElasticsearchIndex:
               since: int | None = None) -> None:
         last = max(notifications[-1].id if notifications else 0, up_to or 0)
         done = self.position()
-        if last <= done or (since is not None and done < since):
+        if nothing_to_apply(last, done, since):
             return  # applied already, or read before a rebuild's reset
         newest: dict[str, Notification] = {}
         first: dict[str, int] = {}  # the notification id a resource entered the index with

@@ -19,6 +19,7 @@ from eventsourcing.persistence import Notification
 
 from hub.core.events import KIND_OF_TOPIC
 from hub.core.fhirtime import parse_range
+from projections.contract import nothing_to_apply
 from projections.search import fulltext
 from projections.search.extract import DateRange, Quantity, Str, Token, extract
 from projections.search.params import params_for
@@ -277,7 +278,7 @@ class SQLiteSearchIndex(SQLiteReadModel):
             c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (NAME,))
             found = c.fetchone()
             done = found[0] if found else 0
-            if last <= done or (since is not None and done < since):
+            if nothing_to_apply(last, done, since):
                 return  # applied by another follower, or read before a rebuild's reset
             # Only the newest event of each resource in the batch matters for the index; what
             # another follower applied already is not indexed twice.
