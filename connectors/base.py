@@ -44,6 +44,10 @@ class Intake(Protocol):
                checkpoint: tuple[str, str] | None = None) -> list[Accepted]:
         """Convert, spool and record ``checkpoint`` in one transaction; one answer per envelope."""
 
+    def keep(self, envelope: Envelope, error: dict[str, Any]) -> int:
+        """Keep a payload the source refused before conversion (an MLLP block cut off or too
+        large) as a dead letter, to read and replay; its id."""
+
 
 class Source(Protocol):
     name: str

@@ -367,6 +367,14 @@ class Spool:
             assert cur.lastrowid is not None  # set by the INSERT
             return cur.lastrowid
 
+    def keep(self, envelope: Envelope, error: dict[str, Any]) -> int:
+        """A payload refused as received (stage ``receive``): counted received and failed, so
+        that a replay settles it as it settles a conversion's failure."""
+        with self._lock:
+            self._count(envelope.source, "received", 1)
+        return self.add_deadletter(envelope.source, envelope.kind, envelope.payload,
+                                   envelope.meta, envelope.meta.get("unit_id"), "receive", error)
+
     def count(self, source: str, name: str, n: int = 1) -> None:
         with self._lock:
             self._count(source, name, n)
@@ -404,7 +412,7 @@ class Spool:
             # failure has its own dead letter): one open dead letter per payload
             self._count(dl["source"], "received", -1)
             self._count(dl["source"], "failed", -1)
-            if answer.ok and dl["stage"] != "convert":  # it had been converted before
+            if answer.ok and dl["stage"] not in ("convert", "receive"):  # it had been converted before
                 self._count(dl["source"], "converted", -1)
             if not answer.ok:
                 self._db.execute("UPDATE deadletters SET status='superseded' WHERE id=?", (dl_id,))

@@ -134,6 +134,25 @@ def test_missing_end_block(connector, messages):
         ack2 = c.read_ack() if ack_code(ack1) == "AR" else None
     assert ack_code(ack1) == "AR" and "end block" in ack_segment(ack1, "MSA")[3]
     assert ack2 is not None and ack_code(ack2) == "AA"
+    # what the sender meant as a message is kept, to read and replay
+    kept = [d for d in connector.spool.deadletters() if d["stage"] == "receive"]
+    assert any(connector.spool.deadletter(d["id"])["payload"] == messages[0][:80]
+               and "end block" in d["error"]["reason"] for d in kept)
+
+
+def test_a_whole_message_refused_for_its_framing_replays(connector, messages):
+    """A sender that forgets the end block loses nothing: the block is kept and replays."""
+    with client(connector) as c:
+        c.send_raw(VT + messages[-1])  # no FS CR
+        assert ack_code(c.send(messages[2])) == "AR"
+        assert ack_code(c.read_ack()) == "AA"
+    [kept] = [d for d in connector.spool.deadletters()
+              if d["stage"] == "receive" and connector.spool.deadletter(d["id"])["payload"] == messages[-1]]
+    before = connector.spool.counters()["adt"]
+    assert connector.spool.replay(kept["id"]).ok
+    after = connector.spool.counters()["adt"]
+    assert after["deadletters"] == before["deadletters"] - 1
+    assert after["received"] == before["received"] and after["failed"] == before["failed"] - 1
 
 
 def test_oversized_message_is_refused_and_connection_closed(connector, messages):
@@ -146,6 +165,9 @@ def test_oversized_message_is_refused_and_connection_closed(connector, messages)
                 c.send(messages[0])
                 time.sleep(0.05)
     still_serving(connector, messages[0])
+    kept = [connector.spool.deadletter(d["id"]) for d in connector.spool.deadletters()
+            if d["stage"] == "receive" and "larger than" in d["error"]["reason"]]
+    assert any(d["payload"].startswith(messages[0]) and len(d["payload"]) == MAX for d in kept)
     # over the limit by a little, the whole frame in one write: refused as well
     with client(connector) as c:
         c.send_raw(VT + messages[0] + b"\rNTE|1||" + b"x" * (MAX + 10 - len(messages[0]))
@@ -160,6 +182,13 @@ def test_truncated_stream_and_idle_connections(connector, messages):
     s = socket.create_connection(("127.0.0.1", connector.sources[0].port))
     s.sendall(VT + messages[0][:100])
     s.close()
+    for _ in range(50):  # kept when the listener has read the close
+        if any(d["stage"] == "receive" and "truncated" in d["error"]["reason"]
+               for d in connector.spool.deadletters()):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the cut-off message was not kept")
     idle = [socket.create_connection(("127.0.0.1", connector.sources[0].port)) for _ in range(20)]
     stalled = socket.create_connection(("127.0.0.1", connector.sources[0].port))
     stalled.sendall(VT + messages[0][:50])

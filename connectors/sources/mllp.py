@@ -11,7 +11,8 @@ Answers (original-mode acknowledgement, built from the message's MSH with the ``
 
 Framing errors never stop the listener: bytes before ``<VT>`` are skipped, a block that never ends
 (a new ``<VT>`` before ``<FS>``) is answered AR, a message over ``max_message_bytes`` is answered AR
-and the connection closed, and a connection idle for ``idle_timeout_s`` is closed.
+and the connection closed, and a connection idle for ``idle_timeout_s`` is closed. What such a
+block held (up to the limit) is kept as a dead letter of stage ``receive``, to read and replay.
 
 With ``tls: {cert, key, client_ca}`` the listener speaks MLLP inside TLS (connectors.tls); with
 ``client_ca`` a sender must present a certificate that CA signed. A sender that fails the
@@ -286,9 +287,13 @@ class MLLPSource:
                     # a peer that sends nothing but noise is closed
                     e = err if junk <= 100 else FramingError("too many framing errors; closing", fatal=True)
                     log.warning("MLLP %s: framing error from %s: %s", self.name, peer_s, e.reason)
+                    error = {"reason": e.reason, "code": "AR", "rule": "mllp.framing"}
+                    if e.fragment.strip(b"\r\n"):
+                        # what a sender meant as a message is kept to read and replay, as a
+                        # message the mapper refuses is; noise outside any block is not
+                        await asyncio.to_thread(self._keep, intake, e.fragment, peer_s, error)
                     if e.fragment or e.fatal:
-                        nak = self._answer(e.fragment, "AR", {"reason": e.reason, "code": "AR",
-                                                              "rule": "mllp.framing"})
+                        nak = self._answer(e.fragment, "AR", error)
                         self.stats["naks"] += 1
                         writer.write(frame(nak))
                         await writer.drain()
@@ -317,6 +322,13 @@ class MLLPSource:
                 writer.close()
             except Exception:  # noqa: BLE001
                 pass
+
+    def _keep(self, intake: Intake, fragment: bytes, peer: str, error: dict) -> None:
+        try:
+            intake.keep(Envelope(fragment, self.kind, self.name,
+                                 {"peer": peer, "unit_id": control_id(fragment)}), error)
+        except Exception as e:  # noqa: BLE001 - the spool is unusable: the sender has its AR
+            log.error("MLLP %s: cannot keep a refused block from %s: %s", self.name, peer, e)
 
     def _committer(self, intake: Intake) -> None:
         """Group commit: messages that arrived on any connection while the previous spool
@@ -400,7 +412,8 @@ class MLLPSource:
             if end - 1 > self.max_message_bytes or (end < 0 and len(buf) > self.max_message_bytes):
                 # the limit holds however the bytes arrived (a message and its end block in one
                 # read was let through at any size below the read that crossed it)
-                fragment = bytes(buf[1:4096])
+                # what arrived up to the limit is kept (the sender's AR says it is refused)
+                fragment = bytes(buf[1:1 + self.max_message_bytes])
                 buf.clear()
                 raise FramingError(f"message larger than {self.max_message_bytes} bytes",
                                    fragment, fatal=True)
