@@ -218,6 +218,49 @@ def test_everything_parameters_and_paging(client, data):
     assert r.status_code == 400, r.text
 
 
+def test_everything_start_and_end_are_care_dates(client, data):
+    """R4 Patient-everything's start and end select by when the care happened (each type's care
+    date), not by when the record was written; what has no care date is always in."""
+    a, b, c = data["a"], data["b"], data["c"]
+    pa = op(client, "link", patient=f"Patient/{a}")["id"]
+    for p in (b, c):
+        op(client, "link", patient=f"Patient/{p}", person=f"Person/{pa}")
+    undated = {"resourceType": "Observation", "id": f"{b}-undated", "status": "final",
+               "code": {"text": "note"}, "subject": {"reference": f"Patient/{b}"}}
+    assert client.put(f"/Observation/{b}-undated", json=undated, headers=FHIR).status_code == 201
+    patients = [f"Patient/{p}" for p in (a, b, c)]
+    records_b = [x for x in record_of(b) if not x.startswith("Patient/")]
+    # a's Encounter of 2019 has a start and no end: still going (R4 Period), so in the window
+    assert everything(client, f"/Person/{pa}", start="2021", end="2021") == sorted(
+        patients + records_b + [f"Observation/{b}-undated", f"Encounter/{a}-enc"])
+    # a day's window: the Condition (onset 2021-05-02) and the Observation (effective 05-03)
+    assert everything(client, f"/Patient/{b}", start="2021-05-02", end="2021-05-03",
+                      _type="Condition,Observation") == sorted(
+        [f"Condition/{b}-dx", f"Observation/{b}-obs", f"Observation/{b}-undated"])
+    # either end open; written today, cared for years ago: not in a window from 2024
+    assert len(everything(client, f"/Person/{pa}", end="2019")) == 3 + 5 + 1
+    assert everything(client, f"/Person/{pa}", start="2024", _type="Condition") == []
+    assert len(everything(client, f"/Person/{pa}", start="2021")) == 3 + 10 + 1 + 1
+    r = client.get(f"/Person/{pa}/$everything", params={"start": "last year"})
+    assert r.status_code == 400 and "start" in r.text
+    # the same by POST (a Parameters body), its next page a GET carrying the parameters
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "start", "valueDate": "2021"}, {"name": "end", "valueDate": "2021"},
+        {"name": "_count", "valueInteger": 4}]}
+    r = client.post(f"/Person/{pa}/$everything", json=body, headers=FHIR)
+    assert r.status_code == 200, r.text
+    page = r.json()
+    assert page["total"] == 3 + 5 + 1 + 1 and len(ids(page)) == 4
+    [nxt] = [x["url"] for x in page["link"] if x["relation"] == "next"]
+    assert "start=2021" in nxt and "end=2021" in nxt
+    assert client.get(nxt.split("/fhir", 1)[1]).json()["total"] == 10
+    for bad in ({"name": "since", "valueInstant": "2024-01-01T00:00:00Z"},
+                {"name": "start", "valueBoolean": True}):
+        r = client.post(f"/Person/{pa}/$everything", headers=FHIR,
+                        json={"resourceType": "Parameters", "parameter": [bad]})
+        assert r.status_code == 400, r.text
+
+
 def test_timeline_window_kinds_and_paging(client, data):
     a, b = data["a"], data["b"]
     pa = op(client, "link", patient=f"Patient/{a}")["id"]

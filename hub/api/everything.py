@@ -2,11 +2,13 @@
 
 Routes (before the generic ``/fhir/{type}/{id}/{compartment type}`` route, which would take them):
 
-- ``GET /fhir/Patient/{id}/$everything``, ``GET /fhir/Person/{id}/$everything``: the records of
-  every Patient linked to the same person, from all institutions. ``_since`` (instant; resources
-  updated since), ``_type`` (comma list of Patient-compartment types), ``_count`` (page size,
-  default 1000, at most 5000), ``institution`` (an operator's one-institution view), ``_cursor``
-  (paging; follow the ``next`` link). A searchset Bundle with ``total``.
+- ``GET /fhir/Patient/{id}/$everything``, ``GET /fhir/Person/{id}/$everything`` (or ``POST``
+  with a Parameters body): the records of every Patient linked to the same person, from all
+  institutions. ``start`` and ``end`` (care dates, as R4 asks: a resource whose care date,
+  ``hub.mpi.everything.CARE_DATES``, meets the window, or that has none), ``_since`` (instant;
+  resources updated since), ``_type`` (comma list of Patient-compartment types), ``_count``
+  (page size, default 1000, at most 5000), ``institution`` (an operator's one-institution
+  view), ``_cursor`` (paging; follow the ``next`` link). A searchset Bundle with ``total``.
 - ``GET /fhir/Person/{id}/$timeline``, ``GET /fhir/Patient/{id}/$timeline``: the person's
   encounters, diagnoses, results, medications, procedures, documents, allergies and immunizations
   in time order. ``start`` (inclusive) and ``end`` (a date is its whole period: ``end=2024``
@@ -39,6 +41,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hub.access.audit import AuditWriter
 from hub.api.caller import actor_of, context_of, purpose_of, repository
+from hub.api.opparams import read_parameters
 from hub.api.paging import link
 from hub.api.responses import base_url, check_format, fhir_response
 from hub.core.access import Action
@@ -59,7 +62,8 @@ _ID = re.compile(r"^[A-Za-z0-9\-.]{1,128}$")
 ACTREASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 ACCESS_SYSTEM = "https://fhir-region-hub.example/CodeSystem/shared-record-access"
 USER_SYSTEM = "https://fhir-region-hub.example/user"
-_PARAMS_EVERYTHING = {"_since", "_type", "_count", "_cursor", "institution", "_format", "_pretty"}
+_PARAMS_EVERYTHING = {"start", "end", "_since", "_type", "_count", "_cursor", "institution",
+                      "_format", "_pretty"}
 _PARAMS_TIMELINE = {"start", "end", "kind", "_count", "_cursor", "institution", "_format",
                     "_pretty"}
 
@@ -238,12 +242,21 @@ def _encode_tl(cur: tuple[int, str, str]) -> str:
 
 # -- routes -----------------------------------------------------------------------------------------
 
-async def _everything(request: Request, rtype: str, rid: str) -> Response:
+async def _everything(request: Request, rtype: str, rid: str,
+                      posted: dict[str, str] | None = None) -> Response:
     check_format(request)
     params = _single(request, _PARAMS_EVERYTHING)
+    if posted is not None:  # POST: the body's parameters, and the URL's (_format) beside them
+        both = set(posted) & set(params)
+        if both:
+            raise bad_request(f"{sorted(both)[0]} is given in the URL and in the body")
+        params.update(posted)
     _id(rid, rtype)
     count = _count(params)
     since = _instant(params["_since"], "_since") if "_since" in params else None
+    # care dates (R4's start and end): a date is its whole period, end=2024 ends with 2024
+    window = (_instant(params["start"], "start") if "start" in params else None,
+              _instant(params["end"], "end", end=True) if "end" in params else None)
     types = check_types(params.get("_type"))
     # sealed, as every page link is: a cursor a client edits (another position) is refused
     tokens = page_tokens(request.app.state.settings.data_dir)
@@ -260,15 +273,17 @@ async def _everything(request: Request, rtype: str, rid: str) -> Response:
         def shown(entries):
             return repo.shown(ctx, entries)
         entries, nxt, total, referenced = shared.everything(scope, since, types, count, after,
-                                                            base, shown)
+                                                            base, shown, window)
         referenced = repo.shown(ctx, referenced)
         if total and repo.may_hide(ctx):  # the total of what this caller sees, or none:
             # counted on the first page only (each resource read), not again on every page
-            total = len(shared.everything(scope, since, types, total, None, base, shown)[0]) \
+            total = len(shared.everything(scope, since, types, total, None, base, shown,
+                                          window)[0]) \
                 if total <= VISIBLE_TOTAL_UP_TO and after is None else None
         path = f"{base}/{rtype}/{rid}/$everything"
-        plist = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
-        links = [{"relation": "self", "url": link(path, list(request.query_params.multi_items()))}]
+        # the pages of a POST are GETs with its parameters in the URL
+        plist = [(k, v) for k, v in params.items() if k != "_cursor"]
+        links = [{"relation": "self", "url": link(path, list(params.items()))}]
         if nxt is not None:
             links.append({"relation": "next", "url": link(path, plist,
                                                           _cursor=tokens.seal(str(nxt)))})
@@ -328,6 +343,28 @@ async def patient_everything(request: Request, rid: str) -> Response:
 @router.get("/fhir/Person/{rid}/$everything", name="person-everything")
 async def person_everything(request: Request, rid: str) -> Response:
     return await _everything(request, "Person", rid)
+
+
+async def _posted(request: Request) -> dict[str, str]:
+    values = await read_parameters(request, ("valueDate", "valueDateTime", "valueInstant",
+                                             "valueCode", "valueString", "valueInteger",
+                                             "valuePositiveInt", "valueUnsignedInt"),
+                                   "$everything's")
+    unknown = sorted(set(values) - _PARAMS_EVERYTHING)
+    if unknown:
+        raise bad_request(f"Unknown parameter {unknown[0][:40]!r}; use "
+                          + ", ".join(sorted(_PARAMS_EVERYTHING)))
+    return {k: str(v) for k, v in values.items()}
+
+
+@router.post("/fhir/Patient/{rid}/$everything", name="patient-everything-post")
+async def patient_everything_post(request: Request, rid: str) -> Response:
+    return await _everything(request, "Patient", rid, await _posted(request))
+
+
+@router.post("/fhir/Person/{rid}/$everything", name="person-everything-post")
+async def person_everything_post(request: Request, rid: str) -> Response:
+    return await _everything(request, "Person", rid, await _posted(request))
 
 
 @router.get("/fhir/Patient/{rid}/$timeline", name="patient-timeline")

@@ -45,7 +45,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from hub.access.audit import AuditWriter
-from hub.api import fhirxml, paging
+from hub.api import paging
 from hub.api.caller import (
     actor_of,
     authenticated,
@@ -55,8 +55,8 @@ from hub.api.caller import (
     user_of,
 )
 from hub.api.everything import audited
-from hub.api.responses import base_url, check_content_type, check_format, fhir_response
-from hub.core import resource as res
+from hub.api.opparams import MAX_OP_BODY, read_parameters
+from hub.api.responses import base_url, check_format, fhir_response
 from hub.core.access import Action
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request, not_found, operation_outcome
@@ -74,7 +74,6 @@ from projections.runner import Runner
 from projections.timeline import TimelineProjection
 
 router = APIRouter()
-MAX_OP_BODY = 64 * 1024
 MAX_SEARCH = 100
 
 
@@ -130,40 +129,10 @@ def _base(request: Request) -> str:
 # -- Parameters -------------------------------------------------------------------------------------
 
 async def _parameters(request: Request) -> dict[str, Any]:
-    """name -> value of a Parameters body (references as their reference string)."""
-    check_content_type(request)
-    length = request.headers.get("content-length")
-    if length is not None and (length.isascii() and length.isdigit()) and int(length) > MAX_OP_BODY:
-        raise FhirError(413, "too-costly", f"An identity operation's body is at most "
-                        f"{MAX_OP_BODY} bytes")
-    raw = await request.body()
-    if len(raw) > MAX_OP_BODY:
-        raise FhirError(413, "too-costly", f"An identity operation's body is at most "
-                        f"{MAX_OP_BODY} bytes")
-    if not raw.strip():
-        raise bad_request("The request body is empty; send a Parameters resource")
-    raw = fhirxml.json_body(request, raw)
-    d = res.parse_json(raw, max_string=request.app.state.settings.max_string)
-    res.check_type(d, "Parameters")
-    res.validate("Parameters", raw, d)
-    out: dict[str, Any] = {}
-    for i, p in enumerate(d.get("parameter") or ()):
-        name = p.get("name")
-        value = None
-        for key in ("valueReference", "valueString", "valueId", "valueCode", "valueBoolean"):
-            if key in p:
-                value = p[key]
-                break
-        if isinstance(value, dict):
-            value = value.get("reference")
-        if value is None:
-            raise bad_request(f"Parameter {name!r} has no value (valueReference, valueString "
-                              "or valueId)", f"Parameters.parameter[{i}]")
-        if name in out:
-            raise bad_request(f"Parameter {name!r} is given more than once",
-                              f"Parameters.parameter[{i}]")
-        out[name] = value
-    return out
+    """name -> value of an identity operation's Parameters (references as their strings)."""
+    return await read_parameters(
+        request, ("valueReference", "valueString", "valueId", "valueCode", "valueBoolean"),
+        "An identity operation's", MAX_OP_BODY)
 
 
 def _known(params: dict[str, Any], allowed: set[str], required: set[str]) -> None:

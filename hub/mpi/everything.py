@@ -37,6 +37,36 @@ from projections.search.query import local_reference, with_base
 from projections.timeline import TimelineProjection
 
 EXCLUDED_BY_DEFAULT = ("AuditEvent",)
+
+# The care date of each Patient-compartment type, for $everything's start and end ("care dates,
+# not record currency dates"): the date search parameters that say when the care happened, any
+# of which in the window keeps the resource. A type not listed (Patient, Coverage, Provenance…),
+# or a resource with none of these dates, is not dated by care and is always in the window.
+CARE_DATES: dict[str, tuple[str, ...]] = {
+    "Account": ("period",), "AdverseEvent": ("date",), "AllergyIntolerance": ("onset", "date"),
+    "Appointment": ("date",), "CarePlan": ("date",), "CareTeam": ("date",),
+    "ChargeItem": ("occurrence",), "Claim": ("created",), "ClaimResponse": ("created",),
+    "ClinicalImpression": ("date",), "Communication": ("sent", "received"),
+    "CommunicationRequest": ("occurrence", "authored"), "Composition": ("date",),
+    "Condition": ("onset-date", "recorded-date"), "Consent": ("date",),
+    "CoverageEligibilityRequest": ("created",), "CoverageEligibilityResponse": ("created",),
+    "DetectedIssue": ("identified",), "DeviceRequest": ("event-date", "authored-on"),
+    "DiagnosticReport": ("date", "issued"), "DocumentManifest": ("created",),
+    "DocumentReference": ("period", "date"), "Encounter": ("date",), "EpisodeOfCare": ("date",),
+    "ExplanationOfBenefit": ("created",), "FamilyMemberHistory": ("date",), "Flag": ("date",),
+    "Goal": ("start-date",), "ImagingStudy": ("started",), "Immunization": ("date",),
+    "ImmunizationEvaluation": ("date",), "ImmunizationRecommendation": ("date",),
+    "Invoice": ("date",), "List": ("date",), "MeasureReport": ("period",), "Media": ("created",),
+    "MedicationAdministration": ("effective-time",),
+    "MedicationDispense": ("whenhandedover", "whenprepared"),
+    "MedicationRequest": ("authoredon",), "MedicationStatement": ("effective",),
+    "NutritionOrder": ("datetime",), "Observation": ("date",), "Procedure": ("date",),
+    "QuestionnaireResponse": ("authored",), "RequestGroup": ("authored",),
+    "ResearchSubject": ("date",), "RiskAssessment": ("date",), "Schedule": ("date",),
+    "ServiceRequest": ("occurrence", "authored"), "Specimen": ("collected",),
+    "SupplyRequest": ("date",), "Task": ("period", "authored-on"),
+    "VisionPrescription": ("datewritten",),
+}
 ASSURANCE_RANK = {"level4": 4, "level3": 3, "level2": 2, "level1": 1}
 DEMOGRAPHICS = ("name", "telecom", "gender", "birthDate", "address")
 
@@ -178,12 +208,14 @@ class SharedRecord:
 
     def everything(self, scope: Scope, since_us: int | None, types: list[str] | None,
                    count: int, after_pk: int | None, base: str | None = None,
-                   shown: Callable[[list[Entry]], list[Entry]] | None = None
+                   shown: Callable[[list[Entry]], list[Entry]] | None = None,
+                   window: tuple[int | None, int | None] = (None, None)
                    ) -> tuple[list[Entry], int | None, int, list[Entry]]:
         """(entries (rtype, rid, body), next cursor, total, referenced) of one page; ``base``,
         this server's base URL: a reference stored absolute on it is to the same Patient;
         ``shown``: the entries a caller may see (the rest are left out, with what only they
-        refer to).
+        refer to); ``window``: (start, end) in microseconds, end exclusive, either open: the
+        resources whose care date (``CARE_DATES``) meets it, and those without one.
 
         ``referenced``: what the page's resources refer to outside the Patient compartment
         (Practitioner, Organization, Location, Medication, …), as R4's Patient-everything adds
@@ -218,6 +250,18 @@ class SharedRecord:
             if since_us is not None:
                 where.append("s.updated >= ?")
                 args.append(since_us)
+            if window != (None, None):
+                dated = sorted({pid for t in wanted for code in CARE_DATES.get(t, ())
+                                for pid in sql.stored_as(c, t, code)[0] if pid >= 0})
+                if dated:
+                    marks = ",".join("?" * len(dated))
+                    start, end = window
+                    where.append(
+                        f"(NOT EXISTS (SELECT 1 FROM ix_date d WHERE d.pk = s.pk AND d.p IN ({marks}))"
+                        f" OR EXISTS (SELECT 1 FROM ix_date d WHERE d.pk = s.pk AND d.p IN ({marks})"
+                        " AND d.hi > ? AND d.lo < ?))")
+                    args += [*dated, *dated, -1e300 if start is None else start,
+                             1e300 if end is None else end]
             base_sql = "FROM sp_res s WHERE " + " AND ".join(where)
             c.execute("SELECT COUNT(*) " + base_sql, args)
             total = c.fetchone()[0]

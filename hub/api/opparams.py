@@ -1,0 +1,53 @@
+"""The Parameters body of an operation invoked by POST: name -> value, each name once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import Request
+
+from hub.api import fhirxml
+from hub.api.responses import check_content_type
+from hub.core import resource as res
+from hub.core.errors import FhirError, bad_request
+
+MAX_OP_BODY = 64 * 1024
+
+
+async def read_parameters(request: Request, keys: Sequence[str], what: str = "An operation's",
+                          max_body: int = MAX_OP_BODY) -> dict[str, Any]:
+    """name -> value of a Parameters body, in JSON or XML: the first of ``keys`` (``value[x]``
+    names) a parameter has, a Reference as its reference string. 413 over ``max_body``."""
+    check_content_type(request)
+    length = request.headers.get("content-length")
+    too_large = FhirError(413, "too-costly", f"{what} body is at most {max_body} bytes")
+    if length is not None and (length.isascii() and length.isdigit()) and int(length) > max_body:
+        raise too_large
+    raw = await request.body()
+    if len(raw) > max_body:
+        raise too_large
+    if not raw.strip():
+        raise bad_request("The request body is empty; send a Parameters resource")
+    raw = fhirxml.json_body(request, raw)
+    d = res.parse_json(raw, max_string=request.app.state.settings.max_string)
+    res.check_type(d, "Parameters")
+    res.validate("Parameters", raw, d)
+    out: dict[str, Any] = {}
+    for i, p in enumerate(d.get("parameter") or ()):
+        name = p.get("name")
+        value = None
+        for key in keys:
+            if key in p:
+                value = p[key]
+                break
+        if isinstance(value, dict):
+            value = value.get("reference")
+        if value is None:
+            raise bad_request(f"Parameter {name!r} has no value ({', '.join(keys)})",
+                              f"Parameters.parameter[{i}]")
+        if name in out:
+            raise bad_request(f"Parameter {name!r} is given more than once",
+                              f"Parameters.parameter[{i}]")
+        out[name] = value
+    return out
