@@ -68,3 +68,44 @@ def test_an_entry_id_never_joins_two_documents(entry_id, code):
     assert ids[0] != ids[1]
     again = mapped(wst500(doc_id="A", sections=section(diagnosis(code, "诊断", entry_id))))[1]
     assert again["Condition"][0]["id"] == ids[0]  # and the same document lands on the same one
+
+
+def _visit(number: str) -> str:
+    return ('<componentOf><encompassingEncounter>'
+            f'{ident("2.16.156.10011.1.11", number)}'
+            '<effectiveTime><low value="20240312090000"/></effectiveTime>'
+            '</encompassingEncounter></componentOf>')
+
+
+def test_two_patients_documents_with_the_same_visit_number_keep_their_own_visits():
+    """A visit number two patients' documents share (a counter reset, a typo) made one Encounter
+    whose subject moved to the second patient, under which the first one's results then hung."""
+    a = mapped(wst500(doc_id="A", name="赵一", patient_ids=ident(RID, "11010519491231002X"),
+                      encounter=_visit("MZ-1"), sections=section(diagnosis("I10", "高血压"))))[1]
+    b = mapped(wst500(doc_id="B", name="钱二", patient_ids=ident(RID, "110105195001010012"),
+                      encounter=_visit("MZ-1"), sections=section(diagnosis("E11.9", "2型糖尿病"))))[1]
+    (ea,), (eb,) = a["Encounter"], b["Encounter"]
+    assert ea["id"] != eb["id"] and ea["subject"] != eb["subject"]
+    assert a["Condition"][0]["encounter"]["reference"] == f"Encounter/{ea['id']}"
+    # the same patient's next document of that visit meets the same Encounter
+    again = mapped(wst500(doc_id="C", name="赵一", patient_ids=ident(RID, "11010519491231002X"),
+                          encounter=_visit("MZ-1")))[1]
+    assert again["Encounter"][0]["id"] == ea["id"]
+
+
+def _stay(low: str, high: str) -> str:
+    return ('<componentOf><encompassingEncounter>' + ident("2.16.156.10011.1.11", "ZY-9")
+            + f'<effectiveTime><low value="{low}"/><high value="{high}"/></effectiveTime>'
+            '</encompassingEncounter></componentOf>')
+
+
+def test_a_visit_keeps_an_end_written_in_another_zone_or_as_a_date():
+    """The end was compared with the start as text: an hour later in UTC (smaller figures) or a
+    same-day discharge date was taken for an end before the start and dropped."""
+    for high, end in (("20240305030000+0000", "2024-03-05T03:00:00+00:00"),
+                      ("20240305", "2024-03-05")):
+        enc = mapped(wst500(encounter=_stay("20240305100000+0800", high)))[1]["Encounter"][0]
+        assert enc["period"] == {"start": "2024-03-05T10:00:00+08:00", "end": end}
+    # an end that is before the start is still left out (Period's per-01)
+    enc = mapped(wst500(encounter=_stay("20240305100000+0800", "20240304")))[1]["Encounter"][0]
+    assert "end" not in enc["period"]

@@ -91,3 +91,33 @@ def test_discharge_and_non_drug_orders_are_service_requests():
     assert srs[1]["patientInstruction"] == "低盐饮食，两周后门诊复查"
     assert all(s["intent"] == "order" and s["subject"] == {"reference":
                                                            f"Patient/{t['Patient'][0]['id']}"} for s in srs)
+
+
+def _timed(*times: str) -> str:
+    return ('<substanceAdministration classCode="SBADM" moodCode="EVN"><text/>' + "".join(times)
+            + '<doseQuantity value="0.5" unit="g"/><consumable><manufacturedProduct>'
+            '<manufacturedLabeledDrug><code/><name>阿莫西林胶囊</name></manufacturedLabeledDrug>'
+            '</manufacturedProduct></consumable></substanceAdministration>')
+
+
+IVL = ('<effectiveTime xsi:type="IVL_TS"><low value="20240305"/><high value="20240310"/>'
+       '</effectiveTime>')
+
+
+def test_dosing_keeps_its_course_beside_its_frequency_and_events():
+    """C-CDA writes the course (IVL_TS) and then the frequency (PIVL_TS): the course was lost
+    whenever a frequency followed it; an event (EIVL_TS: at bedtime, before meals) was lost."""
+    every8 = '<effectiveTime xsi:type="PIVL_TS" operator="A"><period value="8" unit="hr"/></effectiveTime>'
+    _, t = run(section("10160-0", _timed(IVL, every8)))
+    rep = t["MedicationRequest"][0]["dosageInstruction"][0]["timing"]["repeat"]
+    assert rep["boundsPeriod"] == {"start": "2024-03-05", "end": "2024-03-10"}
+    assert (rep["frequency"], rep["period"], rep["periodUnit"]) == (1, 8, "h")
+    bedtime = ('<effectiveTime xsi:type="EIVL_TS" operator="A"><event code="ACM"/>'
+               '<offset><width value="30" unit="min"/></offset></effectiveTime>')
+    _, t = run(section("10160-0", _timed(bedtime, IVL)))
+    rep = t["MedicationRequest"][0]["dosageInstruction"][0]["timing"]["repeat"]
+    assert rep["when"] == ["ACM"] and rep["offset"] == 30 and "boundsPeriod" in rep
+    odd = '<effectiveTime xsi:type="PIVL_TS"><period value="2" unit="fortnight"/></effectiveTime>'
+    conv, t = run(section("10160-0", _timed(IVL, odd)))
+    assert "period" not in t["MedicationRequest"][0]["dosageInstruction"][0]["timing"]["repeat"]
+    assert [f for f in conv.findings if f.rule == "cda.medication.frequency"]

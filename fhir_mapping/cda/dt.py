@@ -227,9 +227,22 @@ def period(el, offset: str | None) -> dict | None:
         out["start"] = lo
     if hi:
         out["end"] = hi
-    if "start" in out and "end" in out and out["end"] < out["start"]:
+    if "start" in out and "end" in out and _before(out["end"], out["start"]):
         del out["end"]  # keeps Period valid (per-01); quality control reports the order
     return out or None
+
+
+def _before(end: str, start: str) -> bool:
+    """Whether FHIR time ``end`` is surely before ``start``: as instants when both have a time
+    (an end written in another zone is no earlier for its smaller figures), else by their
+    dates at the precision both have (a same-day end of ``2024-03-05`` is not before 10:00)."""
+    if len(end) > 10 and len(start) > 10:
+        try:
+            return _dt.datetime.fromisoformat(end) < _dt.datetime.fromisoformat(start)
+        except ValueError:
+            pass
+    n = min(len(end), len(start), 10)
+    return end[:n] < start[:n]
 
 
 def effective(el, offset: str | None) -> tuple[str, Any] | None:

@@ -528,12 +528,32 @@ def build_medication(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: st
     rep: dict[str, Any] = {}
     for et in children(st, "effectiveTime"):
         typ = dt.value_type(et)
-        if typ in ("PIVL_TS", "EIVL_TS"):
+        if typ == "PIVL_TS":
             per = child(et, "period")
             pv = dt.decimal(per.get("value")) if per is not None else None
-            unit = dt.clean_str(per.get("unit")) if per is not None else None
-            if pv is not None and numbers.value_of(pv) > 0 and unit in ("s", "min", "h", "d", "wk", "mo", "a"):
-                rep = {"frequency": 1, "period": pv, "periodUnit": unit}
+            raw_unit = dt.clean_str(per.get("unit")) if per is not None else None
+            unit = _TIME_UNITS.get((raw_unit or "").lower(), raw_unit)
+            if pv is not None and numbers.value_of(pv) > 0 and unit in _TIME_UNITS.values():
+                rep.update({"frequency": 1, "period": pv, "periodUnit": unit})
+            else:
+                ctx.find("warning", "cda.medication.frequency",
+                         f"a dosing period of {per.get('value') if per is not None else None!r} "
+                         f"{raw_unit or ''} is no time: the frequency is not kept", et)
+        elif typ == "EIVL_TS":
+            event = child(et, "event")
+            code = (event.get("code") or "").upper() if event is not None else ""
+            if code in _EVENT_TIMING:
+                rep["when"] = [code]
+                off = child(et, "offset")  # an IVL_PQ: its width, or a value of its own
+                width = child(off, "width") if off is not None else None
+                minutes = _minutes(dt.quantity(width if width is not None else off,
+                                               ctx.t.header["ucum"]))
+                if minutes is not None:
+                    rep["offset"] = minutes
+            else:
+                ctx.find("warning", "cda.medication.frequency",
+                         f"a dosing event {code or 'without a code'} is none of HL7's timing "
+                         "events: the frequency is not kept", et)
         else:
             p = dt.period(et, ctx.offset)
             if p:
@@ -681,6 +701,28 @@ def build_encounter(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: str
     res["diagnosis"] = diag
     ctx.add(res)
     return [ref] + extra
+
+
+# UCUM units of time a dosing period is given in, and the spellings senders use for them
+_TIME_UNITS = {"s": "s", "min": "min", "h": "h", "d": "d", "wk": "wk", "mo": "mo", "a": "a",
+               "hr": "h", "hrs": "h", "hour": "h", "hours": "h", "day": "d", "days": "d",
+               "week": "wk", "weeks": "wk", "month": "mo", "months": "mo", "sec": "s",
+               "mins": "min", "minute": "min", "minutes": "min"}
+# HL7 v3 TimingEvent codes that R4's event-timing value set holds (Timing.repeat.when)
+_EVENT_TIMING = {"HS", "WAKE", "C", "CM", "CD", "CV", "AC", "ACM", "ACD", "ACV", "PC", "PCM", "PCD",
+                 "PCV", "ICM", "ICD", "ICV", "IC"}
+_MINUTES = {"s": 1 / 60, "min": 1, "h": 60, "d": 1440}
+
+
+def _minutes(q: dict | None) -> int | None:
+    """A Quantity of time in whole minutes (Timing.repeat.offset), None if it is none."""
+    if not q or q.get("value") is None:
+        return None
+    factor = _MINUTES.get(_TIME_UNITS.get(str(q.get("code") or q.get("unit") or "").lower(), ""))
+    if factor is None:
+        return None
+    minutes = round(float(numbers.value_of(q["value"])) * factor)
+    return minutes if minutes >= 0 else None
 
 
 BUILDERS = {

@@ -262,11 +262,15 @@ def _encounter(ctx: Ctx, root, custodian_ref: str | None) -> str | None:
         return None
     ids = ctx.checked_idents(children(ee, "id"))[0] if ee is not None else []
     idents = ids + [v for v in visit_ids if v not in ids]
+    # a visit number keys the visit of its patient only: two patients' documents that carry the
+    # same number (a counter reset, a typo) make two visits, never one whose subject moves
     key: tuple[str, ...]
     if ids:
-        key = ("Encounter", ctx.institution, ids[0].get("system", ""), ids[0]["value"])
+        key = ("Encounter", ctx.institution, ids[0].get("system", ""), ids[0]["value"],
+               ctx.patient_ref or "")
     elif visit_ids:
-        key = ("Encounter", ctx.institution, visit_ids[0]["system"], visit_ids[0]["value"])
+        key = ("Encounter", ctx.institution, visit_ids[0]["system"], visit_ids[0]["value"],
+               ctx.patient_ref or "")
     else:
         key = ("Encounter", *ctx.doc_key)
     eid = stable_id(*key)
