@@ -154,7 +154,7 @@ def test_a_naming_system_put_over_http_keeps_two_passport_holders_apart(tmp_path
     with LiveServer(Settings(data_dir=tmp_path)) as srv, httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c:
         r = c.put("/NamingSystem/passport", json=naming_system("unique"), headers=fhir)
         assert r.status_code == 201, r.text
-        phone = [{"system": "phone", "value": "13800138000"}]
+        phone = [{"system": "phone", "value": "13917263548"}]
         other = [{"system": "phone", "value": "13900139000"}]
         for body in (patient("h-a", "E1", telecom=phone), patient("h-b", "E2", telecom=phone),
                      patient("h-c", None, name="刘洋", telecom=other),

@@ -14,7 +14,7 @@ ID = "50010319800102001" + check_digit("50010319800102001")
 
 def patient(pid: str | None = None, name: str = "张伟", id_: str | None = ID, **kw) -> dict:
     p = {"resourceType": "Patient", "name": [{"text": name}], "gender": "male", "birthDate": "1980-01-02",
-         "telecom": [{"system": "phone", "value": "13800138000"}]}
+         "telecom": [{"system": "phone", "value": "13917263548"}]}
     if pid:
         p["id"] = pid
     if id_:
@@ -89,6 +89,10 @@ def test_no_candidates(stored):
     (params({"resourceType": "Patient", "name": "x"}), "array"),
     (params({"resourceType": "Patient"}), "nothing to match"),
     ([1, 2], "Parameters"),
+    # the Patient is validated as a resource: these answered "nobody matched"
+    (params({**patient(), "birthDate": "1990-02-30"}), "birthDate"),
+    (params({**patient(), "birthDate": "not-a-date"}), "birthDate"),
+    (params({**patient(), "name": [{"family": 5}]}), "family"),
 ])
 def test_bad_input_is_an_operation_outcome(client, body, where):
     r = client.post("/Patient/$match", json=body, headers=FHIR)

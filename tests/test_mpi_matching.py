@@ -16,7 +16,7 @@ from hub.mpi import weights as W
 from hub.mpi.candidates import IdentityCandidates
 from hub.mpi.compare import compare, compare_birth
 from hub.mpi.incremental import IncrementalMatcher, blocked_from_pairs, rematch_all
-from hub.mpi.matcher import Matcher, decision
+from hub.mpi.matcher import Candidate, Matcher, decision
 from hub.mpi.normalise import RESIDENT_ID, features
 from projections.runner import Runner
 from terminology.resident_id import check_digit
@@ -31,7 +31,7 @@ B_ID = idno("50010319800102003")  # his twin: the next odd sequence
 
 
 def pat(pid: str, name: str = "张伟", sex: str = "male", birth: str = "1980-01-02",
-        id_: str | None = A_ID, phone: str | None = "13800138000", district: str = "500103") -> dict:
+        id_: str | None = A_ID, phone: str | None = "13917263548", district: str = "500103") -> dict:
     p = {"resourceType": "Patient", "id": pid, "name": [{"text": name}], "gender": sex, "birthDate": birth,
          "identifier": [{"system": RESIDENT_ID, "value": id_}] if id_ else []}
     if phone:
@@ -196,11 +196,11 @@ def test_block_over_cap_alerts_and_compares_the_cap(tmp_path, caplog):
     index.put(features(pat(f"p{i}", name=f"李{chr(0x4e00 + i)}", id_=None, birth=f"19{50 + i}-03-04"))
               for i in range(8))
     with caplog.at_level(logging.WARNING, logger="hub.mpi.blocking"):
-        found, _, _ = index.lookup([("ph", blocking.key_hash("ph:13800138000"))])
+        found, _, _ = index.lookup([("ph", blocking.key_hash("ph:13917263548"))])
     assert len(found) == 5
     assert index.alerts.counts["ph"] == 1
     assert "'ph' block has more than 5 members" in caplog.text
-    assert "13800138000" not in caplog.text  # no personal data in logs
+    assert "13917263548" not in caplog.text  # no personal data in logs
     index.close()
 
 
@@ -579,3 +579,60 @@ def test_what_no_sum_of_agreements_links_without_a_steward():
         assert grade != "certain", (total, why)
     # the same person, own evidence agreeing: linked as before
     assert _held(pat("a", id_=None), pat("b", id_=None)) == ("certain", None)
+
+
+# -- never two people on weights alone: cases found on data shaped otherwise ------------------------
+
+def _graded(tmp_path, stored: list[dict], new: dict, name: str = "never") -> dict[str, Candidate]:
+    index = IdentityCandidates(tmp_path / f"{name}.sqlite")
+    try:
+        index.put([features(p) for p in stored])
+        return {c.ref: c for c in Matcher(index, W.load()).match(features(new))}
+    finally:
+        index.close()
+
+
+def _home(p: dict) -> dict:
+    p["address"][0]["line"] = ["人民路185号16栋3单元405室"]
+    return p
+
+
+def test_twins_are_never_linked_automatically(tmp_path):
+    jianguo = _home(pat("jianguo", name="刘建国", birth="1985-10-01", id_=idno("41010219851001031")))
+    # his twin's number mistyped so that it fails its check and is a digit off his brother's
+    slip = jianguo["identifier"][0]["value"][:17] + ("1" if jianguo["identifier"][0]["value"][17] != "1" else "2")
+    jianjun = _home(pat("jianjun", name="刘建军", birth="1985-10-01", id_=slip))
+    got = _graded(tmp_path, [jianguo], jianjun)["Patient/jianguo"]
+    assert got.grade != "certain" and got.evidence["hold"]["level"] == "twins"
+    # a parent handed over one twin's card for the other: one valid number, two children
+    yiming = _home(pat("yiming", name="张一鸣", birth="2015-03-01", id_=idno("41010220150301011")))
+    yifan = _home(pat("yifan", name="张一帆", birth="2015-03-01", id_=yiming["identifier"][0]["value"]))
+    assert _graded(tmp_path, [yiming], yifan, "b")["Patient/yiming"].grade != "certain"
+
+
+@pytest.mark.parametrize("shared", [
+    {"identifier": [{"system": "urn:oid:2.16.156.10011.1.19", "value": v}]} for v in ("无", "-", "000000", "不详")
+] + [{"telecom": [{"system": "phone", "value": v}]} for v in ("12345678901", "13800138000", "13800000000")])
+def test_a_filler_card_or_phone_is_no_evidence(tmp_path, shared):
+    """Two women of a common name and birth year in one district, nothing else in common but a
+    filler the registration desk typed: namesakes, never one person."""
+    a = {**pat("a", name="王秀英", sex="female", birth="1950-03-01", id_=None, phone=None), **shared}
+    b = {**pat("b", name="王秀英", sex="female", birth="1950-03-01", id_=None, phone=None), **shared}
+    a["address"][0]["line"], b["address"][0]["line"] = ["新华路12号"], ["解放路300号"]
+    got = _graded(tmp_path, [a], b).get("Patient/a")
+    assert got is None or got.grade != "certain"
+
+
+def test_a_newborn_named_for_its_mother_is_not_the_mother(tmp_path):
+    mother_id = idno("41010219900505062")
+    mother = pat("mother", name="张丽", sex="female", birth="1990-05-05", id_=mother_id)
+    # registered under her number, its birth date filled in from it
+    baby = pat("baby", name="张丽之女", sex="female", birth="1990-05-05", id_=mother_id)
+    got = _graded(tmp_path, [mother], baby)["Patient/mother"]
+    assert got.grade != "certain" and got.evidence["hold"]["level"] == "newborn-and-parent"
+    # the same child named later (no number yet, its own birth date) is still found
+    named = pat("named", name="王晨", sex="female", birth="2020-05-24", id_=None)
+    placeholder = pat("ph", name="王丽之女", sex="female", birth="2020-05-24", id_=None)
+    _home(named), _home(placeholder)
+    assert "hold" not in _graded(tmp_path, [named], placeholder, "c").get(
+        "Patient/named", Candidate("", 0, 0, None)).evidence

@@ -83,15 +83,15 @@ def test_newborn_placeholder_name_is_left_out():
 
 
 def test_phones_and_district():
-    assert phone_digits("+86 138-0013-8000") == "13800138000"
-    assert phone_digits("0086 13800138000") == "13800138000"
-    assert phone_digits("8613800138000") == "13800138000"
+    assert phone_digits("+86 139-1726-3548") == "13917263548"
+    assert phone_digits("0086 13917263548") == "13917263548"
+    assert phone_digits("8613917263548") == "13917263548"
     assert phone_digits("000-0000") is None
-    p = patient(telecom=[{"system": "phone", "value": "+86 13800138000"}, {"system": "email", "value": "a@b"}],
+    p = patient(telecom=[{"system": "phone", "value": "+86 13917263548"}, {"system": "email", "value": "a@b"}],
                 address=[{"extension": [{"url": "https://fhir-region-hub.example/StructureDefinition/"
                                                 "administrative-division", "valueCode": "500103"}]}])
     f = features(p)
-    assert f["ph"] == ["13800138000"] and f["dist"] == "500103"
+    assert f["ph"] == ["13917263548"] and f["dist"] == "500103"
     assert features(patient(address=[{"text": "重庆市渝中区(500103)解放碑1号"}]))["dist"] == "500103"
 
 

@@ -310,6 +310,44 @@ def test_identifier_resolution(client, data):
         assert r.json()["resourceType"] == "OperationOutcome"
 
 
+def test_a_filler_resolves_to_nobody_and_a_shared_number_marked_apart_is_no_merge_hint(client):
+    """`000000` on two strangers' records listed both, with "they may need a merge"; a number two
+    people share (a parent's card) kept that hint after a steward said they are two people."""
+    p = uuid.uuid4().hex[:8]
+    for who in ("x", "y"):
+        put_all(client, [{"resourceType": "Patient", "id": f"{p}-{who}", "name": [{"text": who}],
+                          "identifier": [{"system": CARD, "value": "000000"},
+                                         {"system": CARD + ".9", "value": f"SHARED-{p}"}]}])
+    for who in ("x", "y"):
+        op(client, "link", patient=f"Patient/{p}-{who}")
+    for q in ({"identifier": f"{CARD}|000000"}, {"identifier": "无"}):
+        body = client.get("/$resolve-identifier", params=q).json()
+        assert body["total"] == 0 and ids(body) == [], body
+        assert "filler" in body["entry"][-1]["resource"]["issue"][0]["diagnostics"]
+    assert client.get("/Person", params={"identifier": f"{CARD}|000000"}).json()["total"] == 0
+    shared = {"identifier": f"{CARD}.9|SHARED-{p}"}
+    outcome = client.get("/$resolve-identifier", params=shared).json()["entry"][-1]["resource"]
+    assert "may need a merge" in outcome["issue"][0]["diagnostics"]
+    op(client, "not-duplicate", patient=f"Patient/{p}-x", other=f"Patient/{p}-y", reason="twins")
+    outcome = client.get("/$resolve-identifier", params=shared).json()["entry"][-1]["resource"]
+    assert "different people" in outcome["issue"][0]["diagnostics"]
+
+
+def test_a_person_shows_no_number_that_is_someone_elses(client):
+    """A son's record carrying his father's resident ID number (its birth date decades off the
+    son's): the son's Person listed the father's number as its own, and a filler too."""
+    p = uuid.uuid4().hex[:8]
+    father_id = "410102196002020315"
+    put_all(client, [{"resourceType": "Patient", "id": f"{p}-son", "gender": "male",
+                      "birthDate": "1988-07-07", "name": [{"family": "刘", "given": ["建华"]}],
+                      "identifier": [{"system": RESIDENT, "value": father_id},
+                                     {"system": CARD, "value": "无"},
+                                     {"system": "urn:oid:1.2.3.1", "value": f"MR-{p}"}]}])
+    person = op(client, "link", patient=f"Patient/{p}-son")
+    assert [i["value"] for i in client.get(f"/Person/{person['id']}").json()["identifier"]] == [
+        f"MR-{p}"]
+
+
 def test_every_shared_record_read_is_audited(live, client, data):
     a, b = data["a"], data["b"]
     pa = op(client, "link", patient=f"Patient/{a}")["id"]

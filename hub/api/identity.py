@@ -64,6 +64,7 @@ from hub.core.ingest import Context
 from hub.core.store import ResourceStore
 from hub.mpi import listing
 from hub.mpi.everything import SharedRecord, person_view
+from hub.mpi.identifiers import is_filler
 from hub.mpi.identity import IdentityService, patient_ref, person_id
 from hub.mpi.qr import QrError
 from hub.mpi.qr import parse as parse_qr
@@ -344,6 +345,8 @@ def _criteria_sets(identity: IdentityService, crit: dict[str, str], base: str,
             found: set[str] = set()
             for one in crit["identifier"].split(","):
                 system, value = _token(one)
+                if is_filler(value):
+                    continue  # 无, -, 000000 identify nobody: never everyone registered with them
                 for rid in _seen_patients(
                         repo, ctx, repo.find_by_identifier(ctx, "Patient", system, value)):
                     p = P.person_of(c, f"Patient/{rid}")
@@ -586,12 +589,18 @@ async def resolve_identifier(request: Request) -> Response:
     purpose_of(request)  # a malformed purpose is refused before anything is read
     repo, ctx = repository(request), context_of(request)
 
+    filler = is_filler(value)
+    apart: list[bool] = []  # a steward marked the persons found as different people
+
     def answer(_purpose) -> tuple[list[str], list[str], dict]:
         identity.sync()
-        rids = _seen_patients(repo, ctx, repo.find_by_identifier(ctx, "Patient", system, value))
+        # a filler (无, -, 000000) identifies nobody: it would list everyone registered with it
+        rids = [] if filler else _seen_patients(
+            repo, ctx, repo.find_by_identifier(ctx, "Patient", system, value))
         P = identity.person
         persons: list[str] = []
         patients: list[str] = []
+        of_person: dict[str, list[str]] = {}
         with P.read() as c:
             for rid in rids:
                 ref = f"Patient/{rid}"
@@ -602,7 +611,10 @@ async def resolve_identifier(request: Request) -> Response:
                     continue
                 if person not in persons:
                     persons.append(person)
-                    patients += [x for x in P.patients(c, person) if x not in patients]
+                    of_person[person] = P.patients(c, person)
+                    patients += [x for x in of_person[person] if x not in patients]
+            apart.append(any(P.blocked_across(c, of_person[x], of_person[y])
+                             for i, x in enumerate(persons) for y in persons[i + 1:]))
         seen = _seen_by(request)
         entries = []
         for pid in persons:
@@ -627,7 +639,17 @@ async def resolve_identifier(request: Request) -> Response:
     persons, patients, out = await audited(
         request, "resolve-identifier", answer,
         lambda r: (r[0], r[1]), (None, []))
-    if len(persons) > 1:  # one identifier, several persons: say so (and audit them all above)
+    if filler:
+        out.setdefault("entry", []).append({"resource": operation_outcome([Issue(
+            "not-found", f"{value[:40]!r} is a filler, not an identifier: it identifies nobody",
+            "warning")]), "search": {"mode": "outcome"}})
+    elif len(persons) > 1 and apart and apart[0]:
+        # a steward said these are different people: the number is shared (a parent's, a card)
+        out.setdefault("entry", []).append({"resource": operation_outcome([Issue(
+            "multiple-matches", f"The identifier is on the records of {len(persons)} persons "
+            "a steward marked as different people", "information")]),
+            "search": {"mode": "outcome"}})
+    elif len(persons) > 1:  # one identifier, several persons: say so (and audit them all above)
         out.setdefault("entry", []).append({"resource": operation_outcome([Issue(
             "multiple-matches", f"The identifier belongs to {len(persons)} persons; they may "
             "need a merge", "warning")]), "search": {"mode": "outcome"}})

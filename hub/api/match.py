@@ -155,8 +155,15 @@ async def patient_match(request: Request) -> Response:
     raw = await request.body()
     if not raw.strip():
         raise bad_request("The request body is empty")
-    body = res.parse_json(fhirxml.json_body(request, raw), max_string=settings.max_string)
+    raw = fhirxml.json_body(request, raw)
+    body = res.parse_json(raw, max_string=settings.max_string)
     patient, only_certain, count = parse(body, settings.max_count)
+    # the Patient is a resource as any other: an impossible birth date is an error, never an
+    # empty answer that says nobody matched
+    try:
+        res.validate("Parameters", raw, body)
+    except FhirError as e:  # a parameter in error, as the others are: 400
+        raise FhirError(400, "invalid", str(e), issues=e.issues) from None
     index: IdentityCandidates | None = getattr(request.app.state, "mpi_candidates", None)
     runner: Runner | None = getattr(request.app.state, "mpi_candidates_runner", None)
     matcher: Matcher | None = getattr(request.app.state, "mpi_matcher", None)

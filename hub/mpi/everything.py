@@ -30,7 +30,10 @@ import orjson
 
 from hub.core.errors import FhirError, bad_request, forbidden, not_found
 from hub.core.store import ResourceStore
+from hub.mpi.compare import id_status
+from hub.mpi.identifiers import is_filler
 from hub.mpi.identity import IdentityService
+from hub.mpi.normalise import RESIDENT_ID, resident_id_features
 from projections.runner import Runner
 from projections.search.compartment import compartment_group, patient_compartment
 from projections.search.query import local_reference, with_base
@@ -77,6 +80,24 @@ def body_of(state: bytes) -> bytes:
 
 # -- the Person view ------------------------------------------------------------------------------
 
+def _the_persons_own(ident: dict, patient: dict) -> bool:
+    """Whether a Patient's identifier is the person's to show: a filler (无, 000000) is nobody's,
+    and a resident ID number the matcher judges another's (a parent's on a newborn's record:
+    its birth date or sex is not the record's) or that fails its check is not the person's."""
+    value = ident.get("value")
+    if not isinstance(value, str) or is_filler(value):
+        return False
+    if ident.get("system") != RESIDENT_ID:
+        return True
+    sex = patient.get("gender")
+    sex = sex if sex in ("male", "female") else None
+    birth = patient.get("birthDate")
+    birth = birth[:10] if isinstance(birth, str) and len(birth) >= 10 else None
+    idno, status = resident_id_features(value, sex, birth)
+    # as the matcher reads it: a birth date a slip off the number's is the person's own
+    return id_status({"id": idno, "ids": status, "bd": birth, "sex": sex}) == "valid"
+
+
 def person_view(identity: IdentityService, store: ResourceStore, pid: str,
                 shown: Callable[[str, str, bytes], bool] | None = None,
                 bare: bool = False) -> dict:
@@ -116,7 +137,7 @@ def person_view(identity: IdentityService, store: ResourceStore, pid: str,
             continue
         d = orjson.loads(body_of(found[1]))
         for ident in d.get("identifier") or ():
-            if not isinstance(ident, dict):
+            if not isinstance(ident, dict) or not _the_persons_own(ident, d):
                 continue
             key = (ident.get("system"), ident.get("value"))
             if key not in seen and ident.get("value"):

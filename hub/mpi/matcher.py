@@ -18,7 +18,7 @@ from typing import Any
 from rapidfuzz.distance import OSA
 
 from hub.mpi import blocking
-from hub.mpi.compare import NEAR_BIRTH, compare, count_terms, latin_parts
+from hub.mpi.compare import NEAR_BIRTH, compare, count_terms, id_status, latin_parts
 from hub.mpi.weights import Weights
 
 CERTAINLY_NOT = "certainly-not"
@@ -62,7 +62,8 @@ class Matcher:
             x = w.weight(fld, level, share)
             total_weight += x
             evidence[fld] = {"level": level, "weight": round(x, 3)}
-        if w.twin_weight and _twins(a, b, levels, w.twin_household):
+        twins = _twins(a, b, levels, w.twin_household)
+        if w.twin_weight and twins:
             for fld in w.twin_silenced:
                 if fld in evidence:
                     total_weight -= evidence[fld]["weight"]
@@ -85,7 +86,7 @@ class Matcher:
         p = w.probability(total_weight)
         grade = CERTAINLY_NOT if vetoes else w.grade(p)
         if grade == "certain":
-            held = hold(a, b, levels)
+            held = hold(a, b, levels, twins)
             if held:  # a steward decides: never two people merged on weights alone
                 grade = "probable"
                 evidence["hold"] = {"level": held, "weight": 0.0}
@@ -118,21 +119,37 @@ class Matcher:
         return out
 
 
-def hold(a: dict, b: dict, levels: dict[str, str]) -> str | None:
+def hold(a: dict, b: dict, levels: dict[str, str], twins: bool = False) -> str | None:
     """Why two records the weights call certain go to review instead, or None. Evidence adds up
     in bits, and some disagreements no sum of agreements outweighs: an automatic link needs the
-    names to agree, a person's own evidence (an identifier, a phone, an address) beyond a
-    district, and nothing that marks two children of one household. Held for Chinese names only
-    (and newborn placeholders); see below."""
-    name, birth, same_id = levels.get("name"), levels.get("birth"), levels.get("id") == "exact"
+    names to agree, a person's own evidence (a valid identifier, a phone, an address) beyond a
+    district, and nothing that marks two children of one household (``twins``: the twin pattern
+    of ``_twins``). Held for Chinese names only (and newborn placeholders); see below."""
+    name, birth = levels.get("name"), levels.get("birth")
+    # a resident ID number is the person's own evidence only when both records' pass their check
+    # (an identifier that fails its check digit is never a key: one a slip off a twin's valid
+    # number linked the twins)
+    same_id = levels.get("id") == "exact" and id_status(a) == id_status(b) == "valid"
     if a.get("nb") and b.get("nb") and (a.get("nbo") or "") != (b.get("nbo") or ""):
         return "newborns-apart"  # 之大女 and 之小女 under their mother's number: two children
+    baby, other = (a, b) if a.get("nb") else (b, a)
+    if baby.get("nb") and not other.get("nb") and \
+            (other.get("name") == baby.get("nbp") or levels.get("id") == "exact"):
+        # a newborn registered as 张丽之女 (or 婴儿 on a number), on its mother's number and
+        # phone and a birth date filled in from that number: nothing tells it from the mother
+        # but the name it gives her (a newborn has rarely a number of its own yet)
+        return "newborn-and-parent"
     if any(n and n.isascii() for n in (a.get("name"), b.get("name"))):
         # the rules below are of Chinese names, which few surnames and common given names make
         # repeat far more than the weights' name frequencies assume (王伟, 张伟), and of the
         # region's habits (a parent's card for a child); Latin-script data (FEBRL) keeps its
         # weights' decisions
         return None
+    if twins:
+        # one household, one birth date, given names apart: twins, whichever identifiers they
+        # hold (a twin's number mistyped a digit off the other's, or one twin's card handed
+        # over for the other); a steward decides
+        return "twins"
     if name == "different":
         # another name with one identifier (a borrowed card, a child on a parent's), or with a
         # birth date and a household (twins named apart, a nursing home, a default birth date
@@ -140,10 +157,12 @@ def hold(a: dict, b: dict, levels: dict[str, str]) -> str | None:
         return "names-differ"
     if birth == "different" and not same_id:
         return "births-differ"  # a father and a son of one name and one home
-    if levels.get("id") not in ("exact", "typo") and \
+    # a number a slip off the other's is the person's own only under the same name (twins,
+    # whose numbers are neighbours, are held above)
+    slip = levels.get("id") == "typo" and name in ("exact", "pinyin")
+    if not (same_id or slip) and \
             not any(levels.get(f) in ("same", "exact") for f in ("phone", "addr", "hc")):
-        # a name, a birth date and a district: namesakes in a city (a resident ID number one
-        # slip off is the person's own, as a phone or an address is)
+        # a name, a birth date and a district: namesakes in a city
         return "no-own-evidence"
     return None
 

@@ -130,7 +130,29 @@ def phone_digits(value: str) -> str | None:
         digits = digits[2:] if digits.startswith("86") else digits[4:]
     elif len(digits) == 13 and digits.startswith("86"):
         digits = digits[2:]
-    return digits if 7 <= len(digits) <= 15 and len(set(digits)) > 1 else None
+    return digits if 7 <= len(digits) <= 15 and not _fake_phone(digits) else None
+
+
+# numbers registration desks type when a patient gives none: an operator's service line, the
+# keyboard's run of digits; as matching evidence they linked strangers of one common name
+_FAKE_PHONES = frozenset({"13800138000", "10086", "10010", "10000", "12345", "95588"})
+
+
+def _fake_phone(digits: str) -> bool:
+    """A filler phone: one digit repeated after a prefix of up to three (13800000000), a run of
+    ascending or descending digits, the whole number (1234567) or eight or more after such a
+    prefix (12345678901, 13876543210), or a listed service number."""
+    if digits in _FAKE_PHONES:
+        return True
+    for start in range(4):
+        rest = digits[start:]
+        if len(rest) >= 7 and len(set(rest)) == 1:
+            return True
+        if len(rest) >= (7 if start == 0 else 8) and \
+                any(all((int(rest[i + 1]) - int(rest[i])) % 10 == step for i in range(len(rest) - 1))
+                    for step in (1, 9)):
+            return True
+    return False
 
 
 def resident_id_features(value: str, sex: str | None, birth: str | None) -> tuple[str | None, str | None]:
@@ -173,12 +195,13 @@ def _official_name(patient: dict) -> dict | None:
         (n for n in names if n.get("use") not in ("old", "anonymous", "nickname")), names[0])
 
 
-def _name_parts(patient: dict) -> tuple[str, str, str | None]:
-    """(surname, given, newborn placeholder's birth-order mark) of the patient's official name;
-    the mark is None for a name that is no placeholder, "" for one without an order (之女)."""
+def _name_parts(patient: dict) -> tuple[str, str, str | None, str]:
+    """(surname, given, newborn placeholder's birth-order mark, the parent it names) of the
+    patient's official name; the mark is None for a name that is no placeholder, "" for one
+    without an order (之女); the parent is "" but in a placeholder that names one (张丽之女)."""
     n = _official_name(patient)
     if n is None:
-        return "", "", None
+        return "", "", None, ""
     family: str = n["family"] if isinstance(n.get("family"), str) else ""
     given = "".join(g for g in _items(n.get("given")) if isinstance(g, str))[:MAX_TEXT]
     text: str = n["text"] if isinstance(n.get("text"), str) else ""
@@ -189,8 +212,9 @@ def _name_parts(patient: dict) -> tuple[str, str, str | None]:
         family, given = split_surname(given)
     mark = _NEWBORN_MARK.search(family + given)  # it may sit in the given name: 王 + 丽之子
     if mark:
-        return "", "", "".join(ch for ch in mark.group(0) if ch in _ORDER)
-    return family, given, None
+        return "", "", "".join(ch for ch in mark.group(0) if ch in _ORDER), \
+            (family + given)[:mark.start()]
+    return family, given, None, ""
 
 
 def features(patient: dict, roles: identifiers.Roles = identifiers.DEFAULT) -> dict[str, Any]:
@@ -215,17 +239,20 @@ def features(patient: dict, roles: identifiers.Roles = identifiers.DEFAULT) -> d
             if f["ids"] not in ("valid",):  # a valid number wins over a second, worse one
                 f["id"], f["ids"] = idno, status
         elif system == HEALTH_CARD:
-            f["hc"] = unicodedata.normalize("NFKC", value[:MAX_TEXT]).strip().upper() or None
+            # a filler card number (无, -, 000000) is nobody's: two namesakes' records "shared" one
+            f["hc"] = identifiers.value_key(value)
         elif len(others) < identifiers.MAX_OTHER and not identifiers.builtin(system):
             v = identifiers.value_key(value)
             if v:
                 others.append(f"{system[:MAX_TEXT]}|{v}")
     f["x"] = sorted(set(others))
     f["uid"], f["oid"] = identifiers.split(f["x"], roles)
-    family, given, order = _name_parts(patient)
+    family, given, order, parent = _name_parts(patient)
     f["nb"] = 0 if order is None else 1
     if order:
         f["nbo"] = order  # twins: 之大女 and 之小女 are two children
+    if parent:
+        f["nbp"] = parent  # 张丽之女: never 张丽 herself
     f["fam"] = family or None
     f["name"] = (family + given) or None
     f["pyf"] = surname_pinyin(family) if family else None
