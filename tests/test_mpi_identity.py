@@ -127,6 +127,23 @@ def test_review_accept_links_as_the_steward(hub, svc):
     assert e.value.status == 409
 
 
+def test_accepting_a_review_decides_the_candidate_waiting_for_it_too(hub, svc):
+    """Both records of a pair waited in their own persons (level2); accepting the review left
+    the candidate at "waits for a review" in the person the steward made."""
+    put_patients(hub, ("m1", None), ("m2", None))
+    svc.auto_decide("Patient/m1", "review", ["Patient/m2"], 0.7, {}, "r1")
+    svc.auto_decide("Patient/m2", "review", ["Patient/m1"], 0.7, {}, "r1")
+    with svc.person.read() as c:
+        assert svc.person.link_of(c, "Patient/m1")["assurance"] == "level2"
+        review = next(r["id"] for r in svc.person.open_reviews(c) if r["patient"] == "Patient/m2")
+    svc.accept_review(review, "steward-li")
+    assert groups(svc) == [["Patient/m1", "Patient/m2"]]
+    with svc.person.read() as c:
+        assert {svc.person.link_of(c, p)["assurance"] for p in ("Patient/m1", "Patient/m2")} == {
+            "level4"}
+        assert svc.person.open_reviews(c) == []
+
+
 def test_no_decision_moves_a_deleted_record(hub, svc):
     """A review whose Patient or candidate was deleted since it opened cannot be accepted, and a
     deleted record cannot be unlinked: 404, as $link answers (both answered 200 and linked the

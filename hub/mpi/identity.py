@@ -668,6 +668,12 @@ class IdentityService:
                 **base, "patient": p, "person": target,
                 "previous": link["person"] if link else None, "created": False,
                 "assurance": ASSURANCE_USER, "review": review}))
+            # the candidate waited for this review too (its mirror): a steward decided it now
+            held = P.link_of(c, cand)
+            if held and held["person"] == target and held["assurance"] == ASSURANCE_REVIEW:
+                events.append(IdentityEvent("Linked", {
+                    **base, "patient": cand, "person": target, "previous": target,
+                    "created": False, "assurance": ASSURANCE_USER, "review": review}))
             events.append(IdentityEvent("ReviewClosed", {**base, "review": review,
                                                          "outcome": "accepted"}))
             events += [IdentityEvent("ReviewClosed", {**base, "review": m, "outcome": "accepted"})
