@@ -52,6 +52,16 @@ def test_logging_out_ends_the_session_on_the_server(live):
     assert other.get("/console/overview").status_code == 200
 
 
+def test_a_clinician_can_log_out(live):
+    """A clinician's logout was refused (403: the overview's roles) and the session lived on."""
+    c = _logged_in(live, _user(live, ("clinician",)))
+    cookie = c.cookies["hub_console"]
+    csrf = _csrf(c.get("/console/terminology"))
+    assert c.post("/console/logout", data={"csrf": csrf}).status_code == 303
+    r = httpx.get(base(live) + "/console/terminology", cookies={"hub_console": cookie}, timeout=30)
+    assert r.status_code == 303  # signed out: to the login page
+
+
 def test_disabling_a_user_ends_its_live_sessions(live):
     name = _user(live, ("admin",))
     c = _logged_in(live, name)

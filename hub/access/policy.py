@@ -59,6 +59,10 @@ LETTER = {
     "conditional-delete": "d",
 }
 
+# what anyone signed in may do whatever their roles: end their own console session (a clinician,
+# or a user whose roles open no page, was kept signed in)
+ANY_SIGNED_IN = frozenset({"$console-logout"})
+
 # operation -> (roles that may call it, scope letter it needs, on which type)
 OPERATIONS: dict[str, tuple[frozenset[str], str | None, str | None]] = {
     "$everything": (frozenset({"clinician", "admin"}), "r", "Patient"),
@@ -155,6 +159,10 @@ class AccessPolicy:
                     raise forbidden(f"{name} answers from terminology content a query-restricted "
                                     f"scope on {t} does not select; it needs a scope on {t} "
                                     "without a query")
+            return
+        if name in ANY_SIGNED_IN:
+            if actor.kind == "anonymous":
+                raise forbidden(f"{name} needs a signed-in caller")
             return
         rule = OPERATIONS.get(name)
         if rule is None:

@@ -76,7 +76,7 @@ def landing(roles: Iterable[str]) -> str:
 
 @router.post("/console/logout", name="console-logout", include_in_schema=False)
 async def logout(request: Request) -> Response:
-    authorize(request, Action("operation", None, None, "$console-overview"))
+    authorize(request, Action("operation", None, None, "$console-logout"))
     check_csrf(request, await request.form())
     response = RedirectResponse("/console/login", 303)
     await run_in_threadpool(end_session, request, response)
