@@ -212,6 +212,7 @@ def validate_code_cs(svc: TerminologyService, p: Params,
         raise TerminologyError("url and system name different code systems")
     codings = _codings(p, system=None)
     messages: list[str] = []
+    refused: tuple[str, str | None] | None = None  # the first wrong display: (message, display)
     lang = p.text("displayLanguage")
     for coding in codings:
         if not R.text(coding.get("code")):
@@ -222,7 +223,13 @@ def validate_code_cs(svc: TerminologyService, p: Params,
             if len(codings) > 1:
                 continue  # another coding of the CodeableConcept
             raise TerminologyError(f"The coding's system {coding['system']} is not {url}")
-        cs = _cs_for(svc, instance, system, coding.get("version") or p.text("version"))
+        try:
+            cs = _cs_for(svc, instance, system, coding.get("version") or p.text("version"))
+        except TerminologyNotFound as e:
+            if len(codings) > 1:  # a local coding beside a standard one: the next may hold
+                messages.append(str(e))
+                continue
+            raise
         concept = svc.concept(cs, coding["code"])
         if concept is None:
             messages.append(f"Unknown code {coding['code']!r} in code system {cs.url}"
@@ -235,12 +242,15 @@ def validate_code_cs(svc: TerminologyService, p: Params,
             messages.append(f"Code {concept.code!r} is abstract (not for use in records)")
             continue
         wrong = _check_display(svc, concept, coding.get("display") or p.text("display"), lang)
-        if wrong:
-            return parameters(param("result", "Boolean", False), param("message", "String", wrong),
-                              param("display", "String", display))
+        if wrong:  # false, unless another coding of the CodeableConcept is valid
+            refused = refused or (wrong, display)
+            continue
         note = None if concept.active else f"Code {concept.code!r} is inactive"
         return parameters(param("result", "Boolean", True), param("message", "String", note),
                           param("display", "String", display))
+    if refused:
+        return parameters(param("result", "Boolean", False), param("message", "String", refused[0]),
+                          param("display", "String", refused[1]))
     return parameters(param("result", "Boolean", False),
                       param("message", "String", "; ".join(messages) or
                             f"No coding of {url} to validate"))
@@ -408,6 +418,7 @@ def validate_code_vs(svc: TerminologyService, p: Params,
     codings = _codings(p, version="systemVersion")
     lang = p.text("displayLanguage")
     messages: list[str] = []
+    refused: tuple[str, str | None] | None = None  # the first wrong display: (message, display)
     name = plan.url or (f"ValueSet/{instance.rid}" if instance else "the value set")
     for coding in codings:
         code = R.text(coding.get("code"))
@@ -435,18 +446,23 @@ def validate_code_vs(svc: TerminologyService, p: Params,
                             "abstract=true")
             continue
         display = (_display(svc, concept, lang) if concept is not None else None) or entry.display
-        if concept is not None:
-            wrong = _check_display(svc, concept, coding.get("display") or p.text("display"), lang)
+        given = coding.get("display") or p.text("display")
+        if given and entry.display and " ".join(given.split()) == entry.display:
+            wrong = None  # the value set's own display for the code (compose.include.concept)
+        elif concept is not None:
+            wrong = _check_display(svc, concept, given, lang)
         else:
-            given = coding.get("display") or p.text("display")
             wrong = (f"The display {given[:200]!r} is not {entry.display!r}"
                      if given and entry.display and given.strip() != entry.display else None)
-        if wrong:
-            return parameters(param("result", "Boolean", False), param("message", "String", wrong),
-                              param("display", "String", display))
+        if wrong:  # false, unless another coding of the CodeableConcept is valid
+            refused = refused or (wrong, display)
+            continue
         note = f"Code {entry.code!r} is inactive" if entry.inactive else None
         return parameters(param("result", "Boolean", True), param("message", "String", note),
                           param("display", "String", display))
+    if refused:
+        return parameters(param("result", "Boolean", False), param("message", "String", refused[0]),
+                          param("display", "String", refused[1]))
     return parameters(param("result", "Boolean", False),
                       param("message", "String", "; ".join(messages) or "No coding to validate"))
 
@@ -485,6 +501,12 @@ def translate(svc: TerminologyService, p: Params, instance: ResourceRef | None =
         code, system = R.text(coding.get("code")), R.text(coding.get("system"))
         if not code or not system:
             raise TerminologyError("translate needs the code and its system")
+        # the code as its code system writes it (a code system that is not case-sensitive
+        # finds `a` as `A` in $lookup and $validate-code: so does the map)
+        cs = svc.code_system(system, None)
+        concept = svc.concept(cs, code) if cs is not None else None
+        if concept is not None:
+            code = concept.code
         systems = svc.system_aliases(system)
         if inline is not None:
             rows = [(0, *r) for r in R.map_rows(inline)

@@ -629,3 +629,53 @@ def test_a_deep_chain_expands_and_a_cycle_is_refused_at_once(tmp_path):
             status, text = call(service, "ValueSet", op, [("url", VS + "lp-a"), *extra])
             assert status == 400 and "cycle" in text, (op, text)
         assert time.monotonic() - t < 3
+
+
+# -- a CodeableConcept is valid when one of its codings is ----------------------------------------
+
+def _cc(*codings: dict) -> dict:
+    return {"name": "codeableConcept", "valueCodeableConcept": {"coding": list(codings)}}
+
+
+def test_a_codeable_concept_is_valid_when_any_coding_is_whatever_comes_first(svc):
+    """R4: true if one of the codings is valid. A local system the hub does not hold, or a
+    wrong display, on the first coding answered 404 or false for the whole concept."""
+    local = {"system": "urn:oid:1.2.156.99.7", "code": "GLU"}
+    good, bad_display = {"system": DEPT, "code": "0201"}, {"system": DEPT, "code": "0101",
+                                                           "display": "bad"}
+    for codings in ((local, good), (good, local), (bad_display, good), (good, bad_display)):
+        for rtype, extra in (("CodeSystem", []), ("ValueSet", [{"name": "url", "valueUri": VS + "enum"}])):
+            body = {"resourceType": "Parameters", "parameter": [*extra, _cc(*codings)]}
+            got = out(call(svc, rtype, "validate-code", body))
+            assert got["result"] is True and got["display"] == "普外科", (rtype, codings, got)
+    # only the wrong display: false, saying so
+    body = {"resourceType": "Parameters", "parameter": [_cc(local, bad_display)]}
+    got = out(call(svc, "CodeSystem", "validate-code", body))
+    assert got["result"] is False and "bad" in got["message"]
+
+
+def test_a_value_sets_own_display_is_valid(svc):
+    """$expand gives compose.include.concept.display; echoing it back was refused."""
+    own = vs("own-display", {"include": [{"system": DEPT, "concept": [
+        {"code": "0201", "display": "普通外科"}]}]})
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "valueSet", "resource": own},
+        {"name": "coding", "valueCoding": {"system": DEPT, "code": "0201", "display": "普通外科"}}]}
+    assert out(call(svc, "ValueSet", "validate-code", body))["result"] is True
+    body["parameter"][1]["valueCoding"]["display"] = "某科"
+    assert out(call(svc, "ValueSet", "validate-code", body))["result"] is False
+
+
+def test_translate_reads_a_code_as_its_code_system_does(svc):
+    """A code system that is not case-sensitive finds `abc` as `ABC` in $lookup: the map did
+    not, and gave the group's `unmapped` code instead, with result true."""
+    cmap = {"resourceType": "ConceptMap", "id": "caseless-map", "status": "active",
+            "url": "http://example.org/fhir/ConceptMap/caseless",
+            "group": [{"source": CASELESS["url"], "target": GENDER, "element": [
+                {"code": "ABC", "target": [{"code": "male", "equivalence": "equivalent"}]}],
+                "unmapped": {"mode": "fixed", "code": "unknown"}}]}
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "conceptMap", "resource": cmap},
+        {"name": "coding", "valueCoding": {"system": CASELESS["url"], "code": "abc"}}]}
+    got = out(call(svc, "ConceptMap", "translate", body))
+    assert [(m["equivalence"], m["concept"]["code"]) for m in got["match"]] == [("equivalent", "male")]

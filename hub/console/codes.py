@@ -177,7 +177,8 @@ def terminology_page(request: Request) -> Response:
         found = {"system": system, "code": code, "known": concept is not None}
         if concept is not None:
             found.update(display=concept.display or "", active=concept.active,
-                         parents=service.parents(ref, code), children=service.children(ref, code))
+                         parents=service.parents(ref, concept.code),
+                         children=service.children(ref, concept.code))
     return page(request, "terminology.html", "terminology", systems=systems, q=text,
                 value_sets=value_sets, expansion=expansion,
                  system=system, code=code, found=found)
