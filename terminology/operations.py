@@ -504,9 +504,9 @@ def translate(svc: TerminologyService, p: Params, instance: ResourceRef | None =
         # the code as its code system writes it (a code system that is not case-sensitive
         # finds `a` as `A` in $lookup and $validate-code: so does the map)
         cs = svc.code_system(system, None)
-        concept = svc.concept(cs, code) if cs is not None else None
-        if concept is not None:
-            code = concept.code
+        known = svc.concept(cs, code) if cs is not None else None
+        if known is not None:
+            code = known.code
         systems = svc.system_aliases(system)
         if inline is not None:
             rows = [(0, *r) for r in R.map_rows(inline)

@@ -145,10 +145,12 @@ def hold(a: dict, b: dict, levels: dict[str, str], twins: bool = False) -> str |
         # region's habits (a parent's card for a child); Latin-script data (FEBRL) keeps its
         # weights' decisions
         return None
-    if twins:
-        # one household, one birth date, given names apart: twins, whichever identifiers they
-        # hold (a twin's number mistyped a digit off the other's, or one twin's card handed
-        # over for the other); a steward decides
+    if twins and (levels.get("id") == "typo" or (levels.get("id") == "exact" and name == "similar")):
+        # one household, one birth date, given names apart, and a number that carries the link:
+        # one failing its check a digit off the other's (twins have neighbouring numbers), or
+        # one number under two given names a character apart (one twin's card handed over for
+        # the other); a steward decides. A dropped character under one number (浩平, 平) is the
+        # same person far more often, and links
         return "twins"
     if name == "different":
         # another name with one identifier (a borrowed card, a child on a parent's), or with a
