@@ -24,7 +24,7 @@ import orjson
 from connectors.kinds import two_under_one_id
 from connectors.sinks.base import RETRY_STATUS
 from fhir_mapping.base import Conversion
-from hub.core import jsontext
+from hub.core import resource as res
 from hub.core.commandline import open_store
 from hub.core.config import Settings
 from hub.core.errors import FhirError, HubError
@@ -147,7 +147,7 @@ class IngestWorker:
                 sub: list[tuple[Any, Any, dict]] = []  # (partition, record, unit)
                 seen: dict[str, bytes] = {}
                 for tp, r in records[done:]:
-                    unit = _decode(r.value)
+                    unit = _decode(r.value, self.settings.max_string)
                     keys = _conversion(unit).write_keys() if "error" not in unit else {}
                     if sub and any(k in seen and seen[k] != v for k, v in keys.items()):
                         break
@@ -225,11 +225,17 @@ class IngestWorker:
                     tp.partition, r.offset, error.get("rule") or error.get("code"), dl)
 
 
-def _decode(value: bytes | None) -> dict:
+def _decode(value: bytes | None, max_string: int | None = None) -> dict:
+    """A record as a connector unit, or {"error": why not}. Read as the API reads a body: a key
+    given twice (one of its values silently dropped) and a string over ``max_string``
+    (HUB_MAX_STRING) are refused here as there."""
     if value is None:
         return {"error": "the record has no value (a tombstone)"}
     try:
-        d = jsontext.loads_exact(value)  # a mapper's decimals as written (1.50 stays 1.50)
+        # a mapper's decimals as written (1.50 stays 1.50)
+        d = res.parse_json(value, "record", max_string=max_string)
+    except FhirError as e:
+        return {"error": f"the record is not JSON a connector writes: {str(e)[:200]}"}
     except (orjson.JSONDecodeError, ValueError, TypeError, RecursionError) as e:
         return {"error": f"the record is not JSON a connector writes: {str(e)[:200]}"}
     if not isinstance(d, dict) or not isinstance(d.get("resources", []), list) \
@@ -266,9 +272,14 @@ def _feed_actor(connector: str, institution: str) -> Any:
 
 def replay_deadletters(store, ids: list[int], settings: Settings):
     """Write dead-lettered units again (after a fix); [(id, ok, error, None)]."""
+    from hub.access.policy import AccessPolicy
     from hub.core.ingest import Hub
+    from hub.repository import Repository
 
     hub = Hub(open_store(settings))
+    # written as the unit's own connector and institution, as the worker writes it: a replay
+    # is no way round the rule that an institution changes only what it wrote
+    repo = Repository(hub, policy=AccessPolicy())
     out: list[tuple[int, bool, dict | None, None]] = []
     try:
         for i in ids:
@@ -276,12 +287,19 @@ def replay_deadletters(store, ids: list[int], settings: Settings):
             if dl is None or dl["status"] != "open":
                 out.append((i, False, {"reason": "no open dead letter with this id"}, None))
                 continue
-            unit = _decode(dl["payload"])
+            unit = _decode(dl["payload"], settings.max_string)
             if "error" in unit:
                 out.append((i, False, {"reason": unit["error"]}, None))
                 continue
+            connector = str(unit.get("connector") or "")
+            institution = str(unit.get("institution") or "")
+            source: dict[str, Any] = {"feed": "replay", "deadletter": i}
+            if connector:
+                source["connector"] = connector
+            if institution:
+                source["institution"] = institution
             try:
-                [err] = write_units(hub, [unit], {"feed": "replay", "deadletter": i})
+                [err] = write_units(repo, [unit], source, _feed_actor(connector, institution))
             except Transient as e:
                 err = {"reason": f"the hub cannot write now: {e}"}
             store.mark_replayed(i, {"ok": err is None, "error": err}, err is None)

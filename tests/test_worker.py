@@ -233,9 +233,24 @@ def test_worker_goes_on_past_poison_and_writes_each_unit_as_its_institution(tmp_
                orjson.dumps({"v": 1, "resources": [], "deletes": [{"a": 1}]}),
                b"[" * 600 + b"]" * 600,
                unit("b1", "H0002", "theirs1", gender="male"),  # another hospital, same poll
-               unit("b2", "H0002", "own1", gender="male")]  # H0002 claims H0001's record
+               unit("b2", "H0002", "own1", gender="male"),  # H0002 claims H0001's record
+               # a key given twice: one of its values was dropped unsaid (the API refuses it)
+               unit("d1", "H0001", "dup1", gender="male").replace(
+                   b'"gender":"male"', b'"gender":"male","gender":"female"')]
     worker = _worked_through(settings, broker, topic, f"p-{topic}", records)
-    assert worker.stats["written"] == 2 and worker.stats["failed"] == 4
+    assert worker.stats["written"] == 2 and worker.stats["failed"] == 5
+    # an operator's replay of the refused claim writes as H0002 again: refused again (it was
+    # written as the hub itself, H0001's record overwritten)
+    from connectors.spool import Spool
+    from hub.worker import deadletter_path, replay_deadletters
+
+    letters = Spool(deadletter_path(settings))
+    try:
+        claim = next(d["id"] for d in letters.deadletters() if d.get("unit_id") == "b2")
+        [(_, ok, err, _)] = replay_deadletters(letters, [claim], settings)
+    finally:
+        letters.close()
+    assert not ok and "institution" in str(err), err
     hub = Hub(settings.open_store())
     try:
         for rid, inst, gender in (("own1", "H0001", "female"), ("theirs1", "H0002", "male")):
