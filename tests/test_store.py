@@ -218,6 +218,15 @@ def test_write_side_indexes_rebuild_from_the_log(hub):
                     atomic=True)[0]
     assert (r.status, r.version, bool(r.issues)) == (200, 3, True)
 
+    # a rebuild stopped half-way (an error, Ctrl-C) leaves the indexes as they were: it
+    # committed its DELETE first, and a serving hub then lost heads, history and identifiers
+    def stop(_n):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        hub.store.rebuild_indexes(batch=1, progress=stop)
+    assert snapshot() == before
+
 
 def test_events_of_some_types_come_in_log_order_page_by_page(hub):
     """What a projection of a few types reads (``notifications_of``): only those types, in log

@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("reference", help="Type/id")
 
     sub.add_parser("reindex", parents=[common],
-                   help="rebuild the store's write-side indexes from the event log (writers stopped)")
+                   help="rebuild the store's write-side indexes from the event log, in one transaction: "
+                        "writers wait for it, readers see the indexes as they were")
 
     p = sub.add_parser("projections", parents=[common],
                        help="read models that follow the event log: status, catch up, rebuild")

@@ -352,58 +352,67 @@ class _IndexMixin:
     def rebuild_indexes(self, batch: int = 2000, progress: Any = None) -> int:
         """Drop the write-side indexes and derive them again from the event log; events read.
 
-        For recovery and after a change to what the indexes hold. Writers must be stopped.
+        For recovery and after a change to what the indexes hold. One transaction that holds
+        the writers' lock: writers wait for it (or time out: 503, nothing stored), readers go on
+        with the indexes as they were, and a rebuild that fails or is stopped leaves them so.
         """
+        done, start = 0, 1
         with self.datastore.transaction(commit=True) as c:
+            self._exclude_writers(c)
             for table in ("resource_head", "resource_identifier", "resource_version",
                           "stream_event"):
                 c.execute(f"DELETE FROM {table}")
-        done, start = 0, 1
-        while True:
-            notes = self.select_notifications(start, batch)
-            if not notes:
-                return done
-            versions, supersede, last = [], [], {}
-            kinds = []
-            for n in notes:
-                if n.topic not in KIND_OF_TOPIC:  # an event of another stream kind: no resource
-                    kind = str(n.originator_id).partition("/")[0]
-                    if kind in STREAM_KINDS:
-                        kinds.append((kind, n.id))
-                    continue
-                ev = from_stored(n)
-                ts = parse_range(ev.last_updated)[0]
-                versions.append((n.id, ev.rtype, ev.rid, ev.version, ts))
-                if ev.version > 1:
-                    supersede.append((ts, ev.rtype, ev.rid, ev.version - 1))
-                last[(ev.rtype, ev.rid)] = ev  # only the newest version of a batch makes the head
-            heads, idents = [], []
-            for (rtype, rid), ev in last.items():
-                if ev.kind == "deleted":
-                    heads.append((rtype, rid, ev.version, 1, b""))
-                    continue
-                d = orjson.loads(ev.resource)
-                heads.append((rtype, rid, ev.version, 0, content_hash(d)))
-                idents += [(rtype, s, v, rid) for s, v in identifiers(d)]
-            with self.datastore.transaction(commit=True) as c:
-                self._insert_many(c, "stream_event", ("kind", "nid"), kinds)
-                self._insert_many(c, "resource_version", ("nid", "rtype", "rid", "version", "ts"),
-                                  versions)
-                c.executemany(self.q("UPDATE resource_version SET until_ts=? "
-                                     "WHERE rtype=? AND rid=? AND version=?"), supersede)
-                c.executemany(self.q("DELETE FROM resource_identifier WHERE rtype=? AND rid=?"),
-                              list(last))
-                self._insert_many(
-                    c, "resource_head", ("rtype", "rid", "version", "deleted", "hash"), heads,
-                    "ON CONFLICT (rtype, rid) DO UPDATE SET version=excluded.version, "
-                    "deleted=excluded.deleted, hash=excluded.hash",
-                )
-                self._insert_many(c, "resource_identifier", ("rtype", "system", "value", "rid"),
-                                  idents)
-            done += len(notes)
-            start = notes[-1].id + 1
-            if progress is not None:
-                progress(len(notes))
+            while True:
+                notes = self.select_notifications(start, batch)
+                if not notes:
+                    return done
+                self._reindex_batch(c, notes)
+                done += len(notes)
+                start = notes[-1].id + 1
+                if progress is not None:
+                    progress(len(notes))
+
+    def _exclude_writers(self, c: Any) -> None:
+        """Take the lock every write takes (SQLite: the first DELETE takes it)."""
+        for statement in getattr(self, "lock_table_statements", ()):
+            c.execute(statement)
+
+    def _reindex_batch(self, c: Any, notes: Sequence[Notification]) -> None:
+        versions, supersede, last = [], [], {}
+        kinds = []
+        for n in notes:
+            if n.topic not in KIND_OF_TOPIC:  # an event of another stream kind: no resource
+                kind = str(n.originator_id).partition("/")[0]
+                if kind in STREAM_KINDS:
+                    kinds.append((kind, n.id))
+                continue
+            ev = from_stored(n)
+            ts = parse_range(ev.last_updated)[0]
+            versions.append((n.id, ev.rtype, ev.rid, ev.version, ts))
+            if ev.version > 1:
+                supersede.append((ts, ev.rtype, ev.rid, ev.version - 1))
+            last[(ev.rtype, ev.rid)] = ev  # only the newest version of a batch makes the head
+        heads, idents = [], []
+        for (rtype, rid), ev in last.items():
+            if ev.kind == "deleted":
+                heads.append((rtype, rid, ev.version, 1, b""))
+                continue
+            d = orjson.loads(ev.resource)
+            heads.append((rtype, rid, ev.version, 0, content_hash(d)))
+            idents += [(rtype, s, v, rid) for s, v in identifiers(d)]
+        self._insert_many(c, "stream_event", ("kind", "nid"), kinds)
+        self._insert_many(c, "resource_version", ("nid", "rtype", "rid", "version", "ts"),
+                          versions)
+        c.executemany(self.q("UPDATE resource_version SET until_ts=? "
+                             "WHERE rtype=? AND rid=? AND version=?"), supersede)
+        c.executemany(self.q("DELETE FROM resource_identifier WHERE rtype=? AND rid=?"),
+                      list(last))
+        self._insert_many(
+            c, "resource_head", ("rtype", "rid", "version", "deleted", "hash"), heads,
+            "ON CONFLICT (rtype, rid) DO UPDATE SET version=excluded.version, "
+            "deleted=excluded.deleted, hash=excluded.hash",
+        )
+        self._insert_many(c, "resource_identifier", ("rtype", "system", "value", "rid"), idents)
 
     def count_history(
         self, *, rtype: str | None = None, rid: str | None = None, since_us: int | None = None
@@ -649,8 +658,8 @@ class ResourceStore:
     def max_notification_id(self) -> int:
         return self.recorder.max_notification_id() or 0
 
-    def rebuild_indexes(self, progress: Any = None) -> int:
-        return self.recorder.rebuild_indexes(progress=progress)
+    def rebuild_indexes(self, progress: Any = None, batch: int = 2000) -> int:
+        return self.recorder.rebuild_indexes(batch=batch, progress=progress)
 
     def notifications(self, start: int, limit: int) -> Sequence[Notification]:
         """Events in log order from notification id ``start`` on: what projections follow."""
