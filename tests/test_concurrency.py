@@ -285,6 +285,30 @@ def test_service_conditional_update_that_lost_a_race_updates_the_winner(hub):
 
 
 
+def test_service_transaction_whose_conditional_create_lost_a_race_references_the_winner(hub):
+    """A transaction conditionally creating a Patient and referring to it by the same criteria
+    (``Patient?identifier=``): another writer created that Patient between the create's search
+    and the reference's. The reference then matched two (the planned and the committed) and the
+    transaction failed 412; planned again, its create finds the winner."""
+    from hub.core.conditional import parse_query
+
+    d = patient()
+    other = Hub(hub.store)
+    hub.resolver = InterleavingResolver(hub.resolver, other, put_op(dict(d, id=unique())))
+    create = Op("POST", "Patient", d=dict(d), if_none_exist=parse_query(f"identifier={token(d)}"),
+                url="Patient", full_url=f"urn:uuid:{unique()}")
+    obs = observation(f"Patient?identifier={token(d)}")
+    res.validate("Observation", orjson.dumps(obs), obs)
+    r = hub.execute([create, Op("POST", "Observation", d=obs, url="Observation")], Context(),
+                    atomic=True)
+    assert [x.status for x in r] == [200, 201]
+    [winner] = hub.resolver.inner.match("Patient", [("identifier", token(d))])
+    assert r[0].rid == winner
+    stored = orjson.loads(hub.store.latest_many("Observation", [r[1].rid])[r[1].rid][1]
+                          .partition(b"\n")[2])
+    assert stored["subject"]["reference"] == f"Patient/{winner}"
+
+
 CLIENTS = 16
 IDENTIFIERS = 20
 

@@ -404,7 +404,14 @@ class Hub:
                 raise FhirError(422, "invalid", f"Reference {ref[:200]!r} is neither a "
                                 "resource's location nor a conditional reference (Type?criteria)")
             if ref not in cache:
-                found = self._match(rtype, parse_query(query), [ops[i] for i in planned], sees)
+                earlier = [ops[i] for i in planned]
+                found = self._match(rtype, parse_query(query), earlier, sees)
+                if len(found) > 1 and any(e.rtype == rtype and e.target in found and not e.existing
+                                          and e.method == "POST" and e.if_none_exist is not None
+                                          for e in earlier):
+                    # this transaction's conditional create found nothing, and another write
+                    # committed since made one: planned again, the create finds that one
+                    raise ConflictError(f"{rtype} matching {query[:200]!r} was created meanwhile")
                 if len(found) != 1:
                     raise precondition_failed(
                         f"Conditional reference {ref!r} matched {len(found)} resources; need one"
