@@ -42,6 +42,35 @@ def test_rde_takes_the_route_from_the_rxr_following_rxe():
     assert mr["dosageInstruction"][0]["route"]["coding"][0] == {"system": V2_0162, "code": "IV", "display": "静脉注射"}
 
 
+def test_rde_keeps_its_observations_notes_instructions_timing_rate_and_site():
+    """An RDE with the weight and creatinine the dose was judged by: the OBX were dropped with
+    no finding, as were TQ1's timing and priority, RXE-7's later repetitions, the rate, the
+    pharmacist's NTE and the site (AA all the same)."""
+    rxe = ["", "C001^头孢曲松^L", "1", "", "g^g", "", "皮试阴性后使用~静脉滴注30分钟以上~避光"]
+    rxe += [""] * 7 + ["RX001"] + [""] * 7 + ["100", "mL/h"]
+    c = conv("RDE^O11", PID + PV1 + "ORC|NW|P1|F1\r"
+             "TQ1|1||Q8H||||20240115100000+0800|20240122100000+0800|S\r"
+             "RXE|" + "|".join(rxe) + "\rNTE|1||药师：注意过敏史\r"
+             "RXR|IV^静脉^HL70162|LA^左臂^HL70163\r"
+             "OBX|1|NM|29463-7^Body weight^LN||65|kg|||||F\r"
+             "OBX|2|NM|2160-0^Creatinine^LN||120|umol/L|57-111|H|||F\rNTE|1||空腹\r")
+    (mr,) = by_type(c, "MedicationRequest")
+    d = mr["dosageInstruction"][0]
+    assert [x["text"] for x in d["additionalInstruction"]] == ["皮试阴性后使用", "静脉滴注30分钟以上", "避光"]
+    assert d["timing"]["repeat"] == {"frequency": 1, "period": 8, "periodUnit": "h", "boundsPeriod": {
+        "start": "2024-01-15T10:00:00+08:00", "end": "2024-01-22T10:00:00+08:00"}}
+    assert mr["priority"] == "stat" and d["site"]["coding"][0]["code"] == "LA"
+    assert d["doseAndRate"][0]["rateQuantity"] == {"value": 100, "unit": "mL/h"}
+    assert mr["note"] == [{"text": "药师：注意过敏史"}]
+    assert any(i["value"] == "RX001" for i in mr["identifier"])
+    obs = {o["code"]["coding"][0]["code"]: o for o in by_type(c, "Observation")}
+    assert set(obs) == {"29463-7", "2160-0"}
+    assert obs["2160-0"]["note"] == [{"text": "空腹"}] and obs["2160-0"]["valueQuantity"]["value"] == 120
+    assert all(o["basedOn"] == [{"reference": f"MedicationRequest/{mr['id']}"}] for o in obs.values())
+    assert sorted(r["reference"] for r in mr["supportingInformation"]) == sorted(
+        f"Observation/{o['id']}" for o in obs.values())
+
+
 def test_orm_diet_order_is_a_nutrition_order():
     c = conv("ORM^O01", PID + PV1 + "ORC|NW|D100|||||||20240315090000\r"
              "ODS|D||LS^低盐饮食^L|每日食盐少于5克\rODS|S||ENS^肠内营养粉^L\rODS|P||VEG^素食^L\rNTE|1||忌辛辣\r")

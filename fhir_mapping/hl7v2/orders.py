@@ -3,6 +3,7 @@ MedicationRequest (+MedicationDispense) (RDE, RDS); RXA/RXR -> Immunization (VXU
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from . import datatypes as dt
@@ -140,6 +141,17 @@ def _pharmacy_groups(ctx: Ctx) -> list[dict[str, Any]]:
         if seg.name == "ORC":
             cur = {"ORC": seg, "RXR": [], "owner": None}
             groups.append(cur)
+        elif cur is not None and seg.name == "OBX":
+            # the order's observations (RDE_O11, RDS_O13: a weight, a creatinine the dose
+            # was judged by), each with the NTE notes after it
+            cur.setdefault("OBXs", []).append((seg, []))
+            cur["owner"] = "OBX"
+        elif cur is not None and seg.name == "NTE":
+            text = seg.text(3)
+            if text and cur["owner"] == "OBX":
+                cur["OBXs"][-1][1].append(text)
+            elif text and cur["owner"] in ("RXO", "RXE"):
+                cur.setdefault("notes", []).append(text)  # the prescriber's or pharmacist's
         elif cur is not None and seg.name in ("RXO", "RXE", "RXD", "RXA", "TQ1"):
             cur.setdefault(seg.name, seg)
             if seg.name != "TQ1":
@@ -240,14 +252,48 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
         amount, units = dt.decimal(src.get(2)), src.rep(4)
     if text:
         dosage["text"] = text
-    route = _route((g.get("RXR:RXE") if rxe is not None else None) or g.get("RXR:RXO") or g["RXR"])
+    # every repetition of the administration instructions (皮试阴性后使用~静脉滴注30分钟以上~避光)
+    instructions = [x for x in (src.text(7, r) for r in range(1, len(src.field(7)) + 1)) if x]
+    if len(instructions) > 1 or (instructions and instructions[0] != text):
+        dosage["additionalInstruction"] = [{"text": x} for x in instructions]
+    timing, priority = _timing(ctx, g.get("TQ1"))
+    if timing:
+        dosage["timing"] = timing
+    if priority:
+        res["priority"] = priority
+    rxr = (g.get("RXR:RXE") if rxe is not None else None) or g.get("RXR:RXO") or g["RXR"]
+    route = _route(rxr)
     if route:
         dosage["route"] = route
+    site = dt.concept(rxr[0].rep(2)) if rxr else None
+    if site:
+        dosage["site"] = site
     if amount is not None:
         dosage["doseAndRate"] = [{"doseQuantity": _amount(amount, units)}]
+    rate = dt.decimal(rxe.get(23)) if rxe is not None else None
+    if rate is not None and rxe is not None:
+        dosage.setdefault("doseAndRate", [{}])[0]["rateQuantity"] = _amount(rate, rxe.rep(24))
     dosage.update(_limits(g.get("CDOs", [])))
     if dosage:
         res["dosageInstruction"] = [dosage]
+    if g.get("notes"):
+        res["note"] = [{"text": x} for x in g["notes"]]
+    prescription = rxe.get(15) if rxe is not None else ""
+    if prescription:
+        ident = ctx.local_identifier("prescription", prescription, None, rxe.loc(15))
+        if ident and ident not in res.setdefault("identifier", []):
+            ident["type"] = {"text": "prescription number"}
+            res["identifier"].append(ident)
+        if not res["identifier"]:
+            del res["identifier"]
+    found = []
+    for nth, (obx, notes) in zip(occurrences([o for o, _ in g.get("OBXs", [])]), g.get("OBXs", [])):
+        ref = observation(ctx, obx, notes, f"rx:{key}", nth,
+                          based_on=[{"reference": f"MedicationRequest/{res['id']}"}])
+        if ref:
+            found.append(ref)
+    if found:
+        res["supportingInformation"] = found
     if rxe is not None:
         disp: dict[str, Any] = {}
         qty = dt.decimal(rxe.get(10))
@@ -262,6 +308,47 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
     rxd = g.get("RXD")
     if rxd is not None:
         dispense(ctx, rxd, g["RXR"], key, ref, src)
+
+
+# HL7 table 0335 repeat patterns as FHIR Timing.repeat (others keep their code as the timing's)
+_REPEATS = {"QD": (1, 1, "d"), "BID": (2, 1, "d"), "TID": (3, 1, "d"), "QID": (4, 1, "d"),
+            "QOD": (1, 2, "d"), "QAM": (1, 1, "d"), "QPM": (1, 1, "d"), "QHS": (1, 1, "d"),
+            "Q1H": (1, 1, "h"), "QW": (1, 1, "wk"), "QM": (1, 1, "mo")}
+_EVERY = re.compile(r"^Q(\d{1,3})(S|M|H|D|W|L)$")
+_EVERY_UNIT = {"S": "s", "M": "min", "H": "h", "D": "d", "W": "wk", "L": "mo"}
+_PRIORITY = {"S": "stat", "A": "asap", "R": "routine"}  # HL7 table 0485
+
+
+def _timing(ctx: Ctx, tq1: Seg | None) -> tuple[dict[str, Any] | None, str | None]:
+    """TQ1 (v2.5+): the repeat pattern (TQ1-3), the course (TQ1-7 start, TQ1-8 end) and the
+    priority (TQ1-9) of an order: (Timing, MedicationRequest.priority)."""
+    if tq1 is None:
+        return None, None
+    timing: dict[str, Any] = {}
+    repeat: dict[str, Any] = {}
+    pattern = tq1.get(3).upper()
+    if pattern:
+        timing["code"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0335",
+                                      "code": pattern}], "text": tq1.text(3)}
+        every = _EVERY.match(pattern)
+        if pattern in _REPEATS:
+            repeat["frequency"], repeat["period"], repeat["periodUnit"] = _REPEATS[pattern]
+        elif every:
+            repeat.update(frequency=1, period=int(every.group(1)),
+                          periodUnit=_EVERY_UNIT[every.group(2)])
+    start, end = dt.datetime(tq1.get(7)), dt.datetime(tq1.get(8))
+    if start or end:
+        repeat["boundsPeriod"] = {k: v for k, v in (("start", start), ("end", end)) if v}
+    if repeat:
+        timing["repeat"] = repeat
+    code = tq1.get(9).upper()
+    priority = _PRIORITY.get(code)
+    if code and priority is None:
+        ctx.find("information", "v2.tq1-9.unmapped", f"TQ1-9 priority {code[:8]!r} has no FHIR "
+                 "request priority: kept as the timing's text", tq1.loc(9))
+        timing.setdefault("code", {})["text"] = " ".join(
+            x for x in (timing.get("code", {}).get("text"), f"priority {code[:8]}") if x)
+    return timing or None, priority
 
 
 def _amount(value: Any, units: list[list[str]]) -> dict[str, Any]:
