@@ -71,6 +71,31 @@ def test_rde_keeps_its_observations_notes_instructions_timing_rate_and_site():
         f"Observation/{o['id']}" for o in obs.values())
 
 
+def test_a_diagnosis_deleted_by_dg1_21_is_entered_in_error():
+    """An A08 resending a DG1 with action D (table 0206) left the diagnosis active."""
+    dg1 = ["1", "", "J18.9^肺炎^I10", "", "", "A"] + [""] * 14 + ["D"]
+    c = conv("ADT^A08", PID + PV1 + "DG1|" + "|".join(dg1) + "\r")
+    (cond,) = by_type(c, "Condition")
+    assert cond["verificationStatus"]["coding"][0]["code"] == "entered-in-error"
+    assert "clinicalStatus" not in cond
+    kept = conv("ADT^A08", PID + PV1 + "DG1|" + "|".join(dg1[:-1]) + "\r")
+    (again,) = by_type(kept, "Condition")
+    assert again["id"] == cond["id"] and again["clinicalStatus"]["coding"][0]["code"] == "active"
+
+
+def test_hex_escapes_are_bytes_of_the_message_character_set_and_highlights_no_characters():
+    """\\XE5BCA0\\ under UTF-8 is 张 (it was read as three Latin-1 characters), \\H\\ and \\N\\
+    mark no character (they were "_"), and a line break is a line feed in every text type."""
+    msh = MSH.replace("|P|2.5", "|P|2.5|||||CHN|UNICODE UTF-8")
+    body = ("PID|1||MR1^^^^MR||\\XE5BCA0\\^\\H\\三\\N\\||19850312|M\r" + PV1
+            + "OBR|1||F1|CBC^血常规^L\rOBX|1|FT|N1^所见^L||第一行\\.br\\第二行||||||F\r")
+    c = _convert((msh.format(kind="ORU^R01", ctl="C1") + body).encode(), SRC)
+    (p,) = by_type(c, "Patient")
+    assert p["name"][0]["family"] == "张" and p["name"][0]["given"] == ["三"]
+    (o,) = by_type(c, "Observation")
+    assert o["valueString"] == "第一行\n第二行"
+
+
 def test_orm_diet_order_is_a_nutrition_order():
     c = conv("ORM^O01", PID + PV1 + "ORC|NW|D100|||||||20240315090000\r"
              "ODS|D||LS^低盐饮食^L|每日食盐少于5克\rODS|S||ENS^肠内营养粉^L\rODS|P||VEG^素食^L\rNTE|1||忌辛辣\r")

@@ -100,7 +100,14 @@ def condition(ctx: Ctx, dg1: Seg, n: int) -> None:
                                         ctx.encounter_ref["reference"] if ctx.encounter_ref else "", key)}
     if ident:
         res["identifier"] = [ident]
-    res["clinicalStatus"] = {"coding": [dict(_CCLIN)]}
+    if dg1.get(21).upper() == "D":
+        # DG1-21 action D (table 0206): the diagnosis is withdrawn, as IAM-6 D withdraws an
+        # allergy; it stayed active (a clinical status is not given with entered-in-error)
+        res["verificationStatus"] = {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+            "code": "entered-in-error"}]}
+    else:
+        res["clinicalStatus"] = {"coding": [dict(_CCLIN)]}
     res["category"] = [{"coding": [{"system": _CCAT, "code": "encounter-diagnosis"}]}]
     if text and "text" not in code:
         code["text"] = text

@@ -13,6 +13,9 @@ from typing import Any
 
 Rep = list[list[str]]  # components, each a list of subcomponents
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# formatting escapes in text: highlighting (\H\ \N\) marks no character (python-hl7 writes
+# "_"), and a line break is a line feed, as a TX field's repetitions are joined
+_APP_MAP = {"H": "", "N": "", ".br": "\n", ".sp": "\n", ".ce": "\n"}
 
 
 class Seg:
@@ -130,12 +133,23 @@ class Msg:
     def unescape(self, s: str) -> str:
         if self._esc in s:
             try:
-                s = self._message.unescape(s)
+                # hex bytes (\XE5BCA0\) are bytes of the message's character set, not one
+                # Latin-1 character each (张 came out as "å¼ "); the rest as python-hl7 reads it
+                parts = re.split(re.escape(self._esc) + r"X([0-9A-Fa-f]+)" + re.escape(self._esc), s)
+                s = "".join(self._hex(p) if i % 2 else self._message.unescape(p, _APP_MAP)
+                            for i, p in enumerate(parts))
             except Exception:  # noqa: BLE001 - a broken escape sequence: keep the text as sent
                 return s
             if _CONTROL.search(s):  # \X00\ and friends: no control characters in FHIR strings
                 s = _CONTROL.sub("", s)
         return s
+
+    def _hex(self, digits: str) -> str:
+        data = bytes.fromhex(digits if len(digits) % 2 == 0 else digits[:-1])
+        try:
+            return data.decode(self.codec)
+        except (UnicodeDecodeError, LookupError):
+            return data.decode("latin-1")
 
     def first(self, name: str) -> Seg | None:
         for s in self.segments:

@@ -278,9 +278,8 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
         res["dosageInstruction"] = [dosage]
     if g.get("notes"):
         res["note"] = [{"text": x} for x in g["notes"]]
-    prescription = rxe.get(15) if rxe is not None else ""
-    if prescription:
-        ident = ctx.local_identifier("prescription", prescription, None, rxe.loc(15))
+    if rxe is not None and rxe.get(15):
+        ident = ctx.local_identifier("prescription", rxe.get(15), None, rxe.loc(15))
         if ident and ident not in res.setdefault("identifier", []):
             ident["type"] = {"text": "prescription number"}
             res["identifier"].append(ident)
