@@ -96,6 +96,24 @@ def test_hex_escapes_are_bytes_of_the_message_character_set_and_highlights_no_ch
     assert o["valueString"] == "第一行\n第二行"
 
 
+@pytest.mark.parametrize("section, category", [
+    ("RAD", "imaging"), ("CT", "imaging"), ("CH", "laboratory"), ("", "laboratory"), ("ZZ", None)])
+def test_a_report_is_filed_by_its_diagnostic_service_section(section, category):
+    """OBR-24 RAD: a chest X-ray's impression was filed as laboratory (and found by
+    category=laboratory, never by imaging)."""
+    obr = ["1", "", "F1", "CXR^胸片^L"] + [""] * 19 + [section]
+    c = conv("ORU^R01", PID + PV1 + "OBR|" + "|".join(obr) + "\r"
+             "OBX|1|TX|IMP^印象^L||双肺纹理增粗||||||F\r")
+    (report,), (obs,) = by_type(c, "DiagnosticReport"), by_type(c, "Observation")
+    got = [c["coding"][0] for c in report.get("category", [])]
+    kinds = [x["code"] for x in got if x.get("system", "").endswith("observation-category")]
+    assert kinds == ([category] if category else [])
+    assert [x["code"] for x in obs.get("category", [{"coding": [{}]}])[0]["coding"] if x] == (
+        [category] if category else [])
+    if section in ("RAD", "CT", "CH"):
+        assert {"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": section} in got
+
+
 def test_orm_diet_order_is_a_nutrition_order():
     c = conv("ORM^O01", PID + PV1 + "ORC|NW|D100|||||||20240315090000\r"
              "ODS|D||LS^低盐饮食^L|每日食盐少于5克\rODS|S||ENS^肠内营养粉^L\rODS|P||VEG^素食^L\rNTE|1||忌辛辣\r")

@@ -25,6 +25,25 @@ _COMPARATORS = {"<": "<", "<=": "<=", ">": ">", ">=": ">="}
 _RANGE = re.compile(r"^\s*([+-]?\d*\.?\d+)\s*(?:-|–|~|—|到|至)\s*([+-]?\d*\.?\d+)\s*$")
 _BOUND = re.compile(r"^\s*(<=|>=|<|>|≤|≥)\s*([+-]?\d*\.?\d+)\s*$")
 _CAT = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}
+_SECTION = _CODES["service_section"]
+
+
+def _categories(obr: Seg) -> tuple[dict | None, dict | None]:
+    """(observation category, the section as sent) of a report's OBR-24; no OBR-24: laboratory.
+    A table 0074 code gets the table's system."""
+    section = dt.concept(obr.rep(24))
+    code = dt.comp(obr.rep(24), 1).upper()
+    if section is None:
+        return _CAT, None
+    if section.get("coding") and "system" not in section["coding"][0] and \
+            (code in _SECTION["map"] or code in _SECTION["others"]):
+        section["coding"][0]["system"] = _SECTION["system"]
+        section["coding"][0]["code"] = code
+    kind = _SECTION["map"].get(code)
+    if kind is None:
+        return None, section
+    return {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": kind}]}, section
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s]+$")
 _MIME = re.compile(r"^[a-z]+/[A-Za-z0-9.+-]+$")
 _ED_TYPES = {("AP", "PDF"): "application/pdf", ("APPLICATION", "PDF"): "application/pdf",
@@ -517,6 +536,7 @@ def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict], *,
     if specimens is None:
         specimens = group_specimens(ctx, g, early_specimens, key)
     effective = dt.datetime(obr.get(7))
+    category, section = _categories(obr)
     results, forms = [], []
     for nth, (obx, notes) in zip(occurrences([s for s, _ in g.obx]), g.obx):
         vt = obx.get(2).upper()
@@ -532,7 +552,8 @@ def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict], *,
                          f"OBX-5 {vt} holds no usable document (encoding or data)", obx.loc(5))
             continue
         ref = observation(ctx, obx, notes, key, nth, effective=effective,
-                          specimen_ref=specimens[0] if specimens else None, category=_CAT, based_on=based_on)
+                          specimen_ref=specimens[0] if specimens else None, category=category,
+                          based_on=based_on)
         if ref:
             results.append(ref)
     res: dict[str, Any] = {"resourceType": "DiagnosticReport", "id": ctx.id("DiagnosticReport", key)}
@@ -542,8 +563,9 @@ def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict], *,
         res["basedOn"] = based_on
     st = obr.get(25).upper()
     res["status"] = _REPORT_STATUS["map"].get(st, _REPORT_STATUS["default"])
-    section = dt.concept(obr.rep(24))
-    res["category"] = [_CAT] + ([section] if section else [])
+    cats = [c for c in (category, section) if c]
+    if cats:
+        res["category"] = cats
     res["code"] = code
     res["subject"] = ctx.patient_ref
     if ctx.encounter_ref:
