@@ -292,6 +292,12 @@ def test_merge_retires_the_old_patient(client, v3):
     kept = read(client, f"Patient/{keep}")
     assert kept.get("active", True) is True
     assert {"other": {"reference": f"Patient/{old}"}, "type": "replaces"} in kept["link"]
+    # the survivor keeps its record: the merge names it, it does not state it anew (its birth
+    # date, sex, phone and resident ID were gone from the current version)
+    before = read(client, f"Patient/{keep}/_history/1")
+    for element in ("birthDate", "gender", "telecom"):
+        assert kept.get(element) == before.get(element), element
+    assert {i["value"] for i in before["identifier"]} <= {i["value"] for i in kept["identifier"]}
     # the merge's Provenance names both
     (prov,) = ids_of(merge, SRC, "Provenance")
     targets = {t["reference"] for t in read(client, f"Provenance/{prov}")["target"]}

@@ -342,6 +342,9 @@ def merge_patients(ctx: Ctx) -> list[dict[str, str]]:
     """PRPA_IN201304UV02: the prior registration (replacementOf) is retired into the subject."""
     reg = first_of(ctx.msg.control, "subject/registrationEvent", "subject/registrationRequest")
     survivor = patient(ctx)
+    # the merge names the survivor to say who survives, not to state its record anew: what it
+    # leaves out stays as the hub holds it (the survivor kept only its name and one identifier)
+    cleared.take(survivor)
     prior = first(reg, "replacementOf/priorRegistration/subject1/priorRegisteredRole")
     where = "/*/hl7:controlActProcess/hl7:subject/hl7:registrationEvent/hl7:replacementOf"
     if len(q(reg, "replacementOf")) > 1:  # the second retired record was dropped: refused
