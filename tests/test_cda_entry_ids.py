@@ -109,3 +109,29 @@ def test_a_visit_keeps_an_end_written_in_another_zone_or_as_a_date():
     # an end that is before the start is still left out (Period's per-01)
     enc = mapped(wst500(encounter=_stay("20240305100000+0800", "20240304")))[1]["Encounter"][0]
     assert "end" not in enc["period"]
+
+
+def _obs(code: str, value: str, extra: str = "") -> str:
+    return ('<entry><observation classCode="OBS" moodCode="EVN">'
+            f'<code code="{code}" codeSystem="2.16.156.10011.2.2.1"/>{value}{extra}</observation></entry>')
+
+
+def test_values_said_otherwise_are_kept():
+    """A diagnosis coded outside the code system (nullFlavor OTH) with its translation and
+    original text was dropped; a reference range written as a word (阴性) was lost; a base64
+    chief complaint was stored as its base64."""
+    oth = ('<value xsi:type="CD" nullFlavor="OTH"><originalText>急性支气管炎</originalText>'
+           '<translation code="J20.9" codeSystem="2.16.840.1.113883.6.3"/></value>')
+    neg = ('<referenceRange><observationRange><value xsi:type="ST">阴性</value>'
+           '</observationRange></referenceRange>')
+    b64 = '<value xsi:type="ED" mediaType="text/plain" representation="B64">5ZKz5Ze95LiJ5aSp</value>'
+    conv, t = mapped(wst500(sections=section(
+        _obs("DE05.01.024.00", oth),
+        _obs("DE04.50.001.00", '<value xsi:type="ST">阳性</value>', neg),
+        _obs("DE04.01.119.00", b64), code="29548-5")))
+    (cond,) = t["Condition"]
+    assert cond["code"]["text"] == "急性支气管炎"
+    assert any(c.get("code") == "J20.9" for c in cond["code"].get("coding", []))
+    values = {o.get("valueString"): o for o in t["Observation"]}
+    assert values["阳性"]["referenceRange"] == [{"text": "阴性"}]
+    assert "咳嗽三天" in values

@@ -5,6 +5,8 @@ Lower than ``mapper``, ``sections``, ``entries`` and the entry-builder modules (
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import Any
 
@@ -267,6 +269,11 @@ def absent_value(st) -> str | None:
     if val is None:
         return None
     nf = dt.clean_str(val.get(XSI_NULL))
+    if nf == "OTH" and (dt.text(child(val, "originalText")) or any(
+            t.get("code") for t in children(val, "translation"))):
+        # OTH: the concept is outside the code system, and the translation or the original text
+        # says what it is (a diagnosis coded so was dropped)
+        return None
     if nf:
         return nf
     if dt.value_type(val) not in _TEXT_VALUE_TYPES:
@@ -356,6 +363,18 @@ def _value(ctx: Ctx, st, rule: dict) -> tuple[str, Any] | None:
         p = dt.period(val, ctx.offset)
         if p:
             return "Period", p
+    elif vt in ("ED", "ST") and (val.get("representation") or "").upper() == "B64":
+        # base64 text: what it says, not its encoding (a chief complaint came out as base64)
+        media = (val.get("mediaType") or "text/plain").lower()
+        try:
+            raw = base64.b64decode("".join((val.text or "").split()), validate=True)
+            said = raw.decode("utf-8") if media.startswith("text/") else None
+        except (binascii.Error, ValueError):
+            said = None
+        if said and said.strip():
+            return "String", said.strip()
+        ctx.find("warning", "cda.value.binary", f"an ED value of {media} in base64 is no text an "
+                 "Observation holds: kept as sent", val)
     elif vt == "IVL_PQ":
         lo = dt.quantity(child(val, "low"), h["ucum"])
         hi = dt.quantity(child(val, "high"), h["ucum"])

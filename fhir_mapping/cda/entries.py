@@ -170,7 +170,9 @@ def build_observation(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: s
         if val is not None:
             ent["low"] = dt.quantity(child(val, "low"), ctx.t.header["ucum"])
             ent["high"] = dt.quantity(child(val, "high"), ctx.t.header["ucum"])
-        t = dt.text(child(orng, "text"))
+        # a range written as words (阴性, "negative") is its text: an ST value or the range's text
+        t = dt.text(child(orng, "text")) or (dt.text(val) if val is not None and dt.value_type(val)
+                                             in ("ST", "ED", "") and not len(val) else None)
         if t:
             ent["text"] = t
         if dt.prune(ent):
