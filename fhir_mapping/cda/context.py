@@ -367,8 +367,8 @@ def _value(ctx: Ctx, st, rule: dict) -> tuple[str, Any] | None:
         # base64 text: what it says, not its encoding (a chief complaint came out as base64)
         media = (val.get("mediaType") or "text/plain").lower()
         try:
-            raw = base64.b64decode("".join((val.text or "").split()), validate=True)
-            said = raw.decode("utf-8") if media.startswith("text/") else None
+            data = base64.b64decode("".join((val.text or "").split()), validate=True)
+            said = data.decode("utf-8") if media.startswith("text/") else None
         except (binascii.Error, ValueError):
             said = None
         if said and said.strip():
