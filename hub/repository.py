@@ -25,7 +25,7 @@ from hub.core.conditional import IdentifierResolver
 from hub.core.errors import FhirError, bad_request, forbidden, not_found
 from hub.core.ingest import Authorize, Context, Hub, Op, Result, Sees
 from hub.core.store import ResourceStore, VersionRow
-from projections.search.backend import Page, Row
+from projections.search.backend import INCLUDE_DEPTH, Page, Row
 from projections.search.compartment import patient_compartment
 from projections.search.query import Criterion, Has, Include, Query, parse_criteria
 
@@ -489,7 +489,7 @@ class Repository:
         frontier = [r for r in rows if (r.rtype, r.rid) in bodies]
         seen = {(r.rtype, r.rid) for r in rows}
         out: list[Row] = []
-        for round_ in range(_INCLUDE_ROUNDS):
+        for round_ in range(INCLUDE_DEPTH):  # as the search backends follow ``:iterate``
             inc = include if round_ == 0 else [i for i in include if i.iterate]
             rev = revinclude if round_ == 0 else [i for i in revinclude if i.iterate]
             if not frontier or not (inc or rev):
@@ -627,7 +627,6 @@ class Repository:
 
 
 KEY_PARAMETERS = IdentifierResolver.supported  # criteria that name one record by its key
-_INCLUDE_ROUNDS = 4  # as the search backends follow ``:iterate``
 
 
 def _history_kind(rtype: str | None, rid: str | None) -> str:

@@ -89,11 +89,32 @@ def test_totals_and_post(client, world):
                     headers={"content-type": "application/x-www-form-urlencoded"})
     assert r.status_code == 200 and len(_ids(r.json())) == 3
     assert client.post("/_search", json={}, headers=FHIR_JSON).status_code == 415
+    # an empty body with no type: the parameters are in the URL (was 415)
+    r = client.post(f"/_search?_type=Patient&_tag={TAG}|{code}", content=b"")
+    assert r.status_code == 200 and len(_ids(r.json())) == 3
+    r = client.post(f"/Patient/_search?_tag={TAG}|{code}", content=b"")
+    assert r.status_code == 200 and len(_ids(r.json())) == 3
+
+
+def test_one_type_sorts_and_each_include_goes_to_its_own_type(client, world):
+    """`_type=Patient&_sort=` was refused as "across types"; with two types every _include was
+    refused ("the source type must be Patient")."""
+    code, pids, oids = world
+    b = client.get("", params={"_type": "Patient", "_tag": f"{TAG}|{code}", "_sort": "-_id"})
+    assert b.status_code == 200, b.text
+    assert _ids(b.json()) == sorted((f"Patient/{p}" for p in pids), reverse=True)
+    r = client.get("", params={"_type": "Patient,Observation", "_id": f"{oids[0]},{pids[2]}",
+                               "_include": "Observation:subject"})
+    assert r.status_code == 200, r.text
+    got = {(e["fullUrl"].split("/fhir/")[1], e["search"]["mode"]) for e in r.json()["entry"]}
+    assert got == {(f"Observation/{oids[0]}", "match"), (f"Patient/{pids[2]}", "match"),
+                   (f"Patient/{pids[0]}", "include")}
 
 
 def test_mistakes(client, world):
     assert client.get("", params={"_type": "Nope"}).status_code == 400
-    assert client.get("", params={"_type": "Patient", "_sort": "_lastUpdated"}).status_code == 400
+    assert client.get("", params={"_type": "Patient,Observation",
+                                  "_sort": "_lastUpdated"}).status_code == 400
     assert client.get("", params={"_type": "Patient", "_cursor": "99.x"}).status_code == 400
     strict = client.get("", params={"_type": "Patient,Observation", "family": "Wang"},
                         headers={"prefer": "handling=strict"})

@@ -158,6 +158,15 @@ DATA = {
         for i, sys_, dia, unit in ((1, 140, 90, "mm[Hg]"), (2, 120, 85, "mm[Hg]"),
                                    (3, 13.5, 8.0, "cm[Hg]"))
     ],
+    "cc": [obs("v1", code="883-9") | {"valueCodeableConcept": {"coding": [
+        {"system": "http://snomed.info/sct", "code": "112144000"}]}}],
+    # a Location tree deeper than the 4 rounds :iterate once took (campus, building, floor,
+    # ward, room, bed, ...), and an Encounter at its bottom
+    "tree": [{"resourceType": "Location", "id": f"d{i}", "name": f"level {i}",
+              **({"partOf": {"reference": f"Location/d{i - 1}"}} if i else {})} for i in range(8)]
+    + [{"resourceType": "Encounter", "id": "e1", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "location": [{"location": {"reference": "Location/d7"}}]}],
     "geo": [  # Location near: Beijing, Tianjin (about 110 km), Shanghai (about 1,070 km), none
         {"resourceType": "Location", "id": "l1", "position": {"latitude": 39.9042, "longitude": 116.4074}},
         {"resourceType": "Location", "id": "l2", "position": {"latitude": 39.0842, "longitude": 117.2009}},
@@ -378,6 +387,16 @@ CASES = [
     ("bp", "Observation", "component-code-value-quantity=8462-4$gt130||mm[Hg]", []),
     ("bp", "Observation", "component-code-value-quantity=8480-6$gt130||mm[Hg]"
      "&component-code-value-quantity=8462-4$lt85||mm[Hg]", ["b3"]),
+    # a composite's second token as system|: any code of that system
+    ("cc", "Observation", "code-value-concept=883-9$http://snomed.info/sct|", ["v1"]),
+    ("cc", "Observation", "code-value-concept=883-9$http://loinc.org|", []),
+    # :iterate follows a tree to its root, and _include:iterate=* from whatever it included
+    ("tree", "Location", "_id=d7&_include:iterate=Location:partof",
+     ["d7", "+d6", "+d5", "+d4", "+d3", "+d2", "+d1", "+d0"]),
+    ("tree", "Location", "_id=d0&_revinclude:iterate=Location:partof",
+     ["d0", "+d1", "+d2", "+d3", "+d4", "+d5", "+d6", "+d7"]),
+    ("tree", "Encounter", "_id=e1&_include:iterate=*",
+     ["e1", "+d7", "+d6", "+d5", "+d4", "+d3", "+d2", "+d1", "+d0"]),
     # reference, chains, _has, _include, _revinclude
     ("ref", "Observation", "subject=Patient/r1", ["o1"]),
     ("ref", "Observation", "subject=r1", ["o1"]),

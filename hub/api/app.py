@@ -545,10 +545,12 @@ async def _system_search_response(request: Request, params: list[tuple[str, str]
 
 async def _form_params(request: Request) -> list[tuple[str, str]]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip()
-    if ctype != "application/x-www-form-urlencoded":
+    body = await request.body()
+    # an empty body needs no type (its parameters are in the URL, as HAPI takes them)
+    if ctype != "application/x-www-form-urlencoded" and (body.strip() or ctype):
         raise FhirError(415, "not-supported",
                         "POST _search takes application/x-www-form-urlencoded parameters")
-    raw = (await request.body()).decode("utf-8", "replace")
+    raw = body.decode("utf-8", "replace")
     return list(request.query_params.multi_items()) + (parse_query(raw) if raw else [])
 
 

@@ -7,7 +7,8 @@ stopped: the type's place and that type's own keyset cursor. A parameter a liste
 know is refused (``Prefer: handling=strict``) or ignored with a warning, as in a type search.
 Without ``_type``, only the types the caller may search are searched, AuditEvent (the audit
 log's own search) only when named. ``_sort`` across types is
-refused: each type's order is its own. ``_total=accurate`` and ``_summary=count`` add the
+refused: each type's order is its own (with one type listed it sorts). An ``_include`` goes to the
+type it names as its source. ``_total=accurate`` and ``_summary=count`` add the
 types' counts.
 """
 
@@ -56,7 +57,7 @@ def _next_cursor(bundle: dict) -> str | None:
 def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]], base: str,
                   settings: Settings, strict: bool) -> dict:
     types, explicit = _types(params)
-    if any(k == "_sort" for k, _ in params):
+    if len(types) > 1 and any(k == "_sort" for k, _ in params):
         raise bad_request("_sort is not supported across types; search one type to sort")
     values = dict(params)
     count_raw = values.get("_count")
@@ -76,7 +77,7 @@ def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]],
     for place, rtype in enumerate(types):
         if place < start and not counting:
             continue
-        own: list[tuple[str, str]] = list(rest)
+        own: list[tuple[str, str]] = [(k, v) for k, v in rest if _applies(k, v, rtype)]
         wanted = count - matched
         fill = place >= start and wanted > 0 and next_cursor is None
         own.append(("_count", str(wanted if fill else 0)))
@@ -131,6 +132,16 @@ def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]],
     if all_entries:
         out["entry"] = all_entries
     return out
+
+
+def _applies(key: str, value: str, rtype: str) -> bool:
+    """Whether a parameter goes to ``rtype``'s search: an ``_include`` names the type it follows
+    references from (``Observation:subject`` goes to the Observations only; a wildcard and an
+    ``:iterate`` one to every type), as HAPI reads them across types."""
+    if key != "_include":
+        return True
+    source = value.split(":", 1)[0]
+    return value in ("*", "*:*") or source in ("*", rtype)
 
 
 def _has_any(repo: Repository, ctx: Context, rtype: str, rest: list[tuple[str, str]], base: str,

@@ -18,6 +18,10 @@ import orjson
 from hub.core.errors import bad_request
 from projections.search.query import Include, Query
 
+# how many times ``:iterate`` follows what it found: a hospital's Location tree (campus,
+# building, floor, ward, room, bed) or a chain of referrals is far shallower; 4 cut them
+INCLUDE_DEPTH = 32
+
 
 @dataclass
 class Row:
@@ -47,7 +51,7 @@ class SearchBackend(Protocol):
         ...
 
     def included(self, matches: list[Row], include: list[Include], revinclude: list[Include],
-                 rounds: int = 4, base: str | None = None) -> list[Row]:
+                 rounds: int = INCLUDE_DEPTH, base: str | None = None) -> list[Row]:
         """What ``_include``/``_revinclude`` add to a page (not those already in it); ``base``:
         this server's base URL (absolute references on it are local)."""
         ...

@@ -19,7 +19,14 @@ from typing import Any
 
 from hub.core.errors import bad_request
 from hub.core.resource import RESOURCE_TYPES
-from projections.search.backend import Page, Row, SearchBackend, decode_cursor, encode_cursor
+from projections.search.backend import (
+    INCLUDE_DEPTH,
+    Page,
+    Row,
+    SearchBackend,
+    decode_cursor,
+    encode_cursor,
+)
 from projections.search.es_index import PATH, SORT_FIELD, ElasticsearchIndex, edge, keyword
 from projections.search.extract import normalize
 from projections.search.params import params_for
@@ -348,7 +355,7 @@ class ElasticsearchSearch(SearchBackend):
                                  ignore_unavailable=True, allow_no_indices=True)["count"])
 
     def included(self, matches: list[Row], include: list[Include], revinclude: list[Include],
-                 rounds: int = 4, base: str | None = None) -> list[Row]:
+                 rounds: int = INCLUDE_DEPTH, base: str | None = None) -> list[Row]:
         if not matches or not (include or revinclude):
             return []
         seen = {(r.rtype, r.rid) for r in matches}
@@ -595,6 +602,8 @@ def _composite_test(i: int, part: tuple, f) -> dict:
     if ptype == "token":
         if v.system is not None and v.code is not None:
             return _term(f("c2"), f"{v.system}|{v.code}")
+        if v.code is None:  # system|: any code of that system
+            return {"prefix": {f("c2"): f"{v.system}|"}}
         return {"wildcard": {f("c2"): {"value": "*|" + _wild(v.code)}}}
     if ptype == "string":
         return {"prefix": {f("c2"): normalize(v)}}

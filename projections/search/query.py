@@ -516,7 +516,8 @@ def _include(rtype: str, name: str, value: str, rev: bool) -> Include:
     iterate = name.endswith(":iterate") or name.endswith(":recurse")
     # wildcards: every reference parameter (_include=*, Type:*), from every type (_revinclude=*:*)
     if value == "*" or value == "*:*":
-        return Include("*" if rev else rtype, "*", None, iterate)
+        # iterated, every reference of whatever was included, not only of the searched type
+        return Include("*" if rev or iterate else rtype, "*", None, iterate)
     parts = value.split(":")
     if len(parts) == 2 and parts[1] == "*":
         if parts[0] not in _resource_types():

@@ -19,7 +19,14 @@ from typing import Any, Protocol
 
 from hub.core.errors import bad_request
 from projections.search import fulltext
-from projections.search.backend import Page, Row, SearchBackend, decode_cursor, encode_cursor
+from projections.search.backend import (
+    INCLUDE_DEPTH,
+    Page,
+    Row,
+    SearchBackend,
+    decode_cursor,
+    encode_cursor,
+)
 from projections.search.extract import normalize, ucum_canonical
 from projections.search.params import params_for
 from projections.search.query import (
@@ -528,7 +535,7 @@ class SQLiteSearch(SearchBackend):
             return c.fetchone()[0]
 
     def included(self, matches: list[Row], include: list[Include], revinclude: list[Include],
-                 rounds: int = 4, base: str | None = None) -> list[Row]:
+                 rounds: int = INCLUDE_DEPTH, base: str | None = None) -> list[Row]:
         """Resources that ``_include``/``_revinclude`` add to a page (not those already in it).
 
         ``base``: this server's base URL; references stored as absolute URLs on it are local.
@@ -771,6 +778,8 @@ def _composite_test(s: _Sql, i: int, part: tuple, x: str) -> str:
     if ptype == "token":
         if v.system is not None and v.code is not None:
             return f"{x}.c2 = {s.arg(v.system + '|' + v.code)}"
+        if v.code is None:  # system|: any code of that system, as the first component reads it
+            return f"{x}.c2 >= {s.arg(v.system + '|')} AND {x}.c2 < {s.arg(v.system + '|' + TOP)}"
         return f"substr({x}.c2, instr({x}.c2, '|') + 1) = {s.arg(v.code)}"
     if ptype == "string":
         n = normalize(v)
