@@ -114,6 +114,19 @@ def test_a_report_is_filed_by_its_diagnostic_service_section(section, category):
         assert {"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": section} in got
 
 
+@pytest.mark.parametrize("units, ucum", [
+    ("10\\S\\9/L", None), ("iu/ml", None), ("mg/24h", None), ("mmol/L", "mmol/L"),
+    ("mg/dL^mg/dL^ANS+", "mg/dL"), ("10*9/L^^UCUM", "10*9/L")])
+def test_a_unit_is_claimed_as_ucum_only_when_it_is(units, ucum):
+    """Any ASCII unit was given the UCUM system (10^9/L, iu/ml, mg/24h are none); ANS+ (HL7's
+    unit table) lost the system of a unit UCUM shares."""
+    c = conv("ORU^R01", PID + PV1 + "OBR|1||F1|CBC^血常规^L\r"
+             f"OBX|1|NM|WBC^白细胞^L||5.6|{units}|||||F\r")
+    q = by_type(c, "Observation")[0]["valueQuantity"]
+    assert q.get("code") == ucum and ("system" in q) == (ucum is not None)
+    assert q["unit"]
+
+
 def test_orm_diet_order_is_a_nutrition_order():
     c = conv("ORM^O01", PID + PV1 + "ORC|NW|D100|||||||20240315090000\r"
              "ODS|D||LS^低盐饮食^L|每日食盐少于5克\rODS|S||ENS^肠内营养粉^L\rODS|P||VEG^素食^L\rNTE|1||忌辛辣\r")

@@ -8,6 +8,8 @@ import binascii
 import re
 from typing import Any
 
+from fhir_mapping import ucum
+
 from . import datatypes as dt
 from .context import Ctx
 from .message import Seg
@@ -245,15 +247,13 @@ def _quantity(value: Any, units: list[list[str]]) -> dict:
     unit = text or code
     if unit:
         q["unit"] = unit
-    if code and (sysname in ("UCUM", "ISO+", "ANSI", "") and " " not in code):
-        if sysname in ("UCUM", "ISO+", "ANSI") or _looks_ucum(code):
-            q["system"] = _UCUM
-            q["code"] = code
+    # UCUM named by the sender, or a code of R4's common UCUM units (ISO+ and ANS+, HL7's unit
+    # tables, share most of their codes with it): others keep their unit, no claimed system
+    if code and " " not in code and (sysname == "UCUM" or (
+            sysname in ("ISO+", "ANS+", "ANSI", "") and ucum.is_common(code))):
+        q["system"] = _UCUM
+        q["code"] = code
     return q
-
-
-def _looks_ucum(code: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9%/.*\[\]{}^'()_-]+", code)) and code not in ("", "-")
 
 
 def _sn(rep: list[list[str]], units: list[list[str]]) -> tuple[str, Any] | None:
