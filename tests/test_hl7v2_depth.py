@@ -127,6 +127,24 @@ def test_a_unit_is_claimed_as_ucum_only_when_it_is(units, ucum):
     assert q["unit"]
 
 
+@pytest.mark.parametrize("obx, key, value", [
+    ("CQ|Q1^量^L||5^mg&毫克", "valueQuantity", {"value": 5, "unit": "毫克", "system":
+                                               "http://unitsofmeasure.org", "code": "mg"}),
+    ("SI|Q1^序号^L||3", "valueInteger", 3),
+    ("TN|Q1^电话^L||010-12345678", "valueString", "010-12345678"),
+    ("AD|Q1^地址^L||人民路1号^^北京", "valueString", "人民路1号 北京"),
+    ("DT|Q1^日期^L||20241399", "valueString", "20241399"),
+    ("TM|Q1^时间^L||2561", "valueString", "2561"),
+    ("ZZ|Q1^其他^L||abc", "valueString", "abc"),
+])
+def test_a_result_is_never_dropped_for_its_value_type(obx, key, value):
+    """CQ, SI, TN, AD, PN and an unknown type, or a DT/TM that is no date or time, dropped the
+    whole Observation (code, status, time): now the value is kept, as text if need be."""
+    c = conv("ORU^R01", PID + PV1 + f"OBR|1||F1|P^检查^L\rOBX|1|{obx}||||||F\r")
+    (o,) = by_type(c, "Observation")
+    assert o[key] == value and o["status"] == "final"
+
+
 def test_orm_diet_order_is_a_nutrition_order():
     c = conv("ORM^O01", PID + PV1 + "ORC|NW|D100|||||||20240315090000\r"
              "ODS|D||LS^低盐饮食^L|每日食盐少于5克\rODS|S||ENS^肠内营养粉^L\rODS|P||VEG^素食^L\rNTE|1||忌辛辣\r")

@@ -121,8 +121,9 @@ def test_oru_every_value_type():
     assert obs["33883-0"]["valueTime"] == "08:30:00"
     assert obs["2089-1"]["interpretation"][0]["coding"][0]["code"] == "H"  # 偏高
     assert obs["2089-1"]["status"] == "corrected"
-    assert "8867-4" not in obs  # NA refused precisely
-    assert any(f.rule == "v2.obx-5.unmapped" and "NA" in f.message and f.location == "OBX[9]-5"
+    # NA has no FHIR type without a period and origin: the result is kept, its array as text
+    assert obs["8867-4"]["valueString"] == "72^75^78"
+    assert any(f.rule == "v2.obx-5.kept-as-text" and "NA" in f.message and f.location == "OBX[9]-5"
                for f in c.findings)
     (rep,) = by_type(c, "DiagnosticReport")
     assert rep["status"] == "final" and len(rep["result"]) == 9

@@ -327,11 +327,13 @@ def value(ctx: Ctx, obx: Seg) -> tuple[str, Any] | tuple[None, str] | None:
     units = obx.rep(6)
     first = reps[0]
     if kind is None:
+        # the result is kept whatever its type says: its text as a string, with a finding
+        kind = "string"
         if not vt:
-            kind = "string"
             ctx.find("warning", "v2.obx-2.missing", "OBX-2 (value type) empty: OBX-5 kept as a string", obx.loc(2))
         else:
-            return None, f"OBX-2 value type {vt!r} is not an HL7 v2 value type this mapper knows"
+            ctx.find("warning", "v2.obx-2.unknown", f"OBX-2 value type {vt[:8]!r} is none this "
+                     "mapper knows: OBX-5 kept as a string", obx.loc(2))
     if len(reps) > 1 and kind not in ("string",):
         ctx.find("information", "v2.obx-5.repeats", f"OBX-5 repeats ({len(reps)}); the first value is "
                  "mapped", obx.loc(5))
@@ -359,7 +361,7 @@ def value(ctx: Ctx, obx: Seg) -> tuple[str, Any] | tuple[None, str] | None:
         return got
     if kind == "string":
         text = "\n".join(r for r in ("^".join("&".join(c) for c in rep).rstrip("^").strip() for rep in reps) if r)
-        if vt in ("XCN", "XPN", "XAD", "CX", "EI"):
+        if vt in ("XCN", "XPN", "XAD", "CX", "EI", "AD", "PN", "TN", "XTN"):
             text = " ".join(p for p in text.replace("&", "^").split("^") if p)
         return ("valueString", text) if text else None
     if kind == "concept":
@@ -368,13 +370,24 @@ def value(ctx: Ctx, obx: Seg) -> tuple[str, Any] | tuple[None, str] | None:
     if kind == "datetime":
         v = dt.datetime(dt.comp(first, 1))
         if v is None:
-            return None, f"OBX-5 {dt.comp(first, 1)[:30]!r} is not a valid {vt}"
+            return _as_text(ctx, obx, first, f"is not a valid {vt}")
         return "valueDateTime", v
     if kind == "time":
         v = dt.time(dt.comp(first, 1))
         if v is None:
-            return None, f"OBX-5 {dt.comp(first, 1)[:30]!r} is not a valid TM"
+            return _as_text(ctx, obx, first, "is not a valid TM")
         return "valueTime", v
+    if kind == "integer":  # SI
+        n = dt.comp(first, 1)
+        if n.isascii() and n.isdigit() and len(n) < 10:
+            return "valueInteger", int(n)
+        return _as_text(ctx, obx, first, "is not a sequence number (SI)")
+    if kind == "composite-quantity":  # CQ: quantity ^ units (a CE in subcomponents)
+        v = dt.decimal(dt.comp(first, 1))
+        if v is not None:
+            sub = first[1] if len(first) > 1 else []
+            return "valueQuantity", _quantity(v, [[x] for x in sub])
+        return _as_text(ctx, obx, first, "is not a quantity (CQ)")
     if kind == "range":
         lo, hi = dt.decimal(dt.comp(first, 1)), dt.decimal(dt.comp(first, 2))
         rng = {k: {"value": v} for k, v in (("low", lo), ("high", hi)) if v is not None}
@@ -392,11 +405,21 @@ def value(ctx: Ctx, obx: Seg) -> tuple[str, Any] | tuple[None, str] | None:
             q.update(unit=money["currency"], system="urn:iso:std:iso:4217", code=money["currency"])
         return "valueQuantity", q
     if kind == "numeric-array":
-        return None, ("OBX-2 NA (numeric array) is not mapped: FHIR SampledData needs a period and "
-                      "origin the message does not give")
+        return _as_text(ctx, obx, first, "is a numeric array (NA): FHIR SampledData needs a "
+                        "period and origin the message does not give", reps)
     if kind in ("attachment", "reference-pointer"):
         return None, f"OBX-2 {vt} is a document, not an Observation value (kept as the report's presentedForm)"
     return None, f"OBX-2 {vt} not mapped"
+
+
+def _as_text(ctx: Ctx, obx: Seg, first: list[list[str]], why: str,
+             reps: list | None = None) -> tuple[str, Any] | None:
+    """A value that is not what its type says, kept as the text sent with a finding: the result
+    (its code, status, time) is never dropped for it."""
+    text = "~".join("^".join("&".join(c) for c in rep).rstrip("^") for rep in (reps or [first]))
+    ctx.find("warning", "v2.obx-5.kept-as-text", f"OBX-5 {text[:30]!r} {why}: kept as a string",
+             obx.loc(5))
+    return ("valueString", text) if text.strip("~^& ") else None
 
 
 def reference_range(obx: Seg, units: list[list[str]]) -> list[dict] | None:
