@@ -126,7 +126,7 @@ def test_oru_every_value_type():
     assert any(f.rule == "v2.obx-5.kept-as-text" and "NA" in f.message and f.location == "OBX[9]-5"
                for f in c.findings)
     (rep,) = by_type(c, "DiagnosticReport")
-    assert rep["status"] == "final" and len(rep["result"]) == 9
+    assert rep["status"] == "final" and len(rep["result"]) == 10  # the NA result too
     assert base64.b64decode(rep["presentedForm"][0]["data"]).startswith(b"%PDF")
     assert rep["presentedForm"][0]["contentType"] == "application/pdf"
     (spm,) = by_type(c, "Specimen")
