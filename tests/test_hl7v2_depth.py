@@ -145,6 +145,14 @@ def test_a_result_is_never_dropped_for_its_value_type(obx, key, value):
     assert o[key] == value and o["status"] == "final"
 
 
+def test_allergy_reactions_written_as_words_are_text():
+    """AL1-5 皮疹~呼吸困难 became codes with no system and no text."""
+    c = conv("ADT^A08", PID + PV1 + "AL1|1|DA|PCN^青霉素^L|SV|皮疹~呼吸困难~RASH^Rash^L\r")
+    (a,) = by_type(c, "AllergyIntolerance")
+    assert a["reaction"][0]["manifestation"] == [
+        {"text": "皮疹"}, {"text": "呼吸困难"}, {"coding": [{"code": "RASH", "display": "Rash"}], "text": "Rash"}]
+
+
 def test_orm_diet_order_is_a_nutrition_order():
     c = conv("ORM^O01", PID + PV1 + "ORC|NW|D100|||||||20240315090000\r"
              "ODS|D||LS^低盐饮食^L|每日食盐少于5克\rODS|S||ENS^肠内营养粉^L\rODS|P||VEG^素食^L\rNTE|1||忌辛辣\r")

@@ -50,7 +50,10 @@ def allergy(ctx: Ctx, seg: Seg) -> None:
         res["onsetDateTime"] = onset
     manifestations = []
     for rep in seg.field(5):
-        c = dt.concept(rep)
+        # AL1-5 is free text up to v2.5 (皮疹, "hives"): one component is the reaction's text,
+        # not a code without a system
+        single = dt.comp(rep, 1) if len(rep) == 1 else None
+        c = {"text": single} if single else dt.concept(rep)
         if c:
             manifestations.append(c)
     reactions = [{"manifestation": manifestations}] if manifestations else []
