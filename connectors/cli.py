@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from hub.core.commandline import UsageError, kafka_topic
+from hub.core.commandline import UsageError, at_least, kafka_topic
 
 
 def add_parsers(sub, common) -> None:
@@ -44,7 +44,7 @@ def add_parsers(sub, common) -> None:
     p.add_argument("--bootstrap-servers", required=True)
     p.add_argument("--topic", action="append", required=True, help="topic (repeatable)")
     p.add_argument("--group", default="hub-ingest-worker")
-    p.add_argument("--max-records", type=int, default=500)
+    p.add_argument("--max-records", type=at_least(1), default=500)
     p.add_argument("--session-timeout-ms", type=int, default=10000,
                    help="consumer group session timeout (a broker may hold joins for part of it)")
     p.add_argument("--log-level", default="INFO")

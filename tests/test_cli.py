@@ -588,3 +588,20 @@ def test_an_elasticsearch_that_does_not_answer_is_one_line_not_a_traceback(tmp_p
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"hub projections: Elasticsearch at {url}: ConnectionError"), last
+
+
+@pytest.mark.parametrize("args, option", [
+    (["serve", "--port", "99999"], "--port"), (["serve", "--port", "0"], "--port"),
+    (["generate", "OUT", "--people", "-1"], "--people"),
+    (["ingest-worker", "--bootstrap-servers", "x", "--topic", "t", "--max-records", "0"],
+     "--max-records"),
+    (["stream", "relay", "--bootstrap-servers", "x", "--partitions", "-2", "--once"],
+     "--partitions")])
+def test_a_number_out_of_its_range_is_a_usage_error(tmp_path, args, option):
+    """These ended in a Python traceback (exit 1); --port 0 served on 8080 unsaid."""
+    env = {**os.environ, "HUB_DATA_DIR": str(tmp_path / "d")}
+    env.pop("HUB_DATABASE_URL", None)
+    done = subprocess.run([sys.executable, "-m", "hub.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert option in done.stderr.strip().splitlines()[-1]

@@ -19,7 +19,7 @@ from hub.cli.quarantine import cmd_quarantine
 from hub.cli.readmodels import PROJECTIONS, QUALITY_DEFAULT_GROUP, cmd_projections, cmd_quality
 from hub.cli.records import cmd_demo, cmd_generate, cmd_history, cmd_ingest, cmd_reindex, cmd_serve, cmd_show
 from hub.cli.stream import cmd_stream
-from hub.core.commandline import UsageError, input_kind, iter_inputs, open_store
+from hub.core.commandline import UsageError, at_least, input_kind, iter_inputs, open_store, port
 from hub.core.config import Settings
 from hub.core.errors import FhirError
 
@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("serve", help="serve the FHIR REST API", parents=[common])
     p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--workers", type=int,
+    p.add_argument("--port", type=port)
+    p.add_argument("--workers", type=at_least(1),
                    help="API processes behind the one port (default $HUB_WORKERS, else one per "
                         "core); none of them runs the read models")
     p.add_argument("--followers", choices=["process", "threads", "none"], default="process",
@@ -72,12 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("demo", help="generate a synthetic demo region and load it", parents=[common])
-    p.add_argument("--people", type=int, default=300)
+    p.add_argument("--people", type=at_least(0), default=300)
     p.add_argument("--seed", type=int, default=42)
 
     p = sub.add_parser("generate", help="write a synthetic region as NDJSON files")
     p.add_argument("out", type=Path)
-    p.add_argument("--people", type=int, default=1000)
+    p.add_argument("--people", type=at_least(0), default=1000)
     p.add_argument("--seed", type=int, default=42)
 
     p = sub.add_parser("show", help="print a resource (or one version of it)", parents=[common])
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                         "keyed by patient)")
     p.add_argument("--bootstrap-servers", help="Kafka brokers (default $HUB_KAFKA_BOOTSTRAP)")
     p.add_argument("--topic", default="hub.events")
-    p.add_argument("--partitions", type=int,
+    p.add_argument("--partitions", type=at_least(1),
                    help="create the topic with this many partitions if it does not exist")
     p.add_argument("--batch", type=int, default=2000, help="events per acknowledged batch")
     p.add_argument("--part-bytes", type=int, default=512 * 1024,

@@ -15,7 +15,35 @@ from pathlib import Path
 from hub.core.config import Settings
 from hub.core.errors import HubError
 
-__all__ = ["BOM", "UsageError", "input_kind", "iter_inputs", "one_line", "open_store"]
+__all__ = ["BOM", "UsageError", "at_least", "input_kind", "iter_inputs", "one_line", "open_store",
+           "port"]
+
+
+def at_least(least: int):
+    """An argparse type: an integer of at least ``least`` (a count, a size), else a usage error
+    naming the bound (``--max-records 0`` ended in a traceback)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is less than {least}")
+        return value
+    parse.__name__ = f"integer of at least {least}"
+    return parse
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535 (99999 ended in a traceback, 0 served on 8080)."""
+    import argparse
+
+    value = at_least(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is no TCP port (1 to 65535)")
+    return value
 
 
 class UsageError(HubError):
