@@ -605,3 +605,19 @@ def test_a_number_out_of_its_range_is_a_usage_error(tmp_path, args, option):
                           text=True, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert option in done.stderr.strip().splitlines()[-1]
+
+
+def test_a_reading_command_creates_no_tables_in_an_empty_postgresql_database(pg_databases, tmp_path):
+    """`hub show` and `hub projections status` pointed at a database without an event store
+    (a mistyped name) created the hub's nine tables there; SQLite refused already."""
+    import psycopg
+
+    url = pg_databases.new()
+    env = {**os.environ, "HUB_DATA_DIR": str(tmp_path / "d"), "HUB_DATABASE_URL": url}
+    for args in (["show", "Patient/x"], ["projections", "status"]):
+        done = subprocess.run([sys.executable, "-m", "hub.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "no event store" in done.stderr, done.stderr
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                            ).fetchone()[0] == 0

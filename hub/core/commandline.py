@@ -56,8 +56,9 @@ def open_store(settings: Settings, existing: bool = False):
     """The configured event store; an unusable PostgreSQL URL is a UsageError saying why.
 
     Checked with one plain connection first: the store's pool would only say, after a wait, that
-    it got no connection. With ``existing`` a SQLite store must already be there (reading commands
-    should not create an empty one in a mistyped data directory).
+    it got no connection. With ``existing`` the store must already be there, in a SQLite data
+    directory or a PostgreSQL database (reading commands should not create an empty one where a
+    mistyped directory or URL points).
     """
     if settings.database_url:
         import psycopg
@@ -72,9 +73,15 @@ def open_store(settings: Settings, existing: bool = False):
         # the password is never printed
         where = f"{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
         try:
-            psycopg.connect(**params, connect_timeout=5).close()
+            with psycopg.connect(**params, connect_timeout=5) as conn:
+                # a reading command is no way to create the hub's tables in whatever database
+                # a mistyped URL names (`hub show … --database-url …/postgres` left nine there)
+                found = conn.execute("SELECT to_regclass('stored_events')").fetchone()
         except psycopg.Error as e:
             raise UsageError(f"cannot connect to PostgreSQL at {where}: {one_line(e)}") from None
+        if existing and (found is None or found[0] is None):
+            raise UsageError(f"no event store in the PostgreSQL database {where} "
+                             "(set --database-url or HUB_DATABASE_URL)")
     elif existing and not settings.event_store_path.exists():
         raise UsageError(f"no event store in {settings.data_dir} (set --data-dir or HUB_DATA_DIR)")
     return settings.open_store()
