@@ -173,11 +173,15 @@ class IngestWorker:
 
     def _write(self, sub) -> None:
         good = [(tp, r, u) for tp, r, u in sub if "error" not in u]
+        if good:
+            self._write_good(good)
+        # unreadable records are dead letters once the batch they came in is written: before,
+        # a write that failed for a while (the store away) dead-lettered them again each retry
         for tp, r, u in sub:
             if "error" in u:
                 self._dead(tp, r, u, {"reason": u["error"], "code": "AR", "rule": "record"})
-        if not good:
-            return
+
+    def _write_good(self, good) -> None:
         # each unit is written as its own connector and institution (units of several hospitals
         # share a topic and a poll): stored with its owner, and held to the rule that a
         # connector changes only what its institution wrote, as through the REST API

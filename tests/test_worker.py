@@ -200,6 +200,8 @@ def test_worker_dead_letters(tmp_path, broker, capsys, settings):  # noqa: F811
     assert main(["deadletter", "list", "--worker", "--json", *args]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["stage"] for r in rows] == ["ingest", "ingest"]
+    # the unreadable record is dead-lettered once its batch is written, after the refused unit
+    rows.sort(key=lambda r: "not JSON" not in r["error"]["reason"])
     assert "not JSON" in rows[0]["error"]["reason"]
     assert "sometimes" in rows[1]["error"]["reason"] and rows[1]["unit_id"] == "u2"
     assert "gender" in rows[1]["error"]["reason"]  # where: the expression
@@ -265,3 +267,28 @@ def test_worker_goes_on_past_poison_and_writes_each_unit_as_its_institution(tmp_
 @pytest.fixture(autouse=True)
 def _no_leftover_env(monkeypatch):
     monkeypatch.delenv("HUB_DATABASE_URL", raising=False)
+
+
+def test_an_unreadable_record_is_dead_lettered_once_however_often_its_batch_is_retried(settings):
+    """While the store was away, each retry of a poll dead-lettered its unreadable record again
+    (one duplicate every few seconds of an outage): now only once the batch is written."""
+    from types import SimpleNamespace
+
+    from kafka import TopicPartition
+
+    from hub.worker import IngestWorker, Transient
+
+    worker = IngestWorker(settings, "127.0.0.1:1", ["t"])
+    tp = TopicPartition("t", 0)
+    good = {"v": 1, "connector": "c", "unit_id": "u1", "kind": "fhir", "patient_key": "Patient/o1",
+            "resources": [{"resourceType": "Patient", "id": "o1"}], "deletes": []}
+    sub = [(tp, SimpleNamespace(offset=1, value=b"{broken"), {"error": "not JSON"}),
+           (tp, SimpleNamespace(offset=2, value=orjson.dumps(good)), good)]
+    try:
+        worker.hub.store.close()  # the store is away
+        for _ in range(3):
+            with pytest.raises(Transient):
+                worker._write(sub)
+        assert worker.deadletters.deadletters() == []
+    finally:
+        worker.deadletters.close()
