@@ -621,3 +621,15 @@ def test_a_reading_command_creates_no_tables_in_an_empty_postgresql_database(pg_
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
                             ).fetchone()[0] == 0
+
+
+def test_serve_on_postgresql_with_a_data_directory_that_is_a_file_stops_at_once(pg_databases,
+                                                                                 tmp_path):
+    """Every API worker died on it and was restarted, and the follower too, for ever."""
+    file = tmp_path / "file.txt"
+    file.write_text("x")
+    env = {**os.environ, "HUB_DATABASE_URL": pg_databases.new(), "HUB_AUTH": "0"}
+    done = subprocess.run([sys.executable, "-m", "hub.cli", "serve", "--port", "1",
+                           "--data-dir", str(file)], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "is a file" in done.stderr and "Traceback" not in done.stderr

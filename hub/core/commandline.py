@@ -60,6 +60,10 @@ def open_store(settings: Settings, existing: bool = False):
     directory or a PostgreSQL database (reading commands should not create an empty one where a
     mistyped directory or URL points).
     """
+    if settings.data_dir.exists() and not settings.data_dir.is_dir():
+        # with PostgreSQL too: keys, the audit log and the read models live there (`hub serve`
+        # started, then every worker died on it, restarted for ever)
+        raise UsageError(f"the data directory {settings.data_dir} is a file, not a directory")
     if settings.database_url:
         import psycopg
 
