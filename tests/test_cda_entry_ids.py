@@ -135,3 +135,11 @@ def test_values_said_otherwise_are_kept():
     values = {o.get("valueString"): o for o in t["Observation"]}
     assert values["阳性"]["referenceRange"] == [{"text": "阴性"}]
     assert "咳嗽三天" in values
+
+
+def test_a_section_in_another_namespace_is_said_not_dropped_in_silence():
+    """<component xmlns=""> in the body: answered with no finding, its entries made nothing."""
+    conv, t = mapped(wst500(sections=section(diagnosis("I10", "高血压"))
+                            + '<component xmlns=""><section><title>生命体征</title></section></component>'))
+    assert [c["code"]["coding"][0]["code"] for c in t["Condition"]] == ["I10"]
+    assert [f for f in conv.findings if f.rule == "cda.section.namespace"]

@@ -9,6 +9,8 @@ import base64
 import hashlib
 from typing import Any
 
+from lxml import etree
+
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.cda import dt
 from fhir_mapping.cda.context import CONFIDENTIALITY, LOINC, STATEMENTS, VERSION_EXT, Ctx, _templates
@@ -102,6 +104,14 @@ def convert_document(payload: bytes, source: SourceInfo) -> tuple[Conversion, di
             s = child(comp, "section")
             if s is not None:
                 sections.append(map_section(ctx, s, f"s{i}"))
+        # an element of another namespace (xmlns="" on a component, a vendor's) is no CDA
+        # section: said, not dropped in silence (its entries made nothing)
+        for el in body:
+            if isinstance(el.tag, str) and etree.QName(el).namespace != dt.V3:
+                ctx.find("warning", "cda.section.namespace",
+                         f"a {etree.QName(el).localname!r} of namespace "
+                         f"{etree.QName(el).namespace or 'none'!r} in the body is no CDA section "
+                         "(urn:hl7-org:v3): nothing in it is read", el)
     else:
         nb = dt.path(root, "component", "nonXMLBody")
         if nb is not None:
