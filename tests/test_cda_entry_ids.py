@@ -143,3 +143,18 @@ def test_a_section_in_another_namespace_is_said_not_dropped_in_silence():
                             + '<component xmlns=""><section><title>生命体征</title></section></component>'))
     assert [c["code"]["coding"][0]["code"] for c in t["Condition"]] == ["I10"]
     assert [f for f in conv.findings if f.rule == "cda.section.namespace"]
+
+
+def test_a_ccda_time_without_a_zone_is_read_in_the_documents_zone():
+    """A C-CDA vital sign taken at 201409160845 (no zone) in a document of -0500 was stored as
+    2014-09-16: the time of day was lost, with no finding."""
+    from pathlib import Path
+
+    from fhir_mapping.cda import convert
+    from tests.cda_docs import SRC
+
+    doc = (Path(__file__).parent / "fixtures" / "cda" / "ccda-progress-note.xml").read_bytes()
+    doc = doc.replace(b'value="20240105144500-0500"', b'value="20240105144500"', 1)
+    conv = convert(doc, SRC)
+    times = [str(r) for r in conv.resources]
+    assert any("2024-01-05T14:45:00-05:00" in t for t in times)

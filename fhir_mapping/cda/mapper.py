@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from typing import Any
 
 from lxml import etree
@@ -43,6 +44,16 @@ def convert_document(payload: bytes, source: SourceInfo) -> tuple[Conversion, di
         "wst" if (dt.attr(child(root, "realmCode"), "code") or "") == "CN" else "cda")
     ctx.family = fam
     ctx.offset = t.header["default_offset"].get(fam)
+    if ctx.offset is None:
+        # a document that states its own zone (its effectiveTime, 201409161300-0500): a time
+        # of it without one is read in that zone, not cut to its date (08:45 was lost)
+        zone = re.search(r"[+-](\d{2})(\d{2})$", (child(root, "effectiveTime").get("value") or "")
+                         if child(root, "effectiveTime") is not None else "")
+        if zone:
+            ctx.offset = f"{zone.group(0)[0]}{zone.group(1)}:{zone.group(2)}"
+            ctx.find("information", "cda.time.document-zone", "times without a zone are read in "
+                     f"the document's own zone ({ctx.offset}, its effectiveTime)",
+                     child(root, "effectiveTime"))
     if dtype is None:
         ctx.find("warning", "cda.document.type-unknown",
                  f"document type (templateId {', '.join(tpls) or 'none'}, code {doc_code or 'none'}) is not in "
