@@ -153,6 +153,14 @@ def test_allergy_reactions_written_as_words_are_text():
         {"text": "皮疹"}, {"text": "呼吸困难"}, {"coding": [{"code": "RASH", "display": "Rash"}], "text": "Rash"}]
 
 
+def test_an_invalid_observation_time_is_said_before_the_reports_is_used():
+    c = conv("ORU^R01", PID + PV1 + "OBR|1||F1|P^检查^L|||20240115080000+0800\r"
+             "OBX|1|NM|GLU^血糖^L||5.6|mmol/L|||||F|||20240230120000\r")
+    (o,) = by_type(c, "Observation")
+    assert o["effectiveDateTime"] == "2024-01-15T08:00:00+08:00"
+    assert [f for f in c.findings if f.rule == "v2.obx-14.invalid" and f.location == "OBX-14"]
+
+
 def test_orm_diet_order_is_a_nutrition_order():
     c = conv("ORM^O01", PID + PV1 + "ORC|NW|D100|||||||20240315090000\r"
              "ODS|D||LS^低盐饮食^L|每日食盐少于5克\rODS|S||ENS^肠内营养粉^L\rODS|P||VEG^素食^L\rNTE|1||忌辛辣\r")

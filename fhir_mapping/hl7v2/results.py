@@ -482,7 +482,11 @@ def observation(ctx: Ctx, obx: Seg, notes: list[str], key: str, nth: str, *,
     res["subject"] = ctx.patient_ref
     if ctx.encounter_ref:
         res["encounter"] = ctx.encounter_ref
-    eff = dt.datetime(obx.get(14)) or effective
+    eff = dt.datetime(obx.get(14))
+    if eff is None and obx.get(14):
+        ctx.find("warning", "v2.obx-14.invalid", "OBX-14 (observation time) is no valid time: the "
+                 "report's (OBR-7) is used", obx.loc(14))
+    eff = eff or effective
     if eff:
         res["effectiveDateTime"] = eff
     performers = []
