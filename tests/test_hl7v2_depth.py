@@ -161,6 +161,13 @@ def test_an_invalid_observation_time_is_said_before_the_reports_is_used():
     assert [f for f in c.findings if f.rule == "v2.obx-14.invalid" and f.location == "OBX-14"]
 
 
+def test_a_reference_range_sent_in_repetitions_is_kept_whole():
+    c = conv("ORU^R01", PID + PV1 + "OBR|1||F1|P^检查^L\r"
+             "OBX|1|NM|K^钾^L||4.1|mmol/L|3.5~5.5||||F\r")
+    (o,) = by_type(c, "Observation")
+    assert o["referenceRange"] == [{"text": "3.5~5.5"}]
+
+
 def test_orm_diet_order_is_a_nutrition_order():
     c = conv("ORM^O01", PID + PV1 + "ORC|NW|D100|||||||20240315090000\r"
              "ODS|D||LS^低盐饮食^L|每日食盐少于5克\rODS|S||ENS^肠内营养粉^L\rODS|P||VEG^素食^L\rNTE|1||忌辛辣\r")

@@ -423,6 +423,11 @@ def _as_text(ctx: Ctx, obx: Seg, first: list[list[str]], why: str,
 
 
 def reference_range(obx: Seg, units: list[list[str]]) -> list[dict] | None:
+    reps = [x for x in (obx.text(7, r) for r in range(1, len(obx.field(7)) + 1)) if x]
+    if len(reps) > 1:
+        # one range split by the repetition separator (3.5~5.5: 3.5 to 5.5 in senders that
+        # use it so): kept whole as its text, never cut to its first part
+        return [{"text": "~".join(reps)}]
     text = obx.get(7)
     if not text:
         return None
