@@ -168,6 +168,17 @@ def test_a_reference_range_sent_in_repetitions_is_kept_whole():
     assert o["referenceRange"] == [{"text": "3.5~5.5"}]
 
 
+def test_a_procedure_keeps_its_people_roles_description_type_and_reason():
+    pr1 = ["1", "", "31.1^气管切开^ICD9CM", "气管切开术", "20240115100000+0800", "A^麻醉^L", "45",
+           "D01^赵^麻醉师"] + ["", ""] + ["D02^钱^外科医生", ""] + [""] * 2 + ["J96.0^呼吸衰竭^I10"]
+    c = conv("ADT^A01", PID + PV1 + "PR1|" + "|".join(pr1) + "\r")
+    (p,) = by_type(c, "Procedure")
+    assert [x["function"]["text"] for x in p["performer"]] == ["anesthesiologist", "surgeon"]
+    assert p["reasonCode"][0]["coding"][0]["code"] == "J96.0"
+    assert p["category"]["coding"][0]["code"] == "A"
+    assert {"text": "气管切开术"} in p["note"] and {"text": "anesthesia minutes: 45"} in p["note"]
+
+
 def test_orm_diet_order_is_a_nutrition_order():
     c = conv("ORM^O01", PID + PV1 + "ORC|NW|D100|||||||20240315090000\r"
              "ODS|D||LS^低盐饮食^L|每日食盐少于5克\rODS|S||ENS^肠内营养粉^L\rODS|P||VEG^素食^L\rNTE|1||忌辛辣\r")

@@ -138,18 +138,34 @@ def procedure(ctx: Ctx, pr1: Seg, n: int) -> None:
     desc = pr1.get(4)
     if desc and "text" not in code:
         code["text"] = desc
+    elif desc and desc != code["text"]:
+        res["note"] = [{"text": desc}]  # the sender's description beside the code's own display
     if ctx.encounter_ref:
         res["encounter"] = ctx.encounter_ref
     if when:
         res["performedDateTime"] = when
+    kind = dt.concept(pr1.rep(6))  # functional type: anesthesia, procedure for treatment, ...
+    if kind:
+        res["category"] = kind
     performers = []
-    for f in (8, 11, 12):
-        ref = practitioner(ctx, pr1.rep(f), pr1.loc(f))
-        if ref:
-            performers.append({"actor": ref})
+    for f, role in _PR1_ROLES:
+        for i, rep in enumerate(pr1.field(f), 1):
+            ref = practitioner(ctx, rep, pr1.loc(f, i))
+            if ref:
+                performers.append({"function": {"text": role}, "actor": ref})
     if performers:
         res["performer"] = performers
+    minutes = pr1.get(7)  # anesthesia minutes
+    if minutes.isascii() and minutes.isdigit() and 0 < int(minutes) < 10 ** 5:
+        res.setdefault("note", []).append({"text": f"anesthesia minutes: {int(minutes)}"})
+    reason = dt.concept(pr1.rep(15))  # associated diagnosis code
+    if reason:
+        res["reasonCode"] = [reason]
     ctx.add(res)
+
+
+# PR1 people and the part each played (they all became plain actors)
+_PR1_ROLES = ((8, "anesthesiologist"), (11, "surgeon"), (12, "procedure practitioner"))
 
 
 def coverage(ctx: Ctx, in1: Seg, n: int) -> dict[str, str] | None:
