@@ -284,3 +284,29 @@ def test_opening_a_postgres_store_does_not_wait_for_a_write_in_flight(pg_databas
     with psycopg.connect(url) as conn:  # recorded once, and the tables are there
         assert conn.execute("SELECT count(*) FROM hub_schema").fetchone()[0] == 1
         assert conn.execute("SELECT count(*) FROM resource_identifier").fetchone()[0] == 0
+
+
+def test_writes_go_on_when_postgresql_connections_are_cut(pg_databases, tmp_path):
+    """After pg_terminate_backend (the database up, its connections cut) writes answered 503
+    for a second or three while the pool replaced its connections; reads already went on."""
+    import psycopg
+
+    from hub.core.config import Settings
+    from tests.conftest import PG_ADMIN
+
+    url = pg_databases.new()
+    hub = Hub(Settings(data_dir=tmp_path, database_url=url).open_store())
+    try:
+        def put(i: int) -> int:
+            d = {"resourceType": "Patient", "id": f"cut{i}", "gender": "female"}
+            return hub.execute([Op("PUT", "Patient", d["id"], d, url="x")], Context(),
+                               atomic=True)[0].status
+        assert put(0) == 201
+        for round_ in range(3):
+            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = %s AND pid <> pg_backend_pid()",
+                              (url.rsplit("/", 1)[1],))
+            assert [put(10 * round_ + i) for i in range(1, 4)] == [201, 201, 201]
+    finally:
+        hub.store.close()

@@ -31,7 +31,7 @@ from typing import Any, cast
 
 import orjson
 import uuid6
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import OperationalError, StoredEvent
 
 from fhir_mapping import cleared, source_order
 from fhir_mapping.fhir_types import TYPES, URI_ELEMENTS
@@ -178,16 +178,27 @@ class Hub:
         # and a writer that lost a race this time is the likelier winner the next
         deadline = time.monotonic() + RETRY_SECONDS
         attempt = 0
+
+        def replan() -> None:  # the plan's rewrites and resolutions undone, for another attempt
+            for node, key, old in reversed(undo):
+                node[key] = old
+            undo.clear()
+            for op in ops:
+                op.target, op.existing = None, False
+
         while attempt < RETRIES or time.monotonic() < deadline:
             attempt += 1
             try:
                 return self._attempt(ops, ctx, atomic, undo, authorize, sees)
+            except OperationalError as e:
+                # no connection to be had (PostgreSQL's were cut, the pool replaces them): nothing
+                # was written, so planned again a moment later rather than a 503 at once
+                if not _no_connection(e) or time.monotonic() > deadline:
+                    raise
+                replan()
+                time.sleep(0.1)
             except ConflictError:
-                for node, key, old in reversed(undo):
-                    node[key] = old
-                undo.clear()
-                for op in ops:
-                    op.target, op.existing = None, False
+                replan()
                 time.sleep(random.uniform(0, min(0.05, BACKOFF * 2 ** min(attempt, 16))))
         raise FhirError(409, "conflict", "Too many concurrent changes to the same resources; retry")
 
@@ -775,3 +786,9 @@ def _rewrite(node: dict, tname: str, resolve: Callable[[str], str], full_urls: d
                 if new != item:
                     undo.append((v, i, item))
                     v[i] = new
+
+
+def _no_connection(e: BaseException) -> bool:
+    """Whether a store error is the pool finding no connection in time (nothing was sent)."""
+    cause = e.__cause__ or e.__context__
+    return type(cause).__name__ == "PoolTimeout" or "couldn't get a connection" in str(e)
