@@ -75,7 +75,8 @@ class DocumentService:
                                 self._error_report(payload, source, now, e.reason, e.location),
                                 e.reason)
         report = conversion.resources[-1]
-        self._note_superseded(conversion.resources, report, ctx)
+        if not self._note_superseded(conversion.resources, report, ctx):
+            self._note_left_out(conversion.resources, report, ctx)
         normaliser = self.normaliser() if self.normaliser is not None else None
         if normaliser is not None:
             normaliser.apply(conversion)
@@ -109,7 +110,41 @@ class DocumentService:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _note_superseded(self, resources: list[dict], report: dict, ctx: Context) -> None:
+    def _note_left_out(self, resources: list[dict], report: dict, ctx: Context) -> None:
+        """A new version of a stored document that leaves out entries the stored version had
+        (an allergy the author withdrew): those resources stay as they are (the hub cannot tell a
+        withdrawal from an omission, and a C-CDA act may be quoted by other documents), and the
+        report says which, so that the sender or a steward retracts them."""
+        comp = next((r for r in resources if r["resourceType"] == "Composition"), None)
+        if comp is None:
+            return
+        stored = self.repo.latest(ctx, "Composition", comp["id"])
+        if stored is None or stored.topic.endswith("Deleted"):
+            return
+        def entries(c: dict) -> set[str]:
+            out: set[str] = set()
+            todo = list(c.get("section") or [])
+            while todo:
+                sec = todo.pop()
+                out.update(str(e["reference"]) for e in sec.get("entry") or ()
+                           if isinstance(e, dict) and isinstance(e.get("reference"), str))
+                todo += sec.get("section") or []
+            return out
+        now = {f"{r['resourceType']}/{r['id']}" for r in resources}
+        gone = sorted(entries(orjson.loads(resource_bytes(stored))) - entries(comp) - now)
+        if not gone:
+            return
+        report["issue"] = [i for i in report["issue"] if i.get("details", {}).get("coding")
+                           or i.get("severity") != "information"]
+        report["issue"].append({"severity": "warning", "code": "business-rule", "details": {
+            "coding": [{"system": RULE_SYSTEM, "code": "cda.document.entries-left-out",
+                        "display": "a new version of a document leaves out entries of the last"}],
+            "text": f"this version leaves out {len(gone)} entries of the version it replaces; "
+                    f"they stay as they were until retracted: {', '.join(gone[:20])}"
+                    + (" …" if len(gone) > 20 else "")},
+            "location": ["/hl7:ClinicalDocument/hl7:versionNumber"]})
+
+    def _note_superseded(self, resources: list[dict], report: dict, ctx: Context) -> bool:
         """A late older version of a stored document: accepted and kept for audit (its Binary and
         this report are written), but the hub leaves what the newer version wrote in place
         (``Hub.execute`` compares the source-order stamps). The report says so, so the sender's
@@ -118,13 +153,13 @@ class DocumentService:
         doc = next((r for r in resources if r["resourceType"] == "DocumentReference"), None)
         new = source_order.order_of(doc) if doc is not None else None
         if doc is None or not new:
-            return
+            return False
         stored = self.repo.latest(ctx, "DocumentReference", doc["id"])
         if stored is None or stored.topic.endswith("Deleted"):
-            return
+            return False
         why = source_order.older_than(new, source_order.order_of(orjson.loads(resource_bytes(stored))))
         if not why:
-            return
+            return False
         binary = next((r["id"] for r in resources if r["resourceType"] == "Binary"), None)
         issue = {"severity": "information", "code": "informational", "details": {
             "coding": [{"system": RULE_SYSTEM, "code": SUPERSEDED_RULE,
@@ -135,6 +170,7 @@ class DocumentService:
         kept = [i for i in report["issue"] if i.get("details", {}).get("coding")
                 or i.get("severity") != "information"]  # the "no quality findings" line goes
         report["issue"] = [*kept, issue]
+        return True
 
     def _refuse(self, payload: bytes, source: SourceInfo, ctx: Context, report: dict,
                 reason: str) -> DocumentResult:

@@ -121,3 +121,27 @@ def test_local_codes_of_a_document_get_the_standard_coding_beside_them(client):
     # and the same search finds it by the standard code now
     assert client.get("/Condition", params={
         "code": "http://hl7.org/fhir/sid/icd-10|J20.9"}).json().get("total", 0) >= 1
+
+
+def test_a_new_version_that_leaves_out_entries_says_which(hub, tmp_path):
+    """A replacement document without the allergy section of the version it replaces: the
+    allergy stayed current, unsaid. It still stays (a withdrawal cannot be told from an
+    omission), and the report names it for the sender or a steward to retract."""
+    from tests.cda_docs import VALID_ID, ident, wst500
+    from tests.test_cda_entry_ids import diagnosis, section
+
+    q = Quarantine(tmp_path / "quarantine.sqlite")
+    service = DocumentService(Repository(hub), q)
+    src = SourceInfo(institution="H9")
+    ids = ident("2.16.156.10011.1.3", VALID_ID)
+    v1 = service.ingest_cda(wst500(doc_id="A1", set_id="SET-R", version=1, patient_ids=ids,
+                                   sections=section(diagnosis("I10", "高血压", "1"),
+                                                    diagnosis("E11.9", "2型糖尿病", "2"))), src)
+    assert v1.status == 201, v1.report
+    assert "cda.document.entries-left-out" not in rules_of(v1.report)
+    v2 = service.ingest_cda(wst500(doc_id="A2", set_id="SET-R", version=2, patient_ids=ids,
+                                   sections=section(diagnosis("I10", "高血压", "1"))), src)
+    assert v2.status == 201 and "cda.document.entries-left-out" in rules_of(v2.report)
+    [issue] = [i for i in v2.report["issue"] if "entries-left-out" in str(i)]
+    assert "1 entries" in issue["details"]["text"] and "Condition/" in issue["details"]["text"]
+    q.close()
