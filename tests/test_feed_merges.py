@@ -205,3 +205,26 @@ def test_a_lab_message_naming_the_patient_by_number_alone_erases_nothing(live, c
     d = now()
     assert d["birthDate"] == "1949-12-31" and "address" not in d
     assert [i["value"] for i in d["identifier"]] == [f"Q{tag}"]
+
+
+def test_a_correction_of_one_result_keeps_the_reports_other_results(live, client, tmp_path):
+    """A correction (OBR-25 C) resending one OBX left the DiagnosticReport listing that result
+    only, the report's other results (still final) outside it."""
+    sink = HttpSink(live.base, source_info=SRC, **live.sink_credentials("H1", tmp_path / "keys"))
+    tag = str(time.time_ns())[-9:]
+    pid = f"PID|1||R{tag}^^^H1^MR||褚^四||19800101|F\r"
+    def obr(status: str) -> str:
+        return "OBR|" + "|".join(["1", "", f"L{tag}", "LFT^肝功能^L", "", "", "20240403070000"]
+                                 + [""] * 17 + [status]) + "\r"
+    first = _send(sink, MSH.format(t="20240403080000", kind="ORU^R01^ORU_R01", cid=f"E{tag}") + pid
+                  + obr("F")
+                  + "OBX|1|NM|ALT^ALT^L||50|U/L|||||F\r"
+                  + "OBX|2|NM|AST^AST^L||40|U/L|||||F\r"
+                  + "OBX|3|NM|GGT^GGT^L||30|U/L|||||F\r")
+    _send(sink, MSH.format(t="20240403100000", kind="ORU^R01^ORU_R01", cid=f"F{tag}") + pid
+          + obr("C")
+          + "OBX|1|NM|ALT^ALT^L||54|U/L|||||C\r")
+    [report_id] = [r["id"] for r in first.resources if r["resourceType"] == "DiagnosticReport"]
+    report = client.get(f"/DiagnosticReport/{report_id}").json()
+    assert report["status"] == "corrected" and len(report["result"]) == 3
+    assert "partial" not in str(report.get("meta", {}))  # the mark is never stored

@@ -8,7 +8,7 @@ import binascii
 import re
 from typing import Any
 
-from fhir_mapping import ucum
+from fhir_mapping import partial, ucum
 
 from . import datatypes as dt
 from .context import Ctx
@@ -625,6 +625,10 @@ def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict], *,
         res["specimen"] = specimens
     if results:
         res["result"] = results
+        if st in ("C", "A"):
+            # a correction (or a report with results still to come) sends the results it
+            # changes: the report's others stay in it (the hub joins them, fhir_mapping.partial)
+            partial.mark(res, ["result"])
     if g.notes:
         res["conclusion"] = "\n".join(g.notes)
     if forms:

@@ -33,7 +33,7 @@ import orjson
 import uuid6
 from eventsourcing.persistence import OperationalError, StoredEvent
 
-from fhir_mapping import cleared, source_order
+from fhir_mapping import cleared, partial, source_order
 from fhir_mapping.fhir_types import TYPES, URI_ELEMENTS
 from hub.core import jsontext
 from hub.core import resource as res
@@ -296,6 +296,7 @@ class Hub:
         older = self._older_than_stored(ops, planned, heads, replaced)
         if ctx.source.get("feed", "rest") != "rest":
             self._keep_retirements(ops, planned, heads, replaced)
+        self._join_partial(ops, planned, heads, replaced, ctx.source.get("feed", "rest") != "rest")
         for i in planned:
             op = ops[i]
             if i in older:  # the stored state came from a newer source: kept, and said so
@@ -486,6 +487,32 @@ class Hub:
                 f"{links[0]['other'].get('reference')}: it stays retired (its record number is "
                 "the retired one's; a later message from this feed does not undo the merge)",
                 "warning", "Patient.active"))
+
+    def _join_partial(self, ops: list[Op], planned: list[int], heads: dict[tuple[str, str], Head],
+                      replaced: dict[int, tuple[int, Any]], feed: bool) -> None:
+        """A feed's write that holds some elements in part (``fhir_mapping.partial``: a
+        correction resending one result of a report) keeps the stored version's items of them
+        beside its own. The mark is never stored; a REST client's write is taken as sent."""
+        joining: dict[int, set[str]] = {}
+        for i in planned:
+            op = ops[i]
+            if op.d is not None and op.method == "PUT":
+                parts = partial.take(op.d)
+                head = heads.get((op.rtype, cast(str, op.target)))
+                if parts and feed and head is not None and not head.deleted:
+                    joining[i] = parts
+        if not joining:
+            return
+        self._read_replaced(ops, list(joining), replaced)
+        for i, parts in joining.items():
+            stored = replaced[i][1] if i in replaced else None
+            d = ops[i].d
+            if not isinstance(stored, dict) or d is None:
+                continue
+            for element in parts:
+                joined = _joined(d.get(element), stored.get(element))
+                if joined:
+                    d[element] = joined
 
     @staticmethod
     def _keep_content(op: Op, body: Any) -> None:
