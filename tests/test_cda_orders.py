@@ -121,3 +121,14 @@ def test_dosing_keeps_its_course_beside_its_frequency_and_events():
     conv, t = run(section("10160-0", _timed(IVL, odd)))
     assert "period" not in t["MedicationRequest"][0]["dosageInstruction"][0]["timing"]["repeat"]
     assert [f for f in conv.findings if f.rule == "cda.medication.frequency"]
+
+
+def test_a_frequency_keeps_its_code_beside_its_words():
+    """WS/T's frequency (03 每日三次, its code system named) kept only its words."""
+    drug_el = drug("阿莫西林胶囊", "0.5", "g", "每日三次", "10.5").replace(
+        '<translation code="01" displayName="每日三次"/>',
+        '<translation code="03" codeSystem="2.16.156.10011.2.3.1.252" displayName="每日三次"/>')
+    _, t = run(section("10160-0", drug_el), code="C0004", template="2.16.156.10011.2.1.1.24")
+    code = t["MedicationRequest"][0]["dosageInstruction"][0]["timing"]["code"]
+    assert code["text"] == "每日三次" and code["coding"][0]["code"] == "03"
+    assert code["coding"][0]["system"].endswith("2.16.156.10011.2.3.1.252")

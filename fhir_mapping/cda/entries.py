@@ -521,9 +521,12 @@ def build_medication(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: st
         dose["doseAndRate"] = [{"doseQuantity": dqv}]
     rate = child(st, "rateQuantity")
     timing_txt = None
+    timing_code: dict[str, Any] | None = None
     if rate is not None:
         tr = child(rate, "translation")
         timing_txt = dt.clean_str(tr.get("displayName")) if tr is not None else None
+        # the frequency's code (WS/T 364 CV06.00.228: 03 每日三次) beside its words
+        timing_code = ctx.concept(tr) if tr is not None and tr.get("code") else None
         rq = dt.quantity(rate, ctx.t.header["ucum"])
         if rq:
             dose.setdefault("doseAndRate", [{}])[0]["rateQuantity"] = rq
@@ -560,8 +563,11 @@ def build_medication(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: st
             p = dt.period(et, ctx.offset)
             if p:
                 rep["boundsPeriod"] = p
-    if rep or timing_txt:
-        dose["timing"] = {"repeat": rep or None, "code": {"text": timing_txt} if timing_txt else None}
+    if rep or timing_txt or timing_code:
+        code = dict(timing_code or {})
+        if timing_txt:
+            code["text"] = timing_txt
+        dose["timing"] = {"repeat": rep or None, "code": code or None}
     if dt.prune(dose):
         res["dosageInstruction"] = [dose]
     if ctx.order_ident and ctx.family.startswith("wst"):
