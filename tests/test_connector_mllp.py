@@ -85,6 +85,19 @@ def test_unsupported_type_is_rejected_with_err(connector, messages):
     assert any(d["unit_id"] == "BAD1" and d["stage"] == "convert" for d in dls)
 
 
+def test_an_unmapped_event_and_a_missing_segment_are_named_in_err(connector, messages):
+    """A29 (a type the hub takes, an event it does not) said ERR-3 207 "application internal
+    error"; an AE for a missing PID had an empty ERR-2."""
+    a29 = messages[0].replace(b"ADT^A04^ADT_A01", b"ADT^A29^ADT_A21").replace(b"M0000000A", b"A29X")
+    no_pid = b"\r".join(s for s in messages[1].split(b"\r") if not s.startswith(b"PID"))
+    with client(connector) as c:
+        ack = c.send(a29)
+        assert ack_code(ack) == "AR" and ack_segment(ack, "ERR")[3].startswith("201^")
+        assert ack_segment(ack, "ERR")[2].startswith("MSH^1^9")
+        ack = c.send(no_pid)
+        assert ack_code(ack) == "AE" and ack_segment(ack, "ERR")[2].startswith("PID^1")
+
+
 def test_content_error_is_ae_with_location(connector, messages):
     no_id = messages[0].replace(b"|M0000000A|", b"||")
     with client(connector) as c:

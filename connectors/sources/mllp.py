@@ -117,7 +117,9 @@ def _err_location(location: str | None) -> str:
     """"PID-3[2].1" -> "PID^1^3^2^1" (ERR-2, an ERL)."""
     m = _LOC.match(location or "")
     if not m:
-        return ""
+        # a whole segment (a missing PID): the segment and its sequence, no field
+        seg = re.fullmatch(r"([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?", location or "")
+        return f"{seg.group(1)}^{seg.group(2) or '1'}" if seg else ""
     seg, segrep, fld, fldrep, comp, sub = m.groups()
     return "^".join([seg, segrep or "1", fld, fldrep or "1", comp or "", sub or ""]).rstrip("^")
 
@@ -125,6 +127,8 @@ def _err_location(location: str | None) -> str:
 def _err_code(error: dict) -> tuple[str, str]:
     rule = (error.get("rule") or "").lower()
     reason = (error.get("reason") or "").lower()
+    if rule.endswith("msh9.unsupported") and (error.get("location") or "").endswith(".2"):
+        return ERR_CODES["event"]  # a type the hub maps, an event of it that it does not (A29)
     for key in ("event", "type", "version", "processing", "required", "datatype", "table",
                 "duplicate", "segment"):
         if key in rule:

@@ -64,7 +64,10 @@ def _convert(payload: bytes, source: SourceInfo) -> Conversion:
         reason = _REFUSED.get(kind) or _REFUSED.get(mtype) or (
             f"message type {kind} is not supported (supported: ADT, BAR, DFT, ORU, OUL, ORM, OML, OMG, "
             "REF, RDE, RDS, VXU, SIU, MDM, PPR triggers listed in fhir_mapping/hl7v2/tables/messages.json)")
-        raise MappingError(reason, code="AR", location="MSH-9", rule="v2.msh9.unsupported")
+        # a type the mapper takes with an event it does not (A29): the event is what is refused
+        known_type = trigger and any(k.startswith(f"{mtype}^") for k in _TYPES)
+        raise MappingError(reason, code="AR", location="MSH-9.2" if known_type else "MSH-9",
+                           rule="v2.msh9.unsupported")
     control_id = msg.msh.get(10)
     if not control_id:
         raise MappingError("MSH-10 (message control id) is empty", code="AE", location="MSH-10",
