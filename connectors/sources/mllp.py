@@ -118,8 +118,8 @@ def _err_location(location: str | None) -> str:
     m = _LOC.match(location or "")
     if not m:
         # a whole segment (a missing PID): the segment and its sequence, no field
-        seg = re.fullmatch(r"([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?", location or "")
-        return f"{seg.group(1)}^{seg.group(2) or '1'}" if seg else ""
+        whole = re.fullmatch(r"([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?", location or "")
+        return f"{whole.group(1)}^{whole.group(2) or '1'}" if whole else ""
     seg, segrep, fld, fldrep, comp, sub = m.groups()
     return "^".join([seg, segrep or "1", fld, fldrep or "1", comp or "", sub or ""]).rstrip("^")
 
