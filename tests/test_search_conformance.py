@@ -131,6 +131,7 @@ DATA = {
                         "security": [{"system": "urn:sec", "code": "R"}],
                         "source": "urn:his:1#msg1"}),
         pat("m2", meta={"tag": [{"system": "urn:t", "code": "vip"}]}),
+        pat("m3", meta={"profile": ["http://x.org/StructureDefinition/p|1.0"]}),
     ],
     "text": [
         obs("x1") | {"code": {"coding": [{"system": LOINC, "code": "8867-4",
@@ -487,11 +488,13 @@ CASES = [
     ("uri", "ValueSet", "url:below=http://acme.org/fhir", ["v1", "v2"]),
     ("uri", "ValueSet", "url:above=http://acme.org/fhir/ValueSet/a/b/c", ["v1", "v2"]),
     # the common parameters
-    ("meta", "Patient", "_profile=http://x.org/StructureDefinition/p", ["m1"]),
+    # meta.profile is a canonical: the URL alone matches it with any version, a version only it
+    ("meta", "Patient", "_profile=http://x.org/StructureDefinition/p", ["m1", "m3"]),
+    ("meta", "Patient", "_profile=http://x.org/StructureDefinition/p%7C1.0", ["m3"]),
     ("meta", "Patient", "_security=urn:sec|R", ["m1"]),
     ("meta", "Patient", "_source=urn:his:1%23msg1", ["m1"]),
     ("meta", "Patient", "_tag=urn:t|vip", ["m2"]),
-    ("meta", "Patient", "_lastUpdated=gt2000-01-01", ["m1", "m2"]),
+    ("meta", "Patient", "_lastUpdated=gt2000-01-01", ["m1", "m2", "m3"]),
     ("meta", "Patient", "_lastUpdated=lt2000-01-01", []),
     # _sort: several keys, descending, missing values last, ties by id
     ("sort", "Patient", "_sort=family", ["k2", "k5", "k1", "k3", "k4"]),

@@ -254,6 +254,10 @@ class ElasticsearchSearch(SearchBackend):
                 return {"prefix": {f("uri"): v}}
             if c.modifier == "above":
                 return {"terms": {f("uri"): uri_prefixes(v)}}
+            if c.param == "_profile" and "|" not in v and "#" not in v:
+                # meta.profile is a canonical: a URL alone matches it stored with a version
+                return _or([_term(f("uri"), v), {"prefix": {f("uri"): v + "|"}},
+                            {"prefix": {f("uri"): v + "#"}}])
             return _term(f("uri"), v)
         if t == "composite":
             return _and(*(_composite_test(i, part, f) for i, part in enumerate(v)))

@@ -336,6 +336,11 @@ class SQLiteSearch(SearchBackend):
             if c.modifier == "above":
                 prefixes = uri_prefixes(v)
                 return f"{x}.uri IN ({', '.join(s.arg(p) for p in prefixes)})"
+            if c.param == "_profile" and "|" not in v and "#" not in v:
+                # meta.profile is a canonical: a URL alone matches it stored with a version
+                ranges = [f"({x}.uri >= {s.arg(v + sep)} AND {x}.uri < {s.arg(v + sep + TOP)})"
+                          for sep in ("|", "#")]
+                return f"({x}.uri = {s.arg(v)} OR {' OR '.join(ranges)})"
             return f"{x}.uri = {s.arg(v)}"
         if t == "composite":
             return " AND ".join(_composite_test(s, i, part, x) for i, part in enumerate(v))
