@@ -370,8 +370,14 @@ def address(el) -> dict | None:
         if t:
             out["text"] = t
     else:
-        parts = [out.get("state"), out.get("city"), out.get("district"), cn_line]
-        t = "".join(p for p in parts if p)
+        parts = [p for p in (out.get("state"), out.get("city"), out.get("district"), cn_line) if p]
+        if all(p.isascii() for p in parts):
+            # a Latin-script address reads from the street out, its parts apart
+            parts = [p for p in (*line, out.get("city"), out.get("state"), out.get("postalCode"))
+                     if p]
+            t = ", ".join(parts)
+        else:
+            t = "".join(parts)
         if t and t != cn_line:
             out["text"] = t
     use = _ADDR_USE.get((el.get("use") or "").split(" ")[0])
