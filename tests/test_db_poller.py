@@ -402,3 +402,16 @@ def test_connector_daemon_runs_a_database_source(tmp_path):
     assert sorted(u.unit_id for u in sink.units) == [
         f"lab-result:R{i:05d}/GLU" for i in (0, 1, 3, 4, 5)]
     eng.dispose()
+
+
+def test_a_column_of_a_type_json_has_none_is_its_text():
+    """An inet column (a HIS's operator IP) stopped the source for good: its rows could not be
+    written as JSON."""
+    import ipaddress
+    import uuid
+
+    from connectors.sources.database import row_json
+
+    got = orjson.loads(row_json({"ip": ipaddress.ip_address("10.0.0.7"),
+                                 "u": uuid.UUID(int=1), "n": Decimal("1.50")}))
+    assert got == {"ip": "10.0.0.7", "u": "00000000-0000-0000-0000-000000000001", "n": 1.5}

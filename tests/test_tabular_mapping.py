@@ -169,7 +169,11 @@ def test_bad_datetime_refused_naming_the_column(raw):
 
 @pytest.mark.parametrize("raw,expected", [("19800101", "1980-01-01"),
                                           ("1980-01-01", "1980-01-01"),
-                                          ("1980-01-01 00:00:00", "1980-01-01")])
+                                          ("1980-01-01 00:00:00", "1980-01-01"),
+                                          # a timestamptz read in UTC: the day of the mapping's
+                                          # zone, not a day early
+                                          ("1980-04-30T16:00:00+00:00", "1980-05-01"),
+                                          ("1980-05-01T00:00:00+08:00", "1980-05-01")])
 def test_birth_date(raw, expected):
     row = example_row("outpatient-visit") | {"birth_date": raw}
     p = by_type(load_mapping("outpatient-visit").convert_row(row, SRC))["Patient"]

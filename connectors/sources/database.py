@@ -99,7 +99,9 @@ def _json_default(v: Any) -> Any:
         return base64.b64encode(bytes(v)).decode()
     if isinstance(v, dt.timedelta):
         return v.total_seconds()
-    raise TypeError
+    # a type of the database's own (inet, uuid, a range, an enum): its text, as the database
+    # writes it; raising here stopped the source for good on a row of it
+    return str(v)
 
 
 def row_json(row: dict[str, Any]) -> bytes:

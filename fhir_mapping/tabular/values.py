@@ -182,10 +182,19 @@ def t_date(v: Any, args: dict, ctx: Any) -> str | None:
         m = _DATE_RE[name].fullmatch(s)
         if m:
             return _date(m).isoformat()
-    # a date-time where a date is expected (a DATETIME column holding midnight): keep the date
+    # a date-time where a date is expected (a DATETIME column holding midnight): keep the date,
+    # the date of the mapping's zone when the value names another (a timestamptz read in UTC:
+    # 1980-05-01 00:00+08 came as 1980-04-30T16:00:00+00:00, a birth date a day early)
     for name in _DATETIME_RE:
         m = _DATETIME_RE[name].fullmatch(s)
         if m:
+            zone = m.groupdict().get("z")
+            if zone:
+                stamp = t_datetime(v, {}, ctx)
+                assert stamp is not None  # the same value, read as a date-time
+                local = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone(
+                    _zone(ctx.timezone))
+                return local.date().isoformat()
             return _date(m).isoformat()
     raise BadValue(f"is not a date in the format {' or '.join(_formats(args, _DATE_RE))}")
 
@@ -218,6 +227,15 @@ def t_datetime(v: Any, args: dict, ctx: Any) -> str | None:
         if m:
             return _date(m).isoformat()
     raise BadValue(f"is not a date-time in the format {' or '.join(_formats(args, _DATETIME_RE))}")
+
+
+def _zone(offset: str) -> dt.timezone:
+    """``+08:00`` (or ``Z``) as a timezone."""
+    if offset in ("Z", "z"):
+        return dt.timezone.utc
+    sign = -1 if offset.startswith("-") else 1
+    hh, mm = int(offset[1:3]), int(offset[-2:])
+    return dt.timezone(sign * dt.timedelta(hours=hh, minutes=mm))
 
 
 def t_instant(v: Any, args: dict, ctx: Any) -> str | None:
