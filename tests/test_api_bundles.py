@@ -509,14 +509,45 @@ def test_batch_gets(client):
 
 
 def test_batch_does_not_resolve_references_between_entries(client):
+    """No interdependencies in a batch (R4): an entry naming another, or a conditional reference
+    (a transaction's only), fails alone; it was stored as the urn or the query text, a
+    reference to nothing that no search of the Patient found."""
     pu = "urn:uuid:" + unique()
-    r = send(client, bundle("batch", post_entry(patient(), pu), post_entry(observation(pu))))
+    d = create(client, patient()).json()
+    r = send(client, bundle("batch", post_entry(patient(), pu), post_entry(observation(pu)),
+                            post_entry(observation(f"Patient?identifier={token(d)}")),
+                            post_entry(observation(f"Patient/{d['id']}"))))
     assert r.status_code == 200
-    # no interdependencies in a batch: the urn is not rewritten
-    loc = r.json()["entry"][1]["response"].get("location")
-    if loc:
-        stored = client.get("/" + loc.split("/_history")[0]).json()
-        assert stored["subject"]["reference"] == pu
+    assert statuses(r) == ["201", "400", "400", "201"]
+    assert "independent" in str(r.json()["entry"][1]["response"]["outcome"])
+    assert "transaction" in str(r.json()["entry"][2]["response"]["outcome"])
+
+
+def test_a_transaction_reference_naming_no_entry_is_refused(client):
+    """A urn:uuid no fullUrl of the Bundle is was stored as it came: pointing nowhere."""
+    r = send(client, bundle("transaction", post_entry(observation("urn:uuid:" + unique()))))
+    assert r.status_code == 400 and "names no entry" in r.text
+
+
+def test_a_relative_reference_resolves_against_its_entrys_absolute_full_url(client):
+    """R4 bundle.html: Patient/p beside fullUrl http://x/fhir/Observation/o names the entry of
+    fullUrl http://x/fhir/Patient/p. It was kept, naming the server's own Patient/p: another
+    person's."""
+    other = create(client, patient()).json()["id"]
+    base = "http://example.org/fhir/"
+    o = observation(f"Patient/{other}")
+    r = send(client, bundle("transaction", post_entry(patient(), base + f"Patient/{other}"),
+                            post_entry(o, base + "Observation/o1")))
+    assert r.status_code == 200, r.text
+    new_pid = r.json()["entry"][0]["response"]["location"].split("/")[1]
+    oid = r.json()["entry"][1]["response"]["location"].split("/")[1]
+    assert new_pid != other
+    assert client.get(f"/Observation/{oid}").json()["subject"]["reference"] == f"Patient/{new_pid}"
+    # with no entry of that base and id, a relative reference is the server's resource
+    r = send(client, bundle("transaction", post_entry(observation(f"Patient/{other}"),
+                                                      base + "Observation/o2")))
+    oid = r.json()["entry"][0]["response"]["location"].split("/")[1]
+    assert client.get(f"/Observation/{oid}").json()["subject"]["reference"] == f"Patient/{other}"
 
 
 def test_batch_with_two_writes_of_one_resource_answers_each(client):

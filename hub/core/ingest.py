@@ -282,6 +282,19 @@ class Hub:
         # 2. references
         if atomic:
             self._rewrite_references(ops, planned, undo, sees)
+        else:
+            # entries of a batch are independent (R4): one that names another entry, or a
+            # conditional reference (a transaction's only), fails alone; stored, it pointed
+            # nowhere or at the query text
+            for i in list(planned):
+                body = ops[i].d
+                if body is None:
+                    continue
+                try:
+                    _rewrite(body, ops[i].rtype, _batch_reference, {}, [])
+                except FhirError as e:
+                    fail(i, e)
+                    planned.remove(i)
 
         # 3. heads
         heads = self.store.heads(
@@ -404,9 +417,17 @@ class Hub:
                 mapping[op.full_url] = f"{op.rtype}/{op.target}"
         cache: dict[str, str] = {}
 
-        def resolve(ref: str) -> str:
+        def resolve(ref: str, base: str | None = None) -> str:
             if ref in mapping:
                 return mapping[ref]
+            if base and _RELATIVE.fullmatch(ref) and base + ref in mapping:
+                # a relative reference in an entry with an absolute fullUrl names the entry of
+                # that base (R4 bundle.html): Patient/p123 beside fullUrl …/fhir/Patient/p123
+                # was kept, pointing at the server's own Patient/p123, another person
+                return mapping[base + ref]
+            if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
+                raise bad_request(f"Reference {ref[:200]!r} names no entry of the Bundle (no "
+                                  "fullUrl is it): stored, it would point nowhere")
             rtype, sep, query = ref.partition("?")
             if not sep:
                 return ref
@@ -434,8 +455,12 @@ class Hub:
         for i in planned:
             d = ops[i].d
             if d is not None:
+                base = _base_of(ops[i].full_url)
+
+                def resolve_here(ref: str, base: str | None = base) -> str:
+                    return resolve(ref, base)
                 try:
-                    _rewrite(d, ops[i].rtype, resolve, mapping, undo)
+                    _rewrite(d, ops[i].rtype, resolve_here, mapping, undo)
                 except FhirError as e:
                     raise _located(e, ops[i]) from None
 
@@ -795,8 +820,9 @@ def _rewrite(node: dict, tname: str, resolve: Callable[[str], str], full_urls: d
                     node[k] = new  # same keys: safe while iterating
             elif k == "div" and tname == "Narrative" and "urn:uuid:" in v:
                 # R4: the narrative's <a href> and <img src> naming an entry are replaced too
-                new = _NARRATIVE_LINK.sub(lambda m: m.group(1) + resolve(m.group(2)) + m.group(3),
-                                          v)
+                # (a link naming no entry is left as written: text, not a reference)
+                new = _NARRATIVE_LINK.sub(
+                    lambda m: m.group(1) + full_urls.get(m.group(2), m.group(2)) + m.group(3), v)
                 if new != v:
                     undo.append((node, k, v))
                     node[k] = new
@@ -813,6 +839,30 @@ def _rewrite(node: dict, tname: str, resolve: Callable[[str], str], full_urls: d
                 if new != item:
                     undo.append((v, i, item))
                     v[i] = new
+
+
+_RELATIVE = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}(/_history/[A-Za-z0-9\-.]{1,64})?")
+
+
+def _base_of(full_url: str | None) -> str | None:
+    """The service base of an entry's absolute RESTful fullUrl (``…/fhir/`` of
+    ``…/fhir/Patient/p1``), None for a urn or anything else."""
+    if not full_url or not full_url.startswith(("http://", "https://")):
+        return None
+    head, _, rid = full_url.rstrip("/").rpartition("/")
+    base, _, rtype = head.rpartition("/")
+    return base + "/" if base and rid and rtype in res.RESOURCE_TYPES else None
+
+
+def _batch_reference(ref: str) -> str:
+    """A reference of a batch entry: refused if it names another entry or is conditional."""
+    if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
+        raise bad_request(f"Reference {ref[:200]!r} names another entry: entries of a batch are "
+                          "independent (send a transaction)")
+    if "?" in ref and ref.partition("?")[0] in res.RESOURCE_TYPES:
+        raise bad_request(f"Conditional reference {ref[:200]!r}: resolved in a transaction only "
+                          "(R4), not in a batch")
+    return ref
 
 
 def _no_connection(e: BaseException) -> bool:
