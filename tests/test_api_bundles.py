@@ -619,3 +619,24 @@ def test_a_resource_whose_full_url_is_its_canonical_keeps_its_canonical(client):
     assert r.status_code == 200, r.text
     found = client.get("/ValueSet", params={"url": canonical}).json()
     assert [e["resource"]["url"] for e in found.get("entry", ())] == [canonical]
+
+
+def test_a_placeholder_in_an_entrys_criteria_is_that_entry_and_a_replay_creates_nothing(client):
+    """ifNoneExist subject=urn:uuid:P and a conditional update on it: left as sent, they never
+    matched their own earlier results, so every replay of the transaction duplicated them."""
+    pu = "urn:uuid:" + unique()
+    p = patient()
+    code = unique()[:10]
+    o = observation(pu) | {"code": {"coding": [{"system": "http://loinc.org", "code": code}]}}
+    b = bundle("transaction",
+               {**post_entry(p, pu), "request": {"method": "POST", "url": "Patient",
+                                                 "ifNoneExist": f"identifier={token(p)}"}},
+               {"resource": o, "request": {"method": "POST", "url": "Observation",
+                                           "ifNoneExist": f"subject={pu}&code=http://loinc.org|{code}"}})
+    first = send(client, b)
+    assert first.status_code == 200, first.text
+    assert statuses(first) == ["201", "201"]
+    again = send(client, b)
+    assert statuses(again) == ["200", "200"]
+    pid = first.json()["entry"][0]["response"]["location"].split("/")[1]
+    assert client.get("/Observation", params={"subject": f"Patient/{pid}"}).json()["total"] == 1

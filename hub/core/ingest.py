@@ -179,12 +179,15 @@ class Hub:
         deadline = time.monotonic() + RETRY_SECONDS
         attempt = 0
 
+        criteria = [(op.if_none_exist, op.query) for op in ops]  # as sent: placeholders in them
+
         def replan() -> None:  # the plan's rewrites and resolutions undone, for another attempt
             for node, key, old in reversed(undo):
                 node[key] = old
             undo.clear()
-            for op in ops:
+            for op, (if_none_exist, query) in zip(ops, criteria):
                 op.target, op.existing = None, False
+                op.if_none_exist, op.query = if_none_exist, query
 
         while attempt < RETRIES or time.monotonic() < deadline:
             attempt += 1
@@ -245,6 +248,15 @@ class Hub:
         planned: list[int] = []
         for i, op in enumerate(ops):
             try:
+                if atomic and (op.if_none_exist or op.query):
+                    # an earlier entry's placeholder in the criteria (subject=urn:uuid:…) is that
+                    # entry, as in its references: left as sent, a replay of the transaction
+                    # matched nothing and created its resources again
+                    placed = {str(ops[j].full_url): f"{ops[j].rtype}/{ops[j].target}"
+                              for j in planned if ops[j].full_url and ops[j].target
+                              and ops[j].method in ("POST", "PUT")}
+                    op.if_none_exist = _placed(op.if_none_exist, placed)
+                    op.query = _placed(op.query, placed)
                 self._resolve_target(op, ops[:i] if atomic else [], sees)
                 planned.append(i)
             except FhirError as e:
@@ -852,6 +864,13 @@ def _base_of(full_url: str | None) -> str | None:
     head, _, rid = full_url.rstrip("/").rpartition("/")
     base, _, rtype = head.rpartition("/")
     return base + "/" if base and rid and rtype in res.RESOURCE_TYPES else None
+
+
+def _placed(query: Query | None, placed: dict[str, str]) -> Query | None:
+    """``query`` with each value that is an entry's placeholder fullUrl replaced by the entry."""
+    if not query or not placed:
+        return query
+    return [(name, placed.get(value, value)) for name, value in query]
 
 
 def _batch_reference(ref: str) -> str:
