@@ -640,3 +640,14 @@ def test_a_placeholder_in_an_entrys_criteria_is_that_entry_and_a_replay_creates_
     assert statuses(again) == ["200", "200"]
     pid = first.json()["entry"][0]["response"]["location"].split("/")[1]
     assert client.get("/Observation", params={"subject": f"Patient/{pid}"}).json()["total"] == 1
+
+
+def test_a_bundle_with_no_entries(client):
+    """An empty transaction answers with no entry (it answered "entry": [], which FHIR JSON
+    forbids); "entry": [] sent is refused as in any resource."""
+    for btype in ("transaction", "batch"):
+        r = send(client, {"resourceType": "Bundle", "type": btype})
+        assert r.status_code == 200 and r.json() == {"resourceType": "Bundle",
+                                                     "type": f"{btype}-response"}
+        r = send(client, {"resourceType": "Bundle", "type": btype, "entry": []})
+        assert r.status_code == 422 and "empty array" in r.text

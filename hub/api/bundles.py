@@ -199,7 +199,11 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
         # one bad string fails a transaction whole: found in the text before any entry is
         # validated (a batch refuses only the entry, when that entry is validated)
         jsontext.refuse_bad_text(bundle, "Bundle", raw)
-    entries = bundle.get("entry") or []
+    entries = bundle.get("entry")
+    if entries == []:  # FHIR JSON has no empty arrays: refused here as in any resource
+        raise FhirError(422, "structure", "entry is an empty array, which FHIR JSON forbids "
+                        "(leave it out: a Bundle with no entries)", "Bundle.entry")
+    entries = entries or []
     if not isinstance(entries, list):
         raise bad_request("Bundle.entry must be an array", "Bundle.entry")
     validate_envelope(bundle, entries)
@@ -240,7 +244,10 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
                 # tried before the writes (``_try_gets``); what fails only now (a read of what
                 # the transaction wrote, a resource deleted meanwhile) says why at its entry
                 out[i] = _error_entry(e)
-    return {"resourceType": "Bundle", "type": f"{btype}-response", "entry": out}
+    answer: dict[str, Any] = {"resourceType": "Bundle", "type": f"{btype}-response"}
+    if out:  # no empty array: a Bundle with no entries answers with none
+        answer["entry"] = out
+    return answer
 
 
 def _get_entry(status: int, body: Any, asked: dict) -> dict:
