@@ -141,6 +141,32 @@ def test_equal_watermarks_across_batches(db_url, tmp_path):
     eng.dispose()
 
 
+def test_a_row_committed_later_with_the_last_watermark_and_a_smaller_key_is_read(db_url,
+                                                                                 tmp_path):
+    """Rows of one second read; another transaction then commits a row of that same second with
+    a smaller key: it was never read ((watermark, key) > the last pair), with no dead letter."""
+    eng = engine_for(db_url)
+    META.create_all(eng)
+    insert(eng, [{**lab_row(i, BASE), "id": 1000 + 10 * i} for i in range(3)])
+    spool = Spool(tmp_path / "spool.sqlite", SRC)
+    src = source(db_url, batch_size=2)
+    while src.poll_once(spool) > 0:
+        pass
+    insert(eng, [{**lab_row(7, BASE), "id": 1005}])  # the same second, a smaller key
+    assert src.poll_once(spool) == 1 and src.poll_once(spool) == 0
+    # a restart resumes with the keys read at that watermark: nothing read twice
+    again = source(db_url, batch_size=2)
+    assert again.poll_once(spool) == 0
+    insert(eng, [{**lab_row(8, BASE + dt.timedelta(seconds=1)), "id": 1001}])
+    assert again.poll_once(spool) == 1
+    assert sorted(unit_ids(spool)) == sorted(
+        f"lab-result:R{i:05d}/GLU" for i in (0, 1, 2, 7, 8))
+    for s_ in (src, again):
+        s_.engine.dispose()
+    spool.close()
+    eng.dispose()
+
+
 def test_restart_resumes_from_checkpoint(db_url, tmp_path):
     eng = engine_for(db_url)
     META.create_all(eng)

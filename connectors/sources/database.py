@@ -19,10 +19,12 @@ Configuration (a ``sources`` entry of a connector file)::
       checkpoint_key: db:visits # optional: default "database:<name>"
       connect_args: {}          # optional: passed to the DBAPI connect (timeouts, TLS)
 
-Reading: ``SELECT * FROM <source> WHERE wm IS NOT NULL AND (wm, key…) > (:wm, :key…)
-ORDER BY wm, key… LIMIT batch_size`` (the tuple comparison is written out as OR/AND so every
-engine runs it), so rows sharing one watermark value are neither skipped nor read twice: the
-position is the (watermark, key) pair of the last row read. Each batch is handed to
+Reading: ``SELECT * FROM <source> WHERE wm IS NOT NULL AND wm >= :wm ORDER BY wm, key… LIMIT
+batch_size + n``, less the n rows already read at that watermark (their keys are kept with the
+position), so rows sharing one watermark value are neither skipped nor read twice, even one
+committed later with a smaller key; the position is the (watermark, key) pair of the last row
+read. Past ``MAX_SEEN`` rows of one watermark (a bulk load), the tuple comparison
+``(wm, key…) > (:wm, :key…)`` (written out as OR/AND so every engine runs it) takes over. Each batch is handed to
 ``Intake.accept`` together with that position, and the spool stores both in one transaction: a crash
 never loses a row or reads one twice, and a row that does not convert is a dead letter while the
 poller moves on. Values keep their database types in the checkpoint (JSON with a type tag), so the
@@ -55,6 +57,9 @@ import sqlalchemy as sa
 from connectors.base import Envelope, Intake
 
 log = logging.getLogger("connectors.database")
+
+# at most this many keys are kept of the rows that share the last watermark read
+MAX_SEEN = 5000
 
 _TYPES: dict[str, Callable[[Any], Any]] = {
     "int": int, "float": float, "str": str, "bool": bool,
@@ -188,6 +193,7 @@ class DatabaseSource:
         self.engine_options = dict(engine_options or {})
         self.engine: sa.Engine | None = None
         self.position: tuple[Any, list[Any]] | None = None
+        self.seen: set[tuple[Any, ...]] | None = set()  # keys read at the position's watermark
         self._resumed = False
         self.caught_up = threading.Event()  # set whenever a read returned fewer rows than a batch
         self.stats: dict[str, Any] = {"polls": 0, "rows": 0, "batches": 0, "errors": 0,
@@ -206,13 +212,26 @@ class DatabaseSource:
     # -- position --------------------------------------------------------------------------------
 
     @staticmethod
-    def encode_position(wm: Any, keys: Sequence[Any]) -> str:
-        return orjson.dumps({"w": encode_value(wm), "k": [encode_value(k) for k in keys]}).decode()
+    def encode_position(wm: Any, keys: Sequence[Any],
+                        seen: Sequence[Sequence[Any]] | None = None) -> str:
+        out: dict[str, Any] = {"w": encode_value(wm), "k": [encode_value(k) for k in keys]}
+        if seen is not None:
+            out["s"] = [[encode_value(k) for k in ks] for ks in seen]
+        return orjson.dumps(out).decode()
 
     @staticmethod
     def decode_position(text: str) -> tuple[Any, list[Any]]:
         d = orjson.loads(text)
         return decode_value(d["w"]), [decode_value(k) for k in d["k"]]
+
+    @staticmethod
+    def decode_seen(text: str) -> set[tuple[Any, ...]] | None:
+        """The keys read at the position's watermark (None: a checkpoint written before they
+        were kept, or past ``MAX_SEEN``: the (watermark, key) comparison alone)."""
+        d = orjson.loads(text)
+        if "s" not in d:
+            return None
+        return {tuple(decode_value(k) for k in ks) for ks in d["s"]}
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -234,6 +253,11 @@ class DatabaseSource:
         keys: list[sa.ColumnClause[Any]] = [sa.column(k) for k in self.keys]
         q = sa.select(sa.text("*")).select_from(src).where(wm.is_not(None),
                                                             *[k.is_not(None) for k in keys])
+        if self.position is not None and self.seen is not None:
+            # the last watermark read again, less the keys already read at it: a row committed
+            # later with that same watermark and a smaller key was skipped for good
+            q = q.where(wm >= _bind("w", self.position[0]))
+            return q.order_by(wm, *keys).limit(self.batch_size + len(self.seen))
         if self.position is not None:
             w, kv = self.position
             q = q.where(_after([wm, *keys], [w, *kv]))
@@ -260,6 +284,10 @@ class DatabaseSource:
             rows = [dict(r._mapping) for r in result]
         self.stats["connected"] = True
         self.stats["polls"] += 1
+        if self.position is not None and self.seen is not None:  # less those read already
+            at = self.position[0]
+            rows = [r for r in rows if not (self._get(r, self.watermark) == at and tuple(
+                self._get(r, k) for k in self.keys) in self.seen)][:self.batch_size]
         return rows
 
     def envelopes(self, rows: list[dict[str, Any]]) -> list[Envelope]:
@@ -287,15 +315,34 @@ class DatabaseSource:
             saved = intake.checkpoint(self.checkpoint_key)
             if saved:
                 self.position = self.decode_position(saved)
+                self.seen = self.decode_seen(saved)
             self._resumed = True
         rows = self.read_batch()
         if not rows:
             return 0
         last = rows[-1]
         position = (self._get(last, self.watermark), [self._get(last, k) for k in self.keys])
+        # the keys read at the new position's watermark: its rows are read again next time
+        same = self.position is not None and self.position[0] == position[0]
+        seen_kept: set[tuple[Any, ...]] | None
+        if same and self.seen is None:
+            seen_kept = None  # the tuple comparison until the watermark moves on
+        else:
+            seen = set(self.seen or ()) if same else set()
+            seen.update(tuple(self._get(r, k) for k in self.keys) for r in rows
+                        if self._get(r, self.watermark) == position[0])
+            seen_kept = seen
+            if len(seen) > MAX_SEEN:  # one watermark for very many rows (a bulk load): the
+                seen_kept = None      # (watermark, key) comparison from here, as before
+                log.warning("database source %s: over %d rows share one watermark; rows "
+                            "committed later with it and a smaller key may be missed",
+                            self.name, MAX_SEEN)
         envs = self.envelopes(rows)
-        intake.accept(envs, (self.checkpoint_key, self.encode_position(*position)))
+        intake.accept(envs, (self.checkpoint_key,
+                             self.encode_position(*position, sorted(seen_kept, key=repr)
+                                                  if seen_kept is not None else None)))
         self.position = position
+        self.seen = seen_kept
         self.stats["watermark"] = encode_value(position[0])["v"]
         self.stats["rows"] += len(rows)
         self.stats["batches"] += 1
