@@ -331,6 +331,24 @@ def test_csv_header_and_encoding():
         conv(text.splitlines()[0].encode(), SRC)  # header only: nothing to convert
 
 
+def test_csv_shapes_that_lost_values_unsaid():
+    """A GB18030 file with GB18030's own BOM was refused (its first column name kept U+FEFF);
+    a column named twice kept the last value unsaid; a line with fewer values than the header
+    (cut by a newline outside quotes) was taken with its last columns empty."""
+    conv = converter("csv:prescription")
+    text = (FIXTURES / "prescription.csv").read_text(encoding="utf-8")
+    assert len(conv(b"\x84\x31\x95\x33" + text.encode("gb18030"), SRC)) == 3
+    header, *rows = text.splitlines()
+    with pytest.raises(MappingError) as e:
+        conv("\n".join([header + ",RX_NO", *(r + "," for r in rows)]).encode(), SRC)
+    assert e.value.code == "AR" and "rx_no" in e.value.reason
+    cut = rows[0].rsplit(",", 2)[0]
+    with pytest.raises(CsvRowsError) as e:
+        conv("\n".join([header, cut, *rows[1:]]).encode(), SRC)
+    assert [(n, x.rule) for n, x in e.value.errors] == [(2, "tabular.csv.width")]
+    assert "fewer values" in e.value.errors[0][1].reason
+
+
 def test_csv_quoted_fields_and_blank_lines():
     m = load_mapping("prescription")
     text = (FIXTURES / "prescription.csv").read_text(encoding="utf-8").splitlines()
@@ -478,3 +496,13 @@ def test_hub_accepts_and_replay_changes_nothing(tmp_path, request):
         assert ingest() == first  # the same rows again: no new versions
     finally:
         hub.store.close()
+
+
+@pytest.mark.parametrize("filler", ["0", "-", "无"])
+def test_a_result_whose_patient_is_a_filler_with_no_visit_is_refused(filler):
+    """A positive HIV result of patient "0" with no visit number was stored with no subject:
+    reachable from no patient's record. Refused (a dead letter to replay after a fix)."""
+    row = example_row("lab-result") | {"patient_id": filler, "visit_no": None}
+    with pytest.raises(MappingError) as e:
+        load_mapping("lab-result").convert_row(row, SRC)
+    assert e.value.location == "patient_id"

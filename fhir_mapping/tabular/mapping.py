@@ -258,7 +258,9 @@ class TabularMapping:
                                             f"column {bad[0]} holds a {bad[1]} value: not a key of "
                                             f"the {res.name} ({res.type})", bad[0]))
             unusable = unusable or bad
-        if unusable is not None and res.emit:
+        # the row's patient too, even only referred to: a result of a filler patient with no
+        # visit was stored with no subject, reachable from no patient's record
+        if unusable is not None and (res.emit or res.name == self.patient):
             raise MappingError(f"column {unusable[0]} holds a {unusable[1]} value and nothing else "
                                f"keys the {res.name} ({res.type})", location=unusable[0],
                                rule=f"tabular.identifier.{unusable[1]}")
@@ -277,12 +279,14 @@ class TabularMapping:
     def csv_rows(self, payload: bytes) -> Iterator[tuple[int, dict[str, str | None] | dict[str, bool]]]:
         """(line number, row) of a CSV export: UTF-8 (with or without BOM), else GB18030; the
         first line names the columns; every required column must be among them. An empty cell is
-        None; a line with more values than columns is ``{"\x00too-many": True}``."""
+        None; a line with more (fewer) values than columns is ``{"\x00too-many": True}``
+        (``{"\x00too-few": True}``)."""
         try:
             textual = payload.decode("utf-8-sig")
         except UnicodeDecodeError:
             try:
-                textual = payload.decode("gb18030")
+                # GB18030's own byte order mark (84 31 95 33) decodes to U+FEFF: no column name
+                textual = payload.decode("gb18030").removeprefix("\ufeff")
             except UnicodeDecodeError:
                 raise MappingError("the CSV file is neither UTF-8 nor GB18030", code="AR",
                                    rule="tabular.csv.encoding") from None
@@ -294,6 +298,10 @@ class TabularMapping:
         except csv.Error as e:
             raise MappingError(f"the CSV header is malformed: {e}", code="AR",
                                rule="tabular.csv.header") from None
+        twice = sorted({h for h in header if h and header.count(h) > 1})
+        if twice:  # which of the two values is the column's? (the last silently won)
+            raise MappingError(f"the CSV header names {', '.join(twice)} more than once",
+                               code="AR", location="line 1", rule="tabular.csv.header")
         missing = [c for c in self.required if c not in header]
         if missing:
             raise MappingError(f"the CSV header lacks required columns {', '.join(missing)}",
@@ -308,8 +316,11 @@ class TabularMapping:
                                    location=f"line {reader.line_num}", rule="tabular.csv.syntax") from None
             if not any(v.strip() for v in values):
                 continue
-            if len(values) > len(header):
-                yield reader.line_num, {"\x00too-many": True}
+            if len(values) != len(header):
+                # a line cut by a newline outside quotes is short, its tail line long: neither
+                # is read with its values under the wrong columns or left out
+                yield reader.line_num, {"\x00too-many" if len(values) > len(header)
+                                        else "\x00too-few": True}
                 continue
             yield reader.line_num, {h: (v if v != "" else None) for h, v in zip(header, values)}
 
@@ -326,9 +337,11 @@ class TabularMapping:
         bad: list[tuple[int, MappingError]] = []
         bad_rows: dict[int, bytes] = {}
         for line, row in self.csv_rows(payload):
-            if "\x00too-many" in row:
-                bad.append((line, MappingError("more values than header columns",
-                                               rule="tabular.csv.width")))
+            if "\x00too-many" in row or "\x00too-few" in row:
+                more = "\x00too-many" in row
+                bad.append((line, MappingError(
+                    f"{'more' if more else 'fewer'} values than header columns",
+                    rule="tabular.csv.width")))
                 bad_rows[line] = orjson.dumps(row)
                 continue
             try:
