@@ -506,3 +506,16 @@ def test_a_result_whose_patient_is_a_filler_with_no_visit_is_refused(filler):
     with pytest.raises(MappingError) as e:
         load_mapping("lab-result").convert_row(row, SRC)
     assert e.value.location == "patient_id"
+
+
+def test_full_width_keys_are_the_same_key_and_other_scripts_digits_no_number():
+    """Ｐ１００ keyed another Patient than P100 (one person split in two), a full-width resident
+    ID number failed its check; ١٢٣ (Arabic-Indic digits) was stored as the number 123."""
+    m = load_mapping("outpatient-visit")
+    base = example_row("outpatient-visit")
+    ascii_, wide = (by_type(m.convert_row(base | {"patient_id": v}, SRC))["Patient"]["id"]
+                    for v in ("P100", "Ｐ１００"))
+    assert ascii_ == wide
+    lab = load_mapping("lab-result")
+    obs = by_type(lab.convert_row(example_row("lab-result") | {"result_value": "١٢٣"}, SRC))
+    assert "valueQuantity" not in obs["Observation"]

@@ -60,6 +60,7 @@ import csv
 import io
 import json
 import string
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -245,7 +246,10 @@ class TabularMapping:
         and an emitted resource left with no usable key refuses the row."""
         unusable: tuple[str, str] | None = None
         for kind, cols in ((res.id_kind, res.id_columns), *res.fallbacks):
-            values = [cell_text(c) for c in cols]
+            # a key as the index compares it (NFKC): Ｐ１００ typed in full width is P100, not a
+            # second Patient, and a full-width resident ID number passes its check
+            values = [None if v is None else unicodedata.normalize("NFKC", v)
+                      for v in (cell_text(c) for c in cols)]
             if any(v is None for v in values):
                 continue
             bad = next(((c, p) for c, v in zip(cols, values) if c not in self.code_columns and (

@@ -96,6 +96,8 @@ def decimal_value(v: Any) -> Any:
         s = text(v)
         if s is None:
             return None
+        if not s.isascii():  # other scripts' digits (١٢٣), which Decimal reads, are no number
+            raise BadValue("is not a number")
         try:
             d = Decimal(s)
         except InvalidOperation:
