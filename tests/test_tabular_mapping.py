@@ -519,3 +519,25 @@ def test_full_width_keys_are_the_same_key_and_other_scripts_digits_no_number():
     lab = load_mapping("lab-result")
     obs = by_type(lab.convert_row(example_row("lab-result") | {"result_value": "١٢٣"}, SRC))
     assert "valueQuantity" not in obs["Observation"]
+
+
+def test_an_older_row_never_overwrites_what_a_newer_one_wrote(hub):
+    """A re-sent older export of a visit (updated_at 09:00 after 12:00) set the Encounter back
+    and brought the old diagnosis back: the rows carried no source order."""
+    from hub.core.ingest import Context, Op
+
+    m = load_mapping("outpatient-visit")
+    base = example_row("outpatient-visit")
+
+    def write(updated: str, diag: str) -> None:
+        conv = m.convert_row(base | {"updated_at": updated, "diag_code": diag}, SRC)
+        ops = [Op("PUT", r["resourceType"], r["id"], r, url=f"{r['resourceType']}/{r['id']}")
+               for r in conv.resources]
+        hub.execute(ops, Context(source={"feed": "db"}), atomic=True)
+
+    write("2024-03-01 12:00:00", "J20.900")
+    write("2024-03-01 09:00:00", "J06.900")
+    cond = by_type(m.convert_row(base, SRC))["Condition"]
+    stored = orjson.loads(hub.store.latest_many("Condition", [cond["id"]])[cond["id"]][1]
+                          .partition(b"\n")[2])
+    assert stored["code"]["coding"][0]["code"] == "J20.900"

@@ -42,7 +42,7 @@ class Loader:
         if not isinstance(d, dict):
             raise self.fail("top level", "a mapping file is a YAML mapping")
         extra = set(d) - {"name", "description", "timezone", "unit", "patient", "columns",
-                          "value_maps", "resources", "version"}
+                          "value_maps", "resources", "version", "source_order"}
         if extra:
             raise self.fail("top level", f"unknown keys {sorted(extra)}")
         name = d.get("name")
@@ -140,6 +140,10 @@ class Loader:
                                     or m.resources[patient].type != "Patient"):
             raise self.fail("patient", "name a resource of type Patient")
         m.patient = patient
+        order = d.get("source_order")
+        if order is not None and order not in m.columns:
+            raise self.fail("source_order", "name a declared column (the row's last change)")
+        m.source_order = order
         if not any(r.emit for r in m.resources.values()):
             raise self.fail("resources", "no resource is emitted")
         missing = [c for c, s in m.columns.items() if "example" not in s]

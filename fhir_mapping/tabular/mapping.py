@@ -6,6 +6,7 @@ The file format (the shipped files in ``mappings/`` are the worked examples)::
     timezone: "+08:00"                # written on local date-times that carry no offset
     unit: [visit_no]                  # the row's own key: Conversion.unit_id = "<name>:<values>"
     patient: patient                  # the resource that is the row's patient (Conversion.patient_key)
+    source_order: updated_at          # optional: the row's last change, its source-order stamp
     columns:                          # every column a rule may read, documented, with an example
       visit_no: {required: true, example: "MZ0001", doc: 门诊号 outpatient visit number}
     value_maps:                       # code -> code tables used by the `map` transform
@@ -71,6 +72,7 @@ from typing import Any
 import orjson
 import yaml
 
+from fhir_mapping import source_order
 from fhir_mapping.base import Conversion, Finding, MappingError, SourceInfo
 from fhir_mapping.identifiers import RESIDENT_ID_SYSTEM, key_problem
 from fhir_mapping.ids import stable_id
@@ -158,6 +160,7 @@ class TabularMapping:
     timezone: str
     unit: tuple[str, ...]
     patient: str | None
+    source_order: str | None  # the column saying when the row last changed (older never wins)
     columns: dict[str, dict]
     required: tuple[str, ...]
     resident_columns: frozenset[str]  # read with the resident_id transform: checked as such in keys
@@ -236,6 +239,19 @@ class TabularMapping:
             pkey = f"Patient/{ids[self.patient]}"
         if not out:
             raise MappingError("the row yields no resource", rule="tabular.empty")
+        changed = cell_text(self.source_order) if self.source_order else None
+        if changed:
+            # the row's last change stamps what it writes: a re-sent older export (or a view
+            # read again from an older copy) never overwrites what a newer row wrote
+            try:
+                when = V.t_datetime(changed, {}, ctx)
+            except V.BadValue:
+                when = None
+                ctx.findings.append(Finding("warning", "tabular.source-order", f"column "
+                                            f"{self.source_order} is no date-time: the row's "
+                                            "resources carry no source order", self.source_order))
+            if when:
+                source_order.stamp(out, source_order.Order(time=when))
         return Conversion(resources=out, unit_id=unit_id, patient_key=pkey,
                           kind=f"row:{self.name}", findings=ctx.findings)
 
