@@ -651,3 +651,12 @@ def test_a_bundle_with_no_entries(client):
                                                      "type": f"{btype}-response"}
         r = send(client, {"resourceType": "Bundle", "type": btype, "entry": []})
         assert r.status_code == 422 and "empty array" in r.text
+
+
+def test_a_request_url_on_another_server_is_refused(client):
+    """PUT http://other.example.org/fhir/Patient/x was written as the local Patient/x."""
+    p = patient(rid=unique())
+    r = send(client, bundle("transaction", {"resource": p, "request": {
+        "method": "PUT", "url": f"http://other.example.org/fhir/Patient/{p['id']}"}}))
+    assert r.status_code == 400 and "not on this server" in r.text
+    assert client.get(f"/Patient/{p['id']}").status_code == 404

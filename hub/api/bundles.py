@@ -11,7 +11,6 @@ import re
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
@@ -44,11 +43,10 @@ def split_url(url: str, base: str) -> tuple[str, str]:
     if url.startswith(base + "/"):
         url = url[len(base) + 1:]
     elif "://" in url:
-        parts = urlsplit(url)
-        path = parts.path
-        if "/fhir/" in path:
-            path = path.split("/fhir/", 1)[1]
-        url = path + ("?" + parts.query if parts.query else "")
+        # an absolute URL on another server is that server's resource, never one written here
+        # (http://other.example/fhir/Patient/x was written as the local Patient/x)
+        raise bad_request(f"request.url {url[:200]!r} is not on this server ({base}): give it "
+                          "relative to the base, or absolute on it")
     path, _, query = url.lstrip("/").partition("?")
     return path, query
 
