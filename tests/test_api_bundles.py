@@ -300,6 +300,15 @@ def test_narrative_links_to_entries_are_rewritten(client):
     div = stored["text"]["div"]
     assert f'href="{org_ref}"' in div and f'src="{org_ref}"' in div and org_url not in div
     assert f'href="{other}"' in div
+    # an entry named by an absolute fullUrl is replaced in the narrative as in the references
+    abs_url = f"http://example.org/fhir/Organization/{unique()}"
+    pat = patient(managingOrganization={"reference": abs_url}, text={
+        "status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">'
+        f'<a href="{abs_url}">医院</a></div>'})
+    r = send(client, bundle("transaction", post_entry(org, abs_url), post_entry(pat)))
+    org_ref = r.json()["entry"][0]["response"]["location"].rsplit("/_history", 1)[0]
+    rid = r.json()["entry"][1]["response"]["location"].split("/")[1]
+    assert f'href="{org_ref}"' in client.get(f"/Patient/{rid}").json()["text"]["div"]
 
 
 def test_only_links_are_rewritten_never_a_string_that_equals_a_full_url(client):

@@ -802,7 +802,7 @@ def _located(err: FhirError, op: Op) -> FhirError:
     return err
 
 
-_NARRATIVE_LINK = re.compile(r"""(\b(?:href|src)\s*=\s*["'])(urn:uuid:[0-9A-Fa-f-]{36})(["'])""")
+_NARRATIVE_LINK = re.compile(r"""(\b(?:href|src)\s*=\s*["'])([^"'<>\s]{1,2048})(["'])""")
 
 
 # where R4's transaction rules replace a fullUrl: Reference.reference (which may also be a
@@ -830,7 +830,7 @@ def _rewrite(node: dict, tname: str, resolve: Callable[[str], str], full_urls: d
                 if new != v:
                     undo.append((node, k, v))
                     node[k] = new  # same keys: safe while iterating
-            elif k == "div" and tname == "Narrative" and "urn:uuid:" in v:
+            elif k == "div" and tname == "Narrative" and full_urls and ("href" in v or "src" in v):
                 # R4: the narrative's <a href> and <img src> naming an entry are replaced too
                 # (a link naming no entry is left as written: text, not a reference)
                 new = _NARRATIVE_LINK.sub(
