@@ -246,19 +246,19 @@ class Hub:
 
         # 1. targets
         planned: list[int] = []
+        placed: dict[str, str] = {}  # fullUrl -> Type/id of the entries planned so far
         for i, op in enumerate(ops):
             try:
-                if atomic and (op.if_none_exist or op.query):
+                if atomic and placed and (op.if_none_exist or op.query):
                     # an earlier entry's placeholder in the criteria (subject=urn:uuid:…) is that
                     # entry, as in its references: left as sent, a replay of the transaction
                     # matched nothing and created its resources again
-                    placed = {str(ops[j].full_url): f"{ops[j].rtype}/{ops[j].target}"
-                              for j in planned if ops[j].full_url and ops[j].target
-                              and ops[j].method in ("POST", "PUT")}
                     op.if_none_exist = _placed(op.if_none_exist, placed)
                     op.query = _placed(op.query, placed)
                 self._resolve_target(op, ops[:i] if atomic else [], sees)
                 planned.append(i)
+                if atomic and op.full_url and op.target and op.method in ("POST", "PUT"):
+                    placed[op.full_url] = f"{op.rtype}/{op.target}"
             except FhirError as e:
                 fail(i, e)
         seen: dict[tuple[str, str | None], int] = {}  # no target: a delete that matched nothing
