@@ -429,7 +429,7 @@ class Hub:
                 mapping[op.full_url] = f"{op.rtype}/{op.target}"
         cache: dict[str, str] = {}
 
-        def resolve(ref: str, base: str | None = None) -> str:
+        def resolve(ref: str, base: str | None = None, entry: bool = False) -> str:
             if ref in mapping:
                 return mapping[ref]
             if base and _RELATIVE.fullmatch(ref) and base + ref in mapping:
@@ -437,7 +437,9 @@ class Hub:
                 # that base (R4 bundle.html): Patient/p123 beside fullUrl …/fhir/Patient/p123
                 # was kept, pointing at the server's own Patient/p123, another person
                 return mapping[base + ref]
-            if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
+            if entry and (ref.startswith("urn:uuid:") or ref.startswith("urn:oid:")):
+                # a transaction's placeholder no entry is (a resource written on its own, or a
+                # Bundle stored as a resource, keeps its own urns: they are not the request's)
                 raise bad_request(f"Reference {ref[:200]!r} names no entry of the Bundle (no "
                                   "fullUrl is it): stored, it would point nowhere")
             rtype, sep, query = ref.partition("?")
@@ -469,8 +471,9 @@ class Hub:
             if d is not None:
                 base = _base_of(ops[i].full_url)
 
-                def resolve_here(ref: str, base: str | None = base) -> str:
-                    return resolve(ref, base)
+                def resolve_here(ref: str, base: str | None = base,
+                                 entry: bool = ops[i].where is not None) -> str:
+                    return resolve(ref, base, entry)
                 try:
                     _rewrite(d, ops[i].rtype, resolve_here, mapping, undo)
                 except FhirError as e:
@@ -823,6 +826,14 @@ def _rewrite(node: dict, tname: str, resolve: Callable[[str], str], full_urls: d
     uri-typed value only where it is an entry's fullUrl."""
     fields = TYPES.get(tname) or (_ELEMENT if tname == "Element" else {})
     links = _LINKS.get(tname, _NOTHING)
+    if tname == "Bundle":  # a Bundle stored as a resource: its urns are its own entries'
+        strict = resolve
+
+        def resolve(ref: str) -> str:
+            resolved = full_urls.get(ref)
+            if resolved is None and ref.startswith(("urn:uuid:", "urn:oid:")):
+                return ref
+            return strict(ref)
     for k, v in node.items():
         if isinstance(v, str):
             if k in links:
