@@ -669,3 +669,25 @@ def test_a_request_url_on_another_server_is_refused(client):
         "method": "PUT", "url": f"http://other.example.org/fhir/Patient/{p['id']}"}}))
     assert r.status_code == 400 and "not on this server" in r.text
     assert client.get(f"/Patient/{p['id']}").status_code == 404
+
+
+def test_the_same_criteria_twice_in_a_transaction_are_one_resource(client):
+    """Two conditional creates by name:exact in one transaction both created (every later
+    conditional create on those criteria then failed 412, two matches), and a conditional
+    reference of the same criteria found nothing. Now the criteria are one resource: two
+    creates of it are refused as two entries on one resource are (as by identifier), and the
+    reference finds the entry."""
+    name = f"Probe Org {unique()}"
+    org = {"resourceType": "Organization", "name": name}
+    crit = f"name:exact={name}"
+    entry = {"resource": org, "request": {"method": "POST", "url": "Organization",
+                                          "ifNoneExist": crit}}
+    r = send(client, bundle("transaction", entry, dict(entry)))
+    assert r.status_code == 400 and "both concern" in r.text
+    pat = patient(managingOrganization={"reference": f"Organization?{crit}"})
+    r = send(client, bundle("transaction", entry, post_entry(pat)))
+    assert r.status_code == 200, r.text
+    org_loc, pat_loc = (e["response"]["location"].split("/_history")[0] for e in r.json()["entry"])
+    pid = pat_loc.split("/")[1]
+    assert client.get(f"/Patient/{pid}").json()["managingOrganization"]["reference"] == org_loc
+    assert client.get("/Organization", params={"name:exact": name}).json()["total"] == 1

@@ -410,13 +410,17 @@ class Hub:
         found = set(self.resolver.match(rtype, query))
         if found and sees is not None:
             found = set(sees(rtype, sorted(found), query))
+        same = sorted(query)
         for e in earlier:  # writes of this same transaction count too
             if e.rtype != rtype or e.existing:
                 continue
             if e.method == "DELETE":  # deleted before this entry runs: no longer a match
                 found.discard(e.target)
-            elif e.d is not None and e.target is not None \
-                    and identifiers_match(query, res.identifiers(e.d), e.target):
+            elif e.d is not None and e.target is not None and (
+                    identifiers_match(query, res.identifiers(e.d), e.target)
+                    # an earlier conditional create (or update) of the very same criteria made
+                    # what they match, whatever they search by (name:exact=…: both created)
+                    or (e.if_none_exist or e.query) and same == sorted(e.if_none_exist or e.query or ())):
                 found.add(e.target)
         return sorted(found)
 
