@@ -43,7 +43,9 @@ def decimal(text: str | None, exponent: bool = False) -> int | float | orjson.Fr
         stripped = intpart.lstrip("0") or "0"
         v = ("-" if v.startswith("-") else "") + stripped + v.lstrip("-")[len(intpart):]
     if "." not in v:
-        return int(v)
+        n = int(v)
+        # beyond 64 bits, JSON writers (orjson) take no int: the number as written
+        return n if -(1 << 63) <= n < (1 << 63) else _fragment(v)
     f = float(v)
     if repr(f) == v:
         return f
