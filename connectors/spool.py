@@ -29,6 +29,7 @@ import orjson
 
 from connectors.base import Accepted, Envelope
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
+from hub.core.jsontext import loads_exact
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS payloads (
@@ -266,7 +267,8 @@ class Spool:
                 " FROM units ORDER BY seq LIMIT ?", (limit,)).fetchall()
         out = []
         for seq, source, unit_id, kind, pkey, body, received, attempts in rows:
-            d = orjson.loads(body)
+            # as written: 1.50 stays 1.50 on its way to the hub (orjson made it 1.5)
+            d = loads_exact(body)
             out.append(Unit(seq, source, unit_id, kind, pkey, d["resources"], d["deletes"],
                             received, attempts))
         return out

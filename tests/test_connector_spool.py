@@ -248,3 +248,27 @@ def test_a_configuration_mistake_is_one_line_naming_it(tmp_path, capsys, change,
     assert main(["connector", "run", str(tmp_path / "c.yaml")]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_a_unit_keeps_its_numbers_as_written_on_its_way_to_the_hub(tmp_path):
+    """The spool read its units back with orjson: 1.50 became 1.5 and a 25-digit number a
+    rounded float before the sink sent them, against the mappers' care to keep them."""
+    import orjson
+
+    from connectors.base import Envelope
+    from connectors.spool import Spool
+    from fhir_mapping.base import SourceInfo
+
+    spool = Spool(tmp_path / "spool.sqlite", SourceInfo(institution="H1", oid="2.16.156.10011.99.1.1"),
+                  durable=False)
+    try:
+        msg = (b"MSH|^~\\&|HIS|H1|HUB|R|20240101080000+0800||ORU^R01|C1|P|2.5\r"
+               b"PID|1||P1^^^H1^MR||A^B\rOBR|1||F1|P^x^L\r"
+               b"OBX|1|NM|K^k^L||4.50|mmol/L|||||F\r"
+               b"OBX|2|NM|Q^q^L||1234567890123456789012345|1|||||F\r")
+        [answer] = spool.accept([Envelope(msg, "hl7v2", "lab")])
+        assert answer.ok, answer.error
+        text = orjson.dumps([u.resources for u in spool.pending()])
+        assert b'"value":4.50' in text and b"1234567890123456789012345" in text
+    finally:
+        spool.close()

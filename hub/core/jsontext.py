@@ -121,7 +121,14 @@ def loads_exact(raw: bytes) -> Any:
     # third of the cost of searching the text for one)
     if orjson.dumps(d) == raw or INEXACT_NUMBER.search(raw) is None:
         return d
-    return json.loads(raw, parse_float=orjson.Fragment)
+    return json.loads(raw, parse_float=orjson.Fragment, parse_int=_exact_int)
+
+
+def _exact_int(text: str) -> int | orjson.Fragment:
+    """An integer as written: beyond 64 bits (which orjson reads as a float, and cannot write
+    as an int) kept as its text."""
+    n = int(text)
+    return n if -(1 << 63) <= n < (1 << 63) else orjson.Fragment(text.encode())
 
 
 def copy_json(o: Any) -> Any:
