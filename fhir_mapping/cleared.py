@@ -6,7 +6,7 @@ birth date and sex an ADT gave before. So the hub keeps, on a feed's write of a 
 the stored version has and the write does not mention (``hub.core.ingest``), except what the
 message clears: HL7 v2's explicit null ``""`` (v2.5 2.5.3: delete the value in the receiver).
 A mapper marks those elements here (``meta.extension`` ``cleared``); the hub takes the mark off
-before anything is stored.
+before anything is stored. ``fhir_mapping.partial`` marks elements the same way, under its own URL.
 
 Pure, standard library only (the hub imports it; it imports nothing of the hub).
 """
@@ -20,26 +20,28 @@ URL = "https://fhir-region-hub.example/StructureDefinition/cleared"
 __all__ = ["URL", "mark", "take"]
 
 
-def mark(resource: dict[str, Any], elements: list[str]) -> None:
-    """Say that the message clears ``elements`` of ``resource`` (its own ``meta``, a copy)."""
+def mark(resource: dict[str, Any], elements: list[str], url: str = URL) -> None:
+    """Say that the message clears ``elements`` of ``resource`` (its own ``meta``, a copy);
+    ``url``: another mark of elements kept the same way."""
     if not elements:
         return
     meta = dict(resource.get("meta") or {})
     meta["extension"] = [*(meta.get("extension") or ()),
-                         {"url": URL, "extension": [{"url": "element", "valueCode": e}
+                         {"url": url, "extension": [{"url": "element", "valueCode": e}
                                                     for e in elements]}]
     resource["meta"] = meta
 
 
-def take(resource: dict[str, Any]) -> set[str]:
-    """The elements ``resource`` says its message clears, the mark taken off it."""
+def take(resource: dict[str, Any], url: str = URL) -> set[str]:
+    """The elements ``resource`` says its message clears (or marks under ``url``), the mark
+    taken off it."""
     meta = resource.get("meta")
     if not isinstance(meta, dict) or not meta.get("extension"):
         return set()
     found: set[str] = set()
     kept = []
     for e in meta["extension"]:
-        if isinstance(e, dict) and e.get("url") == URL:
+        if isinstance(e, dict) and e.get("url") == url:
             for x in e.get("extension") or ():
                 if isinstance(x, dict) and isinstance(x.get("valueCode"), str):
                     found.add(x["valueCode"])

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fhir_mapping import cleared
+
 URL = "https://fhir-region-hub.example/StructureDefinition/partial"
 
 __all__ = ["URL", "mark", "take"]
@@ -20,35 +22,9 @@ __all__ = ["URL", "mark", "take"]
 
 def mark(resource: dict[str, Any], elements: list[str]) -> None:
     """Say that ``resource``'s ``elements`` (arrays) are a part of what it holds."""
-    if not elements:
-        return
-    meta = dict(resource.get("meta") or {})
-    meta["extension"] = [*(meta.get("extension") or ()),
-                         {"url": URL, "extension": [{"url": "element", "valueCode": e}
-                                                    for e in elements]}]
-    resource["meta"] = meta
+    cleared.mark(resource, elements, URL)
 
 
 def take(resource: dict[str, Any]) -> set[str]:
     """The elements ``resource`` says it holds in part, the mark taken off it."""
-    meta = resource.get("meta")
-    if not isinstance(meta, dict) or not meta.get("extension"):
-        return set()
-    found: set[str] = set()
-    kept = []
-    for e in meta["extension"]:
-        if isinstance(e, dict) and e.get("url") == URL:
-            for x in e.get("extension") or ():
-                if isinstance(x, dict) and isinstance(x.get("valueCode"), str):
-                    found.add(x["valueCode"])
-        else:
-            kept.append(e)
-    if len(kept) != len(meta["extension"]):
-        rest = {k: v for k, v in meta.items() if k != "extension"}
-        if kept:
-            rest["extension"] = kept
-        if rest:
-            resource["meta"] = rest
-        else:
-            resource.pop("meta", None)
-    return found
+    return cleared.take(resource, URL)
