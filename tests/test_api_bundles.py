@@ -691,3 +691,25 @@ def test_the_same_criteria_twice_in_a_transaction_are_one_resource(client):
     pid = pat_loc.split("/")[1]
     assert client.get(f"/Patient/{pid}").json()["managingOrganization"]["reference"] == org_loc
     assert client.get("/Organization", params={"name:exact": name}).json()["total"] == 1
+
+
+def test_an_empty_id_in_if_none_exist_is_refused_not_read_as_no_criteria(client):
+    """``ifNoneExist: _id=`` named nothing and was read as no criteria: the entry created a
+    resource every time it was sent."""
+    p = patient()
+    r = send(client, bundle("transaction", post_entry(p, if_none_exist="_id=")))
+    assert r.status_code == 400 and "_id" in r.text, r.text
+    assert found(client, p) == []
+
+
+def test_a_get_entry_naming_an_entry_by_its_placeholder_finds_what_it_was_written_as(client):
+    """A GET entry's search ``subject=urn:uuid:P`` (R4: every link to an entry is its
+    resource) searched for the placeholder itself, which nothing references once written."""
+    pu = "urn:uuid:" + str(uuid.uuid4())
+    r = send(client, bundle("transaction", post_entry(patient(), pu), post_entry(observation(pu)),
+                            get_entry(f"Observation?subject={pu}")))
+    assert r.status_code == 200, r.text
+    pid = r.json()["entry"][0]["response"]["location"].split("/")[1]
+    searched = r.json()["entry"][2]["resource"]
+    assert searched["total"] == 1, searched
+    assert searched["entry"][0]["resource"]["subject"]["reference"] == f"Patient/{pid}"

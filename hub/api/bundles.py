@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
@@ -224,6 +225,7 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
     if atomic:
         _try_gets(parsed, ops, get)
     results = repo.execute(ops, ctx, atomic=True) if atomic else repo.execute_batch(ops, ctx)
+    placed = _placed_entries(ops, results) if atomic else {}
     for i, result in zip(writes, results):
         op = parsed[i]
         assert isinstance(op, Op)
@@ -236,7 +238,7 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
             out[i] = _error_entry(p)
         elif isinstance(p, tuple):
             try:
-                status, body = get(p[0], p[1], False)
+                status, body = get(p[0], _query_placed(p[1], placed), False)
                 out[i] = _get_entry(status, body, p[2])
             except FhirError as e:
                 # tried before the writes (``_try_gets``); what fails only now (a read of what
@@ -284,12 +286,15 @@ def _try_gets(parsed: list, ops: list[Op], get: GetHandler) -> None:
     forbidden resource) refuses the whole transaction. A read of a resource the transaction
     itself writes is left to after the writes."""
     written = {f"{op.rtype}/{op.rid}" for op in ops if op.rid is not None}
+    placeholders = {op.full_url for op in ops if _is_placeholder(op.full_url)}
     for i, p in enumerate(parsed):
         if not isinstance(p, tuple):
             continue
         path = p[0]
         if "/".join(path.split("/")[:2]) in written:
             continue
+        if placeholders and any(v in placeholders for _, v in parse_qsl(p[1])):
+            continue  # a search naming an entry (subject=urn:uuid:…) runs once it is written
         try:
             get(p[0], p[1], True)
         except FhirError as e:
@@ -297,6 +302,28 @@ def _try_gets(parsed: list, ops: list[Op], get: GetHandler) -> None:
             raise FhirError(e.status, e.issues[0].code if e.issues else "processing",
                             f"{where} (GET {path}): {e.issues[0].diagnostics if e.issues else e}",
                             where) from None
+
+
+def _is_placeholder(url: str | None) -> bool:
+    return isinstance(url, str) and url.startswith(("urn:uuid:", "urn:oid:"))
+
+
+def _placed_entries(ops: list[Op], results: list) -> dict[str, str]:
+    """Each entry's placeholder fullUrl -> the resource it was written as (``Type/id``)."""
+    return {op.full_url: f"{r.rtype}/{r.rid}" for op, r in zip(ops, results)
+            if op.full_url is not None and _is_placeholder(op.full_url)
+            and isinstance(r, Result) and r.rid is not None}
+
+
+def _query_placed(query: str, placed: dict[str, str]) -> str:
+    """A GET entry's search with each value that is an entry's placeholder (R4 http.html#trules:
+    every link to an entry is its resource) replaced by what that entry was written as."""
+    if not placed or not query:
+        return query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(v in placed for _, v in pairs):
+        return query
+    return urlencode([(k, placed.get(v, v)) for k, v in pairs])
 
 
 def _write_entry(result: Result | FhirError, base: str, representation: bool | str) -> dict:

@@ -102,6 +102,9 @@ class IdentifierResolver:
             found: set[str] = set()
             for alt in value.split(","):
                 if name == "_id":
+                    if not alt.strip():
+                        # an empty id names nothing: read as "no criteria", it would create
+                        raise bad_request(f"_id={value!r} needs a value")
                     found.update(self.store.current_ids(rtype, [alt]))
                 else:
                     system, code = split_token(alt)
