@@ -225,6 +225,39 @@ def _gbk_as_gb18030(data: bytes) -> bytes:
     return (m.group(1) + b"UTF-8" + m.group(3)) + text[len(m.group(0).decode("ascii")):].encode()
 
 
+# A transport's charset label: letters, digits and the punctuation IANA names use
+_CHARSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,39}")
+_DECLARATION = re.compile(rb"<\?xml\s[^>]*?\?>")
+
+
+def declare_charset(data: bytes, content_type: str) -> bytes:
+    """``data`` with the ``charset`` its Content-Type names written into its XML declaration,
+    where the document itself names none (no BOM, no ``encoding``): such a GB 18030 document was
+    read as UTF-8 and refused. A document's own declaration is left as it is; an unknown or
+    malformed label changes nothing (the parser then says what it cannot read)."""
+    charset = ""
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').strip()
+    if not charset or not _CHARSET.fullmatch(charset):
+        return data
+    try:
+        if codecs.lookup(charset).name in ("utf-8", "ascii"):
+            return data
+    except LookupError:
+        return data
+    if data.startswith((codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) \
+            or data[:2] in (b"<\0", b"\0<"):
+        return data
+    m = _DECLARATION.match(data)
+    if m is None:
+        return b'<?xml version="1.0" encoding="' + charset.encode() + b'"?>' + data
+    if b"encoding" in m.group(0):
+        return data
+    return m.group(0)[:-2].rstrip() + b' encoding="' + charset.encode() + b'"?>' + data[m.end():]
+
+
 def _has_entity_refs(root: etree._Element) -> bool:
     # An unexpanded reference appears as an _Entity node among the tree's children; only possible
     # when a DOCTYPE declared it, which the prolog scan refuses; checked only in that rare case.

@@ -145,3 +145,21 @@ def test_a_new_version_that_leaves_out_entries_says_which(hub, tmp_path):
     [issue] = [i for i in v2.report["issue"] if "entries-left-out" in str(i)]
     assert "1 entries" in issue["details"]["text"] and "Condition/" in issue["details"]["text"]
     q.close()
+
+
+def test_a_charset_named_only_by_the_content_type_is_read(client):
+    """A GB 18030 document without an XML declaration, its charset in the Content-Type (as
+    many HIS gateways send them), was read as UTF-8 and refused as not well-formed."""
+    text = CLEAN.decode("utf-8").split("?>", 1)[1]
+    text = text.replace("TEST-OP-0001", "TEST-OP-GB01").replace("测试甲", "测试丙")
+    body = text.encode("gb18030")
+    r = client.post("/../cda", content=body,
+                    headers={**XML, "content-type": "application/xml; charset=GB18030"})
+    assert r.status_code == 201, r.text
+    ref = client.get("/" + r.headers["location"].split("/fhir/", 1)[1]).json()
+    pid = ref["subject"]["reference"]
+    assert client.get(f"/{pid}").json()["name"][0]["text"] == "测试丙"
+    # the stored document names its encoding itself: the rest of it is as sent
+    binary = client.get("/" + ref["content"][0]["attachment"]["url"].split("/fhir/")[-1]).json()
+    stored = base64.b64decode(binary["data"])
+    assert stored == b'<?xml version="1.0" encoding="GB18030"?>' + body

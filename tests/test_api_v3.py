@@ -1518,3 +1518,14 @@ def test_a_message_the_hub_fails_on_is_kept_for_replay(tmp_path, monkeypatch):
         assert q.get(qid)["payload"] == data
     finally:
         q.close()
+
+
+def test_a_charset_named_only_by_the_content_type_is_read(client, v3):
+    """A GB 18030 message without an XML declaration, its charset given in the Content-Type,
+    was read as UTF-8 and refused."""
+    local, rid = f"P{tag()}", resident()
+    data = patient_message(local, rid, name="测试丁").decode("utf-8").split("?>", 1)[1]
+    accepted(client, v3, data.encode("gb18030"),
+             {"content-type": "application/xml; charset=GB18030"})
+    (pid,) = ids_of(data.encode(), SourceInfo(), "Patient")
+    assert read(client, f"Patient/{pid}")["name"][0]["text"] == "测试丁"

@@ -87,3 +87,12 @@ def test_an_integer_beyond_64_bits_is_kept_as_written():
     v = numbers.decimal("20000000000000000000")
     assert orjson.dumps({"value": v}) == b'{"value":20000000000000000000}'
     assert numbers.decimal("9223372036854775807") == 9223372036854775807
+
+
+def test_a_cda_unit_of_one_is_ucum_unity_not_dropped():
+    """``unit="1"`` (a count, a ratio) was stored with no unit at all, as if none was said."""
+    pq = etree.fromstring('<value xmlns="urn:hl7-org:v3" value="3" unit="1"/>')
+    assert cda_dt.quantity(pq, {}) == {"value": 3, "unit": "1",
+                                       "system": "http://unitsofmeasure.org", "code": "1"}
+    bare = etree.fromstring('<value xmlns="urn:hl7-org:v3" value="3"/>')
+    assert cda_dt.quantity(bare, {}) == {"value": 3}

@@ -294,6 +294,9 @@ def quantity(el, ucum: dict[str, str], *, default_ucum: str | None = None) -> di
         if code:
             out["system"] = "http://unitsofmeasure.org"
             out["code"] = code
+    elif unit == "1" and not default_ucum:
+        # written out, CDA's default unit is UCUM's unity: a count, a ratio (kept as said)
+        out.update(unit="1", system="http://unitsofmeasure.org", code="1")
     elif default_ucum:
         out["unit"] = default_ucum
         out["system"] = "http://unitsofmeasure.org"

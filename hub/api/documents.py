@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from fhir_mapping.base import SourceInfo
+from fhir_mapping.xmlsafe import declare_charset
 from hub.api.caller import authorize, recorded_institution
 from hub.api.responses import base_url, fhir_response
 from hub.core.access import Action
@@ -50,6 +51,7 @@ async def post_cda(request: Request) -> Response:
     payload = await request.body()
     if not payload.strip():
         raise bad_request("The request body is empty")
+    payload = declare_charset(payload, request.headers.get("content-type", ""))
     service = request.app.state.documents
     result = await run_in_threadpool(service.ingest_cda, payload, source_of(request), ctx)
     headers = {}

@@ -50,7 +50,7 @@ from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.hl7v3.ack import request_header
 from fhir_mapping.hl7v3.common import Ctx, interactions, parse, service_spec
 from fhir_mapping.hl7v3.common import table as interactions_tables
-from fhir_mapping.xmlsafe import MAX_BYTES, parse_xml
+from fhir_mapping.xmlsafe import MAX_BYTES, declare_charset, parse_xml
 from hub import v3intake
 from hub.api import soap
 from hub.api.caller import (
@@ -186,6 +186,7 @@ async def v3_interaction(request: Request) -> Response:
     except Refused as r:
         _log("", "", r.code, r.rule)
         return ack_response(None, r.code, r.text, r.status, reply_type)
+    raw = declare_charset(raw, request.headers.get("content-type", ""))
     try:  # a SOAP envelope: the message inside it, the answer back in one like it
         env = soap.unwrap(raw)
     except soap.NotAMessage as e:
