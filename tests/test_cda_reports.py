@@ -117,3 +117,29 @@ def test_a_quantitative_result_the_mapper_cannot_read_as_a_number_is_kept():
             assert got == expected, (written, got)
         if element == "valueString":
             assert any(f.rule == "cda.value.invalid-quantity" for f in conv.findings), written
+
+
+def test_record_numbers_in_patient_role_number_the_records_not_the_patient():
+    """WS/T 500 puts the request form (电子申请单编号, 1.24), the report (1.33) and the specimen
+    (1.14) numbers in patientRole. They became Patient identifiers, and the request form's
+    number even the Patient's key: each new request of one outpatient made another Patient."""
+    from tests.cda_docs import VALID_ID, ident
+
+    def doc(requisition, report, specimen):
+        ids = (ident("2.16.156.10011.1.11", "MZ0001") + ident("2.16.156.10011.1.24", requisition)
+               + ident("2.16.156.10011.1.33", report) + ident("2.16.156.10011.1.14", specimen))
+        return lab_report().replace(ident("2.16.156.10011.1.3", VALID_ID).encode(), ids.encode(), 1)
+
+    conv, _ = convert_traced(doc("SQ1", "R1", "S1"), SRC)
+    t = by_type(conv)
+    (pat,) = t["Patient"]
+    assert {i["value"] for i in pat["identifier"]} == {"MZ0001"}
+    (rep,) = t["DiagnosticReport"]
+    assert rep["identifier"][0]["value"] == "R1"
+    assert rep["basedOn"] == [{"type": "ServiceRequest", "identifier": rep["basedOn"][0]["identifier"]}]
+    assert rep["basedOn"][0]["identifier"]["value"] == "SQ1"
+    assert t["Specimen"][0]["accessionIdentifier"]["value"] == "S1"
+    (ref,) = t["DocumentReference"]
+    assert {"type": "ServiceRequest", "identifier": rep["basedOn"][0]["identifier"]} in ref["context"]["related"]
+    other, _ = convert_traced(doc("SQ2", "R2", "S2"), SRC)
+    assert by_type(other)["Patient"][0]["id"] == pat["id"]  # one outpatient, one Patient

@@ -57,7 +57,9 @@ class Ctx:
         self.patient_keyed: dict[str, str] = {}  # recordTarget id root -> extension
         self.id_sources: dict[tuple[str, str], bytes] = {}  # entry resource -> its statement's c14n
         self.report: Any = None  # reports.Report while a report document (C0006, C0007) is mapped
-        self.order_ident: dict | None = None  # the prescription number (recordTarget 1.20)
+        # numbers of the patient's records in recordTarget (prescription, requisition, report,
+        # specimen: header.yaml record_roots) -> their Identifier
+        self.record_idents: dict[str, dict] = {}
         self.partners: dict[Any, Any] = {}  # a diagnosis name statement <-> its code statement
 
     # -- output

@@ -570,8 +570,8 @@ def build_medication(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: st
         dose["timing"] = {"repeat": rep or None, "code": code or None}
     if dt.prune(dose):
         res["dosageInstruction"] = [dose]
-    if ctx.order_ident and ctx.family.startswith("wst"):
-        res["groupIdentifier"] = ctx.order_ident
+    if ctx.record_idents.get("prescription") and ctx.family.startswith("wst"):
+        res["groupIdentifier"] = ctx.record_idents["prescription"]
     ab = _absorbed(ctx, st)
     used = _absorb_common(ctx, res, ab, ref) | medication_details(ctx, st, res, ref)
     used |= _absorb_reasons(ctx, res, ab, ref)

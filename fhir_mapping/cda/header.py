@@ -41,14 +41,18 @@ def _patient(ctx: Ctx, root, custodian_ref: str | None) -> str:
     idents: list[dict] = []
     keyed: dict[str, str] = {}  # root -> usable value: fillers and failed check digits never get here
     refused = 0
-    order_roots = {str(r) for r in h.get("order_roots") or ()}
+    record_roots = {str(k): v for k, v in (h.get("record_roots") or {}).items()}
+    record_types = {str(k): v for k, v in (h.get("record_types") or {}).items()}
     bt = child(pat, "birthTime")
     born = dt.clean_str(bt.get("value")) if bt is not None else None
     for el in children(role, "id") + children(pat, "id"):
         key = dt.ii(el)
-        if key and key[0] in order_roots:
-            if ctx.order_ident is None:
-                ctx.order_ident = ctx.checked_ident(el, types.get(key[0]))[0]
+        if key and key[0] in record_roots:
+            kind = record_roots[key[0]]
+            if kind not in ctx.record_idents:
+                ident = ctx.checked_ident(el, record_types.get(key[0]))[0]
+                if ident is not None:
+                    ctx.record_idents[kind] = ident
             continue
         ident, problem = ctx.checked_ident(el, types.get(key[0]) if key else None, born)
         refused += problem is not None

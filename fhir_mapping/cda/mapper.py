@@ -205,7 +205,10 @@ def convert_document(payload: bytes, source: SourceInfo) -> tuple[Conversion, di
                                 "code": (tpls[0] if tpls else "urn:hl7-org:v3:POCD_MT000040") if fam.startswith("wst")
                                 else "urn:hl7-org:sdwg:ccda-structuredBody:2.1"}}],
         "context": {"encounter": [{"reference": encounter_ref}] if encounter_ref else None,
-                    "related": [{"reference": comp_ref}]},
+                    # the request form the document answers (WS/T 500 电子申请单编号)
+                    "related": [{"reference": comp_ref}] + (
+                        [{"type": "ServiceRequest", "identifier": ctx.record_idents["requisition"]}]
+                        if ctx.record_idents.get("requisition") else [])},
     }
     if conf in CONFIDENTIALITY:
         docref["securityLabel"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",

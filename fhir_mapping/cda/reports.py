@@ -219,8 +219,16 @@ def finish_report(ctx: Ctx, type_cc: dict, date: str) -> str | None:
     facts = rep.facts
     times = [t for o in (ctx.resources.get(("Observation", r.split("/", 1)[1])) for r in rep.results)
              if o and (t := o.get("effectiveDateTime"))]
+    numbers = ctx.record_idents
+    if numbers.get("specimen") and len(rep.specimens) == 1:
+        spec = ctx.resources.get(("Specimen", rep.specimens[0].split("/", 1)[1]))
+        if spec is not None:
+            spec["accessionIdentifier"] = numbers["specimen"]
     res: dict[str, Any] = {
         "resourceType": "DiagnosticReport", "id": rep.id, "status": "final",
+        "identifier": [numbers["report"]] if numbers.get("report") else None,
+        "basedOn": [{"type": "ServiceRequest", "identifier": numbers["requisition"]}]
+        if numbers.get("requisition") else None,
         "category": [{"coding": [{"system": V2_0074, "code": rep.section_code}],
                       "text": "; ".join(facts.get("category", [])) or None}],
         "code": copy.deepcopy(type_cc), "subject": {"reference": ctx.patient_ref},
