@@ -371,3 +371,27 @@ def test_order_participations_from_prt():
     assert sr["requester"]["display"] == "张医生" and [p["display"] for p in sr["performer"]] == ["赵技师"]
     assert [p["display"] for p in rep["resultsInterpreter"]] == ["李医生"]
     assert [p.get("display") for p in rep["performer"][1:]] == ["赵技师"]
+
+
+def test_a_visits_diagnoses_keep_their_type_and_rank():
+    """DG1-6 (admitting, working, final) and DG1-15 (priority) were not mapped: a visit's
+    principal diagnosis could not be told from its others."""
+    c = conv("ADT^A01", "EVN|A01|20240315083000\r" + PID + PV1
+             + "DG1|1||I21.9^急性心肌梗死^I10||20240315|A|||||||||2\r"
+             + "DG1|2||I10^高血压^I10||20240315|F|||||||||1\r"
+             + "DG1|3||E11^糖尿病^I10||20240315|Q|||||||||x\r")
+    (enc,) = by_type(c, "Encounter")
+    conds = {cd["id"]: cd for cd in by_type(c, "Condition")}
+    listed = {d["condition"]["reference"].split("/")[1]: d for d in enc["diagnosis"]}
+    assert set(listed) == set(conds)
+    by_code = {conds[i]["code"]["coding"][0]["code"]: d for i, d in listed.items()}
+    assert by_code["I10"]["rank"] == 1 and by_code["I21.9"]["rank"] == 2
+    assert "rank" not in by_code["E11"]  # no number: not a rank, with a finding
+    assert by_code["I21.9"]["use"]["coding"][0]["code"] == "AD"
+    assert by_code["I10"]["use"]["coding"] == [{"system": "http://terminology.hl7.org/CodeSystem/v2-0052",
+                                                "code": "F", "display": "Final"}]
+    cats = {cd["code"]["coding"][0]["code"]: cd["category"] for cd in conds.values()}
+    assert cats["I10"][1]["coding"][0]["code"] == "F"
+    assert cats["E11"][1] == {"text": "Q"}
+    rules = {f.rule for f in c.findings}
+    assert {"v2.dg1-6.unlisted", "v2.dg1-15.invalid"} <= rules

@@ -88,6 +88,12 @@ def _iar_reactions(ctx: Ctx, iam: Seg) -> list[dict]:
     return out
 
 
+# DG1-6 diagnosis type (HL7 table 0052) and R4's diagnosis-role
+_V2_0052 = "http://terminology.hl7.org/CodeSystem/v2-0052"
+_DIAGNOSIS_TYPE = {k: v for k, v in _CODES["diagnosis_type"].items() if k != "_doc"}
+_ROLE = "http://terminology.hl7.org/CodeSystem/diagnosis-role"
+
+
 def condition(ctx: Ctx, dg1: Seg, n: int) -> None:
     code = dt.concept(dg1.rep(3))
     text = dg1.get(4)
@@ -112,6 +118,14 @@ def condition(ctx: Ctx, dg1: Seg, n: int) -> None:
     else:
         res["clinicalStatus"] = {"coding": [dict(_CCLIN)]}
     res["category"] = [{"coding": [{"system": _CCAT, "code": "encounter-diagnosis"}]}]
+    kind = _DIAGNOSIS_TYPE.get(dg1.get(6).upper())
+    if kind:  # DG1-6: admitting, working or final (table 0052)
+        res["category"].append({"coding": [{"system": _V2_0052, "code": dg1.get(6).upper(),
+                                             "display": kind}]})
+    elif dg1.get(6):
+        ctx.find("warning", "v2.dg1-6.unlisted", f"DG1-6 diagnosis type {dg1.get(6)[:8]!r} is "
+                 "none of table 0052 (A, W, F): kept only as its text", dg1.loc(6))
+        res["category"].append({"text": dg1.get(6)[:200]})
     if text and "text" not in code:
         code["text"] = text
     res["code"] = code
@@ -124,7 +138,37 @@ def condition(ctx: Ctx, dg1: Seg, n: int) -> None:
     who = practitioner(ctx, dg1.rep(16), "DG1-16")
     if who:
         res["asserter"] = who
-    ctx.add(res)
+    ref = ctx.add(res)
+    _encounter_diagnosis(ctx, dg1, ref)
+
+
+def _encounter_diagnosis(ctx: Ctx, dg1: Seg, ref: dict[str, str]) -> None:
+    """The visit's list of diagnoses: each DG1 with its use (DG1-6; admitting is R4's
+    admission diagnosis) and its rank (DG1-15, 1 the principal one)."""
+    enc = ctx.get("Encounter", ctx.encounter_ref["reference"].split("/", 1)[1]) \
+        if ctx.encounter_ref else None
+    rank = dg1.get(15)
+    if enc is None:
+        if rank:
+            ctx.find("warning", "v2.dg1-15.no-visit", "DG1-15 (priority) ranks a diagnosis among "
+                     "a visit's, and this message maps no visit: not kept", dg1.loc(15))
+        return
+    item: dict[str, Any] = {"condition": ref}
+    kind = dg1.get(6).upper()
+    if kind in _DIAGNOSIS_TYPE:
+        coding = [{"system": _V2_0052, "code": kind, "display": _DIAGNOSIS_TYPE[kind]}]
+        if kind == "A":
+            coding.insert(0, {"system": _ROLE, "code": "AD", "display": "Admission diagnosis"})
+        item["use"] = {"coding": coding}
+    if rank:
+        if rank.isascii() and rank.isdigit() and 0 < int(rank) < 2**31:
+            item["rank"] = int(rank)
+        else:
+            ctx.find("warning", "v2.dg1-15.invalid", f"DG1-15 (priority) {rank[:8]!r} is no "
+                     "positive number: not kept as the diagnosis's rank", dg1.loc(15))
+    listed = enc.setdefault("diagnosis", [])
+    if all(d.get("condition") != ref for d in listed):
+        listed.append(item)
 
 
 def procedure(ctx: Ctx, pr1: Seg, n: int) -> None:
