@@ -178,6 +178,17 @@ def test_a_patient_token_writes_only_its_own_compartment(bare):
         assert _put(c, own).status_code == 201
         # nor moved out of it
         assert _put(c, {**own, "subject": {"reference": f"Patient/{b['id']}"}}).status_code == 403
+        # another patient's record that names this one outside the compartment's parameters
+        # (focus, a note's author) is that other patient's: it was admitted, and read back
+        planted = {**other, "focus": [{"reference": f"Patient/{a['id']}"}]}
+        assert c.post("/Observation", json=planted, headers=FHIR_JSON).status_code == 403
+        noted = {**other, "note": [{"authorReference": {"reference": f"Patient/{a['id']}"},
+                                    "text": "x"}]}
+        assert c.post("/Observation", json=noted, headers=FHIR_JSON).status_code == 403
+    theirs = {**_obs(b["id"]), "focus": [{"reference": f"Patient/{a['id']}"}]}
+    _write(bare, theirs)
+    with _http(bare, _patient_token(bare, a["id"])) as c:
+        assert c.get(f"/Observation/{theirs['id']}").status_code == 403
 
 
 # -- with consents --------------------------------------------------------------------------------

@@ -39,8 +39,10 @@ import orjson
 from hub.access.consent import Access, ConsentIndex
 from hub.access.scopequery import compile_query, search_groups
 from hub.auth.scopes import Scope, parse_scopes, permits
-from hub.core.access import Action, Actor, names_patient, patients_in
+from hub.core.access import Action, Actor, names_patient, own_base, patients_in
 from hub.core.errors import LOGIN_REQUIRED, forbidden, unauthenticated
+from projections.search.compartment import patient_compartment
+from projections.search.extract import Ref, extract
 
 ROLES = ("connector", "clinician", "steward", "auditor", "admin")
 WRITERS = frozenset({"connector", "steward", "admin"})
@@ -272,6 +274,22 @@ def _selects(granting: list[Scope], rtype: str, resource: dict) -> bool:
 
 
 def _in_compartment(rtype: str, rid: str, resource: bytes, patient: str) -> bool:
+    """Is the resource in Patient ``patient``'s compartment: named by one of the parameters R4's
+    CompartmentDefinition lists for its type (an Observation's ``subject`` or ``performer``, not
+    its ``focus`` or a note's author: those name the patient in someone else's record). A type
+    the compartment does not list (Medication, Organization) by any reference to the patient."""
     if rtype == "Patient":
         return rid == patient
-    return names_patient(resource, patient)
+    params = patient_compartment().get(rtype)
+    if params is None:
+        return names_patient(resource, patient)
+    if not names_patient(resource, patient):
+        return False  # the cheap test first: no reference to the patient at all
+    try:
+        values = extract(orjson.loads(resource))
+    except Exception:  # noqa: BLE001 - a resource the index cannot read is in no compartment
+        return False
+    own = own_base()
+    wanted = {f"Patient/{patient}"} | ({f"{own}Patient/{patient}"} if own else set())
+    return any(isinstance(v, Ref) and v.reference in wanted
+               for p in params for v in values.get(p, ()))
