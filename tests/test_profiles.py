@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -320,3 +321,63 @@ def test_invariants_on_choice_elements_see_the_choice_as_written(client, live):
         change(bad)
         r = client.post("/Observation", json=bad, headers=FHIR_JSON)
         assert r.status_code == 422 and key in r.text, (key, r.text)
+
+
+def test_a_profile_on_a_profile_keeps_its_invariants_written_on_this(client, live):
+    """Vital signs' vs-1 (``($this as dateTime)…`` on ``effective[x]``) failed on every value
+    (fhirpathpy knew no ``$this`` at the top, nor a bare value's type), so all 12 official vital
+    signs examples were refused; and a profile built on it (bodyheight), whose snapshot carries
+    vs-1 and vs-2 with vital signs as their source, skipped them as the base specification's."""
+    parent = "https://fhir-region-hub.example/StructureDefinition/vitals-like"
+    child = "https://fhir-region-hub.example/StructureDefinition/height-like"
+    rules = [{"id": "Observation", "path": "Observation", "constraint": [{
+                 "key": "vl-2", "severity": "error", "source": parent, "human": "a value",
+                 "expression": "value.exists() or dataAbsentReason.exists()"}]},
+             {"id": "Observation.effective[x]", "path": "Observation.effective[x]",
+              "constraint": [{"key": "vl-1", "severity": "error", "source": parent,
+                              "human": "to the day",
+                              "expression": "($this as dateTime).toString().length() >= 8"}]},
+             {"id": "Observation.code", "path": "Observation.code", "constraint": [{
+                 "key": "vl-3", "severity": "error", "source": parent, "human": "named",
+                 "expression": "$this.text.exists()"}]}]
+    sd = {"resourceType": "StructureDefinition", "id": "height-like", "url": child,
+          "name": "HeightLike", "status": "active", "kind": "resource", "abstract": False,
+          "type": "Observation", "derivation": "constraint", "baseDefinition": parent,
+          "snapshot": {"element": rules}}
+    assert client.put("/StructureDefinition/height-like", json=sd,
+                      headers=FHIR_JSON).status_code in (200, 201)
+    d = {"resourceType": "Observation", "meta": {"profile": [child]}, "status": "final",
+         "code": {"text": "body height"}, "effectiveDateTime": "1999-07-02",
+         "valueQuantity": {"value": 66.9, "unit": "in"}}
+    r = client.post("/Observation", json=d, headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+    for key, change in (("vl-1", lambda x: x.update(effectiveDateTime="1999")),
+                        ("vl-2", lambda x: x.pop("valueQuantity")),
+                        ("vl-3", lambda x: x.update(code={"coding": [{"code": "8302-2"}]}))):
+        bad = copy.deepcopy(d)
+        change(bad)
+        r = client.post("/Observation", json=bad, headers=FHIR_JSON)
+        assert r.status_code == 422 and key in r.text, (key, r.text)
+    assert "Observation.effectiveDateTime" in client.post(
+        "/Observation", json={**d, "effectiveDateTime": "1999"}, headers=FHIR_JSON).text
+
+
+def test_a_runaway_regular_expression_in_a_profile_is_cut_off(client, live):
+    """A backtracking pattern in an invariant held the whole API (Python's re keeps the GIL)
+    for as long as it ran: one write stalled every other request."""
+    url = "https://fhir-region-hub.example/StructureDefinition/runaway"
+    sd = {"resourceType": "StructureDefinition", "id": "runaway", "url": url, "name": "Runaway",
+          "status": "active", "kind": "resource", "abstract": False, "type": "Patient",
+          "derivation": "constraint", "differential": {"element": [
+              {"id": "Patient", "path": "Patient"},
+              {"id": "Patient.name", "path": "Patient.name", "constraint": [{
+                  "key": "ra-1", "severity": "error", "human": "a name", "source": url,
+                  "expression": "text.empty() or text.matches('^(([a-z])+.)+[A-Z]([a-z])+$')"}]}]}}
+    assert client.put("/StructureDefinition/runaway", json=sd,
+                      headers=FHIR_JSON).status_code in (200, 201)
+    d = {"resourceType": "Patient", "meta": {"profile": [url]},
+         "name": [{"text": "a" * 5000 + "!"}]}
+    t = time.monotonic()
+    r = client.post("/Patient", json=d, headers=FHIR_JSON)
+    assert r.status_code == 422 and "ra-1" in r.text and "too-costly" in r.text, r.text
+    assert time.monotonic() - t < 10

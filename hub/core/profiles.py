@@ -8,8 +8,9 @@ what the profile constrains), and ``check(resource, binding_ok)`` returns the is
   in a list, each pattern item matched by some item);
 - ``required`` bindings, through ``binding_ok(valueset, system, code)`` (the terminology
   service); a value set the service does not know is reported as a warning, not passed;
-- the profile's own invariants (``constraint[].expression`` whose ``source`` is not another
-  definition: the base specification's rules are the model's to check; FHIRPath through
+- the profile's invariants, its own and those of the profiles it is built on
+  (``constraint[].expression`` whose ``source`` is no base resource or data type: the base
+  specification's rules are the model's to check; FHIRPath through
   ``fhirpathpy``, compiled once), on
   every occurrence of the element (errors for ``severity=error``, warnings otherwise); an
   expression that cannot be evaluated does not hold.
@@ -24,6 +25,8 @@ import re
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
+
+import regex
 
 from hub.core import jsontext
 from hub.core.errors import FhirError, Issue
@@ -40,6 +43,53 @@ class ProfileError(FhirError):
         super().__init__(422, "invalid", message)
 
 
+# An invariant's regular expression (``matches``, ``replaceMatches``) on one value: Python's re
+# held the process (every request) for as long as a backtracking pattern ran, 23 s on a 29-
+# character name; ``regex`` runs it without the GIL and stops it at this bound.
+REGEX_SECONDS = 0.2
+
+
+class RunawayExpression(Exception):
+    """A profile's regular expression ran over ``REGEX_SECONDS`` on a value."""
+
+
+def _search(pattern: str, text: str, flags: int = 0) -> Any:
+    try:
+        return regex.search(pattern, text, flags, timeout=REGEX_SECONDS, concurrent=True)
+    except TimeoutError:
+        raise RunawayExpression(pattern) from None
+
+
+def _one_string(coll: list) -> str:
+    if len(coll) != 1 or not isinstance(coll[0], str):
+        raise TypeError("a string function needs one string")
+    return coll[0]
+
+
+def _matches(coll: list, pattern: Any) -> Any:
+    if not pattern or not coll:
+        return []
+    return _search(pattern, _one_string(coll), regex.DOTALL) is not None
+
+
+def _replace_matches(coll: list, pattern: Any, repl: Any) -> Any:
+    if not coll or not isinstance(pattern, str) or not isinstance(repl, str):
+        return []
+    text = _one_string(coll)
+    try:
+        return regex.sub(pattern, regex.sub(r"\$(\d+)", r"\\\1", repl), text,
+                         timeout=REGEX_SECONDS, concurrent=True)
+    except TimeoutError:
+        raise RunawayExpression(pattern) from None
+
+
+# fhirpathpy's own string functions, through ``regex`` with a bound
+_FUNCTIONS = {"options": {"userInvocationTable": {
+    "matches": {"fn": _matches, "arity": {1: ["String"]}, "nullable_input": True},
+    "replaceMatches": {"fn": _replace_matches, "arity": {2: ["String", "String"]}},
+}}}
+
+
 @lru_cache(maxsize=4096)
 def _compiled(expression: str) -> Any:
     import fhirpathpy
@@ -47,19 +97,38 @@ def _compiled(expression: str) -> Any:
 
     # with the model: a choice element (value, effective) resolves to valueQuantity, ...; without
     # it every official vital-signs Observation failed vs-1 and vs-2
-    return fhirpathpy.compile(expression, models["r4"])
+    return fhirpathpy.compile(expression, models["r4"], _FUNCTIONS["options"])
 
 
 def _evaluate(expression: str, base: str, node: Any, context: dict) -> list:
     """The expression on ``node``, an element at ``base`` (``Observation.component``): the
     model needs the element's path to type its choices."""
+    if "$this" in expression:
+        # fhirpathpy knows $this only inside where()/select()/all(): at the top it failed, and
+        # every invariant written on $this (vital signs' vs-1) failed with it; select() on the
+        # one node is the expression with $this that node
+        expression = f"select({expression})"
     if "." not in base:
         return _compiled(expression)(node, context)
     import fhirpathpy
     from fhirpathpy.models import models
 
     return fhirpathpy.evaluate(node, {"base": base, "expression": expression}, context,
-                               models["r4"])
+                               models["r4"], _FUNCTIONS["options"])
+
+
+_CORE = "http://hl7.org/fhir/StructureDefinition/"
+
+
+def _base_rule(source: object) -> bool:
+    """Is a constraint the base specification's, a resource's or data type's own (its ``source``
+    ``…/StructureDefinition/Observation``, ``…/Quantity``, ``…/Element``)? Those the model checks.
+    A profile's (``…/vitalsigns``, another IG's) is checked, on the profiles built on it too:
+    bodyheight carries vital signs' vs-2 with vital signs as its source, and was let through."""
+    if not isinstance(source, str) or not source.startswith(_CORE):
+        return False
+    name = source[len(_CORE):].split("|")[0]
+    return name[:1].isupper() and name.isalnum()
 
 
 def _values(node: Any, name: str) -> list:
@@ -73,6 +142,14 @@ def _values(node: Any, name: str) -> list:
     if v is None:
         return []
     return v if isinstance(v, list) else [v]
+
+
+def _choices(node: Any, stem: str) -> list[tuple[str, Any]]:
+    """(element name, value) of each value of choice ``stem[x]`` (``effectiveDateTime``)."""
+    if not isinstance(node, dict):
+        return []
+    return [(k, v) for k, vs in node.items() if k.startswith(stem) and k[len(stem):][:1].isupper()
+            for v in (vs if isinstance(vs, list) else [vs])]
 
 
 def _pattern_matches(pattern: Any, value: Any) -> bool:
@@ -138,7 +215,7 @@ class Profile:
             name = steps[-1]
             for parent, where in self._occurrences(resource, steps):
                 vals = _values(parent, name)
-                path = f"{where}.{name}"
+                path = f"{where}.{name[:-3] if name.endswith('[x]') else name}"  # FHIRPath
                 lo, hi = e.get("min"), e.get("max")
                 # R4: a primitive present only through its extensions (``_birthDate`` with a
                 # data-absent-reason) is present
@@ -163,7 +240,15 @@ class Profile:
                 if binding.get("strength") == "required" and binding.get("valueSet") and \
                         binding_ok is not None:
                     issues += self._binding(binding["valueSet"], vals, path, binding_ok)
-                issues += self._invariants(e, [(v, path) for v in vals], resource)
+                if name.endswith("[x]"):
+                    # a choice's value is typed only by its parent's model (vs-1's
+                    # ``$this as dateTime`` is empty on a bare value): evaluated from there
+                    for key, _ in _choices(parent, name[:-3]):
+                        parent_path = str(e.get("path") or "")[:-len(name) - 1]
+                        issues += self._invariants(e, [(parent, f"{where}.{key}")], resource,
+                                                   parent_path, name[:-3])
+                else:
+                    issues += self._invariants(e, [(v, path) for v in vals], resource)
         if self.sliced:
             issues.append(Issue("informational", f"Slices of {self.url} are not checked apart",
                                 "information"))
@@ -196,19 +281,28 @@ class Profile:
                                                  f"{valueset}", expression=path))
         return out
 
-    def _invariants(self, e: dict, nodes: list[tuple[Any, str]], resource: dict) -> list[Issue]:
+    def _invariants(self, e: dict, nodes: list[tuple[Any, str]], resource: dict,
+                    base: str | None = None, choice: str | None = None) -> list[Issue]:
+        """Each constraint of ``e`` on each node; ``choice``: the nodes are the parents (at
+        ``base``) of that choice element, each holding one value of it."""
         out = []
         for c in e.get("constraint") or ():
             expr = c.get("expression") if isinstance(c, dict) else None
             if not isinstance(expr, str):
                 continue
-            source = c.get("source")
-            if isinstance(source, str) and source.split("|")[0] != self.url:
+            if _base_rule(c.get("source")):
                 continue  # the base specification's own rules: the resource's model checks those
             for node, where in nodes:
                 try:
-                    result = _evaluate(expr, str(e.get("path") or ""), node,
+                    result = _evaluate(f"{choice}.select({expr})" if choice else expr,
+                                       base or str(e.get("path") or ""), node,
                                        {"resource": resource, "rootResource": resource})
+                except RunawayExpression:
+                    sev = "error" if c.get("severity") == "error" else "warning"
+                    out.append(Issue("too-costly", f"{c.get('key')}: not decided: its regular "
+                                     f"expression ran over {REGEX_SECONDS:g} s on this value "
+                                     f"(the profile {self.url} should bound it)", sev, where))
+                    continue
                 except Exception:  # noqa: BLE001 - an expression that fails here does not hold
                     result = [False]
                 if result not in ([True],):
