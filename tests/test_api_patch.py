@@ -319,3 +319,35 @@ def test_a_fhirpath_patch_in_xml(client, stored):
                        headers={"content-type": "application/fhir+xml"})
     assert_outcome(bad, 400)
     assert client.get(f"/{stored}").json()["meta"]["versionId"] == "2"
+
+
+def test_fhirpath_patch_names_a_choice_as_fhirpath_does(client):
+    """``Observation.effective`` and ``Observation.value`` (the FHIRPath names of choice
+    elements) matched nothing: a delete answered 200 and deleted nothing, a replace or an add
+    of ``value`` was refused. And an add to a repeating primitive with extensions was refused
+    (its ``_`` array was left one short)."""
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "weight"},
+           "effectiveDateTime": "2024-01-01", "valueQuantity": {"value": 5, "unit": "kg"}}
+    rid = create(client, obs).headers["location"].split("/_history")[0].split("/fhir/")[-1]
+    r = client.patch(f"/{rid}", headers=FHIR_JSON, json=_params(
+        _op("delete", "Observation.effective"),
+        _op("replace", "Observation.value.ofType(Quantity).value", value={"valueDecimal": 6})))
+    assert r.status_code == 200, r.text
+    body = client.get(f"/{rid}").json()
+    assert "effectiveDateTime" not in body and body["valueQuantity"]["value"] == 6
+    r = client.patch(f"/{rid}", headers=FHIR_JSON, json=_params(
+        _op("replace", "Observation.value", value={"valueString": "heavy"}),
+        _op("add", "Observation", name="effective", value={"valueDateTime": "2024-02-01"})))
+    assert r.status_code == 200, r.text
+    body = client.get(f"/{rid}").json()
+    assert body["valueString"] == "heavy" and "valueQuantity" not in body
+    assert body["effectiveDateTime"] == "2024-02-01"
+    d = patient()
+    d["name"] = [{"family": "A", "given": ["x", "y"],
+                  "_given": [None, {"extension": [{"url": "http://e/1", "valueString": "e"}]}]}]
+    pid = create(client, d).headers["location"].split("/_history")[0].split("/fhir/")[-1]
+    r = client.patch(f"/{pid}", headers=FHIR_JSON, json=_params(
+        _op("add", "Patient.name[0]", name="given", value={"valueString": "z"})))
+    assert r.status_code == 200, r.text
+    name = client.get(f"/{pid}").json()["name"][0]
+    assert name["given"] == ["x", "y", "z"] and len(name["_given"]) == 3

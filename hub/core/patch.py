@@ -29,6 +29,16 @@ from hub.core.errors import FhirError
 
 MARK = "\x00node"  # no FHIR element name holds a NUL
 _LAST_STEP = re.compile(r"^(.*)\.([A-Za-z][A-Za-z0-9_]*)(?:\[(\d+)\])?$")
+_OF_TYPE = re.compile(r"\.([a-z][A-Za-z0-9]*)\.ofType\(\s*(?:FHIR\.)?([A-Za-z][A-Za-z0-9]*)\s*\)")
+_ELEMENTS = frozenset(k for elements in TYPES.values() for k in elements)
+
+
+def _choice_keys(ftype: str | None, name: str) -> list[str]:
+    """The elements of ``ftype`` that choice ``name[x]`` is written as (value -> valueQuantity…)."""
+    elements = TYPES.get(ftype or "", {})
+    if name in elements:
+        return []
+    return [k for k in elements if k.startswith(name) and k[len(name):][:1].isupper()]
 
 
 def _bad(msg: str, where: str | None = None) -> FhirError:
@@ -127,6 +137,27 @@ class _Doc:
             return list(fhirpathpy.evaluate(self.root, path, {}))
         except Exception as e:  # noqa: BLE001 - the FHIRPath engine's parse and evaluation errors
             raise _bad(f"Cannot evaluate the FHIRPath {path!r}: {type(e).__name__}", where) from None
+
+    def resolve(self, path: str, where: str) -> str:
+        """``path`` naming a choice element as FHIRPath does (``Observation.effective``,
+        ``Observation.value.ofType(Quantity)``) rewritten to the element the JSON holds
+        (``effectiveDateTime``, ``valueQuantity``): the engine runs without the model, and such
+        a delete matched nothing and answered 200 with nothing deleted."""
+        path = _OF_TYPE.sub(lambda m: "." + m.group(1) + m.group(2)[:1].upper() + m.group(2)[1:]
+                            if m.group(1) + m.group(2)[:1].upper() + m.group(2)[1:] in _ELEMENTS
+                            else m.group(0), path)
+        m = _LAST_STEP.match(path.strip())
+        if m is None or self.found(path, where):
+            return path
+        name, keys = m.group(2), set()
+        for candidate in self.found(m.group(1), where):
+            mark = self.node(candidate)
+            if mark is not None:
+                obj, ftype, _, _ = self.nodes[mark]
+                keys |= {k for k in _choice_keys(ftype, name) if k in obj}
+        if len(keys) != 1:
+            return path
+        return f"{m.group(1)}.{keys.pop()}" + (f"[{m.group(3)}]" if m.group(3) else "")
 
     def found(self, path: str, where: str) -> list:
         """The elements ``path`` matches, without the primitives' extension holders (and the
@@ -230,6 +261,9 @@ def _operations(parameters: Any) -> list[tuple[dict[str, Any], str]]:
             name = part["name"]
             if name == "value":
                 fields["value"] = _value(part, where)
+                typed = [k[5:] for k in part if k.startswith("value") and k != "value"]
+                if typed:
+                    fields["value_type"] = typed[0]
             else:
                 simple = [v for k, v in part.items() if k.startswith("value")]
                 if len(simple) != 1:
@@ -239,6 +273,25 @@ def _operations(parameters: Any) -> list[tuple[dict[str, Any], str]]:
     if not ops:
         raise _bad("The FHIRPath Patch holds no operation")
     return ops
+
+
+def _upper_first(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def _retyped(doc: _Doc, container: Any, key: Any, value_type: str | None) -> str | None:
+    """The element a replace writes when its value is of another type of the same choice
+    (``valueQuantity`` replaced by a ``valueString``), else None."""
+    if not isinstance(container, dict) or not isinstance(key, str) or not value_type:
+        return None
+    mark = container.get(MARK)
+    ftype = doc.nodes[mark][1] if mark is not None else None
+    for i in range(1, len(key)):  # the stem: multipleBirth of multipleBirthBoolean
+        if key[i].isupper() and key in (keys := _choice_keys(ftype, key[:i])):
+            new = key[:i] + _upper_first(value_type)
+            if new != key and new in keys:
+                return new
+    return None
 
 
 def _int(fields: dict, name: str, where: str) -> int:
@@ -275,10 +328,16 @@ def apply_fhirpath_patch(resource: dict, parameters: Any) -> dict:
             name = fields.get("name")
             if not isinstance(name, str) or "value" not in fields:
                 raise _bad("add needs a name and a value", where)
-            obj, ftype, _, _ = doc.one_object(path, where)
+            obj, ftype, _, _ = doc.one_object(doc.resolve(path, where), where)
+            typed = name + _upper_first(fields.get("value_type") or "")
+            if name not in TYPES.get(ftype or "", {}) and typed in _choice_keys(ftype, name):
+                name = typed  # a choice (value) as its value's type writes it (valueString)
             repeats = bool(TYPES.get(ftype or "", {}).get(name, [None, 0])[1])
             value = fields["value"]
             if isinstance(obj.get(name), list):
+                ext = obj.get("_" + name)
+                if isinstance(ext, list) and len(ext) == len(obj[name]):
+                    ext.append(None)  # the extensions stay with their values
                 obj[name].append(value)
             elif name in obj:
                 raise _cannot(f"{path}.{name} already has a value; use replace", where)
@@ -293,7 +352,7 @@ def apply_fhirpath_patch(resource: dict, parameters: Any) -> dict:
             if ext is not None:  # the extensions stay with their values
                 ext.insert(index, None)
         elif kind == "delete":
-            found = doc.target(path, where)
+            found = doc.target(doc.resolve(path, where), where)
             if found is not None:
                 container, key, ext = found
                 del container[key]
@@ -305,10 +364,15 @@ def apply_fhirpath_patch(resource: dict, parameters: Any) -> dict:
         elif kind == "replace":
             if "value" not in fields:
                 raise _bad("replace needs a value", where)
-            found = doc.target(path, where)
+            found = doc.target(doc.resolve(path, where), where)
             if found is None:
                 raise _cannot(f"The path {path!r} matches nothing to replace", where)
-            container, key, _ = found
+            container, key, ext = found
+            retyped = _retyped(doc, container, key, fields.get("value_type"))
+            if retyped is not None:  # valueQuantity replaced by a string: valueString
+                del container[key]
+                container.pop("_" + key, None)
+                key = retyped
             container[key] = fields["value"]
         elif kind == "move":
             items, ext = _list_at(doc, path, where)
