@@ -247,7 +247,11 @@ def cmd_deadletter(args, settings) -> int:
                 print(payload.decode("utf-8", "replace").replace("\r", "\n"))
             return 0
         # replay
-        ids = args.ids or ([r["id"] for r in store.deadletters("open")] if args.all else [])
+        # --all: what can be written again (a block refused as received is a fragment)
+        from connectors.spool import is_cut
+
+        ids = args.ids or ([r["id"] for r in store.deadletters("open") if not is_cut(r)]
+                           if args.all else [])
         if not ids:
             raise _usage("replay needs dead letter ids or --all")
         from tqdm import tqdm

@@ -29,7 +29,7 @@ from typing import Any, cast
 
 from connectors.config import ConfigError, ConnectorConfig, admin_token
 from connectors.sinks.base import Unavailable, take_batch
-from connectors.spool import Spool
+from connectors.spool import Spool, is_cut
 from fhir_mapping.base import MappingError
 
 log = logging.getLogger("connectors")
@@ -355,7 +355,8 @@ def _handler(connector: Connector):
             if which:
                 ids = [_number(which)]
             else:
-                ids = [d["id"] for d in connector.spool.deadletters("open", 10_000)]
+                ids = [d["id"] for d in connector.spool.deadletters("open", 10_000)
+                       if not is_cut(d)]  # a fragment is never written
             results = []
             for i in ids:
                 try:

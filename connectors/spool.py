@@ -95,6 +95,16 @@ def default_converter_factory(kind: str) -> Converter:
     return converter(kind)
 
 
+def is_cut(dl: dict) -> bool:
+    """Is a dead letter part of a message only: a block the source refused as it came in, cut off
+    by the closed connection or at the size limit (a block that merely lacked its end block is
+    whole, and replays)?"""
+    error = dl.get("error") or {}
+    return dl.get("stage") == "receive" and bool(
+        error.get("cut") or any(w in str(error.get("reason", ""))
+                                for w in ("(truncated)", "message larger than")))
+
+
 class Spool:
     """Implements ``connectors.base.Intake`` over a SQLite file; safe to share between threads."""
 
@@ -401,6 +411,12 @@ class Spool:
             raise KeyError(f"no dead letter {dl_id}")
         if dl["status"] != "open":
             raise ValueError(f"dead letter {dl_id} was already replayed")
+        if is_cut(dl):
+            # a block cut off or over the size limit is a fragment: written, "6.8 mmol/L" cut
+            # after its "6" became a result of 6, over the whole message the sender resent
+            raise ValueError(f"dead letter {dl_id} is what the source received of a message it "
+                             "refused (cut off or over the size limit), not a whole message: it "
+                             "is kept to read, never written; the sender resends the message")
         env = Envelope(dl["payload"], dl["kind"], dl["source"], {**dl["meta"], "replay_of": dl_id})
         [answer] = self.accept([env])
         with self._lock:

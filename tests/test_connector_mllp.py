@@ -334,3 +334,23 @@ def test_a_listener_that_cannot_bind_is_not_healthy_until_it_does(tmp_path):
         taken.close()
         conn.stop()
         conn.join()
+
+
+def test_a_block_cut_off_is_kept_to_read_and_never_replayed(connector, messages):
+    """A sender that died inside a message left a fragment ("6.8 mmol/L" cut after its "6");
+    its replay wrote the fragment as the whole message, a result of 6, over the whole message
+    the sender had resent meanwhile."""
+    s = socket.create_connection(("127.0.0.1", connector.sources[0].port))
+    s.sendall(VT + messages[1][:60])
+    s.close()
+    for _ in range(50):
+        cut = [d for d in connector.spool.deadletters()
+               if d["stage"] == "receive" and connector.spool.deadletter(d["id"])["payload"]
+               == messages[1][:60]]
+        if cut:
+            break
+        time.sleep(0.1)
+    [kept] = cut
+    with pytest.raises(ValueError, match="not a whole message"):
+        connector.spool.replay(kept["id"])
+    assert connector.spool.deadletter(kept["id"])["status"] == "open"  # still there to read

@@ -64,9 +64,12 @@ def frame(message: bytes) -> bytes:
 class FramingError(HubError):
     error_code = "invalid"
 
-    def __init__(self, reason: str, fragment: bytes = b"", fatal: bool = False):
+    def __init__(self, reason: str, fragment: bytes = b"", fatal: bool = False,
+                 cut: bool = False):
         super().__init__(reason)
-        self.reason, self.fragment, self.fatal = reason, fragment, fatal
+        # cut: the fragment is known to be part of a message (over the limit, or the connection
+        # closed inside it): kept to read, never replayed as the message
+        self.reason, self.fragment, self.fatal, self.cut = reason, fragment, fatal, cut
 
 
 # -- ACK / NAK -----------------------------------------------------------------------------------
@@ -291,7 +294,8 @@ class MLLPSource:
                     # a peer that sends nothing but noise is closed
                     e = err if junk <= 100 else FramingError("too many framing errors; closing", fatal=True)
                     log.warning("MLLP %s: framing error from %s: %s", self.name, peer_s, e.reason)
-                    error = {"reason": e.reason, "code": "AR", "rule": "mllp.framing"}
+                    error = {"reason": e.reason, "code": "AR", "rule": "mllp.framing",
+                             **({"cut": True} if e.cut else {})}
                     if e.fragment.strip(b"\r\n"):
                         # what a sender meant as a message is kept to read and replay, as a
                         # message the mapper refuses is; noise outside any block is not
@@ -420,7 +424,7 @@ class MLLPSource:
                 fragment = bytes(buf[1:1 + self.max_message_bytes])
                 buf.clear()
                 raise FramingError(f"message larger than {self.max_message_bytes} bytes",
-                                   fragment, fatal=True)
+                                   fragment, fatal=True, cut=True)
             if end >= 0:
                 payload = bytes(buf[1:end])
                 del buf[:end + 1]
@@ -432,7 +436,7 @@ class MLLPSource:
                     fragment = bytes(buf[1:])
                     buf.clear()
                     raise FramingError("connection closed inside a message (truncated)", fragment,
-                                       fatal=True)
+                                       fatal=True, cut=True)
                 return None
 
     async def _fill(self, reader: asyncio.StreamReader, buf: bytearray, deadline: float) -> bool:
