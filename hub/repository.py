@@ -375,8 +375,10 @@ class Repository:
         if q.rtype == AUDIT and self._records is not None:
             return self._records.page(q, count, with_total)
         searcher = self._searcher()
-        searcher.sync()
-        return searcher.backend.page(q, count, with_total)
+        caught_up = searcher.sync()
+        page = searcher.backend.page(q, count, with_total)
+        page.stale = not caught_up  # being rebuilt, or far behind a bulk load: the answer says so
+        return page
 
     def search(self, ctx: Context, q: Query, count: int, with_total: bool | str,
                base: str | None = None, *, includes: bool = True) -> Found:

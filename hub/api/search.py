@@ -62,9 +62,10 @@ class SearchService:
         (``hub.mpi.everything``) or tunes it (tests), whichever backend answers searches."""
         return self._sqlite
 
-    def sync(self, timeout: float = RYW_TIMEOUT) -> bool:
+    def sync(self, timeout: float | None = None) -> bool:
         """Bring the index (and the backend's, if another) up to the log's end as of now
-        (read-your-writes); False on timeout."""
+        (read-your-writes); False after ``timeout`` (``RYW_TIMEOUT``) seconds."""
+        timeout = RYW_TIMEOUT if timeout is None else timeout
         ok = self.runner.sync(timeout)
         if self.backend_runner is not None:
             ok = self.backend_runner.sync(timeout) and ok
@@ -94,7 +95,9 @@ class SearchService:
         q = self.parse(rtype, params, strict=True, base=base)
         if not q.where:
             raise bad_request("A conditional operation needs search criteria")
-        self.sync()
+        if not self.sync():  # decided on a lagging index, a conditional create would duplicate
+            raise FhirError(503, "transient", "The search index lags the store (it is being "
+                            "rebuilt, or is behind a bulk load); retry the conditional request")
         return self.backend.match_ids(q)
 
 
@@ -214,6 +217,11 @@ def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple
     warnings = [Issue("not-supported", "Ignored unsupported search parameter(s): "
                       f"{', '.join(sorted(set(q.ignored)))}", "warning")] if q.ignored else []
     warnings += [Issue("informational", note, "warning") for note in q.notes]
+    if page.stale:
+        warnings.append(Issue("incomplete", "The search index lags the store (it is being "
+                              "rebuilt, or is behind a bulk load): resources written lately may "
+                              "be missing from these matches and the total; retry shortly",
+                              "warning"))
     if warnings:
         entries.append({"resource": {"resourceType": "OperationOutcome",
                                      "issue": [w.to_json() for w in warnings]},

@@ -244,7 +244,10 @@ class SharedRecord:
         could be another person's)."""
         if not scope.patients:
             return [], None, 0, []
-        self.search.sync()
+        if not self.search.sync():
+            # a record read from an index being rebuilt was empty, and answered as complete
+            raise FhirError(503, "transient", "The search index lags the log (it is being "
+                            "rebuilt, or is behind a bulk load); retry")
         wanted = [t for t in patient_compartment() if t not in EXCLUDED_BY_DEFAULT] \
             if types is None else types
         ids = [p.split("/", 1)[1] for p in scope.patients]

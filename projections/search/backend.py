@@ -40,6 +40,7 @@ class Page:
     next_cursor: str | None
     prev_cursor: str | None
     total: int | None
+    stale: bool = False  # read from an index that had not caught up with the store
 
 
 @runtime_checkable
