@@ -348,6 +348,16 @@ class Repository:
         """Whether ``rtype/rid`` was ever written (a deletion counts), as far as shown."""
         return self.latest(ctx, rtype, rid) is not None
 
+    def require(self, ctx: Context, rtype: str, rid: str) -> None:
+        """404 for what was never written, 403 for what this caller is not shown, as a read
+        answers (a hidden resource's history said it was unknown)."""
+        if self.latest(ctx, rtype, rid) is not None:
+            return
+        stored = self._hub.store.latest(rtype, rid) if rtype != AUDIT else None
+        if stored is not None:
+            raise forbidden(f"{rtype}/{rid} is not shown to this caller")
+        raise not_found(f"{rtype}/{rid} is not known")
+
     # -- search ---------------------------------------------------------------------------------
 
     def _searcher(self) -> Searcher:

@@ -141,6 +141,17 @@ def test_a_history_total_counts_only_what_a_query_scope_shows(bare):
         shown = {e["resource"]["id"] for e in body.get("entry", ())}
         assert shown >= {d["id"] for d in labs} and not shown & {d["id"] for d in vitals}
         assert body["total"] == len(body["entry"])
+        # a hidden resource's history is refused as its read is, not said to be unknown
+        assert c.get(f"/Observation/{vitals[0]['id']}").status_code == 403
+        assert c.get(f"/Observation/{vitals[0]['id']}/_history").status_code == 403
+        assert c.get(f"/Observation/{unique()[:16]}/_history").status_code == 404
+        # page links are sealed: a bare position (forged to map where hidden versions lie) is
+        # no cursor of this server
+        r = c.get("/Observation/_history", params={"_count": 1})
+        nxt = next(lk["url"] for lk in r.json()["link"] if lk["relation"] == "next")
+        assert c.get(nxt).status_code == 200
+        forged = c.get("/Observation/_history", params={"_count": 1, "_cursor": "999999"})
+        assert forged.status_code == 400
 
 
 def test_everything_and_timeline_hand_out_only_the_scoped_types(bare):

@@ -1,6 +1,7 @@
 """History bundles (instance, type, system) from the event log, newest first, paged by cursor.
 
-The cursor is the notification id of the last entry shown, so pages stay put while writes go on.
+The cursor is the notification id of the last entry shown (sealed, as a search's), so pages stay put
+while writes go on.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from hub.api.bundles import status_line
 from hub.api.paging import link, page_size
 from hub.api.responses import etag
 from hub.core.config import Settings
-from hub.core.errors import bad_request, not_found
+from hub.core.errors import bad_request
 from hub.core.fhirtime import parse_range
 from hub.core.ingest import Context
+from hub.core.pagetokens import page_tokens
 from hub.repository import Repository
 
 _STATUS = {"created": 201, "updated": 200, "deleted": 204}
@@ -25,8 +27,7 @@ _STATUS = {"created": 201, "updated": 200, "deleted": 204}
 def history_bundle(repo: Repository, ctx: Context, request: Request, base: str,
                    settings: Settings, rtype: str | None = None, rid: str | None = None) -> dict:
     if rtype is not None and rid is not None:
-        if not repo.exists(ctx, rtype, rid):
-            raise not_found(f"{rtype}/{rid} is not known")
+        repo.require(ctx, rtype, rid)
     items = list(request.query_params.multi_items())
     params = dict(items)
     count = page_size(params, settings)
@@ -38,11 +39,14 @@ def history_bundle(repo: Repository, ctx: Context, request: Request, base: str,
             at_us = parse_range(params["_at"])
     except ValueError as e:
         raise bad_request(str(e)) from None
+    tokens = page_tokens(settings.data_dir)
     if "_cursor" in params:
-        raw = params["_cursor"]
+        # sealed as a search's is: a bare position could be forged to map where hidden
+        # versions lie (an empty page for each)
+        raw = tokens.open(params["_cursor"])
         if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # a notification id
             raise bad_request("_cursor is not a page cursor of this server")
-        cursor = int(params["_cursor"])
+        cursor = int(raw)
     # _count=0: the total only
     rows, after = repo.history(ctx, rtype=rtype, rid=rid, since_us=since_us, at_us=at_us,
                                before_nid=cursor, count=count)
@@ -63,7 +67,8 @@ def history_bundle(repo: Repository, ctx: Context, request: Request, base: str,
     path = base + "/" + "/".join(p for p in (rtype, rid, "_history") if p)
     links = [{"relation": "self", "url": link(path, items)}]
     if after is not None:
-        links.append({"relation": "next", "url": link(path, items, _cursor=str(after))})
+        links.append({"relation": "next", "url": link(path, items,
+                                                      _cursor=tokens.seal(str(after)))})
     out: dict[str, Any] = {"resourceType": "Bundle", "type": "history"}
     if at_us is None and (rid is not None or params.get("_total") == "accurate"):
         total = repo.count_history(ctx, rtype=rtype, rid=rid, since_us=since_us)
