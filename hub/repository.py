@@ -104,6 +104,9 @@ def _write_action(op: Op) -> Action:
 # A total for a caller from whom some matches may be hidden is counted one match at a time, up to
 # this many matches (reading each one's current version); beyond, the Bundle carries no total.
 VISIBLE_TOTAL_UP_TO = 2_000
+# A page some of whose matches are hidden is filled from the matches after it, reading at most
+# this many index rows for it.
+FILL_SCAN = 5_000
 
 
 def _depends(c: Criterion) -> bool:
@@ -401,8 +404,8 @@ class Repository:
             if self.may_hide(ctx, q.rtype, across=bool(_dependent_groups(q))):
                 if page.total is not None:
                     page.total = self._visible_total(ctx, q)
-                if _dependent_groups(q):
-                    page.rows, bodies = self._matches_seen(ctx, q, page.rows)
+                if count:
+                    bodies = self._fill(ctx, q, page, count)
             if bodies is None:
                 bodies = self.current_bodies(ctx, page.rows)
             included: list[Row] = []
@@ -415,6 +418,26 @@ class Repository:
 
         return self.audited(ctx, action, run, lambda f: [
             (rtype, rid, state) for (rtype, rid), (_, state) in f.bodies.items()])
+
+    def _fill(self, ctx: Context, q: Query, page: Page, count: int
+              ) -> dict[tuple[str, str], tuple[int, bytes]]:
+        """The page filled with what the caller sees, from the matches after it where some of
+        its own are hidden (their bodies): a page emptied by hiding, with a ``next`` link after
+        it, told how many hidden matches there were, one empty page each. Each read asks for
+        as many as are still wanted, so none is passed over; after ``FILL_SCAN`` rows read the
+        page is answered as it is."""
+        rows, bodies = self._matches_seen(ctx, q, page.rows)
+        scanned = len(page.rows)
+        while len(rows) < count and page.next_cursor is not None and scanned < FILL_SCAN:
+            more = self.page(ctx, dataclasses.replace(q, cursor=page.next_cursor),
+                             count - len(rows), False)
+            scanned += len(more.rows)
+            seen, found = self._matches_seen(ctx, q, more.rows)
+            rows += seen
+            bodies.update(found)
+            page.next_cursor = more.next_cursor
+        page.rows = rows
+        return bodies
 
     def _visible_total(self, ctx: Context, q: Query) -> int | None:
         """How many of the matches the caller may see: counted one by one, up to

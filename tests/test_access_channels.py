@@ -316,16 +316,20 @@ def test_page_links_tell_nothing_of_hidden_rows(guarded):
     with _http(guarded, guarded.h2) as c:
         r = c.get("/Observation", params={"subject": f"Patient/{p['id']}", "_sort": "-code",
                                           "_count": "1"})
-        cursor = _cursor_of(r)
+        # the hidden record's place is filled with the visible one after it (an empty page
+        # with a next link told there was a hidden record), and no link is left to page on
+        assert {e["resource"]["code"]["coding"][0]["code"] for e in r.json()["entry"]} == {"AAA"}
+        assert not [lk for lk in r.json()["link"] if lk["relation"] == "next"]
+        r = c.get("/Observation", params={"subject": f"Patient/{p['id']}", "_sort": "code",
+                                          "_count": "1"})
+        cursor = _cursor_of(r)  # AAA first, then a link past it: it tells nothing
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         except (binascii.Error, ValueError):
             raw = b""
-        assert b"ZZZ" not in raw and b"SCHIZ" not in raw
-        # the link still pages: the visible record on the next page
+        assert b"ZZZ" not in raw and b"SCHIZ" not in raw and b"AAA" not in raw
         nxt = c.get(next(lk["url"] for lk in r.json()["link"] if lk["relation"] == "next"))
-        assert {e["resource"]["code"]["coding"][0]["code"] for e in nxt.json().get("entry", ())
-                } <= {"AAA"}
+        assert nxt.status_code == 200 and not nxt.json().get("entry")
         # a cursor made by the client (to probe where hidden rows lie) is refused
         forged = base64.urlsafe_b64encode(b'["n","ZZZ",1]').decode().rstrip("=")
         r = c.get("/Observation", params={"subject": f"Patient/{p['id']}", "_sort": "-code",
@@ -474,3 +478,26 @@ def test_a_history_page_of_hidden_versions_still_leads_to_the_visible_ones(guard
             if url is None:
                 break
         assert seen == ['W/"1"']
+
+
+def test_pages_are_filled_with_what_a_caller_sees_not_left_empty(bare):
+    """A page whose matches were all hidden still linked onward: walking ``_count=1`` pages,
+    a patient token counted the region's matches (an empty page for each hidden one)."""
+    a, b = patient(rid=unique()[:16]), patient(rid=unique()[:16])
+    code = unique()[:12]
+    mine = [_obs(a["id"], code, "urn:probe") for _ in range(2)]
+    theirs = [_obs(b["id"], code, "urn:probe") for _ in range(5)]
+    _write(bare, a, b, *theirs[:3], mine[0], *theirs[3:], mine[1])
+    with _http(bare, _patient_token(bare, a["id"])) as c:
+        url, pages, seen = "/Observation", 0, []
+        params: dict | None = {"code": f"urn:probe|{code}", "_count": 1}
+        while url:
+            r = c.get(url, params=params)
+            assert r.status_code == 200, r.text
+            pages += 1
+            seen += [e["resource"]["id"] for e in r.json().get("entry", ())
+                     if e["search"]["mode"] == "match"]
+            url = next((lk["url"] for lk in r.json()["link"] if lk["relation"] == "next"), None)
+            params = None
+        assert sorted(seen) == sorted(d["id"] for d in mine)
+        assert pages == len(mine)  # no page for a hidden match
