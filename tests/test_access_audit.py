@@ -123,6 +123,11 @@ def test_a_batch_read_is_audited_like_a_plain_one(client, live):
     assert r.status_code == 200, r.text
     events = new_since(live, before)
     assert sorted(e["subtype"][0]["code"] for e in events) == ["read", "search-type"]
+    # each with the entry's own query (both were recorded as the POST to the base, "/fhir/")
+    queries = {e["subtype"][0]["code"]: [x["description"] for x in e["entity"]
+                                         if "description" in x] for e in events}
+    assert queries["search-type"] == [f"/fhir/Patient?_id={p['id']}"], queries
+    assert queries["read"] == [f"/fhir/Patient/{p['id']}"], queries
     # a transaction's GETs are checked before its writes, and read (and audited) once, after
     before = audit_events(live)
     r = client.post("", json={**bundle, "type": "transaction"}, headers=FHIR_JSON)

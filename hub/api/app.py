@@ -487,7 +487,13 @@ async def transaction(request: Request) -> Response:
     repo, ctx, b = repository(request), context_of(request), _base(request)
 
     def get(path: str, query: str, check: bool = False):
-        return _get(repo, ctx, path, query, b, _settings(request), check)
+        # the audit records the entry's own query, not the Bundle's POST to the base
+        outer, ctx.query = ctx.query, (f"{request.url.path.rstrip('/')}/{path}"
+                                       + (f"?{query}" if query else ""))
+        try:
+            return _get(repo, ctx, path, query, b, _settings(request), check)
+        finally:
+            ctx.query = outer
 
     mode = prefer_return(request)
     out = await run_in_threadpool(bundles.process, d, repo, ctx, b,
