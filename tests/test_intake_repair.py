@@ -63,6 +63,18 @@ def test_a_connector_s_defects_are_repaired_said_and_counted(server):
         rules = {row["rule"]: row for row in q.json()["rows"]}
         assert set(rules) == {"intake-datetime-zone", "intake-singleton-array"}
         assert q.json()["totals"]["documents"] == 3  # one report per repaired write
+    # and per write, not per resource: each later repaired update of one resource replaced
+    # the report of the one before, and the repairs it had made went uncounted
+    with _client(server, roles=("connector",), institution="H0902") as c:
+        p = {"resourceType": "Patient", "id": "repaired-twice", "name": {"family": "王"}}
+        for given in ("一", "二", "三"):
+            r = c.put("/Patient/repaired-twice", json={**p, "name": {"family": "王",
+                                                                     "given": given}},
+                      headers=FHIR_JSON)
+            assert r.status_code in (200, 201), r.text
+    with _client(server) as admin:
+        q = admin.get("/$quality-report", params={"institution": "H0902", "group": "rule"})
+        assert q.json()["totals"]["documents"] == 3, q.text
 
 
 def test_others_are_held_to_strict(server):

@@ -84,6 +84,9 @@ def _report(ctx: Context, result: Result, repairs: Sequence[Issue]) -> Op:
 
     d = quality_report({"issue": [i.to_json() for i in repairs]}, "accept-with-warnings",
                        SourceInfo(institution=_institution(ctx) or "unknown"),
-                       f"{result.rtype}/{result.rid}", "fhir-rest", datetime.now(UTC),
+                       # one report per repaired write (per version): one per resource was
+                       # replaced by each later repaired write, and its repairs went uncounted
+                       f"{result.rtype}/{result.rid}/_history/{result.version}", "fhir-rest",
+                       datetime.now(UTC),
                        document_ref=f"{result.rtype}/{result.rid}", type_system=INTAKE_TYPES)
     return Op("PUT", "OperationOutcome", d["id"], d, url=f"OperationOutcome/{d['id']}")
