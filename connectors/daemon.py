@@ -309,10 +309,14 @@ class Connector:
         failing = {n for n, t in self.source_failed.items() if time.time() - t < window}
         for name in failing & set(sources):
             sources[name]["failing"] = True
+        store_error = self.spool.store_error  # the spool could not keep what came in
         healthy = all(d["alive"] and d.get("listening", True) and not d.get("failing")
                       for d in sources.values()) and (
-            self.sink_state["state"] != "retrying" or time.time() - self.sink_state["since"] < 300)
+            self.sink_state["state"] != "retrying" or time.time() - self.sink_state["since"] < 300
+        ) and store_error is None
         return {"connector": self.config.name, "healthy": healthy,
+                **({"spool": {"error": store_error[1], "since": store_error[0]}}
+                   if store_error else {}),
                 "uptime_s": round(time.time() - self.started, 1), "sources": sources,
                 "throughput_per_min": self.throughput_per_min(),
                 "admin": self.admin_token is not None,

@@ -95,6 +95,13 @@ def default_converter_factory(kind: str) -> Converter:
     return converter(kind)
 
 
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back what is still open: SQLite ends a transaction itself on some errors (a full
+    disk), and a ROLLBACK then raised "no transaction is active", hiding the error."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
 def is_cut(dl: dict) -> bool:
     """Is a dead letter part of a message only: a block the source refused as it came in, cut off
     by the closed connection or at the size limit (a block that merely lacked its end block is
@@ -117,6 +124,7 @@ class Spool:
         self._factory = converter_factory
         self._converters: dict[str, Converter] = {}
         self._lock = threading.RLock()
+        self.store_error: tuple[float, str] | None = None  # the last accept's failure, if any
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
                                    timeout=30)
         self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect in a new file only
@@ -225,9 +233,13 @@ class Spool:
                     db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?,?)",
                                (checkpoint[0], checkpoint[1], now))
                 db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
+            except BaseException as e:
+                _rollback(db)
+                # what the status shows (a disk full): the sources answered each message
+                # "cannot store", and /health still said ok
+                self.store_error = (time.time(), f"{type(e).__name__}: {e}"[:300])
                 raise
+            self.store_error = None
             self.changed.notify_all()
         return answers
 
@@ -326,7 +338,7 @@ class Spool:
                     db.execute("DELETE FROM payloads WHERE id=? AND open_units <= 0", (pid,))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             self._finished += len(units)
             if self._finished >= 5000:  # give pages of a drained backlog back to the disk

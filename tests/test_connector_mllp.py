@@ -354,3 +354,21 @@ def test_a_block_cut_off_is_kept_to_read_and_never_replayed(connector, messages)
     with pytest.raises(ValueError, match="not a whole message"):
         connector.spool.replay(kept["id"])
     assert connector.spool.deadletter(kept["id"])["status"] == "open"  # still there to read
+
+
+def test_a_spool_that_cannot_store_says_so_in_the_status(connector, messages):
+    """With the spool's disk full every message was answered "cannot store" (rightly), but the
+    status said healthy and the log blamed "no transaction is active", hiding the full disk."""
+    db = connector.spool._db
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "database or disk is full"
+    try:
+        with client(connector) as c:
+            big = messages[0].replace(b"PID|", b"NTE|1||" + b"x" * 60_000 + b"\rPID|", 1)
+            assert ack_code(c.send(big)) == "AR"
+        st = connector.status()
+        assert not st["healthy"] and "full" in st["spool"]["error"], st.get("spool")
+    finally:
+        db.execute("PRAGMA max_page_count = 1073741823")
+    still_serving(connector, messages[2])
+    assert connector.status()["healthy"] and "spool" not in connector.status()
