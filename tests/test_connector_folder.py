@@ -195,3 +195,23 @@ def test_a_file_dated_in_the_future_or_named_in_capitals_is_taken(tmp_path):
         wait_until(lambda: src.stats["files"] == 2, 10, what="both files")
     assert sorted(p.name for p in (inbox / "done").iterdir()) == ["UPPER.HL7", "future.hl7"]
     spool.close()
+
+
+def test_a_second_file_of_the_same_name_size_and_time_is_read(tmp_path):
+    """A sender that keeps a file's time (rsync -t, cp -p) dropped a second lab.hl7 of the same
+    size: it was taken for the file spooled before, moved to done/ and never read."""
+    [(_, [m, _])] = adt_stream(1, seed=43)[:1]
+    other = m.replace(b"M0000000A", b"M0000009Z")
+    assert other != m and len(other) == len(m)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    spool = Spool(tmp_path / "spool.sqlite", INFO, durable=False)
+    src = FolderSource("drop", str(inbox), kind="hl7v2", settle_ms=100, poll_s=0.05)
+    with running(src, spool, join_s=5):
+        for n, body in enumerate((m, other), 1):
+            f = inbox / "lab.hl7"
+            f.write_bytes(body)
+            os.utime(f, ns=(1711929600_000000000,) * 2)
+            wait_until(lambda n=n: src.stats["files"] == n, 10, what=f"file {n}")
+    assert sorted(u.unit_id for u in spool.pending()) == ["M0000000A", "M0000009Z"]
+    spool.close()

@@ -19,6 +19,7 @@ file over ``max_file_bytes`` (default 256 MiB) is moved to ``failed/`` unread.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import logging
 import os
 import re
@@ -144,8 +145,11 @@ class FolderSource:
         if not payloads:
             payloads = [data]
         shown = _shown(f.name)  # a name that is no UTF-8 (copied from Windows) as text
+        # the content's digest too: a second file of the same name, size and time (rsync -t,
+        # cp -p, a file system of whole seconds) was taken for the one spooled, and skipped
         cp = {"file": shown, "raw": os.fsencode(f.name).hex(), "size": st.st_size,
-              "mtime_ns": st.st_mtime_ns, "parts": len(payloads)}
+              "mtime_ns": st.st_mtime_ns, "parts": len(payloads),
+              "sha256": hashlib.sha256(data).hexdigest()}
         start = self._resumed(intake, cp)
         answers = []
         for i in range(start, len(payloads), CHUNK):
@@ -171,7 +175,8 @@ class FolderSource:
         if not raw:
             return 0
         was = orjson.loads(raw)
-        same = all(was.get(k) == cp[k] for k in ("raw", "size", "mtime_ns", "parts"))
+        same = all(was.get(k) == cp[k] for k in ("raw", "size", "mtime_ns", "parts")) and \
+            was.get("sha256", cp["sha256"]) == cp["sha256"]  # a checkpoint of before digests
         return int(was.get("next", 0)) if same else 0
 
     def _recover(self, intake: Intake) -> None:
@@ -189,7 +194,8 @@ class FolderSource:
             st = f.stat()
         except FileNotFoundError:
             return
-        if st.st_size == cp["size"] and st.st_mtime_ns == cp["mtime_ns"]:
+        if st.st_size == cp["size"] and st.st_mtime_ns == cp["mtime_ns"] and (
+                "sha256" not in cp or _digest(f) == cp["sha256"]):
             log.info("folder %s: %s was spooled before a restart; moving it", self.name, f.name)
             self._move(f, True)
 
@@ -200,6 +206,13 @@ class FolderSource:
             target = target_dir / f"{f.stem}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}" \
                                   f"{time.monotonic_ns() % 10**6}{f.suffix}"
         os.replace(f, target)
+
+
+def _digest(f: Path) -> str | None:
+    try:
+        return hashlib.sha256(f.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _shown(name: str) -> str:
