@@ -71,8 +71,9 @@ def test_ack_carries_msh_fields(connector, messages):
     assert str(msg.segment("MSA")(2)) == "M0000000A"  # MSA-2 = MSH-10 of the message
 
 
-def test_unsupported_type_is_rejected_with_err(connector, messages):
+def test_unsupported_type_is_rejected_with_err(connector, messages, caplog):
     bad = messages[0].replace(b"ADT^A04^ADT_A01", b"ZZZ^Z99").replace(b"M0000000A", b"BAD1")
+    caplog.set_level("WARNING", logger="connectors.mllp")
     with client(connector) as c:
         ack = c.send(bad)
         assert ack_code(ack) == "AR"
@@ -83,6 +84,10 @@ def test_unsupported_type_is_rejected_with_err(connector, messages):
         assert ack_code(c.send(messages[1])) == "AA"  # same connection goes on
     dls = connector.spool.deadletters()
     assert any(d["unit_id"] == "BAD1" and d["stage"] == "convert" for d in dls)
+    # the refusal is in the log, naming the message and where it is kept (it left no line)
+    dl = next(d["id"] for d in dls if d["unit_id"] == "BAD1")
+    assert any("BAD1" in r.getMessage() and "AR" in r.getMessage()
+               and f"dead letter {dl}" in r.getMessage() for r in caplog.records), caplog.text
 
 
 def test_an_unmapped_event_and_a_missing_segment_are_named_in_err(connector, messages):

@@ -380,6 +380,11 @@ class MLLPSource:
         self.stats["naks"] += 1
         err = answer.error or {}
         code = err["code"] if err.get("code") in ("AE", "AR") else "AE"
+        # one line per refusal, as the folder source writes one per failed file: the operator
+        # sees which message, why, and where it is kept (no content: it holds personal data)
+        log.warning("MLLP %s: message %s answered %s (%s): dead letter %s", self.name,
+                    (control_id(payload) or "?")[:40], code, err.get("rule") or "?",
+                    answer.deadletter_id)
         return self._answer(payload, code, err)
 
     @staticmethod
