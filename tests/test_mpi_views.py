@@ -667,3 +667,18 @@ def test_read_models_and_the_policy_take_an_absolute_reference_as_local_only_on_
     finally:
         monkeypatch.undo()
         access.own_base.cache_clear()
+
+
+def test_a_deleted_patient_records_stay_in_the_persons_shared_record(client, data):
+    """Deleting one hospital's Patient took its still-current records (its visit, diagnosis,
+    results) out of the person's $everything and $timeline, while a search still found them:
+    a delete of the Patient is no delete of its clinical facts."""
+    a, c = data["a"], data["c"]
+    pa = op(client, "link", patient=f"Patient/{a}")["id"]
+    op(client, "link", patient=f"Patient/{c}", person=f"Person/{pa}")
+    before = everything(client, f"/Person/{pa}")
+    assert client.delete(f"/Patient/{a}").status_code in (200, 204)
+    kept = [r for r in record_of(a) if r != f"Patient/{a}"]
+    after = everything(client, f"/Person/{pa}")
+    assert set(kept) <= set(after) and f"Patient/{a}" not in after, sorted(set(before) - set(after))
+    assert set(kept) <= set(timeline(client, f"/Person/{pa}"))

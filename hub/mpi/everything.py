@@ -216,10 +216,14 @@ class SharedRecord:
         return self._scope(person, patients, institution)
 
     def _scope(self, person: str | None, patients: list[str], institution: str | None) -> Scope:
+        """The person's Patients, a deleted one's too: a delete of a Patient deletes none of the
+        records about it (R4 knows no cascade), and they stay in the person's record (they went
+        with it, while a search still found them). The institution filter, which reads the
+        Patient, keeps only current ones."""
         ids = [p.split("/", 1)[1] for p in patients]
         current = self.store.latest_many("Patient", ids)
         live = [p for p, i in zip(patients, ids) if i in current]
-        kept = live
+        kept = patients
         if institution is not None:
             kept = [p for p in live
                     if institution in institutions_of(current[p.split("/", 1)[1]][1])]
