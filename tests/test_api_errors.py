@@ -536,3 +536,25 @@ def test_an_operation_the_hub_has_not_is_named_as_such(client, method, path):
     outcome = assert_outcome(r, 400)
     assert "operation" in outcome["issue"][0]["diagnostics"] and \
         outcome["issue"][0]["code"] == "not-supported", outcome
+
+
+def test_content_type_parameters_and_odd_etags_and_ids(client):
+    """A body labelled another FHIR version or another charset was read as R4 UTF-8; an opaque
+    If-None-Match (a cache's) was a 400, not a mismatch; ids of dots alone were written, at a
+    URL no client can reach."""
+    from tests.api_helpers import patient
+
+    body = orjson.dumps(patient())
+    for ctype in ("application/fhir+json; fhirVersion=3.0",
+                  "application/fhir+json; charset=iso-8859-1"):
+        r = client.post("/Patient", content=body, headers={"content-type": ctype})
+        assert r.status_code == 415 and r.json()["resourceType"] == "OperationOutcome", ctype
+    r = client.post("/Patient", content=body,
+                    headers={"content-type": "application/fhir+json; charset=UTF-8; fhirVersion=4.0"})
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    assert client.get(f"/Patient/{rid}", headers={"if-none-match": '"abc"'}).status_code == 200
+    assert client.get(f"/Patient/{rid}", headers={"if-none-match": 'W/"1"'}).status_code == 304
+    d = {"resourceType": "Basic", "id": "..", "code": {"text": "d"}}
+    r = client.put("/Basic/%2E%2E", json=d, headers={"content-type": "application/fhir+json"})
+    assert r.status_code == 400, r.text

@@ -18,7 +18,10 @@ from hub.core.fhirtime import http_date, parse_range
 FHIR_JSON = fhirxml.FHIR_JSON
 # FHIR says ids are at most 64 characters, but official R4B examples carry longer ones (68);
 # like HAPI (100) the hub is lenient on length, strict on the characters.
-ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,128}$")
+# R4 id: letters, digits, '-' and '.'; not dots alone ('.', '..' name no resource in a URL:
+# clients normalise Patient/.. away, so one written so could never be read)
+ID_RE = re.compile(r"^(?!\.+$)[A-Za-z0-9\-.]{1,128}$")
+_OPAQUE = re.compile(r'^\s*(?:W/)?"(?!\d+")[!#-~]*"\s*$')  # a quoted tag that is no version
 _ETAG = re.compile(r'^\s*(?:(?:W/)?"(\d+)"|(\d+))\s*$')  # W/"3", "3" or a bare 3
 
 
@@ -44,6 +47,15 @@ def check_content_type(request: Request) -> None:
             f"Content-Type {ctype or '(none)'!r} is not supported; send application/fhir+json "
             "or application/fhir+xml",
         )
+    for param in ctype.split(";")[1:]:
+        name, _, value = param.partition("=")
+        name, value = name.strip().lower(), value.strip().strip('"').strip()
+        if name == "fhirversion" and not value.startswith(("4.0", "4.3")):
+            raise FhirError(415, "not-supported", f"A body of FHIR {value[:20]!r} is not "
+                            "read here: this server takes FHIR R4 (fhirVersion=4.0)")
+        if name == "charset" and value.lower().replace("_", "-") not in ("utf-8", "utf8"):
+            raise FhirError(415, "not-supported", f"charset {value[:40]!r}: FHIR bodies are "
+                            "UTF-8 (RFC 8259, FHIR http.html#mime-type)")
 
 
 def pretty(request: Request) -> bool:
@@ -78,7 +90,10 @@ def none_match(value: str, version: int) -> bool:
     """Does an If-None-Match value (``*`` or a list of ETags) match this version? (RFC 9110 13.1.2)"""
     if value.strip() == "*":
         return True
-    return any(parse_etag(v, "If-None-Match") == version for v in value.split(","))
+    # an entity tag this server never gave (an opaque "abc" a cache holds) matches nothing: not
+    # a 400; what is no entity tag at all still is
+    return any(parse_etag(v, "If-None-Match") == version for v in value.split(",")
+               if not _OPAQUE.match(v))
 
 
 def not_modified_since(value: str, last_updated: str) -> bool:
