@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from hub.core.config import Settings
-from tests.api_helpers import FHIR_JSON
+from tests.api_helpers import FHIR_JSON, expressions
 from tests.conftest import LiveServer
 
 IG = Path(__file__).parent / "fixtures" / "ig"
@@ -381,3 +381,28 @@ def test_a_runaway_regular_expression_in_a_profile_is_cut_off(client, live):
     r = client.post("/Patient", json=d, headers=FHIR_JSON)
     assert r.status_code == 422 and "ra-1" in r.text and "too-costly" in r.text, r.text
     assert time.monotonic() - t < 10
+
+
+def test_a_profile_narrows_a_choice_to_its_types_and_bounds_a_string(client, live):
+    """A profile's ``type`` on ``value[x]`` (Quantity only) and ``maxLength`` were not checked:
+    a valueString and an overlong text were stored under a profile they break."""
+    url = "https://fhir-region-hub.example/StructureDefinition/weight-like"
+    sd = {"resourceType": "StructureDefinition", "id": "weight-like", "url": url,
+          "name": "WeightLike", "status": "active", "kind": "resource", "abstract": False,
+          "type": "Observation", "derivation": "constraint", "differential": {"element": [
+              {"id": "Observation", "path": "Observation"},
+              {"id": "Observation.value[x]", "path": "Observation.value[x]", "min": 1,
+               "type": [{"code": "Quantity"}]},
+              {"id": "Observation.code.text", "path": "Observation.code.text",
+               "maxLength": 5}]}}
+    assert client.put("/StructureDefinition/weight-like", json=sd,
+                      headers=FHIR_JSON).status_code in (200, 201)
+    d = {"resourceType": "Observation", "meta": {"profile": [url]}, "status": "final",
+         "code": {"text": "kilos"}, "valueQuantity": {"value": 70, "unit": "kg"}}
+    assert client.post("/Observation", json=d, headers=FHIR_JSON).status_code == 201
+    r = client.post("/Observation", json={**{k: v for k, v in d.items() if k != "valueQuantity"},
+                                          "valueString": "seventy kilos"}, headers=FHIR_JSON)
+    assert r.status_code == 422 and "Observation.valueString" in expressions(r.json()), r.text
+    r = client.post("/Observation", json={**d, "code": {"text": "body weight"}},
+                    headers=FHIR_JSON)
+    assert r.status_code == 422 and "maxLength" in r.text, r.text

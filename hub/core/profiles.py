@@ -144,6 +144,10 @@ def _values(node: Any, name: str) -> list:
     return v if isinstance(v, list) else [v]
 
 
+def _upper_first(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
 def _choices(node: Any, stem: str) -> list[tuple[str, Any]]:
     """(element name, value) of each value of choice ``stem[x]`` (``effectiveDateTime``)."""
     if not isinstance(node, dict):
@@ -227,6 +231,7 @@ class Profile:
                 if isinstance(hi, str) and hi.isdigit() and len(vals) > int(hi):
                     issues.append(Issue("structure", f"{path}: at most {hi} allowed by {self.url}",
                                         expression=path))
+                issues += self._types_and_length(e, parent, name, vals, path)
                 for k, expected in e.items():
                     m = _CHOICE.match(k)
                     if not m:
@@ -253,6 +258,29 @@ class Profile:
             issues.append(Issue("informational", f"Slices of {self.url} are not checked apart",
                                 "information"))
         return issues
+
+    def _types_and_length(self, e: dict, parent: Any, name: str, vals: list,
+                          path: str) -> list[Issue]:
+        """A choice narrowed to some of its types (``value[x]`` to Quantity) holds no other;
+        a string holds at most ``maxLength`` characters. Both were let through."""
+        out = []
+        allowed = {t.get("code") for t in e.get("type") or () if isinstance(t, dict)}
+        if name.endswith("[x]") and allowed and None not in allowed:
+            stem = name[:-3]
+            for key, _ in _choices(parent, stem):
+                kind = key[len(stem):]
+                if kind not in {_upper_first(str(t)) for t in allowed}:
+                    out.append(Issue("structure", f"{path}: {key} is not a type {self.url} "
+                                     f"allows here ({', '.join(sorted(map(str, allowed)))})",
+                                     expression=f"{path[:-len(stem)]}{key}"
+                                     if path.endswith(stem) else path))
+        limit = e.get("maxLength")
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            for v in vals:
+                if isinstance(v, str) and len(v) > limit:
+                    out.append(Issue("too-long", f"{path}: {len(v)} characters, over the "
+                                     f"maxLength {limit} of {self.url}", expression=path))
+        return out
 
     def _binding(self, valueset: str, vals: list, path: str, ok: BindingCheck) -> list[Issue]:
         out = []
