@@ -406,3 +406,19 @@ def test_a_profile_narrows_a_choice_to_its_types_and_bounds_a_string(client, liv
     r = client.post("/Observation", json={**d, "code": {"text": "body weight"}},
                     headers=FHIR_JSON)
     assert r.status_code == 422 and "maxLength" in r.text, r.text
+
+
+def test_a_primitives_extensions_count_for_its_extension_element():
+    """R4 JSON puts a primitive's extensions in its ``_`` sibling: a profile requiring
+    ``birthDate.extension`` refused a Patient that had one there."""
+    from hub.core.profiles import Profile
+
+    p = Profile({"resourceType": "StructureDefinition", "url": "https://x.example/p",
+                 "type": "Patient", "differential": {"element": [
+                     {"path": "Patient"}, {"path": "Patient.birthDate.extension", "min": 1}]}})
+    time_of_birth = {"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
+                     "valueDateTime": "1970-01-01T10:00:00+08:00"}
+    assert p.check({"resourceType": "Patient", "birthDate": "1970-01-01",
+                    "_birthDate": {"extension": [time_of_birth]}}) == []
+    [issue] = p.check({"resourceType": "Patient", "birthDate": "1970-01-01"})
+    assert issue.code == "required" and issue.expression == "Patient.birthDate.extension"

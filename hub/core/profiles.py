@@ -199,6 +199,11 @@ class Profile:
             nxt = []
             for node, where in nodes:
                 vals = _values(node, step)
+                if vals and not isinstance(vals[0], dict) and isinstance(node, dict) \
+                        and f"_{step}" in node:
+                    # a primitive's id and extensions are in its ``_`` sibling (R4 JSON):
+                    # ``birthDate.extension`` is ``_birthDate.extension``
+                    vals = [v if isinstance(v, dict) else {} for v in _values(node, f"_{step}")]
                 for i, v in enumerate(vals):
                     nxt.append((v, f"{where}.{step}[{i}]" if len(vals) > 1 else f"{where}.{step}"))
             nodes = nxt
