@@ -218,6 +218,11 @@ def test_a_profile_is_checked_in_the_version_named(client, live):
     assert write(url, birthDate="1990-01-01") == 201  # the latest: 1.10
     assert write(url, gender="male") == 422
     assert write(f"{url}|3", gender="male", birthDate="1990-01-01") == 422  # not held (strict)
+    # a pre-release comes before its release (SemVer): 1.10-ballot is no later than 1.10
+    d = sd("ver-b", "1.10-ballot", "gender")
+    assert client.put("/StructureDefinition/ver-b", json=d,
+                      headers=FHIR_JSON).status_code in (200, 201)
+    assert write(url, birthDate="1990-01-01") == 201  # still 1.10
     # $validate's profile parameter must be a canonical URL, not a number
     bad = {"resourceType": "Parameters", "parameter": [
         {"name": "resource", "resource": {"resourceType": "Patient"}},

@@ -45,11 +45,16 @@ _VALIDATE_MODES = ("create", "update", "delete")
 
 
 def _version_key(version: object) -> tuple:
-    """Order of versions: 1.10 after 1.9 (numbers compared as numbers), absent first."""
+    """Order of versions: 1.10 after 1.9 (numbers compared as numbers), a pre-release before its
+    release (SemVer: 2.0.0-ballot before 2.0.0; it was taken for the latest), absent first."""
     if not isinstance(version, str):
         return ()
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p)
-                 for p in re.split(r"[.\-]", version))
+    release, dash, pre = version.split("+", 1)[0].partition("-")
+
+    def parts(text: str) -> tuple:
+        return tuple((0, int(p), "") if p.isdigit() else (1, 0, p)
+                     for p in re.split(r"[.\-]", text))
+    return (parts(release), (0, parts(pre)) if dash else (1, ()))
 
 
 class ProfileRegistry:
