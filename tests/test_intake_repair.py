@@ -143,3 +143,26 @@ def test_repair_restores_what_the_defects_took_and_leaves_valid_resources_alone(
     assert fixed is not None
     assert fixed[0] == original and fixed[1]  # deterministic: exactly the original back, said
     assert repair(original["resourceType"], fixed[0], "+08:00") is None  # idempotent
+
+
+def test_validate_answers_what_a_write_by_the_same_caller_would_do(server):
+    """$validate refused a zone-less time the same connector's create repaired (201), ignored
+    Prefer: handling=strict for a profile the hub does not hold, and passed an update naming
+    no resource."""
+    unknown = {**_obs(), "meta": {"profile": ["https://x.example/StructureDefinition/none"]}}
+    with _client(server, roles=("connector",), institution="H0903") as c:
+        r = c.post("/Observation/$validate", params={"mode": "create"}, json=_obs(),
+                   headers=FHIR_JSON)
+        assert r.status_code == 200, r.text
+        sev = {i["severity"] for i in r.json()["issue"]}
+        assert "error" not in sev and "warning" in sev, r.text
+        strict = c.post("/Observation/$validate", json=unknown,
+                        headers={**FHIR_JSON, "prefer": "handling=strict"})
+        assert any(i["severity"] == "error" for i in strict.json()["issue"]), strict.text
+        r = c.post("/Observation/$validate", params={"mode": "update"}, json=_obs(),
+                   headers=FHIR_JSON)
+        assert any(i["severity"] == "error" for i in r.json()["issue"]), r.text
+    with _client(server) as admin:  # held to strict: the same body is an error
+        r = admin.post("/Observation/$validate", params={"mode": "create"}, json=_obs(),
+                       headers=FHIR_JSON)
+        assert any(i["severity"] == "error" for i in r.json()["issue"]), r.text

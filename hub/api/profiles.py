@@ -29,9 +29,9 @@ from fastapi import Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from hub.api import fhirxml
+from hub.api import fhirxml, intake
 from hub.api.caller import context_of, repository
-from hub.api.responses import check_format, fhir_response
+from hub.api.responses import check_format, fhir_response, prefer_strict
 from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.access import SYSTEM, Action
@@ -214,12 +214,21 @@ async def _validate(request: Request, rtype: str, rid: str | None) -> Response:
         if mode == "update" and rid is not None and target.get("id") != rid:
             issues.append(Issue("invalid", f"The resource's id must be {rid!r} to update it",
                                 "error", f"{rtype}.id"))
+        if mode == "update" and rid is None and not target.get("id"):
+            issues.append(Issue("required", "An update names its resource: give the instance "
+                                "($validate on Type/id) or the resource's id", "error",
+                                f"{rtype}.id"))
+        # what a write by this caller would do: its lenient intake (repairs are warnings), the
+        # strictness it asks for (a profile not held is then an error)
         try:
-            res.validate(rtype, jsontext.dumps(target, rtype), target)
+            target, repairs = intake.validate(ctx, request.app.state.settings, rtype,
+                                              jsontext.dumps(target, rtype), target)
+            issues += repairs
         except FhirError as e:
             issues += e.issues
         if registry is not None and (registry.applies(rtype, target) or profiles):
-            issues += registry.check(rtype, target, tuple(p for p in profiles if p))
+            issues += registry.check(rtype, target, tuple(p for p in profiles if p),
+                                     strict=prefer_strict(request))
         return issues or [Issue("informational", "No issues: the resource is valid",
                                 "information")]
 
