@@ -682,3 +682,18 @@ def test_a_deleted_patient_records_stay_in_the_persons_shared_record(client, dat
     after = everything(client, f"/Person/{pa}")
     assert set(kept) <= set(after) and f"Patient/{a}" not in after, sorted(set(before) - set(after))
     assert set(kept) <= set(timeline(client, f"/Person/{pa}"))
+
+
+def test_a_person_read_is_conditional_as_any_read(client, data):
+    """The capability statement claims conditional reads for every type: a Person answered
+    200 to its own ETag, and gave no Last-Modified."""
+    pa = op(client, "link", patient=f"Patient/{data['a']}")["id"]
+    r = client.get(f"/Person/{pa}", headers=USER)
+    assert r.status_code == 200 and r.headers.get("last-modified"), r.headers
+    again = client.get(f"/Person/{pa}", headers={**USER, "if-none-match": r.headers["etag"]})
+    assert again.status_code == 304 and not again.content
+    later = client.get(f"/Person/{pa}", headers={**USER, "if-modified-since":
+                                                 r.headers["last-modified"]})
+    assert later.status_code == 304
+    other = client.get(f"/Person/{pa}", headers={**USER, "if-none-match": 'W/"999999"'})
+    assert other.status_code == 200

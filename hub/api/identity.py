@@ -56,10 +56,17 @@ from hub.api.caller import (
 )
 from hub.api.everything import audited
 from hub.api.opparams import MAX_OP_BODY, read_parameters
-from hub.api.responses import base_url, check_format, fhir_response
+from hub.api.responses import (
+    base_url,
+    check_format,
+    fhir_response,
+    none_match,
+    not_modified_since,
+)
 from hub.core.access import Action
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request, not_found, operation_outcome
+from hub.core.fhirtime import http_date
 from hub.core.ingest import Context
 from hub.core.store import ResourceStore
 from hub.mpi import listing
@@ -388,8 +395,17 @@ async def person_read(request: Request, rid: str) -> Response:
         return pid, pats
 
     body = await audited(request, "person-read", answer, scope, (pid, []))
-    return fhir_response(body, request=request,
-                         headers={"ETag": f'W/"{body["meta"]["versionId"]}"'})
+    meta = body.get("meta") or {}
+    version = str(meta.get("versionId") or "")
+    headers = {"ETag": f'W/"{version}"'}
+    if meta.get("lastUpdated"):
+        headers["Last-Modified"] = http_date(meta["lastUpdated"])
+    # a conditional read as of any other type (the capability statement claims it for all)
+    inm, ims = request.headers.get("if-none-match"), request.headers.get("if-modified-since")
+    if version.isdigit() and (none_match(inm, int(version)) if inm else bool(
+            ims and meta.get("lastUpdated") and not_modified_since(ims, meta["lastUpdated"]))):
+        return Response(status_code=304, headers=headers)
+    return fhir_response(body, request=request, headers=headers)
 
 
 # -- identity operations ------------------------------------------------------------------------
