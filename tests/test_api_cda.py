@@ -163,3 +163,17 @@ def test_a_charset_named_only_by_the_content_type_is_read(client):
     binary = client.get("/" + ref["content"][0]["attachment"]["url"].split("/fhir/")[-1]).json()
     stored = base64.b64decode(binary["data"])
     assert stored == b'<?xml version="1.0" encoding="GB18030"?>' + body
+
+
+def test_everything_hands_out_the_document_itself(client):
+    """A patient's $everything held the DocumentReference and Composition of a document but not
+    the Binary with the document (R4: "including binaries and attachments")."""
+    body = CLEAN.replace(b"TEST-OP-0001", b"TEST-OP-EV01")
+    r = client.post("/../cda", content=body, headers=XML)
+    assert r.status_code == 201, r.text
+    ref = client.get("/" + r.headers["location"].split("/fhir/", 1)[1]).json()
+    binary = ref["content"][0]["attachment"]["url"].split("/fhir/")[-1]
+    r = client.get(f"/{ref['subject']['reference']}/$everything", params={"_count": 500})
+    assert r.status_code == 200, r.text
+    got = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in r.json()["entry"]}
+    assert binary in got and f"DocumentReference/{ref['id']}" in got

@@ -22,6 +22,7 @@ Institution``, what connectors send) or to the Organization of its ``managingOrg
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -186,6 +187,17 @@ class IndexedSearch(Protocol):
     def sql(self) -> Any: ...
 
 
+_BINARY_URL = re.compile(rb'"url"\s*:\s*"([^"]{0,300}?)Binary/([A-Za-z0-9\-.]{1,64})"')
+
+
+def _binaries(body: bytes, base: str | None) -> set[str]:
+    """Ids of this server's Binaries an attachment of ``body`` points at (``Binary/id``, or
+    absolute on ``base``)."""
+    own = (base.rstrip("/") + "/").encode() if base else None
+    return {m.group(2).decode() for m in _BINARY_URL.finditer(body)
+            if not m.group(1) or m.group(1) == own}
+
+
 class SharedRecord:
     def __init__(self, store: ResourceStore, identity: IdentityService, search: IndexedSearch,
                  timeline: TimelineProjection, timeline_runner: Runner):
@@ -310,6 +322,11 @@ class SharedRecord:
         kept = {(rt, rid) for rt, rid, _ in entries}
         with self.search.index.datastore.transaction(commit=False) as c:
             refs = self._referenced(c, [pk for pk, rt, rid in rows if (rt, rid) in kept], base)
+        # the documents themselves: an attachment's url (a DocumentReference's content, a
+        # report's presentedForm) is no reference the index holds, and R4's Patient-everything
+        # returns "binaries and attachments" too
+        refs = sorted(set(refs) | {("Binary", b) for _, _, body in entries
+                                   for b in _binaries(body, base)})
         bodies = self._bodies(refs)
         referenced = [(rt, rid, bodies[(rt, rid)]) for rt, rid in refs if (rt, rid) in bodies]
         return entries, (rows[-1][0] if more and rows else None), total, referenced
