@@ -377,3 +377,18 @@ def test_a_spool_that_cannot_store_says_so_in_the_status(connector, messages):
         db.execute("PRAGMA max_page_count = 1073741823")
     still_serving(connector, messages[2])
     assert connector.status()["healthy"] and "spool" not in connector.status()
+
+
+def test_an_ack_names_its_character_set_and_its_own_id():
+    """An ACK written in GB 18030 carried no MSH-18 (which then means ASCII); two inbound ids
+    alike in their first 17 characters were answered with one ACK id."""
+    def msg(ctl: str) -> bytes:
+        return (f"MSH|^~\\&|HIS|H1|HUB|R|20240101||ADT^中文|{ctl}|P|2.5||||||GB18030\r"
+                "PID|1").encode("gb18030")
+    first = hl7.parse(build_ack(msg("20240101093000123456-0001"), "AR",
+                                {"reason": "不支持", "code": "AR", "rule": "x"}).decode("gb18030"))
+    second = hl7.parse(build_ack(msg("20240101093000123456-0002")).decode("gb18030"))
+    assert str(first.segment("MSH")(18)) == "GB18030"
+    assert str(first.segment("MSA")(3)) == "不支持"
+    ids = {str(a.segment("MSH")(10)) for a in (first, second)}
+    assert len(ids) == 2 and all(len(i) <= 20 for i in ids)

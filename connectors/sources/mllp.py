@@ -23,6 +23,7 @@ listener goes on serving the others.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import queue
 import re
@@ -186,11 +187,32 @@ def build_ack(payload: bytes, code: str = "AA", error: dict | None = None,
                         f"{num}^{name}^HL70357", severity, _escape(error.get("rule") or "", encs, sep),
                         "", "", reason])
         text += "\r" + err
+    if msh is not None and out_enc != "ascii":
+        text = _with_charset(text, msh, sep)
     return text.encode(out_enc if out_enc != "latin-1" else "latin-1", "replace")
 
 
+def _with_charset(ack: str, msh: str, sep: str) -> str:
+    """The ACK with the inbound MSH-18: it is written in that character set, and an empty MSH-18
+    says ASCII (v2.5 2.14.9.18), so a receiver read its 中文 text as bytes of nothing."""
+    inbound = msh.split(msh[3]) if len(msh) > 4 else []
+    charset = inbound[17] if len(inbound) > 17 else ""
+    if not charset:
+        return ack
+    first, _, rest = ack.partition("\r")
+    fields = first.split(sep)
+    fields += [""] * (18 - len(fields))
+    fields[17] = charset
+    return sep.join(fields) + ("\r" + rest if rest else "")
+
+
 def _ack_id(msg) -> str:
-    return ("ACK" + str(msg.segment("MSH")(10)))[:20]
+    """MSH-10 of the ACK (20 characters at most, as v2.5's ST): ``ACK`` and the inbound id, or
+    of a long one a digest (cut, two ids alike in their first 17 characters answered alike)."""
+    inbound = str(msg.segment("MSH")(10))
+    if len(inbound) <= 17:
+        return "ACK" + inbound
+    return "ACK" + hashlib.sha1(inbound.encode()).hexdigest()[:17]
 
 
 def control_id(payload: bytes) -> str | None:
