@@ -81,7 +81,9 @@ def test_plaintext_sender_is_refused_and_the_listener_goes_on(mtls, pki, message
 
 
 @pytest.mark.parametrize("who", ["no certificate", "another CA's certificate"])
-def test_sender_without_a_signed_certificate_is_refused(mtls, pki, messages, who):
+def test_sender_without_a_signed_certificate_is_refused(mtls, pki, messages, who, caplog):
+    caplog.set_level("WARNING", logger="connectors.mllp")
+    failures = mtls.sources[0].stats["tls_failures"]
     tls = pki.client_tls(with_cert=False)
     if who != "no certificate":
         tls.update(cert=pki.stranger_cert, key=pki.stranger_key)
@@ -89,6 +91,9 @@ def test_sender_without_a_signed_certificate_is_refused(mtls, pki, messages, who
         with MLLPClient("127.0.0.1", port(mtls), timeout=10, tls=tls) as c:
             c.send(messages[3])
     good_round_trip(mtls, pki, messages[3])
+    # the operator sees why a hospital's sender fails: a line and a count (there were none)
+    assert mtls.sources[0].stats["tls_failures"] == failures + 1
+    assert any("TLS handshake" in r.getMessage() for r in caplog.records), caplog.text
 
 
 def test_client_refuses_a_listener_it_does_not_trust(mtls, pki, messages):

@@ -27,6 +27,7 @@ import hashlib
 import logging
 import queue
 import re
+import ssl
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -242,7 +243,8 @@ class MLLPSource:
         self._queue: queue.Queue = queue.Queue()
         self.connections = 0
         self._busy: set = set()
-        self.stats = {"messages": 0, "acks": 0, "naks": 0, "framing_errors": 0, "connections": 0}
+        self.stats = {"messages": 0, "acks": 0, "naks": 0, "framing_errors": 0, "connections": 0,
+                      "tls_failures": 0}
 
     @classmethod
     def from_config(cls, name: str, cfg: dict) -> MLLPSource:
@@ -259,6 +261,8 @@ class MLLPSource:
             assert task is not None  # the connection's own task
             tasks.add(task)
             try:
+                if self.ssl is not None and not await self._handshake(writer):
+                    return
                 await self._serve(intake, reader, writer, stop)
             finally:
                 tasks.discard(task)
@@ -267,10 +271,10 @@ class MLLPSource:
                                      name=f"mllp-{self.name}-commit", daemon=True)
         committer.start()
         try:
+            # TLS is started on each connection (``_handshake``), where a failed handshake
+            # can be logged and counted: inside the server asyncio drops it without a word
             server = await asyncio.start_server(
-                on_connect, self.host, self.port, limit=self.max_message_bytes + 65536,
-                ssl=self.ssl,
-                ssl_handshake_timeout=min(self.idle_timeout, 30.0) if self.ssl else None)
+                on_connect, self.host, self.port, limit=self.max_message_bytes + 65536)
         except BaseException:
             self._queue.put(None)
             raise
@@ -294,6 +298,21 @@ class MLLPSource:
             self._queue.put(None)
             committer.join(10)
             self.ready.clear()
+
+    async def _handshake(self, writer: asyncio.StreamWriter) -> bool:
+        """TLS on a new connection; False, logged and counted, when it fails (no client
+        certificate, one of another CA, a plain-text sender on the TLS port)."""
+        peer = writer.get_extra_info("peername")
+        assert self.ssl is not None  # called for a TLS source only
+        try:
+            await writer.start_tls(self.ssl, ssl_handshake_timeout=min(self.idle_timeout, 30.0))
+            return True
+        except (ssl.SSLError, OSError, TimeoutError, EOFError) as e:
+            self.stats["tls_failures"] = self.stats.get("tls_failures", 0) + 1
+            log.warning("MLLP %s: TLS handshake with %s failed: %s", self.name,
+                        peer[0] if peer else "?", getattr(e, "reason", None) or type(e).__name__)
+            writer.transport.abort()
+            return False
 
     async def _serve(self, intake: Intake, reader, writer, stop) -> None:
         peer = writer.get_extra_info("peername")
