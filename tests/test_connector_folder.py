@@ -103,11 +103,13 @@ def test_odd_files_are_set_aside_and_the_source_goes_on(tmp_path):
     spool = Spool(tmp_path / "spool.sqlite", INFO, durable=False)
     src = FolderSource("drop", str(inbox), kind="hl7v2", settle_ms=100, poll_s=0.05)
     with running(src, spool, join_s=5) as t:
-        wait_until(lambda: src.stats["files"] == 2, 10, what="the readable files")
+        # the readable files and the two links set aside, which count as failed files (the
+        # status showed no failure)
+        wait_until(lambda: src.stats["files"] == 4, 10, what="the files and links")
         (inbox / "good.hl7").write_bytes(msgs[0])
         os.utime(inbox / "good.hl7", (old, old))
-        wait_until(lambda: src.stats["files"] == 3, 10, what="a good file after them")
-        assert t.is_alive()
+        wait_until(lambda: src.stats["files"] == 5, 10, what="a good file after them")
+        assert t.is_alive() and src.stats["failed"] == 2
     done = {p.name for p in (inbox / "done").iterdir()}
     failed = {p.name for p in (inbox / "failed").iterdir()}
     assert gbk in done and "good.hl7" in done and "big.hl7" in done

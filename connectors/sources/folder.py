@@ -100,6 +100,7 @@ class FolderSource:
                     log.warning("folder %s: %s is a symbolic link: moved to failed/, not read",
                                 self.name, _shown(name))
                     self._move(f, False)
+                    self._set_aside()
                     continue
                 st = f.stat()
             except OSError:  # gone meanwhile, or unreadable: not taken
@@ -116,6 +117,12 @@ class FolderSource:
             out.append((st.st_mtime_ns, name, f))
         self._watched = seen
         return [f for _, _, f in sorted(out)]
+
+    def _set_aside(self) -> None:
+        """A file moved to failed/ unread is a failed file in the status, as a refused one is
+        (the status showed no failure at all)."""
+        self.stats["files"] += 1
+        self.stats["failed"] += 1
 
     def take(self, intake: Intake, f: Path) -> None:
         try:
@@ -140,6 +147,7 @@ class FolderSource:
                 self._move(f, False)
             except OSError:
                 pass
+            self._set_aside()
             return
         payloads = split_hl7(data) if self.split == "hl7" else [data]
         if not payloads:
