@@ -205,11 +205,17 @@ class PersonProjection(SQLiteReadModel):
         elif ev.event == "ReviewClosed":
             c.execute("UPDATE p_review SET status='closed', closed=?, outcome=?, decided_by=? "
                       "WHERE id=?", (at, d.get("outcome"), who, d["review"]))
-            if manual:
-                c.execute("SELECT patient FROM p_review WHERE id=?", (d["review"],))
-                row = c.fetchone()
-                if row:
-                    c.execute("UPDATE p_patient SET manual=1 WHERE patient=?", (row[0],))
+            c.execute("SELECT patient FROM p_review WHERE id=?", (d["review"],))
+            row = c.fetchone()
+            if row and manual:
+                c.execute("UPDATE p_patient SET manual=1 WHERE patient=?", (row[0],))
+            elif row:
+                # level2 says "waits for a review": with its last one closed by the matcher (it
+                # linked the Patient, the question gone) the link is the matcher's, level3 (a
+                # steward read a review pending that no longer was)
+                c.execute("UPDATE p_patient SET assurance='level3' WHERE patient=? AND "
+                          "assurance='level2' AND NOT EXISTS (SELECT 1 FROM p_review "
+                          "WHERE patient=? AND status='open')", (row[0], row[0]))
 
     # -- reads (inside a transaction ``c`` or on their own) --------------------------------------
 

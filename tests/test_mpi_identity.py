@@ -604,3 +604,19 @@ def test_a_steward_unlink_is_not_undone_through_a_third_patient(hub, svc):
     svc.auto_decide("Patient/c", "link", ["Patient/b", "Patient/a"], 0.99999, {}, "r1")
     svc.sync()
     assert person_of(svc, "Patient/a") != person_of(svc, "Patient/b")
+
+
+def test_a_link_waits_for_a_review_only_while_one_is_open(hub, svc):
+    """A Patient sent to review (level2) and then joined by the matcher (its review closed as
+    superseded) kept level2: a steward read a pending review that was not there."""
+    put_patients(hub, ("w1", "110101198001010011"), ("w2", "110101198001010011"))
+    svc.auto_decide("Patient/w1", "new", [], 1.0, {}, "r1")
+    svc.auto_decide("Patient/w2", "review", ["Patient/w1"], 0.7, {}, "r1")
+    with svc.person.read() as c:
+        assert svc.person.link_of(c, "Patient/w2")["assurance"] == "level2"
+    svc.auto_decide("Patient/w2", "link", ["Patient/w1"], 0.99, {}, "r2")  # a fix settles it
+    svc.sync()
+    with svc.person.read() as c:
+        assert svc.person.open_reviews(c, "Patient/w2") == []
+        assert svc.person.link_of(c, "Patient/w2")["assurance"] == "level3"
+    assert groups(svc) == [["Patient/w1", "Patient/w2"]]
