@@ -102,6 +102,21 @@ def test_a_refused_or_malformed_search_is_audited_too(client, live):
         ("search-type", "4"), ("search-type", "4")]
 
 
+def test_an_attempt_without_a_valid_token_is_audited(client, live):
+    """A read of patient data with no token, or a token that does not verify, was answered 401
+    and left no trace in the audit."""
+    import httpx
+
+    before = audit_events(live)
+    for headers in ({}, {"authorization": "Bearer garbage"}):
+        assert httpx.get(f"{live.base}/Patient/someone", headers=headers,
+                         timeout=30).status_code == 401
+    assert httpx.get(f"{live.base}/metadata", timeout=30).status_code == 200
+    events = new_since(live, before)
+    assert sorted((e["subtype"][0]["code"], e["outcome"]) for e in events) == [
+        ("read", "4"), ("read", "4")], events
+
+
 def test_data_that_is_not_about_patients_is_not_audited(client, live):
     org = {"resourceType": "Organization", "id": unique()[:16], "name": "Audit test hospital"}
     _put(client, org)

@@ -20,7 +20,7 @@ from hub.auth.sessions import COOKIE, session_log, session_verifier
 from hub.core.access import ANONYMOUS, Action, Actor
 from hub.core.errors import LOGIN_REQUIRED, FhirError, bad_request, unauthenticated
 from hub.core.ingest import Context
-from hub.repository import Repository
+from hub.repository import Repository, patient_data_types
 
 _USER = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
 
@@ -175,16 +175,46 @@ async def authenticate(request: Request) -> None:
         return
     try:
         actor = actor_of(request)
-    except FhirError:
+    except FhirError as e:
         # a token that does not verify counts against its address: guessing tokens was free
         _throttle(limiter, f"@{address_of(request)}")
+        _audit_refused(request, e)
         raise
     if request.url.path.startswith("/console") and actor.kind == "anonymous":
         raise LoginRequired(_return_to(request))
     if authenticated(request) and actor.kind == "anonymous":
         _throttle(limiter, f"@{address_of(request)}")
-        raise unauthenticated(LOGIN_REQUIRED)
+        err = unauthenticated(LOGIN_REQUIRED)
+        _audit_refused(request, err)
+        raise err
     _throttle(limiter, actor.subject if actor.kind != "anonymous" else f"@{address_of(request)}")
+
+
+_INTERACTIONS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def _audit_refused(request: Request, err: FhirError) -> None:
+    """An attempt at patient data without a valid token is audited as refused, as one the
+    policy refuses is (it left no trace: the README promises one for refused accesses). Only a
+    path of a patient data type is: the audit is of patient data, and a flood at the base or
+    elsewhere writes nothing (the address's rate limit holds the rest)."""
+    repo = getattr(request.app.state, "repo", None)
+    audit = getattr(repo, "audit", None)
+    parts = request.url.path.split("/")
+    if audit is None or len(parts) < 3 or parts[1] != "fhir" or \
+            parts[2] not in patient_data_types():
+        return
+    rid = parts[3] if len(parts) > 3 and parts[3] and not parts[3].startswith(("$", "_")) \
+        else None
+    interaction = _INTERACTIONS.get(request.method) or ("read" if rid else "search-type")
+    ctx = Context()
+    ctx.actor, ctx.address = ANONYMOUS, address_of(request)
+    ctx.query = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    try:
+        audit.record(ctx, Action(interaction, parts[2], rid), "4", [], [],
+                     err.issues[0].diagnostics if err.issues else None)
+    except FhirError:
+        pass  # the audit unavailable: the caller is refused all the same (401)
 
 
 def _throttle(limiter: Any, key: str) -> None:
