@@ -135,6 +135,13 @@ def reporting_source(source: SourceInfo, h: Header) -> SourceInfo:
     return replace(source, institution=h.custodian, name=source.name or h.custodian_name)
 
 
+def is_quality_report(d: object) -> bool:
+    """Is ``d`` a quality report (an OperationOutcome with the ``document-quality`` tag)?"""
+    return isinstance(d, dict) and d.get("resourceType") == "OperationOutcome" and any(
+        isinstance(t, dict) and t.get("system") == QUALITY_TAG["system"]
+        and t.get("code") == QUALITY_TAG["code"] for t in (d.get("meta") or {}).get("tag") or ())
+
+
 def quality_report(outcome: dict[str, Any], decision: str, source: SourceInfo, doc_id: str,
                    doc_type: str, now: datetime, document_ref: str | None = None,
                    type_system: str = DOCUMENT_CODES) -> dict:

@@ -24,6 +24,7 @@ from fhir_mapping.documents import (
     QualityRejected,
     check_and_convert,
     header,
+    is_quality_report,
     quality_report,
     reporting_source,
 )
@@ -202,7 +203,7 @@ class DocumentService:
         ops = []
         for d in resources:
             ops.append(Op("PUT", d["resourceType"], d["id"], d,
-                          url=f"{d['resourceType']}/{d['id']}"))
+                          url=f"{d['resourceType']}/{d['id']}", own=is_quality_report(d)))
         out = self.repo.execute(ops, ctx, atomic=True)
         for r in out:
             if isinstance(r, FhirError):

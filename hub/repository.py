@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 from eventsourcing.persistence import StoredEvent
 
+from fhir_mapping.documents import is_quality_report
 from hub.core.access import OPEN, Action, Actor, Policy, patients_in
 from hub.core.conditional import IdentifierResolver
 from hub.core.errors import FhirError, bad_request, forbidden, not_found
@@ -90,6 +91,17 @@ class Searcher(Protocol):
 
 
 APPEND_ONLY = frozenset({"AuditEvent"})
+# The quality reports (``document-quality`` OperationOutcomes) account for what a sender sent:
+# anyone could erase a refusal (DELETE) or file reports of documents never sent.
+_HUB_REPORT = ("A quality report is the account of what a sender sent, written by the hub or by "
+               "a connector's quality control with the document it checked: it is not written "
+               "otherwise, and never patched or deleted")
+
+
+def _files_reports(actor: Actor) -> bool:
+    """Who files quality reports: the hub, and connectors (whose quality control checks a
+    document before it travels, its report with it)."""
+    return actor.kind == "system" or "connector" in actor.roles
 
 
 def _write_action(op: Op) -> Action:
@@ -584,6 +596,8 @@ class Repository:
                     # none (the hub seals its own into a hash chain, hub.access.chain)
                     raise forbidden(f"{op.rtype} is written by the hub only; it cannot be "
                                     "created, changed or deleted through the API")
+                if not op.own and is_quality_report(op.d) and not _files_reports(ctx.actor):
+                    raise forbidden(_HUB_REPORT)
                 self.policy.check(ctx.actor, _write_action(op))
                 if not self._open and op.d is not None:
                     self._check_content(ctx, "c" if op.method == "POST" else "u", op.rtype,
@@ -621,6 +635,12 @@ class Repository:
                                 "caller changes only its own institution's records")
             if op.method == "PATCH" and not self._shown(ctx.actor, op.rtype, rid, stored.state):
                 raise forbidden(f"{op.rtype}/{rid} is not shown to this caller; a patch reads it")
+            if not op.own and body.strip() and op.rtype == "OperationOutcome" \
+                    and is_quality_report(orjson.loads(body)) and (
+                        op.method in ("DELETE", "PATCH") or not _files_reports(ctx.actor)):
+                # deleted or patched, a refusal went uncounted: a report is replaced only by
+                # the report of the same document checked again
+                raise forbidden(_HUB_REPORT)
             if body.strip():  # not a deletion: what it replaces must be one the caller may change
                 self._check_content(ctx, "d" if op.method == "DELETE" else "u", op.rtype,
                                     orjson.loads(body), f"{op.rtype}/{rid} as stored")

@@ -16,7 +16,7 @@ import orjson
 
 from fhir_mapping import hl7v3, quality
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
-from fhir_mapping.documents import quality_report
+from fhir_mapping.documents import is_quality_report, quality_report
 from fhir_mapping.hl7v3.common import Ctx, parse
 from fhir_mapping.hl7v3.common import table as hl7v3_table
 from hub import v3routing
@@ -26,7 +26,7 @@ from hub.core.access import SYSTEM
 from hub.core.errors import FhirError
 from hub.core.events import resource_bytes
 from hub.core.fhirtime import local_zone
-from hub.core.ingest import Context, Result
+from hub.core.ingest import Context, Op, Result
 from hub.quarantine import Quarantine
 from hub.repository import Repository
 
@@ -53,6 +53,9 @@ def register(repo: Repository, raw: bytes, source: SourceInfo, ctx: Context,
             institution = institution_of(raw, source)
         conv.resources.append(findings_report(conv, source, institution, now or datetime.now(local_zone())))
     ops = [bundles.parse_entry(i, entry, "") for i, entry in enumerate(conv.entries())]
+    for op in ops:
+        if isinstance(op, Op) and is_quality_report(op.d):
+            op.own = True  # the hub's report of the message, not the sender's record
     return conv, repo.execute(ops, ctx, atomic=True)  # type: ignore[arg-type]
 
 

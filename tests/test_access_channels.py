@@ -501,3 +501,27 @@ def test_pages_are_filled_with_what_a_caller_sees_not_left_empty(bare):
             params = None
         assert sorted(seen) == sorted(d["id"] for d in mine)
         assert pages == len(mine)  # no page for a hidden match
+
+
+def test_quality_reports_are_never_patched_or_deleted_nor_filed_by_others(bare):
+    """A connector deleted the report of its refused document (or rewrote it as accepted, by
+    PATCH), and any writer could file reports of documents never sent: the quality figures
+    lost the refusal. A report is filed by the hub or with a connector's document only."""
+    tag = {"system": "https://fhir-region-hub.example/CodeSystem/hub-tags",
+           "code": "document-quality"}
+    report = {"resourceType": "OperationOutcome", "id": unique()[:16], "meta": {"tag": [tag]},
+              "issue": [{"severity": "error", "code": "invalid", "diagnostics": "refused"}]}
+    with _http(bare, bare.h1) as c:  # a connector: its quality control's report travels
+        assert _put(c, report).status_code == 201
+        assert c.delete(f"/OperationOutcome/{report['id']}").status_code == 403
+        r = c.patch(f"/OperationOutcome/{report['id']}", headers={
+            "content-type": "application/json-patch+json"},
+            content=b'[{"op":"replace","path":"/issue/0/severity","value":"information"}]')
+        assert r.status_code == 403
+    steward = bare.client_auth(roles=("steward",), scope="system/*.cruds")
+    with _http(bare, steward) as c:
+        forged = {**report, "id": unique()[:16]}
+        assert _put(c, forged).status_code == 403
+        assert c.delete(f"/OperationOutcome/{report['id']}").status_code == 403
+    with _http(bare, bare.h1) as c:
+        assert c.get(f"/OperationOutcome/{report['id']}").json()["issue"][0]["severity"] == "error"

@@ -86,6 +86,9 @@ class Op:
     # a PATCH: the resource to store and its warnings, from the current one (applied and checked)
     patch: Callable[[dict], tuple[dict, list[Issue]]] | None = None
     patched_from: int = 0  # the version the PATCH was applied to
+    # written by the hub itself about what a caller sent (a document's quality report): a
+    # caller may not write such a resource on its own (``hub.repository``)
+    own: bool = False
     # filled by planning
     target: str | None = None
     existing: bool = False  # conditional create matched: nothing to write
