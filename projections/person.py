@@ -161,6 +161,9 @@ class PersonProjection(SQLiteReadModel):
             c.execute("SELECT manual FROM p_patient WHERE patient=?", (patient,))
             row = c.fetchone()
             keep_manual = row[0] if row else 0
+            # the person the Patient leaves, as it lives now (its own person may have been
+            # merged into another: the Patients left with it are there)
+            left = self.survivor(c, previous) if previous else None
             c.execute(
                 "INSERT INTO p_patient (patient, person, assurance, manual, score, decided_by, "
                 "updated) VALUES (?,?,?,?,?,?,?) ON CONFLICT (patient) DO UPDATE SET "
@@ -171,10 +174,12 @@ class PersonProjection(SQLiteReadModel):
             self._touch(c, person, at)
             if previous and previous != person:
                 self._touch(c, previous, at)
-            if manual and ev.event == "Unlinked":
-                # a user took this Patient out of that person: what stays there is held too, so
-                # the matcher cannot join the two again through a third Patient like both
-                for x in self._family(c, previous):
+            if manual and left and left != self.survivor(c, person):
+                # a user took this Patient out of that person (an unlink, or a link elsewhere):
+                # what stays there is held too, so the matcher cannot join the two again, by
+                # the next update of a Patient left there or through a third like both (it did:
+                # the family of the Patient's own person was marked, not the one it lived in)
+                for x in self._family(c, left):
                     c.execute("UPDATE p_patient SET manual=1 WHERE person=?", (x,))
         elif ev.event == "Merged":
             self._touch(c, d["source"], at)

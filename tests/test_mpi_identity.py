@@ -620,3 +620,24 @@ def test_a_link_waits_for_a_review_only_while_one_is_open(hub, svc):
         assert svc.person.open_reviews(c, "Patient/w2") == []
         assert svc.person.link_of(c, "Patient/w2")["assurance"] == "level3"
     assert groups(svc) == [["Patient/w1", "Patient/w2"]]
+
+
+@pytest.mark.parametrize("out", ["a", "b"])
+def test_a_steward_unlink_holds_when_the_other_patient_is_matched_again(hub, svc, out):
+    """Both Patients had persons of their own, joined by a merge; a steward took one out. The
+    next routine update of the other Patient joined them again (the Patients left behind were
+    not marked decided: the walk started from the unlinked Patient's own, merged-away person)."""
+    a, b = f"Patient/ua{out}", f"Patient/ub{out}"
+    put_patients(hub, (a.split("/")[1], None), (b.split("/")[1], None))
+    svc.auto_decide(a, "new", [], 1.0, {}, "r1")
+    svc.auto_decide(b, "new", [], 1.0, {}, "r1")
+    svc.auto_decide(b, "link", [a], 0.99999, {}, "r1")
+    svc.sync()
+    assert person_of(svc, a) == person_of(svc, b)
+    moved, stays = (a, b) if out == "a" else (b, a)
+    svc.unlink(moved, "steward1", "different people, checked")
+    svc.sync()
+    assert person_of(svc, a) != person_of(svc, b)
+    svc.auto_decide(stays, "link", [moved], 0.99999, {}, "r2")  # the other's next update
+    svc.sync()
+    assert person_of(svc, a) != person_of(svc, b)
