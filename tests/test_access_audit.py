@@ -365,3 +365,24 @@ def test_a_documents_binary_and_bundle_are_the_patients_data(client, live):
     assert client.get(f"/Bundle/{bundle['id']}").status_code == 200
     mine = _about(new_since(live, before), f"Patient/{p['id']}")
     assert sorted(e["subtype"][0]["code"] for e in mine) == ["read", "read"]
+
+
+def test_every_patient_a_search_hands_out_is_found_in_the_audit(client, live):
+    """An AuditEvent named at most 100 Patients: the 101st of a page was handed out with no
+    trace an auditor could find by patient."""
+    family = "Audit" + unique()[:8]
+    entries = [{"resource": {"resourceType": "Patient", "id": f"{family}-{i:03d}",
+                             "name": [{"family": family}]},
+                "request": {"method": "PUT", "url": f"Patient/{family}-{i:03d}"}}
+               for i in range(120)]
+    r = client.post("", json={"resourceType": "Bundle", "type": "transaction",
+                              "entry": entries}, headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    before = audit_events(live)
+    r = client.get("/Patient", params={"family": family, "_count": 200})
+    assert len(r.json()["entry"]) == 120
+    events = new_since(live, before)
+    named = {x["what"]["reference"] for e in events for x in e.get("entity", ())
+             if "what" in x and x["what"]["reference"].startswith("Patient/")}
+    assert named == {f"Patient/{family}-{i:03d}" for i in range(120)}
+    assert all(e["subtype"][0]["code"] == "search-type" for e in events) and len(events) == 2

@@ -199,7 +199,13 @@ class AccessAudit:
     def record(self, ctx: Context, action: Action, outcome: str, patients: Sequence[str],
                handed: Sequence[tuple[str, str]], detail: str | None = None) -> None:
         try:
-            self.writer.write(access_event(ctx, action, outcome, patients, handed, detail))
+            # every Patient handed out is named (an auditor searches by patient): an access
+            # handing out more than one event holds is recorded in several, alike but for
+            # their Patients (those past the 100th went unrecorded)
+            for i in range(0, max(len(patients), 1), MAX_ENTITIES):
+                self.writer.write(access_event(ctx, action, outcome,
+                                               patients[i:i + MAX_ENTITIES],
+                                               handed if i == 0 else (), detail))
         except (FhirError, OSError) as e:
             raise FhirError(503, "transient", "The access could not be audited, so it is not "
                             "answered; retry") from e
