@@ -29,7 +29,7 @@ from typing import Any
 import regex
 
 from hub.core import jsontext
-from hub.core.errors import FhirError, Issue
+from hub.core.errors import FhirError, HubError, Issue
 
 BindingCheck = Callable[[str, str | None, str | None], bool | None]  # (valueset, system, code)
 _CHOICE = re.compile(r"^(fixed|pattern)([A-Z]\w*)$")
@@ -49,8 +49,10 @@ class ProfileError(FhirError):
 REGEX_SECONDS = 0.2
 
 
-class RunawayExpression(Exception):
+class RunawayExpression(HubError):
     """A profile's regular expression ran over ``REGEX_SECONDS`` on a value."""
+
+    error_code = "too-large"
 
 
 def _search(pattern: str, text: str, flags: int = 0) -> Any:
