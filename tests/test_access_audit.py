@@ -214,6 +214,15 @@ def test_auditors_search_the_audit_log_by_patient_date_agent_and_outcome(client,
     by_name = _search(client, patient=ref, subtype=read, **{"agent-name": live.auth.client_id[:6]})
     assert len(_ids(by_name)) == 3
     assert _ids(_search(client, patient=ref, **{"agent-name:exact": "someone-else"})) == []
+    # by the agent itself: the hub names it by identifier (a client or user, no resource), and
+    # agent= found nothing in any form
+    me = live.auth.client_id
+    system = by_name["entry"][0]["resource"]["agent"][0]["who"]["identifier"]["system"]
+    for query in ({"agent": me}, {"agent:identifier": me},
+                  {"agent:identifier": f"{system}|{me}"}):
+        assert set(_ids(_search(client, patient=ref, subtype=read, **query))) == \
+            set(_ids(by_name)), query
+    assert _ids(_search(client, patient=ref, agent="someone-else")) == []
     # newest first, paged
     newest = _search(client, _sort="-date", _count="2", patient=ref, subtype=read)
     assert len(_ids(newest)) == 2

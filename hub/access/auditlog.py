@@ -28,7 +28,8 @@ UPDATE and DELETE with a trigger, and the hash chain
 
 **Search** answers the planner's plans (``projections.search.query.Query``) for these parameters:
 ``_id``, ``date`` and ``_lastUpdated`` (the recorded time), ``patient``, ``entity``, ``agent``
-(references), ``agent-name`` and ``address`` (strings: prefix, ``:exact``), ``outcome``,
+(references; ``agent`` also by its identifier, bare or ``:identifier``), ``agent-name`` and
+``address`` (strings: prefix, ``:exact``), ``outcome``,
 ``action``, ``type``, ``subtype``, ``altid`` (tokens), with ``_count``, ``_sort`` on
 ``date``/``_lastUpdated`` (commit order, which is the recorded order to within one move) and
 ``_total``. Anything else (chains, ``_has``, other modifiers) is refused with 400 rather than
@@ -621,13 +622,22 @@ class _Sql:
             else:
                 test = self._index(c.param, "=", f"{t.system}|{t.code}")
             return f"NOT {test}" if c.modifier == "not" else test
-        if c.param in REFERENCE_PARAMS and c.modifier is None:
+        if c.param in REFERENCE_PARAMS and c.modifier in (None, "identifier"):
             r: RefValue = c.value
             if r.identifier is not None:
-                raise bad_request(f"AuditEvent {c.param} is searched by reference, not identifier")
+                if c.param != "agent":
+                    raise bad_request(f"AuditEvent {c.param} is searched by reference, not "
+                                      "identifier")
+                t = r.identifier
+                value = t.code if t.system is None else f"{t.system}|{t.code}"
+                return self._index("agent:identifier", "=", value or "")
             parts = [self._index(c.param, "=", t) for t in r.targets]
             if r.id_suffix is not None:
                 parts.append(self._index(c.param, "LIKE", f"%/{_escape(r.id_suffix)}"))
+            if c.param == "agent":  # the agent's identifier value, as a bare id names it
+                ids = {t.rpartition("/")[2] for t in r.targets if "/" in t}
+                ids |= {r.id_suffix} if r.id_suffix is not None else set()
+                parts += [self._index("agent:identifier", "=", i) for i in sorted(ids)]
             return "(" + " OR ".join(parts or ["1=0"]) + ")"
         if c.param in STRING_PARAMS and c.modifier in (None, "exact"):
             text = str(c.value)
@@ -677,6 +687,12 @@ def search_values(d: dict) -> list[tuple[str, str]]:
         who = agent.get("who")
         if isinstance(who, dict):
             out.append(("agent", who.get("reference")))
+            # the hub's agents are named by identifier (a client, a user): found so, by
+            # ``agent:identifier`` and by ``agent`` with the bare value (no type to refer to)
+            ident = who.get("identifier")
+            if isinstance(ident, dict) and isinstance(ident.get("value"), str):
+                out.append(("agent:identifier", ident["value"]))
+                out.append(("agent:identifier", f"{ident.get('system') or ''}|{ident['value']}"))
             name = who.get("display")
             if isinstance(name, str):
                 out.append(("agent-name", name.lower()))
