@@ -12,6 +12,7 @@ split Medplum draws between its routers and its ``Repository``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -102,6 +103,17 @@ def _files_reports(actor: Actor) -> bool:
     """Who files quality reports: the hub, and connectors (whose quality control checks a
     document before it travels, its report with it)."""
     return actor.kind == "system" or "connector" in actor.roles
+
+
+_PATIENT_IN_QUERY = re.compile(r"(?:^|[/=,|])Patient(?:/|%2F)([A-Za-z0-9\-.]{1,64})")
+
+
+def _aimed_at(query: str | None, action: Action) -> list[str]:
+    """The Patients an access names: ``Patient/x`` in its path or query, or the one it reads."""
+    found = dict.fromkeys(f"Patient/{m}" for m in _PATIENT_IN_QUERY.findall(query or ""))
+    if action.rtype == "Patient" and action.rid:
+        found[f"Patient/{action.rid}"] = None
+    return list(found)[:100]
 
 
 def _write_action(op: Op) -> Action:
@@ -205,7 +217,10 @@ class Repository:
         try:
             result = run()
         except FhirError as e:
-            self.audit.record(ctx, action, "4" if e.status < 500 else "8", [], [],
+            # a refused access names the Patients it aimed at (a compartment path, a subject
+            # in its query, a Patient read), so an auditor finds it by patient
+            self.audit.record(ctx, action, "4" if e.status < 500 else "8",
+                              _aimed_at(ctx.query, action), [],
                               e.issues[0].diagnostics if e.issues else None)
             raise
         if handed is None:

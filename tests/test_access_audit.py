@@ -102,6 +102,23 @@ def test_a_refused_or_malformed_search_is_audited_too(client, live):
         ("search-type", "4"), ("search-type", "4")]
 
 
+def test_a_refused_access_aimed_at_a_patient_is_found_by_that_patient(client, live):
+    """A search refused for its scope, aimed at one patient (its subject, a compartment path),
+    was audited without the patient: an auditor's search by patient missed it."""
+    import httpx
+
+    p = patient(rid=unique()[:16])
+    _put(client, p)
+    narrow = live.client_auth(roles=("clinician",), scope="system/Patient.rs")
+    with httpx.Client(base_url=live.base, timeout=30, auth=narrow) as c:
+        assert c.get("/Observation", params={"subject": f"Patient/{p['id']}"}).status_code == 403
+        assert c.get(f"/Patient/{p['id']}/Observation").status_code == 403
+    auditor = live.client_auth(roles=("auditor",), scope="system/AuditEvent.rs")
+    with httpx.Client(base_url=live.base, timeout=30, auth=auditor) as c:
+        found = c.get("/AuditEvent", params={"patient": f"Patient/{p['id']}", "outcome": "4"})
+        assert found.status_code == 200 and len(found.json().get("entry", [])) == 2, found.text
+
+
 def test_an_attempt_without_a_valid_token_is_audited(client, live):
     """A read of patient data with no token, or a token that does not verify, was answered 401
     and left no trace in the audit."""
