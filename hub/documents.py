@@ -76,6 +76,7 @@ class DocumentService:
                                 self._error_report(payload, source, now, e.reason, e.location),
                                 e.reason)
         report = conversion.resources[-1]
+        self._keep_checked_time(report)
         if not self._note_superseded(conversion.resources, report, ctx):
             self._note_left_out(conversion.resources, report, ctx)
         normaliser = self.normaliser() if self.normaliser is not None else None
@@ -110,6 +111,25 @@ class DocumentService:
         return result
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    def _keep_checked_time(self, report: dict) -> None:
+        """The same document checked again with the same outcome keeps the time it was first
+        checked: its report stays the version stored (a resend changed nothing else, yet a new
+        version of the report moved the document to the resend's day in the quality trend)."""
+        stored = self.repo.store.latest("OperationOutcome", report["id"])
+        if stored is None:
+            return
+        body = stored.state.partition(b"\n")[2]
+        if not body.strip():
+            return
+        old = orjson.loads(body)
+
+        def without_time(d: dict) -> dict:
+            return {**d, "meta": None, "extension": [
+                e for e in d.get("extension") or () if not e.get("url", "").endswith(
+                    "quality-checked")]}
+        if without_time(old) == without_time(report):
+            report["extension"] = old["extension"]
 
     def _note_left_out(self, resources: list[dict], report: dict, ctx: Context) -> None:
         """A new version of a stored document that leaves out entries the stored version had

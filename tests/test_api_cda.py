@@ -42,6 +42,9 @@ def test_a_clean_document_is_stored_once_with_its_original_bytes(client):
     assert client.get(f"/{doc_ref}").json()["meta"]["versionId"] == ref["meta"]["versionId"]
     stored = client.get(f"/OperationOutcome/{report['id']}").json()  # the report is on record
     assert stored["issue"] == report["issue"]
+    # and stays as it was: the same document checked again took a new version of its report,
+    # moving it to the resend's day in the quality trend
+    assert stored["meta"]["versionId"] == "1", stored["meta"]
 
 
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason="shared samples not present")
