@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
+import time
 
 import httpx
 import pytest
@@ -525,3 +527,58 @@ def test_quality_reports_are_never_patched_or_deleted_nor_filed_by_others(bare):
         assert c.delete(f"/OperationOutcome/{report['id']}").status_code == 403
     with _http(bare, bare.h1) as c:
         assert c.get(f"/OperationOutcome/{report['id']}").json()["issue"][0]["severity"] == "error"
+
+
+@pytest.fixture(scope="module")
+def matching(request, tmp_path_factory):
+    """As ``matching``, with the index matching Patients as they arrive (reviews open)."""
+    before = os.environ.get("HUB_MPI_AUTOMATCH")
+    os.environ["HUB_MPI_AUTOMATCH"] = "1"
+    try:
+        settings = make_settings("sqlite", tmp_path_factory.mktemp("matching"), request)
+        settings.mpi_automatch = True
+        with LiveServer(settings) as live:
+            live.h1 = live.client_auth(roles=("connector",), scope="system/*.cruds",
+                                       institution="H1")
+            yield live
+    finally:
+        if before is None:
+            os.environ.pop("HUB_MPI_AUTOMATCH", None)
+        else:
+            os.environ["HUB_MPI_AUTOMATCH"] = before
+
+
+def test_the_review_queue_and_decisions_keep_to_what_the_steward_may_see(matching):
+    """A review about a Patient a consent hides from this steward was listed (naming it and
+    whom it resembles) and could be accepted by that steward."""
+    def local(system: str) -> dict:  # two hospitals' records of one name and birth, no ID
+        return {"resourceType": "Patient", "id": unique()[:16],
+                "identifier": [{"system": system, "value": unique()[:12]}],
+                "name": [{"text": "上官婉儿", "family": "上官", "given": ["婉儿"]}],
+                "gender": "female", "birthDate": "1993-03-03"}
+    a, b = local("https://h1.example/mrn"), local("https://h2.example/mrn")
+    _write(matching, a, b, _optout(b["id"]))
+    # a steward of the institution the consent lets see both
+    home = matching.client_auth(roles=("steward",), scope="system/Patient.rs system/Person.rs",
+                                institution="H1")
+
+    def reviews(auth) -> list[dict]:
+        with _http(matching, auth) as c:
+            r = c.get("/$mpi-review", params={"_count": 1000})
+            assert r.status_code == 200, r.text
+            return [x for x in r.json()["reviews"]
+                    if {x["patient"], *x["candidates"]} & {f"Patient/{a['id']}",
+                                                           f"Patient/{b['id']}"}]
+    deadline = time.monotonic() + 30
+    while not reviews(home):
+        assert time.monotonic() < deadline, "the matcher opened no review"
+        time.sleep(0.3)
+    elsewhere = matching.client_auth(roles=("steward",), scope="system/Patient.rs system/Person.rs",
+                                    institution="H2")
+    assert reviews(elsewhere) == []
+    rid = reviews(home)[0]["id"]
+    with _http(matching, elsewhere) as c:
+        assert c.post(f"/$mpi-review/{rid}/$accept", json={"resourceType": "Parameters",
+                      "parameter": [{"name": "reason", "valueString": "x"}]},
+                      headers=FHIR_JSON).status_code == 403
+    assert reviews(home)[0]["status"] == "open"

@@ -65,7 +65,7 @@ from hub.api.responses import (
 )
 from hub.core.access import Action
 from hub.core.config import Settings
-from hub.core.errors import FhirError, Issue, bad_request, not_found, operation_outcome
+from hub.core.errors import FhirError, Issue, bad_request, forbidden, not_found, operation_outcome
 from hub.core.fhirtime import http_date
 from hub.core.ingest import Context
 from hub.core.store import ResourceStore
@@ -195,6 +195,22 @@ def _seen_patients(repo: Repository, ctx: Context, rids: list[str]) -> list[str]
     one would tell what it holds)."""
     seen = repo.latest_many(ctx, "Patient", rids) if rids else {}
     return [r for r in rids if r in seen]
+
+
+def _hidden(repo: Repository, ctx: Context, refs: list[str]) -> list[str]:
+    """Of ``Patient/id`` references, those that exist but the caller may not see."""
+    rids = [r.split("/", 1)[1] for r in refs if r.startswith("Patient/")]
+    current = set(repo.store.current_ids("Patient", rids)) if rids else set()
+    seen = set(_seen_patients(repo, ctx, sorted(current)))
+    return [f"Patient/{r}" for r in rids if r in current and r not in seen]
+
+
+def _require_shown(request: Request, refs: list[str]) -> None:
+    """A review is decided only by a steward who may see its Patients, as only such a steward
+    is shown it in the queue (a consent hiding one hides the review). ``$link`` and ``$unlink``
+    name their Patient themselves and answer with what the decider may see."""
+    if _hidden(repository(request), context_of(request), refs):
+        raise forbidden("The decision concerns a Patient not shown to this caller")
 
 
 def _linked_person(identity: IdentityService, patient: str) -> str:
@@ -523,6 +539,7 @@ async def review_list(request: Request) -> Response:
     if not (after.isascii() and after.isdigit()) or len(after) > 18:
         raise bad_request("_cursor is not one this server gave")
     base = _base(request)
+    repo, ctx = repository(request), context_of(request)
 
     def answer() -> dict:
         identity.sync()
@@ -530,7 +547,12 @@ async def review_list(request: Request) -> Response:
                                        int(after))
         more = len(rows) > int(count)
         rows = rows[:int(count)]
-        out: dict[str, Any] = {"reviews": [_review_json(r, base) for r in rows]}
+        # a review about a Patient hidden from this caller (a consent) is not shown: it told
+        # that the Patient exists and whom it resembles
+        hidden = set(_hidden(repo, ctx, sorted({p for r in rows
+                                                 for p in [r["patient"], *r["candidates"]]})))
+        shown = [r for r in rows if not hidden & {r["patient"], *r["candidates"]}]
+        out: dict[str, Any] = {"reviews": [_review_json(r, base) for r in shown]}
         if more:
             out["next"] = f"{base}/$mpi-review?status={status}&_count={count}" \
                           f"&_cursor={rows[-1]['seq']}"
@@ -551,6 +573,7 @@ async def review_accept(request: Request, rid: str) -> Response:
     _review_id(rid)
 
     def run() -> str:
+        _require_shown(request, _review_patients(identity, rid))
         events = identity.accept_review(rid, user, params.get("candidate"), params.get("reason"))
         person = _event_person([e for e in events if e.event == "Linked"], "person")
         if person is None:  # an accepted review links: the service says to which person
@@ -567,10 +590,21 @@ async def review_reject(request: Request, rid: str) -> Response:
     identity = _identity(request, Action("operation", None, rid, "$mpi-review-reject"))
     user = _decider(request, params)
     _review_id(rid)
-    await run_in_threadpool(identity.reject_review, rid, user, params.get("reason"))
+
+    def run() -> None:
+        _require_shown(request, _review_patients(identity, rid))
+        identity.reject_review(rid, user, params.get("reason"))
+    await run_in_threadpool(run)
     return fhir_response(operation_outcome([Issue(
         "informational", f"Review {rid} rejected: the pair(s) are marked as not the same person",
         "information")]), request=request)
+
+
+def _review_patients(identity: IdentityService, rid: str) -> list[str]:
+    identity.sync()
+    with identity.person.read() as c:
+        r = identity.person.review(c, rid)
+    return [r["patient"], *r["candidates"]] if r else []
 
 
 def _review_id(rid: str) -> None:
