@@ -641,3 +641,22 @@ def test_a_steward_unlink_holds_when_the_other_patient_is_matched_again(hub, svc
     svc.auto_decide(stays, "link", [moved], 0.99999, {}, "r2")  # the other's next update
     svc.sync()
     assert person_of(svc, a) != person_of(svc, b)
+
+
+def test_a_certain_match_the_matcher_may_not_join_goes_to_a_steward(hub, svc):
+    """Two clusters, one shaped by a steward, certain to be one person: the matcher may not join
+    them (a steward's person is joined only by a steward), and dropped it without a word. Now a
+    review asks the steward."""
+    put_patients(hub, ("ha1", None), ("ha2", None), ("hb1", None), ("hb2", None))
+    svc.auto_decide("Patient/ha1", "new", [], 1.0, {}, "r1")
+    svc.auto_decide("Patient/ha2", "link", ["Patient/ha1"], 0.99999, {}, "r1")
+    svc.sync()
+    svc.link("Patient/ha2", person_of(svc, "Patient/ha1"), "steward1", "confirmed")
+    svc.auto_decide("Patient/hb1", "new", [], 1.0, {}, "r1")
+    svc.auto_decide("Patient/hb2", "link", ["Patient/hb1"], 0.99999, {}, "r1")
+    svc.auto_decide("Patient/hb1", "link", ["Patient/ha1"], 0.99999, {}, "r2")
+    svc.sync()
+    assert person_of(svc, "Patient/hb1") != person_of(svc, "Patient/ha1")  # not the matcher's
+    with svc.person.read() as c:
+        [review] = svc.person.open_reviews(c, "Patient/hb1")
+    assert review["candidates"] == ["Patient/ha1"]

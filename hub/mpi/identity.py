@@ -363,17 +363,24 @@ class IdentityService:
             # linking is clustering: p's cluster and each certain candidate's become one
             outcomes = [self._join(c, p, x, base, keys, emit) for x in cands]
             vetoed = [x for x, o in zip(cands, outcomes) if o == "veto"]
+            held = [x for x, o in zip(cands, outcomes) if o == "held"]
             if any(o in ("joined", "together") for o in outcomes):
                 emit(*self._supersede(c, p, base, "superseded"))
-            if vetoed:
-                # certain by the pair, impossible by the clusters: a steward decides
+            for asked, reason in ((vetoed, "the clusters carry conflicting identifiers or sexes"),
+                                  (held, "certain by the pair, but a person a steward shaped "
+                                         "is joined only by a steward")):
+                if not asked:
+                    continue
+                # certain by the pair, impossible or not the matcher's to do by the clusters:
+                # a steward decides (a held join was dropped without a word: two persons of
+                # one resident ID, and no review)
                 if P.link_of(c, p) is None:
                     emit(self._own_person(c, p, base, ASSURANCE_REVIEW))
-                if not any(sorted(r["candidates"]) == sorted(vetoed)
+                if not any(sorted(r["candidates"]) == sorted(asked)
                            for r in P.open_reviews(c, p)):
                     emit(IdentityEvent("ReviewOpened", {
-                        **base, "review": uuid.uuid4().hex, "patient": p, "candidates": vetoed,
-                        "reason": "the clusters carry conflicting identifiers or sexes"}))
+                        **base, "review": uuid.uuid4().hex, "patient": p, "candidates": asked,
+                        "reason": reason}))
             if all(o == "blocked" for o in outcomes):
                 decision = "new"
             else:
