@@ -328,6 +328,9 @@ def test_missing_path_is_one_clear_line_and_stores_nothing(settings, feed, tmp_p
     ("postgresql://nobody:s3cret@127.0.0.1:1/x", "cannot connect to PostgreSQL at nobody@127.0.0.1:1/x"),
     ("postgresql://postgres@127.0.0.1:5432/hub_no_such_database", "does not exist"),
     ("not a url", "not a PostgreSQL URL"),
+    # the URL's own parameters hold: sslmode=require was dropped, and the hub wrote patient data
+    # over plain TCP to a server without TLS
+    ("postgresql://postgres@127.0.0.1:5432/test?sslmode=require", "SSL"),
 ])
 def test_bad_database_url_is_a_clear_error(tmp_path, feed, url, needle):
     if "5432" in url and not _pg_available():

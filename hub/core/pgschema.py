@@ -25,9 +25,16 @@ def connect_args(dsn: str) -> dict[str, Any]:
     """Keyword arguments for ``psycopg.connect`` from a URL or key=value string, with the
     hub's defaults for what it leaves out (the password is passed, never printed)."""
     info = psycopg.conninfo.conninfo_to_dict(dsn)
+    # the rest as given (sslmode, sslrootcert, application_name, options…): dropped, a
+    # sslmode=require connected in plain text; the connect timeout is the hub's own
+    extra = {k: v for k, v in info.items()
+             if k not in ("host", "port", "user", "dbname", "password", "connect_timeout")}
     return {"host": info.get("host", "127.0.0.1"), "port": info.get("port", 5432),
             "user": info.get("user", "postgres"), "dbname": info.get("dbname", "postgres"),
-            "password": info.get("password", "")}
+            "password": info.get("password", ""), **extra}
+
+
+BASE_PARAMS = ("host", "port", "user", "dbname", "password")
 
 
 def ensure(dsn: str, name: str, statements: Sequence[str], create: Callable[[], None]) -> bool:

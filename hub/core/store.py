@@ -606,6 +606,11 @@ class ResourceStore:
             pre_ping=True,
             connect_timeout=0.5,
         )
+        # the URL's other parameters (sslmode…) for every connection of the pool: the
+        # datastore takes only the five above (the pool is not open yet)
+        pool_kwargs = datastore.pool.kwargs
+        assert isinstance(pool_kwargs, dict)  # eventsourcing gives the pool a dict
+        pool_kwargs.update({k: v for k, v in args.items() if k not in pgschema.BASE_PARAMS})
         recorder = PostgresResourceRecorder(datastore, events_table_name="stored_events")
         recorder.open_table(dsn)
         return cls(recorder, datastore.close)
