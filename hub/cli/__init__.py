@@ -248,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         if type(e).__module__.startswith(("eventsourcing", "psycopg", "sqlite3")):
             print(f"hub {args.command}: event store error: {e}", file=sys.stderr)
             return 2
+        if type(e).__module__.startswith("sqlalchemy"):  # the audit log's engine
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(f"hub {args.command}: audit log database error: {first}"[:500],
+                  file=sys.stderr)
+            return 2
         if type(e).__module__.startswith(("elastic_transport", "elasticsearch")):
             print(f"hub {args.command}: Elasticsearch at {settings.es_url}: {type(e).__name__}: "
                   f"{e}", file=sys.stderr)
