@@ -20,6 +20,7 @@ killed at any point delivers what it had not marked when it starts again.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -49,6 +50,8 @@ CREATE TABLE IF NOT EXISTS delivery (
 CREATE INDEX IF NOT EXISTS delivery_state ON delivery (subscription, state, seq);
 """
 STATES = ("pending", "delivered", "dead")
+
+log = logging.getLogger("hub.v3routing")
 
 
 class Refused(HubError):
@@ -327,9 +330,15 @@ def route_once(routes: Routes, sinks: dict[int, MessageSink], unavailable: type[
                 routes.dead(sub.id, p.seq, str(e))
                 done["dead"] += 1
                 continue
-            except unavailable as e:
+            except Exception as e:  # noqa: BLE001 - one subscriber's failure is its own
+                # unavailable, or a sink that fails in a way of its own (a setting it cannot
+                # use): retried later, logged; the other subscribers' deliveries go on (one
+                # such sink stopped the router for every subscriber)
+                if not isinstance(e, unavailable):
+                    log.warning("v3 route: subscription %s failed: %s: %s", sub.id,
+                                type(e).__name__, str(e)[:200])
                 wait = min(backoff[0] * 2 ** min(p.attempts, 20), backoff[1])
-                routes.retry(sub.id, p.seq, str(e), now() + wait)
+                routes.retry(sub.id, p.seq, f"{type(e).__name__}: {e}"[:500], now() + wait)
                 held.add(p.patient)
                 done["retried"] += 1
                 failing += 1

@@ -272,6 +272,14 @@ def test_accepted_messages_reach_their_subscribers_through_the_api(live, client,
                           "--interaction", "POOR_IN200901UV", "--kafka", "127.0.0.1:1",
                           "--data-dir", str(data_dir)], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--topic" in bad.stderr
+    # and what could never be delivered: a timeout of -5 or nan, a URL of another scheme
+    for extra in (["--http", "http://127.0.0.1:1/x", "--timeout", "-5"],
+                  ["--http", "http://127.0.0.1:1/x", "--timeout", "nan"],
+                  ["--http", "ftp://x/y"], ["--http", "notaurl"]):
+        bad = subprocess.run([sys.executable, "-m", "hub.cli", "v3", "subscribe", "--subscriber",
+                              "X", "--interaction", "POOR_IN200901UV", *extra, "--data-dir",
+                              str(data_dir)], env=env, capture_output=True, text=True)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, (extra, bad.stderr)
 
 
 def test_a_router_killed_mid_delivery_loses_nothing(tmp_path):
@@ -332,3 +340,23 @@ def test_the_message_sinks_refuse_and_retry_as_their_subscribers_answer(tmp_path
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_broken_sink_fails_its_own_subscription_not_the_others(tmp_path, receiver):
+    """A sink failing in a way of its own (a timeout of -5: ValueError) ended `hub v3 route`
+    on every start: no subscriber got anything until the subscription was removed."""
+    routes = Routes(tmp_path / "v3routes.sqlite")
+    bad = routes.subscribe("BAD", ["*"], {"type": "http", "url": receiver.url})
+    good = routes.subscribe("LIS", ["*"], {"type": "http", "url": receiver.url})
+    mids = accept(routes, "a", 2)
+
+    class Broken:
+        def send(self, p):
+            raise ValueError("Timeout value out of range")
+
+    sink = HttpMessageSink(receiver.url, timeout_s=5)
+    done = route_once(routes, {bad: Broken(), good: sink}, Unavailable, now=Clock())
+    assert done["delivered"] == 2 and receiver.ids() == mids
+    assert [p.message_id for p in routes.pending(bad)] == mids  # kept for a retry
+    sink.close()
+    routes.close()

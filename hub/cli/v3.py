@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import sys
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from hub.core.commandline import UsageError
 from hub.core.config import Settings
@@ -76,6 +78,13 @@ def cmd_v3(args: Any, settings: Settings) -> int:
 def _subscribe(args: Any, routes: Any) -> int:
     if args.kafka and not args.topic:
         raise UsageError("--kafka needs --topic")
+    # what can never be delivered is refused here: a timeout of -5 or nan stopped `hub v3
+    # route` for every subscriber, a URL of another scheme stayed pending for ever
+    if not (math.isfinite(args.timeout) and 0 < args.timeout <= 3600):
+        raise UsageError(f"--timeout {args.timeout}: seconds, more than 0 and at most 3600")
+    if args.http and urlsplit(args.http).scheme not in ("http", "https") or \
+            (args.http and not urlsplit(args.http).netloc):
+        raise UsageError(f"--http {args.http[:100]!r} is not an http(s) URL")
     sink: dict[str, Any] = ({"type": "http", "url": args.http} if args.http else
                             {"type": "kafka", "bootstrap_servers": args.kafka, "topic": args.topic})
     sink["timeout_s"] = args.timeout
