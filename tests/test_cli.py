@@ -636,3 +636,18 @@ def test_serve_on_postgresql_with_a_data_directory_that_is_a_file_stops_at_once(
                            "--data-dir", str(file)], env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2 and "is a file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_serve_with_a_certificate_that_does_not_load_is_one_line(tmp_path):
+    """A missing or wrong certificate made every worker die at start and be started again for
+    ever (thousands of traceback lines, the port closed), after saying it served."""
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.database_url = None
+    junk = write(tmp_path / "junk.pem", "not a certificate")
+    for args in (["--tls-cert", str(tmp_path / "nosuch.pem")],
+                 ["--tls-cert", str(junk), "--tls-key", str(junk)]):
+        proc = run_hub(settings, "serve", "--port", str(free_port()), "--workers", "2", *args,
+                       timeout=60)
+        line = assert_clean_error(proc, "hub serve:", "TLS")
+        assert "FHIR API on" not in proc.stdout, proc.stdout
+        assert ("nosuch.pem" in line) or ("junk.pem" in line)

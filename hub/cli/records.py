@@ -46,6 +46,7 @@ def cmd_serve(args, settings: Settings) -> int:
         settings.workers = args.workers
     if settings.workers < 1:
         raise UsageError("--workers / HUB_WORKERS must be at least 1")
+    _check_tls(settings)
     open_store(settings).close()  # fail now, with a clear line, if the store cannot be opened
     print(f"FHIR API on {settings.fhir_base} "
           f"(data: {settings.database_url and 'PostgreSQL' or settings.data_dir}"
@@ -99,6 +100,29 @@ def _run_server(args, settings: Settings, options: dict, create_app) -> None:
         uvicorn.run("hub.api.app:create_worker_app", factory=True, workers=workers, **options)
     else:
         uvicorn.run(create_app(settings, serving=True), **options)
+
+
+def _check_tls(settings: Settings) -> None:
+    """The certificate, key and client CA load, before any worker starts: a missing or wrong
+    file made every worker die at start and be started again for ever, the port closed."""
+    if not settings.tls_cert:
+        return
+    import ssl
+
+    for what, path in (("certificate (--tls-cert)", settings.tls_cert),
+                       ("key (--tls-key)", settings.tls_key),
+                       ("client CA (--tls-client-ca)", settings.tls_client_ca)):
+        if path and not Path(path).is_file():
+            raise UsageError(f"the TLS {what} {path} is not a readable file")
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(settings.tls_cert, settings.tls_key or None)
+        if settings.tls_client_ca:
+            ctx.load_verify_locations(settings.tls_client_ca)
+    except (ssl.SSLError, OSError) as e:
+        raise UsageError(f"the TLS certificate {settings.tls_cert} and key "
+                         f"{settings.tls_key or '(in the certificate file)'} do not load: "
+                         f"{getattr(e, 'reason', None) or e}") from None
 
 
 def server_options(settings: Settings) -> dict:
