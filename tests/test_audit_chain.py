@@ -193,6 +193,19 @@ def test_a_changed_byte_is_modified(chained, settings):
     assert p.seq is not None and p.chain is not None
 
 
+def test_a_body_edited_into_text_is_modified_not_a_crash(chained, settings):
+    """SQLite's replace() on the body leaves it TEXT: the verification crashed on it."""
+    if settings.database_url:
+        pytest.skip("a TEXT body is SQLite's own (PostgreSQL keeps bytea)")
+    log, _ = chained
+    db = Db(settings)
+    pos, rid, body = db.audit_rows()[3]
+    db.run("UPDATE audit_event SET body=? WHERE pos=?",
+           (body.replace(b"user-", b"user_", 1).decode(), pos))
+    report = verify(log)
+    assert kinds(report) == ["modified"] and report.problems[0].rid == rid
+
+
 def test_a_changed_chain_extension_is_found(chained, settings):
     log, chain = chained
     db = Db(settings)

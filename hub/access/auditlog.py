@@ -342,7 +342,11 @@ class AuditLog:
                            "ORDER BY pos LIMIT :n")
                 rows = c.execute(sa.text(sql), {"after": after, "since": since_us, "n": n}).all()
             for r in rows:
-                yield Stored(r.pos, r.id, bytes(r.body))
+                # a body edited in place may come back as TEXT (SQLite's replace()): its bytes
+                # as stored, for the verification to call it modified (it crashed on it)
+                body = r.body.encode("utf-8", "surrogateescape") if isinstance(r.body, str) \
+                    else bytes(r.body)
+                yield Stored(r.pos, r.id, body)
             if len(rows) < n:
                 return
             after = rows[-1].pos
