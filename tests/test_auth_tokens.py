@@ -323,7 +323,7 @@ def test_signing_key_file_and_kid(tmp_path):
     assert jwk["kid"] == kid == jwt.PyJWK(jwk).key_id and "d" not in jwk
 
 
-def test_rotation_keeps_the_previous_key_until_the_next(tmp_path, monkeypatch):
+def test_rotation_keeps_the_previous_keys_until_five_more(tmp_path, monkeypatch):
     monkeypatch.setattr("hub.auth.signer.RECHECK_S", 0.2)
     signer = Signer(tmp_path)
     verifier = Verifier("aud", signer)
@@ -341,10 +341,16 @@ def test_rotation_keeps_the_previous_key_until_the_next(tmp_path, monkeypatch):
     assert (tmp_path / "auth" / "signing-key.previous.pem").stat().st_mode & 0o777 == 0o600
     assert verifier.verify(first)["sub"] == "c"
     assert jwt.get_unverified_header(signer.issue(claims, 60))["kid"] == new
+    # rotated again (an operator running it twice): the first key's tokens still verify until
+    # they expire (only one previous key was kept: every client was logged out)
     signer.rotate()
+    assert verifier.verify(first)["sub"] == "c"
+    for _ in range(4):  # five keys after it, it is dropped
+        signer.rotate()
     with pytest.raises(FhirError) as e:
         verifier.verify(first)
     assert e.value.status == 401 and "kid unknown" in str(e.value)
+    assert len(signer.jwks()["keys"]) == 6
 
 
 # -- the verifier ----------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ __all__ = ["ALGORITHM", "Signer"]
 ALGORITHM = "ES256"
 KEY_FILE = "signing-key.pem"
 PREVIOUS_FILE = "signing-key.previous.pem"
+# the keys before it, newest first (a second rotation within a token's life made its tokens
+# invalid: only one previous key was kept)
+OLDER = tuple(f"signing-key.previous-{n}.pem" for n in range(2, 6))
 RECHECK_S = 1.0
 
 
@@ -78,9 +81,14 @@ class Signer:
         return jwt.encode(payload, key.private, algorithm=ALGORITHM, headers={"kid": key.kid})
 
     def rotate(self) -> str:
-        """Sign with a new key from now on, keeping the current one as the previous; the new kid."""
+        """Sign with a new key from now on, keeping the current one and up to four before it
+        (their tokens verify until they expire); the new kid."""
         with self._lock:
             self._ensure_folder()
+            chain = [self.folder / n for n in (PREVIOUS_FILE, *OLDER)]
+            for newer, older in reversed(list(zip(chain, chain[1:]))):  # shift, the oldest out
+                if newer.exists():
+                    self._write(older, newer.read_bytes(), replace=True)
             if self.path.exists():
                 self._write(self.folder / PREVIOUS_FILE, self.path.read_bytes(), replace=True)
             self._write(self.path, _new_pem(), replace=True)
@@ -100,14 +108,16 @@ class Signer:
             if not self.path.exists():
                 self._ensure_folder()
                 self._write(self.path, _new_pem(), replace=False)
-            seen = tuple(_identity(self.folder / n) for n in (KEY_FILE, PREVIOUS_FILE))
+            names = (KEY_FILE, PREVIOUS_FILE, *OLDER)
+            seen = tuple(_identity(self.folder / n) for n in names)
             if seen != self._seen:
                 keys = [_read(self.path)]
-                previous = self.folder / PREVIOUS_FILE
-                if previous.exists():
-                    old = _read(previous)
-                    if old.kid != keys[0].kid:
-                        keys.append(old)
+                for name in names[1:]:
+                    previous = self.folder / name
+                    if previous.exists():
+                        old = _read(previous)
+                        if all(old.kid != k.kid for k in keys):
+                            keys.append(old)
                 self._keys, self._seen = keys, seen
             return self._keys
 

@@ -5,8 +5,8 @@ token endpoint for access tokens, and the hub's signing key.
 registers a client with its public key (a PEM public key, or a JWK Set as .jwks or .json) and
 prints its new client_id (``--json``: the whole record). ``client list`` prints a table (``--json``:
 one JSON object per line), ``client revoke CLIENT_ID`` refuses its next token request.
-``rotate-key`` signs with a new key from now on; the previous one stays published for the tokens
-it signed. The registry is ``auth.sqlite`` in the data directory, whichever store holds the events.
+``rotate-key`` signs with a new key from now on; the previous ones (up to five) stay published
+for the tokens they signed. The registry is ``auth.sqlite`` in the data directory, whichever store holds the events.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def cmd_auth(args: Any, settings: Any) -> int:
         return _user(args, settings)
     if args.auth_action == "rotate-key":
         kid = Signer(settings.data_dir).rotate()
-        print(f"signing with the new key {kid}; the previous one verifies until its tokens expire")
+        print(f"signing with the new key {kid}; the previous ones (up to five) verify until their tokens expire")
         return 0
     if args.auth_action == "demo-client":
         return _demo_client(args, settings)
