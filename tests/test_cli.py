@@ -651,3 +651,17 @@ def test_serve_with_a_certificate_that_does_not_load_is_one_line(tmp_path):
         line = assert_clean_error(proc, "hub serve:", "TLS")
         assert "FHIR API on" not in proc.stdout, proc.stdout
         assert ("nosuch.pem" in line) or ("junk.pem" in line)
+
+
+def test_names_that_are_no_utf8_are_taken_or_refused_in_one_line(settings, tmp_path):
+    """A file named in GBK (bytes that are no UTF-8) holding a bad resource crashed the whole
+    run when its rejection was written; such bytes in --institution ended in a traceback."""
+    folder = tmp_path / "nu"
+    folder.mkdir()
+    bad = os.fsdecode(b"bad\xff.json")
+    (folder / bad).write_bytes(b'{"resourceType":"Patient","id":"x1","gender":"bogus"}')
+    proc = run_hub(settings, "ingest", folder)
+    assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
+    assert counts(proc.stdout)["rejected"] == 1
+    proc = run_hub(settings, "ingest", folder, "--institution", os.fsdecode(b"H\xff"))
+    assert_clean_error(proc, "hub ingest:", "institution", "UTF-8")

@@ -228,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     connector_cli.add_parsers(sub, common)
 
     args = parser.parse_args(argv)
+    garbled = _not_utf8(args)
+    if garbled:  # a name or code that cannot be stored or printed (paths are taken as they are)
+        print(f"hub {args.command}: --{garbled.replace('_', '-')} is not valid UTF-8 text",
+              file=sys.stderr)
+        return 2
     try:
         settings = Settings()
     except ValueError as e:  # HUB_PORT=abc and the like
@@ -261,6 +266,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hub {args.command}: Kafka: {type(e).__name__}: {e}"[:500], file=sys.stderr)
             return 2
         raise
+
+
+def _not_utf8(args: argparse.Namespace) -> str | None:
+    """The first text argument holding bytes that are no UTF-8 (a shell's $'H\\xff'): such an
+    institution, client name or reference ended in a traceback where it was stored or shown."""
+    for name, value in vars(args).items():
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str):
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    return name
+    return None
 
 
 COMMANDS = {"projections": cmd_projections, "serve": cmd_serve, "ingest": cmd_ingest,

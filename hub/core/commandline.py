@@ -7,6 +7,7 @@ Below ``hub.cli`` (which registers the commands) and the command modules of ``co
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from collections.abc import Iterator
@@ -117,18 +118,25 @@ def iter_inputs(paths: list[Path]) -> Iterator[tuple[str, bytes | None, str | No
             if kind is None:
                 continue  # other files in a folder (truth.csv, README, ...)
             n = 0
+            name = shown_path(f)
             try:
                 with _open(f) as fh:
                     if kind == "json":
-                        yield str(f), fh.read().removeprefix(BOM), None
+                        yield name, fh.read().removeprefix(BOM), None
                         continue
                     for n, line in enumerate(fh, 1):
                         if n == 1:
                             line = line.removeprefix(BOM)
                         if line.strip():
-                            yield f"{f}:{n}", line, None
+                            yield f"{name}:{n}", line, None
             except (OSError, EOFError, zlib.error) as e:  # unreadable, corrupt or truncated gzip
-                yield (f"{f}:{n + 1}" if n else str(f)), None, f"Cannot read the file: {e}"
+                yield (f"{name}:{n + 1}" if n else name), None, f"Cannot read the file: {e}"
+
+
+def shown_path(f: Path) -> str:
+    """A file's name as text that can be printed and written as JSON: a name that is no UTF-8
+    (copied from Windows in GBK) with its odd bytes replaced (its rejection crashed the run)."""
+    return os.fsencode(f).decode("utf-8", "replace")
 
 
 def _open(f: Path):
