@@ -665,3 +665,17 @@ def test_names_that_are_no_utf8_are_taken_or_refused_in_one_line(settings, tmp_p
     assert counts(proc.stdout)["rejected"] == 1
     proc = run_hub(settings, "ingest", folder, "--institution", os.fsdecode(b"H\xff"))
     assert_clean_error(proc, "hub ingest:", "institution", "UTF-8")
+
+
+def test_a_listing_at_a_mistyped_data_dir_says_so(tmp_path):
+    """Listings at a mistyped --data-dir created empty databases there and listed nothing,
+    exit 0 (a data directory that is a file: "no open entries")."""
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.database_url = None
+    afile = write(tmp_path / "afile", "x")
+    for d in (tmp_path / "typo", afile):
+        for args in (["auth", "client", "list"], ["auth", "user", "list"],
+                     ["v3", "subscriptions"], ["quarantine", "list"]):
+            proc = run_hub(settings, *args, "--data-dir", str(d))
+            assert_clean_error(proc, str(d))
+    assert not (tmp_path / "typo").exists()

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from hub.auth.roles import ROLES  # the rest of hub.auth (cryptography) is imported when run
-from hub.core.commandline import UsageError
+from hub.core.commandline import UsageError, existing_data_dir
 from hub.core.errors import FhirError
 
 __all__ = ["add_parsers", "cmd_auth"]
@@ -84,6 +84,8 @@ def cmd_auth(args: Any, settings: Any) -> int:
         return _demo_client(args, settings)
     if args.auth_action == "token":
         return _token(args, settings)
+    if args.client_action == "list":
+        existing_data_dir(settings)
     registry = open_registry(settings.data_dir)
     try:
         return _CLIENT_ACTIONS[args.client_action](args, registry)
@@ -216,6 +218,8 @@ def _user(args: Any, settings: Any) -> int:
     from hub.auth.clients import REGISTRY_FILE
     from hub.auth.users import UserRegistry
 
+    if args.user_action == "list":
+        existing_data_dir(settings)
     users = UserRegistry(settings.data_dir / REGISTRY_FILE)
     if args.user_action == "add":
         password = sys.stdin.readline().rstrip("\n")

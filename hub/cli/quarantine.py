@@ -6,7 +6,7 @@ import sys
 
 import orjson
 
-from hub.core.commandline import UsageError, open_store
+from hub.core.commandline import UsageError, existing_data_dir, open_store
 from hub.core.config import Settings
 
 
@@ -14,8 +14,10 @@ def _quarantine(settings: Settings, create: bool = False):
     from hub.quarantine import Quarantine
 
     path = settings.data_dir / "quarantine.sqlite"
-    if not create and not path.exists():
-        return None
+    if not create:
+        existing_data_dir(settings)
+        if not path.exists():
+            return None
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return Quarantine(path)
 

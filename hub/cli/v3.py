@@ -13,7 +13,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from hub.core.commandline import UsageError
+from hub.core.commandline import UsageError, existing_data_dir
 from hub.core.config import Settings
 
 log = logging.getLogger("hub.v3routing")
@@ -67,6 +67,8 @@ def _routes(settings: Settings, synchronous: str = "FULL"):
 
 
 def cmd_v3(args: Any, settings: Settings) -> int:
+    if args.v3_action in ("subscriptions", "dead-letters", "redeliver", "unsubscribe"):
+        existing_data_dir(settings)  # what reads or changes what is there
     # the router's marks need not survive an OS crash: a lost one repeats a delivery
     routes = _routes(settings, "NORMAL" if args.v3_action == "route" else "FULL")
     try:

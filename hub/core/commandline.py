@@ -133,6 +133,16 @@ def iter_inputs(paths: list[Path]) -> Iterator[tuple[str, bytes | None, str | No
                 yield (f"{name}:{n + 1}" if n else name), None, f"Cannot read the file: {e}"
 
 
+def existing_data_dir(settings: Settings) -> None:
+    """A command that only reads (a listing) needs the data directory to be there: at a
+    mistyped ``--data-dir`` it created empty databases and listed "nothing", exit 0."""
+    d = Path(settings.data_dir)
+    if not d.exists():
+        raise UsageError(f"no data directory at {d} (a mistyped --data-dir or HUB_DATA_DIR?)")
+    if not d.is_dir():
+        raise UsageError(f"the data directory {d} is a file, not a directory")
+
+
 def shown_path(f: Path) -> str:
     """A file's name as text that can be printed and written as JSON: a name that is no UTF-8
     (copied from Windows in GBK) with its odd bytes replaced (its rejection crashed the run)."""
