@@ -697,3 +697,20 @@ def test_a_person_read_is_conditional_as_any_read(client, data):
     assert later.status_code == 304
     other = client.get(f"/Person/{pa}", headers={**USER, "if-none-match": 'W/"999999"'})
     assert other.status_code == 200
+
+
+def test_a_timeline_row_without_a_clinical_time_says_so(client, data):
+    """A visit with no time of its own sits where it was written, and nothing in the answer
+    said so: a reader took the load day for when it happened."""
+    pid = data["a"]
+    enc = {"resourceType": "Encounter", "id": f"{pid}-undated", "status": "finished",
+           "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+           "subject": {"reference": f"Patient/{pid}"}}
+    assert client.put(f"/Encounter/{enc['id']}", json=enc, headers=FHIR).status_code == 201
+    r = client.get(f"/Patient/{pid}/$timeline", params={"_count": 100})
+    assert r.status_code == 200, r.text
+    flags = {e["fullUrl"].split("/fhir/", 1)[1]: e.get("extension") for e in r.json()["entry"]}
+    assert flags[f"Encounter/{enc['id']}"] == [{
+        "url": "https://fhir-region-hub.example/StructureDefinition/timeline-undated",
+        "valueBoolean": True}]
+    assert flags[f"Encounter/{pid}-enc"] is None  # a visit with its own time carries none

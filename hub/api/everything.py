@@ -201,6 +201,9 @@ def _scope(shared: SharedRecord, rtype: str, rid: str, institution: str | None) 
     return shared.scope_of_patient(rid, institution)
 
 
+UNDATED_EXT = "https://fhir-region-hub.example/StructureDefinition/timeline-undated"
+
+
 def _bundle(entries: list[tuple[str, str, bytes]], base: str, links: list[dict],
             total: int | None = None,
             referenced: Sequence[tuple[str, str, bytes]] = ()) -> dict:
@@ -319,7 +322,8 @@ async def _timeline(request: Request, rtype: str, rid: str) -> Response:
     def answer(_purpose):
         repo.authorize(ctx, Action("operation", rtype, rid, "$timeline"))
         scope = _scope(shared, rtype, rid, institution)
-        entries, nxt = shared.timeline(scope, start, end, kinds, count, after)
+        undated: set[tuple[str, str]] = set()
+        entries, nxt = shared.timeline(scope, start, end, kinds, count, after, undated)
         entries = repo.shown(ctx, entries)
         path = f"{base}/{rtype}/{rid}/$timeline"
         plist = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
@@ -327,7 +331,14 @@ async def _timeline(request: Request, rtype: str, rid: str) -> Response:
         if nxt is not None:
             links.append({"relation": "next", "url": link(path, plist,
                                                             _cursor=tokens.seal(_encode_tl(nxt)))})
-        return scope, _bundle(entries, base, links)
+        body = _bundle(entries, base, links)
+        for entry in body.get("entry", ()):
+            rt, _, rr = entry["fullUrl"].rpartition("/")
+            if (rt.rpartition("/")[2], rr) in undated:
+                # placed by when it was written: no clinical time of its own (a visit without
+                # its PV1-44); the reader must not take its place for when it happened
+                entry["extension"] = [{"url": UNDATED_EXT, "valueBoolean": True}]
+        return scope, body
 
     asked = (rid, []) if rtype == "Person" else (None, [f"Patient/{rid}"])
     scope, body = await audited(request, "timeline", answer,

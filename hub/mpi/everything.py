@@ -383,8 +383,11 @@ class SharedRecord:
 
     def timeline(self, scope: Scope, start: int | None, end: int | None,
                  kinds: list[str] | None, count: int,
-                 after: tuple[int, str, str] | None) -> tuple[list[tuple[str, str, bytes]],
-                                                            tuple[int, str, str] | None]:
+                 after: tuple[int, str, str] | None,
+                 undated: set[tuple[str, str]] | None = None
+                 ) -> tuple[list[tuple[str, str, bytes]], tuple[int, str, str] | None]:
+        """One page of the timeline; ``undated``, if given, receives the (type, id) of the rows
+        placed by when they were written, having no clinical time of their own."""
         if not scope.patients:
             return [], None
         if not self.timeline_runner.sync():
@@ -395,6 +398,8 @@ class SharedRecord:
         rows = rows[:count]
         bodies = self._bodies([(r[1], r[2]) for r in rows])
         entries = [(r[1], r[2], bodies[(r[1], r[2])]) for r in rows if (r[1], r[2]) in bodies]
+        if undated is not None:
+            undated.update((r[1], r[2]) for r in rows if not r[6])
         nxt = (rows[-1][0], rows[-1][1], rows[-1][2]) if more and rows else None
         return entries, nxt
 
