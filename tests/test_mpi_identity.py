@@ -660,3 +660,23 @@ def test_a_certain_match_the_matcher_may_not_join_goes_to_a_steward(hub, svc):
     with svc.person.read() as c:
         [review] = svc.person.open_reviews(c, "Patient/hb1")
     assert review["candidates"] == ["Patient/ha1"]
+
+
+@pytest.mark.parametrize("decision", ["link", "merge"])
+def test_a_link_or_merge_closes_the_reviews_it_answers(hub, svc, decision):
+    """A pair asked both ways, then decided by $link or $merge: both reviews stayed open, and a
+    reject of either was refused as contradicting the decision."""
+    put_patients(hub, ("q1", None), ("q2", None))
+    svc.auto_decide("Patient/q1", "review", ["Patient/q2"], 0.7, {}, "r1")
+    svc.auto_decide("Patient/q2", "review", ["Patient/q1"], 0.7, {}, "r1")
+    svc.sync()
+    p1, p2 = person_of(svc, "Patient/q1"), person_of(svc, "Patient/q2")
+    if decision == "link":
+        svc.link("Patient/q1", p2, "steward-li", "same woman")
+    else:
+        svc.merge(p1, p2, "steward-li", "same woman")
+    svc.sync()
+    with svc.person.read() as c:
+        assert [r for r in svc.person.open_reviews(c)
+                if r["patient"] in ("Patient/q1", "Patient/q2")] == []
+    assert person_of(svc, "Patient/q1") == person_of(svc, "Patient/q2")

@@ -490,6 +490,25 @@ class IdentityService:
                                                       "outcome": "withdrawn"}))
         return out
 
+    def _settle(self, c, one: list[str], other: list[str], base: dict) -> list[IdentityEvent]:
+        """Close the open reviews a decision joining ``one`` and ``other`` answers: each whose
+        Patient is on one side and whose candidates are all on the other (they stayed open and
+        a later reject was refused as contradicting the decision)."""
+        a, b = set(one), set(other)
+        out, seen = [], set()
+        for x in sorted(a if len(a) <= len(b) else b):
+            for r in self.person.reviews_involving(c, x):
+                if r["id"] not in seen:
+                    seen.add(r["id"])
+                    out.append(r)
+        closing = []
+        for r in out:
+            cands = set(r["candidates"])
+            if cands and ((r["patient"] in a and cands <= b) or (r["patient"] in b and cands <= a)):
+                closing.append(IdentityEvent("ReviewClosed", {**base, "review": r["id"],
+                                                              "outcome": "superseded"}))
+        return closing
+
     def _supersede(self, c, patient: str, base: dict, outcome: str) -> list[IdentityEvent]:
         return [IdentityEvent("ReviewClosed", {**base, "review": r["id"], "outcome": outcome})
                 for r in self.person.open_reviews(c, patient)]
@@ -532,6 +551,8 @@ class IdentityService:
                     **base, "patient": p, "person": target,
                     "previous": link["person"] if link else None, "created": False,
                     "assurance": ASSURANCE_USER}))
+                # the question asked the other way (another's review naming p) is answered too
+                events += self._settle(c, [p], others, base)
             return events + self._supersede(c, p, base, "superseded")
 
         return self._decide(plan)
@@ -584,7 +605,9 @@ class IdentityService:
             if why is not None:
                 raise conflict(f"Person/{s_in} and Person/{t} cannot be one person: {why}")
             base = self._base(USER, user, reason=reason)
-            return [IdentityEvent("Merged", {**base, "source": s_in, "target": t})]
+            # reviews asking whether a Patient of one is one of the other: answered by the merge
+            return [IdentityEvent("Merged", {**base, "source": s_in, "target": t}),
+                    *self._settle(c, sp, tp, base)]
 
         return self._decide(plan)
 
