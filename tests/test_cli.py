@@ -679,3 +679,23 @@ def test_a_listing_at_a_mistyped_data_dir_says_so(tmp_path):
             proc = run_hub(settings, *args, "--data-dir", str(d))
             assert_clean_error(proc, str(d))
     assert not (tmp_path / "typo").exists()
+
+
+def test_odd_values_end_in_one_line(settings, tmp_path):
+    """Values no command can use ended in tracebacks: an enormous --limit (OverflowError), a
+    --retention-days of nan, a key encrypted with a password."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    enc = tmp_path / "enc.pem"
+    enc.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.BestAvailableEncryption(b"secret")))
+    run_hub(settings, "quarantine", "list")  # the data directory exists
+    for args in (["quarantine", "list", "--limit", "9" * 25],
+                 ["v3", "route", "--once", "--retention-days", "nan"],
+                 ["auth", "token", "--client-id", "x", "--key", str(enc)]):
+        proc = run_hub(settings, *args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)

@@ -247,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, FhirError, OSError) as e:
         print(f"hub {args.command}: {e}", file=sys.stderr)
         return 2
+    except (ValueError, OverflowError) as e:  # a value no command can use (nan, 10**25, bad JSON)
+        print(f"hub {args.command}: {type(e).__name__}: {e}"[:500].splitlines()[0],
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - engines report connection problems in many types

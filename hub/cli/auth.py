@@ -199,7 +199,7 @@ def _token(args: Any, settings: Any) -> int:
     base = (args.url or settings.fhir_base).rstrip("/")
     try:
         key = serialization.load_pem_private_key(args.key.read_bytes(), password=None)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TypeError) as e:  # TypeError: a key encrypted with a password
         raise UsageError(f"cannot read the private key {args.key}: {e}") from None
     try:
         answer = fetch_token(base.removesuffix("/fhir") + "/auth/token", args.client_id, key,
