@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -103,6 +104,11 @@ class ConnectorConfig:
             for key in ("path", "done_dir", "failed_dir"):
                 if key in s and not Path(s[key]).is_absolute():
                     s[key] = str((base / s[key]).resolve())
+                if s["type"] == "folder" and key in s and Path(s[key]).exists() \
+                        and not Path(s[key]).is_dir():
+                    # a file where a folder is meant: the source failed and restarted for ever
+                    raise ConfigError(f"{where}: sources[{i}].{key} {s[key]} is a file, not a "
+                                      "folder")
             # a mapping file named by path, and a SQLite database file, also relative to this file
             for key in ("mapping", "kind"):
                 value = s.get(key)
@@ -119,6 +125,12 @@ class ConnectorConfig:
         sink = d.get("sink")
         if not isinstance(sink, dict) or sink.get("type") not in ("http", "kafka"):
             raise ConfigError(f"{where}: 'sink.type' must be http or kafka")
+        if sink["type"] == "http" and sink.get("url") is not None:
+            parts = urlsplit(str(sink["url"]))
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                # 'not a url' was taken, and every delivery retried for ever
+                raise ConfigError(f"{where}: sink.url {str(sink.get('url'))[:100]!r} is not an "
+                                  "http(s) URL")
         _resolve_tls(sink, base, f"{where}: sink")
         status = d.get("status") or {}
         if not isinstance(status, dict):

@@ -101,6 +101,16 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="type"):
         ConnectorConfig.from_dict({"name": "x", "sources": [{"type": "ftp"}],
                                    "sink": {"type": "http"}})
+    # a file where a folder is meant, a sink URL that is none: refused at start (the source
+    # restarted for ever, every delivery was retried for ever)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        ConnectorConfig.from_dict({"name": "x", "sources": [{"type": "folder", "path": str(afile)}],
+                                   "sink": {"type": "http"}})
+    with pytest.raises(ConfigError, match="not an http"):
+        ConnectorConfig.from_dict({"name": "x", "sources": [{"type": "mllp"}],
+                                   "sink": {"type": "http", "url": "not a url"}})
     cfg = ConnectorConfig.from_dict({"name": "x", "institution": {"code": "H1", "oid": "1.2"},
                                      "sources": [{"type": "mllp"}], "sink": {"type": "http"}},
                                     base=tmp_path)
