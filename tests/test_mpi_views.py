@@ -714,3 +714,13 @@ def test_a_timeline_row_without_a_clinical_time_says_so(client, data):
         "url": "https://fhir-region-hub.example/StructureDefinition/timeline-undated",
         "valueBoolean": True}]
     assert flags[f"Encounter/{pid}-enc"] is None  # a visit with its own time carries none
+
+
+def test_a_person_whose_patients_were_all_deleted_is_gone_not_hidden(client, data):
+    """Its only Patient deleted, a Person answered 403 "not shown to this caller" even to an
+    administrator."""
+    z = data["z"]
+    pz = op(client, "link", patient=f"Patient/{z}")["id"]
+    assert client.delete(f"/Patient/{z}").status_code in (200, 204)
+    r = client.get(f"/Person/{pz}", headers=USER)
+    assert r.status_code == 410 and r.json()["resourceType"] == "OperationOutcome", r.text

@@ -128,6 +128,10 @@ def person_view(identity: IdentityService, store: ResourceStore, pid: str,
         if not pairs:
             if bare:
                 return out
+            if not any(rid in current for rid in ids):
+                # every Patient of it deleted: gone, not hidden (a 403 told an administrator
+                # it was not allowed to see it)
+                raise FhirError(410, "deleted", f"Person/{pid}: every Patient of it was deleted")
             raise forbidden(f"Person/{pid} is not shown to this caller")
         links, ids = [x for x, _ in pairs], [rid for _, rid in pairs]
     idents, seen = [], set()
