@@ -116,13 +116,9 @@ class DocumentService:
         """The same document checked again with the same outcome keeps the time it was first
         checked: its report stays the version stored (a resend changed nothing else, yet a new
         version of the report moved the document to the resend's day in the quality trend)."""
-        stored = self.repo.store.latest("OperationOutcome", report["id"])
-        if stored is None:
+        old = self.repo.own_current("OperationOutcome", report["id"])
+        if old is None:
             return
-        body = stored.state.partition(b"\n")[2]
-        if not body.strip():
-            return
-        old = orjson.loads(body)
 
         def without_time(d: dict) -> dict:
             return {**d, "meta": None, "extension": [

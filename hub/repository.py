@@ -154,6 +154,13 @@ class Repository:
         self._records = audit_records  # AuditEvents are read from here, not from the store
         self._open = policy is OPEN  # nothing to filter: no copies of what is handed out
 
+    def own_current(self, rtype: str, rid: str) -> dict | None:
+        """The current version of a record the hub writes itself (a document's quality report),
+        read by the hub to write it again, never handed to a caller; None when there is none."""
+        stored = self._hub.store.latest(rtype, rid)
+        body = stored.state.partition(b"\n")[2] if stored is not None else b""
+        return orjson.loads(body) if body.strip() else None
+
     def record_own(self, ops: list[Op], ctx: Context) -> None:
         """Writes the hub makes itself about a caller's write (the report of the repairs lenient
         intake made to it): not the caller's records, so not held to its scopes."""

@@ -150,6 +150,11 @@ def test_an_empty_data_directory(tmp_path):
 
     settings = Settings(data_dir=tmp_path / "data")
     settings.database_url = None
+    # no data directory at all (a mistyped --data-dir): said so, nothing created
+    r = run_hub(settings, "quarantine", "list")
+    assert r.returncode == 2 and "no data directory" in r.stderr
+    assert not settings.data_dir.exists()
+    settings.data_dir.mkdir()
     r = run_hub(settings, "quarantine", "list")
     assert r.returncode == 0 and "no open entries" in r.stdout
     r = run_hub(settings, "quality", "report")
