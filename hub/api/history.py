@@ -51,6 +51,8 @@ def history_bundle(repo: Repository, ctx: Context, request: Request, base: str,
     rows, after = repo.history(ctx, rtype=rtype, rid=rid, since_us=since_us, at_us=at_us,
                                before_nid=cursor, count=count)
     entries = []
+    # a version written over a deletion created the resource again: 201, as its write answered
+    kinds = {(r.rtype, r.rid, r.version): r.kind for r in rows}
     for row in rows:
         header_bytes, _, body = row.state.partition(b"\n")
         header = orjson.loads(header_bytes)
@@ -61,7 +63,10 @@ def history_bundle(repo: Repository, ctx: Context, request: Request, base: str,
             entry["resource"] = orjson.Fragment(body)
         entry["request"] = {"method": method,
                             "url": row.rtype if method == "POST" else f"{row.rtype}/{row.rid}"}
-        entry["response"] = {"status": status_line(_STATUS[row.kind]), "etag": etag(row.version),
+        status = _STATUS[row.kind]
+        if row.kind == "updated" and kinds.get((row.rtype, row.rid, row.version - 1)) == "deleted":
+            status = 201
+        entry["response"] = {"status": status_line(status), "etag": etag(row.version),
                              "lastModified": header["lastUpdated"]}
         entries.append(entry)
     path = base + "/" + "/".join(p for p in (rtype, rid, "_history") if p)
