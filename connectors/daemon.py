@@ -207,8 +207,14 @@ class Connector:
                 if self.stop_event.is_set():
                     return
             except Exception as e:  # noqa: BLE001 - a source failing is restarted, never fatal
-                log.exception("source %s failed; restarting in %.1f s", src.name, delay)
-                self.source_errors[src.name] = f"{type(e).__name__}: {e}"
+                error = f"{type(e).__name__}: {e}"
+                if self.source_errors.get(src.name) != error:
+                    log.exception("source %s failed; restarting in %.1f s", src.name, delay)
+                else:  # the same failure again (a port in use, a host that does not resolve):
+                    # one line each time, not a traceback flooding the log
+                    log.warning("source %s failed again (%s); restarting in %.1f s", src.name,
+                                error[:200], delay)
+                self.source_errors[src.name] = error
                 self.source_failed[src.name] = time.time()
             if self.stop_event.wait(delay):
                 return
