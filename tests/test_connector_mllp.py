@@ -392,3 +392,16 @@ def test_an_ack_names_its_character_set_and_its_own_id():
     assert str(first.segment("MSA")(3)) == "不支持"
     ids = {str(a.segment("MSH")(10)) for a in (first, second)}
     assert len(ids) == 2 and all(len(i) <= 20 for i in ids)
+
+
+def test_a_missing_segment_is_err_100_not_an_internal_error():
+    """A message without PID was answered ERR 207 (application internal error): the sender's
+    engineers looked for a fault of the hub instead of in their message."""
+    from fhir_mapping.base import MappingError, SourceInfo
+    from fhir_mapping.hl7v2 import _convert
+
+    m = b"MSH|^~\\&|HIS|H1|HUB|R|20240101||ADT^A04|C1|P|2.5\rEVN|A04|20240101\r"
+    with pytest.raises(MappingError) as e:
+        _convert(m, SourceInfo())
+    ack = hl7.parse(build_ack(m, "AE", e.value.to_dict()).decode())
+    assert str(ack.segment("ERR")(3)).startswith("100^Segment sequence error")

@@ -138,6 +138,11 @@ def _err_code(error: dict) -> tuple[str, str]:
                 "duplicate", "segment"):
         if key in rule:
             return ERR_CODES[key]
+    if rule.endswith(".missing"):
+        # a required segment missing (v2.pid.missing: a message without PID) is a segment
+        # sequence error, a required field missing a 101 (both were 207, "internal error")
+        location = error.get("location") or ""
+        return ERR_CODES["segment" if location and "-" not in location else "required"]
     if "unsupported" in reason and ("trigger" in reason or "event" in reason):
         return ERR_CODES["event"]
     if "unsupported" in reason or "message type" in reason:
