@@ -699,3 +699,18 @@ def test_odd_values_end_in_one_line(settings, tmp_path):
         proc = run_hub(settings, *args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_it_says_it_serves(tmp_path):
+    """It printed "FHIR API on …", then exited 3 on "address already in use"."""
+    import socket
+
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.database_url = None
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_hub(settings, "serve", "--port", str(port), "--workers", "1", timeout=60)
+    assert_clean_error(proc, "hub serve:", str(port))
+    assert "FHIR API on" not in proc.stdout

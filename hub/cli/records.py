@@ -47,6 +47,7 @@ def cmd_serve(args, settings: Settings) -> int:
     if settings.workers < 1:
         raise UsageError("--workers / HUB_WORKERS must be at least 1")
     _check_tls(settings)
+    _check_port(settings)
     open_store(settings).close()  # fail now, with a clear line, if the store cannot be opened
     print(f"FHIR API on {settings.fhir_base} "
           f"(data: {settings.database_url and 'PostgreSQL' or settings.data_dir}"
@@ -100,6 +101,26 @@ def _run_server(args, settings: Settings, options: dict, create_app) -> None:
         uvicorn.run("hub.api.app:create_worker_app", factory=True, workers=workers, **options)
     else:
         uvicorn.run(create_app(settings, serving=True), **options)
+
+
+def _check_port(settings: Settings) -> None:
+    """The address is free before the hub says it serves there (it said so, then exited 3 on
+    "address already in use")."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(settings.host or None, settings.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UsageError(f"--host {settings.host}: {e.strerror or e}") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise UsageError(f"cannot serve on {settings.host}:{settings.port}: "
+                             f"{e.strerror or e}") from None
 
 
 def _check_tls(settings: Settings) -> None:
