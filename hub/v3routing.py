@@ -162,12 +162,19 @@ class Routes:
             raise ValueError("a subscription names its subscriber and at least one interaction")
         if sink.get("type") not in ("http", "kafka"):
             raise ValueError("a subscription's sink is http (url) or kafka (bootstrap, topic)")
+        row = (subscriber, ",".join(interactions), ",".join(kinds), institution,
+               orjson.dumps(sink))
         with self._lock:
+            # the same subscription again is the one there (twice, every message went twice to
+            # the same system)
+            same = self._db.execute(
+                "SELECT id FROM subscription WHERE active AND subscriber=? AND interactions=? AND "
+                "kinds=? AND institution=? AND sink=?", row).fetchone()
+            if same:
+                return int(same[0])
             cur = self._db.execute(
                 "INSERT INTO subscription (subscriber, interactions, kinds, institution, sink, "
-                "created) VALUES (?, ?, ?, ?, ?, ?)",
-                (subscriber, ",".join(interactions), ",".join(kinds), institution,
-                 orjson.dumps(sink), _now()))
+                "created) VALUES (?, ?, ?, ?, ?, ?)", (*row, _now()))
             return int(cur.lastrowid or 0)
 
     def unsubscribe(self, sid: int) -> bool:

@@ -109,6 +109,9 @@ def test_subscriptions_take_their_interactions_kinds_and_institutions(tmp_path, 
                            {"type": "http", "url": receiver.url}, kinds=["lab"])
     his = routes.subscribe("HIS", ["*"], {"type": "http", "url": receiver.url},
                            institution="H0002")
+    # the same subscription again is the one there: a second would send every message twice
+    assert routes.subscribe("HIS", ["*"], {"type": "http", "url": receiver.url},
+                            institution="H0002") == his
     assert routes.accept(INST, "POOR_IN200901UV", "m1", "Patient/a", ["lab"], b"<a/>") == 1
     assert routes.accept(INST, "POOR_IN200901UV", "m2", "Patient/a", ["drug"], b"<b/>") == 0
     assert routes.accept("H0002", "PRPA_IN201311UV02", "m3", "Patient/b", [], b"<c/>") == 1
