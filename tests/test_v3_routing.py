@@ -278,7 +278,8 @@ def test_accepted_messages_reach_their_subscribers_through_the_api(live, client,
     # and what could never be delivered: a timeout of -5 or nan, a URL of another scheme
     for extra in (["--http", "http://127.0.0.1:1/x", "--timeout", "-5"],
                   ["--http", "http://127.0.0.1:1/x", "--timeout", "nan"],
-                  ["--http", "ftp://x/y"], ["--http", "notaurl"]):
+                  ["--http", "ftp://x/y"], ["--http", "notaurl"],
+                  ["--http", "http://127.0.0.1:1/x", "--interaction", "NO_SUCH_IN000000UV"]):
         bad = subprocess.run([sys.executable, "-m", "hub.cli", "v3", "subscribe", "--subscriber",
                               "X", "--interaction", "POOR_IN200901UV", *extra, "--data-dir",
                               str(data_dir)], env=env, capture_output=True, text=True)

@@ -87,6 +87,12 @@ def _subscribe(args: Any, routes: Any) -> int:
     if args.http and urlsplit(args.http).scheme not in ("http", "https") or \
             (args.http and not urlsplit(args.http).netloc):
         raise UsageError(f"--http {args.http[:100]!r} is not an http(s) URL")
+    from fhir_mapping.hl7v3.common import interactions
+
+    unknown = [i for i in args.interaction if i != "*" and i not in interactions()]
+    if unknown:  # no message of it is ever routed: the subscription would wait for nothing
+        raise UsageError(f"--interaction {unknown[0][:60]!r} is no interaction the hub takes "
+                         "(see /v3/metadata); * for every one")
     sink: dict[str, Any] = ({"type": "http", "url": args.http} if args.http else
                             {"type": "kafka", "bootstrap_servers": args.kafka, "topic": args.topic})
     sink["timeout_s"] = args.timeout
