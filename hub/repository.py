@@ -657,15 +657,17 @@ class Repository:
                                 "caller changes only its own institution's records")
             if op.method == "PATCH" and not self._shown(ctx.actor, op.rtype, rid, stored.state):
                 raise forbidden(f"{op.rtype}/{rid} is not shown to this caller; a patch reads it")
-            if not op.own and body.strip() and op.rtype == "OperationOutcome" \
-                    and is_quality_report(orjson.loads(body)) and (
-                        op.method in ("DELETE", "PATCH") or not _files_reports(ctx.actor)):
+            if not body.strip():  # a deletion: nothing it replaces
+                return
+            d = orjson.loads(body)
+            if not op.own and op.rtype == "OperationOutcome" and is_quality_report(d) and (
+                    op.method in ("DELETE", "PATCH") or not _files_reports(ctx.actor)):
                 # deleted or patched, a refusal went uncounted: a report is replaced only by
                 # the report of the same document checked again
                 raise forbidden(_HUB_REPORT)
-            if body.strip():  # not a deletion: what it replaces must be one the caller may change
-                self._check_content(ctx, "d" if op.method == "DELETE" else "u", op.rtype,
-                                    orjson.loads(body), f"{op.rtype}/{rid} as stored")
+            # what it replaces must be one the caller may change
+            self._check_content(ctx, "d" if op.method == "DELETE" else "u", op.rtype, d,
+                                f"{op.rtype}/{rid} as stored")
         return check
 
     def _sees(self, ctx: Context) -> Sees | None:

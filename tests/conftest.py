@@ -260,6 +260,23 @@ def live(request, tmp_path_factory) -> Iterator[LiveServer]:
         yield server
 
 
+@contextmanager
+def matching_server(request, tmp_path_factory, name: str) -> Iterator[LiveServer]:
+    """A SQLite hub whose index matches Patients as they arrive (the suites' servers do not)."""
+    before = os.environ.get("HUB_MPI_AUTOMATCH")
+    os.environ["HUB_MPI_AUTOMATCH"] = "1"
+    try:
+        settings = make_settings("sqlite", tmp_path_factory.mktemp(name), request)
+        settings.mpi_automatch = True
+        with LiveServer(settings) as server:
+            yield server
+    finally:
+        if before is None:
+            os.environ.pop("HUB_MPI_AUTOMATCH", None)
+        else:
+            os.environ["HUB_MPI_AUTOMATCH"] = before
+
+
 def live_server(request, tmp_path_factory, kind: str) -> LiveServer:
     """A server on the event store ``kind`` (``sqlite``, ``postgres``), or ``elasticsearch``:
     the SQLite store with searches answered by the test session's Elasticsearch-compatible

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import time
 
 import httpx
@@ -21,7 +20,7 @@ import pytest
 
 from hub.auth.signer import Signer
 from tests.api_helpers import consent, observation, patient, unique
-from tests.conftest import FHIR_JSON, LiveServer, make_settings
+from tests.conftest import FHIR_JSON, LiveServer, make_settings, matching_server
 
 ACTCODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -531,21 +530,11 @@ def test_quality_reports_are_never_patched_or_deleted_nor_filed_by_others(bare):
 
 @pytest.fixture(scope="module")
 def matching(request, tmp_path_factory):
-    """As ``matching``, with the index matching Patients as they arrive (reviews open)."""
-    before = os.environ.get("HUB_MPI_AUTOMATCH")
-    os.environ["HUB_MPI_AUTOMATCH"] = "1"
-    try:
-        settings = make_settings("sqlite", tmp_path_factory.mktemp("matching"), request)
-        settings.mpi_automatch = True
-        with LiveServer(settings) as live:
-            live.h1 = live.client_auth(roles=("connector",), scope="system/*.cruds",
-                                       institution="H1")
-            yield live
-    finally:
-        if before is None:
-            os.environ.pop("HUB_MPI_AUTOMATCH", None)
-        else:
-            os.environ["HUB_MPI_AUTOMATCH"] = before
+    """As ``guarded``, with the index matching Patients as they arrive (reviews open)."""
+    with matching_server(request, tmp_path_factory, "matching") as live:
+        live.h1 = live.client_auth(roles=("connector",), scope="system/*.cruds",
+                                   institution="H1")
+        yield live
 
 
 def test_the_review_queue_and_decisions_keep_to_what_the_steward_may_see(matching):

@@ -4,7 +4,6 @@ undo it. Through the connector's HTTP sink into a live hub, on both event stores
 
 from __future__ import annotations
 
-import os
 import time
 
 import httpx
@@ -14,7 +13,7 @@ from connectors.sinks.http import HttpSink
 from connectors.spool import Unit
 from fhir_mapping.base import SourceInfo
 from fhir_mapping.hl7v2 import _convert
-from tests.conftest import LiveServer, make_settings
+from tests.conftest import matching_server
 
 SRC = SourceInfo(institution="H1", oid="2.16.156.10011.99.1.7", name="Test hospital", feed="adt")
 MSH = "MSH|^~\\&|HIS|H1|HUB|HUB|{t}||{kind}|{cid}|P|2.5\r"
@@ -88,18 +87,8 @@ def _wait(fn, seconds: float = 20.0):
 @pytest.fixture(scope="module")
 def matching(request, tmp_path_factory):
     """A hub whose index matches Patients as they arrive (the suites' servers do not)."""
-    before = os.environ.get("HUB_MPI_AUTOMATCH")
-    os.environ["HUB_MPI_AUTOMATCH"] = "1"
-    try:
-        settings = make_settings("sqlite", tmp_path_factory.mktemp("merges"), request)
-        settings.mpi_automatch = True
-        with LiveServer(settings) as server:
-            yield server
-    finally:
-        if before is None:
-            os.environ.pop("HUB_MPI_AUTOMATCH", None)
-        else:
-            os.environ["HUB_MPI_AUTOMATCH"] = before
+    with matching_server(request, tmp_path_factory, "merges") as server:
+        yield server
 
 
 def test_a_feeds_merge_keeps_the_retired_records_facts_and_joins_the_person(matching, tmp_path):

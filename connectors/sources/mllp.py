@@ -313,7 +313,7 @@ class MLLPSource:
             await writer.start_tls(self.ssl, ssl_handshake_timeout=min(self.idle_timeout, 30.0))
             return True
         except (ssl.SSLError, OSError, TimeoutError, EOFError) as e:
-            self.stats["tls_failures"] = self.stats.get("tls_failures", 0) + 1
+            self.stats["tls_failures"] += 1
             log.warning("MLLP %s: TLS handshake with %s failed: %s", self.name,
                         peer[0] if peer else "?", getattr(e, "reason", None) or type(e).__name__)
             writer.transport.abort()

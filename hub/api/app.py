@@ -39,9 +39,8 @@ from hub.api.responses import (
     base_url,
     check_content_type,
     check_format,
+    client_holds,
     fhir_response,
-    none_match,
-    not_modified_since,
     outcome_response,
     parse_etag,
     prefer_return,
@@ -450,12 +449,9 @@ def _stored_response(request: Request, stored, status: int = 200) -> Response:
     header = orjson.loads(stored.state.partition(b"\n")[0])
     headers = version_headers(_base(request), header["type"], header["id"], ev_version,
                               header["lastUpdated"])
-    if request.headers.get("if-none-match"):
-        if none_match(request.headers["if-none-match"], ev_version):
-            return Response(status_code=304, headers=headers)
-    elif request.headers.get("if-modified-since"):  # weaker: only without If-None-Match
-        if not_modified_since(request.headers["if-modified-since"], header["lastUpdated"]):
-            return Response(status_code=304, headers=headers)
+    if client_holds(request.headers.get("if-none-match"),
+                    request.headers.get("if-modified-since"), ev_version, header["lastUpdated"]):
+        return Response(status_code=304, headers=headers)
     keep = _read_subset(request, header["type"])
     body = resource_bytes(stored) if keep is None else subset(resource_bytes(stored), keep)
     return fhir_response(body, status, request=request, headers=headers)

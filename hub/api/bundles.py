@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode
 import orjson
 
 from hub.api import intake, patching
-from hub.api.responses import etag, none_match, not_modified_since, parse_etag
+from hub.api.responses import client_holds, etag, parse_etag
 from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.conditional import parse_query
@@ -267,10 +267,8 @@ def _get_entry(status: int, body: Any, asked: dict) -> dict:
         if meta and meta.get("lastUpdated"):
             response["lastModified"] = meta["lastUpdated"]
         inm, ims = asked.get("ifNoneMatch"), asked.get("ifModifiedSince")
-        held = none_match(str(inm), int(version)) if inm else \
-            bool(ims and meta and meta.get("lastUpdated")
-                 and not_modified_since(str(ims), meta["lastUpdated"]))
-        if held:
+        if client_holds(str(inm) if inm else None, str(ims) if ims else None, int(version),
+                        meta.get("lastUpdated") if meta else None):
             response["status"] = status_line(304)
             return {"response": response}
     answer: dict[str, Any] = {"response": response}

@@ -332,11 +332,11 @@ async def _timeline(request: Request, rtype: str, rid: str) -> Response:
             links.append({"relation": "next", "url": link(path, plist,
                                                             _cursor=tokens.seal(_encode_tl(nxt)))})
         body = _bundle(entries, base, links)
+        # placed by when it was written: no clinical time of its own (a visit without its
+        # PV1-44); the reader must not take its place for when it happened
+        undated_urls = {f"{base}/{rt}/{rid}" for rt, rid in undated}
         for entry in body.get("entry", ()):
-            rt, _, rr = entry["fullUrl"].rpartition("/")
-            if (rt.rpartition("/")[2], rr) in undated:
-                # placed by when it was written: no clinical time of its own (a visit without
-                # its PV1-44); the reader must not take its place for when it happened
+            if entry["fullUrl"] in undated_urls:
                 entry["extension"] = [{"url": UNDATED_EXT, "valueBoolean": True}]
         return scope, body
 

@@ -56,13 +56,7 @@ from hub.api.caller import (
 )
 from hub.api.everything import audited
 from hub.api.opparams import MAX_OP_BODY, read_parameters
-from hub.api.responses import (
-    base_url,
-    check_format,
-    fhir_response,
-    none_match,
-    not_modified_since,
-)
+from hub.api.responses import base_url, check_format, client_holds, fhir_response
 from hub.core.access import Action
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request, forbidden, not_found, operation_outcome
@@ -417,9 +411,9 @@ async def person_read(request: Request, rid: str) -> Response:
     if meta.get("lastUpdated"):
         headers["Last-Modified"] = http_date(meta["lastUpdated"])
     # a conditional read as of any other type (the capability statement claims it for all)
-    inm, ims = request.headers.get("if-none-match"), request.headers.get("if-modified-since")
-    if version.isdigit() and (none_match(inm, int(version)) if inm else bool(
-            ims and meta.get("lastUpdated") and not_modified_since(ims, meta["lastUpdated"]))):
+    if version.isdigit() and client_holds(request.headers.get("if-none-match"),
+                                          request.headers.get("if-modified-since"),
+                                          int(version), meta.get("lastUpdated")):
         return Response(status_code=304, headers=headers)
     return fhir_response(body, request=request, headers=headers)
 

@@ -96,6 +96,16 @@ def none_match(value: str, version: int) -> bool:
                if not _OPAQUE.match(v))
 
 
+def client_holds(if_none_match: str | None, if_modified_since: str | None, version: int,
+                 last_updated: str | None) -> bool:
+    """Does a conditional read's client hold this version already (304)? ``If-None-Match``
+    decides when given; ``If-Modified-Since`` only without it (RFC 9110 13.2.2)."""
+    if if_none_match:
+        return none_match(if_none_match, version)
+    return bool(if_modified_since and last_updated
+                and not_modified_since(if_modified_since, last_updated))
+
+
 def not_modified_since(value: str, last_updated: str) -> bool:
     """If-Modified-Since (RFC 9110 13.1.3): was the version last modified at or before the date
     the client holds? Second resolution, as Last-Modified; a value that is no HTTP-date, or a

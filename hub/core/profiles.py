@@ -86,10 +86,10 @@ def _replace_matches(coll: list, pattern: Any, repl: Any) -> Any:
 
 
 # fhirpathpy's own string functions, through ``regex`` with a bound
-_FUNCTIONS = {"options": {"userInvocationTable": {
+_OPTIONS = {"userInvocationTable": {
     "matches": {"fn": _matches, "arity": {1: ["String"]}, "nullable_input": True},
     "replaceMatches": {"fn": _replace_matches, "arity": {2: ["String", "String"]}},
-}}}
+}}
 
 
 @lru_cache(maxsize=4096)
@@ -99,7 +99,7 @@ def _compiled(expression: str) -> Any:
 
     # with the model: a choice element (value, effective) resolves to valueQuantity, ...; without
     # it every official vital-signs Observation failed vs-1 and vs-2
-    return fhirpathpy.compile(expression, models["r4"], _FUNCTIONS["options"])
+    return fhirpathpy.compile(expression, models["r4"], _OPTIONS)
 
 
 def _evaluate(expression: str, base: str, node: Any, context: dict) -> list:
@@ -116,7 +116,7 @@ def _evaluate(expression: str, base: str, node: Any, context: dict) -> list:
     from fhirpathpy.models import models
 
     return fhirpathpy.evaluate(node, {"base": base, "expression": expression}, context,
-                               models["r4"], _FUNCTIONS["options"])
+                               models["r4"], _OPTIONS)
 
 
 _CORE = "http://hl7.org/fhir/StructureDefinition/"
@@ -137,9 +137,7 @@ def _values(node: Any, name: str) -> list:
     if not isinstance(node, dict):
         return []
     if name.endswith("[x]"):
-        stem = name[:-3]
-        return [v for k, v in node.items() if k.startswith(stem) and k[len(stem):][:1].isupper()
-                for v in (v if isinstance(v, list) else [v])]
+        return [v for _, v in _choices(node, name[:-3])]
     v = node.get(name)
     if v is None:
         return []
@@ -274,9 +272,9 @@ class Profile:
         allowed = {t.get("code") for t in e.get("type") or () if isinstance(t, dict)}
         if name.endswith("[x]") and allowed and None not in allowed:
             stem = name[:-3]
+            kinds = {_upper_first(str(t)) for t in allowed}
             for key, _ in _choices(parent, stem):
-                kind = key[len(stem):]
-                if kind not in {_upper_first(str(t)) for t in allowed}:
+                if key[len(stem):] not in kinds:
                     out.append(Issue("structure", f"{path}: {key} is not a type {self.url} "
                                      f"allows here ({', '.join(sorted(map(str, allowed)))})",
                                      expression=f"{path[:-len(stem)]}{key}"

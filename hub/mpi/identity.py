@@ -495,19 +495,15 @@ class IdentityService:
         Patient is on one side and whose candidates are all on the other (they stayed open and
         a later reject was refused as contradicting the decision)."""
         a, b = set(one), set(other)
-        out, seen = [], set()
-        for x in sorted(a if len(a) <= len(b) else b):
+        closing: dict[str, IdentityEvent] = {}  # review id -> its closing, each once
+        for x in sorted(a if len(a) <= len(b) else b):  # every such review involves that side
             for r in self.person.reviews_involving(c, x):
-                if r["id"] not in seen:
-                    seen.add(r["id"])
-                    out.append(r)
-        closing = []
-        for r in out:
-            cands = set(r["candidates"])
-            if cands and ((r["patient"] in a and cands <= b) or (r["patient"] in b and cands <= a)):
-                closing.append(IdentityEvent("ReviewClosed", {**base, "review": r["id"],
-                                                              "outcome": "superseded"}))
-        return closing
+                cands = set(r["candidates"])
+                if cands and ((r["patient"] in a and cands <= b)
+                              or (r["patient"] in b and cands <= a)):
+                    closing[r["id"]] = IdentityEvent("ReviewClosed", {
+                        **base, "review": r["id"], "outcome": "superseded"})
+        return list(closing.values())
 
     def _supersede(self, c, patient: str, base: dict, outcome: str) -> list[IdentityEvent]:
         return [IdentityEvent("ReviewClosed", {**base, "review": r["id"], "outcome": outcome})
