@@ -684,6 +684,21 @@ def test_a_deleted_patient_records_stay_in_the_persons_shared_record(client, dat
     assert set(kept) <= set(timeline(client, f"/Person/{pa}"))
 
 
+def test_a_deleted_patient_linked_wrongly_can_be_unlinked(client, data):
+    """A deleted Patient's records stay in its person's shared record, so a steward who finds
+    it linked to the wrong person must be able to take it out: $unlink answered 404 and the
+    other woman's records stayed in this one's $everything for good."""
+    a, z = data["a"], data["z"]
+    pa = op(client, "link", patient=f"Patient/{a}")["id"]
+    op(client, "link", patient=f"Patient/{z}", person=f"Person/{pa}")  # the wrong link
+    assert client.delete(f"/Patient/{z}").status_code in (200, 204)
+    kept = [r for r in record_of(z) if r != f"Patient/{z}"]
+    assert set(kept) <= set(everything(client, f"/Person/{pa}"))
+    op(client, "unlink", patient=f"Patient/{z}")
+    after = everything(client, f"/Person/{pa}")
+    assert not set(kept) & set(after) and set(record_of(a)) <= set(after)
+
+
 def test_a_person_read_is_conditional_as_any_read(client, data):
     """The capability statement claims conditional reads for every type: a Person answered
     200 to its own ETag, and gave no Last-Modified."""

@@ -557,7 +557,8 @@ class IdentityService:
         """Take a Patient out of its person into a new person of its own."""
         p = patient_ref(patient)
         user, reason = _user(user), _text(reason)
-        self._exists([p])  # a deleted record is no one's to move
+        # a deleted Patient may be unlinked (not linked): its records stay current in its
+        # person's shared record, and a steward must be able to take them out of a wrong one
 
         def plan(c) -> list[IdentityEvent]:
             P = self.person
