@@ -26,7 +26,21 @@ from hub.access.audit import AccessAudit, AuditWriter
 from hub.access.auditlog import open_audit_log
 from hub.access.consent import ConsentIndex
 from hub.access.policy import AccessPolicy
-from hub.api import auth, bundles, capability, documents, fhirxml, health, intake, patching, quality, terminology, unmapped, v3
+from hub.api import (
+    auth,
+    binary,
+    bundles,
+    capability,
+    documents,
+    fhirxml,
+    health,
+    intake,
+    patching,
+    quality,
+    terminology,
+    unmapped,
+    v3,
+)
 from hub.api import everything as mpi_everything
 from hub.api import identity as mpi_identity
 from hub.api import match as mpi_match  # Patient/$match
@@ -374,7 +388,11 @@ def _no_operation(segment: str) -> None:
                         "lists the operations)")
 
 
-async def _body(request: Request, expected: str | None = None, where: str = "") -> tuple[bytes, Any]:
+async def _body(request: Request, expected: str | None = None, where: str = "",
+                rid: str | None = None) -> tuple[bytes, Any]:
+    if expected is not None and binary.sends_native(request, expected):
+        d = binary.native_resource(request, await request.body(), rid)
+        return orjson.dumps(d), d
     check_content_type(request)
     raw = await request.body()
     if not raw.strip():
@@ -452,6 +470,8 @@ def _stored_response(request: Request, stored, status: int = 200) -> Response:
     if client_holds(request.headers.get("if-none-match"),
                     request.headers.get("if-modified-since"), ev_version, header["lastUpdated"]):
         return Response(status_code=304, headers=headers)
+    if binary.wants_native(request, header["type"]):
+        return binary.native_response(resource_bytes(stored), headers, status)
     keep = _read_subset(request, header["type"])
     body = resource_bytes(stored) if keep is None else subset(resource_bytes(stored), keep)
     return fhir_response(body, status, request=request, headers=headers)
@@ -616,8 +636,13 @@ async def search_compartment(request: Request, ctype: str, cid: str, rtype: str)
     return fhir_response(out, request=request)
 
 
+def _check_read_format(request: Request, rtype: str) -> None:
+    if not binary.wants_native(request, rtype):  # a Binary's own content type is one too
+        check_format(request)
+
+
 async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
-    check_format(request)
+    _check_read_format(request, rtype)
     if not (vid.isascii() and vid.isdigit()) or len(vid) > 18:  # no version reaches 10**18
         raise not_found(f"{vid!r} is not a version of {rtype}/{rid}")
     stored = await run_in_threadpool(repository(request).vread, context_of(request), _type(rtype),
@@ -626,7 +651,7 @@ async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
 
 
 async def read(request: Request, rtype: str, rid: str) -> Response:
-    check_format(request)
+    _check_read_format(request, rtype)
     stored = await run_in_threadpool(repository(request).read, context_of(request), _type(rtype),
                                      _id(rid))
     return _stored_response(request, stored)
@@ -634,7 +659,7 @@ async def read(request: Request, rtype: str, rid: str) -> Response:
 
 async def update(request: Request, rtype: str, rid: str) -> Response:
     check_format(request)
-    raw, d = await _body(request, _type(rtype))
+    raw, d = await _body(request, _type(rtype), rid=rid)
     _id(rid)
     if d.get("id") != rid:
         raise bad_request(
