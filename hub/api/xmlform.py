@@ -75,6 +75,12 @@ def elements(type_name: str) -> dict[str, Element]:
 
 
 @lru_cache(maxsize=None)
+def _ranks(type_name: str) -> dict[str, int]:
+    """Each element's place in its type's definition: FHIR XML keeps that order (xml.html)."""
+    return {name: i for i, name in enumerate(elements(type_name))}
+
+
+@lru_cache(maxsize=None)
 def _is_resource(type_name: str) -> bool:
     return bool(_model(type_name).has_resource_base())
 
@@ -173,7 +179,10 @@ def _read(node: etree._Element, type_name: str, path: str, primitive: bool = Fal
             # a namespaced attribute (xsi:schemaLocation and the like) is no content
             raise _invalid(f"Unknown attribute {attr!r}", path)
     repeated: dict[str, tuple[list, list]] = {}  # repeated primitives: values, their extras
+    ranks, last = _ranks(type_name), -1
+    _no_text(node.text, path)
     for child in node:
+        _no_text(child.tail, path)
         if not isinstance(child.tag, str):
             continue  # a processing instruction
         q = etree.QName(child)
@@ -181,11 +190,16 @@ def _read(node: etree._Element, type_name: str, path: str, primitive: bool = Fal
         el = known.get(name)
         if el is None or q.namespace != (XHTML if el.kind == "xhtml" else FHIR):
             raise _invalid(f"Unknown element {name!r} in {type_name}", where)
+        if ranks[name] < last:  # an element's repeats together, all in the definition's order
+            raise _invalid(f"{name} is out of order in {type_name} (FHIR XML keeps the "
+                           "order of the definition)", where)
+        last = ranks[name]
         if el.kind == "xhtml":
             _once(d, name, where)
             d[name] = etree.tostring(child, encoding=str, with_tail=False)
             continue
         if el.kind == "primitive":
+            _no_text(child.text, where)
             raw = child.get("value")
             value = None if raw is None else _primitive(raw, el.type, where)
             # read for its id and extensions, and so that an attribute FHIR XML has not there
@@ -226,6 +240,14 @@ def _read(node: etree._Element, type_name: str, path: str, primitive: bool = Fal
         if any(x is not None for x in extras):
             d["_" + name] = extras
     return d
+
+
+def _no_text(text: str | None, where: str) -> None:
+    """FHIR XML holds values in ``value`` attributes: text in an element (``<birthDate
+    value="1970-01-01">1980-02-02</birthDate>``) is no content of it, and was dropped."""
+    if text and text.strip():
+        raise _invalid(f"Text {text.strip()[:40]!r} inside an element: FHIR XML keeps values "
+                       "in value attributes", where)
 
 
 def _once(d: dict, name: str, where: str) -> None:
