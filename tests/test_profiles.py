@@ -107,6 +107,18 @@ def test_an_unknown_declared_profile(client, ig):
     assert client.post("/Patient", json=d, headers=STRICT).status_code == 422
 
 
+def test_a_profile_of_another_type_is_refused_where_it_is_declared(client, ig):
+    """An Observation declaring the Patient profile: the error pointed at `Patient`, an element
+    the Observation has not; it names the declaration."""
+    d = {"resourceType": "Observation", "meta": {"profile": [URL]}, "status": "final",
+         "code": {"text": "pulse"}}
+    r = client.post("/Observation", json=d, headers=FHIR_JSON)
+    assert r.status_code == 422, r.text
+    issue = r.json()["issue"][0]
+    assert "is for Patient, not Observation" in issue["diagnostics"]
+    assert issue["expression"] == ["Observation.meta.profile"]
+
+
 def test_a_patch_must_leave_the_resource_conforming(client, ig):
     rid = client.post("/Patient", json=good(), headers=FHIR_JSON).json()["id"]
     r = client.patch(f"/Patient/{rid}", headers={"content-type": "application/json-patch+json"},

@@ -214,9 +214,10 @@ class Profile:
         # decimals kept as written compared as numbers: by the invariants' FHIRPath, with fixed
         # and pattern values
         resource = jsontext.as_numbers(resource)
-        if resource.get("resourceType") != self.type:
-            return [Issue("invalid", f"The profile {self.url} is for {self.type}, not "
-                                     f"{resource.get('resourceType')}", expression=self.type)]
+        if resource.get("resourceType") != self.type:  # where the resource names it
+            rtype = resource.get("resourceType")
+            return [Issue("invalid", f"The profile {self.url} is for {self.type}, not {rtype}",
+                          expression=f"{rtype}.meta.profile")]
         for steps, e in self.elements:
             if not steps:  # the resource itself: its invariants
                 issues += self._invariants(e, [(resource, self.type)], resource)
