@@ -72,7 +72,17 @@ SCHEMA = [
     "version INTEGER NOT NULL, patient TEXT NOT NULL, t INTEGER NOT NULL, kind TEXT NOT NULL, "
     "dated INTEGER NOT NULL, PRIMARY KEY (rtype, rid)) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS t_row_patient ON t_row (patient, t, kind, rtype, rid)",
+    # a visit that goes on past its start (until: its end; NULL: still going on), so that a
+    # window after its start finds it too (beside its row, which places it at its start)
+    "CREATE TABLE IF NOT EXISTS t_span (rtype TEXT NOT NULL, rid TEXT NOT NULL, "
+    "patient TEXT NOT NULL, t INTEGER NOT NULL, until INTEGER, PRIMARY KEY (rtype, rid)) "
+    "WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS t_span_patient ON t_span (patient, t)",
 ]
+
+# an Encounter of these states without a period.end is still going on (one finished without an
+# end recorded is not: it is placed at its start alone)
+ONGOING = {"planned", "arrived", "triaged", "in-progress", "onleave"}
 
 
 def _get(d: Any, path: str) -> Any:
@@ -135,17 +145,35 @@ def row_of(rtype: str, rid: str, version: int, header: bytes, body: bytes) -> tu
     return (rtype, rid, version, patient, t, KIND_OF_TYPE[rtype], dated)
 
 
+def span_of(rtype: str, rid: str, row: tuple, body: bytes) -> tuple | None:
+    """``(rtype, rid, patient, t, until)`` of an Encounter that lasts past its start: until its
+    ``period.end``, or with none while its status says it goes on (``until`` None)."""
+    if rtype != "Encounter" or not row[6]:
+        return None
+    d = orjson.loads(body)
+    end = _get(d, "period.end")
+    if isinstance(end, str):
+        try:
+            until = parse_range(end)[1]
+        except ValueError:
+            return None
+        return (rtype, rid, row[3], row[4], until) if until > row[4] else None
+    if d.get("status") in ONGOING and isinstance(_get(d, "period.start"), str):
+        return (rtype, rid, row[3], row[4], None)
+    return None
+
+
 class TimelineProjection(SQLiteReadModel):
     name = NAME
     meta_table = "t_meta"  # its 'writer' row: the write lock
     zoned = True  # a date-only time is placed at the start of its day in HUB_TIMEZONE
     schema = SCHEMA
     types = tuple(KIND_OF_TYPE)  # the runner hands over only these events
-    tables = ("t_row",)
+    tables = ("t_row", "t_span")
 
     def apply_new(self, c, notifications: list[Notification]) -> None:
         latest = newest(notifications, lambda n: n.topic in KIND_OF_TOPIC)
-        drop, rows = [], []
+        drop, rows, spans = [], [], []
         for stream, n in latest.items():
             rtype, rid = stream.split("/", 1)
             if rtype not in KIND_OF_TYPE:
@@ -157,11 +185,19 @@ class TimelineProjection(SQLiteReadModel):
             row = row_of(rtype, rid, n.originator_version, header, body)
             if row is not None:
                 rows.append(row)
+                span = span_of(rtype, rid, row, body)
+                if span is not None:
+                    spans.append(span)
         if drop:
             c.executemany("DELETE FROM t_row WHERE rtype=? AND rid=?", drop)
+            c.executemany("DELETE FROM t_span WHERE rtype=? AND rid=?",
+                          [x for x in drop if x[0] == "Encounter"])
         if rows:
             c.executemany("INSERT INTO t_row (rtype, rid, version, patient, t, kind, dated) "
                           "VALUES (?,?,?,?,?,?,?)", rows)
+        if spans:
+            c.executemany("INSERT INTO t_span (rtype, rid, patient, t, until) VALUES (?,?,?,?,?)",
+                          spans)
 
     # -- answers -------------------------------------------------------------------------------
 
@@ -170,25 +206,36 @@ class TimelineProjection(SQLiteReadModel):
               after: tuple[int, str, str] | None = None) -> list[tuple]:
         """Rows ``(t, rtype, rid, patient, kind, version, dated)`` of these Patients (ids), in
         time order (ties by type and id), ``start <= t < end``, of ``kinds``; keyset paging after
-        ``(t, rtype, rid)``. One read over the ``(patient, t)`` index."""
+        ``(t, rtype, rid)``. One read over the ``(patient, t)`` index; with a ``start``, the
+        visits begun before it and still going on at it come first (at their start)."""
         if not patients:
             return []
-        where = [f"patient IN ({','.join('?' * len(patients))})"]
-        args: list[Any] = list(patients)
+        who = f"patient IN ({','.join('?' * len(patients))})"
+        where, args = [who], list[Any](patients)
         if start is not None:
             where.append("t >= ?")
             args.append(start)
         if end is not None:
             where.append("t < ?")
             args.append(end)
+        rest: list[str] = []
+        more: list[Any] = []
         if kinds:
-            where.append(f"kind IN ({','.join('?' * len(kinds))})")
-            args += list(kinds)
+            rest.append(f"kind IN ({','.join('?' * len(kinds))})")
+            more += list(kinds)
         if after is not None:
-            where.append("(t, rtype, rid) > (?, ?, ?)")
-            args += list(after)
+            rest.append("(t, rtype, rid) > (?, ?, ?)")
+            more += list(after)
         sql = ("SELECT t, rtype, rid, patient, kind, version, dated FROM t_row WHERE "
-               + " AND ".join(where) + " ORDER BY t, rtype, rid LIMIT ?")
+               + " AND ".join(where + rest))
+        args += more
+        if start is not None:
+            sql += (" UNION ALL SELECT t, rtype, rid, patient, kind, version, dated FROM t_row "
+                    "WHERE (rtype, rid) IN (SELECT rtype, rid FROM t_span WHERE "
+                    f"{who} AND t < ? AND (until IS NULL OR until > ?))"
+                    + "".join(f" AND {r}" for r in rest))
+            args += [*patients, start, start, *more]
+        sql += " ORDER BY t, rtype, rid LIMIT ?"
         args.append(limit)
         with self.datastore.transaction(commit=False) as c:
             c.execute(sql, args)
@@ -197,4 +244,6 @@ class TimelineProjection(SQLiteReadModel):
     def dump(self) -> list[tuple]:
         with self.datastore.transaction(commit=False) as c:
             c.execute("SELECT * FROM t_row ORDER BY rtype, rid")
-            return [tuple(r) for r in c.fetchall()]
+            rows = [tuple(r) for r in c.fetchall()]
+            c.execute("SELECT * FROM t_span ORDER BY rtype, rid")
+            return rows + [("span", *r) for r in c.fetchall()]

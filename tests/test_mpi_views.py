@@ -699,6 +699,38 @@ def test_a_deleted_patient_linked_wrongly_can_be_unlinked(client, data):
     assert not set(kept) & set(after) and set(record_of(a)) <= set(after)
 
 
+def test_a_visit_going_on_is_in_every_timeline_window_it_overlaps(client, data):
+    """A stay begun before a window and not ended by it (in progress, or ending inside or after
+    the window) was placed at its start only: $timeline missed it while $everything found it."""
+    pid = data["a"]
+    cls = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"}
+
+    def visit(name: str, status: str, **period) -> str:
+        enc = {"resourceType": "Encounter", "id": f"{pid}-{name}", "status": status,
+               "class": cls, "subject": {"reference": f"Patient/{pid}"},
+               "period": period}
+        assert client.put(f"/Encounter/{enc['id']}", json=enc, headers=FHIR).status_code == 201
+        return f"Encounter/{enc['id']}"
+
+    staying = visit("stay", "in-progress", start="2030-01-10T08:00:00+08:00")
+    long = visit("long", "finished", start="2030-01-01", end="2030-03-01")
+    done = visit("done", "finished", start="2030-01-05")  # no end recorded: not ongoing
+    february = timeline(client, f"/Patient/{pid}", start="2030-02", end="2030-02")
+    assert february[:2] == [long, staying], february
+    assert done not in february
+    april = timeline(client, f"/Patient/{pid}", start="2030-04-01", kind="encounter")
+    assert april == [staying]
+    assert timeline(client, f"/Patient/{pid}", start="2030-04-01", kind="result") == []
+    # paged one by one, each visit once
+    paged, nxt = [], f"/Patient/{pid}/$timeline?start=2030-02&_count=1"
+    while nxt:
+        r = client.get(nxt.split("/fhir", 1)[-1])
+        assert r.status_code == 200, r.text
+        paged += ids(r.json())
+        nxt = next((x["url"] for x in r.json().get("link", []) if x["relation"] == "next"), None)
+    assert paged[:2] == [long, staying] and len(paged) == len(set(paged))
+
+
 def test_a_person_read_is_conditional_as_any_read(client, data):
     """The capability statement claims conditional reads for every type: a Person answered
     200 to its own ETag, and gave no Last-Modified."""
