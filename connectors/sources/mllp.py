@@ -25,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import queue
 import re
+import socket
 import ssl
 import threading
 from collections.abc import Sequence
@@ -35,7 +37,7 @@ from typing import Any
 
 import hl7
 
-from connectors.base import Accepted, Envelope, Intake
+from connectors.base import Accepted, CannotStart, Envelope, Intake
 from connectors.tls import server_context
 from hub.core.errors import HubError
 
@@ -229,6 +231,14 @@ def control_id(payload: bytes) -> str | None:
     return fields[9] if len(fields) > 9 else None
 
 
+def _bind_reason(e: OSError) -> str:
+    """Why a bind failed, in the system's words ("Address already in use", "Name or service not
+    known"), without asyncio's wrapping of the address."""
+    if isinstance(e, socket.gaierror) or not e.errno:
+        return e.strerror or str(e)
+    return os.strerror(e.errno)
+
+
 # -- the listener --------------------------------------------------------------------------------
 
 
@@ -244,6 +254,7 @@ class MLLPSource:
         self.idle_timeout = float(idle_timeout_s)
         self.max_connections = int(max_connections)
         self.ready = threading.Event()
+        self._served = False  # has it ever listened (a bind failure before is fatal)
         self.group_commit = int(group_commit)
         self._queue: queue.Queue = queue.Queue()
         self.connections = 0
@@ -280,9 +291,18 @@ class MLLPSource:
             # can be logged and counted: inside the server asyncio drops it without a word
             server = await asyncio.start_server(
                 on_connect, self.host, self.port, limit=self.max_message_bytes + 65536)
+        except OSError as e:
+            self._queue.put(None)
+            if self._served:  # it listened before: a restart's failure may pass, retried
+                raise
+            # never listened: a port in use or a host that does not resolve is a mistake of
+            # the configuration, not retried for ever
+            raise CannotStart(f"MLLP source {self.name}: cannot listen on "
+                              f"{self.host}:{self.port}: {_bind_reason(e)}") from None
         except BaseException:
             self._queue.put(None)
             raise
+        self._served = True
         self.port = server.sockets[0].getsockname()[1]
         log.info("MLLP source %s listening on %s:%s%s", self.name, self.host, self.port,
                  " (TLS)" if self.ssl else "")
