@@ -224,6 +224,31 @@ def test_truncated_stream_and_idle_connections(connector, messages):
     assert connector.sources[0].stats["framing_errors"] >= 1
 
 
+def test_a_sender_stalled_inside_a_message_is_told_it_idled_not_that_it_closed(connector,
+                                                                                  messages):
+    """The NAK of a message whose sender stopped mid-frame said "connection closed inside a
+    message", as if the sender had closed: it names the idle timeout now; a real close keeps
+    its own words."""
+    stalled = socket.create_connection(("127.0.0.1", connector.sources[0].port))
+    stalled.sendall(VT + messages[3][:80])
+    stalled.settimeout(5)
+    data = b""
+    while FS not in data:  # the idle timeout (1 s) answers the fragment AR
+        chunk = stalled.recv(65536)
+        assert chunk, data
+        data += chunk
+    stalled.close()
+    nak = data.strip(VT + FS + CR)
+    assert ack_code(nak) == "AR"
+    for reason in (ack_segment(nak, "MSA")[3], ack_segment(nak, "ERR")[8]):
+        assert "idle too long inside a message" in reason and "idle_timeout_s 1 s" in reason
+        assert "closed" not in reason
+    [kept] = [d for d in connector.spool.deadletters() if d["stage"] == "receive"
+              and connector.spool.deadletter(d["id"])["payload"] == messages[3][:80]]
+    assert "idle too long" in kept["error"]["reason"]
+    still_serving(connector, messages[0])
+
+
 def test_a_sender_trickling_bytes_outside_a_message_is_closed_when_idle(connector, messages):
     """A CR every half second kept a connection open for ever (each read restarted the idle
     timer), so 256 such senders locked every real one out."""

@@ -474,7 +474,7 @@ class MLLPSource:
                 buf.clear()
                 if junk:
                     raise FramingError(f"{junk} bytes outside an MLLP block skipped")
-                if not await self._fill(reader, buf, deadline):
+                if await self._fill(reader, buf, deadline) is not None:
                     return None
                 continue
             if start > 0:
@@ -502,23 +502,30 @@ class MLLPSource:
                 if buf[:1] == CR:
                     del buf[:1]
                 return payload
-            if not await self._fill(reader, buf, deadline):
+            ended = await self._fill(reader, buf, deadline)
+            if ended is not None:
                 if len(buf) > 1:
                     fragment = bytes(buf[1:])
                     buf.clear()
-                    raise FramingError("connection closed inside a message (truncated)", fragment,
-                                       fatal=True, cut=True)
+                    # the sender that stalled is told so, not that it closed (it did not)
+                    why = ("connection closed inside a message" if ended == "closed" else
+                           f"connection idle too long inside a message (idle_timeout_s "
+                           f"{self.idle_timeout:g} s)")
+                    raise FramingError(f"{why} (truncated)", fragment, fatal=True, cut=True)
                 return None
 
-    async def _fill(self, reader: asyncio.StreamReader, buf: bytearray, deadline: float) -> bool:
+    async def _fill(self, reader: asyncio.StreamReader, buf: bytearray,
+                    deadline: float) -> str | None:
+        """Read more into ``buf``: None, or why nothing came ("idle": the deadline passed,
+        "closed": the peer closed)."""
         left = deadline - asyncio.get_running_loop().time()
         if left <= 0:
-            return False
+            return "idle"
         try:
             chunk = await asyncio.wait_for(reader.read(65536), left)
         except asyncio.TimeoutError:
-            return False
+            return "idle"
         if not chunk:
-            return False
+            return "closed"
         buf += chunk
-        return True
+        return None
