@@ -15,6 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from hub.core.errors import HubError
+
+
+class CannotStart(HubError):
+    """A source cannot start where it is configured (its address in use, a host that does not
+    resolve): the daemon stops with this one line rather than retrying a mistake for ever."""
+
+    error_code = "config"
+
 
 @dataclass(slots=True)
 class Envelope:

@@ -79,6 +79,7 @@ def cmd_connector(args, settings) -> int:
     if args.action == "register":
         return _register(cfg, args.url, settings)
     if args.action == "run":
+        from connectors.base import CannotStart
         from connectors.config import ConfigError
         from connectors.daemon import Connector
 
@@ -87,9 +88,12 @@ def cmd_connector(args, settings) -> int:
             conn = Connector(cfg)
         except ConfigError as e:
             raise _usage(str(e)) from None
-        print(f"connector {cfg.name}: {len(conn.sources)} sources, sink {cfg.sink['type']}, "
-              f"state in {cfg.state_dir}", flush=True)
-        conn.run()
+        try:  # announced once its listeners are bound, as `hub serve` checks its port first
+            conn.run(started=lambda: print(
+                f"connector {cfg.name}: {len(conn.sources)} sources, sink {cfg.sink['type']}, "
+                f"state in {cfg.state_dir}", flush=True))
+        except CannotStart as e:  # a port in use, a host that does not resolve: one line
+            raise _usage(str(e)) from None
         print(f"connector {cfg.name} stopped", flush=True)
         return 0
     return _status(cfg, args.json)

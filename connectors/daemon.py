@@ -24,9 +24,11 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
+from connectors.base import CannotStart
 from connectors.config import ConfigError, ConnectorConfig, admin_token
 from connectors.sinks.base import Unavailable, take_batch
 from connectors.spool import Spool, is_cut
@@ -128,6 +130,7 @@ class Connector:
         self.threads: dict[str, threading.Thread] = {}
         self.source_errors: dict[str, str] = {}
         self.source_failed: dict[str, float] = {}  # when each source last failed
+        self.fatal: str | None = None  # a source that cannot start: the daemon stops
         self.sink_state: dict[str, Any] = {"state": "idle", "error": None, "since": time.time(),
                                            "retries": 0}
         self.started = time.time()
@@ -146,6 +149,7 @@ class Connector:
                                  daemon=True)
             self.threads[src.name] = t
             t.start()
+        self._await_listeners()
         t = threading.Thread(target=self._deliver_loop, name="delivery", daemon=True)
         self.threads["<delivery>"] = t
         t.start()
@@ -158,6 +162,20 @@ class Connector:
                              daemon=True).start()
             self._write_status_file()
         log.info("connector %s started: %d sources", self.config.name, len(self.sources))
+
+    def _await_listeners(self, timeout: float = 10.0) -> None:
+        """Until each listener is bound (or ``timeout``): one that cannot bind stops the daemon
+        here, with CannotStart, before it says it has started."""
+        deadline = time.monotonic() + timeout
+        for src in self.sources:
+            ready = getattr(src, "ready", None)
+            while ready is not None and not ready.is_set() and self.fatal is None \
+                    and self.threads[src.name].is_alive() and time.monotonic() < deadline:
+                ready.wait(0.02)
+        if self.fatal is not None:
+            self.stop()
+            self.join()
+            raise CannotStart(self.fatal)
 
     def _write_status_file(self) -> None:
         if self.http is not None:
@@ -186,15 +204,20 @@ class Connector:
             log.exception("closing the sink")
         self.spool.close()
 
-    def run(self) -> None:
-        """Until SIGTERM or SIGINT (in the main thread)."""
+    def run(self, started: Callable[[], None] | None = None) -> None:
+        """Until SIGTERM or SIGINT (in the main thread); ``started`` is called once every
+        listener is bound. CannotStart when a source cannot start where it is configured."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
         self.start()
+        if started is not None:
+            started()
         while not self.stop_event.wait(0.5):
             pass
         log.info("connector %s stopping", self.config.name)
         self.join()
+        if self.fatal is not None:  # a listener that bound late failed (past start's wait)
+            raise CannotStart(self.fatal)
 
     # -- sources --------------------------------------------------------------------------------
 
@@ -206,7 +229,12 @@ class Connector:
                 self.source_errors.pop(src.name, None)
                 if self.stop_event.is_set():
                     return
-            except Exception as e:  # noqa: BLE001 - a source failing is restarted, never fatal
+            except CannotStart as e:  # its configuration is wrong: retrying changes nothing
+                self.fatal = str(e)
+                self.source_errors[src.name] = self.fatal
+                self.stop()
+                return
+            except Exception as e:  # noqa: BLE001 - a source failing later is restarted
                 error = f"{type(e).__name__}: {e}"
                 if self.source_errors.get(src.name) != error:
                     log.exception("source %s failed; restarting in %.1f s", src.name, delay)

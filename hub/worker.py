@@ -192,11 +192,7 @@ class IngestWorker:
             groups.setdefault(key, []).append(item)
         errors: dict[int, dict | None] = {}
         for (connector, institution), items in groups.items():
-            source = {"feed": "kafka", "topic": items[0][0].topic}
-            if connector:
-                source["connector"] = connector
-            if institution:
-                source["institution"] = institution
+            source = unit_source(items[0][0].topic, connector, institution)
             try:
                 found = write_units(self.repo, [u for _, _, u in items], source,
                                     _feed_actor(connector, institution))
@@ -261,6 +257,17 @@ def _decode(value: bytes | None, max_string: int | None = None) -> dict:
     return d
 
 
+def unit_source(topic: str, connector: str, institution: str) -> dict[str, Any]:
+    """The source recorded on a unit's write (each event's, the quality and intake counts'):
+    the feed it came by, its topic, connector and institution."""
+    source: dict[str, Any] = {"feed": "kafka", "topic": topic}
+    if connector:
+        source["connector"] = connector
+    if institution:
+        source["institution"] = institution
+    return source
+
+
 def _feed_actor(connector: str, institution: str) -> Any:
     """Who a unit is written as: its connector of its institution, held to what that
     institution wrote; the hub itself for a unit naming no institution (its connector was
@@ -297,11 +304,10 @@ def replay_deadletters(store, ids: list[int], settings: Settings):
                 continue
             connector = str(unit.get("connector") or "")
             institution = str(unit.get("institution") or "")
-            source: dict[str, Any] = {"feed": "replay", "deadletter": i}
-            if connector:
-                source["connector"] = connector
-            if institution:
-                source["institution"] = institution
+            # recorded as the worker records the unit (a connector's replay is delivered as it
+            # was), not as a feed "replay": the counts and history say where it came from
+            topic = str((dl["meta"] or {}).get("topic") or dl["source"])
+            source = {**unit_source(topic, connector, institution), "deadletter": i}
             try:
                 [err] = write_units(repo, [unit], source, _feed_actor(connector, institution))
             except Transient as e:

@@ -714,3 +714,23 @@ def test_serve_on_a_port_in_use_is_one_line_before_it_says_it_serves(tmp_path):
         proc = run_hub(settings, "serve", "--port", str(port), "--workers", "1", timeout=60)
     assert_clean_error(proc, "hub serve:", str(port))
     assert "FHIR API on" not in proc.stdout
+
+
+@pytest.mark.parametrize("args, command, words", [
+    (["connector", "status", "--x"], "hub connector", "unrecognized arguments: --x"),
+    (["quality", "report", "--nope"], "hub quality report", "unrecognized arguments: --nope"),
+    (["show"], "hub show", "required: reference"),
+    (["projections", "bogus"], "hub projections", "invalid choice: 'bogus'"),
+    (["deadletter", "list", "--worker", "--config", "x"], "hub deadletter", "not allowed"),
+    (["serve", "--port", "abc"], "hub serve", "--port"),
+    (["nosuch"], "hub", "invalid choice: 'nosuch'")])
+def test_an_argument_mistake_is_one_line_naming_the_help_to_read(tmp_path, args, command, words):
+    """argparse printed its whole usage block before the error; the other usage errors of the
+    command line are one line. `--help` still prints the usage."""
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.database_url = None
+    line = assert_clean_error(run_hub(settings, *args), f"{command}: error: ", words,
+                              f"(see {command} --help)")
+    assert "usage:" not in line
+    helped = run_hub(settings, *command.split()[1:], "--help")
+    assert helped.returncode == 0 and helped.stdout.startswith(f"usage: {command} ")

@@ -77,6 +77,10 @@ def test_deadletters_list_show_replay_and_status(tmp_path, capsys):
                        what="replayed patient")
             assert httpx.get(f"{hub.base}/{unit.patient_key}", headers=hub.headers).json()["name"][0]["family"] \
                 == "欧阳" * 1500
+            # recorded as the connector's own delivery: its feed and institution, not "replay"
+            code, out = cli(capsys, "history", unit.patient_key, "--data-dir",
+                            str(hub.settings.data_dir))
+            assert code == 0 and "feed=adt" in out and "institution=H0001" in out, out
 
             # the mapper still refuses ZZZ: a new dead letter, the old one superseded
             code, out = cli(capsys, "deadletter", "replay", str(by_stage["convert"]["id"]),
@@ -100,3 +104,37 @@ def test_deadletters_list_show_replay_and_status(tmp_path, capsys):
         assert code == 0 and "not running" in out
     finally:
         hub.__exit__(None, None, None)
+
+
+def test_a_worker_dead_letter_replayed_keeps_its_feed_and_institution(settings, capsys):
+    """`hub deadletter replay --worker` recorded the write with feed `replay` and the unit's
+    topic lost: its history, intake and quality counts no longer said where it came from. It is
+    recorded as the worker records the unit (a connector's replay is delivered as it was)."""
+    from connectors.spool import Spool
+    from hub.worker import deadletter_path
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.open_store().close()
+    topic = "hub.adt.h0001"
+    unit = {"v": 1, "connector": "adt", "institution": "H0001", "unit_id": "M1", "kind": "hl7v2",
+            "patient_key": "Patient/rp1",
+            "resources": [{"resourceType": "Patient", "id": "rp1", "gender": "female"}],
+            "deletes": []}
+    # as the worker keeps a unit the hub refused (a fix on the hub's side since)
+    letters = Spool(deadletter_path(settings))
+    try:
+        dl = letters.add_deadletter(topic, "unit", orjson.dumps(unit),
+                                    {"topic": topic, "partition": 0, "offset": 7,
+                                     "connector": "adt"}, "M1", "ingest",
+                                    {"reason": "the hub was down", "code": "AR"})
+    finally:
+        letters.close()
+    args = ["--data-dir", str(settings.data_dir)]
+    if settings.database_url:
+        args += ["--database-url", settings.database_url]
+    code, out = cli(capsys, "deadletter", "replay", str(dl), "--worker", *args)
+    assert code == 0 and "1 replayed" in out, out
+    code, out = cli(capsys, "history", "Patient/rp1", *args)
+    [row] = [r for r in out.splitlines() if r.strip().startswith("1 ")]
+    assert code == 0 and "feed=kafka" in row and f"topic={topic}" in row, row
+    assert "connector=adt" in row and "institution=H0001" in row and "feed=replay" not in row

@@ -7,12 +7,17 @@ survival. After every attack a well-formed message must still get AA.
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import hl7
 import pytest
+from connectors.base import CannotStart
 from connectors.config import ConnectorConfig
 from connectors.daemon import Connector
 from connectors.mllp_client import MLLPClient, ack_code, ack_segment
@@ -219,6 +224,31 @@ def test_truncated_stream_and_idle_connections(connector, messages):
     assert connector.sources[0].stats["framing_errors"] >= 1
 
 
+def test_a_sender_stalled_inside_a_message_is_told_it_idled_not_that_it_closed(connector,
+                                                                                  messages):
+    """The NAK of a message whose sender stopped mid-frame said "connection closed inside a
+    message", as if the sender had closed: it names the idle timeout now; a real close keeps
+    its own words."""
+    stalled = socket.create_connection(("127.0.0.1", connector.sources[0].port))
+    stalled.sendall(VT + messages[3][:80])
+    stalled.settimeout(5)
+    data = b""
+    while FS not in data:  # the idle timeout (1 s) answers the fragment AR
+        chunk = stalled.recv(65536)
+        assert chunk, data
+        data += chunk
+    stalled.close()
+    nak = data.strip(VT + FS + CR)
+    assert ack_code(nak) == "AR"
+    for reason in (ack_segment(nak, "MSA")[3], ack_segment(nak, "ERR")[8]):
+        assert "idle too long inside a message" in reason and "idle_timeout_s 1 s" in reason
+        assert "closed" not in reason
+    [kept] = [d for d in connector.spool.deadletters() if d["stage"] == "receive"
+              and connector.spool.deadletter(d["id"])["payload"] == messages[3][:80]]
+    assert "idle too long" in kept["error"]["reason"]
+    still_serving(connector, messages[0])
+
+
 def test_a_sender_trickling_bytes_outside_a_message_is_closed_when_idle(connector, messages):
     """A CR every half second kept a connection open for ever (each read restarted the idle
     timer), so 256 such senders locked every real one out."""
@@ -310,35 +340,51 @@ def test_an_ack_answers_the_control_id_of_headers_senders_write():
         assert "EVN" not in str(ack)
 
 
-def test_a_listener_that_cannot_bind_is_not_healthy_until_it_does(tmp_path):
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    port = taken.getsockname()[1]
-    cfg = ConnectorConfig.from_dict({
+def _bind_config(tmp_path, host: str, port: int) -> ConnectorConfig:
+    return ConnectorConfig.from_dict({
         "name": "adt", "institution": {"code": "H0001", "oid": "2.16.156.10011.99.1.1"},
         "state_dir": str(tmp_path / "state"), "durable": False,
         "retry": {"initial_s": 0.2, "max_s": 0.2},
-        "sources": [{"type": "mllp", "name": "adt", "host": "127.0.0.1", "port": port,
+        "sources": [{"type": "mllp", "name": "adt", "host": host, "port": port,
                      "kind": "hl7v2"}],
         "sink": {"type": "http", "url": f"http://127.0.0.1:{free_port()}/fhir"}})
-    conn = Connector(cfg)
-    conn.start()
-    try:
-        deadline = time.monotonic() + 10
-        while "error" not in conn.status()["sources"]["adt"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        st = conn.status()
-        assert st["healthy"] is False, st
-        assert st["sources"]["adt"]["listening"] is False and "error" in st["sources"]["adt"]
-        taken.close()  # the port comes free: the next retry binds
-        assert conn.sources[0].ready.wait(10)
-        st = conn.status()
-        assert st["healthy"] is True and "error" not in st["sources"]["adt"], st
-    finally:
-        taken.close()
-        conn.stop()
-        conn.join()
+
+
+def test_a_listener_that_cannot_bind_at_start_stops_the_daemon(tmp_path):
+    """A port in use at start was retried for ever (a line a retry); now the start fails with
+    the address and the reason, and the daemon is stopped (its spool closed)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        conn = Connector(_bind_config(tmp_path, "127.0.0.1", port))
+        with pytest.raises(CannotStart, match=f"127.0.0.1:{port}: Address already in use"):
+            conn.start()
+    assert conn.stop_event.is_set() and not any(t.is_alive() for t in conn.threads.values())
+
+
+@pytest.mark.parametrize("host, why", [("127.0.0.1", "Address already in use"),
+                                       ("no-such-host.invalid", "")])
+def test_connector_run_that_cannot_bind_is_one_line_and_exit_2(tmp_path, host, why):
+    """`hub connector run` with its MLLP port in use (or a host that does not resolve) printed
+    that it ran, then restarted the source for ever; now it stops at once, as `hub serve`."""
+    env = {**os.environ, "HUB_DATA_DIR": str(tmp_path / "d")}
+    env.pop("HUB_DATABASE_URL", None)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = tmp_path / "adt.yaml"
+        config.write_text(json.dumps({  # YAML's flow style is JSON
+            "name": "adt", "institution": {"code": "H0001"}, "state_dir": str(tmp_path / "state"),
+            "sources": [{"type": "mllp", "name": "adt", "host": host,
+                         "port": taken.getsockname()[1], "kind": "hl7v2"}],
+            "sink": {"type": "http", "url": f"http://127.0.0.1:{free_port()}/fhir"}}))
+        proc = subprocess.run([sys.executable, "-m", "hub.cli", "connector", "run", str(config)],
+                              env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"hub connector: MLLP source adt: cannot listen on {host}:"), line
+    assert why in line and "connector adt:" not in proc.stdout
 
 
 def test_a_block_cut_off_is_kept_to_read_and_never_replayed(connector, messages):

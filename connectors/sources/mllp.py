@@ -25,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import queue
 import re
+import socket
 import ssl
 import threading
 from collections.abc import Sequence
@@ -35,7 +37,7 @@ from typing import Any
 
 import hl7
 
-from connectors.base import Accepted, Envelope, Intake
+from connectors.base import Accepted, CannotStart, Envelope, Intake
 from connectors.tls import server_context
 from hub.core.errors import HubError
 
@@ -229,6 +231,14 @@ def control_id(payload: bytes) -> str | None:
     return fields[9] if len(fields) > 9 else None
 
 
+def _bind_reason(e: OSError) -> str:
+    """Why a bind failed, in the system's words ("Address already in use", "Name or service not
+    known"), without asyncio's wrapping of the address."""
+    if isinstance(e, socket.gaierror) or not e.errno:
+        return e.strerror or str(e)
+    return os.strerror(e.errno)
+
+
 # -- the listener --------------------------------------------------------------------------------
 
 
@@ -244,6 +254,7 @@ class MLLPSource:
         self.idle_timeout = float(idle_timeout_s)
         self.max_connections = int(max_connections)
         self.ready = threading.Event()
+        self._served = False  # has it ever listened (a bind failure before is fatal)
         self.group_commit = int(group_commit)
         self._queue: queue.Queue = queue.Queue()
         self.connections = 0
@@ -280,9 +291,18 @@ class MLLPSource:
             # can be logged and counted: inside the server asyncio drops it without a word
             server = await asyncio.start_server(
                 on_connect, self.host, self.port, limit=self.max_message_bytes + 65536)
+        except OSError as e:
+            self._queue.put(None)
+            if self._served:  # it listened before: a restart's failure may pass, retried
+                raise
+            # never listened: a port in use or a host that does not resolve is a mistake of
+            # the configuration, not retried for ever
+            raise CannotStart(f"MLLP source {self.name}: cannot listen on "
+                              f"{self.host}:{self.port}: {_bind_reason(e)}") from None
         except BaseException:
             self._queue.put(None)
             raise
+        self._served = True
         self.port = server.sockets[0].getsockname()[1]
         log.info("MLLP source %s listening on %s:%s%s", self.name, self.host, self.port,
                  " (TLS)" if self.ssl else "")
@@ -454,7 +474,7 @@ class MLLPSource:
                 buf.clear()
                 if junk:
                     raise FramingError(f"{junk} bytes outside an MLLP block skipped")
-                if not await self._fill(reader, buf, deadline):
+                if await self._fill(reader, buf, deadline) is not None:
                     return None
                 continue
             if start > 0:
@@ -482,23 +502,30 @@ class MLLPSource:
                 if buf[:1] == CR:
                     del buf[:1]
                 return payload
-            if not await self._fill(reader, buf, deadline):
+            ended = await self._fill(reader, buf, deadline)
+            if ended is not None:
                 if len(buf) > 1:
                     fragment = bytes(buf[1:])
                     buf.clear()
-                    raise FramingError("connection closed inside a message (truncated)", fragment,
-                                       fatal=True, cut=True)
+                    # the sender that stalled is told so, not that it closed (it did not)
+                    why = ("connection closed inside a message" if ended == "closed" else
+                           f"connection idle too long inside a message (idle_timeout_s "
+                           f"{self.idle_timeout:g} s)")
+                    raise FramingError(f"{why} (truncated)", fragment, fatal=True, cut=True)
                 return None
 
-    async def _fill(self, reader: asyncio.StreamReader, buf: bytearray, deadline: float) -> bool:
+    async def _fill(self, reader: asyncio.StreamReader, buf: bytearray,
+                    deadline: float) -> str | None:
+        """Read more into ``buf``: None, or why nothing came ("idle": the deadline passed,
+        "closed": the peer closed)."""
         left = deadline - asyncio.get_running_loop().time()
         if left <= 0:
-            return False
+            return "idle"
         try:
             chunk = await asyncio.wait_for(reader.read(65536), left)
         except asyncio.TimeoutError:
-            return False
+            return "idle"
         if not chunk:
-            return False
+            return "closed"
         buf += chunk
-        return True
+        return None

@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 from hub.cli.identity import cmd_identity
 from hub.cli.quarantine import cmd_quarantine
@@ -37,15 +38,38 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class Parser(argparse.ArgumentParser):
+    """A mistake in the arguments (an unknown option, one missing, a bad choice) is one line and
+    exit status 2, as the commands' own usage errors (argparse printed its usage block first);
+    ``--help`` is unchanged. Subcommand parsers are of this class too (``add_subparsers`` makes
+    its parser's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, extras = super().parse_known_args(args, namespace)
+        # the innermost subcommand's parser, set first (its parents' parses run around it): an
+        # unknown option is named to it, whose --help lists the options it takes
+        ns.__dict__.setdefault("_hub_parser", self)
+        return ns, extras
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, extras = self.parse_known_args(args, namespace)
+        parser = ns.__dict__.pop("_hub_parser", self)
+        if extras:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
+
 def main(argv: list[str] | None = None) -> int:
     # The store options are accepted before and after the command (hub ingest --data-dir D ...).
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--data-dir", default=argparse.SUPPRESS,
                         help="data directory (default $HUB_DATA_DIR or ./var)")
     common.add_argument("--database-url", default=argparse.SUPPRESS,
                         help="postgresql://… event store instead of SQLite (default $HUB_DATABASE_URL)")
-    parser = argparse.ArgumentParser(prog="hub", description="Regional FHIR integration hub",
-                                     parents=[common])
+    parser = Parser(prog="hub", description="Regional FHIR integration hub", parents=[common])
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
