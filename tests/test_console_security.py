@@ -230,3 +230,37 @@ def test_console_mistakes_are_pages_not_fhir_json(live):
         assert r.status_code == status and r.headers["content-type"].startswith("text/html"), path
         assert 'id="error-status"' in r.text
     assert c.get("/console/static/nope.js").status_code == 404
+
+
+def test_a_timeline_page_counts_only_the_records_its_reader_may_see(live, client):
+    """A person's timeline page counted every institution record linked to it, one a consent
+    hides from the reader too: the count told that a hidden record exists."""
+    from tests.api_helpers import consent
+
+    n = uuid.uuid4().hex[:6]
+    shown, hidden = f"cnt-a-{n}", f"cnt-b-{n}"
+    for pid, org in ((shown, "H1"), (hidden, "H2")):
+        assert client.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid,
+                                                   "name": [{"family": f"钱{n}"}]},
+                          headers={"x-hub-source-institution": org}).status_code == 201
+    user = {"x-hub-user": "steward-test"}
+    params = {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": f"Patient/{shown}"}}]}
+    person = client.post("/Person/$link", json=params, headers=user).json()["id"]
+    params["parameter"] = [
+        {"name": "patient", "valueReference": {"reference": f"Patient/{hidden}"}},
+        {"name": "person", "valueReference": {"reference": f"Person/{person}"}}]
+    assert client.post("/Person/$link", json=params, headers=user).status_code == 200
+    c = _logged_in(live, _user(live, ("clinician",)))
+
+    def counted() -> str:
+        page = c.get(f"/console/record/Patient/{shown}", params={"purpose": "TREAT"})
+        assert page.status_code == 200, page.text[:300]
+        return re.search(r'id="purpose">[^<]*: (\d+)</p>', page.text).group(1)
+
+    assert counted() == "2"
+    opt_out = consent(hidden, {"type": "deny"}, "H2", policyRule={"coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]})
+    assert client.put(f"/Consent/{opt_out['id']}", json=opt_out,
+                      headers={"x-hub-source-institution": "H2"}).status_code == 201
+    assert counted() == "1"

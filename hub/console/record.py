@@ -146,15 +146,19 @@ async def record_timeline(request: Request, rid: str) -> Response:
     shared = request.app.state.shared_record
     repo = repository(request)
 
-    def answer() -> tuple[Any, list]:
+    def answer() -> tuple[Any, list, list]:
         repo.authorize(ctx, Action("operation", "Patient", rid, "$timeline"))
         scope = shared.scope_of_patient(rid, None)
         entries, _ = shared.timeline(scope, start, None, [kind] if kind else None, 200, None)
-        return scope, repo.shown(ctx, entries)
+        # the records counted are those the reader may see: a count of the others would tell
+        # that a record a consent hides exists
+        seen = repo.latest_many(ctx, "Patient", [p.split("/", 1)[1] for p in scope.patients])
+        return scope, repo.shown(ctx, entries), [p for p in scope.patients
+                                                 if p.split("/", 1)[1] in seen]
 
     writer = request.app.state.audit
     try:
-        scope, entries = await run_in_threadpool(answer)
+        scope, entries, patients = await run_in_threadpool(answer)
     except FhirError as e:
         await run_in_threadpool(writer.write, audit_event(
             request, "timeline", None, [f"Patient/{rid}"], "4",
@@ -163,7 +167,7 @@ async def record_timeline(request: Request, rid: str) -> Response:
     await run_in_threadpool(writer.write, audit_event(
         request, "timeline", scope.person, scope.patients, "0", purpose=purpose))
     return page(request, "timeline.html", "record", who=f"Patient/{rid}", purpose=purpose,
-                 purpose_q=_purpose_query(request, purpose), patients=scope.patients, kinds=KINDS, kind=kind, since=since,
+                 purpose_q=_purpose_query(request, purpose), patients=patients, kinds=KINDS, kind=kind, since=since,
                  entries=[_timeline_row(e) for e in entries])
 
 
