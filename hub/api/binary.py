@@ -65,16 +65,19 @@ def native_resource(request: Request, body: bytes, rid: str | None = None) -> di
     """The Binary a native body is stored as."""
     if not body:
         raise bad_request("The request body is empty")
-    ctype = request.headers.get("content-type", "").strip()
-    if len(ctype) > _MEDIA_MAX or not ctype.isascii() or not ctype.isprintable():
-        raise bad_request("The Content-Type is no media type a Binary can keep")
-    d: dict = {"resourceType": "Binary", "contentType": ctype,
+    d: dict = {"resourceType": "Binary",
+               "contentType": _header(request, "content-type", "no media type a Binary can keep"),
                "data": base64.b64encode(body).decode("ascii")}
     if rid is not None:
         d["id"] = rid
-    context = request.headers.get("x-security-context", "").strip()
+    context = _header(request, "x-security-context", "no reference")
     if context:
-        if len(context) > _MEDIA_MAX or not context.isascii() or not context.isprintable():
-            raise bad_request("X-Security-Context is no reference")
         d["securityContext"] = {"reference": context}
     return d
+
+
+def _header(request: Request, name: str, what: str) -> str:
+    value = request.headers.get(name, "").strip()
+    if len(value) > _MEDIA_MAX or not value.isascii() or not value.isprintable():
+        raise bad_request(f"The {name} header is {what}")
+    return value
