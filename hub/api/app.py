@@ -30,6 +30,7 @@ from hub.api import auth, bundles, capability, documents, fhirxml, health, intak
 from hub.api import everything as mpi_everything
 from hub.api import identity as mpi_identity
 from hub.api import match as mpi_match  # Patient/$match
+from hub.api import methods as allow  # the Allow of a 405
 from hub.api.caller import LoginRequired, Throttled, authenticate, context_of, repository
 from hub.api.history import history_bundle
 from hub.api.limits import BodyLimit
@@ -232,6 +233,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
     app.mount("/console/static", console.StaticFiles(directory=console.STATIC),
               name="console-static")
     _install_routes(app)
+    allow.install(app)  # a 405 for a method no route of the path takes, before any route
     return app
 
 
@@ -279,6 +281,9 @@ def _install_error_handlers(app: FastAPI) -> None:
                 ', error="invalid_token"' if sent else "")
         if isinstance(e, Throttled):
             response.headers["Retry-After"] = str(e.retry_after)
+        if e.status == 405:  # RFC 9110 15.5.6: what the path takes, but the route that refused
+            response.headers["Allow"] = allow.allowed(request.app, request.scope,
+                                                        request.scope.get("route"))
         return response
 
     @app.exception_handler(StarletteHTTPException)
@@ -292,8 +297,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             return console.error_page(request, e.status_code,
                                       text.replace("No FHIR endpoint", "No console page"))
         response = outcome_response([Issue(code, text)], e.status_code, request)
-        if e.status_code == 405 and e.headers and "Allow" in e.headers:
-            response.headers["Allow"] = e.headers["Allow"]  # RFC 9110 15.5.6: what is allowed
+        if e.status_code == 405:  # RFC 9110 15.5.6: what every route of the path takes
+            response.headers["Allow"] = allow.allowed(request.app, request.scope)
         return response
 
     @app.exception_handler(RequestValidationError)
