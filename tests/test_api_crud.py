@@ -397,6 +397,47 @@ def test_if_match_current_version_succeeds(client):
     assert_outcome(client.get(f"/Patient/{d['id']}"), 410)
 
 
+def test_if_match_star_writes_only_a_current_resource(client):
+    """RFC 9110 13.1.1: If-Match: * holds when the resource exists (it was a 400). Update,
+    conditional update, patch, delete and a transaction's ifMatch go ahead on a current
+    resource; on one that does not exist or is deleted they are 412 and create nothing."""
+    star = {"if-match": "*"}
+    missing = patient(rid=unique())
+    before = system_total(client)
+    assert_outcome(put(client, missing, **star), 412)  # not created
+    assert_outcome(client.put("/Patient", params={"identifier": token(missing)}, json=missing,
+                              headers={**FHIR_JSON, **star}), 412)
+    assert_outcome(client.delete(f"/Patient/{missing['id']}", headers=star), 412)
+    assert_outcome(client.post("", json=bundle("transaction", put_entry(missing, if_match="*")),
+                               headers=FHIR_JSON), 412)
+    assert system_total(client) == before
+    assert_outcome(client.get(f"/Patient/{missing['id']}"), 404)
+
+    d = patient(rid=unique())
+    put(client, d)
+    r = put(client, d | {"gender": "male"}, **star)
+    assert r.status_code == 200 and etag_version(r) == 2, r.text
+    r = client.put("/Patient", params={"identifier": token(d)}, json=d | {"gender": "female"},
+                   headers={**FHIR_JSON, **star})
+    assert r.status_code == 200 and etag_version(r) == 3, r.text
+    r = client.patch(f"/Patient/{d['id']}", content=b'[{"op": "replace", "path": "/gender", '
+                     b'"value": "other"}]',
+                     headers={**star, "content-type": "application/json-patch+json"})
+    assert r.status_code == 200 and etag_version(r) == 4, r.text
+    r = client.post("", json=bundle("transaction", put_entry(d | {"gender": "male"}, if_match="*")),
+                    headers=FHIR_JSON)
+    assert r.status_code == 200 and r.json()["entry"][0]["response"]["etag"] == 'W/"5"', r.text
+    assert client.delete(f"/Patient/{d['id']}", headers=star).status_code in (200, 204)
+    # deleted: nothing current to match
+    assert_outcome(put(client, d, **star), 412)
+    assert_outcome(client.delete(f"/Patient/{d['id']}", headers=star), 412)
+    assert_outcome(client.get(f"/Patient/{d['id']}"), 410)
+    # a patch of nothing fails as without the condition (RFC 9110 13.2.1)
+    for rid, status in ((d["id"], 410), (missing["id"], 404)):
+        assert_outcome(client.patch(f"/Patient/{rid}", content=b"[]", headers={
+            **star, "content-type": "application/json-patch+json"}), status)
+
+
 # -- Prefer ------------------------------------------------------------------------------------
 
 

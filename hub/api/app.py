@@ -43,7 +43,7 @@ from hub.api.responses import (
     client_holds,
     fhir_response,
     outcome_response,
-    parse_etag,
+    parse_if_match,
     prefer_return,
     prefer_strict,
     version_headers,
@@ -587,7 +587,7 @@ async def conditional_update(request: Request, rtype: str) -> Response:
         raise bad_request("PUT on a type needs search criteria (conditional update) or an id")
     d, repairs = _checked(request, rtype, raw, d)
     op = Op("PUT", rtype, d=d, query=parse_query(request.url.query),
-            if_match=parse_etag(request.headers.get("if-match")), url=f"{rtype}?{request.url.query}")
+            if_match=parse_if_match(request.headers.get("if-match")), url=f"{rtype}?{request.url.query}")
     return await _run(request, op, repairs)
 
 
@@ -647,7 +647,7 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
             f"{rtype}.id",
         )
     d, repairs = _checked(request, rtype, raw, d)
-    op = Op("PUT", rtype, rid, d, if_match=parse_etag(request.headers.get("if-match")),
+    op = Op("PUT", rtype, rid, d, if_match=parse_if_match(request.headers.get("if-match")),
             url=f"{rtype}/{rid}")
     return await _run(request, op, repairs)
 
@@ -678,7 +678,7 @@ async def _patch(request: Request, op: Op) -> Response:
     raw = await run_in_threadpool(fhirxml.json_body, request, await request.body())
     apply, document = patching.from_body(media, raw, _settings(request).max_string)
     repo, ctx = repository(request), context_of(request)
-    op.if_match = parse_etag(request.headers.get("if-match"))
+    op.if_match = parse_if_match(request.headers.get("if-match"))
     op.patch = patching.step(op.rtype, apply, document, _checker(request, ctx))
 
     def execute() -> Result:
@@ -692,7 +692,7 @@ async def _patch(request: Request, op: Op) -> Response:
 
 async def delete(request: Request, rtype: str, rid: str) -> Response:
     check_format(request)
-    op = Op("DELETE", _type(rtype), _id(rid), if_match=parse_etag(request.headers.get("if-match")),
+    op = Op("DELETE", _type(rtype), _id(rid), if_match=parse_if_match(request.headers.get("if-match")),
             url=f"{rtype}/{rid}")
     result = (await run_in_threadpool(repository(request).execute, [op], context_of(request),
                                       atomic=True))[0]

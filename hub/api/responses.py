@@ -14,6 +14,7 @@ from hub.api import fhirxml
 from hub.core import jsontext
 from hub.core.errors import FhirError, Issue, operation_outcome
 from hub.core.fhirtime import http_date, parse_range
+from hub.core.ingest import ANY_VERSION
 
 FHIR_JSON = fhirxml.FHIR_JSON
 # FHIR says ids are at most 64 characters, but official R4B examples carry longer ones (68);
@@ -84,6 +85,14 @@ def parse_etag(value: str | None, header: str = "If-Match") -> int | None:
     if not m:
         raise FhirError(400, "invalid", f"{header} {value!r} is not a version ETag like W/\"3\"")
     return int(m.group(1) or m.group(2))
+
+
+def parse_if_match(value: str | None, header: str = "If-Match") -> int | None:
+    """An If-Match version; ``*`` (RFC 9110 13.1.1: true when a current representation exists)
+    is ``ANY_VERSION``, which the hub holds true of a resource that exists and is not deleted."""
+    if value is not None and value.strip() == "*":
+        return ANY_VERSION
+    return parse_etag(value, header)
 
 
 def none_match(value: str, version: int) -> bool:
