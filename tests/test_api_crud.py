@@ -23,6 +23,7 @@ from tests.api_helpers import (
     http_date_ok,
     if_none_exist,
     instance_versions,
+    observation,
     patient,
     put,
     put_entry,
@@ -527,6 +528,31 @@ def test_pretty(client):
     assert b"\n  " in nice.content
     assert nice.json() == plain.json()
     assert client.get(f"/Patient/{rid}", params={"_pretty": "false"}).content == plain.content
+
+
+def test_pretty_indents_the_resources_inside_a_bundle(client):
+    """_pretty=true indents a Bundle's resources too (they were left on one line each), and
+    keeps each decimal as written."""
+    d = patient()
+    rid = create(client, d).json()["id"]
+    o = observation(f"Patient/{rid}") | {"valueQuantity": {"value": 1.50, "unit": "/min"}}
+    raw = orjson.dumps(o).replace(b'"value":1.5,', b'"value":1.50,')
+    assert client.post("/Observation", content=raw, headers=FHIR_JSON).status_code == 201
+    for path, params in ((f"/Patient/{rid}/_history", {}), ("/Patient", {"identifier": token(d)}),
+                         ("/Observation", {"subject": f"Patient/{rid}"}),
+                         (f"/Patient/{rid}/$everything", {})):
+        plain = client.get(path, params=params)
+        nice = client.get(path, params={**params, "_pretty": "true"})
+        assert nice.status_code == 200 and nice.json()["entry"], (path, nice.text)
+        assert b"\n" not in plain.content  # compact without it
+        lines = nice.content.split(b"\n")
+        assert all(line.count(b'":') <= 1 for line in lines), (path, nice.text)
+        if path == "/Observation":
+            assert b'"value": 1.50,' in nice.content, nice.text
+    # a transaction's answer too
+    b = bundle("transaction", put_entry(patient(rid=unique())))
+    r = client.post("", json=b, params={"_pretty": "true"}, headers=FHIR_JSON)
+    assert r.status_code == 200 and all(line.count(b'":') <= 1 for line in r.content.split(b"\n"))
 
 
 # -- If-None-Match (conditional read) ----------------------------------------------------------

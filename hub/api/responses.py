@@ -145,8 +145,10 @@ def fhir_response(body: bytes | dict | None, status: int = 200, *, request: Requ
                         status_code=status,
                         media_type=answer, headers=headers)
     if isinstance(body, dict):
-        body = orjson.dumps(body, option=orjson.OPT_INDENT_2 if request and pretty(request) else 0)
-    elif body is not None and request is not None and pretty(request):
+        body = orjson.dumps(body)
+    if body is not None and request is not None and pretty(request):
+        # read back and written again: stored resources spliced into a Bundle as they are
+        # (orjson.Fragment) are indented too, each number kept as written
         body = orjson.dumps(jsontext.loads_exact(body), option=orjson.OPT_INDENT_2)
     return Response(content=body or b"", status_code=status, media_type=answer if body else None,
                     headers=headers)
