@@ -342,6 +342,11 @@ class Repository:
         return self.audited(ctx, action, run,
                              lambda page: [(r.rtype, r.rid, r.state) for r in page[0]])
 
+    def deletions(self, versions: Sequence[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
+        """Which of these versions (type, id, version) are deletions; for a history page to tell a
+        re-create, whose previous version is a deletion, wherever that deletion is listed."""
+        return self._hub.store.deletions([v for v in versions if v[0] != AUDIT])
+
     def count_history(self, ctx: Context, *, rtype: str | None = None, rid: str | None = None,
                       since_us: int | None = None) -> int | None:
         """How many versions the history holds that the caller may see (None: more than

@@ -23,6 +23,7 @@ from tests.api_helpers import (
     http_date_ok,
     if_none_exist,
     instance_versions,
+    observation,
     patient,
     put,
     put_entry,
@@ -397,6 +398,47 @@ def test_if_match_current_version_succeeds(client):
     assert_outcome(client.get(f"/Patient/{d['id']}"), 410)
 
 
+def test_if_match_star_writes_only_a_current_resource(client):
+    """RFC 9110 13.1.1: If-Match: * holds when the resource exists (it was a 400). Update,
+    conditional update, patch, delete and a transaction's ifMatch go ahead on a current
+    resource; on one that does not exist or is deleted they are 412 and create nothing."""
+    star = {"if-match": "*"}
+    missing = patient(rid=unique())
+    before = system_total(client)
+    assert_outcome(put(client, missing, **star), 412)  # not created
+    assert_outcome(client.put("/Patient", params={"identifier": token(missing)}, json=missing,
+                              headers={**FHIR_JSON, **star}), 412)
+    assert_outcome(client.delete(f"/Patient/{missing['id']}", headers=star), 412)
+    assert_outcome(client.post("", json=bundle("transaction", put_entry(missing, if_match="*")),
+                               headers=FHIR_JSON), 412)
+    assert system_total(client) == before
+    assert_outcome(client.get(f"/Patient/{missing['id']}"), 404)
+
+    d = patient(rid=unique())
+    put(client, d)
+    r = put(client, d | {"gender": "male"}, **star)
+    assert r.status_code == 200 and etag_version(r) == 2, r.text
+    r = client.put("/Patient", params={"identifier": token(d)}, json=d | {"gender": "female"},
+                   headers={**FHIR_JSON, **star})
+    assert r.status_code == 200 and etag_version(r) == 3, r.text
+    r = client.patch(f"/Patient/{d['id']}", content=b'[{"op": "replace", "path": "/gender", '
+                     b'"value": "other"}]',
+                     headers={**star, "content-type": "application/json-patch+json"})
+    assert r.status_code == 200 and etag_version(r) == 4, r.text
+    r = client.post("", json=bundle("transaction", put_entry(d | {"gender": "male"}, if_match="*")),
+                    headers=FHIR_JSON)
+    assert r.status_code == 200 and r.json()["entry"][0]["response"]["etag"] == 'W/"5"', r.text
+    assert client.delete(f"/Patient/{d['id']}", headers=star).status_code in (200, 204)
+    # deleted: nothing current to match
+    assert_outcome(put(client, d, **star), 412)
+    assert_outcome(client.delete(f"/Patient/{d['id']}", headers=star), 412)
+    assert_outcome(client.get(f"/Patient/{d['id']}"), 410)
+    # a patch of nothing fails as without the condition (RFC 9110 13.2.1)
+    for rid, status in ((d["id"], 410), (missing["id"], 404)):
+        assert_outcome(client.patch(f"/Patient/{rid}", content=b"[]", headers={
+            **star, "content-type": "application/json-patch+json"}), status)
+
+
 # -- Prefer ------------------------------------------------------------------------------------
 
 
@@ -486,6 +528,31 @@ def test_pretty(client):
     assert b"\n  " in nice.content
     assert nice.json() == plain.json()
     assert client.get(f"/Patient/{rid}", params={"_pretty": "false"}).content == plain.content
+
+
+def test_pretty_indents_the_resources_inside_a_bundle(client):
+    """_pretty=true indents a Bundle's resources too (they were left on one line each), and
+    keeps each decimal as written."""
+    d = patient()
+    rid = create(client, d).json()["id"]
+    o = observation(f"Patient/{rid}") | {"valueQuantity": {"value": 1.50, "unit": "/min"}}
+    raw = orjson.dumps(o).replace(b'"value":1.5,', b'"value":1.50,')
+    assert client.post("/Observation", content=raw, headers=FHIR_JSON).status_code == 201
+    for path, params in ((f"/Patient/{rid}/_history", {}), ("/Patient", {"identifier": token(d)}),
+                         ("/Observation", {"subject": f"Patient/{rid}"}),
+                         (f"/Patient/{rid}/$everything", {})):
+        plain = client.get(path, params=params)
+        nice = client.get(path, params={**params, "_pretty": "true"})
+        assert nice.status_code == 200 and nice.json()["entry"], (path, nice.text)
+        assert b"\n" not in plain.content  # compact without it
+        lines = nice.content.split(b"\n")
+        assert all(line.count(b'":') <= 1 for line in lines), (path, nice.text)
+        if path == "/Observation":
+            assert b'"value": 1.50,' in nice.content, nice.text
+    # a transaction's answer too
+    b = bundle("transaction", put_entry(patient(rid=unique())))
+    r = client.post("", json=b, params={"_pretty": "true"}, headers=FHIR_JSON)
+    assert r.status_code == 200 and all(line.count(b'":') <= 1 for line in r.content.split(b"\n"))
 
 
 # -- If-None-Match (conditional read) ----------------------------------------------------------

@@ -287,6 +287,39 @@ def test_methods_a_url_lacks_are_405(client):
         assert_outcome(client.delete("/Patient"), 405)  # deleting a whole type
 
 
+def allow(r: httpx.Response) -> set[str]:
+    return {m.strip() for m in r.headers.get("allow", "").split(",") if m.strip()}
+
+
+@pytest.mark.parametrize("path", ["/metadata", "/_history", "/.well-known/smart-configuration"])
+@pytest.mark.parametrize("method", ["PUT", "POST", "DELETE", "PATCH"])
+def test_a_fixed_path_is_405_to_other_methods_not_a_resource_type(client, path, method):
+    """/metadata is no resource type "metadata" of /{type}: another method is a 405 naming
+    the ones it takes (it was a 404 Unknown resource type, or a transaction)."""
+    with stores_nothing(client):
+        r = client.request(method, path, content=orjson.dumps(patient()), headers=FHIR_JSON)
+        assert_outcome(r, 405)
+        assert allow(r) == {"GET", "HEAD"}, r.headers
+
+
+def test_a_405_allows_what_every_route_of_the_path_takes(client):
+    """Allow is the union over the routes of the path, not the first route's methods."""
+    r = client.request("OPTIONS", "/Patient")
+    assert_outcome(r, 405)
+    assert allow(r) == {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"}, r.headers
+    r = client.put(f"/Patient/{unique()}/$everything", json={})
+    assert_outcome(r, 405)
+    assert allow(r) == {"GET", "HEAD", "POST"}, r.headers
+    # a literal segment is its route's: _history is no id of a read, update or delete
+    for method in ("PUT", "DELETE", "POST"):
+        r = client.request(method, "/Patient/_history", content=b"{}", headers=FHIR_JSON)
+        assert_outcome(r, 405)
+        assert allow(r) == {"GET", "HEAD"}, (method, r.headers)
+    # a handler's own 405 names what the other routes of its path take
+    r = client.delete("/Patient")
+    assert allow(r) == {"GET", "HEAD", "POST", "PUT", "PATCH"}, r.headers
+
+
 def test_unknown_urls_are_404(client, live):
     for url in (f"{live.base}/Patient/1/_history/1/more", f"{live.base}/Patient/1/nothing",
                 live.base.rsplit("/fhir", 1)[0] + "/nothing", f"{live.base}/$nothing/x/y/z"):

@@ -76,6 +76,44 @@ def test_instance_history_newest_first_with_all_details(client, live):
         assert client.get(f"/Patient/{rid}/_history/{v}").json() == e["resource"]
 
 
+def test_a_re_create_says_201_wherever_its_deletion_is_listed(client):
+    """The version written over a deletion created the resource again: 201 on every page,
+    also when the deletion is on the next page (it said 200 there) or under a _since that
+    leaves it out, at instance, type and system level."""
+    d = patient(rid=unique())
+    put(client, d)
+    assert client.delete(f"/Patient/{d['id']}").status_code in (200, 204)
+    assert put(client, d).status_code == 201  # version 3, over the deletion
+    since = client.get(f"/Patient/{d['id']}").json()["meta"]["lastUpdated"]
+    put(client, d | {"gender": "male"})  # version 4, an update
+
+    def status(entries: list[dict], version: int) -> str:
+        (e,) = [e for e in entries if e["fullUrl"].endswith(f"/Patient/{d['id']}")
+                and e["response"]["etag"] == f'W/"{version}"']
+        return e["response"]["status"]
+
+    def page_of(path: str, params: dict, version: int) -> list[dict]:
+        """The entries of the page that lists ``version`` (these are the newest writes)."""
+        r = client.get(path, params=params)
+        for _ in range(4):
+            entries = r.json().get("entry", [])
+            if any(e["response"]["etag"] == f'W/"{version}"' for e in entries):
+                return entries
+            r = client.get(next(link["url"] for link in r.json()["link"]
+                                if link["relation"] == "next"))
+        raise AssertionError(f"version {version} not listed")
+
+    for path in (f"/Patient/{d['id']}/_history", "/Patient/_history", "/_history"):
+        for count in (1, 2, 3):  # the deletion on another page than the re-create, or on its own
+            entries = page_of(path, {"_count": str(count)}, 3)
+            assert status(entries, 3).startswith("201"), (path, count)
+            assert [e for e in entries if e["response"]["etag"] == 'W/"2"'] or count < 3
+        entries = page_of(path, {"_count": "1"}, 4)
+        assert status(entries, 4).startswith("200"), path
+        # the deletion left out by _since
+        assert status(page_of(path, {"_since": since}, 3), 3).startswith("201"), path
+
+
 def test_instance_history_of_created_resource_says_post(client):
     rid = create(client, patient()).json()["id"]
     (entry,) = client.get(f"/Patient/{rid}/_history").json()["entry"]

@@ -44,6 +44,7 @@ from hub.api import (
 from hub.api import everything as mpi_everything
 from hub.api import identity as mpi_identity
 from hub.api import match as mpi_match  # Patient/$match
+from hub.api import methods as allow  # the Allow of a 405
 from hub.api.caller import LoginRequired, Throttled, authenticate, context_of, repository
 from hub.api.history import history_bundle
 from hub.api.limits import BodyLimit
@@ -56,7 +57,7 @@ from hub.api.responses import (
     client_holds,
     fhir_response,
     outcome_response,
-    parse_etag,
+    parse_if_match,
     prefer_return,
     prefer_strict,
     version_headers,
@@ -246,6 +247,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
     app.mount("/console/static", console.StaticFiles(directory=console.STATIC),
               name="console-static")
     _install_routes(app)
+    allow.install(app)  # a 405 for a method no route of the path takes, before any route
     return app
 
 
@@ -293,6 +295,9 @@ def _install_error_handlers(app: FastAPI) -> None:
                 ', error="invalid_token"' if sent else "")
         if isinstance(e, Throttled):
             response.headers["Retry-After"] = str(e.retry_after)
+        if e.status == 405:  # RFC 9110 15.5.6: what the path takes, but the route that refused
+            response.headers["Allow"] = allow.allowed(request.app, request.scope,
+                                                        request.scope.get("route"))
         return response
 
     @app.exception_handler(StarletteHTTPException)
@@ -306,8 +311,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             return console.error_page(request, e.status_code,
                                       text.replace("No FHIR endpoint", "No console page"))
         response = outcome_response([Issue(code, text)], e.status_code, request)
-        if e.status_code == 405 and e.headers and "Allow" in e.headers:
-            response.headers["Allow"] = e.headers["Allow"]  # RFC 9110 15.5.6: what is allowed
+        if e.status_code == 405:  # RFC 9110 15.5.6: what every route of the path takes
+            response.headers["Allow"] = allow.allowed(request.app, request.scope)
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -602,7 +607,7 @@ async def conditional_update(request: Request, rtype: str) -> Response:
         raise bad_request("PUT on a type needs search criteria (conditional update) or an id")
     d, repairs = _checked(request, rtype, raw, d)
     op = Op("PUT", rtype, d=d, query=parse_query(request.url.query),
-            if_match=parse_etag(request.headers.get("if-match")), url=f"{rtype}?{request.url.query}")
+            if_match=parse_if_match(request.headers.get("if-match")), url=f"{rtype}?{request.url.query}")
     return await _run(request, op, repairs)
 
 
@@ -667,7 +672,7 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
             f"{rtype}.id",
         )
     d, repairs = _checked(request, rtype, raw, d)
-    op = Op("PUT", rtype, rid, d, if_match=parse_etag(request.headers.get("if-match")),
+    op = Op("PUT", rtype, rid, d, if_match=parse_if_match(request.headers.get("if-match")),
             url=f"{rtype}/{rid}")
     return await _run(request, op, repairs)
 
@@ -698,7 +703,7 @@ async def _patch(request: Request, op: Op) -> Response:
     raw = await run_in_threadpool(fhirxml.json_body, request, await request.body())
     apply, document = patching.from_body(media, raw, _settings(request).max_string)
     repo, ctx = repository(request), context_of(request)
-    op.if_match = parse_etag(request.headers.get("if-match"))
+    op.if_match = parse_if_match(request.headers.get("if-match"))
     op.patch = patching.step(op.rtype, apply, document, _checker(request, ctx))
 
     def execute() -> Result:
@@ -712,7 +717,7 @@ async def _patch(request: Request, op: Op) -> Response:
 
 async def delete(request: Request, rtype: str, rid: str) -> Response:
     check_format(request)
-    op = Op("DELETE", _type(rtype), _id(rid), if_match=parse_etag(request.headers.get("if-match")),
+    op = Op("DELETE", _type(rtype), _id(rid), if_match=parse_if_match(request.headers.get("if-match")),
             url=f"{rtype}/{rid}")
     result = (await run_in_threadpool(repository(request).execute, [op], context_of(request),
                                       atomic=True))[0]

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode
 import orjson
 
 from hub.api import intake, patching
-from hub.api.responses import client_holds, etag, parse_etag
+from hub.api.responses import client_holds, etag, parse_if_match
 from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.conditional import parse_query
@@ -123,7 +123,7 @@ def _check_get(path: str, url: str, where: str) -> None:
 def _if_match(value: object, where: str) -> int | None:
     if value is None:
         return None
-    return parse_etag(str(value), f"{where}.request.ifMatch")
+    return parse_if_match(str(value), f"{where}.request.ifMatch")
 
 
 # A fullUrl the envelope's validation may stand in for: a scheme and printable ASCII (urn:uuid:…,

@@ -51,8 +51,14 @@ def history_bundle(repo: Repository, ctx: Context, request: Request, base: str,
     rows, after = repo.history(ctx, rtype=rtype, rid=rid, since_us=since_us, at_us=at_us,
                                before_nid=cursor, count=count)
     entries = []
-    # a version written over a deletion created the resource again: 201, as its write answered
-    kinds = {(r.rtype, r.rid, r.version): r.kind for r in rows}
+    # a version written over a deletion created the resource again: 201, as its write answered;
+    # the deletion (version n-1) on this page or not
+    shown = {(r.rtype, r.rid, r.version): r.kind for r in rows}
+    before = [(r.rtype, r.rid, r.version - 1) for r in rows if r.kind == "updated"]
+    deleted = {v for v in before if shown.get(v) == "deleted"}
+    elsewhere = [v for v in before if v not in shown]
+    if elsewhere:
+        deleted |= repo.deletions(elsewhere)
     for row in rows:
         header_bytes, _, body = row.state.partition(b"\n")
         header = orjson.loads(header_bytes)
@@ -64,7 +70,7 @@ def history_bundle(repo: Repository, ctx: Context, request: Request, base: str,
         entry["request"] = {"method": method,
                             "url": row.rtype if method == "POST" else f"{row.rtype}/{row.rid}"}
         status = _STATUS[row.kind]
-        if row.kind == "updated" and kinds.get((row.rtype, row.rid, row.version - 1)) == "deleted":
+        if row.kind == "updated" and (row.rtype, row.rid, row.version - 1) in deleted:
             status = 201
         entry["response"] = {"status": status_line(status), "etag": etag(row.version),
                              "lastModified": header["lastUpdated"]}

@@ -14,6 +14,7 @@ from hub.api import fhirxml
 from hub.core import jsontext
 from hub.core.errors import FhirError, Issue, operation_outcome
 from hub.core.fhirtime import http_date, parse_range
+from hub.core.ingest import ANY_VERSION
 
 FHIR_JSON = fhirxml.FHIR_JSON
 # FHIR says ids are at most 64 characters, but official R4B examples carry longer ones (68);
@@ -86,6 +87,14 @@ def parse_etag(value: str | None, header: str = "If-Match") -> int | None:
     return int(m.group(1) or m.group(2))
 
 
+def parse_if_match(value: str | None, header: str = "If-Match") -> int | None:
+    """An If-Match version; ``*`` (RFC 9110 13.1.1: true when a current representation exists)
+    is ``ANY_VERSION``, which the hub holds true of a resource that exists and is not deleted."""
+    if value is not None and value.strip() == "*":
+        return ANY_VERSION
+    return parse_etag(value, header)
+
+
 def none_match(value: str, version: int) -> bool:
     """Does an If-None-Match value (``*`` or a list of ETags) match this version? (RFC 9110 13.1.2)"""
     if value.strip() == "*":
@@ -136,8 +145,10 @@ def fhir_response(body: bytes | dict | None, status: int = 200, *, request: Requ
                         status_code=status,
                         media_type=answer, headers=headers)
     if isinstance(body, dict):
-        body = orjson.dumps(body, option=orjson.OPT_INDENT_2 if request and pretty(request) else 0)
-    elif body is not None and request is not None and pretty(request):
+        body = orjson.dumps(body)
+    if body is not None and request is not None and pretty(request):
+        # read back and written again: stored resources spliced into a Bundle as they are
+        # (orjson.Fragment) are indented too, each number kept as written
         body = orjson.dumps(jsontext.loads_exact(body), option=orjson.OPT_INDENT_2)
     return Response(content=body or b"", status_code=status, media_type=answer if body else None,
                     headers=headers)

@@ -52,6 +52,8 @@ from hub.core.events import CREATED, DELETED, UPDATED, ResourceEvent, from_store
 from hub.core.store import Commit, ConflictError, Head, ResourceStore
 
 RETRIES = 12
+# Op.if_match of ``If-Match: *``: any version, so long as the resource exists and is not deleted
+ANY_VERSION = -1
 RETRY_SECONDS = 10.0
 BACKOFF = 0.001  # seconds; doubled per retry, jittered, at most 50 ms: racing writers spread out
 
@@ -401,7 +403,7 @@ class Hub:
         version = stored.originator_version
         if stored.topic.endswith("Deleted"):
             raise gone(f"{op.rtype}/{op.target} was deleted (version {version})")
-        if op.if_match is not None and op.if_match != version:
+        if op.if_match not in (None, ANY_VERSION, version):
             raise precondition_failed(f"{op.rtype}/{op.target} is at version {version}, not "
                                       f"{op.if_match}")
         # exact: the decimals the patch does not touch keep their precision as stored
@@ -654,7 +656,11 @@ class Hub:
         current = head.version if head else 0
         if op.method == "PATCH" and current != op.patched_from:
             raise ConflictError(f"{op.rtype}/{op.target} changed while it was patched")
-        if op.if_match is not None and op.if_match != current:
+        if op.if_match == ANY_VERSION:
+            if head is None or head.deleted:  # If-Match: * holds of a current resource only
+                raise precondition_failed(f"If-Match: * but {op.rtype}/{op.target} "
+                                          f"{'does not exist' if head is None else 'is deleted'}")
+        elif op.if_match is not None and op.if_match != current:
             raise precondition_failed(
                 f"If-Match wanted version {op.if_match} of {op.rtype}/{op.target}, "
                 f"the current version is {current}"
