@@ -318,6 +318,13 @@ def test_a_405_allows_what_every_route_of_the_path_takes(client):
     # a handler's own 405 names what the other routes of its path take
     r = client.delete("/Patient")
     assert allow(r) == {"GET", "HEAD", "POST", "PUT", "PATCH"}, r.headers
+    # a Person is read only: its writes' handler, which only refuses, allows nothing
+    r = client.put(f"/Person/{unique()}", json={"resourceType": "Person"}, headers=FHIR_JSON)
+    assert_outcome(r, 405)
+    assert allow(r) == {"GET", "HEAD"}, r.headers
+    r = client.get("/Person/_history")
+    assert_outcome(r, 405)
+    assert allow(r) == set(), r.headers
 
 
 def test_unknown_urls_are_404(client, live):

@@ -55,6 +55,7 @@ from hub.api.caller import (
     user_of,
 )
 from hub.api.everything import audited
+from hub.api.methods import refuses
 from hub.api.opparams import MAX_OP_BODY, read_parameters
 from hub.api.responses import base_url, check_format, client_holds, fhir_response
 from hub.core.access import Action
@@ -228,6 +229,7 @@ def _event_person(events, key: str) -> str | None:
                   include_in_schema=False)
 @router.api_route("/fhir/Person/{rid}", methods=["PUT", "DELETE", "PATCH"],
                   include_in_schema=False)
+@refuses
 async def person_not_writable(request: Request, rid: str | None = None) -> Response:
     raise FhirError(405, "not-supported", "Person is the master patient index's view, rebuilt "
                     "from identity events; use $link, $unlink, $merge, $unmerge or "

@@ -10,13 +10,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette._utils import get_route_path
 from starlette.convertors import StringConvertor
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
 _FHIR = "/fhir"
+
+
+def get_route_path(scope: Scope) -> str:
+    """The path the routes match: without the root path the app is mounted under."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+def refuses(endpoint: Any) -> Any:
+    """Mark a handler that answers only 405 (a Person is not written): its methods are never
+    what a path takes."""
+    endpoint.refuses = True
+    return endpoint
 
 
 class _Route:
@@ -56,10 +68,17 @@ def allowed(app: Any, scope: Scope, refused: Any = None) -> str:
     """The ``Allow`` header of a 405 to this request: the methods the routes of its path take
     (``refused``: the route that answered 405 itself, whose methods it refuses, left out)."""
     methods = {m for r in _owners(get_route_path(scope), _flat(app.routes))
-               if r.route is not refused for m in r.methods}
-    if refused is not None:
-        methods.discard(scope["method"])
+               if not _same(r.route, refused) and not getattr(r.route.endpoint, "refuses", False)
+               for m in r.methods}
+    if refused is not None:  # HEAD is GET without the body: refused with it
+        methods -= {"GET", "HEAD"} if scope["method"] in ("GET", "HEAD") else {scope["method"]}
     return ", ".join(sorted(methods))
+
+
+def _same(route: Any, other: Any) -> bool:
+    """One route, though an included router's route and the app's copy of it are two objects."""
+    return other is not None and route.path == getattr(other, "path", None) and \
+        route.endpoint is getattr(other, "endpoint", None)
 
 
 class MethodGuard(BaseRoute):
