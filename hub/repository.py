@@ -92,6 +92,33 @@ class Searcher(Protocol):
 
 
 APPEND_ONLY = frozenset({"AuditEvent"})
+# The golden Person is the master patient index's view (hub.api.identity), rebuilt from identity
+# events and never written through /fhir: a Person stored before such writes were refused is
+# served by no generic read, search, include or history, lest a client get a second Person.
+VIEW_TYPES = frozenset({"Person"})
+
+
+def refuse_view(rtype: str | None) -> None:
+    """405 for a generic read, search or history of a type the MPI serves as a view."""
+    if rtype in VIEW_TYPES:
+        raise FhirError(405, "not-supported", f"{rtype} is the master patient index's view, "
+                        f"rebuilt from identity events: read it at GET /fhir/{rtype}/{{id}} and "
+                        f"search it at GET /fhir/{rtype}?identifier=|patient=|link=|_id=")
+
+
+def _views_named(q: Query) -> list[str]:
+    """The ``_include``/``_revinclude``/``_has`` of ``q`` that would bring in or test a view."""
+    out = [f"_revinclude={i.source}:{i.param}" for i in q.revinclude if i.source in VIEW_TYPES]
+    out += [f"_include={i.source}:{i.param}:{i.target}" for i in q.include
+            if i.target in VIEW_TYPES]
+    stack = [c for g in q.where for c in g]
+    while stack:
+        c = stack.pop()
+        if isinstance(c.value, Has):
+            if c.value.rtype in VIEW_TYPES:
+                out.append(f"_has:{c.value.rtype}:{c.value.param}")
+            stack.append(c.value.criterion)
+    return out
 # The quality reports (``document-quality`` OperationOutcomes) account for what a sender sent:
 # anyone could erase a refusal (DELETE) or file reports of documents never sent.
 _HUB_REPORT = ("A quality report is the account of what a sender sent, written by the hub or by "
@@ -245,6 +272,7 @@ class Repository:
 
     def read(self, ctx: Context, rtype: str, rid: str) -> StoredEvent:
         action = Action("read", rtype, rid)
+        refuse_view(rtype)
 
         def run() -> StoredEvent:
             self.policy.check(ctx.actor, action)
@@ -262,6 +290,7 @@ class Repository:
 
     def vread(self, ctx: Context, rtype: str, rid: str, version: int) -> StoredEvent:
         action = Action("vread", rtype, rid)
+        refuse_view(rtype)
 
         def run() -> StoredEvent:
             self.policy.check(ctx.actor, action)
@@ -275,6 +304,7 @@ class Repository:
 
     def latest(self, ctx: Context, rtype: str, rid: str) -> StoredEvent | None:
         """The current version, a deletion included; None when unknown or not shown."""
+        refuse_view(rtype)
         self.policy.check(ctx.actor, Action("read", rtype, rid))
         if rtype == AUDIT and self._records is not None:
             try:
@@ -327,6 +357,7 @@ class Repository:
         """The versions the caller may see among the next ``count`` of a history (newest first),
         and the position to go on from (None: no more). A page may show fewer than ``count``,
         none even, and still have a next one: what it held was hidden."""
+        refuse_view(rtype)
         action = Action(_history_kind(rtype, rid), rtype, rid)
 
         def run() -> tuple[list[VersionRow], int | None]:
@@ -334,7 +365,8 @@ class Repository:
             if rtype == AUDIT and self._records is not None:
                 rows = self._audit_history(rid, limit=count + 1, **window)
             else:
-                rows = self._hub.store.history(rtype=rtype, rid=rid, limit=count + 1, **window)
+                rows = self._hub.store.history(rtype=rtype, rid=rid, limit=count + 1,
+                                               not_types=tuple(VIEW_TYPES), **window)
             more = count > 0 and len(rows) > count
             rows = rows[:count]
             return ([r for r in rows if self._version_shown(ctx.actor, r)],
@@ -351,17 +383,20 @@ class Repository:
                       since_us: int | None = None) -> int | None:
         """How many versions the history holds that the caller may see (None: more than
         ``VISIBLE_TOTAL_UP_TO`` to count one by one, some perhaps hidden)."""
+        refuse_view(rtype)
         self.policy.check(ctx.actor, Action(_history_kind(rtype, rid), rtype, rid))
+        views = tuple(VIEW_TYPES)
         if rtype == AUDIT and self._records is not None:
             return len(self._audit_history(rid, since_us=since_us)) if rid is not None \
                 else self._records.count(since_us)
         if not self.may_hide(ctx, rtype or "*", narrowed=False):
-            return self._hub.store.count_history(rtype=rtype, rid=rid, since_us=since_us)
+            return self._hub.store.count_history(rtype=rtype, rid=rid, since_us=since_us,
+                                                 not_types=views)
         seen = shown = 0
         before: int | None = None
         while True:
             rows = self._hub.store.history(rtype=rtype, rid=rid, since_us=since_us,
-                                           before_nid=before, limit=500)
+                                           before_nid=before, limit=500, not_types=views)
             seen += len(rows)
             if seen > VISIBLE_TOTAL_UP_TO:
                 return None
@@ -409,11 +444,16 @@ class Repository:
 
     def plan(self, ctx: Context, rtype: str, params: list[tuple[str, str]], strict: bool,
              base: str | None = None) -> Query:
+        refuse_view(rtype)
         action = Action("search-type", rtype)
 
         def run() -> Query:
             self.policy.check(ctx.actor, action)
             q = self._searcher().parse(rtype, params, strict, base)
+            views = _views_named(q)
+            if views:
+                raise bad_request(f"{views[0]}: Person is the master patient index's view, "
+                                  "searched at GET /fhir/Person?patient=|link=|identifier=")
             if not self._open:  # a scope with a query: only what it selects (paged, counted)
                 q.where.extend(self.policy.narrow_search(ctx.actor, rtype) or ())
             return q
@@ -553,8 +593,11 @@ class Repository:
         to what refers to it. ``bodies``: the rows' current bodies the caller sees (read when
         not given), filled in with what is added."""
         backend = self._searcher().backend
-        if self._open:
-            added = list(backend.included(rows, include, revinclude, base=base))
+        # a view (a stored Person) is neither added nor followed: an iterated include goes
+        # round by round so that none is on the way
+        if self._open and not any(i.iterate for i in (*include, *revinclude)):
+            added = [r for r in backend.included(rows, include, revinclude, base=base)
+                     if r.rtype not in VIEW_TYPES]
             if bodies is not None:
                 bodies.update(self.current_bodies(ctx, added))
             return added
@@ -569,7 +612,7 @@ class Repository:
             if not frontier or not (inc or rev):
                 break
             found = [r for r in backend.included(frontier, inc, rev, rounds=1, base=base)
-                     if (r.rtype, r.rid) not in seen]
+                     if (r.rtype, r.rid) not in seen and r.rtype not in VIEW_TYPES]
             seen.update((r.rtype, r.rid) for r in found)
             shown = self.current_bodies(ctx, found)
             bodies.update(shown)

@@ -771,3 +771,83 @@ def test_a_person_whose_patients_were_all_deleted_is_gone_not_hidden(client, dat
     assert client.delete(f"/Patient/{z}").status_code in (200, 204)
     r = client.get(f"/Person/{pz}", headers=USER)
     assert r.status_code == 410 and r.json()["resourceType"] == "OperationOutcome", r.text
+
+
+def _store_person_directly(live, rid: str, patient: str) -> None:
+    """A Person stored as the REST API let a transaction store one before it was refused."""
+    from hub.core.ingest import Context, Hub, Op, Result
+
+    store = live.settings.open_store()
+    try:
+        [done] = Hub(store).execute([Op("PUT", "Person", rid=rid, d={
+            "resourceType": "Person", "id": rid, "name": [{"family": "Stored"}],
+            "link": [{"target": {"reference": f"Patient/{patient}"}}]})], Context(), atomic=True)
+        assert isinstance(done, Result), done
+    finally:
+        store.close()
+
+
+def test_a_person_is_written_by_no_bundle_and_a_stored_one_is_served_by_no_generic_path(
+        live, client, data):
+    a, prefix = data["a"], data["prefix"]
+    person = {"resourceType": "Person", "id": f"{prefix}-p", "name": [{"family": "Other"}],
+              "link": [{"target": {"reference": f"Patient/{a}"}}]}
+    # a transaction holding a Person write fails whole, naming the entry
+    other = {"resourceType": "Patient", "id": f"{prefix}-t"}
+    r = client.post("", headers=FHIR, json={"resourceType": "Bundle", "type": "transaction",
+                                            "entry": [
+        {"resource": other, "request": {"method": "PUT", "url": f"Patient/{prefix}-t"}},
+        {"resource": person, "request": {"method": "PUT", "url": f"Person/{prefix}-p"}}]})
+    assert r.status_code == 405, r.text
+    issue = r.json()["issue"][0]
+    assert issue["code"] == "not-supported" and "Bundle.entry[1]" in issue["diagnostics"]
+    assert issue["expression"] == ["Bundle.entry[1].request.url"]
+    assert client.get(f"/Patient/{prefix}-t").status_code == 404
+    # in a batch, that entry alone fails (also a DELETE); the others are written
+    r = client.post("", headers=FHIR, json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": person, "request": {"method": "PUT", "url": f"Person/{prefix}-p"}},
+        {"request": {"method": "DELETE", "url": f"Person/{prefix}-p"}},
+        {"resource": other, "request": {"method": "PUT", "url": f"Patient/{prefix}-t"}}]})
+    assert r.status_code == 200, r.text
+    statuses = [e["response"]["status"] for e in r.json()["entry"]]
+    assert statuses[0].startswith("405") and statuses[1].startswith("405"), statuses
+    assert statuses[2].startswith("201"), statuses
+    assert client.get(f"/Person/{prefix}-p").status_code == 404
+
+    # a Person stored before: never served beside the MPI's own
+    stored = f"{prefix}-stored"
+    _store_person_directly(live, stored, a)
+    for q in ("_revinclude=Person:patient", "_revinclude=Person:link",
+              "_revinclude:iterate=Person:patient", "_has:Person:patient:name=Stored"):
+        r = client.get(f"/Patient?_id={a}&{q}")
+        assert r.status_code == 400 and "master patient index" in r.text, (q, r.text)
+    for q in ("_revinclude=*", "_revinclude=*:*", "_revinclude:iterate=*",
+              "_include=*&_revinclude=*"):
+        r = client.get(f"/Patient?_id={a}&{q}")
+        assert r.status_code == 200, (q, r.text)
+        assert not [u for u in ids(r.json()) if u.startswith("Person/")], (q, ids(r.json()))
+    r = client.get("", params={"_type": "Person", "name": "Stored"})
+    assert r.status_code == 400 and "GET /fhir/Person?" in r.text, r.text
+    r = client.get("", params={"name": "Stored", "_count": "1000"})
+    assert r.status_code == 200 and not [u for u in ids(r.json()) if u.startswith("Person/")]
+    for path in (f"/Person/{stored}/_history", f"/Person/{stored}/_history/1",
+                 f"/Patient/{a}/Person"):
+        r = client.get(path)
+        assert r.status_code == 405, (path, r.text)
+    r = client.get("/_history", params={"_count": "1000"})
+    assert r.status_code == 200
+    assert not [u for u in ids(r.json()) if u.startswith("Person/")]
+    # a GET of it in a Bundle: refused before anything is written
+    r = client.post("", headers=FHIR, json={"resourceType": "Bundle", "type": "transaction",
+                                            "entry": [
+        {"resource": {**other, "id": f"{prefix}-u"},
+         "request": {"method": "PUT", "url": f"Patient/{prefix}-u"}},
+        {"request": {"method": "GET", "url": f"Person/{stored}"}}]})
+    assert r.status_code == 405, r.text
+    assert client.get(f"/Patient/{prefix}-u").status_code == 404
+    # the MPI's Person is still read and searched
+    pa = op(client, "link", patient=f"Patient/{a}")["id"]
+    r = client.get("/Person", params={"patient": f"Patient/{a}"})
+    assert r.status_code == 200 and [e["resource"]["id"] for e in r.json()["entry"]] == [pa]
+    assert client.get(f"/Person/{pa}").status_code == 200
+    assert client.get(f"/Person/{stored}").status_code == 404

@@ -173,6 +173,10 @@ DATA = {
         {"resourceType": "Location", "id": "l2", "position": {"latitude": 39.0842, "longitude": 117.2009}},
         {"resourceType": "Location", "id": "l3", "position": {"latitude": 31.2304, "longitude": 121.4737}},
         {"resourceType": "Location", "id": "l4", "name": "nowhere in particular"},
+        *({"resourceType": "Encounter", "id": f"ge{i}", "status": "finished",
+           "class": {"code": "AMB"}, **({"location": [{"location": {"reference": at}}]}
+                                         if at else {})}
+          for i, at in enumerate(("Location/l1", "Location/l3", None))),
     ],
     "fts": [  # narrative and content for _text and _content
         {"resourceType": "DiagnosticReport", "id": "ft1", "status": "final",
@@ -440,6 +444,10 @@ CASES = [
     ("geo", "Location", "near=39.9|116.4|2000|km", ["l1", "l2", "l3"]),
     ("geo", "Location", "near=39.9|116.4|500|m", []),
     ("geo", "Location", "near=0|0|100|km", []),
+    # chained: the Encounters at a Location near the point
+    ("geo", "Encounter", "location.near=39.9|116.4|10|km", ["ge0"]),
+    ("geo", "Encounter", "location.near=39.9|116.4|2000|km", ["ge0", "ge1"]),
+    ("geo", "Encounter", "location:Location.near=31.2|121.5|10|km", ["ge1"]),
     # _text (the narrative) and _content (every string): words, phrases, OR, Chinese in a row
     ("fts", "DiagnosticReport", "_text=chest", ["ft1"]),
     ("fts", "DiagnosticReport", "_text=高血压", ["ft1"]),

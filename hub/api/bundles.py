@@ -22,7 +22,7 @@ from hub.core import resource as res
 from hub.core.conditional import parse_query
 from hub.core.errors import FhirError, Issue, bad_request
 from hub.core.ingest import Context, Op, Result
-from hub.repository import Repository
+from hub.repository import VIEW_TYPES, Repository
 
 WRITE_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2}  # R4: PUT or PATCH, in entry order
 # (path, query, check) -> status, body; ``check``: only whether it would fail (see _try_gets)
@@ -77,6 +77,11 @@ def parse_entry(i: int, entry: object, base: str,
     rtype = parts[0]
     if rtype not in res.RESOURCE_TYPES:
         raise bad_request(f"Unknown resource type in {url!r}", f"{where}.request.url")
+    if rtype in VIEW_TYPES:  # as a direct write of it is (hub.api.identity)
+        raise FhirError(405, "not-supported", f"{where}: {method} {url[:200]!r}: {rtype} is the "
+                        "master patient index's view, rebuilt from identity events; use "
+                        "$link, $unlink, $merge, $unmerge or $not-duplicate",
+                        f"{where}.request.url")
     op = Op(method, rtype, url=url, full_url=entry.get("fullUrl"), where=where)
     op.if_match = _if_match(request.get("ifMatch"), where)
     if len(parts) == 2 and method != "POST":

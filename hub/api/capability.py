@@ -13,7 +13,8 @@ from fastapi import FastAPI
 
 from hub.access.auditlog import SEARCHABLE as AUDIT_SEARCHABLE
 from hub.core import resource as res
-from hub.repository import APPEND_ONLY, AUDIT
+from hub.repository import APPEND_ONLY, AUDIT, VIEW_TYPES
+from projections.search import fulltext
 from projections.search.params import params_for
 
 _TYPE_LEVEL = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type",
@@ -60,9 +61,13 @@ def _with_mpi(routed: frozenset[str], base: str) -> dict:
         person["updateCreate"] = False
         person["conditionalCreate"] = person["conditionalUpdate"] = False
         person["conditionalDelete"] = "not-supported"
+        # what person_search takes (with _count and _total, listed for every type): no
+        # includes, _has, _sort, _summary or _elements
         person["searchParam"] = [p for p in person["searchParam"]
-                                 if p["name"] in ("identifier", "link", "patient")] + [
-            {"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}]
+                                 if p["name"] in ("identifier", "link", "patient", "_id",
+                                                  "_lastUpdated")]
+        person.pop("searchInclude", None)
+        person.pop("searchRevInclude", None)
     for name, rtype, op, definition in _MPI_TYPE_OPS:
         if name in routed and rtype in by_type:
             by_type[rtype].setdefault("operation", []).append(
@@ -86,6 +91,31 @@ def _route_names(routes) -> list[str]:
 
 
 _WRITES = frozenset({"create", "update", "patch", "delete"})
+# parameters of type special the planner answers (projections.search.query.parse)
+_PLANNED_SPECIAL = frozenset({("Location", "near")})
+_SP = "http://hl7.org/fhir/SearchParameter/"
+_FULLTEXT = [{"name": "_text", "type": "string", "definition": _SP + "DomainResource-text",
+              "documentation": "The narrative: words, \"a phrase\", OR"},
+             {"name": "_content", "type": "string", "definition": _SP + "Resource-content",
+              "documentation": "Every string of the resource: words, \"a phrase\", OR"}]
+# the search result parameters every type searched through the index takes
+_RESULT = [
+    {"name": "_sort", "type": "special", "documentation":
+     "Any parameter of the type but composite and special ones; several, comma-separated"},
+    {"name": "_include", "type": "special", "documentation":
+     "searchInclude, wildcards, :iterate"},
+    {"name": "_revinclude", "type": "special", "documentation":
+     "searchRevInclude, wildcards, :iterate"},
+    {"name": "_has", "type": "special"},
+    {"name": "_summary", "type": "token"},
+    {"name": "_elements", "type": "special"},
+]
+# the audit log's search: sorted by its time only, no includes nor _has
+_AUDIT_RESULT = [
+    {"name": "_sort", "type": "special", "documentation": "date or _lastUpdated only"},
+    {"name": "_summary", "type": "token"},
+    {"name": "_elements", "type": "special"},
+]
 
 
 @lru_cache(maxsize=8)
@@ -106,21 +136,27 @@ def _statement(routed: frozenset[str], base: str) -> dict:
                 {"name": op, "definition": f"http://hl7.org/fhir/OperationDefinition/{name}"})
     # _revinclude: each reference parameter of each type, under every type it can point at
     rev: dict[str, set[str]] = {}
-    for source in res.RESOURCE_TYPES:
+    for source in res.RESOURCE_TYPES - VIEW_TYPES:  # a stored Person is never included
         for code, p in params_for(source).items():
             if p.type == "reference" and p.answered:
                 for target in p.targets:
                     rev.setdefault(target, set()).add(f"{source}:{code}")
     read_only = [i for i in type_interactions if i["code"] not in _WRITES]
     for rtype in sorted(res.RESOURCE_TYPES):
-        # what the search index answers: every parameter of the type but those of type special
+        # what the search index answers: every parameter of the type but those of type special,
+        # of which the planner answers Location's near
         params = [{"name": code, "type": p.type, "definition": p.url}
-                  for code, p in sorted(params_for(rtype).items()) if p.answered]
+                  for code, p in sorted(params_for(rtype).items())
+                  if p.answered or (rtype, code) in _PLANNED_SPECIAL]
         refs = sorted(code for code, p in params_for(rtype).items()
                       if p.type == "reference" and p.answered)
         if rtype == AUDIT:  # answered by the audit log: its own parameters, no includes
-            params = [p for p in params if p["name"] in AUDIT_SEARCHABLE]
+            params = [p for p in params if p["name"] in AUDIT_SEARCHABLE] + _AUDIT_RESULT
             refs = []
+        else:
+            if fulltext.enabled(rtype):  # HUB_FULLTEXT: the types with a full-text row
+                params += _FULLTEXT
+            params += _RESULT
         resources.append({
             "type": rtype,
             # the audit is written by the hub alone (hub.repository.APPEND_ONLY)
@@ -168,9 +204,9 @@ def _statement(routed: frozenset[str], base: str) -> dict:
             **({"operation": [{"name": "quality-report", "definition":
                                "https://fhir-region-hub.example/OperationDefinition/quality-report"}]}
                if "quality-report" in routed else {}),
-            "searchParam": [{"name": n, "type": t} for n, t in (
-                ("_count", "number"), ("_include", "special"),
-                ("_revinclude", "special"), ("_total", "token"), ("_summary", "token"),
-                ("_elements", "string"), ("_has", "special"))],
+            # what every type's search takes, Person's (the MPI's own) and AuditEvent's (the
+            # audit log's) included; the rest is listed per type
+            "searchParam": [{"name": "_count", "type": "number"},
+                            {"name": "_total", "type": "token"}],
         }],
     }

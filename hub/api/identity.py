@@ -10,6 +10,7 @@ Routes (included before the generic ``/fhir/{type}…`` routes, so these answer 
                                                 ``_total=accurate`` counts them): the steward's
                                                 listing of the whole index
 ``PUT/POST/DELETE/PATCH /fhir/Person[/{id}]``   405: a Person is rebuilt from identity events only
+                                                (a Bundle entry writing one too: hub.api.bundles)
 ``POST /fhir/Person/$link``                     Parameters ``patient``, ``person`` (absent or
                                                 ``none``: a new person), ``reason``
 ``POST /fhir/Person/$unlink``                   ``patient`` (into a new person of its own), ``reason``

@@ -6,7 +6,8 @@ order ``_type`` lists them (all types without it), and the ``next`` link's curso
 stopped: the type's place and that type's own keyset cursor. A parameter a listed type does not
 know is refused (``Prefer: handling=strict``) or ignored with a warning, as in a type search.
 Without ``_type``, only the types the caller may search are searched, AuditEvent (the audit
-log's own search) only when named. ``_sort`` across types is
+log's own search) only when named; Person (the master patient index's view, with a search of
+its own) never. ``_sort`` across types is
 refused: each type's order is its own (with one type listed it sorts). An ``_include`` goes to the
 type it names as its source. ``_total=accurate`` and ``_summary=count`` add the
 types' counts.
@@ -23,7 +24,7 @@ from hub.core import resource as res
 from hub.core.config import Settings
 from hub.core.errors import FhirError, bad_request
 from hub.core.ingest import Context
-from hub.repository import Repository
+from hub.repository import VIEW_TYPES, Repository
 
 _OWN = ("_type", "_cursor", "_count", "_total")
 
@@ -31,10 +32,15 @@ _OWN = ("_type", "_cursor", "_count", "_total")
 def _types(params: list[tuple[str, str]]) -> tuple[list[str], bool]:
     listed = [t.strip() for k, v in params if k == "_type" for t in v.split(",") if t.strip()]
     if not listed:  # AuditEvents live in the audit log, with a search of their own: named only
-        return sorted(res.RESOURCE_TYPES - {"AuditEvent"}), False
+        return sorted(res.RESOURCE_TYPES - {"AuditEvent"} - VIEW_TYPES), False
     unknown = [t for t in listed if t not in res.RESOURCE_TYPES]
     if unknown:
         raise bad_request(f"Unknown resource type(s) in _type: {', '.join(unknown[:5])}")
+    views = [t for t in listed if t in VIEW_TYPES]
+    if views:  # the MPI's own search, which takes other parameters and pages by its own cursor
+        raise bad_request(f"_type={views[0]}: {views[0]} is the master patient index's view, "
+                          f"searched at GET /fhir/{views[0]}?identifier=|patient=|link=|_id=, "
+                          "not across types")
     return list(dict.fromkeys(listed)), True
 
 

@@ -297,9 +297,12 @@ class _IndexMixin:
         at_us: tuple[int, int] | None = None,
         before_nid: int | None = None,
         limit: int = 50,
+        not_types: Sequence[str] = (),
     ) -> list[VersionRow]:
-        """Versions newest first (FHIR history order), paged by notification id."""
-        where, params = [], []
+        """Versions newest first (FHIR history order), paged by notification id; none of
+        ``not_types``."""
+        where: list[str] = []
+        params: list[Any] = []
         for cond, value in (
             ("v.rtype=?", rtype),
             ("v.rid=?", rid),
@@ -309,6 +312,9 @@ class _IndexMixin:
             if value is not None:
                 where.append(cond)
                 params.append(value)
+        if not_types:
+            where.append(f"v.rtype NOT IN ({', '.join('?' * len(not_types))})")
+            params += list(not_types)
         if at_us is not None:
             # current during [start, end): began before the end, ended after the start
             where.append("v.ts<? AND (v.until_ts IS NULL OR v.until_ts>?)")
@@ -433,13 +439,18 @@ class _IndexMixin:
         self._insert_many(c, "resource_identifier", ("rtype", "system", "value", "rid"), idents)
 
     def count_history(
-        self, *, rtype: str | None = None, rid: str | None = None, since_us: int | None = None
+        self, *, rtype: str | None = None, rid: str | None = None, since_us: int | None = None,
+        not_types: Sequence[str] = (),
     ) -> int:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         for cond, value in (("rtype=?", rtype), ("rid=?", rid), ("ts>=?", since_us)):
             if value is not None:
                 where.append(cond)
                 params.append(value)
+        if not_types:
+            where.append(f"rtype NOT IN ({', '.join('?' * len(not_types))})")
+            params += list(not_types)
         sql = "SELECT COUNT(*) AS n FROM resource_version" + (
             " WHERE " + " AND ".join(where) if where else ""
         )

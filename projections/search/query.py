@@ -425,6 +425,8 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
             raise bad_request(f"{name!r}: {src} has no reference parameter {ref_param!r}")
         inner = parse_criteria(src, rest, value, base, terminology)
         return [Criterion("_has", "has", value=Has(src, ref_param, c, base)) for c in inner]
+    if name == "near" and rtype == "Location":  # type special: the planner's own (also chained)
+        return [Criterion("near", "geo", value=_near(value))]
     head, dot, rest = name.partition(".")
     code, _, given_modifier = head.partition(":")
     modifier = given_modifier or None
