@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -220,6 +221,33 @@ def test_ingesting_resources_without_ids_again_stores_nothing_twice(settings, tm
         assert len(current_ids(store, "Observation")) == 3
     finally:
         store.close()
+
+
+def test_ingesting_an_export_of_creates_again_stores_nothing_twice(settings, tmp_path):
+    """A transaction of POST entries with urn:uuid fullUrls (Synthea's, most exports') was
+    stored again by every run: three runs, three of each person. Its creates take the id of
+    their content, as resources without ids do; a conditional create stays one."""
+    pat, obs = "urn:uuid:" + str(uuid.uuid4()), "urn:uuid:" + str(uuid.uuid4())
+    tx = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": pat, "request": {"method": "POST", "url": "Patient"},
+         "resource": {"resourceType": "Patient", "name": [{"family": "Export"}]}},
+        {"fullUrl": obs, "request": {"method": "POST", "url": "Observation"},
+         "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "心率"},
+                      "subject": {"reference": pat}}}]}
+    write(tmp_path / "export" / "tx.json", orjson.dumps(tx))
+    runs = [run_hub(settings, "ingest", tmp_path / "export") for _ in range(3)]
+    assert counts(runs[0].stdout)["created"] == 2, runs[0].stdout + runs[0].stderr
+    for again in runs[1:]:
+        assert counts(again.stdout)["unchanged"] == 2, again.stdout + again.stderr
+    store = settings.open_store()
+    try:
+        assert len(current_ids(store, "Patient")) == 1
+        [oid] = current_ids(store, "Observation")
+        [pid] = current_ids(store, "Patient")
+    finally:
+        store.close()
+    shown = orjson.loads(run_hub(settings, "show", f"Observation/{oid}").stdout)
+    assert shown["subject"]["reference"] == f"Patient/{pid}"
 
 
 def test_a_rejected_inputs_file_is_replayed_by_ingest_once_fixed(settings, tmp_path):

@@ -270,19 +270,24 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
 
     seen: Counter[bytes] = Counter()
 
+    def content_id(d: dict) -> str | None:
+        """The id of a resource that comes without one: of its content (and how many times the
+        same content came before in this run), so that running an import again, after an
+        interruption or by mistake, finds what it stored then (unchanged) instead of storing
+        it twice."""
+        try:
+            h = content_hash(d)
+        except (TypeError, ValueError, orjson.JSONEncodeError):
+            return None
+        seen[h] += 1
+        return str(uuid.uuid5(_INGEST_IDS, f"{d['resourceType']}|{h.hex()}|{seen[h]}"))
+
     def add(item: tuple[int, str, bytes, object]) -> None:
         d = item[3]
         if isinstance(d, dict) and not d.get("id") and isinstance(d.get("resourceType"), str):
-            # a resource without an id gets one of its content (and how many times the same
-            # content came before in this run): running an import again, after an interruption
-            # or by mistake, finds what it stored then (unchanged) instead of storing it twice
-            try:
-                h = content_hash(d)
-            except (TypeError, ValueError, orjson.JSONEncodeError):
-                h = b""
-            if h:
-                seen[h] += 1
-                d["id"] = str(uuid.uuid5(_INGEST_IDS, f"{d['resourceType']}|{h.hex()}|{seen[h]}"))
+            rid = content_id(d)
+            if rid:
+                d["id"] = rid
         pending.append(item)
         if len(pending) >= batch_size:
             flush()
@@ -290,6 +295,20 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
     def run_bundle(seq: int, where: str, raw: bytes, d: dict) -> None:
         entries = d["entry"]
         flush()
+        for entry in entries:
+            # a create (the shape of an export: Synthea's POST entries with urn:uuid fullUrls)
+            # is an update of the id of its content, as a plain resource is: run again, the
+            # import stored every resource a second time. A conditional create stays one.
+            request = entry.get("request") if isinstance(entry, dict) else None
+            r = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(request, dict) and request.get("method") == "POST" and \
+                    not request.get("ifNoneExist") and isinstance(r, dict) and \
+                    request.get("url") == r.get("resourceType") and isinstance(r["resourceType"], str):
+                r.pop("id", None)  # a create's id is not kept: the content names it
+                rid = content_id(r)
+                if rid:
+                    r["id"] = rid
+                    entry["request"] = {**request, "method": "PUT", "url": f"{r['resourceType']}/{rid}"}
         try:
             out = bundles.process(d, hub, ctx, "", False, _no_get)
         except FhirError as e:  # a transaction fails as a whole: every entry is rejected
