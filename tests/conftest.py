@@ -160,12 +160,12 @@ class LiveServer:
         return BackendServicesAuth(self.origin + "/auth/token", client.client_id, key, scope,
                                    verify=self.verify)
 
-    def sink_credentials(self, institution: str, folder: Path) -> dict[str, str]:
+    def sink_credentials(self, institution: str, folder: Path, key=None) -> dict[str, str]:
         """The http sink settings of a connector client of ``institution`` (none without access
-        control): its client_id and the PEM file of its private key."""
+        control): its client_id and the PEM file of its private key (``key``, else a new one)."""
         if not self.settings.auth:
             return {}
-        key = new_key()
+        key = key or new_key()
         client = open_registry(self.settings.data_dir).add(
             f"connector {institution}", public_jwks(key), institution=institution,
             roles=("connector",), scopes="system/*.cruds")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from hub.auth.clients import open_registry
 from hub.auth.keys import public_jwk
@@ -113,3 +113,26 @@ def test_client_ids_never_start_with_a_dash():
     from hub.auth.clients import new_client_id
 
     assert not any(new_client_id().startswith("-") for _ in range(5000))
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: ed25519.Ed25519PrivateKey.generate(), "Ed25519PrivateKey; the hub takes an EC"),
+    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), "1024 bits"),
+    (lambda: ec.generate_private_key(ec.SECP256K1()), "curve secp256k1"),
+    (lambda: b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n", "not a PEM private key"),
+    (lambda: EC_KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.BestAvailableEncryption(b"secret")), "encrypted"),
+], ids=["ed25519", "rsa-1024", "secp256k1", "garbage", "encrypted"])
+def test_token_with_an_unusable_key_is_one_line_and_status_2(data, tmp_path, capsys, make, words):
+    """Refused before any request (nothing listens at --url): it was a traceback."""
+    from tests.conftest import free_port
+
+    key = make()
+    path = tmp_path / "client.pem"
+    path.write_bytes(key if isinstance(key, bytes) else key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    assert hub(data, "token", "--client-id", "c", "--key", str(path),
+               "--url", f"http://127.0.0.1:{free_port()}/fhir") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hub auth: ") and words in err and str(path) in err, err
+    assert len(err.strip().splitlines()) == 1

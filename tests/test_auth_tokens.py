@@ -131,6 +131,32 @@ def test_ec_client_gets_a_token_without_an_institution(hub):
     assert claims["hub_roles"] == ["steward", "auditor"] and "hub_institution" not in claims
 
 
+@pytest.mark.parametrize("make, alg", [
+    (lambda: ec.generate_private_key(ec.SECP256R1()), "ES256"),
+    (lambda: ec.generate_private_key(ec.SECP384R1()), "ES384"),
+    (lambda: ec.generate_private_key(ec.SECP521R1()), "ES512"),
+    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS384"),
+], ids=["P-256", "P-384", "P-521", "RSA"])
+def test_the_client_side_signs_for_every_key_a_client_may_register(hub, make, alg, tmp_path, capsys):
+    """A P-256 key was registered, then signed with ES384 (a traceback in ``hub auth token``, a
+    connector retrying for ever); a P-521 one was registered and refused at the token endpoint."""
+    from hub.auth.backend_client import assertion, fetch_token, private_pem
+    from hub.cli import main
+
+    key = make()
+    client = hub.registry.add(f"{alg} tool", jwks_from_bytes(pem(key), "k.pem"), roles=["steward"],
+                              scopes="system/Patient.rs")
+    assert jwt.get_unverified_header(assertion(key, client.client_id, hub.token_url))["alg"] == alg
+    answer = fetch_token(hub.token_url, client.client_id, key, "system/Patient.rs")
+    assert Verifier(hub.audience, hub.signer).verify(answer["access_token"])["sub"] == client.client_id
+    private = tmp_path / "client.pem"
+    private.write_bytes(private_pem(key))
+    assert main(["auth", "token", "--client-id", client.client_id, "--key", str(private),
+                 "--scope", "system/Patient.rs", "--url", hub.audience]) == 0
+    token = capsys.readouterr().out.strip()
+    assert Verifier(hub.audience, hub.signer).verify(token)["sub"] == client.client_id
+
+
 def test_scopes_are_narrowed_to_what_the_client_is_allowed(hub):
     r = hub.token(hub.form(hub.assertion(hub.rsa.client_id),
                            scope="system/Patient.cruds system/Encounter.read user/Patient.rs openid"))

@@ -116,3 +116,49 @@ def test_a_message_touching_another_institutions_record_is_refused_alone(hub, tm
         assert c.get("/Patient/new-of-second").status_code == 200
     first.spool.close()
     second.spool.close()
+
+
+def _lab(tmp_path, sink: dict) -> ConnectorConfig:
+    return ConnectorConfig.from_dict({
+        "name": "lab", "institution": {"code": "H0001", "oid": "2.16.156.10011.99.1.1"},
+        "state_dir": str(tmp_path / "state"), "durable": False,
+        "retry": {"initial_s": 0.1, "max_s": 0.2},
+        "sources": [{"type": "folder", "name": "in", "path": str(tmp_path / "in"), "kind": "fhir"}],
+        "sink": {"type": "http", "url": sink.pop("url"), **sink}})
+
+
+def test_a_sink_with_a_p256_key_delivers(hub, tmp_path):
+    """Its assertions were signed ES384 whatever the key: a P-256 key's sink retried for ever."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    conn = Connector(_lab(tmp_path, {"url": hub.base, **hub.sink_credentials(
+        "H0001", tmp_path / "keys", key)}), sources=[])
+    rid = "p256-sink-1"
+    conn.spool.accept([Envelope(orjson.dumps({"resourceType": "Patient", "id": rid}), "fhir", "in")])
+    conn.start()
+    try:
+        deadline = time.monotonic() + 30
+        with httpx.Client(base_url=hub.base, timeout=10, auth=hub.auth) as c:
+            while c.get(f"/Patient/{rid}").status_code != 200:
+                assert time.monotonic() < deadline, conn.status()["sink"]
+                time.sleep(0.2)
+    finally:
+        conn.stop()
+        conn.join()
+
+
+def test_a_sink_whose_key_cannot_sign_does_not_start(hub, tmp_path):
+    """A key no token endpoint takes is the configuration's mistake, said once at start (it was
+    a delivery error retried for ever)."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from connectors.config import ConfigError
+    from hub.auth.backend_client import private_pem
+
+    pem = tmp_path / "ed.pem"
+    pem.write_bytes(private_pem(ed25519.Ed25519PrivateKey.generate()))
+    with pytest.raises(ConfigError) as e:
+        Connector(_lab(tmp_path, {"url": hub.base, "client_id": "c", "private_key": str(pem)}),
+                  sources=[])
+    assert str(e.value).startswith("sink: private_key ") and "Ed25519" in str(e.value)

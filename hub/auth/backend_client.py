@@ -5,7 +5,9 @@ an access token.
 is valid for at least another half minute, asking the token endpoint with a fresh client
 assertion (a JWT signed with the client's private key: iss = sub = client id, aud = the token
 URL, a unique jti, five minutes at most) when it does not, and answers a 401 once by fetching a
-new token (the hub's key may have been rotated).
+new token (the hub's key may have been rotated). The assertion's algorithm follows the key:
+ES256, ES384 or ES512 by its curve, RS384 for RSA; a key the token endpoint could never verify is
+an ``UnusableKey`` when the client is made, not a failure at every request.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from hub.auth.keys import public_jwk
+from hub.auth.jose import ASSERTION_ALGORITHMS, algorithms_for_key
+from hub.auth.keys import MIN_RSA_BITS, public_jwk
+from hub.core.errors import HubError
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 REFRESH_MARGIN_S = 30
@@ -44,8 +48,44 @@ def public_jwks(key: Any) -> dict:
     return {"keys": [public_jwk(key.public_key())]}
 
 
+class UnusableKey(HubError, ValueError):
+    """A private key that cannot sign a client assertion the token endpoint accepts."""
+
+    error_code = "invalid"
+
+
+def load_private_key(data: bytes, name: str = "the private key") -> Any:
+    """The private key of a PEM file's bytes, checked usable (``signing_algorithm``)."""
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:  # encrypted
+        raise UnusableKey(f"{name} is encrypted with a password; give an unencrypted PEM key") from None
+    except ValueError as e:
+        raise UnusableKey(f"{name} is not a PEM private key ({e})") from None
+    signing_algorithm(key, name)
+    return key
+
+
+def signing_algorithm(key: Any, name: str = "the private key") -> str:
+    """The algorithm of ``key``'s client assertions: by the curve of an EC key, RS384 (which
+    SMART Backend Services asks servers to take) for RSA; ``UnusableKey`` for any other key."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise UnusableKey(f"{name} is an RSA key of {key.key_size} bits; the hub takes "
+                              f"{MIN_RSA_BITS} or more")
+        return "RS384"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        algs = algorithms_for_key(key.public_key()) & set(ASSERTION_ALGORITHMS)
+        if not algs:
+            raise UnusableKey(f"{name} is an EC key on curve {key.curve.name}; the hub takes "
+                              "P-256, P-384 or P-521")
+        return algs.pop()  # an EC key verifies one algorithm, that of its curve
+    raise UnusableKey(f"{name} is a {type(key).__name__.lstrip('_')}; the hub takes an EC "
+                      f"(P-256, P-384, P-521) or RSA ({MIN_RSA_BITS} bits or more) key")
+
+
 def assertion(key: Any, client_id: str, token_url: str, lifetime_s: int = 240) -> str:
-    alg = "RS384" if isinstance(key, rsa.RSAPrivateKey) else "ES384"
+    alg = signing_algorithm(key)
     now = int(time.time())
     return jwt.encode({"iss": client_id, "sub": client_id, "aud": token_url, "iat": now,
                        "exp": now + lifetime_s, "jti": uuid.uuid4().hex}, key, algorithm=alg,
@@ -75,8 +115,8 @@ class BackendServicesAuth(httpx.Auth):
 
     def __init__(self, token_url: str, client_id: str, key: Any, scope: str, verify: Any = True):
         if isinstance(key, (bytes, str)):
-            key = serialization.load_pem_private_key(
-                key.encode() if isinstance(key, str) else key, password=None)
+            key = load_private_key(key.encode() if isinstance(key, str) else key)
+        signing_algorithm(key)
         self.token_url, self.client_id, self.key, self.scope = token_url, client_id, key, scope
         self.verify = verify  # the TLS of the token endpoint (fetch_token)
         self._token: str | None = None

@@ -9,9 +9,13 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-__all__ = ["ASYMMETRIC", "CLOCK_SKEW_S", "algorithms_for", "algorithms_for_key", "describe", "header_of"]
+__all__ = ["ASSERTION_ALGORITHMS", "ASYMMETRIC", "CLOCK_SKEW_S", "algorithms_for", "algorithms_for_key",
+           "describe", "header_of"]
 
 ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"})
+# what the token endpoint takes a client assertion signed with: every curve a client key may be
+# registered on (hub.auth.keys), and RSA; the client side signs with one of these
+ASSERTION_ALGORITHMS = ("RS384", "ES384", "RS256", "ES256", "ES512")
 CLOCK_SKEW_S = 30  # the clocks of the hub, its clients and identity providers disagree this much
 _EC_ALG = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 

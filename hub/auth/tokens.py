@@ -18,7 +18,7 @@ import time
 import jwt
 
 from hub.auth.clients import Client, ClientRegistry
-from hub.auth.jose import CLOCK_SKEW_S, algorithms_for, describe, peek
+from hub.auth.jose import ASSERTION_ALGORITHMS, CLOCK_SKEW_S, algorithms_for, describe, peek
 from hub.auth.scopes import format_scopes, narrow, parse_scopes
 from hub.auth.signer import Signer
 from hub.auth.verifier import ExternalIssuer, Verifier
@@ -30,7 +30,6 @@ __all__ = ["ASSERTION_ALGORITHMS", "ASSERTION_TYPE", "MAX_ASSERTION_LIFETIME_S",
            "OAuthError", "Signer", "Verifier", "access_claims", "issue_for_client"]
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ASSERTION_ALGORITHMS = ("RS384", "ES384", "RS256", "ES256")
 MAX_ASSERTION_LIFETIME_S = 300
 _ISSUE_CODE = {400: "invalid", 401: "login", 403: "forbidden"}
 

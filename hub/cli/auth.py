@@ -192,15 +192,16 @@ def _demo_user(settings: Any, folder: Path) -> str:
 
 def _token(args: Any, settings: Any) -> int:
     import httpx
-    from cryptography.hazmat.primitives import serialization
 
-    from hub.auth.backend_client import fetch_token
+    from hub.auth.backend_client import UnusableKey, fetch_token, load_private_key
 
     base = (args.url or settings.fhir_base).rstrip("/")
     try:
-        key = serialization.load_pem_private_key(args.key.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as e:  # TypeError: a key encrypted with a password
-        raise UsageError(f"cannot read the private key {args.key}: {e}") from None
+        key = load_private_key(args.key.read_bytes(), f"the private key {args.key}")
+    except OSError as e:
+        raise UsageError(f"cannot read the private key {args.key}: {e.strerror or e}") from None
+    except UnusableKey as e:
+        raise UsageError(str(e)) from None
     try:
         answer = fetch_token(base.removesuffix("/fhir") + "/auth/token", args.client_id, key,
                              args.scope)
