@@ -100,6 +100,35 @@ def test_mtls_lets_a_client_certificate_through_and_still_wants_a_token(mtls_hub
         assert c.get(r.headers["location"], auth=mtls_hub.auth).status_code == 200
 
 
+def test_hub_auth_token_with_a_client_certificate(mtls_hub, pki, tmp_path, capsys):
+    """``hub auth token`` had no way to name the CA nor a client certificate: a hub with mutual
+    TLS gave it no token."""
+    from hub.auth.backend_client import new_key, private_pem, public_jwks
+    from hub.auth.clients import open_registry
+    from hub.cli import main
+
+    key = new_key()
+    client = open_registry(mtls_hub.settings.data_dir).add(
+        "cli", public_jwks(key), roles=("steward",), scopes="system/Patient.rs")
+    pem = tmp_path / "client.pem"
+    pem.write_bytes(private_pem(key))
+    argv = ["auth", "token", "--client-id", client.client_id, "--key", str(pem),
+            "--scope", "system/Patient.rs", "--url", mtls_hub.base, "--tls-ca", pki.ca_pem]
+    assert main([*argv, "--tls-cert", pki.client_cert, "--tls-key", pki.client_key]) == 0
+    token = capsys.readouterr().out.strip()
+    with httpx.Client(verify=pki.client_context(), timeout=30) as c:
+        r = c.get(mtls_hub.base + "/Patient", headers={"authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+    # without its certificate the handshake fails: one line, exit 2
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hub auth: cannot reach the hub") and len(err.strip().splitlines()) == 1
+    assert main([*argv, "--tls-key", pki.client_key]) == 2
+    assert "--tls-key without --tls-cert" in capsys.readouterr().err
+    assert main([*argv[:-1], str(tmp_path / "nope.pem")]) == 2
+    assert "--tls-ca" in capsys.readouterr().err
+
+
 def test_connector_delivers_with_mtls_to_the_hub(mtls_hub, pki, tmp_path):
     """MLLP over TLS into the connector, its HTTP sink with a client certificate to the hub."""
     info = SourceInfo(institution="H0001", oid="2.16.156.10011.99.1.1", name="测试医院", feed="adt")

@@ -68,6 +68,13 @@ def add_parsers(sub: Any, common: Any) -> None:
     t.add_argument("--scope", default="system/*.rs", help='default "system/*.rs"')
     t.add_argument("--url", help="the hub's FHIR base URL (default: HUB_BASE_URL, or where "
                                  "hub serve listens)")
+    # named as hub serve's --tls-* options and a connector sink's tls: {ca, cert, key}
+    t.add_argument("--tls-ca", type=Path, metavar="PEM",
+                   help="the CA that signed the hub's certificate (default: the system's CAs)")
+    t.add_argument("--tls-cert", type=Path, metavar="PEM",
+                   help="a client certificate, for a hub that requires one (mutual TLS)")
+    t.add_argument("--tls-key", type=Path, metavar="PEM",
+                   help="the client certificate's key (unless --tls-cert's file holds it)")
 
 
 def cmd_auth(args: Any, settings: Any) -> int:
@@ -202,15 +209,38 @@ def _token(args: Any, settings: Any) -> int:
         raise UsageError(f"cannot read the private key {args.key}: {e.strerror or e}") from None
     except UnusableKey as e:
         raise UsageError(str(e)) from None
+    verify = _tls(args)
     try:
         answer = fetch_token(base.removesuffix("/fhir") + "/auth/token", args.client_id, key,
-                             args.scope)
+                             args.scope, verify=verify)
     except httpx.HTTPStatusError as e:
         raise UsageError(f"the token endpoint refused: {e.response.text[:300]}") from None
     except httpx.HTTPError as e:
         raise UsageError(f"cannot reach the hub at {base}: {e}") from None
     print(answer["access_token"])
     return 0
+
+
+def _tls(args: Any) -> Any:
+    """httpx's ``verify`` for ``--tls-ca/--tls-cert/--tls-key``: True (the defaults) without them."""
+    tls = {"ca": args.tls_ca, "cert": args.tls_cert, "key": args.tls_key}
+    if not any(tls.values()):
+        return True
+    if args.tls_key and not args.tls_cert:
+        raise UsageError("--tls-key without --tls-cert")
+    for name, path in tls.items():
+        if path and not path.is_file():
+            raise UsageError(f"--tls-{name} {path} is not a readable file")
+    import ssl
+
+    from connectors.tls import client_context
+
+    try:
+        return client_context(tls, "hub auth token")
+    except (OSError, ssl.SSLError) as e:
+        given = " ".join(f"--tls-{k} {v}" for k, v in tls.items() if v)
+        raise UsageError(f"the TLS files do not load ({given}): "
+                         f"{getattr(e, 'reason', None) or e}") from None
 
 
 def _user(args: Any, settings: Any) -> int:
