@@ -442,7 +442,8 @@ def test_verifier_without_own_signer_trusts_nobody(own):
 # -- an external issuer ----------------------------------------------------------------------------
 
 class JwksServer:
-    """A tiny identity provider's JWKS endpoint; ``keys`` can change (a rotation)."""
+    """A tiny identity provider's JWKS endpoint; ``keys`` can change (a rotation). Its discovery
+    document (``{issuer}/.well-known/openid-configuration``) names ``discovered_issuer``."""
 
     def __init__(self):
         self.keys: list[dict] = []
@@ -451,8 +452,12 @@ class JwksServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
-                outer.fetches += 1
-                body = json.dumps({"keys": outer.keys}).encode()
+                if self.path.endswith("/.well-known/openid-configuration"):
+                    body = json.dumps({"issuer": outer.discovered_issuer, "jwks_uri": outer.url,
+                                       "token_endpoint": outer.issuer + "/token"}).encode()
+                else:
+                    outer.fetches += 1
+                    body = json.dumps({"keys": outer.keys}).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
@@ -463,7 +468,9 @@ class JwksServer:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/realms/region/certs"
+        self.issuer = f"http://127.0.0.1:{self.server.server_address[1]}/realms/region"
+        self.discovered_issuer = self.issuer
+        self.url = f"{self.issuer}/certs"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -538,6 +545,46 @@ def test_unreachable_key_set_is_unavailable_not_unauthenticated():
     with pytest.raises(FhirError) as e:
         verifier.verify(idp_token(RSA_KEY, "k1"))
     assert e.value.status == 503
+
+
+def test_external_issuer_without_a_jwks_url_finds_it_by_discovery(idp):
+    idp.publish(RSA_KEY, "k1")
+    verifier = Verifier("https://hub/fhir", None, [ExternalIssuer(idp.issuer)])
+    assert verifier.verify(idp_token(RSA_KEY, "k1", iss=idp.issuer))["sub"] == "user-1"
+    idp.discovered_issuer = "https://someone.else/realms/region"  # not the provider configured
+    other = Verifier("https://hub/fhir", None, [ExternalIssuer(idp.issuer)])
+    with pytest.raises(FhirError) as e:
+        other.verify(idp_token(RSA_KEY, "k1", iss=idp.issuer))
+    assert e.value.status == 503 and "another issuer" in str(e.value)
+
+
+def test_hub_serve_with_an_issuer_and_no_jwks_url_takes_its_tokens(idp, tmp_path, request):
+    """HUB_AUTH_ISSUER without HUB_AUTH_JWKS_URL was ignored: a valid token of that provider got
+    401 "kid unknown". Its key set is now found through its discovery document."""
+    from tests.conftest import LiveServer, make_settings
+
+    idp.publish(RSA_KEY, "k1")
+    settings = make_settings("sqlite", tmp_path, request)
+    settings.auth_issuer, settings.auth_jwks_url = idp.issuer, None
+    with LiveServer(settings) as live:
+        token = idp_token(RSA_KEY, "k1", iss=idp.issuer, aud=live.base, scope="user/Patient.rs",
+                          roles=["clinician"])
+        r = httpx.get(live.base + "/Patient", headers={"authorization": f"Bearer {token}"},
+                      timeout=30)
+        assert r.status_code == 200, r.text
+
+
+def test_hub_serve_refuses_a_jwks_url_without_an_issuer(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HUB_DATA_DIR": str(tmp_path), "HUB_AUTH_JWKS_URL": "http://127.0.0.1:1/certs"}
+    env.pop("HUB_AUTH_ISSUER", None)
+    proc = subprocess.run([sys.executable, "-m", "hub.cli", "serve", "--port", str(free_port())],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "HUB_AUTH_ISSUER" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_registry_remembers_jtis_until_they_expire(tmp_path):

@@ -272,8 +272,8 @@ def too_complex(e: Exception) -> bool:
 
 def _verifier(app: FastAPI, settings: Settings) -> Verifier:
     external = []
-    if settings.auth_issuer and settings.auth_jwks_url:
-        external.append(ExternalIssuer(settings.auth_issuer, settings.auth_jwks_url,
+    if settings.auth_issuer:  # without a JWKS URL, its discovery document's
+        external.append(ExternalIssuer(settings.auth_issuer, settings.auth_jwks_url or "",
                                        roles_claim=settings.auth_roles_claim,
                                        institution_claim=settings.auth_institution_claim))
     return Verifier(settings.fhir_base, own=app.state.auth_signer, external=external)

@@ -8,7 +8,8 @@ Anything else is a 401 ``login`` OperationOutcome that says what was wrong.
 
 An external issuer's keys come from its JWKS URL through ``jwt.PyJWKClient``, which caches the set
 and fetches it again when a token names a key id it does not know: a key rotation at the provider
-needs no restart. Its claims are brought to the shape of the hub's own tokens: ``scope`` (from
+needs no restart. Without a JWKS URL, the provider's discovery document names it (fetched when the
+first of its tokens comes, again after a failure; its ``issuer`` must be the one configured). Its claims are brought to the shape of the hub's own tokens: ``scope`` (from
 ``scope`` or ``scp``), ``hub_roles`` (from its roles claim, a dotted path such as
 ``realm_access.roles``, keeping the hub's roles only) and ``hub_institution``.
 """
@@ -25,6 +26,7 @@ from typing import Any
 import jwt
 
 from hub.auth.clients import ROLES
+from hub.auth.discovery import provider_metadata
 from hub.auth.jose import ASYMMETRIC, CLOCK_SKEW_S, algorithms_for_key, describe, peek
 from hub.auth.signer import ALGORITHM, Signer
 from hub.core.errors import FhirError, unauthenticated
@@ -40,7 +42,7 @@ class ExternalIssuer:
     fetches caused by unknown key ids (so random kids cannot make the hub hammer the provider)."""
 
     issuer: str
-    jwks_url: str
+    jwks_url: str = ""  # empty: the discovery document's jwks_uri
     roles_claim: str = "roles"
     institution_claim: str = "institution"
     cache_s: float = 300
@@ -50,9 +52,19 @@ class ExternalIssuer:
     @property
     def keys(self) -> jwt.PyJWKClient:
         if self._client is None:
+            if not self.jwks_url:
+                self.jwks_url = _discovered_jwks_url(self.issuer)
             self._client = jwt.PyJWKClient(self.jwks_url, cache_jwk_set=True, lifespan=self.cache_s,
                                            cooldown_duration=self.refetch_cooldown_s, timeout=10)
         return self._client
+
+
+def _discovered_jwks_url(issuer: str) -> str:
+    meta = provider_metadata(issuer)
+    if meta["issuer"].rstrip("/") != issuer.rstrip("/"):  # OpenID Connect Discovery 4.3
+        raise FhirError(502, "transient", f"The discovery document of {issuer} names another "
+                                          f"issuer, {meta['issuer'][:200]!r}")
+    return meta["jwks_uri"]
 
 
 VERIFIED_CACHE = 10_000  # tokens whose claims are kept verified until they expire
@@ -134,6 +146,9 @@ class Verifier:
             raise unauthenticated("The access token names no key (kid) of its issuer")
         try:
             jwk = external.keys.get_signing_key(kid)
+        except FhirError as e:  # its discovery document: the provider is unavailable for now
+            raise FhirError(503, "transient", f"The keys of issuer {external.issuer} cannot be "
+                                              f"found now ({e}); retry later") from None
         except jwt.PyJWKClientConnectionError as e:
             raise FhirError(503, "transient", f"The keys of issuer {external.issuer} cannot be "
                                               f"fetched now ({e}); retry later") from None

@@ -42,6 +42,9 @@ def cmd_serve(args, settings: Settings) -> int:
     if (settings.tls_client_ca or settings.tls_key) and not settings.tls_cert:
         raise UsageError("HUB_TLS_KEY and HUB_TLS_CLIENT_CA (--tls-key, --tls-client-ca) need a "
                          "server certificate: set HUB_TLS_CERT (--tls-cert) too")
+    if settings.auth_jwks_url and not settings.auth_issuer:  # whose keys they are is unknown
+        raise UsageError("HUB_AUTH_JWKS_URL needs HUB_AUTH_ISSUER: the issuer whose tokens its "
+                         "keys verify")
     if args.workers is not None:
         settings.workers = args.workers
     if settings.workers < 1:

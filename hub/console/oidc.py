@@ -30,6 +30,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from hub.auth.clients import ROLES
+from hub.auth.discovery import provider_metadata
 from hub.auth.sessions import ISSUER
 from hub.auth.verifier import Verifier, claim_at
 from hub.console.common import page, router, safe_next, start_session
@@ -54,17 +55,8 @@ def _discovery(request: Request) -> dict[str, Any]:
     state = request.app.state
     found = getattr(state, "console_oidc", None)
     if found is None:
-        issuer = state.settings.console_oidc_issuer.rstrip("/")
-        try:
-            r = httpx.get(issuer + "/.well-known/openid-configuration", timeout=TIMEOUT_S)
-            r.raise_for_status()
-            meta = r.json()
-        except (httpx.HTTPError, ValueError) as e:
-            raise FhirError(502, "transient",
-                            f"The identity provider {issuer} did not answer: {e}") from None
-        for key in ("authorization_endpoint", "token_endpoint", "jwks_uri", "issuer"):
-            if not isinstance(meta.get(key), str):
-                raise FhirError(502, "transient", f"The identity provider's metadata has no {key}")
+        meta = provider_metadata(state.settings.console_oidc_issuer, timeout_s=TIMEOUT_S, needs=(
+            "authorization_endpoint", "token_endpoint", "jwks_uri", "issuer"))
         found = state.console_oidc = {**meta, "keys": jwt.PyJWKClient(meta["jwks_uri"],
                                                                       timeout=int(TIMEOUT_S))}
     return found

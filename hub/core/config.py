@@ -33,7 +33,7 @@ HUB_RATE_LIMIT    requests per second per caller (bursts of twice that)         
 HUB_QUARANTINE_QUOTA open quarantine entries kept per institution               10000
 HUB_AUTH          access control: bearer tokens, SMART scopes and roles         1 (0: off, loopback only)
 HUB_AUTH_ISSUER   an external OpenID Connect provider's issuer (its tokens are accepted) (unset)
-HUB_AUTH_JWKS_URL that provider's key set                                       (unset)
+HUB_AUTH_JWKS_URL that provider's key set                      (unset: its discovery document's)
 HUB_AUTH_ROLES_CLAIM / HUB_AUTH_INSTITUTION_CLAIM  where its tokens carry the hub's roles and the
                   institution                                                   roles / institution
 HUB_CONSOLE_OIDC_ISSUER  an OpenID Connect provider the console's people log in with  (unset: local
