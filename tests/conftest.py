@@ -131,13 +131,13 @@ def app_server(app) -> Iterator[int]:
 class LiveServer:
     """``hub serve`` in its own process on a loopback port: real HTTP, no shared GIL."""
 
-    def __init__(self, settings: Settings, verify=True):
+    def __init__(self, settings: Settings, verify=True, host: str = "127.0.0.1"):
         """``verify``: the client side of the server's TLS (settings.tls_cert), httpx's: an
         ``ssl.SSLContext`` trusting its CA and, with settings.tls_client_ca, holding a client
-        certificate."""
+        certificate. ``host``: the loopback address it listens on (``::1``: IPv6)."""
         self.verify = verify
         self.port = free_port()
-        settings.host, settings.port = "127.0.0.1", self.port
+        settings.host, settings.port = host, self.port
         settings.base_url = None  # where it listens: the tokens' audience
         self.settings = settings
         self.proc: subprocess.Popen | None = None
@@ -148,7 +148,9 @@ class LiveServer:
 
     @property
     def origin(self) -> str:
-        return f"{'https' if self.settings.tls_cert else 'http'}://127.0.0.1:{self.port}"
+        host = self.settings.host
+        return f"{'https' if self.settings.tls_cert else 'http'}://" \
+               f"{f'[{host}]' if ':' in host else host}:{self.port}"
 
     def client_auth(self, *, roles: tuple[str, ...] = ("admin",), scope: str = "system/*.cruds",
                     institution: str = "", name: str = "test client") -> BackendServicesAuth:
@@ -225,7 +227,7 @@ class LiveServer:
             self.auth = self.client_auth()
         self.env = env
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hub.cli", "serve", "--host", "127.0.0.1",
+            [sys.executable, "-m", "hub.cli", "serve", "--host", self.settings.host,
              "--port", str(self.port), *self.extra_args], env=env, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while True:

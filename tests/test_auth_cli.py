@@ -136,3 +136,41 @@ def test_token_with_an_unusable_key_is_one_line_and_status_2(data, tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith("hub auth: ") and words in err and str(path) in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_hub_on_ipv6_names_itself_with_brackets(tmp_path, request, monkeypatch, capsys):
+    """``hub serve --host ::1`` said http://::1:PORT/fhir (metadata, the token endpoint, the
+    tokens' audience), so a token asked at http://[::1]:PORT was refused, and ``hub auth token``
+    with HUB_HOST=::1 failed on that URL (Invalid port)."""
+    import socket
+
+    import httpx
+
+    from hub.auth.backend_client import new_key, private_pem, public_jwks
+    from tests.conftest import LiveServer, make_settings
+
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with LiveServer(make_settings("sqlite", tmp_path, request), host="::1") as live:
+        origin = f"http://[::1]:{live.port}"
+        assert live.base == origin + "/fhir"
+        with httpx.Client(timeout=30) as c:
+            assert c.get(live.base + "/metadata").json()["implementation"]["url"] == live.base
+            smart = c.get(live.base + "/.well-known/smart-configuration").json()
+            assert smart["token_endpoint"] == origin + "/auth/token"
+            assert c.get(live.base + "/Patient", auth=live.auth).status_code == 200
+        key = new_key()
+        client = open_registry(live.settings.data_dir).add(
+            "cli", public_jwks(key), roles=("steward",), scopes="system/Patient.rs")
+        pem = tmp_path / "client.pem"
+        pem.write_bytes(private_pem(key))
+        monkeypatch.setenv("HUB_HOST", "::1")
+        monkeypatch.setenv("HUB_PORT", str(live.port))
+        monkeypatch.delenv("HUB_BASE_URL", raising=False)
+        assert main(["auth", "token", "--client-id", client.client_id, "--key", str(pem),
+                     "--scope", "system/Patient.rs"]) == 0
+        token = capsys.readouterr().out.strip()
+        r = httpx.get(live.base + "/Patient", headers={"authorization": f"Bearer {token}"}, timeout=30)
+        assert r.status_code == 200, r.text

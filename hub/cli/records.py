@@ -16,7 +16,7 @@ import orjson
 
 from hub.core import jsontext
 from hub.core.commandline import UsageError, input_kind, iter_inputs, open_store
-from hub.core.config import Settings
+from hub.core.config import Settings, url_host
 from hub.core.errors import FhirError
 
 
@@ -122,7 +122,7 @@ def _check_port(settings: Settings) -> None:
         try:
             s.bind(addr)
         except OSError as e:
-            raise UsageError(f"cannot serve on {settings.host}:{settings.port}: "
+            raise UsageError(f"cannot serve on {url_host(settings.host)}:{settings.port}: "
                              f"{e.strerror or e}") from None
 
 

@@ -139,7 +139,8 @@ class Settings:
     @property
     def fhir_base(self) -> str:
         """The FHIR base URL: ``base_url``, else where ``hub serve`` listens (https with TLS)."""
-        return self.base_url or f"{'https' if self.tls_cert else 'http'}://{self.host}:{self.port}/fhir"
+        return self.base_url or \
+            f"{'https' if self.tls_cert else 'http'}://{url_host(self.host)}:{self.port}/fhir"
 
     @property
     def event_store_path(self) -> Path:
@@ -152,3 +153,8 @@ class Settings:
             return ResourceStore.postgres(self.database_url)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return ResourceStore.sqlite(str(self.event_store_path))
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL names it: an IPv6 literal in brackets (RFC 3986), ``[::1]``."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
