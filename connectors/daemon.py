@@ -112,6 +112,10 @@ def build_sink(cfg: dict, config: ConnectorConfig):
 class Connector:
     def __init__(self, config: ConnectorConfig, sink=None, sources=None):
         self.config = config
+        # first: a sink that cannot work (its key, its TLS files) is the configuration's error,
+        # said once here as a ConfigError, before the terminology reads the same settings
+        self.sink = sink if sink is not None else _built(
+            lambda: build_sink(config.sink, config), "sink")
         # -- terminology: conversions normalised after mapping, before spooling --
         from connectors.spool import default_converter_factory
         from connectors.terminology import Terminology
@@ -123,8 +127,6 @@ class Connector:
         # -- end terminology --
         self.sources = sources if sources is not None else [
             _built(lambda s=s: build_source(s), f"sources {s['name']!r}") for s in config.sources]
-        self.sink = sink if sink is not None else _built(
-            lambda: build_sink(config.sink, config), "sink")
         self.batch_size = int(config.sink.get("batch_size", 50))
         self.stop_event = threading.Event()
         self.threads: dict[str, threading.Thread] = {}

@@ -46,13 +46,12 @@ def hub_auth(url: str, client_id: str | None, private_key: str | None,
              token_url: str | None = None, scope: str = "system/*.cruds",
              verify: Any = True) -> httpx.Auth | None:
     """The connector's tokens for the hub at ``url`` (its FHIR base), when it has credentials.
-    A key that cannot sign for the hub is a ConfigError now: the token requests would fail the
-    same way at every retry."""
+    A key that cannot sign for the hub is an ``UnusableKey`` (a ValueError: the daemon's
+    configuration error) now, not at every token request, each retried."""
     if not client_id:
         return None
     if not private_key:
         raise ValueError("an http sink with client_id needs private_key (a PEM file)")
-    from connectors.config import ConfigError
     from hub.auth.backend_client import BackendServicesAuth, UnusableKey, load_private_key
 
     token_url = token_url or url.rstrip("/").removesuffix("/fhir") + "/auth/token"
@@ -60,9 +59,7 @@ def hub_auth(url: str, client_id: str | None, private_key: str | None,
         with open(private_key, "rb") as f:
             key = load_private_key(f.read(), f"private_key {private_key}")
     except OSError as e:
-        raise ConfigError(f"sink: cannot read private_key {private_key}: {e.strerror or e}") from None
-    except UnusableKey as e:
-        raise ConfigError(f"sink: {e}") from None
+        raise UnusableKey(f"cannot read private_key {private_key}: {e.strerror or e}") from None
     return BackendServicesAuth(token_url, client_id, key, scope, verify=verify)
 
 

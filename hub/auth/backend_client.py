@@ -80,8 +80,8 @@ def signing_algorithm(key: Any, name: str = "the private key") -> str:
             raise UnusableKey(f"{name} is an EC key on curve {key.curve.name}; the hub takes "
                               "P-256, P-384 or P-521")
         return algs.pop()  # an EC key verifies one algorithm, that of its curve
-    raise UnusableKey(f"{name} is a {type(key).__name__.lstrip('_')}; the hub takes an EC "
-                      f"(P-256, P-384, P-521) or RSA ({MIN_RSA_BITS} bits or more) key")
+    raise UnusableKey(f"{name} is not an EC or RSA key ({type(key).__name__}); the hub takes EC "
+                      f"(P-256, P-384, P-521) or RSA ({MIN_RSA_BITS} bits or more) keys")
 
 
 def assertion(key: Any, client_id: str, token_url: str, lifetime_s: int = 240) -> str:

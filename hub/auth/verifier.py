@@ -9,9 +9,10 @@ Anything else is a 401 ``login`` OperationOutcome that says what was wrong.
 An external issuer's keys come from its JWKS URL through ``jwt.PyJWKClient``, which caches the set
 and fetches it again when a token names a key id it does not know: a key rotation at the provider
 needs no restart. Without a JWKS URL, the provider's discovery document names it (fetched when the
-first of its tokens comes, again after a failure; its ``issuer`` must be the one configured). Its claims are brought to the shape of the hub's own tokens: ``scope`` (from
-``scope`` or ``scp``), ``hub_roles`` (from its roles claim, a dotted path such as
-``realm_access.roles``, keeping the hub's roles only) and ``hub_institution``.
+first of its tokens comes, again after a failure; its ``issuer`` must be the one configured).
+Its claims are brought to the shape of the hub's own tokens: ``scope`` (from ``scope`` or
+``scp``), ``hub_roles`` (from its roles claim, a dotted path such as ``realm_access.roles``,
+keeping the hub's roles only) and ``hub_institution``.
 """
 
 from __future__ import annotations
