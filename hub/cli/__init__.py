@@ -259,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         settings = Settings()
-    except ValueError as e:  # HUB_PORT=abc and the like
-        print(f"hub: bad HUB_* environment setting: {e}", file=sys.stderr)
+    except ValueError as e:  # HUB_PORT=abc and the like: the message names the variable
+        print(f"hub: {e}", file=sys.stderr)
         return 2
     if getattr(args, "data_dir", None):
         settings.data_dir = Path(args.data_dir)
