@@ -678,6 +678,35 @@ def test_a_numeric_setting_that_is_no_number_names_the_variable_and_value(tmp_pa
     assert assert_clean_error(proc) == f"hub: {name}={value!r} is not {what}"
 
 
+def test_projections_without_a_name_are_every_read_model(tmp_path):
+    """`hub projections status|run` without a NAME acted on `search` alone; now status is a
+    table of every read model and run catches every one up. rebuild (from nothing) needs a
+    NAME, and says which."""
+    from hub.readmodels import names
+
+    settings = Settings(data_dir=tmp_path / "data", database_url=None)
+    write(tmp_path / "patient.json", patient("every"))
+    assert run_hub(settings, "ingest", tmp_path / "patient.json").returncode == 0
+
+    def table() -> dict[str, list[str]]:
+        done = run_hub(settings, "projections", "status")
+        assert done.returncode == 0, done.stderr
+        head, *rows = done.stdout.strip().splitlines()
+        assert head.split() == ["read", "model", "position", "lag", "state"], head
+        return {row.split()[0]: row.split()[1:] for row in rows}
+
+    before = table()
+    assert list(before) == names() and {"intake", "identity-candidates"} <= set(before)
+    assert all(int(lag) > 0 for _, lag, *_ in before.values()), before
+    caught_up = run_hub(settings, "projections", "run")
+    assert caught_up.returncode == 0, caught_up.stderr
+    assert [line.split(":")[0] for line in caught_up.stdout.splitlines()] == names()
+    after = table()
+    assert all(lag == "0" and state == ["ok"] for _, lag, *state in after.values()), after
+    line = assert_clean_error(run_hub(settings, "projections", "rebuild"), "rebuild needs the NAME")
+    assert "search, quality," in line and "intake" in line and "search-es" in line
+
+
 def test_a_reading_command_creates_no_tables_in_an_empty_postgresql_database(pg_databases, tmp_path):
     """`hub show` and `hub projections status` pointed at a database without an event store
     (a mistyped name) created the hub's nine tables there; SQLite refused already."""
