@@ -157,8 +157,14 @@ class Connector:
         t.start()
         status = self.config.status
         if status.get("port") is not None:
-            self.http = ThreadingHTTPServer((status.get("host", "127.0.0.1"), int(status["port"])),
-                                            _handler(self))
+            host, port = status.get("host", "127.0.0.1"), int(status["port"])
+            try:
+                self.http = ThreadingHTTPServer((host, port), _handler(self))
+            except OSError as e:  # a port in use, a host that does not resolve: say which
+                self.stop()
+                self.join()
+                raise CannotStart(f"connector {self.config.name}: its status page cannot listen "
+                                  f"on {host}:{port}: {e.strerror or e}") from None
             self.http.daemon_threads = True
             threading.Thread(target=self.http.serve_forever, name="status-http",
                              daemon=True).start()

@@ -128,11 +128,21 @@ def _fill(new: dict[str, Any], old: dict[str, Any]) -> None:
             _fill(new[key], value)
 
 
+def _order_categories() -> dict[str, str]:
+    return {kind: spec["code"] for kind, spec in hl7v3_table("orders")["categories"].items()}
+
+
+def known_kinds() -> list[str]:
+    """Every kind ``route_keys`` can find: what a subscription's kinds may name (an unknown one
+    never matches, its subscription waits for nothing)."""
+    return ["drug", *sorted(_order_categories())]
+
+
 def route_keys(conv: Conversion) -> tuple[str, list[str]]:
     """(patient, kinds) of an accepted message, for the bus (``hub.v3routing``): the unit its
     deliveries keep in order, and what it is about (``drug``, a request's kind)."""
-    categories = {kind: spec["code"] for kind, spec in hl7v3_table("orders")["categories"].items()}
-    return v3routing.patient_of(conv.resources), v3routing.kinds_of(conv.resources, categories)
+    return v3routing.patient_of(conv.resources), v3routing.kinds_of(conv.resources,
+                                                                    _order_categories())
 
 
 def institution_of(raw: bytes, source: SourceInfo) -> str:

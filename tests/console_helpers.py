@@ -9,6 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from hub.auth.clients import REGISTRY_FILE
@@ -66,6 +67,21 @@ def people(live):
 
 def base(live) -> str:
     return f"http://127.0.0.1:{live.port}"
+
+
+def console_user(live, roles=("steward",)) -> str:
+    """A new console user of these roles (password PASSWORD)."""
+    name = f"session-{uuid.uuid4().hex[:6]}"
+    UserRegistry(live.settings.data_dir / REGISTRY_FILE).add(name, PASSWORD, list(roles))
+    return name
+
+
+def logged_in(live, name: str) -> httpx.Client:
+    """An HTTP client with ``name``'s console session: the pages without a browser."""
+    c = httpx.Client(base_url=base(live), timeout=30)
+    r = c.post("/console/login", data={"name": name, "password": PASSWORD})
+    assert r.status_code == 303 and "hub_console" in r.cookies, r.text[:300]
+    return c
 
 
 def login(browser, live, name: str, password: str = PASSWORD, path: str = "/console/overview"):

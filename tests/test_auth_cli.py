@@ -174,3 +174,67 @@ def test_a_hub_on_ipv6_names_itself_with_brackets(tmp_path, request, monkeypatch
         token = capsys.readouterr().out.strip()
         r = httpx.get(live.base + "/Patient", headers={"authorization": f"Bearer {token}"}, timeout=30)
         assert r.status_code == 200, r.text
+
+
+def _on_a_terminal(argv: list[str], answers: list[tuple[str, str]]) -> tuple[int, str]:
+    """Run ``hub ARGV`` with a pseudo-terminal as its terminal, typing each answer once its
+    prompt shows; (exit status, everything the terminal showed)."""
+    import os
+    import pty
+    import select
+    import signal
+    import sys
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the terminal is its stdin, stdout, stderr and /dev/tty
+        os.execv(sys.executable, [sys.executable, "-m", "hub.cli", *argv])
+    shown, deadline = b"", time.monotonic() + 20
+    pending = list(answers)
+    while time.monotonic() < deadline:
+        if pending and pending[0][0].encode() in shown:
+            os.write(fd, pending.pop(0)[1].encode() + b"\n")
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child ended: the terminal is closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+    else:  # it never ended (waiting for an answer it did not ask for)
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), shown.decode("utf-8", "replace")
+
+
+def test_user_add_on_a_terminal_asks_for_the_password_without_echo(data):
+    """It read the password from standard input without a word, echoing it on the terminal."""
+    from hub.auth.clients import REGISTRY_FILE
+    from hub.auth.users import UserRegistry
+
+    secret = "correct horse battery staple"
+    argv = ["auth", "user", "add", "zhang", "--role", "steward", "--data-dir", str(data)]
+    code, shown = _on_a_terminal(argv, [("password for zhang: ", secret),
+                                        ("the same again: ", secret)])
+    assert code == 0, shown
+    assert "password for zhang: " in shown and secret not in shown, shown
+    assert UserRegistry(data / REGISTRY_FILE).check("zhang", secret) is not None
+    # two different answers add nobody
+    code, shown = _on_a_terminal([*argv[:3], "li", *argv[4:]],
+                                 [("password for li: ", secret), ("the same again: ", "other")])
+    assert code == 2 and "the two passwords typed differ" in shown, shown
+    assert [u.name for u in UserRegistry(data / REGISTRY_FILE).list()] == ["zhang"]
+
+
+def test_user_add_reads_a_piped_password_as_before(data, monkeypatch):
+    import io
+
+    from hub.auth.clients import REGISTRY_FILE
+    from hub.auth.users import UserRegistry
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long password\n"))
+    assert hub(data, "user", "add", "wang", "--role", "auditor") == 0
+    assert UserRegistry(data / REGISTRY_FILE).check("wang", "a long password") is not None

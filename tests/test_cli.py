@@ -638,6 +638,75 @@ def test_a_number_out_of_its_range_is_a_usage_error(tmp_path, args, option):
     assert option in done.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("command", [["serve"], ["projections", "status"]])
+@pytest.mark.parametrize("value", ["Asia/Shanghai", "CST", "+8", ""])
+def test_a_timezone_that_is_no_fixed_offset_refuses_to_start(tmp_path, command, value):
+    """`HUB_TIMEZONE=Asia/Shanghai hub serve` served, reading times without a zone as UTC (one
+    log line said so): an Observation at 07:00+08:00 on the 15th was found by date=…-14."""
+    if command == ["serve"]:
+        command += ["--port", str(free_port()), "--workers", "1"]
+    settings = Settings(data_dir=tmp_path / "data", database_url=None)
+    env = {**hub_env(settings), "HUB_TIMEZONE": value}
+    proc = subprocess.run([sys.executable, "-m", "hub.cli", *command], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    line = assert_clean_error(proc, f"HUB_TIMEZONE={value!r}", "+08:00")
+    assert line.startswith("hub: ") and "fixed offset" in line, line
+
+
+@pytest.mark.parametrize("name, value, what", [
+    ("HUB_MAX_BODY", "64M", "a whole number of bytes"),
+    ("HUB_MAX_STRING", "1MiB", "a whole number of characters"),
+    ("HUB_MAX_HEADER", "-1", "a whole number of bytes"),
+    ("HUB_LARGE_BODY", "1e6", "a whole number of bytes"),
+    ("HUB_MAX_LARGE", "two", "a whole number of requests"),
+    ("HUB_LARGE_WAIT", "10s", "a number of seconds"),
+    ("HUB_KEEP_ALIVE", "5s", "a whole number of seconds"),
+    ("HUB_HEADER_TIMEOUT", "nan", "a number of seconds"),
+    ("HUB_MAX_COUNT", "lots", "a whole number of resources"),
+    ("HUB_WORKERS", "auto", "a whole number of processes"),
+    ("HUB_RATE_LIMIT", "10/s", "a number of requests per second"),
+    ("HUB_QUARANTINE_QUOTA", "10k", "a whole number of entries"),
+    ("HUB_PORT", "99999", "a port number (1-65535)")])
+def test_a_numeric_setting_that_is_no_number_names_the_variable_and_value(tmp_path, name, value,
+                                                                          what):
+    """`HUB_MAX_BODY=64M hub serve` said "bad HUB_* environment setting: invalid literal for int()
+    with base 10: '64M'", naming neither the variable nor what it takes."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=None)
+    env = {**hub_env(settings), name: value}
+    proc = subprocess.run([sys.executable, "-m", "hub.cli", "serve", "--workers", "1"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert assert_clean_error(proc) == f"hub: {name}={value!r} is not {what}"
+
+
+def test_projections_without_a_name_are_every_read_model(tmp_path):
+    """`hub projections status|run` without a NAME acted on `search` alone; now status is a
+    table of every read model and run catches every one up. rebuild (from nothing) needs a
+    NAME, and says which."""
+    from hub.readmodels import names
+
+    settings = Settings(data_dir=tmp_path / "data", database_url=None)
+    write(tmp_path / "patient.json", patient("every"))
+    assert run_hub(settings, "ingest", tmp_path / "patient.json").returncode == 0
+
+    def table() -> dict[str, list[str]]:
+        done = run_hub(settings, "projections", "status")
+        assert done.returncode == 0, done.stderr
+        head, *rows = done.stdout.strip().splitlines()
+        assert head.split() == ["read", "model", "position", "lag", "state"], head
+        return {row.split()[0]: row.split()[1:] for row in rows}
+
+    before = table()
+    assert list(before) == names() and {"intake", "identity-candidates"} <= set(before)
+    assert all(int(lag) > 0 for _, lag, *_ in before.values()), before
+    caught_up = run_hub(settings, "projections", "run")
+    assert caught_up.returncode == 0, caught_up.stderr
+    assert [line.split(":")[0] for line in caught_up.stdout.splitlines()] == names()
+    after = table()
+    assert all(lag == "0" and state == ["ok"] for _, lag, *state in after.values()), after
+    line = assert_clean_error(run_hub(settings, "projections", "rebuild"), "rebuild needs the NAME")
+    assert "search, quality," in line and "intake" in line and "search-es" in line
+
+
 def test_a_reading_command_creates_no_tables_in_an_empty_postgresql_database(pg_databases, tmp_path):
     """`hub show` and `hub projections status` pointed at a database without an event store
     (a mistyped name) created the hub's nine tables there; SQLite refused already."""

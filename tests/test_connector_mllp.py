@@ -387,6 +387,30 @@ def test_connector_run_that_cannot_bind_is_one_line_and_exit_2(tmp_path, host, w
     assert why in line and "connector adt:" not in proc.stdout
 
 
+def test_connector_run_whose_status_port_is_taken_names_the_address(tmp_path):
+    """A status port in use said only "[Errno 98] Address already in use"; now the line names
+    the address, as a source's does, and the sources started before it are stopped."""
+    env = {**os.environ, "HUB_DATA_DIR": str(tmp_path / "d")}
+    env.pop("HUB_DATABASE_URL", None)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "adt.yaml"
+        config.write_text(json.dumps({
+            "name": "adt", "institution": {"code": "H0001"}, "state_dir": str(tmp_path / "state"),
+            "status": {"host": "127.0.0.1", "port": port},
+            "sources": [{"type": "mllp", "name": "adt", "host": "127.0.0.1", "port": 0,
+                         "kind": "hl7v2"}],
+            "sink": {"type": "http", "url": f"http://127.0.0.1:{free_port()}/fhir"}}))
+        proc = subprocess.run([sys.executable, "-m", "hub.cli", "connector", "run", str(config)],
+                              env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]  # after the source's log line
+    assert line == (f"hub connector: connector adt: its status page cannot listen on "
+                    f"127.0.0.1:{port}: Address already in use"), line
+
+
 def test_a_block_cut_off_is_kept_to_read_and_never_replayed(connector, messages):
     """A sender that died inside a message left a fragment ("6.8 mmol/L" cut after its "6");
     its replay wrote the fragment as the whole message, a result of 6, over the whole message

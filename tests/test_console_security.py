@@ -13,23 +13,12 @@ import httpx
 from hub.auth.clients import REGISTRY_FILE
 from hub.auth.users import UserRegistry
 from tests.console_helpers import PASSWORD, base, live  # noqa: F401 - fixtures
-
-
-def _user(live, roles=("steward",)) -> str:
-    name = f"session-{uuid.uuid4().hex[:6]}"
-    UserRegistry(live.settings.data_dir / REGISTRY_FILE).add(name, PASSWORD, list(roles))
-    return name
+from tests.console_helpers import console_user as _user
+from tests.console_helpers import logged_in as _logged_in
 
 
 def _csrf(page: httpx.Response) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
-
-
-def _logged_in(live, name: str) -> httpx.Client:
-    c = httpx.Client(base_url=base(live), timeout=30)
-    r = c.post("/console/login", data={"name": name, "password": PASSWORD})
-    assert r.status_code == 303 and "hub_console" in r.cookies, r.text[:300]
-    return c
 
 
 def _overview(live, cookie: str) -> int:

@@ -91,8 +91,9 @@ def test_projection_commands_know_quality(settings, loaded, capsys):
     assert cli.main(["projections", "status", "quality", *base]) == 0
     out = capsys.readouterr().out
     assert "q_report" in out and "lag 0" in out
-    assert cli.main(["projections", "status", *base]) == 0  # search stays the default
-    assert "search: position" in capsys.readouterr().out
+    assert cli.main(["projections", "status", *base]) == 0  # no NAME: every read model
+    out = capsys.readouterr().out
+    assert "\nsearch " in out and "\nquality " in out
 
 
 def hub_main(settings, capsys, *args: str) -> tuple[int, str, str]:

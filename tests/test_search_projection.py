@@ -122,7 +122,7 @@ def test_projection_commands(hub, settings, tmp_path, capsys):
     if settings.database_url:
         args += ["--database-url", settings.database_url]
     assert cli.main(["projections", "run", "search", *args]) == 0
-    assert cli.main(["projections", "status", *args]) == 0
+    assert cli.main(["projections", "status", "search", *args]) == 0
     out = capsys.readouterr().out
     assert "lag 0" in out and "sp_res" in out
     assert cli.main(["projections", "rebuild", "search", *args]) == 0

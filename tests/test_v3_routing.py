@@ -286,6 +286,30 @@ def test_accepted_messages_reach_their_subscribers_through_the_api(live, client,
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, (extra, bad.stderr)
 
 
+@pytest.mark.parametrize("kinds", [["bogus"], ["lab", "Lab"], ["drugs"]])
+def test_a_kind_no_message_is_about_is_refused_naming_the_kinds(tmp_path, kinds):
+    """Kinds match exactly (a set intersection): `--kind bogus` was accepted (exit 0) and its
+    subscription never got a message."""
+    env = {**os.environ, "HUB_DATA_DIR": str(tmp_path / "data")}
+    env.pop("HUB_DATABASE_URL", None)
+    extra = [a for k in kinds for a in ("--kind", k)]
+    bad = subprocess.run([sys.executable, "-m", "hub.cli", "v3", "subscribe", "--subscriber", "X",
+                          "--interaction", "POOR_IN200901UV", *extra, "--http",
+                          "http://127.0.0.1:1/x"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    [line] = bad.stderr.strip().splitlines()
+    odd = kinds[-1]
+    assert line == (f"hub v3: --kind {odd!r} is no kind of message: one of drug, exam, lab, "
+                    f"pathology, surgery, transfusion"), line
+    if (tmp_path / "data" / "v3routes.sqlite").exists():  # nothing was subscribed
+        routes = Routes(tmp_path / "data" / "v3routes.sqlite")
+        try:
+            assert routes.subscriptions() == []
+        finally:
+            routes.close()
+
+
 def test_a_router_killed_mid_delivery_loses_nothing(tmp_path):
     """SIGKILL the router while it delivers to a slow subscriber; started again, it delivers the
     rest: every message arrives (a repeat at most of the one in flight), each patient's in order."""

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="follow: keep every read model (or the one named) current until stopped, "
                         "matching new Patients too (hub serve starts one such process)")
     p.add_argument("name", nargs="?", choices=list(PROJECTIONS),
-                   help="the read model (default: search; follow: all)")
+                   help="the read model (default: every one; rebuild needs one)")
     p.add_argument("--from-stream", metavar="BOOTSTRAP", default=None,
                    help="follow: read the change stream on these Kafka brokers instead of the "
                         "event store (no store needed; no automatic matching)")
@@ -259,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         settings = Settings()
-    except ValueError as e:  # HUB_PORT=abc and the like
-        print(f"hub: bad HUB_* environment setting: {e}", file=sys.stderr)
+    except ValueError as e:  # HUB_PORT=abc and the like: the message names the variable
+        print(f"hub: {e}", file=sys.stderr)
         return 2
     if getattr(args, "data_dir", None):
         settings.data_dir = Path(args.data_dir)

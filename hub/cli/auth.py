@@ -47,7 +47,8 @@ def add_parsers(sub: Any, common: Any) -> None:
                         help="people who log in to the console: add, list, disable")
     usub = u.add_subparsers(dest="user_action", required=True)
     ua = usub.add_parser("add", parents=[common],
-                         help="a person with a password (read from standard input)")
+                         help="a person with a password (asked without echo on a terminal, "
+                              "else the first line of standard input)")
     ua.add_argument("name")
     ua.add_argument("--role", action="append", choices=ROLES, required=True,
                     help="a hub role (repeat for several)")
@@ -243,9 +244,22 @@ def _tls(args: Any) -> Any:
                          f"{getattr(e, 'reason', None) or e}") from None
 
 
-def _user(args: Any, settings: Any) -> int:
+def _new_password(name: str) -> str:
+    """A new user's password: asked without echo, twice, on a terminal; else the first line of
+    standard input (a pipe, a script)."""
     import sys
 
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+
+    password = getpass.getpass(f"password for {name}: ", stream=sys.stderr)
+    if getpass.getpass("the same again: ", stream=sys.stderr) != password:
+        raise UsageError("the two passwords typed differ: nothing was added")
+    return password
+
+
+def _user(args: Any, settings: Any) -> int:
     from hub.auth.clients import REGISTRY_FILE
     from hub.auth.users import UserRegistry
 
@@ -253,8 +267,7 @@ def _user(args: Any, settings: Any) -> int:
         existing_data_dir(settings)
     users = UserRegistry(settings.data_dir / REGISTRY_FILE)
     if args.user_action == "add":
-        password = sys.stdin.readline().rstrip("\n")
-        users.add(args.name, password, args.role, args.display)
+        users.add(args.name, _new_password(args.name), args.role, args.display)
         print(args.name)
     elif args.user_action == "list":
         for u in users.list():

@@ -19,33 +19,74 @@ QUALITY_DEFAULT_GROUP = ("institution", "document_type", "rule", "day")
 
 
 def cmd_projections(args, settings: Settings) -> int:
-    """status: position and lag; run: catch up (resumable, Ctrl-C safe); rebuild: from nothing."""
-    from tqdm import tqdm
-
-    from hub.core.jobs import Jobs, both
-    from projections.runner import Runner
-
+    """status: position and lag; run: catch up (resumable, Ctrl-C safe); rebuild: from nothing.
+    Without a NAME, status and run are of every read model; rebuild needs one."""
     if args.action == "follow":
         if getattr(args, "from_stream", None):
             return _follow_stream(args, settings)
         return _follow(args, settings)
     if getattr(args, "from_stream", None):
         raise UsageError("--from-stream is for follow")
+    if args.name is None and args.action == "rebuild":  # from nothing: never all by accident
+        raise UsageError(f"rebuild needs the NAME of the read model to rebuild from nothing: "
+                         f"one of {', '.join(PROJECTIONS)}")
+    # no NAME: every read model (search-es too when it is the search backend)
+    names = [args.name] if args.name else [
+        *read_model_names(), *(["search-es"] if settings.search == "elasticsearch" else [])]
     store = open_store(settings, existing=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # the index lives here on any event store
     try:
-        if args.name == "search-es":  # at HUB_ES_URL, whatever HUB_SEARCH says
-            from projections.search.backends import open_es_index
-
-            model = open_es_index(settings.es_url, settings.es_prefix, settings.es_analyzer)
+        if args.action == "status" and args.name is None:
+            _status_table(store, names, settings)
         else:
-            model = open_model(args.name or "search", settings.data_dir)
-    except BaseException:
+            for name in names:
+                _one(args.action, store, name, settings)
+        return 0
+    finally:
         store.close()
-        raise
+
+
+def _open(name: str, settings: Settings):
+    if name == "search-es":  # at HUB_ES_URL, whatever HUB_SEARCH says
+        from projections.search.backends import open_es_index
+
+        return open_es_index(settings.es_url, settings.es_prefix, settings.es_analyzer)
+    return open_model(name, settings.data_dir)
+
+
+def _status_table(store, names: list[str], settings: Settings) -> None:
+    """One line per read model: position, lag and whether it is sound (``status NAME`` adds
+    its tables' sizes)."""
+    from hub.followers import follower_errors
+    from projections.runner import Runner
+
+    failing = follower_errors(settings.data_dir)
+    print(f"{'read model':20} {'position':>12} {'lag':>12}  state")
+    for name in names:
+        model = _open(name, settings)
+        try:
+            lag = Runner(store, model).lag()
+            state = "ok"
+            if (stale := model.stale()) is not None:
+                state = f"stale: {stale}"
+            if (error := failing.get(model.name)) is not None:
+                state = f"failing in the follower process: {error}"
+            print(f"{name:20} {model.position():>12} {lag:>12}  {state}")
+        finally:
+            model.close()
+
+
+def _one(action: str, store, name: str, settings: Settings) -> None:
+    """status, run (catch up: resumable, Ctrl-C safe) or rebuild (from nothing) of one model."""
+    from tqdm import tqdm
+
+    from hub.core.jobs import Jobs, both
+    from projections.runner import Runner
+
+    model = _open(name, settings)
     runner = Runner(store, model)
     try:
-        if args.action == "status":
+        if action == "status":
             print(f"{model.name}: position {model.position()}, lag {runner.lag()} events")
             if (stale := model.stale()) is not None:
                 print(f"  stale: {stale}")
@@ -55,23 +96,21 @@ def cmd_projections(args, settings: Settings) -> int:
                 print(f"  failing in the follower process: {failing}")
             for table, n in model.stats().items():
                 print(f"  {table:14} {n:>12,}")
-            return 0
-        total = store.max_notification_id() - (0 if args.action == "rebuild" else model.position())
+            return
+        total = store.max_notification_id() - (0 if action == "rebuild" else model.position())
         with tqdm(total=max(total, 0), unit=" events", disable=not sys.stderr.isatty(),
-                  desc=f"{args.action} {model.name}") as bar, \
-                Jobs(settings.data_dir).start(f"projection-{args.action}",
-                                              f"{args.action} {model.name}", max(total, 0)) as job:
+                  desc=f"{action} {model.name}") as bar, \
+                Jobs(settings.data_dir).start(f"projection-{action}",
+                                              f"{action} {model.name}", max(total, 0)) as job:
             progress = both(bar.update, job.advance)
-            if args.action == "rebuild":
+            if action == "rebuild":
                 done = runner.rebuild(progress=progress)
             else:
                 done = runner.catch_up(progress=progress)
             job.finish(f"applied {done} events")
         print(f"{model.name}: applied {done} events, now at {model.position()}, lag {runner.lag()}")
-        return 0
     finally:
         model.close()
-        store.close()
 
 
 def _follow(args, settings: Settings) -> int:

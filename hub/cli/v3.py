@@ -93,6 +93,13 @@ def _subscribe(args: Any, routes: Any) -> int:
     if unknown:  # no message of it is ever routed: the subscription would wait for nothing
         raise UsageError(f"--interaction {unknown[0][:60]!r} is no interaction the hub takes "
                          "(see /v3/metadata); * for every one")
+    from hub.v3intake import known_kinds
+
+    kinds = known_kinds()
+    odd = [k for k in args.kind if k not in kinds]
+    if odd:  # kinds match exactly: a subscription of another would never get a message
+        raise UsageError(f"--kind {odd[0][:60]!r} is no kind of message: one of "
+                         f"{', '.join(kinds)}")
     sink: dict[str, Any] = ({"type": "http", "url": args.http} if args.http else
                             {"type": "kafka", "bootstrap_servers": args.kafka, "topic": args.topic})
     sink["timeout_s"] = args.timeout

@@ -44,7 +44,7 @@ def audit_page(request: Request) -> Response:
                 continue
             target = d["entity"][0]["what"]["reference"].split("/", 1)[1]
             reviews.setdefault(target, {  # the newest review stands (rows come newest first)
-                "by": d["agent"][0]["who"]["display"], "when": d.get("recorded", "")[:19],
+                "by": d["agent"][0]["who"]["display"], "when": d.get("recorded", ""),
                 "finding": d["entity"][0].get("description", ""),
                 "note": str(d.get("outcomeDesc", "")).partition(": ")[2]})
     emergency = [{"id": a["id"], "time": a["recorded"], "who": a["who"],
@@ -82,7 +82,7 @@ def _search(request: Request, ctx: Any, q: dict[str, str]) -> list[dict[str, str
         d = orjson.loads(body[1].partition(b"\n")[2])  # header line, resource JSON
         agent = (d.get("agent") or [{}])[0]
         out.append({
-            "time": str(d.get("recorded", ""))[:19].replace("T", " "),
+            "time": d.get("recorded", ""),
             "who": (agent.get("who") or {}).get("display", ""),
             "what": ", ".join(s.get("display") or s.get("code", "")
                               for s in d.get("subtype") or []),

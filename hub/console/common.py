@@ -19,13 +19,16 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from hub.auth.sessions import AUDIENCE, COOKIE, ISSUER, SESSION_S, session_log
 from hub.core.errors import FhirError
-from hub.core.fhirtime import local_zone
+from hub.core.fhirtime import local_zone, zone_name
 
 router = APIRouter()
 
 LANG_COOKIE = "hub_console_lang"
 STATIC = Path(str(resources.files("hub.console").joinpath("static")))
 LANGS = ("zh", "en")
+# Apache ECharts, fetched by `make console-assets` (not in the repository): without it the chart
+# pages say so instead of leaving the charts blank
+ECHARTS = STATIC / "vendor" / "echarts.min.js"
 
 
 @lru_cache(maxsize=1)
@@ -40,9 +43,31 @@ def say(request: Request, key: str) -> str:
 
 _env = Environment(loader=PackageLoader("hub.console", "templates"),
                    autoescape=select_autoescape(["html"]))
-# the times shown: in the platform's zone (HUB_TIMEZONE)
-_env.filters["datetime"] = lambda ts: datetime.fromtimestamp(float(ts), local_zone()).strftime(
-    "%Y-%m-%d %H:%M:%S")
+
+
+def shown_time(value: Any) -> str:
+    """A time as every console page shows it: in the platform's zone (HUB_TIMEZONE), with its
+    offset, ``2026-12-07 08:32:27 +08:00``. Epoch seconds or an ISO/FHIR value; a value without
+    a zone is already the platform's (hub.core.fhirtime); a date alone, or what is no time
+    (``23:59:60``), is shown as it is."""
+    if value is None or value == "":
+        return ""
+    zone = local_zone()
+    if isinstance(value, int | float):
+        at = datetime.fromtimestamp(float(value), zone)
+    else:
+        text = str(value)
+        if "T" not in text:
+            return text
+        try:
+            at = datetime.fromisoformat(text)
+        except ValueError:
+            return text
+        at = at.replace(tzinfo=zone) if at.tzinfo is None else at.astimezone(zone)
+    return f"{at:%Y-%m-%d %H:%M:%S} {zone_name(zone)}"
+
+
+_env.filters["datetime"] = shown_time
 
 
 def lang_of(request: Request) -> str:
@@ -56,7 +81,8 @@ def page(request: Request, template: str, current: str, **values: Any) -> HTMLRe
     claims = getattr(request.state, "console_claims", None) or {}
     html = _env.get_template(template).render(
         t=lambda key: said.get(key, {}).get(lang, key), lang=lang, page=current,
-        user=claims.get("name"), csrf=claims.get("csrf", ""), **values)
+        user=claims.get("name"), csrf=claims.get("csrf", ""),
+        charts_missing=not ECHARTS.is_file(), **values)
     response = HTMLResponse(html, headers={"cache-control": "no-store", **SECURITY_HEADERS})
     if request.query_params.get("lang") in LANGS:
         response.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="strict")

@@ -188,7 +188,7 @@ def _timeline_row(entry: tuple[str, str, bytes]) -> dict[str, str]:
     if rtype == "Encounter":
         label = (d.get("class") or {}).get("display") or (d.get("class") or {}).get("code", "")
     patient = (d.get("subject") or d.get("patient") or {}).get("reference", "")
-    return {"rtype": rtype, "id": entry[1], "when": str(when)[:16].replace("T", " "),
+    return {"rtype": rtype, "id": entry[1], "when": when,
             "label": label, "patient": patient}
 
 

@@ -44,9 +44,40 @@ HUB_CONSOLE_OIDC_CLIENT_ID / HUB_CONSOLE_OIDC_CLIENT_SECRET  the console's regis
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from hub.core.fhirtime import ZONE
+
+BYTES = "a whole number of bytes"
+SECONDS = "a number of seconds"
+
+
+def _int(name: str, default: str, what: str, least: int = 0, most: int | None = None) -> int:
+    """HUB_<name> as a whole number from ``least`` (to ``most``); else a ValueError naming the
+    variable and its value."""
+    raw = os.environ.get(name, default)
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = -1
+    if value < least or (most is not None and value > most):
+        raise ValueError(f"{name}={raw!r} is not {what}")
+    return value
+
+
+def _float(name: str, default: str, what: str, empty: str | None = None) -> float:
+    """HUB_<name> as a finite number from 0 (``empty`` stands for an empty value, when given)."""
+    raw = os.environ.get(name, default)
+    try:
+        value = float(raw.strip() or (empty if empty is not None else raw))
+    except ValueError:
+        value = -1.0
+    if value < 0 or not math.isfinite(value):
+        raise ValueError(f"{name}={raw!r} is not {what}")
+    return value
 
 
 @dataclass
@@ -54,23 +85,24 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("HUB_DATA_DIR", "./var")))
     database_url: str | None = field(default_factory=lambda: os.environ.get("HUB_DATABASE_URL") or None)
     host: str = field(default_factory=lambda: os.environ.get("HUB_HOST", "127.0.0.1"))
-    port: int = field(default_factory=lambda: int(os.environ.get("HUB_PORT", "8080")))
+    port: int = field(default_factory=lambda: _int("HUB_PORT", "8080", "a port number (1-65535)", 1, 65535))
     base_url: str | None = field(default_factory=lambda: os.environ.get("HUB_BASE_URL") or None)
-    max_body: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_BODY", str(64 << 20))))
-    max_string: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_STRING", str(1 << 20))))
-    max_header: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_HEADER", str(64 << 10))))
-    large_body: int = field(default_factory=lambda: int(os.environ.get("HUB_LARGE_BODY", str(1 << 20))))
-    max_large: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_LARGE", "2")))
-    large_wait: float = field(default_factory=lambda: float(os.environ.get("HUB_LARGE_WAIT", "10")))
-    keep_alive: int = field(default_factory=lambda: int(os.environ.get("HUB_KEEP_ALIVE", "5")))
+    max_body: int = field(default_factory=lambda: _int("HUB_MAX_BODY", str(64 << 20), BYTES))
+    max_string: int = field(default_factory=lambda: _int("HUB_MAX_STRING", str(1 << 20),
+                                                          "a whole number of characters"))
+    max_header: int = field(default_factory=lambda: _int("HUB_MAX_HEADER", str(64 << 10), BYTES))
+    large_body: int = field(default_factory=lambda: _int("HUB_LARGE_BODY", str(1 << 20), BYTES))
+    max_large: int = field(default_factory=lambda: _int("HUB_MAX_LARGE", "2", "a whole number of requests"))
+    large_wait: float = field(default_factory=lambda: _float("HUB_LARGE_WAIT", "10", SECONDS))
+    keep_alive: int = field(default_factory=lambda: _int("HUB_KEEP_ALIVE", "5", "a whole number of seconds"))
     header_timeout: float = field(
-        default_factory=lambda: float(os.environ.get("HUB_HEADER_TIMEOUT", "30") or 0))
+        default_factory=lambda: _float("HUB_HEADER_TIMEOUT", "30", SECONDS, empty="0"))
     tls_cert: str | None = field(default_factory=lambda: os.environ.get("HUB_TLS_CERT") or None)
     tls_key: str | None = field(default_factory=lambda: os.environ.get("HUB_TLS_KEY") or None)
     tls_client_ca: str | None = field(default_factory=lambda: os.environ.get("HUB_TLS_CLIENT_CA") or None)
-    max_count: int = field(default_factory=lambda: int(os.environ.get("HUB_MAX_COUNT", "1000")))
+    max_count: int = field(default_factory=lambda: _int("HUB_MAX_COUNT", "1000", "a whole number of resources"))
     # API processes of `hub serve` behind its one port (default: one per core)
-    workers: int = field(default_factory=lambda: int(os.environ.get("HUB_WORKERS", "0"))
+    workers: int = field(default_factory=lambda: _int("HUB_WORKERS", "0", "a whole number of processes")
                          or os.cpu_count() or 1)
     default_count: int = 50
     # the master patient index links new and updated Patients as they arrive (hub.api.match)
@@ -98,9 +130,10 @@ class Settings:
     trusted_proxies: tuple[str, ...] = field(default_factory=lambda: tuple(
         p for p in os.environ.get("HUB_TRUSTED_PROXIES", "").split(",") if p.strip()))
     rate_limit: float = field(
-        default_factory=lambda: float(os.environ.get("HUB_RATE_LIMIT", "0") or 0))
+        default_factory=lambda: _float("HUB_RATE_LIMIT", "0", "a number of requests per second",
+                                       empty="0"))
     quarantine_quota: int = field(
-        default_factory=lambda: int(os.environ.get("HUB_QUARANTINE_QUOTA", "10000")))
+        default_factory=lambda: _int("HUB_QUARANTINE_QUOTA", "10000", "a whole number of entries"))
     auth_issuer: str | None = field(
         default_factory=lambda: os.environ.get("HUB_AUTH_ISSUER") or None)
     auth_jwks_url: str | None = field(
@@ -130,6 +163,12 @@ class Settings:
     def __post_init__(self) -> None:
         if self.search not in ("sqlite", "elasticsearch"):
             raise ValueError(f"HUB_SEARCH must be sqlite or elasticsearch, not {self.search!r}")
+        # every comparison of times is by fixed offsets (hub.core.fhirtime): a zone name would
+        # silently read zone-less times as UTC
+        if not ZONE.match(self.timezone.strip()):
+            raise ValueError(f"HUB_TIMEZONE={self.timezone!r} is not a fixed offset: it takes one "
+                             f"like +08:00, -05:30 or Z (zone names such as Asia/Shanghai are not "
+                             f"supported)")
 
     @property
     def follows_here(self) -> bool:
