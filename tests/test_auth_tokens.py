@@ -597,3 +597,44 @@ def test_registry_remembers_jtis_until_they_expire(tmp_path):
     assert registry.purge_jtis(now + 1) == 1  # the expired one only
     assert registry.purge_jtis(now + 120) == 2
     assert registry.use_jti("c", "j1", now + 60)  # forgotten once expired
+
+
+def test_a_provider_that_does_not_answer_holds_no_other_request(tmp_path, request):
+    """With the identity provider accepting connections but never answering, each token naming
+    it (a forged one too) fetched its keys on the event loop: /health took 29 s behind six of
+    them. Now the fetch runs beside the loop, and a provider found away answers 503 at once
+    for a while."""
+    import socket
+    import threading
+
+    from tests.conftest import LiveServer, make_settings
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes the handshakes; nothing is ever read or answered
+    issuer = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    settings = make_settings("sqlite", tmp_path, request)
+    settings.auth_issuer, settings.auth_jwks_url = issuer, None
+    try:
+        with LiveServer(settings) as live:
+            forged = idp_token(RSA_KEY, "k1", iss=issuer, aud=live.base, scope="user/Patient.rs",
+                               roles=["clinician"])
+            answers: list[httpx.Response] = []
+
+            def ask() -> None:
+                answers.append(httpx.get(live.base + "/Patient", timeout=60,
+                                         headers={"authorization": f"Bearer {forged}"}))
+            waiting = threading.Thread(target=ask)
+            waiting.start()
+            time.sleep(0.5)  # the first token's fetch is under way
+            t = time.monotonic()
+            health = httpx.get(live.base.rsplit("/fhir", 1)[0] + "/health", timeout=60)
+            assert health.status_code == 200 and time.monotonic() - t < 2, time.monotonic() - t
+            waiting.join(60)
+            assert answers[0].status_code == 503, answers[0].text
+            t = time.monotonic()  # the provider was found away: the next token is told at once
+            again = httpx.get(live.base + "/Patient", timeout=60,
+                              headers={"authorization": f"Bearer {forged}"})
+            assert again.status_code == 503 and time.monotonic() - t < 1, again.text
+    finally:
+        silent.close()

@@ -174,7 +174,7 @@ async def authenticate(request: Request) -> None:
             _throttle(limiter, f"@{address_of(request)}")
         return
     try:
-        actor = actor_of(request)
+        actor = await _actor_off_loop(request) if _may_fetch(request) else actor_of(request)
     except FhirError as e:
         # a token that does not verify counts against its address: guessing tokens was free
         _throttle(limiter, f"@{address_of(request)}")
@@ -188,6 +188,22 @@ async def authenticate(request: Request) -> None:
         _audit_refused(request, err)
         raise err
     _throttle(limiter, actor.subject if actor.kind != "anonymous" else f"@{address_of(request)}")
+
+
+def _may_fetch(request: Request) -> bool:
+    """Whether the caller's token may make the hub fetch an identity provider's keys."""
+    verifier = getattr(request.app.state, "auth_verifier", None)
+    header = request.headers.get("authorization", "")
+    return verifier is not None and header[:7].lower() == "bearer " and \
+        not request.url.path.startswith("/console") and verifier.may_fetch(header[7:].strip())
+
+
+async def _actor_off_loop(request: Request) -> Actor:
+    # a provider's keys come over the network: fetched on the event loop, they held every
+    # other request (health checks too) for as long as the provider took to answer
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(actor_of, request)
 
 
 _INTERACTIONS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}

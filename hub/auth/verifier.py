@@ -48,20 +48,46 @@ class ExternalIssuer:
     institution_claim: str = "institution"
     cache_s: float = 300
     refetch_cooldown_s: float = 30
+    # after the provider could not be reached, its tokens are 503 at once for this long: each
+    # token (a forged one too) fetched again and waited out the timeout, one request after another
+    failure_cooldown_s: float = 10
+    fetch_timeout_s: float = 5
     _client: jwt.PyJWKClient | None = field(default=None, init=False, repr=False, compare=False)
+    _fetching: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False,
+                                      compare=False)
+    _down: tuple[float, str] = field(default=(0.0, ""), init=False, repr=False, compare=False)
 
     @property
     def keys(self) -> jwt.PyJWKClient:
         if self._client is None:
             if not self.jwks_url:
-                self.jwks_url = _discovered_jwks_url(self.issuer)
+                self.jwks_url = _discovered_jwks_url(self.issuer, self.fetch_timeout_s)
             self._client = jwt.PyJWKClient(self.jwks_url, cache_jwk_set=True, lifespan=self.cache_s,
-                                           cooldown_duration=self.refetch_cooldown_s, timeout=10)
+                                           cooldown_duration=self.refetch_cooldown_s,
+                                           timeout=self.fetch_timeout_s)
         return self._client
 
+    def signing_key(self, kid: str) -> Any:
+        """The key ``kid`` of this provider; a 503 at once while it was found unreachable lately,
+        and one fetch at a time (the others wait for it, at most its timeout)."""
+        until, why = self._down
+        if time.monotonic() < until:
+            raise FhirError(503, "transient", f"The keys of issuer {self.issuer} cannot be "
+                                              f"fetched now ({why}); retry later")
+        if not self._fetching.acquire(timeout=self.fetch_timeout_s):
+            raise FhirError(503, "transient", f"The keys of issuer {self.issuer} are being "
+                                              "fetched; retry later")
+        try:
+            return self.keys.get_signing_key(kid)
+        except (FhirError, jwt.PyJWKClientConnectionError) as e:
+            self._down = (time.monotonic() + self.failure_cooldown_s, str(e)[:200])
+            raise
+        finally:
+            self._fetching.release()
 
-def _discovered_jwks_url(issuer: str) -> str:
-    meta = provider_metadata(issuer)
+
+def _discovered_jwks_url(issuer: str, timeout: float) -> str:
+    meta = provider_metadata(issuer, timeout_s=timeout)
     if meta["issuer"].rstrip("/") != issuer.rstrip("/"):  # OpenID Connect Discovery 4.3
         raise FhirError(502, "transient", f"The discovery document of {issuer} names another "
                                           f"issuer, {meta['issuer'][:200]!r}")
@@ -141,13 +167,28 @@ class Verifier:
             raise unauthenticated(describe(e, "The access token")) from None
         return normalise(claims, external) if external is not None else claims
 
+    def may_fetch(self, token: str) -> bool:
+        """Whether verifying ``token`` may fetch its issuer's keys over the network (an
+        external issuer's, not verified before): then it is verified off the event loop."""
+        if not self.external:
+            return False
+        with self._lock:
+            if token in self._verified:
+                return False
+        try:
+            return peek(token)[1].get("iss") in self.external
+        except jwt.PyJWTError:
+            return False
+
     def _external_key(self, external: ExternalIssuer, header: dict) -> tuple[Any, set[str]]:
         kid = header.get("kid")
         if not kid:
             raise unauthenticated("The access token names no key (kid) of its issuer")
         try:
-            jwk = external.keys.get_signing_key(kid)
-        except FhirError as e:  # its discovery document: the provider is unavailable for now
+            jwk = external.signing_key(kid)
+        except FhirError as e:  # its discovery document, or a provider found away lately
+            if e.status == 503:
+                raise
             raise FhirError(503, "transient", f"The keys of issuer {external.issuer} cannot be "
                                               f"found now ({e}); retry later") from None
         except jwt.PyJWKClientConnectionError as e:
