@@ -731,6 +731,22 @@ def test_a_visit_going_on_is_in_every_timeline_window_it_overlaps(client, data):
     assert paged[:2] == [long, staying] and len(paged) == len(set(paged))
 
 
+def test_person_search_by_post_is_the_same_search(client, data):
+    """R4: a server that searches by GET searches by POST too; POST Person/_search was a 405."""
+    a, b = data["a"], data["b"]
+    pa = op(client, "link", patient=f"Patient/{a}")["id"]
+    op(client, "link", patient=f"Patient/{b}", person=f"Person/{pa}")
+    got = client.get("/Person", params={"patient": f"Patient/{b}"}).json()
+    posted = client.post("/Person/_search", content=f"patient=Patient/{b}",
+                         headers={"content-type": "application/x-www-form-urlencoded"})
+    assert posted.status_code == 200, posted.text
+    assert ids(posted.json()) == ids(got) == [f"Person/{pa}"]
+    assert client.post("/Person/_search", json={"patient": "x"}).status_code == 415
+    bad = client.post("/Person/_search", content="name=x",
+                      headers={"content-type": "application/x-www-form-urlencoded"})
+    assert bad.status_code == 400
+
+
 def test_a_person_read_is_conditional_as_any_read(client, data):
     """The capability statement claims conditional reads for every type: a Person answered
     200 to its own ETag, and gave no Last-Modified."""

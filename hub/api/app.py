@@ -48,6 +48,7 @@ from hub.api import methods as allow  # the Allow of a 405
 from hub.api.caller import LoginRequired, Throttled, authenticate, context_of, repository
 from hub.api.history import history_bundle
 from hub.api.limits import BodyLimit
+from hub.api.opparams import form_params
 from hub.api.profiles import ProfileRegistry, enforce, validate_instance, validate_type
 from hub.api.responses import (
     ID_RE,
@@ -561,7 +562,7 @@ async def search_system(request: Request) -> Response:
 
 async def search_system_post(request: Request) -> Response:
     check_format(request)
-    return await _system_search_response(request, await _form_params(request))
+    return await _system_search_response(request, await form_params(request))
 
 
 async def _system_search_response(request: Request, params: list[tuple[str, str]]) -> Response:
@@ -570,20 +571,9 @@ async def _system_search_response(request: Request, params: list[tuple[str, str]
     return fhir_response(out, request=request)
 
 
-async def _form_params(request: Request) -> list[tuple[str, str]]:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip()
-    body = await request.body()
-    # an empty body needs no type (its parameters are in the URL, as HAPI takes them)
-    if ctype != "application/x-www-form-urlencoded" and (body.strip() or ctype):
-        raise FhirError(415, "not-supported",
-                        "POST _search takes application/x-www-form-urlencoded parameters")
-    raw = body.decode("utf-8", "replace")
-    return list(request.query_params.multi_items()) + (parse_query(raw) if raw else [])
-
-
 async def search_post(request: Request, rtype: str) -> Response:
     check_format(request)
-    return await _search_response(request, rtype, await _form_params(request))
+    return await _search_response(request, rtype, await form_params(request))
 
 
 async def create(request: Request, rtype: str) -> Response:

@@ -57,7 +57,7 @@ from hub.api.caller import (
 )
 from hub.api.everything import audited
 from hub.api.methods import refuses
-from hub.api.opparams import MAX_OP_BODY, read_parameters
+from hub.api.opparams import MAX_OP_BODY, form_params, read_parameters
 from hub.api.responses import base_url, check_format, client_holds, fhir_response
 from hub.core.access import Action
 from hub.core.config import Settings
@@ -242,13 +242,23 @@ async def person_search(request: Request) -> Response:
     """Search by ``_id``, ``identifier``, ``link``, ``patient``, ``_lastUpdated``; without any of
     them, the steward's listing of the whole index. Either way paged in person id order (keyset:
     ``_cursor`` is the last id of the page before), ``_count`` per page."""
+    return await _person_search(request, list(request.query_params.multi_items()))
+
+
+@router.post("/fhir/Person/_search", name="person-search-post")
+async def person_search_post(request: Request) -> Response:
+    """The same search with its parameters in a form body too (R4: search by GET and POST)."""
+    return await _person_search(request, await form_params(request))
+
+
+async def _person_search(request: Request, given: list[tuple[str, str]]) -> Response:
     check_format(request)
     identity = _identity(request, Action("search-type", "Person"))
     allowed = {"_id", "identifier", "link", "patient", "_lastUpdated", "_count", "_cursor",
                "_total", "_format", "_pretty"}
     crit: dict[str, str] = {}
     updated_values: list[str] = []
-    for k, v in request.query_params.multi_items():
+    for k, v in given:
         if k not in allowed:
             raise bad_request(f"Unknown parameter {k[:40]!r} for Person; use "
                               + ", ".join(sorted(allowed)))
@@ -306,10 +316,10 @@ async def person_search(request: Request) -> Response:
                 matched if matched is not None else
                 listing.person_ids(P, "", total, updated))) \
                 if total <= VISIBLE_TOTAL_UP_TO else None
-        params = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
+        params = [(k, v) for k, v in given if k != "_cursor"]
         out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
-                               "link": [{"relation": "self",
-                                         "url": f"{base}/Person?{request.url.query}"}]}
+                               "link": [{"relation": "self", "url": paging.link(
+                                   f"{base}/Person", [(k, v) for k, v in given])}]}
         if total is not None:
             out["total"] = total
         if more and page:

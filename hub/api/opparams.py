@@ -10,6 +10,7 @@ from fastapi import Request
 from hub.api import fhirxml
 from hub.api.responses import check_content_type
 from hub.core import resource as res
+from hub.core.conditional import parse_query
 from hub.core.errors import FhirError, bad_request
 
 MAX_OP_BODY = 64 * 1024
@@ -51,3 +52,15 @@ async def read_parameters(request: Request, keys: Sequence[str], what: str = "An
                               f"Parameters.parameter[{i}]")
         out[name] = value
     return out
+
+
+async def form_params(request: Request) -> list[tuple[str, str]]:
+    """A POST ``_search``'s parameters: the URL's and the form body's."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip()
+    body = await request.body()
+    # an empty body needs no type (its parameters are in the URL, as HAPI takes them)
+    if ctype != "application/x-www-form-urlencoded" and (body.strip() or ctype):
+        raise FhirError(415, "not-supported",
+                        "POST _search takes application/x-www-form-urlencoded parameters")
+    raw = body.decode("utf-8", "replace")
+    return list(request.query_params.multi_items()) + (parse_query(raw) if raw else [])
