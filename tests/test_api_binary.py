@@ -65,3 +65,61 @@ def test_native_content_never_runs_in_a_browser(client, live):
     assert native.content == page
     assert "sandbox" in native.headers["content-security-policy"]
     assert native.headers["x-content-type-options"] == "nosniff"
+
+
+def _stored_binary(client, **fields) -> str:
+    """A Binary written as FHIR JSON (where any string the models take could be sent), by id."""
+    rid = f"bin-{unique()[:12]}"
+    d = {"resourceType": "Binary", "id": rid, "data": base64.b64encode(b"hello").decode()} | fields
+    r = client.put(f"/Binary/{rid}", json=d, headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+    return rid
+
+
+def test_a_stored_content_type_no_header_can_carry_is_served_as_plain_bytes(client, live):
+    """A contentType with characters a header cannot carry (not ASCII) is answered as
+    application/octet-stream (it was a 500), and a securityContext reference that cannot be a
+    header is left out (it dropped the connection); one with a line break is refused on write,
+    as JSON and as a native upload."""
+    rid = _stored_binary(client, contentType="text/plain; name=检验报告",
+                         securityContext={"reference": "Patient/a\nX-Injected: 1"})
+    native = client.get(f"/Binary/{rid}", headers={"accept": "text/plain"})
+    assert native.status_code == 200 and native.content == b"hello"
+    assert native.headers["content-type"] == "application/octet-stream"
+    assert "x-security-context" not in native.headers and "x-injected" not in native.headers
+    body = assert_outcome(client.put(f"/Binary/{rid}", json={
+        "resourceType": "Binary", "id": rid, "contentType": "text/html\nX-Injected: 1",
+        "data": "aGVsbG8="}, headers=FHIR_JSON), 422)
+    assert body["issue"][0]["expression"] == ["Binary.contentType"], body
+    assert_outcome(client.post("/Binary", content=b"x", headers={
+        "content-type": "text/plain; name=检验报告".encode()}), 400)
+
+
+def test_a_native_read_honours_the_quality_of_each_accepted_type(client, live):
+    """RFC 9110 12.5.1: the content is answered when the Accept ranks its type above every FHIR
+    format (a browser's image Accept); FHIR when FHIR ranks as high or higher."""
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
+    r = client.post("/Binary", content=png, headers={"content-type": "image/png"})
+    location = r.headers["location"].split("/fhir/", 1)[1].rsplit("/_history", 1)[0]
+    for accept in ("image/png,image/*;q=0.8,*/*;q=0.5", "image/avif,image/webp,image/*,*/*;q=0.8",
+                   "application/fhir+json;q=0.5, image/png", "image/png, */*"):
+        got = client.get(f"/{location}", headers={"accept": accept})
+        assert got.status_code == 200 and got.content == png, accept
+    for accept in ("*/*", "application/pdf, */*", "image/png;q=0.5, application/fhir+json",
+                   "image/png, application/fhir+json", "image/*;q=0.9, application/*"):
+        got = client.get(f"/{location}", headers={"accept": accept})
+        assert got.status_code == 200 and got.json()["resourceType"] == "Binary", accept
+    # another type with a non-FHIR Accept is still refused
+    pid = f"p-{unique()[:12]}"
+    client.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid}, headers=FHIR_JSON)
+    assert_outcome(client.get(f"/Patient/{pid}", headers={"accept": "image/png, */*;q=0"}), 406)
+
+
+def test_a_native_read_sends_the_stored_content_type_as_it_is(client, live):
+    """A text type is sent without a charset the client never stored (a GB18030 text was
+    labelled UTF-8)."""
+    text = "检验报告：正常".encode("gb18030")
+    r = client.post("/Binary", content=text, headers={"content-type": "text/plain"})
+    location = r.headers["location"].split("/fhir/", 1)[1].rsplit("/_history", 1)[0]
+    native = client.get(f"/{location}", headers={"accept": "text/plain"})
+    assert native.content == text and native.headers["content-type"] == "text/plain"

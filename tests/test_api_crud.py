@@ -439,6 +439,16 @@ def test_if_match_star_writes_only_a_current_resource(client):
             **star, "content-type": "application/json-patch+json"}), status)
 
 
+def test_if_match_star_conditional_update_matching_nothing_names_no_id(client):
+    """The 412 says nothing matched the criteria, not that an id the hub would mint is missing."""
+    d = patient()
+    d.pop("id", None)
+    r = client.put("/Patient", params={"identifier": token(d)}, json=d,
+                   headers={**FHIR_JSON, "if-match": "*"})
+    text = assert_outcome(r, 412)["issue"][0]["diagnostics"]
+    assert "no Patient matched the criteria" in text and "Patient/" not in text, text
+
+
 # -- Prefer ------------------------------------------------------------------------------------
 
 

@@ -250,6 +250,29 @@ def test_ingesting_an_export_of_creates_again_stores_nothing_twice(settings, tmp
     assert shown["subject"]["reference"] == f"Patient/{pid}"
 
 
+def test_the_same_create_under_two_full_urls_in_two_files_stays_two_records(settings, tmp_path):
+    """Two files each POSTing the same Observation under its own urn:uuid fullUrl are two
+    facts, ingested in one run or in two (they collapsed into one record across runs)."""
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "体温"},
+           "subject": {"reference": "Patient/someone"}}
+
+    def tx() -> bytes:
+        return orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"fullUrl": "urn:uuid:" + str(uuid.uuid4()),
+             "request": {"method": "POST", "url": "Observation"}, "resource": obs}]})
+
+    write(tmp_path / "a" / "one.json", tx())
+    write(tmp_path / "b" / "two.json", tx())
+    for folder in ("a", "b", "a"):  # the last run is a re-run: nothing new
+        run = run_hub(settings, "ingest", tmp_path / folder)
+        assert run.returncode == 0, run.stdout + run.stderr
+    store = settings.open_store()
+    try:
+        assert len(current_ids(store, "Observation")) == 2
+    finally:
+        store.close()
+
+
 def test_a_rejected_inputs_file_is_replayed_by_ingest_once_fixed(settings, tmp_path):
     """What ``hub ingest`` keeps "for replay" is taken back by ``hub ingest`` as it is: each
     line's input is replayed (it was refused as having no resourceType)."""

@@ -476,8 +476,10 @@ def _stored_response(request: Request, stored, status: int = 200) -> Response:
     if client_holds(request.headers.get("if-none-match"),
                     request.headers.get("if-modified-since"), ev_version, header["lastUpdated"]):
         return Response(status_code=304, headers=headers)
-    if binary.wants_native(request, header["type"]):
-        return binary.native_response(resource_bytes(stored), headers, status)
+    if binary.may_be_native(request, header["type"]):
+        d = orjson.loads(resource_bytes(stored))
+        if binary.wants_native(request, binary.served_type(d)):
+            return binary.native_response(d, headers, status)
     keep = _read_subset(request, header["type"])
     body = resource_bytes(stored) if keep is None else subset(resource_bytes(stored), keep)
     return fhir_response(body, status, request=request, headers=headers)
@@ -632,7 +634,8 @@ async def search_compartment(request: Request, ctype: str, cid: str, rtype: str)
 
 
 def _check_read_format(request: Request, rtype: str) -> None:
-    if not binary.wants_native(request, rtype):  # a Binary's own content type is one too
+    # a Binary's own content type is one too: whether it is asked for is known once it is read
+    if not binary.may_be_native(request, rtype):
         check_format(request)
 
 

@@ -4,9 +4,11 @@ A Binary is stored as FHIR (``contentType``, base64 ``data``, ``securityContext`
 written as FHIR when a FHIR format is asked for or sent. Otherwise it is the content itself:
 
 - a read or vread whose ``Accept`` names no FHIR format (``application/pdf``, ``image/png``; not
-  ``*/*``, which is FHIR JSON here as for every type) answers the decoded ``data`` with the
-  Binary's ``contentType`` (an ``ETag`` and ``Last-Modified`` as a FHIR read has, and its
-  ``securityContext`` in ``X-Security-Context``), sandboxed: a browser runs none of it;
+  ``*/*`` alone, which is FHIR JSON here as for every type), or ranks the Binary's own type
+  above every FHIR one (a browser's ``image/*,*/*;q=0.8``), answers the decoded ``data`` with
+  the Binary's ``contentType`` exactly as stored (``application/octet-stream`` for one no header
+  can carry), an ``ETag`` and ``Last-Modified`` as a FHIR read has, and its ``securityContext``
+  in ``X-Security-Context``; sandboxed: a browser runs none of it;
 - a create or update of a body whose ``Content-Type`` is no FHIR format stores a Binary of that
   content type holding the body (``X-Security-Context``: the reference it takes as its
   ``securityContext``).
@@ -19,7 +21,6 @@ from __future__ import annotations
 import base64
 import binascii
 
-import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
@@ -33,10 +34,43 @@ _FHIR_BODIES = {"application/fhir+json", "application/json", "application/json+f
 _MEDIA_MAX = 200
 
 
-def wants_native(request: Request, rtype: str) -> bool:
-    """A Binary read asking for no FHIR format (and no ``_format``): its content."""
+def may_be_native(request: Request, rtype: str) -> bool:
+    """A Binary read that may answer its content (whether it does needs its contentType)."""
     return rtype == "Binary" and "_format" not in request.query_params and \
-        bool(request.headers.get("accept", "").strip()) and fhirxml.answer_type(request) is None
+        bool(request.headers.get("accept", "").strip())
+
+
+def wants_native(request: Request, content_type: str) -> bool:
+    """Whether a Binary read answers its content of ``content_type`` rather than the FHIR
+    resource: the ``Accept`` names no FHIR format, or it ranks the content type above every
+    FHIR one (RFC 9110 12.5.1: the highest ``q`` of the ranges matching each; ``*/*`` matches
+    both; on equal ``q`` a range naming the content type or its type beats ``*/*`` and
+    ``application/*`` alone, and otherwise FHIR wins)."""
+    if fhirxml.answer_type(request) is None:
+        return True
+    own = content_type.split(";")[0].strip().lower()
+    kind = own.split("/")[0] + "/*"
+    native, fhir = (0.0, 0), (0.0, 0)
+    for media, q in fhirxml.accept_entries(request.headers.get("accept", "")):
+        if q <= 0:
+            continue
+        if fhirxml.is_fhir_format(media):
+            fhir = max(fhir, (q, _specificity(media)))
+        if media in (own, kind, "*/*"):
+            native = max(native, (q, _specificity(media)))
+    return native > fhir
+
+
+def _specificity(media: str) -> int:
+    return 0 if media == "*/*" else 1 if media.endswith("/*") else 2
+
+
+def served_type(d: dict) -> str:
+    """The media type a stored Binary's content is answered with: its ``contentType``, unless
+    that could not be sent as a header (a newline, a non-ASCII character): then plain bytes."""
+    ctype = d.get("contentType")
+    return ctype.strip() if isinstance(ctype, str) and _header_safe(ctype) and ctype.strip() \
+        else "application/octet-stream"
 
 
 def sends_native(request: Request, rtype: str) -> bool:
@@ -45,9 +79,9 @@ def sends_native(request: Request, rtype: str) -> bool:
     return rtype == "Binary" and bool(ctype) and ctype not in _FHIR_BODIES
 
 
-def native_response(resource: bytes, headers: dict[str, str], status: int = 200) -> Response:
-    """The stored Binary's content, with its own media type."""
-    d = orjson.loads(resource)
+def native_response(d: dict, headers: dict[str, str], status: int = 200) -> Response:
+    """The stored Binary's content, with its own media type (exactly as stored: no charset
+    added to a text type, which would relabel a GB18030 text as UTF-8)."""
     try:
         content = base64.b64decode(d.get("data", ""), validate=True)
     except (binascii.Error, ValueError):  # validated on write; never expected
@@ -56,9 +90,12 @@ def native_response(resource: bytes, headers: dict[str, str], status: int = 200)
     # browser may neither run it (HTML, SVG) nor guess another type for it
     out = {**headers, "Content-Security-Policy": "sandbox; default-src 'none'",
            "X-Content-Type-Options": "nosniff"}
-    if isinstance(d.get("securityContext"), dict) and d["securityContext"].get("reference"):
-        out["X-Security-Context"] = d["securityContext"]["reference"]
-    return Response(content, status, headers=out, media_type=d.get("contentType"))
+    context = d.get("securityContext")
+    reference = context.get("reference") if isinstance(context, dict) else None
+    if isinstance(reference, str) and reference and _header_safe(reference):
+        out["X-Security-Context"] = reference  # one that cannot be a header is left out
+    out["Content-Type"] = served_type(d)
+    return Response(content, status, headers=out)
 
 
 def native_resource(request: Request, body: bytes, rid: str | None = None) -> dict:
@@ -78,6 +115,11 @@ def native_resource(request: Request, body: bytes, rid: str | None = None) -> di
 
 def _header(request: Request, name: str, what: str) -> str:
     value = request.headers.get(name, "").strip()
-    if len(value) > _MEDIA_MAX or not value.isascii() or not value.isprintable():
+    if len(value) > _MEDIA_MAX or not _header_safe(value):
         raise bad_request(f"The {name} header is {what}")
     return value
+
+
+def _header_safe(value: str) -> bool:
+    """Printable ASCII: what an HTTP header value can carry as it is."""
+    return value.isascii() and value.isprintable()

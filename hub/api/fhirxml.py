@@ -66,11 +66,27 @@ def _answer_type(request: Request) -> str | None:
     if not accept.strip():
         return FHIR_JSON
     best: tuple[float, int, int, str] | None = None
-    for order, part in enumerate(accept.split(",")):
-        media, *params = part.split(";")
-        answer = _ANSWERS.get(media.strip().lower())
-        if answer is None:
+    for order, (media, q) in enumerate(accept_entries(accept)):
+        answer = _ANSWERS.get(media)
+        if answer is None or q <= 0:
             continue
+        key = (q, "json" in answer, -order, answer)
+        if best is None or key > best:
+            best = key
+    return best[3] if best else None
+
+
+def is_fhir_format(media: str) -> bool:
+    """An ``Accept`` media range (lower case) the hub answers in FHIR (the wildcards too)."""
+    return media in _ANSWERS
+
+
+def accept_entries(accept: str) -> list[tuple[str, float]]:
+    """An ``Accept`` header's media ranges (lower case) in order, each with its ``q`` (RFC 9110
+    12.4.2; 0 for one unreadable, or naming another FHIR version than this server writes)."""
+    out = []
+    for part in accept.split(","):
+        media, *params = part.split(";")
         q = 1.0
         for p in params:
             name, _, value = p.partition("=")
@@ -82,12 +98,8 @@ def _answer_type(request: Request) -> str | None:
             elif name.strip().lower() == "fhirversion" and \
                     not value.strip().strip('"').startswith(("4.0", "4.3")):
                 q = 0.0  # another FHIR version (3.0, 5.0): not what this server writes
-        if q <= 0:
-            continue
-        key = (q, "json" in answer, -order, answer)
-        if best is None or key > best:
-            best = key
-    return best[3] if best else None
+        out.append((media.strip().lower(), q))
+    return out
 
 
 def wants_xml(request: Request) -> bool:

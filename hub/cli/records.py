@@ -271,19 +271,21 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
                     count(kind)
             pending.clear()
 
-    seen: Counter[bytes] = Counter()
+    seen: Counter[tuple[bytes, str | None]] = Counter()
 
-    def content_id(d: dict) -> str | None:
-        """The id of a resource that comes without one: of its content (and how many times the
-        same content came before in this run), so that running an import again, after an
-        interruption or by mistake, finds what it stored then (unchanged) instead of storing
-        it twice."""
+    def content_id(d: dict, full_url: str | None = None) -> str | None:
+        """The id of a resource that comes without one: of its content, of the fullUrl of the
+        Bundle entry it came in (if any: two sends of the same content under different fullUrls
+        stay two facts) and of how many times the same came before in this run, so that running
+        an import again, after an interruption or by mistake, finds what it stored then
+        (unchanged) instead of storing it twice."""
         try:
             h = content_hash(d)
         except (TypeError, ValueError, orjson.JSONEncodeError):
             return None
-        seen[h] += 1
-        return str(uuid.uuid5(_INGEST_IDS, f"{d['resourceType']}|{h.hex()}|{seen[h]}"))
+        seen[h, full_url] += 1
+        name = f"{d['resourceType']}|{h.hex()}|{seen[h, full_url]}"
+        return str(uuid.uuid5(_INGEST_IDS, name if full_url is None else f"{name}|{full_url}"))
 
     def add(item: tuple[int, str, bytes, object]) -> None:
         d = item[3]
@@ -308,7 +310,8 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
                     not request.get("ifNoneExist") and isinstance(r, dict) and \
                     request.get("url") == r.get("resourceType") and isinstance(r["resourceType"], str):
                 r.pop("id", None)  # a create's id is not kept: the content names it
-                rid = content_id(r)
+                full_url = entry.get("fullUrl")
+                rid = content_id(r, full_url if isinstance(full_url, str) and full_url else None)
                 if rid:
                     r["id"] = rid
                     entry["request"] = {**request, "method": "PUT", "url": f"{r['resourceType']}/{rid}"}

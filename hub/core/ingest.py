@@ -657,6 +657,8 @@ class Hub:
         if op.method == "PATCH" and current != op.patched_from:
             raise ConflictError(f"{op.rtype}/{op.target} changed while it was patched")
         if op.if_match == ANY_VERSION:
+            if head is None and op.query is not None:  # the target is one the hub would mint
+                raise precondition_failed(f"If-Match: * but no {op.rtype} matched the criteria")
             if head is None or head.deleted:  # If-Match: * holds of a current resource only
                 raise precondition_failed(f"If-Match: * but {op.rtype}/{op.target} "
                                           f"{'does not exist' if head is None else 'is deleted'}")

@@ -7,7 +7,8 @@ The hub stores the JSON as sent, so it must be valid FHIR JSON, not merely coerc
   decimals are numbers (not strings), everything else is a string; arrays only where the element
   repeats;
 - codes of required bindings that the models declare completely (``male | female | other |
-  unknown``; lists the specification marks as open, with ``+``, are not checked).
+  unknown``; lists the specification marks as open, with ``+``, are not checked);
+- a Binary's ``contentType`` without control characters (a line break).
 
 The table of element types comes from the models (``scripts/derive_element_types.py``); it lives in
 the leaf module ``fhir_mapping.fhir_types``, below the core, because the tabular mappers check their
@@ -48,6 +49,12 @@ def _render(path: Path) -> str:
 
 def check(d: dict, rtype: str, path: str, issues: list[Issue]) -> None:
     _object(d, rtype, path, issues)
+    ctype = d.get("contentType") if rtype == "Binary" else None
+    if isinstance(ctype, str) and not ctype.isprintable():
+        # a media type, sent as a header when the content is read: a line break there would
+        # end the header (the models let any string through)
+        issues.append(Issue("value", "A media type holds no line break or other control "
+                            "character", expression=_render((path, "contentType"))))
 
 
 def _object(d: dict, tname: str, path: Path, issues: list[Issue]) -> None:
