@@ -515,6 +515,9 @@ async def transaction(request: Request) -> Response:
         outer, ctx.query = ctx.query, (f"{request.url.path.rstrip('/')}/{path}"
                                        + (f"?{query}" if query else ""))
         try:
+            parts = path.split("/")
+            if parts[0] == "Person" and len(parts) == 2:  # the master patient index's view
+                return mpi_identity.person_entry(request, parts[1], check)
             return _get(repo, ctx, path, query, b, _settings(request), check)
         finally:
             ctx.query = outer

@@ -55,7 +55,7 @@ from hub.api.caller import (
     repository,
     user_of,
 )
-from hub.api.everything import audited
+from hub.api.everything import audit_event, audited
 from hub.api.methods import refuses
 from hub.api.opparams import MAX_OP_BODY, form_params, read_parameters
 from hub.api.responses import base_url, check_format, client_holds, fhir_response
@@ -429,6 +429,29 @@ async def person_read(request: Request, rid: str) -> Response:
                                           int(version), meta.get("lastUpdated")):
         return Response(status_code=304, headers=headers)
     return fhir_response(body, request=request, headers=headers)
+
+
+def person_entry(request: Request, rid: str, check: bool) -> tuple[int, dict | None]:
+    """A ``GET Person/{id}`` entry of a batch or transaction: the golden Person, as ``GET
+    /fhir/Person/{id}`` answers it and audited alike (``check``: only whether it would fail,
+    neither answered nor audited, as the Bundle's other GET entries are checked)."""
+    identity = _identity(request, Action("read", "Person", rid))
+    pid = person_id(rid, "id")
+    identity.sync()
+    writer, purpose = request.app.state.audit, purpose_of(request)
+    try:
+        body = person_view(identity, identity.store, pid, _seen_by(request))
+    except FhirError as e:
+        if not check:
+            writer.write(audit_event(request, "person-read", pid, [], "4",
+                                     e.issues[0].diagnostics if e.issues else None, purpose))
+        raise
+    if check:
+        return 200, None
+    patients = [x["target"]["reference"] for x in body.get("link") or ()
+                if x["target"]["reference"].startswith("Patient/")]
+    writer.write(audit_event(request, "person-read", pid, patients, "0", purpose=purpose))
+    return 200, body
 
 
 # -- identity operations ------------------------------------------------------------------------
