@@ -310,3 +310,36 @@ def test_writes_go_on_when_postgresql_connections_are_cut(pg_databases, tmp_path
             assert [put(10 * round_ + i) for i in range(1, 4)] == [201, 201, 201]
     finally:
         hub.store.close()
+
+
+def test_index_reads_go_on_when_postgresql_connections_are_cut(pg_databases, tmp_path):
+    """After pg_terminate_backend, a search (the index's own reads: current ids, heads, bodies by
+    id, history) answered 503 for one request in three, long after the database was back,
+    while reads through eventsourcing's retried selects went on."""
+    import psycopg
+
+    from hub.core.config import Settings
+    from tests.conftest import PG_ADMIN
+
+    url = pg_databases.new()
+    store = Settings(data_dir=tmp_path, database_url=url).open_store()
+    hub = Hub(store)
+    try:
+        ids = [f"r{i}" for i in range(5)]
+        for rid in ids:
+            d = {"resourceType": "Patient", "id": rid, "gender": "female"}
+            assert hub.execute([Op("PUT", "Patient", rid, d, url="x")], Context(),
+                               atomic=True)[0].status == 201
+        for _ in range(3):
+            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = %s AND pid <> pg_backend_pid()",
+                              (url.rsplit("/", 1)[1],))
+            for _ in range(4):
+                assert store.current_ids("Patient", ids) == ids
+                assert len(store.heads([("Patient", r) for r in ids])) == 5
+                assert set(store.latest_many("Patient", ids)) == set(ids)
+                assert len(store.history(rtype="Patient", limit=10)) == 5
+                assert store.count_history(rtype="Patient") == 5
+    finally:
+        store.close()

@@ -17,6 +17,7 @@ Read models (search, timelines, ...) are projections in ``projections/``; these 
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import time
@@ -26,7 +27,13 @@ from typing import Any
 
 import orjson
 import psycopg
-from eventsourcing.persistence import IntegrityError, Notification, StoredEvent
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    Notification,
+    OperationalError,
+    StoredEvent,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import (
     SQLiteApplicationRecorder,
@@ -113,6 +120,34 @@ class VersionRow:
     rid: str
     version: int
     state: bytes
+
+
+# as eventsourcing tries its own selects again (ten times, 0.2 s apart): a read of the index
+# tables while the pool replaces connections the database cut (pg_terminate_backend, a
+# failover, a firewall's idle timeout) answered 503 long after the database was back
+READ_ATTEMPTS, READ_WAIT_S = 10, 0.2
+
+
+def _lost_connection(e: BaseException) -> bool:
+    """A store error that is the connection, not the query: nothing was read, try again (a
+    statement cancelled for its cost is no such error: it would be cancelled again)."""
+    cause = e.__cause__
+    return isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError)) and \
+        not isinstance(cause, psycopg.errors.QueryCanceled)
+
+
+def _reconnecting(read: Callable) -> Callable:
+    @functools.wraps(read)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return read(*args, **kwargs)
+            except (OperationalError, InterfaceError) as e:
+                if attempt == READ_ATTEMPTS or not _lost_connection(e):
+                    raise
+                time.sleep(READ_WAIT_S)
+        raise AssertionError("unreachable")
+    return run
 
 
 class _IndexMixin:
@@ -208,6 +243,7 @@ class _IndexMixin:
 
     # -- reads ---------------------------------------------------------------------------------
 
+    @_reconnecting
     def heads(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Head]:
         by_type: dict[str, list[str]] = {}
         for rtype, rid in keys:
@@ -230,6 +266,7 @@ class _IndexMixin:
                         )
         return out
 
+    @_reconnecting
     def find_by_identifier(self, rtype: str, system: str | None, value: str) -> list[str]:
         with self.datastore.transaction(commit=False) as c:
             if system is None:
@@ -247,6 +284,7 @@ class _IndexMixin:
                 )
             return sorted(row["rid"] for row in c.fetchall())
 
+    @_reconnecting
     def current_ids(self, rtype: str, rids: Sequence[str]) -> list[str]:
         """Which of ``rids`` exist and are not deleted."""
         if not rids:
@@ -261,6 +299,7 @@ class _IndexMixin:
             )
             return sorted(row["rid"] for row in c.fetchall())
 
+    @_reconnecting
     def notifications_of(self, rtypes: Sequence[str], start: int, limit: int) -> list[Notification]:
         """Events of the given resource types only, in log order from ``start`` on (through the
         ``(rtype, nid)`` index: a projection of one type need not read every event)."""
@@ -288,6 +327,7 @@ class _IndexMixin:
                                  originator_version=r["originator_version"], topic=r["topic"],
                                  state=bytes(r["state"])) for r in c.fetchall()]
 
+    @_reconnecting
     def history(
         self,
         *,
@@ -336,6 +376,7 @@ class _IndexMixin:
                 for r in c.fetchall()
             ]
 
+    @_reconnecting
     def deletions(self, versions: Sequence[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
         """Which of these versions (type, id, version) are deletions: by the events' keys, a
         few hundred a query, no state read."""
@@ -354,6 +395,7 @@ class _IndexMixin:
                     out.add((rtype, rid, r["originator_version"]))
         return out
 
+    @_reconnecting
     def latest_many(self, rtype: str, rids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
         """Current versions of many resources of one type in a few queries: rid -> (version,
         stored state); deleted or unknown ones are left out (MPI views read thousands at once)."""
@@ -438,6 +480,7 @@ class _IndexMixin:
         )
         self._insert_many(c, "resource_identifier", ("rtype", "system", "value", "rid"), idents)
 
+    @_reconnecting
     def count_history(
         self, *, rtype: str | None = None, rid: str | None = None, since_us: int | None = None,
         not_types: Sequence[str] = (),
