@@ -66,3 +66,43 @@ def test_requests_with_personal_data_leave_none_in_the_log(tmp_path):
     text = log.read_text(errors="replace")
     for marker in MARKERS:
         assert marker not in text, f"{marker!r} in the server's log:\n{text[-3000:]}"
+
+
+def test_a_store_outage_is_logged_once_not_five_times_a_second(pg_databases, tmp_path, caplog):
+    """With PostgreSQL refusing connections, the audit mover wrote a traceback every 0.2 s (and
+    each follower lease a line): 120 MB of log an hour. The first failure is logged in full,
+    the rest only as one line a minute, and the recovery once; the mover waits longer while
+    it fails."""
+    import logging
+
+    import psycopg
+
+    from hub.access.auditlog import open_audit_log
+    from tests.conftest import PG_ADMIN
+
+    url = pg_databases.new()
+    name = url.rsplit("/", 1)[1]
+    audit = open_audit_log(tmp_path, url)
+
+    def connections(allowed: bool) -> None:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+            if not allowed:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+    caplog.set_level(logging.WARNING)
+    audit.start(every=0.05)
+    try:
+        connections(False)
+        time.sleep(3)
+        failures = [r for r in caplog.records if "audit spool" in r.getMessage()]
+        assert len(failures) == 1 and failures[0].exc_info, [r.getMessage() for r in failures]
+        connections(True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not any(
+                "works again" in r.getMessage() for r in caplog.records):
+            time.sleep(0.2)
+        assert any("works again" in r.getMessage() for r in caplog.records)
+    finally:
+        connections(True)
+        audit.close()

@@ -57,6 +57,7 @@ import sqlalchemy as sa
 from hub.core import pgschema
 from hub.core.errors import FhirError, bad_request
 from hub.core.fhirtime import parse_range
+from hub.core.repeatlog import RepeatingFailure
 from projections.search.backend import Page, Row
 from projections.search.query import Criterion, Query, RefValue, TokenValue
 from projections.search.sqlite_query import date_test
@@ -208,15 +209,18 @@ class AuditLog:
         thread, and index them when the server is quiet (fewer than ``quiet_below`` events in
         the round) or more than ``backlog`` wait: indexing yields to a busy server (it costs
         about as much as the rest of the audit), and a search indexes what waits first."""
+        failing = RepeatingFailure(log, "moving the audit spool into the audit log")
+
         def loop() -> None:
-            while not self._stop.wait(every):
+            while not self._stop.wait(failing.backoff(every)):
                 try:
                     moved = self.move_spooled()
                     if moved < quiet_below or self.unindexed() > backlog:
                         while self.index_pending() and not self._stop.is_set():
                             pass
-                except Exception:  # noqa: BLE001 - tried again on the next round
-                    log.exception("moving the audit spool into the audit log failed")
+                    failing.ok()
+                except Exception as e:  # noqa: BLE001 - tried again on the next round
+                    failing.failed(e)
 
         self._mover = threading.Thread(target=loop, name="audit-mover", daemon=True)
         self._mover.start()

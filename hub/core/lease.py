@@ -17,6 +17,7 @@ import threading
 import psycopg
 
 from hub.core.pgschema import connect_args
+from hub.core.repeatlog import RepeatingFailure
 
 log = logging.getLogger("hub.lease")
 
@@ -33,6 +34,7 @@ class PgLease:
         self._conn: psycopg.Connection | None = None
         self._held = False
         self._lock = threading.Lock()
+        self._failing = RepeatingFailure(log, f"lease of {name}")
 
     def held(self) -> bool:
         """Whether this process holds the lease now, taking it if it is free."""
@@ -56,9 +58,10 @@ class PgLease:
                 self._held = bool(row and row[0])
                 if self._held:
                     log.info("took the lease of %s", self.name)
+                self._failing.ok()
                 return self._held
             except psycopg.Error as e:
-                log.warning("lease of %s: %s", self.name, e)
+                self._failing.failed(e, traceback=False)
                 self._close()
                 return False
 
