@@ -10,6 +10,9 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from connectors.config import ConfigError, ConnectorConfig
 from connectors.spool import default_converter_factory
 from connectors.terminology import (
@@ -20,8 +23,6 @@ from connectors.terminology import (
     read_concept_maps,
 )
 from fhir_mapping.base import Conversion, SourceInfo
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from terminology.normalise import RULE_UNMAPPED, Normaliser, Unmapped
 
 OID = "2.16.156.10011.99.1.1"
