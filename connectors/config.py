@@ -132,6 +132,10 @@ class ConnectorConfig:
                 raise ConfigError(f"{where}: sink.url {str(sink.get('url'))[:100]!r} is not an "
                                   "http(s) URL")
         _resolve_tls(sink, base, f"{where}: sink")
+        key_file = sink.get("private_key")
+        if isinstance(key_file, str) and key_file and not Path(key_file).is_absolute():
+            # like the TLS files: relative to this file, not to where the daemon was started
+            sink["private_key"] = str((base / key_file).resolve())
         status = d.get("status") or {}
         if not isinstance(status, dict):
             raise ConfigError(f"{where}: 'status' must be a mapping (host, port, admin_token_file)")

@@ -709,6 +709,14 @@ def test_the_wsdl_describes_the_service(client, v3, live):
     addresses = [a.get("location") for a in root.iter() if etree.QName(a).localname == "address"]
     assert addresses == [v3, v3]  # a SOAP 1.1 and a 1.2 port
     assert client.get(v3, params={"wsdl": ""}).content == r.content
+    # as SOAP tools fetch it: GET /v3?wsdl without credentials (access control is on here)
+    anonymous = httpx.get(v3 + "?wsdl")
+    assert anonymous.status_code == 200 and anonymous.content == r.content
+    assert httpx.head(v3 + "?wsdl").status_code == 200
+    # only that: another query, or a message, still needs a token
+    for other in (httpx.get(v3), httpx.get(v3 + "?wsdl&x=1"), httpx.get(v3 + "?WSDL=1"),
+                  httpx.post(v3 + "?wsdl", content=b"<x/>", headers={"content-type": "text/xml"})):
+        assert other.status_code == 401, (other.request.url, other.request.method)
 
 
 # -- visits (H07) -----------------------------------------------------------------------------------

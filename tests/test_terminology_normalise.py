@@ -8,6 +8,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from connectors.config import ConfigError, ConnectorConfig
 from connectors.spool import default_converter_factory
 from connectors.terminology import (
@@ -18,8 +23,6 @@ from connectors.terminology import (
     read_concept_maps,
 )
 from fhir_mapping.base import Conversion, SourceInfo
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from terminology.normalise import RULE_UNMAPPED, Normaliser, Unmapped
 
 OID = "2.16.156.10011.99.1.1"
@@ -346,9 +349,25 @@ def test_for_institution_filters_by_oid():
     assert for_institution([mine, other], SourceInfo()) == [mine, other]
 
 
-def test_example_config_loads():
-    path = Path(__file__).resolve().parent.parent / "connectors" / "examples" / \
-        "folder-lab-terminology.yaml"
-    cfg = ConnectorConfig.load(path)
+EXAMPLES = Path(__file__).resolve().parent.parent / "connectors" / "examples"
+
+
+def test_example_config_loads(tmp_path):
+    cfg = ConnectorConfig.load(EXAMPLES / "folder-lab-terminology.yaml")
     assert cfg.terminology and cfg.terminology["concept_maps"]
-    assert Terminology.from_config(cfg).state["mappings"] > 0
+    # its sink asks the hub for tokens (access control is on by default), its key beside the file
+    assert cfg.sink["client_id"] and cfg.sink["private_key"] == str(EXAMPLES / "keys" / "h0001-lab.pem")
+    key = tmp_path / "k.pem"
+    key.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    cfg.sink["private_key"] = str(key)
+    term = Terminology.from_config(cfg)
+    assert term.state["mappings"] > 0 and term.auth is not None
+
+
+@pytest.mark.parametrize("name", ["mllp-http.yaml", "folder-lab-terminology.yaml"])
+def test_example_http_sinks_authenticate(name):
+    """Against a hub with access control on, a sink without a client is refused for ever."""
+    cfg = ConnectorConfig.load(EXAMPLES / name)
+    assert cfg.sink["type"] == "http" and cfg.sink["client_id"] and cfg.sink["private_key"]
+    assert "authorization" not in {k.lower() for k in cfg.sink.get("headers") or {}}

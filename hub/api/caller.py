@@ -164,12 +164,19 @@ PUBLIC_PATHS = frozenset({
 })
 
 
+def _wsdl_query(request: Request) -> bool:
+    """``GET /v3?wsdl``: the WSDL as SOAP tools fetch it, without credentials (``/v3/wsdl``
+    is public); any other request to ``/v3`` needs a token."""
+    return request.url.path == "/v3" and request.method in ("GET", "HEAD") \
+        and request.url.query == "wsdl"
+
+
 async def authenticate(request: Request) -> None:
     """Every route's first step: with access control on, no valid token, no answer (401); a
     caller over its rate, 429. The console's pages send a person without a session to its login
     page instead."""
     limiter = getattr(request.app.state, "rate_limiter", None)
-    if request.url.path in PUBLIC_PATHS:
+    if request.url.path in PUBLIC_PATHS or _wsdl_query(request):
         if request.url.path == "/auth/token":  # each answer checks a signature: per address
             _throttle(limiter, f"@{address_of(request)}")
         return
