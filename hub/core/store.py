@@ -138,16 +138,31 @@ def _lost_connection(e: BaseException) -> bool:
 
 def _reconnecting(read: Callable) -> Callable:
     @functools.wraps(read)
-    def run(*args: Any, **kwargs: Any) -> Any:
+    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
         for attempt in range(1, READ_ATTEMPTS + 1):
             try:
-                return read(*args, **kwargs)
+                return read(self, *args, **kwargs)
             except (OperationalError, InterfaceError) as e:
                 if attempt == READ_ATTEMPTS or not _lost_connection(e):
                     raise
+                _drop_dead_connections(self)
                 time.sleep(READ_WAIT_S)
         raise AssertionError("unreachable")
     return run
+
+
+def _drop_dead_connections(holder: Any) -> None:
+    """Replace every dead connection of the pool at once: psycopg_pool tests one connection per
+    request, waiting 1, 2, 4 s between dead ones, so after the database cut them all a request
+    waited seconds behind the others (and /ready timed out) while new ones sat unused."""
+    datastore = getattr(holder, "datastore", None) or getattr(
+        getattr(holder, "recorder", None), "datastore", None)
+    check = getattr(getattr(datastore, "pool", None), "check", None)
+    if callable(check):
+        try:
+            check()
+        except Exception:  # noqa: BLE001 - the database still away: the next try says so
+            pass
 
 
 class _IndexMixin:
@@ -735,6 +750,7 @@ class ResourceStore:
     def count_history(self, **kw: Any) -> int:
         return self.recorder.count_history(**kw)
 
+    @_reconnecting
     def max_notification_id(self) -> int:
         return self.recorder.max_notification_id() or 0
 
