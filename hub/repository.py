@@ -26,6 +26,7 @@ from hub.core.access import OPEN, Action, Actor, Policy, patients_in
 from hub.core.conditional import IdentifierResolver
 from hub.core.errors import FhirError, bad_request, forbidden, not_found
 from hub.core.ingest import Authorize, Context, Hub, Op, Result, Sees
+from hub.core.resource import RESOURCE_TYPES
 from hub.core.store import ResourceStore, VersionRow
 from projections.search.backend import INCLUDE_DEPTH, Page, Row
 from projections.search.compartment import patient_compartment
@@ -96,6 +97,22 @@ APPEND_ONLY = frozenset({"AuditEvent"})
 # events and never written through /fhir: a Person stored before such writes were refused is
 # served by no generic read, search, include or history, lest a client get a second Person.
 VIEW_TYPES = frozenset({"Person"})
+
+
+_PROXY = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9.\-]{1,64})$")
+
+
+def _security_proxy(body: bytes) -> tuple[str, str] | None:
+    """The local resource a Binary's ``securityContext`` names, when it is no Patient (one that
+    is counts as the Binary's own reference) nor another Binary."""
+    try:
+        ref = ((orjson.loads(body) or {}).get("securityContext") or {}).get("reference")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    m = _PROXY.match(ref) if isinstance(ref, str) else None
+    if m is None or m.group(1) in ("Patient", "Binary") or m.group(1) not in RESOURCE_TYPES:
+        return None
+    return m.group(1), m.group(2)
 
 
 def refuse_view(rtype: str | None) -> None:
@@ -206,8 +223,21 @@ class Repository:
         self.policy.check(ctx.actor, action)
 
     def _shown(self, actor: Actor, rtype: str, rid: str, state: bytes) -> bool:
-        """Whether a stored state (header line, resource JSON) may be handed out."""
-        return self._open or self.policy.visible(actor, rtype, rid, state.partition(b"\n")[2])
+        """Whether a stored state (header line, resource JSON) may be handed out. A Binary
+        secured by another resource (R4 Binary.securityContext: a proxy of its sensitivity) is
+        shown to whoever may see that resource: the Binary of a patient's DocumentReference to
+        the patient, as the reference's labels and consents allow."""
+        if self._open:
+            return True
+        body = state.partition(b"\n")[2]
+        if self.policy.visible(actor, rtype, rid, body):
+            return True
+        proxy = _security_proxy(body) if rtype == "Binary" else None
+        if proxy is None:
+            return False
+        stored = self._hub.store.latest(*proxy)
+        return stored is not None and not stored.topic.endswith("Deleted") and \
+            self.policy.visible(actor, *proxy, stored.state.partition(b"\n")[2])
 
     def _version_shown(self, actor: Actor, row: VersionRow) -> bool:
         """Whether a version in a history may be handed out; a deletion, which holds no

@@ -571,3 +571,30 @@ def test_the_review_queue_and_decisions_keep_to_what_the_steward_may_see(matchin
                       "parameter": [{"name": "reason", "valueString": "x"}]},
                       headers=FHIR_JSON).status_code == 403
     assert reviews(home)[0]["status"] == "open"
+
+
+def test_a_binary_is_shown_as_the_resource_its_security_context_names(bare):
+    """R4 Binary.securityContext: the resource that stands for the Binary's sensitivity. A
+    patient could not read the Binary of its own DocumentReference (the usual document
+    pattern: 403); another patient still cannot, nor the first once the reference is gone."""
+    import base64
+
+    a, b = patient(rid=unique()[:16]), patient(rid=unique()[:16])
+    doc = {"resourceType": "DocumentReference", "id": unique()[:16], "status": "current",
+           "subject": {"reference": f"Patient/{a['id']}"},
+           "content": [{"attachment": {"contentType": "application/pdf"}}]}
+    binary = {"resourceType": "Binary", "id": unique()[:16], "contentType": "application/pdf",
+              "securityContext": {"reference": f"DocumentReference/{doc['id']}"},
+              "data": base64.b64encode(b"%PDF-1.4 report").decode()}
+    _write(bare, a, b, doc, binary)
+    with _http(bare, _patient_token(bare, a["id"])) as c:
+        assert c.get(f"/Binary/{binary['id']}").status_code == 200
+        native = c.get(f"/Binary/{binary['id']}", headers={"accept": "application/pdf"})
+        assert native.status_code == 200 and native.content == b"%PDF-1.4 report"
+    with _http(bare, _patient_token(bare, b["id"])) as c:
+        assert c.get(f"/Binary/{binary['id']}").status_code == 403
+    # the reference deleted: the Binary stands for itself again (it names no patient)
+    with _http(bare, bare.h1) as c:
+        assert c.delete(f"/DocumentReference/{doc['id']}").status_code in (200, 204)
+    with _http(bare, _patient_token(bare, a["id"])) as c:
+        assert c.get(f"/Binary/{binary['id']}").status_code == 403
