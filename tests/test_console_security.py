@@ -253,3 +253,24 @@ def test_a_timeline_page_counts_only_the_records_its_reader_may_see(live, client
     assert client.put(f"/Consent/{opt_out['id']}", json=opt_out,
                       headers={"x-hub-source-institution": "H2"}).status_code == 201
     assert counted() == "1"
+
+
+def test_a_login_leads_back_to_the_page_asked_for_with_its_query(live):
+    """A link to a person (or a quality filter) followed without a session lost its query on
+    the way through the login: the reader landed on the overview. The query is kept; anything
+    that is not a console page still leads to the overview."""
+    from urllib.parse import parse_qs, urlsplit
+
+    name = _user(live)
+    asked = "/console/identity/person?ref=Patient/p-1&x=%E6%9D%A8"
+    with httpx.Client(base_url=base(live), timeout=30) as c:
+        r = c.get(asked)
+        assert r.status_code == 303, r.text[:200]
+        sent = parse_qs(urlsplit(r.headers["location"]).query)["next"][0]
+        assert sent == asked, r.headers["location"]
+        for nxt, lands in ((sent, asked), ("//evil.example/console/x", "/console/overview"),
+                           ("/console//evil.example", "/console/overview"),
+                           ("https://evil.example/console/", "/console/overview"),
+                           ("/console/x?a=<script>", "/console/overview")):
+            r = c.post("/console/login", data={"name": name, "password": PASSWORD, "next": nxt})
+            assert r.status_code == 303 and r.headers["location"] == lands, (nxt, r.headers)

@@ -252,11 +252,11 @@ def _throttle(limiter: Any, key: str) -> None:
 def _return_to(request: Request) -> str:
     """Where a login should lead back to: the page asked for, or, for a form posted after the
     session ended (its action takes only POST), the page the form was on."""
-    if request.method in ("GET", "HEAD"):
-        return request.url.path
+    if request.method in ("GET", "HEAD"):  # with its query: the person or filter asked for
+        return request.url.path + (f"?{request.url.query}" if request.url.query else "")
     referer = urlsplit(request.headers.get("referer") or "")
     if referer.netloc == request.headers.get("host") and referer.path.startswith("/console"):
-        return referer.path
+        return referer.path + (f"?{referer.query}" if referer.query else "")
     return "/console"
 
 

@@ -161,4 +161,8 @@ def check_csrf(request: Request, form: Any) -> None:
 
 
 def safe_next(value: str) -> str:
-    return value if re.fullmatch(r"/console/[A-Za-z0-9/_-]*", value or "") else "/console/overview"
+    """Where a login leads: a console page, with its query (the person or filter a link
+    asked for), never anywhere else (``//host``, a scheme, a backslash: the overview)."""
+    ok = re.fullmatch(r"/console/[A-Za-z0-9/_-]*(\?[A-Za-z0-9._~%&=+,:/|*!$'()@-]{0,1024})?",
+                      value or "")
+    return value if ok and "//" not in value else "/console/overview"
