@@ -26,10 +26,10 @@ from hub.core.access import OPEN, Action, Actor, Policy, patients_in
 from hub.core.conditional import IdentifierResolver
 from hub.core.errors import FhirError, bad_request, forbidden, not_found
 from hub.core.ingest import Authorize, Context, Hub, Op, Result, Sees
-from hub.core.resource import RESOURCE_TYPES
 from hub.core.store import ResourceStore, VersionRow
 from projections.search.backend import INCLUDE_DEPTH, Page, Row
 from projections.search.compartment import patient_compartment
+from projections.search.plan import normalize_reference
 from projections.search.query import Criterion, Has, Include, Query, parse_criteria
 
 T = TypeVar("T")
@@ -99,9 +99,6 @@ APPEND_ONLY = frozenset({"AuditEvent"})
 VIEW_TYPES = frozenset({"Person"})
 
 
-_PROXY = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9.\-]{1,64})$")
-
-
 def _security_proxy(body: bytes) -> tuple[str, str] | None:
     """The local resource a Binary's ``securityContext`` names, when it is no Patient (one that
     is counts as the Binary's own reference) nor another Binary."""
@@ -109,10 +106,12 @@ def _security_proxy(body: bytes) -> tuple[str, str] | None:
         ref = ((orjson.loads(body) or {}).get("securityContext") or {}).get("reference")
     except (orjson.JSONDecodeError, AttributeError):
         return None
-    m = _PROXY.match(ref) if isinstance(ref, str) else None
-    if m is None or m.group(1) in ("Patient", "Binary") or m.group(1) not in RESOURCE_TYPES:
+    if not isinstance(ref, str):
         return None
-    return m.group(1), m.group(2)
+    local, rtype = normalize_reference(ref)
+    if rtype is None or rtype in ("Patient", "Binary") or "://" in local:
+        return None
+    return rtype, local.split("/", 1)[1]
 
 
 def refuse_view(rtype: str | None) -> None:
@@ -136,6 +135,8 @@ def _views_named(q: Query) -> list[str]:
                 out.append(f"_has:{c.value.rtype}:{c.value.param}")
             stack.append(c.value.criterion)
     return out
+
+
 # The quality reports (``document-quality`` OperationOutcomes) account for what a sender sent:
 # anyone could erase a refusal (DELETE) or file reports of documents never sent.
 _HUB_REPORT = ("A quality report is the account of what a sender sent, written by the hub or by "

@@ -125,13 +125,7 @@ def time_of(rtype: str, d: dict) -> int | None:
     return None
 
 
-def row_of(rtype: str, rid: str, version: int, header: bytes, body: bytes) -> tuple | None:
-    try:
-        d = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(d, dict):
-        return None
+def row_of(rtype: str, rid: str, version: int, header: bytes, d: dict) -> tuple | None:
     patient = patient_of(d)
     if patient is None:
         return None
@@ -145,12 +139,11 @@ def row_of(rtype: str, rid: str, version: int, header: bytes, body: bytes) -> tu
     return (rtype, rid, version, patient, t, KIND_OF_TYPE[rtype], dated)
 
 
-def span_of(rtype: str, rid: str, row: tuple, body: bytes) -> tuple | None:
+def span_of(rtype: str, rid: str, row: tuple, d: dict) -> tuple | None:
     """``(rtype, rid, patient, t, until)`` of an Encounter that lasts past its start: until its
     ``period.end``, or with none while its status says it goes on (``until`` None)."""
     if rtype != "Encounter" or not row[6]:
         return None
-    d = orjson.loads(body)
     end = _get(d, "period.end")
     if isinstance(end, str):
         try:
@@ -182,10 +175,15 @@ class TimelineProjection(SQLiteReadModel):
             if KIND_OF_TOPIC[n.topic] == "deleted":
                 continue
             header, _, body = n.state.partition(b"\n")
-            row = row_of(rtype, rid, n.originator_version, header, body)
+            try:
+                d = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                continue
+            row = row_of(rtype, rid, n.originator_version, header, d) \
+                if isinstance(d, dict) else None
             if row is not None:
                 rows.append(row)
-                span = span_of(rtype, rid, row, body)
+                span = span_of(rtype, rid, row, d)
                 if span is not None:
                     spans.append(span)
         if drop:

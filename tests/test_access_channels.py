@@ -74,6 +74,11 @@ def _patient_token(live: LiveServer, pid: str, scope: str = "patient/*.rs",
          "patient": pid, "hub_roles": list(roles)}, 300)
 
 
+def _connector_h1(live: LiveServer):
+    """The token source of institution H1's connector, which writes each test's records."""
+    return live.client_auth(roles=("connector",), scope="system/*.cruds", institution="H1")
+
+
 def _server(request, tmp_path_factory, name: str) -> LiveServer:
     return LiveServer(make_settings("sqlite", tmp_path_factory.mktemp(name), request))
 
@@ -82,8 +87,7 @@ def _server(request, tmp_path_factory, name: str) -> LiveServer:
 def bare(request, tmp_path_factory):
     """A hub where no Consent was ever written: only scopes narrow what a caller sees."""
     with _server(request, tmp_path_factory, "bare") as live:
-        live.h1 = live.client_auth(roles=("connector",), scope="system/*.cruds",
-                                   institution="H1")
+        live.h1 = _connector_h1(live)
         yield live
 
 
@@ -91,8 +95,7 @@ def bare(request, tmp_path_factory):
 def guarded(request, tmp_path_factory):
     """A hub holding patients' consents: H1 records, H2 is another institution."""
     with _server(request, tmp_path_factory, "guarded") as live:
-        live.h1 = live.client_auth(roles=("connector",), scope="system/*.cruds",
-                                   institution="H1")
+        live.h1 = _connector_h1(live)
         live.h2 = live.client_auth(roles=("clinician",), scope="user/*.rs", institution="H2")
         yield live
 
@@ -532,8 +535,7 @@ def test_quality_reports_are_never_patched_or_deleted_nor_filed_by_others(bare):
 def matching(request, tmp_path_factory):
     """As ``guarded``, with the index matching Patients as they arrive (reviews open)."""
     with matching_server(request, tmp_path_factory, "matching") as live:
-        live.h1 = live.client_auth(roles=("connector",), scope="system/*.cruds",
-                                   institution="H1")
+        live.h1 = _connector_h1(live)
         yield live
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from hub.api.traffic import client_address
 from hub.auth.sessions import COOKIE, session_log, session_verifier
@@ -208,8 +209,6 @@ def _may_fetch(request: Request) -> bool:
 async def _actor_off_loop(request: Request) -> Actor:
     # a provider's keys come over the network: fetched on the event loop, they held every
     # other request (health checks too) for as long as the provider took to answer
-    from starlette.concurrency import run_in_threadpool
-
     return await run_in_threadpool(actor_of, request)
 
 

@@ -172,12 +172,17 @@ async def _person_response(request: Request, identity: IdentityService, pid: str
         return person_view(identity, identity.store, pid, seen, bare=True)
 
     def scope(body: dict) -> tuple[str, list[str]]:
-        return pid, [x["target"]["reference"] for x in body.get("link") or ()
-                     if x["target"]["reference"].startswith("Patient/")]
+        return pid, _linked_patients(body)
 
     body = await audited(request, "person-read", answer, scope, (pid, []))
     return fhir_response(body, status, request=request,
                          headers={"ETag": f'W/"{body["meta"]["versionId"]}"'})
+
+
+def _linked_patients(person: dict) -> list[str]:
+    """The ``Patient/id`` a Person view links to: what a read of it hands out, audited."""
+    return [x["target"]["reference"] for x in person.get("link") or ()
+            if x["target"]["reference"].startswith("Patient/")]
 
 
 def _seen_by(request: Request) -> Callable[[str, str, bytes], bool]:
@@ -331,9 +336,7 @@ async def _person_search(request: Request, given: list[tuple[str, str]]) -> Resp
 
     def scope(out: dict) -> tuple[list[str], list[str]]:
         persons = [e["resource"]["id"] for e in out.get("entry", [])]
-        patients = [x["target"]["reference"] for e in out.get("entry", [])
-                    for x in e["resource"].get("link", [])
-                    if x["target"]["reference"].startswith("Patient/")]
+        patients = [p for e in out.get("entry", []) for p in _linked_patients(e["resource"])]
         return persons, patients
 
     # a search or listing answers with persons' demographics and links: a read of their
@@ -413,9 +416,7 @@ async def person_read(request: Request, rid: str) -> Response:
         return person_view(identity, identity.store, pid, _seen_by(request))
 
     def scope(body):
-        pats = [x["target"]["reference"] for x in body.get("link") or ()
-                if x["target"]["reference"].startswith("Patient/")]
-        return pid, pats
+        return pid, _linked_patients(body)
 
     body = await audited(request, "person-read", answer, scope, (pid, []))
     meta = body.get("meta") or {}
@@ -448,9 +449,8 @@ def person_entry(request: Request, rid: str, check: bool) -> tuple[int, dict | N
         raise
     if check:
         return 200, None
-    patients = [x["target"]["reference"] for x in body.get("link") or ()
-                if x["target"]["reference"].startswith("Patient/")]
-    writer.write(audit_event(request, "person-read", pid, patients, "0", purpose=purpose))
+    writer.write(audit_event(request, "person-read", pid, _linked_patients(body), "0",
+                             purpose=purpose))
     return 200, body
 
 

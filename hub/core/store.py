@@ -151,13 +151,11 @@ def _reconnecting(read: Callable) -> Callable:
     return run
 
 
-def _drop_dead_connections(holder: Any) -> None:
+def _drop_dead_connections(recorder: Any) -> None:
     """Replace every dead connection of the pool at once: psycopg_pool tests one connection per
     request, waiting 1, 2, 4 s between dead ones, so after the database cut them all a request
     waited seconds behind the others (and /ready timed out) while new ones sat unused."""
-    datastore = getattr(holder, "datastore", None) or getattr(
-        getattr(holder, "recorder", None), "datastore", None)
-    check = getattr(getattr(datastore, "pool", None), "check", None)
+    check = getattr(getattr(recorder.datastore, "pool", None), "check", None)  # PostgreSQL's
     if callable(check):
         try:
             check()
@@ -750,8 +748,7 @@ class ResourceStore:
     def count_history(self, **kw: Any) -> int:
         return self.recorder.count_history(**kw)
 
-    @_reconnecting
-    def max_notification_id(self) -> int:
+    def max_notification_id(self) -> int:  # eventsourcing tries its select again itself
         return self.recorder.max_notification_id() or 0
 
     def rebuild_indexes(self, progress: Any = None, batch: int = 2000) -> int:
