@@ -37,8 +37,10 @@ def region_patients(people: int, seed: int = 7) -> Iterator[dict]:
 
 def adt_message(patient: dict, event: str, control_id: str, when: str,
                 facility: str = "H0001", phone: str | None = None,
-                charset: str = "UNICODE UTF-8") -> bytes:
-    """An ADT^<event> message for one synthetic Patient (PID from its identifiers and name)."""
+                charset: str = "UNICODE UTF-8", ack_types: tuple[str, str] = ("", "")) -> bytes:
+    """An ADT^<event> message for one synthetic Patient (PID from its identifiers and name).
+    ``ack_types``: MSH-15 and MSH-16; both empty (original acknowledgment mode, one ACK) unless
+    a test asks for enhanced mode."""
     pid3 = []
     for ident in patient.get("identifier", []):
         system = ident.get("system", "")
@@ -56,7 +58,7 @@ def adt_message(patient: dict, event: str, control_id: str, when: str,
         (t["value"] for t in patient.get("telecom", []) if t.get("system") == "phone"), "")
     segments = [
         f"MSH|^~\\&|HIS|{facility}|HUB|REGION|{when}||ADT^{event}^ADT_A01|{control_id}|P|2.5"
-        f"|||AL|NE||{charset}",
+        f"|||{ack_types[0]}|{ack_types[1]}||{charset}",
         f"EVN|{event}|{when}",
         f"PID|1||{'~'.join(pid3)}||{family}^{given}||{birth}|{gender}|||||{_esc(phone)}",
         f"PV1|1|O|MZ^^^{facility}||||||||||||||||V{control_id}",

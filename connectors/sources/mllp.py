@@ -9,6 +9,12 @@ Answers (original-mode acknowledgement, built from the message's MSH with the ``
 * ``AR``: rejected: no MSH, undecodable, unsupported type, a framing error, too large, or the
   connector cannot store it right now (nothing stored: the sender should resend).
 
+A message that values MSH-15 or MSH-16 asks for enhanced mode (HL7 v2.5 2.9.3): the accept ACK
+(``CA`` kept, ``CR`` refused, ``CE`` not stored) as MSH-15 asks, then on the same connection the
+application ACK (``AA``/``AE``, or ``AR`` for a refusal whose accept ACK the sender declined) as
+MSH-16 asks (``acknowledgments``). The hub knows no return address of a sender, so it never
+opens a connection of its own to answer.
+
 Framing errors never stop the listener: bytes before ``<VT>`` are skipped, a block that never ends
 (a new ``<VT>`` before ``<FS>``) is answered AR, a message over ``max_message_bytes`` is answered AR
 and the connection closed, and a connection idle for ``idle_timeout_s`` is closed. What such a
@@ -155,14 +161,16 @@ def _err_code(error: dict) -> tuple[str, str]:
 
 
 def build_ack(payload: bytes, code: str = "AA", error: dict | None = None,
-              control_id: str | None = None) -> bytes:
-    """An original-mode ACK for ``payload`` (AA, AE or AR), with an ERR segment for an error."""
+              control_id: str | None = None, enhanced: bool = False) -> bytes:
+    """An ACK for ``payload`` (AA, AE or AR; CA, CE or CR at the accept level of enhanced mode),
+    with an ERR segment for an error. ``enhanced``: MSH-15 and MSH-16 of the ACK are ``NE``, so
+    the sender answers no acknowledgment with one of its own."""
     msh, out_enc = _msh_text(payload)
     ack = None
     if msh is not None:
         try:
             msg = hl7.parse(msh)
-            ack = msg.create_ack(code, message_id=control_id or _ack_id(msg))
+            ack = msg.create_ack(code, message_id=control_id or _ack_id(msg, code))
         except Exception:  # noqa: BLE001 - an odd header (MSH-9 without components, ...)
             ack = None
         if ack is None:  # keep what can be kept of the header, in a form hl7 can answer
@@ -175,7 +183,7 @@ def build_ack(payload: bytes, code: str = "AA", error: dict | None = None,
                       f"{_escape(typ[0]) or 'ACK'}^{_escape(typ[1]) or 'ACK'}|{safe[9]}|"
                       f"{safe[10]}|{safe[11]}")
             msg = hl7.parse(header)
-            ack = msg.create_ack(code, message_id=control_id or _ack_id(msg))
+            ack = msg.create_ack(code, message_id=control_id or _ack_id(msg, code))
     else:
         out_enc = "ascii"
         if error is None and code != "AA":
@@ -195,32 +203,89 @@ def build_ack(payload: bytes, code: str = "AA", error: dict | None = None,
                         f"{num}^{name}^HL70357", severity, _escape(error.get("rule") or "", encs, sep),
                         "", "", reason])
         text += "\r" + err
+    fixed: dict[int, str] = {15: "NE", 16: "NE"} if enhanced else {}
     if msh is not None and out_enc != "ascii":
-        text = _with_charset(text, msh, sep)
+        # the ACK is written in the inbound MSH-18's character set, and an empty MSH-18 says
+        # ASCII (v2.5 2.14.9.18): a receiver read its 中文 text as bytes of nothing
+        inbound = msh.split(msh[3]) if len(msh) > 4 else []
+        if len(inbound) > 17 and inbound[17]:
+            fixed[18] = inbound[17]
+    if fixed:
+        text = _with_msh(text, sep, fixed)
     return text.encode(out_enc if out_enc != "latin-1" else "latin-1", "replace")
 
 
-def _with_charset(ack: str, msh: str, sep: str) -> str:
-    """The ACK with the inbound MSH-18: it is written in that character set, and an empty MSH-18
-    says ASCII (v2.5 2.14.9.18), so a receiver read its 中文 text as bytes of nothing."""
-    inbound = msh.split(msh[3]) if len(msh) > 4 else []
-    charset = inbound[17] if len(inbound) > 17 else ""
-    if not charset:
-        return ack
+def _with_msh(ack: str, sep: str, values: dict[int, str]) -> str:
+    """The ACK with MSH-n set to ``values[n]``."""
     first, _, rest = ack.partition("\r")
     fields = first.split(sep)
-    fields += [""] * (18 - len(fields))
-    fields[17] = charset
+    fields += [""] * (max(values) - len(fields))
+    for n, value in values.items():
+        fields[n - 1] = value  # fields[0] is "MSH", fields[1] MSH-2
     return sep.join(fields) + ("\r" + rest if rest else "")
 
 
-def _ack_id(msg) -> str:
+def _ack_id(msg, code: str = "AA") -> str:
     """MSH-10 of the ACK (20 characters at most, as v2.5's ST): ``ACK`` and the inbound id, or
-    of a long one a digest (cut, two ids alike in their first 17 characters answered alike)."""
+    of a long one a digest (cut, two ids alike in their first 17 characters answered alike).
+    An accept ACK (CA, CE, CR) is ``ACC`` and the same: apart from the application ACK after it."""
+    prefix = "ACC" if code.startswith("C") else "ACK"
     inbound = str(msg.segment("MSH")(10))
     if len(inbound) <= 17:
-        return "ACK" + inbound
-    return "ACK" + hashlib.sha1(inbound.encode()).hexdigest()[:17]
+        return prefix + inbound
+    return prefix + hashlib.sha1(inbound.encode()).hexdigest()[:17]
+
+
+# HL7 table 0155: when MSH-15 (accept) or MSH-16 (application) asks for an acknowledgment
+_ON_SUCCESS, _ON_ERROR = {"AL", "SU"}, {"AL", "ER"}
+_CONDITIONS = {"AL", "NE", "ER", "SU"}
+
+
+def ack_conditions(payload: bytes) -> tuple[str, str] | None:
+    """(MSH-15, MSH-16) of an enhanced-mode message; None in original mode (both empty, or no
+    MSH). Beside a valued one, an empty or unknown value counts as ``AL``: the sender is
+    answered rather than left waiting for what it may expect."""
+    msh, _ = _msh_text(payload)
+    if msh is None:
+        return None
+    fields = msh.split(msh[3])
+    comp = msh[4:5] or "^"
+    accept, application = ((fields[n].split(comp)[0].strip().upper() if len(fields) > n else "")
+                           for n in (14, 15))
+    if not accept and not application:
+        return None
+    return (accept if accept in _CONDITIONS else "AL",
+            application if application in _CONDITIONS else "AL")
+
+
+def acknowledgments(payload: bytes, code: str, error: dict | None = None,
+                    stored: bool = True) -> list[bytes]:
+    """What to answer ``payload`` on its connection, in order, given the hub's verdict ``code``:
+    ``AA`` converted and spooled, ``AE`` kept as a dead letter (its content cannot be mapped),
+    ``AR`` refused (its header, its bytes or its framing); ``stored`` False: the spool could not
+    store it (the sender should resend).
+
+    Original mode: the one ACK of ``code``. Enhanced mode: the accept ACK, ``CA`` for a message
+    kept (AA or AE: nothing to resend), ``CR`` for a refusal, ``CE`` for one not stored, if MSH-15
+    asks for it; then for a message kept the application ACK (AA, AE) if MSH-16 asks for it. A
+    refusal has no application ACK, except an ``AR`` when the sender declined its accept ACK
+    (MSH-15 NE or SU) and asked for application errors (MSH-16 AL or ER): it waits for one."""
+    conditions = ack_conditions(payload)
+    if conditions is None:
+        return [build_ack(payload, code, error)]
+    accept, application = conditions
+    if code == "AR" or not stored:
+        if accept in _ON_ERROR:
+            return [build_ack(payload, "CR" if stored else "CE", error, enhanced=True)]
+        if application in _ON_ERROR:
+            return [build_ack(payload, "AR", error, enhanced=True)]
+        return []
+    out = []
+    if accept in _ON_SUCCESS:
+        out.append(build_ack(payload, "CA", enhanced=True))
+    if application in (_ON_SUCCESS if code == "AA" else _ON_ERROR):
+        out.append(build_ack(payload, code, error, enhanced=True))
+    return out
 
 
 def control_id(payload: bytes) -> str | None:
@@ -367,9 +432,9 @@ class MLLPSource:
                         # message the mapper refuses is; noise outside any block is not
                         await asyncio.to_thread(self._keep, intake, e.fragment, peer_s, error)
                     if e.fragment or e.fatal:
-                        nak = self._answer(e.fragment, "AR", error)
                         self.stats["naks"] += 1
-                        writer.write(frame(nak))
+                        for nak in self._answers(e.fragment, "AR", error):
+                            writer.write(frame(nak))
                         await writer.drain()
                     if e.fatal:
                         return
@@ -381,8 +446,8 @@ class MLLPSource:
                 try:
                     fut: Future = Future()
                     self._queue.put((payload, peer_s, fut))
-                    answer = await asyncio.wrap_future(fut)
-                    writer.write(frame(answer))
+                    for answer in await asyncio.wrap_future(fut):  # none: MSH-15/16 NE
+                        writer.write(frame(answer))
                     await asyncio.wait_for(writer.drain(), 30)
                 finally:
                     self._busy.discard(task)
@@ -434,15 +499,15 @@ class MLLPSource:
                 if fut.set_running_or_notify_cancel():  # False: its connection is gone
                     fut.set_result(reply)
 
-    def _reply(self, payload: bytes, answer) -> bytes:
+    def _reply(self, payload: bytes, answer) -> list[bytes]:
         if answer is None:  # not stored: the sender should resend
             self.stats["naks"] += 1
-            return self._answer(payload, "AR", {
+            return self._answers(payload, "AR", {
                 "reason": "the connector cannot store the message now; resend later",
-                "code": "AR", "rule": "application"})
+                "code": "AR", "rule": "application"}, stored=False)
         if answer.ok:
             self.stats["acks"] += 1
-            return self._answer(payload, "AA")
+            return self._answers(payload, "AA")
         self.stats["naks"] += 1
         err = answer.error or {}
         code = err["code"] if err.get("code") in ("AE", "AR") else "AE"
@@ -451,15 +516,16 @@ class MLLPSource:
         log.warning("MLLP %s: message %s answered %s (%s): dead letter %s", self.name,
                     (control_id(payload) or "?")[:40], code, err.get("rule") or "?",
                     answer.deadletter_id)
-        return self._answer(payload, code, err)
+        return self._answers(payload, code, err)
 
     @staticmethod
-    def _answer(payload: bytes, code: str, error: dict | None = None) -> bytes:
+    def _answers(payload: bytes, code: str, error: dict | None = None,
+                 stored: bool = True) -> list[bytes]:
         try:
-            return build_ack(payload, code, error)
+            return acknowledgments(payload, code, error, stored)
         except Exception:  # noqa: BLE001 - the answer must go out whatever the header holds
             log.exception("building an ACK")
-            return build_ack(b"", code, error)
+            return [build_ack(b"", code, error)]
 
     async def _read_frame(self, reader: asyncio.StreamReader, buf: bytearray) -> bytes | None:
         """The next message, None at end of stream or idle timeout; FramingError for bad blocks.
