@@ -228,7 +228,8 @@ def _with_msh(ack: str, sep: str, values: dict[int, str]) -> str:
 def _ack_id(msg, code: str = "AA") -> str:
     """MSH-10 of the ACK (20 characters at most, as v2.5's ST): ``ACK`` and the inbound id, or
     of a long one a digest (cut, two ids alike in their first 17 characters answered alike).
-    An accept ACK (CA, CE, CR) is ``ACC`` and the same: apart from the application ACK after it."""
+    An accept ACK (CA, CE, CR) starts ``ACC``: it and the application ACK after it have ids of
+    their own."""
     prefix = "ACC" if code.startswith("C") else "ACK"
     inbound = str(msg.segment("MSH")(10))
     if len(inbound) <= 17:
