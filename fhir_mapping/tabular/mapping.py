@@ -297,11 +297,17 @@ class TabularMapping:
         column they read. Identifiers are not among them: the hub joins a Patient's identifiers
         from every feed, and one view's empty column does not retract the others'."""
         reads: dict[str, set[str]] = {}
+        either: dict[str, set[str]] = {}  # the elements of one `first:` (a value[x]): one is said
         for rule in res.rules:
-            for r in rule.alternatives if rule.source == "first" else (rule,):
-                reads.setdefault(r.path[0][0], set()).update(
-                    r.columns, r.when, r.when_any, rule.when, rule.when_any)
-        return sorted(e for e, cols in reads.items() if e not in body and e != "identifier"
+            alts = rule.alternatives if rule.source == "first" else (rule,)
+            tops = {r.path[0][0] for r in alts}
+            for r in alts:
+                top = r.path[0][0]
+                reads.setdefault(top, set()).update(r.columns, r.when, r.when_any, rule.when,
+                                                    rule.when_any)
+                either.setdefault(top, set()).update(tops)
+        return sorted(e for e, cols in reads.items() if e != "identifier"
+                      and not any(x in body for x in either[e])
                       and all(c in cells for c in cols))
 
     def _deleted(self, unit_id: str, cell_text, source: SourceInfo, ctx: _Ctx) -> Conversion:
