@@ -441,3 +441,27 @@ def test_a_column_of_a_type_json_has_none_is_its_text():
     got = orjson.loads(row_json({"ip": ipaddress.ip_address("10.0.0.7"),
                                  "u": uuid.UUID(int=1), "n": Decimal("1.50")}))
     assert got == {"ip": "10.0.0.7", "u": "00000000-0000-0000-0000-000000000001", "n": 1.5}
+
+
+def test_a_deletion_log_deletes_what_the_deleted_rows_wrote(tmp_path):
+    """A lab result deleted from the HIS view stayed current in the hub: a watermark sees no
+    deletion. A source over the HIS's deletion log (``deleted_rows: true``) sends each logged
+    row as a tombstone, and the Observation that row wrote is deleted."""
+    from fhir_mapping.ids import stable_id
+
+    url = f"sqlite:///{tmp_path / 'his.sqlite'}"
+    eng = engine_for(url)
+    with eng.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE lab_deleted (seq INTEGER PRIMARY KEY, report_no TEXT,"
+                             " item_code TEXT, deleted_at TEXT)"))
+        conn.execute(sa.text("INSERT INTO lab_deleted VALUES (1, 'R00001', 'GLU',"
+                             " '2024-03-02 09:00:00')"))
+    spool = Spool(tmp_path / "spool.sqlite", SRC)
+    src = source(url, table="lab_deleted", watermark="seq", key="seq", deleted_rows=True)
+    assert src.poll_once(spool) == 1
+    [unit] = spool.pending()
+    assert unit.unit_id == "lab-result:R00001/GLU" and unit.resources == []
+    assert unit.deletes == [f"Observation/{stable_id('Observation', 'H0001', 'LAB', 'R00001', 'GLU')}"]
+    src.engine.dispose()
+    spool.close()
+    eng.dispose()

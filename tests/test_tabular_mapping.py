@@ -91,7 +91,7 @@ def test_outpatient_visit_row():
 def test_optional_parts_are_left_out():
     row = example_row("outpatient-visit")
     row.update(diag_code=None, diag_name="", id_card_no="  ", phone=None, sex_code="",
-               doctor_code=None, visit_status=None)
+               doctor_code=None, doctor_name=None, visit_status=None)
     [conv] = converter("row:outpatient-visit")(json.dumps(row).encode(), SRC)
     res = by_type(conv)
     assert set(res) == {"Patient", "Encounter"}  # no diagnosis, no Condition
@@ -541,3 +541,98 @@ def test_an_older_row_never_overwrites_what_a_newer_one_wrote(hub):
     stored = orjson.loads(hub.store.latest_many("Condition", [cond["id"]])[cond["id"]][1]
                           .partition(b"\n")[2])
     assert stored["code"]["coding"][0]["code"] == "J20.900"
+
+
+def test_a_diagnosis_given_by_name_only_makes_its_condition():
+    """A visit whose HIS recorded the diagnosis in words only (no ICD code) made no Condition:
+    the diagnosis was lost. It is a Condition named in text, with no coding made up for it."""
+    m = load_mapping("outpatient-visit")
+    conv = m.convert_row(example_row("outpatient-visit") | {"diag_code": None}, SRC)
+    res = by_type(conv)
+    cond, enc = res["Condition"], res["Encounter"]
+    assert cond["code"] == {"text": "急性上呼吸道感染"}
+    assert enc["diagnosis"] == [{"condition": {"reference": f"Condition/{cond['id']}"}, "rank": 1}]
+    assert [(f.severity, f.rule, f.location) for f in conv.findings] == [
+        ("information", "tabular.uncoded", "diag_code")]
+    assert conv.deletes == []
+    check_valid(conv.resources)
+
+
+def test_a_doctor_given_by_name_only_is_kept_by_name():
+    """A visit whose doctor the HIS names without a staff number lost its doctor. The name is
+    kept as the participant's display; no Practitioner is keyed on a name (two 李四 are two)."""
+    m = load_mapping("outpatient-visit")
+    conv = m.convert_row(example_row("outpatient-visit") | {"doctor_code": ""}, SRC)
+    res = by_type(conv)
+    assert "Practitioner" not in res
+    [part] = res["Encounter"]["participant"]
+    assert part["individual"] == {"display": "李四"}
+    assert part["type"][0]["coding"][0]["code"] == "ATND"
+    check_valid(conv.resources)
+    rx = load_mapping("prescription").convert_row(
+        example_row("prescription") | {"doctor_code": None}, SRC)
+    assert by_type(rx)["MedicationRequest"]["requester"] == {"display": "李四"}
+
+
+def _write(hub, conv) -> None:
+    from hub.core.ingest import Context, Op
+
+    ops = [Op("PUT", r["resourceType"], r["id"], r, url=f"{r['resourceType']}/{r['id']}")
+           for r in conv.resources]
+    ops += [Op("DELETE", ref.split("/")[0], ref.split("/")[1], url=ref) for ref in conv.deletes]
+    results = hub.execute(ops, Context(source={"feed": "db"}), atomic=True)
+    assert not any(isinstance(r, Exception) for r in results), results
+
+
+def _stored(hub, rtype: str, rid: str) -> dict:
+    return orjson.loads(hub.store.latest_many(rtype, [rid])[rid][1].partition(b"\n")[2])
+
+
+def test_a_column_cleared_in_the_view_is_cleared_in_the_hub(hub):
+    """A phone, address and birth date cleared in the HIS (the row still there, the cells now
+    empty) stayed on the Patient, and a withdrawn diagnosis stayed current: the hub keeps what a
+    feed's Patient does not mention, and the row made no Condition to replace the old one. A
+    view's empty cell is said, not unsaid; a column the export lacks still says nothing."""
+    from hub.core.errors import FhirError
+
+    m = load_mapping("outpatient-visit")
+    base = example_row("outpatient-visit")
+    first = by_type(m.convert_row(base, SRC))
+    pid, cid = first["Patient"]["id"], first["Condition"]["id"]
+    _write(hub, m.convert_row(base, SRC))
+    # a later export without the phone column at all: the phone is not said, it stays
+    _write(hub, m.convert_row({k: v for k, v in base.items() if k != "phone"}
+                              | {"updated_at": "2024-03-01 10:00:00"}, SRC))
+    assert _stored(hub, "Patient", pid)["telecom"] == [{"system": "phone", "value": "13800138000"}]
+    cleared = base | {"phone": None, "address": "", "birth_date": None, "diag_code": None,
+                      "diag_name": None, "updated_at": "2024-03-01 11:00:00"}
+    _write(hub, m.convert_row(cleared, SRC))
+    patient = _stored(hub, "Patient", pid)
+    assert not {"telecom", "address", "birthDate"} & set(patient)
+    assert patient["name"] == [{"text": "张三", "use": "official"}]
+    assert len(patient["identifier"]) == 2  # one view's cells retract no identifier
+    assert "cleared" not in orjson.dumps(patient).decode()  # the mark is never stored
+    with pytest.raises(FhirError) as e:
+        hub.read("Condition", cid)
+    assert e.value.status == 410
+    encounter = _stored(hub, "Encounter", first["Encounter"]["id"])
+    assert "diagnosis" not in encounter and "cleared" not in orjson.dumps(encounter).decode()
+
+
+def test_a_deleted_row_deletes_what_it_wrote_and_only_that():
+    """A tombstone (the key and ``@deleted``) deletes the resources keyed by the row alone;
+    the Patient, shared with the patient's other visits, stays."""
+    m = load_mapping("outpatient-visit")
+    res = by_type(m.convert_row(example_row("outpatient-visit"), SRC))
+    [conv] = converter("row:outpatient-visit")(
+        json.dumps({"VISIT_NO": "MZ202403010001", "@deleted": True}).encode(), SRC)
+    assert conv.resources == [] and conv.unit_id == "outpatient-visit:MZ202403010001"
+    assert sorted(conv.deletes) == sorted(
+        [f"Encounter/{res['Encounter']['id']}", f"Condition/{res['Condition']['id']}"])
+    assert [f.rule for f in conv.findings] == ["tabular.row-deleted"]
+    [lab] = converter("row:lab-result")(
+        json.dumps({"report_no": "R1", "item_code": "GLU", "@deleted": True}).encode(), SRC)
+    assert lab.deletes == [f"Observation/{stable_id('Observation', 'H0001', 'LAB', 'R1', 'GLU')}"]
+    with pytest.raises(MappingError) as e:
+        m.convert_row({"@deleted": True}, SRC)
+    assert e.value.location == "visit_no"

@@ -18,6 +18,7 @@ Configuration (a ``sources`` entry of a connector file)::
       start: "2024-01-01"       # optional: the first run skips rows with a smaller watermark
       checkpoint_key: db:visits # optional: default "database:<name>"
       connect_args: {}          # optional: passed to the DBAPI connect (timeouts, TLS)
+      deleted_rows: false       # true: each row read names a row deleted from the view (below)
 
 Reading: ``SELECT * FROM <source> WHERE wm IS NOT NULL AND wm >= :wm ORDER BY wm, key… LIMIT
 batch_size + n``, less the n rows already read at that watermark (their keys are kept with the
@@ -34,6 +35,13 @@ Each row becomes an ``Envelope(kind="row:<mapping>")`` whose payload is the row 
 dates and times in ISO 8601 (naive ones stay naive; the mapping adds the local offset), decimals
 as JSON numbers written exactly as the database gave them (``1.50`` stays ``1.50``), binary as
 base64. Rows with a NULL watermark or key are not read.
+
+Deleted rows: a watermark sees new and changed rows, never a row deleted from the view. A HIS
+that logs deletions (a trigger writing the deleted row's key and the time into a log table) is
+polled by a second source over that log with ``deleted_rows: true`` and the view's mapping: each
+row read (the mapping's ``unit`` key columns, its watermark and key) is sent as a tombstone
+(``"@deleted": true``), and the mapper deletes what that row wrote (``fhir_mapping.tabular``). A
+view without such a log cannot show a deletion to the poller: what its deleted rows wrote stays.
 
 Limit: a watermark is only as good as its column. Rows that commit late with a value smaller than
 one already read (a long transaction that took its timestamp early) are not seen; use a column the
@@ -55,6 +63,7 @@ import orjson
 import sqlalchemy as sa
 
 from connectors.base import Envelope, Intake
+from fhir_mapping.tabular.model import DELETED
 
 log = logging.getLogger("connectors.database")
 
@@ -162,7 +171,7 @@ class DatabaseSource:
                  poll_interval_s: float = 5.0, backoff_initial_s: float = 0.5,
                  backoff_max_s: float = 60.0, start: Any = None,
                  checkpoint_key: str | None = None, connect_args: dict | None = None,
-                 engine_options: dict | None = None):
+                 engine_options: dict | None = None, deleted_rows: bool = False):
         if (table is None) == (query is None):
             raise ValueError(f"database source {name}: give either table or query")
         if kind is None:
@@ -191,6 +200,7 @@ class DatabaseSource:
         self.checkpoint_key = checkpoint_key or f"database:{name}"
         self.connect_args = dict(connect_args or {})
         self.engine_options = dict(engine_options or {})
+        self.deleted_rows = bool(deleted_rows)
         self.engine: sa.Engine | None = None
         self.position: tuple[Any, list[Any]] | None = None
         self.seen: set[tuple[Any, ...]] | None = set()  # keys read at the position's watermark
@@ -296,7 +306,9 @@ class DatabaseSource:
             keyvals = [self._get(r, k) for k in self.keys]
             meta = {"unit_id": f"{self.name}:" + "/".join(str(k) for k in keyvals),
                     "watermark": encode_value(self._get(r, self.watermark))["v"]}
-            out.append(Envelope(row_json(r), self.kind, self.name, meta))
+            # a deletion log's row is a tombstone of the view's row it names
+            body = {**r, DELETED: True} if self.deleted_rows else r
+            out.append(Envelope(row_json(body), self.kind, self.name, meta))
         return out
 
     @staticmethod

@@ -21,7 +21,7 @@ __all__ = ["Loader"]
 QUANTITY_TYPES = {"Quantity", "Duration", "Age", "Count", "Distance"}
 _SEG = re.compile(r"(_?[A-Za-z][A-Za-z0-9]*)(?:\[(\d+)\])?")
 _RULE_KEYS = {"path", "column", "transform", "default", "value", "template", "ref", "coding",
-              "quantity", "first", "object", "when", "on_error", "doc"}
+              "quantity", "first", "object", "when", "when_any", "on_error", "doc"}
 _SOURCES = ("column", "value", "template", "ref", "coding", "quantity", "first", "object")
 _EMBEDDED = ("column", "template")
 
@@ -90,7 +90,7 @@ class Loader:
             m.resources[rname] = Resource(str(rname), rtype, "", (), True, (), [])
         for rname, rspec in res.items():
             where = f"resources.{rname}"
-            extra = set(rspec) - {"type", "id", "emit", "when", "rules", "doc"}
+            extra = set(rspec) - {"type", "id", "emit", "when", "when_any", "rules", "doc"}
             if extra:
                 raise self.fail(where, f"unknown keys {sorted(extra)}")
             idspec = rspec.get("id")
@@ -119,6 +119,7 @@ class Loader:
                 r.fallbacks += ((fb["kind"], cols),)
             r.emit = bool(rspec.get("emit", True))
             r.when = self.columns_of(rspec.get("when"), f"{where}.when")
+            r.when_any = self.columns_of(rspec.get("when_any"), f"{where}.when_any")
             rules = rspec.get("rules") or []
             if r.emit and not rules:
                 raise self.fail(f"{where}.rules", "an emitted resource needs rules")
@@ -208,17 +209,19 @@ class Loader:
             raise self.fail(where, f"give exactly one of {', '.join(_SOURCES)}")
         src = sources[0]
         when = self.columns_of(x.get("when"), f"{where}.when")
+        when_any = self.columns_of(x.get("when_any"), f"{where}.when_any")
         if src == "first":
             alts = x["first"]
             if not isinstance(alts, list) or len(alts) < 2:
                 raise self.fail(where, "first: needs a list of at least two rules")
             rules = [self.rule(a, rtype, f"{where}.first[{i}]") for i, a in enumerate(alts)]
             cols = tuple(c for r in rules for c in r.columns)
-            return Rule(where, rules[0].path, "first", None, when=when, alternatives=rules,
+            return Rule(where, rules[0].path, "first", None, when=when, when_any=when_any,
+                        alternatives=rules,
                         skip_on_error=x.get("on_error") == "skip", columns=cols)
         path, kind, codes = self.path(x.get("path"), rtype, f"{where}.path")
         where = f"{where} ({x['path']})"
-        rule = Rule(where, path, src, x[src], when=when)
+        rule = Rule(where, path, src, x[src], when=when, when_any=when_any)
         if kind == "Identifier":
             rule.identifier = "object"
         elif x["path"].endswith(".value") and self.path(x["path"][:-6], rtype, where)[1] == "Identifier":

@@ -19,6 +19,7 @@ The file format (the shipped files in ``mappings/`` are the worked examples)::
                                       # is a filler or an invalid resident ID number
         emit: true                    # false: only referred to (another view sends it)
         when: patient_id              # emitted only when these columns have values
+                                      # (when_any: [a, b]: when one of them has a value)
         rules:
           - {path: "identifier[0].value", column: patient_id}
           ...
@@ -43,8 +44,21 @@ A rule has a ``path`` (FHIR element names from the resource, ``[n]`` on repeatin
 * ``first: [rule, rule, …]``: the first alternative whose value converts (a lab result as a
   quantity, else as a string).
 
-and optionally ``when: column | [columns]`` (applies only when they have values) and
-``on_error: skip`` (a bad value is left out with a warning finding instead of refusing the row).
+and optionally ``when: column | [columns]`` (applies only when they have values),
+``when_any: [columns]`` (only when one of them has a value) and ``on_error: skip`` (a bad value
+is left out with a warning finding instead of refusing the row). A ``coding:`` whose code is
+empty beside a filled ``display`` column is left out with a ``tabular.uncoded`` information
+finding (the name stays where a rule writes it as text).
+
+A row is the whole record as its view holds it. An element its rules write that the row leaves
+empty, every column they read being in the row, is marked cleared (``fhir_mapping.cleared``): the
+hub then drops it from a Patient instead of keeping the stored value as unsaid; a column the row
+lacks says nothing. Identifiers are never marked (the hub joins a Patient's identifiers from every
+feed). A resource of the row's own (keyed by ``unit`` columns alone) whose ``when``/``when_any``
+columns are in the row but empty is deleted (``Conversion.deletes``: a withdrawn diagnosis). A
+tombstone row (``"@deleted": true`` beside the ``unit`` columns, as the database poller's
+``deleted_rows`` source sends it) deletes the resources of the row's own and writes nothing; a
+resource keyed otherwise (the Patient, by record number) is shared with other rows and stays.
 
 A file is refused at load (``MappingFileError`` naming the file and rule; see ``loader.py``) for
 unknown keys, columns, transforms, value maps or resource names, paths that are not elements of
@@ -72,13 +86,13 @@ from typing import Any
 import orjson
 import yaml
 
-from fhir_mapping import source_order
+from fhir_mapping import cleared, source_order
 from fhir_mapping.base import Conversion, Finding, MappingError, SourceInfo
 from fhir_mapping.identifiers import RESIDENT_ID_SYSTEM, key_problem
 from fhir_mapping.ids import stable_id
 from fhir_mapping.tabular import values as V
 from fhir_mapping.tabular.loader import Loader
-from fhir_mapping.tabular.model import MappingFileError, Resource, Rule
+from fhir_mapping.tabular.model import DELETED, MappingFileError, Resource, Rule
 from hub.core.errors import FhirError
 
 __all__ = ["MappingFileError", "TabularMapping", "CsvRowsError", "Rule", "Resource", "Validate"]
@@ -215,14 +229,26 @@ class TabularMapping:
                                        rule="tabular.value") from None
             return texts[col]
 
+        unit_id = f"{self.name}:" + "/".join(cell_text(c) or "" for c in self.unit)
+        if cells.get(DELETED) is True:
+            return self._deleted(unit_id, cell_text, source, ctx)
         for col in self.required:
             if cell_text(col) is None:
                 raise MappingError(f"required column {col} is empty or missing", location=col,
                                    rule="tabular.required")
         ids: dict[str, str | None] = {}
+        deletes: list[str] = []
         for res in self.resources.values():
-            if any(cell_text(c) is None for c in res.when):
+            if _gated_off(res.when, res.when_any, cell_text):
                 ids[res.name] = None
+                # the row still there, the columns that make this resource cleared in it: what
+                # an earlier version of the row wrote is no longer so (a diagnosis withdrawn).
+                # Only a resource of the row's own, and only when the row has the columns (an
+                # export without them says nothing of it)
+                if self._owned(res) and all(c in cells for c in (*res.when, *res.when_any)):
+                    rid = self._key(res, cell_text, source, ctx)
+                    if rid is not None:
+                        deletes.append(f"{res.type}/{rid}")
                 continue
             ids[res.name] = self._key(res, cell_text, source, ctx)
         out: list[dict] = []
@@ -232,8 +258,13 @@ class TabularMapping:
             body: dict = {"resourceType": res.type, "id": ids[res.name]}
             for rule in res.rules:
                 self._apply(rule, body, cells, cell_text, ids, source, ctx)
-            out.append(_finish(body))
-        unit_id = f"{self.name}:" + "/".join(cell_text(c) or "" for c in self.unit)
+            body = _finish(body)
+            # a view's row is the whole record as the view holds it: an element whose columns
+            # the row has, empty, is said to be empty now (a phone cleared in the HIS), not left
+            # unsaid; the hub keeps a feed's unsaid Patient elements, not these
+            # (fhir_mapping.cleared)
+            cleared.mark(body, self._said_empty(res, body, cells))
+            out.append(body)
         pkey = None
         if self.patient and ids.get(self.patient):
             pkey = f"Patient/{ids[self.patient]}"
@@ -253,6 +284,55 @@ class TabularMapping:
             if when:
                 source_order.stamp(out, source_order.Order(time=when))
         return Conversion(resources=out, unit_id=unit_id, patient_key=pkey,
+                          kind=f"row:{self.name}", findings=ctx.findings, deletes=deletes)
+
+    def _owned(self, res: Resource) -> bool:
+        """An emitted resource keyed by the row's own key alone: no other row writes it. A
+        resource keyed otherwise (the Patient, by record number) is shared with other rows."""
+        return res.emit and set(res.id_columns) <= set(self.unit)
+
+    @staticmethod
+    def _said_empty(res: Resource, body: dict, cells: dict) -> list[str]:
+        """The elements ``res``'s rules write that ``body`` lacks although the row has every
+        column they read. Identifiers are not among them: the hub joins a Patient's identifiers
+        from every feed, and one view's empty column does not retract the others'."""
+        reads: dict[str, set[str]] = {}
+        either: dict[str, set[str]] = {}  # the elements of one `first:` (a value[x]): one is said
+        for rule in res.rules:
+            alts = rule.alternatives if rule.source == "first" else (rule,)
+            tops = {r.path[0][0] for r in alts}
+            for r in alts:
+                top = r.path[0][0]
+                reads.setdefault(top, set()).update(r.columns, r.when, r.when_any, rule.when,
+                                                    rule.when_any)
+                either.setdefault(top, set()).update(tops)
+        return sorted(e for e, cols in reads.items() if e != "identifier"
+                      and not any(x in body for x in either[e])
+                      and all(c in cells for c in cols))
+
+    def _deleted(self, unit_id: str, cell_text, source: SourceInfo, ctx: _Ctx) -> Conversion:
+        """A row deleted from its view (a tombstone: the key columns and ``@deleted``): the
+        resources of the row's own are deleted. A delete, not a status: the mapper knows nothing
+        but the key, and a new version saying ``entered-in-error`` would have to restate (or
+        erase) the content it retracts; the hub's delete keeps every earlier version in the
+        resource's history. The Patient, shared with the patient's other rows, stays."""
+        for col in self.unit:
+            if cell_text(col) is None:
+                raise MappingError(f"the deleted row's key column {col} is empty or missing",
+                                   location=col, rule="tabular.required")
+        deletes = []
+        for res in self.resources.values():
+            if self._owned(res):
+                rid = self._key(res, cell_text, source, ctx)
+                if rid is not None:
+                    deletes.append(f"{res.type}/{rid}")
+        if not deletes:
+            raise MappingError("the deleted row's key keys no resource of its own",
+                               rule="tabular.empty")
+        ctx.findings.append(Finding("information", "tabular.row-deleted",
+                                    f"the row was deleted from its view: {', '.join(deletes)} "
+                                    "deleted"))
+        return Conversion(resources=[], deletes=deletes, unit_id=unit_id,
                           kind=f"row:{self.name}", findings=ctx.findings)
 
     def _key(self, res: Resource, cell_text, source: SourceInfo, ctx: _Ctx) -> str | None:
@@ -379,7 +459,7 @@ class TabularMapping:
 
     def _apply(self, rule: Rule, body: dict, cells: dict, cell_text, ids: dict,
                source: SourceInfo, ctx: _Ctx) -> None:
-        if any(cell_text(c) is None for c in rule.when):
+        if _gated_off(rule.when, rule.when_any, cell_text):
             return
         try:
             value = self._value(rule, cells, cell_text, ids, source, ctx)
@@ -402,7 +482,7 @@ class TabularMapping:
         if kind == "first":
             last: V.BadValue | None = None
             for alt in rule.alternatives:
-                if any(cell_text(c) is None for c in alt.when):
+                if _gated_off(alt.when, alt.when_any, cell_text):
                     continue
                 try:
                     value = self._value(alt, cells, cell_text, ids, source, ctx)
@@ -451,6 +531,12 @@ class TabularMapping:
             ctx.column = spec["code"]
             code = V.t_code(cells.get(spec["code"]), {}, ctx) if cell_text(spec["code"]) else None
             if code is None:
+                if "display" in spec and cell_text(spec["display"]):
+                    # a name without its code (a diagnosis written in words): the rules that
+                    # write the name as text keep it; no coding is made up for it
+                    ctx.finding("information", "tabular.uncoded",
+                                f"column {spec['code']} is empty beside {spec['display']}: "
+                                f"{_dotted(rule.path)} left out, the name kept as text")
                 raise _Skip
             coding: dict[str, Any] = {}
             if "system" in spec:
@@ -538,6 +624,13 @@ class TabularMapping:
                 issues = "; ".join(f"{i.expression}: {i.diagnostics}" for i in e.issues[:5])
                 raise MappingFileError(f"{self.origin}: the example row makes an invalid "
                                        f"{r['resourceType']}: {issues}") from None
+
+
+def _gated_off(when: tuple[str, ...], when_any: tuple[str, ...], cell_text) -> bool:
+    """A rule or resource whose ``when`` columns are not all filled, or none of whose
+    ``when_any`` columns is."""
+    return any(cell_text(c) is None for c in when) or (
+        bool(when_any) and all(cell_text(c) is None for c in when_any))
 
 
 @dataclass(slots=True)

@@ -8,7 +8,11 @@ from typing import Any
 
 from hub.core.errors import HubError
 
-__all__ = ["MappingFileError", "Resource", "Rule"]
+__all__ = ["DELETED", "MappingFileError", "Resource", "Rule"]
+
+# a row that says its source row was deleted (a tombstone: its key columns and this, true); no
+# column can bear the name (columns are lower-case identifiers)
+DELETED = "@deleted"
 
 
 class MappingFileError(HubError, ValueError):
@@ -29,6 +33,7 @@ class Rule:
     targs: dict = field(default_factory=dict)
     default: Any = None
     when: tuple[str, ...] = ()
+    when_any: tuple[str, ...] = ()  # applies only when one of these has a value
     skip_on_error: bool = False
     alternatives: list[Rule] = field(default_factory=list)
     columns: tuple[str, ...] = ()  # read by this rule (for error locations)
@@ -48,3 +53,4 @@ class Resource:
     rules: list[Rule]
     # the next keys when a key column holds a filler or an invalid resident ID number: (kind, columns)
     fallbacks: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    when_any: tuple[str, ...] = ()  # emitted only when one of these has a value

@@ -508,9 +508,9 @@ class Hub:
                 (retiring if _replaced_by(op.d) else wanted).append(i)
         self._read_replaced(ops, wanted + retiring, replaced)
         kept = set(wanted)
-        for i in planned:  # the mark of what a message clears is never stored
-            op = ops[i]
-            if op.rtype == "Patient" and op.d is not None:
+        for i in planned:  # the mark of what a message clears is never stored (a tabular
+            op = ops[i]    # row marks every resource it writes; only a Patient keeps the unsaid)
+            if op.d is not None:
                 gone = cleared.take(op.d)
                 if i in kept:
                     _keep_unsaid(op.d, replaced[i][1] if i in replaced else None, gone)
