@@ -588,11 +588,12 @@ def _stored(hub, rtype: str, rid: str) -> dict:
     return orjson.loads(hub.store.latest_many(rtype, [rid])[rid][1].partition(b"\n")[2])
 
 
-def test_a_column_cleared_in_the_view_is_cleared_in_the_hub(hub):
-    """A phone, address and birth date cleared in the HIS (the row still there, the cells now
-    empty) stayed on the Patient, and a withdrawn diagnosis stayed current: the hub keeps what a
-    feed's Patient does not mention, and the row made no Condition to replace the old one. A
-    view's empty cell is said, not unsaid; a column the export lacks still says nothing."""
+def test_a_column_cleared_in_the_view_is_cleared_in_the_hub(hub, tmp_path):
+    """A withdrawn diagnosis stayed current (the row made no Condition to replace the old one),
+    and a phone, address and birth date cleared in a patient view stayed on the Patient (the hub
+    keeps what a feed's Patient does not mention). A view's empty cell is said, not unsaid, of
+    what the row owns; a column the export lacks still says nothing; a visit row's empty phone
+    says nothing of the Patient it shares with the patient's other visits and feeds."""
     from hub.core.errors import FhirError
 
     m = load_mapping("outpatient-visit")
@@ -600,23 +601,31 @@ def test_a_column_cleared_in_the_view_is_cleared_in_the_hub(hub):
     first = by_type(m.convert_row(base, SRC))
     pid, cid = first["Patient"]["id"], first["Condition"]["id"]
     _write(hub, m.convert_row(base, SRC))
-    # a later export without the phone column at all: the phone is not said, it stays
-    _write(hub, m.convert_row({k: v for k, v in base.items() if k != "phone"}
-                              | {"updated_at": "2024-03-01 10:00:00"}, SRC))
-    assert _stored(hub, "Patient", pid)["telecom"] == [{"system": "phone", "value": "13800138000"}]
+    phone = [{"system": "phone", "value": "13800138000"}]
     cleared = base | {"phone": None, "address": "", "birth_date": None, "diag_code": None,
                       "diag_name": None, "updated_at": "2024-03-01 11:00:00"}
     _write(hub, m.convert_row(cleared, SRC))
-    patient = _stored(hub, "Patient", pid)
-    assert not {"telecom", "address", "birthDate"} & set(patient)
-    assert patient["name"] == [{"text": "张三", "use": "official"}]
-    assert len(patient["identifier"]) == 2  # one view's cells retract no identifier
-    assert "cleared" not in orjson.dumps(patient).decode()  # the mark is never stored
+    assert _stored(hub, "Patient", pid)["telecom"] == phone  # shared: not the visit's to clear
     with pytest.raises(FhirError) as e:
         hub.read("Condition", cid)
     assert e.value.status == 410
     encounter = _stored(hub, "Encounter", first["Encounter"]["id"])
     assert "diagnosis" not in encounter and "cleared" not in orjson.dumps(encounter).decode()
+
+    def patient_view(d):  # one row per patient, keyed by the record number: it owns the Patient
+        d.update(name="patients", unit=["patient_id"])
+        d["resources"] = {"patient": d["resources"]["patient"]}
+    pm = load_mapping(str(_mutated(tmp_path, patient_view)))
+    # a later export without the phone column at all: the phone is not said, it stays
+    _write(hub, pm.convert_row({k: v for k, v in base.items() if k != "phone"}
+                               | {"updated_at": "2024-03-02 10:00:00"}, SRC))
+    assert _stored(hub, "Patient", pid)["telecom"] == phone
+    _write(hub, pm.convert_row(cleared | {"updated_at": "2024-03-02 11:00:00"}, SRC))
+    patient = _stored(hub, "Patient", pid)
+    assert not {"telecom", "address", "birthDate"} & set(patient)
+    assert patient["name"] == [{"text": "张三", "use": "official"}]
+    assert len(patient["identifier"]) == 2  # one view's cells retract no identifier
+    assert "cleared" not in orjson.dumps(patient).decode()  # the mark is never stored
 
 
 def test_a_deleted_row_deletes_what_it_wrote_and_only_that():

@@ -50,10 +50,11 @@ is left out with a warning finding instead of refusing the row). A ``coding:`` w
 empty beside a filled ``display`` column is left out with a ``tabular.uncoded`` information
 finding (the name stays where a rule writes it as text).
 
-A row is the whole record as its view holds it. An element its rules write that the row leaves
-empty, every column they read being in the row, is marked cleared (``fhir_mapping.cleared``): the
-hub then drops it from a Patient instead of keeping the stored value as unsaid; a column the row
-lacks says nothing. Identifiers are never marked (the hub joins a Patient's identifiers from every
+A row is the whole record of what it owns (a resource keyed by ``unit`` columns alone). An
+element its rules write that the row leaves empty, every column they read being in the row, is
+marked cleared (``fhir_mapping.cleared``): the hub then drops it from a Patient instead of keeping
+the stored value as unsaid; a column the row lacks says nothing, and a resource the row shares (a
+visit view's Patient) is never cleared by it. Identifiers are never marked (the hub joins a Patient's identifiers from every
 feed). A resource of the row's own (keyed by ``unit`` columns alone) whose ``when``/``when_any``
 columns are in the row but empty is deleted (``Conversion.deletes``: a withdrawn diagnosis). A
 tombstone row (``"@deleted": true`` beside the ``unit`` columns, as the database poller's
@@ -259,11 +260,13 @@ class TabularMapping:
             for rule in res.rules:
                 self._apply(rule, body, cells, cell_text, ids, source, ctx)
             body = _finish(body)
-            # a view's row is the whole record as the view holds it: an element whose columns
-            # the row has, empty, is said to be empty now (a phone cleared in the HIS), not left
-            # unsaid; the hub keeps a feed's unsaid Patient elements, not these
-            # (fhir_mapping.cleared)
-            cleared.mark(body, self._said_empty(res, body, cells))
+            # a view's row is the whole record of what it owns: an element whose columns the row
+            # has, empty, is said to be empty now (a phone cleared in a patient view), not left
+            # unsaid (fhir_mapping.cleared). Not so for a resource the row shares: a visit row's
+            # empty phone does not say the patient has none (it was not taken at that visit, or
+            # another feed keeps it)
+            if self._owned(res):
+                cleared.mark(body, self._said_empty(res, body, cells))
             out.append(body)
         pkey = None
         if self.patient and ids.get(self.patient):
