@@ -116,6 +116,18 @@ def test_content_error_is_ae_with_location(connector, messages):
     assert ack_segment(ack, "ERR")[2].startswith("MSH^1^10")
 
 
+def test_an_empty_version_is_a_required_field_missing_and_kept_for_replay(connector, messages):
+    """MSH-12 left empty was accepted and mapped as if it were 2.x."""
+    no_version = messages[0].replace(b"|P|2.5", b"|P|", 1).replace(b"M0000000A", b"NOVER1")
+    with client(connector) as c:
+        ack = c.send(no_version)
+    assert ack_code(ack) == "AE"
+    err = ack_segment(ack, "ERR")
+    assert err[2].startswith("MSH^1^12") and err[3].startswith("101^Required field missing")
+    [kept] = [d for d in connector.spool.deadletters() if d["unit_id"] == "NOVER1"]
+    assert kept["stage"] == "convert" and connector.spool.deadletter(kept["id"])["payload"] == no_version
+
+
 def test_wrong_encoding_and_cjk(connector):
     patient = next(region_patients(2, seed=3))
     msg = adt_message(patient, "A04", "ENC1", "202401010930+0800")

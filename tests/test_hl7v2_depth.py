@@ -395,3 +395,104 @@ def test_a_visits_diagnoses_keep_their_type_and_rank():
     assert cats["E11"][1] == {"text": "Q"}
     rules = {f.rule for f in c.findings}
     assert {"v2.dg1-6.unlisted", "v2.dg1-15.invalid"} <= rules
+
+
+def obx(*fields: str) -> str:
+    return "OBX|" + "|".join(fields) + "\r"
+
+
+def test_a_results_site_equipment_and_time_of_analysis_are_kept():
+    """OBX-18 (the analyser, lowest level first), OBX-19 (when it analysed) and OBX-20 (where on the
+    body) were dropped: the Observation's device, its analysis-date-time extension and bodySite."""
+    fields = ["1", "NM", "2345-7^葡萄糖^LN", "", "5.6", "mmol/L", "", "", "", "", "F", "", "", "20240315080000",
+              "", "", "", "M7^LAB~AU5800-01^LAB~-", "20240315093000", "LA^左臂^HL70163~RA^右臂^HL70163"]
+    c = conv("ORU^R01", PID + PV1 + "ORC|RE|P1|F1\rOBR|1|P1|F1|GLU^血糖^L|||20240315080000\r" + obx(*fields))
+    (o,) = by_type(c, "Observation")
+    assert o["bodySite"]["coding"][0]["code"] == "LA"
+    assert {"text": "observation site (OBX-20): 右臂"} in o["note"]
+    assert o["extension"] == [{"url": "http://hl7.org/fhir/StructureDefinition/observation-analysis-date-time",
+                               "valueDateTime": "2024-03-15T09:30:00+08:00"}]
+    devices = {d["id"]: d for d in by_type(c, "Device")}
+    module = devices[o["device"]["reference"].split("/")[1]]
+    assert module["identifier"][0]["value"] == "M7" and module["identifier"][0]["assigner"] == {"display": "LAB"}
+    analyser = devices[module["parent"]["reference"].split("/")[1]]
+    assert analyser["identifier"][0]["value"] == "AU5800-01" and "parent" not in analyser
+    assert len(devices) == 2  # the filler "-" is no equipment
+    assert {(f.rule, f.location) for f in c.findings} >= {("v2.identifier.placeholder", "OBX-18[3]"),
+                                                          ("v2.obx-20.repeats", "OBX-20")}
+
+
+def test_relevant_clinical_information_is_kept_on_the_order():
+    """OBR-13 was dropped: as text (ST to v2.6) and coded (CWE), on the ServiceRequest of the order and
+    of a result's report, by the IG's R5 supportingInfo extension."""
+    url = "http://hl7.org/fhir/5.0/StructureDefinition/extension-ServiceRequest.supportingInfo"
+    obr = "OBR|1|P1|F1|GLU^血糖^L|||20240315080000||||||发热3天，空腹~R50.9^发热^I10\r"
+    for kind in ("ORM^O01", "ORU^R01"):
+        c = conv(kind, PID + PV1 + "ORC|NW|P1|F1\r" + obr + obx("1", "NM", "2345-7^葡萄糖^LN", "", "5.6"))
+        (sr,) = by_type(c, "ServiceRequest")
+        assert sr["extension"] == [
+            {"url": url, "valueCodeableConcept": {"text": "发热3天，空腹"}},
+            {"url": url, "valueCodeableConcept": {"coding": [
+                {"system": "http://hl7.org/fhir/sid/icd-10", "code": "R50.9", "display": "发热"}], "text": "发热"}}], kind
+
+
+def test_give_strength_is_the_medications_ingredient_strength():
+    """RXE-25/26 (give strength, 500 mg a tablet; RXE-27/28 the volume it is in) were dropped."""
+    rxe = ["", "A001^阿莫西林胶囊^L", "2", "", "TAB^片"] + [""] * 19 + ["500", "mg^毫克"]
+    c = conv("RDE^O11", PID + PV1 + "ORC|NW|P1|F1\rRXE|" + "|".join(rxe) + "\r")
+    (mr,), (med,) = by_type(c, "MedicationRequest"), by_type(c, "Medication")
+    assert mr["medicationReference"] == {"reference": f"Medication/{med['id']}"}
+    assert med["code"]["coding"][0]["code"] == "A001"
+    assert med["ingredient"] == [{"itemCodeableConcept": med["code"],
+                                  "strength": {"numerator": {"value": 500, "unit": "毫克"}}}]
+    rxe = rxe[:24] + ["250", "mg", "5", "mL^毫升"]
+    c = conv("RDE^O11", PID + PV1 + "ORC|NW|P1|F1\rRXE|" + "|".join(rxe) + "\r")
+    assert by_type(c, "Medication")[0]["ingredient"][0]["strength"] == {
+        "numerator": {"value": 250, "unit": "mg"}, "denominator": {"value": 5, "unit": "毫升"}}
+
+
+def test_a_note_about_the_patient_is_kept_on_the_patient():
+    """An NTE right after PID (and after PD1) was dropped: the Patient's note extensions."""
+    c = conv("ADT^A01", "EVN|A01|20240315083000\r" + PID + "NTE|1||对青霉素过敏史不详，家属代述\r"
+             "PD1||||D1^王^医生\rNTE|2||听力障碍，需书面沟通||D7^李^护士|20240315090000\r" + PV1
+             + "NTE|3||访视备注\r")
+    (pat,) = by_type(c, "Patient")
+    notes = [e["valueAnnotation"] for e in pat["extension"] if e["url"] == "http://hl7.org/fhir/StructureDefinition/note"]
+    assert notes == [{"text": "对青霉素过敏史不详，家属代述"},
+                     {"text": "听力障碍，需书面沟通", "time": "2024-03-15T09:00:00+08:00", "authorString": "李护士"}]
+    siu = conv("SIU^S12", "SCH|A1|A1|||||||30|min|^^30^20240316090000\rNTE|1||空腹前来\r" + PID
+               + "NTE|1||轮椅\r")
+    assert by_type(siu, "Appointment")[0]["comment"] == "空腹前来"
+    assert [e["valueAnnotation"]["text"] for e in by_type(siu, "Patient")[0]["extension"]
+            if e["url"].endswith("/note")] == ["轮椅"]
+
+
+@pytest.mark.parametrize("vt, value, element, expected", [
+    ("CE", "L-25116^大肠埃希菌^SNM~L-24801^肺炎克雷伯菌^SNM", "valueCodeableConcept",
+     ["大肠埃希菌", "肺炎克雷伯菌"]),
+    ("NM", "60~120", "valueQuantity", [60, 120]),
+])
+def test_every_repetition_of_a_result_is_kept_as_a_component(vt, value, element, expected):
+    """A repeating OBX-5 (two organisms, two readings) kept its first value, with a finding."""
+    c = conv("ORU^R01", PID + PV1 + "ORC|RE|P1|F1\rOBR|1|P1|F1|CUL^培养^L|||20240315080000\r"
+             + obx("1", vt, "600-7^培养结果^LN", "", value, "mmHg" if vt == "NM" else "", "50-150", "", "", "", "F"))
+    (o,) = by_type(c, "Observation")
+    assert not any(k.startswith("value") for k in o) and "referenceRange" not in o
+    got = [comp[element] for comp in o["component"]]
+    assert [g["coding"][0]["display"] if vt == "CE" else g["value"] for g in got] == expected
+    assert all(comp["code"] == o["code"] for comp in o["component"])
+    if vt == "NM":
+        assert got[0]["unit"] == "mmHg" and o["component"][1]["referenceRange"][0]["high"]["value"] == 150
+    assert not [f for f in c.findings if f.rule.startswith("v2.obx-5")]
+
+
+def test_a_date_only_report_time_is_no_made_up_instant():
+    """OBR-22 20240315 (a day) became issued 2024-03-15T00:00:00+08:00, a time nobody sent."""
+    obr = ["OBR", "1", "P1", "F1", "GLU^血糖^L", "", "", "20240315080000"] + [""] * 14 + ["{}", "", "", "F"]
+    body = PID + PV1 + "ORC|RE|P1|F1\r" + "|".join(obr) + "\r"
+    (rep,) = by_type(conv("ORU^R01", body.format("20240315")), "DiagnosticReport")
+    assert "issued" not in rep
+    assert rep["_issued"] == {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/originalText",
+                                             "valueString": "20240315"}]}
+    (rep,) = by_type(conv("ORU^R01", body.format("202403151030")), "DiagnosticReport")
+    assert rep["issued"] == "2024-03-15T10:30:00+08:00" and "_issued" not in rep

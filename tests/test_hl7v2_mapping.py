@@ -165,6 +165,7 @@ def test_dft_payer_split():
      "v2.encoding.undecodable"),
     (b"", "AR", "v2.msh.missing"),
     (b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01||P|2.5\rPID|1||123^^^^MR", "AE", "v2.msh10.missing"),
+    (b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|X1|P|\rPID|1||123^^^^MR", "AE", "v2.msh12.missing"),
     (b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|X1|P|2.5\rPID|1||", "AE", "v2.pid3.missing"),
     (b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|X1|P|2.5\rEVN|A01", "AE", "v2.pid.missing"),
     (b"MSH|^~\\&|||C|D|20240101||ADT^A01|X1|P|2.5\rPID|1||1^^^^MR", "AE", "v2.msh4.missing"),

@@ -72,6 +72,11 @@ def _convert(payload: bytes, source: SourceInfo) -> Conversion:
     if not control_id:
         raise MappingError("MSH-10 (message control id) is empty", code="AE", location="MSH-10",
                            rule="v2.msh10.missing")
+    if not msg.msh.get(12):
+        # a required field, like MSH-10: which version's structures the message follows is unknown,
+        # and mapping it as 2.x would be a guess (connectors.kinds refuses a version other than 2.x)
+        raise MappingError("MSH-12 (version id) is empty", code="AE", location="MSH-12",
+                           rule="v2.msh12.missing")
     ctx = Ctx(msg, source, kind, trigger, spec)
     BUILDERS[spec["builder"]](ctx)
     provenance(ctx, spec["activity"])

@@ -96,6 +96,9 @@ def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
     reasons = [c for c in (dt.concept(r) for r in obr.field(31)) if c]
     if reasons:
         res["reasonCode"] = reasons
+    clinical = _clinical_information(obr)
+    if clinical:
+        res["extension"] = clinical
     specs = specimens if specimens is not None else (
         [r for r in (specimen(ctx, s) for s in g.spm) if r] or list(early or []))
     if specs:
@@ -112,6 +115,26 @@ def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
     if g.notes:
         res["note"] = [{"text": n} for n in g.notes]
     return ctx.add(res)
+
+
+# R5's ServiceRequest.supportingInfo (a CodeableReference) as R4 carries its concept, the place the
+# v2-to-FHIR IG's OBR[ServiceRequest] map gives OBR-13
+_SUPPORTING_INFO = "http://hl7.org/fhir/5.0/StructureDefinition/extension-ServiceRequest.supportingInfo"
+
+
+def _clinical_information(obr: Seg) -> list[dict]:
+    """OBR-13 relevant clinical information, every repetition: free text up to v2.6 (ST: 发热3天,
+    kept whole as the concept's text, never read as a code), a CWE from v2.7."""
+    out = []
+    for r, rep in enumerate(obr.field(13), 1):
+        coded = sum(1 for c in rep if any(x.strip() for x in c)) > 1
+        concept = dt.concept(rep) if coded else None
+        text = obr.text(13, r)
+        if concept is None and text:
+            concept = {"text": text}
+        if concept:
+            out.append({"url": _SUPPORTING_INFO, "valueCodeableConcept": concept})
+    return out
 
 
 def referral_providers(ctx: Ctx, orders: list[dict[str, str]]) -> None:
@@ -230,6 +253,18 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
     res["status"] = _MEDSTATUS.get(order_status(orc), "active")
     res["intent"] = "order"
     compound = _compound(ctx, key, med, g.get("RXCs", []))
+    strength = _give_strength(rxe)
+    if compound is None and strength is not None:
+        compound = ctx.add({"resourceType": "Medication", "id": ctx.id("Medication", key), "code": med,
+                            "ingredient": [{"itemCodeableConcept": med, "strength": strength}]})
+    elif rxe is not None and rxe.get(25):
+        # a compound's strength is its components' (RXC-5/6), and a strength that is no number
+        # fits no Quantity: either is kept as a note of the order, never dropped
+        why = "is no number" if strength is None else "was sent with RXC components"
+        ctx.find("information", "v2.rxe-25.as-note", f"RXE-25 (give strength) {why}: kept as a note "
+                 "of the order", rxe.loc(25))
+        g.setdefault("notes", []).append("give strength (RXE-25/26): " + " ".join(
+            x for x in (rxe.get(25), dt.comp(rxe.rep(26), 2) or dt.comp(rxe.rep(26), 1)) if x))
     if compound:
         res["medicationReference"] = compound
     else:
@@ -369,6 +404,21 @@ def _quantity(rep: list[list[str]], amount_c: int = 1, unit_c: int = 2) -> dict 
     if unit:
         q["unit"] = unit
     return q
+
+
+def _give_strength(rxe: Seg | None) -> dict | None:
+    """RXE-25/26 give strength and its units (with RXE-27/28, the volume it is in) -> the
+    Medication's ingredient strength, as the v2-to-FHIR IG maps RXO-18/19 and RXO-25/26."""
+    if rxe is None:
+        return None
+    value = dt.decimal(rxe.get(25))
+    if value is None:
+        return None
+    strength: dict[str, Any] = {"numerator": _amount(value, rxe.rep(26))}
+    volume = dt.decimal(rxe.get(27))
+    if volume is not None:
+        strength["denominator"] = _amount(volume, rxe.rep(28))
+    return strength
 
 
 def _compound(ctx: Ctx, key: str, med: dict, rxcs: list[Seg]) -> dict[str, str] | None:

@@ -4,10 +4,14 @@ import each other."""
 
 from __future__ import annotations
 
+from . import datatypes as dt
 from .clinical import allergy, condition, coverage, procedure
 from .context import Ctx
 from .encounter import encounter, role_participants
+from .message import Seg
 from .people import patient, primary_care, related_person
+
+_NOTE = "http://hl7.org/fhir/StructureDefinition/note"
 
 
 def patient_context(ctx: Ctx, *, with_encounter: bool = True) -> dict:
@@ -16,6 +20,7 @@ def patient_context(ctx: Ctx, *, with_encounter: bool = True) -> dict:
     if pid is None:
         raise ctx.error(f"{ctx.kind} has no PID segment", "PID", "v2.pid.missing")
     pat = patient(ctx, pid)
+    _patient_notes(ctx, pid, pat)
     pd1 = msg.first("PD1")
     if pd1 is not None:
         primary_care(ctx, pd1, pat)
@@ -39,3 +44,39 @@ def patient_context(ctx: Ctx, *, with_encounter: bool = True) -> dict:
     for n, in1 in enumerate(msg.all("IN1"), 1):
         coverage(ctx, in1, n)
     return pat
+
+
+def patient_notes(ctx: Ctx, pid: Seg) -> list[Seg]:
+    """The NTE segments of the patient group: after the PID, among its PD1 and PRT (ORU_R01's
+    PATIENT group, and ADT senders who write them there)."""
+    out = []
+    for seg in ctx.msg.segments[pid.index + 1:]:
+        if seg.name == "NTE":
+            out.append(seg)
+        elif seg.name not in ("PD1", "PRT"):
+            break
+    return out
+
+
+def _patient_notes(ctx: Ctx, pid: Seg, pat: dict) -> None:
+    """A note about the patient (NTE after PID) -> the Patient's ``note`` extension (an Annotation,
+    from the FHIR extensions pack). The v2-to-FHIR IG maps the patient group's NTE nowhere, and R4's
+    Patient has no note element; a Flag would make every remark an alert, and a note on another
+    resource would tie it to a visit or order it is not about. The note keeps its text and its
+    NTE-5 author and NTE-6 time where sent."""
+    notes = []
+    for nte in patient_notes(ctx, pid):
+        text = "\n".join(nte.text(3, r) for r in range(1, len(nte.field(3)) + 1)).strip()
+        if not text:
+            continue
+        note: dict = {"text": text}
+        when = dt.datetime(nte.get(6))
+        if when:
+            note["time"] = when
+        name = dt.human_name(nte.rep(5), 2)  # NTE-5 entered by (XCN, v2.6+)
+        if name:
+            note["authorString"] = name.get("text") or " ".join(
+                [*name.get("given", []), name.get("family", "")]).strip()
+        notes.append({"url": _NOTE, "valueAnnotation": note})
+    if notes:
+        pat.setdefault("extension", []).extend(notes)

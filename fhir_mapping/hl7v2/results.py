@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import re
 from typing import Any
 
@@ -317,15 +318,14 @@ def _attachment_rp(rep: list[list[str]]) -> dict | None:
 
 
 def value(ctx: Ctx, obx: Seg) -> tuple[str, Any] | tuple[None, str] | None:
-    """(element, value) for Observation.value[x]; (None, reason) when the type cannot be an
-    Observation value; None when OBX-5 is empty."""
+    """(element, value) for Observation.value[x]; ("component", [(element, value), ...]) when OBX-5
+    repeats; (None, reason) when the type cannot be an Observation value; None when OBX-5 is empty."""
     vt = obx.get(2).upper()
     reps = obx.field(5)
     if not reps:
         return None
     kind = _VT.get(vt)
     units = obx.rep(6)
-    first = reps[0]
     if kind is None:
         # the result is kept whatever its type says: its text as a string, with a finding
         kind = "string"
@@ -334,9 +334,34 @@ def value(ctx: Ctx, obx: Seg) -> tuple[str, Any] | tuple[None, str] | None:
         else:
             ctx.find("warning", "v2.obx-2.unknown", f"OBX-2 value type {vt[:8]!r} is none this "
                      "mapper knows: OBX-5 kept as a string", obx.loc(2))
-    if len(reps) > 1 and kind not in ("string",):
-        ctx.find("information", "v2.obx-5.repeats", f"OBX-5 repeats ({len(reps)}); the first value is "
-                 "mapped", obx.loc(5))
+    if len(reps) == 1 or kind in _WHOLE:
+        return _one(ctx, obx, vt, kind, reps[0], units, reps)
+    # OBX-5 repeating (two organisms, 60~120): one Observation with a component per repetition, as
+    # the v2-to-FHIR IG's OBX[Observation-Component] map does. The repetitions are values of one
+    # result (one code, status, time, performer), not results of their own: separate Observations
+    # would need keys and a report entry each, and would read as two tests where one was done.
+    parts = []
+    for r, rep in enumerate(reps, 1):
+        got = _one(ctx, obx, vt, kind, rep, units, reps, r)
+        if got is None:
+            continue
+        if got[0] is None:
+            ctx.find("warning", "v2.obx-5.unmapped", got[1], obx.loc(5, r))
+            continue
+        parts.append(got)
+    if len(parts) > 1:
+        return "component", parts
+    return parts[0] if parts else None
+
+
+# value types whose repetitions are one value: text lines, a numeric array, a document
+_WHOLE = frozenset({"string", "numeric-array", "attachment", "reference-pointer"})
+
+
+def _one(ctx: Ctx, obx: Seg, vt: str, kind: str, first: list[list[str]], units: list[list[str]],
+         reps: list, r: int | None = None) -> tuple[str, Any] | tuple[None, str] | None:
+    """One value of OBX-5 (repetition ``r``) as (element, value), see ``value``."""
+    loc = obx.loc(5, r)
     if kind == "quantity":
         raw = dt.comp(first, 1)
         v = dt.decimal(raw)
@@ -350,17 +375,17 @@ def value(ctx: Ctx, obx: Seg) -> tuple[str, Any] | tuple[None, str] | None:
                 return "valueQuantity", {"value": num, "comparator": comp_,
                                          **{k: x for k, x in _quantity(num, units).items() if k != "value"}}
         ctx.find("warning", "v2.obx-5.not-numeric", f"NM value {raw[:40]!r} is not a number; kept as a string",
-                 obx.loc(5))
+                 loc)
         return ("valueString", raw) if raw else None
     if kind == "structured-numeric":
         got = _sn(first, units)
         if got is None:
             text = "".join(dt.comp(first, i) for i in (1, 2, 3, 4))
-            ctx.find("information", "v2.obx-5.sn-as-string", "SN value kept as a string", obx.loc(5))
+            ctx.find("information", "v2.obx-5.sn-as-string", "SN value kept as a string", loc)
             return ("valueString", text) if text else None
         return got
     if kind == "string":
-        text = "\n".join(r for r in ("^".join("&".join(c) for c in rep).rstrip("^").strip() for rep in reps) if r)
+        text = "\n".join(x for x in ("^".join("&".join(c) for c in rep).rstrip("^").strip() for rep in reps) if x)
         if vt in ("XCN", "XPN", "XAD", "CX", "EI", "AD", "PN", "TN", "XTN"):
             text = " ".join(p for p in text.replace("&", "^").split("^") if p)
         return ("valueString", text) if text else None
@@ -370,24 +395,24 @@ def value(ctx: Ctx, obx: Seg) -> tuple[str, Any] | tuple[None, str] | None:
     if kind == "datetime":
         v = dt.datetime(dt.comp(first, 1))
         if v is None:
-            return _as_text(ctx, obx, first, f"is not a valid {vt}")
+            return _as_text(ctx, obx, first, f"is not a valid {vt}", loc=loc)
         return "valueDateTime", v
     if kind == "time":
         v = dt.time(dt.comp(first, 1))
         if v is None:
-            return _as_text(ctx, obx, first, "is not a valid TM")
+            return _as_text(ctx, obx, first, "is not a valid TM", loc=loc)
         return "valueTime", v
     if kind == "integer":  # SI
         n = dt.comp(first, 1)
         if n.isascii() and n.isdigit() and len(n) < 10:
             return "valueInteger", int(n)
-        return _as_text(ctx, obx, first, "is not a sequence number (SI)")
+        return _as_text(ctx, obx, first, "is not a sequence number (SI)", loc=loc)
     if kind == "composite-quantity":  # CQ: quantity ^ units (a CE in subcomponents)
         v = dt.decimal(dt.comp(first, 1))
         if v is not None:
             sub = first[1] if len(first) > 1 else []
             return "valueQuantity", _quantity(v, [[x] for x in sub])
-        return _as_text(ctx, obx, first, "is not a quantity (CQ)")
+        return _as_text(ctx, obx, first, "is not a quantity (CQ)", loc=loc)
     if kind == "range":
         lo, hi = dt.decimal(dt.comp(first, 1)), dt.decimal(dt.comp(first, 2))
         rng = {k: {"value": v} for k, v in (("low", lo), ("high", hi)) if v is not None}
@@ -413,12 +438,12 @@ def value(ctx: Ctx, obx: Seg) -> tuple[str, Any] | tuple[None, str] | None:
 
 
 def _as_text(ctx: Ctx, obx: Seg, first: list[list[str]], why: str,
-             reps: list | None = None) -> tuple[str, Any] | None:
+             reps: list | None = None, loc: str | None = None) -> tuple[str, Any] | None:
     """A value that is not what its type says, kept as the text sent with a finding: the result
     (its code, status, time) is never dropped for it."""
     text = "~".join("^".join("&".join(c) for c in rep).rstrip("^") for rep in (reps or [first]))
     ctx.find("warning", "v2.obx-5.kept-as-text", f"OBX-5 {text[:30]!r} {why}: kept as a string",
-             obx.loc(5))
+             loc or obx.loc(5))
     return ("valueString", text) if text.strip("~^& ") else None
 
 
@@ -504,7 +529,12 @@ def observation(ctx: Ctx, obx: Seg, notes: list[str], key: str, nth: str, *,
         performers.append({"display": org})
     if performers:
         res["performer"] = performers
-    if got is not None:
+    if got is not None and got[0] == "component":
+        rr_each = reference_range(obx, obx.rep(6))
+        res["component"] = [{"code": copy.deepcopy(code), element: v,
+                             **({"referenceRange": copy.deepcopy(rr_each)} if rr_each else {})}
+                            for element, v in got[1]]
+    elif got is not None:
         res[got[0]] = got[1]
     interp = []
     for rep in obx.field(8):
@@ -525,12 +555,66 @@ def observation(ctx: Ctx, obx: Seg, notes: list[str], key: str, nth: str, *,
     method = dt.concept(obx.rep(17))
     if method:
         res["method"] = method
+    _site_device_analysis(ctx, obx, res)
     if specimen_ref:
         res["specimen"] = specimen_ref
-    rr = reference_range(obx, obx.rep(6))
+    rr = reference_range(obx, obx.rep(6)) if "component" not in res else None
     if rr:
         res["referenceRange"] = rr
     return ctx.add(res)
+
+
+def _site_device_analysis(ctx: Ctx, obx: Seg, res: dict[str, Any]) -> None:
+    """OBX-20 observation site -> bodySite, OBX-18 equipment -> device, OBX-19 time of the analysis
+    -> its extension (the v2-to-FHIR IG's OBX[Observation] map)."""
+    sites = [c for c in (dt.concept(r) for r in obx.field(20)) if c]
+    if sites:
+        res["bodySite"] = sites[0]
+        if len(sites) > 1:  # bodySite is 0..1: the other sites are kept as notes, never dropped
+            ctx.find("information", "v2.obx-20.repeats", f"OBX-20 names {len(sites)} sites: the first is "
+                     "the bodySite, the others are kept as notes", obx.loc(20))
+            res.setdefault("note", []).extend(
+                {"text": f"observation site (OBX-20): {_concept_text(c)}"} for c in sites[1:])
+    device = equipment(ctx, obx)
+    if device:
+        res["device"] = device
+    raw = obx.get(19)
+    analysed = dt.datetime(raw)
+    if analysed:
+        res.setdefault("extension", []).append({"url": _ANALYSIS_TIME, "valueDateTime": analysed})
+    elif raw:
+        ctx.find("warning", "v2.obx-19.invalid", "OBX-19 (date/time of the analysis) is no valid time: "
+                 "not mapped", obx.loc(19))
+
+
+_ANALYSIS_TIME = "http://hl7.org/fhir/StructureDefinition/observation-analysis-date-time"
+
+
+def _concept_text(c: dict) -> str:
+    coding = (c.get("coding") or [{}])[0]
+    return c.get("text") or coding.get("display") or coding.get("code") or ""
+
+
+def equipment(ctx: Ctx, obx: Seg) -> dict[str, str] | None:
+    """OBX-18 (EI, repeating: the equipment from the lowest level up, a module, then the analyser
+    holding it) -> a Device per level keyed by its identifier, each the ``parent`` of the one
+    before; the Observation's device is the first. A placeholder identifier is no key (no Device)."""
+    refs: list[dict[str, str]] = []
+    for r, rep in enumerate(obx.field(18), 1):
+        number = dt.comp(rep, 1)
+        if not number or not ctx.usable(number, None, obx.loc(18, r), "equipment instance identifier"):
+            continue
+        ns, oid = dt.comp(rep, 2), dt.oid_of(dt.comp(rep, 3), dt.comp(rep, 4))
+        ident = entity_identifier(ctx, number, ns, oid, "device")
+        if "system" not in ident and "assigner" not in ident:
+            ident["assigner"] = {"display": ctx.inst}
+        refs.append(ctx.add({"resourceType": "Device", "id": ctx.id("Device", oid or ns, number),
+                             "identifier": [ident]}))
+    for child, parent in zip(refs, refs[1:]):
+        dev = ctx.get("Device", child["reference"].split("/", 1)[1])
+        if dev is not None and child != parent:
+            dev["parent"] = parent
+    return refs[0] if refs else None
 
 
 def loose_observations(ctx: Ctx, items: list[tuple[Seg, list[str]]] | None = None) -> list[dict]:
@@ -608,9 +692,7 @@ def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict], *,
             res["effectivePeriod"] = {"start": effective, "end": end}
         else:
             res["effectiveDateTime"] = effective
-    issued = dt.datetime(obr.get(22), instant=True)
-    if issued:
-        res["issued"] = issued
+    _issued(ctx, obr, res)
     interpreters = []
     for rep in obr.field(32):
         ref = practitioner(ctx, rep[:1] + [[s] for s in rep[0][1:]] if rep else rep, obr.loc(32))
@@ -634,3 +716,28 @@ def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict], *,
     if forms:
         res["presentedForm"] = forms
     return ctx.add(res)
+
+
+_ORIGINAL_TEXT = "http://hl7.org/fhir/StructureDefinition/originalText"
+
+
+def _issued(ctx: Ctx, obr: Seg, res: dict[str, Any]) -> None:
+    """OBR-22 (results reported) -> issued, an instant. A time without its hour (a date only) is no
+    instant and is not made one at midnight: ``issued`` is left out and the value sent is kept on
+    it as its original text (``_issued``), with a finding, as the CDA mapper leaves a date-only
+    issued out."""
+    raw = obr.get(22)
+    if not raw:
+        return
+    day = dt.datetime(raw)
+    if day and "T" in day:  # with its hour, a v2 time reads as seconds and an offset: an instant
+        res["issued"] = day
+        return
+    if day is None:
+        ctx.find("warning", "v2.obr-22.invalid", "OBR-22 (results reported) is no valid time: not "
+                 "mapped", obr.loc(22))
+        return
+    res["_issued"] = {"extension": [{"url": _ORIGINAL_TEXT, "valueString": raw}]}
+    ctx.find("information", "v2.obr-22.partial", f"OBR-22 (results reported) gives no time of day "
+             f"({day}): issued is an instant, so it is left out and the value is kept as its "
+             "original text", obr.loc(22))

@@ -10,7 +10,7 @@ from . import datatypes as dt
 from .context import Ctx
 from .encounter import location
 from .message import Seg
-from .patient_context import patient_context
+from .patient_context import patient_context, patient_notes
 from .people import practitioner
 from .tables import table
 
@@ -95,7 +95,9 @@ def build(ctx: Ctx) -> None:
         res["start"] = start
     if duration and duration == int(duration) and 0 < duration < 10 ** 6:
         res["minutesDuration"] = int(duration)
-    notes = [n.text(3) for n in ctx.msg.all("NTE") if n.text(3)]
+    pid = ctx.msg.first("PID")
+    about_patient = {n.index for n in patient_notes(ctx, pid)} if pid is not None else set()
+    notes = [n.text(3) for n in ctx.msg.all("NTE") if n.text(3) and n.index not in about_patient]
     if notes:
         res["comment"] = "\n".join(notes)
     pstatus = "declined" if status in ("cancelled", "noshow") else "accepted"
