@@ -163,13 +163,14 @@ class ClientRegistry:
             if self._standing_db is None:
                 self._standing_db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
             db = self._standing_db
-            version = db.execute("PRAGMA data_version").fetchone()[0]
+            # each statement read to its end: none holds a read transaction (a stale snapshot)
+            (version,), = db.execute("PRAGMA data_version").fetchall()
             if version != self._standing_version:
                 self._standing, self._standing_version = {}, version
             known = self._standing.get(client_id)
             if known is None:  # only verified tokens ask: at most one entry a registered client
-                row = db.execute("SELECT status FROM client WHERE client_id = ?", (client_id,)).fetchone()
-                known = self._standing[client_id] = row is not None and row[0] == "active"
+                rows = db.execute("SELECT status FROM client WHERE client_id = ?", (client_id,)).fetchall()
+                known = self._standing[client_id] = rows == [("active",)]
             return known
 
     def use_jti(self, client_id: str, jti: str, expires: float) -> bool:
