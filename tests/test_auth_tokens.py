@@ -28,6 +28,7 @@ from hub.auth.tokens import (
     OAuthError,
     Signer,
     Verifier,
+    access_claims,
     issue_for_client,
 )
 from hub.core.config import Settings
@@ -432,6 +433,24 @@ def test_verifier_refuses(own):
     forged = jwt.utils.base64url_encode(json.dumps({"iss": "https://hub/auth", "aud": "https://hub/fhir",
                                                     "sub": "admin", "exp": 2**40}).encode()).decode()
     refused_token(verifier, f"{head}.{forged}.{sig}", "signature")
+
+
+def test_verifier_refuses_a_kept_token_once_its_client_is_revoked(tmp_path):
+    """A verified token is kept until it expires; its client's registration is asked on every
+    use, and a revocation through another connection to the registry (another process) counts
+    at the next one."""
+    registry, signer = open_registry(tmp_path), Signer(tmp_path)
+    verifier = Verifier("https://hub/fhir", signer, issuer="https://hub/auth", clients=registry)
+    keep, lose = (registry.add(n, jwks_from_bytes(pem(RSA_KEY), "k.pem"), scopes="system/*.rs")
+                  for n in ("kept", "revoked"))
+    tokens = {c.client_id: signer.issue(access_claims(c, "system/*.rs", "https://hub/auth",
+                                                      "https://hub/fhir"), 300)
+              for c in (keep, lose)}
+    for token in tokens.values():
+        assert verifier.verify(token)["scope"] == "system/*.rs"
+    ClientRegistry(registry.path).revoke(lose.client_id)
+    refused_token(verifier, tokens[lose.client_id], "revoked")
+    assert verifier.verify(tokens[keep.client_id])["client_id"] == keep.client_id
 
 
 def test_verifier_without_own_signer_trusts_nobody(own):

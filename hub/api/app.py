@@ -277,7 +277,8 @@ def _verifier(app: FastAPI, settings: Settings) -> Verifier:
         external.append(ExternalIssuer(settings.auth_issuer, settings.auth_jwks_url or "",
                                        roles_claim=settings.auth_roles_claim,
                                        institution_claim=settings.auth_institution_claim))
-    return Verifier(settings.fhir_base, own=app.state.auth_signer, external=external)
+    return Verifier(settings.fhir_base, own=app.state.auth_signer, external=external,
+                    clients=app.state.auth_registry)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

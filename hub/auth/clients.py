@@ -3,7 +3,8 @@
 A client (a hospital's connector, a data-quality service) is registered by an administrator with
 its public keys (it signs its token requests with the private half, which the hub never sees), the
 institution it speaks for, its hub roles and the scopes it may be granted. Revoking it refuses its
-next token request; tokens already issued expire within minutes.
+next token request and, through ``active_now`` (which the verifier asks on every request a token
+of the hub's makes), the tokens already issued to it at once, in every process.
 
 The registry is one SQLite file (``auth.sqlite`` in the data directory), apart from the event store
 (on SQLite or PostgreSQL alike): the clients are configuration, not records. It also remembers the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
@@ -100,6 +102,11 @@ class ClientRegistry:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         create(self.path, _SCHEMA)
+        # active_now's own connection and what it read, valid while the file's data_version holds
+        self._standing_lock = threading.Lock()
+        self._standing_db: sqlite3.Connection | None = None
+        self._standing_version: int | None = None
+        self._standing: dict[str, bool] = {}
 
     def _db(self) -> AbstractContextManager[sqlite3.Connection]:
         return connection(self.path)
@@ -145,6 +152,26 @@ class ClientRegistry:
         if client is None:
             raise not_found(f"No client {client_id!r}")
         return client
+
+    def active_now(self, client_id: str) -> bool:
+        """Whether ``client_id`` is registered and active at this moment: asked on every request
+        with a token of the hub's, so that a revocation holds from the next request on. What was
+        read is kept until another connection (of any process: an API worker, ``hub auth client
+        revoke``) commits to the file, which SQLite's ``data_version`` tells for a step of a few
+        microseconds; only then is the client's row read again."""
+        with self._standing_lock:
+            if self._standing_db is None:
+                self._standing_db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            db = self._standing_db
+            # each statement read to its end: none holds a read transaction (a stale snapshot)
+            (version,), = db.execute("PRAGMA data_version").fetchall()
+            if version != self._standing_version:
+                self._standing, self._standing_version = {}, version
+            known = self._standing.get(client_id)
+            if known is None:  # only verified tokens ask: at most one entry a registered client
+                rows = db.execute("SELECT status FROM client WHERE client_id = ?", (client_id,)).fetchall()
+                known = self._standing[client_id] = rows == [("active",)]
+            return known
 
     def use_jti(self, client_id: str, jti: str, expires: float) -> bool:
         """Record that ``client_id`` used the assertion id ``jti``, remembered until ``expires``

@@ -3,8 +3,9 @@ external identity providers (a regional Keycloak, a hospital's IdP) configured t
 
 A token is accepted when an asymmetric algorithm (never ``none``, never HMAC) verifies its
 signature with a key of its issuer, its issuer is the hub's own or a configured one, its audience is
-the hub's FHIR base URL, and it has not expired nor is used before its time (30 s of clock skew).
-Anything else is a 401 ``login`` OperationOutcome that says what was wrong.
+the hub's FHIR base URL, and it has not expired nor is used before its time (30 s of clock skew);
+a token of the hub's own, moreover, only while its client is active in the registry (a revocation
+holds from the next request). Anything else is a 401 ``login`` OperationOutcome that says what was wrong.
 
 An external issuer's keys come from its JWKS URL through ``jwt.PyJWKClient``, which caches the set
 and fetches it again when a token names a key id it does not know: a key rotation at the provider
@@ -26,7 +27,7 @@ from typing import Any
 
 import jwt
 
-from hub.auth.clients import ROLES
+from hub.auth.clients import ROLES, ClientRegistry
 from hub.auth.discovery import provider_metadata
 from hub.auth.jose import ASYMMETRIC, CLOCK_SKEW_S, algorithms_for_key, describe, peek
 from hub.auth.signer import ALGORITHM, Signer
@@ -99,11 +100,15 @@ VERIFIED_CACHE = 10_000  # tokens whose claims are kept verified until they expi
 
 class Verifier:
     def __init__(self, audience: str, own: Signer | None = None,
-                 external: Iterable[ExternalIssuer] = (), *, issuer: str | None = None):
+                 external: Iterable[ExternalIssuer] = (), *, issuer: str | None = None,
+                 clients: ClientRegistry | None = None):
         """``audience``: the FHIR base URL tokens must be for; ``own``: the hub's signer, whose
-        tokens are accepted (from ``issuer`` only, when given); ``external``: trusted providers."""
+        tokens are accepted (from ``issuer`` only, when given); ``external``: trusted providers;
+        ``clients``: the registry whose client (the token's ``client_id``) must still be active
+        for a token of the hub's to be."""
         self.audience = audience
         self.own = own
+        self.clients = clients
         self.issuer = issuer
         self.external = {e.issuer: e for e in external}
         if issuer is not None and issuer in self.external:
@@ -117,22 +122,34 @@ class Verifier:
 
     def verify(self, token: str) -> dict:
         """The claims of a valid token (normalised for external ones), else a 401 FhirError."""
+        claims, own = self._claims(token)
+        # a token of the hub's is as good as its client's registration now, not when it was
+        # issued: a revoked client's tokens are refused from the next request on (kept verified
+        # claims included). An external issuer's tokens are its to revoke.
+        client_id = claims.get("client_id")
+        if own and self.clients is not None and isinstance(client_id, str) \
+                and not self.clients.active_now(client_id):
+            raise unauthenticated(f"The access token's client {client_id[:64]!r} is revoked")
+        return claims
+
+    def _claims(self, token: str) -> tuple[dict, bool]:
+        """The verified claims of ``token`` (kept until it expires) and whether the hub signed it."""
         now = time.time()
         with self._lock:
             known = self._verified.get(token)
         if known is not None and now < known[1] and (
                 known[2] is None or (self.own is not None and self.own.public_key(known[2]))):
-            return known[0]
+            return known[0], known[2] is not None
         claims = self._verify(token)
+        own = claims.get("iss") not in self.external
         exp = claims.get("exp")
         if isinstance(exp, (int, float)):
-            own_kid = None if claims.get("iss") in self.external else \
-                str(jwt.get_unverified_header(token).get("kid"))
+            own_kid = str(jwt.get_unverified_header(token).get("kid")) if own else None
             with self._lock:
                 self._verified[token] = (claims, float(exp), own_kid)
                 while len(self._verified) > VERIFIED_CACHE:
                     self._verified.popitem(last=False)
-        return claims
+        return claims, own
 
     def _verify(self, token: str) -> dict:
         """Check the signature, issuer, audience and times of ``token``; its claims."""

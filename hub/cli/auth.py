@@ -4,7 +4,8 @@ token endpoint for access tokens, and the hub's signing key.
 ``client add --name N --public-key FILE --role R… --scope "system/*.rs …" [--institution I]``
 registers a client with its public key (a PEM public key, or a JWK Set as .jwks or .json) and
 prints its new client_id (``--json``: the whole record). ``client list`` prints a table (``--json``:
-one JSON object per line), ``client revoke CLIENT_ID`` refuses its next token request.
+one JSON object per line), ``client revoke CLIENT_ID`` refuses its next token request
+and the tokens it holds from their next request on.
 ``rotate-key`` signs with a new key from now on; the previous ones (up to five) stay published
 for the tokens they signed. The registry is ``auth.sqlite`` in the data directory, whichever store holds the events.
 """
@@ -41,7 +42,7 @@ def add_parsers(sub: Any, common: Any) -> None:
     a.add_argument("--json", action="store_true", help="print the registered client as JSON")
     ls = csub.add_parser("list", parents=[common], help="the registered clients")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
-    r = csub.add_parser("revoke", parents=[common], help="refuse the client's next token requests")
+    r = csub.add_parser("revoke", parents=[common], help="refuse the client's token requests and the tokens it holds, at once")
     r.add_argument("client_id")
     u = asub.add_parser("user", parents=[common],
                         help="people who log in to the console: add, list, disable")
