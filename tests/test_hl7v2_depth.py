@@ -325,7 +325,8 @@ def test_compound_components_dose_limits_and_supplier():
     (med,), (mr,) = by_type(c, "Medication"), by_type(c, "MedicationRequest")
     assert mr["medicationReference"] == {"reference": f"Medication/{med['id']}"}
     assert [(i["itemCodeableConcept"]["text"], i["isActive"]) for i in med["ingredient"]] == [("生理盐水", False), ("氯化钾", True)]
-    assert med["ingredient"][1]["strength"]["numerator"] == {"value": 10, "unit": "mg/mL"}
+    assert med["ingredient"][1]["strength"] == {"numerator": {"value": 10, "unit": "mg/mL"},
+                                                "denominator": {"value": 1}}  # rat-1
     assert mr["dosageInstruction"][0]["maxDosePerPeriod"] == {"numerator": {"value": 3, "unit": "g"},
                                                               "denominator": {"value": 1, "unit": "d"}}
     sup = conv("ORM^O01", PID + "ORC|NW|S1\rRQD|1|G01^纱布^L|||2\rRQ1||M1|医用材料厂|V1|某某供应商\r")
@@ -444,7 +445,12 @@ def test_give_strength_is_the_medications_ingredient_strength():
     assert mr["medicationReference"] == {"reference": f"Medication/{med['id']}"}
     assert med["code"]["coding"][0]["code"] == "A001"
     assert med["ingredient"] == [{"itemCodeableConcept": med["code"],
-                                  "strength": {"numerator": {"value": 500, "unit": "毫克"}}}]
+                                  "strength": {"numerator": {"value": 500, "unit": "毫克"},
+                                               "denominator": {"value": 1}}}]  # rat-1
+    rxe[5] = "TAB^片"  # a dosage form: per one tablet
+    c = conv("RDE^O11", PID + PV1 + "ORC|NW|P1|F1\rRXE|" + "|".join(rxe) + "\r")
+    assert by_type(c, "Medication")[0]["ingredient"][0]["strength"]["denominator"] == {
+        "value": 1, "unit": "片"}
     rxe = rxe[:24] + ["250", "mg", "5", "mL^毫升"]
     c = conv("RDE^O11", PID + PV1 + "ORC|NW|P1|F1\rRXE|" + "|".join(rxe) + "\r")
     assert by_type(c, "Medication")[0]["ingredient"][0]["strength"] == {
@@ -496,3 +502,18 @@ def test_a_date_only_report_time_is_no_made_up_instant():
                                              "valueString": "20240315"}]}
     (rep,) = by_type(conv("ORU^R01", body.format("202403151030")), "DiagnosticReport")
     assert rep["issued"] == "2024-03-15T10:30:00+08:00" and "_issued" not in rep
+
+
+def test_a_date_only_document_time_is_no_made_up_instant():
+    """TXA-4 20240315 (a day) became the DocumentReference's date at midnight, a time nobody sent;
+    with its hour it is the date, and TXA-6 stands in when TXA-4 is empty."""
+    def doc(txa4: str, txa6: str = "") -> dict:
+        c = conv("MDM^T02", PID + f"TXA|1|DS|TX|{txa4}||{txa6}||||||D1\rOBX|1|TX|X^出院小结^L||正文\r")
+        (ref,) = by_type(c, "DocumentReference")
+        return ref
+    ref = doc("20240315")
+    assert "date" not in ref
+    assert ref["_date"] == {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/originalText",
+                                           "valueString": "20240315"}]}
+    assert doc("202403151030")["date"] == "2024-03-15T10:30:00+08:00"
+    assert doc("", "20240316080000")["date"] == "2024-03-16T08:00:00+08:00"

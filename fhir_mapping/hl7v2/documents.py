@@ -11,7 +11,7 @@ from . import datatypes as dt
 from .context import Ctx
 from .patient_context import patient_context
 from .people import practitioner
-from .results import _attachment_ed, _attachment_rp
+from .results import _attachment_ed, _attachment_rp, put_instant
 from .tables import table
 
 _CODES = table("codes")
@@ -46,9 +46,9 @@ def build(ctx: Ctx) -> None:
     if tcode:
         res["type"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0270", "code": " ".join(tcode.split())}]}
     res["subject"] = ctx.patient_ref
-    when = dt.datetime(txa.get(4), instant=True) or dt.datetime(txa.get(6), instant=True)
-    if when:
-        res["date"] = when
+    # TXA-4 (activity) else TXA-6 (origination); a date only is no instant: kept as sent
+    put_instant(ctx, res, "date", txa, 4 if txa.get(4) else 6,
+                "activity date/time" if txa.get(4) else "origination date/time")
     authors = []
     for f in (5, 9):
         for i, rep in enumerate(txa.field(f), 1):

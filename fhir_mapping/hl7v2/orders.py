@@ -387,11 +387,7 @@ def _timing(ctx: Ctx, tq1: Seg | None) -> tuple[dict[str, Any] | None, str | Non
 
 def _amount(value: Any, units: list[list[str]]) -> dict[str, Any]:
     """A Quantity of ``value`` in a CE/CWE units field (its text, else its code)."""
-    q: dict[str, Any] = {"value": value}
-    unit = dt.comp(units, 2) or dt.comp(units, 1)
-    if unit:
-        q["unit"] = unit
-    return q
+    return {"value": value} | _unit_of(units)
 
 
 def _quantity(rep: list[list[str]], amount_c: int = 1, unit_c: int = 2) -> dict | None:
@@ -414,11 +410,20 @@ def _give_strength(rxe: Seg | None) -> dict | None:
     value = dt.decimal(rxe.get(25))
     if value is None:
         return None
-    strength: dict[str, Any] = {"numerator": _amount(value, rxe.rep(26))}
     volume = dt.decimal(rxe.get(27))
-    if volume is not None:
-        strength["denominator"] = _amount(volume, rxe.rep(28))
-    return strength
+    return {"numerator": _amount(value, rxe.rep(26)),
+            "denominator": _amount(volume, rxe.rep(28)) if volume is not None
+            else _PER_ONE | _unit_of(rxe.rep(6))}
+
+
+# a strength given without the amount it is in is per one of the medication (a tablet, the
+# dosage form when sent): R4's Ratio has both parts or neither (rat-1)
+_PER_ONE: dict[str, Any] = {"value": 1}
+
+
+def _unit_of(units: list[list[str]]) -> dict[str, str]:
+    unit = dt.comp(units, 2) or dt.comp(units, 1)
+    return {"unit": unit} if unit else {}
 
 
 def _compound(ctx: Ctx, key: str, med: dict, rxcs: list[Seg]) -> dict[str, str] | None:
@@ -433,7 +438,7 @@ def _compound(ctx: Ctx, key: str, med: dict, rxcs: list[Seg]) -> dict[str, str] 
         amount = _quantity([[rxc.get(3)], [dt.comp(rxc.rep(4), 2) or dt.comp(rxc.rep(4), 1)]])
         strength = _quantity([[rxc.get(5)], [dt.comp(rxc.rep(6), 2) or dt.comp(rxc.rep(6), 1)]])
         if strength or amount:
-            ing["strength"] = {"numerator": strength or amount}
+            ing["strength"] = {"numerator": strength or amount, "denominator": _PER_ONE}
         ingredients.append(ing)
     if not ingredients:
         return None

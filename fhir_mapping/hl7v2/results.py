@@ -722,22 +722,29 @@ _ORIGINAL_TEXT = "http://hl7.org/fhir/StructureDefinition/originalText"
 
 
 def _issued(ctx: Ctx, obr: Seg, res: dict[str, Any]) -> None:
-    """OBR-22 (results reported) -> issued, an instant. A time without its hour (a date only) is no
-    instant and is not made one at midnight: ``issued`` is left out and the value sent is kept on
-    it as its original text (``_issued``), with a finding, as the CDA mapper leaves a date-only
-    issued out."""
-    raw = obr.get(22)
+    """OBR-22 (results reported) -> issued."""
+    put_instant(ctx, res, "issued", obr, 22, "results reported")
+
+
+def put_instant(ctx: Ctx, res: dict[str, Any], element: str, seg: Seg, field: int,
+                what: str) -> None:
+    """A v2 time -> an instant ``element`` of ``res``. A time without its hour (a date only) is no
+    instant and is not made one at midnight: the element is left out and the value sent is kept on
+    it as its original text (``_issued``, ``_date``), with a finding, as the CDA mapper leaves a
+    date-only issued out."""
+    raw = seg.get(field)
     if not raw:
         return
     day = dt.datetime(raw)
     if day and "T" in day:  # with its hour, a v2 time reads as seconds and an offset: an instant
-        res["issued"] = day
+        res[element] = day
         return
+    rule, where = f"v2.{seg.name.lower()}-{field}", f"{seg.name}-{field} ({what})"
     if day is None:
-        ctx.find("warning", "v2.obr-22.invalid", "OBR-22 (results reported) is no valid time: not "
-                 "mapped", obr.loc(22))
+        ctx.find("warning", f"{rule}.invalid", f"{where} is no valid time: not mapped",
+                 seg.loc(field))
         return
-    res["_issued"] = {"extension": [{"url": _ORIGINAL_TEXT, "valueString": raw}]}
-    ctx.find("information", "v2.obr-22.partial", f"OBR-22 (results reported) gives no time of day "
-             f"({day}): issued is an instant, so it is left out and the value is kept as its "
-             "original text", obr.loc(22))
+    res[f"_{element}"] = {"extension": [{"url": _ORIGINAL_TEXT, "valueString": raw}]}
+    ctx.find("information", f"{rule}.partial", f"{where} gives no time of day ({day}): "
+             f"{element} is an instant, so it is left out and the value is kept as its "
+             "original text", seg.loc(field))
