@@ -149,22 +149,23 @@ class DocumentService:
         old = orjson.loads(resource_bytes(stored))
         order = source_order.order_of(comp)
         now = {f"{r['resourceType']}/{r['id']}" for r in resources}
-        gone = _entries(old)
-        if order != source_order.order_of(old):  # another version: what its Bundle held too
+        gone = _entries(old) - now
+        written: dict[str, dict] = {}  # what the stored version wrote, as its Bundle holds it
+        if gone or order != source_order.order_of(old):
             bundle = next((r for r in resources if r["resourceType"] == "Bundle"), None)
             held = self.repo.own_current("Bundle", bundle["id"]) if bundle is not None else None
-            gone |= {f"{e['resource']['resourceType']}/{e['resource'].get('id')}"
-                     for e in (held or {}).get("entry") or ()
-                     if isinstance(e.get("resource"), dict)
-                     and e["resource"].get("resourceType") in withdrawn.KINDS}
+            written = {f"{e['resource'].get('resourceType')}/{e['resource'].get('id')}": e["resource"]
+                       for e in (held or {}).get("entry") or () if isinstance(e.get("resource"), dict)}
+            gone |= {ref for ref, r in written.items()
+                     if r.get("resourceType") in withdrawn.KINDS} - now
         retired: list[dict] = []
         kept: list[str] = []
-        for ref in sorted(gone - now):
+        for ref in sorted(gone):
             rtype, _, rid = ref.partition("/")
             current = self.repo.own_current(rtype, rid)
             if current is None or withdrawn.is_withdrawn(current):
                 continue  # nothing current to retire
-            why = self._not_owned(ref, current, comp["id"], order)
+            why = self._not_owned(ref, current, written.get(ref), comp["id"], order)
             marked = withdrawn.withdrawn(current) if why is None else None
             if marked is None:
                 kept.append(f"{ref} ({why or 'not a kind a document withdraws'})")
@@ -199,15 +200,17 @@ class DocumentService:
                         f"{_listed(kept)}"}, "location": where})
         return retired
 
-    def _not_owned(self, ref: str, current: dict, comp_id: str,
+    def _not_owned(self, ref: str, current: dict, wrote: dict | None, comp_id: str,
                    order: source_order.Order | None) -> str | None:
         """Why the document may not retire ``ref``, or None when it owns it: its current version
-        was written by this document set (its source-order stamp names the set) and no other
-        current document lists it."""
+        is what the document's last version wrote (its source-order stamp names the set, its
+        content is the copy in that version's Bundle: a steward's edit sent back with the stamp
+        still differs) and no other current document lists it."""
         stamp = source_order.order_of(current)
         if order is None or order.series is None or stamp is None \
-                or stamp.series != order.series:
-            return "written since by another source"
+                or stamp.series != order.series or wrote is None \
+                or _content(current) != _content(wrote):
+            return "changed since by another source"
         listing = self.repo.listing_documents(ref)
         if listing is None:
             return "whether another document lists it could not be checked"
@@ -291,6 +294,10 @@ def _entries(composition: dict) -> set[str]:
                    if isinstance(e, dict) and isinstance(e.get("reference"), str))
         todo += sec.get("section") or []
     return out
+
+
+def _content(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k != "meta"}
 
 
 def _listed(refs: list[str]) -> str:

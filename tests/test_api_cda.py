@@ -213,8 +213,9 @@ def test_a_new_version_retires_the_entries_it_withdrew(client):
     pid = ref["subject"]["reference"]
     conditions = {c["resource"]["code"]["coding"][0]["code"]: c["resource"] for c in client.get(
         "/Condition", params={"patient": pid}).json()["entry"]}
-    # a steward corrects the asthma meanwhile: no longer only the document's
-    asthma = {k: v for k, v in conditions["J45.9"].items() if k != "meta"}
+    # a steward corrects the asthma meanwhile (read, edited, sent back with its meta): no longer
+    # only the document's
+    asthma = conditions["J45.9"]
     asthma["note"] = [{"text": "经复诊确认"}]
     r = client.put(f"/Condition/{asthma['id']}", json=asthma,
                    headers={"content-type": "application/fhir+json"})
@@ -227,7 +228,7 @@ def test_a_new_version_retires_the_entries_it_withdrew(client):
     assert "2 entries" in retired["details"]["text"]
     assert f"Condition/{diabetes['id']}" in retired["details"]["text"]
     [kept] = [i for i in v2.json()["issue"] if "entries-left-out" in str(i)]
-    assert f"Condition/{asthma['id']} (written since by another source)" in kept["details"]["text"]
+    assert f"Condition/{asthma['id']} (changed since by another source)" in kept["details"]["text"]
 
     now = {c["resource"]["id"]: c["resource"] for c in client.get(
         "/Condition", params={"patient": pid}).json()["entry"]}
