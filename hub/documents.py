@@ -4,7 +4,8 @@
 
 1. ``fhir_mapping.documents.check_and_convert`` (quality rules, then the CDA mapper);
 2. accepted: the document's resources, its Binary, DocumentReference, document Bundle and the
-   quality report are validated and written as ONE transaction (all or nothing);
+   quality report are validated and written as ONE transaction (all or nothing), with the entries
+   a new version of the document withdrew marked entered-in-error (``_retire_left_out``);
 3. refused (a reject rule, or a document the mapper cannot map, or mapper output the hub refuses):
    the payload goes to the quarantine with its report, and the report alone is written, so the
    data-quality projection counts refusals too.
