@@ -4,7 +4,8 @@
 
 1. ``fhir_mapping.documents.check_and_convert`` (quality rules, then the CDA mapper);
 2. accepted: the document's resources, its Binary, DocumentReference, document Bundle and the
-   quality report are validated and written as ONE transaction (all or nothing);
+   quality report are validated and written as ONE transaction (all or nothing), with the entries
+   a new version of the document withdrew marked entered-in-error (``_retire_left_out``);
 3. refused (a reject rule, or a document the mapper cannot map, or mapper output the hub refuses):
    the payload goes to the quarantine with its report, and the report alone is written, so the
    data-quality projection counts refusals too.
@@ -18,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from fhir_mapping import source_order
+from fhir_mapping import source_order, withdrawn
 from fhir_mapping.base import MappingError, SourceInfo
 from fhir_mapping.documents import (
     QualityRejected,
@@ -40,6 +41,8 @@ from hub.repository import Repository
 
 RULE_SYSTEM = "https://fhir-region-hub.example/CodeSystem/quality-rule"
 SUPERSEDED_RULE = "cda.document.superseded"
+RETIRED_RULE = "cda.document.entries-retired"
+LEFT_OUT_RULE = "cda.document.entries-left-out"
 
 @dataclass
 class DocumentResult:
@@ -49,6 +52,7 @@ class DocumentResult:
     document_ref: str | None = None  # DocumentReference/<id>
     quarantine_id: int | None = None
     resources: list[str] = field(default_factory=list)  # Type/id/_history/n written
+    retired: list[str] = field(default_factory=list)  # Type/id the new version withdrew
 
 
 class DocumentService:
@@ -77,13 +81,14 @@ class DocumentService:
                                 e.reason)
         report = conversion.resources[-1]
         self._keep_checked_time(report)
+        retired: list[dict] = []
         if not self._note_superseded(conversion.resources, report, ctx):
-            self._note_left_out(conversion.resources, report, ctx)
+            retired = self._retire_left_out(conversion.resources, report, ctx)
         normaliser = self.normaliser() if self.normaliser is not None else None
         if normaliser is not None:
             normaliser.apply(conversion)
         try:
-            results = self._write(conversion.resources, ctx)
+            results = self._write([*conversion.resources, *retired], ctx)
         except FhirError as e:  # mapper output the hub refuses: a mapper bug, kept for replay
             if e.status in (401, 403):
                 raise  # what this sender may not write is never kept (a replay writes as the hub)
@@ -97,7 +102,8 @@ class DocumentService:
         created = any(r.rtype == "DocumentReference" and r.body is not None for r in results)
         decision = next(e["valueCode"] for e in report["extension"] if "valueCode" in e)
         return DocumentResult(201 if created else 200, decision, report, doc_ref,
-                              resources=[f"{r.rtype}/{r.rid}/_history/{r.version}" for r in results])
+                              resources=[f"{r.rtype}/{r.rid}/_history/{r.version}" for r in results],
+                              retired=[f"{r['resourceType']}/{r['id']}" for r in retired])
 
     def replay(self, qid: int, now: datetime | None = None) -> DocumentResult:
         entry = self.quarantine.get(qid)
@@ -127,39 +133,91 @@ class DocumentService:
         if without_time(old) == without_time(report):
             report["extension"] = old["extension"]
 
-    def _note_left_out(self, resources: list[dict], report: dict, ctx: Context) -> None:
-        """A new version of a stored document that leaves out entries the stored version had
-        (an allergy the author withdrew): those resources stay as they are (the hub cannot tell a
-        withdrawal from an omission, and a C-CDA act may be quoted by other documents), and the
-        report says which, so that the sender or a steward retracts them."""
+    def _retire_left_out(self, resources: list[dict], report: dict, ctx: Context) -> list[dict]:
+        """A new version of a stored document that leaves out entries the stored version wrote (a
+        diagnosis the author withdrew): those the document owns stop being current, marked as R4
+        marks a withdrawn statement (``fhir_mapping.withdrawn``: entered-in-error, not a delete, so
+        history and whoever read them keep the trace). The report names what was retired and what
+        was left as it was: what another source wrote since, what another document lists too (a
+        C-CDA act quoted by several documents), or what a document does not withdraw (the patient,
+        the visit). Returns the retired versions, to be written with the document."""
         comp = next((r for r in resources if r["resourceType"] == "Composition"), None)
         if comp is None:
-            return
+            return []
         stored = self.repo.latest(ctx, "Composition", comp["id"])
         if stored is None or stored.topic.endswith("Deleted"):
-            return
-        def entries(c: dict) -> set[str]:
-            out: set[str] = set()
-            todo = list(c.get("section") or [])
-            while todo:
-                sec = todo.pop()
-                out.update(str(e["reference"]) for e in sec.get("entry") or ()
-                           if isinstance(e, dict) and isinstance(e.get("reference"), str))
-                todo += sec.get("section") or []
-            return out
+            return []
+        old = orjson.loads(resource_bytes(stored))
+        order = source_order.order_of(comp)
         now = {f"{r['resourceType']}/{r['id']}" for r in resources}
-        gone = sorted(entries(orjson.loads(resource_bytes(stored))) - entries(comp) - now)
-        if not gone:
-            return
+        gone = _entries(old) - now
+        written: dict[str, dict] = {}  # what the stored version wrote, as its Bundle holds it
+        if gone or order != source_order.order_of(old):
+            bundle = next((r for r in resources if r["resourceType"] == "Bundle"), None)
+            held = self.repo.own_current("Bundle", bundle["id"]) if bundle is not None else None
+            written = {f"{e['resource'].get('resourceType')}/{e['resource'].get('id')}": e["resource"]
+                       for e in (held or {}).get("entry") or () if isinstance(e.get("resource"), dict)}
+            gone |= {ref for ref, r in written.items()
+                     if r.get("resourceType") in withdrawn.KINDS} - now
+        retired: list[dict] = []
+        kept: list[str] = []
+        for ref in sorted(gone):
+            rtype, _, rid = ref.partition("/")
+            current = self.repo.own_current(rtype, rid)
+            if current is None or withdrawn.is_withdrawn(current):
+                continue  # nothing current to retire
+            why = self._not_owned(ref, current, written.get(ref), comp["id"], order)
+            marked = withdrawn.withdrawn(current) if why is None else None
+            if marked is None:
+                kept.append(f"{ref} ({why or 'not a kind a document withdraws'})")
+                continue
+            meta = {k: v for k, v in (marked.get("meta") or {}).items()
+                    if k not in ("versionId", "lastUpdated")}
+            marked.pop("meta", None)
+            if meta:
+                marked["meta"] = meta
+            if order:
+                source_order.stamp([marked], order)  # a late older version cannot revive it
+            retired.append(marked)
+        if not retired and not kept:
+            return []
         report["issue"] = [i for i in report["issue"] if i.get("details", {}).get("coding")
                            or i.get("severity") != "information"]
-        report["issue"].append({"severity": "warning", "code": "business-rule", "details": {
-            "coding": [{"system": RULE_SYSTEM, "code": "cda.document.entries-left-out",
-                        "display": "a new version of a document leaves out entries of the last"}],
-            "text": f"this version leaves out {len(gone)} entries of the version it replaces; "
-                    f"they stay as they were until retracted: {', '.join(gone[:20])}"
-                    + (" …" if len(gone) > 20 else "")},
-            "location": ["/hl7:ClinicalDocument/hl7:versionNumber"]})
+        where = ["/hl7:ClinicalDocument/hl7:versionNumber"]
+        if retired:
+            refs = [f"{r['resourceType']}/{r['id']}" for r in retired]
+            report["issue"].append({"severity": "information", "code": "informational", "details": {
+                "coding": [{"system": RULE_SYSTEM, "code": RETIRED_RULE,
+                            "display": "entries a new version of a document withdrew are retired"}],
+                "text": f"this version leaves out {len(refs)} entries of the version it replaces; "
+                        f"they are marked entered-in-error (their history keeps what they said): "
+                        f"{_listed(refs)}"}, "location": where})
+        if kept:
+            report["issue"].append({"severity": "warning", "code": "business-rule", "details": {
+                "coding": [{"system": RULE_SYSTEM, "code": LEFT_OUT_RULE,
+                            "display": "a new version of a document leaves out entries of the last"}],
+                "text": f"this version leaves out {len(kept)} entries of the version it replaces "
+                        f"that it does not retire; they stay as they were until retracted: "
+                        f"{_listed(kept)}"}, "location": where})
+        return retired
+
+    def _not_owned(self, ref: str, current: dict, wrote: dict | None, comp_id: str,
+                   order: source_order.Order | None) -> str | None:
+        """Why the document may not retire ``ref``, or None when it owns it: its current version
+        is what the document's last version wrote (its source-order stamp names the set, its
+        content is the copy in that version's Bundle: a steward's edit sent back with the stamp
+        still differs) and no other current document lists it."""
+        stamp = source_order.order_of(current)
+        if order is None or order.series is None or stamp is None \
+                or stamp.series != order.series or wrote is None \
+                or _content(current) != _content(wrote):
+            return "changed since by another source"
+        listing = self.repo.listing_documents(ref)
+        if listing is None:
+            return "whether another document lists it could not be checked"
+        if any(cid != comp_id for cid in listing):
+            return "another document lists it too"
+        return None
 
     def _note_superseded(self, resources: list[dict], report: dict, ctx: Context) -> bool:
         """A late older version of a stored document: accepted and kept for audit (its Binary and
@@ -225,6 +283,26 @@ class DocumentService:
             if isinstance(r, FhirError):
                 raise r
         return out  # type: ignore[return-value]
+
+
+def _entries(composition: dict) -> set[str]:
+    """The references a Composition's sections (and their sections) list."""
+    out: set[str] = set()
+    todo = list(composition.get("section") or [])
+    while todo:
+        sec = todo.pop()
+        out.update(str(e["reference"]) for e in sec.get("entry") or ()
+                   if isinstance(e, dict) and isinstance(e.get("reference"), str))
+        todo += sec.get("section") or []
+    return out
+
+
+def _content(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k != "meta"}
+
+
+def _listed(refs: list[str]) -> str:
+    return ", ".join(refs[:20]) + (" …" if len(refs) > 20 else "")
 
 
 def to_validate(resources: list[dict]) -> list[int]:

@@ -200,11 +200,24 @@ class Repository:
         self._open = policy is OPEN  # nothing to filter: no copies of what is handed out
 
     def own_current(self, rtype: str, rid: str) -> dict | None:
-        """The current version of a record the hub writes itself (a document's quality report),
-        read by the hub to write it again, never handed to a caller; None when there is none."""
+        """The current version of a record, read by the hub for a write of its own (a document's
+        quality report to write again, the entries a new version of a document withdraws), never
+        handed to a caller; None when there is none (or it is deleted)."""
         stored = self._hub.store.latest(rtype, rid)
         body = stored.state.partition(b"\n")[2] if stored is not None else b""
         return orjson.loads(body) if body.strip() else None
+
+    def listing_documents(self, ref: str) -> list[str] | None:
+        """The ids of the current Compositions whose sections list ``ref`` (``Type/id``), read by
+        the hub to decide whether a document may retire an entry it no longer lists, never handed
+        to a caller; None when the hub cannot tell (search not running, or its index behind)."""
+        if self._search is None:
+            return None
+        q = self._search.parse("Composition", [("entry", ref)], True)
+        if not self._search.sync():
+            return None
+        page = self._search.backend.page(q, 100, False)
+        return [row.rid for row in page.rows]
 
     def record_own(self, ops: list[Op], ctx: Context) -> None:
         """Writes the hub makes itself about a caller's write (the report of the repairs lenient

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import time
 from pathlib import Path
 
@@ -180,3 +181,102 @@ def test_everything_hands_out_the_document_itself(client):
     assert r.status_code == 200, r.text
     got = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in r.json()["entry"]}
     assert binary in got and f"DocumentReference/{ref['id']}" in got
+
+
+def _observation(code: str, name: str, value: str, unit: str, entry_id: str) -> str:
+    return (f'<entry><observation classCode="OBS" moodCode="EVN">'
+            f'<id root="2.16.156.10011.1.99" extension="{entry_id}"/>'
+            f'<code code="{code}" codeSystem="2.16.156.10011.2.2.1" displayName="{name}"/>'
+            f'<value xsi:type="PQ" value="{value}" unit="{unit}"/></observation></entry>')
+
+
+def test_a_new_version_retires_the_entries_it_withdrew(client):
+    """A replacement document (same setId, a higher versionNumber) without a diagnosis and a
+    temperature of the version it replaces: they stayed current, found by every search. The
+    document's own entries are marked entered-in-error, history keeps what they said, the entries
+    it keeps are updated, and what a steward edited since stays as it is."""
+    from tests.cda_docs import ident, wst500
+    from tests.test_cda_entry_ids import diagnosis, section
+
+    ids = ident("2.16.156.10011.1.13", "RETIRE-0001")
+    temp = _observation("DE04.10.186.00", "体温", "38.5", "Cel", "3")
+
+    def doc(version: int, *entries: str) -> bytes:
+        return wst500(doc_id=f"RET-{version}", set_id="SET-RETIRE", version=version,
+                      patient_ids=ids, name="测试退役", sections=section(*entries))
+
+    v1 = client.post("/../cda", content=doc(1, diagnosis("I10", "高血压", "1"),
+                                              diagnosis("E11.9", "2型糖尿病", "2"),
+                                              diagnosis("J45.9", "哮喘", "4"), temp), headers=XML)
+    assert v1.status_code == 201, v1.text
+    ref = client.get("/" + v1.headers["location"].split("/fhir/", 1)[1]).json()
+    pid = ref["subject"]["reference"]
+    conditions = {c["resource"]["code"]["coding"][0]["code"]: c["resource"] for c in client.get(
+        "/Condition", params={"patient": pid}).json()["entry"]}
+    # a steward corrects the asthma meanwhile (read, edited, sent back with its meta): no longer
+    # only the document's
+    asthma = conditions["J45.9"]
+    asthma["note"] = [{"text": "经复诊确认"}]
+    r = client.put(f"/Condition/{asthma['id']}", json=asthma,
+                   headers={"content-type": "application/fhir+json"})
+    assert r.status_code == 200, r.text
+
+    v2 = client.post("/../cda", content=doc(2, diagnosis("I10", "原发性高血压", "1")), headers=XML)
+    assert v2.status_code == 201, v2.text
+    diabetes, hypertension = conditions["E11.9"], conditions["I10"]
+    [retired] = [i for i in v2.json()["issue"] if "entries-retired" in str(i)]
+    assert "2 entries" in retired["details"]["text"]
+    assert f"Condition/{diabetes['id']}" in retired["details"]["text"]
+    [kept] = [i for i in v2.json()["issue"] if "entries-left-out" in str(i)]
+    assert f"Condition/{asthma['id']} (changed since by another source)" in kept["details"]["text"]
+
+    now = {c["resource"]["id"]: c["resource"] for c in client.get(
+        "/Condition", params={"patient": pid}).json()["entry"]}
+    assert now[diabetes["id"]]["verificationStatus"]["coding"][0]["code"] == "entered-in-error"
+    assert "entered-in-error" not in str(now[hypertension["id"]])
+    assert now[hypertension["id"]]["code"]["coding"][0]["display"] == "原发性高血压"  # updated
+    assert now[asthma["id"]]["note"] == [{"text": "经复诊确认"}]  # the steward's, as it was
+    assert "entered-in-error" not in str(now[asthma["id"]])
+    current = client.get("/Condition", params={
+        "patient": pid, "verification-status:not": "entered-in-error"}).json()
+    assert diabetes["id"] not in {e["resource"]["id"] for e in current.get("entry", [])}
+    final = client.get("/Observation", params={"patient": pid, "status": "final"}).json()
+    assert not final.get("entry"), final
+    withdrawn = client.get("/Observation", params={"patient": pid}).json()["entry"]
+    assert [e["resource"]["status"] for e in withdrawn] == ["entered-in-error"]
+    assert withdrawn[0]["resource"]["valueQuantity"]["value"] == 38.5  # what it said, still read
+    # history keeps what the first version said
+    hist = client.get(f"/Condition/{diabetes['id']}/_history").json()["entry"]
+    assert [e["resource"]["meta"]["versionId"] for e in hist] == ["2", "1"]
+    assert "verificationStatus" not in hist[1]["resource"]
+    assert hist[1]["resource"]["code"]["coding"][0]["code"] == "E11.9"
+    # the first version sent again late does not bring it back
+    late = client.post("/../cda", content=doc(1, diagnosis("I10", "高血压", "1"),
+                                                diagnosis("E11.9", "2型糖尿病", "2"), temp),
+                       headers=XML)
+    assert late.status_code in (200, 201), late.text
+    again = client.get(f"/Condition/{diabetes['id']}").json()
+    assert again["verificationStatus"]["coding"][0]["code"] == "entered-in-error"
+
+
+def test_a_new_version_keeps_what_another_document_lists_too(client):
+    """A C-CDA act (a UUID id) quoted by two documents is one resource: a new version of one of
+    them that leaves it out does not retire what the other still says."""
+    doc = (FIXTURES / "cda" / "ccda-progress-note.xml").read_bytes()
+    doc = doc.replace(b"MRN-4711", b"MRN-SHARED-1")
+    other = doc.replace(b'extension="PN-SET-1"', b'extension="PN-SET-OTHER"') \
+        .replace(b'extension="PN-0001"', b'extension="PN-0009"')
+    assert client.post("/../cda", content=doc, headers=XML).status_code == 201
+    assert client.post("/../cda", content=other, headers=XML).status_code == 201
+    start = doc.index(b"<entry>", doc.index(b"<title>Medications</title>"))
+    end = doc.index(b"</entry>", start) + len(b"</entry>")
+    v2 = doc[:start] + doc[end:]
+    v2 = v2.replace(b'<versionNumber value="1"/>', b'<versionNumber value="2"/>') \
+        .replace(b'extension="PN-0001"', b'extension="PN-0002"')
+    r = client.post("/../cda", content=v2, headers=XML)
+    assert r.status_code == 201, r.text
+    assert "entries-retired" not in r.text
+    [kept] = [i for i in r.json()["issue"] if "entries-left-out" in str(i)]
+    [mid] = re.findall(r"MedicationRequest/(\w+) \(another document lists it too\)",
+                       kept["details"]["text"])
+    assert client.get(f"/MedicationRequest/{mid}").json()["status"] == "active"

@@ -132,3 +132,30 @@ def test_a_frequency_keeps_its_code_beside_its_words():
     code = t["MedicationRequest"][0]["dosageInstruction"][0]["timing"]["code"]
     assert code["text"] == "每日三次" and code["coding"][0]["code"] == "03"
     assert code["coding"][0]["system"].endswith("2.16.156.10011.2.3.1.252")
+
+
+FORM_EXT = "https://fhir-region-hub.example/StructureDefinition/medication-form"
+
+
+def test_administration_unit_is_the_drugs_form_and_the_unit_of_a_unitless_dose():
+    """administrationUnitCode (the unit one dose is counted in: 片, 粒) was Dosage.method, which says
+    how a drug is given (swallow, inject). It is the drug's form (C-CDA on FHIR: Medication.form),
+    and the unit of a dose written without one: "1" is one capsule, not "1" of nothing."""
+    unit = ('<administrationUnitCode code="4" displayName="胶囊剂" codeSystem="2.16.156.10011.2.3.1.211"'
+            ' codeSystemName="药物剂型代码表"/>')
+    counted = drug("阿莫西林胶囊", "0.5", "g", "tid", "10.5").replace(
+        '<doseQuantity value="0.5" unit="g"/>', '<doseQuantity value="2"/>').replace(
+        "<consumable>", unit + "<consumable>", 1)
+    weighed = drug("布洛芬缓释胶囊", "0.3", "g", "bid", "4.2").replace(
+        "<consumable>", unit + "<consumable>", 1)
+    _, t = run(section("10160-0", counted, weighed), code="C0004", template="2.16.156.10011.2.1.1.24")
+    meds = {m["medicationCodeableConcept"]["text"]: m for m in t["MedicationRequest"]}
+    form = {"coding": [{"system": "urn:oid:2.16.156.10011.2.3.1.211", "code": "4", "display": "胶囊剂"}]}
+    for m in meds.values():
+        assert "method" not in m["dosageInstruction"][0]
+        assert m["extension"] == [{"url": FORM_EXT, "valueCodeableConcept": form}]
+    assert meds["阿莫西林胶囊"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"] == {
+        "value": 2, "unit": "胶囊剂", "system": "urn:oid:2.16.156.10011.2.3.1.211", "code": "4"}
+    # a dose with a unit of its own keeps it: the form is not its unit
+    assert meds["布洛芬缓释胶囊"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"] == {
+        "value": 0.3, "unit": "g", "system": "http://unitsofmeasure.org", "code": "g"}

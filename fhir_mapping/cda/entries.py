@@ -507,18 +507,22 @@ def build_medication(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: st
     route = ctx.concept(child(st, "routeCode"))
     if route:
         dose["route"] = route
-    form = ctx.concept(child(st, "administrationUnitCode"))
-    if form:
-        dose["method"] = form
+    admin_unit = ctx.concept(child(st, "administrationUnitCode"))
+    au_rule = ctx.t.entries["administration_unit"]
+    if admin_unit:  # Medication.form (C-CDA on FHIR), beside the drug's CodeableConcept
+        res["extension"] = [{"url": au_rule["form_extension"], "valueCodeableConcept": admin_unit}]
+
+    def counted(q: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _counted_in(q, admin_unit) if admin_unit and au_rule.get("unitless_dose") else q
     dq = child(st, "doseQuantity")
     dqv = dt.quantity(dq, ctx.t.header["ucum"])
     if dqv is None and dq is not None:
         lo = dt.quantity(child(dq, "low"), ctx.t.header["ucum"])
         hi = dt.quantity(child(dq, "high"), ctx.t.header["ucum"])
         if lo or hi:
-            dose["doseAndRate"] = [{"doseRange": {"low": lo, "high": hi}}]
+            dose["doseAndRate"] = [{"doseRange": {"low": counted(lo), "high": counted(hi)}}]
     elif dqv:
-        dose["doseAndRate"] = [{"doseQuantity": dqv}]
+        dose["doseAndRate"] = [{"doseQuantity": counted(dqv)}]
     rate = child(st, "rateQuantity")
     timing_txt = None
     timing_code: dict[str, Any] | None = None
@@ -580,6 +584,21 @@ def build_medication(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: st
     res["supportingInformation"] = [{"reference": r} for r in extra if r.startswith("Observation/")]
     ctx.add(res)
     return [ref] + extra
+
+
+def _counted_in(q: dict[str, Any] | None, unit: dict[str, Any]) -> dict[str, Any] | None:
+    """A dose without a unit of its own, counted in the drug's administration unit (its coded
+    unit when it has a system and code, else its name only)."""
+    if not q or q.get("unit") or q.get("code"):
+        return q
+    cd = next((c for c in unit.get("coding") or () if c.get("system") and c.get("code")), None)
+    name = (cd or {}).get("display") or unit.get("text") or (cd or {}).get("code")
+    out = dict(q)
+    if name:
+        out["unit"] = name
+    if cd is not None:
+        out["system"], out["code"] = cd["system"], cd["code"]
+    return out
 
 
 def build_allergy(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: str | None) -> list[str] | None:
