@@ -667,3 +667,23 @@ def test_a_second_patient_or_prior_record_is_refused_not_dropped():
     assert e.value.rule == "v3.merge.several"
     convert(reg.encode(), SRC)  # one of each: as before
     convert(mrg.encode(), SRC)
+
+
+def test_the_administration_unit_is_the_drugs_form_not_its_method():
+    """administrationUnitCode (胶囊剂, the unit one dose is counted in) was Dosage.method (how a
+    drug is given); it is the drug's form, as the CDA mapper has it, and a dose without a unit
+    of its own is counted in it."""
+    new = fixture("order-new.xml")
+    (mr,) = by_type(convert(new, SRC), "MedicationRequest")
+    [dosage] = mr["dosageInstruction"]
+    assert "method" not in dosage
+    [form] = [e["valueCodeableConcept"] for e in mr["extension"]
+              if e["url"] == "https://fhir-region-hub.example/StructureDefinition/medication-form"]
+    assert form["coding"][0]["code"] == "4" and "胶囊剂" in orjson.dumps(form).decode()
+    assert dosage["doseAndRate"][0]["doseQuantity"] == {"value": 0.5, "unit": "g"}  # its own unit
+    bare = new.replace(b'<doseQuantity value="0.5" unit="g"/>', b'<doseQuantity value="2"/>')
+    conv = convert(bare, SRC)
+    assert_valid(conv)
+    (mr,) = by_type(conv, "MedicationRequest")
+    q = mr["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]
+    assert q["value"] == 2 and q["unit"] == "胶囊剂" and q["code"] == "4"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_mapping import numbers
+from fhir_mapping import medication_form, numbers
 from fhir_mapping.cda import dt
 from fhir_mapping.cda.charges import build_charge_item, is_money
 from fhir_mapping.cda.context import (
@@ -510,10 +510,10 @@ def build_medication(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: st
     admin_unit = ctx.concept(child(st, "administrationUnitCode"))
     au_rule = ctx.t.entries["administration_unit"]
     if admin_unit:  # Medication.form (C-CDA on FHIR), beside the drug's CodeableConcept
-        res["extension"] = [{"url": au_rule["form_extension"], "valueCodeableConcept": admin_unit}]
+        res["extension"] = [medication_form.form_extension(admin_unit)]
 
     def counted(q: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _counted_in(q, admin_unit) if admin_unit and au_rule.get("unitless_dose") else q
+        return medication_form.counted_in(q, admin_unit) if admin_unit and au_rule.get("unitless_dose") else q
     dq = child(st, "doseQuantity")
     dqv = dt.quantity(dq, ctx.t.header["ucum"])
     if dqv is None and dq is not None:
@@ -584,21 +584,6 @@ def build_medication(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: st
     res["supportingInformation"] = [{"reference": r} for r in extra if r.startswith("Observation/")]
     ctx.add(res)
     return [ref] + extra
-
-
-def _counted_in(q: dict[str, Any] | None, unit: dict[str, Any]) -> dict[str, Any] | None:
-    """A dose without a unit of its own, counted in the drug's administration unit (its coded
-    unit when it has a system and code, else its name only)."""
-    if not q or q.get("unit") or q.get("code"):
-        return q
-    cd = next((c for c in unit.get("coding") or () if c.get("system") and c.get("code")), None)
-    name = (cd or {}).get("display") or unit.get("text") or (cd or {}).get("code")
-    out = dict(q)
-    if name:
-        out["unit"] = name
-    if cd is not None:
-        out["system"], out["code"] = cd["system"], cd["code"]
-    return out
 
 
 def build_allergy(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: str | None) -> list[str] | None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from lxml import etree
 
-from fhir_mapping import numbers
+from fhir_mapping import medication_form, numbers
 from fhir_mapping.base import MappingError
 from fhir_mapping.ids import encounter_id
 
@@ -329,14 +329,16 @@ def _medication(ctx: Ctx, item: etree._Element, res: dict[str, Any], content: st
     route = concept(first(item, "routeCode"))
     if route:
         dosage["route"] = route
+    # the unit one dose is counted in (片): the drug's form, as the CDA mapper has it
+    form = concept(first(item, "administrationUnitCode"))
+    if form:
+        res["extension"] = [*res.get("extension", ()), medication_form.form_extension(form)]
     dose = _quantity(first(item, "doseQuantity"))
     if dose:
-        dosage["doseAndRate"] = [{"doseQuantity": dose}]
+        dosage["doseAndRate"] = [{"doseQuantity": medication_form.counted_in(dose, form)
+                                  if form else dose}]
     elif (written := _unread(ctx, item, "doseQuantity")):
         dosage["text"] = "; ".join(x for x in (dosage.get("text"), f"单次剂量 {written}") if x)
-    form = concept(first(item, "administrationUnitCode"))
-    if form:  # the dosage form, where the CDA mapper puts a prescription's too
-        dosage["method"] = form
     if dosage:
         res["dosageInstruction"] = [dosage]
     dispense: dict[str, Any] = {}
