@@ -207,6 +207,100 @@ def test_block_over_cap_alerts_and_compares_the_cap(tmp_path, caplog):
 # -- weights --------------------------------------------------------------------------------------
 
 
+CLINIC = "02365871234"  # a village clinic's switchboard, written on its patients' records
+_SURNAMES = "王李赵刘杨黄周吴徐孙胡朱高林何郭马罗梁宋郑谢韩唐冯于董萧曹袁邓许傅沈彭吕苏卢蒋蔡贾丁魏"
+_GIVEN = "秀英华玉兰桂芳丽敏静霞红梅琴云莲珍娟燕凤洁平军强磊洋勇杰涛斌超刚辉鹏飞宇浩"
+
+
+def _villager(pid: str, name: str, birth: str, phone: str | None = CLINIC,
+              line: str | None = None, sex: str = "male") -> dict:
+    p = pat(pid, name=name, birth=birth, id_=None, phone=phone, sex=sex)
+    if line:
+        p["address"][0]["line"] = [line]
+    return p
+
+
+def _clinic_index(tmp_path, first: tuple[dict, ...] = (), many: int = 200,
+                  **shared) -> IdentityCandidates:
+    """An index of ``first``, then ``many`` other people carrying the clinic's phone (or
+    ``line``): the clinic's first patients are those a block cut to its cap still compares."""
+    index = IdentityCandidates(tmp_path / "ic.sqlite")
+    index.put([features(p) for p in first])
+    index.put(features(_villager(
+        f"c{i}", _SURNAMES[i % len(_SURNAMES)] + _GIVEN[i % 36] + _GIVEN[(i * 7) % 36],
+        f"19{40 + i % 50}-{1 + i % 12:02d}-{1 + i % 28:02d}", sex="male" if i % 2 else "female",
+        **shared)) for i in range(many))
+    return index
+
+
+def _matched(index: IdentityCandidates, b: dict) -> tuple[str, list[Candidate]]:
+    """What the incremental matcher decides for ``b`` arriving (indexed first)."""
+    fb = features(b)
+    index.put([fb])
+    return decision(Matcher(index, W.load()).match(fb))
+
+
+def test_a_clinic_phone_many_share_does_not_link_two_people(tmp_path):
+    # two men, names a character apart and birth dates a digit apart, whose records carry the
+    # village clinic's phone as 200 other villagers' do: the phone is the clinic's, not theirs
+    index = _clinic_index(tmp_path, first=(_villager("a", "陈伟明", "1980-01-02"),
+                                           _villager("n1", "张伟", "1975-06-01")))
+    b = _villager("b", "程伟民", "1980-01-05")
+    outcome, chosen = _matched(index, b)
+    assert outcome == "new" and chosen == []
+    ranked = Matcher(index, W.load()).match(features(b), keep_vetoed=True)
+    assert "Patient/a" in {c.ref for c in ranked}  # compared, and found only possible
+    assert all(c.grade not in ("certain", "probable") for c in ranked)
+    # namesakes of one birth date at that clinic: the phone is no one's own evidence, so they
+    # are never linked automatically (a steward decides)
+    outcome, chosen = _matched(index, _villager("n2", "张伟", "1975-06-01"))
+    assert outcome != "link"
+    index.close()
+
+
+def test_a_phone_only_one_person_carries_weighs_as_before(tmp_path):
+    # the clinic's phone is common; this man's own mobile is not: his two records link, the phone
+    # with the level's full weight
+    own = "13817263540"
+    index = _clinic_index(tmp_path, first=(_villager("a", "陈伟明", "1980-01-02", phone=own),))
+    outcome, chosen = _matched(index, _villager("b", "陈伟明", "1980-01-02", phone=own))
+    assert outcome == "link" and [c.ref for c in chosen] == ["Patient/a"]
+    assert chosen[0].evidence["phone"]["weight"] == round(W.load().weight("phone", "same"), 3)
+    # a household's phone (a few more records) is still the household's own evidence
+    index.put([features(_villager(f"h{i}", f"陈{g}", "2005-03-0" + str(i + 1), phone=own))
+               for i, g in enumerate("丽华")])
+    outcome, chosen = _matched(index, _villager("c", "陈伟明", "1980-01-02", phone=own))
+    assert outcome == "link" and {c.ref for c in chosen} == {"Patient/a", "Patient/b"}
+    index.close()
+
+
+def test_a_nursing_home_address_many_share_does_not_link_two_people(tmp_path):
+    home = "幸福路8号康乐养老院"
+    flat = "解放路12号3单元"
+    index = _clinic_index(tmp_path, first=(_villager("a", "陈伟明", "1940-01-02", phone=None, line=home),
+                                           _villager("c", "陈伟明", "1950-01-02", phone=None, line=flat)),
+                          phone=None, line=home)
+    b = _villager("b", "程伟民", "1940-01-05", phone=None, line=home)
+    assert _matched(index, b)[0] == "new"
+    assert "Patient/a" in {c.ref for c in Matcher(index, W.load()).match(features(b))}
+    # an address no one else gives keeps its full weight
+    outcome, chosen = _matched(index, _villager("d", "陈伟明", "1950-01-02", phone=None, line=flat))
+    assert outcome == "link"
+    assert chosen[0].evidence["addr"]["weight"] == round(W.load().weight("addr", "exact"), 3)
+    index.close()
+
+
+def test_term_frequency_of_a_value_is_capped_at_the_level_weight():
+    w = W.load()
+    plain = w.weight("phone", "same")
+    assert w.weight("phone", "same", w.value_share("phone", 0, 1_000_000)) == plain
+    assert w.weight("phone", "same", w.value_share("phone", 0, 100)) == plain
+    assert w.weight("phone", "same", w.value_share("phone", 300, 1000)) < plain - 6
+    assert w.own_evidence("phone", 3) and not w.own_evidence("phone", 300)
+    off = W.Weights({**w.config, "tf": {**w.config["tf"], "phone": False}})
+    assert off.value_share("phone", 300, 1000) is None
+
+
 def test_a_shared_given_name_weighs_by_how_common_it_is(tmp_path):
     # the same given name under another surname (a surname changed or replaced): a given name
     # that few indexed Patients hold says more than one that many hold
@@ -388,6 +482,32 @@ def test_incremental_matcher_follows_patient_events(hub, tmp_path):
     before = index.stats()
     Runner(hub.store, index).rebuild()
     assert index.stats() == before and not index.bulk
+    index.close()
+
+
+def test_value_counts_follow_the_log_and_survive_a_rebuild(hub, tmp_path):
+    # the clinic phone's count is kept as Patients arrive, change phone and are deleted, and a
+    # rebuild from the log (either event store) counts the same and weighs the same
+    index = IdentityCandidates(tmp_path / "ic.sqlite")
+    runner = Runner(hub.store, index)
+    crowd = [_villager(f"c{i}", _SURNAMES[i] + _GIVEN[i] + _GIVEN[(i * 7) % 36],
+                       f"19{40 + i}-0{1 + i % 9}-1{i % 9}") for i in range(30)]
+    hub.execute([Op("PUT", "Patient", d["id"], d, url="Patient/x") for d in crowd], Context(), atomic=True)
+    put(hub, _villager("a", "陈伟明", "1980-01-02"))
+    put(hub, _villager("b", "程伟民", "1980-01-05"))
+    runner.catch_up()
+    assert index.name_count(f"ph:{CLINIC}") == 32
+    put(hub, _villager("c0", crowd[0]["name"][0]["text"], crowd[0]["birthDate"], phone="13817263540"))
+    hub.execute([Op("DELETE", "Patient", "c1", url="Patient/c1")], Context(), atomic=True)
+    runner.catch_up()
+    assert index.name_count(f"ph:{CLINIC}") == 30 and index.name_count("ph:13817263540") == 1
+    weigh = Matcher(index, W.load())
+    before = {c.ref: c.evidence["phone"]["weight"] for c in weigh.match(index.features_of("Patient/b"))}
+    assert before["Patient/a"] < W.load().weight("phone", "same") - 4
+    runner.rebuild()
+    assert index.name_count(f"ph:{CLINIC}") == 30 and index.name_count("ph:13817263540") == 1
+    assert {c.ref: c.evidence["phone"]["weight"]
+            for c in weigh.match(index.features_of("Patient/b"))} == before
     index.close()
 
 

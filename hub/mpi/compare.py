@@ -152,13 +152,20 @@ def latin_parts(f: dict) -> tuple[str, str] | None:
 
 
 def count_terms(f: dict) -> list[str]:
-    """What the index counts of a Patient for term frequencies: its normalised name and, for a
-    Latin-script name, its given name alone (``given:<name>``; no normalised name holds a colon)."""
+    """What the index counts of a Patient for term frequencies: its normalised name, for a
+    Latin-script name its given name alone (``given:<name>``), each phone (``ph:<digits>``) and its
+    address lines (``ad:<lines>``): no normalised name holds a colon."""
+    out: list[str] = []
     name = f.get("name")
-    if not name:
-        return []
-    parts = latin_parts(f)
-    return [name, f"given:{parts[1]}"] if parts and parts[1] else [name]
+    if name:
+        out.append(name)
+        parts = latin_parts(f)
+        if parts and parts[1]:
+            out.append(f"given:{parts[1]}")
+    out.extend(f"ph:{p}" for p in f.get("ph") or ())
+    if f.get("addr"):
+        out.append(f"ad:{f['addr']}")
+    return out
 
 
 @lru_cache(maxsize=65536)

@@ -44,12 +44,15 @@ class Matcher:
         self.index = index
         self.weights = weights
 
-    def score(self, a: dict, b: dict, name_counts: dict[str, int], total: int) -> Candidate:
-        """Compare two Patients' features and weigh the evidence."""
+    def score(self, a: dict, b: dict, name_counts: dict[str, int], total: int,
+              own: int = 2) -> Candidate:
+        """Compare two Patients' features and weigh the evidence. ``own``: how many of the two
+        the index counts (``b`` always; ``a`` once indexed), left out of a value's share."""
         levels, vetoes = compare(a, b)
         w = self.weights
         total_weight = w.prior_weight
         evidence: dict[str, dict[str, Any]] = {}
+        shared = _shared_values(a, b, levels, name_counts, own)
         for fld, level in levels.items():
             if any(levels.get(other) == lv for other, lv in w.dependent.get(fld, ())):
                 evidence[fld] = {"level": level, "weight": 0.0}  # said already (same household)
@@ -59,6 +62,8 @@ class Matcher:
                 share = w.name_share("exact", max(name_counts.get(a["name"], 0), 1), total)
             elif fld == "name" and level == "given" and total:
                 share = _given_share(a, b, name_counts, total, w)
+            elif fld in shared and total:
+                share = w.value_share(fld, shared[fld], total)
             x = w.weight(fld, level, share)
             total_weight += x
             evidence[fld] = {"level": level, "weight": round(x, 3)}
@@ -86,7 +91,8 @@ class Matcher:
         p = w.probability(total_weight)
         grade = CERTAINLY_NOT if vetoes else w.grade(p)
         if grade == "certain":
-            held = hold(a, b, levels, twins)
+            common = {f for f, others in shared.items() if not w.own_evidence(f, others)}
+            held = hold(a, b, levels, twins, common)
             if held:  # a steward decides: never two people merged on weights alone
                 grade = "probable"
                 evidence["hold"] = {"level": held, "weight": 0.0}
@@ -103,6 +109,9 @@ class Matcher:
         if not hashed:
             return []
         found, counts, total = self.index.lookup(hashed, count_terms(f))
+        # indexed itself (the incremental matcher indexes a Patient before matching it; $match
+        # asks about one that isn't): then its own record is among a value's counted holders
+        own = 2 if any(g["ref"] == f["ref"] for _, g in found) else 1
         skip = set(exclude)
         skip.add(f["ref"])
         out = []
@@ -111,7 +120,7 @@ class Matcher:
                 continue
             if blocked is not None and blocked(f["ref"], g["ref"]):
                 continue
-            c = self.score(f, g, counts, total)
+            c = self.score(f, g, counts, total, own)
             if c.grade is None or (c.grade == CERTAINLY_NOT and not keep_vetoed):
                 continue
             out.append(c)
@@ -119,12 +128,16 @@ class Matcher:
         return out
 
 
-def hold(a: dict, b: dict, levels: dict[str, str], twins: bool = False) -> str | None:
+def hold(a: dict, b: dict, levels: dict[str, str], twins: bool = False,
+         common: Iterable[str] = ()) -> str | None:
     """Why two records the weights call certain go to review instead, or None. Evidence adds up
     in bits, and some disagreements no sum of agreements outweighs: an automatic link needs the
     names to agree, a person's own evidence (a valid identifier, a phone, an address) beyond a
     district, and nothing that marks two children of one household (``twins``: the twin pattern
-    of ``_twins``). Held for Chinese names only (and newborn placeholders); see below."""
+    of ``_twins``). ``common``: the agreeing fields whose value more Patients carry than a
+    household (a clinic's phone): no one's own evidence. Held for Chinese names only (and newborn
+    placeholders); see below."""
+    common = set(common)
     name, birth = levels.get("name"), levels.get("birth")
     # a resident ID number is the person's own evidence only when both records' pass their check
     # (an identifier that fails its check digit is never a key: one a slip off a twin's valid
@@ -163,10 +176,28 @@ def hold(a: dict, b: dict, levels: dict[str, str], twins: bool = False) -> str |
     # whose numbers are neighbours, are held above)
     slip = levels.get("id") == "typo" and name in ("exact", "pinyin")
     if not (same_id or slip) and \
-            not any(levels.get(f) in ("same", "exact") for f in ("phone", "addr", "hc")):
+            not any(levels.get(f) in ("same", "exact") and f not in common
+                    for f in ("phone", "addr", "hc")):
         # a name, a birth date and a district: namesakes in a city
         return "no-own-evidence"
     return None
+
+
+def _shared_values(a: dict, b: dict, levels: dict[str, str], counts: dict[str, int],
+                   own: int) -> dict[str, int]:
+    """{field: how many indexed Patients besides the two carry the value they agree on} for an
+    agreeing phone (the rarest number they share) and identical address lines; a value the index
+    never counted (built before phones and addresses were) is left out: it keeps its weight."""
+    out: dict[str, int] = {}
+    if levels.get("phone") == "same":
+        n = min(counts.get(f"ph:{p}", 0) for p in set(a["ph"]) & set(b["ph"]))
+        if n > 0:
+            out["phone"] = n - own
+    if levels.get("addr") == "exact":
+        n = counts.get(f"ad:{a['addr']}", 0)
+        if n > 0:
+            out["addr"] = n - own
+    return out
 
 
 def _given_share(a: dict, b: dict, counts: dict[str, int], total: int,

@@ -6,7 +6,10 @@ have, plus the prior ``log2(λ / (1 - λ))`` (λ: the share of true matches amon
 score is the posterior probability ``1 / (1 + 2^-weight)``, and the grade comes from ``thresholds``
 on it. The exact-name level is term-frequency adjusted: its ``u`` is the share of indexed Patients
 carrying that very name (never below ``floor``), so a common name counts less than a rare one;
-the share is estimated with the trained ``u`` as prior (``name_share``).
+the share is estimated with the trained ``u`` as prior (``name_share``). An agreeing phone and
+address lines are adjusted the same way (``value_share``): a clinic's switchboard or a nursing
+home's address that hundreds of records carry weighs by its share of the indexed Patients (the two
+compared left out), capped at the level's own weight for a value few carry.
 ``dependent`` silences a field when another already said the same (the district when the phone
 agrees: both point to a household, not to a person). ``combined`` bounds what fields say together:
 a name and a birth date, however rare each, are shared by strangers in a region of tens of millions
@@ -41,6 +44,9 @@ from hub.mpi.compare import FIELDS, LEVELS
 from hub.mpi.normalise import DATA
 
 _FILE = re.compile(r"^weights-(\d+)\.json$")
+# fields whose agreeing value is weighed by how many indexed Patients carry it: {field: level}
+TF_VALUES = {"phone": "same", "addr": "exact"}
+OWN_MAX = 20  # more Patients sharing a phone or address than a household has: an institution's
 GRADES = ("certain", "probable", "possible")
 
 
@@ -83,6 +89,17 @@ class Weights:
                               / config["fields"]["name"][lv]["u"] if lv in config["fields"].get(
                                   "name", {}) else 0.0)
                          for lv, t in (("exact", tf), ("given", given))}
+        # a phone or address lines many Patients share (a clinic's switchboard, a nursing home):
+        # on by default (``"tf": {"phone": false}`` turns it off), so a configuration trained
+        # before it existed adjusts too
+        self.tf_values: dict[str, tuple[str, float, float, float, int]] = {}
+        for fld, level in TF_VALUES.items():
+            t = config.get("tf", {}).get(fld, {})
+            p = config["fields"].get(fld, {}).get(level)
+            if t is False or not p:
+                continue
+            k = float(t.get("prior_count", 1.0))
+            self.tf_values[fld] = (level, k, k / p["u"], p["m"], int(t.get("own_max", OWN_MAX)))
 
     def name_share(self, level: str, count: int, total: int) -> float:
         """The estimated share of Patients with a name (``exact``) or Latin given name (``given``)
@@ -90,7 +107,29 @@ class Weights:
         k, population = self.tf_prior[level]
         return (count + k) / (total + population) if total + population else 0.0
 
+    def value_share(self, field: str, others: int, total: int) -> float | None:
+        """The estimated share of Patients carrying a phone (``phone``) or address lines
+        (``addr``) that ``others`` indexed Patients besides the two compared carry, among
+        ``total``; None when the field is not adjusted. The level's trained ``u`` is the prior
+        (``prior_count`` pseudo-Patients): a value no one else carries gets the level's own
+        weight, whatever the index's size."""
+        if field not in self.tf_values:
+            return None
+        _, k, population = self.tf_values[field][:3]
+        return (max(others, 0) + k) / (total + population)
+
+    def own_evidence(self, field: str, others: int) -> bool:
+        """Whether a phone or address that ``others`` Patients also carry can still be the
+        person's own (a household's): not when more carry it than ``own_max``."""
+        t = self.tf_values.get(field)
+        return t is None or others <= t[4]
+
     def weight(self, field: str, level: str, name_share: float | None = None) -> float:
+        t = self.tf_values.get(field)
+        if t is not None and name_share is not None and level == t[0]:
+            # lowered for a common value, never raised above the level's weight for a rare one
+            plain = self.table[field][level]
+            return min(plain, math.log2(t[3] / name_share)) if name_share > 0 else plain
         if field == "name" and name_share is not None:
             if level == "exact" and self.tf_on:
                 return math.log2(self.m_name_exact / max(name_share, self.tf_floor))
