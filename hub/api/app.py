@@ -519,6 +519,8 @@ async def transaction(request: Request) -> Response:
             parts = path.split("/")
             if parts[0] == "Person" and len(parts) == 2:  # the master patient index's view
                 return mpi_identity.person_entry(request, parts[1], check)
+            if parts[0] == "Person" and len(parts) == 1:
+                return mpi_identity.person_search_entry(request, query, check)
             return _get(repo, ctx, path, query, b, _settings(request), check)
         finally:
             ctx.query = outer

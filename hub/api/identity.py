@@ -39,6 +39,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
@@ -258,6 +259,35 @@ async def person_search_post(request: Request) -> Response:
 
 async def _person_search(request: Request, given: list[tuple[str, str]]) -> Response:
     check_format(request)
+    answer, scope = _person_searcher(request, given)
+    # a search or listing answers with persons' demographics and links: a read of their
+    # records, audited like any other (access control attaches here, before ``answer`` runs)
+    out = await audited(request, "person-search", answer, scope, (None, []))
+    return fhir_response(out, request=request)
+
+
+def person_search_entry(request: Request, query: str, check: bool) -> tuple[int, dict | None]:
+    """A ``GET Person?…`` entry of a batch or transaction: the search ``GET /fhir/Person?…``
+    answers, audited alike (``check``: only whether it would fail, as ``person_entry``)."""
+    answer, scope = _person_searcher(request, parse_qsl(query, keep_blank_values=True))
+    writer, purpose = request.app.state.audit, purpose_of(request)
+    try:
+        out = answer(purpose)
+    except FhirError as e:
+        if not check:
+            writer.write(audit_event(request, "person-search", None, [], "4",
+                                     e.issues[0].diagnostics if e.issues else None, purpose))
+        raise
+    if check:
+        return 200, None
+    persons, patients = scope(out)
+    writer.write(audit_event(request, "person-search", persons, patients, "0", purpose=purpose))
+    return 200, out
+
+
+def _person_searcher(request: Request, given: list[tuple[str, str]]) -> tuple[
+        Callable[[Any], dict], Callable[[dict], tuple[list[str], list[str]]]]:
+    """The search's parameters checked: what answers it, and what of it the audit names."""
     identity = _identity(request, Action("search-type", "Person"))
     allowed = {"_id", "identifier", "link", "patient", "_lastUpdated", "_count", "_cursor",
                "_total", "_format", "_pretty"}
@@ -339,10 +369,7 @@ async def _person_search(request: Request, given: list[tuple[str, str]]) -> Resp
         patients = [p for e in out.get("entry", []) for p in _linked_patients(e["resource"])]
         return persons, patients
 
-    # a search or listing answers with persons' demographics and links: a read of their
-    # records, audited like any other (access control attaches here, before ``answer`` runs)
-    out = await audited(request, "person-search", answer, scope, (None, []))
-    return fhir_response(out, request=request)
+    return answer, scope
 
 
 _PERSON_CURSOR = re.compile(r"^[A-Za-z0-9.\-]{1,64}$")
