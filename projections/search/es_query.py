@@ -28,7 +28,7 @@ from projections.search.backend import (
     encode_cursor,
 )
 from projections.search.es_index import PATH, SORT_FIELD, ElasticsearchIndex, edge, keyword
-from projections.search.extract import normalize
+from projections.search.extract import holds_ranges, normalize
 from projections.search.params import params_for
 from projections.search.query import (
     Criterion,
@@ -42,6 +42,7 @@ from projections.search.query import (
     TokenValue,
     approx,
     local_reference,
+    range_bounds,
     text_query,
     uri_prefixes,
 )
@@ -179,6 +180,8 @@ class ElasticsearchSearch(SearchBackend):
                         for g in groups])
         if c.modifier == "missing":
             present = self._nested(rtype, c.param, c.type, None)
+            if holds_ranges(rtype, c.param):  # a Range is a value too
+                present = _or([present, self._ranged(rtype, c.param, None)])
             return _not(present) if c.value else present
         if c.chain is not None:
             (target,) = c.chain.rtypes
@@ -192,7 +195,17 @@ class ElasticsearchSearch(SearchBackend):
         test = self._value(c, PATH[c.type])
         if c.modifier == "not":
             return _not(self._nested(rtype, c.param, c.type, test))
+        if holds_ranges(rtype, c.param):
+            return _or([self._nested(rtype, c.param, c.type, test),
+                        self._ranged(rtype, c.param, _range_test(c.prefix, c.value))])
         return self._nested(rtype, c.param, c.type, test)
+
+    def _ranged(self, rtype: str, code: str, test: dict | None) -> dict:
+        """The ``rng`` rows (Range values) of ``code``; an index made before they were mapped
+        has none (``hub projections rebuild search-es`` maps and fills them)."""
+        inner = self._p(rtype, code, "rng")
+        return {"nested": {"path": "rng", "query": _and(inner, test) if test else inner,
+                           "ignore_unmapped": True}}
 
     def _has(self, rtype: str, h: Has) -> dict:
         me = rtype + "/"
@@ -557,6 +570,35 @@ def _quantity_test(prefix: str | None, v: QuantityValue, f) -> dict:
         return _and(*exact)
     canonical = _and(_term(f("system"), UCUM), _term(f("ccode"), v.canonical_code),
                      _number_test(prefix, v.canonical, f("cvalue")))
+    return _or([_and(*exact), canonical])
+
+
+def _range_number_test(prefix: str | None, r: RangeValue, lo: str, hi: str) -> dict:
+    op, a, b = range_bounds(prefix, RangeValue(*(max(-1.7e308, min(1.7e308, x))
+                                                 for x in (r.lo, r.hi, r.value))))
+    if op in ("in", "not-in"):
+        test = _and(_range(lo, gte=a), _range(hi, lt=b))
+        return test if op == "in" else _not(test)
+    if op == "meets":
+        return _and(_range(lo, lte=b), _range(hi, gte=a))
+    cmp = {">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}[op[2:]]
+    return _range(hi if op.startswith("hi") else lo, **{cmp: a})
+
+
+def _range_test(prefix: str | None, v: RangeValue | QuantityValue) -> dict:
+    """The test of one alternative on a ``rng`` row (a Range value of the parameter)."""
+    if isinstance(v, RangeValue):  # a number parameter: the Range's values, whatever its unit
+        return _range_number_test(prefix, v, "rng.lo", "rng.hi")
+    test = _range_number_test(prefix, v.number, "rng.lo", "rng.hi")
+    if v.code is None:
+        return _and(test, _term("rng.system", v.system)) if v.system else test
+    exact = [_term("rng.code", v.code), test]
+    if v.system:
+        exact.insert(0, _term("rng.system", v.system))
+    if v.canonical is None:
+        return _and(*exact)
+    canonical = _and(_term("rng.system", UCUM), _term("rng.ccode", v.canonical_code),
+                     _range_number_test(prefix, v.canonical, "rng.clo", "rng.chi"))
     return _or([_and(*exact), canonical])
 
 
