@@ -404,6 +404,18 @@ CASES = [
     ("rng", "PlanDefinition", "context-quantity=gt0.008|http://unitsofmeasure.org|g", ["pd3"]),
     ("rng", "PlanDefinition", "context-quantity=lt0.006||g", ["pd3"]),
     ("rng", "PlanDefinition", "context-quantity=0.005||g", []),
+    # and as the quantity of a composite (the context's type, then its value)
+    ("rng", "PlanDefinition", "context-type-quantity=age$gt60||a", ["pd1"]),
+    ("rng", "PlanDefinition", "context-type-quantity=http://terminology.hl7.org/CodeSystem/"
+     "usage-context-type|age$40||a", ["pd2"]),
+    ("rng", "PlanDefinition", "context-type-quantity=age$ap40||a", ["pd1", "pd2"]),
+    ("rng", "PlanDefinition", "context-type-quantity=age$ne40||a", ["pd1"]),
+    ("rng", "PlanDefinition", "context-type-quantity=age$lt20|http://unitsofmeasure.org|a",
+     ["pd1"]),
+    ("rng", "PlanDefinition",
+     "context-type-quantity=age$gt0.008|http://unitsofmeasure.org|g", ["pd3"]),
+    ("rng", "PlanDefinition", "context-type-quantity=age$0.005||g", []),
+    ("rng", "PlanDefinition", "context-type-quantity=gender$gt60||a", []),
     ("num", "Observation", "value-quantity=5||mg", ["q1", "q2"]),
     ("num", "Observation", "value-quantity=5|http://unitsofmeasure.org|mg", ["q1", "q2"]),
     ("num", "Observation", "value-quantity=0.005||g", ["q1", "q2"]),

@@ -89,9 +89,11 @@ NESTED: dict[str, dict[str, dict[str, Any]]] = {
             "ccode": _KEYWORD},
     "ref": {"target": _KEYWORD, "type": _KEYWORD, "id_system": _KEYWORD, "id_value": _KEYWORD},
     "uri": {"uri": _KEYWORD},
-    # cc, cnum: a UCUM quantity component in its canonical unit (metric prefixes folded)
+    # cc, cnum: a UCUM quantity component in its canonical unit (metric prefixes folded);
+    # rlo, rhi (crlo, crhi in the canonical unit): a Range component's ends
     "cmp": {"c1": _KEYWORD, "c2": _KEYWORD, "num": _DOUBLE, "lo": _LONG, "hi": _LONG,
-            "cc": _KEYWORD, "cnum": _DOUBLE},
+            "cc": _KEYWORD, "cnum": _DOUBLE, "rlo": _DOUBLE, "rhi": _DOUBLE, "crlo": _DOUBLE,
+            "crhi": _DOUBLE},
     # a Range of a number or quantity parameter: [lo, hi] (clo, chi: in the canonical unit)
     "rng": {"lo": _DOUBLE, "hi": _DOUBLE, "system": _KEYWORD, "code": _KEYWORD,
             "clo": _DOUBLE, "chi": _DOUBLE, "ccode": _KEYWORD},
@@ -136,6 +138,10 @@ def mapping(rtype: str, analyzer: str = "standard") -> dict:
     return {"dynamic": False, "properties": props}
 
 
+def _bounded(x: float) -> float:
+    return max(-1.7e308, min(1.7e308, x))  # JSON has no infinities: an open end is the largest
+
+
 def _composite(value: tuple) -> dict:
     first, second = value[0], value[1] if len(value) > 1 else None
     out: dict[str, Any] = {"c1": f"{first.system or ''}|{first.code or ''}"
@@ -146,6 +152,12 @@ def _composite(value: tuple) -> dict:
         out["c2"], out["num"] = f"{second.system or ''}|{second.code or ''}", _finite(second.value)
         if second.system == UCUM and second.canonical_code:
             out["cc"], out["cnum"] = second.canonical_code, _finite(second.canonical_value)
+    elif isinstance(second, ValueRange):
+        out["c2"] = f"{second.system or ''}|{second.code or ''}"
+        out["rlo"], out["rhi"] = _bounded(second.lo), _bounded(second.hi)
+        if second.system == UCUM and second.canonical_code:
+            out["cc"] = second.canonical_code
+            out["crlo"], out["crhi"] = _bounded(second.canonical_lo), _bounded(second.canonical_hi)
     elif isinstance(second, DateRange):
         out["lo"], out["hi"] = edge(second.start), edge(second.end)
     elif isinstance(second, Str):
@@ -187,10 +199,6 @@ def _values(ptype: str, code: str, values: list) -> tuple[list[dict], Any]:
     if ptype == "composite":
         return [{"p": code, **_composite(v)} for v in values], []
     return [], []
-
-
-def _bounded(x: float) -> float:
-    return max(-1.7e308, min(1.7e308, x))  # JSON has no infinities: an open end is the largest
 
 
 def _ranges(code: str, values: list) -> list[dict]:

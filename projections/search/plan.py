@@ -940,19 +940,23 @@ def _composite(c: _Composite, root: dict, out: dict) -> None:
 
 @lru_cache(maxsize=None)
 def range_params(rtype: str) -> frozenset[str]:
-    """The number and quantity parameters of ``rtype`` that can hold a Range (its rows are
-    ``ValueRange``s, kept apart from the point values)."""
+    """The number, quantity and composite parameters of ``rtype`` that can hold a Range (its
+    values are ``ValueRange``s, kept apart from the point values)."""
     plan = plan_for(rtype)
     walks = [w for ws in plan.by_key.values() for w in ws] + list(plan.from_root)
-    return frozenset({w.code for w in walks if w.convert is _c_range}
+    composite = {c.code for c in plan.composites  # a Range component (context-type-quantity)
+                 if any(w.convert is _c_range for comps in c.components for ws in comps
+                        for w in ws)}
+    return frozenset({w.code for w in walks if w.convert is _c_range} | composite
                      | {f.code for f in plan.fallbacks if f.type in ("number", "quantity")})
 
 
 def holds_ranges(rtype: str, code: str) -> bool:
     """Whether parameter ``code`` (or one it is answered from) can hold a Range, whose values
-    the backends keep apart from the point values and test beside them."""
+    the backends keep apart from the point values and test beside them (a number or quantity
+    parameter's in rows of their own, a composite's in its own rows' Range columns)."""
     p = params_for(rtype).get(code)
-    if p is None or p.type not in ("number", "quantity"):
+    if p is None or p.type not in ("number", "quantity", "composite"):
         return False
     ranged = range_params(rtype)
     return code in ranged or any(b in ranged for b in p.stored_as)

@@ -109,6 +109,9 @@ def _composite_row(value: tuple) -> tuple:
         c2 = f"{second.system or ''}|{second.code or ''}"
     elif isinstance(second, Quantity):
         c2, num = f"{second.system or ''}|{second.code or ''}", second.value
+    elif isinstance(second, ValueRange):  # a Range: its ends where a date's go, num empty
+        c2, lo, hi = f"{second.system or ''}|{second.code or ''}", _bound(second.lo), \
+            _bound(second.hi)
     elif isinstance(second, DateRange):
         lo, hi = _bound(second.start), _bound(second.end)
     elif isinstance(second, Str):

@@ -219,7 +219,7 @@ class SQLiteSearch(SearchBackend):
             tests = " OR ".join(f"({self._value(s, c, x, rtype)})" for c in crits)
             ors.append(f"{alias}.pk IN (SELECT {x}.pk FROM {table} {x} WHERE "
                        f"{s.p_is(rtype, code, x)} AND ({tests}))")
-            if holds_ranges(rtype, code):
+            if crits[0].type != "composite" and holds_ranges(rtype, code):
                 y = s.alias("x")
                 tests = " OR ".join(f"({_range_test(s, c.prefix, c.value, y)})" for c in crits)
                 ors.append(f"{alias}.pk IN (SELECT {y}.pk FROM ix_range {y} WHERE "
@@ -258,7 +258,7 @@ class SQLiteSearch(SearchBackend):
             # +p: look the resource's rows up by pk, not every row of the parameter
             test = (f"EXISTS (SELECT 1 FROM {table} {x} WHERE {x}.pk = {alias}.pk "
                     f"AND {s.p_is(rtype, c.param, x, plus=True)})")
-            if holds_ranges(rtype, c.param):  # a Range is a value too
+            if c.type != "composite" and holds_ranges(rtype, c.param):  # a Range is a value too
                 y = s.alias("x")
                 test = (f"({test} OR EXISTS (SELECT 1 FROM ix_range {y} WHERE {y}.pk = "
                         f"{alias}.pk AND {s.p_is(rtype, c.param, y, plus=True)}))")
@@ -354,7 +354,8 @@ class SQLiteSearch(SearchBackend):
                 return f"({x}.uri = {s.arg(v)} OR {' OR '.join(ranges)})"
             return f"{x}.uri = {s.arg(v)}"
         if t == "composite":
-            return " AND ".join(_composite_test(s, i, part, x) for i, part in enumerate(v))
+            ranged = rtype is not None and holds_ranges(rtype, c.param)
+            return " AND ".join(_composite_test(s, i, part, x, ranged) for i, part in enumerate(v))
         raise AssertionError(t)
 
     # -- running ----------------------------------------------------------------------------------
@@ -789,7 +790,9 @@ def _reference_test(s: _Sql, v: RefValue, x: str) -> str:
     return f"({' OR '.join([test, *ranges])})"
 
 
-def _composite_test(s: _Sql, i: int, part: tuple, x: str) -> str:
+def _composite_test(s: _Sql, i: int, part: tuple, x: str, ranged: bool = False) -> str:
+    """``ranged``: the parameter's quantity component can be a Range (a row with lo and hi, no
+    num), tested as a Range of a quantity parameter is."""
     ptype, prefix, v = part
     if i == 0:  # the first component is a token: c1 = 'system|code'
         if ptype != "token":
@@ -801,6 +804,9 @@ def _composite_test(s: _Sql, i: int, part: tuple, x: str) -> str:
         return f"{x}.c1 >= {s.arg(v.system + '|')} AND {x}.c1 < {s.arg(v.system + '|' + TOP)}"
     if ptype == "quantity":
         test = _number_test(s, prefix, v.number, f"{x}.num")
+        if ranged:
+            test = (f"(({x}.num IS NOT NULL AND {test}) OR ({x}.num IS NULL AND {x}.lo IS NOT "
+                    f"NULL AND {_range_number_test(s, prefix, v.number, f'{x}.lo', f'{x}.hi')}))")
         if v.code is None:
             if v.system:
                 test += (f" AND {x}.c2 >= {s.arg(v.system + '|')} "
@@ -813,8 +819,13 @@ def _composite_test(s: _Sql, i: int, part: tuple, x: str) -> str:
         if v.canonical is None:
             return exact
         # UCUM units that differ by a metric prefix: compare in the canonical unit
-        folded = _number_test(s, prefix, v.canonical,
-                              f"fhir_ucum({x}.c2, {x}.num, {s.arg(v.canonical_code)})")
+        code = s.arg(v.canonical_code)
+        folded = _number_test(s, prefix, v.canonical, f"fhir_ucum({x}.c2, {x}.num, {code})")
+        if ranged:
+            folded = (f"(({x}.num IS NOT NULL AND {folded}) OR ({x}.num IS NULL AND {x}.lo IS "
+                      "NOT NULL AND " + _range_number_test(
+                          s, prefix, v.canonical, f"fhir_ucum({x}.c2, {x}.lo, {code})",
+                          f"fhir_ucum({x}.c2, {x}.hi, {code})") + "))")
         return f"(({exact}) OR ({folded}))"
     if ptype == "number":
         return _number_test(s, prefix, v, f"{x}.num")
