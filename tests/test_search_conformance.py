@@ -109,6 +109,32 @@ DATA = {
         obs("q4", code="1111-1", valueQuantity=qty(5, "mmol/L")),
         obs("q5", code="1111-1", valueQuantity=qty(7)),
     ],
+    # Range values of number and quantity parameters: closed, open at either end, a point
+    "rng": [
+        *({"resourceType": "RiskAssessment", "id": f"rn{i}", "status": "final",
+           "subject": {"reference": "Patient/x"}, "prediction": [prediction]}
+          for i, prediction in (
+              (1, {"probabilityRange": {"low": {"value": 0.2}, "high": {"value": 0.4}}}),
+              (2, {"probabilityDecimal": 0.3}),
+              (3, {"probabilityRange": {"low": {"value": 0.3}, "high": {"value": 0.3}}}),
+              (4, {"probabilityRange": {"low": {"value": 0.6}}}),
+              (5, {"probabilityRange": {"high": {"value": 0.1}}}),
+              (6, {"outcome": {"text": "no probability"}}))),
+        *({"resourceType": "Condition", "id": f"c{i}", "subject": {"reference": "Patient/x"},
+           **onset} for i, onset in (
+              (1, {"onsetRange": {"low": qty(60, "a"), "high": qty(70, "a")}}),
+              (2, {"onsetAge": qty(65, "a")}),
+              (3, {"onsetRange": {"low": qty(18, "a")}}),
+              (4, {"onsetRange": {"low": qty(720, "mo"), "high": qty(840, "mo")}}),
+              (5, {"onsetRange": {"high": qty(2, "a")}}))),
+        *({"resourceType": "PlanDefinition", "id": f"pd{i}", "status": "active",
+           "useContext": [{"code": {"system": "http://terminology.hl7.org/CodeSystem/"
+                                              "usage-context-type", "code": "age"}, **value}]}
+          for i, value in (
+              (1, {"valueRange": {"low": qty(18, "a"), "high": qty(65, "a")}}),
+              (2, {"valueQuantity": qty(40, "a")}),
+              (3, {"valueRange": {"low": qty(5, "mg"), "high": qty(10, "mg")}}))),
+    ],
     "ref": [
         {"resourceType": "Organization", "id": "org1", "name": "Township Health Centre"},
         pat("r1", "Li", managingOrganization={"reference": "Organization/org1"}),
@@ -346,6 +372,50 @@ CASES = [
     ("num", "RiskAssessment", "probability=le0.55", ["n1", "n2"]),
     ("num", "RiskAssessment", "probability=ne100", ["n1", "n2"]),
     ("num", "RiskAssessment", "probability=ap0.52", ["n1", "n2"]),
+    # a Range as R4's prefixes read a target range: eq when the search value's range (its
+    # implicit precision) holds the whole Range, gt/lt when the Range reaches above/below the
+    # value, sa/eb when it lies wholly above/below it, ap when it meets the approximate range;
+    # an open end reaches to infinity; a Range of equal ends (rn3) answers as the point (rn2)
+    ("rng", "RiskAssessment", "probability=0.3", ["rn2", "rn3"]),
+    ("rng", "RiskAssessment", "probability=ap0.3", ["rn1", "rn2", "rn3"]),
+    ("rng", "RiskAssessment", "probability=gt0.35", ["rn1", "rn4"]),
+    ("rng", "RiskAssessment", "probability=lt0.25", ["rn1", "rn5"]),
+    ("rng", "RiskAssessment", "probability=ge0.4", ["rn1", "rn4"]),
+    ("rng", "RiskAssessment", "probability=le0.2", ["rn1", "rn5"]),
+    ("rng", "RiskAssessment", "probability=sa0.5", ["rn4"]),
+    ("rng", "RiskAssessment", "probability=eb0.2", ["rn5"]),
+    ("rng", "RiskAssessment", "probability=ne0.3", ["rn1", "rn4", "rn5"]),
+    ("rng", "RiskAssessment", "probability=gt0.35&probability=lt0.5", ["rn1"]),
+    ("rng", "RiskAssessment", "probability=0.3,sa0.5", ["rn2", "rn3", "rn4"]),
+    ("rng", "RiskAssessment", "probability:missing=true", ["rn6"]),
+    ("rng", "RiskAssessment", "probability:missing=false", ["rn1", "rn2", "rn3", "rn4", "rn5"]),
+    ("rng", "Condition", "onset-age=65||a", ["c2"]),
+    ("rng", "Condition", "onset-age=gt65|http://unitsofmeasure.org|a", ["c1", "c3"]),
+    ("rng", "Condition", "onset-age=lt20||a", ["c3", "c5"]),
+    ("rng", "Condition", "onset-age=ap65||a", ["c1", "c2", "c3"]),
+    ("rng", "Condition", "onset-age=gt800||mo", ["c4"]),
+    ("rng", "Condition", "onset-age=eb1||a", []),
+    ("rng", "Condition", "onset-age=gt65|urn:other|a", []),
+    ("rng", "PlanDefinition", "context-quantity=40||a", ["pd2"]),
+    ("rng", "PlanDefinition", "context-quantity=gt60||a", ["pd1"]),
+    ("rng", "PlanDefinition", "context-quantity=ap40||a", ["pd1", "pd2"]),
+    ("rng", "PlanDefinition", "context-quantity=lt20|http://unitsofmeasure.org|a", ["pd1"]),
+    # UCUM prefixes folded at both ends (5-10 mg is 0.005-0.01 g)
+    ("rng", "PlanDefinition", "context-quantity=gt0.008|http://unitsofmeasure.org|g", ["pd3"]),
+    ("rng", "PlanDefinition", "context-quantity=lt0.006||g", ["pd3"]),
+    ("rng", "PlanDefinition", "context-quantity=0.005||g", []),
+    # and as the quantity of a composite (the context's type, then its value)
+    ("rng", "PlanDefinition", "context-type-quantity=age$gt60||a", ["pd1"]),
+    ("rng", "PlanDefinition", "context-type-quantity=http://terminology.hl7.org/CodeSystem/"
+     "usage-context-type|age$40||a", ["pd2"]),
+    ("rng", "PlanDefinition", "context-type-quantity=age$ap40||a", ["pd1", "pd2"]),
+    ("rng", "PlanDefinition", "context-type-quantity=age$ne40||a", ["pd1"]),
+    ("rng", "PlanDefinition", "context-type-quantity=age$lt20|http://unitsofmeasure.org|a",
+     ["pd1"]),
+    ("rng", "PlanDefinition",
+     "context-type-quantity=age$gt0.008|http://unitsofmeasure.org|g", ["pd3"]),
+    ("rng", "PlanDefinition", "context-type-quantity=age$0.005||g", []),
+    ("rng", "PlanDefinition", "context-type-quantity=gender$gt60||a", []),
     ("num", "Observation", "value-quantity=5||mg", ["q1", "q2"]),
     ("num", "Observation", "value-quantity=5|http://unitsofmeasure.org|mg", ["q1", "q2"]),
     ("num", "Observation", "value-quantity=0.005||g", ["q1", "q2"]),

@@ -16,7 +16,7 @@ from hub.core.fhirtime import parse_range
 from hub.core.resource import RESOURCE_TYPES, canonical, parse_json, validate
 from hub.synth import Region
 from projections.search.extract import (
-    DateRange, Quantity, Ref, Str, Token, compile_stats, extract, normalize, plan_for, ucum_canonical,
+    DateRange, Quantity, Ref, Str, Token, ValueRange, compile_stats, extract, normalize, plan_for, ucum_canonical,
 )
 from projections.search.params import param, params_for, resource_types
 
@@ -173,7 +173,9 @@ def test_date_period_open_end_and_timing():
 def test_number():
     r = ex({"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": "Patient/1"},
             "prediction": [{"probabilityDecimal": 0.25}, {"probabilityRange": {"low": {"value": 1}}}]})
-    assert r["probability"] == [0.25]
+    # a Range is indexed as its two ends, the one left open infinite
+    assert r["probability"] == [0.25, ValueRange(1.0, math.inf, None, None, None, 1.0, math.inf,
+                                                 None)]
     m = stored({"resourceType": "MolecularSequence", "coordinateSystem": 0,
                 "variant": [{"start": 10, "end": 12}]})
     v = ex(m)

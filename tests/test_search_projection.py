@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 
 import orjson
@@ -213,4 +214,27 @@ def test_an_index_file_of_the_earlier_layout_rebuilds(hub, tmp_path):
     Runner(hub.store, old).catch_up()
     assert dump(old)["sp_res"] == [("Patient/o1", 2)]
     assert ("Patient.family", "older", "Older", "Patient/o1") in dump(old)["ix_string"]
+    old.close()
+
+
+def test_an_index_file_from_before_ranges_holds_them_after_a_rebuild(hub, tmp_path):
+    """Range values (a RiskAssessment's probabilityRange) have rows of their own (ix_range): a
+    file made before them gains the table when opened, and the values with a rebuild."""
+    ra = {"resourceType": "RiskAssessment", "id": "ra1", "status": "final",
+          "subject": {"reference": "Patient/x"},
+          "prediction": [{"probabilityRange": {"low": {"value": 0.2}, "high": {"value": 0.4}}}]}
+    put(hub, ra)
+    path = tmp_path / "before.sqlite"
+    index = SQLiteSearchIndex(path)
+    Runner(hub.store, index).catch_up()
+    assert [r[:3] for r in dump(index)["ix_range"]] == [("RiskAssessment.probability", 0.2, 0.4)]
+    index.close()
+    with sqlite3.connect(path) as db:  # as the earlier layout had it: no Range rows at all
+        db.execute("DROP TABLE ix_range")
+    old = SQLiteSearchIndex(path)
+    Runner(hub.store, old).catch_up()
+    assert dump(old)["ix_range"] == []  # indexed before: not until the rebuild
+    old.reset()
+    Runner(hub.store, old).catch_up()
+    assert [r[:3] for r in dump(old)["ix_range"]] == [("RiskAssessment.probability", 0.2, 0.4)]
     old.close()

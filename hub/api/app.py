@@ -639,6 +639,34 @@ async def search_compartment(request: Request, ctype: str, cid: str, rtype: str)
     return fhir_response(out, request=request)
 
 
+async def search_compartment_post(request: Request, ctype: str, cid: str, rtype: str) -> Response:
+    check_format(request)
+    out = await run_in_threadpool(search_bundle, repository(request), context_of(request),
+                                  _type(rtype), await form_params(request), _base(request),
+                                  _settings(request), prefer_strict(request),
+                                  (_type(ctype), _id(cid)))
+    return fhir_response(out, request=request)
+
+
+async def search_compartment_all(request: Request, ctype: str, cid: str) -> Response:
+    """``Patient/{id}/*``: the compartment search across its types (R4 http.html#search)."""
+    check_format(request)
+    return await _compartment_all(request, ctype, cid, list(request.query_params.multi_items()))
+
+
+async def search_compartment_all_post(request: Request, ctype: str, cid: str) -> Response:
+    check_format(request)
+    return await _compartment_all(request, ctype, cid, await form_params(request))
+
+
+async def _compartment_all(request: Request, ctype: str, cid: str,
+                           params: list[tuple[str, str]]) -> Response:
+    out = await run_in_threadpool(system_search, repository(request), context_of(request), params,
+                                  _base(request), _settings(request), prefer_strict(request),
+                                  (_type(ctype), _id(cid)))
+    return fhir_response(out, request=request)
+
+
 def _check_read_format(request: Request, rtype: str) -> None:
     # a Binary's own content type is one too: whether it is asked for is known once it is read
     if not binary.may_be_native(request, rtype):
@@ -753,7 +781,10 @@ ROUTES: tuple[tuple[str, str, Any, str | None, bool], ...] = (
     ("POST", "/fhir/{rtype}/{rid}/$validate", validate_instance, None, False),
     ("GET", "/fhir/{rtype}/{rid}/$validate", validate_instance, None, False),
     ("GET", "/fhir/{rtype}/{rid}/_history", history_instance, "history-instance", True),
+    ("GET", "/fhir/{ctype}/{cid}/*", search_compartment_all, "search-compartment-all", False),
+    ("POST", "/fhir/{ctype}/{cid}/_search", search_compartment_all_post, None, False),
     ("GET", "/fhir/{ctype}/{cid}/{rtype}", search_compartment, "search-compartment", False),
+    ("POST", "/fhir/{ctype}/{cid}/{rtype}/_search", search_compartment_post, None, False),
     ("GET", "/fhir/{rtype}/{rid}/_history/{vid}", vread, "vread", True),
     ("GET", "/fhir/{rtype}/{rid}", read, "read", True),
     ("PUT", "/fhir/{rtype}/{rid}", update, "update", True),

@@ -199,6 +199,9 @@ def _statement(routed: frozenset[str], base: str) -> dict:
             "mode": "server",
             "resource": resources,
             "interaction": [{"code": c} for c in _SYSTEM_LEVEL if c in routed],
+            # compartment search, of one type (Patient/{id}/{type}) and of all (Patient/{id}/*)
+            **({"compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"]}
+               if {"search-compartment", "search-compartment-all"} <= routed else {}),
             # the hub's own system-level operation (documents and v3 messages come in at /cda and
             # /v3, outside the FHIR base)
             **({"operation": [{"name": "quality-report", "definition":

@@ -11,6 +11,11 @@ its own) never. ``_sort`` across types is
 refused: each type's order is its own (with one type listed it sorts). An ``_include`` goes to the
 type it names as its source. ``_total=accurate`` and ``_summary=count`` add the
 types' counts.
+
+The compartment search of every type, ``GET [base]/Patient/{id}/*`` and ``POST
+[base]/Patient/{id}/_search`` (R4 http.html#search), is the same search over the types of the
+Patient compartment, each searched as ``Patient/{id}/{type}`` is (``search_bundle`` with the
+compartment), so access and consent hold per type exactly as there.
 """
 
 from __future__ import annotations
@@ -25,17 +30,28 @@ from hub.core.config import Settings
 from hub.core.errors import FhirError, bad_request
 from hub.core.ingest import Context
 from hub.repository import VIEW_TYPES, Repository
+from projections.search.compartment import patient_compartment
 
 _OWN = ("_type", "_cursor", "_count", "_total")
 
 
-def _types(params: list[tuple[str, str]]) -> tuple[list[str], bool]:
+Compartment = tuple[str, str]  # (compartment type, id): Patient/{id}/*
+
+
+def _types(params: list[tuple[str, str]], compartment: Compartment | None = None
+           ) -> tuple[list[str], bool]:
     listed = [t.strip() for k, v in params if k == "_type" for t in v.split(",") if t.strip()]
+    universe = res.RESOURCE_TYPES if compartment is None \
+        else frozenset(patient_compartment()) & res.RESOURCE_TYPES
     if not listed:  # AuditEvents live in the audit log, with a search of their own: named only
-        return sorted(res.RESOURCE_TYPES - {"AuditEvent"} - VIEW_TYPES), False
+        return sorted(universe - {"AuditEvent"} - VIEW_TYPES), False
     unknown = [t for t in listed if t not in res.RESOURCE_TYPES]
     if unknown:
         raise bad_request(f"Unknown resource type(s) in _type: {', '.join(unknown[:5])}")
+    outside = [t for t in listed if t not in universe]
+    if outside:
+        raise FhirError(400, "not-supported", f"_type={outside[0]}: {outside[0]} is not in the "
+                        "Patient compartment")
     views = [t for t in listed if t in VIEW_TYPES]
     if views:  # the MPI's own search, which takes other parameters and pages by its own cursor
         raise bad_request(f"_type={views[0]}: {views[0]} is the master patient index's view, "
@@ -61,8 +77,14 @@ def _next_cursor(bundle: dict) -> str | None:
 
 
 def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]], base: str,
-                  settings: Settings, strict: bool) -> dict:
-    types, explicit = _types(params)
+                  settings: Settings, strict: bool, compartment: Compartment | None = None
+                  ) -> dict:
+    """A search across types; with ``compartment`` (``("Patient", id)``) across the types of
+    that compartment, within it."""
+    if compartment is not None and compartment[0] != "Patient":
+        raise FhirError(400, "not-supported",
+                        f"Only the Patient compartment is supported, not {compartment[0]}")
+    types, explicit = _types(params, compartment)
     if len(types) > 1 and any(k == "_sort" for k, _ in params):
         raise bad_request("_sort is not supported across types; search one type to sort")
     values = dict(params)
@@ -94,7 +116,7 @@ def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]],
         if not fill and not counting:
             break
         try:
-            b = search_bundle(repo, ctx, rtype, own, base, settings, strict)
+            b = search_bundle(repo, ctx, rtype, own, base, settings, strict, compartment)
         except FhirError as e:
             if not explicit and e.status in (401, 403):
                 refused = e
@@ -122,15 +144,16 @@ def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]],
     if next_cursor and next_cursor.endswith(".") and not counting:
         # the page ended with a type: say "next" only if some type after it has a match
         nxt = int(next_cursor[:-1])
-        if not any(_has_any(repo, ctx, t, rest, base, settings, strict, explicit)
+        if not any(_has_any(repo, ctx, t, rest, base, settings, strict, explicit, compartment)
                    for t in types[nxt:]):
             next_cursor = None
     out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if counting and known:
         out["total"] = total
-    links = [{"relation": "self", "url": link(base, params)}]
+    path = base if compartment is None else f"{base}/{compartment[0]}/{compartment[1]}/*"
+    links = [{"relation": "self", "url": link(path, params)}]
     if next_cursor:
-        links.append({"relation": "next", "url": link(base, params, _cursor=next_cursor)})
+        links.append({"relation": "next", "url": link(path, params, _cursor=next_cursor)})
     out["link"] = links
     if values.get("_summary") == "count":
         entries = []
@@ -151,10 +174,11 @@ def _applies(key: str, value: str, rtype: str) -> bool:
 
 
 def _has_any(repo: Repository, ctx: Context, rtype: str, rest: list[tuple[str, str]], base: str,
-             settings: Settings, strict: bool, explicit: bool) -> bool:
+             settings: Settings, strict: bool, explicit: bool,
+             compartment: Compartment | None = None) -> bool:
     try:
         b = search_bundle(repo, ctx, rtype, [*rest, ("_count", "1"), ("_total", "none")], base,
-                          settings, strict)
+                          settings, strict, compartment)
     except FhirError as e:
         if not explicit and e.status in (401, 403):
             return False

@@ -35,7 +35,15 @@ from hub.core.events import KIND_OF_TOPIC
 from hub.core.fhirtime import parse_range, zone_changed, zone_name
 from projections.contract import nothing_to_apply
 from projections.search import fulltext
-from projections.search.extract import DateRange, Quantity, Str, Token, extract, normalize
+from projections.search.extract import (
+    DateRange,
+    Quantity,
+    Str,
+    Token,
+    ValueRange,
+    extract,
+    normalize,
+)
 from projections.search.params import indexed_params
 from projections.search.plan import UCUM
 
@@ -81,9 +89,14 @@ NESTED: dict[str, dict[str, dict[str, Any]]] = {
             "ccode": _KEYWORD},
     "ref": {"target": _KEYWORD, "type": _KEYWORD, "id_system": _KEYWORD, "id_value": _KEYWORD},
     "uri": {"uri": _KEYWORD},
-    # cc, cnum: a UCUM quantity component in its canonical unit (metric prefixes folded)
+    # cc, cnum: a UCUM quantity component in its canonical unit (metric prefixes folded);
+    # rlo, rhi (crlo, crhi in the canonical unit): a Range component's ends
     "cmp": {"c1": _KEYWORD, "c2": _KEYWORD, "num": _DOUBLE, "lo": _LONG, "hi": _LONG,
-            "cc": _KEYWORD, "cnum": _DOUBLE},
+            "cc": _KEYWORD, "cnum": _DOUBLE, "rlo": _DOUBLE, "rhi": _DOUBLE, "crlo": _DOUBLE,
+            "crhi": _DOUBLE},
+    # a Range of a number or quantity parameter: [lo, hi] (clo, chi: in the canonical unit)
+    "rng": {"lo": _DOUBLE, "hi": _DOUBLE, "system": _KEYWORD, "code": _KEYWORD,
+            "clo": _DOUBLE, "chi": _DOUBLE, "ccode": _KEYWORD},
 }
 PATH = {"string": "str", "token": "tok", "date": "dt", "number": "num", "quantity": "qty",
         "reference": "ref", "uri": "uri", "composite": "cmp"}
@@ -125,6 +138,10 @@ def mapping(rtype: str, analyzer: str = "standard") -> dict:
     return {"dynamic": False, "properties": props}
 
 
+def _bounded(x: float) -> float:
+    return max(-1.7e308, min(1.7e308, x))  # JSON has no infinities: an open end is the largest
+
+
 def _composite(value: tuple) -> dict:
     first, second = value[0], value[1] if len(value) > 1 else None
     out: dict[str, Any] = {"c1": f"{first.system or ''}|{first.code or ''}"
@@ -135,6 +152,12 @@ def _composite(value: tuple) -> dict:
         out["c2"], out["num"] = f"{second.system or ''}|{second.code or ''}", _finite(second.value)
         if second.system == UCUM and second.canonical_code:
             out["cc"], out["cnum"] = second.canonical_code, _finite(second.canonical_value)
+    elif isinstance(second, ValueRange):
+        out["c2"] = f"{second.system or ''}|{second.code or ''}"
+        out["rlo"], out["rhi"] = _bounded(second.lo), _bounded(second.hi)
+        if second.system == UCUM and second.canonical_code:
+            out["cc"] = second.canonical_code
+            out["crlo"], out["crhi"] = _bounded(second.canonical_lo), _bounded(second.canonical_hi)
     elif isinstance(second, DateRange):
         out["lo"], out["hi"] = edge(second.start), edge(second.end)
     elif isinstance(second, Str):
@@ -164,7 +187,8 @@ def _values(ptype: str, code: str, values: list) -> tuple[list[dict], Any]:
         return [{"p": code, "value": x} for x in nums], nums
     if ptype == "quantity":
         rows = [{"p": code, "value": _finite(v.value), "system": v.system, "code": v.code,
-                 "cvalue": _finite(v.canonical_value), "ccode": v.canonical_code} for v in values]
+                 "cvalue": _finite(v.canonical_value), "ccode": v.canonical_code} for v in values
+                if type(v) is Quantity]
         return rows, [r["cvalue"] for r in rows if r["cvalue"] is not None]
     if ptype == "reference":
         return [{"p": code, "target": v.reference, "type": v.type,
@@ -175,6 +199,13 @@ def _values(ptype: str, code: str, values: list) -> tuple[list[dict], Any]:
     if ptype == "composite":
         return [{"p": code, **_composite(v)} for v in values], []
     return [], []
+
+
+def _ranges(code: str, values: list) -> list[dict]:
+    """The ``rng`` rows of the Range values among a number or quantity parameter's values."""
+    return [{"p": code, "lo": _bounded(v.lo), "hi": _bounded(v.hi), "system": v.system,
+             "code": v.code, "clo": _bounded(v.canonical_lo), "chi": _bounded(v.canonical_hi),
+             "ccode": v.canonical_code} for v in values if type(v) is ValueRange]
 
 
 def document(rtype: str, rid: str, version: int, updated: float, resource: dict,
@@ -190,6 +221,8 @@ def document(rtype: str, rid: str, version: int, updated: float, resource: dict,
         rows, keys = _values(p.type, code, values)
         if rows:
             doc.setdefault(PATH[p.type], []).extend(rows)
+        if p.type in ("number", "quantity") and (ranges := _ranges(code, values)):
+            doc.setdefault("rng", []).extend(ranges)
         if keys and p.type in SORT_FIELD:
             sort[code] = {"min": min(keys), "max": max(keys)}
     for path, fields in NESTED.items():

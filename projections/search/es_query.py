@@ -28,7 +28,7 @@ from projections.search.backend import (
     encode_cursor,
 )
 from projections.search.es_index import PATH, SORT_FIELD, ElasticsearchIndex, edge, keyword
-from projections.search.extract import normalize
+from projections.search.extract import holds_ranges, normalize
 from projections.search.params import params_for
 from projections.search.query import (
     Criterion,
@@ -42,6 +42,7 @@ from projections.search.query import (
     TokenValue,
     approx,
     local_reference,
+    range_bounds,
     text_query,
     uri_prefixes,
 )
@@ -179,6 +180,8 @@ class ElasticsearchSearch(SearchBackend):
                         for g in groups])
         if c.modifier == "missing":
             present = self._nested(rtype, c.param, c.type, None)
+            if c.type != "composite" and holds_ranges(rtype, c.param):  # a Range is a value too
+                present = _or([present, self._ranged(rtype, c.param, None)])
             return _not(present) if c.value else present
         if c.chain is not None:
             (target,) = c.chain.rtypes
@@ -189,10 +192,20 @@ class ElasticsearchSearch(SearchBackend):
             if c.chain.base:  # stored absolute on this server: the same targets
                 refs += [f"{c.chain.base}/{r}" for r in refs]
             return self._nested(rtype, c.param, "reference", {"terms": {"ref.target": refs}})
-        test = self._value(c, PATH[c.type])
+        test = self._value(c, PATH[c.type], rtype)
         if c.modifier == "not":
             return _not(self._nested(rtype, c.param, c.type, test))
+        if c.type != "composite" and holds_ranges(rtype, c.param):
+            return _or([self._nested(rtype, c.param, c.type, test),
+                        self._ranged(rtype, c.param, _range_test(c.prefix, c.value))])
         return self._nested(rtype, c.param, c.type, test)
+
+    def _ranged(self, rtype: str, code: str, test: dict | None) -> dict:
+        """The ``rng`` rows (Range values) of ``code``; an index made before they were mapped
+        has none (``hub projections rebuild search-es`` maps and fills them)."""
+        inner = self._p(rtype, code, "rng")
+        return {"nested": {"path": "rng", "query": _and(inner, test) if test else inner,
+                           "ignore_unmapped": True}}
 
     def _has(self, rtype: str, h: Has) -> dict:
         me = rtype + "/"
@@ -223,7 +236,7 @@ class ElasticsearchSearch(SearchBackend):
                 out.append(rid)
         return out
 
-    def _value(self, c: Criterion, path: str) -> dict:
+    def _value(self, c: Criterion, path: str, rtype: str | None = None) -> dict:
         """The test of one alternative on a value row of ``path``."""
         v, t, f = c.value, c.type, (lambda name: f"{path}.{name}")
         if t == "string":
@@ -260,7 +273,8 @@ class ElasticsearchSearch(SearchBackend):
                             {"prefix": {f("uri"): v + "#"}}])
             return _term(f("uri"), v)
         if t == "composite":
-            return _and(*(_composite_test(i, part, f) for i, part in enumerate(v)))
+            ranged = holds_ranges(rtype, c.param) if rtype is not None else False
+            return _and(*(_composite_test(i, part, f, ranged) for i, part in enumerate(v)))
         raise AssertionError(t)
 
     # -- reading ----------------------------------------------------------------------------------
@@ -560,6 +574,35 @@ def _quantity_test(prefix: str | None, v: QuantityValue, f) -> dict:
     return _or([_and(*exact), canonical])
 
 
+def _range_number_test(prefix: str | None, r: RangeValue, lo: str, hi: str) -> dict:
+    op, a, b = range_bounds(prefix, RangeValue(*(max(-1.7e308, min(1.7e308, x))
+                                                 for x in (r.lo, r.hi, r.value))))
+    if op in ("in", "not-in"):
+        test = _and(_range(lo, gte=a), _range(hi, lt=b))
+        return test if op == "in" else _not(test)
+    if op == "meets":
+        return _and(_range(lo, lte=b), _range(hi, gte=a))
+    cmp = {">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}[op[2:]]
+    return _range(hi if op.startswith("hi") else lo, **{cmp: a})
+
+
+def _range_test(prefix: str | None, v: RangeValue | QuantityValue) -> dict:
+    """The test of one alternative on a ``rng`` row (a Range value of the parameter)."""
+    if isinstance(v, RangeValue):  # a number parameter: the Range's values, whatever its unit
+        return _range_number_test(prefix, v, "rng.lo", "rng.hi")
+    test = _range_number_test(prefix, v.number, "rng.lo", "rng.hi")
+    if v.code is None:
+        return _and(test, _term("rng.system", v.system)) if v.system else test
+    exact = [_term("rng.code", v.code), test]
+    if v.system:
+        exact.insert(0, _term("rng.system", v.system))
+    if v.canonical is None:
+        return _and(*exact)
+    canonical = _and(_term("rng.system", UCUM), _term("rng.ccode", v.canonical_code),
+                     _range_number_test(prefix, v.canonical, "rng.clo", "rng.chi"))
+    return _or([_and(*exact), canonical])
+
+
 def _reference_test(v: RefValue, f) -> dict:
     if v.identifier is not None:
         parts = [_term(f("id_value"), v.identifier.code)]
@@ -577,7 +620,9 @@ def _reference_test(v: RefValue, f) -> dict:
     return _or([test, *({"prefix": {f("target"): v.canonical + sep}} for sep in ("|", "#"))])
 
 
-def _composite_test(i: int, part: tuple, f) -> dict:
+def _composite_test(i: int, part: tuple, f, ranged: bool = False) -> dict:
+    """``ranged``: the parameter's quantity component can be a Range (``rlo``/``rhi``, no
+    ``num``), tested as a Range of a quantity parameter is."""
     ptype, prefix, v = part
     if i == 0:  # the first component is a token: c1 = 'system|code'
         if ptype != "token":
@@ -589,6 +634,10 @@ def _composite_test(i: int, part: tuple, f) -> dict:
         return {"prefix": {f("c1"): v.system + "|"}}
     if ptype == "quantity":
         test = _number_test(prefix, v.number, f("num"))
+        if ranged:  # a point value, or a Range (ne must not take a Range for a missing num)
+            test = _or([_and({"exists": {"field": f("num")}}, test),
+                        _and({"exists": {"field": f("rlo")}},
+                             _range_number_test(prefix, v.number, f("rlo"), f("rhi")))])
         if v.code is None:
             return _and(test, {"prefix": {f("c2"): v.system + "|"}}) if v.system else test
         unit = _term(f("c2"), f"{v.system}|{v.code}") if v.system else \
@@ -596,8 +645,13 @@ def _composite_test(i: int, part: tuple, f) -> dict:
         exact = _and(unit, test)
         if v.canonical is None:
             return exact
-        folded = _and(_term(f("cc"), v.canonical_code),
-                      _number_test(prefix, v.canonical, f("cnum")))
+        folded_test = _number_test(prefix, v.canonical, f("cnum"))
+        if ranged:
+            folded_test = _or([_and({"exists": {"field": f("cnum")}}, folded_test),
+                               _and({"exists": {"field": f("crlo")}},
+                                    _range_number_test(prefix, v.canonical, f("crlo"),
+                                                       f("crhi")))])
+        folded = _and(_term(f("cc"), v.canonical_code), folded_test)
         return _or([exact, folded])
     if ptype == "number":
         return _number_test(prefix, v, f("num"))

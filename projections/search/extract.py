@@ -19,21 +19,24 @@ from projections.search.plan import (
     Ref,
     Str,
     Token,
+    ValueRange,
     _Fallback,
     _guess_type,
     compile_path,
     compile_stats,
+    holds_ranges,
     normalize,
     normalize_reference,
     plan_for,
+    range_params,
     reference_type,
     ucum_canonical,
 )
 
 __all__ = [
     "CONVERTERS", "UCUM", "CompileError", "DateRange", "Plan", "Quantity", "Ref", "Str", "Token",
-    "compile_path", "compile_stats", "extract", "normalize", "normalize_reference", "plan_for",
-    "reference_type", "ucum_canonical",
+    "ValueRange", "compile_path", "compile_stats", "extract", "holds_ranges", "normalize", "normalize_reference", "plan_for",
+    "range_params", "reference_type", "ucum_canonical",
 ]
 
 

@@ -15,6 +15,9 @@ date       ``DateRange(start, end)``: [start, end) in µs since the epoch, UTC; 
 number     ``float``
 quantity   ``Quantity(value, system, code, unit, canonical_value, canonical_code)``: for UCUM units
            that differ only by metric prefix the canonical pair agrees (5 mg -> 0.005 g)
+number,    ``ValueRange(lo, hi, system, code, unit, canonical_lo, canonical_hi, canonical_code)``
+quantity   for a Range (``Condition.onsetRange``, ``useContext.valueRange``, a RiskAssessment
+           probability): its two ends, an open one infinite
 reference  ``Ref(reference, type, identifier_system, identifier_value)``: ``Type/id`` for relative
            references (versions dropped), absolute URLs kept, the type from the reference or
            Reference.type, the logical identifier for ``:identifier``
@@ -46,7 +49,7 @@ from hub.core.errors import HubError
 from hub.core.fhirtime import local_zone, parse_range
 from hub.core.jsontypes import TYPES as ELEMENTS
 from hub.core.resource import RESOURCE_TYPES
-from projections.search.params import SearchParam, indexed_params
+from projections.search.params import SearchParam, indexed_params, params_for
 
 
 class Str(NamedTuple):
@@ -73,6 +76,19 @@ class Quantity(NamedTuple):
     code: str | None
     unit: str | None
     canonical_value: float
+    canonical_code: str | None
+
+
+class ValueRange(NamedTuple):
+    """A Range (number and quantity parameters): [lo, hi], an end left open is -inf or +inf.
+    Unit columns as Quantity's; for a number parameter the units are not compared."""
+    lo: float
+    hi: float
+    system: str | None
+    code: str | None
+    unit: str | None
+    canonical_lo: float
+    canonical_hi: float
     canonical_code: str | None
 
 
@@ -361,6 +377,40 @@ def _c_quantity(v, root, out):
         out.append(Quantity(value, None, unit, unit, cvalue, None))
 
 
+def _end_unit(q: dict) -> tuple:
+    system, code = q.get("system"), q.get("code")
+    return system, code, q.get("unit")
+
+
+def _c_range(v, root, out):
+    low, high = v.get("low") or {}, v.get("high") or {}
+    lo, hi = _num(low.get("value")), _num(high.get("value"))
+    if lo is None and hi is None:
+        return
+    units = {_end_unit(q) for q, x in ((low, lo), (high, hi)) if x is not None}
+    if len(units) > 1:  # ends in units that differ (rng-2 wants the same): UCUM-comparable only
+        canon = {ucum_canonical(c)[1] if s == UCUM and type(c) is str else None
+                 for s, c, _ in units}
+        if len(canon) != 1 or None in canon:
+            return
+        ends = [_scaled(x, ucum_canonical(q["code"])[0]) if x is not None else None
+                for q, x in ((low, lo), (high, hi))]
+        out.append(ValueRange(-math.inf if ends[0] is None else ends[0],
+                              math.inf if ends[1] is None else ends[1], UCUM, None, None,
+                              -math.inf if ends[0] is None else ends[0],
+                              math.inf if ends[1] is None else ends[1], canon.pop()))
+        return
+    system, code, unit = units.pop()
+    lo_, hi_ = -math.inf if lo is None else lo, math.inf if hi is None else hi
+    clo, chi, ccode = lo_, hi_, code
+    if system == UCUM and type(code) is str:
+        power, ccode = ucum_canonical(code)
+        clo, chi = _scaled(lo_, power), _scaled(hi_, power)
+    out.append(ValueRange(lo_, hi_, system, code, unit, clo, chi, ccode))
+    if type(unit) is str and unit and unit != code:  # the stated unit, as for a Quantity
+        out.append(ValueRange(lo_, hi_, None, unit, unit, clo, chi, None))
+
+
 def _c_money(v, root, out):
     value = _num(v.get("value"))
     if value is not None:
@@ -425,6 +475,7 @@ CONVERTERS: dict[tuple[str, str], Converter] = {
     ("date", "Period"): _c_period, ("date", "Timing"): _c_timing,
     **{("number", t): _c_number for t in ("integer", "decimal", "positiveInt", "unsignedInt")},
     **{("quantity", t): _c_quantity for t in _QUANTITIES},
+    ("quantity", "Range"): _c_range, ("number", "Range"): _c_range,
     ("quantity", "Money"): _c_money,
     ("reference", "Reference"): _c_reference, ("reference", "Resource"): _c_resource,
     ("reference", "CodeableReference"): _on("reference", _c_reference),
@@ -451,7 +502,8 @@ def _guess_type(v: Any) -> str:
                       ("event", "Timing"), ("repeat", "Timing"), ("latitude", "LocationPosition"),
                       ("currency", "Money"), ("value", "Quantity" if "code" in keys or "unit" in keys
                                                    else "Identifier" if "system" in keys else ""),
-                      ("system", "Coding"), ("code", "Coding"), ("text", "CodeableConcept")):
+                      ("system", "Coding"), ("code", "Coding"), ("text", "CodeableConcept"),
+                      ("low", "Range"), ("high", "Range")):
         if key in keys and name:
             return name
     return ""
@@ -884,6 +936,30 @@ def _composite(c: _Composite, root: dict, out: dict) -> None:
                 rows += product(*reversed(parts))
     if rows:
         out[c.code] = rows
+
+
+@lru_cache(maxsize=None)
+def range_params(rtype: str) -> frozenset[str]:
+    """The number, quantity and composite parameters of ``rtype`` that can hold a Range (its
+    values are ``ValueRange``s, kept apart from the point values)."""
+    plan = plan_for(rtype)
+    walks = [w for ws in plan.by_key.values() for w in ws] + list(plan.from_root)
+    composite = {c.code for c in plan.composites  # a Range component (context-type-quantity)
+                 if any(w.convert is _c_range for comps in c.components for ws in comps
+                        for w in ws)}
+    return frozenset({w.code for w in walks if w.convert is _c_range} | composite
+                     | {f.code for f in plan.fallbacks if f.type in ("number", "quantity")})
+
+
+def holds_ranges(rtype: str, code: str) -> bool:
+    """Whether parameter ``code`` (or one it is answered from) can hold a Range, whose values
+    the backends keep apart from the point values and test beside them (a number or quantity
+    parameter's in rows of their own, a composite's in its own rows' Range columns)."""
+    p = params_for(rtype).get(code)
+    if p is None or p.type not in ("number", "quantity", "composite"):
+        return False
+    ranged = range_params(rtype)
+    return code in ranged or any(b in ranged for b in p.stored_as)
 
 
 def compile_stats(rtypes=None) -> dict:

@@ -632,6 +632,25 @@ def approx(v: RangeValue, now_us: float | None = None, is_date: bool = False) ->
     return min(v.lo, v.value - gap), max(v.hi, v.value + gap)
 
 
+def range_bounds(prefix: str | None, v: RangeValue) -> tuple[str, Any, Any]:
+    """How a Range [L, H] of a resource meets a number search value, as R4's prefixes read a
+    target range (search.html, prefixes): ``eq`` the search value's range (its implicit
+    precision) holds the whole Range, ``gt``/``lt`` the Range reaches above/below the value,
+    ``sa``/``eb`` it lies wholly above/below it, ``ap`` it meets the approximate range. A Range
+    whose ends are equal answers as a point value of the parameter would (``ge`` is ``H >= v``).
+    (operator, first bound, second bound), for each backend to write as its test."""
+    if prefix in (None, "eq", "ne"):
+        return ("in" if prefix != "ne" else "not-in"), v.lo, v.hi
+    if prefix in ("gt", "ge", "eb"):
+        return {"gt": "hi>", "ge": "hi>=", "eb": "hi<"}[prefix], v.value, None
+    if prefix in ("lt", "le", "sa"):
+        return {"lt": "lo<", "le": "lo<=", "sa": "lo>"}[prefix], v.value, None
+    if prefix == "ap":
+        lo, hi = approx(v)
+        return "meets", lo, hi
+    raise bad_request(f"Unknown prefix {prefix!r}")
+
+
 def string_key(s: str) -> str:
     return normalize(s)
 

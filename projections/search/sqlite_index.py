@@ -21,7 +21,15 @@ from hub.core.events import KIND_OF_TOPIC
 from hub.core.fhirtime import parse_range
 from projections.contract import nothing_to_apply
 from projections.search import fulltext
-from projections.search.extract import DateRange, Quantity, Str, Token, extract
+from projections.search.extract import (
+    DateRange,
+    Quantity,
+    Str,
+    Token,
+    ValueRange,
+    extract,
+    range_params,
+)
 from projections.search.params import params_for
 from projections.sqlite_model import SQLiteReadModel, record_position
 
@@ -37,15 +45,17 @@ TABLES = {
     "ix_reference": ("target", "type", "id_system", "id_value"),
     "ix_uri": ("uri",),
     "ix_composite": ("c1", "c2", "num", "lo", "hi"),
+    # a Range of a number or quantity parameter (projections.search.plan.range_params): [lo, hi]
+    "ix_range": ("lo", "hi", "system", "code", "clo", "chi", "ccode"),
 }
 _QUERY_INDEXES = {
     "ix_string": "p, norm", "ix_token": "p, code, system", "ix_date": "p, lo, hi",
     "ix_number": "p, value", "ix_quantity": "p, code, value", "ix_reference": "p, target",
-    "ix_uri": "p, uri", "ix_composite": "p, c1, c2",
+    "ix_uri": "p, uri", "ix_composite": "p, c1, c2", "ix_range": "p, lo, hi",
 }
 _SORT_COLUMN = {"ix_string": "norm", "ix_token": "code", "ix_date": "lo, hi", "ix_number": "value",
                 "ix_quantity": "cvalue", "ix_reference": "target", "ix_uri": "uri",
-                "ix_composite": "c1"}
+                "ix_composite": "c1", "ix_range": "lo"}
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS sp_meta (key TEXT PRIMARY KEY, value)",
     "INSERT OR IGNORE INTO sp_meta (key, value) VALUES ('writer', 0)",
@@ -99,6 +109,9 @@ def _composite_row(value: tuple) -> tuple:
         c2 = f"{second.system or ''}|{second.code or ''}"
     elif isinstance(second, Quantity):
         c2, num = f"{second.system or ''}|{second.code or ''}", second.value
+    elif isinstance(second, ValueRange):  # a Range: its ends where a date's go, num empty
+        c2, lo, hi = f"{second.system or ''}|{second.code or ''}", _bound(second.lo), \
+            _bound(second.hi)
     elif isinstance(second, DateRange):
         lo, hi = _bound(second.start), _bound(second.end)
     elif isinstance(second, Str):
@@ -119,14 +132,22 @@ _ROWS = {
     "token": ("ix_token", lambda pid, vs, pk: [(pid, v.code, v.system, v.text, v.type_system,
                                                  v.type_code, pk) for v in vs]),
     "date": ("ix_date", lambda pid, vs, pk: [(pid, _bound(v.start), _bound(v.end), pk) for v in vs]),
-    "number": ("ix_number", lambda pid, vs, pk: [(pid, float(v), pk) for v in vs]),
+    "number": ("ix_number", lambda pid, vs, pk: [(pid, float(v), pk) for v in vs
+                                                 if type(v) is not ValueRange]),
     "quantity": ("ix_quantity", lambda pid, vs, pk: [
-        (pid, v.value, v.system, v.code, v.canonical_value, v.canonical_code, pk) for v in vs]),
+        (pid, v.value, v.system, v.code, v.canonical_value, v.canonical_code, pk) for v in vs
+        if type(v) is Quantity]),
     "reference": ("ix_reference", lambda pid, vs, pk: [
         (pid, v.reference, v.type, v.identifier_system, v.identifier_value, pk) for v in vs]),
     "uri": ("ix_uri", lambda pid, vs, pk: [(pid, v, pk) for v in vs]),
     "composite": ("ix_composite", lambda pid, vs, pk: [(pid, *_composite_row(v), pk) for v in vs]),
 }  # special (near): not indexed yet
+
+
+def _range_rows(pid: int, vs: list, pk: int) -> list[tuple]:
+    """ix_range rows of the Range values among a number or quantity parameter's values."""
+    return [(pid, _bound(v.lo), _bound(v.hi), v.system, v.code, _bound(v.canonical_lo),
+             _bound(v.canonical_hi), v.canonical_code, pk) for v in vs if type(v) is ValueRange]
 
 
 class SQLiteSearchIndex(SQLiteReadModel):
@@ -243,12 +264,15 @@ class SQLiteSearchIndex(SQLiteReadModel):
         return pid
 
     def _writer(self, c, rtype: str, code: str):
-        """(parameter id, is a date, the row list of its table, its row maker), or _SKIP."""
+        """(parameter id, is a date, the row list of its table, its row maker, the row list of
+        ix_range when the parameter can hold a Range), or _SKIP."""
         p = params_for(rtype).get(code)
         if p is None or code in ("_id", "_lastUpdated") or p.type not in _ROWS:
             return _SKIP  # _id and _lastUpdated are answered from sp_res
         table, rows_of = _ROWS[p.type]
-        return self._param_id(c, rtype, code), p.type == "date", self._rows[table], rows_of
+        ranges = self._rows["ix_range"] if code in range_params(rtype) else None
+        return (self._param_id(c, rtype, code), p.type == "date", self._rows[table], rows_of,
+                ranges)
 
     def apply(self, notifications: Sequence[Notification], up_to: int | None = None,
               since: int | None = None) -> None:
@@ -352,11 +376,13 @@ class SQLiteSearchIndex(SQLiteReadModel):
                         w = writers[code] = self._writer(c, rtype, code)
                     if w is _SKIP:
                         continue
-                    pid, is_date, out, rows_of = w
+                    pid, is_date, out, rows_of, ranges = w
                     if len(values) > 1 and pid not in self._multi:
                         multi.add(pid)
                     new = rows_of(pid, values, pk)
                     out += new
+                    if ranges is not None:
+                        ranges += _range_rows(pid, values, pk)
                     if is_date:
                         for _, lo, hi, _ in new:
                             if hi - lo > max(self._span.get(pid, 0.0), spans.get(pid, 0.0)):

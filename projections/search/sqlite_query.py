@@ -27,7 +27,7 @@ from projections.search.backend import (
     decode_cursor,
     encode_cursor,
 )
-from projections.search.extract import normalize, ucum_canonical
+from projections.search.extract import holds_ranges, normalize, ucum_canonical
 from projections.search.params import params_for
 from projections.search.query import (
     WORD,
@@ -41,6 +41,7 @@ from projections.search.query import (
     TokenSet,
     TokenValue,
     approx,
+    range_bounds,
     text_query,
     uri_prefixes,
 )
@@ -174,7 +175,8 @@ class SQLiteSearch(SearchBackend):
         # must pass both, so one sub-select tests both (a narrow index range, not two wide ones)
         ranges: dict[str, list[Criterion]] = {}
         for group in q.where:
-            if len(group) == 1 and _plain(group[0]) and group[0].type in RANGE_TYPES:
+            if len(group) == 1 and _plain(group[0]) and group[0].type in RANGE_TYPES and \
+                    not holds_ranges(q.rtype, group[0].param):
                 ranges.setdefault(group[0].param, []).append(group[0])
         for code, crits in ranges.items():
             if len(crits) > 1 and self._single_valued(s.c, q.rtype, code):
@@ -217,6 +219,11 @@ class SQLiteSearch(SearchBackend):
             tests = " OR ".join(f"({self._value(s, c, x, rtype)})" for c in crits)
             ors.append(f"{alias}.pk IN (SELECT {x}.pk FROM {table} {x} WHERE "
                        f"{s.p_is(rtype, code, x)} AND ({tests}))")
+            if crits[0].type != "composite" and holds_ranges(rtype, code):
+                y = s.alias("x")
+                tests = " OR ".join(f"({_range_test(s, c.prefix, c.value, y)})" for c in crits)
+                ors.append(f"{alias}.pk IN (SELECT {y}.pk FROM ix_range {y} WHERE "
+                           f"{s.p_is(rtype, code, y)} AND ({tests}))")
         for c in other:
             ors.append(self._criterion(s, rtype, c, alias))
         return ors[0] if len(ors) == 1 else "(" + " OR ".join(ors) + ")"
@@ -251,6 +258,10 @@ class SQLiteSearch(SearchBackend):
             # +p: look the resource's rows up by pk, not every row of the parameter
             test = (f"EXISTS (SELECT 1 FROM {table} {x} WHERE {x}.pk = {alias}.pk "
                     f"AND {s.p_is(rtype, c.param, x, plus=True)})")
+            if c.type != "composite" and holds_ranges(rtype, c.param):  # a Range is a value too
+                y = s.alias("x")
+                test = (f"({test} OR EXISTS (SELECT 1 FROM ix_range {y} WHERE {y}.pk = "
+                        f"{alias}.pk AND {s.p_is(rtype, c.param, y, plus=True)}))")
             return f"NOT {test}" if c.value else test
         if c.chain is not None:
             x, r2 = s.alias("x"), s.alias("r")
@@ -343,7 +354,8 @@ class SQLiteSearch(SearchBackend):
                 return f"({x}.uri = {s.arg(v)} OR {' OR '.join(ranges)})"
             return f"{x}.uri = {s.arg(v)}"
         if t == "composite":
-            return " AND ".join(_composite_test(s, i, part, x) for i, part in enumerate(v))
+            ranged = rtype is not None and holds_ranges(rtype, c.param)
+            return " AND ".join(_composite_test(s, i, part, x, ranged) for i, part in enumerate(v))
         raise AssertionError(t)
 
     # -- running ----------------------------------------------------------------------------------
@@ -729,6 +741,35 @@ def _quantity_test(s: _Sql, prefix: str | None, v: QuantityValue, x: str) -> str
     return f"({exact}) OR ({canonical})"
 
 
+def _range_number_test(s: Args, prefix: str | None, v: RangeValue, lo: str, hi: str) -> str:
+    op, a, b = range_bounds(prefix, v)
+    if op in ("in", "not-in"):
+        test = f"{lo} >= {s.arg(a)} AND {hi} < {s.arg(b)}"
+        return test if op == "in" else f"NOT ({test})"
+    if op == "meets":
+        return f"{lo} <= {s.arg(b)} AND {hi} >= {s.arg(a)}"
+    col, cmp = (hi, op[2:]) if op.startswith("hi") else (lo, op[2:])
+    return f"{col} {cmp} {s.arg(a)}"
+
+
+def _range_test(s: _Sql, prefix: str | None, v: RangeValue | QuantityValue, x: str) -> str:
+    """The test of one alternative on an ix_range row ``x`` (a Range value of the parameter)."""
+    if isinstance(v, RangeValue):  # a number parameter: the Range's values, whatever its unit
+        return _range_number_test(s, prefix, v, f"{x}.lo", f"{x}.hi")
+    test = _range_number_test(s, prefix, v.number, f"{x}.lo", f"{x}.hi")
+    if v.code is None:
+        return f"{test} AND {x}.system = {s.arg(v.system)}" if v.system else test
+    exact = f"{x}.code = {s.arg(v.code)} AND {test}"
+    if v.system:
+        exact = f"{x}.system = {s.arg(v.system)} AND {exact}"
+    if v.canonical is None:
+        return exact
+    canonical = (f"{x}.system = 'http://unitsofmeasure.org' AND {x}.ccode = "
+                 f"{s.arg(v.canonical_code)} AND "
+                 + _range_number_test(s, prefix, v.canonical, f"{x}.clo", f"{x}.chi"))
+    return f"({exact}) OR ({canonical})"
+
+
 def _reference_test(s: _Sql, v: RefValue, x: str) -> str:
     if v.identifier is not None:
         parts = [f"{x}.id_value = {s.arg(v.identifier.code)}"]
@@ -749,7 +790,9 @@ def _reference_test(s: _Sql, v: RefValue, x: str) -> str:
     return f"({' OR '.join([test, *ranges])})"
 
 
-def _composite_test(s: _Sql, i: int, part: tuple, x: str) -> str:
+def _composite_test(s: _Sql, i: int, part: tuple, x: str, ranged: bool = False) -> str:
+    """``ranged``: the parameter's quantity component can be a Range (a row with lo and hi, no
+    num), tested as a Range of a quantity parameter is."""
     ptype, prefix, v = part
     if i == 0:  # the first component is a token: c1 = 'system|code'
         if ptype != "token":
@@ -761,6 +804,9 @@ def _composite_test(s: _Sql, i: int, part: tuple, x: str) -> str:
         return f"{x}.c1 >= {s.arg(v.system + '|')} AND {x}.c1 < {s.arg(v.system + '|' + TOP)}"
     if ptype == "quantity":
         test = _number_test(s, prefix, v.number, f"{x}.num")
+        if ranged:
+            test = (f"(({x}.num IS NOT NULL AND {test}) OR ({x}.num IS NULL AND {x}.lo IS NOT "
+                    f"NULL AND {_range_number_test(s, prefix, v.number, f'{x}.lo', f'{x}.hi')}))")
         if v.code is None:
             if v.system:
                 test += (f" AND {x}.c2 >= {s.arg(v.system + '|')} "
@@ -773,8 +819,13 @@ def _composite_test(s: _Sql, i: int, part: tuple, x: str) -> str:
         if v.canonical is None:
             return exact
         # UCUM units that differ by a metric prefix: compare in the canonical unit
-        folded = _number_test(s, prefix, v.canonical,
-                              f"fhir_ucum({x}.c2, {x}.num, {s.arg(v.canonical_code)})")
+        code = s.arg(v.canonical_code)
+        folded = _number_test(s, prefix, v.canonical, f"fhir_ucum({x}.c2, {x}.num, {code})")
+        if ranged:
+            folded = (f"(({x}.num IS NOT NULL AND {folded}) OR ({x}.num IS NULL AND {x}.lo IS "
+                      "NOT NULL AND " + _range_number_test(
+                          s, prefix, v.canonical, f"fhir_ucum({x}.c2, {x}.lo, {code})",
+                          f"fhir_ucum({x}.c2, {x}.hi, {code})") + "))")
         return f"(({exact}) OR ({folded}))"
     if ptype == "number":
         return _number_test(s, prefix, v, f"{x}.num")
