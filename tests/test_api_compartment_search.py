@@ -168,6 +168,12 @@ def test_a_patient_token_sees_across_types_what_it_sees_type_by_type(live, world
             assert {world[n] for n in ("a", "obs_a1", "obs_a2")} <= got
             if "*" not in scope:
                 assert {r.split("/")[0] for r in got} == {"Patient", "Observation"}
+            else:  # all of them: a Condition's `patient`, an Encounter's, is its subject
+                assert got == {world[n] for n in A_ALL}
+                for n in A_ALL:
+                    assert c.get(f"/{world[n]}").status_code == 200, n
+        for n in ("obs_b", "cond_b"):
+            assert c.get(f"/{world[n]}").status_code == 403, n
 
 
 def test_capability_statement_names_the_patient_compartment(client):

@@ -41,7 +41,7 @@ from hub.access.scopequery import compile_query, search_groups
 from hub.auth.scopes import Scope, parse_scopes, permits
 from hub.core.access import Action, Actor, names_patient, own_base, patients_in
 from hub.core.errors import LOGIN_REQUIRED, forbidden, unauthenticated
-from projections.search.compartment import patient_compartment
+from projections.search.compartment import compartment_keys, patient_compartment
 from projections.search.extract import Ref, extract
 
 ROLES = ("connector", "clinician", "steward", "auditor", "admin")
@@ -280,8 +280,7 @@ def _in_compartment(rtype: str, rid: str, resource: bytes, patient: str) -> bool
     the compartment does not list (Medication, Organization) by any reference to the patient."""
     if rtype == "Patient":
         return rid == patient
-    params = patient_compartment().get(rtype)
-    if params is None:
+    if rtype not in patient_compartment():
         return names_patient(resource, patient)
     if not names_patient(resource, patient):
         return False  # the cheap test first: no reference to the patient at all
@@ -292,4 +291,4 @@ def _in_compartment(rtype: str, rid: str, resource: bytes, patient: str) -> bool
     own = own_base()
     wanted = {f"Patient/{patient}"} | ({f"{own}Patient/{patient}"} if own else set())
     return any(isinstance(v, Ref) and v.reference in wanted
-               for p in params for v in values.get(p, ()))
+               for p in compartment_keys(rtype) for v in values.get(p, ()))

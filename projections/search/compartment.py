@@ -19,6 +19,15 @@ def patient_compartment() -> dict[str, list[str]]:
         "compartment_patient.json").read_text())
 
 
+@lru_cache(maxsize=None)
+def compartment_keys(rtype: str) -> tuple[str, ...]:
+    """The index keys holding the values of ``rtype``'s compartment parameters: an alias as the
+    parameter it is stored as (a Condition's ``patient`` is its ``subject`` naming a Patient)."""
+    known = params_for(rtype)
+    return tuple(dict.fromkeys(k for p in patient_compartment().get(rtype, ()) if p in known
+                               for k in (known[p].stored_as or (p,))))
+
+
 def compartment_group(ctype: str, cid: str, rtype: str, base: str | None = None) -> list[Criterion]:
     """The OR-group of criteria selecting ``rtype`` resources in compartment ``ctype/cid``; with
     ``base`` (this server's base URL), references stored absolute on it count too."""
