@@ -168,6 +168,10 @@ DATA = {
     + [{"resourceType": "Encounter", "id": "e1", "status": "finished",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
         "location": [{"location": {"reference": "Location/d7"}}]}],
+    # a chain of 34 Locations, each part of the one before: deeper than :iterate follows
+    "deep": [{"resourceType": "Location", "id": f"deep{i}",
+              **({"partOf": {"reference": f"Location/deep{i - 1}"}} if i else {})}
+             for i in range(34)],
     "geo": [  # Location near: Beijing, Tianjin (about 110 km), Shanghai (about 1,070 km), none
         {"resourceType": "Location", "id": "l1", "position": {"latitude": 39.9042, "longitude": 116.4074}},
         {"resourceType": "Location", "id": "l2", "position": {"latitude": 39.0842, "longitude": 117.2009}},
@@ -201,6 +205,17 @@ DATA = {
          "questionnaire": "http://example.org/Questionnaire/qq"},
         {"resourceType": "QuestionnaireResponse", "id": "qr5", "status": "completed",
          "questionnaire": "http://example.org/Questionnaire/q#part"},
+        {"resourceType": "QuestionnaireResponse", "id": "qr6", "status": "in-progress",
+         "questionnaire": "http://example.org/Questionnaire/nowhere"},
+        # the targets, by url and version: 10.0 is the latest of q (numbers compared as numbers)
+        {"resourceType": "Questionnaire", "id": "q1", "status": "active", "title": "First",
+         "url": "http://example.org/Questionnaire/q", "version": "1.0"},
+        {"resourceType": "Questionnaire", "id": "q2", "status": "active", "title": "Second",
+         "url": "http://example.org/Questionnaire/q", "version": "2.0"},
+        {"resourceType": "Questionnaire", "id": "q3", "status": "active", "title": "Tenth",
+         "url": "http://example.org/Questionnaire/q", "version": "10.0"},
+        {"resourceType": "Questionnaire", "id": "qq", "status": "draft",
+         "url": "http://example.org/Questionnaire/qq"},
     ],
     "abs": [
         pat("a1", "Abs"),
@@ -469,6 +484,29 @@ CASES = [
      []),
     ("canon", "QuestionnaireResponse", "questionnaire=http://example.org/Questionnaire/q#part",
      ["qr5"]),
+    # _include/_revinclude through a canonical: url|version names that version, a url alone
+    # (or with a #fragment) the latest version held; a Questionnaire is revincluded by what
+    # names its version, and by a bare url only when it is the latest
+    ("canon", "QuestionnaireResponse", "_id=qr1&_include=QuestionnaireResponse:questionnaire",
+     ["qr1", "+q1"]),
+    ("canon", "QuestionnaireResponse", "_id=qr3&_include=QuestionnaireResponse:questionnaire",
+     ["qr3", "+q3"]),
+    ("canon", "QuestionnaireResponse",
+     "_id=qr4,qr5,qr6&_include=QuestionnaireResponse:questionnaire", ["qr4", "qr5", "qr6", "+qq",
+                                                                       "+q3"]),
+    ("canon", "QuestionnaireResponse", "_id=qr2&_include=*", ["qr2", "+q2"]),
+    ("canon", "QuestionnaireResponse",
+     "_id=qr1&_include=QuestionnaireResponse:questionnaire:Questionnaire", ["qr1", "+q1"]),
+    ("canon", "Questionnaire", "_id=q1&_revinclude=QuestionnaireResponse:questionnaire",
+     ["q1", "+qr1"]),
+    ("canon", "Questionnaire", "_id=q2&_revinclude=QuestionnaireResponse:*", ["q2", "+qr2"]),
+    ("canon", "Questionnaire", "_id=q3&_revinclude=QuestionnaireResponse:questionnaire",
+     ["q3", "+qr3", "+qr5"]),
+    ("canon", "Questionnaire", "_id=qq&_revinclude=*:*", ["qq", "+qr4"]),
+    ("canon", "QuestionnaireResponse", "_id=qr1&_include=QuestionnaireResponse:questionnaire"
+     "&_revinclude:iterate=QuestionnaireResponse:questionnaire", ["qr1", "+q1"]),
+    ("canon", "Questionnaire", "_id=q1&_revinclude=QuestionnaireResponse:questionnaire"
+     "&_include:iterate=QuestionnaireResponse:questionnaire", ["q1", "+qr1"]),
     # wildcards: every reference parameter (of the type, or of every type for _revinclude=*:*)
     ("ref", "Observation", "_id=o1&_include=*", ["o1", "+r1"]),
     ("ref", "Observation", "_id=o1&_include=Observation:*", ["o1", "+r1"]),
@@ -576,6 +614,42 @@ def test_case(world, dataset, rtype, query, expected):
     b = run(world, rtype, query, dataset)
     assert ids(b) == expected
     assert b["total"] == len([x for x in expected if not x.startswith("+")])
+
+
+@pytest.mark.parametrize("rtype,query", [
+    ("QuestionnaireResponse", "questionnaire.title=first"),
+    ("QuestionnaireResponse", "questionnaire:Questionnaire.status=active"),
+    ("Questionnaire", "_has:QuestionnaireResponse:questionnaire:status=completed"),
+])
+def test_a_chain_or_has_through_a_canonical_is_refused_not_answered_empty(world, rtype, query):
+    """A chain or _has through a canonical reference (a url, not a Type/id) matched nothing,
+    silently: now a 400 saying why with handling=strict, else ignored with that warning."""
+    hub, service, settings = world
+    repo = Repository(hub, search=service)
+    params = [*parse_qsl(query), ("_tag", "urn:test:ds|canon")]
+    with pytest.raises(FhirError) as e:
+        search_bundle(repo, Context(), rtype, params, "http://test/fhir", settings, True)
+    assert e.value.status == 400 and "canonical" in str(e.value)
+    b = search_bundle(repo, Context(), rtype, params, "http://test/fhir", settings, False)
+    outcome = b["entry"][-1]
+    assert outcome["search"]["mode"] == "outcome" and "canonical" in str(outcome["resource"])
+    assert len(b["entry"]) - 1 == b["total"] == len(run(world, rtype, "", "canon")["entry"])
+
+
+def test_iterate_stops_at_its_depth_and_says_so(world):
+    """_include:iterate follows 32 levels; past them it stopped silently, as if the chain ended
+    there: now an OperationOutcome entry (search.mode=outcome) says what was left out."""
+    def included(b: dict) -> list[str]:
+        return [e["fullUrl"].rsplit("/", 1)[1] for e in b["entry"]
+                if e["search"]["mode"] == "include"]
+    b = run(world, "Location", "_id=deep33&_include:iterate=Location:partof", "deep")
+    assert included(b) == [f"deep{i}" for i in range(32, 0, -1)]  # deep0 is level 33
+    outcome = b["entry"][-1]
+    assert outcome["search"]["mode"] == "outcome"
+    assert "32 levels" in str(outcome["resource"]) and "left out" in str(outcome["resource"])
+    b = run(world, "Location", "_id=deep32&_include:iterate=Location:partof", "deep")
+    assert included(b) == [f"deep{i}" for i in range(31, -1, -1)]  # exactly 32: nothing cut
+    assert all(e["search"]["mode"] != "outcome" for e in b["entry"])
 
 
 def test_escaping_helpers():

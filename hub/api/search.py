@@ -86,7 +86,7 @@ class SearchService:
             raise FhirError(400, "not-supported", "; ".join(
                 ([f"Unsupported search parameter(s): {', '.join(other)}"] if other else [])
                 + ([f"Search parameter(s) without a value: {', '.join(empty)}"] if empty
-                   else [])))
+                   else []) + q.why))
         return q
 
     def match_ids(self, rtype: str, params: list[tuple[str, str]],
@@ -216,6 +216,7 @@ def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple
         add(row, "include", found.bodies)
     warnings = [Issue("not-supported", "Ignored unsupported search parameter(s): "
                       f"{', '.join(sorted(set(q.ignored)))}", "warning")] if q.ignored else []
+    warnings += [Issue("not-supported", why, "warning") for why in q.why]
     warnings += [Issue("informational", note, "warning") for note in q.notes]
     if page.stale:
         warnings.append(Issue("incomplete", "The search index lags the store (it is being "

@@ -32,6 +32,7 @@ from hub.core.errors import HubError, bad_request
 from hub.core.fhirtime import parse_range
 from projections.search.extract import normalize, normalize_reference, ucum_canonical
 from projections.search.params import SearchParam, params_for
+from projections.search.plan import canonical_params
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 ORDERED_TYPES = ("date", "number", "quantity")
@@ -52,6 +53,18 @@ class Unsupported(HubError):
     """A parameter the server does not support: ignored with a warning, or 400 when strict."""
 
     error_code = "unsupported"
+
+
+class NotFollowed(Unsupported):
+    """A chain or ``_has`` through a canonical reference, which names its target by ``url``,
+    not by id: refused or warned with this reason, rather than answered with nothing."""
+
+
+def _not_through_canonical(rtype: str, code: str, name: str) -> None:
+    if code in canonical_params(rtype):
+        raise NotFollowed(f"{name}: {rtype}.{code} is a canonical reference (a url, optionally "
+                          "|version); chains and _has do not follow canonicals here (search "
+                          "its target by url, or use _include/_revinclude)")
 
 
 # -- typed values ---------------------------------------------------------------------------------
@@ -167,6 +180,7 @@ class Query:
     ignored: list[str] = field(default_factory=list)
     empty: list[str] = field(default_factory=list)  # those of ``ignored`` given no value
     notes: list[str] = field(default_factory=list)  # warnings of a search that still ran
+    why: list[str] = field(default_factory=list)  # reasons told for some of ``ignored``
 
 
 # -- escaping -------------------------------------------------------------------------------------
@@ -423,6 +437,7 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
         rp = params_for(src).get(ref_param)
         if rp is None or rp.type != "reference":
             raise bad_request(f"{name!r}: {src} has no reference parameter {ref_param!r}")
+        _not_through_canonical(src, ref_param, name)
         inner = parse_criteria(src, rest, value, base, terminology)
         return [Criterion("_has", "has", value=Has(src, ref_param, c, base)) for c in inner]
     if name == "near" and rtype == "Location":  # type special: the planner's own (also chained)
@@ -434,6 +449,7 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
     if dot:
         if ptype != "reference":
             raise bad_request(f"{name!r}: only reference parameters can be chained")
+        _not_through_canonical(rtype, code, name)
         targets = (modifier,) if modifier else tuple(p.targets if p else ())
         rest_code = rest.partition(".")[0].partition(":")[0]
         usable = tuple(t for t in targets if t in _resource_types()
@@ -615,8 +631,10 @@ def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
                     q.empty.append(name)
                     raise Unsupported(f"{name} has no value")
                 q.where.extend(criteria_groups(rtype, name, value, base, terminology))
-        except Unsupported:
+        except Unsupported as e:
             q.ignored.append(name)
+            if isinstance(e, NotFollowed):
+                q.why.append(str(e))
     return q
 
 
