@@ -168,6 +168,15 @@ DATA = {
     + [{"resourceType": "Encounter", "id": "e1", "status": "finished",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
         "location": [{"location": {"reference": "Location/d7"}}]}],
+    # chains through quantity, date and composite parameters of what a report's result is
+    "chq": [
+        obs("cq1", valueQuantity=qty(5, "mg"), effectiveDateTime="2024-01-15"),
+        obs("cq2", valueQuantity=qty(7, "mg"), effectiveDateTime="2024-02-01"),
+        obs("cq3", code="1111-1", valueQuantity=qty(5, "mg"), effectiveDateTime="2023-12-31"),
+        *({"resourceType": "DiagnosticReport", "id": f"cr{i}", "status": "final",
+           "code": {"text": "panel"}, "result": [{"reference": f"Observation/cq{i}"}]}
+          for i in (1, 2, 3)),
+    ],
     # a chain of 34 Locations, each part of the one before: deeper than :iterate follows
     "deep": [{"resourceType": "Location", "id": f"deep{i}",
               **({"partOf": {"reference": f"Location/deep{i - 1}"}} if i else {})}
@@ -484,6 +493,20 @@ CASES = [
      []),
     ("canon", "QuestionnaireResponse", "questionnaire=http://example.org/Questionnaire/q#part",
      ["qr5"]),
+    # chaining through quantity, date and composite parameters
+    ("chq", "DiagnosticReport", "result.value-quantity=5||mg", ["cr1", "cr3"]),
+    ("chq", "DiagnosticReport", "result.value-quantity=5|http://unitsofmeasure.org|mg",
+     ["cr1", "cr3"]),
+    ("chq", "DiagnosticReport", "result.value-quantity=5000|http://unitsofmeasure.org|ug",
+     ["cr1", "cr3"]),
+    ("chq", "DiagnosticReport", "result.value-quantity=gt6||mg", ["cr2"]),
+    ("chq", "DiagnosticReport", "result.code-value-quantity=8867-4$5", ["cr1"]),
+    ("chq", "DiagnosticReport", "result.code-value-quantity=http://loinc.org|8867-4$lt6||mg",
+     ["cr1"]),
+    ("chq", "DiagnosticReport", "result.code-value-quantity=1111-1$7", []),
+    ("chq", "DiagnosticReport", "result.date=2024-01-15", ["cr1"]),
+    ("chq", "DiagnosticReport", "result.date=ge2024-01", ["cr1", "cr2"]),
+    ("chq", "DiagnosticReport", "result.date=lt2024", ["cr3"]),
     # _include/_revinclude through a canonical: url|version names that version, a url alone
     # (or with a #fragment) the latest version held; a Questionnaire is revincluded by what
     # names its version, and by a bare url only when it is the latest
@@ -650,6 +673,27 @@ def test_iterate_stops_at_its_depth_and_says_so(world):
     b = run(world, "Location", "_id=deep32&_include:iterate=Location:partof", "deep")
     assert included(b) == [f"deep{i}" for i in range(31, -1, -1)]  # exactly 32: nothing cut
     assert all(e["search"]["mode"] != "outcome" for e in b["entry"])
+
+
+@pytest.mark.parametrize("rtype,sort", [
+    ("Observation", "code-value-quantity"), ("Observation", "-combo-code-value-quantity"),
+    ("Observation", "date,code-value-quantity"), ("Location", "near"),
+])
+def test_sort_by_a_composite_or_special_parameter_is_ignored_with_a_warning(world, rtype, sort):
+    """_sort by a composite or a special parameter (near): ignored with a warning, as an unknown
+    parameter is, the matches in the order without it; 400 with handling=strict."""
+    hub, service, settings = world
+    repo = Repository(hub, search=service)
+    dataset = "chq" if rtype == "Observation" else "geo"
+    params = [("_sort", sort), ("_tag", f"urn:test:ds|{dataset}")]
+    with pytest.raises(FhirError) as e:
+        search_bundle(repo, Context(), rtype, params, "http://test/fhir", settings, True)
+    assert e.value.status == 400 and "_sort" in str(e.value)
+    b = search_bundle(repo, Context(), rtype, params, "http://test/fhir", settings, False)
+    outcome = b["entry"][-1]
+    assert outcome["search"]["mode"] == "outcome" and "_sort" in str(outcome["resource"])
+    assert ids({"entry": b["entry"][:-1]}) == ids(run(world, rtype, "", dataset))
+    assert ids(run(world, rtype, "", dataset))
 
 
 def test_escaping_helpers():
