@@ -500,6 +500,8 @@ class Repository:
             return self._records.page(q, count, with_total)
         searcher = self._searcher()
         caught_up = searcher.sync()
+        if canonical.unresolved(q):  # once: the plan is rewritten in place
+            q.notes.extend(canonical.resolve(searcher.backend, self._parsed(ctx), q, None))
         page = searcher.backend.page(q, count, with_total)
         page.stale = not caught_up  # being rebuilt, or far behind a bulk load: the answer says so
         return page
@@ -666,6 +668,14 @@ class Repository:
             out += frontier
         return out
 
+    def _parsed(self, ctx: Context) -> Callable[[list[Row]], dict[tuple[str, str], dict]]:
+        """The parsed current resources of index rows, of those the caller sees: what a
+        canonical is followed through."""
+        def parsed(of: list[Row]) -> dict[tuple[str, str], dict]:
+            return {k: orjson.loads(v[1].partition(b"\n")[2])
+                    for k, v in self.current_bodies(ctx, of).items()}
+        return parsed
+
     def _canonicals(self, ctx: Context, rows: list[Row], include: list[Include],
                     revinclude: list[Include], base: str | None,
                     seen: set[tuple[str, str]]) -> list[Row]:
@@ -675,10 +685,7 @@ class Repository:
         if not canonical.involved(include, revinclude, {r.rtype for r in rows}):
             return []
         backend = self._searcher().backend
-
-        def parsed(of: list[Row]) -> dict[tuple[str, str], dict]:
-            return {k: orjson.loads(v[1].partition(b"\n")[2])
-                    for k, v in self.current_bodies(ctx, of).items()}
+        parsed = self._parsed(ctx)
         out: list[Row] = []
         for r in (*canonical.forward(backend, parsed, rows, include, base),
                   *canonical.reverse(backend, parsed, rows, revinclude, base)):

@@ -23,6 +23,7 @@ from hub.core.pagetokens import page_tokens
 from hub.core.store import ResourceStore
 from hub.repository import Repository
 from projections.runner import Runner
+from projections.search import canonical
 from projections.search.backend import SearchBackend
 from projections.search.compartment import compartment_group
 from projections.search.query import (
@@ -86,7 +87,7 @@ class SearchService:
             raise FhirError(400, "not-supported", "; ".join(
                 ([f"Unsupported search parameter(s): {', '.join(other)}"] if other else [])
                 + ([f"Search parameter(s) without a value: {', '.join(empty)}"] if empty
-                   else []) + q.why))
+                   else [])))
         return q
 
     def match_ids(self, rtype: str, params: list[tuple[str, str]],
@@ -95,6 +96,9 @@ class SearchService:
         q = self.parse(rtype, params, strict=True, base=base)
         if not q.where:
             raise bad_request("A conditional operation needs search criteria")
+        if canonical.unresolved(q):  # followed through what a caller sees, which is not known here
+            raise bad_request("A conditional operation's criteria cannot chain or _has through "
+                              "a canonical reference; search its target by url instead")
         if not self.sync():  # decided on a lagging index, a conditional create would duplicate
             raise FhirError(503, "transient", "The search index lags the store (it is being "
                             "rebuilt, or is behind a bulk load); retry the conditional request")
@@ -216,7 +220,6 @@ def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple
         add(row, "include", found.bodies)
     warnings = [Issue("not-supported", "Ignored unsupported search parameter(s): "
                       f"{', '.join(sorted(set(q.ignored)))}", "warning")] if q.ignored else []
-    warnings += [Issue("not-supported", why, "warning") for why in q.why]
     warnings += [Issue("informational", note, "warning") for note in q.notes]
     if page.stale:
         warnings.append(Issue("incomplete", "The search index lags the store (it is being "

@@ -1,9 +1,11 @@
-"""``_include`` and ``_revinclude`` through canonical references (R4 search.html, "Canonical
+"""Includes, chains and ``_has`` through canonical references (R4 search.html, "Canonical
 references"): ``QuestionnaireResponse.questionnaire`` holds ``url|version``, which names the
 resource of that ``url`` and ``version``; a ``url`` without a version names the latest version
 held (versions compared part by part, numbers as numbers). The index holds a canonical as the
-text it is, not as a ``Type/id``, so the backends' own includes cannot follow it: this module
-does, for any backend, by searching the targets' ``url`` and reading their ``version``.
+text it is, not as a ``Type/id``, so the backends' own includes and chains cannot follow it:
+this module does, for any backend, by searching the targets' ``url`` and reading their
+``version``. A chain becomes a criterion on the canonicals that name what its target matched,
+a ``_has`` one on the ids of what the referring resources' canonicals name (``resolve``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ from projections.search.backend import Row, SearchBackend
 from projections.search.extract import extract
 from projections.search.params import params_for, resource_types
 from projections.search.plan import canonical_params
-from projections.search.query import Criterion, Include, Query, RefValue, criteria_groups
+from projections.search.query import (
+    Chain,
+    Criterion,
+    Has,
+    Include,
+    Query,
+    RefValue,
+    TokenValue,
+    criteria_groups,
+)
 
 # what one canonical (or one resource's url) brings at most: a code system or a profile has a
 # handful of versions, not thousands
@@ -154,3 +165,89 @@ def reverse(backend: SearchBackend, bodies: Bodies, rows: list[Row], revinclude:
                     isinstance(v.reference, str) and v.reference.partition("#")[0] in names
                     for v in extract(got[(c.rtype, c.rid)]).get(code, ()))]
     return out
+
+
+# an id no resource has (ids are letters, digits, '-' and '.'): a criterion that matches nothing
+_NO_ID = "!none"
+
+
+def resolve(backend: SearchBackend, bodies: Bodies, q: Query, base: str | None) -> list[str]:
+    """Rewrite, in place, ``q``'s chains and ``_has`` through canonicals (nested ones too) into
+    criteria a backend answers; the notes to tell the caller (a target list cut short)."""
+    notes: list[str] = []
+    for i, group in enumerate(q.where):
+        if any(_through(c) for c in group):
+            q.where[i] = [r for c in group for r in _resolved(backend, bodies, q.rtype, c, base,
+                                                               notes)] or [_nothing()]
+    return notes
+
+
+def unresolved(q: Query) -> bool:
+    """Whether ``q`` holds a chain or ``_has`` through a canonical (not yet resolved)."""
+    return any(_through(c) for group in q.where for c in group)
+
+
+def _through(c: Criterion) -> bool:
+    if c.chain is not None:
+        return c.chain.canonical or _through(c.chain.criterion)
+    if c.type == "has":
+        return c.value.canonical or _through(c.value.criterion)
+    return False
+
+
+def _nothing() -> Criterion:
+    return Criterion("_id", "token", value=TokenValue(None, _NO_ID))
+
+
+def _rows(backend: SearchBackend, q: Query, what: str, notes: list[str]) -> list[Row]:
+    page = backend.page(q, LIMIT, False)
+    if page.next_cursor:
+        notes.append(f"{what} matched more than {LIMIT} resources: only the first {LIMIT} "
+                     "were followed")
+    return page.rows
+
+
+def _resolved(backend: SearchBackend, bodies: Bodies, rtype: str, c: Criterion,
+              base: str | None, notes: list[str]) -> list[Criterion]:
+    """The OR alternatives ``c`` stands for, with no canonical left to follow."""
+    if not _through(c):
+        return [c]
+    if c.chain is not None:
+        (target,) = c.chain.rtypes
+        inner = _resolved(backend, bodies, target, c.chain.criterion, base, notes)
+        if not c.chain.canonical:
+            return [Criterion(c.param, c.type, c.modifier, c.prefix, c.value,
+                              Chain(c.chain.rtypes, i, c.chain.base)) for i in inner]
+        found = _rows(backend, Query(target, where=[inner]), f"The chain {c.param}.", notes)
+        names: dict[str, None] = {}
+        for key, d in bodies(found).items():
+            url = d.get("url")
+            if not isinstance(url, str) or not url:
+                continue
+            version = d.get("version")
+            if isinstance(version, str) and version:
+                names[f"{url}|{version}"] = None
+            latest = _named(_by_url(backend, bodies, target, url, base), None)
+            if key in {(n.rtype, n.rid) for n in latest}:
+                names[url] = None
+        if not names:
+            return []
+        return [Criterion(c.param, "reference", value=RefValue(targets=tuple(names)))]
+    h: Has = c.value
+    inner = _resolved(backend, bodies, h.rtype, h.criterion, base, notes)
+    if not h.canonical:
+        return [Criterion(c.param, c.type, c.modifier, c.prefix,
+                          Has(h.rtype, h.param, i, h.base)) for i in inner]
+    referring = _rows(backend, Query(h.rtype, where=[inner]), f"_has:{h.rtype}:{h.param}",
+                      notes)
+    ids: dict[str, None] = {}
+    wanted: dict[str, None] = {}
+    for d in bodies(referring).values():
+        for v in extract(d).get(h.param, ()):
+            if isinstance(v.reference, str):
+                wanted[v.reference.partition("#")[0]] = None
+    for name in wanted:
+        url, _, version = name.partition("|")
+        for row in _named(_by_url(backend, bodies, rtype, url, base), version or None):
+            ids[row.rid] = None
+    return [Criterion("_id", "token", value=TokenValue(None, rid)) for rid in ids]

@@ -55,18 +55,6 @@ class Unsupported(HubError):
     error_code = "unsupported"
 
 
-class NotFollowed(Unsupported):
-    """A chain or ``_has`` through a canonical reference, which names its target by ``url``,
-    not by id: refused or warned with this reason, rather than answered with nothing."""
-
-
-def _not_through_canonical(rtype: str, code: str, name: str) -> None:
-    if code in canonical_params(rtype):
-        raise NotFollowed(f"{name}: {rtype}.{code} is a canonical reference (a url, optionally "
-                          "|version); chains and _has do not follow canonicals here (search "
-                          "its target by url, or use _include/_revinclude)")
-
-
 # -- typed values ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -138,6 +126,9 @@ class Chain:
     rtypes: tuple[str, ...]
     criterion: Criterion
     base: str | None = None
+    # through a canonical (a url|version, not a Type/id): resolved to the targets' canonicals
+    # before a backend sees it (projections.search.canonical.resolve)
+    canonical: bool = False
 
 
 @dataclass
@@ -148,6 +139,7 @@ class Has:
     param: str
     criterion: Criterion
     base: str | None = None
+    canonical: bool = False  # through a canonical: resolved as a chain's is
 
 
 @dataclass
@@ -180,7 +172,6 @@ class Query:
     ignored: list[str] = field(default_factory=list)
     empty: list[str] = field(default_factory=list)  # those of ``ignored`` given no value
     notes: list[str] = field(default_factory=list)  # warnings of a search that still ran
-    why: list[str] = field(default_factory=list)  # reasons told for some of ``ignored``
 
 
 # -- escaping -------------------------------------------------------------------------------------
@@ -437,9 +428,10 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
         rp = params_for(src).get(ref_param)
         if rp is None or rp.type != "reference":
             raise bad_request(f"{name!r}: {src} has no reference parameter {ref_param!r}")
-        _not_through_canonical(src, ref_param, name)
         inner = parse_criteria(src, rest, value, base, terminology)
-        return [Criterion("_has", "has", value=Has(src, ref_param, c, base)) for c in inner]
+        through = ref_param in canonical_params(src)
+        return [Criterion("_has", "has", value=Has(src, ref_param, c, base, through))
+                for c in inner]
     if name == "near" and rtype == "Location":  # type special: the planner's own (also chained)
         return [Criterion("near", "geo", value=_near(value))]
     head, dot, rest = name.partition(".")
@@ -449,7 +441,6 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
     if dot:
         if ptype != "reference":
             raise bad_request(f"{name!r}: only reference parameters can be chained")
-        _not_through_canonical(rtype, code, name)
         targets = (modifier,) if modifier else tuple(p.targets if p else ())
         rest_code = rest.partition(".")[0].partition(":")[0]
         usable = tuple(t for t in targets if t in _resource_types()
@@ -459,7 +450,8 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
         out = []
         for t in usable:
             for c in parse_criteria(t, rest, value, base, terminology):
-                out.append(Criterion(code, "reference", chain=Chain((t,), c, base)))
+                out.append(Criterion(code, "reference", chain=Chain(
+                    (t,), c, base, code in canonical_params(rtype))))
         # one Criterion per (target, alternative): OR of them
         return out
     if code == "_id" and modifier not in (None, "not", "missing"):  # an id is no coding
@@ -631,10 +623,8 @@ def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
                     q.empty.append(name)
                     raise Unsupported(f"{name} has no value")
                 q.where.extend(criteria_groups(rtype, name, value, base, terminology))
-        except Unsupported as e:
+        except Unsupported:
             q.ignored.append(name)
-            if isinstance(e, NotFollowed):
-                q.why.append(str(e))
     return q
 
 
