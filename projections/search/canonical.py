@@ -113,8 +113,8 @@ def forward(backend: SearchBackend, bodies: Bodies, rows: list[Row], include: li
         for inc in include:
             if inc.source not in ("*", r.rtype):
                 continue
-            codes = canonical_params(r.rtype) if inc.param == "*" else (
-                {inc.param} & canonical_params(r.rtype))
+            codes = sorted(canonical_params(r.rtype)) if inc.param == "*" else (
+                [inc.param] if inc.param in canonical_params(r.rtype) else [])
             for code in codes:
                 values = extract(d) if values is None else values
                 targets = (inc.target,) if inc.target else params_for(r.rtype)[code].targets
