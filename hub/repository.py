@@ -27,6 +27,7 @@ from hub.core.conditional import IdentifierResolver
 from hub.core.errors import FhirError, bad_request, forbidden, not_found
 from hub.core.ingest import Authorize, Context, Hub, Op, Result, Sees
 from hub.core.store import ResourceStore, VersionRow
+from projections.search import canonical
 from projections.search.backend import INCLUDE_DEPTH, Page, Row
 from projections.search.compartment import patient_compartment
 from projections.search.plan import normalize_reference
@@ -512,6 +513,8 @@ class Repository:
             return self._records.page(q, count, with_total)
         searcher = self._searcher()
         caught_up = searcher.sync()
+        if canonical.unresolved(q):  # once: the plan is rewritten in place
+            q.notes.extend(canonical.resolve(searcher.backend, self._parsed(ctx), q, None))
         page = searcher.backend.page(q, count, with_total)
         page.stale = not caught_up  # being rebuilt, or far behind a bulk load: the answer says so
         return page
@@ -536,7 +539,7 @@ class Repository:
                 raise bad_request("_include and _revinclude are not answered for AuditEvent")
             if includes and (q.include or q.revinclude):
                 included = self.included(ctx, page.rows, q.include, q.revinclude, base=base,
-                                         bodies=bodies)
+                                         bodies=bodies, notes=q.notes)
             return Found(page, included, bodies)
 
         return self.audited(ctx, action, run, lambda f: [
@@ -631,17 +634,21 @@ class Repository:
 
     def included(self, ctx: Context, rows: list[Row], include: list[Include],
                  revinclude: list[Include], base: str | None = None,
-                 bodies: dict[tuple[str, str], tuple[int, bytes]] | None = None) -> list[Row]:
+                 bodies: dict[tuple[str, str], tuple[int, bytes]] | None = None,
+                 notes: list[str] | None = None) -> list[Row]:
         """What ``_include``/``_revinclude`` add to ``rows``, followed only through what the
         caller sees: a hidden match or included resource is no way to what it refers to, or
         to what refers to it. ``bodies``: the rows' current bodies the caller sees (read when
-        not given), filled in with what is added."""
+        not given), filled in with what is added. ``notes``: told when ``:iterate`` stopped at
+        its depth with more to follow."""
         backend = self._searcher().backend
         # a view (a stored Person) is neither added nor followed: an iterated include goes
         # round by round so that none is on the way
         if self._open and not any(i.iterate for i in (*include, *revinclude)):
             added = [r for r in backend.included(rows, include, revinclude, base=base)
                      if r.rtype not in VIEW_TYPES]
+            added += self._canonicals(ctx, rows, include, revinclude, base,
+                                      {(r.rtype, r.rid) for r in (*rows, *added)})
             if bodies is not None:
                 bodies.update(self.current_bodies(ctx, added))
             return added
@@ -650,18 +657,54 @@ class Repository:
         frontier = [r for r in rows if (r.rtype, r.rid) in bodies]
         seen = {(r.rtype, r.rid) for r in rows}
         out: list[Row] = []
-        for round_ in range(INCLUDE_DEPTH):  # as the search backends follow ``:iterate``
+        # as the search backends follow ``:iterate``; one round more only to tell whether the
+        # depth cut what was still to follow
+        for round_ in range(INCLUDE_DEPTH + 1):
             inc = include if round_ == 0 else [i for i in include if i.iterate]
             rev = revinclude if round_ == 0 else [i for i in revinclude if i.iterate]
             if not frontier or not (inc or rev):
                 break
             found = [r for r in backend.included(frontier, inc, rev, rounds=1, base=base)
                      if (r.rtype, r.rid) not in seen and r.rtype not in VIEW_TYPES]
+            found += self._canonicals(ctx, frontier, inc, rev, base,
+                                      seen | {(r.rtype, r.rid) for r in found})
             seen.update((r.rtype, r.rid) for r in found)
             shown = self.current_bodies(ctx, found)
+            if round_ == INCLUDE_DEPTH:
+                if shown and notes is not None:
+                    notes.append(f"_include:iterate and _revinclude:iterate follow at most "
+                                 f"{INCLUDE_DEPTH} levels: there was more to include beyond "
+                                 "them, left out")
+                break
             bodies.update(shown)
             frontier = [r for r in found if (r.rtype, r.rid) in shown]
             out += frontier
+        return out
+
+    def _parsed(self, ctx: Context) -> Callable[[list[Row]], dict[tuple[str, str], dict]]:
+        """The parsed current resources of index rows, of those the caller sees: what a
+        canonical is followed through."""
+        def parsed(of: list[Row]) -> dict[tuple[str, str], dict]:
+            return {k: orjson.loads(v[1].partition(b"\n")[2])
+                    for k, v in self.current_bodies(ctx, of).items()}
+        return parsed
+
+    def _canonicals(self, ctx: Context, rows: list[Row], include: list[Include],
+                    revinclude: list[Include], base: str | None,
+                    seen: set[tuple[str, str]]) -> list[Row]:
+        """What the includes add through canonical references (``projections.search.canonical``:
+        the index holds a canonical as its text, which the backends' includes do not follow),
+        read through what the caller sees; none of ``seen``, each once."""
+        if not canonical.involved(include, revinclude, {r.rtype for r in rows}):
+            return []
+        backend = self._searcher().backend
+        parsed = self._parsed(ctx)
+        out: list[Row] = []
+        for r in (*canonical.forward(backend, parsed, rows, include, base),
+                  *canonical.reverse(backend, parsed, rows, revinclude, base)):
+            if (r.rtype, r.rid) not in seen and r.rtype not in VIEW_TYPES:
+                seen.add((r.rtype, r.rid))
+                out.append(r)
         return out
 
     # -- writes ---------------------------------------------------------------------------------

@@ -4,10 +4,12 @@ responses."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
+from hub.core.fhirtime import parse_range
 from tests.api_helpers import (
     FHIR_JSON,
     SYSTEM,
@@ -515,6 +517,30 @@ def test_batch_gets(client):
     e = r.json()["entry"]
     assert "resource" not in e[0] and e[1]["resource"]["id"] == d["id"] and "resource" not in e[2]
     assert e[2]["response"]["etag"] == 'W/"1"'
+
+
+def test_a_batch_get_if_modified_since_is_an_instant(client):
+    """R4's Bundle.entry.request.ifModifiedSince is an instant (an HTTP-date there is a 422):
+    one at or after the version's lastUpdated (milliseconds) is a 304 without the resource,
+    one a millisecond before is the full answer. Only the HTTP-date form was read: never 304."""
+    d = patient(rid=unique())
+    put(client, d)
+    updated = client.get(f"/Patient/{d['id']}").json()["meta"]["lastUpdated"]
+    start = parse_range(updated)[0]
+
+    def instant(us: int) -> str:
+        at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+        return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def since(value: str) -> dict:
+        return {"request": {"method": "GET", "url": f"Patient/{d['id']}",
+                            "ifModifiedSince": value}}
+    r = send(client, bundle("batch", since(updated), since(instant(start + 1000)),
+                            since(instant(start - 1000))))
+    assert statuses(r) == ["304", "304", "200"]
+    e = r.json()["entry"]
+    assert "resource" not in e[0] and "resource" not in e[1]
+    assert e[2]["resource"]["id"] == d["id"]
 
 
 def test_batch_does_not_resolve_references_between_entries(client):

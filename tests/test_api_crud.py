@@ -727,6 +727,46 @@ def test_head_answers_like_get_without_a_body(client):
     assert client.head(f"/Patient/{rid}", headers={"if-none-match": etag}).status_code == 304
 
 
+def test_head_answers_like_get_on_the_operations(client):
+    """HEAD wherever GET: the operations registered GET only let a HEAD fall through to a route
+    that took the path another way (HEAD Patient/{id}/$everything: the compartment search of
+    type "$everything", a 400; HEAD CodeSystem/$lookup: a read of id "$lookup")."""
+    from tests.api_helpers import create as _create
+    from tests.api_helpers import patient as _patient
+
+    rid = _create(client, _patient()).json()["id"]
+    for path in (f"/Patient/{rid}/$everything", f"/Patient/{rid}/$timeline",
+                 "/CodeSystem/$lookup?system=http://loinc.org&code=8867-4",
+                 "/ValueSet/$expand?url=http://hl7.org/fhir/ValueSet/administrative-gender",
+                 "/$unmapped-codes", "/$quality-report", "/$mpi-review",
+                 f"/Person?patient=Patient/{rid}", "/.well-known/smart-configuration"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code, (path, got.status_code, head.status_code)
+        assert head.content == b"", path
+        assert head.headers.get("content-type") == got.headers.get("content-type"), path
+
+
+def test_every_route_that_takes_get_takes_head():
+    """Over the route table: no GET route without HEAD (the 405's Allow already said HEAD)."""
+    import tempfile
+    from pathlib import Path
+
+    from hub.api.app import create_app
+    from hub.core.config import Settings
+
+    app = create_app(Settings(data_dir=Path(tempfile.mkdtemp(prefix="hub-routes-")), auth=False))
+
+    def walk(routes):
+        for route in routes:
+            if hasattr(route, "original_router"):
+                yield from walk(route.original_router.routes)
+            else:
+                yield route
+    gets = [r for r in walk(app.routes) if "GET" in (getattr(r, "methods", None) or ())]
+    assert len(gets) > 30
+    assert [r.path for r in gets if "HEAD" not in r.methods] == []
+
+
 def test_a_read_takes_summary_and_elements(client):
     """R4: _summary and _elements can be used when reading a resource, as in a search: the
     mandatory elements, meta and the SUBSETTED tag; a value a read cannot take is a 400."""

@@ -111,6 +111,26 @@ def test_one_type_sorts_and_each_include_goes_to_its_own_type(client, world):
                    (f"Patient/{pids[0]}", "include")}
 
 
+@pytest.mark.parametrize("types", ["Patient,Observation", "Observation,Patient"])
+@pytest.mark.parametrize("includes", [{"_include": "Observation:subject"}, {"_include": "*"},
+                                      {"_revinclude": "Observation:subject"},
+                                      {"_include": "*", "_revinclude": "Observation:subject"}])
+def test_a_match_is_never_also_an_include(client, world, types, includes):
+    """bdl-7: each resource once in a page. A Patient matched and included by a matched
+    Observation (or an Observation matched and revincluded by a matched Patient) was listed
+    twice, as a match and as an include, whichever type came first."""
+    code, pids, oids = world
+    r = client.get("", params={"_type": types, "_id": f"{pids[0]},{oids[0]},{pids[1]}",
+                               **includes})
+    assert r.status_code == 200, r.text
+    got = [(e["fullUrl"].split("/fhir/")[1], e["search"]["mode"]) for e in r.json()["entry"]
+           if e["search"]["mode"] != "outcome"]
+    assert sorted(got) == sorted([(f"Patient/{pids[0]}", "match"), (f"Patient/{pids[1]}", "match"),
+                                  (f"Observation/{oids[0]}", "match")]
+                                 + ([(f"Observation/{oids[1]}", "include")]
+                                    if "_revinclude" in includes else []))
+
+
 def test_mistakes(client, world):
     assert client.get("", params={"_type": "Nope"}).status_code == 400
     assert client.get("", params={"_type": "Patient,Observation",

@@ -194,6 +194,19 @@ DATA = {
     + [{"resourceType": "Encounter", "id": "e1", "status": "finished",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
         "location": [{"location": {"reference": "Location/d7"}}]}],
+    # chains through quantity, date and composite parameters of what a report's result is
+    "chq": [
+        obs("cq1", valueQuantity=qty(5, "mg"), effectiveDateTime="2024-01-15"),
+        obs("cq2", valueQuantity=qty(7, "mg"), effectiveDateTime="2024-02-01"),
+        obs("cq3", code="1111-1", valueQuantity=qty(5, "mg"), effectiveDateTime="2023-12-31"),
+        *({"resourceType": "DiagnosticReport", "id": f"cr{i}", "status": "final",
+           "code": {"text": "panel"}, "result": [{"reference": f"Observation/cq{i}"}]}
+          for i in (1, 2, 3)),
+    ],
+    # a chain of 34 Locations, each part of the one before: deeper than :iterate follows
+    "deep": [{"resourceType": "Location", "id": f"deep{i}",
+              **({"partOf": {"reference": f"Location/deep{i - 1}"}} if i else {})}
+             for i in range(34)],
     "geo": [  # Location near: Beijing, Tianjin (about 110 km), Shanghai (about 1,070 km), none
         {"resourceType": "Location", "id": "l1", "position": {"latitude": 39.9042, "longitude": 116.4074}},
         {"resourceType": "Location", "id": "l2", "position": {"latitude": 39.0842, "longitude": 117.2009}},
@@ -227,6 +240,18 @@ DATA = {
          "questionnaire": "http://example.org/Questionnaire/qq"},
         {"resourceType": "QuestionnaireResponse", "id": "qr5", "status": "completed",
          "questionnaire": "http://example.org/Questionnaire/q#part"},
+        {"resourceType": "QuestionnaireResponse", "id": "qr6", "status": "in-progress",
+         "questionnaire": "http://example.org/Questionnaire/nowhere"},
+        # the targets, by url and version: 10.0 is the latest of q (numbers compared as numbers)
+        {"resourceType": "Questionnaire", "id": "q1", "status": "active", "title": "First",
+         "url": "http://example.org/Questionnaire/q", "version": "1.0"},
+        {"resourceType": "Questionnaire", "id": "q2", "status": "active", "title": "Second",
+         "url": "http://example.org/Questionnaire/q", "version": "2.0"},
+        {"resourceType": "Questionnaire", "id": "q3", "status": "active", "title": "Tenth",
+         "url": "http://example.org/Questionnaire/q", "version": "10.0"},
+        {"resourceType": "Questionnaire", "id": "qq", "status": "draft",
+         "url": "http://example.org/Questionnaire/qq"},
+        obs("qo1", derivedFrom=[{"reference": "QuestionnaireResponse/qr1"}]),
     ],
     "abs": [
         pat("a1", "Abs"),
@@ -539,6 +564,69 @@ CASES = [
      []),
     ("canon", "QuestionnaireResponse", "questionnaire=http://example.org/Questionnaire/q#part",
      ["qr5"]),
+    # chaining through quantity, date and composite parameters
+    ("chq", "DiagnosticReport", "result.value-quantity=5||mg", ["cr1", "cr3"]),
+    ("chq", "DiagnosticReport", "result.value-quantity=5|http://unitsofmeasure.org|mg",
+     ["cr1", "cr3"]),
+    ("chq", "DiagnosticReport", "result.value-quantity=5000|http://unitsofmeasure.org|ug",
+     ["cr1", "cr3"]),
+    ("chq", "DiagnosticReport", "result.value-quantity=gt6||mg", ["cr2"]),
+    ("chq", "DiagnosticReport", "result.code-value-quantity=8867-4$5", ["cr1"]),
+    ("chq", "DiagnosticReport", "result.code-value-quantity=http://loinc.org|8867-4$lt6||mg",
+     ["cr1"]),
+    ("chq", "DiagnosticReport", "result.code-value-quantity=1111-1$7", []),
+    ("chq", "DiagnosticReport", "result.date=2024-01-15", ["cr1"]),
+    ("chq", "DiagnosticReport", "result.date=ge2024-01", ["cr1", "cr2"]),
+    ("chq", "DiagnosticReport", "result.date=lt2024", ["cr3"]),
+    # chains and _has through a canonical: what the target matched, named by url|version, or
+    # by its url alone when it is the latest version (a url#fragment names a part of it: no)
+    ("canon", "QuestionnaireResponse", "questionnaire.title=first", ["qr1"]),
+    ("canon", "QuestionnaireResponse", "questionnaire.title=tenth", ["qr3"]),
+    ("canon", "QuestionnaireResponse", "questionnaire.title=first,second", ["qr1", "qr2"]),
+    ("canon", "QuestionnaireResponse", "questionnaire:Questionnaire.status=active",
+     ["qr1", "qr2", "qr3"]),
+    ("canon", "QuestionnaireResponse", "questionnaire.status=draft", ["qr4"]),
+    ("canon", "QuestionnaireResponse", "questionnaire.version=2.0", ["qr2"]),
+    ("canon", "QuestionnaireResponse", "questionnaire.title=nothing", []),
+    ("canon", "QuestionnaireResponse", "questionnaire.title=first&status=in-progress", []),
+    ("canon", "Questionnaire", "_has:QuestionnaireResponse:questionnaire:status=completed",
+     ["q1", "q2", "q3", "qq"]),
+    ("canon", "Questionnaire", "_has:QuestionnaireResponse:questionnaire:status=in-progress", []),
+    ("canon", "Questionnaire", "_has:QuestionnaireResponse:questionnaire:_id=qr3", ["q3"]),
+    ("canon", "Questionnaire", "_has:QuestionnaireResponse:questionnaire:_id=qr5", ["q3"]),
+    ("canon", "Questionnaire", "_has:QuestionnaireResponse:questionnaire:_id=qr1,qr4",
+     ["q1", "qq"]),
+    ("canon", "Questionnaire",
+     "status=active&_has:QuestionnaireResponse:questionnaire:_id=qr1,qr4", ["q1"]),
+    # nested: an ordinary chain, then a canonical; a _has inside a canonical _has
+    ("canon", "Observation", "derived-from:QuestionnaireResponse.questionnaire.title=first",
+     ["qo1"]),
+    ("canon", "Observation", "derived-from:QuestionnaireResponse.questionnaire.title=second", []),
+    ("canon", "Questionnaire",
+     "_has:QuestionnaireResponse:questionnaire:_has:Observation:derived-from:_id=qo1", ["q1"]),
+    # _include/_revinclude through a canonical: url|version names that version, a url alone
+    # (or with a #fragment) the latest version held; a Questionnaire is revincluded by what
+    # names its version, and by a bare url only when it is the latest
+    ("canon", "QuestionnaireResponse", "_id=qr1&_include=QuestionnaireResponse:questionnaire",
+     ["qr1", "+q1"]),
+    ("canon", "QuestionnaireResponse", "_id=qr3&_include=QuestionnaireResponse:questionnaire",
+     ["qr3", "+q3"]),
+    ("canon", "QuestionnaireResponse",
+     "_id=qr4,qr5,qr6&_include=QuestionnaireResponse:questionnaire", ["qr4", "qr5", "qr6", "+qq",
+                                                                       "+q3"]),
+    ("canon", "QuestionnaireResponse", "_id=qr2&_include=*", ["qr2", "+q2"]),
+    ("canon", "QuestionnaireResponse",
+     "_id=qr1&_include=QuestionnaireResponse:questionnaire:Questionnaire", ["qr1", "+q1"]),
+    ("canon", "Questionnaire", "_id=q1&_revinclude=QuestionnaireResponse:questionnaire",
+     ["q1", "+qr1"]),
+    ("canon", "Questionnaire", "_id=q2&_revinclude=QuestionnaireResponse:*", ["q2", "+qr2"]),
+    ("canon", "Questionnaire", "_id=q3&_revinclude=QuestionnaireResponse:questionnaire",
+     ["q3", "+qr3", "+qr5"]),
+    ("canon", "Questionnaire", "_id=qq&_revinclude=*:*", ["qq", "+qr4"]),
+    ("canon", "QuestionnaireResponse", "_id=qr1&_include=QuestionnaireResponse:questionnaire"
+     "&_revinclude:iterate=QuestionnaireResponse:questionnaire", ["qr1", "+q1"]),
+    ("canon", "Questionnaire", "_id=q1&_revinclude=QuestionnaireResponse:questionnaire"
+     "&_include:iterate=QuestionnaireResponse:questionnaire", ["q1", "+qr1"]),
     # wildcards: every reference parameter (of the type, or of every type for _revinclude=*:*)
     ("ref", "Observation", "_id=o1&_include=*", ["o1", "+r1"]),
     ("ref", "Observation", "_id=o1&_include=Observation:*", ["o1", "+r1"]),
@@ -646,6 +734,38 @@ def test_case(world, dataset, rtype, query, expected):
     b = run(world, rtype, query, dataset)
     assert ids(b) == expected
     assert b["total"] == len([x for x in expected if not x.startswith("+")])
+
+
+def test_a_conditional_criterion_through_a_canonical_is_refused(world):
+    """A conditional interaction's criteria are decided apart from any caller's view, which a
+    chain or _has through a canonical is followed through: a 400 saying so, not no match."""
+    hub, service, settings = world
+    for rtype, query in (("QuestionnaireResponse", "questionnaire.title=first"),
+                         ("Questionnaire", "_has:QuestionnaireResponse:questionnaire:_id=qr1")):
+        with pytest.raises(FhirError) as e:
+            service.match_ids(rtype, parse_qsl(query))
+        assert e.value.status == 400 and "canonical" in str(e.value)
+
+
+@pytest.mark.parametrize("rtype,sort", [
+    ("Observation", "code-value-quantity"), ("Observation", "-combo-code-value-quantity"),
+    ("Observation", "date,code-value-quantity"), ("Location", "near"),
+])
+def test_sort_by_a_composite_or_special_parameter_is_ignored_with_a_warning(world, rtype, sort):
+    """_sort by a composite or a special parameter (near): ignored with a warning, as an unknown
+    parameter is, the matches in the order without it; 400 with handling=strict."""
+    hub, service, settings = world
+    repo = Repository(hub, search=service)
+    dataset = "chq" if rtype == "Observation" else "geo"
+    params = [("_sort", sort), ("_tag", f"urn:test:ds|{dataset}")]
+    with pytest.raises(FhirError) as e:
+        search_bundle(repo, Context(), rtype, params, "http://test/fhir", settings, True)
+    assert e.value.status == 400 and "_sort" in str(e.value)
+    b = search_bundle(repo, Context(), rtype, params, "http://test/fhir", settings, False)
+    outcome = b["entry"][-1]
+    assert outcome["search"]["mode"] == "outcome" and "_sort" in str(outcome["resource"])
+    assert ids({"entry": b["entry"][:-1]}) == ids(run(world, rtype, "", dataset))
+    assert ids(run(world, rtype, "", dataset))
 
 
 def test_escaping_helpers():

@@ -273,7 +273,7 @@ def _get_entry(status: int, body: Any, asked: dict) -> dict:
             response["lastModified"] = meta["lastUpdated"]
         inm, ims = asked.get("ifNoneMatch"), asked.get("ifModifiedSince")
         if client_holds(str(inm) if inm else None, str(ims) if ims else None, int(version),
-                        meta.get("lastUpdated") if meta else None):
+                        meta.get("lastUpdated") if meta else None, since_instant=True):
             response["status"] = status_line(304)
             return {"response": response}
     answer: dict[str, Any] = {"response": response}

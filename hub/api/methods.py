@@ -134,6 +134,20 @@ class MethodGuard(BaseRoute):
         raise NoMatchFound(name, path_params)
 
 
+def head_wherever_get(routes: list) -> None:
+    """HEAD wherever GET (RFC 9110 9.3.2): FastAPI's routes take only the methods they name, so a
+    route registered GET only (``$everything``, ``$timeline``, the terminology operations) let a
+    HEAD fall through to a later route that took the path another way (``$everything`` as a
+    compartment type: 400). Each such route takes HEAD too; the server sends no body."""
+    for r in routes:
+        inner = getattr(r, "original_router", None)  # an included router (newer FastAPI)
+        if inner is not None:
+            head_wherever_get(inner.routes)
+        elif isinstance(getattr(r, "methods", None), set) and "GET" in r.methods:
+            r.methods.add("HEAD")
+
+
 def install(app: Any) -> None:
-    """The guard before every other route."""
+    """The guard before every other route; and HEAD wherever GET."""
+    head_wherever_get(app.router.routes)
     app.router.routes.insert(0, MethodGuard(app))

@@ -19,7 +19,6 @@ OperationOutcome and stores nothing.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -40,21 +39,9 @@ from hub.core.errors import FhirError, Issue, bad_request, operation_outcome, re
 from hub.core.events import resource_bytes
 from hub.core.ingest import Context
 from hub.core.profiles import Profile
+from projections.search.canonical import version_key
 
 _VALIDATE_MODES = ("create", "update", "delete")
-
-
-def _version_key(version: object) -> tuple:
-    """Order of versions: 1.10 after 1.9 (numbers compared as numbers), a pre-release before its
-    release (SemVer: 2.0.0-ballot before 2.0.0; it was taken for the latest), absent first."""
-    if not isinstance(version, str):
-        return ()
-    release, dash, pre = version.split("+", 1)[0].partition("-")
-
-    def parts(text: str) -> tuple:
-        return tuple((0, int(p), "") if p.isdigit() else (1, 0, p)
-                     for p in re.split(r"[.\-]", text))
-    return (parts(release), (0, parts(pre)) if dash else (1, ()))
 
 
 class ProfileRegistry:
@@ -92,7 +79,7 @@ class ProfileRegistry:
             pairs = list(zip(found, bodies))
         if not pairs:
             return None
-        stored, body = max(pairs, key=lambda sb: _version_key(sb[1].get("version")))
+        stored, body = max(pairs, key=lambda sb: version_key(sb[1].get("version")))
         key = (str(stored.originator_id), stored.originator_version)
         with self._lock:
             hit = self._cache.get(url)

@@ -106,13 +106,17 @@ def none_match(value: str, version: int) -> bool:
 
 
 def client_holds(if_none_match: str | None, if_modified_since: str | None, version: int,
-                 last_updated: str | None) -> bool:
+                 last_updated: str | None, *, since_instant: bool = False) -> bool:
     """Does a conditional read's client hold this version already (304)? ``If-None-Match``
-    decides when given; ``If-Modified-Since`` only without it (RFC 9110 13.2.2)."""
+    decides when given; ``If-Modified-Since`` only without it (RFC 9110 13.2.2). A Bundle
+    entry's ``ifModifiedSince`` is a FHIR instant (``since_instant``), the header an HTTP-date."""
     if if_none_match:
         return none_match(if_none_match, version)
-    return bool(if_modified_since and last_updated
-                and not_modified_since(if_modified_since, last_updated))
+    if not (if_modified_since and last_updated):
+        return False
+    if since_instant:
+        return not_modified_since_instant(if_modified_since, last_updated)
+    return not_modified_since(if_modified_since, last_updated)
 
 
 def not_modified_since(value: str, last_updated: str) -> bool:
@@ -128,6 +132,19 @@ def not_modified_since(value: str, last_updated: str) -> bool:
     if since > datetime.now(UTC):
         return False
     return parse_range(last_updated)[0] // 1_000_000 <= int(since.timestamp())
+
+
+def not_modified_since_instant(value: str, last_updated: str) -> bool:
+    """A Bundle entry's ``ifModifiedSince`` (R4: an instant): was the version last modified at
+    or before it? Compared to the microsecond, as ``lastUpdated`` keeps milliseconds; an instant
+    later than now is ignored, as the header's date is."""
+    try:
+        since = parse_range(value.strip())[0]
+    except ValueError:
+        return False
+    if since > int(datetime.now(UTC).timestamp() * 1_000_000):
+        return False
+    return parse_range(last_updated)[0] <= since
 
 
 def etag(version: int) -> str:

@@ -23,6 +23,7 @@ from hub.core.pagetokens import page_tokens
 from hub.core.store import ResourceStore
 from hub.repository import Repository
 from projections.runner import Runner
+from projections.search import canonical
 from projections.search.backend import SearchBackend
 from projections.search.compartment import compartment_group
 from projections.search.query import (
@@ -95,6 +96,9 @@ class SearchService:
         q = self.parse(rtype, params, strict=True, base=base)
         if not q.where:
             raise bad_request("A conditional operation needs search criteria")
+        if canonical.unresolved(q):  # followed through what a caller sees, which is not known here
+            raise bad_request("A conditional operation's criteria cannot chain or _has through "
+                              "a canonical reference; search its target by url instead")
         if not self.sync():  # decided on a lagging index, a conditional create would duplicate
             raise FhirError(503, "transient", "The search index lags the store (it is being "
                             "rebuilt, or is behind a bulk load); retry the conditional request")

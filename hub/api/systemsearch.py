@@ -157,9 +157,25 @@ def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]],
     out["link"] = links
     if values.get("_summary") == "count":
         entries = []
-    all_entries = entries + list(outcomes.values())
+    all_entries = _once(entries) + list(outcomes.values())
     if all_entries:
         out["entry"] = all_entries
+    return out
+
+
+def _once(entries: list[dict]) -> list[dict]:
+    """Each resource once in the page (bdl-7: one fullUrl per resource): an include that is
+    also a match, or that another type's search included too, is left out, as a type search
+    leaves out an include that is one of its matches."""
+    matches = {e.get("fullUrl") for e in entries if e["search"]["mode"] == "match"}
+    seen: set[str | None] = set()
+    out = []
+    for e in entries:
+        if e["search"]["mode"] == "include":
+            if e.get("fullUrl") in matches or e.get("fullUrl") in seen:
+                continue
+            seen.add(e.get("fullUrl"))
+        out.append(e)
     return out
 
 

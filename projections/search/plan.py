@@ -896,6 +896,24 @@ def plan_for(rtype: str) -> Plan:
                 tuple(plan["composites"]), tuple(plan["fallbacks"]), plan["skipped"])
 
 
+@lru_cache(maxsize=None)
+def canonical_params(rtype: str) -> frozenset[str]:
+    """``rtype``'s reference parameters whose path ends on a canonical (a primitive: the element
+    table types canonical as string) rather than a Reference: ``QuestionnaireResponse``'s
+    ``questionnaire``. Their values name a resource by its ``url`` (``|version``), not its id."""
+    out = set()
+    for code, p in indexed_params(rtype).items():
+        if p.type != "reference" or not p.expression:
+            continue
+        try:
+            branches = compile_path(p.expression, rtype)
+        except CompileError:
+            continue
+        if any(b.type in _STRINGS for b in branches):
+            out.add(code)
+    return frozenset(out)
+
+
 # ---------------------------------------------------------------------------------------------
 # Extraction
 

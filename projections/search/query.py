@@ -32,6 +32,7 @@ from hub.core.errors import HubError, bad_request
 from hub.core.fhirtime import parse_range
 from projections.search.extract import normalize, normalize_reference, ucum_canonical
 from projections.search.params import SearchParam, params_for
+from projections.search.plan import canonical_params
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 ORDERED_TYPES = ("date", "number", "quantity")
@@ -125,6 +126,9 @@ class Chain:
     rtypes: tuple[str, ...]
     criterion: Criterion
     base: str | None = None
+    # through a canonical (a url|version, not a Type/id): resolved to the targets' canonicals
+    # before a backend sees it (projections.search.canonical.resolve)
+    canonical: bool = False
 
 
 @dataclass
@@ -135,6 +139,7 @@ class Has:
     param: str
     criterion: Criterion
     base: str | None = None
+    canonical: bool = False  # through a canonical: resolved as a chain's is
 
 
 @dataclass
@@ -424,7 +429,9 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
         if rp is None or rp.type != "reference":
             raise bad_request(f"{name!r}: {src} has no reference parameter {ref_param!r}")
         inner = parse_criteria(src, rest, value, base, terminology)
-        return [Criterion("_has", "has", value=Has(src, ref_param, c, base)) for c in inner]
+        through = ref_param in canonical_params(src)
+        return [Criterion("_has", "has", value=Has(src, ref_param, c, base, through))
+                for c in inner]
     if name == "near" and rtype == "Location":  # type special: the planner's own (also chained)
         return [Criterion("near", "geo", value=_near(value))]
     head, dot, rest = name.partition(".")
@@ -443,7 +450,8 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
         out = []
         for t in usable:
             for c in parse_criteria(t, rest, value, base, terminology):
-                out.append(Criterion(code, "reference", chain=Chain((t,), c, base)))
+                out.append(Criterion(code, "reference", chain=Chain(
+                    (t,), c, base, code in canonical_params(rtype))))
         # one Criterion per (target, alternative): OR of them
         return out
     if code == "_id" and modifier not in (None, "not", "missing"):  # an id is no coding
