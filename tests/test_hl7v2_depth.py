@@ -421,6 +421,15 @@ def test_a_results_site_equipment_and_time_of_analysis_are_kept():
     assert len(devices) == 2  # the filler "-" is no equipment
     assert {(f.rule, f.location) for f in c.findings} >= {("v2.identifier.placeholder", "OBX-18[3]"),
                                                           ("v2.obx-20.repeats", "OBX-20")}
+    # one device named twice made each the other's parent; a namespace without a number, nothing
+    fields[17] = "A^LAB~B^LAB~A^LAB~^LAB"
+    c = conv("ORU^R01", PID + PV1 + "ORC|RE|P1|F1\rOBR|1|P1|F1|GLU^血糖^L|||20240315080000\r" + obx(*fields))
+    devices = {d["id"]: d for d in by_type(c, "Device")}
+    assert len(devices) == 2 and sum("parent" in d for d in devices.values()) == 1
+    assert {f.rule for f in c.findings} >= {"v2.obx-18.repeated"}
+    fields[17] = "^LAB"
+    c = conv("ORU^R01", PID + PV1 + "ORC|RE|P1|F1\rOBR|1|P1|F1|GLU^血糖^L|||20240315080000\r" + obx(*fields))
+    assert not by_type(c, "Device") and "v2.obx-18.no-number" in {f.rule for f in c.findings}
 
 
 def test_relevant_clinical_information_is_kept_on_the_order():
@@ -455,6 +464,14 @@ def test_give_strength_is_the_medications_ingredient_strength():
     c = conv("RDE^O11", PID + PV1 + "ORC|NW|P1|F1\rRXE|" + "|".join(rxe) + "\r")
     assert by_type(c, "Medication")[0]["ingredient"][0]["strength"] == {
         "numerator": {"value": 250, "unit": "mg"}, "denominator": {"value": 5, "unit": "毫升"}}
+    # a volume that is no number (5ml) was read as per one: five times too strong; a volume
+    # without its strength was dropped. Each is a note of the order, with a finding
+    for given, words in ((["250", "mg", "5ml", "mL"], "250 mg 5ml mL"), (["", "", "5", "mL"], "5 mL")):
+        c = conv("RDE^O11", PID + PV1 + "ORC|NW|P1|F1\rRXE|" + "|".join(rxe[:24] + given) + "\r")
+        assert not by_type(c, "Medication")
+        (mr,) = by_type(c, "MedicationRequest")
+        assert any(words in n["text"] for n in mr["note"]), mr.get("note")
+        assert "v2.rxe-25.as-note" in [f.rule for f in c.findings]
 
 
 def test_a_note_about_the_patient_is_kept_on_the_patient():
@@ -490,6 +507,13 @@ def test_every_repetition_of_a_result_is_kept_as_a_component(vt, value, element,
     if vt == "NM":
         assert got[0]["unit"] == "mmHg" and o["component"][1]["referenceRange"][0]["high"]["value"] == 150
     assert not [f for f in c.findings if f.rule.startswith("v2.obx-5")]
+    # empty repetitions (60~~120, ~5) hold nothing: no false "not a number" warning
+    c = conv("ORU^R01", PID + PV1 + "ORC|RE|P1|F1\rOBR|1|P1|F1|CUL^培养^L|||20240315080000\r"
+             + obx("1", vt, "600-7^培养结果^LN", "", "~" + value.replace("~", "~~"),
+                   "mmHg" if vt == "NM" else "", "", "", "", "", "F"))
+    (o,) = by_type(c, "Observation")
+    assert len(o["component"]) == len(expected)
+    assert not [f for f in c.findings if f.rule.startswith("v2.obx-5")]
 
 
 def test_a_date_only_report_time_is_no_made_up_instant():
@@ -517,3 +541,6 @@ def test_a_date_only_document_time_is_no_made_up_instant():
                                            "valueString": "20240315"}]}
     assert doc("202403151030")["date"] == "2024-03-15T10:30:00+08:00"
     assert doc("", "20240316080000")["date"] == "2024-03-16T08:00:00+08:00"
+    # TXA-4 no instant (invalid, or a date only): TXA-6 is, and is the date
+    for txa4 in ("bogus", "20240315"):
+        assert doc(txa4, "20240315093000")["date"] == "2024-03-15T09:30:00+08:00", txa4

@@ -17,6 +17,7 @@ from .tables import table
 _CODES = table("codes")
 _DOC_STATUS = _CODES["document_status"]
 _AVAIL = _CODES["document_availability"]
+_TXA_TIMES = {4: "activity date/time", 6: "origination date/time"}
 
 
 def build(ctx: Ctx) -> None:
@@ -46,9 +47,14 @@ def build(ctx: Ctx) -> None:
     if tcode:
         res["type"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0270", "code": " ".join(tcode.split())}]}
     res["subject"] = ctx.patient_ref
-    # TXA-4 (activity) else TXA-6 (origination); a date only is no instant: kept as sent
-    put_instant(ctx, res, "date", txa, 4 if txa.get(4) else 6,
-                "activity date/time" if txa.get(4) else "origination date/time")
+    # TXA-4 (activity) else TXA-6 (origination): the first that is an instant; else the first
+    # sent, kept as sent (a date only) or reported (invalid) by put_instant
+    field = next((f for f in (4, 6) if "T" in (dt.datetime(txa.get(f)) or "")), None) \
+        or (4 if txa.get(4) else 6)
+    put_instant(ctx, res, "date", txa, field, _TXA_TIMES[field])
+    if field == 6 and txa.get(4):
+        ctx.find("information", "v2.txa-4.unused", "TXA-4 (activity date/time) is no instant: "
+                 "the document's date is TXA-6 (origination date/time)", txa.loc(4))
     authors = []
     for f in (5, 9):
         for i, rep in enumerate(txa.field(f), 1):

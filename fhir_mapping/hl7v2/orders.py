@@ -257,14 +257,20 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
     if compound is None and strength is not None:
         compound = ctx.add({"resourceType": "Medication", "id": ctx.id("Medication", key), "code": med,
                             "ingredient": [{"itemCodeableConcept": med, "strength": strength}]})
-    elif rxe is not None and rxe.get(25):
-        # a compound's strength is its components' (RXC-5/6), and a strength that is no number
-        # fits no Quantity: either is kept as a note of the order, never dropped
-        why = "is no number" if strength is None else "was sent with RXC components"
+    elif rxe is not None and (rxe.get(25) or rxe.get(27)):
+        # a compound's strength is its components' (RXC-5/6), and a strength or volume that is
+        # no number (or a volume without its strength) fits no Ratio: kept as a note of the
+        # order, never dropped nor read as per one
+        why = ("was sent with RXC components" if strength is not None else
+               "is no number" if rxe.get(25) and dt.decimal(rxe.get(25)) is None else
+               "has a volume (RXE-27) that is no number" if rxe.get(25) else
+               "is missing beside its volume (RXE-27/28)")
         ctx.find("information", "v2.rxe-25.as-note", f"RXE-25 (give strength) {why}: kept as a note "
-                 "of the order", rxe.loc(25))
-        g.setdefault("notes", []).append("give strength (RXE-25/26): " + " ".join(
-            x for x in (rxe.get(25), dt.comp(rxe.rep(26), 2) or dt.comp(rxe.rep(26), 1)) if x))
+                 "of the order", rxe.loc(25 if rxe.get(25) else 27))
+        g.setdefault("notes", []).append("give strength (RXE-25..28): " + " ".join(
+            x for f in (25, 26, 27, 28) for x in (
+                (dt.comp(rxe.rep(f), 2) or dt.comp(rxe.rep(f), 1)) if f % 2 == 0 else rxe.get(f),)
+            if x))
     if compound:
         res["medicationReference"] = compound
     else:
@@ -411,6 +417,8 @@ def _give_strength(rxe: Seg | None) -> dict | None:
     if value is None:
         return None
     volume = dt.decimal(rxe.get(27))
+    if volume is None and rxe.get(27):
+        return None  # a volume that is no number: no strength, five times too strong or weak
     return {"numerator": _amount(value, rxe.rep(26)),
             "denominator": _amount(volume, rxe.rep(28)) if volume is not None
             else _PER_ONE | _unit_of(rxe.rep(6))}

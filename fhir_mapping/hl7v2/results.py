@@ -342,6 +342,8 @@ def value(ctx: Ctx, obx: Seg) -> tuple[str, Any] | tuple[None, str] | None:
     # would need keys and a report entry each, and would read as two tests where one was done.
     parts = []
     for r, rep in enumerate(reps, 1):
+        if not any(x for comp in rep for x in comp):
+            continue  # an empty repetition (60~~120) holds no value: nothing to keep or report
         got = _one(ctx, obx, vt, kind, rep, units, reps, r)
         if got is None:
             continue
@@ -602,17 +604,27 @@ def equipment(ctx: Ctx, obx: Seg) -> dict[str, str] | None:
     refs: list[dict[str, str]] = []
     for r, rep in enumerate(obx.field(18), 1):
         number = dt.comp(rep, 1)
-        if not number or not ctx.usable(number, None, obx.loc(18, r), "equipment instance identifier"):
+        if not number:
+            if any(dt.comp(rep, c) for c in (2, 3, 4)):  # a namespace naming no instance
+                ctx.find("warning", "v2.obx-18.no-number", "OBX-18 names the equipment's "
+                         "namespace but no instance identifier: no Device", obx.loc(18, r))
+            continue
+        if not ctx.usable(number, None, obx.loc(18, r), "equipment instance identifier"):
             continue
         ns, oid = dt.comp(rep, 2), dt.oid_of(dt.comp(rep, 3), dt.comp(rep, 4))
         ident = entity_identifier(ctx, number, ns, oid, "device")
         if "system" not in ident and "assigner" not in ident:
             ident["assigner"] = {"display": ctx.inst}
-        refs.append(ctx.add({"resourceType": "Device", "id": ctx.id("Device", oid or ns, number),
-                             "identifier": [ident]}))
+        ref = ctx.add({"resourceType": "Device", "id": ctx.id("Device", oid or ns, number),
+                       "identifier": [ident]})
+        if ref in refs:  # one device named twice (A~B~A): no parent cycle
+            ctx.find("warning", "v2.obx-18.repeated", "OBX-18 names one device twice: its "
+                     "levels are read up to the repetition", obx.loc(18, r))
+            break
+        refs.append(ref)
     for child, parent in zip(refs, refs[1:]):
         dev = ctx.get("Device", child["reference"].split("/", 1)[1])
-        if dev is not None and child != parent:
+        if dev is not None:
             dev["parent"] = parent
     return refs[0] if refs else None
 
