@@ -162,6 +162,9 @@ class AccessPolicy:
                                     f"scope on {t} does not select; it needs a scope on {t} "
                                     "without a query")
             return
+        if name == "$export":
+            self._export(actor, action.rtype)
+            return
         if name in ANY_SIGNED_IN:
             if actor.kind == "anonymous":
                 raise forbidden(f"{name} needs a signed-in caller")
@@ -178,6 +181,18 @@ class AccessPolicy:
         if name in SHARED_RECORD and "admin" not in actor.roles and not actor.purpose:
             raise forbidden(f"{name} reads a person's records across institutions: give a "
                             "purpose of use (X-Purpose-Of-Use: TREAT, …)")
+
+    @staticmethod
+    def _export(actor: Actor, rtype: str | None) -> None:
+        """A bulk export (FHIR Bulk Data ``$export``) reads a whole region's records: only a
+        backend service's ``system/`` scopes grant it, with the read letter on the type (a
+        patient- or user-context token is refused, however wide its scopes)."""
+        system = [s for s in scopes_of(actor.scopes) if s.context == "system"]
+        if not permits(system, "r", rtype or "*") and (rtype is not None or not any(
+                "r" in s.perms for s in system)):
+            raise forbidden(f"$export{' of ' + rtype if rtype else ''} needs a system-level "
+                            f"read scope (system/{rtype or '*'}.rs); patient/ and user/ scopes "
+                            "do not export")
 
     def admits(self, actor: Actor, letter: str, rtype: str, resource: dict) -> bool:
         if actor.kind == "system":
