@@ -165,6 +165,17 @@ class Exports:
         self._stopping = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self.sweep()
+        # expired files go even when nobody asks for an export (each request sweeps too)
+        self._sweeper = threading.Thread(target=self._sweep_every, name="export-sweep",
+                                         daemon=True)
+        self._sweeper.start()
+
+    def _sweep_every(self, every_s: float = 60.0) -> None:
+        while not self._stopping.wait(every_s):
+            try:
+                self.sweep()
+            except Exception:  # noqa: BLE001 - tried again in a minute
+                log.exception("sweeping the exports failed")
 
     def _db(self) -> AbstractContextManager[sqlite3.Connection]:
         return connection(self.path)

@@ -339,3 +339,19 @@ def test_the_capability_statement_lists_export(client):
     by_type = {r["type"]: r for r in rest["resource"]}
     assert "export" in {o["name"] for o in by_type["Patient"]["operation"]}
     assert "export" in {o["name"] for o in by_type["Group"]["operation"]}
+
+
+def test_an_expired_export_is_gone_with_its_files(live, client, admin):
+    _new(admin, patient())
+    status_url = kick_off(client, _type="Patient")
+    manifest = wait(client, status_url)
+    eid = status_url.rsplit("/", 1)[1]
+    folder = live.settings.data_dir / "exports" / eid
+    assert folder.is_dir()
+    r = client.get(status_url)
+    assert r.headers["expires"]  # when it will be gone (HUB_EXPORT_KEEP after it finished)
+    with sqlite3.connect(live.settings.data_dir / "exports.sqlite") as db:  # its time is up
+        db.execute("UPDATE export SET expires=? WHERE id=?", (time.time() - 1, eid))
+    assert_outcome(client.get(status_url), 404)
+    assert client.get(manifest["output"][0]["url"]).status_code == 404
+    assert not folder.exists()

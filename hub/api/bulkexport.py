@@ -24,9 +24,10 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from hub.api.caller import actor_of, context_of, repository
+from hub.api.caller import actor_of, authorize, context_of, repository
 from hub.api.responses import base_url, fhir_response
 from hub.core import resource as res
+from hub.core.access import Action, Actor
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request, operation_outcome
 from hub.core.fhirtime import parse_range
@@ -185,10 +186,17 @@ async def export_group_post(request: Request, gid: str) -> Response:
 
 # -- status, files, cancellation ----------------------------------------------------------------
 
+def _exporter(request: Request) -> Actor:
+    """The caller of a status, file or cancellation: one who may export at all (403 before any
+    export is looked up), then its owner or an administrator (``Exports.get``)."""
+    authorize(request, Action("operation", None, None, "$export"))
+    return actor_of(request)
+
+
 @router.get("/fhir/$export-status/{eid}", name="export-status")
 async def export_status(request: Request, eid: str) -> Response:
     exports = _exports(request)
-    out = await run_in_threadpool(exports.get, eid, actor_of(request))
+    out = await run_in_threadpool(exports.get, eid, _exporter(request))
     if out["status"] == "running":
         return Response(status_code=202, headers={
             "X-Progress": (out["progress"] or "starting")[:200],
@@ -201,7 +209,7 @@ async def export_status(request: Request, eid: str) -> Response:
 
 @router.delete("/fhir/$export-status/{eid}", name="export-cancel")
 async def export_cancel(request: Request, eid: str) -> Response:
-    await run_in_threadpool(_exports(request).cancel, eid, actor_of(request))
+    await run_in_threadpool(_exports(request).cancel, eid, _exporter(request))
     return fhir_response(operation_outcome([Issue(
         "informational", f"Export {eid} cancelled; its files are removed", "information")]), 202,
         request=request)
@@ -209,7 +217,8 @@ async def export_cancel(request: Request, eid: str) -> Response:
 
 @router.get("/fhir/$export-file/{eid}/{name}", name="export-file")
 async def export_file(request: Request, eid: str, name: str) -> Response:
-    path = await run_in_threadpool(_exports(request).file, eid, name, actor_of(request))
+    path = await run_in_threadpool(_exports(request).file, eid, name,
+                                  _exporter(request))
     # streamed from the file in chunks, never read whole
     return FileResponse(path, media_type=NDJSON)
 
