@@ -208,14 +208,16 @@ def test_prefer_respond_async_is_required(client):
     assert "respond-async" in assert_outcome(r, 400)["issue"][0]["diagnostics"]
 
 
-@pytest.mark.parametrize("query", [
-    "_since=notadate", "_type=NoSuchType", "_type=Patient,Bogus", "_outputFormat=text/csv",
-    "_typeFilter=" + quote("Observation?status=final"), "_elements=id", "color=blue",
-    "_type=Person", "_type=AuditEvent",
+@pytest.mark.parametrize("query, says", [
+    ("_since=notadate", "_since must be a FHIR instant"), ("_type=NoSuchType", "NoSuchType"),
+    ("_type=Patient,Bogus", "Bogus"), ("_outputFormat=text/csv", "_outputFormat"),
+    ("_typeFilter=" + quote("Observation?status=final"), "_typeFilter is not supported"),
+    ("_elements=id", "_elements is not supported"), ("color=blue", "Unknown $export parameter"),
+    ("_type=Person", "not exported"), ("_type=AuditEvent", "not exported"),
 ])
-def test_malformed_parameters_are_400_outcomes(client, query):
+def test_malformed_parameters_are_400_outcomes(client, query, says):
     r = client.get(f"/$export?{query}", headers=ASYNC)
-    assert_outcome(r, 400)
+    assert says in assert_outcome(r, 400)["issue"][0]["diagnostics"]
 
 
 @pytest.mark.parametrize("scope", ["user/*.rs", "system/*.cud"])

@@ -12,6 +12,8 @@ decides:
   ``hub.repository.APPEND_ONLY``); identity decisions are a data steward's; the shared record
   (``$everything``, ``$timeline``) is read by clinicians and administrators, a clinician only
   with a purpose of use, and break-the-glass (``ETREAT``, ``BTG``) only by a role that may use it.
+- **Bulk export.** ``$export`` is a backend service's: a ``system/`` scope granting ``r`` on
+  each type exported, whatever the roles; patient- and user-context scopes never export.
 - **Query-restricted scopes.** A scope with a query (``patient/Observation.rs?category=
   laboratory``) grants its letters only on the resources its query selects
   (``hub.access.scopequery``: token parameters and ``_id``; a query it cannot judge selects
