@@ -26,6 +26,7 @@ from hub.core.access import OPEN, Action, Actor, Policy, patients_in
 from hub.core.conditional import IdentifierResolver
 from hub.core.errors import FhirError, bad_request, forbidden, not_found
 from hub.core.ingest import Authorize, Context, Hub, Op, Result, Sees
+from hub.core.resource import RESOURCE_TYPES
 from hub.core.store import ResourceStore, VersionRow
 from projections.search import canonical
 from projections.search.backend import INCLUDE_DEPTH, Page, Row
@@ -479,6 +480,52 @@ class Repository:
         if stored is not None:
             raise forbidden(f"{rtype}/{rid} is not shown to this caller")
         raise not_found(f"{rtype}/{rid} is not known")
+
+    # -- bulk export ----------------------------------------------------------------------------
+
+    def exportable(self, ctx: Context, types: Sequence[str] | None,
+                   within: Sequence[str] | None = None) -> list[str]:
+        """The types a bulk export by this caller reads: ``types`` (each one the policy lets it
+        export, else 403), or without them every type (of ``within``, when given) it may
+        export (none: 403). The audit log's AuditEvents and the master patient index's Person
+        are no stored resources to export."""
+        if types is not None:
+            for rtype in types:
+                self.policy.check(ctx.actor, Action("operation", rtype, None, "$export"))
+            return list(types)
+        self.policy.check(ctx.actor, Action("operation", None, None, "$export"))
+        out = []
+        for rtype in sorted(set(within or RESOURCE_TYPES) - VIEW_TYPES - {AUDIT}):
+            try:
+                self.policy.check(ctx.actor, Action("operation", rtype, None, "$export"))
+            except FhirError:
+                continue
+            out.append(rtype)
+        if not out:
+            raise forbidden("No granted scope allows $export of any of the types asked for")
+        return out
+
+    def begin_export(self, ctx: Context, types: Sequence[str] | None,
+                     within: Sequence[str] | None = None) -> tuple[list[str], int]:
+        """Check and audit a bulk export's kick-off (one AuditEvent for the export, its
+        parameters in its query; a refusal audited as any): the types it reads and the log
+        position its snapshot is taken at."""
+        action = Action("operation", None, None, "$export")
+
+        def run() -> tuple[list[str], int]:
+            return self.exportable(ctx, types, within), self._hub.store.max_notification_id()
+        return self.audited(ctx, action, run, lambda _: [])
+
+    def export_page(self, ctx: Context, rtype: str, upto: int, after: int,
+                    since_us: int | None, limit: int = 1000
+                    ) -> tuple[list[tuple[str, bytes]], int | None]:
+        """One page of a bulk export's snapshot of ``rtype`` (its current versions at log
+        position ``upto``, none deleted, written after ``since_us``): the (id, resource JSON)
+        the caller may see, and the position to go on from (None: the type is done)."""
+        rows = self._hub.store.snapshot(rtype, upto, after, since_us, limit)
+        out = [(r.rid, r.state.partition(b"\n")[2]) for r in rows
+               if r.kind != "deleted" and self._shown(ctx.actor, rtype, r.rid, r.state)]
+        return out, (rows[-1].nid if len(rows) == limit else None)
 
     # -- search ---------------------------------------------------------------------------------
 

@@ -567,11 +567,11 @@ def test_a_query_too_complex_for_the_index_is_400_not_503(client):
 
 
 @pytest.mark.parametrize("method,path", [
-    ("GET", "/Observation/x1/$meta"), ("GET", "/Patient/$export"), ("POST", "/$reindex"),
+    ("GET", "/Observation/x1/$meta"), ("GET", "/Observation/$lastn"), ("POST", "/$reindex"),
     ("GET", "/$everything-else")])
 def test_an_operation_the_hub_has_not_is_named_as_such(client, method, path):
     """They were taken for a resource type (404 "Unknown resource type '$meta'") or an id
-    ("'$export' is not a valid FHIR id")."""
+    ("'$lastn' is not a valid FHIR id")."""
     r = client.request(method, path, headers=FHIR_JSON, content=b"{}" if method == "POST" else None)
     outcome = assert_outcome(r, 400)
     assert "operation" in outcome["issue"][0]["diagnostics"] and \

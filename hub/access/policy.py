@@ -12,6 +12,8 @@ decides:
   ``hub.repository.APPEND_ONLY``); identity decisions are a data steward's; the shared record
   (``$everything``, ``$timeline``) is read by clinicians and administrators, a clinician only
   with a purpose of use, and break-the-glass (``ETREAT``, ``BTG``) only by a role that may use it.
+- **Bulk export.** ``$export`` is a backend service's: a ``system/`` scope granting ``r`` on
+  each type exported, whatever the roles; patient- and user-context scopes never export.
 - **Query-restricted scopes.** A scope with a query (``patient/Observation.rs?category=
   laboratory``) grants its letters only on the resources its query selects
   (``hub.access.scopequery``: token parameters and ``_id``; a query it cannot judge selects
@@ -162,6 +164,9 @@ class AccessPolicy:
                                     f"scope on {t} does not select; it needs a scope on {t} "
                                     "without a query")
             return
+        if name == "$export":
+            self._export(actor, action.rtype)
+            return
         if name in ANY_SIGNED_IN:
             if actor.kind == "anonymous":
                 raise forbidden(f"{name} needs a signed-in caller")
@@ -178,6 +183,18 @@ class AccessPolicy:
         if name in SHARED_RECORD and "admin" not in actor.roles and not actor.purpose:
             raise forbidden(f"{name} reads a person's records across institutions: give a "
                             "purpose of use (X-Purpose-Of-Use: TREAT, …)")
+
+    @staticmethod
+    def _export(actor: Actor, rtype: str | None) -> None:
+        """A bulk export (FHIR Bulk Data ``$export``) reads a whole region's records: only a
+        backend service's ``system/`` scopes grant it, with the read letter on the type (a
+        patient- or user-context token is refused, however wide its scopes)."""
+        system = [s for s in scopes_of(actor.scopes) if s.context == "system"]
+        if not permits(system, "r", rtype or "*") and (rtype is not None or not any(
+                "r" in s.perms for s in system)):
+            raise forbidden(f"$export{' of ' + rtype if rtype else ''} needs a system-level "
+                            f"read scope (system/{rtype or '*'}.rs); patient/ and user/ scopes "
+                            "do not export")
 
     def admits(self, actor: Actor, letter: str, rtype: str, resource: dict) -> bool:
         if actor.kind == "system":

@@ -29,6 +29,7 @@ from hub.access.policy import AccessPolicy
 from hub.api import (
     auth,
     binary,
+    bulkexport,
     bundles,
     capability,
     documents,
@@ -173,6 +174,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         app.state.search = search
         app.state.normaliser = normaliser
         app.state.documents = DocumentService(repo, quarantine, normaliser=normaliser)
+        bulkexport.attach(app, settings)  # FHIR Bulk Data $export, run in threads of its own
         if settings.follows_here:
             runner.start()
             if es_runner is not None:
@@ -196,6 +198,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         try:
             yield
         finally:
+            bulkexport.detach(app)
             terminology.detach(app)
             unmapped.detach(app)
             app.state.intake_runner.stop()
@@ -234,6 +237,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
     # POST /auth/token, GET /auth/jwks, GET /fhir/.well-known/smart-configuration
     app.include_router(auth.router)
     app.include_router(quality.router)  # GET /fhir/$quality-report
+    # $export kick-off (system, Patient, Group), its status and its files
+    app.include_router(bulkexport.router)
     # Person (read, search, operations), $everything, $timeline, $mpi-review,
     # $resolve-identifier; before /fhir/{type}/{id} and /fhir/{type}/{id}/{compartment type}
     app.include_router(mpi_identity.router)
@@ -295,8 +300,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             sent = bool(request.headers.get("authorization"))
             response.headers["WWW-Authenticate"] = 'Bearer realm="fhir"' + (
                 ', error="invalid_token"' if sent else "")
-        if isinstance(e, Throttled):
-            response.headers["Retry-After"] = str(e.retry_after)
+        if isinstance(e, Throttled) or getattr(e, "retry_after", None):  # a rate, a busy export
+            response.headers["Retry-After"] = str(e.retry_after)  # type: ignore[attr-defined]
         if e.status == 405:  # RFC 9110 15.5.6: what the path takes, but the route that refused
             response.headers["Allow"] = allow.allowed(request.app, request.scope,
                                                         request.scope.get("route"))

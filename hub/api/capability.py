@@ -75,7 +75,25 @@ def _with_mpi(routed: frozenset[str], base: str) -> dict:
     for name, op in _MPI_SYSTEM_OPS:
         if name in routed:
             rest.setdefault("operation", []).append({"name": op, "definition": _HUB_OP + op})
+    _with_export(routed, rest, by_type, out)
     return out
+
+
+_BULK = "http://hl7.org/fhir/uv/bulkdata/"
+
+
+def _with_export(routed: frozenset[str], rest: dict, by_type: dict, out: dict) -> None:
+    """FHIR Bulk Data $export (hub.api.bulkexport): system, Patient and Group level."""
+    if "export" not in routed:
+        return
+    out["instantiates"] = [_BULK + "CapabilityStatement/bulk-data"]
+    rest.setdefault("operation", []).append(
+        {"name": "export", "definition": _BULK + "OperationDefinition/export"})
+    for name, rtype, definition in (("patient-export", "Patient", "patient-export"),
+                                    ("group-export", "Group", "group-export")):
+        if name in routed and rtype in by_type:
+            by_type[rtype].setdefault("operation", []).append(
+                {"name": "export", "definition": _BULK + "OperationDefinition/" + definition})
 # -- end of the master patient index --------------------------------------------------------------
 
 

@@ -26,6 +26,10 @@ HUB_TLS_CLIENT_CA PEM file of the CA(s) whose client certificates are accepted: 
                   mutual TLS, a client without such a certificate is refused at the handshake
                   (bearer tokens are still required on top)
 HUB_MAX_COUNT     largest page size a client may ask for                        1000
+HUB_EXPORT_MAX_RUNNING bulk exports ($export) running at once (beyond: 429)    2
+HUB_EXPORT_KEEP   seconds a finished export's files are kept                  86400 (24 h)
+HUB_EXPORT_FILE_RESOURCES / HUB_EXPORT_FILE_BYTES  an export's NDJSON file of a type is split
+                  past this many resources or bytes                             100000; 268435456
 HUB_MPI_AUTOMATCH `hub serve` matches new and updated Patients as they arrive     1 (0: off)
 HUB_AUDIT         every access to patient data writes an AuditEvent             1 (0: off)
 HUB_TRUSTED_PROXIES addresses or networks whose X-Forwarded-For is believed     (none)
@@ -101,6 +105,15 @@ class Settings:
     tls_key: str | None = field(default_factory=lambda: os.environ.get("HUB_TLS_KEY") or None)
     tls_client_ca: str | None = field(default_factory=lambda: os.environ.get("HUB_TLS_CLIENT_CA") or None)
     max_count: int = field(default_factory=lambda: _int("HUB_MAX_COUNT", "1000", "a whole number of resources"))
+    # FHIR Bulk Data $export (hub.exports): how many run at once, how long their files are
+    # kept, and where a type's output file is split
+    export_max_running: int = field(default_factory=lambda: _int(
+        "HUB_EXPORT_MAX_RUNNING", "2", "a whole number of exports", 1))
+    export_keep: float = field(default_factory=lambda: _float("HUB_EXPORT_KEEP", "86400", SECONDS))
+    export_file_resources: int = field(default_factory=lambda: _int(
+        "HUB_EXPORT_FILE_RESOURCES", "100000", "a whole number of resources", 1))
+    export_file_bytes: int = field(default_factory=lambda: _int(
+        "HUB_EXPORT_FILE_BYTES", str(256 << 20), BYTES, 1))
     # API processes of `hub serve` behind its one port (default: one per core)
     workers: int = field(default_factory=lambda: _int("HUB_WORKERS", "0", "a whole number of processes")
                          or os.cpu_count() or 1)

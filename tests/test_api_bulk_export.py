@@ -1,0 +1,359 @@
+"""FHIR Bulk Data export (``$export``): kick-off, status, manifest and NDJSON files over real HTTP
+against ``hub serve`` with real tokens, on SQLite and PostgreSQL.
+
+What a bulk client notices: every exported resource is the stored one, deleted ones are not
+there, what was written after the kick-off is not there, only a backend service with system read
+scopes exports, only the client that started an export reads it, and malformed requests are
+400s with an OperationOutcome.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from urllib.parse import quote
+
+import httpx
+import orjson
+import pytest
+
+from tests.api_helpers import assert_outcome, create, observation, patient, unique
+from tests.conftest import BACKENDS, FHIR_JSON, LiveServer, make_settings
+from tests.test_access_audit import audit_events, new_since
+from tests.test_access_channels import _patient_token
+
+ASYNC = {"prefer": "respond-async", "accept": "application/fhir+json"}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def live(request, tmp_path_factory):
+    """A server whose export files hold at most 2 resources each (so that splitting shows),
+    with the access audit on."""
+    settings = make_settings(request.param, tmp_path_factory.mktemp("bulk"), request)
+    settings.audit = True
+    before = os.environ.get("HUB_EXPORT_FILE_RESOURCES")
+    os.environ["HUB_EXPORT_FILE_RESOURCES"] = "2"
+    try:
+        with LiveServer(settings) as server:
+            yield server
+    finally:
+        if before is None:
+            os.environ.pop("HUB_EXPORT_FILE_RESOURCES", None)
+        else:
+            os.environ["HUB_EXPORT_FILE_RESOURCES"] = before
+
+
+def _client(live, auth) -> httpx.Client:
+    return httpx.Client(base_url=live.base, timeout=30, auth=auth,
+                        headers={"accept": "application/fhir+json"})
+
+
+@pytest.fixture(scope="module")
+def exporter(live):
+    """A backend service with system read scopes and no role."""
+    return live.client_auth(roles=(), scope="system/*.rs", name="analytics")
+
+
+@pytest.fixture
+def client(live, exporter):
+    with _client(live, exporter) as c:
+        yield c
+
+
+@pytest.fixture
+def admin(live):
+    with _client(live, live.auth) as c:
+        yield c
+
+
+def kick_off(c: httpx.Client, path: str = "/$export", **params) -> str:
+    r = c.get(path, params=params, headers=ASYNC)
+    assert r.status_code == 202, r.text
+    return r.headers["content-location"]
+
+
+def wait(c: httpx.Client, status_url: str) -> dict:
+    deadline = time.monotonic() + 60
+    while True:
+        r = c.get(status_url)
+        if r.status_code == 200:
+            return r.json()
+        assert r.status_code == 202, r.text
+        assert r.headers["x-progress"] and int(r.headers["retry-after"]) > 0
+        assert time.monotonic() < deadline, "the export did not finish in 60 s"
+        time.sleep(0.1)
+
+
+def download(c: httpx.Client, manifest: dict) -> dict[str, dict[str, dict]]:
+    """type -> id -> resource, from every file of the manifest (each checked for its type)."""
+    out: dict[str, dict[str, dict]] = {}
+    for f in manifest["output"]:
+        r = c.get(f["url"])
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("application/fhir+ndjson")
+        lines = [ln for ln in r.content.split(b"\n") if ln]
+        assert len(lines) == f["count"] and r.content.endswith(b"\n")
+        for ln in lines:
+            d = orjson.loads(ln)
+            assert d["resourceType"] == f["type"]
+            assert d["id"] not in out.get(f["type"], {}), "a resource exported twice"
+            out.setdefault(f["type"], {})[d["id"]] = d
+    return out
+
+
+def _new(c: httpx.Client, d: dict) -> dict:
+    r = create(c, d, prefer="return=representation")
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_kick_off_poll_manifest_download_match_what_is_stored(live, client, admin):
+    p = _new(admin, patient())
+    # a body kept as sent, indented: still one NDJSON line
+    r = admin.post("/Observation", content=orjson.dumps(observation(f"Patient/{p['id']}"),
+                                                        option=orjson.OPT_INDENT_2),
+                   headers={**FHIR_JSON, "prefer": "return=representation"})
+    assert r.status_code == 201, r.text
+    obs = [r.json()] + [_new(admin, observation(f"Patient/{p['id']}")) for _ in range(3)]
+    changed = {**obs[1], "status": "amended"}
+    assert admin.put(f"/Observation/{changed['id']}", json=changed,
+                     headers=FHIR_JSON).status_code == 200
+    gone = obs[2]["id"]
+    assert admin.delete(f"/Observation/{gone}").status_code in (200, 204)
+
+    status_url = kick_off(client, _type="Patient,Observation")
+    assert status_url.startswith(live.base + "/$export-status/")
+    manifest = wait(client, status_url)
+    assert manifest["requiresAccessToken"] is True
+    assert manifest["request"] == live.base + "/$export?_type=Patient%2CObservation"
+    assert manifest["transactionTime"].endswith("Z") and manifest["error"] == []
+    assert {f["type"] for f in manifest["output"]} == {"Patient", "Observation"}
+    assert all(f["count"] <= 2 for f in manifest["output"])  # split past 2 a file
+    assert len([f for f in manifest["output"] if f["type"] == "Observation"]) >= 2
+
+    got = download(client, manifest)
+    assert p["id"] in got["Patient"]
+    assert {o["id"] for o in obs} - {gone} <= set(got["Observation"])
+    assert gone not in got["Observation"]  # deleted: not exported
+    assert got["Observation"][changed["id"]]["status"] == "amended"  # the current version
+    for rtype, found in got.items():  # every exported resource is the stored one
+        for rid, d in found.items():
+            r = admin.get(f"/{rtype}/{rid}")
+            assert r.status_code == 200 and r.json() == d
+
+
+def test_type_and_since(client, admin):
+    first = _new(admin, patient())
+    time.sleep(0.01)
+    later = _new(admin, patient())
+    _new(admin, observation(f"Patient/{later['id']}"))
+    manifest = wait(client, kick_off(client, _type="Patient",
+                                     _since=first["meta"]["lastUpdated"]))
+    got = download(client, manifest)
+    assert set(got) == {"Patient"}  # _type: no other type
+    assert later["id"] in got["Patient"]
+    assert first["id"] not in got["Patient"]  # updated at _since, not after it
+    for d in got["Patient"].values():
+        assert d["meta"]["lastUpdated"] > first["meta"]["lastUpdated"]
+
+
+def test_what_is_written_after_the_kick_off_is_not_exported(client, admin):
+    before = _new(admin, patient())
+    status_url = kick_off(client, _type="Patient")
+    after = _new(admin, patient())
+    changed = {**before, "gender": "female"}
+    assert admin.put(f"/Patient/{before['id']}", json=changed, headers=FHIR_JSON).status_code == 200
+    manifest = wait(client, status_url)
+    got = download(client, manifest)["Patient"]
+    assert after["id"] not in got
+    assert got[before["id"]] == before  # the version current at the kick-off
+    assert all(d["meta"]["lastUpdated"] <= manifest["transactionTime"] for d in got.values())
+
+
+def test_patient_and_group_level(client, admin):
+    p1, p2 = _new(admin, patient()), _new(admin, patient())
+    o1, o2 = (_new(admin, observation(f"Patient/{p['id']}")) for p in (p1, p2))
+    org = _new(admin, {"resourceType": "Organization", "name": unique()})
+    # POST with a Parameters body
+    r = client.post("/Patient/$export", json={"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Patient,Observation,Organization"}]},
+        headers={**ASYNC, **FHIR_JSON})
+    assert_outcome(r, 400)  # Organization is not of the Patient compartment
+    r = client.post("/Patient/$export", json={"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Patient"},
+        {"name": "_type", "valueString": "Observation"},
+        {"name": "_outputFormat", "valueString": "application/fhir+ndjson"}]},
+        headers={**ASYNC, **FHIR_JSON})
+    assert r.status_code == 202, r.text
+    got = download(client, wait(client, r.headers["content-location"]))
+    assert {p1["id"], p2["id"]} <= set(got["Patient"])
+    assert {o1["id"], o2["id"]} <= set(got["Observation"])
+    assert org["id"] not in str(got)
+
+    group = _new(admin, {"resourceType": "Group", "type": "person", "actual": True,
+                         "member": [{"entity": {"reference": f"Patient/{p1['id']}"}}]})
+    got = download(client, wait(client, kick_off(client, f"/Group/{group['id']}/$export")))
+    assert set(got["Patient"]) == {p1["id"]}
+    assert set(got["Observation"]) == {o1["id"]}
+    assert "Organization" not in got
+    r = client.get("/Group/nosuchgroup/$export", headers=ASYNC)
+    assert_outcome(r, 404)
+
+
+def test_prefer_respond_async_is_required(client):
+    r = client.get("/$export")
+    assert "respond-async" in assert_outcome(r, 400)["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("query, says", [
+    ("_since=notadate", "_since must be a FHIR instant"), ("_type=NoSuchType", "NoSuchType"),
+    ("_type=Patient,Bogus", "Bogus"), ("_outputFormat=text/csv", "_outputFormat"),
+    ("_typeFilter=" + quote("Observation?status=final"), "_typeFilter is not supported"),
+    ("_elements=id", "_elements is not supported"), ("color=blue", "Unknown $export parameter"),
+    ("_type=Person", "not exported"), ("_type=AuditEvent", "not exported"),
+])
+def test_malformed_parameters_are_400_outcomes(client, query, says):
+    r = client.get(f"/$export?{query}", headers=ASYNC)
+    assert says in assert_outcome(r, 400)["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("scope", ["user/*.rs", "system/*.cud"])
+def test_a_token_without_system_read_scopes_is_refused(live, scope):
+    with _client(live, live.client_auth(roles=("clinician",), scope=scope)) as c:
+        for path in ("/$export", "/Patient/$export"):
+            assert_outcome(c.get(path, headers=ASYNC), 403)
+
+
+def test_a_patient_context_token_is_refused(live, admin):
+    p = _new(admin, patient())
+    bearer = {"authorization": f"Bearer {_patient_token(live, p['id'], 'patient/*.rs')}"}
+    with httpx.Client(base_url=live.base, timeout=30, headers=bearer) as c:
+        for path in ("/$export", "/Patient/$export"):
+            assert_outcome(c.get(path, headers=ASYNC), 403)
+
+
+def test_an_export_holds_only_what_the_caller_may_read(live, admin):
+    p = _new(admin, patient())
+    _new(admin, observation(f"Patient/{p['id']}"))
+    with _client(live, live.client_auth(roles=(), scope="system/Patient.rs")) as c:
+        assert_outcome(c.get("/$export?_type=Observation", headers=ASYNC), 403)
+        got = download(c, wait(c, kick_off(c)))
+        assert set(got) == {"Patient"} and p["id"] in got["Patient"]
+
+
+def test_only_the_client_that_started_it_reads_an_export(live, client, admin):
+    _new(admin, patient())
+    status_url = kick_off(client, _type="Patient")
+    manifest = wait(client, status_url)
+    file_url = manifest["output"][0]["url"]
+    with _client(live, live.client_auth(roles=(), scope="system/*.rs", name="other")) as other:
+        assert other.get(status_url).status_code in (403, 404)
+        assert other.get(file_url).status_code in (403, 404)
+        assert other.delete(status_url).status_code in (403, 404)
+    assert admin.get(file_url).status_code == 200  # an operator may
+    assert client.get(file_url).status_code == 200
+    # a file of another export's name, or a path out of its folder, is no file
+    eid = status_url.rsplit("/", 1)[1]
+    for name in ("Patient.99.ndjson", "..%2Fexports.sqlite", "x"):
+        assert client.get(f"/$export-file/{eid}/{name}").status_code == 404
+
+
+def test_delete_cancels_and_removes_the_files(live, client, admin):
+    _new(admin, patient())
+    status_url = kick_off(client, _type="Patient")
+    manifest = wait(client, status_url)
+    eid = status_url.rsplit("/", 1)[1]
+    folder = live.settings.data_dir / "exports" / eid
+    assert folder.is_dir()
+    r = client.delete(status_url)
+    assert r.status_code == 202, r.text
+    assert_outcome(client.get(status_url), 404)
+    assert client.get(manifest["output"][0]["url"]).status_code == 404
+    assert not folder.exists()
+    # cancelled while it runs (or just after): never reported done, no files left
+    status_url = kick_off(client)
+    assert client.delete(status_url).status_code == 202
+    assert_outcome(client.get(status_url), 404)
+    deadline = time.monotonic() + 30
+    folder = live.settings.data_dir / "exports" / status_url.rsplit("/", 1)[1]
+    while folder.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_an_export_interrupted_by_a_restart_is_failed_and_too_many_wait(live, client, exporter):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    db = sqlite3.connect(live.settings.data_dir / "exports.sqlite")
+    host, now = os.uname().nodename, time.time()
+    eid = unique()
+    with db:
+        db.execute("INSERT INTO export (id, owner, status, request, base, started, updated, pid, "
+                   "host) VALUES (?,?,?,?,?,?,?,?,?)",
+                   (eid, exporter.client_id, "running", live.base + "/$export", live.base, now,
+                    now, dead.pid, host))
+    r = client.get(f"/$export-status/{eid}")
+    assert "interrupted" in assert_outcome(r, 500)["issue"][0]["diagnostics"]
+    # as many running as the hub runs at once (HUB_EXPORT_MAX_RUNNING, 2): 429, Retry-After
+    busy = [unique(), unique()]
+    with db:
+        for b in busy:
+            db.execute("INSERT INTO export (id, owner, status, request, base, started, updated, "
+                       "pid, host) VALUES (?,?,?,?,?,?,?,?,?)",
+                       (b, "someone", "running", "-", live.base, now, now, os.getpid(), host))
+    try:
+        r = client.get("/$export", headers=ASYNC)
+        assert_outcome(r, 429)
+        assert int(r.headers["retry-after"]) > 0
+    finally:
+        with db:
+            db.execute(f"DELETE FROM export WHERE id IN ({','.join('?' * len(busy))})", busy)
+        db.close()
+    assert client.get("/$export?_type=Patient", headers=ASYNC).status_code == 202
+
+
+def test_one_audit_event_per_export_with_its_parameters(live, client, admin):
+    for _ in range(3):
+        _new(admin, patient())
+    before = audit_events(live)
+    wait(client, kick_off(client, _type="Patient"))
+    deadline = time.monotonic() + 10
+    while True:
+        events = [e for e in new_since(live, before)
+                  if any(s.get("display") == "$export" for s in e.get("subtype", []))]
+        if events or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(events) == 1, events
+    [e] = events
+    assert e["outcome"] == "0"
+    queries = [x.get("description") for x in e["entity"] if x.get("description")]
+    assert queries == [live.base + "/$export?_type=Patient"]
+
+
+def test_the_capability_statement_lists_export(client):
+    cs = client.get("/metadata").json()
+    rest = cs["rest"][0]
+    assert "export" in {o["name"] for o in rest["operation"]}
+    by_type = {r["type"]: r for r in rest["resource"]}
+    assert "export" in {o["name"] for o in by_type["Patient"]["operation"]}
+    assert "export" in {o["name"] for o in by_type["Group"]["operation"]}
+
+
+def test_an_expired_export_is_gone_with_its_files(live, client, admin):
+    _new(admin, patient())
+    status_url = kick_off(client, _type="Patient")
+    manifest = wait(client, status_url)
+    eid = status_url.rsplit("/", 1)[1]
+    folder = live.settings.data_dir / "exports" / eid
+    assert folder.is_dir()
+    r = client.get(status_url)
+    assert r.headers["expires"]  # when it will be gone (HUB_EXPORT_KEEP after it finished)
+    with sqlite3.connect(live.settings.data_dir / "exports.sqlite") as db:  # its time is up
+        db.execute("UPDATE export SET expires=? WHERE id=?", (time.time() - 1, eid))
+    assert_outcome(client.get(status_url), 404)
+    assert client.get(manifest["output"][0]["url"]).status_code == 404
+    assert not folder.exists()
