@@ -208,6 +208,14 @@ def test_prefer_respond_async_is_required(client):
     assert "respond-async" in assert_outcome(r, 400)["issue"][0]["diagnostics"]
 
 
+def test_a_head_starts_no_export(client):
+    """HEAD asks what a GET would answer: it is no way to start work (405, nothing started)."""
+    for path in ("/$export", "/Patient/$export"):
+        r = client.head(path, headers=ASYNC)
+        assert r.status_code == 405 and "content-location" not in r.headers, (path, r.headers)
+        assert {"GET", "POST"} <= set(r.headers["allow"].replace(" ", "").split(","))
+
+
 @pytest.mark.parametrize("query, says", [
     ("_since=notadate", "_since must be a FHIR instant"), ("_type=NoSuchType", "NoSuchType"),
     ("_type=Patient,Bogus", "Bogus"), ("_outputFormat=text/csv", "_outputFormat"),

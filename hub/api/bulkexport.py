@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from hub.api.caller import actor_of, authorize, context_of, repository
+from hub.api.methods import starts_work
 from hub.api.responses import base_url, fhir_response
 from hub.core import resource as res
 from hub.core.access import Action, Actor
@@ -155,6 +156,7 @@ async def _kick_off(request: Request, level: str, group: str | None = None) -> R
 
 
 @router.get("/fhir/$export", name="export")
+@starts_work
 async def export_system(request: Request) -> Response:
     return await _kick_off(request, "system")
 
@@ -165,6 +167,7 @@ async def export_system_post(request: Request) -> Response:
 
 
 @router.get("/fhir/Patient/$export", name="patient-export")
+@starts_work
 async def export_patients(request: Request) -> Response:
     return await _kick_off(request, "patient")
 
@@ -175,6 +178,7 @@ async def export_patients_post(request: Request) -> Response:
 
 
 @router.get("/fhir/Group/{gid}/$export", name="group-export")
+@starts_work
 async def export_group(request: Request, gid: str) -> Response:
     return await _kick_off(request, "group", gid)
 

@@ -31,6 +31,17 @@ def refuses(endpoint: Any) -> Any:
     return endpoint
 
 
+def starts_work(endpoint: Any) -> Any:
+    """Mark a GET handler that starts work (a bulk export's kick-off): HEAD, which asks only
+    what a GET would answer, is no way to start it, so the route takes no HEAD (405)."""
+    endpoint.starts_work = True
+    return endpoint
+
+
+def _takes_head(route: Any) -> bool:
+    return "GET" in route.methods and not getattr(route.endpoint, "starts_work", False)
+
+
 class _Route:
     """A route's path pattern, its literal segments and its methods (HEAD wherever GET)."""
 
@@ -42,7 +53,7 @@ class _Route:
         segments = route.path.split("/")
         self.literal = frozenset(i for i, s in enumerate(segments) if "{" not in s)
         methods = set(route.methods)
-        if "GET" in methods:
+        if _takes_head(route):
             methods.add("HEAD")
         self.methods = frozenset(methods)
 
@@ -143,7 +154,7 @@ def head_wherever_get(routes: list) -> None:
         inner = getattr(r, "original_router", None)  # an included router (newer FastAPI)
         if inner is not None:
             head_wherever_get(inner.routes)
-        elif isinstance(getattr(r, "methods", None), set) and "GET" in r.methods:
+        elif isinstance(getattr(r, "methods", None), set) and _takes_head(r):
             r.methods.add("HEAD")
 
 
