@@ -519,6 +519,43 @@ def test_batch_gets(client):
     assert e[2]["response"]["etag"] == 'W/"1"'
 
 
+def test_batch_gets_of_every_kind_http_has(client):
+    """R4 allows any GET in a batch: a compartment search (of a type and of all), a history (of
+    the instance, the type, the system), a system search; each was a 400 "not supported inside
+    a Bundle". And a query holding a URL (identifier=http://…|…) is no absolute URL of another
+    server: a conditional PUT keyed by such an identifier was a 400 "not on this server"."""
+    d = patient(rid=unique(), system="http://h.example/mrn")
+    put(client, d)
+    o = create(client, observation(f"Patient/{d['id']}")).json()
+    ident = f"http://h.example/mrn|{d['identifier'][0]['value']}"
+    r = send(client, bundle("transaction", put_entry({**d, "gender": "female"},
+                                                     url=f"Patient?identifier={ident}")))
+    assert r.status_code == 200, r.text
+    assert client.get(f"/Patient/{d['id']}").json()["gender"] == "female"
+    r = send(client, bundle("batch", get_entry(f"Patient/{d['id']}/Observation"),
+                            get_entry(f"Patient/{d['id']}/*?_type=Observation,Patient"),
+                            get_entry(f"Patient/{d['id']}/_history"),
+                            get_entry("Patient/_history?_count=1"),
+                            get_entry("_history?_count=1"),
+                            get_entry(f"?_type=Patient&_id={d['id']}"),
+                            get_entry(f"Observation?subject=Patient/{d['id']}&code=http://loinc.org|8867-4")))
+    assert statuses(r) == ["200"] * 7, r.text
+    e = [x["resource"] for x in r.json()["entry"]]
+    assert [x["resource"]["id"] for x in e[0]["entry"]] == [o["id"]]
+    assert {x["resource"]["id"] for x in e[1]["entry"]} == {o["id"], d["id"]}
+    assert e[2]["type"] == "history" and len(e[2]["entry"]) == 2  # created, then updated
+    assert e[3]["type"] == e[4]["type"] == "history" and len(e[3]["entry"]) == 1
+    assert [x["resource"]["id"] for x in e[5]["entry"]] == [d["id"]]
+    assert [x["resource"]["id"] for x in e[6]["entry"]] == [o["id"]]
+    # Person, the master patient index's view, has no history here either: 405 as over HTTP
+    r = send(client, bundle("batch", get_entry("Person/_history"), get_entry("Patient/x/Person")))
+    assert statuses(r) == ["405", "405"], r.text
+    # a transaction checks them before it writes: a history of no such resource refuses it
+    r = send(client, bundle("transaction", put_entry(patient(rid=unique())),
+                            get_entry(f"Patient/{unique()}/_history")))
+    assert r.status_code == 404, r.text
+
+
 def test_a_batch_get_if_modified_since_is_an_instant(client):
     """R4's Bundle.entry.request.ifModifiedSince is an instant (an HTTP-date there is a 422):
     one at or after the version's lastUpdated (milliseconds) is a 304 without the resource,

@@ -522,7 +522,8 @@ async def transaction(request: Request) -> Response:
                                        + (f"?{query}" if query else ""))
         try:
             parts = path.split("/")
-            if parts[0] == "Person" and len(parts) == 2:  # the master patient index's view
+            if parts[0] == "Person" and len(parts) == 2 and parts[1] != "_history":
+                # the master patient index's view
                 return mpi_identity.person_entry(request, parts[1], check)
             if parts[0] == "Person" and len(parts) == 1:
                 return mpi_identity.person_search_entry(request, query, check)
@@ -541,7 +542,7 @@ async def transaction(request: Request) -> Response:
 async def history_system(request: Request) -> Response:
     check_format(request)
     out = await run_in_threadpool(history_bundle, repository(request), context_of(request),
-                                  request, _base(request), _settings(request))
+                                  list(request.query_params.multi_items()), _base(request), _settings(request))
     return fhir_response(out, request=request)
 
 
@@ -551,7 +552,7 @@ async def history_system(request: Request) -> Response:
 async def history_type(request: Request, rtype: str) -> Response:
     check_format(request)
     out = await run_in_threadpool(history_bundle, repository(request), context_of(request),
-                                  request, _base(request), _settings(request), _type(rtype))
+                                  list(request.query_params.multi_items()), _base(request), _settings(request), _type(rtype))
     return fhir_response(out, request=request)
 
 
@@ -630,7 +631,7 @@ async def conditional_delete(request: Request, rtype: str) -> Response:
 async def history_instance(request: Request, rtype: str, rid: str) -> Response:
     check_format(request)
     out = await run_in_threadpool(history_bundle, repository(request), context_of(request),
-                                  request, _base(request), _settings(request), _type(rtype),
+                                  list(request.query_params.multi_items()), _base(request), _settings(request), _type(rtype),
                                   _id(rid))
     return fhir_response(out, request=request)
 
@@ -807,14 +808,35 @@ def _install_routes(app: FastAPI) -> None:
 
 def _get(repo: Repository, ctx: Context, path: str, query: str, base: str,
          settings: Settings, check: bool = False) -> tuple[int, Any]:
-    """GET inside a batch or transaction: read, vread or search. ``check``: only whether it would
-    fail (a search planned, a resource's latest version looked up), nothing read nor audited."""
+    """GET inside a batch or transaction: read, vread, search (of a type, of the system, of a
+    compartment) or history. ``check``: only whether it would fail (a search planned, a
+    resource's latest version looked up), nothing read nor audited."""
     parts = path.split("/")
     rtype = parts[0]
+    items = parse_query(query) if query else []
+    if path in ("", "_history"):  # the system's search or history
+        if check:
+            return 200, None
+        return 200, (system_search(repo, ctx, items, base, settings, False) if not path
+                     else history_bundle(repo, ctx, items, base, settings))
     if rtype not in res.RESOURCE_TYPES:
         raise not_found(f"Cannot GET {path!r}")
+    if parts[1:] == ["_history"] or (len(parts) == 3 and parts[2] == "_history"):
+        rid = _id(parts[1]) if len(parts) == 3 else None
+        if check:
+            if rid is not None:
+                repo.require(ctx, rtype, rid)
+            return 200, None
+        return 200, history_bundle(repo, ctx, items, base, settings, rtype, rid)
+    if len(parts) == 3 and (parts[2] == "*" or parts[2] in res.RESOURCE_TYPES):
+        compartment = (rtype, _id(parts[1]))
+        if check:
+            return 200, None
+        if parts[2] == "*":
+            return 200, system_search(repo, ctx, items, base, settings, False, compartment)
+        return 200, search_bundle(repo, ctx, parts[2], items, base, settings, False, compartment)
     if check and len(parts) == 1:
-        plan_search(repo, ctx, rtype, parse_query(query) if query else [], base, settings, False)
+        plan_search(repo, ctx, rtype, items, base, settings, False)
         return 200, None
     if check and len(parts) in (2, 4):
         stored = repo.latest(ctx, rtype, _id(parts[1]))
@@ -824,8 +846,7 @@ def _get(repo: Repository, ctx: Context, path: str, query: str, base: str,
             raise FhirError(410, "deleted", f"{rtype}/{parts[1]} was deleted")
         return 200, None
     if len(parts) == 1:
-        return 200, search_bundle(repo, ctx, rtype, parse_query(query) if query else [], base,
-                                  settings, False)
+        return 200, search_bundle(repo, ctx, rtype, items, base, settings, False)
     if len(parts) == 2:
         return 200, resource_bytes(repo.read(ctx, rtype, _id(parts[1])))
     if len(parts) == 4 and parts[2] == "_history" and (parts[3].isascii() and parts[3].isdigit()) \

@@ -43,7 +43,7 @@ def split_url(url: str, base: str) -> tuple[str, str]:
     """Entry request URL -> (path relative to the base, query)."""
     if url.startswith(base + "/"):
         url = url[len(base) + 1:]
-    elif "://" in url:
+    elif "://" in url.partition("?")[0]:  # a query may hold URLs (identifier=http://…|1)
         # an absolute URL on another server is that server's resource, never one written here
         # (http://other.example/fhir/Patient/x was written as the local Patient/x)
         raise bad_request(f"request.url {url[:200]!r} is not on this server ({base}): give it "
@@ -116,12 +116,17 @@ def parse_entry(i: int, entry: object, base: str,
 
 
 def _check_get(path: str, url: str, where: str) -> None:
-    """Refuse a GET that cannot work before anything is written (read, vread or type search)."""
+    """Refuse a GET that cannot work before anything is written: read, vread, a search (of a
+    type, the system or a compartment: ``Patient/{id}/Observation``, ``Patient/{id}/*``) or a
+    history (``_history``, ``Type/_history``, ``Type/id/_history``), as over HTTP."""
     parts = path.split("/")
+    if path in ("", "_history"):
+        return
     if parts[0] not in res.RESOURCE_TYPES:
         raise FhirError(404, "not-found", f"Cannot GET {url!r}: unknown resource type",
                         f"{where}.request.url")
-    if not (len(parts) <= 2 or (len(parts) == 4 and parts[2] == "_history")):
+    if not (len(parts) <= 2 or (len(parts) == 4 and parts[2] == "_history") or (
+            len(parts) == 3 and (parts[2] in ("_history", "*") or parts[2] in res.RESOURCE_TYPES))):
         raise bad_request(f"GET {url!r} is not supported inside a Bundle", f"{where}.request.url")
 
 

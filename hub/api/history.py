@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import Request
 
 from hub.api.bundles import status_line
 from hub.api.paging import link, page_size
@@ -24,11 +23,11 @@ from hub.repository import Repository
 _STATUS = {"created": 201, "updated": 200, "deleted": 204}
 
 
-def history_bundle(repo: Repository, ctx: Context, request: Request, base: str,
+def history_bundle(repo: Repository, ctx: Context, items: list[tuple[str, str]], base: str,
                    settings: Settings, rtype: str | None = None, rid: str | None = None) -> dict:
+    """A history of the system, a type or an instance; ``items``: the query's parameters."""
     if rtype is not None and rid is not None:
         repo.require(ctx, rtype, rid)
-    items = list(request.query_params.multi_items())
     params = dict(items)
     count = page_size(params, settings)
     since_us = at_us = cursor = None
