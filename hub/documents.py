@@ -8,7 +8,10 @@
    a new version of the document withdrew marked entered-in-error (``_retire_left_out``);
 3. refused (a reject rule, or a document the mapper cannot map, or mapper output the hub refuses):
    the payload goes to the quarantine with its report, and the report alone is written, so the
-   data-quality projection counts refusals too.
+   data-quality projection counts refusals too;
+4. in conflict with what is stored (``_conflict``: a "new version" of a set stored for another
+   patient, an id of the document already another patient's record, or a second document claiming
+   a version of the set that is stored): refused the same way with a 409, nothing else written.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from fhir_mapping.documents import (
 )
 from hub.core import jsontext
 from hub.core import resource as res
-from hub.core.access import SYSTEM
+from hub.core.access import SYSTEM, patients_in
 from hub.core.errors import FhirError
 from hub.core.events import resource_bytes
 from hub.core.fhirtime import local_zone
@@ -43,10 +46,13 @@ RULE_SYSTEM = "https://fhir-region-hub.example/CodeSystem/quality-rule"
 SUPERSEDED_RULE = "cda.document.superseded"
 RETIRED_RULE = "cda.document.entries-retired"
 LEFT_OUT_RULE = "cda.document.entries-left-out"
+OTHER_PATIENT_RULE = "cda.document.other-patient"
+SAME_VERSION_RULE = "cda.document.version-taken"
 
 @dataclass
 class DocumentResult:
-    status: int  # 201 a new document version stored, 200 nothing changed, 422 quarantined
+    status: int  # 201 a new document version stored, 200 nothing changed, 422 quarantined,
+    # 409 quarantined: in conflict with what is stored (another patient's, a version taken)
     decision: str  # accept | accept-with-warnings | reject
     report: dict[str, Any]  # the quality report (OperationOutcome) as stored
     document_ref: str | None = None  # DocumentReference/<id>
@@ -79,6 +85,12 @@ class DocumentService:
             return self._refuse(payload, source, ctx,
                                 self._error_report(payload, source, now, e.reason, e.location),
                                 e.reason)
+        conflict = self._conflict(conversion.resources, conversion.patient_key)
+        if conflict is not None:
+            rule, display, reason = conflict
+            return self._refuse(payload, source, ctx, self._error_report(
+                payload, source, now, reason, "/hl7:ClinicalDocument/hl7:setId", rule=rule,
+                display=display, code="conflict"), reason, status=409)
         report = conversion.resources[-1]
         self._keep_checked_time(report)
         retired: list[dict] = []
@@ -113,7 +125,9 @@ class DocumentService:
                                  Context(source={"feed": "quarantine-replay"}, actor=SYSTEM), now)
         summary = {"status": result.status, "decision": result.decision,
                    "document": result.document_ref, "quarantine_id": result.quarantine_id}
-        self.quarantine.mark(qid, "replayed" if result.status != 422 else "superseded", summary)
+        # refused again: the new quarantine entry supersedes this one
+        self.quarantine.mark(qid, "replayed" if result.quarantine_id is None else "superseded",
+                             summary)
         return result
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -219,6 +233,57 @@ class DocumentService:
             return "another document lists it too"
         return None
 
+    def _conflict(self, resources: list[dict], patient: str | None) -> tuple[str, str, str] | None:
+        """Why the document may not be written over what is stored, as (rule, display, text), or
+        None. Never merge two people: every id of a document is derived from its keys (the set,
+        an entry's own id, the document id), so a document for another patient with the keys of a
+        stored one (the same setId, a reused document or entry id) would overwrite that patient's
+        records with its own and retire the rest. Whose a stored record is, is what its references
+        name; a document whose Patient is another resource than the stored records' is another
+        patient, even when a steward knows it is the same person under another identifier (the
+        hub does not guess). And two different documents cannot both be version N of one set."""
+        by_type: dict[str, list[dict]] = {}
+        for d in resources:
+            if d["resourceType"] != "Patient" and not is_quality_report(d):
+                by_type.setdefault(d["resourceType"], []).append(d)
+        taken: dict[str, list[str]] = {}  # another patient's Type/id -> its patients
+        stored: dict[str, dict] = {}  # the set's DocumentReference, as stored
+        for rtype, docs in by_type.items():
+            held = self.repo.own_current_many(rtype, [d["id"] for d in docs])
+            for rid, body in held.items():
+                owners = patients_in(rtype, rid, body)
+                if owners and patient not in owners:
+                    taken[f"{rtype}/{rid}"] = owners
+                if rtype == "DocumentReference":
+                    stored = orjson.loads(body)
+        doc = (by_type.get("DocumentReference") or [{}])[0]
+        set_id = next((f"{i.get('system', '')}|{i.get('value', '')}".lstrip("|")
+                       for i in doc.get("identifier") or ()), None)
+        if taken:
+            whose = sorted({p for owners in taken.values() for p in owners})
+            ref = f"DocumentReference/{doc.get('id')}"
+            if set_id and ref in taken:
+                return (OTHER_PATIENT_RULE, "a new version of a document is about another patient",
+                        f"document set {set_id} is stored for {', '.join(taken[ref])}; this "
+                        f"version is for {patient}: a new version of a document must be about the "
+                        f"same patient (the same Patient resource). Refused, nothing written; a "
+                        f"steward decides whether the set was filed for the wrong patient")
+            return (OTHER_PATIENT_RULE, "the document's ids are another patient's records",
+                    f"this document for {patient} would write {len(taken)} records stored for "
+                    f"{', '.join(whose)}: {_listed(sorted(taken))}. Refused, nothing written")
+        new, old = source_order.order_of(doc), source_order.order_of(stored)
+        if set_id and new and old and new.series is not None and new.series == old.series \
+                and new.version is not None and new.version == old.version \
+                and doc.get("masterIdentifier") != stored.get("masterIdentifier"):
+            def named(d: dict) -> str:
+                i = d.get("masterIdentifier") or {}
+                return f"{i.get('system', '')}|{i.get('value', '')}".lstrip("|")
+            return (SAME_VERSION_RULE, "another document is stored as this version of the set",
+                    f"version {new.version} of document set {set_id} is stored as document "
+                    f"{named(stored)}; this document ({named(doc)}) claims the same version: two "
+                    f"documents cannot both be one version of a set. Refused, nothing written")
+        return None
+
     def _note_superseded(self, resources: list[dict], report: dict, ctx: Context) -> bool:
         """A late older version of a stored document: accepted and kept for audit (its Binary and
         this report are written), but the hub leaves what the newer version wrote in place
@@ -248,20 +313,24 @@ class DocumentService:
         return True
 
     def _refuse(self, payload: bytes, source: SourceInfo, ctx: Context, report: dict,
-                reason: str) -> DocumentResult:
+                reason: str, status: int = 422) -> DocumentResult:
         qid = self.quarantine.put("cda", payload, asdict(source), report, reason)
-        self._write([report], ctx)
-        return DocumentResult(422, "reject", report, quarantine_id=qid)
+        # a conflict refused a document with the id of a stored one (the same document re-sent
+        # for another patient): the stored document's report stays; the quarantine keeps this one
+        if status != 409 or self.repo.own_current("OperationOutcome", report["id"]) is None:
+            self._write([report], ctx)
+        return DocumentResult(status, "reject", report, quarantine_id=qid)
 
     @staticmethod
     def _error_report(payload: bytes, source: SourceInfo, now: datetime, reason: str,
-                      location: str | None) -> dict:
+                      location: str | None, *, rule: str = "cda.mapping.failed",
+                      display: str = "the document passed quality control but could not be mapped",
+                      code: str = "processing") -> dict:
         h = header(payload)
         doc_id, doc_type = h.doc_id, h.doc_type
         source = reporting_source(source, h)
-        issue: dict[str, Any] = {"severity": "error", "code": "processing", "details": {
-            "coding": [{"system": RULE_SYSTEM, "code": "cda.mapping.failed",
-                        "display": "the document passed quality control but could not be mapped"}],
+        issue: dict[str, Any] = {"severity": "error", "code": code, "details": {
+            "coding": [{"system": RULE_SYSTEM, "code": rule, "display": display}],
             # a reason may quote the payload: its control characters escaped, or the report
             # itself would be refused
             "text": jsontext.escaped(reason[:1000])}, "diagnostics": "policy reject"}

@@ -209,6 +209,13 @@ class Repository:
         body = stored.state.partition(b"\n")[2] if stored is not None else b""
         return orjson.loads(body) if body.strip() else None
 
+    def own_current_many(self, rtype: str, rids: Sequence[str]) -> dict[str, bytes]:
+        """rid -> the current version's JSON of the records that have one (deleted and unknown
+        ones left out), read by the hub for a write of its own (whose records a document's ids
+        already name), never handed to a caller."""
+        return {rid: state.partition(b"\n")[2]
+                for rid, (_, state) in self._hub.store.latest_many(rtype, rids).items()}
+
     def listing_documents(self, ref: str) -> list[str] | None:
         """The ids of the current Compositions whose sections list ``ref`` (``Type/id``), read by
         the hub to decide whether a document may retire an entry it no longer lists, never handed

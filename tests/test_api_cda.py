@@ -280,3 +280,190 @@ def test_a_new_version_keeps_what_another_document_lists_too(client):
     [mid] = re.findall(r"MedicationRequest/(\w+) \(another document lists it too\)",
                        kept["details"]["text"])
     assert client.get(f"/MedicationRequest/{mid}").json()["status"] == "active"
+
+
+def _filed(client, r) -> dict:
+    """The DocumentReference a POST /cda answered with (its Location)."""
+    return client.get("/" + r.headers["location"].split("/fhir/", 1)[1]).json()
+
+
+def _conditions(client, patient: str) -> dict[str, dict]:
+    return {c["resource"]["code"]["coding"][0]["code"]: c["resource"] for c in client.get(
+        "/Condition", params={"patient": patient}).json().get("entry", [])}
+
+
+def test_a_new_version_for_another_patient_is_refused_and_changes_nothing(client, live):
+    """Never merge two people: version 2 of a set filed for another patient (another name, another
+    record number). Entry ids are derived from the set and the entry's own id, so it overwrote the
+    first patient's diagnosis with the second's and retired the rest. Refused with a 409 naming the
+    set and both patients, kept for replay, nothing written; the same document id re-sent for
+    another patient likewise, and the stored document's report stays as it was."""
+    from tests.cda_docs import ident, wst500
+    from tests.test_cda_entry_ids import diagnosis, section
+
+    a, b = ident("2.16.156.10011.1.13", "OTHER-PA-1"), ident("2.16.156.10011.1.13", "OTHER-PB-2")
+    v1 = client.post("/../cda", content=wst500(
+        doc_id="OTHER-1", set_id="SET-OTHER", version=1, patient_ids=a, name="测试甲",
+        sections=section(diagnosis("I10", "高血压", "1"), diagnosis("E11.9", "2型糖尿病", "2"))),
+        headers=XML)
+    assert v1.status_code == 201, v1.text
+    filed = _filed(client, v1)
+    pa = filed["subject"]["reference"]
+    before = _conditions(client, pa)
+    assert set(before) == {"I10", "E11.9"}
+
+    v2 = wst500(doc_id="OTHER-2", set_id="SET-OTHER", version=2, patient_ids=b, name="测试乙",
+                sections=section(diagnosis("J45.9", "哮喘", "1")))
+    r = client.post("/../cda", content=v2, headers=XML)
+    assert r.status_code == 409, r.text
+    assert "cda.document.other-patient" in rules_of(r.json())
+    text = " ".join(i["details"]["text"] for i in r.json()["issue"])
+    assert "SET-OTHER" in text and pa in text
+    [pb] = re.findall(r"this version is for (Patient/\w+)", text)
+    assert pb != pa
+    assert "测试甲" not in r.text  # the other patient is named by id only
+    q = Quarantine(live.settings.data_dir / "quarantine.sqlite")
+    try:  # kept for replay, as every refused document
+        assert q.get(int(r.headers["x-quarantine-id"]))["payload"] == v2
+    finally:
+        q.close()
+    # nothing changed: the first patient's diagnoses as they were, no second patient
+    assert _conditions(client, pa) == before
+    assert client.get(f"/{pb}").status_code in (404, 410)
+    assert _filed(client, v1)["meta"]["versionId"] == filed["meta"]["versionId"]
+
+    # the same document (its id, its version) re-sent for another patient: refused as well
+    resent = wst500(doc_id="OTHER-1", set_id="SET-OTHER", version=1, patient_ids=b, name="测试乙",
+                    sections=section(diagnosis("I10", "高血压", "1"),
+                                     diagnosis("E11.9", "2型糖尿病", "2")))
+    r = client.post("/../cda", content=resent, headers=XML)
+    assert r.status_code == 409, r.text
+    assert _conditions(client, pa) == before
+    report = client.get(f"/OperationOutcome/{v1.json()['id']}").json()
+    assert report["meta"]["versionId"] == "1" and report["issue"] == v1.json()["issue"]
+
+
+def test_the_same_person_under_another_identifier_is_another_patient(client):
+    """A new version of a set whose patient is another Patient resource (a health record number
+    now given beside the record number makes another key): the hub does not guess that it is the
+    same person, it refuses. A corrected name of the same patient (the same key) is a new version."""
+    from tests.cda_docs import ident, wst500
+    from tests.test_cda_entry_ids import diagnosis, section
+
+    mrn = ident("2.16.156.10011.1.13", "SAMEP-0001")
+
+    def doc(version: int, ids: str, name: str) -> bytes:
+        return wst500(doc_id=f"SAMEP-{version}", set_id="SET-SAMEP", version=version,
+                      patient_ids=ids, name=name, sections=section(diagnosis("I10", "高血压", "1")))
+
+    v1 = client.post("/../cda", content=doc(1, mrn, "测试丙"), headers=XML)
+    assert v1.status_code == 201, v1.text
+    pa = _filed(client, v1)["subject"]["reference"]
+    other_key = client.post("/../cda", content=doc(
+        2, ident("2.16.156.10011.1.2", "HR-SAMEP-1") + mrn, "测试丙"), headers=XML)
+    assert other_key.status_code == 409, other_key.text
+    assert "cda.document.other-patient" in rules_of(other_key.json())
+    renamed = client.post("/../cda", content=doc(3, mrn, "测试丙丙"), headers=XML)
+    assert renamed.status_code == 201, renamed.text
+    assert _filed(client, renamed)["subject"]["reference"] == pa
+
+
+def test_entry_ids_never_make_one_record_of_two_patients(client):
+    """Two institutions' documents with the same setId and entry ids stay two sets (ids are
+    scoped by the institution); a UUID entry id (scoped by the institution alone, so that a C-CDA
+    act quoted by several documents is one resource) reused for another patient is refused
+    rather than moving the first patient's diagnosis to the second."""
+    from tests.cda_docs import ident, wst500
+    from tests.test_cda_entry_ids import diagnosis, section
+
+    def doc(ids: str, name: str, set_id: str, *entries: str) -> bytes:
+        return wst500(doc_id=f"{set_id}-1", set_id=set_id, version=1, patient_ids=ident(
+            "2.16.156.10011.1.13", ids), name=name, sections=section(*entries))
+
+    one = client.post("/../cda", content=doc("INST-PA", "测试丁", "SET-INST",
+                                             diagnosis("I10", "高血压", "1")), headers=XML)
+    two = client.post("/../cda", content=doc("INST-PB", "测试戊", "SET-INST",
+                                             diagnosis("J45.9", "哮喘", "1")),
+                      headers={**XML, "x-hub-source-institution": "H0003"})
+    assert one.status_code == 201 and two.status_code == 201, (one.text, two.text)
+    pa, pb = (_filed(client, r)["subject"]["reference"] for r in (one, two))
+    assert pa != pb
+    assert set(_conditions(client, pa)) == {"I10"} and set(_conditions(client, pb)) == {"J45.9"}
+
+    # C-CDA acts carry UUID ids (fresh ones here: the module's server is shared)
+    ccda = (FIXTURES / "cda" / "ccda-progress-note.xml").read_bytes() \
+        .replace(b"a1b2c3d4-0000-4000", b"5e1f0c2a-7d3b-4c11")
+    first = client.post("/../cda", content=ccda.replace(b"MRN-4711", b"MRN-UUID-A")
+                        .replace(b"PN-SET-1", b"PN-SET-UA")
+                        .replace(b'extension="PN-0001"', b'extension="PN-UA-1"'), headers=XML)
+    assert first.status_code == 201, first.text
+    pc = _filed(client, first)["subject"]["reference"]
+    before = {c["resource"]["id"]: c["resource"] for c in client.get(
+        "/Condition", params={"patient": pc}).json()["entry"]}
+    other = ccda.replace(b"MRN-4711", b"MRN-UUID-B").replace(b"PN-SET-1", b"PN-SET-UB") \
+        .replace(b'extension="PN-0001"', b'extension="PN-UB-1"') \
+        .replace(b"<given>Test</given>", b"<given>Other</given>")
+    again = client.post("/../cda", content=other, headers=XML)
+    assert again.status_code == 409, again.text
+    assert "cda.document.other-patient" in rules_of(again.json())
+    assert pc in again.text and f"Condition/{next(iter(before))}" in again.text
+    for cid, cond in before.items():  # still the first patient's, as they were
+        assert client.get(f"/Condition/{cid}").json() == cond
+
+    # a document id (no setId) reused for another patient: the original bytes stay the first's
+    nosets = [wst500(doc_id="REUSED-1", patient_ids=ident("2.16.156.10011.1.13", p), name=n,
+                     sections=section(diagnosis("I10", "高血压", "1")))
+              for p, n in (("REUSE-PA", "测试癸"), ("REUSE-PB", "测试子"))]
+    kept = client.post("/../cda", content=nosets[0], headers=XML)
+    assert kept.status_code == 201, kept.text
+    url = _filed(client, kept)["content"][0]["attachment"]["url"].split("/fhir/")[-1]
+    assert client.post("/../cda", content=nosets[1], headers=XML).status_code == 409
+    assert base64.b64decode(client.get(f"/{url}").json()["data"]) == nosets[0]
+
+
+def test_two_documents_cannot_both_be_one_version_of_a_set(client):
+    """A different document (another id) claiming the version of the set that is stored retired
+    what it left out, unsaid: a conflict (409), nothing changed. The stored document re-sent stays
+    a no-op."""
+    from tests.cda_docs import ident, wst500
+    from tests.test_cda_entry_ids import diagnosis, section
+
+    ids = ident("2.16.156.10011.1.13", "SAMEV-0001")
+
+    def doc(doc_id: str, *entries: str) -> bytes:
+        return wst500(doc_id=doc_id, set_id="SET-SAMEV", version=3, patient_ids=ids,
+                      name="测试辛", sections=section(*entries))
+
+    stored = doc("SAMEV-A", diagnosis("I10", "高血压", "1"), diagnosis("E11.9", "2型糖尿病", "2"))
+    v3 = client.post("/../cda", content=stored, headers=XML)
+    assert v3.status_code == 201, v3.text
+    pa = _filed(client, v3)["subject"]["reference"]
+    before = _conditions(client, pa)
+    other = client.post("/../cda", content=doc("SAMEV-B", diagnosis("I10", "高血压", "1")),
+                        headers=XML)
+    assert other.status_code == 409, other.text
+    assert "cda.document.version-taken" in rules_of(other.json())
+    assert "SAMEV-A" in other.text and "SAMEV-B" in other.text and "version 3" in other.text
+    assert other.headers["x-quarantine-id"]
+    assert _conditions(client, pa) == before  # nothing retired
+    assert client.post("/../cda", content=stored, headers=XML).status_code == 200
+
+
+def test_a_conflict_replayed_and_refused_again_is_superseded(hub, tmp_path):
+    """A document refused for a conflict, replayed while the conflict stands, is refused again
+    (a new quarantine entry): the old entry is superseded, not marked replayed."""
+    from tests.cda_docs import ident, wst500
+
+    q = Quarantine(tmp_path / "quarantine.sqlite")
+    service = DocumentService(Repository(hub), q)
+    src = SourceInfo(institution="H9")
+    first = service.ingest_cda(wst500(doc_id="RP-1", set_id="SET-RP", version=1, patient_ids=ident(
+        "2.16.156.10011.1.13", "RP-A")), src)
+    assert first.status == 201, first.report
+    refused = service.ingest_cda(wst500(doc_id="RP-2", set_id="SET-RP", version=2, patient_ids=ident(
+        "2.16.156.10011.1.13", "RP-B"), name="测试壬"), src)
+    assert refused.status == 409 and refused.quarantine_id
+    again = service.replay(refused.quarantine_id)
+    assert again.status == 409 and again.quarantine_id != refused.quarantine_id
+    assert q.get(refused.quarantine_id)["status"] == "superseded"
+    q.close()
