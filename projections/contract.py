@@ -66,8 +66,9 @@ class ReadModel(Protocol):
 
     def stale(self) -> str | None:
         """Why its answers fall short of what the hub would now give: rows holding times of
-        values without a zone read in another zone than ``HUB_TIMEZONE`` (until a rebuild), or
-        resources its engine refused to index whole; None when it answers fully. ``/ready`` (a
+        values without a zone read in another zone than ``HUB_TIMEZONE`` (until a rebuild),
+        resources its engine refused to index whole, term counts that are incomplete (the
+        candidate index); None when it answers fully. ``/ready`` (a
         warning) and ``hub projections status`` say it."""
         ...
 

@@ -125,3 +125,34 @@ def test_a_read_model_built_under_another_zone_is_a_warning_until_rebuilt(tmp_pa
         assert _found(live, "lt2024-01-15T06:00:00+08:00") == []
         assert _found(live, "gt2024-01-16T06:00:00+08:00") == ["z1"]
         assert _found(live, "2024-01-15") == ["z1"]
+
+
+def test_a_candidate_index_counted_before_phones_is_a_warning_until_rebuilt(tmp_path, request):
+    """An upgraded candidate index (counts without phones and addresses, no mark of complete
+    counts): /ready warns and `hub projections status` says it is stale, naming the rebuild; the
+    rebuild counts from the log's start and marks it complete."""
+    from tests.test_cli import run_hub
+    from tests.test_mpi_matching import as_counted_before_phones, pat
+
+    settings = make_settings("sqlite", tmp_path / "ic", request)
+    check = "read-model:identity-candidates"
+    with LiveServer(settings) as live:
+        r = httpx.put(live.base + "/Patient/p1", json=pat("p1"), headers=live.headers, timeout=10)
+        assert r.status_code == 201, r.text
+        deadline = time.monotonic() + 30
+        while (c := httpx.get(_origin(live) + "/ready", timeout=10).json()["checks"][check])["lag"]:
+            assert time.monotonic() < deadline, "the candidate index did not catch up"
+            time.sleep(0.1)
+        assert c["status"] == "pass"
+    as_counted_before_phones(settings.data_dir / "identity-candidates.sqlite")
+    with LiveServer(settings) as live:
+        r = httpx.get(_origin(live) + "/ready", timeout=10)
+        assert r.status_code == 200 and r.json()["status"] == "warn"  # it answers; an operator is told
+        c = r.json()["checks"][check]
+        assert c["status"] == "warn" and "hub projections rebuild identity-candidates" in c["output"]
+    status = run_hub(settings, "projections", "status").stdout
+    assert "stale: built before phones and address lines were counted" in status, status
+    assert run_hub(settings, "projections", "rebuild", "identity-candidates").returncode == 0
+    assert "stale:" not in run_hub(settings, "projections", "status", "identity-candidates").stdout
+    with LiveServer(settings) as live:
+        assert httpx.get(_origin(live) + "/ready", timeout=10).json()["checks"][check]["status"] == "pass"

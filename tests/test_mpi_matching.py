@@ -511,6 +511,63 @@ def test_value_counts_follow_the_log_and_survive_a_rebuild(hub, tmp_path):
     index.close()
 
 
+def as_counted_before_phones(path) -> None:
+    """Make an index file what the release before phones and addresses were counted left: no
+    ``ph:``/``ad:`` counts, no mark of complete counts (an upgraded installation)."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("DELETE FROM ic_name WHERE name LIKE 'ph:%' OR name LIKE 'ad:%'")
+        db.execute("DELETE FROM ic_meta WHERE key='terms'")
+    db.close()
+
+
+def test_an_index_counted_before_phones_links_no_one_on_a_phone_until_rebuilt(hub, tmp_path):
+    # an upgraded index never counted the clinic phone of the Patients it held: updates and
+    # deletes of those subtract what was never added, and a namesake arriving with that phone
+    # sees it as carried by his household alone. Until a rebuild no agreeing phone is anyone's
+    # own evidence (review, not link); the rebuild counts from the log's start and marks it
+    path = tmp_path / "ic.sqlite"
+    index = IdentityCandidates(path)
+    runner = Runner(hub.store, index)
+    mobile = "13817263540"
+    crowd = [_villager(f"c{i}", _SURNAMES[i] + _GIVEN[i] + _GIVEN[(i * 7) % 36],
+                       f"19{40 + i}-0{1 + i % 9}-1{i % 9}") for i in range(30)]
+    hub.execute([Op("PUT", "Patient", d["id"], d, url="Patient/x") for d in crowd], Context(), atomic=True)
+    put(hub, _villager("a", "陈伟明", "1980-01-02"))
+    put(hub, _villager("m1", "李建国", "1970-03-04", phone=mobile))
+    runner.catch_up()
+    assert index.counts_complete() and index.stale() is None  # a new index counts from the start
+    index.close()
+    as_counted_before_phones(path)
+    index = IdentityCandidates(path)
+    runner = Runner(hub.store, index)
+    assert not index.counts_complete()
+    assert "`hub projections rebuild identity-candidates`" in (index.stale() or "")
+    put(hub, _villager("c0", crowd[0]["name"][0]["text"], crowd[0]["birthDate"], phone="13957204816"))
+    hub.execute([Op("DELETE", "Patient", "c1", url="Patient/c1")], Context(), atomic=True)
+    put(hub, _villager("b", "陈伟明", "1980-01-02"))  # a namesake of one birth date, the clinic's phone
+    put(hub, _villager("m2", "李建国", "1970-03-04", phone=mobile))  # m1 again, his own mobile
+    runner.catch_up()
+    assert index.name_count(f"ph:{CLINIC}") == 1 and index.name_count("ph:13957204816") == 1  # never below 0
+    match = Matcher(index, W.load())
+    for ref in ("Patient/b", "Patient/m2"):
+        outcome, chosen = decision(match.match(index.features_of(ref)))
+        assert outcome == "review", (ref, outcome)
+        assert chosen[0].evidence["hold"]["level"] == "value-counts-incomplete"
+    runner.rebuild()
+    assert index.counts_complete() and index.stale() is None
+    assert index.name_count(f"ph:{CLINIC}") == 30 and index.name_count(f"ph:{mobile}") == 2
+    assert decision(match.match(index.features_of("Patient/b")))[0] != "link"  # the clinic's phone
+    outcome, chosen = decision(match.match(index.features_of("Patient/m2")))
+    assert outcome == "link" and [c.ref for c in chosen] == ["Patient/m1"]  # his own
+    index.close()
+    index = IdentityCandidates(path)  # the mark is in the file
+    assert index.counts_complete() and index.stale() is None
+    index.close()
+
+
 # -- the command line -----------------------------------------------------------------------------
 
 

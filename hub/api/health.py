@@ -8,7 +8,8 @@ personal data).
   is listed. 503 when not ready, so a balancer stops sending requests to a process whose
   database is gone or whose own read models fail. A read model in a shared engine failing
   (Elasticsearch away), or one whose rows need a rebuild (``stale``: built under another
-  ``HUB_TIMEZONE``), makes the answer a 200 ``warn`` that says so: the node still serves.
+  ``HUB_TIMEZONE``, a candidate index whose term counts are incomplete), makes the answer a 200
+  ``warn`` that says so: the node still serves.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ async def ready(request: Request) -> Response:
         elif name in elsewhere:
             check.update(status="fail", output=f"the follower process: {elsewhere[name]}")
         elif check["status"] == "pass" and (stale := runner.model.stale()) is not None:
-            # it answers, by rows an operator should rebuild (HUB_TIMEZONE changed under them)
+            # it answers, by rows an operator should rebuild (HUB_TIMEZONE changed under them,
+            # term counts from before phones were counted)
             check.update(status="warn", output=stale)
         if check["status"] == "fail" and name not in SHARED:
             status = "fail"

@@ -5,8 +5,13 @@ Follows the Patient events of the log (``types``) into ``$HUB_DATA_DIR/identity-
 - ``ic_patient``: one row per current Patient (``pk``, ``ref``, version, features as JSON with the
   hashes of its blocking keys);
 - ``ic_key``: (64-bit key hash, pk), indexed on (hash, pk): a block is one indexed range read;
-- ``ic_name``: how many current Patients carry each normalised name, and each given name of a
-  Latin-script name (term frequencies);
+- ``ic_name``: how many current Patients carry each term ``compare.count_terms`` counts (names,
+  Latin given names, phones, address lines: term frequencies), never below zero. The meta row
+  ``terms`` says which counting the counts are complete under (``TERMS``): written when a new
+  file starts from nothing and by a rebuild. A file without it (indexed before phones and
+  addresses were counted) holds counts of only the Patients indexed since: ``counts_complete``
+  is False and the model ``stale`` until ``hub projections rebuild identity-candidates``, and the
+  matcher takes no agreeing phone or address for a person's own evidence meanwhile;
 - ``ic_system``: the identifier-system roles each stored NamingSystem declares
   (``hub.mpi.identifiers``). The model follows NamingSystem events too: a change of roles re-reads
   every indexed Patient's other identifiers (kept in its features as ``x``) under the new
@@ -40,6 +45,13 @@ from projections.sqlite_model import SQLiteReadModel, newest
 NAME = "identity-candidates"
 _PREFIX = "Patient/"
 _NS_PREFIX = "NamingSystem/"
+# the counting of ``compare.count_terms`` in the meta row ``terms``: 2, phones and address lines
+# besides names and Latin given names (files counted before carry no row). Raise it when that
+# counting changes, so an index counted under the last one is stale until it is rebuilt
+TERMS = 2
+STALE_COUNTS = ("built before phones and address lines were counted: an agreeing phone or address "
+                "links no one automatically (review instead) until "
+                f"`hub projections rebuild {NAME}`")
 _KEY_INDEX = "CREATE INDEX IF NOT EXISTS ic_key_h ON ic_key (h, pk)"
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS ic_meta (key TEXT PRIMARY KEY, value)",
@@ -71,6 +83,33 @@ class IdentityCandidates(SQLiteReadModel):
         self.caps = blocking.caps()
         self.alerts = blocking.ALERTS
         self.roles = _load_roles(c)
+        c.execute("SELECT value FROM ic_meta WHERE key='terms'")
+        found = c.fetchone()
+        self._complete = found is not None and found[0] >= TERMS
+        if not self._complete:
+            c.execute("SELECT 1 FROM ic_patient LIMIT 1")
+            if c.fetchone() is None:  # nothing indexed: what is counted from now on is all
+                c.execute("DELETE FROM ic_name")
+                self._mark_complete(c)
+            else:  # counts of Patients indexed since, less updates and deletes of earlier ones
+                c.execute("DELETE FROM ic_name WHERE n <= 0")
+
+    def _mark_complete(self, c: Any) -> None:
+        c.execute("INSERT OR REPLACE INTO ic_meta (key, value) VALUES ('terms', ?)", (TERMS,))
+        self._complete = True
+
+    def counts_complete(self) -> bool:
+        """Whether the term counts are every indexed Patient's (read again while they are not:
+        a rebuild in another process completes them)."""
+        if not self._complete:
+            with self.readers.snapshot() as c:
+                c.execute("SELECT value FROM ic_meta WHERE key='terms'")
+                found = c.fetchone()
+            self._complete = found is not None and found[0] >= TERMS
+        return self._complete
+
+    def stale(self) -> str | None:
+        return None if self.counts_complete() else STALE_COUNTS
 
     @property
     def bulk(self) -> bool:
@@ -85,6 +124,7 @@ class IdentityCandidates(SQLiteReadModel):
             # only its own position: the incremental matcher's stays (a rebuilt index is no reason
             # to decide about every Patient again)
             self.clear(c)
+            self._mark_complete(c)  # counted from the start of the log
             c.execute("UPDATE ic_meta SET value=1 WHERE key='bulk'")
         self._bulk = True
 
@@ -99,15 +139,20 @@ class IdentityCandidates(SQLiteReadModel):
 
     def _put(self, c: Any, rows: Iterable[tuple[str, int, dict | None]]) -> None:
         """Write (ref, version, features or None for deleted) in transaction ``c``."""
-        names: Counter[str] = Counter()
+        # per term: Patients that carry it now, and rows that carried it before this call
+        added: Counter[str] = Counter()
+        removed: Counter[str] = Counter()
+        fresh: set[int] = set()  # rows written by this call (a ref given twice)
         new_keys: list[tuple[int, int]] = []
         for ref, version, f in rows:
             c.execute("SELECT pk, f FROM ic_patient WHERE ref=?", (ref,))
             old = c.fetchone()
             if old is not None:
                 old_f = orjson.loads(old[1])
-                for t in count_terms(old_f):
-                    names[t] -= 1
+                if old[0] in fresh:
+                    added.subtract(count_terms(old_f))  # not in the table yet
+                else:
+                    removed.update(count_terms(old_f))
                 if self._bulk:
                     c.execute("INSERT OR IGNORE INTO ic_stale (pk) VALUES (?)", (old[0],))
                 else:
@@ -119,15 +164,23 @@ class IdentityCandidates(SQLiteReadModel):
             f = {**f, "k": hashes}
             c.execute("INSERT INTO ic_patient (ref, version, f) VALUES (?,?,?)", (ref, version, orjson.dumps(f)))
             pk = c.lastrowid
+            fresh.add(pk)
             new_keys.extend((h, pk) for h in hashes)
-            for t in count_terms(f):
-                names[t] += 1
+            added.update(count_terms(f))
         if new_keys:
             c.executemany("INSERT INTO ic_key (h, pk) VALUES (?,?)", new_keys)
-        changed = [(n, d) for n, d in names.items() if d]
+        changed = [(t, added[t], removed[t]) for t in added.keys() | removed.keys()
+                   if added[t] or removed[t]]
         if changed:
+            # never below zero: an index whose counts are incomplete (``counts_complete``) never
+            # counted a term of a Patient indexed before, and a count below zero would make a
+            # value look rarer still. What leaves is taken off before what comes is added, so a
+            # term that arrives is counted whatever was taken off it uncounted
             c.executemany("INSERT INTO ic_name (name, n) VALUES (?,?) "
-                          "ON CONFLICT(name) DO UPDATE SET n = n + excluded.n", changed)
+                          "ON CONFLICT(name) DO UPDATE SET n = MAX(n - ?, 0) + excluded.n", changed)
+            # a term no one carries any more leaves the table, as a rebuild leaves it out
+            c.executemany("DELETE FROM ic_name WHERE name=? AND n=0",
+                          [(t,) for t, plus, minus in changed if minus and not plus])
 
     def put(self, features: Iterable[dict], version: int = 1) -> None:
         """Index Patients' features directly (no tracking): benchmarks and tests."""

@@ -45,9 +45,10 @@ class Matcher:
         self.weights = weights
 
     def score(self, a: dict, b: dict, name_counts: dict[str, int], total: int,
-              own: int = 2) -> Candidate:
+              own: int = 2, counted: bool = True) -> Candidate:
         """Compare two Patients' features and weigh the evidence. ``own``: how many of the two
-        the index counts (``b`` always; ``a`` once indexed), left out of a value's share."""
+        the index counts (``b`` always; ``a`` once indexed), left out of a value's share;
+        ``counted``: whether the index's counts of phones and addresses are complete."""
         levels, vetoes = compare(a, b)
         w = self.weights
         total_weight = w.prior_weight
@@ -93,6 +94,11 @@ class Matcher:
         if grade == "certain":
             common = {f for f, others in shared.items() if not w.own_evidence(f, others)}
             held = hold(a, b, levels, twins, common)
+            if held is None and not counted and hold(a, b, levels, twins, common | set(w.tf_values)):
+                # the index counted phones and addresses only since some point (indexed before
+                # they were counted): a clinic's switchboard may look rare, so no agreeing one
+                # is anyone's own evidence until it is rebuilt
+                held = "value-counts-incomplete"
             if held:  # a steward decides: never two people merged on weights alone
                 grade = "probable"
                 evidence["hold"] = {"level": held, "weight": 0.0}
@@ -109,6 +115,7 @@ class Matcher:
         if not hashed:
             return []
         found, counts, total = self.index.lookup(hashed, count_terms(f))
+        counted = self.index.counts_complete()
         # indexed itself (the incremental matcher indexes a Patient before matching it; $match
         # asks about one that isn't): then its own record is among a value's counted holders
         own = 2 if any(g["ref"] == f["ref"] for _, g in found) else 1
@@ -120,7 +127,7 @@ class Matcher:
                 continue
             if blocked is not None and blocked(f["ref"], g["ref"]):
                 continue
-            c = self.score(f, g, counts, total, own)
+            c = self.score(f, g, counts, total, own, counted)
             if c.grade is None or (c.grade == CERTAINLY_NOT and not keep_vetoed):
                 continue
             out.append(c)
@@ -187,7 +194,8 @@ def _shared_values(a: dict, b: dict, levels: dict[str, str], counts: dict[str, i
                    own: int) -> dict[str, int]:
     """{field: how many indexed Patients besides the two carry the value they agree on} for an
     agreeing phone (the rarest number they share) and identical address lines; a value the index
-    never counted (built before phones and addresses were) is left out: it keeps its weight."""
+    never counted (built before phones and addresses were) is left out: it keeps the level's
+    weight, and ``score`` takes it for no one's own evidence while the counts are incomplete."""
     out: dict[str, int] = {}
     if levels.get("phone") == "same":
         n = min(counts.get(f"ph:{p}", 0) for p in set(a["ph"]) & set(b["ph"]))

@@ -84,7 +84,7 @@ def judge(index: Any, w: weights.Weights, decisions: Iterable[tuple[str, str, bo
         if fa is None or fb is None:
             continue
         counts = {n: index.name_count(n) for n in count_terms(fa)}
-        c = m.score(fa, fb, counts, total)
+        c = m.score(fa, fb, counts, total, counted=index.counts_complete())
         out["decisions"] += 1
         if not same and c.grade == "certain":
             out["wrong_links"] += 1
