@@ -61,7 +61,9 @@ class Matcher:
             share = None
             if fld == "name" and level == "exact" and total:
                 share = w.name_share("exact", max(name_counts.get(a["name"], 0), 1), total)
-            elif fld == "name" and level == "given" and total:
+            elif fld == "name" and level == "given" and total and counted:
+                # an index whose counts are incomplete may hold too few of a given name: its
+                # share, too small, would weigh above the level (uncapped, unlike a phone's)
                 share = _given_share(a, b, name_counts, total, w)
             elif fld in shared and total:
                 share = w.value_share(fld, shared[fld], total)
