@@ -628,6 +628,32 @@ def test_a_column_cleared_in_the_view_is_cleared_in_the_hub(hub, tmp_path):
     assert "cleared" not in orjson.dumps(patient).decode()  # the mark is never stored
 
 
+def test_a_bad_value_skipped_in_a_view_keeps_the_stored_one(hub, tmp_path):
+    """A patient view's birth date rule with ``on_error: skip`` left a bad date (1985-13-45) out
+    and then marked birthDate cleared, so the hub deleted the good stored birth date. A value
+    left out as bad says nothing of the element; only empty cells clear it."""
+    m = load_mapping("outpatient-visit")
+    base = example_row("outpatient-visit")
+    pid = by_type(m.convert_row(base, SRC))["Patient"]["id"]
+
+    def patient_view(d):
+        d.update(name="patients", unit=["patient_id"])
+        d["resources"] = {"patient": d["resources"]["patient"]}
+        for rule in d["resources"]["patient"]["rules"]:
+            if rule.get("path") == "birthDate":
+                rule["on_error"] = "skip"
+    pm = load_mapping(str(_mutated(tmp_path, patient_view)))
+    _write(hub, pm.convert_row(base, SRC))
+    bad = pm.convert_row(base | {"birth_date": "1985-13-45", "updated_at": "2024-03-02 10:00:00"},
+                         SRC)
+    assert [f.rule for f in bad.findings] == ["tabular.value-skipped"]
+    _write(hub, bad)
+    assert _stored(hub, "Patient", pid)["birthDate"] == "1949-12-31"
+    # an empty cell still clears it
+    _write(hub, pm.convert_row(base | {"birth_date": " ", "updated_at": "2024-03-02 11:00:00"}, SRC))
+    assert "birthDate" not in _stored(hub, "Patient", pid)
+
+
 def test_a_deleted_row_deletes_what_it_wrote_and_only_that():
     """A tombstone (the key and ``@deleted``) deletes the resources keyed by the row alone;
     the Patient, shared with the patient's other visits, stays."""

@@ -266,7 +266,7 @@ class TabularMapping:
             # empty phone does not say the patient has none (it was not taken at that visit, or
             # another feed keeps it)
             if self._owned(res):
-                cleared.mark(body, self._said_empty(res, body, cells))
+                cleared.mark(body, self._said_empty(res, body, cells, cell_text))
             out.append(body)
         pkey = None
         if self.patient and ids.get(self.patient):
@@ -295,10 +295,12 @@ class TabularMapping:
         return res.emit and set(res.id_columns) <= set(self.unit)
 
     @staticmethod
-    def _said_empty(res: Resource, body: dict, cells: dict) -> list[str]:
+    def _said_empty(res: Resource, body: dict, cells: dict, cell_text) -> list[str]:
         """The elements ``res``'s rules write that ``body`` lacks although the row has every
-        column they read. Identifiers are not among them: the hub joins a Patient's identifiers
-        from every feed, and one view's empty column does not retract the others'."""
+        column they read, each of them empty. A value left out as bad (``on_error: skip``: a
+        birth date 1985-13-45) says nothing of the element: the stored one stays. Identifiers
+        are not among them: the hub joins a Patient's identifiers from every feed, and one
+        view's empty column does not retract the others'."""
         reads: dict[str, set[str]] = {}
         either: dict[str, set[str]] = {}  # the elements of one `first:` (a value[x]): one is said
         for rule in res.rules:
@@ -311,7 +313,7 @@ class TabularMapping:
                 either.setdefault(top, set()).update(tops)
         return sorted(e for e, cols in reads.items() if e != "identifier"
                       and not any(x in body for x in either[e])
-                      and all(c in cells for c in cols))
+                      and all(c in cells and cell_text(c) is None for c in cols))
 
     def _deleted(self, unit_id: str, cell_text, source: SourceInfo, ctx: _Ctx) -> Conversion:
         """A row deleted from its view (a tombstone: the key columns and ``@deleted``): the
