@@ -77,10 +77,12 @@ class Unit:
     deletes: list[str]
     received: float
     attempts: int = 0
+    order: dict | None = None  # the source order its deletes carry (``Conversion.unit``)
 
     def conversion(self) -> Conversion:
-        return Conversion(resources=self.resources, unit_id=self.unit_id,
-                          patient_key=self.patient_key, kind=self.kind, deletes=self.deletes)
+        return Conversion.from_unit({"resources": self.resources, "deletes": self.deletes,
+                                     "order": self.order}, unit_id=self.unit_id,
+                                    patient_key=self.patient_key, kind=self.kind)
 
     def entries(self) -> list[dict]:
         return self.conversion().entries()
@@ -181,8 +183,7 @@ class Spool:
                 conversions = self.convert(env)
                 for c in conversions:
                     try:
-                        bodies[id(c)] = orjson.dumps({"resources": c.resources,
-                                                      "deletes": c.deletes})
+                        bodies[id(c)] = orjson.dumps(c.unit())
                     except orjson.JSONEncodeError as e:
                         # (a 25-digit dose): a dead letter, never a source that stops on it
                         raise MappingError(f"the converted resources cannot be written as JSON: "
@@ -223,8 +224,7 @@ class Spool:
                         "INSERT INTO units (payload_id, source, unit_id, kind, patient_key, body,"
                         " received) VALUES (?,?,?,?,?,?,?)",
                         [(pid, env.source, c.unit_id, c.kind or env.kind, c.patient_key,
-                          bodies.get(id(c)) or orjson.dumps({"resources": c.resources,
-                                                             "deletes": c.deletes}), now)
+                          bodies.get(id(c)) or orjson.dumps(c.unit()), now)
                          for c in result])
                     self._count(env.source, "converted", 1)
                     self._keep_findings(env.source, result, stamp)
@@ -292,7 +292,7 @@ class Spool:
             # as written: 1.50 stays 1.50 on its way to the hub (orjson made it 1.5)
             d = loads_exact(body)
             out.append(Unit(seq, source, unit_id, kind, pkey, d["resources"], d["deletes"],
-                            received, attempts))
+                            received, attempts, d.get("order")))
         return out
 
     def wait(self, timeout: float) -> None:

@@ -79,13 +79,39 @@ class Conversion:
         source_order.stamp(self.resources, source_order.Order(time, series, version))
         return self
 
+    def order(self) -> source_order.Order:
+        return source_order.Order(self.source_time, self.source_series, self.source_version)
+
     def entries(self) -> list[dict[str, Any]]:
-        """Bundle entries (batch or transaction) writing this conversion."""
+        """Bundle entries (batch or transaction) writing this conversion. A delete carries the
+        source's order on its request (it has no resource to stamp): the hub refuses it when
+        the stored version came from a newer source, as it refuses an older write."""
         out = [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r,
                 "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
                for r in self.resources]
-        out += [{"request": {"method": "DELETE", "url": ref}} for ref in self.deletes]
+        order = self.order()
+        stamp = {"extension": [order.extension()]} if order else {}
+        out += [{"request": {"method": "DELETE", "url": ref, **stamp}} for ref in self.deletes]
         return out
+
+    def unit(self) -> dict[str, Any]:
+        """What a spool or a queue keeps of this conversion: its resources (each stamped), its
+        deletes and, with deletes, the source order they carry."""
+        out: dict[str, Any] = {"resources": self.resources, "deletes": self.deletes}
+        order = self.order()
+        if self.deletes and order:
+            out["order"] = order.extension()
+        return out
+
+    @classmethod
+    def from_unit(cls, d: dict[str, Any], **kw: Any) -> Conversion:
+        """A conversion again from ``unit()``'s form (its resources as stamped, not again)."""
+        conv = cls(resources=d.get("resources") or [], deletes=d.get("deletes") or [], **kw)
+        order = source_order.from_extensions([d.get("order")])
+        if order:
+            conv.source_time, conv.source_series, conv.source_version = \
+                order.time, order.series, order.version
+        return conv
 
     def write_keys(self) -> dict[str, bytes]:
         """"Type/id" -> content of what this conversion writes there (a batch must not carry two
@@ -94,7 +120,8 @@ class Conversion:
         keys = {f"{r['resourceType']}/{r['id']}": orjson.dumps(source_order.strip(r),
                                                                option=orjson.OPT_SORT_KEYS)
                 for r in self.resources}
-        keys.update({ref: b"DELETE" for ref in self.deletes})
+        order = orjson.dumps(self.order().extension()) if self.deletes and self.order() else b""
+        keys.update({ref: b"DELETE" + order for ref in self.deletes})
         return keys
 
     def bundle(self, type_: str = "transaction") -> dict[str, Any]:

@@ -11,6 +11,9 @@ version 1 comes in after version 2. Each resource of a conversion is stamped (``
 
 The hub compares the stamp of a write with the stamp of the stored version (``older_than``) and
 leaves the stored version in place when the write is older, saying so in the write's outcome. A
+delete from a feed (a tabular row's withdrawn diagnosis, a tombstone) has no resource: its stamp
+rides on its Bundle entry's ``request.extension``, the hub refuses it as it refuses an older write,
+and keeps it with the deletion, so a write older than the deletion does not bring the resource back. A
 resource without a stamp on either side is written as before. The stamp is not part of a
 version's content (``hub.resource.content_hash`` ignores it): the same content from a later message
 makes no new version.
@@ -28,7 +31,8 @@ from typing import Any
 URL = "https://fhir-region-hub.example/StructureDefinition/source-order"
 DEFAULT_OFFSET = timezone(timedelta(hours=8))  # a time the source gave without one: China
 
-__all__ = ["URL", "Order", "older_than", "order_of", "stamp", "strip", "strip_all"]
+__all__ = ["URL", "Order", "from_extensions", "older_than", "order_of", "stamp", "strip",
+           "strip_all"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +87,14 @@ def strip(d: dict[str, Any]) -> dict[str, Any]:
 def order_of(d: Any) -> Order | None:
     """The stamp of a resource (a dict), or None."""
     meta = d.get("meta") if isinstance(d, dict) else None
-    for e in (meta.get("extension") or ()) if isinstance(meta, dict) else ():
+    return from_extensions(meta.get("extension") if isinstance(meta, dict) else None)
+
+
+def from_extensions(extensions: Any) -> Order | None:
+    """The stamp among ``extensions`` (a resource's ``meta.extension``, or a DELETE entry's
+    ``request.extension``: a delete carries its source's order there, having no resource), or
+    None."""
+    for e in extensions if isinstance(extensions, list) else ():
         if isinstance(e, dict) and e.get("url") == URL:
             parts = {p.get("url"): p for p in e.get("extension") or () if isinstance(p, dict)}
             time = parts.get("time", {}).get("valueDateTime")

@@ -46,7 +46,7 @@ class Transient(HubError):
 
 
 def _conversion(unit: dict) -> Conversion:
-    return Conversion(resources=unit.get("resources") or [], deletes=unit.get("deletes") or [])
+    return Conversion.from_unit(unit)
 
 
 def write_units(hub, units: list[dict], source: dict[str, Any],
@@ -251,6 +251,8 @@ def _decode(value: bytes | None, max_string: int | None = None) -> dict:
     for x in d.get("deletes") or []:
         if not isinstance(x, str) or "/" not in x:
             return {"error": "every deletion of a unit is a reference Type/id"}
+    if d.get("order") is not None and not isinstance(d["order"], dict):
+        return {"error": "a unit's order is a source-order extension"}
     for k in ("connector", "institution", "unit_id"):
         if d.get(k) is not None and not isinstance(d[k], str):
             return {"error": f"a unit's {k} is a string"}

@@ -465,3 +465,56 @@ def test_a_deletion_log_deletes_what_the_deleted_rows_wrote(tmp_path):
     src.engine.dispose()
     spool.close()
     eng.dispose()
+
+
+def test_a_tombstone_read_after_its_row_was_inserted_again_leaves_it(tmp_path, hub):
+    """A tombstone processed after its row was inserted again deleted the newer row: it carried
+    no time. The log's deletion time (``deleted_at``) travels with the unit through the spool
+    and a queue record to the hub, which keeps the newer row and deletes only after it."""
+    from connectors.sinks.kafka import unit_record
+    from fhir_mapping.ids import stable_id
+    from fhir_mapping.tabular import load_mapping
+    from hub.core.errors import FhirError
+    from hub.worker import write_units
+
+    url = f"sqlite:///{tmp_path / 'his.sqlite'}"
+    eng = engine_for(url)
+    with eng.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE lab_deleted (seq INTEGER PRIMARY KEY, report_no TEXT,"
+                             " item_code TEXT, deleted_at TIMESTAMP)"))
+        conn.execute(sa.text("INSERT INTO lab_deleted VALUES (1, 'R00001', 'GLU',"
+                             " '2024-03-02 09:00:00')"))
+    spool = Spool(tmp_path / "spool.sqlite", SRC)
+    src = source(url, table="lab_deleted", watermark="seq", key="seq", deleted_rows=True,
+                 deleted_at="deleted_at")
+    oid = stable_id("Observation", "H0001", "LAB", "R00001", "GLU")
+    # the row, inserted again at 10:00 after its deletion at 09:00, is in the hub first
+    row = load_mapping("lab-result").convert_row(lab_row(1, "2024-03-02 10:00:00"), SRC)
+    assert write_units(hub, [{"resources": row.resources}], {"feed": "db"}) == [None]
+
+    def deliver() -> None:
+        units = spool.pending()
+        records = [orjson.loads(unit_record(u, "c", SRC)) for u in units]
+        assert write_units(hub, records, {"feed": "db"}) == [None] * len(units)
+        spool.delivered(units)
+
+    try:
+        assert src.poll_once(spool) == 1
+        [unit] = spool.pending()
+        assert unit.deletes == [f"Observation/{oid}"]
+        deliver()
+        assert hub.read("Observation", oid)  # newer than the deletion: kept
+        with eng.begin() as conn:  # deleted again, after it
+            conn.execute(sa.text("INSERT INTO lab_deleted VALUES (2, 'R00001', 'GLU',"
+                                 " '2024-03-02 11:00:00')"))
+        assert src.poll_once(spool) == 1
+        deliver()
+        with pytest.raises(FhirError) as e:
+            hub.read("Observation", oid)
+        assert e.value.status == 410
+        with pytest.raises(ValueError, match="deleted_rows"):
+            source(url, deleted_at="deleted_at")
+    finally:
+        src.engine.dispose()
+        spool.close()
+        eng.dispose()

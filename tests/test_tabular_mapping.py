@@ -574,14 +574,19 @@ def test_a_doctor_given_by_name_only_is_kept_by_name():
     assert by_type(rx)["MedicationRequest"]["requester"] == {"display": "李四"}
 
 
-def _write(hub, conv) -> None:
-    from hub.core.ingest import Context, Op
+def _write(hub, conv) -> list:
+    """``conv`` written as a feed writes it: its Bundle entries, parsed as the hub parses them."""
+    from hub.api.bundles import parse_entry
+    from hub.core.ingest import Context
 
-    ops = [Op("PUT", r["resourceType"], r["id"], r, url=f"{r['resourceType']}/{r['id']}")
-           for r in conv.resources]
-    ops += [Op("DELETE", ref.split("/")[0], ref.split("/")[1], url=ref) for ref in conv.deletes]
+    ops = [parse_entry(i, e, "") for i, e in enumerate(conv.entries())]
     results = hub.execute(ops, Context(source={"feed": "db"}), atomic=True)
     assert not any(isinstance(r, Exception) for r in results), results
+    return results
+
+
+def _said(results) -> list[str]:
+    return [i.diagnostics for r in results for i in r.issues]
 
 
 def _stored(hub, rtype: str, rid: str) -> dict:
@@ -628,13 +633,108 @@ def test_a_column_cleared_in_the_view_is_cleared_in_the_hub(hub, tmp_path):
     assert "cleared" not in orjson.dumps(patient).decode()  # the mark is never stored
 
 
+def test_a_bad_value_skipped_in_a_view_keeps_the_stored_one(hub, tmp_path):
+    """A patient view's birth date rule with ``on_error: skip`` left a bad date (1985-13-45) out
+    and then marked birthDate cleared, so the hub deleted the good stored birth date. A value
+    left out as bad says nothing of the element; only empty cells clear it."""
+    m = load_mapping("outpatient-visit")
+    base = example_row("outpatient-visit")
+    pid = by_type(m.convert_row(base, SRC))["Patient"]["id"]
+
+    def patient_view(d):
+        d.update(name="patients", unit=["patient_id"])
+        d["resources"] = {"patient": d["resources"]["patient"]}
+        for rule in d["resources"]["patient"]["rules"]:
+            if rule.get("path") == "birthDate":
+                rule["on_error"] = "skip"
+    pm = load_mapping(str(_mutated(tmp_path, patient_view)))
+    _write(hub, pm.convert_row(base, SRC))
+    bad = pm.convert_row(base | {"birth_date": "1985-13-45", "updated_at": "2024-03-02 10:00:00"},
+                         SRC)
+    assert [f.rule for f in bad.findings] == ["tabular.value-skipped"]
+    _write(hub, bad)
+    assert _stored(hub, "Patient", pid)["birthDate"] == "1949-12-31"
+    # an empty cell still clears it
+    _write(hub, pm.convert_row(base | {"birth_date": " ", "updated_at": "2024-03-02 11:00:00"}, SRC))
+    assert "birthDate" not in _stored(hub, "Patient", pid)
+
+
+def test_an_older_rows_withdrawn_diagnosis_deletes_nothing_newer(hub):
+    """A late older row (10:00, diagnosis cells empty) after a newer one (11:00, with its
+    diagnosis): the Patient and Encounter were kept as newer, but the delete carried no source
+    order and went through, leaving the Encounter's diagnosis pointing at a deleted Condition.
+    A delete obeys the source order as a write does."""
+    from hub.core.errors import FhirError
+
+    m = load_mapping("outpatient-visit")
+    row = example_row("outpatient-visit") | {"updated_at": "2024-03-01 11:00:00"}
+    res = by_type(m.convert_row(row, SRC))
+    cid, eid = res["Condition"]["id"], res["Encounter"]["id"]
+    _write(hub, m.convert_row(row, SRC))
+    older = m.convert_row(row | {"diag_code": None, "diag_name": None,
+                                 "updated_at": "2024-03-01 10:00:00"}, SRC)
+    assert older.deletes == [f"Condition/{cid}"]
+    said = _said(_write(hub, older))
+    assert hub.read("Condition", cid)  # not 410
+    assert _stored(hub, "Condition", cid)["code"]["coding"][0]["code"] == "J06.900"
+    assert _stored(hub, "Encounter", eid)["diagnosis"][0]["condition"] == {
+        "reference": f"Condition/{cid}"}
+    assert any(f"Condition/{cid} not deleted" in s for s in said), said
+    # withdrawn by a newer row, it is deleted
+    _write(hub, m.convert_row(row | {"diag_code": None, "diag_name": None,
+                                     "updated_at": "2024-03-01 12:00:00"}, SRC))
+    with pytest.raises(FhirError) as e:
+        hub.read("Condition", cid)
+    assert e.value.status == 410
+
+
+def test_a_tombstone_obeys_the_order_of_the_rows_around_it(hub):
+    """A tombstone read after its row was inserted again deleted the newer row; a row re-sent
+    older than the deletion wrote its resources again. The deletion's time (``@deleted_at``,
+    the deletion log's) orders the delete, and the hub keeps it with the deletion."""
+    from hub.core.errors import FhirError
+
+    m = load_mapping("outpatient-visit")
+    row = example_row("outpatient-visit") | {"updated_at": "2024-03-01 11:00:00"}
+    eid = by_type(m.convert_row(row, SRC))["Encounter"]["id"]
+
+    def tombstone(at: str | None):
+        return m.convert_row({"visit_no": row["visit_no"], "@deleted": True, "@deleted_at": at},
+                             SRC)
+
+    def gone() -> bool:
+        try:
+            hub.read("Encounter", eid)
+        except FhirError as e:
+            assert e.status == 410
+            return True
+        return False
+
+    _write(hub, m.convert_row(row, SRC))  # inserted again at 11:00 after a deletion at 10:30
+    said = _said(_write(hub, tombstone("2024-03-01 10:30:00")))
+    assert any(f"Encounter/{eid} not deleted" in s for s in said), said
+    assert not gone() and _stored(hub, "Encounter", eid)["status"] == "finished"
+    _write(hub, tombstone("2024-03-01 12:00:00"))  # deleted after it
+    assert gone()
+    said = _said(_write(hub, m.convert_row(row, SRC)))  # the 11:00 row re-sent: stays deleted
+    assert gone() and any("stays deleted" in s for s in said), said
+    _write(hub, m.convert_row(row | {"updated_at": "2024-03-01 13:00:00"}, SRC))  # inserted again
+    assert not gone()
+    # a tombstone without a time: a finding, and its delete is not ordered
+    conv = tombstone(None)
+    assert [f.rule for f in conv.findings] == ["tabular.row-deleted", "tabular.source-order"]
+    assert [e["request"] for e in conv.entries()] == [
+        {"method": "DELETE", "url": ref} for ref in conv.deletes]
+
+
 def test_a_deleted_row_deletes_what_it_wrote_and_only_that():
     """A tombstone (the key and ``@deleted``) deletes the resources keyed by the row alone;
     the Patient, shared with the patient's other visits, stays."""
     m = load_mapping("outpatient-visit")
     res = by_type(m.convert_row(example_row("outpatient-visit"), SRC))
     [conv] = converter("row:outpatient-visit")(
-        json.dumps({"VISIT_NO": "MZ202403010001", "@deleted": True}).encode(), SRC)
+        json.dumps({"VISIT_NO": "MZ202403010001", "@deleted": True,
+                    "@deleted_at": "2024-03-02 09:00:00"}).encode(), SRC)
     assert conv.resources == [] and conv.unit_id == "outpatient-visit:MZ202403010001"
     assert sorted(conv.deletes) == sorted(
         [f"Encounter/{res['Encounter']['id']}", f"Condition/{res['Condition']['id']}"])

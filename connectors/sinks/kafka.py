@@ -26,8 +26,7 @@ def unit_record(u: Unit, connector: str, info: SourceInfo) -> bytes:
     return orjson.dumps({
         "v": RECORD_VERSION, "connector": connector, "source": u.source,
         "institution": info.institution, "unit_id": u.unit_id, "kind": u.kind,
-        "patient_key": u.patient_key, "seq": u.seq, "resources": u.resources,
-        "deletes": u.deletes})
+        "patient_key": u.patient_key, "seq": u.seq, **u.conversion().unit()})
 
 
 class KafkaSink:

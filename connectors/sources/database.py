@@ -19,6 +19,7 @@ Configuration (a ``sources`` entry of a connector file)::
       checkpoint_key: db:visits # optional: default "database:<name>"
       connect_args: {}          # optional: passed to the DBAPI connect (timeouts, TLS)
       deleted_rows: false       # true: each row read names a row deleted from the view (below)
+      deleted_at: deleted_at    # with deleted_rows: the log's column of the deletion's time
 
 Reading: ``SELECT * FROM <source> WHERE wm IS NOT NULL AND wm >= :wm ORDER BY wm, key… LIMIT
 batch_size + n``, less the n rows already read at that watermark (their keys are kept with the
@@ -42,6 +43,12 @@ polled by a second source over that log with ``deleted_rows: true`` and the view
 row read (the mapping's ``unit`` key columns, its watermark and key) is sent as a tombstone
 (``"@deleted": true``), and the mapper deletes what that row wrote (``fhir_mapping.tabular``). A
 view without such a log cannot show a deletion to the poller: what its deleted rows wrote stays.
+``deleted_at`` names the log's column of when the row was deleted (sent as ``"@deleted_at"``): the
+deletes carry it as their source order, as a row's writes carry its last change, so a tombstone
+read after the row was inserted again (with a newer change time) leaves it, and a row re-sent
+older than the deletion does not bring it back. Without it (a log keeping a sequence only) the
+deletes carry no order and win over any row, older or newer: the source warns when it starts,
+and each tombstone of a mapping with ``source_order`` has a ``tabular.source-order`` finding.
 
 Limit: a watermark is only as good as its column. Rows that commit late with a value smaller than
 one already read (a long transaction that took its timestamp early) are not seen; use a column the
@@ -63,7 +70,7 @@ import orjson
 import sqlalchemy as sa
 
 from connectors.base import Envelope, Intake
-from fhir_mapping.tabular.model import DELETED
+from fhir_mapping.tabular.model import DELETED, DELETED_AT
 
 log = logging.getLogger("connectors.database")
 
@@ -171,7 +178,8 @@ class DatabaseSource:
                  poll_interval_s: float = 5.0, backoff_initial_s: float = 0.5,
                  backoff_max_s: float = 60.0, start: Any = None,
                  checkpoint_key: str | None = None, connect_args: dict | None = None,
-                 engine_options: dict | None = None, deleted_rows: bool = False):
+                 engine_options: dict | None = None, deleted_rows: bool = False,
+                 deleted_at: str | None = None):
         if (table is None) == (query is None):
             raise ValueError(f"database source {name}: give either table or query")
         if kind is None:
@@ -201,6 +209,14 @@ class DatabaseSource:
         self.connect_args = dict(connect_args or {})
         self.engine_options = dict(engine_options or {})
         self.deleted_rows = bool(deleted_rows)
+        if deleted_at and not self.deleted_rows:
+            raise ValueError(f"database source {name}: deleted_at is the deletion log's time: "
+                             "give it with deleted_rows: true")
+        self.deleted_at = deleted_at or None
+        if self.deleted_rows and not self.deleted_at:
+            log.warning("database source %s: deleted_rows without deleted_at: its deletes carry "
+                        "no time, and one read after its row was inserted again deletes it",
+                        name)
         self.engine: sa.Engine | None = None
         self.position: tuple[Any, list[Any]] | None = None
         self.seen: set[tuple[Any, ...]] | None = set()  # keys read at the position's watermark
@@ -306,8 +322,12 @@ class DatabaseSource:
             keyvals = [self._get(r, k) for k in self.keys]
             meta = {"unit_id": f"{self.name}:" + "/".join(str(k) for k in keyvals),
                     "watermark": encode_value(self._get(r, self.watermark))["v"]}
-            # a deletion log's row is a tombstone of the view's row it names
-            body = {**r, DELETED: True} if self.deleted_rows else r
+            # a deletion log's row is a tombstone of the view's row it names, at its time
+            body = r
+            if self.deleted_rows:
+                body = {**r, DELETED: True}
+                if self.deleted_at:
+                    body[DELETED_AT] = self._get(r, self.deleted_at)
             out.append(Envelope(row_json(body), self.kind, self.name, meta))
         return out
 

@@ -51,15 +51,20 @@ empty beside a filled ``display`` column is left out with a ``tabular.uncoded`` 
 finding (the name stays where a rule writes it as text).
 
 A row is the whole record of what it owns (a resource keyed by ``unit`` columns alone). An
-element its rules write that the row leaves empty, every column they read being in the row, is
-marked cleared (``fhir_mapping.cleared``): the hub then drops it from a Patient instead of keeping
-the stored value as unsaid; a column the row lacks says nothing, and a resource the row shares (a
-visit view's Patient) is never cleared by it. Identifiers are never marked (the hub joins a Patient's identifiers from every
-feed). A resource of the row's own (keyed by ``unit`` columns alone) whose ``when``/``when_any``
+element its rules write that the row leaves empty, every column they read being in the row and
+empty (a bad value left out by ``on_error: skip`` says nothing), is marked cleared
+(``fhir_mapping.cleared``): the hub then drops it from a Patient instead of keeping the stored
+value as unsaid; a column the row lacks says nothing, and a resource the row shares (a visit
+view's Patient) is never cleared by it. Identifiers are never marked (the hub joins a Patient's
+identifiers from every feed). A resource of the row's own (keyed by ``unit`` columns alone) whose ``when``/``when_any``
 columns are in the row but empty is deleted (``Conversion.deletes``: a withdrawn diagnosis). A
 tombstone row (``"@deleted": true`` beside the ``unit`` columns, as the database poller's
 ``deleted_rows`` source sends it) deletes the resources of the row's own and writes nothing; a
 resource keyed otherwise (the Patient, by record number) is shared with other rows and stays.
+Deletes carry a source order as writes do (``Conversion.source_time``): a row's, its
+``source_order`` column; a tombstone's, ``"@deleted_at"`` (the deletion log's time). The hub
+refuses a delete older than the stored version and keeps the order with the deletion, so a row
+re-sent older than it does not write the resources again.
 
 A file is refused at load (``MappingFileError`` naming the file and rule; see ``loader.py``) for
 unknown keys, columns, transforms, value maps or resource names, paths that are not elements of
@@ -87,13 +92,13 @@ from typing import Any
 import orjson
 import yaml
 
-from fhir_mapping import cleared, source_order
+from fhir_mapping import cleared
 from fhir_mapping.base import Conversion, Finding, MappingError, SourceInfo
 from fhir_mapping.identifiers import RESIDENT_ID_SYSTEM, key_problem
 from fhir_mapping.ids import stable_id
 from fhir_mapping.tabular import values as V
 from fhir_mapping.tabular.loader import Loader
-from fhir_mapping.tabular.model import DELETED, MappingFileError, Resource, Rule
+from fhir_mapping.tabular.model import DELETED, DELETED_AT, MappingFileError, Resource, Rule
 from hub.core.errors import FhirError
 
 __all__ = ["MappingFileError", "TabularMapping", "CsvRowsError", "Rule", "Resource", "Validate"]
@@ -266,28 +271,34 @@ class TabularMapping:
             # empty phone does not say the patient has none (it was not taken at that visit, or
             # another feed keeps it)
             if self._owned(res):
-                cleared.mark(body, self._said_empty(res, body, cells))
+                cleared.mark(body, self._said_empty(res, body, cells, cell_text))
             out.append(body)
         pkey = None
         if self.patient and ids.get(self.patient):
             pkey = f"Patient/{ids[self.patient]}"
         if not out:
             raise MappingError("the row yields no resource", rule="tabular.empty")
-        changed = cell_text(self.source_order) if self.source_order else None
-        if changed:
-            # the row's last change stamps what it writes: a re-sent older export (or a view
-            # read again from an older copy) never overwrites what a newer row wrote
-            try:
-                when = V.t_datetime(changed, {}, ctx)
-            except V.BadValue:
-                when = None
-                ctx.findings.append(Finding("warning", "tabular.source-order", f"column "
-                                            f"{self.source_order} is no date-time: the row's "
-                                            "resources carry no source order", self.source_order))
-            if when:
-                source_order.stamp(out, source_order.Order(time=when))
+        # the row's last change stamps what it writes and deletes: a re-sent older export (or a
+        # view read again from an older copy) never overwrites nor deletes what a newer row wrote
+        when = self._when(self.source_order, cell_text, ctx)
         return Conversion(resources=out, unit_id=unit_id, patient_key=pkey,
-                          kind=f"row:{self.name}", findings=ctx.findings, deletes=deletes)
+                          kind=f"row:{self.name}", findings=ctx.findings, deletes=deletes,
+                          source_time=when)
+
+    @staticmethod
+    def _when(column: str | None, cell_text, ctx: _Ctx) -> str | None:
+        """The row's source order: the date-time in ``column``, else None (a finding when the
+        cell holds something else)."""
+        changed = cell_text(column) if column else None
+        if not changed:
+            return None
+        try:
+            return V.t_datetime(changed, {}, ctx)
+        except V.BadValue:
+            ctx.findings.append(Finding("warning", "tabular.source-order", f"column {column} is "
+                                        "no date-time: what the row writes and deletes carries "
+                                        "no source order", column))
+            return None
 
     def _owned(self, res: Resource) -> bool:
         """An emitted resource keyed by the row's own key alone: no other row writes it. A
@@ -295,10 +306,12 @@ class TabularMapping:
         return res.emit and set(res.id_columns) <= set(self.unit)
 
     @staticmethod
-    def _said_empty(res: Resource, body: dict, cells: dict) -> list[str]:
+    def _said_empty(res: Resource, body: dict, cells: dict, cell_text) -> list[str]:
         """The elements ``res``'s rules write that ``body`` lacks although the row has every
-        column they read. Identifiers are not among them: the hub joins a Patient's identifiers
-        from every feed, and one view's empty column does not retract the others'."""
+        column they read, each of them empty. A value left out as bad (``on_error: skip``: a
+        birth date 1985-13-45) says nothing of the element: the stored one stays. Identifiers
+        are not among them: the hub joins a Patient's identifiers from every feed, and one
+        view's empty column does not retract the others'."""
         reads: dict[str, set[str]] = {}
         either: dict[str, set[str]] = {}  # the elements of one `first:` (a value[x]): one is said
         for rule in res.rules:
@@ -311,7 +324,7 @@ class TabularMapping:
                 either.setdefault(top, set()).update(tops)
         return sorted(e for e, cols in reads.items() if e != "identifier"
                       and not any(x in body for x in either[e])
-                      and all(c in cells for c in cols))
+                      and all(c in cells and cell_text(c) is None for c in cols))
 
     def _deleted(self, unit_id: str, cell_text, source: SourceInfo, ctx: _Ctx) -> Conversion:
         """A row deleted from its view (a tombstone: the key columns and ``@deleted``): the
@@ -335,8 +348,16 @@ class TabularMapping:
         ctx.findings.append(Finding("information", "tabular.row-deleted",
                                     f"the row was deleted from its view: {', '.join(deletes)} "
                                     "deleted"))
+        # the deletion's time (the deletion log's) orders it against the row's writes: a
+        # tombstone read after the row was inserted again leaves the newer row, and a row re-sent
+        # older than the deletion does not bring it back
+        when = self._when(DELETED_AT, cell_text, ctx)
+        if when is None and self.source_order and cell_text(DELETED_AT) is None:
+            ctx.findings.append(Finding("warning", "tabular.source-order", f"the deleted row "
+                                        f"gives no time of its deletion ({DELETED_AT}): its "
+                                        "deletes carry no source order", DELETED_AT))
         return Conversion(resources=[], deletes=deletes, unit_id=unit_id,
-                          kind=f"row:{self.name}", findings=ctx.findings)
+                          kind=f"row:{self.name}", findings=ctx.findings, source_time=when)
 
     def _key(self, res: Resource, cell_text, source: SourceInfo, ctx: _Ctx) -> str | None:
         """The resource's id from its key columns, else from the first fallback whose columns all

@@ -8,11 +8,13 @@ from typing import Any
 
 from hub.core.errors import HubError
 
-__all__ = ["DELETED", "MappingFileError", "Resource", "Rule"]
+__all__ = ["DELETED", "DELETED_AT", "MappingFileError", "Resource", "Rule"]
 
 # a row that says its source row was deleted (a tombstone: its key columns and this, true); no
 # column can bear the name (columns are lower-case identifiers)
 DELETED = "@deleted"
+# beside it: when the row was deleted (the deletion log's time), the deletes' source order
+DELETED_AT = "@deleted_at"
 
 
 class MappingFileError(HubError, ValueError):

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
+from fhir_mapping import source_order
 from hub.api import intake, patching
 from hub.api.responses import client_holds, etag, parse_if_match
 from hub.core import jsontext
@@ -84,6 +85,8 @@ def parse_entry(i: int, entry: object, base: str,
                         f"{where}.request.url")
     op = Op(method, rtype, url=url, full_url=entry.get("fullUrl"), where=where)
     op.if_match = _if_match(request.get("ifMatch"), where)
+    if method == "DELETE":  # a feed's delete: its source order, as a write has on its resource
+        op.order = source_order.from_extensions(request.get("extension"))
     if len(parts) == 2 and method != "POST":
         op.rid = parts[1]
     elif len(parts) != 1 or (method != "POST" and not query):

@@ -91,6 +91,9 @@ class Op:
     # written by the hub itself about what a caller sent (a document's quality report): a
     # caller may not write such a resource on its own (``hub.repository``)
     own: bool = False
+    # a DELETE's source order (``fhir_mapping.source_order``; a write's is on its resource): an
+    # older delete leaves the stored version in place, and the deletion keeps it
+    order: source_order.Order | None = None
     # filled by planning
     target: str | None = None
     existing: bool = False  # conditional create matched: nothing to write
@@ -620,15 +623,21 @@ class Hub:
     def _older_than_stored(self, ops: list[Op], planned: list[int],
                            heads: dict[tuple[str, str], Head],
                            replaced: dict[int, tuple[int, Any]]) -> dict[int, Result]:
-        """Writes whose source order (``fhir_mapping.source_order``, stamped by the mappers) is
-        older than the stored version's: their results, the stored version left in place. A
-        concurrent newer write makes this commit conflict, and the retry reads it here."""
-        wanted = []
+        """Writes and deletes whose source order (``fhir_mapping.source_order``, stamped by the
+        mappers) is older than the stored version's: their results, the stored version left in
+        place. A write older than a deletion's order (kept with the deletion) leaves the
+        resource deleted. A concurrent newer write makes this commit conflict, and the retry
+        reads it here."""
+        wanted, revived = [], []
         for i in planned:
             op = ops[i]
             head = heads.get((op.rtype, op.target)) if op.target is not None else None
-            if op.method == "PUT" and op.d is not None and head is not None and not head.deleted \
-                    and source_order.order_of(op.d):
+            if head is None or not _order_of(op):
+                continue
+            if head.deleted:
+                if op.method == "PUT":
+                    revived.append(i)
+            elif op.method == "DELETE" or (op.method == "PUT" and op.d is not None):
                 wanted.append(i)  # each has a stored head, so a target
         self._read_replaced(ops, wanted, replaced)
         out: dict[int, Result] = {}
@@ -637,12 +646,25 @@ class Hub:
             if i not in replaced or replaced[i][1] is None:
                 continue
             version, body = replaced[i]
-            why = source_order.older_than(source_order.order_of(op.d),
-                                          source_order.order_of(body))
+            why = source_order.older_than(_order_of(op), source_order.order_of(body))
             if why:
                 out[i] = Result(200, op.rtype, op.target, version, issues=[Issue(
-                    "informational", f"{op.rtype}/{op.target} not written: {why}; the stored "
+                    "informational", f"{op.rtype}/{op.target} not "
+                    f"{'deleted' if op.method == 'DELETE' else 'written'}: {why}; the stored "
                     f"version {version} stays", "information")])
+        for i in revived:
+            op = ops[i]
+            stored = self.store.latest(op.rtype, cast(str, op.target))
+            if stored is None or not stored.topic.endswith("Deleted"):
+                continue  # deleted and written again since the heads were read: the commit conflicts
+            deletion = source_order.from_extensions(
+                [from_stored(stored).request.get("sourceOrder")])
+            why = source_order.older_than(_order_of(op), deletion)
+            if why:
+                out[i] = Result(200, op.rtype, op.target, stored.originator_version, issues=[
+                    Issue("informational", f"{op.rtype}/{op.target} not written: {why} (its "
+                          f"deletion, version {stored.originator_version}); it stays deleted",
+                          "information")])
         return out
 
     def _decide(self, op: Op, head: Head | None, ctx: Context, commit: Commit,
@@ -667,12 +689,14 @@ class Hub:
                 f"If-Match wanted version {op.if_match} of {op.rtype}/{op.target}, "
                 f"the current version is {current}"
             )
-        request = {"method": op.method, "url": op.url, "requestId": ctx.request_id}
+        request: dict[str, Any] = {"method": op.method, "url": op.url, "requestId": ctx.request_id}
         if op.method == "DELETE":
             if head is None or head.deleted:
                 return Result(200, op.rtype, op.target, issues=[
                     Issue("not-found", f"{op.rtype}/{op.target} does not exist or is already deleted",
                           "information")])
+            if op.order:  # a later write older than the deletion does not bring it back
+                request["sourceOrder"] = op.order.extension()
             event = ResourceEvent(DELETED, op.rtype, op.target, current + 1, last_updated, b"",
                                   ctx.source, request)
             commit.add(event, b"", [], ts)
@@ -742,6 +766,13 @@ class Hub:
         ops = [b for b in batch if isinstance(b, Op)]
         done = dict(zip(map(id, ops), self.execute_batch(ops, ctx)))
         return [done[id(b)] if isinstance(b, Op) else b for b in batch]
+
+
+def _order_of(op: Op) -> source_order.Order | None:
+    """The source order of a write (stamped on its resource) or of a delete (``Op.order``)."""
+    if op.method == "DELETE":
+        return op.order or None
+    return source_order.order_of(op.d) if op.d is not None else None
 
 
 def _criteria(op: Op) -> Query | None:
