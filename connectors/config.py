@@ -12,6 +12,7 @@ retry: {initial_s: 0.5, max_s: 30}    # backoff while the hub or broker is unrea
 sources:
   - {type: mllp, name: adt, host: 0.0.0.0, port: 2575, kind: hl7v2,
      max_message_bytes: 1048576, idle_timeout_s: 300,
+     acknowledgment: as-asked,          # or original: one ACK whatever MSH-15/16 say
      tls: {cert: tls/mllp.pem, key: tls/mllp.key, client_ca: tls/senders-ca.pem}}  # optional
   - {type: folder, name: drop, path: ./inbox, kind: hl7v2, pattern: "*.hl7", settle_ms: 500}
   - {type: database, name: visits, ...}  # connectors.sources.database.DatabaseSource.from_config

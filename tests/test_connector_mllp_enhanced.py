@@ -150,3 +150,34 @@ def test_original_mode_is_one_application_ack(connector, messages):  # noqa: F81
     assert (str(msh(aa)(15)), str(msh(aa)(16))) == ("", "")  # none written
     assert codes(answers(connector, without_pid("ORIG2", "", ""))) == ["AE"]
     assert codes(answers(connector, unsupported("ORIG3", "", ""))) == ["AR"]
+
+
+def test_a_listener_set_to_original_answers_one_ack_whatever_msh15_16_say(tmp_path):
+    """A HIS whose template fills MSH-15/16 (AL/NE) but whose engine awaits the one AA: a
+    listener set to ``acknowledgment: original`` answers it in original mode; a setting it does
+    not know is refused when the connector starts, not at the first sender."""
+    import pytest
+
+    from connectors.config import ConnectorConfig
+    from connectors.daemon import Connector
+    from tests.conftest import free_port
+
+    def config(ack: str) -> ConnectorConfig:
+        return ConnectorConfig.from_dict({
+            "name": "adt", "institution": {"code": "H0001", "oid": "2.16.156.10011.99.1.1"},
+            "state_dir": str(tmp_path / ack), "durable": False,
+            "retry": {"initial_s": 5, "max_s": 5},
+            "sources": [{"type": "mllp", "name": "adt", "host": "127.0.0.1", "port": 0,
+                         "kind": "hl7v2", "acknowledgment": ack}],
+            "sink": {"type": "http", "url": f"http://127.0.0.1:{free_port()}/fhir"}})
+    conn = Connector(config("original"))
+    conn.start()
+    try:
+        assert conn.sources[0].ready.wait(10)
+        assert codes(answers(conn, message("ORIG1", "AL", "NE"))) == ["AA"]
+        assert codes(answers(conn, unsupported("ORIG2", "NE", "NE"))) == ["AR"]
+    finally:
+        conn.stop()
+        conn.join()
+    with pytest.raises(Exception, match="acknowledgment"):
+        Connector(config("sometimes"))

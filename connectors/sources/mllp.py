@@ -260,7 +260,7 @@ def ack_conditions(payload: bytes) -> tuple[str, str] | None:
 
 
 def acknowledgments(payload: bytes, code: str, error: dict | None = None,
-                    stored: bool = True) -> list[bytes]:
+                    stored: bool = True, enhanced: bool = True) -> list[bytes]:
     """What to answer ``payload`` on its connection, in order, given the hub's verdict ``code``:
     ``AA`` converted and spooled, ``AE`` kept as a dead letter (its content cannot be mapped),
     ``AR`` refused (its header, its bytes or its framing); ``stored`` False: the spool could not
@@ -270,8 +270,10 @@ def acknowledgments(payload: bytes, code: str, error: dict | None = None,
     kept (AA or AE: nothing to resend), ``CR`` for a refusal, ``CE`` for one not stored, if MSH-15
     asks for it; then for a message kept the application ACK (AA, AE) if MSH-16 asks for it. A
     refusal has no application ACK, except an ``AR`` when the sender declined its accept ACK
-    (MSH-15 NE or SU) and asked for application errors (MSH-16 AL or ER): it waits for one."""
-    conditions = ack_conditions(payload)
+    (MSH-15 NE or SU) and asked for application errors (MSH-16 AL or ER): it waits for one.
+    ``enhanced`` False (a listener set to ``acknowledgment: original``): original mode whatever
+    MSH-15/16 say, for senders whose templates fill them but that await the one ACK."""
+    conditions = ack_conditions(payload) if enhanced else None
     if conditions is None:
         return [build_ack(payload, code, error)]
     accept, application = conditions
@@ -312,8 +314,12 @@ class MLLPSource:
     def __init__(self, name: str = "mllp", host: str = "127.0.0.1", port: int = 2575,
                  kind: str = "hl7v2", max_message_bytes: int = 1 << 20,
                  idle_timeout_s: float = 300.0, max_connections: int = 256, group_commit: int = 64,
-                 tls: dict | None = None, **_: Any):
+                 tls: dict | None = None, acknowledgment: str = "as-asked", **_: Any):
         self.name, self.host, self.port, self.kind = name, host, int(port), kind
+        if acknowledgment not in ("as-asked", "original"):
+            raise ValueError(f"MLLP source {name}: acknowledgment must be as-asked (MSH-15/16 "
+                             f"decide, HL7 v2.5 2.9.3) or original, not {acknowledgment!r}")
+        self.enhanced = acknowledgment == "as-asked"
         # TLS (mutual with client_ca); a bad file fails here, at start, not at the first sender
         self.ssl = server_context(tls, f"MLLP source {name}") if tls else None
         self.max_message_bytes = int(max_message_bytes)
@@ -519,11 +525,10 @@ class MLLPSource:
                     answer.deadletter_id)
         return self._answers(payload, code, err)
 
-    @staticmethod
-    def _answers(payload: bytes, code: str, error: dict | None = None,
+    def _answers(self, payload: bytes, code: str, error: dict | None = None,
                  stored: bool = True) -> list[bytes]:
         try:
-            return acknowledgments(payload, code, error, stored)
+            return acknowledgments(payload, code, error, stored, self.enhanced)
         except Exception:  # noqa: BLE001 - the answer must go out whatever the header holds
             log.exception("building an ACK")
             return [build_ack(b"", code, error)]
