@@ -30,6 +30,7 @@ class Actor:
     institution: str | None = None
     purpose: str | None = None
     patient: str | None = None  # a patient-context token's Patient id (SMART launch context)
+    fhir_user: str | None = None  # the token's ``fhirUser``: who the user is (``Patient/x``)
 
 
 ANONYMOUS = Actor()
