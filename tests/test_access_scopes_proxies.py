@@ -127,6 +127,99 @@ def test_a_patient_scope_beside_a_query_scope_grants_their_union_not_everything(
         assert post(_obs(a["id"], "vital-signs")) == 201
 
 
+# -- a Binary is shown exactly when its security proxy is -----------------------------------------
+
+def _document(pid: str, **extra) -> dict:
+    return {"resourceType": "DocumentReference", "id": unique()[:16], "status": "current",
+            "subject": {"reference": f"Patient/{pid}"},
+            "content": [{"attachment": {"contentType": "text/plain"}}], **extra}
+
+
+def _binary(context: str | None) -> dict:
+    d = {"resourceType": "Binary", "id": unique()[:16], "contentType": "text/plain",
+         "data": "U0VDUkVU"}
+    return {**d, "securityContext": {"reference": context}} if context else d
+
+
+def test_a_binary_is_hidden_with_the_document_that_secures_it(live, admin):
+    b = _new(admin, patient())
+    doc = _put(admin, _document(b["id"]))
+    secret = _put(admin, _binary(f"DocumentReference/{doc['id']}"))
+    _put(admin, consent(b["id"], {"type": "deny"}, policyRule=OPT_OUT))  # no sharing beyond H1
+    with _client(live, "user/*.rs", "H9") as other:
+        assert other.get(f"/DocumentReference/{doc['id']}").status_code == 403
+        assert other.get(f"/Binary/{secret['id']}").status_code == 403
+        assert other.get(f"/Binary/{secret['id']}/_history/1").status_code == 403
+        found = other.get("/Binary", params={"_id": secret["id"], "_total": "accurate"})
+        assert _ids(found, "Binary") == set() and found.json()["total"] == 0
+    with _client(live, "user/*.rs", "H1") as recorder:  # the consent spares its recorder
+        assert recorder.get(f"/Binary/{secret['id']}").status_code == 200
+    # a scope whose query selects no such document shows none of its Binaries either
+    narrow = "user/DocumentReference.rs?category=http://loinc.org|11506-3 user/Binary.rs"
+    with _client(live, narrow, "H1") as c:
+        assert c.get(f"/DocumentReference/{doc['id']}").status_code == 403
+        assert c.get(f"/Binary/{secret['id']}").status_code == 403
+        assert not _ids(c.get("/Binary", params={"_id": secret["id"]}), "Binary")
+    # the document deleted, its Binary is judged as the version it deleted: still hidden
+    assert admin.delete(f"/DocumentReference/{doc['id']}").status_code in (200, 204)
+    with _client(live, "user/*.rs", "H9") as other:
+        assert other.get(f"/Binary/{secret['id']}").status_code == 403
+    # a proxy never written: the Binary's own rules (a clinician's scope on Binary shows it)
+    orphan = _put(admin, _binary(f"DocumentReference/{unique()[:16]}"))
+    with _client(live, "user/*.rs", "H9") as other:
+        assert other.get(f"/Binary/{orphan['id']}").status_code == 200
+
+
+def test_a_security_context_on_this_servers_base_is_local(live, admin):
+    a, b = _new(admin, patient()), _new(admin, patient())
+    doc = _put(admin, _document(a["id"]))
+    absolute = _put(admin, _binary(f"{live.base}/DocumentReference/{doc['id']}"))
+    relative = _put(admin, _binary(f"DocumentReference/{doc['id']}"))
+    with _token(live, a["id"]) as c:
+        assert c.get(f"/DocumentReference/{doc['id']}").status_code == 200
+        assert c.get(f"/Binary/{relative['id']}").status_code == 200
+        assert c.get(f"/Binary/{absolute['id']}").status_code == 200
+    with _token(live, b["id"]) as c:  # the proxy restricts too: another patient sees neither
+        assert c.get(f"/Binary/{absolute['id']}").status_code == 403
+        assert c.get(f"/Binary/{relative['id']}").status_code == 403
+
+
+# -- a hidden record's deletion answers as the hidden record ---------------------------------------
+
+def test_a_hidden_deleted_record_answers_as_a_hidden_live_one(live, admin):
+    a, b = _new(admin, patient()), _new(admin, patient())
+    live_one = _put(admin, {"resourceType": "Condition", "id": unique()[:16],
+                            "subject": {"reference": f"Patient/{b['id']}"}, "code": {"text": "x"}})
+    gone = _put(admin, {**live_one, "id": unique()[:16]})
+    _put(admin, {**gone, "code": {"text": "y"}})  # version 2
+    assert admin.delete(f"/Condition/{gone['id']}").status_code in (200, 204)  # version 3
+    assert admin.get(f"/Condition/{gone['id']}").status_code == 410  # shown: told it is deleted
+
+    def asked(c: httpx.Client, rid: str) -> list[int]:
+        batch = c.post("/", headers=FHIR_JSON, json={"resourceType": "Bundle", "type": "batch",
+                                                      "entry": [{"request": {
+                                                          "method": "GET",
+                                                          "url": f"Condition/{rid}"}}]})
+        assert batch.status_code == 200, batch.text
+        return [c.get(f"/Condition/{rid}").status_code,
+                c.head(f"/Condition/{rid}").status_code,
+                c.get(f"/Condition/{rid}", headers={"if-none-match": 'W/"3"'}).status_code,
+                *(c.get(f"/Condition/{rid}/_history/{v}").status_code for v in (1, 3, 9)),
+                c.get(f"/Condition/{rid}/_history").status_code,
+                int(batch.json()["entry"][0]["response"]["status"].split()[0])]
+
+    with _token(live, a["id"]) as c:  # another patient's: out of A's compartment
+        assert asked(c, gone["id"]) == asked(c, live_one["id"]) == [403] * 8
+        r = c.get(f"/Condition/{gone['id']}")
+        assert "deleted" not in r.text and "version" not in r.text
+    _put(admin, consent(b["id"], {"type": "deny"}, policyRule=OPT_OUT))
+    with _client(live, "user/*.rs", "H9") as other:  # hidden by the patient's consent
+        assert asked(other, gone["id"]) == asked(other, live_one["id"]) == [403] * 8
+    with _token(live, b["id"], me=True) as c:  # its own: told it is deleted
+        assert c.get(f"/Condition/{gone['id']}").status_code == 410
+        assert c.get(f"/Condition/{gone['id']}/_history/1").status_code == 200
+
+
 # -- the patient and its own Consent ---------------------------------------------------------------
 
 def test_a_patients_own_opt_out_does_not_shut_it_out_of_its_own_record(live, admin):

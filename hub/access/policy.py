@@ -227,6 +227,10 @@ class AccessPolicy:
             return False
         return self._consents_show(actor, rtype, rid, resource)
 
+    def scopes_select(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+        return actor.kind == "system" or self._scopes_show(actor, rtype, rid, resource,
+                                                           compartment=False)
+
     def _consents_show(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         if self.consents is None or actor.purpose in EMERGENCY or rtype in NOT_THE_PATIENTS:
             return True  # break the glass (open only to the roles that may) sets consent aside

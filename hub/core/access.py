@@ -56,6 +56,11 @@ class Policy(Protocol):
     def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         """May ``actor`` see this resource (its JSON)?"""
 
+    def scopes_select(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+        """Does a scope of ``actor`` granting ``r`` or ``s`` on ``rtype`` select this resource by
+        its query alone, whose patient (a ``patient/`` scope's compartment, consents) is judged
+        through another resource (a Binary through its ``securityContext``)?"""
+
     def may_change(self, actor: Actor, rtype: str, rid: str, source: dict) -> bool:
         """May ``actor`` update or delete a stored resource whose current version came from
         ``source`` (institution, feed)?"""
@@ -88,6 +93,9 @@ class OpenPolicy:
         return None
 
     def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+        return True
+
+    def scopes_select(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         return True
 
     def may_change(self, actor: Actor, rtype: str, rid: str, source: dict) -> bool:
