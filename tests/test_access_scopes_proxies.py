@@ -244,3 +244,16 @@ def test_a_patients_own_opt_out_does_not_shut_it_out_of_its_own_record(live, adm
     other_patient = _new(admin, patient())
     with _token(live, other_patient["id"], me=True) as c:
         assert c.get(f"/Condition/{cond['id']}").status_code == 403
+
+
+# -- a Patient linking to the patient --------------------------------------------------------------
+
+def test_a_patient_linking_to_the_patient_in_context_stays_hidden(live, admin):
+    a = _new(admin, patient())
+    linked = _new(admin, {**patient(), "link": [{"other": {"reference": f"Patient/{a['id']}"},
+                                                 "type": "seealso"}]})
+    assert linked["id"] in _ids(admin.get(f"/Patient/{a['id']}/Patient"), "Patient")
+    with _token(live, a["id"], me=True) as c:
+        assert c.get(f"/Patient/{linked['id']}").status_code == 403
+        assert _ids(c.get(f"/Patient/{a['id']}/Patient"), "Patient") == {a["id"]}
+        assert _ids(c.get("/Patient", params={"link": f"Patient/{a['id']}"}), "Patient") == set()

@@ -321,6 +321,10 @@ def _in_compartment(rtype: str, rid: str, resource: bytes, patient: str) -> bool
     its ``focus`` or a note's author: those name the patient in someone else's record). A type
     the compartment does not list (Medication, Organization) by any reference to the patient."""
     if rtype == "Patient":
+        # its own Patient only, not another naming it in ``link`` (R4 lists ``link`` for the
+        # Patient compartment): any writer may set a link, and a wrong one would hand a patient
+        # another person's record; the master patient index's Person, a steward's decision, is
+        # how the hub joins one person's records
         return rid == patient
     if rtype not in patient_compartment():
         return names_patient(resource, patient)
