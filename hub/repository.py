@@ -22,7 +22,7 @@ import orjson
 from eventsourcing.persistence import StoredEvent
 
 from fhir_mapping.documents import is_quality_report
-from hub.core.access import OPEN, Action, Actor, Policy, patients_in
+from hub.core.access import OPEN, Action, Actor, Policy, own_base, patients_in
 from hub.core.conditional import IdentifierResolver
 from hub.core.errors import FhirError, bad_request, forbidden, not_found
 from hub.core.ingest import Authorize, Context, Hub, Op, Result, Sees
@@ -102,8 +102,10 @@ VIEW_TYPES = frozenset({"Person"})
 
 
 def _security_proxy(body: bytes) -> tuple[str, str] | None:
-    """The local resource a Binary's ``securityContext`` names, when it is no Patient (one that
-    is counts as the Binary's own reference) nor another Binary."""
+    """The local resource a Binary's ``securityContext`` names (``Type/id``, or absolute on this
+    server's base, ``HUB_BASE_URL``, as the compartment test takes references), when it is no
+    Patient (one that is counts as the Binary's own reference) nor another Binary. Another
+    server's resource is none: the Binary is judged by its own rules."""
     try:
         ref = ((orjson.loads(body) or {}).get("securityContext") or {}).get("reference")
     except (orjson.JSONDecodeError, AttributeError):
@@ -111,6 +113,9 @@ def _security_proxy(body: bytes) -> tuple[str, str] | None:
     if not isinstance(ref, str):
         return None
     local, rtype = normalize_reference(ref)
+    own = own_base()
+    if own and local.startswith(own):
+        local = local[len(own):]
     if rtype is None or rtype in ("Patient", "Binary") or "://" in local:
         return None
     return rtype, local.split("/", 1)[1]
@@ -246,48 +251,79 @@ class Repository:
         self.policy.check(ctx.actor, action)
 
     def _shown(self, actor: Actor, rtype: str, rid: str, state: bytes) -> bool:
-        """Whether a stored state (header line, resource JSON) may be handed out. A Binary
-        secured by another resource (R4 Binary.securityContext: a proxy of its sensitivity) is
-        shown to whoever may see that resource: the Binary of a patient's DocumentReference to
-        the patient, as the reference's labels and consents allow."""
+        """Whether a stored state (header line, resource JSON) may be handed out."""
+        return self._open or self._body_shown(actor, rtype, rid, state.partition(b"\n")[2])
+
+    def _body_shown(self, actor: Actor, rtype: str, rid: str, body: bytes) -> bool:
+        """Whether a resource (its JSON) may be handed out. A Binary secured by another resource
+        (R4 Binary.securityContext: "the Binary is treated as having the same security as the
+        referenced resource") is shown exactly when that resource is, the Binary of a patient's
+        DocumentReference to the patient, as the reference's labels and consents allow, and
+        hidden as it is (a scope's query on Binary still has to select it); a deleted one is
+        judged as the version it deleted, so deleting a document does not lay its content
+        open. A Binary whose proxy was never written (or is another server's) is judged by its
+        own rules, as one without a proxy."""
         if self._open:
             return True
-        body = state.partition(b"\n")[2]
-        if self.policy.visible(actor, rtype, rid, body):
-            return True
         proxy = _security_proxy(body) if rtype == "Binary" else None
-        if proxy is None:
-            return False
-        stored = self._hub.store.latest(*proxy)
-        return stored is not None and not stored.topic.endswith("Deleted") and \
-            self.policy.visible(actor, *proxy, stored.state.partition(b"\n")[2])
+        behind = self._judged(*proxy, self._hub.store.latest(*proxy)) if proxy else None
+        if proxy is None or behind is None:
+            return self.policy.visible(actor, rtype, rid, body)
+        return self.policy.scopes_select(actor, rtype, rid, body) and \
+            self.policy.visible(actor, *proxy, behind.partition(b"\n")[2])
 
-    def _version_shown(self, actor: Actor, row: VersionRow) -> bool:
-        """Whether a version in a history may be handed out; a deletion, which holds no
+    def _judged(self, rtype: str, rid: str, stored: StoredEvent | None) -> bytes | None:
+        """The stored state a version is judged by (None: none): a deletion, which holds no
         resource (so names no patient), as the version it deleted."""
-        state, version = row.state, row.version
-        while not self._open and version > 1 and not state.partition(b"\n")[2].strip():
+        if stored is None:
+            return None
+        state, version = stored.state, stored.originator_version
+        while version > 1 and not state.partition(b"\n")[2].strip():
             version -= 1
-            before = self._hub.store.version(row.rtype, row.rid, version)
+            before = self._hub.store.version(rtype, rid, version)
             if before is None:
                 break
             state = before.state
-        return self._shown(actor, row.rtype, row.rid, state)
+        return state
+
+    def _stored_shown(self, actor: Actor, rtype: str, rid: str, stored: StoredEvent) -> bool:
+        """Whether a stored version may be handed out, a deletion as the version it deleted:
+        a hidden record's deletion tells no more than the hidden record would."""
+        if self._open:
+            return True
+        state = self._judged(rtype, rid, stored) if rtype != AUDIT else stored.state
+        return state is not None and self._shown(actor, rtype, rid, state)
+
+    def _version_shown(self, actor: Actor, row: VersionRow) -> bool:
+        """Whether a version in a history may be handed out (a deletion as the one it deleted)."""
+        return self._stored_shown(actor, row.rtype, row.rid, StoredEvent(
+            originator_id=f"{row.rtype}/{row.rid}", originator_version=row.version,
+            topic="", state=row.state))
+
+    def _refuse_hidden(self, ctx: Context, rtype: str, rid: str,
+                       stored: StoredEvent | None) -> None:
+        """403 when ``stored`` (a record's deletion, or its latest version when a version asked
+        for is none) is not shown: a hidden record answers alike whatever is asked of it, never
+        telling that it was deleted or how many versions it has."""
+        if stored is not None and rtype != AUDIT \
+                and not self._stored_shown(ctx.actor, rtype, rid, stored):
+            raise forbidden(f"{rtype}/{rid} is not shown to this caller")
 
     def may_hide(self, ctx: Context, rtype: str = "*", *, narrowed: bool = True,
                  across: bool = False) -> bool:
         """May the policy leave out of an answer some of what was found for this caller? Then
         a count of what was found would tell how much is hidden (``Policy.hides_after_search``
-        says what the flags mean)."""
-        return not self._open and self.policy.hides_after_search(
-            ctx.actor, rtype, narrowed=narrowed, across=across)
+        says what the flags mean). A Binary is shown as its security proxy, of any type."""
+        return not self._open and (self.policy.hides_after_search(
+            ctx.actor, rtype, narrowed=narrowed, across=across) or (
+            rtype == "Binary" and self.policy.hides_after_search(ctx.actor, "*", across=True)))
 
     def shown(self, ctx: Context,
               entries: list[tuple[str, str, bytes]]) -> list[tuple[str, str, bytes]]:
         """The (type, id, resource JSON) entries an operation found that the caller may see."""
         if self._open:
             return entries
-        return [e for e in entries if self.policy.visible(ctx.actor, *e)]
+        return [e for e in entries if self._body_shown(ctx.actor, *e)]
 
     def _hand_out(self, ctx: Context, stored: StoredEvent, rtype: str, rid: str) -> StoredEvent:
         if not self._shown(ctx.actor, rtype, rid, stored.state):
@@ -329,7 +365,13 @@ class Repository:
 
         def run() -> StoredEvent:
             self.policy.check(ctx.actor, action)
-            return self._hand_out(ctx, self._stored(rtype, rid), rtype, rid)
+            try:
+                stored = self._stored(rtype, rid)
+            except FhirError as e:
+                if e.status == 410:  # deleted: told only to whoever may see what it deleted
+                    self._refuse_hidden(ctx, rtype, rid, self._hub.store.latest(rtype, rid))
+                raise
+            return self._hand_out(ctx, stored, rtype, rid)
         return self.audited(ctx, action, run, lambda s: [(rtype, rid, s.state)])
 
     def _stored(self, rtype: str, rid: str) -> StoredEvent:
@@ -352,7 +394,15 @@ class Repository:
                 if version != 1:  # an AuditEvent is never changed
                     raise not_found(f"{rtype}/{rid} has no version {version}")
                 return self._hand_out(ctx, stored, rtype, rid)
-            return self._hand_out(ctx, self._hub.vread(rtype, rid, version), rtype, rid)
+            try:
+                stored = self._hub.vread(rtype, rid, version)
+            except FhirError as e:
+                if e.status in (404, 410):  # a deletion, or no such version of a record
+                    store = self._hub.store
+                    self._refuse_hidden(ctx, rtype, rid, store.version(rtype, rid, version)
+                                        if e.status == 410 else store.latest(rtype, rid))
+                raise
+            return self._hand_out(ctx, stored, rtype, rid)
         return self.audited(ctx, action, run, lambda s: [(rtype, rid, s.state)])
 
     def latest(self, ctx: Context, rtype: str, rid: str) -> StoredEvent | None:
@@ -366,7 +416,7 @@ class Repository:
                 stored = None
         else:
             stored = self._hub.store.latest(rtype, rid)
-        if stored is None or not self._shown(ctx.actor, rtype, rid, stored.state):
+        if stored is None or not self._stored_shown(ctx.actor, rtype, rid, stored):
             return None
         return stored
 
@@ -793,7 +843,7 @@ class Repository:
         version another may have written."""
         result = self._hub.complete(result)
         if result.body is not None and result.rid is not None and not self._open \
-                and not self.policy.visible(ctx.actor, result.rtype, result.rid, result.body):
+                and not self._body_shown(ctx.actor, result.rtype, result.rid, result.body):
             result.body = None
         return result
 
@@ -844,7 +894,7 @@ class Repository:
             if not self.policy.may_change(ctx.actor, op.rtype, rid, header.get("source") or {}):
                 raise forbidden(f"{op.rtype}/{rid} was written by another institution; this "
                                 "caller changes only its own institution's records")
-            if op.method == "PATCH" and not self._shown(ctx.actor, op.rtype, rid, stored.state):
+            if op.method == "PATCH" and not self._stored_shown(ctx.actor, op.rtype, rid, stored):
                 raise forbidden(f"{op.rtype}/{rid} is not shown to this caller; a patch reads it")
             if not body.strip():  # a deletion: nothing it replaces
                 return

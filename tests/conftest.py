@@ -143,6 +143,7 @@ class LiveServer:
         self.proc: subprocess.Popen | None = None
         self.extra_args: list[str] = []  # more `hub serve` options
         self.env: dict[str, str] = {}  # the server's environment, once started
+        self.extra_env: dict[str, str] = {}  # set in the server's environment (HUB_BASE_URL)
         # with access control on: an administrator client with every scope, its tokens renewed
         self.auth: BackendServicesAuth | None = None
 
@@ -222,6 +223,7 @@ class LiveServer:
             env.pop(name, None)
             if value:
                 env[name] = value
+        env.update(self.extra_env)
         if self.settings.auth:
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
             self.auth = self.client_auth()

@@ -578,7 +578,10 @@ def test_the_review_queue_and_decisions_keep_to_what_the_steward_may_see(matchin
 def test_a_binary_is_shown_as_the_resource_its_security_context_names(bare):
     """R4 Binary.securityContext: the resource that stands for the Binary's sensitivity. A
     patient could not read the Binary of its own DocumentReference (the usual document
-    pattern: 403); another patient still cannot, nor the first once the reference is gone."""
+    pattern: 403); another patient still cannot. The reference deleted, the Binary is judged as
+    the version it deleted (as a deletion is): its patient still reads it, the other still not
+    (falling back to the Binary's own rules would show it to whoever reads Binaries: it names
+    no patient, so no compartment or consent holds it)."""
     import base64
 
     a, b = patient(rid=unique()[:16]), patient(rid=unique()[:16])
@@ -595,8 +598,9 @@ def test_a_binary_is_shown_as_the_resource_its_security_context_names(bare):
         assert native.status_code == 200 and native.content == b"%PDF-1.4 report"
     with _http(bare, _patient_token(bare, b["id"])) as c:
         assert c.get(f"/Binary/{binary['id']}").status_code == 403
-    # the reference deleted: the Binary stands for itself again (it names no patient)
     with _http(bare, bare.h1) as c:
         assert c.delete(f"/DocumentReference/{doc['id']}").status_code in (200, 204)
     with _http(bare, _patient_token(bare, a["id"])) as c:
+        assert c.get(f"/Binary/{binary['id']}").status_code == 200
+    with _http(bare, _patient_token(bare, b["id"])) as c:
         assert c.get(f"/Binary/{binary['id']}").status_code == 403

@@ -38,7 +38,10 @@ institutions); a base ``deny`` with a nested ``permit`` for ``Organization/H2`` 
 institution only).
 
 Break the glass (purpose ``ETREAT`` or ``BTG``, for the roles that may) sets a consent aside,
-and the access is audited as always. The hub's own reads (``SYSTEM``) are not judged.
+and the access is audited as always. The hub's own reads (``SYSTEM``) are not judged, nor are the
+patient's own: a Consent governs disclosure to others, so a token whose user (``fhirUser``) is
+the Patient in context is not held to that Patient's Consents (``hub.access.policy``); one only
+launched in its context (a clinician's app) is.
 
 The rules come from the event store: every current Consent is read again when a Consent was
 written since the last read. Whether one was is asked at most every quarter second (one indexed

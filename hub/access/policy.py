@@ -17,18 +17,25 @@ decides:
 - **Query-restricted scopes.** A scope with a query (``patient/Observation.rs?category=
   laboratory``) grants its letters only on the resources its query selects
   (``hub.access.scopequery``: token parameters and ``_id``; a query it cannot judge selects
-  nothing). Several scopes on one type are OR'ed; one without a query wins. What is handed out
-  (read, vread, history, search results, ``_include``, ``$everything``) is shown when a scope
-  granting ``r`` or ``s`` on its type selects it (what one may search for one may read by
-  ``_id``, and the reverse); a search is narrowed in its plan by the queries of its ``s``
+  nothing). Several scopes on one type are OR'ed, each by its own limits (``_admitted``): a
+  ``user/`` or ``system/`` one without a query wins; a ``patient/`` one admits only the
+  patient's compartment, so beside ``user/Observation.rs?category=laboratory`` it adds the
+  patient's own Observations to everyone's laboratory results, never lifting the query. What
+  is handed out (read, vread, history, search results, ``_include``, ``$everything``) is shown
+  when a scope granting ``r`` or ``s`` on its type admits it (what one may search for one may
+  read by ``_id``, and the reverse); a search is narrowed in its plan by the queries of its ``s``
   scopes, so its pages and totals count only what is shown. A resource not selected is refused
   on read as any hidden resource is, 403 (the caller names the id; a 404 would tell a deleted
   one from a hidden one no better, and the consent and patient-context refusals answer 403
   too). A create or update must store a resource a ``c`` or ``u`` scope selects, an update or
   delete must replace one a ``u`` or ``d`` scope selects, else 403; a conditional update or
   delete, whose target is found later, needs a scope without a query.
-- **Patient context.** A token whose scopes are all ``patient/`` ones sees its own Patient and
-  what refers to it, nothing else.
+- **Patient context.** A ``patient/`` scope admits the Patient in context and its compartment,
+  nothing else: a token whose scopes are all ``patient/`` ones sees only that.
+- **Consent** (``hub.access.consent``) holds for everyone but the patient it is of: a token
+  whose user (``fhirUser``) is the Patient in context reads its own record whatever its own
+  consents say (they govern disclosure to others). A clinician's app in the patient's context
+  is another reader and held to them.
 """
 
 from __future__ import annotations
@@ -108,10 +115,6 @@ SHARED_RECORD = frozenset({"$everything", "$timeline"})
 def scopes_of(texts: tuple[str, ...]) -> tuple[Scope, ...]:
     """The parsed scopes of a token (a token's scopes are few and repeat across requests)."""
     return tuple(s for s in parse_scopes(" ".join(texts)) if s.is_resource)
-
-
-def _patient_only(scopes: list[Scope]) -> bool:
-    return bool(scopes) and all(s.context == "patient" for s in scopes)
 
 
 class AccessPolicy:
@@ -199,12 +202,9 @@ class AccessPolicy:
     def admits(self, actor: Actor, letter: str, rtype: str, resource: dict) -> bool:
         if actor.kind == "system":
             return True
-        granting = permits(scopes_of(actor.scopes), letter, rtype)
-        if not _selects(granting, rtype, resource):
-            return False
         # a patient-context token writes, as it reads, only its own Patient's compartment
-        return actor.patient is None or not _patient_only(granting) or _in_compartment(
-            rtype, str(resource.get("id") or ""), orjson.dumps(resource), actor.patient)
+        return _admitted(permits(scopes_of(actor.scopes), letter, rtype), actor.patient, rtype,
+                         str(resource.get("id") or ""), orjson.dumps(resource), resource)
 
     def narrow_search(self, actor: Actor, rtype: str) -> list[list[Any]] | None:
         if actor.kind == "system":
@@ -212,65 +212,69 @@ class AccessPolicy:
         granting = permits(scopes_of(actor.scopes), "s", rtype)
         if not granting or any(not s.query for s in granting):
             return None
+        # what the queries select, a patient/ scope's whoever it is about: the compartment is
+        # judged after the search (``hides_after_search``)
         return search_groups([compile_query(rtype, s.query) for s in granting])
 
     def hides_after_search(self, actor: Actor, rtype: str, *, narrowed: bool = True,
                            across: bool = False) -> bool:
         if actor.kind == "system":
             return False
-        if actor.patient is not None and _patient_only(
-                [s for s in scopes_of(actor.scopes) if s.rtype in ("*", rtype)]):
-            return True  # the patient's compartment, judged per resource
         if self.consents is not None and actor.purpose not in EMERGENCY and \
                 rtype not in NOT_THE_PATIENTS and self.consents.any():
             return True
         reading = [s for s in scopes_of(actor.scopes) if s.perms & {"r", "s"}]
         if rtype == "*" or across:
             # what is found holds, or was found through, resources of any type: all shown only
-            # to a scope on every type without a query
-            return not any(s.rtype == "*" and not s.query for s in reading)
+            # to a scope on every type that admits anything
+            return not any(s.rtype == "*" and _admits_all(s) for s in reading)
+        on_type = [s for s in reading if s.rtype in ("*", rtype)]
+        if any(_admits_all(s) for s in on_type):
+            return False
+        if any(s.context == "patient" for s in on_type):
+            return True  # the patient's compartment, judged per resource
         # a scope's query narrows a search's plan; what nothing narrowed (a history) is judged
         # resource by resource
-        return not narrowed and not any(not s.query for s in reading if s.rtype in ("*", rtype))
+        return not narrowed
 
     def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         if actor.kind == "system":
             return True
-        if not self._scopes_show(actor, rtype, resource):
+        if not self._scopes_show(actor, rtype, rid, resource):
             return False
-        if actor.patient is not None:
-            granting = [s for s in scopes_of(actor.scopes) if s.rtype in ("*", rtype)]
-            # only patient/ scopes cover it: limited to the patient's compartment
-            if _patient_only(granting) and not _in_compartment(rtype, rid, resource,
-                                                                actor.patient):
-                return False
+        return self._consents_show(actor, rtype, rid, resource)
+
+    def scopes_select(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+        return actor.kind == "system" or self._scopes_show(actor, rtype, rid, resource,
+                                                           compartment=False)
+
+    def _consents_show(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         if self.consents is None or actor.purpose in EMERGENCY or rtype in NOT_THE_PATIENTS:
             return True  # break the glass (open only to the roles that may) sets consent aside
+        # a Consent governs disclosure to others: the patient reading its own record is not
+        # held to its own (its right of access), everyone else is, its clinicians in its
+        # context included
+        own = f"Patient/{actor.patient}" if is_the_patient(actor) else None
         access: Access | None = None
         for ref in patients_in(rtype, rid, resource):
+            if ref == own:
+                continue
             for rule in self.consents.rules(ref.split("/", 1)[1]):
                 access = access or Access(actor.institution, actor.purpose, rtype, rid, resource)
                 if rule.denies(access):
                     return False
         return True
 
-
     @staticmethod
-    def _scopes_show(actor: Actor, rtype: str, resource: bytes) -> bool:
-        """Does a scope granting ``r`` or ``s`` on ``rtype`` select this resource? None does
+    def _scopes_show(actor: Actor, rtype: str, rid: str, resource: bytes, *,
+                     compartment: bool = True) -> bool:
+        """Does a scope granting ``r`` or ``s`` on ``rtype`` admit this resource? None does
         when none grants either: an operation handing out several types (``$everything``)
         shows only the types the caller's scopes name."""
         granting = [s for s in scopes_of(actor.scopes)
                     if s.rtype in ("*", rtype) and s.perms & {"r", "s"}]
-        if not granting:
-            return False
-        if any(not s.query for s in granting):
-            return True
-        try:
-            d = orjson.loads(resource)
-        except orjson.JSONDecodeError:
-            return False
-        return isinstance(d, dict) and _selects(granting, rtype, d)
+        return _admitted(granting, actor.patient if compartment else None, rtype, rid, resource,
+                         None, compartment=compartment)
 
     def written(self, rtypes: set[str]) -> None:
         if self.consents is not None and "Consent" in rtypes:
@@ -284,10 +288,48 @@ class AccessPolicy:
         return not owner or owner == actor.institution
 
 
-def _selects(granting: list[Scope], rtype: str, resource: dict) -> bool:
-    """Some of these scopes selects the resource: one without a query, or one whose query
-    matches it (none: nothing granted)."""
-    return any(not s.query or compile_query(rtype, s.query).matches(resource) for s in granting)
+def _admits_all(scope: Scope) -> bool:
+    """A scope that admits every resource of its type: no query, and about no one patient."""
+    return not scope.query and scope.context != "patient"
+
+
+def _admitted(granting: list[Scope], patient: str | None, rtype: str, rid: str, resource: bytes,
+              parsed: dict | None, *, compartment: bool = True) -> bool:
+    """Does some one of these scopes admit the resource? A scope with a query only what its
+    query selects; a ``patient/`` scope only the compartment of the patient in context (none
+    without one; ``compartment`` False: by its query alone). Several scopes on a type are
+    OR'ed: each admits by its own limits, and no scope lifts another's (a ``patient/`` scope
+    without a query beside a query-restricted ``user/`` one admits the patient's compartment
+    and what the query selects, not everything)."""
+    d: dict | None = parsed
+    inside: bool | None = None
+    for s in granting:
+        if s.query:
+            if d is None:
+                try:
+                    loaded = orjson.loads(resource)
+                except orjson.JSONDecodeError:
+                    loaded = None
+                d = loaded if isinstance(loaded, dict) else {}  # selected by no query
+            if not compile_query(rtype, s.query).matches(d):
+                continue
+        if s.context == "patient" and compartment:
+            if inside is None:
+                inside = patient is not None and _in_compartment(rtype, rid, resource, patient)
+            if not inside:
+                continue
+        return True
+    return False
+
+
+def is_the_patient(actor: Actor) -> bool:
+    """Is the caller the patient in its context: its token's ``fhirUser`` is that Patient (a
+    patient's own app), not a clinician or a client acting in the patient's context?"""
+    if actor.patient is None or actor.fhir_user is None:
+        return False
+    own = own_base()
+    return actor.fhir_user in {f"Patient/{actor.patient}"} | (
+        {f"{own}Patient/{actor.patient}"} if own else set())
 
 
 def _in_compartment(rtype: str, rid: str, resource: bytes, patient: str) -> bool:
@@ -296,6 +338,10 @@ def _in_compartment(rtype: str, rid: str, resource: bytes, patient: str) -> bool
     its ``focus`` or a note's author: those name the patient in someone else's record). A type
     the compartment does not list (Medication, Organization) by any reference to the patient."""
     if rtype == "Patient":
+        # its own Patient only, not another naming it in ``link`` (R4 lists ``link`` for the
+        # Patient compartment): any writer may set a link, and a wrong one would hand a patient
+        # another person's record; the master patient index's Person, a steward's decision, is
+        # how the hub joins one person's records
         return rid == patient
     if rtype not in patient_compartment():
         return names_patient(resource, patient)

@@ -82,13 +82,16 @@ def _from_token(request: Request, verifier: Any) -> Actor:
     institution = claims.get("hub_institution")
     patient = claims.get("patient")
     patient = patient if isinstance(patient, str) and patient else None
+    fhir_user = claims.get("fhirUser")
     return Actor(subject=str(claims.get("sub") or claims.get("client_id") or "unknown")[:128],
                  kind="user" if claims.get("fhirUser") else "client",
                  roles=frozenset(r for r in roles if isinstance(r, str))
                  if isinstance(roles, list) else frozenset(),
                  scopes=in_context(scope.split() if isinstance(scope, str) else (), patient),
                  institution=institution if isinstance(institution, str) and institution else None,
-                 purpose=purpose_of(request), patient=patient)
+                 purpose=purpose_of(request), patient=patient,
+                 fhir_user=fhir_user if isinstance(fhir_user, str)
+                 and 0 < len(fhir_user) <= 1024 else None)
 
 
 def in_context(scopes: Iterable[str], patient: str | None) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ class Actor:
     institution: str | None = None
     purpose: str | None = None
     patient: str | None = None  # a patient-context token's Patient id (SMART launch context)
+    fhir_user: str | None = None  # the token's ``fhirUser``: who the user is (``Patient/x``)
 
 
 ANONYMOUS = Actor()
@@ -54,6 +55,11 @@ class Policy(Protocol):
 
     def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         """May ``actor`` see this resource (its JSON)?"""
+
+    def scopes_select(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+        """Does a scope of ``actor`` granting ``r`` or ``s`` on ``rtype`` select this resource by
+        its query alone, whose patient (a ``patient/`` scope's compartment, consents) is judged
+        through another resource (a Binary through its ``securityContext``)?"""
 
     def may_change(self, actor: Actor, rtype: str, rid: str, source: dict) -> bool:
         """May ``actor`` update or delete a stored resource whose current version came from
@@ -87,6 +93,9 @@ class OpenPolicy:
         return None
 
     def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+        return True
+
+    def scopes_select(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         return True
 
     def may_change(self, actor: Actor, rtype: str, rid: str, source: dict) -> bool:
