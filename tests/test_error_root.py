@@ -10,7 +10,8 @@ import pkgutil
 from hub.core.errors import ERROR_CODES, HubError
 
 PACKAGES = ("hub", "fhir_mapping", "projections", "connectors", "terminology")
-CONTROL_FLOW = {"fhir_mapping.tabular.mapping._Skip"}  # leaves a row out; never reaches a caller
+# leave a row out, stop a cancelled export: never reach a caller
+CONTROL_FLOW = {"fhir_mapping.tabular.mapping._Skip", "hub.exports._Cancelled"}
 
 
 def _exception_classes():

@@ -51,3 +51,33 @@ def test_a_projection_rebuild_from_the_cli_is_recorded(tmp_path, capsys):
     [row] = [j for j in Jobs(data).list() if j["kind"] == "projection-rebuild"]
     assert row["status"] == "finished" and row["title"] == "rebuild quality"
     assert row["done"] == row["total"] > 0
+
+
+def _create_at_once(path: str, barrier, errors) -> None:
+    from pathlib import Path
+
+    from hub.core.sqlitefile import create
+
+    barrier.wait()
+    try:
+        create(Path(path), "CREATE TABLE IF NOT EXISTS t (a INTEGER);")
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        errors.put(repr(e))
+
+
+def test_processes_starting_together_create_one_file(tmp_path):
+    """`hub serve`'s workers start at once and each creates the data directory's small files
+    (the jobs ledger, the exports): one failed "database is locked" switching the new file to
+    WAL, and that worker's start failed (a test of two workers met it)."""
+    import multiprocessing as mp
+
+    errors = mp.Queue()
+    for n in range(120):
+        barrier = mp.Barrier(8)
+        procs = [mp.Process(target=_create_at_once, args=(str(tmp_path / f"{n}.sqlite"), barrier,
+                                                          errors)) for _ in range(8)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+    assert errors.empty(), errors.get()
