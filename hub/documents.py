@@ -12,6 +12,9 @@
 4. in conflict with what is stored (``_conflict``: a "new version" of a set stored for another
    patient, an id of the document already another patient's record, or a second document claiming
    a version of the set that is stored): refused the same way with a 409, nothing else written.
+
+Steps 2 and 4 are ``StoredDocuments.settle``, which a connector's mapped documents (PUT as entries
+of a transaction or batch) go through too (``hub.api.bundles`` → ``settle_writes``).
 """
 
 from __future__ import annotations
