@@ -113,7 +113,7 @@ class StoredDocuments:
                 raise FhirError(422, "business-rule", f"{rule}: {text}", where)
             for d in retired:
                 ref = f"{d['resourceType']}/{d['id']}"
-                res.validate(d["resourceType"], jsontext.dumps(d, ref), d, f"{where}: retiring {ref}")
+                res.validate(d["resourceType"], jsontext.dumps(d, ref), d)
                 more.append(Op("PUT", d["resourceType"], d["id"], d, url=ref, where=where))
         return more
 

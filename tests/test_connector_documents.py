@@ -205,3 +205,44 @@ def test_the_ingest_worker_holds_documents_to_the_same_check(hub):
     assert stored.own_current("Condition", cond["id"]) == before
     [patient_b] = [r for r in other["resources"] if r["resourceType"] == "Patient"]
     assert stored.own_current("Patient", patient_b["id"]) is None
+
+
+def test_hub_ingest_holds_a_document_transaction_to_the_same_check(settings, tmp_path):
+    """``hub ingest`` of a connector's units saved as transactions (the bare core, not the API's
+    repository): the conflicting document's transaction is rejected whole, the first patient's
+    records as they were."""
+    from datetime import datetime, timezone
+
+    import orjson
+
+    from fhir_mapping.base import SourceInfo
+    from fhir_mapping.documents import for_connector
+    from hub.core.ingest import Hub
+    from hub.repository import Repository
+    from tests.test_cli import counts, run_hub
+
+    src = SourceInfo(institution="H0001", feed="cda")
+    convs = [for_connector(wst500(doc_id=f"IN-{n}", set_id="SET-IN", version=n,
+                                  patient_ids=ident(ROOT, who), name=name,
+                                  sections=section(diagnosis(code, text, "1"))),
+                           src, datetime.now(timezone.utc))[0]
+             for n, who, name, code, text in ((1, "IN-PA", "测试甲", "I10", "高血压"),
+                                              (2, "IN-PB", "测试乙", "J45.9", "哮喘"))]
+    for n, c in enumerate(convs, 1):
+        (tmp_path / f"v{n}.json").write_bytes(orjson.dumps(c.bundle("transaction")))
+    first = run_hub(settings, "ingest", tmp_path / "v1.json")
+    assert counts(first.stdout)["rejected"] == 0, first.stdout + first.stderr
+    [cond] = [r for r in convs[0].resources if r["resourceType"] == "Condition"]
+    hub = Hub(settings.open_store())
+    try:
+        before = Repository(hub).own_current("Condition", cond["id"])
+    finally:
+        hub.store.close()
+    second = run_hub(settings, "ingest", tmp_path / "v2.json")
+    assert counts(second.stdout)["rejected"] == len(convs[1].resources), second.stdout + second.stderr
+    assert "cda.document.other-patient" in second.stdout + second.stderr
+    hub = Hub(settings.open_store())
+    try:
+        assert Repository(hub).own_current("Condition", cond["id"]) == before
+    finally:
+        hub.store.close()

@@ -236,7 +236,9 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
     # a connector's mapped documents are held to what the document intake holds its own to
     # (never written over another patient's records; what a new version withdrew retired):
     # one check, the intake's; the retirements are written with them, answered by no entry
-    retirements = StoredDocuments(repo).settle_writes(ops)
+    # (``hub ingest`` hands in the bare core: its store is read the same way)
+    stored = repo if isinstance(repo, Repository) else Repository(repo)
+    retirements = StoredDocuments(stored).settle_writes(ops)
     if atomic:
         _try_gets(parsed, ops, get)
     results = repo.execute(ops + retirements, ctx, atomic=True) if atomic \
