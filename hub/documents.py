@@ -97,8 +97,8 @@ class StoredDocuments:
         """``settle`` for each mapped document among a transaction's or batch's writes
         (``document_writes``); returns the retirements to write with them. A document in conflict
         refuses the whole Bundle, a batch too: its entries are one unit (nothing of it may be
-        written), and a batch cannot tell them from a neighbour's shared ones (the Organization
-        units of one institution send once, ``connectors.sinks.http.dedupe_entries``). The status
+        written), and a batch cannot tell them from a neighbour's shared ones (a batch carries an
+        institution's Organization once for all its units, ``connectors.sinks.http.dedupe_entries``). The status
         is 422 business-rule, not the intake's 409: a connector (``connectors.sinks``) and the
         ingest worker split a Bundle refused with a 4xx until the document is alone and keep it
         as a dead letter, where a 409 is "try again" and held the connector's feed for ever
