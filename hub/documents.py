@@ -12,6 +12,9 @@
 4. in conflict with what is stored (``_conflict``: a "new version" of a set stored for another
    patient, an id of the document already another patient's record, or a second document claiming
    a version of the set that is stored): refused the same way with a 409, nothing else written.
+
+Steps 2 and 4 are ``StoredDocuments.settle``, which a connector's mapped documents (PUT as entries
+of a transaction or batch) go through too (``hub.api.bundles`` → ``settle_writes``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import orjson
 from fhir_mapping import source_order, withdrawn
 from fhir_mapping.base import MappingError, SourceInfo
 from fhir_mapping.documents import (
+    EXT,
     QualityRejected,
     check_and_convert,
     header,
@@ -36,7 +40,6 @@ from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.access import SYSTEM, patients_in
 from hub.core.errors import FhirError
-from hub.core.events import resource_bytes
 from hub.core.fhirtime import local_zone
 from hub.core.ingest import Context, Op, Result
 from hub.quarantine import Quarantine
@@ -48,6 +51,8 @@ RETIRED_RULE = "cda.document.entries-retired"
 LEFT_OUT_RULE = "cda.document.entries-left-out"
 OTHER_PATIENT_RULE = "cda.document.other-patient"
 SAME_VERSION_RULE = "cda.document.version-taken"
+QUALITY_DOCUMENT = EXT + "quality-document"  # a quality report's document
+Conflict = tuple[str, str, str]  # (rule, display, text): why a document may not be written
 
 @dataclass
 class DocumentResult:
@@ -61,74 +66,56 @@ class DocumentResult:
     retired: list[str] = field(default_factory=list)  # Type/id the new version withdrew
 
 
-class DocumentService:
-    def __init__(self, repo: Repository, quarantine: Quarantine, normaliser: Any = None):
+class StoredDocuments:
+    """What the stored versions of a document decide about writing a mapped one, whichever way it
+    came in: the document intake maps it in the hub (``DocumentService``), a connector of kind
+    ``cda`` maps it itself and PUTs its resources as entries of a transaction (``hub.api.bundles``
+    hands its writes to ``settle_writes``). One check and one retirement for both: a connector's
+    document for another patient with the keys of a stored one overwrote that patient's records
+    as the intake's would, had the check been the intake's alone."""
+
+    def __init__(self, repo: Repository):
         self.repo = repo
-        self.quarantine = quarantine
-        # local codes get their standard coding beside them (terminology.normalise.StoredMaps)
-        self.normaliser: Any = normaliser
 
-    def ingest_cda(self, payload: bytes, source: SourceInfo, ctx: Context | None = None,
-                   now: datetime | None = None) -> DocumentResult:
-        now = now or datetime.now(local_zone())
-        ctx = ctx or Context()
-        # the document's custodian names the institution only when the connector does not (a parse
-        # of its own: the document may not even be well-formed)
-        institution = source.institution or reporting_source(source, header(payload)).institution
-        ctx.source = {**ctx.source, "institution": institution or "unknown",
-                      **({"feed": source.feed} if source.feed else {})}
-        try:
-            conversion = check_and_convert(payload, source, now)
-        except QualityRejected as e:
-            return self._refuse(payload, source, ctx, e.report, e.reason)
-        except MappingError as e:  # passed the rules, but the mapper cannot map it
-            return self._refuse(payload, source, ctx,
-                                self._error_report(payload, source, now, e.reason, e.location),
-                                e.reason)
-        conflict = self._conflict(conversion.resources, conversion.patient_key)
+    def settle(self, resources: list[dict],
+               patient: str | None) -> tuple[Conflict | None, list[dict]]:
+        """Before a mapped document (``resources``, its quality report among them) is written:
+        the conflict with what is stored that refuses it (``_conflict``), else None and the
+        entries it withdrew, retired (to write with it), its report saying what it changed (a
+        late older version, what was retired or left out) and keeping the time a resend was
+        first checked."""
+        conflict = self._conflict(resources, patient)
         if conflict is not None:
-            rule, display, reason = conflict
-            return self._refuse(payload, source, ctx, self._error_report(
-                payload, source, now, reason, "/hl7:ClinicalDocument/hl7:setId", rule=rule,
-                display=display, code="conflict"), reason, status=409)
-        report = conversion.resources[-1]
+            return conflict, []
+        report = next(r for r in resources if is_quality_report(r))
         self._keep_checked_time(report)
-        retired: list[dict] = []
-        if not self._note_superseded(conversion.resources, report, ctx):
-            retired = self._retire_left_out(conversion.resources, report, ctx)
-        normaliser = self.normaliser() if self.normaliser is not None else None
-        if normaliser is not None:
-            normaliser.apply(conversion)
-        try:
-            results = self._write([*conversion.resources, *retired], ctx)
-        except FhirError as e:  # mapper output the hub refuses: a mapper bug, kept for replay
-            if e.status in (401, 403):
-                raise  # what this sender may not write is never kept (a replay writes as the hub)
-            reason = "; ".join(i.diagnostics for i in e.issues)[:1000]
-            return self._refuse(payload, source, ctx,
-                                self._error_report(payload, source, now, reason, None), reason)
-        doc_ref = next((f"{r.rtype}/{r.rid}" for r in results
-                        if r.rtype == "DocumentReference"), None)
-        # a new version of the DocumentReference (a new document, or a new version of it): 201;
-        # the same document again changes nothing: 200
-        created = any(r.rtype == "DocumentReference" and r.body is not None for r in results)
-        decision = next(e["valueCode"] for e in report["extension"] if "valueCode" in e)
-        return DocumentResult(201 if created else 200, decision, report, doc_ref,
-                              resources=[f"{r.rtype}/{r.rid}/_history/{r.version}" for r in results],
-                              retired=[f"{r['resourceType']}/{r['id']}" for r in retired])
+        if self._note_superseded(resources, report):
+            return None, []
+        return None, self._retire_left_out(resources, report)
 
-    def replay(self, qid: int, now: datetime | None = None) -> DocumentResult:
-        entry = self.quarantine.get(qid)
-        if entry is None:
-            raise KeyError(qid)
-        result = self.ingest_cda(entry["payload"], SourceInfo(**entry["source"]),
-                                 Context(source={"feed": "quarantine-replay"}, actor=SYSTEM), now)
-        summary = {"status": result.status, "decision": result.decision,
-                   "document": result.document_ref, "quarantine_id": result.quarantine_id}
-        # refused again: the new quarantine entry supersedes this one
-        self.quarantine.mark(qid, "replayed" if result.quarantine_id is None else "superseded",
-                             summary)
-        return result
+    def settle_writes(self, ops: list[Op]) -> list[Op]:
+        """``settle`` for each mapped document among a transaction's or batch's writes
+        (``document_writes``); returns the retirements to write with them. A document in conflict
+        refuses the whole Bundle, a batch too: its entries are one unit (nothing of it may be
+        written), and a batch cannot tell them from a neighbour's shared ones (a batch carries an
+        institution's Organization once for all its units, ``connectors.sinks.http.dedupe_entries``). The status
+        is 422 business-rule, not the intake's 409: a connector (``connectors.sinks``) and the
+        ingest worker split a Bundle refused with a 4xx until the document is alone and keep it
+        as a dead letter, where a 409 is "try again" and held the connector's feed for ever
+        behind a document only a steward can settle."""
+        more: list[Op] = []
+        for patient, members in document_writes(ops):
+            where = ops[members[0]].where  # the DocumentReference's entry: the document
+            conflict, retired = self.settle([ops[i].d for i in members],  # type: ignore[misc]
+                                            patient)
+            if conflict is not None:
+                rule, _, text = conflict
+                raise FhirError(422, "business-rule", f"{rule}: {text}", where)
+            for d in retired:
+                ref = f"{d['resourceType']}/{d['id']}"
+                res.validate(d["resourceType"], jsontext.dumps(d, ref), d)
+                more.append(Op("PUT", d["resourceType"], d["id"], d, url=ref, where=where))
+        return more
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -147,7 +134,7 @@ class DocumentService:
         if without_time(old) == without_time(report):
             report["extension"] = old["extension"]
 
-    def _retire_left_out(self, resources: list[dict], report: dict, ctx: Context) -> list[dict]:
+    def _retire_left_out(self, resources: list[dict], report: dict) -> list[dict]:
         """A new version of a stored document that leaves out entries the stored version wrote (a
         diagnosis the author withdrew): those the document owns stop being current, marked as R4
         marks a withdrawn statement (``fhir_mapping.withdrawn``: entered-in-error, not a delete, so
@@ -158,10 +145,9 @@ class DocumentService:
         comp = next((r for r in resources if r["resourceType"] == "Composition"), None)
         if comp is None:
             return []
-        stored = self.repo.latest(ctx, "Composition", comp["id"])
-        if stored is None or stored.topic.endswith("Deleted"):
+        old = self.repo.own_current("Composition", comp["id"])  # the hub's read, not the caller's
+        if old is None:
             return []
-        old = orjson.loads(resource_bytes(stored))
         order = source_order.order_of(comp)
         now = {f"{r['resourceType']}/{r['id']}" for r in resources}
         gone = _entries(old) - now
@@ -233,7 +219,7 @@ class DocumentService:
             return "another document lists it too"
         return None
 
-    def _conflict(self, resources: list[dict], patient: str | None) -> tuple[str, str, str] | None:
+    def _conflict(self, resources: list[dict], patient: str | None) -> Conflict | None:
         """Why the document may not be written over what is stored, as (rule, display, text), or
         None. Never merge two people: every id of a document is derived from its keys (the set,
         an entry's own id, the document id), so a document for another patient with the keys of a
@@ -284,7 +270,7 @@ class DocumentService:
                     f"documents cannot both be one version of a set. Refused, nothing written")
         return None
 
-    def _note_superseded(self, resources: list[dict], report: dict, ctx: Context) -> bool:
+    def _note_superseded(self, resources: list[dict], report: dict) -> bool:
         """A late older version of a stored document: accepted and kept for audit (its Binary and
         this report are written), but the hub leaves what the newer version wrote in place
         (``Hub.execute`` compares the source-order stamps). The report says so, so the sender's
@@ -294,10 +280,10 @@ class DocumentService:
         new = source_order.order_of(doc) if doc is not None else None
         if doc is None or not new:
             return False
-        stored = self.repo.latest(ctx, "DocumentReference", doc["id"])
-        if stored is None or stored.topic.endswith("Deleted"):
+        stored = self.repo.own_current("DocumentReference", doc["id"])
+        if stored is None:
             return False
-        why = source_order.older_than(new, source_order.order_of(orjson.loads(resource_bytes(stored))))
+        why = source_order.older_than(new, source_order.order_of(stored))
         if not why:
             return False
         binary = next((r["id"] for r in resources if r["resourceType"] == "Binary"), None)
@@ -311,6 +297,72 @@ class DocumentService:
                 or i.get("severity") != "information"]  # the "no quality findings" line goes
         report["issue"] = [*kept, issue]
         return True
+
+
+class DocumentService(StoredDocuments):
+    def __init__(self, repo: Repository, quarantine: Quarantine, normaliser: Any = None):
+        super().__init__(repo)
+        self.quarantine = quarantine
+        # local codes get their standard coding beside them (terminology.normalise.StoredMaps)
+        self.normaliser: Any = normaliser
+
+    def ingest_cda(self, payload: bytes, source: SourceInfo, ctx: Context | None = None,
+                   now: datetime | None = None) -> DocumentResult:
+        now = now or datetime.now(local_zone())
+        ctx = ctx or Context()
+        # the document's custodian names the institution only when the connector does not (a parse
+        # of its own: the document may not even be well-formed)
+        institution = source.institution or reporting_source(source, header(payload)).institution
+        ctx.source = {**ctx.source, "institution": institution or "unknown",
+                      **({"feed": source.feed} if source.feed else {})}
+        try:
+            conversion = check_and_convert(payload, source, now)
+        except QualityRejected as e:
+            return self._refuse(payload, source, ctx, e.report, e.reason)
+        except MappingError as e:  # passed the rules, but the mapper cannot map it
+            return self._refuse(payload, source, ctx,
+                                self._error_report(payload, source, now, e.reason, e.location),
+                                e.reason)
+        conflict, retired = self.settle(conversion.resources, conversion.patient_key)
+        if conflict is not None:
+            rule, display, reason = conflict
+            return self._refuse(payload, source, ctx, self._error_report(
+                payload, source, now, reason, "/hl7:ClinicalDocument/hl7:setId", rule=rule,
+                display=display, code="conflict"), reason, status=409)
+        report = conversion.resources[-1]
+        normaliser = self.normaliser() if self.normaliser is not None else None
+        if normaliser is not None:
+            normaliser.apply(conversion)
+        try:
+            results = self._write([*conversion.resources, *retired], ctx)
+        except FhirError as e:  # mapper output the hub refuses: a mapper bug, kept for replay
+            if e.status in (401, 403):
+                raise  # what this sender may not write is never kept (a replay writes as the hub)
+            reason = "; ".join(i.diagnostics for i in e.issues)[:1000]
+            return self._refuse(payload, source, ctx,
+                                self._error_report(payload, source, now, reason, None), reason)
+        doc_ref = next((f"{r.rtype}/{r.rid}" for r in results
+                        if r.rtype == "DocumentReference"), None)
+        # a new version of the DocumentReference (a new document, or a new version of it): 201;
+        # the same document again changes nothing: 200
+        created = any(r.rtype == "DocumentReference" and r.body is not None for r in results)
+        decision = next(e["valueCode"] for e in report["extension"] if "valueCode" in e)
+        return DocumentResult(201 if created else 200, decision, report, doc_ref,
+                              resources=[f"{r.rtype}/{r.rid}/_history/{r.version}" for r in results],
+                              retired=[f"{r['resourceType']}/{r['id']}" for r in retired])
+
+    def replay(self, qid: int, now: datetime | None = None) -> DocumentResult:
+        entry = self.quarantine.get(qid)
+        if entry is None:
+            raise KeyError(qid)
+        result = self.ingest_cda(entry["payload"], SourceInfo(**entry["source"]),
+                                 Context(source={"feed": "quarantine-replay"}, actor=SYSTEM), now)
+        summary = {"status": result.status, "decision": result.decision,
+                   "document": result.document_ref, "quarantine_id": result.quarantine_id}
+        # refused again: the new quarantine entry supersedes this one
+        self.quarantine.mark(qid, "replayed" if result.quarantine_id is None else "superseded",
+                             summary)
+        return result
 
     def _refuse(self, payload: bytes, source: SourceInfo, ctx: Context, report: dict,
                 reason: str, status: int = 422) -> DocumentResult:
@@ -352,6 +404,55 @@ class DocumentService:
             if isinstance(r, FhirError):
                 raise r
         return out  # type: ignore[return-value]
+
+
+def document_writes(ops: list[Op]) -> list[tuple[str | None, list[int]]]:
+    """The mapped documents among a Bundle's writes, as (their Patient, the positions of their
+    writes, the DocumentReference's first). A mapped document is known by the shape ``fhir_mapping.documents`` gives it: its
+    quality report (the tag only the hub and connectors may write) names its DocumentReference,
+    which names its Composition, which a document Bundle written beside it opens with; its writes
+    are those, the Bundle's entries and the Binary of the original bytes."""
+    at = {f"{op.rtype}/{op.rid}": i for i, op in enumerate(ops)
+          if op.method == "PUT" and op.rid is not None and isinstance(op.d, dict)}
+    opened: dict[str, int] = {}  # Composition/id -> the document Bundle opening with it
+    for i in at.values():
+        d = ops[i].d or {}
+        first = (d.get("entry") or [{}])[0] if d.get("resourceType") == "Bundle" \
+            and d.get("type") == "document" and isinstance(d.get("entry"), list) else {}
+        r = first.get("resource") if isinstance(first, dict) else None
+        if isinstance(r, dict) and r.get("resourceType") == "Composition":
+            opened[f"Composition/{r.get('id')}"] = i
+    out: list[tuple[str | None, list[int]]] = []
+    for i in at.values():
+        report = ops[i].d
+        if not is_quality_report(report):
+            continue
+        j = at.get(_named(report.get("extension"), QUALITY_DOCUMENT) or "")  # type: ignore[union-attr]
+        doc = ops[j].d or {} if j is not None and ops[j].rtype == "DocumentReference" else {}
+        comp = next((r["reference"] for r in (doc.get("context") or {}).get("related") or ()
+                     if isinstance(r, dict) and str(r.get("reference")).startswith("Composition/")),
+                    None)
+        if j is None or comp not in at or comp not in opened:
+            continue
+        b = opened[comp]
+        refs = {f"{e['resource'].get('resourceType')}/{e['resource'].get('id')}"
+                for e in (ops[b].d or {})["entry"] if isinstance(e, dict)
+                and isinstance(e.get("resource"), dict)}
+        refs |= {str(c["attachment"].get("url")) for c in doc.get("content") or ()
+                 if isinstance(c, dict) and isinstance(c.get("attachment"), dict)}
+        members = [j, *sorted({at[r] for r in refs if r in at} | {i, b} - {j})]
+        subject = (ops[at[comp]].d or {}).get("subject")
+        out.append((subject.get("reference") if isinstance(subject, dict) else None, members))
+    return out
+
+
+def _named(extensions: Any, url: str) -> str | None:
+    """The reference of the extension ``url``."""
+    for e in extensions or ():
+        if isinstance(e, dict) and e.get("url") == url and isinstance(e.get("valueReference"), dict):
+            ref = e["valueReference"].get("reference")
+            return ref if isinstance(ref, str) else None
+    return None
 
 
 def _entries(composition: dict) -> set[str]:

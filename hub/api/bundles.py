@@ -23,6 +23,7 @@ from hub.core import resource as res
 from hub.core.conditional import parse_query
 from hub.core.errors import FhirError, Issue, bad_request
 from hub.core.ingest import Context, Op, Result
+from hub.documents import StoredDocuments
 from hub.repository import VIEW_TYPES, Repository
 
 WRITE_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2}  # R4: PUT or PATCH, in entry order
@@ -235,9 +236,16 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
     )
     out: list[dict | None] = [None] * len(parsed)
     ops: list[Op] = [parsed[i] for i in writes]  # type: ignore[misc]
+    # a connector's mapped documents are held to what the document intake holds its own to
+    # (never written over another patient's records; what a new version withdrew retired):
+    # one check, the intake's; the retirements are written with them, answered by no entry
+    # (``hub ingest`` hands in the bare core: its store is read the same way)
+    stored = repo if isinstance(repo, Repository) else Repository(repo)
+    retirements = StoredDocuments(stored).settle_writes(ops)
     if atomic:
         _try_gets(parsed, ops, get)
-    results = repo.execute(ops, ctx, atomic=True) if atomic else repo.execute_batch(ops, ctx)
+    results = repo.execute(ops + retirements, ctx, atomic=True) if atomic \
+        else repo.execute_batch(ops + retirements, ctx)
     placed = _placed_entries(ops, results) if atomic else {}
     for i, result in zip(writes, results):
         op = parsed[i]
