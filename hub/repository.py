@@ -477,6 +477,20 @@ class Repository:
         return self.audited(ctx, action, run,
                              lambda page: [(r.rtype, r.rid, r.state) for r in page[0]])
 
+    def plan_history(self, ctx: Context, *, rtype: str | None = None, rid: str | None = None,
+                     at: bool = False) -> None:
+        """What ``history`` refuses before it reads (the master patient index's view, a
+        forbidden history, ``_at`` on the audit log), checked with nothing read: a refusal is
+        recorded, as ``plan`` records a refused search."""
+        refuse_view(rtype)
+        action = Action(_history_kind(rtype, rid), rtype, rid)
+
+        def run() -> None:
+            self.policy.check(ctx.actor, action)
+            if at and rtype == AUDIT and self._records is not None:
+                self._audit_history(rid, at_us=(0, 0), limit=0)  # refuses _at
+        self.audited(ctx, action, run, None)
+
     def deletions(self, versions: Sequence[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
         """Which of these versions (type, id, version) are deletions; for a history page to tell a
         re-create, whose previous version is a deletion, wherever that deletion is listed."""

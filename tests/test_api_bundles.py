@@ -776,3 +776,96 @@ def test_a_get_entry_naming_an_entry_by_its_placeholder_finds_what_it_was_writte
     searched = r.json()["entry"][2]["resource"]
     assert searched["total"] == 1, searched
     assert searched["entry"][0]["resource"]["subject"]["reference"] == f"Patient/{pid}"
+
+
+# a GET of every kind that fails over HTTP, and the same failing at its entry of a transaction
+FAILING_GETS = [
+    "Patient/{p}/Observation?date=notadate",  # a compartment search
+    "Patient/{p}/*?_type=Device",  # a type outside the compartment
+    "Patient/{p}/*?_type=Observation&date=notadate",
+    "_history?_since=garbage",
+    "Patient/_history?_at=xx",
+    "Patient/{p}/_history?_count=many",
+    "Person/_history",  # the master patient index's view has none
+    "?_type=Nope",
+    "?_type=Patient&birthdate=notadate",
+    "Patient/{p}?_summary=count",  # no count of a read
+]
+
+
+@pytest.mark.parametrize("url", FAILING_GETS)
+def test_a_transactions_failing_get_of_any_kind_refuses_it_before_it_writes(client, url):
+    """All or nothing (R4): every GET is checked before the writes, as a type search was; a
+    compartment search, a history, a system search or a read's _summary that fails answered a
+    200 with the writes committed and the failure at its entry."""
+    p = patient(rid=unique())
+    put(client, p)
+    url = url.format(p=p["id"])
+    http = client.get("/" + url if not url.startswith("?") else url)
+    assert 400 <= http.status_code < 500, http.text
+    kept = patient(rid=unique())
+    r = send(client, bundle("transaction", put_entry(kept), get_entry(url)))
+    body = assert_outcome(r, http.status_code)
+    assert "Bundle.entry[1]" in expressions(body), body
+    assert client.get(f"/Patient/{kept['id']}").status_code == 404
+
+
+def test_a_transactions_get_refused_by_scope_refuses_it_before_it_writes(live, client):
+    """A client that may see only Patients: a compartment search of its Observations, their
+    history or a system search of them is refused (403) before anything is written."""
+    import httpx
+
+    p = patient(rid=unique())
+    put(client, p)
+    auth = live.client_auth(scope="system/Patient.cruds", name="patients only")
+    with httpx.Client(base_url=live.base, timeout=30, auth=auth) as c:
+        for url in (f"Patient/{p['id']}/Observation", "Observation/_history",
+                    "?_type=Observation"):
+            assert c.get(url if url.startswith("?") else "/" + url).status_code == 403, url
+            kept = patient(rid=unique())
+            r = send(c, bundle("transaction", put_entry(kept), get_entry(url)))
+            body = assert_outcome(r, 403)
+            assert "Bundle.entry[1]" in expressions(body), (url, body)
+            assert client.get(f"/Patient/{kept['id']}").status_code == 404, url
+        # what it may see still checks and answers
+        r = send(c, bundle("transaction", put_entry(patient(rid=unique())),
+                           get_entry(f"Patient/{p['id']}/_history"), get_entry("?_type=Patient")))
+        assert statuses(r) == ["201", "200", "200"], r.text
+
+
+def test_a_read_entry_answers_its_summary_and_elements_as_a_read(client):
+    """``_elements`` / ``_summary`` on a read or vread entry subset it as over HTTP (the full
+    resource was answered, untagged); ``_summary=count`` is a 400 there as over HTTP."""
+    d = patient(rid=unique())
+    d["gender"] = "male"
+    put(client, d)
+    r = send(client, bundle("batch", get_entry(f"Patient/{d['id']}?_elements=identifier"),
+                            get_entry(f"Patient/{d['id']}/_history/1?_elements=identifier"),
+                            get_entry(f"Patient/{d['id']}?_summary=count"),
+                            get_entry(f"Patient/{d['id']}?_summary=false&_pretty=true")))
+    assert statuses(r) == ["200", "200", "400", "200"], r.text
+    e = r.json()["entry"]
+    http = client.get(f"/Patient/{d['id']}", params={"_elements": "identifier"}).json()
+    for x in e[:2]:
+        assert x["resource"] == http
+        assert "gender" not in x["resource"] and x["resource"]["identifier"] == d["identifier"]
+        assert "SUBSETTED" in [t["code"] for t in x["resource"]["meta"]["tag"]]
+        assert x["response"]["etag"] == 'W/"1"'
+    assert e[3]["resource"]["gender"] == "male"
+
+
+def test_a_request_url_is_read_as_a_server_reads_a_request(client):
+    """A percent-encoded path is decoded (``Patient/p%30`` is ``Patient/p0``), empty pairs of
+    a query are ignored and a ``#fragment`` is no part of it, as over HTTP (they answered 400,
+    400 "Malformed search query", and no match)."""
+    d = patient(rid=unique())
+    put(client, d)
+    encoded = d["id"][:-1] + f"%{ord(d['id'][-1]):02X}"
+    r = send(client, bundle("batch", get_entry(f"Patient/{encoded}"),
+                            get_entry(f"Patient?identifier={token(d)}&&"),
+                            get_entry(f"Patient?_id={d['id']}#x")))
+    assert statuses(r) == ["200", "200", "200"], r.text
+    e = [x["resource"] for x in r.json()["entry"]]
+    assert e[0]["id"] == d["id"]
+    assert [x["resource"]["id"] for x in e[1]["entry"]] == [d["id"]]
+    assert [x["resource"]["id"] for x in e[2]["entry"]] == [d["id"]]

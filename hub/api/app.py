@@ -11,7 +11,7 @@ import os
 import signal
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import orjson
 from eventsourcing.persistence import InterfaceError, OperationalError
@@ -47,7 +47,7 @@ from hub.api import identity as mpi_identity
 from hub.api import match as mpi_match  # Patient/$match
 from hub.api import methods as allow  # the Allow of a 405
 from hub.api.caller import LoginRequired, Throttled, authenticate, context_of, repository
-from hub.api.history import history_bundle
+from hub.api.history import check_history, history_bundle
 from hub.api.limits import BodyLimit
 from hub.api.opparams import form_params
 from hub.api.profiles import ProfileRegistry, enforce, validate_instance, validate_type
@@ -64,8 +64,15 @@ from hub.api.responses import (
     prefer_strict,
     version_headers,
 )
-from hub.api.search import SearchService, plan_search, search_bundle, subset, subset_filter
-from hub.api.systemsearch import system_search
+from hub.api.search import (
+    SearchService,
+    check_search,
+    plan_search,
+    read_subset,
+    search_bundle,
+    subset,
+)
+from hub.api.systemsearch import check_system_search, system_search
 from hub.api.traffic import RateLimiter, networks
 from hub.auth.verifier import ExternalIssuer, Verifier
 from hub.core import resource as res
@@ -486,21 +493,9 @@ def _stored_response(request: Request, stored, status: int = 200) -> Response:
         d = orjson.loads(resource_bytes(stored))
         if binary.wants_native(request, binary.served_type(d)):
             return binary.native_response(d, headers, status)
-    keep = _read_subset(request, header["type"])
+    keep = read_subset(header["type"], request.query_params)
     body = resource_bytes(stored) if keep is None else subset(resource_bytes(stored), keep)
     return fhir_response(body, status, request=request, headers=headers)
-
-
-def _read_subset(request: Request, rtype: str):
-    """What a read's ``_summary`` or ``_elements`` keeps (R4 lets a read ask, as a search does;
-    None: all): the mandatory elements and ``meta`` with the SUBSETTED tag."""
-    summary = request.query_params.get("_summary")
-    if summary is not None and summary not in ("true", "text", "data", "false"):
-        raise bad_request(f"_summary={summary[:20]!r}: true, text, data or false on a read")
-    elements = request.query_params.get("_elements")
-    return subset_filter(rtype, None if summary == "false" else summary,
-                         [e.strip() for e in elements.split(",") if e.strip()] if elements
-                         else None)
 
 
 # -- system level ----------------------------------------------------------------------------
@@ -809,48 +804,63 @@ def _install_routes(app: FastAPI) -> None:
 def _get(repo: Repository, ctx: Context, path: str, query: str, base: str,
          settings: Settings, check: bool = False) -> tuple[int, Any]:
     """GET inside a batch or transaction: read, vread, search (of a type, of the system, of a
-    compartment) or history. ``check``: only whether it would fail (a search planned, a
-    resource's latest version looked up), nothing read nor audited."""
+    compartment) or history, each as over HTTP (the query read as a server reads one: empty
+    pairs ignored). ``check``: only whether it would fail (the query parsed and planned, access
+    checked, a resource's latest version looked up), nothing read nor audited."""
     parts = path.split("/")
     rtype = parts[0]
-    items = parse_query(query) if query else []
+    items = parse_qsl(query, keep_blank_values=True)
     if path in ("", "_history"):  # the system's search or history
+        if not path:
+            if check:
+                check_system_search(repo, ctx, items, base, settings, False)
+                return 200, None
+            return 200, system_search(repo, ctx, items, base, settings, False)
         if check:
+            check_history(repo, ctx, items, settings)
             return 200, None
-        return 200, (system_search(repo, ctx, items, base, settings, False) if not path
-                     else history_bundle(repo, ctx, items, base, settings))
+        return 200, history_bundle(repo, ctx, items, base, settings)
     if rtype not in res.RESOURCE_TYPES:
         raise not_found(f"Cannot GET {path!r}")
     if parts[1:] == ["_history"] or (len(parts) == 3 and parts[2] == "_history"):
         rid = _id(parts[1]) if len(parts) == 3 else None
         if check:
-            if rid is not None:
-                repo.require(ctx, rtype, rid)
+            check_history(repo, ctx, items, settings, rtype, rid)
             return 200, None
         return 200, history_bundle(repo, ctx, items, base, settings, rtype, rid)
     if len(parts) == 3 and (parts[2] == "*" or parts[2] in res.RESOURCE_TYPES):
         compartment = (rtype, _id(parts[1]))
-        if check:
-            return 200, None
         if parts[2] == "*":
+            if check:
+                check_system_search(repo, ctx, items, base, settings, False, compartment)
+                return 200, None
             return 200, system_search(repo, ctx, items, base, settings, False, compartment)
+        if check:
+            check_search(repo, ctx, parts[2], items, base, settings, False, compartment)
+            return 200, None
         return 200, search_bundle(repo, ctx, parts[2], items, base, settings, False, compartment)
-    if check and len(parts) == 1:
-        plan_search(repo, ctx, rtype, items, base, settings, False)
-        return 200, None
-    if check and len(parts) in (2, 4):
+    if len(parts) == 1:
+        if check:
+            plan_search(repo, ctx, rtype, items, base, settings, False)
+            return 200, None
+        return 200, search_bundle(repo, ctx, rtype, items, base, settings, False)
+    # a read or vread: its _summary / _elements as over HTTP (others ignored, as there)
+    keep = read_subset(rtype, dict(items))
+    version = None
+    if len(parts) == 4 and parts[2] == "_history":
+        if not (parts[3].isascii() and parts[3].isdigit()) or len(parts[3]) > 18:
+            raise not_found(f"{parts[3]!r} is not a version of {rtype}/{parts[1]}")
+        version = int(parts[3])
+    elif len(parts) != 2:
+        raise bad_request(f"GET {path!r} is not supported inside a Bundle")
+    if check:
         stored = repo.latest(ctx, rtype, _id(parts[1]))
         if stored is None:  # unknown, or not shown to the caller: alike
             raise not_found(f"{rtype}/{parts[1]} is not known")
-        if len(parts) == 2 and stored.topic.endswith("Deleted"):
+        if version is None and stored.topic.endswith("Deleted"):
             raise FhirError(410, "deleted", f"{rtype}/{parts[1]} was deleted")
         return 200, None
-    if len(parts) == 1:
-        return 200, search_bundle(repo, ctx, rtype, items, base, settings, False)
-    if len(parts) == 2:
-        return 200, resource_bytes(repo.read(ctx, rtype, _id(parts[1])))
-    if len(parts) == 4 and parts[2] == "_history" and (parts[3].isascii() and parts[3].isdigit()) \
-            and len(parts[3]) <= 18:
-        return 200, resource_bytes(repo.vread(ctx, rtype, _id(parts[1]), int(parts[3])))
-    raise bad_request(f"GET {path!r} is not supported inside a Bundle")
-
+    stored = repo.read(ctx, rtype, _id(parts[1])) if version is None \
+        else repo.vread(ctx, rtype, _id(parts[1]), version)
+    body = resource_bytes(stored)
+    return 200, body if keep is None else subset(body, keep)

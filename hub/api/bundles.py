@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import orjson
 
@@ -42,7 +42,10 @@ def status_line(code: int) -> str:
 
 
 def split_url(url: str, base: str) -> tuple[str, str]:
-    """Entry request URL -> (path relative to the base, query)."""
+    """Entry request URL -> (path relative to the base, query), as a server reads a request:
+    the path percent-decoded (``Patient/p%30`` is ``Patient/p0``), no ``#fragment`` (never sent
+    by an HTTP client)."""
+    url = url.partition("#")[0]
     if url.startswith(base + "/"):
         url = url[len(base) + 1:]
     elif "://" in url.partition("?")[0]:  # a query may hold URLs (identifier=http://…|1)
@@ -51,7 +54,7 @@ def split_url(url: str, base: str) -> tuple[str, str]:
         raise bad_request(f"request.url {url[:200]!r} is not on this server ({base}): give it "
                           "relative to the base, or absolute on it")
     path, _, query = url.lstrip("/").partition("?")
-    return path, query
+    return unquote(path), query
 
 
 def parse_entry(i: int, entry: object, base: str,
@@ -282,6 +285,8 @@ def _get_entry(status: int, body: Any, asked: dict) -> dict:
             meta = (orjson.loads(body) or {}).get("meta") or {}
         except orjson.JSONDecodeError:
             meta = None
+    elif isinstance(body, dict) and body.get("resourceType") != "Bundle":  # a subset of one read
+        meta = body.get("meta") or {}
     version = meta.get("versionId") if meta else None
     if isinstance(version, str) and version.isdigit():
         response["etag"] = etag(int(version))

@@ -6,6 +6,7 @@ while writes go on.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -23,29 +24,56 @@ from hub.repository import Repository
 _STATUS = {"created": 201, "updated": 200, "deleted": 204}
 
 
+@dataclass
+class HistoryQuery:
+    """A history's parameters, parsed: the page size, ``_since`` and ``_at`` (microseconds), the
+    unsealed ``_cursor`` (a notification id)."""
+    count: int
+    since_us: int | None = None
+    at_us: tuple[int, int] | None = None
+    cursor: int | None = None
+
+
+def parse_history(items: list[tuple[str, str]], settings: Settings) -> HistoryQuery:
+    """A history's query parsed, a malformed one refused (400), before anything is read."""
+    params = dict(items)
+    out = HistoryQuery(page_size(params, settings))
+    try:
+        if "_since" in params:
+            out.since_us = parse_range(params["_since"])[0]
+        if "_at" in params:
+            out.at_us = parse_range(params["_at"])
+    except ValueError as e:
+        raise bad_request(str(e)) from None
+    if "_cursor" in params:
+        # sealed as a search's is: a bare position could be forged to map where hidden
+        # versions lie (an empty page for each)
+        raw = page_tokens(settings.data_dir).open(params["_cursor"])
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # a notification id
+            raise bad_request("_cursor is not a page cursor of this server")
+        out.cursor = int(raw)
+    return out
+
+
+def check_history(repo: Repository, ctx: Context, items: list[tuple[str, str]],
+                  settings: Settings, rtype: str | None = None, rid: str | None = None) -> None:
+    """Whether ``history_bundle`` would fail (a malformed query, a forbidden or unknown
+    history), nothing read: a transaction's GET checked before its writes."""
+    if rtype is not None and rid is not None:
+        repo.require(ctx, rtype, rid)
+    q = parse_history(items, settings)
+    repo.plan_history(ctx, rtype=rtype, rid=rid, at=q.at_us is not None)
+
+
 def history_bundle(repo: Repository, ctx: Context, items: list[tuple[str, str]], base: str,
                    settings: Settings, rtype: str | None = None, rid: str | None = None) -> dict:
     """A history of the system, a type or an instance; ``items``: the query's parameters."""
     if rtype is not None and rid is not None:
         repo.require(ctx, rtype, rid)
     params = dict(items)
-    count = page_size(params, settings)
-    since_us = at_us = cursor = None
-    try:
-        if "_since" in params:
-            since_us = parse_range(params["_since"])[0]
-        if "_at" in params:
-            at_us = parse_range(params["_at"])
-    except ValueError as e:
-        raise bad_request(str(e)) from None
+    q = parse_history(items, settings)
+    count, since_us, at_us, cursor = q.count, q.since_us, q.at_us, q.cursor
     tokens = page_tokens(settings.data_dir)
-    if "_cursor" in params:
-        # sealed as a search's is: a bare position could be forged to map where hidden
-        # versions lie (an empty page for each)
-        raw = tokens.open(params["_cursor"])
-        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # a notification id
-            raise bad_request("_cursor is not a page cursor of this server")
-        cursor = int(raw)
     # _count=0: the total only
     rows, after = repo.history(ctx, rtype=rtype, rid=rid, since_us=since_us, at_us=at_us,
                                before_nid=cursor, count=count)

@@ -8,7 +8,7 @@ bounded). Unknown parameters are ignored with a warning in the bundle, or refuse
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -150,6 +150,18 @@ def subset_filter(rtype: str, summary: str | None, elements: list[str] | None):
     return None
 
 
+def read_subset(rtype: str, params: Mapping[str, str]):
+    """What a read's (or vread's) ``_summary`` or ``_elements`` keeps (R4 lets a read ask, as a
+    search does; None: all): the mandatory elements and ``meta`` with the SUBSETTED tag."""
+    summary = params.get("_summary")
+    if summary is not None and summary not in ("true", "text", "data", "false"):
+        raise bad_request(f"_summary={summary[:20]!r}: true, text, data or false on a read")
+    elements = params.get("_elements")
+    return subset_filter(rtype, None if summary == "false" else summary,
+                         [e.strip() for e in elements.split(",") if e.strip()] if elements
+                         else None)
+
+
 def subset(raw: bytes, keep) -> dict:
     d = jsontext.loads_exact(raw)
     out = {k: v for k, v in d.items() if k in ALWAYS or keep(k)}
@@ -169,6 +181,16 @@ def plan_search(repo: Repository, ctx: Context, rtype: str, params: list[tuple[s
     tokens = page_tokens(settings.data_dir)
     return repo.plan(ctx, rtype, [(k, tokens.open(v) if k == "_cursor" else v)
                                   for k, v in params], strict, base)
+
+
+def check_search(repo: Repository, ctx: Context, rtype: str, params: list[tuple[str, str]],
+                 base: str, settings: Settings, strict: bool,
+                 compartment: tuple[str, str] | None = None) -> None:
+    """Whether ``search_bundle`` would fail, nothing read (a transaction's GET checked before
+    its writes): the search planned, within its compartment."""
+    plan_search(repo, ctx, rtype, params, base, settings, strict)
+    if compartment is not None:
+        compartment_group(*compartment, rtype, base)
 
 
 def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple[str, str]],

@@ -24,13 +24,13 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from hub.api.paging import link
-from hub.api.search import search_bundle
+from hub.api.search import plan_search, search_bundle
 from hub.core import resource as res
 from hub.core.config import Settings
 from hub.core.errors import FhirError, bad_request
 from hub.core.ingest import Context
 from hub.repository import VIEW_TYPES, Repository
-from projections.search.compartment import patient_compartment
+from projections.search.compartment import compartment_group, patient_compartment
 
 _OWN = ("_type", "_cursor", "_count", "_total")
 
@@ -81,20 +81,9 @@ def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]],
                   ) -> dict:
     """A search across types; with ``compartment`` (``("Patient", id)``) across the types of
     that compartment, within it."""
-    if compartment is not None and compartment[0] != "Patient":
-        raise FhirError(400, "not-supported",
-                        f"Only the Patient compartment is supported, not {compartment[0]}")
-    types, explicit = _types(params, compartment)
-    if len(types) > 1 and any(k == "_sort" for k, _ in params):
-        raise bad_request("_sort is not supported across types; search one type to sort")
+    types, explicit, count, counting, rest, (start, inner) = _parsed(params, settings,
+                                                                     compartment)
     values = dict(params)
-    count_raw = values.get("_count")
-    if count_raw is not None and not (count_raw.isascii() and count_raw.isdigit()):
-        raise bad_request(f"_count={count_raw!r} is not a non-negative integer")
-    count = min(int(count_raw), settings.max_count) if count_raw else settings.default_count
-    counting = values.get("_summary") == "count" or values.get("_total") == "accurate"
-    rest = [(k, v) for k, v in params if k not in _OWN]
-    start, inner = _cursor(values.get("_cursor"), len(types))
 
     entries: list[dict] = []
     outcomes: dict[str, dict] = {}
@@ -161,6 +150,56 @@ def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]],
     if all_entries:
         out["entry"] = all_entries
     return out
+
+
+def _parsed(params: list[tuple[str, str]], settings: Settings, compartment: Compartment | None
+            ) -> tuple[list[str], bool, int, bool, list[tuple[str, str]], tuple[int, str | None]]:
+    """The search's own parameters: the types (and whether listed), the page size, whether the
+    types' counts are added, the parameters passed on to each type, the cursor's place."""
+    if compartment is not None and compartment[0] != "Patient":
+        raise FhirError(400, "not-supported",
+                        f"Only the Patient compartment is supported, not {compartment[0]}")
+    types, explicit = _types(params, compartment)
+    if len(types) > 1 and any(k == "_sort" for k, _ in params):
+        raise bad_request("_sort is not supported across types; search one type to sort")
+    values = dict(params)
+    count_raw = values.get("_count")
+    if count_raw is not None and not (count_raw.isascii() and count_raw.isdigit()):
+        raise bad_request(f"_count={count_raw!r} is not a non-negative integer")
+    count = min(int(count_raw), settings.max_count) if count_raw else settings.default_count
+    counting = values.get("_summary") == "count" or values.get("_total") == "accurate"
+    rest = [(k, v) for k, v in params if k not in _OWN]
+    return types, explicit, count, counting, rest, _cursor(values.get("_cursor"), len(types))
+
+
+def check_system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]],
+                        base: str, settings: Settings, strict: bool,
+                        compartment: Compartment | None = None) -> None:
+    """Whether ``system_search`` would fail, nothing read: each type's search planned as it
+    would be run (a type this caller may not search left out of "all types", as there), for a
+    transaction's GET checked before its writes. Stricter only in planning every type, where a
+    page filled early would not reach the last ones."""
+    types, explicit, _, counting, rest, (start, inner) = _parsed(params, settings, compartment)
+    refused: FhirError | None = None
+    planned = 0
+    for place, rtype in enumerate(types):
+        own = [(k, v) for k, v in rest if _applies(k, v, rtype)] + [("_count", "0")]
+        if counting:
+            own.append(("_total", "accurate"))
+        if place == start and inner:
+            own.append(("_cursor", inner))
+        try:
+            plan_search(repo, ctx, rtype, own, base, settings, strict)
+            if compartment is not None:
+                compartment_group(*compartment, rtype, base)
+        except FhirError as e:
+            if not explicit and e.status in (401, 403):
+                refused = e
+                continue
+            raise
+        planned += 1
+    if not planned and refused is not None and start == 0:
+        raise refused
 
 
 def _once(entries: list[dict]) -> list[dict]:
