@@ -192,6 +192,9 @@ class AccessPolicy:
         """A bulk export (FHIR Bulk Data ``$export``) reads a whole region's records: only a
         backend service's ``system/`` scopes grant it, with the read letter on the type (a
         patient- or user-context token is refused, however wide its scopes)."""
+        if actor.patient is not None or actor.kind == "user":
+            raise forbidden("$export is a backend service's: a token with a patient context or "
+                            "a user (fhirUser) does not export, whatever its scopes")
         system = [s for s in scopes_of(actor.scopes) if s.context == "system"]
         if not permits(system, "r", rtype or "*") and (rtype is not None or not any(
                 "r" in s.perms for s in system)):
