@@ -13,7 +13,8 @@ decides:
   (``$everything``, ``$timeline``) is read by clinicians and administrators, a clinician only
   with a purpose of use, and break-the-glass (``ETREAT``, ``BTG``) only by a role that may use it.
 - **Bulk export.** ``$export`` is a backend service's: a ``system/`` scope granting ``r`` on
-  each type exported, whatever the roles; patient- and user-context scopes never export.
+  each type exported, whatever the roles; a token with a patient context or a user never
+  exports, whatever its scopes.
 - **Query-restricted scopes.** A scope with a query (``patient/Observation.rs?category=
   laboratory``) grants its letters only on the resources its query selects
   (``hub.access.scopequery``: token parameters and ``_id``; a query it cannot judge selects
