@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,7 @@ import orjson
 
 from hub.core.access import Actor, patients_in
 from hub.core.errors import FhirError, forbidden, not_found
-from hub.core.ingest import Context, now_instant
+from hub.core.ingest import SETTLE_US, Context, instant_of
 from hub.core.jobs import Jobs, _alive
 from hub.core.sqlitefile import connection, create
 from hub.repository import Repository
@@ -81,17 +81,16 @@ class ExportRequest:
     base: str
     members: frozenset[str] | None = None
 
-    def keeps(self, rtype: str, rid: str, body: bytes) -> bool:
+    def keeps(self, rtype: str, rid: str, body: bytes, patients: frozenset[str] = frozenset()
+              ) -> bool:
         """Whether a resource belongs to the export: at patient and group level, a Patient
-        (of the Group) or a resource that refers to one."""
+        (of the Group) or a resource that refers to one; ``patients``: the Patients (of the
+        Group) current in the snapshot, so that a deleted one's data is left out with it."""
         if self.level == "system":
             return True
         if rtype == "Patient":
-            return self.members is None or rid in self.members
-        named = patients_in(rtype, rid, body)
-        if self.members is None:
-            return bool(named)
-        return any(p.split("/", 1)[1] in self.members for p in named)
+            return rid in patients
+        return any(p.split("/", 1)[1] in patients for p in patients_in(rtype, rid, body))
 
 
 @dataclass(frozen=True)
@@ -155,11 +154,14 @@ class Exports:
     """The exports of a data directory: kicked off, run in threads, polled, served, cancelled,
     expired."""
 
-    def __init__(self, data_dir: Path | str, repo: Repository, limits: Limits | None = None):
+    def __init__(self, data_dir: Path | str, repo: Repository, limits: Limits | None = None,
+                 revoked: Callable[[str], bool] | None = None):
         self.path = Path(data_dir) / FILE
         self.root = Path(data_dir) / FOLDER
         self.repo = repo
         self.limits = limits or Limits()
+        # is an export's owner a client revoked since? Its exports are cancelled, files removed
+        self.revoked = revoked or (lambda owner: False)
         self.jobs = Jobs(data_dir)
         create(self.path, _SCHEMA)
         self._stopping = threading.Event()
@@ -189,14 +191,16 @@ class Exports:
         eid = uuid.uuid4().hex
         self._reserve(eid, ctx.actor.subject, req)
         try:
-            types, upto = self.repo.begin_export(
+            types, upto, at_us = self.repo.begin_export(
                 ctx, req.types, None if req.level == "system" else compartment_types())
         except BaseException:
             self._forget(eid)
             raise
-        # the time of the snapshot's log position: taken after it, so that every resource in
-        # the export was written before it (a write committed later is not in it)
-        transaction_time = now_instant()[0]
+        # transactionTime: no write left out of the snapshot has a lastUpdated at or before it,
+        # so the next export ``_since`` it has every one (a write's lastUpdated is at most
+        # SETTLE_US older than its taking the writers' lock, after ``at_us``). Resources
+        # updated in the last SETTLE_US before the snapshot are in the next one too.
+        transaction_time = instant_of(at_us - SETTLE_US)
         self._update(eid, transaction_time=transaction_time, progress="starting")
         thread = threading.Thread(target=self._run, args=(eid, ctx, req, types, upto),
                                   name=f"export-{eid[:8]}", daemon=True)
@@ -241,18 +245,18 @@ class Exports:
         output: list[dict[str, Any]] = []
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            patients: frozenset[str] = frozenset()
+            if req.level != "system":  # the Patients current in the snapshot (of the Group)
+                patients = self._patients(eid, ctx, upto, req.members)
             for place, rtype in enumerate(types):
                 files = _Files(folder, rtype, self.limits)
                 after: int | None = 0
                 while after is not None:
-                    if self._stopping.is_set():
-                        raise RuntimeError("the server stopped while the export ran")
-                    if self._status(eid) != "running":
-                        raise _Cancelled
+                    self._go_on(eid, ctx)
                     found, after = self.repo.export_page(ctx, rtype, upto, after, req.since_us,
                                                          PAGE)
                     for rid, body in found:
-                        if req.keeps(rtype, rid, body):
+                        if req.keeps(rtype, rid, body, patients):
                             files.write(one_line(body))
                             written += 1
                     job.advance(len(found))
@@ -281,6 +285,29 @@ class Exports:
             job.fail(detail)
         finally:
             self._threads.pop(eid, None)
+
+    def _go_on(self, eid: str, ctx: Context) -> None:
+        """Between pages: stop (``_Cancelled``) an export cancelled, or whose client was
+        revoked meanwhile (cancelled here: a revoked client's grant ends its exports too)."""
+        if self._stopping.is_set():
+            raise RuntimeError("the server stopped while the export ran")
+        if self.revoked(ctx.actor.subject):
+            self._drop(eid)
+        if self._status(eid) != "running":
+            raise _Cancelled
+
+    def _patients(self, eid: str, ctx: Context, upto: int,
+                  members: frozenset[str] | None) -> frozenset[str]:
+        """The ids of the Patients current (not deleted) at log position ``upto``, of
+        ``members`` when given; whatever the caller may see (what it exports is judged per
+        resource)."""
+        out: set[str] = set()
+        after: int | None = 0
+        while after is not None:
+            self._go_on(eid, ctx)
+            rids, after = self.repo.export_patient_ids(upto, after, PAGE)
+            out.update(r for r in rids if members is None or r in members)
+        return frozenset(out)
 
     def _fail(self, eid: str, detail: str) -> None:
         with self._db() as db:
@@ -324,18 +351,24 @@ class Exports:
         return f"{out['base']}/$export-file/{out['id']}/{name}"
 
     def file(self, eid: str, name: str, actor: Actor) -> Path:
-        """The path of one of a finished export's files, for its owner or an operator."""
+        """The path of one of a finished export's files, for its owner or an operator whose
+        token, now, may export the file's type (a narrower token of the same client reads no
+        file of a type it no longer has)."""
         out = self.get(eid, actor)
-        names = {f["name"] for f in orjson.loads(out["output"] or "[]")} \
-            if out["status"] == "done" else set()
+        types = {f["name"]: f["type"] for f in orjson.loads(out["output"] or "[]")} \
+            if out["status"] == "done" else {}
         path = self.root / eid / name
-        if not _NAME.match(name) or name not in names or not path.is_file():
+        if not _NAME.match(name) or name not in types or not path.is_file():
             raise not_found(f"Export {eid} has no file {name[:80]!r}")
+        self.repo.may_export(actor, types[name])
         return path
 
     def cancel(self, eid: str, actor: Actor) -> None:
         """Cancel a running export, or drop a finished one, and remove its files."""
         self.get(eid, actor)
+        self._drop(eid)
+
+    def _drop(self, eid: str) -> None:
         with self._db() as db:
             db.execute("UPDATE export SET status='cancelled', expires=?, updated=? WHERE id=?",
                        (time.time() + self.limits.keep_s, time.time(), eid))
@@ -348,6 +381,11 @@ class Exports:
         """Report failed the exports left running by a process that is gone or that stopped
         moving; remove the expired ones and their files."""
         now, host = time.time(), os.uname().nodename
+        with self._db() as db:
+            owners = db.execute("SELECT id, owner FROM export WHERE status!='cancelled'").fetchall()
+        for eid, owner in owners:  # a revoked client's exports, running or done
+            if self.revoked(owner):
+                self._drop(eid)
         with self._db() as db:
             running = db.execute("SELECT id, updated, pid, host FROM export "
                                  "WHERE status='running'").fetchall()

@@ -577,15 +577,29 @@ class Repository:
         return out
 
     def begin_export(self, ctx: Context, types: Sequence[str] | None,
-                     within: Sequence[str] | None = None) -> tuple[list[str], int]:
+                     within: Sequence[str] | None = None) -> tuple[list[str], int, int]:
         """Check and audit a bulk export's kick-off (one AuditEvent for the export, its
-        parameters in its query; a refusal audited as any): the types it reads and the log
-        position its snapshot is taken at."""
+        parameters in its query; a refusal audited as any): the types it reads, the log
+        position its snapshot is taken at and the clock (µs) read with it under the writers'
+        lock (``ResourceStore.settled_position``)."""
         action = Action("operation", None, None, "$export")
 
-        def run() -> tuple[list[str], int]:
-            return self.exportable(ctx, types, within), self._hub.store.max_notification_id()
+        def run() -> tuple[list[str], int, int]:
+            return (self.exportable(ctx, types, within), *self._hub.store.settled_position())
         return self.audited(ctx, action, run, lambda _: [])
+
+    def may_export(self, actor: Actor, rtype: str) -> None:
+        """403 unless the caller's token, now, may export ``rtype``."""
+        self.policy.check(actor, Action("operation", rtype, None, "$export"))
+
+    def export_patient_ids(self, upto: int, after: int, limit: int = 1000
+                           ) -> tuple[list[str], int | None]:
+        """One page of the ids of the Patients current (not deleted) at log position ``upto``,
+        and the position to go on from (None: done): whose data a patient- or group-level
+        export holds (each resource is still judged by ``export_page``)."""
+        rows = self._hub.store.snapshot("Patient", upto, after, None, limit)
+        return ([r.rid for r in rows if r.kind != "deleted"],
+                rows[-1].nid if len(rows) == limit else None)
 
     def export_page(self, ctx: Context, rtype: str, upto: int, after: int,
                     since_us: int | None, limit: int = 1000

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from urllib.parse import quote
 
@@ -20,6 +21,9 @@ import httpx
 import orjson
 import pytest
 
+from hub.auth.backend_client import BackendServicesAuth
+from hub.auth.clients import open_registry
+from hub.auth.signer import Signer
 from tests.api_helpers import assert_outcome, create, observation, patient, unique
 from tests.conftest import BACKENDS, FHIR_JSON, LiveServer, make_settings
 from tests.test_access_audit import audit_events, new_since
@@ -170,7 +174,8 @@ def test_what_is_written_after_the_kick_off_is_not_exported(client, admin):
     got = download(client, manifest)["Patient"]
     assert after["id"] not in got
     assert got[before["id"]] == before  # the version current at the kick-off
-    assert all(d["meta"]["lastUpdated"] <= manifest["transactionTime"] for d in got.values())
+    # transactionTime stays behind the snapshot (no write can fall between two exports)
+    assert manifest["transactionTime"] < after["meta"]["lastUpdated"]
 
 
 def test_patient_and_group_level(client, admin):
@@ -222,6 +227,10 @@ def test_a_head_starts_no_export(client):
     ("_typeFilter=" + quote("Observation?status=final"), "_typeFilter is not supported"),
     ("_elements=id", "_elements is not supported"), ("color=blue", "Unknown $export parameter"),
     ("_type=Person", "not exported"), ("_type=AuditEvent", "not exported"),
+    # the IG types _since as an instant: a date or a time without its zone is none
+    ("_since=2020", "_since must be a FHIR instant"),
+    ("_since=2020-01-01", "_since must be a FHIR instant"),
+    ("_since=2020-01-01T00:00:00", "_since must be a FHIR instant"),
 ])
 def test_malformed_parameters_are_400_outcomes(client, query, says):
     r = client.get(f"/$export?{query}", headers=ASYNC)
@@ -365,3 +374,102 @@ def test_an_expired_export_is_gone_with_its_files(live, client, admin):
     assert_outcome(client.get(status_url), 404)
     assert client.get(manifest["output"][0]["url"]).status_code == 404
     assert not folder.exists()
+
+
+def test_concurrent_writes_each_fall_in_some_export(live, client):
+    """Incremental exports chained by ``_since=transactionTime`` while four clients write: every
+    Patient written is in one of them (one may be in two; none may be in neither)."""
+    written: list[str] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        with _client(live, live.auth) as c:
+            for _ in range(30):
+                if stop.is_set():
+                    return
+                written.append(_new(c, patient())["id"])
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    exported: set[str] = set()
+    since = None
+    try:
+        while any(t.is_alive() for t in threads):
+            params = {"_type": "Patient", **({"_since": since} if since else {})}
+            manifest = wait(client, kick_off(client, **params))
+            exported |= set(download(client, manifest).get("Patient", {}))
+            since = manifest["transactionTime"]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    manifest = wait(client, kick_off(client, _type="Patient", _since=since))
+    exported |= set(download(client, manifest).get("Patient", {}))
+    assert written and not set(written) - exported, set(written) - exported
+
+
+def _signed(live, **claims) -> dict[str, str]:
+    token = Signer(live.settings.data_dir).issue(
+        {"iss": live.origin + "/auth", "aud": live.base, "sub": unique(), **claims}, 300)
+    return {"authorization": f"Bearer {token}"}
+
+
+def test_a_patient_or_user_context_token_with_system_scopes_is_refused(live, admin):
+    p = _new(admin, patient())
+    for claims in ({"patient": p["id"]}, {"fhirUser": f"Practitioner/{unique()}"}):
+        bearer = _signed(live, scope="system/*.rs", hub_roles=["clinician"], **claims)
+        with httpx.Client(base_url=live.base, timeout=30, headers=bearer) as c:
+            for path in ("/$export", "/Patient/$export"):
+                assert_outcome(c.get(path, headers=ASYNC), 403)
+
+
+def test_a_narrowed_token_reads_no_file_of_a_type_outside_its_scopes(live, admin):
+    _new(admin, patient())
+    _new(admin, {"resourceType": "Organization", "name": unique()})
+    wide = live.client_auth(roles=(), scope="system/*.rs", name="narrowing")
+    with _client(live, wide) as c:
+        manifest = wait(c, kick_off(c, _type="Patient,Organization"))
+        status_url = kick_off(c, _type="Patient")
+    urls = {f["type"]: f["url"] for f in manifest["output"]}
+    narrow = BackendServicesAuth(wide.token_url, wide.client_id, wide.key, "system/Patient.rs",
+                                 verify=wide.verify)
+    with _client(live, narrow) as c:
+        assert c.get(urls["Patient"]).status_code == 200
+        assert_outcome(c.get(urls["Organization"]), 403)
+    # a token of the client without the export grant reads no status
+    none = BackendServicesAuth(wide.token_url, wide.client_id, wide.key, "system/Patient.s",
+                               verify=wide.verify)
+    with _client(live, none) as c:
+        assert_outcome(c.get(status_url), 403)
+
+
+def test_a_revoked_clients_exports_are_cancelled_and_their_files_removed(live, admin):
+    _new(admin, patient())
+    auth = live.client_auth(roles=(), scope="system/*.rs", name="to revoke")
+    with _client(live, auth) as c:
+        status_url = kick_off(c, _type="Patient")
+        manifest = wait(c, status_url)
+    folder = live.settings.data_dir / "exports" / status_url.rsplit("/", 1)[1]
+    assert folder.is_dir()
+    open_registry(live.settings.data_dir).revoke(auth.client_id)
+    assert_outcome(admin.get(status_url), 404)
+    assert admin.get(manifest["output"][0]["url"]).status_code == 404
+    assert not folder.exists()
+
+
+def test_group_members_by_absolute_url_and_deleted_patients(live, client, admin):
+    p1, p2, p4 = (_new(admin, patient()) for _ in range(3))
+    o1, o2, o4 = (_new(admin, observation(f"Patient/{p['id']}")) for p in (p1, p2, p4))
+    assert admin.delete(f"/Patient/{p4['id']}").status_code in (200, 204)
+    group = _new(admin, {"resourceType": "Group", "type": "person", "actual": True, "member": [
+        {"entity": {"reference": f"Patient/{p1['id']}"}},
+        {"entity": {"reference": f"{live.base}/Patient/{p2['id']}"}},  # this server's, absolute
+        {"entity": {"reference": f"Patient/{p4['id']}"}}]})
+    got = download(client, wait(client, kick_off(client, f"/Group/{group['id']}/$export")))
+    assert set(got["Patient"]) == {p1["id"], p2["id"]}
+    assert set(got["Observation"]) == {o1["id"], o2["id"]}  # none of deleted p4's
+    got = download(client, wait(client, kick_off(client, "/Patient/$export",
+                                                 _type="Patient,Observation")))
+    assert p4["id"] not in got["Patient"] and o4["id"] not in got["Observation"]
+    assert {o1["id"], o2["id"]} <= set(got["Observation"])

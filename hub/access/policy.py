@@ -13,7 +13,8 @@ decides:
   (``$everything``, ``$timeline``) is read by clinicians and administrators, a clinician only
   with a purpose of use, and break-the-glass (``ETREAT``, ``BTG``) only by a role that may use it.
 - **Bulk export.** ``$export`` is a backend service's: a ``system/`` scope granting ``r`` on
-  each type exported, whatever the roles; patient- and user-context scopes never export.
+  each type exported, whatever the roles; a token with a patient context or a user never
+  exports, whatever its scopes.
 - **Query-restricted scopes.** A scope with a query (``patient/Observation.rs?category=
   laboratory``) grants its letters only on the resources its query selects
   (``hub.access.scopequery``: token parameters and ``_id``; a query it cannot judge selects
@@ -192,6 +193,9 @@ class AccessPolicy:
         """A bulk export (FHIR Bulk Data ``$export``) reads a whole region's records: only a
         backend service's ``system/`` scopes grant it, with the read letter on the type (a
         patient- or user-context token is refused, however wide its scopes)."""
+        if actor.patient is not None or actor.kind == "user":
+            raise forbidden("$export is a backend service's: a token with a patient context or "
+                            "a user (fhirUser) does not export, whatever its scopes")
         system = [s for s in scopes_of(actor.scopes) if s.context == "system"]
         if not permits(system, "r", rtype or "*") and (rtype is not None or not any(
                 "r" in s.perms for s in system)):

@@ -17,6 +17,7 @@ work itself is ``hub.exports``.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlencode
 
 import orjson
@@ -28,17 +29,21 @@ from hub.api.caller import actor_of, authorize, context_of, repository
 from hub.api.methods import starts_work
 from hub.api.responses import base_url, fhir_response
 from hub.core import resource as res
-from hub.core.access import Action, Actor
+from hub.core.access import Action, Actor, own_base
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request, operation_outcome
 from hub.core.fhirtime import parse_range
 from hub.exports import RETRY_AFTER_S, ExportRequest, Exports, Limits, compartment_types
 from hub.repository import AUDIT, VIEW_TYPES
+from projections.search.plan import normalize_reference
 
 router = APIRouter()
 
 NDJSON = "application/fhir+ndjson"
 FORMATS = frozenset({"application/fhir+ndjson", "application/ndjson", "ndjson"})
+# a FHIR instant: a full date and time to the second, with its zone
+_INSTANT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+                      r"(Z|[+-][0-9]{2}:[0-9]{2})")
 _PARAMS = frozenset({"_outputFormat", "_type", "_since"})
 # the IG's optional parameters this hub does not answer: refused rather than silently ignored
 _NOT_ANSWERED = frozenset({"_typeFilter", "_elements", "patient", "includeAssociatedData",
@@ -46,9 +51,15 @@ _NOT_ANSWERED = frozenset({"_typeFilter", "_elements", "patient", "includeAssoci
 
 
 def attach(app: FastAPI, settings: Settings) -> None:
+    registry = getattr(app.state, "auth_registry", None)
+
+    def revoked(owner: str) -> bool:  # a client of the hub's registry, revoked since
+        client = registry.get(owner) if registry is not None else None
+        return client is not None and client.status != "active"
+
     app.state.exports = Exports(settings.data_dir, app.state.repo, Limits(
         settings.export_max_running, settings.export_keep, settings.export_file_resources,
-        settings.export_file_bytes))
+        settings.export_file_bytes), revoked)
 
 
 def detach(app: FastAPI) -> None:
@@ -101,6 +112,8 @@ def _request(level: str, params: list[tuple[str, str]], request: Request, base: 
             if since_us is not None:
                 raise bad_request("_since is given more than once")
             try:
+                if not _INSTANT.fullmatch(value.strip()):  # the IG types it instant
+                    raise ValueError(value)
                 since_us = parse_range(value.strip())[0]
             except ValueError:
                 raise bad_request(f"_since must be a FHIR instant, not {value[:40]!r}") from None
@@ -125,6 +138,21 @@ def _request(level: str, params: list[tuple[str, str]], request: Request, base: 
                          members)
 
 
+def _local_patient(ref: object, base: str) -> str | None:
+    """The id of a Group member's Patient on this server: ``Patient/id`` or absolute on this
+    server's base (the request's, or ``HUB_BASE_URL``), a version of it too; None for another
+    server's."""
+    if not isinstance(ref, str):
+        return None
+    local, rtype = normalize_reference(ref.strip())
+    for own in (base.rstrip("/") + "/", own_base()):
+        if own and local.startswith(own):
+            local = local[len(own):]
+    if rtype != "Patient" or "://" in local:
+        return None
+    return local.split("/", 1)[1]
+
+
 def _respond_async(request: Request) -> None:
     prefer = [p.strip().lower() for p in request.headers.get("prefer", "").split(",")]
     if "respond-async" not in prefer:
@@ -142,10 +170,9 @@ async def _kick_off(request: Request, level: str, group: str | None = None) -> R
     if group is not None:  # the Group is read as any read is: checked and audited
         stored = await run_in_threadpool(repo.read, ctx, "Group", group)
         d = orjson.loads(stored.state.partition(b"\n")[2])
-        members = frozenset(
-            ref.split("/", 1)[1] for m in d.get("member") or ()
-            for ref in [((m.get("entity") or {}).get("reference") or "")]
-            if ref.startswith("Patient/"))
+        members = frozenset(filter(None, (
+            _local_patient((m.get("entity") or {}).get("reference"), base)
+            for m in d.get("member") or () if isinstance(m, dict))))
     req = _request(level, params, request, base, members)
     ctx.query = req.request  # the audit records the export's parameters, a POST's too
     eid = await run_in_threadpool(_exports(request).start, ctx, req)

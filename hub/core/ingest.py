@@ -55,6 +55,10 @@ RETRIES = 12
 # Op.if_match of ``If-Match: *``: any version, so long as the resource exists and is not deleted
 ANY_VERSION = -1
 RETRY_SECONDS = 10.0
+# the longest a write may take from reading its lastUpdated to taking the writers' lock (a
+# write past it is planned again with a new lastUpdated): what a bulk export's transactionTime
+# stays behind its snapshot by, so that no write falls between two exports
+SETTLE_US = 30_000_000
 BACKOFF = 0.001  # seconds; doubled per retry, jittered, at most 50 ms: racing writers spread out
 
 
@@ -137,9 +141,14 @@ def new_id() -> str:
 def now_instant() -> tuple[str, int]:
     """(FHIR instant in UTC, microseconds since the epoch)."""
     us = time.time_ns() // 1000
+    return instant_of(us), us
+
+
+def instant_of(us: int) -> str:
+    """The FHIR instant (UTC, microseconds) of ``us`` microseconds since the epoch."""
     dt = datetime.fromtimestamp(us // 1_000_000, tz=timezone.utc)
     # isoformat, not strftime: the C library's strftime may look the time zone up every call
-    return f"{dt.isoformat()[:19]}.{us % 1_000_000:06d}Z", us
+    return f"{dt.isoformat()[:19]}.{us % 1_000_000:06d}Z"
 
 
 class Hub:
@@ -323,7 +332,7 @@ class Hub:
 
         # 4. decide
         last_updated, ts = self.clock()
-        commit = Commit()
+        commit = Commit(settle_by_us=ts + SETTLE_US)
         pending: list[tuple[int, Result]] = []
         replaced: dict[int, tuple[int, Any]] = {}  # what each PUT replaces, read once
         older = self._older_than_stored(ops, planned, heads, replaced)

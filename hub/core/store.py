@@ -102,6 +102,10 @@ class Commit:
     timestamps: list[int] = field(default_factory=list)  # per event, µs since epoch (UTC)
     guards: list[IdentifierGuard | QuietGuard] = field(default_factory=list)
     stream_kind: str | None = None  # events of another stream kind (STREAM_KINDS), no resources
+    # the latest moment (µs since epoch) this commit may take the writers' lock: its events'
+    # lastUpdated was read from the clock before it, and a bulk export's transactionTime
+    # (``ResourceStore.settled_position``) counts on no write committing longer after it
+    settle_by_us: int | None = None
 
     def add(
         self, event: ResourceEvent, content_hash: bytes, identifiers: list[tuple[str, str]], ts: int
@@ -177,6 +181,10 @@ class _IndexMixin:
         return sql if self.placeholder == "?" else sql.replace("?", "%s")
 
     def _write_index(self, c: Any, nids: Sequence[int], commit: Commit) -> None:
+        # under the writers' lock: a write that took too long since its lastUpdated is planned
+        # again with a new one (the ingest retries a ConflictError), never committed late
+        if commit.settle_by_us is not None and time.time_ns() // 1000 > commit.settle_by_us:
+            raise ConflictError("the write took too long since its lastUpdated was taken")
         self._check_guards(c, commit)
         if commit.stream_kind is not None:  # read back by kind, not by scanning topics
             self._insert_many(c, "stream_event", ("kind", "nid"),
@@ -474,6 +482,19 @@ class _IndexMixin:
                 start = notes[-1].id + 1
                 if progress is not None:
                     progress(len(notes))
+
+    def settled_position(self) -> tuple[int, int]:
+        """The log position and the clock (µs since epoch) read together under the writers'
+        lock: every write committed after the position takes the lock later, so its
+        ``Commit.settle_by_us`` is after this clock reading."""
+        with self.datastore.transaction(commit=True) as c:
+            self._exclude_writers(c)
+            if self.placeholder == "?":  # SQLite: a write statement takes the write lock
+                c.execute("DELETE FROM resource_head WHERE 0")
+            now_us = time.time_ns() // 1000
+            c.execute(f"SELECT max({self.nid_column}) AS m FROM stored_events")
+            row = c.fetchone()
+            return int(row["m"] or 0), now_us
 
     def _exclude_writers(self, c: Any) -> None:
         """Take the lock every write takes (SQLite: the first DELETE takes it)."""
@@ -775,6 +796,9 @@ class ResourceStore:
     def snapshot(self, rtype: str, upto_nid: int, after_nid: int = 0,
                  since_us: int | None = None, limit: int = 1000) -> list[VersionRow]:
         return self.recorder.snapshot(rtype, upto_nid, after_nid, since_us, limit)
+
+    def settled_position(self) -> tuple[int, int]:
+        return self.recorder.settled_position()
 
     def max_notification_id(self) -> int:  # eventsourcing tries its select again itself
         return self.recorder.max_notification_id() or 0
