@@ -181,24 +181,21 @@ class StoredDocuments:
             retired.append(marked)
         if not retired and not kept:
             return []
-        report["issue"] = [i for i in report["issue"] if i.get("details", {}).get("coding")
-                           or i.get("severity") != "information"]
-        where = ["/hl7:ClinicalDocument/hl7:versionNumber"]
+        report["issue"] = _findings_only(report["issue"])
         if retired:
             refs = [f"{r['resourceType']}/{r['id']}" for r in retired]
-            report["issue"].append({"severity": "information", "code": "informational", "details": {
-                "coding": [{"system": RULE_SYSTEM, "code": RETIRED_RULE,
-                            "display": "entries a new version of a document withdrew are retired"}],
-                "text": f"this version leaves out {len(refs)} entries of the version it replaces; "
-                        f"they are marked entered-in-error (their history keeps what they said): "
-                        f"{_listed(refs)}"}, "location": where})
+            report["issue"].append(_version_issue(
+                "information", "informational", RETIRED_RULE,
+                "entries a new version of a document withdrew are retired",
+                f"this version leaves out {len(refs)} entries of the version it replaces; they "
+                f"are marked entered-in-error (their history keeps what they said): "
+                f"{_listed(refs)}"))
         if kept:
-            report["issue"].append({"severity": "warning", "code": "business-rule", "details": {
-                "coding": [{"system": RULE_SYSTEM, "code": LEFT_OUT_RULE,
-                            "display": "a new version of a document leaves out entries of the last"}],
-                "text": f"this version leaves out {len(kept)} entries of the version it replaces "
-                        f"that it does not retire; they stay as they were until retracted: "
-                        f"{_listed(kept)}"}, "location": where})
+            report["issue"].append(_version_issue(
+                "warning", "business-rule", LEFT_OUT_RULE,
+                "a new version of a document leaves out entries of the last",
+                f"this version leaves out {len(kept)} entries of the version it replaces that it "
+                f"does not retire; they stay as they were until retracted: {_listed(kept)}"))
         return retired
 
     def _not_owned(self, ref: str, current: dict, wrote: dict | None, comp_id: str,
@@ -287,15 +284,11 @@ class StoredDocuments:
         if not why:
             return False
         binary = next((r["id"] for r in resources if r["resourceType"] == "Binary"), None)
-        issue = {"severity": "information", "code": "informational", "details": {
-            "coding": [{"system": RULE_SYSTEM, "code": SUPERSEDED_RULE,
-                        "display": "an older version of a stored document arrived late"}],
-            "text": f"superseded: {why}. This version is kept for audit (Binary/{binary}, this "
-                    f"report); the resources of the stored newer version are not replaced"},
-            "location": ["/hl7:ClinicalDocument/hl7:versionNumber"]}
-        kept = [i for i in report["issue"] if i.get("details", {}).get("coding")
-                or i.get("severity") != "information"]  # the "no quality findings" line goes
-        report["issue"] = [*kept, issue]
+        report["issue"] = [*_findings_only(report["issue"]), _version_issue(
+            "information", "informational", SUPERSEDED_RULE,
+            "an older version of a stored document arrived late",
+            f"superseded: {why}. This version is kept for audit (Binary/{binary}, this report); "
+            f"the resources of the stored newer version are not replaced")]
         return True
 
 
@@ -469,6 +462,20 @@ def _entries(composition: dict) -> set[str]:
 
 def _content(d: dict) -> dict:
     return {k: v for k, v in d.items() if k != "meta"}
+
+
+def _findings_only(issues: list[dict]) -> list[dict]:
+    """A report's issues without its uncoded information line ("no quality findings"), which
+    an issue about the document's version replaces."""
+    return [i for i in issues if i.get("details", {}).get("coding")
+            or i.get("severity") != "information"]
+
+
+def _version_issue(severity: str, code: str, rule: str, display: str, text: str) -> dict:
+    """An issue of a document's report about its version (what it supersedes or withdrew)."""
+    return {"severity": severity, "code": code, "details": {
+        "coding": [{"system": RULE_SYSTEM, "code": rule, "display": display}], "text": text},
+        "location": ["/hl7:ClinicalDocument/hl7:versionNumber"]}
 
 
 def _listed(refs: list[str]) -> str:

@@ -31,7 +31,7 @@ from hub.core.store import ResourceStore, VersionRow
 from projections.search import canonical
 from projections.search.backend import INCLUDE_DEPTH, Page, Row
 from projections.search.compartment import patient_compartment
-from projections.search.plan import normalize_reference
+from projections.search.plan import local_target
 from projections.search.query import Criterion, Has, Include, Query, parse_criteria
 
 T = TypeVar("T")
@@ -110,15 +110,8 @@ def _security_proxy(body: bytes) -> tuple[str, str] | None:
         ref = ((orjson.loads(body) or {}).get("securityContext") or {}).get("reference")
     except (orjson.JSONDecodeError, AttributeError):
         return None
-    if not isinstance(ref, str):
-        return None
-    local, rtype = normalize_reference(ref)
-    own = own_base()
-    if own and local.startswith(own):
-        local = local[len(own):]
-    if rtype is None or rtype in ("Patient", "Binary") or "://" in local:
-        return None
-    return rtype, local.split("/", 1)[1]
+    target = local_target(ref, (own_base(),)) if isinstance(ref, str) else None
+    return None if target is None or target[0] in ("Patient", "Binary") else target
 
 
 def refuse_view(rtype: str | None) -> None:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -278,13 +279,18 @@ def test_only_the_client_that_started_it_reads_an_export(live, client, admin):
         assert client.get(f"/$export-file/{eid}/{name}").status_code == 404
 
 
-def test_delete_cancels_and_removes_the_files(live, client, admin):
+def _finished(live, client, admin) -> tuple[str, dict, Path]:
+    """An export of one Patient, done: its status URL, manifest and folder of files."""
     _new(admin, patient())
     status_url = kick_off(client, _type="Patient")
     manifest = wait(client, status_url)
-    eid = status_url.rsplit("/", 1)[1]
-    folder = live.settings.data_dir / "exports" / eid
+    folder = live.settings.data_dir / "exports" / status_url.rsplit("/", 1)[1]
     assert folder.is_dir()
+    return status_url, manifest, folder
+
+
+def test_delete_cancels_and_removes_the_files(live, client, admin):
+    status_url, manifest, folder = _finished(live, client, admin)
     r = client.delete(status_url)
     assert r.status_code == 202, r.text
     assert_outcome(client.get(status_url), 404)
@@ -361,12 +367,8 @@ def test_the_capability_statement_lists_export(client):
 
 
 def test_an_expired_export_is_gone_with_its_files(live, client, admin):
-    _new(admin, patient())
-    status_url = kick_off(client, _type="Patient")
-    manifest = wait(client, status_url)
+    status_url, manifest, folder = _finished(live, client, admin)
     eid = status_url.rsplit("/", 1)[1]
-    folder = live.settings.data_dir / "exports" / eid
-    assert folder.is_dir()
     r = client.get(status_url)
     assert r.headers["expires"]  # when it will be gone (HUB_EXPORT_KEEP after it finished)
     with sqlite3.connect(live.settings.data_dir / "exports.sqlite") as db:  # its time is up

@@ -329,11 +329,14 @@ def _admitted(granting: list[Scope], patient: str | None, rtype: str, rid: str, 
 def is_the_patient(actor: Actor) -> bool:
     """Is the caller the patient in its context: its token's ``fhirUser`` is that Patient (a
     patient's own app), not a clinician or a client acting in the patient's context?"""
-    if actor.patient is None or actor.fhir_user is None:
-        return False
+    return actor.patient is not None and actor.fhir_user in _patient_refs(actor.patient)
+
+
+def _patient_refs(patient: str) -> set[str]:
+    """The references that name Patient ``patient`` of this server: relative, or absolute on
+    ``HUB_BASE_URL`` (a check that knows no request's base takes no other as its own)."""
     own = own_base()
-    return actor.fhir_user in {f"Patient/{actor.patient}"} | (
-        {f"{own}Patient/{actor.patient}"} if own else set())
+    return {f"Patient/{patient}"} | ({f"{own}Patient/{patient}"} if own else set())
 
 
 def _in_compartment(rtype: str, rid: str, resource: bytes, patient: str) -> bool:
@@ -355,7 +358,6 @@ def _in_compartment(rtype: str, rid: str, resource: bytes, patient: str) -> bool
         values = extract(orjson.loads(resource))
     except Exception:  # noqa: BLE001 - a resource the index cannot read is in no compartment
         return False
-    own = own_base()
-    wanted = {f"Patient/{patient}"} | ({f"{own}Patient/{patient}"} if own else set())
+    wanted = _patient_refs(patient)
     return any(isinstance(v, Ref) and v.reference in wanted
                for p in compartment_keys(rtype) for v in values.get(p, ()))

@@ -35,7 +35,7 @@ from hub.core.errors import FhirError, Issue, bad_request, operation_outcome
 from hub.core.fhirtime import parse_range
 from hub.exports import RETRY_AFTER_S, ExportRequest, Exports, Limits, compartment_types
 from hub.repository import AUDIT, VIEW_TYPES
-from projections.search.plan import normalize_reference
+from projections.search.plan import local_target
 
 router = APIRouter()
 
@@ -142,15 +142,9 @@ def _local_patient(ref: object, base: str) -> str | None:
     """The id of a Group member's Patient on this server: ``Patient/id`` or absolute on this
     server's base (the request's, or ``HUB_BASE_URL``), a version of it too; None for another
     server's."""
-    if not isinstance(ref, str):
-        return None
-    local, rtype = normalize_reference(ref.strip())
-    for own in (base.rstrip("/") + "/", own_base()):
-        if own and local.startswith(own):
-            local = local[len(own):]
-    if rtype != "Patient" or "://" in local:
-        return None
-    return local.split("/", 1)[1]
+    target = local_target(ref, (base.rstrip("/") + "/", own_base())) \
+        if isinstance(ref, str) else None
+    return target[1] if target is not None and target[0] == "Patient" else None
 
 
 def _respond_async(request: Request) -> None:

@@ -213,6 +213,19 @@ def normalize_reference(ref: str) -> tuple[str, str | None]:
     return (m.group("base") or "") + tail, m.group("type")
 
 
+def local_target(ref: str, bases: tuple[str | None, ...]) -> tuple[str, str] | None:
+    """(type, id) of a reference to a resource of this server: ``Type/id`` (a version of it too)
+    or absolute on one of ``bases`` (each ending in a slash); None for another server's."""
+    local, rtype = normalize_reference(ref.strip())
+    for own in bases:
+        if own and local.startswith(own):
+            local = local[len(own):]
+            break
+    if rtype is None or "://" in local:
+        return None
+    return rtype, local.split("/", 1)[1]
+
+
 def _contained_type(root: dict, ref: str) -> str | None:
     for c in root.get("contained", ()):
         if isinstance(c, dict) and c.get("id") == ref[1:]:
