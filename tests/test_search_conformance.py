@@ -259,6 +259,14 @@ DATA = {
         obs("a3", subject="http://test/fhir/Patient/a1"),
         obs("a4", subject="http://other.org/fhir/Patient/a1"),
     ],
+    # dateTimes of more fractional digits than a microsecond holds (R4 allows any number)
+    "frac": [
+        obs("f1", effectiveDateTime="2024-01-15T10:00:00.1234567890Z"),
+        obs("f2", effectivePeriod={"start": "2024-01-15T09:00:00.123456789012345Z",
+                                   "end": "2024-01-15T10:00:00.9999999999Z"}),
+        obs("f3", effectiveDateTime="2024-01-16T10:00:00.000000000001+08:00"),
+        obs("f4"),
+    ],
     "sort": [
         pat("k1", "Bai", gender="male", birthDate="1970"),
         pat("k2", "Ai", gender="female", birthDate="1980"),
@@ -441,6 +449,17 @@ CASES = [
      "context-type-quantity=age$gt0.008|http://unitsofmeasure.org|g", ["pd3"]),
     ("rng", "PlanDefinition", "context-type-quantity=age$0.005||g", []),
     ("rng", "PlanDefinition", "context-type-quantity=gender$gt60||a", []),
+    # a value of more fractional digits than a microsecond: indexed (to the microsecond it
+    # falls in) and searchable, not left out of the index as a value of no date
+    ("frac", "Observation", "date=2024-01-15", ["f1", "f2"]),
+    ("frac", "Observation", "date=2024-01-16", ["f3"]),
+    ("frac", "Observation", "date:missing=true", ["f4"]),
+    ("frac", "Observation", "date:missing=false", ["f1", "f2", "f3"]),
+    ("frac", "Observation", "date=2024-01-15T10:00:00.1234567890Z", ["f1"]),
+    ("frac", "Observation", "date=2024-01-15T10:00:00.123457Z", []),
+    ("frac", "Observation", "date=ge2024-01-15T10:00:00.99999999999Z", ["f3"]),
+    ("frac", "Observation", "date=lt2024-01-15T09:00:00.12345670001Z", []),
+    ("frac", "Observation", "date=lt2024-01-15T09:00:00.123457Z", ["f2"]),
     ("num", "Observation", "value-quantity=5||mg", ["q1", "q2"]),
     ("num", "Observation", "value-quantity=5|http://unitsofmeasure.org|mg", ["q1", "q2"]),
     ("num", "Observation", "value-quantity=0.005||g", ["q1", "q2"]),

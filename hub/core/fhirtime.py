@@ -22,7 +22,7 @@ ZONE = re.compile(r"^[+-](0\d|1[0-4]):[0-5]\d$|^Z$")
 
 _RE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
-    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?P<f>\.\d{1,9})?)?"
+    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?P<f>\.\d+)?)?"
     r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -104,6 +104,9 @@ def _start_and_step(g: dict, tz: timezone):
     start = start.replace(second=min(second, 59)) + timedelta(seconds=max(0, second - 59))
     if not g["f"]:
         return start, timedelta(seconds=1)
+    # any number of fractional digits (R4's dateTime allows them): the digits past the
+    # microsecond, which a datetime cannot hold, are cut, and such a value's period is the
+    # microsecond it falls in
     frac = g["f"][1:]
     start = start.replace(microsecond=int(frac[:6].ljust(6, "0")))
     return start, timedelta(microseconds=10 ** max(0, 6 - len(frac)))
