@@ -230,11 +230,28 @@ def _number(raw: str) -> RangeValue:
         raise bad_request(f"{raw!r} is not a number")
     exponent = d.as_tuple().exponent
     assert isinstance(exponent, int)  # finite: not the "n", "N", "F" of NaN and infinity
-    half = Decimal(5) * Decimal(10) ** (exponent - 1)  # implicit precision
-    out = RangeValue(float(d - half), float(d + half), float(d))
+    # implicit precision: half a unit of the last digit given (100 is [99.5, 100.5)); in
+    # exponent notation half a unit of the digit after the mantissa's last, because R4's own
+    # example (search.html#number) reads 1e2 as [95, 105), not the [50, 150) that one
+    # significant figure alone would give, and a client that wrote 1e2 from it expects that
+    finer = 2 if "e" in raw.lower() else 1
+    half = Decimal(5) * Decimal(10) ** (exponent - finer)
+    value = float(d)
+    out = holding(float(d - half), float(d + half), value)
     if not math.isfinite(out.lo) or not math.isfinite(out.hi):  # 1e309: beyond any stored value
         raise bad_request(f"{raw!r} is out of range")
     return out
+
+
+def holding(lo: float, hi: float, value: float) -> RangeValue:
+    """[lo, hi) widened, where floats cannot tell the bounds from the value (a search value of
+    15 or more decimals: the half-width is below the step between floats there), to the next
+    float above the value, so the range always holds the value it stands for."""
+    if not lo <= value:
+        lo = value
+    if not hi > value:
+        hi = math.nextafter(value, math.inf)
+    return RangeValue(lo, hi, value)
 
 
 def _date(raw: str) -> RangeValue:
@@ -291,7 +308,7 @@ def _quantity(raw: str) -> QuantityValue:
     if code and system in (None, "http://unitsofmeasure.org"):
         power, ccode = ucum_canonical(code)
         scale = (lambda x: x * 10.0 ** power) if power >= 0 else (lambda x: x / 10.0 ** -power)
-        canonical = RangeValue(scale(number.lo), scale(number.hi), scale(number.value))
+        canonical = holding(scale(number.lo), scale(number.hi), scale(number.value))
         if not math.isfinite(canonical.lo) or not math.isfinite(canonical.hi):
             raise bad_request(f"{raw!r} is out of range")
     return QuantityValue(number, system, code, canonical, ccode)
