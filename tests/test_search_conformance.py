@@ -1030,6 +1030,71 @@ def test_http_get_post_strict_and_read_your_writes(client):
     assert client.get("/Organization", params={"name": "sima", "_tag": tag}).json()["total"] == 0
 
 
+# _elements by element name: a choice element's base name (with or without [x]), the type's
+# prefix, a path below the top level (its whole top element kept, with a note)
+ELEMENTS = [
+    ("num", "Observation", "q1", "value", {"valueQuantity"}, {"subject", "effectiveDateTime"}),
+    ("num", "Observation", "q1", "value[x]", {"valueQuantity"}, set()),
+    ("num", "Observation", "q1", "Observation.value[x]", {"valueQuantity"}, set()),
+    ("num", "Observation", "q1", "valueQuantity", {"valueQuantity"}, set()),
+    ("num", "Observation", "q1", "valueQuantity.value", {"valueQuantity"}, set()),
+    ("chq", "Observation", "cq1", "effective", {"effectiveDateTime"}, {"valueQuantity"}),
+    ("chq", "Observation", "cq1", "effective,value", {"effectiveDateTime", "valueQuantity"},
+     set()),
+    ("ref", "Observation", "o1", "Observation.subject", {"subject"}, set()),
+    ("str", "Patient", "s1", "name.family", {"name"}, set()),
+    ("str", "Patient", "s1", "Patient.name", {"name"}, set()),
+    ("frac", "Observation", "f2", "effective[x]", {"effectivePeriod"}, set()),
+]
+
+
+@pytest.mark.parametrize("dataset,rtype,rid,elements,present,absent", ELEMENTS,
+                         ids=[f"{c[1]}?_elements={c[3]}" for c in ELEMENTS])
+def test_elements_by_element_name(world, dataset, rtype, rid, elements, present, absent):
+    b = run(world, rtype, f"_id={rid}&_elements={elements}", dataset)
+    res = b["entry"][0]["resource"]
+    assert present <= set(res), res
+    assert not absent & set(res), res
+    assert any(t["code"] == "SUBSETTED" for t in res["meta"]["tag"])
+    notes = [e for e in b["entry"] if e["search"]["mode"] == "outcome"]
+    assert bool(notes) == ("." in elements.removeprefix(f"{rtype}.")), notes
+
+
+def test_elements_not_of_the_type_warn_or_refuse(world):
+    hub, service, settings = world
+    repo = Repository(hub, search=service)
+    params = [("_id", "q1"), ("_elements", "value,nonsense,Patient.name"),
+              ("_tag", "urn:test:ds|num")]
+    with pytest.raises(FhirError) as e:
+        search_bundle(repo, Context(), "Observation", params, "http://test/fhir", settings, True)
+    assert e.value.status == 400 and "_elements=nonsense" in str(e.value)
+    b = search_bundle(repo, Context(), "Observation", params, "http://test/fhir", settings, False)
+    assert "valueQuantity" in b["entry"][0]["resource"]
+    (outcome,) = [e for e in b["entry"] if e["search"]["mode"] == "outcome"]
+    said = outcome["resource"]["issue"][0]["diagnostics"]
+    assert "_elements=nonsense" in said and "_elements=Patient.name" in said
+
+
+def test_a_read_takes_elements_by_element_name(client):
+    o = client.post("/Observation", json=obs("x", subject="Patient/p") | {
+        "valueQuantity": qty(5, "mg"), "effectiveDateTime": "2024-01-15T10:00:00Z"},
+        headers=FHIR_JSON)
+    assert o.status_code == 201
+    path = f"/Observation/{o.json()['id']}"
+    for elements, present, absent in (("value", {"valueQuantity"}, {"subject"}),
+                                      ("Observation.effective[x],subject.reference",
+                                       {"effectiveDateTime", "subject"}, {"valueQuantity"})):
+        for version in ("", "/_history/1"):
+            r = client.get(path + version, params={"_elements": elements},
+                           headers={"prefer": "handling=strict"})
+            assert r.status_code == 200, r.text
+            assert present <= set(r.json()) and not absent & set(r.json()), r.json()
+    r = client.get(path, params={"_elements": "value,nonsense"}, headers={"prefer": "handling=strict"})
+    assert r.status_code == 400 and "nonsense" in r.text
+    r = client.get(path, params={"_elements": "value,nonsense"})
+    assert r.status_code == 200 and "valueQuantity" in r.json() and "subject" not in r.json()
+
+
 @pytest.mark.parametrize("query,allowed,required", [
     # _elements and _summary=text keep the mandatory elements (Observation: status, code)
     ("_elements=id", {"resourceType", "id", "meta", "status", "code"}, {"status", "code"}),

@@ -493,7 +493,7 @@ def _stored_response(request: Request, stored, status: int = 200) -> Response:
         d = orjson.loads(resource_bytes(stored))
         if binary.wants_native(request, binary.served_type(d)):
             return binary.native_response(d, headers, status)
-    keep = read_subset(header["type"], request.query_params)
+    keep = read_subset(header["type"], request.query_params, prefer_strict(request))
     body = resource_bytes(stored) if keep is None else subset(resource_bytes(stored), keep)
     return fhir_response(body, status, request=request, headers=headers)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from hub.api.elements import ALWAYS, below_top, selected_keys, unknown_elements
 from hub.api.paging import link
 from hub.core import jsontext
 from hub.core.config import Settings
@@ -81,6 +82,8 @@ class SearchService:
             self.terminology_sync()  # a value set or code system just written counts
         q = parse(rtype, params, self.settings.max_count, self.settings.default_count,
                   base=base or self.settings.base_url, terminology=self.terminology)
+        if q.elements:
+            check_elements(q, rtype, q.elements)
         if q.ignored and strict:
             empty = sorted(set(q.empty))
             other = sorted(set(q.ignored) - set(empty))
@@ -106,9 +109,6 @@ class SearchService:
 
 
 # -- _summary and _elements -----------------------------------------------------------------------
-
-ALWAYS = ("resourceType", "id", "meta")
-
 
 @lru_cache(maxsize=None)
 def summary_elements(rtype: str) -> frozenset[str]:
@@ -146,20 +146,35 @@ def subset_filter(rtype: str, summary: str | None, elements: list[str] | None):
     if summary == "data":
         return lambda k: k != "text"
     if elements:
-        return (mandatory_elements(rtype) | set(elements)).__contains__
+        return (mandatory_elements(rtype) | selected_keys(rtype, elements)).__contains__
     return None
 
 
-def read_subset(rtype: str, params: Mapping[str, str]):
+def check_elements(q: Query, rtype: str, elements: list[str]) -> None:
+    """A search's _elements names that are no element of ``rtype``: ignored as an unsupported
+    parameter is (a warning, or 400 when strict); those below the top level keep their top
+    element, with a note saying so."""
+    q.ignored += [f"_elements={name}" for name in unknown_elements(rtype, elements)]
+    deep = below_top(rtype, elements)
+    if deep:
+        q.notes.append(f"_elements={','.join(deep)}: _elements selects top-level elements; "
+                       "the whole of each named one is kept")
+
+
+def read_subset(rtype: str, params: Mapping[str, str], strict: bool = False):
     """What a read's (or vread's) ``_summary`` or ``_elements`` keeps (R4 lets a read ask, as a
-    search does; None: all): the mandatory elements and ``meta`` with the SUBSETTED tag."""
+    search does; None: all): the mandatory elements and ``meta`` with the SUBSETTED tag. An
+    _elements name that is no element of ``rtype`` is left out, or a 400 when ``strict``."""
     summary = params.get("_summary")
     if summary is not None and summary not in ("true", "text", "data", "false"):
         raise bad_request(f"_summary={summary[:20]!r}: true, text, data or false on a read")
-    elements = params.get("_elements")
-    return subset_filter(rtype, None if summary == "false" else summary,
-                         [e.strip() for e in elements.split(",") if e.strip()] if elements
-                         else None)
+    raw = params.get("_elements")
+    elements = [e.strip() for e in raw.split(",") if e.strip()] if raw else None
+    unknown = unknown_elements(rtype, elements) if elements and strict else None
+    if unknown:
+        raise FhirError(400, "not-supported", f"_elements: no element {', '.join(unknown)} "
+                        f"in {rtype}")
+    return subset_filter(rtype, None if summary == "false" else summary, elements)
 
 
 def subset(raw: bytes, keep) -> dict:

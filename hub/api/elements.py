@@ -1,0 +1,63 @@
+"""The names ``_elements`` may give, read as the top-level JSON keys of a resource they select.
+
+R4 (search.html#elements) names elements, not JSON keys: a choice element by its base name
+(``value``, or ``value[x]`` as the definitions write it) selects whichever ``value<Type>`` the
+resource holds. A leading ``Type.`` is the resource's own; a dotted path reaches below the top
+level, which R4 does not ask of _elements, and keeps its whole top element (the lenient answer).
+The element table is the fhir.resources model's, as for ``_summary``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+ALWAYS = ("resourceType", "id", "meta")
+
+
+@lru_cache(maxsize=None)
+def element_keys(rtype: str) -> dict[str, frozenset[str]]:
+    """Element name -> the JSON keys of ``rtype`` it selects: its own and its primitive
+    extension's (``_gender``); a choice element's base name those of every type it may take."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    out: dict[str, set[str]] = {}
+    for name, f in get_fhir_model_class(rtype).model_fields.items():
+        extra = f.json_schema_extra
+        if not isinstance(extra, dict) or not extra.get("element_property"):
+            continue
+        key = f.alias or name
+        keys = {key, f"_{key}"}
+        out.setdefault(key, set()).update(keys)
+        base = extra.get("one_of_many")
+        if isinstance(base, str):
+            for choice in (base, f"{base}[x]"):
+                out.setdefault(choice, set()).update(keys)
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+def _top(rtype: str, name: str) -> str:
+    if name.startswith(f"{rtype}."):
+        name = name[len(rtype) + 1:]
+    return name.partition(".")[0]
+
+
+def selected_keys(rtype: str, names: list[str]) -> frozenset[str]:
+    """The top-level JSON keys ``names`` select of a ``rtype`` resource (unknown ones none)."""
+    table = element_keys(rtype)
+    out: set[str] = set()
+    for name in names:
+        top = _top(rtype, name)
+        out |= table.get(top, frozenset({top} if top in ALWAYS else ()))
+    return frozenset(out)
+
+
+def unknown_elements(rtype: str, names: list[str]) -> list[str]:
+    """The names in ``names`` that are no element of ``rtype``."""
+    table = element_keys(rtype)
+    return [n for n in names if _top(rtype, n) not in table and _top(rtype, n) not in ALWAYS]
+
+
+def below_top(rtype: str, names: list[str]) -> list[str]:
+    """The known names in ``names`` that reach below the top level (their top element is kept)."""
+    return [n for n in names if "." in n.removeprefix(f"{rtype}.")
+            and n not in unknown_elements(rtype, [n])]
