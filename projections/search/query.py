@@ -55,6 +55,11 @@ class Unsupported(HubError):
     error_code = "unsupported"
 
 
+class NoValue(Unsupported):
+    """A parameter given no value (``name=``, or only empty alternatives ``name=,``): ignored
+    as an unsupported one is, and named so in the 400 of a strict search."""
+
+
 # -- typed values ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -485,6 +490,8 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
     # criterion that a string's prefix search would let match everything
     alternatives = [a for a in split_escaped(value, ",") if a.strip()] \
         if modifier != "missing" else [value]
+    if not alternatives:  # name=, (only empty alternatives): no value, as name= is
+        raise NoValue(f"{name} has no value")
     out = []
     for alt in alternatives:
         prefix, typed = _value(rtype, code, ptype, p, modifier, alt, base)
@@ -637,9 +644,11 @@ def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
                 raise Unsupported(f"{name} is not supported")
             else:
                 if not value.strip():  # no value (name=): ignored, as HAPI and Microsoft do
-                    q.empty.append(name)
-                    raise Unsupported(f"{name} has no value")
+                    raise NoValue(f"{name} has no value")
                 q.where.extend(criteria_groups(rtype, name, value, base, terminology))
+        except NoValue:
+            q.empty.append(name)
+            q.ignored.append(name)
         except Unsupported:
             q.ignored.append(name)
     return q
