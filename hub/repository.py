@@ -25,7 +25,7 @@ from fhir_mapping.documents import is_quality_report
 from hub.core.access import OPEN, Action, Actor, Policy, own_base, patients_in
 from hub.core.conditional import IdentifierResolver
 from hub.core.errors import FhirError, bad_request, forbidden, not_found
-from hub.core.ingest import Authorize, Context, Hub, Op, Result, Sees
+from hub.core.ingest import SETTLE_US, Authorize, Context, Hub, Op, Result, Sees
 from hub.core.resource import RESOURCE_TYPES
 from hub.core.store import ResourceStore, VersionRow
 from projections.search import canonical
@@ -449,24 +449,35 @@ class Repository:
         return self._hub.store.find_by_identifier(rtype, system, value)
 
     def history(self, ctx: Context, *, rtype: str | None = None, rid: str | None = None,
-                count: int, **window: Any) -> tuple[list[VersionRow], int | None]:
+                count: int, settle: bool = False, **window: Any
+                ) -> tuple[list[VersionRow], int | None, int | None]:
         """The versions the caller may see among the next ``count`` of a history (newest first),
-        and the position to go on from (None: no more). A page may show fewer than ``count``,
-        none even, and still have a next one: what it held was hidden."""
+        the position to go on from (None: no more) and, with ``settle``, the time (µs) this
+        history is complete up to (else None). A page may show fewer than ``count``, none even,
+        and still have a next one: what it held was hidden.
+
+        The time is the clock read under the writers' lock before the versions are, less
+        SETTLE_US (as a bulk export's transactionTime): a write commits at most SETTLE_US after
+        its lastUpdated, so every version stamped before it is committed and in this history,
+        and one written later is in a history ``_since`` it. None for the audit log, which keeps
+        no such bound."""
         refuse_view(rtype)
         action = Action(_history_kind(rtype, rid), rtype, rid)
 
-        def run() -> tuple[list[VersionRow], int | None]:
+        def run() -> tuple[list[VersionRow], int | None, int | None]:
             self.policy.check(ctx.actor, action)
+            settled = None
             if rtype == AUDIT and self._records is not None:
                 rows = self._audit_history(rid, limit=count + 1, **window)
             else:
+                if settle:  # read before the versions: all stamped before it are committed
+                    settled = self._hub.store.settled_position()[1] - SETTLE_US
                 rows = self._hub.store.history(rtype=rtype, rid=rid, limit=count + 1,
                                                not_types=tuple(VIEW_TYPES), **window)
             more = count > 0 and len(rows) > count
             rows = rows[:count]
             return ([r for r in rows if self._version_shown(ctx.actor, r)],
-                    rows[-1].nid if more and rows else None)
+                    rows[-1].nid if more and rows else None, settled)
         return self.audited(ctx, action, run,
                              lambda page: [(r.rtype, r.rid, r.state) for r in page[0]])
 

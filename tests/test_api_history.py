@@ -3,10 +3,15 @@ _at."""
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta, timezone
 
 import httpx
 from fhir.resources.R4B.bundle import Bundle
+
+from hub.core.errors import FhirError
+from hub.core.ingest import Context, Hub, Op, now_instant
+from hub.core.pagetokens import page_tokens
 
 from tests.api_helpers import (
     assert_outcome,
@@ -226,6 +231,74 @@ def test_since(client):
     assert len(client.get(ref, params={"_since": t1[:4]}).json()["entry"]) == 2
     future = str(int(t1[:4]) + 1)
     assert client.get(ref, params={"_since": future}).json().get("entry", []) == []
+
+
+def poll(client: httpx.Client, path: str, since: str) -> tuple[list[dict], str]:
+    """One round of the documented recipe: the history ``_since`` the last round's time, every
+    page followed; its entries and the next round's ``_since`` (the bundles' ``meta.lastUpdated``,
+    one time on every page, as ``timestamp``)."""
+    entries, times, r = [], set(), client.get(path, params={"_since": since, "_count": "1"})
+    while True:
+        assert r.status_code == 200, r.text
+        b = r.json()
+        entries += b.get("entry", [])
+        times |= {b["meta"]["lastUpdated"], b["timestamp"]}
+        nxt = [link["url"] for link in b["link"] if link["relation"] == "next"]
+        if not nxt:
+            break
+        r = client.get(nxt[0])
+    assert len(times) == 1, times
+    return entries, times.pop()
+
+
+def test_polling_since_the_history_time_misses_no_version_committed_late(live, client):
+    """A write stamped, then held before it commits while a later-stamped one commits (a
+    transaction planned long, against a quick POST): the poll ``_since`` the history's time finds
+    it; ``_since`` the largest ``lastModified`` seen would never."""
+    _, since = poll(client, "/Patient/_history", now_instant()[0])
+    stamped, release = threading.Event(), threading.Event()
+
+    def held_clock() -> tuple[str, int]:
+        reading = now_instant()
+        stamped.set()
+        release.wait(20)
+        return reading
+
+    store = live.settings.open_store()
+    late = patient(rid=unique())
+    answers: list = []
+    writer = threading.Thread(target=lambda: answers.extend(Hub(store, clock=held_clock).execute(
+        [Op("PUT", "Patient", late["id"], late, url=f"Patient/{late['id']}")], Context(),
+        atomic=True)))
+    writer.start()
+    try:
+        assert stamped.wait(20)
+        early = create(client, patient()).json()
+        first, since = poll(client, "/Patient/_history", since)
+    finally:
+        release.set()
+        writer.join(30)
+        store.close()
+    assert answers and not isinstance(answers[0], FhirError), answers
+    assert answers[0].last_updated < early["meta"]["lastUpdated"]  # stamped first, committed last
+    seen = {(e["fullUrl"].rsplit("/", 1)[1]) for e in first}
+    assert early["id"] in seen and late["id"] not in seen
+    after_max = client.get("/Patient/_history",
+                           params={"_since": early["meta"]["lastUpdated"]}).json()
+    assert late["id"] not in {e["fullUrl"].rsplit("/", 1)[1] for e in after_max.get("entry", [])}
+
+    second, _ = poll(client, "/Patient/_history", since)
+    assert late["id"] in {e["fullUrl"].rsplit("/", 1)[1] for e in second}
+
+
+def test_a_cursor_sealed_before_pages_on_without_a_time(live, client):
+    rid = create(client, patient()).json()["id"]
+    tokens = page_tokens(live.settings.data_dir)
+    r = client.get("/Patient/_history", params={"_cursor": tokens.seal("999999999999")})
+    assert r.status_code == 200, r.text
+    assert "meta" not in r.json() and "timestamp" not in r.json()
+    assert rid in {e["fullUrl"].rsplit("/", 1)[1] for e in r.json()["entry"]}
+    assert_outcome(client.get("/Patient/_history", params={"_cursor": tokens.seal("1:2:3")}), 400)
 
 
 def test_at_with_full_and_partial_dates(client):

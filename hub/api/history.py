@@ -2,6 +2,13 @@
 
 The cursor is the notification id of the last entry shown (sealed, as a search's), so pages stay put
 while writes go on.
+
+Each page's ``meta.lastUpdated`` and ``timestamp`` (R4: "used as the _since time to ask for
+subsequent updates") are the time the history is complete up to, taken with its first page and
+carried in the cursor (``Repository.history``): a version stamped earlier is committed and in
+this history, and polling ``_since`` that time misses none written after (it may show some again:
+overlap, never a gap). The largest ``lastModified`` seen is no such time: a write commits after its
+stamp, and a later-stamped one may commit first.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from hub.api.responses import etag
 from hub.core.config import Settings
 from hub.core.errors import bad_request
 from hub.core.fhirtime import parse_range
-from hub.core.ingest import Context
+from hub.core.ingest import Context, instant_of
 from hub.core.pagetokens import page_tokens
 from hub.repository import Repository
 
@@ -27,11 +34,12 @@ _STATUS = {"created": 201, "updated": 200, "deleted": 204}
 @dataclass
 class HistoryQuery:
     """A history's parameters, parsed: the page size, ``_since`` and ``_at`` (microseconds), the
-    unsealed ``_cursor`` (a notification id)."""
+    unsealed ``_cursor`` (a notification id, and the time the first page was complete up to)."""
     count: int
     since_us: int | None = None
     at_us: tuple[int, int] | None = None
     cursor: int | None = None
+    settled_us: int | None = None
 
 
 def parse_history(items: list[tuple[str, str]], settings: Settings) -> HistoryQuery:
@@ -49,9 +57,11 @@ def parse_history(items: list[tuple[str, str]], settings: Settings) -> HistoryQu
         # sealed as a search's is: a bare position could be forged to map where hidden
         # versions lie (an empty page for each)
         raw = page_tokens(settings.data_dir).open(params["_cursor"])
-        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # a notification id
+        parts = raw.split(":")  # a notification id and a time (none in a cursor sealed before)
+        if len(parts) > 2 or not all(p.isascii() and p.isdigit() and len(p) <= 18 for p in parts):
             raise bad_request("_cursor is not a page cursor of this server")
-        out.cursor = int(raw)
+        out.cursor = int(parts[0])
+        out.settled_us = int(parts[1]) if len(parts) == 2 else None
     return out
 
 
@@ -75,8 +85,11 @@ def history_bundle(repo: Repository, ctx: Context, items: list[tuple[str, str]],
     count, since_us, at_us, cursor = q.count, q.since_us, q.at_us, q.cursor
     tokens = page_tokens(settings.data_dir)
     # _count=0: the total only
-    rows, after = repo.history(ctx, rtype=rtype, rid=rid, since_us=since_us, at_us=at_us,
-                               before_nid=cursor, count=count)
+    rows, after, settled = repo.history(ctx, rtype=rtype, rid=rid, since_us=since_us,
+                                        at_us=at_us, before_nid=cursor, count=count,
+                                        settle=cursor is None)
+    if cursor is not None:
+        settled = q.settled_us
     entries = []
     # a version written over a deletion created the resource again: 201, as its write answered;
     # the deletion (version n-1) on this page or not
@@ -105,9 +118,14 @@ def history_bundle(repo: Repository, ctx: Context, items: list[tuple[str, str]],
     path = base + "/" + "/".join(p for p in (rtype, rid, "_history") if p)
     links = [{"relation": "self", "url": link(path, items)}]
     if after is not None:
-        links.append({"relation": "next", "url": link(path, items,
-                                                      _cursor=tokens.seal(str(after)))})
-    out: dict[str, Any] = {"resourceType": "Bundle", "type": "history"}
+        sealed = tokens.seal(str(after) if settled is None else f"{after}:{settled}")
+        links.append({"relation": "next", "url": link(path, items, _cursor=sealed)})
+    out: dict[str, Any] = {"resourceType": "Bundle"}
+    if settled is not None:
+        out["meta"] = {"lastUpdated": instant_of(settled)}
+    out["type"] = "history"
+    if settled is not None:
+        out["timestamp"] = instant_of(settled)
     if at_us is None and (rid is not None or params.get("_total") == "accurate"):
         total = repo.count_history(ctx, rtype=rtype, rid=rid, since_us=since_us)
         if total is not None:
