@@ -283,6 +283,33 @@ def test_a_sender_trickling_bytes_outside_a_message_is_closed_when_idle(connecto
     still_serving(connector, messages[0])
 
 
+def test_noise_outside_a_message_does_not_extend_the_idle_timeout(connector, messages):
+    """A byte of noise every 0.6 s (each a framing error, "1 bytes outside an MLLP block
+    skipped") restarted the idle timer at each: the connection stayed open for ever."""
+    s = socket.create_connection(("127.0.0.1", connector.sources[0].port))
+    s.settimeout(0.2)
+    started = time.monotonic()
+    closed = False
+    while time.monotonic() - started < 5 and not closed:
+        try:
+            s.sendall(b"x")
+            if s.recv(1) == b"":
+                closed = True
+        except TimeoutError:
+            pass
+        except OSError:
+            closed = True
+        time.sleep(0.4)
+    s.close()
+    assert closed and time.monotonic() - started < 3  # idle_timeout_s is 1
+    # a message answered starts the next one's timeout afresh
+    with client(connector) as c:
+        for m in messages[:2]:
+            time.sleep(0.7)
+            assert ack_code(c.send(m)) == "AA"
+    still_serving(connector, messages[0])
+
+
 def test_concurrent_senders_and_noise(connector, messages):
     errors = []
 

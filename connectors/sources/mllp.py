@@ -419,13 +419,17 @@ class MLLPSource:
         buf = bytearray()
         junk = 0
         task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        # one deadline per awaited message: bytes outside a message (each a framing error, read
+        # again) do not extend it, or a byte of noise every few seconds held the connection
+        deadline = loop.time() + self.idle_timeout
         try:
             if self.connections > self.max_connections:
                 log.warning("MLLP %s: too many connections, closing %s", self.name, peer_s)
                 return
             while not stop.is_set():
                 try:
-                    payload = await self._read_frame(reader, buf)
+                    payload = await self._read_frame(reader, buf, deadline)
                 except FramingError as err:
                     self.stats["framing_errors"] += 1
                     junk += 1
@@ -458,6 +462,7 @@ class MLLPSource:
                     await asyncio.wait_for(writer.drain(), 30)
                 finally:
                     self._busy.discard(task)
+                deadline = loop.time() + self.idle_timeout
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
             pass
         except asyncio.CancelledError:
@@ -533,12 +538,12 @@ class MLLPSource:
             log.exception("building an ACK")
             return [build_ack(b"", code, error)]
 
-    async def _read_frame(self, reader: asyncio.StreamReader, buf: bytearray) -> bytes | None:
+    async def _read_frame(self, reader: asyncio.StreamReader, buf: bytearray,
+                          deadline: float) -> bytes | None:
         """The next message, None at end of stream or idle timeout; FramingError for bad blocks.
-        The idle timeout runs from when the message is awaited, not from the last byte: a sender
-        trickling a CR every few seconds held its connection (and a slot of ``max_connections``)
-        for ever."""
-        deadline = asyncio.get_running_loop().time() + self.idle_timeout
+        The idle timeout runs from when the message is awaited (``deadline``, the loop's time),
+        not from the last byte: a sender trickling a CR every few seconds held its connection
+        (and a slot of ``max_connections``) for ever."""
         while True:
             start = buf.find(VT)
             if start < 0:
