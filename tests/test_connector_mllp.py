@@ -190,6 +190,34 @@ def test_a_whole_message_refused_for_its_framing_replays(connector, messages):
     assert after["received"] == before["received"] and after["failed"] == before["failed"] - 1
 
 
+def test_a_message_without_its_start_block_is_answered_and_kept(connector, messages):
+    """A whole message sent without the start block (an engine not set to wrap in MLLP) got
+    no answer and was not kept: "233 bytes outside an MLLP block skipped". It is answered AR,
+    saying so, and kept to replay; noise that is no message is still only skipped."""
+    def kept_as(payload: bytes) -> list[dict]:
+        return [d for d in connector.spool.deadletters() if d["stage"] == "receive"
+                and connector.spool.deadletter(d["id"])["payload"] == payload]
+
+    with client(connector) as c:
+        c.send_raw(messages[5] + FS + CR)
+        nak = c.read_ack()
+        assert ack_code(nak) == "AR" and "start block" in ack_segment(nak, "MSA")[3]
+        assert str(ack_segment(nak, "MSA")[2]) == str(hl7.parse(messages[5].decode()).segment("MSH")[10])
+        # in two pieces, the header split, and a framed message right behind it
+        c.send_raw(b"\r\nMS")
+        time.sleep(0.2)
+        c.send_raw(messages[6][2:] + FS + CR + VT + messages[7] + FS + CR)
+        assert ack_code(c.read_ack()) == "AR" and ack_code(c.read_ack()) == "AA"
+        # noise is skipped as before: no answer, the next message is the next answer
+        c.send_raw(b"GET / HTTP/1.1\r\n\r\n" + FS + CR)
+        assert ack_code(c.send(messages[8])) == "AA"
+    [kept] = kept_as(messages[5])
+    assert "start block" in kept["error"]["reason"] and kept["error"]["rule"] == "mllp.framing"
+    assert kept_as(messages[6]) and connector.spool.replay(kept["id"]).ok
+    assert not [d for d in connector.spool.deadletters() if b"GET /" in
+                connector.spool.deadletter(d["id"])["payload"]]
+
+
 def test_oversized_message_is_refused_and_connection_closed(connector, messages):
     with client(connector) as c:
         c.send_raw(VT + messages[0] + b"\rNTE|1||" + b"x" * (MAX + 10))
