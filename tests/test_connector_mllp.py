@@ -95,6 +95,21 @@ def test_unsupported_type_is_rejected_with_err(connector, messages, caplog):
                and f"dead letter {dl}" in r.getMessage() for r in caplog.records), caplog.text
 
 
+def test_a_type_read_whole_is_named_once_with_the_separator_it_missed(connector, messages):
+    """MSH-2 ``#~\\&`` declares ``#`` the component separator: MSH-9 ``ADT^A04^ADT_A01`` is one
+    component, and the refusal named the type ``ADT^A04^ADT_A01^A04`` (EVN-1's event appended
+    to a type that already held it). It names MSH-9 as written, and the separator it missed."""
+    bad = messages[0].replace(b"MSH|^~\\&|", b"MSH|#~\\&|").replace(b"M0000000A", b"SEP1")
+    assert b"ADT^A04^ADT_A01|" in bad and b"\rEVN|A04" in bad
+    with client(connector) as c:
+        ack = c.send(bad)
+    assert ack_code(ack) == "AR" and b"A04\\S\\A04" not in ack and b"ADT_A01\\S\\A04" not in ack
+    err = ack_segment(ack, "ERR")
+    assert err[3].startswith("200^Unsupported message type")
+    assert "ADT\\S\\A04\\S\\ADT_A01 is not supported" in str(err[8])
+    assert "'#' as the component separator" in str(err[8])
+
+
 def test_an_unmapped_event_and_a_missing_segment_are_named_in_err(connector, messages):
     """A29 (a type the hub takes, an event it does not) said ERR-3 207 "application internal
     error"; an AE for a missing PID had an empty ERR-2."""
