@@ -96,7 +96,11 @@ def from_extensions(extensions: Any) -> Order | None:
     None."""
     for e in extensions if isinstance(extensions, list) else ():
         if isinstance(e, dict) and e.get("url") == URL:
-            parts = {p.get("url"): p for p in e.get("extension") or () if isinstance(p, dict)}
+            # parts of another shape than the extension's are no parts (a record from a queue
+            # or a request is anyone's JSON): skipped, not a crash
+            nested = e.get("extension")
+            parts = {p["url"]: p for p in nested if isinstance(p, dict) and isinstance(p.get("url"), str)} \
+                if isinstance(nested, list) else {}
             time = parts.get("time", {}).get("valueDateTime")
             series = parts.get("series", {}).get("valueString")
             version = parts.get("version", {}).get("valueInteger")

@@ -23,6 +23,7 @@ import orjson
 
 from connectors.kinds import two_under_one_id
 from connectors.sinks.base import RETRY_STATUS
+from fhir_mapping import source_order
 from fhir_mapping.base import Conversion
 from hub.core import resource as res
 from hub.core.commandline import open_store
@@ -147,8 +148,7 @@ class IngestWorker:
                 sub: list[tuple[Any, Any, dict]] = []  # (partition, record, unit)
                 seen: dict[str, bytes] = {}
                 for tp, r in records[done:]:
-                    unit = _decode(r.value, self.settings.max_string)
-                    keys = _conversion(unit).write_keys() if "error" not in unit else {}
+                    unit, keys = _read(r.value, self.settings.max_string)
                     if sub and any(k in seen and seen[k] != v for k, v in keys.items()):
                         break
                     seen.update(keys)
@@ -226,6 +226,28 @@ class IngestWorker:
 
 
 def _decode(value: bytes | None, max_string: int | None = None) -> dict:
+    """A record as a connector unit, or {"error": why not}."""
+    return _read(value, max_string)[0]
+
+
+def _read(value: bytes | None, max_string: int | None = None) -> tuple[dict, dict[str, bytes]]:
+    """A record as a connector unit and what it writes ("Type/id" -> content), or
+    ({"error": why not}, {}). A record is anyone's bytes: whatever in it fails the conversion
+    (a shape no check below foresaw) makes it a dead letter, never a worker that stops on it at
+    every restart, its partition stalled."""
+    try:
+        unit = _unit(value, max_string)
+        if "error" in unit:
+            return unit, {}
+        conv = _conversion(unit)
+        keys = conv.write_keys()
+        conv.entries()
+    except Exception as e:  # noqa: BLE001 - the record's shape, not the hub's state
+        return {"error": f"the record is not a connector unit: {type(e).__name__}: {str(e)[:200]}"}, {}
+    return unit, keys
+
+
+def _unit(value: bytes | None, max_string: int | None = None) -> dict:
     """A record as a connector unit, or {"error": why not}. Read as the API reads a body: a key
     given twice (one of its values silently dropped) and a string over ``max_string``
     (HUB_MAX_STRING) are refused here as there."""
@@ -251,7 +273,9 @@ def _decode(value: bytes | None, max_string: int | None = None) -> dict:
     for x in d.get("deletes") or []:
         if not isinstance(x, str) or "/" not in x:
             return {"error": "every deletion of a unit is a reference Type/id"}
-    if d.get("order") is not None and not isinstance(d["order"], dict):
+    if d.get("order") is not None and (not isinstance(d["order"], dict)
+                                       or not source_order.from_extensions([d["order"]])):
+        # an order that says nothing would let the unit's deletes pass a newer source's write
         return {"error": "a unit's order is a source-order extension"}
     for k in ("connector", "institution", "unit_id"):
         if d.get(k) is not None and not isinstance(d[k], str):

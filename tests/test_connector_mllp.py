@@ -95,6 +95,21 @@ def test_unsupported_type_is_rejected_with_err(connector, messages, caplog):
                and f"dead letter {dl}" in r.getMessage() for r in caplog.records), caplog.text
 
 
+def test_a_type_read_whole_is_named_once_with_the_separator_it_missed(connector, messages):
+    """MSH-2 ``#~\\&`` declares ``#`` the component separator: MSH-9 ``ADT^A04^ADT_A01`` is one
+    component, and the refusal named the type ``ADT^A04^ADT_A01^A04`` (EVN-1's event appended
+    to a type that already held it). It names MSH-9 as written, and the separator it missed."""
+    bad = messages[0].replace(b"MSH|^~\\&|", b"MSH|#~\\&|").replace(b"M0000000A", b"SEP1")
+    assert b"ADT^A04^ADT_A01|" in bad and b"\rEVN|A04" in bad
+    with client(connector) as c:
+        ack = c.send(bad)
+    assert ack_code(ack) == "AR" and b"A04\\S\\A04" not in ack and b"ADT_A01\\S\\A04" not in ack
+    err = ack_segment(ack, "ERR")
+    assert err[3].startswith("200^Unsupported message type")
+    assert "ADT\\S\\A04\\S\\ADT_A01 is not supported" in str(err[8])
+    assert "'#' as the component separator" in str(err[8])
+
+
 def test_an_unmapped_event_and_a_missing_segment_are_named_in_err(connector, messages):
     """A29 (a type the hub takes, an event it does not) said ERR-3 207 "application internal
     error"; an AE for a missing PID had an empty ERR-2."""
@@ -190,6 +205,34 @@ def test_a_whole_message_refused_for_its_framing_replays(connector, messages):
     assert after["received"] == before["received"] and after["failed"] == before["failed"] - 1
 
 
+def test_a_message_without_its_start_block_is_answered_and_kept(connector, messages):
+    """A whole message sent without the start block (an engine not set to wrap in MLLP) got
+    no answer and was not kept: "233 bytes outside an MLLP block skipped". It is answered AR,
+    saying so, and kept to replay; noise that is no message is still only skipped."""
+    def kept_as(payload: bytes) -> list[dict]:
+        return [d for d in connector.spool.deadletters() if d["stage"] == "receive"
+                and connector.spool.deadletter(d["id"])["payload"] == payload]
+
+    with client(connector) as c:
+        c.send_raw(messages[5] + FS + CR)
+        nak = c.read_ack()
+        assert ack_code(nak) == "AR" and "start block" in ack_segment(nak, "MSA")[3]
+        assert str(ack_segment(nak, "MSA")[2]) == str(hl7.parse(messages[5].decode()).segment("MSH")[10])
+        # in two pieces, the header split, and a framed message right behind it
+        c.send_raw(b"\r\nMS")
+        time.sleep(0.2)
+        c.send_raw(messages[6][2:] + FS + CR + VT + messages[7] + FS + CR)
+        assert ack_code(c.read_ack()) == "AR" and ack_code(c.read_ack()) == "AA"
+        # noise is skipped as before: no answer, the next message is the next answer
+        c.send_raw(b"GET / HTTP/1.1\r\n\r\n" + FS + CR)
+        assert ack_code(c.send(messages[8])) == "AA"
+    [kept] = kept_as(messages[5])
+    assert "start block" in kept["error"]["reason"] and kept["error"]["rule"] == "mllp.framing"
+    assert kept_as(messages[6]) and connector.spool.replay(kept["id"]).ok
+    assert not [d for d in connector.spool.deadletters() if b"GET /" in
+                connector.spool.deadletter(d["id"])["payload"]]
+
+
 def test_oversized_message_is_refused_and_connection_closed(connector, messages):
     with client(connector) as c:
         c.send_raw(VT + messages[0] + b"\rNTE|1||" + b"x" * (MAX + 10))
@@ -280,6 +323,33 @@ def test_a_sender_trickling_bytes_outside_a_message_is_closed_when_idle(connecto
         time.sleep(0.3)
     s.close()
     assert closed and time.monotonic() - started < 4  # idle_timeout_s is 1
+    still_serving(connector, messages[0])
+
+
+def test_noise_outside_a_message_does_not_extend_the_idle_timeout(connector, messages):
+    """A byte of noise every 0.6 s (each a framing error, "1 bytes outside an MLLP block
+    skipped") restarted the idle timer at each: the connection stayed open for ever."""
+    s = socket.create_connection(("127.0.0.1", connector.sources[0].port))
+    s.settimeout(0.2)
+    started = time.monotonic()
+    closed = False
+    while time.monotonic() - started < 5 and not closed:
+        try:
+            s.sendall(b"x")
+            if s.recv(1) == b"":
+                closed = True
+        except TimeoutError:
+            pass
+        except OSError:
+            closed = True
+        time.sleep(0.4)
+    s.close()
+    assert closed and time.monotonic() - started < 3  # idle_timeout_s is 1
+    # a message answered starts the next one's timeout afresh
+    with client(connector) as c:
+        for m in messages[:2]:
+            time.sleep(0.7)
+            assert ack_code(c.send(m)) == "AA"
     still_serving(connector, messages[0])
 
 

@@ -215,3 +215,17 @@ def test_the_stamp_is_no_content_a_connector_batch_need_keep_apart():
     units = [Unit(i, "s", c.unit_id, c.kind, c.patient_key, c.resources, [], 0.0)
              for i, c in enumerate((a, b))]
     assert len(take_batch(units, 10)) == 2
+
+
+
+def test_a_stamp_of_another_shape_is_no_stamp_not_a_crash():
+    """A source-order extension whose parts are no list (``"extension": 5``) or whose part names
+    are no strings raised a TypeError reading it: a Kafka unit carrying such an order stopped the
+    ingest worker (the REST API validates a request's extensions first). It reads as no stamp."""
+    from fhir_mapping.source_order import URL, from_extensions
+
+    assert not from_extensions([{"url": URL, "extension": 5}])
+    assert not from_extensions([{"url": URL, "extension": {"url": "time"}}])
+    assert not from_extensions([{"url": URL, "extension": [{"url": ["time"]}, 7]}])
+    assert from_extensions([{"url": URL, "extension": [{"url": ["x"]}, {"url": "time", "valueDateTime": "2024"}]}]) \
+        == Order(time="2024")

@@ -264,6 +264,66 @@ def test_worker_goes_on_past_poison_and_writes_each_unit_as_its_institution(tmp_
         hub.store.close()
 
 
+def test_a_unit_that_fails_its_conversion_is_a_dead_letter_and_its_batch_goes_on(broker,  # noqa: F811
+                                                                                 settings):
+    """A unit whose order held a part list of another shape (``"extension": 5``) stopped the
+    worker with a TypeError, and again at every restart: the good unit before it in the poll was
+    never written, the tombstone and the broken JSON after it never dead-lettered, the offset
+    never committed. Such a unit, one whose conversion fails some other way (the exception's
+    text its reason) and one whose meta is no object (the batch's check crashed on it, retried
+    without end) are dead letters now; the rest of the poll is written, and the offset is
+    committed past them all."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from connectors.spool import Spool
+    from fhir_mapping.source_order import URL
+    from hub.core.ingest import Hub
+    from hub.worker import deadletter_path
+
+    topic = f"hub.shape.{settings.database_url and 'pg' or 'sqlite'}"
+    broker.create_topic(topic, partitions=1)
+
+    def unit(uid: str, resources: list, deletes: list = (), **extra) -> bytes:  # type: ignore[assignment]
+        return orjson.dumps({"v": 1, "connector": "c", "unit_id": uid, "kind": "fhir",
+                             "resources": resources, "deletes": list(deletes), **extra})
+
+    records = [unit("good1", [{"resourceType": "Patient", "id": "shape1", "gender": "female"}]),
+               unit("order5", [], ["Patient/gone1"], order={"url": URL, "extension": 5}),
+               None,  # a tombstone
+               b'{"v": 1, "resources": [',
+               # nesting orjson reads but will not write: the unit's write keys failed
+               unit("deep", [{"resourceType": "Patient", "id": "shape2"}]).replace(
+                   b'"shape2"', b'"shape2","x":' + b"[" * 300 + b"]" * 300),
+               # a meta of another shape failed the batch's envelope check, retried forever
+               unit("meta5", [{"resourceType": "Patient", "id": "shape4", "meta": 5}]),
+               unit("good2", [{"resourceType": "Patient", "id": "shape3", "gender": "male"}])]
+    group = f"s-{topic}"
+    worker = _worked_through(settings, broker, topic, group, records)
+    assert worker.stats["written"] == 2 and worker.stats["failed"] == 5
+
+    letters = Spool(deadletter_path(settings))
+    try:
+        reasons = {letters.deadletter(d["id"])["meta"]["offset"]: d["error"]["reason"]
+                   for d in letters.deadletters()}
+    finally:
+        letters.close()
+    assert sorted(reasons) == [1, 2, 3, 4, 5], reasons
+    assert "source-order" in reasons[1] and "tombstone" in reasons[2]
+    assert "not JSON" in reasons[3] and "Recursion limit" in reasons[4]
+    assert "Meta" in reasons[5], reasons[5]
+    hub = Hub(settings.open_store())
+    try:
+        stored = hub.store.latest_many("Patient", ["shape1", "shape2", "shape3", "shape4"])
+        assert set(stored) == {"shape1", "shape3"}
+    finally:
+        hub.store.close()
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group, **FAST_GROUP)
+    try:
+        assert consumer.committed(TopicPartition(topic, 0)) == len(records)
+    finally:
+        consumer.close()
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_env(monkeypatch):
     monkeypatch.delenv("HUB_DATABASE_URL", raising=False)

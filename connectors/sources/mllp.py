@@ -419,13 +419,17 @@ class MLLPSource:
         buf = bytearray()
         junk = 0
         task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        # one deadline per awaited message: bytes outside a message (each a framing error, read
+        # again) do not extend it, or a byte of noise every few seconds held the connection
+        deadline = loop.time() + self.idle_timeout
         try:
             if self.connections > self.max_connections:
                 log.warning("MLLP %s: too many connections, closing %s", self.name, peer_s)
                 return
             while not stop.is_set():
                 try:
-                    payload = await self._read_frame(reader, buf)
+                    payload = await self._read_frame(reader, buf, deadline)
                 except FramingError as err:
                     self.stats["framing_errors"] += 1
                     junk += 1
@@ -458,6 +462,7 @@ class MLLPSource:
                     await asyncio.wait_for(writer.drain(), 30)
                 finally:
                     self._busy.discard(task)
+                deadline = loop.time() + self.idle_timeout
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
             pass
         except asyncio.CancelledError:
@@ -533,14 +538,19 @@ class MLLPSource:
             log.exception("building an ACK")
             return [build_ack(b"", code, error)]
 
-    async def _read_frame(self, reader: asyncio.StreamReader, buf: bytearray) -> bytes | None:
+    async def _read_frame(self, reader: asyncio.StreamReader, buf: bytearray,
+                          deadline: float) -> bytes | None:
         """The next message, None at end of stream or idle timeout; FramingError for bad blocks.
-        The idle timeout runs from when the message is awaited, not from the last byte: a sender
-        trickling a CR every few seconds held its connection (and a slot of ``max_connections``)
-        for ever."""
-        deadline = asyncio.get_running_loop().time() + self.idle_timeout
+        The idle timeout runs from when the message is awaited (``deadline``, the loop's time),
+        not from the last byte: a sender trickling a CR every few seconds held its connection
+        (and a slot of ``max_connections``) for ever."""
         while True:
             start = buf.find(VT)
+            if start != 0 and self._unframed(buf, start):
+                ended = await self._fill(reader, buf, deadline)
+                if ended is not None:
+                    self._unframed(buf, -1, ended)  # raises
+                continue
             if start < 0:
                 junk = len(bytes(buf).strip(b"\r\n\x1c"))
                 buf.clear()
@@ -585,6 +595,41 @@ class MLLPSource:
                            f"{self.idle_timeout:g} s)")
                     raise FramingError(f"{why} (truncated)", fragment, fatal=True, cut=True)
                 return None
+
+    def _unframed(self, buf: bytearray, start: int, ended: str | None = None) -> bool:
+        """A message sent without its start block (an engine not set to wrap in MLLP) at the head
+        of ``buf``, ahead of ``start`` (where a start block is; -1: none): a FramingError with
+        it once its end is there (FS, the next start block, or the connection ``ended``), so it
+        is answered and kept as a message without its end block is; True while the rest of it is
+        to come; False when the bytes there are no message (noise, skipped by the caller)."""
+        head = bytes(buf if start < 0 else buf[:start])
+        lead = len(head) - len(head.lstrip(b"\r\n\x1c"))
+        text = head[lead:]
+        begun = text.startswith(b"MSH")
+        if not text or not (begun or (start < 0 and b"MSH".startswith(text))):
+            return False
+        end = text.find(FS)
+        if ended is not None or (end < 0 and start < 0):
+            if ended is None and len(text) <= self.max_message_bytes:
+                return True
+            buf.clear()
+            if not begun:  # "MS" and the connection gone: noise after all
+                raise FramingError(f"{len(text)} bytes outside an MLLP block skipped")
+            if ended is None:
+                raise FramingError(f"message larger than {self.max_message_bytes} bytes (no start "
+                                   "block)", text[:self.max_message_bytes], fatal=True, cut=True)
+            why = ("connection closed" if ended == "closed" else
+                   f"connection idle too long (idle_timeout_s {self.idle_timeout:g} s)")
+            raise FramingError(f"a message without its start block (VT): {why} before its end "
+                               "block (FS CR)", text, fatal=True, cut=True)
+        if 0 <= end:
+            del buf[:lead + end + 1]
+            if buf[:1] == CR:
+                del buf[:1]
+            raise FramingError("a message without its start block (VT)", text[:end])
+        del buf[:start]
+        raise FramingError("a message without its start block (VT) nor its end block (FS CR)",
+                           text)
 
     async def _fill(self, reader: asyncio.StreamReader, buf: bytearray,
                     deadline: float) -> str | None:

@@ -8,6 +8,8 @@ types in ``datatypes``; segments to resources in ``people``, ``encounter``, ``cl
 
 from __future__ import annotations
 
+import re
+
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
 
 from .builders import BUILDERS
@@ -21,6 +23,7 @@ from .tables import table
 __all__ = ["convert", "message_kind", "supported_kinds"]
 
 _MSG = table("messages")
+_CODE = re.compile(r"[A-Z0-9]{3}")  # a message type (HL7 table 0076)
 _TYPES: dict[str, dict] = _MSG["types"]
 _REFUSED: dict[str, str] = _MSG["refused"]
 
@@ -32,7 +35,10 @@ def supported_kinds() -> list[str]:
 def message_kind(msg: Msg) -> tuple[str, str]:
     msh = msg.msh
     mtype, trigger = msh.get(9, 1).upper(), msh.get(9, 2).upper()
-    if not trigger:
+    # a message that leaves MSH-9.2 empty names its event in EVN-1; a type that is no code (MSH-9
+    # read whole, its components separated by another character than MSH-2 declares) has no
+    # event to add: "ADT^A04^ADT_A01^A04" named the event twice
+    if not trigger and _CODE.fullmatch(mtype):
         evn = msg.first("EVN")
         trigger = evn.get(1).upper() if evn is not None else ""
     return mtype, trigger
@@ -64,6 +70,10 @@ def _convert(payload: bytes, source: SourceInfo) -> Conversion:
         reason = _REFUSED.get(kind) or _REFUSED.get(mtype) or (
             f"message type {kind} is not supported (supported: ADT, BAR, DFT, ORU, OUL, ORM, OML, OMG, "
             "REF, RDE, RDS, VXU, SIU, MDM, PPR triggers listed in fhir_mapping/hl7v2/tables/messages.json)")
+        comp = msg.parsed.holder.separators[3]
+        if not _CODE.fullmatch(mtype) and any(c in mtype for c in "^~\\&#" if c != comp):
+            reason = (f"message type {mtype} is not supported: MSH-2 declares {comp!r} as the "
+                      "component separator, which MSH-9 does not use")
         # a type the mapper takes with an event it does not (A29): the event is what is refused
         known_type = trigger and any(k.startswith(f"{mtype}^") for k in _TYPES)
         raise MappingError(reason, code="AR", location="MSH-9.2" if known_type else "MSH-9",

@@ -163,8 +163,10 @@ def validate_envelope(bundle: dict, entries: list) -> None:
         url = e.get("fullUrl") if isinstance(e, dict) else None
         if not isinstance(url, str):
             continue
-        version = ((e.get("resource") or {}).get("meta") or {}).get("versionId") \
-            if isinstance(e.get("resource"), dict) else None
+        resource = e.get("resource")
+        meta = resource.get("meta") if isinstance(resource, dict) else None
+        # a meta of another shape is the resource's validation's to refuse, not a crash here
+        version = meta.get("versionId") if isinstance(meta, dict) else None
         key = f"{url}|{version}" if version else url
         if key in seen and bundle.get("type") != "history":
             raise FhirError(400, "invalid", f"Bundle.entry[{i}] has the fullUrl of "
