@@ -12,7 +12,8 @@ resources. Every group goes through the same steps:
 5. commit everything in one transaction. A concurrent writer surfaces as ``ConflictError`` and the
    group is re-planned from fresh heads (so two updates of one resource never both win), and so
    does a conditional create, update or delete whose search a commit since changed (so none of
-   them duplicates).
+   them duplicates), and a conditional write or reference whose match a commit since changed (so
+   none acts on a resource its criteria no longer name).
 
 Validation happened before (``hub.resource.validate``), exactly once per resource.
 """
@@ -49,7 +50,7 @@ from hub.core.errors import (
     precondition_failed,
 )
 from hub.core.events import CREATED, DELETED, UPDATED, ResourceEvent, from_stored
-from hub.core.store import Commit, ConflictError, Head, ResourceStore
+from hub.core.store import Commit, ConflictError, Head, QuietGuard, ResourceStore
 
 RETRIES = 12
 # Op.if_match of ``If-Match: *``: any version, so long as the resource exists and is not deleted
@@ -101,6 +102,7 @@ class Op:
     # filled by planning
     target: str | None = None
     existing: bool = False  # conditional create matched: nothing to write
+    matched: bool = False  # the target is what its criteria found (it must not change till commit)
 
 
 # Shown a write and the stored resource it would change; raises a FhirError to refuse it.
@@ -203,7 +205,7 @@ class Hub:
                 node[key] = old
             undo.clear()
             for op, (if_none_exist, query) in zip(ops, criteria):
-                op.target, op.existing = None, False
+                op.target, op.existing, op.matched = None, False, False
                 op.if_none_exist, op.query = if_none_exist, query
 
         while attempt < RETRIES or time.monotonic() < deadline:
@@ -257,9 +259,10 @@ class Hub:
                 raise err
             results[i] = err
 
-        # the log position conditional writes searched from (their guard: nothing newer)
+        # the log position conditional writes searched from (their guard: nothing newer), read
+        # before they search
         searched_at = (self.store.max_notification_id()
-                       if any(_criteria(op) for op in ops) else 0)
+                       if any(_criteria(op) for op in ops) else None)
 
         # 1. targets
         planned: list[int] = []
@@ -299,6 +302,9 @@ class Hub:
             if (authorize is None and op.method != "PATCH") or op.existing or op.target is None:
                 continue
             stored = self.store.latest(op.rtype, op.target)
+            if op.matched and (stored is None or stored.topic.endswith("Deleted")):
+                # deleted since its criteria matched it: planned again, they match what is left
+                raise ConflictError(f"{op.rtype}/{op.target} was deleted meanwhile")
             try:
                 if authorize is not None and stored is not None:
                     authorize(op, stored)
@@ -309,8 +315,9 @@ class Hub:
                 planned.remove(i)
 
         # 2. references
+        pinned: list[QuietGuard] = []  # what conditional references resolved to
         if atomic:
-            self._rewrite_references(ops, planned, undo, sees)
+            pinned = self._rewrite_references(ops, planned, undo, sees, searched_at)
         else:
             # entries of a batch are independent (R4): one that names another entry, or a
             # conditional reference (a transaction's only), fails alone; stored, it pointed
@@ -332,7 +339,7 @@ class Hub:
 
         # 4. decide
         last_updated, ts = self.clock()
-        commit = Commit(settle_by_us=ts + SETTLE_US)
+        commit = Commit(settle_by_us=ts + SETTLE_US, guards=list(pinned))
         pending: list[tuple[int, Result]] = []
         replaced: dict[int, tuple[int, Any]] = {}  # what each PUT replaces, read once
         older = self._older_than_stored(ops, planned, heads, replaced)
@@ -355,7 +362,10 @@ class Hub:
             # that both found nothing both create, and the criteria match two resources forever
             criteria = _criteria(op)
             if criteria and not op.existing:
+                assert searched_at is not None  # read for every group with criteria
                 commit.guards += self.resolver.guards(op.rtype, criteria, searched_at)
+                if op.matched:  # and only while what they matched still is as they found it
+                    commit.guards.append(QuietGuard(op.rtype, searched_at, op.target))
 
         # 5. commit
         self.store.commit(commit)
@@ -402,6 +412,7 @@ class Hub:
             else:
                 op.target = found[0] if found else None
                 op.existing = not found  # nothing to delete
+            op.matched = bool(found)
         else:
             op.target = op.rid
 
@@ -442,15 +453,21 @@ class Hub:
         return sorted(found)
 
     def _rewrite_references(self, ops: list[Op], planned: list[int],
-                            undo: list[tuple[Any, Any, str]], sees: Sees | None = None) -> None:
+                            undo: list[tuple[Any, Any, str]], sees: Sees | None = None,
+                            searched_at: int | None = None) -> list[QuietGuard]:
+        """Rewrite the placeholders and conditional references of the planned writes; returns
+        the guards that keep each resource a conditional reference resolved to unchanged until
+        the commit (changed meanwhile, it may match no longer: the group is planned again)."""
         mapping = {}
         for i in planned:
             op = ops[i]
             if op.full_url and op.target and op.method in ("POST", "PUT"):
                 mapping[op.full_url] = f"{op.rtype}/{op.target}"
         cache: dict[str, str] = {}
+        pinned: list[QuietGuard] = []
 
         def resolve(ref: str, base: str | None = None, entry: bool = False) -> str:
+            nonlocal searched_at
             if ref in mapping:
                 return mapping[ref]
             if base and _RELATIVE.fullmatch(ref) and base + ref in mapping:
@@ -473,6 +490,8 @@ class Hub:
                                 "resource's location nor a conditional reference (Type?criteria)")
             if ref not in cache:
                 earlier = [ops[i] for i in planned]
+                if searched_at is None:  # the log position, read before the search
+                    searched_at = self.store.max_notification_id()
                 found = self._match(rtype, parse_query(query), earlier, sees)
                 if len(found) > 1 and any(e.rtype == rtype and e.target in found and not e.existing
                                           and e.method == "POST" and e.if_none_exist is not None
@@ -485,6 +504,7 @@ class Hub:
                         f"Conditional reference {ref!r} matched {len(found)} resources; need one"
                     )
                 cache[ref] = f"{rtype}/{found[0]}"
+                pinned.append(QuietGuard(rtype, searched_at, found[0]))
             return cache[ref]
 
         for i in planned:
@@ -499,6 +519,7 @@ class Hub:
                     _rewrite(d, ops[i].rtype, resolve_here, mapping, undo)
                 except FhirError as e:
                     raise _located(e, ops[i]) from None
+        return pinned
 
     def _keep_retirements(self, ops: list[Op], planned: list[int],
                           heads: dict[tuple[str, str], Head],

@@ -85,11 +85,13 @@ class IdentifierGuard:
 
 @dataclass(frozen=True, slots=True)
 class QuietGuard:
-    """Commit only if no ``rtype`` resource (outside this commit) was written after notification
-    ``after``: a conditional create decided by a search that read the log up to ``after``."""
+    """Commit only if no ``rtype`` resource (that one, given ``rid``) was written after
+    notification ``after``: a conditional write decided by a search that read the log up to
+    ``after``, or (``rid``) the resource its criteria matched, unchanged since they did."""
 
     rtype: str
     after: int
+    rid: str | None = None
 
 
 @dataclass(slots=True)
@@ -235,10 +237,15 @@ class _IndexMixin:
         mine = {(ev.rtype, ev.rid) for ev in commit.events}
         for g in commit.guards:
             if isinstance(g, QuietGuard):
-                c.execute(self.q("SELECT rid FROM resource_version WHERE rtype=? AND nid>? "
-                                 "LIMIT 200"), (g.rtype, g.after))
-                if any((g.rtype, row["rid"]) not in mine for row in c.fetchall()):
-                    raise ConflictError(f"a {g.rtype} was written meanwhile")
+                # this commit's own versions are not in the table yet: any row is another's,
+                # the matched target's too (written meanwhile, it may match no longer)
+                sql = "SELECT 1 FROM resource_version WHERE rtype=? AND nid>?"
+                args: list[Any] = [g.rtype, g.after]
+                if g.rid is not None:
+                    sql, args = sql + " AND rid=?", [*args, g.rid]
+                c.execute(self.q(sql + " LIMIT 1"), tuple(args))
+                if c.fetchone() is not None:
+                    raise ConflictError(f"{g.rtype}/{g.rid or '*'} was written meanwhile")
                 continue
             others = [rid for rid in self._with_identifier(c, g.rtype, g.system, g.value)
                       if (g.rtype, rid) not in mine and (g.ids is None or rid in g.ids)]
