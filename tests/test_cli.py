@@ -446,6 +446,66 @@ def test_show_and_history(settings, tmp_path):
         assert not empty.exists()
 
 
+RESIDENT = "urn:oid:2.16.156.10011.1.3"
+MRN = "urn:oid:2.16.156.10011.99.1.1.1"
+
+
+def _ids(body: dict) -> list[tuple[str, str]]:
+    return [(i["system"], i["value"]) for i in body.get("identifier", ())]
+
+
+def test_a_corrected_resident_id_replaces_the_old_one_on_ingest(settings, tmp_path):
+    """hub ingest writes as a feed, which keeps what a message leaves unsaid. The stored
+    identifiers were joined with the new ones whatever their system: a record whose resident ID
+    and birth date were corrected kept the old number, another person's (born 46 years
+    earlier), and a search by it found this record. A system the write states it states whole,
+    and nothing kept of the stored version contradicts the record's birth date."""
+    old, new = "620921193912141755", "500102198504184652"  # born 1939-12-14, 1985-04-18
+    d = tmp_path / "in"
+    write(d / "p1.json", patient("jp1", identifier=[{"system": MRN, "value": "97000005"},
+                                                    {"system": RESIDENT, "value": old}],
+                                 birthDate="1939-12-14"))
+    write(d / "p2.json", patient("jp1", identifier=[{"system": RESIDENT, "value": new}],
+                                 birthDate="1985-04-18"))
+    # the record number alone, with a birth date the kept resident ID is decades from
+    write(d / "p3.json", patient("jp1", identifier=[{"system": MRN, "value": "97000005"}],
+                                 birthDate="1939-12-14"))
+    for name in ("p1.json", "p2.json"):
+        assert run_hub(settings, "ingest", d / name).returncode == 0
+    body = orjson.loads(run_hub(settings, "show", "Patient/jp1").stdout)
+    # the record number's system unsaid: kept; the resident ID's stated: the new one only
+    assert sorted(_ids(body)) == sorted([(RESIDENT, new), (MRN, "97000005")])
+    assert body["birthDate"] == "1985-04-18"
+    store = settings.open_store()
+    try:
+        assert store.find_by_identifier("Patient", RESIDENT, old) == []
+        assert store.find_by_identifier("Patient", RESIDENT, new) == ["jp1"]
+    finally:
+        store.close()
+    assert run_hub(settings, "ingest", d / "p3.json").returncode == 0
+    body = orjson.loads(run_hub(settings, "show", "Patient/jp1").stdout)
+    assert _ids(body) == [(MRN, "97000005")] and body["birthDate"] == "1939-12-14"
+
+
+def test_a_demo_region_loaded_over_another_keeps_no_other_persons_resident_id(settings):
+    """Two demo seeds into one data directory write other people under the same ids: the
+    Patient became the second seed's person and still carried the first one's resident ID."""
+    ref = "Patient/p-1-97000005"
+    assert run_hub(settings, "demo", "--people", "30", "--seed", "1").returncode == 0
+    first = orjson.loads(run_hub(settings, "show", ref).stdout)
+    assert run_hub(settings, "demo", "--people", "30", "--seed", "3").returncode == 0
+    second = orjson.loads(run_hub(settings, "show", ref).stdout)
+    assert first["birthDate"][:4] != second["birthDate"][:4]  # another person under the id
+    old = {v for s, v in _ids(first) if s == RESIDENT}
+    now = {v for s, v in _ids(second) if s == RESIDENT}
+    assert len(now) == 1 and not now & old
+    store = settings.open_store()
+    try:
+        assert all("p-1-97000005" not in store.find_by_identifier("Patient", RESIDENT, v) for v in old)
+    finally:
+        store.close()
+
+
 # -- demo, generate, serve -------------------------------------------------------------------------
 
 

@@ -196,6 +196,64 @@ def test_a_lab_message_naming_the_patient_by_number_alone_erases_nothing(live, c
     assert [i["value"] for i in d["identifier"]] == [f"Q{tag}"]
 
 
+def test_a_corrected_resident_id_replaces_the_old_one_and_none_contradicts_the_birth_date(
+        live, client, tmp_path):
+    """A lab message correcting a patient's resident ID and birth date was joined with the
+    stored identifiers: the record kept the old number, another person's (born 46 years
+    earlier), and a search by it found this record. A system a message states it states
+    whole; what is kept of the stored version answers to the record's birth date."""
+    sink = HttpSink(live.base, source_info=SRC, **live.sink_credentials("H1", tmp_path / "keys"))
+    tag = str(time.time_ns())[-9:]
+    old, new = "620921193912141755", "500102198504184652"  # born 1939-12-14, 1985-04-18
+    resident = "urn:oid:2.16.156.10011.1.3"
+    p = _send(sink, MSH.format(t="20240401080000", kind="ADT^A01^ADT_A01", cid=f"S{tag}")
+              + f"PID|1||K{tag}^^^H1^MR~{old}^^^CHN^NNCHN||陈^杰||19391214|M\r"
+              + f"PV1|1|O|||||||||||||||||Y1{tag}\r").patient_key
+
+    def now() -> tuple[list[str], str | None]:
+        d = client.get(f"/{p}").json()
+        return sorted(i["value"] for i in d["identifier"]), d.get("birthDate")
+
+    def found(value: str) -> list[str]:
+        bundle = client.get("/Patient", params={"identifier": f"{resident}|{value}"}).json()
+        return [f"Patient/{e['resource']['id']}" for e in bundle.get("entry", ())]
+
+    assert found(old) == [p]
+    _send(sink, MSH.format(t="20240402080000", kind="ORU^R01^ORU_R01", cid=f"T{tag}")
+          + f"PID|1||K{tag}^^^H1^MR~{new}^^^CHN^NNCHN||琳^斌||19850418|M\r"
+          + "OBR|1||U1|GLU^Glucose^L|||20240402070000\r"
+          + "OBX|1|NM|GLU^Glu^L||6.1|mmol/L|||||F\r")
+    assert now() == (sorted([f"K{tag}", new]), "1985-04-18")
+    assert found(old) == [] and found(new) == [p]
+    # the record number alone, with a birth date the kept resident ID is decades from
+    _send(sink, MSH.format(t="20240403080000", kind="ORU^R01^ORU_R01", cid=f"V{tag}")
+          + f"PID|1||K{tag}^^^H1^MR||||19391214\r"
+          + "OBR|1||U2|GLU^Glucose^L|||20240403070000\r"
+          + "OBX|1|NM|GLU^Glu^L||6.4|mmol/L|||||F\r")
+    assert now() == ([f"K{tag}"], "1939-12-14")
+    assert found(new) == []
+
+
+def test_a_merge_keeps_no_number_its_retired_record_is_decades_from(live, client, tmp_path):
+    """An A40 whose PID has no birth date lets its mapper check MRG-1's resident ID against
+    nothing; the retirement keeps the record's own birth date, and the number, joined with what
+    the record held, must answer to it as any identifier the hub keeps does."""
+    sink = HttpSink(live.base, source_info=SRC, **live.sink_credentials("H1", tmp_path / "keys"))
+    tag = str(time.time_ns())[-9:]
+    elses = "620921193912141755"  # born 1939-12-14
+    survivor = _send(sink, MSH.format(t="20240401080000", kind="ADT^A01^ADT_A01", cid=f"W{tag}")
+                     + f"PID|1||L{tag}^^^H1^MR||琳^斌||19850418|M\r").patient_key
+    retired = _send(sink, MSH.format(t="20240401090000", kind="ADT^A01^ADT_A01", cid=f"X{tag}")
+                    + f"PID|1||M{tag}^^^H1^MR||琳^斌||19850418|M\r").patient_key
+    _send(sink, MSH.format(t="20240402080000", kind="ADT^A40^ADT_A39", cid=f"Y{tag}")
+          + "EVN|A40|20240402080000\r" + f"PID|1||L{tag}^^^H1^MR\r"
+          + f"MRG|M{tag}^^^H1^MR~{elses}^^^CHN^NNCHN\r")
+    d = client.get(f"/{retired}").json()
+    assert d["active"] is False and d["birthDate"] == "1985-04-18"
+    assert d["link"] == [{"other": {"reference": survivor}, "type": "replaced-by"}]
+    assert [i["value"] for i in d["identifier"]] == [f"M{tag}"]
+
+
 def test_a_correction_of_one_result_keeps_the_reports_other_results(live, client, tmp_path):
     """A correction (OBR-25 C) resending one OBX left the DiagnosticReport listing that result
     only, the report's other results (still final) outside it."""

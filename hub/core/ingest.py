@@ -36,6 +36,7 @@ from eventsourcing.persistence import OperationalError, StoredEvent
 
 from fhir_mapping import cleared, partial, source_order
 from fhir_mapping.fhir_types import TYPES, URI_ELEMENTS
+from fhir_mapping.identifiers import RESIDENT_ID_SYSTEM, is_resident_id_system, someone_elses
 from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.access import ANONYMOUS, Actor
@@ -546,7 +547,8 @@ class Hub:
             if op.d is not None:
                 gone = cleared.take(op.d)
                 if i in kept:
-                    _keep_unsaid(op.d, replaced[i][1] if i in replaced else None, gone)
+                    op.warnings += _keep_unsaid(op.d, replaced[i][1] if i in replaced else None,
+                                                gone)
         for i in retiring:
             self._keep_content(ops[i], replaced[i][1] if i in replaced else None)
         for i in wanted:
@@ -612,6 +614,10 @@ class Hub:
             joined = _joined(kept.get(key), d.get(key))
             if joined:
                 kept[key] = joined
+        if kept.get("identifier"):  # MRG-1's numbers, checked against no birth date when the
+            # message's PID has none, answer to the retired record's own
+            kept["identifier"], others = _own_identifiers(kept["identifier"], kept.get("birthDate"))
+            op.warnings += others
         survivors = {x["other"].get("reference") for x in _replaced_by(d)}
         # its own earlier links out: another retirement, and a ``replaces`` of the record now
         # named its survivor (A into B, then B into A)
@@ -826,23 +832,62 @@ _KEPT_UNSAID = ("name", "birthDate", "gender", "address", "telecom", "maritalSta
                 "deceased", "multipleBirth", "communication")
 
 
-def _keep_unsaid(d: dict, stored: Any, gone: set[str]) -> None:
+def _keep_unsaid(d: dict, stored: Any, gone: set[str]) -> list[Issue]:
     """A feed's message holds what its sender chose to send: a lab's PID may carry the record
     number alone, and the Patient written from it would erase the resident ID, birth date and
     sex an ADT gave. What the stored version has and the write does not mention is kept (its
-    identifiers, all of them, with the write's), unless the message cleared it (HL7's explicit
-    null, ``fhir_mapping.cleared``)."""
+    identifiers of the systems the write does not state, with the write's), unless the message
+    cleared it (HL7's explicit null, ``fhir_mapping.cleared``). The warnings: identifiers not
+    kept because they are someone else's."""
     if not isinstance(stored, dict):
-        return
+        return []
     said = {_stem(k) for k in d}
     for k, v in stored.items():
         stem = _stem(k)
         if stem in _KEPT_UNSAID and stem not in said and stem not in gone:
             d[k] = v
-    if "identifier" not in gone:
-        joined = _joined(d.get("identifier"), stored.get("identifier"))
-        if joined:
-            d["identifier"] = joined
+    if "identifier" in gone:
+        return []
+    # A system the message states, it states whole: its values replace the stored ones of that
+    # system. What a sender leaves out of a message is a system it does not carry (a lab knows
+    # the record number, not the resident ID), never one value of a system it does carry: a
+    # sender lists every value it holds of a system it sends (PID-3 repeats all of them), so a
+    # stored value it no longer lists is one it corrected or retired (the old version keeps
+    # it). Joined back, a corrected resident ID would leave the old one, another person's
+    # number, keying this record: the master patient index and every search by identifier
+    # would take the two people for one.
+    stated = {_system_of(x) for x in d.get("identifier") or ()} - {None}
+    joined = _joined(d.get("identifier"), [x for x in stored.get("identifier") or ()
+                                           if _system_of(x) not in stated])
+    joined, others = _own_identifiers(joined, d.get("birthDate"))
+    if joined:
+        d["identifier"] = joined
+    elif others:
+        d.pop("identifier", None)
+    return others
+
+
+def _system_of(identifier: Any) -> str | None:
+    """The system of an identifier that has a value (the resident ID's two spellings as one)."""
+    if not isinstance(identifier, dict) or "value" not in identifier:
+        return None
+    system = identifier.get("system")
+    return RESIDENT_ID_SYSTEM if is_resident_id_system(system) else system
+
+
+def _own_identifiers(identifiers: list, birth_date: Any) -> tuple[list, list[Issue]]:
+    """``identifiers`` less the resident ID numbers whose encoded birth date is more than ten
+    years from the record's ``birth_date`` (``fhir_mapping.identifiers.someone_elses``, the
+    rule every mapper keys by): what a write keeps of the stored version answers to the
+    record's birth date as the message's own identifiers do. A warning for each left out,
+    never its value."""
+    born = birth_date if isinstance(birth_date, str) else None
+    own = [x for x in identifiers if _system_of(x) != RESIDENT_ID_SYSTEM
+           or not someone_elses(str(x["value"]), born)]
+    return own, [Issue(
+        "business-rule", "a resident ID number encodes a birth date more than ten years from the "
+        "record's birthDate (someone else's number): not stored", "warning", "Patient.identifier")
+        for _ in range(len(identifiers) - len(own))]
 
 
 def _joined(first: Any, then: Any) -> list:
