@@ -2,7 +2,8 @@
 
 A code with no mapping is kept, flagged, and listed per institution with its frequency, so
 a terminologist maps the most frequent first. This read model follows the events of the clinical
-types that carry local codes (``TYPES``) and keeps, in ``$HUB_DATA_DIR/unmapped.sqlite``:
+types that carry local codes (``TYPES``: those the normaliser maps) and keeps, in
+``$HUB_DATA_DIR/unmapped.sqlite``:
 
 - ``u_occ``: per resource (stream ``Type/id``), the local codes its *current* version carries with
   no sibling coding of another system (one row per distinct institution, system and code);
@@ -36,11 +37,11 @@ from eventsourcing.persistence import Notification
 from hub.core.events import KIND_OF_TOPIC
 from projections.errors import QueryError
 from projections.sqlite_model import SQLiteReadModel
+from terminology.normalise import CLINICAL_TYPES
 
 NAME = "unmapped"
-TYPES = ("Observation", "DiagnosticReport", "MedicationRequest", "MedicationStatement",
-         "MedicationAdministration", "MedicationDispense", "Medication", "Procedure", "Condition",
-         "Encounter", "ServiceRequest", "Specimen", "Immunization", "AllergyIntolerance")
+# the types the normaliser maps: a local code it can leave unmapped is listed here
+TYPES = tuple(sorted(CLINICAL_TYPES))
 STANDARD_ARCS = ("urn:oid:2.16.156.10011.1.", "urn:oid:2.16.156.10011.2.",
                  "urn:oid:2.16.840.1.113883.")
 SKIP_KEYS = frozenset({"meta", "text", "identifier", "contained", "extension", "modifierExtension",

@@ -141,3 +141,18 @@ def test_cli_unmapped_and_renormalise(env, tmp_path, capsys):
     bad.write_text("{nope")
     assert main(["terminology", "renormalise", "--concept-maps", str(bad), *d]) == 2
     assert main(["terminology", "unmapped", "--limit", "0", *d]) == 2
+
+
+def test_fee_diet_and_supply_codes_are_listed(env):
+    """The normaliser maps ChargeItem (the v2 FT1 fee codes), NutritionOrder and SupplyRequest:
+    their unmapped local codes belong on the worklist too."""
+    _, hub, model, runner = env
+    put(hub, {"resourceType": "ChargeItem", "id": "fee", "status": "billable",
+              "code": {"coding": [lab("FEE1", "挂号费")]}, "subject": {"reference": "Patient/p1"}},
+        {"resourceType": "NutritionOrder", "id": "diet", "status": "active", "intent": "order",
+         "patient": {"reference": "Patient/p1"}, "dateTime": "2024-01-01",
+         "oralDiet": {"type": [{"coding": [lab("DIET1")]}]}},
+        {"resourceType": "SupplyRequest", "id": "supply", "status": "active",
+         "itemCodeableConcept": {"coding": [lab("SUP1")]}, "quantity": {"value": 1}})
+    runner.catch_up()
+    assert sorted(rows(model)) == [("DIET1", 1), ("FEE1", 1), ("SUP1", 1)]
