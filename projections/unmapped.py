@@ -6,7 +6,8 @@ types that carry local codes (``TYPES``: those the normaliser maps) and keeps, i
 ``$HUB_DATA_DIR/unmapped.sqlite``:
 
 - ``u_occ``: per resource (stream ``Type/id``), the local codes its *current* version carries with
-  no sibling coding of another system (one row per distinct institution, system and code);
+  no sibling coding of a standard (not local) system (one row per distinct institution, system
+  and code);
 - ``u_code``: per institution, local system and code, how many current resources carry it
   (``resources``), a display, and when it was first and last seen (event times, UTC).
 
@@ -79,7 +80,9 @@ def oid_of(system: str) -> str:
 
 
 def local_codes(d: Any, depth: int = 0) -> Iterator[tuple[str, str, str | None]]:
-    """(system, code, display) of the local codings in ``d`` without a sibling of another system."""
+    """(system, code, display) of the local codings in ``d`` without a sibling of a standard
+    system (another local system's coding, another institution code for the same thing, maps
+    nothing)."""
     if depth > MAX_DEPTH:
         return
     if isinstance(d, dict):
@@ -89,7 +92,7 @@ def local_codes(d: Any, depth: int = 0) -> Iterator[tuple[str, str, str | None]]
                        and isinstance(c.get("code"), str) and c["code"]]
             for c in locals_:
                 if not any(isinstance(o, dict) and isinstance(o.get("system"), str)
-                           and o["system"] != c["system"] for o in codings):
+                           and not is_local_system(o["system"]) for o in codings):
                     display = c.get("display")
                     yield c["system"], c["code"], display if isinstance(display, str) else None
         for k, v in d.items():

@@ -19,8 +19,8 @@ are compiled once from the R4B element table, ``hub.core.jsontypes.TYPES``) and,
 ``userSelected: false``. The local coding is never changed or removed; a target already present in
 the CodeableConcept is not added again, so normalising twice adds nothing the second time (codings
 marked ``userSelected: false`` are not mapped again: no chains). It returns the local codings that
-stay without a standard one (``Unmapped``): a coding of a local system with no mapping and no
-sibling coding of another system.
+stay without a standard one (``Unmapped``): a coding of a local system with no mapping in a
+CodeableConcept that holds no coding of a standard (not local) system, given or just added.
 
 A system is *local* when a map has it as ``group.source``, or when it starts with one of
 ``local_prefixes`` (a connector passes ``urn:oid:<institution OID>.``, so an institution's code
@@ -280,13 +280,12 @@ class Normaliser:
             targets = [t for v, t in found if v is None or version is None or v == version] \
                 if found else None
             if not targets:
-                if not any(isinstance(o, dict) and isinstance(o.get("system"), str)
-                           and o["system"] != system for o in codings):
-                    display = c.get("display")
-                    if out is None:
-                        out = []
-                    out.append((system, code, display if isinstance(display, str) else None,
-                                [f".coding[{i + inserted}]"]))
+                display = c.get("display")
+                if out is None:
+                    out = []
+                # its index stays: codings are inserted only after the one being mapped
+                out.append((system, code, display if isinstance(display, str) else None,
+                            [f".coding[{i + inserted}]"]))
                 continue
             if present is None:
                 present = {(o.get("system"), o.get("code")) for o in codings
@@ -301,6 +300,9 @@ class Normaliser:
                 codings.insert(at, dict(t))
                 at += 1
                 inserted += 1
+        if out is not None and any(type(o) is dict and type(o.get("system")) is str
+                                   and not self.is_local(o["system"]) for o in codings):
+            return None  # a standard coding beside (given, or just added): the concept is mapped
         return out
 
     def apply(self, conversion: Conversion) -> Conversion:

@@ -98,6 +98,20 @@ def test_unmapped_with_a_standard_sibling_is_not_reported():
     assert NORMALISER.normalise(r) == []
 
 
+def test_a_coding_of_another_local_system_is_no_standard_sibling():
+    """Beside another local coding an unmapped one is still unmapped; beside a local coding that
+    maps, the concept gains a standard coding and is not reported, in either order."""
+    n = NORMALISER.with_local(local_prefixes=[f"urn:oid:{OID}."])
+    x8 = {"system": DRUG, "code": "X8"}
+    found = n.normalise(obs({"system": LAB, "code": "NOPE"}, x8))
+    assert [(u.code, u.path) for u in found] == [("NOPE", "Observation.code.coding[0]"),
+                                                ("X8", "Observation.code.coding[1]")]
+    for codings in ((GLU, x8), (x8, GLU)):
+        r = obs(*codings)
+        assert n.normalise(r) == [], codings
+        assert LOINC in {c["system"] for c in r["code"]["coding"]}
+
+
 def test_code_of_a_system_nobody_maps_is_not_reported_unless_local_prefix():
     r = obs({"system": "urn:oid:9.9.9", "code": "A"})
     assert NORMALISER.normalise(r) == []

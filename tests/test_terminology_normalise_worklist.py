@@ -143,6 +143,21 @@ def test_cli_unmapped_and_renormalise(env, tmp_path, capsys):
     assert main(["terminology", "unmapped", "--limit", "0", *d]) == 2
 
 
+def test_a_coding_of_another_local_system_is_no_standard_sibling(env):
+    """Two local codings (two of the institution's systems) are two local codes: each counted
+    as standard for the other, neither was listed, so renormalise never reached the concept."""
+    _, hub, model, runner = env
+    other = {"system": f"urn:oid:{OID}.8", "code": "X8"}
+    put(hub, obs("two", lab("GLU2"), other))
+    runner.catch_up()
+    assert rows(model) == [("GLU2", 1), ("X8", 1)]
+    assert renormalise(hub, model, Normaliser.from_concept_maps([GLU_MAP]))["updated"] == 1
+    two = orjson.loads(hub.read("Observation", "two").state.partition(b"\n")[2])
+    assert [c["code"] for c in two["code"]["coding"]] == ["GLU2", "2345-7", "X8"]
+    runner.catch_up()
+    assert rows(model) == []  # the concept has its standard coding now
+
+
 def test_fee_diet_and_supply_codes_are_listed(env):
     """The normaliser maps ChargeItem (the v2 FT1 fee codes), NutritionOrder and SupplyRequest:
     their unmapped local codes belong on the worklist too."""
