@@ -485,8 +485,12 @@ def _maps(svc: TerminologyService, p: Params, instance: ResourceRef | None
         if ref is None:
             raise TerminologyNotFound(f"Concept map {p.text('url')} is not known")
         return [ref], None
-    # every map of the scope, or every map: the latest version of each
-    return svc.concept_maps(p.text("source"), p.text("target")), None
+    # every map of the scope, or every map: the latest version of each; reversed, source names
+    # the value set of the code given (the maps' target) and target the maps' source
+    source, target = p.text("source"), p.text("target")
+    if p.flag("reverse"):
+        source, target = target, source
+    return svc.concept_maps(source, target), None
 
 
 def translate(svc: TerminologyService, p: Params, instance: ResourceRef | None = None) -> dict:

@@ -468,6 +468,13 @@ TRANSLATE = [
     ([("source", VS + "local-sex"), ("coding", f"{LOCAL_SEX}|F"), ("targetsystem", GENDER)],
      True, [("equivalent", GENDER, "female")]),
     ([("source", VS + "other"), ("coding", f"{LOCAL_SEX}|F")], False, []),
+    # reverse swaps the meaning of source and target: source is the given code's value set
+    ([("source", SEX_MAP["targetCanonical"]), ("system", GENDER), ("code", "unknown"),
+      ("reverse", "true")], True, [("narrower", LOCAL_SEX, "U")]),
+    ([("target", VS + "local-sex"), ("system", GENDER), ("code", "male"), ("reverse", "true")],
+     True, [("equivalent", LOCAL_SEX, "M")]),
+    ([("source", VS + "local-sex"), ("system", GENDER), ("code", "male"), ("reverse", "true")],
+     False, []),
 ]
 
 
