@@ -13,8 +13,8 @@ code``                     message; a wrong ``display`` is invalid; inactive cod
                            subsumes, subsumed-by or not-subsumed
 ``ValueSet/$expand``       url (+ valueSetVersion) or valueSet -> the ValueSet with its expansion;
                            ``filter`` (text), ``count``, ``offset``, ``activeOnly``,
-                           ``displayLanguage``, ``includeDesignations``, ``system-version``,
-                           ``force-system-version``
+                           ``displayLanguage``, ``includeDesignations``, ``includeDefinition``
+                           (the compose too), ``system-version``, ``force-system-version``
 ``ValueSet/$validate-      url or valueSet + code and system / coding / codeableConcept ->
 code``                     result, display, message; abstract codes only with ``abstract=true``;
                            ``activeOnly``
@@ -376,7 +376,8 @@ def expand(svc: TerminologyService, p: Params, instance: ResourceRef | None = No
     used = [{"name": name, f"value{kind}": p.one(name)}
             for name, kind in (("filter", "String"), ("offset", "Integer"), ("count", "Integer"),
                                ("activeOnly", "Boolean"), ("displayLanguage", "Code"),
-                               ("includeDesignations", "Boolean")) if name in p]
+                               ("includeDesignations", "Boolean"),
+                               ("includeDefinition", "Boolean")) if name in p]
     systems = {}
     for e in entries:
         if e.version and e.system not in systems:
@@ -403,6 +404,8 @@ def expand(svc: TerminologyService, p: Params, instance: ResourceRef | None = No
         if key in source:
             out[key] = source[key]
     out.setdefault("status", "active")
+    if p.flag("includeDefinition") and isinstance(source.get("compose"), dict):
+        out["compose"] = source["compose"]  # the definition the expansion was made from
     out["expansion"] = expansion
     return out
 

@@ -686,3 +686,15 @@ def test_translate_reads_a_code_as_its_code_system_does(svc):
         {"name": "coding", "valueCoding": {"system": CASELESS["url"], "code": "abc"}}]}
     got = out(call(svc, "ConceptMap", "translate", body))
     assert [(m["equivalence"], m["concept"]["code"]) for m in got["match"]] == [("equivalent", "male")]
+
+
+def test_expand_include_definition_returns_compose(svc):
+    got = call(svc, "ValueSet", "expand", [("url", VS + "enum"), ("includeDefinition", "true")])
+    assert got["compose"] == VALUE_SETS[2]["compose"]
+    assert {"name": "includeDefinition", "valueBoolean": True} in got["expansion"]["parameter"]
+    assert "compose" not in call(svc, "ValueSet", "expand", [("url", VS + "enum")])
+    inline = vs("inline", {"include": [{"system": SEX}]})
+    got = call(svc, "ValueSet", "expand", {"resourceType": "Parameters", "parameter": [
+        {"name": "valueSet", "resource": inline}, {"name": "includeDefinition",
+                                                   "valueBoolean": True}]})
+    assert got["compose"] == inline["compose"]
