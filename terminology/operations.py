@@ -104,14 +104,43 @@ def _codings(p: Params, code: str = "code", system: str | None = "system",
     raise TerminologyError(f"Give {what} or {coding}" + (f" or {cc}" if cc else ""))
 
 
-def _display(svc: TerminologyService, concept: Concept, language: str | None) -> str | None:
+def _designations(concept: Concept | None, entry: V.Entry | None = None) -> list[dict]:
+    """The designations of a code: a value set's own (``entry``) first, then the code
+    system's."""
+    out = list(entry.designations) if entry is not None else []
+    if concept is not None:
+        out += [d for d in R.as_list(concept.details().get("designation"))
+                if isinstance(d, dict) and R.text(d.get("value")) and d not in out]
+    return out
+
+
+def _in_language(designations: list[dict], language: str) -> str | None:
+    """The designation for ``language``: its own tag, else a shorter one it falls back to
+    (``zh`` for ``zh-TW``, RFC 4647 lookup), else one more specific (``zh-CN`` for ``zh``)."""
+    tags = [(d["value"], d["language"].casefold()) for d in designations
+            if isinstance(d.get("language"), str) and R.text(d.get("value"))]
+    want = language.casefold()
+    while True:
+        for value, tag in tags:
+            if tag == want:
+                return value
+        if "-" not in want:
+            break
+        want = want.rpartition("-")[0]
+    wider = language.casefold() + "-"
+    return next((value for value, tag in tags if tag.startswith(wider)), None)
+
+
+def _display(svc: TerminologyService, concept: Concept | None, language: str | None,
+             entry: V.Entry | None = None) -> str | None:
+    """The display of a code (in ``language`` when a designation has it); ``entry``: as a
+    value set gives it (its own display and designations come first)."""
     if language:
-        for d in R.as_list(concept.details().get("designation")):
-            lang = d.get("language") if isinstance(d, dict) else None
-            if isinstance(lang, str) and (lang == language or lang.split("-")[0] == language):
-                if R.text(d.get("value")):
-                    return d["value"]
-    return concept.display
+        found = _in_language(_designations(concept, entry), language)
+        if found:
+            return found
+    return (entry.display if entry is not None else None) or (
+        concept.display if concept is not None else None)
 
 
 def _cs_for(svc: TerminologyService, instance: CodeSystemRef | None, system: str | None,
@@ -189,18 +218,21 @@ def lookup(svc: TerminologyService, p: Params, instance: CodeSystemRef | None = 
     return parameters(*out)
 
 
-def _check_display(svc: TerminologyService, concept: Concept, display: str | None,
-                   language: str | None) -> str | None:
-    """A message if ``display`` is not a display of the concept (any designation counts)."""
-    if display is None:
+def _check_display(svc: TerminologyService, concept: Concept | None, display: str | None,
+                   language: str | None, entry: V.Entry | None = None) -> str | None:
+    """A message if ``display`` is not a display of the concept (any designation counts, and
+    with ``entry`` the value set's own display and designations)."""
+    if not display:
         return None
     norm = " ".join(display.split()).casefold()
-    names = [concept.display] + [d.get("value") for d in R.as_list(
-        concept.details().get("designation")) if isinstance(d, dict)]
+    names = [entry.display if entry is not None else None,
+             concept.display if concept is not None else None,
+             *(d.get("value") for d in _designations(concept, entry))]
     if any(isinstance(n, str) and " ".join(n.split()).casefold() == norm for n in names):
         return None
-    return (f"The display {display[:200]!r} is not a display of code {concept.code!r}; it should "
-            f"be {_display(svc, concept, language)!r}")
+    code = concept.code if concept is not None else entry.code if entry is not None else ""
+    return (f"The display {display[:200]!r} is not a display of code {code!r}; it should "
+            f"be {_display(svc, concept, language, entry)!r}")
 
 
 def validate_code_cs(svc: TerminologyService, p: Params,
@@ -363,13 +395,11 @@ def expand(svc: TerminologyService, p: Params, instance: ResourceRef | None = No
         if lang or designations:
             cs = svc.code_system(e.system, e.version)
             concept = svc.concept(cs, e.code) if cs is not None else None
-            if concept is not None:
-                display = _display(svc, concept, lang) if lang else display
-                if designations:
-                    found = [d for d in R.as_list(concept.details().get("designation"))
-                             if isinstance(d, dict)]
-                    if found:
-                        c["designation"] = found
+            display = _display(svc, concept, lang, e)
+            if designations:
+                found = _designations(concept, e)
+                if found:
+                    c["designation"] = found
         if display:
             c["display"] = display
         contains.append(c)
@@ -448,15 +478,12 @@ def validate_code_vs(svc: TerminologyService, p: Params,
             messages.append(f"Code {entry.code!r} is abstract: valid in this value set only with "
                             "abstract=true")
             continue
-        display = (_display(svc, concept, lang) if concept is not None else None) or entry.display
+        display = _display(svc, concept, lang, entry)
         given = coding.get("display") or p.text("display")
-        if given and entry.display and " ".join(given.split()) == entry.display:
-            wrong = None  # the value set's own display for the code (compose.include.concept)
-        elif concept is not None:
-            wrong = _check_display(svc, concept, given, lang)
-        else:
-            wrong = (f"The display {given[:200]!r} is not {entry.display!r}"
-                     if given and entry.display and given.strip() != entry.display else None)
+        if concept is None and not entry.display and not entry.designations:
+            wrong = None  # nothing to check it against
+        else:  # the value set's own display and designations count (compose.include.concept)
+            wrong = _check_display(svc, concept, given, lang, entry)
         if wrong:  # false, unless another coding of the CodeableConcept is valid
             refused = refused or (wrong, display)
             continue
