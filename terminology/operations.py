@@ -12,9 +12,10 @@ code``                     message; a wrong ``display`` is invalid; inactive cod
 ``CodeSystem/$subsumes``   codeA, codeB (or codingA, codingB) in system -> outcome equivalent,
                            subsumes, subsumed-by or not-subsumed
 ``ValueSet/$expand``       url (+ valueSetVersion) or valueSet -> the ValueSet with its expansion;
-                           ``filter`` (text), ``count``, ``offset``, ``activeOnly``,
-                           ``displayLanguage``, ``includeDesignations``, ``includeDefinition``
-                           (the compose too), ``system-version``, ``force-system-version``
+                           ``filter`` (text in code, display or a designation), ``count``,
+                           ``offset``, ``activeOnly``, ``displayLanguage``,
+                           ``includeDesignations``, ``includeDefinition`` (the compose too),
+                           ``system-version``, ``force-system-version``
 ``ValueSet/$validate-      url or valueSet + code and system / coding / codeableConcept ->
 code``                     result, display, message; abstract codes only with ``abstract=true``;
                            ``activeOnly``
@@ -31,6 +32,7 @@ Code systems are found by any of their URIs (``urn:oid:…`` and the canonical U
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -358,9 +360,27 @@ def _options(p: Params, system_version: tuple = ()) -> V.Options:
     return V.Options(active_only=bool(p.flag("activeOnly")), system_versions=tuple(versions))
 
 
-def _matches(e: V.Entry, words: list[str]) -> bool:
-    text = f"{e.code} {e.display or ''}".casefold()
+def _matches(e: V.Entry, words: list[str], more: Sequence[dict] = ()) -> bool:
+    text = " ".join([e.code, e.display or "", *(d["value"] for d in e.designations),
+                     *(d["value"] for d in more)]).casefold()
     return all(w in text for w in words)
+
+
+def _filtered(svc: TerminologyService, entries: list[V.Entry], words: list[str]) -> list[V.Entry]:
+    """The entries whose code, display or any designation (the value set's, the code
+    system's: the display another ``displayLanguage`` shows) holds every word."""
+    hit = [_matches(e, words) for e in entries]
+    missed: dict[tuple[str, str | None], list[str]] = {}
+    for e, found in zip(entries, hit):
+        if not found:
+            missed.setdefault((e.system, e.version), []).append(e.code)
+    more: dict[tuple[str, str | None], dict[str, list[dict]]] = {}
+    for (system, version), codes in missed.items():
+        cs = svc.code_system(system, version)
+        if cs is not None:
+            more[(system, version)] = svc.designations(cs, codes)
+    return [e for e, found in zip(entries, hit)
+            if found or _matches(e, words, more.get((e.system, e.version), {}).get(e.code, []))]
 
 
 def expand(svc: TerminologyService, p: Params, instance: ResourceRef | None = None) -> dict:
@@ -373,8 +393,7 @@ def expand(svc: TerminologyService, p: Params, instance: ResourceRef | None = No
     plan = _plan(svc, p, instance)
     entries = V.expand(svc, plan, _options(p))
     if text:
-        words = text.casefold().split()
-        entries = [e for e in entries if _matches(e, words)]
+        entries = _filtered(svc, entries, text.casefold().split())
     total = len(entries)
     if count is None and total - offset > MAX_UNPAGED:
         raise TerminologyError(f"The expansion has {total} concepts: page through it with count "

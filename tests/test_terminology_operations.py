@@ -763,3 +763,21 @@ def test_a_value_sets_own_designations_are_displayed_listed_and_valid(langs):
     answer = out(call(langs, "CodeSystem", "validate-code", [
         ("url", LANG_CS["url"]), ("code", "C"), ("display", "伽马")]))
     assert answer["result"] is False
+
+
+@pytest.mark.parametrize("query,expected", [
+    ([("filter", "甲乙"), ("displayLanguage", "zh")], ["A"]),  # the display shown
+    ([("filter", "阿尔法")], ["A"]),  # any designation
+    ([("filter", "贝塔"), ("displayLanguage", "en")], ["B"]),
+    ([("filter", "alpha")], ["A"]),
+    ([("filter", "伽马")], []),  # the value set's designation is not this value set's
+])
+def test_expand_filter_matches_designations(langs, query, expected):
+    assert codes(call(langs, "ValueSet", "expand", [("url", VS + "lang-all"), *query])) == expected
+
+
+def test_expand_filter_matches_a_value_sets_own_designation(langs):
+    got = call(langs, "ValueSet", "expand", [("url", VS + "designated"), ("filter", "伽马"),
+                                             ("displayLanguage", "zh-CN")])
+    assert codes(got) == ["C"] and got["expansion"]["contains"][0]["display"] == "伽马"
+
