@@ -7,10 +7,13 @@ Pure: no I/O, no clock. ``Normaliser.from_concept_maps(maps)`` reads FHIR R4 Con
   system of its own takes the group's); ``group.sourceVersion`` restricts the group to codings of
   that version (a coding without a version matches any); ``group.targetVersion`` becomes the added
   coding's ``version``;
-- targets of equivalence ``unmatched`` or ``disjoint`` (R5 ``not-related-to``) are no mapping;
-  every other equivalence (``equivalent``, ``equal``, ``wider``, ``narrower``, ``subsumes``,
-  ``specializes``, ``inexact``, ``relatedto``) is; a target with ``dependsOn`` is skipped (its
-  condition cannot be checked from one coding); maps with ``status: retired`` are ignored;
+- only a target that means the same as the source or less (``APPLIED``: ``equivalent``,
+  ``equal``, ``wider``, ``subsumes``; R5 ``equivalent``, ``source-is-narrower-than-target``) is
+  inserted. A more specific target (``narrower``, ``specializes``) would state what the sender
+  never did, and ``inexact`` or ``relatedto`` may not mean it at all: such targets (kept for
+  ``$translate``) leave the code unmapped, on the worklist for a person to review, as do
+  ``unmatched`` and ``disjoint``; a target with ``dependsOn`` is skipped (its condition cannot be
+  checked from one coding); maps with ``status: retired`` are ignored;
 - a malformed map, group or element is skipped, never fatal (``skipped`` counts them).
 
 ``normalise(resource)`` walks the resource's CodeableConcepts (the paths of each resource type
@@ -43,7 +46,9 @@ import orjson
 from fhir_mapping.base import Conversion, Finding
 
 RULE_UNMAPPED = "terminology.unmapped-local-code"
-NO_MAPPING = frozenset({"unmatched", "disjoint", "not-related-to"})
+# the equivalences (R4) and relationships (R5) whose target is inserted: it means the same as
+# the source, or less (a wider concept); never one more specific, inexact or merely related
+APPLIED = frozenset({"equivalent", "equal", "wider", "subsumes", "source-is-narrower-than-target"})
 MAX_TEXT = 256  # of a code or display quoted in a finding
 # element types whose CodeableConcepts are not local clinical codes (or not reachable by a dict
 # walk): identifiers' types, references, narrative, metadata, extensions, contained resources
@@ -377,7 +382,7 @@ def _target(t: Any, system: str | None, version: str | None) -> dict | None:
     if not isinstance(t, dict):
         return None
     equivalence = t.get("equivalence", t.get("relationship", "equivalent"))
-    if not isinstance(equivalence, str) or equivalence in NO_MAPPING:
+    if not isinstance(equivalence, str) or equivalence not in APPLIED:
         return None
     if t.get("dependsOn"):
         return None

@@ -171,3 +171,18 @@ def test_fee_diet_and_supply_codes_are_listed(env):
          "itemCodeableConcept": {"coding": [lab("SUP1")]}, "quantity": {"value": 1}})
     runner.catch_up()
     assert sorted(rows(model)) == [("DIET1", 1), ("FEE1", 1), ("SUP1", 1)]
+
+
+def test_a_narrower_or_inexact_mapping_is_not_applied_and_stays_on_the_worklist(env):
+    """A map saying the standard code is more specific than the local one (narrower), or only
+    near it, is for a person to review: renormalise does not insert it."""
+    _, hub, model, runner = env
+    seed(hub)
+    runner.catch_up()
+    review = {**GLU_MAP, "group": [{"source": LAB, "target": LOINC, "element": [
+        {"code": "GLU2", "target": [{"code": "2345-7", "equivalence": "narrower"}]},
+        {"code": "NOPE", "target": [{"code": "1-8", "equivalence": "inexact"}]}]}]}
+    assert renormalise(hub, model, Normaliser.from_concept_maps([review]))["updated"] == 0
+    assert hub.read("Observation", "g1").originator_version == 1
+    runner.catch_up()
+    assert rows(model) == [("NOPE", 3), ("GLU2", 2)]
