@@ -2,10 +2,12 @@
 
 A code with no mapping is kept, flagged, and listed per institution with its frequency, so
 a terminologist maps the most frequent first. This read model follows the events of the clinical
-types that carry local codes (``TYPES``) and keeps, in ``$HUB_DATA_DIR/unmapped.sqlite``:
+types that carry local codes (``TYPES``: those the normaliser maps) and keeps, in
+``$HUB_DATA_DIR/unmapped.sqlite``:
 
 - ``u_occ``: per resource (stream ``Type/id``), the local codes its *current* version carries with
-  no sibling coding of another system (one row per distinct institution, system and code);
+  no sibling coding of a standard (not local) system (one row per distinct institution, system
+  and code);
 - ``u_code``: per institution, local system and code, how many current resources carry it
   (``resources``), a display, and when it was first and last seen (event times, UTC).
 
@@ -36,11 +38,11 @@ from eventsourcing.persistence import Notification
 from hub.core.events import KIND_OF_TOPIC
 from projections.errors import QueryError
 from projections.sqlite_model import SQLiteReadModel
+from terminology.normalise import CLINICAL_TYPES
 
 NAME = "unmapped"
-TYPES = ("Observation", "DiagnosticReport", "MedicationRequest", "MedicationStatement",
-         "MedicationAdministration", "MedicationDispense", "Medication", "Procedure", "Condition",
-         "Encounter", "ServiceRequest", "Specimen", "Immunization", "AllergyIntolerance")
+# the types the normaliser maps: a local code it can leave unmapped is listed here
+TYPES = tuple(sorted(CLINICAL_TYPES))
 STANDARD_ARCS = ("urn:oid:2.16.156.10011.1.", "urn:oid:2.16.156.10011.2.",
                  "urn:oid:2.16.840.1.113883.")
 SKIP_KEYS = frozenset({"meta", "text", "identifier", "contained", "extension", "modifierExtension",
@@ -78,7 +80,9 @@ def oid_of(system: str) -> str:
 
 
 def local_codes(d: Any, depth: int = 0) -> Iterator[tuple[str, str, str | None]]:
-    """(system, code, display) of the local codings in ``d`` without a sibling of another system."""
+    """(system, code, display) of the local codings in ``d`` without a sibling of a standard
+    system (another local system's coding, another institution code for the same thing, maps
+    nothing)."""
     if depth > MAX_DEPTH:
         return
     if isinstance(d, dict):
@@ -88,7 +92,7 @@ def local_codes(d: Any, depth: int = 0) -> Iterator[tuple[str, str, str | None]]
                        and isinstance(c.get("code"), str) and c["code"]]
             for c in locals_:
                 if not any(isinstance(o, dict) and isinstance(o.get("system"), str)
-                           and o["system"] != c["system"] for o in codings):
+                           and not is_local_system(o["system"]) for o in codings):
                     display = c.get("display")
                     yield c["system"], c["code"], display if isinstance(display, str) else None
         for k, v in d.items():

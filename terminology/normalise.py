@@ -7,10 +7,13 @@ Pure: no I/O, no clock. ``Normaliser.from_concept_maps(maps)`` reads FHIR R4 Con
   system of its own takes the group's); ``group.sourceVersion`` restricts the group to codings of
   that version (a coding without a version matches any); ``group.targetVersion`` becomes the added
   coding's ``version``;
-- targets of equivalence ``unmatched`` or ``disjoint`` (R5 ``not-related-to``) are no mapping;
-  every other equivalence (``equivalent``, ``equal``, ``wider``, ``narrower``, ``subsumes``,
-  ``specializes``, ``inexact``, ``relatedto``) is; a target with ``dependsOn`` is skipped (its
-  condition cannot be checked from one coding); maps with ``status: retired`` are ignored;
+- only a target that means the same as the source or less (``APPLIED``: ``equivalent``,
+  ``equal``, ``wider``, ``subsumes``; R5 ``equivalent``, ``source-is-narrower-than-target``) is
+  inserted. A more specific target (``narrower``, ``specializes``) would state what the sender
+  never did, and ``inexact`` or ``relatedto`` may not mean it at all: such targets (kept for
+  ``$translate``) leave the code unmapped, on the worklist for a person to review, as do
+  ``unmatched`` and ``disjoint``; a target with ``dependsOn`` is skipped (its condition cannot be
+  checked from one coding); maps with ``status: retired`` are ignored;
 - a malformed map, group or element is skipped, never fatal (``skipped`` counts them).
 
 ``normalise(resource)`` walks the resource's CodeableConcepts (the paths of each resource type
@@ -19,8 +22,8 @@ are compiled once from the R4B element table, ``hub.core.jsontypes.TYPES``) and,
 ``userSelected: false``. The local coding is never changed or removed; a target already present in
 the CodeableConcept is not added again, so normalising twice adds nothing the second time (codings
 marked ``userSelected: false`` are not mapped again: no chains). It returns the local codings that
-stay without a standard one (``Unmapped``): a coding of a local system with no mapping and no
-sibling coding of another system.
+stay without a standard one (``Unmapped``): a coding of a local system with no mapping in a
+CodeableConcept that holds no coding of a standard (not local) system, given or just added.
 
 A system is *local* when a map has it as ``group.source``, or when it starts with one of
 ``local_prefixes`` (a connector passes ``urn:oid:<institution OID>.``, so an institution's code
@@ -43,7 +46,9 @@ import orjson
 from fhir_mapping.base import Conversion, Finding
 
 RULE_UNMAPPED = "terminology.unmapped-local-code"
-NO_MAPPING = frozenset({"unmatched", "disjoint", "not-related-to"})
+# the equivalences (R4) and relationships (R5) whose target is inserted: it means the same as
+# the source, or less (a wider concept); never one more specific, inexact or merely related
+APPLIED = frozenset({"equivalent", "equal", "wider", "subsumes", "source-is-narrower-than-target"})
 MAX_TEXT = 256  # of a code or display quoted in a finding
 # element types whose CodeableConcepts are not local clinical codes (or not reachable by a dict
 # walk): identifiers' types, references, narrative, metadata, extensions, contained resources
@@ -280,13 +285,12 @@ class Normaliser:
             targets = [t for v, t in found if v is None or version is None or v == version] \
                 if found else None
             if not targets:
-                if not any(isinstance(o, dict) and isinstance(o.get("system"), str)
-                           and o["system"] != system for o in codings):
-                    display = c.get("display")
-                    if out is None:
-                        out = []
-                    out.append((system, code, display if isinstance(display, str) else None,
-                                [f".coding[{i + inserted}]"]))
+                display = c.get("display")
+                if out is None:
+                    out = []
+                # its index stays: codings are inserted only after the one being mapped
+                out.append((system, code, display if isinstance(display, str) else None,
+                            [f".coding[{i + inserted}]"]))
                 continue
             if present is None:
                 present = {(o.get("system"), o.get("code")) for o in codings
@@ -301,6 +305,9 @@ class Normaliser:
                 codings.insert(at, dict(t))
                 at += 1
                 inserted += 1
+        if out is not None and any(type(o) is dict and type(o.get("system")) is str
+                                   and not self.is_local(o["system"]) for o in codings):
+            return None  # a standard coding beside (given, or just added): the concept is mapped
         return out
 
     def apply(self, conversion: Conversion) -> Conversion:
@@ -375,7 +382,7 @@ def _target(t: Any, system: str | None, version: str | None) -> dict | None:
     if not isinstance(t, dict):
         return None
     equivalence = t.get("equivalence", t.get("relationship", "equivalent"))
-    if not isinstance(equivalence, str) or equivalence in NO_MAPPING:
+    if not isinstance(equivalence, str) or equivalence not in APPLIED:
         return None
     if t.get("dependsOn"):
         return None

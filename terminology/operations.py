@@ -12,9 +12,10 @@ code``                     message; a wrong ``display`` is invalid; inactive cod
 ``CodeSystem/$subsumes``   codeA, codeB (or codingA, codingB) in system -> outcome equivalent,
                            subsumes, subsumed-by or not-subsumed
 ``ValueSet/$expand``       url (+ valueSetVersion) or valueSet -> the ValueSet with its expansion;
-                           ``filter`` (text), ``count``, ``offset``, ``activeOnly``,
-                           ``displayLanguage``, ``includeDesignations``, ``system-version``,
-                           ``force-system-version``
+                           ``filter`` (text in code, display or a designation), ``count``,
+                           ``offset``, ``activeOnly``, ``displayLanguage``,
+                           ``includeDesignations``, ``includeDefinition`` (the compose too),
+                           ``system-version``, ``force-system-version``
 ``ValueSet/$validate-      url or valueSet + code and system / coding / codeableConcept ->
 code``                     result, display, message; abstract codes only with ``abstract=true``;
                            ``activeOnly``
@@ -31,6 +32,7 @@ Code systems are found by any of their URIs (``urn:oid:…`` and the canonical U
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -104,14 +106,43 @@ def _codings(p: Params, code: str = "code", system: str | None = "system",
     raise TerminologyError(f"Give {what} or {coding}" + (f" or {cc}" if cc else ""))
 
 
-def _display(svc: TerminologyService, concept: Concept, language: str | None) -> str | None:
+def _designations(concept: Concept | None, entry: V.Entry | None = None) -> list[dict]:
+    """The designations of a code: a value set's own (``entry``) first, then the code
+    system's."""
+    out = list(entry.designations) if entry is not None else []
+    if concept is not None:
+        out += [d for d in R.as_list(concept.details().get("designation"))
+                if isinstance(d, dict) and R.text(d.get("value")) and d not in out]
+    return out
+
+
+def _in_language(designations: list[dict], language: str) -> str | None:
+    """The designation for ``language``: its own tag, else a shorter one it falls back to
+    (``zh`` for ``zh-TW``, RFC 4647 lookup), else one more specific (``zh-CN`` for ``zh``)."""
+    tags = [(d["value"], d["language"].casefold()) for d in designations
+            if isinstance(d.get("language"), str) and R.text(d.get("value"))]
+    want = language.casefold()
+    while True:
+        for value, tag in tags:
+            if tag == want:
+                return value
+        if "-" not in want:
+            break
+        want = want.rpartition("-")[0]
+    wider = language.casefold() + "-"
+    return next((value for value, tag in tags if tag.startswith(wider)), None)
+
+
+def _display(svc: TerminologyService, concept: Concept | None, language: str | None,
+             entry: V.Entry | None = None) -> str | None:
+    """The display of a code (in ``language`` when a designation has it); ``entry``: as a
+    value set gives it (its own display and designations come first)."""
     if language:
-        for d in R.as_list(concept.details().get("designation")):
-            lang = d.get("language") if isinstance(d, dict) else None
-            if isinstance(lang, str) and (lang == language or lang.split("-")[0] == language):
-                if R.text(d.get("value")):
-                    return d["value"]
-    return concept.display
+        found = _in_language(_designations(concept, entry), language)
+        if found:
+            return found
+    return (entry.display if entry is not None else None) or (
+        concept.display if concept is not None else None)
 
 
 def _cs_for(svc: TerminologyService, instance: CodeSystemRef | None, system: str | None,
@@ -189,18 +220,21 @@ def lookup(svc: TerminologyService, p: Params, instance: CodeSystemRef | None = 
     return parameters(*out)
 
 
-def _check_display(svc: TerminologyService, concept: Concept, display: str | None,
-                   language: str | None) -> str | None:
-    """A message if ``display`` is not a display of the concept (any designation counts)."""
-    if display is None:
+def _check_display(svc: TerminologyService, concept: Concept | None, display: str | None,
+                   language: str | None, entry: V.Entry | None = None) -> str | None:
+    """A message if ``display`` is not a display of the concept (any designation counts, and
+    with ``entry`` the value set's own display and designations)."""
+    if not display:
         return None
     norm = " ".join(display.split()).casefold()
-    names = [concept.display] + [d.get("value") for d in R.as_list(
-        concept.details().get("designation")) if isinstance(d, dict)]
+    names = [entry.display if entry is not None else None,
+             concept.display if concept is not None else None,
+             *(d.get("value") for d in _designations(concept, entry))]
     if any(isinstance(n, str) and " ".join(n.split()).casefold() == norm for n in names):
         return None
-    return (f"The display {display[:200]!r} is not a display of code {concept.code!r}; it should "
-            f"be {_display(svc, concept, language)!r}")
+    code = concept.code if concept is not None else entry.code if entry is not None else ""
+    return (f"The display {display[:200]!r} is not a display of code {code!r}; it should "
+            f"be {_display(svc, concept, language, entry)!r}")
 
 
 def validate_code_cs(svc: TerminologyService, p: Params,
@@ -326,9 +360,27 @@ def _options(p: Params, system_version: tuple = ()) -> V.Options:
     return V.Options(active_only=bool(p.flag("activeOnly")), system_versions=tuple(versions))
 
 
-def _matches(e: V.Entry, words: list[str]) -> bool:
-    text = f"{e.code} {e.display or ''}".casefold()
+def _matches(e: V.Entry, words: list[str], more: Sequence[dict] = ()) -> bool:
+    text = " ".join([e.code, e.display or "", *(d["value"] for d in e.designations),
+                     *(d["value"] for d in more)]).casefold()
     return all(w in text for w in words)
+
+
+def _filtered(svc: TerminologyService, entries: list[V.Entry], words: list[str]) -> list[V.Entry]:
+    """The entries whose code, display or any designation (the value set's, the code
+    system's: the display another ``displayLanguage`` shows) holds every word."""
+    hit = [_matches(e, words) for e in entries]
+    missed: dict[tuple[str, str | None], list[str]] = {}
+    for e, found in zip(entries, hit):
+        if not found:
+            missed.setdefault((e.system, e.version), []).append(e.code)
+    more: dict[tuple[str, str | None], dict[str, list[dict]]] = {}
+    for (system, version), codes in missed.items():
+        cs = svc.code_system(system, version)
+        if cs is not None:
+            more[(system, version)] = svc.designations(cs, codes)
+    return [e for e, found in zip(entries, hit)
+            if found or _matches(e, words, more.get((e.system, e.version), {}).get(e.code, []))]
 
 
 def expand(svc: TerminologyService, p: Params, instance: ResourceRef | None = None) -> dict:
@@ -341,8 +393,7 @@ def expand(svc: TerminologyService, p: Params, instance: ResourceRef | None = No
     plan = _plan(svc, p, instance)
     entries = V.expand(svc, plan, _options(p))
     if text:
-        words = text.casefold().split()
-        entries = [e for e in entries if _matches(e, words)]
+        entries = _filtered(svc, entries, text.casefold().split())
     total = len(entries)
     if count is None and total - offset > MAX_UNPAGED:
         raise TerminologyError(f"The expansion has {total} concepts: page through it with count "
@@ -363,20 +414,19 @@ def expand(svc: TerminologyService, p: Params, instance: ResourceRef | None = No
         if lang or designations:
             cs = svc.code_system(e.system, e.version)
             concept = svc.concept(cs, e.code) if cs is not None else None
-            if concept is not None:
-                display = _display(svc, concept, lang) if lang else display
-                if designations:
-                    found = [d for d in R.as_list(concept.details().get("designation"))
-                             if isinstance(d, dict)]
-                    if found:
-                        c["designation"] = found
+            display = _display(svc, concept, lang, e)
+            if designations:
+                found = _designations(concept, e)
+                if found:
+                    c["designation"] = found
         if display:
             c["display"] = display
         contains.append(c)
     used = [{"name": name, f"value{kind}": p.one(name)}
             for name, kind in (("filter", "String"), ("offset", "Integer"), ("count", "Integer"),
                                ("activeOnly", "Boolean"), ("displayLanguage", "Code"),
-                               ("includeDesignations", "Boolean")) if name in p]
+                               ("includeDesignations", "Boolean"),
+                               ("includeDefinition", "Boolean")) if name in p]
     systems = {}
     for e in entries:
         if e.version and e.system not in systems:
@@ -403,6 +453,8 @@ def expand(svc: TerminologyService, p: Params, instance: ResourceRef | None = No
         if key in source:
             out[key] = source[key]
     out.setdefault("status", "active")
+    if p.flag("includeDefinition") and isinstance(source.get("compose"), dict):
+        out["compose"] = source["compose"]  # the definition the expansion was made from
     out["expansion"] = expansion
     return out
 
@@ -445,15 +497,12 @@ def validate_code_vs(svc: TerminologyService, p: Params,
             messages.append(f"Code {entry.code!r} is abstract: valid in this value set only with "
                             "abstract=true")
             continue
-        display = (_display(svc, concept, lang) if concept is not None else None) or entry.display
+        display = _display(svc, concept, lang, entry)
         given = coding.get("display") or p.text("display")
-        if given and entry.display and " ".join(given.split()) == entry.display:
-            wrong = None  # the value set's own display for the code (compose.include.concept)
-        elif concept is not None:
-            wrong = _check_display(svc, concept, given, lang)
-        else:
-            wrong = (f"The display {given[:200]!r} is not {entry.display!r}"
-                     if given and entry.display and given.strip() != entry.display else None)
+        if concept is None and not entry.display and not entry.designations:
+            wrong = None  # nothing to check it against
+        else:  # the value set's own display and designations count (compose.include.concept)
+            wrong = _check_display(svc, concept, given, lang, entry)
         if wrong:  # false, unless another coding of the CodeableConcept is valid
             refused = refused or (wrong, display)
             continue
@@ -485,8 +534,12 @@ def _maps(svc: TerminologyService, p: Params, instance: ResourceRef | None
         if ref is None:
             raise TerminologyNotFound(f"Concept map {p.text('url')} is not known")
         return [ref], None
-    # every map of the scope, or every map: the latest version of each
-    return svc.concept_maps(p.text("source"), p.text("target")), None
+    # every map of the scope, or every map: the latest version of each; reversed, source names
+    # the value set of the code given (the maps' target) and target the maps' source
+    source, target = p.text("source"), p.text("target")
+    if p.flag("reverse"):
+        source, target = target, source
+    return svc.concept_maps(source, target), None
 
 
 def translate(svc: TerminologyService, p: Params, instance: ResourceRef | None = None) -> dict:

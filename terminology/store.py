@@ -311,6 +311,20 @@ class TerminologyStore:
                       (cs.sid, like + "%", "%" + like + "%", like + "%", limit))
         return [Concept(c, d, bool(a), bool(b)) for c, d, a, b in rows]
 
+    def designations(self, cs: CodeSystemRef, codes: list[str]) -> dict[str, list[dict]]:
+        """The designations of those of ``codes`` that have any (code -> designations)."""
+        out: dict[str, list[dict]] = {}
+        for i in range(0, len(codes), 500):
+            chunk = codes[i:i + 500]
+            rows = self.q(f"SELECT code, extra FROM t_concept WHERE sid=? AND extra IS NOT NULL "
+                          f"AND code IN ({','.join('?' * len(chunk))})", (cs.sid, *chunk))
+            for code, extra in rows:
+                found = [d for d in R.as_list(orjson.loads(extra).get("designation"))
+                         if isinstance(d, dict) and R.text(d.get("value"))]
+                if found:
+                    out[code] = found
+        return out
+
     def concepts(self, cs: CodeSystemRef, codes: list[str] | None = None) -> list[Concept]:
         """The concepts of a system in definition order (or those of ``codes`` that exist)."""
         if codes is None:

@@ -47,6 +47,8 @@ class Entry(NamedTuple):
     display: str | None
     inactive: bool = False
     abstract: bool = False
+    # the value set's own designations of the code (compose.include.concept, expansion.contains)
+    designations: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Include:
     concepts: dict[str, str | None] | None  # code -> display given in the value set
     filters: list[Filter]
     valuesets: list[str]
+    designations: dict[str, tuple[dict, ...]] = field(default_factory=dict)  # code -> given ones
 
 
 @dataclass
@@ -99,11 +102,15 @@ def _include(d: object, where: str) -> Include:
         raise TerminologyError(f"{where} must be an object")
     system = R.text(d.get("system"))
     concepts: dict[str, str | None] | None = None
+    designations: dict[str, tuple[dict, ...]] = {}
     if d.get("concept") is not None:
         concepts = {}
         for c in R.as_list(d.get("concept")):
-            if isinstance(c, dict) and R.text(c.get("code")):
-                concepts.setdefault(c["code"], R.text(c.get("display")))
+            if isinstance(c, dict) and R.text(c.get("code")) and c["code"] not in concepts:
+                concepts[c["code"]] = R.text(c.get("display"))
+                given = _designations(c)
+                if given:
+                    designations[c["code"]] = given
     filters = []
     for i, f in enumerate(R.as_list(d.get("filter"))):
         if not isinstance(f, dict) or not all(R.text(f.get(k)) for k in ("property", "op")) \
@@ -117,7 +124,14 @@ def _include(d: object, where: str) -> Include:
         raise TerminologyError(f"{where} names neither a system nor a valueSet")
     if (concepts is not None or filters) and system is None:
         raise TerminologyError(f"{where} has concepts or filters but no system")
-    return Include(system, R.text(d.get("version")), concepts, filters, valuesets)
+    return Include(system, R.text(d.get("version")), concepts, filters, valuesets, designations)
+
+
+def _designations(c: dict) -> tuple[dict, ...]:
+    """A concept's designations that have a value (``compose.include.concept``,
+    ``expansion.contains``)."""
+    return tuple(x for x in R.as_list(c.get("designation"))
+                 if isinstance(x, dict) and R.text(x.get("value")))
 
 
 def compile_plan(vs: dict, key: str | None = None) -> Plan:
@@ -143,7 +157,7 @@ def _flat(contains: object):
             continue
         if R.text(c.get("system")) and R.text(c.get("code")):
             yield Entry(c["system"], R.text(c.get("version")), c["code"], R.text(c.get("display")),
-                        c.get("inactive") is True, c.get("abstract") is True)
+                        c.get("inactive") is True, c.get("abstract") is True, _designations(c))
         yield from _flat(c.get("contains"))
 
 
@@ -280,9 +294,10 @@ def filter_test(svc: TerminologyStore, plan: Plan, cs: CodeSystemRef, f: Filter,
 # -- expansion ------------------------------------------------------------------------------------
 
 
-def _entry(cs: CodeSystemRef, concept, display: str | None = None) -> Entry:
+def _entry(cs: CodeSystemRef, concept, display: str | None = None,
+           designations: tuple[dict, ...] = ()) -> Entry:
     return Entry(cs.url or "", cs.version, concept.code, display or concept.display,
-                 not concept.active, concept.abstract)
+                 not concept.active, concept.abstract, designations)
 
 
 def _include_entries(svc: TerminologyStore, inc: Include, opts: Options,
@@ -294,13 +309,16 @@ def _include_entries(svc: TerminologyStore, inc: Include, opts: Options,
         if inc.concepts is not None:
             if cs is not None:
                 found = {c.code: c for c in svc.concepts(cs, list(inc.concepts))}
-                entries = [_entry(cs, found[code], display) for code, display in inc.concepts.items()
-                           if code in found]
+                given = inc.designations
+                entries = [_entry(cs, found[code], display, given.get(code, ()))
+                           for code, display in inc.concepts.items() if code in found]
                 if cs.content in ("fragment", "not-present"):  # listed codes stand as given
-                    entries += [Entry(cs.url or inc.system, cs.version, code, display)
+                    entries += [Entry(cs.url or inc.system, cs.version, code, display,
+                                      designations=given.get(code, ()))
                                 for code, display in inc.concepts.items() if code not in found]
             else:  # a system the hub does not hold: the value set's word for it
-                entries = [Entry(svc.canonical_system(inc.system), version, code, display)
+                entries = [Entry(svc.canonical_system(inc.system), version, code, display,
+                                 designations=inc.designations.get(code, ()))
                            for code, display in inc.concepts.items()]
         else:
             if cs is None:
@@ -396,9 +414,11 @@ def _include_has(svc: TerminologyStore, plan: Plan, inc: Include, system: str, c
             if cs is not None and concept is not None:
                 if concept.code not in inc.concepts:
                     return None
-                entry = _entry(cs, concept, inc.concepts[concept.code])
+                entry = _entry(cs, concept, inc.concepts[concept.code],
+                               inc.designations.get(concept.code, ()))
             elif code in inc.concepts and (cs is None or cs.content in ("fragment", "not-present")):
-                entry = Entry(system, version, code, inc.concepts[code])
+                entry = Entry(system, version, code, inc.concepts[code],
+                              designations=inc.designations.get(code, ()))
             else:
                 return None
         else:

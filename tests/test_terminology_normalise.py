@@ -98,6 +98,20 @@ def test_unmapped_with_a_standard_sibling_is_not_reported():
     assert NORMALISER.normalise(r) == []
 
 
+def test_a_coding_of_another_local_system_is_no_standard_sibling():
+    """Beside another local coding an unmapped one is still unmapped; beside a local coding that
+    maps, the concept gains a standard coding and is not reported, in either order."""
+    n = NORMALISER.with_local(local_prefixes=[f"urn:oid:{OID}."])
+    x8 = {"system": DRUG, "code": "X8"}
+    found = n.normalise(obs({"system": LAB, "code": "NOPE"}, x8))
+    assert [(u.code, u.path) for u in found] == [("NOPE", "Observation.code.coding[0]"),
+                                                ("X8", "Observation.code.coding[1]")]
+    for codings in ((GLU, x8), (x8, GLU)):
+        r = obs(*codings)
+        assert n.normalise(r) == [], codings
+        assert LOINC in {c["system"] for c in r["code"]["coding"]}
+
+
 def test_code_of_a_system_nobody_maps_is_not_reported_unless_local_prefix():
     r = obs({"system": "urn:oid:9.9.9", "code": "A"})
     assert NORMALISER.normalise(r) == []
@@ -107,8 +121,10 @@ def test_code_of_a_system_nobody_maps_is_not_reported_unless_local_prefix():
 
 
 @pytest.mark.parametrize("equivalence,added", [
-    ("equivalent", True), ("equal", True), ("wider", True), ("narrower", True),
-    ("subsumes", True), ("specializes", True), ("inexact", True), ("relatedto", True),
+    ("equivalent", True), ("equal", True), ("wider", True), ("subsumes", True),
+    # a target more specific than the source, inexact or merely related is not inserted: it
+    # would state a clinical fact the sender never stated; the code stays unmapped, for review
+    ("narrower", False), ("specializes", False), ("inexact", False), ("relatedto", False),
     ("unmatched", False), ("disjoint", False)])
 def test_equivalences(equivalence, added):
     n = Normaliser.from_concept_maps([cmap(elements=[el("GLU", ("2345-7", equivalence))])])
@@ -116,6 +132,17 @@ def test_equivalences(equivalence, added):
     found = n.normalise(r)
     assert (len(r["code"]["coding"]) == 2) is added
     assert [u.code for u in found] == ([] if added else ["GLU"])
+
+
+@pytest.mark.parametrize("relationship,added", [
+    ("equivalent", True), ("source-is-narrower-than-target", True),
+    ("source-is-broader-than-target", False), ("related-to", False), ("not-related-to", False)])
+def test_r5_relationships(relationship, added):
+    target = {"code": "2345-7", "relationship": relationship}
+    n = Normaliser.from_concept_maps([cmap(elements=[{"code": "GLU", "target": [target]}])])
+    r = obs(GLU)
+    assert (not n.normalise(r)) is added
+    assert bool(n.targets(LAB, "GLU")) is added
 
 
 def test_several_targets_and_maps_merge_without_duplicates():

@@ -141,3 +141,48 @@ def test_cli_unmapped_and_renormalise(env, tmp_path, capsys):
     bad.write_text("{nope")
     assert main(["terminology", "renormalise", "--concept-maps", str(bad), *d]) == 2
     assert main(["terminology", "unmapped", "--limit", "0", *d]) == 2
+
+
+def test_a_coding_of_another_local_system_is_no_standard_sibling(env):
+    """Two local codings (two of the institution's systems) are two local codes: each counted
+    as standard for the other, neither was listed, so renormalise never reached the concept."""
+    _, hub, model, runner = env
+    other = {"system": f"urn:oid:{OID}.8", "code": "X8"}
+    put(hub, obs("two", lab("GLU2"), other))
+    runner.catch_up()
+    assert rows(model) == [("GLU2", 1), ("X8", 1)]
+    assert renormalise(hub, model, Normaliser.from_concept_maps([GLU_MAP]))["updated"] == 1
+    two = orjson.loads(hub.read("Observation", "two").state.partition(b"\n")[2])
+    assert [c["code"] for c in two["code"]["coding"]] == ["GLU2", "2345-7", "X8"]
+    runner.catch_up()
+    assert rows(model) == []  # the concept has its standard coding now
+
+
+def test_fee_diet_and_supply_codes_are_listed(env):
+    """The normaliser maps ChargeItem (the v2 FT1 fee codes), NutritionOrder and SupplyRequest:
+    their unmapped local codes belong on the worklist too."""
+    _, hub, model, runner = env
+    put(hub, {"resourceType": "ChargeItem", "id": "fee", "status": "billable",
+              "code": {"coding": [lab("FEE1", "挂号费")]}, "subject": {"reference": "Patient/p1"}},
+        {"resourceType": "NutritionOrder", "id": "diet", "status": "active", "intent": "order",
+         "patient": {"reference": "Patient/p1"}, "dateTime": "2024-01-01",
+         "oralDiet": {"type": [{"coding": [lab("DIET1")]}]}},
+        {"resourceType": "SupplyRequest", "id": "supply", "status": "active",
+         "itemCodeableConcept": {"coding": [lab("SUP1")]}, "quantity": {"value": 1}})
+    runner.catch_up()
+    assert sorted(rows(model)) == [("DIET1", 1), ("FEE1", 1), ("SUP1", 1)]
+
+
+def test_a_narrower_or_inexact_mapping_is_not_applied_and_stays_on_the_worklist(env):
+    """A map saying the standard code is more specific than the local one (narrower), or only
+    near it, is for a person to review: renormalise does not insert it."""
+    _, hub, model, runner = env
+    seed(hub)
+    runner.catch_up()
+    review = {**GLU_MAP, "group": [{"source": LAB, "target": LOINC, "element": [
+        {"code": "GLU2", "target": [{"code": "2345-7", "equivalence": "narrower"}]},
+        {"code": "NOPE", "target": [{"code": "1-8", "equivalence": "inexact"}]}]}]}
+    assert renormalise(hub, model, Normaliser.from_concept_maps([review]))["updated"] == 0
+    assert hub.read("Observation", "g1").originator_version == 1
+    runner.catch_up()
+    assert rows(model) == [("NOPE", 3), ("GLU2", 2)]

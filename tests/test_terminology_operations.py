@@ -468,6 +468,13 @@ TRANSLATE = [
     ([("source", VS + "local-sex"), ("coding", f"{LOCAL_SEX}|F"), ("targetsystem", GENDER)],
      True, [("equivalent", GENDER, "female")]),
     ([("source", VS + "other"), ("coding", f"{LOCAL_SEX}|F")], False, []),
+    # reverse swaps the meaning of source and target: source is the given code's value set
+    ([("source", SEX_MAP["targetCanonical"]), ("system", GENDER), ("code", "unknown"),
+      ("reverse", "true")], True, [("narrower", LOCAL_SEX, "U")]),
+    ([("target", VS + "local-sex"), ("system", GENDER), ("code", "male"), ("reverse", "true")],
+     True, [("equivalent", LOCAL_SEX, "M")]),
+    ([("source", VS + "local-sex"), ("system", GENDER), ("code", "male"), ("reverse", "true")],
+     False, []),
 ]
 
 
@@ -679,3 +686,98 @@ def test_translate_reads_a_code_as_its_code_system_does(svc):
         {"name": "coding", "valueCoding": {"system": CASELESS["url"], "code": "abc"}}]}
     got = out(call(svc, "ConceptMap", "translate", body))
     assert [(m["equivalence"], m["concept"]["code"]) for m in got["match"]] == [("equivalent", "male")]
+
+
+def test_expand_include_definition_returns_compose(svc):
+    got = call(svc, "ValueSet", "expand", [("url", VS + "enum"), ("includeDefinition", "true")])
+    assert got["compose"] == VALUE_SETS[2]["compose"]
+    assert {"name": "includeDefinition", "valueBoolean": True} in got["expansion"]["parameter"]
+    assert "compose" not in call(svc, "ValueSet", "expand", [("url", VS + "enum")])
+    inline = vs("inline", {"include": [{"system": SEX}]})
+    got = call(svc, "ValueSet", "expand", {"resourceType": "Parameters", "parameter": [
+        {"name": "valueSet", "resource": inline}, {"name": "includeDefinition",
+                                                   "valueBoolean": True}]})
+    assert got["compose"] == inline["compose"]
+
+
+# -- designations: display languages, value sets' own, filters --------------------------------------
+
+LANG_CS = {"resourceType": "CodeSystem", "id": "lang", "url": "http://example.org/cs/lang",
+           "status": "active", "content": "complete", "concept": [
+               {"code": "A", "display": "Alpha", "designation": [
+                   {"language": "zh-CN", "value": "阿尔法"}, {"language": "zh", "value": "甲乙"}]},
+               {"code": "B", "display": "Beta", "designation": [
+                   {"language": "zh-CN", "value": "贝塔"}]},
+               {"code": "C", "display": "Gamma"}]}
+UNHELD = "http://example.org/unheld"
+DESIGNATED = vs("designated", {"include": [
+    {"system": LANG_CS["url"], "concept": [
+        {"code": "C", "designation": [{"language": "zh-CN", "value": "伽马"}]}, {"code": "A"}]},
+    {"system": UNHELD, "concept": [
+        {"code": "male", "display": "Male", "designation": [{"language": "zh-CN", "value": "男"}]}]}]})
+LANG_ALL = vs("lang-all", {"include": [{"system": LANG_CS["url"]}]})
+
+
+@pytest.fixture(scope="module")
+def langs(tmp_path_factory):
+    with serving(tmp_path_factory.mktemp("langs"), [LANG_CS, DESIGNATED, LANG_ALL]) as service:
+        yield service
+
+
+@pytest.mark.parametrize("code,language,display", [
+    ("A", "zh", "甲乙"),  # its own tag before a more specific one listed first
+    ("A", "zh-CN", "阿尔法"),
+    ("A", "zh-TW", "甲乙"),  # falls back to zh, not to the code system's display
+    ("A", "ZH-tw", "甲乙"),  # tags are not case-sensitive
+    ("B", "zh", "贝塔"),  # with no zh, a zh-CN one serves
+    ("B", "zh-TW", "Beta"),  # zh-CN is no fallback of zh-TW
+    ("C", "zh", "Gamma"),
+])
+def test_display_language_picks_the_closest_designation(langs, code, language, display):
+    got = out(call(langs, "CodeSystem", "lookup", [("system", LANG_CS["url"]), ("code", code),
+                                                   ("displayLanguage", language)]))
+    assert got["display"] == display
+    expanded = call(langs, "ValueSet", "expand", [("url", VS + "lang-all"),
+                                                  ("displayLanguage", language)])
+    assert {c["code"]: c["display"] for c in expanded["expansion"]["contains"]}[code] == display
+
+
+def test_a_value_sets_own_designations_are_displayed_listed_and_valid(langs):
+    got = call(langs, "ValueSet", "expand", [("url", VS + "designated"),
+                                             ("includeDesignations", "true"),
+                                             ("displayLanguage", "zh-CN")])
+    by_code = {c["code"]: c for c in got["expansion"]["contains"]}
+    assert by_code["C"]["display"] == "伽马"
+    assert by_code["C"]["designation"] == [{"language": "zh-CN", "value": "伽马"}]
+    assert by_code["A"]["display"] == "阿尔法" and len(by_code["A"]["designation"]) == 2
+    assert by_code["male"] == {"system": UNHELD, "code": "male", "display": "男", "designation": [
+        {"language": "zh-CN", "value": "男"}]}
+    for system, code, display, result in ((LANG_CS["url"], "C", "伽马", True),
+                                          (UNHELD, "male", "男", True),
+                                          (UNHELD, "male", "Male", True),
+                                          (UNHELD, "male", "女", False)):
+        answer = out(call(langs, "ValueSet", "validate-code", [
+            ("url", VS + "designated"), ("system", system), ("code", code), ("display", display)]))
+        assert answer["result"] is result, (code, display, answer)
+    # the code system's validation knows nothing of the value set's designation
+    answer = out(call(langs, "CodeSystem", "validate-code", [
+        ("url", LANG_CS["url"]), ("code", "C"), ("display", "伽马")]))
+    assert answer["result"] is False
+
+
+@pytest.mark.parametrize("query,expected", [
+    ([("filter", "甲乙"), ("displayLanguage", "zh")], ["A"]),  # the display shown
+    ([("filter", "阿尔法")], ["A"]),  # any designation
+    ([("filter", "贝塔"), ("displayLanguage", "en")], ["B"]),
+    ([("filter", "alpha")], ["A"]),
+    ([("filter", "伽马")], []),  # the value set's designation is not this value set's
+])
+def test_expand_filter_matches_designations(langs, query, expected):
+    assert codes(call(langs, "ValueSet", "expand", [("url", VS + "lang-all"), *query])) == expected
+
+
+def test_expand_filter_matches_a_value_sets_own_designation(langs):
+    got = call(langs, "ValueSet", "expand", [("url", VS + "designated"), ("filter", "伽马"),
+                                             ("displayLanguage", "zh-CN")])
+    assert codes(got) == ["C"] and got["expansion"]["contains"][0]["display"] == "伽马"
+
