@@ -17,7 +17,7 @@ from typing import Any
 
 URL = "https://fhir-region-hub.example/StructureDefinition/cleared"
 
-__all__ = ["URL", "mark", "take"]
+__all__ = ["URL", "mark", "take", "taken"]
 
 
 def mark(resource: dict[str, Any], elements: list[str], url: str = URL) -> None:
@@ -56,3 +56,16 @@ def take(resource: dict[str, Any], url: str = URL) -> set[str]:
         else:
             resource.pop("meta", None)
     return found
+
+
+def taken(resource: dict[str, Any], url: str = URL) -> tuple[set[str], dict[str, Any]]:
+    """The elements ``resource`` says its message clears (or marks under ``url``), and the
+    resource without the mark: ``resource`` itself when it carries none, else a shallow copy.
+    ``resource`` is left as it was (a write planned again reads its marks again)."""
+    meta = resource.get("meta")
+    exts = meta.get("extension") if isinstance(meta, dict) else None
+    for e in exts if isinstance(exts, list) else ():
+        if isinstance(e, dict) and e.get("url") == url:
+            out = dict(resource)
+            return take(out, url), out
+    return set(), resource

@@ -17,7 +17,7 @@ from fhir_mapping import cleared
 
 URL = "https://fhir-region-hub.example/StructureDefinition/partial"
 
-__all__ = ["URL", "mark", "take"]
+__all__ = ["URL", "mark", "take", "taken"]
 
 
 def mark(resource: dict[str, Any], elements: list[str]) -> None:
@@ -28,3 +28,9 @@ def mark(resource: dict[str, Any], elements: list[str]) -> None:
 def take(resource: dict[str, Any]) -> set[str]:
     """The elements ``resource`` says it holds in part, the mark taken off it."""
     return cleared.take(resource, URL)
+
+
+def taken(resource: dict[str, Any]) -> tuple[set[str], dict[str, Any]]:
+    """The elements ``resource`` says it holds in part, and the resource without the mark (a
+    copy when it had one: ``resource`` is left as it was)."""
+    return cleared.taken(resource, URL)

@@ -10,7 +10,9 @@ resources. Every group goes through the same steps:
 4. decide per write: no-op (same content as the current version), new version, 412 on a failed
    ``If-Match``; build canonical bytes and events;
 5. commit everything in one transaction. A concurrent writer surfaces as ``ConflictError`` and the
-   group is re-planned from fresh heads (so two updates of one resource never both win), and so
+   group is re-planned from fresh heads, each write as it was sent (so two updates of one
+   resource never both win, and no retry writes back what an earlier attempt took from a
+   version since replaced), and so
    does a conditional create, update or delete whose search a commit since changed (so none of
    them duplicates), and a conditional write or reference whose match a commit since changed (so
    none acts on a resource its criteria no longer name).
@@ -199,15 +201,20 @@ class Hub:
         deadline = time.monotonic() + RETRY_SECONDS
         attempt = 0
 
-        criteria = [(op.if_none_exist, op.query) for op in ops]  # as sent: placeholders in them
+        # each write as sent (criteria with their placeholders, the resource, its warnings):
+        # every attempt plans from it. Planning edits no resource or warnings list it was
+        # sent (a copy where it changes them) but for the reference rewrites, which ``undo``
+        # reverts: what an attempt joined in from the stored version, or took off (a mark of
+        # what the message clears or sends in part), would read to the next as sent.
+        sent = [(op.if_none_exist, op.query, op.d, op.warnings) for op in ops]
 
-        def replan() -> None:  # the plan's rewrites and resolutions undone, for another attempt
-            for node, key, old in reversed(undo):
+        def replan() -> None:  # the plan's rewrites, resolutions and edits undone
+            for node, key, old in reversed(undo):  # in the resources as sent
                 node[key] = old
             undo.clear()
-            for op, (if_none_exist, query) in zip(ops, criteria):
+            for op, (if_none_exist, query, d, warnings) in zip(ops, sent):
                 op.target, op.existing, op.matched = None, False, False
-                op.if_none_exist, op.query = if_none_exist, query
+                op.if_none_exist, op.query, op.d, op.warnings = if_none_exist, query, d, warnings
 
         while attempt < RETRIES or time.monotonic() < deadline:
             attempt += 1
@@ -545,10 +552,12 @@ class Hub:
         for i in planned:  # the mark of what a message clears is never stored (a tabular
             op = ops[i]    # row marks every resource it writes; only a Patient keeps the unsaid)
             if op.d is not None:
-                gone = cleared.take(op.d)
+                gone, op.d = cleared.taken(op.d)
                 if i in kept:
-                    op.warnings += _keep_unsaid(op.d, replaced[i][1] if i in replaced else None,
+                    op.d, others = _keep_unsaid(op.d, replaced[i][1] if i in replaced else None,
                                                 gone)
+                    if others:
+                        op.warnings = [*op.warnings, *others]
         for i in retiring:
             self._keep_content(ops[i], replaced[i][1] if i in replaced else None)
         for i in wanted:
@@ -566,11 +575,11 @@ class Hub:
             if not links or any(x["other"].get("reference") in replaces for x in links):
                 continue
             op.d = {**op.d, "active": False, "link": [*(op.d.get("link") or ()), *links]}
-            op.warnings.append(Issue(
+            op.warnings = [*op.warnings, Issue(
                 "business-rule", f"Patient/{op.target} was merged into "
                 f"{links[0]['other'].get('reference')}: it stays retired (its record number is "
                 "the retired one's; a later message from this feed does not undo the merge)",
-                "warning", "Patient.active"))
+                "warning", "Patient.active")]
 
     def _join_partial(self, ops: list[Op], planned: list[int], heads: dict[tuple[str, str], Head],
                       replaced: dict[int, tuple[int, Any]], feed: bool) -> None:
@@ -581,7 +590,7 @@ class Hub:
         for i in planned:
             op = ops[i]
             if op.d is not None and op.method == "PUT":
-                parts = partial.take(op.d)
+                parts, op.d = partial.taken(op.d)
                 head = heads.get((op.rtype, cast(str, op.target)))
                 if parts and feed and head is not None and not head.deleted:
                     joining[i] = parts
@@ -593,6 +602,7 @@ class Hub:
             d = ops[i].d
             if not isinstance(stored, dict) or d is None:
                 continue
+            d = ops[i].d = dict(d)  # the resource as sent stays as it was
             for element in parts:
                 joined = _joined(d.get(element), stored.get(element))
                 if joined:
@@ -617,7 +627,7 @@ class Hub:
         if kept.get("identifier"):  # MRG-1's numbers, checked against no birth date when the
             # message's PID has none, answer to the retired record's own
             kept["identifier"], others = _own_identifiers(kept["identifier"], kept.get("birthDate"))
-            op.warnings += others
+            op.warnings = [*op.warnings, *others]
         survivors = {x["other"].get("reference") for x in _replaced_by(d)}
         # its own earlier links out: another retirement, and a ``replaces`` of the record now
         # named its survivor (A into B, then B into A)
@@ -631,10 +641,10 @@ class Hub:
             if key in d:
                 kept[key] = d[key]
         op.d = {"resourceType": "Patient", **({"id": d["id"]} if "id" in d else {}), **kept}
-        op.warnings.append(Issue(
+        op.warnings = [*op.warnings, Issue(
             "informational", f"Patient/{op.target} is retired into "
             f"{kept['link'][-1]['other'].get('reference')}; what the record held is kept",
-            "information", "Patient.active"))
+            "information", "Patient.active")]
 
     def _read_replaced(self, ops: list[Op], idx: list[int],
                        replaced: dict[int, tuple[int, Any]]) -> None:
@@ -832,22 +842,24 @@ _KEPT_UNSAID = ("name", "birthDate", "gender", "address", "telecom", "maritalSta
                 "deceased", "multipleBirth", "communication")
 
 
-def _keep_unsaid(d: dict, stored: Any, gone: set[str]) -> list[Issue]:
+def _keep_unsaid(d: dict, stored: Any, gone: set[str]) -> tuple[dict, list[Issue]]:
     """A feed's message holds what its sender chose to send: a lab's PID may carry the record
     number alone, and the Patient written from it would erase the resident ID, birth date and
     sex an ADT gave. What the stored version has and the write does not mention is kept (its
     identifiers of the systems the write does not state, with the write's), unless the message
-    cleared it (HL7's explicit null, ``fhir_mapping.cleared``). The warnings: identifiers not
-    kept because they are someone else's."""
+    cleared it (HL7's explicit null, ``fhir_mapping.cleared``). Returns the resource kept (a
+    copy: ``d`` is left as it was) and the warnings: identifiers not kept because they are
+    someone else's."""
     if not isinstance(stored, dict):
-        return []
+        return d, []
+    d = dict(d)
     said = {_stem(k) for k in d}
     for k, v in stored.items():
         stem = _stem(k)
         if stem in _KEPT_UNSAID and stem not in said and stem not in gone:
             d[k] = v
     if "identifier" in gone:
-        return []
+        return d, []
     # A system the message states, it states whole: its values replace the stored ones of that
     # system. What a sender leaves out of a message is a system it does not carry (a lab knows
     # the record number, not the resident ID), never one value of a system it does carry: a
@@ -864,7 +876,7 @@ def _keep_unsaid(d: dict, stored: Any, gone: set[str]) -> list[Issue]:
         d["identifier"] = joined
     elif others:
         d.pop("identifier", None)
-    return others
+    return d, others
 
 
 def _system_of(identifier: Any) -> str | None:
