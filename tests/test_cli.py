@@ -854,3 +854,50 @@ def test_an_argument_mistake_is_one_line_naming_the_help_to_read(tmp_path, args,
     assert "usage:" not in line
     helped = run_hub(settings, *command.split()[1:], "--help")
     assert helped.returncode == 0 and helped.stdout.startswith(f"usage: {command} ")
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("HUB_REQUIRED_PROFILES", "Patient:http://example.org/p", "Type=canonical-url"),
+    ("HUB_REQUIRED_PROFILES", "Patinet=http://example.org/p", "no FHIR resource type"),
+    ("HUB_REQUIRED_PROFILES", "Patient=", "Type=canonical-url"),
+    ("HUB_SQLITE_SYNC", "BOGUS", "OFF, NORMAL, FULL, EXTRA"),
+    ("HUB_SQLITE_SYNC", "7", "OFF, NORMAL, FULL, EXTRA"),
+    ("HUB_SQLITE_SYNC", "1 2", "OFF, NORMAL, FULL, EXTRA"),
+    ("HUB_MPI_AUTOMATCH", "2", "on or off"), ("HUB_AUDIT", "maybe", "on or off"),
+    ("HUB_AUTH", "flase", "on or off"), ("HUB_AUTH", "", "on or off"),
+    ("HUB_FOLLOW", "bogus", "threads or none"),
+    ("HUB_BASE_URL", "notaurl", "absolute http(s) URL"),
+    ("HUB_BASE_URL", "ftp://hub.example/fhir", "absolute http(s) URL"),
+    ("HUB_TRUSTED_PROXIES", "999.1.1.1", "'999.1.1.1' is neither"),
+    ("HUB_TIMEZONE", "+14:30", "from -12:00 to +14:00"),
+    ("HUB_TIMEZONE", "-12:30", "from -12:00 to +14:00")])
+def test_a_setting_the_hub_cannot_use_stops_it_naming_the_variable(tmp_path, name, value, words):
+    """Each was taken: a profile written with a colon was dropped (no enforcement), BOGUS was
+    NORMAL and 7 was OFF, any word but 0 turned auditing and access control on, a proxy that is
+    no address stopped `hub serve` with a traceback after its banner."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=None)
+    env = {**hub_env(settings), name: value}
+    for args in (["show", "Patient/x"], ["serve", "--port", str(free_port()), "--workers", "1"]):
+        proc = subprocess.run([sys.executable, "-m", "hub.cli", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        line = assert_clean_error(proc, f"{name}={value!r}", words)
+        assert line.startswith("hub: ") and "FHIR API on" not in proc.stdout, line
+
+
+def test_the_settings_take_what_they_say(monkeypatch):
+    from hub.core.sqlitesync import sqlite_sync
+
+    for name, value in (("HUB_REQUIRED_PROFILES", "Patient=http://example.org/p, Observation="
+                                                  "urn:oid:1.2.3"),
+                        ("HUB_SQLITE_SYNC", "full"), ("HUB_MPI_AUTOMATCH", "Yes"),
+                        ("HUB_AUDIT", "off"), ("HUB_AUTH", "FALSE"), ("HUB_FOLLOW", "none"),
+                        ("HUB_BASE_URL", "https://hub.example:8443/fhir"),
+                        ("HUB_TRUSTED_PROXIES", "10.0.0.5, 10.1.0.0/16,::1"),
+                        ("HUB_TIMEZONE", "+14:00")):
+        monkeypatch.setenv(name, value)
+    s = Settings()
+    assert s.required_profiles == ("Patient=http://example.org/p", "Observation=urn:oid:1.2.3")
+    assert (sqlite_sync(), s.mpi_automatch, s.audit, s.auth) == ("FULL", True, False, False)
+    assert s.trusted_proxies == ("10.0.0.5", "10.1.0.0/16", "::1") and not s.follows_here
+    monkeypatch.setenv("HUB_TIMEZONE", "-12:00")
+    assert Settings().timezone == "-12:00"
