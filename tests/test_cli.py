@@ -901,3 +901,43 @@ def test_the_settings_take_what_they_say(monkeypatch):
     assert s.trusted_proxies == ("10.0.0.5", "10.1.0.0/16", "::1") and not s.follows_here
     monkeypatch.setenv("HUB_TIMEZONE", "-12:00")
     assert Settings().timezone == "-12:00"
+
+
+CONNECTOR = """name: lab
+institution: {code: H0001, oid: 1.2.156.1}
+state_dir: state
+status: {host: 127.0.0.1, port: 0}
+retry: {initial_s: 0.5, max_s: 30}
+sources: [{type: folder, name: drop, path: inbox}]
+sink: {type: http, url: 'http://127.0.0.1:9/fhir'}
+"""
+
+
+@pytest.mark.parametrize("old, new, words", [
+    ("state_dir:", "durabel: false\nstate_dir:", "unknown key(s) durabel (known: durable,"),
+    ("state_dir:", "naem: x\nstate_dir:", "unknown key(s) naem"),
+    ("initial_s: 0.5", "inital_s: 5", "retry: unknown key(s) inital_s (known: initial_s, max_s)"),
+    ("host: 127.0.0.1", "hots: 127.0.0.1", "status: unknown key(s) hots"),
+    ("oid: 1.2.156.1", "odi: 1.2.3", "institution: unknown key(s) odi"),
+    ("code: H0001, ", "", "institution.code is required"),
+    ("institution: {code: H0001, oid: 1.2.156.1}\n", "", "'institution' is required"),
+    ("state_dir:", "durable: 'no'\nstate_dir:", "durable must be true or false")])
+def test_a_connector_configuration_with_a_misspelt_or_missing_key_is_refused(settings, tmp_path,
+                                                                               old, new, words):
+    """Misspelt keys at the top, in institution, status and retry were silently ignored
+    (`durabel: false` left fsync on), and a feed without its institution's OID was taken."""
+    (tmp_path / "inbox").mkdir()
+    config = write(tmp_path / "lab.yaml", CONNECTOR.replace(old, new, 1))
+    assert CONNECTOR.replace(old, new, 1) != CONNECTOR
+    for action in ("status", "run"):
+        assert_clean_error(run_hub(settings, "connector", action, config), "hub connector:",
+                           words)
+
+
+def test_a_connector_whose_folder_is_missing_says_so_and_makes_nothing(settings, tmp_path):
+    """A mistyped folder path was made, with done/ and failed/ in it, and waited for files that
+    never came there."""
+    config = write(tmp_path / "lab.yaml", CONNECTOR.replace("path: inbox", "path: inbx"))
+    assert_clean_error(run_hub(settings, "connector", "run", config), "hub connector:",
+                       "sources 'drop'", str(tmp_path / "inbx"), "no folder")
+    assert not (tmp_path / "inbx").exists() and not (tmp_path / "state").exists()
