@@ -843,7 +843,9 @@ def test_serve_on_a_port_in_use_is_one_line_before_it_says_it_serves(tmp_path):
     (["projections", "bogus"], "hub projections", "invalid choice: 'bogus'"),
     (["deadletter", "list", "--worker", "--config", "x"], "hub deadletter", "not allowed"),
     (["serve", "--port", "abc"], "hub serve", "--port"),
-    (["nosuch"], "hub", "invalid choice: 'nosuch'")])
+    (["nosuch"], "hub", "invalid choice: 'nosuch'"),
+    (["--bogus"], "hub", "unrecognized arguments: --bogus"),
+    (["quarantine", "--bogus"], "hub quarantine", "unrecognized arguments: --bogus")])
 def test_an_argument_mistake_is_one_line_naming_the_help_to_read(tmp_path, args, command, words):
     """argparse printed its whole usage block before the error; the other usage errors of the
     command line are one line. `--help` still prints the usage."""
@@ -854,6 +856,20 @@ def test_an_argument_mistake_is_one_line_naming_the_help_to_read(tmp_path, args,
     assert "usage:" not in line
     helped = run_hub(settings, *command.split()[1:], "--help")
     assert helped.returncode == 0 and helped.stdout.startswith(f"usage: {command} ")
+
+
+@pytest.mark.parametrize("args", [
+    ["auth", "rotate-key"], ["auth", "client", "revoke", "c1"], ["auth", "user", "disable", "u1"],
+    ["connector", "list"], ["connector", "unregister", "c1"], ["v3", "route", "--once"]])
+def test_a_command_on_the_hub_at_a_mistyped_data_dir_says_so(tmp_path, args):
+    """These reported success at a mistyped --data-dir: `hub auth rotate-key` said "signing with
+    the new key …" and made a key there (the hub's own never rotated), `connector list` and
+    `v3 route` made empty databases."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=None)
+    typo = tmp_path / "dta"
+    assert_clean_error(run_hub(settings, *args, "--data-dir", typo), "no data directory",
+                       str(typo), "mistyped")
+    assert not typo.exists()
 
 
 @pytest.mark.parametrize("name, value, words", [
@@ -941,3 +957,42 @@ def test_a_connector_whose_folder_is_missing_says_so_and_makes_nothing(settings,
     assert_clean_error(run_hub(settings, "connector", "run", config), "hub connector:",
                        "sources 'drop'", str(tmp_path / "inbx"), "no folder")
     assert not (tmp_path / "inbx").exists() and not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--interval", "-1"), ("--interval", "nan"), ("--interval", "inf"), ("--interval", "0"),
+    ("--retention-days", "-1"), ("--retention-days", "inf")])
+def test_v3_route_takes_only_finite_positive_times(settings, option, value):
+    """--interval -1 or nan made the router spin a core, inf ended in an OverflowError,
+    --retention-days -1 was taken."""
+    run_hub(settings, "quarantine", "list")  # the data directory exists
+    assert_clean_error(run_hub(settings, "v3", "route", "--once", f"{option}={value}"),
+                       "hub v3 route: error:", option, repr(value))
+
+
+@pytest.mark.parametrize("args", [["mpi", "export"], ["projections", "status"]])
+def test_output_into_a_closed_pipe_ends_quietly(settings, tmp_path, args):
+    """`hub mpi export | head -1` said "hub mpi: [Errno 32] Broken pipe", exit 2: a reader
+    that stops early is no error (141, as a shell shows for `cat` or `git log` into `head`)."""
+    write(tmp_path / "patient.json", patient("piped"))
+    assert run_hub(settings, "ingest", tmp_path / "patient.json").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "hub.cli", *args], env=hub_env(settings),
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141, err
+    assert "Broken pipe" not in err and "Traceback" not in err, err
+
+
+def test_replay_of_named_entries_and_all_says_they_exclude_each_other(settings):
+    run_hub(settings, "quarantine", "list")  # the data directory exists
+    assert_clean_error(run_hub(settings, "quarantine", "replay", "2", "--all"),
+                       "exclude each other")
+    assert_clean_error(run_hub(settings, "quarantine", "replay"), "IDS", "--all")
+
+
+def test_identity_show_takes_no_decision_options(settings):
+    helped = run_hub(settings, "identity", "show", "--help")
+    assert helped.returncode == 0 and "--user" not in helped.stdout, helped.stdout
+    assert "--reason" not in helped.stdout
+    assert "--user" in run_hub(settings, "identity", "link", "--help").stdout
