@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from hub.core.commandline import UsageError, at_least, kafka_topic
+from hub.core.commandline import UsageError, at_least, existing_data_dir, kafka_topic
 
 
 def add_parsers(sub, common) -> None:
@@ -127,6 +127,7 @@ def _register(cfg, url: str | None, settings) -> int:
 def _watched(args, settings) -> int:
     from hub.daemons import DaemonRegistry
 
+    existing_data_dir(settings)  # a mistyped --data-dir listed none, or removed none, exit 0
     registry = DaemonRegistry(settings.data_dir)
     if args.action == "unregister":
         if args.config is None:

@@ -2,7 +2,7 @@
 
 ```yaml
 name: h0001-adt                       # the connector (feed) name
-institution: {code: H0001, oid: 1.2.156.112604.1.1, name: 市第一人民医院}
+institution: {code: H0001, oid: 1.2.156.112604.1.1, name: 市第一人民医院}  # code, oid required
 state_dir: ./state/h0001-adt          # spool, checkpoints, dead letters (relative to this file)
 durable: true                         # fsync every spool commit (default)
 status: {host: 127.0.0.1, port: 8181} # health/status HTTP endpoint (port 0: any free port)
@@ -15,6 +15,7 @@ sources:
      acknowledgment: as-asked,          # or original: one ACK whatever MSH-15/16 say
      tls: {cert: tls/mllp.pem, key: tls/mllp.key, client_ca: tls/senders-ca.pem}}  # optional
   - {type: folder, name: drop, path: ./inbox, kind: hl7v2, pattern: "*.hl7", settle_ms: 500}
+    # (the folder must exist: `hub connector run` refuses a missing one)
   - {type: database, name: visits, ...}  # connectors.sources.database.DatabaseSource.from_config
   - {type: kafka, name: feed, bootstrap_servers: "127.0.0.1:9092", topic: his.adt,
      group_id: h0001-connector, kind: hl7v2}
@@ -28,6 +29,8 @@ sink:                                 # the hub's FHIR API ...
 terminology:                          # optional: local codes -> standard (connectors.terminology)
   {concept_maps: [maps/h0001-lab.json], from_hub: true, refresh_seconds: 300}
 ```
+
+A key no section takes (``durabel``, ``retry: {inital_s: …}``) is refused, naming the keys it takes.
 """
 
 from __future__ import annotations
@@ -79,13 +82,22 @@ class ConnectorConfig:
         where = str(path or "config")
         if not isinstance(d, dict):
             raise ConfigError(f"{where}: a mapping is expected at the top")
+        # a misspelt key was silently ignored: `durabel: false` left fsync on, `naem:` no name
+        check_keys(d, _TOP, where)
         name = d.get("name")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{where}: 'name' is required")
-        inst = d.get("institution") or {}
+        inst = d.get("institution")
+        if inst is None:
+            raise ConfigError(f"{where}: 'institution' is required (code, oid, name)")
         if not isinstance(inst, dict):
             raise ConfigError(f"{where}: 'institution' must be a mapping (code, oid, name)")
-        info = SourceInfo(institution=str(inst.get("code", "")), oid=str(inst.get("oid", "")),
+        check_keys(inst, ("code", "oid", "name"), f"{where}: institution")
+        for key in ("code", "oid"):  # every record the feed writes is stamped with them
+            if inst.get(key) is None or isinstance(inst[key], (bool, dict, list)) \
+                    or not str(inst[key]).strip():
+                raise ConfigError(f"{where}: institution.{key} is required")
+        info = SourceInfo(institution=str(inst["code"]).strip(), oid=str(inst["oid"]).strip(),
                           name=str(inst.get("name", "")), feed=name)
         base = base or Path.cwd()
         state = Path(d.get("state_dir") or f"state/{name}")
@@ -140,6 +152,7 @@ class ConnectorConfig:
         status = d.get("status") or {}
         if not isinstance(status, dict):
             raise ConfigError(f"{where}: 'status' must be a mapping (host, port, admin_token_file)")
+        check_keys(status, ("host", "port", "admin_token_file"), f"{where}: status")
         token_file = status.get("admin_token_file")
         if token_file is not None:
             if not Path(str(token_file)).is_absolute():
@@ -147,6 +160,10 @@ class ConnectorConfig:
         retry = d.get("retry") or {}
         if not isinstance(retry, dict):
             raise ConfigError(f"{where}: 'retry' must be a mapping (initial_s, max_s)")
+        check_keys(retry, ("initial_s", "max_s"), f"{where}: retry")
+        durable = d.get("durable", True)
+        if not isinstance(durable, bool):  # bool("no") is True
+            raise ConfigError(f"{where}: durable must be true or false, not {durable!r}")
         for i, s in enumerate(sources):
             _numbers(s, f"{where}: sources[{i}]")
         _numbers(sink, f"{where}: sink")
@@ -161,10 +178,22 @@ class ConnectorConfig:
             raise ConfigError(str(e)) from None
         # -- end terminology --
         return cls(name=name, source_info=info, state_dir=state, sources=sources, sink=sink,
-                   durable=bool(d.get("durable", True)), status=status,
+                   durable=durable, status=status,
                    retry_initial_s=float(retry.get("initial_s", 0.5)),
                    retry_max_s=float(retry.get("max_s", 30.0)), path=path,
                    terminology=terminology)
+
+
+_TOP = ("name", "institution", "state_dir", "durable", "status", "retry", "sources", "sink",
+        "terminology")
+
+
+def check_keys(section: dict, known: Any, where: str) -> None:
+    """Refuse the keys of ``section`` that are not ``known``, naming them and the known ones."""
+    unknown = sorted(str(k) for k in set(section) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: "
+                          f"{', '.join(sorted(known))})")
 
 
 def _resolve_tls(section: dict, base: Path, where: str) -> None:

@@ -26,10 +26,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, cast
 
 from connectors.base import CannotStart
-from connectors.config import ConfigError, ConnectorConfig, admin_token
+from connectors.config import ConfigError, ConnectorConfig, admin_token, check_keys
 from connectors.sinks.base import Unavailable, take_batch
 from connectors.spool import Spool, is_cut
 from fhir_mapping.base import MappingError
@@ -58,6 +59,11 @@ def build_source(cfg: dict):
         from connectors.sources.folder import FolderSource
 
         known_keys(FolderSource, cfg, f"sources {name!r}")
+        path = Path(str(cfg.get("path", "")))
+        if "path" in cfg and not path.is_dir():
+            # made for it, a mistyped path waited for files that never came there
+            raise ConfigError(f"sources {name!r}: path {path} is no folder (make it, or correct "
+                              "the path)")
         return FolderSource.from_config(name, cfg)
     if kind == "kafka":
         from connectors.sources.kafka import KafkaSource
@@ -89,10 +95,8 @@ def known_keys(cls: Any, cfg: dict, where: str, also: tuple[str, ...] = ()) -> N
     params = inspect.signature(cls.__init__).parameters
     known = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     known |= set(also)
-    unknown = sorted(set(cfg) - known - {"type", "name", "self"})
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: "
-                          f"{', '.join(sorted(known - {'self', 'name'}))})")
+    check_keys({k: v for k, v in cfg.items() if k not in ("type", "name")},
+               known - {"self", "name"}, where)
 
 
 def build_sink(cfg: dict, config: ConnectorConfig):
@@ -116,6 +120,9 @@ class Connector:
         # said once here as a ConfigError, before the terminology reads the same settings
         self.sink = sink if sink is not None else _built(
             lambda: build_sink(config.sink, config), "sink")
+        # then the sources, before the spool is made: a source refused leaves no state behind
+        self.sources = sources if sources is not None else [
+            _built(lambda s=s: build_source(s), f"sources {s['name']!r}") for s in config.sources]
         # -- terminology: conversions normalised after mapping, before spooling --
         from connectors.spool import default_converter_factory
         from connectors.terminology import Terminology
@@ -125,8 +132,6 @@ class Connector:
                            converter_factory=self.terminology.converter_factory(
                                default_converter_factory))
         # -- end terminology --
-        self.sources = sources if sources is not None else [
-            _built(lambda s=s: build_source(s), f"sources {s['name']!r}") for s in config.sources]
         self.batch_size = int(config.sink.get("batch_size", 50))
         self.stop_event = threading.Event()
         self.threads: dict[str, threading.Thread] = {}

@@ -77,6 +77,11 @@ def test_add_list_revoke(data, keys, capsys):
     (["--public-key", "{missing}"], "cannot read"),
     (["--scope", "system/Patient.sr"], "cruds"),
     (["--scope", "system/Nothing.rs"], "not a FHIR resource type"),
+    # granted nothing at the token endpoint, which answers resource scopes only
+    (["--scope", ""], "at least one scope"),
+    (["--scope", "garbage"], "'garbage' is not context/Type.perms"),
+    (["--scope", "sytem/*.rs"], "'sytem/*.rs' is not context/Type.perms"),
+    (["--scope", "system/*.rs openid"], "'openid' is not context/Type.perms"),
 ])
 def test_add_mistakes_are_one_line_and_status_2(data, keys, tmp_path, capsys, args, words):
     base = {"--name": "x", "--public-key": str(keys["pem"]), "--scope": "system/*.rs"}
@@ -96,6 +101,7 @@ def test_unknown_role_is_refused_by_the_parser(data, keys, capsys):
 
 
 def test_revoke_unknown_client(data, capsys):
+    data.mkdir()  # a hub's data directory, without that client
     assert hub(data, "client", "revoke", "nobody") == 2
     assert "No client 'nobody'" in capsys.readouterr().err
 

@@ -903,7 +903,9 @@ def test_serve_on_a_port_in_use_is_one_line_before_it_says_it_serves(tmp_path):
     (["projections", "bogus"], "hub projections", "invalid choice: 'bogus'"),
     (["deadletter", "list", "--worker", "--config", "x"], "hub deadletter", "not allowed"),
     (["serve", "--port", "abc"], "hub serve", "--port"),
-    (["nosuch"], "hub", "invalid choice: 'nosuch'")])
+    (["nosuch"], "hub", "invalid choice: 'nosuch'"),
+    (["--bogus"], "hub", "unrecognized arguments: --bogus"),
+    (["quarantine", "--bogus"], "hub quarantine", "unrecognized arguments: --bogus")])
 def test_an_argument_mistake_is_one_line_naming_the_help_to_read(tmp_path, args, command, words):
     """argparse printed its whole usage block before the error; the other usage errors of the
     command line are one line. `--help` still prints the usage."""
@@ -914,3 +916,143 @@ def test_an_argument_mistake_is_one_line_naming_the_help_to_read(tmp_path, args,
     assert "usage:" not in line
     helped = run_hub(settings, *command.split()[1:], "--help")
     assert helped.returncode == 0 and helped.stdout.startswith(f"usage: {command} ")
+
+
+@pytest.mark.parametrize("args", [
+    ["auth", "rotate-key"], ["auth", "client", "revoke", "c1"], ["auth", "user", "disable", "u1"],
+    ["connector", "list"], ["connector", "unregister", "c1"], ["v3", "route", "--once"]])
+def test_a_command_on_the_hub_at_a_mistyped_data_dir_says_so(tmp_path, args):
+    """These reported success at a mistyped --data-dir: `hub auth rotate-key` said "signing with
+    the new key …" and made a key there (the hub's own never rotated), `connector list` and
+    `v3 route` made empty databases."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=None)
+    typo = tmp_path / "dta"
+    assert_clean_error(run_hub(settings, *args, "--data-dir", typo), "no data directory",
+                       str(typo), "mistyped")
+    assert not typo.exists()
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("HUB_REQUIRED_PROFILES", "Patient:http://example.org/p", "Type=canonical-url"),
+    ("HUB_REQUIRED_PROFILES", "Patinet=http://example.org/p", "no FHIR resource type"),
+    ("HUB_REQUIRED_PROFILES", "Patient=", "Type=canonical-url"),
+    ("HUB_SQLITE_SYNC", "BOGUS", "OFF, NORMAL, FULL, EXTRA"),
+    ("HUB_SQLITE_SYNC", "7", "OFF, NORMAL, FULL, EXTRA"),
+    ("HUB_SQLITE_SYNC", "1 2", "OFF, NORMAL, FULL, EXTRA"),
+    ("HUB_MPI_AUTOMATCH", "2", "on or off"), ("HUB_AUDIT", "maybe", "on or off"),
+    ("HUB_AUTH", "flase", "on or off"), ("HUB_AUTH", "", "on or off"),
+    ("HUB_FOLLOW", "bogus", "threads or none"),
+    ("HUB_BASE_URL", "notaurl", "absolute http(s) URL"),
+    ("HUB_BASE_URL", "ftp://hub.example/fhir", "absolute http(s) URL"),
+    ("HUB_TRUSTED_PROXIES", "999.1.1.1", "'999.1.1.1' is neither"),
+    ("HUB_TIMEZONE", "+14:30", "from -12:00 to +14:00"),
+    ("HUB_TIMEZONE", "-12:30", "from -12:00 to +14:00")])
+def test_a_setting_the_hub_cannot_use_stops_it_naming_the_variable(tmp_path, name, value, words):
+    """Each was taken: a profile written with a colon was dropped (no enforcement), BOGUS was
+    NORMAL and 7 was OFF, any word but 0 turned auditing and access control on, a proxy that is
+    no address stopped `hub serve` with a traceback after its banner."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=None)
+    env = {**hub_env(settings), name: value}
+    for args in (["show", "Patient/x"], ["serve", "--port", str(free_port()), "--workers", "1"]):
+        proc = subprocess.run([sys.executable, "-m", "hub.cli", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        line = assert_clean_error(proc, f"{name}={value!r}", words)
+        assert line.startswith("hub: ") and "FHIR API on" not in proc.stdout, line
+
+
+def test_the_settings_take_what_they_say(monkeypatch):
+    from hub.core.sqlitesync import sqlite_sync
+
+    for name, value in (("HUB_REQUIRED_PROFILES", "Patient=http://example.org/p, Observation="
+                                                  "urn:oid:1.2.3"),
+                        ("HUB_SQLITE_SYNC", "full"), ("HUB_MPI_AUTOMATCH", "Yes"),
+                        ("HUB_AUDIT", "off"), ("HUB_AUTH", "FALSE"), ("HUB_FOLLOW", "none"),
+                        ("HUB_BASE_URL", "https://hub.example:8443/fhir"),
+                        ("HUB_TRUSTED_PROXIES", "10.0.0.5, 10.1.0.0/16,::1"),
+                        ("HUB_TIMEZONE", "+14:00")):
+        monkeypatch.setenv(name, value)
+    s = Settings()
+    assert s.required_profiles == ("Patient=http://example.org/p", "Observation=urn:oid:1.2.3")
+    assert (sqlite_sync(), s.mpi_automatch, s.audit, s.auth) == ("FULL", True, False, False)
+    assert s.trusted_proxies == ("10.0.0.5", "10.1.0.0/16", "::1") and not s.follows_here
+    monkeypatch.setenv("HUB_TIMEZONE", "-12:00")
+    assert Settings().timezone == "-12:00"
+
+
+CONNECTOR = """name: lab
+institution: {code: H0001, oid: 1.2.156.1}
+state_dir: state
+status: {host: 127.0.0.1, port: 0}
+retry: {initial_s: 0.5, max_s: 30}
+sources: [{type: folder, name: drop, path: inbox}]
+sink: {type: http, url: 'http://127.0.0.1:9/fhir'}
+"""
+
+
+@pytest.mark.parametrize("old, new, words", [
+    ("state_dir:", "durabel: false\nstate_dir:", "unknown key(s) durabel (known: durable,"),
+    ("state_dir:", "naem: x\nstate_dir:", "unknown key(s) naem"),
+    ("initial_s: 0.5", "inital_s: 5", "retry: unknown key(s) inital_s (known: initial_s, max_s)"),
+    ("host: 127.0.0.1", "hots: 127.0.0.1", "status: unknown key(s) hots"),
+    ("oid: 1.2.156.1", "odi: 1.2.3", "institution: unknown key(s) odi"),
+    ("code: H0001, ", "", "institution.code is required"),
+    ("institution: {code: H0001, oid: 1.2.156.1}\n", "", "'institution' is required"),
+    ("state_dir:", "durable: 'no'\nstate_dir:", "durable must be true or false")])
+def test_a_connector_configuration_with_a_misspelt_or_missing_key_is_refused(settings, tmp_path,
+                                                                               old, new, words):
+    """Misspelt keys at the top, in institution, status and retry were silently ignored
+    (`durabel: false` left fsync on), and a feed without its institution's OID was taken."""
+    (tmp_path / "inbox").mkdir()
+    config = write(tmp_path / "lab.yaml", CONNECTOR.replace(old, new, 1))
+    assert CONNECTOR.replace(old, new, 1) != CONNECTOR
+    for action in ("status", "run"):
+        assert_clean_error(run_hub(settings, "connector", action, config), "hub connector:",
+                           words)
+
+
+def test_a_connector_whose_folder_is_missing_says_so_and_makes_nothing(settings, tmp_path):
+    """A mistyped folder path was made, with done/ and failed/ in it, and waited for files that
+    never came there."""
+    config = write(tmp_path / "lab.yaml", CONNECTOR.replace("path: inbox", "path: inbx"))
+    assert_clean_error(run_hub(settings, "connector", "run", config), "hub connector:",
+                       "sources 'drop'", str(tmp_path / "inbx"), "no folder")
+    assert not (tmp_path / "inbx").exists() and not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--interval", "-1"), ("--interval", "nan"), ("--interval", "inf"), ("--interval", "0"),
+    ("--retention-days", "-1"), ("--retention-days", "inf")])
+def test_v3_route_takes_only_finite_positive_times(settings, option, value):
+    """--interval -1 or nan made the router spin a core, inf ended in an OverflowError,
+    --retention-days -1 was taken."""
+    run_hub(settings, "quarantine", "list")  # the data directory exists
+    assert_clean_error(run_hub(settings, "v3", "route", "--once", f"{option}={value}"),
+                       "hub v3 route: error:", option, repr(value))
+
+
+@pytest.mark.parametrize("args", [["mpi", "export"], ["projections", "status"]])
+def test_output_into_a_closed_pipe_ends_quietly(settings, tmp_path, args):
+    """`hub mpi export | head -1` said "hub mpi: [Errno 32] Broken pipe", exit 2: a reader
+    that stops early is no error (141, as a shell shows for `cat` or `git log` into `head`)."""
+    write(tmp_path / "patient.json", patient("piped"))
+    assert run_hub(settings, "ingest", tmp_path / "patient.json").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "hub.cli", *args], env=hub_env(settings),
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141, err
+    assert "Broken pipe" not in err and "Traceback" not in err, err
+
+
+def test_replay_of_named_entries_and_all_says_they_exclude_each_other(settings):
+    run_hub(settings, "quarantine", "list")  # the data directory exists
+    assert_clean_error(run_hub(settings, "quarantine", "replay", "2", "--all"),
+                       "exclude each other")
+    assert_clean_error(run_hub(settings, "quarantine", "replay"), "IDS", "--all")
+
+
+def test_identity_show_takes_no_decision_options(settings):
+    helped = run_hub(settings, "identity", "show", "--help")
+    assert helped.returncode == 0 and "--user" not in helped.stdout, helped.stdout
+    assert "--reason" not in helped.stdout
+    assert "--user" in run_hub(settings, "identity", "link", "--help").stdout

@@ -457,7 +457,7 @@ def test_connector_run_that_cannot_bind_is_one_line_and_exit_2(tmp_path, host, w
         taken.listen()
         config = tmp_path / "adt.yaml"
         config.write_text(json.dumps({  # YAML's flow style is JSON
-            "name": "adt", "institution": {"code": "H0001"}, "state_dir": str(tmp_path / "state"),
+            "name": "adt", "institution": {"code": "H0001", "oid": "1.2"}, "state_dir": str(tmp_path / "state"),
             "sources": [{"type": "mllp", "name": "adt", "host": host,
                          "port": taken.getsockname()[1], "kind": "hl7v2"}],
             "sink": {"type": "http", "url": f"http://127.0.0.1:{free_port()}/fhir"}}))
@@ -480,7 +480,7 @@ def test_connector_run_whose_status_port_is_taken_names_the_address(tmp_path):
         port = taken.getsockname()[1]
         config = tmp_path / "adt.yaml"
         config.write_text(json.dumps({
-            "name": "adt", "institution": {"code": "H0001"}, "state_dir": str(tmp_path / "state"),
+            "name": "adt", "institution": {"code": "H0001", "oid": "1.2"}, "state_dir": str(tmp_path / "state"),
             "status": {"host": "127.0.0.1", "port": port},
             "sources": [{"type": "mllp", "name": "adt", "host": "127.0.0.1", "port": 0,
                          "kind": "hl7v2"}],

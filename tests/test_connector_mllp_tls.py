@@ -139,7 +139,8 @@ def test_tls_settings_are_checked(pki, tmp_path):
     # relative paths in a connector file are relative to the file
     (tmp_path / "tls").mkdir()
     cfg = ConnectorConfig.from_dict({
-        "name": "adt", "sources": [{"type": "mllp", "tls": {"cert": "tls/a.pem", "key": "tls/a.key"}}],
+        "name": "adt", "institution": {"code": "H1", "oid": "1.2"},
+        "sources": [{"type": "mllp", "tls": {"cert": "tls/a.pem", "key": "tls/a.key"}}],
         "sink": {"type": "http", "url": "https://hub.example/fhir", "tls": {"ca": "tls/ca.pem"}}},
         base=tmp_path)
     assert cfg.sources[0]["tls"]["cert"] == str(tmp_path / "tls" / "a.pem")

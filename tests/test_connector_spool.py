@@ -93,23 +93,26 @@ def test_take_batch_never_holds_two_versions_of_a_resource(spool):
     assert [u.seq for u in take_batch(units[3:], 50)] == [units[3].seq, units[4].seq]
 
 
+INST = {"code": "H1", "oid": "1.2"}
+
+
 def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="name"):
         ConnectorConfig.from_dict({"sources": []})
     with pytest.raises(ConfigError, match="sources"):
-        ConnectorConfig.from_dict({"name": "x", "sources": [], "sink": {"type": "http"}})
+        ConnectorConfig.from_dict({"name": "x", "institution": INST, "sources": [], "sink": {"type": "http"}})
     with pytest.raises(ConfigError, match="type"):
-        ConnectorConfig.from_dict({"name": "x", "sources": [{"type": "ftp"}],
+        ConnectorConfig.from_dict({"name": "x", "institution": INST, "sources": [{"type": "ftp"}],
                                    "sink": {"type": "http"}})
     # a file where a folder is meant, a sink URL that is none: refused at start (the source
     # restarted for ever, every delivery was retried for ever)
     afile = tmp_path / "afile"
     afile.write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
-        ConnectorConfig.from_dict({"name": "x", "sources": [{"type": "folder", "path": str(afile)}],
+        ConnectorConfig.from_dict({"name": "x", "institution": INST, "sources": [{"type": "folder", "path": str(afile)}],
                                    "sink": {"type": "http"}})
     with pytest.raises(ConfigError, match="not an http"):
-        ConnectorConfig.from_dict({"name": "x", "sources": [{"type": "mllp"}],
+        ConnectorConfig.from_dict({"name": "x", "institution": INST, "sources": [{"type": "mllp"}],
                                    "sink": {"type": "http", "url": "not a url"}})
     cfg = ConnectorConfig.from_dict({"name": "x", "institution": {"code": "H1", "oid": "1.2"},
                                      "sources": [{"type": "mllp"}], "sink": {"type": "http"}},
@@ -131,6 +134,7 @@ def test_cli_usage_errors(tmp_path, capsys):
     assert "does not exist" in err and "not valid YAML" in err and "--worker" in err
     assert "Traceback" not in err
     # an empty admin token let a bare "Bearer " read and replay every dead letter
+    (tmp_path / "inbox").mkdir()
     for content in ("", "short\n"):
         (tmp_path / "admin.token").write_text(content)
         (tmp_path / "c.yaml").write_text(
@@ -180,7 +184,7 @@ def test_mapper_findings_are_kept_and_counted(tmp_path):
 
 def test_config_paths_are_relative_to_the_config_file(tmp_path):
     (tmp_path / "c.yaml").write_text(
-        "name: x\nsources:\n"
+        "name: x\ninstitution: {code: H1, oid: '1.2'}\nsources:\n"
         "  - {type: database, url: 'sqlite:///his.db', mapping: maps/lab.yaml}\n"
         "  - {type: folder, path: in, kind: 'csv:maps/visit.yaml'}\n"
         "  - {type: folder, path: in2, kind: 'csv:lab-result'}\n"

@@ -77,6 +77,7 @@ def test_lab_file_to_hub_with_both_codings_worklist_and_renormalise(tmp_path):
                   **hub.sink_credentials(INFO.institution, tmp_path / "keys")},
             terminology={"concept_maps": ["maps/lab.json"], "from_hub": True,
                          "refresh_seconds": 60})
+        (tmp_path / "inbox").mkdir()  # the connector takes files from a folder that is there
         with ConnectorProcess(cfg, status_port) as conn:
             term = conn.status()["terminology"]
             assert term["hub"] == "ok" and term["maps"] == 2 and term["mappings"] == 2

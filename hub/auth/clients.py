@@ -28,7 +28,7 @@ import orjson
 
 from hub.auth.keys import check_jwks
 from hub.auth.roles import ROLES
-from hub.auth.scopes import check_scopes
+from hub.auth.scopes import check_client_scopes
 from hub.core.errors import bad_request, not_found
 from hub.core.sqlitefile import connection, create
 
@@ -122,7 +122,7 @@ class ClientRegistry:
         if unknown:
             raise bad_request(f"Unknown role(s) {', '.join(unknown)}; the roles are {', '.join(ROLES)}")
         client = Client(client_id=new_client_id(), name=name, jwks=check_jwks(jwks),
-                        institution=institution.strip(), roles=roles, scopes=check_scopes(scopes),
+                        institution=institution.strip(), roles=roles, scopes=check_client_scopes(scopes),
                         status="active", created=_now())
         with self._db() as db:
             db.execute("INSERT INTO client (client_id, name, jwks, institution, roles, scopes, status,"

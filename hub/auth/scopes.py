@@ -22,8 +22,8 @@ from urllib.parse import unquote
 from hub.core.errors import bad_request
 from hub.core.resource import RESOURCE_TYPES
 
-__all__ = ["CONTEXTS", "PERMS", "Scope", "check_scopes", "format_scopes", "narrow", "parse_scope", "parse_scopes",
-           "permits"]
+__all__ = ["CONTEXTS", "PERMS", "Scope", "check_client_scopes", "check_scopes", "format_scopes",
+           "narrow", "parse_scope", "parse_scopes", "permits"]
 
 CONTEXTS = ("patient", "user", "system")
 PERMS = "cruds"  # the letters, in the order they are written
@@ -152,3 +152,17 @@ def check_scopes(text: str) -> str:
     """``text`` when it parses, with its scopes separated by single spaces (for storage)."""
     return format_scopes(parse_scopes(text))
 
+
+def check_client_scopes(text: str) -> str:
+    """The scopes a client may be granted, as ``check_scopes`` stores them: at least one, each a
+    resource scope (``context/Type.perms``). A client's token is granted resource scopes only, so
+    an empty string, a word or a misspelt context (``sytem/*.rs``) allowed it nothing, unsaid."""
+    scopes = parse_scopes(text)
+    if not scopes:
+        raise bad_request("A client needs at least one scope, such as system/*.rs")
+    other = [s.text for s in scopes if not s.is_resource]
+    if other:
+        raise bad_request(f"Scope {other[0]!r} is not context/Type.perms (such as system/*.rs or "
+                          f"system/Observation.cud; context {', '.join(CONTEXTS)}): a client is "
+                          "granted those only")
+    return format_scopes(scopes)

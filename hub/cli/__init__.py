@@ -45,9 +45,22 @@ class Parser(argparse.ArgumentParser):
     its parser's class)."""
 
     def error(self, message: str) -> NoReturn:
+        unknown = self._unknown_options()
+        if unknown and message.startswith("the following arguments are required"):
+            # `hub --bogus`: the option is the mistake, not the command that was never reached
+            message = f"unrecognized arguments: {' '.join(unknown)}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def _unknown_options(self) -> list[str]:
+        """The options among this parser's arguments that it does not take (nor abbreviates)."""
+        known = list(self._option_string_actions)
+        return [a for a in getattr(self, "_hub_args", ()) if a.startswith("-") and a != "-"
+                and not a.lstrip("-").replace(".", "").isdigit()
+                and not any(o == a.split("=")[0] or (a.startswith("--") and o.startswith(a.split("=")[0]))
+                            for o in known)]
+
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._hub_args = list(sys.argv[1:] if args is None else args)
         ns, extras = super().parse_known_args(args, namespace)
         # the innermost subcommand's parser, set first (its parents' parses run around it): an
         # unknown option is named to it, whose --help lists the options it takes
@@ -241,10 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--status", default="open", choices=["open", "closed", "all"])
     q = isub.add_parser("show", parents=[common], help="print the Person of a person or Patient")
     q.add_argument("reference", help="Person id, Person/id or Patient/id")
-    for q in isub.choices.values():
+    for name, q in isub.choices.items():
+        if name == "show":  # reads, decides nothing
+            continue
         q.add_argument("--user", default=os.environ.get("HUB_USER"),
                        help="who decides (default $HUB_USER); required for decisions")
-        q.add_argument("--reason")
+        q.add_argument("--reason", help="why, recorded with the decision")
     # -- end identity --
 
     from connectors import cli as connector_cli  # hub connector|deadletter|ingest-worker
@@ -268,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         settings.database_url = args.database_url
     try:
         return COMMANDS[args.command](args, settings)
+    except BrokenPipeError:  # `hub mpi export | head -1`: the reader took all it wanted
+        return _stdout_closed()
     except (UsageError, FhirError, OSError) as e:
         print(f"hub {args.command}: {e}", file=sys.stderr)
         return 2
@@ -294,6 +311,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hub {args.command}: Kafka: {type(e).__name__}: {e}"[:500], file=sys.stderr)
             return 2
         raise
+
+
+def _stdout_closed() -> int:
+    """Quiet, as ``cat`` or ``git log`` piped into ``head``: standard output is pointed at
+    /dev/null, so the interpreter's last flush does not fail again, and the status is the 141
+    (128 + SIGPIPE) a shell shows for those, so a ``set -o pipefail`` script treats it alike."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a stdout with no file (one captured in-process)
+        pass
+    return 141
 
 
 def _not_utf8(args: argparse.Namespace) -> str | None:

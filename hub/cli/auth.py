@@ -86,6 +86,7 @@ def cmd_auth(args: Any, settings: Any) -> int:
     if args.auth_action == "user":
         return _user(args, settings)
     if args.auth_action == "rotate-key":
+        existing_data_dir(settings)  # a mistyped --data-dir: the hub's own key never rotated
         kid = Signer(settings.data_dir).rotate()
         print(f"signing with the new key {kid}; the previous ones (up to five) verify until their tokens expire")
         return 0
@@ -93,8 +94,8 @@ def cmd_auth(args: Any, settings: Any) -> int:
         return _demo_client(args, settings)
     if args.auth_action == "token":
         return _token(args, settings)
-    if args.client_action == "list":
-        existing_data_dir(settings)
+    if args.client_action in ("list", "revoke"):
+        existing_data_dir(settings)  # what reads or changes what is there
     registry = open_registry(settings.data_dir)
     try:
         return _CLIENT_ACTIONS[args.client_action](args, registry)
@@ -264,8 +265,8 @@ def _user(args: Any, settings: Any) -> int:
     from hub.auth.clients import REGISTRY_FILE
     from hub.auth.users import UserRegistry
 
-    if args.user_action == "list":
-        existing_data_dir(settings)
+    if args.user_action in ("list", "disable"):
+        existing_data_dir(settings)  # what reads or changes what is there
     users = UserRegistry(settings.data_dir / REGISTRY_FILE)
     if args.user_action == "add":
         users.add(args.name, _new_password(args.name), args.role, args.display)

@@ -20,7 +20,8 @@ def cmd_identity(args, settings: Settings) -> int:  # hub identity … (hub/mpi/
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     identity = IdentityService.open(store, settings.data_dir)
     try:
-        act, user, reason = args.identity_action, args.user, args.reason
+        # show takes neither --user nor --reason
+        act, user, reason = args.identity_action, vars(args).get("user"), vars(args).get("reason")
         if act == "review" and args.review_action == "list":
             identity.sync()
             status = None if args.status == "all" else args.status

@@ -98,7 +98,9 @@ def cmd_quarantine(args, settings: Settings) -> int:
 
 
 def _quarantine_replay(args, settings: Settings) -> int:
-    if bool(args.ids) == bool(args.all):
+    if args.ids and args.all:
+        raise UsageError("entries named (IDS) and --all exclude each other: give one of them")
+    if not args.ids and not args.all:
         raise UsageError("name the entries to replay (IDS) or give --all")
     quarantine = _quarantine(settings)
     if quarantine is None:

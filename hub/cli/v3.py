@@ -13,7 +13,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from hub.core.commandline import UsageError, existing_data_dir
+from hub.core.commandline import UsageError, existing_data_dir, positive
 from hub.core.config import Settings
 
 log = logging.getLogger("hub.v3routing")
@@ -47,8 +47,9 @@ def add_parsers(sub: Any, common: Any) -> None:
                         help="deliver to the subscribers until stopped (SIGTERM)")
     r.add_argument("--once", action="store_true",
                    help="deliver what can be delivered now, then exit")
-    r.add_argument("--interval", type=float, default=0.5, help="seconds between passes")
-    r.add_argument("--retention-days", type=float, default=7.0,
+    r.add_argument("--interval", type=positive(3600), default=0.5,
+                   help="seconds between passes (at most an hour)")
+    r.add_argument("--retention-days", type=positive(36500), default=7.0,
                    help="forget delivered messages after this many days")
     d = vsub.add_parser("dead-letters", parents=[common],
                         help="messages a subscriber refused, with its reason")
@@ -67,8 +68,10 @@ def _routes(settings: Settings, synchronous: str = "FULL"):
 
 
 def cmd_v3(args: Any, settings: Settings) -> int:
-    if args.v3_action in ("subscriptions", "dead-letters", "redeliver", "unsubscribe"):
-        existing_data_dir(settings)  # what reads or changes what is there
+    if args.v3_action != "subscribe":
+        # what reads, changes or delivers what is there (a subscription may precede the hub's
+        # first message, as a client's registration its first token)
+        existing_data_dir(settings)
     # the router's marks need not survive an OS crash: a lost one repeats a delivery
     routes = _routes(settings, "NORMAL" if args.v3_action == "route" else "FULL")
     try:

@@ -17,7 +17,7 @@ from hub.core.config import Settings
 from hub.core.errors import HubError
 
 __all__ = ["BOM", "UsageError", "at_least", "input_kind", "iter_inputs", "one_line", "open_store",
-           "port"]
+           "port", "positive"]
 
 
 def at_least(least: int):
@@ -34,6 +34,25 @@ def at_least(least: int):
             raise argparse.ArgumentTypeError(f"{value} is less than {least}")
         return value
     parse.__name__ = f"integer of at least {least}"
+    return parse
+
+
+def positive(most: float):
+    """An argparse type: a finite number more than 0 and at most ``most`` (seconds, days): -1 or
+    nan made a loop spin without pausing, inf ended in an OverflowError."""
+    import argparse
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and 0 < value <= most):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number more than 0 and at most "
+                                             f"{most:g}")
+        return value
+    parse.__name__ = f"number more than 0 and at most {most:g}"
     return parse
 
 

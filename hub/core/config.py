@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hub.core.fhirtime import ZONE
+from hub.core.sqlitesync import sqlite_sync
 
 BYTES = "a whole number of bytes"
 SECONDS = "a number of seconds"
@@ -82,6 +83,22 @@ def _float(name: str, default: str, what: str, empty: str | None = None) -> floa
     if value < 0 or not math.isfinite(value):
         raise ValueError(f"{name}={raw!r} is not {what}")
     return value
+
+
+_ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _flag(name: str, default: str) -> bool:
+    """HUB_<name> as on or off (1, true, yes, on; 0, false, no, off; any case); anything else is
+    a ValueError naming the variable (``HUB_AUTH=flase`` was taken for on, ``HUB_AUDIT=off`` too)."""
+    raw = os.environ.get(name, default)
+    word = raw.strip().lower()
+    if word not in _ON + _OFF:
+        raise ValueError(f"{name}={raw!r} is not on or off (1, true, yes, on; 0, false, no, off)")
+    return word in _ON
+
+
+FOLLOW = ("threads", "none")
 
 
 @dataclass
@@ -120,7 +137,7 @@ class Settings:
     default_count: int = 50
     # the master patient index links new and updated Patients as they arrive (hub.api.match)
     mpi_automatch: bool = field(
-        default_factory=lambda: os.environ.get("HUB_MPI_AUTOMATCH", "1") != "0")
+        default_factory=lambda: _flag("HUB_MPI_AUTOMATCH", "1"))
     # who follows the event log into the read models: this process's threads ("threads"), or
     # another process ("none": `hub projections follow`, which `hub serve` starts by default);
     # a request that must see its own write brings the model up to date itself either way
@@ -137,11 +154,11 @@ class Settings:
     required_profiles: tuple[str, ...] = field(default_factory=lambda: tuple(
         p.strip() for p in os.environ.get("HUB_REQUIRED_PROFILES", "").split(",") if p.strip()))
     # each read, search and history of patient data is recorded (hub.access.audit)
-    audit: bool = field(default_factory=lambda: os.environ.get("HUB_AUDIT", "1") != "0")
+    audit: bool = field(default_factory=lambda: _flag("HUB_AUDIT", "1"))
     # callers present bearer tokens; the policy of hub.access.policy decides (hub.api.caller)
-    auth: bool = field(default_factory=lambda: os.environ.get("HUB_AUTH", "1") != "0")
+    auth: bool = field(default_factory=lambda: _flag("HUB_AUTH", "1"))
     trusted_proxies: tuple[str, ...] = field(default_factory=lambda: tuple(
-        p for p in os.environ.get("HUB_TRUSTED_PROXIES", "").split(",") if p.strip()))
+        p.strip() for p in os.environ.get("HUB_TRUSTED_PROXIES", "").split(",") if p.strip()))
     rate_limit: float = field(
         default_factory=lambda: _float("HUB_RATE_LIMIT", "0", "a number of requests per second",
                                        empty="0"))
@@ -182,6 +199,16 @@ class Settings:
             raise ValueError(f"HUB_TIMEZONE={self.timezone!r} is not a fixed offset: it takes one "
                              f"like +08:00, -05:30 or Z (zone names such as Asia/Shanghai are not "
                              f"supported)")
+        if not -12 * 60 <= _offset_minutes(self.timezone.strip()) <= 14 * 60:
+            raise ValueError(f"HUB_TIMEZONE={self.timezone!r} is not an offset FHIR takes: from "
+                             "-12:00 to +14:00")
+        sqlite_sync()  # the store reads it as it connects: a bad one is said here, at start
+        if self.follow not in FOLLOW:
+            raise ValueError(f"HUB_FOLLOW={self.follow!r} is not threads or none")
+        if self.base_url is not None:
+            _check_base_url(self.base_url)
+        _check_proxies(self.trusted_proxies)
+        _check_profiles(self.required_profiles)
 
     @property
     def follows_here(self) -> bool:
@@ -205,6 +232,62 @@ class Settings:
             return ResourceStore.postgres(self.database_url)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return ResourceStore.sqlite(str(self.event_store_path))
+
+
+def _offset_minutes(zone: str) -> int:
+    """A fixed offset (``ZONE``) in minutes east of UTC."""
+    if zone == "Z":
+        return 0
+    hours, minutes = zone[1:].split(":")
+    return (-1 if zone[0] == "-" else 1) * (int(hours) * 60 + int(minutes))
+
+
+def _check_base_url(url: str) -> None:
+    """HUB_BASE_URL is where clients reach the hub: links, Location and the tokens' audience are
+    made of it, so it must be an absolute http(s) URL."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port that is no number raises here
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname \
+            or any(c.isspace() for c in url):
+        raise ValueError(f"HUB_BASE_URL={url!r} is not an absolute http(s) URL (such as "
+                         "https://hub.example/fhir)")
+
+
+def _check_proxies(specs: tuple[str, ...]) -> None:
+    """Each of HUB_TRUSTED_PROXIES is an IP address or network (a bad one stopped `hub serve` with
+    a traceback once it had said it served)."""
+    import ipaddress
+
+    for spec in specs:
+        try:
+            ipaddress.ip_network(spec, strict=False)
+        except ValueError:
+            raise ValueError(f"HUB_TRUSTED_PROXIES={','.join(specs)!r} is not a comma list of IP "
+                             f"addresses or networks such as 10.0.0.5 or 10.0.0.0/24 ({spec!r} "
+                             "is neither)") from None
+
+
+def _check_profiles(items: tuple[str, ...]) -> None:
+    """Each of HUB_REQUIRED_PROFILES is ``Type=canonical-url`` of a FHIR resource type (one
+    written ``Patient:http://…`` was dropped, and with it the enforcement)."""
+    from urllib.parse import urlsplit
+
+    for item in items:
+        rtype, eq, url = (p.strip() for p in item.partition("="))
+        if not eq or not rtype or not url or not urlsplit(url).scheme or \
+                any(c.isspace() for c in url):
+            raise ValueError(f"HUB_REQUIRED_PROFILES={','.join(items)!r} is not a comma list of "
+                             f"Type=canonical-url ({item!r} is not)")
+        from fhir_mapping.fhir_types import RESOURCE_TYPES
+
+        if rtype not in RESOURCE_TYPES:
+            raise ValueError(f"HUB_REQUIRED_PROFILES={','.join(items)!r} is not a comma list of "
+                             f"Type=canonical-url ({rtype!r} is no FHIR resource type)")
 
 
 def url_host(host: str) -> str:

@@ -18,7 +18,6 @@ Read models (search, timelines, ...) are projections in ``projections/``; these 
 from __future__ import annotations
 
 import functools
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -48,6 +47,7 @@ from hub.core.errors import HubError
 from hub.core.events import DELETED, KIND_OF_TOPIC, TOPICS, ResourceEvent, from_stored, to_stored
 from hub.core.fhirtime import parse_range
 from hub.core.resource import content_hash, identifiers
+from hub.core.sqlitesync import sqlite_sync
 
 # -- events that are no resource (MPI identity decisions, hub/core/identity_events.py) -----------------------
 # They live in the same log (one notification order) under streams of their own kind, with no row
@@ -601,8 +601,7 @@ class _FastSQLitePool(SQLiteConnectionPool):
         conn = self._connect_waiting()
         # WAL is set by eventsourcing; NORMAL sync is durable across process crashes in WAL mode
         # (an OS crash can lose the last transactions, never corrupt). Opt out with HUB_SQLITE_SYNC.
-        sync = os.environ.get("HUB_SQLITE_SYNC", "NORMAL")
-        conn._sqlite_conn.execute(f"PRAGMA synchronous={sync}")
+        conn._sqlite_conn.execute(f"PRAGMA synchronous={sqlite_sync()}")
         return conn
 
     def _connect_waiting(self) -> SQLiteConnection:
