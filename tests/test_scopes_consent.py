@@ -454,3 +454,56 @@ def test_a_patients_own_app_with_an_absolute_fhir_user_reads_past_its_own_opt_ou
     with _patient_app(world, p["id"], f"https://elsewhere.example/fhir/Patient/{p['id']}") as c:
         assert c.get(f"/Observation/{plain['id']}").status_code == 403
 
+
+# -- a write to a record the caller is not shown tells nothing of it ------------------------------
+
+def _answer(r: httpx.Response, rid: str) -> tuple:
+    """What a write's answer tells: status, version headers, the outcome's text (but the id)."""
+    return (r.status_code, r.headers.get("etag"), r.headers.get("location"),
+            r.headers.get("last-modified") is not None, r.text.replace(rid, "ID"))
+
+
+def test_a_write_to_a_hidden_record_tells_nothing_of_it(world):
+    steward = world.live.client_auth(roles=("steward",), scope="system/*.cruds", institution="H2")
+    # H1's own connector is shown what it wrote; a consent hides it from H2
+    p, plain, _ = _records(world, lambda pid: consent(pid, {"type": "deny", "actor": [_org("H2")]}))
+    kept = {**observation(f"Patient/{p['id']}"), "id": unique()[:16]}
+    gone = {**kept, "id": unique()[:16]}
+    with _http(world, world.writer) as c:
+        for d in (kept, gone):
+            assert _put(c, d).status_code == 201
+            assert _put(c, {**d, "status": "amended"}).status_code == 200  # version 2
+        assert c.delete(f"/Observation/{gone['id']}").status_code == 200  # version 3
+    with _http(world, steward) as c:
+        assert c.get(f"/Observation/{kept['id']}").status_code == 403
+        # a wrong If-Match does not name the current version
+        r = _put(c, kept, **{"if-match": 'W/"5"'})
+        assert r.status_code == 412 and "the current version is" not in r.text, r.text
+        # the content stored (as amended) is not told apart from another: both a new version
+        same = _put(c, {**kept, "status": "amended"})
+        other = _put(c, {**kept, "status": "corrected"})
+        assert same.status_code == other.status_code == 200, same.text
+        assert "unchanged" not in same.text and same.json() == other.json()
+        # a deletion answers alike, the record live or deleted, with no version
+        deleted = c.delete(f"/Observation/{kept['id']}")
+        again = c.delete(f"/Observation/{gone['id']}")
+        assert _answer(deleted, kept["id"]) == _answer(again, gone["id"]), again.text
+        assert deleted.status_code == 200 and deleted.headers.get("etag") is None
+        # written again after its deletion, as an update would answer
+        assert _put(c, gone).status_code == 200
+    with _http(world, world.writer) as c:  # the writes were made
+        assert c.get(f"/Observation/{kept['id']}").status_code == 410
+        history = c.get(f"/Observation/{kept['id']}/_history").json()["entry"]
+        assert [e["request"]["method"] for e in history] == ["DELETE", "PUT", "PUT", "PUT", "PUT"]
+        assert [e["resource"]["status"] for e in history[1:3]] == ["corrected", "amended"]
+        assert c.get(f"/Observation/{gone['id']}").headers["etag"] == 'W/"4"'
+        # who is shown the record is told as before
+        mine = {**kept, "id": unique()[:16]}
+        assert _put(c, mine).status_code == 201
+        r = _put(c, mine, **{"if-match": 'W/"9"'})
+        assert r.status_code == 412 and "the current version is 1" in r.text
+        r = _put(c, mine)
+        assert r.status_code == 200 and r.headers["etag"] == 'W/"1"'  # unchanged: no new one
+        assert c.delete(f"/Observation/{mine['id']}").headers.get("etag") == 'W/"2"'
+        assert "already deleted" in c.delete(f"/Observation/{mine['id']}").text
+        assert _put(c, mine).status_code == 201
