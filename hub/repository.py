@@ -926,7 +926,10 @@ class Repository:
             if not self.policy.may_change(ctx.actor, op.rtype, rid, header.get("source") or {}):
                 raise forbidden(f"{op.rtype}/{rid} was written by another institution; this "
                                 "caller changes only its own institution's records")
-            if op.method == "PATCH" and not self._stored_shown(ctx.actor, op.rtype, rid, stored):
+            # a write to a record the caller is not shown goes on (a feed keeps its own records
+            # current whoever a consent hides them from), its answer telling nothing of it
+            op.hidden = not self._stored_shown(ctx.actor, op.rtype, rid, stored)
+            if op.method == "PATCH" and op.hidden:
                 raise forbidden(f"{op.rtype}/{rid} is not shown to this caller; a patch reads it")
             if not body.strip():  # a deletion: nothing it replaces
                 return

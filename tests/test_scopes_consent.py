@@ -6,12 +6,14 @@ token from the token endpoint (SMART Backend Services), asking for the scopes un
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
 
+from hub.auth.signer import Signer
 from tests.api_helpers import consent, observation, patient, unique
 from tests.conftest import FHIR_JSON, LiveServer, make_settings
 
@@ -348,3 +350,160 @@ def test_purpose_data_and_what_is_not_judged(world, readers):
         {"system": ACTCODE, "code": "OPTOUT"}]}))
     assert not _sees(world, readers["H2"], plain) and _sees(world, readers["H1"], plain)
 
+
+
+# -- references a Consent names: versions, this server's base, another server's ------------------
+
+def _org_ref(reference: str) -> dict:
+    return {"role": {"coding": [{"code": "PRCP"}]}, "reference": {"reference": reference}}
+
+
+def test_an_actor_named_by_a_version_or_on_this_servers_base_is_that_institution(world, readers):
+    for named in ("Organization/H2/_history/1", f"{world.live.base}/Organization/H2"):
+        p, plain, _ = _records(world, lambda pid, named=named: consent(pid, {
+            "type": "permit", "provision": [{"type": "deny", "actor": [_org_ref(named)]}]}))
+        assert not _sees(world, readers["H2"], plain), named
+        assert _sees(world, readers["H3"], plain), named
+    # the recording institution named by a version is still the one a bare deny spares
+    p, plain, _ = _records(world, lambda pid: {
+        **consent(pid, {"type": "deny"}), "organization": [
+            {"reference": "Organization/H1/_history/3"}]})
+    assert _sees(world, readers["H1"], plain) and not _sees(world, readers["H2"], plain)
+    # another server's H2 is not this one's: a permit for it opens nothing, a deny of it hides
+    # (what cannot be told hides rather than shows)
+    elsewhere = "https://elsewhere.example/fhir/Organization/H2"
+    p, plain, _ = _records(world, lambda pid: consent(pid, {
+        "type": "deny", "provision": [{"type": "permit", "actor": [_org_ref(elsewhere)]}]}))
+    assert not _sees(world, readers["H2"], plain)
+    p, plain, _ = _records(world, lambda pid: consent(pid, {
+        "type": "permit", "provision": [{"type": "deny", "actor": [_org_ref(elsewhere)]}]}))
+    assert not _sees(world, readers["H2"], plain) and not _sees(world, readers["H3"], plain)
+
+
+def test_a_record_named_by_a_version_is_denied_whole(world, readers):
+    holder: dict = {}
+
+    def named(pid: str) -> dict:
+        holder["id"] = unique()[:16]
+        return consent(pid, {"type": "permit", "provision": [
+            {"type": "deny", "data": [{"meaning": "instance", "reference": {
+                "reference": f"Observation/{holder['id']}/_history/1"}}]}]})
+    p, plain, _ = _records(world, named)
+    hidden = {**observation(f"Patient/{p['id']}"), "id": holder["id"]}
+    with _http(world, world.writer) as c:
+        assert _put(c, hidden).status_code == 201
+        assert _put(c, {**hidden, "status": "amended"}).status_code == 200  # version 2
+    assert not _sees(world, readers["H2"], hidden) and _sees(world, readers["H2"], plain)
+    with _http(world, readers["H2"]) as c:
+        assert c.get(f"/Observation/{hidden['id']}/_history/1").status_code == 403
+    # on this server's base alike; another server's record of that id is not this one
+    holder.clear()
+
+    def absolute(pid: str) -> dict:
+        holder["id"] = unique()[:16]
+        return consent(pid, {"type": "deny", "provision": [
+            {"type": "permit", "data": [{"meaning": "instance", "reference": {
+                "reference": f"https://elsewhere.example/fhir/Observation/{holder['id']}"}}]},
+            {"type": "permit", "actor": [_org("H2")], "provision": [
+                {"type": "deny", "data": [{"meaning": "instance", "reference": {
+                    "reference": f"{world.live.base}/Observation/{holder['id']}"}}]}]}]})
+    p, plain, _ = _records(world, absolute)
+    named_one = {**observation(f"Patient/{p['id']}"), "id": holder["id"]}
+    with _http(world, world.writer) as c:
+        assert _put(c, named_one).status_code == 201
+    assert _sees(world, readers["H2"], plain) and not _sees(world, readers["H2"], named_one)
+    assert not _sees(world, readers["H3"], named_one)  # the permit of another server's: none
+
+
+def test_a_base_of_no_type_under_another_policy_rule_keeps_its_nested_denies(world, readers):
+    for rule in ({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentpolicycodes",
+                              "code": "hipaa-auth"}]}, None):
+        extra = {"policyRule": rule} if rule else {}
+        p, plain, psy = _records(world, lambda pid, extra=extra: consent(pid, {
+            "provision": [{"type": "deny", "securityLabel": [
+                {"system": ACTCODE, "code": "PSY"}]}]}, **extra))
+        assert not _sees(world, readers["H2"], psy), rule
+        assert _sees(world, readers["H2"], plain) and _sees(world, readers["H1"], psy), rule
+        # a nested provision of no type under it reads as a deny too
+        p, plain, psy = _records(world, lambda pid, extra=extra: consent(pid, {
+            "provision": [{"actor": [_org("H3")]}]}, **extra))
+        assert not _sees(world, readers["H3"], plain) and _sees(world, readers["H2"], plain)
+
+
+# -- a patient's own app, its fhirUser absolute as SMART gives it ---------------------------------
+
+def _patient_app(world: World, pid: str, fhir_user: str) -> httpx.Client:
+    live = world.live
+    claims = {"iss": live.origin + "/auth", "aud": live.base, "sub": f"user-{pid}",
+              "scope": "patient/*.rs", "patient": pid, "hub_roles": ["clinician"],
+              "fhirUser": fhir_user}
+    token = Signer(live.settings.data_dir).issue(claims, 300)
+    return httpx.Client(base_url=live.base, timeout=30,
+                        headers={"authorization": f"Bearer {token}",
+                                 "accept": "application/fhir+json"})
+
+
+def test_a_patients_own_app_with_an_absolute_fhir_user_reads_past_its_own_opt_out(world):
+    assert not os.environ.get("HUB_BASE_URL")  # the base is the one the server listens on
+    # no sharing beyond H1: the app, of no institution, is held to it unless it is the patient's
+    p, plain, _ = _records(world, lambda pid: consent(pid, {"type": "deny"}))
+    for me in (f"Patient/{p['id']}", f"{world.live.base}/Patient/{p['id']}"):
+        with _patient_app(world, p["id"], me) as c:
+            assert c.get(f"/Observation/{plain['id']}").status_code == 200, me
+    # another server's Patient of that id is someone else: held to the consent
+    with _patient_app(world, p["id"], f"https://elsewhere.example/fhir/Patient/{p['id']}") as c:
+        assert c.get(f"/Observation/{plain['id']}").status_code == 403
+
+
+# -- a write to a record the caller is not shown tells nothing of it ------------------------------
+
+def _answer(r: httpx.Response, rid: str) -> tuple:
+    """What a write's answer tells: status, version headers, the outcome's text (but the id)."""
+    return (r.status_code, r.headers.get("etag"), r.headers.get("location"),
+            r.headers.get("last-modified") is not None, r.text.replace(rid, "ID"))
+
+
+def test_a_write_to_a_hidden_record_tells_nothing_of_it(world):
+    steward = world.live.client_auth(roles=("steward",), scope="system/*.cruds", institution="H2")
+    # H1's own connector is shown what it wrote; a consent hides it from H2
+    p, plain, _ = _records(world, lambda pid: consent(pid, {"type": "deny", "actor": [_org("H2")]}))
+    kept = {**observation(f"Patient/{p['id']}"), "id": unique()[:16]}
+    gone = {**kept, "id": unique()[:16]}
+    with _http(world, world.writer) as c:
+        for d in (kept, gone):
+            assert _put(c, d).status_code == 201
+            assert _put(c, {**d, "status": "amended"}).status_code == 200  # version 2
+        assert c.delete(f"/Observation/{gone['id']}").status_code == 200  # version 3
+    with _http(world, steward) as c:
+        assert c.get(f"/Observation/{kept['id']}").status_code == 403
+        # a wrong If-Match does not name the current version
+        r = _put(c, kept, **{"if-match": 'W/"5"'})
+        assert r.status_code == 412 and "the current version is" not in r.text, r.text
+        # the content stored (as amended) is not told apart from another: both a new version
+        same = _put(c, {**kept, "status": "amended"})
+        other = _put(c, {**kept, "status": "corrected"})
+        assert same.status_code == other.status_code == 200, same.text
+        assert "unchanged" not in same.text and same.json() == other.json()
+        # a deletion answers alike, the record live or deleted, with no version
+        deleted = c.delete(f"/Observation/{kept['id']}")
+        again = c.delete(f"/Observation/{gone['id']}")
+        assert _answer(deleted, kept["id"]) == _answer(again, gone["id"]), again.text
+        assert deleted.status_code == 200 and deleted.headers.get("etag") is None
+        # written again after its deletion, as an update would answer
+        assert _put(c, gone).status_code == 200
+    with _http(world, world.writer) as c:  # the writes were made
+        assert c.get(f"/Observation/{kept['id']}").status_code == 410
+        history = c.get(f"/Observation/{kept['id']}/_history").json()["entry"]
+        assert [e["request"]["method"] for e in history] == ["DELETE", "PUT", "PUT", "PUT", "PUT"]
+        assert [e["resource"]["status"] for e in history[1:3]] == ["corrected", "amended"]
+        assert c.get(f"/Observation/{gone['id']}").headers["etag"] == 'W/"4"'
+        # who is shown the record is told as before
+        mine = {**kept, "id": unique()[:16]}
+        assert _put(c, mine).status_code == 201
+        r = _put(c, mine, **{"if-match": 'W/"9"'})
+        assert r.status_code == 412 and "the current version is 1" in r.text
+        r = _put(c, mine)
+        assert r.status_code == 200 and r.headers["etag"] == 'W/"1"'  # unchanged: no new one
+        assert c.delete(f"/Observation/{mine['id']}").headers.get("etag") == 'W/"2"'
+        assert "already deleted" in c.delete(f"/Observation/{mine['id']}").text
+        assert _put(c, mine).status_code == 201

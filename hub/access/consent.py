@@ -5,31 +5,34 @@ dated in the future (``dateTime``; R4 has no ``Consent.period``, the provisions'
 when). Its ``organization`` is the recording institution.
 
 **The provisions.** The base ``provision`` says ``permit`` or ``deny`` (``type``; without one,
-``policyRule`` ``OPTIN`` reads as permit and ``OPTOUT`` as deny, else the Consent is not
-applied). Each nested ``provision`` is an exception to the one holding it (of the opposite type
-when it names none), nested to any depth. A provision applies to an access when all of its
-conditions hold:
+``policyRule`` ``OPTIN`` reads as permit and ``OPTOUT`` as deny, any other rule or none as
+permit: what such a base means is not known, but its nested denies apply whatever it is). Each
+nested ``provision`` is an exception to the one holding it (of the opposite type when it names
+none), nested to any depth. A provision applies to an access when all of its conditions hold:
 
 - ``actor[].reference``: the caller's institution is one named (an Organization, by its id
-  ``Organization/H0001`` or identifier value). A provision naming no actor applies to every
-  caller, except that a ``deny`` naming no actor spares the recording institution (a patient's
-  "no sharing" means beyond the place that recorded it).
+  ``Organization/H0001``, a version of it, absolute on this server's base, or by identifier
+  value). A provision naming no actor applies to every caller, except that a ``deny`` naming
+  no actor spares the recording institution (a patient's "no sharing" means beyond the place
+  that recorded it).
 - ``securityLabel``, ``class``, ``code``: the resource carries one of those codes (in
   ``meta.security`` or anywhere as a ``code``), or its type is a ``class`` code.
 - ``period``: now is inside it.
 - ``purpose``: the caller's purpose of use (``X-Purpose-Of-Use``) is one listed.
 - ``action``: it lists ``access``, ``use`` or ``disclose`` (what a reader does); a provision
   only about ``collect`` or ``correct`` does not apply to reads.
-- ``data[].reference``: the resource is one named (whatever ``meaning``: ``related``,
-  ``dependents`` and ``authoredby`` are read as ``instance``).
+- ``data[].reference``: the resource is one named, as ``Type/id``, a version of it (the
+  resource, every version) or absolute on this server's base (whatever ``meaning``:
+  ``related``, ``dependents`` and ``authoredby`` are read as ``instance``).
 
 The deepest provision that applies decides (a ``deny`` among exceptions that apply at one level
 wins); when the base provision does not apply the Consent decides nothing. Not judged:
-``dataPeriod``, and an actor that is not an Organization; a provision holding one applies when
-it denies (its other conditions holding) and never when it permits, so what cannot be checked
-hides rather than shows. Several Consents of one Patient: any that denies hides the resource; a
-permit does not undo another Consent's deny. ``verification``, ``scope``, ``category`` and
-``source`` are not read.
+``dataPeriod``, an actor that is not an Organization, and a reference (``actor``, ``data``)
+that names nothing of this server (another server's, a contained one); a provision holding one
+applies when it denies (its other conditions holding) and never when it permits, so what cannot
+be checked hides rather than shows. Several Consents of one Patient: any that denies hides the
+resource; a permit does not undo another Consent's deny. ``verification``, ``scope``,
+``category`` and ``source`` are not read.
 
 Examples: a base ``deny`` with nothing else (no sharing beyond the recording institution); a
 base ``deny`` naming ``Organization/H2`` (that institution sees nothing); a base ``permit`` with
@@ -60,7 +63,9 @@ from typing import Any
 
 import orjson
 
+from hub.core.access import own_base
 from hub.core.fhirtime import parse_range
+from projections.search.plan import local_target
 
 _CODE = re.compile(rb'"code"\s*:\s*"([^"]{1,64})"')
 PERMIT, DENY = "permit", "deny"
@@ -147,12 +152,23 @@ class ConsentRule:
         return self.decide(access) == DENY
 
 
-def _institution_of(ref: Any) -> str | None:
+Bases = tuple[str | None, ...]  # this server's base URLs, each ending in a slash
+
+
+def _target(ref: Any, bases: Bases) -> tuple[str, str] | None:
+    """(type, id) of a reference to a resource of this server: ``Type/id``, a version of it
+    (``Type/id/_history/2``), or absolute on one of ``bases``; None for anything else (another
+    server's, a contained or logical one), which a caller of this judges as not understood."""
+    return local_target(ref, bases) if isinstance(ref, str) else None
+
+
+def _institution_of(ref: Any, bases: Bases) -> str | None:
     if not isinstance(ref, dict):
         return None
     r = ref.get("reference")
-    if isinstance(r, str) and "Organization/" in r:
-        return r.rsplit("Organization/", 1)[1] or None
+    if r is not None:
+        target = _target(r, bases)
+        return target[1] if target is not None and target[0] == "Organization" else None
     ident = ref.get("identifier")
     if isinstance(ident, dict) and isinstance(ident.get("value"), str):
         return ident["value"]
@@ -183,13 +199,13 @@ def _period(p: Any) -> tuple[float, float] | None:
     return lo, hi
 
 
-def _provision(d: dict, type_: str | None) -> Provision | None:
+def _provision(d: dict, type_: str | None, bases: Bases) -> Provision | None:
     if type_ not in (PERMIT, DENY):
         return None
     period = _period(d.get("period"))
     p = Provision(type_, period=period or _ALWAYS, unjudged=period is None)
     for actor in d.get("actor") or ():
-        inst = _institution_of((actor or {}).get("reference"))
+        inst = _institution_of((actor or {}).get("reference"), bases)
         if inst:
             p.institutions.add(inst)
         else:
@@ -200,9 +216,11 @@ def _provision(d: dict, type_: str | None) -> Provision | None:
     actions = _codes(d.get("action"))
     p.reads = not actions or bool(actions & READING_ACTIONS)
     for item in d.get("data") or ():
-        ref = ((item or {}).get("reference") or {}).get("reference")
-        if isinstance(ref, str) and "/" in ref:
-            p.data.add("/".join(ref.rsplit("/", 2)[-2:]))
+        # a version named is the resource named: a reader is shown a record (its current
+        # version and its history), and hiding one version would leave the same record shown
+        target = _target(((item or {}).get("reference") or {}).get("reference"), bases)
+        if target is not None:
+            p.data.add("/".join(target))
         else:
             p.unjudged = True
     if d.get("dataPeriod"):
@@ -210,25 +228,29 @@ def _provision(d: dict, type_: str | None) -> Provision | None:
     opposite = PERMIT if type_ == DENY else DENY
     for child in d.get("provision") or ():
         if isinstance(child, dict):
-            nested = _provision(child, child.get("type") or opposite)
+            nested = _provision(child, child.get("type") or opposite, bases)
             if nested is not None:
                 p.nested.append(nested)
     return p
 
 
-def rule_of(d: dict) -> tuple[str, ConsentRule] | None:
-    """(Patient id, rule) of an active Consent with a base provision, else None."""
+def rule_of(d: dict, bases: Bases = ()) -> tuple[str, ConsentRule] | None:
+    """(Patient id, rule) of an active Consent, else None. ``bases``: this server's base URLs
+    (with ``HUB_BASE_URL``'s), on which an absolute reference is one of its own."""
     if d.get("status") != "active":
         return None
+    bases = (*bases, own_base())
     patient = ((d.get("patient") or {}).get("reference") or "")
-    if "Patient/" not in patient:
+    if not isinstance(patient, str) or "Patient/" not in patient:
         return None
     base = d.get("provision") or {}
     if not isinstance(base, dict):
         return None
     policy = _codes([d.get("policyRule")]) if isinstance(d.get("policyRule"), dict) else set()
-    fallback = DENY if "OPTOUT" in policy else PERMIT if "OPTIN" in policy else None
-    provision = _provision(base, base.get("type") or fallback)
+    # a base of no type under another rule (or none) decides nothing of its own, but its
+    # nested denies hold whatever it means: read as a permit, what it holds are exceptions
+    fallback = DENY if "OPTOUT" in policy else PERMIT
+    provision = _provision(base, base.get("type") or fallback, bases)
     if provision is None:
         return None
     lo = float("-inf")
@@ -237,11 +259,16 @@ def rule_of(d: dict) -> tuple[str, ConsentRule] | None:
             lo = parse_range(d["dateTime"])[0]
         except ValueError:
             return None
-    orgs = [_institution_of(o) for o in d.get("organization") or ()]
+    orgs = [_institution_of(o, bases) for o in d.get("organization") or ()]
     rule = ConsentRule(f"Consent/{d.get('id')}", next((o for o in orgs if o), None), provision,
                        (lo, float("inf")))
-    # a version of the Patient (Patient/x/_history/2) is the same person
-    return patient.rsplit("Patient/", 1)[1].split("/", 1)[0], rule
+    # a version of the Patient (Patient/x/_history/2) is the same person; a Patient written
+    # otherwise (on another base) is taken by its id: a Consent is never set aside for how it
+    # names its patient, so what cannot be told hides rather than shows
+    target = _target(patient, bases)
+    pid = target[1] if target is not None and target[0] == "Patient" \
+        else patient.rsplit("Patient/", 1)[1].split("/", 1)[0]
+    return pid, rule
 
 
 FRESH_S = 0.25  # how long a check that no Consent was written holds
@@ -250,8 +277,10 @@ FRESH_S = 0.25  # how long a check that no Consent was written holds
 class ConsentIndex:
     """Patient id -> the rules of its active Consents, read from the store."""
 
-    def __init__(self, store: Any):
+    def __init__(self, store: Any, base: str | None = None):
+        """``base``: this server's FHIR base URL (an absolute reference on it is its own)."""
         self.store = store
+        self.bases: Bases = (base.rstrip("/") + "/",) if base else ()
         self._lock = threading.Lock()
         self._seen: int | None = None  # the newest Consent version's notification id
         self._checked = 0.0  # when that was last asked
@@ -297,7 +326,7 @@ class ConsentIndex:
                 if not state:
                     continue
                 try:
-                    found = rule_of(orjson.loads(state.partition(b"\n")[2]))
+                    found = rule_of(orjson.loads(state.partition(b"\n")[2]), self.bases)
                 except orjson.JSONDecodeError:
                     continue
                 if found is not None:

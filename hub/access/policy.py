@@ -122,8 +122,11 @@ class AccessPolicy:
     """The policy of a hub with access control on; ``consents``: the patients' privacy
     preferences (``hub.access.consent``), applied to everything handed out."""
 
-    def __init__(self, consents: ConsentIndex | None = None):
+    def __init__(self, consents: ConsentIndex | None = None, base: str | None = None):
+        """``base``: this server's FHIR base URL, its tokens' audience (a token's absolute
+        ``fhirUser`` on it names a Patient of this server)."""
         self.consents = consents
+        self.base = base.rstrip("/") + "/" if base else None
 
     def check(self, actor: Actor, action: Action) -> None:
         if actor.kind == "system":
@@ -258,7 +261,7 @@ class AccessPolicy:
         # a Consent governs disclosure to others: the patient reading its own record is not
         # held to its own (its right of access), everyone else is, its clinicians in its
         # context included
-        own = f"Patient/{actor.patient}" if is_the_patient(actor) else None
+        own = f"Patient/{actor.patient}" if is_the_patient(actor, self.base) else None
         access: Access | None = None
         for ref in patients_in(rtype, rid, resource):
             if ref == own:
@@ -326,10 +329,14 @@ def _admitted(granting: list[Scope], patient: str | None, rtype: str, rid: str, 
     return False
 
 
-def is_the_patient(actor: Actor) -> bool:
+def is_the_patient(actor: Actor, base: str | None = None) -> bool:
     """Is the caller the patient in its context: its token's ``fhirUser`` is that Patient (a
-    patient's own app), not a clinician or a client acting in the patient's context?"""
-    return actor.patient is not None and actor.fhir_user in _patient_refs(actor.patient)
+    patient's own app), not a clinician or a client acting in the patient's context? SMART
+    gives ``fhirUser`` absolute: on ``base`` (the tokens' audience, ending in a slash) too."""
+    if actor.patient is None:
+        return False
+    own = {f"{base}Patient/{actor.patient}"} if base else set()
+    return actor.fhir_user in _patient_refs(actor.patient) | own
 
 
 def _patient_refs(patient: str) -> set[str]:

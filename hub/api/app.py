@@ -169,7 +169,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         # the access policy: the one given, else with access control on the roles, scopes and
         # the patients' consents (read from this store)
         active = policy if policy is not None else (
-            AccessPolicy(ConsentIndex(store)) if settings.auth else OPEN)
+            AccessPolicy(ConsentIndex(store, settings.base_url), settings.base_url)
+            if settings.auth else OPEN)
         repo = Repository(hub, search=search, policy=active,
                           audit=AccessAudit(audit) if settings.audit else None,
                           audit_records=audit_log)

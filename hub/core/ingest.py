@@ -106,9 +106,13 @@ class Op:
     target: str | None = None
     existing: bool = False  # conditional create matched: nothing to write
     matched: bool = False  # the target is what its criteria found (it must not change till commit)
+    # the caller may change the target but not read it (``Authorize`` says so): the answer tells
+    # nothing of it as stored (its version, its content, its deletion)
+    hidden: bool = False
 
 
-# Shown a write and the stored resource it would change; raises a FhirError to refuse it.
+# Shown a write and the stored resource it would change; raises a FhirError to refuse it, and
+# sets ``Op.hidden`` when the caller may not read what is stored.
 Authorize = Callable[[Op, StoredEvent], None]
 # Which of these ids of a type, found by the criteria, the caller sees (through what it sees,
 # for a ``_has`` or a chain): a conditional write's criteria match only those. A match hidden
@@ -307,6 +311,7 @@ class Hub:
         # and patched (before the references: a patch may add one to an entry)
         for i in list(planned):
             op = ops[i]
+            op.hidden = False  # of this attempt's target
             if (authorize is None and op.method != "PATCH") or op.existing or op.target is None:
                 continue
             stored = self.store.latest(op.rtype, op.target)
@@ -728,15 +733,18 @@ class Hub:
             if head is None and op.query is not None:  # the target is one the hub would mint
                 raise precondition_failed(f"If-Match: * but no {op.rtype} matched the criteria")
             if head is None or head.deleted:  # If-Match: * holds of a current resource only
-                raise precondition_failed(f"If-Match: * but {op.rtype}/{op.target} "
-                                          f"{'does not exist' if head is None else 'is deleted'}")
+                raise precondition_failed(f"If-Match: * but {op.rtype}/{op.target} " + (
+                    "does not exist or is deleted" if op.hidden else
+                    "does not exist" if head is None else "is deleted"))
         elif op.if_match is not None and op.if_match != current:
             raise precondition_failed(
-                f"If-Match wanted version {op.if_match} of {op.rtype}/{op.target}, "
-                f"the current version is {current}"
-            )
+                f"If-Match wanted version {op.if_match} of {op.rtype}/{op.target}, " + (
+                    "not its current version" if op.hidden else
+                    f"the current version is {current}"))
         request: dict[str, Any] = {"method": op.method, "url": op.url, "requestId": ctx.request_id}
         if op.method == "DELETE":
+            if op.hidden and head is not None and head.deleted:
+                return Result(200, op.rtype, op.target)  # as the deletion of a live one answers
             if head is None or head.deleted:
                 return Result(200, op.rtype, op.target, issues=[
                     Issue("not-found", f"{op.rtype}/{op.target} does not exist or is already deleted",
@@ -746,6 +754,8 @@ class Hub:
             event = ResourceEvent(DELETED, op.rtype, op.target, current + 1, last_updated, b"",
                                   ctx.source, request)
             commit.add(event, b"", [], ts)
+            if op.hidden:  # its version would tell how many the hidden record had
+                return Result(200, op.rtype, op.target)
             return Result(200, op.rtype, op.target, current + 1, last_updated)
         assert op.d is not None  # a POST or PUT carries its resource, a PATCH its result
         where = f"{op.where}.resource" if op.where else op.rtype
@@ -754,7 +764,8 @@ class Hub:
         except TypeError:  # orjson cannot write it (a lone surrogate?): it was never validated
             jsontext.refuse_bad_text(op.d, where)
             raise bad_request("The resource cannot be written as JSON", where) from None
-        if head is not None and not head.deleted and head.content_hash == h:
+        # a caller that may not read the stored content is not told it sent the same: a new version
+        if head is not None and not head.deleted and head.content_hash == h and not op.hidden:
             # Body and lastUpdated are filled in by complete() only if the caller shows them.
             return Result(200, op.rtype, op.target, head.version, issues=[
                 Issue("informational", "Content unchanged; no new version", "information")])
@@ -766,7 +777,7 @@ class Hub:
         kind = CREATED if head is None else UPDATED
         commit.add(ResourceEvent(kind, op.rtype, op.target, version, last_updated, body,
                                  ctx.source, request), h, res.identifiers(op.d), ts)
-        created = head is None or head.deleted
+        created = head is None or (head.deleted and not op.hidden)  # a hidden deletion untold
         return Result(201 if created else 200, op.rtype, op.target, version, last_updated, body)
 
     def complete(self, result: Result, ctx: Context | None = None) -> Result:
