@@ -30,6 +30,7 @@ import orjson
 from connectors.base import Accepted, Envelope
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from hub.core.jsontext import loads_exact
+from hub.core.sqlitefile import naming, refuse_empty
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS payloads (
@@ -127,14 +128,16 @@ class Spool:
         self._converters: dict[str, Converter] = {}
         self._lock = threading.RLock()
         self.store_error: tuple[float, str] | None = None  # the last accept's failure, if any
+        refuse_empty(self.path, "the connector's spool")  # accepted units not yet delivered
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
                                    timeout=30)
-        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect in a new file only
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk before a sender is acknowledged (survives power loss too);
-        # NORMAL survives a killed process, which is all a benchmark needs.
-        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        self._db.executescript(SCHEMA)
+        with naming(self.path):
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect in a new file only
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before a sender is acknowledged (survives power loss
+            # too); NORMAL survives a killed process, which is all a benchmark needs.
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._db.executescript(SCHEMA)
         self.changed = threading.Condition(self._lock)  # notified when units arrive
         self._finished = 0
 

@@ -25,6 +25,7 @@ REGISTRY_FILE = "connectors.sqlite"
 TIMEOUT_S = 3.0
 REPLAY_TIMEOUT_S = 60.0  # a replay of every open dead letter converts each again
 
+WHAT = "the connector daemons' registry"  # what the file holds (its refusal says)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS daemon (
     name  TEXT PRIMARY KEY,
@@ -44,7 +45,7 @@ class Daemon:
 class DaemonRegistry:
     def __init__(self, data_dir: Path):
         self.path = Path(data_dir) / REGISTRY_FILE
-        create(self.path, _SCHEMA)
+        create(self.path, _SCHEMA, WHAT)
 
     def _db(self) -> AbstractContextManager[sqlite3.Connection]:
         return connection(self.path)

@@ -48,6 +48,7 @@ OPERATORS = frozenset({"admin"})  # who may read or cancel another caller's expo
 _NAME = re.compile(r"^[A-Za-z]{1,64}\.[0-9]{1,9}\.ndjson$")
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
+WHAT = "the bulk exports' ledger"  # what the file holds (its refusal says)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS export (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, status TEXT NOT NULL, request TEXT NOT NULL,
@@ -163,7 +164,7 @@ class Exports:
         # is an export's owner a client revoked since? Its exports are cancelled, files removed
         self.revoked = revoked or (lambda owner: False)
         self.jobs = Jobs(data_dir)
-        create(self.path, _SCHEMA)
+        create(self.path, _SCHEMA, WHAT)
         self._stopping = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self.sweep()

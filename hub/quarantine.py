@@ -20,6 +20,7 @@ import orjson
 
 from hub.core.errors import FhirError
 from hub.core.fhirtime import local_offset
+from hub.core.sqlitefile import naming, refuse_empty
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -55,6 +56,7 @@ class Quarantine:
         self.path = str(path)
         self.quota = quota
         self._lock = threading.Lock()
+        refuse_empty(self.path, "the quarantine")  # documents kept nowhere else
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         # API workers starting together on a new file: switching it to WAL and creating the
         # tables can meet "database is locked" without waiting (SQLite does not wait there), so
@@ -63,7 +65,8 @@ class Quarantine:
         deadline = time.monotonic() + 30
         while True:
             try:
-                self._create()
+                with naming(self.path):
+                    self._create()
                 break
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) or time.monotonic() > deadline:

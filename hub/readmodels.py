@@ -12,6 +12,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from hub.core.sqlitefile import UnreadableDatabase, naming
 from projections.contract import ReadModel
 
 M = TypeVar("M")
@@ -40,7 +41,15 @@ class ReadModelSpec:
         return Path(data_dir) / self.file
 
     def open(self, data_dir: Path) -> ListedReadModel:
-        return self.model_class()(self.path(data_dir))
+        """Opened, its tables created if new; a file that is no database (or a corrupt one) is
+        an ``UnreadableDatabase`` naming it (``hub projections rebuild`` replaces it)."""
+        path = self.path(data_dir)
+        try:
+            with naming(path):
+                return self.model_class()(path)
+        except UnreadableDatabase as e:
+            raise UnreadableDatabase(path, e.cause, "it is made from the event log again by "
+                                     f"hub projections rebuild {self.name}") from None
 
 
 READ_MODELS: tuple[ReadModelSpec, ...] = (

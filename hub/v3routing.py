@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from hub.core.errors import HubError
+from hub.core.sqlitefile import naming, refuse_empty
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS subscription (
@@ -135,13 +136,15 @@ class Routes:
     def __init__(self, path: Path | str, synchronous: str = "FULL"):
         self.path = str(path)
         self._lock = threading.Lock()
+        refuse_empty(self.path, "the v3 subscriptions and routed messages")
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
                                    timeout=30)
         deadline = time.monotonic() + 30
         while True:  # processes opening a new file together: see hub.quarantine
             try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.executescript(SCHEMA)
+                with naming(self.path):
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                    self._db.executescript(SCHEMA)
                 break
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) or time.monotonic() > deadline:

@@ -64,6 +64,15 @@ class ReadModel(Protocol):
         """Release its files and connections."""
         ...
 
+    def followed_log(self) -> str | None:
+        """The identity of the event log it was built from (``ResourceStore.log_id``); None
+        when it has recorded none (a model from before they were recorded)."""
+        ...
+
+    def follow_log(self, log_id: str) -> None:
+        """Record ``log_id`` as the log it follows (an empty model, or one adopting its log)."""
+        ...
+
     def stale(self) -> str | None:
         """Why its answers fall short of what the hub would now give: rows holding times of
         values without a zone read in another zone than ``HUB_TIMEZONE`` (until a rebuild),

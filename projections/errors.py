@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hub.core.errors import HubError
 
-__all__ = ["QueryError"]
+__all__ = ["NotThisLog", "QueryError"]
 
 
 class QueryError(HubError, ValueError):
@@ -12,3 +12,10 @@ class QueryError(HubError, ValueError):
     the quality report and the unmapped-codes worklist."""
 
     error_code = "invalid"
+
+
+class NotThisLog(HubError):
+    """A read model whose rows are not the event log's: its position is beyond the log's end,
+    or it was built from another log. It is not followed until rebuilt (or the log restored)."""
+
+    error_code = "config"

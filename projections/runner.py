@@ -18,6 +18,7 @@ from eventsourcing.persistence import IntegrityError, Notification
 
 from hub.core.store import ResourceStore
 from projections.contract import ReadModel
+from projections.errors import NotThisLog
 
 log = logging.getLogger("projections.runner")
 IDLE_STEP = 5.0  # the longest an idle runner with a LogWatch goes without a step of its own
@@ -96,13 +97,52 @@ class Runner:
         self._thread: threading.Thread | None = None
         self._watch: LogWatch | None = None
         self.error: BaseException | None = None
+        self._log_checked = False  # the model follows this log (``check``, once per runner)
 
     def lag(self) -> int:
-        """Notifications in the log that the model has not applied yet."""
+        """Notifications in the log that the model has not applied yet (``problem`` says whether
+        the model is beyond the log's end instead)."""
         return max(0, self.store.max_notification_id() - self.model.position())
 
+    def problem(self, end: int | None = None) -> str | None:
+        """Why the model cannot follow this log, or None: its position is beyond the log's end
+        (``end``, else read now), or it was built from another log (its recorded log id is not
+        the store's). Either way its rows are not this log's: following on would serve them as
+        current ("lag 0") and index nothing new until the log passed the position. An empty
+        model, and one that recorded no log (built before log ids were recorded: backward
+        compatible), adopts this log here."""
+        name = self.model.name
+        position = self.model.position()
+        end = self.store.max_notification_id() if end is None else end
+        # the read model a rebuild of which starts it again (the automatic matching's is the
+        # candidate index)
+        fix = (f"rebuild it (hub projections rebuild {getattr(self.model, 'rebuilt_by', name)}) "
+               "or restore the event log it was built from")
+        if position > end:
+            return (f"the read model {name} is at position {position}, beyond the event log's "
+                    f"end ({end}): it was built from another log, or the log lost events; {fix}")
+        ours = self.store.log_id()
+        theirs = self.model.followed_log()
+        if theirs == ours:
+            return None
+        if theirs is None or position == 0:
+            self.model.follow_log(ours)
+            return None
+        return (f"the read model {name} was built from another event log (log id {theirs}, "
+                f"this one's is {ours}); {fix}")
+
+    def check(self) -> None:
+        """``problem`` as an error (``NotThisLog``)."""
+        if (problem := self.problem()) is not None:
+            raise NotThisLog(problem)
+
     def step(self) -> int:
-        """Apply the next batch; how many notifications it held."""
+        """Apply the next batch; how many notifications it held. The first step of a runner
+        checks that the model follows this log (``check``), and refuses to apply until it
+        does."""
+        if not self._log_checked:
+            self.check()
+            self._log_checked = True
         with self._stepping:
             # a bulk load (rebuild) takes bigger bites: fewer commits, same bounded memory
             size = self.batch * 5 if self.model.bulk else self.batch
@@ -156,7 +196,9 @@ class Runner:
                 self.model.caught_up()
 
     def rebuild(self, progress: Callable[[int], object] | None = None) -> int:
+        """From nothing: the emptied model adopts this log at its first step."""
         self.model.reset()
+        self._log_checked = False
         return self.catch_up(progress)
 
     def sync(self, timeout: float = 5.0) -> bool:
@@ -219,8 +261,11 @@ class Runner:
                     if self.error is None or repr(self.error) != repr(e):
                         # said once per new failure: a step failing the same way every second
                         # would otherwise stall the model with only /ready's lag to show it
-                        log.warning("%s: step failed, retried every second: %s: %s",
-                                    self.model.name, type(e).__name__, e)
+                        if isinstance(e, NotThisLog):  # checked again every second
+                            log.error("%s: not followed: %s", self.model.name, e)
+                        else:
+                            log.warning("%s: step failed, retried every second: %s: %s",
+                                        self.model.name, type(e).__name__, e)
                     self.error = e
                     self._stop.wait(1.0)
 

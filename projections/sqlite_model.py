@@ -36,6 +36,25 @@ def record_position(tracking: SQLiteTrackingRecorder, c: Any, name: str,
     tracking._insert_tracking(c, Tracking(name, position))
 
 
+# the identity of the event log each tracking name of the file was built from
+FOLLOWED_LOG = ("CREATE TABLE IF NOT EXISTS followed_log (name TEXT PRIMARY KEY, "
+                "log_id TEXT NOT NULL)")
+
+
+def followed_log(datastore: FastSQLiteDatastore, name: str) -> str | None:
+    """The log ``name`` recorded as the one it follows, if any."""
+    with datastore.transaction(commit=False) as c:
+        c.execute("SELECT log_id FROM followed_log WHERE name=?", (name,))
+        found = c.fetchone()
+    return str(found[0]) if found else None
+
+
+def follow_log(datastore: FastSQLiteDatastore, name: str, log_id: str) -> None:
+    with datastore.transaction(commit=True) as c:
+        c.execute("INSERT OR REPLACE INTO followed_log (name, log_id) VALUES (?, ?)",
+                  (name, log_id))
+
+
 class SQLiteReadModel(ReadModel):
     """The ``ReadModel`` contract (``projections.contract``) over one SQLite file."""
 
@@ -61,6 +80,7 @@ class SQLiteReadModel(ReadModel):
             # there now, and creating it again finds that row
             self.tracking.create_table()
         with self._immediate() as c:
+            c.execute(FOLLOWED_LOG)
             for statement in self.schema:
                 c.execute(statement)
             self.opened(c)
@@ -84,6 +104,12 @@ class SQLiteReadModel(ReadModel):
             self.built_zone = zone_name()
             c.execute(f"INSERT OR REPLACE INTO {self.meta_table} (key, value) VALUES ('zone', ?)",
                       (self.built_zone,))
+
+    def followed_log(self) -> str | None:
+        return followed_log(self.datastore, self.name)
+
+    def follow_log(self, log_id: str) -> None:
+        follow_log(self.datastore, self.name, log_id)
 
     def stale(self) -> str | None:
         return zone_changed(self.built_zone, self.name) if self.zoned else None

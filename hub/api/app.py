@@ -90,6 +90,7 @@ from hub.quarantine import Quarantine
 from hub.readmodels import open_models, typed
 from hub.repository import Repository
 from hub.v3routing import Routes
+from projections.errors import NotThisLog
 from projections.intake import IntakeCounts
 from projections.person import PersonProjection
 from projections.quality import QualityProjection
@@ -356,6 +357,13 @@ def _install_error_handlers(app: FastAPI) -> None:
             503, request)
         response.headers["Retry-After"] = "1"
         return response
+
+    @app.exception_handler(NotThisLog)
+    async def read_model_not_this_log(request: Request, e: Exception) -> Response:
+        # a read model built from another event log (or beyond its end): its answers would not
+        # be this log's; /ready fails and names the rebuild too
+        log.warning("%s %s: %s", request.method, request.url.path, e)
+        return outcome_response([Issue("exception", str(e))], 503, request)
 
     @app.exception_handler(Exception)
     async def crash(request: Request, e: Exception) -> Response:

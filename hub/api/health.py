@@ -5,11 +5,12 @@ personal data).
 - ``GET /ready``: the event store answers within a few seconds and every read model's follower
   is alive and not failing (in this process, or in the follower process of ``hub serve``, which
   reports its failures in ``followers.json``); each one's lag (notifications not yet applied)
-  is listed. 503 when not ready, so a balancer stops sending requests to a process whose
-  database is gone or whose own read models fail. A read model in a shared engine failing
-  (Elasticsearch away), or one whose rows need a rebuild (``stale``: built under another
-  ``HUB_TIMEZONE``, a candidate index whose term counts are incomplete), makes the answer a 200
-  ``warn`` that says so: the node still serves.
+  is listed; a read model whose position is beyond the log's end, or that was built from
+  another event log (``Runner.problem``), fails. 503 when not ready, so a balancer stops
+  sending requests to a process whose database is gone or whose own read models fail. A read
+  model in a shared engine failing (Elasticsearch away), or one whose rows need a rebuild
+  (``stale``: built under another ``HUB_TIMEZONE``, a candidate index whose term counts are
+  incomplete), makes the answer a 200 ``warn`` that says so: the node still serves.
 """
 
 from __future__ import annotations
@@ -78,10 +79,16 @@ async def ready(request: Request) -> Response:
     for name, runner in runners(request).items():
         check: dict[str, Any] = {"status": "pass"}
         try:
+            # beyond the log's end, or built from another log: rows that are not this log's,
+            # which the follower refuses (never "lag 0")
+            problem = runner.problem(head)
             check["lag"] = max(0, head - runner.model.position())
         except Exception as e:  # noqa: BLE001 - its engine away (an Elasticsearch cluster)
+            problem = None
             check = {"status": "fail", "output": f"its position cannot be read: {type(e).__name__}"}
-        if runner.error is not None:
+        if problem is not None:
+            check.update(status="fail", output=problem)
+        elif runner.error is not None:
             check.update(status="fail", output=type(runner.error).__name__)
         elif name in elsewhere:
             check.update(status="fail", output=f"the follower process: {elsewhere[name]}")

@@ -37,6 +37,7 @@ __all__ = ["REGISTRY_FILE", "ROLES", "Client", "ClientRegistry", "open_registry"
 REGISTRY_FILE = "auth.sqlite"
 STATUSES = ("active", "revoked")
 
+WHAT = "the client registry"  # what the file holds (its refusal says)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS client (
     client_id   TEXT PRIMARY KEY,
@@ -101,7 +102,7 @@ def open_registry(data_dir: Path) -> ClientRegistry:
 class ClientRegistry:
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        create(self.path, _SCHEMA)
+        create(self.path, _SCHEMA, WHAT)
         # active_now's own connection and what it read, valid while the file's data_version holds
         self._standing_lock = threading.Lock()
         self._standing_db: sqlite3.Connection | None = None

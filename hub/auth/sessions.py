@@ -32,6 +32,7 @@ def session_verifier(state: Any) -> Verifier:
     return state.console_verifier
 
 
+WHAT = "the console's sessions"  # what the file holds (its refusal says)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS console_session (
     sid      TEXT PRIMARY KEY,
@@ -59,7 +60,7 @@ class SessionLog:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        create(self.path, _SCHEMA)
+        create(self.path, _SCHEMA, WHAT)
 
     def begin(self, subject: str, user: str | None) -> str:
         """A new session of ``subject`` (``user``: the local user's name, whose status is asked

@@ -25,6 +25,7 @@ from hub.auth.roles import ROLES
 from hub.core.errors import bad_request, not_found
 from hub.core.sqlitefile import connection, create
 
+WHAT = "the console's user registry"  # what the file holds (its refusal says)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS user (
     name     TEXT PRIMARY KEY,
@@ -61,7 +62,7 @@ class User:
 class UserRegistry:
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        create(self.path, _SCHEMA)
+        create(self.path, _SCHEMA, WHAT)
 
     def _db(self) -> AbstractContextManager[sqlite3.Connection]:
         return connection(self.path)

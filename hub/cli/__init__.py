@@ -22,7 +22,7 @@ from hub.cli.records import cmd_demo, cmd_generate, cmd_history, cmd_ingest, cmd
 from hub.cli.stream import cmd_stream
 from hub.core.commandline import UsageError, at_least, input_kind, iter_inputs, open_store, port
 from hub.core.config import Settings
-from hub.core.errors import FhirError
+from hub.core.errors import FhirError, HubError
 
 # the shared command helpers (hub.core.commandline) stay importable from hub.cli
 __all__ = ["COMMANDS", "PROJECTIONS", "UsageError", "input_kind", "iter_inputs", "main",
@@ -285,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args, settings)
     except BrokenPipeError:  # `hub mpi export | head -1`: the reader took all it wanted
         return _stdout_closed()
-    except (UsageError, FhirError, OSError) as e:
+    except (UsageError, FhirError, OSError, HubError) as e:
+        # HubError: a file of the data directory that cannot be used (named), a read model that
+        # is not the event log's
         print(f"hub {args.command}: {e}", file=sys.stderr)
         return 2
     except (ValueError, OverflowError) as e:  # a value no command can use (nan, 10**25, bad JSON)
@@ -295,8 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - engines report connection problems in many types
-        if type(e).__module__.startswith(("eventsourcing", "psycopg", "sqlite3")):
+        if type(e).__module__.startswith(("eventsourcing", "psycopg")):
             print(f"hub {args.command}: event store error: {e}", file=sys.stderr)
+            return 2
+        if type(e).__module__.startswith("sqlite3"):
+            # not always the event store's: every database of the data directory is SQLite
+            # (an unreadable one is named where it is opened, hub.core.sqlitefile)
+            print(f"hub {args.command}: database error: {e}", file=sys.stderr)
             return 2
         if type(e).__module__.startswith("sqlalchemy"):  # the audit log's engine
             first = str(e).splitlines()[0] if str(e) else type(e).__name__

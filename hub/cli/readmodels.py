@@ -37,11 +37,11 @@ def cmd_projections(args, settings: Settings) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # the index lives here on any event store
     try:
         if args.action == "status" and args.name is None:
-            _status_table(store, names, settings)
-        else:
-            for name in names:
-                _one(args.action, store, name, settings)
-        return 0
+            return _status_table(store, names, settings)
+        sound = True
+        for name in names:
+            sound = _one(args.action, store, name, settings) and sound
+        return 0 if sound else 1
     finally:
         store.close()
 
@@ -54,40 +54,79 @@ def _open(name: str, settings: Settings):
     return open_model(name, settings.data_dir)
 
 
-def _status_table(store, names: list[str], settings: Settings) -> None:
+def _status_table(store, names: list[str], settings: Settings) -> int:
     """One line per read model: position, lag and whether it is sound (``status NAME`` adds
-    its tables' sizes)."""
+    its tables' sizes); exit status 1 when one is not (not this log's, unreadable)."""
+    from hub.core.sqlitefile import UnreadableDatabase
     from hub.followers import follower_errors
     from projections.runner import Runner
 
     failing = follower_errors(settings.data_dir)
+    end = store.max_notification_id()
+    sound = True
     print(f"{'read model':20} {'position':>12} {'lag':>12}  state")
     for name in names:
-        model = _open(name, settings)
         try:
-            lag = Runner(store, model).lag()
+            model = _open(name, settings)
+        except UnreadableDatabase as e:
+            print(f"{name:20} {'-':>12} {'-':>12}  FAILED: {e}")
+            sound = False
+            continue
+        try:
+            runner = Runner(store, model)
             state = "ok"
             if (stale := model.stale()) is not None:
                 state = f"stale: {stale}"
             if (error := failing.get(model.name)) is not None:
                 state = f"failing in the follower process: {error}"
-            print(f"{name:20} {model.position():>12} {lag:>12}  {state}")
+            if (problem := runner.problem(end)) is not None:  # beyond the log, another log's
+                state = f"FAILED: {problem}"
+                sound = False
+            print(f"{name:20} {model.position():>12} {max(0, end - model.position()):>12}  "
+                  f"{state}")
         finally:
             model.close()
+    return 0 if sound else 1
 
 
-def _one(action: str, store, name: str, settings: Settings) -> None:
-    """status, run (catch up: resumable, Ctrl-C safe) or rebuild (from nothing) of one model."""
+def _open_for_rebuild(name: str, settings: Settings):
+    """The read model ``name`` to rebuild: a file that is no database (or a corrupt one) is
+    derived data, moved aside (``NAME.sqlite.corrupt-<time>``, kept for a look) and made new."""
+    import time
+
+    from hub.core.sqlitefile import UnreadableDatabase
+
+    try:
+        return _open(name, settings)
+    except UnreadableDatabase as e:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        moved = e.path.with_name(f"{e.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):  # its journal goes with it
+            part = e.path.with_name(e.path.name + suffix)
+            if part.exists():
+                part.rename(moved.with_name(moved.name + suffix))
+        print(f"{name}: {e.path} is unreadable ({e.cause}); moved aside to {moved}, rebuilt "
+              "in a new file", file=sys.stderr)
+    return _open(name, settings)
+
+
+def _one(action: str, store, name: str, settings: Settings) -> bool:
+    """status, run (catch up: resumable, Ctrl-C safe) or rebuild (from nothing) of one model;
+    whether it is sound (status: False for one that is not this log's)."""
     from tqdm import tqdm
 
     from hub.core.jobs import Jobs, both
+    from hub.mpi.candidates import IdentityCandidates
+    from hub.mpi.incremental import forget_another_log
     from projections.runner import Runner
 
-    model = _open(name, settings)
+    model = _open_for_rebuild(name, settings) if action == "rebuild" else _open(name, settings)
     runner = Runner(store, model)
     try:
         if action == "status":
             print(f"{model.name}: position {model.position()}, lag {runner.lag()} events")
+            if (problem := runner.problem()) is not None:
+                print(f"  FAILED: {problem}")
             if (stale := model.stale()) is not None:
                 print(f"  stale: {stale}")
             from hub.followers import follower_errors
@@ -96,7 +135,7 @@ def _one(action: str, store, name: str, settings: Settings) -> None:
                 print(f"  failing in the follower process: {failing}")
             for table, n in model.stats().items():
                 print(f"  {table:14} {n:>12,}")
-            return
+            return problem is None
         total = store.max_notification_id() - (0 if action == "rebuild" else model.position())
         with tqdm(total=max(total, 0), unit=" events", disable=not sys.stderr.isatty(),
                   desc=f"{action} {model.name}") as bar, \
@@ -105,10 +144,15 @@ def _one(action: str, store, name: str, settings: Settings) -> None:
             progress = both(bar.update, job.advance)
             if action == "rebuild":
                 done = runner.rebuild(progress=progress)
+                if isinstance(model, IdentityCandidates) and forget_another_log(
+                        model, store.max_notification_id(), store.log_id()):
+                    print("identity-candidates: the automatic matching was of another event "
+                          "log: it matches this log's Patients from the start")
             else:
                 done = runner.catch_up(progress=progress)
             job.finish(f"applied {done} events")
         print(f"{model.name}: applied {done} events, now at {model.position()}, lag {runner.lag()}")
+        return True
     finally:
         model.close()
 

@@ -226,12 +226,26 @@ class Settings:
         return self.data_dir / "events.sqlite"
 
     def open_store(self):
+        from hub.core.sqlitefile import naming, refuse_empty
         from hub.core.store import ResourceStore
 
         if self.database_url:
             return ResourceStore.postgres(self.database_url)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        return ResourceStore.sqlite(str(self.event_store_path))
+        path = self.event_store_path
+        if any(f != path and _has_bytes(f) for f in self.data_dir.glob("*.sqlite")):
+            # beside read models (or any other database of the hub) an emptied event log is a
+            # lost one: made again empty, the read models would be ahead of it
+            refuse_empty(path, "the event log")
+        with naming(path):
+            return ResourceStore.sqlite(str(path))
+
+
+def _has_bytes(f: Path) -> bool:
+    try:
+        return f.stat().st_size > 0
+    except OSError:  # gone meanwhile
+        return False
 
 
 def _offset_minutes(zone: str) -> int:

@@ -25,6 +25,7 @@ WRITE_EVERY_S = 0.5
 STALE_S = 300.0
 KEEP = 500  # finished jobs kept (the oldest go)
 
+WHAT = "the jobs ledger"  # what the file holds (its refusal says)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS job (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, title TEXT NOT NULL,
@@ -38,7 +39,7 @@ _COLUMNS = ("id", "kind", "title", "started", "updated", "done", "total", "statu
 class Jobs:
     def __init__(self, data_dir: Path | str):
         self.path = Path(data_dir) / FILE
-        create(self.path, _SCHEMA)
+        create(self.path, _SCHEMA, WHAT)
 
     def _db(self) -> AbstractContextManager[sqlite3.Connection]:
         return connection(self.path)

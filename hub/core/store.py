@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -467,6 +468,22 @@ class _IndexMixin:
             return [VersionRow(r["nid"], KIND_OF_TOPIC[r["topic"]], r["rtype"], r["rid"],
                                r["version"], bytes(r["state"])) for r in c.fetchall()]
 
+    def log_id(self) -> str:
+        """The log's identity: a random id made with the store and kept in it. A store made
+        before there was one gets its id the first time it is asked (its read models adopt it,
+        ``projections.runner``)."""
+        select = "SELECT value FROM hub_log WHERE key = 'id'"
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(select)
+            row = c.fetchone()
+        if row is None:  # a write only then; another process making it at once wins
+            with self.datastore.transaction(commit=True) as c:
+                c.execute(self.q("INSERT INTO hub_log (key, value) VALUES ('id', ?) "
+                                 "ON CONFLICT (key) DO NOTHING"), (uuid.uuid4().hex,))
+                c.execute(select)
+                row = c.fetchone()
+        return str(row["value"])
+
     def rebuild_indexes(self, batch: int = 2000, progress: Any = None) -> int:
         """Drop the write-side indexes and derive them again from the event log; events read.
 
@@ -583,6 +600,8 @@ _SQLITE_TABLES = [
     # events of other stream kinds (STREAM_KINDS: identity decisions), by kind in log order
     "CREATE TABLE IF NOT EXISTS stream_event (kind TEXT NOT NULL, nid INTEGER NOT NULL, "
     "PRIMARY KEY (kind, nid)) WITHOUT ROWID",
+    # the log's identity ('id': random), which each read model records as the log it follows
+    "CREATE TABLE IF NOT EXISTS hub_log (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ]
 
 _POSTGRES_TABLES = [
@@ -714,6 +733,7 @@ class ResourceStore:
     def __init__(self, recorder: SQLiteResourceRecorder | PostgresResourceRecorder, close):
         self.recorder = recorder
         self._close = close
+        self._log_id: str | None = None
 
     @classmethod
     def sqlite(cls, path: str) -> ResourceStore:
@@ -805,6 +825,12 @@ class ResourceStore:
 
     def settled_position(self) -> tuple[int, int]:
         return self.recorder.settled_position()
+
+    def log_id(self) -> str:
+        """The identity of this event log (``_IndexMixin.log_id``), read once per store."""
+        if self._log_id is None:
+            self._log_id = self.recorder.log_id()
+        return self._log_id
 
     def max_notification_id(self) -> int:  # eventsourcing tries its select again itself
         return self.recorder.max_notification_id() or 0

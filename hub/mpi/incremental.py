@@ -33,7 +33,7 @@ from hub.core.events import KIND_OF_TOPIC
 from hub.mpi.candidates import IdentityCandidates
 from hub.mpi.matcher import Candidate, Matcher, decision
 from projections.contract import nothing_to_apply
-from projections.sqlite_model import record_position
+from projections.sqlite_model import follow_log, followed_log, record_position
 
 NAME = "mpi-incremental"
 Decide = Callable[[str, str, list, float, dict, str], object]
@@ -92,8 +92,23 @@ def _merged_by_institution(matcher: Matcher, f: dict, blocked: Blocked | None) -
     return out
 
 
+def forget_another_log(index: IdentityCandidates, end: int, log_id: str) -> bool:
+    """After a rebuild of the candidate index: the automatic matching's position, kept by a
+    rebuild, is forgotten too when it is not this log's (beyond its ``end``, or recorded with
+    another log id), so it matches this log's Patients from the start. Whether it was."""
+    position = index.tracking.max_tracking_id(NAME) or 0
+    followed = followed_log(index.datastore, NAME)
+    if position <= end and followed in (None, log_id):
+        return False
+    with index.datastore.transaction(commit=True) as c:
+        c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
+        c.execute("DELETE FROM followed_log WHERE name=?", (NAME,))
+    return True
+
+
 class IncrementalMatcher:
     name = NAME
+    rebuilt_by = "identity-candidates"  # hub projections rebuild (forget_another_log)
     types = IdentityCandidates.types  # the index it brings up follows NamingSystems too
 
     def __init__(self, index: IdentityCandidates, matcher: Matcher, decide: Decide,
@@ -118,6 +133,12 @@ class IncrementalMatcher:
 
     def position(self) -> int:
         return self.tracking.max_tracking_id(NAME) or 0
+
+    def followed_log(self) -> str | None:
+        return followed_log(self.index.datastore, NAME)  # in the index's file, by its own name
+
+    def follow_log(self, log_id: str) -> None:
+        follow_log(self.index.datastore, NAME, log_id)
 
     def stale(self) -> str | None:
         return None  # it keeps no times

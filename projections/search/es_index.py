@@ -314,6 +314,15 @@ class ElasticsearchIndex:
         self._state = self._load()
         return int(self._state["position"])
 
+    def followed_log(self) -> str | None:
+        self._state = self._load()
+        return self._state.get("log")
+
+    def follow_log(self, log_id: str) -> None:
+        self._state = self._load()
+        self._state["log"] = log_id
+        self._save()
+
     def _ensure(self, rtype: str) -> str:
         name = self._concrete(rtype, self.generation)
         if name in self._made:
