@@ -274,3 +274,62 @@ def test_a_login_leads_back_to_the_page_asked_for_with_its_query(live):
                            ("/console/x?a=<script>", "/console/overview")):
             r = c.post("/console/login", data={"name": name, "password": PASSWORD, "next": nxt})
             assert r.status_code == 303 and r.headers["location"] == lands, (nxt, r.headers)
+
+
+def test_a_consent_denying_an_institution_holds_in_the_console_as_in_the_api(live, client,
+                                                                             monkeypatch):
+    """A Consent denying Organization/H2 refused H2's clinicians through the API, but the
+    console knew no one's institution: an H2 clinician logged in read the record. A person's
+    institution is kept with their user (``hub auth user add --institution``) and judged as a
+    token's; a person (or a token) naming none could be of H2, so the deny holds for them too."""
+    import io
+
+    from hub.cli import main
+    from tests.api_helpers import consent
+
+    n = uuid.uuid4().hex[:6]
+    pid, oid = f"inst-{n}", f"inst-o-{n}"
+    h1 = {"x-hub-source-institution": "H1"}
+    assert client.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid, "name": [
+        {"family": f"孙{n}"}]}, headers=h1).status_code == 201
+    assert client.put(f"/Observation/{oid}", json={
+        "resourceType": "Observation", "id": oid, "status": "final",
+        "code": {"text": f"病毒载量{n}"}, "subject": {"reference": f"Patient/{pid}"}},
+        headers=h1).status_code == 201
+    deny = consent(pid, {"type": "deny", "actor": [{"role": {"coding": [{"code": "PRCP"}]},
+                                                    "reference": {"reference": "Organization/H2"}}]},
+                   "H1")
+    assert client.put(f"/Consent/{deny['id']}", json=deny, headers=h1).status_code == 201
+    h2 = f"h2-{n}"
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert main(["auth", "user", "add", h2, "--role", "clinician", "--institution", "H2",
+                 "--data-dir", str(live.settings.data_dir)]) == 0
+    people = {"H2": h2, "H3": _user(live, ("clinician",), "H3"),
+              "": _user(live, ("clinician",))}
+    for institution, name in people.items():
+        c = _logged_in(live, name)
+        r = c.get(f"/console/record/Observation/{oid}", params={"purpose": "TREAT"})
+        shown = f"病毒载量{n}" in r.text
+        assert (r.status_code, shown) == ((200, True) if institution == "H3" else (403, False)), \
+            (institution, r.status_code)
+        api = httpx.Client(base_url=live.base, timeout=30, headers={"x-purpose-of-use": "TREAT"},
+                           auth=live.client_auth(roles=("clinician",), scope="user/*.rs",
+                                                 institution=institution))
+        assert api.get(f"/Observation/{oid}").status_code == (200 if institution == "H3" else 403)
+        api.close()
+
+
+def test_users_of_a_file_from_before_institutions_have_none(tmp_path):
+    import sqlite3
+
+    path = tmp_path / REGISTRY_FILE
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE user (name TEXT PRIMARY KEY, display TEXT NOT NULL, roles TEXT "
+                   "NOT NULL, hash BLOB NOT NULL, salt BLOB NOT NULL, status TEXT NOT NULL, "
+                   "created TEXT NOT NULL)")
+    db.close()
+    users = UserRegistry(path)
+    users.add("old", PASSWORD, ["clinician"])
+    users.add("new", PASSWORD, ["clinician"], institution="H2")
+    assert {u.name: u.institution for u in users.list()} == {"old": "", "new": "H2"}
+    assert users.check("new", PASSWORD).institution == "H2"

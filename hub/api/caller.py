@@ -117,10 +117,16 @@ def _from_console_session(request: Request) -> Actor:
         return ANONYMOUS  # logged out, or its user disabled since: log in again
     request.state.console_claims = claims
     roles = claims.get("hub_roles")
+    # the institution as an API token's (``hub_institution``, read as ``_from_token`` reads
+    # it): a person without one is judged as a token without one is, by the same policy, so a
+    # consent denying an institution holds for them too (they could be of it)
+    institution = claims.get("hub_institution")
     return Actor(subject=str(claims.get("sub"))[:128], kind="user",
                  roles=frozenset(r for r in roles if isinstance(r, str))
                  if isinstance(roles, list) else frozenset(),
-                 scopes=in_context(str(claims.get("scope") or "").split(), None), purpose=None)
+                 scopes=in_context(str(claims.get("scope") or "").split(), None),
+                 institution=institution if isinstance(institution, str) and institution
+                 else None, purpose=None)
 
 
 def _from_headers(request: Request) -> Actor:
