@@ -151,3 +151,21 @@ def test_the_institution_the_provider_names_is_judged_by_consents(live, provider
         assert (r.status_code, f"机密{n}" in r.text) == ((200, True) if shown else (403, False)), \
             institution
         c.close()
+
+
+def test_behind_a_proxy_that_ends_tls_the_flow_names_the_public_https_address(
+        provider, tmp_path_factory, request):
+    """Behind a proxy that ends TLS (HUB_BASE_URL https, the request plain http) the redirect
+    URI was built from the request (http://…) and the flow's cookie had no Secure."""
+    settings = make_settings("sqlite", tmp_path_factory.mktemp("oidc-proxy"), request)
+    settings.console_oidc_issuer = provider
+    settings.console_oidc_client_id = "hub-console"
+    server = LiveServer(settings)
+    server.extra_env["HUB_BASE_URL"] = "https://hub.example/fhir"
+    with server:
+        start = httpx.get(base(server) + "/console/oidc/start", follow_redirects=False)
+    assert start.status_code == 303
+    asked = parse_qs(urlparse(start.headers["location"]).query)
+    assert asked["redirect_uri"] == ["https://hub.example/console/oidc/callback"]
+    [flow] = [c for c in start.headers.get_list("set-cookie") if c.startswith("hub_console_oidc=")]
+    assert "secure" in flow.lower()

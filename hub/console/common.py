@@ -133,10 +133,25 @@ def start_session(request: Request, response: Response, subject: str, name: str,
     if institution:
         claims["hub_institution"] = institution
     token = state.auth_signer.issue(claims, SESSION_S)
-    # Secure also behind a proxy that ends TLS: the hub's public base URL says https
-    secure = request.url.scheme == "https" or str(state.settings.fhir_base).startswith("https:")
     response.set_cookie(COOKIE, token, max_age=SESSION_S, httponly=True, samesite="strict",
-                        secure=secure, path="/console")
+                        secure=secure_cookies(request), path="/console")
+
+
+def secure_cookies(request: Request) -> bool:
+    """Whether the console's cookies are Secure: over https, also behind a proxy that ends TLS
+    (the hub's public base URL says https)."""
+    return request.url.scheme == "https" or \
+        str(request.app.state.settings.fhir_base).startswith("https:")
+
+
+def public_url(request: Request, path: str) -> str:
+    """The address of ``path`` (``/console/…``) as browsers reach the hub: beside the FHIR base
+    of its public base URL (``HUB_BASE_URL``: a proxy that ends TLS says https there, where the
+    request it forwards is plain http), else where the request came."""
+    base = str(request.app.state.settings.base_url or "").rstrip("/")
+    if base.startswith(("https://", "http://")):
+        return base.removesuffix("/fhir") + path
+    return str(request.base_url).rstrip("/") + path
 
 
 def end_session(request: Request, response: Response) -> None:

@@ -5,7 +5,7 @@ Configured by ``HUB_CONSOLE_OIDC_ISSUER`` (the provider, found by its discovery 
 ``HUB_CONSOLE_OIDC_CLIENT_ID`` and, for a confidential client, ``HUB_CONSOLE_OIDC_CLIENT_SECRET``;
 the hub's roles are read from the ID token's ``HUB_AUTH_ROLES_CLAIM`` and the person's institution
 from its ``HUB_AUTH_INSTITUTION_CLAIM`` (dotted paths, as for API tokens). The redirect URI to
-register with the provider is ``<hub>/console/oidc/callback``.
+register with the provider is ``<hub>/console/oidc/callback`` (on ``HUB_BASE_URL`` when set).
 
 ``/console/oidc/start`` keeps the flow's state, nonce and code verifier in a short-lived,
 hub-signed, HttpOnly cookie (SameSite=Lax: the provider's redirect back is a cross-site
@@ -34,7 +34,7 @@ from hub.auth.clients import ROLES
 from hub.auth.discovery import provider_metadata
 from hub.auth.sessions import ISSUER
 from hub.auth.verifier import Verifier, claim_at, institution_at
-from hub.console.common import page, router, safe_next, start_session
+from hub.console.common import page, public_url, router, safe_next, secure_cookies, start_session
 from hub.core.errors import FhirError
 
 FLOW_COOKIE = "hub_console_oidc"
@@ -48,7 +48,9 @@ def configured(request: Request) -> bool:
 
 
 def _redirect_uri(request: Request) -> str:
-    return str(request.url_for("console-oidc-callback"))
+    """``<hub>/console/oidc/callback``, as registered with the provider: built from the hub's
+    public base URL (behind a proxy that ends TLS, the request itself is http)."""
+    return public_url(request, "/console/oidc/callback")
 
 
 def _discovery(request: Request) -> dict[str, Any]:
@@ -89,7 +91,7 @@ async def start(request: Request) -> Response:
     response = RedirectResponse(f"{meta['authorization_endpoint']}?{query}", 303)
     response.set_cookie(FLOW_COOKIE, request.app.state.auth_signer.issue(flow, FLOW_S),
                         max_age=FLOW_S, httponly=True, samesite="lax",
-                        secure=request.url.scheme == "https", path="/console/oidc")
+                        secure=secure_cookies(request), path="/console/oidc")
     return response
 
 
