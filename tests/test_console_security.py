@@ -21,6 +21,10 @@ def _csrf(page: httpx.Response) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
 
 
+def _btg(page: httpx.Response) -> str:
+    return re.search(r'name="btg" value="([^"]+)"', page.text).group(1)
+
+
 def _overview(live, cookie: str) -> int:
     return httpx.get(base(live) + "/console/overview", cookies={"hub_console": cookie},
                      timeout=30).status_code
@@ -333,3 +337,67 @@ def test_users_of_a_file_from_before_institutions_have_none(tmp_path):
     users.add("new", PASSWORD, ["clinician"], institution="H2")
     assert {u.name: u.institution for u in users.list()} == {"old": "", "new": "H2"}
     assert users.check("new", PASSWORD).institution == "H2"
+
+
+def _access_row(page: httpx.Response, aid: str) -> str:
+    return re.search(rf'<tr id="access-{re.escape(aid)}">.*?</tr>', page.text, re.S).group(0)
+
+
+def test_a_break_the_glass_access_is_reviewed_by_someone_else_and_every_finding_stays(
+        live, client):
+    """An administrator reviewed their own break-the-glass access as justified, over an
+    auditor's "unjustified" (the page showed the newest review only), and any AuditEvent id
+    took a review. The access's own agent is refused; only emergency accesses take a review;
+    every review stays on the page."""
+    from tests.console_helpers import wait_for
+
+    n = uuid.uuid4().hex[:6]
+    pid = f"rev-{n}"
+    assert client.put(f"/Patient/{pid}", json={
+        "resourceType": "Patient", "id": pid, "name": [{"family": f"吴{n}"}]}).status_code == 201
+    me = _user(live, ("admin",))
+    adm = _logged_in(live, me)
+    btg = _btg(adm.get(f"/console/record/Patient/{pid}", params={"purpose": "ETREAT"}))
+    assert adm.get(f"/console/record/Patient/{pid}",
+                   params={"purpose": "ETREAT", "btg": btg}).status_code == 200
+    assert adm.get(f"/console/record/Patient/{pid}", params={"purpose": "TREAT"}).status_code == 200
+
+    def access_id() -> str | None:
+        page = adm.get("/console/audit")
+        for m in re.finditer(r'<tr id="access-([^"]+)">(.*?)</tr>', page.text, re.S):
+            if f"Patient/{pid}" in m.group(2) and f"console:{me}" in m.group(2):
+                return m.group(1)
+        return None
+
+    aid = wait_for(access_id)
+    assert aid
+    csrf = _csrf(adm.get("/console/audit"))
+    own = adm.post(f"/console/audit/{aid}/review", data={"csrf": csrf, "finding": "justified",
+                                                         "note": "mine"})
+    assert own.status_code == 403 and "other than the person who made it" in own.text
+    row = _access_row(adm.get("/console/audit"), aid)
+    assert "<form" not in row and 'class="muted pending"' in row
+    # the TREAT read of the same record is no emergency access: no review of it
+    auditor_api = httpx.Client(base_url=live.base, auth=live.client_auth(roles=("auditor",)),
+                               timeout=30)
+    treat = [e["resource"]["id"] for e in auditor_api.get(
+        "/AuditEvent", params={"entity": f"Patient/{pid}", "_count": 100}).json()["entry"]
+        if "TREAT" in str(e["resource"].get("purposeOfEvent"))
+        and "ETREAT" not in str(e["resource"].get("purposeOfEvent"))]
+    auditor_api.close()
+    assert treat
+    aud = _logged_in(live, _user(live, ("auditor",)))
+    acsrf = _csrf(aud.get("/console/audit"))
+    r = aud.post(f"/console/audit/{treat[0]}/review", data={"csrf": acsrf, "finding": "justified"})
+    assert r.status_code == 404
+    r = aud.post(f"/console/audit/{aid}/review", data={"csrf": acsrf, "finding": "unjustified",
+                                                        "note": "无急诊"})
+    assert r.status_code == 303
+    other = _logged_in(live, _user(live, ("admin",)))
+    r = other.post(f"/console/audit/{aid}/review", data={
+        "csrf": _csrf(other.get("/console/audit")), "finding": "justified", "note": "后补"})
+    assert r.status_code == 303
+    row = _access_row(aud.get("/console/audit"), aid)
+    assert "finding-unjustified" in row and "无急诊" in row  # the finding stays
+    assert "finding-justified" in row and "后补" in row
+    assert "<form" not in row  # reviewed by others than the one who broke the glass
