@@ -74,16 +74,15 @@ def test_a_link_breaks_no_glass_and_the_way_back_is_built_from_a_checked_id(live
             "resourceType": "Observation", "id": oid, "status": "final", "code": {"text": "血糖"},
             "subject": {"reference": subject}}).status_code == 201
     c = _logged_in(live, _user(live, ("clinician",)))
-    csrf = _csrf(c.get("/console/record"))
     # an emergency purpose in a link (a feed's reference, a message) asks for the purpose again
     asked = c.get(f"/console/record/Observation/o-{n}", params={"purpose": "ETREAT"})
     assert asked.status_code == 200 and 'id="purpose-form"' in asked.text
     assert "血糖" not in asked.text
     # the console's own form carries the session's value: the reader chose it
-    assert f'name="btg" value="{csrf}"' in asked.text
-    chosen = c.get(f"/console/record/Observation/o-{n}", params={"purpose": "ETREAT", "btg": csrf})
+    btg = _btg(asked)
+    chosen = c.get(f"/console/record/Observation/o-{n}", params={"purpose": "ETREAT", "btg": btg})
     assert chosen.status_code == 200 and "血糖" in chosen.text
-    assert f'href="/console/record/Patient/{pid}?purpose=ETREAT&amp;btg={csrf}"' in chosen.text
+    assert f'href="/console/record/Patient/{pid}?purpose=ETREAT&amp;btg={btg}"' in chosen.text
     treat = c.get(f"/console/record/Observation/o-{n}", params={"purpose": "TREAT"})
     assert f'href="/console/record/Patient/{pid}?purpose=TREAT"' in treat.text
     # a subject that is no plain local reference gives no way back, rather than a link to it
@@ -278,6 +277,52 @@ def test_a_login_leads_back_to_the_page_asked_for_with_its_query(live):
                            ("/console/x?a=<script>", "/console/overview")):
             r = c.post("/console/login", data={"name": name, "password": PASSWORD, "next": nxt})
             assert r.status_code == 303 and r.headers["location"] == lands, (nxt, r.headers)
+
+
+def test_the_break_the_glass_value_is_not_the_csrf_value_and_is_not_audited(live, client):
+    """The session's CSRF value was the break-the-glass value of the record's links: it stood
+    in the browser's history and, with the query, in the append-only audit log. The value is
+    the session's own, not its CSRF value, and the audit records the query without it."""
+    import base64
+    import json
+
+    from tests.console_helpers import wait_for
+
+    n = uuid.uuid4().hex[:6]
+    pid = f"glass-{n}"
+    assert client.put(f"/Patient/{pid}", json={
+        "resourceType": "Patient", "id": pid, "name": [{"family": f"周{n}"}]}).status_code == 201
+    assert client.put(f"/Observation/o-{n}", json={
+        "resourceType": "Observation", "id": f"o-{n}", "status": "final", "code": {"text": "血压"},
+        "subject": {"reference": f"Patient/{pid}"}}).status_code == 201
+    c = _logged_in(live, _user(live, ("clinician",)))
+    csrf = _csrf(c.get("/console/record"))
+    btg = _btg(c.get(f"/console/record/Patient/{pid}", params={"purpose": "ETREAT"}))
+    assert btg and btg != csrf and csrf not in btg
+    # the CSRF value breaks no glass
+    asked = c.get(f"/console/record/Observation/o-{n}", params={"purpose": "ETREAT", "btg": csrf})
+    assert 'id="purpose-form"' in asked.text and "血压" not in asked.text
+    for path in (f"/console/record/Patient/{pid}", f"/console/record/Observation/o-{n}"):
+        r = c.get(path, params={"purpose": "ETREAT", "btg": btg})
+        assert r.status_code == 200 and 'id="purpose-form"' not in r.text, path
+    auditor = httpx.Client(base_url=live.base, auth=live.client_auth(roles=("auditor",)),
+                           timeout=30)
+
+    def events() -> list[dict]:
+        found = auditor.get("/AuditEvent", params={"entity": f"Patient/{pid}", "_count": 100})
+        return [e["resource"] for e in found.json().get("entry", [])
+                if "ETREAT" in json.dumps(e["resource"].get("purposeOfEvent"))]
+
+    assert wait_for(lambda: len(events()) >= 2)
+    recorded = events()
+    auditor.close()
+    queries = [e.get("description") or base64.b64decode(e.get("query") or "").decode()
+               for d in recorded for e in d.get("entity") or []
+               if (e.get("role") or {}).get("code") == "24"]
+    assert any("purpose=ETREAT" in q for q in queries), queries  # the query is recorded...
+    assert not any("btg" in q for q in queries), queries  # ...without the value
+    text = json.dumps(recorded)
+    assert btg not in text and csrf not in text
 
 
 def test_a_consent_denying_an_institution_holds_in_the_console_as_in_the_api(live, client,

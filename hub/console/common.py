@@ -3,6 +3,9 @@ with its security headers, the error page, the forms' CSRF check."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 import secrets
 from datetime import datetime
@@ -81,7 +84,7 @@ def page(request: Request, template: str, current: str, **values: Any) -> HTMLRe
     claims = getattr(request.state, "console_claims", None) or {}
     html = _env.get_template(template).render(
         t=lambda key: said.get(key, {}).get(lang, key), lang=lang, page=current,
-        user=claims.get("name"), csrf=claims.get("csrf", ""),
+        user=claims.get("name"), csrf=claims.get("csrf", ""), btg=btg_value(request),
         charts_missing=not ECHARTS.is_file(), **values)
     response = HTMLResponse(html, headers={"cache-control": "no-store", **SECURITY_HEADERS})
     if request.query_params.get("lang") in LANGS:
@@ -152,6 +155,29 @@ def public_url(request: Request, path: str) -> str:
     if base.startswith(("https://", "http://")):
         return base.removesuffix("/fhir") + path
     return str(request.base_url).rstrip("/") + path
+
+
+def session_mac(request: Request, label: str) -> str:
+    """A value only this session can make, for ``label`` (a keyed hash of the session's secret
+    CSRF value: it tells nothing of that value, so it may stand in an address)."""
+    claims = getattr(request.state, "console_claims", None) or {}
+    key = str(claims.get("csrf") or "")
+    if not key:
+        return ""
+    mac = hmac.new(key.encode(), label.encode("utf-8"), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:18]).decode()
+
+
+def btg_value(request: Request) -> str:
+    """The value that makes an emergency purpose count on a record page: this session's, and
+    never its CSRF value (it stands in the page's address, its links and the browser's
+    history)."""
+    return session_mac(request, "break-the-glass")
+
+
+def signed_by_session(request: Request, label: str, sent: str) -> bool:
+    made = session_mac(request, label)
+    return bool(made) and secrets.compare_digest(made.encode(), sent.encode("utf-8", "replace"))
 
 
 def end_session(request: Request, response: Response) -> None:
