@@ -446,3 +446,28 @@ def test_a_break_the_glass_access_is_reviewed_by_someone_else_and_every_finding_
     assert "finding-unjustified" in row and "无急诊" in row  # the finding stays
     assert "finding-justified" in row and "后补" in row
     assert "<form" not in row  # reviewed by others than the one who broke the glass
+
+
+def test_a_notice_shows_only_when_this_session_made_it(live):
+    """Any console page showed the text of ``?notice=`` in its notice bar (phishing words in the
+    console's own voice), through a login too. A notice shows only when this session's action
+    made it."""
+    name = _user(live)
+    c = _logged_in(live, name)
+    r = c.post("/console/mapping", data={
+        "csrf": _csrf(c.get("/console/mapping")), "system": "urn:local", "code": f"c-{name}",
+        "target_system": "http://loinc.org", "target_code": "2345-7"})
+    assert r.status_code == 303
+    made = r.headers["location"]
+    assert f"c-{name}" in c.get(made).text.split('id="notice"')[1][:200]
+    forged = "/console/mapping?notice=" + "Your password expired: call 555-0100"
+    for page in (c.get(forged), _logged_in(live, name).get(made)):  # another session's notice
+        assert page.status_code == 200 and 'id="notice"' not in page.text
+    with httpx.Client(base_url=base(live), timeout=30) as fresh:  # through a login
+        login = fresh.get(forged)
+        assert login.status_code == 303
+        from urllib.parse import parse_qs, urlsplit
+        nxt = parse_qs(urlsplit(login.headers["location"]).query)["next"][0]
+        r = fresh.post("/console/login", data={"name": name, "password": PASSWORD, "next": nxt})
+        page = fresh.get(r.headers["location"])
+        assert page.status_code == 200 and 'id="notice"' not in page.text

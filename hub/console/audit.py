@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 from fastapi import Request
@@ -18,7 +17,7 @@ from hub.access.audit import REVIEW, review_event
 from hub.access.chain import emergency_accesses
 from hub.access.policy import EMERGENCY
 from hub.api.caller import actor_of, authorize, context_of, repository
-from hub.console.common import check_csrf, page, router, say
+from hub.console.common import check_csrf, notice_of, page, router, say, with_notice
 from hub.core.access import Action
 from hub.core.errors import FhirError
 
@@ -63,7 +62,7 @@ def audit_page(request: Request) -> Response:
     q = {k: request.query_params.get(k, "").strip()[:200] for k in ("patient", "who", "since")}
     accesses = _search(request, ctx, q) if any(q.values()) else None
     return page(request, "audit.html", "audit", emergency=emergency, q=q, accesses=accesses,
-                findings=FINDINGS, notice=request.query_params.get("notice"))
+                findings=FINDINGS, notice=notice_of(request))
 
 
 def _search(request: Request, ctx: Any, q: dict[str, str]) -> list[dict[str, str]]:
@@ -132,7 +131,7 @@ async def review(request: Request, event_id: str) -> Response:
     await run_in_threadpool(request.app.state.audit.write,
                             review_event(ctx, event_id, finding, note))
     notice = f"{event_id}: {say(request, 'reviewed')} ({say(request, 'finding_' + finding)})"
-    return RedirectResponse(f"/console/audit?notice={quote(notice)}", 303)
+    return RedirectResponse(with_notice(request, "/console/audit", notice), 303)
 
 
 def _emergency(event: dict[str, Any]) -> bool:

@@ -13,7 +13,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import yaml
 from fastapi import APIRouter, Request, staticfiles
@@ -178,6 +178,22 @@ def btg_value(request: Request) -> str:
 def signed_by_session(request: Request, label: str, sent: str) -> bool:
     made = session_mac(request, label)
     return bool(made) and secrets.compare_digest(made.encode(), sent.encode("utf-8", "replace"))
+
+
+def with_notice(request: Request, url: str, notice: str) -> str:
+    """``url`` with a notice for its page to show, signed with the session: a notice in a link
+    made anywhere else (or before a new login) shows nothing."""
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}{urlencode({'notice': notice, 'ns': session_mac(request, 'notice:' + notice)})}"
+
+
+def notice_of(request: Request) -> str | None:
+    """The notice the page's address carries, if this session signed it; else none."""
+    notice = request.query_params.get("notice")
+    if not notice or not signed_by_session(request, "notice:" + notice,
+                                           request.query_params.get("ns", "")):
+        return None
+    return notice
 
 
 def end_session(request: Request, response: Response) -> None:
