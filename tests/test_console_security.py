@@ -186,6 +186,7 @@ def test_guessing_a_password_is_held_after_ten_failures(live):
                           ).status_code == 401
         held = c.post("/console/login", data={"name": name, "password": PASSWORD})
         assert held.status_code == 429 and "hub_console" not in held.cookies
+        assert 1 <= int(held.headers["retry-after"]) <= 900  # when to try again (RFC 6585)
         other = _user(live)  # another name is not held
         assert c.post("/console/login", data={"name": other, "password": PASSWORD}
                       ).status_code == 303
@@ -221,7 +222,10 @@ def test_console_mistakes_are_pages_not_fhir_json(live):
         r = c.get(path)
         assert r.status_code == status and r.headers["content-type"].startswith("text/html"), path
         assert 'id="error-status"' in r.text
-    assert c.get("/console/static/nope.js").status_code == 404
+    missing = c.get("/console/static/nope.js")
+    assert missing.status_code == 404 and "fhir" not in missing.headers["content-type"]
+    assert "frame-ancestors 'none'" in missing.headers["content-security-policy"]
+    assert missing.headers["x-content-type-options"] == "nosniff"
 
 
 def test_a_timeline_page_counts_only_the_records_its_reader_may_see(live, client):
