@@ -69,10 +69,11 @@ def base(live) -> str:
     return f"http://127.0.0.1:{live.port}"
 
 
-def console_user(live, roles=("steward",)) -> str:
-    """A new console user of these roles (password PASSWORD)."""
+def console_user(live, roles=("steward",), institution: str = "") -> str:
+    """A new console user of these roles (password PASSWORD), of ``institution`` if given."""
     name = f"session-{uuid.uuid4().hex[:6]}"
-    UserRegistry(live.settings.data_dir / REGISTRY_FILE).add(name, PASSWORD, list(roles))
+    UserRegistry(live.settings.data_dir / REGISTRY_FILE).add(name, PASSWORD, list(roles),
+                                                             institution=institution)
     return name
 
 

@@ -99,3 +99,73 @@ def test_an_answer_not_for_this_login_is_refused(live, provider):
     r = httpx.get(base(live) + "/console/oidc/callback", params={"code": "x", "state": state},
                   cookies={"hub_console_oidc": flow}, follow_redirects=False)
     assert r.status_code == 403 and "hub_console=" not in r.headers.get("set-cookie", "")
+
+
+def _session(live, sub: str) -> httpx.Client:
+    """A console session through the provider, without a browser: the start, the provider's
+    form posted, its redirect back followed."""
+    c = httpx.Client(base_url=base(live), timeout=30)
+    start = c.get("/console/oidc/start", params={"next": "/console/record"})
+    assert start.status_code == 303, start.text[:300]
+    back = httpx.post(start.headers["location"], data={"sub": sub}, timeout=30)
+    assert back.status_code in (302, 303), back.text[:300]
+    r = c.get(back.headers["location"])
+    assert r.status_code == 200 and "hub_console" in c.cookies, r.text[:300]
+    return c
+
+
+def test_the_institution_the_provider_names_is_judged_by_consents(live, provider):
+    """The console read only the roles of the ID token: a clinician of H2, whom a Consent
+    denying Organization/H2 refused through the API, read the record in the console. The
+    institution is read from the claim API tokens carry it in (HUB_AUTH_INSTITUTION_CLAIM)."""
+    import uuid
+
+    n = uuid.uuid4().hex[:6]
+    pid, oid = f"oidc-{n}", f"oidc-o-{n}"
+    h1 = {"x-hub-source-institution": "H1"}
+    with httpx.Client(base_url=live.base, auth=live.auth, headers=h1, timeout=30) as api:
+        assert api.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid}
+                       ).status_code == 201
+        assert api.put(f"/Observation/{oid}", json={
+            "resourceType": "Observation", "id": oid, "status": "final",
+            "code": {"text": f"机密{n}"}, "subject": {"reference": f"Patient/{pid}"}}
+            ).status_code == 201
+        deny = {"resourceType": "Consent", "id": f"c-{n}", "status": "active",
+                "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                                "consentscope", "code": "patient-privacy"}]},
+                "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+                "patient": {"reference": f"Patient/{pid}"},
+                "organization": [{"reference": "Organization/H1"}],
+                "provision": {"type": "deny", "actor": [{"role": {"coding": [{"code": "PRCP"}]},
+                                                         "reference": {
+                                                             "reference": "Organization/H2"}}]}}
+        assert api.put(f"/Consent/c-{n}", json=deny).status_code == 201
+    for institution, shown in (("H2", False), ("H3", True), (None, False)):
+        sub = f"dr-{institution}-{n}@example.org"
+        claims = {"name": "医生", "roles": ["clinician"]}
+        if institution:
+            claims["institution"] = institution
+        person(provider, sub, claims)
+        c = _session(live, sub)
+        r = c.get(f"/console/record/Observation/{oid}", params={"purpose": "TREAT"})
+        assert (r.status_code, f"机密{n}" in r.text) == ((200, True) if shown else (403, False)), \
+            institution
+        c.close()
+
+
+def test_behind_a_proxy_that_ends_tls_the_flow_names_the_public_https_address(
+        provider, tmp_path_factory, request):
+    """Behind a proxy that ends TLS (HUB_BASE_URL https, the request plain http) the redirect
+    URI was built from the request (http://…) and the flow's cookie had no Secure."""
+    settings = make_settings("sqlite", tmp_path_factory.mktemp("oidc-proxy"), request)
+    settings.console_oidc_issuer = provider
+    settings.console_oidc_client_id = "hub-console"
+    server = LiveServer(settings)
+    server.extra_env["HUB_BASE_URL"] = "https://hub.example/fhir"
+    with server:
+        start = httpx.get(base(server) + "/console/oidc/start", follow_redirects=False)
+    assert start.status_code == 303
+    asked = parse_qs(urlparse(start.headers["location"]).query)
+    assert asked["redirect_uri"] == ["https://hub.example/console/oidc/callback"]
+    [flow] = [c for c in start.headers.get_list("set-cookie") if c.startswith("hub_console_oidc=")]
+    assert "secure" in flow.lower()

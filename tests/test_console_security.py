@@ -21,6 +21,10 @@ def _csrf(page: httpx.Response) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
 
 
+def _btg(page: httpx.Response) -> str:
+    return re.search(r'name="btg" value="([^"]+)"', page.text).group(1)
+
+
 def _overview(live, cookie: str) -> int:
     return httpx.get(base(live) + "/console/overview", cookies={"hub_console": cookie},
                      timeout=30).status_code
@@ -70,16 +74,15 @@ def test_a_link_breaks_no_glass_and_the_way_back_is_built_from_a_checked_id(live
             "resourceType": "Observation", "id": oid, "status": "final", "code": {"text": "血糖"},
             "subject": {"reference": subject}}).status_code == 201
     c = _logged_in(live, _user(live, ("clinician",)))
-    csrf = _csrf(c.get("/console/record"))
     # an emergency purpose in a link (a feed's reference, a message) asks for the purpose again
     asked = c.get(f"/console/record/Observation/o-{n}", params={"purpose": "ETREAT"})
     assert asked.status_code == 200 and 'id="purpose-form"' in asked.text
     assert "血糖" not in asked.text
     # the console's own form carries the session's value: the reader chose it
-    assert f'name="btg" value="{csrf}"' in asked.text
-    chosen = c.get(f"/console/record/Observation/o-{n}", params={"purpose": "ETREAT", "btg": csrf})
+    btg = _btg(asked)
+    chosen = c.get(f"/console/record/Observation/o-{n}", params={"purpose": "ETREAT", "btg": btg})
     assert chosen.status_code == 200 and "血糖" in chosen.text
-    assert f'href="/console/record/Patient/{pid}?purpose=ETREAT&amp;btg={csrf}"' in chosen.text
+    assert f'href="/console/record/Patient/{pid}?purpose=ETREAT&amp;btg={btg}"' in chosen.text
     treat = c.get(f"/console/record/Observation/o-{n}", params={"purpose": "TREAT"})
     assert f'href="/console/record/Patient/{pid}?purpose=TREAT"' in treat.text
     # a subject that is no plain local reference gives no way back, rather than a link to it
@@ -183,6 +186,7 @@ def test_guessing_a_password_is_held_after_ten_failures(live):
                           ).status_code == 401
         held = c.post("/console/login", data={"name": name, "password": PASSWORD})
         assert held.status_code == 429 and "hub_console" not in held.cookies
+        assert 1 <= int(held.headers["retry-after"]) <= 900  # when to try again (RFC 6585)
         other = _user(live)  # another name is not held
         assert c.post("/console/login", data={"name": other, "password": PASSWORD}
                       ).status_code == 303
@@ -218,7 +222,10 @@ def test_console_mistakes_are_pages_not_fhir_json(live):
         r = c.get(path)
         assert r.status_code == status and r.headers["content-type"].startswith("text/html"), path
         assert 'id="error-status"' in r.text
-    assert c.get("/console/static/nope.js").status_code == 404
+    missing = c.get("/console/static/nope.js")
+    assert missing.status_code == 404 and "fhir" not in missing.headers["content-type"]
+    assert "frame-ancestors 'none'" in missing.headers["content-security-policy"]
+    assert missing.headers["x-content-type-options"] == "nosniff"
 
 
 def test_a_timeline_page_counts_only_the_records_its_reader_may_see(live, client):
@@ -274,3 +281,197 @@ def test_a_login_leads_back_to_the_page_asked_for_with_its_query(live):
                            ("/console/x?a=<script>", "/console/overview")):
             r = c.post("/console/login", data={"name": name, "password": PASSWORD, "next": nxt})
             assert r.status_code == 303 and r.headers["location"] == lands, (nxt, r.headers)
+
+
+def test_the_break_the_glass_value_is_not_the_csrf_value_and_is_not_audited(live, client):
+    """The session's CSRF value was the break-the-glass value of the record's links: it stood
+    in the browser's history and, with the query, in the append-only audit log. The value is
+    the session's own, not its CSRF value, and the audit records the query without it."""
+    import base64
+    import json
+
+    from tests.console_helpers import wait_for
+
+    n = uuid.uuid4().hex[:6]
+    pid = f"glass-{n}"
+    assert client.put(f"/Patient/{pid}", json={
+        "resourceType": "Patient", "id": pid, "name": [{"family": f"周{n}"}]}).status_code == 201
+    assert client.put(f"/Observation/o-{n}", json={
+        "resourceType": "Observation", "id": f"o-{n}", "status": "final", "code": {"text": "血压"},
+        "subject": {"reference": f"Patient/{pid}"}}).status_code == 201
+    c = _logged_in(live, _user(live, ("clinician",)))
+    csrf = _csrf(c.get("/console/record"))
+    btg = _btg(c.get(f"/console/record/Patient/{pid}", params={"purpose": "ETREAT"}))
+    assert btg and btg != csrf and csrf not in btg
+    # the CSRF value breaks no glass
+    asked = c.get(f"/console/record/Observation/o-{n}", params={"purpose": "ETREAT", "btg": csrf})
+    assert 'id="purpose-form"' in asked.text and "血压" not in asked.text
+    for path in (f"/console/record/Patient/{pid}", f"/console/record/Observation/o-{n}"):
+        r = c.get(path, params={"purpose": "ETREAT", "btg": btg})
+        assert r.status_code == 200 and 'id="purpose-form"' not in r.text, path
+    auditor = httpx.Client(base_url=live.base, auth=live.client_auth(roles=("auditor",)),
+                           timeout=30)
+
+    def events() -> list[dict]:
+        found = auditor.get("/AuditEvent", params={"entity": f"Patient/{pid}", "_count": 100})
+        return [e["resource"] for e in found.json().get("entry", [])
+                if "ETREAT" in json.dumps(e["resource"].get("purposeOfEvent"))]
+
+    assert wait_for(lambda: len(events()) >= 2)
+    recorded = events()
+    auditor.close()
+    queries = [e.get("description") or base64.b64decode(e.get("query") or "").decode()
+               for d in recorded for e in d.get("entity") or []
+               if (e.get("role") or {}).get("code") == "24"]
+    assert any("purpose=ETREAT" in q for q in queries), queries  # the query is recorded...
+    assert not any("btg" in q for q in queries), queries  # ...without the value
+    text = json.dumps(recorded)
+    assert btg not in text and csrf not in text
+
+
+def test_a_consent_denying_an_institution_holds_in_the_console_as_in_the_api(live, client,
+                                                                             monkeypatch):
+    """A Consent denying Organization/H2 refused H2's clinicians through the API, but the
+    console knew no one's institution: an H2 clinician logged in read the record. A person's
+    institution is kept with their user (``hub auth user add --institution``) and judged as a
+    token's; a person (or a token) naming none could be of H2, so the deny holds for them too."""
+    import io
+
+    from hub.cli import main
+    from tests.api_helpers import consent
+
+    n = uuid.uuid4().hex[:6]
+    pid, oid = f"inst-{n}", f"inst-o-{n}"
+    h1 = {"x-hub-source-institution": "H1"}
+    assert client.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid, "name": [
+        {"family": f"孙{n}"}]}, headers=h1).status_code == 201
+    assert client.put(f"/Observation/{oid}", json={
+        "resourceType": "Observation", "id": oid, "status": "final",
+        "code": {"text": f"病毒载量{n}"}, "subject": {"reference": f"Patient/{pid}"}},
+        headers=h1).status_code == 201
+    deny = consent(pid, {"type": "deny", "actor": [{"role": {"coding": [{"code": "PRCP"}]},
+                                                    "reference": {"reference": "Organization/H2"}}]},
+                   "H1")
+    assert client.put(f"/Consent/{deny['id']}", json=deny, headers=h1).status_code == 201
+    h2 = f"h2-{n}"
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert main(["auth", "user", "add", h2, "--role", "clinician", "--institution", "H2",
+                 "--data-dir", str(live.settings.data_dir)]) == 0
+    people = {"H2": h2, "H3": _user(live, ("clinician",), "H3"),
+              "": _user(live, ("clinician",))}
+    for institution, name in people.items():
+        c = _logged_in(live, name)
+        r = c.get(f"/console/record/Observation/{oid}", params={"purpose": "TREAT"})
+        shown = f"病毒载量{n}" in r.text
+        assert (r.status_code, shown) == ((200, True) if institution == "H3" else (403, False)), \
+            (institution, r.status_code)
+        api = httpx.Client(base_url=live.base, timeout=30, headers={"x-purpose-of-use": "TREAT"},
+                           auth=live.client_auth(roles=("clinician",), scope="user/*.rs",
+                                                 institution=institution))
+        assert api.get(f"/Observation/{oid}").status_code == (200 if institution == "H3" else 403)
+        api.close()
+
+
+def test_users_of_a_file_from_before_institutions_have_none(tmp_path):
+    import sqlite3
+
+    path = tmp_path / REGISTRY_FILE
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE user (name TEXT PRIMARY KEY, display TEXT NOT NULL, roles TEXT "
+                   "NOT NULL, hash BLOB NOT NULL, salt BLOB NOT NULL, status TEXT NOT NULL, "
+                   "created TEXT NOT NULL)")
+    db.close()
+    users = UserRegistry(path)
+    users.add("old", PASSWORD, ["clinician"])
+    users.add("new", PASSWORD, ["clinician"], institution="H2")
+    assert {u.name: u.institution for u in users.list()} == {"old": "", "new": "H2"}
+    assert users.check("new", PASSWORD).institution == "H2"
+
+
+def _access_row(page: httpx.Response, aid: str) -> str:
+    return re.search(rf'<tr id="access-{re.escape(aid)}">.*?</tr>', page.text, re.S).group(0)
+
+
+def test_a_break_the_glass_access_is_reviewed_by_someone_else_and_every_finding_stays(
+        live, client):
+    """An administrator reviewed their own break-the-glass access as justified, over an
+    auditor's "unjustified" (the page showed the newest review only), and any AuditEvent id
+    took a review. The access's own agent is refused; only emergency accesses take a review;
+    every review stays on the page."""
+    from tests.console_helpers import wait_for
+
+    n = uuid.uuid4().hex[:6]
+    pid = f"rev-{n}"
+    assert client.put(f"/Patient/{pid}", json={
+        "resourceType": "Patient", "id": pid, "name": [{"family": f"吴{n}"}]}).status_code == 201
+    me = _user(live, ("admin",))
+    adm = _logged_in(live, me)
+    btg = _btg(adm.get(f"/console/record/Patient/{pid}", params={"purpose": "ETREAT"}))
+    assert adm.get(f"/console/record/Patient/{pid}",
+                   params={"purpose": "ETREAT", "btg": btg}).status_code == 200
+    assert adm.get(f"/console/record/Patient/{pid}", params={"purpose": "TREAT"}).status_code == 200
+
+    def access_id() -> str | None:
+        page = adm.get("/console/audit")
+        for m in re.finditer(r'<tr id="access-([^"]+)">(.*?)</tr>', page.text, re.S):
+            if f"Patient/{pid}" in m.group(2) and f"console:{me}" in m.group(2):
+                return m.group(1)
+        return None
+
+    aid = wait_for(access_id)
+    assert aid
+    csrf = _csrf(adm.get("/console/audit"))
+    own = adm.post(f"/console/audit/{aid}/review", data={"csrf": csrf, "finding": "justified",
+                                                         "note": "mine"})
+    assert own.status_code == 403 and "other than the person who made it" in own.text
+    row = _access_row(adm.get("/console/audit"), aid)
+    assert "<form" not in row and 'class="muted pending"' in row
+    # the TREAT read of the same record is no emergency access: no review of it
+    auditor_api = httpx.Client(base_url=live.base, auth=live.client_auth(roles=("auditor",)),
+                               timeout=30)
+    treat = [e["resource"]["id"] for e in auditor_api.get(
+        "/AuditEvent", params={"entity": f"Patient/{pid}", "_count": 100}).json()["entry"]
+        if "TREAT" in str(e["resource"].get("purposeOfEvent"))
+        and "ETREAT" not in str(e["resource"].get("purposeOfEvent"))]
+    auditor_api.close()
+    assert treat
+    aud = _logged_in(live, _user(live, ("auditor",)))
+    acsrf = _csrf(aud.get("/console/audit"))
+    r = aud.post(f"/console/audit/{treat[0]}/review", data={"csrf": acsrf, "finding": "justified"})
+    assert r.status_code == 404
+    r = aud.post(f"/console/audit/{aid}/review", data={"csrf": acsrf, "finding": "unjustified",
+                                                        "note": "无急诊"})
+    assert r.status_code == 303
+    other = _logged_in(live, _user(live, ("admin",)))
+    r = other.post(f"/console/audit/{aid}/review", data={
+        "csrf": _csrf(other.get("/console/audit")), "finding": "justified", "note": "后补"})
+    assert r.status_code == 303
+    row = _access_row(aud.get("/console/audit"), aid)
+    assert "finding-unjustified" in row and "无急诊" in row  # the finding stays
+    assert "finding-justified" in row and "后补" in row
+    assert "<form" not in row  # reviewed by others than the one who broke the glass
+
+
+def test_a_notice_shows_only_when_this_session_made_it(live):
+    """Any console page showed the text of ``?notice=`` in its notice bar (phishing words in the
+    console's own voice), through a login too. A notice shows only when this session's action
+    made it."""
+    name = _user(live)
+    c = _logged_in(live, name)
+    r = c.post("/console/mapping", data={
+        "csrf": _csrf(c.get("/console/mapping")), "system": "urn:local", "code": f"c-{name}",
+        "target_system": "http://loinc.org", "target_code": "2345-7"})
+    assert r.status_code == 303
+    made = r.headers["location"]
+    assert f"c-{name}" in c.get(made).text.split('id="notice"')[1][:200]
+    forged = "/console/mapping?notice=" + "Your password expired: call 555-0100"
+    for page in (c.get(forged), _logged_in(live, name).get(made)):  # another session's notice
+        assert page.status_code == 200 and 'id="notice"' not in page.text
+    with httpx.Client(base_url=base(live), timeout=30) as fresh:  # through a login
+        login = fresh.get(forged)
+        assert login.status_code == 303
+        from urllib.parse import parse_qs, urlsplit
+        nxt = parse_qs(urlsplit(login.headers["location"]).query)["next"][0]
+        r = fresh.post("/console/login", data={"name": name, "password": PASSWORD, "next": nxt})
+        page = fresh.get(r.headers["location"])
+        assert page.status_code == 200 and 'id="notice"' not in page.text

@@ -14,7 +14,9 @@ none), nested to any depth. A provision applies to an access when all of its con
   ``Organization/H0001``, a version of it, absolute on this server's base, or by identifier
   value). A provision naming no actor applies to every caller, except that a ``deny`` naming
   no actor spares the recording institution (a patient's "no sharing" means beyond the place
-  that recorded it).
+  that recorded it). A caller that names no institution (a token without the claim, a console
+  user without one) could be of any: a ``deny`` naming institutions applies to it, a
+  ``permit`` naming them does not, and no ``deny`` spares it.
 - ``securityLabel``, ``class``, ``code``: the resource carries one of those codes (in
   ``meta.security`` or anywhere as a ``code``), or its type is a ``class`` code.
 - ``period``: now is inside it.
@@ -107,7 +109,10 @@ class Provision:
             return False
         inst = access.institution
         if self.institutions:
-            if inst is None or inst not in self.institutions:
+            # no institution: it cannot be told apart from the one named, so a deny holds for
+            # it and a permit does not (what cannot be checked hides rather than shows)
+            if inst is None and self.type == PERMIT or inst is not None \
+                    and inst not in self.institutions:
                 return False
         elif self.type == DENY and inst is not None and inst == organization:
             return False

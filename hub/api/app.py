@@ -17,7 +17,7 @@ import orjson
 from eventsourcing.persistence import InterfaceError, OperationalError
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -301,8 +301,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         if isinstance(e, LoginRequired):  # a console page without a session: its login page
             return RedirectResponse(f"/console/login?next={quote(e.path)}", 303)
         if request.url.path.startswith("/console"):  # the console answers with pages
-            return console.error_page(request, e.status,
+            page = console.error_page(request, e.status,
                                       e.issues[0].diagnostics if e.issues else "")
+            if getattr(e, "retry_after", None):  # a held login, a rate: when to try again
+                page.headers["Retry-After"] = str(e.retry_after)  # type: ignore[attr-defined]
+            return page
         response = outcome_response(e.issues, e.status, request)
         if e.status == 401:  # RFC 6750: how to authenticate; an error code only when a token
             # was sent (3.1: a request without credentials gets none)
@@ -322,8 +325,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         text = {404: f"No FHIR endpoint at {request.url.path}",
                 405: f"{request.method} is not supported on {request.url.path}"}.get(
             e.status_code, str(e.detail))
-        if request.url.path.startswith("/console/") and not \
-                request.url.path.startswith("/console/static/"):  # the console answers pages
+        if request.url.path.startswith("/console/static/"):  # a file missing: no page, no
+            # FHIR JSON, and the console's headers all the same
+            return PlainTextResponse(f"No console file at {request.url.path}", e.status_code,
+                                     headers={"cache-control": "no-store",
+                                              **console.SECURITY_HEADERS})
+        if request.url.path.startswith("/console/"):  # the console answers pages
             return console.error_page(request, e.status_code,
                                       text.replace("No FHIR endpoint", "No console page"))
         response = outcome_response([Issue(code, text)], e.status_code, request)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -117,10 +117,16 @@ def _from_console_session(request: Request) -> Actor:
         return ANONYMOUS  # logged out, or its user disabled since: log in again
     request.state.console_claims = claims
     roles = claims.get("hub_roles")
+    # the institution as an API token's (``hub_institution``, read as ``_from_token`` reads
+    # it): a person without one is judged as a token without one is, by the same policy, so a
+    # consent denying an institution holds for them too (they could be of it)
+    institution = claims.get("hub_institution")
     return Actor(subject=str(claims.get("sub"))[:128], kind="user",
                  roles=frozenset(r for r in roles if isinstance(r, str))
                  if isinstance(roles, list) else frozenset(),
-                 scopes=in_context(str(claims.get("scope") or "").split(), None), purpose=None)
+                 scopes=in_context(str(claims.get("scope") or "").split(), None),
+                 institution=institution if isinstance(institution, str) and institution
+                 else None, purpose=None)
 
 
 def _from_headers(request: Request) -> Actor:
@@ -149,8 +155,22 @@ def context_of(request: Request, feed: str = "rest") -> Context:
     if institution:
         ctx.source["institution"] = institution
     ctx.address = address_of(request)
-    ctx.query = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    ctx.query = audited_query(request)
     return ctx
+
+
+# what a request's query holds that the audit must not: the console's break-the-glass value (a
+# session's secret, good for that session's emergency reads)
+UNAUDITED_PARAMS = frozenset({"btg"})
+
+
+def audited_query(request: Request) -> str:
+    """The path and query a request is audited with: as asked, less ``UNAUDITED_PARAMS``."""
+    query = request.url.query
+    if query:  # names as the query's parser reads them (``b%74g`` is ``btg``)
+        query = "&".join(p for p in query.split("&")
+                         if unquote_plus(p.split("=", 1)[0]) not in UNAUDITED_PARAMS)
+    return request.url.path + (f"?{query}" if query else "")
 
 
 def repository(request: Request) -> Repository:
@@ -234,7 +254,7 @@ def _audit_refused(request: Request, err: FhirError) -> None:
     interaction = _INTERACTIONS.get(request.method) or ("read" if rid else "search-type")
     ctx = Context()
     ctx.actor, ctx.address = ANONYMOUS, address_of(request)
-    ctx.query = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    ctx.query = audited_query(request)
     try:
         audit.record(ctx, Action(interaction, parts[2], rid), "4", [], [],
                      err.issues[0].diagnostics if err.issues else None)

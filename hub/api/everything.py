@@ -40,7 +40,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from hub.access.audit import AuditWriter
-from hub.api.caller import actor_of, context_of, purpose_of, repository
+from hub.api.caller import actor_of, audited_query, context_of, purpose_of, repository
 from hub.api.opparams import read_parameters
 from hub.api.paging import link
 from hub.api.responses import base_url, check_format, fhir_response
@@ -90,7 +90,7 @@ def audit_event(request: Request, access: str, person: str | list[str] | None,
                          "type": {"system": "http://terminology.hl7.org/CodeSystem/"
                                   "audit-entity-type", "code": "1", "display": "Person"},
                          "role": role_patient})
-    query = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    query = audited_query(request)
     entities.append({"type": {"system": "http://terminology.hl7.org/CodeSystem/"
                               "audit-entity-type", "code": "2", "display": "System Object"},
                      "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",

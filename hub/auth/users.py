@@ -2,7 +2,8 @@
 with an identity provider signs them in there instead).
 
 Kept in the client registry's file (``auth.sqlite``), table ``user``: the name, the roles
-(``hub.auth.roles``), a display name and the password as an scrypt hash (``hashlib.scrypt``,
+(``hub.auth.roles``), a display name, the institution the person works for (empty: none; the
+consents naming institutions are judged by it) and the password as an scrypt hash (``hashlib.scrypt``,
 n=2^14, r=8, p=1, a random 16-byte salt): never the password itself. Checking a password takes the
 same time whether the user exists or not, so a login does not tell which names exist.
 """
@@ -34,9 +35,11 @@ CREATE TABLE IF NOT EXISTS user (
     hash     BLOB NOT NULL,
     salt     BLOB NOT NULL,
     status   TEXT NOT NULL CHECK (status IN ('active', 'disabled')),
-    created  TEXT NOT NULL
+    created  TEXT NOT NULL,
+    institution TEXT NOT NULL DEFAULT ''
 );
 """
+_COLUMNS = "name, display, roles, status, created, institution"
 _N, _R, _P = 2 ** 14, 8, 1
 _DUMMY_SALT = b"\0" * 16
 MIN_PASSWORD = 10
@@ -53,24 +56,35 @@ class User:
     roles: tuple[str, ...]
     status: str
     created: str
+    institution: str = ""
 
     def to_json(self) -> dict:
         return {"name": self.name, "display": self.display, "roles": list(self.roles),
-                "status": self.status, "created": self.created}
+                "status": self.status, "created": self.created, "institution": self.institution}
 
 
 class UserRegistry:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         create(self.path, _SCHEMA, WHAT)
+        with self._db() as db:  # a file from before institutions: its users have none
+            if "institution" not in {r[1] for r in db.execute("PRAGMA table_info(user)")}:
+                try:
+                    db.execute("ALTER TABLE user ADD COLUMN institution TEXT NOT NULL DEFAULT ''")
+                except sqlite3.OperationalError as e:  # another process added it meanwhile
+                    if "duplicate column" not in str(e):
+                        raise
 
     def _db(self) -> AbstractContextManager[sqlite3.Connection]:
         return connection(self.path)
 
-    def add(self, name: str, password: str, roles: Iterable[str], display: str = "") -> User:
-        name = name.strip()
+    def add(self, name: str, password: str, roles: Iterable[str], display: str = "",
+            institution: str = "") -> User:
+        name, institution = name.strip(), institution.strip()
         if not name or not name.isprintable() or len(name) > 64:
             raise bad_request("A user needs a printable name of at most 64 characters")
+        if not institution.isprintable() or len(institution) > 128:
+            raise bad_request("An institution is a printable name of at most 128 characters")
         if len(password) < MIN_PASSWORD:
             raise bad_request(f"A password has at least {MIN_PASSWORD} characters")
         roles = tuple(dict.fromkeys(roles))
@@ -79,12 +93,14 @@ class UserRegistry:
             raise bad_request(f"Give at least one role of {', '.join(ROLES)}")
         salt = secrets.token_bytes(16)
         user = User(name, display.strip() or name, roles, "active",
-                    datetime.now(UTC).isoformat(timespec="seconds"))
+                    datetime.now(UTC).isoformat(timespec="seconds"), institution)
         with self._db() as db:
             try:
-                db.execute("INSERT INTO user VALUES (?, ?, ?, ?, ?, ?, ?)",
+                db.execute("INSERT INTO user (name, display, roles, hash, salt, status, created, "
+                           "institution) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                            (user.name, user.display, orjson.dumps(list(roles)).decode(),
-                            _hash(password, salt), salt, user.status, user.created))
+                            _hash(password, salt), salt, user.status, user.created,
+                            user.institution))
             except sqlite3.IntegrityError:
                 raise bad_request(f"There is a user {name} already") from None
         return user
@@ -92,21 +108,25 @@ class UserRegistry:
     def check(self, name: str, password: str) -> User | None:
         """The active user with this name and password, else None (in the same time)."""
         with self._db() as db:
-            row = db.execute("SELECT name, display, roles, hash, salt, status, created FROM user "
-                             "WHERE name = ?", (name,)).fetchone()
-        given = _hash(password, row[4] if row else _DUMMY_SALT)
-        if row is None or not hmac.compare_digest(given, row[3]) or row[5] != "active":
+            row = db.execute(f"SELECT hash, salt, {_COLUMNS} FROM user WHERE name = ?",
+                             (name,)).fetchone()
+        given = _hash(password, row[1] if row else _DUMMY_SALT)
+        if row is None or not hmac.compare_digest(given, row[0]) or row[5] != "active":
             return None
-        return User(row[0], row[1], tuple(orjson.loads(row[2])), row[5], row[6])
+        return _user(row[2:])
 
     def list(self) -> list[User]:
         with self._db() as db:
-            rows = db.execute("SELECT name, display, roles, status, created FROM user "
-                              "ORDER BY name").fetchall()
-        return [User(r[0], r[1], tuple(orjson.loads(r[2])), r[3], r[4]) for r in rows]
+            rows = db.execute(f"SELECT {_COLUMNS} FROM user ORDER BY name").fetchall()
+        return [_user(r) for r in rows]
 
     def disable(self, name: str) -> None:
         with self._db() as db:
             if db.execute("UPDATE user SET status = 'disabled' WHERE name = ?",
                           (name,)).rowcount != 1:
                 raise not_found(f"No user {name}")
+
+
+def _user(row: tuple) -> User:
+    name, display, roles, status, created, institution = row
+    return User(name, display, tuple(orjson.loads(roles)), status, created, institution or "")

@@ -229,12 +229,19 @@ def normalise(claims: dict, issuer: ExternalIssuer) -> dict:
     roles = claim_at(claims, issuer.roles_claim)
     roles = [roles] if isinstance(roles, str) else roles if isinstance(roles, list) else []
     out["hub_roles"] = [r for r in ROLES if r in roles]
-    institution = claim_at(claims, issuer.institution_claim)
-    if isinstance(institution, list) and len(institution) == 1:
-        institution = institution[0]
-    if isinstance(institution, str) and institution:
+    institution = institution_at(claims, issuer.institution_claim)
+    if institution:
         out["hub_institution"] = institution
     return out
+
+
+def institution_at(claims: dict, path: str) -> str | None:
+    """The institution a provider's token names at ``path`` (a string, or a list of one), or
+    None: the API's tokens and the console's ID tokens are read alike."""
+    institution = claim_at(claims, path)
+    if isinstance(institution, list) and len(institution) == 1:
+        institution = institution[0]
+    return institution if isinstance(institution, str) and institution else None
 
 
 def claim_at(claims: dict, path: str) -> Any:

@@ -54,6 +54,9 @@ def add_parsers(sub: Any, common: Any) -> None:
     ua.add_argument("--role", action="append", choices=ROLES, required=True,
                     help="a hub role (repeat for several)")
     ua.add_argument("--display", default="", help="the name shown (default: NAME)")
+    ua.add_argument("--institution", default="",
+                    help="the institution the person works for (consents naming institutions "
+                         "are judged by it)")
     usub.add_parser("list", parents=[common], help="the console's users")
     ud = usub.add_parser("disable", parents=[common], help="refuse the user's next login")
     ud.add_argument("name")
@@ -269,11 +272,13 @@ def _user(args: Any, settings: Any) -> int:
         existing_data_dir(settings)  # what reads or changes what is there
     users = UserRegistry(settings.data_dir / REGISTRY_FILE)
     if args.user_action == "add":
-        users.add(args.name, _new_password(args.name), args.role, args.display)
+        users.add(args.name, _new_password(args.name), args.role, args.display,
+                  args.institution)
         print(args.name)
     elif args.user_action == "list":
         for u in users.list():
-            print(f"{u.name:24} {u.display:16} {','.join(u.roles):24} {u.status}")
+            print(f"{u.name:24} {u.display:16} {','.join(u.roles):24} {u.institution or '-':12} "
+                  f"{u.status}")
     else:
         users.disable(args.name)
     return 0

@@ -19,6 +19,6 @@ review). Templates are Jinja2 (``templates/``), the words ``i18n.yaml``, ECharts
 from __future__ import annotations
 
 from hub.console import audit, codes, connectors, identity, intake, login, oidc, quality, record  # noqa: F401  (their routes)
-from hub.console.common import STATIC, StaticFiles, error_page, router
+from hub.console.common import SECURITY_HEADERS, STATIC, StaticFiles, error_page, router
 
-__all__ = ["STATIC", "StaticFiles", "error_page", "router"]
+__all__ = ["SECURITY_HEADERS", "STATIC", "StaticFiles", "error_page", "router"]

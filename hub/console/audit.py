@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 from fastapi import Request
@@ -16,8 +15,9 @@ from starlette.concurrency import run_in_threadpool
 
 from hub.access.audit import REVIEW, review_event
 from hub.access.chain import emergency_accesses
-from hub.api.caller import authorize, context_of, repository
-from hub.console.common import check_csrf, page, router, say
+from hub.access.policy import EMERGENCY
+from hub.api.caller import actor_of, authorize, context_of, repository
+from hub.console.common import check_csrf, notice_of, page, router, say, with_notice
 from hub.core.access import Action
 from hub.core.errors import FhirError
 
@@ -36,25 +36,33 @@ def audit_page(request: Request) -> Response:
     log = _log(request)
     since = int((datetime.now(UTC) - timedelta(days=WINDOW_DAYS)).timestamp() * 1_000_000)
     found = emergency_accesses(log, since, 200) if log is not None else []
-    reviews: dict[str, dict[str, str]] = {}
+    reviews: dict[str, list[dict[str, str]]] = {}
     if found:
-        for row in log.with_values("entity", [f"AuditEvent/{a['id']}" for a in found]):
+        for row in reversed(log.with_values("entity", [f"AuditEvent/{a['id']}" for a in found])):
             d = orjson.loads(row.body)
             if (d.get("type") or {}).get("code") != REVIEW["code"]:
                 continue
             target = d["entity"][0]["what"]["reference"].split("/", 1)[1]
-            reviews.setdefault(target, {  # the newest review stands (rows come newest first)
-                "by": d["agent"][0]["who"]["display"], "when": d.get("recorded", ""),
-                "finding": d["entity"][0].get("description", ""),
+            who = d["agent"][0]["who"]
+            reviews.setdefault(target, []).append({  # every review, the oldest first
+                "by": who["display"], "subject": (who.get("identifier") or {}).get("value", ""),
+                "when": d.get("recorded", ""), "finding": d["entity"][0].get("description", ""),
                 "note": str(d.get("outcomeDesc", "")).partition(": ")[2]})
-    emergency = [{"id": a["id"], "time": a["recorded"], "who": a["who"],
-                  "whose": ", ".join(a["what"][:3]), "what": "/".join(a["access"]),
-                  "why": a["purpose"], "outcome": a["outcome"], "review": reviews.get(a["id"])}
-                 for a in reversed(found)]
+    me = actor_of(request).subject
+    emergency = []
+    for a in reversed(found):
+        said = reviews.get(a["id"], [])
+        # reviewed once someone other than who broke the glass reviewed it (a review by that
+        # person, recorded before such reviews were refused, is shown and counts for nothing)
+        emergency.append({"id": a["id"], "time": a["recorded"], "who": a["who"],
+                          "whose": ", ".join(a["what"][:3]), "what": "/".join(a["access"]),
+                          "why": a["purpose"], "outcome": a["outcome"], "reviews": said,
+                          "pending": not any(r["subject"] != a["who"] for r in said),
+                          "own": a["who"] == me})
     q = {k: request.query_params.get(k, "").strip()[:200] for k in ("patient", "who", "since")}
     accesses = _search(request, ctx, q) if any(q.values()) else None
     return page(request, "audit.html", "audit", emergency=emergency, q=q, accesses=accesses,
-                findings=FINDINGS, notice=request.query_params.get("notice"))
+                findings=FINDINGS, notice=notice_of(request))
 
 
 def _search(request: Request, ctx: Any, q: dict[str, str]) -> list[dict[str, str]]:
@@ -110,11 +118,25 @@ async def review(request: Request, event_id: str) -> Response:
     if finding == "unjustified" and not note:
         raise FhirError(400, "invalid", "say why the access was not justified")
     log = _log(request)
-    if log is None or not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", event_id) or \
-            not log.get_many([event_id]):
-        raise FhirError(404, "not-found", f"No AuditEvent {event_id}")
+    found = log.get_many([event_id]) if log is not None and \
+        re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", event_id) else {}
+    access = orjson.loads(found[event_id].body) if event_id in found else None
+    if access is None or not _emergency(access):
+        raise FhirError(404, "not-found", f"No break-the-glass access {event_id}")
     ctx = context_of(request, feed="console")
+    agent = ((access.get("agent") or [{}])[0].get("who") or {}).get("identifier") or {}
+    if agent.get("value") == ctx.actor.subject:  # separation of duties
+        raise FhirError(403, "forbidden", "A break-the-glass access is reviewed by an auditor "
+                                          "other than the person who made it")
     await run_in_threadpool(request.app.state.audit.write,
                             review_event(ctx, event_id, finding, note))
     notice = f"{event_id}: {say(request, 'reviewed')} ({say(request, 'finding_' + finding)})"
-    return RedirectResponse(f"/console/audit?notice={quote(notice)}", 303)
+    return RedirectResponse(with_notice(request, "/console/audit", notice), 303)
+
+
+def _emergency(event: dict[str, Any]) -> bool:
+    """Is this AuditEvent a break-the-glass access (what a review may be of)?"""
+    if (event.get("type") or {}).get("code") == REVIEW["code"]:
+        return False
+    return any(c.get("code") in EMERGENCY for p in event.get("purposeOfEvent") or ()
+               for c in p.get("coding") or ())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import threading
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 from fastapi import Request
@@ -14,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hub.api.bundles import parse_entry
 from hub.api.caller import authorize, context_of, repository
-from hub.console.common import check_csrf, page, router, say
+from hub.console.common import check_csrf, notice_of, page, router, say, with_notice
 from hub.core.access import Action
 from hub.core.errors import FhirError
 from hub.core.events import resource_bytes
@@ -55,7 +54,7 @@ def mapping_page(request: Request) -> Response:
                if j["kind"] == "renormalise"][:1]
     return page(request, "mapping.html", "mapping", rows=rows, institution=institution,
                 find_system=find_system, find=find, found=found, use=use, last_run=running,
-                notice=q.get("notice"))
+                notice=notice_of(request))
 
 
 @router.post("/console/mapping", name="console-mapping-post", include_in_schema=False)
@@ -71,7 +70,7 @@ async def mapping_post(request: Request) -> Response:
         raise FhirError(400, "invalid", "system, code, target system and target code are needed")
     await run_in_threadpool(_map_code, request, values)
     notice = f"{values['code']} → {values['target_code']}: " + say(request, "mapped")
-    return RedirectResponse(f"/console/mapping?notice={quote(notice)}", 303)
+    return RedirectResponse(with_notice(request, "/console/mapping", notice), 303)
 
 
 @router.post("/console/mapping/renormalise", name="console-mapping-renormalise",
@@ -86,14 +85,14 @@ async def renormalise_post(request: Request) -> Response:
     jobs = Jobs(request.app.state.settings.data_dir)
     if any(j["kind"] == "renormalise" and j["status"] == "running" for j in jobs.list(50)):
         notice = say(request, "already_running")
-        return RedirectResponse(f"/console/jobs?notice={quote(notice)}", 303)
+        return RedirectResponse(with_notice(request, "/console/jobs", notice), 303)
     claims = getattr(request.state, "console_claims", None) or {}
     job = jobs.start("renormalise", f"renormalisation{f' of {institution}' if institution else ''}"
                      f" by {claims.get('sub', 'console')}")
     app = request.app
     threading.Thread(target=_renormalise, args=(app, institution, job), daemon=True,
                      name=f"renormalise-{job.id}").start()
-    return RedirectResponse(f"/console/jobs?notice={quote(say(request, 'started'))}", 303)
+    return RedirectResponse(with_notice(request, "/console/jobs", say(request, "started")), 303)
 
 
 def _renormalise(app: Any, institution: str | None, job: Job) -> None:
@@ -117,7 +116,7 @@ def jobs_page(request: Request) -> Response:
     jobs = Jobs(request.app.state.settings.data_dir).list(50)
     return page(request, "jobs.html", "jobs", jobs=jobs,
                 running=any(j["status"] == "running" for j in jobs),
-                notice=request.query_params.get("notice"))
+                notice=notice_of(request))
 
 
 def _map_code(request: Request, v: dict[str, str]) -> None:

@@ -3,6 +3,9 @@ with its security headers, the error page, the forms' CSRF check."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 import secrets
 from datetime import datetime
@@ -10,7 +13,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import yaml
 from fastapi import APIRouter, Request, staticfiles
@@ -81,7 +84,7 @@ def page(request: Request, template: str, current: str, **values: Any) -> HTMLRe
     claims = getattr(request.state, "console_claims", None) or {}
     html = _env.get_template(template).render(
         t=lambda key: said.get(key, {}).get(lang, key), lang=lang, page=current,
-        user=claims.get("name"), csrf=claims.get("csrf", ""),
+        user=claims.get("name"), csrf=claims.get("csrf", ""), btg=btg_value(request),
         charts_missing=not ECHARTS.is_file(), **values)
     response = HTMLResponse(html, headers={"cache-control": "no-store", **SECURITY_HEADERS})
     if request.query_params.get("lang") in LANGS:
@@ -119,19 +122,78 @@ def error_page(request: Request, status: int, detail: str) -> HTMLResponse:
 
 
 def start_session(request: Request, response: Response, subject: str, name: str,
-                  roles: list[str], user: str | None, fhir_user: str) -> None:
+                  roles: list[str], user: str | None, fhir_user: str,
+                  institution: str | None = None) -> None:
     """Sign ``subject`` in: a session begun in the session log (so that logging out or disabling
-    the user ends it on the server too) and its cookie set on ``response``."""
+    the user ends it on the server too) and its cookie set on ``response``. ``institution``: the
+    one the person works for (the consents that name institutions are judged by it), as an API
+    token's ``hub_institution``."""
     state = request.app.state
     sid = session_log(state).begin(subject, user)
-    token = state.auth_signer.issue(
-        {"iss": ISSUER, "aud": AUDIENCE, "sub": subject, "name": name,
-         "fhirUser": f"Practitioner/console-{quote(fhir_user, safe='')}", "hub_roles": roles,
-         "scope": "user/*.cruds", "csrf": secrets.token_urlsafe(24), "sid": sid}, SESSION_S)
-    # Secure also behind a proxy that ends TLS: the hub's public base URL says https
-    secure = request.url.scheme == "https" or str(state.settings.fhir_base).startswith("https:")
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": subject, "name": name,
+              "fhirUser": f"Practitioner/console-{quote(fhir_user, safe='')}", "hub_roles": roles,
+              "scope": "user/*.cruds", "csrf": secrets.token_urlsafe(24), "sid": sid}
+    if institution:
+        claims["hub_institution"] = institution
+    token = state.auth_signer.issue(claims, SESSION_S)
     response.set_cookie(COOKIE, token, max_age=SESSION_S, httponly=True, samesite="strict",
-                        secure=secure, path="/console")
+                        secure=secure_cookies(request), path="/console")
+
+
+def secure_cookies(request: Request) -> bool:
+    """Whether the console's cookies are Secure: over https, also behind a proxy that ends TLS
+    (the hub's public base URL says https)."""
+    return request.url.scheme == "https" or \
+        str(request.app.state.settings.fhir_base).startswith("https:")
+
+
+def public_url(request: Request, path: str) -> str:
+    """The address of ``path`` (``/console/…``) as browsers reach the hub: beside the FHIR base
+    of its public base URL (``HUB_BASE_URL``: a proxy that ends TLS says https there, where the
+    request it forwards is plain http), else where the request came."""
+    base = str(request.app.state.settings.base_url or "").rstrip("/")
+    if base.startswith(("https://", "http://")):
+        return base.removesuffix("/fhir") + path
+    return str(request.base_url).rstrip("/") + path
+
+
+def session_mac(request: Request, label: str) -> str:
+    """A value only this session can make, for ``label`` (a keyed hash of the session's secret
+    CSRF value: it tells nothing of that value, so it may stand in an address)."""
+    claims = getattr(request.state, "console_claims", None) or {}
+    key = str(claims.get("csrf") or "")
+    if not key:
+        return ""
+    mac = hmac.new(key.encode(), label.encode("utf-8"), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:18]).decode()
+
+
+def btg_value(request: Request) -> str:
+    """The value that makes an emergency purpose count on a record page: this session's, and
+    never its CSRF value (it stands in the page's address, its links and the browser's
+    history)."""
+    return session_mac(request, "break-the-glass")
+
+
+def signed_by_session(request: Request, label: str, sent: str) -> bool:
+    made = session_mac(request, label)
+    return bool(made) and secrets.compare_digest(made.encode(), sent.encode("utf-8", "replace"))
+
+
+def with_notice(request: Request, url: str, notice: str) -> str:
+    """``url`` with a notice for its page to show, signed with the session: a notice in a link
+    made anywhere else (or before a new login) shows nothing."""
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}{urlencode({'notice': notice, 'ns': session_mac(request, 'notice:' + notice)})}"
+
+
+def notice_of(request: Request) -> str | None:
+    """The notice the page's address carries, if this session signed it; else none."""
+    notice = request.query_params.get("notice")
+    if not notice or not signed_by_session(request, "notice:" + notice,
+                                           request.query_params.get("ns", "")):
+        return None
+    return notice
 
 
 def end_session(request: Request, response: Response) -> None:

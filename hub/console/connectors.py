@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hub import daemons
 from hub.api.caller import authorize
-from hub.console.common import check_csrf, page, router, say
+from hub.console.common import check_csrf, notice_of, page, router, say, with_notice
 from hub.core.access import Action
 
 COUNTS = daemons.COUNTS
@@ -53,7 +53,7 @@ def connectors_page(request: Request) -> Response:
         states = list(pool.map(daemons.status, registered))
     rows = [_summary(d, st) for d, st in zip(registered, states)]
     return page(request, "connectors.html", "connectors", rows=rows,
-                notice=request.query_params.get("notice"))
+                notice=notice_of(request))
 
 
 @router.api_route("/console/connectors/{name}", methods=["GET", "HEAD"],
@@ -69,7 +69,7 @@ def connector_page(request: Request, name: str) -> Response:
     return page(request, "connector.html", "connectors", c=_summary(daemon, st), sources=sources,
                 sink=st.get("sink") or {}, letters=letters, counts=COUNTS,
                 every=request.query_params.get("all") == "1",
-                notice=request.query_params.get("notice"))
+                notice=notice_of(request))
 
 
 @router.api_route("/console/connectors/{name}/deadletters/{dl_id}", methods=["GET", "HEAD"],
@@ -109,4 +109,4 @@ async def _replay(request: Request, name: str, dl_id: int | None) -> Response:
     if failed:
         reason = str((failed[0].get("error") or {}).get("reason", ""))[:200]
         notice += f" · {say(request, 'refused_again')}: {len(failed)} ({reason})"
-    return RedirectResponse(f"/console/connectors/{quote(name)}?notice={quote(notice)}", 303)
+    return RedirectResponse(with_notice(request, f"/console/connectors/{quote(name)}", notice), 303)

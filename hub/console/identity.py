@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from hub.api.caller import authorize, repository
-from hub.console.common import check_csrf, page, router, say
+from hub.console.common import check_csrf, notice_of, page, router, say, with_notice
 from hub.core.access import Action
 from hub.core.errors import FhirError
 from hub.core.events import resource_bytes
@@ -43,7 +43,7 @@ def identity_page(request: Request) -> Response:
         reviews.append({"id": r["id"], "score": r["score"], "people": people,
                         "evidence": evidence})
     return page(request, "identity.html", "identity", reviews=reviews, fields=PAIR_FIELDS,
-                 notice=request.query_params.get("notice"))
+                 notice=notice_of(request))
 
 
 def _person_view(request: Request, ctx: Any, ref: str) -> dict[str, str]:
@@ -91,7 +91,7 @@ async def identity_decide(request: Request, rid: str) -> Response:
         await run_in_threadpool(identity.dismiss_review, rid, user, reason)
     notice = f"{rid}: " + say(request, {"accept": "accepted", "reject": "rejected",
                                         "dismiss": "dismissed"}[decision])
-    return RedirectResponse(f"/console/identity?notice={quote(notice)}", 303)
+    return RedirectResponse(with_notice(request, "/console/identity", notice), 303)
 
 
 # -- a person's history -----------------------------------------------------------------------
@@ -142,7 +142,7 @@ def person_page(request: Request) -> Response:
         d["undo"], d["undo_what"] = undo if undo else ("", "")
     return page(request, "person.html", "identity", person=person, links=links, people=people,
                 history=history, merged=merged, ref=ref,
-                notice=request.query_params.get("notice"))
+                notice=notice_of(request))
 
 
 @router.post("/console/identity/person/{person}/undo", name="console-identity-undo",
@@ -181,5 +181,5 @@ async def undo(request: Request, person: str) -> Response:
         notice = f"#{seq}: {say(request, 'not_undone')} ({e.issues[0].diagnostics if e.issues else e.status})"
     await run_in_threadpool(identity.sync)
     back = d["patient"] or f"Person/{person}"
-    return RedirectResponse(f"/console/identity/person?ref={quote(back)}&notice={quote(notice)}",
-                            303)
+    return RedirectResponse(with_notice(request, f"/console/identity/person?ref={quote(back)}",
+                                        notice), 303)

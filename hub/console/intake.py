@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, timedelta
-from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
@@ -14,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from hub import v3intake
 from hub.api.caller import authorize, repository
 from hub.api.health import runners
-from hub.console.common import check_csrf, page, router, say
+from hub.console.common import check_csrf, notice_of, page, router, say, with_notice
 from hub.core.access import Action
 from hub.core.errors import FhirError
 from projections.intake import BY, UNNAMED, day_of
@@ -81,7 +80,7 @@ def quarantine_list(request: Request) -> Response:
     entries = request.app.state.documents.quarantine.list(status=None, limit=500)
     entries.reverse()  # the newest first
     return page(request, "quarantine.html", "quarantine", entries=entries,
-                 notice=request.query_params.get("notice"))
+                 notice=notice_of(request))
 
 
 @router.api_route("/console/quarantine/{qid}", methods=["GET", "HEAD"],
@@ -136,7 +135,7 @@ async def quarantine_replay(request: Request, qid: int) -> Response:
     ok, what = await run_in_threadpool(_replay, request, qid)
     notice = f"#{qid}: " + say(request, "replayed" if ok else "refused_again") \
         + f" ({what[:200]})"
-    return RedirectResponse(f"/console/quarantine?notice={quote(notice)}", 303)
+    return RedirectResponse(with_notice(request, "/console/quarantine", notice), 303)
 
 
 def _replay(request: Request, qid: int) -> tuple[bool, str]:

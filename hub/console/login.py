@@ -58,7 +58,8 @@ async def login(request: Request) -> Response:
     asked = _asked(str(form.get("next") or ""))
     response = RedirectResponse(asked or landing(user.roles), 303)
     await run_in_threadpool(start_session, request, response, f"console:{user.name}",
-                            user.display, list(user.roles), user.name, user.name)
+                            user.display, list(user.roles), user.name, user.name,
+                            user.institution or None)
     return response
 
 

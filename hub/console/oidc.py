@@ -3,8 +3,9 @@ flow with PKCE (RFC 7636, S256), for a region whose staff already have an identi
 
 Configured by ``HUB_CONSOLE_OIDC_ISSUER`` (the provider, found by its discovery document),
 ``HUB_CONSOLE_OIDC_CLIENT_ID`` and, for a confidential client, ``HUB_CONSOLE_OIDC_CLIENT_SECRET``;
-the hub's roles are read from the ID token's ``HUB_AUTH_ROLES_CLAIM`` (a dotted path, as for API
-tokens). The redirect URI to register with the provider is ``<hub>/console/oidc/callback``.
+the hub's roles are read from the ID token's ``HUB_AUTH_ROLES_CLAIM`` and the person's institution
+from its ``HUB_AUTH_INSTITUTION_CLAIM`` (dotted paths, as for API tokens). The redirect URI to
+register with the provider is ``<hub>/console/oidc/callback`` (on ``HUB_BASE_URL`` when set).
 
 ``/console/oidc/start`` keeps the flow's state, nonce and code verifier in a short-lived,
 hub-signed, HttpOnly cookie (SameSite=Lax: the provider's redirect back is a cross-site
@@ -32,8 +33,8 @@ from starlette.concurrency import run_in_threadpool
 from hub.auth.clients import ROLES
 from hub.auth.discovery import provider_metadata
 from hub.auth.sessions import ISSUER
-from hub.auth.verifier import Verifier, claim_at
-from hub.console.common import page, router, safe_next, start_session
+from hub.auth.verifier import Verifier, claim_at, institution_at
+from hub.console.common import page, public_url, router, safe_next, secure_cookies, start_session
 from hub.core.errors import FhirError
 
 FLOW_COOKIE = "hub_console_oidc"
@@ -47,7 +48,9 @@ def configured(request: Request) -> bool:
 
 
 def _redirect_uri(request: Request) -> str:
-    return str(request.url_for("console-oidc-callback"))
+    """``<hub>/console/oidc/callback``, as registered with the provider: built from the hub's
+    public base URL (behind a proxy that ends TLS, the request itself is http)."""
+    return public_url(request, "/console/oidc/callback")
 
 
 def _discovery(request: Request) -> dict[str, Any]:
@@ -88,7 +91,7 @@ async def start(request: Request) -> Response:
     response = RedirectResponse(f"{meta['authorization_endpoint']}?{query}", 303)
     response.set_cookie(FLOW_COOKIE, request.app.state.auth_signer.issue(flow, FLOW_S),
                         max_age=FLOW_S, httponly=True, samesite="lax",
-                        secure=request.url.scheme == "https", path="/console/oidc")
+                        secure=secure_cookies(request), path="/console/oidc")
     return response
 
 
@@ -120,17 +123,21 @@ async def callback(request: Request) -> Response:
         claims = await run_in_threadpool(_redeem, request, code, flow)
     except FhirError as e:
         return _refused(request, e.issues[0].diagnostics if e.issues else "login failed")
-    roles = claim_at(claims, request.app.state.settings.auth_roles_claim)
+    settings = request.app.state.settings
+    roles = claim_at(claims, settings.auth_roles_claim)
     roles = [r for r in (roles if isinstance(roles, list) else [roles]) if r in ROLES]
     if not roles:
         return _refused(request, "your account has none of the hub's roles")
+    # the institution is read from the claim the API's tokens carry it in, alike
+    institution = institution_at(claims, settings.auth_institution_claim)
     issuer_host = urlparse(str(claims["iss"])).netloc or str(claims["iss"])
     subject = f"oidc:{issuer_host}:{claims['sub']}"[:200]
     name = str(claims.get("name") or claims.get("preferred_username") or claims["sub"])[:200]
     # not a redirect: the navigation the provider started is cross-site, and a browser sends no
     # SameSite=Strict cookie (the session's) anywhere along it; this page's own step is same-site
     response = page(request, "signed_in.html", "login", next=safe_next(str(flow.get("next") or "")))
-    await run_in_threadpool(start_session, request, response, subject, name, roles, None, subject)
+    await run_in_threadpool(start_session, request, response, subject, name, roles, None, subject,
+                            institution)
     response.delete_cookie(FLOW_COOKIE, path="/console/oidc")
     return response
 

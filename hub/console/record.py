@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import re
-import secrets
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ from fhir_mapping.xmlsafe import parse_xml
 from hub.access.policy import EMERGENCY
 from hub.api.caller import PURPOSES, actor_of, authorize, context_of, repository
 from hub.api.everything import audit_event
-from hub.console.common import page, router, say
+from hub.console.common import btg_value, page, router, say, signed_by_session
 from hub.core import jsontext
 from hub.core.access import Action
 from hub.core.errors import FhirError
@@ -85,16 +84,15 @@ def _purpose(request: Request) -> str:
     """The purpose of use the reader gave (``""``: none yet, to be asked), made the request's
     actor's, so every read it does is checked and audited with it. Breaking the glass is the
     reader's own choice on this console's form: an emergency purpose counts only with the
-    session's value (``btg``), which the form and the pages' own links carry; a link from
+    session's value (``btg``: made from the session's secret, not its CSRF value, and left out
+    of what the audit records), which the form and the pages' own links carry; a link from
     anywhere else (a reference a feed wrote, a message) asks again."""
     purpose = request.query_params.get("purpose", "").upper()
     if purpose and purpose not in PURPOSES:
         raise FhirError(400, "invalid", "purpose is a v3 PurposeOfUse code (TREAT, ETREAT)")
-    if purpose in EMERGENCY:
-        claims = getattr(request.state, "console_claims", None) or {}
-        sent = request.query_params.get("btg", "")
-        if not claims.get("csrf") or not secrets.compare_digest(sent, str(claims["csrf"])):
-            return ""
+    if purpose in EMERGENCY and not signed_by_session(request, "break-the-glass",
+                                                      request.query_params.get("btg", "")):
+        return ""
     if purpose:
         request.state.actor = replace(actor_of(request), purpose=purpose)
     return purpose
@@ -104,8 +102,7 @@ def _purpose_query(request: Request, purpose: str) -> str:
     """The query that keeps ``purpose`` on the links of a page (with the session's value when
     it breaks the glass)."""
     if purpose in EMERGENCY:
-        claims = getattr(request.state, "console_claims", None) or {}
-        return urlencode({"purpose": purpose, "btg": claims.get("csrf", "")})
+        return urlencode({"purpose": purpose, "btg": btg_value(request)})
     return urlencode({"purpose": purpose})
 
 
