@@ -75,6 +75,38 @@ def test_no_candidates(stored):
     assert b["total"] == 0 and b["entry"] == []
 
 
+MRN = "urn:test:match:mrn"  # one institution's record numbers: a system nobody configured
+
+
+def numbered(pid: str, n: int, mrn: str | None = None) -> dict:
+    """A Patient as a test feed registers them: numbered names, one birth date and sex."""
+    p = {"resourceType": "Patient", "id": pid, "name": [{"family": f"Famn{n}", "given": [f"Gn{n}"]}],
+         "gender": "female", "birthDate": "1971-03-04",
+         "identifier": [{"system": MRN, "value": mrn or f"MRN-{pid}"}]}
+    return p
+
+
+def grades(b: dict) -> dict[str, tuple[str, float]]:
+    return {e["resource"]["id"]: (e["search"]["extension"][0]["valueCode"], e["search"]["score"])
+            for e in b["entry"]}
+
+
+def test_another_name_and_record_number_on_one_birth_date_is_no_probable_match(client):
+    """Patients sharing only a birth date and sex: asked with one's name and record number, the
+    others are no probable match: Famn1 and Famn2 sound alike only with their numbers left out."""
+    for i in (1, 2, 3):
+        r = client.put(f"/Patient/nm-{i}", json=numbered(f"nm-{i}", i), headers=FHIR)
+        assert r.status_code in (200, 201), r.text
+    query = numbered("nm-1", 1)
+    del query["id"]
+    found = grades(match(client, params(query)))
+    assert found["nm-1"][0] in ("certain", "probable")
+    for other in ("nm-2", "nm-3"):
+        grade, score = found.get(other, ("certainly-not", 0.0))
+        assert grade not in ("certain", "probable") and score < 0.9999, found
+    assert match(client, params(query))["entry"][0]["resource"]["id"] == "nm-1"
+
+
 @pytest.mark.parametrize("body, where", [
     ({"resourceType": "Patient"}, "Parameters"),
     (params(None), "resource"),
