@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from hub.mpi.identifiers import ROLE_EXTENSION
 from hub.mpi.normalise import RESIDENT_ID
 from terminology.resident_id import check_digit
 
@@ -75,6 +78,60 @@ def test_no_candidates(stored):
     assert b["total"] == 0 and b["entry"] == []
 
 
+MRN = "urn:test:match:mrn"  # one institution's record numbers: a system nobody configured
+
+
+def numbered(pid: str, n: int, mrn: str | None = None) -> dict:
+    """A Patient as a test feed registers them: numbered names, one birth date and sex."""
+    p = {"resourceType": "Patient", "id": pid, "name": [{"family": f"Famn{n}", "given": [f"Gn{n}"]}],
+         "gender": "female", "birthDate": "1971-03-04",
+         "identifier": [{"system": MRN, "value": mrn or f"MRN-{pid}"}]}
+    return p
+
+
+def grades(b: dict) -> dict[str, tuple[str, float]]:
+    return {e["resource"]["id"]: (e["search"]["extension"][0]["valueCode"], e["search"]["score"])
+            for e in b["entry"]}
+
+
+def test_another_name_and_record_number_on_one_birth_date_is_no_probable_match(client):
+    """Patients sharing only a birth date and sex: asked with one's name and record number, the
+    others are no probable match: Famn1 and Famn2 sound alike only with their numbers left out."""
+    for i in (1, 2, 3):
+        r = client.put(f"/Patient/nm-{i}", json=numbered(f"nm-{i}", i), headers=FHIR)
+        assert r.status_code in (200, 201), r.text
+    query = numbered("nm-1", 1)
+    del query["id"]
+    found = grades(match(client, params(query)))
+    assert found["nm-1"][0] in ("certain", "probable")
+    for other in ("nm-2", "nm-3"):
+        grade, score = found.get(other, ("certainly-not", 0.0))
+        assert grade not in ("certain", "probable") and score < 0.9999, found
+    assert match(client, params(query))["entry"][0]["resource"]["id"] == "nm-1"
+
+
+def test_a_record_number_of_a_unique_system_contradicting_is_certainly_not(client):
+    """Declared unique (a NamingSystem), another number in that system vetoes: the other Patient
+    is no candidate at all, whatever its birth date and sex. The server's follower process
+    indexes the NamingSystem (waited for here), not the API process that answers."""
+    ns = {"resourceType": "NamingSystem", "id": "match-mrn", "name": "MatchMrn", "status": "active",
+          "kind": "identifier", "date": "2026-12-01", "uniqueId": [{"type": "uri", "value": MRN}],
+          "extension": [{"url": ROLE_EXTENSION, "valueCode": "unique"}]}
+    r = client.put("/NamingSystem/match-mrn", json=ns, headers=FHIR)
+    assert r.status_code in (200, 201), r.text
+    for i in (4, 5):
+        r = client.put(f"/Patient/nu-{i}", json=numbered(f"nu-{i}", 4), headers=FHIR)
+        assert r.status_code in (200, 201), r.text
+    ready, deadline = str(client.base_url).rstrip("/").removesuffix("/fhir") + "/ready", time.monotonic() + 15
+    while client.get(ready).json()["checks"]["read-model:identity-candidates"].get("lag") != 0:
+        assert time.monotonic() < deadline, "the follower process did not index the Patients"
+        time.sleep(0.05)
+    query = numbered("nu-4", 4)
+    del query["id"]
+    found = grades(match(client, params(query)))
+    assert "nu-4" in found and "nu-5" not in found, found
+
+
 @pytest.mark.parametrize("body, where", [
     ({"resourceType": "Patient"}, "Parameters"),
     (params(None), "resource"),
@@ -118,8 +175,6 @@ def test_hostile_input(client):
 def test_serve_matches_new_patients_as_they_arrive(tmp_path, monkeypatch):
     """With HUB_MPI_AUTOMATCH=1 the server's incremental matcher hands its decisions to the
     identity service: a homophone registration of the same person lands in the same Person."""
-    import time
-
     import httpx
 
     from hub.core.config import Settings

@@ -100,6 +100,29 @@ def test_latin_name_levels():
     assert levels(pat("a", name="司徒明文"), pat("b", name="司徒文"))[0]["name"] == "partial"
 
 
+def test_names_numbered_apart_are_different_names():
+    # the digits are no sound and barely a letter: Famp1 Gp1 sounded as Famp2 Gp2, 张伟1 read as 张伟2
+    assert levels(latin("a", "Famp1", "Gp1"), latin("b", "Famp2", "Gp2"))[0]["name"] == "different"
+    assert levels(latin("a", "Smith", "Baby 1"), latin("b", "Smith", "Baby 2"))[0]["name"] == "different"
+    assert levels(pat("a", name="张伟1"), pat("b", name="张伟2"))[0]["name"] == "different"
+    # the same number, or one name without any, is compared as before
+    assert levels(latin("a", "Smith", "Baby 1"), latin("b", "Smyth", "Baby 1"))[0]["name"] == "phonetic"
+    assert levels(latin("a", "Flockhart", "Jasper"), latin("b", "Flockhart", "Jasper 2"))[0]["name"] != "different"
+
+
+def test_numbered_newborns_of_one_household_are_twins():
+    """Twins registered as Baby 1 and Baby 2 under one surname, birth date and address: the twin
+    pattern, not one person (their names sounded alike, and the address linked them)."""
+    def baby(pid: str, given: str) -> dict:
+        p = latin(pid, "Smith", given)
+        p.update(gender="female", birthDate="2024-03-01",
+                 address=[{"line": ["12 Harbour Street"], "city": "Sydney", "postalCode": "2000"}])
+        return p
+    c = _score(baby("a", "Baby 1"), baby("b", "Baby 2"))
+    assert c.grade not in ("certain", "probable"), c.evidence
+    assert c.evidence["twin"]["weight"] < 0
+
+
 def test_birth_levels():
     assert compare_birth("1980-01-02", "1980-01-02") == "exact"
     assert compare_birth("1980-01-02", "1980-02-01") == "swapped"

@@ -60,7 +60,7 @@ def attach(app: FastAPI, settings: Settings, store: ResourceStore,
     identity = getattr(app.state, "identity", None)  # hub.api.identity's IdentityService
     app.state.mpi_incremental_runner = None
     if identity is not None:
-        identity.roles = lambda: index.roles  # the unique systems stored NamingSystems declare
+        identity.roles = index.stored_roles  # the unique systems stored NamingSystems declare
     if identity is not None and settings.mpi_automatch and settings.follows_here:
         # New and updated Patients matched as they arrive; the matcher's decisions ("link":
         # linked automatically, "review": the review queue, "new") are recorded by the identity
@@ -176,7 +176,7 @@ async def patient_match(request: Request) -> Response:
     def answer() -> list[tuple[Any, Any]]:
         sync(index, runner)
         # the query is no indexed Patient; read with the identifier systems the index knows
-        f = features({**patient, "id": "$match"}, index.roles)
+        f = features({**patient, "id": "$match"}, index.stored_roles())
         ranked = matcher.match(f)
         if only_certain:
             ranked = [c for c in ranked if c.grade == "certain"]

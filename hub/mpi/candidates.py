@@ -111,6 +111,14 @@ class IdentityCandidates(SQLiteReadModel):
     def stale(self) -> str | None:
         return None if self.counts_complete() else STALE_COUNTS
 
+    def stored_roles(self) -> identifiers.Roles:
+        """The identifier-system roles as the index holds them now. ``roles`` is this process's
+        copy, refreshed when it applies a batch: under ``hub serve`` the follower process applies
+        most, and a NamingSystem it indexed must count in the API process too (``$match`` reads a
+        contradicting identifier of a unique system as the veto it is)."""
+        with self.readers.snapshot() as c:
+            return _load_roles(c)
+
     @property
     def bulk(self) -> bool:
         return self._bulk

@@ -12,6 +12,7 @@ name      exact | pinyin (same reading: homophones) | swap (given name character
           given name dropped; Latin script: one part missing, the other the same or a typo of it) | given (Latin
           script: the given names alike, the surnames not: a name taken at marriage) | family
           (Latin script: the surnames alike, the given names not) | similar (Jaro-Winkler of the pinyin >= 0.9) | different
+          (also two names both carrying numbers, other ones: Baby 1 and Baby 2)
 birth     exact | swapped (day and month) | lunar (one is the other's date in the Chinese lunar
           calendar, as many registrations record it) | year1 (same day and month, the year one
           off) | typo (one digit mistyped or two transposed, also across a separator) | year (same year only) | different
@@ -42,6 +43,7 @@ ID numbers), ``identifier_conflict`` (no value in common in a unique system both
 from __future__ import annotations
 
 import datetime as dt
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -70,6 +72,7 @@ NEAR_BIRTH = ("swapped", "lunar", "year1")  # a birth date mistyped or recorded 
 SIMILAR = 0.9
 LATIN_EDIT = 0.88
 LATIN_WORDS = 90  # rapidfuzz token_set_ratio of two Latin-script addresses' words
+_NUMBERS = re.compile(r"\d+")
 
 
 def id_status(f: dict) -> str | None:
@@ -99,12 +102,22 @@ def compare_id(a: dict, b: dict) -> str | None:
     return "different"
 
 
+def numbered_apart(x: str, y: str) -> bool:
+    """Two names that both carry numbers, other ones (Baby 1 and Baby 2, birth orders, test
+    records): another number is another person, though the sounds and the letters, which the
+    digits are no part of, agree."""
+    nx, ny = _NUMBERS.findall(x), _NUMBERS.findall(y)
+    return bool(nx and ny) and nx != ny
+
+
 def compare_name(a: dict, b: dict) -> str | None:
     x, y = a.get("name"), b.get("name")
     if not x or not y:
         return None
     if x == y:
         return "exact"
+    if numbered_apart(x, y):
+        return "different"
     if a["py"] == b["py"]:
         return "pinyin"
     fx, fy = a.get("fam") or "", b.get("fam") or ""
