@@ -304,47 +304,38 @@ def test_a_sender_stalled_inside_a_message_is_told_it_idled_not_that_it_closed(c
     still_serving(connector, messages[0])
 
 
-def test_a_sender_trickling_bytes_outside_a_message_is_closed_when_idle(connector, messages):
-    """A CR every half second kept a connection open for ever (each read restarted the idle
-    timer), so 256 such senders locked every real one out."""
+def _trickled_until_closed(connector, byte: bytes, every: float) -> float:
+    """Seconds until the listener closed a connection sent ``byte`` every ``every`` s (at most 5)."""
     s = socket.create_connection(("127.0.0.1", connector.sources[0].port))
     s.settimeout(0.2)
     started = time.monotonic()
     closed = False
     while time.monotonic() - started < 5 and not closed:
         try:
-            s.sendall(b"\r")
+            s.sendall(byte)
             if s.recv(1) == b"":
                 closed = True
         except TimeoutError:
             pass
         except OSError:
             closed = True
-        time.sleep(0.3)
+        time.sleep(every)
     s.close()
-    assert closed and time.monotonic() - started < 4  # idle_timeout_s is 1
+    assert closed, "the connection stayed open"
+    return time.monotonic() - started
+
+
+def test_a_sender_trickling_bytes_outside_a_message_is_closed_when_idle(connector, messages):
+    """A CR every half second kept a connection open for ever (each read restarted the idle
+    timer), so 256 such senders locked every real one out."""
+    assert _trickled_until_closed(connector, b"\r", 0.3) < 4  # idle_timeout_s is 1
     still_serving(connector, messages[0])
 
 
 def test_noise_outside_a_message_does_not_extend_the_idle_timeout(connector, messages):
     """A byte of noise every 0.6 s (each a framing error, "1 bytes outside an MLLP block
     skipped") restarted the idle timer at each: the connection stayed open for ever."""
-    s = socket.create_connection(("127.0.0.1", connector.sources[0].port))
-    s.settimeout(0.2)
-    started = time.monotonic()
-    closed = False
-    while time.monotonic() - started < 5 and not closed:
-        try:
-            s.sendall(b"x")
-            if s.recv(1) == b"":
-                closed = True
-        except TimeoutError:
-            pass
-        except OSError:
-            closed = True
-        time.sleep(0.4)
-    s.close()
-    assert closed and time.monotonic() - started < 3  # idle_timeout_s is 1
+    assert _trickled_until_closed(connector, b"x", 0.4) < 3  # idle_timeout_s is 1
     # a message answered starts the next one's timeout afresh
     with client(connector) as c:
         for m in messages[:2]:
