@@ -110,6 +110,20 @@ def test_names_numbered_apart_are_different_names():
     assert levels(latin("a", "Flockhart", "Jasper"), latin("b", "Flockhart", "Jasper 2"))[0]["name"] != "different"
 
 
+def test_names_lettered_apart_are_different_names():
+    # a newborn's birth-order letter is one letter and no sound of its own: Baby A was an edit of Baby B
+    for x, y in (("Baby A", "Baby B"), ("Twin A", "Twin B"), ("Baby Boy A", "Baby Boy B"),
+                 ("Infant A", "Infant C"), ("BabyA", "BabyB"), ("Baby I", "Baby II")):
+        assert levels(latin("a", "Smith", x), latin("b", "Smith", y))[0]["name"] == "different", (x, y)
+    # two middle initials that disagree: two people, conservatively
+    assert levels(latin("a", "Smith", "John A"), latin("b", "Smith", "John B"))[0]["name"] == "different"
+    # the same letter, or one name without any, is compared as before
+    assert levels(latin("a", "Smith", "Baby A"), latin("b", "Smyth", "Baby A"))[0]["name"] == "phonetic"
+    assert levels(latin("a", "Smith", "John A"), latin("b", "Smith", "John"))[0]["name"] == "phonetic"
+    assert levels(latin("a", "Smith", "John A"), latin("b", "Smyth", "John A"))[0]["name"] == "phonetic"
+    assert levels(latin("a", "Smith", "Baby"), latin("b", "Smith", "Baby A"))[0]["name"] != "different"
+
+
 def test_numbered_newborns_of_one_household_are_twins():
     """Twins registered as Baby 1 and Baby 2 under one surname, birth date and address: the twin
     pattern, not one person (their names sounded alike, and the address linked them)."""
@@ -119,6 +133,22 @@ def test_numbered_newborns_of_one_household_are_twins():
                  address=[{"line": ["12 Harbour Street"], "city": "Sydney", "postalCode": "2000"}])
         return p
     c = _score(baby("a", "Baby 1"), baby("b", "Baby 2"))
+    assert c.grade not in ("certain", "probable"), c.evidence
+    assert c.evidence["twin"]["weight"] < 0
+
+
+
+@pytest.mark.parametrize("x, y", [("Baby A", "Baby B"), ("Twin A", "Twin B"), ("Baby Boy A", "Baby Boy B"),
+                                  ("Infant A", "Infant B")])
+def test_lettered_newborns_of_one_household_are_twins(x, y):
+    """Twins registered as Baby A and Baby B (Twin A, Twin B...) under one surname, birth date and
+    address: the twin pattern, not one person (their names were one letter apart)."""
+    def baby(pid: str, given: str) -> dict:
+        p = latin(pid, "Smith", given)
+        p.update(gender="female", birthDate="2024-03-01",
+                 address=[{"line": ["12 Harbour Street"], "city": "Sydney", "postalCode": "2000"}])
+        return p
+    c = _score(baby("a", x), baby("b", y))
     assert c.grade not in ("certain", "probable"), c.evidence
     assert c.evidence["twin"]["weight"] < 0
 

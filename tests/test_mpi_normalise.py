@@ -77,6 +77,16 @@ def test_minority_name_separators():
     assert features(patient(name=[{"family": "艾力", "given": ["买买提"]}]))["py"] == "ailimaimaiti"
 
 
+def test_latin_name_words_kept_when_one_is_a_lone_letter():
+    # the name drops its spaces (Baby A reads babya): the words are kept for a lone letter or numeral
+    f = features(patient(name=[{"family": "Smith", "given": ["Baby", "A"]}]))
+    assert f["name"] == "smithbabya" and f["nw"] == "smith baby a"
+    assert features(patient(name=[{"family": "Smith", "given": ["John A."]}]))["nw"] == "smith john a"
+    assert features(patient(name=[{"text": "Baby II Smith"}]))["nw"] == "baby ii smith"
+    assert "nw" not in features(patient(name=[{"family": "Smith", "given": ["John"]}]))
+    assert "nw" not in features(patient())  # not a Latin-script name
+
+
 def test_newborn_placeholder_name_is_left_out():
     f = features(patient(name=[{"text": "王芳之子"}]))
     assert f["nb"] == 1 and f["name"] is None

@@ -12,7 +12,8 @@ name      exact | pinyin (same reading: homophones) | swap (given name character
           given name dropped; Latin script: one part missing, the other the same or a typo of it) | given (Latin
           script: the given names alike, the surnames not: a name taken at marriage) | family
           (Latin script: the surnames alike, the given names not) | similar (Jaro-Winkler of the pinyin >= 0.9) | different
-          (also two names both carrying numbers, other ones: Baby 1 and Baby 2)
+          (also two names both carrying numbers, other ones: Baby 1 and Baby 2; and two Latin names both
+          carrying birth-order letters, other ones: Baby A and Baby B, Twin A and Twin B, John A and John B)
 birth     exact | swapped (day and month) | lunar (one is the other's date in the Chinese lunar
           calendar, as many registrations record it) | year1 (same day and month, the year one
           off) | typo (one digit mistyped or two transposed, also across a separator) | year (same year only) | different
@@ -73,6 +74,9 @@ SIMILAR = 0.9
 LATIN_EDIT = 0.88
 LATIN_WORDS = 90  # rapidfuzz token_set_ratio of two Latin-script addresses' words
 _NUMBERS = re.compile(r"\d+")
+# a newborn's birth order after the word that stands for its name, spaces gone: babya, twinb, babyboyii
+_NEWBORN_ORDER = re.compile(r"(?:baby|twin|triplet|infant|newborn|boy|girl)(i{1,3}|iv|vi|[a-z])$")
+_LONE_MARK = re.compile(r"[a-z]|ii|iii|iv|vi")
 
 
 def id_status(f: dict) -> str | None:
@@ -110,13 +114,33 @@ def numbered_apart(x: str, y: str) -> bool:
     return bool(nx and ny) and nx != ny
 
 
+def lettered_apart(a: dict, b: dict) -> bool:
+    """Two Latin names that both carry birth-order letters, other ones: Baby A and Baby B (a letter
+    after a newborn's word: Twin, Infant, Baby Boy), or a lone letter or Roman numeral in the same
+    place among as many words (``nw``). Another letter is another child, though the names sound
+    alike and are one letter apart. Two middle initials that disagree (John A and John B Smith)
+    are different names too: two people more likely than one, and never merging two people
+    outweighs linking one person twice; a name with an initial and one without (John A Smith,
+    John Smith) is compared as before."""
+    x, y = a.get("name") or "", b.get("name") or ""
+    mx, my = _NEWBORN_ORDER.search(x), _NEWBORN_ORDER.search(y)
+    if mx and my and mx.group(1) != my.group(1):
+        return True
+    wx, wy = (a.get("nw") or "").split(), (b.get("nw") or "").split()
+    if not wx or len(wx) != len(wy):
+        return False
+    marks = [i for i, w in enumerate(wx) if _LONE_MARK.fullmatch(w)]
+    return marks == [i for i, w in enumerate(wy) if _LONE_MARK.fullmatch(w)] and \
+        any(wx[i] != wy[i] for i in marks)
+
+
 def compare_name(a: dict, b: dict) -> str | None:
     x, y = a.get("name"), b.get("name")
     if not x or not y:
         return None
     if x == y:
         return "exact"
-    if numbered_apart(x, y):
+    if numbered_apart(x, y) or (x.isascii() and y.isascii() and lettered_apart(a, b)):
         return "different"
     if a["py"] == b["py"]:
         return "pinyin"

@@ -18,7 +18,7 @@ from typing import Any
 from rapidfuzz.distance import OSA
 
 from hub.mpi import blocking
-from hub.mpi.compare import NEAR_BIRTH, compare, count_terms, id_status, latin_parts, numbered_apart
+from hub.mpi.compare import NEAR_BIRTH, compare, count_terms, id_status, latin_parts, lettered_apart, numbered_apart
 from hub.mpi.weights import Weights
 
 CERTAINLY_NOT = "certainly-not"
@@ -229,8 +229,10 @@ def _twins(a: dict, b: dict, levels: dict[str, str], household: tuple[str, ...])
             and any(levels.get(f) in ("same", "exact") for f in household)):
         return False
     pa, pb = latin_parts(a), latin_parts(b)
-    if pa and pb:  # a Latin given name two letters off is a typo, not a sibling (Baby 1, Baby 2 are)
-        return numbered_apart(pa[1], pb[1]) or OSA.distance(pa[1], pb[1], score_cutoff=3) > 2
+    if pa and pb:  # a Latin given name two letters off is a typo, not a sibling (Baby 1, Baby 2,
+        # Baby A, Baby B are)
+        return numbered_apart(pa[1], pb[1]) or lettered_apart(a, b) or \
+            OSA.distance(pa[1], pb[1], score_cutoff=3) > 2
     return True
 
 

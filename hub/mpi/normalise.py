@@ -28,6 +28,8 @@ dn    the district's name as written in ``address.district`` (simplified, no spa
       is ``dist``, not a name), or None
 addr  the home address's lines (else its text), folded like names, at most 100 characters;
       ``pc``: its postal code
+nw    a Latin-script name's words (surname first, lower-case, single spaces) when one is a lone letter or
+      Roman numeral (a middle initial, a newborn's Baby A or Twin B), else left out
 aw    a Latin-script address's words (lower-case, in order, single spaces), else None: compared
       as word sets, since clerks write a street and a locality in either order or leave one out
 city  the address's city or locality (``address.city``, folded like names), or None
@@ -60,6 +62,7 @@ _SEPARATORS = re.compile(r"[·•.．・‧∙⋅\s\-_]+")
 _ORDER = "大小长次一二三四五六1-9"
 _NEWBORN_MARK = re.compile(rf"之[{_ORDER}]?[子女][{_ORDER}]?$|(男婴|女婴|婴儿)[{_ORDER}]?$")
 _DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
+_LONE_MARK = re.compile(r"[a-z]|ii|iii|iv|vi")  # a lone letter or Roman numeral: an initial, a birth order
 _DISTRICT = re.compile(r"^\d{6}$")
 
 
@@ -217,6 +220,19 @@ def _name_parts(patient: dict) -> tuple[str, str, str | None, str]:
     return family, given, None, ""
 
 
+def _marked_words(patient: dict) -> str | None:
+    """The words of the official Latin-script name (surname first, as ``name`` joins them) when one
+    of them is a lone letter or Roman numeral, else None: the spaces ``name`` drops tell Baby A from
+    Babya."""
+    n = _official_name(patient)
+    if n is None:
+        return None
+    parts = [n.get("family")] + _items(n.get("given")) if n.get("family") or n.get("given") \
+        else [n.get("text")]
+    words = [w for p in parts if isinstance(p, str) for w in _SEPARATORS.split(simplify(p)) if w]
+    return " ".join(words)[:MAX_TEXT] if any(_LONE_MARK.fullmatch(w) for w in words) else None
+
+
 def features(patient: dict, roles: identifiers.Roles = identifiers.DEFAULT) -> dict[str, Any]:
     """The matching features of a Patient dict (never raises on odd input: odd parts are left out);
     ``roles``: what each identifier system is (the shipped table unless the hub configured more)."""
@@ -255,6 +271,9 @@ def features(patient: dict, roles: identifiers.Roles = identifiers.DEFAULT) -> d
         f["nbp"] = parent  # 张丽之女: never 张丽 herself
     f["fam"] = family or None
     f["name"] = (family + given) or None
+    words = _marked_words(patient) if f["name"] and f["name"].isascii() else None
+    if words:
+        f["nw"] = words
     f["pyf"] = surname_pinyin(family) if family else None
     f["py"] = name_pinyin(family, given) if f["name"] else None
     phones = set()
