@@ -880,3 +880,31 @@ def test_a_person_is_written_by_no_bundle_and_a_stored_one_is_served_by_no_gener
     assert r.status_code == 200 and [e["resource"]["id"] for e in r.json()["entry"]] == [pa]
     assert client.get(f"/Person/{pa}").status_code == 200
     assert client.get(f"/Person/{stored}").status_code == 404
+
+
+
+def test_a_review_closed_by_a_steward_waits_no_more(live, client, data):
+    """A Patient the matcher sent to review kept level2 ("waits for a review in its own
+    person") after a steward rejected the pair or linked it: the steward decided, level4."""
+    a, b, c = data["a"], data["b"], data["c"]
+    store = live.settings.open_store()
+    matcher = IdentityService.open(store, live.settings.data_dir / f"mr-{data['prefix']}")
+    try:
+        matcher.auto_decide(f"Patient/{a}", "new", [], 1.0, {}, "r1")
+        matcher.auto_decide(f"Patient/{b}", "review", [f"Patient/{a}"], 0.6, {}, "r1")
+        matcher.auto_decide(f"Patient/{c}", "review", [f"Patient/{a}"], 0.6, {}, "r1")
+    finally:
+        matcher.close()
+        store.close()
+
+    def assurance(p: str) -> str:
+        [e] = client.get("/Person", params={"link": f"Patient/{p}"}).json()["entry"]
+        return {x["target"]["reference"]: x["assurance"] for x in e["resource"]["link"]}[
+            f"Patient/{p}"]
+
+    assert assurance(b) == "level2" and assurance(c) == "level2"
+    op(client, "not-duplicate", patient=f"Patient/{b}", other=f"Patient/{a}")
+    assert assurance(b) == "level4"
+    pc = client.get("/Person", params={"link": f"Patient/{c}"}).json()["entry"][0]["resource"]
+    op(client, "link", patient=f"Patient/{a}", person=f"Person/{pc['id']}")
+    assert assurance(c) == "level4"
