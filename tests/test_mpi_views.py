@@ -883,6 +883,28 @@ def test_a_person_is_written_by_no_bundle_and_a_stored_one_is_served_by_no_gener
 
 
 
+def test_one_pair_marked_apart_leaves_the_other_persons_a_possible_merge(client):
+    """Three persons share a number; a steward marked two of them different people: the
+    resolution said all were "marked as different people" and hid the merge hint."""
+    p = uuid.uuid4().hex[:8]
+    for who in ("n1", "n2", "n3"):
+        put_all(client, [{"resourceType": "Patient", "id": f"{p}-{who}", "name": [{"text": who}],
+                          "identifier": [{"system": CARD + ".9", "value": f"SHARED-{p}"}]}])
+    persons = {who: op(client, "link", patient=f"Patient/{p}-{who}")["id"]
+               for who in ("n1", "n2", "n3")}
+    op(client, "not-duplicate", patient=f"Patient/{p}-n1", other=f"Patient/{p}-n2")
+    shared = {"identifier": f"{CARD}.9|SHARED-{p}"}
+    issue = client.get("/$resolve-identifier", params=shared).json()["entry"][-1]["resource"][
+        "issue"][0]
+    assert issue["severity"] == "warning" and "may need a merge" in issue["diagnostics"]
+    assert f"Person/{persons['n3']}" in issue["diagnostics"]
+    for who in ("n1", "n2"):
+        op(client, "not-duplicate", patient=f"Patient/{p}-{who}", other=f"Patient/{p}-n3")
+    issue = client.get("/$resolve-identifier", params=shared).json()["entry"][-1]["resource"][
+        "issue"][0]
+    assert "different people" in issue["diagnostics"]
+
+
 def test_a_review_closed_by_a_steward_waits_no_more(live, client, data):
     """A Patient the matcher sent to review kept level2 ("waits for a review in its own
     person") after a steward rejected the pair or linked it: the steward decided, level4."""

@@ -697,7 +697,7 @@ async def resolve_identifier(request: Request) -> Response:
     repo, ctx = repository(request), context_of(request)
 
     filler = is_filler(value)
-    apart: list[bool] = []  # a steward marked the persons found as different people
+    unresolved: list[str] = []  # persons found that a steward did not mark apart from another
 
     def answer(_purpose) -> tuple[list[str], list[str], dict]:
         identity.sync()
@@ -720,8 +720,11 @@ async def resolve_identifier(request: Request) -> Response:
                     persons.append(person)
                     of_person[person] = P.patients(c, person)
                     patients += [x for x in of_person[person] if x not in patients]
-            apart.append(any(P.blocked_across(c, of_person[x], of_person[y])
-                             for i, x in enumerate(persons) for y in persons[i + 1:]))
+            # "different people" only when a steward said so of every pair found: one pair
+            # marked apart leaves the others a possible merge
+            unresolved.extend(dict.fromkeys(
+                p for i, x in enumerate(persons) for y in persons[i + 1:]
+                if not P.blocked_across(c, of_person[x], of_person[y]) for p in (x, y)))
         seen = _seen_by(request)
         entries = []
         for pid in persons:
@@ -750,16 +753,18 @@ async def resolve_identifier(request: Request) -> Response:
         out.setdefault("entry", []).append({"resource": operation_outcome([Issue(
             "not-found", f"{value[:40]!r} is a filler, not an identifier: it identifies nobody",
             "warning")]), "search": {"mode": "outcome"}})
-    elif len(persons) > 1 and apart and apart[0]:
+    elif len(persons) > 1 and not unresolved:
         # a steward said these are different people: the number is shared (a parent's, a card)
         out.setdefault("entry", []).append({"resource": operation_outcome([Issue(
             "multiple-matches", f"The identifier is on the records of {len(persons)} persons "
             "a steward marked as different people", "information")]),
             "search": {"mode": "outcome"}})
     elif len(persons) > 1:  # one identifier, several persons: say so (and audit them all above)
+        named = ", ".join(f"Person/{p}" for p in sorted(set(unresolved)))
         out.setdefault("entry", []).append({"resource": operation_outcome([Issue(
             "multiple-matches", f"The identifier belongs to {len(persons)} persons; they may "
-            "need a merge", "warning")]), "search": {"mode": "outcome"}})
+            f"need a merge ({named} not marked as different people)", "warning")]),
+            "search": {"mode": "outcome"}})
     return fhir_response(out, request=request)
 
 
