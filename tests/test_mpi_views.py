@@ -905,6 +905,32 @@ def test_one_pair_marked_apart_leaves_the_other_persons_a_possible_merge(client)
     assert "different people" in issue["diagnostics"]
 
 
+def test_person_identifier_search_tells_no_system_from_any_system(client):
+    """`identifier=|value` matched identifiers with a system too, and `identifier=system|` was a
+    400 on Person while a Patient search took both (R4 search token)."""
+    p = uuid.uuid4().hex[:8]
+    system = f"urn:oid:1.2.3.{int(p, 16) % 100000}"
+    put_all(client, [{"resourceType": "Patient", "id": f"{p}-s", "name": [{"text": "s"}],
+                      "identifier": [{"system": system, "value": f"V{p}"}]},
+                     {"resourceType": "Patient", "id": f"{p}-n", "name": [{"text": "n"}],
+                      "identifier": [{"value": f"V{p}"}]}])
+    ps = op(client, "link", patient=f"Patient/{p}-s")["id"]
+    pn = op(client, "link", patient=f"Patient/{p}-n")["id"]
+
+    def found(q: str) -> list[str]:
+        r = client.get("/Person", params={"identifier": q})
+        assert r.status_code == 200, (q, r.text)
+        return sorted(e["resource"]["id"] for e in r.json().get("entry", []))
+
+    assert found(f"|V{p}") == [pn]
+    assert found(f"{system}|V{p}") == [ps]
+    assert found(f"V{p}") == sorted([ps, pn])
+    assert found(f"{system}|") == [ps]
+    assert client.get("/Person", params={"identifier": "|"}).status_code == 400
+    patients = client.get("/Patient", params={"identifier": f"|V{p}"}).json()
+    assert [e["resource"]["id"] for e in patients["entry"]] == [f"{p}-n"]
+
+
 def test_a_review_closed_by_a_steward_waits_no_more(live, client, data):
     """A Patient the matcher sent to review kept level2 ("waits for a review in its own
     person") after a steward rejected the pair or linked it: the steward decided, level4."""

@@ -404,8 +404,8 @@ def _criteria_sets(identity: IdentityService, crit: dict[str, str], base: str,
         if "identifier" in crit:
             found: set[str] = set()
             for one in crit["identifier"].split(","):
-                system, value = _token(one)
-                if is_filler(value):
+                system, value = _any_token(one)
+                if value is not None and is_filler(value):
                     continue  # 无, -, 000000 identify nobody: never everyone registered with them
                 for rid in _seen_patients(
                         repo, ctx, repo.find_by_identifier(ctx, "Patient", system, value)):
@@ -417,16 +417,26 @@ def _criteria_sets(identity: IdentityService, crit: dict[str, str], base: str,
 
 
 def _token(one: str) -> tuple[str | None, str]:
+    """An identifier token with its value: ``system|value``, ``|value`` (system "": an
+    identifier without one) or ``value`` (system None: in any system)."""
+    system, value = _any_token(one)
+    if value is None:
+        raise bad_request("identifier needs a value (system|value or value)")
+    return system, value
+
+
+def _any_token(one: str) -> tuple[str | None, str | None]:
+    """As ``_token``, and ``system|`` too (value None: any identifier of that system)."""
     one = one.strip()
     system: str | None
     if "|" in one:
-        named, value = one.split("|", 1)
-        system = named or None
+        system, value = one.split("|", 1)
     else:
         system, value = None, one
-    if not value:
-        raise bad_request("identifier needs a value (system|value or value)")
-    return system, value
+    if not value and not system:
+        raise bad_request("identifier needs a value or a system (system|value, |value, "
+                          "system| or value)")
+    return system, value or None
 
 
 @router.get("/fhir/Person/{rid}", name="person-read")

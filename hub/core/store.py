@@ -296,9 +296,16 @@ class _IndexMixin:
         return out
 
     @_reconnecting
-    def find_by_identifier(self, rtype: str, system: str | None, value: str) -> list[str]:
+    def find_by_identifier(self, rtype: str, system: str | None, value: str | None) -> list[str]:
+        """Ids with an identifier ``system|value``: ``system`` None is any system, "" none;
+        ``value`` None is any value in ``system`` (a token ``system|``)."""
         with self.datastore.transaction(commit=False) as c:
-            if system is None:
+            if value is None:
+                c.execute(
+                    self.q("SELECT DISTINCT rid FROM resource_identifier WHERE rtype=? AND system=?"),
+                    (rtype, system or ""),
+                )
+            elif system is None:
                 c.execute(
                     self.q("SELECT DISTINCT rid FROM resource_identifier WHERE rtype=? AND value=?"),
                     (rtype, value),
@@ -804,7 +811,7 @@ class ResourceStore:
     def heads(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Head]:
         return self.recorder.heads(keys)
 
-    def find_by_identifier(self, rtype: str, system: str | None, value: str) -> list[str]:
+    def find_by_identifier(self, rtype: str, system: str | None, value: str | None) -> list[str]:
         return self.recorder.find_by_identifier(rtype, system, value)
 
     def current_ids(self, rtype: str, rids: Sequence[str]) -> list[str]:
