@@ -36,6 +36,7 @@ values), 413 bodies over 64 KiB, 415 other content types.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -176,8 +177,7 @@ async def _person_response(request: Request, identity: IdentityService, pid: str
         return pid, _linked_patients(body)
 
     body = await audited(request, "person-read", answer, scope, (pid, []))
-    return fhir_response(body, status, request=request,
-                         headers={"ETag": f'W/"{body["meta"]["versionId"]}"'})
+    return fhir_response(body, status, request=request, headers={"ETag": person_etag(body)})
 
 
 def _linked_patients(person: dict) -> list[str]:
@@ -326,14 +326,18 @@ def _person_searcher(request: Request, given: list[tuple[str, str]]) -> tuple[
         sets = _criteria_sets(identity, crit, base, repository(request), context_of(request))
         matched: list[str] | None = None
         if sets is None:  # the whole index, page by page
-            page = listing.person_ids(P, after, limit + 1, updated)
+            # persons gone with their Patients (every one deleted) are left out, as from a count
+            page = listing.live_person_ids(P, identity.store, after, limit + 1, updated)
             # counting a whole region costs a scan: only when asked for
-            total = listing.count_persons(P, updated) if crit.get("_total") == "accurate" else None
+            total = listing.count_persons(P, updated, identity.store) \
+                if crit.get("_total") == "accurate" else None
         else:
-            with P.read() as c:
-                matched = sorted(p for p in set.intersection(*sets)
-                                 if not updated or listing.within(
-                                     listing.person_updated(P, c, p), updated))
+            found = set.intersection(*sets)
+            found -= listing.gone(P, identity.store, sorted(found))
+            if updated:  # as a read says: its identity events' time or its Patients' newer one
+                when = listing.updated_of(P, identity.store, sorted(found))
+                found = {p for p in found if listing.within(when.get(p), updated)}
+            matched = sorted(found)
             total = len(matched)
             page = [p for p in matched if p > after][:limit + 1]
         more, page = len(page) > limit, page[:limit]
@@ -349,7 +353,7 @@ def _person_searcher(request: Request, given: list[tuple[str, str]]) -> tuple[
             # one by one, up to VISIBLE_TOTAL_UP_TO (as a type search counts), else no total
             total = sum(_view_seen(identity, pid, seen) is not None for pid in (
                 matched if matched is not None else
-                listing.person_ids(P, "", total, updated))) \
+                listing.live_person_ids(P, identity.store, "", total, updated))) \
                 if total <= VISIBLE_TOTAL_UP_TO else None
         params = [(k, v) for k, v in given if k != "_cursor"]
         out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
@@ -376,11 +380,12 @@ _PERSON_CURSOR = re.compile(r"^[A-Za-z0-9.\-]{1,64}$")
 
 
 def _view_seen(identity: Any, pid: str, seen: Any) -> dict | None:
-    """The Person as this caller sees it, or None when it links to no Patient it may read."""
+    """The Person as this caller sees it, or None when it links to no Patient it may read (or
+    every Patient of it was deleted since it was listed: a read of it answers 410)."""
     try:
         return person_view(identity, identity.store, pid, seen)
     except FhirError as e:
-        if e.status != 403:
+        if e.status not in (403, 410):
             raise
         return None
 
@@ -457,16 +462,34 @@ async def person_read(request: Request, rid: str) -> Response:
 
     body = await audited(request, "person-read", answer, scope, (pid, []))
     meta = body.get("meta") or {}
-    version = str(meta.get("versionId") or "")
-    headers = {"ETag": f'W/"{version}"'}
+    tag = person_etag(body)
+    headers = {"ETag": tag}
     if meta.get("lastUpdated"):
         headers["Last-Modified"] = http_date(meta["lastUpdated"])
-    # a conditional read as of any other type (the capability statement claims it for all)
-    if version.isdigit() and client_holds(request.headers.get("if-none-match"),
-                                          request.headers.get("if-modified-since"),
-                                          int(version), meta.get("lastUpdated")):
+    # a conditional read as of any other type (the capability statement claims it for all): a
+    # Person is unchanged only while its identity events and its Patients are
+    if_none_match = request.headers.get("if-none-match")
+    if (if_none_match and _tag_matches(if_none_match, tag)) or (
+            not if_none_match and meta.get("lastUpdated")
+            and client_holds(None, request.headers.get("if-modified-since"), 0,
+                             meta["lastUpdated"])):
         return Response(status_code=304, headers=headers)
     return fhir_response(body, request=request, headers=headers)
+
+
+def person_etag(body: dict) -> str:
+    """A Person view's weak ETag: its identity version and a hash of what it shows (its
+    Patients' identifiers and demographics change it without an identity event)."""
+    digest = hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS),
+                             digest_size=8).hexdigest()
+    return f'W/"{(body.get("meta") or {}).get("versionId", "0")}.{digest}"'
+
+
+def _tag_matches(value: str, tag: str) -> bool:
+    """If-None-Match (``*`` or a list of ETags, weak comparison) against a Person's ETag."""
+    opaque = tag.removeprefix("W/")
+    return any(v.strip() == "*" or v.strip().removeprefix("W/") == opaque
+               for v in value.split(","))
 
 
 def person_entry(request: Request, rid: str, check: bool) -> tuple[int, dict | None]:

@@ -336,6 +336,25 @@ class _IndexMixin:
             return sorted(row["rid"] for row in c.fetchall())
 
     @_reconnecting
+    def current_since(self, rtype: str, since_us: int) -> list[str]:
+        """The ids of ``rtype`` whose current version was written at or after ``since_us``."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                self.q("SELECT rid FROM resource_version WHERE rtype=? AND ts>=? "
+                       "AND until_ts IS NULL"), (rtype, since_us)
+            )
+            return sorted(row["rid"] for row in c.fetchall())
+
+    @_reconnecting
+    def deleted_ids(self, rtype: str) -> list[str]:
+        """The ids of ``rtype`` whose current version is a delete."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                self.q("SELECT rid FROM resource_head WHERE rtype=? AND deleted=1"), (rtype,)
+            )
+            return sorted(row["rid"] for row in c.fetchall())
+
+    @_reconnecting
     def notifications_of(self, rtypes: Sequence[str], start: int, limit: int) -> list[Notification]:
         """Events of the given resource types only, in log order from ``start`` on (through the
         ``(rtype, nid)`` index: a projection of one type need not read every event)."""
@@ -816,6 +835,12 @@ class ResourceStore:
 
     def current_ids(self, rtype: str, rids: Sequence[str]) -> list[str]:
         return self.recorder.current_ids(rtype, rids)
+
+    def deleted_ids(self, rtype: str) -> list[str]:
+        return self.recorder.deleted_ids(rtype)
+
+    def current_since(self, rtype: str, since_us: int) -> list[str]:
+        return self.recorder.current_since(rtype, since_us)
 
     def history(self, **kw: Any) -> list[VersionRow]:
         return self.recorder.history(**kw)
