@@ -444,7 +444,7 @@ class Repository:
         return self._hub.store.latest_many(rtype, rids)
 
     def find_by_identifier(self, ctx: Context, rtype: str, system: str | None,
-                           value: str) -> list[str]:
+                           value: str | None) -> list[str]:
         self.policy.check(ctx.actor, Action("search-type", rtype))
         return self._hub.store.find_by_identifier(rtype, system, value)
 

@@ -214,13 +214,16 @@ class PersonProjection(SQLiteReadModel):
             row = c.fetchone()
             if row and manual:
                 c.execute("UPDATE p_patient SET manual=1 WHERE patient=?", (row[0],))
-            elif row:
-                # level2 says "waits for a review": with its last one closed by the matcher (it
-                # linked the Patient, the question gone) the link is the matcher's, level3 (a
-                # steward read a review pending that no longer was)
-                c.execute("UPDATE p_patient SET assurance='level3' WHERE patient=? AND "
+            if row:
+                # level2 says "waits for a review": with its last one closed the Patient waits no
+                # more. Closed by a steward who decided (accepted, rejected, or answered by a link
+                # or merge) the link is a user's, level4; by the matcher (it linked the Patient,
+                # the question gone) or set aside undecided (dismissed, withdrawn), level3
+                decided = manual and d.get("outcome") in ("accepted", "rejected", "superseded")
+                c.execute("UPDATE p_patient SET assurance=? WHERE patient=? AND "
                           "assurance='level2' AND NOT EXISTS (SELECT 1 FROM p_review "
-                          "WHERE patient=? AND status='open')", (row[0], row[0]))
+                          "WHERE patient=? AND status='open')",
+                          ("level4" if decided else "level3", row[0], row[0]))
 
     # -- reads (inside a transaction ``c`` or on their own) --------------------------------------
 

@@ -681,3 +681,35 @@ def test_a_link_or_merge_closes_the_reviews_it_answers(hub, svc, decision):
         assert [r for r in svc.person.open_reviews(c)
                 if r["patient"] in ("Patient/q1", "Patient/q2")] == []
     assert person_of(svc, "Patient/q1") == person_of(svc, "Patient/q2")
+
+
+def test_a_stewards_decision_ends_the_wait_for_a_review(hub, svc, settings):
+    """A Patient the matcher sent to review stayed level2 ("waits for a review") after a steward
+    closed its review: rejecting the pair (not-duplicate) or linking the candidate into its
+    person. A steward decided: level4, and a rebuild from the log says the same."""
+    put_patients(hub, ("v1", None), ("v2", None), ("v3", None), ("v4", None))
+    svc.auto_decide("Patient/v1", "new", [], 1.0, {}, "r1")
+    svc.auto_decide("Patient/v2", "review", ["Patient/v1"], 0.7, {}, "r1")
+    svc.auto_decide("Patient/v3", "review", ["Patient/v1"], 0.7, {}, "r1")
+    svc.auto_decide("Patient/v4", "review", ["Patient/v1"], 0.7, {}, "r1")
+
+    def assurance(p: str) -> str:
+        svc.sync()
+        with svc.person.read() as c:
+            return svc.person.link_of(c, p)["assurance"]
+
+    assert assurance("Patient/v2") == "level2"
+    svc.not_duplicate("Patient/v2", "Patient/v1", "steward-li")  # rejects v2's review
+    assert assurance("Patient/v2") == "level4"
+    svc.link("Patient/v1", person_of(svc, "Patient/v3"), "steward-li")  # answers v3's
+    assert assurance("Patient/v3") == "level4"
+    [r4] = [r["id"] for r in svc.person.reviews() if r["patient"] == "Patient/v4"]
+    svc.reject_review(r4, "steward-li")
+    assert assurance("Patient/v4") == "level4"
+    before = svc.person.dump()
+    copy = PersonProjection(settings.data_dir / "person-rebuilt.sqlite")
+    try:
+        Runner(hub.store, copy).rebuild()
+        assert copy.dump() == before
+    finally:
+        copy.close()

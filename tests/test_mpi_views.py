@@ -880,3 +880,152 @@ def test_a_person_is_written_by_no_bundle_and_a_stored_one_is_served_by_no_gener
     assert r.status_code == 200 and [e["resource"]["id"] for e in r.json()["entry"]] == [pa]
     assert client.get(f"/Person/{pa}").status_code == 200
     assert client.get(f"/Person/{stored}").status_code == 404
+
+
+def test_a_person_gone_with_its_patients_is_left_out_of_every_search(client, data):
+    """One Person whose Patients were all deleted made every listing, count and `_id` search
+    (and a batch's GET Person? entry) answer 410 for everyone; so did a deleted Patient taken
+    out of its person by $unlink, which the README allows."""
+    a, b, c, z = data["a"], data["b"], data["c"], data["z"]
+    since = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    pa = op(client, "link", patient=f"Patient/{a}")["id"]
+    pz = op(client, "link", patient=f"Patient/{z}")["id"]
+    pb = op(client, "link", patient=f"Patient/{b}")["id"]
+    op(client, "link", patient=f"Patient/{c}", person=f"Person/{pb}")
+    for gone in (z, c):
+        assert client.delete(f"/Patient/{gone}").status_code in (200, 204)
+    pc = op(client, "unlink", patient=f"Patient/{c}")["id"]  # a person of a deleted Patient
+    for p in (pz, pc):
+        assert client.get(f"/Person/{p}", headers=USER).status_code == 410  # read: gone
+    for q in ({"_count": 1000}, {"_total": "accurate", "_count": 1000},
+              {"_lastUpdated": "gt2020"}, {"_id": f"{pa},{pz},{pc}"}):
+        r = client.get("/Person", params=q)
+        assert r.status_code == 200, (q, r.text)
+        found = {e["resource"]["id"] for e in r.json().get("entry", [])}
+        assert pz not in found and pc not in found, q
+    assert client.get("/Person", params={"_id": f"{pa},{pz},{pc}"}).json()["total"] == 1
+    # the count and the pages agree, page by page
+    recent = pages(client, "/Person", _lastUpdated=f"ge{since}", _count=1)
+    assert sorted(e["resource"]["id"] for e in recent) == sorted([pa, pb])
+    counted = client.get("/Person", params={"_lastUpdated": f"ge{since}", "_total": "accurate",
+                                            "_count": 1}).json()
+    assert counted["total"] == 2
+    everyone = client.get("/Person", params={"_total": "accurate", "_count": 1000}).json()
+    assert everyone["total"] == len(pages(client, "/Person", _count=1000))
+    batch = client.post("", headers=FHIR, json={"resourceType": "Bundle", "type": "batch",
+                                                "entry": [{"request": {
+                                                    "method": "GET",
+                                                    "url": f"Person?_id={pa},{pz}"}}]})
+    assert batch.status_code == 200, batch.text
+    [entry] = batch.json()["entry"]
+    assert entry["response"]["status"].startswith("200"), entry
+    assert [e["resource"]["id"] for e in entry["resource"]["entry"]] == [pa]
+
+
+def test_a_person_read_is_not_modified_only_while_its_patients_are_not(client, data):
+    """A Person shows its Patients' identifiers and demographics, but its ETag and Last-Modified
+    followed identity events only: after a Patient's name changed, a conditional read answered
+    304 and a client kept the old name; `_lastUpdated` missed the change."""
+    a = data["a"]
+    pa = op(client, "link", patient=f"Patient/{a}")["id"]
+    first = client.get(f"/Person/{pa}", headers=USER)
+    assert first.status_code == 200
+    time.sleep(1.1)  # Last-Modified is to the second
+    since = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert client.get("/Person", params={"_id": pa, "_lastUpdated": f"ge{since}"}).json()[
+        "total"] == 0
+    patient = client.get(f"/Patient/{a}").json()
+    patient["name"] = [{"family": "李", "given": ["新"]}]
+    assert client.put(f"/Patient/{a}", json=patient, headers=FHIR).status_code == 200
+    again = client.get(f"/Person/{pa}", headers={**USER, "if-none-match": first.headers["etag"]})
+    assert again.status_code == 200 and again.json()["name"][0]["given"] == ["新"]
+    assert again.json()["meta"]["versionId"] == first.json()["meta"]["versionId"]  # events
+    assert again.headers["etag"] != first.headers["etag"]
+    assert again.json()["meta"]["lastUpdated"] > first.json()["meta"]["lastUpdated"]
+    later = client.get(f"/Person/{pa}", headers={
+        **USER, "if-modified-since": first.headers["last-modified"]})
+    assert later.status_code == 200
+    same = client.get(f"/Person/{pa}", headers={**USER, "if-none-match": again.headers["etag"]})
+    assert same.status_code == 304
+    # the search finds it changed since, the listing too
+    for q in ({"_id": pa, "_lastUpdated": f"ge{since}"}, {"_lastUpdated": f"ge{since}"}):
+        found = [e["resource"] for e in pages(client, "/Person", **q)]
+        assert [p["id"] for p in found] == [pa], q
+        assert found[0]["meta"]["lastUpdated"] == again.json()["meta"]["lastUpdated"]
+    assert client.get("/Person", params={"_id": pa, "_lastUpdated": f"lt{since}"}).json()[
+        "total"] == 0
+
+
+def test_one_pair_marked_apart_leaves_the_other_persons_a_possible_merge(client):
+    """Three persons share a number; a steward marked two of them different people: the
+    resolution said all were "marked as different people" and hid the merge hint."""
+    p = uuid.uuid4().hex[:8]
+    for who in ("n1", "n2", "n3"):
+        put_all(client, [{"resourceType": "Patient", "id": f"{p}-{who}", "name": [{"text": who}],
+                          "identifier": [{"system": CARD + ".9", "value": f"SHARED-{p}"}]}])
+    persons = {who: op(client, "link", patient=f"Patient/{p}-{who}")["id"]
+               for who in ("n1", "n2", "n3")}
+    op(client, "not-duplicate", patient=f"Patient/{p}-n1", other=f"Patient/{p}-n2")
+    shared = {"identifier": f"{CARD}.9|SHARED-{p}"}
+    issue = client.get("/$resolve-identifier", params=shared).json()["entry"][-1]["resource"][
+        "issue"][0]
+    assert issue["severity"] == "warning" and "may need a merge" in issue["diagnostics"]
+    assert f"Person/{persons['n3']}" in issue["diagnostics"]
+    for who in ("n1", "n2"):
+        op(client, "not-duplicate", patient=f"Patient/{p}-{who}", other=f"Patient/{p}-n3")
+    issue = client.get("/$resolve-identifier", params=shared).json()["entry"][-1]["resource"][
+        "issue"][0]
+    assert "different people" in issue["diagnostics"]
+
+
+def test_person_identifier_search_tells_no_system_from_any_system(client):
+    """`identifier=|value` matched identifiers with a system too, and `identifier=system|` was a
+    400 on Person while a Patient search took both (R4 search token)."""
+    p = uuid.uuid4().hex[:8]
+    system = f"urn:oid:1.2.3.{int(p, 16) % 100000}"
+    put_all(client, [{"resourceType": "Patient", "id": f"{p}-s", "name": [{"text": "s"}],
+                      "identifier": [{"system": system, "value": f"V{p}"}]},
+                     {"resourceType": "Patient", "id": f"{p}-n", "name": [{"text": "n"}],
+                      "identifier": [{"value": f"V{p}"}]}])
+    ps = op(client, "link", patient=f"Patient/{p}-s")["id"]
+    pn = op(client, "link", patient=f"Patient/{p}-n")["id"]
+
+    def found(q: str) -> list[str]:
+        r = client.get("/Person", params={"identifier": q})
+        assert r.status_code == 200, (q, r.text)
+        return sorted(e["resource"]["id"] for e in r.json().get("entry", []))
+
+    assert found(f"|V{p}") == [pn]
+    assert found(f"{system}|V{p}") == [ps]
+    assert found(f"V{p}") == sorted([ps, pn])
+    assert found(f"{system}|") == [ps]
+    assert client.get("/Person", params={"identifier": "|"}).status_code == 400
+    patients = client.get("/Patient", params={"identifier": f"|V{p}"}).json()
+    assert [e["resource"]["id"] for e in patients["entry"]] == [f"{p}-n"]
+
+
+def test_a_review_closed_by_a_steward_waits_no_more(live, client, data):
+    """A Patient the matcher sent to review kept level2 ("waits for a review in its own
+    person") after a steward rejected the pair or linked it: the steward decided, level4."""
+    a, b, c = data["a"], data["b"], data["c"]
+    store = live.settings.open_store()
+    matcher = IdentityService.open(store, live.settings.data_dir / f"mr-{data['prefix']}")
+    try:
+        matcher.auto_decide(f"Patient/{a}", "new", [], 1.0, {}, "r1")
+        matcher.auto_decide(f"Patient/{b}", "review", [f"Patient/{a}"], 0.6, {}, "r1")
+        matcher.auto_decide(f"Patient/{c}", "review", [f"Patient/{a}"], 0.6, {}, "r1")
+    finally:
+        matcher.close()
+        store.close()
+
+    def assurance(p: str) -> str:
+        [e] = client.get("/Person", params={"link": f"Patient/{p}"}).json()["entry"]
+        return {x["target"]["reference"]: x["assurance"] for x in e["resource"]["link"]}[
+            f"Patient/{p}"]
+
+    assert assurance(b) == "level2" and assurance(c) == "level2"
+    op(client, "not-duplicate", patient=f"Patient/{b}", other=f"Patient/{a}")
+    assert assurance(b) == "level4"
+    pc = client.get("/Person", params={"link": f"Patient/{c}"}).json()["entry"][0]["resource"]
+    op(client, "link", patient=f"Patient/{a}", person=f"Person/{pc['id']}")
+    assert assurance(c) == "level4"

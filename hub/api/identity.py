@@ -36,6 +36,7 @@ values), 413 bodies over 64 KiB, 415 other content types.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -176,8 +177,7 @@ async def _person_response(request: Request, identity: IdentityService, pid: str
         return pid, _linked_patients(body)
 
     body = await audited(request, "person-read", answer, scope, (pid, []))
-    return fhir_response(body, status, request=request,
-                         headers={"ETag": f'W/"{body["meta"]["versionId"]}"'})
+    return fhir_response(body, status, request=request, headers={"ETag": person_etag(body)})
 
 
 def _linked_patients(person: dict) -> list[str]:
@@ -326,14 +326,18 @@ def _person_searcher(request: Request, given: list[tuple[str, str]]) -> tuple[
         sets = _criteria_sets(identity, crit, base, repository(request), context_of(request))
         matched: list[str] | None = None
         if sets is None:  # the whole index, page by page
-            page = listing.person_ids(P, after, limit + 1, updated)
+            # persons gone with their Patients (every one deleted) are left out, as from a count
+            page = listing.live_person_ids(P, identity.store, after, limit + 1, updated)
             # counting a whole region costs a scan: only when asked for
-            total = listing.count_persons(P, updated) if crit.get("_total") == "accurate" else None
+            total = listing.count_persons(P, updated, identity.store) \
+                if crit.get("_total") == "accurate" else None
         else:
-            with P.read() as c:
-                matched = sorted(p for p in set.intersection(*sets)
-                                 if not updated or listing.within(
-                                     listing.person_updated(P, c, p), updated))
+            found = set.intersection(*sets)
+            found -= listing.gone(P, identity.store, sorted(found))
+            if updated:  # as a read says: its identity events' time or its Patients' newer one
+                when = listing.updated_of(P, identity.store, sorted(found))
+                found = {p for p in found if listing.within(when.get(p), updated)}
+            matched = sorted(found)
             total = len(matched)
             page = [p for p in matched if p > after][:limit + 1]
         more, page = len(page) > limit, page[:limit]
@@ -349,7 +353,7 @@ def _person_searcher(request: Request, given: list[tuple[str, str]]) -> tuple[
             # one by one, up to VISIBLE_TOTAL_UP_TO (as a type search counts), else no total
             total = sum(_view_seen(identity, pid, seen) is not None for pid in (
                 matched if matched is not None else
-                listing.person_ids(P, "", total, updated))) \
+                listing.live_person_ids(P, identity.store, "", total, updated))) \
                 if total <= VISIBLE_TOTAL_UP_TO else None
         params = [(k, v) for k, v in given if k != "_cursor"]
         out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
@@ -376,11 +380,12 @@ _PERSON_CURSOR = re.compile(r"^[A-Za-z0-9.\-]{1,64}$")
 
 
 def _view_seen(identity: Any, pid: str, seen: Any) -> dict | None:
-    """The Person as this caller sees it, or None when it links to no Patient it may read."""
+    """The Person as this caller sees it, or None when it links to no Patient it may read (or
+    every Patient of it was deleted since it was listed: a read of it answers 410)."""
     try:
         return person_view(identity, identity.store, pid, seen)
     except FhirError as e:
-        if e.status != 403:
+        if e.status not in (403, 410):
             raise
         return None
 
@@ -404,8 +409,8 @@ def _criteria_sets(identity: IdentityService, crit: dict[str, str], base: str,
         if "identifier" in crit:
             found: set[str] = set()
             for one in crit["identifier"].split(","):
-                system, value = _token(one)
-                if is_filler(value):
+                system, value = _any_token(one)
+                if value is not None and is_filler(value):
                     continue  # 无, -, 000000 identify nobody: never everyone registered with them
                 for rid in _seen_patients(
                         repo, ctx, repo.find_by_identifier(ctx, "Patient", system, value)):
@@ -417,16 +422,26 @@ def _criteria_sets(identity: IdentityService, crit: dict[str, str], base: str,
 
 
 def _token(one: str) -> tuple[str | None, str]:
+    """An identifier token with its value: ``system|value``, ``|value`` (system "": an
+    identifier without one) or ``value`` (system None: in any system)."""
+    system, value = _any_token(one)
+    if value is None:
+        raise bad_request("identifier needs a value (system|value or value)")
+    return system, value
+
+
+def _any_token(one: str) -> tuple[str | None, str | None]:
+    """As ``_token``, and ``system|`` too (value None: any identifier of that system)."""
     one = one.strip()
     system: str | None
     if "|" in one:
-        named, value = one.split("|", 1)
-        system = named or None
+        system, value = one.split("|", 1)
     else:
         system, value = None, one
-    if not value:
-        raise bad_request("identifier needs a value (system|value or value)")
-    return system, value
+    if not value and not system:
+        raise bad_request("identifier needs a value or a system (system|value, |value, "
+                          "system| or value)")
+    return system, value or None
 
 
 @router.get("/fhir/Person/{rid}", name="person-read")
@@ -447,16 +462,34 @@ async def person_read(request: Request, rid: str) -> Response:
 
     body = await audited(request, "person-read", answer, scope, (pid, []))
     meta = body.get("meta") or {}
-    version = str(meta.get("versionId") or "")
-    headers = {"ETag": f'W/"{version}"'}
+    tag = person_etag(body)
+    headers = {"ETag": tag}
     if meta.get("lastUpdated"):
         headers["Last-Modified"] = http_date(meta["lastUpdated"])
-    # a conditional read as of any other type (the capability statement claims it for all)
-    if version.isdigit() and client_holds(request.headers.get("if-none-match"),
-                                          request.headers.get("if-modified-since"),
-                                          int(version), meta.get("lastUpdated")):
+    # a conditional read as of any other type (the capability statement claims it for all): a
+    # Person is unchanged only while its identity events and its Patients are
+    if_none_match = request.headers.get("if-none-match")
+    if (if_none_match and _tag_matches(if_none_match, tag)) or (
+            not if_none_match and meta.get("lastUpdated")
+            and client_holds(None, request.headers.get("if-modified-since"), 0,
+                             meta["lastUpdated"])):
         return Response(status_code=304, headers=headers)
     return fhir_response(body, request=request, headers=headers)
+
+
+def person_etag(body: dict) -> str:
+    """A Person view's weak ETag: its identity version and a hash of what it shows (its
+    Patients' identifiers and demographics change it without an identity event)."""
+    digest = hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS),
+                             digest_size=8).hexdigest()
+    return f'W/"{(body.get("meta") or {}).get("versionId", "0")}.{digest}"'
+
+
+def _tag_matches(value: str, tag: str) -> bool:
+    """If-None-Match (``*`` or a list of ETags, weak comparison) against a Person's ETag."""
+    opaque = tag.removeprefix("W/")
+    return any(v.strip() == "*" or v.strip().removeprefix("W/") == opaque
+               for v in value.split(","))
 
 
 def person_entry(request: Request, rid: str, check: bool) -> tuple[int, dict | None]:
@@ -697,7 +730,7 @@ async def resolve_identifier(request: Request) -> Response:
     repo, ctx = repository(request), context_of(request)
 
     filler = is_filler(value)
-    apart: list[bool] = []  # a steward marked the persons found as different people
+    unresolved: list[str] = []  # persons found that a steward did not mark apart from another
 
     def answer(_purpose) -> tuple[list[str], list[str], dict]:
         identity.sync()
@@ -720,8 +753,11 @@ async def resolve_identifier(request: Request) -> Response:
                     persons.append(person)
                     of_person[person] = P.patients(c, person)
                     patients += [x for x in of_person[person] if x not in patients]
-            apart.append(any(P.blocked_across(c, of_person[x], of_person[y])
-                             for i, x in enumerate(persons) for y in persons[i + 1:]))
+            # "different people" only when a steward said so of every pair found: one pair
+            # marked apart leaves the others a possible merge
+            unresolved.extend(dict.fromkeys(
+                p for i, x in enumerate(persons) for y in persons[i + 1:]
+                if not P.blocked_across(c, of_person[x], of_person[y]) for p in (x, y)))
         seen = _seen_by(request)
         entries = []
         for pid in persons:
@@ -750,16 +786,18 @@ async def resolve_identifier(request: Request) -> Response:
         out.setdefault("entry", []).append({"resource": operation_outcome([Issue(
             "not-found", f"{value[:40]!r} is a filler, not an identifier: it identifies nobody",
             "warning")]), "search": {"mode": "outcome"}})
-    elif len(persons) > 1 and apart and apart[0]:
+    elif len(persons) > 1 and not unresolved:
         # a steward said these are different people: the number is shared (a parent's, a card)
         out.setdefault("entry", []).append({"resource": operation_outcome([Issue(
             "multiple-matches", f"The identifier is on the records of {len(persons)} persons "
             "a steward marked as different people", "information")]),
             "search": {"mode": "outcome"}})
     elif len(persons) > 1:  # one identifier, several persons: say so (and audit them all above)
+        named = ", ".join(f"Person/{p}" for p in sorted(set(unresolved)))
         out.setdefault("entry", []).append({"resource": operation_outcome([Issue(
             "multiple-matches", f"The identifier belongs to {len(persons)} persons; they may "
-            "need a merge", "warning")]), "search": {"mode": "outcome"}})
+            f"need a merge ({named} not marked as different people)", "warning")]),
+            "search": {"mode": "outcome"}})
     return fhir_response(out, request=request)
 
 

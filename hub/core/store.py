@@ -296,9 +296,16 @@ class _IndexMixin:
         return out
 
     @_reconnecting
-    def find_by_identifier(self, rtype: str, system: str | None, value: str) -> list[str]:
+    def find_by_identifier(self, rtype: str, system: str | None, value: str | None) -> list[str]:
+        """Ids with an identifier ``system|value``: ``system`` None is any system, "" none;
+        ``value`` None is any value in ``system`` (a token ``system|``)."""
         with self.datastore.transaction(commit=False) as c:
-            if system is None:
+            if value is None:
+                c.execute(
+                    self.q("SELECT DISTINCT rid FROM resource_identifier WHERE rtype=? AND system=?"),
+                    (rtype, system or ""),
+                )
+            elif system is None:
                 c.execute(
                     self.q("SELECT DISTINCT rid FROM resource_identifier WHERE rtype=? AND value=?"),
                     (rtype, value),
@@ -325,6 +332,25 @@ class _IndexMixin:
                     f"AND rid IN ({','.join('?' * len(rids))})"
                 ),
                 (rtype, *rids),
+            )
+            return sorted(row["rid"] for row in c.fetchall())
+
+    @_reconnecting
+    def current_since(self, rtype: str, since_us: int) -> list[str]:
+        """The ids of ``rtype`` whose current version was written at or after ``since_us``."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                self.q("SELECT rid FROM resource_version WHERE rtype=? AND ts>=? "
+                       "AND until_ts IS NULL"), (rtype, since_us)
+            )
+            return sorted(row["rid"] for row in c.fetchall())
+
+    @_reconnecting
+    def deleted_ids(self, rtype: str) -> list[str]:
+        """The ids of ``rtype`` whose current version is a delete."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                self.q("SELECT rid FROM resource_head WHERE rtype=? AND deleted=1"), (rtype,)
             )
             return sorted(row["rid"] for row in c.fetchall())
 
@@ -804,11 +830,17 @@ class ResourceStore:
     def heads(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Head]:
         return self.recorder.heads(keys)
 
-    def find_by_identifier(self, rtype: str, system: str | None, value: str) -> list[str]:
+    def find_by_identifier(self, rtype: str, system: str | None, value: str | None) -> list[str]:
         return self.recorder.find_by_identifier(rtype, system, value)
 
     def current_ids(self, rtype: str, rids: Sequence[str]) -> list[str]:
         return self.recorder.current_ids(rtype, rids)
+
+    def deleted_ids(self, rtype: str) -> list[str]:
+        return self.recorder.deleted_ids(rtype)
+
+    def current_since(self, rtype: str, since_us: int) -> list[str]:
+        return self.recorder.current_since(rtype, since_us)
 
     def history(self, **kw: Any) -> list[VersionRow]:
         return self.recorder.history(**kw)

@@ -34,6 +34,7 @@ from hub.core.store import ResourceStore
 from hub.mpi.compare import id_status
 from hub.mpi.identifiers import is_filler
 from hub.mpi.identity import IdentityService
+from hub.mpi.listing import newest
 from hub.mpi.normalise import RESIDENT_ID, resident_id_features
 from projections.runner import Runner
 from projections.search.compartment import compartment_group, patient_compartment
@@ -151,6 +152,11 @@ def person_view(identity: IdentityService, store: ResourceStore, pid: str,
         rank = (ASSURANCE_RANK.get(x["assurance"], 0), d.get("meta", {}).get("lastUpdated", ""))
         if best is None or rank > best[0]:
             best = (rank, d)
+    # the view changes with its Patients as much as with identity events: it was last updated
+    # when the newer of them was (``meta.versionId`` counts the identity events alone)
+    out["meta"]["lastUpdated"] = newest([row["updated"], *(
+        orjson.loads(current[rid][1].partition(b"\n")[0]).get("lastUpdated")
+        for rid in ids if rid in current)])
     if idents:
         out["identifier"] = idents
     if best is not None:

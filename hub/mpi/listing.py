@@ -5,6 +5,7 @@ page or batch, so listing or exporting a region never holds it in memory:
 
 - ``person_ids(person, after, limit, updated)``: person ids after ``after`` in id order, optionally
   only those whose last change falls in ``_lastUpdated`` bounds (``updated_bounds``);
+  ``live_person_ids`` leaves out those ``gone`` with their Patients (every one deleted);
 - ``link_rows(person, batch)``: every Patient the index knows, with the person it belongs to now
   (through merges), its own person, the link's assurance and the decision that made it (who, a
   user or the matcher, the score, when), in Patient order.
@@ -18,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
+
+import orjson
 
 from hub.core.fhirtime import parse_range
 
@@ -65,18 +68,122 @@ def person_ids(person: Any, after: str = "", limit: int = 50,
         return [r[0] for r in c.fetchall()]
 
 
-def count_persons(person: Any, updated: Sequence[tuple[str, str]] = ()) -> int:
-    """How many persons a listing with these bounds holds (one counting read)."""
+def live_person_ids(person: Any, store: Any, after: str = "", limit: int = 50,
+                    updated: Sequence[tuple[str, str]] = ()) -> list[str]:
+    """As ``person_ids``, as a read of each person answers it: those ``gone`` with their
+    Patients (every one deleted) left out, ``updated`` judged on when the view was last updated
+    (``updated_of``: a Patient's change changes its person). A page holds ``limit`` persons
+    while there are that many more."""
+    changed = _changed_persons(person, store, updated) or []
+    out: list[str] = []
+    while len(out) < limit:
+        want = limit - len(out)
+        batch = person_ids(person, after, want, updated)  # their events within the bounds
+        horizon = batch[-1] if len(batch) == want else None  # None: no more of those
+        # and those whose Patients changed since the lower bound, up to the same id
+        more = [p for p in changed if p > after and (horizon is None or p <= horizon)]
+        out += _answering(person, store, sorted(set(batch) | set(more)), updated)
+        if horizon is None:
+            break
+        after = horizon
+    return out[:limit]
+
+
+def _changed_persons(person: Any, store: Any, updated: Sequence[tuple[str, str]]
+                     ) -> list[str] | None:
+    """With a lower ``_lastUpdated`` bound: the persons (in id order) of the Patients whose
+    current version is that recent; None without one."""
+    lower = [v for op, v in updated if op == ">="]
+    if not lower:
+        return None
+    rids = store.current_since("Patient", max(parse_range(v)[0] for v in lower))
+    with person.read() as c:
+        return sorted({p for p in (person.person_of(c, f"Patient/{r}") for r in rids) if p})
+
+
+def _answering(person: Any, store: Any, pids: list[str],
+               updated: Sequence[tuple[str, str]]) -> list[str]:
+    """Of ``pids``, those a listing shows: not gone, and last updated within ``updated``."""
+    pids = [p for p in pids if p not in gone(person, store, pids)]
+    if not updated:
+        return pids
+    when = updated_of(person, store, pids)
+    return [p for p in pids if within(when.get(p), list(updated))]
+
+
+def count_persons(person: Any, updated: Sequence[tuple[str, str]] = (),
+                  store: Any = None) -> int:
+    """How many persons a listing with these bounds holds: one counting read without
+    ``store``; with it, as the listing answers (``live_person_ids``), those gone with their
+    Patients left out (found through the deleted Patients) and, with bounds, each person's
+    time read (a scan)."""
+    if store is not None and updated:
+        total, after = 0, ""
+        while True:
+            page = live_person_ids(person, store, after, 1000, updated)
+            total += len(page)
+            if len(page) < 1000:
+                return total
+            after = page[-1]
     where = ["1"] + [f"updated {op} ?" for op, _ in updated]
     with person.read() as c:
         c.execute(f"SELECT COUNT(*) FROM p_person WHERE {' AND '.join(where)}",
                   [v for _, v in updated])
-        return c.fetchone()[0]
+        total = c.fetchone()[0]
+        if store is None:
+            return total
+        deleted = store.deleted_ids("Patient")
+        candidates = {p for p in (person.person_of(c, f"Patient/{rid}") for rid in deleted) if p}
+    return total - len(gone(person, store, sorted(candidates)))
+
+
+def gone(person: Any, store: Any, pids: Sequence[str]) -> set[str]:
+    """Of ``pids``, the persons every Patient of which was deleted: a read of one answers 410
+    Gone, and a search or listing leaves them out (a merged person, or one left with no
+    Patient by an unlink, still answers, and stays in)."""
+    links: dict[str, list[str]] = {}
+    with person.read() as c:
+        for pid in pids:
+            row = person.person_row(c, pid)
+            if row is not None and row["merged_into"] is None:
+                rids = [x.split("/", 1)[1] for x in person.patients(c, pid)]
+                if rids:
+                    links[pid] = rids
+    if not links:
+        return set()
+    rids = sorted({r for rs in links.values() for r in rs})
+    current = {r for i in range(0, len(rids), 500)
+               for r in store.current_ids("Patient", rids[i:i + 500])}
+    return {pid for pid, rids in links.items() if not current.intersection(rids)}
 
 
 def person_updated(person: Any, c: Any, pid: str) -> str | None:
     row = person.person_row(c, pid)
     return None if row is None else row["updated"]
+
+
+def newest(instants: Sequence[str | None]) -> str:
+    """The latest of FHIR instants (compared as times, whatever their zones)."""
+    return max((x for x in instants if x), key=lambda x: parse_range(x)[0])
+
+
+def updated_of(person: Any, store: Any, pids: Sequence[str]) -> dict[str, str]:
+    """When each person's view was last updated: its last identity event or the newest current
+    version of its Patients, whichever is later (as a read of it says)."""
+    out: dict[str, str] = {}
+    with person.read() as c:
+        rows = {pid: (person.person_row(c, pid), person.patients(c, pid)) for pid in pids}
+    for pid, (row, refs) in rows.items():
+        if row is None:
+            continue
+        if row["merged_into"] is not None:
+            out[pid] = row["updated"]
+            continue
+        found = store.latest_many("Patient", [r.split("/", 1)[1] for r in refs])
+        out[pid] = newest([row["updated"], *(
+            orjson.loads(state.partition(b"\n")[0]).get("lastUpdated")
+            for _, state in found.values())])
+    return out
 
 
 def within(value: str | None, updated: list[tuple[str, str]]) -> bool:
