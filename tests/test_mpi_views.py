@@ -947,6 +947,15 @@ def test_a_person_read_is_not_modified_only_while_its_patients_are_not(client, d
     assert later.status_code == 200
     same = client.get(f"/Person/{pa}", headers={**USER, "if-none-match": again.headers["etag"]})
     assert same.status_code == 304
+    # a batch's GET entry answers as the read does
+    entries = client.post("", headers={**USER, **FHIR}, json={
+        "resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": f"Person/{pa}",
+                         "ifNoneMatch": tag}} for tag in (first.headers["etag"],
+                                                          again.headers["etag"])]}).json()["entry"]
+    assert [e["response"]["status"][:3] for e in entries] == ["200", "304"]
+    assert entries[0]["response"]["etag"] == again.headers["etag"]
+    assert entries[0]["resource"]["name"][0]["given"] == ["新"]
     # the search finds it changed since, the listing too
     for q in ({"_id": pa, "_lastUpdated": f"ge{since}"}, {"_lastUpdated": f"ge{since}"}):
         found = [e["resource"] for e in pages(client, "/Person", **q)]

@@ -17,7 +17,7 @@ import orjson
 
 from fhir_mapping import source_order
 from hub.api import intake, patching
-from hub.api.responses import client_holds, etag, parse_if_match
+from hub.api.responses import client_holds, etag, parse_if_match, view_etag, view_tag_matches
 from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.conditional import parse_query
@@ -291,12 +291,18 @@ def _get_entry(status: int, body: Any, asked: dict) -> dict:
         meta = body.get("meta") or {}
     version = meta.get("versionId") if meta else None
     if isinstance(version, str) and version.isdigit():
-        response["etag"] = etag(int(version))
+        # a golden Person changes with its Patients, not only with its own versions
+        view = isinstance(body, dict) and body.get("resourceType") == "Person"
+        tag = view_etag(body) if view else etag(int(version))
+        response["etag"] = tag
         if meta and meta.get("lastUpdated"):
             response["lastModified"] = meta["lastUpdated"]
         inm, ims = asked.get("ifNoneMatch"), asked.get("ifModifiedSince")
-        if client_holds(str(inm) if inm else None, str(ims) if ims else None, int(version),
-                        meta.get("lastUpdated") if meta else None, since_instant=True):
+        if (view and inm and view_tag_matches(str(inm), tag)) or (
+                not (view and inm)
+                and client_holds(str(inm) if inm else None, str(ims) if ims else None,
+                                 int(version), meta.get("lastUpdated") if meta else None,
+                                 since_instant=True)):
             response["status"] = status_line(304)
             return {"response": response}
     answer: dict[str, Any] = {"response": response}

@@ -36,7 +36,6 @@ values), 413 bodies over 64 KiB, 415 other content types.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -60,7 +59,14 @@ from hub.api.caller import (
 from hub.api.everything import audit_event, audited
 from hub.api.methods import refuses
 from hub.api.opparams import MAX_OP_BODY, form_params, read_parameters
-from hub.api.responses import base_url, check_format, client_holds, fhir_response
+from hub.api.responses import (
+    base_url,
+    check_format,
+    client_holds,
+    fhir_response,
+    view_etag,
+    view_tag_matches,
+)
 from hub.core.access import Action
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request, forbidden, not_found, operation_outcome
@@ -177,7 +183,7 @@ async def _person_response(request: Request, identity: IdentityService, pid: str
         return pid, _linked_patients(body)
 
     body = await audited(request, "person-read", answer, scope, (pid, []))
-    return fhir_response(body, status, request=request, headers={"ETag": person_etag(body)})
+    return fhir_response(body, status, request=request, headers={"ETag": view_etag(body)})
 
 
 def _linked_patients(person: dict) -> list[str]:
@@ -462,34 +468,19 @@ async def person_read(request: Request, rid: str) -> Response:
 
     body = await audited(request, "person-read", answer, scope, (pid, []))
     meta = body.get("meta") or {}
-    tag = person_etag(body)
+    tag = view_etag(body)
     headers = {"ETag": tag}
     if meta.get("lastUpdated"):
         headers["Last-Modified"] = http_date(meta["lastUpdated"])
     # a conditional read as of any other type (the capability statement claims it for all): a
     # Person is unchanged only while its identity events and its Patients are
     if_none_match = request.headers.get("if-none-match")
-    if (if_none_match and _tag_matches(if_none_match, tag)) or (
+    if (if_none_match and view_tag_matches(if_none_match, tag)) or (
             not if_none_match and meta.get("lastUpdated")
             and client_holds(None, request.headers.get("if-modified-since"), 0,
                              meta["lastUpdated"])):
         return Response(status_code=304, headers=headers)
     return fhir_response(body, request=request, headers=headers)
-
-
-def person_etag(body: dict) -> str:
-    """A Person view's weak ETag: its identity version and a hash of what it shows (its
-    Patients' identifiers and demographics change it without an identity event)."""
-    digest = hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS),
-                             digest_size=8).hexdigest()
-    return f'W/"{(body.get("meta") or {}).get("versionId", "0")}.{digest}"'
-
-
-def _tag_matches(value: str, tag: str) -> bool:
-    """If-None-Match (``*`` or a list of ETags, weak comparison) against a Person's ETag."""
-    opaque = tag.removeprefix("W/")
-    return any(v.strip() == "*" or v.strip().removeprefix("W/") == opaque
-               for v in value.split(","))
 
 
 def person_entry(request: Request, rid: str, check: bool) -> tuple[int, dict | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -149,6 +150,22 @@ def not_modified_since_instant(value: str, last_updated: str) -> bool:
 
 def etag(version: int) -> str:
     return f'W/"{version}"'
+
+
+def view_etag(body: dict) -> str:
+    """The weak ETag of a view made from several resources (a golden Person): its own version
+    and a hash of what it shows, as its Patients' identifiers and demographics change it
+    without a version of its own."""
+    digest = hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS),
+                             digest_size=8).hexdigest()
+    return f'W/"{(body.get("meta") or {}).get("versionId", "0")}.{digest}"'
+
+
+def view_tag_matches(value: str, tag: str) -> bool:
+    """If-None-Match (``*`` or a list of ETags, weak comparison) against a view's ETag."""
+    opaque = tag.removeprefix("W/")
+    return any(v.strip() == "*" or v.strip().removeprefix("W/") == opaque
+               for v in value.split(","))
 
 
 def fhir_response(body: bytes | dict | None, status: int = 200, *, request: Request | None = None,

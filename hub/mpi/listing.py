@@ -157,11 +157,6 @@ def gone(person: Any, store: Any, pids: Sequence[str]) -> set[str]:
     return {pid for pid, rids in links.items() if not current.intersection(rids)}
 
 
-def person_updated(person: Any, c: Any, pid: str) -> str | None:
-    row = person.person_row(c, pid)
-    return None if row is None else row["updated"]
-
-
 def newest(instants: Sequence[str | None]) -> str:
     """The latest of FHIR instants (compared as times, whatever their zones)."""
     return max((x for x in instants if x), key=lambda x: parse_range(x)[0])
