@@ -279,11 +279,13 @@ def test_update_changes_the_patient(client, v3):
 def test_merge_retires_the_old_patient(client, v3):
     # the merge message names no organisation: without a declared institution it would fall back to
     # the sending device and miss the registrations, so the connector declares its source
-    survivor, retired = f"P{tag()}", f"P{tag()}"
-    accepted(client, v3, patient_message(survivor, resident()), DECLARED)
+    survivor, retired, number = f"P{tag()}", f"P{tag()}", resident()
+    accepted(client, v3, patient_message(survivor, number), DECLARED)
     accepted(client, v3, patient_message(retired, resident(), name="测试丙"), DECLARED)
+    # the merge names the survivor with its own resident ID number (a number it stated unlike
+    # the stored one would replace it: a message states each identifier system whole)
     merge = variant(fixture("patient-merge.xml"), ("P0001", survivor), ("P0002", retired),
-                    ("T-MSG-0002", f"M-{tag()}"))
+                    ("T-MSG-0002", f"M-{tag()}"), ("110105198003151234", number))
     accepted(client, v3, merge, DECLARED)
     keep, old = patient_id(INST, survivor), patient_id(INST, retired)
     gone = read(client, f"Patient/{old}")
