@@ -60,6 +60,16 @@ def person_of(svc, patient):
         return svc.person.person_of(c, patient)
 
 
+def rebuilt_dump(hub, settings) -> object:
+    """The person projection's rows as a rebuild from the log gives them (in a file of its own)."""
+    copy = PersonProjection(settings.data_dir / "person-rebuilt.sqlite")
+    try:
+        Runner(hub.store, copy).rebuild()
+        return copy.dump()
+    finally:
+        copy.close()
+
+
 def test_auto_decide_link_review_new_and_idempotence(hub, svc):
     put_patients(hub, ("a", "110101198001010011"), ("b", "110101198001010011"),
                  ("c", "110101199002020022"), ("d", None))
@@ -296,12 +306,7 @@ def test_link_merge_unmerge_relink_sequence_and_rebuild(hub, svc, settings):
     assert groups(svc) == final
     # a rebuild from the log gives the same rows
     before = svc.person.dump()
-    copy = PersonProjection(settings.data_dir / "person-rebuilt.sqlite")
-    try:
-        Runner(hub.store, copy).rebuild()
-        assert copy.dump() == before
-    finally:
-        copy.close()
+    assert rebuilt_dump(hub, settings) == before
     Runner(hub.store, svc.person).rebuild()
     assert svc.person.dump() == before and groups(svc) == final
 
@@ -707,9 +712,4 @@ def test_a_stewards_decision_ends_the_wait_for_a_review(hub, svc, settings):
     svc.reject_review(r4, "steward-li")
     assert assurance("Patient/v4") == "level4"
     before = svc.person.dump()
-    copy = PersonProjection(settings.data_dir / "person-rebuilt.sqlite")
-    try:
-        Runner(hub.store, copy).rebuild()
-        assert copy.dump() == before
-    finally:
-        copy.close()
+    assert rebuilt_dump(hub, settings) == before

@@ -85,11 +85,11 @@ def history_bundle(repo: Repository, ctx: Context, items: list[tuple[str, str]],
     count, since_us, at_us, cursor = q.count, q.since_us, q.at_us, q.cursor
     tokens = page_tokens(settings.data_dir)
     # _count=0: the total only
+    # the time it is complete up to: taken with the first page, carried by the cursor after it
     rows, after, settled = repo.history(ctx, rtype=rtype, rid=rid, since_us=since_us,
                                         at_us=at_us, before_nid=cursor, count=count,
                                         settle=cursor is None)
-    if cursor is not None:
-        settled = q.settled_us
+    settled = settled if cursor is None else q.settled_us
     entries = []
     # a version written over a deletion created the resource again: 201, as its write answered;
     # the deletion (version n-1) on this page or not
