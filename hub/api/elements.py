@@ -4,28 +4,52 @@ R4 (search.html#elements) names elements, not JSON keys: a choice element by its
 (``value``, or ``value[x]`` as the definitions write it) selects whichever ``value<Type>`` the
 resource holds. A leading ``Type.`` is the resource's own; a dotted path reaches below the top
 level, which R4 does not ask of _elements, and keeps its whole top element (the lenient answer).
-The element table is the fhir.resources model's, as for ``_summary``.
+The element tables (these, ``_summary``'s, the mandatory ones every subset keeps) are the
+fhir.resources models'.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 ALWAYS = ("resourceType", "id", "meta")
+
+
+def _fields(rtype: str) -> list[tuple[str, Any, dict]]:
+    """(JSON key, model field, its element properties) of each top-level element of ``rtype``."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    out = []
+    for name, f in get_fhir_model_class(rtype).model_fields.items():
+        extra = f.json_schema_extra
+        out.append((f.alias or name, f, extra if isinstance(extra, dict) else {}))
+    return out
+
+
+@lru_cache(maxsize=None)
+def summary_elements(rtype: str) -> frozenset[str]:
+    """The elements ``_summary=true`` keeps of ``rtype``."""
+    return frozenset({*ALWAYS, *(key for key, _, extra in _fields(rtype)
+                                 if extra.get("summary_element_property"))})
+
+
+@lru_cache(maxsize=None)
+def mandatory_elements(rtype: str) -> frozenset[str]:
+    """The top-level elements of ``rtype`` with a minimum cardinality of one: kept in every
+    subset (_summary=text, _elements), as R4 asks, so a subset still reads as the resource."""
+    return frozenset({*ALWAYS, *(key for key, f, extra in _fields(rtype)
+                                 if f.is_required() or extra.get("element_required"))})
 
 
 @lru_cache(maxsize=None)
 def element_keys(rtype: str) -> dict[str, frozenset[str]]:
     """Element name -> the JSON keys of ``rtype`` it selects: its own and its primitive
     extension's (``_gender``); a choice element's base name those of every type it may take."""
-    from fhir.resources.R4B import get_fhir_model_class
-
     out: dict[str, set[str]] = {}
-    for name, f in get_fhir_model_class(rtype).model_fields.items():
-        extra = f.json_schema_extra
-        if not isinstance(extra, dict) or not extra.get("element_property"):
+    for key, _, extra in _fields(rtype):
+        if not extra.get("element_property"):
             continue
-        key = f.alias or name
         keys = {key, f"_{key}"}
         out.setdefault(key, set()).update(keys)
         base = extra.get("one_of_many")

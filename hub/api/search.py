@@ -9,12 +9,18 @@ bounded). Unknown parameters are ignored with a warning in the bundle, or refuse
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from functools import lru_cache
 from typing import Any
 
 import orjson
 
-from hub.api.elements import ALWAYS, below_top, selected_keys, unknown_elements
+from hub.api.elements import (
+    ALWAYS,
+    below_top,
+    mandatory_elements,
+    selected_keys,
+    summary_elements,
+    unknown_elements,
+)
 from hub.api.paging import link
 from hub.core import jsontext
 from hub.core.config import Settings
@@ -109,33 +115,6 @@ class SearchService:
 
 
 # -- _summary and _elements -----------------------------------------------------------------------
-
-@lru_cache(maxsize=None)
-def summary_elements(rtype: str) -> frozenset[str]:
-    from fhir.resources.R4B import get_fhir_model_class
-
-    model = get_fhir_model_class(rtype)
-    out = set(ALWAYS)
-    for name, f in model.model_fields.items():
-        extra = f.json_schema_extra or {}
-        if isinstance(extra, dict) and extra.get("summary_element_property"):
-            out.add(f.alias or name)
-    return frozenset(out)
-
-
-@lru_cache(maxsize=None)
-def mandatory_elements(rtype: str) -> frozenset[str]:
-    """The top-level elements of ``rtype`` with a minimum cardinality of one: kept in every
-    subset (_summary=text, _elements), as R4 asks, so a subset still reads as the resource."""
-    from fhir.resources.R4B import get_fhir_model_class
-
-    out = set(ALWAYS)
-    for name, f in get_fhir_model_class(rtype).model_fields.items():
-        extra = f.json_schema_extra or {}
-        if f.is_required() or (isinstance(extra, dict) and extra.get("element_required")):
-            out.add(f.alias or name)
-    return frozenset(out)
-
 
 def subset_filter(rtype: str, summary: str | None, elements: list[str] | None):
     """What a search's _summary or _elements keeps of each ``rtype`` resource (None: all)."""
