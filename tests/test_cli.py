@@ -932,6 +932,26 @@ def test_a_command_on_the_hub_at_a_mistyped_data_dir_says_so(tmp_path, args):
     assert not typo.exists()
 
 
+@pytest.mark.parametrize("args", [
+    ["projections", "follow"], ["projections", "follow", "search"], ["projections", "status"],
+    ["projections", "run"], ["projections", "rebuild", "search"], ["quality", "report"],
+    ["terminology", "unmapped"], ["terminology", "renormalise"], ["mpi", "train"],
+    ["mpi", "rematch"], ["mpi", "export"], ["audit", "verify"], ["audit", "export"],
+    ["audit", "anchor"], ["audit", "emergency"], ["identity", "show", "Patient/x"],
+    ["identity", "review", "list"], ["stream", "relay", "--bootstrap-servers", "127.0.0.1:1",
+                                     "--once"],
+    ["show", "Patient/x"], ["history", "Patient/x"], ["reindex"]])
+def test_a_command_on_the_event_store_at_a_mistyped_data_dir_makes_none(tmp_path, args):
+    """A command that works on the store that is there refuses a mistyped --data-dir naming it,
+    and makes nothing there: `hub projections follow` made an empty store and followed it for
+    ever (the follower `hub serve` starts has the store its server made)."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=None)
+    typo = tmp_path / "dta"
+    assert_clean_error(run_hub(settings, *args, "--data-dir", typo, timeout=30),
+                       "no event store in", str(typo))
+    assert not typo.exists()
+
+
 @pytest.mark.parametrize("name, value, words", [
     ("HUB_REQUIRED_PROFILES", "Patient:http://example.org/p", "Type=canonical-url"),
     ("HUB_REQUIRED_PROFILES", "Patinet=http://example.org/p", "no FHIR resource type"),

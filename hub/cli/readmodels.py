@@ -165,7 +165,9 @@ def _follow(args, settings: Settings) -> int:
     from hub.core.parentwatch import watch_parent
     from hub.followers import Followers
 
-    store = open_store(settings)
+    # the store must be there: at a mistyped --data-dir it made an empty one and followed it
+    # for ever (`hub serve` makes the store before it starts this process)
+    store = open_store(settings, existing=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
