@@ -46,6 +46,29 @@ class Transient(HubError):
     error_code = "unavailable"
 
 
+def _unavailable(e: BaseException) -> bool:
+    """Whether an error writing a batch is the store being away or busy (a lost or refused
+    connection, a locked database, a full disk, too many concurrent changes, a file that cannot
+    be written): the batch is tried again later, its partition held. Any other (a statement the
+    store refuses for a unit's content, a bug the unit runs into) would recur for that unit."""
+    import sqlite3
+
+    import psycopg
+    from eventsourcing.persistence import InterfaceError, OperationalError
+
+    from hub.core.store import too_complex, too_large
+
+    if isinstance(e, Transient):
+        return True
+    if isinstance(e, FhirError):
+        return e.status >= 500 or e.status in RETRY_STATUS
+    if isinstance(e, (OperationalError, InterfaceError, sqlite3.OperationalError,
+                      sqlite3.InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)):
+        # the engine's limits met by what the unit holds fail the same way every time
+        return not (too_large(e) or too_complex(e))
+    return isinstance(e, OSError)
+
+
 def _conversion(unit: dict) -> Conversion:
     return Conversion.from_unit(unit)
 
@@ -193,15 +216,15 @@ class IngestWorker:
         errors: dict[int, dict | None] = {}
         for (connector, institution), items in groups.items():
             source = unit_source(items[0][0].topic, connector, institution)
+            actor = _feed_actor(connector, institution)
             try:
-                found = write_units(self.repo, [u for _, _, u in items], source,
-                                    _feed_actor(connector, institution))
-            except Transient:
-                raise
-            except FhirError as e:
-                raise Transient(str(e)) from None
-            except Exception as e:  # noqa: BLE001 - store connection problems and the like
-                raise Transient(f"{type(e).__name__}: {e}") from None
+                found = write_units(self.repo, [u for _, _, u in items], source, actor)
+            except Exception as e:  # noqa: BLE001 - the store away, or one unit's failure
+                if _unavailable(e):
+                    raise Transient(f"{type(e).__name__}: {e}") from None
+                # which unit: each written alone, the one that fails again a dead letter (it
+                # held its partition for ever, retried as an outage is)
+                found = [self._write_alone(u, source, actor) for _, _, u in items]
             errors.update({id(item): err for item, err in zip(items, found)})
         self.stats["batches"] += 1
         for item in good:
@@ -213,6 +236,29 @@ class IngestWorker:
                 self.deadletters.count(tp.topic, "delivered")
             else:
                 self._dead(tp, r, u, err)
+
+    def _write_alone(self, unit: dict, source: dict[str, Any], actor: Any) -> dict | None:
+        """One unit of a batch that failed in an unexpected way, written by itself: None, its
+        refusal, or the error it fails with while the store answers (a dead letter's reason).
+        Transient when the store does not answer: an outage never makes dead letters."""
+        try:
+            return write_units(self.repo, [unit], source, actor)[0]
+        except Exception as e:  # noqa: BLE001 - as the batch's
+            if _unavailable(e):
+                raise Transient(f"{type(e).__name__}: {e}") from None
+            try:
+                self.hub.store.max_notification_id()
+            except Exception as away:  # noqa: BLE001 - whatever the store raises
+                raise Transient(f"{type(e).__name__}: {e}; the store does not answer: "
+                                f"{type(away).__name__}: {away}") from None
+            import traceback
+
+            log.error("ingest worker: a unit failed to be written: %s", type(e).__name__)
+            # where it failed, for a fix (with the data, in the dead letter, not in the log)
+            return {"reason": f"the hub failed writing the unit: {type(e).__name__}: "
+                              f"{str(e)[:500]}",
+                    "code": "AE", "rule": "hub.write-failed",
+                    "trace": "".join(traceback.format_exception(e))[-4000:]}
 
     def _dead(self, tp, r, unit, error) -> None:
         self.stats["failed"] += 1

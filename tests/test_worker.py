@@ -352,3 +352,126 @@ def test_an_unreadable_record_is_dead_lettered_once_however_often_its_batch_is_r
         assert worker.deadletters.deadletters() == []
     finally:
         worker.deadletters.close()
+
+
+def _refuse_at_write(url: str, ref: str) -> None:
+    """The PostgreSQL store refuses to store ``ref`` (a data exception, SQLSTATE 22023), as it
+    would a value it cannot take: the same unit fails the same way at every attempt."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION refuse_unit() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                     "BEGIN RAISE EXCEPTION 'refused by the store' USING ERRCODE = '22023'; "
+                     "END $$")
+        conn.execute("CREATE TRIGGER refuse_unit BEFORE INSERT ON stored_events FOR EACH ROW "
+                     f"WHEN (NEW.originator_id = '{ref}') EXECUTE FUNCTION refuse_unit()")
+
+
+def _patient_unit(rid: str) -> bytes:
+    return orjson.dumps({"v": 1, "connector": "c", "unit_id": rid, "kind": "fhir",
+                         "patient_key": f"Patient/{rid}",
+                         "resources": [{"resourceType": "Patient", "id": rid}], "deletes": []})
+
+
+@pytest.mark.postgres
+def test_a_unit_the_store_refuses_at_write_is_a_dead_letter_and_its_partition_goes_on(
+        broker, tmp_path, request):  # noqa: F811
+    """A unit whose write failed in a way that was no outage (here the store refusing its row)
+    was retried as an unavailable store is, for ever: its partition held, nothing after it
+    written. It is a dead letter now, with the error; the others of its poll are written, the
+    offset committed past it, and the worker goes on with what comes next."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from connectors.spool import Spool
+    from hub.core.ingest import Hub
+    from hub.worker import IngestWorker, deadletter_path
+    from tests.conftest import make_settings
+
+    settings = make_settings("postgres", tmp_path, request)
+    Hub(settings.open_store()).store.close()  # the store's tables, for the trigger
+    _refuse_at_write(settings.database_url, "Patient/bad1")
+    topic = "hub.refused.pg"
+    broker.create_topic(topic, partitions=1)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    for rid in ("good1", "bad1", "good2"):
+        producer.send(topic, key=b"k", value=_patient_unit(rid))
+    producer.flush()
+    group = f"r-{topic}"
+    worker = IngestWorker(settings, broker.bootstrap, [topic], group=group, consumer=FAST_GROUP)
+    t = threading.Thread(target=worker.run, kwargs={"install_signals": False})
+    t.start()
+    try:
+        wait_until(lambda: worker.stats["written"] + worker.stats["failed"] >= 3, 60,
+                   what="3 records")
+        producer.send(topic, key=b"k", value=_patient_unit("good3"))  # what comes next
+        producer.flush()
+        wait_until(lambda: worker.stats["written"] >= 3, 30, what="the record after")
+    finally:
+        producer.close()
+        worker.stop()
+        t.join(20)
+    assert not t.is_alive()
+    assert worker.stats["written"] == 3 and worker.stats["failed"] == 1, worker.stats
+
+    letters = Spool(deadletter_path(settings))
+    try:
+        [letter] = letters.deadletters()
+        assert letter["unit_id"] == "bad1" and letter["status"] == "open"
+        assert "refused by the store" in letter["error"]["reason"], letter["error"]
+        assert orjson.loads(letters.deadletter(letter["id"])["payload"])["unit_id"] == "bad1"
+    finally:
+        letters.close()
+    hub = Hub(settings.open_store())
+    try:
+        assert set(hub.store.latest_many("Patient", ["good1", "bad1", "good2", "good3"])) == \
+            {"good1", "good2", "good3"}
+    finally:
+        hub.store.close()
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group, **FAST_GROUP)
+    try:
+        assert consumer.committed(TopicPartition(topic, 0)) == 4
+    finally:
+        consumer.close()
+
+
+@pytest.mark.postgres
+def test_while_the_store_is_away_no_unit_is_a_dead_letter(tmp_path, request):
+    """The batch holding a unit the store refuses is tried again while PostgreSQL takes no
+    connections, and nothing of it is dead-lettered (an outage is no unit's failure); once the
+    store is back, the unit that still fails is, and the others are written."""
+    from types import SimpleNamespace
+
+    import psycopg
+    from kafka import TopicPartition
+
+    from hub.worker import IngestWorker, Transient, _read
+    from tests.conftest import PG_ADMIN, make_settings
+
+    settings = make_settings("postgres", tmp_path, request)
+    worker = IngestWorker(settings, "127.0.0.1:1", ["t"])
+    _refuse_at_write(settings.database_url, "Patient/bad1")
+    tp = TopicPartition("t", 0)
+    sub = [(tp, SimpleNamespace(offset=n, value=_patient_unit(rid)), _read(_patient_unit(rid))[0])
+           for n, rid in enumerate(("good1", "bad1"))]
+    name = settings.database_url.rsplit("/", 1)[1]
+
+    def allow(yes: bool) -> None:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(yes).lower()}')
+            if not yes:
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = %s", (name,))
+    try:
+        allow(False)
+        try:
+            with pytest.raises(Transient):
+                worker._write(sub)
+            assert worker.deadletters.deadletters() == []
+        finally:
+            allow(True)
+        worker._write(sub)
+        assert worker.stats["written"] == 1 and worker.stats["failed"] == 1
+        assert [d["unit_id"] for d in worker.deadletters.deadletters()] == ["bad1"]
+    finally:
+        worker.hub.store.close()
+        worker.deadletters.close()

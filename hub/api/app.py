@@ -84,6 +84,7 @@ from hub.core.events import resource_bytes
 from hub.core.gctune import tune_for_serving
 from hub.core.ingest import Context, Hub, Op, Result
 from hub.core.parentwatch import watch_parent
+from hub.core.store import too_complex, too_large
 from hub.documents import DocumentService
 from hub.mpi.candidates import IdentityCandidates
 from hub.quarantine import Quarantine
@@ -264,25 +265,6 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
     _install_routes(app)
     allow.install(app)  # a 405 for a method no route of the path takes, before any route
     return app
-
-
-# SQLite's and PostgreSQL's refusals of a statement too big to plan: the client's query, not an
-# outage
-_TOO_COMPLEX = ("too many sql variables", "expression tree is too large", "parser stack overflow",
-                "too many terms in compound select", "at most 64 tables in a join",
-                "too many columns", "stack depth limit exceeded", "too many range table entries",
-                "number of parameters must be between")
-
-
-def too_large(e: Exception) -> bool:
-    """PostgreSQL's program limits (SQLSTATE class 54) met by a value: an index row too big."""
-    state = getattr(getattr(e, "__cause__", None), "sqlstate", None) or ""
-    return state.startswith("54") or "index row size" in str(e).lower()
-
-
-def too_complex(e: Exception) -> bool:
-    text = str(e).lower()
-    return any(m in text for m in _TOO_COMPLEX)
 
 
 def _verifier(app: FastAPI, settings: Settings) -> Verifier:

@@ -143,6 +143,26 @@ def _lost_connection(e: BaseException) -> bool:
         not isinstance(cause, psycopg.errors.QueryCanceled)
 
 
+# SQLite's and PostgreSQL's refusals of a statement too big to plan: the client's query, not an
+# outage
+_TOO_COMPLEX = ("too many sql variables", "expression tree is too large", "parser stack overflow",
+                "too many terms in compound select", "at most 64 tables in a join",
+                "too many columns", "stack depth limit exceeded", "too many range table entries",
+                "number of parameters must be between")
+
+
+def too_large(e: BaseException) -> bool:
+    """PostgreSQL's program limits (SQLSTATE class 54) met by a value: an index row too big."""
+    state = (getattr(e, "sqlstate", None) or getattr(getattr(e, "__cause__", None), "sqlstate", None)
+             or "")
+    return state.startswith("54") or "index row size" in str(e).lower()
+
+
+def too_complex(e: BaseException) -> bool:
+    text = str(e).lower()
+    return any(m in text for m in _TOO_COMPLEX)
+
+
 def _reconnecting(read: Callable) -> Callable:
     @functools.wraps(read)
     def run(self: Any, *args: Any, **kwargs: Any) -> Any:
