@@ -382,8 +382,9 @@ def replay_deadletters(store, ids: list[int], settings: Settings):
             source = {**unit_source(topic, connector, institution), "deadletter": i}
             try:
                 [err] = write_units(repo, [unit], source, _feed_actor(connector, institution))
-            except Transient as e:
-                err = {"reason": f"the hub cannot write now: {e}"}
+            except Exception as e:  # noqa: BLE001 - said for this letter, the others go on
+                err = {"reason": f"the hub cannot write now: {e}" if _unavailable(e) else
+                       f"the hub failed writing the unit: {type(e).__name__}: {str(e)[:500]}"}
             store.mark_replayed(i, {"ok": err is None, "error": err}, err is None)
             out.append((i, err is None, err, None))
     finally:

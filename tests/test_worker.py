@@ -384,7 +384,7 @@ def test_a_unit_the_store_refuses_at_write_is_a_dead_letter_and_its_partition_go
 
     from connectors.spool import Spool
     from hub.core.ingest import Hub
-    from hub.worker import IngestWorker, deadletter_path
+    from hub.worker import IngestWorker, deadletter_path, replay_deadletters
     from tests.conftest import make_settings
 
     settings = make_settings("postgres", tmp_path, request)
@@ -419,6 +419,9 @@ def test_a_unit_the_store_refuses_at_write_is_a_dead_letter_and_its_partition_go
         assert letter["unit_id"] == "bad1" and letter["status"] == "open"
         assert "refused by the store" in letter["error"]["reason"], letter["error"]
         assert orjson.loads(letters.deadletter(letter["id"])["payload"])["unit_id"] == "bad1"
+        # replayed while the store still refuses it: failed again, said so
+        [(_, ok, err, _)] = replay_deadletters(letters, [letter["id"]], settings)
+        assert not ok and "refused by the store" in err["reason"], err
     finally:
         letters.close()
     hub = Hub(settings.open_store())
