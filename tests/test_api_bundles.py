@@ -421,6 +421,13 @@ def _alike(n: int) -> list[dict]:
      "Bundle.entry[0].resource.resourceType"),
     (bundle("transaction", {"request": {"method": "FETCH", "url": "Patient"}}),
      "Bundle.entry[0].request.method"),
+    # an empty or malformed id names no resource (a DELETE of it answered 204)
+    (bundle("transaction", {"request": {"method": "DELETE", "url": "Patient/"}}),
+     "Bundle.entry[0].request.url"),
+    (bundle("transaction", {"request": {"method": "DELETE", "url": "Patient/a b"}}),
+     "Bundle.entry[0].request.url"),
+    (bundle("transaction", {"request": {"method": "PUT", "url": "Patient/"},
+                            "resource": patient(rid="")}), "Bundle.entry[0].request.url"),
     # the envelope's error is named at its entry among entries alike but for their fullUrl
     (bundle("transaction", *_alike(3), dict(_alike(1)[0], search={"mode": 7})),
      "Bundle.entry[3].search.mode"),

@@ -17,7 +17,7 @@ import orjson
 
 from fhir_mapping import source_order
 from hub.api import intake, patching
-from hub.api.responses import client_holds, etag, parse_if_match, view_etag, view_tag_matches
+from hub.api.responses import ID_RE, client_holds, etag, parse_if_match, view_etag, view_tag_matches
 from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.conditional import parse_query
@@ -92,6 +92,9 @@ def parse_entry(i: int, entry: object, base: str,
     if method == "DELETE":  # a feed's delete: its source order, as a write has on its resource
         op.order = source_order.from_extensions(request.get("extension"))
     if len(parts) == 2 and method != "POST":
+        if not ID_RE.match(parts[1]):  # ``DELETE Patient/`` deleted nothing and answered 204
+            raise bad_request(f"{parts[1]!r} in {url[:200]!r} is not a valid FHIR id",
+                              f"{where}.request.url")
         op.rid = parts[1]
     elif len(parts) != 1 or (method != "POST" and not query):
         raise bad_request(f"Cannot {method} {url!r}", f"{where}.request.url")
