@@ -341,7 +341,8 @@ class DocumentService(StoredDocuments):
         created = any(r.rtype == "DocumentReference" and r.body is not None for r in results)
         decision = next(e["valueCode"] for e in report["extension"] if "valueCode" in e)
         return DocumentResult(201 if created else 200, decision, report, doc_ref,
-                              resources=[f"{r.rtype}/{r.rid}/_history/{r.version}" for r in results],
+                              resources=[f"{r.rtype}/{r.rid}" + (f"/_history/{r.version}" if r.version else "")
+                                         for r in results],  # no version: one hidden
                               retired=[f"{r['resourceType']}/{r['id']}" for r in retired])
 
     def replay(self, qid: int, now: datetime | None = None) -> DocumentResult:

@@ -931,8 +931,12 @@ class Repository:
             op.hidden = not self._stored_shown(ctx.actor, op.rtype, rid, stored)
             if op.method == "PATCH" and op.hidden:
                 raise forbidden(f"{op.rtype}/{rid} is not shown to this caller; a patch reads it")
-            if not body.strip():  # a deletion: nothing it replaces
-                return
+            if not body.strip():  # a deletion, judged as the version it deleted (a scope that
+                # may not change that one is refused as on the live record, telling no deletion)
+                judged = self._judged(op.rtype, rid, stored)
+                body = judged.partition(b"\n")[2] if judged is not None else b""
+                if not body.strip():
+                    return
             d = orjson.loads(body)
             if not op.own and op.rtype == "OperationOutcome" and is_quality_report(d) and (
                     op.method in ("DELETE", "PATCH") or not _files_reports(ctx.actor)):

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
+from fhir_mapping import source_order
 from hub.auth.signer import Signer
 from tests.api_helpers import consent, observation, patient, unique
 from tests.conftest import FHIR_JSON, LiveServer, make_settings
@@ -507,3 +508,148 @@ def test_a_write_to_a_hidden_record_tells_nothing_of_it(world):
         assert c.delete(f"/Observation/{mine['id']}").headers.get("etag") == 'W/"2"'
         assert "already deleted" in c.delete(f"/Observation/{mine['id']}").text
         assert _put(c, mine).status_code == 201
+
+
+# -- a hidden record answers a write alike, live or deleted ----------------------------------------
+
+STORED_AT, OLDER = "2024-03-01T10:00:00+08:00", "2024-02-01T10:00:00+08:00"
+
+
+def _stamped(d: dict, when: str) -> dict:
+    """``d`` with the source-order stamp a feed's mapper gives what it writes."""
+    return {**d, "meta": {**d.get("meta", {}), "extension": [{"url": source_order.URL, "extension": [
+        {"url": "time", "valueDateTime": when}]}]}}
+
+
+def _live_and_deleted(world: World, hide, label: bool = False) -> tuple[dict, dict]:
+    """Two Observations of a new Patient (PSY-labelled with ``label``) H1's connector wrote at
+    ``STORED_AT``, under the Consent ``hide(pid)``: one live at version 2, one deleted by its
+    feed (the deletion stamped too) at version 3."""
+    p = patient(rid=unique()[:16])
+    meta = {"meta": {"security": [{"system": ACTCODE, "code": "PSY"}]}} if label else {}
+    live, gone = ({**observation(f"Patient/{p['id']}"), "id": unique()[:16], **meta}
+                  for _ in range(2))
+    with _http(world, world.writer) as c:
+        assert _put(c, p).status_code == 201
+        assert _put(c, hide(p["id"])).status_code == 201
+        for d in (live, gone):
+            assert _put(c, _stamped(d, STORED_AT)).status_code == 201
+            assert _put(c, _stamped({**d, "status": "amended"}, STORED_AT)).status_code == 200
+        stamp = _stamped({}, STORED_AT)["meta"]["extension"]
+        r = c.post("/", json={"resourceType": "Bundle", "type": "batch", "entry": [{"request": {
+            "method": "DELETE", "url": f"Observation/{gone['id']}", "extension": stamp}}]},
+            headers=FHIR_JSON)
+        assert r.json()["entry"][0]["response"]["status"].startswith("200"), r.text
+        assert c.get(f"/Observation/{gone['id']}").status_code == 410
+    return live, gone
+
+
+def _batch_put(c: httpx.Client, d: dict) -> httpx.Response:
+    return c.post("/", headers=FHIR_JSON, json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": d, "request": {"method": "PUT", "url": f"Observation/{d['id']}"}}]})
+
+
+# each write a hidden record may be sent: (name, the write of a resource)
+WRITES = [
+    ("PUT", lambda c, d: _put(c, d)),
+    ("PUT of the stored content", lambda c, d: _put(c, {**d, "status": "amended"})),
+    ("PUT If-Match: *", lambda c, d: _put(c, d, **{"if-match": "*"})),
+    ("PUT If-None-Match: *", lambda c, d: _put(c, d, **{"if-none-match": "*"})),
+    *((f"PUT If-Match: {v}", lambda c, d, v=v: _put(c, d, **{"if-match": v}))
+      for v in ('W/"1"', 'W/"2"', 'W/"3"', 'W/"4"')),
+    ("PUT older than stored", lambda c, d: _put(c, _stamped(d, OLDER))),
+    ("batch PUT older than stored", lambda c, d: _batch_put(c, _stamped(d, OLDER))),
+    ("batch PUT", _batch_put),
+    ("PUT return=representation", lambda c, d: _put(c, d, prefer="return=representation")),
+    ("PATCH", lambda c, d: c.patch(f"/Observation/{d['id']}", json=[
+        {"op": "replace", "path": "/status", "value": "corrected"}],
+        headers={"content-type": "application/json-patch+json"})),
+    ("DELETE", lambda c, d: c.delete(f"/Observation/{d['id']}")),
+    ("DELETE If-Match: *", lambda c, d: c.delete(f"/Observation/{d['id']}",
+                                                   headers={"if-match": "*"})),
+    ("DELETE If-Match: version 3", lambda c, d: c.delete(f"/Observation/{d['id']}",
+                                                          headers={"if-match": 'W/"3"'})),
+]
+
+
+def _hidden_from(world: World) -> list[tuple[str, object, object, bool, object]]:
+    """(who, token, the Consent of the records, labelled, the resource it writes of one)."""
+    live = world.live
+    steward = live.client_auth(roles=("steward",), scope="system/*.cruds", institution="H2")
+    lab_only = live.client_auth(roles=("connector",), institution="H1",
+                                scope="system/Observation.cruds?category=laboratory")
+    other = patient(rid=unique()[:16])
+    with _http(world, world.writer) as c:
+        assert _put(c, other).status_code == 201
+    token = Signer(live.settings.data_dir).issue(
+        {"iss": live.origin + "/auth", "aud": live.base, "sub": "steward-app",
+         "scope": "patient/*.cruds", "patient": other["id"], "hub_roles": ["steward"]}, 300)
+    lab = {"coding": [{"system": CATEGORY, "code": "laboratory"}]}
+    return [
+        ("a steward of an institution a consent names",
+         steward, lambda pid: consent(pid, {"type": "deny", "actor": [_org("H2")]}), False,
+         lambda d: d),
+        ("a steward beyond a bare deny", steward,
+         lambda pid: consent(pid, {"type": "deny"}), False, lambda d: d),
+        ("a steward a label's deny hides from", steward, lambda pid: consent(pid, {
+            "type": "permit", "provision": [{"type": "deny", "securityLabel": [
+                {"system": ACTCODE, "code": "PSY"}]}]}), True, lambda d: d),
+        ("a scope whose query does not select it", lab_only,
+         lambda pid: consent(pid, {"type": "permit"}), False,
+         lambda d: {**d, "category": [lab]}),
+        ("a patient token of another patient", f"Bearer {token}",
+         lambda pid: consent(pid, {"type": "permit"}), False,
+         lambda d: {**d, "subject": {"reference": f"Patient/{other['id']}"}}),
+    ]
+
+
+def _client(world: World, auth) -> httpx.Client:
+    if isinstance(auth, str):
+        return _http(world, None, authorization=auth)
+    return _http(world, auth)
+
+
+def _tells(r: httpx.Response) -> list[str]:
+    """What of the stored record (H1's, version 2 or deleted at 3) an answer tells."""
+    told = [h for h in ("etag", "location", "last-modified") if h in r.headers]
+    told += [w for w in ("_history", "version 2", "version 3", "deleted", "amended", STORED_AT)
+             if w in r.text]
+    return told + ([f"status {r.status_code}"] if r.status_code not in (200, 403, 412) else [])
+
+
+def test_a_write_to_a_hidden_record_answers_alike_live_or_deleted(world):
+    wrong = []
+    for who, auth, hide, label, as_sent in _hidden_from(world):
+        for name, write in WRITES:
+            live, gone = _live_and_deleted(world, hide, label)
+            with _client(world, auth) as c:
+                assert c.get(f"/Observation/{live['id']}").status_code == 403, who
+                assert c.get(f"/Observation/{gone['id']}").status_code == 403, who
+                a, b = write(c, as_sent(live)), write(c, as_sent(gone))
+            what = f"{who}, {name}"
+            if _answer(a, live["id"]) != _answer(b, gone["id"]):
+                wrong.append((what, "live and deleted told apart", a.text, b.text))
+            # no version, time or content of it, whatever the write did
+            if _tells(a) or _tells(b):
+                wrong.append((what, "tells", _tells(a), _tells(b)))
+            if "older" in name and a.status_code == 200:  # kept as stored, untold
+                with _http(world, world.writer) as c:
+                    assert c.get(f"/Observation/{live['id']}").headers["etag"] == 'W/"2"', what
+                    assert c.get(f"/Observation/{gone['id']}").status_code == 410, what
+    assert not wrong, "\n".join(map(str, wrong))
+
+
+def test_who_is_shown_the_record_is_told_of_it_as_before(world):
+    live, gone = _live_and_deleted(world, lambda pid: consent(pid, {"type": "deny"}))
+    outcome = {"prefer": "return=OperationOutcome"}
+    with _http(world, world.writer) as c:
+        r = _put(c, _stamped(live, OLDER), **outcome)
+        assert r.headers["etag"] == 'W/"2"' and "the stored version 2 stays" in r.text, r.text
+        r = _put(c, _stamped(gone, OLDER), **outcome)
+        assert "(its deletion, version 3); it stays deleted" in r.text, r.text
+        r = _put(c, gone, **{"if-match": "*"})
+        assert r.status_code == 412 and "is deleted" in r.text, r.text
+        r = _put(c, live, **{"if-match": 'W/"2"'})
+        assert r.status_code == 200 and r.headers["etag"] == 'W/"3"', r.text
+        r = _put(c, gone)
+        assert r.status_code == 201 and r.headers["etag"] == 'W/"4"', r.text

@@ -70,7 +70,7 @@ def validate(ctx: Context, settings: Settings, rtype: str, raw: bytes, d: dict,
 def finish(repo: Repository, ctx: Context, result: Result, warnings: list[Issue]) -> None:
     """After a write is stored: its warnings (repairs, profiles) in its answer, and the report
     of the repairs made to it, which the data-quality projection counts."""
-    if not warnings or result.rid is None or result.version is None:
+    if not warnings or result.rid is None or (result.version is None and not result.hidden):
         return
     repairs = [i for i in warnings if isinstance(i, Repair)]
     if repairs:
@@ -86,7 +86,9 @@ def _report(ctx: Context, result: Result, repairs: Sequence[Issue]) -> Op:
                        SourceInfo(institution=_institution(ctx) or "unknown"),
                        # one report per repaired write (per version): one per resource was
                        # replaced by each later repaired write, and its repairs went uncounted
-                       f"{result.rtype}/{result.rid}/_history/{result.version}", "fhir-rest",
+                       f"{result.rtype}/{result.rid}/_history/{result.version}" if not result.hidden
+                       # a version of a record the caller may not read is not named: the request
+                       else f"{result.rtype}/{result.rid} ({ctx.request_id})", "fhir-rest",
                        datetime.now(UTC),
                        document_ref=f"{result.rtype}/{result.rid}", type_system=INTAKE_TYPES)
     return Op("PUT", "OperationOutcome", d["id"], d, url=f"OperationOutcome/{d['id']}")

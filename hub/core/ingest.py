@@ -130,6 +130,9 @@ class Result:
     last_updated: str | None = None
     body: bytes | None = None  # stored bytes of the resulting version, when known
     issues: list[Issue] = field(default_factory=list)
+    # a write to a record the caller may not read (``Op.hidden``): answered alike whatever was
+    # stored and whatever it did, with no version, time or content (``complete`` adds none)
+    hidden: bool = False
 
     @property
     def location(self) -> str | None:
@@ -683,8 +686,8 @@ class Hub:
         for i in planned:
             op = ops[i]
             head = heads.get((op.rtype, op.target)) if op.target is not None else None
-            if head is None or not _order_of(op):
-                continue
+            if head is None or not _order_of(op) or _names_hidden_version(op):
+                continue  # (a version named of a hidden record is refused whatever is stored)
             if head.deleted:
                 if op.method == "PUT":
                     revived.append(i)
@@ -698,7 +701,9 @@ class Hub:
                 continue
             version, body = replaced[i]
             why = source_order.older_than(_order_of(op), source_order.order_of(body))
-            if why:
+            if why and op.hidden:  # the stored stamp, version and deletion untold: as written
+                out[i] = Result(200, op.rtype, op.target, hidden=True)
+            elif why:
                 out[i] = Result(200, op.rtype, op.target, version, issues=[Issue(
                     "informational", f"{op.rtype}/{op.target} not "
                     f"{'deleted' if op.method == 'DELETE' else 'written'}: {why}; the stored "
@@ -708,11 +713,13 @@ class Hub:
             stored = self.store.latest(op.rtype, cast(str, op.target))
             if stored is None or not stored.topic.endswith("Deleted"):
                 continue  # deleted and written again since the heads were read: the commit conflicts
-            deletion = source_order.from_extensions(
-                [from_stored(stored).request.get("sourceOrder")])
+            ev = from_stored(stored)
+            deletion = source_order.from_extensions([ev.request.get("sourceOrder")])
             why = source_order.older_than(_order_of(op), deletion)
-            if why:
-                out[i] = Result(200, op.rtype, op.target, stored.originator_version, issues=[
+            if why and op.hidden:
+                out[i] = Result(200, op.rtype, op.target, hidden=True)
+            elif why:  # (the deletion's time too: a version without one answered 500 over REST)
+                out[i] = Result(200, op.rtype, op.target, ev.version, ev.last_updated, issues=[
                     Issue("informational", f"{op.rtype}/{op.target} not written: {why} (its "
                           f"deletion, version {stored.originator_version}); it stays deleted",
                           "information")])
@@ -729,22 +736,25 @@ class Hub:
         current = head.version if head else 0
         if op.method == "PATCH" and current != op.patched_from:
             raise ConflictError(f"{op.rtype}/{op.target} changed while it was patched")
+        if _names_hidden_version(op):  # right or wrong, a version named would be told apart
+            raise precondition_failed(f"If-Match names a version of {op.rtype}/{op.target}, "
+                                      "whose versions this caller is not shown")
         if op.if_match == ANY_VERSION:
             if head is None and op.query is not None:  # the target is one the hub would mint
                 raise precondition_failed(f"If-Match: * but no {op.rtype} matched the criteria")
-            if head is None or head.deleted:  # If-Match: * holds of a current resource only
-                raise precondition_failed(f"If-Match: * but {op.rtype}/{op.target} " + (
-                    "does not exist or is deleted" if op.hidden else
-                    "does not exist" if head is None else "is deleted"))
+            # If-Match: * holds of a current resource only; a hidden one is current to its
+            # caller, deleted or not (as its read, 403, answers alike)
+            if head is None or (head.deleted and not op.hidden):
+                raise precondition_failed(f"If-Match: * but {op.rtype}/{op.target} "
+                                          f"{'does not exist' if head is None else 'is deleted'}")
         elif op.if_match is not None and op.if_match != current:
             raise precondition_failed(
-                f"If-Match wanted version {op.if_match} of {op.rtype}/{op.target}, " + (
-                    "not its current version" if op.hidden else
-                    f"the current version is {current}"))
+                f"If-Match wanted version {op.if_match} of {op.rtype}/{op.target}, "
+                f"the current version is {current}")
         request: dict[str, Any] = {"method": op.method, "url": op.url, "requestId": ctx.request_id}
         if op.method == "DELETE":
             if op.hidden and head is not None and head.deleted:
-                return Result(200, op.rtype, op.target)  # as the deletion of a live one answers
+                return Result(200, op.rtype, op.target, hidden=True)  # as a live one's answers
             if head is None or head.deleted:
                 return Result(200, op.rtype, op.target, issues=[
                     Issue("not-found", f"{op.rtype}/{op.target} does not exist or is already deleted",
@@ -755,7 +765,7 @@ class Hub:
                                   ctx.source, request)
             commit.add(event, b"", [], ts)
             if op.hidden:  # its version would tell how many the hidden record had
-                return Result(200, op.rtype, op.target)
+                return Result(200, op.rtype, op.target, hidden=True)
             return Result(200, op.rtype, op.target, current + 1, last_updated)
         assert op.d is not None  # a POST or PUT carries its resource, a PATCH its result
         where = f"{op.where}.resource" if op.where else op.rtype
@@ -777,13 +787,16 @@ class Hub:
         kind = CREATED if head is None else UPDATED
         commit.add(ResourceEvent(kind, op.rtype, op.target, version, last_updated, body,
                                  ctx.source, request), h, res.identifiers(op.d), ts)
-        created = head is None or (head.deleted and not op.hidden)  # a hidden deletion untold
+        if op.hidden:  # an update, the deletion, version, time and content untold
+            return Result(200, op.rtype, op.target, hidden=True)
+        created = head is None or head.deleted
         return Result(201 if created else 200, op.rtype, op.target, version, last_updated, body)
 
     def complete(self, result: Result, ctx: Context | None = None) -> Result:
         """Fill in the current version's body and time where a write left the resource as it was.
         (``ctx``: whom for; the hub answers anyone, the repository hides what they may not read.)"""
-        if result.rid is not None and result.body is None and result.status in (200, 201):
+        if result.rid is not None and result.body is None and result.status in (200, 201) \
+                and not result.hidden:
             stored = self.store.latest(result.rtype, result.rid)
             if stored is not None and not stored.topic.endswith("Deleted"):
                 ev = from_stored(stored)
@@ -830,6 +843,11 @@ def _order_of(op: Op) -> source_order.Order | None:
     if op.method == "DELETE":
         return op.order or None
     return source_order.order_of(op.d) if op.d is not None else None
+
+
+def _names_hidden_version(op: Op) -> bool:
+    """Does a write to a record its caller may not read name a version of it (If-Match)?"""
+    return op.hidden and op.if_match is not None and op.if_match != ANY_VERSION
 
 
 def _criteria(op: Op) -> Query | None:
