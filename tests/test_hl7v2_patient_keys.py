@@ -1,0 +1,78 @@
+"""Whose record a v2 message writes to: one patient per message (a second patient's results are
+never attached to the first), a visit number scoped by its patient, and a Patient key that does not
+depend on the order of PID-3 repetitions nor join identifiers of different types or issuers."""
+
+from __future__ import annotations
+
+import pytest
+
+from fhir_mapping.base import MappingError, SourceInfo
+from fhir_mapping.hl7v2 import _convert
+from tests.test_hl7v2_support import assert_valid, by_type
+
+SRC = SourceInfo(institution="H1", oid="2.16.156.10011.99.1.1")
+MR = "^^^H1&2.16.156.10011.99.1.1&ISO^MR"
+
+
+def msg(mtype: str, *segments: str, control: str = "C1") -> bytes:
+    return "\r".join([f"MSH|^~\\&|LIS|H1|HUB|R|20240315143000+0800||{mtype}|{control}|P|2.5.1",
+                      *segments, ""]).encode()
+
+
+def conv(payload: bytes):
+    c = _convert(payload, SRC)
+    assert_valid(c)
+    return c
+
+
+def subjects(c) -> set[str]:
+    return {r["subject"]["reference"] for r in c.resources if "subject" in r}
+
+
+# -- one patient per message ------------------------------------------------------------------
+TWO_PATIENTS = {
+    "ORU with two patient result groups": msg(
+        "ORU^R01^ORU_R01",
+        f"PID|1||P001{MR}||张^三||19850312|M", "PV1|1|O|内科||||||||||||||||MZ001",
+        "OBR|1|A1|F1|2093-3^总胆固醇^LN", "OBX|1|NM|2093-3^总胆固醇^LN||6.20|mmol/L|3.1-5.7|H|||F",
+        f"PID|2||P002{MR}||李^四||19900101|F", "PV1|1|O|内科||||||||||||||||MZ002",
+        "OBR|1|A2|F2|2093-3^总胆固醇^LN", "OBX|1|NM|2093-3^总胆固醇^LN||3.10|mmol/L|3.1-5.7|N|||F"),
+    "ORU whose second patient has no visit": msg(
+        "ORU^R01^ORU_R01",
+        f"PID|1||P001{MR}||张^三||19850312|M", "OBR|1|A1|F1|2093-3^TC^LN", "OBX|1|NM|2093-3^TC^LN||6.2|mmol/L||||F",
+        f"PID|2||P002{MR}||李^四||19900101|F", "OBR|1|A2|F2|2093-3^TC^LN", "OBX|1|NM|2093-3^TC^LN||3.1|mmol/L||||F"),
+    "ORM with a second patient's order": msg(
+        "ORM^O01^ORM_O01",
+        f"PID|1||P001{MR}||张^三||19850312|M", "ORC|NW|A1", "OBR|1|A1||2093-3^TC^LN",
+        f"PID|2||P002{MR}||李^四||19900101|F", "ORC|NW|A2", "OBR|1|A2||2093-3^TC^LN"),
+    "ADT whose second patient carries a diagnosis": msg(
+        "ADT^A08^ADT_A01", "EVN|A08|20240315",
+        f"PID|1||P001{MR}||张^三||19850312|M", "PV1|1|I|内科||||||||||||||||ZY001",
+        f"PID|2||P002{MR}||李^四||19900101|F", "DG1|1||I10^高血压^I10"),
+}
+
+
+@pytest.mark.parametrize("payload", TWO_PATIENTS.values(), ids=TWO_PATIENTS.keys())
+def test_a_second_patients_data_is_never_written_to_the_first(payload):
+    with pytest.raises(MappingError) as e:
+        _convert(payload, SRC)
+    assert e.value.code == "AE" and e.value.rule == "v2.pid.repeated"
+    assert e.value.location == "PID[2]" and "more than one patient" in e.value.reason
+
+
+def test_a_merge_of_two_pairs_maps_the_first_pair_and_says_so():
+    c = conv(msg("ADT^A40^ADT_A39", "EVN|A40|20240315",
+                 "PID|1||MR888^^^^MR||张^三||19850312|M", "MRG|MR111^^^^MR",
+                 "PID|2||MR999^^^^MR||李^四||19900101|F", "MRG|MR222^^^^MR"))
+    values = {i["value"] for p in by_type(c, "Patient") for i in p["identifier"]}
+    assert values == {"MR888", "MR111"}
+    assert any(f.rule == "v2.pid.repeated" and f.severity == "information" for f in c.findings)
+
+
+def test_the_second_patients_visit_is_not_the_first_patients():
+    """A link of two patients (PID, then PID with PV1): the first patient had no visit of its own."""
+    c = conv(msg("ADT^A08^ADT_A01", "EVN|A08|20240315",
+                 f"PID|1||P001{MR}||张^三||19850312|M",
+                 f"PID|2||P002{MR}||李^四||19900101|F", "PV1|1|I|内科||||||||||||||||ZY002"))
+    assert not by_type(c, "Encounter")
+    assert [i["value"] for p in by_type(c, "Patient") for i in p["identifier"]] == ["P001"]
