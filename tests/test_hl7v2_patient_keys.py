@@ -76,3 +76,42 @@ def test_the_second_patients_visit_is_not_the_first_patients():
                  f"PID|2||P002{MR}||李^四||19900101|F", "PV1|1|I|内科||||||||||||||||ZY002"))
     assert not by_type(c, "Encounter")
     assert [i["value"] for p in by_type(c, "Patient") for i in p["identifier"]] == ["P001"]
+
+
+# -- a visit under its patient -----------------------------------------------------------------
+def adt(pid3: str, visit: str, *, control: str = "C1", name: str = "张^三") -> bytes:
+    return msg("ADT^A04^ADT_A01", "EVN|A04|20240315", f"PID|1||{pid3}||{name}||19850312|M",
+               f"PV1|1|O|内科||||||||||||||||{visit}", control=control)
+
+
+VISIT_CASES = {
+    "the same visit number at two patients": (adt(f"P001{MR}", "0001"), adt(f"P002{MR}", "0001", name="李^四"), False),
+    "the same patient and visit, two messages": (adt(f"P001{MR}", "0001"), adt(f"P001{MR}", "0001", control="C2"), True),
+    "one patient, two visits": (adt(f"P001{MR}", "0001"), adt(f"P001{MR}", "0002"), False),
+}
+
+
+@pytest.mark.parametrize("first,second,same", VISIT_CASES.values(), ids=VISIT_CASES.keys())
+def test_a_visit_is_keyed_under_its_patient(first, second, same):
+    a, b = conv(first), conv(second)
+    [ea], [eb] = by_type(a, "Encounter"), by_type(b, "Encounter")
+    assert (ea["id"] == eb["id"]) is same
+    assert ea["subject"]["reference"] == a.patient_key and eb["subject"]["reference"] == b.patient_key
+
+
+def test_the_feeds_of_one_hospital_meet_on_one_visit():
+    """The HL7 v2 ADT, a v3 visit registration and the outpatient-visit view give one visit of one
+    patient the same Encounter id (fhir_mapping.ids.encounter_id)."""
+    import orjson
+
+    from fhir_mapping.ids import encounter_id
+    from fhir_mapping.tabular import load_mapping
+
+    v2 = conv(adt(f"0012345678{MR}", "MZ202403010001"))
+    [enc] = by_type(v2, "Encounter")
+    assert enc["id"] == encounter_id("H1", "0012345678", "MZ202403010001")
+    row = {c: s["example"] for c, s in load_mapping("outpatient-visit").columns.items()}
+    [tab] = load_mapping("outpatient-visit").convert_row_json(orjson.dumps(row), SRC)
+    assert row["patient_id"] == "0012345678" and row["visit_no"] == "MZ202403010001"
+    assert by_type(tab, "Encounter")[0]["id"] == enc["id"]
+    assert tab.patient_key == v2.patient_key
