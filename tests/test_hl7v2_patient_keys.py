@@ -115,3 +115,74 @@ def test_the_feeds_of_one_hospital_meet_on_one_visit():
     assert row["patient_id"] == "0012345678" and row["visit_no"] == "MZ202403010001"
     assert by_type(tab, "Encounter")[0]["id"] == enc["id"]
     assert tab.patient_key == v2.patient_key
+
+
+# -- the Patient key ---------------------------------------------------------------------------
+def pid_msg(pid: str) -> bytes:
+    return msg("ADT^A08^ADT_A01", "EVN|A08|20240315", pid, "PV1|1|O|内科||||||||||||||||MZ9")
+
+
+def patient_of(pid: str) -> dict:
+    [p] = by_type(conv(pid_msg(pid)), "Patient")
+    return p
+
+
+def record(value: str) -> str:
+    from fhir_mapping.ids import patient_id
+
+    return patient_id("H1", value)
+
+
+OTHER_PEOPLE = {
+    "a record number and a laboratory's patient id": (
+        "PID|1||0088123^^^HIS^MR||张^三||19850312|M", "PID|1||0088123^^^LIS^PI||李^四||19900101|F"),
+    "a record number and an outpatient number (.11)": (
+        "PID|1||0088123^^^^MR||张^三||19850312|M",
+        "PID|1||0088123^^^H1&2.16.156.10011.99.1.1.11&ISO^MZ||王^五||19700101|M"),
+    "a record number and PID-2": (
+        "PID|1||0088123^^^^MR||张^三||19850312|M", "PID|1|0088123|||王^五||19700101|M"),
+    "a record number and another hospital's record number": (
+        "PID|1||0088123^^^^MR||张^三||19850312|M",
+        "PID|1||0088123^^^H9&2.16.156.10011.99.9&ISO^MR||王^五||19700101|M"),
+    "two types of patient id": (
+        "PID|1||0088123^^^^PI||张^三||19850312|M", "PID|1||0088123^^^^PT||王^五||19700101|M"),
+    "a health card and a record number": (
+        "PID|1||0088123^^^^MR||张^三||19850312|M", "PID|1||0088123^^^^JKK||王^五||19700101|M"),
+}
+
+ONE_PERSON = {
+    "repetitions in either order": (
+        "PID|1||PI777^^^^PI~MR888^^^^MR||张^三||19850312|M", "PID|1||MR888^^^^MR~PI777^^^^PI||张^三||19850312|M"),
+    "secondary ids in either order": (
+        "PID|1||A1^^^^PT~B2^^^^PI||张^三||19850312|M", "PID|1||B2^^^^PI~A1^^^^PT||张^三||19850312|M"),
+    "the record number with and without the institution's OID": (
+        f"PID|1||MR888{MR}||张^三||19850312|M", "PID|1||MR888^^^^MR~510108198503124510^^^^NNCHN||张^三||19850312|M"),
+    "an untyped PID-3 number of the institution": (
+        "PID|1||MR888||张^三||19850312|M", "PID|1||MR888^^^^MR||张^三||19850312|M"),
+    "the HIS's record number relayed by the LIS": (
+        "PID|1||MR888^^^HIS^MR||张^三||19850312|M", "PID|1||MR888^^^H1^MR||张^三||19850312|M"),
+}
+
+
+@pytest.mark.parametrize("a,b", OTHER_PEOPLE.values(), ids=OTHER_PEOPLE.keys())
+def test_identifiers_of_other_types_or_issuers_never_make_one_patient(a, b):
+    assert patient_of(a)["id"] != patient_of(b)["id"]
+
+
+@pytest.mark.parametrize("a,b", ONE_PERSON.values(), ids=ONE_PERSON.keys())
+def test_the_key_does_not_depend_on_the_order_or_the_spelling_of_one_record(a, b):
+    assert patient_of(a)["id"] == patient_of(b)["id"]
+
+
+def test_the_record_number_keys_the_patient_as_every_feed_does():
+    """Preferred whatever its place (the shared convention, fhir_mapping.ids.patient_id)."""
+    assert patient_of("PID|1||PI777^^^^PI~MR888^^^^MR||张^三||19850312|M")["id"] == record("MR888")
+    assert patient_of(f"PID|1||P001{MR}~510108198503124510^^^^NNCHN||张^三||19850312|M")["id"] == record("P001")
+    assert patient_of("PID|1||0088123^^^LIS^PI||李^四||19900101|F")["id"] != record("0088123")
+
+
+def test_a_merge_names_the_retired_patient_by_the_same_key():
+    c = conv(msg("ADT^A40^ADT_A39", "EVN|A40|20240315", "PID|1||MR888^^^^MR||张^三||19850312|M",
+                 "MRG|PI111^^^^PI~MR111^^^^MR"))
+    retired = next(p for p in by_type(c, "Patient") if p["active"] is False)
+    assert retired["id"] == record("MR111")
