@@ -16,11 +16,15 @@ def stable_id(*parts: object) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
-# Shared conventions, so every feed of one institution (HL7 v2, database views, CDA) lands on the
-# same resources: a patient is keyed by the institution's record number, a visit by its visit number.
+# Shared conventions, so every feed of one institution (HL7 v2, HL7 v3, database views) lands on the
+# same resources: a patient is keyed by the institution's record number, a visit by its patient's key
+# and its visit number (senders reuse visit numbers across patients: a counter restarting each day,
+# "0001" at every clinic; keyed by the number alone, one patient's visit moved to another).
 def patient_id(institution: str, record_number: str) -> str:
     return stable_id("Patient", institution, "MR", record_number)
 
 
-def encounter_id(institution: str, visit_number: str) -> str:
-    return stable_id("Encounter", institution, "VN", visit_number)
+def encounter_id(institution: str, patient_key: str, visit_number: str) -> str:
+    """``patient_key``: the key the visit's Patient is keyed by (its record number, as in
+    ``patient_id``)."""
+    return stable_id("Encounter", institution, "VN", patient_key, visit_number)

@@ -745,7 +745,7 @@ def test_a_visit_is_registered_updated_and_discharged(client, v3):
     assert enc["location"][0]["location"]["display"] == "呼吸内科"
     assert enc["participant"][0]["type"][0]["coding"][0]["code"] == "ADM"
     assert enc["reasonCode"] == [{"text": "咳嗽三天"}]
-    assert enc["id"] == encounter_id("ORG0001", serial)  # the visit the HL7 v2 feed keys so too
+    assert enc["id"] == encounter_id("ORG0001", local, serial)  # the visit the HL7 v2 feed keys so too
     assert read(client, f"Patient/{pid}")["name"]  # the registered Patient is kept as it was
     # moved to another department (an update), then discharged
     accepted(client, v3, visit_message("PRPA_IN400002UV", local, serial,
@@ -769,7 +769,7 @@ def test_a_visit_is_registered_updated_and_discharged(client, v3):
 def test_an_outpatient_registration_and_a_visit_that_cannot_be_mapped(client, v3):
     local, serial = f"P{tag()}", f"VS{tag()}"
     accepted(client, v3, visit_message("PRPA_IN400001UV", local, serial))
-    enc = read(client, f"Encounter/{encounter_id('ORG0001', serial)}")
+    enc = read(client, f"Encounter/{encounter_id('ORG0001', local, serial)}")
     assert enc["class"]["code"] == "AMB" and enc["status"] == "arrived"
     assert enc["subject"]["reference"] == f"Patient/{patient_id('ORG0001', local)}"
     # a patient type outside the table: AE naming the element, kept for replay
@@ -803,7 +803,7 @@ def test_a_discharge_naming_only_its_end_keeps_what_the_visit_had(client, v3):
     bare = re.sub(rb'<location classCode="PLC".*?</location>', b"", bare, flags=re.S)
     assert b"admitter" not in bare and "呼吸内科".encode() not in bare
     accepted(client, v3, bare)
-    enc = read(client, f"Encounter/{encounter_id('ORG0001', serial)}")
+    enc = read(client, f"Encounter/{encounter_id('ORG0001', local, serial)}")
     assert enc["status"] == "finished"
     assert enc["period"] == {"start": "2024-03-08T09:30:00+08:00",
                              "end": "2024-03-15T10:00:00+08:00"}
@@ -885,7 +885,7 @@ def test_a_ward_transfer_adds_to_the_visits_location_history(client, v3):
                                         'code="3" codeSystem="2.16.156.10011.2.3.1.271"')))
     accepted(client, v3, _transfer(local, serial, ("0801", "呼吸内科"), ("0802", "心内科"),
                                    "20240310143000"), {**XML, "x-hub-source-institution": "ORG0001"})
-    enc = read(client, f"Encounter/{encounter_id('ORG0001', serial)}")
+    enc = read(client, f"Encounter/{encounter_id('ORG0001', local, serial)}")
     history = [(loc["location"].get("display"), loc["status"], loc.get("period"))
                for loc in enc["location"]]
     assert history[-2:] == [("呼吸内科 3床", "completed", {"end": "2024-03-10T14:30:00+08:00"}),
@@ -944,7 +944,7 @@ def test_orders_are_registered_stopped_and_keep_what_an_update_leaves_out(client
     med = _search_one(client, "MedicationRequest", f"urn:oid:{OID}.4", drug)
     assert med["status"] == "active" and med["intent"] == "order"
     assert med["subject"]["reference"] == f"Patient/{patient_id(INST, local)}"
-    assert med["encounter"]["reference"] == f"Encounter/{encounter_id(INST, serial)}"
+    assert med["encounter"]["reference"] == f"Encounter/{encounter_id(INST, local, serial)}"
     read(client, med["encounter"]["reference"])  # the visit the registration wrote
     assert med["medicationCodeableConcept"]["text"] == "阿莫西林胶囊"
     dosage = med["dosageInstruction"][0]
@@ -1393,7 +1393,7 @@ def test_a_visit_names_the_appointment_it_fulfils(client, v3):
         messages = [_booking(local, number), visit]
         for m in messages if booking_first else messages[::-1]:
             accepted(client, v3, m, DECLARED)
-        enc = read(client, f"Encounter/{encounter_id(INST, serial)}")
+        enc = read(client, f"Encounter/{encounter_id(INST, local, serial)}")
         (ref,) = enc["appointment"]
         assert ref["identifier"]["value"] == number
         appt = read(client, ref["reference"])

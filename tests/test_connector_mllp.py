@@ -143,6 +143,26 @@ def test_an_empty_version_is_a_required_field_missing_and_kept_for_replay(connec
     assert kept["stage"] == "convert" and connector.spool.deadletter(kept["id"])["payload"] == no_version
 
 
+def test_a_result_message_for_two_patients_is_refused_and_kept(connector, messages):
+    """An ORU with a second patient's group (PID P002 + OBR/OBX) was answered AA and every result
+    written to the first patient."""
+    mr = "^^^H0001&2.16.156.10011.99.1.1&ISO^MR"
+    two = "\r".join([
+        "MSH|^~\\&|LIS|H0001|HUB|REGION|20240315143000+0800||ORU^R01^ORU_R01|TWO1|P|2.5.1",
+        f"PID|1||P001{mr}||张^三||19850312|M", "OBR|1|A1|F1|2093-3^总胆固醇^LN",
+        "OBX|1|NM|2093-3^总胆固醇^LN||6.20|mmol/L|3.1-5.7|H|||F",
+        f"PID|2||P002{mr}||李^四||19900101|F", "OBR|1|A2|F2|2093-3^总胆固醇^LN",
+        "OBX|1|NM|2093-3^总胆固醇^LN||3.10|mmol/L|3.1-5.7|N|||F", ""]).encode()
+    with client(connector) as c:
+        ack = c.send(two)
+    assert ack_code(ack) == "AE"
+    err = ack_segment(ack, "ERR")
+    assert err[2].startswith("PID^2") and "more than one patient" in ack.decode()
+    [kept] = [d for d in connector.spool.deadletters() if d["unit_id"] == "TWO1"]
+    assert kept["stage"] == "convert" and connector.spool.deadletter(kept["id"])["payload"] == two
+    still_serving(connector, messages[0])
+
+
 def test_wrong_encoding_and_cjk(connector):
     patient = next(region_patients(2, seed=3))
     msg = adt_message(patient, "A04", "ENC1", "202401010930+0800")

@@ -10,7 +10,7 @@ import orjson
 import pytest
 import yaml
 from fhir_mapping.base import MappingError, SourceInfo
-from fhir_mapping.ids import stable_id
+from fhir_mapping.ids import encounter_id, stable_id
 from fhir_mapping.registry import converter
 from fhir_mapping.tabular import (CsvRowsError, MappingFileError, load_file, load_mapping,
                                   shipped_mappings)
@@ -219,7 +219,7 @@ def test_lab_result_values():
     [obs] = conv.resources  # Patient and Encounter are only referred to
     assert obs["subject"] == {"reference": f"Patient/{stable_id('Patient', 'H0001', 'MR', '0012345678')}"}
     assert obs["encounter"]["reference"] == \
-        f"Encounter/{stable_id('Encounter', 'H0001', 'VN', 'MZ202403010001')}"
+        f"Encounter/{encounter_id('H0001', '0012345678', 'MZ202403010001')}"
     assert conv.patient_key == obs["subject"]["reference"]
     # decimals keep their written precision
     raw = orjson.dumps(obs)
@@ -699,8 +699,8 @@ def test_a_tombstone_obeys_the_order_of_the_rows_around_it(hub):
     eid = by_type(m.convert_row(row, SRC))["Encounter"]["id"]
 
     def tombstone(at: str | None):
-        return m.convert_row({"visit_no": row["visit_no"], "@deleted": True, "@deleted_at": at},
-                             SRC)
+        return m.convert_row({"visit_no": row["visit_no"], "patient_id": row["patient_id"],
+                              "@deleted": True, "@deleted_at": at}, SRC)
 
     def gone() -> bool:
         try:
@@ -728,12 +728,13 @@ def test_a_tombstone_obeys_the_order_of_the_rows_around_it(hub):
 
 
 def test_a_deleted_row_deletes_what_it_wrote_and_only_that():
-    """A tombstone (the key and ``@deleted``) deletes the resources keyed by the row alone;
-    the Patient, shared with the patient's other visits, stays."""
+    """A tombstone (the key, the other columns the row's own resources are keyed by, and
+    ``@deleted``) deletes the resources keyed by the row alone; the Patient, shared with the
+    patient's other visits, stays."""
     m = load_mapping("outpatient-visit")
     res = by_type(m.convert_row(example_row("outpatient-visit"), SRC))
     [conv] = converter("row:outpatient-visit")(
-        json.dumps({"VISIT_NO": "MZ202403010001", "@deleted": True,
+        json.dumps({"VISIT_NO": "MZ202403010001", "PATIENT_ID": "0012345678", "@deleted": True,
                     "@deleted_at": "2024-03-02 09:00:00"}).encode(), SRC)
     assert conv.resources == [] and conv.unit_id == "outpatient-visit:MZ202403010001"
     assert sorted(conv.deletes) == sorted(
@@ -745,3 +746,8 @@ def test_a_deleted_row_deletes_what_it_wrote_and_only_that():
     with pytest.raises(MappingError) as e:
         m.convert_row({"@deleted": True}, SRC)
     assert e.value.location == "visit_no"
+    # the visit's Encounter is keyed by its patient too: without the record number the tombstone
+    # would name another Encounter than the row wrote
+    with pytest.raises(MappingError) as e:
+        m.convert_row({"visit_no": "MZ202403010001", "@deleted": True}, SRC)
+    assert e.value.location == "patient_id" and "deletion log must carry it" in e.value.reason

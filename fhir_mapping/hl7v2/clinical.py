@@ -106,7 +106,7 @@ def condition(ctx: Ctx, dg1: Seg, n: int) -> None:
     key = (ident["value"] if ident else "") or dt.comp(dg1.rep(3), 1) or text
     res: dict[str, Any] = {"resourceType": "Condition",
                            "id": ctx.id("Condition", ctx.patient_key,
-                                        ctx.encounter_ref["reference"] if ctx.encounter_ref else "", key)}
+                                        f"Encounter/{ctx.visit_scope()}" if ctx.encounter_ref else "", key)}
     if ident:
         res["identifier"] = [ident]
     if dg1.get(21).upper() == "D":

@@ -7,14 +7,13 @@ from typing import Any
 
 from fhir_mapping.base import Finding, MappingError, SourceInfo
 from fhir_mapping.identifiers import key_problem
-from fhir_mapping.ids import encounter_id, patient_id, stable_id
+from fhir_mapping.ids import patient_id, stable_id
 
 from . import datatypes as dt
 from .message import Msg
 from .tables import table
 
 _LOCAL = table("identifiers")["local_suffix"]
-_SHARED_IDS = {"Patient": patient_id, "Encounter": encounter_id}
 # the same record numbers and practitioner ids come back message after message: check each once
 _key_problem = lru_cache(maxsize=1 << 16)(key_problem)
 _PROBLEMS = {"placeholder": "a placeholder (filler) value",
@@ -24,7 +23,7 @@ _PROBLEMS = {"placeholder": "a placeholder (filler) value",
 
 class Ctx:
     __slots__ = ("msg", "source", "inst", "oid", "org_ref", "findings", "_res", "kind", "trigger",
-                 "patient_ref", "patient_key", "record_birth", "encounter_ref", "meta", "spec")
+                 "patient_ref", "patient_key", "record_birth", "encounter_ref", "visit", "meta", "spec")
 
     def __init__(self, msg: Msg, source: SourceInfo, kind: str, trigger: str, spec: dict):
         self.msg, self.source, self.kind, self.trigger, self.spec = msg, source, kind, trigger, spec
@@ -45,20 +44,21 @@ class Ctx:
         # someone else's (fhir_mapping.identifiers.someone_elses)
         self.record_birth: str | None = None
         self.encounter_ref: dict | None = None
+        self.visit = ""  # the scope of order and result keys (``visit_scope``)
         self.org_ref = self._organization(ns)
 
     # -- ids and systems -----------------------------------------------------------------------
     def id(self, rtype: str, *keys: object) -> str:
-        # a patient by record number and a visit by visit number: the ids every feed of the
-        # institution uses (fhir_mapping.ids), so a database view's rows meet these resources
-        if len(keys) == 1 and rtype in _SHARED_IDS:
-            return _SHARED_IDS[rtype](self.inst, str(keys[0]))
+        # a patient by record number: the id every feed of the institution uses (fhir_mapping.ids),
+        # so a database view's rows meet this resource (a visit's: encounter.encounter)
+        if len(keys) == 1 and rtype == "Patient":
+            return patient_id(self.inst, str(keys[0]))
         return stable_id(self.inst, rtype, *keys)
 
     def visit_scope(self) -> str:
-        """The visit an order or report belongs to (its Encounter id, '' without PV1): order numbers are
-        scoped by it, since senders reuse them from visit to visit."""
-        return self.encounter_ref["reference"].rpartition("/")[2] if self.encounter_ref else ""
+        """The visit an order or report belongs to ('' without PV1): order numbers are scoped by it and
+        by the patient, since senders reuse them from visit to visit."""
+        return self.visit
 
     def local_system(self, what: str) -> str | None:
         """``urn:oid:<institution oid>.<n>`` for the institution's own numbers of one kind."""

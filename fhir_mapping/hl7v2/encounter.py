@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fhir_mapping.ids import encounter_id, stable_id
+
 from . import datatypes as dt
 from .context import Ctx
 from .message import Seg
@@ -90,8 +92,14 @@ def role_participants(ctx: Ctx, enc: dict) -> None:
 def encounter(ctx: Ctx, pv1: Seg, pv2: Seg | None) -> dict | None:
     key, ident = visit_key(ctx, pv1)
     admit = dt.datetime(pv1.get(44))
+    scope = ""
     if key is not None:
-        rid = ctx.id("Encounter", key)
+        # the shared convention (fhir_mapping.ids): one hospital's feeds meet on this visit, and
+        # another patient's visit of the same number is another Encounter
+        rid = encounter_id(ctx.inst, ctx.patient_key or "", key)
+        # order and result keys carry the patient already: their visit scope stays the visit
+        # number under the institution, so the ids of stored orders and results stay put
+        scope = stable_id("Encounter", ctx.inst, "VN", key)
     elif admit:
         rid = ctx.id("Encounter", ctx.patient_key, "admit", admit)
         ctx.find("warning", "v2.pv1-19.missing", "no visit number (PV1-19): the Encounter is keyed by "
@@ -162,4 +170,5 @@ def encounter(ctx: Ctx, pv1: Seg, pv2: Seg | None) -> dict | None:
     res["serviceProvider"] = ctx.org_ref
     ref = ctx.add(res)
     ctx.encounter_ref = ref
+    ctx.visit = scope or rid
     return res

@@ -10,8 +10,10 @@ from .context import Ctx
 from .encounter import encounter, role_participants
 from .message import Seg
 from .people import patient, primary_care, related_person
+from .tables import table
 
 _NOTE = "http://hl7.org/fhir/StructureDefinition/note"
+_SECOND_PATIENT = frozenset(table("messages")["second_patient_segments"]["segments"])
 
 
 def patient_context(ctx: Ctx, *, with_encounter: bool = True) -> dict:
@@ -19,19 +21,18 @@ def patient_context(ctx: Ctx, *, with_encounter: bool = True) -> dict:
     pid = msg.first("PID")
     if pid is None:
         raise ctx.error(f"{ctx.kind} has no PID segment", "PID", "v2.pid.missing")
+    end = _first_patient_end(ctx)
     pat = patient(ctx, pid)
     _patient_notes(ctx, pid, pat)
     pd1 = msg.first("PD1")
     if pd1 is not None:
         primary_care(ctx, pd1, pat)
-    if len(msg.all("PID")) > 1:
-        ctx.find("information", "v2.pid.repeated", "only the first PID (patient) of the message is mapped", "PID")
     for n, nk1 in enumerate(msg.all("NK1"), 1):
         related_person(ctx, nk1, n)
     if with_encounter:
-        pv1 = msg.first("PV1")
-        if pv1 is not None:
-            enc = encounter(ctx, pv1, msg.first("PV2"))
+        pv1, pv2 = msg.first("PV1"), msg.first("PV2")
+        if pv1 is not None and pv1.index < end:  # never the second patient's visit
+            enc = encounter(ctx, pv1, pv2 if pv2 is not None and pv2.index < end else None)
             if enc is not None:
                 role_participants(ctx, enc)
     for seg in msg.segments:
@@ -44,6 +45,25 @@ def patient_context(ctx: Ctx, *, with_encounter: bool = True) -> dict:
     for n, in1 in enumerate(msg.all("IN1"), 1):
         coverage(ctx, in1, n)
     return pat
+
+
+def _first_patient_end(ctx: Ctx) -> int:
+    """Where the first patient's segments end: at a second PID, after which only the segments of
+    ``messages.json`` ``second_patient_segments`` may come (a merge's PID/MRG pairs, a link's two
+    patients), which are not mapped. A second patient's results, orders or diagnoses would be
+    written to the first: such a message is refused (kept for replay), never mapped."""
+    pids = ctx.msg.all("PID")
+    if len(pids) < 2:
+        return len(ctx.msg.segments)
+    second = pids[1]
+    other = next((s for s in ctx.msg.segments[second.index + 1:] if s.name not in _SECOND_PATIENT), None)
+    if other is not None:
+        raise ctx.error(f"{ctx.kind} carries more than one patient (a second PID, followed by "
+                        f"{other.name}): the mapper maps one patient per message and does not attach "
+                        "another patient's data to the first; send one message per patient",
+                        f"PID[{second.ordinal}]", "v2.pid.repeated")
+    ctx.find("information", "v2.pid.repeated", "only the first PID (patient) of the message is mapped", "PID")
+    return second.index
 
 
 def patient_notes(ctx: Ctx, pid: Seg) -> list[Seg]:

@@ -19,7 +19,7 @@ from .tables import table
 _ID = table("identifiers")
 _AUTH = {k.upper(): v for k, v in _ID["authorities"].items()}
 _TYPES = {k.upper(): v for k, v in _ID["types"].items()}
-_KEY_TYPES = frozenset(_ID["patient_key_types"])
+_KEY_TYPES: list[str] = _ID["patient_key_types"]
 _RESIDENT = _ID["resident_id_system"]
 _HEALTH_CARD = _ID["health_card_system"]
 _CODES = table("codes")
@@ -116,45 +116,74 @@ def _resident(ctx: Ctx, value: str, loc: str) -> str | None:
     return v
 
 
-def patient_identifiers(ctx: Ctx, seg: Seg, field: int = 3) -> tuple[list[dict], str | None]:
-    """All identifiers of PID-3 (or MRG-1) and the record number that keys the Patient."""
+_Ranked = tuple[tuple, tuple[str, ...]]
+
+
+def patient_identifiers(ctx: Ctx, seg: Seg, field: int = 3) -> tuple[list[dict], tuple[str, ...] | None]:
+    """All identifiers of PID-3 (or MRG-1) and the key of the Patient (``patient_key``)."""
+    idents, best = _ranked_identifiers(ctx, seg, field)
+    return idents, best[1] if best else None
+
+
+def _ranked_identifiers(ctx: Ctx, seg: Seg, field: int, kind: str = "patient",
+                        list_field: bool = True, best: _Ranked | None = None) -> tuple[list[dict], _Ranked | None]:
     idents: list[dict] = []
-    key = first_local = first = None
     for i, rep in enumerate(seg.field(field), 1):
-        loc = seg.loc(field, i)
-        ident = identifier(ctx, rep, loc)
+        ident = identifier(ctx, rep, seg.loc(field, i), kind)
         if ident is None:
             continue
         idents.append(ident)
-        value = ident["value"]
-        tcode = dt.comp(rep, 5).upper()
-        if key is None and tcode in _KEY_TYPES:
-            key = value
-        if first_local is None and ctx.oid and ident.get("system", "").startswith(f"urn:oid:{ctx.oid}."):
-            first_local = value
-        if first is None and ident.get("system") not in (_RESIDENT, _HEALTH_CARD):
-            first = value
-    return idents, key or first_local or first or (idents[0]["value"] if idents else None)
+        cand = patient_key(ctx, rep, ident, list_field)
+        if best is None or cand < best:
+            best = cand
+    return idents, best
+
+
+def patient_key(ctx: Ctx, rep: list[list[str]], ident: dict, list_field: bool = True) -> _Ranked:
+    """(rank, key) of one patient identifier, the smallest rank keying the Patient
+    (``identifiers.json`` ``patient_key_types``). The institution's record number keys by its value
+    (``fhir_mapping.ids.patient_id``, what every feed of it shares); any other identifier by its
+    type, issuer and value, so that a laboratory's patient id or an outpatient number equal to a
+    record number is never that record's Patient. ``list_field``: PID-3 or MRG-1 (PID-2 and PID-4
+    come after them, and an untyped number there is not the record number)."""
+    tcode = dt.comp(rep, 5).upper()
+    value, system = ident["value"], ident.get("system")
+    ns, uid, _ = dt.hd_sub(rep, 4)
+    issuer = system or (ident.get("assigner") or {}).get("display") or uid or ""
+    own = {f"urn:oid:{ctx.oid}", ctx.local_system("patient")} if ctx.oid else set()
+    # the institution's record number: its own system, or (named by an issuer the tables do not
+    # know, the HIS relaying its number through the LIS) no system at all; not another OID's
+    if system in own or system is None:
+        if tcode == _KEY_TYPES[0] or (not tcode and list_field and not ns and not uid):
+            return (0 if list_field else 1, 0 if system else 1, "", value), (value,)
+    where = 2 if list_field else 3
+    if tcode in _KEY_TYPES:
+        rank = _KEY_TYPES.index(tcode)
+    elif system and ctx.oid and system.startswith(f"urn:oid:{ctx.oid}."):
+        rank = len(_KEY_TYPES)
+    elif system not in (_RESIDENT, _HEALTH_CARD):
+        rank = len(_KEY_TYPES) + 1
+    else:
+        rank = len(_KEY_TYPES) + 2
+    key = (tcode or ("CX" if list_field else "PID-2/4"), issuer, value)
+    return (where, rank, issuer, value), key
 
 
 def patient(ctx: Ctx, pid: Seg) -> dict:
     ctx.record_birth = dt.date(pid.get(7)) if pid.get(7) else None
-    idents, key = patient_identifiers(ctx, pid)
-    for extra, kind in ((2, "patient"), (4, "patient")):
-        for i, rep in enumerate(pid.field(extra), 1):
-            ident = identifier(ctx, rep, pid.loc(extra, i), kind)
-            if ident and ident not in idents:
+    idents, best = _ranked_identifiers(ctx, pid, 3)
+    for extra in (2, 4):  # PID-2 patient id (external), PID-4 alternate patient id
+        more, best = _ranked_identifiers(ctx, pid, extra, "patient", False, best)
+        for ident in more:
+            if ident not in idents:
                 idents.append(ident)
-                key = key or ident["value"]
-    for ident in (_ssn(ctx, pid), _licence(ctx, pid)):
-        if ident and ident not in idents:
-            idents.append(ident)
+    for other in (_ssn(ctx, pid), _licence(ctx, pid)):
+        if other and other not in idents:
+            idents.append(other)
     ctx.record_birth = None
-    key_ids: tuple[str, ...] = (key,) if key is not None else ()
-    if key is None:
-        key_ids = _visit_key(ctx, pid)
-        key = ":".join(key_ids) if key_ids else None
-    if key is None:
+    key_ids = best[1] if best else _visit_key(ctx, pid)
+    key = ":".join(key_ids)
+    if not key:
         raise ctx.error("PID-3 (patient identifier list) holds no usable identifier (none, or only "
                         "placeholders and resident ID numbers failing their check) and there is no visit "
                         "number (PV1-19) to key the Patient by", "PID-3", "v2.pid3.missing")
@@ -430,10 +459,10 @@ def merge(ctx: Ctx, mrg: Seg, survivor: dict) -> None:
     """MRG-1 names the retired Patient: it becomes inactive and points to the survivor, which
     records that it replaces it (FHIR Patient.link, as $merge does)."""
     idents, key = patient_identifiers(ctx, mrg, 1)
-    if key is None:
+    if not key:
         raise ctx.error("MRG-1 (prior patient identifier list) is empty: nothing to merge", "MRG-1",
                         "v2.mrg1.missing")
-    retired_id = ctx.id("Patient", key)
+    retired_id = ctx.id("Patient", *key)
     if retired_id == survivor["id"]:
         raise ctx.error("MRG-1 names the same patient as PID-3: a patient cannot be merged into "
                         "itself", "MRG-1", "v2.mrg1.self")

@@ -634,7 +634,7 @@ def loose_observations(ctx: Ctx, items: list[tuple[Seg, list[str]]] | None = Non
     if items is None:
         items = [(s, []) for s in ctx.msg.all("OBX")]
     refs = []
-    enc = ctx.encounter_ref["reference"] if ctx.encounter_ref else ""
+    enc = f"Encounter/{ctx.visit_scope()}" if ctx.encounter_ref else ""
     for nth, (obx, notes) in zip(occurrences([s for s, _ in items]), items):
         ref = observation(ctx, obx, notes, f"{ctx.patient_key}:{enc}:{ctx.msg.msh.get(10)}", nth)
         if ref:

@@ -41,7 +41,7 @@ from .common import (
     table,
     text_parts,
 )
-from .registrations import _keys, _practitioner, _where, patient_ref, place_ref
+from .registrations import _keys, _practitioner, _where, keyed_patient_ref, place_ref
 from .visits import _visit_key
 
 SUBJECT = "/*/hl7:controlActProcess/hl7:subject"
@@ -98,7 +98,7 @@ def _context(ctx: Ctx, act: etree._Element, encounter: etree._Element | None) ->
     if patient is None:
         raise _refusal(ctx, encounter, "the order's visit names no patient (subject/patient)",
                        "v3.order.patient-missing")
-    subject = patient_ref(ctx, patient, _where(ctx, patient) or SUBJECT)
+    pkey, subject = keyed_patient_ref(ctx, patient, _where(ctx, patient) or SUBJECT)
     common: dict[str, Any] = {"subject": subject}
     try:
         visit = _visit_key(ctx, encounter, table("visits"))
@@ -107,7 +107,7 @@ def _context(ctx: Ctx, act: etree._Element, encounter: etree._Element | None) ->
         ctx.find("warning", "v3.order.visit-unknown", "the order's visit has no usable id: it is "
                  "kept without its Encounter", _where(ctx, first(encounter, "id")))
     if visit:
-        common["encounter"] = {"reference": f"Encounter/{encounter_id(ctx.inst, visit)}"}
+        common["encounter"] = {"reference": f"Encounter/{encounter_id(ctx.inst, pkey, visit)}"}
     author = first(act, "author")
     when = fhir_datetime(attr(first(author, "time"), "value"))
     if when:

@@ -225,6 +225,12 @@ def patient_ref(ctx: Ctx, patient: etree._Element, where: str) -> dict[str, Any]
     keyed as the patient registration keys it, so it is the Patient that registration writes
     (never overwritten from here), with the key as an identifier too (it resolves before the
     patient is registered) and the name as display."""
+    return keyed_patient_ref(ctx, patient, where)[1]
+
+
+def keyed_patient_ref(ctx: Ctx, patient: etree._Element, where: str) -> tuple[str, dict[str, Any]]:
+    """``patient_ref`` with the key the Patient's id is made of (a visit's id is scoped by it,
+    ``fhir_mapping.ids.encounter_id``)."""
     pkey, pidents = _patient_key(ctx, patient, where)
     ref: dict[str, Any] = {"reference": f"Patient/{patient_id(ctx.inst, pkey)}"}
     local = next((i for i in pidents if i.get("value") == pkey), None)
@@ -233,7 +239,7 @@ def patient_ref(ctx: Ctx, patient: etree._Element, where: str) -> dict[str, Any]
     name = text_parts(first(patient, "patientPerson/name"))
     if name:
         ref["display"] = name
-    return ref
+    return pkey, ref
 
 
 def patient(ctx: Ctx, subject: etree._Element | None = None) -> dict[str, Any]:

@@ -7,7 +7,8 @@ emergency, inpatient: ``Encounter.class``), start and end, reason, the patient (
 local patient id, as the patient registration keys it: the Patient itself is the patient
 registration's to write, so a visit message never overwrites what was registered), the admitting
 and attending doctors, the department, and the institution. The Encounter id is the one the HL7 v2
-feed of that hospital gives its visit number (``fhir_mapping.ids.encounter_id``).
+feed of that hospital gives its visit number (``fhir_mapping.ids.encounter_id``: the patient's key
+and the visit number).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .common import (
     table,
     text_parts,
 )
-from .registrations import _keys, _practitioner, _provider_org, _where, patient_ref, place_ref
+from .registrations import _keys, _practitioner, _provider_org, _where, keyed_patient_ref, place_ref
 
 EVENT = "/*/hl7:controlActProcess/hl7:subject/hl7:encounterEvent"
 
@@ -56,26 +57,28 @@ def _event(ctx: Ctx) -> Any:
     return ev
 
 
-def _encounter(ctx: Ctx, ev: Any, t: dict[str, Any]) -> dict[str, Any]:
-    """The Encounter's id (``_visit_key``) and identifiers (the visit count is none)."""
-    res: dict[str, Any] = {"resourceType": "Encounter",
-                           "id": encounter_id(ctx.inst, _visit_key(ctx, ev, t))}
+def _encounter(ctx: Ctx, ev: Any, t: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Encounter with its id (the patient's key and ``_visit_key``) and identifiers (the visit
+    count is none), and its subject."""
+    visit = _visit_key(ctx, ev, t)
+    pkey, subject = _subject(ctx, ev)
+    res: dict[str, Any] = {"resourceType": "Encounter", "id": encounter_id(ctx.inst, pkey, visit)}
     where = _where(ctx, first(ev, "id"))
     idents = [i for i in (ctx.identifier(r, e, where) for r, e in ids(first(ev, "id"))
                           if r != t["count_root"]) if i]
     if idents:
         res["identifier"] = idents
-    return res
+    return res, subject
 
 
-def _subject(ctx: Ctx, ev: Any) -> dict[str, Any]:
+def _subject(ctx: Ctx, ev: Any) -> tuple[str, dict[str, Any]]:
     """The visit's patient as a Reference: keyed as the patient registration keys it, with the
     key as an identifier too (it resolves before the patient is registered) and the name."""
     patient = first(ev, "subject/patient")
     if patient is None:
         raise MappingError("the visit names no patient (subject/patient)", code="AE",
                            location=f"{EVENT}/hl7:subject", rule="v3.visit.patient-missing")
-    return patient_ref(ctx, patient, f"{EVENT}/hl7:subject/hl7:patient")
+    return keyed_patient_ref(ctx, patient, f"{EVENT}/hl7:subject/hl7:patient")
 
 
 def _place(ctx: Ctx, sdl: Any) -> dict[str, Any] | None:
@@ -97,11 +100,11 @@ def transfer(ctx: Ctx) -> list[dict[str, str]]:
     one's (``hub.v3intake`` keeps it)."""
     t = table("visits")
     ev = _event(ctx)
-    res = _encounter(ctx, ev, t)
+    res, subject = _encounter(ctx, ev, t)
     # a transfer is between wards: an inpatient stay
     res["class"] = {"system": t["class_system"], **t["classes"]["3"]}
     res["status"] = "in-progress"
-    res["subject"] = _subject(ctx, ev)
+    res["subject"] = subject
     locations = []
     for element, status, bound in (("location2", "completed", "end"),
                                    ("location1", "active", "start")):
@@ -127,7 +130,7 @@ def visit(ctx: Ctx) -> list[dict[str, str]]:
     """PRPA_IN400001UV (register), PRPA_IN400002UV (update), PRPA_IN400003UV (discharge)."""
     t = table("visits")
     ev = _event(ctx)
-    res = _encounter(ctx, ev, t)
+    res, subject = _encounter(ctx, ev, t)
     ptype = first(ev, "code")
     klass = t["classes"].get(attr(ptype, "code"))
     if klass is None:
@@ -166,7 +169,7 @@ def visit(ctx: Ctx) -> list[dict[str, str]]:
         ctx.find("information", "v3.visit.unmapped", "admissionReferralSourceCode (the insurance "
                  "category in these messages) is not mapped: a Coverage needs the payer",
                  f"{EVENT}/hl7:admissionReferralSourceCode")
-    res["subject"] = _subject(ctx, ev)
+    res["subject"] = subject
     agents = []
     for role, code in t["participants"].items():
         ref = _practitioner(ctx, first(ev, f"{role}/assignedPerson"))

@@ -56,9 +56,10 @@ empty (a bad value left out by ``on_error: skip`` says nothing), is marked clear
 (``fhir_mapping.cleared``): the hub then drops it from a Patient instead of keeping the stored
 value as unsaid; a column the row lacks says nothing, and a resource the row shares (a visit
 view's Patient) is never cleared by it. Identifiers are never marked (the hub joins a Patient's
-identifiers from every feed). A resource of the row's own (keyed by ``unit`` columns alone) whose ``when``/``when_any``
-columns are in the row but empty is deleted (``Conversion.deletes``: a withdrawn diagnosis). A
-tombstone row (``"@deleted": true`` beside the ``unit`` columns, as the database poller's
+identifiers from every feed). A resource of the row's own (keyed by ``unit`` columns alone, or
+by them and more) whose ``when``/``when_any`` columns are in the row but empty is deleted
+(``Conversion.deletes``: a withdrawn diagnosis). A tombstone row (``"@deleted": true`` beside the
+``unit`` columns and the other columns such a resource is keyed by, as the database poller's
 ``deleted_rows`` source sends it) deletes the resources of the row's own and writes nothing; a
 resource keyed otherwise (the Patient, by record number) is shared with other rows and stays.
 Deletes carry a source order as writes do (``Conversion.source_time``): a row's, its
@@ -301,9 +302,11 @@ class TabularMapping:
             return None
 
     def _owned(self, res: Resource) -> bool:
-        """An emitted resource keyed by the row's own key alone: no other row writes it. A
-        resource keyed otherwise (the Patient, by record number) is shared with other rows."""
-        return res.emit and set(res.id_columns) <= set(self.unit)
+        """An emitted resource keyed by the row's own key alone, or by it and more (a visit view's
+        Encounter, by record number and visit number): no other row writes it. A resource keyed
+        otherwise (the Patient, by record number) is shared with other rows."""
+        ids, unit = set(res.id_columns), set(self.unit)
+        return res.emit and (ids <= unit or bool(unit) and unit <= ids)
 
     @staticmethod
     def _said_empty(res: Resource, body: dict, cells: dict, cell_text) -> list[str]:
@@ -336,6 +339,15 @@ class TabularMapping:
             if cell_text(col) is None:
                 raise MappingError(f"the deleted row's key column {col} is empty or missing",
                                    location=col, rule="tabular.required")
+        # a resource keyed by more than the row's key (a visit, by its patient too): its id needs
+        # those columns, and a fallback key would name another resource than the row wrote
+        for res in self.resources.values():
+            lacking = next((c for c in res.id_columns if cell_text(c) is None), None)
+            if self._owned(res) and lacking is not None:
+                raise MappingError(f"the deleted row's column {lacking} is empty or missing: the "
+                                   f"{res.name} ({res.type}) it wrote is keyed by it as well, so "
+                                   "the deletion log must carry it", location=lacking,
+                                   rule="tabular.required")
         deletes = []
         for res in self.resources.values():
             if self._owned(res):

@@ -1,0 +1,188 @@
+"""Whose record a v2 message writes to: one patient per message (a second patient's results are
+never attached to the first), a visit number scoped by its patient, and a Patient key that does not
+depend on the order of PID-3 repetitions nor join identifiers of different types or issuers."""
+
+from __future__ import annotations
+
+import pytest
+
+from fhir_mapping.base import MappingError, SourceInfo
+from fhir_mapping.hl7v2 import _convert
+from tests.test_hl7v2_support import assert_valid, by_type
+
+SRC = SourceInfo(institution="H1", oid="2.16.156.10011.99.1.1")
+MR = "^^^H1&2.16.156.10011.99.1.1&ISO^MR"
+
+
+def msg(mtype: str, *segments: str, control: str = "C1") -> bytes:
+    return "\r".join([f"MSH|^~\\&|LIS|H1|HUB|R|20240315143000+0800||{mtype}|{control}|P|2.5.1",
+                      *segments, ""]).encode()
+
+
+def conv(payload: bytes):
+    c = _convert(payload, SRC)
+    assert_valid(c)
+    return c
+
+
+def subjects(c) -> set[str]:
+    return {r["subject"]["reference"] for r in c.resources if "subject" in r}
+
+
+# -- one patient per message ------------------------------------------------------------------
+TWO_PATIENTS = {
+    "ORU with two patient result groups": msg(
+        "ORU^R01^ORU_R01",
+        f"PID|1||P001{MR}||张^三||19850312|M", "PV1|1|O|内科||||||||||||||||MZ001",
+        "OBR|1|A1|F1|2093-3^总胆固醇^LN", "OBX|1|NM|2093-3^总胆固醇^LN||6.20|mmol/L|3.1-5.7|H|||F",
+        f"PID|2||P002{MR}||李^四||19900101|F", "PV1|1|O|内科||||||||||||||||MZ002",
+        "OBR|1|A2|F2|2093-3^总胆固醇^LN", "OBX|1|NM|2093-3^总胆固醇^LN||3.10|mmol/L|3.1-5.7|N|||F"),
+    "ORU whose second patient has no visit": msg(
+        "ORU^R01^ORU_R01",
+        f"PID|1||P001{MR}||张^三||19850312|M", "OBR|1|A1|F1|2093-3^TC^LN", "OBX|1|NM|2093-3^TC^LN||6.2|mmol/L||||F",
+        f"PID|2||P002{MR}||李^四||19900101|F", "OBR|1|A2|F2|2093-3^TC^LN", "OBX|1|NM|2093-3^TC^LN||3.1|mmol/L||||F"),
+    "ORM with a second patient's order": msg(
+        "ORM^O01^ORM_O01",
+        f"PID|1||P001{MR}||张^三||19850312|M", "ORC|NW|A1", "OBR|1|A1||2093-3^TC^LN",
+        f"PID|2||P002{MR}||李^四||19900101|F", "ORC|NW|A2", "OBR|1|A2||2093-3^TC^LN"),
+    "ADT whose second patient carries a diagnosis": msg(
+        "ADT^A08^ADT_A01", "EVN|A08|20240315",
+        f"PID|1||P001{MR}||张^三||19850312|M", "PV1|1|I|内科||||||||||||||||ZY001",
+        f"PID|2||P002{MR}||李^四||19900101|F", "DG1|1||I10^高血压^I10"),
+}
+
+
+@pytest.mark.parametrize("payload", TWO_PATIENTS.values(), ids=TWO_PATIENTS.keys())
+def test_a_second_patients_data_is_never_written_to_the_first(payload):
+    with pytest.raises(MappingError) as e:
+        _convert(payload, SRC)
+    assert e.value.code == "AE" and e.value.rule == "v2.pid.repeated"
+    assert e.value.location == "PID[2]" and "more than one patient" in e.value.reason
+
+
+def test_a_merge_of_two_pairs_maps_the_first_pair_and_says_so():
+    c = conv(msg("ADT^A40^ADT_A39", "EVN|A40|20240315",
+                 "PID|1||MR888^^^^MR||张^三||19850312|M", "MRG|MR111^^^^MR",
+                 "PID|2||MR999^^^^MR||李^四||19900101|F", "MRG|MR222^^^^MR"))
+    values = {i["value"] for p in by_type(c, "Patient") for i in p["identifier"]}
+    assert values == {"MR888", "MR111"}
+    assert any(f.rule == "v2.pid.repeated" and f.severity == "information" for f in c.findings)
+
+
+def test_the_second_patients_visit_is_not_the_first_patients():
+    """A link of two patients (PID, then PID with PV1): the first patient had no visit of its own."""
+    c = conv(msg("ADT^A08^ADT_A01", "EVN|A08|20240315",
+                 f"PID|1||P001{MR}||张^三||19850312|M",
+                 f"PID|2||P002{MR}||李^四||19900101|F", "PV1|1|I|内科||||||||||||||||ZY002"))
+    assert not by_type(c, "Encounter")
+    assert [i["value"] for p in by_type(c, "Patient") for i in p["identifier"]] == ["P001"]
+
+
+# -- a visit under its patient -----------------------------------------------------------------
+def adt(pid3: str, visit: str, *, control: str = "C1", name: str = "张^三") -> bytes:
+    return msg("ADT^A04^ADT_A01", "EVN|A04|20240315", f"PID|1||{pid3}||{name}||19850312|M",
+               f"PV1|1|O|内科||||||||||||||||{visit}", control=control)
+
+
+VISIT_CASES = {
+    "the same visit number at two patients": (adt(f"P001{MR}", "0001"), adt(f"P002{MR}", "0001", name="李^四"), False),
+    "the same patient and visit, two messages": (adt(f"P001{MR}", "0001"), adt(f"P001{MR}", "0001", control="C2"), True),
+    "one patient, two visits": (adt(f"P001{MR}", "0001"), adt(f"P001{MR}", "0002"), False),
+}
+
+
+@pytest.mark.parametrize("first,second,same", VISIT_CASES.values(), ids=VISIT_CASES.keys())
+def test_a_visit_is_keyed_under_its_patient(first, second, same):
+    a, b = conv(first), conv(second)
+    [ea], [eb] = by_type(a, "Encounter"), by_type(b, "Encounter")
+    assert (ea["id"] == eb["id"]) is same
+    assert ea["subject"]["reference"] == a.patient_key and eb["subject"]["reference"] == b.patient_key
+
+
+def test_the_feeds_of_one_hospital_meet_on_one_visit():
+    """The HL7 v2 ADT, a v3 visit registration and the outpatient-visit view give one visit of one
+    patient the same Encounter id (fhir_mapping.ids.encounter_id)."""
+    import orjson
+
+    from fhir_mapping.ids import encounter_id
+    from fhir_mapping.tabular import load_mapping
+
+    v2 = conv(adt(f"0012345678{MR}", "MZ202403010001"))
+    [enc] = by_type(v2, "Encounter")
+    assert enc["id"] == encounter_id("H1", "0012345678", "MZ202403010001")
+    row = {c: s["example"] for c, s in load_mapping("outpatient-visit").columns.items()}
+    [tab] = load_mapping("outpatient-visit").convert_row_json(orjson.dumps(row), SRC)
+    assert row["patient_id"] == "0012345678" and row["visit_no"] == "MZ202403010001"
+    assert by_type(tab, "Encounter")[0]["id"] == enc["id"]
+    assert tab.patient_key == v2.patient_key
+
+
+# -- the Patient key ---------------------------------------------------------------------------
+def pid_msg(pid: str) -> bytes:
+    return msg("ADT^A08^ADT_A01", "EVN|A08|20240315", pid, "PV1|1|O|内科||||||||||||||||MZ9")
+
+
+def patient_of(pid: str) -> dict:
+    [p] = by_type(conv(pid_msg(pid)), "Patient")
+    return p
+
+
+def record(value: str) -> str:
+    from fhir_mapping.ids import patient_id
+
+    return patient_id("H1", value)
+
+
+OTHER_PEOPLE = {
+    "a record number and a laboratory's patient id": (
+        "PID|1||0088123^^^HIS^MR||张^三||19850312|M", "PID|1||0088123^^^LIS^PI||李^四||19900101|F"),
+    "a record number and an outpatient number (.11)": (
+        "PID|1||0088123^^^^MR||张^三||19850312|M",
+        "PID|1||0088123^^^H1&2.16.156.10011.99.1.1.11&ISO^MZ||王^五||19700101|M"),
+    "a record number and PID-2": (
+        "PID|1||0088123^^^^MR||张^三||19850312|M", "PID|1|0088123|||王^五||19700101|M"),
+    "a record number and another hospital's record number": (
+        "PID|1||0088123^^^^MR||张^三||19850312|M",
+        "PID|1||0088123^^^H9&2.16.156.10011.99.9&ISO^MR||王^五||19700101|M"),
+    "two types of patient id": (
+        "PID|1||0088123^^^^PI||张^三||19850312|M", "PID|1||0088123^^^^PT||王^五||19700101|M"),
+    "a health card and a record number": (
+        "PID|1||0088123^^^^MR||张^三||19850312|M", "PID|1||0088123^^^^JKK||王^五||19700101|M"),
+}
+
+ONE_PERSON = {
+    "repetitions in either order": (
+        "PID|1||PI777^^^^PI~MR888^^^^MR||张^三||19850312|M", "PID|1||MR888^^^^MR~PI777^^^^PI||张^三||19850312|M"),
+    "secondary ids in either order": (
+        "PID|1||A1^^^^PT~B2^^^^PI||张^三||19850312|M", "PID|1||B2^^^^PI~A1^^^^PT||张^三||19850312|M"),
+    "the record number with and without the institution's OID": (
+        f"PID|1||MR888{MR}||张^三||19850312|M", "PID|1||MR888^^^^MR~510108198503124510^^^^NNCHN||张^三||19850312|M"),
+    "an untyped PID-3 number of the institution": (
+        "PID|1||MR888||张^三||19850312|M", "PID|1||MR888^^^^MR||张^三||19850312|M"),
+    "the HIS's record number relayed by the LIS": (
+        "PID|1||MR888^^^HIS^MR||张^三||19850312|M", "PID|1||MR888^^^H1^MR||张^三||19850312|M"),
+}
+
+
+@pytest.mark.parametrize("a,b", OTHER_PEOPLE.values(), ids=OTHER_PEOPLE.keys())
+def test_identifiers_of_other_types_or_issuers_never_make_one_patient(a, b):
+    assert patient_of(a)["id"] != patient_of(b)["id"]
+
+
+@pytest.mark.parametrize("a,b", ONE_PERSON.values(), ids=ONE_PERSON.keys())
+def test_the_key_does_not_depend_on_the_order_or_the_spelling_of_one_record(a, b):
+    assert patient_of(a)["id"] == patient_of(b)["id"]
+
+
+def test_the_record_number_keys_the_patient_as_every_feed_does():
+    """Preferred whatever its place (the shared convention, fhir_mapping.ids.patient_id)."""
+    assert patient_of("PID|1||PI777^^^^PI~MR888^^^^MR||张^三||19850312|M")["id"] == record("MR888")
+    assert patient_of(f"PID|1||P001{MR}~510108198503124510^^^^NNCHN||张^三||19850312|M")["id"] == record("P001")
+    assert patient_of("PID|1||0088123^^^LIS^PI||李^四||19900101|F")["id"] != record("0088123")
+
+
+def test_a_merge_names_the_retired_patient_by_the_same_key():
+    c = conv(msg("ADT^A40^ADT_A39", "EVN|A40|20240315", "PID|1||MR888^^^^MR||张^三||19850312|M",
+                 "MRG|PI111^^^^PI~MR111^^^^MR"))
+    retired = next(p for p in by_type(c, "Patient") if p["active"] is False)
+    assert retired["id"] == record("MR111")
