@@ -328,7 +328,8 @@ def test_compound_components_dose_limits_and_supplier():
     assert med["ingredient"][1]["strength"] == {"numerator": {"value": 10, "unit": "mg/mL"},
                                                 "denominator": {"value": 1}}  # rat-1
     assert mr["dosageInstruction"][0]["maxDosePerPeriod"] == {"numerator": {"value": 3, "unit": "g"},
-                                                              "denominator": {"value": 1, "unit": "d"}}
+                                                              "denominator": {"value": 1, "unit": "d", "code": "d",
+                                                                              "system": "http://unitsofmeasure.org"}}
     sup = conv("ORM^O01", PID + "ORC|NW|S1\rRQD|1|G01^纱布^L|||2\rRQ1||M1|医用材料厂|V1|某某供应商\r")
     assert by_type(sup, "SupplyRequest")[0]["supplier"] == [{"display": "某某供应商"}]
 
@@ -447,7 +448,7 @@ def test_relevant_clinical_information_is_kept_on_the_order():
 
 
 def test_give_strength_is_the_medications_ingredient_strength():
-    """RXE-25/26 (give strength, 500 mg a tablet; RXE-27/28 the volume it is in) were dropped."""
+    """RXE-25/26 (give strength, 500 mg a tablet; RXE-33/34 the volume it is in) were dropped."""
     rxe = ["", "A001^阿莫西林胶囊^L", "2", "", "TAB^片"] + [""] * 19 + ["500", "mg^毫克"]
     c = conv("RDE^O11", PID + PV1 + "ORC|NW|P1|F1\rRXE|" + "|".join(rxe) + "\r")
     (mr,), (med,) = by_type(c, "MedicationRequest"), by_type(c, "Medication")
@@ -460,14 +461,17 @@ def test_give_strength_is_the_medications_ingredient_strength():
     c = conv("RDE^O11", PID + PV1 + "ORC|NW|P1|F1\rRXE|" + "|".join(rxe) + "\r")
     assert by_type(c, "Medication")[0]["ingredient"][0]["strength"]["denominator"] == {
         "value": 1, "unit": "片"}
-    rxe = rxe[:24] + ["250", "mg", "5", "mL^毫升"]
+    def strength(s25: str, s26: str, s33: str, s34: str) -> list[str]:
+        return rxe[:24] + [s25, s26] + [""] * 6 + [s33, s34]
+
+    rxe = strength("250", "mg", "5", "mL^毫升")
     c = conv("RDE^O11", PID + PV1 + "ORC|NW|P1|F1\rRXE|" + "|".join(rxe) + "\r")
     assert by_type(c, "Medication")[0]["ingredient"][0]["strength"] == {
         "numerator": {"value": 250, "unit": "mg"}, "denominator": {"value": 5, "unit": "毫升"}}
     # a volume that is no number (5ml) was read as per one: five times too strong; a volume
     # without its strength was dropped. Each is a note of the order, with a finding
-    for given, words in ((["250", "mg", "5ml", "mL"], "250 mg 5ml mL"), (["", "", "5", "mL"], "5 mL")):
-        c = conv("RDE^O11", PID + PV1 + "ORC|NW|P1|F1\rRXE|" + "|".join(rxe[:24] + given) + "\r")
+    for given, words in ((("250", "mg", "5ml", "mL"), "250 mg 5ml mL"), (("", "", "5", "mL"), "5 mL")):
+        c = conv("RDE^O11", PID + PV1 + "ORC|NW|P1|F1\rRXE|" + "|".join(strength(*given)) + "\r")
         assert not by_type(c, "Medication")
         (mr,) = by_type(c, "MedicationRequest")
         assert any(words in n["text"] for n in mr["note"]), mr.get("note")

@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 from .context import Ctx
 from .financial import charges
+from .message import Seg
 from .patient_context import patient_context
-from .people import merge
+from .people import merge, patient
 from .reports import results
 from .results import loose_observations
 
@@ -21,15 +22,32 @@ def adt(ctx: Ctx) -> None:
 
 def person(ctx: Ctx) -> None:
     patient_context(ctx, with_encounter=False)
+    loose_observations(ctx)  # A28/A31 carry OBX (weight, blood group) as A01/A08 do
 
 
 def merge_patients(ctx: Ctx) -> None:
+    """Every PID/MRG pair (A40 may merge several): each MRG retires the patient it names into the
+    PID before it, each pair judged as the first; a PID without its MRG (or an MRG without a PID)
+    refuses the message rather than merging some pairs and not the others."""
     pat = patient_context(ctx, with_encounter=False)
-    mrgs = ctx.msg.all("MRG")
-    if not mrgs:
+    if not ctx.msg.all("MRG"):
         raise ctx.error(f"{ctx.kind} has no MRG segment naming the patient to merge", "MRG", "v2.mrg.missing")
-    for mrg in mrgs[:1]:
-        merge(ctx, mrg, pat)
+    key, ref = ctx.patient_key, ctx.patient_ref
+    pairs: list[list[Seg]] = []
+    for seg in ctx.msg.segments:
+        if seg.name == "PID":
+            pairs.append([seg])
+        elif seg.name == "MRG":
+            if not pairs or len(pairs[-1]) > 1:
+                raise ctx.error("an MRG follows no PID of its own: the patient it merges into is not "
+                                "named", seg.loc(1), "v2.mrg.unpaired")
+            pairs[-1].append(seg)
+    for n, pair in enumerate(pairs, 1):
+        if len(pair) < 2:
+            raise ctx.error(f"PID {n} of {len(pairs)} has no MRG naming the patient to merge into it: "
+                            "no pair of the message is merged", pair[0].loc(3), "v2.mrg.unpaired")
+        merge(ctx, pair[1], pat if n == 1 else patient(ctx, pair[0]))
+    ctx.patient_key, ctx.patient_ref = key, ref  # the message's patient stays the first PID's
 
 
 def financial(ctx: Ctx) -> None:

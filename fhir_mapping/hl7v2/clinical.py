@@ -94,6 +94,9 @@ _DIAGNOSIS_TYPE = {k: v for k, v in _CODES["diagnosis_type"].items() if k != "_d
 _ROLE = "http://terminology.hl7.org/CodeSystem/diagnosis-role"
 
 
+_ASSERTED_DATE = "http://hl7.org/fhir/StructureDefinition/condition-assertedDate"
+
+
 def condition(ctx: Ctx, dg1: Seg, n: int) -> None:
     code = dt.concept(dg1.rep(3))
     text = dg1.get(4)
@@ -135,6 +138,9 @@ def condition(ctx: Ctx, dg1: Seg, n: int) -> None:
     when = dt.datetime(dg1.get(5))
     if when:
         res["recordedDate"] = when
+    attested = dt.datetime(dg1.get(19))
+    if attested:  # DG1-19 attestation time: the v2-to-FHIR IG's DG1[Condition] asserted date
+        res["extension"] = [{"url": _ASSERTED_DATE, "valueDateTime": attested}]
     who = practitioner(ctx, dg1.rep(16), "DG1-16")
     if who:
         res["asserter"] = who

@@ -41,6 +41,12 @@ def comp_text(rep: list[list[str]], c: int) -> str:
     return " ".join(s for s in subs if s)
 
 
+def cwe_text(rep: list[list[str]]) -> str:
+    """The words of a CWE sent as an instruction (RXE-7, RXO-6/7): its original text (9), else its
+    text (2), else the identifier (1, a free-text sender's whole instruction); never the parts joined."""
+    return comp_text(rep, 9) or comp_text(rep, 2) or comp_text(rep, 1)
+
+
 # -- times ---------------------------------------------------------------------------------------
 def _valid_date(y: str, m: str | None, d: str | None) -> bool:
     if int(y) < 1:

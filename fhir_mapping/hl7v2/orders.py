@@ -3,7 +3,9 @@ MedicationRequest (+MedicationDispense) (RDE, RDS); RXA/RXR -> Immunization (VXU
 
 from __future__ import annotations
 
+import copy
 import re
+from datetime import datetime, timedelta
 from typing import Any
 
 from . import datatypes as dt
@@ -175,12 +177,18 @@ def _pharmacy_groups(ctx: Ctx) -> list[dict[str, Any]]:
                 cur["OBXs"][-1][1].append(text)
             elif text and cur["owner"] in ("RXO", "RXE"):
                 cur.setdefault("notes", []).append(text)  # the prescriber's or pharmacist's
-        elif cur is not None and seg.name in ("RXO", "RXE", "RXD", "RXA", "TQ1"):
+        elif cur is not None and seg.name in ("RXO", "RXE", "RXD", "RXA"):
             cur.setdefault(seg.name, seg)
-            if seg.name != "TQ1":
-                cur["owner"] = seg.name
-        elif cur is not None and seg.name in ("RXC", "CDO"):
-            cur.setdefault(seg.name + "s", []).append(seg)
+            cur["owner"] = seg.name
+        elif cur is not None and seg.name == "TQ1":
+            # every TQ1 (a taper: 2 tablets three times a day for 3 days, then 1 a day): the
+            # order's timing after ORC, the pharmacy's encoding of it after RXE
+            cur.setdefault("TQ1:RXE" if cur["owner"] == "RXE" else "TQ1:order", []).append(seg)
+        elif cur is not None and seg.name == "RXC":
+            # RDS repeats the components after RXO, RXE and RXD: one compound, not three
+            cur.setdefault(f"RXC:{cur['owner']}", []).append(seg)
+        elif cur is not None and seg.name == "CDO":
+            cur.setdefault("CDOs", []).append(seg)
         elif cur is not None and seg.name == "RXR":
             # RXR follows the segment it belongs to: RXO's route (as ordered), RXE's (as encoded)...
             cur["RXR"].append(seg)
@@ -252,24 +260,25 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
         res["identifier"] = idents
     res["status"] = _MEDSTATUS.get(order_status(orc), "active")
     res["intent"] = "order"
-    compound = _compound(ctx, key, med, g.get("RXCs", []))
+    rxcs: list[Seg] = next((g[k] for k in ("RXC:RXE", "RXC:RXO", "RXC:None", "RXC:RXD") if g.get(k)), [])
+    compound = _compound(ctx, key, med, rxcs)
     strength = _give_strength(rxe)
     if compound is None and strength is not None:
         compound = ctx.add({"resourceType": "Medication", "id": ctx.id("Medication", key), "code": med,
                             "ingredient": [{"itemCodeableConcept": med, "strength": strength}]})
-    elif rxe is not None and (rxe.get(25) or rxe.get(27)):
+    elif rxe is not None and (rxe.get(25) or rxe.get(33)):
         # a compound's strength is its components' (RXC-5/6), and a strength or volume that is
         # no number (or a volume without its strength) fits no Ratio: kept as a note of the
         # order, never dropped nor read as per one
         why = ("was sent with RXC components" if strength is not None else
                "is no number" if rxe.get(25) and dt.decimal(rxe.get(25)) is None else
-               "has a volume (RXE-27) that is no number" if rxe.get(25) else
-               "is missing beside its volume (RXE-27/28)")
+               "has a volume (RXE-33) that is no number" if rxe.get(25) else
+               "is missing beside its volume (RXE-33/34)")
         ctx.find("information", "v2.rxe-25.as-note", f"RXE-25 (give strength) {why}: kept as a note "
-                 "of the order", rxe.loc(25 if rxe.get(25) else 27))
-        g.setdefault("notes", []).append("give strength (RXE-25..28): " + " ".join(
-            x for f in (25, 26, 27, 28) for x in (
-                (dt.comp(rxe.rep(f), 2) or dt.comp(rxe.rep(f), 1)) if f % 2 == 0 else rxe.get(f),)
+                 "of the order", rxe.loc(25 if rxe.get(25) else 33))
+        g.setdefault("notes", []).append("give strength (RXE-25/26, 33/34): " + " ".join(
+            x for f in (25, 26, 33, 34) for x in (
+                (dt.comp(rxe.rep(f), 2) or dt.comp(rxe.rep(f), 1)) if f in (26, 34) else rxe.get(f),)
             if x))
     if compound:
         res["medicationReference"] = compound
@@ -284,24 +293,24 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
     req = _requester(ctx, orc)
     if req:
         res["requester"] = req
+    # the indication: RXE-27 give indication (v2.3+; not the strength's volume, RXE-33/34), else
+    # RXO-20
+    reasons = [c for c in (dt.concept(r) for r in src.field(27 if rxe is not None else 20)) if c]
+    if reasons:
+        res["reasonCode"] = reasons
     dosage: dict[str, Any] = {}
     if rxe is not None:
-        text = rxe.text(21) or rxe.text(7)
+        text = rxe.text(21) or dt.cwe_text(rxe.rep(7))
         amount, units = dt.decimal(rxe.get(3)), rxe.rep(5)
     else:  # src is the RXO
-        text = src.text(6) or src.text(7)
+        text = dt.cwe_text(src.rep(6)) or dt.cwe_text(src.rep(7))
         amount, units = dt.decimal(src.get(2)), src.rep(4)
     if text:
         dosage["text"] = text
     # every repetition of the administration instructions (皮试阴性后使用~静脉滴注30分钟以上~避光)
-    instructions = [x for x in (src.text(7, r) for r in range(1, len(src.field(7)) + 1)) if x]
+    instructions = [x for x in (dt.cwe_text(rep) for rep in src.field(7)) if x]
     if len(instructions) > 1 or (instructions and instructions[0] != text):
         dosage["additionalInstruction"] = [{"text": x} for x in instructions]
-    timing, priority = _timing(ctx, g.get("TQ1"))
-    if timing:
-        dosage["timing"] = timing
-    if priority:
-        res["priority"] = priority
     rxr = (g.get("RXR:RXE") if rxe is not None else None) or g.get("RXR:RXO") or g["RXR"]
     route = _route(rxr)
     if route:
@@ -314,9 +323,16 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
     rate = dt.decimal(rxe.get(23)) if rxe is not None else None
     if rate is not None and rxe is not None:
         dosage.setdefault("doseAndRate", [{}])[0]["rateQuantity"] = _amount(rate, rxe.rep(24))
-    dosage.update(_limits(g.get("CDOs", [])))
-    if dosage:
-        res["dosageInstruction"] = [dosage]
+    # the pharmacy's own timing (the TQ1 after RXE) before the order's: each TQ1 a Dosage
+    tq1s = (g.get("TQ1:RXE") if rxe is not None else None) or g.get("TQ1:order") or []
+    dosages, priority = _dosages(ctx, dosage, tq1s, amount is not None, g)
+    if priority:
+        res["priority"] = priority
+    course = dosages[0].get("timing", {}).get("repeat", {}).get("boundsDuration") if len(dosages) == 1 else None
+    limits = _limits(ctx, g.get("CDOs", []), course, g)
+    dosages = [d | limits for d in dosages]
+    if dosages != [{}]:
+        res["dosageInstruction"] = dosages
     if g.get("notes"):
         res["note"] = [{"text": x} for x in g["notes"]]
     if rxe is not None and rxe.get(15):
@@ -357,11 +373,79 @@ _REPEATS = {"QD": (1, 1, "d"), "BID": (2, 1, "d"), "TID": (3, 1, "d"), "QID": (4
 _EVERY = re.compile(r"^Q(\d{1,3})(S|M|H|D|W|L)$")
 _EVERY_UNIT = {"S": "s", "M": "min", "H": "h", "D": "d", "W": "wk", "L": "mo"}
 _PRIORITY = {"S": "stat", "A": "asap", "R": "routine"}  # HL7 table 0485
+_TIME_UNITS: dict[str, str] = {k: v for k, v in _CODES["time_units"].items() if not k.startswith("_")}
+_CDO_INTERVAL: dict[str, str] = {k: v for k, v in _CODES["cumulative_dose_interval"].items()
+                                 if not k.startswith("_")}
+_UCUM = "http://unitsofmeasure.org"
+_STEP = {"s": timedelta(seconds=1), "min": timedelta(minutes=1), "h": timedelta(hours=1),
+         "d": timedelta(days=1), "wk": timedelta(weeks=1)}
+
+
+def _dosages(ctx: Ctx, base: dict[str, Any], tq1s: list[Seg], has_amount: bool,
+             g: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """One Dosage per TQ1 (none: the order's dosage alone), each ``base`` with its timing and, when
+    several TQ1s each give one or the order gives none, TQ1-2's quantity as its dose; in sequence,
+    a TQ1 after one whose conjunction (TQ1-12) is A (at the same time) sharing its sequence.
+    Returns (dosages, the first priority TQ1-9 gives)."""
+    if not tq1s:
+        return [base], None
+    out: list[dict[str, Any]] = []
+    priority: str | None = None
+    seq = 0
+    for i, tq1 in enumerate(tq1s):
+        d = copy.deepcopy(base)
+        if len(tq1s) > 1:
+            if i == 0 or tq1s[i - 1].get(12).upper() != "A":
+                seq += 1
+            d["sequence"] = seq
+        timing, prio = _timing(ctx, tq1)
+        if timing:
+            d["timing"] = timing
+        priority = priority or prio
+        qty = _quantity(tq1.rep(2))
+        if qty is not None and (len(tq1s) > 1 or not has_amount):
+            d["doseAndRate"] = [dict(d.get("doseAndRate", [{}])[0], doseQuantity=qty)]
+        elif qty is not None and qty != d.get("doseAndRate", [{}])[0].get("doseQuantity"):
+            ctx.find("information", "v2.tq1-2.as-note", "TQ1-2 (quantity) differs from the give amount "
+                     "(RXE-3/RXO-2), the dose: kept as a note of the order", tq1.loc(2))
+            g.setdefault("notes", []).append(f"quantity per service (TQ1-2): {_words(qty)}")
+        out.append(d)
+    return out, priority
+
+
+def _words(q: dict[str, Any]) -> str:
+    return " ".join(str(x) for x in (q.get("value"), q.get("unit")) if x is not None)
+
+
+def _duration(rep: list[list[str]]) -> dict[str, Any] | None:
+    """A CQ time quantity (3^D&day&ISO, 7^天) as a UCUM Duration; None when it is no number of a
+    listed time unit (a Duration must be one: drt-1)."""
+    n = dt.decimal(dt.comp(rep, 1))
+    unit = next((_TIME_UNITS.get(u) or _TIME_UNITS.get(u.upper()) for u in (dt.comp(rep, 2, 1), dt.comp(rep, 2, 2))
+                 if u and (_TIME_UNITS.get(u) or _TIME_UNITS.get(u.upper()))), None)
+    if n is None or unit is None:
+        return None
+    return {"value": n, "unit": unit, "system": _UCUM, "code": unit}
+
+
+def _shifted(when: str, by: dict[str, Any], sign: int) -> str | None:
+    """``when`` (a FHIR dateTime) moved by the Duration ``by``; None when that is no exact step
+    (months, years, a day count from a time without its hour)."""
+    step = _STEP.get(by["code"])
+    if step is None:
+        return None
+    try:
+        moved = datetime.fromisoformat(when) + sign * step * float(by["value"])
+    except (ValueError, OverflowError):
+        return None
+    if "T" not in when:  # a date: only whole days move it
+        return moved.date().isoformat() if by["code"] in ("d", "wk") and moved.time() == datetime.min.time() else None
+    return moved.isoformat()
 
 
 def _timing(ctx: Ctx, tq1: Seg | None) -> tuple[dict[str, Any] | None, str | None]:
-    """TQ1 (v2.5+): the repeat pattern (TQ1-3), the course (TQ1-7 start, TQ1-8 end) and the
-    priority (TQ1-9) of an order: (Timing, MedicationRequest.priority)."""
+    """TQ1 (v2.5+): the repeat pattern (TQ1-3), the course (TQ1-7 start, TQ1-8 end, TQ1-6 service
+    duration) and the priority (TQ1-9) of an order: (Timing, MedicationRequest.priority)."""
     if tq1 is None:
         return None, None
     timing: dict[str, Any] = {}
@@ -369,7 +453,7 @@ def _timing(ctx: Ctx, tq1: Seg | None) -> tuple[dict[str, Any] | None, str | Non
     pattern = tq1.get(3).upper()
     if pattern:
         timing["code"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0335",
-                                      "code": pattern}], "text": tq1.text(3)}
+                                      "code": pattern}], "text": dt.comp(tq1.rep(3), 1, 2) or tq1.get(3)}
         every = _EVERY.match(pattern)
         if pattern in _REPEATS:
             repeat["frequency"], repeat["period"], repeat["periodUnit"] = _REPEATS[pattern]
@@ -377,8 +461,25 @@ def _timing(ctx: Ctx, tq1: Seg | None) -> tuple[dict[str, Any] | None, str | Non
             repeat.update(frequency=1, period=int(every.group(1)),
                           periodUnit=_EVERY_UNIT[every.group(2)])
     start, end = dt.datetime(tq1.get(7)), dt.datetime(tq1.get(8))
+    course = _duration(tq1.rep(6)) if tq1.get(6) else None
+    if tq1.get(6) and course is None:
+        ctx.find("warning", "v2.tq1-6.unit-unknown", "TQ1-6 (service duration) is no number of a known "
+                 "time unit: kept as the timing's text", tq1.loc(6))
+    elif course is not None and start and not end:
+        end = _shifted(start, course, 1)
+    elif course is not None and end and not start:
+        start = _shifted(end, course, -1)
+    if course is not None and not (start and end) and (start or end):
+        ctx.find("information", "v2.tq1-6.beside-period", "TQ1-6 (service duration) beside one end of the "
+                 "course (TQ1-7/8) in months or years: kept as the timing's text", tq1.loc(6))
+        course = None
     if start or end:
         repeat["boundsPeriod"] = {k: v for k, v in (("start", start), ("end", end)) if v}
+    elif course is not None:
+        repeat["boundsDuration"] = course
+    if tq1.get(6) and course is None and not (start and end):
+        timing.setdefault("code", {})["text"] = " ".join(
+            x for x in (timing.get("code", {}).get("text"), f"for {tq1.text(6)[:40]}") if x)
     if repeat:
         timing["repeat"] = repeat
     code = tq1.get(9).upper()
@@ -409,18 +510,18 @@ def _quantity(rep: list[list[str]], amount_c: int = 1, unit_c: int = 2) -> dict 
 
 
 def _give_strength(rxe: Seg | None) -> dict | None:
-    """RXE-25/26 give strength and its units (with RXE-27/28, the volume it is in) -> the
+    """RXE-25/26 give strength and its units (with RXE-33/34, the volume it is in) -> the
     Medication's ingredient strength, as the v2-to-FHIR IG maps RXO-18/19 and RXO-25/26."""
     if rxe is None:
         return None
     value = dt.decimal(rxe.get(25))
     if value is None:
         return None
-    volume = dt.decimal(rxe.get(27))
-    if volume is None and rxe.get(27):
+    volume = dt.decimal(rxe.get(33))
+    if volume is None and rxe.get(33):
         return None  # a volume that is no number: no strength, five times too strong or weak
     return {"numerator": _amount(value, rxe.rep(26)),
-            "denominator": _amount(volume, rxe.rep(28)) if volume is not None
+            "denominator": _amount(volume, rxe.rep(34)) if volume is not None
             else _PER_ONE | _unit_of(rxe.rep(6))}
 
 
@@ -454,19 +555,34 @@ def _compound(ctx: Ctx, key: str, med: dict, rxcs: list[Seg]) -> dict[str, str] 
                     "ingredient": ingredients})
 
 
-def _limits(cdos: list[Seg]) -> dict[str, Any]:
-    """CDO (cumulative dosage, v2.8): CDO-3 the limit, CDO-4 the interval it holds over (none, or a unit
-    without a number such as ``PL``: the patient's lifetime)."""
+def _limits(ctx: Ctx, cdos: list[Seg], course: dict[str, Any] | None, g: dict[str, Any]) -> dict[str, Any]:
+    """CDO (cumulative dosage, v2.8): CDO-3 the limit, CDO-4 the interval it holds over (HL7 0924,
+    ``tables/codes.json`` ``cumulative_dose_interval``): ``7^D`` per 7 days, ``^D`` per day, ``^PL``
+    the patient's lifetime; ``^O`` or none the order's course: per its service duration (TQ1-6) when
+    known, else a note of the order. An interval in no known unit is a note too, never a lifetime."""
     out: dict[str, Any] = {}
     for cdo in cdos:
         limit = _quantity(cdo.rep(3))
         if limit is None:
             continue
-        interval = _quantity(cdo.rep(4))
-        if interval is not None:
-            out["maxDosePerPeriod"] = {"numerator": limit, "denominator": interval}
-        else:
+        rep4 = cdo.rep(4)
+        unit = dt.comp(rep4, 2, 1) or dt.comp(rep4, 2, 2)
+        scope = _CDO_INTERVAL.get(unit.upper()) if dt.decimal(dt.comp(rep4, 1)) is None else None
+        if not any(x for c in rep4 for x in c):
+            scope = "order"
+        if scope == "lifetime":
             out["maxDosePerLifetime"] = limit
+            continue
+        per = (course if scope == "order" else _duration(rep4) if scope is None
+               else {"value": 1, "unit": scope, "system": _UCUM, "code": scope})
+        if per is not None:
+            out["maxDosePerPeriod"] = {"numerator": limit, "denominator": per}
+            continue
+        over = "the order's course" if scope == "order" else cdo.text(4)[:40]
+        ctx.find("information", "v2.cdo-4.as-note", "CDO-4 (time interval) " + (
+            "is the order's course, whose length TQ1-6 does not give" if scope == "order" else
+            "is no number of a known time unit") + ": the limit is kept as a note of the order", cdo.loc(4))
+        g.setdefault("notes", []).append(f"cumulative dosage limit (CDO): {_words(limit)} over {over}")
     return out
 
 
@@ -614,6 +730,9 @@ def dispense(ctx: Ctx, rxd: Seg, rxr: list[Seg], key: str, request_ref: dict, sr
     when = dt.datetime(rxd.get(3))
     if when:
         res["whenHandedOver"] = when
+    notes = [x for x in (rxd.text(9, r) for r in range(1, len(rxd.field(9)) + 1)) if x]  # RXD-9 dispense notes
+    if notes:
+        res["note"] = [{"text": x} for x in notes]
     ctx.add(res)
 
 

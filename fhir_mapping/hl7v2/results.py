@@ -434,8 +434,8 @@ def _one(ctx: Ctx, obx: Seg, vt: str, kind: str, first: list[list[str]], units: 
     if kind == "numeric-array":
         return _as_text(ctx, obx, first, "is a numeric array (NA): FHIR SampledData needs a "
                         "period and origin the message does not give", reps)
-    if kind in ("attachment", "reference-pointer"):
-        return None, f"OBX-2 {vt} is a document, not an Observation value (kept as the report's presentedForm)"
+    if kind in ("attachment", "reference-pointer"):  # observation() keeps it: document_report
+        return None, f"OBX-2 {vt} is a document, not an Observation value"
     return None, f"OBX-2 {vt} not mapped"
 
 
@@ -493,6 +493,8 @@ def observation(ctx: Ctx, obx: Seg, notes: list[str], key: str, nth: str, *,
     if code is None:
         ctx.find("warning", "v2.obx-3.missing", "OBX without an observation identifier (3) skipped", obx.loc(3))
         return None
+    if _VT.get(obx.get(2).upper()) in ("attachment", "reference-pointer") and obx.field(5):
+        return document_report(ctx, obx, notes, key, nth, code, effective=effective, based_on=based_on)
     got = value(ctx, obx)
     if got is not None and got[0] is None:
         ctx.find("warning", "v2.obx-5.unmapped", got[1], obx.loc(5))
@@ -563,6 +565,39 @@ def observation(ctx: Ctx, obx: Seg, notes: list[str], key: str, nth: str, *,
     rr = reference_range(obx, obx.rep(6)) if "component" not in res else None
     if rr:
         res["referenceRange"] = rr
+    return ctx.add(res)
+
+
+def document_report(ctx: Ctx, obx: Seg, notes: list[str], key: str, nth: str, code: dict, *,
+                    effective: str | None = None, based_on: list | None = None) -> dict[str, str] | None:
+    """An ED/RP result outside a report's OBR group (ADT, an order's or a problem's OBX): a
+    DiagnosticReport coded by OBX-3 whose presentedForm holds the document, as a report keeps its own."""
+    vt = obx.get(2).upper()
+    att = (_attachment_ed if vt == "ED" else _attachment_rp)(obx.rep(5))
+    if att is None:
+        ctx.find("warning", "v2.obx-5.attachment-invalid",
+                 f"OBX-5 {vt} holds no usable document (encoding or data): the result is skipped", obx.loc(5))
+        return None
+    title = dt.comp(obx.rep(3), 2) or dt.comp(obx.rep(3), 1)
+    if title:
+        att["title"] = title
+    res: dict[str, Any] = {"resourceType": "DiagnosticReport",
+                           "id": ctx.id("DiagnosticReport", key, nth, dt.comp(obx.rep(3), 1), obx.get(4), "OBX")}
+    if based_on:
+        res["basedOn"] = based_on
+    # table 0085's FHIR codes are DiagnosticReport statuses as well
+    res["status"] = _OBS_STATUS["map"].get(obx.get(11).upper(), _OBS_STATUS["unlisted"] if obx.get(11)
+                                           else _OBS_STATUS["default"])
+    res["code"] = code
+    res["subject"] = ctx.patient_ref
+    if ctx.encounter_ref:
+        res["encounter"] = ctx.encounter_ref
+    when = dt.datetime(obx.get(14)) or effective
+    if when:
+        res["effectiveDateTime"] = when
+    if notes:
+        res["conclusion"] = "\n".join(notes)
+    res["presentedForm"] = [att]
     return ctx.add(res)
 
 
