@@ -47,10 +47,11 @@ def is_resident_id_system(system: str | None) -> bool:
 def is_filler(value: str | None) -> bool:
     """True for a value that fills the field without identifying anyone: a listed filler (``-``, ``无``,
     ``不详``, ``null``…), a template label (``医务人员编码``), punctuation only, zeros, one character
-    repeated (a digit: four times or more) or a run of digits (``0000``, ``123456``), whatever the field."""
+    repeated (a digit: four times or more) or a run of digits (``0000``, ``123456``), whatever the field.
+    Spaces inside do not count: ``0 0 0`` is ``000``."""
     if value is None:
         return False
-    s = str(value).strip()
+    s = "".join(str(value).split())
     if not s:
         return False
     exact, labels, suffixes = _fillers()

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import orjson
 
-from fhir_mapping.cda.dt import xpath
+from fhir_mapping.cda.dt import decimal, value_type, xpath
 from fhir_mapping.cda.mapper import STATEMENTS
+from fhir_mapping.numbers import value_of
 from hub.core.errors import FhirError
 from hub.core.resource import validate
 
@@ -43,7 +44,7 @@ def invalid_resources(conv) -> list[str]:
 def check_no_silent_drops(conv, trace) -> None:
     """Every clinical statement of the body is in the trace; each maps to an output resource, a
     component/absorbed part of one, a container, or a finding at its XPath."""
-    by_ref = {f"{r['resourceType']}/{r['id']}" for r in conv.resources}
+    by_ref = {f"{r['resourceType']}/{r['id']}": r for r in conv.resources}
     if not trace:
         return
     root = next(iter(trace)).getroottree().getroot()
@@ -76,8 +77,42 @@ def check_no_silent_drops(conv, trace) -> None:
         else:
             ref = outcome.split(":", 1)[-1]
             assert ref in by_ref, f"{xpath(s)} -> {ref} not in the output"
+            if outcome.startswith(("absorbed:", "component:")) and ref.startswith("Observation/"):
+                # a part of an observation (a test item's result, a component): its numbers are there
+                lost = _numbers_of(s) - _numbers_in(by_ref[ref])
+                assert not lost, f"{xpath(s)} -> {outcome}: {sorted(lost)} not in it"
             mapped += 1
     assert mapped + reported == len(coded)
+
+
+_V3 = "{urn:hl7-org:v3}"
+
+
+def _numbers_of(statement) -> set:
+    """The numbers a statement's own values write (a PQ, REAL, INT, a ratio's terms, a range's ends)."""
+    out = set()
+    for val in statement.findall(f"{_V3}value"):
+        vt = value_type(val)
+        els = [val] if vt in ("PQ", "REAL", "INT", "MO") else list(val) if vt == "IVL_PQ" or vt.startswith("RTO") \
+            else []
+        for el in els:
+            n = decimal(el.get("value"), exponent=True)
+            if n is not None:
+                out.add(float(value_of(n)))
+    return out
+
+
+def _numbers_in(node) -> set:
+    out = set()
+    if isinstance(node, dict):
+        for v in node.values():
+            out |= _numbers_in(v)
+    elif isinstance(node, list):
+        for v in node:
+            out |= _numbers_in(v)
+    elif not isinstance(node, (str, bool)) and node is not None:
+        out.add(float(value_of(node)))
+    return out
 
 
 def check_document(conv, payload: bytes) -> dict:

@@ -47,7 +47,7 @@ def test_fifteen_digit_resident_id_is_upgraded_and_keys():
     assert [f.rule for f in conv.findings] == ["cda.identifier.upgraded"]
 
 
-@pytest.mark.parametrize("filler", ["-", "无", "0000", "ID_CARD_NO", "身份证号"])
+@pytest.mark.parametrize("filler", ["-", "无", "0000", "0 0 0", "ID_CARD_NO", "身份证号"])
 def test_only_a_filler_or_invalid_patient_id_refuses_the_document(filler):
     for ids in (ident(RID, filler), ident(RID, INVALID_ID) + ident("2.16.156.10011.1.12", filler)):
         with pytest.raises(MappingError) as ei:

@@ -20,6 +20,11 @@ def obs(code, label, value, *nested, effective=""):
 
 
 def item(test_code, test_name, value, unit, flag, specimen=None):
+    return ('<organizer classCode="CLUSTER" moodCode="EVN"><statusCode code="completed"/>'
+            + item_components(test_code, test_name, value, unit, flag, specimen) + "</organizer>")
+
+
+def item_components(test_code, test_name, value, unit, flag, specimen=None, result_extra=""):
     spec = obs("DE04.50.134.00", "标本类别", f'<value xsi:type="ST">{specimen}</value>',
                effective='<effectiveTime><low value="20240312070000"/><high value="20240312073000"/></effectiveTime>') \
         if specimen else ""
@@ -28,10 +33,12 @@ def item(test_code, test_name, value, unit, flag, specimen=None):
                  *([spec] if spec else []), effective='<effectiveTime value="20240312080000"/>'),
              obs("DE04.30.017.00", "检验结果代码",
                  f'<value xsi:type="CD" code="{flag[0]}" displayName="{flag[1]}" codeSystem="2.16.156.10011.2.3.2.38"/>'),
-             obs("DE04.30.015.00", "检验定量结果", f'<value xsi:type="REAL" value="{value}"/>',
+             obs("DE04.30.015.00", "检验定量结果", value if value.startswith("<") else
+                 f'<value xsi:type="REAL" value="{value}"/>',
                  obs("DE04.30.016.00", "检验定量结果计量单位", f'<value xsi:type="ST">{unit}</value>'))]
-    return ('<organizer classCode="CLUSTER" moodCode="EVN"><statusCode code="completed"/>'
-            + "".join(f"<component>{c}</component>" for c in comps) + "</organizer>")
+    if result_extra:  # after what the result nests, in its own observation
+        comps[-1] = comps[-1][:-len("</observation>")] + result_extra + "</observation>"
+    return "".join(f"<component>{c}</component>" for c in comps)
 
 
 def st(text):
@@ -143,3 +150,69 @@ def test_record_numbers_in_patient_role_number_the_records_not_the_patient():
     assert {"type": "ServiceRequest", "identifier": rep["basedOn"][0]["identifier"]} in ref["context"]["related"]
     other, _ = convert_traced(doc("SQ2", "R2", "S2"), SRC)
     assert by_type(other)["Patient"][0]["id"] == pat["id"]  # one outpatient, one Patient
+
+
+def _lab(*organizers):
+    entries = "".join(f"<entry>{o}</entry>" for o in organizers)
+    conv, trace = convert_traced(wst500(code="C0007", template="2.16.156.10011.2.1.1.27", sections=(
+        '<component><section><code code="30954-2" codeSystem="2.16.840.1.113883.6.1"/>'
+        f'{entries}</section></component>')), SRC)
+    assert invalid_resources(conv) == []
+    check_no_silent_drops(conv, trace)
+    return conv, by_type(conv)
+
+
+def _cluster(*components):
+    return '<organizer classCode="CLUSTER" moodCode="EVN"><statusCode code="completed"/>' + "".join(components) + \
+        "</organizer>"
+
+
+def test_each_test_item_of_one_organizer_is_its_own_result():
+    """An organizer with K 4.1 and Na 140: two Observations, each with its own value, unit and
+    interpretation, both results of the report. Only K was kept, with both items' flags."""
+    conv, t = _lab(_cluster(item_components("K", "钾", "4.1", "mmol/L", ("0", "正常"), specimen="血清"),
+                            item_components("NA", "钠", "150", "mmol/L", ("1", "异常"))))
+    by_code = {o["code"]["coding"][0]["code"]: o for o in t["Observation"]}
+    assert set(by_code) == {"K", "NA"}
+    k, na = by_code["K"], by_code["NA"]
+    assert (value_of(k["valueQuantity"]["value"]), k["valueQuantity"]["unit"]) == (4.1, "mmol/L")
+    assert (value_of(na["valueQuantity"]["value"]), na["valueQuantity"]["unit"]) == (150, "mmol/L")
+    assert [i["coding"][0]["display"] for i in k["interpretation"]] == ["正常"]
+    assert [i["coding"][0]["display"] for i in na["interpretation"]] == ["异常"]
+    assert k["id"] != na["id"] and "specimen" in k and "specimen" not in na
+    (rep,) = t["DiagnosticReport"]
+    assert [r["reference"] for r in rep["result"]] == [f"Observation/{k['id']}", f"Observation/{na['id']}"]
+
+
+def test_a_titre_result_is_a_ratio_not_its_flag():
+    """检验定量结果 written as RTO (1:320) is valueRatio; it was replaced by the interpretation."""
+    rto = '<value xsi:type="RTO_INT_INT"><numerator value="1"/><denominator value="320"/></value>'
+    _, t = _lab(_cluster(item_components("HBsAb", "乙肝表面抗体", rto, "", ("1", "异常"))))
+    (o,) = t["Observation"]
+    assert o["valueRatio"] == {"numerator": {"value": 1}, "denominator": {"value": 320}}
+    assert "valueCodeableConcept" not in o and o["interpretation"][0]["coding"][0]["display"] == "异常"
+
+
+def test_a_lab_result_keeps_its_reference_range_and_interpretation_code():
+    rng = ('<interpretationCode code="H" codeSystem="2.16.840.1.113883.5.83"/>'
+           '<referenceRange><observationRange><value xsi:type="IVL_PQ"><low value="3.9" unit="mmol/L"/>'
+           '<high value="6.1" unit="mmol/L"/></value></observationRange></referenceRange>')
+    _, t = _lab(_cluster(item_components("GLU", "葡萄糖", "7.80", "mmol/L", ("1", "异常"), result_extra=rng)))
+    (o,) = t["Observation"]
+    (rr,) = o["referenceRange"]
+    assert (value_of(rr["low"]["value"]), value_of(rr["high"]["value"]), rr["high"]["code"]) == (3.9, 6.1, "mmol/L")
+    assert [c["coding"][0]["code"] for c in o["interpretation"]] == ["1", "H"]
+
+
+def test_items_of_one_organizer_keep_their_own_specimens_and_extra_results():
+    """Each item's own specimen is its own Specimen; a result written without its item code is
+    kept as an Observation about the item before it, never taken in silently."""
+    extra = '<component>' + obs("DE04.30.015.00", "检验定量结果", '<value xsi:type="REAL" value="151"/>') + '</component>'
+    _, t = _lab(_cluster(item_components("K", "钾", "4.1", "mmol/L", ("0", "正常"), specimen="血清"),
+                         item_components("NA", "钠", "150", "mmol/L", ("1", "异常"), specimen="全血"), extra))
+    by_code = {o["code"]["coding"][0]["code"]: o for o in t["Observation"]}
+    specs = {f"Specimen/{s['id']}": s["type"]["text"] for s in t["Specimen"]}
+    assert specs[by_code["K"]["specimen"]["reference"]] == "血清"
+    assert specs[by_code["NA"]["specimen"]["reference"]] == "全血"
+    assert by_code["DE04.30.015.00"]["focus"] == [{"reference": f"Observation/{by_code['NA']['id']}"}]
+    assert value_of(by_code["DE04.30.015.00"]["valueQuantity"]["value"]) == 151

@@ -3,6 +3,8 @@ Condition, "无" is no finding at all."""
 
 from __future__ import annotations
 
+import orjson
+
 from fhir_mapping.cda import convert_traced
 from tests.cda_docs import SRC, by_type, wst500
 from tests.test_cda_helpers import check_no_silent_drops, invalid_resources
@@ -115,3 +117,61 @@ def test_a_name_keeps_its_nested_code_even_with_a_code_entry_next_to_it():
                   obs(*CODE, cd("I10", "高血压")))
     assert sorted((c["code"].get("text", ""), c["code"]["coding"][0]["code"]) for c in t["Condition"]) == \
         [("", "I10"), ("急性阑尾炎", "K35.9")]
+
+
+TEMP = ("DE04.10.186.00", "体温")
+SBP = ("DE04.10.174.00", "收缩压")
+
+
+def test_a_titre_is_a_ratio_of_its_numerator_and_denominator():
+    """An RTO value (1:320, with or without units) is valueRatio; it was dataAbsentReason unknown."""
+    for written, expected in (
+            ('<value xsi:type="RTO_PQ_PQ"><numerator value="1" unit="1"/><denominator value="320" unit="1"/></value>',
+             {"numerator": {"value": 1, "unit": "1", "system": "http://unitsofmeasure.org", "code": "1"},
+              "denominator": {"value": 320, "unit": "1", "system": "http://unitsofmeasure.org", "code": "1"}}),
+            ('<value xsi:type="RTO"><numerator value="1"/><denominator value="80"/></value>',
+             {"numerator": {"value": 1}, "denominator": {"value": 80}})):
+        _, t = run(obs("DE04.50.001.00", "抗体滴度", written))
+        (o,) = t["Observation"]
+        assert o["valueRatio"] == expected and "dataAbsentReason" not in o
+
+
+def test_a_value_without_a_unit_gets_none_invented():
+    """A REAL 1.50 on 体温 stays unitless: the data element's usual unit (Cel) is not put on it."""
+    _, t = run(obs(*TEMP, '<value xsi:type="REAL" value="1.50"/>'))
+    (o,) = t["Observation"]
+    assert orjson.dumps(o["valueQuantity"]) == b'{"value":1.50}'
+    _, t = run(obs(*TEMP, '<value xsi:type="PQ" value="37.5" unit="℃"/>'))
+    assert t["Observation"][0]["valueQuantity"]["unit"] == "℃"
+
+
+def test_a_quantity_keeps_its_translation():
+    """A PQ with a translation (98.6 [degF] = 37 Cel) keeps both: the translation in the ISO 21090
+    PQ-translation extension of the Quantity."""
+    _, t = run(obs(*TEMP, '<value xsi:type="PQ" value="98.6" unit="[degF]"><translation value="37" code="Cel" '
+                          'codeSystem="2.16.840.1.113883.6.8"/></value>'))
+    q = t["Observation"][0]["valueQuantity"]
+    assert q["value"] == 98.6 and q["unit"] == "[degF]"
+    assert q["extension"] == [{"url": "http://hl7.org/fhir/StructureDefinition/iso21090-PQ-translation",
+                               "valueQuantity": {"value": 37, "unit": "Cel", "system": "http://unitsofmeasure.org",
+                                                 "code": "Cel"}}]
+
+
+def test_every_value_of_an_observation_is_kept():
+    """Two <value>s (120 and 80 mmHg): the first is the value, the second a component with the
+    observation's code, and a finding says so; the second was dropped without a word."""
+    conv, t = run(obs(*SBP, '<value xsi:type="PQ" value="120" unit="mmHg"/><value xsi:type="PQ" value="80" unit="mmHg"/>'))
+    (o,) = t["Observation"]
+    assert o["valueQuantity"]["value"] == 120
+    (comp,) = o["component"]
+    assert comp["code"] == o["code"] and comp["valueQuantity"] == {
+        "value": 80, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}
+    (f,) = [f for f in conv.findings if f.rule == "cda.value.several"]
+    assert f.location.endswith("/observation/value[2]")
+
+
+def test_a_value_the_mapper_cannot_read_is_reported():
+    conv, t = run(obs(*TEMP, '<value xsi:type="IVL_TS"><width unit="min" value="30"/></value>'))
+    assert t["Observation"][0]["dataAbsentReason"]["coding"][0]["code"] == "unknown"
+    (f,) = [f for f in conv.findings if f.rule == "cda.value.unread"]
+    assert f.location.endswith("/observation/value")

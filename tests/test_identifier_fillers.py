@@ -18,6 +18,11 @@ def test_template_labels_and_fillers_are_no_identifiers(value):
     assert is_filler(value) and key_problem(value, "2.16.156.10011.1.4") == "placeholder"
 
 
+@pytest.mark.parametrize("value", ["0 0 0", " 0  0 ", "X X X X", "- -", "1 2 3 4 5 6"])
+def test_spaces_inside_a_filler_keep_it_a_filler(value):
+    assert key_problem(value, "2.16.156.10011.1.12") == "placeholder"
+
+
 @pytest.mark.parametrize("value", ["D01102", "心内科", "王建国", "HA201102113366666", "ZY20240311007",
                                    "ID20240311007", "PID0001"])
 def test_real_identifiers_and_names_are_not_fillers(value):

@@ -75,6 +75,8 @@ FINDING_RULES = {
     "cda.value.invalid-quantity": "a PQ/MO value that is not a decimal (kept as text)",
     "cda.value.invalid-integer": "an INT value that is not an integer (kept as text)",
     "cda.value.invalid-boolean": "a BL value that is neither true nor false (kept as text)",
+    "cda.value.unread": "a value of a type or shape the mapper does not read (dataAbsentReason)",
+    "cda.value.several": "an observation with several values: the first its value, the others components",
     "cda.time.invalid": "a TS that is not a valid HL7 timestamp",
     "cda.identifier.check-digit": "an identifier failing its check digit (resident ID: GB 11643): not a key, not stored",
     "cda.identifier.placeholder": "an identifier that is a filler (-, 无, 医务人员编码…): not a key, not stored",

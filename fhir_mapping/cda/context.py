@@ -29,6 +29,7 @@ COND_CAT = "http://terminology.hl7.org/CodeSystem/condition-category"
 DAR = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 VERSION_EXT = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Composition.version"
 CONFIDENTIALITY = {"U", "L", "M", "N", "R", "V"}
+PQ_TRANSLATION = "http://hl7.org/fhir/StructureDefinition/iso21090-PQ-translation"
 NULL_TO_DAR = {"NA": "not-applicable", "ASKU": "asked-unknown", "NASK": "not-asked", "MSK": "masked",
                "UNK": "unknown", "NI": "unknown", "OTH": "unknown", "NAV": "temp-unknown"}
 OBS_CATEGORIES = {"social-history", "vital-signs", "imaging", "laboratory", "procedure", "survey", "exam",
@@ -162,6 +163,45 @@ class Ctx:
         if v is None:
             self.find("warning", "cda.time.invalid", f"{what} is not a valid HL7 TS (value not logged)", el)
         return v
+
+    def quantity(self, el) -> dict | None:
+        """A PQ as a Quantity, with the unit the document writes (none invented) and its
+        translations (PQR: the same quantity in another unit, such as 37 Cel beside 98.6 [degF])
+        in the ISO 21090 PQ-translation extension."""
+        out = dt.quantity(el, self.t.header["ucum"])
+        if out is None:
+            return None
+        ext = []
+        for tr in children(el, "translation"):
+            v = dt.decimal(tr.get("value"), exponent=True)
+            if v is None or tr.get(XSI_NULL):
+                continue  # a coded translation without a value (a frequency's code) is no quantity
+            tq: dict[str, Any] = {"value": v}
+            unit = dt.clean_str(tr.get("displayName")) or dt.code_ok(tr.get("code"))
+            if unit:
+                tq["unit"] = unit
+            system = dt.system_uri(tr.get("codeSystem"))
+            if system and dt.code_ok(tr.get("code")):
+                tq["system"] = self.sys_uri(system)
+                tq["code"] = dt.code_ok(tr.get("code"))
+            ext.append({"url": PQ_TRANSLATION, "valueQuantity": tq})
+        if ext:
+            out["extension"] = ext
+        return out
+
+    def ratio(self, el) -> dict | None:
+        """An RTO (a titre 1:320, RTO_PQ_PQ, RTO_INT_INT) as a Ratio of two Quantities, units as
+        written; None unless both terms are numbers."""
+        terms = []
+        for side in ("numerator", "denominator"):
+            term = child(el, side)
+            if term is not None and term.get("currency") is not None:
+                terms.append(dt.money(term, self.t.header["currencies"]))
+            else:
+                terms.append(self.quantity(term))
+        if terms[0] is None or terms[1] is None:
+            return None
+        return {"numerator": terms[0], "denominator": terms[1]}
 
     def effective(self, el) -> tuple[str, Any] | None:
         if el is None:
@@ -307,9 +347,11 @@ def _categories(rule: dict, system: str) -> list[dict] | None:
     return [{"coding": [{"system": system, "code": cat}]}]
 
 
-def _value(ctx: Ctx, st, rule: dict) -> tuple[str, Any] | None:
-    """('valueQuantity', {...}) etc. for the statement's value, or a dataAbsentReason."""
-    val = child(st, "value")
+def _value(ctx: Ctx, st, rule: dict, val=None) -> tuple[str, Any] | None:
+    """('Quantity', {...}) etc. for the statement's value (``val``: one of its values, the first
+    when not given), or ('absent', a dataAbsentReason code)."""
+    if val is None:
+        val = child(st, "value")
     if val is None:
         return None
     h = ctx.t.header
@@ -319,7 +361,7 @@ def _value(ctx: Ctx, st, rule: dict) -> tuple[str, Any] | None:
         vt = "CD" if val.get("code") is not None else ("PQ" if val.get("unit") is not None else
                                                          ("ST" if len(val) == 0 and (val.text or "").strip() else ""))
     if vt in ("PQ", "REAL"):
-        qv = dt.quantity(val, h["ucum"], default_ucum=rule.get("ucum") if val.get("unit") is None else None)
+        qv = ctx.quantity(val)
         if qv:
             return "Quantity", qv
         raw = dt.clean_str(val.get("value"))
@@ -378,14 +420,46 @@ def _value(ctx: Ctx, st, rule: dict) -> tuple[str, Any] | None:
         ctx.find("warning", "cda.value.binary", f"an ED value of {media} in base64 is no text an "
                  "Observation holds: kept as sent", val)
     elif vt == "IVL_PQ":
-        lo = dt.quantity(child(val, "low"), h["ucum"])
-        hi = dt.quantity(child(val, "high"), h["ucum"])
+        lo = ctx.quantity(child(val, "low"))
+        hi = ctx.quantity(child(val, "high"))
         if lo or hi:
             return "Range", {"low": lo, "high": hi}
+    elif vt.startswith("RTO"):
+        r = ctx.ratio(val)
+        if r:
+            return "Ratio", r
     txt = dt.text(val) or dt.clean_str(val.get("value")) or dt.clean_str(val.get("displayName"))
     if txt:
         return "String", txt
+    if not nf and (any(dt.is_element(c) for c in val) or any(val.get(a) for a in ("value", "code", "unit"))):
+        ctx.find("warning", "cda.value.unread", f"a {vt or 'untyped'} value the mapper does not read: "
+                 "the resource says its value is unknown", val)
     return "absent", NULL_TO_DAR.get(nf or "", "unknown")
+
+
+def interpretations(ctx: Ctx, st) -> list[dict]:
+    """The statement's interpretationCode elements as CodeableConcepts."""
+    return [c for c in (ctx.concept(e) for e in children(st, "interpretationCode")) if c]
+
+
+def reference_ranges(ctx: Ctx, st) -> list[dict]:
+    """The statement's referenceRange elements as Observation.referenceRange: low and high, and a
+    range written as words (阴性, "negative") as its text."""
+    rr = []
+    for r in children(st, "referenceRange"):
+        orng = child(r, "observationRange")
+        val = child(orng, "value")
+        ent: dict[str, Any] = {}
+        if val is not None:
+            ent["low"] = ctx.quantity(child(val, "low"))
+            ent["high"] = ctx.quantity(child(val, "high"))
+        t = dt.text(child(orng, "text")) or (dt.text(val) if val is not None and dt.value_type(val)
+                                             in ("ST", "ED", "") and not len(val) else None)
+        if t:
+            ent["text"] = t
+        if dt.prune(ent):
+            rr.append(ent)
+    return rr
 
 
 def _set_value(res: dict, v: tuple[str, Any] | None) -> None:

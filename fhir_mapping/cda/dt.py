@@ -280,7 +280,8 @@ def integer(s: str | None) -> int | None:
     return n if -(2**31) <= n < 2**31 else None
 
 
-def quantity(el, ucum: dict[str, str], *, default_ucum: str | None = None) -> dict | None:
+def quantity(el, ucum: dict[str, str]) -> dict | None:
+    """A PQ as a Quantity with the unit written (a unit the document does not give is none)."""
     if el is None or el.get("nullFlavor"):
         return None
     v = decimal(el.get("value"), exponent=True)
@@ -294,13 +295,9 @@ def quantity(el, ucum: dict[str, str], *, default_ucum: str | None = None) -> di
         if code:
             out["system"] = "http://unitsofmeasure.org"
             out["code"] = code
-    elif unit == "1" and not default_ucum:
+    elif unit == "1":
         # written out, CDA's default unit is UCUM's unity: a count, a ratio (kept as said)
         out.update(unit="1", system="http://unitsofmeasure.org", code="1")
-    elif default_ucum:
-        out["unit"] = default_ucum
-        out["system"] = "http://unitsofmeasure.org"
-        out["code"] = default_ucum
     return out
 
 

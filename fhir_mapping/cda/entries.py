@@ -7,6 +7,7 @@ tables are read from ``ctx.t``."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from fhir_mapping import medication_form, numbers
@@ -32,6 +33,8 @@ from fhir_mapping.cda.context import (
     _unmapped,
     _value,
     absent_value,
+    interpretations,
+    reference_ranges,
 )
 from fhir_mapping.cda.dt import child, children
 from fhir_mapping.cda.header import _practitioner
@@ -72,10 +75,10 @@ def map_statement(ctx: Ctx, sec: Section, st, pos: str, focus: str | None = None
         return None
     kind = rule["kind"]
     if kind == "wrap" and is_result_item(ctx, st):
-        refs = build_result_item(ctx, sec, st, pos)
-        for i, n in enumerate(members(st)):  # what the test item's table does not know
+        refs, item_of = build_result_item(ctx, sec, st, pos)
+        for i, n in enumerate(members(st)):  # what the test items did not take in
             if n not in ctx.trace:
-                r = map_statement(ctx, sec, n, f"{pos}.m{i}", refs[0])
+                r = map_statement(ctx, sec, n, f"{pos}.m{i}", item_of.get(n, refs[0]))
                 if r is None:
                     _unmapped(ctx, sec, n, "cda.entry.unmapped", "test item member not in the mapping tables")
                 else:
@@ -101,17 +104,30 @@ def _map_rest(ctx: Ctx, sec: Section, st, pos: str, parent_ref: str) -> list[str
     return _nested_into(ctx, sec, st, pos, parent_ref, None, set())
 
 
-def _component(ctx: Ctx, st) -> dict | None:
+_COMPONENT_VALUES = ("Quantity", "CodeableConcept", "String", "Boolean", "Integer", "Range", "Ratio",
+                     "DateTime", "Period")
+
+
+def _components(ctx: Ctx, st, code: dict, vals: list) -> list[dict]:
+    """One component (``code``) per value element in ``vals``: the values of one observation."""
+    comps = []
+    for val in vals:
+        comp: dict[str, Any] = {"code": copy.deepcopy(code)}
+        v = _value(ctx, st, {}, val)
+        if v is None or v[0] == "absent":
+            comp["dataAbsentReason"] = {"coding": [{"system": DAR, "code": v[1] if v else "unknown"}]}
+        elif v[0] in _COMPONENT_VALUES:
+            comp["value" + v[0]] = v[1]
+        comps.append(comp)
+    return comps
+
+
+def _component(ctx: Ctx, st) -> list[dict] | None:
+    """A flat nested observation as components of its parent: one per value it writes."""
     code = ctx.concept(child(st, "code"))
     if not code:
         return None
-    comp: dict[str, Any] = {"code": code}
-    v = _value(ctx, st, {})
-    if v is None or v[0] == "absent":
-        comp["dataAbsentReason"] = {"coding": [{"system": DAR, "code": v[1] if v else "unknown"}]}
-    elif v[0] in ("Quantity", "CodeableConcept", "String", "Boolean", "Integer", "Range", "DateTime", "Period"):
-        comp["value" + v[0]] = v[1]
-    return comp
+    return _components(ctx, st, code, children(st, "value") or [None])
 
 
 def _nested_into(ctx: Ctx, sec: Section, st, pos: str, parent_ref: str, components: list | None,
@@ -132,7 +148,7 @@ def _nested_into(ctx: Ctx, sec: Section, st, pos: str, parent_ref: str, componen
                 and child(n, "code") is not None and not _templates(n):
             comp = _component(ctx, n)
             if comp is not None:
-                components.append(comp)
+                components += comp
                 ctx.trace[n] = f"component:{parent_ref}"
                 continue
         r = map_statement(ctx, sec, n, f"{pos}.{i}", focus=parent_ref)
@@ -160,29 +176,19 @@ def build_observation(ctx: Ctx, sec: Section, st, rule: dict, pos: str, focus: s
         res["effective" + eff[0]] = eff[1]
     v = _value(ctx, st, rule)
     _set_value(res, v)
-    interp = [c for c in (ctx.concept(e) for e in children(st, "interpretationCode")) if c]
-    res["interpretation"] = interp
-    rr = []
-    for r in children(st, "referenceRange"):
-        orng = child(r, "observationRange")
-        val = child(orng, "value")
-        ent: dict[str, Any] = {}
-        if val is not None:
-            ent["low"] = dt.quantity(child(val, "low"), ctx.t.header["ucum"])
-            ent["high"] = dt.quantity(child(val, "high"), ctx.t.header["ucum"])
-        # a range written as words (阴性, "negative") is its text: an ST value or the range's text
-        t = dt.text(child(orng, "text")) or (dt.text(val) if val is not None and dt.value_type(val)
-                                             in ("ST", "ED", "") and not len(val) else None)
-        if t:
-            ent["text"] = t
-        if dt.prune(ent):
-            rr.append(ent)
-    res["referenceRange"] = rr
+    res["interpretation"] = interpretations(ctx, st)
+    res["referenceRange"] = reference_ranges(ctx, st)
     note = dt.text(child(st, "text"))
     if note and v is not None and v[0] != "String":
         res["note"] = [{"text": note}]
     ctx.trace[st] = ref
-    comps: list = []
+    # an observation written with several values (120 and 80 mmHg): the first is its value, each
+    # further one a component with the observation's own code
+    more = children(st, "value")[1:]
+    comps: list = _components(ctx, st, code, more)
+    if more:
+        ctx.find("information", "cda.value.several", f"observation with {len(more) + 1} values: the "
+                 "first is its value, the others are components with its code", more[0])
     extra = _nested_into(ctx, sec, st, pos, ref, comps, set())
     res["component"] = comps
     if res.get("valueQuantity") is None and res.get("dataAbsentReason") and comps:

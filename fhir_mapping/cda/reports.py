@@ -2,9 +2,10 @@
 their results.
 
 WS/T 500 writes one test item as an organizer of data elements (项目代码, 定量结果 with its unit,
-结果代码 正常/异常, 标本类别 with collection and receipt times): that cluster is ONE Observation, with
-a Specimen. The report's own data elements (报告结果 as conclusion, 检验方法, 检验类别) go into the
-DiagnosticReport, whose ``result`` lists the document's result Observations.
+结果代码 正常/异常, 标本类别 with collection and receipt times): that item is ONE Observation, with
+a Specimen; an organizer holding several items (K, then Na) gives one Observation for each. The
+report's own data elements (报告结果 as conclusion, 检验方法, 检验类别) go into the DiagnosticReport,
+whose ``result`` lists the document's result Observations.
 
 Tables: ``documents.yaml`` ``report`` (the v2-0074 service section of a report document),
 ``entries.yaml`` ``result_item`` and ``report_facts``. Imports only ``context``.
@@ -18,6 +19,7 @@ from typing import Any
 from fhir_mapping.cda import dt
 from fhir_mapping.cda.context import (
     DAR,
+    NULL_TO_DAR,
     OBS_CAT,
     Ctx,
     Section,
@@ -28,6 +30,8 @@ from fhir_mapping.cda.context import (
     _status,
     _subject,
     absent_value,
+    interpretations,
+    reference_ranges,
 )
 from fhir_mapping.cda.dt import child
 from fhir_mapping.ids import stable_id
@@ -56,25 +60,31 @@ def _text(st) -> str | None:
     return dt.text(val) or dt.clean_str(val.get("displayName")) or dt.clean_str(val.get("value"))
 
 
-def _unread_quantity(ctx: Ctx, nodes: list, res: dict[str, Any]) -> None:
-    """A quantitative result that is no PQ the mapper reads, kept rather than dropped: a range
-    (IVL_PQ) as valueRange, anything else (``<0.5``, a text) as the text written, with a
-    finding; never the interpretation in its place."""
+def _unread_quantity(ctx: Ctx, nodes: list, res: dict[str, Any]) -> Any:
+    """A quantitative result that is no PQ the mapper reads, kept rather than dropped: a titre
+    (RTO) as valueRatio, a range (IVL_PQ) as valueRange, anything else (``<0.5``, a text) as the
+    text written, with a finding; never the interpretation in its place. The node used, if any."""
     for n in nodes:
         val = child(n, "value")
         if val is None or absent_value(n):
             continue
-        low, high = (dt.quantity(child(val, side), ctx.t.header["ucum"]) for side in ("low", "high"))
+        if dt.value_type(val).startswith("RTO"):
+            ratio = ctx.ratio(val)
+            if ratio:
+                res["valueRatio"] = ratio
+                return n
+        low, high = (ctx.quantity(child(val, side)) for side in ("low", "high"))
         if low or high:
             res["valueRange"] = {k: q for k, q in (("low", low), ("high", high)) if q}
-            return
+            return n
         written = " ".join(x for x in (dt.text(val) or dt.clean_str(val.get("value")),
                                        dt.clean_str(val.get("unit"))) if x)
         if written:
             res["valueString"] = written
             ctx.find("warning", "cda.value.invalid-quantity", "a quantitative result "
                      "(DE04.30.015.00) is no number the mapper reads: kept as its text", val)
-            return
+            return n
+    return None
 
 
 def members(st) -> list:
@@ -91,20 +101,82 @@ def is_result_item(ctx: Ctx, st) -> bool:
     return dt.local(st) == "organizer" and any(table.get(_code(n)[0] or "") == "code" for n in _nested(st))
 
 
-def build_result_item(ctx: Ctx, sec: Section, st, pos: str) -> list[str]:
-    """One test item's organizer -> one Observation (and its Specimen). Members the table does not know
-    are left for the caller to map (returned unmapped: not in ctx.trace)."""
+_SPECIMEN_KINDS = ("specimen", "specimen-condition")
+
+
+def _test_items(ctx: Ctx, st) -> tuple[list[list], dict[str, list]]:
+    """The test items of a cluster, in document order, each the list of its component statements
+    (a component with what it nests: the unit in its result, the specimen in its item code); and
+    the specimen statements written beside the items, shared by those without their own. One
+    organizer may hold several items (K, then Na): a data element the current item already has
+    (a second 项目代码, 定量结果 or 结果代码) begins the next one, whichever order the items are
+    written in."""
     table = ctx.t.entries["result_item"]
-    by: dict[str, list] = {}
-    for n in members(st):
-        how = table.get(_code(n)[0] or "")
+    items: list[list] = []
+    kinds: set[str] = set()
+    shared: dict[str, list] = {}
+    for top in _nested(st):
+        how = table.get(_code(top)[0] or "")
+        group = [top] + members(top)
+        if how in _SPECIMEN_KINDS:
+            shared.setdefault(how, []).extend(group)
+            continue
+        if how and (not items or how in kinds):
+            items.append([])
+            kinds = set()
         if how:
-            by.setdefault(how, []).append(n)
-    item = by["code"][0]
-    oid = _entry_id(ctx, "Observation", st, pos)
+            kinds.add(how)
+        if not items:
+            items.append([])
+        items[-1] += group
+    return items, shared
+
+
+def build_result_item(ctx: Ctx, sec: Section, st, pos: str) -> tuple[list[str], dict]:
+    """Each test item of a cluster -> one Observation (with its value, unit, interpretation and
+    reference range, and its Specimen), a result of the report. Returns the refs and, for each
+    member, the Observation of its item. What no item takes in (a member the table does not know,
+    a second specimen, an item without its code) is left for the caller to map: not in ctx.trace."""
+    table = ctx.t.entries["result_item"]
+    items, shared = _test_items(ctx, st)
+    refs: list[str] = []
+    specs: list[str] = []
+    item_of: dict = {}
+    first_id = _entry_id(ctx, "Observation", st, pos)
+    for group in items:
+        by: dict[str, list] = {}
+        for n in group:
+            how = table.get(_code(n)[0] or "")
+            if how:
+                by.setdefault(how, []).append(n)
+        if "code" not in by:
+            continue  # results without their item code: mapped by the caller, about the item before
+        oid = first_id if not refs else stable_id("Observation", first_id, f"item{len(refs)}")
+        ref = _result_observation(ctx, sec, st, oid, by, shared, pos, f"{pos}.item{len(refs)}" if refs else pos,
+                                  specs)
+        refs.append(ref)
+        item_of.update({n: ref for n in group})
+    last = refs[0]
+    for group in items:
+        last = item_of.get(group[0], last)
+        item_of.update({n: last for n in group if n not in item_of})
+    ctx.trace[st] = refs[0] if len(refs) == 1 else "wrap"
+    return refs + specs, item_of
+
+
+def _result_observation(ctx: Ctx, sec: Section, st, oid: str, by: dict[str, list], shared: dict[str, list],
+                        pos: str, item_pos: str, specs: list[str]) -> str:
     ref = f"Observation/{oid}"
+    used: list = []
+    item = by["code"][0]
+    used.append(item)
     val = child(item, "value")
-    code = ctx.concept(val) if val is not None and not absent_value(item) else None
+    why = absent_value(item)
+    code = ctx.concept(val) if val is not None and not why else None
+    if why:
+        said = "a filler" if why == "filler" else f"null ({why})"
+        ctx.find("information", "cda.entry.absent-value",
+                 f"test item code is {said}: the result is named by its data element", item)
     de = ctx.concept(child(item, "code"))
     code = code or {"text": (de or {}).get("coding", [{}])[0].get("display") or "检验项目"}
     if de and de.get("coding"):
@@ -120,8 +192,9 @@ def build_result_item(ctx: Ctx, sec: Section, st, pos: str) -> list[str]:
     eff = ctx.effective(child(item, "effectiveTime")) or ctx.effective(child(st, "effectiveTime"))
     if eff:
         res["effective" + eff[0]] = eff[1]
-    for n in by.get("quantity", []):
-        q = dt.quantity(child(n, "value"), ctx.t.header["ucum"])
+    quantities = by.get("quantity", [])
+    for n in quantities:
+        q = ctx.quantity(child(n, "value"))
         if q is None:
             continue
         units = [u for u in by.get("unit", []) if u in members(n)] or by.get("unit", [])[:1]
@@ -131,41 +204,63 @@ def build_result_item(ctx: Ctx, sec: Section, st, pos: str) -> list[str]:
             ucum = ctx.t.header["ucum"].get(unit)
             if ucum:
                 q.update({"system": "http://unitsofmeasure.org", "code": ucum})
+        if units and q.get("unit") == unit:
+            used.append(units[0])  # the unit it gives, or the one it repeats
         res["valueQuantity"] = q
+        used.append(n)
         break
     if "valueQuantity" not in res:
-        _unread_quantity(ctx, by.get("quantity", []), res)
-    if "valueQuantity" not in res and "valueRange" not in res and "valueString" not in res:
-        txt = next((t for t in (_text(n) for n in by.get("text-result", [])) if t), None)
+        n = _unread_quantity(ctx, quantities, res)
+        if n is not None:
+            used.append(n)
+    for u in by.get("unit", []):
+        if u not in used and not _text(u):  # a unit left empty or null says nothing
+            _absent(ctx, sec, u, absent_value(u) or "empty")
+    if not any(k in res for k in ("valueQuantity", "valueRatio", "valueRange", "valueString")):
+        txt = next(((t, n) for t, n in ((_text(n), n) for n in by.get("text-result", [])) if t), None)
         if txt:
-            res["valueString"] = txt
-    interp = [c for c in (ctx.concept(child(n, "value")) for n in by.get("interpretation", []) if not absent_value(n)) if c]
-    if interp:
-        res["interpretation"] = interp
-    if not any(k in res for k in ("valueQuantity", "valueRange", "valueString")):
-        if interp:
-            res["valueCodeableConcept"] = interp[0]
-        else:
-            res["dataAbsentReason"] = {"coding": [{"system": DAR, "code": "unknown"}]}
-    spec = _specimen(ctx, by, st, pos)
+            res["valueString"] = txt[0]
+            used.append(txt[1])
+    interp = []
+    for n in by.get("interpretation", []):
+        why = absent_value(n)
+        c = None if why else ctx.concept(child(n, "value"))
+        if c:
+            interp.append(c)
+            used.append(n)
+        elif why:
+            _absent(ctx, sec, n, why)
+    rr: list[dict] = []
+    for m in (m for ms in by.values() for m in ms):  # its statements' interpretationCode, referenceRange
+        interp += [c for c in interpretations(ctx, m) if c not in interp]
+        rr += [r for r in reference_ranges(ctx, m) if r not in rr]
+    res["interpretation"] = interp
+    res["referenceRange"] = rr
+    if not any(k in res for k in ("valueQuantity", "valueRatio", "valueRange", "valueString")):
+        nulls = [why for n in quantities if (why := absent_value(n))]
+        res["dataAbsentReason"] = {"coding": [{"system": DAR, "code": NULL_TO_DAR.get(nulls[0] if nulls else "",
+                                                                                     "unknown")}]}
+        used += [n for n in quantities if absent_value(n)]
+    own = {k: by[k] for k in _SPECIMEN_KINDS if k in by}
+    spec = _specimen(ctx, own, st, item_pos, used) if own else _specimen(ctx, shared, st, pos, used)
     if spec:
         res["specimen"] = {"reference": spec}
-    for ns in by.values():
-        for n in ns:
-            ctx.trace[n] = f"absorbed:{ref}"
-    ctx.trace[st] = ref
+        if spec not in specs:
+            specs.append(spec)
+    for n in used:
+        ctx.trace[n] = f"absorbed:{ref}"
     ctx.add(res)
     if ctx.report is not None:
         ctx.report.results.append(ref)
-    refs = [ref] + ([spec] if spec else [])
-    return refs
+    return ref
 
 
-def _specimen(ctx: Ctx, by: dict, st, pos: str) -> str | None:
+def _specimen(ctx: Ctx, by: dict, st, pos: str, used: list) -> str | None:
     kinds = [n for n in by.get("specimen", []) if _text(n)]
     if not kinds:
         return None
     n = kinds[0]
+    used.append(n)
     sid = _entry_id(ctx, "Specimen", n, f"{pos}.specimen")
     res: dict[str, Any] = {"resourceType": "Specimen", "id": sid, "type": {"text": _text(n)},
                            "subject": _subject(ctx)}
@@ -180,7 +275,12 @@ def _specimen(ctx: Ctx, by: dict, st, pos: str) -> str | None:
             res["collection"] = {"collectedDateTime": lo}
         if hi:
             res["receivedTime"] = hi
-    cond = [{"text": t} for t in (_text(m) for m in by.get("specimen-condition", [])) if t]
+    cond = []
+    for m in by.get("specimen-condition", []):
+        t = _text(m)
+        if t:
+            cond.append({"text": t})
+            used.append(m)
     if cond:
         res["condition"] = cond
     ref = ctx.add(res)
