@@ -145,6 +145,8 @@ def test_every_pid_mrg_pair_of_a_merge_is_merged():
                                           "type": "replaced-by"}]
         assert pats[survivor]["link"] == [{"other": {"reference": f"Patient/{pats[retired]['id']}"},
                                            "type": "replaces"}]
+    # every pair is mapped, so no finding says the second PID was left out
+    assert not [f for f in c.findings if f.rule == "v2.pid.repeated"]
     with pytest.raises(MappingError) as e:  # a pair without its MRG: no pair merged
         conv("ADT^A40^ADT_A39", A40)
     assert e.value.rule == "v2.mrg.unpaired" and "PID 2 of 2" in str(e.value)

@@ -29,7 +29,7 @@ def merge_patients(ctx: Ctx) -> None:
     """Every PID/MRG pair (A40 may merge several): each MRG retires the patient it names into the
     PID before it, each pair judged as the first; a PID without its MRG (or an MRG without a PID)
     refuses the message rather than merging some pairs and not the others."""
-    pat = patient_context(ctx, with_encounter=False)
+    pat = patient_context(ctx, with_encounter=False, every_pid_mapped=True)
     if not ctx.msg.all("MRG"):
         raise ctx.error(f"{ctx.kind} has no MRG segment naming the patient to merge", "MRG", "v2.mrg.missing")
     key, ref = ctx.patient_key, ctx.patient_ref

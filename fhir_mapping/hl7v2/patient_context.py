@@ -16,12 +16,14 @@ _NOTE = "http://hl7.org/fhir/StructureDefinition/note"
 _SECOND_PATIENT = frozenset(table("messages")["second_patient_segments"]["segments"])
 
 
-def patient_context(ctx: Ctx, *, with_encounter: bool = True) -> dict:
+def patient_context(ctx: Ctx, *, with_encounter: bool = True, every_pid_mapped: bool = False) -> dict:
+    """The message's (first) patient and what the message says of it. ``every_pid_mapped``: the
+    builder maps each further PID itself (a merge's PID/MRG pairs), so none is said left out."""
     msg = ctx.msg
     pid = msg.first("PID")
     if pid is None:
         raise ctx.error(f"{ctx.kind} has no PID segment", "PID", "v2.pid.missing")
-    end = _first_patient_end(ctx)
+    end = _first_patient_end(ctx, every_pid_mapped)
     pat = patient(ctx, pid)
     _patient_notes(ctx, pid, pat)
     pd1 = msg.first("PD1")
@@ -47,7 +49,7 @@ def patient_context(ctx: Ctx, *, with_encounter: bool = True) -> dict:
     return pat
 
 
-def _first_patient_end(ctx: Ctx) -> int:
+def _first_patient_end(ctx: Ctx, every_pid_mapped: bool = False) -> int:
     """Where the first patient's segments end: at a second PID, after which only the segments of
     ``messages.json`` ``second_patient_segments`` may come (a merge's PID/MRG pairs, a link's two
     patients), which are not mapped. A second patient's results, orders or diagnoses would be
@@ -62,7 +64,8 @@ def _first_patient_end(ctx: Ctx) -> int:
                         f"{other.name}): the mapper maps one patient per message and does not attach "
                         "another patient's data to the first; send one message per patient",
                         f"PID[{second.ordinal}]", "v2.pid.repeated")
-    ctx.find("information", "v2.pid.repeated", "only the first PID (patient) of the message is mapped", "PID")
+    if not every_pid_mapped:
+        ctx.find("information", "v2.pid.repeated", "only the first PID (patient) of the message is mapped", "PID")
     return second.index
 
 
