@@ -29,13 +29,14 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from hub.core.access import Actor, patients_in
+from hub.core.access import Actor, own_base
 from hub.core.errors import FhirError, forbidden, not_found
 from hub.core.ingest import SETTLE_US, Context, instant_of
 from hub.core.jobs import Jobs, _alive
 from hub.core.sqlitefile import connection, create
 from hub.repository import Repository
 from projections.search.compartment import patient_compartment
+from projections.search.plan import local_target
 
 log = logging.getLogger("hub.exports")
 
@@ -47,6 +48,8 @@ RETRY_AFTER_S = 2  # what a client polling a running export is told to wait
 OPERATORS = frozenset({"admin"})  # who may read or cancel another caller's export
 _NAME = re.compile(r"^[A-Za-z]{1,64}\.[0-9]{1,9}\.ndjson$")
 _ID = re.compile(r"^[0-9a-f]{32}$")
+# a reference's string in a stored resource, JSON escapes and all
+_REFERENCE = re.compile(rb'"reference"\s*:\s*"((?:[^"\\]|\\.){1,4096})"')
 
 WHAT = "the bulk exports' ledger"  # what the file holds (its refusal says)
 _SCHEMA = """
@@ -91,7 +94,21 @@ class ExportRequest:
             return True
         if rtype == "Patient":
             return rid in patients
-        return any(p.split("/", 1)[1] in patients for p in patients_in(rtype, rid, body))
+        return not patients.isdisjoint(self.local_patients(body))
+
+    def local_patients(self, body: bytes) -> set[str]:
+        """The ids of the Patients of this server a resource refers to: ``Patient/id`` or
+        absolute on this server's base (the request's, or ``HUB_BASE_URL``); another server's
+        Patient of the same id is someone else."""
+        bases = (self.base.rstrip("/") + "/", own_base())
+        out = set()
+        for m in _REFERENCE.finditer(body):
+            raw = m.group(1)
+            ref = orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
+            target = local_target(ref, bases)
+            if target is not None and target[0] == "Patient":
+                out.add(target[1])
+        return out
 
 
 @dataclass(frozen=True)

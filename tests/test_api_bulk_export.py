@@ -475,3 +475,27 @@ def test_group_members_by_absolute_url_and_deleted_patients(live, client, admin)
                                                  _type="Patient,Observation")))
     assert p4["id"] not in got["Patient"] and o4["id"] not in got["Observation"]
     assert {o1["id"], o2["id"]} <= set(got["Observation"])
+
+
+def test_another_servers_patient_of_the_same_id_is_not_ours(live, client, admin):
+    """An Observation about ``http://elsewhere.example/fhir/Patient/X`` is that server's
+    patient's: a patient- or group-level export leaves it out of local Patient X's data, and it
+    keeps no deleted Patient's data in either."""
+    p1, gone = _new(admin, patient()), _new(admin, patient())
+    elsewhere = f"http://elsewhere.example/fhir/Patient/{p1['id']}"
+    mine = _new(admin, observation(f"Patient/{p1['id']}"))
+    absolute = _new(admin, observation(f"{live.base}/Patient/{p1['id']}"))  # ours, absolute
+    other = _new(admin, observation(elsewhere))
+    # about a deleted Patient of ours, performed by the other server's
+    orphan = _new(admin, {**observation(f"Patient/{gone['id']}"),
+                          "performer": [{"reference": elsewhere}]})
+    assert admin.delete(f"/Patient/{gone['id']}").status_code in (200, 204)
+    group = _new(admin, {"resourceType": "Group", "type": "person", "actual": True,
+                         "member": [{"entity": {"reference": f"Patient/{p1['id']}"}}]})
+    got = download(client, wait(client, kick_off(client, f"/Group/{group['id']}/$export",
+                                                 _type="Observation")))
+    assert set(got["Observation"]) == {mine["id"], absolute["id"]}
+    got = download(client, wait(client, kick_off(client, "/Patient/$export",
+                                                 _type="Observation")))
+    assert {mine["id"], absolute["id"]} <= set(got["Observation"])
+    assert not {other["id"], orphan["id"]} & set(got["Observation"])
