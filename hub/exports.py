@@ -32,8 +32,8 @@ import orjson
 from hub.core.access import Actor, own_base
 from hub.core.errors import FhirError, forbidden, not_found
 from hub.core.ingest import SETTLE_US, Context, instant_of
-from hub.core.jobs import Jobs, _alive
-from hub.core.sqlitefile import connection, create
+from hub.core.jobs import Jobs, alive, process_mark
+from hub.core.sqlitefile import add_columns, connection, create
 from hub.repository import Repository
 from projections.search.compartment import patient_compartment
 from projections.search.plan import local_target
@@ -56,9 +56,9 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS export (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, status TEXT NOT NULL, request TEXT NOT NULL,
     base TEXT NOT NULL, transaction_time TEXT, started REAL NOT NULL, updated REAL NOT NULL,
-    expires REAL, pid INTEGER, host TEXT, progress TEXT, output TEXT, error TEXT);"""
+    expires REAL, pid INTEGER, host TEXT, progress TEXT, output TEXT, error TEXT, mark TEXT);"""
 _COLUMNS = ("id", "owner", "status", "request", "base", "transaction_time", "started", "updated",
-            "expires", "pid", "host", "progress", "output", "error")
+            "expires", "pid", "host", "progress", "output", "error", "mark")
 
 
 class ExportsBusy(FhirError):
@@ -182,6 +182,7 @@ class Exports:
         self.revoked = revoked or (lambda owner: False)
         self.jobs = Jobs(data_dir)
         create(self.path, _SCHEMA, WHAT)
+        add_columns(self.path, "export", {"mark": "TEXT"})  # a ledger from before them
         self._stopping = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self.sweep()
@@ -234,9 +235,9 @@ class Exports:
             if running >= self.limits.max_running:
                 raise ExportsBusy(running)
             db.execute("INSERT INTO export (id, owner, status, request, base, started, updated, "
-                       "pid, host) VALUES (?,?,?,?,?,?,?,?,?)",
+                       "pid, host, mark) VALUES (?,?,?,?,?,?,?,?,?,?)",
                        (eid, owner, "running", req.request, req.base, now, now, os.getpid(),
-                        os.uname().nodename))
+                        os.uname().nodename, process_mark()))
 
     def _forget(self, eid: str) -> None:
         with self._db() as db:
@@ -398,21 +399,21 @@ class Exports:
     def sweep(self) -> None:
         """Report failed the exports left running by a process that is gone or that stopped
         moving; remove the expired ones and their files."""
-        now, host = time.time(), os.uname().nodename
+        now = time.time()
         with self._db() as db:
             owners = db.execute("SELECT id, owner FROM export WHERE status!='cancelled'").fetchall()
         for eid, owner in owners:  # a revoked client's exports, running or done
             if self.revoked(owner):
                 self._drop(eid)
         with self._db() as db:
-            running = db.execute("SELECT id, updated, pid, host FROM export "
+            running = db.execute("SELECT id, updated, pid, host, mark FROM export "
                                  "WHERE status='running'").fetchall()
             expired = [r[0] for r in db.execute(
                 "SELECT id FROM export WHERE status!='running' AND expires<?", (now,))]
             for eid in expired:
                 db.execute("DELETE FROM export WHERE id=?", (eid,))
-        for eid, updated, pid, on in running:
-            if now - updated > STALE_S or (on == host and not _alive(pid)):
+        for eid, updated, pid, host, mark in running:
+            if now - updated > STALE_S or not alive(pid, host, mark):
                 self._fail(eid, "interrupted: the server stopped while the export ran; "
                                 "start it again")
                 shutil.rmtree(self.root / eid, ignore_errors=True)

@@ -320,6 +320,16 @@ def test_an_export_interrupted_by_a_restart_is_failed_and_too_many_wait(live, cl
                     now, dead.pid, host))
     r = client.get(f"/$export-status/{eid}")
     assert "interrupted" in assert_outcome(r, 500)["issue"][0]["diagnostics"]
+    # left running by a killed server whose pid the running one has now (a restarted
+    # container's process is PID 1 again): the pid is alive, the process is another
+    again = unique()
+    with db:
+        db.execute("INSERT INTO export (id, owner, status, request, base, started, updated, pid, "
+                   "host) VALUES (?,?,?,?,?,?,?,?,?)",
+                   (again, exporter.client_id, "running", live.base + "/$export", live.base, now,
+                    now, live.proc.pid, host))
+    r = client.get(f"/$export-status/{again}")
+    assert "interrupted" in assert_outcome(r, 500)["issue"][0]["diagnostics"]
     # as many running as the hub runs at once (HUB_EXPORT_MAX_RUNNING, 2): 429, Retry-After
     busy = [unique(), unique()]
     with db:
