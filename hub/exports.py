@@ -56,9 +56,12 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS export (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, status TEXT NOT NULL, request TEXT NOT NULL,
     base TEXT NOT NULL, transaction_time TEXT, started REAL NOT NULL, updated REAL NOT NULL,
-    expires REAL, pid INTEGER, host TEXT, progress TEXT, output TEXT, error TEXT, mark TEXT);"""
+    expires REAL, pid INTEGER, host TEXT, progress TEXT, output TEXT, error TEXT, mark TEXT,
+    issuer TEXT);"""
+# owner: the subject of the caller who asked; issuer: its token's, when an external provider's
+# (NULL: the hub's own, whose subjects are its clients)
 _COLUMNS = ("id", "owner", "status", "request", "base", "transaction_time", "started", "updated",
-            "expires", "pid", "host", "progress", "output", "error", "mark")
+            "expires", "pid", "host", "progress", "output", "error", "mark", "issuer")
 
 
 class ExportsBusy(FhirError):
@@ -182,7 +185,8 @@ class Exports:
         self.revoked = revoked or (lambda owner: False)
         self.jobs = Jobs(data_dir)
         create(self.path, _SCHEMA, WHAT)
-        add_columns(self.path, "export", {"mark": "TEXT"})  # a ledger from before them
+        # a ledger from before them: its exports were asked with the hub's own tokens
+        add_columns(self.path, "export", {"mark": "TEXT", "issuer": "TEXT"})
         self._stopping = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self.sweep()
@@ -208,7 +212,7 @@ class Exports:
         429 when ``Limits.max_running`` are running."""
         self.sweep()
         eid = uuid.uuid4().hex
-        self._reserve(eid, ctx.actor.subject, req)
+        self._reserve(eid, ctx.actor, req)
         try:
             types, upto, at_us = self.repo.begin_export(
                 ctx, req.types, None if req.level == "system" else compartment_types())
@@ -227,17 +231,17 @@ class Exports:
         thread.start()
         return eid
 
-    def _reserve(self, eid: str, owner: str, req: ExportRequest) -> None:
+    def _reserve(self, eid: str, owner: Actor, req: ExportRequest) -> None:
         now = time.time()
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")  # the count and the insert as one, across processes
             running = db.execute("SELECT count(*) FROM export WHERE status='running'").fetchone()[0]
             if running >= self.limits.max_running:
                 raise ExportsBusy(running)
-            db.execute("INSERT INTO export (id, owner, status, request, base, started, updated, "
-                       "pid, host, mark) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                       (eid, owner, "running", req.request, req.base, now, now, os.getpid(),
-                        os.uname().nodename, process_mark()))
+            db.execute("INSERT INTO export (id, owner, issuer, status, request, base, started, "
+                       "updated, pid, host, mark) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       (eid, owner.subject, owner.issuer, "running", req.request, req.base, now,
+                        now, os.getpid(), os.uname().nodename, process_mark()))
 
     def _forget(self, eid: str) -> None:
         with self._db() as db:
@@ -310,7 +314,7 @@ class Exports:
         revoked meanwhile (cancelled here: a revoked client's grant ends its exports too)."""
         if self._stopping.is_set():
             raise RuntimeError("the server stopped while the export ran")
-        if self.revoked(ctx.actor.subject):
+        if ctx.actor.issuer is None and self.revoked(ctx.actor.subject):
             self._drop(eid)
         if self._status(eid) != "running":
             raise _Cancelled
@@ -348,7 +352,8 @@ class Exports:
         if row is None or row[2] == "cancelled":
             raise not_found(f"No export {eid[:40]!r}: unknown, cancelled or expired")
         out = dict(zip(_COLUMNS, row))
-        if out["owner"] != actor.subject and not actor.roles & OPERATORS:
+        if (out["issuer"], out["owner"]) != (actor.issuer, actor.subject) \
+                and not actor.roles & OPERATORS:
             raise forbidden("This export was started by another client")
         return out
 
@@ -401,7 +406,8 @@ class Exports:
         moving; remove the expired ones and their files."""
         now = time.time()
         with self._db() as db:
-            owners = db.execute("SELECT id, owner FROM export WHERE status!='cancelled'").fetchall()
+            owners = db.execute("SELECT id, owner FROM export WHERE status!='cancelled' "
+                                "AND issuer IS NULL").fetchall()
         for eid, owner in owners:  # a revoked client's exports, running or done
             if self.revoked(owner):
                 self._drop(eid)

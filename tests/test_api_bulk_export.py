@@ -509,3 +509,39 @@ def test_another_servers_patient_of_the_same_id_is_not_ours(live, client, admin)
                                                  _type="Observation")))
     assert {mine["id"], absolute["id"]} <= set(got["Observation"])
     assert not {other["id"], orphan["id"]} & set(got["Observation"])
+
+
+def test_an_external_providers_subject_owns_no_hub_clients_export(tmp_path, request):
+    """Ownership is the issuer with the subject: a token of an external OpenID Connect provider
+    whose ``sub`` equals a hub client's id read that client's exports, and revoking the client
+    cancelled the provider's user's."""
+    from tests.test_auth_tokens import RSA_KEY, JwksServer, idp_token
+
+    idp = JwksServer()
+    idp.publish(RSA_KEY, "k1")
+    settings = make_settings("sqlite", tmp_path, request)
+    settings.auth_issuer, settings.auth_jwks_url = idp.issuer, None
+    try:
+        with LiveServer(settings) as server:
+            with _client(server, server.auth) as admin:
+                _new(admin, patient())
+            hub_client = server.client_auth(roles=(), scope="system/*.rs", name="twin")
+            token = idp_token(RSA_KEY, "k1", iss=idp.issuer, aud=server.base,
+                              sub=hub_client.client_id, scope="system/*.rs")
+            with _client(server, hub_client) as ours, httpx.Client(
+                    base_url=server.base, timeout=30, headers={
+                        "authorization": f"Bearer {token}",
+                        "accept": "application/fhir+json"}) as theirs:
+                status_url = kick_off(ours, _type="Patient")
+                manifest = wait(ours, status_url)
+                assert_outcome(theirs.get(status_url), 403)
+                assert_outcome(theirs.get(manifest["output"][0]["url"]), 403)
+                assert_outcome(theirs.delete(status_url), 403)
+                their_url = kick_off(theirs, _type="Patient")
+                their_manifest = wait(theirs, their_url)
+                assert_outcome(ours.get(their_url), 403)
+                open_registry(server.settings.data_dir).revoke(hub_client.client_id)
+                assert wait(theirs, their_url) == their_manifest  # not the revoked client's
+                assert theirs.get(their_manifest["output"][0]["url"]).status_code == 200
+    finally:
+        idp.close()
