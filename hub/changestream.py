@@ -59,6 +59,11 @@ DEFAULT_TOPIC = "hub.events"
 WATERMARK = "watermark"  # the event header of a partition's watermark record
 WATERMARK_KEY = b"~watermark"
 PART_BYTES = 512 * 1024  # the largest value of one record; a longer event is sent in parts
+# the largest record the producer sends (kafka-python's max_request_size; a broker's default
+# message.max.bytes is about the same): a part, its key, headers and batch framing fit in it
+RECORD_BYTES = 1024 * 1024
+FRAMING_BYTES = 16 * 1024  # a part's key, headers and batch framing, at most
+MAX_PART_BYTES = RECORD_BYTES - FRAMING_BYTES
 TAKEOVER_GRACE = 2.0  # seconds a standby relay waits after taking the lease
 
 
@@ -98,14 +103,19 @@ class Relay:
         self.producer_config = {
             "bootstrap_servers": bootstrap, "acks": "all", "enable_idempotence": True,
             "retries": 2**31 - 1, "max_in_flight_requests_per_connection": 5, "linger_ms": 20,
-            "batch_size": 512 * 1024,
+            "batch_size": 512 * 1024, "max_request_size": RECORD_BYTES,
             "request_timeout_ms": 10000, "delivery_timeout_ms": int(timeout_s * 1000),
             "reconnect_backoff_max_ms": 2000, "compression_type": None, **(producer or {})}
+        limit = self.producer_config["max_request_size"] - FRAMING_BYTES
+        if part_bytes > limit:  # a part the producer would refuse, for ever, holding back the rest
+            raise ValueError(f"part_bytes {part_bytes} is more than {limit} (max_request_size "
+                             f"less {FRAMING_BYTES} for a record's key and headers)")
         self._producer: Any = None
         self._partitions: list[int] = []
         self._last: dict[int, int] = {}  # partition -> the highest nid it holds
         self.position = 0
-        self.published = 0
+        self.published = 0  # events the broker acknowledged whole, a failed batch's included
+        self.failure: str | None = None  # what the last attempt failed on, until one succeeds
 
     # -- the broker's side of the position ----------------------------------------------------
 
@@ -194,27 +204,34 @@ class Relay:
 
         futures = []
         n_parts = len(self._partitions)
-        for n in notes:
-            key = event_key(self.store, n).encode()
-            partition = self._partitions[(murmur2(key) & 0x7FFFFFFF) % n_parts]
-            if n.id <= self._last.get(partition, 0):
-                continue  # the partition holds it already (sent before a stop)
-            event = KIND_OF_TOPIC.get(n.topic, n.topic)
-            headers = [("nid", str(n.id).encode()), ("stream", str(n.originator_id).encode()),
-                       ("version", str(n.originator_version).encode()), ("event", event.encode())]
-            value, size = n.state, self.part_bytes
-            parts = [value] if len(value) <= size else \
-                [value[i:i + size] for i in range(0, len(value), size)]
-            for i, part in enumerate(parts, 1):
-                futures.append((partition, n.id, self._producer.send(
-                    self.topic, key=key, value=part, partition=partition,
-                    headers=headers if len(parts) == 1 else
-                    [*headers, ("part", f"{i}/{len(parts)}".encode())])))
-        self._producer.flush(timeout=self.timeout)
-        for partition, nid, f in futures:
-            f.get(timeout=self.timeout)  # raises what the broker said
-            self._last[partition] = nid
-        self.published += len(futures)
+        try:
+            for n in notes:
+                key = event_key(self.store, n).encode()
+                partition = self._partitions[(murmur2(key) & 0x7FFFFFFF) % n_parts]
+                if n.id <= self._last.get(partition, 0):
+                    continue  # the partition holds it already (sent before a stop)
+                event = KIND_OF_TOPIC.get(n.topic, n.topic)
+                headers = [("nid", str(n.id).encode()), ("stream", str(n.originator_id).encode()),
+                           ("version", str(n.originator_version).encode()),
+                           ("event", event.encode())]
+                value, size = n.state, self.part_bytes
+                parts = [value] if len(value) <= size else \
+                    [value[i:i + size] for i in range(0, len(value), size)]
+                for i, part in enumerate(parts, 1):
+                    futures.append((partition, n.id, self._producer.send(
+                        self.topic, key=key, value=part, partition=partition,
+                        headers=headers if len(parts) == 1 else
+                        [*headers, ("part", f"{i}/{len(parts)}".encode())])))
+            self._producer.flush(timeout=self.timeout)
+            for partition, nid, f in futures:
+                f.get(timeout=self.timeout)  # raises what the broker said
+                self._last[partition] = nid
+        finally:
+            # the events whose every record the broker acknowledged, a failed batch's too
+            whole: dict[int, bool] = {}
+            for _, nid, f in futures:
+                whole[nid] = whole.get(nid, True) and f.is_done and f.succeeded()
+            self.published += sum(whole.values())
         # every partition holds its events up to the batch's end: say so in each
         last = notes[-1].id
         marks = [self._producer.send(self.topic, key=WATERMARK_KEY, value=b"", partition=p,
@@ -244,8 +261,9 @@ class Relay:
                     stop.wait(TAKEOVER_GRACE)
                 if self.step() == 0:
                     stop.wait(idle)
-                pause = 0.5
+                pause, self.failure = 0.5, None
             except Exception as e:  # noqa: BLE001 - kafka-python's errors have no common root here
+                self.failure = f"{type(e).__name__}: {e}"
                 log.warning("change stream: %s: %s; reconnecting in %.1f s", type(e).__name__, e,
                             pause)
                 self.close()

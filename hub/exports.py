@@ -29,13 +29,14 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from hub.core.access import Actor, patients_in
+from hub.core.access import Actor, own_base
 from hub.core.errors import FhirError, forbidden, not_found
 from hub.core.ingest import SETTLE_US, Context, instant_of
-from hub.core.jobs import Jobs, _alive
-from hub.core.sqlitefile import connection, create
+from hub.core.jobs import Jobs, alive, process_mark
+from hub.core.sqlitefile import add_columns, connection, create
 from hub.repository import Repository
 from projections.search.compartment import patient_compartment
+from projections.search.plan import local_target
 
 log = logging.getLogger("hub.exports")
 
@@ -47,15 +48,20 @@ RETRY_AFTER_S = 2  # what a client polling a running export is told to wait
 OPERATORS = frozenset({"admin"})  # who may read or cancel another caller's export
 _NAME = re.compile(r"^[A-Za-z]{1,64}\.[0-9]{1,9}\.ndjson$")
 _ID = re.compile(r"^[0-9a-f]{32}$")
+# a reference's string in a stored resource, JSON escapes and all
+_REFERENCE = re.compile(rb'"reference"\s*:\s*"((?:[^"\\]|\\.){1,4096})"')
 
 WHAT = "the bulk exports' ledger"  # what the file holds (its refusal says)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS export (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, status TEXT NOT NULL, request TEXT NOT NULL,
     base TEXT NOT NULL, transaction_time TEXT, started REAL NOT NULL, updated REAL NOT NULL,
-    expires REAL, pid INTEGER, host TEXT, progress TEXT, output TEXT, error TEXT);"""
+    expires REAL, pid INTEGER, host TEXT, progress TEXT, output TEXT, error TEXT, mark TEXT,
+    issuer TEXT);"""
+# owner: the subject of the caller who asked; issuer: its token's, when an external provider's
+# (NULL: the hub's own, whose subjects are its clients)
 _COLUMNS = ("id", "owner", "status", "request", "base", "transaction_time", "started", "updated",
-            "expires", "pid", "host", "progress", "output", "error")
+            "expires", "pid", "host", "progress", "output", "error", "mark", "issuer")
 
 
 class ExportsBusy(FhirError):
@@ -91,7 +97,21 @@ class ExportRequest:
             return True
         if rtype == "Patient":
             return rid in patients
-        return any(p.split("/", 1)[1] in patients for p in patients_in(rtype, rid, body))
+        return not patients.isdisjoint(self.local_patients(body))
+
+    def local_patients(self, body: bytes) -> set[str]:
+        """The ids of the Patients of this server a resource refers to: ``Patient/id`` or
+        absolute on this server's base (the request's, or ``HUB_BASE_URL``); another server's
+        Patient of the same id is someone else."""
+        bases = (self.base.rstrip("/") + "/", own_base())
+        out = set()
+        for m in _REFERENCE.finditer(body):
+            raw = m.group(1)
+            ref = orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
+            target = local_target(ref, bases)
+            if target is not None and target[0] == "Patient":
+                out.add(target[1])
+        return out
 
 
 @dataclass(frozen=True)
@@ -165,6 +185,8 @@ class Exports:
         self.revoked = revoked or (lambda owner: False)
         self.jobs = Jobs(data_dir)
         create(self.path, _SCHEMA, WHAT)
+        # a ledger from before them: its exports were asked with the hub's own tokens
+        add_columns(self.path, "export", {"mark": "TEXT", "issuer": "TEXT"})
         self._stopping = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self.sweep()
@@ -190,7 +212,7 @@ class Exports:
         429 when ``Limits.max_running`` are running."""
         self.sweep()
         eid = uuid.uuid4().hex
-        self._reserve(eid, ctx.actor.subject, req)
+        self._reserve(eid, ctx.actor, req)
         try:
             types, upto, at_us = self.repo.begin_export(
                 ctx, req.types, None if req.level == "system" else compartment_types())
@@ -209,17 +231,17 @@ class Exports:
         thread.start()
         return eid
 
-    def _reserve(self, eid: str, owner: str, req: ExportRequest) -> None:
+    def _reserve(self, eid: str, owner: Actor, req: ExportRequest) -> None:
         now = time.time()
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")  # the count and the insert as one, across processes
             running = db.execute("SELECT count(*) FROM export WHERE status='running'").fetchone()[0]
             if running >= self.limits.max_running:
                 raise ExportsBusy(running)
-            db.execute("INSERT INTO export (id, owner, status, request, base, started, updated, "
-                       "pid, host) VALUES (?,?,?,?,?,?,?,?,?)",
-                       (eid, owner, "running", req.request, req.base, now, now, os.getpid(),
-                        os.uname().nodename))
+            db.execute("INSERT INTO export (id, owner, issuer, status, request, base, started, "
+                       "updated, pid, host, mark) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       (eid, owner.subject, owner.issuer, "running", req.request, req.base, now,
+                        now, os.getpid(), os.uname().nodename, process_mark()))
 
     def _forget(self, eid: str) -> None:
         with self._db() as db:
@@ -292,7 +314,7 @@ class Exports:
         revoked meanwhile (cancelled here: a revoked client's grant ends its exports too)."""
         if self._stopping.is_set():
             raise RuntimeError("the server stopped while the export ran")
-        if self.revoked(ctx.actor.subject):
+        if ctx.actor.issuer is None and self.revoked(ctx.actor.subject):
             self._drop(eid)
         if self._status(eid) != "running":
             raise _Cancelled
@@ -330,7 +352,8 @@ class Exports:
         if row is None or row[2] == "cancelled":
             raise not_found(f"No export {eid[:40]!r}: unknown, cancelled or expired")
         out = dict(zip(_COLUMNS, row))
-        if out["owner"] != actor.subject and not actor.roles & OPERATORS:
+        if (out["issuer"], out["owner"]) != (actor.issuer, actor.subject) \
+                and not actor.roles & OPERATORS:
             raise forbidden("This export was started by another client")
         return out
 
@@ -381,21 +404,22 @@ class Exports:
     def sweep(self) -> None:
         """Report failed the exports left running by a process that is gone or that stopped
         moving; remove the expired ones and their files."""
-        now, host = time.time(), os.uname().nodename
+        now = time.time()
         with self._db() as db:
-            owners = db.execute("SELECT id, owner FROM export WHERE status!='cancelled'").fetchall()
+            owners = db.execute("SELECT id, owner FROM export WHERE status!='cancelled' "
+                                "AND issuer IS NULL").fetchall()
         for eid, owner in owners:  # a revoked client's exports, running or done
             if self.revoked(owner):
                 self._drop(eid)
         with self._db() as db:
-            running = db.execute("SELECT id, updated, pid, host FROM export "
+            running = db.execute("SELECT id, updated, pid, host, mark FROM export "
                                  "WHERE status='running'").fetchall()
             expired = [r[0] for r in db.execute(
                 "SELECT id FROM export WHERE status!='running' AND expires<?", (now,))]
             for eid in expired:
                 db.execute("DELETE FROM export WHERE id=?", (eid,))
-        for eid, updated, pid, on in running:
-            if now - updated > STALE_S or (on == host and not _alive(pid)):
+        for eid, updated, pid, host, mark in running:
+            if now - updated > STALE_S or not alive(pid, host, mark):
                 self._fail(eid, "interrupted: the server stopped while the export ran; "
                                 "start it again")
                 shutil.rmtree(self.root / eid, ignore_errors=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 import orjson
 
 from hub.core.config import Settings
+from hub.core.jobs import alive, process_mark
 from hub.core.lease import PgLease
 from hub.core.store import ResourceStore
 from hub.mpi import weights as W
@@ -52,8 +53,11 @@ def follower_errors(data_dir: Path) -> dict[str, str]:
     for path in sorted(data_dir.glob("followers*.json")):
         try:
             status = orjson.loads(path.read_bytes())
-            os.kill(int(status["pid"]), 0)
-        except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+            # the followers of a data directory run on its host (whose name a new container
+            # may change): judged by pid and mark alone
+            if not alive(int(status["pid"]), os.uname().nodename, status.get("mark")):
+                continue
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, orjson.JSONDecodeError):
             continue
         errors = status.get("errors")
         if isinstance(errors, dict):
@@ -146,7 +150,8 @@ class Followers:
             return
         try:
             tmp = self._status.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(orjson.dumps({"pid": os.getpid(), "errors": errors}))
+            tmp.write_bytes(orjson.dumps({"pid": os.getpid(), "mark": process_mark(),
+                                          "errors": errors}))
             os.replace(tmp, self._status)
             self._reported = errors
         except OSError as e:  # a full disk: the lag still shows on /ready

@@ -320,6 +320,16 @@ def test_an_export_interrupted_by_a_restart_is_failed_and_too_many_wait(live, cl
                     now, dead.pid, host))
     r = client.get(f"/$export-status/{eid}")
     assert "interrupted" in assert_outcome(r, 500)["issue"][0]["diagnostics"]
+    # left running by a killed server whose pid the running one has now (a restarted
+    # container's process is PID 1 again): the pid is alive, the process is another
+    again = unique()
+    with db:
+        db.execute("INSERT INTO export (id, owner, status, request, base, started, updated, pid, "
+                   "host) VALUES (?,?,?,?,?,?,?,?,?)",
+                   (again, exporter.client_id, "running", live.base + "/$export", live.base, now,
+                    now, live.proc.pid, host))
+    r = client.get(f"/$export-status/{again}")
+    assert "interrupted" in assert_outcome(r, 500)["issue"][0]["diagnostics"]
     # as many running as the hub runs at once (HUB_EXPORT_MAX_RUNNING, 2): 429, Retry-After
     busy = [unique(), unique()]
     with db:
@@ -475,3 +485,63 @@ def test_group_members_by_absolute_url_and_deleted_patients(live, client, admin)
                                                  _type="Patient,Observation")))
     assert p4["id"] not in got["Patient"] and o4["id"] not in got["Observation"]
     assert {o1["id"], o2["id"]} <= set(got["Observation"])
+
+
+def test_another_servers_patient_of_the_same_id_is_not_ours(live, client, admin):
+    """An Observation about ``http://elsewhere.example/fhir/Patient/X`` is that server's
+    patient's: a patient- or group-level export leaves it out of local Patient X's data, and it
+    keeps no deleted Patient's data in either."""
+    p1, gone = _new(admin, patient()), _new(admin, patient())
+    elsewhere = f"http://elsewhere.example/fhir/Patient/{p1['id']}"
+    mine = _new(admin, observation(f"Patient/{p1['id']}"))
+    absolute = _new(admin, observation(f"{live.base}/Patient/{p1['id']}"))  # ours, absolute
+    other = _new(admin, observation(elsewhere))
+    # about a deleted Patient of ours, performed by the other server's
+    orphan = _new(admin, {**observation(f"Patient/{gone['id']}"),
+                          "performer": [{"reference": elsewhere}]})
+    assert admin.delete(f"/Patient/{gone['id']}").status_code in (200, 204)
+    group = _new(admin, {"resourceType": "Group", "type": "person", "actual": True,
+                         "member": [{"entity": {"reference": f"Patient/{p1['id']}"}}]})
+    got = download(client, wait(client, kick_off(client, f"/Group/{group['id']}/$export",
+                                                 _type="Observation")))
+    assert set(got["Observation"]) == {mine["id"], absolute["id"]}
+    got = download(client, wait(client, kick_off(client, "/Patient/$export",
+                                                 _type="Observation")))
+    assert {mine["id"], absolute["id"]} <= set(got["Observation"])
+    assert not {other["id"], orphan["id"]} & set(got["Observation"])
+
+
+def test_an_external_providers_subject_owns_no_hub_clients_export(tmp_path, request):
+    """Ownership is the issuer with the subject: a token of an external OpenID Connect provider
+    whose ``sub`` equals a hub client's id read that client's exports, and revoking the client
+    cancelled the provider's user's."""
+    from tests.test_auth_tokens import RSA_KEY, JwksServer, idp_token
+
+    idp = JwksServer()
+    idp.publish(RSA_KEY, "k1")
+    settings = make_settings("sqlite", tmp_path, request)
+    settings.auth_issuer, settings.auth_jwks_url = idp.issuer, None
+    try:
+        with LiveServer(settings) as server:
+            with _client(server, server.auth) as admin:
+                _new(admin, patient())
+            hub_client = server.client_auth(roles=(), scope="system/*.rs", name="twin")
+            token = idp_token(RSA_KEY, "k1", iss=idp.issuer, aud=server.base,
+                              sub=hub_client.client_id, scope="system/*.rs")
+            with _client(server, hub_client) as ours, httpx.Client(
+                    base_url=server.base, timeout=30, headers={
+                        "authorization": f"Bearer {token}",
+                        "accept": "application/fhir+json"}) as theirs:
+                status_url = kick_off(ours, _type="Patient")
+                manifest = wait(ours, status_url)
+                assert_outcome(theirs.get(status_url), 403)
+                assert_outcome(theirs.get(manifest["output"][0]["url"]), 403)
+                assert_outcome(theirs.delete(status_url), 403)
+                their_url = kick_off(theirs, _type="Patient")
+                their_manifest = wait(theirs, their_url)
+                assert_outcome(ours.get(their_url), 403)
+                open_registry(server.settings.data_dir).revoke(hub_client.client_id)
+                assert wait(theirs, their_url) == their_manifest  # not the revoked client's
+                assert theirs.get(their_manifest["output"][0]["url"]).status_code == 200
+    finally:
+        idp.close()

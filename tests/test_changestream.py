@@ -326,6 +326,33 @@ def test_a_relay_to_a_topic_that_holds_nothing_publishes_the_log_from_its_start(
         hub.store.close()
 
 
+def test_the_largest_parts_allowed_reach_the_broker_and_the_summary_counts_events(broker,  # noqa: F811
+                                                                                  tmp_path):
+    """``--part-bytes`` at its bound: an event of two such parts is taken by the producer and
+    the broker, the events after it follow, and the relay's last line counts the events it
+    published (it counted records, each part one, and said 0 when a batch failed part way)."""
+    from hub.changestream import MAX_PART_BYTES
+
+    settings = _settings(tmp_path)
+    hub = Hub(settings.open_store())
+    _write(hub, patients=2, observations=2, tag="a")
+    hub.execute([Op("PUT", "Binary", rid="large", d=_big("large"))], Context(), atomic=True)
+    _write(hub, patients=2, observations=2, tag="b")
+    last = hub.store.max_notification_id()
+    hub.store.close()
+    topic = f"large-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "relay.log"
+    relay = _relay(settings, broker.bootstrap, topic, "--part-bytes", str(MAX_PART_BYTES),
+                   "--once", log=log)
+    assert relay.wait(120) == 0, log.read_text()[-2000:]
+    records = _consume(broker.bootstrap, topic)
+    _check_exactly_once(records, last)
+    assert sorted(dict(r.headers).get("part", b"") for r in records
+                  if _header(r, "stream") == "Binary/large") == [b"1/2", b"2/2"]
+    summary = log.read_text().strip().splitlines()[-1]
+    assert summary == f"published {last} events to {topic}; position {last} of the log's {last}"
+
+
 def test_relay_without_brokers_is_a_usage_error(tmp_path):
     settings = _settings(tmp_path)
     settings.open_store().close()
@@ -336,8 +363,12 @@ def test_relay_without_brokers_is_a_usage_error(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--bootstrap-servers" in done.stderr
     # a topic name Kafka refuses, and a batch of nothing: one line each, before any broker
+    # a part larger than the producer sends (its 1 MiB requests) was taken, and the first event
+    # as large held back every event after it, for ever
     for extra, said in ((["--topic", "his adt!"], "no Kafka topic name"),
-                        (["--batch", "0"], "--batch")):
+                        (["--batch", "0"], "--batch"), (["--part-bytes", "2097152"], "--part-bytes"),
+                        (["--part-bytes", "1040000"], "--part-bytes"),
+                        (["--part-bytes", "1000"], "--part-bytes")):
         done = subprocess.run([sys.executable, "-m", "hub.cli", "stream", "relay",
                                "--bootstrap-servers", "127.0.0.1:9", *extra], env=env,
                               capture_output=True, text=True, timeout=60)

@@ -194,15 +194,27 @@ def test_the_failures_of_every_live_follower_of_a_data_directory_are_read(tmp_pa
     one that has ended reports nothing (its successor writes its own)."""
     import orjson
 
+    from hub.core.jobs import _start_mark
     from hub.followers import follower_errors
 
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
-    for name, pid, errors in (("followers.json", ended.pid, {"timeline": "OSError: gone"}),
-                              ("followers-search-es.json", psutil.Process().pid,
-                               {"search-es": "ConnectionError: refused"}),
-                              ("followers-quality.json", psutil.Process().pid, {})):
-        (tmp_path / name).write_bytes(orjson.dumps({"pid": pid, "errors": errors}))
-    (tmp_path / "followers-broken.json").write_bytes(b"{")
-    assert follower_errors(tmp_path) == {"search-es": "ConnectionError: refused"}
-    assert follower_errors(tmp_path / "nowhere") == {}
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        mark = _start_mark(live.pid)
+        for name, pid, errors, mark_of in (
+                ("followers.json", ended.pid, {"timeline": "OSError: gone"}, None),
+                ("followers-search-es.json", live.pid,
+                 {"search-es": "ConnectionError: refused"}, mark),
+                ("followers-quality.json", live.pid, {}, mark),
+                # an earlier process given the pid of this one (a restarted container's)
+                ("followers-person.json", psutil.Process().pid, {"person": "OSError: old"},
+                 "token:an earlier process")):
+            (tmp_path / name).write_bytes(orjson.dumps({"pid": pid, "mark": mark_of,
+                                                        "errors": errors}))
+        (tmp_path / "followers-broken.json").write_bytes(b"{")
+        assert follower_errors(tmp_path) == {"search-es": "ConnectionError: refused"}
+        assert follower_errors(tmp_path / "nowhere") == {}
+    finally:
+        live.kill()
+        live.wait()

@@ -3,6 +3,8 @@ it; a job whose process died shows as interrupted, one that raised as failed."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -10,7 +12,7 @@ import time
 import pytest
 
 from hub.cli import main
-from hub.core.jobs import Jobs, both
+from hub.core.jobs import Jobs, _start_mark, both
 
 
 def test_a_job_counts_its_work_and_finishes(tmp_path):
@@ -42,6 +44,52 @@ def test_a_job_that_raises_is_failed_and_one_whose_process_died_is_interrupted(t
     assert by_kind["renormalise"]["status"] == "failed"
     assert "the store went away" in by_kind["renormalise"]["detail"]
     assert by_kind["reindex"]["status"] == "interrupted"
+
+
+def _recorded(path, pid: int, mark: str) -> None:
+    """A job left running by the process ``pid`` of ``mark``, as its ledger holds it."""
+    with sqlite3.connect(path / "jobs.sqlite") as db:
+        db.execute("INSERT INTO job (kind, title, started, updated, total, pid, host, mark) "
+                   "VALUES (?,?,?,?,?,?,?,?)", (mark, "work", time.time(), time.time(), 9, pid,
+                                                os.uname().nodename, mark))
+
+
+def test_a_job_of_an_earlier_process_given_the_same_pid_is_interrupted(tmp_path):
+    """A restarted container's process is PID 1 again: the job the killed one left running
+    was shown running, its pid being alive (this process's, or another's now)."""
+    jobs = Jobs(tmp_path)
+    own = jobs.start("reindex", "this process's")
+    _recorded(tmp_path, os.getpid(), "token:an earlier process")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        mark = _start_mark(sleeper.pid)
+        _recorded(tmp_path, sleeper.pid, str(mark))
+        if mark is not None:  # the start time known: an earlier process of the sleeper's pid
+            boot, start = mark.split(":")
+            _recorded(tmp_path, sleeper.pid, f"{boot}:{int(start) - 1}")
+        shown = {j["kind"]: j["status"] for j in jobs.list()}
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert shown.pop("reindex") == "running" and shown.pop(str(mark)) == "running"
+    assert set(shown.values()) == {"interrupted"}, shown
+    own.finish()
+
+
+@pytest.mark.skipif(subprocess.run(["unshare", "--pid", "--fork", "true"],
+                                   capture_output=True).returncode != 0,
+                    reason="no new pid namespace here (unshare needs privileges)")
+@pytest.mark.parametrize("proc", [[], ["--mount-proc"]], ids=["host-proc", "own-proc"])
+def test_a_job_of_a_killed_container_is_interrupted_in_the_next(tmp_path, proc):
+    """Two processes in turn as PID 1 of a new pid namespace, as a container restarted."""
+    code = ("import sys; from hub.core.jobs import Jobs; "
+            f"Jobs({str(tmp_path)!r}).start('export', 'the store', 9).advance(3)")
+    unshare = ["unshare", "--pid", "--fork", "--kill-child", *proc]
+    subprocess.run([*unshare, sys.executable, "-c", code], check=True)
+    code = (f"from hub.core.jobs import Jobs; print(Jobs({str(tmp_path)!r}).list()[0]['status'])")
+    done = subprocess.run([*unshare, sys.executable, "-c", code], check=True,
+                          capture_output=True, text=True)
+    assert done.stdout.strip() == "interrupted"
 
 
 def test_a_projection_rebuild_from_the_cli_is_recorded(tmp_path, capsys):

@@ -76,3 +76,26 @@ def test_a_version_that_is_no_version_is_a_4xx(client, records, version):
         headers=FHIR_JSON)
     assert r.status_code == 200, r.text[:300]
     assert r.json()["entry"][0]["response"]["status"][:1] == "4", r.text[:300]
+
+
+# Parameters bodies whose ``parameter`` is no array of named objects
+MALFORMED_PARAMETERS = [{"resourceType": "Parameters", "parameter": p}
+                        for p in ("x", 5, [1, 2], {"name": "_type"}, [{"valueString": "x"}],
+                                  [{"name": 5, "valueString": "x"}], [None])]
+POSTED = ["/$export", "/Patient/$export", "/Patient/$validate", "/Patient/fz-p1/$everything",
+          "/Patient/$match", "/Person/$link", "/Person/$unlink", "/Person/$merge",
+          "/Person/$not-duplicate", "/ValueSet/$expand", "/CodeSystem/$lookup",
+          "/ConceptMap/$translate"]
+
+
+@pytest.mark.parametrize("path", POSTED)
+def test_a_posted_parameters_body_that_is_malformed_is_a_4xx(client, records, path):
+    """An operation reading a posted Parameters body by hand took ``parameter`` to be an array
+    of objects: a string, a number or an object there was a 500."""
+    failures = []
+    for body in MALFORMED_PARAMETERS:
+        r = client.post(path, json=body, headers={**FHIR_JSON, "prefer": "respond-async"})
+        if not 400 <= r.status_code < 500 or r.json()["resourceType"] != "OperationOutcome":
+            failures.append((body["parameter"], r.status_code, r.text[:200]))
+    assert client.get("/metadata").status_code == 200
+    assert not failures, failures

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hub.api.caller import actor_of, authorize, context_of, repository
 from hub.api.methods import starts_work
+from hub.api.opparams import parameter_list
 from hub.api.responses import base_url, fhir_response
 from hub.core import resource as res
 from hub.core.access import Action, Actor, own_base
@@ -84,12 +85,12 @@ async def _posted(request: Request) -> list[tuple[str, str]]:
     d = res.parse_json(raw, max_string=request.app.state.settings.max_string)
     res.check_type(d, "Parameters")
     out = []
-    for i, p in enumerate(d.get("parameter") or ()):
+    for i, p in enumerate(parameter_list(d)):
         value = next((v for k, v in p.items() if k.startswith("value")), None)
         if not isinstance(value, str):
-            raise bad_request(f"Parameter {p.get('name')!r} has no string value",
+            raise bad_request(f"Parameter {p['name'][:40]!r} has no string value",
                               f"Parameters.parameter[{i}]")
-        out.append((str(p.get("name")), value))
+        out.append((p["name"], value))
     return out
 
 

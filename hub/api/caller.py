@@ -91,7 +91,8 @@ def _from_token(request: Request, verifier: Any) -> Actor:
                  institution=institution if isinstance(institution, str) and institution else None,
                  purpose=purpose_of(request), patient=patient,
                  fhir_user=fhir_user if isinstance(fhir_user, str)
-                 and 0 < len(fhir_user) <= 1024 else None)
+                 and 0 < len(fhir_user) <= 1024 else None,
+                 issuer=verifier.external_issuer(claims))
 
 
 def in_context(scopes: Iterable[str], patient: str | None) -> tuple[str, ...]:

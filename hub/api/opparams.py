@@ -35,8 +35,8 @@ async def read_parameters(request: Request, keys: Sequence[str], what: str = "An
     res.check_type(d, "Parameters")
     res.validate("Parameters", raw, d)
     out: dict[str, Any] = {}
-    for i, p in enumerate(d.get("parameter") or ()):
-        name = p.get("name")
+    for i, p in enumerate(parameter_list(d)):
+        name = p["name"]
         value = None
         for key in keys:
             if key in p:
@@ -52,6 +52,21 @@ async def read_parameters(request: Request, keys: Sequence[str], what: str = "An
                               f"Parameters.parameter[{i}]")
         out[name] = value
     return out
+
+
+def parameter_list(d: dict[str, Any]) -> list[dict[str, Any]]:
+    """``Parameters.parameter`` of a posted Parameters resource: objects each with a name;
+    400 naming the first that is none (a string, a number, an object in place of the array)."""
+    given = d.get("parameter")
+    if given is None:
+        return []
+    if not isinstance(given, list):
+        raise bad_request("Parameters.parameter must be an array", "Parameters.parameter")
+    for i, p in enumerate(given):
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            raise bad_request("Each parameter must be an object with a name",
+                              f"Parameters.parameter[{i}]")
+    return given
 
 
 async def form_params(request: Request) -> list[tuple[str, str]]:

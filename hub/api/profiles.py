@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hub.api import fhirxml, intake
 from hub.api.caller import context_of, repository
+from hub.api.opparams import parameter_list
 from hub.api.responses import check_format, fhir_response, prefer_strict
 from hub.core import jsontext
 from hub.core import resource as res
@@ -161,9 +162,7 @@ async def _validate(request: Request, rtype: str, rid: str | None) -> Response:
     if raw.strip():
         body = res.parse_json(raw)
         if isinstance(body, dict) and body.get("resourceType") == "Parameters" and rtype != "Parameters":
-            for p in body.get("parameter") or []:
-                if not isinstance(p, dict):
-                    raise bad_request("Parameters.parameter must hold objects")
+            for p in parameter_list(body):
                 if p.get("name") == "resource":
                     resource = p.get("resource")
                 elif p.get("name") == "mode":

@@ -132,6 +132,12 @@ class Verifier:
             raise unauthenticated(f"The access token's client {client_id[:64]!r} is revoked")
         return claims
 
+    def external_issuer(self, claims: dict) -> str | None:
+        """The issuer of verified ``claims`` when it is an external provider, None for the
+        hub's own."""
+        iss = claims.get("iss")
+        return iss if isinstance(iss, str) and iss in self.external else None
+
     def _claims(self, token: str) -> tuple[dict, bool]:
         """The verified claims of ``token`` (kept until it expires) and whether the hub signed it."""
         now = time.time()

@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=2000, help="events per acknowledged batch")
     p.add_argument("--part-bytes", type=int, default=512 * 1024,
                    help="the largest record value; a longer event is sent in parts (default "
-                        "%(default)s, under a broker's default limit of 1 MB)")
+                        "%(default)s, at most 1032192: a part with its key and headers within "
+                        "the producer's 1 MiB requests and a broker's default limit of 1 MB)")
     p.add_argument("--once", action="store_true", help="up to the log's end, then stop")
 
     p = sub.add_parser("quality", parents=[common], help="document quality: counts of findings")

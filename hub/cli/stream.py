@@ -11,7 +11,7 @@ from hub.core.config import Settings
 
 
 def cmd_stream(args, settings: Settings) -> int:
-    from hub.changestream import Relay
+    from hub.changestream import MAX_PART_BYTES, Relay
 
     bootstrap = args.bootstrap_servers or os.environ.get("HUB_KAFKA_BOOTSTRAP")
     if not bootstrap:
@@ -19,6 +19,10 @@ def cmd_stream(args, settings: Settings) -> int:
     kafka_topic(args.topic)
     if args.batch < 1:
         raise UsageError("--batch must be at least 1")
+    if not 1024 <= args.part_bytes <= MAX_PART_BYTES:
+        raise UsageError(f"--part-bytes must be from 1024 to {MAX_PART_BYTES} (a record of a "
+                         "part, with its key and headers, within the producer's 1 MiB requests "
+                         "and a broker's default 1 MB messages)")
     if args.partitions:
         _create_topic(bootstrap, args.topic, args.partitions)
     store = open_store(settings, existing=True)
@@ -29,14 +33,13 @@ def cmd_stream(args, settings: Settings) -> int:
 
         # one relay of a topic sends at a time, region-wide; others stand by
         lease = PgLease(settings.database_url, f"hub-relay|{args.topic}")
-    if args.part_bytes < 1024:
-        raise UsageError("--part-bytes must be at least 1024")
     relay = Relay(store, bootstrap, args.topic, batch=args.batch, part_bytes=args.part_bytes,
                   position_file=settings.data_dir / f"changestream-{args.topic}.json",
                   lease=lease)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    end = None
     try:
         if args.once:  # up to the log's end as it is now, then stop
             relay.connect()
@@ -44,13 +47,16 @@ def cmd_stream(args, settings: Settings) -> int:
                 pass
         else:
             relay.run_until(stop)
+        end = store.max_notification_id()
     finally:
         relay.close()
         if lease is not None:
             lease.release()
         store.close()
-    print(f"published {relay.published} events to {args.topic}; position {relay.position}",
-          flush=True)
+    # what the broker acknowledged in this run, and how far the topic holds the log
+    print(f"published {relay.published} events to {args.topic}; position {relay.position} of "
+          f"the log's {end}" + (f"; the last attempt failed: {relay.failure}" if relay.failure
+                                else ""), flush=True)
     return 0
 
 

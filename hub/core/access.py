@@ -20,7 +20,8 @@ from typing import Any, Protocol
 class Actor:
     """The caller: a person or a client, with what it was granted and why it asks.
 
-    ``subject`` is what the audit and the identity decisions record (a token's ``sub``);
+    ``subject`` is what the audit and the identity decisions record (a token's ``sub``), unique
+    with ``issuer``;
     ``institution`` the one a connector writes as; ``purpose`` the v3 PurposeOfUse it gave."""
 
     subject: str = "anonymous"
@@ -31,6 +32,9 @@ class Actor:
     purpose: str | None = None
     patient: str | None = None  # a patient-context token's Patient id (SMART launch context)
     fhir_user: str | None = None  # the token's ``fhirUser``: who the user is (``Patient/x``)
+    # the token's issuer when it is an external provider (its subjects are its own: a subject
+    # equal to a hub client's id is someone else); None for the hub's own tokens and no token
+    issuer: str | None = None
 
 
 ANONYMOUS = Actor()

@@ -6,6 +6,9 @@ directory; ``job.advance(n)`` counts work done (written at most twice a second, 
 pays nothing for it), ``job.finish(detail)`` or ``job.fail(detail)`` closes it. Used as a context
 manager, a job that raises is recorded failed. A job still ``running`` whose process is gone, or
 that has not moved for ``STALE_S``, is shown as interrupted.
+
+A process is recorded by its id, host and ``process_mark()``, which tells it from a later
+process given the same id (a restarted container's process is PID 1 again).
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from hub.core.sqlitefile import connection, create
+from hub.core.sqlitefile import add_columns, connection, create
 
 FILE = "jobs.sqlite"
 WRITE_EVERY_S = 0.5
@@ -31,15 +35,16 @@ CREATE TABLE IF NOT EXISTS job (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, title TEXT NOT NULL,
     started REAL NOT NULL, updated REAL NOT NULL, done INTEGER NOT NULL DEFAULT 0,
     total INTEGER, status TEXT NOT NULL DEFAULT 'running', detail TEXT, pid INTEGER,
-    host TEXT);"""
+    host TEXT, mark TEXT);"""
 _COLUMNS = ("id", "kind", "title", "started", "updated", "done", "total", "status", "detail",
-            "pid", "host")
+            "pid", "host", "mark")
 
 
 class Jobs:
     def __init__(self, data_dir: Path | str):
         self.path = Path(data_dir) / FILE
         create(self.path, _SCHEMA, WHAT)
+        add_columns(self.path, "job", {"mark": "TEXT"})  # a ledger from before marks
 
     def _db(self) -> AbstractContextManager[sqlite3.Connection]:
         return connection(self.path)
@@ -47,9 +52,10 @@ class Jobs:
     def start(self, kind: str, title: str, total: int | None = None) -> Job:
         now = time.time()
         with self._db() as db:
-            cur = db.execute("INSERT INTO job (kind, title, started, updated, total, pid, host) "
-                             "VALUES (?,?,?,?,?,?,?)",
-                             (kind, title[:300], now, now, total, os.getpid(), os.uname().nodename))
+            cur = db.execute("INSERT INTO job (kind, title, started, updated, total, pid, host, "
+                             "mark) VALUES (?,?,?,?,?,?,?,?)",
+                             (kind, title[:300], now, now, total, os.getpid(), os.uname().nodename,
+                              process_mark()))
             db.execute("DELETE FROM job WHERE status != 'running' AND id <= "
                        "(SELECT max(id) FROM job) - ?", (KEEP,))
             assert cur.lastrowid is not None  # set by the INSERT
@@ -72,23 +78,64 @@ class Jobs:
 
 def _shown(j: dict[str, Any]) -> dict[str, Any]:
     if j["status"] == "running" and (
-            time.time() - j["updated"] > STALE_S
-            or (j["host"] == os.uname().nodename and not _alive(j["pid"]))):
+            time.time() - j["updated"] > STALE_S or not alive(j["pid"], j["host"], j["mark"])):
         j["status"] = "interrupted"
     j["percent"] = round(100.0 * j["done"] / j["total"], 1) if j["total"] else None
     return j
 
 
-def _alive(pid: int | None) -> bool:
+_mark: tuple[int, str] | None = None  # (pid, mark) of this process
+
+
+def process_mark() -> str:
+    """What tells this process from a later one given the same pid: its start time (clock ticks
+    after boot) with the boot's id, where ``/proc`` shows this process's own pid namespace; else
+    a random token of this process."""
+    global _mark
+    pid = os.getpid()
+    if _mark is None or _mark[0] != pid:  # a forked child is another process
+        _mark = (pid, _start_mark(pid) or f"token:{uuid.uuid4().hex}")
+    return _mark[1]
+
+
+def _start_mark(pid: int) -> str | None:
+    """``boot id:start time`` of process ``pid`` from ``/proc``, or None: no such process, or
+    no ``/proc`` of this pid namespace (one shared with the host names other processes)."""
+    try:
+        if int(os.readlink("/proc/self")) != os.getpid():
+            return None
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # after the command's name, in parentheses and holding any character, the 20th
+            # field is the start time
+            start = f.read().rpartition(b")")[2].split()[19].decode()
+    except (OSError, ValueError, IndexError):
+        return None
+    return f"{boot}:{start}"
+
+
+def alive(pid: int | None, host: str | None, mark: str | None) -> bool:
+    """Is the process recorded as ``pid`` on ``host`` with ``mark`` (``process_mark``) still
+    running? One of another host is taken to be (its own processes tell); a record without a
+    mark (made before marks) is judged by its pid alone."""
+    if host != os.uname().nodename:
+        return True
     if not pid:
+        return False
+    if mark is not None and mark == process_mark():
+        return True
+    if pid == os.getpid():  # the pid is this process's now: the one recorded is gone
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    if mark is None or mark.startswith("token:"):
+        return True  # its start time is not known: STALE_S tells
+    return _start_mark(pid) in (mark, None)
 
 
 class Job:

@@ -120,3 +120,19 @@ def create(path: Path, schema: str, what: str | None = None) -> None:
 
 
 _CREATE_TRIES = 20
+
+
+def add_columns(path: Path, table: str, columns: dict[str, str]) -> None:
+    """``columns`` (name -> declaration) added to ``table`` of a file made before them, where
+    missing (another process adding one at the same time is no error)."""
+    with connection(path) as db:
+        held = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+    for name, declaration in columns.items():
+        if name in held:
+            continue
+        try:
+            with connection(path) as db:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+        except sqlite3.OperationalError as e:
+            if "duplicate column" not in str(e):
+                raise
