@@ -278,6 +278,16 @@ class PersonProjection(SQLiteReadModel):
         return {"person": r[0], "assurance": r[1], "manual": bool(r[2]), "score": r[3],
                 "decided_by": r[4], "updated": r[5]}
 
+    def moved_by_user_since(self, c: Any, patient: str, person: str, seq: int) -> str | None:
+        """Who (a user's name) put ``patient`` into ``person`` (its link now) by a decision
+        after version ``seq`` of the identity stream, or None (one indexed read of the person's
+        history)."""
+        c.execute("SELECT by_name FROM p_history WHERE person=? AND seq>? AND patient=? "
+                  "AND event IN ('Linked', 'Unlinked') AND by_type='user' "
+                  "ORDER BY seq DESC LIMIT 1", (person, seq, patient))
+        r = c.fetchone()
+        return None if r is None else (r[0] or "another user")
+
     def person_of(self, c: Any, patient: str) -> str | None:
         """The (surviving) person of a Patient, or None if the index does not know it."""
         link = self.link_of(c, patient)

@@ -713,3 +713,56 @@ def test_a_stewards_decision_ends_the_wait_for_a_review(hub, svc, settings):
     assert assurance("Patient/v4") == "level4"
     before = svc.person.dump()
     assert rebuilt_dump(hub, settings) == before
+
+
+def test_two_stewards_linking_one_patient_at_once_are_not_both_told_it_stands(
+        hub, settings, monkeypatch):
+    """Two stewards link one Patient to different persons at the same time, in two processes
+    (two services over one store): both were told 200, the later silently undoing the earlier.
+    The one whose commit collides plans again and finds the Patient moved by the other meanwhile:
+    a 409 naming the Patient, the person and who moved it; nothing of its decision recorded."""
+    put_patients(hub, ("k0", None), ("kx", None), ("ky", None))
+    one = IdentityService.open(hub.store, settings.data_dir / "one")
+    two = IdentityService.open(hub.store, settings.data_dir / "two")
+    try:
+        x = one.link("Patient/kx", None, "setup")[0].data["person"]
+        y = one.link("Patient/ky", None, "setup")[0].data["person"]
+        one.link("Patient/k0", None, "setup")
+        real_append = hub.store.append
+        calls = []
+
+        def append(stored):
+            calls.append(len(stored))
+            if len(calls) == 1:  # between one's plan and its append, two decides
+                two.link("Patient/k0", y, "steward-wang")
+            return real_append(stored)
+
+        monkeypatch.setattr(hub.store, "append", append)
+        with pytest.raises(FhirError) as refused:
+            one.link("Patient/k0", x, "steward-li")
+        monkeypatch.undo()
+        assert refused.value.status == 409
+        assert str(refused.value) == (
+            f"Patient/k0 was just linked to Person/{y} by steward-wang while this decision was "
+            "being taken; read the Person again and decide on what it shows now")
+        assert person_of(one, "Patient/k0") == y and groups(one) == groups(two)
+        linked = [e for e in hub.store.recorder.select_events(STREAM)
+                  if b"steward-li" in e.state]
+        assert linked == []
+        # a decision arriving after the other's (taken against the state it left) stands
+        one.link("Patient/k0", x, "steward-li")
+        assert person_of(one, "Patient/k0") == x
+        # in one process the second waits for the first: what it arrived against decides
+        seen = two.decision_point()
+        one.link("Patient/k0", y, "steward-wang")
+        with pytest.raises(FhirError) as refused:
+            two.link("Patient/k0", None, "steward-li", seen=seen)
+        assert refused.value.status == 409 and "by steward-wang" in str(refused.value)
+        # two stewards taking the same decision at once: it stands, for both
+        seen = two.decision_point()
+        one.link("Patient/k0", x, "steward-wang")
+        assert two.link("Patient/k0", x, "steward-li", seen=seen) == []
+        assert person_of(two, "Patient/k0") == x
+    finally:
+        one.close()
+        two.close()

@@ -509,6 +509,9 @@ def person_entry(request: Request, rid: str, check: bool) -> tuple[int, dict | N
 
 @router.post("/fhir/Person/$link", name="person-link")
 async def op_link(request: Request) -> Response:
+    # the log as this decision arrives: a steward moving the Patient meanwhile makes it a 409
+    service = getattr(request.app.state, "identity", None)
+    seen = await run_in_threadpool(service.decision_point) if service is not None else None
     params = await _parameters(request)
     _known(params, {"patient", "person", "reason"}, {"patient"})
     identity = _identity(request, Action("operation", "Person", None, "$link"))
@@ -519,7 +522,7 @@ async def op_link(request: Request) -> Response:
     p = patient_ref(params["patient"])
 
     def run() -> str:
-        events = identity.link(p, person, user, params.get("reason"))
+        events = identity.link(p, person, user, params.get("reason"), seen)
         return _event_person(events, "person") or _linked_person(identity, p)
 
     pid = await run_in_threadpool(run)

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from hub.core.errors import FhirError, bad_request, conflict, not_found
-from hub.core.identity_events import MATCHER, USER, IdentityEvent, to_stored
+from hub.core.identity_events import MATCHER, STREAM, USER, IdentityEvent, to_stored
 from hub.core.ingest import now_instant
 from hub.core.store import ConflictError, ResourceStore
 from hub.mpi import conflicts
@@ -511,9 +511,34 @@ class IdentityService:
 
     # -- manual decisions (data stewards) --------------------------------------------------------
 
-    def link(self, patient: str, person: str | None, user: str,
-             reason: str | None = None) -> list[IdentityEvent]:
-        """Link a Patient to a person (``None``: a new person of its own), as ``user``."""
+    def decision_point(self) -> int:
+        """The identity stream's version now, read from the log: what a steward's decision
+        arriving now is taken against (``link``'s ``seen``)."""
+        last = self.store.latest(*STREAM.split("/", 1))
+        return last.originator_version if last is not None else 0
+
+    def _moved_meanwhile(self, c: Any, patient: str, link: dict | None, seen: int) -> None:
+        """A 409 when another user's decision moved ``patient`` to the person it is in now after
+        version ``seen`` of the identity stream (when this decision arrived): two stewards
+        deciding about one Patient at once, in one process or in two colliding on the stream's
+        version, are not both told their decision stands, the later silently undoing the
+        earlier. The matcher's moves are not asked about: a steward's decision overrides them."""
+        if link is None:
+            return
+        by = self.person.moved_by_user_since(c, patient, link["person"], seen)
+        if by is not None:
+            raise conflict(f"{patient} was just linked to Person/"
+                           f"{self.person.survivor(c, link['person'])} by {by} while this "
+                           "decision was being taken; read the Person again and decide on what "
+                           "it shows now")
+
+    def link(self, patient: str, person: str | None, user: str, reason: str | None = None,
+             seen: int | None = None) -> list[IdentityEvent]:
+        """Link a Patient to a person (``None``: a new person of its own), as ``user``; refused
+        (409) if another user moved the Patient after version ``seen`` of the identity stream
+        (``decision_point``, taken as the request arrived; by default now)."""
+        if seen is None:
+            seen = self.decision_point()
         p = patient_ref(patient)
         target_in = person_id(person) if person is not None else None
         self._exists([p])
@@ -525,6 +550,7 @@ class IdentityService:
             link = P.link_of(c, p)
             events: list[IdentityEvent] = []
             if target_in is None:
+                self._moved_meanwhile(c, p, link, seen)
                 events.append(IdentityEvent("Linked", {
                     **base, "patient": p, "person": own_person_id(P, c, p),
                     "previous": link["person"] if link else None, "created": True,
@@ -533,6 +559,8 @@ class IdentityService:
                 if P.person_row(c, target_in) is None:
                     raise not_found(f"Person/{target_in} is not known")
                 target = P.survivor(c, target_in)
+                if link is not None and P.survivor(c, link["person"]) != target:
+                    self._moved_meanwhile(c, p, link, seen)
                 others = [q for q in P.patients(c, target) if q != p]
                 blocked = [q for q in others if P.blocked(c, p, q)]
                 if blocked:
