@@ -763,6 +763,14 @@ def test_two_stewards_linking_one_patient_at_once_are_not_both_told_it_stands(
         one.link("Patient/k0", x, "steward-wang")
         assert two.link("Patient/k0", x, "steward-li", seen=seen) == []
         assert person_of(two, "Patient/k0") == x
+        # an unlink arriving before another's link is taken is not applied to the new person
+        one.link("Patient/kx", y, "setup")
+        seen = two.decision_point()
+        one.link("Patient/k0", y, "steward-wang")
+        with pytest.raises(FhirError) as refused:
+            two.unlink("Patient/k0", "steward-li", seen=seen)
+        assert refused.value.status == 409 and "by steward-wang" in str(refused.value)
+        assert person_of(two, "Patient/k0") == y
     finally:
         one.close()
         two.close()

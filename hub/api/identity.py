@@ -536,6 +536,8 @@ def _survivor(identity: IdentityService, pid: str) -> str:
 
 @router.post("/fhir/Person/$unlink", name="person-unlink")
 async def op_unlink(request: Request) -> Response:
+    service = getattr(request.app.state, "identity", None)  # as $link: the log as it arrives
+    seen = await run_in_threadpool(service.decision_point) if service is not None else None
     params = await _parameters(request)
     _known(params, {"patient", "reason"}, {"patient"})
     identity = _identity(request, Action("operation", "Person", None, "$unlink"))
@@ -543,7 +545,7 @@ async def op_unlink(request: Request) -> Response:
     p = patient_ref(params["patient"])
 
     def run() -> str:
-        events = identity.unlink(p, user, params.get("reason"))
+        events = identity.unlink(p, user, params.get("reason"), seen)
         return _event_person(events, "new_person") or _linked_person(identity, p)
 
     return await _person_response(request, identity, await run_in_threadpool(run))

@@ -581,8 +581,12 @@ class IdentityService:
 
         return self._decide(plan)
 
-    def unlink(self, patient: str, user: str, reason: str | None = None) -> list[IdentityEvent]:
-        """Take a Patient out of its person into a new person of its own."""
+    def unlink(self, patient: str, user: str, reason: str | None = None,
+               seen: int | None = None) -> list[IdentityEvent]:
+        """Take a Patient out of its person into a new person of its own; refused (409) as
+        ``link`` is if another user moved the Patient after version ``seen``."""
+        if seen is None:
+            seen = self.decision_point()
         p = patient_ref(patient)
         user, reason = _user(user), _text(reason)
         # a deleted Patient may be unlinked (not linked): its records stay current in its
@@ -593,6 +597,7 @@ class IdentityService:
             link = P.link_of(c, p)
             if link is None:
                 raise not_found(f"{p} is not linked to any person")
+            self._moved_meanwhile(c, p, link, seen)  # never out of a person just decided
             current = P.survivor(c, link["person"])
             if len(P.patients(c, current)) <= 1:
                 raise conflict(f"{p} is the only Patient of Person/{current}; nothing to unlink")
