@@ -466,6 +466,8 @@ class Repository:
 
         def run() -> tuple[list[VersionRow], int | None, int | None]:
             self.policy.check(ctx.actor, action)
+            if rtype is not None and rid is not None:  # a refused or unknown one is recorded
+                self.require(ctx, rtype, rid)
             settled = None
             if rtype == AUDIT and self._records is not None:
                 rows = self._audit_history(rid, limit=count + 1, **window)
@@ -491,6 +493,8 @@ class Repository:
 
         def run() -> None:
             self.policy.check(ctx.actor, action)
+            if rtype is not None and rid is not None:
+                self.require(ctx, rtype, rid)
             if at and rtype == AUDIT and self._records is not None:
                 self._audit_history(rid, at_us=(0, 0), limit=0)  # refuses _at
         self.audited(ctx, action, run, None)

@@ -416,3 +416,69 @@ def test_every_patient_a_search_hands_out_is_found_in_the_audit(client, live):
              if "what" in x and x["what"]["reference"].startswith("Patient/")}
     assert named == {f"Patient/{family}-{i:03d}" for i in range(120)}
     assert all(e["subtype"][0]["code"] == "search-type" for e in events) and len(events) == 2
+
+
+# -- the shared record, refusals, one event per request, the agent of a refusal -----------------
+
+TREAT = {"x-purpose-of-use": "TREAT"}
+
+
+def _http(live, auth):
+    import httpx
+
+    headers = {"accept": "application/fhir+json"}
+    if isinstance(auth, str):
+        headers["authorization"], auth = f"Bearer {auth}", None
+    return httpx.Client(base_url=live.base, timeout=30, auth=auth, headers=headers)
+
+
+def _link(client, pid: str, person: str | None = None) -> str:
+    params = [{"name": "patient", "valueReference": {"reference": f"Patient/{pid}"}}]
+    if person:
+        params.append({"name": "person", "valueReference": {"reference": f"Person/{person}"}})
+    r = client.post("/Person/$link", json={"resourceType": "Parameters", "parameter": params},
+                    headers=FHIR_JSON)
+    assert r.status_code in (200, 201), r.text
+    return r.json()["id"]
+
+
+def _patient_token(live, pid: str) -> str:
+    from hub.auth.signer import Signer
+
+    return Signer(live.settings.data_dir).issue(
+        {"iss": live.origin + "/auth", "aud": live.base, "sub": f"user-{pid}",
+         "scope": "patient/*.rs", "patient": pid, "hub_roles": ["clinician"]}, 300)
+
+
+def _named(event: dict) -> set[str]:
+    return {x["what"]["reference"] for x in event.get("entity", ()) if "what" in x}
+
+
+def test_refused_history_person_match_and_resolve_are_audited(client, live):
+    """A refused instance history (and one of an unknown id), Person read and search, $match
+    and $resolve-identifier were refused before their audit began: no AuditEvent, where a
+    refused read has one."""
+    p = patient(rid=unique()[:16])
+    _put(client, p)
+    person = _link(client, p["id"])
+    narrow = live.client_auth(roles=("clinician",), scope="user/Observation.rs")
+    match = {"resourceType": "Parameters", "parameter": [
+        {"name": "resource", "resource": {k: v for k, v in p.items() if k != "id"}}]}
+    ident = f"{p['identifier'][0]['system']}|{p['identifier'][0]['value']}"
+    with _http(live, narrow) as c:
+        for method, path, kw, status in (
+                ("GET", f"/Patient/{p['id']}/_history", {}, 403),
+                ("GET", f"/Person/{person}", {}, 403),
+                ("GET", "/Person", {"params": {"_id": person}}, 403),
+                ("POST", "/Patient/$match", {"json": match, "headers": FHIR_JSON}, 403),
+                ("GET", "/$resolve-identifier", {"params": {"identifier": ident}}, 403)):
+            before = audit_events(live)
+            r = c.request(method, path, **kw)
+            assert r.status_code == status, (path, r.text)
+            events = new_since(live, before)
+            assert [e["outcome"] for e in events] == ["4"], (path, events)
+    before = audit_events(live)
+    unknown = unique()[:16]
+    assert client.get(f"/Patient/{unknown}/_history").status_code == 404
+    [event] = new_since(live, before)
+    assert event["outcome"] == "4" and f"Patient/{unknown}" in _named(event)

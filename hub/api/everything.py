@@ -129,14 +129,18 @@ def audit_event(request: Request, access: str, person: str | list[str] | None,
 
 async def audited(request: Request, access: str, answer: Callable[[str | None], Any],
                   scope_of: Callable[[Any], tuple[Any, list[str]]],
-                  asked: tuple[Any, list[str]]) -> Any:
-    """Run ``answer`` (in a thread), then write the AuditEvent and wait for its commit.
+                  asked: tuple[Any, list[str]], action: Action | None = None) -> Any:
+    """Check ``action`` with the access policy and run ``answer`` (in a thread), then write the
+    AuditEvent and wait for its commit.
 
     ``scope_of(result)`` names the person and Patients read; ``asked`` what a failed request
-    named. A refused read (4xx) is audited too, with outcome 4, and then answered."""
+    named. A refused read (4xx), by the policy or by ``answer``, is audited too, with outcome 4,
+    and then answered."""
     purpose = purpose_of(request)
     writer: AuditWriter = request.app.state.audit
     try:
+        if action is not None:
+            repository(request).authorize(context_of(request), action)
         result = await run_in_threadpool(answer, purpose)
     except FhirError as e:
         person, patients = asked
