@@ -482,3 +482,49 @@ def test_refused_history_person_match_and_resolve_are_audited(client, live):
     assert client.get(f"/Patient/{unknown}/_history").status_code == 404
     [event] = new_since(live, before)
     assert event["outcome"] == "4" and f"Patient/{unknown}" in _named(event)
+
+
+def test_everything_and_timeline_of_a_hidden_patient_answer_as_its_read(client, live):
+    """A Patient the caller may not read (opted out; another patient's, for a patient token)
+    answered $everything and $timeline with the records of the person's other Patients, which
+    told of the link; a Person it may not read answered an empty $everything. And the audit of
+    an answered $everything named every Patient of the person, a hidden one too."""
+    shown, hidden, alone = (patient(rid=unique()[:16]) for _ in range(3))
+    hidden["identifier"] = shown["identifier"]  # the same person, recorded twice
+    obs = []
+    for p in (shown, hidden, alone):
+        o = observation(f"Patient/{p['id']}")
+        o["id"] = unique()[:16]
+        obs.append(o)
+        _put(client, p)
+        _put(client, o)
+    person = _link(client, shown["id"])
+    _link(client, hidden["id"], person)
+    apart = _link(client, alone["id"])
+    for p in (hidden, alone):
+        _put(client, consent(p["id"], {"type": "deny"}))
+    time.sleep(0.5)  # the consent rules are read again within a quarter second
+    clinician = live.client_auth(roles=("clinician",), scope="user/*.rs", institution="H2")
+    with _http(live, clinician) as c:
+        assert c.get(f"/Patient/{hidden['id']}").status_code == 403
+        assert c.get(f"/Person/{apart}").status_code == 403
+        for path in (f"/Patient/{hidden['id']}/$everything", f"/Patient/{hidden['id']}/$timeline",
+                     f"/Person/{apart}/$everything", f"/Person/{apart}/$timeline"):
+            r = c.get(path, headers=TREAT)
+            assert r.status_code == 403, (path, r.text)
+            assert obs[0]["id"] not in r.text, path
+        assert c.get(f"/Patient/{unique()[:16]}/$everything", headers=TREAT).status_code == 404
+        before = audit_events(live)
+        r = c.get(f"/Patient/{shown['id']}/$everything", headers=TREAT)
+        assert r.status_code == 200, r.text
+        handed = {f"{e['resource']['resourceType']}/{e['resource']['id']}"
+                  for e in r.json()["entry"]}
+        assert handed == {f"Patient/{shown['id']}", f"Observation/{obs[0]['id']}"}
+        [event] = new_since(live, before)
+        assert event["outcome"] == "0"
+        # the Patients whose data was handed out, not the hidden one of the same person
+        assert _named(event) == {f"Person/{person}", f"Patient/{shown['id']}"}, _named(event)
+    with _http(live, _patient_token(live, shown["id"])) as c:
+        assert c.get(f"/Patient/{alone['id']}").status_code == 403
+        r = c.get(f"/Patient/{alone['id']}/$everything", headers=TREAT)
+        assert r.status_code == 403 and obs[2]["id"] not in r.text, r.text
