@@ -528,3 +528,29 @@ def test_everything_and_timeline_of_a_hidden_patient_answer_as_its_read(client, 
         assert c.get(f"/Patient/{alone['id']}").status_code == 403
         r = c.get(f"/Patient/{alone['id']}/$everything", headers=TREAT)
         assert r.status_code == 403 and obs[2]["id"] not in r.text, r.text
+
+
+def test_a_compartment_search_across_its_types_is_one_audit_event(client, live):
+    """``Patient/{id}/*`` searched each type of the compartment as an access of its own: some
+    65 AuditEvents for one request, an unknown or refused patient's too."""
+    p = patient(rid=unique()[:16])
+    o = observation(f"Patient/{p['id']}")
+    o["id"] = unique()[:16]
+    _put(client, p)
+    _put(client, o)
+    weak = live.client_auth(roles=("clinician",), scope="user/Organization.rs")
+    for c, path, status, outcome in (
+            (client, f"/Patient/{p['id']}/*", 200, "0"),
+            (client, f"/Patient/{p['id']}/*?_count=1", 200, "0"),
+            (client, f"/Patient/{unique()[:16]}/*", 200, "0"),
+            (_http(live, weak), f"/Patient/{p['id']}/*", 403, "4")):
+        before = audit_events(live)
+        r = c.get(path)
+        assert r.status_code == status, (path, r.text)
+        events = new_since(live, before)
+        assert [e["outcome"] for e in events] == [outcome], (path, len(events))
+    before = audit_events(live)
+    found = client.get(f"/Patient/{p['id']}/*").json()
+    assert {e["resource"]["id"] for e in found["entry"]} == {p["id"], o["id"]}
+    [event] = new_since(live, before)
+    assert f"Patient/{p['id']}" in _named(event)
