@@ -554,3 +554,38 @@ def test_a_compartment_search_across_its_types_is_one_audit_event(client, live):
     assert {e["resource"]["id"] for e in found["entry"]} == {p["id"], o["id"]}
     [event] = new_since(live, before)
     assert f"Patient/{p['id']}" in _named(event)
+
+
+def test_a_revoked_clients_refused_requests_are_audited_as_that_client(client, live):
+    """A revoked client's token verifies, so who sent it is known: its refused requests were
+    audited as "anonymous", which an auditor's search by that client did not find. A token
+    that does not verify names no one it could be trusted to name."""
+    from hub.auth.clients import open_registry
+    from hub.auth.signer import Signer
+
+    auth = live.client_auth(roles=("clinician",), scope="user/*.rs", name="soon revoked")
+    token = auth.token()
+    ref = f"Patient/{unique()[:16]}"
+    with _http(live, token) as c:
+        assert c.get(f"/{ref}").status_code == 404
+        open_registry(live.settings.data_dir).revoke(auth.client_id)
+        r = c.get(f"/{ref}")
+        assert r.status_code == 401 and "revoked" in r.text, r.text
+    forged = Signer(live.settings.data_dir / "elsewhere").issue(
+        {"iss": live.origin + "/auth", "aud": live.base, "sub": auth.client_id,
+         "client_id": auth.client_id, "scope": "user/*.rs"}, 300)
+    with _http(live, forged) as c:
+        assert c.get(f"/{ref}").status_code == 401
+    time.sleep(0.5)  # moved from the spool into the searchable tables
+    auditor = live.client_auth(roles=("auditor",), scope="system/AuditEvent.rs")
+    with _http(live, auditor) as c:
+        found = c.get("/AuditEvent", params={"agent": auth.client_id, "outcome": "4"})
+        assert found.status_code == 200, found.text
+        events = [e["resource"] for e in found.json().get("entry", [])
+                  if "revoked" in e["resource"].get("outcomeDesc", "")]
+        assert len(events) == 1 and ref in _named(events[0]), events
+        found = c.get("/AuditEvent", params={"entity": ref, "outcome": "4"}).json()
+        agents = sorted(e["resource"]["agent"][0]["who"]["identifier"]["value"]
+                        for e in found.get("entry", []))
+        # the read before the revocation (404), the revoked token's, the forged one's
+        assert agents == sorted([auth.client_id, auth.client_id, "anonymous"]), agents
