@@ -335,9 +335,9 @@ class Repository:
         except FhirError as e:
             # a refused access names the Patients it aimed at (a compartment path, a subject
             # in its query, a Patient read), so an auditor finds it by patient
-            self.audit.record(ctx, action, "4" if e.status < 500 else "8",
-                              _aimed_at(ctx.query, action), [],
-                              e.issues[0].diagnostics if e.issues else None)
+            self._record(ctx, action, "4" if e.status < 500 else "8",
+                         _aimed_at(ctx.query, action), [],
+                         e.issues[0].diagnostics if e.issues else None)
             raise
         if handed is None:
             return result
@@ -347,7 +347,48 @@ class Repository:
             out.append((rtype, rid))
             for p in patients_in(rtype, rid, state):
                 patients[p] = None
-        self.audit.record(ctx, action, "0", list(patients), out)
+        self._record(ctx, action, "0", list(patients), out)
+        return result
+
+    def _record(self, ctx: Context, action: Action, outcome: str, patients: list[str],
+                handed: list[tuple[str, str]], detail: str | None = None) -> None:
+        assert self.audit is not None
+        if ctx.gathered is not None:  # a part of one access: recorded with it (``as_one``)
+            ctx.gathered.append((outcome, patients, handed))
+        else:
+            self.audit.record(ctx, action, outcome, patients, handed, detail)
+
+    def as_one(self, ctx: Context, action: Action, run: Callable[[], T],
+               answered: bool = True) -> T:
+        """Run an access made of several (a compartment search across its types, each type
+        searched as alone) and record it as one: one AuditEvent naming what its parts handed
+        out, outcome 0 when it was answered (a part refused, such as a type the caller may not
+        search, was left out of the answer), else the refusal or failure that ended it.
+        ``answered`` False: only checked, not answered (a transaction's GET before its writes),
+        so only a refusal or failure is recorded."""
+        if self.audit is None or ctx.actor.kind == "system" or ctx.gathered is not None:
+            return run()
+        gathered: list[Any] = []
+        ctx.gathered = gathered
+        try:
+            result = run()
+        except FhirError as e:
+            ctx.gathered = None
+            self.audit.record(ctx, action, "4" if e.status < 500 else "8",
+                              _aimed_at(ctx.query, action), [],
+                              e.issues[0].diagnostics if e.issues else None)
+            raise
+        finally:
+            ctx.gathered = None
+        if not answered:
+            return result
+        patients: dict[str, None] = {}
+        out: dict[tuple[str, str], None] = {}
+        for outcome, named, handed in gathered:
+            if outcome == "0":
+                patients.update(dict.fromkeys(named))
+                out.update(dict.fromkeys(handed))
+        self.audit.record(ctx, action, "0", list(patients), list(out))
         return result
 
     # -- reads ----------------------------------------------------------------------------------
@@ -466,6 +507,8 @@ class Repository:
 
         def run() -> tuple[list[VersionRow], int | None, int | None]:
             self.policy.check(ctx.actor, action)
+            if rtype is not None and rid is not None:  # a refused or unknown one is recorded
+                self.require(ctx, rtype, rid)
             settled = None
             if rtype == AUDIT and self._records is not None:
                 rows = self._audit_history(rid, limit=count + 1, **window)
@@ -491,6 +534,8 @@ class Repository:
 
         def run() -> None:
             self.policy.check(ctx.actor, action)
+            if rtype is not None and rid is not None:
+                self.require(ctx, rtype, rid)
             if at and rtype == AUDIT and self._records is not None:
                 self._audit_history(rid, at_us=(0, 0), limit=0)  # refuses _at
         self.audited(ctx, action, run, None)

@@ -416,3 +416,176 @@ def test_every_patient_a_search_hands_out_is_found_in_the_audit(client, live):
              if "what" in x and x["what"]["reference"].startswith("Patient/")}
     assert named == {f"Patient/{family}-{i:03d}" for i in range(120)}
     assert all(e["subtype"][0]["code"] == "search-type" for e in events) and len(events) == 2
+
+
+# -- the shared record, refusals, one event per request, the agent of a refusal -----------------
+
+TREAT = {"x-purpose-of-use": "TREAT"}
+
+
+def _http(live, auth):
+    import httpx
+
+    headers = {"accept": "application/fhir+json"}
+    if isinstance(auth, str):
+        headers["authorization"], auth = f"Bearer {auth}", None
+    return httpx.Client(base_url=live.base, timeout=30, auth=auth, headers=headers)
+
+
+def _link(client, pid: str, person: str | None = None) -> str:
+    params = [{"name": "patient", "valueReference": {"reference": f"Patient/{pid}"}}]
+    if person:
+        params.append({"name": "person", "valueReference": {"reference": f"Person/{person}"}})
+    r = client.post("/Person/$link", json={"resourceType": "Parameters", "parameter": params},
+                    headers=FHIR_JSON)
+    assert r.status_code in (200, 201), r.text
+    return r.json()["id"]
+
+
+def _patient_token(live, pid: str) -> str:
+    from hub.auth.signer import Signer
+
+    return Signer(live.settings.data_dir).issue(
+        {"iss": live.origin + "/auth", "aud": live.base, "sub": f"user-{pid}",
+         "scope": "patient/*.rs", "patient": pid, "hub_roles": ["clinician"]}, 300)
+
+
+def _named(event: dict) -> set[str]:
+    return {x["what"]["reference"] for x in event.get("entity", ()) if "what" in x}
+
+
+def test_refused_history_person_match_and_resolve_are_audited(client, live):
+    """A refused instance history (and one of an unknown id), Person read and search, $match
+    and $resolve-identifier were refused before their audit began: no AuditEvent, where a
+    refused read has one."""
+    p = patient(rid=unique()[:16])
+    _put(client, p)
+    person = _link(client, p["id"])
+    narrow = live.client_auth(roles=("clinician",), scope="user/Observation.rs")
+    match = {"resourceType": "Parameters", "parameter": [
+        {"name": "resource", "resource": {k: v for k, v in p.items() if k != "id"}}]}
+    ident = f"{p['identifier'][0]['system']}|{p['identifier'][0]['value']}"
+    with _http(live, narrow) as c:
+        for method, path, kw, status in (
+                ("GET", f"/Patient/{p['id']}/_history", {}, 403),
+                ("GET", f"/Person/{person}", {}, 403),
+                ("GET", "/Person", {"params": {"_id": person}}, 403),
+                ("POST", "/Patient/$match", {"json": match, "headers": FHIR_JSON}, 403),
+                ("GET", "/$resolve-identifier", {"params": {"identifier": ident}}, 403)):
+            before = audit_events(live)
+            r = c.request(method, path, **kw)
+            assert r.status_code == status, (path, r.text)
+            events = new_since(live, before)
+            assert [e["outcome"] for e in events] == ["4"], (path, events)
+    before = audit_events(live)
+    unknown = unique()[:16]
+    assert client.get(f"/Patient/{unknown}/_history").status_code == 404
+    [event] = new_since(live, before)
+    assert event["outcome"] == "4" and f"Patient/{unknown}" in _named(event)
+
+
+def test_everything_and_timeline_of_a_hidden_patient_answer_as_its_read(client, live):
+    """A Patient the caller may not read (opted out; another patient's, for a patient token)
+    answered $everything and $timeline with the records of the person's other Patients, which
+    told of the link; a Person it may not read answered an empty $everything. And the audit of
+    an answered $everything named every Patient of the person, a hidden one too."""
+    shown, hidden, alone = (patient(rid=unique()[:16]) for _ in range(3))
+    hidden["identifier"] = shown["identifier"]  # the same person, recorded twice
+    obs = []
+    for p in (shown, hidden, alone):
+        o = observation(f"Patient/{p['id']}")
+        o["id"] = unique()[:16]
+        obs.append(o)
+        _put(client, p)
+        _put(client, o)
+    person = _link(client, shown["id"])
+    _link(client, hidden["id"], person)
+    apart = _link(client, alone["id"])
+    for p in (hidden, alone):
+        _put(client, consent(p["id"], {"type": "deny"}))
+    time.sleep(0.5)  # the consent rules are read again within a quarter second
+    clinician = live.client_auth(roles=("clinician",), scope="user/*.rs", institution="H2")
+    with _http(live, clinician) as c:
+        assert c.get(f"/Patient/{hidden['id']}").status_code == 403
+        assert c.get(f"/Person/{apart}").status_code == 403
+        for path in (f"/Patient/{hidden['id']}/$everything", f"/Patient/{hidden['id']}/$timeline",
+                     f"/Person/{apart}/$everything", f"/Person/{apart}/$timeline"):
+            r = c.get(path, headers=TREAT)
+            assert r.status_code == 403, (path, r.text)
+            assert obs[0]["id"] not in r.text, path
+        assert c.get(f"/Patient/{unique()[:16]}/$everything", headers=TREAT).status_code == 404
+        before = audit_events(live)
+        r = c.get(f"/Patient/{shown['id']}/$everything", headers=TREAT)
+        assert r.status_code == 200, r.text
+        handed = {f"{e['resource']['resourceType']}/{e['resource']['id']}"
+                  for e in r.json()["entry"]}
+        assert handed == {f"Patient/{shown['id']}", f"Observation/{obs[0]['id']}"}
+        [event] = new_since(live, before)
+        assert event["outcome"] == "0"
+        # the Patients whose data was handed out, not the hidden one of the same person
+        assert _named(event) == {f"Person/{person}", f"Patient/{shown['id']}"}, _named(event)
+    with _http(live, _patient_token(live, shown["id"])) as c:
+        assert c.get(f"/Patient/{alone['id']}").status_code == 403
+        r = c.get(f"/Patient/{alone['id']}/$everything", headers=TREAT)
+        assert r.status_code == 403 and obs[2]["id"] not in r.text, r.text
+
+
+def test_a_compartment_search_across_its_types_is_one_audit_event(client, live):
+    """``Patient/{id}/*`` searched each type of the compartment as an access of its own: some
+    65 AuditEvents for one request, an unknown or refused patient's too."""
+    p = patient(rid=unique()[:16])
+    o = observation(f"Patient/{p['id']}")
+    o["id"] = unique()[:16]
+    _put(client, p)
+    _put(client, o)
+    weak = live.client_auth(roles=("clinician",), scope="user/Organization.rs")
+    for c, path, status, outcome in (
+            (client, f"/Patient/{p['id']}/*", 200, "0"),
+            (client, f"/Patient/{p['id']}/*?_count=1", 200, "0"),
+            (client, f"/Patient/{unique()[:16]}/*", 200, "0"),
+            (_http(live, weak), f"/Patient/{p['id']}/*", 403, "4")):
+        before = audit_events(live)
+        r = c.get(path)
+        assert r.status_code == status, (path, r.text)
+        events = new_since(live, before)
+        assert [e["outcome"] for e in events] == [outcome], (path, len(events))
+    before = audit_events(live)
+    found = client.get(f"/Patient/{p['id']}/*").json()
+    assert {e["resource"]["id"] for e in found["entry"]} == {p["id"], o["id"]}
+    [event] = new_since(live, before)
+    assert f"Patient/{p['id']}" in _named(event)
+
+
+def test_a_revoked_clients_refused_requests_are_audited_as_that_client(client, live):
+    """A revoked client's token verifies, so who sent it is known: its refused requests were
+    audited as "anonymous", which an auditor's search by that client did not find. A token
+    that does not verify names no one it could be trusted to name."""
+    from hub.auth.clients import open_registry
+    from hub.auth.signer import Signer
+
+    auth = live.client_auth(roles=("clinician",), scope="user/*.rs", name="soon revoked")
+    token = auth.token()
+    ref = f"Patient/{unique()[:16]}"
+    with _http(live, token) as c:
+        assert c.get(f"/{ref}").status_code == 404
+        open_registry(live.settings.data_dir).revoke(auth.client_id)
+        r = c.get(f"/{ref}")
+        assert r.status_code == 401 and "revoked" in r.text, r.text
+    forged = Signer(live.settings.data_dir / "elsewhere").issue(
+        {"iss": live.origin + "/auth", "aud": live.base, "sub": auth.client_id,
+         "client_id": auth.client_id, "scope": "user/*.rs"}, 300)
+    with _http(live, forged) as c:
+        assert c.get(f"/{ref}").status_code == 401
+    time.sleep(0.5)  # moved from the spool into the searchable tables
+    auditor = live.client_auth(roles=("auditor",), scope="system/AuditEvent.rs")
+    with _http(live, auditor) as c:
+        found = c.get("/AuditEvent", params={"agent": auth.client_id, "outcome": "4"})
+        assert found.status_code == 200, found.text
+        events = [e["resource"] for e in found.json().get("entry", [])
+                  if "revoked" in e["resource"].get("outcomeDesc", "")]
+        assert len(events) == 1 and ref in _named(events[0]), events
+        found = c.get("/AuditEvent", params={"entity": ref, "outcome": "4"}).json()
+        agents = sorted(e["resource"]["agent"][0]["who"]["identifier"]["value"]
+                        for e in found.get("entry", []))
+        # the read before the revocation (404), the revoked token's, the forged one's
+        assert agents == sorted([auth.client_id, auth.client_id, "anonymous"]), agents

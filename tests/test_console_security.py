@@ -260,6 +260,10 @@ def test_a_timeline_page_counts_only_the_records_its_reader_may_see(live, client
     assert client.put(f"/Consent/{opt_out['id']}", json=opt_out,
                       headers={"x-hub-source-institution": "H2"}).status_code == 201
     assert counted() == "1"
+    # the hidden Patient's own timeline is refused as its read is: it showed the records of
+    # the person's other Patients, which told of the link
+    page = c.get(f"/console/record/Patient/{hidden}", params={"purpose": "TREAT"})
+    assert page.status_code == 403, page.text[:300]
 
 
 def test_a_login_leads_back_to_the_page_asked_for_with_its_query(live):

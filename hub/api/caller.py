@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hub.api.traffic import client_address
 from hub.auth.sessions import COOKIE, session_log, session_verifier
+from hub.auth.verifier import RevokedClient
 from hub.core.access import ANONYMOUS, Action, Actor
 from hub.core.errors import LOGIN_REQUIRED, FhirError, bad_request, unauthenticated
 from hub.core.ingest import Context
@@ -254,7 +255,11 @@ def _audit_refused(request: Request, err: FhirError) -> None:
         else None
     interaction = _INTERACTIONS.get(request.method) or ("read" if rid else "search-type")
     ctx = Context()
-    ctx.actor, ctx.address = ANONYMOUS, address_of(request)
+    # a revoked client's token verified: the client is known, and is who the audit names (the
+    # claims of a token that did not verify are anyone's to write: anonymous)
+    ctx.actor = Actor(subject=err.client_id, kind="client") \
+        if isinstance(err, RevokedClient) else ANONYMOUS
+    ctx.address = address_of(request)
     ctx.query = audited_query(request)
     try:
         audit.record(ctx, Action(interaction, parts[2], rid), "4", [], [],

@@ -44,13 +44,13 @@ from hub.api.caller import actor_of, audited_query, context_of, purpose_of, repo
 from hub.api.opparams import read_parameters
 from hub.api.paging import link
 from hub.api.responses import base_url, check_format, fhir_response
-from hub.core.access import Action
+from hub.core.access import Action, patients_in
 from hub.core.errors import FhirError, bad_request
 from hub.core.fhirtime import parse_range
-from hub.core.ingest import now_instant
+from hub.core.ingest import Context, now_instant
 from hub.core.pagetokens import page_tokens
-from hub.mpi.everything import Scope, SharedRecord, check_types
-from hub.repository import VISIBLE_TOTAL_UP_TO
+from hub.mpi.everything import Scope, SharedRecord, check_types, person_view
+from hub.repository import VISIBLE_TOTAL_UP_TO, Repository
 from projections.timeline import KINDS
 
 log = logging.getLogger("hub.api.everything")
@@ -129,14 +129,18 @@ def audit_event(request: Request, access: str, person: str | list[str] | None,
 
 async def audited(request: Request, access: str, answer: Callable[[str | None], Any],
                   scope_of: Callable[[Any], tuple[Any, list[str]]],
-                  asked: tuple[Any, list[str]]) -> Any:
-    """Run ``answer`` (in a thread), then write the AuditEvent and wait for its commit.
+                  asked: tuple[Any, list[str]], action: Action | None = None) -> Any:
+    """Check ``action`` with the access policy and run ``answer`` (in a thread), then write the
+    AuditEvent and wait for its commit.
 
     ``scope_of(result)`` names the person and Patients read; ``asked`` what a failed request
-    named. A refused read (4xx) is audited too, with outcome 4, and then answered."""
+    named. A refused read (4xx), by the policy or by ``answer``, is audited too, with outcome 4,
+    and then answered."""
     purpose = purpose_of(request)
     writer: AuditWriter = request.app.state.audit
     try:
+        if action is not None:
+            repository(request).authorize(context_of(request), action)
         result = await run_in_threadpool(answer, purpose)
     except FhirError as e:
         person, patients = asked
@@ -195,10 +199,35 @@ def _shared(request: Request) -> SharedRecord:
     return shared
 
 
-def _scope(shared: SharedRecord, rtype: str, rid: str, institution: str | None) -> Scope:
+def _scope(shared: SharedRecord, repo: Repository, ctx: Context, rtype: str, rid: str,
+           institution: str | None) -> Scope:
+    """The record of ``rtype/rid``, once the caller may read it: what a read of that Patient
+    or Person answers (404 unknown, 403 not shown) is the answer here too, else the records of
+    its person's other Patients would tell of a link to one the caller may not see."""
     if rtype == "Person":
-        return shared.scope_of_person(rid, institution)
+        shared.identity.sync()
+
+        def seen(t: str, i: str, body: bytes) -> bool:
+            return bool(repo.shown(ctx, [(t, i, body)]))
+        person_view(shared.identity, shared.store, rid, seen)
+        scope = shared.scope_of_person(rid, institution)
+        if scope.person is not None and scope.person != rid:  # merged: the survivor's record
+            person_view(shared.identity, shared.store, scope.person, seen)
+        return scope
+    repo.require(ctx, "Patient", rid)
     return shared.scope_of_patient(rid, institution)
+
+
+def _named(scope: Scope, rtype: str, rid: str, entries: Sequence[tuple[str, str, bytes]]
+           ) -> tuple[Any, list[str]]:
+    """The person and the Patients an answer's AuditEvent names: the Patient asked for (which
+    the caller may read), and those it handed out (a resource about each, or the Patient
+    itself); not every Patient of the person, some hidden."""
+    patients: dict[str, None] = {f"Patient/{rid}": None} if rtype == "Patient" else {}
+    for rtype, rid, body in entries:
+        for p in patients_in(rtype, rid, body):
+            patients[p] = None
+    return scope.person, list(patients)
 
 
 UNDATED_EXT = "https://fhir-region-hub.example/StructureDefinition/timeline-undated"
@@ -271,8 +300,7 @@ async def _everything(request: Request, rtype: str, rid: str,
     ctx, repo = context_of(request), repository(request)
 
     def answer(_purpose):
-        repo.authorize(ctx, Action("operation", rtype, rid, "$everything"))
-        scope = _scope(shared, rtype, rid, institution)
+        scope = _scope(shared, repo, ctx, rtype, rid, institution)
         def shown(entries):
             return repo.shown(ctx, entries)
         entries, nxt, total, referenced = shared.everything(scope, since, types, count, after,
@@ -290,11 +318,12 @@ async def _everything(request: Request, rtype: str, rid: str,
         if nxt is not None:
             links.append({"relation": "next", "url": link(path, plist,
                                                           _cursor=tokens.seal(str(nxt)))})
-        return scope, _bundle(entries, base, links, total, referenced)
+        return _named(scope, rtype, rid, [*entries, *referenced]), _bundle(entries, base, links, total,
+                                                                referenced)
 
     asked = (rid, []) if rtype == "Person" else (None, [f"Patient/{rid}"])
-    scope, body = await audited(request, "everything", answer,
-                                lambda r: (r[0].person, r[0].patients), asked)
+    _, body = await audited(request, "everything", answer, lambda r: r[0], asked,
+                            Action("operation", rtype, rid, "$everything"))
     return fhir_response(body, request=request)
 
 
@@ -320,8 +349,7 @@ async def _timeline(request: Request, rtype: str, rid: str) -> Response:
     ctx, repo = context_of(request), repository(request)
 
     def answer(_purpose):
-        repo.authorize(ctx, Action("operation", rtype, rid, "$timeline"))
-        scope = _scope(shared, rtype, rid, institution)
+        scope = _scope(shared, repo, ctx, rtype, rid, institution)
         undated: set[tuple[str, str]] = set()
         entries, nxt = shared.timeline(scope, start, end, kinds, count, after, undated)
         entries = repo.shown(ctx, entries)
@@ -338,11 +366,11 @@ async def _timeline(request: Request, rtype: str, rid: str) -> Response:
         for entry in body.get("entry", ()):
             if entry["fullUrl"] in undated_urls:
                 entry["extension"] = [{"url": UNDATED_EXT, "valueBoolean": True}]
-        return scope, body
+        return _named(scope, rtype, rid, entries), body
 
     asked = (rid, []) if rtype == "Person" else (None, [f"Patient/{rid}"])
-    scope, body = await audited(request, "timeline", answer,
-                                lambda r: (r[0].person, r[0].patients), asked)
+    _, body = await audited(request, "timeline", answer, lambda r: r[0], asked,
+                            Action("operation", rtype, rid, "$timeline"))
     return fhir_response(body, request=request)
 
 

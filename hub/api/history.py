@@ -69,17 +69,15 @@ def check_history(repo: Repository, ctx: Context, items: list[tuple[str, str]],
                   settings: Settings, rtype: str | None = None, rid: str | None = None) -> None:
     """Whether ``history_bundle`` would fail (a malformed query, a forbidden or unknown
     history), nothing read: a transaction's GET checked before its writes."""
-    if rtype is not None and rid is not None:
-        repo.require(ctx, rtype, rid)
     q = parse_history(items, settings)
     repo.plan_history(ctx, rtype=rtype, rid=rid, at=q.at_us is not None)
 
 
 def history_bundle(repo: Repository, ctx: Context, items: list[tuple[str, str]], base: str,
                    settings: Settings, rtype: str | None = None, rid: str | None = None) -> dict:
-    """A history of the system, a type or an instance; ``items``: the query's parameters."""
-    if rtype is not None and rid is not None:
-        repo.require(ctx, rtype, rid)
+    """A history of the system, a type or an instance; ``items``: the query's parameters (an
+    instance's asked of one never written is a 404, of one not shown a 403, as a read's, each
+    audited by ``Repository.history``)."""
     params = dict(items)
     q = parse_history(items, settings)
     count, since_us, at_us, cursor = q.count, q.since_us, q.at_us, q.cursor

@@ -125,9 +125,11 @@ def detach(app: FastAPI) -> None:
     app.state.identity = app.state.shared_record = app.state.audit = None
 
 
-def _identity(request: Request, action: Action) -> IdentityService:
-    """The identity service, once the access policy allowed ``action``."""
-    repository(request).authorize(context_of(request), action)
+def _identity(request: Request, action: Action | None) -> IdentityService:
+    """The identity service, once the access policy allowed ``action`` (None: a read of the
+    shared record, whose ``audited`` checks its action within the audit)."""
+    if action is not None:
+        repository(request).authorize(context_of(request), action)
     identity = getattr(request.app.state, "identity", None)
     if identity is None:
         raise FhirError(503, "transient", "The master patient index is not running")
@@ -267,8 +269,8 @@ async def _person_search(request: Request, given: list[tuple[str, str]]) -> Resp
     check_format(request)
     answer, scope = _person_searcher(request, given)
     # a search or listing answers with persons' demographics and links: a read of their
-    # records, audited like any other (access control attaches here, before ``answer`` runs)
-    out = await audited(request, "person-search", answer, scope, (None, []))
+    # records, audited like any other, a refused one too (access control attaches here)
+    out = await audited(request, "person-search", answer, scope, (None, []), PERSON_SEARCH)
     return fhir_response(out, request=request)
 
 
@@ -278,6 +280,7 @@ def person_search_entry(request: Request, query: str, check: bool) -> tuple[int,
     answer, scope = _person_searcher(request, parse_qsl(query, keep_blank_values=True))
     writer, purpose = request.app.state.audit, purpose_of(request)
     try:
+        repository(request).authorize(context_of(request), PERSON_SEARCH)
         out = answer(purpose)
     except FhirError as e:
         if not check:
@@ -293,8 +296,9 @@ def person_search_entry(request: Request, query: str, check: bool) -> tuple[int,
 
 def _person_searcher(request: Request, given: list[tuple[str, str]]) -> tuple[
         Callable[[Any], dict], Callable[[dict], tuple[list[str], list[str]]]]:
-    """The search's parameters checked: what answers it, and what of it the audit names."""
-    identity = _identity(request, Action("search-type", "Person"))
+    """The search's parameters checked: what answers it, and what of it the audit names (its
+    access, ``PERSON_SEARCH``, is checked by whoever runs it, within its audit)."""
+    identity = _identity(request, None)
     allowed = {"_id", "identifier", "link", "patient", "_lastUpdated", "_count", "_cursor",
                "_total", "_format", "_pretty"}
     crit: dict[str, str] = {}
@@ -382,6 +386,7 @@ def _person_searcher(request: Request, given: list[tuple[str, str]]) -> tuple[
     return answer, scope
 
 
+PERSON_SEARCH = Action("search-type", "Person")
 _PERSON_CURSOR = re.compile(r"^[A-Za-z0-9.\-]{1,64}$")
 
 
@@ -453,7 +458,7 @@ def _any_token(one: str) -> tuple[str | None, str | None]:
 @router.get("/fhir/Person/{rid}", name="person-read")
 async def person_read(request: Request, rid: str) -> Response:
     check_format(request)
-    identity = _identity(request, Action("read", "Person", rid))
+    identity = _identity(request, None)
     if rid in ("_history", "_search"):
         raise FhirError(405, "not-supported", f"Person/{rid} is not supported: a Person is a "
                         "projection without history; search with GET /fhir/Person?…")
@@ -466,7 +471,8 @@ async def person_read(request: Request, rid: str) -> Response:
     def scope(body):
         return pid, _linked_patients(body)
 
-    body = await audited(request, "person-read", answer, scope, (pid, []))
+    body = await audited(request, "person-read", answer, scope, (pid, []),
+                         Action("read", "Person", rid))
     meta = body.get("meta") or {}
     tag = view_etag(body)
     headers = {"ETag": tag}
@@ -487,11 +493,12 @@ def person_entry(request: Request, rid: str, check: bool) -> tuple[int, dict | N
     """A ``GET Person/{id}`` entry of a batch or transaction: the golden Person, as ``GET
     /fhir/Person/{id}`` answers it and audited alike (``check``: only whether it would fail,
     neither answered nor audited, as the Bundle's other GET entries are checked)."""
-    identity = _identity(request, Action("read", "Person", rid))
+    identity = _identity(request, None)
     pid = person_id(rid, "id")
     identity.sync()
     writer, purpose = request.app.state.audit, purpose_of(request)
     try:
+        repository(request).authorize(context_of(request), Action("read", "Person", rid))
         body = person_view(identity, identity.store, pid, _seen_by(request))
     except FhirError as e:
         if not check:
@@ -703,7 +710,7 @@ def _review_id(rid: str) -> None:
 @router.get("/fhir/$resolve-identifier", name="resolve-identifier")
 async def resolve_identifier(request: Request) -> Response:
     check_format(request)
-    identity = _identity(request, Action("operation", "Patient", None, "$resolve-identifier"))
+    identity = _identity(request, None)
     params: dict[str, str] = {}
     for k, v in request.query_params.multi_items():
         if k not in ("identifier", "qr", "_format", "_pretty"):
@@ -777,7 +784,8 @@ async def resolve_identifier(request: Request) -> Response:
 
     persons, patients, out = await audited(
         request, "resolve-identifier", answer,
-        lambda r: (r[0], r[1]), (None, []))
+        lambda r: (r[0], r[1]), (None, []),
+        Action("operation", "Patient", None, "$resolve-identifier"))
     if filler:
         out.setdefault("entry", []).append({"resource": operation_outcome([Issue(
             "not-found", f"{value[:40]!r} is a filler, not an identifier: it identifies nobody",

@@ -171,9 +171,9 @@ async def patient_match(request: Request) -> Response:
         raise FhirError(503, "transient", "The master patient index is not running")
     repo, ctx = repository(request), context_of(request)
     action = Action("operation", "Patient", None, "$match")
-    repo.authorize(ctx, action)
 
     def answer() -> list[tuple[Any, Any]]:
+        repo.authorize(ctx, action)  # within the audit: a refused $match is recorded too
         sync(index, runner)
         # the query is no indexed Patient; read with the identifier systems the index knows
         f = features({**patient, "id": "$match"}, index.stored_roles())

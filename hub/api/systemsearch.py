@@ -15,17 +15,20 @@ types' counts.
 The compartment search of every type, ``GET [base]/Patient/{id}/*`` and ``POST
 [base]/Patient/{id}/_search`` (R4 http.html#search), is the same search over the types of the
 Patient compartment, each searched as ``Patient/{id}/{type}`` is (``search_bundle`` with the
-compartment), so access and consent hold per type exactly as there.
+compartment), so access and consent hold per type exactly as there; it is audited as one
+search (``Repository.as_one``): one AuditEvent naming what its types handed out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from hub.api.paging import link
 from hub.api.search import plan_search, search_bundle
 from hub.core import resource as res
+from hub.core.access import Action
 from hub.core.config import Settings
 from hub.core.errors import FhirError, bad_request
 from hub.core.ingest import Context
@@ -76,11 +79,25 @@ def _next_cursor(bundle: dict) -> str | None:
     return None
 
 
+def _one_access(compartment: Compartment) -> Action:
+    """What a compartment search across its types is audited as: one search, in one AuditEvent
+    (its types' searches are its parts, not accesses of their own)."""
+    return Action("search-system", compartment[0], compartment[1])
+
+
 def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]], base: str,
                   settings: Settings, strict: bool, compartment: Compartment | None = None
                   ) -> dict:
     """A search across types; with ``compartment`` (``("Patient", id)``) across the types of
     that compartment, within it."""
+    if compartment is not None:
+        return repo.as_one(ctx, _one_access(compartment), lambda: _system_search(
+            repo, ctx, params, base, settings, strict, compartment))
+    return _system_search(repo, ctx, params, base, settings, strict, compartment)
+
+
+def _system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]], base: str,
+                   settings: Settings, strict: bool, compartment: Compartment | None) -> dict:
     types, explicit, count, counting, rest, (start, inner) = _parsed(params, settings,
                                                                      compartment)
     values = dict(params)
@@ -133,7 +150,10 @@ def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]],
     if next_cursor and next_cursor.endswith(".") and not counting:
         # the page ended with a type: say "next" only if some type after it has a match
         nxt = int(next_cursor[:-1])
-        if not any(_has_any(repo, ctx, t, rest, base, settings, strict, explicit, compartment)
+        # whether a type after it has a match, asked of the index: nothing of it is handed out
+        # (within one recorded access its searches are no part of it)
+        probe = ctx if ctx.gathered is None else dataclasses.replace(ctx, gathered=[])
+        if not any(_has_any(repo, probe, t, rest, base, settings, strict, explicit, compartment)
                    for t in types[nxt:]):
             next_cursor = None
     out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
@@ -179,6 +199,16 @@ def check_system_search(repo: Repository, ctx: Context, params: list[tuple[str, 
     would be run (a type this caller may not search left out of "all types", as there), for a
     transaction's GET checked before its writes. Stricter only in planning every type, where a
     page filled early would not reach the last ones."""
+    if compartment is not None:  # a refusal recorded once, as the search would be
+        repo.as_one(ctx, _one_access(compartment), lambda: _check_system_search(
+            repo, ctx, params, base, settings, strict, compartment), answered=False)
+    else:
+        _check_system_search(repo, ctx, params, base, settings, strict, compartment)
+
+
+def _check_system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]],
+                         base: str, settings: Settings, strict: bool,
+                         compartment: Compartment | None) -> None:
     types, explicit, _, counting, rest, (start, inner) = _parsed(params, settings, compartment)
     refused: FhirError | None = None
     planned = 0

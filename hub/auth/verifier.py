@@ -33,7 +33,7 @@ from hub.auth.jose import ASYMMETRIC, CLOCK_SKEW_S, algorithms_for_key, describe
 from hub.auth.signer import ALGORITHM, Signer
 from hub.core.errors import FhirError, unauthenticated
 
-__all__ = ["ExternalIssuer", "Verifier", "unauthenticated"]
+__all__ = ["ExternalIssuer", "RevokedClient", "Verifier", "unauthenticated"]
 
 
 @dataclass
@@ -98,6 +98,15 @@ def _discovered_jwks_url(issuer: str, timeout: float) -> str:
 VERIFIED_CACHE = 10_000  # tokens whose claims are kept verified until they expire
 
 
+class RevokedClient(FhirError):
+    """401 for a token of the hub's whose signature verified but whose client was revoked:
+    who sent it is known (``client_id``), so its refused requests are audited as that client's."""
+
+    def __init__(self, client_id: str):
+        super().__init__(401, "login", f"The access token's client {client_id[:64]!r} is revoked")
+        self.client_id = client_id
+
+
 class Verifier:
     def __init__(self, audience: str, own: Signer | None = None,
                  external: Iterable[ExternalIssuer] = (), *, issuer: str | None = None,
@@ -129,7 +138,7 @@ class Verifier:
         client_id = claims.get("client_id")
         if own and self.clients is not None and isinstance(client_id, str) \
                 and not self.clients.active_now(client_id):
-            raise unauthenticated(f"The access token's client {client_id[:64]!r} is revoked")
+            raise RevokedClient(client_id[:128])
         return claims
 
     def external_issuer(self, claims: dict) -> str | None:

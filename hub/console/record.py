@@ -25,7 +25,7 @@ from hub.api.caller import PURPOSES, actor_of, authorize, context_of, repository
 from hub.api.everything import audit_event
 from hub.console.common import btg_value, page, router, say, signed_by_session
 from hub.core import jsontext
-from hub.core.access import Action
+from hub.core.access import Action, patients_in
 from hub.core.errors import FhirError
 from hub.core.events import resource_bytes
 from hub.core.resource import RESOURCE_TYPES
@@ -145,13 +145,16 @@ async def record_timeline(request: Request, rid: str) -> Response:
 
     def answer() -> tuple[Any, list, list]:
         repo.authorize(ctx, Action("operation", "Patient", rid, "$timeline"))
+        # as a read of the Patient answers (403 not shown): else the records of its person's
+        # other Patients would tell of a link to one the reader may not see
+        repo.require(ctx, "Patient", rid)
         scope = shared.scope_of_patient(rid, None)
         entries, _ = shared.timeline(scope, start, None, [kind] if kind else None, 200, None)
         # the records counted are those the reader may see: a count of the others would tell
         # that a record a consent hides exists
         seen = repo.latest_many(ctx, "Patient", [p.split("/", 1)[1] for p in scope.patients])
-        return scope, repo.shown(ctx, entries), [p for p in scope.patients
-                                                 if p.split("/", 1)[1] in seen]
+        entries = repo.shown(ctx, entries)
+        return scope, entries, [p for p in scope.patients if p.split("/", 1)[1] in seen]
 
     writer = request.app.state.audit
     try:
@@ -161,8 +164,11 @@ async def record_timeline(request: Request, rid: str) -> Response:
             request, "timeline", None, [f"Patient/{rid}"], "4",
             e.issues[0].diagnostics if e.issues else None, purpose))
         raise
+    # the Patient asked for and those whose records the page shows, not every one of the
+    # person's
+    handed = dict.fromkeys([f"Patient/{rid}", *(p for e in entries for p in patients_in(*e))])
     await run_in_threadpool(writer.write, audit_event(
-        request, "timeline", scope.person, scope.patients, "0", purpose=purpose))
+        request, "timeline", scope.person, list(handed), "0", purpose=purpose))
     return page(request, "timeline.html", "record", who=f"Patient/{rid}", purpose=purpose,
                  purpose_q=_purpose_query(request, purpose), patients=patients, kinds=KINDS, kind=kind, since=since,
                  entries=[_timeline_row(e) for e in entries])

@@ -76,6 +76,8 @@ class Context:
     actor: Actor = ANONYMOUS
     address: str | None = None  # the caller's network address, as the audit records it
     query: str | None = None  # the request (path and query) an access answers, for the audit
+    # the accesses of one made of several, recorded as one when it ends (Repository.as_one)
+    gathered: list[Any] | None = None
 
 
 @dataclass(slots=True)
