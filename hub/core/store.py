@@ -21,13 +21,15 @@ import functools
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import psycopg
 from eventsourcing.persistence import (
+    DataError,
     IntegrityError,
     InterfaceError,
     Notification,
@@ -44,7 +46,7 @@ from eventsourcing.sqlite import (
 
 from hub.core import identity_events as identity_events
 from hub.core import pgschema
-from hub.core.errors import HubError
+from hub.core.errors import FhirError, HubError
 from hub.core.events import DELETED, KIND_OF_TOPIC, TOPICS, ResourceEvent, from_stored, to_stored
 from hub.core.fhirtime import parse_range
 from hub.core.resource import content_hash, identifiers
@@ -63,6 +65,15 @@ class ConflictError(HubError):
     """A concurrent write changed what this commit was prepared against; safe to retry."""
 
     error_code = "conflict"
+
+
+class StoreInputError(FhirError):
+    """The database refused a value of the request (PostgreSQL's text holds no NUL, a number
+    beyond its column): the request's fault, answered 400; the same request fails again."""
+
+    def __init__(self, detail: str):
+        super().__init__(400, "invalid", f"The event store cannot take a value of this request: "
+                         f"{detail}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -753,6 +764,19 @@ class PostgresResourceRecorder(_IndexMixin, PostgresApplicationRecorder):
         return nids
 
 
+class _PostgresDatastore(PostgresDatastore):
+    """eventsourcing's PostgreSQL datastore, with the data errors of a statement (a value the
+    database refuses) told as the request's fault rather than an engine failure (a 500)."""
+
+    @contextmanager
+    def get_connection(self) -> Iterator[Any]:
+        try:
+            with super().get_connection() as conn:
+                yield conn
+        except DataError as e:
+            raise StoreInputError(str(e)) from e
+
+
 class ResourceStore:
     """Facade over one recorder: commit prepared writes, read versions and history."""
 
@@ -771,7 +795,7 @@ class ResourceStore:
     @classmethod
     def postgres(cls, dsn: str, pool_size: int = 5) -> ResourceStore:
         args = pgschema.connect_args(dsn)
-        datastore = PostgresDatastore(
+        datastore = _PostgresDatastore(
             dbname=args["dbname"],
             host=args["host"],
             port=args["port"],
