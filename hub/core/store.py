@@ -73,7 +73,34 @@ class StoreInputError(FhirError):
 
     def __init__(self, detail: str):
         super().__init__(400, "invalid", f"The event store cannot take a value of this request: "
-                         f"{detail}")
+                         f"{detail.splitlines()[0] if detail else 'a data error'}")
+
+
+# What says the storage could not take a write: SQLite's result codes (a full disk is SQLITE_FULL;
+# a file size limit, RLIMIT_FSIZE or a quota, fails the write itself, SQLITE_IOERR_WRITE) and
+# PostgreSQL's errors (SQLSTATE 53100 disk_full, 58030 io_error)
+_SQLITE_STORAGE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR_WRITE,
+                                   sqlite3.SQLITE_IOERR_FSYNC, sqlite3.SQLITE_IOERR_TRUNCATE})
+_PG_STORAGE_ERRORS = (psycopg.errors.DiskFull, psycopg.errors.IoError)
+
+
+# what a client is told (HTTP 507 Insufficient Storage): not the lock contention or outage a
+# "retry shortly" stands for
+STORE_FULL = ("The event store is out of space (its disk is full or a file size limit was "
+              "reached): nothing was stored; it takes writes again once space is freed")
+
+
+def storage_failure(e: BaseException) -> str | None:
+    """The engine's own words when ``e`` is a write the storage could not take (a full disk, a
+    file size limit, a failed write), else None: no retry helps until someone frees space."""
+    cause = e.__cause__ or e
+    if isinstance(cause, sqlite3.Error):
+        if getattr(cause, "sqlite_errorcode", None) not in _SQLITE_STORAGE_CODES:
+            return None
+        return f"{cause} ({getattr(cause, 'sqlite_errorname', '')})".replace(" ()", "")
+    if isinstance(cause, _PG_STORAGE_ERRORS):
+        return str(cause).splitlines()[0]
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -784,6 +811,9 @@ class ResourceStore:
         self.recorder = recorder
         self._close = close
         self._log_id: str | None = None
+        # (time.time(), the engine's words) of the last write the storage could not take
+        # (``storage_failure``), until a write succeeds: readiness says so without writing
+        self.write_failure: tuple[float, str] | None = None
 
     @classmethod
     def sqlite(cls, path: str) -> ResourceStore:
@@ -832,9 +862,22 @@ class ResourceStore:
             return []
         stored = [to_stored(e) for e in commit.events]
         try:
-            return list(self.recorder.insert_events(stored, commit=commit) or [])
+            with self._writing():
+                return list(self.recorder.insert_events(stored, commit=commit) or [])
         except (IntegrityError, sqlite3.IntegrityError, psycopg.errors.UniqueViolation) as e:
             raise ConflictError("a concurrent write created the same version") from e
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Keep ``write_failure`` up to date around one write."""
+        try:
+            yield
+        except (OperationalError, InterfaceError) as e:
+            failure = storage_failure(e)
+            if failure is not None:
+                self.write_failure = (time.time(), failure)
+            raise
+        self.write_failure = None
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -918,8 +961,9 @@ class ResourceStore:
             return []
         try:
             kind = str(stored[0].originator_id).partition("/")[0]
-            return list(self.recorder.insert_events(list(stored), commit=Commit(stream_kind=kind))
-                        or [])
+            with self._writing():
+                return list(self.recorder.insert_events(list(stored),
+                                                        commit=Commit(stream_kind=kind)) or [])
         except (IntegrityError, sqlite3.IntegrityError, psycopg.errors.UniqueViolation) as e:
             raise ConflictError("a concurrent identity decision took this version") from e
 
