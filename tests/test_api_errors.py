@@ -385,6 +385,52 @@ def test_a_transaction_is_checked_for_control_characters_before_any_entry_is_val
     assert expressions(assert_outcome(r, 400)) == ["Bundle.entry[1].resource.name[0].family"]
 
 
+@pytest.mark.parametrize("char", ["%00", "%1F"])
+def test_control_characters_in_conditional_criteria_are_400_on_either_engine(client, char):
+    """Criteria are parsed from If-None-Exist, an entry's url or ifNoneExist and a conditional
+    reference, none of which is the query string: PostgreSQL answered a NUL with a 500."""
+    criteria = f"identifier=urn:oid:1.2|a{char}b"
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "pulse"},
+           "subject": {"reference": f"Patient?{criteria}"}}
+
+    def transaction(entry: dict) -> httpx.Response:
+        return client.post("", content=orjson.dumps(
+            {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}), headers=FHIR_JSON)
+
+    with stores_nothing(client):
+        refused = [
+            (client.post("/Patient", json=patient(),
+                         headers={**FHIR_JSON, "if-none-exist": criteria}), None),
+            (transaction({"resource": patient(), "request": {
+                "method": "POST", "url": "Patient", "ifNoneExist": criteria}}),
+             "Bundle.entry[0].request.ifNoneExist"),
+            (transaction({"resource": patient(), "request": {
+                "method": "PUT", "url": f"Patient?{criteria}"}}), "Bundle.entry[0].request.url"),
+            (transaction({"request": {"method": "DELETE", "url": f"Patient?{criteria}"}}),
+             "Bundle.entry[0].request.url"),
+            (transaction({"resource": obs, "request": {"method": "POST", "url": "Observation"}}),
+             "Bundle.entry[0]"),
+            (client.post("/Observation", json=obs, headers=FHIR_JSON), None),
+        ]
+        for r, where in refused:
+            outcome = assert_outcome(r, 400)
+            assert "control character" in outcome["issue"][0]["diagnostics"], outcome
+            if where:
+                assert expressions(outcome) == [where], outcome
+    # a batch refuses the entry, and stores the others
+    good = [patient(rid=f"cc-{unique()}") for _ in range(2)]
+    r = client.post("", content=orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": good[0], "request": {"method": "PUT", "url": f"Patient/{good[0]['id']}"}},
+        {"resource": patient(), "request": {"method": "POST", "url": "Patient",
+                                            "ifNoneExist": criteria}},
+        {"resource": good[1], "request": {"method": "PUT", "url": f"Patient/{good[1]['id']}"}}]}),
+        headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    assert [e["response"]["status"][:3] for e in r.json()["entry"]] == ["201", "400", "201"]
+    for d in good:
+        assert client.get(f"/Patient/{d['id']}").status_code == 200
+
+
 def test_control_characters_in_the_bundle_itself_are_400(client):
     b = {"resourceType": "Bundle", "type": "batch", "entry": [
         {"fullUrl": "urn:uuid:\x01", "resource": patient(),

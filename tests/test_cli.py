@@ -2,7 +2,7 @@
 
 Every command runs as ``python -m hub.cli`` with ``HUB_DATA_DIR`` (and for PostgreSQL
 ``HUB_DATABASE_URL``) in its environment. Only the hypothesis test calls ``hub.cli.main`` in-process,
-to stay fast.
+to stay fast, and the one that turns the hub's own checks off, to reach the database's.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from hub import cli
+from hub.core import conditional, jsontext
 from hub.core.config import Settings
 
 from .conftest import _pg_available, free_port
@@ -364,6 +365,68 @@ def test_rejected_inputs_are_reported_kept_and_the_rest_stored(settings, tmp_pat
     again = run_hub(settings, "ingest", replay)
     assert again.returncode == 0, again.stdout
     assert counts(again.stdout)["created"] == 2
+
+
+def nul_criteria_bundle(rid: str) -> dict:
+    """A transaction whose conditional create and conditional reference hold a NUL (%00)."""
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "identifier": [{"system": "urn:x", "value": "c"}]},
+         "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:x|a%00b"}},
+        {"resource": observation(rid, "Patient?identifier=urn:x|a%00b"),
+         "request": {"method": "PUT", "url": f"Observation/{rid}"}}]}
+
+
+def test_criteria_holding_a_nul_reject_their_input_and_the_run_goes_on(settings, tmp_path):
+    """On PostgreSQL the NUL ended the whole import (exit 2, "event store error", no file
+    named); the inputs after it were never read and the rejected ones never kept."""
+    folder = tmp_path / "in"
+    tx = write(folder / "a.json", nul_criteria_bundle("o1"))
+    write(folder / "b.ndjson", ndjson(
+        patient("z1"), '{"resourceType":"Patient","id":"z2","name":[{"family":"A\\u0000B"}]}'))
+    proc = run_hub(settings, "ingest", folder)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr == ""
+    assert counts(proc.stdout) == dict(inputs=4, accepted=1, created=1, updated=0, unchanged=0,
+                                       deleted=0, rejected=3)
+    assert f"rejected {tx}: Search criteria 'identifier=urn:x|a%00b' hold the control character " \
+        "U+0000" in proc.stdout
+    assert f"rejected {folder / 'b.ndjson'}:2: The string holds U+0000" in proc.stdout
+    assert sorted(r["where"] for r in rejected_records(settings)) == [
+        str(tx), f"{folder / 'b.ndjson'}:2"]
+    stored = settings.open_store()
+    try:
+        assert current_ids(stored, "Patient") == ["z1"]
+        assert current_ids(stored, "Observation") == []
+    finally:
+        stored.close()
+
+
+def test_a_value_postgresql_refuses_rejects_that_input_only(pg_databases, tmp_path, monkeypatch,
+                                                            capsys):
+    """With the checks in front of it off, a NUL reaches PostgreSQL, which refuses it: the input
+    holding it is rejected, named and kept, the others stored; the run goes on."""
+    monkeypatch.setattr(jsontext, "text_may_be_bad", lambda raw: False)
+    monkeypatch.setattr(conditional, "_CONTROL", re.compile("(?!)"))
+    folder = tmp_path / "in"
+    tx = write(folder / "a.json", nul_criteria_bundle("o1"))
+    lines = write(folder / "b.ndjson", ndjson(
+        patient("y1"), patient("y2", identifier=[{"system": "urn:x", "value": "a\x00b"}]),
+        patient("y3")))
+    write(folder / "c.json", patient("y4"))
+    data_dir = tmp_path / "data"
+    rc = cli.main(["ingest", "--quiet", "--data-dir", str(data_dir),
+                   "--database-url", pg_databases.new(), str(folder)])
+    out = capsys.readouterr()
+    assert rc == 1, out
+    assert "event store error" not in out.err
+    assert counts(out.out) == dict(inputs=6, accepted=3, created=3, updated=0, unchanged=0,
+                                   deleted=0, rejected=3)  # the transaction: its two entries
+    refused = "The event store cannot take a value of this request: "
+    assert f"rejected {tx}: {refused}PostgreSQL text fields cannot contain NUL" in out.out
+    assert f"rejected {lines}:2: {refused}" in out.out  # at the commit: said otherwise
+    kept = [orjson.loads(line) for f in (data_dir / "rejected").glob("*.ndjson")
+            for line in f.read_bytes().splitlines()]
+    assert sorted(r["where"] for r in kept) == [str(tx), f"{lines}:2"]
 
 
 def test_missing_path_is_one_clear_line_and_stores_nothing(settings, feed, tmp_path):

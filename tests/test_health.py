@@ -6,6 +6,7 @@ accepting connections and its sessions are terminated, then it comes back.
 
 from __future__ import annotations
 
+import resource
 import time
 
 import httpx
@@ -156,3 +157,50 @@ def test_a_candidate_index_counted_before_phones_is_a_warning_until_rebuilt(tmp_
     assert "stale:" not in run_hub(settings, "projections", "status", "identity-candidates").stdout
     with LiveServer(settings) as live:
         assert httpx.get(_origin(live) + "/ready", timeout=10).json()["checks"][check]["status"] == "pass"
+
+
+def _sizes(data_dir) -> int:
+    return max(p.stat().st_size for p in data_dir.glob("events.sqlite*"))
+
+
+def test_a_full_disk_is_told_apart_from_a_busy_store_and_readiness_says_so(tmp_path, request,
+                                                                            capfd):
+    """The server's files may grow no further (RLIMIT_FSIZE, as a full disk or a quota): writes
+    are answered 507 saying the store is out of space, not 503 "busy; retry shortly"; the log
+    gives SQLite's own words; /ready warns until a write succeeds again."""
+    settings = make_settings("sqlite", tmp_path, request)
+    with LiveServer(settings) as live:
+        origin = _origin(live)
+        headers = {**live.headers, "content-type": "application/fhir+json"}
+
+        def write(i: int) -> httpx.Response:
+            d = {"resourceType": "Patient", "id": f"full-{i}",
+                 "name": [{"family": f"Wang{i}", "given": ["x" * 1000] * 20}]}
+            return httpx.put(f"{live.base}/Patient/full-{i}", json=d, headers=headers, timeout=30)
+
+        assert write(0).status_code == 201
+        assert httpx.get(origin + "/ready", timeout=10).json()["status"] == "pass"
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.prlimit(live.proc.pid, resource.RLIMIT_FSIZE,
+                         (_sizes(settings.data_dir) + 64 * 1024, hard))
+        for i in range(1, 200):
+            r = write(i)
+            if r.status_code != 201:
+                break
+        assert r.status_code == 507, r.text
+        assert r.json()["issue"][0]["diagnostics"].startswith("The event store is out of space")
+        assert "Retry-After" not in r.headers
+        r = httpx.get(origin + "/ready", timeout=10)
+        assert r.status_code == 200 and r.json()["status"] == "warn", r.text
+        store = r.json()["checks"]["event-store"]
+        assert store["status"] == "warn" and "disk I/O error" in store["output"], store
+        assert httpx.get(f"{live.base}/Patient/full-0", headers=live.headers,
+                         timeout=10).status_code == 200  # it still reads
+
+        resource.prlimit(live.proc.pid, resource.RLIMIT_FSIZE, (soft, hard))  # space freed
+        assert write(1000).status_code == 201
+        r = httpx.get(origin + "/ready", timeout=10)
+        assert r.json()["checks"]["event-store"]["status"] == "pass", r.text
+    err = capfd.readouterr().err
+    assert "event store out of space on PUT /fhir/Patient/full-" in err, err[-2000:]
+    assert "disk I/O error (SQLITE_IOERR_WRITE)" in err

@@ -147,6 +147,23 @@ def test_failed_transaction_through_the_service_stores_nothing(hub):
     assert hub.store.max_notification_id() == before
 
 
+def test_a_value_the_database_refuses_is_the_requests_fault_not_a_crash(hub, backend):
+    """PostgreSQL text holds no NUL: criteria holding one that got past the API's checks are a
+    400 of the request, as a batch entry's or an ingested input's own failure, not a 500."""
+    criteria = [("identifier", "urn:x|a\x00b")]
+    if backend == "sqlite":
+        assert hub.store.find_by_identifier("Patient", "urn:x", "a\x00b") == []
+        return
+    with pytest.raises(FhirError) as e:
+        hub.store.find_by_identifier("Patient", "urn:x", "a\x00b")
+    assert e.value.status == 400 and "cannot contain NUL" in str(e.value)
+    good = patient(rid=unique())
+    results = hub.execute([op("POST", patient(), if_none_exist=criteria),
+                           op("PUT", good, good["id"])], Context(), atomic=False)
+    assert isinstance(results[0], FhirError) and results[0].status == 400
+    assert results[1].status == 201
+
+
 def test_sqlite_file_lives_in_the_data_directory(hub, settings, backend):
     hub.execute([op("POST", patient())], Context(), atomic=True)
     if backend == "sqlite":

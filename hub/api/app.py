@@ -84,7 +84,7 @@ from hub.core.events import resource_bytes
 from hub.core.gctune import tune_for_serving
 from hub.core.ingest import Context, Hub, Op, Result
 from hub.core.parentwatch import watch_parent
-from hub.core.store import too_complex, too_large
+from hub.core.store import STORE_FULL, storage_failure, too_complex, too_large
 from hub.documents import DocumentService
 from hub.mpi.candidates import IdentityCandidates
 from hub.quarantine import Quarantine
@@ -338,9 +338,14 @@ def _install_error_handlers(app: FastAPI) -> None:
             log.info("content too large to index on %s %s: %s", request.method, request.url.path, e)
             return outcome_response([Issue("too-long", "A value of this resource is too large for "
                                            "the event store to index")], 422, request)
+        failure = storage_failure(e)
+        if failure is not None:  # out of space: no retry helps until someone frees some
+            log.error("event store out of space on %s %s: %s", request.method, request.url.path,
+                      failure)
+            return outcome_response([Issue("exception", STORE_FULL)], 507, request)
         # Store down or its connections exhausted: a client can retry; the server keeps going.
-        log.warning("event store unavailable on %s %s: %s", request.method, request.url.path,
-                    type(e).__name__)
+        log.warning("event store unavailable on %s %s: %s: %s", request.method,
+                    request.url.path, type(e).__name__, _first_line(e))
         response = outcome_response(
             [Issue("transient", "The event store is unavailable or busy; retry shortly")],
             503, request)
@@ -367,6 +372,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         # No request content in the log: it may hold personal data.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return outcome_response([Issue("exception", "Internal server error")], 500, request)
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().partition("\n")[0][:300]
 
 
 def search_engine_away(e: Exception) -> bool:

@@ -99,10 +99,11 @@ def parse_entry(i: int, entry: object, base: str,
     elif len(parts) != 1 or (method != "POST" and not query):
         raise bad_request(f"Cannot {method} {url!r}", f"{where}.request.url")
     elif method != "POST":
-        op.query = parse_query(query)
+        op.query = parse_query(query, f"{where}.request.url")
     if method == "POST" and request.get("ifNoneExist"):
         inx = request["ifNoneExist"]
-        op.if_none_exist = parse_query(inx.split("?", 1)[1] if "?" in inx else inx)
+        op.if_none_exist = parse_query(inx.split("?", 1)[1] if "?" in inx else inx,
+                                       f"{where}.request.ifNoneExist")
     if method == "PATCH":
         apply, document = patching.from_entry(entry.get("resource"), where)
         op.patch = patching.step(rtype, apply, document, validate, where)

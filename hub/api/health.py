@@ -10,12 +10,15 @@ personal data).
   sending requests to a process whose database is gone or whose own read models fail. A read
   model in a shared engine failing (Elasticsearch away), or one whose rows need a rebuild
   (``stale``: built under another ``HUB_TIMEZONE``, a candidate index whose term counts are
-  incomplete), makes the answer a 200 ``warn`` that says so: the node still serves.
+  incomplete), makes the answer a 200 ``warn`` that says so: the node still serves. So does an
+  event store whose last write found no room (a full disk, ``ResourceStore.write_failure``, until
+  a write succeeds): it still answers reads, and out of the balancer no write could clear it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -67,6 +70,13 @@ async def ready(request: Request) -> Response:
         head = await asyncio.wait_for(run_in_threadpool(repo.store.max_notification_id),
                                       STORE_TIMEOUT)
         checks["event-store"] = {"status": "pass", "position": head}
+        failed = repo.store.write_failure
+        if failed is not None:  # it reads, but writes fail until someone frees space
+            at, why = failed
+            checks["event-store"].update(status="warn", output=(
+                f"the storage refused the last write, {int(time.time() - at)} s ago: {why}; "
+                "writes fail until space is freed (a write that succeeds clears this)"))
+            status = "warn"
     except Exception as e:  # noqa: BLE001 - any engine error means not ready
         checks["event-store"] = {"status": "fail",
                                  "output": "timed out" if isinstance(e, TimeoutError)

@@ -66,6 +66,7 @@ from hub.core.errors import FhirError, HubError
 from hub.core.events import resource_bytes
 from hub.core.fhirtime import local_zone
 from hub.core.ingest import Context, Result
+from hub.core.store import STORE_FULL, storage_failure
 from hub.quarantine import QuarantineFull
 from hub.repository import Repository
 
@@ -201,9 +202,14 @@ async def v3_interaction(request: Request) -> Response:
     try:
         answer = await run_in_threadpool(_handle, request, raw, reply_type, service)
     except TRANSIENT as e:
-        log.warning("v3: event store unavailable: %s", type(e).__name__)
-        answer = ack_response(raw, "AE", "The hub's store is unavailable or busy; retry shortly",
-                              503, reply_type, {"Retry-After": "1"})
+        if (failure := storage_failure(e)) is not None:  # as the REST API: 507, said so
+            log.error("v3: event store out of space: %s", failure)
+            answer = ack_response(raw, "AE", STORE_FULL, 507, reply_type)
+        else:
+            log.warning("v3: event store unavailable: %s: %s", type(e).__name__,
+                        str(e).strip().partition("\n")[0][:300])
+            answer = ack_response(raw, "AE", "The hub's store is unavailable or busy; retry "
+                                  "shortly", 503, reply_type, {"Retry-After": "1"})
     except Exception:
         log.exception("v3: unhandled error")  # as the REST API: the request content is not logged
         # kept like any refusal, to replay once the cause is fixed: a bare 500 made senders

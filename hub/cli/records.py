@@ -229,6 +229,7 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
 
     from hub.api import bundles
     from hub.core.resource import content_hash, parse_json
+    from hub.core.store import StoreInputError
 
     counts: Counter[str] = Counter()
     shown: list[tuple[int, int, str, str]] = []  # max-heap (-seq, -n) of the first problems
@@ -260,9 +261,21 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
 
     pending: list[tuple[int, str, bytes, object]] = []  # (seq, where, raw, parsed)
 
+    def alone(raw: bytes, d: object):
+        try:
+            return next(iter(hub.ingest([(raw, d)], ctx, batch_size=1)))
+        except StoreInputError as e:
+            return e
+
     def flush() -> None:
         if pending:
-            results = hub.ingest(((raw, d) for _, _, raw, d in pending), ctx, batch_size=len(pending))
+            try:
+                results = list(hub.ingest(((raw, d) for _, _, raw, d in pending), ctx,
+                                          batch_size=len(pending)))
+            except StoreInputError:
+                # a value the database refused fails the commit it is in: each input again on
+                # its own, so the one that holds it is rejected (an outage still ends the run)
+                results = [alone(raw, d) for _, _, raw, d in pending]
             for (seq, where, raw, _), result in zip(pending, results, strict=True):
                 kind = outcome_kind(result)
                 if kind == "rejected":

@@ -8,6 +8,7 @@ decided atomically.
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 from urllib.parse import parse_qsl
 
@@ -17,12 +18,26 @@ from hub.core.store import IdentifierGuard, QuietGuard, ResourceStore
 
 Query = list[tuple[str, str]]
 
+# A control character, sent raw or percent-encoded (tab, line feed and carriage return aside): no
+# FHIR string a parameter names may hold one, and PostgreSQL refuses a NUL in any text it is
+# asked to compare (criteria reach the event store from If-None-Exist, a Bundle entry's url or
+# ifNoneExist, and conditional references, none of which pass the query string's check)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
-def parse_query(query: str) -> Query:
+
+def parse_query(query: str, where: str | None = None) -> Query:
+    """``query`` as (name, value) pairs; 400 (at ``where``) if malformed or if a name or value
+    holds a control character."""
     try:
-        return parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
     except ValueError:
-        raise bad_request(f"Malformed search query {query!r}") from None
+        raise bad_request(f"Malformed search query {query!r}", where) from None
+    for name, value in pairs:
+        bad = _CONTROL.search(name) or _CONTROL.search(value)
+        if bad:
+            raise bad_request(f"Search criteria {query[:200]!r} hold the control character "
+                              f"U+{ord(bad.group()):04X}, which no FHIR string may contain", where)
+    return pairs
 
 
 def split_token(value: str) -> tuple[str | None, str]:

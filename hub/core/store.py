@@ -21,13 +21,15 @@ import functools
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import psycopg
 from eventsourcing.persistence import (
+    DataError,
     IntegrityError,
     InterfaceError,
     Notification,
@@ -44,7 +46,7 @@ from eventsourcing.sqlite import (
 
 from hub.core import identity_events as identity_events
 from hub.core import pgschema
-from hub.core.errors import HubError
+from hub.core.errors import FhirError, HubError
 from hub.core.events import DELETED, KIND_OF_TOPIC, TOPICS, ResourceEvent, from_stored, to_stored
 from hub.core.fhirtime import parse_range
 from hub.core.resource import content_hash, identifiers
@@ -63,6 +65,42 @@ class ConflictError(HubError):
     """A concurrent write changed what this commit was prepared against; safe to retry."""
 
     error_code = "conflict"
+
+
+class StoreInputError(FhirError):
+    """The database refused a value of the request (PostgreSQL's text holds no NUL, a number
+    beyond its column): the request's fault, answered 400; the same request fails again."""
+
+    def __init__(self, detail: str):
+        super().__init__(400, "invalid", f"The event store cannot take a value of this request: "
+                         f"{detail.splitlines()[0] if detail else 'a data error'}")
+
+
+# What says the storage could not take a write: SQLite's result codes (a full disk is SQLITE_FULL;
+# a file size limit, RLIMIT_FSIZE or a quota, fails the write itself, SQLITE_IOERR_WRITE) and
+# PostgreSQL's errors (SQLSTATE 53100 disk_full, 58030 io_error)
+_SQLITE_STORAGE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR_WRITE,
+                                   sqlite3.SQLITE_IOERR_FSYNC, sqlite3.SQLITE_IOERR_TRUNCATE})
+_PG_STORAGE_ERRORS = (psycopg.errors.DiskFull, psycopg.errors.IoError)
+
+
+# what a client is told (HTTP 507 Insufficient Storage): not the lock contention or outage a
+# "retry shortly" stands for
+STORE_FULL = ("The event store is out of space (its disk is full or a file size limit was "
+              "reached): nothing was stored; it takes writes again once space is freed")
+
+
+def storage_failure(e: BaseException) -> str | None:
+    """The engine's own words when ``e`` is a write the storage could not take (a full disk, a
+    file size limit, a failed write), else None: no retry helps until someone frees space."""
+    cause = e.__cause__ or e
+    if isinstance(cause, sqlite3.Error):
+        if getattr(cause, "sqlite_errorcode", None) not in _SQLITE_STORAGE_CODES:
+            return None
+        return f"{cause} ({getattr(cause, 'sqlite_errorname', '')})".replace(" ()", "")
+    if isinstance(cause, _PG_STORAGE_ERRORS):
+        return str(cause).splitlines()[0]
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -773,6 +811,19 @@ class PostgresResourceRecorder(_IndexMixin, PostgresApplicationRecorder):
         return nids
 
 
+class _PostgresDatastore(PostgresDatastore):
+    """eventsourcing's PostgreSQL datastore, with the data errors of a statement (a value the
+    database refuses) told as the request's fault rather than an engine failure (a 500)."""
+
+    @contextmanager
+    def get_connection(self) -> Iterator[Any]:
+        try:
+            with super().get_connection() as conn:
+                yield conn
+        except DataError as e:
+            raise StoreInputError(str(e)) from e
+
+
 class ResourceStore:
     """Facade over one recorder: commit prepared writes, read versions and history."""
 
@@ -780,6 +831,9 @@ class ResourceStore:
         self.recorder = recorder
         self._close = close
         self._log_id: str | None = None
+        # (time.time(), the engine's words) of the last write the storage could not take
+        # (``storage_failure``), until a write succeeds: readiness says so without writing
+        self.write_failure: tuple[float, str] | None = None
 
     @classmethod
     def sqlite(cls, path: str) -> ResourceStore:
@@ -791,7 +845,7 @@ class ResourceStore:
     @classmethod
     def postgres(cls, dsn: str, pool_size: int = 5) -> ResourceStore:
         args = pgschema.connect_args(dsn)
-        datastore = PostgresDatastore(
+        datastore = _PostgresDatastore(
             dbname=args["dbname"],
             host=args["host"],
             port=args["port"],
@@ -828,9 +882,22 @@ class ResourceStore:
             return []
         stored = [to_stored(e) for e in commit.events]
         try:
-            return list(self.recorder.insert_events(stored, commit=commit) or [])
+            with self._writing():
+                return list(self.recorder.insert_events(stored, commit=commit) or [])
         except (IntegrityError, sqlite3.IntegrityError, psycopg.errors.UniqueViolation) as e:
             raise ConflictError("a concurrent write created the same version") from e
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Keep ``write_failure`` up to date around one write."""
+        try:
+            yield
+        except (OperationalError, InterfaceError) as e:
+            failure = storage_failure(e)
+            if failure is not None:
+                self.write_failure = (time.time(), failure)
+            raise
+        self.write_failure = None
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -914,8 +981,9 @@ class ResourceStore:
             return []
         try:
             kind = str(stored[0].originator_id).partition("/")[0]
-            return list(self.recorder.insert_events(list(stored), commit=Commit(stream_kind=kind))
-                        or [])
+            with self._writing():
+                return list(self.recorder.insert_events(list(stored),
+                                                        commit=Commit(stream_kind=kind)) or [])
         except (IntegrityError, sqlite3.IntegrityError, psycopg.errors.UniqueViolation) as e:
             raise ConflictError("a concurrent identity decision took this version") from e
 
