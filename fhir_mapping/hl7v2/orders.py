@@ -402,6 +402,7 @@ def _dosages(ctx: Ctx, base: dict[str, Any], tq1s: list[Seg], has_amount: bool,
         if timing:
             d["timing"] = timing
         priority = priority or prio
+        _tq1_texts(tq1, d)
         qty = _quantity(tq1.rep(2))
         if qty is not None and (len(tq1s) > 1 or not has_amount):
             d["doseAndRate"] = [dict(d.get("doseAndRate", [{}])[0], doseQuantity=qty)]
@@ -411,6 +412,18 @@ def _dosages(ctx: Ctx, base: dict[str, Any], tq1s: list[Seg], has_amount: bool,
             g.setdefault("notes", []).append(f"quantity per service (TQ1-2): {_words(qty)}")
         out.append(d)
     return out, priority
+
+
+def _tq1_texts(tq1: Seg, d: dict[str, Any]) -> None:
+    """TQ1-11 text instruction -> the Dosage's text (after the order's own, RXE-21/RXO-6, when that
+    says something else) and TQ1-10 condition text (e.g. "if pain") -> an additionalInstruction, as
+    the v2-to-FHIR IG's TQ1[MedicationRequest] map gives them."""
+    said = tq1.text(11)
+    if said and said != d.get("text"):
+        d["text"] = f"{d['text']}; {said}" if d.get("text") else said
+    cond = tq1.text(10)
+    if cond and {"text": cond} not in d.get("additionalInstruction", []):
+        d.setdefault("additionalInstruction", []).append({"text": cond})
 
 
 def _words(q: dict[str, Any]) -> str:
