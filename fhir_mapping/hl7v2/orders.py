@@ -13,7 +13,7 @@ from .context import Ctx
 from .financial import charges
 from .message import Seg
 from .patient_context import patient_context
-from .people import annotations, note_text, practitioner, provider
+from .people import as_annotations, note_text, practitioner, provider
 from .results import observation, occurrences, participants, report_key, specimen, split_groups
 from .tables import table
 
@@ -115,7 +115,7 @@ def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
     if info:
         res["supportingInfo"] = info
     if g.notes:
-        res["note"] = annotations(ctx, g.notes)
+        res["note"] = as_annotations(ctx, g.notes)
     return ctx.add(res)
 
 
@@ -334,7 +334,7 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
     if dosages != [{}]:
         res["dosageInstruction"] = dosages
     if g.get("notes"):
-        res["note"] = annotations(ctx, g["notes"])
+        res["note"] = as_annotations(ctx, g["notes"])
     if rxe is not None and rxe.get(15):
         ident = ctx.local_identifier("prescription", rxe.get(15), None, rxe.loc(15))
         if ident and ident not in res.setdefault("identifier", []):
@@ -670,7 +670,7 @@ def nutrition_orders(ctx: Ctx) -> int:
         if supplements:
             res["supplement"] = [{"type": c} for c in supplements]
         if notes:
-            res["note"] = annotations(ctx, notes)
+            res["note"] = as_annotations(ctx, notes)
         ctx.add(res)
         made += 1
     return made

@@ -453,7 +453,7 @@ def annotation(ctx: Ctx, note: Seg | str) -> dict[str, Any] | None:
     return out
 
 
-def annotations(ctx: Ctx, notes: Sequence[Seg | str]) -> list[dict[str, Any]]:
+def as_annotations(ctx: Ctx, notes: Sequence[Seg | str]) -> list[dict[str, Any]]:
     return [a for n in notes if (a := annotation(ctx, n))]
 
 

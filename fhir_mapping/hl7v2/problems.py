@@ -14,7 +14,7 @@ from . import datatypes as dt
 from .context import Ctx
 from .message import Seg
 from .patient_context import patient_context
-from .people import annotations, note_text
+from .people import as_annotations, note_text
 from .results import observation, occurrences
 from .tables import table
 
@@ -93,5 +93,5 @@ def condition(ctx: Ctx, prb: Seg, obxs: list[Seg], notes: list[Seg]) -> None:
     if evidence:
         res["evidence"] = [{"detail": evidence}]
     if notes:
-        res["note"] = annotations(ctx, notes)
+        res["note"] = as_annotations(ctx, notes)
     ctx.add(res)

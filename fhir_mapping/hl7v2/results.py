@@ -14,7 +14,7 @@ from fhir_mapping import partial, ucum
 from . import datatypes as dt
 from .context import Ctx
 from .message import Seg
-from .people import annotations, note_text, practitioner
+from .people import as_annotations, note_text, practitioner
 from .tables import table
 
 _CODES = table("codes")
@@ -91,7 +91,7 @@ def participants(ctx: Ctx, g: _Group) -> dict[str, list[dict]]:
 def split_groups(ctx: Ctx) -> tuple[list[_Group], list[tuple[Seg, list[Seg]]], list[Seg]]:
     """Order groups (OBR with its ORC, OBX + notes and SPM), OBX outside any group, SPM seen
     before any OBR (OUL^R22 puts SPM first). Notes are their NTE segments, with who wrote them
-    and when (``people.annotations``)."""
+    and when (``people.as_annotations``)."""
     groups: list[_Group] = []
     loose: list[tuple[Seg, list[Seg]]] = []
     early_spm: list[Seg] = []
@@ -551,7 +551,7 @@ def observation(ctx: Ctx, obx: Seg, notes: list[Seg], key: str, nth: str, *,
     if interp:
         res["interpretation"] = interp
     if notes:
-        res["note"] = annotations(ctx, notes)
+        res["note"] = as_annotations(ctx, notes)
     method = dt.concept(obx.rep(17))
     if method:
         res["method"] = method
