@@ -3,6 +3,8 @@ route, frequency, quantity and validity; non-drug orders and 出院医嘱 become
 
 from __future__ import annotations
 
+import pytest
+
 from fhir_mapping.cda import convert_traced
 from tests.cda_docs import SRC, VALID_ID, by_type, ident, wst500
 from tests.test_cda_helpers import check_no_silent_drops, invalid_resources
@@ -159,3 +161,38 @@ def test_administration_unit_is_the_drugs_form_and_the_unit_of_a_unitless_dose()
     # a dose with a unit of its own keeps it: the form is not its unit
     assert meds["布洛芬缓释胶囊"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"] == {
         "value": 0.3, "unit": "g", "system": "http://unitsofmeasure.org", "code": "g"}
+
+
+def _with_nested_dose(dose_el: str, nested_value: str) -> str:
+    el = drug("阿莫西林胶囊", "0.5", "g", "tid", "10.5").replace('<doseQuantity value="0.5" unit="g"/>', dose_el)
+    return el.replace("</substanceAdministration>", rel(obs("DE06.00.134.00", "药物使用次剂量", nested_value))
+                      + "</substanceAdministration>")
+
+
+G = {"system": "http://unitsofmeasure.org", "code": "g", "unit": "g"}
+
+
+@pytest.mark.parametrize("dose_el, nested, want_dose, want_note, warned", [
+    # both given and different: the drug's dose is the dosage, the nested one a note with a finding
+    ('<doseQuantity value="0.5" unit="g"/>', '<value xsi:type="PQ" value="0.25" unit="g"/>',
+     {"value": 0.5, **G}, "药物使用次剂量: 0.25 g", True),
+    # the same dose twice says nothing more
+    ('<doseQuantity value="0.5" unit="g"/>', '<value xsi:type="PQ" value="0.50" unit="g"/>',
+     {"value": 0.5, **G}, None, False),
+    # a rate alone is no dose: the nested dose is the dose
+    ("", '<value xsi:type="PQ" value="0.25" unit="g"/>', {"value": 0.25, **G}, None, False),
+    # a dose in words is kept in words
+    ('<doseQuantity value="0.5" unit="g"/>', '<value xsi:type="ST">每次2粒</value>',
+     {"value": 0.5, **G}, "药物使用次剂量: 每次2粒", False),
+])
+def test_a_nested_dose_is_kept_beside_the_drugs_own(dose_el, nested, want_dose, want_note, warned):
+    """A dose data element inside a drug that had a dose (or a rate) of its own was marked taken
+    and its value dropped."""
+    el = _with_nested_dose(dose_el, nested).replace(
+        "<rateQuantity>", '<rateQuantity value="2" unit="mL/h">' if not dose_el else "<rateQuantity>")
+    conv, t = run(section("10160-0", el), code="C0004", template="2.16.156.10011.2.1.1.24")
+    (m,) = t["MedicationRequest"]
+    assert m["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"] == want_dose
+    notes = [n["text"] for n in m.get("note", [])]
+    assert notes == ["药物规格: 0.25g*24片"] + ([want_note] if want_note else [])
+    assert bool([f for f in conv.findings if f.rule == "cda.medication.dose-differs"]) == warned

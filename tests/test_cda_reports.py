@@ -4,6 +4,7 @@ data elements is one Observation with its value, unit, interpretation and specim
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from fhir_mapping.cda import convert_traced
 from fhir_mapping.numbers import value_of
@@ -216,3 +217,33 @@ def test_items_of_one_organizer_keep_their_own_specimens_and_extra_results():
     assert specs[by_code["NA"]["specimen"]["reference"]] == "全血"
     assert by_code["DE04.30.015.00"]["focus"] == [{"reference": f"Observation/{by_code['NA']['id']}"}]
     assert value_of(by_code["DE04.30.015.00"]["valueQuantity"]["value"]) == 151
+
+
+HGB_CODE = '<value xsi:type="CD" code="HGB" displayName="血红蛋白" codeSystem="1.2.156.112604.1.9"/>'
+
+
+@pytest.mark.parametrize("written, code", [
+    # a code of a code system is the test, whatever word it spells: NA is sodium
+    ('<value xsi:type="CD" code="NA" displayName="钠" codeSystem="1.2.156.112604.1.9"/>', "NA"),
+    ('<value xsi:type="CD" code="NA" codeSystem="1.2.156.112604.1.9"/>', "NA"),
+    ('<value xsi:type="CD" code="NA" displayName="Na" codeSystem="1.2.156.112604.1.9"/>', "NA"),
+    # no code system: "N/A", "NA" written in place of the test say nothing
+    ('<value xsi:type="CD" displayName="N/A"/>', None),
+    ('<value xsi:type="ST">NA</value>', None),
+    ('<value xsi:type="CD" code="-" codeSystem="1.2.156.112604.1.9"/>', None),
+])
+def test_a_test_coded_like_a_filler_word_keeps_its_code(written, code):
+    """A test item coded "NA" (sodium) was taken for the filler "na" and named 检验项目代码 instead."""
+    doc = lab_report()
+    assert HGB_CODE.encode() in doc
+    conv, trace = convert_traced(doc.replace(HGB_CODE.encode(), written.encode()), SRC)
+    assert invalid_resources(conv) == []
+    check_no_silent_drops(conv, trace)
+    first = next(o for o in by_type(conv)["Observation"] if o["valueQuantity"]["value"] == 132)
+    codes = [c["code"] for c in first["code"]["coding"]]
+    filler = [f for f in conv.findings if f.rule == "cda.entry.absent-value" and "test item code" in f.message]
+    if code:
+        assert codes[0] == code and codes[-1] == "DE04.30.019.00" and not filler
+        assert first["code"]["coding"][0]["system"] == "urn:oid:1.2.156.112604.1.9"
+    else:
+        assert codes == ["DE04.30.019.00"] and filler

@@ -485,8 +485,10 @@ def test_a_note_about_the_patient_is_kept_on_the_patient():
              + "NTE|3||访视备注\r")
     (pat,) = by_type(c, "Patient")
     notes = [e["valueAnnotation"] for e in pat["extension"] if e["url"] == "http://hl7.org/fhir/StructureDefinition/note"]
+    (nurse,) = [p for p in by_type(c, "Practitioner") if p["identifier"][0]["value"] == "D7"]
     assert notes == [{"text": "对青霉素过敏史不详，家属代述"},
-                     {"text": "听力障碍，需书面沟通", "time": "2024-03-15T09:00:00+08:00", "authorString": "李护士"}]
+                     {"text": "听力障碍，需书面沟通", "time": "2024-03-15T09:00:00+08:00",
+                      "authorReference": {"reference": f"Practitioner/{nurse['id']}", "display": "李护士"}}]
     siu = conv("SIU^S12", "SCH|A1|A1|||||||30|min|^^30^20240316090000\rNTE|1||空腹前来\r" + PID
                + "NTE|1||轮椅\r")
     assert by_type(siu, "Appointment")[0]["comment"] == "空腹前来"
@@ -548,3 +550,38 @@ def test_a_date_only_document_time_is_no_made_up_instant():
     # TXA-4 no instant (invalid, or a date only): TXA-6 is, and is the date
     for txa4 in ("bogus", "20240315"):
         assert doc(txa4, "20240315093000")["date"] == "2024-03-15T09:30:00+08:00", txa4
+
+
+NTE_BY = "NTE|1||请一周后复查||D9^张^医生|20240315100000+0800\r"
+
+
+@pytest.mark.parametrize("kind, body, rtype", [
+    ("ORU^R01", "OBR|1||F1|CBC^血常规^L\rOBX|1|NM|WBC^白细胞^L||5.6|10*9/L|||||F\r" + NTE_BY, "Observation"),
+    ("ORM^O01", "ORC|NW|P1|F1\rOBR|1|P1|F1|CBC^血常规^L\r" + NTE_BY, "ServiceRequest"),
+    ("RDE^O11", "ORC|NW|P1|F1\rRXE||A001^阿莫西林^L|0.5||g^克\r" + NTE_BY, "MedicationRequest"),
+    ("RDE^O11", "ORC|NW|P1|F1\rRXE||A001^阿莫西林^L|0.5||g^克\rOBX|1|NM|29463-7^Body weight^LN||65|kg|||||F\r"
+     + NTE_BY, "Observation"),
+    ("ORM^O01", "ORC|NW|D100\rODS|D||LS^低盐饮食^L\r" + NTE_BY, "NutritionOrder"),
+    ("PPR^PC1", PRB.format(action="AD") + NTE_BY, "Condition"),
+])
+def test_a_note_keeps_who_wrote_it_and_when(kind, body, rtype):
+    """NTE-5 (entered by) and NTE-6 (entered date/time) were dropped from the notes of results,
+    orders and problems: the note's author (a Practitioner) and its time, by the v2-to-FHIR IG."""
+    c = conv(kind, PID + PV1 + body)
+    (res,) = by_type(c, rtype)
+    (doctor,) = [p for p in by_type(c, "Practitioner") if p.get("identifier", [{}])[0].get("value") == "D9"]
+    (note,) = res["note"]
+    assert note == {"text": "请一周后复查", "time": "2024-03-15T10:00:00+08:00",
+                    "authorReference": {"reference": f"Practitioner/{doctor['id']}", "display": "张医生"}}
+
+
+@pytest.mark.parametrize("nte, note, finding", [
+    ("NTE|1||复查||^李^护士|20240315\r", {"text": "复查", "time": "2024-03-15", "authorString": "李护士"}, False),
+    ("NTE|1||复查~空腹|||2024031599\r", {"text": "复查\n空腹"}, True),
+])
+def test_a_note_without_an_author_id_or_a_valid_time(nte, note, finding):
+    """A name without an id is the author's name; a time that is none is reported, the note kept."""
+    c = conv("ORU^R01", PID + PV1 + "OBR|1||F1|CBC^血常规^L\rOBX|1|NM|WBC^白细胞^L||5.6|10*9/L|||||F\r" + nte)
+    (obs,) = by_type(c, "Observation")
+    assert obs["note"] == [note]
+    assert ("v2.nte-6.invalid" in [f.rule for f in c.findings]) == finding

@@ -159,3 +159,30 @@ def test_a_diagnosis_keeps_its_attestation_time():
     assert cond["recordedDate"] == "2024-03-01"
     assert cond["extension"] == [{"url": "http://hl7.org/fhir/StructureDefinition/condition-assertedDate",
                                   "valueDateTime": "2024-03-02T10:15:00+08:00"}]
+
+
+def tq1(f10: str = "", f11: str = "", pattern: str = "TID") -> str:
+    return f"TQ1|1||{pattern}|||||||{f10}|{f11}\r"
+
+
+@pytest.mark.parametrize("segments, want", [
+    # TQ1-11 text instruction is the dosage's text, TQ1-10 condition text an instruction
+    (tq1("疼痛时", "饭后半小时服用") + rxe(), [("饭后半小时服用", ["疼痛时"])]),
+    # after the order's own text when that says something else; once when it says the same
+    (tq1("", "饭后半小时服用") + rxe(f21="遵医嘱"), [("遵医嘱; 饭后半小时服用", None)]),
+    (tq1("", "遵医嘱") + rxe(f21="遵医嘱"), [("遵医嘱", None)]),
+    # beside the order's administration instructions (RXE-7; one alone is the text)
+    (tq1("体温>38.5℃时") + rxe(f7="^多饮水~^避光"), [("多饮水", ["多饮水", "避光", "体温>38.5℃时"])]),
+    (tq1("体温>38.5℃时") + rxe(f7="^多饮水"), [("多饮水", ["体温>38.5℃时"])]),
+    # a taper: each TQ1 its own
+    (tq1("", "前三天每日三次", "TID") + tq1("", "之后每日一次", "QD") + rxe(),
+     [("前三天每日三次", None), ("之后每日一次", None)]),
+])
+def test_tq1_text_instruction_and_condition_are_kept(segments, want):
+    """TQ1-10 (condition text) and TQ1-11 (text instruction) were dropped: the v2-to-FHIR IG gives
+    them as the dosage's additionalInstruction and text."""
+    c = conv("RDE^O11", PID + PV1 + ORC + segments)
+    (mr,) = by_type(c, "MedicationRequest")
+    got = [(d.get("text"), [x["text"] for x in d["additionalInstruction"]] if "additionalInstruction" in d else None)
+           for d in mr["dosageInstruction"]]
+    assert got == want

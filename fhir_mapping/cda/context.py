@@ -306,7 +306,7 @@ _TEXT_VALUE_TYPES = frozenset({"", "ST", "SC", "ED", "CD", "CE", "CV", "CO", "CS
 def absent_value(st) -> str | None:
     """Why the statement's value says nothing, or None when it says something: its nullFlavor, or
     ``filler`` for text or a code made only of fillers ("无", "-", "不详"). Numbers are never fillers
-    ("0" ml of blood loss is a value)."""
+    ("0" ml of blood loss is a value), nor is a code in a code system ("NA", sodium)."""
     val = child(st, "value")
     if val is None:
         return None
@@ -320,7 +320,12 @@ def absent_value(st) -> str | None:
         return nf
     if dt.value_type(val) not in _TEXT_VALUE_TYPES:
         return None
-    said = [t for t in (dt.clean_str(val.get("code")), dt.clean_str(val.get("displayName")),
+    code = dt.clean_str(val.get("code"))
+    if code and dt.clean_str(val.get("codeSystem")) and any(c.isalnum() for c in code):
+        # a code of a code system is a value, whatever word of free text it spells ("NA" is sodium):
+        # the fillers are words written in place of a text or a display
+        return None
+    said = [t for t in (code, dt.clean_str(val.get("displayName")),
                         dt.clean_str(val.get("value")), dt.text(val), dt.text(child(val, "originalText"))) if t]
     return "filler" if said and all(is_filler_text(t) for t in said) else None
 

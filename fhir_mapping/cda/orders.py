@@ -44,6 +44,30 @@ def _dose(res: dict) -> dict:
     return res["dosageInstruction"][0]
 
 
+def _same_quantity(a: dict, b: dict) -> bool:
+    return numbers.value_of(a["value"]) == numbers.value_of(b["value"]) and \
+        (a.get("code") or a.get("unit")) == (b.get("code") or b.get("unit"))
+
+
+def _nested_dose(ctx: Ctx, n, res: dict, q: dict | None, txt: str | None) -> None:
+    """A dose written as a data element inside the drug: the dose when the drug gives none (a rate
+    alone is no dose); the same dose as the drug's says nothing more; a different one, or one that
+    is no quantity, is kept as a note under its name, a different one with a finding."""
+    dr = (res.get("dosageInstruction") or [{}])[0].get("doseAndRate") or [{}]
+    given = dr[0].get("doseQuantity")
+    if q and given is None and "doseRange" not in dr[0]:
+        _dose(res)["doseAndRate"] = [{**dr[0], "doseQuantity": q}]
+        return
+    if q and given is not None and _same_quantity(q, given):
+        return
+    if q or txt:
+        res.setdefault("note", []).append({"text": _describe(ctx, n)})
+    if q:
+        ctx.find("warning", "cda.medication.dose-differs",
+                 "the drug's dose and the dose data element inside it differ: the drug's is the "
+                 "dosage, the other is kept as a note", n)
+
+
 def medication_details(ctx: Ctx, st, res: dict, ref: str) -> set:
     """Take the detail statements nested in a drug (规格, 总剂量, 频率, 剂数, 煎煮法, 用药法) into its
     MedicationRequest. Returns the statements taken (the caller maps the others)."""
@@ -73,9 +97,7 @@ def medication_details(ctx: Ctx, st, res: dict, ref: str) -> set:
             d = _dose(res)
             d["text"] = f"{d['text']}; {txt}" if d.get("text") else txt
         elif how == "dose":
-            q = _quantity(ctx, n)
-            if q and not _dose(res).get("doseAndRate"):
-                _dose(res)["doseAndRate"] = [{"doseQuantity": q}]
+            _nested_dose(ctx, n, res, _quantity(ctx, n), txt)
         else:  # note: 规格, 剂型 and the like, as the label and value the document gives
             res.setdefault("note", []).append({"text": _describe(ctx, n)})
     return used

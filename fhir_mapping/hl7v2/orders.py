@@ -13,7 +13,7 @@ from .context import Ctx
 from .financial import charges
 from .message import Seg
 from .patient_context import patient_context
-from .people import practitioner, provider
+from .people import as_annotations, note_text, practitioner, provider
 from .results import observation, occurrences, participants, report_key, specimen, split_groups
 from .tables import table
 
@@ -115,7 +115,7 @@ def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
     if info:
         res["supportingInfo"] = info
     if g.notes:
-        res["note"] = [{"text": n} for n in g.notes]
+        res["note"] = as_annotations(ctx, g.notes)
     return ctx.add(res)
 
 
@@ -172,11 +172,11 @@ def _pharmacy_groups(ctx: Ctx) -> list[dict[str, Any]]:
             cur.setdefault("OBXs", []).append((seg, []))
             cur["owner"] = "OBX"
         elif cur is not None and seg.name == "NTE":
-            text = seg.text(3)
+            text = note_text(seg)
             if text and cur["owner"] == "OBX":
-                cur["OBXs"][-1][1].append(text)
+                cur["OBXs"][-1][1].append(seg)
             elif text and cur["owner"] in ("RXO", "RXE"):
-                cur.setdefault("notes", []).append(text)  # the prescriber's or pharmacist's
+                cur.setdefault("notes", []).append(seg)  # the prescriber's or pharmacist's
         elif cur is not None and seg.name in ("RXO", "RXE", "RXD", "RXA"):
             cur.setdefault(seg.name, seg)
             cur["owner"] = seg.name
@@ -334,7 +334,7 @@ def medication_request(ctx: Ctx, g: dict[str, Any], n: int) -> None:
     if dosages != [{}]:
         res["dosageInstruction"] = dosages
     if g.get("notes"):
-        res["note"] = [{"text": x} for x in g["notes"]]
+        res["note"] = as_annotations(ctx, g["notes"])
     if rxe is not None and rxe.get(15):
         ident = ctx.local_identifier("prescription", rxe.get(15), None, rxe.loc(15))
         if ident and ident not in res.setdefault("identifier", []):
@@ -402,6 +402,7 @@ def _dosages(ctx: Ctx, base: dict[str, Any], tq1s: list[Seg], has_amount: bool,
         if timing:
             d["timing"] = timing
         priority = priority or prio
+        _tq1_texts(tq1, d)
         qty = _quantity(tq1.rep(2))
         if qty is not None and (len(tq1s) > 1 or not has_amount):
             d["doseAndRate"] = [dict(d.get("doseAndRate", [{}])[0], doseQuantity=qty)]
@@ -411,6 +412,18 @@ def _dosages(ctx: Ctx, base: dict[str, Any], tq1s: list[Seg], has_amount: bool,
             g.setdefault("notes", []).append(f"quantity per service (TQ1-2): {_words(qty)}")
         out.append(d)
     return out, priority
+
+
+def _tq1_texts(tq1: Seg, d: dict[str, Any]) -> None:
+    """TQ1-11 text instruction -> the Dosage's text (after the order's own, RXE-21/RXO-6, when that
+    says something else) and TQ1-10 condition text (e.g. "if pain") -> an additionalInstruction, as
+    the v2-to-FHIR IG's TQ1[MedicationRequest] map gives them."""
+    said = tq1.text(11)
+    if said and said != d.get("text"):
+        d["text"] = f"{d['text']}; {said}" if d.get("text") else said
+    cond = tq1.text(10)
+    if cond and {"text": cond} not in d.get("additionalInstruction", []):
+        d.setdefault("additionalInstruction", []).append({"text": cond})
 
 
 def _words(q: dict[str, Any]) -> str:
@@ -586,11 +599,11 @@ def _limits(ctx: Ctx, cdos: list[Seg], course: dict[str, Any] | None, g: dict[st
     return out
 
 
-def _detail_groups(ctx: Ctx, name: str) -> list[tuple[Seg | None, list[Seg], list[str]]]:
-    """(ORC, its ``name`` segments, the notes after them) for every ORC group holding ``name``."""
-    out: list[tuple[Seg | None, list[Seg], list[str]]] = []
+def _detail_groups(ctx: Ctx, name: str) -> list[tuple[Seg | None, list[Seg], list[Seg]]]:
+    """(ORC, its ``name`` segments, the NTE after them) for every ORC group holding ``name``."""
+    out: list[tuple[Seg | None, list[Seg], list[Seg]]] = []
     orc: Seg | None = None
-    cur: tuple[Seg | None, list[Seg], list[str]] | None = None
+    cur: tuple[Seg | None, list[Seg], list[Seg]] | None = None
     for seg in ctx.msg.segments:
         if seg.name == "ORC":
             orc, cur = seg, None
@@ -600,9 +613,8 @@ def _detail_groups(ctx: Ctx, name: str) -> list[tuple[Seg | None, list[Seg], lis
                 out.append(cur)
             cur[1].append(seg)
         elif seg.name == "NTE" and cur is not None:
-            text = seg.text(3)
-            if text:
-                cur[2].append(text)
+            if note_text(seg):
+                cur[2].append(seg)
         elif seg.name in ("OBR", "RXO", "RXE", "ODS", "RQD", "PID"):
             cur = None
     return out
@@ -658,7 +670,7 @@ def nutrition_orders(ctx: Ctx) -> int:
         if supplements:
             res["supplement"] = [{"type": c} for c in supplements]
         if notes:
-            res["note"] = [{"text": t} for t in notes]
+            res["note"] = as_annotations(ctx, notes)
         ctx.add(res)
         made += 1
     return made

@@ -4,12 +4,11 @@ import each other."""
 
 from __future__ import annotations
 
-from . import datatypes as dt
 from .clinical import allergy, condition, coverage, procedure
 from .context import Ctx
 from .encounter import encounter, role_participants
 from .message import Seg
-from .people import patient, primary_care, related_person
+from .people import as_annotations, patient, primary_care, related_person
 from .tables import table
 
 _NOTE = "http://hl7.org/fhir/StructureDefinition/note"
@@ -87,19 +86,6 @@ def _patient_notes(ctx: Ctx, pid: Seg, pat: dict) -> None:
     Patient has no note element; a Flag would make every remark an alert, and a note on another
     resource would tie it to a visit or order it is not about. The note keeps its text and its
     NTE-5 author and NTE-6 time where sent."""
-    notes = []
-    for nte in patient_notes(ctx, pid):
-        text = "\n".join(nte.text(3, r) for r in range(1, len(nte.field(3)) + 1)).strip()
-        if not text:
-            continue
-        note: dict = {"text": text}
-        when = dt.datetime(nte.get(6))
-        if when:
-            note["time"] = when
-        name = dt.human_name(nte.rep(5), 2)  # NTE-5 entered by (XCN, v2.6+)
-        if name:
-            note["authorString"] = name.get("text") or " ".join(
-                [*name.get("given", []), name.get("family", "")]).strip()
-        notes.append({"url": _NOTE, "valueAnnotation": note})
+    notes = [{"url": _NOTE, "valueAnnotation": a} for a in as_annotations(ctx, patient_notes(ctx, pid))]
     if notes:
         pat.setdefault("extension", []).extend(notes)

@@ -4,6 +4,7 @@ MRG -> the retired Patient linked to its survivor."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import date as _date
 from typing import Any
 
@@ -417,6 +418,43 @@ def practitioner(ctx: Ctx, rep: list[list[str]], loc: str) -> dict[str, str] | N
         ref = dict(ref, display=name.get("text") or " ".join(
             [*name.get("given", []), name.get("family", "")]).strip() or pid_)
     return ref
+
+
+def note_text(nte: Seg) -> str:
+    """NTE-3 (comment), its repetitions a line each."""
+    return "\n".join(nte.text(3, r) for r in range(1, len(nte.field(3)) + 1)).strip()
+
+
+def annotation(ctx: Ctx, note: Seg | str) -> dict[str, Any] | None:
+    """A note as an Annotation. An NTE by the v2-to-FHIR IG's NTE map: NTE-3 comment -> text, NTE-5
+    entered by -> authorReference (a Practitioner; a name without an id is authorString), NTE-6
+    entered date/time -> time. A note the mapper writes itself (a value kept as a note) is its text.
+    None for an NTE without a comment."""
+    if isinstance(note, str):
+        return {"text": note} if note else None
+    text = note_text(note)
+    if not text:
+        return None
+    out: dict[str, Any] = {"text": text}
+    rep = note.rep(5)  # XCN, v2.6+
+    author = practitioner(ctx, rep, note.loc(5)) if dt.comp(rep, 1) else None
+    name = dt.human_name(rep, family_at=2) if author is None and rep else None
+    if author:
+        out["authorReference"] = author
+    elif name:
+        out["authorString"] = name.get("text") or " ".join([*name.get("given", []), name.get("family", "")]).strip()
+    raw = note.get(6)
+    when = dt.datetime(raw)
+    if when:
+        out["time"] = when
+    elif raw:
+        ctx.find("warning", "v2.nte-6.invalid", "NTE-6 (entered date/time) is no valid time: the note "
+                 "keeps its text without it", note.loc(6))
+    return out
+
+
+def as_annotations(ctx: Ctx, notes: Sequence[Seg | str]) -> list[dict[str, Any]]:
+    return [a for n in notes if (a := annotation(ctx, n))]
 
 
 def primary_care(ctx: Ctx, pd1: Seg, pat: dict) -> None:

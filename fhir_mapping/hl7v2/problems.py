@@ -14,6 +14,7 @@ from . import datatypes as dt
 from .context import Ctx
 from .message import Seg
 from .patient_context import patient_context
+from .people import as_annotations, note_text
 from .results import observation, occurrences
 from .tables import table
 
@@ -24,17 +25,16 @@ _CATEGORY = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condit
                          "code": "problem-list-item", "display": "Problem List Item"}]}
 
 
-def _groups(ctx: Ctx) -> list[tuple[Seg, list[Seg], list[str]]]:
-    out: list[tuple[Seg, list[Seg], list[str]]] = []
+def _groups(ctx: Ctx) -> list[tuple[Seg, list[Seg], list[Seg]]]:
+    out: list[tuple[Seg, list[Seg], list[Seg]]] = []
     for seg in ctx.msg.segments:
         if seg.name == "PRB":
             out.append((seg, [], []))
         elif out and seg.name == "OBX":
             out[-1][1].append(seg)
         elif out and seg.name == "NTE" and not out[-1][1]:  # notes on the problem, not on an OBX
-            text = seg.text(3)
-            if text:
-                out[-1][2].append(text)
+            if note_text(seg):
+                out[-1][2].append(seg)
     return out
 
 
@@ -47,7 +47,7 @@ def build(ctx: Ctx) -> None:
         condition(ctx, prb, obxs, notes)
 
 
-def condition(ctx: Ctx, prb: Seg, obxs: list[Seg], notes: list[str]) -> None:
+def condition(ctx: Ctx, prb: Seg, obxs: list[Seg], notes: list[Seg]) -> None:
     code = dt.concept(prb.rep(3))
     if code is None:
         raise ctx.error("PRB-3 (problem id) is empty: the Condition has no code", prb.loc(3), "v2.prb-3.missing")
@@ -93,5 +93,5 @@ def condition(ctx: Ctx, prb: Seg, obxs: list[Seg], notes: list[str]) -> None:
     if evidence:
         res["evidence"] = [{"detail": evidence}]
     if notes:
-        res["note"] = [{"text": t} for t in notes]
+        res["note"] = as_annotations(ctx, notes)
     ctx.add(res)

@@ -14,7 +14,7 @@ from fhir_mapping import partial, ucum
 from . import datatypes as dt
 from .context import Ctx
 from .message import Seg
-from .people import practitioner
+from .people import as_annotations, note_text, practitioner
 from .tables import table
 
 _CODES = table("codes")
@@ -61,9 +61,9 @@ class _Group:
 
     def __init__(self, orc: Seg | None, obr: Seg, prt: list[Seg] | None = None):
         self.orc, self.obr = orc, obr
-        self.obx: list[tuple[Seg, list[str]]] = []
+        self.obx: list[tuple[Seg, list[Seg]]] = []  # each OBX with the NTE after it
         self.spm: list[Seg] = []
-        self.notes: list[str] = []
+        self.notes: list[Seg] = []  # the NTE of the order
         self.prt: list[Seg] = prt or []  # PRT of the order (after its ORC or OBR, before any OBX)
         self._parts: dict[str, list[dict]] | None = None
 
@@ -88,20 +88,17 @@ def participants(ctx: Ctx, g: _Group) -> dict[str, list[dict]]:
     return g._parts
 
 
-def _nte_text(nte: Seg) -> str:
-    return "\n".join(nte.text(3, r) for r in range(1, len(nte.field(3)) + 1)).strip()
-
-
-def split_groups(ctx: Ctx) -> tuple[list[_Group], list[tuple[Seg, list[str]]], list[Seg]]:
+def split_groups(ctx: Ctx) -> tuple[list[_Group], list[tuple[Seg, list[Seg]]], list[Seg]]:
     """Order groups (OBR with its ORC, OBX + notes and SPM), OBX outside any group, SPM seen
-    before any OBR (OUL^R22 puts SPM first)."""
+    before any OBR (OUL^R22 puts SPM first). Notes are their NTE segments, with who wrote them
+    and when (``people.as_annotations``)."""
     groups: list[_Group] = []
-    loose: list[tuple[Seg, list[str]]] = []
+    loose: list[tuple[Seg, list[Seg]]] = []
     early_spm: list[Seg] = []
     orc: Seg | None = None
     orc_prt: list[Seg] = []
     cur: _Group | None = None
-    last_notes: list[str] | None = None
+    last_notes: list[Seg] | None = None
     for seg in ctx.msg.segments:
         name = seg.name
         if name == "ORC":
@@ -118,15 +115,14 @@ def split_groups(ctx: Ctx) -> tuple[list[_Group], list[tuple[Seg, list[str]]], l
             elif cur is not None and not cur.obx:
                 cur.prt.append(seg)
         elif name == "OBX":
-            item: tuple[Seg, list[str]] = (seg, [])
+            item: tuple[Seg, list[Seg]] = (seg, [])
             (cur.obx if cur is not None else loose).append(item)
             last_notes = item[1]
         elif name == "SPM":
             (cur.spm if cur is not None else early_spm).append(seg)
         elif name == "NTE" and last_notes is not None:
-            t = _nte_text(seg)
-            if t:
-                last_notes.append(t)
+            if note_text(seg):
+                last_notes.append(seg)
         elif name in ("PID", "PV1", "TXA", "SAC", "INV", "FT1", "CTI", "DG1"):
             last_notes = None
     return groups, loose, early_spm
@@ -486,7 +482,7 @@ def occurrences(obxs: list[Seg]) -> list[str]:
     return out
 
 
-def observation(ctx: Ctx, obx: Seg, notes: list[str], key: str, nth: str, *,
+def observation(ctx: Ctx, obx: Seg, notes: list[Seg], key: str, nth: str, *,
                 effective: str | None = None, specimen_ref: dict | None = None,
                 category: dict | None = None, based_on: list | None = None) -> dict[str, str] | None:
     code = dt.concept(obx.rep(3))
@@ -555,7 +551,7 @@ def observation(ctx: Ctx, obx: Seg, notes: list[str], key: str, nth: str, *,
     if interp:
         res["interpretation"] = interp
     if notes:
-        res["note"] = [{"text": n} for n in notes]
+        res["note"] = as_annotations(ctx, notes)
     method = dt.concept(obx.rep(17))
     if method:
         res["method"] = method
@@ -568,7 +564,7 @@ def observation(ctx: Ctx, obx: Seg, notes: list[str], key: str, nth: str, *,
     return ctx.add(res)
 
 
-def document_report(ctx: Ctx, obx: Seg, notes: list[str], key: str, nth: str, code: dict, *,
+def document_report(ctx: Ctx, obx: Seg, notes: list[Seg], key: str, nth: str, code: dict, *,
                     effective: str | None = None, based_on: list | None = None) -> dict[str, str] | None:
     """An ED/RP result outside a report's OBR group (ADT, an order's or a problem's OBX): a
     DiagnosticReport coded by OBX-3 whose presentedForm holds the document, as a report keeps its own."""
@@ -596,7 +592,7 @@ def document_report(ctx: Ctx, obx: Seg, notes: list[str], key: str, nth: str, co
     if when:
         res["effectiveDateTime"] = when
     if notes:
-        res["conclusion"] = "\n".join(notes)
+        res["conclusion"] = "\n".join(note_text(n) for n in notes)
     res["presentedForm"] = [att]
     return ctx.add(res)
 
@@ -664,7 +660,7 @@ def equipment(ctx: Ctx, obx: Seg) -> dict[str, str] | None:
     return refs[0] if refs else None
 
 
-def loose_observations(ctx: Ctx, items: list[tuple[Seg, list[str]]] | None = None) -> list[dict]:
+def loose_observations(ctx: Ctx, items: list[tuple[Seg, list[Seg]]] | None = None) -> list[dict]:
     """OBX outside any order group (ADT, BAR: vital signs, questionnaire answers)."""
     if items is None:
         items = [(s, []) for s in ctx.msg.all("OBX")]
@@ -759,7 +755,7 @@ def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict], *,
             # changes: the report's others stay in it (the hub joins them, fhir_mapping.partial)
             partial.mark(res, ["result"])
     if g.notes:
-        res["conclusion"] = "\n".join(g.notes)
+        res["conclusion"] = "\n".join(note_text(n) for n in g.notes)
     if forms:
         res["presentedForm"] = forms
     return ctx.add(res)
