@@ -1099,6 +1099,34 @@ def test_a_person_gone_with_its_patients_has_no_shared_record_either(client, dat
         assert f"Patient/{z}" not in r.text and f"{z}-obs" not in r.text
 
 
+def test_a_timeline_row_of_a_period_with_only_an_end_is_placed_at_its_end(client, data):
+    """An Observation (or Procedure, MedicationStatement…) whose period gives only its end sat
+    where it was written, flagged undated, while an Encounter's such period placed it."""
+    pid = data["a"]
+    subj = {"reference": f"Patient/{pid}"}
+    end = "2031-03-04T10:00:00+08:00"
+    rows = [
+        {"resourceType": "Observation", "id": f"{pid}-pend", "status": "final",
+         "code": {"text": "24h urine"}, "subject": subj, "effectivePeriod": {"end": end}},
+        {"resourceType": "Procedure", "id": f"{pid}-ppend", "status": "completed",
+         "code": {"text": "dialysis"}, "subject": subj, "performedPeriod": {"end": end}},
+        {"resourceType": "MedicationStatement", "id": f"{pid}-msend", "status": "completed",
+         "medicationCodeableConcept": {"text": "amlodipine"}, "subject": subj,
+         "effectivePeriod": {"end": end}},
+        {"resourceType": "MedicationAdministration", "id": f"{pid}-maend",
+         "status": "completed", "medicationCodeableConcept": {"text": "heparin"},
+         "subject": subj, "effectivePeriod": {"end": end}},
+    ]
+    put_all(client, rows)
+    r = client.get(f"/Patient/{pid}/$timeline", params={"start": "2031-03-04",
+                                                       "end": "2031-03-04", "_count": 100})
+    assert r.status_code == 200, r.text
+    entries = {e["fullUrl"].split("/fhir/", 1)[1]: e for e in r.json().get("entry", [])}
+    want = {f"{x['resourceType']}/{x['id']}" for x in rows}
+    assert set(entries) == want, sorted(entries)
+    assert not [u for u, e in entries.items() if e.get("extension")], entries
+
+
 def test_a_person_listing_names_a_last_updated_prefix_it_does_not_take(client):
     """`_lastUpdated=ne…` said the value "is not a FHIR date"."""
     for prefix in ("ne", "sa", "eb", "ap"):
