@@ -49,19 +49,26 @@ KIND_OF_TYPE = {
 }
 KINDS = tuple(sorted(set(KIND_OF_TYPE.values())))
 
-# element paths tried in order; "x.start" reads a Period's start
+# element paths tried in order; "x.start" reads a Period's start, and a Period with only an end
+# ("x.end") is placed at its end, as an Encounter's is
 TIME_PATHS = {
     "Encounter": ("period.start", "period.end"),
-    "Condition": ("onsetDateTime", "onsetPeriod.start", "recordedDate", "abatementDateTime"),
-    "Observation": ("effectiveDateTime", "effectivePeriod.start", "effectiveInstant", "issued"),
-    "DiagnosticReport": ("effectiveDateTime", "effectivePeriod.start", "issued"),
+    "Condition": ("onsetDateTime", "onsetPeriod.start", "onsetPeriod.end", "recordedDate",
+                  "abatementDateTime"),
+    "Observation": ("effectiveDateTime", "effectivePeriod.start", "effectivePeriod.end",
+                    "effectiveInstant", "issued"),
+    "DiagnosticReport": ("effectiveDateTime", "effectivePeriod.start", "effectivePeriod.end",
+                         "issued"),
     "MedicationRequest": ("authoredOn",),
-    "MedicationStatement": ("effectiveDateTime", "effectivePeriod.start", "dateAsserted"),
-    "MedicationAdministration": ("effectiveDateTime", "effectivePeriod.start"),
-    "Procedure": ("performedDateTime", "performedPeriod.start"),
-    "DocumentReference": ("context.period.start", "date"),
+    "MedicationStatement": ("effectiveDateTime", "effectivePeriod.start", "effectivePeriod.end",
+                            "dateAsserted"),
+    "MedicationAdministration": ("effectiveDateTime", "effectivePeriod.start",
+                                 "effectivePeriod.end"),
+    "Procedure": ("performedDateTime", "performedPeriod.start", "performedPeriod.end"),
+    "DocumentReference": ("context.period.start", "context.period.end", "date"),
     "Composition": ("date",),
-    "AllergyIntolerance": ("onsetDateTime", "onsetPeriod.start", "recordedDate"),
+    "AllergyIntolerance": ("onsetDateTime", "onsetPeriod.start", "onsetPeriod.end",
+                           "recordedDate"),
     "Immunization": ("occurrenceDateTime", "recorded"),
 }
 

@@ -1038,3 +1038,99 @@ def test_a_review_closed_by_a_steward_waits_no_more(live, client, data):
     pc = client.get("/Person", params={"link": f"Patient/{c}"}).json()["entry"][0]["resource"]
     op(client, "link", patient=f"Patient/{a}", person=f"Person/{pc['id']}")
     assert assurance(c) == "level4"
+
+
+def test_a_person_read_changes_when_one_of_its_patients_is_deleted(client, data):
+    """A Patient deleted takes its link and identifiers out of its person's view, but the
+    view's Last-Modified and `meta.lastUpdated` stayed as they were: a conditional read by
+    If-Modified-Since answered 304 with the old view kept, and `_lastUpdated` missed it."""
+    a, b = data["a"], data["b"]
+    pa = op(client, "link", patient=f"Patient/{a}")["id"]
+    op(client, "link", patient=f"Patient/{b}", person=f"Person/{pa}")
+    first = client.get(f"/Person/{pa}", headers=USER)
+    assert first.status_code == 200 and len(links(first.json())) == 2
+    time.sleep(1.1)  # Last-Modified is to the second
+    since = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert client.delete(f"/Patient/{b}").status_code in (200, 204)
+    after = client.get(f"/Person/{pa}", headers=USER)
+    assert after.status_code == 200 and links(after.json()) == [f"Patient/{a}"]
+    assert after.json()["meta"]["lastUpdated"] > since
+    assert after.headers["last-modified"] != first.headers["last-modified"]
+    later = client.get(f"/Person/{pa}", headers={
+        **USER, "if-modified-since": first.headers["last-modified"]})
+    assert later.status_code == 200 and links(later.json()) == [f"Patient/{a}"]
+    for q in ({"_id": pa, "_lastUpdated": f"ge{since}"}, {"_lastUpdated": f"ge{since}"}):
+        found = [e["resource"] for e in pages(client, "/Person", **q)]
+        assert [p["id"] for p in found] == [pa], q
+        assert found[0]["meta"]["lastUpdated"] == after.json()["meta"]["lastUpdated"]
+    assert client.get("/Person", params={"_id": pa, "_lastUpdated": f"lt{since}"}).json()[
+        "total"] == 0
+
+
+def test_everything_leaves_out_a_stored_person(live, client, data):
+    """A Person stored before such writes were refused is served by no generic path, but
+    $everything listed it in the Patient's record and the person's, and took `_type=Person`."""
+    a, prefix = data["a"], data["prefix"]
+    stored = f"{prefix}-stored"
+    _store_person_directly(live, stored, a)
+    pa = op(client, "link", patient=f"Patient/{a}")["id"]
+    for path in (f"/Patient/{a}", f"/Person/{pa}"):
+        found = everything(client, path, _count=1000)
+        assert set(record_of(a)) <= set(found), path
+        assert not [u for u in found if u.startswith("Person/")], (path, found)
+        for q in ({"_type": "Person"}, {"_type": "Observation,Person"}):
+            r = client.get(f"{path}/$everything", params=q)
+            assert r.status_code == 400 and "master patient index" in r.text, (path, q, r.text)
+    # as a compartment search answers it
+    r = client.get(f"/Patient/{a}/*", params={"_type": "Person"})
+    assert r.status_code == 400 and "master patient index" in r.text, r.text
+
+
+def test_a_person_gone_with_its_patients_has_no_shared_record_either(client, data):
+    """Its only Patient deleted, a Person read answered 410 and searches left it out, yet its
+    $everything and $timeline answered 200 with the deleted Patient's records."""
+    z = data["z"]
+    pz = op(client, "link", patient=f"Patient/{z}")["id"]
+    assert client.delete(f"/Patient/{z}").status_code in (200, 204)
+    assert client.get(f"/Person/{pz}", headers=USER).status_code == 410
+    for op_name in ("$everything", "$timeline"):
+        r = client.get(f"/Person/{pz}/{op_name}")
+        assert r.status_code == 410 and r.json()["resourceType"] == "OperationOutcome", r.text
+        assert f"Patient/{z}" not in r.text and f"{z}-obs" not in r.text
+
+
+def test_a_timeline_row_of_a_period_with_only_an_end_is_placed_at_its_end(client, data):
+    """An Observation (or Procedure, MedicationStatement…) whose period gives only its end sat
+    where it was written, flagged undated, while an Encounter's such period placed it."""
+    pid = data["a"]
+    subj = {"reference": f"Patient/{pid}"}
+    end = "2031-03-04T10:00:00+08:00"
+    rows = [
+        {"resourceType": "Observation", "id": f"{pid}-pend", "status": "final",
+         "code": {"text": "24h urine"}, "subject": subj, "effectivePeriod": {"end": end}},
+        {"resourceType": "Procedure", "id": f"{pid}-ppend", "status": "completed",
+         "code": {"text": "dialysis"}, "subject": subj, "performedPeriod": {"end": end}},
+        {"resourceType": "MedicationStatement", "id": f"{pid}-msend", "status": "completed",
+         "medicationCodeableConcept": {"text": "amlodipine"}, "subject": subj,
+         "effectivePeriod": {"end": end}},
+        {"resourceType": "MedicationAdministration", "id": f"{pid}-maend",
+         "status": "completed", "medicationCodeableConcept": {"text": "heparin"},
+         "subject": subj, "effectivePeriod": {"end": end}},
+    ]
+    put_all(client, rows)
+    r = client.get(f"/Patient/{pid}/$timeline", params={"start": "2031-03-04",
+                                                       "end": "2031-03-04", "_count": 100})
+    assert r.status_code == 200, r.text
+    entries = {e["fullUrl"].split("/fhir/", 1)[1]: e for e in r.json().get("entry", [])}
+    want = {f"{x['resourceType']}/{x['id']}" for x in rows}
+    assert set(entries) == want, sorted(entries)
+    assert not [u for u, e in entries.items() if e.get("extension")], entries
+
+
+def test_a_person_listing_names_a_last_updated_prefix_it_does_not_take(client):
+    """`_lastUpdated=ne…` said the value "is not a FHIR date"."""
+    for prefix in ("ne", "sa", "eb", "ap"):
+        r = client.get("/Person", params={"_lastUpdated": f"{prefix}2024-01-01"})
+        assert r.status_code == 400, r.text
+        text = r.json()["issue"][0]["diagnostics"]
+        assert repr(prefix) in text and "not a FHIR date" not in text, text

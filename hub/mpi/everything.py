@@ -34,14 +34,17 @@ from hub.core.store import ResourceStore
 from hub.mpi.compare import id_status
 from hub.mpi.identifiers import is_filler
 from hub.mpi.identity import IdentityService
-from hub.mpi.listing import newest
+from hub.mpi.listing import deleted_at, gone, newest
 from hub.mpi.normalise import RESIDENT_ID, resident_id_features
+from hub.repository import VIEW_TYPES
 from projections.runner import Runner
 from projections.search.compartment import compartment_group, patient_compartment
 from projections.search.query import local_reference, with_base
 from projections.timeline import TimelineProjection
 
-EXCLUDED_BY_DEFAULT = ("AuditEvent",)
+# AuditEvents (the audit log's, named by ``_type`` only) and the master patient index's view: a
+# Person stored before such writes were refused is no part of the record (``_type`` naming it: 400)
+EXCLUDED_BY_DEFAULT = ("AuditEvent", *sorted(VIEW_TYPES))
 
 # The care date of each Patient-compartment type, for $everything's start and end ("care dates,
 # not record currency dates"): the date search parameters that say when the care happened, any
@@ -123,6 +126,8 @@ def person_view(identity: IdentityService, store: ResourceStore, pid: str,
         return out
     ids = [x["patient"].split("/", 1)[1] for x in links]
     current = store.latest_many("Patient", ids)
+    # a Patient deleted changes the view (its link and identifiers go) as of its deletion
+    deleted = deleted_at(store, [rid for rid in ids if rid not in current], shown)
     if shown is not None and links:
         pairs = [(x, rid) for x, rid in zip(links, ids) if rid in current
                  and shown("Patient", rid, body_of(current[rid][1]))]
@@ -153,10 +158,11 @@ def person_view(identity: IdentityService, store: ResourceStore, pid: str,
         if best is None or rank > best[0]:
             best = (rank, d)
     # the view changes with its Patients as much as with identity events: it was last updated
-    # when the newer of them was (``meta.versionId`` counts the identity events alone)
+    # when the newer of them was, or of their deletions (``meta.versionId`` counts the identity
+    # events alone)
     out["meta"]["lastUpdated"] = newest([row["updated"], *(
         orjson.loads(current[rid][1].partition(b"\n")[0]).get("lastUpdated")
-        for rid in ids if rid in current)])
+        for rid in ids if rid in current), *deleted.values()])
     if idents:
         out["identifier"] = idents
     if best is not None:
@@ -225,6 +231,8 @@ class SharedRecord:
                 raise not_found(f"Person/{pid} is not known")
             survivor = P.survivor(c, pid)
             patients = P.patients(c, survivor)
+        if gone(P, self.store, [survivor]):  # as a read of it answers
+            raise FhirError(410, "deleted", f"Person/{pid}: every Patient of it was deleted")
         return self._scope(survivor, patients, institution)
 
     def scope_of_patient(self, rid: str, institution: str | None = None) -> Scope:
@@ -449,6 +457,10 @@ def check_types(raw: str | None) -> list[str] | None:
         if t == "AuditEvent":  # in the audit log, not the record: an empty page misled
             raise bad_request("AuditEvents are not part of a patient's record here: an auditor "
                               "searches them with AuditEvent?patient=Patient/…")
+        if t in VIEW_TYPES:  # as a compartment search answers it
+            raise bad_request(f"_type={t}: {t} is the master patient index's view, read at GET "
+                              f"/fhir/{t}/{{id}} and searched at GET /fhir/{t}?identifier=|"
+                              "patient=|link=|_id=, not part of a record")
         if t != "Patient" and t not in comp:
             raise bad_request(f"_type {t[:64]!r} is not a type of the Patient compartment")
         if t not in out:

@@ -16,15 +16,17 @@ blocked, and a reader sees each page as of one moment (a long export is not one 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 
+from hub.core.events import KIND_OF_TOPIC
 from hub.core.fhirtime import parse_range
 
 PREFIXES = ("eq", "ge", "gt", "le", "lt")
+OTHER_PREFIXES = ("ne", "sa", "eb", "ap")  # R4's other date prefixes, which a listing does not take
 EXPORT_COLUMNS = ("patient", "person", "own_person", "assurance", "decided_by_type", "decided_by",
                   "manual", "score", "updated")
 
@@ -41,6 +43,9 @@ def updated_bounds(values: list[str]) -> list[tuple[str, str]]:
     ValueError when one is malformed."""
     out: list[tuple[str, str]] = []
     for v in values:
+        if v[:2] in OTHER_PREFIXES:
+            raise ValueError(f"the prefix {v[:2]!r} is not supported here (only "
+                             f"{', '.join(PREFIXES)})")
         prefix = v[:2] if v[:2] in PREFIXES else "eq"
         start, end = parse_range(v[2:] if v[:2] in PREFIXES else v)
         lo, hi = _instant(start), _instant(end)
@@ -92,7 +97,7 @@ def live_person_ids(person: Any, store: Any, after: str = "", limit: int = 50,
 def _changed_persons(person: Any, store: Any, updated: Sequence[tuple[str, str]]
                      ) -> list[str] | None:
     """With a lower ``_lastUpdated`` bound: the persons (in id order) of the Patients whose
-    current version is that recent; None without one."""
+    current version (or deletion) is that recent; None without one."""
     lower = [v for op, v in updated if op == ">="]
     if not lower:
         return None
@@ -162,9 +167,31 @@ def newest(instants: Sequence[str | None]) -> str:
     return max((x for x in instants if x), key=lambda x: parse_range(x)[0])
 
 
+def deleted_at(store: Any, rids: Sequence[str],
+               shown: Callable[[str, str, bytes], bool] | None = None) -> dict[str, str]:
+    """When each deleted Patient of ``rids`` was deleted (its deletion's ``lastUpdated``): a
+    delete changes its person's view as an update does (its link and identifiers go). With
+    ``shown`` (type, id, resource JSON), only those whose last version the caller was shown.
+    One read per id: for the few Patients not current."""
+    out: dict[str, str] = {}
+    for rid in rids:
+        last = store.latest("Patient", rid)
+        if last is None or KIND_OF_TOPIC.get(last.topic) != "deleted":
+            continue
+        if shown is not None:
+            before = store.version("Patient", rid, last.originator_version - 1)
+            if before is None or not shown("Patient", rid, before.state.partition(b"\n")[2]):
+                continue
+        when = orjson.loads(last.state.partition(b"\n")[0]).get("lastUpdated")
+        if isinstance(when, str):
+            out[rid] = when
+    return out
+
+
 def updated_of(person: Any, store: Any, pids: Sequence[str]) -> dict[str, str]:
-    """When each person's view was last updated: its last identity event or the newest current
-    version of its Patients, whichever is later (as a read of it says)."""
+    """When each person's view was last updated: its last identity event, the newest current
+    version of its Patients or the deletion of one, whichever is later (as a read of it
+    says)."""
     out: dict[str, str] = {}
     with person.read() as c:
         rows = {pid: (person.person_row(c, pid), person.patients(c, pid)) for pid in pids}
@@ -174,10 +201,12 @@ def updated_of(person: Any, store: Any, pids: Sequence[str]) -> dict[str, str]:
         if row["merged_into"] is not None:
             out[pid] = row["updated"]
             continue
-        found = store.latest_many("Patient", [r.split("/", 1)[1] for r in refs])
+        rids = [r.split("/", 1)[1] for r in refs]
+        found = store.latest_many("Patient", rids)
         out[pid] = newest([row["updated"], *(
             orjson.loads(state.partition(b"\n")[0]).get("lastUpdated")
-            for _, state in found.values())])
+            for _, state in found.values()),
+            *deleted_at(store, [r for r in rids if r not in found]).values()])
     return out
 
 
