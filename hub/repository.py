@@ -380,7 +380,7 @@ class Repository:
             raise
         finally:
             ctx.gathered = None
-        if not answered:
+        if not answered or not gathered:  # nothing of patient data searched: nothing to record
             return result
         patients: dict[str, None] = {}
         out: dict[tuple[str, str], None] = {}

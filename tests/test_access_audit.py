@@ -554,6 +554,16 @@ def test_a_compartment_search_across_its_types_is_one_audit_event(client, live):
     assert {e["resource"]["id"] for e in found["entry"]} == {p["id"], o["id"]}
     [event] = new_since(live, before)
     assert f"Patient/{p['id']}" in _named(event)
+    # a search of the system across types is one access too (it was one per type, and one
+    # more per type for whether a next page exists); one of no patient data type is none
+    for params, count in (({"_type": "Patient,Observation,Condition", "_id": o["id"]}, 1),
+                          ({"_type": "Patient,Observation", "_count": "1"}, 1),
+                          ({"_type": "CodeSystem,ValueSet"}, 0)):
+        before = audit_events(live)
+        assert client.get("", params=params).status_code == 200
+        events = new_since(live, before)
+        assert len(events) == count, (params, len(events))
+        assert all(e["outcome"] == "0" for e in events)
 
 
 def test_a_revoked_clients_refused_requests_are_audited_as_that_client(client, live):

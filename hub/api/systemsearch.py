@@ -15,7 +15,7 @@ types' counts.
 The compartment search of every type, ``GET [base]/Patient/{id}/*`` and ``POST
 [base]/Patient/{id}/_search`` (R4 http.html#search), is the same search over the types of the
 Patient compartment, each searched as ``Patient/{id}/{type}`` is (``search_bundle`` with the
-compartment), so access and consent hold per type exactly as there; it is audited as one
+compartment), so access and consent hold per type exactly as there. Either is audited as one
 search (``Repository.as_one``): one AuditEvent naming what its types handed out.
 """
 
@@ -79,9 +79,11 @@ def _next_cursor(bundle: dict) -> str | None:
     return None
 
 
-def _one_access(compartment: Compartment) -> Action:
-    """What a compartment search across its types is audited as: one search, in one AuditEvent
-    (its types' searches are its parts, not accesses of their own)."""
+def _one_access(compartment: Compartment | None) -> Action:
+    """What a search across types (of the system, or of a compartment) is audited as: one
+    search, in one AuditEvent (its types' searches are its parts, not accesses of their own)."""
+    if compartment is None:
+        return Action("search-system")
     return Action("search-system", compartment[0], compartment[1])
 
 
@@ -90,10 +92,8 @@ def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]],
                   ) -> dict:
     """A search across types; with ``compartment`` (``("Patient", id)``) across the types of
     that compartment, within it."""
-    if compartment is not None:
-        return repo.as_one(ctx, _one_access(compartment), lambda: _system_search(
-            repo, ctx, params, base, settings, strict, compartment))
-    return _system_search(repo, ctx, params, base, settings, strict, compartment)
+    return repo.as_one(ctx, _one_access(compartment), lambda: _system_search(
+        repo, ctx, params, base, settings, strict, compartment))
 
 
 def _system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]], base: str,
@@ -199,11 +199,9 @@ def check_system_search(repo: Repository, ctx: Context, params: list[tuple[str, 
     would be run (a type this caller may not search left out of "all types", as there), for a
     transaction's GET checked before its writes. Stricter only in planning every type, where a
     page filled early would not reach the last ones."""
-    if compartment is not None:  # a refusal recorded once, as the search would be
-        repo.as_one(ctx, _one_access(compartment), lambda: _check_system_search(
-            repo, ctx, params, base, settings, strict, compartment), answered=False)
-    else:
-        _check_system_search(repo, ctx, params, base, settings, strict, compartment)
+    # a refusal recorded once, as the search would be
+    repo.as_one(ctx, _one_access(compartment), lambda: _check_system_search(
+        repo, ctx, params, base, settings, strict, compartment), answered=False)
 
 
 def _check_system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]],
