@@ -13,7 +13,9 @@ produces one record per event:
   lastUpdated, source and request, a newline, then the resource's canonical JSON; nothing after
   the newline for a deletion);
 - **headers**: ``nid`` (the event's position in the log), ``stream`` (``Type/id``), ``version``,
-  ``event`` (``created``, ``updated``, ``deleted`` or the identity decision's topic);
+  ``event`` (``created``, ``updated``, ``deleted`` or the identity decision's topic), ``prev``
+  (the event sent before it to its partition, or where the partition was known to hold its
+  events up to when the relay began sending: no event of the partition lies between the two);
 - **parts**: an event longer than ``part_bytes`` (512 KiB: a Binary or a document with its
   attachment; a broker takes 1 MB by default and refuses more) comes as consecutive records of one
   partition, each with the headers above and ``part: i/k``; its value is the parts' values joined
@@ -28,12 +30,19 @@ Consumers of the events skip it; a reader that merges the partitions back into l
 (``hub.streamfollow``: read models fed by the stream) needs it to know when a partition that
 has nothing new is not merely late.
 
-Exactly once, without Kafka transactions. A partition only ever holds a prefix of what the relay
-sent to it, in order (one relay, the idempotent producer, ``acks=all``). So on every start, and
-after every failed send, the relay asks the broker for the last record of each partition and skips
-what that partition already holds: whatever was sent before a kill or a broker outage is neither
-lost nor sent again. Its own position (a file in the data directory, written after the broker
-acknowledged a batch) only saves rereading the log from the start.
+At least once, in order per key, exactly once while nothing is refused. On every start, and after
+every failed send, the relay reads each partition back from its last watermark and finds how far
+it holds its events without a gap: a whole event extends what it holds only if its ``prev`` is
+already held (a watermark says all up to its ``nid`` are). Whatever was sent before a kill or a
+broker outage is then neither lost nor sent again. A record the broker refused can have later
+ones of its partition land after it (once a batch failed for good, a producer sends the next:
+kafka-python's idempotent one after a send ran out of time, or after it took a new epoch because
+the broker lost a batch; one without idempotence after any error): those do not extend what
+the partition holds, so the refused event and every one after it are sent again, and the
+partition holds them twice. A consumer that keeps the log's order follows the same rule
+(``hub.streamfollow``): it skips a record whose ``prev`` it has not read, and one it
+has. Its own position (a file in the data directory, written after the broker acknowledged a
+batch) only saves rereading the log from the start.
 """
 
 from __future__ import annotations
@@ -145,6 +154,8 @@ class Relay:
                  self.position, self._last)
 
     def _last_published(self) -> dict[int, int]:
+        """Per partition, the nid up to which it holds its events without a gap: read back from
+        its last watermark (a window from its end, widened until one is in it)."""
         from kafka import KafkaConsumer, TopicPartition
 
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
@@ -152,23 +163,39 @@ class Relay:
                                  consumer_timeout_ms=int(self.timeout * 1000))
         try:
             tps = [TopicPartition(self.topic, p) for p in self._partitions]
-            ends = consumer.end_offsets(tps)
+            starts, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
             last: dict[int, int] = {}
             for tp in tps:
-                if ends[tp] <= 0:
-                    continue
-                consumer.assign([tp])
-                consumer.seek(tp, ends[tp] - 1)
-                deadline = time.monotonic() + self.timeout
-                while tp.partition not in last:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"could not read the last record of {tp}")
-                    for records in consumer.poll(timeout_ms=500).values():
-                        for r in records:
-                            last[tp.partition] = max(last.get(tp.partition, 0), _held(r.headers))
+                window = 256
+                while True:
+                    start = max(starts[tp], ends[tp] - window)
+                    records = self._read(consumer, tp, start, ends[tp])
+                    marks = [i for i, r in enumerate(records)
+                             if dict(r.headers or ()).get("event") == WATERMARK.encode()]
+                    if marks or start <= starts[tp]:
+                        break
+                    window *= 8
+                held = held_up_to(records[marks[-1]:] if marks else records)
+                if held:
+                    last[tp.partition] = held
             return last
         finally:
             consumer.close()
+
+    def _read(self, consumer: Any, tp: Any, start: int, end: int) -> list[Any]:
+        """The records of ``tp`` from offset ``start`` to ``end``."""
+        if end <= start:
+            return []
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        records: list[Any] = []
+        deadline = time.monotonic() + self.timeout
+        while consumer.position(tp) < end:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read the records of {tp} from {start} to {end}")
+            for got in consumer.poll(timeout_ms=500).values():
+                records.extend(r for r in got if r.offset < end)
+        return records
 
     def _saved_position(self) -> int:
         if self.position_file is None or not self.position_file.exists():
@@ -204,6 +231,8 @@ class Relay:
 
         futures = []
         n_parts = len(self._partitions)
+        # per partition, the event sent before the next one (or where it holds its events up to)
+        tip = dict(self._last)
         try:
             for n in notes:
                 key = event_key(self.store, n).encode()
@@ -213,7 +242,9 @@ class Relay:
                 event = KIND_OF_TOPIC.get(n.topic, n.topic)
                 headers = [("nid", str(n.id).encode()), ("stream", str(n.originator_id).encode()),
                            ("version", str(n.originator_version).encode()),
-                           ("event", event.encode())]
+                           ("event", event.encode()),
+                           ("prev", str(tip.get(partition, 0)).encode())]
+                tip[partition] = n.id
                 value, size = n.state, self.part_bytes
                 parts = [value] if len(value) <= size else \
                     [value[i:i + size] for i in range(0, len(value), size)]
@@ -289,11 +320,29 @@ def part_of(headers: dict[str, bytes]) -> tuple[int, int]:
     return int(i), int(k)
 
 
-def _held(headers: Sequence[tuple[str, bytes]] | None) -> int:
-    """The last event a partition holds whole, its last record having these headers: not the
-    event of a part before its last (that event is sent again, whole)."""
-    h = dict(headers or ())
-    if "nid" not in h:
-        return 0
-    i, k = part_of(h)
-    return int(h["nid"]) - (1 if i < k else 0)
+def held_up_to(records: Sequence[Any]) -> int:
+    """How far a partition holds its events without a gap, reading ``records`` (from a watermark,
+    or its start) in order: a watermark holds all up to its ``nid``; a whole event (its parts
+    consecutive) extends it when its ``prev`` is held (a record of a relay before ``prev``:
+    taken as following on). A record that landed after a refused one before it extends nothing,
+    nor does an event of which some parts are missing."""
+    held, part = 0, (0, 0)  # part: (nid, i) of the last part read of an event in parts
+    for r in records:
+        h = dict(r.headers or ())
+        if "nid" not in h:
+            continue
+        nid = int(h["nid"])
+        if h.get("event") == WATERMARK.encode():
+            held, part = max(held, nid), (0, 0)
+            continue
+        i, k = part_of(h)
+        if i > 1 and part != (nid, i - 1):
+            part = (0, 0)  # not the next part of the event begun: it is sent again from part 1
+            continue
+        part = (nid, i)
+        if i < k:
+            continue
+        prev = int(h["prev"]) if "prev" in h else held
+        if prev <= held < nid:
+            held = nid
+    return held

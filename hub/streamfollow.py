@@ -5,7 +5,8 @@ the Kafka topic ``hub stream relay`` writes (``hub.changestream``) and hands the
 models exactly as a ``Runner`` hands them from the log, so every model's tracking, exactly-once
 and rebuild behaviour is unchanged.
 
-The topic's partitions each hold their keys' events in log order; the models need the whole log
+The topic's partitions each hold their keys' events in log order (a record that landed after one
+the broker refused, which the relay sends again after it, is skipped by its ``prev``); the models need the whole log
 in order (their position is one notification id). ``StreamFollower`` merges the partitions back:
 an event is handed on once every other partition has shown all its events before it: an event or a
 watermark at or after the one before it (the relay writes a watermark to every partition after
@@ -75,6 +76,7 @@ class StreamFollower:
         self._buffers: dict[int, deque] = {}
         self._parts: dict[int, list[Any]] = {}  # partition -> the parts read of an event
         self._marks: dict[int, int] = {}  # partition -> the highest nid read there
+        self._held: dict[int, int] = {}  # partition -> the last event (or watermark) taken there
         self._committed: dict[Any, int] = {}  # the offsets last committed
         self.applied = 0
         self.skipped = 0  # records on the topic that are no events of the log
@@ -108,6 +110,7 @@ class StreamFollower:
         self._parts = {}
         self._committed = {}
         self._marks = {tp.partition: 0 for tp in self._tps}
+        self._held = {}
 
     def _ready(self) -> list[tuple[int, Any]]:
         """Pop the buffered events that are next in log order: (partition, record) each."""
@@ -148,15 +151,25 @@ class StreamFollower:
                     log.warning("change stream %s: record %s@%s is no event of the log; "
                                 "skipped", self.topic, tp.partition, r.offset)
                     continue
+                p, held = tp.partition, self._held.get(tp.partition)
                 if h.get("event") != WATERMARK.encode():
-                    r = self._joined(tp.partition, nid, h, r)
+                    # an event follows on from what the partition gave when its ``prev`` was
+                    # read (after a (re)connect, the first is taken as it comes); one that
+                    # landed after a record the broker refused comes again after it, in order
+                    prev = int(h["prev"]) if "prev" in h else held
+                    if held is not None and prev is not None and (prev > held or nid <= held):
+                        continue
+                    r = self._joined(p, nid, h, r)
                     if r is None:  # a part of an event not read whole yet
                         nid -= 1
                     else:
-                        self._buffers[tp.partition].append((nid, r))
+                        self._buffers[p].append((nid, r))
+                        self._held[p] = nid
+                else:
+                    self._held[p] = max(held or 0, nid)
                 # a partition holds its events in log order: having read ``nid`` there (an
                 # event, or a watermark), nothing before it is still to come from it
-                self._marks[tp.partition] = max(self._marks[tp.partition], nid)
+                self._marks[p] = max(self._marks[p], nid)
         ready = self._ready()
         if not ready:
             self._commit()

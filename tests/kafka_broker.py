@@ -43,9 +43,11 @@ def _free_port() -> int:
 
 
 class Broker:
-    def __init__(self, log: Path):
+    def __init__(self, log: Path, advertised_port: int | None = None):
         self.port = _free_port()
         self.log = log
+        # clients told to connect elsewhere (a proxy in front of the broker), or to the broker
+        self.advertised_port = advertised_port or self.port
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -57,7 +59,8 @@ class Broker:
         url = f"tcp://127.0.0.1:{self.port}"
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                [str(binary), "broker", "--listener-url", url, "--advertised-listener-url",
+                 f"tcp://127.0.0.1:{self.advertised_port}",
                  "--storage-engine", "memory://tansu/"],
                 stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "RUST_LOG": os.environ.get("TANSU_LOG", "warn")})

