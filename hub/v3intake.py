@@ -3,7 +3,8 @@
 ``POST /v3`` (``hub.api.v3``) answers with the acknowledgement; this module does the work it shares
 with ``hub quarantine replay``: a registration the mapper refuses (AE/AR) or whose resources the
 hub refuses is kept in the quarantine (kind ``v3``) with its acknowledgement code and reason, as a
-refused CDA document is, and can be replayed after a fix (of the mapping tables, say).
+refused CDA document is, and can be replayed after a fix (of the mapping tables, say). A message
+that came in a SOAP envelope is kept as that envelope.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fhir_mapping.documents import is_quality_report, quality_report
 from fhir_mapping.hl7v3.common import Ctx, parse
 from fhir_mapping.hl7v3.common import table as hl7v3_table
 from hub import v3routing
-from hub.api import bundles
+from hub.api import bundles, soap
 from hub.core import jsontext
 from hub.core.access import SYSTEM
 from hub.core.errors import FhirError
@@ -178,16 +179,24 @@ def keep(quarantine: Quarantine, raw: bytes, source: SourceInfo, code: str, reas
 def replay(repo: Repository, quarantine: Quarantine, qid: int,
            normaliser: Any = None) -> tuple[bool, str]:
     """Register a quarantined message again: (stored, what happened). Stored marks the entry
-    replayed; refused again leaves it open with the new reason in its last result."""
+    replayed; refused again leaves it open with the new reason in its last result. An entry kept
+    as the SOAP envelope it came in is read as ``POST /v3`` reads it (its header blocks too)."""
     entry = quarantine.get(qid)
     if entry is None:
         raise KeyError(qid)
+    payload = entry["payload"]
+    try:
+        env = soap.unwrap(payload)
+    except soap.NotAMessage as e:
+        quarantine.mark(qid, "open", {"ack": "AR", "reason": e.text[:300]})
+        return False, f"AR: {e.text}"
     source = SourceInfo(**{k: v for k, v in entry["source"].items()
                            if k in ("institution", "oid", "feed")})
     ctx = Context(source={"institution": source.institution or "unknown",
                           "feed": "quarantine-replay"}, actor=SYSTEM)
     try:
-        _, results = register(repo, entry["payload"], source, ctx, normaliser)
+        _, results = register(repo, env.message if env is not None else payload, source, ctx,
+                              normaliser)
     except MappingError as e:
         quarantine.mark(qid, "open", {"ack": e.code, "reason": e.reason[:300]})
         return False, f"{e.code}: {e.reason}"

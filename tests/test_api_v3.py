@@ -469,6 +469,32 @@ def test_an_unsupported_interaction_is_kept_and_listed(client, v3, live):
         assert httpx.get(v3 + "/metadata").status_code == 401
 
 
+@pytest.mark.parametrize("processing", ["T", "D"])
+def test_training_and_debugging_messages_are_refused_and_never_written(client, v3, live, processing):
+    """As HL7 v2's MSH-11: a training or debugging message (processingCode T, D) is an AR naming
+    processingCode, kept in the quarantine as the v2 connectors keep it as a dead letter, and its
+    Patient is not written to the regional record."""
+    data = patient_message(f"P{tag()}", resident())
+    (pid,) = ids_of(data, SRC, "Patient")
+    sent = variant(data, ('processingCode code="P"', f'processingCode code="{processing}"'))
+    r = post(client, v3, sent, DECLARED)
+    assert r.status_code == 200
+    code, text, root = ack(r)
+    assert code == "AR" and f"processingCode '{processing}'" in text, text
+    assert "production" in text and target(root) is not None
+    assert client.get(f"/Patient/{pid}").status_code == 404
+    from hub.quarantine import Quarantine
+
+    q = Quarantine(live.settings.data_dir / "quarantine.sqlite")
+    try:
+        entry = q.get(int(text.rsplit("quarantine entry ", 1)[1].split(")")[0]))
+        assert entry["payload"] == sent and entry["report"]["rule"] == "v3.processing-code"
+    finally:
+        q.close()
+    accepted(client, v3, data, DECLARED)  # the same message of production is written
+    assert read(client, f"Patient/{pid}")["id"] == pid
+
+
 def test_a_refused_registration_is_kept_and_replays(hub, tmp_path):
     """A registration the mapper or the hub refuses is quarantined (kind v3) with its
     acknowledgement; a replay that still fails leaves it open, one that passes stores it."""
@@ -494,6 +520,31 @@ def test_a_refused_registration_is_kept_and_replays(hub, tmp_path):
     assert ok and "Patient/" in written and q.get(held)["status"] == "replayed"
     ok, _ = v3intake.replay(Repository(hub), q, held)  # replaying again changes nothing and still succeeds
     assert ok
+    q.close()
+
+
+def test_a_message_kept_in_its_soap_envelope_replays(hub, tmp_path):
+    """A refused message that came in a SOAP envelope is kept as the envelope; its replay reads the
+    message out of it as POST /v3 does, and an envelope the hub cannot take stays open."""
+    from xml.sax.saxutils import escape
+
+    from hub import v3intake
+    from hub.quarantine import Quarantine
+    from hub.repository import Repository
+
+    q = Quarantine(tmp_path / "quarantine.sqlite")
+    message = patient_message(f"P{tag()}", resident())
+    envelope = _envelope(SOAP11, f'<HIPMessageServer xmlns="urn:hl7-org:v3"><header>&lt;auth '
+                                 f'user="x"/&gt;</header><message>{escape(message.decode())}'
+                                 "</message></HIPMessageServer>")
+    qid = v3intake.keep(q, envelope, SRC, "AE", "held", "test")
+    ok, written = v3intake.replay(Repository(hub), q, qid)
+    assert ok and "Patient/" in written and q.get(qid)["status"] == "replayed"
+    demanding = envelope.replace(b"<s:Header/>", b'<s:Header><w:Security xmlns:w="urn:x" '
+                                 b's:mustUnderstand="1"/></s:Header>')
+    qid = v3intake.keep(q, demanding, SRC, "AR", "not understood", "v3.soap-must-understand")
+    ok, why = v3intake.replay(Repository(hub), q, qid)
+    assert not ok and "mustUnderstand" in why and q.get(qid)["status"] == "open"
     q.close()
 
 
@@ -896,22 +947,154 @@ def test_a_ward_transfer_adds_to_the_visits_location_history(client, v3):
 
 
 @pytest.mark.parametrize("body", [
-    BILLION_LAUGHS.replace(b"<PRPA_IN201311UV02", b"<s:Envelope xmlns:s='" + SOAP11.encode()
-                           + b"'><s:Body><PRPA_IN201311UV02").replace(
-        b"</PRPA_IN201311UV02>", b"</PRPA_IN201311UV02></s:Body></s:Envelope>"),
     _envelope(SOAP12, "<op xmlns='http://x/'><message>&lt;!DOCTYPE r [&lt;!ENTITY x SYSTEM "
                       "'file:///etc/passwd'&gt;]&gt;&lt;PRPA_IN201311UV02 xmlns='urn:hl7-org:v3'&gt;"
                       "&lt;id extension='&amp;x;'/&gt;&lt;/PRPA_IN201311UV02&gt;</message></op>"),
     _envelope(SOAP11, "<op xmlns='http://x/'><message>&lt;not xml</message></op>"),
-], ids=["entities-around-the-envelope", "entities-in-the-escaped-message", "unreadable-message"])
-def test_hostile_or_broken_envelopes_are_refused_and_the_server_keeps_serving(client, v3, body):
+], ids=["entities-in-the-escaped-message", "unreadable-message"])
+def test_hostile_or_broken_messages_in_envelopes_are_refused_and_the_server_keeps_serving(
+        client, v3, body):
     r = post(client, v3, body, {"content-type": "text/xml"})
     assert r.status_code == 200
     assert b"root:" not in r.content  # nothing of the host's files comes back
-    # refused with AR (an unreadable envelope is read as a bare message; a message inside one is
-    # answered inside one, escaped)
+    # refused with AR: a message inside an envelope is answered inside one, escaped
     assert b'typeCode="AR"' in r.content or b"typeCode=&quot;AR&quot;" in r.content
     accepted(client, v3, patient_message(f"P{tag()}", resident()))
+
+
+def _fault(r: httpx.Response, ns: str) -> tuple[str, str]:
+    """(fault code, reason) of a SOAP Fault answer, in the request's SOAP version."""
+    assert r.headers["content-type"].startswith("text/xml" if ns == SOAP11 else "application/soap+xml")
+    fault = _soap_body(r, ns)
+    assert fault.tag == f"{{{ns}}}Fault"
+    if ns == SOAP11:
+        return fault.findtext("faultcode"), fault.findtext("faultstring")
+    return (fault.findtext(f"{{{ns}}}Code/{{{ns}}}Value"),
+            fault.findtext(f"{{{ns}}}Reason/{{{ns}}}Text"))
+
+
+_SOURCE = {k: v for k, v in DECLARED.items() if k.startswith("x-hub-source")}
+SOAP_REQUESTS = {SOAP11: {"content-type": "text/xml; charset=utf-8", "soapaction": '""', **_SOURCE},
+                 SOAP12: {"content-type": "application/soap+xml; charset=utf-8", **_SOURCE}}
+
+
+@pytest.mark.parametrize("ns,status,sender", [(SOAP11, 500, "soap:Client"), (SOAP12, 400, "soap:Sender")])
+def test_an_unreadable_hostile_or_oversized_soap_request_is_a_soap_fault(client, v3, live, ns, status,
+                                                                        sender):
+    """A SOAP sender reads a Fault, not a bare MCCI: a not-well-formed envelope, one with a
+    DOCTYPE, a body over the limit (read, or refused by its declared length before reading) are
+    Client/Sender faults, with the status the SOAP HTTP bindings give; what was read is kept in the
+    quarantine as a bare unreadable message is."""
+    from hub.quarantine import Quarantine
+
+    broken = _envelope(ns, "<foo>")
+    hostile = BILLION_LAUGHS.replace(b"<PRPA_IN201311UV02", b"<s:Envelope xmlns:s='" + ns.encode()
+                                     + b"'><s:Body><PRPA_IN201311UV02").replace(
+        b"</PRPA_IN201311UV02>", b"</PRPA_IN201311UV02></s:Body></s:Envelope>")
+    for body, why, headers in ((broken, "not well-formed", SOAP_REQUESTS[ns]),
+                               (hostile, "DOCTYPE", SOAP_REQUESTS[ns]),
+                               # no SOAPAction: SOAP by its Envelope
+                               (broken, "not well-formed", {"content-type": "text/xml"})):
+        r = post(client, v3, body, headers)
+        assert r.status_code == status, r.text
+        code, reason = _fault(r, ns)
+        assert code == sender and why in reason and b"root:" not in r.content
+        q = Quarantine(live.settings.data_dir / "quarantine.sqlite")
+        try:
+            assert q.get(int(reason.rsplit("quarantine entry ", 1)[1].split(")")[0]))["payload"] == body
+        finally:
+            q.close()
+    big = _envelope(ns, "<!--" + "x" * (10 * 1024 * 1024 + 1) + "-->")
+    for headers in (SOAP_REQUESTS[ns], {"content-type": "text/xml"}):
+        r = post(client, v3, big, headers)
+        assert r.status_code == status
+        code, reason = _fault(r, ns)
+        assert code == sender and "exceeds the limit" in reason
+    # refused before any byte of the body is read: by its headers
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as s:
+        s.sendall(b"POST /v3 HTTP/1.1\r\nHost: x\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in SOAP_REQUESTS[ns].items()).encode()
+            + b"Content-Length: 100000000000\r\n\r\n<s:Envelope")
+        s.shutdown(socket.SHUT_WR)
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status}".encode()), head
+    assert b"Fault" in body and b"exceeds the limit" in body
+    accepted(client, v3, patient_message(f"P{tag()}", resident()))
+
+
+@pytest.mark.parametrize("ns,must", [(SOAP11, "1"), (SOAP12, "true")])
+def test_a_header_block_the_hub_must_understand_is_a_must_understand_fault(client, v3, ns, must):
+    """The hub understands no SOAP header block: one marked mustUnderstand and targeted at it
+    (no actor/role, or next) is a MustUnderstand fault and nothing is written; one not marked,
+    or targeted at another node, is ignored."""
+    data = patient_message(f"P{tag()}", resident())
+    (pid,) = ids_of(data, SRC, "Patient")
+    role = "actor" if ns == SOAP11 else "role"
+    security = (f'<w:Security xmlns:w="http://docs.oasis-open.org/wss/2004/01/'
+                f'oasis-200401-wss-wssecurity-secext-1.0.xsd" s:mustUnderstand="{must}"/>')
+    body = _envelope(ns, _strip_decl(data)).replace(b"<s:Header/>",
+                                                   f"<s:Header>{security}</s:Header>".encode())
+    r = post(client, v3, body, SOAP_REQUESTS[ns])
+    assert r.status_code == 500  # both SOAP HTTP bindings: a MustUnderstand fault is a 500
+    code, reason = _fault(r, ns)
+    assert code == "soap:MustUnderstand" and "Security" in reason
+    if ns == SOAP12:
+        (nu,) = xml(r).find(f"{{{ns}}}Header")
+        assert nu.tag == f"{{{ns}}}NotUnderstood" and nu.get("qname").endswith(":Security")
+    assert client.get(f"/Patient/{pid}").status_code == 404
+    for harmless in (security.replace(f's:mustUnderstand="{must}"', 's:mustUnderstand="0"'),
+                     security.replace("/>", f' s:{role}="http://elsewhere.example/node"/>')):
+        body = _envelope(ns, _strip_decl(data)).replace(
+            b"<s:Header/>", f"<s:Header>{harmless}</s:Header>".encode())
+        r = post(client, v3, body, SOAP_REQUESTS[ns])
+        assert r.status_code == 200
+        assert _soap_body(r, ns).find(f"{V3}acknowledgement").get("typeCode") == "AA"
+
+
+def test_the_soap_parameter_named_message_is_the_message_and_a_refusal_keeps_the_envelope(
+        client, v3, live):
+    """Another parameter holding markup before it (a header, credentials) is not taken for the
+    message; of another bus's parameters, the one that is an HL7 v3 message is. A message refused
+    inside an envelope is kept as the whole envelope, to replay."""
+    from xml.sax.saxutils import escape
+
+    from hub.quarantine import Quarantine
+
+    data = patient_message(f"P{tag()}", resident())
+    (pid,) = ids_of(data, SRC, "Patient")
+    call = ('<HIPMessageServer xmlns="urn:hl7-org:v3"><header>&lt;auth user="x"/&gt;</header>'
+            f"<message>{escape(data.decode())}</message></HIPMessageServer>")
+    r = post(client, v3, _envelope(SOAP11, call), SOAP_REQUESTS[SOAP11])
+    assert r.status_code == 200
+    answer = etree.fromstring(_soap_body(r, SOAP11).find(f"{V3}HIPMessageServerResult").text.encode())
+    assert answer.find(f"{V3}acknowledgement").get("typeCode") == "AA"
+    assert read(client, f"Patient/{pid}")["id"] == pid
+    other = patient_message(f"P{tag()}", resident())
+    (other_pid,) = ids_of(other, SRC, "Patient")
+    call = ('<m:Submit xmlns:m="http://bus.example/"><m:auth>&lt;auth user="x"/&gt;</m:auth>'
+            f"<m:input>{escape(other.decode())}</m:input></m:Submit>")
+    r = post(client, v3, _envelope(SOAP12, call), SOAP_REQUESTS[SOAP12])
+    assert r.status_code == 200
+    assert read(client, f"Patient/{other_pid}")["id"] == other_pid
+    # refused inside the envelope: the envelope is kept, not only the message's parameter
+    refused = variant(patient_message(f"P{tag()}", resident()),
+                      ('processingCode code="P"', 'processingCode code="T"'))
+    envelope = _envelope(SOAP11, call.replace(escape(other.decode()), escape(refused.decode())))
+    r = post(client, v3, envelope, SOAP_REQUESTS[SOAP11])
+    assert r.status_code == 200
+    result = _soap_body(r, SOAP11).find("{http://bus.example/}SubmitResult").text
+    code, text, _ = ack(httpx.Response(200, content=result.encode(),
+                                       headers={"content-type": "application/xml"}))
+    assert code == "AR" and "processingCode" in text
+    q = Quarantine(live.settings.data_dir / "quarantine.sqlite")
+    try:
+        entry = q.get(int(text.rsplit("quarantine entry ", 1)[1].split(")")[0]))
+        assert entry["payload"] == envelope and entry["report"]["interaction"] == "PRPA_IN201311UV02"
+    finally:
+        q.close()
 
 
 # -- orders (H08) and requests (H09) -----------------------------------------------------------------

@@ -175,6 +175,12 @@ class Message:
         if self.interaction not in interactions():
             raise MappingError(f"unsupported HL7 v3 interaction {self.interaction!r}", code="AR", location="/",
                                rule="v3.interaction-unsupported")
+        # as HL7 v2's MSH-11: a training (T) or debugging (D) message is no record of care
+        processing = attr(first(root, "processingCode"), "code").upper()
+        if processing not in ("", "P"):
+            raise MappingError(f"processingCode {processing!r}: only production messages (P) are "
+                               "written to the regional record", code="AR",
+                               location="/*/hl7:processingCode/@code", rule="v3.processing-code")
         declared = attr(first(root, "interactionId"), "extension")
         self.declared_interaction = declared
         idel = first(root, "id")

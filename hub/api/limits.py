@@ -33,8 +33,9 @@ class BodyTooLarge(FhirError):
 
 
 class BodyLimit:
-    """``answers``: per request path, a function of the limit giving (content type, body) of the
-    refusal, for endpoints that do not speak FHIR JSON (``/v3`` answers an HL7 v3 AR)."""
+    """``answers``: per request path, a function of the limit and the request's headers giving
+    (status, content type, body) of the refusal, for endpoints that do not speak FHIR JSON
+    (``/v3`` answers an HL7 v3 AR, or a SOAP Fault to a SOAP request)."""
 
     def __init__(self, app, limit: int, answers: dict | None = None, max_header: int | None = None,
                  large: int | None = None, max_large: int = 2, large_wait: float = 10.0):
@@ -65,7 +66,8 @@ class BodyLimit:
                 return await _refuse_encoding(send, value)
             if name == b"content-length":
                 if not (value.isascii() and value.isdigit()) or int(value) > self.limit:
-                    return await _refuse(send, self.limit, self.answers.get(scope.get("path", "")))
+                    return await _refuse(send, self.limit, self.answers.get(scope.get("path", "")),
+                                         headers)
                 length = int(value)
         has_body = length is not None and length > 0 or any(
             name == b"transfer-encoding" for name, _ in headers)
@@ -106,14 +108,15 @@ async def _answer(send, status: int, body: bytes, ctype: bytes = FHIR_JSON,
     await send({"type": "http.response.body", "body": body})
 
 
-async def _refuse(send, limit: int, answer=None) -> None:
+async def _refuse(send, limit: int, answer=None, headers=()) -> None:
+    status = 413
     if answer is not None:
-        ctype, body = answer(limit)
+        status, ctype, body = answer(limit, headers)
     else:
         ctype = FHIR_JSON
         body = outcome_bytes([Issue("too-costly",
                                     f"The request body exceeds the limit of {limit} bytes")])
-    await _answer(send, 413, body, ctype, (b"connection", b"close"))
+    await _answer(send, status, body, ctype, (b"connection", b"close"))
 
 
 async def _busy(send) -> None:

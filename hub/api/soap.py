@@ -7,11 +7,17 @@ Two shapes are read from an envelope's Body:
   WSDLs, any name or namespace here) whose parameter carries the v3 message as escaped text or
   CDATA (``<message>&lt;PRPA_IN201311UV02 …</message>``), beside others such as ``action``.
 
+Of an operation's parameters the message is the one named ``message`` (the WSDL's, and the
+platforms'), else the one parameter whose text reads as an HL7 v3 element (``<m:input>`` of another
+bus), else the only one whose text is markup at all (answered AR if it is no v3 message).
+
 The answer goes back the way the request came: in an envelope of the same SOAP version, inline,
-or as the text of ``<{operation}Response><{operation}Result>`` in the operation's namespace. An
-envelope that holds no v3 message is a SOAP Fault (``Client``/``Sender``). ``wsdl`` describes the
-string-parameter operation (``HIPMessageServer``: ``action``, ``message`` → ``HIPMessageServerResult``)
-with SOAP 1.1 and 1.2 bindings.
+or as the text of ``<{operation}Response><{operation}Result>`` in the operation's namespace. A
+request that is SOAP (``requested``) but whose envelope cannot be read (not well-formed, a
+DOCTYPE, too large), holds no v3 message, or has a header block marked ``mustUnderstand`` is a SOAP
+Fault (``Client``/``Sender``, or ``MustUnderstand``). ``wsdl`` describes the string-parameter
+operation (``HIPMessageServer``: ``action``, ``message`` → ``HIPMessageServerResult``) with SOAP
+1.1 and 1.2 bindings.
 """
 
 from __future__ import annotations
@@ -47,29 +53,60 @@ class Envelope:
 
 
 class NotAMessage(HubError):
-    """An envelope without a v3 message in it (answered with a SOAP Fault)."""
+    """A SOAP request without a v3 message the hub can read in it (answered with a SOAP Fault):
+    ``fault`` is ``Sender`` (the envelope, or what it holds), or ``MustUnderstand`` (header blocks
+    the hub does not understand: ``not_understood``, their qualified names)."""
 
     error_code = "invalid"
 
-    def __init__(self, ns: str, text: str):
+    def __init__(self, ns: str, text: str, fault: str = "Sender", rule: str = "v3.soap-fault",
+                 not_understood: tuple[etree.QName, ...] = ()):
         super().__init__(text)
-        self.ns, self.text = ns, text
+        self.ns, self.text, self.fault, self.rule = ns, text, fault, rule
+        self.not_understood = not_understood
+
+
+_COMMENT = re.compile(rb"<!--.*?-->", re.S)
+_FIRST_TAG = re.compile(rb"<([A-Za-z_][\w.-]*:)?([A-Za-z_][\w.-]*)")
+
+
+def requested(content_type: str, soap_action: str | None, head: bytes = b"") -> str | None:
+    """The SOAP version (its namespace) a request was sent in, as far as can be told without
+    reading its envelope; None: not SOAP. SOAP 1.2 is ``application/soap+xml``; SOAP 1.1 is
+    ``text/xml`` with a ``SOAPAction`` header; else a body (``head``: its first bytes) whose first
+    element is an ``Envelope`` is SOAP of the version whose namespace it names."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/soap+xml":
+        return SOAP12
+    if media == "text/xml" and soap_action is not None:
+        return SOAP11
+    head = _COMMENT.sub(b"", head[:4096])
+    first = _FIRST_TAG.search(head)
+    if first is None or first.group(2) != b"Envelope":
+        return None
+    return SOAP12 if SOAP12.encode() in head and SOAP11.encode() not in head else SOAP11
 
 
 _DECLARED = re.compile(r"""^(<\?xml[^>]*?encoding\s*=\s*["'])[A-Za-z0-9._-]+(["'])""")
 
 
-def unwrap(raw: bytes) -> Envelope | None:
+def unwrap(raw: bytes, soap: str | None = None) -> Envelope | None:
     """The v3 message of a SOAP request, or None when ``raw`` is no envelope (a bare v3 message,
-    or something unreadable: the v3 endpoint answers those itself)."""
+    or something unreadable: the v3 endpoint answers those itself). ``soap``: the version the
+    request was sent in (``requested``), if it was: an envelope that cannot be read is then a
+    NotAMessage, not something for the v3 endpoint to answer."""
     try:
         root = parse_xml(raw)
-    except MappingError:
-        return None
+    except MappingError as e:
+        if soap is None:
+            return None
+        raise NotAMessage(soap, f"the SOAP envelope cannot be read: {e.reason}",
+                          rule=e.rule or "v3.soap-fault") from None
     qname = etree.QName(root)
     if qname.localname != "Envelope" or qname.namespace not in MEDIA:
         return None
     ns = qname.namespace
+    _understood(root, ns)
     body = root.find(f"{{{ns}}}Body")
     first = next((el for el in body if isinstance(el.tag, str)), None) if body is not None else None
     if first is None:
@@ -80,15 +117,69 @@ def unwrap(raw: bytes) -> Envelope | None:
     action = next(((el.text or "").strip() for el in first.iter()
                    if el is not first and isinstance(el.tag, str)
                    and etree.QName(el).localname == "action"), "")
-    for el in first.iter():
-        text = (el.text or "").strip()
-        if el is not first and text.startswith("<"):
-            # the text is characters now: a declaration naming the bytes it once was (gb2312, as
-            # Chinese .NET and Java clients send it) would make the parser misread the UTF-8
-            text = _DECLARED.sub(r"\1UTF-8\2", text, count=1)
-            return Envelope(ns, name, text.encode("utf-8"), action[:200])
-    raise NotAMessage(ns, f"no HL7 v3 message in the SOAP Body's {name.localname!r}: send it "
-                          "as the Body's element or as the escaped text of a parameter")
+    param = _parameter(ns, first)
+    # the text is characters now: a declaration naming the bytes it once was (gb2312, as Chinese
+    # .NET and Java clients send it) would make the parser misread the UTF-8
+    text = _DECLARED.sub(r"\1UTF-8\2", param, count=1)
+    return Envelope(ns, name, text.encode("utf-8"), action[:200])
+
+
+def _parameter(ns: str, operation: etree._Element) -> str:
+    """The text of the operation's parameter that carries the v3 message (see the module)."""
+    markup = [(el, (el.text or "").strip()) for el in operation.iter()
+              if el is not operation and isinstance(el.tag, str)
+              and (el.text or "").strip().startswith("<")]
+    named = [text for el, text in markup if etree.QName(el).localname.lower() == "message"]
+    if len(named) == 1:
+        return named[0]
+    v3 = [text for _, text in markup if _is_v3(text)]
+    if len(v3) == 1:
+        return v3[0]
+    if len(markup) == 1:
+        return markup[0][1]
+    op = etree.QName(operation).localname
+    if not markup:
+        raise NotAMessage(ns, f"no HL7 v3 message in the SOAP Body's {op!r}: send it as the "
+                              "Body's element or as the escaped text of its 'message' parameter")
+    names = ", ".join(repr(etree.QName(el).localname) for el, _ in markup)
+    raise NotAMessage(ns, f"the SOAP Body's {op!r} has several parameters holding markup "
+                          f"({names}) and not one HL7 v3 message among them: send the message "
+                          "as the 'message' parameter")
+
+
+def _is_v3(text: str) -> bool:
+    try:
+        root = parse_xml(_DECLARED.sub(r"\1UTF-8\2", text, count=1).encode("utf-8"))
+    except MappingError:
+        return False
+    return etree.QName(root).namespace == V3
+
+
+# the roles a header block may be targeted at that this hub plays: none named (the ultimate
+# receiver), the next node (every node), and SOAP 1.2's ultimate receiver named
+_OUR_ROLES = {"", "http://schemas.xmlsoap.org/soap/actor/next",
+              "http://www.w3.org/2003/05/soap-envelope/role/next",
+              "http://www.w3.org/2003/05/soap-envelope/role/ultimateReceiver"}
+
+
+def _understood(root: etree._Element, ns: str) -> None:
+    """Refuse an envelope with header blocks targeted at the hub and marked ``mustUnderstand``:
+    the hub understands no header block (SOAP 1.1 section 4.2.3, SOAP 1.2 part 1 section 5.2.3),
+    and processing the Body without them would ignore what the sender requires (a security or
+    addressing header)."""
+    header = root.find(f"{{{ns}}}Header")
+    if header is None:
+        return
+    role = "role" if ns == SOAP12 else "actor"
+    blocks = tuple(etree.QName(el) for el in header if isinstance(el.tag, str)
+                   and (el.get(f"{{{ns}}}mustUnderstand") or "").strip() in ("1", "true")
+                   and (el.get(f"{{{ns}}}{role}") or "").strip() in _OUR_ROLES)
+    if blocks:
+        names = ", ".join(f"{{{b.namespace}}}{b.localname}" if b.namespace else b.localname
+                          for b in blocks)
+        raise NotAMessage(ns, f"SOAP header block(s) marked mustUnderstand that the hub does not "
+                              f"understand: {names}", fault="MustUnderstand",
+                          rule="v3.soap-must-understand", not_understood=blocks)
 
 
 def wrap(env: Envelope, answer: bytes) -> bytes:
@@ -105,19 +196,30 @@ def wrap(env: Envelope, answer: bytes) -> bytes:
             f"<soap:Body>{inner}</soap:Body></soap:Envelope>").encode("utf-8")
 
 
-def fault(ns: str, text: str) -> tuple[int, bytes]:
-    """(HTTP status, body) of a SOAP Fault: the sender's mistake."""
+def fault(ns: str, text: str, code: str = "Sender",
+          not_understood: tuple[etree.QName, ...] = ()) -> tuple[int, bytes]:
+    """(HTTP status, body) of a SOAP Fault: ``Sender`` (SOAP 1.1 ``Client``: the sender's mistake),
+    ``MustUnderstand`` or ``Receiver`` (SOAP 1.1 ``Server``: the hub cannot take it now). The
+    status as the HTTP bindings say: SOAP 1.2 ``Sender`` 400, every other fault 500."""
+    header = ""
     if ns == SOAP12:
-        body = (f'<soap:Fault><soap:Code><soap:Value>soap:Sender</soap:Value></soap:Code>'
+        body = (f"<soap:Fault><soap:Code><soap:Value>soap:{code}</soap:Value></soap:Code>"
                 f'<soap:Reason><soap:Text xml:lang="en">{escape(text)}</soap:Text></soap:Reason>'
                 f"</soap:Fault>")
-        status = 400
+        status = 400 if code == "Sender" else 500
+        # SOAP 1.2 part 1 section 5.4.8: a NotUnderstood block names each header not understood
+        header = "".join(
+            f'<soap:NotUnderstood xmlns:h="{escape(b.namespace, {chr(34): "&quot;"})}" '
+            f'qname="h:{b.localname}"/>' if b.namespace else
+            f'<soap:NotUnderstood qname="{b.localname}"/>' for b in not_understood)
+        header = f"<soap:Header>{header}</soap:Header>" if header else ""
     else:
-        body = (f"<soap:Fault><faultcode>soap:Client</faultcode><faultstring>{escape(text)}"
+        code = {"Sender": "Client", "Receiver": "Server"}.get(code, code)
+        body = (f"<soap:Fault><faultcode>soap:{code}</faultcode><faultstring>{escape(text)}"
                 f"</faultstring></soap:Fault>")
         status = 500  # SOAP 1.1 over HTTP: a fault is a 500
     return status, (f'<?xml version="1.0" encoding="UTF-8"?><soap:Envelope xmlns:soap="{ns}">'
-                    f"<soap:Body>{body}</soap:Body></soap:Envelope>").encode("utf-8")
+                    f"{header}<soap:Body>{body}</soap:Body></soap:Envelope>").encode("utf-8")
 
 
 def wsdl(address: str) -> bytes:

@@ -13,12 +13,13 @@ Every answer is v3 XML, never an OperationOutcome. HTTP status:
 
 * ``200`` for every answer decided from the message: AA (accepted / query answered), AE (content that
   cannot be mapped, a resource the hub refuses, unsupported query criteria) and AR (not well-formed,
-  hostile XML, not v3, unknown interaction). v3 senders (integration engines, SOAP-style services)
+  hostile XML, not v3, unknown interaction, not of production: ``processingCode`` T or D). v3 senders (integration engines, SOAP-style services)
   read the outcome from the acknowledgement code; a non-2xx would make most of them retry a message
   that can never succeed.
 * ``413`` AR: the body exceeds the hub's size limit (or the XML parser's, whichever is smaller);
   ``415`` AR: the Content-Type is not application/xml, text/xml or application/hl7-v3+xml. Both are
-  refusals of the transport request before any message is read.
+  refusals of the transport request before any message is read. A SOAP request is answered with
+  a SOAP Fault instead where its envelope cannot be read or is too large (``hub.api.soap``).
 * ``503`` AE (with ``Retry-After``): the event store is unavailable or too busy; the same message
   will succeed later, so the sender should retry. ``500`` AE: an unexpected failure (logged without
   message content).
@@ -103,9 +104,10 @@ class Refused(HubError):
 
     error_code = "refused"
 
-    def __init__(self, status: int, code: str, text: str, rule: str = ""):
+    def __init__(self, status: int, code: str, text: str, rule: str = "", head: bytes = b""):
         super().__init__(text)
         self.status, self.code, self.text, self.rule = status, code, text, rule
+        self.head = head  # the body's first bytes, when it was read: SOAP or not
 
 
 def now() -> datetime:
@@ -127,13 +129,19 @@ def ack_response(payload: bytes | dict | None, code: str, text: str, status: int
     return xml_response(body, status, media_type, headers)
 
 
-def too_large(limit: int) -> tuple[bytes, bytes]:
-    """(Content-Type, body) of the MCCI AR for a body over ``limit`` bytes: for the size guard in
-    front of the app (``hub.api.limits.BodyLimit``), which refuses a declared Content-Length before
-    any route runs."""
-    body = hl7v3.acknowledge(None, "AR", f"The request body exceeds the limit of {limit} bytes",
-                             now=now(), message_id=str(uuid.uuid4()))
-    return b"application/xml; charset=utf-8", body
+def too_large(limit: int, headers: Any = ()) -> tuple[int, bytes, bytes]:
+    """(HTTP status, Content-Type, body) of the refusal of a body over ``limit`` bytes: for the
+    size guard in front of the app (``hub.api.limits.BodyLimit``), which refuses a declared
+    Content-Length before any route runs. ``headers``: the request's (ASGI: bytes pairs); a SOAP
+    request by its headers is answered with a SOAP Fault, any other with the MCCI AR (413)."""
+    named = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}
+    text = f"The request body exceeds the limit of {limit} bytes"
+    ns = soap.requested(named.get("content-type", ""), named.get("soapaction"))
+    if ns is not None:
+        status, body = soap.fault(ns, text)
+        return status, f"{soap.MEDIA[ns]}; charset=utf-8".encode(), body
+    body = hl7v3.acknowledge(None, "AR", text, now=now(), message_id=str(uuid.uuid4()))
+    return 413, b"application/xml; charset=utf-8", body
 
 
 def _media_type(request: Request) -> str:
@@ -164,7 +172,8 @@ async def _read(request: Request) -> bytes:
     except BodyTooLarge:  # chunked upload past the hub's limit (the middleware counts)
         raise Refused(413, "AR", f"The request body exceeds the limit of {limit} bytes", "v3.too-large") from None
     if len(raw) > limit:
-        raise Refused(413, "AR", f"The request body exceeds the limit of {limit} bytes", "v3.too-large")
+        raise Refused(413, "AR", f"The request body exceeds the limit of {limit} bytes", "v3.too-large",
+                      raw[:4096])
     return raw
 
 
@@ -182,21 +191,25 @@ async def v3_interaction(request: Request) -> Response:
         return ack_response(None, "AR", f"Content-Type {media or '(none)'!r} is not supported; send "
                             "application/xml, text/xml or application/hl7-v3+xml", 415)
     reply_type = media
+    ctype, action = request.headers.get("content-type", ""), request.headers.get("soapaction")
     try:
         raw = await _read(request)
     except Refused as r:
         _log("", "", r.code, r.rule)
+        ns = soap.requested(ctype, action, r.head)
+        if ns is not None:  # a SOAP sender reads a Fault, not an MCCI
+            status, body = soap.fault(ns, r.text)
+            return xml_response(body, status, soap.MEDIA[ns])
         return ack_response(None, r.code, r.text, r.status, reply_type)
-    raw = declare_charset(raw, request.headers.get("content-type", ""))
+    raw = declare_charset(raw, ctype)
     try:  # a SOAP envelope: the message inside it, the answer back in one like it
-        env = soap.unwrap(raw)
+        env = soap.unwrap(raw, soap.requested(ctype, action, raw[:4096]))
     except soap.NotAMessage as e:
-        _log("", "", "AR", "v3.soap-fault")
-        status, body = soap.fault(e.ns, e.text)
-        return xml_response(body, status, soap.MEDIA[e.ns])
+        return await run_in_threadpool(_fault, request, raw, e)
     # the service called, where several share an interaction: ?service=…, or the SOAP action
     service = request.query_params.get("service", "")[:200]
     if env is not None:
+        request.state.v3_envelope = raw  # what a refusal keeps: the request as it came
         raw, reply_type = env.message, "application/xml"
         service = service or env.action
     try:
@@ -290,16 +303,37 @@ def _quarantine(request: Request) -> Any:
 
 def _kept(request: Request, raw: bytes, source: SourceInfo, code: str, text: str, rule: str,
           reply_type: str, interaction: str | None = None) -> Response:
-    """The AE/AR of a refused message, kept in the quarantine for replay first."""
+    """The AE/AR of a refused message, kept in the quarantine for replay first (the whole SOAP
+    envelope it came in, if it came in one: what the sender sent, replayed as such)."""
     quarantine = _quarantine(request)
     if quarantine is not None:
         try:
-            qid = v3intake.keep(quarantine, raw, source, code, text, rule, interaction)
+            qid = v3intake.keep(quarantine, getattr(request.state, "v3_envelope", raw), source,
+                                code, text, rule, interaction)
         except QuarantineFull as full:  # not kept: the sender must send it again later
             return ack_response(raw, "AE", f"{text}; {full.issues[0].diagnostics}", 429,
                                 reply_type, {"Retry-After": "60"})
         text += f" (kept for replay as quarantine entry {qid})"
     return ack_response(raw, code, text, 200, reply_type)
+
+
+def _fault(request: Request, raw: bytes, e: soap.NotAMessage) -> Response:
+    """The SOAP Fault of a SOAP request without a message the hub can read, the request kept in
+    the quarantine first, as an unreadable bare message is (from a sender that may write)."""
+    _log("", "", "AR", e.rule)
+    text, code = e.text, e.fault
+    quarantine = _quarantine(request)
+    if _refused_writer(request) is not None:
+        text += " (not kept: this caller does not write)"
+    elif quarantine is not None:
+        try:
+            qid = v3intake.keep(quarantine, raw, _source(request), "AR", e.text, e.rule)
+            text += f" (kept for replay as quarantine entry {qid})"
+        except QuarantineFull as full:  # not kept: the sender must send it again later
+            text, code = f"{text}; {full.issues[0].diagnostics}", "Receiver"
+    status, body = soap.fault(e.ns, text, code, e.not_understood)
+    return xml_response(body, status, soap.MEDIA[e.ns],
+                        {"Retry-After": "60"} if code == "Receiver" else None)
 
 
 @router.api_route("/v3/metadata", methods=["GET", "HEAD"], name="hl7v3-capabilities")
