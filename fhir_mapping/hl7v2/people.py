@@ -8,7 +8,7 @@ from datetime import date as _date
 from typing import Any
 
 from fhir_mapping import cleared
-from fhir_mapping.identifiers import someone_elses
+from fhir_mapping.identifiers import resident_id_conflicts, someone_elses
 from terminology import resident_id
 
 from . import datatypes as dt
@@ -140,15 +140,31 @@ def patient_identifiers(ctx: Ctx, seg: Seg, field: int = 3) -> tuple[list[dict],
 def patient(ctx: Ctx, pid: Seg) -> dict:
     ctx.record_birth = dt.date(pid.get(7)) if pid.get(7) else None
     idents, key = patient_identifiers(ctx, pid)
+    where = {id(i): "PID-3" for i in idents}
     for extra, kind in ((2, "patient"), (4, "patient")):
         for i, rep in enumerate(pid.field(extra), 1):
             ident = identifier(ctx, rep, pid.loc(extra, i), kind)
             if ident and ident not in idents:
                 idents.append(ident)
+                where[id(ident)] = pid.loc(extra, i)
                 key = key or ident["value"]
-    for ident in (_ssn(ctx, pid), _licence(ctx, pid)):
+    for ident, loc in ((_ssn(ctx, pid), "PID-19"), (_licence(ctx, pid), "PID-20")):
         if ident and ident not in idents:
             idents.append(ident)
+            where[id(ident)] = loc
+    others = resident_id_conflicts([i["value"] for i in idents if i.get("system") == _RESIDENT],
+                                   ctx.record_birth)
+    if others:
+        # two people's numbers on one record: the one PID-7 bears out stays, if one does
+        gone = [i for i in idents if i.get("system") == _RESIDENT and i["value"].strip().upper() in others]
+        for loc in dict.fromkeys(where[id(i)] for i in gone):
+            ctx.find("warning", "v2.identifier.resident-id-conflict",
+                     "resident ID number differs from another valid one of this patient and is not the one "
+                     "whose encoded birth date is PID-7's (two people's numbers): neither a key nor kept as "
+                     "an identifier", loc)
+        idents = [i for i in idents if not any(i is g for g in gone)]
+        if any(key == g["value"] for g in gone):
+            key = next((i["value"] for i in idents if i.get("system") != _RESIDENT), None)
     ctx.record_birth = None
     key_ids: tuple[str, ...] = (key,) if key is not None else ()
     if key is None:
