@@ -83,7 +83,7 @@ FINDING_RULES = {
     "cda.identifier.upgraded": "a 15-digit resident ID number upgraded to 18 digits",
     "cda.patient.birth-date-invalid": "birthTime that is no real date, in the future or before 1880 (no birthDate)",
     "cda.patient.sex-unknown": "administrativeGenderCode not in GB/T 2261.1 nor HL7 AdministrativeGender",
-    "cda.header.multiple-record-targets": "more than one recordTarget",
+    "cda.header.multiple-record-targets": "more than one recordTarget: refused (whose each entry is, is not told)",
     "cda.header.author-missing": "no usable author (custodian used)",
     "cda.body.non-xml": "nonXMLBody (content only in the Binary)",
 }

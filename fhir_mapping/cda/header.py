@@ -32,8 +32,11 @@ def _patient(ctx: Ctx, root, custodian_ref: str | None) -> str:
         raise MappingError("ClinicalDocument has no recordTarget (patient)", code="AE",
                            location="/ClinicalDocument/recordTarget", rule="cda.header.record-target-missing")
     if len(rts) > 1:
-        ctx.find("information", "cda.header.multiple-record-targets",
-                 f"{len(rts)} recordTargets; the first is the document's patient", rts[1])
+        # a mother and her newborn, two people of one visit: nothing in the entries says whose each
+        # fact is, and put on one of them they would be that person's record without anyone deciding
+        raise MappingError(f"ClinicalDocument has {len(rts)} recordTargets (patients): the hub does not "
+                           "tell whose each entry is, so it files none of them", code="AE",
+                           location=dt.xpath(rts[1]), rule="cda.header.multiple-record-targets")
     role = child(rts[0], "patientRole")
     pat = child(role, "patient")
     h = ctx.t.header
