@@ -167,8 +167,10 @@ class StoredDocuments:
         gone: set[str] = set()
         written: dict[str, tuple[dict, str | None]] = {}  # ref -> (as its Bundle holds it, series)
         bundle = next((r for r in resources if r["resourceType"] == "Bundle"), None)
-        sources = ([(old, bundle["id"] if bundle is not None else None, order)] if old is not None
-                   else []) + [(p, b, source_order.order_of(p)) for p, b in parents]
+        sources = [(p, b, source_order.order_of(p)) for p, b in parents]
+        if old is not None:
+            sources.insert(0, (old, bundle["id"] if bundle is not None else None,
+                               source_order.order_of(old)))
         for held_comp, bundle_id, held_order in sources:
             gone |= _entries(held_comp) - now
             if held_comp is old and not gone and order == source_order.order_of(old):

@@ -79,3 +79,18 @@ def test_a_replacement_of_a_document_by_its_id_retires_what_it_leaves_out(client
     (issue,) = [i for i in lone.json()["issue"]
                 if i["details"].get("coding", [{}])[0].get("code") == "cda.document.nothing-replaced"]
     assert issue["severity"] == "warning" and "RPLC-NONE" in issue["details"]["text"]
+
+
+def test_a_new_version_leaving_out_an_entry_without_an_id_retires_that_entry(client):
+    """Entries without an <id>: version 2 keeps I50 and leaves out N18. Keyed by place, the
+    Condition that was N18 became I50 and the real I50 was marked entered-in-error."""
+    pid = ident("2.16.156.10011.1.12", "ZY-NOID-1")
+    v1 = client.post("/../cda", content=wst500(doc_id="NOID-1", set_id="NOID-SET", version=1, patient_ids=pid,
+                                               sections=section(diagnosis("N18", "肾病", None),
+                                                                diagnosis("I50", "心衰", None))), headers=XML)
+    assert v1.status_code == 201, v1.text
+    patient = client.get("/" + v1.headers["location"].split("/fhir/", 1)[1]).json()["subject"]["reference"]
+    v2 = client.post("/../cda", content=wst500(doc_id="NOID-2", set_id="NOID-SET", version=2, patient_ids=pid,
+                                               sections=section(diagnosis("I50", "心衰", None))), headers=XML)
+    assert v2.status_code == 201, v2.text
+    assert _conditions(client, patient) == [("I50", ""), ("N18", "entered-in-error")]
