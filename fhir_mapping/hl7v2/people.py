@@ -156,14 +156,14 @@ def patient(ctx: Ctx, pid: Seg) -> dict:
                                    ctx.record_birth)
     if others:
         # two people's numbers on one record: the one PID-7 bears out stays, if one does
-        gone = [i for i in idents if i.get("system") == _RESIDENT and i["value"].strip().upper() in others]
-        for loc in dict.fromkeys(where[id(i)] for i in gone):
+        dropped = [i for i in idents if i.get("system") == _RESIDENT and i["value"].strip().upper() in others]
+        for loc in dict.fromkeys(where[id(i)] for i in dropped):
             ctx.find("warning", "v2.identifier.resident-id-conflict",
                      "resident ID number differs from another valid one of this patient and is not the one "
                      "whose encoded birth date is PID-7's (two people's numbers): neither a key nor kept as "
                      "an identifier", loc)
-        idents = [i for i in idents if not any(i is g for g in gone)]
-        if any(key == g["value"] for g in gone):
+        idents = [i for i in idents if not any(i is g for g in dropped)]
+        if any(key == g["value"] for g in dropped):
             key = next((i["value"] for i in idents if i.get("system") != _RESIDENT), None)
     ctx.record_birth = None
     key_ids: tuple[str, ...] = (key,) if key is not None else ()
