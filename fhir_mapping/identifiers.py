@@ -12,6 +12,7 @@ The filler list is data (``tables/fillers.yaml``); pure functions, no I/O after 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
 
@@ -20,7 +21,7 @@ import yaml
 from terminology import resident_id
 
 __all__ = ["RESIDENT_ID_OID", "RESIDENT_ID_SYSTEM", "is_filler", "is_filler_text", "is_resident_id_system",
-           "key_problem", "someone_elses", "usable"]
+           "key_problem", "resident_id_conflicts", "someone_elses", "usable"]
 
 RESIDENT_ID_OID = "2.16.156.10011.1.3"
 RESIDENT_ID_SYSTEM = f"urn:oid:{RESIDENT_ID_OID}"
@@ -117,6 +118,24 @@ def someone_elses(value: str | None, birth_date: str | None) -> bool:
     if born is None or len(digits) < 4 or not digits[:4].isdigit():
         return False
     return abs(born.year - int(digits[:4])) > _GENERATION_YEARS
+
+
+def resident_id_conflicts(values: Iterable[str | None], birth_date: str | None) -> frozenset[str]:
+    """Of the valid resident ID numbers one record carries (``values``, any others are ignored), those
+    it may not keep, upper-cased. Two different valid numbers are two people's (one typed from the
+    wrong card, a relative's a few years apart, which :func:`someone_elses` does not catch): keyed on
+    both, the record links to both persons. The number whose encoded birth date is the record's own
+    ``birth_date`` (``YYYY-MM-DD`` or ``YYYYMMDD``, as far as it goes) is kept and the others are
+    not; when none of them or more than one is, none is kept. One number, however often, is no
+    conflict (its birth date is :func:`someone_elses`'s question)."""
+    distinct = {v for v in (str(x).strip().upper() for x in values if x) if resident_id.is_valid(v)}
+    if len(distinct) < 2:
+        return frozenset()
+    digits = (birth_date or "").replace("-", "")[:8]
+    own = {v for v in distinct
+           if len(digits) >= 4 and digits.isdigit() and (born := resident_id.birth_date(v)) is not None
+           and born.strftime("%Y%m%d").startswith(digits)}
+    return frozenset(distinct - own if len(own) == 1 else distinct)
 
 
 def usable(value: str | None, system: str | None = None) -> bool:

@@ -51,6 +51,8 @@ RETIRED_RULE = "cda.document.entries-retired"
 LEFT_OUT_RULE = "cda.document.entries-left-out"
 OTHER_PATIENT_RULE = "cda.document.other-patient"
 SAME_VERSION_RULE = "cda.document.version-taken"
+REPLACED_RULE = "cda.document.replaced"
+NOTHING_REPLACED_RULE = "cda.document.nothing-replaced"
 QUALITY_DOCUMENT = EXT + "quality-document"  # a quality report's document
 Conflict = tuple[str, str, str]  # (rule, display, text): why a document may not be written
 
@@ -146,19 +148,43 @@ class StoredDocuments:
         if comp is None:
             return []
         old = self.repo.own_current("Composition", comp["id"])  # the hub's read, not the caller's
-        if old is None:
+        parents, missing = self._replaced(comp)
+        if missing and old is None:
+            report["issue"] = _findings_only(report["issue"])
+            report["issue"].append(_version_issue(
+                "warning", "not-found", NOTHING_REPLACED_RULE,
+                "a replacement document names a parent document the hub does not hold",
+                f"this document replaces (relatedDocument RPLC) {_listed(missing)}, which the hub "
+                f"does not hold for this patient: nothing was replaced, and what that document "
+                f"wrote (if it comes) stays until a later version leaves it out",
+                "/hl7:ClinicalDocument/hl7:relatedDocument"))
+        if old is None and not parents:
             return []
         order = source_order.order_of(comp)
         now = {f"{r['resourceType']}/{r['id']}" for r in resources}
-        gone = _entries(old) - now
-        written: dict[str, dict] = {}  # what the stored version wrote, as its Bundle holds it
-        if gone or order != source_order.order_of(old):
-            bundle = next((r for r in resources if r["resourceType"] == "Bundle"), None)
-            held = self.repo.own_current("Bundle", bundle["id"]) if bundle is not None else None
-            written = {f"{e['resource'].get('resourceType')}/{e['resource'].get('id')}": e["resource"]
-                       for e in (held or {}).get("entry") or () if isinstance(e.get("resource"), dict)}
-            gone |= {ref for ref, r in written.items()
-                     if r.get("resourceType") in withdrawn.KINDS} - now
+        # what each replaced document wrote: the stored version of this one's set, and the stored
+        # documents it names as replaced (relatedDocument RPLC of a document id, a set of its own)
+        gone: set[str] = set()
+        written: dict[str, tuple[dict, str | None]] = {}  # ref -> (as its Bundle holds it, series)
+        bundle = next((r for r in resources if r["resourceType"] == "Bundle"), None)
+        sources = [(p, b, source_order.order_of(p)) for p, b in parents]
+        if old is not None:
+            sources.insert(0, (old, bundle["id"] if bundle is not None else None,
+                               source_order.order_of(old)))
+        for held_comp, bundle_id, held_order in sources:
+            gone |= _entries(held_comp) - now
+            if held_comp is old and not gone and order == source_order.order_of(old):
+                continue
+            held = self.repo.own_current("Bundle", bundle_id) if bundle_id is not None else None
+            series = held_order.series if held_order else None
+            for e in (held or {}).get("entry") or ():
+                r = e.get("resource") if isinstance(e, dict) else None
+                if isinstance(r, dict):
+                    ref = f"{r.get('resourceType')}/{r.get('id')}"
+                    written.setdefault(ref, (r, series))
+                    if r.get("resourceType") in withdrawn.KINDS and ref not in now:
+                        gone.add(ref)
+        owners = {comp["id"], *(p["id"] for p, _ in parents)}
         retired: list[dict] = []
         kept: list[str] = []
         for ref in sorted(gone):
@@ -166,7 +192,8 @@ class StoredDocuments:
             current = self.repo.own_current(rtype, rid)
             if current is None or withdrawn.is_withdrawn(current):
                 continue  # nothing current to retire
-            why = self._not_owned(ref, current, written.get(ref), comp["id"], order)
+            wrote, series = written.get(ref, (None, None))
+            why = self._not_owned(ref, current, wrote, owners, series)
             marked = withdrawn.withdrawn(current) if why is None else None
             if marked is None:
                 kept.append(f"{ref} ({why or 'not a kind a document withdraws'})")
@@ -179,9 +206,16 @@ class StoredDocuments:
             if order:
                 source_order.stamp([marked], order)  # a late older version cannot revive it
             retired.append(marked)
-        if not retired and not kept:
+        if not retired and not kept and not parents:
             return []
         report["issue"] = _findings_only(report["issue"])
+        if parents:
+            report["issue"].append(_version_issue(
+                "information", "informational", REPLACED_RULE,
+                "a replacement document replaces a stored document",
+                f"this document replaces {_listed(['Composition/' + p[0]['id'] for p in parents])}: "
+                f"what it leaves out of them is retired as a new version's would be",
+                "/hl7:ClinicalDocument/hl7:relatedDocument"))
         if retired:
             refs = [f"{r['resourceType']}/{r['id']}" for r in retired]
             report["issue"].append(_version_issue(
@@ -198,23 +232,52 @@ class StoredDocuments:
                 f"does not retire; they stay as they were until retracted: {_listed(kept)}"))
         return retired
 
-    def _not_owned(self, ref: str, current: dict, wrote: dict | None, comp_id: str,
-                   order: source_order.Order | None) -> str | None:
+    def _not_owned(self, ref: str, current: dict, wrote: dict | None, owners: set[str],
+                   series: str | None) -> str | None:
         """Why the document may not retire ``ref``, or None when it owns it: its current version
-        is what the document's last version wrote (its source-order stamp names the set, its
-        content is the copy in that version's Bundle: a steward's edit sent back with the stamp
-        still differs) and no other current document lists it."""
+        is what the document it replaces wrote last (its source-order stamp names that document's
+        set, ``series``, and its content is the copy in that document's Bundle: a steward's edit
+        sent back with the stamp still differs) and no current document lists it but this one and
+        those it replaces (``owners``)."""
         stamp = source_order.order_of(current)
-        if order is None or order.series is None or stamp is None \
-                or stamp.series != order.series or wrote is None \
+        if stamp is None or stamp.series != series or wrote is None \
                 or _content(current) != _content(wrote):
             return "changed since by another source"
         listing = self.repo.listing_documents(ref)
         if listing is None:
             return "whether another document lists it could not be checked"
-        if any(cid != comp_id for cid in listing):
+        if any(cid not in owners for cid in listing):
             return "another document lists it too"
         return None
+
+    def _replaced(self, comp: dict) -> tuple[list[tuple[dict, str | None]], list[str]]:
+        """The stored documents ``comp`` replaces (``relatesTo`` replaces: relatedDocument RPLC
+        of a parent document id) other than its own set's last version, as (their Composition,
+        their document Bundle's id), found by the parent's document id among the Compositions of
+        the same patient (document ids are unique within an institution only, and a patient is
+        an institution's); and the parent ids the hub holds no document of."""
+        found: list[tuple[dict, str | None]] = []
+        missing: list[str] = []
+        subject = (comp.get("subject") or {}).get("reference")
+        for rel in comp.get("relatesTo") or ():
+            target = rel.get("targetIdentifier") if isinstance(rel, dict) else None
+            if rel.get("code") != "replaces" or not isinstance(target, dict) or not target.get("value"):
+                continue
+            system, value = target.get("system") or "", str(target["value"])
+            hits = []
+            for cid in self.repo.own_ids_by_identifier("Composition", system, value):
+                held = self.repo.own_current("Composition", cid) if cid != comp["id"] else None
+                if held is not None and (held.get("subject") or {}).get("reference") == subject:
+                    hits.append(held)
+            bundles = self.repo.own_ids_by_identifier("Bundle", system, value)
+            for held in hits:
+                bundle_id = next((b for b in bundles if _opens_with(
+                    self.repo.own_current("Bundle", b), held["id"])), None)
+                if all(held["id"] != f[0]["id"] for f in found):
+                    found.append((held, bundle_id))
+            if not hits:
+                missing.append(f"{system}|{value}".lstrip("|"))
+        return found, missing
 
     def _conflict(self, resources: list[dict], patient: str | None) -> Conflict | None:
         """Why the document may not be written over what is stored, as (rule, display, text), or
@@ -472,11 +535,19 @@ def _findings_only(issues: list[dict]) -> list[dict]:
             or i.get("severity") != "information"]
 
 
-def _version_issue(severity: str, code: str, rule: str, display: str, text: str) -> dict:
+def _version_issue(severity: str, code: str, rule: str, display: str, text: str,
+                   location: str = "/hl7:ClinicalDocument/hl7:versionNumber") -> dict:
     """An issue of a document's report about its version (what it supersedes or withdrew)."""
     return {"severity": severity, "code": code, "details": {
         "coding": [{"system": RULE_SYSTEM, "code": rule, "display": display}], "text": text},
-        "location": ["/hl7:ClinicalDocument/hl7:versionNumber"]}
+        "location": [location]}
+
+
+def _opens_with(bundle: dict | None, comp_id: str) -> bool:
+    """Is ``bundle`` the document Bundle of the Composition ``comp_id`` (its first entry)?"""
+    first = ((bundle or {}).get("entry") or [{}])[0]
+    r = first.get("resource") if isinstance(first, dict) else None
+    return isinstance(r, dict) and r.get("resourceType") == "Composition" and r.get("id") == comp_id
 
 
 def _listed(refs: list[str]) -> str:

@@ -214,6 +214,12 @@ class Repository:
         return {rid: state.partition(b"\n")[2]
                 for rid, (_, state) in self._hub.store.latest_many(rtype, rids).items()}
 
+    def own_ids_by_identifier(self, rtype: str, system: str, value: str) -> list[str]:
+        """The ids of the current records with the identifier ``system|value``, read by the hub
+        for a write of its own (the stored document a replacement names), never handed to a
+        caller."""
+        return self._hub.store.find_by_identifier(rtype, system, value)
+
     def listing_documents(self, ref: str) -> list[str] | None:
         """The ids of the current Compositions whose sections list ``ref`` (``Type/id``), read by
         the hub to decide whether a document may retire an entry it no longer lists, never handed

@@ -306,6 +306,25 @@ def test_merge_retires_the_old_patient(client, v3):
     assert {f"Patient/{keep}", f"Patient/{old}"} <= targets
 
 
+def test_an_update_of_the_survivor_keeps_the_merge(client, v3):
+    """A registration update of a merge's survivor carries no links (the merge is the hub's, not
+    the sender's record): it erased ``replaces`` while the retired record still said replaced-by."""
+    survivor, retired, number = f"P{tag()}", f"P{tag()}", resident()
+    registration = patient_message(survivor, number)
+    accepted(client, v3, registration, DECLARED)
+    accepted(client, v3, patient_message(retired, resident(), name="测试丙"), DECLARED)
+    accepted(client, v3, variant(fixture("patient-merge.xml"), ("P0001", survivor), ("P0002", retired),
+                                 ("T-MSG-0002", f"M-{tag()}"), ("110105198003151234", number)), DECLARED)
+    keep, old = patient_id(INST, survivor), patient_id(INST, retired)
+    update = variant(registration, ("PRPA_IN201311UV02", "PRPA_IN201314UV02"), ("010-12345678", "010-55556666"))
+    accepted(client, v3, update, DECLARED)
+    kept = read(client, f"Patient/{keep}")
+    assert {"system": "phone", "value": "010-55556666"} in kept["telecom"]  # the update is written
+    assert kept["link"] == [{"other": {"reference": f"Patient/{old}"}, "type": "replaces"}]
+    assert read(client, f"Patient/{old}")["link"] == [
+        {"other": {"reference": f"Patient/{keep}"}, "type": "replaced-by"}]
+
+
 def test_replaying_a_registration_changes_nothing(client, v3):
     data = patient_message(f"P{tag()}", resident())
     accepted(client, v3, data)

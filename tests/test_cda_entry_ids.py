@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -158,3 +159,26 @@ def test_a_ccda_time_without_a_zone_is_read_in_the_documents_zone():
     conv = convert(doc, SRC)
     times = [str(r) for r in conv.resources]
     assert any("2024-01-05T14:45:00-05:00" in t for t in times)
+
+
+def _ids_by_code(**kw) -> dict[str, str]:
+    return {c["code"]["coding"][0]["code"]: c["id"] for c in mapped(wst500(set_id="SET-K", **kw))[1]["Condition"]}
+
+
+@pytest.mark.parametrize("first,then", [
+    (["N18", "I50"], ["I50"]),            # the first left out: I50 stayed in place 2 and was renamed N18's
+    (["N18", "I50"], ["I50", "N18"]),     # reordered
+    (["N18", "I50"], ["E11.9", "N18", "I50"]),  # one added before the others
+])
+def test_entries_without_an_id_keep_their_resource_whatever_their_place(first, then):
+    a = _ids_by_code(version=1, sections=section(*(diagnosis(c, c, None) for c in first)))
+    b = _ids_by_code(version=2, sections=section(*(diagnosis(c, c, None) for c in then)))
+    for code in set(first) & set(then):
+        assert a[code] == b[code], code
+    assert len(set(b.values())) == len(then)  # and none shares another's
+    assert not set(b.values()) & {a[c] for c in set(first) - set(then)}
+
+
+def test_two_alike_entries_without_an_id_are_two_resources():
+    _, t = mapped(wst500(sections=section(diagnosis("I10", "高血压", None), diagnosis("I10", "高血压", None))))
+    assert len({c["id"] for c in t["Condition"]}) == 2

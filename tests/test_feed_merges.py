@@ -56,6 +56,13 @@ def test_a_later_message_with_the_retired_record_number_does_not_undo_a_merge(li
           + "OBX|1|NM|GLU^Glu^L||6.0|mmol/L|||||F\r")
     assert state(new) == merged  # still retired, still pointing to the survivor
     assert state(old) == (True, [("replaces", new)])
+    # an update of the survivor (A08) carries no links: the merge stays on its side too
+    _send(sink, MSH.format(t="20240403090000", kind="ADT^A08^ADT_A01", cid=f"E{tag}")
+          + "EVN|A08|20240403090000\r"
+          + f"PID|1||S{tag}^^^H1^MR||冯^三||19800101|F|||||13900000000\r"
+          + f"PV1|1|O|||||||||||||||||V1{tag}\r")
+    assert state(old) == (True, [("replaces", new)])
+    assert client.get(f"/{old}").json()["telecom"][0]["value"] == "13900000000"
     # the result is kept, on the record it named
     found = client.get("/Observation", params={"subject": new, "code": "GLU"}).json()
     assert found.get("total", len(found.get("entry", ()))) == 1

@@ -80,10 +80,13 @@ FINDING_RULES = {
     "cda.time.invalid": "a TS that is not a valid HL7 timestamp",
     "cda.identifier.check-digit": "an identifier failing its check digit (resident ID: GB 11643): not a key, not stored",
     "cda.identifier.placeholder": "an identifier that is a filler (-, 无, 医务人员编码…): not a key, not stored",
+    "cda.identifier.other-person": "a resident ID number a generation from birthTime (someone else's): not a key, not stored",
+    "cda.identifier.resident-id-conflict":
+        "two different valid resident ID numbers: those birthTime does not single out are not keys, not stored",
     "cda.identifier.upgraded": "a 15-digit resident ID number upgraded to 18 digits",
     "cda.patient.birth-date-invalid": "birthTime that is no real date, in the future or before 1880 (no birthDate)",
     "cda.patient.sex-unknown": "administrativeGenderCode not in GB/T 2261.1 nor HL7 AdministrativeGender",
-    "cda.header.multiple-record-targets": "more than one recordTarget",
+    "cda.header.multiple-record-targets": "more than one recordTarget: refused (whose each entry is, is not told)",
     "cda.header.author-missing": "no usable author (custodian used)",
     "cda.body.non-xml": "nonXMLBody (content only in the Binary)",
 }

@@ -57,6 +57,10 @@ class Ctx:
         self.doc_time: str | None = None
         self.patient_keyed: dict[str, str] = {}  # recordTarget id root -> extension
         self.id_sources: dict[tuple[str, str], bytes] = {}  # entry resource -> its statement's c14n
+        # entries without an id, keyed by their content: (type, statement, place) -> id, and how
+        # many entries of the document share each content key so far
+        self.content_ids: dict[tuple[str, Any, str], str] = {}
+        self.content_counts: dict[tuple[str, ...], int] = {}
         self.report: Any = None  # reports.Report while a report document (C0006, C0007) is mapped
         # numbers of the patient's records in recordTarget (prescription, requisition, report,
         # specimen: header.yaml record_roots) -> their Identifier
@@ -277,7 +281,10 @@ def _entry_id(ctx: Ctx, rtype: str, st, pos: str) -> str:
     another's: the scope is the document (``ctx.doc_key``: setId, else document id). Only a UUID is
     unique by construction and keeps the institution as its scope, so the same C-CDA act quoted by
     several documents stays one resource. A filler id is no key; an id reused for different content
-    in one document is reported and that entry keyed by its position."""
+    in one document is reported and that entry keyed by its content. An entry without an id is
+    keyed by its content too (``_content_key``), never by its place: keyed by place, a new version
+    that left out the first of two diagnoses rewrote the first resource into the second and retired
+    the second, the diagnosis it kept."""
     for el in children(st, "id"):
         ident, _ = ctx.checked_ident(el)
         if ident is None:
@@ -292,9 +299,44 @@ def _entry_id(ctx: Ctx, rtype: str, st, pos: str) -> str:
         if prev == src:
             return rid
         ctx.find("warning", "cda.entry.duplicate-id",
-                 f"{rtype} id already used by an entry with other content; keyed by position", el)
+                 f"{rtype} id already used by an entry with other content; keyed by its content", el)
         break
-    return stable_id(rtype, *ctx.doc_key, pos)
+    known = ctx.content_ids.get((rtype, st, pos))
+    if known is not None:
+        return known
+    key = (rtype, *_content_key(st), pos.rpartition(".")[2] if not pos[-1:].isdigit() else "")
+    n = ctx.content_counts[key] = ctx.content_counts.get(key, 0) + 1
+    rid = ctx.content_ids[(rtype, st, pos)] = stable_id(rtype, *ctx.doc_key, "content", *key, str(n))
+    return rid
+
+
+def _content_key(st) -> tuple[str, ...]:
+    """What an entry without an id is about, as its key within its document: its section (by code),
+    the statement's kind, code, coded or text value, drug and time, and those of the statements
+    it is nested in. A measured value is not part of it: a corrected reading is the same
+    observation. Two entries alike in all of these are told apart by their order among them."""
+    out: list[str] = []
+    node = st
+    while node is not None and dt.local(node) != "section":
+        if node.tag in STATEMENTS:
+            part = [dt.local(node), *(x or "" for x in _code(node))]
+            val = child(node, "value")
+            if val is not None:
+                vtype = (dt.clean_str(val.get(dt.XSI_TYPE)) or "").rpartition(":")[2]
+                if vtype in _TEXT_VALUE_TYPES:
+                    part += [dt.clean_str(val.get("code")) or "", dt.clean_str(val.get("codeSystem")) or "",
+                             "" if val.get("code") else (dt.text(val) or "")]
+            drug = dt.path(node, "consumable", "manufacturedProduct", "manufacturedMaterial")
+            if drug is not None:
+                part += [*(x or "" for x in _code(drug)), dt.text(child(drug, "name")) or ""]
+            eff = child(node, "effectiveTime")
+            part.append((dt.clean_str(eff.get("value")) or dt.attr(child(eff, "low"), "value") or "")
+                        if eff is not None else "")
+            out = ["|".join(part), *out]
+        node = node.getparent()
+    sec = node if node is not None else None
+    out.insert(0, "|".join(x or "" for x in _code(sec)) if sec is not None else "")
+    return tuple(out)
 
 
 _WS_BETWEEN_TAGS = re.compile(rb">\s+<")

@@ -11,7 +11,7 @@ from fhir_mapping.base import MappingError
 from fhir_mapping.cda import dt
 from fhir_mapping.cda.context import XSI_NULL, Ctx
 from fhir_mapping.cda.dt import child, children
-from fhir_mapping.identifiers import is_filler
+from fhir_mapping.identifiers import RESIDENT_ID_OID, is_filler, is_resident_id_system, resident_id_conflicts
 from fhir_mapping.ids import stable_id
 
 
@@ -32,8 +32,11 @@ def _patient(ctx: Ctx, root, custodian_ref: str | None) -> str:
         raise MappingError("ClinicalDocument has no recordTarget (patient)", code="AE",
                            location="/ClinicalDocument/recordTarget", rule="cda.header.record-target-missing")
     if len(rts) > 1:
-        ctx.find("information", "cda.header.multiple-record-targets",
-                 f"{len(rts)} recordTargets; the first is the document's patient", rts[1])
+        # a mother and her newborn, two people of one visit: nothing in the entries says whose each
+        # fact is, and put on one of them they would be that person's record without anyone deciding
+        raise MappingError(f"ClinicalDocument has {len(rts)} recordTargets (patients): the hub does not "
+                           "tell whose each entry is, so it files none of them", code="AE",
+                           location=dt.xpath(rts[1]), rule="cda.header.multiple-record-targets")
     role = child(rts[0], "patientRole")
     pat = child(role, "patient")
     h = ctx.t.header
@@ -41,6 +44,7 @@ def _patient(ctx: Ctx, root, custodian_ref: str | None) -> str:
     idents: list[dict] = []
     keyed: dict[str, str] = {}  # root -> usable value: fillers and failed check digits never get here
     refused = 0
+    residents: list[tuple[Any, dict]] = []  # (element, Identifier) of the usable resident ID numbers
     record_roots = {str(k): v for k, v in (h.get("record_roots") or {}).items()}
     record_types = {str(k): v for k, v in (h.get("record_types") or {}).items()}
     bt = child(pat, "birthTime")
@@ -58,10 +62,27 @@ def _patient(ctx: Ctx, root, custodian_ref: str | None) -> str:
         refused += problem is not None
         if ident is None or key is None:  # an identifier only comes from a key
             continue
+        if is_resident_id_system(key[0]):
+            residents.append((el, ident))
         if ident not in idents:
             idents.append(ident)
         if key[1]:
             keyed.setdefault(key[0], ident["value"])
+    others = resident_id_conflicts((i["value"] for _, i in residents), born)
+    if others:
+        # two people's numbers on one record: the one the birth date bears out stays, if one does
+        dropped = [i for _, i in residents if str(i["value"]).strip().upper() in others]
+        for el, i in residents:
+            if i in dropped:
+                ctx.find("warning", "cda.identifier.resident-id-conflict",
+                         "resident ID number differs from another valid one of this patient and is not the "
+                         "one whose encoded birth date is birthTime's (two people's numbers): not used as a "
+                         "key and not stored (value not logged)", el)
+        idents = [i for i in idents if i not in dropped]
+        kept = [i["value"] for _, i in residents if i not in dropped]
+        keyed.pop(RESIDENT_ID_OID, None)
+        if kept:
+            keyed[RESIDENT_ID_OID] = kept[0]
     if not idents:
         # Name + birth date is no key: in a region two people share both often enough, and linking
         # people on demographics is the master patient index's decision (with its evidence), not a

@@ -9,7 +9,7 @@ from datetime import date as _date
 from typing import Any
 
 from fhir_mapping import cleared
-from fhir_mapping.identifiers import someone_elses
+from fhir_mapping.identifiers import resident_id_conflicts, someone_elses
 from terminology import resident_id
 
 from . import datatypes as dt
@@ -122,22 +122,20 @@ _Ranked = tuple[tuple, tuple[str, ...]]
 
 def patient_identifiers(ctx: Ctx, seg: Seg, field: int = 3) -> tuple[list[dict], tuple[str, ...] | None]:
     """All identifiers of PID-3 (or MRG-1) and the key of the Patient (``patient_key``)."""
-    idents, best = _ranked_identifiers(ctx, seg, field)
-    return idents, best[1] if best else None
+    ranked = _candidates(ctx, seg, field)
+    best = min((c for _, c in ranked), default=None)
+    return [i for i, _ in ranked], best[1] if best else None
 
 
-def _ranked_identifiers(ctx: Ctx, seg: Seg, field: int, kind: str = "patient",
-                        list_field: bool = True, best: _Ranked | None = None) -> tuple[list[dict], _Ranked | None]:
-    idents: list[dict] = []
+def _candidates(ctx: Ctx, seg: Seg, field: int, kind: str = "patient",
+                list_field: bool = True) -> list[tuple[dict, _Ranked]]:
+    """Each identifier of the field with its (rank, key) as the Patient's key (``patient_key``)."""
+    out: list[tuple[dict, _Ranked]] = []
     for i, rep in enumerate(seg.field(field), 1):
         ident = identifier(ctx, rep, seg.loc(field, i), kind)
-        if ident is None:
-            continue
-        idents.append(ident)
-        cand = patient_key(ctx, rep, ident, list_field)
-        if best is None or cand < best:
-            best = cand
-    return idents, best
+        if ident is not None:
+            out.append((ident, patient_key(ctx, rep, ident, list_field)))
+    return out
 
 
 def patient_key(ctx: Ctx, rep: list[list[str]], ident: dict, list_field: bool = True) -> _Ranked:
@@ -172,15 +170,30 @@ def patient_key(ctx: Ctx, rep: list[list[str]], ident: dict, list_field: bool = 
 
 def patient(ctx: Ctx, pid: Seg) -> dict:
     ctx.record_birth = dt.date(pid.get(7)) if pid.get(7) else None
-    idents, best = _ranked_identifiers(ctx, pid, 3)
+    ranked = _candidates(ctx, pid, 3)
     for extra in (2, 4):  # PID-2 patient id (external), PID-4 alternate patient id
-        more, best = _ranked_identifiers(ctx, pid, extra, "patient", False, best)
-        for ident in more:
-            if ident not in idents:
-                idents.append(ident)
+        ranked += _candidates(ctx, pid, extra, "patient", False)
+    idents: list[dict] = []
+    for ident, _ in ranked:
+        if ident not in idents:
+            idents.append(ident)
     for other in (_ssn(ctx, pid), _licence(ctx, pid)):
         if other and other not in idents:
             idents.append(other)
+    others = resident_id_conflicts([i["value"] for i in idents if i.get("system") == _RESIDENT],
+                                   ctx.record_birth)
+    if others:
+        # two people's numbers on one record: the one PID-7 bears out stays, if one does
+        def dropped(i: dict) -> bool:
+            return i.get("system") == _RESIDENT and i["value"].strip().upper() in others
+
+        ctx.find("warning", "v2.identifier.resident-id-conflict",
+                 "resident ID number differs from another valid one of this patient and is not the one "
+                 "whose encoded birth date is PID-7's (two people's numbers): neither a key nor kept as "
+                 "an identifier", "PID-3")
+        idents = [i for i in idents if not dropped(i)]
+        ranked = [(i, c) for i, c in ranked if not dropped(i)]
+    best = min(ranked, key=lambda r: r[1])[1] if ranked else None
     ctx.record_birth = None
     key_ids = best[1] if best else _visit_key(ctx, pid)
     key = ":".join(key_ids)

@@ -11,7 +11,7 @@ from lxml import etree
 
 from fhir_mapping import cleared
 from fhir_mapping.base import MappingError
-from fhir_mapping.identifiers import key_problem, someone_elses, usable
+from fhir_mapping.identifiers import key_problem, resident_id_conflicts, someone_elses, usable
 from fhir_mapping.ids import patient_id, stable_id
 from terminology import resident_id
 
@@ -160,12 +160,32 @@ def _check_resident_id(ctx: Ctx, value: str, where: str | None, person: dict[str
     # not valid: Ctx.identifier left it out and reported it (v3.identifier.check-digit/placeholder)
 
 
+def _not_own(ctx: Ctx, owner: etree._Element | None, idl: list[tuple[str, str]], where: str | None,
+             born: str) -> list[tuple[str, str]]:
+    """``idl`` (ids of ``owner`` or of its person) less the resident ID numbers the record may not
+    keep because it carries two different valid ones (``fhir_mapping.identifiers.resident_id_conflicts``:
+    the owner's ids, its person's and their other ids counted together), with a warning at ``where``."""
+    person = first_of(owner, "patientPerson", "healthCarePrincipalPerson")
+    every = ids(first(owner, "id")) + ids(first(person, "id")) + [
+        p for other in q(person, "asOtherIDs") for p in ids(first(other, "id"))]
+    others = resident_id_conflicts([e for r, e in every if r == RESIDENT_ROOT and not someone_elses(e, born)],
+                                   born)
+    out = [(r, e) for r, e in idl if not (r == RESIDENT_ROOT and e.strip().upper() in others)]
+    if len(out) < len(idl) and ("resident-id-conflict", where, RESIDENT_ROOT) not in ctx.reported:
+        ctx.reported.add(("resident-id-conflict", where, RESIDENT_ROOT))
+        ctx.find("warning", "v3.identifier.resident-id-conflict", "resident ID number differs from another "
+                 "valid one of this record and is not the one whose encoded birth date is birthTime's (two "
+                 "people's numbers): not kept, and never a key", where)
+    return out
+
+
 def _person(ctx: Ctx, person: etree._Element | None, res: dict[str, Any]) -> None:
     """patientPerson / healthCarePrincipalPerson -> identifiers, name, telecom, gender, birth, address."""
     if person is None:
         return
     born = attr(first(person, "birthTime"), "value")
-    for root, ext in ids(first(person, "id")):
+    own = _not_own(ctx, person.getparent(), ids(first(person, "id")), _where(ctx, first(person, "id")), born)
+    for root, ext in own:
         if root == RESIDENT_ROOT and someone_elses(ext, born):
             # a parent's valid number on a newborn's registration: not this person's identifier
             ctx.find("warning", "v3.identifier.other-person", "resident ID number encodes a birth date more "
@@ -193,7 +213,7 @@ def _person(ctx: Ctx, person: etree._Element | None, res: dict[str, Any]) -> Non
     addr = address(first(person, "addr"))
     if addr:
         res["address"] = addr
-    for root, ext in ids(first(person, "id")):
+    for root, ext in own:
         if root == RESIDENT_ROOT and ext and not someone_elses(ext, born):
             _check_resident_id(ctx, ext, _where(ctx, first(person, "id")), res)
 
@@ -209,6 +229,7 @@ def _patient_key(ctx: Ctx, patient: etree._Element | None, where: str) -> tuple[
         ctx.find("warning", "v3.identifier.other-person", "resident ID number encodes a birth date more than "
                  "ten years from birthTime (someone else's number): not kept, and never a key", id_where)
         idl = [(r, e) for r, e in idl if not (r == RESIDENT_ROOT and someone_elses(e, born))]
+    idl = _not_own(ctx, patient, idl, id_where, born)
     idents = [i for i in (ctx.identifier(r, e, id_where) for r, e in idl) if i]
     local = [e for r, e in _keys(idl) if r == LOCAL_PATIENT_ROOT]
     keys = _keys(idl)
@@ -269,7 +290,8 @@ def patient(ctx: Ctx, subject: etree._Element | None = None) -> dict[str, Any]:
     _person(ctx, person, res)
     for other in q(person, "asOtherIDs"):
         scoper = next((e for r, e in ids(first(other, "scopingOrganization/id")) if e), "")
-        for root, ext in ids(first(other, "id")):
+        for root, ext in _not_own(ctx, pat, ids(first(other, "id")), _where(ctx, other),
+                                  attr(first(person, "birthTime"), "value")):
             ident = ctx.identifier(root, ext, _where(ctx, other))
             if ident:
                 if scoper and "assigner" not in ident:

@@ -546,7 +546,8 @@ class Hub:
         an HL7 v2 A40 or ``$merge`` leave it) stays retired when a feed writes it again: a lab
         that has not caught up with the merge sends the old record number, and its message must
         not undo the merge on one side (the survivor still saying it ``replaces`` it). The write
-        keeps the retirement and says so. Asked of a feed's writes only (a connector's, the
+        keeps the retirement and says so, and a write of the survivor keeps its ``replaces``
+        links (no message of it carries them). Asked of a feed's writes only (a connector's, the
         Kafka intake's): a client writing the Patient through the REST API may undo it."""
         wanted: list[int] = []
         retiring: list[int] = []
@@ -576,6 +577,13 @@ class Hub:
             links = _replaced_by(body) if isinstance(body, dict) and body.get("active") is False \
                 else []
             assert op.d is not None
+            # the records a merge retired into this one: hub state, which no registration or
+            # update of the survivor carries (the retired side keeps its ``replaced-by`` alike)
+            had = [x for x in (body.get("link") or () if isinstance(body, dict) else ())
+                   if isinstance(x, dict) and x.get("type") == "replaces"
+                   and isinstance(x.get("other"), dict) and x not in (op.d.get("link") or ())]
+            if had:
+                op.d = {**op.d, "link": [*(op.d.get("link") or ()), *had]}
             # a later merge naming this record the survivor of the one it was merged into (A
             # into B, then B into A) reverses the first: it does not keep the retirement, or
             # both records would end retired, the patient with no active record at all
