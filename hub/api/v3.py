@@ -14,8 +14,8 @@ Every answer is v3 XML, never an OperationOutcome. HTTP status:
 * ``200`` for every answer decided from the message: AA (accepted / query answered), AE (content that
   cannot be mapped, a resource the hub refuses, unsupported query criteria) and AR (not well-formed,
   hostile XML, not v3, unknown interaction, not of production: ``processingCode`` T or D). v3
-  senders (integration engines, SOAP-style services) read the outcome from the acknowledgement code; a non-2xx would make most of them retry a message
-  that can never succeed.
+  senders (integration engines, SOAP-style services) read the outcome from the acknowledgement
+  code; a non-2xx would make most of them retry a message that can never succeed.
 * ``413`` AR: the body exceeds the hub's size limit (or the XML parser's, whichever is smaller);
   ``415`` AR: the Content-Type is not application/xml, text/xml or application/hl7-v3+xml. Both are
   refusals of the transport request before any message is read. A SOAP request is answered with
