@@ -563,6 +563,7 @@ NTE_BY = "NTE|1||请一周后复查||D9^张^医生|20240315100000+0800\r"
      + NTE_BY, "Observation"),
     ("ORM^O01", "ORC|NW|D100\rODS|D||LS^低盐饮食^L\r" + NTE_BY, "NutritionOrder"),
     ("PPR^PC1", PRB.format(action="AD") + NTE_BY, "Condition"),
+    ("ADT^A60", "IAM|1|FA^食物过敏^HL70127|P01^花生^L|||A|A1\r" + NTE_BY, "AllergyIntolerance"),
 ])
 def test_a_note_keeps_who_wrote_it_and_when(kind, body, rtype):
     """NTE-5 (entered by) and NTE-6 (entered date/time) were dropped from the notes of results,
@@ -585,3 +586,26 @@ def test_a_note_without_an_author_id_or_a_valid_time(nte, note, finding):
     (obs,) = by_type(c, "Observation")
     assert obs["note"] == [note]
     assert ("v2.nte-6.invalid" in [f.rule for f in c.findings]) == finding
+
+
+IAM = "IAM|1|FA^食物过敏^HL70127|P01^花生^L|||A|A1\r"
+
+
+@pytest.mark.parametrize("body, allergy_notes, reaction_notes, finding", [
+    # a note on the allergy, then one on its reaction (after the management IAR-4 kept as a note)
+    (IAM + "NTE|1||家属代述\rIAR|R1^皮疹^L|MO||口服抗组胺药\rNTE|1||2小时后消退\r",
+     ["家属代述"], [["口服抗组胺药", "2小时后消退"]], False),
+    # notes on each of two reactions
+    (IAM + "IAR|R1^皮疹^L\rNTE|1||面部\rIAR|R2^呼吸困难^L|SV\rNTE|1||需急救~已吸氧\r",
+     [], [["面部"], ["需急救\n已吸氧"]], False),
+    # an IAR without its reaction is reported; the note after it stays with the allergy
+    (IAM + "IAR|||||\rNTE|1||反应不详\r", ["反应不详"], [], True),
+])
+def test_the_notes_of_an_allergy_and_its_reactions(body, allergy_notes, reaction_notes, finding):
+    """The NTE after IAM and IAR were skipped without a finding: each is the allergy's note, or,
+    after an IAR, its reaction's."""
+    c = conv("ADT^A60", PID + PV1 + body)
+    (al,) = by_type(c, "AllergyIntolerance")
+    assert [n["text"] for n in al.get("note", [])] == allergy_notes
+    assert [[n["text"] for n in r.get("note", [])] for r in al.get("reaction", [])] == reaction_notes
+    assert ("v2.iar-1.missing" in [f.rule for f in c.findings]) == finding
