@@ -659,6 +659,9 @@ def tq1(**fields: str) -> str:
                            "repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
       "note": [{"text": "observation date/time (OBR-7): 2024-01-14T08:00:00+08:00"}]},
      ["v2.tq1-5.as-text", "v2.obr-time.beside-tq1"]),
+    # the order's instruction stays the order's, its result's note the result's
+    ("ORM^O01", ORDER + BLOOD_PRESSURE + tq1(f11="卧位测量") + "OBX|1|NM|8480-6^收缩压^LN||150|mm[Hg]|||||F\r"
+     "NTE|1||测量前休息5分钟\r", {"note": [{"text": "卧位测量"}]}, []),
 ])
 def test_the_timing_of_a_service_order(kind, body, expected, rules):
     """TQ1 of an ORC/OBR order was not mapped at all: its timing, course, priority, quantity, condition

@@ -80,9 +80,9 @@ def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
     code = dt.concept(obr.rep(4))
     if code:
         res["code"] = code
-    notes: list[Seg | str] = []
+    order_notes: list[Seg | str] = []  # what the order's TQ1 and OBR say beside its NTE
     if g.tq1:
-        _order_timing(ctx, g.tq1, res, notes)
+        _order_timing(ctx, g.tq1, res, order_notes)
     res["subject"] = ctx.patient_ref
     if ctx.encounter_ref:
         res["encounter"] = ctx.encounter_ref
@@ -95,7 +95,7 @@ def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
         if when and when != start and not (reported and f == 7):  # a report keeps OBR-7 as its effective time
             ctx.find("information", "v2.obr-time.beside-tq1", f"OBR-{f} beside the order's timing (TQ1): kept as "
                      "a note of the order", obr.loc(f))
-            notes.append(f"{'observation' if f == 7 else 'requested'} date/time (OBR-{f}): {when}")
+            order_notes.append(f"{'observation' if f == 7 else 'requested'} date/time (OBR-{f}): {when}")
     elif when:
         res["occurrenceDateTime"] = when
     authored = dt.datetime(orc.get(9)) if orc else None
@@ -126,8 +126,8 @@ def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
                 info.append(ref)
     if info:
         res["supportingInfo"] = info
-    if g.notes or notes:
-        res["note"] = as_annotations(ctx, [*g.notes, *notes])
+    if g.notes or order_notes:
+        res["note"] = as_annotations(ctx, [*g.notes, *order_notes])
     return ctx.add(res)
 
 
