@@ -92,13 +92,18 @@ class ConnectorConfig:
             raise ConfigError(f"{where}: 'institution' is required (code, oid, name)")
         if not isinstance(inst, dict):
             raise ConfigError(f"{where}: 'institution' must be a mapping (code, oid, name)")
-        check_keys(inst, ("code", "oid", "name"), f"{where}: institution")
+        check_keys(inst, ("code", "oid", "name", "record_number_types"), f"{where}: institution")
+        same = inst.get("record_number_types") or []
+        if not isinstance(same, list) or not all(isinstance(t, str) and t.strip() for t in same):
+            raise ConfigError(f"{where}: institution.record_number_types must be a list of HL7 v2 "
+                              "identifier types (CX-5, such as PI) the institution issues from its "
+                              "record-number register")
         for key in ("code", "oid"):  # every record the feed writes is stamped with them
             if inst.get(key) is None or isinstance(inst[key], (bool, dict, list)) \
                     or not str(inst[key]).strip():
                 raise ConfigError(f"{where}: institution.{key} is required")
         info = SourceInfo(institution=str(inst["code"]).strip(), oid=str(inst["oid"]).strip(),
-                          name=str(inst.get("name", "")), feed=name)
+                          name=str(inst.get("name", "")), feed=name, record_number_types=tuple(same))
         base = base or Path.cwd()
         state = Path(d.get("state_dir") or f"state/{name}")
         if not state.is_absolute():

@@ -23,13 +23,20 @@ class SourceInfo:
     ``institution`` is the sending institution's code (used in ids and Provenance); ``oid`` its
     root OID, under which its own record numbers live (``urn:oid:{oid}.…``); ``feed`` names the
     connector or feed. Mappers fall back to what the payload says (MSH-4, a CDA custodian) when
-    these are empty.
+    these are empty. ``record_number_types``: HL7 v2 identifier types (CX-5, e.g. ``PI``) the
+    institution issues from its record-number register, so that they are its record number
+    (system and Patient key); any other type is a register of its own.
     """
 
     institution: str = ""
     oid: str = ""
     name: str = ""
     feed: str = ""
+    record_number_types: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:  # read back from JSON (a spool, the quarantine) as a list
+        object.__setattr__(self, "record_number_types",
+                           tuple(str(t).strip().upper() for t in self.record_number_types if str(t).strip()))
 
 
 @dataclass(frozen=True, slots=True)

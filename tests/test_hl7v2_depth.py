@@ -563,6 +563,7 @@ NTE_BY = "NTE|1||请一周后复查||D9^张^医生|20240315100000+0800\r"
      + NTE_BY, "Observation"),
     ("ORM^O01", "ORC|NW|D100\rODS|D||LS^低盐饮食^L\r" + NTE_BY, "NutritionOrder"),
     ("PPR^PC1", PRB.format(action="AD") + NTE_BY, "Condition"),
+    ("ADT^A60", "IAM|1|FA^食物过敏^HL70127|P01^花生^L|||A|A1\r" + NTE_BY, "AllergyIntolerance"),
 ])
 def test_a_note_keeps_who_wrote_it_and_when(kind, body, rtype):
     """NTE-5 (entered by) and NTE-6 (entered date/time) were dropped from the notes of results,
@@ -585,3 +586,99 @@ def test_a_note_without_an_author_id_or_a_valid_time(nte, note, finding):
     (obs,) = by_type(c, "Observation")
     assert obs["note"] == [note]
     assert ("v2.nte-6.invalid" in [f.rule for f in c.findings]) == finding
+
+
+IAM = "IAM|1|FA^食物过敏^HL70127|P01^花生^L|||A|A1\r"
+
+
+@pytest.mark.parametrize("body, allergy_notes, reaction_notes, finding", [
+    # a note on the allergy, then one on its reaction (after the management IAR-4 kept as a note)
+    (IAM + "NTE|1||家属代述\rIAR|R1^皮疹^L|MO||口服抗组胺药\rNTE|1||2小时后消退\r",
+     ["家属代述"], [["口服抗组胺药", "2小时后消退"]], False),
+    # notes on each of two reactions
+    (IAM + "IAR|R1^皮疹^L\rNTE|1||面部\rIAR|R2^呼吸困难^L|SV\rNTE|1||需急救~已吸氧\r",
+     [], [["面部"], ["需急救\n已吸氧"]], False),
+    # an IAR without its reaction is reported; the note after it stays with the allergy
+    (IAM + "IAR|||||\rNTE|1||反应不详\r", ["反应不详"], [], True),
+])
+def test_the_notes_of_an_allergy_and_its_reactions(body, allergy_notes, reaction_notes, finding):
+    """The NTE after IAM and IAR were skipped without a finding: each is the allergy's note, or,
+    after an IAR, its reaction's."""
+    c = conv("ADT^A60", PID + PV1 + body)
+    (al,) = by_type(c, "AllergyIntolerance")
+    assert [n["text"] for n in al.get("note", [])] == allergy_notes
+    assert [[n["text"] for n in r.get("note", [])] for r in al.get("reaction", [])] == reaction_notes
+    assert ("v2.iar-1.missing" in [f.rule for f in c.findings]) == finding
+
+
+V2_0335 = "http://terminology.hl7.org/CodeSystem/v2-0335"
+UCUM = "http://unitsofmeasure.org"
+START, END = "2024-01-15T10:00:00+08:00", "2024-01-16T10:00:00+08:00"
+ORDER = "ORC|NW|P1|F1\r"
+BLOOD_PRESSURE = "OBR|1|P1|F1|BP^血压监测^L\r"
+
+
+def tq1(**fields: str) -> str:
+    a = [""] * 14
+    a[0] = "1"
+    for k, v in fields.items():
+        a[int(k[1:]) - 1] = v
+    return "TQ1|" + "|".join(a).rstrip("|") + "\r"
+
+
+@pytest.mark.parametrize("kind, body, expected, rules", [
+    # a repeat pattern with its course and priority (after the ORC, as OML/OMG send it)
+    ("OML^O21", ORDER + tq1(f3="Q8H", f7="20240115100000+0800", f8="20240116100000+0800", f9="S") + BLOOD_PRESSURE,
+     {"priority": "stat", "occurrenceTiming": {"code": {"coding": [{"system": V2_0335, "code": "Q8H"}], "text": "Q8H"},
+      "repeat": {"frequency": 1, "period": 8, "periodUnit": "h", "boundsPeriod": {"start": START, "end": END}}}}, []),
+    # a start and end alone: a Period; a start alone: a dateTime (after the OBR, as ORU sends it)
+    ("ORM^O01", ORDER + BLOOD_PRESSURE + tq1(f7="20240115100000+0800", f8="20240116100000+0800"),
+     {"occurrencePeriod": {"start": START, "end": END}}, []),
+    ("ORM^O01", ORDER + BLOOD_PRESSURE + tq1(f7="20240115100000+0800", f9="A"),
+     {"occurrenceDateTime": START, "priority": "asap"}, []),
+    # quantity, explicit times, occurrence duration, total occurrences, condition and instruction
+    ("ORM^O01", ORDER + BLOOD_PRESSURE + tq1(f2="1^次", f3="BID", f4="0800~2000", f10="收缩压>160时",
+                                             f11="卧位测量", f13="30^min", f14="6"),
+     {"quantityQuantity": {"value": 1, "unit": "次"}, "asNeededCodeableConcept": {"text": "收缩压>160时"},
+      "note": [{"text": "卧位测量"}],
+      "occurrenceTiming": {"code": {"coding": [{"system": V2_0335, "code": "BID"}], "text": "BID"}, "repeat": {
+          "frequency": 2, "period": 1, "periodUnit": "d", "timeOfDay": ["08:00:00", "20:00:00"],
+          "duration": 30, "durationUnit": "min", "count": 6}}}, []),
+    # TQ1-9 before OBR-5 (kept by v2.5 for old senders)
+    ("ORU^R01", "OBR|1|P1|F1|BP^血压监测^L|R||20240115103000+0800\r" + tq1(f7="20240115100000+0800", f9="S"),
+     {"priority": "stat", "occurrenceDateTime": START}, []),
+    # a sequence: every 15 minutes for an hour, then every 2 hours: the first the occurrence, the second a note
+    ("OML^O21", ORDER + tq1(f3="Q15M", f6="1^H") + tq1(f1="2", f3="Q2H", f6="1^D") + BLOOD_PRESSURE,
+     {"occurrenceTiming": {"code": {"coding": [{"system": V2_0335, "code": "Q15M"}], "text": "Q15M"}, "repeat": {
+         "frequency": 1, "period": 15, "periodUnit": "min", "boundsDuration": {
+             "value": 1, "unit": "h", "system": UCUM, "code": "h"}}},
+      "note": [{"text": "then (TQ1 2): repeat Q2H; for 1 D"}]}, ["v2.tq1.further"]),
+    # an order's own observation time beside its TQ1 timing is a note; TQ1-5 is the timing's text
+    ("ORM^O01", ORDER + "OBR|1|P1|F1|BP^血压监测^L|||20240114080000+0800\r" + tq1(f3="QD", f5="1^H"),
+     {"occurrenceTiming": {"code": {"coding": [{"system": V2_0335, "code": "QD"}], "text": "QD relative 1^H"},
+                           "repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+      "note": [{"text": "observation date/time (OBR-7): 2024-01-14T08:00:00+08:00"}]},
+     ["v2.tq1-5.as-text", "v2.obr-time.beside-tq1"]),
+    # the order's instruction stays the order's, its result's note the result's
+    ("ORM^O01", ORDER + BLOOD_PRESSURE + tq1(f11="卧位测量") + "OBX|1|NM|8480-6^收缩压^LN||150|mm[Hg]|||||F\r"
+     "NTE|1||测量前休息5分钟\r", {"note": [{"text": "卧位测量"}]}, []),
+])
+def test_the_timing_of_a_service_order(kind, body, expected, rules):
+    """TQ1 of an ORC/OBR order was not mapped at all: its timing, course, priority, quantity, condition
+    and instruction are the ServiceRequest's, by the v2-to-FHIR IG's TQ1[ServiceRequest] map."""
+    c = conv(kind, PID + PV1 + body)
+    (sr,) = by_type(c, "ServiceRequest")
+    assert {k: sr.get(k) for k in expected} == expected
+    assert [f.rule for f in c.findings if f.rule in ("v2.tq1.further", "v2.tq1-5.as-text",
+                                                     "v2.obr-time.beside-tq1")] == rules
+
+
+def test_a_medication_timing_keeps_its_times_duration_and_count():
+    """TQ1-4 (explicit times), TQ1-13 (occurrence duration) and TQ1-14 (total occurrences) were
+    dropped from a medication's timing too."""
+    c = conv("RDE^O11", PID + PV1 + ORDER + tq1(f3="BID", f4="0800~2000", f13="30^min", f14="6")
+             + "RXE||A001^阿莫西林^L|0.5||g^克\r")
+    (mr,) = by_type(c, "MedicationRequest")
+    assert mr["dosageInstruction"][0]["timing"]["repeat"] == {
+        "frequency": 2, "period": 1, "periodUnit": "d", "timeOfDay": ["08:00:00", "20:00:00"],
+        "duration": 30, "durationUnit": "min", "count": 6}

@@ -188,3 +188,83 @@ def test_a_merge_names_the_retired_patient_by_the_same_key():
                  "MRG|PI111^^^^PI~MR111^^^^MR"))
     retired = next(p for p in by_type(c, "Patient") if p["active"] is False)
     assert retired["id"] == record("MR111")
+
+
+# -- the system of each patient id type ----------------------------------------------------------
+OID = "2.16.156.10011.99.1.1"
+# CX-5 type -> the institution-local suffix of its system: the record number's register is .1, every
+# other patient id type a register of its own
+PATIENT_ID_SYSTEMS = {"MR": 1, "PI": 19, "PT": 20, "MRT": 21, "JZH": 22}
+
+
+def patient_under(pid: str, source: SourceInfo = SRC) -> dict:
+    c = _convert(pid_msg(pid), source)
+    assert_valid(c)
+    [p] = by_type(c, "Patient")
+    return p
+
+
+def system_values(p: dict) -> set[str]:
+    return {f"{i.get('system')}|{i['value']}" for i in p["identifier"]}
+
+
+@pytest.mark.parametrize("tcode, suffix", PATIENT_ID_SYSTEMS.items())
+def test_each_patient_id_type_has_a_system_of_its_own(tcode, suffix):
+    """PI, PT, MRT and JZH had the record number's system: a Patient keyed by its PI carried the
+    identifier of the record-number Patient of the same digits (one system|value on two people)."""
+    from fhir_mapping.ids import stable_id
+
+    p = patient_under(f"PID|1||0088123^^^^{tcode}||李^四||19900101|F")
+    assert [i["system"] for i in p["identifier"]] == [f"urn:oid:{OID}.{suffix}"]
+    record_patient = patient_under("PID|1||0088123^^^^MR||张^三||19850312|M")
+    if tcode == "MR":
+        assert p["id"] == record_patient["id"] == record("0088123")
+    else:
+        assert not system_values(p) & system_values(record_patient)
+        # keyed as before the type had a system of its own: the Patient keeps its id
+        assert p["id"] == stable_id("H1", "Patient", tcode, f"urn:oid:{OID}.1", "0088123")
+
+
+def test_a_record_number_system_made_unique_does_not_link_a_patient_id_of_the_same_digits():
+    """A region that configures the record numbers' system unique for the master patient index: a
+    laboratory's PI of the same digits was an exact identifier match with the record's Patient."""
+    from hub.mpi.compare import compare
+    from hub.mpi.identifiers import ROLE_EXTENSION, roles_from
+    from hub.mpi.normalise import features
+
+    record_numbers = {"resourceType": "NamingSystem", "id": "h1-mr", "name": "H1MR", "status": "active",
+                      "kind": "identifier", "date": "2026-12-01",
+                      "uniqueId": [{"type": "oid", "value": f"{OID}.1"}],
+                      "extension": [{"url": ROLE_EXTENSION, "valueCode": "unique"}]}
+    roles = roles_from([record_numbers])
+    zhang = features(patient_under("PID|1||0088123^^^^MR||张^三||19850312|M"), roles)
+    li = features(patient_under("PID|1||0088123^^^^PI||李^四||19900101|F"), roles)
+    assert zhang["uid"] == [f"urn:oid:{OID}.1|0088123"] and li["uid"] == []
+    levels, _ = compare(zhang, li)
+    assert levels.get("id") != "exact"
+
+
+@pytest.mark.parametrize("configured", [["PI"], ["pi", "JZH"]])
+def test_a_type_the_institution_issues_from_its_record_register_is_its_record_number(tmp_path, configured):
+    """Where the HIS's patient id is the record number (connector institution.record_number_types),
+    a PI is the record number: its system and the Patient it keys."""
+    from connectors.config import ConnectorConfig
+
+    cfg = ConnectorConfig.from_dict({"name": "h1-lis", "institution": {
+        "code": "H1", "oid": OID, "record_number_types": configured},
+        "sources": [{"type": "mllp"}], "sink": {"type": "http"}}, base=tmp_path)
+    p = patient_under("PID|1||0088123^^^^PI||张^三||19850312|M", cfg.source_info)
+    assert p["identifier"] == [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                                     "code": "PI"}]},
+                                "system": f"urn:oid:{OID}.1", "value": "0088123"}]
+    assert p["id"] == record("0088123")
+    assert patient_under("PID|1||0088123^^^^PT||张^三||19850312|M", cfg.source_info)["identifier"][0][
+        "system"] == f"urn:oid:{OID}.20"
+
+
+def test_record_number_types_must_be_a_list_of_types(tmp_path):
+    from connectors.config import ConfigError, ConnectorConfig
+
+    with pytest.raises(ConfigError, match="record_number_types"):
+        ConnectorConfig.from_dict({"name": "h1", "institution": {"code": "H1", "oid": OID, "record_number_types": "PI"},
+                                   "sources": [{"type": "mllp"}], "sink": {"type": "http"}}, base=tmp_path)

@@ -7,7 +7,7 @@ from typing import Any
 from . import datatypes as dt
 from .context import Ctx
 from .message import Seg
-from .people import identifier, practitioner
+from .people import annotation, identifier, practitioner
 from .tables import table
 
 _CODES = table("codes")
@@ -57,8 +57,11 @@ def allergy(ctx: Ctx, seg: Seg) -> None:
         if c:
             manifestations.append(c)
     reactions = [{"manifestation": manifestations}] if manifestations else []
+    notes: list[dict[str, Any]] = []
     if seg.name == "IAM":
-        reactions += _iar_reactions(ctx, seg)
+        reactions += _iar_reactions(ctx, seg, notes)
+    if notes:
+        res["note"] = notes
     if reactions:
         res["reaction"] = reactions
     ctx.add(res)
@@ -67,18 +70,27 @@ def allergy(ctx: Ctx, seg: Seg) -> None:
 _REACTION_SEVERITY = {"MI": "mild", "MO": "moderate", "SV": "severe"}
 
 
-def _iar_reactions(ctx: Ctx, iam: Seg) -> list[dict]:
-    """The IAR segments after an IAM: each a reaction (IAR-1 what, IAR-2 severity, IAR-4 management)."""
-    out = []
+def _iar_reactions(ctx: Ctx, iam: Seg, notes: list[dict[str, Any]]) -> list[dict]:
+    """The IAR segments after an IAM: each a reaction (IAR-1 what, IAR-2 severity, IAR-4 management).
+    An NTE after the IAM is a note of the allergy (into ``notes``), one after an IAR the reaction's
+    note, each an Annotation with its NTE-5 author and NTE-6 time (``people.annotation``)."""
+    out: list[dict] = []
+    reaction: dict[str, Any] | None = None  # the reaction an NTE follows; None: the allergy itself
     for seg in ctx.msg.segments[iam.index + 1:]:
         if seg.name == "NTE":
+            note = annotation(ctx, seg)
+            if note:
+                (reaction.setdefault("note", []) if reaction is not None else notes).append(note)
             continue
         if seg.name != "IAR":
             break
         what = dt.concept(seg.rep(1))
         if what is None:
+            ctx.find("warning", "v2.iar-1.missing", "IAR without the reaction (1) skipped; the NTE "
+                     "after it are notes of the allergy", seg.loc(1))
+            reaction = None
             continue
-        reaction: dict[str, Any] = {"manifestation": [what]}
+        reaction = {"manifestation": [what]}
         severity = _REACTION_SEVERITY.get(dt.comp(seg.rep(2), 1).upper())
         if severity:
             reaction["severity"] = severity

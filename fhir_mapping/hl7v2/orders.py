@@ -60,8 +60,9 @@ def build_service_requests(ctx: Ctx) -> None:
 
 def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
                     with_observations: bool = True, *, keyed: tuple[str, list[dict]] | None = None,
-                    specimens: list[dict] | None = None) -> dict[str, str]:
-    """One order group (ORC + OBR, its OBX and SPM) -> ServiceRequest."""
+                    specimens: list[dict] | None = None, reported: bool = False) -> dict[str, str]:
+    """One order group (ORC + OBR, its TQ1, OBX and SPM) -> ServiceRequest. ``reported``: a
+    DiagnosticReport of the group keeps OBR-7 (results messages)."""
     obr, orc = g.obr, g.orc
     key, idents = keyed or report_key(ctx, obr, orc)
     res: dict[str, Any] = {"resourceType": "ServiceRequest", "id": ctx.id("ServiceRequest", key)}
@@ -72,19 +73,30 @@ def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
     if ctx.msg.first("RF1") is not None:
         res["category"] = [{"coding": [{"system": "http://snomed.info/sct", "code": "3457005",
                                         "display": "Patient referral"}]}]
+    timing, tq1_prio = _timing(ctx, g.tq1[0]) if g.tq1 else (None, None)
     prio = obr.get(5).upper() or (dt.comp(orc.rep(7), 6).upper() if orc else "")
-    if prio in ("S", "A"):
-        res["priority"] = "stat" if prio == "S" else "asap"
-    elif prio == "R":
-        res["priority"] = "routine"
+    if tq1_prio or prio in _PRIORITY:  # TQ1-9 before OBR-5 and ORC-7.6, which v2.5 keeps for old senders
+        res["priority"] = tq1_prio or _PRIORITY[prio]
     code = dt.concept(obr.rep(4))
     if code:
         res["code"] = code
+    order_notes: list[Seg | str] = []  # what the order's TQ1 and OBR say beside its NTE
+    if g.tq1:
+        _order_timing(ctx, g.tq1, res, order_notes)
     res["subject"] = ctx.patient_ref
     if ctx.encounter_ref:
         res["encounter"] = ctx.encounter_ref
     when = dt.datetime(obr.get(7)) or dt.datetime(obr.get(6))
-    if when:
+    occurrence = _occurrence(timing)
+    if occurrence:
+        res.update(occurrence)
+        start = (timing or {}).get("repeat", {}).get("boundsPeriod", {}).get("start")
+        f = 7 if dt.datetime(obr.get(7)) else 6
+        if when and when != start and not (reported and f == 7):  # a report keeps OBR-7 as its effective time
+            ctx.find("information", "v2.obr-time.beside-tq1", f"OBR-{f} beside the order's timing (TQ1): kept as "
+                     "a note of the order", obr.loc(f))
+            order_notes.append(f"{'observation' if f == 7 else 'requested'} date/time (OBR-{f}): {when}")
+    elif when:
         res["occurrenceDateTime"] = when
     authored = dt.datetime(orc.get(9)) if orc else None
     if authored:
@@ -114,9 +126,54 @@ def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
                 info.append(ref)
     if info:
         res["supportingInfo"] = info
-    if g.notes:
-        res["note"] = as_annotations(ctx, g.notes)
+    if g.notes or order_notes:
+        res["note"] = as_annotations(ctx, [*g.notes, *order_notes])
     return ctx.add(res)
+
+
+def _occurrence(timing: dict[str, Any] | None) -> dict[str, Any]:
+    """A TQ1's Timing as ServiceRequest.occurrence[x]: a start and end alone are a Period (a start
+    alone a dateTime), anything more (a repeat pattern, times, counts) the Timing itself."""
+    if not timing:
+        return {}
+    repeat = timing.get("repeat", {})
+    if set(timing) == {"repeat"} and set(repeat) == {"boundsPeriod"}:
+        period = repeat["boundsPeriod"]
+        return {"occurrenceDateTime": period["start"]} if set(period) == {"start"} else {"occurrencePeriod": period}
+    return {"occurrenceTiming": timing}
+
+
+def _order_timing(ctx: Ctx, tq1s: list[Seg], res: dict[str, Any], notes: list[Seg | str]) -> None:
+    """What a service order's TQ1 says besides its timing and priority, as the v2-to-FHIR IG's
+    TQ1[ServiceRequest] map: TQ1-2 -> quantityQuantity, TQ1-11 text instruction -> a note, TQ1-10
+    condition text -> asNeededCodeableConcept (R4: the pre-condition for performing the service).
+    ServiceRequest has one occurrence: every further TQ1 (a sequence: every 15 minutes for an hour,
+    then every 2 hours) is a note in its words, with a finding."""
+    first = tq1s[0]
+    qty = _quantity(first.rep(2))
+    if qty is not None:
+        res["quantityQuantity"] = qty
+    elif first.get(2):
+        notes.append(f"quantity (TQ1-2): {first.text(2)[:40]}")
+    if first.text(10):
+        res["asNeededCodeableConcept"] = {"text": first.text(10)}
+    if first.text(11):
+        notes.append(first.text(11))
+    for tq1 in tq1s[1:]:
+        ctx.find("information", "v2.tq1.further", "a further TQ1 of a service order (ServiceRequest has one "
+                 "occurrence): kept as a note of the order", tq1.loc(1))
+        notes.append(f"then (TQ1 {tq1.get(1) or tq1.ordinal}): {_tq1_words(tq1)}")
+
+
+# TQ1 fields a further timing of a service order is told by, each with its words
+_TQ1_WORDS = ((2, "quantity"), (3, "repeat"), (4, "at"), (5, "relative"), (6, "for"), (7, "from"), (8, "until"),
+              (9, "priority"), (10, "condition"), (11, "instruction"), (13, "each lasting"), (14, "times"))
+
+
+def _tq1_words(tq1: Seg) -> str:
+    """The fields of a TQ1 in words: 1^D (a quantity and its unit) as "1 D", repetitions side by side."""
+    return "; ".join(f"{word} " + " ".join(v for rep in tq1.field(f) for c in rep if c and (v := c[0].strip()))
+                     for f, word in _TQ1_WORDS if tq1.get(f))
 
 
 # R5's ServiceRequest.supportingInfo (a CodeableReference) as R4 carries its concept, the place the
@@ -458,7 +515,8 @@ def _shifted(when: str, by: dict[str, Any], sign: int) -> str | None:
 
 def _timing(ctx: Ctx, tq1: Seg | None) -> tuple[dict[str, Any] | None, str | None]:
     """TQ1 (v2.5+): the repeat pattern (TQ1-3), the course (TQ1-7 start, TQ1-8 end, TQ1-6 service
-    duration) and the priority (TQ1-9) of an order: (Timing, MedicationRequest.priority)."""
+    duration), times and counts (TQ1-4/13/14) and the priority (TQ1-9) of an order: (Timing, the
+    request's priority)."""
     if tq1 is None:
         return None, None
     timing: dict[str, Any] = {}
@@ -491,8 +549,8 @@ def _timing(ctx: Ctx, tq1: Seg | None) -> tuple[dict[str, Any] | None, str | Non
     elif course is not None:
         repeat["boundsDuration"] = course
     if tq1.get(6) and course is None and not (start and end):
-        timing.setdefault("code", {})["text"] = " ".join(
-            x for x in (timing.get("code", {}).get("text"), f"for {tq1.text(6)[:40]}") if x)
+        _timing_text(timing, f"for {tq1.text(6)[:40]}")
+    _times_and_counts(ctx, tq1, timing, repeat)
     if repeat:
         timing["repeat"] = repeat
     code = tq1.get(9).upper()
@@ -500,9 +558,49 @@ def _timing(ctx: Ctx, tq1: Seg | None) -> tuple[dict[str, Any] | None, str | Non
     if code and priority is None:
         ctx.find("information", "v2.tq1-9.unmapped", f"TQ1-9 priority {code[:8]!r} has no FHIR "
                  "request priority: kept as the timing's text", tq1.loc(9))
-        timing.setdefault("code", {})["text"] = " ".join(
-            x for x in (timing.get("code", {}).get("text"), f"priority {code[:8]}") if x)
+        _timing_text(timing, f"priority {code[:8]}")
     return timing or None, priority
+
+
+def _timing_text(timing: dict[str, Any], said: str) -> None:
+    timing.setdefault("code", {})["text"] = " ".join(x for x in (timing.get("code", {}).get("text"), said) if x)
+
+
+def _times_and_counts(ctx: Ctx, tq1: Seg, timing: dict[str, Any], repeat: dict[str, Any]) -> None:
+    """TQ1-4 explicit times -> timeOfDay, TQ1-13 occurrence duration -> duration/durationUnit, TQ1-14
+    total occurrences -> count (the IG's countMax, which is a range's upper end beside count); TQ1-5 (relative time) and
+    a value that is none of these types -> the timing's text, with a finding."""
+    times = []
+    for r in range(1, len(tq1.field(4)) + 1):
+        raw = tq1.get(4, r=r)
+        t = dt.time(raw)
+        if t:
+            times.append(t)
+        elif raw:
+            ctx.find("warning", "v2.tq1-4.invalid", "TQ1-4 (explicit time) is no valid time: kept as the "
+                     "timing's text", tq1.loc(4, r))
+            _timing_text(timing, f"at {raw[:20]}")
+    if times:
+        repeat["timeOfDay"] = times
+    if tq1.get(5):
+        ctx.find("information", "v2.tq1-5.as-text", "TQ1-5 (relative time) has no place in a FHIR "
+                 "Timing: kept as the timing's text", tq1.loc(5))
+        _timing_text(timing, f"relative {tq1.text(5)[:40]}")
+    if tq1.get(13):
+        lasts = _duration(tq1.rep(13))
+        if lasts is not None:  # its UCUM code is one of Timing's units (s, min, h, d, wk, mo, a)
+            repeat["duration"], repeat["durationUnit"] = lasts["value"], lasts["code"]
+        else:
+            ctx.find("warning", "v2.tq1-13.unit-unknown", "TQ1-13 (occurrence duration) is no number of "
+                     "a known time unit: kept as the timing's text", tq1.loc(13))
+            _timing_text(timing, f"each lasting {tq1.text(13)[:40]}")
+    total = tq1.get(14)
+    if total.isascii() and total.isdigit() and 0 < int(total) < 2**31:
+        repeat["count"] = int(total)
+    elif total:
+        ctx.find("warning", "v2.tq1-14.invalid", "TQ1-14 (total occurrences) is no positive number: kept "
+                 "as the timing's text", tq1.loc(14))
+        _timing_text(timing, f"{total[:20]} times")
 
 
 def _amount(value: Any, units: list[list[str]]) -> dict[str, Any]:

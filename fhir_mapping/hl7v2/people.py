@@ -21,6 +21,10 @@ _ID = table("identifiers")
 _AUTH = {k.upper(): v for k, v in _ID["authorities"].items()}
 _TYPES = {k.upper(): v for k, v in _ID["types"].items()}
 _KEY_TYPES: list[str] = _ID["patient_key_types"]
+_RECORD_TYPE = _KEY_TYPES[0]
+# the institution's own patient id types: keyed with the record number's system as their issuer, as
+# before each had a system of its own, so that a Patient keyed by one keeps its id
+_OWN_PATIENT_TYPES = {t: _TYPES[t][6:] for t in _KEY_TYPES if _TYPES.get(t, "").startswith("local:")}
 _RESIDENT = _ID["resident_id_system"]
 _HEALTH_CARD = _ID["health_card_system"]
 _CODES = table("codes")
@@ -52,7 +56,7 @@ def identifier(ctx: Ctx, rep: list[list[str]], loc: str, default_kind: str = "pa
     elif ns and ns.upper() in _AUTH:
         system = _AUTH[ns.upper()]
     elif type_code in _TYPES:
-        target = _TYPES[type_code]
+        target = _TYPES[_RECORD_TYPE] if _record_register(ctx, type_code) else _TYPES[type_code]
         if target.startswith("local:"):
             if not ns or ns in (ctx.inst, ctx.oid) or _is_sender(ctx, ns):
                 system = ctx.local_system(target[6:])
@@ -93,6 +97,14 @@ def identifier(ctx: Ctx, rep: list[list[str]], loc: str, default_kind: str = "pa
     if ns:
         ident["assigner"] = {"display": ns}
     return ident
+
+
+def _record_register(ctx: Ctx, type_code: str) -> bool:
+    """Whether numbers of ``type_code`` are the institution's record numbers: the record number's
+    type, or one its connector says the institution issues from the same register
+    (``SourceInfo.record_number_types``). Any other type is a register of its own, with a system
+    of its own (``identifiers.json`` ``types``), never equal to a record number's."""
+    return type_code == _RECORD_TYPE or type_code in ctx.source.record_number_types
 
 
 def _is_sender(ctx: Ctx, ns: str) -> bool:
@@ -148,12 +160,14 @@ def patient_key(ctx: Ctx, rep: list[list[str]], ident: dict, list_field: bool = 
     tcode = dt.comp(rep, 5).upper()
     value, system = ident["value"], ident.get("system")
     ns, uid, _ = dt.hd_sub(rep, 4)
+    if system is not None and tcode in _OWN_PATIENT_TYPES and system == ctx.local_system(_OWN_PATIENT_TYPES[tcode]):
+        system = ctx.local_system("patient")
     issuer = system or (ident.get("assigner") or {}).get("display") or uid or ""
     own = {f"urn:oid:{ctx.oid}", ctx.local_system("patient")} if ctx.oid else set()
     # the institution's record number: its own system, or (named by an issuer the tables do not
     # know, the HIS relaying its number through the LIS) no system at all; not another OID's
     if system in own or system is None:
-        if tcode == _KEY_TYPES[0] or (not tcode and list_field and not ns and not uid):
+        if _record_register(ctx, tcode) or (not tcode and list_field and not ns and not uid):
             return (0 if list_field else 1, 0 if system else 1, "", value), (value,)
     where = 2 if list_field else 3
     if tcode in _KEY_TYPES:

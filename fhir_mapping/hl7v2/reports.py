@@ -22,7 +22,8 @@ def results(ctx: Ctx, *, require: bool) -> int:
     for g in groups:
         keyed = report_key(ctx, g.obr, g.orc)
         specimens = group_specimens(ctx, g, early, keyed[0])
-        order = service_request(ctx, g, early, with_observations=False, keyed=keyed, specimens=specimens)
+        order = service_request(ctx, g, early, with_observations=False, keyed=keyed, specimens=specimens,
+                                reported=True)
         diagnostic_report(ctx, g, early, keyed=keyed, specimens=specimens,
                           based_on=[{"reference": order["reference"]}])
     return len(groups)

@@ -57,10 +57,11 @@ _ED_TYPES = {("AP", "PDF"): "application/pdf", ("APPLICATION", "PDF"): "applicat
 
 
 class _Group:
-    __slots__ = ("orc", "obr", "obx", "spm", "notes", "prt", "_parts")
+    __slots__ = ("orc", "obr", "obx", "spm", "notes", "prt", "tq1", "_parts")
 
-    def __init__(self, orc: Seg | None, obr: Seg, prt: list[Seg] | None = None):
+    def __init__(self, orc: Seg | None, obr: Seg, prt: list[Seg] | None = None, tq1: list[Seg] | None = None):
         self.orc, self.obr = orc, obr
+        self.tq1: list[Seg] = tq1 or []  # the order's timing (after its ORC or OBR, before any OBX)
         self.obx: list[tuple[Seg, list[Seg]]] = []  # each OBX with the NTE after it
         self.spm: list[Seg] = []
         self.notes: list[Seg] = []  # the NTE of the order
@@ -97,16 +98,17 @@ def split_groups(ctx: Ctx) -> tuple[list[_Group], list[tuple[Seg, list[Seg]]], l
     early_spm: list[Seg] = []
     orc: Seg | None = None
     orc_prt: list[Seg] = []
+    orc_tq1: list[Seg] = []
     cur: _Group | None = None
     last_notes: list[Seg] | None = None
     for seg in ctx.msg.segments:
         name = seg.name
         if name == "ORC":
-            orc, orc_prt = seg, []
+            orc, orc_prt, orc_tq1 = seg, [], []
             last_notes = None
         elif name == "OBR":
-            cur = _Group(orc, seg, orc_prt)
-            orc, orc_prt = None, []
+            cur = _Group(orc, seg, orc_prt, orc_tq1)
+            orc, orc_prt, orc_tq1 = None, [], []
             groups.append(cur)
             last_notes = cur.notes
         elif name == "PRT":
@@ -114,6 +116,11 @@ def split_groups(ctx: Ctx) -> tuple[list[_Group], list[tuple[Seg, list[Seg]]], l
                 orc_prt.append(seg)
             elif cur is not None and not cur.obx:
                 cur.prt.append(seg)
+        elif name == "TQ1":  # OML/OMG: after the ORC; ORU: after the OBR
+            if orc is not None:
+                orc_tq1.append(seg)
+            elif cur is not None and not cur.obx:
+                cur.tq1.append(seg)
         elif name == "OBX":
             item: tuple[Seg, list[Seg]] = (seg, [])
             (cur.obx if cur is not None else loose).append(item)

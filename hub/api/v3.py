@@ -149,7 +149,7 @@ def _media_type(request: Request) -> str:
 
 
 def _source(request: Request) -> SourceInfo:
-    values = {}
+    values: dict[str, str] = {}
     for header, key in (("x-hub-source-institution", "institution"), ("x-hub-source-feed", "feed"),
                         ("x-hub-source-oid", "oid")):
         v = request.headers.get(header, "").strip()
@@ -158,7 +158,8 @@ def _source(request: Request) -> SourceInfo:
     institution = recorded_institution(request, values.pop("institution", None))
     if institution:
         values["institution"] = institution
-    return SourceInfo(**values)
+    return SourceInfo(institution=values.get("institution", ""), oid=values.get("oid", ""),
+                      feed=values.get("feed", ""))
 
 
 def _limit(request: Request) -> int:
