@@ -75,10 +75,10 @@ class ReadModel(Protocol):
 
     def stale(self) -> str | None:
         """Why its answers fall short of what the hub would now give: rows holding times of
-        values without a zone read in another zone than ``HUB_TIMEZONE`` (until a rebuild),
-        resources its engine refused to index whole, term counts that are incomplete (the
-        candidate index); None when it answers fully. ``/ready`` (a
-        warning) and ``hub projections status`` say it."""
+        values without a zone read in another zone than ``HUB_TIMEZONE``, or written under an
+        older release's rules (until a rebuild), resources its engine refused to index whole,
+        term counts that are incomplete (the candidate index); None when it answers fully.
+        ``/ready`` (a warning) and ``hub projections status`` say it."""
         ...
 
 

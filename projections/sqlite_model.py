@@ -4,6 +4,12 @@ Opening creates the tables (``schema``) and calls ``opened`` inside the same tra
 what a model reads or migrates at start. ``position`` is the tracking row of ``name``: a model
 writes it in the transaction of each batch it applies (``projections.runner``).
 
+A model whose rows follow rules that a release may change (where the timeline places a resource,
+what the search index extracts) names their version in ``rules``; its meta table records the
+version its rows were written under (``'rules'``), by a rebuild or when the file starts empty, and
+``stale`` says a rebuild is due while that is older (a file written before the row was recorded:
+0).
+
 ``apply`` is the same for every model with a ``meta_table``: the file's write lock, what other
 followers already applied skipped, the model's ``apply_new`` with the rest, the position recorded,
 all in one transaction. ``tables`` are what ``reset`` empties and ``stats`` counts.
@@ -67,6 +73,11 @@ class SQLiteReadModel(ReadModel):
     zoned: bool = False
     built_zone: str = ""
     unrecorded_zone = "+00:00"  # the zone of rows written before the model recorded one
+    # the version of the rules its rows are written by (0: none that change); raise it when they
+    # change, and say in ``older_rules`` what rows written under an older one hold
+    rules: int = 0
+    older_rules: str = ""
+    built_rules: int = 0
 
     def __init__(self, path: Path | str):
         self.path = str(path)
@@ -86,6 +97,8 @@ class SQLiteReadModel(ReadModel):
             self.opened(c)
             if self.zoned:
                 self._read_zone(c)
+            if self.rules:
+                self._read_rules(c)
 
     def _read_zone(self, c: Any) -> None:
         c.execute(f"SELECT value FROM {self.meta_table} WHERE key='zone'")
@@ -98,12 +111,41 @@ class SQLiteReadModel(ReadModel):
             found = (zone,)
         self.built_zone = str(found[0])
 
-    def record_zone(self, c: Any) -> None:
-        """In a reset's transaction: the rows to come read zone-less values in today's zone."""
+    def _read_rules(self, c: Any) -> None:
+        c.execute(f"SELECT value FROM {self.meta_table} WHERE key='rules'")
+        found = c.fetchone()
+        if found is None:  # rows written before the rules were recorded are an older build's
+            c.execute("SELECT notification_id FROM tracking WHERE application_name=?", (self.name,))
+            applied = c.fetchone()
+            found = (0 if applied and applied[0] else self.rules,)
+            c.execute(f"INSERT INTO {self.meta_table} (key, value) VALUES ('rules', ?)", found)
+        self.built_rules = int(found[0])
+
+    def record_build(self, c: Any) -> None:
+        """In a reset's transaction: the rows to come read zone-less values in today's zone, by
+        this release's rules."""
         if self.zoned:
             self.built_zone = zone_name()
             c.execute(f"INSERT OR REPLACE INTO {self.meta_table} (key, value) VALUES ('zone', ?)",
                       (self.built_zone,))
+        if self.rules:
+            self.built_rules = self.rules
+            c.execute(f"INSERT OR REPLACE INTO {self.meta_table} (key, value) VALUES ('rules', ?)",
+                      (self.rules,))
+
+    def rules_changed(self) -> str | None:
+        """Why rows written under older rules answer by them, and the rebuild that mends it;
+        None when they are this release's. Read again while older: a rebuild in another process
+        (the CLI beside ``hub serve``) brings them up to date."""
+        if self.built_rules < self.rules:
+            with self.datastore.transaction(commit=False) as c:
+                c.execute(f"SELECT value FROM {self.meta_table} WHERE key='rules'")
+                found = c.fetchone()
+            self.built_rules = int(found[0]) if found else 0
+        if self.built_rules >= self.rules:
+            return None
+        return (f"written under an older release's rules ({self.older_rules}) until "
+                f"`hub projections rebuild {self.name}`")
 
     def followed_log(self) -> str | None:
         return followed_log(self.datastore, self.name)
@@ -112,7 +154,9 @@ class SQLiteReadModel(ReadModel):
         follow_log(self.datastore, self.name, log_id)
 
     def stale(self) -> str | None:
-        return zone_changed(self.built_zone, self.name) if self.zoned else None
+        said = [s for s in (zone_changed(self.built_zone, self.name) if self.zoned else None,
+                            self.rules_changed()) if s]
+        return "; ".join(said) or None
 
     @contextmanager
     def _immediate(self) -> Iterator[Any]:
@@ -174,7 +218,7 @@ class SQLiteReadModel(ReadModel):
         """Forget everything (a rebuild starts from here)."""
         with self.datastore.transaction(commit=True) as c:
             self.clear(c)
-            self.record_zone(c)
+            self.record_build(c)
 
     def clear(self, c: Any) -> None:
         for table in self.tables:

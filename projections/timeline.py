@@ -15,6 +15,9 @@ The time of a resource is the first of its clinically meaningful times that is p
 zone, ``HUB_TIMEZONE``, like everywhere in the hub); a resource without any is placed at its
 ``meta.lastUpdated`` and flagged ``dated = 0``. The Patient is the ``subject`` or ``patient``
 reference (``Patient/id``, or absolute on ``HUB_BASE_URL``; not a Patient on another server).
+
+Where rows are placed is versioned (``RULES``, recorded in ``t_meta``): a timeline written under an
+older version is ``stale`` until ``hub projections rebuild timeline``.
 """
 
 from __future__ import annotations
@@ -71,6 +74,14 @@ TIME_PATHS = {
                            "recordedDate"),
     "Immunization": ("occurrenceDateTime", "recorded"),
 }
+
+# the version of the placing rules above (TIME_PATHS, spans), recorded in t_meta's row 'rules'.
+# Raise it when they change, so that a timeline placed under the last one is stale until rebuilt.
+# 1: a Period with only an end placed at its end, a visit lasting past its start spanned (rows
+# written before carry no version)
+RULES = 1
+OLDER_RULES = ("a resource timed by a Period with only an end may sit at its lastUpdated, a "
+               "visit lasting past its start be missing from later windows")
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS t_meta (key TEXT PRIMARY KEY, value)",
@@ -167,6 +178,7 @@ class TimelineProjection(SQLiteReadModel):
     name = NAME
     meta_table = "t_meta"  # its 'writer' row: the write lock
     zoned = True  # a date-only time is placed at the start of its day in HUB_TIMEZONE
+    rules, older_rules = RULES, OLDER_RULES
     schema = SCHEMA
     types = tuple(KIND_OF_TYPE)  # the runner hands over only these events
     tables = ("t_row", "t_span")

@@ -159,6 +159,71 @@ def test_a_candidate_index_counted_before_phones_is_a_warning_until_rebuilt(tmp_
         assert httpx.get(_origin(live) + "/ready", timeout=10).json()["checks"][check]["status"] == "pass"
 
 
+def _ready_checks(live: LiveServer) -> dict:
+    r = httpx.get(_origin(live) + "/ready", timeout=10)
+    assert r.status_code == 200, r.text  # it answers; an operator is told
+    return r.json()["checks"]
+
+
+def test_read_models_written_under_older_rules_are_a_warning_until_rebuilt(tmp_path, request):
+    """A timeline and a search index written by an older release (no rules version recorded, as
+    before versions were; or an older one): /ready warns and `hub projections status` says they
+    are stale, naming the rebuild; a rebuild (the CLI beside the running server) clears it. A new
+    data directory's are not stale."""
+    import sqlite3
+
+    from tests.test_cli import run_hub
+
+    settings = make_settings("sqlite", tmp_path / "rules", request)
+    visit = {"resourceType": "Encounter", "id": "e1", "status": "finished",
+             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+             "subject": {"reference": "Patient/r1"}, "period": {"end": "2024-01-15T10:00:00+08:00"}}
+    with LiveServer(settings) as live:
+        for rtype, body in (("Patient", {"resourceType": "Patient", "id": "r1"}), ("Encounter", visit)):
+            r = httpx.put(f"{live.base}/{rtype}/{body['id']}", json=body, headers=live.headers,
+                          timeout=10)
+            assert r.status_code == 201, r.text
+        deadline = time.monotonic() + 30
+        while (checks := _ready_checks(live))["read-model:timeline"]["lag"]:
+            assert time.monotonic() < deadline, "the timeline did not catch up"
+            time.sleep(0.1)
+        assert checks["read-model:timeline"]["status"] == "pass"
+        assert checks["read-model:search"]["status"] == "pass"
+    assert "stale" not in run_hub(settings, "projections", "status").stdout
+
+    # as an older release left them: the timeline with no version, the index with an older one
+    for file, meta, sql in (("timeline", "t_meta", "DELETE FROM t_meta WHERE key='rules'"),
+                            ("search", "sp_meta", "UPDATE sp_meta SET value=0 WHERE key='rules'")):
+        db = sqlite3.connect(settings.data_dir / f"{file}.sqlite")
+        with db:
+            assert db.execute(f"SELECT value FROM {meta} WHERE key='rules'").fetchone() == (1,)
+            db.execute(sql)
+        db.close()
+    with LiveServer(settings) as live:
+        checks = _ready_checks(live)
+        for name in ("timeline", "search"):
+            check = checks[f"read-model:{name}"]
+            assert check["status"] == "warn", check
+            assert "older release's rules" in check["output"]
+            assert f"hub projections rebuild {name}" in check["output"]
+        assert "Period with only an end" in checks["read-model:timeline"]["output"]
+        assert checks["read-model:person"]["status"] == "pass"
+        status = run_hub(settings, "projections", "status").stdout
+        assert ("stale: written under an older release's rules (a resource timed by a Period "
+                "with only an end") in status, status
+        assert "rebuild search`" in status, status
+        assert run_hub(settings, "projections", "rebuild", "timeline").returncode == 0
+        assert "stale" not in run_hub(settings, "projections", "status", "timeline").stdout
+        checks = _ready_checks(live)  # the server reads the rebuilt version without a restart
+        assert checks["read-model:timeline"]["status"] == "pass", checks
+        assert checks["read-model:search"]["status"] == "warn"
+        assert run_hub(settings, "projections", "rebuild", "search").returncode == 0
+        assert _ready_checks(live)["read-model:search"]["status"] == "pass"
+        r = httpx.get(f"{live.base}/Patient/r1/$timeline", headers=live.headers, timeout=10)
+        assert r.status_code == 200, r.text
+        assert [e["resource"]["id"] for e in r.json().get("entry", [])] == ["e1"]
+
+
 def _sizes(data_dir) -> int:
     return max(p.stat().st_size for p in data_dir.glob("events.sqlite*"))
 

@@ -233,6 +233,33 @@ def test_an_index_read_in_another_zone_is_stale_until_its_rebuild_swaps_in(
         es.close()
 
 
+def test_an_index_written_under_older_rules_is_stale_until_its_rebuild_swaps_in(
+        store_hub, es_server):  # noqa: F811
+    _load(store_hub)
+    es = open_es_index(es_server.url, prefix())
+    try:
+        Runner(store_hub.store, es).catch_up()
+        assert es.stale() is None
+        # as a release before the rules were recorded left it
+        state = es._load()
+        del state["rules"]
+        es.es.index(index=es.tracking_index, id=es.name, document=state, refresh=True)
+        again = open_es_index(es_server.url, es.prefix)
+        try:
+            said = again.stale() or ""
+            assert "older release's rules" in said and "rebuild search-es" in said
+            again.reset()
+            again.apply(store_hub.store.notifications(1, 3))
+            assert again.stale()  # the old generation is still the one searched
+            Runner(store_hub.store, again).catch_up()
+            assert again.stale() is None
+        finally:
+            again.close()
+    finally:
+        es.drop()
+        es.close()
+
+
 def test_unknown_search_backend_is_refused():
     with pytest.raises(ValueError, match="HUB_SEARCH"):
         Settings(search="solr")

@@ -9,10 +9,11 @@ personal data).
   another event log (``Runner.problem``), fails. 503 when not ready, so a balancer stops
   sending requests to a process whose database is gone or whose own read models fail. A read
   model in a shared engine failing (Elasticsearch away), or one whose rows need a rebuild
-  (``stale``: built under another ``HUB_TIMEZONE``, a candidate index whose term counts are
-  incomplete), makes the answer a 200 ``warn`` that says so: the node still serves. So does an
-  event store whose last write found no room (a full disk, ``ResourceStore.write_failure``, until
-  a write succeeds): it still answers reads, and out of the balancer no write could clear it.
+  (``stale``: built under another ``HUB_TIMEZONE`` or an older release's rules, a candidate
+  index whose term counts are incomplete), makes the answer a 200 ``warn`` that says so: the
+  node still serves. So does an event store whose last write found no room (a full disk,
+  ``ResourceStore.write_failure``, until a write succeeds): it still answers reads, and out of
+  the balancer no write could clear it.
 """
 
 from __future__ import annotations

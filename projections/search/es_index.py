@@ -36,6 +36,8 @@ from hub.core.fhirtime import parse_range, zone_changed, zone_name
 from projections.contract import nothing_to_apply
 from projections.search import fulltext
 from projections.search.extract import (
+    OLDER_RULES,
+    RULES,
     DateRange,
     Quantity,
     Str,
@@ -245,8 +247,8 @@ def document(rtype: str, rid: str, version: int, updated: float, resource: dict,
 
 
 def _fresh_state() -> dict:
-    """The state of an index that holds nothing yet (read in today's zone)."""
-    return {"position": 0, "generation": 1, "building": None, "zone": zone_name()}
+    """The state of an index that holds nothing yet (read in today's zone, by today's rules)."""
+    return {"position": 0, "generation": 1, "building": None, "zone": zone_name(), "rules": RULES}
 
 
 class ElasticsearchIndex:
@@ -296,6 +298,9 @@ class ElasticsearchIndex:
         # the zone dates without one were read in (hub.core.fhirtime): an index written before
         # it was recorded read them as UTC
         state.setdefault("zone", "+00:00" if state.get("position") else zone_name())
+        # the extraction rules (extract.RULES): an index written before they were recorded holds
+        # an older release's values
+        state.setdefault("rules", 0 if state.get("position") else RULES)
         return state
 
     def _save(self) -> None:
@@ -496,16 +501,20 @@ class ElasticsearchIndex:
         self._delete(olds)
         self._state["generation"], self._state["building"] = new, None
         self._state["zone"] = zone_name()  # the generation now searched was read in today's zone
+        self._state["rules"] = RULES  # by today's rules
         self._state["refused"] = {k: v for k, v in self._state.get("refused", {}).items()
                                   if k == str(new)}
         self._made.clear()
         self._save()
 
     def stale(self) -> str | None:
-        """The zone's change, and the resources the engine refused to index with their values
-        (found only by _id and _lastUpdated)."""
+        """The zone's change, older extraction rules, and the resources the engine refused to
+        index with their values (found only by _id and _lastUpdated)."""
+        rules = None if self._state.get("rules", RULES) >= RULES else (
+            f"written under an older release's rules ({OLDER_RULES}) until "
+            "`hub projections rebuild search-es`")
         said = [s for s in (zone_changed(self._state.get("zone", zone_name()), "search-es"),
-                            self._refusals()) if s]
+                            rules, self._refusals()) if s]
         return "; ".join(said) or None
 
     def _refusals(self) -> str | None:

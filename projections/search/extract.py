@@ -4,6 +4,9 @@
 (absent means ``:missing``), each value shaped for the index by the parameter's type (the shapes and
 the plans are described in ``plan.py``). A type's walks and composites run as one generated function
 (``codegen.py``); the parameters only fhirpathpy can evaluate run after it.
+
+``RULES`` versions what is extracted: an index (SQLite or Elasticsearch) records the version it was
+written under and is ``stale`` under an older one until rebuilt.
 """
 
 from __future__ import annotations
@@ -33,10 +36,17 @@ from projections.search.plan import (
     ucum_canonical,
 )
 
+# the version of the extraction rules, recorded by each index; raise it when what is extracted
+# changes, so that an index written under the last one is stale until rebuilt. 1: a quantity's
+# stated unit, and Ranges of number and quantity parameters (indexes written before carry none)
+RULES = 1
+OLDER_RULES = ("a quantity may not be found by its stated unit, nor a Range by its number or "
+               "quantity parameter")
+
 __all__ = [
     "CONVERTERS", "UCUM", "CompileError", "DateRange", "Plan", "Quantity", "Ref", "Str", "Token",
     "ValueRange", "compile_path", "compile_stats", "extract", "holds_ranges", "normalize", "normalize_reference", "plan_for",
-    "range_params", "reference_type", "ucum_canonical",
+    "range_params", "reference_type", "ucum_canonical", "OLDER_RULES", "RULES",
 ]
 
 

@@ -22,6 +22,8 @@ from hub.core.fhirtime import parse_range
 from projections.contract import nothing_to_apply
 from projections.search import fulltext
 from projections.search.extract import (
+    OLDER_RULES,
+    RULES,
     DateRange,
     Quantity,
     Str,
@@ -155,6 +157,7 @@ class SQLiteSearchIndex(SQLiteReadModel):
     schema = SCHEMA
     meta_table = "sp_meta"
     zoned = True  # date rows: a birthDate or a date-only time is a day in HUB_TIMEZONE
+    rules, older_rules = RULES, OLDER_RULES  # what is extracted
 
     def __init__(self, path: Path | str):
         self._params: dict[tuple[str, str], int] = {}
@@ -222,7 +225,7 @@ class SQLiteSearchIndex(SQLiteReadModel):
             c.execute("UPDATE sp_param SET multi=0, span=0")
             c.execute("DELETE FROM tracking WHERE application_name=?", (NAME,))
             c.execute("INSERT OR REPLACE INTO sp_meta (key, value) VALUES ('next_pk', 1)")
-            self.record_zone(c)
+            self.record_build(c)
         self._next_pk = 1
         self._multi, self._span = set(), {}
         self._resources, self._analyzed_at = 0, -1
