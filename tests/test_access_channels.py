@@ -656,3 +656,28 @@ def test_a_feeds_warnings_tell_nothing_of_a_stored_patient_it_may_not_read(bare)
         r = c.post("", json=batch, headers=feed)
     said = [orjson.dumps(e["response"].get("outcome") or {}).decode() for e in r.json()["entry"]]
     assert "merged into Patient/survivor-of-the-merge" in said[0], said
+
+
+def test_everything_and_timeline_of_a_deleted_patient_answer_as_its_read(bare):
+    """A deleted Patient the caller may see is gone (410) to a read, and was unknown (404) to
+    ``$everything`` and ``$timeline``; one it may not see is refused alike by all three."""
+    p = patient(rid=unique()[:16])
+    _write(bare, p, _obs(p["id"], category="laboratory"))
+    with _http(bare, bare.h1) as c:
+        assert c.delete(f"/Patient/{p['id']}").status_code in (200, 204)
+    everyone = bare.client_auth(roles=("clinician",), scope="user/*.rs")
+    with _http(bare, everyone) as c:
+        assert c.get(f"/Patient/{p['id']}").status_code == 410
+        for op in ("$everything", "$timeline"):
+            r = c.get(f"/Patient/{p['id']}/{op}", headers=TREAT)
+            assert r.status_code == 410, (op, r.text)
+        r = c.post(f"/Patient/{p['id']}/$everything", headers={**TREAT, **FHIR_JSON},
+                   json={"resourceType": "Parameters"})
+        assert r.status_code == 410, r.text
+        assert c.get(f"/Patient/{unique()[:16]}/$everything", headers=TREAT).status_code == 404
+    vitals = bare.client_auth(roles=("clinician",),
+                              scope="user/Patient.rs?gender=male user/Observation.rs")
+    with _http(bare, vitals) as c:  # not selected by its scope, deleted or not: refused
+        assert c.get(f"/Patient/{p['id']}").status_code == 403
+        for op in ("$everything", "$timeline"):
+            assert c.get(f"/Patient/{p['id']}/{op}", headers=TREAT).status_code == 403

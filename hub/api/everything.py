@@ -45,7 +45,7 @@ from hub.api.opparams import read_parameters
 from hub.api.paging import link
 from hub.api.responses import base_url, check_format, fhir_response
 from hub.core.access import Action, patients_in
-from hub.core.errors import FhirError, bad_request
+from hub.core.errors import FhirError, bad_request, gone
 from hub.core.fhirtime import parse_range
 from hub.core.ingest import Context, now_instant
 from hub.core.pagetokens import page_tokens
@@ -202,8 +202,9 @@ def _shared(request: Request) -> SharedRecord:
 def _scope(shared: SharedRecord, repo: Repository, ctx: Context, rtype: str, rid: str,
            institution: str | None) -> Scope:
     """The record of ``rtype/rid``, once the caller may read it: what a read of that Patient
-    or Person answers (404 unknown, 403 not shown) is the answer here too, else the records of
-    its person's other Patients would tell of a link to one the caller may not see."""
+    or Person answers (404 unknown, 403 not shown, 410 deleted) is the answer here too, else
+    the records of its person's other Patients would tell of a link to one the caller may not
+    see."""
     if rtype == "Person":
         shared.identity.sync()
 
@@ -214,7 +215,11 @@ def _scope(shared: SharedRecord, repo: Repository, ctx: Context, rtype: str, rid
         if scope.person is not None and scope.person != rid:  # merged: the survivor's record
             person_view(shared.identity, shared.store, scope.person, seen)
         return scope
-    repo.require(ctx, "Patient", rid)
+    stored = repo.latest(ctx, "Patient", rid)
+    if stored is None:
+        repo.require(ctx, "Patient", rid)  # unknown, or not shown
+    elif stored.topic.endswith("Deleted"):  # shown: its deletion too, as a read tells it
+        raise gone(f"Patient/{rid} was deleted (version {stored.originator_version})")
     return shared.scope_of_patient(rid, institution)
 
 
