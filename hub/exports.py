@@ -263,7 +263,7 @@ class Exports:
     def _run(self, eid: str, ctx: Context, req: ExportRequest, types: Sequence[str],
              upto: int) -> None:
         folder = self.root / eid
-        job = self.jobs.start("export", f"$export ({req.level}) for {ctx.actor.subject}")
+        job = self.jobs.start("export", f"$export ({req.level}) for {ctx.actor.named}")
         written = 0
         output: list[dict[str, Any]] = []
         try:

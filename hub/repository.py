@@ -972,7 +972,13 @@ class Repository:
         def check(op: Op, stored: StoredEvent) -> None:
             rid = op.target
             assert rid is not None  # the hub shows a write once its target is resolved
-            head, _, body = stored.state.partition(b"\n")
+            state = stored.state
+            if not state.partition(b"\n")[2].strip():  # a deletion, judged as the version it
+                # deleted: whose institution wrote that one owns the record (the deletion's
+                # source is whoever deleted it), and a scope that may not change that one is
+                # refused as on the live record, telling no deletion
+                state = self._judged(op.rtype, rid, stored) or state
+            head, _, body = state.partition(b"\n")
             header = orjson.loads(head)
             if not self.policy.may_change(ctx.actor, op.rtype, rid, header.get("source") or {}):
                 raise forbidden(f"{op.rtype}/{rid} was written by another institution; this "
@@ -982,12 +988,8 @@ class Repository:
             op.hidden = not self._stored_shown(ctx.actor, op.rtype, rid, stored)
             if op.method == "PATCH" and op.hidden:
                 raise forbidden(f"{op.rtype}/{rid} is not shown to this caller; a patch reads it")
-            if not body.strip():  # a deletion, judged as the version it deleted (a scope that
-                # may not change that one is refused as on the live record, telling no deletion)
-                judged = self._judged(op.rtype, rid, stored)
-                body = judged.partition(b"\n")[2] if judged is not None else b""
-                if not body.strip():
-                    return
+            if not body.strip():
+                return
             d = orjson.loads(body)
             if not op.own and op.rtype == "OperationOutcome" and is_quality_report(d) and (
                     op.method in ("DELETE", "PATCH") or not _files_reports(ctx.actor)):

@@ -599,3 +599,62 @@ def test_a_revoked_clients_refused_requests_are_audited_as_that_client(client, l
                         for e in found.get("entry", []))
         # the read before the revocation (404), the revoked token's, the forged one's
         assert agents == sorted([auth.client_id, auth.client_id, "anonymous"]), agents
+
+
+def test_an_external_providers_user_is_told_apart_from_a_hub_client_of_the_same_subject(
+        tmp_path, request):
+    """The audit named an agent by its subject alone: a user of an external OpenID Connect
+    provider whose ``sub`` equals a hub client's id was the same agent to ``AuditEvent?agent=``
+    and in the export jobs' titles."""
+    import httpx
+
+    from hub.core.jobs import Jobs
+    from tests.test_auth_tokens import RSA_KEY, JwksServer, idp_token
+
+    idp = JwksServer()
+    idp.publish(RSA_KEY, "k1")
+    settings = make_settings("sqlite", tmp_path, request)
+    settings.audit = True
+    settings.auth_issuer, settings.auth_jwks_url = idp.issuer, None
+    try:
+        with LiveServer(settings) as server:
+            p = patient(rid=unique()[:16])
+            with httpx.Client(base_url=server.base, timeout=30, auth=server.auth) as admin:
+                _put(admin, p)
+            twin = server.client_auth(roles=("clinician",), scope="system/*.rs", name="twin")
+            sub = twin.client_id
+            token = idp_token(RSA_KEY, "k1", iss=idp.issuer, aud=server.base, sub=sub,
+                              scope="system/*.rs", roles=["clinician"])
+            with httpx.Client(base_url=server.base, timeout=30, auth=twin) as ours:
+                assert ours.get(f"/Patient/{p['id']}").status_code == 200
+                assert ours.get("/$export", params={"_type": "Patient"}, headers={
+                    "accept": "application/fhir+json", "prefer": "respond-async"}
+                                ).status_code == 202
+            with httpx.Client(base_url=server.base, timeout=30, headers={
+                    "authorization": f"Bearer {token}", "accept": "application/fhir+json"}) as theirs:
+                for _ in range(2):
+                    assert theirs.get(f"/Patient/{p['id']}").status_code == 200
+                assert theirs.get("/$export", params={"_type": "Patient"}, headers={
+                    "prefer": "respond-async"}).status_code == 202
+            auditor = server.client_auth(roles=("auditor",), scope="system/AuditEvent.rs")
+            read = "http://hl7.org/fhir/restful-interaction|read"
+            ref = f"Patient/{p['id']}"
+            with httpx.Client(base_url=server.base, timeout=30, auth=auditor,
+                              headers={"accept": "application/fhir+json"}) as c:
+                def found(**query) -> list[dict]:
+                    return [e["resource"] for e in _search(c, patient=ref, subtype=read,
+                                                           **query).get("entry", [])]
+                everyone = found(agent=sub)  # by the subject alone: both, as before
+                assert len(everyone) == 3, everyone
+                hub_system = "https://fhir-region-hub.example/user"
+                ours_only = found(**{"agent:identifier": f"{hub_system}|{sub}"})
+                theirs_only = found(**{"agent:identifier": f"{idp.issuer}|{sub}"})
+                assert len(ours_only) == 1 and len(theirs_only) == 2, (ours_only, theirs_only)
+                who = theirs_only[0]["agent"][0]["who"]
+                assert who["identifier"] == {"system": idp.issuer, "value": sub}
+                assert ours_only[0]["agent"][0]["who"] == {
+                    "identifier": {"system": hub_system, "value": sub}, "display": sub}
+            titles = [j["title"] for j in Jobs(settings.data_dir).list() if j["kind"] == "export"]
+            assert len(titles) == 2 and len(set(titles)) == 2, titles
+    finally:
+        idp.close()

@@ -16,6 +16,7 @@ import binascii
 import time
 
 import httpx
+import orjson
 import pytest
 
 from hub.auth.signer import Signer
@@ -604,3 +605,79 @@ def test_a_binary_is_shown_as_the_resource_its_security_context_names(bare):
         assert c.get(f"/Binary/{binary['id']}").status_code == 200
     with _http(bare, _patient_token(bare, b["id"])) as c:
         assert c.get(f"/Binary/{binary['id']}").status_code == 403
+
+
+def _resident_born(born: str) -> str:
+    """A resident ID number (its check digit right) that encodes birth date ``born`` (YYYYMMDD)."""
+    from terminology.resident_id import check_digit
+
+    first17 = f"110101{born}{int(unique()[:6], 16) % 1000:03d}"
+    return first17 + check_digit(first17)
+
+
+def test_a_feeds_warnings_tell_nothing_of_a_stored_patient_it_may_not_read(bare):
+    """A feed's Patient keeps a merge's retirement, the elements its message leaves unsaid and a
+    retired record's content: its answer said so, naming the survivor, the stored resident ID
+    kept or left out and that the record was live, to a connector that may not read it."""
+    rid = "urn:oid:2.16.156.10011.0.99"
+    retired = patient(rid=unique()[:16], active=False, link=[
+        {"type": "replaced-by", "other": {"reference": "Patient/survivor-of-the-merge"}}])
+    held = patient(rid=unique()[:16], value=_resident_born("19900101"))
+    live = patient(rid=unique()[:16])
+    with _http(bare, bare.auth) as c:  # written by no institution: any connector may change them
+        for d in (retired, held, live):
+            assert _put(c, d).status_code == 201
+    sent = [  # the record number alone, a birth date of its own, a merge of its own
+        {"resourceType": "Patient", "id": retired["id"],
+         "identifier": [{"system": rid, "value": "1"}]},
+        {"resourceType": "Patient", "id": held["id"], "birthDate": "1950-06-01",
+         "identifier": [{"system": rid, "value": "2"}]},
+        {"resourceType": "Patient", "id": live["id"], "identifier": [{"system": rid, "value": "3"}],
+         "link": [{"type": "replaced-by", "other": {"reference": f"Patient/{retired['id']}"}}]}]
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": d, "request": {"method": "PUT", "url": f"Patient/{d['id']}"}} for d in sent]}
+    feed = {**FHIR_JSON, "x-hub-source-feed": "adt"}
+    blind = bare.client_auth(roles=("connector",), scope="system/Patient.cu")
+    with _http(bare, blind) as c:
+        r = c.post("", json=batch, headers=feed)
+    assert r.status_code == 200, r.text
+    for entry in r.json()["entry"]:
+        assert entry["response"]["status"].startswith("200"), entry
+        said = orjson.dumps(entry["response"].get("outcome") or {}).decode()
+        for told in ("merged into", "survivor-of-the-merge", "retired", "resident ID",
+                     "held is kept"):
+            assert told not in said, said
+    with _http(bare, bare.auth) as c:  # kept all the same
+        assert c.get(f"/Patient/{retired['id']}").json()["active"] is False
+        assert c.get(f"/Patient/{held['id']}").json()["name"] == held["name"]
+        assert c.get(f"/Patient/{live['id']}").json()["name"] == live["name"]
+    # who may read them is told
+    with _http(bare, bare.h1) as c:
+        r = c.post("", json=batch, headers=feed)
+    said = [orjson.dumps(e["response"].get("outcome") or {}).decode() for e in r.json()["entry"]]
+    assert "merged into Patient/survivor-of-the-merge" in said[0], said
+
+
+def test_everything_and_timeline_of_a_deleted_patient_answer_as_its_read(bare):
+    """A deleted Patient the caller may see is gone (410) to a read, and was unknown (404) to
+    ``$everything`` and ``$timeline``; one it may not see is refused alike by all three."""
+    p = patient(rid=unique()[:16])
+    _write(bare, p, _obs(p["id"], category="laboratory"))
+    with _http(bare, bare.h1) as c:
+        assert c.delete(f"/Patient/{p['id']}").status_code in (200, 204)
+    everyone = bare.client_auth(roles=("clinician",), scope="user/*.rs")
+    with _http(bare, everyone) as c:
+        assert c.get(f"/Patient/{p['id']}").status_code == 410
+        for op in ("$everything", "$timeline"):
+            r = c.get(f"/Patient/{p['id']}/{op}", headers=TREAT)
+            assert r.status_code == 410, (op, r.text)
+        r = c.post(f"/Patient/{p['id']}/$everything", headers={**TREAT, **FHIR_JSON},
+                   json={"resourceType": "Parameters"})
+        assert r.status_code == 410, r.text
+        assert c.get(f"/Patient/{unique()[:16]}/$everything", headers=TREAT).status_code == 404
+    vitals = bare.client_auth(roles=("clinician",),
+                              scope="user/Patient.rs?gender=male user/Observation.rs")
+    with _http(bare, vitals) as c:  # not selected by its scope, deleted or not: refused
+        assert c.get(f"/Patient/{p['id']}").status_code == 403
+        for op in ("$everything", "$timeline"):
+            assert c.get(f"/Patient/{p['id']}/{op}", headers=TREAT).status_code == 403

@@ -257,6 +257,29 @@ def test_a_connector_writes_as_its_own_institution_only(world):
         assert _put(c, {**p, "gender": "male"}).status_code == 200
 
 
+def test_a_deleted_record_stays_its_writers_institutions(world):
+    """A deletion carries who deleted it: a record H1 wrote and an admin (of no institution)
+    deleted was judged by the deletion, so H2's connector wrote it again as its own."""
+    p = patient(rid=unique()[:16])
+    with _http(world, world.connector_h1) as c:
+        assert _put(c, p).status_code == 201
+    with _http(world, world.live.auth) as c:
+        assert c.delete(f"/Patient/{p['id']}").status_code in (200, 204)
+    with _http(world, world.connector_h2) as c:
+        r = _put(c, {**p, "gender": "male"})
+        assert r.status_code == 403, r.text
+        assert c.delete(f"/Patient/{p['id']}").status_code == 403
+        bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"resource": {**p, "gender": "male"},
+             "request": {"method": "PUT", "url": f"Patient/{p['id']}"}}]}
+        r = c.post("", json=bundle, headers=FHIR_JSON)
+        assert r.status_code == 200 and r.json()["entry"][0]["response"]["status"].startswith("403")
+    with _http(world, world.live.auth) as c:
+        assert c.get(f"/Patient/{p['id']}").status_code == 410
+    with _http(world, world.connector_h1) as c:  # its writer's institution writes it again
+        assert _put(c, {**p, "gender": "female"}).status_code == 201
+
+
 def test_a_conditional_write_cannot_reach_another_institutions_record(world):
     """Criteria find the record to change: the one found must be the caller's own, as when it is
     named by id (conditional update and delete, alone and in a transaction)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from hub.access.auditlog import AuditLog, Entry
 from hub.access.chain import AuditChain, prepared, sealed
-from hub.core.access import Action
+from hub.core.access import Action, Actor
 from hub.core.errors import FhirError
 from hub.core.ingest import Context, now_instant
 
@@ -116,6 +116,15 @@ _SUBTYPES = {i: {"system": _REST, "code": i} for i in (
     "history-system")}
 
 
+def agent_who(actor: Actor) -> dict:
+    """An AuditEvent agent's ``who``: the hub's clients and users by their subject under
+    ``USER_SYSTEM``, an external provider's users under that provider's issuer (a subject is
+    one agent only with its issuer), so ``AuditEvent?agent:identifier=system|value`` tells them
+    apart while ``agent=subject`` finds every agent of that subject."""
+    return {"identifier": {"system": actor.issuer or USER_SYSTEM, "value": actor.subject},
+            "display": actor.named}
+
+
 REVIEW = {"system": "https://fhir-region-hub.example/CodeSystem/audit-review",
           "code": "emergency-access-review", "display": "Break-the-glass access reviewed"}
 
@@ -130,9 +139,7 @@ def review_event(ctx: Context, reviewed: str, finding: str, note: str) -> dict:
         "resourceType": "AuditEvent", "type": REVIEW, "subtype": [REVIEW], "action": "E",
         "recorded": now_instant()[0], "outcome": "0",
         "outcomeDesc": f"{finding}: {note}"[:512],
-        "agent": [{"type": _HUMAN, "requestor": True,
-                   "who": {"identifier": {"system": USER_SYSTEM, "value": actor.subject},
-                           "display": actor.subject}}],
+        "agent": [{"type": _HUMAN, "requestor": True, "who": agent_who(actor)}],
         "source": _SOURCE,
         "entity": [{"what": {"reference": f"AuditEvent/{reviewed}"}, "type": _OBJECT,
                     "description": finding}],
@@ -146,8 +153,7 @@ def access_event(ctx: Context, action: Action, outcome: str, patients: Sequence[
     actor = ctx.actor
     agent: dict[str, Any] = {
         "type": _HUMAN if actor.kind in ("user", "anonymous") else _PROCESSOR,
-        "who": {"identifier": {"system": USER_SYSTEM, "value": actor.subject},
-                "display": actor.subject},
+        "who": agent_who(actor),
         "requestor": True,
     }
     if actor.institution:

@@ -39,13 +39,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from hub.access.audit import AuditWriter
+from hub.access.audit import AuditWriter, agent_who
 from hub.api.caller import actor_of, audited_query, context_of, purpose_of, repository
 from hub.api.opparams import read_parameters
 from hub.api.paging import link
 from hub.api.responses import base_url, check_format, fhir_response
 from hub.core.access import Action, patients_in
-from hub.core.errors import FhirError, bad_request
+from hub.core.errors import FhirError, bad_request, gone
 from hub.core.fhirtime import parse_range
 from hub.core.ingest import Context, now_instant
 from hub.core.pagetokens import page_tokens
@@ -61,7 +61,6 @@ MAX_COUNT = 5000
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,128}$")
 ACTREASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 ACCESS_SYSTEM = "https://fhir-region-hub.example/CodeSystem/shared-record-access"
-USER_SYSTEM = "https://fhir-region-hub.example/user"
 _PARAMS_EVERYTHING = {"start", "end", "_since", "_type", "_count", "_cursor", "institution",
                       "_format", "_pretty"}
 _PARAMS_TIMELINE = {"start", "end", "kind", "_count", "_cursor", "institution", "_format",
@@ -75,7 +74,6 @@ def audit_event(request: Request, access: str, person: str | list[str] | None,
                 outcome: str = "0", description: str | None = None,
                 purpose: str | None = None) -> dict:
     """The AuditEvent of one read of a shared record."""
-    user = actor_of(request).subject  # the token's subject (X-Hub-User without access control)
     recorded, _ = now_instant()
     entities: list[dict] = []
     role_patient = {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1",
@@ -100,7 +98,8 @@ def audit_event(request: Request, access: str, person: str | list[str] | None,
         "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
                              "extra-security-role-type", "code": "humanuser",
                              "display": "human user"}]},
-        "who": {"identifier": {"system": USER_SYSTEM, "value": user}, "display": user},
+        # the token's subject and issuer (X-Hub-User without access control)
+        "who": agent_who(actor_of(request)),
         "requestor": True,
     }
     if request.client is not None and request.client.host:
@@ -202,8 +201,9 @@ def _shared(request: Request) -> SharedRecord:
 def _scope(shared: SharedRecord, repo: Repository, ctx: Context, rtype: str, rid: str,
            institution: str | None) -> Scope:
     """The record of ``rtype/rid``, once the caller may read it: what a read of that Patient
-    or Person answers (404 unknown, 403 not shown) is the answer here too, else the records of
-    its person's other Patients would tell of a link to one the caller may not see."""
+    or Person answers (404 unknown, 403 not shown, 410 deleted) is the answer here too, else
+    the records of its person's other Patients would tell of a link to one the caller may not
+    see."""
     if rtype == "Person":
         shared.identity.sync()
 
@@ -214,7 +214,11 @@ def _scope(shared: SharedRecord, repo: Repository, ctx: Context, rtype: str, rid
         if scope.person is not None and scope.person != rid:  # merged: the survivor's record
             person_view(shared.identity, shared.store, scope.person, seen)
         return scope
-    repo.require(ctx, "Patient", rid)
+    stored = repo.latest(ctx, "Patient", rid)
+    if stored is None:
+        repo.require(ctx, "Patient", rid)  # unknown, or not shown
+    elif stored.topic.endswith("Deleted"):  # shown: its deletion too, as a read tells it
+        raise gone(f"Patient/{rid} was deleted (version {stored.originator_version})")
     return shared.scope_of_patient(rid, institution)
 
 

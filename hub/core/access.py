@@ -36,6 +36,12 @@ class Actor:
     # equal to a hub client's id is someone else); None for the hub's own tokens and no token
     issuer: str | None = None
 
+    @property
+    def named(self) -> str:
+        """How the audit and the job list name the caller: its subject, an external
+        provider's with that provider (its issuer) beside it."""
+        return self.subject if self.issuer is None else f"{self.subject} ({self.issuer})"
+
 
 ANONYMOUS = Actor()
 SYSTEM = Actor("hub", "system")  # the hub's own writes: audit events, replays from the CLI

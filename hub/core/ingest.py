@@ -546,8 +546,9 @@ class Hub:
         an HL7 v2 A40 or ``$merge`` leave it) stays retired when a feed writes it again: a lab
         that has not caught up with the merge sends the old record number, and its message must
         not undo the merge on one side (the survivor still saying it ``replaces`` it). The write
-        keeps the retirement and says so, and a write of the survivor keeps its ``replaces``
-        links (no message of it carries them). Asked of a feed's writes only (a connector's, the
+        keeps the retirement and says so, to a caller that may read the stored record (what
+        is kept of it describes it), and a write of the survivor keeps its ``replaces`` links
+        (no message of it carries them). Asked of a feed's writes only (a connector's, the
         Kafka intake's): a client writing the Patient through the REST API may undo it."""
         wanted: list[int] = []
         retiring: list[int] = []
@@ -567,7 +568,7 @@ class Hub:
                 if i in kept:
                     op.d, others = _keep_unsaid(op.d, replaced[i][1] if i in replaced else None,
                                                 gone)
-                    if others:
+                    if others and not op.hidden:
                         op.warnings = [*op.warnings, *others]
         for i in retiring:
             self._keep_content(ops[i], replaced[i][1] if i in replaced else None)
@@ -593,6 +594,8 @@ class Hub:
             if not links or any(x["other"].get("reference") in replaces for x in links):
                 continue
             op.d = {**op.d, "active": False, "link": [*(op.d.get("link") or ()), *links]}
+            if op.hidden:
+                continue
             op.warnings = [*op.warnings, Issue(
                 "business-rule", f"Patient/{op.target} was merged into "
                 f"{links[0]['other'].get('reference')}: it stays retired (its record number is "
@@ -633,7 +636,8 @@ class Hub:
         comes it would wipe the record's resident ID, birth date, sex and contacts: the
         evidence that it is the survivor's person, and facts of the record. The write keeps
         what the record held and adds the retirement: inactive, linked ``replaced-by``, with
-        the identifiers and names the message brought besides its own."""
+        the identifiers and names the message brought besides its own; says so to a caller
+        that may read the stored record."""
         if not isinstance(body, dict) or body.get("active") is False or op.d is None:
             return
         d = op.d
@@ -645,7 +649,8 @@ class Hub:
         if kept.get("identifier"):  # MRG-1's numbers, checked against no birth date when the
             # message's PID has none, answer to the retired record's own
             kept["identifier"], others = _own_identifiers(kept["identifier"], kept.get("birthDate"))
-            op.warnings = [*op.warnings, *others]
+            if not op.hidden:
+                op.warnings = [*op.warnings, *others]
         survivors = {x["other"].get("reference") for x in _replaced_by(d)}
         # its own earlier links out: another retirement, and a ``replaces`` of the record now
         # named its survivor (A into B, then B into A)
@@ -659,6 +664,8 @@ class Hub:
             if key in d:
                 kept[key] = d[key]
         op.d = {"resourceType": "Patient", **({"id": d["id"]} if "id" in d else {}), **kept}
+        if op.hidden:
+            return
         op.warnings = [*op.warnings, Issue(
             "informational", f"Patient/{op.target} is retired into "
             f"{kept['link'][-1]['other'].get('reference')}; what the record held is kept",
