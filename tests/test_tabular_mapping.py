@@ -235,8 +235,10 @@ def test_lab_result_values():
     obs = m.convert_row(row | {"result_unit": "个/HP"}, SRC).resources[0]
     assert orjson.loads(orjson.dumps(obs["valueQuantity"])) == {"value": 5.6, "unit": "个/HP"}
     # a JSON number from the poller, exact
-    payload = b'{"report_no":"R1","item_code":"K","item_name":"\xe9\x92\xbe","patient_id":"P1",' \
-              b'"result_value":4.10,"result_unit":"mmol/L","report_time":"2024-03-01T10:00:00"}'
+    payload = orjson.dumps({c: None for c in m.columns} | {
+        "report_no": "R1", "item_code": "K", "item_name": "钾", "patient_id": "P1",
+        "result_value": orjson.Fragment(b"4.10"), "result_unit": "mmol/L",
+        "report_time": "2024-03-01T10:00:00"})
     [conv] = m.convert_row_json(payload, SRC)
     assert b'"value":4.10,' in orjson.dumps(conv.resources[0])
     check_valid(conv.resources)
@@ -751,3 +753,42 @@ def test_a_deleted_row_deletes_what_it_wrote_and_only_that():
     with pytest.raises(MappingError) as e:
         m.convert_row({"visit_no": "MZ202403010001", "@deleted": True}, SRC)
     assert e.value.location == "patient_id" and "deletion log must carry it" in e.value.reason
+
+
+@pytest.mark.parametrize("name,renamed,named", [
+    # a lab view whose result column was renamed: the Observation's next version had no value,
+    # still final, and no source order
+    ("lab-result", {"result_value": "result"}, ["result_value"]),
+    ("lab-result", {"updated_at": "upd"}, ["updated_at"]),
+    # a visit view whose diagnosis columns were renamed stopped every diagnosis without a word
+    ("outpatient-visit", {"diag_code": "icd_code", "diag_name": "icd_name"},
+     ["diag_code", "diag_name"]),
+    ("outpatient-visit", {"dept_name": "ks_name"}, ["dept_name"]),
+    ("prescription", {"dose": "dosage"}, ["dose"]),
+])
+def test_a_column_the_row_lacks_refuses_the_row_rather_than_erase_what_it_owns(
+        name, renamed, named):
+    m = load_mapping(name)
+    row = {renamed.get(c, c): v for c, v in example_row(name).items()}
+    with pytest.raises(MappingError) as e:
+        m.convert_row(row, SRC)
+    assert (e.value.rule, e.value.code, e.value.location) == ("tabular.columns", "AE", named[0])
+    assert f"no column {', '.join(named)}:" in e.value.reason
+    # the same columns there and empty: what the HIS cleared is cleared
+    assert m.convert_row(example_row(name) | dict.fromkeys(named), SRC).resources
+    # a CSV export with that header is refused whole, before any row
+    header = ",".join(row)
+    values = ",".join(f'"{v}"' for v in row.values())
+    with pytest.raises(MappingError) as e:
+        m.convert_csv(f"{header}\n{values}\n".encode(), SRC)
+    assert (e.value.rule, e.value.code) == ("tabular.csv.header", "AR")
+    assert f"no column {', '.join(named)}:" in e.value.reason
+
+
+def test_a_column_only_the_shared_patient_reads_may_be_missing():
+    """A visit view without the patient's phone or address says nothing of them: the Patient is
+    shared, and the hub keeps what a feed's Patient leaves unsaid."""
+    row = {c: v for c, v in example_row("outpatient-visit").items()
+           if c not in ("phone", "address", "id_card_no", "sex_code", "birth_date")}
+    conv = load_mapping("outpatient-visit").convert_row(row, SRC)
+    assert {r["resourceType"] for r in conv.resources} == {"Patient", "Encounter", "Condition"}
