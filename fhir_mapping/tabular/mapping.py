@@ -50,21 +50,21 @@ is left out with a warning finding instead of refusing the row). A ``coding:`` w
 empty beside a filled ``display`` column is left out with a ``tabular.uncoded`` information
 finding (the name stays where a rule writes it as text).
 
-A row is the whole record of what it owns (a resource keyed by ``unit`` columns alone). An
-element its rules write that the row leaves empty, every column they read being in the row and
-empty (a bad value left out by ``on_error: skip`` says nothing), is marked cleared
-(``fhir_mapping.cleared``): the hub then drops it from a Patient instead of keeping the stored
-value as unsaid; a column the row lacks says nothing of a Patient, and a resource the row shares
-(a visit view's Patient) is never cleared by it. A column the row lacks that another resource of
-its own is written from (or its ``source_order``) refuses it (``tabular.columns``, naming the
-columns; see ``row_columns``): that resource's next version would lose what the column holds. Identifiers are never marked (the hub joins a Patient's
-identifiers from every feed). A resource of the row's own (keyed by ``unit`` columns alone, or
-by them and more) whose ``when``/``when_any`` columns are in the row but empty is deleted
-(``Conversion.deletes``: a withdrawn diagnosis). A tombstone row (``"@deleted": true`` beside the
-``unit`` columns and the other columns such a resource is keyed by, as the database poller's
-``deleted_rows`` source sends it) deletes the resources of the row's own and writes nothing; a
-resource keyed otherwise (the Patient, by record number) is shared with other rows and stays.
-Deletes carry a source order as writes do (``Conversion.source_time``): a row's, its
+A row is the whole record of what it owns (a resource keyed by ``unit`` columns alone). An element
+its rules write that the row leaves empty, every column they read being in the row and empty (a bad
+value left out by ``on_error: skip`` says nothing), is marked cleared (``fhir_mapping.cleared``):
+the hub then drops it from a Patient instead of keeping the stored value as unsaid; a column the
+row lacks says nothing of a Patient, and a resource the row shares (a visit view's Patient) is
+never cleared by it. A column the row lacks that another resource of its own is written from (or
+its ``source_order``) refuses it (``tabular.columns``, naming the columns; see ``row_columns``):
+that resource's next version would lose what the column holds. Identifiers are never marked (the
+hub joins a Patient's identifiers from every feed). A resource of the row's own (keyed by ``unit``
+columns alone, or by them and more) whose ``when``/``when_any`` columns are in the row but empty is
+deleted (``Conversion.deletes``: a withdrawn diagnosis). A tombstone row (``"@deleted": true``
+beside the ``unit`` columns and the other columns such a resource is keyed by, as the database
+poller's ``deleted_rows`` source sends it) deletes the resources of the row's own and writes
+nothing; a resource keyed otherwise (the Patient, by record number) is shared with other rows and
+stays. Deletes carry a source order as writes do (``Conversion.source_time``): a row's, its
 ``source_order`` column; a tombstone's, ``"@deleted_at"`` (the deletion log's time). The hub
 refuses a delete older than the stored version and keeps the order with the deletion, so a row
 re-sent older than it does not write the resources again.
