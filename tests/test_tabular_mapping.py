@@ -426,6 +426,10 @@ def _set(d, resource, i, **kw):
      ["example", "does not convert", "birth_date"]),
     (lambda d: _set(d, "patient", 7, path="birthDate", value="31.12.1949"),
      ["example row makes an invalid Patient", "Patient.birthDate"]),
+    (lambda d: _rule(d, "patient", 7)["transform"]["date"].update(not_after=["visit_tme"]),
+     ["resources.patient.rules[7]", "unknown column 'visit_tme'"]),
+    (lambda d: _rule(d, "patient", 8)["object"]["value"]["transform"]["string"].update(
+        fillers="keep"), ["resources.patient.rules[8]", "fillers: skip"]),
 ])
 def test_bad_mapping_files_refused(tmp_path, mutate, words):
     path = _mutated(tmp_path, mutate)
@@ -471,7 +475,14 @@ def test_decimal_values_exact():
     assert decimal_value(Decimal("12")) == 12
     assert bytes(orjson.dumps(decimal_value("1.50"))) == b"1.50"
     assert bytes(orjson.dumps(decimal_value("0.000001230"))) == b"0.000001230"
-    assert bytes(orjson.dumps(decimal_value("1E+3"))) == b"1000"
+    # written with an exponent: as written, as FHIR's decimal allows (5.6e2 is two digits)
+    assert bytes(orjson.dumps(decimal_value("1E+3"))) == b"1E+3"
+    assert bytes(orjson.dumps(decimal_value("5.6e2"))) == b"5.6e2"
+    assert bytes(orjson.dumps(decimal_value("+1.50e-3"))) == b"1.50e-3"
+    obs = load_mapping("lab-result").convert_row(
+        example_row("lab-result") | {"result_value": "5.6e2"}, SRC).resources[0]
+    assert b'"valueQuantity":{"value":5.6e2,' in orjson.dumps(obs)
+    check_valid([obs])
     assert bytes(orjson.dumps(decimal_value("-0.0"))) == b"0.0"
 
 
@@ -792,3 +803,39 @@ def test_a_column_only_the_shared_patient_reads_may_be_missing():
            if c not in ("phone", "address", "id_card_no", "sex_code", "birth_date")}
     conv = load_mapping("outpatient-visit").convert_row(row, SRC)
     assert {r["resourceType"] for r in conv.resources} == {"Patient", "Encounter", "Condition"}
+
+
+@pytest.mark.parametrize("birth,visit,updated,kept,said", [
+    ("19800101", "2024-03-01 08:30:00", "2024-03-01 09:00:00", "1980-01-01", []),
+    ("20240301", "2024-03-01 08:30:00", "2024-03-01 09:00:00", "2024-03-01", []),  # born that day
+    # in the future: after the visit and after the row was written
+    ("20990101", "2024-03-01 08:30:00", "2024-03-01 09:00:00", None, ["visit_time"]),
+    ("20250101", "2024-03-01 08:30:00", "2024-03-01 09:00:00", None, ["visit_time"]),
+    ("20240302", "2024-03-01 23:30:00+08:00", None, None, ["visit_time"]),
+    # a visit booked ahead: the birth not after it, but after the row was written (the future)
+    ("20240303", "2024-03-05 08:30:00", "2024-03-01 09:00:00", None, ["updated_at"]),
+])
+def test_a_birth_after_the_visit_or_in_the_future_is_left_out_with_a_finding(
+        birth, visit, updated, kept, said):
+    row = example_row("outpatient-visit") | {"birth_date": birth, "visit_time": visit,
+                                             "updated_at": updated}
+    conv = load_mapping("outpatient-visit").convert_row(row, SRC)
+    patient = by_type(conv)["Patient"]
+    assert patient.get("birthDate") == kept
+    assert [(f.severity, f.rule, f.location) for f in conv.findings] == [
+        ("warning", "tabular.date.after", "birth_date")] * len(said)
+    for other, f in zip(said, conv.findings):
+        assert f"later than {other}" in f.message and birth not in f.message
+    assert "birthDate" not in orjson.dumps(patient.get("meta", {})).decode()  # never said cleared
+
+
+@pytest.mark.parametrize("phone,kept", [
+    ("13800138000", [{"system": "phone", "value": "13800138000"}]),
+    ("010-65432100", [{"system": "phone", "value": "010-65432100"}]),
+    ("-", None), ("无", None), ("不详", None), ("/", None)])
+def test_a_filler_phone_number_is_left_out_with_a_finding(phone, kept):
+    conv = load_mapping("outpatient-visit").convert_row(
+        example_row("outpatient-visit") | {"phone": phone}, SRC)
+    assert by_type(conv)["Patient"].get("telecom") == kept
+    assert [(f.rule, f.location) for f in conv.findings] == (
+        [] if kept else [("tabular.value.filler", "phone")])

@@ -27,8 +27,10 @@ The file format (the shipped files in ``mappings/`` are the worked examples)::
 A rule has a ``path`` (FHIR element names from the resource, ``[n]`` on repeating elements,
 ``_name`` for the extensions of a primitive) and exactly one source:
 
-* ``column: c`` with ``transform:`` (``string`` default, ``code``, ``integer``, ``decimal``,
-  ``boolean``, ``date``/``datetime``/``instant`` with an optional ``format`` such as ``YYYYMMDD``
+* ``column: c`` with ``transform:`` (``string`` default, with ``fillers: skip`` a filler left out
+  with a finding, ``code``, ``integer``, ``decimal``, ``boolean``, ``date`` with ``not_after:
+  [columns]`` a date later than theirs left out with a finding,
+  ``date``/``datetime``/``instant`` with an optional ``format`` such as ``YYYYMMDD``
   or ``YYYY-MM-DD HH:MM:SS``, ``map`` with ``map: name``, ``resident_id``: GB 11643 check, left
   out with a finding when invalid) and an optional ``default`` constant for an empty cell;
 * ``value:`` a constant (scalar or object); ``template: "urn:oid:{oid}.1"`` a string built from
@@ -614,6 +616,8 @@ class TabularMapping:
                 if rule.default is None:
                     raise _Skip
                 return rule.default
+            if rule.targs.get("not_after"):
+                self._not_after(out, rule, cell_text, ctx)
             if rule.identifier == "value" and isinstance(out, str):
                 self._identifier_value(out, None, rule, ctx)
             return out
@@ -687,6 +691,23 @@ class TabularMapping:
                     out["code"] = code
             return out
         raise AssertionError(kind)
+
+    @staticmethod
+    def _not_after(date: str, rule: Rule, cell_text, ctx: _Ctx) -> None:
+        """Leave out a date later than the day of a ``not_after`` column's date-time (a birth
+        after the visit, or after the row was last changed: in the future when written)."""
+        col = ctx.column
+        for other in rule.targs["not_after"]:
+            try:
+                when = V.t_datetime(cell_text(other), {}, ctx)
+            except V.BadValue:
+                continue  # its own rule says so
+            if when is not None and date[:10] > when[:10]:
+                ctx.column = col
+                ctx.findings.append(Finding("warning", "tabular.date.after",
+                                            f"column {col} is later than {other}: "
+                                            f"{_dotted(rule.path)} left out", col or None))
+                raise _Skip
 
     @staticmethod
     def _identifier_value(value: str, system: Any, rule: Rule, ctx: _Ctx) -> None:
