@@ -152,9 +152,11 @@ def test_a_csv_export_with_bad_rows_lets_the_good_rows_flow(tmp_path):
     """Each refused line is its own dead letter (a row: payload, replayable alone); the rest go."""
     spool = Spool(tmp_path / "csv.sqlite", SourceInfo(institution="H1", oid="1.2.156.9"),
                   durable=False)
-    header = ("report_no,item_code,item_name,patient_id,result_value,result_unit,report_time\n")
-    good = "JY1,GLU,葡萄糖,P1,5.6,mmol/L,2024-03-01 11:20:05\n"
-    bad = "JY2,WBC,白细胞,P1,1.2,10^9/L,not a time\n"
+    header = ("report_no,item_code,item_name,patient_id,result_value,result_unit,report_time,"
+              "visit_no,loinc_code,ref_low,ref_high,ref_text,abnormal_flag,result_status,"
+              "specimen_name,sample_time,updated_at\n")
+    good = "JY1,GLU,葡萄糖,P1,5.6,mmol/L,2024-03-01 11:20:05,,,,,,,,,,\n"
+    bad = "JY2,WBC,白细胞,P1,1.2,10^9/L,not a time,,,,,,,,,,\n"
     [answer] = spool.accept([Envelope((header + good + bad + good.replace("GLU", "K"))
                                       .encode(), "csv:lab-result", "folder")])
     assert answer.ok

@@ -21,10 +21,12 @@ def test_a_lab_row_refers_to_the_patient_and_visit_the_adt_feed_wrote():
     adt = convert(ADT, SOURCE)
     patient = next(r for r in adt.resources if r["resourceType"] == "Patient")
     encounter = next(r for r in adt.resources if r["resourceType"] == "Encounter")
-    row = {"report_no": "JY1", "item_code": "GLU", "item_name": "葡萄糖", "patient_id": "0012345678",
-           "visit_no": "MZ202403010001", "result_value": "5.60", "result_unit": "mmol/L",
-           "report_time": "2024-03-01 11:20:05"}
-    (lab,) = load_mapping("lab-result").convert_row_json(orjson.dumps(row), SOURCE)
+    lab_view = load_mapping("lab-result")
+    row = {c: None for c in lab_view.columns} | {  # the view's other columns empty
+        "report_no": "JY1", "item_code": "GLU", "item_name": "葡萄糖", "patient_id": "0012345678",
+        "visit_no": "MZ202403010001", "result_value": "5.60", "result_unit": "mmol/L",
+        "report_time": "2024-03-01 11:20:05"}
+    (lab,) = lab_view.convert_row_json(orjson.dumps(row), SOURCE)
     obs = next(r for r in lab.resources if r["resourceType"] == "Observation")
     assert obs["subject"]["reference"] == f"Patient/{patient['id']}"
     assert obs["encounter"]["reference"] == f"Encounter/{encounter['id']}"

@@ -31,7 +31,14 @@ LAB = sa.Table(
     sa.Column("result_unit", sa.String(16)),
     sa.Column("report_time", sa.String(32)),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+    # the view's other columns the Observation is written from, empty here
+    *(sa.Column(c, sa.String(32)) for c in (
+        "visit_no", "loinc_code", "ref_low", "ref_high", "ref_text", "abnormal_flag",
+        "result_status", "specimen_name", "sample_time")),
 )
+OTHER_COLUMNS = ", ".join(c.name for c in LAB.columns if c.name not in {
+    "id", "report_no", "item_code", "item_name", "patient_id", "result_value", "result_unit",
+    "report_time", "updated_at"})
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -49,7 +56,8 @@ def lab_row(i: int, updated: dt.datetime, bad: bool = False) -> dict:
     return {"report_no": f"R{i:05d}", "item_code": "GLU", "item_name": "葡萄糖",
             "patient_id": f"P{i % 7}", "result_value": f"{4 + i % 30 / 10:.2f}",
             "result_unit": "mmol/L",
-            "report_time": "not a time" if bad else "2024-03-01 11:20:05", "updated_at": updated}
+            "report_time": "not a time" if bad else "2024-03-01 11:20:05", "updated_at": updated,
+            **dict.fromkeys(OTHER_COLUMNS.split(", "))}
 
 
 def insert(engine: sa.Engine, rows: list[dict]) -> None:
@@ -288,7 +296,8 @@ def test_postgres_row_json_types_and_typed_checkpoint(pg_databases, tmp_path):
             "CREATE TABLE lab (seq bigint PRIMARY KEY, report_no text, item_code text,"
             " item_name text, patient_id text, result_value numeric(8,2), result_unit text,"
             " report_time timestamp, sample_day date, stamp timestamptz, flag boolean,"
-            " changed numeric(20,6))"))
+            " changed numeric(20,6), updated_at text, " + OTHER_COLUMNS.replace(",", " text,")
+            + " text)"))
         conn.execute(sa.text(
             "INSERT INTO lab VALUES (5000000001, 'R1', 'K', '钾', 'P1', 1.50, 'mmol/L',"
             " '2024-03-01 08:30:00', '2024-03-01', '2024-03-01 08:30:00.123456+08', true,"
@@ -351,7 +360,9 @@ def test_query_source_and_start(tmp_path):
         "url": url, "mapping": "lab-result", "watermark": "modified",
         "key": ["report_no", "item_code"], "batch_size": 3, "start": "2024-03-02",
         "query": "SELECT r.report_no, i.item_code, i.item_name, r.patient_id, i.result_value,"
-                 " r.report_time, r.modified FROM report r JOIN item i USING (report_no)"})
+                 " NULL AS result_unit, r.report_time, r.modified, NULL AS updated_at, "
+                 + ", ".join(f"NULL AS {c}" for c in OTHER_COLUMNS.split(", "))
+                 + " FROM report r JOIN item i USING (report_no)"})
     while src.poll_once(spool):
         pass
     assert sorted(unit_ids(spool)) == [f"lab-result:R{r}/{c}" for r in (1, 2, 3)
@@ -518,3 +529,130 @@ def test_a_tombstone_read_after_its_row_was_inserted_again_leaves_it(tmp_path, h
         src.engine.dispose()
         spool.close()
         eng.dispose()
+
+
+def _value(unit) -> str:
+    return orjson.dumps(unit.resources[0]["valueQuantity"]["value"]).decode()
+
+
+@pytest.mark.parametrize("change,sent", [
+    # read again as it is: nothing sent twice
+    ([], []),
+    # changed again within the second it was read at: its watermark the same, it was taken for
+    # read already and never sent
+    (["UPDATE v_lab_result SET result_value = '9.99' WHERE id = 2"], [("R00001", "9.99")]),
+    # committed late with a time before the last one read (a long transaction): never read
+    (["INSERT INTO v_lab_result (id, report_no, item_code, item_name, patient_id, result_value,"
+      " report_time, updated_at) VALUES (10, 'R00010', 'GLU', 'x', 'P1', '1.10',"
+      " '2024-03-01 11:20:05', :early)"], [("R00010", "1.10")]),
+    # changed with the HIS's clock set back a minute: never read
+    (["UPDATE v_lab_result SET result_value = '7.77', updated_at = :back WHERE id = 3"],
+     [("R00002", "7.77")]),
+    # later than the window (5 minutes): still not seen (the documented limit)
+    (["INSERT INTO v_lab_result (id, report_no, item_code, item_name, patient_id, result_value,"
+      " report_time, updated_at) VALUES (11, 'R00011', 'GLU', 'x', 'P1', '1.10',"
+      " '2024-03-01 11:20:05', :stale)"], []),
+])
+@pytest.mark.parametrize("restart", [False, True])
+def test_rows_changed_or_committed_late_within_the_look_back_are_read_once(
+        db_url, tmp_path, change, sent, restart):
+    eng = engine_for(db_url)
+    META.create_all(eng)
+    insert(eng, [{**lab_row(i, BASE + dt.timedelta(seconds=i)), "id": i + 1} for i in range(3)])
+    spool = Spool(tmp_path / "spool.sqlite", SRC)
+    src = source(db_url, batch_size=2)
+    while src.poll_once(spool):
+        pass
+    before = len(spool.pending())
+    assert before == 3
+    times = {"early": BASE + dt.timedelta(seconds=1), "back": BASE - dt.timedelta(minutes=1),
+             "stale": BASE - dt.timedelta(minutes=10)}
+    with eng.begin() as conn:
+        for sql in change:
+            conn.execute(sa.text(sql), {k: v for k, v in times.items() if f":{k}" in sql})
+    if restart:  # a new process: what was read is known from the spool's checkpoint only
+        src.engine.dispose()
+        src = source(db_url, batch_size=2)
+    while src.poll_once(spool):
+        pass
+    assert src.poll_once(spool) == 0
+    new = spool.pending()[before:]
+    assert [(u.unit_id.split(":")[1].split("/")[0], _value(u)) for u in new] == sent
+    src.engine.dispose()
+    spool.close()
+    eng.dispose()
+
+
+def test_a_checkpoint_keeping_the_keys_read_at_its_watermark_still_reads_nothing_twice(tmp_path):
+    """A checkpoint written before rows were remembered by content (the keys read at the last
+    watermark only) resumes without sending those rows again."""
+    url = f"sqlite:///{tmp_path / 'his.sqlite'}"
+    eng = engine_for(url)
+    META.create_all(eng)
+    insert(eng, [{**lab_row(i, BASE), "id": i + 1} for i in range(3)])
+    spool = Spool(tmp_path / "spool.sqlite", SRC)
+    src = source(url)
+    assert src.poll_once(spool) == 3
+    wm = src.position[0]
+    old = orjson.dumps({"w": encode_value(wm), "k": [encode_value(3)],
+                        "s": [[encode_value(k)] for k in (1, 2, 3)]}).decode()
+    spool.accept([], ("database:lab", old))
+    again = source(url)
+    assert again.poll_once(spool) == 0
+    insert(eng, [{**lab_row(5, BASE), "id": 5}])
+    assert again.poll_once(spool) == 1
+    for s_ in (src, again):
+        s_.engine.dispose()
+    spool.close()
+    eng.dispose()
+
+
+@pytest.mark.parametrize("view", [
+    # the result column renamed: every Observation's next version would have had no value
+    "CREATE VIEW v_renamed AS SELECT id, report_no, item_code, item_name, patient_id,"
+    " result_value AS result, result_unit, report_time, updated_at, {others} FROM v_lab_result",
+    # no updated_at column: the rows would carry no source order
+    "CREATE VIEW v_renamed AS SELECT id, report_no, item_code, item_name, patient_id,"
+    " result_value, result_unit, report_time, updated_at AS changed, {others} FROM v_lab_result",
+])
+def test_a_view_without_a_column_its_mapping_writes_from_is_not_read(tmp_path, view):
+    url = f"sqlite:///{tmp_path / 'his.sqlite'}"
+    eng = engine_for(url)
+    META.create_all(eng)
+    insert(eng, [lab_row(i, BASE + dt.timedelta(seconds=i)) for i in range(3)])
+    with eng.begin() as conn:
+        conn.execute(sa.text(view.format(others=OTHER_COLUMNS)))
+    missing = "result_value" if " AS result," in view else "updated_at"
+    spool = Spool(tmp_path / "spool.sqlite", SRC)
+    wm = "changed" if missing == "updated_at" else "updated_at"
+    # at start: the source refuses to start, naming the columns
+    from connectors.base import CannotStart
+
+    src, stop, caught = source(url, table="v_renamed", watermark=wm), threading.Event(), []
+
+    def run() -> None:
+        try:
+            src.run(spool, stop)
+        except CannotStart as e:
+            caught.append(str(e))
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    stop.set()
+    thread.join(10)
+    assert len(caught) == 1 and f"table v_renamed has no column {missing}:" in caught[0]
+    assert spool.pending() == [] and spool.checkpoint("database:lab") is None
+    # renamed while polling: nothing read, the status says why, until the view is put right
+    src = source(url, table="v_lab_result")
+    assert src.poll_once(spool) == 3
+    src.table = "v_renamed"
+    src.watermark = wm
+    insert(eng, [lab_row(9, BASE + dt.timedelta(seconds=9))])
+    with Running(src, spool) as run:
+        wait_for(lambda: run.src.stats["errors"] >= 2)
+        assert f"no column {missing}:" in run.src.stats["last_error"]
+        assert len(spool.pending()) == 3
+        run.src.table, run.src.watermark = "v_lab_result", "updated_at"
+        wait_for(lambda: len(spool.pending()) == 4)
+    spool.close()
+    eng.dispose()

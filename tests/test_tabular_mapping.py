@@ -235,8 +235,10 @@ def test_lab_result_values():
     obs = m.convert_row(row | {"result_unit": "个/HP"}, SRC).resources[0]
     assert orjson.loads(orjson.dumps(obs["valueQuantity"])) == {"value": 5.6, "unit": "个/HP"}
     # a JSON number from the poller, exact
-    payload = b'{"report_no":"R1","item_code":"K","item_name":"\xe9\x92\xbe","patient_id":"P1",' \
-              b'"result_value":4.10,"result_unit":"mmol/L","report_time":"2024-03-01T10:00:00"}'
+    payload = orjson.dumps({c: None for c in m.columns} | {
+        "report_no": "R1", "item_code": "K", "item_name": "钾", "patient_id": "P1",
+        "result_value": orjson.Fragment(b"4.10"), "result_unit": "mmol/L",
+        "report_time": "2024-03-01T10:00:00"})
     [conv] = m.convert_row_json(payload, SRC)
     assert b'"value":4.10,' in orjson.dumps(conv.resources[0])
     check_valid(conv.resources)
@@ -424,6 +426,10 @@ def _set(d, resource, i, **kw):
      ["example", "does not convert", "birth_date"]),
     (lambda d: _set(d, "patient", 7, path="birthDate", value="31.12.1949"),
      ["example row makes an invalid Patient", "Patient.birthDate"]),
+    (lambda d: _rule(d, "patient", 7)["transform"]["date"].update(not_after=["visit_tme"]),
+     ["resources.patient.rules[7]", "unknown column 'visit_tme'"]),
+    (lambda d: _rule(d, "patient", 8)["object"]["value"]["transform"]["string"].update(
+        fillers="keep"), ["resources.patient.rules[8]", "fillers: skip"]),
 ])
 def test_bad_mapping_files_refused(tmp_path, mutate, words):
     path = _mutated(tmp_path, mutate)
@@ -469,7 +475,14 @@ def test_decimal_values_exact():
     assert decimal_value(Decimal("12")) == 12
     assert bytes(orjson.dumps(decimal_value("1.50"))) == b"1.50"
     assert bytes(orjson.dumps(decimal_value("0.000001230"))) == b"0.000001230"
-    assert bytes(orjson.dumps(decimal_value("1E+3"))) == b"1000"
+    # written with an exponent: as written, as FHIR's decimal allows (5.6e2 is two digits)
+    assert bytes(orjson.dumps(decimal_value("1E+3"))) == b"1E+3"
+    assert bytes(orjson.dumps(decimal_value("5.6e2"))) == b"5.6e2"
+    assert bytes(orjson.dumps(decimal_value("+1.50e-3"))) == b"1.50e-3"
+    obs = load_mapping("lab-result").convert_row(
+        example_row("lab-result") | {"result_value": "5.6e2"}, SRC).resources[0]
+    assert b'"valueQuantity":{"value":5.6e2,' in orjson.dumps(obs)
+    check_valid([obs])
     assert bytes(orjson.dumps(decimal_value("-0.0"))) == b"0.0"
 
 
@@ -751,3 +764,78 @@ def test_a_deleted_row_deletes_what_it_wrote_and_only_that():
     with pytest.raises(MappingError) as e:
         m.convert_row({"visit_no": "MZ202403010001", "@deleted": True}, SRC)
     assert e.value.location == "patient_id" and "deletion log must carry it" in e.value.reason
+
+
+@pytest.mark.parametrize("name,renamed,named", [
+    # a lab view whose result column was renamed: the Observation's next version had no value,
+    # still final, and no source order
+    ("lab-result", {"result_value": "result"}, ["result_value"]),
+    ("lab-result", {"updated_at": "upd"}, ["updated_at"]),
+    # a visit view whose diagnosis columns were renamed stopped every diagnosis without a word
+    ("outpatient-visit", {"diag_code": "icd_code", "diag_name": "icd_name"},
+     ["diag_code", "diag_name"]),
+    ("outpatient-visit", {"dept_name": "ks_name"}, ["dept_name"]),
+    ("prescription", {"dose": "dosage"}, ["dose"]),
+])
+def test_a_column_the_row_lacks_refuses_the_row_rather_than_erase_what_it_owns(
+        name, renamed, named):
+    m = load_mapping(name)
+    row = {renamed.get(c, c): v for c, v in example_row(name).items()}
+    with pytest.raises(MappingError) as e:
+        m.convert_row(row, SRC)
+    assert (e.value.rule, e.value.code, e.value.location) == ("tabular.columns", "AE", named[0])
+    assert f"no column {', '.join(named)}:" in e.value.reason
+    # the same columns there and empty: what the HIS cleared is cleared
+    assert m.convert_row(example_row(name) | dict.fromkeys(named), SRC).resources
+    # a CSV export with that header is refused whole, before any row
+    header = ",".join(row)
+    values = ",".join(f'"{v}"' for v in row.values())
+    with pytest.raises(MappingError) as e:
+        m.convert_csv(f"{header}\n{values}\n".encode(), SRC)
+    assert (e.value.rule, e.value.code) == ("tabular.csv.header", "AR")
+    assert f"no column {', '.join(named)}:" in e.value.reason
+
+
+def test_a_column_only_the_shared_patient_reads_may_be_missing():
+    """A visit view without the patient's phone or address says nothing of them: the Patient is
+    shared, and the hub keeps what a feed's Patient leaves unsaid."""
+    row = {c: v for c, v in example_row("outpatient-visit").items()
+           if c not in ("phone", "address", "id_card_no", "sex_code", "birth_date")}
+    conv = load_mapping("outpatient-visit").convert_row(row, SRC)
+    assert {r["resourceType"] for r in conv.resources} == {"Patient", "Encounter", "Condition"}
+
+
+@pytest.mark.parametrize("birth,visit,updated,kept,said", [
+    ("19800101", "2024-03-01 08:30:00", "2024-03-01 09:00:00", "1980-01-01", []),
+    ("20240301", "2024-03-01 08:30:00", "2024-03-01 09:00:00", "2024-03-01", []),  # born that day
+    # in the future: after the visit and after the row was written
+    ("20990101", "2024-03-01 08:30:00", "2024-03-01 09:00:00", None, ["visit_time"]),
+    ("20250101", "2024-03-01 08:30:00", "2024-03-01 09:00:00", None, ["visit_time"]),
+    ("20240302", "2024-03-01 23:30:00+08:00", None, None, ["visit_time"]),
+    # a visit booked ahead: the birth not after it, but after the row was written (the future)
+    ("20240303", "2024-03-05 08:30:00", "2024-03-01 09:00:00", None, ["updated_at"]),
+])
+def test_a_birth_after_the_visit_or_in_the_future_is_left_out_with_a_finding(
+        birth, visit, updated, kept, said):
+    row = example_row("outpatient-visit") | {"birth_date": birth, "visit_time": visit,
+                                             "updated_at": updated}
+    conv = load_mapping("outpatient-visit").convert_row(row, SRC)
+    patient = by_type(conv)["Patient"]
+    assert patient.get("birthDate") == kept
+    assert [(f.severity, f.rule, f.location) for f in conv.findings] == [
+        ("warning", "tabular.date.after", "birth_date")] * len(said)
+    for other, f in zip(said, conv.findings):
+        assert f"later than {other}" in f.message and birth not in f.message
+    assert "birthDate" not in orjson.dumps(patient.get("meta", {})).decode()  # never said cleared
+
+
+@pytest.mark.parametrize("phone,kept", [
+    ("13800138000", [{"system": "phone", "value": "13800138000"}]),
+    ("010-65432100", [{"system": "phone", "value": "010-65432100"}]),
+    ("-", None), ("无", None), ("不详", None), ("/", None)])
+def test_a_filler_phone_number_is_left_out_with_a_finding(phone, kept):
+    conv = load_mapping("outpatient-visit").convert_row(
+        example_row("outpatient-visit") | {"phone": phone}, SRC)
+    assert by_type(conv)["Patient"].get("telecom") == kept
+    assert [(f.rule, f.location) for f in conv.findings] == (
+        [] if kept else [("tabular.value.filler", "phone")])

@@ -8,8 +8,9 @@ Configuration (a ``sources`` entry of a connector file)::
       table: v_mz_jzxx          # a table or view …
       schema: his               # … optionally in a schema
       # query: "SELECT … FROM …" # … or a query (used as a sub-select; no ORDER BY/LIMIT inside)
-      watermark: updated_at     # only ever increasing for new and changed rows
+      watermark: updated_at     # set anew on every new and changed row
       key: [visit_no]           # unique with the watermark: breaks ties between equal watermarks
+      lookback_s: 300           # a date-time watermark: each read starts this much before it
       mapping: outpatient-visit # envelopes are kind "row:<mapping>" (or give kind: directly)
       batch_size: 500           # rows per read and per spool transaction
       poll_interval_s: 5        # pause when caught up
@@ -21,16 +22,28 @@ Configuration (a ``sources`` entry of a connector file)::
       deleted_rows: false       # true: each row read names a row deleted from the view (below)
       deleted_at: deleted_at    # with deleted_rows: the log's column of the deletion's time
 
-Reading: ``SELECT * FROM <source> WHERE wm IS NOT NULL AND wm >= :wm ORDER BY wm, key… LIMIT
-batch_size + n``, less the n rows already read at that watermark (their keys are kept with the
-position), so rows sharing one watermark value are neither skipped nor read twice, even one
-committed later with a smaller key; the position is the (watermark, key) pair of the last row
-read. Past ``MAX_SEEN`` rows of one watermark (a bulk load), the tuple comparison
-``(wm, key…) > (:wm, :key…)`` (written out as OR/AND so every engine runs it) takes over. Each batch is handed to
-``Intake.accept`` together with that position, and the spool stores both in one transaction: a crash
-never loses a row or reads one twice, and a row that does not convert is a dead letter while the
-poller moves on. Values keep their database types in the checkpoint (JSON with a type tag), so the
-comparison is made with the column's own type (timestamps, numerics, text).
+Reading: ``SELECT * FROM <source> WHERE wm IS NOT NULL AND wm >= :low ORDER BY wm, key… LIMIT
+batch_size + n``, less the n rows already read as they are. ``:low`` is the last watermark read
+less ``lookback_s`` (a date-time watermark, or one the database gives as ISO text; the last
+watermark itself for a sequence): each read looks back over the window, and the rows read within
+it are remembered with the position, each by its key, watermark and a fingerprint of its content
+(a hash of the row). So a row committed later with a watermark within the window (a long
+transaction that took its time early, a clock set back, a smaller key at the same second) is read,
+a row changed again within the same second is read again, and a row read as it is is not sent
+twice. The position is the (watermark, key) pair of the last row read, and only moves on. Past
+``MAX_SEEN`` rows within the window (a bulk load), the tuple comparison ``(wm, key…) > (:wm,
+:key…)`` (written out as OR/AND so every engine runs it) takes over until the watermark moves on.
+Each batch is handed to ``Intake.accept`` together with that position, and the spool stores both
+in one transaction: a crash never loses a row or reads one twice, and a row that does not convert
+is a dead letter while the poller moves on. Values keep their database types in the checkpoint
+(JSON with a type tag), so the comparison is made with the column's own type (timestamps,
+numerics, text).
+
+Columns: a ``row:`` mapping names the columns every row must have (``row_columns``: those the
+resources of the row's own are written from); a view or query without one of them is not read
+(a renamed column would rewrite every resource without what it held): at start the source
+refuses to start (``CannotStart``, naming the columns), later it reads nothing, its status saying
+why, until the view has them again.
 
 Each row becomes an ``Envelope(kind="row:<mapping>")`` whose payload is the row as a JSON object:
 dates and times in ISO 8601 (naive ones stay naive; the mapping adds the local offset), decimals
@@ -50,9 +63,11 @@ older than the deletion does not bring it back. Without it (a log keeping a sequ
 deletes carry no order and win over any row, older or newer: the source warns when it starts,
 and each tombstone of a mapping with ``source_order`` has a ``tabular.source-order`` finding.
 
-Limit: a watermark is only as good as its column. Rows that commit late with a value smaller than
-one already read (a long transaction that took its timestamp early) are not seen; use a column the
-HIS sets at commit, or a sequence/rowversion.
+Limit: a watermark is only as good as its column. A row that commits later than ``lookback_s``
+after a row with a larger value was read (a transaction open longer than the window that took
+its timestamp early, a clock set back further) is not seen, nor a row changed without a new
+value when it was read more than the window ago; use a column the HIS sets at commit, or a
+sequence/rowversion (a sequence has no window: a value smaller than one read is not seen).
 """
 
 from __future__ import annotations
@@ -60,22 +75,33 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import hashlib
 import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import sqlalchemy as sa
 
-from connectors.base import Envelope, Intake
+from connectors.base import CannotStart, Envelope, Intake
 from fhir_mapping.tabular.model import DELETED, DELETED_AT
+from hub.core.errors import HubError
+
+if TYPE_CHECKING:
+    from fhir_mapping.tabular import TabularMapping
 
 log = logging.getLogger("connectors.database")
 
-# at most this many keys are kept of the rows that share the last watermark read
+# at most this many rows are remembered of those read within the look-back window
 MAX_SEEN = 5000
+
+
+class ViewColumnsError(HubError):
+    """The view (or query) lacks columns its mapping writes resources of the row's own from."""
+
+    error_code = "config"
 
 _TYPES: dict[str, Callable[[Any], Any]] = {
     "int": int, "float": float, "str": str, "bool": bool,
@@ -179,7 +205,7 @@ class DatabaseSource:
                  backoff_max_s: float = 60.0, start: Any = None,
                  checkpoint_key: str | None = None, connect_args: dict | None = None,
                  engine_options: dict | None = None, deleted_rows: bool = False,
-                 deleted_at: str | None = None):
+                 deleted_at: str | None = None, lookback_s: float = 300.0):
         if (table is None) == (query is None):
             raise ValueError(f"database source {name}: give either table or query")
         if kind is None:
@@ -194,6 +220,15 @@ class DatabaseSource:
                 converter(kind)
             except (MappingError, ValueError) as e:
                 raise ValueError(f"database source {name}: {e}") from None
+        # the columns each row must have (empty or not): a view without one would rewrite the
+        # resources of its rows without what it holds (fhir_mapping.tabular: ``row_columns``)
+        self.columns: tuple[str, ...] = ()
+        self.mapping: TabularMapping | None = None
+        if kind.startswith("row:") and not deleted_rows:
+            from fhir_mapping.tabular import load_mapping
+
+            self.mapping = load_mapping(kind.split(":", 1)[1])
+            self.columns = self.mapping.row_columns
         keys = [key] if isinstance(key, str) else list(key or [])
         if not keys or not watermark:
             raise ValueError(f"database source {name}: watermark and key are required")
@@ -217,10 +252,18 @@ class DatabaseSource:
             log.warning("database source %s: deleted_rows without deleted_at: its deletes carry "
                         "no time, and one read after its row was inserted again deletes it",
                         name)
+        if float(lookback_s) < 0:
+            raise ValueError(f"database source {name}: lookback_s cannot be negative")
+        self.lookback = dt.timedelta(seconds=float(lookback_s))
         self.engine: sa.Engine | None = None
         self.position: tuple[Any, list[Any]] | None = None
-        self.seen: set[tuple[Any, ...]] | None = set()  # keys read at the position's watermark
+        # the rows read within the look-back window of the position: key -> (watermark, content
+        # fingerprint); None past MAX_SEEN (the (watermark, key) comparison alone)
+        self.seen: dict[tuple[Any, ...], tuple[Any, str | None]] | None = {}
+        # the lowest watermark ``seen`` covers (None: every row read since the start)
+        self.floor: Any = None
         self._resumed = False
+        self._read_once = False
         self.caught_up = threading.Event()  # set whenever a read returned fewer rows than a batch
         self.stats: dict[str, Any] = {"polls": 0, "rows": 0, "batches": 0, "errors": 0,
                                       "last_error": None, "connected": False, "watermark": None}
@@ -239,10 +282,14 @@ class DatabaseSource:
 
     @staticmethod
     def encode_position(wm: Any, keys: Sequence[Any],
-                        seen: Sequence[Sequence[Any]] | None = None) -> str:
+                        seen: dict[tuple[Any, ...], tuple[Any, str | None]] | None = None,
+                        floor: Any = None) -> str:
         out: dict[str, Any] = {"w": encode_value(wm), "k": [encode_value(k) for k in keys]}
         if seen is not None:
-            out["s"] = [[encode_value(k) for k in ks] for ks in seen]
+            out["f"] = [[encode_value(w), [encode_value(k) for k in ks], fp]
+                        for ks, (w, fp) in sorted(seen.items(), key=repr)]
+            if floor is not None:
+                out["lo"] = encode_value(floor)
         return orjson.dumps(out).decode()
 
     @staticmethod
@@ -251,13 +298,53 @@ class DatabaseSource:
         return decode_value(d["w"]), [decode_value(k) for k in d["k"]]
 
     @staticmethod
-    def decode_seen(text: str) -> set[tuple[Any, ...]] | None:
-        """The keys read at the position's watermark (None: a checkpoint written before they
-        were kept, or past ``MAX_SEEN``: the (watermark, key) comparison alone)."""
+    def decode_seen(text: str) -> tuple[dict[tuple[Any, ...], tuple[Any, str | None]] | None,
+                                        Any]:
+        """The rows read within the look-back window (key -> (watermark, fingerprint)) and the
+        lowest watermark they cover (None: every row read). None for the rows: past
+        ``MAX_SEEN``, the (watermark, key) comparison alone. A checkpoint that kept the keys
+        read at the position's watermark only covers that watermark, their content unknown."""
         d = orjson.loads(text)
-        if "s" not in d:
-            return None
-        return {tuple(decode_value(k) for k in ks) for ks in d["s"]}
+        if "f" in d:
+            return ({tuple(decode_value(k) for k in ks): (decode_value(w), fp)
+                     for w, ks, fp in d["f"]},
+                    decode_value(d["lo"]) if "lo" in d else None)
+        if "s" in d:
+            wm = decode_value(d["w"])
+            return {tuple(decode_value(k) for k in ks): (wm, None) for ks in d["s"]}, wm
+        return None, None
+
+    def bound(self, wm: Any) -> Any:
+        """The lowest watermark read again after ``wm``: ``wm`` less the look-back, for a
+        date-time watermark (a value the database returns as ISO text too, as SQLite does);
+        ``wm`` itself for any other (a sequence has no time to look back by)."""
+        if not self.lookback or isinstance(wm, (bool, int, float, decimal.Decimal)):
+            return wm
+        if isinstance(wm, dt.date):
+            return wm - self.lookback
+        if isinstance(wm, str):
+            try:
+                t = dt.datetime.fromisoformat(wm)
+            except ValueError:
+                return wm
+            # the same spelling, so the text compares as the column's values do
+            sep = "T" if len(wm) > 10 and wm[10] == "T" else " "
+            return (t - self.lookback).isoformat(sep=sep) if len(wm) > 10 else \
+                (t - self.lookback).date().isoformat()
+        return wm
+
+    def _lowest(self) -> Any:
+        """The lowest watermark the next read starts at, when ``seen`` is kept."""
+        assert self.position is not None
+        low = self.bound(self.position[0])
+        if self.floor is not None and low < self.floor:
+            return self.floor
+        return low
+
+    @staticmethod
+    def fingerprint(row: dict[str, Any]) -> str:
+        """The row's content, hashed: a row read again unchanged is not sent again."""
+        return hashlib.blake2b(row_json(row), digest_size=12).hexdigest()
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -280,9 +367,10 @@ class DatabaseSource:
         q = sa.select(sa.text("*")).select_from(src).where(wm.is_not(None),
                                                             *[k.is_not(None) for k in keys])
         if self.position is not None and self.seen is not None:
-            # the last watermark read again, less the keys already read at it: a row committed
-            # later with that same watermark and a smaller key was skipped for good
-            q = q.where(wm >= _bind("w", self.position[0]))
+            # the look-back window read again, less the rows already read as they are: a row
+            # committed later with a watermark already passed, or changed again within the same
+            # one, was skipped for good
+            q = q.where(wm >= _bind("w", self._lowest()))
             return q.order_by(wm, *keys).limit(self.batch_size + len(self.seen))
         if self.position is not None:
             w, kv = self.position
@@ -307,14 +395,27 @@ class DatabaseSource:
     def read_batch(self) -> list[dict[str, Any]]:
         with self._engine().connect() as conn:
             result = conn.execute(self.select())
+            names = {str(k).lower() for k in result.keys()}
             rows = [dict(r._mapping) for r in result]
         self.stats["connected"] = True
         self.stats["polls"] += 1
+        lacking = [c for c in self.columns if c not in names]
+        if lacking:
+            assert self.mapping is not None
+            where = f"table {self.table}" if self.query is None else "query"
+            raise ViewColumnsError(f"database source {self.name}: its {where} has "
+                                   f"{self.mapping.lacking(lacking)}")
         if self.position is not None and self.seen is not None:  # less those read already
-            at = self.position[0]
-            rows = [r for r in rows if not (self._get(r, self.watermark) == at and tuple(
-                self._get(r, k) for k in self.keys) in self.seen)][:self.batch_size]
+            seen = self.seen
+            rows = [r for r in rows if not self._read_before(r, seen)][:self.batch_size]
         return rows
+
+    def _read_before(self, row: dict[str, Any],
+                     seen: dict[tuple[Any, ...], tuple[Any, str | None]]) -> bool:
+        got = seen.get(tuple(self._get(row, k) for k in self.keys))
+        if got is None or got[0] != self._get(row, self.watermark):
+            return False
+        return got[1] is None or got[1] == self.fingerprint(row)
 
     def envelopes(self, rows: list[dict[str, Any]]) -> list[Envelope]:
         out = []
@@ -347,34 +448,50 @@ class DatabaseSource:
             saved = intake.checkpoint(self.checkpoint_key)
             if saved:
                 self.position = self.decode_position(saved)
-                self.seen = self.decode_seen(saved)
+                self.seen, self.floor = self.decode_seen(saved)
             self._resumed = True
         rows = self.read_batch()
+        self._read_once = True
         if not rows:
             return 0
         last = rows[-1]
         position = (self._get(last, self.watermark), [self._get(last, k) for k in self.keys])
-        # the keys read at the new position's watermark: its rows are read again next time
-        same = self.position is not None and self.position[0] == position[0]
-        seen_kept: set[tuple[Any, ...]] | None
-        if same and self.seen is None:
+        # a row read again within the window (committed late, changed again) leaves the
+        # position where it was: it only ever moves on
+        if self.position is not None and (self.position[0], *self.position[1]) > (
+                position[0], *position[1]):
+            position = self.position
+        floor = self.floor
+        seen_kept: dict[tuple[Any, ...], tuple[Any, str | None]] | None
+        if self.seen is None and self.position is not None and self.position[0] == position[0]:
             seen_kept = None  # the tuple comparison until the watermark moves on
         else:
-            seen = set(self.seen or ()) if same else set()
-            seen.update(tuple(self._get(r, k) for k in self.keys) for r in rows
-                        if self._get(r, self.watermark) == position[0])
+            if self.seen is None and self.position is not None:
+                # back from the tuple comparison: what was read before this watermark is known
+                # by that comparison only, so the window starts here
+                floor = position[0]
+            low = self.bound(position[0])
+            if floor is not None and low < floor:
+                low = floor
+            elif floor is not None:
+                floor = None  # the window has moved past it
+            seen = {k: v for k, v in (self.seen or {}).items() if v[0] >= low}
+            for r in rows:
+                w = self._get(r, self.watermark)
+                if w >= low:
+                    seen[tuple(self._get(r, k) for k in self.keys)] = (w, self.fingerprint(r))
             seen_kept = seen
-            if len(seen) > MAX_SEEN:  # one watermark for very many rows (a bulk load): the
+            if len(seen) > MAX_SEEN:  # very many rows in the window (a bulk load): the
                 seen_kept = None      # (watermark, key) comparison from here, as before
-                log.warning("database source %s: over %d rows share one watermark; rows "
-                            "committed later with it and a smaller key may be missed",
+                log.warning("database source %s: over %d rows within the look-back window; "
+                            "rows committed later with a watermark already read may be missed",
                             self.name, MAX_SEEN)
         envs = self.envelopes(rows)
         intake.accept(envs, (self.checkpoint_key,
-                             self.encode_position(*position, sorted(seen_kept, key=repr)
-                                                  if seen_kept is not None else None)))
+                             self.encode_position(*position, seen_kept, floor)))
         self.position = position
         self.seen = seen_kept
+        self.floor = floor if seen_kept is not None else None
         self.stats["watermark"] = encode_value(position[0])["v"]
         self.stats["rows"] += len(rows)
         self.stats["batches"] += 1
@@ -386,6 +503,13 @@ class DatabaseSource:
         while not stop.is_set():
             try:
                 n = self.poll_once(intake)
+            except ViewColumnsError as e:
+                if not self._read_once:  # at start: the view is not the mapping's; say so
+                    raise CannotStart(str(e)) from None
+                self._failed(e)  # renamed while polling: nothing read until it is put right
+                stop.wait(backoff)
+                backoff = min(backoff * 2, self.backoff_max)
+                continue
             except Exception as e:  # noqa: BLE001 - database down, spool busy: retry, never die
                 self._failed(e)
                 stop.wait(backoff)

@@ -258,6 +258,11 @@ class Loader:
             bad = set(targs) - V.TRANSFORM_ARGS.get(tname, set())
             if bad:
                 raise self.fail(where, f"transform {tname} takes no {sorted(bad)}")
+            if "fillers" in targs and targs["fillers"] != "skip":
+                raise self.fail(where, "fillers: skip (or leave it out)")
+            if "not_after" in targs:
+                targs = {**targs, "not_after": self.columns_of(targs["not_after"],
+                                                               f"{where}.not_after")}
             if tname == "map":
                 if targs.get("map") not in m.value_maps:
                     raise self.fail(where, f"unknown value map {targs.get('map')!r}")

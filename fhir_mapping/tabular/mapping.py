@@ -27,8 +27,10 @@ The file format (the shipped files in ``mappings/`` are the worked examples)::
 A rule has a ``path`` (FHIR element names from the resource, ``[n]`` on repeating elements,
 ``_name`` for the extensions of a primitive) and exactly one source:
 
-* ``column: c`` with ``transform:`` (``string`` default, ``code``, ``integer``, ``decimal``,
-  ``boolean``, ``date``/``datetime``/``instant`` with an optional ``format`` such as ``YYYYMMDD``
+* ``column: c`` with ``transform:`` (``string`` default, with ``fillers: skip`` a filler left out
+  with a finding, ``code``, ``integer``, ``decimal``, ``boolean``, ``date`` with ``not_after:
+  [columns]`` a date later than theirs left out with a finding,
+  ``date``/``datetime``/``instant`` with an optional ``format`` such as ``YYYYMMDD``
   or ``YYYY-MM-DD HH:MM:SS``, ``map`` with ``map: name``, ``resident_id``: GB 11643 check, left
   out with a finding when invalid) and an optional ``default`` constant for an empty cell;
 * ``value:`` a constant (scalar or object); ``template: "urn:oid:{oid}.1"`` a string built from
@@ -50,19 +52,21 @@ is left out with a warning finding instead of refusing the row). A ``coding:`` w
 empty beside a filled ``display`` column is left out with a ``tabular.uncoded`` information
 finding (the name stays where a rule writes it as text).
 
-A row is the whole record of what it owns (a resource keyed by ``unit`` columns alone). An
-element its rules write that the row leaves empty, every column they read being in the row and
-empty (a bad value left out by ``on_error: skip`` says nothing), is marked cleared
-(``fhir_mapping.cleared``): the hub then drops it from a Patient instead of keeping the stored
-value as unsaid; a column the row lacks says nothing, and a resource the row shares (a visit
-view's Patient) is never cleared by it. Identifiers are never marked (the hub joins a Patient's
-identifiers from every feed). A resource of the row's own (keyed by ``unit`` columns alone, or
-by them and more) whose ``when``/``when_any`` columns are in the row but empty is deleted
-(``Conversion.deletes``: a withdrawn diagnosis). A tombstone row (``"@deleted": true`` beside the
-``unit`` columns and the other columns such a resource is keyed by, as the database poller's
-``deleted_rows`` source sends it) deletes the resources of the row's own and writes nothing; a
-resource keyed otherwise (the Patient, by record number) is shared with other rows and stays.
-Deletes carry a source order as writes do (``Conversion.source_time``): a row's, its
+A row is the whole record of what it owns (a resource keyed by ``unit`` columns alone). An element
+its rules write that the row leaves empty, every column they read being in the row and empty (a bad
+value left out by ``on_error: skip`` says nothing), is marked cleared (``fhir_mapping.cleared``):
+the hub then drops it from a Patient instead of keeping the stored value as unsaid; a column the
+row lacks says nothing of a Patient, and a resource the row shares (a visit view's Patient) is
+never cleared by it. A column the row lacks that another resource of its own is written from (or
+its ``source_order``) refuses it (``tabular.columns``, naming the columns; see ``row_columns``):
+that resource's next version would lose what the column holds. Identifiers are never marked (the
+hub joins a Patient's identifiers from every feed). A resource of the row's own (keyed by ``unit``
+columns alone, or by them and more) whose ``when``/``when_any`` columns are in the row but empty is
+deleted (``Conversion.deletes``: a withdrawn diagnosis). A tombstone row (``"@deleted": true``
+beside the ``unit`` columns and the other columns such a resource is keyed by, as the database
+poller's ``deleted_rows`` source sends it) deletes the resources of the row's own and writes
+nothing; a resource keyed otherwise (the Patient, by record number) is shared with other rows and
+stays. Deletes carry a source order as writes do (``Conversion.source_time``): a row's, its
 ``source_order`` column; a tombstone's, ``"@deleted_at"`` (the deletion log's time). The hub
 refuses a delete older than the stored version and keeps the order with the deletion, so a row
 re-sent older than it does not write the resources again.
@@ -106,6 +110,9 @@ __all__ = ["MappingFileError", "TabularMapping", "CsvRowsError", "Rule", "Resour
 
 SHIPPED = Path(__file__).parent / "mappings"
 UCUM = "http://unitsofmeasure.org"
+# what a feed's write of these leaves unsaid the hub keeps (fhir_mapping.cleared): a row without a
+# column of theirs erases nothing
+_KEPT_UNSAID = frozenset({"Patient"})
 
 # The hub's resource validation, passed in by whoever loads a mapping file (the mappers import none
 # of the hub's validation; ``connectors.kinds`` passes ``hub.core.resource.validate``):
@@ -174,6 +181,7 @@ class TabularMapping:
     def __init__(self, d: dict, origin: str, validate: Validate | None = None):
         self.origin = origin
         Loader(self, d, origin).load()
+        self.row_columns = self._row_columns()
         self._selftest(validate)
 
     # attributes set by loader.Loader
@@ -188,6 +196,10 @@ class TabularMapping:
     code_columns: frozenset[str]  # the codes of codings: key parts, but no identifiers to check
     value_maps: dict[str, dict[str, str]]
     resources: dict[str, Resource]
+    # the columns every row must have, empty or not: those the resources of the row's own are
+    # written from, and its source order (a row without one of them would rewrite its resource
+    # without the element, as if the HIS had cleared it)
+    row_columns: tuple[str, ...]
 
     # ---- converting
 
@@ -199,7 +211,7 @@ class TabularMapping:
         try:
             return self._convert_row(row, source)
         except MappingError as e:
-            if e.rule in ("tabular.value", "tabular.required", "tabular.empty"):
+            if e.rule in ("tabular.value", "tabular.required", "tabular.empty", "tabular.columns"):
                 key = self._row_key(row)
                 if key:
                     raise MappingError(f"row {key}: {e.reason}", code=e.code, location=e.location,
@@ -243,6 +255,9 @@ class TabularMapping:
             if cell_text(col) is None:
                 raise MappingError(f"required column {col} is empty or missing", location=col,
                                    rule="tabular.required")
+        lacking = [c for c in self.row_columns if c not in cells]
+        if lacking:
+            raise MappingError(self.lacking(lacking), location=lacking[0], rule="tabular.columns")
         ids: dict[str, str | None] = {}
         deletes: list[str] = []
         for res in self.resources.values():
@@ -285,6 +300,64 @@ class TabularMapping:
         return Conversion(resources=out, unit_id=unit_id, patient_key=pkey,
                           kind=f"row:{self.name}", findings=ctx.findings, deletes=deletes,
                           source_time=when)
+
+    def lacking(self, columns: list[str]) -> str:
+        """What a row (a view, a CSV header) without ``columns`` of ``row_columns`` would lose."""
+        owners = [r.type for r in self.resources.values()
+                  if self._owned(r) and r.type not in _KEPT_UNSAID
+                  and set(columns) & set(self._reads(r))]
+        what = (f"the {' and '.join(owners)} of the row's own would be written without what they"
+                " hold" if owners else "what the row writes would carry no source order")
+        return (f"no column {', '.join(columns)}: {what} (a column not there is not an empty "
+                "cell; name the columns as the mapping does, or take their rules out of it)")
+
+    def _row_columns(self) -> tuple[str, ...]:
+        cols = dict.fromkeys(self.required)
+        if self.source_order:
+            cols[self.source_order] = None
+        for res in self.resources.values():
+            if self._owned(res) and res.type not in _KEPT_UNSAID:
+                cols.update(dict.fromkeys(self._reads(res)))
+        return tuple(cols)
+
+    def _reads(self, res: Resource) -> list[str]:
+        """Every column the content of ``res`` depends on: its key, its gates, what its rules read
+        (codes and their names, values and their units, templates) and the keys and gates of the
+        resources it refers to."""
+        out: dict[str, None] = {}
+
+        def add(cols) -> None:
+            out.update(dict.fromkeys(c for c in cols if c in self.columns))
+
+        def of(r: Resource) -> None:
+            add(r.id_columns)
+            for _, cols in r.fallbacks:
+                add(cols)
+            add(r.when)
+            add(r.when_any)
+
+        def rule_reads(rule: Rule) -> None:
+            add(rule.columns)
+            add(rule.when)
+            add(rule.when_any)
+            spec = rule.spec
+            if rule.source == "template":
+                add(_template_fields(spec))
+            elif rule.source == "coding":
+                add(v for k, v in spec.items() if k in ("code", "display"))
+                if "system" in spec:
+                    add(_template_fields(spec["system"]))
+            elif rule.source == "quantity":
+                add(v for k, v in spec.items() if k in ("value", "unit"))
+            elif rule.source == "ref":
+                of(self.resources[spec])
+            for alt in rule.alternatives:
+                rule_reads(alt)
+
+        of(res)
+        for rule in res.rules:
+            rule_reads(rule)
+        return list(out)
 
     @staticmethod
     def _when(column: str | None, cell_text, ctx: _Ctx) -> str | None:
@@ -442,6 +515,10 @@ class TabularMapping:
         if missing:
             raise MappingError(f"the CSV header lacks required columns {', '.join(missing)}",
                                code="AR", location="line 1", rule="tabular.csv.header")
+        missing = [c for c in self.row_columns if c not in header]
+        if missing:
+            raise MappingError(f"the CSV header has {self.lacking(missing)}", code="AR",
+                               location="line 1", rule="tabular.csv.header")
         while True:
             try:
                 values = next(reader)
@@ -539,6 +616,8 @@ class TabularMapping:
                 if rule.default is None:
                     raise _Skip
                 return rule.default
+            if rule.targs.get("not_after"):
+                self._not_after(out, rule, cell_text, ctx)
             if rule.identifier == "value" and isinstance(out, str):
                 self._identifier_value(out, None, rule, ctx)
             return out
@@ -612,6 +691,23 @@ class TabularMapping:
                     out["code"] = code
             return out
         raise AssertionError(kind)
+
+    @staticmethod
+    def _not_after(date: str, rule: Rule, cell_text, ctx: _Ctx) -> None:
+        """Leave out a date later than the day of a ``not_after`` column's date-time (a birth
+        after the visit, or after the row was last changed: in the future when written)."""
+        col = ctx.column
+        for other in rule.targs["not_after"]:
+            try:
+                when = V.t_datetime(cell_text(other), {}, ctx)
+            except V.BadValue:
+                continue  # its own rule says so
+            if when is not None and date[:10] > when[:10]:
+                ctx.column = col
+                ctx.findings.append(Finding("warning", "tabular.date.after",
+                                            f"column {col} is later than {other}: "
+                                            f"{_dotted(rule.path)} left out", col or None))
+                raise _Skip
 
     @staticmethod
     def _identifier_value(value: str, system: Any, rule: Rule, ctx: _Ctx) -> None:

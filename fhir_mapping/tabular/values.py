@@ -15,7 +15,8 @@ from typing import Any
 
 import orjson
 
-from fhir_mapping.identifiers import RESIDENT_ID_SYSTEM, key_problem
+from fhir_mapping import numbers
+from fhir_mapping.identifiers import RESIDENT_ID_SYSTEM, is_filler_text, key_problem
 from hub.core.errors import HubError
 from terminology import resident_id
 
@@ -54,6 +55,11 @@ def t_string(v: Any, args: dict, ctx: Any) -> str | None:
     s = text(v)
     if s is not None and args.get("max_length") and len(s) > args["max_length"]:
         raise BadValue(f"is longer than {args['max_length']} characters")
+    if s is not None and args.get("fillers") == "skip" and is_filler_text(s):
+        # a cell that fills the field and says nothing ("-", 无, 不详): no phone number "-"
+        ctx.finding("warning", "tabular.value.filler", f"column {ctx.column} holds a filler: "
+                    "left out")
+        return None
     return s
 
 
@@ -106,6 +112,12 @@ def decimal_value(v: Any) -> Any:
         raise BadValue("is not a finite number")
     if d.adjusted() > 20 or (d and d.adjusted() < -20) or len(d.as_tuple().digits) > 28:
         raise BadValue("is out of the range this hub accepts for decimals")
+    if isinstance(v, str) and "e" in v.lower():
+        # written with an exponent (5.6e2: two digits, not 560's three): kept as written, as
+        # FHIR's decimal allows and the other mappers keep it
+        kept = numbers.decimal(text(v), exponent=True)
+        if isinstance(kept, orjson.Fragment):
+            return kept
     s = format(d, "f")
     if s.startswith("-") and d == 0:
         s = s[1:]
@@ -297,8 +309,10 @@ TRANSFORMS = {
     "map": (t_map, "s"),
     "resident_id": (t_resident_id, "s"),
 }
-TRANSFORM_ARGS = {"string": {"max_length"}, "date": {"format"}, "datetime": {"format"}, "instant": {"format"},
-                  "map": {"map"}}
+# fillers: skip -> a filler cell is left out with a finding; not_after: [columns] -> a date later
+# than theirs (a birth after the visit) is left out with a finding
+TRANSFORM_ARGS = {"string": {"max_length", "fillers"}, "date": {"format", "not_after"},
+                  "datetime": {"format"}, "instant": {"format"}, "map": {"map"}}
 
 _COMPARATOR = re.compile(r"(<=|>=|<|>|≤|≥)\s*(.*)")
 _COMPARATORS = {"≤": "<=", "≥": ">="}
