@@ -194,3 +194,53 @@ def test_serve_matches_new_patients_as_they_arrive(tmp_path, monkeypatch):
                 break
             time.sleep(0.2)
         assert links == {"Patient/auto-a", "Patient/auto-b"}
+
+
+def test_serve_holds_a_father_and_son_and_a_name_in_pinyin_for_a_steward(tmp_path, monkeypatch):
+    """Two pairs the weights call certain that are two people: a father and a son of one name and
+    one home born 30 years apart on one day (a digit of the year apart), and 刘洋 at one hospital
+    and Liu Yang at another sharing only a birth date and a district. Neither is put in one Person;
+    both go to the review queue, and $match grades them probable with a score below certain."""
+    import httpx
+
+    from hub.core.config import Settings
+
+    from .conftest import LiveServer
+
+    div = "https://fhir-region-hub.example/StructureDefinition/administrative-division"
+    home = {"line": ["庆阳路12号3栋502室"], "district": "城关区", "extension": [{"url": div, "valueCode": "620102"}]}
+    dist = {"district": "城关区", "extension": [{"url": div, "valueCode": "620103"}]}
+    phone = [{"system": "phone", "value": "13469153708"}]
+    pats = [
+        {"id": "father", "name": [{"text": "王军"}], "birthDate": "1958-03-16", "telecom": phone, "address": [home]},
+        {"id": "son", "name": [{"text": "王军"}], "birthDate": "1988-03-16", "telecom": phone, "address": [home]},
+        {"id": "hanzi", "name": [{"text": "刘洋"}], "birthDate": "1990-03-06", "address": [dist]},
+        {"id": "pinyin", "name": [{"family": "Liu", "given": ["Yang"]}], "birthDate": "1990-03-06",
+         "address": [dist]},
+    ]
+    monkeypatch.setenv("HUB_MPI_AUTOMATCH", "1")
+    with LiveServer(Settings(data_dir=tmp_path)) as srv, httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c:
+        for p in pats:
+            r = c.put(f"/Patient/{p['id']}", json={"resourceType": "Patient", "gender": "male", **p}, headers=FHIR)
+            assert r.status_code == 201, r.text
+        deadline = time.monotonic() + 15
+        while True:
+            reviews = c.get("/$mpi-review", params={"status": "open"}).json()["reviews"]
+            held = {(r["patient"], cand): r["evidence"][cand]["fields"].get("hold", {}).get("level")
+                    for r in reviews for cand in r["candidates"]}
+            if {("Patient/son", "Patient/father"), ("Patient/pinyin", "Patient/hanzi")} <= set(held) \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert held[("Patient/son", "Patient/father")] == "births-differ"
+        assert held[("Patient/pinyin", "Patient/hanzi")] == "no-own-evidence"
+        for a, b in (("father", "son"), ("hanzi", "pinyin")):
+            bundle = c.get("/Person", params={"patient": f"Patient/{a}"}).json()
+            links = {x["target"]["reference"] for e in bundle.get("entry", []) for x in e["resource"].get("link", [])}
+            assert f"Patient/{b}" not in links, (a, b)
+        son = {"resourceType": "Patient", "gender": "male", **{k: v for k, v in pats[1].items() if k != "id"}}
+        r = c.post("/Patient/$match", json=params(son), headers=FHIR)
+        assert r.status_code == 200, r.text
+        found = {e["resource"]["id"]: e["search"] for e in r.json()["entry"]}
+        grade = [x["valueCode"] for x in found["father"]["extension"] if x["url"] == GRADE]
+        assert grade == ["probable"] and 0.9999 <= found["father"]["score"] < 0.99999

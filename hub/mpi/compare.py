@@ -6,7 +6,7 @@ nothing) and the vetoes. Levels, from strongest agreement down:
 ========  ==================================================================================
 id        exact | typo (one digit off or two transposed: edit distance 1, OSA) | different
 name      exact | pinyin (same reading: homophones) | swap (given name characters swapped, or a
-          Latin-script surname and given name in each other's place) | phonetic (Latin script:
+          surname and given name in each other's place) | phonetic (Latin script:
           surname and given name each sound alike, Metaphone or NYSIIS) | edit (Latin script: each
           part a typo of the other's, Jaro-Winkler >= 0.88 or one letter off in four or more) | partial (a character of a Chinese
           given name dropped; Latin script: one part missing, the other the same or a typo of it) | given (Latin
@@ -148,6 +148,8 @@ def compare_name(a: dict, b: dict) -> str | None:
     gx, gy = x[len(fx):], y[len(fy):]
     if fx == fy and len(gx) > 1 and sorted(gx) == sorted(gy):
         return "swap"
+    if not x.isascii() and fx and gx and (fx, gx) == (gy, fy):
+        return "swap"  # surname and given name in each other's place (燕 李 for 李燕)
     if fx == fy and not x.isascii() and abs(len(gx) - len(gy)) == 1 and min(len(gx), len(gy)) >= 1 \
             and (gx in gy or gy in gx):
         return "partial"

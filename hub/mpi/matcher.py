@@ -79,9 +79,12 @@ class Matcher:
             total_weight += w.twin_weight
             evidence["twin"] = {"level": "pattern", "weight": w.twin_weight}
         applied: list[tuple[frozenset, float]] = []
+        # how common the name is: the more common of the two (a name in pinyin is rare in an
+        # index of names in characters, the same name in characters may not be)
+        held_by = max(name_counts.get(f["name"], 0) for f in (a, b) if f.get("name")) \
+            if a.get("name") else 0
         for fields, cap, rare in w.combined:
-            if rare and total and a.get("name") and \
-                    w.name_share("exact", name_counts.get(a["name"], 0), total) < rare:
+            if rare and total and a.get("name") and w.name_share("exact", held_by, total) < rare:
                 continue  # a rare name: strangers sharing it and the rest are rarer still
             # with the prior: a model retrained to a higher prior must not get round the bound;
             # with what a narrower bound already took off
@@ -104,6 +107,8 @@ class Matcher:
             if held:  # a steward decides: never two people merged on weights alone
                 grade = "probable"
                 evidence["hold"] = {"level": held, "weight": 0.0}
+                # the score shown agrees with the grade: below the threshold of certain
+                p = max(w.thresholds["probable"], min(p, w.thresholds["certain"] - 1e-6))
         return Candidate(b["ref"], total_weight, p, grade, evidence, vetoes)
 
     def match(self, f: dict, *, exclude: Iterable[str] = (), min_pk: int = 0,
@@ -144,8 +149,8 @@ def hold(a: dict, b: dict, levels: dict[str, str], twins: bool = False,
     names to agree, a person's own evidence (a valid identifier, a phone, an address) beyond a
     district, and nothing that marks two children of one household (``twins``: the twin pattern
     of ``_twins``). ``common``: the agreeing fields whose value more Patients carry than a
-    household (a clinic's phone): no one's own evidence. Held for Chinese names only (and newborn
-    placeholders); see below."""
+    household (a clinic's phone): no one's own evidence. Held for Chinese names only, in characters
+    on at least one side (and newborn placeholders); see below."""
     common = set(common)
     name, birth = levels.get("name"), levels.get("birth")
     # a resident ID number is the person's own evidence only when both records' pass their check
@@ -161,11 +166,13 @@ def hold(a: dict, b: dict, levels: dict[str, str], twins: bool = False,
         # phone and a birth date filled in from that number: nothing tells it from the mother
         # but the name it gives her (a newborn has rarely a number of its own yet)
         return "newborn-and-parent"
-    if any(n and n.isascii() for n in (a.get("name"), b.get("name"))):
+    names = [n for n in (a.get("name"), b.get("name")) if n]
+    if names and all(n.isascii() for n in names):
         # the rules below are of Chinese names, which few surnames and common given names make
         # repeat far more than the weights' name frequencies assume (王伟, 张伟), and of the
         # region's habits (a parent's card for a child); Latin-script data (FEBRL) keeps its
-        # weights' decisions
+        # weights' decisions. A name in characters against one in pinyin (刘洋, Liu Yang) is a
+        # Chinese name still, and as common
         return None
     if twins and (levels.get("id") == "typo" or (levels.get("id") == "exact" and name == "similar")):
         # one household, one birth date, given names apart, and a number that carries the link:
@@ -179,8 +186,17 @@ def hold(a: dict, b: dict, levels: dict[str, str], twins: bool = False,
         # birth date and a household (twins named apart, a nursing home, a default birth date
         # and a filler phone)
         return "names-differ"
-    if birth == "different" and not same_id:
-        return "births-differ"  # a father and a son of one name and one home
+    if (birth == "different" or generation_apart(a.get("bd"), b.get("bd"))) and not same_id:
+        # a father and a son of one name and one home; born on one day of the year decades apart,
+        # their dates are one digit of the year apart (1958, 1988) and read as a slip
+        return "births-differ"
+    if name == "pinyin" and birth in ("year1", "typo") and a["bd"][:4] != b["bd"][:4] and \
+            not same_id and not any(n.isascii() for n in names) and \
+            any(levels.get(f) in ("same", "exact") for f in ("phone", "addr", "hc")):
+        # two given names in characters that sound alike (子涵, 梓涵) in one household, born in
+        # other years: siblings named alike more often than one person twice mistyped (a name in
+        # pinyin says nothing of its characters: a year's slip under it links as before)
+        return "siblings"
     # a number a slip off the other's is the person's own only under the same name (twins,
     # whose numbers are neighbours, are held above)
     slip = levels.get("id") == "typo" and name in ("exact", "pinyin")
@@ -190,6 +206,17 @@ def hold(a: dict, b: dict, levels: dict[str, str], twins: bool = False,
         # a name, a birth date and a district: namesakes in a city
         return "no-own-evidence"
     return None
+
+
+def generation_apart(x: str | None, y: str | None) -> bool:
+    """Two birth dates on the same day of the year, the years ten or more apart: a tens or
+    hundreds digit of the year (1958, 1988) is a generation, not a slip, in one household."""
+    if not x or not y or len(x) != 10 or len(y) != 10 or x[4:] != y[4:]:
+        return False
+    try:
+        return abs(int(x[:4]) - int(y[:4])) >= 10
+    except ValueError:
+        return False
 
 
 def _shared_values(a: dict, b: dict, levels: dict[str, str], counts: dict[str, int],
