@@ -51,12 +51,13 @@ def test_every_feed_assigns_its_suffixes_from_the_shared_table():
     assert v2_local["ZYH"] == v3_local["2.16.156.10011.1.12"]
     assert v2_local["PRN"] == v3_local["2.16.156.10011.1.4"] == "practitioner"
     # tabular: an identifier system under the institution's OID is a register's suffix
-    tabular = {path.name: yaml.safe_load(path.read_text("utf-8")) for path in MAPPINGS.glob("*.yaml")}
     found = set()
-    for name, spec in tabular.items():
+    for path in MAPPINGS.glob("*.yaml"):
+        text = path.read_text("utf-8")
+        assert yaml.safe_load(text)
         for m in re.finditer(r"\{path: \"?([\w.\[\]]*[iI]dentifier[\w.\[\]]*)\"?, object: \{system: \{template: "
-                             r"\"urn:oid:\{oid\}\.(\d+)\"", (MAPPINGS / name).read_text("utf-8")):
-            found.add((name, m.group(1), m.group(2)))
+                             r"\"urn:oid:\{oid\}\.(\d+)\"", text):
+            found.add((path.name, m.group(1), m.group(2)))
     assert found
     by_suffix = {v: k for k, v in shared.items()}
     registers = {(n, p): by_suffix.get(s) for n, p, s in found}

@@ -11,7 +11,6 @@ from fhir_mapping.ids import local_suffixes, patient_id, stable_id
 
 from . import datatypes as dt
 from .message import Msg
-from .tables import table
 
 _LOCAL = local_suffixes()
 # the same record numbers and practitioner ids come back message after message: check each once
