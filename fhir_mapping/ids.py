@@ -8,6 +8,9 @@ record numbers must not).
 from __future__ import annotations
 
 import hashlib
+import json
+from functools import lru_cache
+from importlib import resources
 
 
 def stable_id(*parts: object) -> str:
@@ -28,3 +31,11 @@ def encounter_id(institution: str, patient_key: str, visit_number: str) -> str:
     """``patient_key``: the key the visit's Patient is keyed by (its record number, as in
     ``patient_id``)."""
     return stable_id("Encounter", institution, "VN", patient_key, visit_number)
+
+
+@lru_cache(maxsize=None)
+def local_suffixes() -> dict[str, str]:
+    """register -> suffix of the institution's own identifier systems (``urn:oid:<oid>.<suffix>``),
+    the one table every feed assigns them from (``tables/local_suffixes.json``)."""
+    data = json.loads(resources.files("fhir_mapping.tables").joinpath("local_suffixes.json").read_text("utf-8"))
+    return {str(k): str(v) for k, v in data["registers"].items()}

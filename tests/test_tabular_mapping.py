@@ -261,7 +261,7 @@ def test_prescription_row():
     assert mr["resourceType"] == "MedicationRequest"
     assert mr["id"] == stable_id("MedicationRequest", "H0001", "RX", "CF20240301000456", "1")
     assert mr["status"] == "active" and mr["intent"] == "order"
-    assert mr["groupIdentifier"] == {"system": "urn:oid:1.2.156.112604.1.1.3",
+    assert mr["groupIdentifier"] == {"system": "urn:oid:1.2.156.112604.1.1.13",
                                      "value": "CF20240301000456"}
     dose = mr["dosageInstruction"][0]
     assert dose["timing"]["code"]["coding"][0]["code"] == "TID"

@@ -7,13 +7,12 @@ from typing import Any
 
 from fhir_mapping.base import Finding, MappingError, SourceInfo
 from fhir_mapping.identifiers import key_problem
-from fhir_mapping.ids import patient_id, stable_id
+from fhir_mapping.ids import local_suffixes, patient_id, stable_id
 
 from . import datatypes as dt
 from .message import Msg
-from .tables import table
 
-_LOCAL = table("identifiers")["local_suffix"]
+_LOCAL = local_suffixes()
 # the same record numbers and practitioner ids come back message after message: check each once
 _key_problem = lru_cache(maxsize=1 << 16)(key_problem)
 _PROBLEMS = {"placeholder": "a placeholder (filler) value",

@@ -20,6 +20,7 @@ from typing import Any
 
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.identifiers import usable
+from fhir_mapping.ids import local_suffixes
 
 from . import appointments, orders, registry, schedules, status, visits
 from . import registrations as reg
@@ -97,7 +98,7 @@ def _provenance(ctx: Ctx, spec: dict[str, Any], agents: list[dict[str, str]]) ->
                       "onBehalfOf": org})
     what: dict[str, Any] = {"identifier": {"value": ctx.msg.message_id}, "display": f"{ctx.msg.interaction} {ctx.msg.message_id}"}
     if ctx.oid:
-        what["identifier"]["system"] = f"urn:oid:{ctx.oid}.{table('identifiers')['local_suffix']['message']}"
+        what["identifier"]["system"] = f"urn:oid:{ctx.oid}.{local_suffixes()['message']}"
     ctx.add({
         "resourceType": "Provenance",
         "id": ctx.id("Provenance", ctx.msg.interaction, ctx.msg.message_id),

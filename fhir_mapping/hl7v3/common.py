@@ -13,7 +13,7 @@ from lxml import etree
 
 from fhir_mapping.base import Finding, MappingError, SourceInfo
 from fhir_mapping.identifiers import key_problem
-from fhir_mapping.ids import stable_id
+from fhir_mapping.ids import local_suffixes, stable_id
 from fhir_mapping.xmlsafe import parse_xml
 
 V3 = "urn:hl7-org:v3"
@@ -257,7 +257,7 @@ class Ctx:
             extra["type"] = {"coding": [{"system": table("codes")["identifier_type_system"], "code": spec["type"]}],
                              "text": spec.get("name")}
         if spec and spec.get("scope") == "local":
-            suffix = table("identifiers")["local_suffix"].get(spec["local"], spec["local"])
+            suffix = local_suffixes()[spec["local"]]
             if self.oid:
                 return f"urn:oid:{self.oid}.{suffix}", extra
             extra["assigner"] = {"display": self.inst}
