@@ -143,6 +143,18 @@ class Result:
         return f"{self.rtype}/{self.rid}/_history/{self.version}"
 
 
+# the feeds whose writes are FHIR as their client wrote it: the REST API's (unless a connector
+# names its feed), ``hub ingest``'s files and ``hub demo``'s region. An update from one replaces,
+# as FHIR says; any other feed is a message feed (a connector's, the Kafka intake's, a
+# document's), whose writes of a Patient keep what the message leaves unsaid
+CLIENT_FEEDS = frozenset({"rest", "file", "demo"})
+
+
+def message_feed(ctx: Context) -> bool:
+    """Whether ``ctx``'s writes come from a message feed (not ``CLIENT_FEEDS``)."""
+    return ctx.source.get("feed", "rest") not in CLIENT_FEEDS
+
+
 def new_id() -> str:
     """The id of a resource the hub names (a create without one): a time-ordered UUID (version
     7, RFC 9562), so that a commit's new keys land at the end of every index keyed by id, not on
@@ -361,9 +373,10 @@ class Hub:
         pending: list[tuple[int, Result]] = []
         replaced: dict[int, tuple[int, Any]] = {}  # what each PUT replaces, read once
         older = self._older_than_stored(ops, planned, heads, replaced)
-        if ctx.source.get("feed", "rest") != "rest":
+        feed = message_feed(ctx)
+        if feed:
             self._keep_retirements(ops, planned, heads, replaced)
-        self._join_partial(ops, planned, heads, replaced, ctx.source.get("feed", "rest") != "rest")
+        self._join_partial(ops, planned, heads, replaced, feed)
         for i in planned:
             op = ops[i]
             if i in older:  # the stored state came from a newer source: kept, and said so
@@ -548,7 +561,8 @@ class Hub:
         not undo the merge on one side (the survivor still saying it ``replaces`` it). The write
         keeps the retirement and says so, and a write of the survivor keeps its ``replaces``
         links (no message of it carries them). Asked of a feed's writes only (a connector's, the
-        Kafka intake's): a client writing the Patient through the REST API may undo it."""
+        Kafka intake's): a client writing the Patient through the REST API or ``hub ingest``
+        may undo it."""
         wanted: list[int] = []
         retiring: list[int] = []
         for i in planned:
