@@ -190,27 +190,26 @@ SHOW_PROBLEMS = 20
 
 
 def outcome_kind(result) -> str:
-    """created | updated | unchanged | rejected for one result of ``Hub.ingest``."""
+    """created | updated | unchanged | rejected for one result of ``Hub.ingest``: by what was
+    stored (a warning comes with a write too; only a write that stored nothing is unchanged)."""
     if isinstance(result, FhirError):
         return "rejected"
-    if result.status == 201:
-        return "created"
-    return "unchanged" if result.issues else "updated"
+    if not result.written:
+        return "unchanged"
+    return "created" if result.status == 201 else "updated"
 
 
-def entry_kind(entry, response: dict) -> str:
-    """created | updated | deleted | unchanged | rejected for one entry of a transaction/batch."""
+def entry_kind(entry, response: dict, written: bool) -> str:
+    """created | updated | deleted | unchanged | rejected for one entry of a transaction/batch;
+    ``written``: whether it stored a new version or a deletion (``bundles.process``)."""
     status = response["status"][:3]
-    if status == "201":
-        return "created"
     if not status.startswith("2"):
         return "rejected"
-    method = entry["request"]["method"]
-    if method == "DELETE":
-        return "unchanged" if "outcome" in response else "deleted"  # nothing there to delete
-    if method == "POST" or "outcome" in response:  # conditional create matched; same content
-        return "unchanged"
-    return "updated"
+    if not written:  # the same content, older than what is stored, nothing there to delete,
+        return "unchanged"  # a conditional create that matched
+    if status == "201":
+        return "created"
+    return "deleted" if entry["request"]["method"] == "DELETE" else "updated"
 
 
 # the namespace of the ids `hub ingest` gives resources that come without one
@@ -328,13 +327,14 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
                 if rid:
                     r["id"] = rid
                     entry["request"] = {**request, "method": "PUT", "url": f"{r['resourceType']}/{rid}"}
+        written: set[int] = set()
         try:
-            out = bundles.process(d, hub, ctx, "", False, _no_get)
+            out = bundles.process(d, hub, ctx, "", False, _no_get, written=written)
         except FhirError as e:  # a transaction fails as a whole: every entry is rejected
             reject(seq, where, raw, e.outcome(), len(entries))
             return
         for i, (entry, answer) in enumerate(zip(entries, out["entry"], strict=True)):
-            kind = entry_kind(entry, answer["response"])
+            kind = entry_kind(entry, answer["response"], i in written)
             if kind == "rejected":  # kept as a one-entry Bundle of the same type, to replay
                 reject(seq, f"{where}#entry[{i}]",
                        orjson.dumps({"resourceType": "Bundle", "type": d["type"], "entry": [entry]}),

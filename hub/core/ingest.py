@@ -135,6 +135,9 @@ class Result:
     # a write to a record the caller may not read (``Op.hidden``): answered alike whatever was
     # stored and whatever it did, with no version, time or content (``complete`` adds none)
     hidden: bool = False
+    # this write stored a new version (or the deletion): not a write that left what is stored
+    # as it was (the same content, older than what is stored, a conditional create matched)
+    written: bool = False
 
     @property
     def location(self) -> str | None:
@@ -789,8 +792,8 @@ class Hub:
                                   ctx.source, request)
             commit.add(event, b"", [], ts)
             if op.hidden:  # its version would tell how many the hidden record had
-                return Result(200, op.rtype, op.target, hidden=True)
-            return Result(200, op.rtype, op.target, current + 1, last_updated)
+                return Result(200, op.rtype, op.target, hidden=True, written=True)
+            return Result(200, op.rtype, op.target, current + 1, last_updated, written=True)
         assert op.d is not None  # a POST or PUT carries its resource, a PATCH its result
         where = f"{op.where}.resource" if op.where else op.rtype
         try:
@@ -812,9 +815,10 @@ class Hub:
         commit.add(ResourceEvent(kind, op.rtype, op.target, version, last_updated, body,
                                  ctx.source, request), h, res.identifiers(op.d), ts)
         if op.hidden:  # an update, the deletion, version, time and content untold
-            return Result(200, op.rtype, op.target, hidden=True)
+            return Result(200, op.rtype, op.target, hidden=True, written=True)
         created = head is None or head.deleted
-        return Result(201 if created else 200, op.rtype, op.target, version, last_updated, body)
+        return Result(201 if created else 200, op.rtype, op.target, version, last_updated, body,
+                      written=True)
 
     def complete(self, result: Result, ctx: Context | None = None) -> Result:
         """Fill in the current version's body and time where a write left the resource as it was.
