@@ -336,6 +336,28 @@ def test_running_an_import_again_writes_nothing_and_the_summary_counts_what_was_
         assert _events(settings) == made  # no new version
 
 
+def test_a_file_reached_twice_in_one_run_is_read_once(settings, tmp_path):
+    """A folder and a file in it, or a link to a file beside it: the file was read twice and
+    its resources without an id stored twice (6 created of 3)."""
+    obs = [{"resourceType": "Observation", "status": "final", "code": {"text": t}}
+           for t in ("a", "b", "c")]
+    folder = tmp_path / "ov"
+    write(folder / "a.ndjson", ndjson(*obs))
+    (folder / "link.ndjson").symlink_to("a.ndjson")
+    run = run_hub(settings, "ingest", folder, folder / "a.ndjson")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert counts(run.stdout) == dict(inputs=3, accepted=3, created=3, updated=0, unchanged=0,
+                                      deleted=0, rejected=0), run.stdout
+    assert f"  skipped {folder / 'link.ndjson'}: already read as {folder / 'a.ndjson'}" \
+        in run.stdout.splitlines()
+    assert f"  skipped {folder / 'a.ndjson'}: already read" in run.stdout.splitlines()
+    store = settings.open_store()
+    try:
+        assert len(current_ids(store, "Observation")) == 3
+    finally:
+        store.close()
+
+
 # -- rejected inputs -------------------------------------------------------------------------------
 
 

@@ -220,9 +220,10 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
     """Feed files through the hub, in input order.
 
     Returns (Counter of outcomes per input, the first problems as (where, reason) in input order,
-    the number of problems, the file keeping the rejected inputs or None). Plain resources are
-    stored in batches; a batch is committed before a transaction or batch Bundle runs, so later
-    inputs always win over earlier ones.
+    the number of problems, the file keeping the rejected inputs or None, the files skipped as
+    (name, the name they were read under) because the paths reached them again). Plain
+    resources are stored in batches; a batch is committed before a transaction or batch Bundle
+    runs, so later inputs always win over earlier ones.
     """
     from tqdm import tqdm
 
@@ -342,8 +343,10 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
             else:
                 count(kind)
 
+    skipped: list[tuple[str, str]] = []
     try:
-        for seq, (where, raw, unreadable) in enumerate(iter_inputs(paths)):
+        for seq, (where, raw, unreadable) in enumerate(
+                iter_inputs(paths, lambda name, first: skipped.append((name, first)))):
             if unreadable is not None:
                 reject(seq, where, b"", FhirError(400, "exception", unreadable).outcome())
                 continue
@@ -379,7 +382,7 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
         if rejected_file is not None:
             rejected_file.close()
     problems = [(where, reason) for _, _, where, reason in sorted(shown, reverse=True)]
-    return counts, problems, n_problems, (rejected_path if rejected_file else None)
+    return counts, problems, n_problems, (rejected_path if rejected_file else None), skipped
 
 
 def _no_get(path: str, query: str, check: bool = False):
@@ -410,13 +413,15 @@ def cmd_ingest(args, settings: Settings) -> int:
     hub = Hub(open_store(settings))
     t0 = time.perf_counter()
     try:
-        counts, problems, n_problems, rejected_path = ingest_paths(
+        counts, problems, n_problems, rejected_path, skipped = ingest_paths(
             hub, args.paths, ctx, args.batch_size, not args.quiet and sys.stderr.isatty(),
             settings.data_dir / "rejected")
     finally:
         hub.store.close()
     elapsed = time.perf_counter() - t0
     print(f"{sum(counts.values())} inputs in {elapsed:.1f}s: {summary(counts)}")
+    for name, first in skipped:
+        print(f"  skipped {name}: already read" + (f" as {first}" if first != name else ""))
     for where, reason in problems:
         print(f"  rejected {where}: {reason}")
     if n_problems > len(problems):
