@@ -358,6 +358,44 @@ def test_a_file_reached_twice_in_one_run_is_read_once(settings, tmp_path):
         store.close()
 
 
+def test_a_replay_of_rejected_inputs_keeps_their_institution_and_location(settings, tmp_path):
+    """The rejected-inputs file kept what was sent and why, not the run's ``--institution``: a
+    replay of it was recorded under no institution (counted under "-"), and each input was
+    reported at its line of the rejected file, not where it was first read."""
+    inst = "2.16.156.10011.99.1.7"
+    bad = {"resourceType": "Observation", "status": "final", "code": {"text": "b"},
+           "valueQuantity": {"value": "2"}}
+    write(tmp_path / "in" / "obs.ndjson", ndjson(
+        {"resourceType": "Observation", "status": "final", "code": {"text": "a"}}, bad))
+    write(tmp_path / "in" / "batch.json", {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "PUT", "url": "Patient/ok1"}, "resource": patient("ok1")},
+        {"request": {"method": "PUT", "url": "Patient/bad1"},
+         "resource": patient("bad1", gender="man")}]})
+    first = run_hub(settings, "ingest", "--institution", inst, tmp_path / "in")
+    assert counts(first.stdout)["rejected"] == 2, first.stdout
+    [kept] = sorted((settings.data_dir / "rejected").glob("*.ndjson"))
+    assert {r["where"]: r["source"] for r in rejected_records(settings)} == {
+        str(tmp_path / "in" / "batch.json") + "#entry[1]": {"feed": "file", "institution": inst},
+        str(tmp_path / "in" / "obs.ndjson") + ":2": {"feed": "file", "institution": inst}}
+    # replayed as it is: refused again, where it was first read
+    again = run_hub(settings, "ingest", kept)
+    assert counts(again.stdout)["rejected"] == 2
+    assert f"  rejected {tmp_path / 'in' / 'obs.ndjson'}:2: must be a JSON number" in again.stdout
+    assert f"  rejected {tmp_path / 'in' / 'batch.json'}#entry[1]: " in again.stdout
+    # fixed: stored under the institution of the run that first read it
+    fixed = tmp_path / "fixed.ndjson"
+    fixed.write_text(kept.read_text().replace('\\"2\\"', "2").replace('\\"man\\"', '\\"male\\"'))
+    replay = run_hub(settings, "ingest", fixed)
+    assert counts(replay.stdout)["created"] == 2, replay.stdout + fixed.read_text()
+    hist = run_hub(settings, "history", "Patient/bad1")
+    assert hist.stdout.strip().splitlines()[-1].endswith(f"feed=file, institution={inst}")
+    written = [e for e in _events(settings) if e[0].startswith("Observation/")]
+    assert len(written) == 2
+    for ref, _, _ in written:
+        row = run_hub(settings, "history", ref).stdout.strip().splitlines()[-1]
+        assert row.endswith(f"feed=file, institution={inst}"), row
+
+
 # -- rejected inputs -------------------------------------------------------------------------------
 
 

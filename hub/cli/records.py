@@ -224,7 +224,13 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
     (name, the name they were read under) because the paths reached them again). Plain
     resources are stored in batches; a batch is committed before a transaction or batch Bundle
     runs, so later inputs always win over earlier ones.
+
+    Each rejected input is kept with its location and the source it was written under (the
+    run's ``--institution``); a replay of that file writes each under its source again (unless
+    the replay names an institution itself) and reports it at its first location.
     """
+    import dataclasses
+
     from tqdm import tqdm
 
     from hub.api import bundles
@@ -243,7 +249,8 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
         counts[kind] += n
         bar.update(n)
 
-    def reject(seq: int, where: str, raw: bytes, outcome: dict, n: int = 1) -> None:
+    def reject(seq: int, where: str, raw: bytes, outcome: dict, n: int = 1,
+               source: dict | None = None) -> None:
         nonlocal rejected_file, n_problems
         count("rejected", n)
         n_problems += 1
@@ -257,20 +264,37 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
         if rejected_file is None:
             rejected_file = rejected_path.open("ab")
         rejected_file.write(orjson.dumps({"where": where, "outcome": outcome,
-                                          "input": raw.decode("utf-8", "replace")}) + b"\n")
+                                          "input": raw.decode("utf-8", "replace"),
+                                          "source": source or ctx.source}) + b"\n")
+
+    contexts: dict[tuple, object] = {}  # the run's context under each source a replay restores
+
+    def replayed_ctx(kept: object):
+        """The context of a rejected input replayed: under the source it was rejected under
+        (its institution), the run's own source over it (an ``--institution`` given now)."""
+        if not isinstance(kept, dict):
+            return ctx
+        source = {k: v[:128] for k, v in kept.items()
+                  if isinstance(k, str) and isinstance(v, str) and v}
+        source.update(ctx.source)
+        key = tuple(sorted(source.items()))
+        if key not in contexts:
+            contexts[key] = dataclasses.replace(ctx, source=source)
+        return contexts[key]
 
     pending: list[tuple[int, str, bytes, object]] = []  # (seq, where, raw, parsed)
+    pending_ctx = ctx  # what the pending inputs are written under
 
     def alone(raw: bytes, d: object):
         try:
-            return next(iter(hub.ingest([(raw, d)], ctx, batch_size=1)))
+            return next(iter(hub.ingest([(raw, d)], pending_ctx, batch_size=1)))
         except StoreInputError as e:
             return e
 
     def flush() -> None:
         if pending:
             try:
-                results = list(hub.ingest(((raw, d) for _, _, raw, d in pending), ctx,
+                results = list(hub.ingest(((raw, d) for _, _, raw, d in pending), pending_ctx,
                                           batch_size=len(pending)))
             except StoreInputError:
                 # a value the database refused fails the commit it is in: each input again on
@@ -279,7 +303,7 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
             for (seq, where, raw, _), result in zip(pending, results, strict=True):
                 kind = outcome_kind(result)
                 if kind == "rejected":
-                    reject(seq, where, raw, result.outcome())
+                    reject(seq, where, raw, result.outcome(), source=pending_ctx.source)
                 else:
                     count(kind)
             pending.clear()
@@ -300,7 +324,11 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
         name = f"{d['resourceType']}|{h.hex()}|{seen[h, full_url]}"
         return str(uuid.uuid5(_INGEST_IDS, name if full_url is None else f"{name}|{full_url}"))
 
-    def add(item: tuple[int, str, bytes, object]) -> None:
+    def add(item: tuple[int, str, bytes, object], item_ctx) -> None:
+        nonlocal pending_ctx
+        if item_ctx is not pending_ctx:  # a batch is written under one source
+            flush()
+            pending_ctx = item_ctx
         d = item[3]
         if isinstance(d, dict) and not d.get("id") and isinstance(d.get("resourceType"), str):
             rid = content_id(d)
@@ -310,7 +338,8 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
         if len(pending) >= batch_size:
             flush()
 
-    def run_bundle(seq: int, where: str, raw: bytes, d: dict) -> None:
+    def run_bundle(seq: int, where: str, raw: bytes, d: dict, ctx, replayed: bool) -> None:
+        """``replayed``: a rejected entry kept as a one-entry Bundle, ``where`` its location."""
         entries = d["entry"]
         flush()
         for entry in entries:
@@ -332,14 +361,14 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
         try:
             out = bundles.process(d, hub, ctx, "", False, _no_get, written=written)
         except FhirError as e:  # a transaction fails as a whole: every entry is rejected
-            reject(seq, where, raw, e.outcome(), len(entries))
+            reject(seq, where, raw, e.outcome(), len(entries), ctx.source)
             return
         for i, (entry, answer) in enumerate(zip(entries, out["entry"], strict=True)):
             kind = entry_kind(entry, answer["response"], i in written)
             if kind == "rejected":  # kept as a one-entry Bundle of the same type, to replay
-                reject(seq, f"{where}#entry[{i}]",
+                reject(seq, where if replayed and len(entries) == 1 else f"{where}#entry[{i}]",
                        orjson.dumps({"resourceType": "Bundle", "type": d["type"], "entry": [entry]}),
-                       answer["response"]["outcome"])
+                       answer["response"]["outcome"], source=ctx.source)
             else:
                 count(kind)
 
@@ -351,31 +380,37 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
                 reject(seq, where, b"", FhirError(400, "exception", unreadable).outcome())
                 continue
             assert raw is not None  # iter_inputs gives the text or why it could not be read
+            here, replayed = ctx, False
             try:
                 d = parse_json(raw)
                 if isinstance(d, dict) and "resourceType" not in d and \
                         isinstance(d.get("input"), str) and "outcome" in d:
-                    # a line of a rejected-inputs file: what was sent, replayed as it was
+                    # a line of a rejected-inputs file: what was sent, replayed as it was,
+                    # under the source it was sent under, reported where it was first read
+                    here, replayed = replayed_ctx(d.get("source")), True
+                    if isinstance(d.get("where"), str) and d["where"]:
+                        where = d["where"]
                     raw = d["input"].encode("utf-8")
                     d = parse_json(raw)
             except FhirError as e:
-                reject(seq, where, raw, e.outcome())
+                reject(seq, where, raw, e.outcome(), source=here.source)
                 continue
             btype = d.get("type") if isinstance(d, dict) and d.get("resourceType") == "Bundle" else None
             if btype not in ("transaction", "batch", "collection"):
-                add((seq, where, raw, d))  # a resource (a document or other Bundle included)
+                add((seq, where, raw, d), here)  # a resource (a document or other Bundle included)
                 continue
             entries = d.get("entry", [])
             if not isinstance(entries, list) or not entries:  # every input gets an answer
                 why = (f"The {btype} Bundle has no entries: nothing to store"
                        if isinstance(entries, list) else "Bundle.entry must be an array")
-                reject(seq, where, raw, FhirError(400, "structure", why, "Bundle.entry").outcome())
+                reject(seq, where, raw, FhirError(400, "structure", why, "Bundle.entry").outcome(),
+                       source=here.source)
             elif btype != "collection":
-                run_bundle(seq, where, raw, d)
+                run_bundle(seq, where, raw, d, here, replayed)
             else:
                 for i, entry in enumerate(entries):
                     r = entry.get("resource") if isinstance(entry, dict) else None
-                    add((seq, f"{where}#entry[{i}]", orjson.dumps(r), r))
+                    add((seq, f"{where}#entry[{i}]", orjson.dumps(r), r), here)
         flush()
     finally:
         bar.close()
