@@ -129,12 +129,15 @@ class Quarantine:
 
     def daily(self, since: str) -> builtins.list[tuple[str, str, int]]:
         """(day in the platform's zone, HUB_TIMEZONE, as YYYY-MM-DD; kind; entries) of the
-        entries kept since the instant ``since`` (ISO, UTC), for the console's overview."""
+        entries kept since the instant ``since`` (ISO, UTC), for the console's overview. Each
+        refused input counts once, on the day of its latest refusal (as the quality report
+        counts its check): an entry a refused replay superseded is counted as its new entry."""
         offset = f"{local_offset()} seconds"
         with self._lock:
             rows = self._db.execute(
                 "SELECT date(time, ?) AS d, kind, count(*) FROM quarantine "
-                "WHERE time >= ? GROUP BY d, kind ORDER BY d", (offset, since)).fetchall()
+                "WHERE time >= ? AND status != 'superseded' GROUP BY d, kind ORDER BY d",
+                (offset, since)).fetchall()
         return [(str(d), str(k), int(n)) for d, k, n in rows]
 
     def counts_by(self, kind: str, key: str, status: str | None = None

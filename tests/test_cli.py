@@ -291,6 +291,111 @@ def test_a_rejected_inputs_file_is_replayed_by_ingest_once_fixed(settings, tmp_p
     assert orjson.loads(run_hub(settings, "show", "Patient/r1").stdout)["birthDate"] == "1990-01-01"
 
 
+def _events(settings: Settings) -> list[tuple[str, int, str]]:
+    """(Type/id, version, kind) of every resource event stored, in log order."""
+    store = settings.open_store()
+    try:
+        return [(f"{r.rtype}/{r.rid}", r.version, r.kind)
+                for r in store.history(limit=100_000)][::-1]
+    finally:
+        store.close()
+
+
+def test_running_an_import_again_writes_nothing_and_the_summary_counts_what_was_stored(
+        settings, tmp_path):
+    """A newborn's record carrying a parent's resident ID (as exports have them) was stored
+    as sent, then a second run dropped the number as a feed's join would, writing a new version
+    the summary called "unchanged"; the synthetic region's bundles did so for three Patients.
+    A second run stores nothing, and says so."""
+    from hub.core.events import CREATED
+    from hub.synth import Region
+    from hub.synth.bundles import hospital_bundle, patient_bundles
+
+    write(tmp_path / "tx" / "tx.json", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:aaaaaaaa-1111-4111-8111-111111111111",
+         "request": {"method": "POST", "url": "Patient"},
+         "resource": {"resourceType": "Patient", "identifier": [
+             {"system": RESIDENT, "value": "50011119871120654X"},
+             {"system": "urn:oid:1.2.3", "value": "MRN-C1"}],
+             "name": [{"text": "苏敏佳之女"}], "gender": "female", "birthDate": "2021-10-24"}}]})
+    region = Region(seed=7, people=30)
+    write(tmp_path / "region" / "00-hospitals.json", hospital_bundle(region))
+    for i, bundle in enumerate(patient_bundles(region)):
+        write(tmp_path / "region" / f"p{i:04d}.json", bundle)
+    for folder in ("tx", "region"):
+        before = len(_events(settings))
+        first = run_hub(settings, "ingest", tmp_path / folder)
+        assert first.returncode == 0, first.stdout + first.stderr
+        made = _events(settings)
+        assert counts(first.stdout)["created"] == sum(k == CREATED for _, _, k in made[before:])
+        again = run_hub(settings, "ingest", tmp_path / folder)
+        assert again.returncode == 0, again.stdout + again.stderr
+        n = counts(first.stdout)["inputs"]
+        assert counts(again.stdout) == dict(inputs=n, accepted=n, created=0, updated=0,
+                                            unchanged=n, deleted=0, rejected=0), again.stdout
+        assert _events(settings) == made  # no new version
+
+
+def test_a_file_reached_twice_in_one_run_is_read_once(settings, tmp_path):
+    """A folder and a file in it, or a link to a file beside it: the file was read twice and
+    its resources without an id stored twice (6 created of 3)."""
+    obs = [{"resourceType": "Observation", "status": "final", "code": {"text": t}}
+           for t in ("a", "b", "c")]
+    folder = tmp_path / "ov"
+    write(folder / "a.ndjson", ndjson(*obs))
+    (folder / "link.ndjson").symlink_to("a.ndjson")
+    run = run_hub(settings, "ingest", folder, folder / "a.ndjson")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert counts(run.stdout) == dict(inputs=3, accepted=3, created=3, updated=0, unchanged=0,
+                                      deleted=0, rejected=0), run.stdout
+    assert f"  skipped {folder / 'link.ndjson'}: already read as {folder / 'a.ndjson'}" \
+        in run.stdout.splitlines()
+    assert f"  skipped {folder / 'a.ndjson'}: already read" in run.stdout.splitlines()
+    store = settings.open_store()
+    try:
+        assert len(current_ids(store, "Observation")) == 3
+    finally:
+        store.close()
+
+
+def test_a_replay_of_rejected_inputs_keeps_their_institution_and_location(settings, tmp_path):
+    """The rejected-inputs file kept what was sent and why, not the run's ``--institution``: a
+    replay of it was recorded under no institution (counted under "-"), and each input was
+    reported at its line of the rejected file, not where it was first read."""
+    inst = "2.16.156.10011.99.1.7"
+    bad = {"resourceType": "Observation", "status": "final", "code": {"text": "b"},
+           "valueQuantity": {"value": "2"}}
+    write(tmp_path / "in" / "obs.ndjson", ndjson(
+        {"resourceType": "Observation", "status": "final", "code": {"text": "a"}}, bad))
+    write(tmp_path / "in" / "batch.json", {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "PUT", "url": "Patient/ok1"}, "resource": patient("ok1")},
+        {"request": {"method": "PUT", "url": "Patient/bad1"},
+         "resource": patient("bad1", gender="man")}]})
+    first = run_hub(settings, "ingest", "--institution", inst, tmp_path / "in")
+    assert counts(first.stdout)["rejected"] == 2, first.stdout
+    [kept] = sorted((settings.data_dir / "rejected").glob("*.ndjson"))
+    assert {r["where"]: r["source"] for r in rejected_records(settings)} == {
+        str(tmp_path / "in" / "batch.json") + "#entry[1]": {"feed": "file", "institution": inst},
+        str(tmp_path / "in" / "obs.ndjson") + ":2": {"feed": "file", "institution": inst}}
+    # replayed as it is: refused again, where it was first read
+    again = run_hub(settings, "ingest", kept)
+    assert counts(again.stdout)["rejected"] == 2
+    assert f"  rejected {tmp_path / 'in' / 'obs.ndjson'}:2: must be a JSON number" in again.stdout
+    assert f"  rejected {tmp_path / 'in' / 'batch.json'}#entry[1]: " in again.stdout
+    # fixed: stored under the institution of the run that first read it
+    fixed = tmp_path / "fixed.ndjson"
+    fixed.write_text(kept.read_text().replace('\\"2\\"', "2").replace('\\"man\\"', '\\"male\\"'))
+    replay = run_hub(settings, "ingest", fixed)
+    assert counts(replay.stdout)["created"] == 2, replay.stdout + fixed.read_text()
+    hist = run_hub(settings, "history", "Patient/bad1")
+    assert hist.stdout.strip().splitlines()[-1].endswith(f"feed=file, institution={inst}")
+    written = [e for e in _events(settings) if e[0].startswith("Observation/")]
+    assert len(written) == 2
+    for ref, _, _ in written:
+        row = run_hub(settings, "history", ref).stdout.strip().splitlines()[-1]
+        assert row.endswith(f"feed=file, institution={inst}"), row
+
+
 # -- rejected inputs -------------------------------------------------------------------------------
 
 
@@ -517,37 +622,38 @@ def _ids(body: dict) -> list[tuple[str, str]]:
     return [(i["system"], i["value"]) for i in body.get("identifier", ())]
 
 
-def test_a_corrected_resident_id_replaces_the_old_one_on_ingest(settings, tmp_path):
-    """hub ingest writes as a feed, which keeps what a message leaves unsaid. The stored
-    identifiers were joined with the new ones whatever their system: a record whose resident ID
-    and birth date were corrected kept the old number, another person's (born 46 years
-    earlier), and a search by it found this record. A system the write states it states whole,
-    and nothing kept of the stored version contradicts the record's birth date."""
+def test_an_update_loaded_by_ingest_replaces_what_its_file_leaves_out(settings, tmp_path):
+    """FHIR JSON loaded with ``hub ingest`` is stored as its client wrote it: an update replaces,
+    as FHIR says. It was written as a message feed's, which keeps what a message leaves unsaid:
+    the second file's Patient kept the first one's other identifier, birth date, address, phone
+    and ``deceasedBoolean: true``, and the summary called the run "unchanged"."""
     old, new = "620921193912141755", "500102198504184652"  # born 1939-12-14, 1985-04-18
     d = tmp_path / "in"
-    write(d / "p1.json", patient("jp1", identifier=[{"system": MRN, "value": "97000005"},
+    write(d / "v1.json", patient("jp1", identifier=[{"system": MRN, "value": "97000005"},
                                                     {"system": RESIDENT, "value": old}],
-                                 birthDate="1939-12-14"))
-    write(d / "p2.json", patient("jp1", identifier=[{"system": RESIDENT, "value": new}],
-                                 birthDate="1985-04-18"))
-    # the record number alone, with a birth date the kept resident ID is decades from
-    write(d / "p3.json", patient("jp1", identifier=[{"system": MRN, "value": "97000005"}],
-                                 birthDate="1939-12-14"))
-    for name in ("p1.json", "p2.json"):
-        assert run_hub(settings, "ingest", d / name).returncode == 0
+                                 birthDate="1939-12-14", address=[{"text": "旧地址"}],
+                                 telecom=[{"system": "phone", "value": "13800000000"}],
+                                 deceasedBoolean=True))
+    write(d / "v2.json", patient("jp1", identifier=[{"system": RESIDENT, "value": new}]))
+    assert counts(run_hub(settings, "ingest", d / "v1.json").stdout)["created"] == 1
+    second = run_hub(settings, "ingest", d / "v2.json")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert counts(second.stdout) == dict(inputs=1, accepted=1, created=0, updated=1, unchanged=0,
+                                         deleted=0, rejected=0), second.stdout
     body = orjson.loads(run_hub(settings, "show", "Patient/jp1").stdout)
-    # the record number's system unsaid: kept; the resident ID's stated: the new one only
-    assert sorted(_ids(body)) == sorted([(RESIDENT, new), (MRN, "97000005")])
-    assert body["birthDate"] == "1985-04-18"
+    assert body["meta"]["versionId"] == "2"
+    assert {k: v for k, v in body.items() if k != "meta"} == patient(
+        "jp1", identifier=[{"system": RESIDENT, "value": new}])
     store = settings.open_store()
     try:
         assert store.find_by_identifier("Patient", RESIDENT, old) == []
+        assert store.find_by_identifier("Patient", MRN, "97000005") == []
         assert store.find_by_identifier("Patient", RESIDENT, new) == ["jp1"]
     finally:
         store.close()
-    assert run_hub(settings, "ingest", d / "p3.json").returncode == 0
-    body = orjson.loads(run_hub(settings, "show", "Patient/jp1").stdout)
-    assert _ids(body) == [(MRN, "97000005")] and body["birthDate"] == "1939-12-14"
+    again = run_hub(settings, "ingest", d / "v2.json")
+    assert counts(again.stdout)["unchanged"] == 1, again.stdout
+    assert orjson.loads(run_hub(settings, "show", "Patient/jp1").stdout)["meta"]["versionId"] == "2"
 
 
 def test_a_demo_region_loaded_over_another_keeps_no_other_persons_resident_id(settings):

@@ -479,3 +479,45 @@ def test_a_notice_shows_only_when_this_session_made_it(live):
         r = fresh.post("/console/login", data={"name": name, "password": PASSWORD, "next": nxt})
         page = fresh.get(r.headers["location"])
         assert page.status_code == 200 and 'id="notice"' not in page.text
+
+
+def test_a_document_refused_again_on_each_replay_is_kept_once_per_day(live):
+    """The overview's quarantine per day counted every entry, each refused replay of a document
+    adding one: refused and replayed twice, one document drew as three."""
+    import json
+
+    broken = b"<ClinicalDocument xmlns='urn:hl7-org:v3'><id/>"  # refused however often replayed
+    c = _logged_in(live, _user(live))
+
+    def kept_today() -> int:
+        page = c.get("/console/overview")
+        assert page.status_code == 200, page.text[:300]
+        kept = json.loads(re.search(r'<script id="kept-data" type="application/json">(.*?)'
+                                    r'</script>', page.text, re.S).group(1))
+        return sum(s["data"][-1] for s in kept["series"] if s["name"] == "cda")
+
+    before = kept_today()
+    auth = live.client_auth(roles=("connector",), institution=f"HQ{uuid.uuid4().hex[:4]}") \
+        if live.settings.auth else None
+    with httpx.Client(base_url=base(live), auth=auth, timeout=30) as fhir:
+        refused = fhir.post("/cda", content=broken, headers={"content-type": "application/xml"})
+    assert refused.status_code == 422, refused.text[:300]
+    qid = int(refused.headers["x-quarantine-id"])
+    assert kept_today() == before + 1
+    for _ in range(2):  # refused again: a new entry, the old one superseded
+        csrf = _csrf(c.get("/console/quarantine"))
+        r = c.post(f"/console/quarantine/{qid}/replay", data={"csrf": csrf},
+                   follow_redirects=False)
+        assert r.status_code == 303, r.text[:300]
+        [qid] = [e["id"] for e in _open_entries(live) if e["id"] > qid]
+    assert kept_today() == before + 1
+
+
+def _open_entries(live) -> list[dict]:
+    from hub.quarantine import Quarantine
+
+    q = Quarantine(live.settings.data_dir / "quarantine.sqlite")
+    try:
+        return q.list("open", limit=10_000)
+    finally:
+        q.close()

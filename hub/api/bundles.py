@@ -207,11 +207,14 @@ def _validate_envelope(bundle: dict, entries: list) -> None:
 
 
 def process(bundle: dict, repo: Repository, ctx: Context, base: str, representation: bool | str,
-            get: GetHandler, raw: bytes | None = None, validate: Validate | None = None) -> dict:
+            get: GetHandler, raw: bytes | None = None, validate: Validate | None = None,
+            written: set[int] | None = None) -> dict:
     """``representation``: each write's entry holds the resource (True), only the response
     (False), or an OperationOutcome in it (``"outcome"``: Prefer: return=OperationOutcome);
     ``raw``: the JSON text of ``bundle`` as received, when there is one; ``validate``: the
-    caller's checks of what it writes (lenient intake, profiles), plain validation without."""
+    caller's checks of what it writes (lenient intake, profiles), plain validation without;
+    ``written``: given, the indexes of the entries that stored a new version (or a deletion)
+    are added to it (the answer does not tell them from writes that left things as they were)."""
     btype = bundle.get("type")
     if btype not in ("transaction", "batch"):
         raise bad_request(
@@ -259,6 +262,8 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
     for i, result in zip(writes, results):
         op = parsed[i]
         assert isinstance(op, Op)
+        if written is not None and isinstance(result, Result) and result.written:
+            written.add(i)
         if isinstance(result, Result) and op.method != "DELETE":
             intake.finish(repo, ctx, result, op.warnings)
             repo.complete(result, ctx)

@@ -190,27 +190,26 @@ SHOW_PROBLEMS = 20
 
 
 def outcome_kind(result) -> str:
-    """created | updated | unchanged | rejected for one result of ``Hub.ingest``."""
+    """created | updated | unchanged | rejected for one result of ``Hub.ingest``: by what was
+    stored (a warning comes with a write too; only a write that stored nothing is unchanged)."""
     if isinstance(result, FhirError):
         return "rejected"
-    if result.status == 201:
-        return "created"
-    return "unchanged" if result.issues else "updated"
+    if not result.written:
+        return "unchanged"
+    return "created" if result.status == 201 else "updated"
 
 
-def entry_kind(entry, response: dict) -> str:
-    """created | updated | deleted | unchanged | rejected for one entry of a transaction/batch."""
+def entry_kind(entry, response: dict, written: bool) -> str:
+    """created | updated | deleted | unchanged | rejected for one entry of a transaction/batch;
+    ``written``: whether it stored a new version or a deletion (``bundles.process``)."""
     status = response["status"][:3]
-    if status == "201":
-        return "created"
     if not status.startswith("2"):
         return "rejected"
-    method = entry["request"]["method"]
-    if method == "DELETE":
-        return "unchanged" if "outcome" in response else "deleted"  # nothing there to delete
-    if method == "POST" or "outcome" in response:  # conditional create matched; same content
-        return "unchanged"
-    return "updated"
+    if not written:  # the same content, older than what is stored, nothing there to delete,
+        return "unchanged"  # a conditional create that matched
+    if status == "201":
+        return "created"
+    return "deleted" if entry["request"]["method"] == "DELETE" else "updated"
 
 
 # the namespace of the ids `hub ingest` gives resources that come without one
@@ -221,10 +220,17 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
     """Feed files through the hub, in input order.
 
     Returns (Counter of outcomes per input, the first problems as (where, reason) in input order,
-    the number of problems, the file keeping the rejected inputs or None). Plain resources are
-    stored in batches; a batch is committed before a transaction or batch Bundle runs, so later
-    inputs always win over earlier ones.
+    the number of problems, the file keeping the rejected inputs or None, the files skipped as
+    (name, the name they were read under) because the paths reached them again). Plain
+    resources are stored in batches; a batch is committed before a transaction or batch Bundle
+    runs, so later inputs always win over earlier ones.
+
+    Each rejected input is kept with its location and the source it was written under (the
+    run's ``--institution``); a replay of that file writes each under its source again (unless
+    the replay names an institution itself) and reports it at its first location.
     """
+    import dataclasses
+
     from tqdm import tqdm
 
     from hub.api import bundles
@@ -243,7 +249,8 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
         counts[kind] += n
         bar.update(n)
 
-    def reject(seq: int, where: str, raw: bytes, outcome: dict, n: int = 1) -> None:
+    def reject(seq: int, where: str, raw: bytes, outcome: dict, n: int = 1,
+               source: dict | None = None) -> None:
         nonlocal rejected_file, n_problems
         count("rejected", n)
         n_problems += 1
@@ -257,20 +264,37 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
         if rejected_file is None:
             rejected_file = rejected_path.open("ab")
         rejected_file.write(orjson.dumps({"where": where, "outcome": outcome,
-                                          "input": raw.decode("utf-8", "replace")}) + b"\n")
+                                          "input": raw.decode("utf-8", "replace"),
+                                          "source": source or ctx.source}) + b"\n")
+
+    contexts: dict[tuple, object] = {}  # the run's context under each source a replay restores
+
+    def replayed_ctx(kept: object):
+        """The context of a rejected input replayed: under the source it was rejected under
+        (its institution), the run's own source over it (an ``--institution`` given now)."""
+        if not isinstance(kept, dict):
+            return ctx
+        source = {k: v[:128] for k, v in kept.items()
+                  if isinstance(k, str) and isinstance(v, str) and v}
+        source.update(ctx.source)
+        key = tuple(sorted(source.items()))
+        if key not in contexts:
+            contexts[key] = dataclasses.replace(ctx, source=source)
+        return contexts[key]
 
     pending: list[tuple[int, str, bytes, object]] = []  # (seq, where, raw, parsed)
+    pending_ctx = ctx  # what the pending inputs are written under
 
     def alone(raw: bytes, d: object):
         try:
-            return next(iter(hub.ingest([(raw, d)], ctx, batch_size=1)))
+            return next(iter(hub.ingest([(raw, d)], pending_ctx, batch_size=1)))
         except StoreInputError as e:
             return e
 
     def flush() -> None:
         if pending:
             try:
-                results = list(hub.ingest(((raw, d) for _, _, raw, d in pending), ctx,
+                results = list(hub.ingest(((raw, d) for _, _, raw, d in pending), pending_ctx,
                                           batch_size=len(pending)))
             except StoreInputError:
                 # a value the database refused fails the commit it is in: each input again on
@@ -279,7 +303,7 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
             for (seq, where, raw, _), result in zip(pending, results, strict=True):
                 kind = outcome_kind(result)
                 if kind == "rejected":
-                    reject(seq, where, raw, result.outcome())
+                    reject(seq, where, raw, result.outcome(), source=pending_ctx.source)
                 else:
                     count(kind)
             pending.clear()
@@ -300,7 +324,11 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
         name = f"{d['resourceType']}|{h.hex()}|{seen[h, full_url]}"
         return str(uuid.uuid5(_INGEST_IDS, name if full_url is None else f"{name}|{full_url}"))
 
-    def add(item: tuple[int, str, bytes, object]) -> None:
+    def add(item: tuple[int, str, bytes, object], item_ctx) -> None:
+        nonlocal pending_ctx
+        if item_ctx is not pending_ctx:  # a batch is written under one source
+            flush()
+            pending_ctx = item_ctx
         d = item[3]
         if isinstance(d, dict) and not d.get("id") and isinstance(d.get("resourceType"), str):
             rid = content_id(d)
@@ -310,7 +338,8 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
         if len(pending) >= batch_size:
             flush()
 
-    def run_bundle(seq: int, where: str, raw: bytes, d: dict) -> None:
+    def run_bundle(seq: int, where: str, raw: bytes, d: dict, ctx, replayed: bool) -> None:
+        """``replayed``: a rejected entry kept as a one-entry Bundle, ``where`` its location."""
         entries = d["entry"]
         flush()
         for entry in entries:
@@ -328,58 +357,67 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
                 if rid:
                     r["id"] = rid
                     entry["request"] = {**request, "method": "PUT", "url": f"{r['resourceType']}/{rid}"}
+        written: set[int] = set()
         try:
-            out = bundles.process(d, hub, ctx, "", False, _no_get)
+            out = bundles.process(d, hub, ctx, "", False, _no_get, written=written)
         except FhirError as e:  # a transaction fails as a whole: every entry is rejected
-            reject(seq, where, raw, e.outcome(), len(entries))
+            reject(seq, where, raw, e.outcome(), len(entries), ctx.source)
             return
         for i, (entry, answer) in enumerate(zip(entries, out["entry"], strict=True)):
-            kind = entry_kind(entry, answer["response"])
+            kind = entry_kind(entry, answer["response"], i in written)
             if kind == "rejected":  # kept as a one-entry Bundle of the same type, to replay
-                reject(seq, f"{where}#entry[{i}]",
+                reject(seq, where if replayed and len(entries) == 1 else f"{where}#entry[{i}]",
                        orjson.dumps({"resourceType": "Bundle", "type": d["type"], "entry": [entry]}),
-                       answer["response"]["outcome"])
+                       answer["response"]["outcome"], source=ctx.source)
             else:
                 count(kind)
 
+    skipped: list[tuple[str, str]] = []
     try:
-        for seq, (where, raw, unreadable) in enumerate(iter_inputs(paths)):
+        for seq, (where, raw, unreadable) in enumerate(
+                iter_inputs(paths, lambda name, first: skipped.append((name, first)))):
             if unreadable is not None:
                 reject(seq, where, b"", FhirError(400, "exception", unreadable).outcome())
                 continue
             assert raw is not None  # iter_inputs gives the text or why it could not be read
+            here, replayed = ctx, False
             try:
                 d = parse_json(raw)
                 if isinstance(d, dict) and "resourceType" not in d and \
                         isinstance(d.get("input"), str) and "outcome" in d:
-                    # a line of a rejected-inputs file: what was sent, replayed as it was
+                    # a line of a rejected-inputs file: what was sent, replayed as it was,
+                    # under the source it was sent under, reported where it was first read
+                    here, replayed = replayed_ctx(d.get("source")), True
+                    if isinstance(d.get("where"), str) and d["where"]:
+                        where = d["where"]
                     raw = d["input"].encode("utf-8")
                     d = parse_json(raw)
             except FhirError as e:
-                reject(seq, where, raw, e.outcome())
+                reject(seq, where, raw, e.outcome(), source=here.source)
                 continue
             btype = d.get("type") if isinstance(d, dict) and d.get("resourceType") == "Bundle" else None
             if btype not in ("transaction", "batch", "collection"):
-                add((seq, where, raw, d))  # a resource (a document or other Bundle included)
+                add((seq, where, raw, d), here)  # a resource (a document or other Bundle included)
                 continue
             entries = d.get("entry", [])
             if not isinstance(entries, list) or not entries:  # every input gets an answer
                 why = (f"The {btype} Bundle has no entries: nothing to store"
                        if isinstance(entries, list) else "Bundle.entry must be an array")
-                reject(seq, where, raw, FhirError(400, "structure", why, "Bundle.entry").outcome())
+                reject(seq, where, raw, FhirError(400, "structure", why, "Bundle.entry").outcome(),
+                       source=here.source)
             elif btype != "collection":
-                run_bundle(seq, where, raw, d)
+                run_bundle(seq, where, raw, d, here, replayed)
             else:
                 for i, entry in enumerate(entries):
                     r = entry.get("resource") if isinstance(entry, dict) else None
-                    add((seq, f"{where}#entry[{i}]", orjson.dumps(r), r))
+                    add((seq, f"{where}#entry[{i}]", orjson.dumps(r), r), here)
         flush()
     finally:
         bar.close()
         if rejected_file is not None:
             rejected_file.close()
     problems = [(where, reason) for _, _, where, reason in sorted(shown, reverse=True)]
-    return counts, problems, n_problems, (rejected_path if rejected_file else None)
+    return counts, problems, n_problems, (rejected_path if rejected_file else None), skipped
 
 
 def _no_get(path: str, query: str, check: bool = False):
@@ -410,13 +448,15 @@ def cmd_ingest(args, settings: Settings) -> int:
     hub = Hub(open_store(settings))
     t0 = time.perf_counter()
     try:
-        counts, problems, n_problems, rejected_path = ingest_paths(
+        counts, problems, n_problems, rejected_path, skipped = ingest_paths(
             hub, args.paths, ctx, args.batch_size, not args.quiet and sys.stderr.isatty(),
             settings.data_dir / "rejected")
     finally:
         hub.store.close()
     elapsed = time.perf_counter() - t0
     print(f"{sum(counts.values())} inputs in {elapsed:.1f}s: {summary(counts)}")
+    for name, first in skipped:
+        print(f"  skipped {name}: already read" + (f" as {first}" if first != name else ""))
     for where, reason in problems:
         print(f"  rejected {where}: {reason}")
     if n_problems > len(problems):

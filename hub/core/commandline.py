@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hub.core.config import Settings
@@ -127,9 +127,15 @@ def input_kind(f: Path) -> str | None:
     return "ndjson" if name.endswith(".ndjson") else "json" if name.endswith(".json") else None
 
 
-def iter_inputs(paths: list[Path]) -> Iterator[tuple[str, bytes | None, str | None]]:
+def iter_inputs(paths: list[Path], skipped: Callable[[str, str], None] | None = None
+                ) -> Iterator[tuple[str, bytes | None, str | None]]:
     """(where, raw JSON, None) for every resource or Bundle in files and folders, NDJSON line by
-    line; (where, None, reason) for a file that cannot be read (the other files are still read)."""
+    line; (where, None, reason) for a file that cannot be read (the other files are still read).
+
+    Each file is read once, however often the paths reach it (a folder and a file in it, a link
+    to it): a second reading stored its resources without an id again, under new ids.
+    ``skipped(name, first)`` is told of each file left out as the one already read as ``first``."""
+    read: dict[object, str] = {}  # each file read (device and inode, else its real path) -> name
     for path in paths:
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for f in files:
@@ -138,6 +144,12 @@ def iter_inputs(paths: list[Path]) -> Iterator[tuple[str, bytes | None, str | No
                 continue  # other files in a folder (truth.csv, README, ...)
             n = 0
             name = shown_path(f)
+            key = _file_key(f)
+            if key in read:
+                if skipped is not None:
+                    skipped(name, read[key])
+                continue
+            read[key] = name
             try:
                 with _open(f) as fh:
                     if kind == "json":
@@ -150,6 +162,16 @@ def iter_inputs(paths: list[Path]) -> Iterator[tuple[str, bytes | None, str | No
                             yield f"{name}:{n}", line, None
             except (OSError, EOFError, zlib.error) as e:  # unreadable, corrupt or truncated gzip
                 yield (f"{name}:{n + 1}" if n else name), None, f"Cannot read the file: {e}"
+
+
+def _file_key(f: Path) -> object:
+    """What is the same for every path to one file: its device and inode (a link, hard or
+    symbolic, is the file it names), else its real path."""
+    try:
+        st = f.stat()
+    except OSError:
+        return os.path.realpath(f)
+    return (st.st_dev, st.st_ino)
 
 
 def existing_data_dir(settings: Settings) -> None:

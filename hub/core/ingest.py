@@ -135,12 +135,27 @@ class Result:
     # a write to a record the caller may not read (``Op.hidden``): answered alike whatever was
     # stored and whatever it did, with no version, time or content (``complete`` adds none)
     hidden: bool = False
+    # this write stored a new version (or the deletion): not a write that left what is stored
+    # as it was (the same content, older than what is stored, a conditional create matched)
+    written: bool = False
 
     @property
     def location(self) -> str | None:
         if self.rid is None or self.version is None:
             return None
         return f"{self.rtype}/{self.rid}/_history/{self.version}"
+
+
+# the feeds whose writes are FHIR as their client wrote it: the REST API's (unless a connector
+# names its feed), ``hub ingest``'s files and ``hub demo``'s region. An update from one replaces,
+# as FHIR says; any other feed is a message feed (a connector's, the Kafka intake's, a
+# document's), whose writes of a Patient keep what the message leaves unsaid
+CLIENT_FEEDS = frozenset({"rest", "file", "demo"})
+
+
+def message_feed(ctx: Context) -> bool:
+    """Whether ``ctx``'s writes come from a message feed (not ``CLIENT_FEEDS``)."""
+    return ctx.source.get("feed", "rest") not in CLIENT_FEEDS
 
 
 def new_id() -> str:
@@ -361,9 +376,10 @@ class Hub:
         pending: list[tuple[int, Result]] = []
         replaced: dict[int, tuple[int, Any]] = {}  # what each PUT replaces, read once
         older = self._older_than_stored(ops, planned, heads, replaced)
-        if ctx.source.get("feed", "rest") != "rest":
+        feed = message_feed(ctx)
+        if feed:
             self._keep_retirements(ops, planned, heads, replaced)
-        self._join_partial(ops, planned, heads, replaced, ctx.source.get("feed", "rest") != "rest")
+        self._join_partial(ops, planned, heads, replaced, feed)
         for i in planned:
             op = ops[i]
             if i in older:  # the stored state came from a newer source: kept, and said so
@@ -549,7 +565,8 @@ class Hub:
         keeps the retirement and says so, to a caller that may read the stored record (what
         is kept of it describes it), and a write of the survivor keeps its ``replaces`` links
         (no message of it carries them). Asked of a feed's writes only (a connector's, the
-        Kafka intake's): a client writing the Patient through the REST API may undo it."""
+        Kafka intake's): a client writing the Patient through the REST API or ``hub ingest``
+        may undo it."""
         wanted: list[int] = []
         retiring: list[int] = []
         for i in planned:
@@ -782,8 +799,8 @@ class Hub:
                                   ctx.source, request)
             commit.add(event, b"", [], ts)
             if op.hidden:  # its version would tell how many the hidden record had
-                return Result(200, op.rtype, op.target, hidden=True)
-            return Result(200, op.rtype, op.target, current + 1, last_updated)
+                return Result(200, op.rtype, op.target, hidden=True, written=True)
+            return Result(200, op.rtype, op.target, current + 1, last_updated, written=True)
         assert op.d is not None  # a POST or PUT carries its resource, a PATCH its result
         where = f"{op.where}.resource" if op.where else op.rtype
         try:
@@ -805,9 +822,10 @@ class Hub:
         commit.add(ResourceEvent(kind, op.rtype, op.target, version, last_updated, body,
                                  ctx.source, request), h, res.identifiers(op.d), ts)
         if op.hidden:  # an update, the deletion, version, time and content untold
-            return Result(200, op.rtype, op.target, hidden=True)
+            return Result(200, op.rtype, op.target, hidden=True, written=True)
         created = head is None or head.deleted
-        return Result(201 if created else 200, op.rtype, op.target, version, last_updated, body)
+        return Result(201 if created else 200, op.rtype, op.target, version, last_updated, body,
+                      written=True)
 
     def complete(self, result: Result, ctx: Context | None = None) -> Result:
         """Fill in the current version's body and time where a write left the resource as it was.
