@@ -44,6 +44,7 @@ import yaml
 
 from fhir_mapping.base import SourceInfo
 from hub.core.errors import HubError
+from hub.core.ingest import CLIENT_FEEDS
 
 
 class ConfigError(HubError, ValueError):
@@ -87,6 +88,9 @@ class ConnectorConfig:
         name = d.get("name")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{where}: 'name' is required")
+        if name in CLIENT_FEEDS:  # the feed's name: a client's would store its messages as whole records
+            raise ConfigError(f"{where}: 'name' {name!r} is reserved (the hub names its own clients' "
+                              f"writes {', '.join(sorted(CLIENT_FEEDS))}); name the connector after its feed")
         inst = d.get("institution")
         if inst is None:
             raise ConfigError(f"{where}: 'institution' is required (code, oid, name)")

@@ -94,3 +94,19 @@ def test_a_new_version_leaving_out_an_entry_without_an_id_retires_that_entry(cli
                                                sections=section(diagnosis("I50", "心衰", None))), headers=XML)
     assert v2.status_code == 201, v2.text
     assert _conditions(client, patient) == [("I50", ""), ("N18", "entered-in-error")]
+
+
+def test_a_document_posted_without_a_feed_name_keeps_what_its_header_leaves_out(client):
+    """A document's recordTarget is what its author chose to put there, not the record whole: a
+    second document of the patient without the phone the first carried dropped it from the
+    Patient, as a REST client's update replaces, when no connector named the feed."""
+    pid = ident("2.16.156.10011.1.12", "ZY-KEEP-1")
+    plain = {"content-type": "application/xml", "x-hub-source-institution": "H0002"}
+    first = wst500(doc_id="KEEP-A1", patient_ids=pid, birth="19800101").replace(
+        b"<patient>", b'<telecom value="tel:13912345678"/><patient>', 1)
+    assert client.post("/../cda", content=first, headers=plain).status_code == 201
+    assert client.post("/../cda", content=wst500(doc_id="KEEP-A2", patient_ids=pid, birth="19800101"),
+                       headers=plain).status_code == 201
+    (entry,) = client.get("/Patient", params={"identifier": "urn:oid:2.16.156.10011.1.12|ZY-KEEP-1"}
+                          ).json()["entry"]
+    assert [t["value"] for t in entry["resource"].get("telecom", [])] == ["13912345678"]

@@ -101,6 +101,12 @@ def test_config_errors(tmp_path):
         ConnectorConfig.from_dict({"sources": []})
     with pytest.raises(ConfigError, match="sources"):
         ConnectorConfig.from_dict({"name": "x", "institution": INST, "sources": [], "sink": {"type": "http"}})
+    # a connector named as the hub's own clients are would have its messages stored as whole
+    # records (the Patient an ORU names only by number replacing what the ADT gave)
+    for reserved in ("rest", "file", "demo"):
+        with pytest.raises(ConfigError, match="reserved"):
+            ConnectorConfig.from_dict({"name": reserved, "institution": INST, "sources": [{"type": "mllp"}],
+                                       "sink": {"type": "http"}})
     with pytest.raises(ConfigError, match="type"):
         ConnectorConfig.from_dict({"name": "x", "institution": INST, "sources": [{"type": "ftp"}],
                                    "sink": {"type": "http"}})

@@ -22,6 +22,7 @@ from hub.api.caller import authorize, recorded_institution
 from hub.api.responses import base_url, fhir_response
 from hub.core.access import Action
 from hub.core.errors import FhirError, bad_request
+from hub.core.ingest import CLIENT_FEEDS
 
 router = APIRouter()
 XML_TYPES = ("application/xml", "text/xml", "application/hl7-cda+xml", "application/cda+xml",
@@ -35,8 +36,11 @@ def source_of(request: Request) -> SourceInfo:
         return value[:128] if value.isprintable() else ""
 
     institution = recorded_institution(request, header("x-hub-source-institution")) or ""
-    return SourceInfo(institution=institution,
-                      oid=header("x-hub-source-oid"), feed=header("x-hub-source-feed") or "rest")
+    # a document is a message whoever posts it: its header says what its author chose of the
+    # patient, so the message-feed rules keep the rest (a REST feed name would replace it)
+    feed = header("x-hub-source-feed")
+    return SourceInfo(institution=institution, oid=header("x-hub-source-oid"),
+                      feed=feed if feed and feed not in CLIENT_FEEDS else "cda")
 
 
 @router.post("/cda", name="cda-document")
