@@ -92,6 +92,17 @@ def target(root: etree._Element) -> str | None:
     return None if el is None else el.get("extension")
 
 
+def kept_entry(data_dir, said: str) -> dict:
+    """The quarantine entry an answer names ("… quarantine entry N)")."""
+    from hub.quarantine import Quarantine
+
+    q = Quarantine(data_dir / "quarantine.sqlite")
+    try:
+        return q.get(int(said.rsplit("quarantine entry ", 1)[1].split(")")[0]))
+    finally:
+        q.close()
+
+
 def query_ack(root: etree._Element) -> tuple[str, int]:
     qa = root.find(f"{V3}controlActProcess/{V3}queryAck")
     return (qa.find(f"{V3}queryResponseCode").get("code"),
@@ -502,14 +513,8 @@ def test_training_and_debugging_messages_are_refused_and_never_written(client, v
     assert code == "AR" and f"processingCode '{processing}'" in text, text
     assert "production" in text and target(root) is not None
     assert client.get(f"/Patient/{pid}").status_code == 404
-    from hub.quarantine import Quarantine
-
-    q = Quarantine(live.settings.data_dir / "quarantine.sqlite")
-    try:
-        entry = q.get(int(text.rsplit("quarantine entry ", 1)[1].split(")")[0]))
-        assert entry["payload"] == sent and entry["report"]["rule"] == "v3.processing-code"
-    finally:
-        q.close()
+    entry = kept_entry(live.settings.data_dir, text)
+    assert entry["payload"] == sent and entry["report"]["rule"] == "v3.processing-code"
     accepted(client, v3, data, DECLARED)  # the same message of production is written
     assert read(client, f"Patient/{pid}")["id"] == pid
 
@@ -1004,7 +1009,6 @@ def test_an_unreadable_hostile_or_oversized_soap_request_is_a_soap_fault(client,
     DOCTYPE, a body over the limit (read, or refused by its declared length before reading) are
     Client/Sender faults, with the status the SOAP HTTP bindings give; what was read is kept in the
     quarantine as a bare unreadable message is."""
-    from hub.quarantine import Quarantine
 
     broken = _envelope(ns, "<foo>")
     hostile = BILLION_LAUGHS.replace(b"<PRPA_IN201311UV02", b"<s:Envelope xmlns:s='" + ns.encode()
@@ -1018,11 +1022,7 @@ def test_an_unreadable_hostile_or_oversized_soap_request_is_a_soap_fault(client,
         assert r.status_code == status, r.text
         code, reason = _fault(r, ns)
         assert code == sender and why in reason and b"root:" not in r.content
-        q = Quarantine(live.settings.data_dir / "quarantine.sqlite")
-        try:
-            assert q.get(int(reason.rsplit("quarantine entry ", 1)[1].split(")")[0]))["payload"] == body
-        finally:
-            q.close()
+        assert kept_entry(live.settings.data_dir, reason)["payload"] == body
     big = _envelope(ns, "<!--" + "x" * (10 * 1024 * 1024 + 1) + "-->")
     for headers in (SOAP_REQUESTS[ns], {"content-type": "text/xml"}):
         r = post(client, v3, big, headers)
@@ -1080,7 +1080,6 @@ def test_the_soap_parameter_named_message_is_the_message_and_a_refusal_keeps_the
     inside an envelope is kept as the whole envelope, to replay."""
     from xml.sax.saxutils import escape
 
-    from hub.quarantine import Quarantine
 
     data = patient_message(f"P{tag()}", resident())
     (pid,) = ids_of(data, SRC, "Patient")
@@ -1108,12 +1107,8 @@ def test_the_soap_parameter_named_message_is_the_message_and_a_refusal_keeps_the
     code, text, _ = ack(httpx.Response(200, content=result.encode(),
                                        headers={"content-type": "application/xml"}))
     assert code == "AR" and "processingCode" in text
-    q = Quarantine(live.settings.data_dir / "quarantine.sqlite")
-    try:
-        entry = q.get(int(text.rsplit("quarantine entry ", 1)[1].split(")")[0]))
-        assert entry["payload"] == envelope and entry["report"]["interaction"] == "PRPA_IN201311UV02"
-    finally:
-        q.close()
+    entry = kept_entry(live.settings.data_dir, text)
+    assert entry["payload"] == envelope and entry["report"]["interaction"] == "PRPA_IN201311UV02"
 
 
 # -- orders (H08) and requests (H09) -----------------------------------------------------------------
@@ -1709,7 +1704,6 @@ def test_a_message_the_hub_fails_on_is_kept_for_replay(tmp_path, monkeypatch):
     from hub.api import v3 as v3_api
     from hub.api.app import create_app
     from hub.core.config import Settings
-    from hub.quarantine import Quarantine
     from tests.conftest import app_server
 
     settings = Settings(data_dir=tmp_path / "data")
@@ -1724,12 +1718,7 @@ def test_a_message_the_hub_fails_on_is_kept_for_replay(tmp_path, monkeypatch):
         r = httpx.post(f"http://127.0.0.1:{port}/v3", content=data, headers=DECLARED, timeout=30)
     code, text, _ = ack(r)
     assert r.status_code == 200 and code == "AE" and "kept for replay" in text, (r.status_code, text)
-    qid = int(text.rsplit("quarantine entry ", 1)[1].split(")")[0])
-    q = Quarantine(settings.data_dir / "quarantine.sqlite")
-    try:
-        assert q.get(qid)["payload"] == data
-    finally:
-        q.close()
+    assert kept_entry(settings.data_dir, text)["payload"] == data
 
 
 def test_a_charset_named_only_by_the_content_type_is_read(client, v3):
