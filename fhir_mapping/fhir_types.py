@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-__all__ = ["TYPES", "TYPE_FACTS", "RESOURCE_TYPES", "URI_ELEMENTS"]
+__all__ = ["TYPES", "TYPE_FACTS", "RESOURCE_TYPES", "URI_ELEMENTS", "BASE64_ELEMENTS"]
 
 _TABLES = resources.files("fhir_mapping.tables")
 
@@ -24,6 +24,11 @@ TYPES: dict[str, dict[str, list]] = json.loads(_TABLES.joinpath("element_types.j
 # are replaced, besides references)
 URI_ELEMENTS: dict[str, list[str]] = json.loads(
     _TABLES.joinpath("uri_elements.json").read_text("utf-8"))
+
+# type name -> its elements of FHIR type base64Binary (their text checked as base64: the models
+# decode it leniently)
+BASE64_ELEMENTS: dict[str, list[str]] = json.loads(
+    _TABLES.joinpath("base64_elements.json").read_text("utf-8"))
 
 # resource type -> facts about it ({"identifier": whether it has one})
 TYPE_FACTS: dict[str, dict] = json.loads(_TABLES.joinpath("resource_types.json").read_text("utf-8"))

@@ -1,5 +1,6 @@
 """Derive, from the fhir.resources R4B models, the JSON type of every element: fhir_mapping/tables/element_types.json,
-and which string elements are of type uri, url, oid or uuid: fhir_mapping/tables/uri_elements.json.
+which string elements are of type uri, url, oid or uuid: fhir_mapping/tables/uri_elements.json, and which are
+base64Binary: fhir_mapping/tables/base64_elements.json.
 
 The models coerce JSON primitives ("true" for a boolean, "5" for an integer) and the hub stores what
 was sent, so hub.core.jsontypes checks the JSON types itself, and the codes of required bindings the models
@@ -35,6 +36,12 @@ COMPLETE = set(complete_code_systems())
 # elements of type uri, url, oid, uuid, and the narrative": these are the uri-typed elements
 # (canonical is left out: it names a resource by its canonical URL, never by a local reference)
 URI_TYPES = {"Uri", "Url", "Oid", "Uuid"}
+
+
+def is_base64(ann) -> bool:
+    """Whether an element's annotation declares the base64Binary primitive (bytes, which the
+    models decode leniently: hub.core.jsontypes checks the text itself)."""
+    return "Base64Binary()" in repr(ann)
 
 
 def primitive_name(ann) -> str | None:
@@ -85,7 +92,7 @@ def kind(base) -> str | None:
     return None
 
 
-def describe(cls_name: str, table: dict, uris: dict) -> None:
+def describe(cls_name: str, table: dict, uris: dict, b64s: dict) -> None:
     if cls_name in table or cls_name in ("Resource", "FHIRPrimitiveExtension"):
         return
     cls = get_fhir_model_class(cls_name)
@@ -101,6 +108,8 @@ def describe(cls_name: str, table: dict, uris: dict) -> None:
             uris.setdefault(cls_name, []).append(alias)
         if k is None:
             continue
+        if is_base64(field.annotation):
+            b64s.setdefault(cls_name, []).append(alias)
         entry: list = [k, int(is_list)]
         extra = field.json_schema_extra or {}
         if isinstance(extra, dict) and frozenset(extra.get("enum_values") or ()) in COMPLETE:
@@ -113,14 +122,15 @@ def describe(cls_name: str, table: dict, uris: dict) -> None:
         if k == "s" and primitive_name(field.annotation) in URI_TYPES and not own_url:
             uris.setdefault(cls_name, []).append(alias)
         if k not in ("b", "i", "d", "s"):
-            describe(k, table, uris)
+            describe(k, table, uris, b64s)
 
 
 def main() -> None:
     table: dict = {}
     uris: dict = {}
+    b64s: dict = {}
     for rtype in RESOURCES:
-        describe(rtype, table, uris)
+        describe(rtype, table, uris, b64s)
     out = ROOT / "fhir_mapping" / "tables" / "element_types.json"
     out.write_text(json.dumps(table, separators=(",", ":"), sort_keys=True, ensure_ascii=False))
     print(f"{len(table)} types -> {out} ({out.stat().st_size // 1024} KiB)")
@@ -128,6 +138,10 @@ def main() -> None:
     out.write_text(json.dumps({t: sorted(e) for t, e in uris.items()}, separators=(",", ":"),
                               sort_keys=True))
     print(f"uri-typed elements of {len(uris)} types -> {out}")
+    out = ROOT / "fhir_mapping" / "tables" / "base64_elements.json"
+    out.write_text(json.dumps({t: sorted(e) for t, e in b64s.items()}, separators=(",", ":"),
+                              sort_keys=True))
+    print(f"base64Binary elements of {len(b64s)} types -> {out}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 
+import pytest
+
 from tests.api_helpers import FHIR_JSON, assert_outcome, unique
 
 PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
@@ -123,3 +125,49 @@ def test_a_native_read_sends_the_stored_content_type_as_it_is(client, live):
     location = r.headers["location"].split("/fhir/", 1)[1].rsplit("/_history", 1)[0]
     native = client.get(f"/{location}", headers={"accept": "text/plain"})
     assert native.content == text and native.headers["content-type"] == "text/plain"
+
+
+@pytest.mark.parametrize("where,resource", [
+    ("Binary.data", lambda v: {"resourceType": "Binary", "contentType": "text/plain", "data": v}),
+    ("Patient.photo[0].data", lambda v: {"resourceType": "Patient",
+                                         "photo": [{"contentType": "image/png", "data": v}]}),
+    ("DocumentReference.content[0].attachment.data", lambda v: {
+        "resourceType": "DocumentReference", "status": "current",
+        "content": [{"attachment": {"contentType": "text/plain", "data": v}}]}),
+    ("Patient.extension[0].valueBase64Binary", lambda v: {
+        "resourceType": "Patient", "extension": [{"url": "urn:x", "valueBase64Binary": v}]}),
+])
+@pytest.mark.parametrize("data", ["!!!", "====", "aGVsbG8=\u00e9", "aGVsbG8=aGVs", "aGVs-bG8="])
+def test_a_base64_value_that_is_no_base64_is_refused_naming_its_element(client, live, where,
+                                                                        resource, data):
+    """The models decode base64 leniently: "!!!" was stored, and the Binary's content read
+    was then a 500."""
+    r = client.post(f"/{where.split('.')[0]}", json=resource(data), headers=FHIR_JSON)
+    outcome = assert_outcome(r, 422)
+    assert where in outcome["issue"][0]["expression"], outcome
+    assert "base64" in outcome["issue"][0]["diagnostics"].lower()
+
+
+def test_base64_may_hold_the_whitespace_r4_allows_and_is_read_without_it(client, live):
+    rid = _stored_binary(client, contentType="text/plain", data="aGVs\nbG8g\r\n d29y bGQ=")
+    native = client.get(f"/Binary/{rid}", headers={"accept": "text/plain"})
+    assert native.status_code == 200 and native.content == b"hello world"
+
+
+def test_a_binary_stored_before_base64_was_checked_is_no_500(client, live):
+    """Content stored before writes were checked cannot be given as its bytes: the read says so
+    and how to get its FHIR form, which still reads."""
+    from hub.core.ingest import Context, Hub, Op, Result
+
+    rid = f"bin-{unique()[:12]}"
+    store = live.settings.open_store()
+    try:
+        [done] = Hub(store).execute([Op("PUT", "Binary", rid=rid, d={
+            "resourceType": "Binary", "id": rid, "contentType": "text/plain", "data": "!!!"})],
+            Context(), atomic=True)
+        assert isinstance(done, Result), done
+    finally:
+        store.close()
+    outcome = assert_outcome(client.get(f"/Binary/{rid}", headers={"accept": "text/plain"}), 406)
+    assert "not base64" in outcome["issue"][0]["diagnostics"]
+    assert client.get(f"/Binary/{rid}").json()["data"] == "!!!"

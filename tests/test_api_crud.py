@@ -799,3 +799,44 @@ def test_a_conditional_delete_with_an_empty_criterion_says_so(client):
     outcome = assert_outcome(r, 400)
     text = outcome["issue"][0]["diagnostics"]
     assert "without a value: status" in text and "Unsupported" not in text, text
+
+
+SUMMARY_CASES = [
+    # (resource, what _summary=true keeps of it, beside resourceType, id and meta)
+    ({"resourceType": "Patient", "name": [{"family": "F"}],
+      "photo": [{"contentType": "image/png", "data": "AAAA"}],
+      "modifierExtension": [{"url": "http://example.org/m", "valueBoolean": True}]},
+     {"name": [{"family": "F"}],
+      "modifierExtension": [{"url": "http://example.org/m", "valueBoolean": True}]}),
+    ({"resourceType": "DocumentReference", "status": "current",
+      "content": [{"attachment": {"contentType": "text/plain", "data": "aGVsbG8=", "size": 5}},
+                  {"attachment": {"data": "aGk="}}]},
+     {"status": "current", "content": [{"attachment": {"contentType": "text/plain", "size": 5}}]}),
+    ({"resourceType": "Patient", "name": [{"family": "F", "extension": [{
+        "url": "http://example.org/a", "valueAttachment": {"title": "t", "data": "aGk="}}]}]},
+     {"name": [{"family": "F", "extension": [{"url": "http://example.org/a",
+                                               "valueAttachment": {"title": "t"}}]}]}),
+    ({"resourceType": "Bundle", "type": "collection", "entry": [{
+        "fullUrl": "urn:uuid:8f1d4c02-7b1e-4c4e-9a3e-2b8c9f0e6a11",
+        "resource": {"resourceType": "Media", "status": "completed",
+                     "content": {"contentType": "image/png", "data": "AAAA", "title": "x"}}}]},
+     {"type": "collection", "entry": [{
+         "fullUrl": "urn:uuid:8f1d4c02-7b1e-4c4e-9a3e-2b8c9f0e6a11",
+         "resource": {"resourceType": "Media", "status": "completed",
+                      "content": {"contentType": "image/png", "title": "x"}}}]}),
+]
+
+
+@pytest.mark.parametrize("d,summary", SUMMARY_CASES)
+def test_a_summary_is_r4s_no_attachment_data_and_every_modifier(client, d, summary):
+    """R4 ElementDefinition.isSummary: "Other than Attachment.data, all data type properties are
+    included", and modifiers are summary elements: a summary kept a photo's or a document's
+    base64 content, and left out modifierExtension (which changes what the rest means)."""
+    rtype = d["resourceType"]
+    rid = create(client, d).json()["id"]
+    for url, params in ((f"/{rtype}/{rid}", {}), (f"/{rtype}", {"_id": rid})):
+        r = client.get(url, params={**params, "_summary": "true"})
+        assert r.status_code == 200, r.text
+        got = r.json() if not params else r.json()["entry"][0]["resource"]
+        assert {k: v for k, v in got.items() if k not in ("resourceType", "id", "meta")} \
+            == summary, url

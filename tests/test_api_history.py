@@ -7,6 +7,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 import httpx
+import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from hub.core.errors import FhirError
@@ -337,3 +338,28 @@ def test_history_reflects_conditional_writes(client):
     rid = r.json()["id"]
     assert client.post("/Patient", json=d, headers=if_none_exist(d)).status_code == 200
     assert client.get(f"/Patient/{rid}/_history").json()["total"] == 1
+
+
+@pytest.mark.parametrize("path,params", [
+    ("/Patient/{rid}/_history", {"_count": "0"}),
+    ("/Patient/_history", {"_count": "0"}),
+    ("/_history", {"_count": "0"}),
+    ("/Patient/{rid}/_history", {"_since": "2090-01-01"}),
+    ("/Patient/_history", {"_since": "2090-01-01"}),
+    ("/_history", {"_since": "2090-01-01"}),
+    ("/Patient/{rid}/_history", {"_at": "1999"}),
+])
+def test_a_history_with_no_versions_has_no_entry(client, path, params):
+    """FHIR JSON has no empty array: an empty history answered "entry": [], alone and inside a
+    batch's GET entry."""
+    rid = put(client, patient(rid=unique())).json()["id"]
+    url = path.format(rid=rid)
+    b = client.get(url, params=params).json()
+    assert b["resourceType"] == "Bundle" and b["type"] == "history" and "entry" not in b, b
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    batch = {"resourceType": "Bundle", "type": "batch",
+             "entry": [{"request": {"method": "GET", "url": f"{url.lstrip('/')}?{query}"}}]}
+    r = client.post("", json=batch, headers={"content-type": "application/fhir+json"})
+    [entry] = r.json()["entry"]
+    assert entry["response"]["status"].startswith("200"), entry
+    assert entry["resource"]["type"] == "history" and "entry" not in entry["resource"]

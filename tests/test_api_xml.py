@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from hub.synth import Region
-from tests.api_helpers import FHIR_JSON, create, patient, system_total
+from tests.api_helpers import FHIR_JSON, assert_outcome, create, patient, system_total, unique
 
 XML = {"content-type": "application/fhir+xml", "accept": "application/fhir+xml"}
 SAMPLE = [d for d in Region(seed=5, people=6).iter_resources()
@@ -201,3 +201,92 @@ def test_a_value_over_the_xml_parsers_limit_is_a_413_that_says_to_send_json(clie
             + b"QUFB" * 3_000_000 + b'"/></Binary>')
     r = client.post("/Binary", content=body, headers=XML)
     assert r.status_code == 413 and b"over 10 MB" in r.content, r.text[:300]
+
+
+def _obs(value: str) -> bytes:
+    return ('<Observation xmlns="http://hl7.org/fhir"><status value="final"/><code><text '
+            f'value="x"/></code>{value}</Observation>').encode()
+
+
+@pytest.mark.parametrize("element,where", [
+    # R4's lexical forms, which JSON's numbers are too: no plus sign, no leading zero
+    ('<valueInteger value="+5"/>', "Observation.valueInteger"),
+    ('<valueInteger value="007"/>', "Observation.valueInteger"),
+    ('<valueInteger value="-007"/>', "Observation.valueInteger"),
+    ('<valueInteger value="00"/>', "Observation.valueInteger"),
+    # beyond 64 bits: a 500 (orjson writes no such integer)
+    ('<valueInteger value="99999999999999999999999"/>', "Observation.valueInteger"),
+    ('<valueInteger value="-99999999999999999999999"/>', "Observation.valueInteger"),
+    ('<valueInteger value="2147483648"/>', "Observation.valueInteger"),
+    # beyond a double: a 400 saying the body was not JSON
+    ('<valueQuantity><value value="1e400"/></valueQuantity>', "Observation.valueQuantity.value"),
+    ('<valueQuantity><value value="-1e400"/></valueQuantity>', "Observation.valueQuantity.value"),
+])
+def test_a_number_xml_cannot_give_as_fhir_is_a_422_naming_its_element(client, element, where):
+    r = client.post("/Observation", content=_obs(element),
+                    headers={**XML, "accept": "application/fhir+json"})
+    outcome = assert_outcome(r, 422)
+    assert outcome["issue"][0]["expression"] == [where], outcome
+
+
+def test_numbers_in_their_r4_form_are_taken_from_xml(client):
+    for element, key, value in (('<valueInteger value="0"/>', "valueInteger", 0),
+                                ('<valueInteger value="-7"/>', "valueInteger", -7),
+                                ('<valueInteger value="2147483647"/>', "valueInteger", 2147483647),
+                                ('<valueQuantity><value value="1e-400"/></valueQuantity>',
+                                 "valueQuantity", {"value": 0.0})):
+        r = client.post("/Observation", content=_obs(element),
+                        headers={**XML, "accept": "application/fhir+json"})
+        assert r.status_code == 201 and r.json()[key] == value, r.text
+
+
+DIV_XML = [
+    # a prefixed XHTML div in a prefixed FHIR resource: stored with its prefix and the FHIR
+    # namespace's declaration on it
+    ('<f:Patient xmlns:f="http://hl7.org/fhir"><f:text><f:status value="generated"/>'
+     '<h:div xmlns:h="http://www.w3.org/1999/xhtml"><h:p>x</h:p></h:div></f:text>'
+     '<f:active value="true"/></f:Patient>',
+     '<div xmlns="http://www.w3.org/1999/xhtml"><p>x</p></div>'),
+    ('<Patient xmlns="http://hl7.org/fhir" xmlns:x="urn:other"><text><status value="generated"/>'
+     '<div xmlns="http://www.w3.org/1999/xhtml"><p>a &quot;b&quot;</p></div></text>'
+     '<active value="true"/></Patient>',
+     '<div xmlns="http://www.w3.org/1999/xhtml"><p>a "b"</p></div>'),
+]
+
+
+@pytest.mark.parametrize("xml,div", DIV_XML)
+def test_a_narrative_from_xml_is_stored_as_xhtml_of_its_own(client, xml, div):
+    r = client.post("/Patient", content=xml.encode(),
+                    headers={**XML, "accept": "application/fhir+json"})
+    assert r.status_code == 201, r.text
+    assert r.json()["text"]["div"] == div
+
+
+NARRATIVES = [
+    '<div xmlns="http://www.w3.org/1999/xhtml"><p>say &quot;hi&quot; it&apos;s</p></div>',
+    '<div xmlns="http://www.w3.org/1999/xhtml"><p title="a\n\nb">x<br />y</p></div>',
+    '<div xmlns="http://www.w3.org/1999/xhtml">&#169; 2024 <!-- a note --><b>x</b></div>',
+    "<div xmlns='http://www.w3.org/1999/xhtml' xmlns:x='urn:unused'><img src='a.png' alt=''/>"
+    "</div>",
+]
+
+
+@pytest.mark.parametrize("div", NARRATIVES)
+def test_a_resource_read_as_xml_and_sent_back_unchanged_makes_no_new_version(client, div):
+    """The narrative came back from XML spelled otherwise (``"`` for ``&quot;``), so the same
+    resource sent back was a new version."""
+    rid = f"xv-{unique()[:12]}"
+    d = {"resourceType": "Patient", "id": rid, "text": {"status": "generated", "div": div},
+         "active": True}
+    assert client.put(f"/Patient/{rid}", json=d, headers=FHIR_JSON).status_code == 201
+    xml = client.get(f"/Patient/{rid}", headers={"accept": "application/fhir+xml"}).content
+    for _ in range(2):
+        r = client.put(f"/Patient/{rid}", content=xml, headers=XML)
+        assert r.status_code == 200 and r.headers["etag"] == 'W/"1"', r.text
+    # and the stored JSON sent back as it is read
+    back = client.get(f"/Patient/{rid}").json()
+    r = client.put(f"/Patient/{rid}", json=back, headers=FHIR_JSON)
+    assert r.status_code == 200 and r.headers["etag"] == 'W/"1"'
+    # a narrative that does differ is a new version
+    d["text"]["div"] = '<div xmlns="http://www.w3.org/1999/xhtml"><p>other</p></div>'
+    assert client.put(f"/Patient/{rid}", json=d, headers=FHIR_JSON).headers["etag"] == 'W/"2"'

@@ -26,6 +26,7 @@ from fastapi.responses import Response
 
 from hub.api import fhirxml
 from hub.core.errors import FhirError, bad_request
+from hub.core.jsontypes import compact_base64
 
 # media types a body is taken as FHIR in (as check_content_type takes them)
 _FHIR_BODIES = {"application/fhir+json", "application/json", "application/json+fhir",
@@ -82,10 +83,14 @@ def sends_native(request: Request, rtype: str) -> bool:
 def native_response(d: dict, headers: dict[str, str], status: int = 200) -> Response:
     """The stored Binary's content, with its own media type (exactly as stored: no charset
     added to a text type, which would relabel a GB18030 text as UTF-8)."""
-    try:
-        content = base64.b64decode(d.get("data", ""), validate=True)
-    except (binascii.Error, ValueError):  # validated on write; never expected
-        raise FhirError(500, "exception", "The stored Binary's data is not base64") from None
+    data = d.get("data", "")
+    try:  # base64 with the whitespace R4 allows in it (checked on write)
+        content = base64.b64decode(compact_base64(data) if isinstance(data, str) else "",
+                                   validate=True)
+    except (binascii.Error, ValueError):  # stored before writes were checked: its FHIR form
+        raise FhirError(406, "not-supported", "The stored Binary's data is not base64, so its "
+                        "content cannot be given; read it as FHIR (Accept: application/fhir+json) "
+                        "and write it again with valid data") from None
     # stored content of any type, served from the hub's own origin (the console's too): a
     # browser may neither run it (HTML, SVG) nor guess another type for it
     out = {**headers, "Content-Security-Policy": "sandbox; default-src 'none'",

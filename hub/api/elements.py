@@ -6,6 +6,11 @@ resource holds. A leading ``Type.`` is the resource's own; a dotted path reaches
 level, which R4 does not ask of _elements, and keeps its whole top element (the lenient answer).
 The element tables (these, ``_summary``'s, the mandatory ones every subset keeps) are the
 fhir.resources models'.
+
+``_summary=true`` keeps the summary elements whole but for what R4 (ElementDefinition.isSummary)
+leaves out and puts in besides: "Other than Attachment.data, all data type properties are
+included" (a photo or a document's content, base64, is no summary), and a modifier is a summary
+element (a ``modifierExtension`` left out would change what the rest means).
 """
 
 from __future__ import annotations
@@ -13,7 +18,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from fhir_mapping.fhir_types import TYPES
+
 ALWAYS = ("resourceType", "id", "meta")
+# a primitive's id and extensions (``_birthDate``), which the element table does not list
+_PRIMITIVE_ELEMENT: dict[str, list] = {"id": ["s", 0], "extension": ["Extension", 1]}
 
 
 def _fields(rtype: str) -> list[tuple[str, Any, dict]]:
@@ -31,7 +40,35 @@ def _fields(rtype: str) -> list[tuple[str, Any, dict]]:
 def summary_elements(rtype: str) -> frozenset[str]:
     """The elements ``_summary=true`` keeps of ``rtype``."""
     return frozenset({*ALWAYS, *(key for key, _, extra in _fields(rtype)
-                                 if extra.get("summary_element_property"))})
+                                 if extra.get("summary_element_property")
+                                 or key == "modifierExtension")})
+
+
+def without_attachment_data(value: Any, type_name: str) -> Any:
+    """``value``, of FHIR type ``type_name``, without the ``data`` of any Attachment in it (a
+    copy; the element table says where Attachments are). What holds nothing else is left out
+    with it, as FHIR JSON has no empty object."""
+    if isinstance(value, list):
+        items = (without_attachment_data(v, type_name) for v in value)
+        return [v for v in items if v != {}]
+    if not isinstance(value, dict):
+        return value
+    if type_name == "Resource":
+        rtype = value.get("resourceType")
+        type_name = rtype if isinstance(rtype, str) else ""
+    fields = _PRIMITIVE_ELEMENT if type_name == "Element" else TYPES.get(type_name, {})
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if type_name == "Attachment" and k in ("data", "_data"):
+            continue
+        spec = fields.get(k)
+        kind: str | None = spec[0] if spec else "Element" if k.startswith("_") else None
+        if kind is not None and kind not in ("b", "i", "d", "s") and isinstance(v, (dict, list)):
+            v = without_attachment_data(v, kind)
+            if not v:
+                continue
+        out[k] = v
+    return out
 
 
 @lru_cache(maxsize=None)

@@ -129,6 +129,7 @@ def history_bundle(repo: Repository, ctx: Context, items: list[tuple[str, str]],
         if total is not None:
             out["total"] = total
     out["link"] = links
-    out["entry"] = entries
+    if entries:  # no empty array (json.html): a page with no versions has no entry
+        out["entry"] = entries
     return out
 

@@ -205,6 +205,8 @@ async def patient_match(request: Request) -> Response:
         "search": {"extension": [{"url": MATCH_GRADE, "valueCode": c.grade}],
                    "mode": "match", "score": round(c.score, 6)},
     } for c, body_bytes in found]
-    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
-              "link": [{"relation": "self", "url": f"{base}/Patient/$match"}], "entry": entries}
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
+                              "link": [{"relation": "self", "url": f"{base}/Patient/$match"}]}
+    if entries:  # no empty array (json.html): no candidate, no entry
+        bundle["entry"] = entries
     return fhir_response(bundle, request=request)

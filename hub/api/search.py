@@ -20,6 +20,7 @@ from hub.api.elements import (
     selected_keys,
     summary_elements,
     unknown_elements,
+    without_attachment_data,
 )
 from hub.api.paging import link
 from hub.core import jsontext
@@ -119,7 +120,7 @@ class SearchService:
 def subset_filter(rtype: str, summary: str | None, elements: list[str] | None):
     """What a search's _summary or _elements keeps of each ``rtype`` resource (None: all)."""
     if summary == "true":
-        return summary_elements(rtype).__contains__
+        return _Summary(rtype)
     if summary == "text":
         return (mandatory_elements(rtype) | {"text"}).__contains__
     if summary == "data":
@@ -127,6 +128,18 @@ def subset_filter(rtype: str, summary: str | None, elements: list[str] | None):
     if elements:
         return (mandatory_elements(rtype) | selected_keys(rtype, elements)).__contains__
     return None
+
+
+class _Summary:
+    """_summary=true's filter of ``rtype``'s top-level elements; ``subset`` leaves out the data
+    of the Attachments in those it keeps."""
+
+    def __init__(self, rtype: str) -> None:
+        self.rtype = rtype
+        self.keys = summary_elements(rtype)
+
+    def __call__(self, key: str) -> bool:
+        return key in self.keys
 
 
 def check_elements(q: Query, rtype: str, elements: list[str]) -> None:
@@ -159,6 +172,8 @@ def read_subset(rtype: str, params: Mapping[str, str], strict: bool = False):
 def subset(raw: bytes, keep) -> dict:
     d = jsontext.loads_exact(raw)
     out = {k: v for k, v in d.items() if k in ALWAYS or keep(k)}
+    if isinstance(keep, _Summary) and b'"data"' in raw:
+        out = without_attachment_data(out, keep.rtype)
     meta = dict(out.get("meta") or {})
     meta["tag"] = [*meta.get("tag", []), {
         "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}]

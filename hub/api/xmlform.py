@@ -15,6 +15,7 @@ contained resource sits inside an element of its own type.
 from __future__ import annotations
 
 import json
+import math
 import re
 from functools import lru_cache
 from itertools import zip_longest
@@ -30,15 +31,17 @@ from fhir_core.utils import (
 )
 from lxml import etree
 
-from hub.core import jsontext
+from hub.core import jsontext, xhtml
 from hub.core.errors import FhirError
 from hub.core.resource import RESOURCE_TYPES
 
 FHIR = "http://hl7.org/fhir"
 XHTML = "http://www.w3.org/1999/xhtml"
 _NUMBERS = {"decimal", "integer", "integer64", "unsignedInt", "positiveInt"}
+# R4's lexical forms (datatypes.html), which are JSON's numbers: no sign but a minus, no leading
+# zero (``+5`` and ``007`` were taken and stored as 5 and 7)
 _DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
-_INTEGER = re.compile(r"[+-]?[0-9]+")
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
 
 
 class Element(NamedTuple):
@@ -196,7 +199,8 @@ def _read(node: etree._Element, type_name: str, path: str, primitive: bool = Fal
         last = ranks[name]
         if el.kind == "xhtml":
             _once(d, name, where)
-            d[name] = etree.tostring(child, encoding=str, with_tail=False)
+            # the XHTML its own: no prefix, no namespace of the resource's declared on it
+            d[name] = xhtml.element_text(child)
             continue
         if el.kind == "primitive":
             _no_text(child.text, where)
@@ -263,8 +267,13 @@ def _primitive(raw: str, type_name: str, where: str) -> Any:
     if type_name in _NUMBERS:
         text = raw.strip()
         if type_name == "decimal" and _DECIMAL.fullmatch(text):
+            if math.isinf(float(text)):  # no JSON reader takes it back (1e400)
+                raise _invalid(f"{raw[:40]!r} is beyond the range of a decimal", where)
             return orjson.Fragment(text.encode())
         if type_name != "decimal" and _INTEGER.fullmatch(text):
+            # beyond 64 bits (orjson writes no such int): beyond every FHIR integer's range
+            if len(text) > 20 or not -(1 << 63) <= int(text) < (1 << 63):
+                raise _invalid(f"{raw[:40]!r} is beyond the range of a FHIR {type_name}", where)
             return int(text)
         raise _invalid(f"{raw[:40]!r} is not a FHIR {type_name}", where)
     return raw

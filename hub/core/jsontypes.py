@@ -8,7 +8,11 @@ The hub stores the JSON as sent, so it must be valid FHIR JSON, not merely coerc
   repeats;
 - codes of required bindings that the models declare completely (``male | female | other |
   unknown``; lists the specification marks as open, with ``+``, are not checked);
-- a Binary's ``contentType`` without control characters (a line break).
+- a Binary's ``contentType`` without control characters (a line break);
+- base64Binary values (``Binary.data``, ``Attachment.data``, …) that are base64 (RFC 4648: its
+  alphabet, whole groups of four, padding only at the end; whitespace between, as R4's regex
+  lets through), which the models decode leniently (``!!!`` passed, and its content could not
+  be read).
 
 The table of element types comes from the models (``scripts/derive_element_types.py``); it lives in
 the leaf module ``fhir_mapping.fhir_types``, below the core, because the tabular mappers check their
@@ -17,20 +21,27 @@ mapping files against it too. ``TYPES`` here is that table.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from typing import Any
 
 import orjson
 
-from fhir_mapping.fhir_types import TYPES
+from fhir_mapping.fhir_types import BASE64_ELEMENTS, TYPES
 from hub.core.errors import Issue
 
-# (type, element) -> (kind, repeats, the codes of its required binding or None), one lookup a value
+# (type, element) -> (kind, repeats, the codes of its required binding or None), one lookup a
+# value; a base64Binary string's kind is "64"
 _SPECS: dict[str, dict[str, tuple[str, bool, frozenset[str] | None]]] = {
-    t: {name: (spec[0], bool(spec[1]), frozenset(spec[2]) if len(spec) > 2 else None)
+    t: {name: ("64" if name in BASE64_ELEMENTS.get(t, ()) else spec[0], bool(spec[1]),
+               frozenset(spec[2]) if len(spec) > 2 else None)
         for name, spec in fields.items()}
     for t, fields in TYPES.items()
 }
-_PRIMITIVE = {"b": "a JSON boolean", "i": "a JSON integer", "d": "a JSON number", "s": "a JSON string"}
+_PRIMITIVE = {"b": "a JSON boolean", "i": "a JSON integer", "d": "a JSON number", "s": "a JSON string",
+              "64": "a JSON string"}
+_XML_SPACE = re.compile(r"[ \t\r\n]+")
 _NO_FIELDS: dict[str, tuple[str, bool, frozenset[str] | None]] = {}
 
 
@@ -131,6 +142,13 @@ def _value(v: Any, kind: str, codes: frozenset[str] | None, where: Path,
         elif codes is not None and v not in codes:
             issues.append(Issue("code-invalid", f"{v!r} is not one of "
                                 f"{', '.join(sorted(codes))}", expression=_render(where)))
+    elif kind == "64":
+        if not isinstance(v, str):
+            issues.append(Issue("value", f"must be {_PRIMITIVE[kind]}", expression=_render(where)))
+        elif not is_base64(v):
+            issues.append(Issue("value", "must be base64 (RFC 4648: A-Z, a-z, 0-9, + and / in "
+                                "groups of four, = only as the last group's padding)",
+                                expression=_render(where)))
     elif kind == "b":
         if type(v) is not bool:
             issues.append(Issue("value", f"must be {_PRIMITIVE[kind]}", expression=_render(where)))
@@ -147,6 +165,20 @@ def _value(v: Any, kind: str, codes: frozenset[str] | None, where: Path,
         _object(v, rtype if isinstance(rtype, str) else "", where, issues)
     else:
         _object(v, kind, where, issues)
+
+
+def is_base64(text: str) -> bool:
+    """Whether ``text`` is a base64Binary value: base64 of RFC 4648, whitespace aside."""
+    compact = compact_base64(text)
+    try:
+        return bool(compact) and base64.b64decode(compact, validate=True) is not None
+    except (binascii.Error, ValueError):  # not the alphabet, bad padding, not ASCII
+        return False
+
+
+def compact_base64(text: str) -> str:
+    """A base64Binary value without the whitespace R4 lets it hold (what a decoder takes)."""
+    return _XML_SPACE.sub("", text)
 
 
 def _untyped(v: Any, where: Path, issues: list[Issue]) -> None:

@@ -18,7 +18,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from fhir_mapping import source_order
 from fhir_mapping.fhir_types import RESOURCE_TYPES  # a leaf module: the tabular mappers read it too
-from hub.core import jsontext, jsontypes, narrative
+from hub.core import jsontext, jsontypes, narrative, xhtml
 from hub.core.errors import FhirError, Issue, bad_request
 
 MAX_ISSUES = 20
@@ -165,7 +165,9 @@ def loc_path(prefix: str, loc: tuple) -> str:
 
 def content_hash(d: dict) -> bytes:
     """Hash of the content that makes a version: everything but id, versionId, lastUpdated and the
-    source-order stamp (the same content from a later message is no new version)."""
+    source-order stamp (the same content from a later message is no new version); narratives
+    in their canonical form (the same XHTML spelled otherwise, as FHIR XML gives it back, is
+    the same content)."""
     d = source_order.strip(d)
     meta = d.get("meta")
     if meta is not None or "id" in d:
@@ -174,7 +176,10 @@ def content_hash(d: dict) -> bytes:
             rest = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
             if rest:
                 d["meta"] = rest
-    return hashlib.blake2b(orjson.dumps(d, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+    text = orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
+    if b'"div":' in text:
+        text = orjson.dumps(xhtml.canonical_divs(d), option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(text, digest_size=16).digest()
 
 
 def canonical(d: dict, rid: str, version: int, last_updated: str) -> bytes:
