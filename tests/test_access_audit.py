@@ -711,3 +711,49 @@ def test_identity_decisions_tell_an_external_user_from_a_hub_client_of_the_same_
         assert by[f"Patient/{b['id']}"] == f"{sub} ({idp.issuer})"
     finally:
         idp.close()
+
+
+def test_a_break_the_glass_access_of_an_external_user_is_reviewed_by_the_hub_user_of_its_subject(
+        tmp_path, request):
+    """The review's check compared subjects alone: a hub auditor could not review the
+    break-the-glass access of an external provider's user whose ``sub`` was the auditor's own
+    subject (two people), the page marking it the auditor's own access."""
+    import re
+
+    import httpx
+
+    from tests.console_helpers import console_user, logged_in, wait_for
+    from tests.test_auth_tokens import RSA_KEY, idp_token
+
+    idp, settings = _external_provider_hub(tmp_path, request)
+    try:
+        with LiveServer(settings) as server:
+            p = patient(rid=unique()[:16])
+            with httpx.Client(base_url=server.base, timeout=30, auth=server.auth) as admin:
+                _put(admin, p)
+            name = console_user(server, ("auditor",))
+            token = idp_token(RSA_KEY, "k1", iss=idp.issuer, aud=server.base,
+                              sub=f"console:{name}", scope="system/*.rs", roles=["clinician"])
+            r = httpx.get(f"{server.base}/Patient/{p['id']}", timeout=30, headers={
+                "authorization": f"Bearer {token}", "x-purpose-of-use": "ETREAT"})
+            assert r.status_code == 200, r.text
+            aud = logged_in(server, name)
+
+            def row() -> str | None:
+                m = re.search(r'<tr id="access-([^"]+)">((?:(?!</tr>).)*Patient/'
+                              + re.escape(p["id"]) + r".*?)</tr>", aud.get("/console/audit").text,
+                              re.S)
+                return m and m.group(0)
+
+            found = wait_for(row)
+            assert found and idp.issuer in found  # the external user, with its provider
+            assert "<form" in found  # not the auditor's own: the review form is there
+            aid = re.search(r'id="access-([^"]+)"', found).group(1)
+            csrf = re.search(r'name="csrf" value="([^"]+)"', aud.get("/console/audit").text)
+            r = aud.post(f"/console/audit/{aid}/review", data={
+                "csrf": csrf.group(1), "finding": "unjustified", "note": "no emergency"})
+            assert r.status_code == 303, r.text
+            reviewed = row()
+            assert "finding-unjustified" in reviewed and "<form" not in reviewed
+    finally:
+        idp.close()
