@@ -36,7 +36,7 @@ def audit_page(request: Request) -> Response:
     log = _log(request)
     since = int((datetime.now(UTC) - timedelta(days=WINDOW_DAYS)).timestamp() * 1_000_000)
     found = emergency_accesses(log, since, 200) if log is not None else []
-    reviews: dict[str, list[dict[str, str]]] = {}
+    reviews: dict[str, list[dict[str, Any]]] = {}
     if found:
         for row in reversed(log.with_values("entity", [f"AuditEvent/{a['id']}" for a in found])):
             d = orjson.loads(row.body)
