@@ -38,7 +38,7 @@ from fhir_mapping.documents import (
 )
 from hub.core import jsontext
 from hub.core import resource as res
-from hub.core.access import SYSTEM, patients_in
+from hub.core.access import SYSTEM, Actor, patients_in
 from hub.core.errors import FhirError
 from hub.core.fhirtime import local_zone
 from hub.core.ingest import Context, Op, Result
@@ -79,14 +79,15 @@ class StoredDocuments:
     def __init__(self, repo: Repository):
         self.repo = repo
 
-    def settle(self, resources: list[dict],
-               patient: str | None) -> tuple[Conflict | None, list[dict]]:
+    def settle(self, resources: list[dict], patient: str | None,
+               reader: Actor | None = None) -> tuple[Conflict | None, list[dict]]:
         """Before a mapped document (``resources``, its quality report among them) is written:
-        the conflict with what is stored that refuses it (``_conflict``), else None and the
-        entries it withdrew, retired (to write with it), its report saying what it changed (a
-        late older version, what was retired or left out) and keeping the time a resend was
-        first checked."""
-        conflict = self._conflict(resources, patient)
+        the conflict with what is stored that refuses it (``_conflict``; worded for ``reader``,
+        who is told nothing of stored records it may not read), else None and the entries it
+        withdrew, retired (to write with it), its report saying what it changed (a late older
+        version, what was retired or left out) and keeping the time a resend was first
+        checked."""
+        conflict = self._conflict(resources, patient, reader)
         if conflict is not None:
             return conflict, []
         report = next(r for r in resources if is_quality_report(r))
@@ -95,7 +96,7 @@ class StoredDocuments:
             return None, []
         return None, self._retire_left_out(resources, report)
 
-    def settle_writes(self, ops: list[Op]) -> list[Op]:
+    def settle_writes(self, ops: list[Op], reader: Actor | None = None) -> list[Op]:
         """``settle`` for each mapped document among a transaction's or batch's writes
         (``document_writes``); returns the retirements to write with them. A document in conflict
         refuses the whole Bundle, a batch too: its entries are one unit (nothing of it may be
@@ -104,12 +105,13 @@ class StoredDocuments:
         is 422 business-rule, not the intake's 409: a connector (``connectors.sinks``) and the
         ingest worker split a Bundle refused with a 4xx until the document is alone and keep it
         as a dead letter, where a 409 is "try again" and held the connector's feed for ever
-        behind a document only a steward can settle."""
+        behind a document only a steward can settle. The refusal names the stored records (their
+        ids, their patients) only to a ``reader`` that may read them."""
         more: list[Op] = []
         for patient, members in document_writes(ops):
             where = ops[members[0]].where  # the DocumentReference's entry: the document
             conflict, retired = self.settle([ops[i].d for i in members],  # type: ignore[misc]
-                                            patient)
+                                            patient, reader)
             if conflict is not None:
                 rule, _, text = conflict
                 raise FhirError(422, "business-rule", f"{rule}: {text}", where)
@@ -279,7 +281,8 @@ class StoredDocuments:
                 missing.append(f"{system}|{value}".lstrip("|"))
         return found, missing
 
-    def _conflict(self, resources: list[dict], patient: str | None) -> Conflict | None:
+    def _conflict(self, resources: list[dict], patient: str | None,
+                  reader: Actor | None = None) -> Conflict | None:
         """Why the document may not be written over what is stored, as (rule, display, text), or
         None. Never merge two people: every id of a document is derived from its keys (the set,
         an entry's own id, the document id), so a document for another patient with the keys of a
@@ -287,13 +290,16 @@ class StoredDocuments:
         records with its own and retire the rest. Whose a stored record is, is what its references
         name; a document whose Patient is another resource than the stored records' is another
         patient, even when a steward knows it is the same person under another identifier (the
-        hub does not guess). And two different documents cannot both be version N of one set."""
+        hub does not guess). And two different documents cannot both be version N of one set.
+        A ``reader`` that may not read the stored records the conflict is with is told that there
+        is one, never their ids or whose they are."""
         by_type: dict[str, list[dict]] = {}
         for d in resources:
             if d["resourceType"] != "Patient" and not is_quality_report(d):
                 by_type.setdefault(d["resourceType"], []).append(d)
         taken: dict[str, list[str]] = {}  # another patient's Type/id -> its patients
         stored: dict[str, dict] = {}  # the set's DocumentReference, as stored
+        hidden: set[str] = set()  # of these, the ones ``reader`` may not read
         for rtype, docs in by_type.items():
             held = self.repo.own_current_many(rtype, [d["id"] for d in docs])
             for rid, body in held.items():
@@ -302,12 +308,20 @@ class StoredDocuments:
                     taken[f"{rtype}/{rid}"] = owners
                 if rtype == "DocumentReference":
                     stored = orjson.loads(body)
+                if reader is not None and (f"{rtype}/{rid}" in taken or rtype ==
+                                           "DocumentReference") \
+                        and not self.repo.shows(reader, rtype, rid, body):
+                    hidden.add(f"{rtype}/{rid}")
         doc = (by_type.get("DocumentReference") or [{}])[0]
         set_id = next((f"{i.get('system', '')}|{i.get('value', '')}".lstrip("|")
                        for i in doc.get("identifier") or ()), None)
+        ref = f"DocumentReference/{doc.get('id')}"
+        if taken and hidden & set(taken):
+            return (OTHER_PATIENT_RULE, "the document's ids are records it may not be written over",
+                    "this document's ids are those of stored records this caller may not read, "
+                    "which a document may not be written over. Refused, nothing written")
         if taken:
             whose = sorted({p for owners in taken.values() for p in owners})
-            ref = f"DocumentReference/{doc.get('id')}"
             if set_id and ref in taken:
                 return (OTHER_PATIENT_RULE, "a new version of a document is about another patient",
                         f"document set {set_id} is stored for {', '.join(taken[ref])}; this "
@@ -321,6 +335,12 @@ class StoredDocuments:
         if set_id and new and old and new.series is not None and new.series == old.series \
                 and new.version is not None and new.version == old.version \
                 and doc.get("masterIdentifier") != stored.get("masterIdentifier"):
+            if ref in hidden:
+                return (SAME_VERSION_RULE, "another document is stored as this version of the set",
+                        f"version {new.version} of this document set is stored as a document this "
+                        f"caller may not read; two documents cannot both be one version of a set. "
+                        f"Refused, nothing written")
+
             def named(d: dict) -> str:
                 i = d.get("masterIdentifier") or {}
                 return f"{i.get('system', '')}|{i.get('value', '')}".lstrip("|")

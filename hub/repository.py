@@ -214,6 +214,12 @@ class Repository:
         return {rid: state.partition(b"\n")[2]
                 for rid, (_, state) in self._hub.store.latest_many(rtype, rids).items()}
 
+    def shows(self, actor: Actor, rtype: str, rid: str, body: bytes) -> bool:
+        """Whether a record the hub read for a write of its own (its JSON, from
+        ``own_current_many``) may be shown to ``actor``: what the hub says of it to that caller
+        (why a write is refused) tells nothing of one it may not read."""
+        return self._body_shown(actor, rtype, rid, body)
+
     def own_ids_by_identifier(self, rtype: str, system: str, value: str) -> list[str]:
         """The ids of the current records with the identifier ``system|value``, read by the hub
         for a write of its own (the stored document a replacement names), never handed to a

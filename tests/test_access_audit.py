@@ -658,3 +658,102 @@ def test_an_external_providers_user_is_told_apart_from_a_hub_client_of_the_same_
             assert len(titles) == 2 and len(set(titles)) == 2, titles
     finally:
         idp.close()
+
+
+def _external_provider_hub(tmp_path, request):
+    """A hub with the access audit on whose API also takes an external provider's tokens."""
+    from tests.test_auth_tokens import RSA_KEY, JwksServer
+
+    idp = JwksServer()
+    idp.publish(RSA_KEY, "k1")
+    settings = make_settings("sqlite", tmp_path, request)
+    settings.audit = True
+    settings.auth_issuer, settings.auth_jwks_url = idp.issuer, None
+    return idp, settings
+
+
+def test_identity_decisions_tell_an_external_user_from_a_hub_client_of_the_same_subject(
+        tmp_path, request, capsysbinary):
+    """A decision recorded its user by the token's subject alone: an external provider's steward
+    whose ``sub`` equals a hub client's id was that client in the decision history and in
+    ``hub mpi export``."""
+    import httpx
+
+    from hub import cli
+    from tests.test_auth_tokens import RSA_KEY, idp_token
+
+    idp, settings = _external_provider_hub(tmp_path, request)
+    try:
+        with LiveServer(settings) as server:
+            a, b = patient(rid=unique()[:16]), patient(rid=unique()[:16])
+            with httpx.Client(base_url=server.base, timeout=30, auth=server.auth) as admin:
+                _put(admin, a)
+                _put(admin, b)
+            ours = server.client_auth(roles=("steward",), scope="system/*.rs", name="twin")
+            sub = ours.client_id
+            token = idp_token(RSA_KEY, "k1", iss=idp.issuer, aud=server.base, sub=sub,
+                              scope="system/*.rs", roles=["steward"])
+            body = {"resourceType": "Parameters", "parameter": [
+                {"name": "patient", "valueReference": {"reference": ""}}]}
+            for who, p in ((ours, a), ({"authorization": f"Bearer {token}"}, b)):
+                body["parameter"][0]["valueReference"]["reference"] = f"Patient/{p['id']}"
+                with httpx.Client(base_url=server.base, timeout=30,
+                                  **({"auth": who} if not isinstance(who, dict) else
+                                     {"headers": who})) as c:
+                    r = c.post("/Person/$link", json=body, headers=FHIR_JSON)
+                    assert r.status_code == 200, r.text
+        code = cli.main(["mpi", "export", "--data-dir", str(settings.data_dir), "--format",
+                         "ndjson"])
+        out = capsysbinary.readouterr()
+        assert code == 0, out.err.decode()[-500:]
+        by = {r["patient"]: r["decided_by"] for r in map(orjson.loads, out.out.splitlines())}
+        assert by[f"Patient/{a['id']}"] == sub
+        assert by[f"Patient/{b['id']}"] == f"{sub} ({idp.issuer})"
+    finally:
+        idp.close()
+
+
+def test_a_break_the_glass_access_of_an_external_user_is_reviewed_by_the_hub_user_of_its_subject(
+        tmp_path, request):
+    """The review's check compared subjects alone: a hub auditor could not review the
+    break-the-glass access of an external provider's user whose ``sub`` was the auditor's own
+    subject (two people), the page marking it the auditor's own access."""
+    import re
+
+    import httpx
+
+    from tests.console_helpers import console_user, logged_in, wait_for
+    from tests.test_auth_tokens import RSA_KEY, idp_token
+
+    idp, settings = _external_provider_hub(tmp_path, request)
+    try:
+        with LiveServer(settings) as server:
+            p = patient(rid=unique()[:16])
+            with httpx.Client(base_url=server.base, timeout=30, auth=server.auth) as admin:
+                _put(admin, p)
+            name = console_user(server, ("auditor",))
+            token = idp_token(RSA_KEY, "k1", iss=idp.issuer, aud=server.base,
+                              sub=f"console:{name}", scope="system/*.rs", roles=["clinician"])
+            r = httpx.get(f"{server.base}/Patient/{p['id']}", timeout=30, headers={
+                "authorization": f"Bearer {token}", "x-purpose-of-use": "ETREAT"})
+            assert r.status_code == 200, r.text
+            aud = logged_in(server, name)
+
+            def row() -> str | None:
+                m = re.search(r'<tr id="access-([^"]+)">((?:(?!</tr>).)*Patient/'
+                              + re.escape(p["id"]) + r".*?)</tr>", aud.get("/console/audit").text,
+                              re.S)
+                return m and m.group(0)
+
+            found = wait_for(row)
+            assert found and idp.issuer in found  # the external user, with its provider
+            assert "<form" in found  # not the auditor's own: the review form is there
+            aid = re.search(r'id="access-([^"]+)"', found).group(1)
+            csrf = re.search(r'name="csrf" value="([^"]+)"', aud.get("/console/audit").text)
+            r = aud.post(f"/console/audit/{aid}/review", data={
+                "csrf": csrf.group(1), "finding": "unjustified", "note": "no emergency"})
+            assert r.status_code == 303, r.text
+            reviewed = row()
+            assert "finding-unjustified" in reviewed and "<form" not in reviewed
+    finally:
+        idp.close()

@@ -151,6 +151,52 @@ def test_an_entry_id_of_another_patients_record_is_dead_lettered(conn, client):
         .get("entry") is None
 
 
+def test_a_refusal_tells_a_writer_that_may_not_read_them_nothing_of_the_stored_records(
+        server, conn, client, tmp_path):
+    """The refusal of a document whose ids are another patient's records named those records and
+    their patient to a connector that may write but not read them. It is told that the document
+    may not be written over stored records, never which records or whose."""
+    from hub.auth.backend_client import new_key, private_pem, public_jwks
+    from hub.auth.clients import open_registry
+
+    a, b = ident(ROOT, "CONN-PH-1"), ident(ROOT, "CONN-PH-2")
+    v1 = wst500(doc_id="CONN-H-1", set_id="SET-CONN-H", version=1, patient_ids=a, name="测试壬",
+                sections=section(diagnosis("I10", "高血压", "1")))
+    assert send(conn, v1) == []
+    pa = filed(client, "SET-CONN-H")["subject"]["reference"]
+    [cond] = conditions(client, pa).values()
+    key = new_key()  # a connector that writes (create, update) and reads nothing
+    writer = open_registry(server.settings.data_dir).add(
+        "write-only connector H0001", public_jwks(key), institution="H0001",
+        roles=("connector",), scopes="system/*.cu")
+    (tmp_path / "wkeys").mkdir()
+    (tmp_path / "wkeys" / "k.pem").write_bytes(private_pem(key))
+    blind = Connector(ConnectorConfig.from_dict({
+        "name": "emr-w", "institution": {"code": "H0001", "oid": "2.16.156.10011.99.1.1"},
+        "state_dir": str(tmp_path / "wstate"), "durable": False,
+        "retry": {"initial_s": 0.05, "max_s": 0.2},
+        "sources": [{"type": "folder", "name": "docs", "path": str(tmp_path / "win"),
+                     "kind": "cda"}],
+        "sink": {"type": "http", "url": server.base, "client_id": writer.client_id,
+                 "private_key": str(tmp_path / "wkeys" / "k.pem")}}), sources=[])
+    blind.start()
+    try:
+        v2 = wst500(doc_id="CONN-H-2", set_id="SET-CONN-H", version=2, patient_ids=b,
+                    name="测试癸", sections=section(diagnosis("J45.9", "哮喘", "1")))
+        [dl] = send(blind, v2)
+    finally:
+        blind.stop()
+        blind.join()
+    said = refused(dl)
+    assert "cda.document.other-patient" in said and "may not read" in said, said
+    assert pa not in said and pa.partition("/")[2] not in said, said
+    assert cond["id"] not in said and "DocumentReference/" not in said, said
+    # the same refusal to a connector that may read them names them, as before
+    [dl] = send(conn, v2)
+    assert pa in refused(dl)
+    assert conditions(client, pa) == {"I10": cond}
+
+
 def test_two_documents_cannot_both_be_one_version_of_a_set(conn, client):
     ids = ident(ROOT, "CONN-SAMEV-1")
 

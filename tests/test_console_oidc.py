@@ -169,3 +169,42 @@ def test_behind_a_proxy_that_ends_tls_the_flow_names_the_public_https_address(
     assert asked["redirect_uri"] == ["https://hub.example/console/oidc/callback"]
     [flow] = [c for c in start.headers.get_list("set-cookie") if c.startswith("hub_console_oidc=")]
     assert "secure" in flow.lower()
+
+
+def test_a_person_the_provider_signed_in_is_audited_as_that_providers(
+        provider, tmp_path_factory, request):
+    """A console session carried no issuer: what the person read was audited as a subject of the
+    hub's own users (``oidc:<host>:<sub>``, the provider by its host alone, so two providers of
+    one host were one), not as the provider's subject, as that provider's API tokens are."""
+    import time
+    import uuid
+
+    settings = make_settings("sqlite", tmp_path_factory.mktemp("oidc-audit"), request)
+    settings.console_oidc_issuer = provider
+    settings.console_oidc_client_id = "hub-console"
+    settings.console_oidc_client_secret = "a confidential client's secret"
+    settings.audit = True
+    n = uuid.uuid4().hex[:6]
+    pid, sub = f"oidc-a-{n}", f"console:local-{n}"  # a local user's subject, at the provider
+    with LiveServer(settings) as server:
+        with httpx.Client(base_url=server.base, auth=server.auth, timeout=30) as api:
+            assert api.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid}
+                           ).status_code == 201
+            person(provider, sub, {"name": "医生", "roles": ["clinician"]})
+            c = _session(server, sub)
+            assert c.get(f"/console/record/Patient/{pid}", params={"purpose": "TREAT"}
+                         ).status_code == 200
+            c.close()
+            agents: list[dict] = []
+            for _ in range(50):
+                found = api.get("/AuditEvent", params={"entity": f"Patient/{pid}"}).json()
+                agents = [e["resource"]["agent"][0]["who"] for e in found.get("entry", [])
+                          if e["resource"]["resourceType"] == "AuditEvent"
+                          and "TREAT" in str(e["resource"].get("purposeOfEvent"))]
+                if agents:
+                    break
+                time.sleep(0.2)
+    assert agents and all(w["identifier"]["value"] == sub for w in agents), agents
+    issuer = agents[0]["identifier"]["system"]
+    assert issuer.rstrip("/") == provider.rstrip("/"), agents
+    assert agents[0]["display"] == f"{sub} ({issuer})"

@@ -381,8 +381,9 @@ EMERGENCY = frozenset({"ETREAT", "BTG"})  # break-the-glass purposes of use: acc
 
 def emergency_accesses(log: Any, since_us: int | None = None,
                        limit: int | None = None) -> list[dict]:
-    """The break-the-glass accesses in the audit, oldest first: recorded, who, purpose, outcome,
-    what; each found by the log's purpose index (the newest ``limit`` of them with a limit)."""
+    """The break-the-glass accesses in the audit, oldest first: recorded, who (and the system of
+    that identifier), purpose, outcome, what; each found by the log's purpose index (the newest
+    ``limit`` of them with a limit)."""
     out = []
     found = log.with_values("purpose", sorted(EMERGENCY), since_us, limit or 1 << 62)
     for row in reversed(found):
@@ -392,9 +393,11 @@ def emergency_accesses(log: Any, since_us: int | None = None,
         if not purposes & EMERGENCY:
             continue
         agent = (d.get("agent") or [{}])[0]
+        ident = (agent.get("who") or {}).get("identifier") or {}
         out.append({
-            "id": d.get("id"), "recorded": d.get("recorded"),
-            "who": ((agent.get("who") or {}).get("identifier") or {}).get("value"),
+            "id": d.get("id"), "recorded": d.get("recorded"), "who": ident.get("value"),
+            # whose subject: the hub's users' system, an external provider's issuer
+            "system": ident.get("system"),
             "purpose": sorted(purposes & EMERGENCY)[0], "outcome": d.get("outcome"),
             "access": [s.get("code") for s in d.get("subtype") or ()],
             "what": [e["what"]["reference"] for e in d.get("entity") or ()

@@ -253,7 +253,7 @@ def process(bundle: dict, repo: Repository, ctx: Context, base: str, representat
     # one check, the intake's; the retirements are written with them, answered by no entry
     # (``hub ingest`` hands in the bare core: its store is read the same way)
     stored = repo if isinstance(repo, Repository) else Repository(repo)
-    retirements = StoredDocuments(stored).settle_writes(ops)
+    retirements = StoredDocuments(stored).settle_writes(ops, ctx.actor)
     if atomic:
         _try_gets(parsed, ops, get)
     results = repo.execute(ops + retirements, ctx, atomic=True) if atomic \

@@ -123,12 +123,15 @@ def _from_console_session(request: Request) -> Actor:
     # it): a person without one is judged as a token without one is, by the same policy, so a
     # consent denying an institution holds for them too (they could be of it)
     institution = claims.get("hub_institution")
+    # a person an identity provider signed in is that provider's subject (``hub_issuer``)
+    issuer = claims.get("hub_issuer")
     return Actor(subject=str(claims.get("sub"))[:128], kind="user",
                  roles=frozenset(r for r in roles if isinstance(r, str))
                  if isinstance(roles, list) else frozenset(),
                  scopes=in_context(str(claims.get("scope") or "").split(), None),
                  institution=institution if isinstance(institution, str) and institution
-                 else None, purpose=None)
+                 else None, purpose=None,
+                 issuer=issuer if isinstance(issuer, str) and issuer else None)
 
 
 def _from_headers(request: Request) -> Actor:

@@ -160,8 +160,9 @@ def _known(params: dict[str, Any], allowed: set[str], required: set[str]) -> Non
 
 
 def _decider(request: Request, params: dict[str, Any]) -> str:
-    if authenticated(request):  # the token's subject, never a header or a parameter
-        return actor_of(request).subject
+    if authenticated(request):  # the token's subject, never a header or a parameter; an
+        # external provider's with that provider (a subject is one person only with its issuer)
+        return actor_of(request).named
     u = user_of(request)
     if u != "anonymous":
         return u

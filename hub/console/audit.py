@@ -13,7 +13,7 @@ from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from hub.access.audit import REVIEW, review_event
+from hub.access.audit import REVIEW, USER_SYSTEM, agent_who, review_event
 from hub.access.chain import emergency_accesses
 from hub.access.policy import EMERGENCY
 from hub.api.caller import actor_of, authorize, context_of, repository
@@ -36,7 +36,7 @@ def audit_page(request: Request) -> Response:
     log = _log(request)
     since = int((datetime.now(UTC) - timedelta(days=WINDOW_DAYS)).timestamp() * 1_000_000)
     found = emergency_accesses(log, since, 200) if log is not None else []
-    reviews: dict[str, list[dict[str, str]]] = {}
+    reviews: dict[str, list[dict[str, Any]]] = {}
     if found:
         for row in reversed(log.with_values("entity", [f"AuditEvent/{a['id']}" for a in found])):
             d = orjson.loads(row.body)
@@ -45,20 +45,26 @@ def audit_page(request: Request) -> Response:
             target = d["entity"][0]["what"]["reference"].split("/", 1)[1]
             who = d["agent"][0]["who"]
             reviews.setdefault(target, []).append({  # every review, the oldest first
-                "by": who["display"], "subject": (who.get("identifier") or {}).get("value", ""),
+                "by": who["display"], "agent": _agent(who.get("identifier") or {}),
                 "when": d.get("recorded", ""), "finding": d["entity"][0].get("description", ""),
                 "note": str(d.get("outcomeDesc", "")).partition(": ")[2]})
-    me = actor_of(request).subject
+    me = _agent(agent_who(actor_of(request))["identifier"])
     emergency = []
     for a in reversed(found):
         said = reviews.get(a["id"], [])
+        maker = _agent({"system": a["system"], "value": a["who"]})
+        for r in said:
+            r["own"] = r["agent"] == maker
         # reviewed once someone other than who broke the glass reviewed it (a review by that
-        # person, recorded before such reviews were refused, is shown and counts for nothing)
-        emergency.append({"id": a["id"], "time": a["recorded"], "who": a["who"],
+        # person, recorded before such reviews were refused, is shown and counts for nothing);
+        # a person is a subject of an issuer: an external provider's user of a hub user's
+        # subject is someone else
+        emergency.append({"id": a["id"], "time": a["recorded"],
+                          "who": a["who"] if maker[0] == USER_SYSTEM
+                          else f"{a['who']} ({maker[0]})",
                           "whose": ", ".join(a["what"][:3]), "what": "/".join(a["access"]),
                           "why": a["purpose"], "outcome": a["outcome"], "reviews": said,
-                          "pending": not any(r["subject"] != a["who"] for r in said),
-                          "own": a["who"] == me})
+                          "pending": all(r["own"] for r in said), "own": maker == me})
     q = {k: request.query_params.get(k, "").strip()[:200] for k in ("patient", "who", "since")}
     accesses = _search(request, ctx, q) if any(q.values()) else None
     return page(request, "audit.html", "audit", emergency=emergency, q=q, accesses=accesses,
@@ -125,13 +131,19 @@ async def review(request: Request, event_id: str) -> Response:
         raise FhirError(404, "not-found", f"No break-the-glass access {event_id}")
     ctx = context_of(request, feed="console")
     agent = ((access.get("agent") or [{}])[0].get("who") or {}).get("identifier") or {}
-    if agent.get("value") == ctx.actor.subject:  # separation of duties
+    if _agent(agent) == _agent(agent_who(ctx.actor)["identifier"]):  # separation of duties
         raise FhirError(403, "forbidden", "A break-the-glass access is reviewed by an auditor "
                                           "other than the person who made it")
     await run_in_threadpool(request.app.state.audit.write,
                             review_event(ctx, event_id, finding, note))
     notice = f"{event_id}: {say(request, 'reviewed')} ({say(request, 'finding_' + finding)})"
     return RedirectResponse(with_notice(request, "/console/audit", notice), 303)
+
+
+def _agent(identifier: dict[str, Any]) -> tuple[str, str]:
+    """Who an audit agent is: the system of its identifier (the hub's users', an external
+    provider's issuer) and its subject there."""
+    return (str(identifier.get("system") or USER_SYSTEM), str(identifier.get("value") or ""))
 
 
 def _emergency(event: dict[str, Any]) -> bool:

@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from hub.api.bundles import parse_entry
-from hub.api.caller import authorize, context_of, repository
+from hub.api.caller import actor_of, authorize, context_of, repository
 from hub.console.common import check_csrf, notice_of, page, router, say, with_notice
 from hub.core.access import Action
 from hub.core.errors import FhirError
@@ -86,9 +86,8 @@ async def renormalise_post(request: Request) -> Response:
     if any(j["kind"] == "renormalise" and j["status"] == "running" for j in jobs.list(50)):
         notice = say(request, "already_running")
         return RedirectResponse(with_notice(request, "/console/jobs", notice), 303)
-    claims = getattr(request.state, "console_claims", None) or {}
     job = jobs.start("renormalise", f"renormalisation{f' of {institution}' if institution else ''}"
-                     f" by {claims.get('sub', 'console')}")
+                     f" by {actor_of(request).named}")
     app = request.app
     threading.Thread(target=_renormalise, args=(app, institution, job), daemon=True,
                      name=f"renormalise-{job.id}").start()

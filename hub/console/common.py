@@ -123,18 +123,21 @@ def error_page(request: Request, status: int, detail: str) -> HTMLResponse:
 
 def start_session(request: Request, response: Response, subject: str, name: str,
                   roles: list[str], user: str | None, fhir_user: str,
-                  institution: str | None = None) -> None:
+                  institution: str | None = None, issuer: str | None = None) -> None:
     """Sign ``subject`` in: a session begun in the session log (so that logging out or disabling
     the user ends it on the server too) and its cookie set on ``response``. ``institution``: the
     one the person works for (the consents that name institutions are judged by it), as an API
-    token's ``hub_institution``."""
+    token's ``hub_institution``; ``issuer``: the identity provider whose subject it is (None: a
+    user of the hub's own)."""
     state = request.app.state
-    sid = session_log(state).begin(subject, user)
+    sid = session_log(state).begin(subject if issuer is None else f"{subject} ({issuer})", user)
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": subject, "name": name,
               "fhirUser": f"Practitioner/console-{quote(fhir_user, safe='')}", "hub_roles": roles,
               "scope": "user/*.cruds", "csrf": secrets.token_urlsafe(24), "sid": sid}
     if institution:
         claims["hub_institution"] = institution
+    if issuer:
+        claims["hub_issuer"] = issuer
     token = state.auth_signer.issue(claims, SESSION_S)
     response.set_cookie(COOKIE, token, max_age=SESSION_S, httponly=True, samesite="strict",
                         secure=secure_cookies(request), path="/console")

@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from hub.api.caller import authorize, repository
+from hub.api.caller import actor_of, authorize, repository
 from hub.console.common import check_csrf, notice_of, page, router, say, with_notice
 from hub.core.access import Action
 from hub.core.errors import FhirError
@@ -80,8 +80,7 @@ async def identity_decide(request: Request, rid: str) -> Response:
     authorize(request, Action("operation", None, rid, operation))
     check_csrf(request, form)
     identity = request.app.state.identity
-    claims = getattr(request.state, "console_claims", None) or {}
-    user = str(claims.get("sub") or "console")
+    user = actor_of(request).named  # an identity provider's person with that provider
     reason = str(form.get("reason") or "")[:500] or None
     if decision == "accept":
         await run_in_threadpool(identity.accept_review, rid, user, None, reason)
@@ -163,8 +162,7 @@ async def undo(request: Request, person: str) -> Response:
         raise FhirError(404, "not-found", f"Person/{person} has no decision #{seq} to undo")
     operation = _undo_of(found)[0]  # type: ignore[index]  # not None: checked above
     authorize(request, Action("operation", None, None, operation))
-    claims = getattr(request.state, "console_claims", None) or {}
-    user = str(claims.get("sub") or "console")
+    user = actor_of(request).named  # an identity provider's person with that provider
     reason = str(form.get("reason") or "")[:400] or f"undo of decision #{seq}"
     d = found
     call = {"$link": lambda: identity.link(d["patient"], d["b"] if d["event"] == "Linked"

@@ -130,14 +130,18 @@ async def callback(request: Request) -> Response:
         return _refused(request, "your account has none of the hub's roles")
     # the institution is read from the claim the API's tokens carry it in, alike
     institution = institution_at(claims, settings.auth_institution_claim)
-    issuer_host = urlparse(str(claims["iss"])).netloc or str(claims["iss"])
-    subject = f"oidc:{issuer_host}:{claims['sub']}"[:200]
+    # the person is the provider's subject with that provider (its issuer), as an API token of
+    # it is: a subject equal to a hub user's is someone else
+    issuer = str(claims["iss"])
+    subject = str(claims["sub"])[:128]
+    issuer_host = urlparse(issuer).netloc or issuer
+    fhir_user = f"oidc:{issuer_host}:{subject}"[:200]
     name = str(claims.get("name") or claims.get("preferred_username") or claims["sub"])[:200]
     # not a redirect: the navigation the provider started is cross-site, and a browser sends no
     # SameSite=Strict cookie (the session's) anywhere along it; this page's own step is same-site
     response = page(request, "signed_in.html", "login", next=safe_next(str(flow.get("next") or "")))
-    await run_in_threadpool(start_session, request, response, subject, name, roles, None, subject,
-                            institution)
+    await run_in_threadpool(start_session, request, response, subject, name, roles, None,
+                            fhir_user, institution, issuer)
     response.delete_cookie(FLOW_COOKIE, path="/console/oidc")
     return response
 
