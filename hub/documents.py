@@ -399,7 +399,8 @@ class DocumentService(StoredDocuments):
             return self._refuse(payload, source, ctx,
                                 self._error_report(payload, source, now, e.reason, e.location),
                                 e.reason)
-        conflict, retired = self.settle(conversion.resources, conversion.patient_key)
+        # worded for the sender: a conflict names the stored records only to one that may read them
+        conflict, retired = self.settle(conversion.resources, conversion.patient_key, ctx.actor)
         if conflict is not None:
             rule, display, reason = conflict
             return self._refuse(payload, source, ctx, self._error_report(

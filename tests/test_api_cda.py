@@ -342,6 +342,16 @@ def test_a_new_version_for_another_patient_is_refused_and_changes_nothing(client
     report = client.get(f"/OperationOutcome/{v1.json()['id']}").json()
     assert report["meta"]["versionId"] == "1" and report["issue"] == v1.json()["issue"]
 
+    # a sender that may write documents but read nothing is told of the conflict, never which
+    # records or whose (the refusal named the set's Patient to it)
+    import httpx
+
+    blind = live.client_auth(roles=("connector",), scope="system/*.cu", institution="H0002")
+    with httpx.Client(base_url=live.base, auth=blind, timeout=30) as c:
+        r = c.post("/../cda", content=v2, headers=XML)
+    assert r.status_code == 409, r.text
+    assert "may not read" in r.text and pa not in r.text and pa.partition("/")[2] not in r.text
+
 
 def test_the_same_person_under_another_identifier_is_another_patient(client):
     """A new version of a set whose patient is another Patient resource (a health record number
