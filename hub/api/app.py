@@ -77,7 +77,7 @@ from hub.api.traffic import RateLimiter, networks
 from hub.auth.verifier import ExternalIssuer, Verifier
 from hub.core import resource as res
 from hub.core.access import OPEN, Policy
-from hub.core.conditional import SearchResolver, parse_query
+from hub.core.conditional import SearchResolver, parse_if_none_exist, parse_query
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request, not_found
 from hub.core.events import resource_bytes
@@ -601,8 +601,8 @@ async def create(request: Request, rtype: str) -> Response:
     d, repairs = _checked(request, rtype, raw, d)
     op = Op("POST", rtype, d=d, url=rtype)
     inx = request.headers.get("if-none-exist")
-    if inx:
-        op.if_none_exist = parse_query(inx.split("?", 1)[1] if "?" in inx else inx)
+    if inx is not None:
+        op.if_none_exist = parse_if_none_exist(inx)
     return await _run(request, op, repairs)
 
 

@@ -20,7 +20,7 @@ from hub.api import intake, patching
 from hub.api.responses import ID_RE, client_holds, etag, parse_if_match, view_etag, view_tag_matches
 from hub.core import jsontext
 from hub.core import resource as res
-from hub.core.conditional import parse_query
+from hub.core.conditional import parse_if_none_exist, parse_query
 from hub.core.errors import FhirError, Issue, bad_request
 from hub.core.ingest import Context, Op, Result
 from hub.documents import StoredDocuments
@@ -100,10 +100,12 @@ def parse_entry(i: int, entry: object, base: str,
         raise bad_request(f"Cannot {method} {url!r}", f"{where}.request.url")
     elif method != "POST":
         op.query = parse_query(query, f"{where}.request.url")
-    if method == "POST" and request.get("ifNoneExist"):
+    if method == "POST" and request.get("ifNoneExist") is not None:
         inx = request["ifNoneExist"]
-        op.if_none_exist = parse_query(inx.split("?", 1)[1] if "?" in inx else inx,
-                                       f"{where}.request.ifNoneExist")
+        if not isinstance(inx, str):
+            raise bad_request("ifNoneExist is a string of search criteria",
+                              f"{where}.request.ifNoneExist")
+        op.if_none_exist = parse_if_none_exist(inx, f"{where}.request.ifNoneExist")
     if method == "PATCH":
         apply, document = patching.from_entry(entry.get("resource"), where)
         op.patch = patching.step(rtype, apply, document, validate, where)

@@ -42,7 +42,13 @@ from fhir_mapping.identifiers import RESIDENT_ID_SYSTEM, is_resident_id_system, 
 from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.access import ANONYMOUS, Actor
-from hub.core.conditional import IdentifierResolver, Query, identifiers_match, parse_query
+from hub.core.conditional import (
+    IdentifierResolver,
+    Query,
+    identifiers_match,
+    parse_query,
+    unmet_criterion,
+)
 from hub.core.errors import (
     FhirError,
     Issue,
@@ -403,6 +409,8 @@ class Hub:
                     op.target, op.existing = found[0], True
                     return
             op.target = new_id()
+            if op.if_none_exist:
+                _meets_own_criteria(op, op.if_none_exist, "If-None-Exist")
         elif op.query is not None:
             found = self._match(op.rtype, op.query, earlier, sees)
             if len(found) > 1:
@@ -427,6 +435,8 @@ class Hub:
                                    f"and {op.rtype}/{body_id} exists: the body's id may only "
                                    "create a new resource")
                 op.target = found[0] if found else (body_id or new_id())
+                if not found:
+                    _meets_own_criteria(op, op.query, "conditional update")
             else:
                 op.target = found[0] if found else None
                 op.existing = not found  # nothing to delete
@@ -858,6 +868,24 @@ def _order_of(op: Op) -> source_order.Order | None:
 def _names_hidden_version(op: Op) -> bool:
     """Does a write to a record its caller may not read name a version of it (If-Match)?"""
     return op.hidden and op.if_match is not None and op.if_match != ANY_VERSION
+
+
+def _meets_own_criteria(op: Op, query: Query, what: str) -> None:
+    """400 for a conditional write about to create a resource its own criteria do not match
+    (as HAPI refuses it): sent again, it would match nothing again and create a second one."""
+    unmet = unmet_criterion(query, res.identifiers(op.d) if op.d else [], cast(str, op.target))
+    if unmet is None:
+        return
+    name, value = unmet
+    if name == "_id":
+        why = (f"the {op.rtype} it creates gets the id {op.target!r}" if op.method == "PUT"
+               and op.d and op.d.get("id") else f"the {op.rtype} it creates gets an id "
+               "the server assigns")
+    else:
+        why = f"the {op.rtype} it creates carries no identifier {value!r}"
+    raise bad_request(f"The resource does not meet the {what} criteria {name}={value!r}: "
+                      f"{why}, so the same request sent again would match nothing and create "
+                      f"another", f"{op.rtype}.{name.lstrip('_')}")
 
 
 def _criteria(op: Op) -> Query | None:
