@@ -521,6 +521,42 @@ def test_if_match_current_version_succeeds(client):
     assert_outcome(client.get(f"/Patient/{d['id']}"), 410)
 
 
+def _put_if_none_match(client, how: str, d: dict, value: str = "*"):
+    """A PUT of ``d`` with If-None-Match ``value``: by id, by its identifier, or as the entry
+    of a transaction or of a batch (its ifNoneMatch): (status, the answer's version or None)."""
+    if how in ("transaction", "batch"):
+        entry = put_entry(d)
+        entry["request"]["ifNoneMatch"] = value
+        r = client.post("", json=bundle(how, entry), headers=FHIR_JSON)
+        if how == "transaction" and r.status_code != 200:
+            return r.status_code, None
+        response = r.json()["entry"][0]["response"]
+        tag = response.get("etag")
+        return int(response["status"][:3]), int(tag[3:-1]) if tag else None
+    headers = {**FHIR_JSON, "if-none-match": value}
+    r = (put(client, d, **headers) if how == "update" else
+         client.put("/Patient", params={"identifier": token(d)}, json=d, headers=headers))
+    return r.status_code, etag_version(r) if r.status_code < 300 else None
+
+
+@pytest.mark.parametrize("how", ["update", "conditional update", "transaction", "batch"])
+def test_if_none_match_star_puts_only_where_nothing_is(client, how):
+    """RFC 9110 13.1.2: If-None-Match: * makes a PUT create-only. It was ignored, and the PUT
+    overwrote what was there. Over a current resource: 412, nothing written; where there is
+    none, or it is deleted: created. An entity tag there is refused, not ignored."""
+    d = patient(rid=unique())
+    assert _put_if_none_match(client, how, d) == (201, 1)
+    before = system_total(client)
+    assert _put_if_none_match(client, how, d | {"gender": "male"}) == (412, None)
+    assert system_total(client) == before
+    assert "gender" not in client.get(f"/Patient/{d['id']}").json()
+    assert client.delete(f"/Patient/{d['id']}").status_code == 200
+    assert _put_if_none_match(client, how, d | {"gender": "female"}) == (201, 3)
+    assert client.get(f"/Patient/{d['id']}").json()["gender"] == "female"
+    assert _put_if_none_match(client, how, d, 'W/"3"')[0] == 400
+    assert etag_version(client.get(f"/Patient/{d['id']}")) == 3
+
+
 def test_if_match_star_writes_only_a_current_resource(client):
     """RFC 9110 13.1.1: If-Match: * holds when the resource exists (it was a 400). Update,
     conditional update, patch, delete and a transaction's ifMatch go ahead on a current

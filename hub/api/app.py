@@ -57,6 +57,7 @@ from hub.api.responses import (
     check_content_type,
     check_format,
     client_holds,
+    create_only,
     fhir_response,
     outcome_response,
     parse_if_match,
@@ -613,7 +614,8 @@ async def conditional_update(request: Request, rtype: str) -> Response:
         raise bad_request("PUT on a type needs search criteria (conditional update) or an id")
     d, repairs = _checked(request, rtype, raw, d)
     op = Op("PUT", rtype, d=d, query=parse_query(request.url.query),
-            if_match=parse_if_match(request.headers.get("if-match")), url=f"{rtype}?{request.url.query}")
+            if_match=parse_if_match(request.headers.get("if-match")), url=f"{rtype}?{request.url.query}",
+            create_only=create_only(request.headers.get("if-none-match")))
     return await _run(request, op, repairs)
 
 
@@ -708,7 +710,7 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
         )
     d, repairs = _checked(request, rtype, raw, d)
     op = Op("PUT", rtype, rid, d, if_match=parse_if_match(request.headers.get("if-match")),
-            url=f"{rtype}/{rid}")
+            url=f"{rtype}/{rid}", create_only=create_only(request.headers.get("if-none-match")))
     return await _run(request, op, repairs)
 
 

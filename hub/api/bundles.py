@@ -17,7 +17,15 @@ import orjson
 
 from fhir_mapping import source_order
 from hub.api import intake, patching
-from hub.api.responses import ID_RE, client_holds, etag, parse_if_match, view_etag, view_tag_matches
+from hub.api.responses import (
+    ID_RE,
+    client_holds,
+    create_only,
+    etag,
+    parse_if_match,
+    view_etag,
+    view_tag_matches,
+)
 from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.conditional import parse_if_none_exist, parse_query
@@ -89,6 +97,8 @@ def parse_entry(i: int, entry: object, base: str,
                         f"{where}.request.url")
     op = Op(method, rtype, url=url, full_url=entry.get("fullUrl"), where=where)
     op.if_match = _if_match(request.get("ifMatch"), where)
+    if method == "PUT" and request.get("ifNoneMatch") is not None:
+        op.create_only = create_only(str(request["ifNoneMatch"]), f"{where}.request.ifNoneMatch")
     if method == "DELETE":  # a feed's delete: its source order, as a write has on its resource
         op.order = source_order.from_extensions(request.get("extension"))
     if len(parts) == 2 and method != "POST":

@@ -96,6 +96,18 @@ def parse_if_match(value: str | None, header: str = "If-Match") -> int | None:
     return parse_etag(value, header)
 
 
+def create_only(value: str | None, where: str | None = None) -> bool:
+    """Does a PUT's If-None-Match ask that it only create (``*``, RFC 9110 13.1.2)? Entity
+    tags there (which a read's cache sends) are refused rather than ignored: the hub does not
+    judge them on a write."""
+    if value is None:
+        return False
+    if value.strip() == "*":
+        return True
+    raise FhirError(400, "not-supported", f"If-None-Match {value[:100]!r} on a write: only * "
+                    "(create only, never over a current resource) is supported", where)
+
+
 def none_match(value: str, version: int) -> bool:
     """Does an If-None-Match value (``*`` or a list of ETags) match this version? (RFC 9110 13.1.2)"""
     if value.strip() == "*":

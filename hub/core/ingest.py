@@ -97,6 +97,8 @@ class Op:
     query: Query | None = None  # conditional update/delete criteria
     if_none_exist: Query | None = None
     if_match: int | None = None
+    # If-None-Match: * (RFC 9110 13.1.2): a PUT that only creates, 412 over a current resource
+    create_only: bool = False
     full_url: str | None = None
     url: str = ""
     where: str | None = None  # FHIRPath of the Bundle entry it came from, for error locations
@@ -706,8 +708,10 @@ class Hub:
         for i in planned:
             op = ops[i]
             head = heads.get((op.rtype, op.target)) if op.target is not None else None
-            if head is None or not _order_of(op) or _names_hidden_version(op):
-                continue  # (a version named of a hidden record is refused whatever is stored)
+            if head is None or not _order_of(op) or _names_hidden_version(op) or (
+                    op.create_only and (not head.deleted or op.hidden)):
+                continue  # (refused whatever is stored: a version named of a hidden record, a
+                # create-only write of one that is current)
             if head.deleted:
                 if op.method == "PUT":
                     revived.append(i)
@@ -771,6 +775,11 @@ class Hub:
             raise precondition_failed(
                 f"If-Match wanted version {op.if_match} of {op.rtype}/{op.target}, "
                 f"the current version is {current}")
+        # If-None-Match: * holds where no current resource is; a hidden one is current to its
+        # caller, deleted or not, as for If-Match: *
+        if op.create_only and head is not None and (not head.deleted or op.hidden):
+            raise precondition_failed(f"If-None-Match: * but {op.rtype}/{op.target} exists: "
+                                      "the write only creates")
         request: dict[str, Any] = {"method": op.method, "url": op.url, "requestId": ctx.request_id}
         if op.method == "DELETE":
             if op.hidden and head is not None and head.deleted:
