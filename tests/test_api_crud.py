@@ -35,7 +35,6 @@ from tests.api_helpers import (
 )
 
 
-
 @contextmanager
 def stores_nothing(client):
     before = system_total(client)

@@ -1,8 +1,9 @@
 """A resource's narrative (``text.div``) is XHTML FHIR can carry: well-formed, a ``div`` of the
 XHTML namespace at its root, some content (txt-2), and none of what txt-1 keeps out that could
 run in a reader's browser (scripts, frames, forms, event-handler attributes, ``javascript:``
-links, read as a browser reads a URL: tabs and newlines inside it dropped). The models take any string: a narrative that is no XML broke the resource's XML form
-(escaped into text, or a 422 when sent back), and a script in it is stored XSS for any viewer."""
+links, read as a browser reads a URL: tabs and newlines inside it dropped). The models take
+any string: a narrative that is no XML broke the resource's XML form (escaped into text, or a
+422 when sent back), and a script in it is stored XSS for any viewer."""
 
 from __future__ import annotations
 
