@@ -30,7 +30,7 @@ from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.conditional import parse_if_none_exist, parse_query
 from hub.core.errors import FhirError, Issue, bad_request
-from hub.core.ingest import Context, Op, Result
+from hub.core.ingest import Context, IfMatch, Op, Result
 from hub.documents import StoredDocuments
 from hub.repository import VIEW_TYPES, Repository
 
@@ -153,7 +153,7 @@ def _check_get(path: str, url: str, where: str) -> None:
         raise bad_request(f"GET {url!r} is not supported inside a Bundle", f"{where}.request.url")
 
 
-def _if_match(value: object, where: str) -> int | None:
+def _if_match(value: object, where: str) -> IfMatch:
     if value is None:
         return None
     return parse_if_match(str(value), f"{where}.request.ifMatch")

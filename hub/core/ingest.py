@@ -64,6 +64,8 @@ from hub.core.store import Commit, ConflictError, Head, QuietGuard, ResourceStor
 RETRIES = 12
 # Op.if_match of ``If-Match: *``: any version, so long as the resource exists and is not deleted
 ANY_VERSION = -1
+# an If-Match: a version, ANY_VERSION, or the versions of a list of ETags (any of them matches)
+IfMatch = int | tuple[int, ...] | None
 RETRY_SECONDS = 10.0
 # the longest a write may take from reading its lastUpdated to taking the writers' lock (a
 # write past it is planned again with a new lastUpdated): what a bulk export's transactionTime
@@ -96,7 +98,7 @@ class Op:
     d: dict | None = None
     query: Query | None = None  # conditional update/delete criteria
     if_none_exist: Query | None = None
-    if_match: int | None = None
+    if_match: IfMatch = None
     # If-None-Match: * (RFC 9110 13.1.2): a PUT that only creates, 412 over a current resource
     create_only: bool = False
     full_url: str | None = None
@@ -456,9 +458,9 @@ class Hub:
         version = stored.originator_version
         if stored.topic.endswith("Deleted"):
             raise gone(f"{op.rtype}/{op.target} was deleted (version {version})")
-        if op.if_match not in (None, ANY_VERSION, version):
+        if op.if_match not in (None, ANY_VERSION) and not _names_version(op.if_match, version):
             raise precondition_failed(f"{op.rtype}/{op.target} is at version {version}, not "
-                                      f"{op.if_match}")
+                                      f"{_versions_named(op.if_match)}")
         # exact: the decimals the patch does not touch keep their precision as stored
         op.d, op.warnings = op.patch(jsontext.loads_exact(from_stored(stored).resource))
         op.patched_from = version
@@ -771,10 +773,10 @@ class Hub:
             if head is None or (head.deleted and not op.hidden):
                 raise precondition_failed(f"If-Match: * but {op.rtype}/{op.target} "
                                           f"{'does not exist' if head is None else 'is deleted'}")
-        elif op.if_match is not None and op.if_match != current:
+        elif op.if_match is not None and not _names_version(op.if_match, current):
             raise precondition_failed(
-                f"If-Match wanted version {op.if_match} of {op.rtype}/{op.target}, "
-                f"the current version is {current}")
+                f"If-Match wanted version {_versions_named(op.if_match)} of "
+                f"{op.rtype}/{op.target}, the current version is {current}")
         # If-None-Match: * holds where no current resource is; a hidden one is current to its
         # caller, deleted or not, as for If-Match: *
         if op.create_only and head is not None and (not head.deleted or op.hidden):
@@ -872,6 +874,17 @@ def _order_of(op: Op) -> source_order.Order | None:
     if op.method == "DELETE":
         return op.order or None
     return source_order.order_of(op.d) if op.d is not None else None
+
+
+def _names_version(if_match: IfMatch, version: int) -> bool:
+    """Does an If-Match (a version, or a list of them) name ``version``?"""
+    return version in if_match if isinstance(if_match, tuple) else if_match == version
+
+
+def _versions_named(if_match: IfMatch) -> str:
+    if isinstance(if_match, tuple):
+        return " or ".join(map(str, if_match))
+    return str(if_match)
 
 
 def _names_hidden_version(op: Op) -> bool:
