@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import timedelta
 from email.utils import parsedate_to_datetime
 
@@ -32,6 +33,14 @@ from tests.api_helpers import (
     token,
     unique,
 )
+
+
+@contextmanager
+def stores_nothing(client):
+    before = system_total(client)
+    yield
+    assert system_total(client) == before, "a refused request changed the store"
+
 
 # -- read / vread / create ---------------------------------------------------------------------
 
@@ -238,11 +247,15 @@ def test_conditional_writes_on_anded_identifiers_commit_when_none_has_them_all(c
             {"system": "urn:g1", "value": a}, *({"system": "urn:g2", "value": v} for v in second)]}
 
     assert client.post("/Organization", json=org(), headers=FHIR_JSON).status_code == 201
-    for body, criteria in ((org(b1), f"identifier=urn:g1|{a}&identifier=urn:g2|{b1}"),
-                           (org(b2), f"_id={unique()}&identifier=urn:g1|{a}")):
-        t = time.monotonic()
-        r = client.post("/Organization", json=body, headers={**FHIR_JSON, "if-none-exist": criteria})
-        assert r.status_code == 201 and time.monotonic() - t < 5, (criteria, r.text)
+    t = time.monotonic()
+    criteria = f"identifier=urn:g1|{a}&identifier=urn:g2|{b1}"
+    r = client.post("/Organization", json=org(b1), headers={**FHIR_JSON, "if-none-exist": criteria})
+    assert r.status_code == 201 and time.monotonic() - t < 5, r.text
+    t = time.monotonic()  # (an _id is met only by the body's own: a conditional update's)
+    rid = unique()
+    r = client.put("/Organization", params={"_id": rid, "identifier": f"urn:g1|{a}"},
+                   json={**org(b2), "id": rid}, headers=FHIR_JSON)
+    assert r.status_code == 201 and time.monotonic() - t < 5, r.text
     t = time.monotonic()
     r = client.put("/Organization", params=[("identifier", f"urn:g1|{a}"),
                                             ("identifier", f"urn:g2|{b3}")],
@@ -272,6 +285,115 @@ def test_an_identifier_too_long_to_be_a_key_is_refused_alike_on_both_stores(clie
     r = client.post("", json=b, headers=FHIR_JSON)
     assert r.status_code == 200, r.text
     assert [e["response"]["status"][:3] for e in r.json()["entry"]] == ["201"] * 3 + ["422"]
+
+
+def test_an_if_none_exist_without_criteria_is_refused(client):
+    """An empty If-None-Exist (or one of only "?") was taken as no condition at all: the
+    create ran unconditionally, and each retry of it made another resource."""
+    d = patient()
+    with_entry = {"resource": d, "request": {"method": "POST", "url": "Patient"}}
+    with stores_nothing(client):
+        for criteria in ("", "?", "Patient?"):
+            body = assert_outcome(client.post("/Patient", json=d, headers={
+                **FHIR_JSON, "if-none-exist": criteria}), 400)
+            assert "criteria" in body["issue"][0]["diagnostics"], body
+            if not criteria:
+                continue  # an empty string is no FHIR string: a Bundle holding it is a 422
+            entry = {**with_entry, "request": {**with_entry["request"], "ifNoneExist": criteria}}
+            body = assert_outcome(client.post("", json=bundle("transaction", entry),
+                                              headers=FHIR_JSON), 400)
+            assert "Bundle.entry[0].request.ifNoneExist" in str(body), body
+            r = client.post("", json=bundle("batch", entry), headers=FHIR_JSON)
+            assert r.json()["entry"][0]["response"]["status"].startswith("400"), r.text
+
+
+def _org(rid: str | None = None, *idents: tuple[str | None, str], **extra) -> dict:
+    d: dict = {"resourceType": "Organization", "name": "机构", **extra}
+    if rid:
+        d["id"] = rid
+    d["identifier"] = [{"value": v} | ({"system": s} if s else {}) for s, v in idents]
+    return d
+
+
+def _conditional_write(client, method: str, criteria: str, d: dict):
+    if method == "POST":
+        return client.post(f"/{d['resourceType']}", json=d,
+                           headers={**FHIR_JSON, "if-none-exist": criteria})
+    return client.put(f"/{d['resourceType']}?{criteria}", json=d, headers=FHIR_JSON)
+
+
+# (method, criteria, the resource written): {v}, {w} are fresh identifier values, {x} a fresh id
+_UNMET = [
+    ("PUT", "identifier=urn:c|{v}", _org(None, ("urn:c", "N-{v}"))),
+    ("POST", "identifier=urn:c|{v}", _org(None, ("urn:c", "N-{v}"))),
+    ("POST", "identifier=urn:c|{v}", _org(None, ("urn:other", "{v}"))),
+    ("PUT", "identifier=|{v}", _org(None, ("urn:c", "{v}"))),  # |v: no system
+    ("POST", "identifier={v}", _org(None, ("urn:c", "{w}"))),
+    ("PUT", "identifier=urn:c|{v},urn:c|{w}", _org(None, ("urn:c", "N-{v}"))),
+    ("PUT", "identifier=urn:c|{v}&identifier=urn:c|{w}", _org(None, ("urn:c", "{v}"))),
+    ("POST", "_id={x}", _org(None, ("urn:c", "{v}"))),  # the server assigns a create's id
+    ("PUT", "_id={x}", _org(None, ("urn:c", "{v}"))),
+    ("PUT", "_id={x}", _org("other-{x}", ("urn:c", "{v}"))),
+    ("PUT", "identifier=urn:c|{v}&active=true", _org(None, ("urn:c", "N-{v}"), active=True)),
+    ("PUT", "identifier=urn:oid:2.16.156.10011.1.3|110105198003151234",  # a Patient (a person)
+     {"resourceType": "Patient", "identifier": [
+         {"system": "urn:oid:2.16.156.10011.1.3", "value": "110101199003077795"}]}),
+]
+_MET = [
+    ("PUT", "identifier=urn:c|{v}", _org(None, ("urn:c", "{v}"))),
+    ("POST", "identifier=urn:c|{v}", _org(None, ("urn:d", "{w}"), ("urn:c", "{v}"))),
+    ("POST", "identifier={v}", _org(None, ("urn:c", "{v}"))),
+    ("PUT", "identifier=|{v}", _org(None, (None, "{v}"))),
+    ("PUT", "identifier=urn:c|{v},urn:c|{w}", _org(None, ("urn:c", "{w}"))),
+    ("POST", "identifier=urn:c|{v}&identifier=urn:d|{w}",
+     _org(None, ("urn:c", "{v}"), ("urn:d", "{w}"))),
+    ("PUT", "_id={x}&identifier=urn:c|{v}", _org("{x}", ("urn:c", "{v}"))),
+    # what the resource itself cannot answer is left to the search
+    ("PUT", "identifier=urn:c|{v}&active=true", _org(None, ("urn:c", "{v}"), active=True)),
+    ("POST", "name:exact=Org{v}", _org(None, ("urn:c", "{w}"), name="Org{v}")),
+]
+
+
+def _filled(template, **values):
+    return orjson.loads(orjson.dumps(template).decode().replace("{v}", values["v"])
+                        .replace("{w}", values["w"]).replace("{x}", values["x"]))
+
+
+@pytest.mark.parametrize("method, criteria, template", _UNMET)
+def test_a_conditional_write_that_would_create_what_its_criteria_miss_is_refused(
+        client, method, criteria, template):
+    """A conditional create or update that finds nothing, and would create a resource its own
+    criteria do not match (PUT ?identifier=urn:c|NEW9 of a Patient carrying urn:c|N-9), made a
+    new one each time it was sent: the next try found nothing again. Refused as HAPI does,
+    over HTTP, in a transaction and in a batch, each time alike."""
+    values = {"v": unique(), "w": unique(), "x": unique()}
+    criteria, d = _filled(criteria, **values), _filled(template, **values)
+    entry = {"resource": d, "request": {"method": method, "url": d["resourceType"]}}
+    if method == "POST":
+        entry["request"]["ifNoneExist"] = criteria
+    else:
+        entry["request"]["url"] += f"?{criteria}"
+    with stores_nothing(client):
+        for _ in range(2):
+            body = assert_outcome(_conditional_write(client, method, criteria, d), 400)
+            assert "does not meet" in body["issue"][0]["diagnostics"], body
+            assert criteria.split("&")[0].split("=")[0] in body["issue"][0]["diagnostics"]
+            body = assert_outcome(client.post("", json=bundle("transaction", entry),
+                                              headers=FHIR_JSON), 400)
+            assert "does not meet" in str(body), body
+            r = client.post("", json=bundle("batch", entry), headers=FHIR_JSON)
+            assert r.json()["entry"][0]["response"]["status"].startswith("400"), r.text
+
+
+@pytest.mark.parametrize("method, criteria, template", _MET)
+def test_a_conditional_write_meeting_its_criteria_creates_once(client, method, criteria,
+                                                               template):
+    values = {"v": unique(), "w": unique(), "x": unique()}
+    criteria, d = _filled(criteria, **values), _filled(template, **values)
+    r = _conditional_write(client, method, criteria, d)
+    assert r.status_code == 201, r.text
+    again = _conditional_write(client, method, criteria, d)
+    assert again.status_code == 200 and again.json()["id"] == r.json()["id"], again.text
 
 
 # -- conditional update ------------------------------------------------------------------------
@@ -396,6 +518,42 @@ def test_if_match_current_version_succeeds(client):
     r = client.delete(f"/Patient/{d['id']}", headers={"if-match": 'W/"3"'})
     assert r.status_code in (200, 204)
     assert_outcome(client.get(f"/Patient/{d['id']}"), 410)
+
+
+def _put_if_none_match(client, how: str, d: dict, value: str = "*"):
+    """A PUT of ``d`` with If-None-Match ``value``: by id, by its identifier, or as the entry
+    of a transaction or of a batch (its ifNoneMatch): (status, the answer's version or None)."""
+    if how in ("transaction", "batch"):
+        entry = put_entry(d)
+        entry["request"]["ifNoneMatch"] = value
+        r = client.post("", json=bundle(how, entry), headers=FHIR_JSON)
+        if how == "transaction" and r.status_code != 200:
+            return r.status_code, None
+        response = r.json()["entry"][0]["response"]
+        tag = response.get("etag")
+        return int(response["status"][:3]), int(tag[3:-1]) if tag else None
+    headers = {**FHIR_JSON, "if-none-match": value}
+    r = (put(client, d, **headers) if how == "update" else
+         client.put("/Patient", params={"identifier": token(d)}, json=d, headers=headers))
+    return r.status_code, etag_version(r) if r.status_code < 300 else None
+
+
+@pytest.mark.parametrize("how", ["update", "conditional update", "transaction", "batch"])
+def test_if_none_match_star_puts_only_where_nothing_is(client, how):
+    """RFC 9110 13.1.2: If-None-Match: * makes a PUT create-only. It was ignored, and the PUT
+    overwrote what was there. Over a current resource: 412, nothing written; where there is
+    none, or it is deleted: created. An entity tag there is refused, not ignored."""
+    d = patient(rid=unique())
+    assert _put_if_none_match(client, how, d) == (201, 1)
+    before = system_total(client)
+    assert _put_if_none_match(client, how, d | {"gender": "male"}) == (412, None)
+    assert system_total(client) == before
+    assert "gender" not in client.get(f"/Patient/{d['id']}").json()
+    assert client.delete(f"/Patient/{d['id']}").status_code == 200
+    assert _put_if_none_match(client, how, d | {"gender": "female"}) == (201, 3)
+    assert client.get(f"/Patient/{d['id']}").json()["gender"] == "female"
+    assert _put_if_none_match(client, how, d, 'W/"3"')[0] == 400
+    assert etag_version(client.get(f"/Patient/{d['id']}")) == 3
 
 
 def test_if_match_star_writes_only_a_current_resource(client):

@@ -105,6 +105,20 @@ def test_unknown_type_is_404(client):
                '<script>alert(1)</script>x</div>'}}, "Patient.text.div"),
     ({"text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">'
                '<a href="javascript:alert(1)">x</a></div>'}}, "Patient.text.div"),
+    # a browser drops tab, CR and LF anywhere in a URL before it reads the scheme
+    *[({"text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml" '
+                 f'xmlns:xlink="http://www.w3.org/1999/xlink">{html}</div>'}}, "Patient.text.div")
+      for html in ('<a href="java&#x09;script:alert(1)">x</a>',
+                   '<a href="java&#x0A;script:alert(document.domain)">x</a>',
+                   '<a href="jav&#13;ascript:alert(1)">x</a>', '<a href="java\tscript:alert(1)">x</a>',
+                   '<a href=" &#x0D; javascript:alert(1)">x</a>',
+                   '<a href="VB&#x09;Script:msgbox(1)">x</a>',
+                   '<a href="data:image/svg+xml,&lt;svg onload=alert(1)&gt;">x</a>',
+                   '<a href="data: text/html;base64,PHNjcmlwdD4=">x</a>',
+                   '<a xlink:href="java&#x0A;script:alert(1)">x</a>',
+                   '<img src="java&#x09;script:alert(1)" alt="x"/>',
+                   '<table background="javascript:alert(1)"><tr><td>x</td></tr></table>',
+                   '<p style="background:url(&quot;java\\73 cript:alert(1)&quot;)">x</p>')],
     ({"contained": [{"resourceType": "Basic", "id": "b", "code": {"text": "x"}, "text": {
         "status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml"> </div>'}}]},
      "Patient.contained[0].text.div"),
@@ -487,6 +501,45 @@ def test_random_strings_with_a_control_character_are_refused(client, before, bad
     r = post_raw(client, "/Patient", body)
     assert r.status_code == 400, (body, r.text[:300])
     assert expressions(r.json()) == ["Patient.name[0].text"], r.text
+
+
+@hsettings(max_examples=25, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scheme=st.sampled_from(["javascript:", "vbscript:", "data:text/html,"]),
+       blanks=st.lists(st.tuples(st.integers(0, 16), st.sampled_from(
+           ["\t", "\n", "\r", "&#x09;", "&#x0A;", "&#13;", "&#9;", "&#10;"])), min_size=1,
+           max_size=3),
+       lead=st.sampled_from(["", " ", "&#x20;", "&#x09;", "\n"]),
+       upper=st.booleans(), attribute=st.sampled_from(["href", "src", "xlink:href"]))
+def test_a_script_url_with_blanks_a_browser_drops_is_refused(client, scheme, blanks, lead, upper,
+                                                              attribute):
+    """A browser strips tab, CR and LF anywhere in a URL, and spaces and controls before it,
+    so ``java&#x09;script:`` runs as ``javascript:`` does: wherever they fall in the scheme
+    the narrative is refused, and nothing is stored."""
+    url = scheme.upper() if upper else scheme
+    for at, blank in sorted(blanks, reverse=True):
+        at = min(at, len(url) - 1)  # within the scheme, up to its colon
+        url = url[:at] + blank + url[at:]
+    element = "img" if attribute == "src" else "a"
+    div = (f'<div xmlns="http://www.w3.org/1999/xhtml" xmlns:xlink="http://www.w3.org/1999/xlink">'
+           f'<{element} {attribute}="{lead}{url}alert(1)" title="x">x</{element}></div>')
+    with stores_nothing(client):
+        r = client.post("/Patient", json=patient(text={"status": "generated", "div": div}),
+                        headers=FHIR_JSON)
+        assert r.status_code == 422, (div, r.text[:300])
+        assert "Patient.text.div" in expressions(r.json())
+
+
+def test_links_that_run_nothing_are_kept(client):
+    """What looks like a script scheme but is none is stored: a path, a query, an SVG image."""
+    for html in ('<a href="https://example.org/javascript:help">x</a>',
+                 '<a href="notes/java script.html">x</a>', '<a href="#javascript">x</a>',
+                 '<img src="data:image/svg+xml;base64,PHN2Zz48L3N2Zz4=" alt="chart"/>',
+                 '<p style="color: red">x</p>'):
+        div = f'<div xmlns="http://www.w3.org/1999/xhtml">{html}</div>'
+        r = client.post("/Patient", json=patient(text={"status": "generated", "div": div}),
+                        headers=FHIR_JSON)
+        assert r.status_code == 201, (html, r.text[:300])
 
 
 def test_hostile_bodies_are_answered_and_the_server_keeps_serving(client, live):

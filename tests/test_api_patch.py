@@ -121,6 +121,36 @@ def test_if_match(client, stored):
     assert client.get(f"/{stored}").json()["gender"] == "female"
 
 
+@pytest.mark.parametrize("if_match, status", [
+    ('W/"1", W/"2"', 200), ('W/"2", W/"1"', 200), ('"1", W/"3"', 200), ('W/"1",', 200),
+    ('W/"2", W/"3"', 412), ('W/"2",W/"9"', 412),
+    ('W/"1", *', 400), ('W/"1", bogus', 400),
+])
+def test_if_match_takes_a_list_of_etags(client, stored, if_match, status):
+    """RFC 9110 13.1.1: If-Match is * or a list of entity tags, true when any names the current
+    version (a list was a 400). On PATCH, PUT and DELETE alike, and in a Bundle's ifMatch."""
+    before = system_total(client)
+    r = client.patch(f"/{stored}", headers={**JSON_PATCH, "if-match": if_match},
+                     json=[{"op": "replace", "path": "/gender", "value": "female"}])
+    assert r.status_code == status, r.text
+    if status != 200:
+        assert system_total(client) == before
+        assert client.get(f"/{stored}").json()["gender"] == "male"
+        return
+    assert r.headers["etag"] == 'W/"2"'
+    d = client.get(f"/{stored}").json()
+    moved = if_match.replace('"1"', '"2"')  # the same list, one version on
+    r = client.put(f"/{stored}", json=d | {"gender": "other"},
+                   headers={**FHIR_JSON, "if-match": moved})
+    assert r.status_code == 200 and r.headers["etag"] == 'W/"3"', r.text
+    r = client.post("", json=bundle("transaction", {"resource": d | {"gender": "male"}, "request": {
+        "method": "PUT", "url": stored, "ifMatch": moved.replace('"2"', '"3"')}}),
+        headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    assert client.delete(f"/{stored}", headers={"if-match": 'W/"1", W/"2"'}).status_code == 412
+    assert client.delete(f"/{stored}", headers={"if-match": 'W/"9", W/"4"'}).status_code == 200
+
+
 @pytest.mark.parametrize("headers,body,status", [
     (JSON_PATCH, [{"op": "replace", "path": "/id", "value": "other"}], 422),  # id may not change
     (JSON_PATCH, [{"op": "replace", "path": "/resourceType", "value": "Group"}], 422),
@@ -135,6 +165,14 @@ def test_if_match(client, stored):
     (FHIR_JSON, {"resourceType": "Patient"}, 400),  # a FHIRPath Patch is a Parameters
     (FHIR_JSON, _params(_op("replace", "Patient.name", value={"valueString": "x"})), 422),  # 2 names
     (FHIR_JSON, _params(_op("replace", "Patient.id", value={"valueId": "zz"})), 422),
+    # the version and its time are the server's: setting them was silently undone, a 200
+    (JSON_PATCH, [{"op": "replace", "path": "/meta/versionId", "value": "99"}], 422),
+    (JSON_PATCH, [{"op": "replace", "path": "/meta/lastUpdated",
+                   "value": "2000-01-01T00:00:00Z"}], 422),
+    (JSON_PATCH, [{"op": "add", "path": "/meta", "value": {"versionId": "7"}}], 422),
+    (FHIR_JSON, _params(_op("replace", "Patient.meta.versionId", value={"valueId": "77"})), 422),
+    (FHIR_JSON, _params(_op("replace", "Patient.meta.lastUpdated",
+                            value={"valueInstant": "2000-01-01T00:00:00Z"})), 422),
     (FHIR_JSON, _params(_op("explode", "Patient")), 400),
     (FHIR_JSON, _params(_op("delete", "Patient.name[")), 400),  # not FHIRPath
     (FHIR_JSON, {"resourceType": "Parameters", "parameter": [{"name": "operation"}]}, 400),

@@ -485,6 +485,12 @@ def test_a_write_to_a_hidden_record_tells_nothing_of_it(world):
         other = _put(c, {**kept, "status": "corrected"})
         assert same.status_code == other.status_code == 200, same.text
         assert "unchanged" not in same.text and same.json() == other.json()
+        # a create-only PUT is refused alike, the record live or deleted: it is current to
+        # whom it is hidden from (as its read, 403, says)
+        live_put = _put(c, kept, **{"if-none-match": "*"})
+        deleted_put = _put(c, gone, **{"if-none-match": "*"})
+        assert live_put.status_code == 412, live_put.text
+        assert _answer(live_put, kept["id"]) == _answer(deleted_put, gone["id"])
         # a deletion answers alike, the record live or deleted, with no version
         deleted = c.delete(f"/Observation/{kept['id']}")
         again = c.delete(f"/Observation/{gone['id']}")

@@ -57,6 +57,7 @@ from hub.api.responses import (
     check_content_type,
     check_format,
     client_holds,
+    create_only,
     fhir_response,
     outcome_response,
     parse_if_match,
@@ -77,7 +78,7 @@ from hub.api.traffic import RateLimiter, networks
 from hub.auth.verifier import ExternalIssuer, Verifier
 from hub.core import resource as res
 from hub.core.access import OPEN, Policy
-from hub.core.conditional import SearchResolver, parse_query
+from hub.core.conditional import SearchResolver, parse_if_none_exist, parse_query
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request, not_found
 from hub.core.events import resource_bytes
@@ -601,8 +602,8 @@ async def create(request: Request, rtype: str) -> Response:
     d, repairs = _checked(request, rtype, raw, d)
     op = Op("POST", rtype, d=d, url=rtype)
     inx = request.headers.get("if-none-exist")
-    if inx:
-        op.if_none_exist = parse_query(inx.split("?", 1)[1] if "?" in inx else inx)
+    if inx is not None:
+        op.if_none_exist = parse_if_none_exist(inx)
     return await _run(request, op, repairs)
 
 
@@ -613,7 +614,8 @@ async def conditional_update(request: Request, rtype: str) -> Response:
         raise bad_request("PUT on a type needs search criteria (conditional update) or an id")
     d, repairs = _checked(request, rtype, raw, d)
     op = Op("PUT", rtype, d=d, query=parse_query(request.url.query),
-            if_match=parse_if_match(request.headers.get("if-match")), url=f"{rtype}?{request.url.query}")
+            if_match=parse_if_match(request.headers.get("if-match")), url=f"{rtype}?{request.url.query}",
+            create_only=create_only(request.headers.get("if-none-match")))
     return await _run(request, op, repairs)
 
 
@@ -708,7 +710,7 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
         )
     d, repairs = _checked(request, rtype, raw, d)
     op = Op("PUT", rtype, rid, d, if_match=parse_if_match(request.headers.get("if-match")),
-            url=f"{rtype}/{rid}")
+            url=f"{rtype}/{rid}", create_only=create_only(request.headers.get("if-none-match")))
     return await _run(request, op, repairs)
 
 

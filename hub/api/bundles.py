@@ -17,12 +17,20 @@ import orjson
 
 from fhir_mapping import source_order
 from hub.api import intake, patching
-from hub.api.responses import ID_RE, client_holds, etag, parse_if_match, view_etag, view_tag_matches
+from hub.api.responses import (
+    ID_RE,
+    client_holds,
+    create_only,
+    etag,
+    parse_if_match,
+    view_etag,
+    view_tag_matches,
+)
 from hub.core import jsontext
 from hub.core import resource as res
-from hub.core.conditional import parse_query
+from hub.core.conditional import parse_if_none_exist, parse_query
 from hub.core.errors import FhirError, Issue, bad_request
-from hub.core.ingest import Context, Op, Result
+from hub.core.ingest import Context, IfMatch, Op, Result
 from hub.documents import StoredDocuments
 from hub.repository import VIEW_TYPES, Repository
 
@@ -89,6 +97,8 @@ def parse_entry(i: int, entry: object, base: str,
                         f"{where}.request.url")
     op = Op(method, rtype, url=url, full_url=entry.get("fullUrl"), where=where)
     op.if_match = _if_match(request.get("ifMatch"), where)
+    if method == "PUT" and request.get("ifNoneMatch") is not None:
+        op.create_only = create_only(str(request["ifNoneMatch"]), f"{where}.request.ifNoneMatch")
     if method == "DELETE":  # a feed's delete: its source order, as a write has on its resource
         op.order = source_order.from_extensions(request.get("extension"))
     if len(parts) == 2 and method != "POST":
@@ -100,10 +110,12 @@ def parse_entry(i: int, entry: object, base: str,
         raise bad_request(f"Cannot {method} {url!r}", f"{where}.request.url")
     elif method != "POST":
         op.query = parse_query(query, f"{where}.request.url")
-    if method == "POST" and request.get("ifNoneExist"):
+    if method == "POST" and request.get("ifNoneExist") is not None:
         inx = request["ifNoneExist"]
-        op.if_none_exist = parse_query(inx.split("?", 1)[1] if "?" in inx else inx,
-                                       f"{where}.request.ifNoneExist")
+        if not isinstance(inx, str):
+            raise bad_request("ifNoneExist is a string of search criteria",
+                              f"{where}.request.ifNoneExist")
+        op.if_none_exist = parse_if_none_exist(inx, f"{where}.request.ifNoneExist")
     if method == "PATCH":
         apply, document = patching.from_entry(entry.get("resource"), where)
         op.patch = patching.step(rtype, apply, document, validate, where)
@@ -141,7 +153,7 @@ def _check_get(path: str, url: str, where: str) -> None:
         raise bad_request(f"GET {url!r} is not supported inside a Bundle", f"{where}.request.url")
 
 
-def _if_match(value: object, where: str) -> int | None:
+def _if_match(value: object, where: str) -> IfMatch:
     if value is None:
         return None
     return parse_if_match(str(value), f"{where}.request.ifMatch")

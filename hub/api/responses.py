@@ -6,6 +6,7 @@ import hashlib
 import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import cast
 
 import orjson
 from fastapi import Request
@@ -15,7 +16,7 @@ from hub.api import fhirxml
 from hub.core import jsontext
 from hub.core.errors import FhirError, Issue, operation_outcome
 from hub.core.fhirtime import http_date, parse_range
-from hub.core.ingest import ANY_VERSION
+from hub.core.ingest import ANY_VERSION, IfMatch
 
 FHIR_JSON = fhirxml.FHIR_JSON
 # FHIR says ids are at most 64 characters, but official R4B examples carry longer ones (68);
@@ -88,12 +89,32 @@ def parse_etag(value: str | None, header: str = "If-Match") -> int | None:
     return int(m.group(1) or m.group(2))
 
 
-def parse_if_match(value: str | None, header: str = "If-Match") -> int | None:
+def parse_if_match(value: str | None, header: str = "If-Match") -> IfMatch:
     """An If-Match version; ``*`` (RFC 9110 13.1.1: true when a current representation exists)
-    is ``ANY_VERSION``, which the hub holds true of a resource that exists and is not deleted."""
-    if value is not None and value.strip() == "*":
+    is ``ANY_VERSION``, which the hub holds true of a resource that exists and is not deleted;
+    a list of ETags (``W/"1", W/"2"``, RFC 9110 13.1.1) the versions it names, any of which
+    matches."""
+    if value is None:
+        return None
+    if value.strip() == "*":
         return ANY_VERSION
-    return parse_etag(value, header)
+    tags = [tag for tag in value.split(",") if tag.strip()]  # a list's empty items are none
+    if not tags:
+        return parse_etag(value, header)  # no tag at all: a 400
+    versions = {cast(int, parse_etag(tag, header)) for tag in tags}
+    return versions.pop() if len(versions) == 1 else tuple(sorted(versions))
+
+
+def create_only(value: str | None, where: str | None = None) -> bool:
+    """Does a PUT's If-None-Match ask that it only create (``*``, RFC 9110 13.1.2)? Entity
+    tags there (which a read's cache sends) are refused rather than ignored: the hub does not
+    judge them on a write."""
+    if value is None:
+        return False
+    if value.strip() == "*":
+        return True
+    raise FhirError(400, "not-supported", f"If-None-Match {value[:100]!r} on a write: only * "
+                    "(create only, never over a current resource) is supported", where)
 
 
 def none_match(value: str, version: int) -> bool:

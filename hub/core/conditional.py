@@ -40,6 +40,18 @@ def parse_query(query: str, where: str | None = None) -> Query:
     return pairs
 
 
+def parse_if_none_exist(value: str, where: str | None = None) -> Query:
+    """The criteria of an If-None-Exist (``query``, ``Type?query`` or a URL): 400 when it names
+    none, as a conditional update or delete without criteria is. An empty one is no condition:
+    taken as none, the create ran unconditionally and a retry made a second resource."""
+    query = parse_query(value.split("?", 1)[1] if "?" in value else value, where)
+    if not query:
+        raise bad_request(f"If-None-Exist {value[:200]!r} names no search criteria; a "
+                          "conditional create needs them (without the header it is a plain "
+                          "create)", where)
+    return query
+
+
 def split_token(value: str) -> tuple[str | None, str]:
     """``system|code`` -> (system, code); ``|code`` -> ("", code); ``code`` -> (None, code)."""
     if "|" in value:
@@ -189,3 +201,25 @@ def identifiers_match(query: Query, idents: list[tuple[str, str]], rid: str) -> 
         if not ok:
             return False
     return bool(query)
+
+
+def unmet_criterion(query: Query, idents: list[tuple[str, str]], rid: str) -> tuple[str, str] | None:
+    """The criterion of ``query`` that a resource a conditional write is about to create (id
+    ``rid``, business identifiers ``idents``) does not meet, or None. Judged on the resource
+    itself for what needs no index (``_id``, and ``identifier`` as ``system|value``, ``|value``,
+    ``value`` or ``system|``); any other criterion is taken as met. A create that does not meet
+    its own criteria finds nothing when sent again, and creates again."""
+    for name, value in query:
+        if name not in ("_id", "identifier"):
+            continue  # a modifier, a chain, another parameter: the search index's to judge
+        met = False
+        for alt in value.split(","):
+            if name == "_id":
+                met = met or alt == rid
+                continue
+            system, code = split_token(alt)
+            met = met or any((system is None or s == system) and (v == code or (
+                system is not None and not code)) for s, v in idents)
+        if not met:
+            return name, value
+    return None

@@ -42,7 +42,13 @@ from fhir_mapping.identifiers import RESIDENT_ID_SYSTEM, is_resident_id_system, 
 from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.access import ANONYMOUS, Actor
-from hub.core.conditional import IdentifierResolver, Query, identifiers_match, parse_query
+from hub.core.conditional import (
+    IdentifierResolver,
+    Query,
+    identifiers_match,
+    parse_query,
+    unmet_criterion,
+)
 from hub.core.errors import (
     FhirError,
     Issue,
@@ -58,6 +64,8 @@ from hub.core.store import Commit, ConflictError, Head, QuietGuard, ResourceStor
 RETRIES = 12
 # Op.if_match of ``If-Match: *``: any version, so long as the resource exists and is not deleted
 ANY_VERSION = -1
+# an If-Match: a version, ANY_VERSION, or the versions of a list of ETags (any of them matches)
+IfMatch = int | tuple[int, ...] | None
 RETRY_SECONDS = 10.0
 # the longest a write may take from reading its lastUpdated to taking the writers' lock (a
 # write past it is planned again with a new lastUpdated): what a bulk export's transactionTime
@@ -90,7 +98,9 @@ class Op:
     d: dict | None = None
     query: Query | None = None  # conditional update/delete criteria
     if_none_exist: Query | None = None
-    if_match: int | None = None
+    if_match: IfMatch = None
+    # If-None-Match: * (RFC 9110 13.1.2): a PUT that only creates, 412 over a current resource
+    create_only: bool = False
     full_url: str | None = None
     url: str = ""
     where: str | None = None  # FHIRPath of the Bundle entry it came from, for error locations
@@ -419,6 +429,8 @@ class Hub:
                     op.target, op.existing = found[0], True
                     return
             op.target = new_id()
+            if op.if_none_exist:
+                _meets_own_criteria(op, op.if_none_exist, "If-None-Exist")
         elif op.query is not None:
             found = self._match(op.rtype, op.query, earlier, sees)
             if len(found) > 1:
@@ -443,6 +455,8 @@ class Hub:
                                    f"and {op.rtype}/{body_id} exists: the body's id may only "
                                    "create a new resource")
                 op.target = found[0] if found else (body_id or new_id())
+                if not found:
+                    _meets_own_criteria(op, op.query, "conditional update")
             else:
                 op.target = found[0] if found else None
                 op.existing = not found  # nothing to delete
@@ -460,9 +474,9 @@ class Hub:
         version = stored.originator_version
         if stored.topic.endswith("Deleted"):
             raise gone(f"{op.rtype}/{op.target} was deleted (version {version})")
-        if op.if_match not in (None, ANY_VERSION, version):
+        if op.if_match not in (None, ANY_VERSION) and not _names_version(op.if_match, version):
             raise precondition_failed(f"{op.rtype}/{op.target} is at version {version}, not "
-                                      f"{op.if_match}")
+                                      f"{_versions_named(op.if_match)}")
         # exact: the decimals the patch does not touch keep their precision as stored
         op.d, op.warnings = op.patch(jsontext.loads_exact(from_stored(stored).resource))
         op.patched_from = version
@@ -720,8 +734,10 @@ class Hub:
         for i in planned:
             op = ops[i]
             head = heads.get((op.rtype, op.target)) if op.target is not None else None
-            if head is None or not _order_of(op) or _names_hidden_version(op):
-                continue  # (a version named of a hidden record is refused whatever is stored)
+            if head is None or not _order_of(op) or _names_hidden_version(op) or (
+                    op.create_only and (not head.deleted or op.hidden)):
+                continue  # (refused whatever is stored: a version named of a hidden record, a
+                # create-only write of one that is current)
             if head.deleted:
                 if op.method == "PUT":
                     revived.append(i)
@@ -781,10 +797,15 @@ class Hub:
             if head is None or (head.deleted and not op.hidden):
                 raise precondition_failed(f"If-Match: * but {op.rtype}/{op.target} "
                                           f"{'does not exist' if head is None else 'is deleted'}")
-        elif op.if_match is not None and op.if_match != current:
+        elif op.if_match is not None and not _names_version(op.if_match, current):
             raise precondition_failed(
-                f"If-Match wanted version {op.if_match} of {op.rtype}/{op.target}, "
-                f"the current version is {current}")
+                f"If-Match wanted version {_versions_named(op.if_match)} of "
+                f"{op.rtype}/{op.target}, the current version is {current}")
+        # If-None-Match: * holds where no current resource is; a hidden one is current to its
+        # caller, deleted or not, as for If-Match: *
+        if op.create_only and head is not None and (not head.deleted or op.hidden):
+            raise precondition_failed(f"If-None-Match: * but {op.rtype}/{op.target} exists: "
+                                      "the write only creates")
         request: dict[str, Any] = {"method": op.method, "url": op.url, "requestId": ctx.request_id}
         if op.method == "DELETE":
             if op.hidden and head is not None and head.deleted:
@@ -880,9 +901,38 @@ def _order_of(op: Op) -> source_order.Order | None:
     return source_order.order_of(op.d) if op.d is not None else None
 
 
+def _names_version(if_match: IfMatch, version: int) -> bool:
+    """Does an If-Match (a version, or a list of them) name ``version``?"""
+    return version in if_match if isinstance(if_match, tuple) else if_match == version
+
+
+def _versions_named(if_match: IfMatch) -> str:
+    if isinstance(if_match, tuple):
+        return " or ".join(map(str, if_match))
+    return str(if_match)
+
+
 def _names_hidden_version(op: Op) -> bool:
     """Does a write to a record its caller may not read name a version of it (If-Match)?"""
     return op.hidden and op.if_match is not None and op.if_match != ANY_VERSION
+
+
+def _meets_own_criteria(op: Op, query: Query, what: str) -> None:
+    """400 for a conditional write about to create a resource its own criteria do not match
+    (as HAPI refuses it): sent again, it would match nothing again and create a second one."""
+    unmet = unmet_criterion(query, res.identifiers(op.d) if op.d else [], cast(str, op.target))
+    if unmet is None:
+        return
+    name, value = unmet
+    if name == "_id":
+        why = (f"the {op.rtype} it creates gets the id {op.target!r}" if op.method == "PUT"
+               and op.d and op.d.get("id") else f"the {op.rtype} it creates gets an id "
+               "the server assigns")
+    else:
+        why = f"the {op.rtype} it creates carries no identifier {value!r}"
+    raise bad_request(f"The resource does not meet the {what} criteria {name}={value!r}: "
+                      f"{why}, so the same request sent again would match nothing and create "
+                      f"another", f"{op.rtype}.{name.lstrip('_')}")
 
 
 def _criteria(op: Op) -> Query | None:

@@ -15,7 +15,8 @@ their text, so that what a patch does not touch keeps its precision, and what it
 precision it was sent with. Both return the patched resource, which the caller validates and
 stores like an update. A patch that cannot apply (a path matching nothing or several nodes, a
 failed ``test``) is a 422; a
-malformed document is a 400. Changing ``id`` or ``resourceType`` is refused.
+malformed document is a 400. Changing ``id``, ``resourceType``, ``meta.versionId`` or
+``meta.lastUpdated`` is refused.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ def _check_identity(before: dict, after: Any) -> dict:
     for key in ("resourceType", "id"):
         if after.get(key) != before.get(key):
             raise _cannot(f"A patch may not change {key}", key)
+    # the version and its time are the store's: a patch setting them was silently undone.
+    # Taking them out (with meta) changes nothing the store does not set again.
+    had, has = before.get("meta"), after.get("meta")
+    for key in ("versionId", "lastUpdated"):
+        value = has.get(key) if isinstance(has, dict) else None
+        if value is not None and value != (had.get(key) if isinstance(had, dict) else None):
+            raise _cannot(f"A patch may not change meta.{key}: the server sets it",
+                          f"meta.{key}")
     return after
 
 
