@@ -58,7 +58,7 @@ from hub.core.errors import (
     not_found,
     precondition_failed,
 )
-from hub.core.events import CREATED, DELETED, UPDATED, ResourceEvent, from_stored
+from hub.core.events import CREATED, DELETED, UPDATED, ResourceEvent, from_stored, resource_bytes
 from hub.core.store import Commit, ConflictError, Head, QuietGuard, ResourceStore
 
 RETRIES = 12
@@ -775,6 +775,17 @@ class Hub:
                           "information")])
         return out
 
+    def _same_but_narrative_spelling(self, op: Op) -> bool:
+        """Asked when the content hashes differ: whether the stored version differs only in how a
+        narrative's XHTML is spelled, so a resource read as XML and sent back is no new version.
+        The stored body is read (and narratives parsed) only for a write that holds one."""
+        assert op.d is not None and op.target is not None
+        if not res.holds_narrative(op.d):
+            return False
+        stored = self.store.latest(op.rtype, op.target)
+        body = resource_bytes(stored) if stored is not None else b""
+        return bool(body) and res.content_hash(op.d, True) == res.content_hash(orjson.loads(body), True)
+
     def _decide(self, op: Op, head: Head | None, ctx: Context, commit: Commit,
                 last_updated: str, ts: int) -> Result:
         if op.existing:  # conditional create matched, or conditional delete matched nothing
@@ -830,7 +841,8 @@ class Hub:
             jsontext.refuse_bad_text(op.d, where)
             raise bad_request("The resource cannot be written as JSON", where) from None
         # a caller that may not read the stored content is not told it sent the same: a new version
-        if head is not None and not head.deleted and head.content_hash == h and not op.hidden:
+        if head is not None and not head.deleted and not op.hidden and (
+                head.content_hash == h or self._same_but_narrative_spelling(op)):
             # Body and lastUpdated are filled in by complete() only if the caller shows them.
             return Result(200, op.rtype, op.target, head.version, issues=[
                 Issue("informational", "Content unchanged; no new version", "information")])

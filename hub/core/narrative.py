@@ -36,7 +36,9 @@ _CSS_ESCAPE = re.compile(r"\\([0-9a-fA-F]{1,6})\s?|\\(.)", re.S)
 _PARSERS = threading.local()  # an lxml parser is not to be shared between threads
 
 
-def _parser() -> etree.XMLParser:
+def parser() -> etree.XMLParser:
+    """This thread's parser of narratives: no entities resolved, no DTD loaded, nothing fetched,
+    comments left out."""
     parser = getattr(_PARSERS, "parser", None)
     if parser is None:
         parser = _PARSERS.parser = etree.XMLParser(
@@ -50,7 +52,7 @@ def problem(div: Any) -> str | None:
     if not isinstance(div, str):
         return None  # the models say so
     try:
-        root = etree.fromstring(div.encode("utf-8", "surrogatepass"), _parser())
+        root = etree.fromstring(div.encode("utf-8", "surrogatepass"), parser())
     except (etree.XMLSyntaxError, ValueError) as e:
         return f"the narrative is not well-formed XHTML ({str(e).split(',')[0]})"
     if root is None or root.tag != f"{{{XHTML}}}div":

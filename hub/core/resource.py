@@ -163,11 +163,12 @@ def loc_path(prefix: str, loc: tuple) -> str:
     return out
 
 
-def content_hash(d: dict) -> bytes:
+def content_hash(d: dict, narratives_canonical: bool = False) -> bytes:
     """Hash of the content that makes a version: everything but id, versionId, lastUpdated and the
-    source-order stamp (the same content from a later message is no new version); narratives
-    in their canonical form (the same XHTML spelled otherwise, as FHIR XML gives it back, is
-    the same content)."""
+    source-order stamp (the same content from a later message is no new version).
+    ``narratives_canonical``: each narrative's XHTML in its canonical form (the same XHTML
+    spelled otherwise, as FHIR XML gives it back), a parse of each: for comparing a write with
+    the stored version when their hashes differ, never for the hash every write stores."""
     d = source_order.strip(d)
     meta = d.get("meta")
     if meta is not None or "id" in d:
@@ -176,10 +177,14 @@ def content_hash(d: dict) -> bytes:
             rest = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
             if rest:
                 d["meta"] = rest
-    text = orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
-    if b'"div":' in text:
-        text = orjson.dumps(xhtml.canonical_divs(d), option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(text, digest_size=16).digest()
+    if narratives_canonical:
+        d = xhtml.canonical_divs(d)
+    return hashlib.blake2b(orjson.dumps(d, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+
+
+def holds_narrative(d: dict) -> bool:
+    """Whether ``d`` holds a narrative (its own, a contained resource's)."""
+    return b'"div":' in orjson.dumps(d)
 
 
 def canonical(d: dict, rid: str, version: int, last_updated: str) -> bytes:

@@ -9,22 +9,11 @@ an attribute, are one XHTML, so a resource read as XML and sent back unchanged i
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from lxml import etree
 
-XHTML = "http://www.w3.org/1999/xhtml"
-_PARSERS = threading.local()  # an lxml parser is not to be shared between threads
-
-
-def _parser() -> etree.XMLParser:
-    parser = getattr(_PARSERS, "parser", None)
-    if parser is None:  # no entities resolved, no DTD loaded, nothing fetched
-        parser = _PARSERS.parser = etree.XMLParser(
-            resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
-            remove_comments=True)
-    return parser
+from hub.core.narrative import XHTML, parser
 
 
 def element_text(div: etree._Element) -> str:
@@ -51,7 +40,7 @@ def _copy(src: etree._Element, parent: etree._Element | None) -> etree._Element:
 def canonical(div: str) -> str:
     """``div`` written as ``element_text`` writes it; as it is when it is no XML."""
     try:
-        root = etree.fromstring(div.encode("utf-8", "surrogatepass"), _parser())
+        root = etree.fromstring(div.encode("utf-8", "surrogatepass"), parser())
     except (etree.XMLSyntaxError, ValueError):
         return div
     return div if root is None else element_text(root)
