@@ -1080,7 +1080,6 @@ def test_the_soap_parameter_named_message_is_the_message_and_a_refusal_keeps_the
     inside an envelope is kept as the whole envelope, to replay."""
     from xml.sax.saxutils import escape
 
-
     data = patient_message(f"P{tag()}", resident())
     (pid,) = ids_of(data, SRC, "Patient")
     call = ('<HIPMessageServer xmlns="urn:hl7-org:v3"><header>&lt;auth user="x"/&gt;</header>'

@@ -957,10 +957,16 @@ def test_a_person_read_is_not_modified_only_while_its_patients_are_not(client, d
     assert entries[0]["response"]["etag"] == again.headers["etag"]
     assert entries[0]["resource"]["name"][0]["given"] == ["新"]
     # the search finds it changed since, the listing too
+    _found_changed_since(client, pa, since, again.json())
+
+
+def _found_changed_since(client, pa: str, since: str, person: dict) -> None:
+    """Person ``pa`` (read as ``person``) is what a search and the listing find changed since
+    ``since``, at its lastUpdated, and not before it."""
     for q in ({"_id": pa, "_lastUpdated": f"ge{since}"}, {"_lastUpdated": f"ge{since}"}):
         found = [e["resource"] for e in pages(client, "/Person", **q)]
         assert [p["id"] for p in found] == [pa], q
-        assert found[0]["meta"]["lastUpdated"] == again.json()["meta"]["lastUpdated"]
+        assert found[0]["meta"]["lastUpdated"] == person["meta"]["lastUpdated"]
     assert client.get("/Person", params={"_id": pa, "_lastUpdated": f"lt{since}"}).json()[
         "total"] == 0
 
@@ -1059,12 +1065,7 @@ def test_a_person_read_changes_when_one_of_its_patients_is_deleted(client, data)
     later = client.get(f"/Person/{pa}", headers={
         **USER, "if-modified-since": first.headers["last-modified"]})
     assert later.status_code == 200 and links(later.json()) == [f"Patient/{a}"]
-    for q in ({"_id": pa, "_lastUpdated": f"ge{since}"}, {"_lastUpdated": f"ge{since}"}):
-        found = [e["resource"] for e in pages(client, "/Person", **q)]
-        assert [p["id"] for p in found] == [pa], q
-        assert found[0]["meta"]["lastUpdated"] == after.json()["meta"]["lastUpdated"]
-    assert client.get("/Person", params={"_id": pa, "_lastUpdated": f"lt{since}"}).json()[
-        "total"] == 0
+    _found_changed_since(client, pa, since, after.json())
 
 
 def test_everything_leaves_out_a_stored_person(live, client, data):
