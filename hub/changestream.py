@@ -28,7 +28,9 @@ record with key ``~watermark``, an empty value and the headers ``nid`` (the batc
 ``event: watermark``, saying that the partition holds every event of its keys up to ``nid``.
 Consumers of the events skip it; a reader that merges the partitions back into log order
 (``hub.streamfollow``: read models fed by the stream) needs it to know when a partition that
-has nothing new is not merely late.
+has nothing new is not merely late. A relay starting writes one of ``nid`` 0 to every partition
+(a **start mark**, saying nothing of what it holds) before it reads them back: what the broker
+took from a relay that died is then in the partition when read (see ``Relay._mark_start``).
 
 At least once, in order per key, exactly once while nothing is refused. On every start, and after
 every failed send, the relay reads each partition back from its last watermark and finds how far
@@ -138,6 +140,7 @@ class Relay:
         if not parts:
             raise RuntimeError(f"topic {self.topic!r} has no partitions")
         self._partitions = sorted(parts)
+        self._mark_start()
         self._last = self._last_published()
         saved = self._saved_position()
         held = [self._last.get(p, 0) for p in self._partitions]
@@ -152,6 +155,19 @@ class Relay:
             self.position = max(saved, min(held)) if all(held) else saved
         log.info("change stream %s: resuming after %d (partitions hold up to %s)", self.topic,
                  self.position, self._last)
+
+    def _mark_start(self) -> None:
+        """Write a start mark to every partition, before reading what they hold: a watermark of
+        nid 0 (it says nothing held; readers take it as no watermark). What the broker took before
+        it from a relay that died, and had not yet shown, is then in the partition when it is read
+        back (Tansu shows a killed producer's last batch only after the partition's next write;
+        the next relay sent its events again)."""
+        marks = [self._producer.send(self.topic, key=WATERMARK_KEY, value=b"", partition=p,
+                                     headers=[("nid", b"0"), ("event", WATERMARK.encode())])
+                 for p in self._partitions]
+        self._producer.flush(timeout=self.timeout)
+        for f in marks:
+            f.get(timeout=self.timeout)
 
     def _last_published(self) -> dict[int, int]:
         """Per partition, the nid up to which it holds its events without a gap: read back from
@@ -170,8 +186,7 @@ class Relay:
                 while True:
                     start = max(starts[tp], ends[tp] - window)
                     records = self._read(consumer, tp, start, ends[tp])
-                    marks = [i for i, r in enumerate(records)
-                             if dict(r.headers or ()).get("event") == WATERMARK.encode()]
+                    marks = [i for i, r in enumerate(records) if _watermark(r) > 0]
                     if marks or start <= starts[tp]:
                         break
                     window *= 8
@@ -309,6 +324,17 @@ class Relay:
             except Exception:  # noqa: BLE001 - closing after a failure
                 pass
             self._producer = None
+
+
+def _watermark(record: Any) -> int:
+    """The nid of a watermark record (0 for a start mark), -1 for any other record."""
+    h = dict(record.headers or ())
+    if h.get("event") != WATERMARK.encode():
+        return -1
+    try:
+        return int(h.get("nid", b"0"))
+    except ValueError:
+        return -1
 
 
 def part_of(headers: dict[str, bytes]) -> tuple[int, int]:

@@ -151,6 +151,8 @@ class StreamFollower:
                     log.warning("change stream %s: record %s@%s is no event of the log; "
                                 "skipped", self.topic, tp.partition, r.offset)
                     continue
+                if nid == 0 and h.get("event") == WATERMARK.encode():
+                    continue  # a relay's start mark: it says nothing of what the partition holds
                 p, held = tp.partition, self._held.get(tp.partition)
                 if h.get("event") != WATERMARK.encode():
                     # an event follows on from what the partition gave when its ``prev`` was
