@@ -9,7 +9,10 @@ and per CPU second of the server, each as a ratio to raw ``model_validate_json``
 resources in this process (per wall second, and per CPU second), measured before and after the
 posting; and the CPU of the API process and its read-model follower process together. Goal: >= 0.6.
 
-    .venv/bin/python -m bench.bundles [--people 400] [--batched 10] [--history 10]
+    .venv/bin/python -m bench.bundles [--people 400] [--batched 10] [--history 10] [--no-narratives]
+
+Every resource carries a generated narrative (``text.div``), as Synthea's Patients and a server's
+narrative generator write them; the runs before 2026-12-07 had none.
 
 A third run writes each person's history ``--history`` times as long (``Region(visit_scale=…)``),
 one Patient per Bundle: Synthea writes a patient's whole life, hundreds of entries, where the
@@ -44,6 +47,28 @@ def _merge(bundles: list[dict], k: int) -> list[dict]:
              "entry": [e for b in bundles[i:i + k] for e in b["entry"]]} for i in range(0, len(bundles), k)]
 
 
+def _narrated(bundles: list[dict]) -> list[dict]:
+    """Every resource with a generated narrative, as a client's resources come (Synthea writes
+    one on its Patients, a server's narrative generator one on each): the write path checks each
+    div, keeps it, and compares narratives when a write repeats a resource."""
+    for b in bundles:
+        for e in b["entry"]:
+            r = e["resource"]
+            code = r.get("code") or r.get("type") or {}
+            if isinstance(code, list):
+                code = code[0] if code else {}
+            what = code.get("text") or next((c.get("display") for c in code.get("coding", [])
+                                             if c.get("display")), None) or \
+                next((n.get("text") or n.get("family") for n in r.get("name", [])), None) or \
+                r["resourceType"]
+            when = r.get("effectiveDateTime") or r.get("birthDate") or \
+                (r.get("period") or {}).get("start") or ""
+            what = what.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            r["text"] = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">'
+                         f'<p><b>{r["resourceType"]}</b> {when}: {what}</p></div>'}
+    return bundles
+
+
 def _tuned_gc_rate(resources: list[bytes]) -> float:
     before = gc.get_threshold()
     gc.collect()
@@ -56,9 +81,11 @@ def _tuned_gc_rate(resources: list[bytes]) -> float:
         gc.unfreeze()
 
 
-def run(people: int, per_bundle: int, port: int, visit_scale: int = 1) -> dict:
+def run(people: int, per_bundle: int, port: int, visit_scale: int = 1,
+        narratives: bool = True) -> dict:
     region = Region(seed=11, people=people, visit_scale=visit_scale)
-    bundles = _merge(list(patient_bundles(region)), per_bundle)
+    bundles = list(patient_bundles(region))
+    bundles = _merge(_narrated(bundles) if narratives else bundles, per_bundle)
     bodies = [orjson.dumps(b) for b in bundles]
     resources = [orjson.dumps(e["resource"]) for b in bundles for e in b["entry"]]
     base_wall = [validation_rate(resources)]
@@ -75,7 +102,8 @@ def run(people: int, per_bundle: int, port: int, visit_scale: int = 1) -> dict:
             # the server's models imported and its caches warm before the clock starts, as the
             # baseline's are (validation_rate validates 200 resources first): people of another
             # seed, so the measured resources are the same
-            for warm in patient_bundles(Region(seed=12, people=3, visit_scale=visit_scale)):
+            warming = list(patient_bundles(Region(seed=12, people=3, visit_scale=visit_scale)))
+            for warm in _narrated(warming) if narratives else warming:
                 r = c.post("", content=orjson.dumps(warm), headers=headers)
                 assert r.status_code == 200, r.text[:500]
             warmed = c.get("/Observation", params={"_summary": "count"}).json()["total"]
@@ -107,7 +135,8 @@ def run(people: int, per_bundle: int, port: int, visit_scale: int = 1) -> dict:
     per_wall, per_cpu = n / wall, n / cpu
     vw, vc = statistics.mean(base_wall), statistics.mean(base_cpu)
     return {
-        "people": people, "visit_scale": visit_scale, "bundles": len(bundles), "resources": n,
+        "people": people, "visit_scale": visit_scale, "narratives": narratives,
+        "bundles": len(bundles), "resources": n,
         "entries_per_bundle": round(n / len(bundles), 1),
         "observations_stored": stored,
         "resources_per_s": round(per_wall), "resources_per_server_cpu_s": round(per_cpu),
@@ -148,12 +177,15 @@ def main(argv: list[str] | None = None) -> dict:
                    help="visits times this for the third run: one Patient per Bundle, records as "
                         "long as Synthea's (0: no such run)")
     p.add_argument("--port", type=int, default=18093)
+    p.add_argument("--no-narratives", dest="narratives", action="store_false",
+                   help="resources without a text.div (the runs before 2026-12-07 had none)")
     args = p.parse_args(argv)
-    result = {"one": run(args.people, 1, args.port)}
+    result = {"one": run(args.people, 1, args.port, narratives=args.narratives)}
     if args.batched > 1:
-        result["batched"] = run(args.people, args.batched, args.port)
+        result["batched"] = run(args.people, args.batched, args.port, narratives=args.narratives)
     if args.history > 1:
-        result["history"] = run(max(1, args.people // args.history), 1, args.port, args.history)
+        result["history"] = run(max(1, args.people // args.history), 1, args.port, args.history,
+                                narratives=args.narratives)
     result["summary_rows"] = summary_rows(result)
     for k in ("one", "batched", "history"):
         if k in result:
