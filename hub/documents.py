@@ -145,7 +145,9 @@ class StoredDocuments:
         history and whoever read them keep the trace). The report names what was retired and what
         was left as it was: what another source wrote since, what another document lists too (a
         C-CDA act quoted by several documents), or what a document does not withdraw (the patient,
-        the visit). Returns the retired versions, to be written with the document."""
+        the visit). A replacement of a document of another set supersedes that document's
+        DocumentReference too (``_supersede``). Returns the retired and superseded versions, to
+        be written with the document."""
         comp = next((r for r in resources if r["resourceType"] == "Composition"), None)
         if comp is None:
             return []
@@ -211,12 +213,17 @@ class StoredDocuments:
         if not retired and not kept and not parents:
             return []
         report["issue"] = _findings_only(report["issue"])
+        superseded: list[dict] = []  # the replaced documents' DocumentReferences
         if parents:
+            superseded, unfound = self._supersede(resources, [p for p, _ in parents], order)
+            also = ("; their DocumentReference is marked superseded" if not unfound else
+                    f"; the DocumentReference of {_listed(unfound)} could not be found and stays "
+                    f"as it is")
             report["issue"].append(_version_issue(
                 "information", "informational", REPLACED_RULE,
                 "a replacement document replaces a stored document",
                 f"this document replaces {_listed(['Composition/' + p[0]['id'] for p in parents])}: "
-                f"what it leaves out of them is retired as a new version's would be",
+                f"what it leaves out of them is retired as a new version's would be{also}",
                 "/hl7:ClinicalDocument/hl7:relatedDocument"))
         if retired:
             refs = [f"{r['resourceType']}/{r['id']}" for r in retired]
@@ -232,7 +239,45 @@ class StoredDocuments:
                 "a new version of a document leaves out entries of the last",
                 f"this version leaves out {len(kept)} entries of the version it replaces that it "
                 f"does not retire; they stay as they were until retracted: {_listed(kept)}"))
-        return retired
+        return retired + superseded
+
+    def _supersede(self, resources: list[dict], parents: list[dict],
+                   order: source_order.Order | None) -> tuple[list[dict], list[str]]:
+        """The DocumentReferences of the stored documents of another set this one replaces
+        (``parents``, their Compositions), marked ``superseded`` as R4 marks a document a newer
+        one replaces: one document stays current, as when a new version of a set rewrites its
+        own DocumentReference. This document's ``relatesTo`` names each by reference beside the
+        parent's document id. Returns the versions to write (those still current) and the
+        parents whose DocumentReference the hub could not find (search not running)."""
+        doc = next((r for r in resources if r["resourceType"] == "DocumentReference"), None)
+        if doc is None:
+            return [], []
+        out: list[dict] = []
+        unfound: list[str] = []
+        for comp in parents:
+            ref = f"Composition/{comp['id']}"
+            held = [d for d in (self.repo.own_current("DocumentReference", i) for i in
+                                self.repo.own_ids_referring("DocumentReference", "related", ref)
+                                or ())
+                    if d is not None and d["id"] != doc["id"] and d.get("subject") == doc.get("subject")
+                    and any(isinstance(r, dict) and r.get("reference") == ref
+                            for r in (d.get("context") or {}).get("related") or ())]
+            if not held:
+                unfound.append(ref)
+            for d in held:
+                _relate(doc, comp.get("identifier"), f"DocumentReference/{d['id']}")
+                if d.get("status") != "current":
+                    continue  # already superseded (this document sent again), or withdrawn
+                marked = {**d, "status": "superseded"}
+                meta = {k: v for k, v in (d.get("meta") or {}).items()
+                        if k not in ("versionId", "lastUpdated")}
+                marked.pop("meta", None)
+                if meta:
+                    marked["meta"] = meta
+                if order:
+                    source_order.stamp([marked], order)  # a resend of the old one cannot revive it
+                out.append(marked)
+        return out, unfound
 
     def _not_owned(self, ref: str, current: dict, wrote: dict | None, owners: set[str],
                    series: str | None) -> str | None:
@@ -427,7 +472,8 @@ class DocumentService(StoredDocuments):
         return DocumentResult(201 if created else 200, decision, report, doc_ref,
                               resources=[f"{r.rtype}/{r.rid}" + (f"/_history/{r.version}" if r.version else "")
                                          for r in results],  # no version: one hidden
-                              retired=[f"{r['resourceType']}/{r['id']}" for r in retired])
+                              retired=[f"{r['resourceType']}/{r['id']}" for r in retired
+                                       if r["resourceType"] != "DocumentReference"])
 
     def replay(self, qid: int, now: datetime | None = None) -> DocumentResult:
         entry = self.quarantine.get(qid)
@@ -543,6 +589,27 @@ def _entries(composition: dict) -> set[str]:
                    if isinstance(e, dict) and isinstance(e.get("reference"), str))
         todo += sec.get("section") or []
     return out
+
+
+def _relate(doc: dict, parent_id: Any, target: str) -> None:
+    """Name ``target`` (the replaced document's DocumentReference) by reference in ``doc``'s
+    ``relatesTo`` replaces of the document id ``parent_id``."""
+    key = _ident_key(parent_id)
+    rels = doc.setdefault("relatesTo", [])
+    for rel in rels:
+        t = rel.get("target") if isinstance(rel, dict) else None
+        if rel.get("code") == "replaces" and isinstance(t, dict) \
+                and (t.get("reference") == target
+                     or (key is not None and not t.get("reference")
+                         and _ident_key(t.get("identifier")) == key)):
+            t["reference"] = target
+            return
+    rels.append({"code": "replaces", "target": {"reference": target}})
+
+
+def _ident_key(i: Any) -> tuple[str, str] | None:
+    return (i.get("system") or "", str(i.get("value"))) \
+        if isinstance(i, dict) and i.get("value") else None
 
 
 def _content(d: dict) -> dict:

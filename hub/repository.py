@@ -230,9 +230,15 @@ class Repository:
         """The ids of the current Compositions whose sections list ``ref`` (``Type/id``), read by
         the hub to decide whether a document may retire an entry it no longer lists, never handed
         to a caller; None when the hub cannot tell (search not running, or its index behind)."""
+        return self.own_ids_referring("Composition", "entry", ref)
+
+    def own_ids_referring(self, rtype: str, param: str, ref: str) -> list[str] | None:
+        """The ids of the current ``rtype`` records whose reference search parameter ``param``
+        names ``ref`` (``Type/id``), read by the hub for a write of its own, never handed to a
+        caller; None when the hub cannot tell (search not running, or its index behind)."""
         if self._search is None:
             return None
-        q = self._search.parse("Composition", [("entry", ref)], True)
+        q = self._search.parse(rtype, [(param, ref)], True)
         if not self._search.sync():
             return None
         page = self._search.backend.page(q, 100, False)

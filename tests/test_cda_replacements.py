@@ -79,6 +79,48 @@ def test_a_replacement_of_a_document_by_its_id_retires_what_it_leaves_out(client
     (issue,) = [i for i in lone.json()["issue"]
                 if i["details"].get("coding", [{}])[0].get("code") == "cda.document.nothing-replaced"]
     assert issue["severity"] == "warning" and "RPLC-NONE" in issue["details"]["text"]
+    lone_doc = client.get("/" + lone.headers["location"].split("/fhir/", 1)[1]).json()
+    assert lone_doc["status"] == "current"
+    assert [r["target"] for r in lone_doc["relatesTo"]] == [
+        {"identifier": {"system": "urn:oid:2.16.156.10011.1.1", "value": "RPLC-NONE"}}]
+
+
+def test_a_replacement_of_another_set_supersedes_the_replaced_documents_reference(client):
+    """A replacement (relatedDocument RPLC) of a document of another setId retired what the old
+    one said, yet both DocumentReferences stayed current: a clinician listing the patient's
+    documents saw two current versions of one document. Now the replaced one is superseded (a
+    version of its own, in its history) and the replacement relates to it by reference; sent
+    again, the replacement changes nothing."""
+    pid = ident("2.16.156.10011.1.12", "ZY-RPLC-DR")
+    first = client.post("/../cda", content=wst500(
+        doc_id="RPLC-DR1", set_id="RPLC-DR-SET1", version=1, patient_ids=pid,
+        sections=section(diagnosis("I10", "高血压", "1"), diagnosis("E11.9", "2型糖尿病", "2"))), headers=XML)
+    assert first.status_code == 201, first.text
+    old = first.headers["location"].split("/fhir/", 1)[1].split("/_history")[0]
+    patient = client.get("/" + old).json()["subject"]["reference"]
+    replacement = wst500(doc_id="RPLC-DR2", set_id="RPLC-DR-SET2", version=1, patient_ids=pid,
+                         encounter=_rplc("RPLC-DR1"), sections=section(diagnosis("I10", "高血压", "1")))
+    second = client.post("/../cda", content=replacement, headers=XML)
+    assert second.status_code == 201, second.text
+    new = second.headers["location"].split("/fhir/", 1)[1].split("/_history")[0]
+    assert new != old
+    (retired,) = [i["details"]["text"] for i in second.json()["issue"]
+                  if i["details"].get("coding", [{}])[0].get("code") == "cda.document.entries-retired"]
+    assert "Condition/" in retired and "DocumentReference" not in retired  # superseded, not withdrawn
+
+    listed = client.get("/DocumentReference", params={"patient": patient, "status": "current"}).json()
+    assert [e["resource"]["id"] for e in listed.get("entry", [])] == [new.split("/")[1]]
+    assert client.get("/" + old).json()["status"] == "superseded"
+    assert client.get("/" + old + "/_history").json()["total"] == 2  # the current one kept in history
+    relates = client.get("/" + new).json()["relatesTo"]
+    assert [(r["code"], r["target"].get("reference"), r["target"]["identifier"]["value"])
+            for r in relates] == [("replaces", old, "RPLC-DR1")]
+    found = client.get("/DocumentReference", params={"relatesto": old}).json()
+    assert [e["resource"]["id"] for e in found.get("entry", [])] == [new.split("/")[1]]
+
+    again = client.post("/../cda", content=replacement, headers=XML)
+    assert again.status_code == 200, again.text
+    assert client.get("/" + old + "/_history").json()["total"] == 2
 
 
 def test_a_new_version_leaving_out_an_entry_without_an_id_retires_that_entry(client):
