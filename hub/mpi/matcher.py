@@ -105,10 +105,7 @@ class Matcher:
                 # is anyone's own evidence until it is rebuilt
                 held = "value-counts-incomplete"
             if held:  # a steward decides: never two people merged on weights alone
-                grade = "probable"
-                evidence["hold"] = {"level": held, "weight": 0.0}
-                # the score shown agrees with the grade: below the threshold of certain
-                p = max(w.thresholds["probable"], min(p, w.thresholds["certain"] - 1e-6))
+                return _held(Candidate(b["ref"], total_weight, p, grade, evidence, vetoes), held, w)
         return Candidate(b["ref"], total_weight, p, grade, evidence, vetoes)
 
     def match(self, f: dict, *, exclude: Iterable[str] = (), min_pk: int = 0,
@@ -128,18 +125,41 @@ class Matcher:
         own = 2 if any(g["ref"] == f["ref"] for _, g in found) else 1
         skip = set(exclude)
         skip.add(f["ref"])
-        out = []
+        scored: list[tuple[Candidate, dict]] = []
         for pk, g in found:
             if pk <= min_pk or g["ref"] in skip:
                 continue
             if blocked is not None and blocked(f["ref"], g["ref"]):
                 continue
-            c = self.score(f, g, counts, total, own, counted)
-            if c.grade is None or (c.grade == CERTAINLY_NOT and not keep_vetoed):
-                continue
-            out.append(c)
+            scored.append((self.score(f, g, counts, total, own, counted), g))
+        self._hold_newborn_of_twins(f, scored, counts, total, counted)
+        out = [c for c, _ in scored
+               if c.grade is not None and (c.grade != CERTAINLY_NOT or keep_vetoed)]
         out.sort(key=lambda c: (c.grade == CERTAINLY_NOT, -c.weight, c.ref))
         return out
+
+    def _hold_newborn_of_twins(self, f: dict, scored: list[tuple[Candidate, dict]],
+                               counts: dict[str, int], total: int, counted: bool) -> None:
+        """A newborn's placeholder (张丽之子) fits any child of its household born that day: when
+        two such children are in sight, it is neither's without a steward. Linked to both, it
+        would merge the twins; linked to one, it may be the other's record. Seen from either
+        side: the placeholder certain for two children apart, or a child certain with a
+        placeholder while its twin is among the candidates."""
+        certain = [(c, g) for c, g in scored if c.grade == "certain"]
+        if not certain:
+            return
+        if f.get("nb"):
+            named = [(c, g) for c, g in certain if not g.get("nb")]
+            if not any(_apart(self.score(x, y, counts, total, 2, counted))
+                       for i, (_, x) in enumerate(named) for _, y in named[i + 1:]):
+                return
+            held = [c for c, _ in named]
+        else:
+            held = [c for c, g in certain if g.get("nb")]
+            if not held or not any(_apart(c) for c, _ in scored):
+                return
+        for c in held:
+            _held(c, "newborn-of-twins", self.weights)
 
 
 def hold(a: dict, b: dict, levels: dict[str, str], twins: bool = False,
@@ -159,6 +179,14 @@ def hold(a: dict, b: dict, levels: dict[str, str], twins: bool = False,
     same_id = levels.get("id") == "exact" and id_status(a) == id_status(b) == "valid"
     if a.get("nb") and b.get("nb") and (a.get("nbo") or "") != (b.get("nbo") or ""):
         return "newborns-apart"  # 之大女 and 之小女 under their mother's number: two children
+    if a.get("mb") and b.get("mb") and a["mb"] != b["mb"]:
+        return "newborns-apart"  # multipleBirthInteger 1 and 2: twins, whatever their names
+    if a.get("nb") and b.get("nb") and not same_id and not a.get("nbo") and \
+            not (a.get("mb") and a.get("mb") == b.get("mb")):
+        # two placeholders without a birth order (张丽之子 twice) of one birth date and
+        # household, on the mother's number (someone else's: no key) or none: unmarked twins as
+        # often as one child twice (之大女 twice is one child: the mark says which)
+        return "newborns-unmarked"
     baby, other = (a, b) if a.get("nb") else (b, a)
     if baby.get("nb") and not other.get("nb") and \
             (other.get("name") == baby.get("nbp") or levels.get("id") == "exact"):
@@ -206,6 +234,25 @@ def hold(a: dict, b: dict, levels: dict[str, str], twins: bool = False,
         # a name, a birth date and a district: namesakes in a city
         return "no-own-evidence"
     return None
+
+
+TWO_CHILDREN = ("twins", "newborns-apart", "newborns-unmarked")  # holds of two children of one birth
+
+
+def _apart(c: Candidate) -> bool:
+    """Whether a compared pair is two children of one household and birth: the twin pattern, a
+    hold that says so, or two valid ID numbers of one birth date."""
+    return "twin" in c.evidence or c.evidence.get("hold", {}).get("level") in TWO_CHILDREN or \
+        ("id_conflict" in c.vetoes and c.evidence.get("birth", {}).get("level") in TWIN_BIRTH)
+
+
+def _held(c: Candidate, why: str, w: Weights) -> Candidate:
+    """``c`` sent to a steward: probable, the hold in its evidence, and a score that agrees with
+    the grade (below the threshold of certain)."""
+    c.grade = "probable"
+    c.evidence["hold"] = {"level": why, "weight": 0.0}
+    c.score = max(w.thresholds["probable"], min(c.score, w.thresholds["certain"] - 1e-6))
+    return c
 
 
 def generation_apart(x: str | None, y: str | None) -> bool:

@@ -18,7 +18,9 @@ fam   surname (simplified); ``py``: pinyin of the full name with the surname's o
       spaces; ``pyf``: pinyin of the surname
 nb    1 when the name is a newborn's placeholder ("<parent>之子/之女", twins "<parent>之大子",
       "之小女", "之一子", "之二女", "男婴", ... whether written as text or split into family and
-      given): the name is left out; ``nbo``: its birth-order mark (大, 小, 一, 二…), when it has one
+      given; "<parent>大宝/二宝"; the marks are data/newborn-names.json): the name is left out;
+      ``nbo``: its birth-order mark (大, 小, 一, 二…), when it has one
+mb    ``multipleBirthInteger`` (the birth order of twins), when given
 sex   ``male`` | ``female`` | None; ``bd``: birth date ``YYYY-MM-DD`` or None
 ph    phone numbers, digits only, +86/0086 stripped
 dist  GB/T 2260 district code: the hub's administrative-division extension (``valueCode``), an
@@ -57,10 +59,16 @@ MAX_TEXT = 200  # longer names, numbers or addresses are cut (hostile input stay
 
 # separators inside minority names (维吾尔族, 藏族 ...) and the stray spaces of Latin input
 _SEPARATORS = re.compile(r"[·•.．・‧∙⋅\s\-_]+")
-# "<parent>之子", twins and further siblings "<parent>之大子/之小女/之一子/之二女/之长子/之次女",
-# "<parent>之子一", and "<parent>男婴/女婴/婴儿" with a birth order after it
-_ORDER = "大小长次一二三四五六1-9"
-_NEWBORN_MARK = re.compile(rf"之[{_ORDER}]?[子女][{_ORDER}]?$|(男婴|女婴|婴儿)[{_ORDER}]?$")
+# newborn placeholder names (data/newborn-names.json): "<parent>之子", twins and further siblings
+# "<parent>之大子/之小女/之一子/之二女/之长子/之次女", "<parent>之子一", "<parent>男婴/女婴/婴儿" with a
+# birth order after it, and "<parent>大宝/二宝"
+_NEWBORN = json.loads((DATA / "newborn-names.json").read_text(encoding="utf-8"))
+_ORDER: str = _NEWBORN["orders"]
+_O = f"[{re.escape(_ORDER)}]"
+_NEWBORN_MARK = re.compile(
+    rf"之{_O}?(?:{'|'.join(map(re.escape, _NEWBORN['children']))}){_O}?$"
+    rf"|(?:{'|'.join(map(re.escape, _NEWBORN['infants']))}){_O}?$"
+    rf"|(?P<ordinal>(?<=..){_O}(?:{'|'.join(map(re.escape, _NEWBORN['ordinal']))}))$")
 _DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
 _LONE_MARK = re.compile(r"[a-z]|ii|iii|iv|vi")  # a lone letter or Roman numeral: an initial, a birth order
 _DISTRICT = re.compile(r"^\d{6}$")
@@ -214,6 +222,8 @@ def _name_parts(patient: dict) -> tuple[str, str, str | None, str]:
     elif not family and given and not given.isascii():  # a Latin given name alone is no surname
         family, given = split_surname(given)
     mark = _NEWBORN_MARK.search(family + given)  # it may sit in the given name: 王 + 丽之子
+    if mark and mark.group("ordinal") and (family + given)[:mark.start()] in _tables()[0]:
+        mark = None  # 欧阳大宝: a compound surname and a given name, no parent's name
     if mark:
         return "", "", "".join(ch for ch in mark.group(0) if ch in _ORDER), \
             (family + given)[:mark.start()]
@@ -269,6 +279,9 @@ def features(patient: dict, roles: identifiers.Roles = identifiers.DEFAULT) -> d
         f["nbo"] = order  # twins: 之大女 and 之小女 are two children
     if parent:
         f["nbp"] = parent  # 张丽之女: never 张丽 herself
+    mb = patient.get("multipleBirthInteger")
+    if isinstance(mb, int) and not isinstance(mb, bool) and 0 < mb < 100:
+        f["mb"] = mb  # the birth order of twins: 1 and 2 are two children
     f["fam"] = family or None
     f["name"] = (family + given) or None
     words = _marked_words(patient) if f["name"] and f["name"].isascii() else None

@@ -1,0 +1,108 @@
+"""Newborn twins through the hub's write path, the automatic matcher and the identity service: two
+children of one birth date and household, registered before they have names or numbers of their
+own, are never one person without a steward."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub.core.ingest import Context, Op
+from hub.mpi import weights as W
+from hub.mpi.candidates import IdentityCandidates
+from hub.mpi.identity import IdentityService
+from hub.mpi.incremental import IncrementalMatcher
+from hub.mpi.matcher import Matcher
+from hub.mpi.normalise import RESIDENT_ID, features
+from projections.runner import Runner
+from terminology.resident_id import check_digit
+
+MOTHER_ID = "41010219900505062" + check_digit("41010219900505062")  # born 1990-05-05, female
+BORN = "2024-03-01"
+HOME = {"line": ["人民路185号16栋3单元405室"],
+        "extension": [{"url": "https://fhir-region-hub.example/StructureDefinition/"
+                              "administrative-division", "valueCode": "410102"}]}
+
+
+def baby(pid: str, name: str, *, org: str, id_: str | None = None, sex: str = "male",
+         **more) -> dict:
+    """A newborn's registration: the mother's phone and home, maybe her resident ID number."""
+    return {"resourceType": "Patient", "id": pid, "name": [{"text": name}], "gender": sex,
+            "birthDate": BORN, "managingOrganization": {"reference": f"Organization/{org}"},
+            "identifier": [{"system": RESIDENT_ID, "value": id_}] if id_ else [],
+            "telecom": [{"system": "phone", "value": "13469153708"}], "address": [HOME], **more}
+
+
+@pytest.fixture
+def region(hub, settings, tmp_path):
+    """``arrive(*patients)``: the Patients written through the hub and matched as ``hub serve``
+    matches them; returns every person's Patients."""
+    svc = IdentityService.open(hub.store, settings.data_dir)
+    index = IdentityCandidates(tmp_path / "ic.sqlite")
+    runner = Runner(hub.store, IncrementalMatcher.recording_with(index, Matcher(index, W.load()), svc))
+
+    def arrive(*patients: dict) -> list[list[str]]:
+        for p in patients:  # one message at a time, as feeds send them
+            hub.execute([Op("PUT", "Patient", p["id"], p, url=f"Patient/{p['id']}")], Context(),
+                        atomic=True)
+            runner.catch_up()
+        svc.sync()
+        P = svc.person
+        with P.read() as c:
+            c.execute("SELECT patient FROM p_patient")
+            persons = {P.person_of(c, r[0]) for r in c.fetchall()}
+            return sorted(sorted(P.patients(c, x)) for x in persons)
+
+    yield arrive
+    index.close()
+    svc.close()
+
+
+def apart(*refs: str) -> list[list[str]]:
+    return sorted([f"Patient/{r}"] for r in refs)
+
+
+@pytest.mark.parametrize("first, second", [
+    # unmarked: one on the mother's number at the maternity hospital, the other without a number
+    # at the children's hospital, both 张丽之子
+    (dict(name="张丽之子", id_=MOTHER_ID, org="maternity"), dict(name="张丽之子", org="children")),
+    # both on the mother's number at one hospital
+    (dict(name="张丽之子", id_=MOTHER_ID, org="maternity"),
+     dict(name="张丽之子", id_=MOTHER_ID, org="maternity")),
+    # birth orders as families say them
+    (dict(name="张丽大宝", id_=MOTHER_ID, org="maternity"), dict(name="张丽二宝", org="children")),
+    # the same placeholder, told apart by multipleBirthInteger alone
+    (dict(name="张丽之子", id_=MOTHER_ID, org="maternity", multipleBirthInteger=1),
+     dict(name="张丽之子", id_=MOTHER_ID, org="maternity", multipleBirthInteger=2)),
+])
+def test_newborn_twins_of_one_household_are_not_linked(region, first, second):
+    assert region(baby("t1", **first), baby("t2", **second)) == apart("t1", "t2")
+
+
+def test_a_placeholder_does_not_join_named_twins(region, hub):
+    # the twins named later, no numbers of their own yet: each fits the placeholder, so it is
+    # neither's without a steward (linked to both, it merged the twins)
+    named = [baby("haoran", "王浩然", org="children"), baby("haoyu", "王浩宇", org="children")]
+    placeholder = baby("ph", "张丽之子", id_=MOTHER_ID, org="maternity")
+    assert region(*named, placeholder) == apart("haoran", "haoyu", "ph")
+
+
+def test_a_named_twin_does_not_join_the_placeholder_its_twin_joined(region):
+    # the placeholder first, one twin named (linked to it: the only child in sight), then the
+    # other: certain with the placeholder, but its twin is in sight
+    got = region(baby("ph", "张丽之子", id_=MOTHER_ID, org="maternity"),
+                 baby("haoran", "王浩然", org="children"), baby("haoyu", "王浩宇", org="children"))
+    assert ["Patient/haoyu"] in got and not any("Patient/haoyu" in g and len(g) > 1 for g in got)
+
+
+def test_one_child_registered_twice_still_links(region):
+    # the placeholder and the child named later, alone in its household: one person, as before
+    got = region(baby("ph", "张丽之子", id_=MOTHER_ID, org="maternity"),
+                 baby("haoran", "王浩然", org="children"))
+    assert got == [["Patient/haoran", "Patient/ph"]]
+
+
+def test_birth_order_names_are_read_from_the_table():
+    f = [features(baby("x", n, org="o")) for n in ("张丽大宝", "张丽二宝", "张大宝", "欧阳大宝")]
+    assert [(x["nb"], x.get("nbo"), x.get("nbp")) for x in f] == [
+        (1, "大", "张丽"), (1, "二", "张丽"), (0, None, None), (0, None, None)]
+    assert features(baby("x", "张丽之子", org="o", multipleBirthInteger=2))["mb"] == 2
