@@ -583,6 +583,85 @@ def test_rows_changed_or_committed_late_within_the_look_back_are_read_once(
     eng.dispose()
 
 
+# the view's change time kept as text, as many HIS views keep it
+LAB_TEXT = sa.Table("v_lab_result", sa.MetaData(), *(
+    sa.Column(c.name, sa.String(32) if c.name == "updated_at" else c.type,
+              primary_key=c.primary_key, nullable=c.nullable) for c in LAB.columns))
+
+
+def _text_rows(eng: sa.Engine, fmt: str, rows: list[tuple[int, dt.datetime]]) -> None:
+    with eng.begin() as conn:
+        conn.execute(LAB_TEXT.insert(), [{**lab_row(i, t), "id": i + 1, "updated_at": t.strftime(fmt)}
+                                         for i, t in rows])
+
+
+@pytest.mark.parametrize("fmt,step", [
+    ("%Y%m%d%H%M%S", dt.timedelta(minutes=1)),
+    ("%Y%m%d%H%M", dt.timedelta(minutes=1)),
+    ("%Y%m%d", dt.timedelta(days=1)),  # a day's window: the day before the last one read
+    ("%Y/%m/%d %H:%M:%S", dt.timedelta(minutes=1)),
+    ("%Y-%m-%d %H:%M:%S", dt.timedelta(minutes=1)),  # ISO text had its window already
+])
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_text_watermark_in_a_his_form_gets_the_look_back_window(db_url, tmp_path, fmt, step,
+                                                                  restart):
+    """A row committed late with a text time within the window (written in the column's own
+    form, so the text compares in time order) is read; one older than the window is not; no row
+    is sent twice."""
+    eng = engine_for(db_url)
+    LAB_TEXT.metadata.create_all(eng)
+    _text_rows(eng, fmt, [(i, BASE + i * step) for i in range(3)])
+    spool = Spool(tmp_path / "spool.sqlite", SRC)
+    src = source(db_url, batch_size=2)
+    while src.poll_once(spool):
+        pass
+    assert len(spool.pending()) == 3
+    # a long transaction commits a row stamped one step before the last read (within 300 s,
+    # or the day before), and one stamped ten steps earlier (outside the window)
+    _text_rows(eng, fmt, [(9, BASE + step), (10, BASE - 10 * step)])
+    if restart:  # what was read is known from the spool's checkpoint only
+        src.engine.dispose()
+        src = source(db_url, batch_size=2)
+    while src.poll_once(spool):
+        pass
+    assert src.poll_once(spool) == 0
+    assert sorted(unit_ids(spool)) == [f"lab-result:R{i:05d}/GLU" for i in (0, 1, 2, 9)]
+    assert src.status()["watermark_form"] == {
+        "%Y%m%d%H%M%S": "YYYYMMDDHHMMSS", "%Y%m%d%H%M": "YYYYMMDDHHMM", "%Y%m%d": "YYYYMMDD",
+        "%Y/%m/%d %H:%M:%S": "YYYY/MM/DD HH:MM:SS",
+        "%Y-%m-%d %H:%M:%S": "YYYY-MM-DD HH:MM:SS"}[fmt]
+    src.engine.dispose()
+    spool.close()
+    eng.dispose()
+
+
+def test_a_text_watermark_of_mixed_forms_reads_every_row_once_and_says_so(db_url, tmp_path,
+                                                                         caplog):
+    """ISO text, then compact text: a window written in one form could sort anywhere among the
+    other's values, so the compact values get none (as before), and status and log say why."""
+    eng = engine_for(db_url)
+    LAB_TEXT.metadata.create_all(eng)
+    _text_rows(eng, "%Y-%m-%d %H:%M:%S", [(i, BASE + dt.timedelta(minutes=i)) for i in range(2)])
+    _text_rows(eng, "%Y%m%d%H%M%S", [(i, BASE + dt.timedelta(minutes=i)) for i in range(2, 4)])
+    spool = Spool(tmp_path / "spool.sqlite", SRC)
+    src = source(db_url, batch_size=2)
+    with caplog.at_level("WARNING", logger="connectors.database"):
+        while src.poll_once(spool):
+            pass
+    assert "more than one form" in caplog.text
+    assert src.status()["watermark_form"] == "mixed: YYYY-MM-DD HH:MM:SS, YYYYMMDDHHMMSS"
+    _text_rows(eng, "%Y%m%d%H%M%S", [(4, BASE + dt.timedelta(minutes=4))])
+    again = source(db_url, batch_size=2)  # a restart keeps knowing the column mixes forms
+    assert again.poll_once(spool) == 1 and again.poll_once(spool) == 0
+    assert again.bound("20240301090000") == "20240301090000"
+    assert again.status()["watermark_form"] == "mixed"
+    assert sorted(unit_ids(spool)) == [f"lab-result:R{i:05d}/GLU" for i in range(5)]
+    for s_ in (src, again):
+        s_.engine.dispose()
+    spool.close()
+    eng.dispose()
+
+
 def test_a_checkpoint_keeping_the_keys_read_at_its_watermark_still_reads_nothing_twice(tmp_path):
     """A checkpoint written before rows were remembered by content (the keys read at the last
     watermark only) resumes without sending those rows again."""

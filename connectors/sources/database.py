@@ -10,7 +10,8 @@ Configuration (a ``sources`` entry of a connector file)::
       # query: "SELECT … FROM …" # … or a query (used as a sub-select; no ORDER BY/LIMIT inside)
       watermark: updated_at     # set anew on every new and changed row
       key: [visit_no]           # unique with the watermark: breaks ties between equal watermarks
-      lookback_s: 300           # a date-time watermark: each read starts this much before it
+      lookback_s: 300           # a date-time watermark (or text such as 20240301090000):
+                                #   each read starts this much before it
       mapping: outpatient-visit # envelopes are kind "row:<mapping>" (or give kind: directly)
       batch_size: 500           # rows per read and per spool transaction
       poll_interval_s: 5        # pause when caught up
@@ -24,20 +25,22 @@ Configuration (a ``sources`` entry of a connector file)::
 
 Reading: ``SELECT * FROM <source> WHERE wm IS NOT NULL AND wm >= :low ORDER BY wm, key… LIMIT
 batch_size + n``, less the n rows already read as they are. ``:low`` is the last watermark read
-less ``lookback_s`` (a date-time watermark, or one the database gives as ISO text; the last
-watermark itself for a sequence): each read looks back over the window, and the rows read within
-it are remembered with the position, each by its key, watermark and a fingerprint of its content
-(a hash of the row). So a row committed later with a watermark within the window (a long
-transaction that took its time early, a clock set back, a smaller key at the same second) is read,
-a row changed again within the same second is read again, and a row read as it is is not sent
-twice. The position is the (watermark, key) pair of the last row read, and only moves on. Past
-``MAX_SEEN`` rows within the window (a bulk load), the tuple comparison ``(wm, key…) > (:wm,
-:key…)`` (written out as OR/AND so every engine runs it) takes over until the watermark moves on.
-Each batch is handed to ``Intake.accept`` together with that position, and the spool stores both
-in one transaction: a crash never loses a row or reads one twice, and a row that does not convert
-is a dead letter while the poller moves on. Values keep their database types in the checkpoint
-(JSON with a type tag), so the comparison is made with the column's own type (timestamps,
-numerics, text).
+less ``lookback_s`` (a date-time watermark, or one the database gives as text in a form of
+``text_watermark.FORMS``: ISO, or a HIS's own such as ``20240301090000``, the window written in
+that form so the text compares in time order; the last watermark itself for a sequence, and for
+text in more than one form but ISO, its status and log saying so): each read looks back over the
+window, and the rows read within it are remembered with the position, each by its key, watermark
+and a fingerprint of its content (a hash of the row). So a row committed later with a watermark
+within the window (a long transaction that took its time early, a clock set back, a smaller key at
+the same second) is read, a row changed again within the same second is read again, and a row read
+as it is is not sent twice. The position is the (watermark, key) pair of the last row read, and
+only moves on. Past ``MAX_SEEN`` rows within the window (a bulk load), the tuple comparison ``(wm,
+key…) > (:wm, :key…)`` (written out as OR/AND so every engine runs it) takes over until the
+watermark moves on. Each batch is handed to ``Intake.accept`` together with that position, and the
+spool stores both in one transaction: a crash never loses a row or reads one twice, and a row that
+does not convert is a dead letter while the poller moves on. Values keep their database types in
+the checkpoint (JSON with a type tag), so the comparison is made with the column's own type
+(timestamps, numerics, text).
 
 Columns: a ``row:`` mapping names the columns every row must have (``row_columns``: those the
 resources of the row's own are written from); a view or query without one of them is not read
@@ -86,6 +89,7 @@ import orjson
 import sqlalchemy as sa
 
 from connectors.base import CannotStart, Envelope, Intake
+from connectors.sources import text_watermark
 from fhir_mapping.tabular.model import DELETED, DELETED_AT
 from hub.core.errors import HubError
 
@@ -96,6 +100,8 @@ log = logging.getLogger("connectors.database")
 
 # at most this many rows are remembered of those read within the look-back window
 MAX_SEEN = 5000
+# a text watermark whose values came in more than one form (or in none of text_watermark.FORMS)
+MIXED = "mixed"
 
 
 class ViewColumnsError(HubError):
@@ -262,6 +268,9 @@ class DatabaseSource:
         self.seen: dict[tuple[Any, ...], tuple[Any, str | None]] | None = {}
         # the lowest watermark ``seen`` covers (None: every row read since the start)
         self.floor: Any = None
+        # the form of the text watermark's values read (text_watermark.FORMS; "other": none of
+        # them; MIXED: more than one); None until a text value was read
+        self.text_form: str | None = None
         self._resumed = False
         self._read_once = False
         self.caught_up = threading.Event()  # set whenever a read returned fewer rows than a batch
@@ -283,8 +292,10 @@ class DatabaseSource:
     @staticmethod
     def encode_position(wm: Any, keys: Sequence[Any],
                         seen: dict[tuple[Any, ...], tuple[Any, str | None]] | None = None,
-                        floor: Any = None) -> str:
+                        floor: Any = None, text_form: str | None = None) -> str:
         out: dict[str, Any] = {"w": encode_value(wm), "k": [encode_value(k) for k in keys]}
+        if text_form is not None:
+            out["tf"] = text_form
         if seen is not None:
             out["f"] = [[encode_value(w), [encode_value(k) for k in ks], fp]
                         for ks, (w, fp) in sorted(seen.items(), key=repr)]
@@ -316,13 +327,22 @@ class DatabaseSource:
 
     def bound(self, wm: Any) -> Any:
         """The lowest watermark read again after ``wm``: ``wm`` less the look-back, for a
-        date-time watermark (a value the database returns as ISO text too, as SQLite does);
-        ``wm`` itself for any other (a sequence has no time to look back by)."""
+        date-time watermark (text too: ISO as SQLite returns it, or a HIS's own text form such
+        as ``20240301090000``, written in the same form); ``wm`` itself for any other (a
+        sequence has no time to look back by). A text column whose values came in more than
+        one form gets a window for ISO text only, as before text forms were known: a window
+        written in one form could sort among another's values anywhere."""
         if not self.lookback or isinstance(wm, (bool, int, float, decimal.Decimal)):
             return wm
         if isinstance(wm, dt.date):
             return wm - self.lookback
         if isinstance(wm, str):
+            if self.text_form != MIXED:
+                low = text_watermark.earlier(wm, self.lookback)
+                if low is not None:
+                    return low
+            if wm[4:5] != "-":  # 20240301 parses as ISO too, but its ISO window sorts below it
+                return wm
             try:
                 t = dt.datetime.fromisoformat(wm)
             except ValueError:
@@ -449,11 +469,15 @@ class DatabaseSource:
             if saved:
                 self.position = self.decode_position(saved)
                 self.seen, self.floor = self.decode_seen(saved)
+                self.text_form = orjson.loads(saved).get("tf")
+                if self.text_form == MIXED:
+                    self.stats["watermark_form"] = MIXED
             self._resumed = True
         rows = self.read_batch()
         self._read_once = True
         if not rows:
             return 0
+        self._note_text_form(rows)
         last = rows[-1]
         position = (self._get(last, self.watermark), [self._get(last, k) for k in self.keys])
         # a row read again within the window (committed late, changed again) leaves the
@@ -488,7 +512,8 @@ class DatabaseSource:
                             self.name, MAX_SEEN)
         envs = self.envelopes(rows)
         intake.accept(envs, (self.checkpoint_key,
-                             self.encode_position(*position, seen_kept, floor)))
+                             self.encode_position(*position, seen_kept, floor,
+                                                  self.text_form)))
         self.position = position
         self.seen = seen_kept
         self.floor = floor if seen_kept is not None else None
@@ -496,6 +521,29 @@ class DatabaseSource:
         self.stats["rows"] += len(rows)
         self.stats["batches"] += 1
         return len(rows)
+
+    def _note_text_form(self, rows: list[dict[str, Any]]) -> None:
+        """Follow the form of a text watermark's values; more than one turns the window of
+        the text forms off for good (status and log say so)."""
+        if self.text_form == MIXED:
+            return
+        for r in rows:
+            w = self._get(r, self.watermark)
+            if not isinstance(w, str):
+                return  # a timestamp, a sequence: no text to read a form from
+            form = text_watermark.form_of(w) or "other"
+            if self.text_form is None:
+                self.text_form = form
+            elif form != self.text_form:
+                log.warning("database source %s: the watermark %s holds text in more than one "
+                            "form (%s, %s): it gets no look-back window but in ISO text, and a "
+                            "row committed late with an earlier time may be missed", self.name,
+                            self.watermark, self.text_form, form)
+                self.stats["watermark_form"] = f"{MIXED}: {self.text_form}, {form}"
+                self.text_form = MIXED
+                return
+        if self.text_form != "other":
+            self.stats["watermark_form"] = self.text_form
 
     def run(self, intake: Intake, stop: threading.Event) -> None:
         backoff = self.backoff_initial
