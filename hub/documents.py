@@ -5,7 +5,8 @@
 1. ``fhir_mapping.documents.check_and_convert`` (quality rules, then the CDA mapper);
 2. accepted: the document's resources, its Binary, DocumentReference, document Bundle and the
    quality report are validated and written as ONE transaction (all or nothing), with the entries
-   a new version of the document withdrew marked entered-in-error (``_retire_left_out``);
+   a new version of the document withdrew marked entered-in-error (``_retire_left_out``); a
+   document a stored one already replaces is written as history (``_replaced_before``);
 3. refused (a reject rule, or a document the mapper cannot map, or mapper output the hub refuses):
    the payload goes to the quarantine with its report, and the report alone is written, so the
    data-quality projection counts refusals too;
@@ -19,6 +20,8 @@ of a transaction or batch) go through too (``hub.api.bundles`` → ``settle_writ
 
 from __future__ import annotations
 
+import copy
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -52,6 +55,7 @@ LEFT_OUT_RULE = "cda.document.entries-left-out"
 OTHER_PATIENT_RULE = "cda.document.other-patient"
 SAME_VERSION_RULE = "cda.document.version-taken"
 REPLACED_RULE = "cda.document.replaced"
+REPLACED_BEFORE_RULE = "cda.document.replaced-before"
 NOTHING_REPLACED_RULE = "cda.document.nothing-replaced"
 QUALITY_DOCUMENT = EXT + "quality-document"  # a quality report's document
 Conflict = tuple[str, str, str]  # (rule, display, text): why a document may not be written
@@ -86,15 +90,17 @@ class StoredDocuments:
         who is told nothing of stored records it may not read), else None and the entries it
         withdrew, retired (to write with it), its report saying what it changed (a late older
         version, what was retired or left out) and keeping the time a resend was first
-        checked."""
+        checked. A document a stored one already replaces is made history in ``resources``
+        itself (``_replaced_before``: its elements are swapped for the versions to write)."""
         conflict = self._conflict(resources, patient, reader)
         if conflict is not None:
             return conflict, []
         report = next(r for r in resources if is_quality_report(r))
         self._keep_checked_time(report)
+        late = self._replaced_before(resources, report)
         if self._note_superseded(resources, report):
-            return None, []
-        return None, self._retire_left_out(resources, report)
+            return None, late
+        return None, late + self._retire_left_out(resources, report)
 
     def settle_writes(self, ops: list[Op], reader: Actor | None = None) -> list[Op]:
         """``settle`` for each mapped document among a transaction's or batch's writes
@@ -110,11 +116,16 @@ class StoredDocuments:
         more: list[Op] = []
         for patient, members in document_writes(ops):
             where = ops[members[0]].where  # the DocumentReference's entry: the document
-            conflict, retired = self.settle([ops[i].d for i in members],  # type: ignore[misc]
-                                            patient, reader)
+            docs: list[dict] = [ops[i].d for i in members]  # type: ignore[misc]
+            conflict, retired = self.settle(docs, patient, reader)
             if conflict is not None:
                 rule, _, text = conflict
                 raise FhirError(422, "business-rule", f"{rule}: {text}", where)
+            for i, d in zip(members, docs):
+                if d is not ops[i].d:  # made history (``_replaced_before``): validated as above
+                    ref = f"{d['resourceType']}/{d['id']}"
+                    res.validate(d["resourceType"], jsontext.dumps(d, ref), d)
+                    ops[i].d = d
             for d in retired:
                 ref = f"{d['resourceType']}/{d['id']}"
                 res.validate(d["resourceType"], jsontext.dumps(d, ref), d)
@@ -137,6 +148,92 @@ class StoredDocuments:
                     "quality-checked")]}
         if without_time(old) == without_time(report):
             report["extension"] = old["extension"]
+
+    def _replaced_before(self, resources: list[dict], report: dict) -> list[dict]:
+        """A document a stored one replaces (a relatedDocument RPLC naming its document id) that
+        arrives after it (a replay, a slow feed), or comes again once superseded: stored as
+        history, never current again. Its DocumentReference is written ``superseded``; each of
+        its entries the hub holds current (the replacement's, another source's) is left as it is,
+        the others are written entered-in-error as a replacement retires them (its Bundle and
+        Binary keep what it said). Swaps those elements of ``resources`` for the versions to
+        write (the Bundle holds the document as sent) and returns the replacements'
+        DocumentReferences to write, now naming its own by reference. A resend is known without
+        search, by its stored DocumentReference."""
+        comp = next((r for r in resources if r["resourceType"] == "Composition"), None)
+        at = next((i for i, r in enumerate(resources) if r["resourceType"] == "DocumentReference"),
+                  None)
+        if comp is None or at is None:
+            return []
+        doc = resources[at]
+        by = self._replacements(comp)
+        stored = self.repo.own_current("DocumentReference", doc["id"])
+        if not by and not (stored is not None and stored.get("status") == "superseded"
+                           and stored.get("masterIdentifier") == doc.get("masterIdentifier")):
+            return []
+        resources[at] = {**doc, "status": "superseded"}
+        retired: list[str] = []
+        kept: list[str] = []
+        for i, r in enumerate(resources):
+            if r["resourceType"] not in withdrawn.KINDS:
+                continue
+            ref = f"{r['resourceType']}/{r['id']}"
+            current = self.repo.own_current(r["resourceType"], r["id"])
+            if current is not None and not withdrawn.is_withdrawn(current):
+                # the stored version stays: written again as it is, no new version
+                meta = {k: v for k, v in (current.get("meta") or {}).items()
+                        if k not in ("versionId", "lastUpdated")}
+                resources[i] = {**{k: v for k, v in current.items() if k != "meta"},
+                                **({"meta": meta} if meta else {})}
+                kept.append(ref)
+            else:
+                resources[i] = withdrawn.withdrawn(r) or r
+                retired.append(ref)
+        out: list[dict] = []
+        for held in by:  # the replacement's DocumentReference names this one by reference
+            for rid in self.repo.own_ids_referring(
+                    "DocumentReference", "related", f"Composition/{held['id']}") or ():
+                d = self.repo.own_current("DocumentReference", rid)
+                if d is None or d.get("subject") != doc.get("subject"):
+                    continue
+                related = copy.deepcopy(d)
+                _relate(related, comp.get("identifier"), f"DocumentReference/{doc['id']}")
+                if related != d:
+                    meta = {k: v for k, v in (related.get("meta") or {}).items()
+                            if k not in ("versionId", "lastUpdated")}
+                    related.pop("meta", None)
+                    if meta:
+                        related["meta"] = meta
+                    out.append(related)
+        who = _listed([f"Composition/{c['id']} ({_ident_text(c.get('identifier'))})" for c in by]) \
+            if by else "a stored document (its DocumentReference is stored superseded)"
+        report["issue"] = [*_findings_only(report["issue"]), _version_issue(
+            "information", "informational", REPLACED_BEFORE_RULE,
+            "a document arrived after the document that replaces it",
+            f"this document arrived after {who}, which replaces it (relatedDocument RPLC): it is "
+            f"kept as history, its DocumentReference superseded. {len(retired)} of its entries "
+            f"are stored entered-in-error (this document's Bundle and Binary keep what they "
+            f"said): {_listed(retired) or 'none'}; {len(kept)} are left as stored (the "
+            f"replacement's, or another source's): {_listed(kept) or 'none'}",
+            "/hl7:ClinicalDocument/hl7:id")]
+        return out
+
+    def _replacements(self, comp: dict) -> list[dict]:
+        """The stored current Compositions of the same patient that replace ``comp``'s document
+        (relatesTo replaces of its document id); none when search cannot tell."""
+        key = _ident_key(comp.get("identifier"))
+        if key is None:
+            return []
+        token = "|".join(re.sub(r"([\\,|$])", r"\\\1", p) for p in key)
+        subject = (comp.get("subject") or {}).get("reference")
+        out = []
+        for cid in self.repo.own_ids_matching("Composition", "related-id", token) or ():
+            held = self.repo.own_current("Composition", cid) if cid != comp["id"] else None
+            if held is not None and (held.get("subject") or {}).get("reference") == subject \
+                    and any(isinstance(r, dict) and r.get("code") == "replaces"
+                            and _ident_key(r.get("targetIdentifier")) == key
+                            for r in held.get("relatesTo") or ()):
+                out.append(held)
+        return out
 
     def _retire_left_out(self, resources: list[dict], report: dict) -> list[dict]:
         """A new version of a stored document that leaves out entries the stored version wrote (a
@@ -610,6 +707,11 @@ def _relate(doc: dict, parent_id: Any, target: str) -> None:
 def _ident_key(i: Any) -> tuple[str, str] | None:
     return (i.get("system") or "", str(i.get("value"))) \
         if isinstance(i, dict) and i.get("value") else None
+
+
+def _ident_text(i: Any) -> str:
+    key = _ident_key(i)
+    return "|".join(key).lstrip("|") if key is not None else "no document id"
 
 
 def _content(d: dict) -> dict:

@@ -236,9 +236,15 @@ class Repository:
         """The ids of the current ``rtype`` records whose reference search parameter ``param``
         names ``ref`` (``Type/id``), read by the hub for a write of its own, never handed to a
         caller; None when the hub cannot tell (search not running, or its index behind)."""
+        return self.own_ids_matching(rtype, param, ref)
+
+    def own_ids_matching(self, rtype: str, param: str, value: str) -> list[str] | None:
+        """The ids of the current ``rtype`` records matching the search ``param=value`` (a
+        reference, a token ``system|code``), read by the hub for a write of its own, never handed
+        to a caller; None when the hub cannot tell (search not running, or its index behind)."""
         if self._search is None:
             return None
-        q = self._search.parse(rtype, [(param, ref)], True)
+        q = self._search.parse(rtype, [(param, value)], True)
         if not self._search.sync():
             return None
         page = self._search.backend.page(q, 100, False)

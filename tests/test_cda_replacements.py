@@ -152,3 +152,76 @@ def test_a_document_posted_without_a_feed_name_keeps_what_its_header_leaves_out(
     (entry,) = client.get("/Patient", params={"identifier": "urn:oid:2.16.156.10011.1.12|ZY-KEEP-1"}
                           ).json()["entry"]
     assert [t["value"] for t in entry["resource"].get("telecom", [])] == ["13912345678"]
+
+
+def _codes(outcome: dict) -> dict[str, str]:
+    """rule code -> text of a report's coded issues."""
+    return {c["code"]: i["details"].get("text", "") for i in outcome["issue"]
+            for c in i.get("details", {}).get("coding", [])}
+
+
+def _current_docs(client, patient: str) -> list[str]:
+    listed = client.get("/DocumentReference", params={"patient": patient, "status": "current"}).json()
+    return sorted(e["resource"]["id"] for e in listed.get("entry", []))
+
+
+def test_a_replaced_document_arriving_after_its_replacement_is_stored_as_history(client):
+    """Feeds deliver out of order: the replacement (relatedDocument RPLC) came first, the document
+    it replaces after it. The late one was stored current beside it, and the diagnosis the
+    replacement left out deliberately came back as a current fact. Now the late document is
+    superseded, what it says that the replacement does not is retired (kept in its history), the
+    report says it came after its replacement, and sending it again changes nothing."""
+    pid = ident("2.16.156.10011.1.12", "ZY-RPLC-LATE")
+    replacement = client.post("/../cda", content=wst500(
+        doc_id="RPLC-LATE2", set_id="RPLC-LATE-SET2", version=1, patient_ids=pid,
+        encounter=_rplc("RPLC-LATE1"), sections=section(diagnosis("I10", "高血压", "1"))), headers=XML)
+    assert replacement.status_code == 201, replacement.text
+    new = replacement.headers["location"].split("/fhir/", 1)[1].split("/_history")[0]
+    patient = client.get("/" + new).json()["subject"]["reference"]
+    replaced = wst500(doc_id="RPLC-LATE1", set_id="RPLC-LATE-SET1", version=1, patient_ids=pid,
+                      sections=section(diagnosis("I10", "高血压", "1"), diagnosis("E11.9", "2型糖尿病", "2")))
+    late = client.post("/../cda", content=replaced, headers=XML)
+    assert late.status_code == 201, late.text
+    old = late.headers["location"].split("/fhir/", 1)[1].split("/_history")[0]
+    assert client.get("/" + old).json()["status"] == "superseded"
+    assert _current_docs(client, patient) == [new.split("/")[1]]
+    conditions = _conditions(client, patient)
+    assert [c for c in conditions if c[1] != "entered-in-error"] == [("I10", "")], conditions
+    assert ("E11.9", "entered-in-error") in conditions  # the fact kept, not current
+    text = _codes(late.json())["cda.document.replaced-before"]
+    assert "RPLC-LATE2" in text and "Condition/" in text
+    relates = client.get("/" + new).json()["relatesTo"]
+    assert [(r["code"], r["target"].get("reference")) for r in relates] == [("replaces", old)]
+
+    again = client.post("/../cda", content=replaced, headers=XML)
+    assert again.status_code == 200, again.text
+    assert _current_docs(client, patient) == [new.split("/")[1]]
+    assert _conditions(client, patient) == conditions
+
+
+def test_a_resend_of_a_replaced_document_with_the_replacements_time_does_not_revive_it(client):
+    """The replaced document sent again, with the same effectiveTime as its replacement: the
+    superseded copy carries the replacement's source-order stamp, and an equal stamp let the old
+    document through, current again with the diagnosis the replacement had retired."""
+    pid = ident("2.16.156.10011.1.12", "ZY-RPLC-AGAIN")
+    replaced = wst500(doc_id="RPLC-AG1", set_id="RPLC-AG-SET1", version=1, patient_ids=pid,
+                      sections=section(diagnosis("I10", "高血压", "1"), diagnosis("E11.9", "2型糖尿病", "2")))
+    first = client.post("/../cda", content=replaced, headers=XML)
+    assert first.status_code == 201, first.text
+    old = first.headers["location"].split("/fhir/", 1)[1].split("/_history")[0]
+    patient = client.get("/" + old).json()["subject"]["reference"]
+    second = client.post("/../cda", content=wst500(
+        doc_id="RPLC-AG2", set_id="RPLC-AG-SET2", version=1, patient_ids=pid,
+        encounter=_rplc("RPLC-AG1"), sections=section(diagnosis("I10", "高血压", "1"))), headers=XML)
+    assert second.status_code == 201, second.text
+    new = second.headers["location"].split("/fhir/", 1)[1].split("/_history")[0]
+    conditions = _conditions(client, patient)
+    assert ("E11.9", "entered-in-error") in conditions
+
+    again = client.post("/../cda", content=replaced, headers=XML)
+    assert again.status_code == 200, again.text
+    assert client.get("/" + old).json()["status"] == "superseded"
+    assert client.get("/" + old + "/_history").json()["total"] == 2
+    assert _current_docs(client, patient) == [new.split("/")[1]]
+    assert _conditions(client, patient) == conditions
+    assert "cda.document.replaced-before" in _codes(again.json())

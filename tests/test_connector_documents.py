@@ -292,3 +292,22 @@ def test_hub_ingest_holds_a_document_transaction_to_the_same_check(settings, tmp
         assert Repository(hub).own_current("Condition", cond["id"]) == before
     finally:
         hub.store.close()
+
+
+def test_a_connectors_replaced_document_arriving_after_its_replacement_stays_history(conn, client):
+    """A connector's feed delivers the replacement (relatedDocument RPLC) before the document it
+    replaces: the late one was filed current, its withdrawn diagnosis a current fact again."""
+    pid = ident(ROOT, "CONN-LATE-1")
+    rplc = ('<relatedDocument typeCode="RPLC"><parentDocument><id root="2.16.156.10011.1.1" '
+            'extension="CONN-LATE-A"/></parentDocument></relatedDocument>')
+    assert send(conn, wst500(doc_id="CONN-LATE-B", set_id="SET-CONN-LATE-B", version=1, patient_ids=pid,
+                             encounter=rplc, sections=section(diagnosis("I10", "高血压", "1")))) == []
+    assert send(conn, wst500(doc_id="CONN-LATE-A", set_id="SET-CONN-LATE-A", version=1, patient_ids=pid,
+                             sections=section(diagnosis("I10", "高血压", "1"),
+                                              diagnosis("E11.9", "2型糖尿病", "2")))) == []
+    old, new = filed(client, "SET-CONN-LATE-A"), filed(client, "SET-CONN-LATE-B")
+    assert (old["status"], new["status"]) == ("superseded", "current")
+    found = client.get("/Condition", params={"patient": new["subject"]["reference"], "_count": 50}).json()
+    current = sorted(e["resource"]["code"]["coding"][0]["code"] for e in found["entry"]
+                     if "entered-in-error" not in str(e["resource"].get("verificationStatus")))
+    assert current == ["I10"]
