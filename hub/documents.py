@@ -180,10 +180,7 @@ class StoredDocuments:
             current = self.repo.own_current(r["resourceType"], r["id"])
             if current is not None and not withdrawn.is_withdrawn(current):
                 # the stored version stays: written again as it is, no new version
-                meta = {k: v for k, v in (current.get("meta") or {}).items()
-                        if k not in ("versionId", "lastUpdated")}
-                resources[i] = {**{k: v for k, v in current.items() if k != "meta"},
-                                **({"meta": meta} if meta else {})}
+                resources[i] = _as_written(current)
                 kept.append(ref)
             else:
                 resources[i] = withdrawn.withdrawn(r) or r
@@ -198,12 +195,7 @@ class StoredDocuments:
                 related = copy.deepcopy(d)
                 _relate(related, comp.get("identifier"), f"DocumentReference/{doc['id']}")
                 if related != d:
-                    meta = {k: v for k, v in (related.get("meta") or {}).items()
-                            if k not in ("versionId", "lastUpdated")}
-                    related.pop("meta", None)
-                    if meta:
-                        related["meta"] = meta
-                    out.append(related)
+                    out.append(_as_written(related))
         who = _listed([f"Composition/{c['id']} ({_ident_text(c.get('identifier'))})" for c in by]) \
             if by else "a stored document (its DocumentReference is stored superseded)"
         report["issue"] = [*_findings_only(report["issue"]), _version_issue(
@@ -299,14 +291,7 @@ class StoredDocuments:
             if marked is None:
                 kept.append(f"{ref} ({why or 'not a kind a document withdraws'})")
                 continue
-            meta = {k: v for k, v in (marked.get("meta") or {}).items()
-                    if k not in ("versionId", "lastUpdated")}
-            marked.pop("meta", None)
-            if meta:
-                marked["meta"] = meta
-            if order:
-                source_order.stamp([marked], order)  # a late older version cannot revive it
-            retired.append(marked)
+            retired.append(_as_written(marked, order))
         if not retired and not kept and not parents:
             return []
         report["issue"] = _findings_only(report["issue"])
@@ -365,15 +350,7 @@ class StoredDocuments:
                 _relate(doc, comp.get("identifier"), f"DocumentReference/{d['id']}")
                 if d.get("status") != "current":
                     continue  # already superseded (this document sent again), or withdrawn
-                marked = {**d, "status": "superseded"}
-                meta = {k: v for k, v in (d.get("meta") or {}).items()
-                        if k not in ("versionId", "lastUpdated")}
-                marked.pop("meta", None)
-                if meta:
-                    marked["meta"] = meta
-                if order:
-                    source_order.stamp([marked], order)  # a resend of the old one cannot revive it
-                out.append(marked)
+                out.append(_as_written({**d, "status": "superseded"}, order))
         return out, unfound
 
     def _not_owned(self, ref: str, current: dict, wrote: dict | None, owners: set[str],
@@ -685,6 +662,19 @@ def _entries(composition: dict) -> set[str]:
         out.update(str(e["reference"]) for e in sec.get("entry") or ()
                    if isinstance(e, dict) and isinstance(e.get("reference"), str))
         todo += sec.get("section") or []
+    return out
+
+
+def _as_written(d: dict, order: source_order.Order | None = None) -> dict:
+    """A stored version (or one made from it) as the body of a new write: its meta without
+    versionId and lastUpdated (the store assigns them), stamped with ``order`` when given, so that
+    a late message older than the one that wrote it cannot revive what it replaced."""
+    out = {k: v for k, v in d.items() if k != "meta"}
+    meta = {k: v for k, v in (d.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    if meta:
+        out["meta"] = meta
+    if order:
+        source_order.stamp([out], order)
     return out
 
 
