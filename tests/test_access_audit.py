@@ -601,6 +601,36 @@ def test_a_revoked_clients_refused_requests_are_audited_as_that_client(client, l
         assert agents == sorted([auth.client_id, auth.client_id, "anonymous"]), agents
 
 
+def test_an_external_providers_user_has_a_rate_of_its_own_apart_from_a_hub_client_of_its_subject(
+        tmp_path, request):
+    """The rate limit's bucket was keyed by the token's subject alone: a user of an external
+    provider whose ``sub`` equals a hub client's id spent that client's rate (and could hold it
+    to 429s on purpose)."""
+    import httpx
+
+    from tests.test_auth_tokens import RSA_KEY, JwksServer, idp_token
+
+    idp = JwksServer()
+    idp.publish(RSA_KEY, "k1")
+    settings = make_settings("sqlite", tmp_path, request)
+    settings.rate_limit = 5.0
+    settings.auth_issuer, settings.auth_jwks_url = idp.issuer, None
+    try:
+        with LiveServer(settings) as server:
+            twin = server.client_auth(roles=("clinician",), scope="system/*.rs", name="twin")
+            token = idp_token(RSA_KEY, "k1", iss=idp.issuer, aud=server.base,
+                              sub=twin.client_id, scope="system/*.rs", roles=["clinician"])
+            with httpx.Client(base_url=server.base, timeout=30, headers={
+                    "authorization": f"Bearer {token}", "accept": "application/fhir+json"}) as theirs:
+                answers = [theirs.get("/Organization", params={"_count": "1"}).status_code
+                           for _ in range(30)]
+            assert 429 in answers, answers
+            with httpx.Client(base_url=server.base, timeout=30, auth=twin) as ours:
+                assert ours.get("/Organization", params={"_count": "1"}).status_code == 200
+    finally:
+        idp.close()
+
+
 def test_an_external_providers_user_is_told_apart_from_a_hub_client_of_the_same_subject(
         tmp_path, request):
     """The audit named an agent by its subject alone: a user of an external OpenID Connect

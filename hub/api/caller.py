@@ -223,7 +223,11 @@ async def authenticate(request: Request) -> None:
         err = unauthenticated(LOGIN_REQUIRED)
         _audit_refused(request, err)
         raise err
-    _throttle(limiter, actor.subject if actor.kind != "anonymous" else f"@{address_of(request)}")
+    # a subject is unique with its issuer: an external provider's user whose ``sub`` equals a
+    # hub client's id has a bucket of its own (an address key begins "@", a hub subject never
+    # has a NUL)
+    _throttle(limiter, f"{actor.issuer or ''}\0{actor.subject}" if actor.kind != "anonymous"
+              else f"@{address_of(request)}")
 
 
 def _may_fetch(request: Request) -> bool:
@@ -272,8 +276,8 @@ def _audit_refused(request: Request, err: FhirError) -> None:
 
 
 def _throttle(limiter: Any, key: str) -> None:
-    """429 when ``key`` is over its rate (a token bucket per caller: token subject, else
-    address); nothing without a limit."""
+    """429 when ``key`` is over its rate (a token bucket per caller: token issuer and subject,
+    else address); nothing without a limit."""
     if limiter is not None:
         wait = limiter.wait_for(key)
         if wait > 0:
