@@ -597,6 +597,29 @@ def test_if_match_star_writes_only_a_current_resource(client):
             **star, "content-type": "application/json-patch+json"}), status)
 
 
+def test_if_match_naming_a_version_writes_only_a_current_resource(client):
+    """A version tag held where ``*`` did not: a PUT with If-Match naming the deletion's version
+    brought a deleted resource back (201), and one naming W/"0" created a resource never
+    written. A tag holds of a current version only: 412, nothing created."""
+    missing = patient(rid=unique())
+    before = system_total(client)
+    assert_outcome(put(client, missing, **{"if-match": 'W/"0"'}), 412)
+    assert_outcome(put(client, missing, **{"if-match": 'W/"1"'}), 412)
+    assert_outcome(client.post("", json=bundle("transaction", put_entry(missing, if_match='W/"0"')),
+                               headers=FHIR_JSON), 412)
+    assert system_total(client) == before
+    assert_outcome(client.get(f"/Patient/{missing['id']}"), 404)
+
+    d = patient(rid=unique())
+    put(client, d)
+    assert client.delete(f"/Patient/{d['id']}").status_code in (200, 204)  # version 2
+    for tag in ('W/"2"', 'W/"1"', 'W/"1", W/"2"'):
+        assert_outcome(put(client, d, **{"if-match": tag}), 412)
+    assert_outcome(client.get(f"/Patient/{d['id']}"), 410)
+    r = put(client, d)  # without a condition, a deleted resource is created again
+    assert r.status_code == 201 and etag_version(r) == 3, r.text
+
+
 def test_if_match_star_conditional_update_matching_nothing_names_no_id(client):
     """The 412 says nothing matched the criteria, not that an id the hub would mint is missing."""
     d = patient()

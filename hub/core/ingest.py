@@ -808,6 +808,12 @@ class Hub:
             if head is None or (head.deleted and not op.hidden):
                 raise precondition_failed(f"If-Match: * but {op.rtype}/{op.target} "
                                           f"{'does not exist' if head is None else 'is deleted'}")
+        elif op.if_match is not None and (head is None or head.deleted):
+            # a version tag holds of a current version only, as * does: the deletion's version,
+            # or a version of what was never written, is none to update (nor to create from)
+            raise precondition_failed(
+                f"If-Match wanted version {_versions_named(op.if_match)} of "
+                f"{op.rtype}/{op.target}, which {'does not exist' if head is None else 'is deleted'}")
         elif op.if_match is not None and not _names_version(op.if_match, current):
             raise precondition_failed(
                 f"If-Match wanted version {_versions_named(op.if_match)} of "
