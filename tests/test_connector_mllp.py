@@ -178,6 +178,23 @@ def test_wrong_encoding_and_cjk(connector):
         assert "utf-8" in ack_segment(ack, "ERR")[8]
 
 
+def test_latin1_name_under_utf8_is_refused_and_kept_not_read_as_chinese(connector, messages):
+    """Latin-1 ``Müller`` under MSH-18 UTF-8 was answered AA with the name read as GB18030 ``M黮ler``."""
+    text = ("MSH|^~\\&|HIS|H0001|HUB|REGION|20240315143000+0800||ADT^A04^ADT_A01|LAT1|P|2.5||||||"
+            "UNICODE UTF-8\rEVN|A04|20240315143000\rPID|1||P9^^^H0001&2.16.156.10011.99.1.1&ISO^MR||"
+            "Müller^Anna||19850312|F\r")
+    latin = text.encode("latin-1")
+    with client(connector) as c:
+        ack = c.send(latin)
+        assert ack_code(ack) == "AR"
+        err = ack_segment(ack, "ERR")
+        assert err[2].startswith("PID^1^5") and "UNICODE UTF-8" in err[8]
+        assert f"offset {latin.index('ü'.encode('latin-1'))}" in err[8]
+        assert ack_code(c.send(text.encode("utf-8").replace(b"LAT1", b"LAT2"))) == "AA"
+    [kept] = [d for d in connector.spool.deadletters() if d["unit_id"] == "LAT1"]
+    assert kept["stage"] == "convert" and connector.spool.deadletter(kept["id"])["payload"] == latin
+
+
 @pytest.mark.parametrize("payload", [
     b"", b"PID|1||123", b"MSH|", b"MSH|^~\\&", bytes(b for b in range(256) if b not in (11, 28)), b"\x00" * 1000,
     "MSH|^~\\&|宿舍|医院|||||ADT|".encode("gb18030"), b"MSH|^~\\&|" + b"|" * 5000,

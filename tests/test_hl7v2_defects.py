@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from fhir_mapping.base import MappingError, SourceInfo
 from fhir_mapping.hl7v2 import _convert
+from fhir_mapping.hl7v2.decoding import decode
 from tests.test_hl7v2_support import assert_valid, by_type
 
 SRC = SourceInfo(institution="H1", oid="2.16.156.10011.99.1.1")
@@ -49,6 +50,46 @@ def test_agreeing_charset_gives_no_finding(declared, actual):
     assert charset_findings(c) == []
 
 
+@pytest.mark.parametrize("declared", ["UNICODE UTF-8", ""])
+@pytest.mark.parametrize("name, field, pair", [
+    ("Müller^Anna", "PID-5", "0xFC 0x6C"), ("Gößmann^Eva", "PID-5", "0xF6 0xDF"),
+    ("José^Maria", "PID-5", "0xE9 0x5E"), ("Élise^Roux", "PID-5", "0xC9 0x6C"),
+])
+def test_latin_text_that_also_reads_as_gb18030_is_refused_never_read_as_chinese(declared, name, field, pair):
+    # Latin-1 bytes are not UTF-8; GB18030 reads ü + l as one ideograph (Müller -> M黮ler)
+    payload = adt(declared, name).encode("latin-1")
+    with pytest.raises(MappingError) as e:
+        _convert(payload, SRC)
+    offset = payload.index(bytes(int(b, 16) for b in pair.split()))
+    assert (e.value.code, e.value.rule, e.value.location) == ("AR", "v2.encoding.ambiguous", field)
+    assert f"{pair} at offset {offset} " in e.value.reason
+    assert (f"MSH-18 {declared!r}" if declared else "MSH-18 empty, so utf-8") in e.value.reason
+    # declared as what it is, the same bytes are read as written
+    assert by_type(conv(adt("8859/1", name).encode("latin-1")), "Patient")[0]["name"][0]["family"] == \
+        name.split("^")[0]
+
+
+@pytest.mark.parametrize("declared", ["UNICODE UTF-8", ""])
+@pytest.mark.parametrize("name", ["朱^镕基", "王^赟", "李^玥", "王^喆昇", "欧阳^娜娜"])
+def test_gbk_names_under_utf8_or_no_msh18_are_read_as_gb18030_with_a_finding(declared, name):
+    # 镕 is E9 46, 赟 DA 53, 玥 AB 68: their second byte is ASCII, yet among Chinese text or between
+    # delimiters they are no Latin word
+    c = conv(adt(declared, name).encode("gbk"))
+    assert by_type(c, "Patient")[0]["name"][0]["text"] == name.replace("^", "")
+    assert charset_findings(c) == [("v2.msh18.mismatch", "MSH-18")]
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="|^~\\&"), max_size=30)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_TEXT, _TEXT, st.sampled_from(["UNICODE UTF-8", "UTF-8", ""]))
+def test_valid_utf8_is_always_read_as_utf8_unchanged(family, note, declared):
+    payload = (adt(declared, f"{family}^A") + f"NTE|1||{note}|END\r").encode("utf-8")
+    text, _, findings = decode(payload)
+    assert text == payload.decode("utf-8").rstrip("\r") and findings == []
+
+
 def _is_utf8(b: bytes) -> bool:
     try:
         b.decode("utf-8")
@@ -70,7 +111,11 @@ def test_chinese_names_survive_any_declaration(family, given_, declared, actual)
     assume(not (actual == "gb18030" and declared in ("UNICODE UTF-8", "UTF-8", "") and _is_utf8(raw)))
     # 8859/1 reads any byte: GB18030 under it is not told apart from Latin text (see the README)
     assume(not (actual == "gb18030" and declared == "8859/1"))
-    c = conv(adt(declared, f"{family}^{given_}").encode(actual))
+    try:
+        c = conv(adt(declared, f"{family}^{given_}").encode(actual))
+    except MappingError as e:  # a rare character Latin text forms too (丂 is 81 40: "\x81@"): refused
+        assert e.rule == "v2.encoding.ambiguous" and actual == "gb18030" and declared != "GB18030"
+        return
     assert by_type(c, "Patient")[0]["name"][0]["text"] == family + given_
     agrees = (actual == "utf-8" and declared in ("UNICODE UTF-8", "UTF-8", "")) or (
         actual == "gb18030" and declared == "GB18030")

@@ -80,6 +80,45 @@ def _chinese(text: str) -> bool:
     return sum(1 for c in wide if _CJK_TEXT.match(c)) >= 0.9 * len(wide)
 
 
+def _ascii_letter(b: int) -> bool:
+    return 0x61 <= (b | 0x20) <= 0x7A
+
+
+def _latin_letter(b: int) -> bool:  # an accented letter in Latin-1 (not × or ÷)
+    return b >= 0xC0 and b not in (0xD7, 0xF7)
+
+
+def _latin_shaped(payload: bytes) -> int | None:
+    """Offset of the first GB18030 character (in bytes that GB18030 reads) that Latin-1/cp1252 text
+    forms as well, else None. GB18030 pairs a byte >= 0x81 with the next one, ASCII included, so an
+    accented letter and its neighbour read as one ideograph (``Müller``: ü and l): a two-byte
+    character whose second byte is ASCII with a letter or digit next to it (ü+l in ``Müller``, °+C in
+    ``37°C``), whose second byte is ASCII punctuation after ASCII (é+^ in ``José^``), a unit sign ° or
+    µ before a letter, or two accented letters between letters (ö+ß in ``Gößmann``). Chinese text has
+    such characters among others or between delimiters (镕 is E9 46 in ``朱镕基``, 赟 DA 53 in
+    ``王^赟``)."""
+    i, n = 0, len(payload)
+    while i < n:
+        b = payload[i]
+        if b < 0x80:
+            i += 1
+            continue
+        t = payload[i + 1] if i + 1 < n else 0
+        if 0x30 <= t <= 0x39:  # a four-byte character: no Latin text forms one
+            i += 4
+            continue
+        before = payload[i - 1] if i else 0
+        after = payload[i + 2] if i + 2 < n else 0
+        if t < 0x80:
+            if (_ascii_letter(before) or 0x30 <= before <= 0x39 or _ascii_letter(after)
+                    or (not _ascii_letter(t) and before < 0x80) or b in (0xB0, 0xB5)):
+                return i
+        elif _latin_letter(b) and _latin_letter(t) and _ascii_letter(before) and _ascii_letter(after):
+            return i
+        i += 2
+    return None
+
+
 def _sensible(payload: bytes, declared: str, declared_failed: bool) -> tuple[str, str] | None:
     """(text, codec) of the first other codec that reads the bytes as text of its kind. When the declared
     codec failed: UTF-8 strictly (other encodings almost never form valid UTF-8 multi-byte sequences), or
@@ -134,6 +173,14 @@ def decode(payload: bytes) -> tuple[str, str, list[Finding]]:
                 f"{codec} ({declared} assumed), nor any other character set the hub reads: {e.reason}",
                 "v2.encoding.undecodable", seg) from None
         text, actual = other
+        at = _latin_shaped(payload) if actual == "gb18030" else None
+        if at is not None:  # either reading changes characters of the other: no guess, refused
+            where = _control_location(payload.decode("latin-1"), at)
+            raise _reject(
+                f"bytes 0x{payload[at]:02X} 0x{payload[at + 1]:02X} at offset {at} ({where}) are not valid "
+                f"{codec} ({declared} assumed); they read as GB18030 and as Latin text alike, so the "
+                "message is refused rather than guessed: declare its character set in MSH-18",
+                "v2.encoding.ambiguous", where) from None
         findings.append(Finding("warning", "v2.msh18.mismatch", f"{declared}, but the bytes are not "
                                 f"{codec}: read as {actual}, the character set they hold", "MSH-18"))
     else:
