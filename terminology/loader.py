@@ -108,7 +108,8 @@ def iter_resources(path: Path, csv_options: dict[str, str | None]
         if unreadable is not None:
             yield where, None, unreadable
             continue
-        assert raw is not None  # iter_inputs gives the text or why it could not be read
+        assert isinstance(raw, bytes)  # iter_inputs gives the text or why it could not be read (no
+        # stream of Bundle parts: not asked for)
         try:
             d = parse_json(raw)
         except FhirError as e:

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import heapq
 import os
+import re
 import signal
 import sys
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from hub.core import jsontext
+from hub.core.bundlestream import BundlePart
 from hub.core.commandline import UsageError, input_kind, iter_inputs, open_store
 from hub.core.config import Settings, url_host
 from hub.core.errors import FhirError
@@ -338,9 +341,12 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
         if len(pending) >= batch_size:
             flush()
 
-    def run_bundle(seq: int, where: str, raw: bytes, d: dict, ctx, replayed: bool) -> None:
-        """``replayed``: a rejected entry kept as a one-entry Bundle, ``where`` its location."""
+    def run_bundle(seq: int, where: str, raw: bytes, d: dict, ctx, replayed: bool,
+                   at: list[int] | None = None) -> None:
+        """``replayed``: a rejected entry kept as a one-entry Bundle, ``where`` its location;
+        ``at``: the index of each entry in its file's Bundle (entries of a stream)."""
         entries = d["entry"]
+        whole, at = at is None, at or list(range(len(entries)))
         flush()
         for entry in entries:
             # a create (the shape of an export: Synthea's POST entries with urn:uuid fullUrls)
@@ -361,25 +367,52 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
         try:
             out = bundles.process(d, hub, ctx, "", False, _no_get, written=written)
         except FhirError as e:  # a transaction fails as a whole: every entry is rejected
-            reject(seq, where, raw, e.outcome(), len(entries), ctx.source)
+            reject(seq, where if whole else f"{where}#entry[{at[0]}-{at[-1]}]",
+                   raw, e.outcome() if whole else _renumbered(e.outcome(), at), len(entries),
+                   ctx.source)
             return
         for i, (entry, answer) in enumerate(zip(entries, out["entry"], strict=True)):
             kind = entry_kind(entry, answer["response"], i in written)
             if kind == "rejected":  # kept as a one-entry Bundle of the same type, to replay
-                reject(seq, where if replayed and len(entries) == 1 else f"{where}#entry[{i}]",
+                reject(seq, where if replayed and len(entries) == 1 else f"{where}#entry[{at[i]}]",
                        orjson.dumps({"resourceType": "Bundle", "type": d["type"], "entry": [entry]}),
-                       answer["response"]["outcome"], source=ctx.source)
+                       answer["response"]["outcome"] if whole
+                       else _renumbered(answer["response"]["outcome"], at), source=ctx.source)
             else:
                 count(kind)
+
+    def run_part(seq: int, where: str, part: BundlePart) -> None:
+        """Some entries of a large batch or collection Bundle, as the whole Bundle's would be
+        run (its entries are independent), each rejected at its index in the whole."""
+        entries: list[tuple[int, bytes, Any]] = []
+        for i, (text, problem) in enumerate(part.entries, part.first):
+            try:
+                if problem is not None:
+                    raise FhirError(400, "structure", problem, f"Bundle.entry[{i}]")
+                entries.append((i, text, parse_json(text, "entry")))
+            except FhirError as e:
+                reject(seq, f"{where}#entry[{i}]", part.bundle([text]) if text else b"", e.outcome())
+        if part.type == "collection":
+            for i, _, entry in entries:
+                r = entry.get("resource") if isinstance(entry, dict) else None
+                add((seq, f"{where}#entry[{i}]", orjson.dumps(r), r), ctx)
+            return
+        if entries:
+            run_bundle(seq, where, part.bundle([text for _, text, _ in entries]),
+                       {"resourceType": "Bundle", "type": "batch", "entry": [e for _, _, e in entries]},
+                       ctx, False, [i for i, _, _ in entries])
 
     skipped: list[tuple[str, str]] = []
     try:
         for seq, (where, raw, unreadable) in enumerate(
-                iter_inputs(paths, lambda name, first: skipped.append((name, first)))):
+                iter_inputs(paths, lambda name, first: skipped.append((name, first)), stream=True)):
             if unreadable is not None:
                 reject(seq, where, b"", FhirError(400, "exception", unreadable).outcome())
                 continue
             assert raw is not None  # iter_inputs gives the text or why it could not be read
+            if isinstance(raw, BundlePart):
+                run_part(seq, where, raw)
+                continue
             here, replayed = ctx, False
             try:
                 d = parse_json(raw)
@@ -418,6 +451,24 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
             rejected_file.close()
     problems = [(where, reason) for _, _, where, reason in sorted(shown, reverse=True)]
     return counts, problems, n_problems, (rejected_path if rejected_file else None), skipped
+
+
+_ENTRY = re.compile(r"Bundle\.entry\[(\d+)\]")
+
+
+def _renumbered(outcome: dict, at: list[int]) -> dict:
+    """The OperationOutcome of some entries run as a Bundle of their own, naming each entry
+    ``Bundle.entry[i]`` by ``at[i]``, its index in the whole Bundle."""
+    def whole(m: re.Match) -> str:
+        i = int(m[1])
+        return f"Bundle.entry[{at[i]}]" if i < len(at) else m[0]
+
+    for issue in outcome.get("issue", []):
+        if isinstance(issue.get("diagnostics"), str):
+            issue["diagnostics"] = _ENTRY.sub(whole, issue["diagnostics"])
+        if isinstance(issue.get("expression"), list):
+            issue["expression"] = [_ENTRY.sub(whole, x) for x in issue["expression"]]
+    return outcome
 
 
 def _no_get(path: str, query: str, check: bool = False):

@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from hub.core.bundlestream import BOM, BundlePart, stream_parts, streamed_type
 from hub.core.config import Settings
 from hub.core.errors import HubError
 
@@ -118,19 +119,19 @@ def one_line(e: Exception) -> str:
 
 # -- input files -----------------------------------------------------------------------------------
 
-BOM = b"\xef\xbb\xbf"
-
-
 def input_kind(f: Path) -> str | None:
     """"ndjson" or "json" for the files ``hub ingest`` reads (optionally gzipped), else None."""
     name = f.name.lower().removesuffix(".gz")
     return "ndjson" if name.endswith(".ndjson") else "json" if name.endswith(".json") else None
 
 
-def iter_inputs(paths: list[Path], skipped: Callable[[str, str], None] | None = None
-                ) -> Iterator[tuple[str, bytes | None, str | None]]:
+def iter_inputs(paths: list[Path], skipped: Callable[[str, str], None] | None = None,
+                stream: bool = False) -> Iterator[tuple[str, bytes | BundlePart | None, str | None]]:
     """(where, raw JSON, None) for every resource or Bundle in files and folders, NDJSON line by
     line; (where, None, reason) for a file that cannot be read (the other files are still read).
+    With ``stream``, a large batch or collection Bundle comes as (name, BundlePart, None) a few
+    hundred entries at a time (``hub.core.bundlestream``), then (where, None, reason) if it
+    could not be read to its end.
 
     Each file is read once, however often the paths reach it (a folder and a file in it, a link
     to it): a second reading stored its resources without an id again, under new ids.
@@ -150,6 +151,9 @@ def iter_inputs(paths: list[Path], skipped: Callable[[str, str], None] | None = 
                     skipped(name, read[key])
                 continue
             read[key] = name
+            if stream and kind == "json" and (btype := streamed_type(f)) is not None:
+                yield from stream_parts(f, name, btype)
+                continue
             try:
                 with _open(f) as fh:
                     if kind == "json":
