@@ -15,10 +15,13 @@ code``                     message; a wrong ``display`` is invalid; inactive cod
                            ``filter`` (text in code, display or a designation), ``count``,
                            ``offset``, ``activeOnly``, ``displayLanguage``,
                            ``includeDesignations``, ``includeDefinition`` (the compose too),
-                           ``system-version``, ``force-system-version``
+                           ``system-version``, ``force-system-version``; drawing on a code
+                           system the hub holds part of (content fragment) marks it unclosed
 ``ValueSet/$validate-      url or valueSet + code and system / coding / codeableConcept ->
 code``                     result, display, message; abstract codes only with ``abstract=true``;
-                           ``activeOnly``
+                           ``activeOnly``, ``system-version``, ``force-system-version``; valid
+                           iff $expand with them would list the code, at the coding's version
+                           (``systemVersion``; it stands where nothing else names one)
 ``ConceptMap/$translate``  code + system / coding / codeableConcept, url / conceptMap / the maps
                            of ``source`` and ``target``, ``targetsystem``, ``reverse`` ->
                            result, message, match (equivalence, concept, source)
@@ -53,6 +56,7 @@ MAX_FILTER = 200  # characters of an $expand text filter
 MAX_UNPAGED = 10_000  # largest expansion answered without count
 MAX_COUNT = 10_000
 MAX_CHILDREN = 1000  # child properties listed by $lookup
+UNCLOSED = "http://hl7.org/fhir/StructureDefinition/valueset-unclosed"
 
 SPECS: dict[str, dict[str, str]] = {
     "lookup": {"code": "code", "system": "uri", "version": "string", "coding": "Coding",
@@ -75,7 +79,8 @@ SPECS: dict[str, dict[str, str]] = {
                          "systemVersion": "string", "display": "string", "coding": "Coding",
                          "codeableConcept": "CodeableConcept", "date": "dateTime",
                          "abstract": "boolean", "activeOnly": "boolean",
-                         "displayLanguage": "code"},
+                         "displayLanguage": "code", "system-version": "uri*",
+                         "force-system-version": "uri*"},
     "translate": {"url": "uri", "conceptMap": "resource:ConceptMap",
                   "conceptMapVersion": "string", "code": "code", "system": "uri",
                   "version": "string", "source": "uri", "coding": "Coding",
@@ -348,7 +353,9 @@ def _plan(svc: TerminologyService, p: Params, instance: ResourceRef | None) -> V
 
 
 def _options(p: Params, system_version: tuple = ()) -> V.Options:
-    versions = list(system_version)
+    """The expansion options; ``system_version`` (a coding's version) comes after the
+    parameters, so ``system-version`` and ``force-system-version`` win over it."""
+    versions = []
     for name, forced in (("system-version", False), ("force-system-version", True),
                          ("check-system-version", False)):
         for canonical in p.all(name) if name in p.spec else ():
@@ -357,7 +364,8 @@ def _options(p: Params, system_version: tuple = ()) -> V.Options:
                 raise TerminologyError(f"{name} is written system|version")
             if name != "check-system-version":
                 versions.append((system, version, forced))
-    return V.Options(active_only=bool(p.flag("activeOnly")), system_versions=tuple(versions))
+    return V.Options(active_only=bool(p.flag("activeOnly")),
+                     system_versions=(*versions, *system_version))
 
 
 def _matches(e: V.Entry, words: list[str], more: Sequence[dict] = ()) -> bool:
@@ -391,7 +399,8 @@ def expand(svc: TerminologyService, p: Params, instance: ResourceRef | None = No
     if count is not None and count > MAX_COUNT:
         raise TerminologyError(f"count is at most {MAX_COUNT}")
     plan = _plan(svc, p, instance)
-    entries = V.expand(svc, plan, _options(p))
+    opts = _options(p)
+    entries = V.expand(svc, plan, opts)
     if text:
         entries = _filtered(svc, entries, text.casefold().split())
     total = len(entries)
@@ -432,10 +441,19 @@ def expand(svc: TerminologyService, p: Params, instance: ResourceRef | None = No
         if e.version and e.system not in systems:
             systems[e.system] = e.version
     used += [{"name": "version", "valueUri": f"{s}|{v}"} for s, v in systems.items()]
+    # every code (or every code passing a filter) of a system the hub holds part of: codes it
+    # lacks may belong too. R4 marks such an expansion unclosed; the parameter names the system
+    # and its content, as tx.fhir.org does; total counts the codes held (paging goes by it)
+    partial = {(s.cs.url or s.system, s.cs.version, s.cs.content): None
+               for s in V.sources(svc, plan, opts) if s.partial and s.cs is not None}
+    used += [{"name": content, "valueUri": f"{url}|{version}" if version else url}
+             for url, version, content in partial]
     expansion: dict[str, Any] = {
         "identifier": f"urn:uuid:{uuid.uuid4()}",
         "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "total": total, "offset": offset}
+    if partial:
+        expansion = {"extension": [{"url": UNCLOSED, "valueBoolean": True}], **expansion}
     if used:
         expansion["parameter"] = used
     if contains:
@@ -464,6 +482,42 @@ def _single_system(plan: V.Plan) -> str | None:
     return next(iter(systems)) if len(systems) == 1 else None
 
 
+def _other_version(system: str, code: str, version: str, name: str, taken: list[str]) -> str:
+    return (f"Code {system}|{code} of version {version} is not in value set {name}, which "
+            f"takes version {', '.join(taken)} of {system}")
+
+
+def _not_in(svc: TerminologyService, plan: V.Plan, opts: V.Options, name: str, system: str,
+            code: str, version: str | None) -> str:
+    """Why ``system|code`` is not found in the value set: another version, a code the code
+    system lacks (or one the hub cannot tell, holding only part of it), or outside it."""
+    canonical = svc.canonical_system(system)
+    drawn = [s for s in V.sources(svc, plan, opts) if s.system == canonical]
+    taken = sorted({s.cs.version for s in drawn if s.cs is not None and s.cs.version})
+    if version and taken and version not in taken:
+        return _other_version(system, code, version, name, taken)
+    held = list(dict.fromkeys(s.cs for s in drawn if s.cs is not None))
+    if not held:
+        fallback = svc.code_system(system, version)
+        held = [fallback] if fallback is not None else []
+    known = next((c for c in (svc.concept(cs, code) for cs in held) if c is not None), None)
+    if held and known is None:
+        partial = next((s.cs for s in drawn if s.partial and s.cs is not None), None)
+        if partial is not None:  # not held is not absent: the hub cannot say it is outside
+            return (f"Code {code!r} is not among the codes the hub holds of code system "
+                    f"{partial.url}" + (f" version {partial.version}" if partial.version else "")
+                    + f" (only part of it: content={partial.content}), so it cannot tell "
+                    f"whether the code is in value set {name}")
+        cs = held[0]
+        if cs.content not in V.PARTIAL:  # of a partial one the hub cannot call a code unknown
+            return (f"Unknown code {code!r} in code system {cs.url}"
+                    + (f" version {cs.version}" if cs.version else "")
+                    + f", so not in value set {name}")
+    return (f"Code {system}|{code} is not in value set {name}"
+            + (" (inactive codes are left out)" if known is not None and not known.active
+               and (opts.active_only or plan.inactive is False) else ""))
+
+
 def validate_code_vs(svc: TerminologyService, p: Params,
                      instance: ResourceRef | None = None) -> dict:
     plan = _plan(svc, p, instance)
@@ -479,20 +533,19 @@ def validate_code_vs(svc: TerminologyService, p: Params,
         system = coding.get("system") or _single_system(plan)
         if not system:
             raise TerminologyError("Give the code's system: the value set draws on several")
+        # the coding's version stands where the value set and the parameters name none; a
+        # code of another version than the one the value set takes is not in it
         version = coding.get("version")
-        opts = _options(p, ((system, version, True),) if version else ())
+        opts = _options(p, ((system, version, False),) if version else ())
         entry = V.lookup(svc, plan, system, code, opts)
-        cs = svc.code_system(system, version)
-        concept = svc.concept(cs, entry.code if entry else code) if cs is not None else None
         if entry is None:
-            if cs is not None and concept is None:
-                messages.append(f"Unknown code {code!r} in code system {cs.url}")
-            else:
-                messages.append(f"Code {system}|{code} is not in value set {name}"
-                                + (" (inactive codes are left out)" if concept is not None
-                                   and not concept.active and (opts.active_only or
-                                                               plan.inactive is False) else ""))
+            messages.append(_not_in(svc, plan, opts, name, system, code, version))
             continue
+        cs = svc.code_system(entry.system or system, entry.version)
+        if version and entry.version and entry.version != version:
+            messages.append(_other_version(system, code, version, name, [entry.version]))
+            continue
+        concept = svc.concept(cs, entry.code) if cs is not None else None
         if entry.abstract and not p.flag("abstract"):
             messages.append(f"Code {entry.code!r} is abstract: valid in this value set only with "
                             "abstract=true")

@@ -38,6 +38,7 @@ _ACTIVE: ContextVar[tuple[str, ...]] = ContextVar("terminology_active", default=
 MAX_REGEX = 200
 HIERARCHY_PROPS = ("concept", "code")
 OPS = ("=", "is-a", "descendent-of", "is-not-a", "regex", "in", "not-in", "generalizes", "exists")
+PARTIAL = ("fragment", "example", "not-present")  # CodeSystem.content of which the hub holds part
 
 
 class Entry(NamedTuple):
@@ -92,6 +93,19 @@ class Options:
             if svc.canonical_system(s) == canonical and (forced or given is None):
                 return v
         return given
+
+
+class Source(NamedTuple):
+    """A code system a value set draws on, at the version it takes there."""
+    system: str  # canonical
+    version: str | None  # the include's pin, or what the options give, or None: the latest
+    cs: CodeSystemRef | None  # None: the hub does not hold it
+    by_rule: bool  # every code or those passing filters (not a concept list)
+
+    @property
+    def partial(self) -> bool:
+        """The hub holds part of the system: codes it lacks may pass the rule."""
+        return self.by_rule and self.cs is not None and self.cs.content in PARTIAL
 
 
 # -- compiling ------------------------------------------------------------------------------------
@@ -396,6 +410,30 @@ def _expand(svc: TerminologyStore, plan: Plan, opts: Options, depth: int) -> lis
 def expand_stored(svc: TerminologyStore, canonical: str) -> list[Entry]:
     svc.refresh()
     return expand(svc, stored_plan(svc, canonical))
+
+
+def sources(svc: TerminologyStore, plan: Plan, opts: Options = Options(), depth: int = 0,
+            seen: set | None = None) -> list[Source]:
+    """The code systems the includes draw on, nested value sets' too (an unknown one is
+    skipped: expanding or looking up reports it)."""
+    seen = set() if seen is None else seen
+    if depth > MAX_DEPTH or (plan.key is not None and plan.key in seen):
+        return []
+    if plan.key is not None:
+        seen.add(plan.key)
+    out = []
+    for inc in plan.includes:
+        if inc.system is not None:
+            version = opts.version_for(svc, inc.system, inc.version)
+            out.append(Source(svc.canonical_system(inc.system), version,
+                              svc.code_system(inc.system, version), inc.concepts is None))
+        for canonical in inc.valuesets:
+            try:
+                nested = stored_plan(svc, canonical)
+            except TerminologyNotFound:
+                continue
+            out += sources(svc, nested, opts, depth + 1, seen)
+    return out
 
 
 # -- one code -------------------------------------------------------------------------------------

@@ -62,6 +62,8 @@ CASES = [
      {"result": True, "display": "急诊内科"}),
     ("ValueSet/$validate-code", [("url", VS + "internal"), ("system", DEPT), ("code", "0199"),
                                  ("activeOnly", "true")], {"result": False}),
+    ("ValueSet/$validate-code", [("url", VS + "v1"), ("system", DEPT), ("code", "0102"),
+                                 ("systemVersion", "2")], {"result": False}),
     ("ConceptMap/$translate", [("url", SEX_MAP["url"]), ("system", LOCAL_SEX), ("code", "M"),
                                ("targetsystem", GENDER)], {"result": True}),
     ("ConceptMap/$translate", [("system", GENDER), ("code", "unknown"), ("reverse", "true")],

@@ -100,6 +100,10 @@ VALUE_SETS = [
     vs("nowhere", {"include": [{"system": "http://example.org/nowhere"}]}),
     vs("cycle-a", {"include": [{"valueSet": [VS + "cycle-b"]}]}),
     vs("cycle-b", {"include": [{"valueSet": [VS + "cycle-a"]}]}),
+    vs("fragment-all", {"include": [{"system": "http://example.org/fragment"}]}),
+    vs("fragment-nested", {"include": [{"valueSet": [VS + "fragment-all"]}]}),
+    vs("fragment-listed", {"include": [{"system": "http://example.org/fragment",
+                                        "concept": [{"code": "A1"}, {"code": "B2"}]}]}),
 ]
 SEX_MAP = {
     "resourceType": "ConceptMap", "id": "local-sex", "url": "http://example.org/fhir/ConceptMap/sex",
@@ -431,6 +435,102 @@ def test_value_set_validate_code(svc, query, result, message):
         assert message in got["message"]
     else:
         assert "message" not in got
+
+
+# a value set pinning a version is that version's codes: the coding's version (systemVersion)
+# does not stand for the pin, only force-system-version does, as in $expand
+PINNED = [
+    # (query, result, words in the message or None)
+    ([("url", VS + "v1"), ("system", DEPT), ("code", "0102"), ("systemVersion", "2")], False,
+     "of version 2 is not in value set http://example.org/fhir/ValueSet/v1, which takes version 1"),
+    ([("url", VS + "v1"), ("system", DEPT), ("code", "0101"), ("systemVersion", "2")], False,
+     "which takes version 1"),  # a code of both versions, but the coding is v2's
+    ([("url", VS + "v1"), ("system", DEPT), ("code", "0101"), ("systemVersion", "1")], True, None),
+    ([("url", VS + "v1"), ("system", DEPT), ("code", "0102")], False, "version 1"),
+    ([("url", VS + "v1"), ("system", DEPT), ("code", "0101"), ("display", "心血管内科")], False,
+     "it should be '心内科'"),  # v2's display is no display of the v1 code
+    ([("url", VS + "v1"), ("system", DEPT), ("code", "0102"),
+      ("force-system-version", f"{DEPT}|2")], True, None),
+    ([("url", VS + "v1"), ("system", DEPT), ("code", "0102"), ("systemVersion", "2"),
+      ("force-system-version", f"{DEPT}|2")], True, None),
+    ([("url", VS + "v1"), ("system", DEPT), ("code", "0101"), ("systemVersion", "1"),
+      ("force-system-version", f"{DEPT}|2")], False, "which takes version 2"),
+    ([("url", VS + "internal"), ("system", DEPT), ("code", "0102"),
+      ("system-version", f"{DEPT}|1")], False, "version 1"),
+    ([("url", VS + "internal"), ("system", DEPT), ("code", "0101"), ("systemVersion", "1"),
+      ("system-version", f"{DEPT}|2")], False, "which takes version 2"),
+]
+
+
+@pytest.mark.parametrize("query,result,message", PINNED)
+def test_value_set_validate_code_keeps_to_the_versions_the_value_set_takes(svc, query, result,
+                                                                            message):
+    got = out(call(svc, "ValueSet", "validate-code", query))
+    assert got["result"] is result, got
+    if message:
+        assert message in got["message"], got
+    else:
+        assert "message" not in got
+    if result is False and "display" in dict(query):
+        assert got["display"] == "心内科"
+
+
+def test_a_coding_of_another_version_than_the_pin_is_not_in_the_value_set_by_post(svc):
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "url", "valueUri": VS + "v1"},
+        {"name": "coding", "valueCoding": {"system": DEPT, "version": "2", "code": "0102"}}]}
+    got = out(call(svc, "ValueSet", "validate-code", body))
+    assert got["result"] is False and "takes version 1" in got["message"]
+
+
+@pytest.mark.parametrize("params", [
+    [("url", VS + "v1")],
+    [("url", VS + "v1"), ("force-system-version", f"{DEPT}|2")],
+    [("url", VS + "v1"), ("system-version", f"{DEPT}|2")],
+    [("url", VS + "internal"), ("system-version", f"{DEPT}|1")],
+    [("url", VS + "internal"), ("force-system-version", f"{DEPT}|1")],
+])
+def test_validate_code_says_valid_exactly_what_expand_lists(svc, params):
+    listed = set(codes(call(svc, "ValueSet", "expand", params)))
+    every = {"01", "0101", "010101", "0102", "0199", "02", "0201", "0202", "03", "0301", "09"}
+    for code in sorted(every):
+        got = out(call(svc, "ValueSet", "validate-code",
+                       [*params, ("system", DEPT), ("code", code), ("abstract", "true")]))
+        assert got["result"] is (code in listed), (code, got)
+
+
+def test_a_code_the_hub_lacks_of_a_fragment_is_not_said_to_be_outside(svc):
+    """The hub holds part of the code system: a code it lacks may be one of it, so the answer
+    is false (R4 wants a result) with a message that it cannot tell, not 'unknown code'."""
+    for url in (VS + "fragment-all", VS + "fragment-nested"):
+        got = out(call(svc, "ValueSet", "validate-code",
+                       [("url", url), ("system", FRAGMENT["url"]), ("code", "zz")]))
+        assert got["result"] is False
+        assert "only part of it: content=fragment" in got["message"], got
+        assert "cannot tell" in got["message"] and "Unknown code" not in got["message"]
+        held = out(call(svc, "ValueSet", "validate-code",
+                        [("url", url), ("system", FRAGMENT["url"]), ("code", "A1")]))
+        assert held["result"] is True
+    # a value set listing its codes is closed: another code is outside it
+    got = out(call(svc, "ValueSet", "validate-code",
+                   [("url", VS + "fragment-listed"), ("system", FRAGMENT["url"]), ("code", "zz")]))
+    assert got["result"] is False and "is not in value set" in got["message"]
+    assert "cannot tell" not in got["message"] and "Unknown code" not in got["message"]
+
+
+def test_an_expansion_drawing_on_a_fragment_is_marked_unclosed(svc):
+    unclosed = {"url": "http://hl7.org/fhir/StructureDefinition/valueset-unclosed",
+                "valueBoolean": True}
+    for url in (VS + "fragment-all", VS + "fragment-nested"):
+        got = call(svc, "ValueSet", "expand", [("url", url)])
+        assert codes(got) == ["A1"]
+        assert got["expansion"]["extension"] == [unclosed]
+        assert {"name": "fragment", "valueUri": FRAGMENT["url"]} in got["expansion"]["parameter"]
+        assert got["expansion"]["total"] == 1  # the codes held, which paging goes by
+    for url in (VS + "fragment-listed", VS + "internal"):
+        got = call(svc, "ValueSet", "expand", [("url", url)])
+        assert "extension" not in got["expansion"]
+        assert not any(p["name"] == "fragment" for p in got["expansion"].get("parameter", []))
 
 
 def test_value_set_validate_code_mistakes(svc):
