@@ -532,7 +532,7 @@ class Repository:
         def run() -> tuple[list[VersionRow], int | None, int | None]:
             self.policy.check(ctx.actor, action)
             if rtype is not None and rid is not None:  # a refused or unknown one is recorded
-                self.require(ctx, rtype, rid)
+                self._require_history(ctx, rtype, rid)
             settled = None
             if rtype == AUDIT and self._records is not None:
                 rows = self._audit_history(rid, limit=count + 1, **window)
@@ -559,7 +559,7 @@ class Repository:
         def run() -> None:
             self.policy.check(ctx.actor, action)
             if rtype is not None and rid is not None:
-                self.require(ctx, rtype, rid)
+                self._require_history(ctx, rtype, rid)
             if at and rtype == AUDIT and self._records is not None:
                 self._audit_history(rid, at_us=(0, 0), limit=0)  # refuses _at
         self.audited(ctx, action, run, None)
@@ -624,6 +624,37 @@ class Repository:
         if stored is not None:
             raise forbidden(f"{rtype}/{rid} is not shown to this caller")
         raise not_found(f"{rtype}/{rid} is not known")
+
+    def _require_history(self, ctx: Context, rtype: str, rid: str) -> None:
+        """``require`` for an instance's history, which judges each version as a type's history
+        does: a record whose current version only a scope's query leaves out (its consents and
+        compartment show it) is answered when the query selects one of its versions; one the
+        caller sees no version of is refused as its read is."""
+        try:
+            self.require(ctx, rtype, rid)
+        except FhirError as e:
+            if e.status != 403 or not self._hidden_by_query(ctx.actor, rtype, rid) \
+                    or not self._any_version_shown(ctx, rtype, rid):
+                raise
+
+    def _hidden_by_query(self, actor: Actor, rtype: str, rid: str) -> bool:
+        """Is the record's current version (a deletion: the one it deleted) hidden only by what
+        a scope's query selects of its content? A Binary judged through its security proxy is
+        not: its proxy's current version decides, as for its read."""
+        state = self._judged(rtype, rid, self._hub.store.latest(rtype, rid))
+        body = state.partition(b"\n")[2] if state is not None else b""
+        return state is not None and not (rtype == "Binary" and _security_proxy(body)) \
+            and self.policy.hidden_by_query(actor, rtype, rid, body)
+
+    def _any_version_shown(self, ctx: Context, rtype: str, rid: str) -> bool:
+        before: int | None = None
+        while True:
+            rows = self._hub.store.history(rtype=rtype, rid=rid, before_nid=before, limit=500)
+            if any(self._version_shown(ctx.actor, r) for r in rows):
+                return True
+            if len(rows) < 500:
+                return False
+            before = rows[-1].nid
 
     # -- bulk export ----------------------------------------------------------------------------
 

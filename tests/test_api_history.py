@@ -120,6 +120,18 @@ def test_a_re_create_says_201_wherever_its_deletion_is_listed(client):
         assert status(page_of(path, {"_since": since}, 3), 3).startswith("201"), path
 
 
+def test_a_deletion_says_in_history_the_status_its_delete_answered(client):
+    d = patient(rid=unique())
+    put(client, d)
+    deleted = client.delete(f"/Patient/{d['id']}")
+    assert deleted.status_code == 200 and deleted.json()["resourceType"] == "OperationOutcome"
+    for path in (f"/Patient/{d['id']}/_history", "/Patient/_history", "/_history"):
+        (entry,) = [e for e in client.get(path, params={"_count": "5"}).json()["entry"]
+                    if e["fullUrl"].endswith(f"/Patient/{d['id']}")
+                    and e["request"]["method"] == "DELETE"]
+        assert entry["response"]["status"] == "200 OK", path
+
+
 def test_instance_history_of_created_resource_says_post(client):
     rid = create(client, patient()).json()["id"]
     (entry,) = client.get(f"/Patient/{rid}/_history").json()["entry"]

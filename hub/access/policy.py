@@ -255,6 +255,12 @@ class AccessPolicy:
         return actor.kind == "system" or self._scopes_show(actor, rtype, rid, resource,
                                                            compartment=False)
 
+    def hidden_by_query(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+        if actor.kind == "system" or self.visible(actor, rtype, rid, resource):
+            return False
+        return self._scopes_show(actor, rtype, rid, resource, queries=False) and \
+            self._consents_show(actor, rtype, rid, resource)
+
     def _consents_show(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         if self.consents is None or actor.purpose in EMERGENCY or rtype in NOT_THE_PATIENTS:
             return True  # break the glass (open only to the roles that may) sets consent aside
@@ -274,14 +280,15 @@ class AccessPolicy:
 
     @staticmethod
     def _scopes_show(actor: Actor, rtype: str, rid: str, resource: bytes, *,
-                     compartment: bool = True) -> bool:
-        """Does a scope granting ``r`` or ``s`` on ``rtype`` admit this resource? None does
-        when none grants either: an operation handing out several types (``$everything``)
-        shows only the types the caller's scopes name."""
+                     compartment: bool = True, queries: bool = True) -> bool:
+        """Does a scope granting ``r`` or ``s`` on ``rtype`` admit this resource (``queries``
+        False: whatever its query selects)? None does when none grants either: an operation
+        handing out several types (``$everything``) shows only the types the caller's scopes
+        name."""
         granting = [s for s in scopes_of(actor.scopes)
                     if s.rtype in ("*", rtype) and s.perms & {"r", "s"}]
         return _admitted(granting, actor.patient if compartment else None, rtype, rid, resource,
-                         None, compartment=compartment)
+                         None, compartment=compartment, queries=queries)
 
     def written(self, rtypes: set[str]) -> None:
         if self.consents is not None and "Consent" in rtypes:
@@ -301,17 +308,18 @@ def _admits_all(scope: Scope) -> bool:
 
 
 def _admitted(granting: list[Scope], patient: str | None, rtype: str, rid: str, resource: bytes,
-              parsed: dict | None, *, compartment: bool = True) -> bool:
+              parsed: dict | None, *, compartment: bool = True, queries: bool = True) -> bool:
     """Does some one of these scopes admit the resource? A scope with a query only what its
     query selects; a ``patient/`` scope only the compartment of the patient in context (none
-    without one; ``compartment`` False: by its query alone). Several scopes on a type are
-    OR'ed: each admits by its own limits, and no scope lifts another's (a ``patient/`` scope
-    without a query beside a query-restricted ``user/`` one admits the patient's compartment
-    and what the query selects, not everything)."""
+    without one; ``compartment`` False: by its query alone; ``queries`` False: whatever its
+    query selects). Several scopes on a type are OR'ed: each admits by its own limits, and no
+    scope lifts another's (a ``patient/`` scope without a query beside a query-restricted
+    ``user/`` one admits the patient's compartment and what the query selects, not
+    everything)."""
     d: dict | None = parsed
     inside: bool | None = None
     for s in granting:
-        if s.query:
+        if s.query and queries:
             if d is None:
                 try:
                     loaded = orjson.loads(resource)

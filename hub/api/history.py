@@ -28,7 +28,9 @@ from hub.core.ingest import Context, instant_of
 from hub.core.pagetokens import page_tokens
 from hub.repository import Repository
 
-_STATUS = {"created": 201, "updated": 200, "deleted": 204}
+# each version's status as its write answered: a DELETE answers 200 with an OperationOutcome
+# (204 only to ``Prefer: return=minimal``, which the history does not know of)
+_STATUS = {"created": 201, "updated": 200, "deleted": 200}
 
 
 @dataclass

@@ -71,6 +71,11 @@ class Policy(Protocol):
         its query alone, whose patient (a ``patient/`` scope's compartment, consents) is judged
         through another resource (a Binary through its ``securityContext``)?"""
 
+    def hidden_by_query(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+        """Is this resource hidden from ``actor`` only by what its scopes' queries select of its
+        content, its consents and a ``patient/`` scope's compartment showing it? Another version
+        of the record may then be selected (a history judges each version)."""
+
     def may_change(self, actor: Actor, rtype: str, rid: str, source: dict) -> bool:
         """May ``actor`` update or delete a stored resource whose current version came from
         ``source`` (institution, feed)?"""
@@ -107,6 +112,9 @@ class OpenPolicy:
 
     def scopes_select(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         return True
+
+    def hidden_by_query(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+        return False
 
     def may_change(self, actor: Actor, rtype: str, rid: str, source: dict) -> bool:
         return True
