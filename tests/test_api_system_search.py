@@ -143,6 +143,33 @@ def test_mistakes(client, world):
     assert [e for e in lenient.get("entry", []) if e["search"]["mode"] == "outcome"]
 
 
+def test_a_type_without_the_parameter_contributes_nothing(client, world):
+    """family is no Observation parameter: ignored there, the search handed out every
+    Observation besides the Wangs; now the Observations contribute none, an informational issue
+    saying why. A parameter no type searched knows is still ignored with a warning."""
+    code, pids, oids = world
+    tag = f"{TAG}|{code}"
+    wangs = sorted(f"Patient/{p}" for p in pids)
+    for types in ("Patient,Observation", "Observation,Patient"):
+        b = client.get("", params={"_type": types, "_tag": tag, "family": "Wang"})
+        assert b.status_code == 200, b.text
+        assert sorted(_ids(b.json())) == wangs
+        issues = [i for e in b.json()["entry"] if e["search"]["mode"] == "outcome"
+                  for i in e["resource"]["issue"]]
+        assert any(i["severity"] == "information" and "Observation" in i["diagnostics"]
+                   and "family" in i["diagnostics"] for i in issues), issues
+        got = _all_pages(client, {"_type": types, "_tag": tag, "family": "Wang", "_count": "1"})
+        assert sorted(got) == wangs
+    b = client.get("", params={"_type": "Patient,Observation", "_tag": tag, "family": "Wang",
+                               "_summary": "count"}).json()
+    assert b["total"] == 3
+    # no _type: every type without family contributes nothing
+    assert sorted(_ids(client.get("", params={"_tag": tag, "family": "Wang",
+                                               "_count": "100"}).json())) == wangs
+    b = client.get("", params={"_type": "Patient,Observation", "_tag": tag, "bogus": "1"}).json()
+    assert len(_ids(b)) == 5  # unknown to both: ignored with a warning, as in a type search
+
+
 def test_a_scoped_caller_searches_only_what_it_may(live, world):
     import httpx
 

@@ -860,6 +860,49 @@ def test_bad_values_are_400(world, query):
     assert e.value.status == 400
 
 
+@pytest.mark.parametrize("rtype,query,dataset", [
+    ("Patient", "gender:exact=male", "tok"), ("Patient", "name:text=Li", "ref"),
+    ("Patient", "identifier:exact=1", "tok"), ("Patient", "email:contains=zq", "tok"),
+    ("ValueSet", "url:contains=acme", "uri"), ("Observation", "subject:not=Patient/r1", "ref"),
+    ("Patient", "family:unknownmod=Li", "ref"), ("Observation", "subject:Nope=r1", "ref"),
+])
+def test_a_modifier_its_parameter_does_not_take_is_400_even_lenient(world, rtype, query, dataset):
+    """Ignored as an unknown parameter is, the modifier took its parameter's filter with it:
+    gender:exact=male found the female Patients too. A 400 naming both, without strict."""
+    hub, service, settings = world
+    params = [*parse_qsl(query), ("_tag", f"urn:test:ds|{dataset}")]
+    with pytest.raises(FhirError) as e:
+        search_bundle(Repository(hub, search=service), Context(), rtype, params,
+                      "http://test/fhir", settings, False)
+    name, modifier = query.split("=")[0].split(":")
+    assert e.value.status == 400 and e.value.issues[0].code == "not-supported"
+    assert name in str(e.value) and f":{modifier}" in str(e.value)
+
+
+@pytest.mark.parametrize("rtype,query", [
+    ("Patient", "active=yes"), ("Patient", "active:not=1"), ("Patient", "deceased=no"),
+    ("Observation", "value-quantity=5%7Ca%7Cb%7Cc"),
+    ("Observation", "component-code-value-quantity=$5"),
+    ("Observation", "code-value-quantity=8867-4$"),
+    ("Observation", "subject=Patient/"), ("Observation", "subject:Patient=Patient/"),
+    ("Observation", "subject=http://test/fhir/Patient/"), ("Patient", "general-practitioner=/p1"),
+])
+def test_malformed_values_are_400_not_an_empty_answer(world, rtype, query):
+    """A value no resource can hold (yes for a boolean, a quantity of four parts, a composite
+    with an empty component, a reference without an id) answered 200 with no match."""
+    hub, service, settings = world
+    with pytest.raises(FhirError) as e:
+        search_bundle(Repository(hub, search=service), Context(), rtype, parse_qsl(query),
+                      "http://test/fhir", settings, False)
+    assert e.value.status == 400
+
+
+def test_well_formed_booleans_and_references_still_match(world):
+    assert ids(run(world, "Observation", "subject=Patient/r1", "ref")) == ["o1"]
+    assert ids(run(world, "Patient", "active=true", "tok")) == []
+    assert sorted(ids(run(world, "Patient", "active:not=true", "tok"))) == ["t1", "t2", "t3", "t4"]
+
+
 def test_unknown_parameters_warn_or_refuse(world):
     hub, service, settings = world
     b = search_bundle(Repository(hub, search=service), Context(), "Patient", [("nonsense", "1"), ("_tag", "urn:test:ds|str")],

@@ -4,7 +4,10 @@ Each type's search runs through the same planner and repository as a type search
 consent, the audit and every parameter behave the same); the page is filled from the types in the
 order ``_type`` lists them (all types without it), and the ``next`` link's cursor says where it
 stopped: the type's place and that type's own keyset cursor. A parameter a listed type does not
-know is refused (``Prefer: handling=strict``) or ignored with a warning, as in a type search.
+know is refused (``Prefer: handling=strict``); else, when another type searched knows it, that
+type contributes nothing (none of its resources can meet the criterion; ignoring it there would
+hand out all of them), with an informational issue; one no type searched knows is ignored with a
+warning, as in a type search.
 Without ``_type``, only the types the caller may search are searched, AuditEvent (the audit
 log's own search) only when named; Person (the master patient index's view, with a search of
 its own) never. ``_sort`` across types is
@@ -30,10 +33,11 @@ from hub.api.search import plan_search, search_bundle
 from hub.core import resource as res
 from hub.core.access import Action
 from hub.core.config import Settings
-from hub.core.errors import FhirError, bad_request
+from hub.core.errors import FhirError, Issue, bad_request
 from hub.core.ingest import Context
 from hub.repository import VIEW_TYPES, Repository
 from projections.search.compartment import compartment_group, patient_compartment
+from projections.search.query import lacks
 
 _OWN = ("_type", "_cursor", "_count", "_total")
 
@@ -101,6 +105,7 @@ def _system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]]
     types, explicit, count, counting, rest, (start, inner) = _parsed(params, settings,
                                                                      compartment)
     values = dict(params)
+    lacking, notes = _lacking(types, rest, strict)
 
     entries: list[dict] = []
     outcomes: dict[str, dict] = {}
@@ -121,6 +126,17 @@ def _system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]]
             own.append(("_cursor", inner))
         if not fill and not counting:
             break
+        if rtype in lacking:  # planned (access, the other parameters) but never run: no match
+            try:
+                plan_search(repo, ctx, rtype, [(k, v) for k, v in own if k not in lacking[rtype]],
+                            base, settings, strict)
+            except FhirError as e:
+                if not explicit and e.status in (401, 403):
+                    refused = e
+                    continue
+                raise
+            searched += 1
+            continue
         try:
             b = search_bundle(repo, ctx, rtype, own, base, settings, strict, compartment)
         except FhirError as e:
@@ -154,7 +170,7 @@ def _system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]]
         # (within one recorded access its searches are no part of it)
         probe = ctx if ctx.gathered is None else dataclasses.replace(ctx, gathered=[])
         if not any(_has_any(repo, probe, t, rest, base, settings, strict, explicit, compartment)
-                   for t in types[nxt:]):
+                   for t in types[nxt:] if t not in lacking):
             next_cursor = None
     out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if counting and known:
@@ -166,6 +182,10 @@ def _system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]]
     out["link"] = links
     if values.get("_summary") == "count":
         entries = []
+    if notes:
+        outcomes["lacking"] = {"resource": {"resourceType": "OperationOutcome",
+                                            "issue": [n.to_json() for n in notes]},
+                               "search": {"mode": "outcome"}}
     all_entries = _once(entries) + list(outcomes.values())
     if all_entries:
         out["entry"] = all_entries
@@ -208,10 +228,12 @@ def _check_system_search(repo: Repository, ctx: Context, params: list[tuple[str,
                          base: str, settings: Settings, strict: bool,
                          compartment: Compartment | None) -> None:
     types, explicit, _, counting, rest, (start, inner) = _parsed(params, settings, compartment)
+    lacking, _ = _lacking(types, rest, strict)
     refused: FhirError | None = None
     planned = 0
     for place, rtype in enumerate(types):
-        own = [(k, v) for k, v in rest if _applies(k, v, rtype)] + [("_count", "0")]
+        own = [(k, v) for k, v in rest if _applies(k, v, rtype)
+               and k not in lacking.get(rtype, ())] + [("_count", "0")]
         if counting:
             own.append(("_total", "accurate"))
         if place == start and inner:
@@ -228,6 +250,28 @@ def _check_system_search(repo: Repository, ctx: Context, params: list[tuple[str,
         planned += 1
     if not planned and refused is not None and start == 0:
         raise refused
+
+
+def _lacking(types: list[str], rest: list[tuple[str, str]], strict: bool
+             ) -> tuple[dict[str, set[str]], list[Issue]]:
+    """The types that lack a criterion some other type searched has (type -> those criteria),
+    which contribute no match, and the informational issues saying so; none when strict (the
+    type search refuses what its type lacks)."""
+    if strict or len(types) < 2:
+        return {}, []
+    lacking: dict[str, set[str]] = {}
+    notes = []
+    for name in dict.fromkeys(k for k, _ in rest):
+        without = [t for t in types if lacks(t, name)]
+        if not without or len(without) == len(types):  # known to all, or unknown: a type search's
+            continue
+        for t in without:
+            lacking.setdefault(t, set()).add(name)
+        named = ", ".join(without) if len(without) <= 10 else f"{len(without)} of the types searched"
+        notes.append(Issue("informational", f"{name}: no search parameter of {named}; none of "
+                           "their resources can meet it, so they contribute no matches",
+                           "information"))
+    return lacking, notes
 
 
 def _once(entries: list[dict]) -> list[dict]:

@@ -927,6 +927,26 @@ def canonical_params(rtype: str) -> frozenset[str]:
     return frozenset(out)
 
 
+@lru_cache(maxsize=None)
+def boolean_params(rtype: str) -> frozenset[str]:
+    """``rtype``'s token parameters on a boolean only (``Patient.active``, the ``deceased`` flag):
+    a search by one takes ``true`` or ``false``, any other code no resource can hold."""
+    out = set()
+    for code, p in params_for(rtype).items():
+        if p.type != "token" or not p.expression:
+            continue
+        if _EXISTS_NOT_FALSE.fullmatch(p.expression):
+            out.add(code)
+            continue
+        try:
+            branches = compile_path(p.expression, rtype)
+        except CompileError:
+            continue
+        if branches and all(b.type == "boolean" for b in branches):
+            out.add(code)
+    return frozenset(out)
+
+
 # ---------------------------------------------------------------------------------------------
 # Extraction
 

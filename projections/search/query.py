@@ -10,7 +10,8 @@
 - result controls: ``sort``, ``count``, ``include``/``revinclude``, ``total``, ``summary``,
   ``elements``, ``cursor``.
 - ``ignored``: parameters that are unknown or unsupported (the caller warns, or refuses them when
-  strict).
+  strict). A modifier a known parameter does not take is a 400 instead: ignoring it would drop
+  the parameter's filter and widen the answer.
 
 Nothing here knows how the index is stored: the SQLite planner (sqlite_query.py) and a later
 Elasticsearch planner answer the same plans.
@@ -28,11 +29,11 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from hub.core.errors import HubError, bad_request
+from hub.core.errors import FhirError, HubError, bad_request
 from hub.core.fhirtime import parse_range
 from projections.search.extract import normalize, normalize_reference, ucum_canonical
 from projections.search.params import SearchParam, params_for
-from projections.search.plan import canonical_params
+from projections.search.plan import boolean_params, canonical_params
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 ORDERED_TYPES = ("date", "number", "quantity")
@@ -306,6 +307,8 @@ def _bind_system(rtype: str, code: str, tv: TokenValue) -> TokenValue:
 
 def _quantity(raw: str) -> QuantityValue:
     parts = [unescape(x) for x in split_escaped(raw, "|")]
+    if len(parts) > 3:
+        raise bad_request(f"{raw[:60]!r}: a quantity is number|system|code, not {len(parts)} parts")
     number = _number(parts[0])
     system = parts[1] if len(parts) > 1 and parts[1] else None
     code = parts[2] if len(parts) > 2 and parts[2] else None
@@ -338,6 +341,9 @@ def _reference(raw: str, p: SearchParam | None, modifier: str | None,
     raw = unescape(raw)
     if modifier == "identifier":
         return RefValue(identifier=_token(raw, None))
+    local = local_reference(raw, base)
+    if "/" in local and "://" not in local and not all(local.split("/")):  # Patient/, /1
+        raise bad_request(f"{raw[:60]!r}: a reference is Type/id (or an id, or a URL)")
     if modifier and modifier[0].isupper():  # :Type
         if "/" in raw:
             return RefValue(targets=with_base((normalize_reference(local_reference(raw, base))[0],), base))
@@ -366,7 +372,11 @@ def _value(rtype: str, code: str, ptype: str, p: SearchParam | None, modifier: s
     if ptype == "token":
         if modifier == "text":
             return None, unescape(body)
-        return None, _bind_system(rtype, code, _token(body, modifier))
+        tv = _token(body, modifier)
+        if tv.code is not None and tv.code not in ("true", "false") \
+                and code in boolean_params(rtype):
+            raise bad_request(f"{code}={raw[:60]!r}: {code} is a boolean, searched by true or false")
+        return None, _bind_system(rtype, code, tv)
     if ptype == "date":
         return prefix, _date(unescape(body))
     if ptype == "number":
@@ -385,6 +395,8 @@ def _value(rtype: str, code: str, ptype: str, p: SearchParam | None, modifier: s
         if not p.answered:  # three components (the index keeps two), or a reference one
             raise Unsupported(f"Composite {code!r} is not answered here (its components: "
                               f"{', '.join(c.type for c in p.components)})")
+        if not all(c.strip() for c in comps):
+            raise bad_request(f"{code}={raw[:60]!r}: each of its components needs a value")
         out = []
         for comp, craw in zip(p.components, comps):
             out.append((comp.type, *_value(rtype, comp.code, comp.type, None, None, craw)))
@@ -397,8 +409,9 @@ def expand_token(rtype: str, code: str, modifier: str, value: str, terminology: 
     URIs: ``urn:oid:…`` and the canonical URL). Comma alternatives are merged (OR)."""
     from terminology.service import TerminologyError, TerminologyNotFound
 
-    if terminology is None:
-        raise Unsupported(f":{modifier} needs the terminology service, which is not running here")
+    if terminology is None:  # ignored, the search would widen to every code
+        raise FhirError(400, "not-supported", f"{code}:{modifier} needs the terminology service, "
+                        "which is not running here")
     pairs: set[tuple[str, str]] = set()
     try:
         for alt in split_escaped(value, ","):
@@ -480,7 +493,10 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
         raise bad_request(f"_id:{modifier} is not meaningful: _id takes :not and :missing")
     if modifier and modifier not in MODIFIERS.get(ptype, ()):
         if not (ptype == "reference" and modifier[0].isupper() and modifier in _resource_types()):
-            raise Unsupported(f"Modifier :{modifier} is not supported on {code!r} ({ptype})")
+            # not ignored as an unknown parameter is: that would drop the filter and widen the
+            # answer (a female Patient found by gender:exact=male)
+            raise FhirError(400, "not-supported", f"{name}: the modifier :{modifier} is not "
+                            f"supported on {code!r} (a {ptype} parameter)")
     if modifier in TERMINOLOGY_MODIFIERS and ptype == "token":
         if code in SPECIAL_TYPES:
             raise bad_request(f"{code}:{modifier} is not meaningful")
@@ -497,6 +513,14 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
         prefix, typed = _value(rtype, code, ptype, p, modifier, alt, base)
         out.append(Criterion(code, ptype, modifier, prefix, typed))
     return out
+
+
+def lacks(rtype: str, name: str) -> bool:
+    """Whether the criterion ``name`` (``code[:modifier][.chain]``) names no search parameter
+    of ``rtype``; a result control or common parameter (``_…``) it never is."""
+    if name.startswith("_"):
+        return False
+    return name.partition(".")[0].partition(":")[0] not in params_for(rtype)
 
 
 def criteria_groups(rtype: str, name: str, value: str, base: str | None = None,
