@@ -33,6 +33,7 @@ from fhir_mapping.base import Conversion, Finding, MappingError, SourceInfo
 from hub.core.errors import HubError
 from terminology.conceptmaps import concept_maps_in, read_concept_maps
 from terminology.normalise import Normaliser
+from terminology.rows import latest_per_url
 
 log = logging.getLogger("connectors.terminology")
 
@@ -191,7 +192,9 @@ class Terminology:
                 out.extend(concept_maps_in([bundle]))
                 url = next((ln.get("url") for ln in bundle.get("link") or ()
                             if isinstance(ln, dict) and ln.get("relation") == "next"), None)
-        return for_institution(out, self.info)
+        # the current version of each map first: an older one may still name the institution
+        return for_institution(latest_per_url(out, lambda m: m.get("url"),
+                                              lambda m: m.get("version")), self.info)
 
     def refresh(self) -> bool:
         """Fetch from the hub; on failure keep the last good snapshot. True if it worked."""

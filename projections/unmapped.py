@@ -16,10 +16,11 @@ the resources are re-normalised (``hub terminology renormalise``) the code leave
 (its row stays with ``resources = 0``, keeping ``first_seen``). Rows and the tracking position are
 written in one transaction, like every read model (``projections.runner``).
 
-What is a *local* coding: its system is ``urn:oid:<OID>`` outside the arcs of national and
-international standards (``STANDARD_ARCS``: the Chinese national code systems and identifiers
-``2.16.156.10011.1``/``.2``, HL7 ``2.16.840.1.113883``), as each institution's own code systems
-are ``urn:oid:<institution OID>.<n>``. A coding of another form (an ``http`` URL) is never local.
+What is a *local* coding: the normalisers' rule (``terminology.systems.is_local_system``): its
+system is ``urn:oid:<OID>`` outside the arcs of national and international standards (the Chinese
+national code systems and identifiers ``2.16.156.10011.1``/``.2``, HL7 ``2.16.840.1.113883``), as
+each institution's own code systems are ``urn:oid:<institution OID>.<n>``. A coding of another form
+(an ``http`` URL) is not listed.
 The *institution* is the one that sent the event (``source.institution``: the connector's code,
 ``X-Hub-Source-Institution``); ``oid`` is the local system's parent OID (the institution's OID),
 and a filter on ``institution`` matches either.
@@ -39,12 +40,11 @@ from hub.core.events import KIND_OF_TOPIC
 from projections.errors import QueryError
 from projections.sqlite_model import SQLiteReadModel
 from terminology.normalise import CLINICAL_TYPES
+from terminology.systems import is_local_system
 
 NAME = "unmapped"
 # the types the normaliser maps: a local code it can leave unmapped is listed here
 TYPES = tuple(sorted(CLINICAL_TYPES))
-STANDARD_ARCS = ("urn:oid:2.16.156.10011.1.", "urn:oid:2.16.156.10011.2.",
-                 "urn:oid:2.16.840.1.113883.")
 SKIP_KEYS = frozenset({"meta", "text", "identifier", "contained", "extension", "modifierExtension",
                        "subject", "patient", "encounter", "performer", "requester", "recorder"})
 MAX_TEXT = 1024  # longest code, system or display kept (longer ones are cut)
@@ -68,11 +68,6 @@ SCHEMA = [
 
 def _cut(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT]
-
-
-def is_local_system(system: Any) -> bool:
-    return (isinstance(system, str) and system.startswith("urn:oid:")
-            and not system.startswith(STANDARD_ARCS) and "." in system[8:])
 
 
 def oid_of(system: str) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 
 from hub.core.commandline import UsageError, open_store
-from terminology.renormalise import mapped_codes, outcome, renormalise, store_concept_maps
+from terminology.renormalise import mapped_codes, outcome, renormalise
 
 
 def add_parsers(tsub, common) -> None:
@@ -71,6 +71,26 @@ def _catch_up(store, model, quiet: bool) -> None:
         runner.catch_up(progress=bar.update)
 
 
+def _terminology(store, settings, quiet: bool):
+    from tqdm import tqdm
+
+    from projections.runner import Runner
+    from projections.terminology import TerminologyProjection
+    from terminology.service import TerminologyService
+
+    path = settings.data_dir / "terminology.sqlite"
+    model = TerminologyProjection(path)
+    try:
+        runner = Runner(store, model)
+        lag = runner.lag()
+        with tqdm(total=lag, unit=" events", desc="terminology read model",
+                  disable=quiet or not lag or not sys.stderr.isatty()) as bar:
+            runner.catch_up(progress=bar.update)
+    finally:
+        model.close()
+    return TerminologyService(path)
+
+
 def cmd_unmapped(args, settings) -> int:
     from projections.unmapped import QueryError, to_csv, to_table
 
@@ -106,10 +126,13 @@ def cmd_renormalise(args, settings) -> int:
     from hub.core.ingest import Hub
     from hub.core.jobs import Jobs, both
     from terminology.conceptmaps import read_concept_maps
-    from terminology.normalise import Normaliser
+    from terminology.normalise import Normaliser, StoredMaps
 
     store, model = _open(settings)
+    service = None
     try:
+        # the terminology read model: a map's current version, a code system's OID and URL
+        service = _terminology(store, settings, args.quiet)
         if args.concept_maps:
             maps = []
             for path in args.concept_maps:
@@ -118,8 +141,9 @@ def cmd_renormalise(args, settings) -> int:
                 except ValueError as e:
                     raise _usage(str(e)) from None
         else:
-            maps = store_concept_maps(store)
-        normaliser = Normaliser.from_concept_maps(maps)
+            maps = None
+        normaliser = (StoredMaps(service, store)() if maps is None else None) \
+            or Normaliser.from_concept_maps(maps or [], aliases=service.system_aliases)
         if not len(normaliser):
             raise _usage("no usable mappings in the ConceptMaps"
                          + ("" if args.concept_maps else " of the store (give --concept-maps)"))
@@ -139,6 +163,8 @@ def cmd_renormalise(args, settings) -> int:
         _catch_up(store, model, True)
         left = model.worklist(args.institution)
     finally:
+        if service is not None:
+            service.close()
         model.close()
         store.close()
     print(f"{normaliser.maps} ConceptMaps, {len(normaliser)} mapped codes; "

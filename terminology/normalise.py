@@ -25,11 +25,19 @@ marked ``userSelected: false`` are not mapped again: no chains). It returns the 
 stay without a standard one (``Unmapped``): a coding of a local system with no mapping in a
 CodeableConcept that holds no coding of a standard (not local) system, given or just added.
 
-A system is *local* when a map has it as ``group.source``, or when it starts with one of
-``local_prefixes`` (a connector passes ``urn:oid:<institution OID>.``, so an institution's code
-system that no map covers yet is still reported). ``default_systems`` (``{"Observation.code":
-"urn:oid:….7"}``) gives codings *without* a system at those paths the institution's local system:
-the HL7 v2 mapper leaves a CWE whose coding system is local (``L``, ``99…``) without one.
+A coding is mapped when its system is a map's ``group.source`` or local. Which system is *local*
+(its unmapped codes reported) is ``terminology.systems.is_local_system``'s rule, the worklist's:
+never a standard one (a LOINC code without a LOINC→SNOMED mapping is no unmapped local code, nor a
+WS 363 data element), any other ``urn:oid:``, and a URL a map has as ``group.source`` or that
+starts with one of ``local_prefixes``. With ``aliases`` (``TerminologyService.system_aliases``) a map
+from a code system's canonical URL also maps its codings under its ``urn:oid:`` (and back), as
+``$translate`` does. Of the versions of one map (``url``) only the current one is applied
+(``terminology.rows.latest_per_url``, as ``$translate``); a target without ``equivalence`` (nor
+R5 ``relationship``) is skipped with a warning: R4 requires it, so it says nothing about meaning.
+
+``default_systems`` (``{"Observation.code": "urn:oid:….7"}``) gives codings *without* a system at
+those paths the institution's local system: the HL7 v2 mapper leaves a CWE whose coding system is
+local (``L``, ``99…``) without one.
 
 ``apply(conversion)`` normalises every resource of a ``fhir_mapping.base.Conversion`` and adds one
 ``Finding`` (warning, rule ``terminology.unmapped-local-code``) per unmapped local code.
@@ -37,13 +45,18 @@ the HL7 v2 mapper leaves a CWE whose coding system is local (``L``, ``99…``) w
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
 
 from fhir_mapping.base import Conversion, Finding
+from terminology.rows import latest_per_url
+from terminology.systems import is_local_system
+
+log = logging.getLogger("terminology.normalise")
 
 RULE_UNMAPPED = "terminology.unmapped-local-code"
 # the equivalences (R4) and relationships (R5) whose target is inserted: it means the same as
@@ -123,9 +136,13 @@ class Normaliser:
 
     def __init__(self, mappings: dict[str, dict[str, list[tuple[str | None, dict]]]] | None = None,
                  *, local_prefixes: Iterable[str] = (), default_systems: Mapping[str, str] | None = None,
-                 types: Iterable[str] | None = CLINICAL_TYPES, skipped: int = 0, maps: int = 0):
+                 types: Iterable[str] | None = CLINICAL_TYPES, skipped: int = 0, maps: int = 0,
+                 size: int | None = None):
         self._map = mappings or {}
         self.mapped_systems = frozenset(self._map)
+        # mapped codes, each once (not once per alias of its system)
+        self.size = sum(len(codes) for codes in self._map.values()) if size is None else size
+        self._known = frozenset(self._map)  # local unless standard (systems.is_local_system)
         self.local_prefixes = tuple(p for p in local_prefixes if isinstance(p, str) and p)
         self.default_systems = dict(default_systems or {})
         self.types = None if types is None else frozenset(types)
@@ -137,13 +154,19 @@ class Normaliser:
     @classmethod
     def from_concept_maps(cls, concept_maps: Iterable[Any], *, local_prefixes: Iterable[str] = (),
                           default_systems: Mapping[str, str] | None = None,
-                          types: Iterable[str] | None = CLINICAL_TYPES) -> Normaliser:
+                          types: Iterable[str] | None = CLINICAL_TYPES,
+                          aliases: Callable[[str], Iterable[str]] | None = None) -> Normaliser:
         mappings: dict[str, dict[str, list[tuple[str | None, dict]]]] = {}
         skipped = maps = 0
+        given = []
         for cm in concept_maps:
             if not isinstance(cm, dict) or cm.get("resourceType") != "ConceptMap":
                 skipped += 1
-                continue
+            else:
+                given.append(cm)
+        warnings: list[str] = []
+        # a superseded version of a map (same url) is not applied: its corrected codes would stay
+        for cm in latest_per_url(given, lambda m: m.get("url"), lambda m: m.get("version")):
             if cm.get("status") == "retired":
                 continue
             groups = cm.get("group")
@@ -151,20 +174,28 @@ class Normaliser:
                 skipped += 1
                 continue
             maps += 1
+            name = cm.get("url") or cm.get("id") or f"ConceptMap #{maps}"
             for g in groups:
-                skipped += _read_group(g, mappings)
+                skipped += _read_group(g, mappings, warnings, str(name)[:MAX_TEXT])
+        for w in warnings[:10]:
+            log.warning("%s", w)
+        if len(warnings) > 10:
+            log.warning("… and %d more ConceptMap targets without equivalence", len(warnings) - 10)
+        size = sum(len(codes) for codes in mappings.values())
+        if aliases is not None:
+            mappings = _with_aliases(mappings, aliases)
         return cls(mappings, local_prefixes=local_prefixes, default_systems=default_systems,
-                   types=types, skipped=skipped, maps=maps)
+                   types=types, skipped=skipped, maps=maps, size=size)
 
     def with_local(self, *, local_prefixes: Iterable[str] = (),
                    default_systems: Mapping[str, str] | None = None) -> Normaliser:
         """The same mappings for another institution's prefixes and default systems."""
         return Normaliser(self._map, local_prefixes=local_prefixes,
                           default_systems=default_systems, types=self.types,
-                          skipped=self.skipped, maps=self.maps)
+                          skipped=self.skipped, maps=self.maps, size=self.size)
 
     def __len__(self) -> int:
-        return sum(len(codes) for codes in self._map.values())
+        return self.size
 
     def targets(self, system: str, code: str, version: str | None = None) -> list[dict]:
         """The standard codings ``system|code`` maps to (copies)."""
@@ -176,8 +207,7 @@ class Normaliser:
             return False
         hit = self._local_cache.get(system)
         if hit is None:
-            hit = system in self._map or (bool(self.local_prefixes)
-                                          and system.startswith(self.local_prefixes))
+            hit = is_local_system(system, self._known, self.local_prefixes)
             if len(self._local_cache) < 10_000:
                 self._local_cache[system] = hit
         return hit
@@ -265,7 +295,7 @@ class Normaliser:
             hit = cache.get(system) if type(system) is str else False
             if hit is None:
                 hit = self.is_local(system)
-            if hit:
+            if hit or (type(system) is str and system in self._map):  # a standard one mapped too
                 if local is None:
                     local = []
                 local.append(i)
@@ -285,6 +315,8 @@ class Normaliser:
             targets = [t for v, t in found if v is None or version is None or v == version] \
                 if found else None
             if not targets:
+                if not self.is_local(system):
+                    continue  # a standard code: no unmapped local code
                 display = c.get("display")
                 if out is None:
                     out = []
@@ -339,7 +371,20 @@ def _short(text: str) -> str:
 # -- reading ConceptMaps -----------------------------------------------------------------------------
 
 
-def _read_group(g: Any, mappings: dict) -> int:
+def _with_aliases(mappings: dict, aliases: Callable[[str], Iterable[str]]) -> dict:
+    """Each source's mappings under every URI of its code system as well."""
+    out: dict[str, dict[str, list]] = {s: {c: list(f) for c, f in codes.items()}
+                                       for s, codes in mappings.items()}
+    for source, codes in mappings.items():
+        for other in set(aliases(source)) - {source}:
+            into = out.setdefault(other, {})
+            for code, found in codes.items():
+                have = into.setdefault(code, [])
+                have.extend(f for f in found if f not in have)
+    return out
+
+
+def _read_group(g: Any, mappings: dict, warnings: list[str] | None = None, name: str = "") -> int:
     """Add one group's mappings; how many parts were skipped as malformed."""
     if not isinstance(g, dict):
         return 1
@@ -370,6 +415,11 @@ def _read_group(g: Any, mappings: dict) -> int:
             if coding is None:
                 if not isinstance(t, dict):
                     skipped += 1
+                elif t.get("equivalence", t.get("relationship")) is None:
+                    skipped += 1
+                    if warnings is not None:
+                        warnings.append(f"{name}: {_short(source)}|{_short(el['code'])} -> "
+                                        f"{_short(str(t.get('code')))} has no equivalence: skipped")
                 continue
             found = codes.setdefault(el["code"], [])
             if not any(v == source_version and o["system"] == coding["system"]
@@ -381,7 +431,8 @@ def _read_group(g: Any, mappings: dict) -> int:
 def _target(t: Any, system: str | None, version: str | None) -> dict | None:
     if not isinstance(t, dict):
         return None
-    equivalence = t.get("equivalence", t.get("relationship", "equivalent"))
+    # R4 requires equivalence (the hub refuses a map without): none says nothing, not "exact"
+    equivalence = t.get("equivalence", t.get("relationship"))
     if not isinstance(equivalence, str) or equivalence not in APPLIED:
         return None
     if t.get("dependsOn"):
@@ -421,7 +472,8 @@ class StoredMaps:
             ids = [ref.stream.partition("/")[2] for ref in self.service.concept_maps()]
             maps = [orjson.loads(state.partition(b"\n")[2])
                     for _, state in self.store.latest_many("ConceptMap", ids).values()]
-            self._normaliser = Normaliser.from_concept_maps(maps) if maps else None
+            self._normaliser = Normaliser.from_concept_maps(
+                maps, aliases=self.service.system_aliases) if maps else None
             self._generation = generation
         return self._normaliser
 

@@ -15,32 +15,6 @@ FEED = "terminology-renormalise"
 CHUNK = 200
 
 
-def store_concept_maps(store, batch: int = 1000) -> list[dict]:
-    """The current (not deleted) ConceptMap resources of the store, read from the log."""
-    from hub.core.events import KIND_OF_TOPIC
-
-    newest = {}
-    start = 1
-    while True:
-        notes = store.notifications_of(("ConceptMap",), start, batch)
-        for n in notes:
-            newest[n.originator_id] = n
-        if len(notes) < batch:
-            break
-        start = notes[-1].id + 1
-    out = []
-    for n in newest.values():
-        if KIND_OF_TOPIC.get(n.topic) == "deleted":
-            continue
-        try:
-            d = orjson.loads(n.state.partition(b"\n")[2])
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(d, dict):
-            out.append(d)
-    return out
-
-
 def mapped_codes(model, normaliser, institution: str | None = None) -> list[tuple[str, str]]:
     """The (system, code) pairs of the worklist that the ConceptMaps now map."""
     return sorted({(r["system"], r["code"]) for r in model.worklist(institution)

@@ -14,8 +14,10 @@ only parsed, so every accessor here tolerates any JSON.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # R4 concept properties (http://hl7.org/fhir/concept-properties) and their usual codes
 PARENT_URI = "http://hl7.org/fhir/concept-properties#parent"
@@ -44,6 +46,21 @@ def version_key(version: str | None) -> str:
         return ""
     return ".".join(p.zfill(12) if p.isdigit() else p
                     for p in re.split(r"[.\-_ ]", version))
+
+
+def latest_per_url(items: Iterable[T], url: Callable[[T], Any], version: Callable[[T], Any]
+                   ) -> list[T]:
+    """The current version of each canonical resource: per ``url`` the highest version
+    (``version_key``), of equal ones the last given; an item without a url counts on its own.
+    The one rule for ConceptMaps: the read model's, ``$translate``'s and the normalisers'."""
+    best: dict[Any, tuple[str, int, T]] = {}
+    for i, item in enumerate(items):
+        u, v = url(item), version(item)
+        key = u if isinstance(u, str) and u else ("", i)
+        rank = version_key(v if isinstance(v, str) else None)
+        if key not in best or rank >= best[key][0]:
+            best[key] = (rank, i, item)
+    return [item for _, _, item in sorted(best.values(), key=lambda b: b[1])]
 
 
 def oid_uri(value: str) -> str:

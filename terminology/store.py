@@ -473,10 +473,9 @@ class TerminologyStore:
             if value is not None:
                 sql += f" AND x.{col} = ?"
                 args += (value,)
-        latest: dict[str | None, tuple] = {}
-        for row in self.q(sql + " ORDER BY x.vkey, x.nid", args):
-            latest[row[2] or row[1]] = row  # unversioned (url-less) maps each count
-        found = [ResourceRef(k, s, u, v, orjson.loads(b)) for k, s, u, v, b in latest.values()]
+        latest = R.latest_per_url(self.q(sql + " ORDER BY x.nid", args),
+                                  lambda row: row[2], lambda row: row[3])
+        found = [ResourceRef(k, s, u, v, orjson.loads(b)) for k, s, u, v, b in latest]
         self._res[key] = found
         return found
 

@@ -477,3 +477,34 @@ def test_a_conflict_replayed_and_refused_again_is_superseded(hub, tmp_path):
     assert again.status == 409 and again.quarantine_id != refused.quarantine_id
     assert q.get(refused.quarantine_id)["status"] == "superseded"
     q.close()
+
+
+def test_a_code_under_its_oid_is_mapped_by_a_map_from_the_code_systems_url(client):
+    """A ConceptMap from a code system's canonical URL maps its codings sent under the OID the
+    CodeSystem names as identifier, as $translate?system=urn:oid:… finds it."""
+    from tests.api_helpers import unique
+    from tests.cda_docs import wst500
+
+    tag = unique()
+    url = f"http://example.org/fhir/CodeSystem/de-{tag}"
+    cs = {"resourceType": "CodeSystem", "id": f"de-{tag}", "url": url, "status": "active",
+          "content": "not-present",
+          "identifier": [{"system": "urn:ietf:rfc:3986", "value": "urn:oid:2.16.156.10011.2.2.1"}]}
+    cmap = {"resourceType": "ConceptMap", "id": f"de-loinc-{tag}", "status": "active",
+            "url": f"http://example.org/fhir/ConceptMap/de-loinc-{tag}",
+            "group": [{"source": url, "target": "http://loinc.org", "element": [
+                {"code": "DE04.10.188.00", "target": [{"code": "8302-2", "equivalence": "equivalent"}]}]}]}
+    for r in (cs, cmap):
+        got = client.put(f"/{r['resourceType']}/{r['id']}", json=r, headers={"content-type": "application/fhir+json"})
+        assert got.status_code in (200, 201), got.text
+    sec = ('<component><section><code code="8716-3" codeSystem="2.16.840.1.113883.6.1"/><entry>'
+           '<observation classCode="OBS" moodCode="EVN"><code code="DE04.10.188.00" '
+           'codeSystem="2.16.156.10011.2.2.1" displayName="身高（cm）"/>'
+           f'<value xsi:type="PQ" value="1{len(tag) % 10}0" unit="cm"/></observation></entry></section></component>')
+    r = client.post("/../cda", content=wst500(doc_id=f"DOC-ALIAS-{tag}", sections=sec), headers=XML)
+    assert r.status_code == 201, r.text
+    found = client.get("/Observation", params={"code": "urn:oid:2.16.156.10011.2.2.1|DE04.10.188.00",
+                                              "_count": "50"}).json()
+    codings = [[(c["system"], c["code"]) for c in e["resource"]["code"]["coding"]] for e in found["entry"]]
+    assert any(("http://loinc.org", "8302-2") in c for c in codings), codings  # beside the DE code
+    assert all(("urn:oid:2.16.156.10011.2.2.1", "DE04.10.188.00") in c for c in codings)

@@ -112,12 +112,16 @@ def test_a_coding_of_another_local_system_is_no_standard_sibling():
         assert LOINC in {c["system"] for c in r["code"]["coding"]}
 
 
-def test_code_of_a_system_nobody_maps_is_not_reported_unless_local_prefix():
-    r = obs({"system": "urn:oid:9.9.9", "code": "A"})
-    assert NORMALISER.normalise(r) == []
-    n = NORMALISER.with_local(local_prefixes=[f"urn:oid:{OID}."])
-    assert [u.code for u in n.normalise(obs({"system": DRUG, "code": "A"}))] == ["A"]
-    assert n.normalise(obs({"system": "urn:oid:9.9.9", "code": "A"})) == []
+def test_which_unmapped_codes_are_reported_is_the_worklists_rule():
+    """An OID nobody maps is an institution's local code as the worklist sees it (reported); a
+    URL only when a map or the institution's prefix says it is local; a standard one never."""
+    for system in ("urn:oid:9.9.9", DRUG):
+        assert [u.code for u in NORMALISER.normalise(obs({"system": system, "code": "A"}))] == ["A"]
+    for system in ("https://h0001.example/cs/lab", "urn:oid:2.16.156.10011.2.3.3.11", LOINC):
+        assert NORMALISER.normalise(obs({"system": system, "code": "A"})) == []
+    n = NORMALISER.with_local(local_prefixes=["https://h0001.example/"])
+    assert [u.code for u in n.normalise(obs({"system": "https://h0001.example/cs/lab",
+                                             "code": "A"}))] == ["A"]
 
 
 @pytest.mark.parametrize("equivalence,added", [
@@ -166,8 +170,9 @@ def test_source_version_target_version_and_group_systems():
     r = obs(GLU)  # no version: any
     n.normalise(r)
     assert len(r["code"]["coding"]) == 2
-    # a drug code is not looked up in the lab group
-    assert n.normalise(obs({"system": DRUG, "code": "GLU"})) == []
+    # a drug code is not looked up in the lab group: a local code without a mapping
+    r = obs({"system": DRUG, "code": "GLU"})
+    assert [u.code for u in n.normalise(r)] == ["GLU"] and len(r["code"]["coding"]) == 1
 
 
 def test_retired_maps_depends_on_and_missing_targets_are_no_mapping():
@@ -398,3 +403,71 @@ def test_example_http_sinks_authenticate(name):
     cfg = ConnectorConfig.load(EXAMPLES / name)
     assert cfg.sink["type"] == "http" and cfg.sink["client_id"] and cfg.sink["private_key"]
     assert "authorization" not in {k.lower() for k in cfg.sink.get("headers") or {}}
+
+
+def test_only_the_current_version_of_a_map_is_applied():
+    """Version 2 of one map (url) corrects GLU; version 1's code must not be inserted as well,
+    nor a code only version 1 mapped (as $translate answers), in whatever order they come."""
+    def version(v, *elements):
+        return {**cmap(elements=list(elements)), "id": f"lab-v{v}",
+                "url": "http://example.org/ConceptMap/lab", "version": v}
+    v1 = version("1", el("GLU", ("2345-7", "equivalent")), el("HB", ("718-7", "equivalent")))
+    v2 = version("2", el("GLU", ("2339-0", "equivalent")))
+    for maps in ([v1, v2], [v2, v1]):
+        n = Normaliser.from_concept_maps(maps)
+        r = obs(GLU)
+        assert n.normalise(r) == [] and [c["code"] for c in r["code"]["coding"]] == ["GLU", "2339-0"]
+        r = obs({"system": LAB, "code": "HB"})
+        assert [u.code for u in n.normalise(r)] == ["HB"] and len(r["code"]["coding"]) == 1
+    # maps without a url are each their own
+    assert len(Normaliser.from_concept_maps([cmap(elements=[el("A", ("1-1", "equivalent"))]),
+                                             cmap(elements=[el("B", ("2-2", "equivalent"))])])) == 2
+
+
+def test_a_target_without_equivalence_is_skipped_with_a_warning(tmp_path, caplog):
+    """R4 requires equivalence (the hub refuses such a map): a connector's file map whose target
+    has none is not applied as an exact match; the code stays unmapped and the log names it."""
+    m = {**cmap(elements=[{"code": "GLU", "target": [{"code": "2345-7"}]}]),
+         "url": "http://example.org/ConceptMap/no-eq"}
+    path = tmp_path / "maps.json"
+    path.write_bytes(orjson.dumps(m))
+    settings = parse_config({"concept_maps": [str(path)]}, tmp_path, "test")
+    with caplog.at_level("WARNING", logger="terminology.normalise"):
+        term = Terminology(INFO, settings)
+    r = obs(GLU)
+    assert [u.code for u in term.normaliser.normalise(r)] == ["GLU"]
+    assert r["code"]["coding"] == [GLU]
+    assert any("http://example.org/ConceptMap/no-eq" in m and "GLU" in m and "2345-7" in m
+               and "equivalence" in m for m in caplog.messages), caplog.messages
+    # an R5 relationship still says it
+    r5 = cmap(elements=[{"code": "GLU", "target": [{"code": "2345-7", "relationship": "equivalent"}]}])
+    r = obs(GLU)
+    Normaliser.from_concept_maps([r5]).normalise(r)
+    assert [c["code"] for c in r["code"]["coding"]] == ["GLU", "2345-7"]
+
+
+def test_a_standard_code_is_never_an_unmapped_local_code():
+    """With a LOINC→SNOMED map loaded, a LOINC code it does not cover is no "local code without
+    a mapping": LOINC is standard (the worklist's rule); the one it covers gains SNOMED beside."""
+    m = cmap(source=LOINC, target="http://snomed.info/sct",
+             elements=[el("2345-7", ("33747003", "equivalent"))])
+    n = Normaliser.from_concept_maps([m])
+    conv = Conversion(resources=[obs({"system": LOINC, "code": "718-7", "display": "Hemoglobin"})])
+    n.apply(conv)
+    assert conv.findings == []
+    r = obs({"system": LOINC, "code": "2345-7"})
+    assert n.normalise(r) == []
+    assert [c["code"] for c in r["code"]["coding"]] == ["2345-7", "33747003"]
+    # a local code beside a standard one is no unmapped code either (as on the worklist)
+    assert n.normalise(obs({"system": LAB, "code": "X"}, {"system": LOINC, "code": "718-7"})) == []
+
+
+def test_a_map_from_a_code_systems_url_maps_its_oid_too():
+    url = "http://example.org/CodeSystem/h0001-lab"
+    aliases = {url: frozenset({url, LAB}), LAB: frozenset({url, LAB})}
+    n = Normaliser.from_concept_maps([cmap(source=url, elements=[el("GLU", ("2345-7", "equivalent"))])],
+                                     aliases=lambda s: aliases.get(s, frozenset({s})))
+    for system in (LAB, url):
+        r = obs({"system": system, "code": "GLU"})
+        assert n.normalise(r) == [] and [c["code"] for c in r["code"]["coding"]] == ["GLU", "2345-7"]
+    assert len(n) == 1  # one mapped code, under two names

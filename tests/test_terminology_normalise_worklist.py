@@ -12,7 +12,7 @@ from hub.core.config import Settings
 from hub.core.ingest import Context, Hub, Op
 from projections.runner import Runner
 from projections.unmapped import UnmappedProjection, is_local_system, local_codes
-from terminology.renormalise import renormalise, store_concept_maps
+from terminology.renormalise import renormalise
 from terminology.normalise import Normaliser
 
 OID = "2.16.156.10011.99.1.1"
@@ -120,7 +120,6 @@ def test_cli_unmapped_and_renormalise(env, tmp_path, capsys):
     settings, hub, model, runner = env
     seed(hub)
     put(hub, {**GLU_MAP})  # the store's own ConceptMap, used when no file is given
-    assert len(store_concept_maps(hub.store)) == 1
     d = ["--data-dir", str(settings.data_dir)]
     assert main(["terminology", "unmapped", *d]) == 0
     out = capsys.readouterr().out
@@ -186,3 +185,33 @@ def test_a_narrower_or_inexact_mapping_is_not_applied_and_stays_on_the_worklist(
     assert hub.read("Observation", "g1").originator_version == 1
     runner.catch_up()
     assert rows(model) == [("NOPE", 3), ("GLU2", 2)]
+
+
+def test_cli_renormalise_applies_the_current_map_version_and_code_system_aliases(env, capsys):
+    """The store holds versions 1 and 2 of one map (two resources, one url); renormalise applies
+    version 2 only, as $translate does. A map from a code system's canonical URL maps the codings
+    sent under the OID the CodeSystem names as identifier."""
+    settings, hub, model, runner = env
+    url = "http://example.org/fhir/ConceptMap/h0001-lab"
+
+    def version(v: str, target: str, display: str) -> dict:
+        return {"resourceType": "ConceptMap", "id": f"h0001-lab-v{v}", "status": "active",
+                "url": url, "version": v, "group": [{"source": LAB, "target": LOINC, "element": [
+                    {"code": "GLU", "target": [{"code": target, "display": display,
+                                                "equivalence": "equivalent"}]}]}]}
+    drug_url = "http://example.org/fhir/CodeSystem/h0001-drug"
+    drug_oid = f"urn:oid:{OID}.8"
+    put(hub, version("1", "2345-7", "Glucose SerPl"), version("2", "2339-0", "Glucose Bld"),
+        {"resourceType": "CodeSystem", "id": "h0001-drug", "url": drug_url, "status": "active",
+         "content": "not-present", "identifier": [{"system": "urn:ietf:rfc:3986", "value": drug_oid}]},
+        {"resourceType": "ConceptMap", "id": "h0001-drug", "status": "active",
+         "url": "http://example.org/fhir/ConceptMap/h0001-drug",
+         "group": [{"source": drug_url, "target": "http://www.whocc.no/atc", "element": [
+             {"code": "D1", "target": [{"code": "A10BA02", "equivalence": "equivalent"}]}]}]},
+        obs("v1", lab("GLU")), obs("d1", {"system": drug_oid, "code": "D1"}))
+    assert main(["terminology", "renormalise", "--data-dir", str(settings.data_dir), "--quiet"]) == 0
+    assert "still unmapped: 0 codes" in capsys.readouterr().out
+    v1 = orjson.loads(hub.read("Observation", "v1").state.partition(b"\n")[2])
+    assert [(c["system"], c["code"]) for c in v1["code"]["coding"]] == [(LAB, "GLU"), (LOINC, "2339-0")]
+    d1 = orjson.loads(hub.read("Observation", "d1").state.partition(b"\n")[2])
+    assert [c["code"] for c in d1["code"]["coding"]] == ["D1", "A10BA02"]

@@ -19,7 +19,7 @@ from hub.core.errors import FhirError
 from hub.core.events import resource_bytes
 from hub.core.jobs import Job, Jobs
 from terminology.normalise import Normaliser
-from terminology.renormalise import mapped_codes, outcome, renormalise, store_concept_maps
+from terminology.renormalise import mapped_codes, outcome, renormalise
 from terminology.service import TerminologyError, TerminologyNotFound
 from terminology.valueset import expand_stored
 
@@ -98,7 +98,8 @@ def _renormalise(app: Any, institution: str | None, job: Job) -> None:
     """What ``hub terminology renormalise`` does, in the server, recorded as ``job``."""
     with job:
         model, runner, hub = app.state.unmapped, app.state.unmapped_runner, app.state.hub
-        normaliser = Normaliser.from_concept_maps(store_concept_maps(hub.store))
+        # the hub's own normaliser: the maps' current versions, code systems' OIDs and URLs alike
+        normaliser = app.state.normaliser() or Normaliser.from_concept_maps([])
         runner.sync(60.0)
         job.set_total(len(model.streams(institution, mapped_codes(model, normaliser,
                                                                  institution))))
