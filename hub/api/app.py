@@ -36,6 +36,7 @@ from hub.api import (
     fhirxml,
     health,
     intake,
+    operations,
     patching,
     quality,
     terminology,
@@ -561,6 +562,9 @@ async def history_type(request: Request, rtype: str) -> Response:
 
 async def search(request: Request, rtype: str) -> Response:
     check_format(request)
+    shipped = operations.search(request, rtype)
+    if shipped is not None:
+        return shipped
     return await _search_response(request, rtype, list(request.query_params.multi_items()))
 
 
@@ -694,6 +698,9 @@ async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
 
 async def read(request: Request, rtype: str, rid: str) -> Response:
     _check_read_format(request, rtype)
+    shipped = operations.read(request, rtype, rid)  # an operation /metadata names
+    if shipped is not None:
+        return shipped
     stored = await run_in_threadpool(repository(request).read, context_of(request), _type(rtype),
                                      _id(rid))
     return _stored_response(request, stored)

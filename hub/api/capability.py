@@ -12,6 +12,7 @@ from functools import lru_cache
 from fastapi import FastAPI
 
 from hub.access.auditlog import SEARCHABLE as AUDIT_SEARCHABLE
+from hub.api.operations import canonical
 from hub.core import resource as res
 from hub.repository import APPEND_ONLY, AUDIT, VIEW_TYPES
 from projections.search import fulltext
@@ -28,19 +29,18 @@ def statement(app: FastAPI, base: str) -> dict:
 
 
 # -- the master patient index (hub.api.identity, hub.api.everything) ------------------------------
-_HUB_OP = "https://fhir-region-hub.example/OperationDefinition/"
-_MPI_TYPE_OPS = (  # route name, resource type, operation, definition
-    ("patient-match", "Patient", "match", "http://hl7.org/fhir/OperationDefinition/Patient-match"),
-    ("patient-everything", "Patient", "everything",
-     "http://hl7.org/fhir/OperationDefinition/Patient-everything"),
-    ("patient-timeline", "Patient", "timeline", _HUB_OP + "timeline"),
-    ("person-everything", "Person", "everything", _HUB_OP + "person-everything"),
-    ("person-timeline", "Person", "timeline", _HUB_OP + "timeline"),
-    ("person-link", "Person", "link", _HUB_OP + "person-link"),
-    ("person-unlink", "Person", "unlink", _HUB_OP + "person-unlink"),
-    ("person-merge", "Person", "merge", _HUB_OP + "person-merge"),
-    ("person-unmerge", "Person", "unmerge", _HUB_OP + "person-unmerge"),
-    ("person-not-duplicate", "Person", "not-duplicate", _HUB_OP + "person-not-duplicate"),
+# each definition is shipped (hub.api.operations) and served at /fhir/OperationDefinition/{id}
+_MPI_TYPE_OPS = (  # route name, resource type, operation, definition id
+    ("patient-match", "Patient", "match", "Patient-match"),
+    ("patient-everything", "Patient", "everything", "Patient-everything"),
+    ("patient-timeline", "Patient", "timeline", "timeline"),
+    ("person-everything", "Person", "everything", "person-everything"),
+    ("person-timeline", "Person", "timeline", "timeline"),
+    ("person-link", "Person", "link", "person-link"),
+    ("person-unlink", "Person", "unlink", "person-unlink"),
+    ("person-merge", "Person", "merge", "person-merge"),
+    ("person-unmerge", "Person", "unmerge", "person-unmerge"),
+    ("person-not-duplicate", "Person", "not-duplicate", "person-not-duplicate"),
 )
 _MPI_SYSTEM_OPS = (("mpi-review", "mpi-review"), ("resolve-identifier", "resolve-identifier"),
                    ("unmapped-codes", "unmapped-codes"))  # the last: the unmapped-codes worklist
@@ -71,10 +71,10 @@ def _with_mpi(routed: frozenset[str], base: str) -> dict:
     for name, rtype, op, definition in _MPI_TYPE_OPS:
         if name in routed and rtype in by_type:
             by_type[rtype].setdefault("operation", []).append(
-                {"name": op, "definition": definition})
+                {"name": op, "definition": canonical(definition)})
     for name, op in _MPI_SYSTEM_OPS:
         if name in routed:
-            rest.setdefault("operation", []).append({"name": op, "definition": _HUB_OP + op})
+            rest.setdefault("operation", []).append({"name": op, "definition": canonical(op)})
     _with_export(routed, rest, by_type, out)
     return out
 
@@ -88,12 +88,12 @@ def _with_export(routed: frozenset[str], rest: dict, by_type: dict, out: dict) -
         return
     out["instantiates"] = [_BULK + "CapabilityStatement/bulk-data"]
     rest.setdefault("operation", []).append(
-        {"name": "export", "definition": _BULK + "OperationDefinition/export"})
+        {"name": "export", "definition": canonical("export")})
     for name, rtype, definition in (("patient-export", "Patient", "patient-export"),
                                     ("group-export", "Group", "group-export")):
         if name in routed and rtype in by_type:
             by_type[rtype].setdefault("operation", []).append(
-                {"name": "export", "definition": _BULK + "OperationDefinition/" + definition})
+                {"name": "export", "definition": canonical(definition)})
 # -- end of the master patient index --------------------------------------------------------------
 
 
@@ -151,7 +151,7 @@ def _statement(routed: frozenset[str], base: str) -> dict:
         rtype, _, op = name.partition("-")
         if rtype in ("CodeSystem", "ValueSet", "ConceptMap") and op and "-instance" not in op:
             operations.setdefault(rtype, []).append(
-                {"name": op, "definition": f"http://hl7.org/fhir/OperationDefinition/{name}"})
+                {"name": op, "definition": canonical(name)})
     # _revinclude: each reference parameter of each type, under every type it can point at
     rev: dict[str, set[str]] = {}
     for source in res.RESOURCE_TYPES - VIEW_TYPES:  # a stored Person is never included
@@ -193,8 +193,7 @@ def _statement(routed: frozenset[str], base: str) -> dict:
             "searchRevInclude": sorted(rev.get(rtype, ())) if rtype != AUDIT else [],
             "searchParam": params,
             "operation": [*operations.get(rtype, []),
-                          *([{"name": "validate", "definition":
-                              "http://hl7.org/fhir/OperationDefinition/Resource-validate"}]
+                          *([{"name": "validate", "definition": canonical("Resource-validate")}]
                             if "validate" in routed else [])],
         })
         # FHIR JSON has no empty arrays
@@ -222,8 +221,8 @@ def _statement(routed: frozenset[str], base: str) -> dict:
                if {"search-compartment", "search-compartment-all"} <= routed else {}),
             # the hub's own system-level operation (documents and v3 messages come in at /cda and
             # /v3, outside the FHIR base)
-            **({"operation": [{"name": "quality-report", "definition":
-                               "https://fhir-region-hub.example/OperationDefinition/quality-report"}]}
+            **({"operation": [{"name": "quality-report",
+                               "definition": canonical("quality-report")}]}
                if "quality-report" in routed else {}),
             # what every type's search takes, Person's (the MPI's own) and AuditEvent's (the
             # audit log's) included; the rest is listed per type
