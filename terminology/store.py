@@ -270,6 +270,19 @@ class TerminologyStore:
                 break
         return out
 
+    def held(self) -> list[tuple[str, list[str | None]]]:
+        """Each code system held by its URL, with its versions (None: one without a version) in
+        the order ``code_system`` ranks them, the default (latest) last."""
+        self.refresh()
+        out: dict[str, list[str | None]] = {}
+        for url, version in self.q("SELECT url, version FROM t_cs WHERE url IS NOT NULL "
+                                   "ORDER BY url, vkey, nid"):
+            versions = out.setdefault(url, [])
+            if version in versions:  # stored twice (two ids): the later one counts
+                versions.remove(version)
+            versions.append(version)
+        return list(out.items())
+
     def versions(self, system: str) -> list[str]:
         names = sorted(self.system_aliases(system))
         marks = ",".join("?" * len(names))

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import warnings
+
+import httpx
 import orjson
 import pytest
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.terminologycapabilities import TerminologyCapabilities
 
+from hub.api.app import create_app
+from hub.api.fhirxml import xml_to_json
 from hub.core import resource as res
+from hub.core.config import Settings
 from tests.api_helpers import FHIR_JSON, assert_outcome, if_none_exist, patient, token, unique
+
+with warnings.catch_warnings():  # starlette 1.x would rather see httpx2
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 
 
 @pytest.fixture
@@ -228,3 +239,85 @@ def test_every_include_and_revinclude_claimed_is_taken(client, statement):
                 r = client.get(f"/{rtype}", params={param: value, "_count": "1"},
                                headers={"prefer": "handling=strict"})
                 assert r.status_code == 200, (rtype, param, value, r.text[:300])
+
+
+def test_metadata_modes(client, live):
+    """mode=terminology answered the CapabilityStatement, and mode=bogus a 200: R4 takes
+    full, normative and terminology, the last a TerminologyCapabilities."""
+    for version in ("1.0", "2.0"):
+        cs = {"resourceType": "CodeSystem", "id": f"tcaps-{version[0]}", "status": "active",
+              "url": "https://x.example/CodeSystem/tcaps", "version": version,
+              "content": "complete", "concept": [{"code": "a", "display": "A"}]}
+        assert client.put(f"/CodeSystem/{cs['id']}", json=cs, headers=FHIR_JSON).is_success
+    r = httpx.get(live.base + "/metadata", params={"mode": "terminology"})  # public, as /metadata
+    assert r.status_code == 200, r.text
+    tc = r.json()
+    TerminologyCapabilities.model_validate(tc)
+    assert tc["resourceType"] == "TerminologyCapabilities" and tc["kind"] == "instance"
+    assert tc["implementation"]["url"] == live.base
+    (held,) = [c for c in tc["codeSystem"] if c["uri"] == "https://x.example/CodeSystem/tcaps"]
+    assert held["version"] == [{"code": "1.0"}, {"code": "2.0", "isDefault": True}]
+    expand = {p["name"] for p in tc["expansion"]["parameter"]}
+    assert {"url", "filter", "count", "offset", "activeOnly", "displayLanguage"} <= expand
+    assert "date" not in expand and "excludeNotForUI" not in expand  # taken, not acted on
+    assert tc["expansion"]["paging"] is True and "closure" not in tc
+    # XML: the same resource
+    xml = client.get("/metadata", params={"mode": "terminology", "_format": "xml"})
+    assert xml.status_code == 200 and b"<TerminologyCapabilities" in xml.content
+    assert orjson.loads(xml_to_json(xml.content)) == tc
+    for mode in ("full", "normative"):  # the hub has no normative subset: the whole statement
+        d = client.get("/metadata", params={"mode": mode}).json()
+        assert d["resourceType"] == "CapabilityStatement" and len(by_type(d)) > 100
+    assert_outcome(client.get("/metadata", params={"mode": "bogus"}), 400)
+
+
+def test_security_is_declared_as_the_server_behaves(statement, live):
+    """No rest.security: a client could not tell that every call needs a token, nor where to
+    get one."""
+    sec = statement["rest"][0]["security"]
+    assert [c["code"] for s in sec["service"] for c in s["coding"]] == ["SMART-on-FHIR"]
+    assert sec["cors"] is False  # no Access-Control-Allow-Origin is ever sent
+    smart = httpx.get(live.base + "/.well-known/smart-configuration").json()
+    (uris,) = [e for e in sec["extension"] if e["url"].endswith("/oauth-uris")]
+    assert {e["url"]: e["valueUri"] for e in uris["extension"]} == {
+        "token": smart["token_endpoint"]}  # backend services: no authorize endpoint
+    # what it says holds: no token, no answer; CORS preflight gets no allowance
+    assert httpx.get(live.base + "/Patient").status_code == 401
+    pre = httpx.options(live.base + "/Patient", headers={
+        "origin": "https://app.example", "access-control-request-method": "GET"})
+    assert "access-control-allow-origin" not in pre.headers
+
+
+def test_security_without_access_control_says_so(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", auth=False)
+    settings.database_url = None
+    with TestClient(create_app(settings), base_url="http://hub.test") as c:
+        sec = c.get("/fhir/metadata").json()["rest"][0]["security"]
+        assert "service" not in sec and "extension" not in sec
+        assert "off" in sec["description"]
+        assert c.get("/fhir/Patient").status_code == 200  # as it says: no token needed
+
+
+def test_versioning_of_the_restricted_types(client, statement):
+    """Person (read and search only, no vread nor history) was declared versioned-update, as
+    was AuditEvent, which is never updated."""
+    types = by_type(statement)
+    assert types["Person"]["versioning"] == "no-version"
+    assert types["AuditEvent"]["versioning"] == "versioned"
+    assert types["Patient"]["versioning"] == "versioned-update"
+
+
+R4B_ONLY = {"AdministrableProductDefinition", "Citation", "ClinicalUseDefinition",
+            "EvidenceReport", "Ingredient", "ManufacturedItemDefinition", "NutritionProduct",
+            "PackagedProductDefinition", "RegulatedAuthorization", "SubscriptionStatus",
+            "SubscriptionTopic"}
+
+
+def test_r4b_only_types_are_served_but_not_declared_under_r4(client, statement):
+    """fhirVersion 4.0.1 listed eleven types R4 does not have; the hub serves them (its models
+    are R4B, and it takes every official R4B example) but an R4 statement names none."""
+    types = by_type(statement)
+    assert not R4B_ONLY & set(types)
+    for r in types.values():
+        assert not [v for v in r.get("searchRevInclude", []) if v.split(":")[0] in R4B_ONLY]
+    assert client.get("/Citation", params={"_count": "1"}).status_code == 200

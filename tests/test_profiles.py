@@ -439,3 +439,34 @@ def test_a_primitives_extensions_count_for_its_extension_element():
                     "_birthDate": {"extension": [time_of_birth]}}) == []
     [issue] = p.check({"resourceType": "Patient", "birthDate": "1970-01-01"})
     assert issue.code == "required" and issue.expression == "Patient.birthDate.extension"
+
+
+def test_validate_reports_a_write_the_caller_would_be_refused(client, live):
+    """$validate mode=create said a Person (POST /Person: 405) and an AuditEvent (403) were
+    valid: it answers as the write would, so the refusal is an error issue."""
+    person = {"resourceType": "Person", "name": [{"family": "王"}]}
+    assert client.post("/Person", json=person, headers=FHIR_JSON).status_code == 405
+    r = client.post("/Person/$validate", params={"mode": "create"}, json=person,
+                    headers=FHIR_JSON)
+    assert r.status_code == 200
+    assert [(i["severity"], i["code"]) for i in r.json()["issue"]] == [("error", "not-supported")]
+    # without a mode it is the resource alone that is judged: valid
+    r = client.post("/Person/$validate", json=person, headers=FHIR_JSON)
+    assert {i["severity"] for i in r.json()["issue"]} == {"information"}
+    event = {"resourceType": "AuditEvent", "type": {"code": "rest"}, "recorded":
+             "2024-01-01T00:00:00Z", "agent": [{"requestor": True}],
+             "source": {"observer": {"display": "x"}}}
+    assert client.post("/AuditEvent", json=event, headers=FHIR_JSON).status_code == 403
+    r = client.post("/AuditEvent/$validate", params={"mode": "create"}, json=event,
+                    headers=FHIR_JSON)
+    assert [(i["severity"], i["code"]) for i in r.json()["issue"]] == [("error", "forbidden")]
+    # a caller whose scopes only read: its create would be a 403, and so says $validate
+    reader = live.client_auth(scope="system/*.rs")
+    with httpx.Client(base_url=live.base, timeout=30, auth=reader) as c:
+        patient = {"resourceType": "Patient", "gender": "female"}
+        assert c.post("/Patient", json=patient, headers=FHIR_JSON).status_code == 403
+        r = c.post("/Patient/$validate", params={"mode": "create"}, json=patient,
+                   headers=FHIR_JSON)
+        assert [(i["severity"], i["code"]) for i in r.json()["issue"]] == [("error", "forbidden")]
+        r = c.post("/Patient/$validate", json=patient, headers=FHIR_JSON)
+        assert {i["severity"] for i in r.json()["issue"]} == {"information"}

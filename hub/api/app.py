@@ -39,6 +39,7 @@ from hub.api import (
     operations,
     patching,
     quality,
+    termcaps,
     terminology,
     unmapped,
     v3,
@@ -510,9 +511,22 @@ def _stored_response(request: Request, stored, status: int = 200) -> Response:
 # -- system level ----------------------------------------------------------------------------
 
 
+_METADATA_MODES = ("full", "normative", "terminology")
+
+
 async def metadata(request: Request) -> Response:
+    """The CapabilityStatement (``mode`` full, or normative: the hub has no normative subset, so
+    the same), or ``mode=terminology``: the terminology service's TerminologyCapabilities."""
     check_format(request)
-    return fhir_response(capability.statement(request.app, _base(request)), request=request)
+    mode = request.query_params.get("mode")
+    if mode is not None and mode not in _METADATA_MODES:
+        raise bad_request(f"mode must be one of {', '.join(_METADATA_MODES)}, not {mode[:40]!r}")
+    settings = _settings(request)
+    security = capability.security(settings.auth, auth.endpoints(request)["token_url"])
+    out = capability.statement(request.app, _base(request), security)
+    if mode == "terminology":
+        out = await run_in_threadpool(termcaps.capabilities, request, out)
+    return fhir_response(out, request=request)
 
 
 async def transaction(request: Request) -> Response:

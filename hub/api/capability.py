@@ -24,8 +24,38 @@ _SYSTEM_LEVEL = ("transaction", "batch", "history-system", "search-system")
 _STARTED = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def statement(app: FastAPI, base: str) -> dict:
-    return _with_mpi(frozenset(_route_names(app.routes)), base)  # MPI operations added
+def statement(app: FastAPI, base: str, security: dict | None = None) -> dict:
+    out = _with_mpi(frozenset(_route_names(app.routes)), base)  # MPI operations added
+    if security is None:
+        return out
+    rest = out["rest"][0]  # the cached statement is shared: a copy of what changes
+    rest = {"mode": rest["mode"], "security": security, **rest}
+    return {**out, "rest": [rest]}
+
+
+# -- rest.security: what ``hub.api.caller.authenticate`` asks of a caller ---------------------------
+_SMART = {"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+          "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}
+_OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+
+def security(auth: bool, token_url: str) -> dict:
+    """rest.security as the server behaves: no CORS headers are sent (no browser origin is
+    allowed); with access control on, every call but this statement, SMART discovery and the
+    token endpoint needs a bearer token from the token endpoint (SMART Backend Services, as
+    /.well-known/smart-configuration says: there is no authorize endpoint)."""
+    if not auth:
+        return {"cors": False, "description": "Access control is off (HUB_AUTH=0): every call is "
+                "answered without a token, as the system"}
+    return {
+        "extension": [{"url": _OAUTH_URIS,
+                       "extension": [{"url": "token", "valueUri": token_url}]}],
+        "cors": False,
+        "service": [{"coding": [_SMART], "text": "SMART Backend Services"}],
+        "description": "Every call but /metadata and /.well-known/smart-configuration needs an "
+                       "OAuth 2.0 bearer token: client credentials with a signed JWT assertion "
+                       "(private_key_jwt) at the token endpoint",
+    }
 
 
 # -- the master patient index (hub.api.identity, hub.api.everything) ------------------------------
@@ -57,6 +87,7 @@ def _with_mpi(routed: frozenset[str], base: str) -> dict:
     if person is not None and "person-read" in routed:
         # the golden Person is a projection: read and search, never written through /fhir
         person["interaction"] = [{"code": "read"}, {"code": "search-type"}]
+        person["versioning"] = "no-version"  # no vread nor history: not versioned
         person["readHistory"] = False
         person["updateCreate"] = False
         person["conditionalCreate"] = person["conditionalUpdate"] = False
@@ -109,6 +140,12 @@ def _route_names(routes) -> list[str]:
 
 
 _WRITES = frozenset({"create", "update", "patch", "delete"})
+# The types R4B added (the models are R4B): served, as the official R4B examples are, but not
+# declared to an R4 client, which knows none of them (fhirVersion is 4.0.1)
+R4B_ONLY = frozenset({
+    "AdministrableProductDefinition", "Citation", "ClinicalUseDefinition", "EvidenceReport",
+    "Ingredient", "ManufacturedItemDefinition", "NutritionProduct", "PackagedProductDefinition",
+    "RegulatedAuthorization", "SubscriptionStatus", "SubscriptionTopic"})
 # parameters of type special the planner answers (projections.search.query.parse)
 _PLANNED_SPECIAL = frozenset({("Location", "near")})
 _SP = "http://hl7.org/fhir/SearchParameter/"
@@ -154,13 +191,13 @@ def _statement(routed: frozenset[str], base: str) -> dict:
                 {"name": op, "definition": canonical(name)})
     # _revinclude: each reference parameter of each type, under every type it can point at
     rev: dict[str, set[str]] = {}
-    for source in res.RESOURCE_TYPES - VIEW_TYPES:  # a stored Person is never included
+    for source in res.RESOURCE_TYPES - VIEW_TYPES - R4B_ONLY:  # a stored Person is never included
         for code, p in params_for(source).items():
             if p.type == "reference" and p.answered:
                 for target in p.targets:
                     rev.setdefault(target, set()).add(f"{source}:{code}")
     read_only = [i for i in type_interactions if i["code"] not in _WRITES]
-    for rtype in sorted(res.RESOURCE_TYPES):
+    for rtype in sorted(res.RESOURCE_TYPES - R4B_ONLY):
         # what the search index answers: every parameter of the type but those of type special,
         # of which the planner answers Location's near
         params = [{"name": code, "type": p.type, "definition": p.url}
@@ -179,7 +216,8 @@ def _statement(routed: frozenset[str], base: str) -> dict:
             "type": rtype,
             # the audit is written by the hub alone (hub.repository.APPEND_ONLY)
             "interaction": read_only if rtype in APPEND_ONLY else type_interactions,
-            "versioning": "versioned-update",
+            # an AuditEvent keeps its one version (vread), but is never updated
+            "versioning": "versioned" if rtype in APPEND_ONLY else "versioned-update",
             "readHistory": "vread" in routed,
             "updateCreate": rtype not in APPEND_ONLY,
             "conditionalCreate": "create" in routed and rtype not in APPEND_ONLY,

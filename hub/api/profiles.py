@@ -40,6 +40,7 @@ from hub.core.errors import FhirError, Issue, bad_request, operation_outcome, re
 from hub.core.events import resource_bytes
 from hub.core.ingest import Context
 from hub.core.profiles import Profile
+from hub.repository import APPEND_ONLY, VIEW_TYPES
 from projections.search.canonical import version_key
 
 _VALIDATE_MODES = ("create", "update", "delete")
@@ -151,6 +152,28 @@ async def validate_instance(request: Request, rtype: str, rid: str) -> Response:
     return await _validate(request, rtype, rid)
 
 
+def _write_refused(repo: Any, ctx: Context, rtype: str, rid: str | None,
+                   mode: str | None) -> list[Issue]:
+    """Why the write ``mode`` names would be refused to this caller, as an error issue (the
+    refusal a create, update or delete itself meets: the resource may be valid, the write not)."""
+    if mode is None:
+        return []
+    if rtype in VIEW_TYPES:
+        return [Issue("not-supported", f"{rtype} is the master patient index's view, rebuilt from "
+                      "identity events: it is never written through the API (use $link, $unlink, "
+                      "$merge, $unmerge or $not-duplicate)", "error")]
+    if rtype in APPEND_ONLY:
+        return [Issue("forbidden", f"{rtype} is written by the hub only; it cannot be created, "
+                      "changed or deleted through the API", "error")]
+    try:
+        repo.policy.check(ctx.actor, Action(mode, rtype, rid))
+    except FhirError as e:
+        if e.status != 403:
+            raise
+        return [Issue("forbidden", i.diagnostics, "error") for i in e.issues]
+    return []
+
+
 async def _validate(request: Request, rtype: str, rid: str | None) -> Response:
     check_format(request)
     if rtype not in res.RESOURCE_TYPES:
@@ -183,12 +206,14 @@ async def _validate(request: Request, rtype: str, rid: str | None) -> Response:
     def run() -> list[Issue]:
         # who may validate: whoever may read (and, for create/update, write) the type
         repo.policy.check(ctx.actor, Action("search-type", rtype, None))
-        issues: list[Issue] = []
+        issues: list[Issue] = _write_refused(repo, ctx, rtype, rid, mode)
         if rid is not None and (mode in ("update", "delete") or resource is None):
             repo.read(ctx, rtype, rid)  # 404/410 when there is none to update or delete
         if mode == "delete":
-            return [Issue("informational", f"{rtype}/{rid} may be deleted", "information")] \
-                if rid is not None else [Issue("required", "mode=delete needs an instance", "error")]
+            if rid is None:
+                return [*issues, Issue("required", "mode=delete needs an instance", "error")]
+            return issues or [Issue("informational", f"{rtype}/{rid} may be deleted",
+                                    "information")]
         target = resource
         if target is None:
             if rid is None:
