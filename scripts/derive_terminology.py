@@ -33,9 +33,7 @@ import collections
 import csv
 import json
 import re
-import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import yaml
@@ -373,17 +371,11 @@ def mapper_system_urls() -> set[str]:
 
 
 def tho_package() -> Path:
-    """The unpacked HL7 Terminology package (``npm pack`` once into .cache/npm, as the Makefile
-    fetches the console's chart library)."""
-    name, version = THO
-    where = ROOT / ".cache" / "npm" / f"{name}-{version}"
-    if not (where / "package" / "package.json").exists():
-        where.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["npm", "pack", "--silent", f"{name}@{version}"], cwd=where, check=True,
-                       stdout=subprocess.DEVNULL)
-        with tarfile.open(where / f"{name}-{version}.tgz") as tar:
-            tar.extractall(where, filter="data")
-    return where / "package"
+    """The unpacked HL7 Terminology package."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from fhir_defs import npm_package
+
+    return npm_package(*THO)
 
 
 def from_tho(urls: set[str]) -> dict[str, dict]:
