@@ -521,3 +521,30 @@ def _open_entries(live) -> list[dict]:
         return q.list("open", limit=10_000)
     finally:
         q.close()
+
+
+def test_the_quarantine_page_shows_the_newest_first_and_pages_to_the_oldest(live):
+    """With more entries than a page holds, the newest were never shown (the oldest 500 were,
+    reversed) and nothing said the list was cut."""
+    from hub.quarantine import Quarantine
+
+    tag = uuid.uuid4().hex[:8]
+    q = Quarantine(live.settings.data_dir / "quarantine.sqlite")
+    try:
+        mine = [q.put("v3", b"<x/>", {"institution": f"HP{tag}"}, {}, f"probe {tag} {i}")
+                for i in range(510)]
+        total = q.count(None)
+    finally:
+        q.close()
+    c = _logged_in(live, _user(live))
+    page = c.get("/console/quarantine")
+    assert page.status_code == 200, page.text[:300]
+    ids = [int(i) for i in re.findall(r'<tr id="entry-(\d+)"', page.text)]
+    assert ids[0] == mine[-1] and ids == sorted(ids, reverse=True)  # the newest first
+    assert re.search(rf"{len(ids)} / {total}\b", page.text)  # says the list is cut
+    seen = list(ids)
+    while (older := re.search(r'id="older" href="([^"]+)"', page.text)) is not None:
+        page = c.get(older.group(1).replace("&amp;", "&"))
+        assert page.status_code == 200 and 'id="newest"' in page.text
+        seen += [int(i) for i in re.findall(r'<tr id="entry-(\d+)"', page.text)]
+    assert len(seen) == total and set(mine) <= set(seen) and seen == sorted(seen, reverse=True)
