@@ -109,9 +109,9 @@ class Quarantine:
             assert cur.lastrowid is not None  # set by the INSERT
             return cur.lastrowid
 
-    def list(self, status: str | None = "open", limit: int = 100, newest: bool = False,
+    def list(self, status: str | None = "open", limit: int = 100, newest_first: bool = False,
              before: int | None = None) -> list[dict[str, Any]]:
-        """At most ``limit`` entries of ``status`` (None: any), oldest first, or with ``newest``
+        """At most ``limit`` entries of ``status`` (None: any), oldest first, or with ``newest_first``
         the newest first; ``before``: only those of an id below it (the next page of the
         newest first)."""
         sql = "SELECT id, kind, source, reason, time, status, replayed FROM quarantine"
@@ -125,7 +125,7 @@ class Quarantine:
             args.append(before)
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC" if newest else " ORDER BY id"
+        sql += " ORDER BY id DESC" if newest_first else " ORDER BY id"
         with self._lock:
             rows = self._db.execute(sql + " LIMIT ?", (*args, limit)).fetchall()
         keys = ("id", "kind", "source", "reason", "time", "status", "replayed")

@@ -548,3 +548,44 @@ def test_the_quarantine_page_shows_the_newest_first_and_pages_to_the_oldest(live
         assert page.status_code == 200 and 'id="newest"' in page.text
         seen += [int(i) for i in re.findall(r'<tr id="entry-(\d+)"', page.text)]
     assert len(seen) == total and set(mine) <= set(seen) and seen == sorted(seen, reverse=True)
+
+
+def test_a_long_timeline_shows_the_newest_first_and_pages_to_the_oldest(live, client):
+    """A timeline of more records than a page showed the oldest 200 and silently left out the
+    newest, the ones a clinician reads first."""
+    from datetime import date, timedelta
+
+    pid = f"long-{uuid.uuid4().hex[:8]}"
+    assert client.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid},
+                      headers={"x-hub-source-institution": "H1"}).status_code == 201
+    day0 = date(2001, 1, 1)
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Observation", "status": "final",
+                      "code": {"text": f"HR-{i:03d}"}, "subject": {"reference": f"Patient/{pid}"},
+                      "effectiveDateTime": f"{day0 + timedelta(days=i)}T08:00:00+08:00",
+                      "valueQuantity": {"value": 60 + i % 40, "unit": "/min"}},
+         "request": {"method": "POST", "url": "Observation"}} for i in range(230)]}
+    r = client.post("/", json=bundle, headers={"x-hub-source-institution": "H1"})
+    assert r.status_code == 200, r.text[:300]
+    c = _logged_in(live, _user(live, ("clinician",)))
+
+    def labels(page: httpx.Response) -> list[str]:
+        assert page.status_code == 200, page.text[:300]
+        return re.findall(r'class="open" href="[^"]*">(HR-\d{3})</a>', page.text)
+
+    page = c.get(f"/console/record/Patient/{pid}", params={"purpose": "TREAT"})
+    first = labels(page)
+    assert first[0] == "HR-229" and len(first) == 200  # the newest first
+    assert 'id="more"' in page.text  # says that more exist
+    older = re.search(r'id="older" href="\?([^"]+)"', page.text).group(1).replace("&amp;", "&")
+    page = c.get(f"/console/record/Patient/{pid}?{older}")
+    rest = labels(page)
+    assert rest[-1] == "HR-000" and 'id="more"' not in page.text
+    assert first + rest == [f"HR-{i:03d}" for i in range(229, -1, -1)]  # nothing lost, none twice
+    # the filters stay on the next page's link; a cursor of no page of this server is refused
+    page = c.get(f"/console/record/Patient/{pid}",
+                 params={"purpose": "TREAT", "kind": "result", "since": "2001-01-10"})
+    older = re.search(r'id="older" href="\?([^"]+)"', page.text).group(1).replace("&amp;", "&")
+    assert "kind=result" in older and "since=2001-01-10" in older
+    bad = c.get(f"/console/record/Patient/{pid}", params={"purpose": "TREAT", "cursor": "x"})
+    assert bad.status_code == 400

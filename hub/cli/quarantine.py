@@ -53,7 +53,7 @@ def cmd_quarantine(args, settings: Settings) -> int:
             raise UsageError("--limit must be at least 1")
         status = None if args.all else "open"
         entries = [] if quarantine is None else quarantine.list(
-            status=status, limit=args.limit, newest=not args.oldest)
+            status=status, limit=args.limit, newest_first=not args.oldest)
         # the entries left out, said below the list (on stderr beside JSON lines)
         more = 0 if quarantine is None else max(0, quarantine.count(status) - len(entries))
         if quarantine is not None:

@@ -84,7 +84,7 @@ def quarantine_list(request: Request) -> Response:
     raw = request.query_params.get("before", "")
     before = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else None
     quarantine = request.app.state.documents.quarantine
-    entries = quarantine.list(status=None, limit=QUARANTINE_PAGE + 1, newest=True,
+    entries = quarantine.list(status=None, limit=QUARANTINE_PAGE + 1, newest_first=True,
                               before=before)
     older = entries[QUARANTINE_PAGE]["id"] + 1 if len(entries) > QUARANTINE_PAGE else None
     entries = entries[:QUARANTINE_PAGE]
