@@ -589,3 +589,48 @@ def test_a_long_timeline_shows_the_newest_first_and_pages_to_the_oldest(live, cl
     assert "kind=result" in older and "since=2001-01-10" in older
     bad = c.get(f"/console/record/Patient/{pid}", params={"purpose": "TREAT", "cursor": "x"})
     assert bad.status_code == 400
+
+
+def test_an_account_without_a_console_role_cannot_log_in(live):
+    """A connector's account logged in to a console of 403 pages only; it is refused as an
+    identity provider's person without a role is."""
+    name = _user(live, ("connector",))
+    with httpx.Client(base_url=base(live), timeout=30) as c:
+        r = c.post("/console/login", data={"name": name, "password": PASSWORD},
+                   follow_redirects=False)
+        assert r.status_code == 403 and "hub_console" not in r.cookies
+        assert "none of the hub&#39;s roles" in r.text and 'id="refused"' in r.text
+        r = c.post("/console/login", data={"name": name, "password": "wrong password 123"})
+        assert r.status_code == 401 and 'id="refused"' not in r.text  # the password first
+
+
+_PAGES = ("overview", "connectors", "quarantine", "quality", "identity", "mapping", "record",
+          "terminology", "jobs", "audit")
+
+
+def test_the_menu_shows_the_pages_a_persons_roles_open_and_no_other(live):
+    """Every person saw every page in the menu, most of them leading to a 403."""
+    expected = {"clinician": {"record", "terminology"},
+                "auditor": {"overview", "quality", "terminology", "jobs", "audit"},
+                "steward": set(_PAGES) - {"record", "audit"}, "admin": set(_PAGES)}
+    for role, pages in expected.items():
+        c = _logged_in(live, _user(live, (role,)))
+        nav = re.search(r'<nav aria-label="console">(.*?)</nav>',
+                        c.get("/console/terminology").text, re.S).group(1)
+        assert set(re.findall(r'href="/console/(\w+)"', nav)) == pages, role
+        for name in _PAGES:  # what the menu shows opens; what it leaves out is refused
+            assert c.get(f"/console/{name}").status_code == (200 if name in pages else 403), \
+                (role, name)
+
+
+def test_the_language_link_keeps_the_pages_query(live):
+    """The language link was ``?lang=en`` alone: switching dropped the person looked for, the
+    filters, the purpose the record was read with."""
+    from urllib.parse import parse_qs
+
+    c = _logged_in(live, _user(live, ("clinician",)))
+    page = c.get("/console/record", params={"q": "张三", "lang": "zh"})
+    href = re.search(r'id="lang" href="\?([^"]*)"', page.text).group(1).replace("&amp;", "&")
+    assert parse_qs(href) == {"q": ["张三"], "lang": ["en"]}
+    page = c.get("/console/record?" + href)
+    assert page.status_code == 200 and 'value="张三"' in page.text and 'lang="en"' in page.text
