@@ -109,14 +109,25 @@ class Quarantine:
             assert cur.lastrowid is not None  # set by the INSERT
             return cur.lastrowid
 
-    def list(self, status: str | None = "open", limit: int = 100) -> list[dict[str, Any]]:
+    def list(self, status: str | None = "open", limit: int = 100, newest_first: bool = False,
+             before: int | None = None) -> list[dict[str, Any]]:
+        """At most ``limit`` entries of ``status`` (None: any), oldest first, or with ``newest_first``
+        the newest first; ``before``: only those of an id below it (the next page of the
+        newest first)."""
         sql = "SELECT id, kind, source, reason, time, status, replayed FROM quarantine"
-        args: tuple = ()
+        where: builtins.list[str] = []
+        args: builtins.list[Any] = []
         if status:
-            sql += " WHERE status = ?"
-            args = (status,)
+            where.append("status = ?")
+            args.append(status)
+        if before is not None:
+            where.append("id < ?")
+            args.append(before)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC" if newest_first else " ORDER BY id"
         with self._lock:
-            rows = self._db.execute(sql + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
+            rows = self._db.execute(sql + " LIMIT ?", (*args, limit)).fetchall()
         keys = ("id", "kind", "source", "reason", "time", "status", "replayed")
         return [dict(zip(keys, r), source=orjson.loads(r[2])) for r in rows]
 

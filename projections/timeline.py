@@ -220,11 +220,12 @@ class TimelineProjection(SQLiteReadModel):
 
     def query(self, patients: Sequence[str], start: int | None = None, end: int | None = None,
               kinds: Sequence[str] | None = None, limit: int = 1000,
-              after: tuple[int, str, str] | None = None) -> list[tuple]:
+              after: tuple[int, str, str] | None = None, newest_first: bool = False) -> list[tuple]:
         """Rows ``(t, rtype, rid, patient, kind, version, dated)`` of these Patients (ids), in
-        time order (ties by type and id), ``start <= t < end``, of ``kinds``; keyset paging after
-        ``(t, rtype, rid)``. One read over the ``(patient, t)`` index; with a ``start``, the
-        visits begun before it and still going on at it come first (at their start)."""
+        time order (ties by type and id; with ``newest_first``, the reverse), ``start <= t < end``, of
+        ``kinds``; keyset paging after ``(t, rtype, rid)`` in that order. One read over the
+        ``(patient, t)`` index; with a ``start``, the visits begun before it and still going on
+        at it are placed at their start."""
         if not patients:
             return []
         who = f"patient IN ({','.join('?' * len(patients))})"
@@ -241,7 +242,7 @@ class TimelineProjection(SQLiteReadModel):
             rest.append(f"kind IN ({','.join('?' * len(kinds))})")
             more += list(kinds)
         if after is not None:
-            rest.append("(t, rtype, rid) > (?, ?, ?)")
+            rest.append("(t, rtype, rid) < (?, ?, ?)" if newest_first else "(t, rtype, rid) > (?, ?, ?)")
             more += list(after)
         sql = ("SELECT t, rtype, rid, patient, kind, version, dated FROM t_row WHERE "
                + " AND ".join(where + rest))
@@ -252,7 +253,8 @@ class TimelineProjection(SQLiteReadModel):
                     f"{who} AND t < ? AND (until IS NULL OR until > ?))"
                     + "".join(f" AND {r}" for r in rest))
             args += [*patients, start, start, *more]
-        sql += " ORDER BY t, rtype, rid LIMIT ?"
+        sql += (" ORDER BY t DESC, rtype DESC, rid DESC" if newest_first else " ORDER BY t, rtype, rid") \
+            + " LIMIT ?"
         args.append(limit)
         with self.datastore.transaction(commit=False) as c:
             c.execute(sql, args)

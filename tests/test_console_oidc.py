@@ -81,6 +81,19 @@ def test_a_person_without_a_hub_role_is_refused(browser, live, provider):
     assert browser.get_cookie("hub_console") is None
 
 
+def test_a_person_whose_only_role_opens_no_console_page_is_refused(browser, live, provider):
+    """A connector's role is a hub role, but no console page is for it: the session held only
+    pages that answered 403."""
+    from selenium.webdriver.common.by import By
+
+    browser.delete_all_cookies()
+    person(provider, "feed@example.org", {"name": "接口", "roles": ["connector"]})
+    log_in_at_the_provider(browser, live, "feed@example.org")
+    assert wait_for(lambda: browser.find_elements(By.ID, "oidc-error"))
+    assert "none of the hub's roles" in browser.find_element(By.ID, "oidc-error").text
+    assert browser.get_cookie("hub_console") is None
+
+
 def test_an_answer_not_for_this_login_is_refused(live, provider):
     # a callback without the flow's cookie (another browser's code, or a forged one)
     r = httpx.get(base(live) + "/console/oidc/callback", params={"code": "x", "state": "y"},

@@ -37,13 +37,17 @@ def test_a_steward_decides_the_review_queue_side_by_side(browser, live, people, 
     matcher = IdentityService.open(store, live.settings.data_dir / f"matcher-{prefix}")
     try:
         matcher.auto_decide(f"Patient/{a}", "new", [], 1.0, {}, "r1")
-        matcher.auto_decide(f"Patient/{b}", "review", [f"Patient/{a}"], 0.71,
-                            {"name": {"level": "exact", "weight": 6.2},
-                             "birth_date": {"level": "exact", "weight": 4.1}}, "r1")
-        matcher.auto_decide(f"Patient/{c}", "review", [f"Patient/{a}"], 0.52,
-                            {"name": {"level": "similar", "weight": 1.3}}, "r1")
-        matcher.auto_decide(f"Patient/{d}", "review", [f"Patient/{a}"], 0.55,
-                            {"name": {"level": "similar", "weight": 1.1}}, "r1")
+        # the evidence as the matcher gives it (hub.mpi.incremental): per candidate
+        matcher.auto_decide(f"Patient/{b}", "review", [f"Patient/{a}"], 0.71, {
+            f"Patient/{a}": {"weight": 10.3, "score": 0.71, "fields": {
+                "name": {"level": "exact", "weight": 6.2},
+                "birth_date": {"level": "exact", "weight": 4.1}}}}, "r1")
+        matcher.auto_decide(f"Patient/{c}", "review", [f"Patient/{a}"], 0.52, {
+            f"Patient/{a}": {"weight": 1.3, "score": 0.52, "fields": {
+                "name": {"level": "similar", "weight": 1.3}}}}, "r1")
+        matcher.auto_decide(f"Patient/{d}", "review", [f"Patient/{a}"], 0.55, {
+            f"Patient/{a}": {"weight": 1.1, "score": 0.55, "fields": {
+                "name": {"level": "similar", "weight": 1.1}}}}, "r1")
     finally:
         matcher.close()
         store.close()
@@ -55,7 +59,13 @@ def test_a_steward_decides_the_review_queue_side_by_side(browser, live, people, 
 
     sb = wait_for(lambda: section(b))
     assert "李四" in sb.find_element(By.CSS_SELECTOR, "table.pair tbody").text
-    assert "6.2" in sb.find_element(By.CSS_SELECTOR, "table.evidence").text
+    # the evidence field by field, and its total, for the candidate
+    evidence = sb.find_element(By.CSS_SELECTOR, "table.evidence")
+    assert f"Patient/{a}" in evidence.find_element(By.TAG_NAME, "caption").text
+    assert [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+            for tr in evidence.find_elements(By.CSS_SELECTOR, "tbody tr")] == [
+        ["birth_date", "exact", "4.1"], ["name", "exact", "6.2"]]
+    assert "10.3" in evidence.find_element(By.CSS_SELECTOR, "tfoot").text
     click(browser, sb.find_element(By.CSS_SELECTOR, "button.accept"))
     assert "已确认为同一人" in browser.find_element(By.ID, "notice").text
     sc = section(c)

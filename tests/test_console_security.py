@@ -521,3 +521,116 @@ def _open_entries(live) -> list[dict]:
         return q.list("open", limit=10_000)
     finally:
         q.close()
+
+
+def test_the_quarantine_page_shows_the_newest_first_and_pages_to_the_oldest(live):
+    """With more entries than a page holds, the newest were never shown (the oldest 500 were,
+    reversed) and nothing said the list was cut."""
+    from hub.quarantine import Quarantine
+
+    tag = uuid.uuid4().hex[:8]
+    q = Quarantine(live.settings.data_dir / "quarantine.sqlite")
+    try:
+        mine = [q.put("v3", b"<x/>", {"institution": f"HP{tag}"}, {}, f"probe {tag} {i}")
+                for i in range(510)]
+        total = q.count(None)
+    finally:
+        q.close()
+    c = _logged_in(live, _user(live))
+    page = c.get("/console/quarantine")
+    assert page.status_code == 200, page.text[:300]
+    ids = [int(i) for i in re.findall(r'<tr id="entry-(\d+)"', page.text)]
+    assert ids[0] == mine[-1] and ids == sorted(ids, reverse=True)  # the newest first
+    assert re.search(rf"{len(ids)} / {total}\b", page.text)  # says the list is cut
+    seen = list(ids)
+    while (older := re.search(r'id="older" href="([^"]+)"', page.text)) is not None:
+        page = c.get(older.group(1).replace("&amp;", "&"))
+        assert page.status_code == 200 and 'id="newest"' in page.text
+        seen += [int(i) for i in re.findall(r'<tr id="entry-(\d+)"', page.text)]
+    assert len(seen) == total and set(mine) <= set(seen) and seen == sorted(seen, reverse=True)
+
+
+def test_a_long_timeline_shows_the_newest_first_and_pages_to_the_oldest(live, client):
+    """A timeline of more records than a page showed the oldest 200 and silently left out the
+    newest, the ones a clinician reads first."""
+    from datetime import date, timedelta
+
+    pid = f"long-{uuid.uuid4().hex[:8]}"
+    assert client.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid},
+                      headers={"x-hub-source-institution": "H1"}).status_code == 201
+    day0 = date(2001, 1, 1)
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Observation", "status": "final",
+                      "code": {"text": f"HR-{i:03d}"}, "subject": {"reference": f"Patient/{pid}"},
+                      "effectiveDateTime": f"{day0 + timedelta(days=i)}T08:00:00+08:00",
+                      "valueQuantity": {"value": 60 + i % 40, "unit": "/min"}},
+         "request": {"method": "POST", "url": "Observation"}} for i in range(230)]}
+    r = client.post("/", json=bundle, headers={"x-hub-source-institution": "H1"})
+    assert r.status_code == 200, r.text[:300]
+    c = _logged_in(live, _user(live, ("clinician",)))
+
+    def labels(page: httpx.Response) -> list[str]:
+        assert page.status_code == 200, page.text[:300]
+        return re.findall(r'class="open" href="[^"]*">(HR-\d{3})</a>', page.text)
+
+    page = c.get(f"/console/record/Patient/{pid}", params={"purpose": "TREAT"})
+    first = labels(page)
+    assert first[0] == "HR-229" and len(first) == 200  # the newest first
+    assert 'id="more"' in page.text  # says that more exist
+    older = re.search(r'id="older" href="\?([^"]+)"', page.text).group(1).replace("&amp;", "&")
+    page = c.get(f"/console/record/Patient/{pid}?{older}")
+    rest = labels(page)
+    assert rest[-1] == "HR-000" and 'id="more"' not in page.text
+    assert first + rest == [f"HR-{i:03d}" for i in range(229, -1, -1)]  # nothing lost, none twice
+    # the filters stay on the next page's link; a cursor of no page of this server is refused
+    page = c.get(f"/console/record/Patient/{pid}",
+                 params={"purpose": "TREAT", "kind": "result", "since": "2001-01-10"})
+    older = re.search(r'id="older" href="\?([^"]+)"', page.text).group(1).replace("&amp;", "&")
+    assert "kind=result" in older and "since=2001-01-10" in older
+    bad = c.get(f"/console/record/Patient/{pid}", params={"purpose": "TREAT", "cursor": "x"})
+    assert bad.status_code == 400
+
+
+def test_an_account_without_a_console_role_cannot_log_in(live):
+    """A connector's account logged in to a console of 403 pages only; it is refused as an
+    identity provider's person without a role is."""
+    name = _user(live, ("connector",))
+    with httpx.Client(base_url=base(live), timeout=30) as c:
+        r = c.post("/console/login", data={"name": name, "password": PASSWORD},
+                   follow_redirects=False)
+        assert r.status_code == 403 and "hub_console" not in r.cookies
+        assert "none of the hub&#39;s roles" in r.text and 'id="refused"' in r.text
+        r = c.post("/console/login", data={"name": name, "password": "wrong password 123"})
+        assert r.status_code == 401 and 'id="refused"' not in r.text  # the password first
+
+
+_PAGES = ("overview", "connectors", "quarantine", "quality", "identity", "mapping", "record",
+          "terminology", "jobs", "audit")
+
+
+def test_the_menu_shows_the_pages_a_persons_roles_open_and_no_other(live):
+    """Every person saw every page in the menu, most of them leading to a 403."""
+    expected = {"clinician": {"record", "terminology"},
+                "auditor": {"overview", "quality", "terminology", "jobs", "audit"},
+                "steward": set(_PAGES) - {"record", "audit"}, "admin": set(_PAGES)}
+    for role, pages in expected.items():
+        c = _logged_in(live, _user(live, (role,)))
+        nav = re.search(r'<nav aria-label="console">(.*?)</nav>',
+                        c.get("/console/terminology").text, re.S).group(1)
+        assert set(re.findall(r'href="/console/(\w+)"', nav)) == pages, role
+        for name in _PAGES:  # what the menu shows opens; what it leaves out is refused
+            assert c.get(f"/console/{name}").status_code == (200 if name in pages else 403), \
+                (role, name)
+
+
+def test_the_language_link_keeps_the_pages_query(live):
+    """The language link was ``?lang=en`` alone: switching dropped the person looked for, the
+    filters, the purpose the record was read with."""
+    from urllib.parse import parse_qs
+
+    c = _logged_in(live, _user(live, ("clinician",)))
+    page = c.get("/console/record", params={"q": "张三", "lang": "zh"})
+    href = re.search(r'id="lang" href="\?([^"]*)"', page.text).group(1).replace("&amp;", "&")
+    assert parse_qs(href) == {"q": ["张三"], "lang": ["en"]}
+    page = c.get("/console/record?" + href)
+    assert page.status_code == 200 and 'value="张三"' in page.text and 'lang="en"' in page.text

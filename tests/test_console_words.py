@@ -9,6 +9,7 @@ from importlib import resources
 import yaml
 
 from hub.console.audit import FINDINGS
+from hub.console.common import MENU
 from hub.console.connectors import COUNTS
 from projections.intake import BY
 from projections.person import HISTORY_EVENTS
@@ -18,7 +19,7 @@ FAMILIES = {"job_": ("running", "finished", "failed", "interrupted"), "event_": 
             "count_": COUNTS, "by_": tuple(BY), "finding_": FINDINGS,
             "q_": ("institution", "rule", "document_type"),
             "per_": ("institution", "rule", "document_type"),
-            "cda_": ("patient", "date", "author", "custodian")}
+            "cda_": ("patient", "date", "author", "custodian"), "": tuple(n for n, _ in MENU)}
 
 
 def test_every_word_asked_for_is_there_in_both_languages():

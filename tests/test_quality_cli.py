@@ -109,8 +109,16 @@ def hub_main(settings, capsys, *args: str) -> tuple[int, str, str]:
 def test_quarantine_list_show_and_replay(settings, loaded, capsys):
     refused, held = loaded
     code, out, _ = hub_main(settings, capsys, "quarantine", "list")
-    assert code == 0
+    assert code == 0  # the newest first
+    assert [line.split()[0] for line in out.splitlines()[1:]] == [str(held), str(refused)]
+    code, out, _ = hub_main(settings, capsys, "quarantine", "list", "--oldest")
     assert [line.split()[0] for line in out.splitlines()[1:]] == [str(refused), str(held)]
+    # a list cut by --limit says how many it left out
+    code, out, _ = hub_main(settings, capsys, "quarantine", "list", "--limit", "1")
+    assert out.splitlines()[1].split()[0] == str(held)
+    assert out.splitlines()[-1].startswith("… 1 more (older)")
+    code, out, err = hub_main(settings, capsys, "quarantine", "list", "--limit", "1", "--json")
+    assert orjson.loads(out)["id"] == held and "1 more (older)" in err
     code, out, _ = hub_main(settings, capsys, "quarantine", "show", str(refused))
     assert "cda.xml.well-formed" in out and "source: institution=H5" in out
     code, out, _ = hub_main(settings, capsys, "quarantine", "show", str(refused), "--json")

@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     q = qsub.add_parser("list", parents=[common], help="quarantined documents (open ones)")
     q.add_argument("--all", action="store_true", help="also the replayed and superseded ones")
     q.add_argument("--limit", type=int, default=100)
+    q.add_argument("--oldest", action="store_true", help="the oldest first (else the newest)")
     q.add_argument("--json", action="store_true", help="one JSON object per line")
     q = qsub.add_parser("show", parents=[common], help="one entry with its quality report")
     q.add_argument("id", type=int)

@@ -51,13 +51,19 @@ def cmd_quarantine(args, settings: Settings) -> int:
     if action == "list":
         if args.limit < 1:
             raise UsageError("--limit must be at least 1")
+        status = None if args.all else "open"
         entries = [] if quarantine is None else quarantine.list(
-            status=None if args.all else "open", limit=args.limit)
+            status=status, limit=args.limit, newest_first=not args.oldest)
+        # the entries left out, said below the list (on stderr beside JSON lines)
+        more = 0 if quarantine is None else max(0, quarantine.count(status) - len(entries))
         if quarantine is not None:
             quarantine.close()
+        left = f"… {more} more ({'newer' if args.oldest else 'older'}): --limit" if more else ""
         if args.json:
             for e in entries:
                 sys.stdout.write(orjson.dumps(e).decode() + "\n")
+            if left:
+                print(left, file=sys.stderr)
             return 0
         if not entries:
             print("the quarantine is empty" if args.all else "no open entries in the quarantine")
@@ -67,6 +73,8 @@ def cmd_quarantine(args, settings: Settings) -> int:
             inst = (e.get("source") or {}).get("institution") or "-"
             print(f"{e['id']:>6}  {e['time']:24} {e['kind']:5} {_one_line_text(inst, 24):24} "
                   f"{e['status']:10} {_one_line_text(e['reason'], 100)}")
+        if left:
+            print(left)
         return 0
     # show
     entry = None if quarantine is None else quarantine.get(args.id)

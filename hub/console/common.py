@@ -20,7 +20,9 @@ from fastapi import APIRouter, Request, staticfiles
 from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from hub.access.policy import OPERATIONS
 from hub.auth.sessions import AUDIENCE, COOKIE, ISSUER, SESSION_S, session_log
+from hub.core.access import Action
 from hub.core.errors import FhirError
 from hub.core.fhirtime import local_zone, zone_name
 
@@ -78,6 +80,37 @@ def lang_of(request: Request) -> str:
     return asked if asked in LANGS else "zh"
 
 
+# the menu: each page with the operation its GET is checked by
+MENU = (("overview", "$console-overview"), ("connectors", "$console-connectors"),
+        ("quarantine", "$console-quarantine"), ("quality", "$console-quality"),
+        ("identity", "$mpi-review"), ("mapping", "$unmapped-codes"),
+        ("record", "$console-record"), ("terminology", "$console-terminology"),
+        ("jobs", "$console-overview"), ("audit", "$console-audit"))
+
+
+# what a person must hold to log in: a role some console page is for (a connector's role
+# opens none); one refusal for a local user and one of an identity provider
+CONSOLE_ROLES = frozenset().union(*(OPERATIONS[op][0] for _, op in MENU))
+NO_CONSOLE_ROLE = "your account has none of the hub's roles that open the console"
+
+
+def menu_of(request: Request) -> list[str]:
+    """The pages the signed-in person may open, judged by the policy their pages are (a link
+    to a page that answers 403 is no way in)."""
+    actor = getattr(request.state, "actor", None)
+    if actor is None:
+        return []
+    policy = request.app.state.repo.policy
+    shown = []
+    for name, operation in MENU:
+        try:
+            policy.check(actor, Action("operation", None, None, operation))
+        except FhirError:
+            continue
+        shown.append(name)
+    return shown
+
+
 def page(request: Request, template: str, current: str, **values: Any) -> HTMLResponse:
     lang = lang_of(request)
     said = words()
@@ -85,11 +118,20 @@ def page(request: Request, template: str, current: str, **values: Any) -> HTMLRe
     html = _env.get_template(template).render(
         t=lambda key: said.get(key, {}).get(lang, key), lang=lang, page=current,
         user=claims.get("name"), csrf=claims.get("csrf", ""), btg=btg_value(request),
+        menu=menu_of(request) if claims else [], lang_href=lang_link(request, lang),
         charts_missing=not ECHARTS.is_file(), **values)
     response = HTMLResponse(html, headers={"cache-control": "no-store", **SECURITY_HEADERS})
     if request.query_params.get("lang") in LANGS:
         response.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="strict")
     return response
+
+
+def lang_link(request: Request, lang: str) -> str:
+    """The link to this page in the other language, with the rest of the page's query (the
+    person, the filters, the purpose it was read with)."""
+    other = "en" if lang == "zh" else "zh"
+    kept = [(k, v) for k, v in request.query_params.multi_items() if k != "lang"]
+    return "?" + urlencode([*kept, ("lang", other)])
 
 
 # the pages' own script files and the vendored ECharts only (no inline script: an injected

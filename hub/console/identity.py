@@ -35,15 +35,29 @@ def identity_page(request: Request) -> Response:
     reviews = []
     for r in identity.person.reviews("open", 50):
         people = [_person_view(request, ctx, ref) for ref in [r["patient"], *r["candidates"]]]
-        evidence = []
-        for name, e in sorted((r.get("evidence") or {}).items()):
-            level, weight = (e.get("level", ""), e.get("weight", "")) if isinstance(e, dict) \
-                else ("", e)
-            evidence.append((name, level, weight))
         reviews.append({"id": r["id"], "score": r["score"], "people": people,
-                        "evidence": evidence})
+                        "evidence": evidence_of(r.get("evidence") or {})})
     return page(request, "identity.html", "identity", reviews=reviews, fields=PAIR_FIELDS,
                  notice=notice_of(request))
+
+
+def evidence_of(evidence: dict[str, Any]) -> list[dict[str, Any]]:
+    """The matcher's evidence per candidate (``{candidate: {weight, score, fields: {field:
+    {level, weight}}}}``, hub.mpi.incremental): its total weight and score and a row per field
+    (field, agreement level, weight). Evidence given as fields alone is one unnamed group."""
+    groups = evidence.items() if all(isinstance(v, dict) and "fields" in v
+                                     for v in evidence.values()) \
+        else [("", {"fields": evidence})]
+    out = []
+    for ref, group in sorted(groups):
+        rows = []
+        for name, e in sorted((group.get("fields") or {}).items()):
+            level, weight = (e.get("level", ""), e.get("weight", "")) if isinstance(e, dict) \
+                else (str(e), "")  # a note ("merged by its institution")
+            rows.append((name, level, weight))
+        out.append({"ref": ref, "weight": group.get("weight", ""),
+                    "score": group.get("score", ""), "fields": rows})
+    return out
 
 
 def _person_view(request: Request, ctx: Any, ref: str) -> dict[str, str]:

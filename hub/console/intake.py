@@ -73,14 +73,24 @@ def overview(request: Request) -> Response:
 
 # -- quarantine -------------------------------------------------------------------------------
 
+QUARANTINE_PAGE = 200
+
 @router.api_route("/console/quarantine", methods=["GET", "HEAD"], name="console-quarantine",
                   include_in_schema=False)
 def quarantine_list(request: Request) -> Response:
+    """The entries, newest first, a page at a time: the next page is those older than the
+    last shown (by id, so entries kept meanwhile shift nothing)."""
     authorize(request, Action("operation", None, None, "$console-quarantine"))
-    entries = request.app.state.documents.quarantine.list(status=None, limit=500)
-    entries.reverse()  # the newest first
+    raw = request.query_params.get("before", "")
+    before = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else None
+    quarantine = request.app.state.documents.quarantine
+    entries = quarantine.list(status=None, limit=QUARANTINE_PAGE + 1, newest_first=True,
+                              before=before)
+    older = entries[QUARANTINE_PAGE]["id"] + 1 if len(entries) > QUARANTINE_PAGE else None
+    entries = entries[:QUARANTINE_PAGE]
     return page(request, "quarantine.html", "quarantine", entries=entries,
-                 notice=notice_of(request))
+                total=quarantine.count(None), older=older, paged=before is not None,
+                notice=notice_of(request))
 
 
 @router.api_route("/console/quarantine/{qid}", methods=["GET", "HEAD"],

@@ -13,7 +13,17 @@ from hub.api.caller import Throttled, authorize
 from hub.auth.clients import REGISTRY_FILE
 from hub.auth.sessions import session_log
 from hub.auth.users import UserRegistry
-from hub.console.common import check_csrf, end_session, from_elsewhere, page, router, safe_next, start_session
+from hub.console.common import (
+    CONSOLE_ROLES,
+    NO_CONSOLE_ROLE,
+    check_csrf,
+    end_session,
+    from_elsewhere,
+    page,
+    router,
+    safe_next,
+    start_session,
+)
 from hub.console.oidc import configured
 from hub.core.access import Action
 from hub.core.errors import FhirError
@@ -54,6 +64,11 @@ async def login(request: Request) -> Response:
         refused = page(request, "login.html", "login", failed=True, oidc=configured(request),
                         next=_asked(str(form.get("next") or "")))
         refused.status_code = 401
+        return refused
+    if not CONSOLE_ROLES.intersection(user.roles):  # a connector's account, say: no page is theirs
+        refused = page(request, "login.html", "login", failed=False, oidc=configured(request),
+                       refused=NO_CONSOLE_ROLE, next=_asked(str(form.get("next") or "")))
+        refused.status_code = 403
         return refused
     asked = _asked(str(form.get("next") or ""))
     response = RedirectResponse(asked or landing(user.roles), 303)

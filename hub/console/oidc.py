@@ -12,7 +12,7 @@ hub-signed, HttpOnly cookie (SameSite=Lax: the provider's redirect back is a cro
 navigation) and sends the browser to the provider; ``/console/oidc/callback`` checks the state,
 redeems the code with the verifier, verifies the ID token (signature by the provider's key set,
 issuer, audience, expiry, nonce) and opens a console session like a local login. A person whose
-token carries none of the hub's roles is refused: the provider says who they are, the roles say
+token carries none of the hub's roles a console page is for is refused: the provider says who they are, the roles say
 what they may do.
 """
 
@@ -34,7 +34,7 @@ from hub.auth.clients import ROLES
 from hub.auth.discovery import provider_metadata
 from hub.auth.sessions import ISSUER
 from hub.auth.verifier import Verifier, claim_at, institution_at
-from hub.console.common import page, public_url, router, safe_next, secure_cookies, start_session
+from hub.console.common import CONSOLE_ROLES, NO_CONSOLE_ROLE, page, public_url, router, safe_next, secure_cookies, start_session
 from hub.core.errors import FhirError
 
 FLOW_COOKIE = "hub_console_oidc"
@@ -126,8 +126,8 @@ async def callback(request: Request) -> Response:
     settings = request.app.state.settings
     roles = claim_at(claims, settings.auth_roles_claim)
     roles = [r for r in (roles if isinstance(roles, list) else [roles]) if r in ROLES]
-    if not roles:
-        return _refused(request, "your account has none of the hub's roles")
+    if not CONSOLE_ROLES.intersection(roles):
+        return _refused(request, NO_CONSOLE_ROLE)
     # the institution is read from the claim the API's tokens carry it in, alike
     institution = institution_at(claims, settings.auth_institution_claim)
     # the person is the provider's subject with that provider (its issuer), as an API token of

@@ -22,12 +22,13 @@ from fhir_mapping.base import MappingError
 from fhir_mapping.xmlsafe import parse_xml
 from hub.access.policy import EMERGENCY
 from hub.api.caller import PURPOSES, actor_of, authorize, context_of, repository
-from hub.api.everything import audit_event
+from hub.api.everything import _cursor_tl, _encode_tl, audit_event
 from hub.console.common import btg_value, page, router, say, signed_by_session
 from hub.core import jsontext
 from hub.core.access import Action, patients_in
 from hub.core.errors import FhirError
 from hub.core.events import resource_bytes
+from hub.core.pagetokens import page_tokens
 from hub.core.resource import RESOURCE_TYPES
 from hub.mpi import qr
 from projections.timeline import KINDS
@@ -121,6 +122,9 @@ def _patient_of(d: dict[str, Any]) -> str | None:
     return None
 
 
+TIMELINE_PAGE = 200
+
+
 @router.api_route("/console/record/Patient/{rid}", methods=["GET", "HEAD"],
                   name="console-record-timeline", include_in_schema=False)
 async def record_timeline(request: Request, rid: str) -> Response:
@@ -140,25 +144,32 @@ async def record_timeline(request: Request, rid: str) -> Response:
             start = int(datetime.fromisoformat(since).replace(tzinfo=UTC).timestamp() * 1_000_000)
         except ValueError:  # 2024-13-45, year 0
             raise FhirError(400, "invalid", f"since {since!r} is no date") from None
+    # the next page's place, sealed as the API's timeline links are: the last row read may be
+    # one the reader is not shown
+    tokens = page_tokens(request.app.state.settings.data_dir)
+    cursor = request.query_params.get("cursor", "")
+    after = _cursor_tl(tokens.open(cursor)) if cursor else None
     shared = request.app.state.shared_record
     repo = repository(request)
 
-    def answer() -> tuple[Any, list, list]:
+    def answer() -> tuple[Any, list, list, Any]:
         repo.authorize(ctx, Action("operation", "Patient", rid, "$timeline"))
         # as a read of the Patient answers (403 not shown): else the records of its person's
         # other Patients would tell of a link to one the reader may not see
         repo.require(ctx, "Patient", rid)
         scope = shared.scope_of_patient(rid, None)
-        entries, _ = shared.timeline(scope, start, None, [kind] if kind else None, 200, None)
+        # the newest first (what a clinician reads first), a page at a time
+        entries, nxt = shared.timeline(scope, start, None, [kind] if kind else None,
+                                       TIMELINE_PAGE, after, newest_first=True)
         # the records counted are those the reader may see: a count of the others would tell
         # that a record a consent hides exists
         seen = repo.latest_many(ctx, "Patient", [p.split("/", 1)[1] for p in scope.patients])
         entries = repo.shown(ctx, entries)
-        return scope, entries, [p for p in scope.patients if p.split("/", 1)[1] in seen]
+        return scope, entries, [p for p in scope.patients if p.split("/", 1)[1] in seen], nxt
 
     writer = request.app.state.audit
     try:
-        scope, entries, patients = await run_in_threadpool(answer)
+        scope, entries, patients, nxt = await run_in_threadpool(answer)
     except FhirError as e:
         await run_in_threadpool(writer.write, audit_event(
             request, "timeline", None, [f"Patient/{rid}"], "4",
@@ -169,9 +180,15 @@ async def record_timeline(request: Request, rid: str) -> Response:
     handed = dict.fromkeys([f"Patient/{rid}", *(p for e in entries for p in patients_in(*e))])
     await run_in_threadpool(writer.write, audit_event(
         request, "timeline", scope.person, list(handed), "0", purpose=purpose))
+    purpose_q = _purpose_query(request, purpose)
+    filters = urlencode({k: v for k, v in (("kind", kind), ("since", since)) if v})
+    first_q = "&".join(q for q in (purpose_q, filters) if q)
+    older_q = f"{first_q}&{urlencode({'cursor': tokens.seal(_encode_tl(nxt))})}" \
+        if nxt is not None else ""
     return page(request, "timeline.html", "record", who=f"Patient/{rid}", purpose=purpose,
-                 purpose_q=_purpose_query(request, purpose), patients=patients, kinds=KINDS, kind=kind, since=since,
-                 entries=[_timeline_row(e) for e in entries])
+                 purpose_q=purpose_q, patients=patients, kinds=KINDS, kind=kind, since=since,
+                 entries=[_timeline_row(e) for e in entries], first_q=first_q,
+                 older_q=older_q, paged=after is not None)
 
 
 _WHEN = ("effectiveDateTime", "authoredOn", "recordedDate", "onsetDateTime", "performedDateTime",

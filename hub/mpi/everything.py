@@ -402,16 +402,17 @@ class SharedRecord:
     def timeline(self, scope: Scope, start: int | None, end: int | None,
                  kinds: list[str] | None, count: int,
                  after: tuple[int, str, str] | None,
-                 undated: set[tuple[str, str]] | None = None
+                 undated: set[tuple[str, str]] | None = None, newest_first: bool = False
                  ) -> tuple[list[tuple[str, str, bytes]], tuple[int, str, str] | None]:
-        """One page of the timeline; ``undated``, if given, receives the (type, id) of the rows
-        placed by when they were written, having no clinical time of their own."""
+        """One page of the timeline, the oldest first (``newest_first``: the newest first); ``undated``,
+        if given, receives the (type, id) of the rows placed by when they were written, having
+        no clinical time of their own."""
         if not scope.patients:
             return [], None
         if not self.timeline_runner.sync():
             raise FhirError(503, "transient", "The timeline projection lags the log; retry")
         ids = [p.split("/", 1)[1] for p in scope.patients]
-        rows = self.timeline_model.query(ids, start, end, kinds, count + 1, after)
+        rows = self.timeline_model.query(ids, start, end, kinds, count + 1, after, newest_first)
         more = len(rows) > count
         rows = rows[:count]
         bodies = self._bodies([(r[1], r[2]) for r in rows])
