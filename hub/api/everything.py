@@ -260,7 +260,9 @@ def _cursor_int(raw: str | None) -> int | None:
     return int(raw)
 
 
-def _cursor_tl(raw: str | None) -> tuple[int, str, str] | None:
+def timeline_cursor(raw: str | None) -> tuple[int, str, str] | None:
+    """The position a timeline cursor names (time, type, id), opened; a 400 if it is none this
+    server gave."""
     if raw is None:
         return None
     try:
@@ -272,7 +274,8 @@ def _cursor_tl(raw: str | None) -> tuple[int, str, str] | None:
         raise bad_request("_cursor is not one this server gave") from None
 
 
-def _encode_tl(cur: tuple[int, str, str]) -> str:
+def encode_timeline_cursor(cur: tuple[int, str, str]) -> str:
+    """A timeline position as the text a cursor seals (the API's and the console's pages)."""
     return base64.urlsafe_b64encode(orjson.dumps(list(cur))).decode().rstrip("=")
 
 
@@ -345,7 +348,7 @@ async def _timeline(request: Request, rtype: str, rid: str) -> Response:
         if bad or not kinds:
             raise bad_request(f"kind must be among {', '.join(KINDS)}")
     tokens = page_tokens(request.app.state.settings.data_dir)
-    after = _cursor_tl(tokens.open(params["_cursor"])) if "_cursor" in params else None
+    after = timeline_cursor(tokens.open(params["_cursor"])) if "_cursor" in params else None
     institution = params.get("institution")
     shared = _shared(request)
     base = base_url(request, request.app.state.settings.base_url)
@@ -362,7 +365,7 @@ async def _timeline(request: Request, rtype: str, rid: str) -> Response:
         links = [{"relation": "self", "url": link(path, list(request.query_params.multi_items()))}]
         if nxt is not None:
             links.append({"relation": "next", "url": link(path, plist,
-                                                            _cursor=tokens.seal(_encode_tl(nxt)))})
+                                                            _cursor=tokens.seal(encode_timeline_cursor(nxt)))})
         body = _bundle(entries, base, links)
         # placed by when it was written: no clinical time of its own (a visit without its
         # PV1-44); the reader must not take its place for when it happened

@@ -22,7 +22,7 @@ from fhir_mapping.base import MappingError
 from fhir_mapping.xmlsafe import parse_xml
 from hub.access.policy import EMERGENCY
 from hub.api.caller import PURPOSES, actor_of, authorize, context_of, repository
-from hub.api.everything import _cursor_tl, _encode_tl, audit_event
+from hub.api.everything import audit_event, encode_timeline_cursor, timeline_cursor
 from hub.console.common import btg_value, page, router, say, signed_by_session
 from hub.core import jsontext
 from hub.core.access import Action, patients_in
@@ -148,7 +148,7 @@ async def record_timeline(request: Request, rid: str) -> Response:
     # one the reader is not shown
     tokens = page_tokens(request.app.state.settings.data_dir)
     cursor = request.query_params.get("cursor", "")
-    after = _cursor_tl(tokens.open(cursor)) if cursor else None
+    after = timeline_cursor(tokens.open(cursor)) if cursor else None
     shared = request.app.state.shared_record
     repo = repository(request)
 
@@ -183,7 +183,7 @@ async def record_timeline(request: Request, rid: str) -> Response:
     purpose_q = _purpose_query(request, purpose)
     filters = urlencode({k: v for k, v in (("kind", kind), ("since", since)) if v})
     first_q = "&".join(q for q in (purpose_q, filters) if q)
-    older_q = f"{first_q}&{urlencode({'cursor': tokens.seal(_encode_tl(nxt))})}" \
+    older_q = f"{first_q}&{urlencode({'cursor': tokens.seal(encode_timeline_cursor(nxt))})}" \
         if nxt is not None else ""
     return page(request, "timeline.html", "record", who=f"Patient/{rid}", purpose=purpose,
                  purpose_q=purpose_q, patients=patients, kinds=KINDS, kind=kind, since=since,
