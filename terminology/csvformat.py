@@ -30,8 +30,9 @@ Concept map (``# kind: ConceptMap``, or recognised by its ``source_code`` column
 
 ``source_system`` / ``target_system`` may instead be given once as header comments.
 ``equivalence`` is an R4 ConceptMapEquivalence (default ``equivalent``); a row with no target code
-says the source code is known and has no target (``unmatched``). Rows are grouped by source and
-target system, in file order.
+says the source code is known and has no target: it is stored as a target with equivalence
+``unmatched`` and no code. A ``narrower`` or ``inexact`` row needs a comment (R4's cmd-1). Rows
+are grouped by source and target system, in file order.
 
 Header keys: kind, id, url, name, title, version, status, description, publisher, oid,
 hierarchyMeaning, caseSensitive (code systems); source, target, source_system, target_system
@@ -356,21 +357,27 @@ def _concept_map(columns: list[str], body: list[tuple[int, list[str]]],
         if tcode is None and equivalence != "unmatched":
             problems.append((line, "a row without target_code is unmatched"))
             continue
+        comment = (cells.get("comment") or "").strip()
+        if equivalence in ("narrower", "inexact") and not comment:
+            problems.append((line, f"a {equivalence} mapping needs a comment saying how the "
+                                   "target differs (FHIR R4 ConceptMap invariant cmd-1)"))
+            continue
         element = groups.setdefault((R.oid_uri(ssys), R.oid_uri(tsys)), {}).setdefault(
             scode, {"code": scode})
         if (cells.get("source_display") or "").strip():
             element["display"] = cells["source_display"].strip()
-        if tcode is not None:
-            target = {"code": tcode}
-            if (cells.get("target_display") or "").strip():
-                target["display"] = cells["target_display"].strip()
-            target["equivalence"] = equivalence
-            if (cells.get("comment") or "").strip():
-                target["comment"] = cells["comment"].strip()
-            if target in element.setdefault("target", []):
-                problems.append((line, f"{scode[:40]} -> {tcode[:40]} is listed again"))
-                continue
-            element["target"].append(target)
+        # no target code: a target that says so (R4's unmatched), which $translate reports
+        target: dict[str, str] = {"code": tcode} if tcode is not None else {}
+        if tcode is not None and (cells.get("target_display") or "").strip():
+            target["display"] = cells["target_display"].strip()
+        target["equivalence"] = equivalence
+        if comment:
+            target["comment"] = comment
+        if target in element.setdefault("target", []):
+            problems.append((line, f"{scode[:40]} -> {(tcode or 'unmatched')[:40]} is listed "
+                                   "again"))
+            continue
+        element["target"].append(target)
     if not groups and not problems:
         problems.append((0, "no mappings"))
     if problems:

@@ -5,7 +5,8 @@
 Only CodeSystem, ValueSet, ConceptMap and NamingSystem are taken; anything else is refused with
 its reason (``hub ingest`` stores other resources). A resource without an id gets one derived
 from its url and version, so loading a file again updates the same resource instead of adding
-another. ``hub terminology load --builtin`` loads the folder ``terminology/data/``.
+another. A file is stored whole or not at all: one entry rejected keeps its file out.
+``hub terminology load --builtin`` loads the folder ``terminology/data/``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import orjson
 
 from hub.core.commandline import iter_inputs
 from hub.core.errors import FhirError
-from hub.core.ingest import Context, Hub
+from hub.core.ingest import Context, Hub, Op
 from terminology import csvformat
 from terminology import rows as R
 
@@ -36,12 +37,18 @@ class Report:
     concepts: int = 0
     map_elements: int = 0
     rejected: int = 0
+    held: int = 0  # valid, not stored: another entry of their file was rejected
     problems: list[tuple[str, str]] = field(default_factory=list)  # (where, why), the first ones
 
     def reject(self, where: str, why: str) -> None:
         self.rejected += 1
         if len(self.problems) < SHOW_PROBLEMS:
             self.problems.append((where, why))
+
+    def note(self, where: str, what: str) -> None:
+        """Shown with the problems, counted as none."""
+        if len(self.problems) < SHOW_PROBLEMS:
+            self.problems.append((where, what))
 
     def summary(self) -> str:
         parts = []
@@ -53,7 +60,8 @@ class Report:
         loaded = sum(self.counts.values())
         return (f"{loaded} loaded" + (": " + ", ".join(parts) if parts else "")
                 + f"; {self.concepts} concepts, {self.map_elements} map elements; "
-                  f"{self.rejected} rejected")
+                  f"{self.rejected} rejected"
+                + (f", {self.held} held back with them" if self.held else ""))
 
 
 def input_kind(f: Path) -> str | None:
@@ -129,12 +137,16 @@ def iter_resources(path: Path, csv_options: dict[str, str | None]
 
 def load(hub: Hub, paths: list[Path], ctx: Context | None = None, *,
          csv_options: dict[str, str | None] | None = None, progress: bool = False) -> Report:
-    """Store the terminology resources of ``paths`` (files or folders), in file order."""
+    """Store the terminology resources of ``paths`` (files or folders), in file order.
+
+    A file is one unit, as a CSV file is one resource: every entry of a Bundle or NDJSON file
+    is validated first, and one rejected entry keeps the whole file out (a ValueSet stored
+    without the CodeSystem it draws on would answer wrongly), each problem reported."""
     from tqdm import tqdm
 
     ctx = ctx or Context(source={"feed": "terminology"})
     report = Report()
-    pending: list[tuple[str, bytes, dict]] = []
+    pending: list[tuple[str, Op, dict]] = []
     size = 0
     bar = tqdm(unit=" res", disable=not progress, desc="terminology", mininterval=0.5)
 
@@ -142,12 +154,10 @@ def load(hub: Hub, paths: list[Path], ctx: Context | None = None, *,
         nonlocal size
         if not pending:
             return
-        results = hub.ingest(((raw, d) for _, raw, d in pending), ctx, batch_size=len(pending))
+        results = hub.execute_batch([op for _, op, _ in pending], ctx)
         for (where, _, d), result in zip(pending, results, strict=True):
             if isinstance(result, FhirError):
-                issue = result.issues[0]
-                report.reject(where, issue.diagnostics + (f" at {issue.expression}"
-                                                          if issue.expression else ""))
+                report.reject(where, _why(result))
                 continue
             kind = ("created" if result.status == 201 else
                     "unchanged" if result.issues else "updated")
@@ -164,27 +174,57 @@ def load(hub: Hub, paths: list[Path], ctx: Context | None = None, *,
 
     try:
         for f in files(paths):
-            for where, d, why in iter_resources(f, csv_options or {}):
-                if d is None:
-                    report.reject(where, why or "unreadable")
-                    bar.update(1)
-                    continue
-                rtype = d.get("resourceType") if isinstance(d, dict) else None
-                if rtype not in TYPES:
-                    report.reject(where, f"{rtype or 'this'} is not a terminology resource "
-                                         "(CodeSystem, ValueSet, ConceptMap, NamingSystem); "
-                                         "hub ingest stores the others")
-                    bar.update(1)
-                    continue
-                if not d.get("id"):
-                    d = {"resourceType": rtype, "id": resource_id(d),
-                         **{k: v for k, v in d.items() if k != "resourceType"}}
-                raw = orjson.dumps(d)
-                pending.append((where, raw, d))
-                size += len(raw)
+            ready, refused = _checked(hub, iter_resources(f, csv_options or {}))
+            if refused:
+                for where, why in refused:
+                    report.reject(where, why)
+                if ready:
+                    report.held += len(ready)
+                    report.note(str(f), f"nothing of the file stored: {len(ready)} valid "
+                                        f"{'entry' if len(ready) == 1 else 'entries'} held "
+                                        "back with the rejected")
+                bar.update(len(ready) + len(refused))
+                continue
+            for where, op, d, n in ready:
+                pending.append((where, op, d))
+                size += n
                 if size >= BATCH_BYTES or len(pending) >= BATCH_ITEMS:
                     flush()
         flush()
     finally:
         bar.close()
     return report
+
+
+def _why(err: FhirError) -> str:
+    issue = err.issues[0]
+    return issue.diagnostics + (f" at {issue.expression}" if issue.expression else "")
+
+
+def _checked(hub: Hub, found: Iterator[tuple[str, dict | None, str | None]]
+             ) -> tuple[list[tuple[str, Op, dict, int]], list[tuple[str, str]]]:
+    """The writes of one file's resources, validated (with their size), and (where, why) of
+    those refused."""
+    ready: list[tuple[str, Op, dict, int]] = []
+    refused: list[tuple[str, str]] = []
+    for where, d, why in found:
+        if d is None:
+            refused.append((where, why or "unreadable"))
+            continue
+        rtype = d.get("resourceType") if isinstance(d, dict) else None
+        if rtype not in TYPES:
+            refused.append((where, f"{rtype or 'this'} is not a terminology resource "
+                                   "(CodeSystem, ValueSet, ConceptMap, NamingSystem); "
+                                   "hub ingest stores the others"))
+            continue
+        if not d.get("id"):
+            d = {"resourceType": rtype, "id": resource_id(d),
+                 **{k: v for k, v in d.items() if k != "resourceType"}}
+        raw = orjson.dumps(d)
+        try:
+            op = hub.op_for(raw, d)
+        except FhirError as e:
+            refused.append((where, _why(e)))
+            continue
+        ready.append((where, op, d, len(raw)))
+    return ready, refused

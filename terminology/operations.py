@@ -583,9 +583,13 @@ def _maps(svc: TerminologyService, p: Params, instance: ResourceRef | None
     canonical = p.text("url")
     if canonical:
         url, version = split_canonical(canonical)
-        ref = svc.concept_map(url, version or p.text("conceptMapVersion"))
+        version = version or p.text("conceptMapVersion")
+        ref = svc.concept_map(url, version)
         if ref is None:
-            raise TerminologyNotFound(f"Concept map {p.text('url')} is not known")
+            if version and svc.concept_map(url, None) is not None:
+                raise TerminologyNotFound(f"Concept map {url} has no version {version}")
+            raise TerminologyNotFound(f"Concept map {url}" + (f" version {version}" if version
+                                                              else "") + " is not known")
         return [ref], None
     # every map of the scope, or every map: the latest version of each; reversed, source names
     # the value set of the code given (the maps' target) and target the maps' source
@@ -629,9 +633,12 @@ def translate(svc: TerminologyService, p: Params, instance: ResourceRef | None =
             other_sys, other_code, other_disp = (ssys, scode, sdisp) if reverse else (tsys, tcode,
                                                                                       tdisp)
             matched_groups.add((mid, ssys, tsys))  # the group lists the code: no unmapped rule
-            if other_code is None:
-                continue  # an element that lists no target: known, unmapped
             if want is not None and other_sys not in want:
+                continue
+            if other_code is None:  # listed with no target code: the map says there is none
+                if equivalence == "unmatched":
+                    matches.append(part("match", param("equivalence", "Code", "unmatched"),
+                                        param("source", "Uri", sources.get(mid))))
                 continue
             eq = R.REVERSED.get(equivalence, equivalence) if reverse else equivalence
             found_any = found_any or eq not in R.NO_MATCH

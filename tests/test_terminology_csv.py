@@ -21,6 +21,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from hub.core.config import Settings
+from hub.core.errors import FhirError
 from hub.core.ingest import Hub
 from hub.core.resource import validate
 from projections.terminology import TerminologyProjection
@@ -78,8 +79,24 @@ def test_concept_map_csv():
     assert group["target"] == "http://hl7.org/fhir/administrative-gender"
     assert [(e["code"], [t["equivalence"] for t in e.get("target", [])])
             for e in group["element"]] == [("M", ["equivalent"]), ("F", ["equivalent"]),
-                                           ("U", ["wider"]), ("X", [])]
+                                           ("U", ["wider"]), ("X", ["unmatched"])]
+    # a row without a target is stored as R4 says "no match": a target of equivalence unmatched
+    assert group["element"][3]["target"] == [{"equivalence": "unmatched"}]
     assert d["targetCanonical"] == "http://hl7.org/fhir/ValueSet/administrative-gender"
+
+
+def test_a_narrower_or_inexact_map_without_a_comment_breaks_cmd_1():
+    cm = {"resourceType": "ConceptMap", "status": "active", "group": [{
+        "source": "http://a", "target": "http://b", "element": [
+            {"code": "K", "target": [{"code": "2823-3", "equivalence": "wider"},
+                                     {"code": "2824-1", "equivalence": "narrower"}]}]}]}
+    with pytest.raises(FhirError) as e:
+        validate("ConceptMap", orjson.dumps(cm), cm)
+    (issue,) = e.value.issues
+    assert issue.code == "invariant" and issue.diagnostics.startswith("cmd-1:")
+    assert issue.expression == "ConceptMap.group[0].element[0].target[1]"
+    cm["group"][0]["element"][0]["target"][1]["comment"] = "potassium in serum only"
+    validate("ConceptMap", orjson.dumps(cm), cm)
 
 
 def test_options_win_over_header_comments():
@@ -111,6 +128,10 @@ REFUSED = [
                                                                                 "unknown column")),
     ("# url: u\nsource_system,source_code,target_system,target_code\na b,M,c,d\n",
      (3, "must be URIs")),
+    ("# url: u\nsource_system,source_code,target_system,target_code,equivalence,comment\n"
+     "a,M,b,male,equivalent,\na,K,b,k,narrower,\n", (4, "a narrower mapping needs a comment")),
+    ("# url: u\nsource_system,source_code,target_system,target_code,equivalence\n"
+     "a,N,b,n,inexact\n", (3, "a inexact mapping needs a comment")),
 ]
 
 
@@ -218,6 +239,34 @@ def test_loader_reads_json_bundles_ndjson_csv_and_refuses_others(tmp_path):
         assert set(again.counts) == {(t, "unchanged") for t in ("CodeSystem", "ConceptMap",
                                                                 "ValueSet", "NamingSystem")}
         assert hub.read("ValueSet", resource_id(vs)) is not None
+    finally:
+        hub.store.close()
+
+
+def test_a_bundle_with_one_rejected_entry_stores_none_of_it(tmp_path):
+    """A file is one unit: a ValueSet stored without the CodeSystem beside it would answer
+    wrongly, so one bad entry keeps every entry of its file out, each problem named."""
+    ok = {"resourceType": "CodeSystem", "url": "http://example.org/ok", "status": "active",
+          "content": "complete", "concept": [{"code": "a"}]}
+    bad = {**ok, "url": "http://example.org/bad", "status": "bogus"}
+    vs = {"resourceType": "ValueSet", "url": "http://example.org/vs", "status": "active",
+          "compose": {"include": [{"system": "http://example.org/bad"}]}}
+    patient = {"resourceType": "Patient", "id": "p"}
+    bundle = tmp_path / "b.json"
+    bundle.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": r} for r in (ok, bad, vs, patient)]}))
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.database_url = None
+    hub = Hub(settings.open_store())
+    try:
+        report = load(hub, [bundle])
+        assert report.counts == {} and report.rejected == 2 and report.held == 2
+        where = dict(report.problems)
+        assert "bogus" in where[f"{bundle}#entry[1]"]
+        assert "not a terminology resource" in where[f"{bundle}#entry[3]"]
+        assert "2 valid entries held back" in where[str(bundle)]
+        for r in (ok, vs):
+            assert hub.store.latest(r["resourceType"], resource_id(r)) is None
     finally:
         hub.store.close()
 

@@ -19,6 +19,7 @@ from hub.core.ingest import Context, Hub, Op
 from projections.runner import Runner
 from projections.terminology import TerminologyProjection
 from terminology import operations as O
+from terminology.csvformat import parse as csv_parse
 from terminology.params import from_parameters, from_query
 from terminology.service import TerminologyError, TerminologyNotFound, TerminologyService
 
@@ -559,8 +560,9 @@ TRANSLATE = [
     ([("system", LOCAL_SEX), ("code", "F"), ("targetsystem", SEX)], True,
      [("inexact", SEX, "9")]),  # group.unmapped fixed
     ([("system", LOCAL_SEX), ("code", "Q"), ("targetsystem", GENDER)], False, []),
-    # Z is listed without a target: known and unmapped, the group's unmapped rule is not for it
-    ([("system", LOCAL_SEX), ("code", "Z"), ("targetsystem", SEX)], False, []),
+    # Z is listed without a target: known and unmatched, the group's unmapped rule is not for it
+    ([("system", LOCAL_SEX), ("code", "Z"), ("targetsystem", SEX)], False,
+     [("unmatched", None, None)]),
     # reverse: from the target back to the source, wider read as narrower
     ([("system", GENDER), ("code", "unknown"), ("reverse", "true")], True,
      [("narrower", LOCAL_SEX, "U")]),
@@ -582,7 +584,8 @@ TRANSLATE = [
 def test_translate(svc, query, result, matches):
     got = out(call(svc, "ConceptMap", "translate", query))
     assert got["result"] is result
-    assert [(m["equivalence"], m["concept"]["system"], m["concept"]["code"])
+    assert [(m["equivalence"], *((m["concept"]["system"], m["concept"]["code"])
+                                 if "concept" in m else (None, None)))
             for m in got.get("match", [])] == matches
     if not result:
         assert "No mapping" in got["message"]
@@ -599,9 +602,33 @@ def test_translate_an_inline_map_and_mistakes(svc):
     assert got["result"] is True and got["match"][0]["concept"]["code"] == "male"
     assert call(svc, "ConceptMap", "translate", [("url", "http://nope"), ("system", LOCAL_SEX),
                                                  ("code", "M")])[0] == 404
+    # a version the hub does not hold is named, whether the map is known or not
+    assert call(svc, "ConceptMap", "translate", [
+        ("url", SEX_MAP["url"]), ("conceptMapVersion", "9"), ("system", LOCAL_SEX),
+        ("code", "M")]) == (404, f"Concept map {SEX_MAP['url']} has no version 9")
+    assert call(svc, "ConceptMap", "translate", [
+        ("url", "http://nope|9"), ("system", LOCAL_SEX),
+        ("code", "M")]) == (404, "Concept map http://nope version 9 is not known")
     assert call(svc, "ConceptMap", "translate", [("code", "M")])[0] == 400
     assert call(svc, "ConceptMap", "translate", [("system", LOCAL_SEX), ("code", "M"),
                                                  ("reverse", "maybe")])[0] == 400
+
+
+def test_a_csv_row_without_a_target_translates_as_unmatched(tmp_path):
+    """As a disjoint row answers with its match, a row saying the code has no target answers
+    with an unmatched one: the map's word that there is none, not mere silence."""
+    cm = csv_parse(b"# url: http://example.org/ConceptMap/lab\n# id: lab\n"
+                   b"# source_system: http://example.org/lab\n# target_system: http://loinc.org\n"
+                   b"source_code,target_code,equivalence\nGLU,2345-7,\nCHEM,,\nHEME,x1,disjoint\n")
+    with serving(tmp_path, [cm]) as service:
+        for code, eq, concept in [("CHEM", "unmatched", None),
+                                  ("HEME", "disjoint", {"system": "http://loinc.org",
+                                                        "code": "x1"})]:
+            got = out(call(service, "ConceptMap", "translate", [
+                ("url", cm["url"]), ("system", "http://example.org/lab"), ("code", code)]))
+            assert got["result"] is False
+            (match,) = got["match"]
+            assert match["equivalence"] == eq and match.get("concept") == concept
 
 
 # -- malformed Parameters ---------------------------------------------------------------------------
