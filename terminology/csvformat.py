@@ -359,7 +359,8 @@ def _concept_map(columns: list[str], body: list[tuple[int, list[str]]],
             continue
         comment = (cells.get("comment") or "").strip()
         if equivalence in ("narrower", "inexact") and not comment:
-            problems.append((line, f"a {equivalence} mapping needs a comment saying how the "
+            article = "an" if equivalence == "inexact" else "a"
+            problems.append((line, f"{article} {equivalence} mapping needs a comment saying how the "
                                    "target differs (FHIR R4 ConceptMap invariant cmd-1)"))
             continue
         element = groups.setdefault((R.oid_uri(ssys), R.oid_uri(tsys)), {}).setdefault(

@@ -131,7 +131,7 @@ REFUSED = [
     ("# url: u\nsource_system,source_code,target_system,target_code,equivalence,comment\n"
      "a,M,b,male,equivalent,\na,K,b,k,narrower,\n", (4, "a narrower mapping needs a comment")),
     ("# url: u\nsource_system,source_code,target_system,target_code,equivalence\n"
-     "a,N,b,n,inexact\n", (3, "a inexact mapping needs a comment")),
+     "a,N,b,n,inexact\n", (3, "an inexact mapping needs a comment")),
 ]
 
 
