@@ -104,3 +104,87 @@ def test_a_hub_operation_declares_exactly_what_it_takes(client, op, samples):
         assert r.status_code == 200, (name, r.text)
     for name in ("rule", "patient", "no-such-input"):
         assert client.get(f"/${op}", params={name: "x"}).status_code == 400
+
+
+SHIPPED = "ValueSet-expand"
+MPI_REVIEW = "https://fhir-region-hub.example/OperationDefinition/mpi-review"
+
+
+def test_a_bundle_reads_them_as_a_plain_get_does(client):
+    plain = client.get(f"/OperationDefinition/{SHIPPED}").json()
+    gets = [f"OperationDefinition/{SHIPPED}", f"OperationDefinition/{SHIPPED}/_history/1",
+            f"OperationDefinition?url={MPI_REVIEW}", f"OperationDefinition/{SHIPPED}/_history"]
+    for btype in ("batch", "transaction"):
+        r = client.post("/", json={"resourceType": "Bundle", "type": btype, "entry": [
+            {"request": {"method": "GET", "url": u}} for u in gets]}, headers=FHIR_JSON)
+        assert r.status_code == 200, r.text
+        read, vread, found, history = r.json()["entry"]
+        assert all(e["response"]["status"].startswith("200") for e in (read, vread, found,
+                                                                          history)), r.text
+        assert read["resource"] == plain and vread["resource"] == plain
+        assert read["response"]["etag"] == 'W/"1"'
+        assert [e["resource"]["url"] for e in found["resource"]["entry"]] == [MPI_REVIEW]
+        assert history["resource"]["total"] == 1
+
+
+def test_a_shipped_definition_has_one_version(client):
+    read = client.get(f"/OperationDefinition/{SHIPPED}")
+    assert read.json()["meta"]["versionId"] == "1" and read.headers["etag"] == 'W/"1"'
+    vread = client.get(f"/OperationDefinition/{SHIPPED}/_history/1")
+    assert vread.status_code == 200 and vread.json() == read.json()
+    gone = client.get(f"/OperationDefinition/{SHIPPED}/_history/2")
+    assert gone.status_code == 404 and gone.json()["resourceType"] == "OperationOutcome"
+    history = client.get(f"/OperationDefinition/{SHIPPED}/_history").json()
+    assert history["type"] == "history" and history["total"] == 1
+    assert [e["resource"] for e in history["entry"]] == [read.json()]
+
+
+def _refused(r) -> None:
+    assert r.status_code == 409, r.text
+    issue = r.json()["issue"][0]
+    assert issue["code"] == "conflict" and "read-only" in issue["diagnostics"]
+
+
+def test_what_the_server_defines_cannot_be_written(client):
+    """A stored copy of a shipped id or canonical would be shadowed by the shipped one: refused
+    (409) in any write, plain or conditional, alone or in a Bundle."""
+    shipped = client.get(f"/OperationDefinition/{SHIPPED}").json()
+    body = {k: v for k, v in shipped.items() if k != "meta"} | {"name": "Mine"}
+    at_url = {**body, "url": MPI_REVIEW}
+    del at_url["id"]
+    _refused(client.put(f"/OperationDefinition/{SHIPPED}", json=body, headers=FHIR_JSON))
+    _refused(client.post("/OperationDefinition", json=at_url, headers=FHIR_JSON))
+    _refused(client.put("/OperationDefinition", params={"url": shipped["url"]},
+                        json={**body, "id": "elsewhere"}, headers=FHIR_JSON))
+    _refused(client.delete(f"/OperationDefinition/{SHIPPED}"))
+    _refused(client.delete("/OperationDefinition", params={"url": MPI_REVIEW}))
+    _refused(client.patch(f"/OperationDefinition/{SHIPPED}", content=orjson.dumps(
+        [{"op": "replace", "path": "/name", "value": "Mine"}]),
+        headers={"content-type": "application/json-patch+json"}))
+    # a definition of its own is stored, but cannot be patched onto a shipped canonical
+    mine = {**at_url, "url": "https://example.org/OperationDefinition/mine"}
+    created = client.post("/OperationDefinition", json=mine, headers=FHIR_JSON)
+    assert created.status_code == 201, created.text
+    rid = created.json()["id"]
+    _refused(client.patch(f"/OperationDefinition/{rid}", content=orjson.dumps(
+        [{"op": "replace", "path": "/url", "value": MPI_REVIEW}]),
+        headers={"content-type": "application/json-patch+json"}))
+    # in a batch each such entry is refused, the rest written; a transaction is refused whole
+    batch = client.post("/", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "PUT", "url": f"OperationDefinition/{SHIPPED}"}, "resource": body},
+        {"request": {"method": "DELETE", "url": f"OperationDefinition?url={MPI_REVIEW}"}},
+        {"request": {"method": "POST", "url": "OperationDefinition"}, "resource": at_url},
+        {"request": {"method": "PUT", "url": f"OperationDefinition/{rid}"},
+         "resource": {**mine, "id": rid, "name": "Mine2"}},
+    ]}, headers=FHIR_JSON)
+    assert [e["response"]["status"][:3] for e in batch.json()["entry"]] == \
+        ["409", "409", "409", "200"], batch.text
+    _refused(client.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "POST", "url": "OperationDefinition",
+                     "ifNoneExist": f"url={MPI_REVIEW}"}, "resource": at_url}]},
+        headers=FHIR_JSON))
+    # what the server answers is still its own, and nothing of those url was stored
+    assert client.get(f"/OperationDefinition/{SHIPPED}").json() == shipped
+    assert client.get(f"/OperationDefinition/{rid}").json()["url"] == mine["url"]
+    stored = client.get("/OperationDefinition", params={"name": "Mine"}).json()
+    assert {e["resource"]["url"] for e in stored.get("entry", [])} <= {mine["url"]}

@@ -470,6 +470,7 @@ def _checker(request: Request, ctx: Context) -> bundles.Validate:
     strict = prefer_strict(request)
 
     def check(rtype: str, raw: bytes, d: dict, where: str) -> tuple[dict, list[Issue]]:
+        operations.refuse_body(rtype, d, where)  # a patch's result too
         d, repairs = intake.validate(ctx, settings, rtype, raw, d, where)
         return d, [*repairs, *enforce(registry, rtype, d, strict, where)]
     return check
@@ -480,6 +481,7 @@ def _checked(request: Request, rtype: str, raw: bytes, d: dict) -> tuple[dict, l
 
 
 async def _run(request: Request, op: Op, warnings: list[Issue] | None = None) -> Response:
+    operations.refuse_write(op)
     repo, ctx = repository(request), context_of(request)
 
     def execute() -> Result:
@@ -652,6 +654,10 @@ async def conditional_delete(request: Request, rtype: str) -> Response:
 
 async def history_instance(request: Request, rtype: str, rid: str) -> Response:
     check_format(request)
+    shipped = operations.history(repository(request), context_of(request), rtype, rid,
+                                 _base(request), str(request.url))
+    if shipped is not None:  # an operation /metadata names: its one version
+        return fhir_response(shipped, request=request)
     out = await run_in_threadpool(history_bundle, repository(request), context_of(request),
                                   list(request.query_params.multi_items()), _base(request), _settings(request), _type(rtype),
                                   _id(rid))
@@ -705,6 +711,9 @@ async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
     _check_read_format(request, rtype)
     if not (vid.isascii() and vid.isdigit()) or len(vid) > 18:  # no version reaches 10**18
         raise not_found(f"{vid!r} is not a version of {rtype}/{rid}")
+    shipped = operations.vread(request, rtype, rid, vid)  # an operation /metadata names
+    if shipped is not None:
+        return shipped
     stored = await run_in_threadpool(repository(request).vread, context_of(request), _type(rtype),
                                      _id(rid), int(vid))
     return _stored_response(request, stored)
@@ -762,6 +771,7 @@ async def _patch(request: Request, op: Op) -> Response:
     apply, document = patching.from_body(media, raw, _settings(request).max_string)
     repo, ctx = repository(request), context_of(request)
     op.if_match = parse_if_match(request.headers.get("if-match"))
+    operations.refuse_write(op)
     op.patch = patching.step(op.rtype, apply, document, _checker(request, ctx))
 
     def execute() -> Result:
@@ -777,6 +787,7 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
     check_format(request)
     op = Op("DELETE", _type(rtype), _id(rid), if_match=parse_if_match(request.headers.get("if-match")),
             url=f"{rtype}/{rid}")
+    operations.refuse_write(op)
     result = (await run_in_threadpool(repository(request).execute, [op], context_of(request),
                                       atomic=True))[0]
     assert isinstance(result, Result)  # atomic: a failure is raised, not returned
@@ -852,8 +863,12 @@ def _get(repo: Repository, ctx: Context, path: str, query: str, base: str,
         return 200, history_bundle(repo, ctx, items, base, settings)
     if rtype not in res.RESOURCE_TYPES:
         raise not_found(f"Cannot GET {path!r}")
+    self_url = f"{base}/{path}" + (f"?{query}" if query else "")
     if parts[1:] == ["_history"] or (len(parts) == 3 and parts[2] == "_history"):
         rid = _id(parts[1]) if len(parts) == 3 else None
+        shipped = operations.history(repo, ctx, rtype, rid, base, self_url) if rid else None
+        if shipped is not None:
+            return 200, None if check else shipped
         if check:
             check_history(repo, ctx, items, settings, rtype, rid)
             return 200, None
@@ -870,6 +885,9 @@ def _get(repo: Repository, ctx: Context, path: str, query: str, base: str,
             return 200, None
         return 200, search_bundle(repo, ctx, parts[2], items, base, settings, False, compartment)
     if len(parts) == 1:
+        shipped = operations.search_as(repo, ctx, rtype, items, base, self_url)
+        if shipped is not None:
+            return 200, None if check else shipped
         if check:
             plan_search(repo, ctx, rtype, items, base, settings, False)
             return 200, None
@@ -883,6 +901,10 @@ def _get(repo: Repository, ctx: Context, path: str, query: str, base: str,
         version = int(parts[3])
     elif len(parts) != 2:
         raise bad_request(f"GET {path!r} is not supported inside a Bundle")
+    shipped = operations.read_as(repo, ctx, rtype, parts[1]) if version is None \
+        else operations.vread_as(repo, ctx, rtype, parts[1], parts[3])
+    if shipped is not None:  # an operation /metadata names, as over HTTP
+        return 200, None if check else shipped
     if check:
         stored = repo.latest(ctx, rtype, _id(parts[1]))
         if stored is None:  # unknown, or not shown to the caller: alike

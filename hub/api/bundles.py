@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, unquote, urlencode
 import orjson
 
 from fhir_mapping import source_order
-from hub.api import intake, patching
+from hub.api import intake, operations, patching
 from hub.api.responses import (
     ID_RE,
     client_holds,
@@ -116,6 +116,7 @@ def parse_entry(i: int, entry: object, base: str,
             raise bad_request("ifNoneExist is a string of search criteria",
                               f"{where}.request.ifNoneExist")
         op.if_none_exist = parse_if_none_exist(inx, f"{where}.request.ifNoneExist")
+    operations.refuse_write(op)  # what the server defines itself
     if method == "PATCH":
         apply, document = patching.from_entry(entry.get("resource"), where)
         op.patch = patching.step(rtype, apply, document, validate, where)
