@@ -681,3 +681,39 @@ def test_console_messages_say_what_was_asked_for_and_a_missing_system_is_said_in
     assert r.status_code == 200 and 'id="find-unloaded"' in r.text
     assert "This code system is not loaded" in r.text and 'id="unmapped"' in r.text
 
+
+def test_every_unreviewed_break_the_glass_access_of_the_window_can_be_reached(live, client):
+    """The review list held the newest 200 emergency accesses: older ones of the ninety days,
+    unreviewed, dropped out of sight. The page says how many older ones there are and links to
+    them."""
+    n = uuid.uuid4().hex[:6]
+    pid = f"page-{n}"
+    assert client.put(f"/Patient/{pid}", json={
+        "resourceType": "Patient", "id": pid, "name": [{"family": f"郑{n}"}]}).status_code == 201
+    first_name = _user(live, ("clinician",))
+    first = _logged_in(live, first_name)
+    btg = _btg(first.get(f"/console/record/Patient/{pid}", params={"purpose": "ETREAT"}))
+    assert first.get(f"/console/record/Patient/{pid}",
+                     params={"purpose": "ETREAT", "btg": btg}).status_code == 200
+    many = _logged_in(live, _user(live, ("clinician",)))
+    btg = _btg(many.get(f"/console/record/Patient/{pid}", params={"purpose": "ETREAT"}))
+    for _ in range(201):
+        assert many.get(f"/console/record/Patient/{pid}",
+                        params={"purpose": "ETREAT", "btg": btg}).status_code == 200
+    aud = _logged_in(live, _user(live, ("auditor",)))
+
+    def rows(page: httpx.Response) -> list[str]:
+        return re.findall(r'<tr id="access-[^"]+">(.*?)</tr>', page.text, re.S)
+
+    newest = aud.get("/console/audit")
+    assert len(rows(newest)) == 200
+    assert not any(f"console:{first_name}" in r for r in rows(newest))
+    older = re.search(r'id="emergency-older">[^<]*: (\d+)</a>', newest.text)
+    assert older and int(older.group(1)) >= 1
+    link = re.search(r'href="(/console/audit\?older=\d+)" id="emergency-older"', newest.text)
+    pages = [aud.get(link.group(1))]
+    while (link := re.search(r'href="(/console/audit\?older=\d+)" id="emergency-older"',
+                             pages[-1].text)) is not None:
+        pages.append(aud.get(link.group(1)))
+    mine = [r for p in pages for r in rows(p) if f"console:{first_name}" in r]
+    assert mine and "<form" in mine[0]  # shown, with its review form
