@@ -634,3 +634,86 @@ def test_the_language_link_keeps_the_pages_query(live):
     assert parse_qs(href) == {"q": ["张三"], "lang": ["en"]}
     page = c.get("/console/record?" + href)
     assert page.status_code == 200 and 'value="张三"' in page.text and 'lang="en"' in page.text
+
+
+def test_a_refused_query_or_body_is_a_console_page_and_the_api_still_answers_fhir(live, client):
+    """A control character in a console page's query was refused before the console saw it, in
+    FHIR JSON; so was a body over the limit. They are console pages in the reader's language,
+    with their status; the API's answer is as it was."""
+    import socket
+
+    c = _logged_in(live, _user(live, ("admin", "clinician")))
+    for path in ("/console/record?q=%00", "/console/terminology?q=%00&lang=en",
+                 "/console/overview?institution=%00"):
+        r = c.get(path)
+        assert r.status_code == 400 and r.headers["content-type"].startswith("text/html"), path
+        assert 'id="error-status"' in r.text and 'aria-label="console"' in r.text, path  # menu
+    assert "The request is not valid" in c.get("/console/terminology?q=%00&lang=en").text
+    assert "请求无效" in c.get("/console/record?q=%01&lang=zh").text
+    api = client.get("/Patient?name=%00")
+    assert api.status_code == 400 and api.headers["content-type"].startswith(
+        "application/fhir+json") and api.json()["resourceType"] == "OperationOutcome"
+    # a declared body past the limit, unread: the console's page, and the connection closed
+    host, port = live.settings.host, live.port
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.sendall(b"POST /console/mapping HTTP/1.1\r\nHost: %s:%d\r\nCookie: hub_console=%s\r\n"
+                  b"Content-Type: application/x-www-form-urlencoded\r\n"
+                  b"Content-Length: 99999999999\r\n\r\n"
+                  % (host.encode(), port, c.cookies["hub_console"].encode()))
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and b"text/html" in head, head
+    assert b'id="error-status"' in body
+
+
+def test_console_messages_say_what_was_asked_for_and_a_missing_system_is_said_in_the_page(live):
+    """A quality report not found named the resource type it is stored as ("OperationOutcome/…
+    is not known"); looking a standard code up in a code system not loaded turned the whole
+    mapping page into a 404."""
+    c = _logged_in(live, _user(live, ("steward",)))
+    r = c.get("/console/quality/report/nope", params={"lang": "en"})
+    assert r.status_code == 404 and "No quality report nope" in r.text
+    assert "OperationOutcome" not in r.text
+    r = c.get("/console/mapping", params={"find": "%", "find_system": "http://example.org/none",
+                                          "lang": "en"})
+    assert r.status_code == 200 and 'id="find-unloaded"' in r.text
+    assert "This code system is not loaded" in r.text and 'id="unmapped"' in r.text
+
+
+def test_every_unreviewed_break_the_glass_access_of_the_window_can_be_reached(live, client):
+    """The review list held the newest 200 emergency accesses: older ones of the ninety days,
+    unreviewed, dropped out of sight. The page says how many older ones there are and links to
+    them."""
+    n = uuid.uuid4().hex[:6]
+    pid = f"page-{n}"
+    assert client.put(f"/Patient/{pid}", json={
+        "resourceType": "Patient", "id": pid, "name": [{"family": f"郑{n}"}]}).status_code == 201
+    first_name = _user(live, ("clinician",))
+    first = _logged_in(live, first_name)
+    btg = _btg(first.get(f"/console/record/Patient/{pid}", params={"purpose": "ETREAT"}))
+    assert first.get(f"/console/record/Patient/{pid}",
+                     params={"purpose": "ETREAT", "btg": btg}).status_code == 200
+    many = _logged_in(live, _user(live, ("clinician",)))
+    btg = _btg(many.get(f"/console/record/Patient/{pid}", params={"purpose": "ETREAT"}))
+    for _ in range(201):
+        assert many.get(f"/console/record/Patient/{pid}",
+                        params={"purpose": "ETREAT", "btg": btg}).status_code == 200
+    aud = _logged_in(live, _user(live, ("auditor",)))
+
+    def rows(page: httpx.Response) -> list[str]:
+        return re.findall(r'<tr id="access-[^"]+">(.*?)</tr>', page.text, re.S)
+
+    newest = aud.get("/console/audit")
+    assert len(rows(newest)) == 200
+    assert not any(f"console:{first_name}" in r for r in rows(newest))
+    older = re.search(r'id="emergency-older">[^<]*: (\d+)</a>', newest.text)
+    assert older and int(older.group(1)) >= 1
+    link = re.search(r'href="(/console/audit\?older=\d+)" id="emergency-older"', newest.text)
+    pages = [aud.get(link.group(1))]
+    while (link := re.search(r'href="(/console/audit\?older=\d+)" id="emergency-older"',
+                             pages[-1].text)) is not None:
+        pages.append(aud.get(link.group(1)))
+    mine = [r for p in pages for r in rows(p) if f"console:{first_name}" in r]
+    assert mine and "<form" in mine[0]  # shown, with its review form

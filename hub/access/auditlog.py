@@ -358,20 +358,34 @@ class AuditLog:
                 left -= len(rows)
 
     def with_values(self, param: str, values: Iterable[str], since_us: int | None = None,
-                    limit: int = 500) -> list[Stored]:
+                    limit: int = 500, before_pos: int | None = None) -> list[Stored]:
         """The AuditEvents indexed with one of ``values`` for ``param``, the newest first (every
-        event committed before included: the spool is moved and indexed first)."""
+        event committed before included: the spool is moved and indexed first); with
+        ``before_pos`` only those committed before that position (the next page)."""
         self.move_spooled()
         while self.index_pending():
             pass
-        since = "" if since_us is None else " AND e.lo_us >= :since"
+        where = _value_filter(since_us, before_pos)
         with self.engine.connect() as c:
             rows = c.execute(sa.text(
                 "SELECT e.pos, e.id, e.body FROM audit_event e WHERE e.pos IN (SELECT pos FROM "
-                f"audit_index WHERE param = :p AND value IN :vals){since} ORDER BY e.pos DESC "
+                f"audit_index WHERE param = :p AND value IN :vals){where} ORDER BY e.pos DESC "
                 "LIMIT :n").bindparams(sa.bindparam("vals", expanding=True)),
-                {"p": param, "vals": list(values), "since": since_us, "n": limit}).all()
+                {"p": param, "vals": list(values), "since": since_us, "before": before_pos,
+                 "n": limit}).all()
         return [Stored(r.pos, r.id, bytes(r.body)) for r in rows]
+
+    def count_values(self, param: str, values: Iterable[str], since_us: int | None = None,
+                     before_pos: int | None = None) -> int:
+        """How many AuditEvents ``with_values`` would give without a limit."""
+        where = _value_filter(since_us, before_pos)
+        with self.engine.connect() as c:
+            return int(c.execute(sa.text(
+                "SELECT count(*) FROM audit_event e WHERE e.pos IN (SELECT pos FROM audit_index "
+                f"WHERE param = :p AND value IN :vals){where}").bindparams(
+                    sa.bindparam("vals", expanding=True)),
+                {"p": param, "vals": list(values), "since": since_us,
+                 "before": before_pos}).scalar_one())
 
     def count(self, since_us: int | None = None) -> int:
         with self.engine.connect() as c:
@@ -725,3 +739,8 @@ def search_values(d: dict) -> list[tuple[str, str]]:
             if ref.startswith("Patient/"):
                 out.append(("patient", ref))
     return list(dict.fromkeys(pv for pv in out if isinstance(pv[1], str) and pv[1]))
+
+
+def _value_filter(since_us: int | None, before_pos: int | None) -> str:
+    return ("" if since_us is None else " AND e.lo_us >= :since") + \
+        ("" if before_pos is None else " AND e.pos < :before")

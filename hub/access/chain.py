@@ -380,12 +380,13 @@ EMERGENCY = frozenset({"ETREAT", "BTG"})  # break-the-glass purposes of use: acc
 
 
 def emergency_accesses(log: Any, since_us: int | None = None,
-                       limit: int | None = None) -> list[dict]:
+                       limit: int | None = None, before_pos: int | None = None) -> list[dict]:
     """The break-the-glass accesses in the audit, oldest first: recorded, who (and the system of
-    that identifier), purpose, outcome, what; each found by the log's purpose index (the newest
-    ``limit`` of them with a limit)."""
+    that identifier), purpose, outcome, what, its position in the log; each found by the log's
+    purpose index (the newest ``limit`` of them with a limit, of those before ``before_pos``
+    with one)."""
     out = []
-    found = log.with_values("purpose", sorted(EMERGENCY), since_us, limit or 1 << 62)
+    found = log.with_values("purpose", sorted(EMERGENCY), since_us, limit or 1 << 62, before_pos)
     for row in reversed(found):
         d = orjson.loads(row.body)
         purposes = {c.get("code") for p in d.get("purposeOfEvent") or ()
@@ -395,7 +396,8 @@ def emergency_accesses(log: Any, since_us: int | None = None,
         agent = (d.get("agent") or [{}])[0]
         ident = (agent.get("who") or {}).get("identifier") or {}
         out.append({
-            "id": d.get("id"), "recorded": d.get("recorded"), "who": ident.get("value"),
+            "id": d.get("id"), "pos": row.pos, "recorded": d.get("recorded"),
+            "who": ident.get("value"),
             # whose subject: the hub's users' system, an external provider's issuer
             "system": ident.get("system"),
             "purpose": sorted(purposes & EMERGENCY)[0], "outcome": d.get("outcome"),

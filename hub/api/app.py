@@ -243,7 +243,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
     app.state.rate_limiter = RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None
     app.add_middleware(BodyLimit, limit=settings.max_body, answers={"/v3": v3.too_large},
                        max_header=settings.max_header, large=settings.large_body,
-                       max_large=settings.max_large, large_wait=settings.large_wait)
+                       max_large=settings.max_large, large_wait=settings.large_wait,
+                       pages="/console/")  # the console's refusals: its error page
     _install_error_handlers(app)
     # before the FHIR routes: /fhir/{type} would otherwise take /fhir/$quality-report
     app.include_router(health.router)  # GET /health, GET /ready
@@ -334,24 +335,23 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def store_unavailable(request: Request, e: Exception) -> Response:
         if too_complex(e):  # the engine's own limits: the same query fails again; say so
             log.info("query too complex on %s %s: %s", request.method, request.url.path, e)
-            return outcome_response([Issue("too-costly", "The query is too complex for the index "
-                                           "(too many values, criteria or chained steps); "
-                                           "narrow it or split it")], 400, request)
+            return _answer(request, Issue("too-costly", "The query is too complex for the index "
+                                          "(too many values, criteria or chained steps); "
+                                          "narrow it or split it"), 400)
         if too_large(e):  # content beyond what the engine indexes: a retry fails the same
             log.info("content too large to index on %s %s: %s", request.method, request.url.path, e)
-            return outcome_response([Issue("too-long", "A value of this resource is too large for "
-                                           "the event store to index")], 422, request)
+            return _answer(request, Issue("too-long", "A value of this resource is too large "
+                                          "for the event store to index"), 422)
         failure = storage_failure(e)
         if failure is not None:  # out of space: no retry helps until someone frees some
             log.error("event store out of space on %s %s: %s", request.method, request.url.path,
                       failure)
-            return outcome_response([Issue("exception", STORE_FULL)], 507, request)
+            return _answer(request, Issue("exception", STORE_FULL), 507)
         # Store down or its connections exhausted: a client can retry; the server keeps going.
         log.warning("event store unavailable on %s %s: %s: %s", request.method,
                     request.url.path, type(e).__name__, _first_line(e))
-        response = outcome_response(
-            [Issue("transient", "The event store is unavailable or busy; retry shortly")],
-            503, request)
+        response = _answer(request, Issue("transient", "The event store is unavailable or busy; "
+                                          "retry shortly"), 503)
         response.headers["Retry-After"] = "1"
         return response
 
@@ -360,21 +360,28 @@ def _install_error_handlers(app: FastAPI) -> None:
         # a read model built from another event log (or beyond its end): its answers would not
         # be this log's; /ready fails and names the rebuild too
         log.warning("%s %s: %s", request.method, request.url.path, e)
-        return outcome_response([Issue("exception", str(e))], 503, request)
+        return _answer(request, Issue("exception", str(e)), 503)
 
     @app.exception_handler(Exception)
     async def crash(request: Request, e: Exception) -> Response:
         if search_engine_away(e):  # Elasticsearch down or overloaded: a client can retry
             log.warning("search engine unavailable on %s %s: %s", request.method,
                         request.url.path, type(e).__name__)
-            response = outcome_response(
-                [Issue("transient", "The search engine is unavailable or busy; retry shortly")],
-                503, request)
+            response = _answer(request, Issue("transient", "The search engine is unavailable or "
+                                              "busy; retry shortly"), 503)
             response.headers["Retry-After"] = "1"
             return response
         # No request content in the log: it may hold personal data.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return outcome_response([Issue("exception", "Internal server error")], 500, request)
+        return _answer(request, Issue("exception", "Internal server error"), 500)
+
+
+def _answer(request: Request, issue: Issue, status: int) -> Response:
+    """A failure as the caller reads answers: the console's page, else an OperationOutcome."""
+    if request.url.path.startswith("/console/") and \
+            not request.url.path.startswith("/console/static/"):
+        return console.error_page(request, status, issue.diagnostics or "")
+    return outcome_response([issue], status, request)
 
 
 def _first_line(e: Exception) -> str:

@@ -16,6 +16,7 @@ from urllib.parse import unquote_plus, urlsplit
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from hub.api.limits import REFUSAL
 from hub.api.traffic import client_address
 from hub.auth.sessions import COOKIE, session_log, session_verifier
 from hub.auth.verifier import RevokedClient
@@ -203,9 +204,13 @@ def _wsdl_query(request: Request) -> bool:
 async def authenticate(request: Request) -> None:
     """Every route's first step: with access control on, no valid token, no answer (401); a
     caller over its rate, 429. The console's pages send a person without a session to its login
-    page instead."""
+    page instead. A request the limits refused for a console page (``hub.api.limits``) is
+    refused here, once the page knows who reads it."""
     limiter = getattr(request.app.state, "rate_limiter", None)
+    refused = request.scope.get(REFUSAL)
     if request.url.path in PUBLIC_PATHS or _wsdl_query(request):
+        if refused is not None:
+            raise refused
         if request.url.path == "/auth/token":  # each answer checks a signature: per address
             _throttle(limiter, f"@{address_of(request)}")
         return
@@ -218,6 +223,8 @@ async def authenticate(request: Request) -> None:
         raise
     if request.url.path.startswith("/console") and actor.kind == "anonymous":
         raise LoginRequired(_return_to(request))
+    if refused is not None:
+        raise refused
     if authenticated(request) and actor.kind == "anonymous":
         _throttle(limiter, f"@{address_of(request)}")
         err = unauthenticated(LOGIN_REQUIRED)

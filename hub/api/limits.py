@@ -10,7 +10,11 @@ HUB_LARGE_BODY bytes, or one sent without a length, is read only while fewer tha
 such requests are in flight in this process; another waits for its turn up to HUB_LARGE_WAIT
 seconds, then is answered 503 with ``Retry-After``. So what a process's requests hold at once is
 bounded by HUB_MAX_LARGE large bodies plus the small ones, however many clients send large
-documents together."""
+documents together.
+
+Under ``pages`` (the console) a refusal is no FHIR answer but the application's own page: the
+request goes on without its query (the language aside), its body or its other headers, carrying
+the refusal in its scope (``REFUSAL``), which the first step of every route raises."""
 
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import asyncio
 import re
 
 from hub.core.errors import FhirError, Issue, outcome_bytes
+
+REFUSAL = "hub.refusal"  # the scope key of a refusal the application answers (``pages``)
 
 # A control character in the query string, sent raw or percent-encoded: none of the FHIR strings
 # a parameter stands for may hold one (tab, line feed and carriage return aside), and PostgreSQL
@@ -35,13 +41,16 @@ class BodyTooLarge(FhirError):
 class BodyLimit:
     """``answers``: per request path, a function of the limit and the request's headers giving
     (status, content type, body) of the refusal, for endpoints that do not speak FHIR JSON
-    (``/v3`` answers an HL7 v3 AR, or a SOAP Fault to a SOAP request)."""
+    (``/v3`` answers an HL7 v3 AR, or a SOAP Fault to a SOAP request). ``pages``: the path
+prefix whose refusals the application answers itself (as pages, the console's)."""
 
     def __init__(self, app, limit: int, answers: dict | None = None, max_header: int | None = None,
-                 large: int | None = None, max_large: int = 2, large_wait: float = 10.0):
+                 large: int | None = None, max_large: int = 2, large_wait: float = 10.0,
+                 pages: str | None = None):
         self.app = app
         self.limit = limit
         self.answers = answers or {}
+        self.pages = pages
         self.max_header = max_header
         self.large = large
         self._large_slots = asyncio.Semaphore(max(1, max_large))
@@ -51,21 +60,33 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = scope.get("headers", ())
+        page = self.pages is not None and scope.get("path", "").startswith(self.pages) and \
+            not scope.get("path", "").startswith(self.pages + "static/")
         if self.max_header is not None:
             size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + sum(
                 len(name) + len(value) + 4 for name, value in headers)
             if size > self.max_header:
+                if page:
+                    return await self._as_page(scope, send, _headers_error(self.max_header),
+                                               close=True)
                 return await _refuse_headers(send, self.max_header)
         if _CONTROL.search(scope.get("query_string") or b""):
+            if page:
+                return await self._as_page(scope, send, FhirError(400, "invalid", QUERY_CONTROL))
             return await _refuse_query(send)
         length = None
         for name, value in headers:
             if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
                 # the hub reads bodies as sent: a gzip body failed as "not valid UTF-8", and a
                 # plain one labelled br was stored as if decoded (RFC 9110 15.5.16)
+                if page:
+                    return await self._as_page(scope, send, _encoding_error(value))
                 return await _refuse_encoding(send, value)
             if name == b"content-length":
                 if not (value.isascii() and value.isdigit()) or int(value) > self.limit:
+                    if page:
+                        return await self._as_page(scope, send, BodyTooLarge(self.limit),
+                                                   close=True)
                     return await _refuse(send, self.limit, self.answers.get(scope.get("path", "")),
                                          headers)
                 length = int(value)
@@ -75,12 +96,41 @@ class BodyLimit:
             try:
                 await asyncio.wait_for(self._large_slots.acquire(), self.large_wait)
             except asyncio.TimeoutError:
+                if page:
+                    return await self._as_page(scope, send, _busy_error(), close=True)
                 return await _busy(send)
             try:
                 return await self._limited(scope, receive, send)
             finally:
                 self._large_slots.release()
         return await self._limited(scope, receive, send)
+
+    async def _as_page(self, scope, send, error: FhirError, close: bool = False) -> None:
+        """``error`` answered by the application, as its pages answer (its session read from
+        the cookie): the request without what was refused, nor anything else it sent (its query
+        but the language, its body, its headers but the host and a cookie within the limits)."""
+        keep = self.max_header // 4 if self.max_header else 8192
+        headers = [(n, v) for n, v in scope.get("headers", ())
+                   if n in (b"host", b"cookie") and len(v) <= keep]
+        lang = [p for p in (scope.get("query_string") or b"").split(b"&")
+                if p in (b"lang=zh", b"lang=en")][:1]
+        inner = {**scope, "headers": headers, "query_string": b"".join(lang), REFUSAL: error}
+        sent = False
+
+        async def nothing():  # the body is not read: an empty one, then the client gone
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def closing(message):  # the unread body: the connection is not reused
+            if close and message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()),
+                                                  (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(inner, nothing, closing)
 
     async def _limited(self, scope, receive, send):
         seen = 0
@@ -119,26 +169,41 @@ async def _refuse(send, limit: int, answer=None, headers=()) -> None:
     await _answer(send, status, body, ctype, (b"connection", b"close"))
 
 
+BUSY = "Too many large requests are being read at once; retry shortly (HUB_MAX_LARGE)"
+QUERY_CONTROL = "The query string holds a control character"
+
+
+def _busy_error() -> FhirError:
+    error = FhirError(503, "transient", BUSY)
+    error.retry_after = 2  # type: ignore[attr-defined]
+    return error
+
+
+def _encoding_error(value: bytes) -> FhirError:
+    return FhirError(415, "not-supported", f"Content-Encoding {value[:40].decode('latin-1')!r} "
+                                           "is not supported: send the body as it is (identity)")
+
+
+def _headers_error(limit: int) -> FhirError:
+    return FhirError(431, "too-costly", f"The request line and headers exceed the limit of "
+                                        f"{limit} bytes (HUB_MAX_HEADER)")
+
+
 async def _busy(send) -> None:
-    body = outcome_bytes([Issue("transient", "Too many large requests are being read at once; "
-                                "retry shortly (HUB_MAX_LARGE)")])
+    body = outcome_bytes([Issue("transient", BUSY)])
     await _answer(send, 503, body, FHIR_JSON, (b"retry-after", b"2"), (b"connection", b"close"))
 
 
 async def _refuse_encoding(send, value: bytes) -> None:
-    body = outcome_bytes([Issue("not-supported", "Content-Encoding "
-                                f"{value[:40].decode('latin-1')!r} is not supported: send the "
-                                "body as it is (identity)")])
+    body = outcome_bytes(_encoding_error(value).issues)
     await _answer(send, 415, body, FHIR_JSON, (b"accept-encoding", b"identity"))
 
 
 async def _refuse_query(send) -> None:
-    body = outcome_bytes([Issue("invalid", "The query string holds a control character")])
+    body = outcome_bytes([Issue("invalid", QUERY_CONTROL)])
     await _answer(send, 400, body)
 
 
 async def _refuse_headers(send, limit: int) -> None:
-    body = outcome_bytes([Issue("too-costly",
-                                f"The request line and headers exceed the limit of {limit} bytes "
-                                "(HUB_MAX_HEADER)")])
+    body = outcome_bytes(_headers_error(limit).issues)
     await _answer(send, 431, body, FHIR_JSON, (b"connection", b"close"))

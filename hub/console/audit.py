@@ -22,6 +22,7 @@ from hub.core.access import Action
 from hub.core.errors import FhirError
 
 WINDOW_DAYS = 90  # the break-the-glass accesses listed: the last ninety days'
+PAGE = 200  # accesses a page lists; the older ones of the window on the next pages
 FINDINGS = ("justified", "unjustified")
 
 
@@ -35,7 +36,11 @@ def audit_page(request: Request) -> Response:
     ctx = authorize(request, Action("operation", None, None, "$console-audit"))
     log = _log(request)
     since = int((datetime.now(UTC) - timedelta(days=WINDOW_DAYS)).timestamp() * 1_000_000)
-    found = emergency_accesses(log, since, 200) if log is not None else []
+    older = request.query_params.get("older", "")  # the position the page's accesses are before
+    before = int(older) if older.isascii() and older.isdigit() and len(older) < 19 else None
+    found = emergency_accesses(log, since, PAGE, before) if log is not None else []
+    # how many older ones the window holds (none unreviewed is out of sight: a link to them)
+    more = log.count_values("purpose", sorted(EMERGENCY), since, found[0]["pos"]) if found else 0
     reviews: dict[str, list[dict[str, Any]]] = {}
     if found:
         for row in reversed(log.with_values("entity", [f"AuditEvent/{a['id']}" for a in found])):
@@ -68,7 +73,8 @@ def audit_page(request: Request) -> Response:
     q = {k: request.query_params.get(k, "").strip()[:200] for k in ("patient", "who", "since")}
     accesses = _search(request, ctx, q) if any(q.values()) else None
     return page(request, "audit.html", "audit", emergency=emergency, q=q, accesses=accesses,
-                findings=FINDINGS, notice=notice_of(request))
+                findings=FINDINGS, notice=notice_of(request), more=more,
+                older=found[0]["pos"] if more else None, paged=before is not None)
 
 
 def _search(request: Request, ctx: Any, q: dict[str, str]) -> list[dict[str, str]]:

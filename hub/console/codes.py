@@ -43,17 +43,18 @@ def mapping_page(request: Request) -> Response:
     find_system = q.get("find_system", "http://loinc.org").strip()[:300]
     find = q.get("find", "").strip()[:100]
     found: list[Any] = []
+    unloaded = False  # the system looked in is not loaded: said in the page, the page stands
     if find:
         service = request.app.state.terminology
         ref = service.code_system(find_system)
-        if ref is None:
-            raise FhirError(404, "not-found", f"No code system {find_system} is loaded")
-        found = service.find(ref, find, 20)
+        unloaded = ref is None
+        found = service.find(ref, find, 20) if ref is not None else []
     use = {k: q.get(f"use_{k}", "").strip()[:300] for k in ("system", "code", "display")}
     running = [j for j in Jobs(request.app.state.settings.data_dir).list(20)
                if j["kind"] == "renormalise"][:1]
     return page(request, "mapping.html", "mapping", rows=rows, institution=institution,
-                find_system=find_system, find=find, found=found, use=use, last_run=running,
+                find_system=find_system, find=find, found=found, unloaded=unloaded, use=use,
+                last_run=running,
                 notice=notice_of(request))
 
 

@@ -157,7 +157,8 @@ class StaticFiles(staticfiles.StaticFiles):
 
 def error_page(request: Request, status: int, detail: str) -> HTMLResponse:
     """A refusal on a console page, as a page (the API answers an OperationOutcome)."""
-    key = {403: "forbidden", 404: "not_found"}.get(status, "failed")
+    key = {400: "bad_request", 403: "forbidden", 404: "not_found", 413: "too_large",
+           431: "too_large", 503: "unavailable"}.get(status, "failed")
     response = page(request, "error.html", "error", status=status, key=key, detail=detail)
     response.status_code = status
     return response

@@ -69,7 +69,12 @@ async def report_page(request: Request, rid: str) -> Response:
     repo = repository(request)
 
     def answer() -> dict[str, Any]:
-        report = orjson.loads(resource_bytes(repo.read(ctx, "OperationOutcome", rid)))
+        try:
+            report = orjson.loads(resource_bytes(repo.read(ctx, "OperationOutcome", rid)))
+        except FhirError as e:  # said as the reader asked, not as the resource it is stored as
+            if e.status in (404, 410):
+                raise FhirError(e.status, e.issues[0].code, f"No quality report {rid}") from None
+            raise
         found = findings_of(report)
         ext = {e.get("url", "").rsplit("/", 1)[-1]: e for e in report.get("extension") or []}
         doc_ref = (ext.get("quality-document", {}).get("valueReference") or {}).get("reference")
