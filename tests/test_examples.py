@@ -112,6 +112,11 @@ def test_every_accepted_example_round_trips(live, examples):
             clients.append(c)
         return c
 
+    from hub.api.operations import definitions
+
+    shipped = set(definitions())
+    shipped_urls = {d.get("url") for d in definitions().values()}
+
     def put_and_get(item: tuple[str, bytes]) -> str | None:
         name, raw = item
         d = json.loads(raw)
@@ -127,6 +132,12 @@ def test_every_accepted_example_round_trips(live, examples):
             # the master patient index's view, never written by hand
             if r.status_code != 405 or r.json()["resourceType"] != "OperationOutcome":
                 return f"{name}: PUT of a Person gave {r.status_code}, not a 405 outcome"
+            return "refused"
+        if d["resourceType"] == "OperationDefinition" and (
+                d["id"] in shipped or d.get("url") in shipped_urls):
+            # the server's own definitions (the operations it declares) are read-only
+            if r.status_code != 409 or r.json()["resourceType"] != "OperationOutcome":
+                return f"{name}: PUT of a shipped OperationDefinition gave {r.status_code}"
             return "refused"
         if r.status_code == 422 and not accepted_by_fhir_resources(raw):
             return "refused"  # refused by the model too: outside what the hub must take

@@ -78,11 +78,12 @@ from hub.api.search import (
 from hub.api.systemsearch import check_system_search, system_search
 from hub.api.traffic import RateLimiter, networks
 from hub.auth.verifier import ExternalIssuer, Verifier
+from hub.core import invariants
 from hub.core import resource as res
 from hub.core.access import OPEN, Policy
 from hub.core.conditional import SearchResolver, parse_if_none_exist, parse_query
 from hub.core.config import Settings
-from hub.core.errors import FhirError, Issue, bad_request, not_found
+from hub.core.errors import FhirError, Issue, bad_request, not_found, relocate
 from hub.core.events import resource_bytes
 from hub.core.gctune import tune_for_serving
 from hub.core.ingest import Context, Hub, Op, Result
@@ -479,7 +480,10 @@ def _checker(request: Request, ctx: Context) -> bundles.Validate:
     def check(rtype: str, raw: bytes, d: dict, where: str) -> tuple[dict, list[Issue]]:
         operations.refuse_body(rtype, d, where)  # a patch's result too
         d, repairs = intake.validate(ctx, settings, rtype, raw, d, where)
-        return d, [*repairs, *enforce(registry, rtype, d, strict, where)]
+        broken: list[Issue] = []  # base invariants the model does not evaluate: warnings
+        invariants.check(rtype, d, rtype, broken)
+        return d, [*repairs, *relocate(broken, rtype, where),
+                   *enforce(registry, rtype, d, strict, where)]
     return check
 
 

@@ -32,7 +32,7 @@ from hub.api import fhirxml, intake
 from hub.api.caller import context_of, repository
 from hub.api.opparams import parameter_list
 from hub.api.responses import check_format, fhir_response, prefer_strict
-from hub.core import jsontext
+from hub.core import invariants, jsontext
 from hub.core import resource as res
 from hub.core.access import SYSTEM, Action
 from hub.core.config import Settings
@@ -235,6 +235,7 @@ async def _validate(request: Request, rtype: str, rid: str | None) -> Response:
             target, repairs = intake.validate(ctx, request.app.state.settings, rtype,
                                               jsontext.dumps(target, rtype), target)
             issues += repairs
+            invariants.check(rtype, target, rtype, issues)
         except FhirError as e:
             issues += e.issues
         if registry is not None and (registry.applies(rtype, target) or profiles):
