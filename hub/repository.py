@@ -455,10 +455,13 @@ class Repository:
             try:
                 stored = self._hub.vread(rtype, rid, version)
             except FhirError as e:
-                if e.status in (404, 410):  # a deletion, or no such version of a record
-                    store = self._hub.store
-                    self._refuse_hidden(ctx, rtype, rid, store.version(rtype, rid, version)
-                                        if e.status == 410 else store.latest(rtype, rid))
+                if e.status == 410:  # a deletion: told only to whoever may see what it deleted
+                    self._refuse_hidden(ctx, rtype, rid,
+                                        self._hub.store.version(rtype, rid, version))
+                elif e.status == 404 and rtype != AUDIT:
+                    # no such version: told to whoever is shown the record's history (which
+                    # lists its versions), else refused as its read is
+                    self._require_history(ctx, rtype, rid)
                 raise
             return self._hand_out(ctx, stored, rtype, rid)
         return self.audited(ctx, action, run, lambda s: [(rtype, rid, s.state)])

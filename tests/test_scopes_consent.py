@@ -114,9 +114,10 @@ def test_a_query_restricted_scope_reads_and_finds_only_what_its_query_selects(wo
 
 def test_an_instance_history_shows_the_versions_a_query_scope_selects_as_the_type_history(world):
     """A record whose category went laboratory, vital-signs, laboratory: to a scope selecting vital
-    signs, its own history shows version 2 alone as the type's history does, and a vread of
-    another version is refused as its read is. A record hidden whole (by a consent, out of a
-    patient token's compartment, or none of its versions selected) is refused as before."""
+    signs, its own history shows version 2 alone as the type's history does, a vread of
+    another version is refused as its read is, and one of a version never written is not found.
+    A record hidden whole (by a consent, out of a patient token's compartment, or none of its
+    versions selected) is refused as before, whatever version is asked for."""
     p = patient(rid=unique()[:16])
     moved = _obs(p["id"], "laboratory", "1234-5")
     never = _obs(p["id"], "laboratory", "1234-5")
@@ -139,6 +140,7 @@ def test_an_instance_history_shows_the_versions_a_query_scope_selects_as_the_typ
         assert versions(r) == ['W/"2"'] and r.json()["total"] == 1
         assert versions(c.get("/Observation/_history")) == ['W/"2"']
         assert [c.get(f"{url}/{v}").status_code for v in (1, 2, 3)] == [403, 200, 403]
+        assert c.get(f"{url}/9").status_code == 404  # its history is shown: no such version
         assert c.get(f"/Observation/{moved['id']}").status_code == 403  # the current version
         batch = c.post("/", headers=FHIR_JSON, json={"resourceType": "Bundle", "type": "batch",
                                                       "entry": [{"request": {
@@ -148,12 +150,13 @@ def test_an_instance_history_shows_the_versions_a_query_scope_selects_as_the_typ
         assert [e["response"]["etag"] for e in entry["resource"]["entry"]] == ['W/"2"']
         # none of its versions selected: refused as its read is
         assert c.get(f"/Observation/{never['id']}/_history").status_code == 403
+        assert c.get(f"/Observation/{never['id']}/_history/9").status_code == 403
     # hidden whole: by a consent, or out of a patient token's compartment
     with _http(world, world.writer) as c:
         assert _put(c, consent(p["id"], {"type": "deny"}, "H1")).status_code == 201
     with _http(world, _reader(world, scope, "H2")) as c:
         assert c.get(url).status_code == 403
-        assert c.get(f"{url}/2").status_code == 403
+        assert [c.get(f"{url}/{v}").status_code for v in (2, 9)] == [403, 403]
     other = patient(rid=unique()[:16])
     token = Signer(world.live.settings.data_dir).issue(
         {"iss": world.live.origin + "/auth", "aud": world.live.base, "sub": "vitals-app",
@@ -161,7 +164,7 @@ def test_an_instance_history_shows_the_versions_a_query_scope_selects_as_the_typ
          "hub_roles": ["clinician"]}, 300)
     with _http(world, None, authorization=f"Bearer {token}") as c:
         assert c.get(url).status_code == 403
-        assert c.get(f"{url}/2").status_code == 403
+        assert [c.get(f"{url}/{v}").status_code for v in (2, 9)] == [403, 403]
 
 
 def test_token_queries_with_a_system_and_several_parameters(world):
