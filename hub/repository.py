@@ -183,6 +183,21 @@ def _depends(c: Criterion) -> bool:
     return c.type == "has" or c.chain is not None
 
 
+def _looked_through(criteria: Iterable[Criterion]) -> list[str]:
+    """The types chains and ``_has`` criteria (nested ones too) look through."""
+    out: set[str] = set()
+    stack = list(criteria)
+    while stack:
+        c = stack.pop()
+        if c.chain is not None:
+            out.update(c.chain.rtypes)
+            stack.append(c.chain.criterion)
+        if isinstance(c.value, Has):
+            out.add(c.value.rtype)
+            stack.append(c.value.criterion)
+    return sorted(out)
+
+
 def _dependent_groups(q: Query) -> list[list[Criterion]]:
     return [g for g in q.where if any(_depends(c) for c in g)]
 
@@ -738,12 +753,35 @@ class Repository:
             if views:
                 raise bad_request(f"{views[0]}: Person is the master patient index's view, "
                                   "searched at GET /fhir/Person?patient=|link=|identifier=")
-            if not self._open:  # a scope with a query: only what it selects (paged, counted)
+            if not self._open:
+                self._refuse_looked_through(ctx, q, strict)
+                # a scope with a query: only what it selects (paged, counted)
                 q.where.extend(self.policy.narrow_search(ctx.actor, rtype) or ())
             return q
         # a search refused (403) or malformed (400) is recorded here, before it runs; one that
         # runs is recorded by ``search``
         return self.audited(ctx, action, run, None)
+
+    def _refuse_looked_through(self, ctx: Context, q: Query, strict: bool) -> None:
+        """A chain or ``_has`` through a type the caller may not search holds through nothing
+        (``_matches_seen``): said in the answer's outcome, lest it read as "no matches", and
+        refused under strict handling. Told from the caller's scopes alone, never from what
+        would match."""
+        barred = set()
+        for t in _looked_through(c for g in q.where for c in g):
+            try:
+                self.policy.check(ctx.actor, Action("search-type", t))
+            except FhirError:
+                barred.add(t)
+        if not barred:
+            return
+        text = (f"No granted scope allows searching {', '.join(sorted(barred))}: criteria "
+                "chained or _has through it hold through nothing for this caller")
+        # strict: refused when a criterion can hold through nothing at all (an untyped chain
+        # with one target type the caller may search is answered, with the warning)
+        if strict and any(all(barred & set(_looked_through([c])) for c in g) for g in q.where):
+            raise forbidden(text)
+        q.notes.append(text)
 
     def page(self, ctx: Context, q: Query, count: int, with_total: bool | str) -> Page:
         """One page of a planned search, after the index caught up with the log

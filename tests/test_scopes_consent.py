@@ -167,6 +167,32 @@ def test_an_instance_history_shows_the_versions_a_query_scope_selects_as_the_typ
         assert [c.get(f"{url}/{v}").status_code for v in (2, 9)] == [403, 403]
 
 
+def test_a_chain_through_a_type_the_scopes_do_not_search_is_told_not_silent(world):
+    """A chain or _has through a type the caller may not search holds through nothing: the
+    Bundle says so in an outcome (from the scopes alone, whether or not anything would match),
+    and strict handling refuses it."""
+    def outcome(r: httpx.Response) -> str:
+        assert r.status_code == 200, r.text
+        found = [e["resource"] for e in r.json().get("entry", ())
+                 if e["search"]["mode"] == "outcome"]
+        return " ".join(i["diagnostics"] for o in found for i in o["issue"]
+                        if i["severity"] == "warning")
+
+    chained = {"subject:Patient._id": world.pid}
+    has = {"patient._has:Condition:subject:code": "http://snomed.info/sct|38341003"}
+    with _http(world, _reader(world, "system/Observation.rs")) as c:
+        for params, barred in ((chained, "Patient"), ({"subject:Patient._id": "none"}, "Patient"),
+                               (has, "Condition, Patient")):
+            r = c.get("/Observation", params=params)
+            assert not _ids(r)
+            assert f"No granted scope allows searching {barred}:" in outcome(r)
+            strict = c.get("/Observation", params=params, headers={"prefer": "handling=strict"})
+            assert strict.status_code == 403 and barred in strict.text
+    with _http(world, _reader(world, "system/Patient.rs system/Observation.rs")) as c:
+        r = c.get("/Observation", params=chained, headers={"prefer": "handling=strict"})
+        assert world.lab["id"] in _ids(r) and not outcome(r)
+
+
 def test_token_queries_with_a_system_and_several_parameters(world):
     by_code = _reader(world, "system/Observation.rs?code=http://loinc.org|1234-5")
     with _http(world, by_code) as c:
