@@ -360,3 +360,79 @@ def test_index_reads_go_on_when_postgresql_connections_are_cut(pg_databases, tmp
                 assert store.count_history(rtype="Patient") == 5
     finally:
         store.close()
+
+
+def _slow_proxy(target_port: int, delay_s: float):
+    """A loopback TCP proxy to PostgreSQL that waits ``delay_s`` before each new connection:
+    a database host slow to fork its backends. Returns (port, stop)."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stopping = threading.Event()
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve_one(client: socket.socket) -> None:
+        time.sleep(delay_s)
+        upstream = socket.create_connection(("127.0.0.1", target_port))
+        threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+        pipe(upstream, client)
+
+    def accept() -> None:
+        while not stopping.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=serve_one, args=(client,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+
+    def stop() -> None:
+        stopping.set()
+        listener.close()
+    return listener.getsockname()[1], stop
+
+
+def test_a_postgres_store_opens_on_a_host_slow_to_connect(pg_databases):
+    """A request waits half a second for a pooled connection (fail fast in an outage); the
+    store's opening waited as long for the pool's first connection, so on a busy host a server
+    or follower failed to start (PoolTimeout) with the database up. The opening waits longer;
+    reads and writes then go on through the pool."""
+    from urllib.parse import urlsplit
+
+    from hub.core.store import ResourceStore
+
+    url = pg_databases.new()
+    ResourceStore.postgres(url).close()  # the schema, created at full speed
+    parts = urlsplit(url)
+    port, stop = _slow_proxy(parts.port or 5432, delay_s=1.2)
+    try:
+        store = ResourceStore.postgres(f"{parts.scheme}://{parts.username}@127.0.0.1:{port}"
+                                       f"{parts.path}")
+        try:
+            hub = Hub(store)
+            d = {"resourceType": "Patient", "id": "slow1", "gender": "female"}
+            assert hub.execute([Op("PUT", "Patient", "slow1", d, url="x")], Context(),
+                               atomic=True)[0].status == 201
+            assert store.latest("Patient", "slow1") is not None
+        finally:
+            store.close()
+    finally:
+        stop()

@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 import psycopg
+import psycopg_pool
 from eventsourcing.persistence import (
     DataError,
     IntegrityError,
@@ -214,6 +215,27 @@ def _reconnecting(read: Callable) -> Callable:
                 time.sleep(READ_WAIT_S)
         raise AssertionError("unreachable")
     return run
+
+
+# the store's opening waits this long for the pool's first connection, where a request waits half
+# a second: a database slow to fork its first backends (a busy host, a cold start) is no outage
+OPEN_WAIT_S = 15.0
+
+
+def _first_connection(datastore: PostgresDatastore) -> None:
+    """Take the pool's first connection, trying again while the pool only timed out: it opens
+    its connections in the background, and a request's half-second wait is no measure of a
+    host that is merely busy. A database that stays away fails the opening after
+    ``OPEN_WAIT_S`` (the commands check the URL with a direct connection before this)."""
+    deadline = time.monotonic() + OPEN_WAIT_S
+    while True:
+        try:
+            with datastore.get_connection():
+                return
+        except OperationalError as e:
+            if not isinstance(e.__cause__, psycopg_pool.PoolTimeout) or \
+                    time.monotonic() > deadline:
+                raise
 
 
 def _drop_dead_connections(recorder: Any) -> None:
@@ -867,6 +889,7 @@ class ResourceStore:
         pool_kwargs = datastore.pool.kwargs
         assert isinstance(pool_kwargs, dict)  # eventsourcing gives the pool a dict
         pool_kwargs.update({k: v for k, v in args.items() if k not in pgschema.BASE_PARAMS})
+        _first_connection(datastore)  # before the recorder, whose construction takes one
         recorder = PostgresResourceRecorder(datastore, events_table_name="stored_events")
         recorder.open_table(dsn)
         return cls(recorder, datastore.close)
