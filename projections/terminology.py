@@ -29,6 +29,7 @@ from eventsourcing.persistence import Notification
 from hub.core.events import KIND_OF_TOPIC
 from projections.sqlite_model import SQLiteReadModel, newest
 from terminology import rows as R
+from terminology.aliases import names_of
 
 NAME = "terminology"
 TYPES = ("CodeSystem", "ValueSet", "ConceptMap", "NamingSystem")
@@ -157,8 +158,6 @@ class TerminologyProjection(SQLiteReadModel):
                            for code, ancs in R.closure(parents).items() for anc in ancs))
             c.executemany("INSERT INTO t_prop (sid, prop, value, code) VALUES (?,?,?,?)",
                           ((sid, prop, value, code) for code, prop, value in props))
-            aliases = [(url, "url")] if url else []
-            aliases += [(a, "identifier") for a in R.identifiers_as_uris(d)]
         elif rtype == "ConceptMap":
             c.execute("INSERT INTO t_cm (stream, url, version, vkey, nid, source, target) "
                       "VALUES (?,?,?,?,?,?,?)", (stream, url, version, vkey, n.id,
@@ -167,16 +166,12 @@ class TerminologyProjection(SQLiteReadModel):
             c.executemany("INSERT INTO t_map (mid, ssys, scode, sdisplay, tsys, tcode, tdisplay, "
                           "equivalence, comment) VALUES (?,?,?,?,?,?,?,?,?)",
                           [(mid, *row) for row in R.map_rows(d)])
-            aliases = []
         elif rtype == "ValueSet":
             c.execute("INSERT INTO t_vs (stream, url, version, vkey, nid) VALUES (?,?,?,?,?)",
                       (stream, url, version, vkey, n.id))
-            aliases = [(a, "valueset") for a in R.identifiers_as_uris(d) if a != url]
-        else:  # NamingSystem
-            aliases = [(a, "preferred" if preferred else "other")
-                       for a, preferred in R.naming_aliases(d)]
+        # the URIs it names (terminology.aliases: read by the hub and the connectors alike)
         c.executemany("INSERT INTO t_alias (stream, alias, kind) VALUES (?,?,?)",
-                      [(stream, a, kind) for a, kind in aliases])
+                      [(stream, a, kind) for a, kind in names_of(d)])
 
     # -- operator views ----------------------------------------------------------------------------
 

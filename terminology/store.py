@@ -24,6 +24,7 @@ import orjson
 from hub.core.errors import HubError
 from projections.readers import ReadConnections
 from terminology import rows as R
+from terminology.aliases import alias_groups
 
 
 class TerminologyNotFound(HubError, LookupError):
@@ -147,39 +148,13 @@ class TerminologyStore:
         if self._canonical is not None:
             return self._canonical
         # union of the URIs named together: a CodeSystem's url with its identifiers, the
-        # uniqueIds of one NamingSystem
-        parent: dict[str, str] = {}
-
-        def find(x: str) -> str:
-            parent.setdefault(x, x)
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
+        # uniqueIds of one NamingSystem, the well-known pairs (terminology.aliases: one rule with
+        # the connectors' normalisers)
         by_stream: dict[str, list[tuple[str, str]]] = {}
         for stream, alias, kind in self.q("SELECT stream, alias, kind FROM t_alias "
                                           "WHERE kind != 'valueset'"):
             by_stream.setdefault(stream, []).append((alias, kind))
-        rank: dict[str, int] = {}  # how good a name is as the canonical one (lower is better)
-        for names in by_stream.values():
-            first = find(names[0][0])
-            for alias, kind in names:
-                parent[find(alias)] = find(first)
-                score = {"url": 0, "preferred": 2, "other": 3, "identifier": 4}[kind]
-                if alias.startswith("urn:oid:"):
-                    score += 1
-                rank[alias] = min(rank.get(alias, 9), score)
-        groups: dict[str, list[str]] = {}
-        for alias in parent:
-            groups.setdefault(find(alias), []).append(alias)
-        canonical: dict[str, str] = {}
-        for members in groups.values():
-            best = min(members, key=lambda a: (rank.get(a, 9), a))
-            group = frozenset(members)
-            self._groups[best] = group
-            for a in members:
-                canonical[a] = best
+        canonical, self._groups = alias_groups(by_stream.values())
         self._canonical = canonical
         return canonical
 
