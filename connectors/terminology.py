@@ -16,7 +16,14 @@ Every system under ``urn:oid:<institution OID>.`` counts as local: its codes are
 map covers them and reported as findings (``terminology.unmapped-local-code``) when none does.
 The maps are read (files) or fetched (hub) when the connector starts; a file that cannot be read
 or parsed is a configuration error at start, a hub that cannot be reached is logged and retried
-every ``refresh_seconds``. Normalisation runs in the source threads right after mapping and
+every ``refresh_seconds``.
+
+A code system is one system under each of its URIs (``urn:oid:…`` and its canonical URL), as in
+the hub's own normalisation (``terminology.aliases``): a map from one maps codings written with
+another. The well-known ones (SNOMED CT, LOINC, UCUM, …) always; with ``from_hub`` also those the
+hub's CodeSystems (``url`` and ``identifier``) and NamingSystems (``uniqueId``) declare, fetched
+with the maps (a map whose group is from the URL of one of the institution's OID systems is the
+institution's too). Normalisation runs in the source threads right after mapping and
 before the conversion is spooled, so what the hub receives carries both codings.
 """
 
@@ -31,6 +38,7 @@ from typing import Any
 
 from fhir_mapping.base import Conversion, Finding, MappingError, SourceInfo
 from hub.core.errors import HubError
+from terminology.aliases import SystemAliases
 from terminology.conceptmaps import concept_maps_in, read_concept_maps
 from terminology.normalise import Normaliser
 from terminology.rows import latest_per_url
@@ -107,14 +115,20 @@ def local_settings(info: SourceInfo, local: dict[str, str | None] | None = None
     return [f"urn:oid:{info.oid}."], defaults
 
 
-def for_institution(maps: Iterable[dict], info: SourceInfo) -> list[dict]:
-    """Only the maps with a group from one of the institution's systems (when its OID is known)."""
+def for_institution(maps: Iterable[dict], info: SourceInfo,
+                    aliases: Callable[[str], Iterable[str]] | None = None) -> list[dict]:
+    """Only the maps with a group from one of the institution's systems (when its OID is known),
+    under any of the system's URIs (``aliases``: ``terminology.aliases.SystemAliases``)."""
     if not info.oid:
         return list(maps)
     prefix = f"urn:oid:{info.oid}."
-    return [m for m in maps if any(isinstance(g, dict) and isinstance(g.get("source"), str)
-                                   and g["source"].startswith(prefix) for g in m.get("group") or ()
-                                   if isinstance(m.get("group"), list))]
+    names = aliases or (lambda s: (s,))
+
+    def mine(source: Any) -> bool:
+        return isinstance(source, str) and any(a.startswith(prefix) for a in names(source))
+
+    return [m for m in maps if isinstance(m.get("group"), list)
+            and any(isinstance(g, dict) and mine(g.get("source")) for g in m["group"])]
 
 
 class Terminology:
@@ -131,6 +145,7 @@ class Terminology:
         self.verify = http_verify  # the sink's TLS (connectors.tls.client_context)
         self.file_maps: list[dict] = []
         self.hub_maps: list[dict] = []
+        self.hub_systems: list[dict] = []  # the hub's CodeSystems (url, identifier), NamingSystems
         self.normaliser: Normaliser | None = None
         self.state: dict[str, Any] = {"maps": 0, "mappings": 0, "hub": None, "error": None,
                                       "refreshed": None}
@@ -168,44 +183,55 @@ class Terminology:
     def _rebuild(self) -> None:
         maps = self.file_maps + self.hub_maps
         self.normaliser = Normaliser.from_concept_maps(
-            maps, local_prefixes=self._prefixes, default_systems=self._defaults)
+            maps, local_prefixes=self._prefixes, default_systems=self._defaults,
+            aliases=SystemAliases(self.hub_systems))
         self.state.update(maps=self.normaliser.maps, mappings=len(self.normaliser))
 
     # -- the hub ---------------------------------------------------------------------------------
 
-    def fetch(self, timeout: float = 5.0) -> list[dict]:
-        """Every ConceptMap the hub holds for this institution (follows ``next`` links)."""
+    def fetch(self, timeout: float = 5.0) -> tuple[list[dict], list[dict]]:
+        """Every ConceptMap the hub holds for this institution, and the names of the hub's code
+        systems (CodeSystem url and identifier, NamingSystem); follows ``next`` links."""
         import httpx
 
         if not self.hub_url:
             raise ValueError("from_hub needs an http sink or terminology.hub_url")
-        out: list[dict] = []
-        url: str | None = f"{self.hub_url}/ConceptMap?_count={PAGE}"
         with httpx.Client(timeout=timeout, headers=self.headers, auth=self.auth,
                           verify=self.verify) as client:
-            for _ in range(MAX_PAGES):
-                if url is None:
-                    break
-                r = client.get(url, headers={"accept": "application/fhir+json"})
-                r.raise_for_status()
-                bundle = r.json()
-                out.extend(concept_maps_in([bundle]))
-                url = next((ln.get("url") for ln in bundle.get("link") or ()
-                            if isinstance(ln, dict) and ln.get("relation") == "next"), None)
+            def every(query: str, rtype: str) -> list[dict]:
+                out: list[dict] = []
+                url: str | None = f"{self.hub_url}/{query}"
+                for _ in range(MAX_PAGES):
+                    if url is None:
+                        break
+                    r = client.get(url, headers={"accept": "application/fhir+json"})
+                    r.raise_for_status()
+                    bundle = r.json()
+                    out.extend(e["resource"] for e in bundle.get("entry") or ()
+                               if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+                               and e["resource"].get("resourceType") == rtype)
+                    url = next((ln.get("url") for ln in bundle.get("link") or ()
+                                if isinstance(ln, dict) and ln.get("relation") == "next"), None)
+                return out
+
+            maps = list(concept_maps_in(every(f"ConceptMap?_count={PAGE}", "ConceptMap")))
+            systems = every(f"CodeSystem?_elements=url,identifier&_count={PAGE}", "CodeSystem")
+            systems += every(f"NamingSystem?_count={PAGE}", "NamingSystem")
         # the current version of each map first: an older one may still name the institution
-        return for_institution(latest_per_url(out, lambda m: m.get("url"),
-                                              lambda m: m.get("version")), self.info)
+        return for_institution(latest_per_url(maps, lambda m: m.get("url"),
+                                              lambda m: m.get("version")), self.info,
+                               SystemAliases(systems)), systems
 
     def refresh(self) -> bool:
         """Fetch from the hub; on failure keep the last good snapshot. True if it worked."""
         try:
-            maps = self.fetch()
+            maps, systems = self.fetch()
         except Exception as e:  # noqa: BLE001 - unreachable, 5xx, not JSON: keep what we have
             self.state.update(hub="unreachable", error=f"{type(e).__name__}: {e}"[:300])
             log.warning("terminology: ConceptMaps not fetched from the hub, keeping %d: %s",
                         len(self.hub_maps), self.state["error"])
             return False
-        self.hub_maps = maps
+        self.hub_maps, self.hub_systems = maps, systems
         self._rebuild()
         self.state.update(hub="ok", error=None, refreshed=time.time())
         return True
