@@ -144,6 +144,32 @@ def test_token_with_an_unusable_key_is_one_line_and_status_2(data, tmp_path, cap
     assert len(err.strip().splitlines()) == 1
 
 
+def test_token_says_which_url_it_asks_by_default(data, keys, tmp_path, monkeypatch, capsys):
+    """hub serve records nowhere where it listens: the help said "HUB_BASE_URL, or where hub
+    serve listens", yet a server started with --port 18100 was never found (8080 was asked)."""
+    from tests.conftest import free_port
+
+    with pytest.raises(SystemExit) as e:
+        main(["auth", "token", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "HUB_BASE_URL, else http://HUB_HOST:HUB_PORT/fhir" in text, text
+    assert "http://127.0.0.1:8080/fhir when none is set" in text
+    assert "a hub serve started with --host or --port needs --url" in text
+    assert "where hub serve listens" not in text
+    # what it asks: HUB_HOST and HUB_PORT, whatever port a server was started with
+    for name in ("HUB_BASE_URL", "HUB_HOST", "HUB_TLS_CERT"):
+        monkeypatch.delenv(name, raising=False)
+    port = free_port()
+    monkeypatch.setenv("HUB_PORT", str(port))
+    assert hub(data, "token", "--client-id", "c", "--key", str(keys["private"])) == 2
+    assert f"cannot reach the hub at http://127.0.0.1:{port}/fhir" in capsys.readouterr().err
+    # the demo client's hint names the URL its token command asks, so it can be changed
+    assert hub(data, "demo-client") == 0
+    out = capsys.readouterr().out
+    assert f"--url http://127.0.0.1:{port}/fhir)" in out, out
+
+
 def test_a_hub_on_ipv6_names_itself_with_brackets(tmp_path, request, monkeypatch, capsys):
     """``hub serve --host ::1`` said http://::1:PORT/fhir (metadata, the token endpoint, the
     tokens' audience), so a token asked at http://[::1]:PORT was refused, and ``hub auth token``

@@ -105,6 +105,17 @@ def test_people_do_not_depend_on_region_size():
     assert len({big.person(i).id_number for i in range(1000)}) > 995
 
 
+def test_one_persons_resources_are_those_the_region_yields():
+    """``resources_of(i)`` generates person ``i`` alone (the README's demo person is checked so),
+    in any order of asking, exactly as ``iter_people`` yields them."""
+    region = Region(seed=5, people=60)
+    everyone = list(region.iter_people())
+    for i in (37, 3, 59, 0):
+        assert region.resources_of(i) == everyone[i]
+    with pytest.raises(IndexError):
+        region.resources_of(60)
+
+
 def test_every_resource_validates_with_fhir_resources(region120):
     _, resources, _ = region120
     assert len(resources) > 2000

@@ -71,8 +71,11 @@ def add_parsers(sub: Any, common: Any) -> None:
     t.add_argument("--client-id", required=True)
     t.add_argument("--key", required=True, type=Path, metavar="PEM", help="the client's private key")
     t.add_argument("--scope", default="system/*.rs", help='default "system/*.rs"')
-    t.add_argument("--url", help="the hub's FHIR base URL (default: HUB_BASE_URL, or where "
-                                 "hub serve listens)")
+    # hub serve records nowhere where it listens: the default is read from the environment only
+    t.add_argument("--url", help="the hub's FHIR base URL (default: HUB_BASE_URL, else "
+                                 "http://HUB_HOST:HUB_PORT/fhir, https with HUB_TLS_CERT; "
+                                 "http://127.0.0.1:8080/fhir when none is set); a hub serve "
+                                 "started with --host or --port needs --url")
     # named as hub serve's --tls-* options and a connector sink's tls: {ca, cert, key}
     t.add_argument("--tls-ca", type=Path, metavar="PEM",
                    help="the CA that signed the hub's certificate (default: the system's CAs)")
@@ -173,7 +176,9 @@ def _demo_client(args: Any, settings: Any) -> int:
         return 0
     print(f"demo client {known['client_id']} (role admin, scopes system/*.cruds)\n"
           f"  token:  TOKEN=$(.venv/bin/hub auth token --client-id {known['client_id']} "
-          f"--key {known['key']} --scope 'system/*.cruds')\n"
+          f"--key {known['key']} --scope 'system/*.cruds' --url {settings.fhir_base})\n"
+          f"          (--url from HUB_BASE_URL, HUB_HOST, HUB_PORT; a hub serve started with "
+          f"--host or --port: its own)\n"
           f'  use it: curl -H "Authorization: Bearer $TOKEN" '
           f"{settings.fhir_base}/Patient?_count=5")
     print(_demo_user(settings, folder))

@@ -209,6 +209,13 @@ class Region:
         for resources, _ in self.iter_people():
             yield from resources
 
+    def resources_of(self, index: int) -> tuple[list[dict], list[TruthRow]]:
+        """Person ``index``'s resources and truth rows, as ``iter_people`` yields them, without
+        generating anyone else: what one person of a large region (the demo's, say) has."""
+        if not 0 <= index < self.people:
+            raise IndexError(f"person {index} is not in a region of {self.people} people")
+        return self._person_resources(self.person(index))
+
     def iter_truth(self) -> Iterator[TruthRow]:
         """The true person of every Patient registration, in the order the Patients are yielded.
 
