@@ -101,8 +101,9 @@ class SearchService:
         return q
 
     def match_ids(self, rtype: str, params: list[tuple[str, str]],
-                  base: str | None = None) -> list[str]:
-        """Ids matching a query (conditional interactions): every parameter must be understood."""
+                  base: str | None = None, limit: int = 1000) -> list[str]:
+        """Ids matching a query (conditional interactions), at most ``limit``: every parameter
+        must be understood."""
         q = self.parse(rtype, params, strict=True, base=base)
         if not q.where:
             raise bad_request("A conditional operation needs search criteria")
@@ -112,7 +113,7 @@ class SearchService:
         if not self.sync():  # decided on a lagging index, a conditional create would duplicate
             raise FhirError(503, "transient", "The search index lags the store (it is being "
                             "rebuilt, or is behind a bulk load); retry the conditional request")
-        return self.backend.match_ids(q)
+        return self.backend.match_ids(q, limit)
 
 
 # -- _summary and _elements -----------------------------------------------------------------------
