@@ -250,8 +250,13 @@ def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple
         add(row, "match", found.bodies)
     for row in found.included:
         add(row, "include", found.bodies)
+    # a parameter given no value is one the server knows: ignored, said as such
+    empty = sorted(set(q.empty))
+    other = sorted(set(q.ignored) - set(empty))
     warnings = [Issue("not-supported", "Ignored unsupported search parameter(s): "
-                      f"{', '.join(sorted(set(q.ignored)))}", "warning")] if q.ignored else []
+                      f"{', '.join(other)}", "warning")] if other else []
+    warnings += [Issue("informational", "Ignored search parameter(s) without a value: "
+                       f"{', '.join(empty)}", "warning")] if empty else []
     warnings += [Issue("informational", note, "warning") for note in q.notes]
     if page.stale:
         warnings.append(Issue("incomplete", "The search index lags the store (it is being "
