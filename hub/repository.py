@@ -122,6 +122,19 @@ def refuse_view(rtype: str | None) -> None:
                         f"search it at GET /fhir/{rtype}?identifier=|patient=|link=|_id=")
 
 
+def _refuse_unanswered_audit(q: Query) -> None:
+    """An AuditEvent search's parameter the audit log does not know (misspelt, another type's,
+    or given no value) refused whatever the handling: ignored, it would hand an auditor more of
+    the log than asked. An ``_elements`` name that is no element narrows nothing: warned."""
+    unknown = [n for n in dict.fromkeys(q.ignored) if not n.startswith("_elements=")]
+    if unknown:
+        empty = [n for n in unknown if n in q.empty]
+        raise FhirError(400, "not-supported", "; ".join(
+            ([f"AuditEvent search does not support {', '.join(n for n in unknown if n not in empty)}"]
+             if len(empty) < len(unknown) else [])
+            + ([f"Search parameter(s) without a value: {', '.join(empty)}"] if empty else [])))
+
+
 def _views_named(q: Query) -> list[str]:
     """The ``_include``/``_revinclude``/``_has`` of ``q`` that would bring in or test a view."""
     out = [f"_revinclude={i.source}:{i.param}" for i in q.revinclude if i.source in VIEW_TYPES]
@@ -749,6 +762,8 @@ class Repository:
         def run() -> Query:
             self.policy.check(ctx.actor, action)
             q = self._searcher().parse(rtype, params, strict, base)
+            if rtype == AUDIT:
+                _refuse_unanswered_audit(q)
             views = _views_named(q)
             if views:
                 raise bad_request(f"{views[0]}: Person is the master patient index's view, "

@@ -263,6 +263,32 @@ def test_auditors_search_the_audit_log_by_patient_date_agent_and_outcome(client,
         assert r.json()["resourceType"] == "OperationOutcome"
 
 
+def test_an_audit_search_refuses_a_parameter_it_does_not_know_whatever_the_handling(client):
+    """A misspelt or unknown filter (patinet=, code=, foo=) was ignored with a warning: the
+    auditor got the whole log. Now it is a 400 without Prefer: handling=strict too, as an R4
+    parameter the log cannot answer (site) was; so is a filter given no value. The result
+    parameters the log answers still work."""
+    p = patient(rid=unique()[:16])
+    _put(client, p)
+    ref = f"Patient/{p['id']}"
+    for params in ({"patinet": ref}, {"code": "x"}, {"foo": "bar"}, {"_foo": "1"},
+                   {"site": "x"}, {"patient": ""}, {"patient": ref, "agnet": "me"}):
+        for headers in ({}, {"prefer": "handling=strict"}, {"prefer": "handling=lenient"}):
+            r = client.get("/AuditEvent", params=params, headers=headers)
+            assert r.status_code == 400, (params, headers, r.text)
+            assert r.json()["resourceType"] == "OperationOutcome"
+            assert list(params)[-1] in r.json()["issue"][0]["diagnostics"], r.text
+        r = client.post("/AuditEvent/_search", data=params)
+        assert r.status_code == 400, (params, r.text)
+    found = client.get("/AuditEvent", params={
+        "patient": ref, "_count": "5", "_sort": "-date", "_total": "accurate",
+        "_summary": "true", "_format": "json", "_pretty": "true"})
+    assert found.status_code == 200, found.text
+    assert found.json()["total"] >= 1
+    r = client.get("/AuditEvent", params={"patient": ref, "_elements": "outcome"})
+    assert r.status_code == 200, r.text
+
+
 def test_the_accesses_to_an_opted_out_patient_are_the_auditors_to_see(client, live):
     """A patient's Consent governs the disclosure of their data, not the record of who read it:
     an auditor finds every access to a patient who opted out of sharing (a break-the-glass

@@ -128,6 +128,16 @@ def test_mistakes(client, world):
     strict = client.get(f"/{world['a']}/*", params={"_type": "Observation", "family": "Wang"},
                         headers={"prefer": "handling=strict"})
     assert strict.status_code == 400  # family is no Observation parameter
+    # status is no Condition parameter: refused though a's two Observations fill page 1 (was
+    # 200 there, with a next link, and the 400 on page 2)
+    strict = client.get(f"/{world['a']}/*", params={"_type": "Observation,Condition",
+                                                    "status": "final", "_count": "1"},
+                        headers={"prefer": "handling=strict"})
+    assert strict.status_code == 400, strict.text
+    assert "Condition" in strict.json()["issue"][0]["diagnostics"]
+    r = client.post(f"/{world['a']}/_search", content="_type=Observation,Condition&status=final"
+                    "&_count=1", headers={**FORM, "prefer": "handling=strict"})
+    assert r.status_code == 400 and r.json() == strict.json()
 
 
 def _patient_token(live, pid: str, scope: str = "patient/*.rs") -> str:

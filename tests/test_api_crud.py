@@ -219,6 +219,45 @@ def test_conditional_create_many_matches_is_412(client):
     assert system_total(client) == before
 
 
+def test_a_412_over_the_search_cap_says_at_least_not_a_count(client):
+    """The search behind a conditional interaction stops at 1,000 ids: with 1,001 matches the
+    412 said "matched 1000 Observation resources", a cap read as a count. Now "at least 1000",
+    in a conditional create, update, patch and delete and a conditional reference alike; under
+    the cap the count is exact."""
+    code = f"urn:test:cap|{unique()}"
+    many = [{"resourceType": "Observation", "status": "final",
+             "code": {"coding": [{"system": "urn:test:cap", "code": code.split("|")[1]}]}}
+            for _ in range(1001)]
+    r = client.post("", json=bundle("batch", *({"resource": d, "request": {
+        "method": "POST", "url": "Observation"}} for d in many)), headers=FHIR_JSON)
+    assert r.status_code == 200 and all(e["response"]["status"].startswith("201")
+                                        for e in r.json()["entry"]), r.text[:500]
+    query = f"code={code}"
+    with stores_nothing(client):
+        answers = [
+            client.post("/Observation", json=many[0],
+                        headers={**FHIR_JSON, "if-none-exist": query}),
+            client.put(f"/Observation?{query}", json=many[0], headers=FHIR_JSON),
+            client.patch(f"/Observation?{query}", json=[{"op": "add", "path": "/issued",
+                                                         "value": "2024-01-01T00:00:00Z"}],
+                         headers={"content-type": "application/json-patch+json"}),
+            client.delete(f"/Observation?{query}"),
+        ]
+        obs = dict(many[0], hasMember=[{"reference": f"Observation?{query}"}])
+        answers.append(client.post("", json=bundle("transaction", {"resource": obs, "request": {
+            "method": "POST", "url": "Observation"}}), headers=FHIR_JSON))
+    for r in answers:
+        diagnostics = assert_outcome(r, 412)["issue"][0]["diagnostics"]
+        assert "matched at least 1000 " in diagnostics, diagnostics
+    # two matches, under the cap: counted
+    two = f"urn:test:cap|{unique()}"
+    for _ in range(2):
+        create(client, dict(many[0], code={"coding": [{"system": "urn:test:cap",
+                                                        "code": two.split("|")[1]}]}))
+    r = client.delete(f"/Observation?code={two}")
+    assert "matched 2 Observation resources" in assert_outcome(r, 412)["issue"][0]["diagnostics"]
+
+
 def test_conditional_writes_on_identifier_alternatives_commit_at_once(client):
     """identifier=a,b has no single index row to guard: its guard is "no Patient written since
     the search". That is the search's log position, not the log's start: with other Patients

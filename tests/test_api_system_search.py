@@ -180,3 +180,32 @@ def test_a_scoped_caller_searches_only_what_it_may(live, world):
         assert b.status_code == 200, b.text
         assert sorted(_ids(b.json())) == sorted(f"Patient/{p}" for p in pids)
         assert c.get("", params={"_type": "Observation", "_tag": f"{TAG}|{code}"}).status_code == 403
+
+
+def test_strict_refuses_a_parameter_a_later_type_lacks_on_every_page(client, world):
+    """Strict handling: family is no Observation parameter. With the Patients first and a page
+    they filled, page 1 answered 200 (with a next link) and page 2 was the 400; now the whole
+    query is checked against every listed type first: the same 400 on any page, GET or POST."""
+    code, pids, oids = world
+    strict = {"prefer": "handling=strict"}
+    q = {"_type": "Patient,Observation", "_tag": f"{TAG}|{code}", "family": "Wang", "_count": "2"}
+    first = client.get("", params=q, headers=strict)
+    assert first.status_code == 400, first.text
+    diagnostics = first.json()["issue"][0]["diagnostics"]
+    assert "family" in diagnostics and "Observation" in diagnostics
+    # page 2, its cursor from the lenient search (where the Observations contribute no match)
+    lenient = client.get("", params=q)
+    assert lenient.status_code == 200 and len(_ids(lenient.json())) == 2
+    nxt = [lk["url"] for lk in lenient.json()["link"] if lk["relation"] == "next"]
+    assert nxt
+    second = client.get("", params=dict(parse_qsl(urlsplit(nxt[0]).query)), headers=strict)
+    assert second.status_code == 400 and second.json() == first.json()
+    # lenient unchanged: the three Wangs, the Observations contributing none
+    assert sorted(_all_pages(client, q)) == sorted(f"Patient/{p}" for p in pids)
+    posted = client.post("/_search", content="&".join(f"{k}={v}" for k, v in q.items()),
+                         headers={"content-type": "application/x-www-form-urlencoded", **strict})
+    assert posted.status_code == 400 and posted.json() == first.json()
+    # an _elements name the later type lacks, likewise (gender is no Observation element)
+    r = client.get("", params={"_type": "Patient,Observation", "_tag": f"{TAG}|{code}",
+                               "_elements": "gender", "_count": "2"}, headers=strict)
+    assert r.status_code == 400, r.text

@@ -833,7 +833,9 @@ def test_escaping_helpers():
 
 def test_a_parameter_without_a_value_is_ignored_as_any_unsupported_one(world):
     """name= (no value) is ignored, as HAPI does: with a warning, or 400 when strict; before,
-    name= matched everything, gender= and _id= nothing and birthdate= was a 400."""
+    name= matched everything, gender= and _id= nothing and birthdate= was a 400. The warning
+    says the parameter had no value; it said "Ignored unsupported search parameter(s): name",
+    as if the server did not know name."""
     hub, service, settings = world
     repo = Repository(hub, search=service)
     for query, dataset in (("name=", "str"), ("gender=", "tok"), ("_id=", "tok"),
@@ -844,6 +846,10 @@ def test_a_parameter_without_a_value_is_ignored_as_any_unsupported_one(world):
                               "http://test/fhir", settings, False)
         b = search_bundle(repo, Context(), "Patient", params, "http://test/fhir", settings, False)
         assert b["entry"][-1]["search"]["mode"] == "outcome", query
+        [issue] = b["entry"][-1]["resource"]["issue"]
+        name = query.partition("=")[0]
+        assert issue["severity"] == "warning" and "unsupported" not in issue["diagnostics"]
+        assert f"without a value: {name}" in issue["diagnostics"], issue
         assert [e["fullUrl"] for e in b["entry"][:-1]] == [e["fullUrl"] for e in every["entry"]]
         with pytest.raises(FhirError) as e:
             search_bundle(repo, Context(), "Patient", params, "http://test/fhir", settings, True)

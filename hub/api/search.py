@@ -101,8 +101,9 @@ class SearchService:
         return q
 
     def match_ids(self, rtype: str, params: list[tuple[str, str]],
-                  base: str | None = None) -> list[str]:
-        """Ids matching a query (conditional interactions): every parameter must be understood."""
+                  base: str | None = None, limit: int = 1000) -> list[str]:
+        """Ids matching a query (conditional interactions), at most ``limit``: every parameter
+        must be understood."""
         q = self.parse(rtype, params, strict=True, base=base)
         if not q.where:
             raise bad_request("A conditional operation needs search criteria")
@@ -112,7 +113,7 @@ class SearchService:
         if not self.sync():  # decided on a lagging index, a conditional create would duplicate
             raise FhirError(503, "transient", "The search index lags the store (it is being "
                             "rebuilt, or is behind a bulk load); retry the conditional request")
-        return self.backend.match_ids(q)
+        return self.backend.match_ids(q, limit)
 
 
 # -- _summary and _elements -----------------------------------------------------------------------
@@ -249,8 +250,13 @@ def search_bundle(repo: Repository, ctx: Context, rtype: str, params: list[tuple
         add(row, "match", found.bodies)
     for row in found.included:
         add(row, "include", found.bodies)
+    # a parameter given no value is one the server knows: ignored, said as such
+    empty = sorted(set(q.empty))
+    other = sorted(set(q.ignored) - set(empty))
     warnings = [Issue("not-supported", "Ignored unsupported search parameter(s): "
-                      f"{', '.join(sorted(set(q.ignored)))}", "warning")] if q.ignored else []
+                      f"{', '.join(other)}", "warning")] if other else []
+    warnings += [Issue("informational", "Ignored search parameter(s) without a value: "
+                       f"{', '.join(empty)}", "warning")] if empty else []
     warnings += [Issue("informational", note, "warning") for note in q.notes]
     if page.stale:
         warnings.append(Issue("incomplete", "The search index lags the store (it is being "

@@ -4,10 +4,11 @@ Each type's search runs through the same planner and repository as a type search
 consent, the audit and every parameter behave the same); the page is filled from the types in the
 order ``_type`` lists them (all types without it), and the ``next`` link's cursor says where it
 stopped: the type's place and that type's own keyset cursor. A parameter a listed type does not
-know is refused (``Prefer: handling=strict``); else, when another type searched knows it, that
-type contributes nothing (none of its resources can meet the criterion; ignoring it there would
-hand out all of them), with an informational issue; one no type searched knows is ignored with a
-warning, as in a type search.
+know is refused (``Prefer: handling=strict``: the whole query is planned for every type before
+any page is answered, lest the refusal wait for the page that reaches that type); else, when
+another type searched knows it, that type contributes nothing (none of its resources can meet
+the criterion; ignoring it there would hand out all of them), with an informational issue; one
+no type searched knows is ignored with a warning, as in a type search.
 Without ``_type``, only the types the caller may search are searched, AuditEvent (the audit
 log's own search) only when named; Person (the master patient index's view, with a search of
 its own) never. ``_sort`` across types is
@@ -102,6 +103,9 @@ def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]],
 
 def _system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]], base: str,
                    settings: Settings, strict: bool, compartment: Compartment | None) -> dict:
+    if strict:  # the whole query against every type first: a page filled before the type
+        # that refuses it would answer 200, and the next page 400
+        _check_system_search(repo, ctx, params, base, settings, strict, compartment)
     types, explicit, count, counting, rest, (start, inner) = _parsed(params, settings,
                                                                      compartment)
     values = dict(params)
@@ -228,7 +232,9 @@ def _check_system_search(repo: Repository, ctx: Context, params: list[tuple[str,
                          base: str, settings: Settings, strict: bool,
                          compartment: Compartment | None) -> None:
     types, explicit, _, counting, rest, (start, inner) = _parsed(params, settings, compartment)
-    lacking, _ = _lacking(types, rest, strict)
+    # strict: a type lacking a criterion another has is refused once its access is known (a
+    # type the caller may not search is no part of "all types"), naming the type
+    lacking, _ = _lacking(types, rest, False)
     refused: FhirError | None = None
     planned = 0
     for place, rtype in enumerate(types):
@@ -248,6 +254,9 @@ def _check_system_search(repo: Repository, ctx: Context, params: list[tuple[str,
                 continue
             raise
         planned += 1
+        if strict and rtype in lacking:
+            raise FhirError(400, "not-supported", f"Unsupported search parameter(s) of {rtype}: "
+                            f"{', '.join(sorted(lacking[rtype]))}")
     if not planned and refused is not None and start == 0:
         raise refused
 
@@ -256,7 +265,7 @@ def _lacking(types: list[str], rest: list[tuple[str, str]], strict: bool
              ) -> tuple[dict[str, set[str]], list[Issue]]:
     """The types that lack a criterion some other type searched has (type -> those criteria),
     which contribute no match, and the informational issues saying so; none when strict (the
-    type search refuses what its type lacks)."""
+    type search refuses what its type lacks, ``_check_system_search`` before any page)."""
     if strict or len(types) < 2:
         return {}, []
     lacking: dict[str, set[str]] = {}

@@ -104,6 +104,11 @@ def refuse_non_keys(query: Query, rtype: str | None = None) -> None:
                                 name)
 
 
+# how many ids the search behind a conditional interaction reads: more is reported as "at
+# least" this many (a multiple match is refused whatever their number)
+MATCH_LIMIT = 1000
+
+
 class Resolver(Protocol):
     def match(self, rtype: str, query: Query) -> list[str]: ...
 
@@ -177,7 +182,7 @@ class SearchResolver(IdentifierResolver):
         if all(name in self.supported for name, _ in query):
             return super().match(rtype, query)
         refuse_non_keys(query, rtype)
-        return self.service.match_ids(rtype, query)
+        return self.service.match_ids(rtype, query, limit=MATCH_LIMIT)
 
     def guards(self, rtype: str, query: Query, searched_at: int = 0) -> list:
         """A write decided by the search index (which may lag the log) commits only if no

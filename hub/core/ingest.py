@@ -43,6 +43,7 @@ from hub.core import jsontext
 from hub.core import resource as res
 from hub.core.access import ANONYMOUS, Actor
 from hub.core.conditional import (
+    MATCH_LIMIT,
     IdentifierResolver,
     Query,
     identifiers_match,
@@ -420,10 +421,11 @@ class Hub:
     def _resolve_target(self, op: Op, earlier: list[Op], sees: Sees | None = None) -> None:
         if op.method == "POST":
             if op.if_none_exist:
-                found = self._match(op.rtype, op.if_none_exist, earlier, sees)
+                found, capped = self._match(op.rtype, op.if_none_exist, earlier, sees)
                 if len(found) > 1:
                     raise precondition_failed(
-                        f"If-None-Exist matched {len(found)} {op.rtype} resources; need at most one"
+                        f"If-None-Exist matched {_how_many(found, capped)} {op.rtype} resources; "
+                        "need at most one"
                     )
                 if found:
                     op.target, op.existing = found[0], True
@@ -432,10 +434,11 @@ class Hub:
             if op.if_none_exist:
                 _meets_own_criteria(op, op.if_none_exist, "If-None-Exist")
         elif op.query is not None:
-            found = self._match(op.rtype, op.query, earlier, sees)
+            found, capped = self._match(op.rtype, op.query, earlier, sees)
             if len(found) > 1:
                 raise precondition_failed(
-                    f"The conditional {op.method} matched {len(found)} {op.rtype} resources"
+                    f"The conditional {op.method} matched {_how_many(found, capped)} "
+                    f"{op.rtype} resources"
                 )
             if op.method == "PATCH" and not found:
                 raise not_found(f"The conditional PATCH matched no {op.rtype}")
@@ -482,8 +485,12 @@ class Hub:
         op.patched_from = version
 
     def _match(self, rtype: str, query: Query, earlier: list[Op],
-               sees: Sees | None = None) -> list[str]:
-        found = set(self.resolver.match(rtype, query))
+               sees: Sees | None = None) -> tuple[list[str], bool]:
+        """The ids ``query`` matches, and whether the search stopped at its cap (there may be
+        more than these)."""
+        matched = self.resolver.match(rtype, query)
+        capped = len(matched) >= MATCH_LIMIT
+        found = set(matched)
         if found and sees is not None:
             found = set(sees(rtype, sorted(found), query))
         same = sorted(query)
@@ -498,7 +505,7 @@ class Hub:
                     # what they match, whatever they search by (name:exact=…: both created)
                     or (e.if_none_exist or e.query) and same == sorted(e.if_none_exist or e.query or ())):
                 found.add(e.target)
-        return sorted(found)
+        return sorted(found), capped
 
     def _rewrite_references(self, ops: list[Op], planned: list[int],
                             undo: list[tuple[Any, Any, str]], sees: Sees | None = None,
@@ -540,7 +547,7 @@ class Hub:
                 earlier = [ops[i] for i in planned]
                 if searched_at is None:  # the log position, read before the search
                     searched_at = self.store.max_notification_id()
-                found = self._match(rtype, parse_query(query), earlier, sees)
+                found, capped = self._match(rtype, parse_query(query), earlier, sees)
                 if len(found) > 1 and any(e.rtype == rtype and e.target in found and not e.existing
                                           and e.method == "POST" and e.if_none_exist is not None
                                           for e in earlier):
@@ -549,7 +556,8 @@ class Hub:
                     raise ConflictError(f"{rtype} matching {query[:200]!r} was created meanwhile")
                 if len(found) != 1:
                     raise precondition_failed(
-                        f"Conditional reference {ref!r} matched {len(found)} resources; need one"
+                        f"Conditional reference {ref!r} matched {_how_many(found, capped)} "
+                        "resources; need one"
                     )
                 cache[ref] = f"{rtype}/{found[0]}"
                 pinned.append(QuietGuard(rtype, searched_at, found[0]))
@@ -1164,3 +1172,9 @@ def _no_connection(e: BaseException) -> bool:
     """Whether a store error is the pool finding no connection in time (nothing was sent)."""
     cause = e.__cause__ or e.__context__
     return type(cause).__name__ == "PoolTimeout" or "couldn't get a connection" in str(e)
+
+
+def _how_many(found: list[str], capped: bool) -> str:
+    """How many a conditional interaction matched, as far as its search read: a search stopped
+    at its cap says "at least" (the cap is no count)."""
+    return f"at least {len(found)}" if capped else str(len(found))
