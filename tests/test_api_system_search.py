@@ -209,3 +209,18 @@ def test_strict_refuses_a_parameter_a_later_type_lacks_on_every_page(client, wor
     r = client.get("", params={"_type": "Patient,Observation", "_tag": f"{TAG}|{code}",
                                "_elements": "gender", "_count": "2"}, headers=strict)
     assert r.status_code == 400, r.text
+
+
+def test_a_type_named_but_not_the_callers_is_refused_on_the_first_page(live, world):
+    """A caller may search Patients only and names Observation second: the Patients filled page
+    1 (200, with a next link) and the 403 came with page 2. The whole query is planned for every
+    type before any page: the 403 comes at once."""
+    import httpx
+
+    code, pids, _ = world
+    auth = live.client_auth(roles=("clinician",), scope="system/Patient.rs")
+    with httpx.Client(base_url=live.base, auth=auth, timeout=30) as c:
+        r = c.get("", params={"_type": "Patient,Observation", "_tag": f"{TAG}|{code}",
+                              "_count": "1"})
+        assert r.status_code == 403, r.text
+        assert r.json()["resourceType"] == "OperationOutcome"

@@ -3,15 +3,14 @@
 Each type's search runs through the same planner and repository as a type search (so access,
 consent, the audit and every parameter behave the same); the page is filled from the types in the
 order ``_type`` lists them (all types without it), and the ``next`` link's cursor says where it
-stopped: the type's place and that type's own keyset cursor. A parameter a listed type does not
-know is refused (``Prefer: handling=strict``: the whole query is planned for every type before
-any page is answered, lest the refusal wait for the page that reaches that type); else, when
+stopped: the type's place and that type's own keyset cursor. The whole query is planned for
+every type before any page is answered, lest a refusal wait for the page that reaches its type.
+A parameter a listed type does not know is refused (``Prefer: handling=strict``); else, when
 another type searched knows it, that type contributes nothing (none of its resources can meet
 the criterion; ignoring it there would hand out all of them), with an informational issue; one
-no type searched knows is ignored with a warning, as in a type search.
-Without ``_type``, only the types the caller may search are searched, AuditEvent (the audit
-log's own search) only when named; Person (the master patient index's view, with a search of
-its own) never. ``_sort`` across types is
+no type searched knows is ignored with a warning, as in a type search. Without ``_type``, only
+the types the caller may search are searched, AuditEvent (the audit log's own search) only when
+named; Person (the master patient index's view, with a search of its own) never. ``_sort`` across types is
 refused: each type's order is its own (with one type listed it sorts). An ``_include`` goes to the
 type it names as its source. ``_total=accurate`` and ``_summary=count`` add the
 types' counts.
@@ -103,9 +102,10 @@ def system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]],
 
 def _system_search(repo: Repository, ctx: Context, params: list[tuple[str, str]], base: str,
                    settings: Settings, strict: bool, compartment: Compartment | None) -> dict:
-    if strict:  # the whole query against every type first: a page filled before the type
-        # that refuses it would answer 200, and the next page 400
-        _check_system_search(repo, ctx, params, base, settings, strict, compartment)
+    # the whole query against every type first: a page filled before the type that refuses it
+    # (a criterion it lacks under strict handling, a malformed modifier, a type named but not
+    # the caller's to search) would answer 200, and the next page 400 or 403
+    _check_system_search(repo, ctx, params, base, settings, strict, compartment)
     types, explicit, count, counting, rest, (start, inner) = _parsed(params, settings,
                                                                      compartment)
     values = dict(params)
