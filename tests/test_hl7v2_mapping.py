@@ -36,7 +36,7 @@ def test_adt_a01_utf8_bom_lf():
     assert c.patient_key == f"Patient/{pat['id']}"
     assert pat["name"][0] == {"family": "张", "given": ["三丰"], "text": "张三丰", "use": "official"}
     systems = {i.get("system"): i["value"] for i in pat["identifier"]}
-    assert systems["urn:oid:2.16.156.10011.99.1.1"] == "0001234567"
+    assert systems["urn:oid:2.16.156.10011.99.1.1.1"] == "0001234567"  # MR under its own institution
     assert systems[RESIDENT] == "510108198503124519"
     assert systems[HEALTH_CARD] == "H5101080012345678"
     assert pat["gender"] == "male" and pat["birthDate"] == "1985-03-12"

@@ -268,3 +268,51 @@ def test_record_number_types_must_be_a_list_of_types(tmp_path):
     with pytest.raises(ConfigError, match="record_number_types"):
         ConnectorConfig.from_dict({"name": "h1", "institution": {"code": "H1", "oid": OID, "record_number_types": "PI"},
                                    "sources": [{"type": "mllp"}], "sink": {"type": "http"}}, base=tmp_path)
+
+
+# -- the institution named as assigning authority ------------------------------------------------
+OWN_AA = f"^^^CQSRMYY&{OID}&ISO"
+OTHER_AA = "^^^H9&2.16.156.10011.99.9&ISO"
+
+
+@pytest.mark.parametrize("tcode, suffix", PATIENT_ID_SYSTEMS.items())
+def test_the_institution_as_assigning_authority_leaves_the_type_its_system(tcode, suffix):
+    """CX-4 naming the institution's own OID made every type's system the bare OID: a record
+    number and a PI of the same digits (two people) were one system|value, and a record number
+    had another system than the one it has sent without CX-4."""
+    sent_with = patient_under(f"PID|1||4242{OWN_AA}^{tcode}||冯^一||19600101|M")
+    sent_without = patient_under(f"PID|1||4242^^^^{tcode}||冯^一||19600101|M")
+    assert [i["system"] for i in sent_with["identifier"]] == [f"urn:oid:{OID}.{suffix}"]
+    assert system_values(sent_with) == system_values(sent_without)
+
+
+def test_a_record_number_and_a_patient_id_under_the_institution_are_two_people():
+    feng = patient_under(f"PID|1||4242{OWN_AA}^MR||冯^一||19600101|M")
+    chen = patient_under(f"PID|1||4242{OWN_AA}^PI||陈^二||19950101|F")
+    assert feng["id"] != chen["id"]
+    assert not system_values(feng) & system_values(chen)
+
+
+def test_another_authoritys_types_stay_apart():
+    """Another hospital's OID: its record number keeps the OID, its PI the OID and PI's suffix."""
+    mr = patient_under(f"PID|1||4242{OTHER_AA}^MR||冯^一||19600101|M")
+    pi = patient_under(f"PID|1||4242{OTHER_AA}^PI||陈^二||19950101|F")
+    assert system_values(mr) == {"urn:oid:2.16.156.10011.99.9|4242"}
+    assert system_values(pi) == {"urn:oid:2.16.156.10011.99.9.19|4242"}
+
+
+@pytest.mark.parametrize("aa", [OWN_AA, OTHER_AA])
+def test_a_resident_id_number_keeps_its_national_system_whatever_the_authority(aa):
+    p = patient_under(f"PID|1||0088123^^^^MR~510108198503124519{aa}^NNCHN||张^三||19850312|M")
+    assert "urn:oid:2.16.156.10011.1.3|510108198503124519" in system_values(p)
+
+
+def test_patients_keyed_under_an_authority_keep_their_ids():
+    """The system moved, the key did not: a Patient stored before is the one the next ADT updates."""
+    from fhir_mapping.ids import stable_id
+
+    assert patient_under(f"PID|1||4242{OWN_AA}^MR||冯^一||19600101|M")["id"] == record("4242")
+    assert patient_under(f"PID|1||4242{OWN_AA}^PI||陈^二||19950101|F")["id"] == stable_id(
+        "H1", "Patient", "PI", f"urn:oid:{OID}", "4242")
+    assert patient_under(f"PID|1||4242{OTHER_AA}^PI||陈^二||19950101|F")["id"] == stable_id(
+        "H1", "Patient", "PI", "urn:oid:2.16.156.10011.99.9", "4242")

@@ -10,6 +10,7 @@ from typing import Any
 
 from fhir_mapping import cleared
 from fhir_mapping.identifiers import resident_id_conflicts, someone_elses
+from fhir_mapping.ids import local_suffixes
 from terminology import resident_id
 
 from . import datatypes as dt
@@ -25,6 +26,9 @@ _RECORD_TYPE = _KEY_TYPES[0]
 # the institution's own patient id types: keyed with the record number's system as their issuer, as
 # before each had a system of its own, so that a Patient keyed by one keeps its id
 _OWN_PATIENT_TYPES = {t: _TYPES[t][6:] for t in _KEY_TYPES if _TYPES.get(t, "").startswith("local:")}
+# systems the tables name that are no institution's register (resident ID, health card, ...)
+_NATIONAL = frozenset(v for v in (*_AUTH.values(), *_TYPES.values()) if not v.startswith("local:"))
+_LOCAL_SUFFIX = local_suffixes()
 _RESIDENT = _ID["resident_id_system"]
 _HEALTH_CARD = _ID["health_card_system"]
 _CODES = table("codes")
@@ -51,14 +55,16 @@ def identifier(ctx: Ctx, rep: list[list[str]], loc: str, default_kind: str = "pa
     type_code = dt.comp(rep, 5).upper()
     system = None
     oid = dt.oid_of(uid, utype)
-    if oid:
+    if oid and oid != ctx.oid:
+        system = _authority_system(ctx, oid, type_code)
+    elif oid and type_code not in _TYPES:
         system = f"urn:oid:{oid}"
-    elif ns and ns.upper() in _AUTH:
+    elif ns and not oid and ns.upper() in _AUTH:
         system = _AUTH[ns.upper()]
     elif type_code in _TYPES:
         target = _TYPES[_RECORD_TYPE] if _record_register(ctx, type_code) else _TYPES[type_code]
         if target.startswith("local:"):
-            if not ns or ns in (ctx.inst, ctx.oid) or _is_sender(ctx, ns):
+            if oid or not ns or ns in (ctx.inst, ctx.oid) or _is_sender(ctx, ns):
                 system = ctx.local_system(target[6:])
         else:
             system = target
@@ -97,6 +103,25 @@ def identifier(ctx: Ctx, rep: list[list[str]], loc: str, default_kind: str = "pa
     if ns:
         ident["assigner"] = {"display": ns}
     return ident
+
+
+def _authority_system(ctx: Ctx, oid: str, type_code: str) -> str:
+    """The system of a number whose assigning authority is an OID other than the institution's.
+    A national register's type keeps its national system (a resident ID number is checked as one
+    whatever authority is named); an OID that is already a register (one of the institution's,
+    ``<oid>.<n>``, or a national one the tables know) is the system as sent. Any other authority
+    (another hospital, a regional register) keeps its OID for its record numbers, untyped numbers
+    and types the tables do not know, and gets the shared register suffix for its other patient id
+    types (PI: ``<oid>.19``): one authority's PI and record number of the same digits are never one
+    system|value, and a hospital's PI relayed with its OID meets the one its own feed sends."""
+    target = _TYPES.get(type_code, "")
+    if target and not target.startswith("local:"):
+        return target
+    if (ctx.oid and oid.startswith(f"{ctx.oid}.")) or f"urn:oid:{oid}" in _NATIONAL:
+        return f"urn:oid:{oid}"
+    if type_code != _RECORD_TYPE and target.startswith("local:patient-"):
+        return f"urn:oid:{oid}.{_LOCAL_SUFFIX[target[6:]]}"
+    return f"urn:oid:{oid}"
 
 
 def _record_register(ctx: Ctx, type_code: str) -> bool:
@@ -159,7 +184,12 @@ def patient_key(ctx: Ctx, rep: list[list[str]], ident: dict, list_field: bool = 
     come after them, and an untyped number there is not the record number)."""
     tcode = dt.comp(rep, 5).upper()
     value, system = ident["value"], ident.get("system")
-    ns, uid, _ = dt.hd_sub(rep, 4)
+    ns, uid, utype = dt.hd_sub(rep, 4)
+    authority = dt.oid_of(uid, utype)
+    if authority:
+        # keyed by its assigning authority's OID, as before the type chose the system under it
+        # (``identifier``): a Patient stored then keeps its id
+        system = f"urn:oid:{authority}"
     if system is not None and tcode in _OWN_PATIENT_TYPES and system == ctx.local_system(_OWN_PATIENT_TYPES[tcode]):
         system = ctx.local_system("patient")
     issuer = system or (ident.get("assigner") or {}).get("display") or uid or ""
