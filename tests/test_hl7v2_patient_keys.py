@@ -316,3 +316,18 @@ def test_patients_keyed_under_an_authority_keep_their_ids():
         "H1", "Patient", "PI", f"urn:oid:{OID}", "4242")
     assert patient_under(f"PID|1||4242{OTHER_AA}^PI||陈^二||19950101|F")["id"] == stable_id(
         "H1", "Patient", "PI", "urn:oid:2.16.156.10011.99.9", "4242")
+
+
+def test_a_practitioner_number_has_one_system_however_its_authority_is_filled():
+    """XCN-9 naming the institution's own OID gave the doctor's number the bare OID, without it
+    the practitioner register's system: one doctor, two identifiers by how the HIS filled it."""
+    def doctor(xcn: str) -> dict:
+        c = _convert(msg("ADT^A04^ADT_A01", "EVN|A04|20240315143000",
+                         "PID|1||4242^^^^MR||冯^一||19600101|M", f"PV1|1|O|||||{xcn}"), SRC)
+        assert_valid(c)
+        [d] = by_type(c, "Practitioner")
+        return d
+    with_authority = doctor("D017^王^医生^^^^^^H1&2.16.156.10011.99.1.1&ISO")
+    without = doctor("D017^王^医生")
+    assert system_values(with_authority) == system_values(without)
+    assert [i["system"] for i in without["identifier"]] == [f"urn:oid:{OID}.6"]

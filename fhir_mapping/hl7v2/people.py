@@ -458,7 +458,12 @@ def practitioner(ctx: Ctx, rep: list[list[str]], loc: str) -> dict[str, str] | N
     if pid_:
         oid = dt.oid_of(auth_uid, auth_type)
         ident: dict[str, Any] = {}
-        system = f"urn:oid:{oid}" if oid else _AUTH.get(auth_ns.upper()) if auth_ns else None
+        if oid and oid == ctx.oid:
+            # the institution as authority names its practitioner register, as no authority does:
+            # one doctor's number has one system however XCN-9 is filled
+            system = ctx.local_system("practitioner")
+        else:
+            system = f"urn:oid:{oid}" if oid else _AUTH.get(auth_ns.upper()) if auth_ns else None
         if system is None and not auth_ns:
             system = ctx.local_system("practitioner")
         if system:
