@@ -20,6 +20,8 @@ from fhir.resources.R4B.person import Person as PersonModel
 
 from hub.mpi.identity import IdentityService
 
+from .conftest import matching_server
+
 FHIR = {"content-type": "application/fhir+json"}
 USER = {"X-Hub-User": "steward-li"}
 CARD = "urn:oid:2.16.156.10011.1.19"
@@ -177,8 +179,11 @@ def test_link_merge_unmerge_relink_keep_every_view_consistent(client, data):
     # search answers from the same projection
     found = client.get("/Person", params={"link": f"Patient/{b}"}).json()
     assert [e["resource"]["id"] for e in found["entry"]] == [pb]
-    found = client.get("/Person", params={"identifier": f"{RESIDENT}|R{data['prefix']}"}).json()
+    found = client.get("/Person", params={"identifier": f"urn:oid:1.2.3.1|MR-{data['prefix']}-a"}).json()
     assert [e["resource"]["id"] for e in found["entry"]] == [pa]
+    # a resident ID number failing its check is shown by no Person, and finds none
+    found = client.get("/Person", params={"identifier": f"{RESIDENT}|R{data['prefix']}"}).json()
+    assert found["total"] == 0
     assert client.get("/Person", params={"_id": pa}).json()["total"] == 1
 
 
@@ -453,6 +458,12 @@ def test_hostile_input_gets_operation_outcomes(client, data):
         ("POST", "/Person/$link", {"resourceType": "Patient"}, 400),
         ("POST", "/Person/$link", {"resourceType": "Parameters", "parameter": [{"name": 1}]},
          422),
+        # not a valid Parameters: 422 as any resource; a valid one the operation cannot use: 400
+        ("POST", "/Person/$link", {"resourceType": "Parameters", "parameter": {"name": "x"}},
+         422),
+        ("POST", "/Person/$link", {**params(patient=f"Patient/{a}"), "colour": "blue"}, 422),
+        ("POST", "/Person/$link", {"resourceType": "Parameters", "parameter": [
+            {"name": "patient", "valueInteger": 1}]}, 400),
         ("POST", "/Person/$merge", params(source=f"Person/{pa}", target=f"Person/{pa}"), 409),
         ("POST", "/Person/$unmerge", params(source=f"Person/{pa}"), 409),
         ("POST", "/Person/$unlink", params(patient=f"Patient/{a}"), 409),
@@ -1135,3 +1146,81 @@ def test_a_person_listing_names_a_last_updated_prefix_it_does_not_take(client):
         assert r.status_code == 400, r.text
         text = r.json()["issue"][0]["diagnostics"]
         assert repr(prefix) in text and "not a FHIR date" not in text, text
+
+
+def test_a_number_finds_only_the_persons_that_show_it(client):
+    """A mother's resident ID number on her three newborns' records (their Persons rightly show
+    none): resolving it listed four persons, "they may need a merge", and a Person search found
+    four; a number failing its check (shown by nobody) found its records' persons, and a
+    system-only search (`system|`) found persons by fillers they do not show."""
+    p = uuid.uuid4().hex[:8]
+    mother_id = "11010519920214244X"
+    mom = {"resourceType": "Patient", "id": f"{p}-mom", "gender": "female",
+           "birthDate": "1992-02-14", "name": [{"text": "慕容丽"}],
+           "identifier": [{"system": RESIDENT, "value": mother_id}]}
+    babies = [{"resourceType": "Patient", "id": f"{p}-{who}", "birthDate": "2024-03-01",
+               "gender": "male" if who == "nb1" else "female", "name": [{"text": name}],
+               "identifier": [{"system": RESIDENT, "value": mother_id}]}
+              for who, name in (("nb1", "慕容丽之子"), ("nbt-a", "慕容丽之大女"),
+                                ("nbt-b", "慕容丽之小女"))]
+    typo = {"resourceType": "Patient", "id": f"{p}-typo", "gender": "female",
+            "birthDate": "1992-02-14", "name": [{"text": "慕容丽"}],
+            "identifier": [{"system": RESIDENT, "value": "110105199202142441"},
+                           {"system": CARD, "value": "-"}]}
+    card = {"resourceType": "Patient", "id": f"{p}-card", "name": [{"text": "卡"}],
+            "identifier": [{"system": CARD, "value": f"HC{p}"}]}
+    put_all(client, [mom, *babies, typo, card])
+    persons = {r["id"]: op(client, "link", patient=f"Patient/{r['id']}")["id"]
+               for r in [mom, *babies, typo, card]}
+
+    def person_ids(q: str) -> list[str]:
+        r = client.get("/Person", params={"identifier": q})
+        assert r.status_code == 200, r.text
+        return sorted(e["resource"]["id"] for e in r.json().get("entry", []))
+
+    body = client.get("/$resolve-identifier",
+                      params={"identifier": f"{RESIDENT}|{mother_id}"}).json()
+    assert ids(body) == [f"Person/{persons[mom['id']]}", f"Patient/{mom['id']}"]
+    assert body["total"] == 1
+    said = [e["resource"]["issue"][0] for e in body["entry"]
+            if e["search"]["mode"] == "outcome"]
+    assert len(said) == 1 and said[0]["severity"] == "information", said
+    assert "3 other person(s) as someone else's number" in said[0]["diagnostics"]
+    assert "merge" not in said[0]["diagnostics"].replace("no merge", "")
+    assert person_ids(f"{RESIDENT}|{mother_id}") == [persons[mom["id"]]]
+    assert person_ids(mother_id) == [persons[mom["id"]]]
+    # a number failing its check identifies nobody, as a filler does
+    body = client.get("/$resolve-identifier",
+                      params={"identifier": f"{RESIDENT}|110105199202142441"}).json()
+    assert body["total"] == 0 and ids(body) == [], body
+    assert "fails the resident ID number's check" in \
+        body["entry"][-1]["resource"]["issue"][0]["diagnostics"]
+    assert person_ids(f"{RESIDENT}|110105199202142441") == []
+    # any health card: persons showing one, not one registered with a filler
+    found = person_ids(f"{CARD}|")
+    assert persons[card["id"]] in found and persons[typo["id"]] not in found
+
+
+def test_a_patient_just_written_has_its_person_at_once(request, tmp_path_factory):
+    """Right after a Patient's PUT (201), with the index matching as Patients arrive: a Person
+    search by it found nobody and its identifier resolved to the Patient without a person, the
+    matcher not having decided yet; seconds later, its Person."""
+    with matching_server(request, tmp_path_factory, "ryw") as live, \
+            httpx.Client(base_url=live.base, timeout=30, auth=live.auth) as c:
+        for i in range(4):  # the search first, then the resolution first
+            rid = f"ryw{i}"
+            number = f"MR-{uuid.uuid4().hex[:8]}"
+            r = c.put(f"/Patient/{rid}", json={
+                "resourceType": "Patient", "id": rid, "name": [{"text": f"读{i}"}],
+                "identifier": [{"system": "urn:oid:1.2.3.1", "value": number}]}, headers=FHIR)
+            assert r.status_code == 201, r.text
+            for step in ((0, 1) if i % 2 else (1, 0)):
+                if step:
+                    found = c.get("/Person", params={"patient": f"Patient/{rid}"}).json()
+                    assert found["total"] == 1, (i, found)
+                    assert f"Patient/{rid}" in links(found["entry"][0]["resource"])
+                else:
+                    resolved = ids(c.get("/$resolve-identifier", params={
+                        "identifier": f"urn:oid:1.2.3.1|{number}"}).json())
+                    assert resolved[0].startswith("Person/") and f"Patient/{rid}" in resolved, \
+                        (i, resolved)

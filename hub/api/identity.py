@@ -28,7 +28,9 @@ Routes (included before the generic ``/fhir/{type}…`` routes, so these answer 
 Who decided is the ``X-Hub-User`` header (a named user is required for every decision; a token
 takes its place once the hub has authentication), or the ``by`` parameter without the header.
 Parameter values may be ``valueReference``, ``valueString`` or ``valueId``. Errors are
-OperationOutcomes: 400 malformed, 404 unknown ids, 409 a decision that contradicts another (a
+OperationOutcomes: 422 a body that does not validate as a ``Parameters``, 400 one of another type
+or a ``Parameters`` the operation cannot use (unknown, missing or repeated parameters, a value of
+another type), 404 unknown ids, 409 a decision that contradicts another (a
 not-duplicate pair, a merge that stands) or would give a person two valid numbers of a unique
 identifier system or two sexes (the diagnostics name the Patients and the system, never the
 values), 413 bodies over 64 KiB, 415 other content types.
@@ -74,7 +76,7 @@ from hub.core.fhirtime import http_date
 from hub.core.ingest import Context
 from hub.core.store import ResourceStore
 from hub.mpi import listing
-from hub.mpi.everything import SharedRecord, person_view
+from hub.mpi.everything import SharedRecord, carries, person_view
 from hub.mpi.identifiers import is_filler
 from hub.mpi.identity import IdentityService, patient_ref, person_id
 from hub.mpi.qr import QrError
@@ -407,29 +409,33 @@ def _criteria_sets(identity: IdentityService, crit: dict[str, str], base: str,
     """The persons each search criterion allows, or None when none is given (a listing)."""
     sets: list[set[str]] = []
     P = identity.person
+    # the Patients each criterion names, as the caller may see them (a Person found through a
+    # hidden one would tell what it holds)
+    named: dict[str, list[str]] = {}
+    for key in ("link", "patient"):
+        if key in crit:
+            refs = [patient_ref(x.strip().removeprefix(base + "/"), key)
+                    for x in crit[key].split(",")]
+            seen = set(_seen_patients(repo, ctx, [r.split("/", 1)[1] for r in refs]))
+            named[key] = [r for r in refs if r.split("/", 1)[1] in seen]
+    if "identifier" in crit:
+        named["identifier"] = []
+        for one in crit["identifier"].split(","):
+            system, value = _any_token(one)
+            if value is not None and is_filler(value):
+                continue  # 无, -, 000000 identify nobody: never everyone registered with them
+            # a person is found by exactly the identifiers it shows (not a filler, nor a
+            # parent's resident ID number on a newborn's record, nor one failing its check)
+            named["identifier"] += [f"Patient/{rid}" for rid, how in
+                                    _carriers(repo, ctx, system, value).items() if how == "own"]
+    identity.await_decided([r for refs in named.values() for r in refs])
     with P.read() as c:
         if "_id" in crit:
             ids = {x.strip() for x in crit["_id"].split(",")}
             sets.append({x for x in ids if P.person_row(c, x)})
-        for key in ("link", "patient"):
-            if key in crit:
-                refs = [patient_ref(x.strip().removeprefix(base + "/"), key)
-                        for x in crit[key].split(",")]
-                seen = set(_seen_patients(repo, ctx, [r.split("/", 1)[1] for r in refs]))
-                sets.append({p for p in (P.person_of(c, r) for r in refs
-                                         if r.split("/", 1)[1] in seen) if p})
-        if "identifier" in crit:
-            found: set[str] = set()
-            for one in crit["identifier"].split(","):
-                system, value = _any_token(one)
-                if value is not None and is_filler(value):
-                    continue  # 无, -, 000000 identify nobody: never everyone registered with them
-                for rid in _seen_patients(
-                        repo, ctx, repo.find_by_identifier(ctx, "Patient", system, value)):
-                    p = P.person_of(c, f"Patient/{rid}")
-                    if p:
-                        found.add(p)
-            sets.append(found)
+        for key in ("link", "patient", "identifier"):
+            if key in named:
+                sets.append({p for p in (P.person_of(c, r) for r in named[key]) if p})
     return sets or None
 
 
@@ -735,17 +741,23 @@ async def resolve_identifier(request: Request) -> Response:
 
     filler = is_filler(value)
     unresolved: list[str] = []  # persons found that a steward did not mark apart from another
+    # records carrying the number but not as their person's (a parent's on a newborn's record,
+    # or one failing its check): how many persons, and whether it fails its check everywhere
+    elsewhere: dict[str, Any] = {"persons": 0, "invalid": False}
 
     def answer(_purpose) -> tuple[list[str], list[str], dict]:
         identity.sync()
         # a filler (无, -, 000000) identifies nobody: it would list everyone registered with it
-        rids = [] if filler else _seen_patients(
-            repo, ctx, repo.find_by_identifier(ctx, "Patient", system, value))
+        found = {} if filler else _carriers(repo, ctx, system, value)
+        rids = [r for r, how in found.items() if how == "own"]  # found by what a person shows
+        identity.await_decided([f"Patient/{r}" for r in found])
         P = identity.person
         persons: list[str] = []
         patients: list[str] = []
         of_person: dict[str, list[str]] = {}
         with P.read() as c:
+            others = {P.person_of(c, f"Patient/{r}") or f"Patient/{r}"
+                      for r, how in found.items() if how != "own"}
             for rid in rids:
                 ref = f"Patient/{rid}"
                 person = P.person_of(c, ref)
@@ -762,6 +774,9 @@ async def resolve_identifier(request: Request) -> Response:
             unresolved.extend(dict.fromkeys(
                 p for i, x in enumerate(persons) for y in persons[i + 1:]
                 if not P.blocked_across(c, of_person[x], of_person[y]) for p in (x, y)))
+        elsewhere["persons"] = len(others - set(persons))
+        elsewhere["invalid"] = not rids and bool(found) and \
+            all(how == "invalid" for how in found.values())
         seen = _seen_by(request)
         entries = []
         for pid in persons:
@@ -772,9 +787,9 @@ async def resolve_identifier(request: Request) -> Response:
         bodies = repo.latest_many(ctx, "Patient", [p.split("/", 1)[1] for p in patients])
         patients = [p for p in patients if p.split("/", 1)[1] in bodies]
         for p in patients:
-            found = bodies[p.split("/", 1)[1]]
+            stored = bodies[p.split("/", 1)[1]]
             entries.append({"fullUrl": f"{base}/{p}",
-                            "resource": orjson.Fragment(found[1].partition(b"\n")[2]),
+                            "resource": orjson.Fragment(stored[1].partition(b"\n")[2]),
                             "search": {"mode": "include"}})
         out: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
                                "total": len(persons) or len(patients),
@@ -791,6 +806,15 @@ async def resolve_identifier(request: Request) -> Response:
         out.setdefault("entry", []).append({"resource": operation_outcome([Issue(
             "not-found", f"{value[:40]!r} is a filler, not an identifier: it identifies nobody",
             "warning")]), "search": {"mode": "outcome"}})
+    elif elsewhere["invalid"]:
+        out.setdefault("entry", []).append({"resource": operation_outcome([Issue(
+            "not-found", f"{value[:40]!r} fails the resident ID number's check: it identifies "
+            "nobody", "warning")]), "search": {"mode": "outcome"}})
+    elif not persons and not patients and elsewhere["persons"]:
+        out.setdefault("entry", []).append({"resource": operation_outcome([Issue(
+            "not-found", f"The identifier is carried by the records of {elsewhere['persons']} "
+            "person(s) as someone else's number (a parent's on a newborn's record): no person "
+            "shows it", "warning")]), "search": {"mode": "outcome"}})
     elif len(persons) > 1 and not unresolved:
         # a steward said these are different people: the number is shared (a parent's, a card)
         out.setdefault("entry", []).append({"resource": operation_outcome([Issue(
@@ -803,7 +827,28 @@ async def resolve_identifier(request: Request) -> Response:
             "multiple-matches", f"The identifier belongs to {len(persons)} persons; they may "
             f"need a merge ({named} not marked as different people)", "warning")]),
             "search": {"mode": "outcome"}})
+    if (persons or patients) and elsewhere["persons"]:
+        out.setdefault("entry", []).append({"resource": operation_outcome([Issue(
+            "informational", "The identifier is also carried by the records of "
+            f"{elsewhere['persons']} other person(s) as someone else's number (a parent's on a "
+            "newborn's record): not theirs, no merge", "information")]),
+            "search": {"mode": "outcome"}})
     return fhir_response(out, request=request)
+
+
+def _carriers(repo: Repository, ctx: Context, system: str | None,
+              value: str | None) -> dict[str, str]:
+    """The Patients the caller may see that carry ``system|value`` (ids, in order), each with
+    how (``hub.mpi.everything.carries``: ``own`` when its person shows it)."""
+    rids = repo.find_by_identifier(ctx, "Patient", system, value)
+    bodies = repo.latest_many(ctx, "Patient", rids) if rids else {}
+    out: dict[str, str] = {}
+    for rid in rids:
+        if rid in bodies:
+            how = carries(orjson.loads(bodies[rid][1].partition(b"\n")[2]), system, value)
+            if how is not None:
+                out[rid] = how
+    return out
 
 
 __all__ = ["router", "attach", "detach"]

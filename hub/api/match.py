@@ -14,6 +14,7 @@ service (``IdentityService.auto_decide_many``, a batch at a time) as they arrive
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -32,6 +33,7 @@ from hub.core.events import resource_bytes
 from hub.core.store import ResourceStore
 from hub.mpi import weights as W
 from hub.mpi.candidates import IdentityCandidates
+from hub.mpi.incremental import NAME as INCREMENTAL
 from hub.mpi.incremental import IncrementalMatcher
 from hub.mpi.matcher import Matcher
 from hub.mpi.normalise import features
@@ -69,6 +71,9 @@ def attach(app: FastAPI, settings: Settings, store: ResourceStore,
         follower = IncrementalMatcher.recording_with(index, app.state.mpi_matcher, identity)
         app.state.mpi_incremental_runner = Runner(store, follower)
         app.state.mpi_incremental_runner.start()
+    if identity is not None and settings.mpi_automatch:
+        # read-your-writes of the index's views for a Patient just written (its person)
+        identity.matched_up_to = matched_up_to(index, app.state.mpi_incremental_runner)
 
 
 def detach(app: FastAPI) -> None:
@@ -82,6 +87,17 @@ def detach(app: FastAPI) -> None:
     if index is not None:
         index.close()
     app.state.mpi_candidates_runner = app.state.mpi_candidates = app.state.mpi_matcher = None
+
+
+def matched_up_to(index: IdentityCandidates, runner: Runner | None) -> Callable[[int], int]:
+    """The log position automatic matching has decided up to; with the matcher in this process
+    (``runner``), after it took a step towards the position wanted (its background loop may be
+    waiting out its poll); in another process (``hub projections follow``), as it recorded."""
+    def position(wanted: int) -> int:
+        if runner is not None and runner.model.position() < wanted:
+            runner.step()
+        return index.tracking.max_tracking_id(INCREMENTAL) or 0
+    return position
 
 
 def sync(index: IdentityCandidates, runner: Runner, timeout: float = RYW_TIMEOUT) -> bool:

@@ -103,6 +103,29 @@ def _the_persons_own(ident: dict, patient: dict) -> bool:
     return id_status({"id": idno, "ids": status, "bd": birth, "sex": sex}) == "valid"
 
 
+def carries(patient: dict, system: str | None, value: str | None) -> str | None:
+    """How a Patient carries the identifier ``system|value`` (``system`` None: any system, "":
+    none; ``value`` None: any value of ``system``), as its person shows it: ``own`` (its person
+    shows it), ``invalid`` (a resident ID number failing its check, nobody's), ``other``
+    (carried but not shown: someone else's number, a filler), or None (not carried). What an
+    identifier search finds a person by: exactly what the person shows."""
+    found = None
+    for ident in patient.get("identifier") or ():
+        if not isinstance(ident, dict) or not isinstance(ident.get("value"), str):
+            continue
+        if (system is not None and (ident.get("system") or "") != system) or \
+                (value is not None and ident["value"] != value):
+            continue
+        if _the_persons_own(ident, patient):
+            return "own"
+        if ident.get("system") == RESIDENT_ID and \
+                resident_id_features(ident["value"], None, None)[1] != "valid":
+            found = "invalid"
+        elif found is None:
+            found = "other"
+    return found
+
+
 def person_view(identity: IdentityService, store: ResourceStore, pid: str,
                 shown: Callable[[str, str, bytes], bool] | None = None,
                 bare: bool = False) -> dict:
@@ -239,6 +262,7 @@ class SharedRecord:
         if not self.store.current_ids("Patient", [rid]):
             raise not_found(f"Patient/{rid} is not known (or was deleted)")
         self.identity.sync()
+        self.identity.await_decided([f"Patient/{rid}"])  # a Patient just written: its person
         P = self.identity.person
         with P.read() as c:
             person = P.person_of(c, f"Patient/{rid}")

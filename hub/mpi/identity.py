@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, cast
@@ -112,6 +113,9 @@ class IdentityService:
         # which identifier systems are unique (hard keys): the candidate index's configuration
         # where one runs beside the service (it follows stored NamingSystems), else the shipped
         self.roles: Callable[[], Roles] = lambda: DEFAULT_ROLES
+        # where automatic matching runs (hub.api.match): the log position its decisions are
+        # taken up to, given the position wanted (the matcher in this process steps towards it)
+        self.matched_up_to: Callable[[int], int] | None = None
 
     @classmethod
     def open(cls, store: ResourceStore, data_dir) -> IdentityService:
@@ -131,6 +135,32 @@ class IdentityService:
     def sync(self, timeout: float = 5.0) -> bool:
         """Bring the person projection up to the log's end as of now."""
         return self.runner.sync(timeout)
+
+    def await_decided(self, refs: list[str], timeout: float = 5.0) -> None:
+        """Read-your-writes for Patients just written: when one of ``refs`` has no person yet
+        (the matcher has not decided about it), wait, at most ``timeout`` seconds, until
+        automatic matching has taken the log as of now, or each has its person. No wait, and
+        nothing read but the persons, when every one has its person (every Patient matched)."""
+        if self.matched_up_to is None or not refs:
+            return
+        P = self.person
+        with P.read() as c:
+            missing = [r for r in refs if P.person_of(c, r) is None]
+        if not missing:
+            return
+        target = self.store.max_notification_id()
+        deadline = time.monotonic() + timeout
+        while True:
+            done = self.matched_up_to(target) >= target
+            self.sync(max(0.0, deadline - time.monotonic()))
+            if done:
+                return
+            with P.read() as c:  # another node's matcher may have decided (the log is shared)
+                if all(P.person_of(c, r) is not None for r in missing):
+                    return
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.02)
 
     def _decide(self, plan: Callable[[Any], list[IdentityEvent]]) -> list[IdentityEvent]:
         """Run ``plan`` against fresh state and commit its events as the stream's next versions;
