@@ -930,6 +930,22 @@ def test_a_numeric_setting_that_is_no_number_names_the_variable_and_value(tmp_pa
     assert assert_clean_error(proc) == f"hub: {name}={value!r} is not {what}"
 
 
+@pytest.mark.parametrize("name, value, least", [
+    ("HUB_MAX_BODY", "0", 4096), ("HUB_MAX_BODY", "4095", 4096), ("HUB_MAX_STRING", "0", 1024),
+    ("HUB_MAX_HEADER", "100", 4096), ("HUB_MAX_LARGE", "0", 1), ("HUB_MAX_COUNT", "0", 1),
+    ("HUB_WORKERS", "0", 1), ("HUB_QUARANTINE_QUOTA", "0", 1), ("HUB_EXPORT_KEEP", "0", 60)])
+def test_a_limit_under_its_least_stops_serve(tmp_path, name, value, least):
+    """`HUB_MAX_BODY=0 hub serve` served, answering every write 413 "exceeds the limit of 0
+    bytes"; `HUB_MAX_COUNT=0` answered every search an empty page, `HUB_WORKERS=0` was taken for
+    the default. Each limit has a least it takes, said with why."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=None)
+    env = {**hub_env(settings), name: value}
+    proc = subprocess.run([sys.executable, "-m", "hub.cli", "serve", "--port", str(free_port())],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    line = assert_clean_error(proc)
+    assert line.startswith(f"hub: {name}={value!r} is less than {least}, the least it takes ("), line
+
+
 def test_projections_without_a_name_are_every_read_model(tmp_path):
     """`hub projections status|run` without a NAME acted on `search` alone; now status is a
     table of every read model and run catches every one up. rebuild (from nothing) needs a
