@@ -1082,11 +1082,11 @@ def test_serve_on_a_port_in_use_is_one_line_before_it_says_it_serves(tmp_path):
 
 
 @pytest.mark.parametrize("args, command, words", [
-    (["connector", "status", "--x"], "hub connector", "unrecognized arguments: --x"),
+    (["connector", "status", "--x"], "hub connector status", "unrecognized arguments: --x"),
     (["quality", "report", "--nope"], "hub quality report", "unrecognized arguments: --nope"),
     (["show"], "hub show", "required: reference"),
     (["projections", "bogus"], "hub projections", "invalid choice: 'bogus'"),
-    (["deadletter", "list", "--worker", "--config", "x"], "hub deadletter", "not allowed"),
+    (["deadletter", "list", "--worker", "--config", "x"], "hub deadletter list", "not allowed"),
     (["serve", "--port", "abc"], "hub serve", "--port"),
     (["nosuch"], "hub", "invalid choice: 'nosuch'"),
     (["--bogus"], "hub", "unrecognized arguments: --bogus"),
@@ -1213,6 +1213,43 @@ def test_a_connector_configuration_with_a_misspelt_or_missing_key_is_refused(set
     for action in ("status", "run"):
         assert_clean_error(run_hub(settings, "connector", action, config), "hub connector:",
                            words)
+
+
+def test_connector_options_go_before_or_after_config_and_status_shows_findings(settings,
+                                                                                tmp_path):
+    """`hub connector status --json CONFIG` and `register --url URL CONFIG` failed
+    "unrecognized arguments: CONFIG" (only options after CONFIG worked; `hub deadletter show`
+    likewise with its ids); the status table had no findings column (only --json had them)."""
+    from connectors.config import ConnectorConfig
+    from connectors.spool import Spool
+
+    (tmp_path / "inbox").mkdir()
+    config = write(tmp_path / "lab.yaml", CONNECTOR)
+    cfg = ConnectorConfig.load(config)
+    cfg.state_dir.mkdir(parents=True)
+    spool = Spool(cfg.spool_path, cfg.source_info)
+    with spool._lock:  # what a run leaves: counters per source
+        for name, n in (("received", 5), ("converted", 4), ("failed", 1), ("findings", 3)):
+            spool._count("drop", name, n)
+    spool.close()
+    for args in (["--json", config], [config, "--json"]):
+        done = run_hub(settings, "connector", "status", *args)
+        assert done.returncode == 0, done.stderr
+        assert orjson.loads(done.stdout)["sources"]["drop"]["findings"] == 3
+    done = run_hub(settings, "connector", "status", config)
+    head, row = done.stdout.splitlines()[1:3]
+    assert head.split() == ["source", "received", "converted", "delivered", "failed",
+                            "findings", "lag", "dead"], head
+    assert row.split() == ["drop", "5", "4", "0", "1", "3", "0", "0"], row
+    for args in (["--url", "http://127.0.0.1:9", config], [config, "--url", "http://127.0.0.1:9"]):
+        done = run_hub(settings, "connector", "register", *args)
+        assert done.returncode == 0 and "registered at http://127.0.0.1:9" in done.stdout, \
+            done.stderr
+    listed = run_hub(settings, "connector", "list", "--json")
+    assert orjson.loads(listed.stdout) == [{"name": "lab", "url": "http://127.0.0.1:9",
+                                          "admin": False}]
+    for args in (["--json", "--config", config, "7"], ["7", "--config", config, "--json"]):
+        assert_clean_error(run_hub(settings, "deadletter", "show", *args), "no dead letter 7")
 
 
 def test_a_connector_whose_folder_is_missing_says_so_and_makes_nothing(settings, tmp_path):
