@@ -1426,3 +1426,17 @@ def test_a_100_mb_collection_bundle_is_ingested_in_bounded_memory(tmp_path):
     assert counts(out.read_text())["created"] == n
     peak_mb = int(peak_file.read_text()) / 1024  # kilobytes on Linux
     assert peak_mb < 200, f"peak RSS {peak_mb:.0f} MB"
+
+
+@pytest.mark.parametrize("action", ["merge", "unmerge"])
+def test_the_readme_synopsis_of_identity_merge_and_unmerge_names_what_each_takes(action, capsys):
+    """The README said `hub identity merge|unmerge SOURCE [TARGET]`: merge requires TARGET,
+    unmerge takes none."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    [line] = [ln for ln in readme.splitlines() if ln.startswith(f"hub identity {action} ")]
+    said = line[len(f"hub identity {action} "):51].split()
+    with pytest.raises(SystemExit):
+        cli.main(["identity", action, "--help"])
+    usage = " ".join(capsys.readouterr().out.split("\n\n")[0].split())
+    takes = [w.upper() for w in re.sub(r"\[[^]]*\]", "", usage).split()[4:]]
+    assert said == takes, (line, usage)
