@@ -1440,3 +1440,17 @@ def test_the_readme_synopsis_of_identity_merge_and_unmerge_names_what_each_takes
     usage = " ".join(capsys.readouterr().out.split("\n\n")[0].split())
     takes = [w.upper() for w in re.sub(r"\[[^]]*\]", "", usage).split()[4:]]
     assert said == takes, (line, usage)
+
+
+@pytest.mark.parametrize("args, says, not_says", [
+    (["stream", "relay", "--help"], "at least once", "exactly once"),
+    (["auth", "user", "disable", "--help"], "end their live console sessions at once",
+     "next login")])
+def test_help_says_what_the_command_does(args, says, not_says, capsys):
+    """`hub stream relay --help` promised "exactly once" (a relay killed mid-batch sends events
+    again); `hub auth user disable` was to "refuse the user's next login" (it ends live sessions
+    at once too)."""
+    with pytest.raises(SystemExit):
+        cli.main(args)
+    out = " ".join(capsys.readouterr().out.split())
+    assert says in out and not_says not in out, out

@@ -58,7 +58,8 @@ def add_parsers(sub: Any, common: Any) -> None:
                     help="the institution the person works for (consents naming institutions "
                          "are judged by it)")
     usub.add_parser("list", parents=[common], help="the console's users")
-    ud = usub.add_parser("disable", parents=[common], help="refuse the user's next login")
+    disable = "refuse the user's logins and end their live console sessions at once"
+    ud = usub.add_parser("disable", parents=[common], help=disable, description=disable)
     ud.add_argument("name")
     asub.add_parser("rotate-key", parents=[common],
                     help="sign access tokens with a new key (the previous one stays published)")
