@@ -228,9 +228,24 @@ def _token(args: Any, settings: Any) -> int:
     except httpx.HTTPStatusError as e:
         raise UsageError(f"the token endpoint refused: {e.response.text[:300]}") from None
     except httpx.HTTPError as e:
-        raise UsageError(f"cannot reach the hub at {base}: {e}") from None
+        raise UsageError(f"cannot reach the hub at {base}: {e}{_no_client_cert(base, args, e)}") \
+            from None
     print(answer["access_token"])
     return 0
+
+
+def _no_client_cert(base: str, args: Any, error: Exception) -> str:
+    """A hint for an https hub reached without a client certificate: one requiring them (mutual
+    TLS) ends the handshake, which httpx reports as "Server disconnected without sending a
+    response", a reset or an SSL alert, naming no certificate (a refused connection, a name that
+    does not resolve or a server certificate that does not verify get none)."""
+    import httpx
+
+    if base.lower().startswith("https:") and not args.tls_cert and (
+            isinstance(error, httpx.RemoteProtocolError | httpx.ReadError)
+            or "alert" in str(error).lower()):
+        return " (the hub may require a client certificate: --tls-cert/--tls-key)"
+    return ""
 
 
 def _tls(args: Any) -> Any:
