@@ -6,6 +6,7 @@ exit status 2).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -20,24 +21,47 @@ def add_parsers(sub, common) -> None:
     p = sub.add_parser("connector", parents=[common],
                        help="run a connector daemon, show its status, or register it with the "
                             "hub's console (register CONFIG [--url], unregister NAME, list)")
-    p.add_argument("action", choices=["run", "status", "register", "unregister", "list"])
-    p.add_argument("config", nargs="?", type=Path,
-                   help="the connector's YAML configuration (unregister: its name)")
-    p.add_argument("--url", help="register: its status endpoint as the hub reaches it (default: "
-                                 "the configuration's status host and port)")
-    p.add_argument("--json", action="store_true", help="status as JSON")
-    p.add_argument("--log-level", default="INFO")
+    # one parser per action, each with its own CONFIG: options go before or after it (with
+    # CONFIG an optional positional beside the action, `status --json CONFIG` left it unparsed)
+    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    config_help = "the connector's YAML configuration"
+    r = csub.add_parser("run", parents=[common], help="run the connector daemon")
+    r.add_argument("config", type=Path, metavar="CONFIG", help=config_help)
+    r.add_argument("--log-level", default="INFO")
+    st = csub.add_parser("status", parents=[common],
+                         help="its counters per source (from its spool) and whether it runs")
+    st.add_argument("config", type=Path, metavar="CONFIG", help=config_help)
+    st.add_argument("--json", action="store_true", help="status as JSON")
+    rg = csub.add_parser("register", parents=[common],
+                         help="record it for the hub's console: its status URL and admin token")
+    rg.add_argument("config", type=Path, metavar="CONFIG", help=config_help)
+    rg.add_argument("--url", help="its status endpoint as the hub reaches it (default: the "
+                                  "configuration's status host and port)")
+    u = csub.add_parser("unregister", parents=[common], help="forget a registered connector")
+    u.add_argument("config", metavar="NAME", help="the connector's name")
+    ls = csub.add_parser("list", parents=[common], help="the registered connectors")
+    ls.add_argument("--json", action="store_true", help="the list as JSON")
 
     p = sub.add_parser("deadletter", parents=[common],
                        help="list, show and replay dead letters of a connector or the ingest worker")
-    p.add_argument("action", choices=["list", "show", "replay"])
-    p.add_argument("ids", nargs="*", type=int, help="dead letter ids (show, replay)")
-    where = p.add_mutually_exclusive_group()
+    # a parser per action, as `hub connector`'s: `show --json 3` left the ids unparsed
+    letters = argparse.ArgumentParser(add_help=False)
+    where = letters.add_mutually_exclusive_group()
     where.add_argument("--config", type=Path, help="a connector's YAML configuration")
     where.add_argument("--worker", action="store_true",
                        help="the ingest worker's dead letters in the data directory")
-    p.add_argument("--all", action="store_true", help="list: also replayed; replay: every open one")
-    p.add_argument("--json", action="store_true")
+    letters.add_argument("--json", action="store_true")
+    dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dl = dsub.add_parser("list", parents=[common, letters], help="the open dead letters")
+    dl.add_argument("--all", action="store_true", help="also those replayed")
+    dl.set_defaults(ids=[])
+    ds = dsub.add_parser("show", parents=[common, letters], help="dead letters with their payload")
+    ds.add_argument("ids", nargs="+", type=int, metavar="ID", help="dead letter ids")
+    ds.set_defaults(all=False)
+    dr = dsub.add_parser("replay", parents=[common, letters],
+                         help="send dead letters again (after the fix)")
+    dr.add_argument("ids", nargs="*", type=int, metavar="ID", help="dead letter ids")
+    dr.add_argument("--all", action="store_true", help="every open one")
 
     p = sub.add_parser("ingest-worker", parents=[common],
                        help="consume connector units from Kafka and write them (a consumer group)")
@@ -73,8 +97,6 @@ def _logging(level: str) -> None:
 def cmd_connector(args, settings) -> int:
     if args.action in ("list", "unregister"):
         return _watched(args, settings)
-    if args.config is None:
-        raise _usage(f"connector {args.action} needs the connector's YAML configuration")
     cfg = _load(args.config)
     if args.action == "register":
         return _register(cfg, args.url, settings)
@@ -130,8 +152,6 @@ def _watched(args, settings) -> int:
     existing_data_dir(settings)  # a mistyped --data-dir listed none, or removed none, exit 0
     registry = DaemonRegistry(settings.data_dir)
     if args.action == "unregister":
-        if args.config is None:
-            raise _usage("connector unregister needs the connector's name")
         if not registry.remove(str(args.config)):
             raise _usage(f"no connector {args.config} is registered")
         print(f"connector {args.config} unregistered")
@@ -172,7 +192,7 @@ def _status(cfg, as_json: bool) -> int:
     out = {"connector": cfg.name, "running": live is not None,
            "sink": (live or {}).get("sink"), "sources": {}}
     for n in names:
-        d = {"received": 0, "converted": 0, "delivered": 0, "failed": 0, "lag": 0,
+        d = {"received": 0, "converted": 0, "delivered": 0, "failed": 0, "findings": 0, "lag": 0,
              "deadletters": 0, **counters.get(n, {})}
         if live and n in live.get("sources", {}):
             d["alive"] = live["sources"][n].get("alive")
@@ -186,10 +206,10 @@ def _status(cfg, as_json: bool) -> int:
     print(f"connector {cfg.name}: {state}" + (f", sink {sink.get('state')}" if sink else "")
           + (f" ({sink.get('error')})" if sink.get("error") else ""))
     print(f"  {'source':16} {'received':>9} {'converted':>9} {'delivered':>9} {'failed':>7} "
-          f"{'lag':>6} {'dead':>5}")
+          f"{'findings':>8} {'lag':>6} {'dead':>5}")
     for n, d in out["sources"].items():
         print(f"  {n:16} {d['received']:>9} {d['converted']:>9} {d['delivered']:>9} "
-              f"{d['failed']:>7} {d['lag']:>6} {d['deadletters']:>5}")
+              f"{d['failed']:>7} {d['findings']:>8} {d['lag']:>6} {d['deadletters']:>5}")
     return 0
 
 

@@ -177,11 +177,12 @@ class Connector:
         log.info("connector %s started: %d sources", self.config.name, len(self.sources))
 
     def _await_listeners(self, timeout: float = 10.0) -> None:
-        """Until each listener is bound (or ``timeout``): one that cannot bind stops the daemon
-        here, with CannotStart, before it says it has started."""
+        """Until each listener is bound and each database source has checked its view's columns
+        (or ``timeout``): one that cannot bind, or a view without a mapped column, stops the
+        daemon here, with CannotStart, before it says it has started."""
         deadline = time.monotonic() + timeout
         for src in self.sources:
-            ready = getattr(src, "ready", None)
+            ready = getattr(src, "ready", None) or getattr(src, "checked", None)
             while ready is not None and not ready.is_set() and self.fatal is None \
                     and self.threads[src.name].is_alive() and time.monotonic() < deadline:
                 ready.wait(0.02)

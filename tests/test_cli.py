@@ -930,6 +930,22 @@ def test_a_numeric_setting_that_is_no_number_names_the_variable_and_value(tmp_pa
     assert assert_clean_error(proc) == f"hub: {name}={value!r} is not {what}"
 
 
+@pytest.mark.parametrize("name, value, least", [
+    ("HUB_MAX_BODY", "0", 4096), ("HUB_MAX_BODY", "4095", 4096), ("HUB_MAX_STRING", "0", 1024),
+    ("HUB_MAX_HEADER", "100", 4096), ("HUB_MAX_LARGE", "0", 1), ("HUB_MAX_COUNT", "0", 1),
+    ("HUB_WORKERS", "0", 1), ("HUB_QUARANTINE_QUOTA", "0", 1), ("HUB_EXPORT_KEEP", "0", 60)])
+def test_a_limit_under_its_least_stops_serve(tmp_path, name, value, least):
+    """`HUB_MAX_BODY=0 hub serve` served, answering every write 413 "exceeds the limit of 0
+    bytes"; `HUB_MAX_COUNT=0` answered every search an empty page, `HUB_WORKERS=0` was taken for
+    the default. Each limit has a least it takes, said with why."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=None)
+    env = {**hub_env(settings), name: value}
+    proc = subprocess.run([sys.executable, "-m", "hub.cli", "serve", "--port", str(free_port())],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    line = assert_clean_error(proc)
+    assert line.startswith(f"hub: {name}={value!r} is less than {least}, the least it takes ("), line
+
+
 def test_projections_without_a_name_are_every_read_model(tmp_path):
     """`hub projections status|run` without a NAME acted on `search` alone; now status is a
     table of every read model and run catches every one up. rebuild (from nothing) needs a
@@ -1066,11 +1082,11 @@ def test_serve_on_a_port_in_use_is_one_line_before_it_says_it_serves(tmp_path):
 
 
 @pytest.mark.parametrize("args, command, words", [
-    (["connector", "status", "--x"], "hub connector", "unrecognized arguments: --x"),
+    (["connector", "status", "--x"], "hub connector status", "unrecognized arguments: --x"),
     (["quality", "report", "--nope"], "hub quality report", "unrecognized arguments: --nope"),
     (["show"], "hub show", "required: reference"),
     (["projections", "bogus"], "hub projections", "invalid choice: 'bogus'"),
-    (["deadletter", "list", "--worker", "--config", "x"], "hub deadletter", "not allowed"),
+    (["deadletter", "list", "--worker", "--config", "x"], "hub deadletter list", "not allowed"),
     (["serve", "--port", "abc"], "hub serve", "--port"),
     (["nosuch"], "hub", "invalid choice: 'nosuch'"),
     (["--bogus"], "hub", "unrecognized arguments: --bogus"),
@@ -1197,6 +1213,43 @@ def test_a_connector_configuration_with_a_misspelt_or_missing_key_is_refused(set
     for action in ("status", "run"):
         assert_clean_error(run_hub(settings, "connector", action, config), "hub connector:",
                            words)
+
+
+def test_connector_options_go_before_or_after_config_and_status_shows_findings(settings,
+                                                                                tmp_path):
+    """`hub connector status --json CONFIG` and `register --url URL CONFIG` failed
+    "unrecognized arguments: CONFIG" (only options after CONFIG worked; `hub deadletter show`
+    likewise with its ids); the status table had no findings column (only --json had them)."""
+    from connectors.config import ConnectorConfig
+    from connectors.spool import Spool
+
+    (tmp_path / "inbox").mkdir()
+    config = write(tmp_path / "lab.yaml", CONNECTOR)
+    cfg = ConnectorConfig.load(config)
+    cfg.state_dir.mkdir(parents=True)
+    spool = Spool(cfg.spool_path, cfg.source_info)
+    with spool._lock:  # what a run leaves: counters per source
+        for name, n in (("received", 5), ("converted", 4), ("failed", 1), ("findings", 3)):
+            spool._count("drop", name, n)
+    spool.close()
+    for args in (["--json", config], [config, "--json"]):
+        done = run_hub(settings, "connector", "status", *args)
+        assert done.returncode == 0, done.stderr
+        assert orjson.loads(done.stdout)["sources"]["drop"]["findings"] == 3
+    done = run_hub(settings, "connector", "status", config)
+    head, row = done.stdout.splitlines()[1:3]
+    assert head.split() == ["source", "received", "converted", "delivered", "failed",
+                            "findings", "lag", "dead"], head
+    assert row.split() == ["drop", "5", "4", "0", "1", "3", "0", "0"], row
+    for args in (["--url", "http://127.0.0.1:9", config], [config, "--url", "http://127.0.0.1:9"]):
+        done = run_hub(settings, "connector", "register", *args)
+        assert done.returncode == 0 and "registered at http://127.0.0.1:9" in done.stdout, \
+            done.stderr
+    listed = run_hub(settings, "connector", "list", "--json")
+    assert orjson.loads(listed.stdout) == [{"name": "lab", "url": "http://127.0.0.1:9",
+                                          "admin": False}]
+    for args in (["--json", "--config", config, "7"], ["7", "--config", config, "--json"]):
+        assert_clean_error(run_hub(settings, "deadletter", "show", *args), "no dead letter 7")
 
 
 def test_a_connector_whose_folder_is_missing_says_so_and_makes_nothing(settings, tmp_path):
@@ -1373,3 +1426,31 @@ def test_a_100_mb_collection_bundle_is_ingested_in_bounded_memory(tmp_path):
     assert counts(out.read_text())["created"] == n
     peak_mb = int(peak_file.read_text()) / 1024  # kilobytes on Linux
     assert peak_mb < 200, f"peak RSS {peak_mb:.0f} MB"
+
+
+@pytest.mark.parametrize("action", ["merge", "unmerge"])
+def test_the_readme_synopsis_of_identity_merge_and_unmerge_names_what_each_takes(action, capsys):
+    """The README said `hub identity merge|unmerge SOURCE [TARGET]`: merge requires TARGET,
+    unmerge takes none."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    [line] = [ln for ln in readme.splitlines() if ln.startswith(f"hub identity {action} ")]
+    said = line[len(f"hub identity {action} "):51].split()
+    with pytest.raises(SystemExit):
+        cli.main(["identity", action, "--help"])
+    usage = " ".join(capsys.readouterr().out.split("\n\n")[0].split())
+    takes = [w.upper() for w in re.sub(r"\[[^]]*\]", "", usage).split()[4:]]
+    assert said == takes, (line, usage)
+
+
+@pytest.mark.parametrize("args, says, not_says", [
+    (["stream", "relay", "--help"], "at least once", "exactly once"),
+    (["auth", "user", "disable", "--help"], "end their live console sessions at once",
+     "next login")])
+def test_help_says_what_the_command_does(args, says, not_says, capsys):
+    """`hub stream relay --help` promised "exactly once" (a relay killed mid-batch sends events
+    again); `hub auth user disable` was to "refuse the user's next login" (it ends live sessions
+    at once too)."""
+    with pytest.raises(SystemExit):
+        cli.main(args)
+    out = " ".join(capsys.readouterr().out.split())
+    assert says in out and not_says not in out, out

@@ -636,6 +636,21 @@ def test_the_language_link_keeps_the_pages_query(live):
     assert page.status_code == 200 and 'value="张三"' in page.text and 'lang="en"' in page.text
 
 
+def test_an_error_page_says_its_detail_in_the_pages_language(live):
+    """A page in Chinese said its detail in English: "The query string holds a control
+    character", "No console page at /console/nosuchpage"."""
+    c = _logged_in(live, _user(live, ("admin", "clinician")))
+    for path, zh, en in (
+            ("/console/overview?q=%07", "查询字符串含有控制字符",
+             "The query string holds a control character"),
+            ("/console/nosuchpage", "没有此控制台页面：/console/nosuchpage",
+             "No console page at /console/nosuchpage")):
+        page = c.get(path + ("&" if "?" in path else "?") + "lang=zh")  # the language remembered
+        assert '<html lang="zh' in page.text and zh in page.text and en not in page.text, page.text
+        page = c.get(path + ("&" if "?" in path else "?") + "lang=en")
+        assert '<html lang="en' in page.text and en in page.text and zh not in page.text, page.text
+
+
 def test_a_refused_query_or_body_is_a_console_page_and_the_api_still_answers_fhir(live, client):
     """A control character in a console page's query was refused before the console saw it, in
     FHIR JSON; so was a body over the limit. They are console pages in the reader's language,

@@ -735,3 +735,37 @@ def test_a_view_without_a_column_its_mapping_writes_from_is_not_read(tmp_path, v
         wait_for(lambda: len(spool.pending()) == 4)
     spool.close()
     eng.dispose()
+
+
+def test_a_connector_whose_view_lacks_a_mapped_column_stops_before_saying_it_started(tmp_path):
+    """`hub connector run` over a view without `result_value` logged "connector … started: 1
+    sources" (and printed its sources and sink) before it refused with exit 2; it is refused
+    before, as a listener that cannot bind."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    url = f"sqlite:///{tmp_path / 'his.sqlite'}"
+    eng = engine_for(url)
+    META.create_all(eng)
+    insert(eng, [lab_row(i, BASE + dt.timedelta(seconds=i)) for i in range(3)])
+    with eng.begin() as conn:
+        conn.execute(sa.text(
+            "CREATE VIEW v_bad AS SELECT id, report_no, item_code, item_name, patient_id,"
+            f" result_value AS result, result_unit, report_time, updated_at, {OTHER_COLUMNS}"
+            " FROM v_lab_result"))
+    eng.dispose()
+    (tmp_path / "lis.yaml").write_text(
+        "name: h0001-lis\ninstitution: {code: H0001, oid: 1.2.156.112604.1.1}\n"
+        "state_dir: state\nsources:\n"
+        f"  - {{type: database, name: lab, url: '{url}', table: v_bad, watermark: updated_at,"
+        " key: id, mapping: lab-result}\n"
+        "sink: {type: http, url: 'http://127.0.0.1:9/fhir'}\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, "-m", "hub.cli", "connector", "run", "lis.yaml"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "database source lab: its table v_bad has no column result_value" in done.stderr
+    assert "started" not in done.stdout + done.stderr, done.stdout + done.stderr
+    assert "sources, sink" not in done.stdout, done.stdout

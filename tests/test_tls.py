@@ -123,6 +123,8 @@ def test_hub_auth_token_with_a_client_certificate(mtls_hub, pki, tmp_path, capsy
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("hub auth: cannot reach the hub") and len(err.strip().splitlines()) == 1
+    # it said "Server disconnected without sending a response." and no more
+    assert err.strip().endswith("(the hub may require a client certificate: --tls-cert/--tls-key)")
     assert main([*argv, "--tls-key", pki.client_key]) == 2
     assert "--tls-key without --tls-cert" in capsys.readouterr().err
     assert main([*argv[:-1], str(tmp_path / "nope.pem")]) == 2

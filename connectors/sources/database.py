@@ -274,6 +274,9 @@ class DatabaseSource:
         self._resumed = False
         self._read_once = False
         self.caught_up = threading.Event()  # set whenever a read returned fewer rows than a batch
+        # set once the first read checked the view's columns (or met a database it retries):
+        # the daemon says it started after it, as after its listeners are bound
+        self.checked = threading.Event()
         self.stats: dict[str, Any] = {"polls": 0, "rows": 0, "batches": 0, "errors": 0,
                                       "last_error": None, "connected": False, "watermark": None}
 
@@ -475,6 +478,7 @@ class DatabaseSource:
             self._resumed = True
         rows = self.read_batch()
         self._read_once = True
+        self.checked.set()
         if not rows:
             return 0
         self._note_text_form(rows)
@@ -559,6 +563,7 @@ class DatabaseSource:
                 backoff = min(backoff * 2, self.backoff_max)
                 continue
             except Exception as e:  # noqa: BLE001 - database down, spool busy: retry, never die
+                self.checked.set()  # started, retrying: its status says why
                 self._failed(e)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, self.backoff_max)

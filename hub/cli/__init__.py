@@ -146,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("stream", parents=[common],
                        help="the change stream: every committed event to a Kafka topic")
     p.add_argument("action", choices=["relay"],
-                   help="relay: follow the event log into the topic until stopped (exactly once, "
-                        "keyed by patient)")
+                   help="relay: follow the event log into the topic until stopped (at least "
+                        "once, in order per patient key; a relay killed mid-batch can send "
+                        "events again)")
     p.add_argument("--bootstrap-servers", help="Kafka brokers (default $HUB_KAFKA_BOOTSTRAP)")
     p.add_argument("--topic", default="hub.events")
     p.add_argument("--partitions", type=at_least(1),

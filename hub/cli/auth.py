@@ -58,7 +58,8 @@ def add_parsers(sub: Any, common: Any) -> None:
                     help="the institution the person works for (consents naming institutions "
                          "are judged by it)")
     usub.add_parser("list", parents=[common], help="the console's users")
-    ud = usub.add_parser("disable", parents=[common], help="refuse the user's next login")
+    disable = "refuse the user's logins and end their live console sessions at once"
+    ud = usub.add_parser("disable", parents=[common], help=disable, description=disable)
     ud.add_argument("name")
     asub.add_parser("rotate-key", parents=[common],
                     help="sign access tokens with a new key (the previous one stays published)")
@@ -227,9 +228,24 @@ def _token(args: Any, settings: Any) -> int:
     except httpx.HTTPStatusError as e:
         raise UsageError(f"the token endpoint refused: {e.response.text[:300]}") from None
     except httpx.HTTPError as e:
-        raise UsageError(f"cannot reach the hub at {base}: {e}") from None
+        raise UsageError(f"cannot reach the hub at {base}: {e}{_no_client_cert(base, args, e)}") \
+            from None
     print(answer["access_token"])
     return 0
+
+
+def _no_client_cert(base: str, args: Any, error: Exception) -> str:
+    """A hint for an https hub reached without a client certificate: one requiring them (mutual
+    TLS) ends the handshake, which httpx reports as "Server disconnected without sending a
+    response", a reset or an SSL alert, naming no certificate (a refused connection, a name that
+    does not resolve or a server certificate that does not verify get none)."""
+    import httpx
+
+    if base.lower().startswith("https:") and not args.tls_cert and (
+            isinstance(error, httpx.RemoteProtocolError | httpx.ReadError)
+            or "alert" in str(error).lower()):
+        return " (the hub may require a client certificate: --tls-cert/--tls-key)"
+    return ""
 
 
 def _tls(args: Any) -> Any:

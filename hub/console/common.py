@@ -155,11 +155,37 @@ class StaticFiles(staticfiles.StaticFiles):
         return response
 
 
+@lru_cache(maxsize=1)
+def _details() -> list[tuple[re.Pattern[str], dict[str, str]]]:
+    """The ``detail_*`` words as patterns of their English (``{name}``: any text)."""
+    out = []
+    for key, said in words().items():
+        if key.startswith("detail_"):
+            parts = re.split(r"\{(\w+)\}", said["en"])
+            pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>.+)"
+                              for i, p in enumerate(parts))
+            out.append((re.compile(pattern), said))
+    return out
+
+
+def said_detail(request: Request, detail: str) -> str:
+    """An error page's detail, said in English by the HTTP layer, in the reader's language (a
+    page in Chinese said "The query string holds a control character" under its Chinese title);
+    one the words do not hold stays as it is."""
+    lang = lang_of(request)
+    for pattern, said in _details():
+        found = pattern.fullmatch(detail)
+        if found:
+            return said[lang].format(**found.groupdict())
+    return detail
+
+
 def error_page(request: Request, status: int, detail: str) -> HTMLResponse:
     """A refusal on a console page, as a page (the API answers an OperationOutcome)."""
     key = {400: "bad_request", 403: "forbidden", 404: "not_found", 413: "too_large",
            431: "too_large", 503: "unavailable"}.get(status, "failed")
-    response = page(request, "error.html", "error", status=status, key=key, detail=detail)
+    response = page(request, "error.html", "error", status=status, key=key,
+                    detail=said_detail(request, detail))
     response.status_code = status
     return response
 

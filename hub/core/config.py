@@ -1,4 +1,7 @@
 """Configuration from the environment (and the command line, which overrides it).
+A limit under the least the hub works within is refused at start (HUB_MAX_BODY 4096, HUB_MAX_STRING
+1024, HUB_MAX_HEADER 4096, HUB_MAX_LARGE, HUB_MAX_COUNT, HUB_WORKERS, HUB_QUARANTINE_QUOTA 1,
+HUB_EXPORT_KEEP 60).
 
 HUB_DATA_DIR      data directory of the embedded default (SQLite files)        ./var
 HUB_DATABASE_URL  postgresql://… to keep the event store in PostgreSQL instead  (unset)
@@ -60,9 +63,11 @@ BYTES = "a whole number of bytes"
 SECONDS = "a number of seconds"
 
 
-def _int(name: str, default: str, what: str, least: int = 0, most: int | None = None) -> int:
+def _int(name: str, default: str, what: str, least: int = 0, most: int | None = None,
+         floor: int = 0, why: str = "") -> int:
     """HUB_<name> as a whole number from ``least`` (to ``most``); else a ValueError naming the
-    variable and its value."""
+    variable and its value. A number from 0 under ``floor`` is refused saying the floor and
+    ``why``: a limit the hub cannot work within (``HUB_MAX_BODY=0`` answered every write 413)."""
     raw = os.environ.get(name, default)
     try:
         value = int(raw.strip())
@@ -70,11 +75,15 @@ def _int(name: str, default: str, what: str, least: int = 0, most: int | None = 
         value = -1
     if value < least or (most is not None and value > most):
         raise ValueError(f"{name}={raw!r} is not {what}")
+    if value < floor:
+        raise ValueError(f"{name}={raw!r} is less than {floor}, the least it takes ({why})")
     return value
 
 
-def _float(name: str, default: str, what: str, empty: str | None = None) -> float:
-    """HUB_<name> as a finite number from 0 (``empty`` stands for an empty value, when given)."""
+def _float(name: str, default: str, what: str, empty: str | None = None, floor: float = 0,
+           why: str = "") -> float:
+    """HUB_<name> as a finite number from 0 (``empty`` stands for an empty value, when given);
+    one under ``floor`` is refused saying the floor and ``why``."""
     raw = os.environ.get(name, default)
     try:
         value = float(raw.strip() or (empty if empty is not None else raw))
@@ -82,7 +91,18 @@ def _float(name: str, default: str, what: str, empty: str | None = None) -> floa
         value = -1.0
     if value < 0 or not math.isfinite(value):
         raise ValueError(f"{name}={raw!r} is not {what}")
+    if value < floor:
+        raise ValueError(f"{name}={raw!r} is less than {floor:g}, the least it takes ({why})")
     return value
+
+
+def _workers() -> int:
+    """HUB_WORKERS, unset or empty: one per core; else a whole number from 1 (0 was taken for
+    the default silently)."""
+    if not os.environ.get("HUB_WORKERS", "").strip():
+        return os.cpu_count() or 1
+    return _int("HUB_WORKERS", "", "a whole number of processes", floor=1,
+                why="one API process at least")
 
 
 _ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -108,12 +128,20 @@ class Settings:
     host: str = field(default_factory=lambda: os.environ.get("HUB_HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: _int("HUB_PORT", "8080", "a port number (1-65535)", 1, 65535))
     base_url: str | None = field(default_factory=lambda: os.environ.get("HUB_BASE_URL") or None)
-    max_body: int = field(default_factory=lambda: _int("HUB_MAX_BODY", str(64 << 20), BYTES))
-    max_string: int = field(default_factory=lambda: _int("HUB_MAX_STRING", str(1 << 20),
-                                                          "a whole number of characters"))
-    max_header: int = field(default_factory=lambda: _int("HUB_MAX_HEADER", str(64 << 10), BYTES))
+    # each limit has a floor the hub works within (HUB_MAX_BODY=0 answered every write 413)
+    max_body: int = field(default_factory=lambda: _int(
+        "HUB_MAX_BODY", str(64 << 20), BYTES, floor=4096,
+        why="4 KiB: a smaller body cannot carry a Patient"))
+    max_string: int = field(default_factory=lambda: _int(
+        "HUB_MAX_STRING", str(1 << 20), "a whole number of characters", floor=1024,
+        why="1 KiB: URLs and narratives are longer"))
+    max_header: int = field(default_factory=lambda: _int(
+        "HUB_MAX_HEADER", str(64 << 10), BYTES, floor=4096,
+        why="4 KiB: a request's head with a bearer token"))
     large_body: int = field(default_factory=lambda: _int("HUB_LARGE_BODY", str(1 << 20), BYTES))
-    max_large: int = field(default_factory=lambda: _int("HUB_MAX_LARGE", "2", "a whole number of requests"))
+    max_large: int = field(default_factory=lambda: _int(
+        "HUB_MAX_LARGE", "2", "a whole number of requests", floor=1,
+        why="with none, no large body is ever read"))
     large_wait: float = field(default_factory=lambda: _float("HUB_LARGE_WAIT", "10", SECONDS))
     keep_alive: int = field(default_factory=lambda: _int("HUB_KEEP_ALIVE", "5", "a whole number of seconds"))
     header_timeout: float = field(
@@ -121,19 +149,22 @@ class Settings:
     tls_cert: str | None = field(default_factory=lambda: os.environ.get("HUB_TLS_CERT") or None)
     tls_key: str | None = field(default_factory=lambda: os.environ.get("HUB_TLS_KEY") or None)
     tls_client_ca: str | None = field(default_factory=lambda: os.environ.get("HUB_TLS_CLIENT_CA") or None)
-    max_count: int = field(default_factory=lambda: _int("HUB_MAX_COUNT", "1000", "a whole number of resources"))
+    max_count: int = field(default_factory=lambda: _int(
+        "HUB_MAX_COUNT", "1000", "a whole number of resources", floor=1,
+        why="a page of none answers no search"))
     # FHIR Bulk Data $export (hub.exports): how many run at once, how long their files are
     # kept, and where a type's output file is split
     export_max_running: int = field(default_factory=lambda: _int(
         "HUB_EXPORT_MAX_RUNNING", "2", "a whole number of exports", 1))
-    export_keep: float = field(default_factory=lambda: _float("HUB_EXPORT_KEEP", "86400", SECONDS))
+    export_keep: float = field(default_factory=lambda: _float(
+        "HUB_EXPORT_KEEP", "86400", SECONDS, floor=60,
+        why="files removed at once could not be fetched"))
     export_file_resources: int = field(default_factory=lambda: _int(
         "HUB_EXPORT_FILE_RESOURCES", "100000", "a whole number of resources", 1))
     export_file_bytes: int = field(default_factory=lambda: _int(
         "HUB_EXPORT_FILE_BYTES", str(256 << 20), BYTES, 1))
     # API processes of `hub serve` behind its one port (default: one per core)
-    workers: int = field(default_factory=lambda: _int("HUB_WORKERS", "0", "a whole number of processes")
-                         or os.cpu_count() or 1)
+    workers: int = field(default_factory=_workers)
     default_count: int = 50
     # the master patient index links new and updated Patients as they arrive (hub.api.match)
     mpi_automatch: bool = field(
@@ -163,7 +194,8 @@ class Settings:
         default_factory=lambda: _float("HUB_RATE_LIMIT", "0", "a number of requests per second",
                                        empty="0"))
     quarantine_quota: int = field(
-        default_factory=lambda: _int("HUB_QUARANTINE_QUOTA", "10000", "a whole number of entries"))
+        default_factory=lambda: _int("HUB_QUARANTINE_QUOTA", "10000", "a whole number of entries",
+                                     floor=1, why="with none nothing is quarantined"))
     auth_issuer: str | None = field(
         default_factory=lambda: os.environ.get("HUB_AUTH_ISSUER") or None)
     auth_jwks_url: str | None = field(
