@@ -66,6 +66,20 @@ SCHEMA = [
 HISTORY_EVENTS = ("Linked", "Unlinked", "Merged", "Unmerged", "NotDuplicate")
 
 
+def best_first(candidates: list[str], evidence: Any) -> list[str]:
+    """A review's candidates, the likeliest first: by score, then the number of fields that
+    agree exactly (scores of held pairs are capped alike), then weight; a steward reads the
+    list top down."""
+    def key(ref: str) -> tuple:
+        e = evidence.get(ref) if isinstance(evidence, dict) else None
+        e = e if isinstance(e, dict) else {}
+        fields = e.get("fields")
+        exact = sum(1 for v in fields.values() if isinstance(v, dict)
+                    and v.get("level") in ("exact", "same")) if isinstance(fields, dict) else 0
+        return (-float(e.get("score") or 0.0), -exact, -float(e.get("weight") or 0.0), ref)
+    return sorted(candidates, key=key)
+
+
 def pair(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a <= b else (b, a)
 
@@ -220,10 +234,13 @@ class PersonProjection(SQLiteReadModel):
                 # or merge) the link is a user's, level4; by the matcher (it linked the Patient,
                 # the question gone) or set aside undecided (dismissed, withdrawn), level3
                 decided = manual and d.get("outcome") in ("accepted", "rejected", "superseded")
-                c.execute("UPDATE p_patient SET assurance=? WHERE patient=? AND "
+                # level4 names the steward as who decided (the export read the matcher's link)
+                c.execute("UPDATE p_patient SET assurance=?, decided_by=CASE WHEN ? THEN ? "
+                          "ELSE decided_by END WHERE patient=? AND "
                           "assurance='level2' AND NOT EXISTS (SELECT 1 FROM p_review "
                           "WHERE patient=? AND status='open')",
-                          ("level4" if decided else "level3", row[0], row[0]))
+                          ("level4" if decided else "level3", bool(decided), who, row[0],
+                           row[0]))
 
     # -- reads (inside a transaction ``c`` or on their own) --------------------------------------
 
@@ -365,8 +382,10 @@ class PersonProjection(SQLiteReadModel):
 
     @staticmethod
     def _review(r) -> dict:
-        return {"id": r["id"], "patient": r["patient"], "candidates": orjson.loads(r["candidates"]),
-                "score": r["score"], "evidence": orjson.loads(r["evidence"] or "{}"),
+        evidence = orjson.loads(r["evidence"] or "{}")
+        return {"id": r["id"], "patient": r["patient"],
+                "candidates": best_first(orjson.loads(r["candidates"]), evidence),
+                "score": r["score"], "evidence": evidence,
                 "ruleset": r["ruleset"], "status": r["status"], "opened": r["opened"],
                 "closed": r["closed"], "outcome": r["outcome"], "decided_by": r["decided_by"],
                 "seq": r["seq"]}

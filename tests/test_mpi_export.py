@@ -131,3 +131,24 @@ def test_reads_do_not_fail_while_a_rematch_runs_in_another_process(tmp_path, cap
     assert failures == []
     rows = list(csv.DictReader(io.StringIO(_export(settings, capsysbinary).decode())))
     assert len(rows) == len(refs)
+
+
+def test_export_names_the_steward_who_decided_a_review(tmp_path, capsysbinary):
+    """A Patient waiting for a review (level2) that a steward marks not-duplicate is level4, and
+    the export says the steward decided, not the matcher."""
+    settings, refs = _region(tmp_path, 20)
+    store = settings.open_store()
+    a, b = refs[:2]
+    svc = IdentityService.open(store, settings.data_dir)
+    try:
+        svc.auto_decide(a, "new", [], 1.0, {}, "r1")
+        svc.auto_decide(b, "review", [a], 0.9, {}, "r1")
+        svc.not_duplicate(b, a, "steward-zhao", "two people")
+    finally:
+        svc.close()
+        store.close()
+    rows = {r["patient"]: r for r in
+            map(orjson.loads, _export(settings, capsysbinary, "--format", "ndjson").splitlines())}
+    assert rows[b]["assurance"] == "level4"
+    assert (rows[b]["decided_by_type"], rows[b]["decided_by"]) == ("user", "steward-zhao")
+    assert (rows[a]["decided_by_type"], rows[a]["assurance"]) == ("matcher", "level3")

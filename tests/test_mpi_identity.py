@@ -774,3 +774,24 @@ def test_two_stewards_linking_one_patient_at_once_are_not_both_told_it_stands(
     finally:
         one.close()
         two.close()
+
+
+def test_accepting_a_review_of_several_candidates_names_one(hub, svc):
+    """Candidates are listed the likeliest first (score, then fields agreeing exactly); a steward
+    accepting without naming one is told the candidates instead of the first being linked."""
+    put_patients(hub, ("f1b", None), ("f0a", None), ("f0b", None), ("f1a", None))
+    def ev(birth: str) -> dict:
+        return {"weight": 20.0, "score": 0.999965,
+                "fields": {"name": {"level": "exact"}, "birth": {"level": birth}}}
+    svc.auto_decide("Patient/f1b", "review", ["Patient/f0a", "Patient/f0b", "Patient/f1a"],
+                    0.999965, {"Patient/f0a": ev("typo"), "Patient/f0b": ev("typo"),
+                               "Patient/f1a": ev("exact")}, "r1")
+    with svc.person.read() as c:
+        (r,) = svc.person.open_reviews(c, "Patient/f1b")
+    assert r["candidates"] == ["Patient/f1a", "Patient/f0a", "Patient/f0b"]
+    with pytest.raises(FhirError) as e:
+        svc.accept_review(r["id"], "steward-li", reason="looks right")
+    assert e.value.status == 400 and "Patient/f1a" in str(e.value) and "Patient/f0a" in str(e.value)
+    assert person_of(svc, "Patient/f1b") != person_of(svc, "Patient/f0a")  # nothing linked
+    svc.accept_review(r["id"], "steward-li", "Patient/f1a", "same birth date")
+    assert person_of(svc, "Patient/f1b") == person_of(svc, "Patient/f1a")

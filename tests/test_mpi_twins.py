@@ -10,9 +10,10 @@ from hub.core.ingest import Context, Op
 from hub.mpi import weights as W
 from hub.mpi.candidates import IdentityCandidates
 from hub.mpi.identity import IdentityService
-from hub.mpi.incremental import IncrementalMatcher
+from hub.mpi.incremental import IncrementalMatcher, rematch_all
 from hub.mpi.matcher import Matcher
 from hub.mpi.normalise import RESIDENT_ID, features
+from projections.person import PersonProjection
 from projections.runner import Runner
 from terminology.resident_id import check_digit
 
@@ -52,6 +53,8 @@ def region(hub, settings, tmp_path):
             persons = {P.person_of(c, r[0]) for r in c.fetchall()}
             return sorted(sorted(P.patients(c, x)) for x in persons)
 
+    arrive.svc = svc  # type: ignore[attr-defined]
+    arrive.index = index  # type: ignore[attr-defined]
     yield arrive
     index.close()
     svc.close()
@@ -106,3 +109,63 @@ def test_birth_order_names_are_read_from_the_table():
     assert [(x["nb"], x.get("nbo"), x.get("nbp")) for x in f] == [
         (1, "大", "张丽"), (1, "二", "张丽"), (0, None, None), (0, None, None)]
     assert features(baby("x", "张丽之子", org="o", multipleBirthInteger=2))["mb"] == 2
+
+
+ZHONG_ID = "11010519790101555" + check_digit("11010519790101555")
+
+
+def zhong(pid: str, given: str, org: str, phone: bool = True) -> dict:
+    return {"resourceType": "Patient", "id": pid, "name": [{"family": "钟", "given": [given]}],
+            "gender": "male", "birthDate": "1979-01-01",
+            "managingOrganization": {"reference": f"Organization/{org}"},
+            "identifier": [{"system": RESIDENT_ID, "value": ZHONG_ID}],
+            "telecom": [{"system": "phone", "value": "13522223333"}] if phone else []}
+
+
+def _groups(svc: IdentityService) -> list[list[str]]:
+    svc.sync()
+    P = svc.person
+    with P.read() as c:
+        c.execute("SELECT patient FROM p_patient")
+        return sorted(sorted(P.patients(c, x)) for x in {P.person_of(c, r[0]) for r in c.fetchall()})
+
+
+def _asked(svc: IdentityService) -> set[tuple[str, str]]:
+    svc.sync()
+    with svc.person.read() as c:
+        return {(r["patient"], q) for r in svc.person.open_reviews(c) for q in r["candidates"]}
+
+
+A, B, C = "Patient/bc-a", "Patient/bc-b", "Patient/bc-c"
+
+
+def test_a_pair_held_for_a_steward_is_not_joined_through_a_third_record(region, hub, tmp_path):
+    """钟三 and 钟四 on one number and phone are held (twins); a third record like both (钟四,
+    the number, no phone) joins one of them and waits for a steward about the other (it merged
+    all three), and a re-match from scratch keeps the pair apart too."""
+    assert region(zhong("bc-a", "三", "H1"), zhong("bc-b", "四", "H2")) == apart("bc-a", "bc-b")
+    persons = region(zhong("bc-c", "四", "H3", phone=False))
+    assert not any({A, B} <= set(x) for x in persons), persons
+    asked = _asked(region.svc)
+    assert (B, A) in asked  # the held pair still waits for its steward
+    assert {(C, A), (C, B)} & asked  # and the third record with it
+    fresh = IdentityService(hub.store, PersonProjection(tmp_path / "rematch-person.sqlite"))
+    try:
+        rematch_all(region.index, Matcher(region.index, W.load()), None,
+                    decide_many=fresh.auto_decide_many)
+        again = _groups(fresh)
+        assert not any({A, B} <= set(x) for x in again), again
+        assert {(C, A), (C, B), (A, B), (B, A)} & _asked(fresh)
+    finally:
+        fresh.close()
+
+
+def test_a_pair_marked_apart_is_not_joined_through_a_third_record(region):
+    """A steward marked the two apart (the review rejected); a third record like both joins one
+    and a steward is asked about the other, never both in one person."""
+    region(zhong("bc-a", "三", "H1"), zhong("bc-b", "四", "H2"))
+    svc = region.svc
+    svc.not_duplicate(A, B, "steward-li", "two brothers")
+    persons = region(zhong("bc-c", "四", "H3", phone=False))
+    assert not any({A, B} <= set(x) for x in persons), persons
+    assert {(C, A), (C, B)} & _asked(svc)

@@ -148,11 +148,11 @@ def cmd_mpi(args: Any, settings: Any) -> int:
                                         "score": score, "ruleset": ruleset}) + b"\n")
                 yield d
 
-        def decide_many(decisions):
+        def decide_many(decisions, held=None):
             if out is not None:
                 decisions = written(decisions)
             if service is not None:
-                service[0](decisions)  # batched: one commit per up to 1,000 decisions
+                service[0](decisions, held)  # batched: one commit per up to 1,000 decisions
             else:
                 for _ in decisions:
                     pass

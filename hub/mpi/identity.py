@@ -24,6 +24,8 @@ Rules:
   the matcher never moves a Patient out of a person holding a user's decision either, and joins
   such a person only with a single Patient (a whole cluster could undo a steward's split);
 - a pair marked not-duplicate is never linked by the matcher: ``link``/``review`` become ``new``;
+  nor is it, or a pair held for a steward (an open review, a hold in a ranking), united through a
+  third record: such a join goes to the review queue (``_apart``);
 - a deleted Patient's open reviews close (outcome ``withdrawn``, the matcher's ``deleted``
   decision), as do those left with no live candidate: no steward is asked about a record gone;
 - assurance of a link: ``level4`` a user decided, ``level3`` the matcher linked (or the Patient
@@ -39,7 +41,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 from hub.core.errors import FhirError, bad_request, conflict, not_found
@@ -239,8 +241,8 @@ class IdentityService:
                                out)
         return out
 
-    def auto_decide_many(self, items: Iterable[tuple[str, str, list[str], float, dict, str]]
-                         ) -> int:
+    def auto_decide_many(self, items: Iterable[tuple[str, str, list[str], float, dict, str]],
+                         held: Mapping[str, set[str]] | None = None) -> int:
         """``auto_decide`` for each ``(patient_ref, decision, candidate_refs, score, evidence,
         ruleset)`` in order, batched; the number of events recorded.
 
@@ -249,10 +251,12 @@ class IdentityService:
         decision is planned after the events of those before it were applied to the snapshot
         (``_plan_batch``), so it sees their effect exactly as one call each would. A malformed
         item raises ValueError after the items before it are recorded; ``items`` is read
-        lazily."""
-        return self._auto_decide_many(items, None)
+        lazily. ``held``: Patient -> the Patients the matcher held apart from it (``hub mpi
+        rematch`` knows them all before the first join: see ``_apart``), read as planned."""
+        return self._auto_decide_many(items, None, held)
 
-    def _auto_decide_many(self, items: Iterable, keep: list[IdentityEvent] | None) -> int:
+    def _auto_decide_many(self, items: Iterable, keep: list[IdentityEvent] | None,
+                          held: Mapping[str, set[str]] | None = None) -> int:
         recorded = 0
         it = iter(items)
         while True:
@@ -267,14 +271,15 @@ class IdentityService:
                 if len(chunk) >= BATCH_DECISIONS:
                     break
             if chunk:
-                recorded += self._auto_chunk(chunk, keep)
+                recorded += self._auto_chunk(chunk, keep, held)
             if error is not None:
                 raise error
             if len(chunk) < BATCH_DECISIONS:
                 return recorded
 
     def _auto_chunk(self, chunk: list[tuple[str, str, list[str], dict]],
-                    keep: list[IdentityEvent] | None) -> int:
+                    keep: list[IdentityEvent] | None,
+                    held: Mapping[str, set[str]] | None = None) -> int:
         """Plan one chunk of validated decisions against one snapshot and commit them in one
         append (more if over ``BATCH_EVENTS``); again from fresh state on a concurrent one."""
         # the matcher follows the log: a Patient deleted since it was matched is no one's now
@@ -299,7 +304,7 @@ class IdentityService:
             retries = 0
             while todo:
                 self.sync()
-                version, planned, events = self._plan_batch(todo)
+                version, planned, events = self._plan_batch(todo, held)
                 if events:
                     stored = [to_stored(ev, version + i + 1) for i, ev in enumerate(events)]
                     try:
@@ -319,7 +324,8 @@ class IdentityService:
                 self.sync()
         return recorded
 
-    def _plan_batch(self, todo: list) -> tuple[int, int, list[IdentityEvent]]:
+    def _plan_batch(self, todo: list, held: Mapping[str, set[str]] | None = None
+                    ) -> tuple[int, int, list[IdentityEvent]]:
         """Plan the decisions of ``todo`` in order against one snapshot of the person projection
         until the batch is full: (stream version planned against, decisions planned, events).
 
@@ -343,7 +349,7 @@ class IdentityService:
                 for p, decision, cands, extra in todo:
                     if n >= BATCH_DECISIONS or len(events) >= BATCH_EVENTS:
                         break
-                    events += self._plan_auto(c, p, decision, cands, extra, keys)
+                    events += self._plan_auto(c, p, decision, cands, extra, keys, held)
                     n += 1
             finally:
                 c.execute("ROLLBACK TO plan")
@@ -351,7 +357,8 @@ class IdentityService:
         return version, n, events
 
     def _plan_auto(self, c, p: str, decision: str, cands: list[str], extra: dict,
-                   keys: dict[str, conflicts.Keys]) -> list[IdentityEvent]:
+                   keys: dict[str, conflicts.Keys],
+                   held: Mapping[str, set[str]] | None = None) -> list[IdentityEvent]:
         """The events of the matcher's decision about ``p`` against the snapshot ``c``, each
         applied to it as planned."""
         P = self.person
@@ -391,14 +398,20 @@ class IdentityService:
             decision = "new"  # the first candidate is blocked: no link to someone else
         if decision == "link":
             # linking is clustering: p's cluster and each certain candidate's become one
-            outcomes = [self._join(c, p, x, base, keys, emit) for x in cands]
+            # the Patients the matcher held apart from p (its ranking's holds, e.g. a twin)
+            mine = {x for x, e in (extra.get("evidence") or {}).items() if x not in cands
+                    and isinstance(e, dict) and "hold" in (e.get("fields") or {})}
+            outcomes = [self._join(c, p, x, base, keys, emit, mine, held) for x in cands]
             vetoed = [x for x, o in zip(cands, outcomes) if o == "veto"]
-            held = [x for x, o in zip(cands, outcomes) if o == "held"]
+            shaped = [x for x, o in zip(cands, outcomes) if o == "held"]
+            apart = [x for x, o in zip(cands, outcomes) if o == "apart"]
             if any(o in ("joined", "together") for o in outcomes):
                 emit(*self._supersede(c, p, base, "superseded"))
             for asked, reason in ((vetoed, "the clusters carry conflicting identifiers or sexes"),
-                                  (held, "certain by the pair, but a person a steward shaped "
-                                         "is joined only by a steward")):
+                                  (shaped, "certain by the pair, but a person a steward shaped "
+                                           "is joined only by a steward"),
+                                  (apart, "certain by the pair, but the clusters hold a pair "
+                                          "held for a steward or marked not the same person")):
                 if not asked:
                     continue
                 # certain by the pair, impossible or not the matcher's to do by the clusters:
@@ -441,11 +454,13 @@ class IdentityService:
         return out
 
     def _join(self, c: Any, p: str, x: str, base: dict, keys: dict[str, conflicts.Keys],
-              emit: Callable[..., None]) -> str:
+              emit: Callable[..., None], mine: set[str] | None = None,
+              held: Mapping[str, set[str]] | None = None) -> str:
         """Join the cluster of ``p`` with that of candidate ``x`` (the matcher's link): every
         Patient of both ends in one person. Returns ``joined``, ``together`` (already),
-        ``blocked`` (a not-duplicate pair across them), ``held`` (a user's decision stands in
-        the way) or ``veto`` (the union would hold conflicting hard keys).
+        ``blocked`` (``p`` and ``x`` marked not-duplicate), ``apart`` (another pair across them
+        held for a steward or marked not-duplicate: ``_apart``), ``held`` (a user's decision
+        stands in the way) or ``veto`` (the union would hold conflicting hard keys).
 
         The survivor is the person with the least id; since a person founded by the matcher
         takes its id from its Patient (``own_person_id``), a cluster's id is the least own id
@@ -460,8 +475,11 @@ class IdentityService:
             return "together"
         ps = P.patients(c, pp) if pp is not None else [p]
         xs = P.patients(c, xp) if xp is not None else [x]
-        if P.blocked_across(c, ps, xs) is not None:
+        if P.blocked(c, p, x):
             return "blocked"
+        if P.blocked_across(c, ps, xs) is not None or \
+                self._apart(c, p, x, ps, xs, mine or set(), held or {}):
+            return "apart"  # a steward decides: a detour through p never unites such a pair
         # the matcher adds single Patients to a person a steward shaped, never whole clusters
         # (that could undo an unlink or unmerge)
         if (pp is not None and len(xs) > 1 and P.has_manual(c, pp)) or \
@@ -500,6 +518,28 @@ class IdentityService:
         emit(IdentityEvent("Merged", {**base, "source": loser, "target": survivor,
                                       "patient": p, "candidate": x}))
         return "joined"
+
+    def _apart(self, c: Any, p: str, x: str, ps: list[str], xs: list[str], mine: set[str],
+               held: Mapping[str, set[str]]) -> bool:
+        """Whether a pair across the clusters ``ps`` (``p``'s) and ``xs`` is one the matcher held
+        for a steward: one of ``mine`` (held in ``p``'s own ranking) in ``xs``; a pair of
+        ``held`` (every hold of a re-match, known before its first join, so its persons do not
+        depend on the order of its links); or a pair of an open review (a level2 waits for its
+        review in its own person: no third record answers it by joining both), but ``p`` and
+        ``x`` themselves, now certain (a corrected record settles its own question)."""
+        other = set(xs)
+        if mine & other:
+            return True
+        small, big = (ps, other) if len(ps) <= len(xs) else (xs, set(ps))
+        for q in small:
+            if held.get(q, set()) & big:
+                return True
+            for r in self.person.reviews_involving(c, q):
+                pairs = [(q, y) for y in r["candidates"] if y in big] if q == r["patient"] \
+                    else [(q, r["patient"])] if r["patient"] in big else []
+                if any({a, b} != {p, x} for a, b in pairs):
+                    return True
+        return False
 
     def blocked_pairs(self) -> set[frozenset[str]]:
         """Pairs of Patient references marked "not the same person"."""
@@ -723,7 +763,9 @@ class IdentityService:
 
     def accept_review(self, review: str, user: str, candidate: str | None = None,
                       reason: str | None = None) -> list[IdentityEvent]:
-        """A steward confirms: the Patient joins the person of the (first or named) candidate."""
+        """A steward confirms: the Patient joins the person of the named candidate (the only one
+        if it has one; with several, naming none is a 400: linking the first listed would
+        decide for the steward)."""
         user, reason = _user(user), _text(reason)
         chosen = patient_ref(candidate, "candidate") if candidate is not None else None
 
@@ -734,6 +776,9 @@ class IdentityService:
                 raise not_found(f"Review {review} is not known")
             if r["status"] != "open":
                 raise conflict(f"Review {review} is closed ({r['outcome']})")
+            if chosen is None and len(r["candidates"]) > 1:
+                raise bad_request(f"Review {review} has {len(r['candidates'])} candidates ("
+                                  + ", ".join(r["candidates"]) + "); name one as candidate")
             cand = chosen or r["candidates"][0]
             if cand not in r["candidates"]:
                 raise bad_request(f"{cand} is not a candidate of review {review}")

@@ -38,7 +38,7 @@ from projections.sqlite_model import follow_log, followed_log, record_position
 NAME = "mpi-incremental"
 Decide = Callable[[str, str, list, float, dict, str], object]
 Decision = tuple[str, str, list, float, dict, str]  # decide's arguments
-DecideMany = Callable[[Iterable[Decision]], object]
+DecideMany = Callable[..., object]  # (decisions, held pairs): IdentityService.auto_decide_many
 Blocked = Callable[[str, str], bool]
 
 
@@ -70,12 +70,24 @@ def _decision(matcher: Matcher, f: dict, blocked: Blocked | None,
                     for r in merged}
         return "link", chosen, (f["ref"], "link", refs, 1.0, evidence, matcher.weights.ruleset)
     best = chosen[0] if chosen else (ranked[0] if ranked else None)
+    # a link carries the candidates held apart from the Patient too (a twin, a name apart): its
+    # join never unites it with one of them through another record (``IdentityService._join``)
+    held = [c for c in ranked if kind == "link" and c not in chosen and "hold" in c.evidence]
     # the decision point: "link" is linked automatically, "review" goes to the review queue
     args = (f["ref"], {"link": "link", "review": "review", "new": "new"}[kind],
             [c.ref for c in chosen], best.score if best else 0.0,
             {c.ref: {"weight": round(c.weight, 3), "score": round(c.score, 6), "fields": c.evidence}
-             for c in chosen} if chosen else {}, matcher.weights.ruleset)
+             for c in [*chosen, *held]} if chosen else {}, matcher.weights.ruleset)
     return kind, chosen, args
+
+
+def held_apart(args: Decision, into: dict[str, set[str]]) -> None:
+    """Add the pairs a decision says the matcher held for a steward (a hold in a candidate's
+    evidence) to ``into``, from both sides."""
+    for ref, e in (args[4] or {}).items():
+        if isinstance(e, dict) and "hold" in (e.get("fields") or {}):
+            into.setdefault(args[0], set()).add(ref)
+            into.setdefault(ref, set()).add(args[0])
 
 
 def _merged_by_institution(matcher: Matcher, f: dict, blocked: Blocked | None) -> list[str]:
@@ -208,17 +220,21 @@ def rematch_all(index: IdentityCandidates, matcher: Matcher, decide: Decide | No
                 progress: Callable[[int], object] | None = None,
                 decide_many: DecideMany | None = None) -> dict[str, int]:
     """Match every indexed Patient again and call ``decide`` for each; counts per decision.
-    With ``decide_many``, all decisions go to it instead, as one lazy iterable.
+    With ``decide_many``, all decisions go to it instead, as one lazy iterable, with every pair
+    any ranking held for a steward (complete before the first decision is read): no join unites
+    such a pair through a third record, whichever of its links comes first.
 
     The decisions are handed over in a canonical order (``canonical``), not in the index's:
     where links conflict (two people with different ID numbers both certain of a third record
     without one), which join is refused depends on the order, and a re-match from scratch must
     give the same persons whatever order the Patients were loaded in."""
     counts = {"link": 0, "review": 0, "new": 0}
+    held: dict[str, set[str]] = {}
 
     def decisions() -> Iterator[Decision]:
         for _, f in index.iter_all():
             kind, _, args = _decision(matcher, f, blocked)
+            held_apart(args, held)
             counts[kind] += 1
             if progress is not None:
                 progress(1)
@@ -226,7 +242,7 @@ def rematch_all(index: IdentityCandidates, matcher: Matcher, decide: Decide | No
 
     ordered = canonical(decisions())
     if decide_many is not None:
-        decide_many(ordered)
+        decide_many(ordered, held)
     else:
         assert decide is not None
         for args in ordered:
