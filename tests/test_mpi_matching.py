@@ -848,7 +848,8 @@ def test_twins_are_never_linked_automatically(tmp_path):
 
 
 @pytest.mark.parametrize("shared", [
-    {"identifier": [{"system": "urn:oid:2.16.156.10011.1.19", "value": v}]} for v in ("无", "-", "000000", "不详")
+    {"identifier": [{"system": "urn:oid:2.16.156.10011.1.19", "value": v}]}
+    for v in ("无", "-", "000000", "不详", "無", "ー", "－", "不詳")
 ] + [{"telecom": [{"system": "phone", "value": v}]} for v in ("12345678901", "13800138000", "13800000000")])
 def test_a_filler_card_or_phone_is_no_evidence(tmp_path, shared):
     """Two women of a common name and birth year in one district, nothing else in common but a
