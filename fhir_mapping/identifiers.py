@@ -12,6 +12,7 @@ The filler list is data (``tables/fillers.yaml``); pure functions, no I/O after 
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
@@ -37,6 +38,33 @@ def _fillers() -> tuple[frozenset[str], frozenset[str], tuple[str, ...]]:
     return exact, labels, suffixes
 
 
+# Letters that look like a dash, typed for one (punctuation dashes are no letters: "punctuation only"
+# takes them): the katakana long-vowel mark ー (and its half-width ｰ, folded to it by NFKC) and the
+# Hangul vowel ㅡ (folded to its conjoining form ᅳ), which Chinese input methods offer beside the dash
+_DASH_LETTERS = str.maketrans(dict.fromkeys("\u30fc\u3161\u1173", "-"))
+
+
+def _fold(value: str) -> str:
+    """A value as the filler rule reads it: NFKC (full-width forms to ASCII), a dash-like letter a
+    dash, traditional characters simplified (無 is 无, 不詳 不详)."""
+    return _fold_short(value) if len(value) <= 64 else _fold_short.__wrapped__(value)
+
+
+@lru_cache(maxsize=4096)
+def _fold_short(value: str) -> str:
+    s = unicodedata.normalize("NFKC", value).translate(_DASH_LETTERS)
+    if any(ord(c) > 0x2E7F for c in s):  # CJK: load the t2s dictionaries only when it can matter
+        import opencc  # opencc-python-reimplemented: pure Python, dictionaries of OpenCC
+
+        s = _t2s(opencc).convert(s)
+    return s
+
+
+@lru_cache(maxsize=1)
+def _t2s(opencc):
+    return opencc.OpenCC("t2s")
+
+
 def _cjk_only(s: str) -> bool:
     return all("\u4e00" <= c <= "\u9fff" or c in "（）()" for c in s)
 
@@ -49,10 +77,11 @@ def is_filler(value: str | None) -> bool:
     """True for a value that fills the field without identifying anyone: a listed filler (``-``, ``无``,
     ``不详``, ``null``…), a template label (``医务人员编码``), punctuation only, zeros, one character
     repeated (a digit: four times or more) or a run of digits (``0000``, ``123456``), whatever the field.
-    Spaces inside do not count: ``0 0 0`` is ``000``."""
+    Spaces inside do not count: ``0 0 0`` is ``000``; nor do the forms of a character (full-width
+    ``－``, a long-vowel mark ``ー`` for a dash, traditional ``無``: see ``_fold``)."""
     if value is None:
         return False
-    s = "".join(str(value).split())
+    s = "".join(_fold(str(value)).split())
     if not s:
         return False
     exact, labels, suffixes = _fillers()
@@ -72,10 +101,11 @@ def is_filler(value: str | None) -> bool:
 def is_filler_text(value: str | None) -> bool:
     """True for a clinical value (free text or a code's display) that says nothing: a listed filler
     (``无``, ``不详``, ``-``), a field label left in it, or punctuation. Unlike :func:`is_filler`, digits
-    and repeated characters are values here ("0" ml, tooth "11")."""
+    and repeated characters are values here ("0" ml, tooth "11"). Forms are folded as for
+    :func:`is_filler`."""
     if value is None:
         return False
-    s = str(value).strip()
+    s = _fold(str(value)).strip()
     if not s or s.replace(".", "", 1).lstrip("+-").isdigit():
         return False
     exact, labels, suffixes = _fillers()

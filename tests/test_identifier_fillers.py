@@ -23,6 +23,14 @@ def test_spaces_inside_a_filler_keep_it_a_filler(value):
     assert key_problem(value, "2.16.156.10011.1.12") == "placeholder"
 
 
+@pytest.mark.parametrize("value", ["無", "不詳", "ー", "ｰ", "ーー", "ㅡ", "－", "―", "‐", "無 ", "身份證號", "測試"])
+def test_a_filler_written_in_another_form_is_a_filler(value):
+    """The traditional form (無 for 无), a dash-like letter (the katakana long-vowel mark ー an input
+    method offers beside the dash), a full-width form: a filler still, for keys and clinical values."""
+    assert is_filler(value) and key_problem(value, "2.16.156.10011.1.19") == "placeholder"
+    assert is_filler_text(value)
+
+
 @pytest.mark.parametrize("value", ["D01102", "心内科", "王建国", "HA201102113366666", "ZY20240311007",
                                    "ID20240311007", "PID0001"])
 def test_real_identifiers_and_names_are_not_fillers(value):

@@ -818,6 +818,41 @@ def test_what_no_sum_of_agreements_links_without_a_steward():
     assert _held(pat("a", id_=None), pat("b", id_=None)) == ("certain", None)
 
 
+LUO_ID = idno("11010519700801201")  # male, 1970-08-01
+
+
+def _bare(p: dict) -> dict:
+    """Name, sex, birth date and the number only: no address, no district."""
+    p.pop("address", None)
+    return p
+
+
+@pytest.mark.parametrize("x,y", [("罗建国", "罗建军"), ("李志强", "李志刚"), ("王小明", "王小红"), ("钱三", "钱四"),
+                                 ("罗三", "罗四"), ("罗伟", "罗强"), ("王建国", "王国军")])
+def test_one_number_under_two_given_names_is_held(x, y):
+    """One resident ID number, sent by two hospitals under given names a character apart: a borrowed
+    card or a sibling's, never linked on the weights. A shared surname and character made the
+    pinyin alike (luojianguo, luojianjun), and the pair linked as one name mistyped."""
+    for id_b in (LUO_ID, LUO_ID[:6] + LUO_ID[8:17]):  # the 15-digit form of the number too
+        a = _bare(pat("a", name=x, birth="1970-08-01", id_=LUO_ID, phone=None))
+        b = _bare(pat("b", name=y, birth="1970-08-01", id_=id_b, phone=None))
+        assert _held(a, b) == ("probable", "names-differ"), (x, y, id_b)
+
+
+@pytest.mark.parametrize("y", ["罗建国", "羅建國", "罗健国", "罗国建", "罗建", "罗健", "罗国"])
+def test_one_number_under_one_given_name_mistyped_still_links(y):
+    """The same person: traditional characters, a homophone, the characters swapped, one dropped
+    (and the other typed as a homophone); with the 18- or the 15-digit form of the number."""
+    for id_b in (LUO_ID, LUO_ID[:6] + LUO_ID[8:17]):
+        a = _bare(pat("a", name="罗建国", birth="1970-08-01", id_=LUO_ID, phone=None))
+        b = _bare(pat("b", name=y, birth="1970-08-01", id_=id_b, phone=None))
+        assert _held(a, b) == ("certain", None), (y, id_b)
+    # a character read two ways (勒: le, lei) is a homophone of 乐
+    le = _bare(pat("a", name="张乐", birth="1970-08-01", id_=LUO_ID, phone=None))
+    assert _held(le, _bare(pat("b", name="张勒", birth="1970-08-01", id_=LUO_ID, phone=None))) == \
+        ("certain", None)
+
+
 # -- never two people on weights alone: cases found on data shaped otherwise ------------------------
 
 def _graded(tmp_path, stored: list[dict], new: dict, name: str = "never") -> dict[str, Candidate]:
@@ -848,7 +883,8 @@ def test_twins_are_never_linked_automatically(tmp_path):
 
 
 @pytest.mark.parametrize("shared", [
-    {"identifier": [{"system": "urn:oid:2.16.156.10011.1.19", "value": v}]} for v in ("无", "-", "000000", "不详")
+    {"identifier": [{"system": "urn:oid:2.16.156.10011.1.19", "value": v}]}
+    for v in ("无", "-", "000000", "不详", "無", "ー", "－", "不詳")
 ] + [{"telecom": [{"system": "phone", "value": v}]} for v in ("12345678901", "13800138000", "13800000000")])
 def test_a_filler_card_or_phone_is_no_evidence(tmp_path, shared):
     """Two women of a common name and birth year in one district, nothing else in common but a

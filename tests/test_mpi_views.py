@@ -325,7 +325,8 @@ def test_a_filler_resolves_to_nobody_and_a_shared_number_marked_apart_is_no_merg
                                          {"system": CARD + ".9", "value": f"SHARED-{p}"}]}])
     for who in ("x", "y"):
         op(client, "link", patient=f"Patient/{p}-{who}")
-    for q in ({"identifier": f"{CARD}|000000"}, {"identifier": "无"}):
+    for q in ({"identifier": f"{CARD}|000000"}, {"identifier": "无"}, {"identifier": f"{CARD}|無"},
+              {"identifier": "ー"}):
         body = client.get("/$resolve-identifier", params=q).json()
         assert body["total"] == 0 and ids(body) == [], body
         assert "filler" in body["entry"][-1]["resource"]["issue"][0]["diagnostics"]

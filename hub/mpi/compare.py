@@ -11,7 +11,8 @@ name      exact | pinyin (same reading: homophones) | swap (given name character
           part a typo of the other's, Jaro-Winkler >= 0.88 or one letter off in four or more) | partial (a character of a Chinese
           given name dropped; Latin script: one part missing, the other the same or a typo of it) | given (Latin
           script: the given names alike, the surnames not: a name taken at marriage) | family
-          (Latin script: the surnames alike, the given names not) | similar (Jaro-Winkler of the pinyin >= 0.9) | different
+          (Latin script: the surnames alike, the given names not) | similar (Jaro-Winkler of the pinyin >= 0.9;
+          ``given_apart`` tells two given names in characters apart within it) | different
           (also two names both carrying numbers, other ones: Baby 1 and Baby 2; and two Latin names both
           carrying birth-order letters, other ones: Baby A and Baby B, Twin A and Twin B, John A and John B)
 birth     exact | swapped (day and month) | lunar (one is the other's date in the Chinese lunar
@@ -160,6 +161,42 @@ def compare_name(a: dict, b: dict) -> str | None:
     if JaroWinkler.similarity(a["py"], b["py"]) >= SIMILAR:
         return "similar"
     return "different"
+
+
+@lru_cache(maxsize=65536)
+def _readings(char: str) -> frozenset[str]:
+    """Every toneless reading of a character (乐: le, yue): one shared is a homophone."""
+    from pypinyin import Style, pinyin
+
+    return frozenset(pinyin(char, style=Style.NORMAL, heteronym=True, errors="default")[0])
+
+
+def _sound_alike(x: str, y: str) -> bool:
+    return x == y or bool(_readings(x) & _readings(y))
+
+
+def given_apart(a: dict, b: dict) -> bool:
+    """Two names in Chinese characters whose given names differ outright: a character of one with
+    no reading in common with the other's in its place (建国 and 建军, 三 and 四), or, a character
+    dropped, the shorter not among the longer's by sound. A homophone (子涵, 梓涵), a swap (明伟,
+    伟明) or a dropped character (浩平, 平) is the same given name mistyped; a shared surname or
+    character, however much of the pinyin it makes, is no likeness of the given names."""
+    x, y = a.get("name") or "", b.get("name") or ""
+    if not _cjk(x) or not _cjk(y):
+        return False
+    gx, gy = x[len(a.get("fam") or ""):], y[len(b.get("fam") or ""):]
+    if not gx or not gy:
+        return False
+    if len(gx) == len(gy):
+        return not (all(map(_sound_alike, gx, gy)) or all(map(_sound_alike, gx, reversed(gy))))
+    short, long_ = sorted((gx, gy), key=len)
+    if len(long_) - len(short) != 1:
+        return False
+    return not any(all(map(_sound_alike, short, long_[:k] + long_[k + 1:])) for k in range(len(long_)))
+
+
+def _cjk(name: str) -> bool:
+    return bool(name) and all("\u3400" <= c <= "\u9fff" or "\U00020000" <= c <= "\U0003134f" for c in name)
 
 
 @lru_cache(maxsize=65536)

@@ -18,7 +18,7 @@ from typing import Any
 from rapidfuzz.distance import OSA
 
 from hub.mpi import blocking
-from hub.mpi.compare import NEAR_BIRTH, compare, count_terms, id_status, latin_parts, lettered_apart, numbered_apart
+from hub.mpi.compare import NEAR_BIRTH, compare, count_terms, given_apart, id_status, latin_parts, lettered_apart, numbered_apart
 from hub.mpi.weights import Weights
 
 CERTAINLY_NOT = "certainly-not"
@@ -209,7 +209,7 @@ def hold(a: dict, b: dict, levels: dict[str, str], twins: bool = False,
         # the other); a steward decides. A dropped character under one number (浩平, 平) is the
         # same person far more often, and links
         return "twins"
-    if name == "different":
+    if name == "different" or (name == "similar" and given_apart(a, b)):
         # another name with one identifier (a borrowed card, a child on a parent's), or with a
         # birth date and a household (twins named apart, a nursing home, a default birth date
         # and a filler phone)
