@@ -31,7 +31,7 @@ from eventsourcing.persistence import Notification
 
 from hub.core.events import KIND_OF_TOPIC
 from hub.mpi.candidates import IdentityCandidates
-from hub.mpi.matcher import Candidate, Matcher, decision
+from hub.mpi.matcher import Candidate, Matcher, decision, two_people
 from projections.contract import nothing_to_apply
 from projections.sqlite_model import follow_log, followed_log, record_position
 
@@ -70,9 +70,10 @@ def _decision(matcher: Matcher, f: dict, blocked: Blocked | None,
                     for r in merged}
         return "link", chosen, (f["ref"], "link", refs, 1.0, evidence, matcher.weights.ruleset)
     best = chosen[0] if chosen else (ranked[0] if ranked else None)
-    # a link carries the candidates held apart from the Patient too (a twin, a name apart): its
-    # join never unites it with one of them through another record (``IdentityService._join``)
-    held = [c for c in ranked if kind == "link" and c not in chosen and "hold" in c.evidence]
+    # a link carries the candidates held apart from the Patient as two people too (a twin, a
+    # name apart): its join never unites it with one of them through another record
+    # (``IdentityService._apart``)
+    held = [c for c in ranked if kind == "link" and c not in chosen and two_people(c.evidence)]
     # the decision point: "link" is linked automatically, "review" goes to the review queue
     args = (f["ref"], {"link": "link", "review": "review", "new": "new"}[kind],
             [c.ref for c in chosen], best.score if best else 0.0,
@@ -82,10 +83,11 @@ def _decision(matcher: Matcher, f: dict, blocked: Blocked | None,
 
 
 def held_apart(args: Decision, into: dict[str, set[str]]) -> None:
-    """Add the pairs a decision says the matcher held for a steward (a hold in a candidate's
-    evidence) to ``into``, from both sides."""
+    """Add the pairs a decision says the matcher held for a steward as two people (a hold of
+    such a kind in a candidate's evidence: ``matcher.TWO_PEOPLE``) to ``into``, from both
+    sides."""
     for ref, e in (args[4] or {}).items():
-        if isinstance(e, dict) and "hold" in (e.get("fields") or {}):
+        if two_people(e):
             into.setdefault(args[0], set()).add(ref)
             into.setdefault(ref, set()).add(args[0])
 
@@ -221,8 +223,8 @@ def rematch_all(index: IdentityCandidates, matcher: Matcher, decide: Decide | No
                 decide_many: DecideMany | None = None) -> dict[str, int]:
     """Match every indexed Patient again and call ``decide`` for each; counts per decision.
     With ``decide_many``, all decisions go to it instead, as one lazy iterable, with every pair
-    any ranking held for a steward (complete before the first decision is read): no join unites
-    such a pair through a third record, whichever of its links comes first.
+    any ranking held for a steward as two people (``held_apart``, complete before the first
+    decision is read): no join unites such a pair through a third record, whichever of its links comes first.
 
     The decisions are handed over in a canonical order (``canonical``), not in the index's:
     where links conflict (two people with different ID numbers both certain of a third record

@@ -237,6 +237,19 @@ def hold(a: dict, b: dict, levels: dict[str, str], twins: bool = False,
 
 
 TWO_CHILDREN = ("twins", "newborns-apart", "newborns-unmarked")  # holds of two children of one birth
+# holds whose kind says two people (not merely too little evidence: ``no-own-evidence``,
+# ``value-counts-incomplete``): no third record unites such a pair in one Person
+TWO_PEOPLE = (*TWO_CHILDREN, "newborn-of-twins", "newborn-and-parent", "names-differ",
+              "births-differ", "siblings")
+
+
+def two_people(evidence: Any) -> bool:
+    """Whether a candidate's evidence (``Candidate.evidence``, or a decision's entry for it with
+    its ``fields``) carries a hold that says two people."""
+    if isinstance(evidence, dict) and isinstance(evidence.get("fields"), dict):
+        evidence = evidence["fields"]
+    hold = evidence.get("hold") if isinstance(evidence, dict) else None
+    return isinstance(hold, dict) and hold.get("level") in TWO_PEOPLE
 
 
 def _apart(c: Candidate) -> bool:
