@@ -410,6 +410,76 @@ def test_an_identity_decisions_answer_shows_only_what_the_decider_may_see(guarde
         assert r.status_code == 200 and secret in r.text  # the recording institution sees it
 
 
+def test_a_refused_decision_names_no_patient_the_decider_may_not_see(guarded):
+    """A $link (or $merge, or a review's $accept) that would put a man in a person holding a
+    woman's record is refused: to a steward the woman's consent hides her from, the 409 named
+    her Patient and that the sexes differ. It says now only that a record this steward may not
+    see conflicts; the steward who sees her is told which and why; the refusal stands for both."""
+    from hub.mpi.identity import IdentityService
+
+    def record(gender: str | None, family: str) -> dict:
+        d = patient(rid=unique()[:16], family=family, system="urn:oid:1.2.3.9")
+        return {**d, "gender": gender} if gender else d
+
+    shown, hidden, man = record(None, "Shown"), record("female", "Hidden"), record("male", "Man")
+    _write(guarded, shown, hidden, man, _optout(hidden["id"]))
+    home = guarded.client_auth(roles=("steward",), scope="system/Patient.rs system/Person.rs",
+                               institution="H1")
+    elsewhere = guarded.client_auth(roles=("steward",), institution="H2",
+                                    scope="system/Patient.rs system/Person.rs")
+
+    def params(**refs: str) -> dict:
+        return {"resourceType": "Parameters", "parameter": [
+            {"name": k, "valueString": v} for k, v in refs.items()]}
+
+    with _http(guarded, home) as c:
+        person = c.post("/Person/$link", json=params(patient=f"Patient/{shown['id']}"),
+                        headers=FHIR_JSON).json()["id"]
+        r = c.post("/Person/$link", json=params(patient=f"Patient/{hidden['id']}",
+                                                person=f"Person/{person}"), headers=FHIR_JSON)
+        assert r.status_code == 200, r.text
+    store = guarded.settings.open_store()
+    matcher = IdentityService.open(store, guarded.settings.data_dir / f"matcher-{unique()[:6]}")
+    try:  # the matcher asks whether the man is the shown record's person
+        matcher.auto_decide(f"Patient/{man['id']}", "review", [f"Patient/{shown['id']}"], 0.7,
+                            {}, "r1")
+    finally:
+        matcher.close()
+        store.close()
+    with _http(guarded, elsewhere) as c:
+        # the person as this steward sees it: the one record it may see
+        assert [x["target"]["reference"] for x in c.get(f"/Person/{person}").json()["link"]] \
+            == [f"Patient/{shown['id']}"]
+        found: list = []
+        deadline = time.monotonic() + 30
+        while not found:
+            assert time.monotonic() < deadline, "the review is not listed"
+            found = [x["id"] for x in c.get("/$mpi-review").json()["reviews"]
+                     if x["patient"] == f"Patient/{man['id']}"]
+        refused = [c.post(f"/$mpi-review/{found[0]}/$accept", headers=FHIR_JSON,
+                          json=params(candidate=f"Patient/{shown['id']}"))]
+        own = c.post("/Person/$link", json=params(patient=f"Patient/{man['id']}"),
+                     headers=FHIR_JSON).json()["id"]
+        refused += [c.post("/Person/$link", json=params(patient=f"Patient/{man['id']}",
+                                                        person=f"Person/{person}"),
+                           headers=FHIR_JSON),
+                    c.post("/Person/$merge", json=params(source=f"Person/{own}",
+                                                         target=f"Person/{person}"),
+                           headers=FHIR_JSON)]
+    for r in refused:
+        assert r.status_code == 409, r.text
+        told = r.json()["issue"][0]["diagnostics"]
+        assert "may not see" in told, told
+        for leaked in (hidden["id"], "sex", "identifier"):
+            assert leaked not in r.text, (leaked, told)
+    with _http(guarded, home) as c:  # who may see her is told which record and why
+        r = c.post("/Person/$link", json=params(patient=f"Patient/{man['id']}",
+                                                person=f"Person/{person}"), headers=FHIR_JSON)
+        assert r.status_code == 409 and hidden["id"] in r.text and "different sexes" in r.text
+        assert [x["target"]["reference"] for x in c.get(f"/Person/{person}").json()["link"]] \
+            == sorted([f"Patient/{shown['id']}", f"Patient/{hidden['id']}"])
+
+
 def test_conditional_writes_match_only_what_the_caller_sees(guarded):
     p = patient(rid=unique()[:16])
     psy = _obs(p["id"], "F20", "urn:icd", psy=True)

@@ -732,3 +732,74 @@ def test_every_unreviewed_break_the_glass_access_of_the_window_can_be_reached(li
         pages.append(aud.get(link.group(1)))
     mine = [r for p in pages for r in rows(p) if f"console:{first_name}" in r]
     assert mine and "<form" in mine[0]  # shown, with its review form
+
+
+def test_the_identity_pages_show_a_steward_only_the_patients_it_may_see(live, client):
+    """A steward of another institution than the one a patient's consent lets see her opened the
+    person page by her hidden Patient: it showed her person, the other records' names, birth
+    dates and institutions, her link ("（无权查看）") and the history naming her. Her Patient now
+    finds nothing (as an unknown one), the person found by a record the steward sees lists
+    neither her link nor a decision naming her, that decision cannot be undone by this steward,
+    and a review about her is not in the queue, nor decided; the steward who may see her is
+    shown all of it."""
+    from hub.mpi.identity import IdentityService
+    from tests.api_helpers import consent
+
+    n = uuid.uuid4().hex[:6]
+    shown, hidden, other = f"idp-a-{n}", f"idp-b-{n}", f"idp-c-{n}"
+    h1 = {"x-hub-source-institution": "H1"}
+    for pid, family in ((shown, f"赵{n}"), (hidden, f"钱{n}"), (other, f"孙{n}")):
+        assert client.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid,
+                                                   "name": [{"family": family}],
+                                                   "birthDate": "1961-02-03"},
+                          headers=h1).status_code == 201
+    deny = consent(hidden, {"type": "deny"}, "H1")
+    assert client.put(f"/Consent/{deny['id']}", json=deny, headers=h1).status_code == 201
+    store = live.settings.open_store()
+    matcher = IdentityService.open(store, live.settings.data_dir / f"matcher-{n}")
+    try:  # the matcher asks whether another record is hers
+        matcher.auto_decide(f"Patient/{hidden}", "new", [], 1.0, {}, "r1")
+        matcher.auto_decide(f"Patient/{other}", "review", [f"Patient/{hidden}"], 0.7, {}, "r1")
+    finally:
+        matcher.close()
+        store.close()
+    user = {"x-hub-user": "steward-test"}
+
+    def link(patient: str, person: str | None = None) -> str:
+        params = {"resourceType": "Parameters", "parameter": [
+            {"name": "patient", "valueReference": {"reference": f"Patient/{patient}"}},
+            *([{"name": "person", "valueString": f"Person/{person}"}] if person else [])]}
+        r = client.post("/Person/$link", json=params, headers=user)
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+    person = link(hidden, link(shown))
+    home = _logged_in(live, _user(live, ("steward",), "H1"))
+    away = _logged_in(live, _user(live, ("steward",), "H2"))
+    page = home.get("/console/identity/person", params={"ref": f"Patient/{shown}"})
+    assert page.status_code == 200 and f"link-Patient/{hidden}" in page.text, page.text[:300]
+    seq = re.search(rf'id="decision-(\d+)">(?:(?!</tr>).)*Patient/{hidden}</td>', page.text,
+                    re.S).group(1)
+    rid = re.search(rf'id="review-([^"]+)">(?:(?!</section>).)*Patient/{other}',
+                    home.get("/console/identity").text, re.S).group(1)  # the review about her
+
+    unknown = away.get("/console/identity/person", params={"ref": f"Patient/nobody-{n}"})
+    for ref in (f"Patient/{hidden}", hidden):
+        r = away.get("/console/identity/person", params={"ref": ref})
+        assert r.status_code == unknown.status_code == 404, r.text[:300]
+        assert person not in r.text and f"赵{n}" not in r.text
+    page = away.get("/console/identity/person", params={"ref": f"Patient/{shown}"})
+    assert page.status_code == 200 and f"link-Patient/{shown}" in page.text, page.text[:300]
+    assert f"赵{n}" in page.text  # the record it sees, read as its own
+    for leaked in (hidden, f"钱{n}", "（无权查看）", f'id="decision-{seq}"'):
+        assert leaked not in page.text, leaked
+    undo = away.post(f"/console/identity/person/{person}/undo",
+                     data={"csrf": _csrf(page), "seq": seq})
+    assert undo.status_code == 404, undo.text[:300]
+    queue = away.get("/console/identity")
+    assert queue.status_code == 200 and hidden not in queue.text and other not in queue.text
+    decided = away.post(f"/console/identity/{rid}/decide",
+                        data={"csrf": _csrf(queue), "decision": "accept"})
+    assert decided.status_code == 403, decided.text[:300]
+    page = home.get("/console/identity/person", params={"ref": f"Patient/{shown}"})
+    assert f'id="decision-{seq}"' in page.text and f"link-Patient/{hidden}" in page.text

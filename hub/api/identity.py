@@ -33,14 +33,15 @@ or a ``Parameters`` the operation cannot use (unknown, missing or repeated param
 another type), 404 unknown ids, 409 a decision that contradicts another (a
 not-duplicate pair, a merge that stands) or would give a person two valid numbers of a unique
 identifier system or two sexes (the diagnostics name the Patients and the system, never the
-values), 413 bodies over 64 KiB, 415 other content types.
+values; to a caller who may not see one of them, only that a record it may not see
+conflicts), 413 bodies over 64 KiB, 415 other content types.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
@@ -71,11 +72,20 @@ from hub.api.responses import (
 )
 from hub.core.access import Action
 from hub.core.config import Settings
-from hub.core.errors import FhirError, Issue, bad_request, forbidden, not_found, operation_outcome
+from hub.core.errors import (
+    FhirError,
+    Issue,
+    bad_request,
+    conflict,
+    forbidden,
+    not_found,
+    operation_outcome,
+)
 from hub.core.fhirtime import http_date
 from hub.core.ingest import Context
 from hub.core.store import ResourceStore
 from hub.mpi import listing
+from hub.mpi.conflicts import PatientsConflict
 from hub.mpi.everything import SharedRecord, carries, person_view
 from hub.mpi.identifiers import is_filler
 from hub.mpi.identity import IdentityService, patient_ref, person_id
@@ -88,6 +98,7 @@ from projections.runner import Runner
 from projections.timeline import TimelineProjection
 
 router = APIRouter()
+T = TypeVar("T")
 MAX_SEARCH = 100
 
 
@@ -179,7 +190,7 @@ async def _person_response(request: Request, identity: IdentityService, pid: str
                            status: int = 200) -> Response:
     """The Person a decision left, as a read of it shows it to this caller (only the Patients it
     may see; its id alone when it sees none of them), and audited as that read."""
-    seen = _seen_by(request)
+    seen = seen_by(request)
 
     def answer(_purpose: str | None) -> dict:
         return person_view(identity, identity.store, pid, seen, bare=True)
@@ -197,7 +208,7 @@ def _linked_patients(person: dict) -> list[str]:
             if x["target"]["reference"].startswith("Patient/")]
 
 
-def _seen_by(request: Request) -> Callable[[str, str, bytes], bool]:
+def seen_by(request: Request) -> Callable[[str, str, bytes], bool]:
     """Whether the caller may see a resource (a Person shows only the Patients it may)."""
     repo, ctx = repository(request), context_of(request)
     return lambda rtype, rid, body: bool(repo.shown(ctx, [(rtype, rid, body)]))
@@ -210,7 +221,7 @@ def _seen_patients(repo: Repository, ctx: Context, rids: list[str]) -> list[str]
     return [r for r in rids if r in seen]
 
 
-def _hidden(repo: Repository, ctx: Context, refs: list[str]) -> list[str]:
+def hidden_patients(repo: Repository, ctx: Context, refs: list[str]) -> list[str]:
     """Of ``Patient/id`` references, those that exist but the caller may not see."""
     rids = [r.split("/", 1)[1] for r in refs if r.startswith("Patient/")]
     current = set(repo.store.current_ids("Patient", rids)) if rids else set()
@@ -218,12 +229,25 @@ def _hidden(repo: Repository, ctx: Context, refs: list[str]) -> list[str]:
     return [f"Patient/{r}" for r in rids if r in current and r not in seen]
 
 
-def _require_shown(request: Request, refs: list[str]) -> None:
+def require_shown(request: Request, refs: list[str]) -> None:
     """A review is decided only by a steward who may see its Patients, as only such a steward
     is shown it in the queue (a consent hiding one hides the review). ``$link`` and ``$unlink``
     name their Patient themselves and answer with what the decider may see."""
-    if _hidden(repository(request), context_of(request), refs):
+    if hidden_patients(repository(request), context_of(request), refs):
         raise forbidden("The decision concerns a Patient not shown to this caller")
+
+
+def told_as_seen(repo: Repository, ctx: Context, decide: Callable[[], T]) -> T:
+    """A steward's decision; refused because of Patients it names (a not-duplicate mark, two
+    sexes, two numbers of a unique system: ``conflicts.PatientsConflict``), it says which only
+    to a caller who may see them all; to another, that a record it may not see conflicts (the
+    refusal stands: never two people in one person)."""
+    try:
+        return decide()
+    except PatientsConflict as e:
+        if hidden_patients(repo, ctx, list(e.patients)):
+            raise conflict(e.veiled) from None
+        raise
 
 
 def _linked_person(identity: IdentityService, patient: str) -> str:
@@ -354,7 +378,7 @@ def _person_searcher(request: Request, given: list[tuple[str, str]]) -> tuple[
             total = len(matched)
             page = [p for p in matched if p > after][:limit + 1]
         more, page = len(page) > limit, page[:limit]
-        seen = _seen_by(request)
+        seen = seen_by(request)
         entries = []
         for pid in page:
             view = _view_seen(identity, pid, seen)
@@ -473,7 +497,7 @@ async def person_read(request: Request, rid: str) -> Response:
 
     def answer(_purpose):
         identity.sync()
-        return person_view(identity, identity.store, pid, _seen_by(request))
+        return person_view(identity, identity.store, pid, seen_by(request))
 
     def scope(body):
         return pid, _linked_patients(body)
@@ -506,7 +530,7 @@ def person_entry(request: Request, rid: str, check: bool) -> tuple[int, dict | N
     writer, purpose = request.app.state.audit, purpose_of(request)
     try:
         repository(request).authorize(context_of(request), Action("read", "Person", rid))
-        body = person_view(identity, identity.store, pid, _seen_by(request))
+        body = person_view(identity, identity.store, pid, seen_by(request))
     except FhirError as e:
         if not check:
             writer.write(audit_event(request, "person-read", pid, [], "4",
@@ -535,8 +559,11 @@ async def op_link(request: Request) -> Response:
         person = None
     p = patient_ref(params["patient"])
 
+    repo, ctx = repository(request), context_of(request)
+
     def run() -> str:
-        events = identity.link(p, person, user, params.get("reason"), seen)
+        events = told_as_seen(repo, ctx, lambda: identity.link(
+            p, person, user, params.get("reason"), seen))
         return _event_person(events, "person") or _linked_person(identity, p)
 
     pid = await run_in_threadpool(run)
@@ -572,8 +599,11 @@ async def op_merge(request: Request) -> Response:
     identity = _identity(request, Action("operation", "Person", None, "$merge"))
     user = _decider(request, params)
 
+    repo, ctx = repository(request), context_of(request)
+
     def run() -> str:
-        events = identity.merge(params["source"], params["target"], user, params.get("reason"))
+        events = told_as_seen(repo, ctx, lambda: identity.merge(
+            params["source"], params["target"], user, params.get("reason")))
         return events[0].data["target"]
 
     return await _person_response(request, identity, await run_in_threadpool(run))
@@ -649,7 +679,7 @@ async def review_list(request: Request) -> Response:
         rows = rows[:int(count)]
         # a review about a Patient hidden from this caller (a consent) is not shown: it told
         # that the Patient exists and whom it resembles
-        hidden = set(_hidden(repo, ctx, sorted({p for r in rows
+        hidden = set(hidden_patients(repo, ctx, sorted({p for r in rows
                                                  for p in [r["patient"], *r["candidates"]]})))
         shown = [r for r in rows if not hidden & {r["patient"], *r["candidates"]}]
         out: dict[str, Any] = {"reviews": [_review_json(r, base) for r in shown]}
@@ -672,9 +702,12 @@ async def review_accept(request: Request, rid: str) -> Response:
     user = _decider(request, params)
     _review_id(rid)
 
+    repo, ctx = repository(request), context_of(request)
+
     def run() -> str:
-        _require_shown(request, _review_patients(identity, rid))
-        events = identity.accept_review(rid, user, params.get("candidate"), params.get("reason"))
+        require_shown(request, review_patients(identity, rid))
+        events = told_as_seen(repo, ctx, lambda: identity.accept_review(
+            rid, user, params.get("candidate"), params.get("reason")))
         person = _event_person([e for e in events if e.event == "Linked"], "person")
         if person is None:  # an accepted review links: the service says to which person
             raise FhirError(500, "exception", "The accepted review linked no person")
@@ -692,7 +725,7 @@ async def review_reject(request: Request, rid: str) -> Response:
     _review_id(rid)
 
     def run() -> None:
-        _require_shown(request, _review_patients(identity, rid))
+        require_shown(request, review_patients(identity, rid))
         identity.reject_review(rid, user, params.get("reason"))
     await run_in_threadpool(run)
     return fhir_response(operation_outcome([Issue(
@@ -700,7 +733,7 @@ async def review_reject(request: Request, rid: str) -> Response:
         "information")]), request=request)
 
 
-def _review_patients(identity: IdentityService, rid: str) -> list[str]:
+def review_patients(identity: IdentityService, rid: str) -> list[str]:
     identity.sync()
     with identity.person.read() as c:
         r = identity.person.review(c, rid)
@@ -777,7 +810,7 @@ async def resolve_identifier(request: Request) -> Response:
         elsewhere["persons"] = len(others - set(persons))
         elsewhere["invalid"] = not rids and bool(found) and \
             all(how == "invalid" for how in found.values())
-        seen = _seen_by(request)
+        seen = seen_by(request)
         entries = []
         for pid in persons:
             # found through a Patient the caller sees: shown with those it sees

@@ -12,10 +12,12 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from hub.api.caller import actor_of, authorize, repository
+from hub.api.identity import hidden_patients, require_shown, review_patients, seen_by, told_as_seen
 from hub.console.common import check_csrf, notice_of, page, router, say, with_notice
 from hub.core.access import Action
-from hub.core.errors import FhirError
+from hub.core.errors import FhirError, forbidden
 from hub.core.events import resource_bytes
+from hub.mpi.everything import patients_shown
 
 # -- identity review --------------------------------------------------------------------------
 
@@ -33,7 +35,14 @@ def identity_page(request: Request) -> Response:
         raise FhirError(503, "transient", "The master patient index is not running")
     identity.sync()
     reviews = []
-    for r in identity.person.reviews("open", 50):
+    rows = identity.person.reviews("open", 50)
+    # a review about a Patient hidden from this steward is not shown, as in the API's queue: it
+    # told that the Patient exists and whom it resembles
+    hidden = set(hidden_patients(repository(request), ctx, sorted(
+        {p for r in rows for p in [r["patient"], *r["candidates"]]})))
+    for r in rows:
+        if hidden & {r["patient"], *r["candidates"]}:
+            continue
         people = [_person_view(request, ctx, ref) for ref in [r["patient"], *r["candidates"]]]
         reviews.append({"id": r["id"], "score": r["score"], "people": people,
                         "evidence": evidence_of(r.get("evidence") or {})})
@@ -91,17 +100,24 @@ async def identity_decide(request: Request, rid: str) -> Response:
                  "dismiss": "$mpi-review-reject"}.get(decision)
     if operation is None:
         raise FhirError(400, "invalid", "decision is accept, reject or dismiss")
-    authorize(request, Action("operation", None, rid, operation))
+    ctx = authorize(request, Action("operation", None, rid, operation))
     check_csrf(request, form)
     identity = request.app.state.identity
     user = actor_of(request).named  # an identity provider's person with that provider
     reason = str(form.get("reason") or "")[:500] or None
-    if decision == "accept":
-        await run_in_threadpool(identity.accept_review, rid, user, None, reason)
-    elif decision == "reject":
-        await run_in_threadpool(identity.reject_review, rid, user, reason)
-    else:
-        await run_in_threadpool(identity.dismiss_review, rid, user, reason)
+
+    def decide() -> None:
+        # decided only by a steward shown the review (as the API's $accept and $reject)
+        require_shown(request, review_patients(identity, rid))
+        if decision == "accept":
+            told_as_seen(repository(request), ctx,
+                         lambda: identity.accept_review(rid, user, None, reason))
+        elif decision == "reject":
+            identity.reject_review(rid, user, reason)
+        else:
+            identity.dismiss_review(rid, user, reason)
+
+    await run_in_threadpool(decide)
     notice = f"{rid}: " + say(request, {"accept": "accepted", "reject": "rejected",
                                         "dismiss": "dismissed"}[decision])
     return RedirectResponse(with_notice(request, "/console/identity", notice), 303)
@@ -118,18 +134,43 @@ def _undo_of(d: dict[str, Any]) -> tuple[str, str] | None:
             "Unmerged": ("$merge", f"Person/{d['a']} → Person/{d['b']}")}.get(d["event"])
 
 
-def _person_of(identity: Any, ref: str) -> str:
+def _person_of(identity: Any, ref: str) -> tuple[str, str | None]:
+    """The person ``ref`` finds, and the Patient it was found by (None: by its id)."""
     ref = ref.strip()
     with identity.person.read() as c:
         if ref.startswith("Person/"):
             person = ref[len("Person/"):]
             if identity.person.person_row(c, person) is None:
                 raise FhirError(404, "not-found", f"{ref} is not known")
-            return identity.person.survivor(c, person)
-        found = identity.person.person_of(c, ref if "/" in ref else f"Patient/{ref}")
+            return identity.person.survivor(c, person), None
+        patient = ref if "/" in ref else f"Patient/{ref}"
+        found = identity.person.person_of(c, patient)
     if found is None:
-        raise FhirError(404, "not-found", f"{ref} is not linked to any person")
-    return found
+        raise _not_linked(ref)
+    return found, patient
+
+
+def _not_linked(ref: str) -> FhirError:
+    return FhirError(404, "not-found", f"{ref} is not linked to any person")
+
+
+def _named(d: dict[str, Any]) -> list[str]:
+    """The Patients a decision of the history names."""
+    return [x for x in (d["patient"], d["a"], d["b"]) if x and x.startswith("Patient/")]
+
+
+def _seen(request: Request, identity: Any, refs: list[str]) -> set[str]:
+    """Of ``Patient/id`` references, those the caller may see, as the API's Person shows its
+    Patients (a deleted one as its last version was shown: its decisions can still be undone)."""
+    rids = sorted({r.split("/", 1)[1] for r in refs})
+    return patients_shown(identity.store, rids, seen_by(request), deleted=True)
+
+
+def _shown_history(request: Request, identity: Any, history: list[dict]) -> list[dict]:
+    """The decisions naming only Patients the caller may see: one naming a hidden Patient told
+    that it exists and which person holds (or held) it."""
+    seen = _seen(request, identity, [p for d in history for p in _named(d)])
+    return [d for d in history if set(_named(d)) <= seen]
 
 
 @router.api_route("/console/identity/person", methods=["GET", "HEAD"],
@@ -137,18 +178,29 @@ def _person_of(identity: Any, ref: str) -> str:
 def person_page(request: Request) -> Response:
     """A person (found by one of its Patients or its id): the Patients linked to it, each read
     through the repository (audited), and its link, merge and unmerge history, newest first,
-    each decision with the action that undoes it."""
+    each decision with the action that undoes it; of both, only what names Patients the caller
+    may see."""
     ctx = authorize(request, Action("operation", None, None, "$mpi-review"))
     identity = request.app.state.identity
     if identity is None:
         raise FhirError(503, "transient", "The master patient index is not running")
     identity.sync()
     ref = request.query_params.get("ref", "")[:200]
-    person = _person_of(identity, ref)
+    person, patient = _person_of(identity, ref)
     with identity.person.read() as c:
         links = identity.person.links(c, person)
         history = identity.person.history(c, person)
         merged = identity.person.merged_into_me(c, person)
+    # the person as the API's Person shows it to this caller: only the Patients it may see,
+    # found only through one of them, hidden when it holds none (a Patient hidden by a consent
+    # told the steward that it exists, whom it is linked with and who they are)
+    seen = _seen(request, identity, [x["patient"] for x in links])
+    if patient is not None and patient not in seen:
+        raise _not_linked(ref)  # as a Patient no person holds
+    if links and not seen:
+        raise forbidden(f"Person/{person} is not shown to this caller")
+    links = [x for x in links if x["patient"] in seen]
+    history = _shown_history(request, identity, history)
     people = {x["patient"]: _person_view(request, ctx, x["patient"]) for x in links}
     for d in history:
         undo = _undo_of(d)
@@ -164,13 +216,16 @@ async def undo(request: Request, person: str) -> Response:
     """Undo one decision of the person's history (read again here: the form names it only)."""
     # who may undo anything at all, before the history is read: a refusal tells nothing of
     # which decisions exist (each undo is then checked as the operation it is)
-    authorize(request, Action("operation", None, None, "$unlink"))
+    ctx = authorize(request, Action("operation", None, None, "$unlink"))
     form = await request.form()
     check_csrf(request, form)
     identity = request.app.state.identity
     seq = int(str(form.get("seq") or "0")) if re.fullmatch(r"[0-9]{1,18}", str(form.get("seq") or "")) else 0
     with identity.person.read() as c:
         found = next((d for d in identity.person.history(c, person, 10_000) if d["seq"] == seq),
+                     None)
+    if found is not None:  # only a decision its page shows (one naming a hidden Patient: none)
+        found = next(iter(await run_in_threadpool(_shown_history, request, identity, [found])),
                      None)
     if found is None or _undo_of(found) is None:
         raise FhirError(404, "not-found", f"Person/{person} has no decision #{seq} to undo")
@@ -185,7 +240,7 @@ async def undo(request: Request, person: str) -> Response:
             "$unmerge": lambda: identity.unmerge(d["a"], user, reason),
             "$merge": lambda: identity.merge(d["a"], d["b"], user, reason)}[operation]
     try:
-        await run_in_threadpool(call)
+        await run_in_threadpool(told_as_seen, repository(request), ctx, call)
         notice = f"#{seq}: {say(request, 'undone')}"
     except FhirError as e:
         if e.status not in (400, 404, 409):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from hub.core.errors import FhirError
 from hub.mpi.identifiers import DEFAULT, Roles, unique_identifiers
 from hub.mpi.normalise import RESIDENT_ID, resident_id_features
 
@@ -66,10 +67,28 @@ def keys_of_stored(state: bytes, roles: Roles = DEFAULT) -> Keys:
     return keys_of(d, roles) if isinstance(d, dict) else NONE
 
 
+class PatientsConflict(FhirError):
+    """A steward's decision refused (409) with diagnostics naming ``patients`` besides the one it
+    was asked about; ``veiled`` says the same refusal without them, for a caller who may not see
+    one of them (which Patient a person holds, its sex or its numbers are its record's)."""
+
+    def __init__(self, diagnostics: str, patients: Iterable[str], veiled: str):
+        super().__init__(409, "conflict", diagnostics)
+        self.patients = tuple(patients)
+        self.veiled = veiled
+
+
 def conflict(*clusters: Iterable[tuple[str, Keys]]) -> str | None:
     """What forbids the union of the clusters (each ``(patient ref, Keys)`` pairs) to be one
     person, as a sentence naming the Patients and the kind of key (never the values: this text
-    reaches logs and answers), or None.
+    reaches logs and answers), or None."""
+    found = conflict_between(*clusters)
+    return found[0] if found else None
+
+
+def conflict_between(*clusters: Iterable[tuple[str, Keys]]
+                     ) -> tuple[str, tuple[str, str]] | None:
+    """As ``conflict``, with the two Patients its sentence names.
 
     Per system, values one Patient carries together are one person's; the union conflicts when
     its values of a system do not all hang together that way. Proportional to the number of
@@ -99,12 +118,13 @@ def conflict(*clusters: Iterable[tuple[str, Keys]]) -> str | None:
                 if seen_sex is None:
                     seen_sex = (k.sex, ref)
                 elif seen_sex[0] != k.sex:
-                    return f"{seen_sex[1]} and {ref} are of different sexes"
+                    return (f"{seen_sex[1]} and {ref} are of different sexes",
+                            (seen_sex[1], ref))
     by_system: dict[str, tuple[str, str]] = {}
     for key in groups:
         r = root(key)
         other = by_system.setdefault(key[0], r)
         if other != r:
             return (f"{holder[other]} and {holder[r]} carry different identifiers of the "
-                    f"unique system {key[0]}")
+                    f"unique system {key[0]}", (holder[other], holder[r]))
     return None

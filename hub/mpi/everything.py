@@ -126,6 +126,22 @@ def carries(patient: dict, system: str | None, value: str | None) -> str | None:
     return found
 
 
+def patients_shown(store: ResourceStore, rids: list[str], shown: Callable[[str, str, bytes], bool],
+                   current: dict | None = None, deleted: bool = False) -> set[str]:
+    """The ``Patient/id`` of ``rids`` a caller may see (``shown``: type, id, resource JSON), as a
+    Person shows its Patients: current ones it is shown (``current``: their latest states, when
+    read already); with ``deleted``, deleted ones whose last version it was shown too (a
+    steward's history of the person still names them)."""
+    if current is None:
+        current = store.latest_many("Patient", rids) if rids else {}
+    out = {f"Patient/{rid}" for rid in rids
+           if rid in current and shown("Patient", rid, body_of(current[rid][1]))}
+    if deleted:
+        out |= {f"Patient/{rid}" for rid in
+                deleted_at(store, [rid for rid in rids if rid not in current], shown)}
+    return out
+
+
 def person_view(identity: IdentityService, store: ResourceStore, pid: str,
                 shown: Callable[[str, str, bytes], bool] | None = None,
                 bare: bool = False) -> dict:
@@ -152,8 +168,8 @@ def person_view(identity: IdentityService, store: ResourceStore, pid: str,
     # a Patient deleted changes the view (its link and identifiers go) as of its deletion
     deleted = deleted_at(store, [rid for rid in ids if rid not in current], shown)
     if shown is not None and links:
-        pairs = [(x, rid) for x, rid in zip(links, ids) if rid in current
-                 and shown("Patient", rid, body_of(current[rid][1]))]
+        visible = patients_shown(store, ids, shown, current)
+        pairs = [(x, rid) for x, rid in zip(links, ids) if f"Patient/{rid}" in visible]
         if not pairs:
             if bare:
                 return out

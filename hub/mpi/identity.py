@@ -63,6 +63,8 @@ _PERSON_ID = re.compile(r"^[A-Za-z0-9\-.]{1,128}$")
 RETRIES = 20
 BATCH_DECISIONS, BATCH_EVENTS = 1000, 5000  # auto_decide_many: one append at most
 MAX_TEXT = 512
+# a steward refused a union because of a record it may not see: told so, not which nor why
+_HIDDEN_CONFLICT = "that person holds a record this caller may not see that conflicts with it"
 
 
 def own_person_id(person: Any, c: Any, patient: str) -> str:
@@ -224,6 +226,19 @@ class IdentityService:
                           cache: dict[str, conflicts.Keys]) -> str | None:
         """Why the Patients ``xs`` and ``ys`` cannot be one person (hard keys), or None."""
         return conflicts.conflict(self._keys(xs, cache), self._keys(ys, cache))
+
+    def _refuse_union(self, xs: list[str], ys: list[str], blocked: tuple[str, str] | None,
+                      what: str, veiled: str) -> None:
+        """A steward's union of ``xs`` and ``ys`` refused (``conflicts.PatientsConflict``) when a
+        pair of them is marked not-duplicate (``blocked``) or their hard keys conflict: ``what``
+        cannot be, because of the Patients named; ``veiled`` for a caller who may not see one."""
+        if blocked is not None:
+            raise conflicts.PatientsConflict(
+                f"{what}: {blocked[0]} and {blocked[1]} are marked as not the same person",
+                blocked, f"{what}: {veiled}")
+        found = conflicts.conflict_between(self._keys(xs, {}), self._keys(ys, {}))
+        if found is not None:
+            raise conflicts.PatientsConflict(f"{what}: {found[0]}", found[1], f"{what}: {veiled}")
 
     # -- the matcher's interface ------------------------------------------------------------------
 
@@ -641,12 +656,9 @@ class IdentityService:
                 if link is not None and P.survivor(c, link["person"]) != target:
                     self._moved_meanwhile(c, p, link, seen)
                 others = [q for q in P.patients(c, target) if q != p]
-                blocked = [q for q in others if P.blocked(c, p, q)]
-                if blocked:
-                    raise conflict(f"{p} and {blocked[0]} are marked as not the same person")
-                why = self._cluster_conflict(c, [p], others, {})
-                if why is not None:
-                    raise conflict(f"{p} cannot join Person/{target}: {why}")
+                blocked = next(((p, q) for q in others if P.blocked(c, p, q)), None)
+                self._refuse_union([p], others, blocked, f"{p} cannot join Person/{target}",
+                                   _HIDDEN_CONFLICT)
                 if link is not None and link["person"] == target and link["manual"] \
                         and link["assurance"] == ASSURANCE_USER:
                     return []  # decided so already
@@ -707,12 +719,10 @@ class IdentityService:
             if t == s_in:
                 raise conflict("A person cannot be merged into itself")
             sp, tp = P.patients(c, s_in), P.patients(c, t)
-            blocked = P.blocked_across(c, sp, tp)
-            if blocked is not None:
-                raise conflict(f"{blocked[0]} and {blocked[1]} are marked as not the same person")
-            why = self._cluster_conflict(c, sp, tp, {})
-            if why is not None:
-                raise conflict(f"Person/{s_in} and Person/{t} cannot be one person: {why}")
+            self._refuse_union(sp, tp, P.blocked_across(c, sp, tp),
+                               f"Person/{s_in} and Person/{t} cannot be one person",
+                               "one of them holds a record this caller may not see that "
+                               "conflicts with the other")
             base = self._base(USER, user, reason=reason)
             # reviews asking whether a Patient of one is one of the other: answered by the merge
             return [IdentityEvent("Merged", {**base, "source": s_in, "target": t}),
@@ -797,12 +807,9 @@ class IdentityService:
             events: list[IdentityEvent] = []
             target = P.person_of(c, cand)
             others = [q for q in P.patients(c, target) if q != p] if target else [cand]
-            if any(P.blocked(c, p, q) for q in others):
-                raise conflict(f"{p} is marked as not the same person as a Patient of "
-                               f"Person/{target}")
-            why = self._cluster_conflict(c, [p], others, {})
-            if why is not None:
-                raise conflict(f"{p} cannot join the person of {cand}: {why}")
+            blocked = next(((p, q) for q in others if P.blocked(c, p, q)), None)
+            self._refuse_union([p], others, blocked, f"{p} cannot join the person of {cand}",
+                               _HIDDEN_CONFLICT)
             if target is None:
                 founder = self._own_person(c, cand, base, ASSURANCE_USER)
                 events.append(founder)
