@@ -191,12 +191,14 @@ def test_read_models_written_under_older_rules_are_a_warning_until_rebuilt(tmp_p
         assert checks["read-model:search"]["status"] == "pass"
     assert "stale" not in run_hub(settings, "projections", "status").stdout
 
-    # as an older release left them: the timeline with no version, the index with an older one
-    for file, meta, sql in (("timeline", "t_meta", "DELETE FROM t_meta WHERE key='rules'"),
-                            ("search", "sp_meta", "UPDATE sp_meta SET value=0 WHERE key='rules'")):
+    # as an older release left them: the timeline with no version, the index with the one
+    # before UCUM units were kept in canonical form
+    for file, meta, now, sql in (
+            ("timeline", "t_meta", 1, "DELETE FROM t_meta WHERE key='rules'"),
+            ("search", "sp_meta", 2, "UPDATE sp_meta SET value=1 WHERE key='rules'")):
         db = sqlite3.connect(settings.data_dir / f"{file}.sqlite")
         with db:
-            assert db.execute(f"SELECT value FROM {meta} WHERE key='rules'").fetchone() == (1,)
+            assert db.execute(f"SELECT value FROM {meta} WHERE key='rules'").fetchone() == (now,)
             db.execute(sql)
         db.close()
     with LiveServer(settings) as live:
@@ -207,6 +209,7 @@ def test_read_models_written_under_older_rules_are_a_warning_until_rebuilt(tmp_p
             assert "older release's rules" in check["output"]
             assert f"hub projections rebuild {name}" in check["output"]
         assert "Period with only an end" in checks["read-model:timeline"]["output"]
+        assert "5.4 mmol/L by umol/L" in checks["read-model:search"]["output"]
         assert checks["read-model:person"]["status"] == "pass"
         status = run_hub(settings, "projections", "status").stdout
         assert ("stale: written under an older release's rules (a resource timed by a Period "

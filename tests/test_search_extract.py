@@ -190,13 +190,13 @@ def test_quantity_and_metric_prefixes():
 
     a, b, c = (ex(q(500, "mg"))["value-quantity"][0], ex(q(0.5, "g"))["value-quantity"][0],
                ex(q(0.0005, "kg"))["value-quantity"][0])
-    assert a == Quantity(500.0, UCUM, "mg", "mg", 0.5, "g")
+    assert a == Quantity(500.0, UCUM, "mg", "mg", 0.0005, "kg")
     assert (a.canonical_value, a.canonical_code) == (b.canonical_value, b.canonical_code)
-    assert (c.canonical_value, c.canonical_code) == (0.5, "g")
+    assert (c.canonical_value, c.canonical_code) == (0.0005, "kg")
     m = ex(q(5.4, "mmol/L"))["value-quantity"][0]
-    assert (m.canonical_value, m.canonical_code) == (0.0054, "mol/L")
-    assert ucum_canonical("10*9/L") == ucum_canonical("10*3/uL") == (9, "/L")
-    assert ucum_canonical("min") == (0, "min")  # a minute is not a milli-inch
+    assert (m.canonical_value, m.canonical_code) == (5.4, "mol/m**3")
+    assert ucum_canonical("10*9/L") == ucum_canonical("10*3/uL")
+    assert ucum_canonical("min").to(2) == 120 and ucum_canonical("min").unit == "s"  # not a milli-inch
     # not UCUM: no canonical folding
     o = ex({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
             "valueQuantity": {"value": 3, "system": "urn:local", "code": "mg"}})
@@ -207,7 +207,28 @@ def test_quantity_and_metric_prefixes():
     assert ex(d)["value-quantity"][0].value == 1.5
     assert ex(parse_json(b'{"resourceType":"Observation","status":"final","code":{"text":"x"},'
                          b'"valueQuantity":{"value":1.50,"system":"http://unitsofmeasure.org",'
-                         b'"code":"g"}}'))["value-quantity"][0].canonical_value == 1.5
+                         b'"code":"g"}}'))["value-quantity"][0].canonical_value == 0.0015
+
+
+@pytest.mark.parametrize("a,x,b,y", [
+    ("mmol/L", 5.4, "umol/L", 5400), ("g/L", 120, "g/dL", 12), ("10*9/L", 6.2, "10*3/uL", 6.2),
+    ("/min", 72, "/s", 1.2), ("Cel", 100, "[degF]", 212), ("Cel", 37, "K", 310.15),
+    ("[lb_av]", 1, "kg", 0.45359237), ("[in_i]", 1, "cm", 2.54), ("mm[Hg]", 750.0616827, "kPa", 100),
+    ("{cells}/uL", 450, "/uL", 450), ("%", 45, "1", 0.45), ("m[IU]/mL", 20, "[IU]/L", 20),
+    ("deg", 180, "rad", 3.141592653589793), ("mo", 12, "a", 1),
+])
+def test_ucum_units_meet_in_canonical_form(a, x, b, y):
+    fa, fb = ucum_canonical(a), ucum_canonical(b)
+    assert fa.unit == fb.unit
+    assert fa.to(x) == pytest.approx(fb.to(y), rel=1e-6)  # (pint: mm[Hg] 133.322387 Pa)
+
+
+@pytest.mark.parametrize("a,b", [("[IU]/L", "/L"), ("Cel", "Cel/h"), ("mg", "mL"), ("xyz", "g"),
+                                 ("[pH]", "1"), ("dB", "1")])
+def test_ucum_units_apart_stay_apart(a, b):
+    assert ucum_canonical(a).unit != ucum_canonical(b).unit
+    for code in ("xyz", "[pH]", "dB", "Cel/h", "{score}", ""):  # not understood: as written
+        assert ucum_canonical(code) == (1.0, 0, 0.0, code)
 
 
 # --- reference --------------------------------------------------------------------------------

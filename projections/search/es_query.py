@@ -539,9 +539,16 @@ def _date_test(prefix: str | None, v: RangeValue, lo: str, hi: str, point: bool 
     raise bad_request(f"Unknown prefix {prefix!r}")
 
 
-def _number_test(prefix: str | None, r: RangeValue, col: str) -> dict:
+def _json_range(r: RangeValue) -> RangeValue:
     # JSON has no infinities: a bound beyond any double is the largest double
-    v = RangeValue(*(max(-1.7e308, min(1.7e308, x)) for x in (r.lo, r.hi, r.value)))
+    def c(x: float) -> float:
+        return max(-1.7e308, min(1.7e308, x))
+
+    return RangeValue(c(r.lo), c(r.hi), c(r.value), r.gap)
+
+
+def _number_test(prefix: str | None, r: RangeValue, col: str) -> dict:
+    v = _json_range(r)
     if prefix in (None, "eq"):
         return _range(col, gte=v.lo, lt=v.hi)
     if prefix == "ne":
@@ -575,8 +582,7 @@ def _quantity_test(prefix: str | None, v: QuantityValue, f) -> dict:
 
 
 def _range_number_test(prefix: str | None, r: RangeValue, lo: str, hi: str) -> dict:
-    op, a, b = range_bounds(prefix, RangeValue(*(max(-1.7e308, min(1.7e308, x))
-                                                 for x in (r.lo, r.hi, r.value))))
+    op, a, b = range_bounds(prefix, _json_range(r))
     if op in ("in", "not-in"):
         test = _and(_range(lo, gte=a), _range(hi, lt=b))
         return test if op == "in" else _not(test)

@@ -38,10 +38,12 @@ from projections.search.plan import (
 
 # the version of the extraction rules, recorded by each index; raise it when what is extracted
 # changes, so that an index written under the last one is stale until rebuilt. 1: a quantity's
-# stated unit, and Ranges of number and quantity parameters (indexes written before carry none)
-RULES = 1
-OLDER_RULES = ("a quantity may not be found by its stated unit, nor a Range by its number or "
-               "quantity parameter")
+# stated unit, and Ranges of number and quantity parameters (indexes written before carry none);
+# 2: a UCUM quantity in its canonical unit (ucum.py), not only with metric prefixes folded
+RULES = 2
+OLDER_RULES = ("a UCUM quantity may not be found in a unit of another form, 5.4 mmol/L by "
+               "umol/L, 37 Cel by [degF], nor one written before the stated unit and Ranges "
+               "were kept by its stated unit, nor a Range by its number or quantity parameter")
 
 __all__ = [
     "CONVERTERS", "UCUM", "CompileError", "DateRange", "Plan", "Quantity", "Ref", "Str", "Token",

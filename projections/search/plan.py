@@ -14,7 +14,7 @@ token      ``Token(system, code, text, type_system, type_code)``: text is Coding
 date       ``DateRange(start, end)``: [start, end) in µs since the epoch, UTC; open Period ends are ±inf
 number     ``float``
 quantity   ``Quantity(value, system, code, unit, canonical_value, canonical_code)``: for UCUM units
-           that differ only by metric prefix the canonical pair agrees (5 mg -> 0.005 g)
+           the value in the unit's canonical form (``ucum.py``: 5 mg -> 5e-06 kg, 37 Cel -> 310.15 K)
 number,    ``ValueRange(lo, hi, system, code, unit, canonical_lo, canonical_hi, canonical_code)``
 quantity   for a Range (``Condition.onsetRange``, ``useContext.valueRange``, a RiskAssessment
            probability): its two ends, an open one infinite
@@ -50,6 +50,7 @@ from hub.core.fhirtime import local_zone, parse_range
 from hub.core.jsontypes import TYPES as ELEMENTS
 from hub.core.resource import RESOURCE_TYPES
 from projections.search.params import SearchParam, indexed_params, params_for
+from projections.search.ucum import ucum_canonical
 
 
 class Str(NamedTuple):
@@ -121,60 +122,6 @@ def normalize(s: str) -> str:
 
 
 UCUM = "http://unitsofmeasure.org"
-_PREFIX = {"Y": 24, "Z": 21, "E": 18, "P": 15, "T": 12, "G": 9, "M": 6, "k": 3, "h": 2, "da": 1,
-           "d": -1, "c": -2, "m": -3, "u": -6, "n": -9, "p": -12, "f": -15, "a": -18, "z": -21,
-           "y": -24}
-_METRIC = {"g", "m", "s", "L", "l", "mol", "eq", "osm", "Pa", "J", "W", "N", "Hz", "kat", "U",
-           "[iU]", "[IU]", "V", "A", "Ohm", "K", "cd", "bar", "Bq", "Gy", "Sv", "cal", "t",
-           "m[Hg]", "m[H2O]", "Cel"}
-_TERM = re.compile(r"([./]?)((?:\{[^}]*\}|[^./{])+)")
-_TEN_POWER = re.compile(r"10[*^]([+-]?\d+)")
-_EXPONENT = re.compile(r"^(.*?)([+-]?\d+)?$")
-
-
-@lru_cache(maxsize=4096)
-def ucum_canonical(code: str) -> tuple[int, str]:
-    """(power of ten, unit) such that 1 ``code`` = 10**power ``unit``, folding metric prefixes only.
-
-    ``mg`` -> (-3, ``g``); ``mmol/L`` -> (-3, ``mol/L``); ``10*9/L`` -> (9, ``/L``); a unit with
-    parentheses, or one not understood, is its own canonical form (0, code).
-    """
-    if "(" in code or not code:
-        return 0, code
-    power, terms, pos = 0, [], 0
-    for m in _TERM.finditer(code):
-        if m.start() != pos:
-            return 0, code
-        pos = m.end()
-        op, term = m.group(1), m.group(2)
-        sign = -1 if op == "/" else 1
-        ten = _TEN_POWER.fullmatch(term)
-        if ten:
-            power += sign * int(ten.group(1))
-            continue
-        m_exp = _EXPONENT.match(term)
-        assert m_exp is not None  # both of its groups may be empty: it matches any term
-        atom, exp = m_exp.groups()
-        exp_n = int(exp) if exp else 1
-        prefix = ""
-        if atom not in _METRIC:
-            for p in ("da", atom[:1]):
-                if atom.startswith(p) and atom[len(p):] in _METRIC and p in _PREFIX:
-                    prefix, atom = p, atom[len(p):]
-                    break
-        power += sign * exp_n * _PREFIX.get(prefix, 0)
-        terms.append(op + ("L" if atom == "l" else atom) + (exp or ""))
-    if pos != len(code):
-        return 0, code
-    unit = "".join(terms).lstrip(".") or "1"
-    return power, unit
-
-
-def _scaled(value: float, power: int) -> float:
-    # dividing by an exact power of ten keeps 5 mg == 0.005 g exactly
-    return value * 10.0 ** power if power >= 0 else value / 10.0 ** -power
-
-
 # ---------------------------------------------------------------------------------------------
 # Converters: one FHIR value -> index values, chosen at compile time by (parameter type, FHIR type)
 
@@ -380,8 +327,8 @@ def _c_quantity(v, root, out):
     system, code, unit = v.get("system"), v.get("code"), v.get("unit")
     cvalue, ccode = value, code
     if system == UCUM and type(code) is str:
-        power, ccode = ucum_canonical(code)
-        cvalue = _scaled(value, power)
+        form = ucum_canonical(code)
+        cvalue, ccode = form.to(value), form.unit
     out.append(Quantity(value, system, code, unit, cvalue, ccode))
     if type(unit) is str and unit and unit != code:
         # R4: "5.4||mg" matches where "either the code or the stated human unit" is mg. The
@@ -402,11 +349,11 @@ def _c_range(v, root, out):
         return
     units = {_end_unit(q) for q, x in ((low, lo), (high, hi)) if x is not None}
     if len(units) > 1:  # ends in units that differ (rng-2 wants the same): UCUM-comparable only
-        canon = {ucum_canonical(c)[1] if s == UCUM and type(c) is str else None
+        canon = {ucum_canonical(c).unit if s == UCUM and type(c) is str else None
                  for s, c, _ in units}
         if len(canon) != 1 or None in canon:
             return
-        ends = [_scaled(x, ucum_canonical(q["code"])[0]) if x is not None else None
+        ends = [ucum_canonical(q["code"]).to(x) if x is not None else None
                 for q, x in ((low, lo), (high, hi))]
         out.append(ValueRange(-math.inf if ends[0] is None else ends[0],
                               math.inf if ends[1] is None else ends[1], UCUM, None, None,
@@ -417,8 +364,8 @@ def _c_range(v, root, out):
     lo_, hi_ = -math.inf if lo is None else lo, math.inf if hi is None else hi
     clo, chi, ccode = lo_, hi_, code
     if system == UCUM and type(code) is str:
-        power, ccode = ucum_canonical(code)
-        clo, chi = _scaled(lo_, power), _scaled(hi_, power)
+        form = ucum_canonical(code)
+        clo, chi, ccode = form.to(lo_), form.to(hi_), form.unit
     out.append(ValueRange(lo_, hi_, system, code, unit, clo, chi, ccode))
     if type(unit) is str and unit and unit != code:  # the stated unit, as for a Quantity
         out.append(ValueRange(lo_, hi_, None, unit, unit, clo, chi, None))

@@ -94,6 +94,9 @@ class RangeValue:
     lo: float
     hi: float
     value: float
+    # ``ap``'s half-width where it is not 10 % of ``value``: a quantity in a canonical unit
+    # reached by an offset (37 Cel is 310.15 K: 10 % of 37 Cel, not of 310.15 K)
+    gap: float | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ class QuantityValue:
     number: RangeValue
     system: str | None
     code: str | None
-    canonical: RangeValue | None = None  # the number in the canonical unit (UCUM prefixes folded)
+    canonical: RangeValue | None = None  # the number in the UCUM canonical unit (ucum.py)
     canonical_code: str | None = None
 
 
@@ -314,9 +317,11 @@ def _quantity(raw: str) -> QuantityValue:
     code = parts[2] if len(parts) > 2 and parts[2] else None
     canonical = ccode = None
     if code and system in (None, "http://unitsofmeasure.org"):
-        power, ccode = ucum_canonical(code)
-        scale = (lambda x: x * 10.0 ** power) if power >= 0 else (lambda x: x / 10.0 ** -power)
-        canonical = holding(scale(number.lo), scale(number.hi), scale(number.value))
+        form = ucum_canonical(code)
+        ccode = form.unit  # an affine map (Cel, [degF]) rises too: the range keeps its order
+        canonical = holding(form.to(number.lo), form.to(number.hi), form.to(number.value))
+        if form.offset:
+            canonical = replace(canonical, gap=abs(form.to(number.value) - form.to(0)) * 0.1)
         if not math.isfinite(canonical.lo) or not math.isfinite(canonical.hi):
             raise bad_request(f"{raw!r} is out of range")
     return QuantityValue(number, system, code, canonical, ccode)
@@ -686,7 +691,7 @@ def approx(v: RangeValue, now_us: float | None = None, is_date: bool = False) ->
         now = now_us if now_us is not None else time.time() * 1e6
         gap = max(abs(now - v.lo), abs(now - v.hi)) * 0.1
         return v.lo - gap, v.hi + gap
-    gap = abs(v.value) * 0.1
+    gap = abs(v.value) * 0.1 if v.gap is None else v.gap
     return min(v.lo, v.value - gap), max(v.hi, v.value + gap)
 
 

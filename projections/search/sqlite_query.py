@@ -86,10 +86,8 @@ def _ucum_value(c2: str | None, num: float | None, ccode: str) -> float | None:
     """A composite's quantity (``system|code``, value) in the canonical unit ``ccode``, or None."""
     if num is None or c2 is None or not c2.startswith(UCUM_BAR):
         return None
-    power, unit = ucum_canonical(c2[len(UCUM_BAR):])
-    if unit != ccode:
-        return None
-    return num * 10.0 ** power if power >= 0 else num / 10.0 ** -power
+    form = ucum_canonical(c2[len(UCUM_BAR):])
+    return form.to(num) if form.unit == ccode else None
 
 
 class Args(Protocol):
