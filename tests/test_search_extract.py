@@ -487,3 +487,32 @@ def test_extraction_never_raises_on_odd_valid_fhir(d):
                 assert isinstance(v, Quantity) and math.isfinite(v.canonical_value)
             elif p.type == "composite":
                 assert isinstance(v, tuple) and len(v) == len(p.components)
+
+
+def test_the_derived_unit_forms_are_what_ucumvert_gives():
+    """The common units' forms are read from a table derived ahead (a process meeting only those
+    never builds ucumvert's registry, a second of every server's, follower's and command's
+    start); the table must say what the registry says, or searches would differ by unit."""
+    from projections.search import ucum
+
+    reg = ucum._load()
+    derived = ucum._derived()
+    assert len(derived) > 1300
+    for code, form in derived.items():
+        try:
+            expected = ucum._canonical(reg, code)
+        except Exception:  # noqa: BLE001 - not a unit ucumvert knows: matched as written
+            expected = ucum._as_written(code)
+        assert form == expected, code
+
+
+def test_common_units_are_canonical_without_building_the_registry():
+    import subprocess
+    import sys
+
+    code = ("from projections.search import ucum\n"
+            "for u in ('mmol/L', 'umol/L', 'Cel', '[degF]', 'g/dL', '10*9/L', '/min', 'mm[Hg]'):\n"
+            "    ucum.ucum_canonical(u)\n"
+            "assert ucum._registry is None\n"
+            "assert ucum.ucum_canonical('mmol/L').to(5.4) == ucum.ucum_canonical('umol/L').to(5400)\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
