@@ -1033,6 +1033,10 @@ class Repository:
         if result.body is not None and result.rid is not None and not self._open \
                 and not self._body_shown(ctx.actor, result.rtype, result.rid, result.body):
             result.body = None
+            if result.found:  # found by a key: where it is, but no version or time (each
+                # write of it would be told), as a conditional update of it answers
+                result.version = result.last_updated = None
+                result.hidden = True
         return result
 
     def _refusals(self, ops: list[Op], ctx: Context) -> dict[int, FhirError]:
@@ -1111,20 +1115,26 @@ class Repository:
         if self._open:
             return None
 
-        def sees(rtype: str, rids: list[str], params: list[tuple[str, str]]) -> list[str]:
+        def sees(rtype: str, rids: list[str], params: list[tuple[str, str]]
+                 ) -> tuple[list[str], bool]:
             if all(n in KEY_PARAMETERS for n, _ in params):
                 # a key (an identifier, an id) is one record's: another under the same key
                 # would be the duplicate the key forbids, so a hidden match stays a match
-                # (its content is not handed out: ``complete``), told only to who names the key
-                return rids
+                # (its content, version and time are not handed out: ``complete``), told only
+                # to who names the key; how many there are is not (a 412 would count them)
+                if len(rids) < 2 or not self.may_hide(ctx, rtype, narrowed=False):
+                    return rids, False
+                found = self._latest_many(rtype, rids)
+                return rids, not all(r in found and self._shown(ctx.actor, rtype, r, found[r][1])
+                                     for r in rids)
             # a _has or a chain holds only through what the caller sees, as in a search
             groups = _dependent_groups(self._searcher().parse(rtype, list(params), False)) \
                 if any(n.startswith("_has:") or "." in n for n, _ in params) else []
             if not self.may_hide(ctx, rtype, narrowed=False, across=bool(groups)):
-                return rids
+                return rids, False
             found = self._latest_many(rtype, rids)
             return [r for r in rids if r in found and self._shown(ctx.actor, rtype, r, found[r][1])
-                    and all(self._holds(ctx, rtype, r, g) for g in groups)]
+                    and all(self._holds(ctx, rtype, r, g) for g in groups)], False
         return sees
 
     def _check_content(self, ctx: Context, letter: str, rtype: str, d: dict, what: str) -> None:

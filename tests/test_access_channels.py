@@ -443,6 +443,58 @@ def test_conditional_writes_match_only_what_the_caller_sees(guarded):
         assert c.get(f"/Observation/{psy['id']}").status_code == 200
 
 
+def test_a_conditional_create_by_key_of_a_hidden_record_tells_no_version_nor_count(guarded):
+    """By a key a conditional create finds a hidden record and answers where it is: it also
+    told its version and time (ETag, Last-Modified, a Location with ``_history/2``, a Bundle
+    entry's ``etag`` and ``lastModified``), so a caller followed every change of a record it may
+    not read; and a 412 counted the hidden matches beside the ones it sees."""
+    hidden_p, shown_p = patient(rid=unique()[:16]), patient(rid=unique()[:16])
+    key = unique()[:12]
+    secret = {**_obs(hidden_p["id"]), "identifier": [{"system": "urn:probe:obs", "value": key}]}
+    many = unique()[:12]
+    twins = [{**_obs(p["id"]), "identifier": [{"system": "urn:probe:obs", "value": many}]}
+             for p in (shown_p, shown_p, hidden_p)]
+    _write(guarded, hidden_p, shown_p, _optout(hidden_p["id"]), secret, *twins)
+    with _http(guarded, guarded.h1) as c:
+        assert _put(c, {**secret, "status": "amended"}).status_code == 200  # version 2
+    h2 = guarded.client_auth(roles=("connector",), scope="system/*.cruds", institution="H2")
+    body = {k: v for k, v in secret.items() if k != "id"}
+    where = f"{guarded.base}/Observation/{secret['id']}"
+    with _http(guarded, h2) as c:
+        assert c.get(f"/Observation/{secret['id']}").status_code == 403
+        for criteria in (f"identifier=urn:probe:obs|{key}", f"_id={secret['id']}"):
+            r = c.post("/Observation", json=body, headers={**FHIR_JSON, "if-none-exist": criteria})
+            assert r.status_code == 200, r.text
+            assert r.headers.get("location") == where, (criteria, r.headers)
+            assert "etag" not in r.headers and "last-modified" not in r.headers, r.headers
+            assert "amended" not in r.text and "_history" not in r.text
+            tx = {"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": body, "request": {"method": "POST", "url": "Observation",
+                                               "ifNoneExist": criteria}}]}
+            r = c.post("", json=tx, headers=FHIR_JSON)
+            assert r.status_code == 200, r.text
+            entry = r.json()["entry"][0]
+            assert entry["response"]["location"] == f"Observation/{secret['id']}", entry
+            assert "etag" not in entry["response"] and "lastModified" not in entry["response"]
+        # two it sees and one it does not under one key: too many, not how many
+        criteria = f"identifier=urn:probe:obs|{many}"
+        r = c.post("/Observation", json=body, headers={**FHIR_JSON, "if-none-exist": criteria})
+        assert r.status_code == 412 and "matched more than one Observation" in r.text, r.text
+        tx = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {**body, "focus": [{"reference": f"Observation?{criteria}"}]},
+             "request": {"method": "POST", "url": "Observation"}}]}
+        r = c.post("", json=tx, headers=FHIR_JSON)
+        assert r.status_code == 412 and "matched more than one resource" in r.text, r.text
+    with _http(guarded, guarded.h1) as c:  # who sees them all is told as before
+        r = c.post("/Observation", json=body, headers={
+            **FHIR_JSON, "if-none-exist": f"identifier=urn:probe:obs|{key}"})
+        assert r.status_code == 200 and r.headers["etag"] == 'W/"2"', r.headers
+        assert r.headers["location"] == f"{where}/_history/2"
+        r = c.post("/Observation", json=body, headers={
+            **FHIR_JSON, "if-none-exist": f"identifier=urn:probe:obs|{many}"})
+        assert r.status_code == 412 and "matched 3 Observation" in r.text, r.text
+
+
 def test_the_history_of_a_deleted_record_is_hidden_as_the_record(guarded):
     p = patient(rid=unique()[:16])
     gone = _obs(p["id"])
