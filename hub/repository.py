@@ -545,12 +545,13 @@ class Repository:
         return self._hub.store.find_by_identifier(rtype, system, value)
 
     def history(self, ctx: Context, *, rtype: str | None = None, rid: str | None = None,
-                count: int, settle: bool = False, **window: Any
-                ) -> tuple[list[VersionRow], int | None, int | None]:
-        """The versions the caller may see among the next ``count`` of a history (newest first),
-        the position to go on from (None: no more) and, with ``settle``, the time (µs) this
-        history is complete up to (else None). A page may show fewer than ``count``, none even,
-        and still have a next one: what it held was hidden.
+                count: int, settle: bool = False, before_nid: int | None = None,
+                **window: Any) -> tuple[list[VersionRow], int | None, int | None]:
+        """The next ``count`` versions of a history the caller may see (newest first), the
+        position to go on from (None: no more) and, with ``settle``, the time (µs) this history
+        is complete up to (else None). Hidden versions are passed over, as a search's page is
+        filled past hidden matches (``_fill``): reading on for at most ``FILL_SCAN`` versions a
+        page, after which it is answered as it is (fewer, none even) with a next one.
 
         The time is the clock read under the writers' lock before the versions are, less
         SETTLE_US (as a bulk export's transactionTime): a write commits at most SETTLE_US after
@@ -565,19 +566,45 @@ class Repository:
             if rtype is not None and rid is not None:  # a refused or unknown one is recorded
                 self._require_history(ctx, rtype, rid)
             settled = None
-            if rtype == AUDIT and self._records is not None:
-                rows = self._audit_history(rid, limit=count + 1, **window)
-            else:
-                if settle:  # read before the versions: all stamped before it are committed
-                    settled = self._hub.store.settled_position()[1] - SETTLE_US
-                rows = self._hub.store.history(rtype=rtype, rid=rid, limit=count + 1,
-                                               not_types=tuple(VIEW_TYPES), **window)
-            more = count > 0 and len(rows) > count
-            rows = rows[:count]
-            return ([r for r in rows if self._version_shown(ctx.actor, r)],
-                    rows[-1].nid if more and rows else None, settled)
+            audit = rtype == AUDIT and self._records is not None
+            if settle and not audit:  # read before the versions: all stamped before it are
+                settled = self._hub.store.settled_position()[1] - SETTLE_US  # committed
+
+            def read(before: int | None, limit: int) -> list[VersionRow]:
+                if audit:
+                    return self._audit_history(rid, before_nid=before, limit=limit, **window)
+                return self._hub.store.history(rtype=rtype, rid=rid, before_nid=before,
+                                               limit=limit, not_types=tuple(VIEW_TYPES),
+                                               **window)
+            page, after = self._history_page(ctx, read, before_nid, count)
+            return page, after, settled
         return self.audited(ctx, action, run,
                              lambda page: [(r.rtype, r.rid, r.state) for r in page[0]])
+
+    def _history_page(self, ctx: Context, read: Callable[[int | None, int], list[VersionRow]],
+                      before: int | None, count: int) -> tuple[list[VersionRow], int | None]:
+        """The next ``count`` versions the caller sees, read (``read(before, limit)``, newest
+        first) from position ``before`` on, and the position of the last version read when
+        more follow (None: the history ends). Walking ``_count=1`` pages, an empty page for
+        each hidden version told how many there were and, narrowing ``_since``, when each was
+        written; versions are read on past hidden ones, a larger read after the first, up to
+        ``FILL_SCAN`` of them."""
+        if count <= 0:
+            return [], None
+        page: list[VersionRow] = []
+        scanned, limit = 0, count + 1  # all shown: one read, as many as the page and one more
+        while True:
+            rows = read(before, limit)
+            for row in rows:
+                if len(page) == count or scanned >= FILL_SCAN:
+                    return page, before  # this row follows: a next page
+                scanned += 1
+                before = row.nid
+                if self._version_shown(ctx.actor, row):
+                    page.append(row)
+            if len(rows) < limit:
+                return page, None
+            limit = max(count - len(page), 100) + 1
 
     def plan_history(self, ctx: Context, *, rtype: str | None = None, rid: str | None = None,
                      at: bool = False) -> None:
@@ -1033,6 +1060,10 @@ class Repository:
         if result.body is not None and result.rid is not None and not self._open \
                 and not self._body_shown(ctx.actor, result.rtype, result.rid, result.body):
             result.body = None
+            if result.found:  # found by a key: where it is, but no version or time (each
+                # write of it would be told), as a conditional update of it answers
+                result.version = result.last_updated = None
+                result.hidden = True
         return result
 
     def _refusals(self, ops: list[Op], ctx: Context) -> dict[int, FhirError]:
@@ -1111,20 +1142,26 @@ class Repository:
         if self._open:
             return None
 
-        def sees(rtype: str, rids: list[str], params: list[tuple[str, str]]) -> list[str]:
+        def sees(rtype: str, rids: list[str], params: list[tuple[str, str]]
+                 ) -> tuple[list[str], bool]:
             if all(n in KEY_PARAMETERS for n, _ in params):
                 # a key (an identifier, an id) is one record's: another under the same key
                 # would be the duplicate the key forbids, so a hidden match stays a match
-                # (its content is not handed out: ``complete``), told only to who names the key
-                return rids
+                # (its content, version and time are not handed out: ``complete``), told only
+                # to who names the key; how many there are is not (a 412 would count them)
+                if len(rids) < 2 or not self.may_hide(ctx, rtype, narrowed=False):
+                    return rids, False
+                found = self._latest_many(rtype, rids)
+                return rids, not all(r in found and self._shown(ctx.actor, rtype, r, found[r][1])
+                                     for r in rids)
             # a _has or a chain holds only through what the caller sees, as in a search
             groups = _dependent_groups(self._searcher().parse(rtype, list(params), False)) \
                 if any(n.startswith("_has:") or "." in n for n, _ in params) else []
             if not self.may_hide(ctx, rtype, narrowed=False, across=bool(groups)):
-                return rids
+                return rids, False
             found = self._latest_many(rtype, rids)
             return [r for r in rids if r in found and self._shown(ctx.actor, rtype, r, found[r][1])
-                    and all(self._holds(ctx, rtype, r, g) for g in groups)]
+                    and all(self._holds(ctx, rtype, r, g) for g in groups)], False
         return sees
 
     def _check_content(self, ctx: Context, letter: str, rtype: str, d: dict, what: str) -> None:

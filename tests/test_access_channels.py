@@ -513,6 +513,102 @@ def test_conditional_writes_match_only_what_the_caller_sees(guarded):
         assert c.get(f"/Observation/{psy['id']}").status_code == 200
 
 
+def test_a_conditional_create_by_key_of_a_hidden_record_tells_no_version_nor_count(guarded):
+    """By a key a conditional create finds a hidden record and answers where it is: it also
+    told its version and time (ETag, Last-Modified, a Location with ``_history/2``, a Bundle
+    entry's ``etag`` and ``lastModified``), so a caller followed every change of a record it may
+    not read; and a 412 counted the hidden matches beside the ones it sees."""
+    hidden_p, shown_p = patient(rid=unique()[:16]), patient(rid=unique()[:16])
+    key = unique()[:12]
+    secret = {**_obs(hidden_p["id"]), "identifier": [{"system": "urn:probe:obs", "value": key}]}
+    many = unique()[:12]
+    twins = [{**_obs(p["id"]), "identifier": [{"system": "urn:probe:obs", "value": many}]}
+             for p in (shown_p, shown_p, hidden_p)]
+    _write(guarded, hidden_p, shown_p, _optout(hidden_p["id"]), secret, *twins)
+    with _http(guarded, guarded.h1) as c:
+        assert _put(c, {**secret, "status": "amended"}).status_code == 200  # version 2
+    h2 = guarded.client_auth(roles=("connector",), scope="system/*.cruds", institution="H2")
+    body = {k: v for k, v in secret.items() if k != "id"}
+    where = f"{guarded.base}/Observation/{secret['id']}"
+    with _http(guarded, h2) as c:
+        assert c.get(f"/Observation/{secret['id']}").status_code == 403
+        for criteria in (f"identifier=urn:probe:obs|{key}", f"_id={secret['id']}"):
+            r = c.post("/Observation", json=body, headers={**FHIR_JSON, "if-none-exist": criteria})
+            assert r.status_code == 200, r.text
+            assert r.headers.get("location") == where, (criteria, r.headers)
+            assert "etag" not in r.headers and "last-modified" not in r.headers, r.headers
+            assert "amended" not in r.text and "_history" not in r.text
+            tx = {"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": body, "request": {"method": "POST", "url": "Observation",
+                                               "ifNoneExist": criteria}}]}
+            r = c.post("", json=tx, headers=FHIR_JSON)
+            assert r.status_code == 200, r.text
+            entry = r.json()["entry"][0]
+            assert entry["response"]["location"] == f"Observation/{secret['id']}", entry
+            assert "etag" not in entry["response"] and "lastModified" not in entry["response"]
+        # two it sees and one it does not under one key: too many, not how many
+        criteria = f"identifier=urn:probe:obs|{many}"
+        r = c.post("/Observation", json=body, headers={**FHIR_JSON, "if-none-exist": criteria})
+        assert r.status_code == 412 and "matched more than one Observation" in r.text, r.text
+        tx = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {**body, "focus": [{"reference": f"Observation?{criteria}"}]},
+             "request": {"method": "POST", "url": "Observation"}}]}
+        r = c.post("", json=tx, headers=FHIR_JSON)
+        assert r.status_code == 412 and "matched more than one resource" in r.text, r.text
+    with _http(guarded, guarded.h1) as c:  # who sees them all is told as before
+        r = c.post("/Observation", json=body, headers={
+            **FHIR_JSON, "if-none-exist": f"identifier=urn:probe:obs|{key}"})
+        assert r.status_code == 200 and r.headers["etag"] == 'W/"2"', r.headers
+        assert r.headers["location"] == f"{where}/_history/2"
+        r = c.post("/Observation", json=body, headers={
+            **FHIR_JSON, "if-none-exist": f"identifier=urn:probe:obs|{many}"})
+        assert r.status_code == 412 and "matched 3 Observation" in r.text, r.text
+
+
+def _walk(c: httpx.Client, url: str) -> tuple[list[str], int]:
+    """The versions (``id/etag``) of a history walked page by page, and how many pages were
+    empty (each must have been the last)."""
+    seen, empty = [], 0
+    while url:
+        r = c.get(url)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        found = [f"{e['fullUrl'].rsplit('/', 1)[1]}/{e['response']['etag']}"
+                 for e in body.get("entry", ())]
+        seen += found
+        url = next((lk["url"] for lk in body["link"] if lk["relation"] == "next"), None)
+        empty += not found
+    return seen, empty
+
+
+def test_history_pages_are_filled_past_hidden_versions(guarded):
+    """Walking ``_count=1`` pages of a history, each hidden version made an empty page with a
+    ``next`` link: the pages counted the versions the caller may not see, and a ``_since``
+    narrowed between them dated each hidden write."""
+    hidden_p, shown_p = patient(rid=unique()[:16]), patient(rid=unique()[:16])
+    _write(guarded, hidden_p, shown_p, _optout(hidden_p["id"]))
+    moving, secret = _obs(shown_p["id"]), _obs(hidden_p["id"])
+    _write(guarded, moving)  # version 1: shown to H2
+    with _http(guarded, guarded.h1) as c:
+        since = c.get(f"/Observation/{moving['id']}").json()["meta"]["lastUpdated"]
+        for n, who in enumerate((hidden_p, hidden_p, shown_p, hidden_p, shown_p)):  # 2-6
+            assert _put(c, {**moving, "subject": {"reference": f"Patient/{who['id']}"},
+                            "valueQuantity": {"value": 60 + n, "unit": "/min"}}).status_code == 200
+            assert _put(c, {**secret, "valueQuantity": {"value": n, "unit": "/min"}}
+                        ).status_code in (200, 201)
+    shown = [f"{moving['id']}/W/\"{v}\"" for v in (6, 4, 1)]
+    since = since.replace("+", "%2B")
+    with _http(guarded, guarded.h2) as c:
+        for url in (f"/Observation/_history?_count=1&_since={since}",
+                    f"/_history?_count=1&_since={since}",
+                    f"/Observation/{moving['id']}/_history?_count=1",
+                    f"/Observation/_history?_count=2&_since={since}"):
+            seen, empty = _walk(c, url)
+            assert seen == shown and not empty, (url, seen, empty)
+    with _http(guarded, guarded.h1) as c:  # who sees them all pages them all
+        assert len(_walk(c, f"/Observation/_history?_count=1&_since={since}")[0]) == 11
+
+
 def test_the_history_of_a_deleted_record_is_hidden_as_the_record(guarded):
     p = patient(rid=unique()[:16])
     gone = _obs(p["id"])
@@ -531,8 +627,8 @@ def test_the_history_of_a_deleted_record_is_hidden_as_the_record(guarded):
 
 
 def test_a_history_page_of_hidden_versions_still_leads_to_the_visible_ones(guarded):
-    """Versions hidden from the caller do not end the history early: a page may show fewer
-    versions than _count, none even, and still link to the next."""
+    """Versions hidden from the caller do not end the history early: its pages read on past
+    them to the visible ones."""
     p, q = patient(rid=unique()[:16]), patient(rid=unique()[:16])
     _write(guarded, p, q, _optout(p["id"]))
     record = _obs(q["id"])
@@ -576,6 +672,26 @@ def test_pages_are_filled_with_what_a_caller_sees_not_left_empty(bare):
             params = None
         assert sorted(seen) == sorted(d["id"] for d in mine)
         assert pages == len(mine)  # no page for a hidden match
+
+
+def test_an_instance_history_under_a_query_scope_pages_no_empty_pages(bare):
+    """An instance's history shows the versions a scope's query selects: each version it left
+    out was an empty page with a ``next`` link."""
+    p = patient(rid=unique()[:16])
+    record = _obs(p["id"], category="laboratory")
+    _write(bare, p, record)
+    with _http(bare, bare.h1) as c:
+        for n, category in enumerate(("vital-signs", "vital-signs", "laboratory", "vital-signs",
+                                      "laboratory")):  # versions 2-6
+            assert _put(c, {**record, "valueQuantity": {"value": n, "unit": "/min"},
+                            "category": [{"coding": [{"system": CATEGORY, "code": category}]}]}
+                        ).status_code == 200
+    lab = bare.client_auth(roles=("clinician",), institution="H1",
+                           scope="system/Observation.rs?category=laboratory")
+    with _http(bare, lab) as c:
+        seen, empty = _walk(c, f"/Observation/{record['id']}/_history?_count=1")
+        assert seen == [f"{record['id']}/W/\"{v}\"" for v in (6, 4, 1)] and not empty, (seen,
+                                                                                        empty)
 
 
 def test_quality_reports_are_never_patched_or_deleted_nor_filed_by_others(bare):

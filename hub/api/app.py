@@ -457,6 +457,8 @@ def _write_response(request: Request, result: Result, *, location: bool = True) 
         assert result.rid is not None and result.last_updated is not None  # a stored version
         headers = version_headers(_base(request), result.rtype, result.rid, result.version,
                                   result.last_updated, location=location)
+    elif result.place is not None and location:
+        headers = {"Location": f"{_base(request)}/{result.place}"}
     mode = prefer_return(request)
     if mode == "minimal":
         return fhir_response(None, result.status, headers=headers)

@@ -390,6 +390,9 @@ def _write_entry(result: Result | FhirError, base: str, representation: bool | s
         response["location"] = f"{result.rtype}/{result.rid}/_history/{result.version}"
         response["etag"] = etag(result.version)
         response["lastModified"] = result.last_updated
+    elif result.place is not None:  # a hidden record a key found: where it is, no version
+        entry["fullUrl"] = f"{base}/{result.place}"
+        response["location"] = result.place
     if result.issues or representation == "outcome":  # Prefer: return=OperationOutcome
         issues = result.issues or [Issue("informational", "succeeded", "information")]
         response["outcome"] = {"resourceType": "OperationOutcome",

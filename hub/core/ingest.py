@@ -27,7 +27,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, cast
@@ -130,8 +130,9 @@ Authorize = Callable[[Op, StoredEvent], None]
 # Which of these ids of a type, found by the criteria, the caller sees (through what it sees,
 # for a ``_has`` or a chain): a conditional write's criteria match only those. A match hidden
 # from it would otherwise be told of by the answer: 403 or 412 where no match gives 200, 201
-# or 404, a Location, a reference rewritten to its id.
-Sees = Callable[[str, list[str], Query], list[str]]
+# or 404, a Location, a reference rewritten to its id. By a key the hidden matches stay (see
+# ``Repository``), and the flag says some are hidden: how many is then not told.
+Sees = Callable[[str, list[str], Query], tuple[list[str], bool]]
 
 
 @dataclass(slots=True)
@@ -149,6 +150,14 @@ class Result:
     # this write stored a new version (or the deletion): not a write that left what is stored
     # as it was (the same content, older than what is stored, a conditional create matched)
     written: bool = False
+    # a conditional create that found its record: one hidden from the caller (``hidden``, by a
+    # key it named) is answered with where it is (``place``), never its version or time
+    found: bool = False
+
+    @property
+    def place(self) -> str | None:
+        """``Type/id`` of a hidden record a conditional create found, for its Location."""
+        return f"{self.rtype}/{self.rid}" if self.found and self.hidden and self.rid else None
 
     @property
     def location(self) -> str | None:
@@ -421,10 +430,10 @@ class Hub:
     def _resolve_target(self, op: Op, earlier: list[Op], sees: Sees | None = None) -> None:
         if op.method == "POST":
             if op.if_none_exist:
-                found, capped = self._match(op.rtype, op.if_none_exist, earlier, sees)
+                found, how_many = self._match(op.rtype, op.if_none_exist, earlier, sees)
                 if len(found) > 1:
                     raise precondition_failed(
-                        f"If-None-Exist matched {_how_many(found, capped)} {op.rtype} resources; "
+                        f"If-None-Exist matched {how_many} {op.rtype} resources; "
                         "need at most one"
                     )
                 if found:
@@ -434,10 +443,10 @@ class Hub:
             if op.if_none_exist:
                 _meets_own_criteria(op, op.if_none_exist, "If-None-Exist")
         elif op.query is not None:
-            found, capped = self._match(op.rtype, op.query, earlier, sees)
+            found, how_many = self._match(op.rtype, op.query, earlier, sees)
             if len(found) > 1:
                 raise precondition_failed(
-                    f"The conditional {op.method} matched {_how_many(found, capped)} "
+                    f"The conditional {op.method} matched {how_many} "
                     f"{op.rtype} resources"
                 )
             if op.method == "PATCH" and not found:
@@ -485,14 +494,14 @@ class Hub:
         op.patched_from = version
 
     def _match(self, rtype: str, query: Query, earlier: list[Op],
-               sees: Sees | None = None) -> tuple[list[str], bool]:
-        """The ids ``query`` matches, and whether the search stopped at its cap (there may be
-        more than these)."""
+               sees: Sees | None = None) -> tuple[list[str], str]:
+        """The ids ``query`` matches, and how many to say they were (``_how_many``)."""
         matched = self.resolver.match(rtype, query)
         capped = len(matched) >= MATCH_LIMIT
-        found = set(matched)
+        found, veiled = set(matched), False
         if found and sees is not None:
-            found = set(sees(rtype, sorted(found), query))
+            shown, veiled = sees(rtype, sorted(found), query)
+            found = set(shown)
         same = sorted(query)
         for e in earlier:  # writes of this same transaction count too
             if e.rtype != rtype or e.existing:
@@ -505,7 +514,7 @@ class Hub:
                     # what they match, whatever they search by (name:exact=…: both created)
                     or (e.if_none_exist or e.query) and same == sorted(e.if_none_exist or e.query or ())):
                 found.add(e.target)
-        return sorted(found), capped
+        return sorted(found), _how_many(found, capped, veiled)
 
     def _rewrite_references(self, ops: list[Op], planned: list[int],
                             undo: list[tuple[Any, Any, str]], sees: Sees | None = None,
@@ -547,7 +556,7 @@ class Hub:
                 earlier = [ops[i] for i in planned]
                 if searched_at is None:  # the log position, read before the search
                     searched_at = self.store.max_notification_id()
-                found, capped = self._match(rtype, parse_query(query), earlier, sees)
+                found, how_many = self._match(rtype, parse_query(query), earlier, sees)
                 if len(found) > 1 and any(e.rtype == rtype and e.target in found and not e.existing
                                           and e.method == "POST" and e.if_none_exist is not None
                                           for e in earlier):
@@ -556,7 +565,7 @@ class Hub:
                     raise ConflictError(f"{rtype} matching {query[:200]!r} was created meanwhile")
                 if len(found) != 1:
                     raise precondition_failed(
-                        f"Conditional reference {ref!r} matched {_how_many(found, capped)} "
+                        f"Conditional reference {ref!r} matched {how_many} "
                         "resources; need one"
                     )
                 cache[ref] = f"{rtype}/{found[0]}"
@@ -799,7 +808,7 @@ class Hub:
         if op.existing:  # conditional create matched, or conditional delete matched nothing
             if op.method == "DELETE":
                 return Result(200, op.rtype, issues=[Issue("not-found", "Nothing matched; nothing deleted", "information")])
-            return Result(200, op.rtype, op.target)
+            return Result(200, op.rtype, op.target, found=True)
         # only a conditional delete that matched nothing (existing, above) has no target
         assert op.target is not None
         current = head.version if head else 0
@@ -1174,7 +1183,10 @@ def _no_connection(e: BaseException) -> bool:
     return type(cause).__name__ == "PoolTimeout" or "couldn't get a connection" in str(e)
 
 
-def _how_many(found: list[str], capped: bool) -> str:
+def _how_many(found: Collection[str], capped: bool, veiled: bool = False) -> str:
     """How many a conditional interaction matched, as far as its search read: a search stopped
-    at its cap says "at least" (the cap is no count)."""
+    at its cap says "at least" (the cap is no count); matches some of which are hidden from the
+    caller (by a key) are not counted, the count would tell how many it may not see."""
+    if veiled and len(found) > 1:
+        return "more than one"
     return f"at least {len(found)}" if capped else str(len(found))
