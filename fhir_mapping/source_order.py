@@ -30,9 +30,12 @@ from typing import Any
 
 URL = "https://fhir-region-hub.example/StructureDefinition/source-order"
 DEFAULT_OFFSET = timezone(timedelta(hours=8))  # a time the source gave without one: China
+# how far a stamp's time may be ahead of the hub's clock (a source's clock running fast): one
+# further ahead is refused, since every write of the record after it would read as older
+AHEAD = timedelta(hours=1)
 
-__all__ = ["URL", "Order", "from_extensions", "older_than", "order_of", "stamp", "strip",
-           "strip_all"]
+__all__ = ["AHEAD", "URL", "Order", "ahead", "from_extensions", "older_than", "order_of", "stamp",
+           "strip", "strip_all"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +151,18 @@ def older_than(new: Order | None, stored: Order | None) -> str | None:
     if t_new is not None and t_stored is not None and t_new < t_stored:
         return f"the source time {new.time} is older than the stored state's {stored.time}"
     return None
+
+
+def ahead(order: Order | None, now: datetime) -> str | None:
+    """Why a stamp must be refused: its time is later than ``now`` by more than ``AHEAD`` (a
+    write stamped 2099 would leave every later correction of the record older than it,
+    unwritten). None when it is not."""
+    t = instant(order.time) if order else None
+    if t is None or t <= now + AHEAD:
+        return None
+    hours = int(AHEAD.total_seconds() // 3600)
+    return (f"the source-order stamp ({URL}) time {order.time if order else ''} is later than "
+            f"the hub's clock by more than {hours} hour{'s' if hours != 1 else ''}")
 
 
 def strip_all(d: dict[str, Any]) -> dict[str, Any]:

@@ -101,6 +101,16 @@ APPEND_ONLY = frozenset({"AuditEvent"})
 VIEW_TYPES = frozenset({"Person"})
 
 
+def _institution(stored: StoredEvent) -> str | None:
+    """The institution a version's write came from; None for a deletion (whoever deletes a
+    record does not make it theirs) and a write that named none."""
+    head, _, body = stored.state.partition(b"\n")
+    if not body.strip():
+        return None
+    institution = (orjson.loads(head).get("source") or {}).get("institution")
+    return institution if isinstance(institution, str) and institution else None
+
+
 def _security_proxy(body: bytes) -> tuple[str, str] | None:
     """The local resource a Binary's ``securityContext`` names (``Type/id``, or absolute on this
     server's base, ``HUB_BASE_URL``, as the compartment test takes references), when it is no
@@ -1110,13 +1120,12 @@ class Repository:
             assert rid is not None  # the hub shows a write once its target is resolved
             state = stored.state
             if not state.partition(b"\n")[2].strip():  # a deletion, judged as the version it
-                # deleted: whose institution wrote that one owns the record (the deletion's
-                # source is whoever deleted it), and a scope that may not change that one is
-                # refused as on the live record, telling no deletion
+                # deleted: a scope that may not change that one is refused as on the live
+                # record, telling no deletion
                 state = self._judged(op.rtype, rid, stored) or state
-            head, _, body = state.partition(b"\n")
-            header = orjson.loads(head)
-            if not self.policy.may_change(ctx.actor, op.rtype, rid, header.get("source") or {}):
+            body = state.partition(b"\n")[2]
+            if not self.policy.may_change(ctx.actor, op.rtype, rid,
+                                          lambda: self._institution_of(op.rtype, rid, stored)):
                 raise forbidden(f"{op.rtype}/{rid} was written by another institution; this "
                                 "caller changes only its own institution's records")
             # a write to a record the caller is not shown goes on (a feed keeps its own records
@@ -1136,6 +1145,22 @@ class Repository:
             self._check_content(ctx, "d" if op.method == "DELETE" else "u", op.rtype, d,
                                 f"{op.rtype}/{rid} as stored")
         return check
+
+    def _institution_of(self, rtype: str, rid: str, stored: StoredEvent) -> str | None:
+        """The institution a record is of: the one its earliest version naming an institution
+        came from (its creator), whoever changed or deleted it since: a steward's or an
+        administrator's edit, which may name another institution or none, hands it to no one.
+        None: no write of it named one (loaded without an institution). Its first version is
+        read (a lookup by key) unless ``stored`` is it; all of them only when it names none."""
+        first = stored if stored.originator_version == 1 else self._hub.store.version(rtype, rid, 1)
+        found = _institution(first) if first is not None else None
+        if found is not None or stored.originator_version == 1:
+            return found
+        for version in reversed(self._hub.store.versions(rtype, rid)):
+            found = _institution(version)
+            if found is not None:
+                return found
+        return None
 
     def _sees(self, ctx: Context) -> Sees | None:
         """What of a conditional write's matches the caller sees (``Hub.execute``)."""

@@ -7,11 +7,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
+import httpx
 import orjson
 
 from fhir_mapping import hl7v2, quality
 from fhir_mapping.base import SourceInfo
 from fhir_mapping.source_order import Order, older_than
+from tests.conftest import FHIR_JSON
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CLEAN = (FIXTURES / "quality" / "wst500-C0002-clean.xml").read_text("utf-8")
@@ -186,6 +188,50 @@ def test_an_older_adt_message_does_not_roll_the_encounter_or_patient_back(client
     latest = client.get(f"/Encounter/{enc_id}").json()
     assert "/ 07 /" in latest["location"][0]["location"]["display"]
     assert client.get(f"/Patient/{pat_id}").json()["telecom"][0]["value"] == "13900000011"
+
+
+def test_a_source_order_ahead_of_the_hubs_clock_is_refused(live):
+    """A REST write stamped 2099 was stored, and the lab's later correction then read as older
+    and was lost: a stamp more than an hour ahead of the hub's clock is refused (422), a write
+    or a delete, and the feed's next message goes through."""
+    from datetime import timedelta
+
+    from fhir_mapping.source_order import URL
+
+    auth = live.client_auth(roles=("connector",), scope="system/*.cruds", institution="H0731")
+    with httpx.Client(base_url=live.base, timeout=30, auth=auth,
+                      headers={"accept": "application/fhir+json"}) as c:
+        new, _ = _post_batch(c, adt_a08("A08-1000", "20240316100000", "20240316100001", "05",
+                                        "13900000010"))
+        enc_id = next(r["id"] for r in new.resources if r["resourceType"] == "Encounter")
+        enc = c.get(f"/Encounter/{enc_id}").json()
+
+        def stamped(when: str) -> dict:
+            return {**enc, "meta": {"extension": [
+                {"url": URL, "extension": [{"url": "time", "valueDateTime": when}]}]}}
+
+        r = c.put(f"/Encounter/{enc_id}", json=stamped("2099-01-01T00:00:00+08:00"),
+                  headers=FHIR_JSON)
+        assert r.status_code == 422 and URL in r.text and "2099" in r.text, r.text
+        r = c.patch(f"/Encounter/{enc_id}", json=[{"op": "add", "path": "/meta/extension",
+                                                   "value": stamped("2099")["meta"]["extension"]}],
+                    headers={"content-type": "application/json-patch+json"})
+        assert r.status_code == 422 and URL in r.text, r.text
+        delete = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {
+            "method": "DELETE", "url": f"Encounter/{enc_id}", "extension": [
+                {"url": URL, "extension": [{"url": "time", "valueDateTime": "2099-01-01"}]}]}}]}
+        r = c.post("", json=delete, headers=FHIR_JSON)
+        assert r.json()["entry"][0]["response"]["status"].startswith("422"), r.text
+        assert c.get(f"/Encounter/{enc_id}").json()["meta"]["versionId"] == enc["meta"]["versionId"]
+        # the correction an hour later is written
+        _post_batch(c, adt_a08("A08-1100", "20240316110000", "20240316110001", "07",
+                               "13900000011"))
+        latest = c.get(f"/Encounter/{enc_id}").json()
+        assert "/ 07 /" in latest["location"][0]["location"]["display"]
+        # a source's clock a little fast (within the hour) is no reason to refuse
+        soon = (datetime.now(timezone.utc) + timedelta(minutes=30)).isoformat(timespec="seconds")
+        r = c.put(f"/Encounter/{enc_id}", json=stamped(soon), headers=FHIR_JSON)
+        assert r.status_code == 200 and "not written" not in r.text, r.text
 
 
 def test_order_rules():

@@ -280,6 +280,37 @@ def test_a_deleted_record_stays_its_writers_institutions(world):
         assert _put(c, {**p, "gender": "female"}).status_code == 201
 
 
+def test_a_stewards_edit_leaves_the_record_its_creators(world):
+    """The institution that created a record owns it whoever edits it since: a steward's note
+    (a steward of another institution, or of none) handed it to the last writer, so H1's own
+    correction was refused and H2's connector changed H1's lab value."""
+    p = patient(rid=unique()[:16])
+    first, second = ({**observation(f"Patient/{p['id']}"), "id": unique()[:16]} for _ in range(2))
+    with _http(world, world.connector_h1) as c:
+        for d in (p, first, second):
+            assert _put(c, d).status_code == 201
+    noted = [{"text": "checked by the data steward"}]
+    h3 = world.live.client_auth(roles=("steward",), scope="system/Observation.cruds",
+                                institution="H3")
+    nowhere = world.live.client_auth(roles=("steward",), scope="system/Observation.cruds")
+    with _http(world, h3) as c:  # a steward changes any institution's record
+        assert _put(c, {**first, "note": noted}).status_code == 200
+    with _http(world, nowhere) as c:
+        assert _put(c, {**second, "note": noted}).status_code == 200
+    corrected = {"value": 61, "unit": "/min"}
+    with _http(world, world.connector_h2) as c:  # still H1's, whoever edited them last
+        for d in (first, second):
+            r = _put(c, {**d, "valueQuantity": {"value": 1, "unit": "/min"}})
+            assert r.status_code == 403 and "another institution" in r.text, r.text
+            assert c.delete(f"/Observation/{d['id']}").status_code == 403
+    with _http(world, world.connector_h1) as c:  # H1 corrects its own
+        for d in (first, second):
+            r = _put(c, {**d, "note": noted, "valueQuantity": corrected})
+            assert r.status_code == 200, r.text
+            stored = c.get(f"/Observation/{d['id']}").json()
+            assert stored["valueQuantity"] == corrected and stored["meta"]["versionId"] == "3"
+
+
 def test_a_conditional_write_cannot_reach_another_institutions_record(world):
     """Criteria find the record to change: the one found must be the caller's own, as when it is
     named by id (conditional update and delete, alone and in a transaction)."""

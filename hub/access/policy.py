@@ -41,6 +41,7 @@ decides:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -294,12 +295,16 @@ class AccessPolicy:
         if self.consents is not None and "Consent" in rtypes:
             self.consents.changed()
 
-    def may_change(self, actor: Actor, rtype: str, rid: str, source: dict) -> bool:
-        """A connector changes what its own institution wrote, nothing another one did."""
+    def may_change(self, actor: Actor, rtype: str, rid: str,
+                   owner: Callable[[], str | None]) -> bool:
+        """A connector changes what its own institution wrote, nothing another one did: the
+        record's institution is the one that created it, whoever changed it since (a steward
+        or administrator may change anything, and taking its edit for the owner's handed the
+        record to the steward's institution, or to anyone's when the steward has none)."""
         if actor.kind == "system" or actor.roles & {"steward", "admin"}:
             return True
-        owner = source.get("institution")
-        return not owner or owner == actor.institution
+        institution = owner()
+        return not institution or institution == actor.institution
 
 
 def _admits_all(scope: Scope) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
@@ -76,9 +77,11 @@ class Policy(Protocol):
         content, its consents and a ``patient/`` scope's compartment showing it? Another version
         of the record may then be selected (a history judges each version)."""
 
-    def may_change(self, actor: Actor, rtype: str, rid: str, source: dict) -> bool:
-        """May ``actor`` update or delete a stored resource whose current version came from
-        ``source`` (institution, feed)?"""
+    def may_change(self, actor: Actor, rtype: str, rid: str,
+                   owner: Callable[[], str | None]) -> bool:
+        """May ``actor`` update or delete a stored resource whose institution ``owner`` tells
+        (the one that created it, None: none did; asked only when needed, it may read the
+        record's versions)?"""
 
     def admits(self, actor: Actor, letter: str, rtype: str, resource: dict) -> bool:
         """Does a scope of ``actor`` that grants ``letter`` (``c``, ``u``, ``d``) on ``rtype``
@@ -116,7 +119,8 @@ class OpenPolicy:
     def hidden_by_query(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         return False
 
-    def may_change(self, actor: Actor, rtype: str, rid: str, source: dict) -> bool:
+    def may_change(self, actor: Actor, rtype: str, rid: str,
+                   owner: Callable[[], str | None]) -> bool:
         return True
 
     def admits(self, actor: Actor, letter: str, rtype: str, resource: dict) -> bool:

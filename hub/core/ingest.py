@@ -366,6 +366,14 @@ class Hub:
             except FhirError as e:
                 fail(i, e)
                 planned.remove(i)
+        # a source order ahead of the hub's clock (a patch's too, now applied): refused
+        now = datetime.fromtimestamp(self.clock()[1] / 1_000_000, timezone.utc)
+        for i in list(planned):
+            ahead = source_order.ahead(_order_of(ops[i]), now)
+            if ahead:
+                fail(i, FhirError(422, "invalid", f"{ahead}: every later write of the record "
+                                  "would be left as older"))
+                planned.remove(i)
 
         # 2. references
         pinned: list[QuietGuard] = []  # what conditional references resolved to
