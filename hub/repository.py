@@ -25,7 +25,7 @@ from fhir_mapping.documents import is_quality_report
 from hub.core.access import OPEN, Action, Actor, Policy, own_base, patients_in
 from hub.core.conditional import IdentifierResolver
 from hub.core.errors import FhirError, bad_request, forbidden, not_found
-from hub.core.ingest import SETTLE_US, Authorize, Context, Hub, Op, Result, Sees
+from hub.core.ingest import SETTLE_US, Authorize, Context, Foreign, Hub, Op, Result, Sees
 from hub.core.resource import RESOURCE_TYPES
 from hub.core.store import ResourceStore, VersionRow
 from projections.search import canonical
@@ -1045,11 +1045,12 @@ class Repository:
         try:
             if not refused:
                 return self._hub.execute(ops, ctx, atomic=atomic, authorize=self._owner(ctx),
-                                         sees=self._sees(ctx))
+                                         sees=self._sees(ctx), foreign=self._foreign(ctx))
             if atomic:
                 raise next(iter(refused.values()))
             return self._merge(ops, refused, lambda allowed: self._hub.execute(
-                allowed, ctx, atomic=False, authorize=self._owner(ctx), sees=self._sees(ctx)))
+                allowed, ctx, atomic=False, authorize=self._owner(ctx), sees=self._sees(ctx),
+                foreign=self._foreign(ctx)))
         finally:
             self.policy.written({op.rtype for op in ops})
 
@@ -1058,7 +1059,8 @@ class Repository:
         try:
             return self._merge(ops, refused,
                                lambda allowed: self._hub.execute_batch(
-                                   allowed, ctx, self._owner(ctx), self._sees(ctx)))
+                                   allowed, ctx, self._owner(ctx), self._sees(ctx),
+                                   self._foreign(ctx)))
         finally:
             self.policy.written({op.rtype for op in ops})
 
@@ -1161,6 +1163,25 @@ class Repository:
             if found is not None:
                 return found
         return None
+
+    def _foreign(self, ctx: Context) -> Foreign | None:
+        """Which stored records a conditional write of this caller must not take as its own
+        (``Hub.execute``): patient data another institution wrote, for a caller of an
+        institution that may not change it. Shared resources (Practitioner, Organization,
+        Location, Medication, terminology) resolve across institutions."""
+        if self._open or not ctx.actor.institution:
+            return None
+        data = patient_data_types()
+
+        def foreign(rtype: str, rid: str) -> bool:
+            if rtype not in data:
+                return False
+            stored = self._hub.store.latest(rtype, rid)
+            if stored is None:  # written by this same request
+                return False
+            return not self.policy.may_change(
+                ctx.actor, rtype, rid, lambda: self._institution_of(rtype, rid, stored))
+        return foreign
 
     def _sees(self, ctx: Context) -> Sees | None:
         """What of a conditional write's matches the caller sees (``Hub.execute``)."""

@@ -517,7 +517,8 @@ def test_a_conditional_create_by_key_of_a_hidden_record_tells_no_version_nor_cou
     """By a key a conditional create finds a hidden record and answers where it is: it also
     told its version and time (ETag, Last-Modified, a Location with ``_history/2``, a Bundle
     entry's ``etag`` and ``lastModified``), so a caller followed every change of a record it may
-    not read; and a 412 counted the hidden matches beside the ones it sees."""
+    not read; and a 412 counted the hidden matches beside the ones it sees. (A caller that may
+    change it: a steward of another institution; a connector of one is refused, 412.)"""
     hidden_p, shown_p = patient(rid=unique()[:16]), patient(rid=unique()[:16])
     key = unique()[:12]
     secret = {**_obs(hidden_p["id"]), "identifier": [{"system": "urn:probe:obs", "value": key}]}
@@ -527,9 +528,14 @@ def test_a_conditional_create_by_key_of_a_hidden_record_tells_no_version_nor_cou
     _write(guarded, hidden_p, shown_p, _optout(hidden_p["id"]), secret, *twins)
     with _http(guarded, guarded.h1) as c:
         assert _put(c, {**secret, "status": "amended"}).status_code == 200  # version 2
-    h2 = guarded.client_auth(roles=("connector",), scope="system/*.cruds", institution="H2")
+    h2 = guarded.client_auth(roles=("steward",), scope="system/*.cruds", institution="H2")
     body = {k: v for k, v in secret.items() if k != "id"}
     where = f"{guarded.base}/Observation/{secret['id']}"
+    feed = guarded.client_auth(roles=("connector",), scope="system/*.cruds", institution="H2")
+    with _http(guarded, feed) as c:
+        r = c.post("/Observation", json=body, headers={
+            **FHIR_JSON, "if-none-exist": f"identifier=urn:probe:obs|{key}"})
+        assert r.status_code == 412 and secret["id"] not in r.text, r.text
     with _http(guarded, h2) as c:
         assert c.get(f"/Observation/{secret['id']}").status_code == 403
         for criteria in (f"identifier=urn:probe:obs|{key}", f"_id={secret['id']}"):
@@ -563,6 +569,97 @@ def test_a_conditional_create_by_key_of_a_hidden_record_tells_no_version_nor_cou
         r = c.post("/Observation", json=body, headers={
             **FHIR_JSON, "if-none-exist": f"identifier=urn:probe:obs|{many}"})
         assert r.status_code == 412 and "matched 3 Observation" in r.text, r.text
+
+
+def _tx(*entries: dict) -> dict:
+    return {"resourceType": "Bundle", "type": "transaction", "entry": list(entries)}
+
+
+def test_a_conditional_create_never_takes_another_institutions_record(guarded):
+    """H2 wrote a Patient and an Observation under H1's identifiers; H1's conditional creates by
+    those keys resolved to them: H1's demographics and value were stored nowhere, its lab result
+    pointed at a Patient H2 could then redefine as someone else. Now refused (412, a connector's
+    dead letter), nothing of H1's written; shared types still resolve across institutions."""
+    h2 = guarded.client_auth(roles=("connector",), scope="system/*.cruds", institution="H2")
+    mrn, obs_key, org_key = unique()[:12], unique()[:12], unique()[:12]
+    squat = {"resourceType": "Patient", "identifier": [{"system": "urn:h1:mrn", "value": mrn}],
+             "name": [{"family": "假"}], "birthDate": "2000-01-01"}
+    lab = {**observation("urn:uuid:2"), "identifier": [{"system": "urn:h1:obs", "value": obs_key}]}
+    with _http(guarded, h2) as c:
+        r = c.post("/Patient", json=squat, headers=FHIR_JSON)
+        assert r.status_code == 201, r.text
+        squat_id = r.json()["id"]
+        r = c.put("/Observation", params={"identifier": f"urn:h1:obs|{obs_key}"}, headers=FHIR_JSON,
+                  json={**lab, "subject": {"reference": f"Patient/{squat_id}"},
+                        "valueQuantity": {"value": 10.1, "unit": "mmol/L"}})
+        assert r.status_code == 201, r.text
+        org = {"resourceType": "Organization", "name": "Shared lab",
+               "identifier": [{"system": "urn:region:org", "value": org_key}]}
+        r = c.post("/Organization", json=org, headers=FHIR_JSON)
+        assert r.status_code == 201, r.text
+        org_id = r.json()["id"]
+    mine = {**squat, "name": [{"family": "孙", "given": ["七"]}], "birthDate": "1955-05-05"}
+    by_mrn = f"identifier=urn:h1:mrn|{mrn}"
+    with _http(guarded, guarded.h1) as c:
+        r = c.post("", headers=FHIR_JSON, json=_tx(
+            {"fullUrl": "urn:uuid:1", "resource": mine,
+             "request": {"method": "POST", "url": "Patient", "ifNoneExist": by_mrn}},
+            {"fullUrl": "urn:uuid:2", "resource": {**lab, "subject": {"reference": "urn:uuid:1"}},
+             "request": {"method": "POST", "url": "Observation"}}))
+        assert r.status_code == 412 and "another institution wrote" in r.text, r.text
+        assert squat_id not in r.text
+        # a conditional reference to it is refused alike
+        r = c.post("", headers=FHIR_JSON, json=_tx(
+            {"resource": {**lab, "subject": {"reference": f"Patient?{by_mrn}"}},
+             "request": {"method": "POST", "url": "Observation"}}))
+        assert r.status_code == 412 and "another institution wrote" in r.text, r.text
+        r = c.post("/Observation", headers={**FHIR_JSON,
+                                            "if-none-exist": f"identifier=urn:h1:obs|{obs_key}"},
+                   json={**lab, "subject": {"reference": f"Patient/{squat_id}"},
+                         "valueQuantity": {"value": 12.3, "unit": "mmol/L"}})
+        assert r.status_code == 412 and "another institution wrote" in r.text, r.text
+        assert c.get("/Observation", params={"subject": f"Patient/{squat_id}",
+                                             "value-quantity": "15.5"}).json()["total"] == 0
+        assert c.get(f"/Patient/{squat_id}").json()["name"] == [{"family": "假"}]
+        # a shared resource is the region's: found whoever wrote it
+        r = c.post("/Organization", json=org, headers={
+            **FHIR_JSON, "if-none-exist": f"identifier=urn:region:org|{org_key}"})
+        assert r.status_code == 200 and r.json()["id"] == org_id, r.text
+        r = c.post("", headers=FHIR_JSON, json=_tx(
+            {"resource": {**mine, "identifier": [{"system": "urn:h1:mrn", "value": unique()[:12]}],
+                          "managingOrganization": {
+                              "reference": f"Organization?identifier=urn:region:org|{org_key}"}},
+             "request": {"method": "POST", "url": "Patient"}}))
+        assert r.status_code == 200, r.text
+    with _http(guarded, h2) as c:  # H2's own conditional create still finds its own record
+        r = c.post("/Patient", json=squat, headers={**FHIR_JSON, "if-none-exist": by_mrn})
+        assert r.status_code == 200 and r.json()["id"] == squat_id, r.text
+
+
+def test_a_conditional_update_by_other_criteria_makes_no_second_record_under_a_key(guarded):
+    """H2's conditional PUT by subject matched only H1's record, hidden from H2 by a consent, so
+    it created another carrying H1's identifier; from then on H1's correction by that key
+    answered 412 "matched 2". Now the create is refused; other creates by such criteria go on."""
+    p = patient(rid=unique()[:16])
+    key = unique()[:12]
+    hidden = {**_obs(p["id"]), "identifier": [{"system": "urn:h1:obs", "value": key}]}
+    _write(guarded, p, _optout(p["id"]), hidden)
+    h2 = guarded.client_auth(roles=("connector",), scope="system/*.cruds", institution="H2")
+    body = {k: v for k, v in hidden.items() if k != "id"}
+    with _http(guarded, h2) as c:
+        assert c.get(f"/Observation/{hidden['id']}").status_code == 403
+        r = c.put("/Observation", params={"subject": f"Patient/{p['id']}"}, json=body,
+                  headers=FHIR_JSON)
+        assert r.status_code == 412 and "another institution wrote" in r.text, r.text
+        assert hidden["id"] not in r.text
+        fresh = {**body, "identifier": [{"system": "urn:h2:obs", "value": unique()[:12]}]}
+        r = c.put("/Observation", params={"subject": f"Patient/{p['id']}"}, json=fresh,
+                  headers=FHIR_JSON)
+        assert r.status_code == 201, r.text  # the hidden match answers as none, as before
+    with _http(guarded, guarded.h1) as c:
+        r = c.put("/Observation", params={"identifier": f"urn:h1:obs|{key}"},
+                  json={**body, "status": "amended"}, headers=FHIR_JSON)
+        assert r.status_code == 200 and r.json()["id"] == hidden["id"], r.text
 
 
 def _walk(c: httpx.Client, url: str) -> tuple[list[str], int]:

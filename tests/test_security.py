@@ -601,7 +601,8 @@ def test_everything_and_system_search_count_only_what_the_caller_sees(world):
 def test_a_matched_conditional_create_does_not_hand_out_what_the_caller_may_not_read(world):
     """A conditional create that finds the record answers with where it is, and with its content
     only to a caller who may read it: here the patient has opted out of sharing beyond the
-    institution that recorded them, so another institution's connector gets no content."""
+    institution that recorded them, so another institution's steward gets no content (its
+    connector is refused: it may not take the record as its own)."""
     opted_out = patient(rid=unique()[:16])
     with _http(world, world.connector_h1) as c:
         assert _put(c, opted_out).status_code == 201
@@ -609,6 +610,13 @@ def test_a_matched_conditional_create_does_not_hand_out_what_the_caller_may_not_
     again = {k: v for k, v in opted_out.items() if k != "id"}
     want = {**FHIR_JSON, "prefer": "return=representation"}
     with _http(world, world.connector_h2) as c:
+        r = c.post("/Patient", json=again, headers={
+            **want, "if-none-exist": f"identifier={again['identifier'][0]['system']}|"
+                                     f"{again['identifier'][0]['value']}"})
+        assert r.status_code == 412 and opted_out["id"] not in r.text, r.text
+    steward = world.live.client_auth(roles=("steward",), scope="system/*.cruds",
+                                     institution="H2")
+    with _http(world, steward) as c:
         assert c.get(f"/Patient/{opted_out['id']}").status_code == 403
         r = c.post("/Patient", json=again, headers={
             **want, "if-none-exist": f"identifier={again['identifier'][0]['system']}|"

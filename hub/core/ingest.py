@@ -133,6 +133,10 @@ Authorize = Callable[[Op, StoredEvent], None]
 # or 404, a Location, a reference rewritten to its id. By a key the hidden matches stay (see
 # ``Repository``), and the flag says some are hidden: how many is then not told.
 Sees = Callable[[str, list[str], Query], tuple[list[str], bool]]
+# Is this stored record (type, id) patient data another institution wrote, one the caller may
+# not take as its own: a conditional create, a conditional reference or a create by criteria
+# naming no key is refused rather than resolved to it or made beside it (412)
+Foreign = Callable[[str, str], bool]
 
 
 @dataclass(slots=True)
@@ -233,12 +237,14 @@ class Hub:
 
     def execute(self, ops: list[Op], ctx: Context, *, atomic: bool,
                 authorize: Authorize | None = None,
-                sees: Sees | None = None) -> list[Result | FhirError]:
+                sees: Sees | None = None,
+                foreign: Foreign | None = None) -> list[Result | FhirError]:
         """Plan and commit ``ops`` as one transaction; with ``atomic`` any failure fails all.
 
         ``authorize`` is shown each write's target as stored when it is planned (criteria
         resolved), and raises a FhirError for one the caller may not change; criteria match
-        only what ``sees`` keeps."""
+        only what ``sees`` keeps; what ``foreign`` says is another institution's is never
+        taken as the caller's own (``_refuse_foreign``)."""
         undo: list[tuple[Any, Any, str]] = []  # reference rewrites, reverted before a retry
         # a few quick retries, then on for a while: a loaded machine slows every attempt down,
         # and a writer that lost a race this time is the likelier winner the next
@@ -263,7 +269,7 @@ class Hub:
         while attempt < RETRIES or time.monotonic() < deadline:
             attempt += 1
             try:
-                return self._attempt(ops, ctx, atomic, undo, authorize, sees)
+                return self._attempt(ops, ctx, atomic, undo, authorize, sees, foreign)
             except OperationalError as e:
                 # no connection to be had (PostgreSQL's were cut, the pool replaces them): nothing
                 # was written, so planned again a moment later rather than a 503 at once
@@ -277,7 +283,8 @@ class Hub:
         raise FhirError(409, "conflict", "Too many concurrent changes to the same resources; retry")
 
     def execute_batch(self, ops: list[Op], ctx: Context, authorize: Authorize | None = None,
-                      sees: Sees | None = None) -> list[Result | FhirError]:
+                      sees: Sees | None = None,
+                      foreign: Foreign | None = None) -> list[Result | FhirError]:
         """Independent writes (a batch): as if run one after another, committed in few transactions.
 
         Writes that name the same resource (or the same conditional criteria) cannot share a
@@ -294,7 +301,8 @@ class Hub:
                 (later if key in keys else now).append(i)
                 keys.add(key)
             for i, result in zip(now, self.execute([ops[i] for i in now], ctx, atomic=False,
-                                                   authorize=authorize, sees=sees)):
+                                                   authorize=authorize, sees=sees,
+                                                   foreign=foreign)):
                 results[i] = result
             todo = later
         return results  # type: ignore[return-value]
@@ -302,7 +310,8 @@ class Hub:
     def _attempt(self, ops: list[Op], ctx: Context, atomic: bool,
                  undo: list[tuple[Any, Any, str]],
                  authorize: Authorize | None = None,
-                 sees: Sees | None = None) -> list[Result | FhirError]:
+                 sees: Sees | None = None,
+                 foreign: Foreign | None = None) -> list[Result | FhirError]:
         results: list[Result | FhirError | None] = [None] * len(ops)
 
         def fail(i: int, err: FhirError) -> None:
@@ -327,7 +336,7 @@ class Hub:
                     # matched nothing and created its resources again
                     op.if_none_exist = _placed(op.if_none_exist, placed)
                     op.query = _placed(op.query, placed)
-                self._resolve_target(op, ops[:i] if atomic else [], sees)
+                self._resolve_target(op, ops[:i] if atomic else [], sees, foreign)
                 planned.append(i)
                 if atomic and op.full_url and op.target and op.method in ("POST", "PUT"):
                     placed[op.full_url] = f"{op.rtype}/{op.target}"
@@ -378,7 +387,7 @@ class Hub:
         # 2. references
         pinned: list[QuietGuard] = []  # what conditional references resolved to
         if atomic:
-            pinned = self._rewrite_references(ops, planned, undo, sees, searched_at)
+            pinned = self._rewrite_references(ops, planned, undo, sees, searched_at, foreign)
         else:
             # entries of a batch are independent (R4): one that names another entry, or a
             # conditional reference (a transaction's only), fails alone; stored, it pointed
@@ -435,7 +444,8 @@ class Hub:
             results[i] = result
         return results  # type: ignore[return-value]
 
-    def _resolve_target(self, op: Op, earlier: list[Op], sees: Sees | None = None) -> None:
+    def _resolve_target(self, op: Op, earlier: list[Op], sees: Sees | None = None,
+                        foreign: Foreign | None = None) -> None:
         if op.method == "POST":
             if op.if_none_exist:
                 found, how_many = self._match(op.rtype, op.if_none_exist, earlier, sees)
@@ -445,11 +455,13 @@ class Hub:
                         "need at most one"
                     )
                 if found:
+                    _refuse_foreign(foreign, op.rtype, found[0], "The If-None-Exist criteria match")
                     op.target, op.existing = found[0], True
                     return
             op.target = new_id()
             if op.if_none_exist:
                 _meets_own_criteria(op, op.if_none_exist, "If-None-Exist")
+                self._refuse_beside_foreign(op, op.if_none_exist, foreign)
         elif op.query is not None:
             found, how_many = self._match(op.rtype, op.query, earlier, sees)
             if len(found) > 1:
@@ -477,12 +489,32 @@ class Hub:
                 op.target = found[0] if found else (body_id or new_id())
                 if not found:
                     _meets_own_criteria(op, op.query, "conditional update")
+                    self._refuse_beside_foreign(op, op.query, foreign)
             else:
                 op.target = found[0] if found else None
                 op.existing = not found  # nothing to delete
             op.matched = bool(found)
         else:
             op.target = op.rid
+
+    def _refuse_beside_foreign(self, op: Op, criteria: Query, foreign: Foreign | None) -> None:
+        """412 for a conditional write about to create, by criteria naming no key, a resource
+        carrying an identifier (``system|value``) that a record of its type another institution
+        wrote holds: by such criteria that record may be hidden from the caller (a consent), so
+        it matched nothing, and a second record under its key would make the owner's own
+        conditional writes by that key match two. Criteria naming a key find the record
+        themselves, hidden or not."""
+        if foreign is None or op.d is None or any(
+                name.partition(":")[0] in ("identifier", "_id") for name, _ in criteria):
+            return
+        for system, value in res.identifiers(op.d):
+            if not system or not value:
+                continue
+            for rid in self.store.find_by_identifier(op.rtype, system, value):
+                if rid != op.target:
+                    _refuse_foreign(foreign, op.rtype, rid,
+                                    f"The identifier {system}|{value} of the {op.rtype} "
+                                    "it creates is held by")
 
     @staticmethod
     def _apply_patch(op: Op, stored: StoredEvent | None) -> None:
@@ -526,7 +558,8 @@ class Hub:
 
     def _rewrite_references(self, ops: list[Op], planned: list[int],
                             undo: list[tuple[Any, Any, str]], sees: Sees | None = None,
-                            searched_at: int | None = None) -> list[QuietGuard]:
+                            searched_at: int | None = None,
+                            foreign: Foreign | None = None) -> list[QuietGuard]:
         """Rewrite the placeholders and conditional references of the planned writes; returns
         the guards that keep each resource a conditional reference resolved to unchanged until
         the commit (changed meanwhile, it may match no longer: the group is planned again)."""
@@ -576,6 +609,7 @@ class Hub:
                         f"Conditional reference {ref!r} matched {how_many} "
                         "resources; need one"
                     )
+                _refuse_foreign(foreign, rtype, found[0], f"Conditional reference {ref[:200]!r} matches")
                 cache[ref] = f"{rtype}/{found[0]}"
                 pinned.append(QuietGuard(rtype, searched_at, found[0]))
             return cache[ref]
@@ -976,6 +1010,19 @@ def _meets_own_criteria(op: Op, query: Query, what: str) -> None:
     raise bad_request(f"The resource does not meet the {what} criteria {name}={value!r}: "
                       f"{why}, so the same request sent again would match nothing and create "
                       f"another", f"{op.rtype}.{name.lstrip('_')}")
+
+
+def _refuse_foreign(foreign: Foreign | None, rtype: str, rid: str, what: str) -> None:
+    """412 when ``rtype/rid`` is a record of patient data another institution wrote (``foreign``):
+    resolved to it, a conditional create would drop what the caller sent (its demographics, its
+    value) and attach the caller's other entries to a person another institution controls. Not
+    a 409, which a connector sends again for ever: refused, its message waits in the
+    connector's dead letters for a steward. Neither the record's id nor its content is told."""
+    if foreign is not None and foreign(rtype, rid):
+        raise precondition_failed(
+            f"{what} a record another institution wrote ({rtype}); a conditional write never "
+            "takes another institution's record of patient data as this caller's own (a "
+            "steward settles which person it is)")
 
 
 def _criteria(op: Op) -> Query | None:
