@@ -111,6 +111,16 @@ def _institution(stored: StoredEvent) -> str | None:
     return institution if isinstance(institution, str) and institution else None
 
 
+def _recorder(head: bytes) -> str | None:
+    """The institution a stored version was written under (its header's ``source``)."""
+    try:
+        source = orjson.loads(head).get("source")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    inst = source.get("institution") if isinstance(source, dict) else None
+    return inst if isinstance(inst, str) and inst else None
+
+
 def _security_proxy(body: bytes) -> tuple[str, str] | None:
     """The local resource a Binary's ``securityContext`` names (``Type/id``, or absolute on this
     server's base, ``HUB_BASE_URL``, as the compartment test takes references), when it is no
@@ -309,6 +319,13 @@ class Repository:
         """Whether a stored state (header line, resource JSON) may be handed out."""
         return self._open or self._body_shown(actor, rtype, rid, state.partition(b"\n")[2])
 
+    def _owner_of(self, rtype: str, rid: str) -> str | None:
+        """The institution that recorded a record: the one its first version was written under
+        (a later writer, a steward's correction, does not make it theirs: every version is
+        judged as the record's)."""
+        first = self._hub.store.version(rtype, rid, 1)
+        return _recorder(first.state.partition(b"\n")[0]) if first is not None else None
+
     def _body_shown(self, actor: Actor, rtype: str, rid: str, body: bytes) -> bool:
         """Whether a resource (its JSON) may be handed out. A Binary secured by another resource
         (R4 Binary.securityContext: "the Binary is treated as having the same security as the
@@ -323,9 +340,11 @@ class Repository:
         proxy = _security_proxy(body) if rtype == "Binary" else None
         behind = self._judged(*proxy, self._hub.store.latest(*proxy)) if proxy else None
         if proxy is None or behind is None:
-            return self.policy.visible(actor, rtype, rid, body)
+            return self.policy.visible(actor, rtype, rid, body,
+                                       lambda: self._owner_of(rtype, rid))
         return self.policy.scopes_select(actor, rtype, rid, body) and \
-            self.policy.visible(actor, *proxy, behind.partition(b"\n")[2])
+            self.policy.visible(actor, *proxy, behind.partition(b"\n")[2],
+                                lambda: self._owner_of(*proxy))
 
     def _judged(self, rtype: str, rid: str, stored: StoredEvent | None) -> bytes | None:
         """The stored state a version is judged by (None: none): a deletion, which holds no
@@ -712,7 +731,8 @@ class Repository:
         state = self._judged(rtype, rid, self._hub.store.latest(rtype, rid))
         body = state.partition(b"\n")[2] if state is not None else b""
         return state is not None and not (rtype == "Binary" and _security_proxy(body)) \
-            and self.policy.hidden_by_query(actor, rtype, rid, body)
+            and self.policy.hidden_by_query(actor, rtype, rid, body,
+                                            lambda: self._owner_of(rtype, rid))
 
     def _any_version_shown(self, ctx: Context, rtype: str, rid: str) -> bool:
         before: int | None = None
@@ -1094,6 +1114,7 @@ class Repository:
                 if not self._open and op.d is not None:
                     self._check_content(ctx, "c" if op.method == "POST" else "u", op.rtype,
                                         op.d, "the resource written")
+                    self._check_consent(ctx, op.rtype, op.d)
                 if not self._open and op.patch is not None:  # its result, once the hub has it
                     op.patch = self._checked_patch(ctx, op.rtype, op.patch)
             except FhirError as e:
@@ -1107,8 +1128,21 @@ class Repository:
         def run(current: dict) -> tuple[dict, list]:
             d, warnings = patch(current)
             self._check_content(ctx, "u", rtype, d, "the patched resource")
+            self._check_consent(ctx, rtype, d)
             return d, warnings
         return run
+
+    def _check_consent(self, ctx: Context, rtype: str, d: dict) -> None:
+        """A Consent written is recorded by the institution it is written under (the policy
+        says who may record which)."""
+        if rtype != "Consent":
+            return
+        recorded_by = ctx.source.get("institution")
+        why = self.policy.consent_refusal(
+            ctx.actor, recorded_by if isinstance(recorded_by, str) and recorded_by else None, d,
+            lambda pid: self._owner_of("Patient", pid))
+        if why is not None:
+            raise forbidden(why)
 
     def _owner(self, ctx: Context) -> Authorize | None:
         """The check of what each write changes, made by the hub on the resource it reaches

@@ -7,10 +7,12 @@ token from the token endpoint (SMART Backend Services), asking for the scopes un
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import httpx
+import orjson
 import pytest
 
 from fhir_mapping import source_order
@@ -740,3 +742,83 @@ def test_who_is_shown_the_record_is_told_of_it_as_before(world):
         assert r.status_code == 200 and r.headers["etag"] == 'W/"3"', r.text
         r = _put(c, gone)
         assert r.status_code == 201 and r.headers["etag"] == 'W/"4"', r.text
+
+
+# -- who records a Consent: never a way to hide another institution's records from it ------------
+
+def _connector(world: World, inst: str):
+    return world.live.client_auth(roles=("connector",), scope="system/*.cruds", institution=inst)
+
+
+def _count(c: httpx.Client, path: str) -> int:
+    r = c.get(path, params={"_summary": "count"})
+    assert r.status_code == 200, r.text
+    return r.json()["total"]
+
+
+def test_a_connector_records_consents_only_as_its_institution_of_its_own_patients(world):
+    """H2's connector cannot take H1's patient's record away from H1 (a deny naming H1, a bare
+    deny naming H2 the recording institution): refused, and H1 reads, counts and changes its
+    own records as before. Of its own patient, naming itself, it records one."""
+    p, plain, psy = _records(world, lambda pid: None)
+    h2 = _connector(world, "H2")
+    deny_h1 = consent(p["id"], {"type": "deny", "actor": [_org("H1")]}, "H2")
+    unnamed = {k: v for k, v in deny_h1.items() if k != "organization"}
+    with _http(world, h2) as c:
+        for d in (deny_h1, unnamed, consent(p["id"], {"type": "deny", "actor": [_org("H1")]}),
+                  consent(p["id"], {"type": "deny"}, "H2")):
+            r = _put(c, {**d, "id": unique()[:16]})
+            assert r.status_code == 403 and r.json()["resourceType"] == "OperationOutcome", r.text
+        own = patient(rid=unique()[:16])
+        assert _put(c, own).status_code == 201
+        r = _put(c, consent(own["id"], {"type": "deny"}, "H1"))  # claims another's record
+        assert r.status_code == 403 and "Organization/H2" in r.text
+        assert _put(c, consent(own["id"], {"type": "deny"}, "H2")).status_code == 201
+    with _http(world, world.writer) as c:
+        assert c.get(f"/Observation/{plain['id']}").status_code == 200
+        assert _count(c, f"/Patient/{p['id']}/Observation") == 2
+        r = c.patch(f"/Observation/{plain['id']}", content=b'[{"op": "replace", "path": '
+                    b'"/status", "value": "amended"}]',
+                    headers={"content-type": "application/json-patch+json"})
+        assert r.status_code == 200, r.text
+
+
+def test_a_consent_never_hides_a_record_from_the_institution_that_recorded_it(world, readers):
+    """Consents H2 stored before the recording institution was checked on write (a deny naming
+    H1, a bare deny naming H2 its recorder, a bare deny claiming H1 as its recorder): H1's
+    connector and clinicians still read, count and change what H1 recorded; the claimed
+    recorder counts for nothing (H2, which wrote it, is its recorder), and whoever else the
+    denies name stays held to them."""
+    from hub.core import resource as res
+    from hub.core.access import SYSTEM as HUB
+    from hub.core.ingest import Context, Hub, Op
+
+    p, plain, psy = _records(world, lambda pid: None)
+    h3 = _connector(world, "H3")
+    of_h3 = {**observation(f"Patient/{p['id']}"), "id": unique()[:16]}
+    with _http(world, h3) as c:
+        assert _put(c, of_h3).status_code == 201
+    rogue = [consent(p["id"], {"type": "deny", "actor": [_org("H1")]}, "H1"),
+             consent(p["id"], {"type": "deny"}, "H2"), consent(p["id"], {"type": "deny"}, "H1")]
+    hub = Hub(world.live.settings.open_store())
+    try:
+        for d in rogue:
+            res.validate("Consent", orjson.dumps(d), d)
+            hub.execute([Op("PUT", "Consent", d["id"], d, url=f"Consent/{d['id']}")],
+                        Context(source={"institution": "H2", "feed": "rest"}, actor=HUB),
+                        atomic=True)
+    finally:
+        hub.store.close()
+    time.sleep(0.3)  # another process's Consents are read within a quarter second
+    with _http(world, world.writer) as c:
+        assert c.get(f"/Observation/{plain['id']}").status_code == 200
+        assert c.get(f"/Observation/{psy['id']}/_history").json().get("entry")
+        assert _count(c, f"/Patient/{p['id']}/Observation") == 2  # its own, not H3's
+        r = c.patch(f"/Observation/{plain['id']}", content=b'[{"op": "replace", "path": '
+                    b'"/status", "value": "amended"}]',
+                    headers={"content-type": "application/json-patch+json"})
+        assert r.status_code == 200, r.text
+    assert _sees(world, readers["H1"], plain) and _sees(world, readers["H1"], p)
+    assert not _sees(world, readers["H1"], of_h3)  # H2's bare deny spares H2, not H1
+    assert _sees(world, readers["H2"], of_h3)
+    assert not _sees(world, readers["H3"], plain) and _sees(world, readers["H3"], of_h3)

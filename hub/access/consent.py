@@ -2,7 +2,10 @@
 
 **Which Consents count.** ``status`` ``active``, a ``patient`` reference, and in force now: not
 dated in the future (``dateTime``; R4 has no ``Consent.period``, the provisions' periods say
-when). Its ``organization`` is the recording institution.
+when). Its recording institution is the one its version was written under (its ``source``;
+the write checks that ``organization`` names it), else, written by an administrator of no
+institution, its ``organization``. A deny never hides a record from the institution that
+recorded it (``hub.access.policy``).
 
 **The provisions.** The base ``provision`` says ``permit`` or ``deny`` (``type``; without one,
 ``policyRule`` ``OPTIN`` reads as permit and ``OPTOUT`` as deny, any other rule or none as
@@ -239,15 +242,40 @@ def _provision(d: dict, type_: str | None, bases: Bases) -> Provision | None:
     return p
 
 
-def rule_of(d: dict, bases: Bases = ()) -> tuple[str, ConsentRule] | None:
-    """(Patient id, rule) of an active Consent, else None. ``bases``: this server's base URLs
-    (with ``HUB_BASE_URL``'s), on which an absolute reference is one of its own."""
-    if d.get("status") != "active":
-        return None
+def organizations(d: dict, bases: Bases = ()) -> list[str | None]:
+    """The institutions a Consent's ``organization`` names (None for one naming no
+    Organization of this server)."""
     bases = (*bases, own_base())
+    orgs = d.get("organization")
+    return [_institution_of(o, bases) for o in orgs] if isinstance(orgs, list) else []
+
+
+def patient_id(d: dict, bases: Bases = ()) -> str | None:
+    """The id of the Patient a Consent is of, None when it names none. A version of the Patient
+    (Patient/x/_history/2) is the same person; a Patient written otherwise (on another base) is
+    taken by its id: a Consent is never set aside for how it names its patient, so what cannot
+    be told hides rather than shows."""
     patient = ((d.get("patient") or {}).get("reference") or "")
     if not isinstance(patient, str) or "Patient/" not in patient:
         return None
+    target = _target(patient, (*bases, own_base()))
+    return target[1] if target is not None and target[0] == "Patient" \
+        else patient.rsplit("Patient/", 1)[1].split("/", 1)[0]
+
+
+def rule_of(d: dict, bases: Bases = (), writer: str | None = None
+            ) -> tuple[str, ConsentRule] | None:
+    """(Patient id, rule) of an active Consent, else None. ``bases``: this server's base URLs
+    (with ``HUB_BASE_URL``'s), on which an absolute reference is one of its own. ``writer``: the
+    institution its version was written under (``source``), which is its recording
+    institution whatever its ``organization`` claims (one stored before that was checked on
+    write names another's; only an administrator naming none writes for any)."""
+    if d.get("status") != "active":
+        return None
+    pid = patient_id(d, bases)
+    if pid is None:
+        return None
+    bases = (*bases, own_base())
     base = d.get("provision") or {}
     if not isinstance(base, dict):
         return None
@@ -264,16 +292,8 @@ def rule_of(d: dict, bases: Bases = ()) -> tuple[str, ConsentRule] | None:
             lo = parse_range(d["dateTime"])[0]
         except ValueError:
             return None
-    orgs = [_institution_of(o, bases) for o in d.get("organization") or ()]
-    rule = ConsentRule(f"Consent/{d.get('id')}", next((o for o in orgs if o), None), provision,
-                       (lo, float("inf")))
-    # a version of the Patient (Patient/x/_history/2) is the same person; a Patient written
-    # otherwise (on another base) is taken by its id: a Consent is never set aside for how it
-    # names its patient, so what cannot be told hides rather than shows
-    target = _target(patient, bases)
-    pid = target[1] if target is not None and target[0] == "Patient" \
-        else patient.rsplit("Patient/", 1)[1].split("/", 1)[0]
-    return pid, rule
+    recorder = writer or next((o for o in organizations(d, bases) if o), None)
+    return pid, ConsentRule(f"Consent/{d.get('id')}", recorder, provision, (lo, float("inf")))
 
 
 FRESH_S = 0.25  # how long a check that no Consent was written holds
@@ -330,9 +350,13 @@ class ConsentIndex:
             for state in current.values():
                 if not state:
                     continue
+                head, _, body = state.partition(b"\n")
                 try:
-                    found = rule_of(orjson.loads(state.partition(b"\n")[2]), self.bases)
-                except orjson.JSONDecodeError:
+                    source = orjson.loads(head).get("source") or {}
+                    writer = source.get("institution") if isinstance(source, dict) else None
+                    found = rule_of(orjson.loads(body), self.bases,
+                                    writer if isinstance(writer, str) and writer else None)
+                except (orjson.JSONDecodeError, AttributeError):
                     continue
                 if found is not None:
                     rules.setdefault(found[0], []).append(found[1])

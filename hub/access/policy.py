@@ -36,7 +36,9 @@ decides:
 - **Consent** (``hub.access.consent``) holds for everyone but the patient it is of: a token
   whose user (``fhirUser``) is the Patient in context reads its own record whatever its own
   consents say (they govern disclosure to others). A clinician's app in the patient's context
-  is another reader and held to them.
+  is another reader and held to them. Nor do they hide a record from the institution that
+  recorded it (its first version's). A Consent is written under its recording institution,
+  which its ``organization`` names; a connector writes one only of its institution's Patients.
 """
 
 from __future__ import annotations
@@ -47,10 +49,10 @@ from typing import Any
 
 import orjson
 
-from hub.access.consent import Access, ConsentIndex
+from hub.access.consent import Access, ConsentIndex, organizations, patient_id
 from hub.access.scopequery import compile_query, search_groups
 from hub.auth.scopes import Scope, parse_scopes, permits
-from hub.core.access import Action, Actor, names_patient, own_base, patients_in
+from hub.core.access import Action, Actor, Owner, names_patient, own_base, patients_in
 from hub.core.errors import LOGIN_REQUIRED, forbidden, unauthenticated
 from projections.search.compartment import compartment_keys, patient_compartment
 from projections.search.extract import Ref, extract
@@ -128,6 +130,7 @@ class AccessPolicy:
         ``fhirUser`` on it names a Patient of this server)."""
         self.consents = consents
         self.base = base.rstrip("/") + "/" if base else None
+        self.bases: tuple[str | None, ...] = (self.base,) if self.base else ()
 
     def check(self, actor: Actor, action: Action) -> None:
         if actor.kind == "system":
@@ -245,24 +248,27 @@ class AccessPolicy:
         # resource by resource
         return not narrowed
 
-    def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+    def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes,
+                owner: Owner | None = None) -> bool:
         if actor.kind == "system":
             return True
         if not self._scopes_show(actor, rtype, rid, resource):
             return False
-        return self._consents_show(actor, rtype, rid, resource)
+        return self._consents_show(actor, rtype, rid, resource, owner)
 
     def scopes_select(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         return actor.kind == "system" or self._scopes_show(actor, rtype, rid, resource,
                                                            compartment=False)
 
-    def hidden_by_query(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
-        if actor.kind == "system" or self.visible(actor, rtype, rid, resource):
+    def hidden_by_query(self, actor: Actor, rtype: str, rid: str, resource: bytes,
+                        owner: Owner | None = None) -> bool:
+        if actor.kind == "system" or self.visible(actor, rtype, rid, resource, owner):
             return False
         return self._scopes_show(actor, rtype, rid, resource, queries=False) and \
-            self._consents_show(actor, rtype, rid, resource)
+            self._consents_show(actor, rtype, rid, resource, owner)
 
-    def _consents_show(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+    def _consents_show(self, actor: Actor, rtype: str, rid: str, resource: bytes,
+                       owner: Owner | None = None) -> bool:
         if self.consents is None or actor.purpose in EMERGENCY or rtype in NOT_THE_PATIENTS:
             return True  # break the glass (open only to the roles that may) sets consent aside
         # a Consent governs disclosure to others: the patient reading its own record is not
@@ -276,8 +282,32 @@ class AccessPolicy:
             for rule in self.consents.rules(ref.split("/", 1)[1]):
                 access = access or Access(actor.institution, actor.purpose, rtype, rid, resource)
                 if rule.denies(access):
-                    return False
+                    # a consent governs what others are shown: the institution that recorded
+                    # the resource keeps seeing (and so changing) its own record
+                    return actor.institution is not None and owner is not None \
+                        and owner() == actor.institution
         return True
+
+    def consent_refusal(self, actor: Actor, recorded_by: str | None, consent: dict,
+                        patient_owner: Callable[[str], str | None]) -> str | None:
+        """A Consent is recorded by the institution it is written under: its ``organization``
+        must name that one (an administrator writing under none names any), and a connector
+        records one only of a Patient its institution recorded (stewards and administrators,
+        the region's, of any); the hub's own writes are not judged."""
+        if actor.kind == "system":
+            return None
+        if recorded_by is not None:
+            orgs = organizations(consent, self.bases)
+            if not orgs or any(o != recorded_by for o in orgs):
+                return (f"A Consent written as institution {recorded_by} is recorded by it: its "
+                        f"organization must be Organization/{recorded_by} (and name no other)")
+        if actor.roles & {"steward", "admin"}:
+            return None
+        pid = patient_id(consent, self.bases)
+        if pid is None or recorded_by is None or patient_owner(pid) != recorded_by:
+            return (f"A connector records Consents only of its own institution's patients: "
+                    f"Patient/{pid} was not recorded by {recorded_by or 'this caller'}")
+        return None
 
     @staticmethod
     def _scopes_show(actor: Actor, rtype: str, rid: str, resource: bytes, *,

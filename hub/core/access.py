@@ -60,19 +60,27 @@ class Action:
     operation: str | None = None
 
 
+# the institution that recorded a resource (its version's ``source``), asked only when it matters
+Owner = Callable[[], "str | None"]
+
+
 class Policy(Protocol):
     def check(self, actor: Actor, action: Action) -> None:
         """Raise a ``FhirError`` (403) when ``actor`` may not do ``action``."""
 
-    def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
-        """May ``actor`` see this resource (its JSON)?"""
+    def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes,
+                owner: Owner | None = None) -> bool:
+        """May ``actor`` see this resource (its JSON)? ``owner`` tells, when asked, the
+        institution that recorded it (its version's ``source``), which a consent never hides it
+        from."""
 
     def scopes_select(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         """Does a scope of ``actor`` granting ``r`` or ``s`` on ``rtype`` select this resource by
         its query alone, whose patient (a ``patient/`` scope's compartment, consents) is judged
         through another resource (a Binary through its ``securityContext``)?"""
 
-    def hidden_by_query(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+    def hidden_by_query(self, actor: Actor, rtype: str, rid: str, resource: bytes,
+                        owner: Owner | None = None) -> bool:
         """Is this resource hidden from ``actor`` only by what its scopes' queries select of its
         content, its consents and a ``patient/`` scope's compartment showing it? Another version
         of the record may then be selected (a history judges each version)."""
@@ -99,6 +107,11 @@ class Policy(Protocol):
         search was narrowed by ``narrow_search`` (a history is not); ``across``: its criteria
         reach resources of other types (``_has``, chains), which must be shown to count."""
 
+    def consent_refusal(self, actor: Actor, recorded_by: str | None, consent: dict,
+                        patient_owner: Callable[[str], str | None]) -> str | None:
+        """Why ``actor`` may not write this Consent under the institution ``recorded_by`` (None:
+        it may); ``patient_owner`` tells the institution that recorded a Patient (by id)."""
+
     def written(self, rtypes: set[str]) -> None:
         """Resources of these types were just written (a policy that reads some, such as
         consents, knows to read them again)."""
@@ -110,13 +123,15 @@ class OpenPolicy:
     def check(self, actor: Actor, action: Action) -> None:
         return None
 
-    def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+    def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes,
+                owner: Owner | None = None) -> bool:
         return True
 
     def scopes_select(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
         return True
 
-    def hidden_by_query(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+    def hidden_by_query(self, actor: Actor, rtype: str, rid: str, resource: bytes,
+                        owner: Owner | None = None) -> bool:
         return False
 
     def may_change(self, actor: Actor, rtype: str, rid: str,
@@ -132,6 +147,10 @@ class OpenPolicy:
     def hides_after_search(self, actor: Actor, rtype: str, *, narrowed: bool = True,
                            across: bool = False) -> bool:
         return False
+
+    def consent_refusal(self, actor: Actor, recorded_by: str | None, consent: dict,
+                        patient_owner: Callable[[str], str | None]) -> str | None:
+        return None
 
     def written(self, rtypes: set[str]) -> None:
         return None
