@@ -34,7 +34,8 @@ class TestPolicy(OpenPolicy):  # the rest of the protocol as the open policy
                 and actor.subject != "writer"):
             raise FhirError(403, "forbidden", "Only the writer creates Observations")
 
-    def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes) -> bool:
+    def visible(self, actor: Actor, rtype: str, rid: str, resource: bytes,
+                owner=None) -> bool:
         return b'"restricted"' not in resource
 
     def hides_after_search(self, actor: Actor, rtype: str, *, narrowed: bool = True,

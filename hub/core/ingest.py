@@ -375,8 +375,9 @@ class Hub:
             except FhirError as e:
                 fail(i, e)
                 planned.remove(i)
-        # a source order ahead of the hub's clock (a patch's too, now applied): refused
-        now = datetime.fromtimestamp(self.clock()[1] / 1_000_000, timezone.utc)
+        # a source order ahead of the wall clock (a patch's too, now applied): refused. Not the
+        # hub's stamping clock, which a write reads once, when it is stamped
+        now = datetime.now(timezone.utc)
         for i in list(planned):
             ahead = source_order.ahead(_order_of(ops[i]), now)
             if ahead:
