@@ -20,7 +20,6 @@ import inspect
 import json
 import logging
 import random
-import signal
 import threading
 import time
 from collections import deque
@@ -34,6 +33,7 @@ from connectors.config import ConfigError, ConnectorConfig, admin_token, check_k
 from connectors.sinks.base import Unavailable, take_batch
 from connectors.spool import Spool, is_cut
 from fhir_mapping.base import MappingError
+from hub.core.signals import stop_on_signals
 
 log = logging.getLogger("connectors")
 THROUGHPUT_WINDOW_S = 300.0
@@ -221,8 +221,7 @@ class Connector:
     def run(self, started: Callable[[], None] | None = None) -> None:
         """Until SIGTERM or SIGINT (in the main thread); ``started`` is called once every
         listener is bound. CannotStart when a source cannot start where it is configured."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop())
+        stop_on_signals(self.stop)
         self.start()
         if started is not None:
             started()

@@ -14,7 +14,6 @@ directory (``ingest-deadletters.sqlite``): ``hub deadletter list|show|replay --w
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from hub.core import resource as res
 from hub.core.commandline import open_store
 from hub.core.config import Settings
 from hub.core.errors import FhirError, HubError
+from hub.core.signals import stop_on_signals
 
 log = logging.getLogger("hub.worker")
 
@@ -137,8 +137,7 @@ class IngestWorker:
         from kafka import KafkaConsumer
 
         if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: self.stop())
+            stop_on_signals(self.stop)
         consumer = KafkaConsumer(*self.topics, **self.cfg)
         log.info("ingest worker: group %s, topics %s", self.cfg["group_id"], self.topics)
         delay = 0.2

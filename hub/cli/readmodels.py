@@ -159,18 +159,17 @@ def _one(action: str, store, name: str, settings: Settings) -> bool:
 
 def _follow(args, settings: Settings) -> int:
     """Follow the log into the read models until SIGTERM or Ctrl-C."""
-    import signal
     import threading
 
     from hub.core.parentwatch import watch_parent
+    from hub.core.signals import stop_on_signals
     from hub.followers import Followers
 
     # the store must be there: at a mistyped --data-dir it made an empty one and followed it
     # for ever (`hub serve` makes the store before it starts this process)
     store = open_store(settings, existing=True)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop.set)
     parent = os.environ.get("HUB_FOLLOW_PARENT")
     if parent:  # started by `hub serve`: stop with it, however it ended
         watch_parent(int(parent), stop.set, stop)
@@ -192,10 +191,10 @@ def _follow_stream(args, settings: Settings) -> int:
     """Follow the change stream into the read models (all, or the one named) until SIGTERM or
     Ctrl-C, without the event store."""
     import hashlib
-    import signal
     import socket
     import threading
 
+    from hub.core.signals import stop_on_signals
     from hub.streamfollow import StreamFollower
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -215,8 +214,7 @@ def _follow_stream(args, settings: Settings) -> int:
         group = args.group or f"hub-follow-{socket.gethostname()}-{where}"
         follower = StreamFollower(args.from_stream, models, group, topic=kafka_topic(args.topic))
         stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+        stop_on_signals(stop.set)
         try:
             follower.run_until(stop)
         finally:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
 import threading
 
 from hub.core.commandline import UsageError, kafka_topic, open_store
 from hub.core.config import Settings
+from hub.core.signals import stop_on_signals
 
 
 def cmd_stream(args, settings: Settings) -> int:
@@ -37,8 +37,7 @@ def cmd_stream(args, settings: Settings) -> int:
                   position_file=settings.data_dir / f"changestream-{args.topic}.json",
                   lease=lease)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop.set)
     end = None
     try:
         if args.once:  # up to the log's end as it is now, then stop

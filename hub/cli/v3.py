@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
 import sys
 import threading
 import time
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit
 
 from hub.core.commandline import UsageError, existing_data_dir, positive
 from hub.core.config import Settings
+from hub.core.signals import stop_on_signals
 
 log = logging.getLogger("hub.v3routing")
 
@@ -161,8 +161,7 @@ def _route(args: Any, routes: Any) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     stop = threading.Event()
     if not args.once:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+        stop_on_signals(stop.set)
     sinks: dict[int, Any] = {}
     pruned_at = 0.0
     try:
