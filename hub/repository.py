@@ -107,18 +107,12 @@ def _institution(stored: StoredEvent) -> str | None:
     head, _, body = stored.state.partition(b"\n")
     if not body.strip():
         return None
-    institution = (orjson.loads(head).get("source") or {}).get("institution")
-    return institution if isinstance(institution, str) and institution else None
-
-
-def _recorder(head: bytes) -> str | None:
-    """The institution a stored version was written under (its header's ``source``)."""
     try:
         source = orjson.loads(head).get("source")
     except (orjson.JSONDecodeError, AttributeError):
         return None
-    inst = source.get("institution") if isinstance(source, dict) else None
-    return inst if isinstance(inst, str) and inst else None
+    institution = source.get("institution") if isinstance(source, dict) else None
+    return institution if isinstance(institution, str) and institution else None
 
 
 def _security_proxy(body: bytes) -> tuple[str, str] | None:
@@ -319,12 +313,25 @@ class Repository:
         """Whether a stored state (header line, resource JSON) may be handed out."""
         return self._open or self._body_shown(actor, rtype, rid, state.partition(b"\n")[2])
 
-    def _owner_of(self, rtype: str, rid: str) -> str | None:
-        """The institution that recorded a record: the one its first version was written under
-        (a later writer, a steward's correction, does not make it theirs: every version is
-        judged as the record's)."""
-        first = self._hub.store.version(rtype, rid, 1)
-        return _recorder(first.state.partition(b"\n")[0]) if first is not None else None
+    def _owner_of(self, rtype: str, rid: str, stored: StoredEvent | None = None) -> str | None:
+        """The institution a record is of: the one its earliest version naming an institution
+        came from (its creator), whoever changed or deleted it since: a steward's or an
+        administrator's edit, which may name another institution or none, hands it to no one.
+        The same for what it may change and what a consent may hide from it. None: no write of
+        it named one (loaded without an institution). Its first version is read (a lookup by
+        key) unless ``stored`` is it; all of them only when it names none."""
+        first = stored if stored is not None and stored.originator_version == 1 else \
+            self._hub.store.version(rtype, rid, 1)
+        if first is None:
+            return None
+        found = _institution(first)
+        if found is not None or (stored is not None and stored.originator_version == 1):
+            return found
+        for version in reversed(self._hub.store.versions(rtype, rid)):
+            found = _institution(version)
+            if found is not None:
+                return found
+        return None
 
     def _body_shown(self, actor: Actor, rtype: str, rid: str, body: bytes) -> bool:
         """Whether a resource (its JSON) may be handed out. A Binary secured by another resource
@@ -1161,7 +1168,7 @@ class Repository:
                 state = self._judged(op.rtype, rid, stored) or state
             body = state.partition(b"\n")[2]
             if not self.policy.may_change(ctx.actor, op.rtype, rid,
-                                          lambda: self._institution_of(op.rtype, rid, stored)):
+                                          lambda: self._owner_of(op.rtype, rid, stored)):
                 raise forbidden(f"{op.rtype}/{rid} was written by another institution; this "
                                 "caller changes only its own institution's records")
             # a write to a record the caller is not shown goes on (a feed keeps its own records
@@ -1182,22 +1189,6 @@ class Repository:
                                 f"{op.rtype}/{rid} as stored")
         return check
 
-    def _institution_of(self, rtype: str, rid: str, stored: StoredEvent) -> str | None:
-        """The institution a record is of: the one its earliest version naming an institution
-        came from (its creator), whoever changed or deleted it since: a steward's or an
-        administrator's edit, which may name another institution or none, hands it to no one.
-        None: no write of it named one (loaded without an institution). Its first version is
-        read (a lookup by key) unless ``stored`` is it; all of them only when it names none."""
-        first = stored if stored.originator_version == 1 else self._hub.store.version(rtype, rid, 1)
-        found = _institution(first) if first is not None else None
-        if found is not None or stored.originator_version == 1:
-            return found
-        for version in reversed(self._hub.store.versions(rtype, rid)):
-            found = _institution(version)
-            if found is not None:
-                return found
-        return None
-
     def _foreign(self, ctx: Context) -> Foreign | None:
         """Which stored records a conditional write of this caller must not take as its own
         (``Hub.execute``): patient data another institution wrote, for a caller of an
@@ -1214,7 +1205,7 @@ class Repository:
             if stored is None:  # written by this same request
                 return False
             return not self.policy.may_change(
-                ctx.actor, rtype, rid, lambda: self._institution_of(rtype, rid, stored))
+                ctx.actor, rtype, rid, lambda: self._owner_of(rtype, rid, stored))
         return foreign
 
     def _sees(self, ctx: Context) -> Sees | None:
