@@ -195,6 +195,49 @@ def given_apart(a: dict, b: dict) -> bool:
     return not any(all(map(_sound_alike, short, long_[:k] + long_[k + 1:])) for k in range(len(long_)))
 
 
+def same_given(a: dict, b: dict) -> bool:
+    """Whether two given names are one given name mistyped, as far as can be told: in characters,
+    not ``given_apart``; in characters against pinyin (麦子颖, Mai Zi), the pinyin spelled from
+    the characters' readings, swapped, or with a character dropped on either side. Anything else
+    (建国 and jianjun, names not read as Chinese) is not shown to be the same."""
+    x, y = a.get("name") or "", b.get("name") or ""
+    if _cjk(x) and _cjk(y):
+        gx, gy = x[len(a.get("fam") or ""):], y[len(b.get("fam") or ""):]
+        return bool(gx and gy) and not given_apart(a, b)
+    chars, latin = (a, b) if _cjk(x) else (b, a)
+    parts = latin_parts(latin)
+    if not _cjk(chars.get("name") or "") or not parts:
+        return False
+    g, spelled = chars["name"][len(chars.get("fam") or ""):], parts[1]
+    if not g or not spelled:
+        return False
+    if _spelled(spelled, g) or _spelled(spelled, g[::-1]):
+        return True
+    if len(g) > 1 and any(_spelled(spelled, g[:k] + g[k + 1:]) for k in range(len(g))):
+        return True  # a character dropped in the pinyin
+    # a character dropped in the characters: the pinyin spells them with one syllable more
+    for k in range(len(g) + 1):
+        for i in range(len(spelled)):
+            if _spelled(spelled[:i], g[:k]) and any(
+                    _spelled(spelled[j:], g[k:]) for j in range(i + 1, min(i + 6, len(spelled)) + 1)):
+                return True
+    return False
+
+
+def _spelled(text: str, chars: str) -> bool:
+    """Whether ``text`` is ``chars`` in pinyin, each character by one of its readings (ü as u or v)."""
+    if not chars:
+        return not text
+    return any(text.startswith(r) and _spelled(text[len(r):], chars[1:])
+               for r in _latin_readings(chars[0]))
+
+
+@lru_cache(maxsize=65536)
+def _latin_readings(char: str) -> frozenset[str]:
+    return frozenset(r for x in _readings(char) for r in (x, x.replace("v", "u").replace("ü", "u"),
+                                                          x.replace("ü", "v")) if r.isascii())
+
+
 def _cjk(name: str) -> bool:
     return bool(name) and all("\u3400" <= c <= "\u9fff" or "\U00020000" <= c <= "\U0003134f" for c in name)
 

@@ -18,7 +18,17 @@ from typing import Any
 from rapidfuzz.distance import OSA
 
 from hub.mpi import blocking
-from hub.mpi.compare import NEAR_BIRTH, compare, count_terms, given_apart, id_status, latin_parts, lettered_apart, numbered_apart
+from hub.mpi.compare import (
+    NEAR_BIRTH,
+    compare,
+    count_terms,
+    given_apart,
+    id_status,
+    latin_parts,
+    lettered_apart,
+    numbered_apart,
+    same_given,
+)
 from hub.mpi.weights import Weights
 
 CERTAINLY_NOT = "certainly-not"
@@ -202,12 +212,13 @@ def hold(a: dict, b: dict, levels: dict[str, str], twins: bool = False,
         # weights' decisions. A name in characters against one in pinyin (刘洋, Liu Yang) is a
         # Chinese name still, and as common
         return None
-    if twins and (levels.get("id") == "typo" or (levels.get("id") == "exact" and name == "similar")):
+    if twins and levels.get("id") in ("typo", "exact") and not same_given(a, b):
         # one household, one birth date, given names apart, and a number that carries the link:
         # one failing its check a digit off the other's (twins have neighbouring numbers), or
         # one number under two given names a character apart (one twin's card handed over for
-        # the other); a steward decides. A dropped character under one number (浩平, 平) is the
-        # same person far more often, and links
+        # the other); a steward decides. One given name mistyped (浩平 and 平, 乐 and 勒, 麦子颖
+        # and Mai Zi) under one number or a slip of it is the same person far more often (on the
+        # second noise model every such pair held was), and links
         return "twins"
     if name == "different" or (name == "similar" and given_apart(a, b)):
         # another name with one identifier (a borrowed card, a child on a parent's), or with a
