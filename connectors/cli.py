@@ -177,8 +177,10 @@ def _status(cfg, as_json: bool) -> int:
     if url_file.exists():
         import httpx  # here: the parsers of this module are built for every `hub` command
 
+        from hub.core import httpclient
+
         try:
-            live = httpx.get(url_file.read_text().strip() + "/status", timeout=3).json()
+            live = httpclient.get(url_file.read_text().strip() + "/status", timeout=3).json()
         except (httpx.HTTPError, ValueError):
             live = None
     spool = Spool(cfg.spool_path, cfg.source_info)

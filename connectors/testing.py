@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import yaml
 
+from hub.core import httpclient
+
 GENDER = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
 
 
@@ -143,13 +145,13 @@ class ConnectorProcess:
             raise RuntimeError(f"the connector exited with {proc.returncode}: "
                                + self.log.read_text(errors="replace")[-2000:])
         try:
-            st = httpx.get(self.status_url, timeout=2).json()
+            st = httpclient.get(self.status_url, timeout=2).json()
         except (httpx.HTTPError, ValueError):
             return False
         return all(s.get("alive") for s in st["sources"].values())
 
     def status(self) -> dict:
-        return httpx.get(self.status_url, timeout=5).json()
+        return httpclient.get(self.status_url, timeout=5).json()
 
     def kill(self) -> None:
         proc = self._started()

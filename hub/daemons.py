@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from hub.core import httpclient
 from hub.core.errors import FhirError
 from hub.core.sqlitefile import connection, create
 
@@ -77,7 +78,7 @@ class DaemonRegistry:
 def status(daemon: Daemon) -> dict[str, Any]:
     """Its ``/status``, or ``{"reachable": False, "error": …}`` when it does not answer."""
     try:
-        r = httpx.get(daemon.url + "/status", timeout=TIMEOUT_S)
+        r = httpclient.get(daemon.url + "/status", timeout=TIMEOUT_S)
         r.raise_for_status()
         d = r.json()
     except (httpx.HTTPError, ValueError) as e:

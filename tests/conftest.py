@@ -7,7 +7,6 @@ role allowed to create databases). Each test session creates its own database an
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 import signal
 import socket
 import subprocess
@@ -15,13 +14,16 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
+
 from hub.auth.backend_client import BackendServicesAuth, new_key, private_pem, public_jwks
 from hub.auth.clients import open_registry
+from hub.core import httpclient
 from hub.core.config import Settings
 from hub.core.ingest import Hub
 
@@ -244,8 +246,8 @@ class LiveServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the test server exited with {self.proc.returncode}")
             try:
-                if httpx.get(self.base + "/metadata", timeout=2,
-                             verify=self.verify).status_code == 200:
+                if httpclient.get(self.base + "/metadata", timeout=2,
+                                  verify=self.verify).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -306,7 +308,7 @@ def live_server(request, tmp_path_factory, kind: str) -> LiveServer:
 
 @pytest.fixture
 def client(live) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth,
+    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth, verify=httpclient.verify(),
                       headers={"accept": "application/fhir+json"}) as c:
         yield c
 

@@ -14,6 +14,7 @@ import pytest
 
 from hub.auth.clients import REGISTRY_FILE
 from hub.auth.users import UserRegistry
+from hub.core import httpclient
 from tests.conftest import LiveServer, make_settings
 
 FIX = Path(__file__).parent / "fixtures" / "hl7v3"
@@ -79,7 +80,7 @@ def console_user(live, roles=("steward",), institution: str = "") -> str:
 
 def logged_in(live, name: str) -> httpx.Client:
     """An HTTP client with ``name``'s console session: the pages without a browser."""
-    c = httpx.Client(base_url=base(live), timeout=30)
+    c = httpx.Client(base_url=base(live), timeout=30, verify=httpclient.verify())
     r = c.post("/console/login", data={"name": name, "password": PASSWORD})
     assert r.status_code == 303 and "hub_console" in r.cookies, r.text[:300]
     return c

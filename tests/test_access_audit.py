@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from hub.access.auditlog import open_audit_log
-
+from hub.core import httpclient
 from tests.api_helpers import consent, observation, patient, unique
 from tests.conftest import FHIR_JSON, LiveServer, make_settings
 
@@ -30,7 +30,7 @@ def client(live):
     import httpx
 
     with httpx.Client(base_url=live.base, timeout=30, auth=live.auth,
-                      headers={"accept": "application/fhir+json"}) as c:
+                      headers={"accept": "application/fhir+json"}, verify=httpclient.verify()) as c:
         yield c
 
 
@@ -94,7 +94,7 @@ def test_a_refused_or_malformed_search_is_audited_too(client, live):
     narrow = live.client_auth(roles=("clinician",), scope="system/Organization.rs")
     import httpx
 
-    with httpx.Client(base_url=live.base, timeout=30, auth=narrow) as c:
+    with httpx.Client(base_url=live.base, timeout=30, auth=narrow, verify=httpclient.verify()) as c:
         assert c.get("/Patient", params={"_id": "x"}).status_code == 403
     assert client.get("/Observation", params={"date": "notadate"}).status_code == 400
     events = new_since(live, before)
@@ -110,11 +110,11 @@ def test_a_refused_access_aimed_at_a_patient_is_found_by_that_patient(client, li
     p = patient(rid=unique()[:16])
     _put(client, p)
     narrow = live.client_auth(roles=("clinician",), scope="system/Patient.rs")
-    with httpx.Client(base_url=live.base, timeout=30, auth=narrow) as c:
+    with httpx.Client(base_url=live.base, timeout=30, auth=narrow, verify=httpclient.verify()) as c:
         assert c.get("/Observation", params={"subject": f"Patient/{p['id']}"}).status_code == 403
         assert c.get(f"/Patient/{p['id']}/Observation").status_code == 403
     auditor = live.client_auth(roles=("auditor",), scope="system/AuditEvent.rs")
-    with httpx.Client(base_url=live.base, timeout=30, auth=auditor) as c:
+    with httpx.Client(base_url=live.base, timeout=30, auth=auditor, verify=httpclient.verify()) as c:
         found = c.get("/AuditEvent", params={"patient": f"Patient/{p['id']}", "outcome": "4"})
         assert found.status_code == 200 and len(found.json().get("entry", [])) == 2, found.text
 
@@ -127,8 +127,8 @@ def test_an_attempt_without_a_valid_token_is_audited(client, live):
     before = audit_events(live)
     for headers in ({}, {"authorization": "Bearer garbage"}):
         assert httpx.get(f"{live.base}/Patient/someone", headers=headers,
-                         timeout=30).status_code == 401
-    assert httpx.get(f"{live.base}/metadata", timeout=30).status_code == 200
+                         timeout=30, verify=httpclient.verify()).status_code == 401
+    assert httpx.get(f"{live.base}/metadata", timeout=30, verify=httpclient.verify()).status_code == 200
     events = new_since(live, before)
     assert sorted((e["subtype"][0]["code"], e["outcome"]) for e in events) == [
         ("read", "4"), ("read", "4")], events
@@ -304,7 +304,7 @@ def test_the_accesses_to_an_opted_out_patient_are_the_auditors_to_see(client, li
     emergency = client.get(f"/{ref}", headers={"x-purpose-of-use": "ETREAT"})
     assert emergency.status_code == 200
     with httpx.Client(base_url=live.base, timeout=30,
-                      auth=live.client_auth(roles=("auditor",), institution="H2")) as auditor:
+                      auth=live.client_auth(roles=("auditor",), institution="H2"), verify=httpclient.verify()) as auditor:
         found = auditor.get("/AuditEvent", params={"patient": ref, "_count": "50"})
         assert found.status_code == 200, found.text
         events = [e["resource"] for e in found.json().get("entry", [])]
@@ -314,7 +314,7 @@ def test_the_accesses_to_an_opted_out_patient_are_the_auditors_to_see(client, li
             assert auditor.get(f"/AuditEvent/{e['id']}").status_code == 200
     # the patient's own data stays hidden from that auditor's institution
     with httpx.Client(base_url=live.base, timeout=30,
-                      auth=live.client_auth(roles=("auditor",), institution="H2")) as auditor:
+                      auth=live.client_auth(roles=("auditor",), institution="H2"), verify=httpclient.verify()) as auditor:
         assert auditor.get(f"/{ref}").status_code == 403
 
 
@@ -345,7 +345,7 @@ def test_behind_a_trusted_proxy_the_forwarded_client_is_audited(behind_proxy):
 
     live = behind_proxy
     p = patient(rid=unique()[:16])
-    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth) as c:
+    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth, verify=httpclient.verify()) as c:
         assert c.put(f"/Patient/{p['id']}", json=p, headers=FHIR_JSON).status_code == 201
         before = audit_events(live)
         time.sleep(1)  # the rate limit's bucket refills
@@ -362,9 +362,9 @@ def test_a_caller_over_its_rate_is_told_to_wait(behind_proxy):
 
     live = behind_proxy
     other = live.client_auth(name="another client")
-    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth) as c:
+    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth, verify=httpclient.verify()) as c:
         answers = [c.get("/Organization", params={"_count": "1"}) for _ in range(30)]
-        with httpx.Client(base_url=live.base, timeout=30, auth=other) as d:
+        with httpx.Client(base_url=live.base, timeout=30, auth=other, verify=httpclient.verify()) as d:
             assert d.get("/Organization", params={"_count": "1"}).status_code == 200
     throttled = [r for r in answers if r.status_code == 429]
     assert throttled and len(throttled) < 30, [r.status_code for r in answers]
@@ -379,7 +379,7 @@ def test_callers_without_a_valid_token_are_held_to_a_rate_per_address(behind_pro
 
     live = behind_proxy
     form = {"grant_type": "client_credentials"}
-    with httpx.Client(base_url=live.origin, timeout=30) as c:
+    with httpx.Client(base_url=live.origin, timeout=30, verify=httpclient.verify()) as c:
         def statuses(send, address: str) -> set[int]:
             time.sleep(1.2)  # the bucket refills
             return {send({"x-forwarded-for": address}).status_code for _ in range(25)}
@@ -455,7 +455,7 @@ def _http(live, auth):
     headers = {"accept": "application/fhir+json"}
     if isinstance(auth, str):
         headers["authorization"], auth = f"Bearer {auth}", None
-    return httpx.Client(base_url=live.base, timeout=30, auth=auth, headers=headers)
+    return httpx.Client(base_url=live.base, timeout=30, auth=auth, headers=headers, verify=httpclient.verify())
 
 
 def _link(client, pid: str, person: str | None = None) -> str:
@@ -647,11 +647,11 @@ def test_an_external_providers_user_has_a_rate_of_its_own_apart_from_a_hub_clien
             token = idp_token(RSA_KEY, "k1", iss=idp.issuer, aud=server.base,
                               sub=twin.client_id, scope="system/*.rs", roles=["clinician"])
             with httpx.Client(base_url=server.base, timeout=30, headers={
-                    "authorization": f"Bearer {token}", "accept": "application/fhir+json"}) as theirs:
+                    "authorization": f"Bearer {token}", "accept": "application/fhir+json"}, verify=httpclient.verify()) as theirs:
                 answers = [theirs.get("/Organization", params={"_count": "1"}).status_code
                            for _ in range(30)]
             assert 429 in answers, answers
-            with httpx.Client(base_url=server.base, timeout=30, auth=twin) as ours:
+            with httpx.Client(base_url=server.base, timeout=30, auth=twin, verify=httpclient.verify()) as ours:
                 assert ours.get("/Organization", params={"_count": "1"}).status_code == 200
     finally:
         idp.close()
@@ -675,19 +675,19 @@ def test_an_external_providers_user_is_told_apart_from_a_hub_client_of_the_same_
     try:
         with LiveServer(settings) as server:
             p = patient(rid=unique()[:16])
-            with httpx.Client(base_url=server.base, timeout=30, auth=server.auth) as admin:
+            with httpx.Client(base_url=server.base, timeout=30, auth=server.auth, verify=httpclient.verify()) as admin:
                 _put(admin, p)
             twin = server.client_auth(roles=("clinician",), scope="system/*.rs", name="twin")
             sub = twin.client_id
             token = idp_token(RSA_KEY, "k1", iss=idp.issuer, aud=server.base, sub=sub,
                               scope="system/*.rs", roles=["clinician"])
-            with httpx.Client(base_url=server.base, timeout=30, auth=twin) as ours:
+            with httpx.Client(base_url=server.base, timeout=30, auth=twin, verify=httpclient.verify()) as ours:
                 assert ours.get(f"/Patient/{p['id']}").status_code == 200
                 assert ours.get("/$export", params={"_type": "Patient"}, headers={
                     "accept": "application/fhir+json", "prefer": "respond-async"}
                                 ).status_code == 202
             with httpx.Client(base_url=server.base, timeout=30, headers={
-                    "authorization": f"Bearer {token}", "accept": "application/fhir+json"}) as theirs:
+                    "authorization": f"Bearer {token}", "accept": "application/fhir+json"}, verify=httpclient.verify()) as theirs:
                 for _ in range(2):
                     assert theirs.get(f"/Patient/{p['id']}").status_code == 200
                 assert theirs.get("/$export", params={"_type": "Patient"}, headers={
@@ -696,7 +696,7 @@ def test_an_external_providers_user_is_told_apart_from_a_hub_client_of_the_same_
             read = "http://hl7.org/fhir/restful-interaction|read"
             ref = f"Patient/{p['id']}"
             with httpx.Client(base_url=server.base, timeout=30, auth=auditor,
-                              headers={"accept": "application/fhir+json"}) as c:
+                              headers={"accept": "application/fhir+json"}, verify=httpclient.verify()) as c:
                 def found(**query) -> list[dict]:
                     return [e["resource"] for e in _search(c, patient=ref, subtype=read,
                                                            **query).get("entry", [])]
@@ -742,7 +742,7 @@ def test_identity_decisions_tell_an_external_user_from_a_hub_client_of_the_same_
     try:
         with LiveServer(settings) as server:
             a, b = patient(rid=unique()[:16]), patient(rid=unique()[:16])
-            with httpx.Client(base_url=server.base, timeout=30, auth=server.auth) as admin:
+            with httpx.Client(base_url=server.base, timeout=30, auth=server.auth, verify=httpclient.verify()) as admin:
                 _put(admin, a)
                 _put(admin, b)
             ours = server.client_auth(roles=("steward",), scope="system/*.rs", name="twin")
@@ -785,13 +785,13 @@ def test_a_break_the_glass_access_of_an_external_user_is_reviewed_by_the_hub_use
     try:
         with LiveServer(settings) as server:
             p = patient(rid=unique()[:16])
-            with httpx.Client(base_url=server.base, timeout=30, auth=server.auth) as admin:
+            with httpx.Client(base_url=server.base, timeout=30, auth=server.auth, verify=httpclient.verify()) as admin:
                 _put(admin, p)
             name = console_user(server, ("auditor",))
             token = idp_token(RSA_KEY, "k1", iss=idp.issuer, aud=server.base,
                               sub=f"console:{name}", scope="system/*.rs", roles=["clinician"])
             r = httpx.get(f"{server.base}/Patient/{p['id']}", timeout=30, headers={
-                "authorization": f"Bearer {token}", "x-purpose-of-use": "ETREAT"})
+                "authorization": f"Bearer {token}", "x-purpose-of-use": "ETREAT"}, verify=httpclient.verify())
             assert r.status_code == 200, r.text
             aud = logged_in(server, name)
 

@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from hub.auth.signer import Signer
+from hub.core import httpclient
 from tests.api_helpers import consent, observation, patient, unique
 from tests.conftest import FHIR_JSON, LiveServer, make_settings, matching_server
 
@@ -57,7 +58,7 @@ def _http(live: LiveServer, auth) -> httpx.Client:
     headers = {"accept": "application/fhir+json"}
     if isinstance(auth, str):
         headers["authorization"], auth = f"Bearer {auth}", None
-    return httpx.Client(base_url=live.base, timeout=60, auth=auth, headers=headers)
+    return httpx.Client(base_url=live.base, timeout=60, auth=auth, headers=headers, verify=httpclient.verify())
 
 
 def _ids(r: httpx.Response, rtype: str | None = None) -> set[str]:
@@ -254,14 +255,14 @@ def test_what_a_caller_may_not_write_is_refused_over_v3_and_cda_and_never_kept(b
 
     before = kept()
     reader = bare.client_auth(roles=("clinician",), scope="system/*.rs")
-    with httpx.Client(base_url=bare.origin, timeout=60, auth=reader) as c:
+    with httpx.Client(base_url=bare.origin, timeout=60, auth=reader, verify=httpclient.verify()) as c:
         r = c.post("/v3", content=register, headers=xml)
         assert r.status_code == 403 and b'typeCode="AR"' in r.content, r.text[:300]
         assert c.post("/v3", content=b"<x/>", headers=xml).status_code == 400  # and not kept
         assert c.post("/cda", content=document, headers=xml).status_code == 403
         assert c.post("/cda", content=b"<ClinicalDocument/>", headers=xml).status_code == 403
     assert kept() == before
-    with httpx.Client(base_url=bare.origin, timeout=60, auth=bare.h1) as c:
+    with httpx.Client(base_url=bare.origin, timeout=60, auth=bare.h1, verify=httpclient.verify()) as c:
         r = c.post("/v3", content=register, headers=xml)
         assert r.status_code == 200 and b'typeCode="AA"' in r.content, r.text[:300]
         assert c.post("/cda", content=document, headers=xml).status_code in (200, 201)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from hub.auth.signer import Signer
+from hub.core import httpclient
 from tests.api_helpers import consent, observation, patient, unique
 from tests.conftest import FHIR_JSON, LiveServer, make_settings
 
@@ -32,7 +33,7 @@ def live(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def admin(live):
     with httpx.Client(base_url=live.base, timeout=30, auth=live.auth,
-                      headers={"accept": "application/fhir+json"}) as c:
+                      headers={"accept": "application/fhir+json"}, verify=httpclient.verify()) as c:
         yield c
 
 
@@ -62,13 +63,13 @@ def _token(live: LiveServer, pid: str, scope: str = "patient/*.rs", *, me: bool 
     token = Signer(live.settings.data_dir).issue(claims, 300)
     return httpx.Client(base_url=live.base, timeout=30,
                         headers={"authorization": f"Bearer {token}",
-                                 "accept": "application/fhir+json"})
+                                 "accept": "application/fhir+json"}, verify=httpclient.verify())
 
 
 def _client(live: LiveServer, scope: str, institution: str) -> httpx.Client:
     auth = live.client_auth(roles=("clinician",), scope=scope, institution=institution)
     return httpx.Client(base_url=live.base, timeout=30, auth=auth,
-                        headers={"accept": "application/fhir+json"})
+                        headers={"accept": "application/fhir+json"}, verify=httpclient.verify())
 
 
 def _ids(r: httpx.Response, rtype: str) -> set[str]:

@@ -25,6 +25,7 @@ import pytest
 from hub.auth.backend_client import BackendServicesAuth
 from hub.auth.clients import open_registry
 from hub.auth.signer import Signer
+from hub.core import httpclient
 from tests.api_helpers import assert_outcome, create, observation, patient, unique
 from tests.conftest import BACKENDS, FHIR_JSON, LiveServer, make_settings
 from tests.test_access_audit import audit_events, new_since
@@ -53,7 +54,7 @@ def live(request, tmp_path_factory):
 
 def _client(live, auth) -> httpx.Client:
     return httpx.Client(base_url=live.base, timeout=30, auth=auth,
-                        headers={"accept": "application/fhir+json"})
+                        headers={"accept": "application/fhir+json"}, verify=httpclient.verify())
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +249,7 @@ def test_a_token_without_system_read_scopes_is_refused(live, scope):
 def test_a_patient_context_token_is_refused(live, admin):
     p = _new(admin, patient())
     bearer = {"authorization": f"Bearer {_patient_token(live, p['id'], 'patient/*.rs')}"}
-    with httpx.Client(base_url=live.base, timeout=30, headers=bearer) as c:
+    with httpx.Client(base_url=live.base, timeout=30, headers=bearer, verify=httpclient.verify()) as c:
         for path in ("/$export", "/Patient/$export"):
             assert_outcome(c.get(path, headers=ASYNC), 403)
 
@@ -431,7 +432,7 @@ def test_a_patient_or_user_context_token_with_system_scopes_is_refused(live, adm
     p = _new(admin, patient())
     for claims in ({"patient": p["id"]}, {"fhirUser": f"Practitioner/{unique()}"}):
         bearer = _signed(live, scope="system/*.rs", hub_roles=["clinician"], **claims)
-        with httpx.Client(base_url=live.base, timeout=30, headers=bearer) as c:
+        with httpx.Client(base_url=live.base, timeout=30, headers=bearer, verify=httpclient.verify()) as c:
             for path in ("/$export", "/Patient/$export"):
                 assert_outcome(c.get(path, headers=ASYNC), 403)
 
@@ -531,7 +532,7 @@ def test_an_external_providers_subject_owns_no_hub_clients_export(tmp_path, requ
             with _client(server, hub_client) as ours, httpx.Client(
                     base_url=server.base, timeout=30, headers={
                         "authorization": f"Bearer {token}",
-                        "accept": "application/fhir+json"}) as theirs:
+                        "accept": "application/fhir+json"}, verify=httpclient.verify()) as theirs:
                 status_url = kick_off(ours, _type="Patient")
                 manifest = wait(ours, status_url)
                 assert_outcome(theirs.get(status_url), 403)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
+from hub.core import httpclient
 from hub.core.fhirtime import parse_range
 from tests.api_helpers import (
     FHIR_JSON,
@@ -825,7 +826,7 @@ def test_a_transactions_get_refused_by_scope_refuses_it_before_it_writes(live, c
     p = patient(rid=unique())
     put(client, p)
     auth = live.client_auth(scope="system/Patient.cruds", name="patients only")
-    with httpx.Client(base_url=live.base, timeout=30, auth=auth) as c:
+    with httpx.Client(base_url=live.base, timeout=30, auth=auth, verify=httpclient.verify()) as c:
         for url in (f"Patient/{p['id']}/Observation", "Observation/_history",
                     "?_type=Observation"):
             assert c.get(url if url.startswith("?") else "/" + url).status_code == 403, url

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from hub.repository import Repository
+from fhir_mapping.base import SourceInfo
+from hub.core import httpclient
 from hub.documents import DocumentService
 from hub.quarantine import Quarantine
-from fhir_mapping.base import SourceInfo
+from hub.repository import Repository
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CLEAN = (FIXTURES / "quality" / "wst500-C0002-clean.xml").read_bytes()
@@ -347,7 +348,7 @@ def test_a_new_version_for_another_patient_is_refused_and_changes_nothing(client
     import httpx
 
     blind = live.client_auth(roles=("connector",), scope="system/*.cu", institution="H0002")
-    with httpx.Client(base_url=live.base, auth=blind, timeout=30) as c:
+    with httpx.Client(base_url=live.base, auth=blind, timeout=30, verify=httpclient.verify()) as c:
         r = c.post("/../cda", content=v2, headers=XML)
     assert r.status_code == 409, r.text
     assert "may not read" in r.text and pa not in r.text and pa.partition("/")[2] not in r.text

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from hub.auth.signer import Signer
+from hub.core import httpclient
 from tests.api_helpers import create, observation, patient
 from tests.conftest import BACKENDS, live_server
 from tests.es_server import es_server  # noqa: F401 - fixture
@@ -34,7 +35,7 @@ def world(live) -> dict[str, str]:
     """Two patients, a and b, and their records; a Practitioner and an Organization (in no
     Patient's compartment). Names -> 'Type/id'."""
     out: dict[str, str] = {}
-    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth) as c:
+    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth, verify=httpclient.verify()) as c:
         def add(name: str, d: dict) -> str:
             out[name] = f"{d['resourceType']}/{create(c, d).json()['id']}"
             return out[name].split("/")[1]
@@ -149,7 +150,7 @@ def _patient_token(live, pid: str, scope: str = "patient/*.rs") -> str:
 
 def _as(live, token: str) -> httpx.Client:
     return httpx.Client(base_url=live.base, timeout=30,
-                        headers={"authorization": f"Bearer {token}"})
+                        headers={"authorization": f"Bearer {token}"}, verify=httpclient.verify())
 
 
 COMPARTMENT_TYPES = ("Patient", "Observation", "Condition", "Encounter")

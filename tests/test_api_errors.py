@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from hub.core import httpclient
 from tests.api_helpers import (
     FHIR_JSON,
     assert_outcome,
@@ -635,13 +636,13 @@ def test_store_outage_is_a_503_and_the_server_recovers(pg_databases, tmp_path):
     """The PostgreSQL database disappears under a running server: 503 + Retry-After, no crash."""
     import psycopg
 
-    from tests.conftest import PG_ADMIN, LiveServer
     from hub.core.config import Settings
+    from tests.conftest import PG_ADMIN, LiveServer
 
     dsn = pg_databases.new()
     settings = Settings(data_dir=tmp_path)
     settings.database_url = dsn
-    with LiveServer(settings) as server, httpx.Client(base_url=server.base, timeout=30, auth=server.auth) as c:
+    with LiveServer(settings) as server, httpx.Client(base_url=server.base, timeout=30, auth=server.auth, verify=httpclient.verify()) as c:
         assert c.post("/Patient", content=b'{"resourceType":"Patient"}',
                       headers=FHIR_JSON).status_code == 201
         name = dsn.rsplit("/", 1)[1]

@@ -9,6 +9,7 @@ import threading
 import orjson
 import pytest
 
+from hub.core import httpclient
 from tests.api_helpers import (
     FHIR_JSON,
     assert_outcome,
@@ -305,7 +306,7 @@ def test_concurrent_patches_all_apply(client, live):
     def add(k: int) -> None:
         import httpx
 
-        with httpx.Client(base_url=live.base, timeout=60, auth=live.auth) as c:
+        with httpx.Client(base_url=live.base, timeout=60, auth=live.auth, verify=httpclient.verify()) as c:
             r = c.patch(f"/Patient/{rid}", headers=JSON_PATCH, json=[
                 {"op": "add", "path": "/telecom/-" if k else "/telecom", "value": [
                     {"system": "phone", "value": f"1380000000{k}"}] if not k else

@@ -7,6 +7,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from hub.core import httpclient
 from tests.api_helpers import FHIR_JSON, create, observation, patient, unique
 from tests.conftest import BACKENDS, live_server
 from tests.es_server import es_server  # noqa: F401 - fixture
@@ -26,7 +27,7 @@ def world(live):
     import httpx
 
     code = unique()[:12]
-    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth) as c:
+    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth, verify=httpclient.verify()) as c:
         pids = []
         for _ in range(3):
             d = patient(meta={"tag": [{"system": TAG, "code": code}]})
@@ -175,7 +176,7 @@ def test_a_scoped_caller_searches_only_what_it_may(live, world):
 
     code, pids, oids = world
     auth = live.client_auth(roles=("clinician",), scope="system/Patient.rs")
-    with httpx.Client(base_url=live.base, timeout=30, auth=auth) as c:
+    with httpx.Client(base_url=live.base, timeout=30, auth=auth, verify=httpclient.verify()) as c:
         b = c.get("", params={"_tag": f"{TAG}|{code}", "_count": "100"})
         assert b.status_code == 200, b.text
         assert sorted(_ids(b.json())) == sorted(f"Patient/{p}" for p in pids)
@@ -219,7 +220,7 @@ def test_a_type_named_but_not_the_callers_is_refused_on_the_first_page(live, wor
 
     code, pids, _ = world
     auth = live.client_auth(roles=("clinician",), scope="system/Patient.rs")
-    with httpx.Client(base_url=live.base, auth=auth, timeout=30) as c:
+    with httpx.Client(base_url=live.base, auth=auth, timeout=30, verify=httpclient.verify()) as c:
         r = c.get("", params={"_type": "Patient,Observation", "_tag": f"{TAG}|{code}",
                               "_count": "1"})
         assert r.status_code == 403, r.text

@@ -22,6 +22,7 @@ from lxml import etree
 from fhir_mapping.base import SourceInfo
 from fhir_mapping.hl7v3 import convert
 from fhir_mapping.ids import encounter_id, patient_id
+from hub.core import httpclient
 from terminology.resident_id import check_digit
 
 FIX = Path(__file__).parent / "fixtures" / "hl7v3"
@@ -496,7 +497,7 @@ def test_an_unsupported_interaction_is_kept_and_listed(client, v3, live):
         q.close()
     # without a token, nothing (the listing is for callers of the service)
     if live.settings.auth:
-        assert httpx.get(v3 + "/metadata").status_code == 401
+        assert httpx.get(v3 + "/metadata", verify=httpclient.verify()).status_code == 401
 
 
 @pytest.mark.parametrize("processing", ["T", "D"])
@@ -779,7 +780,7 @@ def test_a_soap_envelope_without_a_message_is_a_fault(client, v3, ns, status):
 
 
 def test_the_wsdl_describes_the_service(client, v3, live):
-    r = httpx.get(v3 + "/wsdl")  # no token: a service description, like /fhir/metadata
+    r = httpx.get(v3 + "/wsdl", verify=httpclient.verify())  # no token: a service description, like /fhir/metadata
     assert r.status_code == 200
     root = etree.fromstring(r.content)
     assert root.tag == "{http://schemas.xmlsoap.org/wsdl/}definitions"
@@ -787,12 +788,12 @@ def test_the_wsdl_describes_the_service(client, v3, live):
     assert addresses == [v3, v3]  # a SOAP 1.1 and a 1.2 port
     assert client.get(v3, params={"wsdl": ""}).content == r.content
     # as SOAP tools fetch it: GET /v3?wsdl without credentials (access control is on here)
-    anonymous = httpx.get(v3 + "?wsdl")
+    anonymous = httpx.get(v3 + "?wsdl", verify=httpclient.verify())
     assert anonymous.status_code == 200 and anonymous.content == r.content
-    assert httpx.head(v3 + "?wsdl").status_code == 200
+    assert httpx.head(v3 + "?wsdl", verify=httpclient.verify()).status_code == 200
     # only that: another query, or a message, still needs a token
-    for other in (httpx.get(v3), httpx.get(v3 + "?wsdl&x=1"), httpx.get(v3 + "?WSDL=1"),
-                  httpx.post(v3 + "?wsdl", content=b"<x/>", headers={"content-type": "text/xml"})):
+    for other in (httpx.get(v3, verify=httpclient.verify()), httpx.get(v3 + "?wsdl&x=1", verify=httpclient.verify()), httpx.get(v3 + "?WSDL=1", verify=httpclient.verify()),
+                  httpx.post(v3 + "?wsdl", content=b"<x/>", headers={"content-type": "text/xml"}, verify=httpclient.verify())):
         assert other.status_code == 401, (other.request.url, other.request.method)
 
 
@@ -1714,7 +1715,7 @@ def test_a_message_the_hub_fails_on_is_kept_for_replay(tmp_path, monkeypatch):
     monkeypatch.setattr(v3_api, "_register", broken)
     data = variant(fixture("outpatient-appointment.xml"), ("OA-MSG-0001", f"OA-{tag()}"))
     with app_server(create_app(settings)) as port:
-        r = httpx.post(f"http://127.0.0.1:{port}/v3", content=data, headers=DECLARED, timeout=30)
+        r = httpx.post(f"http://127.0.0.1:{port}/v3", content=data, headers=DECLARED, timeout=30, verify=httpclient.verify())
     code, text, _ = ack(r)
     assert r.status_code == 200 and code == "AE" and "kept for replay" in text, (r.status_code, text)
     assert kept_entry(settings.data_dir, text)["payload"] == data

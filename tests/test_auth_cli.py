@@ -13,6 +13,7 @@ from hub.auth.clients import open_registry
 from hub.auth.keys import public_jwk
 from hub.auth.signer import Signer
 from hub.cli import main
+from hub.core import httpclient
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -188,7 +189,7 @@ def test_a_hub_on_ipv6_names_itself_with_brackets(tmp_path, request, monkeypatch
     with LiveServer(make_settings("sqlite", tmp_path, request), host="::1") as live:
         origin = f"http://[::1]:{live.port}"
         assert live.base == origin + "/fhir"
-        with httpx.Client(timeout=30) as c:
+        with httpx.Client(timeout=30, verify=httpclient.verify()) as c:
             assert c.get(live.base + "/metadata").json()["implementation"]["url"] == live.base
             smart = c.get(live.base + "/.well-known/smart-configuration").json()
             assert smart["token_endpoint"] == origin + "/auth/token"
@@ -204,7 +205,7 @@ def test_a_hub_on_ipv6_names_itself_with_brackets(tmp_path, request, monkeypatch
         assert main(["auth", "token", "--client-id", client.client_id, "--key", str(pem),
                      "--scope", "system/Patient.rs"]) == 0
         token = capsys.readouterr().out.strip()
-        r = httpx.get(live.base + "/Patient", headers={"authorization": f"Bearer {token}"}, timeout=30)
+        r = httpx.get(live.base + "/Patient", headers={"authorization": f"Bearer {token}"}, timeout=30, verify=httpclient.verify())
         assert r.status_code == 200, r.text
 
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from hub.cli import main
+from hub.core import httpclient
 from tests.conftest import LiveServer, make_settings
 from tests.console_helpers import PASSWORD, console_user
 from tests.console_helpers import logged_in as console_session
@@ -31,7 +32,7 @@ def two_workers(request, tmp_path_factory):
 def _answers(srv: LiveServer, token: str) -> list[httpx.Response]:
     out = []
     for _ in range(ASKS):
-        with httpx.Client(base_url=srv.base, timeout=30) as c:
+        with httpx.Client(base_url=srv.base, timeout=30, verify=httpclient.verify()) as c:
             out.append(c.get("/Patient", params={"_count": "1"},
                              headers={"authorization": f"Bearer {token}"}))
     return out
@@ -60,7 +61,7 @@ def test_a_revoked_clients_token_is_refused_at_once_by_every_worker(two_workers,
         auth.token(renew=True)
     assert e.value.response.status_code == 401
     # every other client keeps its access
-    with httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c:
+    with httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth, verify=httpclient.verify()) as c:
         assert c.get("/Patient", params={"_count": "1"}).status_code == 200
 
 
@@ -74,11 +75,11 @@ def test_a_disabled_users_console_sessions_end_at_once_on_every_worker(two_worke
 
     def overview(cookie: str) -> int:
         # a new connection each
-        with httpx.Client(base_url=srv.origin, timeout=30, cookies={"hub_console": cookie}) as c:
+        with httpx.Client(base_url=srv.origin, timeout=30, cookies={"hub_console": cookie}, verify=httpclient.verify()) as c:
             return c.get("/console/overview").status_code
 
     assert {overview(c) for c in cookies * 4} == {200}
     _operator(srv, "user", "disable", name)
     assert {overview(c) for c in cookies * 4} == {303}  # to the login page
-    with httpx.Client(base_url=srv.origin, timeout=30) as c:
+    with httpx.Client(base_url=srv.origin, timeout=30, verify=httpclient.verify()) as c:
         assert c.post("/console/login", data={"name": name, "password": PASSWORD}).status_code == 401

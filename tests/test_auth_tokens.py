@@ -31,6 +31,7 @@ from hub.auth.tokens import (
     access_claims,
     issue_for_client,
 )
+from hub.core import httpclient
 from hub.core.config import Settings
 from hub.core.errors import FhirError
 from tests.conftest import app_server, free_port
@@ -58,7 +59,7 @@ class Hub:
         self.audience = f"{self.origin}/fhir"
         self.registry = open_registry(data_dir)
         self.signer = Signer(data_dir)
-        self.http = httpx.Client(base_url=self.origin, timeout=30)
+        self.http = httpx.Client(base_url=self.origin, timeout=30, verify=httpclient.verify())
         self.rsa = self.registry.add("RSA lab feed", jwks_from_bytes(pem(RSA_KEY), "rsa.pem"),
                                      institution="H1", roles=["connector"],
                                      scopes="system/*.rs system/Observation.cruds")
@@ -589,7 +590,7 @@ def test_hub_serve_with_an_issuer_and_no_jwks_url_takes_its_tokens(idp, tmp_path
         token = idp_token(RSA_KEY, "k1", iss=idp.issuer, aud=live.base, scope="user/Patient.rs",
                           roles=["clinician"])
         r = httpx.get(live.base + "/Patient", headers={"authorization": f"Bearer {token}"},
-                      timeout=30)
+                      timeout=30, verify=httpclient.verify())
         assert r.status_code == 200, r.text
 
 
@@ -642,18 +643,18 @@ def test_a_provider_that_does_not_answer_holds_no_other_request(tmp_path, reques
 
             def ask() -> None:
                 answers.append(httpx.get(live.base + "/Patient", timeout=60,
-                                         headers={"authorization": f"Bearer {forged}"}))
+                                         headers={"authorization": f"Bearer {forged}"}, verify=httpclient.verify()))
             waiting = threading.Thread(target=ask)
             waiting.start()
             time.sleep(0.5)  # the first token's fetch is under way
             t = time.monotonic()
-            health = httpx.get(live.base.rsplit("/fhir", 1)[0] + "/health", timeout=60)
+            health = httpx.get(live.base.rsplit("/fhir", 1)[0] + "/health", timeout=60, verify=httpclient.verify())
             assert health.status_code == 200 and time.monotonic() - t < 2, time.monotonic() - t
             waiting.join(60)
             assert answers[0].status_code == 503, answers[0].text
             t = time.monotonic()  # the provider was found away: the next token is told at once
             again = httpx.get(live.base + "/Patient", timeout=60,
-                              headers={"authorization": f"Bearer {forged}"})
+                              headers={"authorization": f"Bearer {forged}"}, verify=httpclient.verify())
             assert again.status_code == 503 and time.monotonic() - t < 1, again.text
     finally:
         silent.close()

@@ -28,7 +28,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from hub import cli
-from hub.core import conditional, jsontext
+from hub.core import conditional, httpclient, jsontext
 from hub.core.config import Settings
 
 from .conftest import _pg_available, free_port
@@ -750,14 +750,14 @@ def test_serve_answers_metadata(tmp_path, feed):
         while True:
             assert proc.poll() is None, proc.communicate()
             try:
-                r = httpx.get(base + "/metadata", timeout=2)
+                r = httpx.get(base + "/metadata", timeout=2, verify=httpclient.verify())
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "hub serve did not answer in 30 s"
                 time.sleep(0.1)
         assert r.status_code == 200
         assert r.json()["resourceType"] == "CapabilityStatement"
-        assert httpx.get(base + "/Patient/p1", timeout=5).json()["id"] == "p1"
+        assert httpx.get(base + "/Patient/p1", timeout=5, verify=httpclient.verify()).json()["id"] == "p1"
     finally:
         proc.send_signal(signal.SIGINT)
         try:

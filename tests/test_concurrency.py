@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import orjson
 
+from hub.core import httpclient
 from hub.core import resource as res
 from hub.core.errors import FhirError
 from hub.core.ingest import Context, Hub, Op
@@ -132,7 +133,7 @@ def test_service_transactions_retried_keep_their_references(hub):
 
 def with_client(live, fn):
     def call(i):
-        with httpx.Client(base_url=live.base, timeout=60, auth=live.auth) as c:
+        with httpx.Client(base_url=live.base, timeout=60, auth=live.auth, verify=httpclient.verify()) as c:
             return fn(c, i)
     return call
 

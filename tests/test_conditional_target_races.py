@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from hub.api.app import create_app
+from hub.core import httpclient
 from hub.core import resource as res
 from hub.core.conditional import parse_query
 from hub.core.errors import FhirError
@@ -138,7 +139,7 @@ def test_conditional_delete_on_any_search_whose_match_changed_meanwhile(settings
             corrected = patient(rid=x["id"], family="Wang")
             hub.resolver = InterleavingResolver(hub.resolver, Hub(hub.store), put_op(corrected))
             r = httpx.delete(f"http://127.0.0.1:{port}/fhir/Patient",
-                             params={"identifier": token(x), "family": "Wang"}, timeout=30)
+                             params={"identifier": token(x), "family": "Wang"}, timeout=30, verify=httpclient.verify())
             assert r.status_code in (200, 204), r.text
             assert hub.resolver.racer is None  # the other writer came in between
             assert versions_in_log(hub, "Patient", x["id"]) == [1, 2]

@@ -8,11 +8,12 @@ import json
 
 import httpx
 import orjson
+
 from connectors.kinds import converter
 from connectors.mllp_client import MLLPClient, ack_code
 from connectors.testing import ConnectorProcess, adt_message, region_patients, wait_until
 from hub.cli import main
-
+from hub.core import httpclient
 from tests.conftest import LiveServer, free_port
 from tests.test_connector_e2e import INFO, connector_config, hub_settings, needs_v2
 
@@ -73,9 +74,9 @@ def test_deadletters_list_show_replay_and_status(tmp_path, capsys):
                             "--config", str(cfg))
             assert code == 0 and "1 replayed" in out
             [unit] = converter("hl7v2")(big, INFO)
-            wait_until(lambda: httpx.get(f"{hub.base}/{unit.patient_key}", headers=hub.headers).status_code == 200, 30,
+            wait_until(lambda: httpx.get(f"{hub.base}/{unit.patient_key}", headers=hub.headers, verify=httpclient.verify()).status_code == 200, 30,
                        what="replayed patient")
-            assert httpx.get(f"{hub.base}/{unit.patient_key}", headers=hub.headers).json()["name"][0]["family"] \
+            assert httpx.get(f"{hub.base}/{unit.patient_key}", headers=hub.headers, verify=httpclient.verify()).json()["name"][0]["family"] \
                 == "欧阳" * 1500
             # recorded as the connector's own delivery: its feed and institution, not "replay"
             code, out = cli(capsys, "history", unit.patient_key, "--data-dir",
@@ -98,7 +99,7 @@ def test_deadletters_list_show_replay_and_status(tmp_path, capsys):
                     adt["lag"], adt["deadletters"]) == (5, 4, 4, 1, 0, 1)
             code, out = cli(capsys, "connector", "status", str(cfg))
             assert "running" in out and "adt" in out
-            assert httpx.get(f"http://127.0.0.1:{ports['status']['port']}/health").json() \
+            assert httpx.get(f"http://127.0.0.1:{ports['status']['port']}/health", verify=httpclient.verify()).json() \
                 == {"status": "ok"}
         code, out = cli(capsys, "connector", "status", str(cfg))
         assert code == 0 and "not running" in out

@@ -14,6 +14,7 @@ import pytest
 from connectors.base import Envelope
 from connectors.config import ConnectorConfig
 from connectors.daemon import Connector
+from hub.core import httpclient
 from tests.conftest import live_server
 
 
@@ -45,7 +46,7 @@ def test_delivery_goes_on_after_the_spool_failed(hub, tmp_path):
         other.execute("ROLLBACK")
         other.close()
         deadline = time.monotonic() + 30
-        with httpx.Client(base_url=hub.base, timeout=10, auth=hub.auth) as c:
+        with httpx.Client(base_url=hub.base, timeout=10, auth=hub.auth, verify=httpclient.verify()) as c:
             while c.get(f"/Patient/{rid}").status_code != 200:
                 assert time.monotonic() < deadline, conn.status()["sink"]
                 time.sleep(0.2)
@@ -82,7 +83,7 @@ def test_a_message_with_one_refused_resource_writes_nothing_of_it(hub, tmp_path)
     units = conn.spool.pending()
     errors = conn.sink.deliver(units)
     assert errors[0] is not None and errors[1] is None, errors
-    with httpx.Client(base_url=hub.base, timeout=10, auth=hub.auth) as c:
+    with httpx.Client(base_url=hub.base, timeout=10, auth=hub.auth, verify=httpclient.verify()) as c:
         assert c.get("/Observation/obs-1").status_code == 404
         assert c.get("/Observation/obs-2").status_code == 200
     conn.spool.close()
@@ -112,7 +113,7 @@ def test_a_message_touching_another_institutions_record_is_refused_alone(hub, tm
     if not hub.settings.auth:
         pytest.skip("without access control no institution owns a record")
     assert errors[0] is not None and errors[0]["status"] == 403 and errors[1] is None, errors
-    with httpx.Client(base_url=hub.base, timeout=10, auth=hub.auth) as c:
+    with httpx.Client(base_url=hub.base, timeout=10, auth=hub.auth, verify=httpclient.verify()) as c:
         assert c.get("/Patient/new-of-second").status_code == 200
     first.spool.close()
     second.spool.close()
@@ -139,7 +140,7 @@ def test_a_sink_with_a_p256_key_delivers(hub, tmp_path):
     conn.start()
     try:
         deadline = time.monotonic() + 30
-        with httpx.Client(base_url=hub.base, timeout=10, auth=hub.auth) as c:
+        with httpx.Client(base_url=hub.base, timeout=10, auth=hub.auth, verify=httpclient.verify()) as c:
             while c.get(f"/Patient/{rid}").status_code != 200:
                 assert time.monotonic() < deadline, conn.status()["sink"]
                 time.sleep(0.2)

@@ -16,6 +16,7 @@ from connectors.base import Envelope
 from connectors.config import ConnectorConfig
 from connectors.daemon import Connector
 from connectors.testing import wait_until
+from hub.core import httpclient
 from tests.cda_docs import ident, wst500
 from tests.conftest import live_server
 from tests.test_cda_entry_ids import diagnosis, section
@@ -48,7 +49,7 @@ def conn(server, tmp_path):
 
 @pytest.fixture
 def client(server):
-    with httpx.Client(base_url=server.base, timeout=30, auth=server.auth) as c:
+    with httpx.Client(base_url=server.base, timeout=30, auth=server.auth, verify=httpclient.verify()) as c:
         yield c
 
 

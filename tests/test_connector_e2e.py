@@ -15,12 +15,13 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+
 from connectors.kinds import converter
 from connectors.mllp_client import MLLPClient, ack_code
 from connectors.testing import ConnectorProcess, adt_stream, wait_until, write_config
 from fhir_mapping.base import SourceInfo
+from hub.core import httpclient
 from hub.core.config import Settings
-
 from tests.conftest import LiveServer, free_port
 
 try:
@@ -85,7 +86,7 @@ def _strip(r: dict) -> dict:
 
 
 def check_hub(base: str, expected: dict, auth=None) -> None:
-    with httpx.Client(base_url=base, timeout=30, auth=auth) as c:
+    with httpx.Client(base_url=base, timeout=30, auth=auth, verify=httpclient.verify()) as c:
         for ref, (content, versions) in expected.items():
             r = c.get(ref)
             assert r.status_code == 200, f"{ref} missing: {r.status_code}"

@@ -10,12 +10,13 @@ from __future__ import annotations
 import httpx
 import orjson
 import pytest
+
 from connectors.config import ConnectorConfig
 from connectors.kinds import converter
 from connectors.terminology import Terminology
 from fhir_mapping.base import SourceInfo
+from hub.core import httpclient
 from hub.core.config import Settings
-
 from tests.conftest import LiveServer
 
 OID = "2.16.156.10011.99.1.1"
@@ -88,7 +89,7 @@ def test_from_hub_the_aliases_of_the_hubs_code_systems_and_naming_systems(tmp_pa
     settings = Settings(data_dir=tmp_path / "hubdata")
     settings.database_url = None
     with LiveServer(settings) as hub:
-        with httpx.Client(base_url=hub.base, timeout=30, auth=hub.auth) as http:
+        with httpx.Client(base_url=hub.base, timeout=30, auth=hub.auth, verify=httpclient.verify()) as http:
             # the lab codes' CodeSystem names its OID in identifier; the map is keyed by its URL
             put(http, {"resourceType": "CodeSystem", "id": "lab", "url": LAB_URL,
                        "status": "active", "content": "fragment",

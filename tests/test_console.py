@@ -8,8 +8,17 @@ import uuid
 
 import httpx
 
+from hub.core import httpclient
 from tests.console_helpers import (  # noqa: F401 - fixtures
-    FIX, PASSWORD, base, browser, click, live, login, people, wait_for,
+    FIX,
+    PASSWORD,
+    base,
+    browser,
+    click,
+    live,
+    login,
+    people,
+    wait_for,
 )
 
 
@@ -22,7 +31,7 @@ def test_log_in_and_read_the_overview_with_its_chart(browser, live, people):
     for key, n in (("A", 3), ("B", 1)):
         auth = live.client_auth(roles=("connector",), institution=inst[key]) \
             if live.settings.auth else None
-        with httpx.Client(base_url=live.base, auth=auth, timeout=30) as c:
+        with httpx.Client(base_url=live.base, auth=auth, timeout=30, verify=httpclient.verify()) as c:
             for i in range(n):
                 r = c.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "甲"}]},
                            headers={"x-hub-source-feed": f"adt-{key.lower()}"})
@@ -84,7 +93,7 @@ def test_find_a_refused_message_read_its_findings_and_replay_it(browser, live, p
                                           'code="7" codeSystem="2.16.156.10011.2.3.1.271"')
     auth = live.client_auth(roles=("connector",)) if live.settings.auth else None
     r = httpx.post(base(live) + "/v3", content=visit.encode(), auth=auth,
-                   headers={"content-type": "application/xml"})
+                   headers={"content-type": "application/xml"}, verify=httpclient.verify())
     assert b'typeCode="AE"' in r.content
     qid = int(r.text.rsplit("quarantine entry", 1)[1].split(")")[0])
     login(browser, live, people["steward"], path="/console/quarantine")
@@ -123,7 +132,7 @@ def test_a_replay_that_passes_stores_the_message(browser, live, people):
     assert "replayed" in row.text
     auth = live.client_auth() if live.settings.auth else None
     found = httpx.get(base(live) + "/fhir/Encounter", params={"identifier": f"VS{tag}"},
-                      auth=auth).json()
+                      auth=auth, verify=httpclient.verify()).json()
     assert len(found["entry"]) == 1
 
 
@@ -143,10 +152,10 @@ def test_who_may_see_what(browser, live, people):
     # a replay posted without the session's CSRF value
     cookie = browser.get_cookie("hub_console")["value"]
     r = httpx.post(base(live) + "/console/quarantine/1/replay", data={"csrf": "forged"},
-                   cookies={"hub_console": cookie}, follow_redirects=False)
+                   cookies={"hub_console": cookie}, follow_redirects=False, verify=httpclient.verify())
     assert r.status_code == 403
-    r = httpx.get(base(live) + "/console/overview", follow_redirects=False)
+    r = httpx.get(base(live) + "/console/overview", follow_redirects=False, verify=httpclient.verify())
     assert r.status_code == 303 and r.headers["location"].startswith("/console/login")
     # the session cookie is no API token
-    r = httpx.get(base(live) + "/fhir/Patient", headers={"authorization": f"Bearer {cookie}"})
+    r = httpx.get(base(live) + "/fhir/Patient", headers={"authorization": f"Bearer {cookie}"}, verify=httpclient.verify())
     assert r.status_code == 401 or not live.settings.auth

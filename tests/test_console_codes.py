@@ -8,8 +8,17 @@ from pathlib import Path
 
 import httpx
 
+from hub.core import httpclient
 from tests.console_helpers import (  # noqa: F401 - fixtures
-    FIX, PASSWORD, base, browser, click, live, login, people, wait_for,
+    FIX,
+    PASSWORD,
+    base,
+    browser,
+    click,
+    live,
+    login,
+    people,
+    wait_for,
 )
 
 
@@ -28,7 +37,7 @@ def test_quality_per_institution_rule_and_type_drilled_down_to_the_document(brow
         .replace(b"110105198003151234", b"110105198003151235")  # a wrong check digit
     auth = live.client_auth(roles=("connector",), institution=inst) if live.settings.auth else None
     r = httpx.post(base(live) + "/cda", content=doc, auth=auth, timeout=60,
-                   headers={"content-type": "application/xml", "x-hub-source-institution": inst})
+                   headers={"content-type": "application/xml", "x-hub-source-institution": inst}, verify=httpclient.verify())
     assert r.status_code == 201, r.text
     login(browser, live, people["steward"], path="/console/quality")
 

@@ -19,10 +19,11 @@ from connectors.testing import ConnectorProcess, adt_message, region_patients, w
 from hub.auth.clients import REGISTRY_FILE
 from hub.auth.users import UserRegistry
 from hub.cli import main
+from hub.core import httpclient
 from tests.conftest import LiveServer, free_port, make_settings
+from tests.console_helpers import PASSWORD, base, browser, click, login, wait_for  # noqa: F401
 from tests.test_connector_deadletter import batch_size_of
 from tests.test_connector_e2e import INFO, connector_config, needs_v2
-from tests.console_helpers import PASSWORD, base, browser, click, login, wait_for  # noqa: F401
 
 
 @needs_v2
@@ -62,10 +63,10 @@ def test_watch_a_connector_read_its_dead_letters_and_replay_them(browser, tmp_pa
 
             # the daemon's dead letters are not for whoever reaches its port
             admin = f"http://127.0.0.1:{status_port}"
-            assert httpx.get(admin + "/deadletters").status_code == 401
+            assert httpx.get(admin + "/deadletters", verify=httpclient.verify()).status_code == 401
             assert httpx.post(admin + "/deadletters/replay",
-                              headers={"authorization": "Bearer wrong"}).status_code == 401
-            assert httpx.get(admin + "/status").status_code == 200  # no patient data in it
+                              headers={"authorization": "Bearer wrong"}, verify=httpclient.verify()).status_code == 401
+            assert httpx.get(admin + "/status", verify=httpclient.verify()).status_code == 200  # no patient data in it
 
             login(browser, hub, steward, path="/console/connectors")
             row = browser.find_element(By.ID, "connector-adt")
@@ -85,7 +86,7 @@ def test_watch_a_connector_read_its_dead_letters_and_replay_them(browser, tmp_pa
             click(browser, link)
             assert "ZZZ^Z99" in browser.find_element(By.ID, "payload").text
             assert "AR" in browser.find_element(By.ID, "reason").text
-            auditor = httpx.Client(base_url=hub.base, auth=hub.client_auth(roles=("auditor",)))
+            auditor = httpx.Client(base_url=hub.base, auth=hub.client_auth(roles=("auditor",)), verify=httpclient.verify())
             wait_for(lambda: any(
                 f"dead letter {dl_id} of connector adt" in str(e["resource"])
                 for e in auditor.get("/AuditEvent", params={"_count": 200}).json().get("entry", [])))
@@ -104,9 +105,9 @@ def test_watch_a_connector_read_its_dead_letters_and_replay_them(browser, tmp_pa
             assert "已重新处理: 1" in browser.find_element(By.ID, "notice").text
             [unit] = converter("hl7v2")(big, INFO)
             wait_until(lambda: httpx.get(f"{hub.base}/{unit.patient_key}",
-                                         headers=hub.headers).status_code == 200, 30,
+                                         headers=hub.headers, verify=httpclient.verify()).status_code == 200, 30,
                        what="the replayed patient")
-            family = httpx.get(f"{hub.base}/{unit.patient_key}", headers=hub.headers).json()
+            family = httpx.get(f"{hub.base}/{unit.patient_key}", headers=hub.headers, verify=httpclient.verify()).json()
             assert family["name"][0]["family"] == "司马" * 1500
 
             # every open one: the mapper still refuses ZZZ (kept, as a new dead letter)
@@ -115,7 +116,7 @@ def test_watch_a_connector_read_its_dead_letters_and_replay_them(browser, tmp_pa
             assert "已重新处理: 0" in notice and "仍被拒绝: 1" in notice
             statuses = sorted(d["status"] for d in httpx.get(
                 admin + "/deadletters?status=all",
-                headers={"authorization": f"Bearer {token}"}).json())
+                headers={"authorization": f"Bearer {token}"}, verify=httpclient.verify()).json())
             assert statuses == ["open", "replayed", "superseded"]
 
             # English on asking
@@ -129,7 +130,7 @@ def test_watch_a_connector_read_its_dead_letters_and_replay_them(browser, tmp_pa
         # a clinician has no connectors page, and a form without the session's CSRF value fails
         cookie = browser.get_cookie("hub_console")["value"]
         r = httpx.post(base(hub) + "/console/connectors/adt/replay", data={"csrf": "forged"},
-                       cookies={"hub_console": cookie}, follow_redirects=False)
+                       cookies={"hub_console": cookie}, follow_redirects=False, verify=httpclient.verify())
         assert r.status_code == 403
         login(browser, hub, clinician, path="/console/connectors")
         assert browser.find_element(By.ID, "error-status").text == "403"

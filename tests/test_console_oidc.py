@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, quote, urlparse
 import httpx
 import pytest
 
+from hub.core import httpclient
 from tests.conftest import LiveServer, make_settings
 from tests.console_helpers import base, browser, click, wait_for  # noqa: F401
 
@@ -33,7 +34,7 @@ def live(provider, tmp_path_factory, request):
 
 
 def person(provider: str, sub: str, claims: dict) -> None:
-    r = httpx.put(f"{provider}/users/{quote(sub)}", json=claims)
+    r = httpx.put(f"{provider}/users/{quote(sub)}", json=claims, verify=httpclient.verify())
     assert r.status_code == 204, r.text
 
 
@@ -97,30 +98,30 @@ def test_a_person_whose_only_role_opens_no_console_page_is_refused(browser, live
 def test_an_answer_not_for_this_login_is_refused(live, provider):
     # a callback without the flow's cookie (another browser's code, or a forged one)
     r = httpx.get(base(live) + "/console/oidc/callback", params={"code": "x", "state": "y"},
-                  follow_redirects=False)
+                  follow_redirects=False, verify=httpclient.verify())
     assert r.status_code == 403 and "hub_console=" not in r.headers.get("set-cookie", "")
     # the flow's cookie, but another state
-    start = httpx.get(base(live) + "/console/oidc/start", follow_redirects=False)
+    start = httpx.get(base(live) + "/console/oidc/start", follow_redirects=False, verify=httpclient.verify())
     assert start.status_code == 303 and start.headers["location"].startswith(provider)
     flow = start.cookies.get("hub_console_oidc")
     assert flow
     r = httpx.get(base(live) + "/console/oidc/callback", params={"code": "x", "state": "other"},
-                  cookies={"hub_console_oidc": flow}, follow_redirects=False)
+                  cookies={"hub_console_oidc": flow}, follow_redirects=False, verify=httpclient.verify())
     assert r.status_code == 403 and "state" in r.text
     # the right state but a code the provider never issued
     state = parse_qs(urlparse(start.headers["location"]).query)["state"][0]
     r = httpx.get(base(live) + "/console/oidc/callback", params={"code": "x", "state": state},
-                  cookies={"hub_console_oidc": flow}, follow_redirects=False)
+                  cookies={"hub_console_oidc": flow}, follow_redirects=False, verify=httpclient.verify())
     assert r.status_code == 403 and "hub_console=" not in r.headers.get("set-cookie", "")
 
 
 def _session(live, sub: str) -> httpx.Client:
     """A console session through the provider, without a browser: the start, the provider's
     form posted, its redirect back followed."""
-    c = httpx.Client(base_url=base(live), timeout=30)
+    c = httpx.Client(base_url=base(live), timeout=30, verify=httpclient.verify())
     start = c.get("/console/oidc/start", params={"next": "/console/record"})
     assert start.status_code == 303, start.text[:300]
-    back = httpx.post(start.headers["location"], data={"sub": sub}, timeout=30)
+    back = httpx.post(start.headers["location"], data={"sub": sub}, timeout=30, verify=httpclient.verify())
     assert back.status_code in (302, 303), back.text[:300]
     r = c.get(back.headers["location"])
     assert r.status_code == 200 and "hub_console" in c.cookies, r.text[:300]
@@ -136,7 +137,7 @@ def test_the_institution_the_provider_names_is_judged_by_consents(live, provider
     n = uuid.uuid4().hex[:6]
     pid, oid = f"oidc-{n}", f"oidc-o-{n}"
     h1 = {"x-hub-source-institution": "H1"}
-    with httpx.Client(base_url=live.base, auth=live.auth, headers=h1, timeout=30) as api:
+    with httpx.Client(base_url=live.base, auth=live.auth, headers=h1, timeout=30, verify=httpclient.verify()) as api:
         assert api.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid}
                        ).status_code == 201
         assert api.put(f"/Observation/{oid}", json={
@@ -176,7 +177,7 @@ def test_behind_a_proxy_that_ends_tls_the_flow_names_the_public_https_address(
     server = LiveServer(settings)
     server.extra_env["HUB_BASE_URL"] = "https://hub.example/fhir"
     with server:
-        start = httpx.get(base(server) + "/console/oidc/start", follow_redirects=False)
+        start = httpx.get(base(server) + "/console/oidc/start", follow_redirects=False, verify=httpclient.verify())
     assert start.status_code == 303
     asked = parse_qs(urlparse(start.headers["location"]).query)
     assert asked["redirect_uri"] == ["https://hub.example/console/oidc/callback"]
@@ -200,7 +201,7 @@ def test_a_person_the_provider_signed_in_is_audited_as_that_providers(
     n = uuid.uuid4().hex[:6]
     pid, sub = f"oidc-a-{n}", f"console:local-{n}"  # a local user's subject, at the provider
     with LiveServer(settings) as server:
-        with httpx.Client(base_url=server.base, auth=server.auth, timeout=30) as api:
+        with httpx.Client(base_url=server.base, auth=server.auth, timeout=30, verify=httpclient.verify()) as api:
             assert api.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid}
                            ).status_code == 201
             person(provider, sub, {"name": "医生", "roles": ["clinician"]})

@@ -9,8 +9,17 @@ from pathlib import Path
 
 import httpx
 
+from hub.core import httpclient
 from tests.console_helpers import (  # noqa: F401 - fixtures
-    FIX, PASSWORD, base, browser, click, live, login, people, wait_for,
+    FIX,
+    PASSWORD,
+    base,
+    browser,
+    click,
+    live,
+    login,
+    people,
+    wait_for,
 )
 
 
@@ -84,7 +93,7 @@ def test_a_steward_decides_the_review_queue_side_by_side(browser, live, people, 
         sorted([f"Patient/{a}", f"Patient/{b}"])
     # each Patient shown was read as the steward's access: audited
     auditor = httpx.Client(base_url=live.base, auth=live.client_auth(roles=("auditor",)) if
-                           live.settings.auth else None)
+                           live.settings.auth else None, verify=httpclient.verify())
 
     def audited() -> bool:
         audit = auditor.get("/AuditEvent", params={"entity": f"Patient/{b}", "_count": 100}).json()
@@ -183,7 +192,7 @@ def test_a_clinician_finds_a_person_and_reads_the_record_with_a_purpose(browser,
 
     assert wait_for(shown)  # once the timeline read model has it
     auditor = httpx.Client(base_url=live.base, auth=live.client_auth(roles=("auditor",)) if
-                           live.settings.auth else None)
+                           live.settings.auth else None, verify=httpclient.verify())
 
     def audited() -> bool:
         found = auditor.get("/AuditEvent", params={"entity": f"Patient/{pid}", "_count": 100})
@@ -270,7 +279,7 @@ def test_a_clinician_finds_a_person_by_card_qr_and_opens_an_encounter_a_report_a
     browser.get(base(live) + f"/console/record?q={card}:0:1700000000")
     assert browser.find_element(By.ID, "error-status").text == "400"
     auditor = httpx.Client(base_url=live.base, auth=live.client_auth(roles=("auditor",)) if
-                           live.settings.auth else None)
+                           live.settings.auth else None, verify=httpclient.verify())
 
     def audited(ref: str) -> bool:
         found = auditor.get("/AuditEvent", params={"entity": ref, "_count": 100})
@@ -298,7 +307,7 @@ def test_an_auditor_reviews_a_break_the_glass_access_and_searches_the_accesses(
         else None
     for purpose in ("ETREAT", "TREAT"):
         r = httpx.get(f"{live.base}/Patient/{pid}", auth=auth,
-                      headers={"x-purpose-of-use": purpose})
+                      headers={"x-purpose-of-use": purpose}, verify=httpclient.verify())
         assert r.status_code == 200, r.text
     login(browser, live, people["auditor"], path="/console/audit")
 
@@ -322,7 +331,7 @@ def test_an_auditor_reviews_a_break_the_glass_access_and_searches_the_accesses(
     assert "不合理" in review.text and people["auditor"] in review.text and "无急诊就诊记录" in review.text
     assert not review.find_elements(By.TAG_NAME, "form")
     auditor = httpx.Client(base_url=live.base, auth=live.client_auth(roles=("auditor",)) if
-                           live.settings.auth else None)
+                           live.settings.auth else None, verify=httpclient.verify())
     found = auditor.get("/AuditEvent", params={"entity": f"AuditEvent/{access_id}"}).json()
     [event] = [e["resource"] for e in found.get("entry", [])]
     assert event["type"]["code"] == "emergency-access-review"
@@ -341,5 +350,5 @@ def test_an_auditor_reviews_a_break_the_glass_access_and_searches_the_accesses(
     assert browser.find_element(By.ID, "error-status").text == "403"
     r = httpx.post(base(live) + f"/console/audit/{access_id}/review",
                    data={"csrf": "forged", "finding": "justified"},
-                   cookies={"hub_console": cookie}, follow_redirects=False)
+                   cookies={"hub_console": cookie}, follow_redirects=False, verify=httpclient.verify())
     assert r.status_code == 403

@@ -12,6 +12,7 @@ import httpx
 
 from hub.auth.clients import REGISTRY_FILE
 from hub.auth.users import UserRegistry
+from hub.core import httpclient
 from tests.console_helpers import PASSWORD, base, live  # noqa: F401 - fixtures
 from tests.console_helpers import console_user as _user
 from tests.console_helpers import logged_in as _logged_in
@@ -27,7 +28,7 @@ def _btg(page: httpx.Response) -> str:
 
 def _overview(live, cookie: str) -> int:
     return httpx.get(base(live) + "/console/overview", cookies={"hub_console": cookie},
-                     timeout=30).status_code
+                     timeout=30, verify=httpclient.verify()).status_code
 
 
 def test_logging_out_ends_the_session_on_the_server(live):
@@ -51,7 +52,7 @@ def test_a_clinician_can_log_out(live):
     cookie = c.cookies["hub_console"]
     csrf = _csrf(c.get("/console/terminology"))
     assert c.post("/console/logout", data={"csrf": csrf}).status_code == 303
-    r = httpx.get(base(live) + "/console/terminology", cookies={"hub_console": cookie}, timeout=30)
+    r = httpx.get(base(live) + "/console/terminology", cookies={"hub_console": cookie}, timeout=30, verify=httpclient.verify())
     assert r.status_code == 303  # signed out: to the login page
 
 
@@ -95,7 +96,7 @@ def test_a_link_breaks_no_glass_and_the_way_back_is_built_from_a_checked_id(live
 def test_a_login_form_posted_from_another_site_is_refused(live):
     name = _user(live)
     form = {"name": name, "password": PASSWORD}
-    with httpx.Client(base_url=base(live), timeout=30) as c:
+    with httpx.Client(base_url=base(live), timeout=30, verify=httpclient.verify()) as c:
         elsewhere = c.post("/console/login", data=form, headers={"origin": "http://evil.example"})
         assert elsewhere.status_code == 403 and "hub_console" not in elsewhere.cookies
         nowhere = c.post("/console/login", data=form, headers={"origin": "null"})
@@ -180,7 +181,7 @@ def test_guessing_a_password_is_held_after_ten_failures(live):
     guesser in. After ten failures in a quarter hour the name is held (429), the right
     password included, until the oldest failure leaves the window."""
     name = _user(live)
-    with httpx.Client(base_url=base(live), timeout=30) as c:
+    with httpx.Client(base_url=base(live), timeout=30, verify=httpclient.verify()) as c:
         for _ in range(10):
             assert c.post("/console/login", data={"name": name, "password": "wrong guess"}
                           ).status_code == 401
@@ -195,7 +196,7 @@ def test_guessing_a_password_is_held_after_ten_failures(live):
 def test_a_clinician_lands_on_a_page_of_theirs(live):
     """The overview is not a clinician's page: a clinician's login landed on a 403."""
     name = _user(live, ("clinician",))
-    with httpx.Client(base_url=base(live), timeout=30) as c:
+    with httpx.Client(base_url=base(live), timeout=30, verify=httpclient.verify()) as c:
         r = c.post("/console/login", data={"name": name, "password": PASSWORD})
         assert r.status_code == 303 and r.headers["location"] == "/console/record"
         assert c.get(r.headers["location"]).status_code == 200
@@ -205,7 +206,7 @@ def test_a_form_posted_after_the_session_ended_leads_back_to_its_page(live):
     """A replay posted once the session had ended sent the login to the replay's address, which
     takes only POST: the person landed on a 405 in FHIR JSON. The login leads back to the page
     the form was on."""
-    with httpx.Client(base_url=base(live), timeout=30) as c:
+    with httpx.Client(base_url=base(live), timeout=30, verify=httpclient.verify()) as c:
         r = c.post("/console/quarantine/1/replay", data={"csrf": "x"},
                    headers={"referer": base(live) + "/console/quarantine"})
         assert r.status_code == 303
@@ -274,7 +275,7 @@ def test_a_login_leads_back_to_the_page_asked_for_with_its_query(live):
 
     name = _user(live)
     asked = "/console/identity/person?ref=Patient/p-1&x=%E6%9D%A8"
-    with httpx.Client(base_url=base(live), timeout=30) as c:
+    with httpx.Client(base_url=base(live), timeout=30, verify=httpclient.verify()) as c:
         r = c.get(asked)
         assert r.status_code == 303, r.text[:200]
         sent = parse_qs(urlsplit(r.headers["location"]).query)["next"][0]
@@ -314,7 +315,7 @@ def test_the_break_the_glass_value_is_not_the_csrf_value_and_is_not_audited(live
         r = c.get(path, params={"purpose": "ETREAT", "btg": btg})
         assert r.status_code == 200 and 'id="purpose-form"' not in r.text, path
     auditor = httpx.Client(base_url=live.base, auth=live.client_auth(roles=("auditor",)),
-                           timeout=30)
+                           timeout=30, verify=httpclient.verify())
 
     def events() -> list[dict]:
         found = auditor.get("/AuditEvent", params={"entity": f"Patient/{pid}", "_count": 100})
@@ -371,7 +372,7 @@ def test_a_consent_denying_an_institution_holds_in_the_console_as_in_the_api(liv
             (institution, r.status_code)
         api = httpx.Client(base_url=live.base, timeout=30, headers={"x-purpose-of-use": "TREAT"},
                            auth=live.client_auth(roles=("clinician",), scope="user/*.rs",
-                                                 institution=institution))
+                                                 institution=institution), verify=httpclient.verify())
         assert api.get(f"/Observation/{oid}").status_code == (200 if institution == "H3" else 403)
         api.close()
 
@@ -432,7 +433,7 @@ def test_a_break_the_glass_access_is_reviewed_by_someone_else_and_every_finding_
     assert "<form" not in row and 'class="muted pending"' in row
     # the TREAT read of the same record is no emergency access: no review of it
     auditor_api = httpx.Client(base_url=live.base, auth=live.client_auth(roles=("auditor",)),
-                               timeout=30)
+                               timeout=30, verify=httpclient.verify())
     treat = [e["resource"]["id"] for e in auditor_api.get(
         "/AuditEvent", params={"entity": f"Patient/{pid}", "_count": 100}).json()["entry"]
         if "TREAT" in str(e["resource"].get("purposeOfEvent"))
@@ -471,7 +472,7 @@ def test_a_notice_shows_only_when_this_session_made_it(live):
     forged = "/console/mapping?notice=" + "Your password expired: call 555-0100"
     for page in (c.get(forged), _logged_in(live, name).get(made)):  # another session's notice
         assert page.status_code == 200 and 'id="notice"' not in page.text
-    with httpx.Client(base_url=base(live), timeout=30) as fresh:  # through a login
+    with httpx.Client(base_url=base(live), timeout=30, verify=httpclient.verify()) as fresh:  # through a login
         login = fresh.get(forged)
         assert login.status_code == 303
         from urllib.parse import parse_qs, urlsplit
@@ -499,7 +500,7 @@ def test_a_document_refused_again_on_each_replay_is_kept_once_per_day(live):
     before = kept_today()
     auth = live.client_auth(roles=("connector",), institution=f"HQ{uuid.uuid4().hex[:4]}") \
         if live.settings.auth else None
-    with httpx.Client(base_url=base(live), auth=auth, timeout=30) as fhir:
+    with httpx.Client(base_url=base(live), auth=auth, timeout=30, verify=httpclient.verify()) as fhir:
         refused = fhir.post("/cda", content=broken, headers={"content-type": "application/xml"})
     assert refused.status_code == 422, refused.text[:300]
     qid = int(refused.headers["x-quarantine-id"])
@@ -595,7 +596,7 @@ def test_an_account_without_a_console_role_cannot_log_in(live):
     """A connector's account logged in to a console of 403 pages only; it is refused as an
     identity provider's person without a role is."""
     name = _user(live, ("connector",))
-    with httpx.Client(base_url=base(live), timeout=30) as c:
+    with httpx.Client(base_url=base(live), timeout=30, verify=httpclient.verify()) as c:
         r = c.post("/console/login", data={"name": name, "password": PASSWORD},
                    follow_redirects=False)
         assert r.status_code == 403 and "hub_console" not in r.cookies

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from hub.console.common import shown_time
+from hub.core import httpclient
 from tests.console_helpers import base, console_user, live, logged_in, wait_for  # noqa: F401
 
 SHOWN = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+08:00")
@@ -74,10 +75,10 @@ def test_quarantine_audit_and_quality_pages_show_their_times_in_the_platforms_zo
     auth = live.client_auth()
     made = httpx.post(base(live) + "/fhir/Patient", auth=auth, timeout=30,
                       json={"resourceType": "Patient", "name": [{"family": f"T{tag}"}]},
-                      headers={"content-type": "application/fhir+json"})
+                      headers={"content-type": "application/fhir+json"}, verify=httpclient.verify())
     assert made.status_code == 201, made.text
     pid = made.json()["id"]
-    httpx.get(base(live) + f"/fhir/Patient/{pid}", auth=auth, timeout=30).raise_for_status()
+    httpx.get(base(live) + f"/fhir/Patient/{pid}", auth=auth, timeout=30, verify=httpclient.verify()).raise_for_status()
 
     def audited() -> list[str]:
         answer = c.get("/console/audit", params={"patient": pid})
@@ -94,7 +95,7 @@ def test_quarantine_audit_and_quality_pages_show_their_times_in_the_platforms_zo
     sent = httpx.post(base(live) + "/cda", content=doc, timeout=60,
                       auth=live.client_auth(roles=("connector",), institution=inst),
                       headers={"content-type": "application/xml",
-                               "x-hub-source-institution": inst})
+                               "x-hub-source-institution": inst}, verify=httpclient.verify())
     assert sent.status_code == 201, sent.text
 
     def documents() -> str:
@@ -131,7 +132,7 @@ def test_the_chart_pages_say_when_the_chart_library_is_missing(tmp_path, monkeyp
                                                         ["steward"])
     with app_server(create_app(settings)) as port:
         settings.base_url = f"http://127.0.0.1:{port}/fhir"
-        c = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        c = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, verify=httpclient.verify())
         assert c.post("/console/login", data={"name": "steward",
                                               "password": "correct horse battery"}).status_code == 303
         for path in ("/console/overview?lang=en", "/console/quality?lang=en"):

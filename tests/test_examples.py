@@ -21,6 +21,7 @@ import orjson
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
+from hub.core import httpclient
 from hub.core.resource import RESOURCE_TYPES
 from tests.conftest import BACKENDS, FHIR_JSON, live_server
 
@@ -108,7 +109,7 @@ def test_every_accepted_example_round_trips(live, examples):
     def client() -> httpx.Client:
         c = getattr(local, "client", None)
         if c is None:
-            c = local.client = httpx.Client(base_url=live.base, timeout=60, auth=auth)
+            c = local.client = httpx.Client(base_url=live.base, timeout=60, auth=auth, verify=httpclient.verify())
             clients.append(c)
         return c
 
@@ -182,7 +183,7 @@ def test_every_accepted_example_round_trips(live, examples):
     # every read model takes every example in: none stalls on one (its lag would stay)
     deadline = time.monotonic() + 120
     while True:
-        checks = httpx.get(live.origin + "/ready", timeout=30).json()["checks"]
+        checks = httpx.get(live.origin + "/ready", timeout=30, verify=httpclient.verify()).json()["checks"]
         models = {k: v for k, v in checks.items() if k.startswith("read-model:")}
         if models and all(v["lag"] == 0 for v in models.values()):
             break

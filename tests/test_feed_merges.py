@@ -13,6 +13,7 @@ from connectors.sinks.http import HttpSink
 from connectors.spool import Unit
 from fhir_mapping.base import SourceInfo
 from fhir_mapping.hl7v2 import _convert
+from hub.core import httpclient
 from tests.conftest import matching_server
 
 SRC = SourceInfo(institution="H1", oid="2.16.156.10011.99.1.7", name="Test hospital", feed="adt")
@@ -105,7 +106,7 @@ def test_a_feeds_merge_keeps_the_retired_records_facts_and_joins_the_person(matc
     what the record held, and the index follows the institution's own merge: one person,
     also for two records the scores alone kept apart."""
     live = matching
-    client = httpx.Client(base_url=live.base, timeout=30, auth=live.auth)
+    client = httpx.Client(base_url=live.base, timeout=30, auth=live.auth, verify=httpclient.verify())
     sink = HttpSink(live.base, source_info=SRC, **live.sink_credentials("H1", tmp_path / "keys"))
     tag = str(time.time_ns())[-9:]
     rid = "11010519491231002X"

@@ -13,6 +13,7 @@ import httpx
 import psutil
 import pytest
 
+from hub.core import httpclient
 from hub.core.config import Settings
 from tests.api_helpers import FHIR_JSON, observation, patient
 from tests.conftest import LiveServer
@@ -37,12 +38,12 @@ def _caught_up(c: httpx.Client, seconds: float = 20) -> dict:
 
 
 def _root(srv: LiveServer) -> httpx.Client:
-    return httpx.Client(base_url=srv.origin, timeout=30)
+    return httpx.Client(base_url=srv.origin, timeout=30, verify=httpclient.verify())
 
 
 def test_the_follower_process_keeps_read_models_current_and_comes_back(tmp_path):
     with LiveServer(Settings(data_dir=tmp_path / "d")) as srv, \
-            httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c, _root(srv) as root:
+            httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth, verify=httpclient.verify()) as c, _root(srv) as root:
         (follower,) = _followers(srv.proc)
         r = c.post("/Patient", json=patient(), headers=FHIR_JSON)
         assert r.status_code == 201
@@ -86,7 +87,7 @@ def test_followers_none_leaves_it_to_a_follow_process_of_ones_own(tmp_path):
     settings.auth = False
     srv = LiveServer(settings)
     srv.extra_args = ["--followers", "none"]
-    with srv, httpx.Client(base_url=srv.base, timeout=30) as c, _root(srv) as root:
+    with srv, httpx.Client(base_url=srv.base, timeout=30, verify=httpclient.verify()) as c, _root(srv) as root:
         assert _followers(srv.proc) == []
         assert c.post("/Patient", json=patient(), headers=FHIR_JSON).status_code == 201
         time.sleep(1.0)
@@ -115,7 +116,7 @@ def test_what_the_follower_process_fails_on_is_a_failing_check_on_ready(tmp_path
     settings.search, settings.es_url, settings.es_prefix = "elasticsearch", es.url, "f"
     try:
         with LiveServer(settings) as srv, _root(srv) as root, \
-                httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c:
+                httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth, verify=httpclient.verify()) as c:
             assert c.post("/Patient", json=patient(), headers=FHIR_JSON).status_code == 201
             assert _caught_up(root)["read-model:search-es"]["status"] == "pass"
             es.stop()
@@ -163,7 +164,7 @@ def test_the_hub_starts_and_writes_while_its_elasticsearch_is_away(tmp_path):
     settings.database_url = None
     settings.search, settings.es_url = "elasticsearch", f"http://127.0.0.1:{free_port()}"
     with LiveServer(settings) as srv, _root(srv) as root, \
-            httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c:
+            httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth, verify=httpclient.verify()) as c:
         assert c.post("/Patient", json=patient(), headers=FHIR_JSON).status_code == 201
         assert c.get("/Patient", params={"name": "x"}).status_code == 503
         deadline = time.monotonic() + 30

@@ -13,6 +13,7 @@ import httpx
 import psycopg
 import pytest
 
+from hub.core import httpclient
 from tests.conftest import PG_ADMIN, LiveServer, make_settings
 
 
@@ -28,10 +29,10 @@ def live(request, tmp_path_factory):
 
 
 def test_health_and_ready(live):
-    r = httpx.get(_origin(live) + "/health", timeout=10)
+    r = httpx.get(_origin(live) + "/health", timeout=10, verify=httpclient.verify())
     assert r.status_code == 200 and r.json()["status"] == "pass"
     assert r.headers["content-type"].startswith("application/health+json")
-    r = httpx.get(_origin(live) + "/ready", timeout=10)
+    r = httpx.get(_origin(live) + "/ready", timeout=10, verify=httpclient.verify())
     assert r.status_code == 200, r.text
     checks = r.json()["checks"]
     assert checks["event-store"]["status"] == "pass"
@@ -53,35 +54,35 @@ def test_a_database_outage_is_answered_quickly_and_recovered_from(request, tmp_p
     db = settings.database_url.rsplit("/", 1)[1]
     with LiveServer(settings) as live:
         origin = _origin(live)
-        assert httpx.get(origin + "/ready", timeout=10).status_code == 200
+        assert httpx.get(origin + "/ready", timeout=10, verify=httpclient.verify()).status_code == 200
         auth = live.headers  # a token got before the outage (the client registry is a file)
         _set_connections(db, False)
         try:
             started = time.monotonic()
-            r = httpx.get(origin + "/ready", timeout=30)
+            r = httpx.get(origin + "/ready", timeout=30, verify=httpclient.verify())
             assert r.status_code == 503, r.text
             assert r.json()["checks"]["event-store"]["status"] == "fail"
             assert time.monotonic() - started < 10
             started = time.monotonic()
             r = httpx.get(live.base + "/Patient/p1", timeout=30,
-                          headers={"accept": "application/fhir+json", **auth})
+                          headers={"accept": "application/fhir+json", **auth}, verify=httpclient.verify())
             assert r.status_code == 503, r.text
             assert r.json()["resourceType"] == "OperationOutcome"
             assert time.monotonic() - started < 10
         finally:
             _set_connections(db, True)
         deadline = time.monotonic() + 90  # the pool reconnects with backoff
-        while httpx.get(origin + "/ready", timeout=10).status_code != 200:
+        while httpx.get(origin + "/ready", timeout=10, verify=httpclient.verify()).status_code != 200:
             assert time.monotonic() < deadline, "the server did not recover from the outage"
             time.sleep(0.5)
         r = httpx.get(live.base + "/Patient/p1", timeout=10,
-                      headers={"accept": "application/fhir+json", **live.headers})
+                      headers={"accept": "application/fhir+json", **live.headers}, verify=httpclient.verify())
         assert r.status_code == 404, r.text  # answered from the store again
 
 
 def _found(live: LiveServer, birthdate: str) -> list[str]:
     r = httpx.get(live.base + "/Patient", params={"birthdate": birthdate}, headers=live.headers,
-                  timeout=10)
+                  timeout=10, verify=httpclient.verify())
     assert r.status_code == 200, r.text
     return [e["resource"]["id"] for e in r.json().get("entry", [])]
 
@@ -96,18 +97,18 @@ def test_a_read_model_built_under_another_zone_is_a_warning_until_rebuilt(tmp_pa
     settings = make_settings("sqlite", tmp_path / "zone", request)
     born = {"resourceType": "Patient", "id": "z1", "birthDate": "2024-01-15"}
     with LiveServer(settings) as live:
-        r = httpx.put(live.base + "/Patient/z1", json=born, headers=live.headers, timeout=10)
+        r = httpx.put(live.base + "/Patient/z1", json=born, headers=live.headers, timeout=10, verify=httpclient.verify())
         assert r.status_code == 201, r.text
         # the day of 2024-01-15 begins at 16:00 UTC on the 14th, 00:00 in Beijing
         assert _found(live, "2024-01-15T12:00:00+08:00") == []  # a point is not the whole day
         assert _found(live, "lt2024-01-15T06:00:00+08:00") == ["z1"]
         assert _found(live, "gt2024-01-16T06:00:00+08:00") == []
-        r = httpx.get(_origin(live) + "/ready", timeout=10)
+        r = httpx.get(_origin(live) + "/ready", timeout=10, verify=httpclient.verify())
         assert r.json()["checks"]["read-model:search"]["status"] == "pass"
 
     monkeypatch.setenv("HUB_TIMEZONE", "-05:00")
     with LiveServer(settings) as live:
-        r = httpx.get(_origin(live) + "/ready", timeout=10)
+        r = httpx.get(_origin(live) + "/ready", timeout=10, verify=httpclient.verify())
         assert r.status_code == 200  # it answers; an operator is told
         checks = r.json()["checks"]
         for name in ("search", "timeline"):
@@ -119,7 +120,7 @@ def test_a_read_model_built_under_another_zone_is_a_warning_until_rebuilt(tmp_pa
     assert run_hub(settings, "projections", "rebuild", "search").returncode == 0
     assert "stale" not in run_hub(settings, "projections", "status", "search").stdout
     with LiveServer(settings) as live:
-        checks = httpx.get(_origin(live) + "/ready", timeout=10).json()["checks"]
+        checks = httpx.get(_origin(live) + "/ready", timeout=10, verify=httpclient.verify()).json()["checks"]
         assert checks["read-model:search"]["status"] == "pass"
         assert checks["read-model:timeline"]["status"] == "warn"
         # the day of 2024-01-15 now begins at 05:00 UTC, 13:00 in Beijing
@@ -138,16 +139,16 @@ def test_a_candidate_index_counted_before_phones_is_a_warning_until_rebuilt(tmp_
     settings = make_settings("sqlite", tmp_path / "ic", request)
     check = "read-model:identity-candidates"
     with LiveServer(settings) as live:
-        r = httpx.put(live.base + "/Patient/p1", json=pat("p1"), headers=live.headers, timeout=10)
+        r = httpx.put(live.base + "/Patient/p1", json=pat("p1"), headers=live.headers, timeout=10, verify=httpclient.verify())
         assert r.status_code == 201, r.text
         deadline = time.monotonic() + 30
-        while (c := httpx.get(_origin(live) + "/ready", timeout=10).json()["checks"][check])["lag"]:
+        while (c := httpx.get(_origin(live) + "/ready", timeout=10, verify=httpclient.verify()).json()["checks"][check])["lag"]:
             assert time.monotonic() < deadline, "the candidate index did not catch up"
             time.sleep(0.1)
         assert c["status"] == "pass"
     as_counted_before_phones(settings.data_dir / "identity-candidates.sqlite")
     with LiveServer(settings) as live:
-        r = httpx.get(_origin(live) + "/ready", timeout=10)
+        r = httpx.get(_origin(live) + "/ready", timeout=10, verify=httpclient.verify())
         assert r.status_code == 200 and r.json()["status"] == "warn"  # it answers; an operator is told
         c = r.json()["checks"][check]
         assert c["status"] == "warn" and "hub projections rebuild identity-candidates" in c["output"]
@@ -156,11 +157,11 @@ def test_a_candidate_index_counted_before_phones_is_a_warning_until_rebuilt(tmp_
     assert run_hub(settings, "projections", "rebuild", "identity-candidates").returncode == 0
     assert "stale:" not in run_hub(settings, "projections", "status", "identity-candidates").stdout
     with LiveServer(settings) as live:
-        assert httpx.get(_origin(live) + "/ready", timeout=10).json()["checks"][check]["status"] == "pass"
+        assert httpx.get(_origin(live) + "/ready", timeout=10, verify=httpclient.verify()).json()["checks"][check]["status"] == "pass"
 
 
 def _ready_checks(live: LiveServer) -> dict:
-    r = httpx.get(_origin(live) + "/ready", timeout=10)
+    r = httpx.get(_origin(live) + "/ready", timeout=10, verify=httpclient.verify())
     assert r.status_code == 200, r.text  # it answers; an operator is told
     return r.json()["checks"]
 
@@ -181,7 +182,7 @@ def test_read_models_written_under_older_rules_are_a_warning_until_rebuilt(tmp_p
     with LiveServer(settings) as live:
         for rtype, body in (("Patient", {"resourceType": "Patient", "id": "r1"}), ("Encounter", visit)):
             r = httpx.put(f"{live.base}/{rtype}/{body['id']}", json=body, headers=live.headers,
-                          timeout=10)
+                          timeout=10, verify=httpclient.verify())
             assert r.status_code == 201, r.text
         deadline = time.monotonic() + 30
         while (checks := _ready_checks(live))["read-model:timeline"]["lag"]:
@@ -222,7 +223,7 @@ def test_read_models_written_under_older_rules_are_a_warning_until_rebuilt(tmp_p
         assert checks["read-model:search"]["status"] == "warn"
         assert run_hub(settings, "projections", "rebuild", "search").returncode == 0
         assert _ready_checks(live)["read-model:search"]["status"] == "pass"
-        r = httpx.get(f"{live.base}/Patient/r1/$timeline", headers=live.headers, timeout=10)
+        r = httpx.get(f"{live.base}/Patient/r1/$timeline", headers=live.headers, timeout=10, verify=httpclient.verify())
         assert r.status_code == 200, r.text
         assert [e["resource"]["id"] for e in r.json().get("entry", [])] == ["e1"]
 
@@ -244,10 +245,10 @@ def test_a_full_disk_is_told_apart_from_a_busy_store_and_readiness_says_so(tmp_p
         def write(i: int) -> httpx.Response:
             d = {"resourceType": "Patient", "id": f"full-{i}",
                  "name": [{"family": f"Wang{i}", "given": ["x" * 1000] * 20}]}
-            return httpx.put(f"{live.base}/Patient/full-{i}", json=d, headers=headers, timeout=30)
+            return httpx.put(f"{live.base}/Patient/full-{i}", json=d, headers=headers, timeout=30, verify=httpclient.verify())
 
         assert write(0).status_code == 201
-        assert httpx.get(origin + "/ready", timeout=10).json()["status"] == "pass"
+        assert httpx.get(origin + "/ready", timeout=10, verify=httpclient.verify()).json()["status"] == "pass"
         soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
         resource.prlimit(live.proc.pid, resource.RLIMIT_FSIZE,
                          (_sizes(settings.data_dir) + 64 * 1024, hard))
@@ -258,16 +259,16 @@ def test_a_full_disk_is_told_apart_from_a_busy_store_and_readiness_says_so(tmp_p
         assert r.status_code == 507, r.text
         assert r.json()["issue"][0]["diagnostics"].startswith("The event store is out of space")
         assert "Retry-After" not in r.headers
-        r = httpx.get(origin + "/ready", timeout=10)
+        r = httpx.get(origin + "/ready", timeout=10, verify=httpclient.verify())
         assert r.status_code == 200 and r.json()["status"] == "warn", r.text
         store = r.json()["checks"]["event-store"]
         assert store["status"] == "warn" and "disk I/O error" in store["output"], store
         assert httpx.get(f"{live.base}/Patient/full-0", headers=live.headers,
-                         timeout=10).status_code == 200  # it still reads
+                         timeout=10, verify=httpclient.verify()).status_code == 200  # it still reads
 
         resource.prlimit(live.proc.pid, resource.RLIMIT_FSIZE, (soft, hard))  # space freed
         assert write(1000).status_code == 201
-        r = httpx.get(origin + "/ready", timeout=10)
+        r = httpx.get(origin + "/ready", timeout=10, verify=httpclient.verify())
         assert r.json()["checks"]["event-store"]["status"] == "pass", r.text
     err = capfd.readouterr().err
     assert "event store out of space on PUT /fhir/Patient/full-" in err, err[-2000:]

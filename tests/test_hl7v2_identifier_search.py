@@ -12,6 +12,7 @@ import pytest
 from connectors.config import ConnectorConfig
 from connectors.daemon import Connector
 from connectors.mllp_client import MLLPClient, ack_code
+from hub.core import httpclient
 from tests.conftest import BACKENDS, live_server
 
 OID = "2.16.156.10011.99.1.1"
@@ -45,7 +46,7 @@ def test_a_record_number_and_a_patient_id_of_the_same_digits_are_found_apart(hub
             assert ack_code(c.send(adt("K2", f"4242^^^CQSRMYY&{OID}&ISO^PI", "陈^二", "19950101"))) == "AA"
         found: dict[str, list[str]] = {}
         deadline = time.monotonic() + 30
-        with httpx.Client(base_url=hub.base, timeout=10, auth=hub.auth) as client:
+        with httpx.Client(base_url=hub.base, timeout=10, auth=hub.auth, verify=httpclient.verify()) as client:
             while True:
                 for system in (f"urn:oid:{OID}.1", f"urn:oid:{OID}.19", f"urn:oid:{OID}"):
                     bundle = client.get("/Patient", params={"identifier": f"{system}|4242"}).json()

@@ -18,12 +18,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from hub.core import jsontext
-from hub.core.errors import FhirError
-from hub.core.resource import parse_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hub.core import httpclient, jsontext
+from hub.core.errors import FhirError
+from hub.core.resource import parse_json
 from tests.conftest import FHIR_JSON, LiveServer, make_settings
 
 MiB = 1 << 20
@@ -43,7 +43,7 @@ def live(request, tmp_path_factory):
 @pytest.fixture
 def client(live):
     with httpx.Client(base_url=live.base, timeout=60, auth=live.auth,
-                      headers={"accept": "application/fhir+json"}) as c:
+                      headers={"accept": "application/fhir+json"}, verify=httpclient.verify()) as c:
         yield c
 
 
@@ -128,7 +128,7 @@ def test_hostile_long_strings_anywhere_are_refused_and_the_server_answers(live, 
     for key in reversed(path):
         node = {key: [node]} if key == "extension" else {key: node}
     body = {"resourceType": "Patient", **node}
-    with httpx.Client(base_url=live.base, timeout=60, auth=live.auth) as c:
+    with httpx.Client(base_url=live.base, timeout=60, auth=live.auth, verify=httpclient.verify()) as c:
         r = c.post("Patient", json=body, headers=FHIR_JSON)
         assert r.status_code == 413, r.text[:300]
         assert r.json()["issue"][0]["expression"][0].startswith("Patient.")
@@ -222,7 +222,7 @@ def test_oversized_headers_are_refused_and_the_server_keeps_running(live, client
     # arriving in parts, the first already over the cap: uvicorn stops buffering it, 400
     answer = raw_request(live.port, head(big), pause_after=80 << 10)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
-    r = httpx.get(live.base + "/metadata", headers={"x-junk": "c" * (100 << 10)}, timeout=30)
+    r = httpx.get(live.base + "/metadata", headers={"x-junk": "c" * (100 << 10)}, timeout=30, verify=httpclient.verify())
     assert r.status_code == 431
     still_serving(client)
 
@@ -232,7 +232,7 @@ def test_headers_under_the_cap_are_served(live):
     big = b"x-big: " + b"d" * (32 << 10) + b"\r\n"
     answer = raw_request(live.port, head(big), pause_after=20 << 10)  # incomplete over 16 KiB
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
-    r = httpx.get(live.base + "/metadata", headers={"x-big": "d" * (32 << 10)}, timeout=30)
+    r = httpx.get(live.base + "/metadata", headers={"x-big": "d" * (32 << 10)}, timeout=30, verify=httpclient.verify())
     assert r.status_code == 200
 
 
@@ -263,7 +263,7 @@ def test_a_head_sent_slowly_is_cut_off(live, client):
 def test_kept_alive_connections_still_serve_prompt_requests(live):
     import time
 
-    with httpx.Client(timeout=30) as c:  # one connection, requests within the deadline
+    with httpx.Client(timeout=30, verify=httpclient.verify()) as c:  # one connection, requests within the deadline
         for _ in range(3):
             assert c.get(live.base + "/metadata").status_code == 200
             time.sleep(HEAD_TIMEOUT / 4)
@@ -295,7 +295,7 @@ def test_large_bodies_are_read_one_at_a_time_and_small_ones_go_on(one_large):
     results = {}
 
     def slow():
-        with httpx.Client(base_url=one_large.base, timeout=30, auth=one_large.auth) as c:
+        with httpx.Client(base_url=one_large.base, timeout=30, auth=one_large.auth, verify=httpclient.verify()) as c:
             results["slow"] = c.post("/Patient", content=slow_body(), headers=FHIR_JSON)
 
     t = threading.Thread(target=slow)
@@ -303,7 +303,7 @@ def test_large_bodies_are_read_one_at_a_time_and_small_ones_go_on(one_large):
     try:
         assert started.wait(10)
         time.sleep(0.2)
-        with httpx.Client(base_url=one_large.base, timeout=30, auth=one_large.auth) as c:
+        with httpx.Client(base_url=one_large.base, timeout=30, auth=one_large.auth, verify=httpclient.verify()) as c:
             r = c.post("/Patient", json=big, headers=FHIR_JSON)
             assert r.status_code == 503, r.text
             assert r.headers["retry-after"] and r.json()["issue"][0]["code"] == "transient"
@@ -313,7 +313,7 @@ def test_large_bodies_are_read_one_at_a_time_and_small_ones_go_on(one_large):
     finally:
         t.join(30)
     assert results["slow"].status_code == 201, results["slow"].text
-    with httpx.Client(base_url=one_large.base, timeout=30, auth=one_large.auth) as c:
+    with httpx.Client(base_url=one_large.base, timeout=30, auth=one_large.auth, verify=httpclient.verify()) as c:
         assert c.post("/Patient", json=big, headers=FHIR_JSON).status_code == 201
 
 

@@ -13,6 +13,7 @@ import orjson
 from fhir_mapping import hl7v2, quality
 from fhir_mapping.base import SourceInfo
 from fhir_mapping.source_order import Order, older_than
+from hub.core import httpclient
 from tests.conftest import FHIR_JSON
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -200,7 +201,7 @@ def test_a_source_order_ahead_of_the_hubs_clock_is_refused(live):
 
     auth = live.client_auth(roles=("connector",), scope="system/*.cruds", institution="H0731")
     with httpx.Client(base_url=live.base, timeout=30, auth=auth,
-                      headers={"accept": "application/fhir+json"}) as c:
+                      headers={"accept": "application/fhir+json"}, verify=httpclient.verify()) as c:
         new, _ = _post_batch(c, adt_a08("A08-1000", "20240316100000", "20240316100001", "05",
                                         "13900000010"))
         enc_id = next(r["id"] for r in new.resources if r["resourceType"] == "Encounter")

@@ -8,8 +8,11 @@ import copy
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
+from hub.core import httpclient
 from hub.core.config import Settings
 from hub.core.repair import repair
 from hub.synth import Region
@@ -33,7 +36,7 @@ def server(tmp_path_factory):
 
 
 def _client(srv: LiveServer, **kw) -> httpx.Client:
-    return httpx.Client(base_url=srv.base, timeout=30, auth=srv.client_auth(**kw))
+    return httpx.Client(base_url=srv.base, timeout=30, auth=srv.client_auth(**kw), verify=httpclient.verify())
 
 
 def test_a_connector_s_defects_are_repaired_said_and_counted(server):

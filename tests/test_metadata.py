@@ -12,6 +12,7 @@ from fhir.resources.R4B.terminologycapabilities import TerminologyCapabilities
 
 from hub.api.app import create_app
 from hub.api.fhirxml import xml_to_json
+from hub.core import httpclient
 from hub.core import resource as res
 from hub.core.config import Settings
 from tests.api_helpers import FHIR_JSON, assert_outcome, if_none_exist, patient, token, unique
@@ -249,7 +250,7 @@ def test_metadata_modes(client, live):
               "url": "https://x.example/CodeSystem/tcaps", "version": version,
               "content": "complete", "concept": [{"code": "a", "display": "A"}]}
         assert client.put(f"/CodeSystem/{cs['id']}", json=cs, headers=FHIR_JSON).is_success
-    r = httpx.get(live.base + "/metadata", params={"mode": "terminology"})  # public, as /metadata
+    r = httpx.get(live.base + "/metadata", params={"mode": "terminology"}, verify=httpclient.verify())  # public, as /metadata
     assert r.status_code == 200, r.text
     tc = r.json()
     TerminologyCapabilities.model_validate(tc)
@@ -277,12 +278,12 @@ def test_security_is_declared_as_the_server_behaves(statement, live):
     sec = statement["rest"][0]["security"]
     assert [c["code"] for s in sec["service"] for c in s["coding"]] == ["SMART-on-FHIR"]
     assert sec["cors"] is False  # no Access-Control-Allow-Origin is ever sent
-    smart = httpx.get(live.base + "/.well-known/smart-configuration").json()
+    smart = httpx.get(live.base + "/.well-known/smart-configuration", verify=httpclient.verify()).json()
     (uris,) = [e for e in sec["extension"] if e["url"].endswith("/oauth-uris")]
     assert {e["url"]: e["valueUri"] for e in uris["extension"]} == {
         "token": smart["token_endpoint"]}  # backend services: no authorize endpoint
     # what it says holds: no token, no answer; CORS preflight gets no allowance
-    assert httpx.get(live.base + "/Patient").status_code == 401
+    assert httpx.get(live.base + "/Patient", verify=httpclient.verify()).status_code == 401
     pre = httpx.options(live.base + "/Patient", headers={
         "origin": "https://app.example", "access-control-request-method": "GET"})
     assert "access-control-allow-origin" not in pre.headers

@@ -3,14 +3,16 @@ in the hub, and what normalisation, comparison and the candidate index make of t
 
 from __future__ import annotations
 
+from hub.core import httpclient
 from hub.core.ingest import Context, Op
-from hub.mpi import identifiers, weights as W
+from hub.mpi import identifiers
+from hub.mpi import weights as W
+from hub.mpi.candidates import IdentityCandidates
 from hub.mpi.compare import compare
 from hub.mpi.identifiers import ROLE_EXTENSION, Roles, naming_system_roles, roles_from
 from hub.mpi.incremental import IncrementalMatcher
 from hub.mpi.matcher import Matcher
 from hub.mpi.normalise import RESIDENT_ID, features
-from hub.mpi.candidates import IdentityCandidates
 from projections.runner import Runner
 
 PASSPORT = "urn:oid:2.16.156.10011.99.77.1"  # a system the shipped table does not know
@@ -151,7 +153,7 @@ def test_a_naming_system_put_over_http_keeps_two_passport_holders_apart(tmp_path
 
     fhir = {"content-type": "application/fhir+json"}
     monkeypatch.setenv("HUB_MPI_AUTOMATCH", "1")
-    with LiveServer(Settings(data_dir=tmp_path)) as srv, httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c:
+    with LiveServer(Settings(data_dir=tmp_path)) as srv, httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth, verify=httpclient.verify()) as c:
         r = c.put("/NamingSystem/passport", json=naming_system("unique"), headers=fhir)
         assert r.status_code == 201, r.text
         phone = [{"system": "phone", "value": "13917263548"}]

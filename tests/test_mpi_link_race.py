@@ -13,6 +13,7 @@ import httpx
 import orjson
 import pytest
 
+from hub.core import httpclient
 from tests.api_helpers import FHIR_JSON
 from tests.conftest import LiveServer, make_settings
 
@@ -36,7 +37,7 @@ def _race(srv: LiveServer, stewards: dict, patient: str,
     start = threading.Barrier(len(stewards))
 
     def decide(name: str) -> None:
-        with httpx.Client(base_url=srv.base, timeout=60, auth=stewards[name]) as c:
+        with httpx.Client(base_url=srv.base, timeout=60, auth=stewards[name], verify=httpclient.verify()) as c:
             req = c.build_request("POST", "/Person/$link", headers=FHIR_JSON, content=_params(
                 patient=patient, person=f"Person/{persons[name]}"))
             start.wait()
@@ -63,9 +64,9 @@ def test_two_stewards_linking_one_patient_at_once(backend, tmp_path, request):
                     for name in ("li", "wang")}
         subjects = {name: auth.client_id for name, auth in stewards.items()}
         refused = 0
-        with httpx.Client(base_url=srv.base, timeout=60, auth=srv.auth) as admin:
+        with httpx.Client(base_url=srv.base, timeout=60, auth=srv.auth, verify=httpclient.verify()) as admin:
             for auth in stewards.values():  # their tokens, before the race
-                with httpx.Client(base_url=srv.base, timeout=60, auth=auth) as c:
+                with httpx.Client(base_url=srv.base, timeout=60, auth=auth, verify=httpclient.verify()) as c:
                     assert c.get("/Person", params={"_count": "1"}).status_code == 200
             for _ in range(RACES):
                 tag = uuid.uuid4().hex[:8]

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from hub.core import httpclient
 from hub.mpi.identifiers import ROLE_EXTENSION
 from hub.mpi.normalise import RESIDENT_ID
 from terminology.resident_id import check_digit
@@ -184,7 +185,7 @@ def test_serve_matches_new_patients_as_they_arrive(tmp_path, monkeypatch):
     from .conftest import LiveServer
 
     monkeypatch.setenv("HUB_MPI_AUTOMATCH", "1")
-    with LiveServer(Settings(data_dir=tmp_path)) as srv, httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c:
+    with LiveServer(Settings(data_dir=tmp_path)) as srv, httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth, verify=httpclient.verify()) as c:
         for pid, name in (("auto-a", "张伟"), ("auto-b", "章伟")):
             r = c.put(f"/Patient/{pid}", json=patient(pid, name=name), headers=FHIR)
             assert r.status_code == 201, r.text
@@ -221,7 +222,7 @@ def test_serve_holds_a_father_and_son_and_a_name_in_pinyin_for_a_steward(tmp_pat
          "address": [dist]},
     ]
     monkeypatch.setenv("HUB_MPI_AUTOMATCH", "1")
-    with LiveServer(Settings(data_dir=tmp_path)) as srv, httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c:
+    with LiveServer(Settings(data_dir=tmp_path)) as srv, httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth, verify=httpclient.verify()) as c:
         for p in pats:
             r = c.put(f"/Patient/{p['id']}", json={"resourceType": "Patient", "gender": "male", **p}, headers=FHIR)
             assert r.status_code == 201, r.text

@@ -18,6 +18,7 @@ from fhir.resources.R4B.auditevent import AuditEvent as AuditEventModel
 from fhir.resources.R4B.bundle import Bundle as BundleModel
 from fhir.resources.R4B.person import Person as PersonModel
 
+from hub.core import httpclient
 from hub.mpi.identity import IdentityService
 
 from .conftest import matching_server
@@ -1207,7 +1208,7 @@ def test_a_patient_just_written_has_its_person_at_once(request, tmp_path_factory
     search by it found nobody and its identifier resolved to the Patient without a person, the
     matcher not having decided yet; seconds later, its Person."""
     with matching_server(request, tmp_path_factory, "ryw") as live, \
-            httpx.Client(base_url=live.base, timeout=30, auth=live.auth) as c:
+            httpx.Client(base_url=live.base, timeout=30, auth=live.auth, verify=httpclient.verify()) as c:
         for i in range(4):  # the search first, then the resolution first
             rid = f"ryw{i}"
             number = f"MR-{uuid.uuid4().hex[:8]}"

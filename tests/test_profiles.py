@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hub.core import httpclient
 from hub.core.config import Settings
 from tests.api_helpers import FHIR_JSON, expressions
 from tests.conftest import LiveServer
@@ -33,7 +34,7 @@ def good() -> dict:
 
 @pytest.fixture(scope="module")
 def ig(live):
-    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth) as c:
+    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth, verify=httpclient.verify()) as c:
         for name in ("cn-gender.json", "cn-patient.json"):
             d = _load(name)
             r = c.put(f"/{d['resourceType']}/{d['id']}", json=d, headers=FHIR_JSON)
@@ -186,7 +187,7 @@ def test_required_profiles_apply_whether_declared_or_not(tmp_path, monkeypatch):
     monkeypatch.setenv("HUB_REQUIRED_PROFILES", f"Patient={URL}")
     settings = Settings(data_dir=tmp_path / "d")
     settings.auth = True
-    with LiveServer(settings) as srv, httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c:
+    with LiveServer(settings) as srv, httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth, verify=httpclient.verify()) as c:
         undeclared = {k: v for k, v in good().items() if k != "meta"}
         # not held yet: required and unknown is an error
         assert c.post("/Patient", json=undeclared, headers=FHIR_JSON).status_code == 422
@@ -462,7 +463,7 @@ def test_validate_reports_a_write_the_caller_would_be_refused(client, live):
     assert [(i["severity"], i["code"]) for i in r.json()["issue"]] == [("error", "forbidden")]
     # a caller whose scopes only read: its create would be a 403, and so says $validate
     reader = live.client_auth(scope="system/*.rs")
-    with httpx.Client(base_url=live.base, timeout=30, auth=reader) as c:
+    with httpx.Client(base_url=live.base, timeout=30, auth=reader, verify=httpclient.verify()) as c:
         patient = {"resourceType": "Patient", "gender": "female"}
         assert c.post("/Patient", json=patient, headers=FHIR_JSON).status_code == 403
         r = c.post("/Patient/$validate", params={"mode": "create"}, json=patient,

@@ -10,6 +10,7 @@ import sqlite3
 import httpx
 import pytest
 
+from hub.core import httpclient
 from hub.quarantine import Quarantine, QuarantineFull
 from tests.conftest import LiveServer, make_settings
 
@@ -55,7 +56,7 @@ def live(request, tmp_path_factory):
 
 def test_posted_documents_over_the_quota_are_refused_not_kept(live):
     bad = b"<ClinicalDocument xmlns='urn:hl7-org:v3'><id/>"
-    with httpx.Client(base_url=live.origin, timeout=30, auth=live.auth) as c:
+    with httpx.Client(base_url=live.origin, timeout=30, auth=live.auth, verify=httpclient.verify()) as c:
         def post(institution: str) -> httpx.Response:
             return c.post("/cda", content=bad, headers={"content-type": "application/xml",
                                                          "x-hub-source-institution": institution})

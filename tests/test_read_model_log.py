@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hub.core import httpclient
 from hub.core.config import Settings
 from hub.readmodels import names
 from tests.conftest import LiveServer, make_settings
@@ -150,12 +151,12 @@ def test_ready_fails_naming_a_read_model_of_another_log_until_it_is_rebuilt(tmp_
         origin = live.base.rsplit("/fhir", 1)[0]
 
         def search_check() -> tuple[int, dict]:
-            r = httpx.get(origin + "/ready", timeout=10)
+            r = httpx.get(origin + "/ready", timeout=10, verify=httpclient.verify())
             return r.status_code, r.json()["checks"]["read-model:search"]
 
         def search() -> httpx.Response:
             return httpx.get(live.base + "/Patient", params={"name": "Probe"}, timeout=10,
-                             headers={"accept": "application/fhir+json", **live.headers})
+                             headers={"accept": "application/fhir+json", **live.headers}, verify=httpclient.verify())
 
         code, check = search_check()
         assert code == 503 and check["status"] == "fail", check

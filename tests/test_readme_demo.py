@@ -21,6 +21,7 @@ import orjson
 
 import hub.cli
 from hub.api.app import create_app
+from hub.core import httpclient
 from hub.core.ingest import Context, Hub
 from hub.synth import Region
 from tests.conftest import app_server, make_settings
@@ -96,7 +97,7 @@ def test_the_quick_start_person_is_real_and_linked(monkeypatch, tmp_path, reques
     # access control is another test's: this one asks what the README's commands answer
     settings.auth, settings.follow = False, "threads"
     with app_server(create_app(settings)) as port, \
-            httpx.Client(base_url=f"http://127.0.0.1:{port}/fhir", timeout=30) as c:
+            httpx.Client(base_url=f"http://127.0.0.1:{port}/fhir", timeout=30, verify=httpclient.verify()) as c:
         for pid in named:
             assert c.get(f"/Patient/{pid}").status_code == 200, pid
         r = c.post("/Patient/$match", json=match_body(section),

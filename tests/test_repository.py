@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from hub.api.app import create_app
+from hub.core import httpclient
 from hub.core.access import Action, Actor, OpenPolicy
 from hub.core.config import Settings
 from hub.core.errors import FhirError
@@ -54,7 +55,7 @@ def base(tmp_path_factory):
 
 @pytest.fixture
 def client(base):
-    with httpx.Client(base_url=base, timeout=30, headers={"accept": "application/fhir+json"}) as c:
+    with httpx.Client(base_url=base, timeout=30, headers={"accept": "application/fhir+json"}, verify=httpclient.verify()) as c:
         yield c
 
 

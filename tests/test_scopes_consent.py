@@ -17,6 +17,7 @@ import pytest
 
 from fhir_mapping import source_order
 from hub.auth.signer import Signer
+from hub.core import httpclient
 from tests.api_helpers import consent, observation, patient, unique
 from tests.conftest import FHIR_JSON, LiveServer, make_settings
 
@@ -47,7 +48,7 @@ def _put(c: httpx.Client, d: dict, **headers) -> httpx.Response:
 
 def _http(world: World, auth=None, **headers) -> httpx.Client:
     return httpx.Client(base_url=world.live.base, timeout=30, auth=auth,
-                        headers={"accept": "application/fhir+json", **headers})
+                        headers={"accept": "application/fhir+json", **headers}, verify=httpclient.verify())
 
 
 def _ids(r: httpx.Response, rtype: str = "Observation") -> set[str]:
@@ -524,7 +525,7 @@ def _patient_app(world: World, pid: str, fhir_user: str) -> httpx.Client:
     token = Signer(live.settings.data_dir).issue(claims, 300)
     return httpx.Client(base_url=live.base, timeout=30,
                         headers={"authorization": f"Bearer {token}",
-                                 "accept": "application/fhir+json"})
+                                 "accept": "application/fhir+json"}, verify=httpclient.verify())
 
 
 def test_a_patients_own_app_with_an_absolute_fhir_user_reads_past_its_own_opt_out(world):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from hub.core import httpclient
 from hub.core.config import Settings
 from hub.core.errors import FhirError
 from hub.core.ingest import Context, Hub, Op
@@ -281,7 +282,7 @@ def es_live(tmp_path, es_server):  # noqa: F811
 def test_http_search_answered_from_elasticsearch(es_live):
     s = es_live
     with httpx.Client(base_url=s.base, headers={**s.headers, "content-type":
-                                                "application/fhir+json"}, timeout=30) as c:
+                                                "application/fhir+json"}, timeout=30, verify=httpclient.verify()) as c:
         r = c.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
             {"fullUrl": "urn:uuid:p", "request": {"method": "POST", "url": "Patient"},
              "resource": {"resourceType": "Patient", "name": [{"family": "王", "given": ["小明"]}],
@@ -321,11 +322,11 @@ def test_http_search_answered_from_elasticsearch(es_live):
         dates = [e["resource"]["effectiveDateTime"] for e in first["entry"]]
         assert dates == ["2024-02-07", "2024-02-06", "2024-02-05"]
         nxt = next(x["url"] for x in first["link"] if x["relation"] == "next")
-        second = httpx.get(nxt, headers=s.headers, timeout=30).json()
+        second = httpx.get(nxt, headers=s.headers, timeout=30, verify=httpclient.verify()).json()
         assert [e["resource"]["effectiveDateTime"] for e in second["entry"]] == \
             ["2024-02-04", "2024-02-03", "2024-02-02"]
         prev = next(x["url"] for x in second["link"] if x["relation"] == "previous")
-        back = httpx.get(prev, headers=s.headers, timeout=30).json()
+        back = httpx.get(prev, headers=s.headers, timeout=30, verify=httpclient.verify()).json()
         assert [e["resource"]["effectiveDateTime"] for e in back["entry"]] == dates
         assert not [x for x in back["link"] if x["relation"] == "previous"]
 
@@ -338,7 +339,7 @@ def test_http_search_answered_from_elasticsearch(es_live):
         r = c.get("/Observation", params={"date": "yesterday"})
         assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
         # /ready lists the Elasticsearch index beside the SQLite one, with its lag
-        ready = httpx.get(s.origin + "/ready", timeout=30).json()
+        ready = httpx.get(s.origin + "/ready", timeout=30, verify=httpclient.verify()).json()
         assert ready["checks"]["read-model:search-es"] == {"status": "pass", "lag": 0}
 
 

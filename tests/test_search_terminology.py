@@ -7,6 +7,7 @@ import uuid
 import orjson
 import pytest
 
+from hub.core import httpclient
 from tests.conftest import BACKENDS, FHIR_JSON, live_server
 from tests.es_server import es_server  # noqa: F401 - fixture
 
@@ -56,7 +57,7 @@ def world(live):
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": e, "request": {"method": "PUT", "url": f"{e['resourceType']}/{e['id']}"}}
         for e in entries]}
-    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth) as c:
+    with httpx.Client(base_url=live.base, timeout=30, auth=live.auth, verify=httpclient.verify()) as c:
         r = c.post("", content=orjson.dumps(bundle), headers=FHIR_JSON)
         assert r.status_code == 200, r.text[:500]
     return {"tag": tag, "vs": vs, "gender_vs": gender_vs}

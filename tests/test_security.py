@@ -25,6 +25,7 @@ from fastapi.routing import APIRoute
 from hub.auth.backend_client import BackendServicesAuth
 from hub.auth.keys import public_jwk
 from hub.auth.signer import Signer
+from hub.core import httpclient
 from tests.api_helpers import consent, observation, patient, unique
 from tests.conftest import FHIR_JSON, LiveServer, free_port, make_settings
 
@@ -95,7 +96,7 @@ def world(request, tmp_path_factory):
 
 def _http(world: World, auth=None, headers: dict | None = None) -> httpx.Client:
     return httpx.Client(base_url=world.live.base, timeout=30, auth=auth,
-                        headers={"accept": "application/fhir+json", **(headers or {})})
+                        headers={"accept": "application/fhir+json", **(headers or {})}, verify=httpclient.verify())
 
 
 def _routes() -> list[tuple[str, str]]:
@@ -169,7 +170,7 @@ def test_every_route_refuses_a_caller_without_a_valid_token(world, method, path)
         if header:
             headers["authorization"] = header
         r = httpx.request(method, world.live.origin + path, headers=headers, content=b"{}",
-                          timeout=30)
+                          timeout=30, verify=httpclient.verify())
         assert r.status_code == 401, (case, r.status_code, r.text[:300])
         assert r.json()["resourceType"] == "OperationOutcome", case
         assert r.headers["www-authenticate"].startswith("Bearer"), case
@@ -182,7 +183,7 @@ def test_head_refuses_a_caller_without_a_valid_token(world, path):
     # HEAD is GET without the body: it says whether a record exists and its version
     for case, header in _bad_tokens(world).items():
         headers = {"authorization": header} if header else {}
-        r = httpx.head(world.live.origin + path, headers=headers, timeout=30)
+        r = httpx.head(world.live.origin + path, headers=headers, timeout=30, verify=httpclient.verify())
         assert r.status_code == 401 and r.content == b"", (case, r.status_code)
         assert r.headers["www-authenticate"].startswith("Bearer"), case
 
@@ -195,7 +196,7 @@ def test_every_console_page_sends_a_caller_without_a_session_to_its_login(world,
                          "a valid admin token": "Bearer " + _own_token(world)}.items():
         headers = {"authorization": header} if header else {}
         r = httpx.request(method, world.live.origin + path, headers=headers, content=b"",
-                          timeout=30, follow_redirects=False)
+                          timeout=30, follow_redirects=False, verify=httpclient.verify())
         assert r.status_code == 303, (case, r.status_code)
         assert r.headers["location"].startswith("/console/login?next="), case
         assert r.content == b"", case
@@ -204,7 +205,7 @@ def test_every_console_page_sends_a_caller_without_a_session_to_its_login(world,
 def test_public_routes_answer_without_a_token(world):
     for path in ("/fhir/metadata", "/fhir/.well-known/smart-configuration", "/auth/jwks",
                  "/health", "/ready"):
-        assert httpx.get(world.live.origin + path, timeout=30).status_code == 200, path
+        assert httpx.get(world.live.origin + path, timeout=30, verify=httpclient.verify()).status_code == 200, path
 
 
 def _put(client: httpx.Client, d: dict, **headers) -> httpx.Response:
@@ -649,7 +650,7 @@ def test_every_route_refuses_a_valid_token_that_grants_nothing(world, method, pa
     headers = {"accept": "application/fhir+json", "content-type": "application/fhir+json",
                "authorization": f"Bearer {token}"}
     r = httpx.request(method, world.live.origin + path, headers=headers, content=b"{}",
-                      timeout=30)
+                      timeout=30, verify=httpclient.verify())
     assert r.status_code in (400, 403, 405, 415), (r.status_code, r.text[:300])
     if r.headers.get("content-type", "").startswith("application/fhir+json"):
         assert r.json()["resourceType"] == "OperationOutcome"
@@ -657,6 +658,6 @@ def test_every_route_refuses_a_valid_token_that_grants_nothing(world, method, pa
 
 def test_a_method_not_allowed_says_which_are(world):
     """RFC 9110 15.5.6: a 405 names the methods the resource takes (it named none)."""
-    r = httpx.request("PROPFIND", world.live.base + "/metadata", timeout=30)
+    r = httpx.request("PROPFIND", world.live.base + "/metadata", timeout=30, verify=httpclient.verify())
     assert r.status_code == 405 and "GET" in r.headers.get("allow", ""), (r.status_code,
                                                                           r.headers)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from hub.core import httpclient
 from tests.conftest import FHIR_JSON
 from tests.test_terminology_operations import (
     CONTENT,
@@ -191,7 +192,7 @@ def test_a_query_restricted_scope_opens_no_terminology_operation(loaded, live):
     narrow = live.client_auth(roles=("clinician",), scope="system/ValueSet.rs?_id=enum "
                                                           "system/CodeSystem.rs")
     wide = live.client_auth(roles=("clinician",), scope="system/ValueSet.rs system/CodeSystem.rs")
-    with httpx.Client(base_url=live.base, timeout=30, auth=narrow) as c:
+    with httpx.Client(base_url=live.base, timeout=30, auth=narrow, verify=httpclient.verify()) as c:
         assert c.get("/ValueSet/enum").status_code == 200
         assert c.get("/ValueSet/internal").status_code == 403
         for path in ("/ValueSet/internal/$expand", "/ValueSet/enum/$expand"):
@@ -199,7 +200,7 @@ def test_a_query_restricted_scope_opens_no_terminology_operation(loaded, live):
             assert r.status_code == 403 and "query" in r.text, (path, r.text)
         assert c.get("/CodeSystem/$lookup", params={"system": DEPT, "code": "01"}
                      ).status_code == 403  # the value sets' query is no bound on this either
-    with httpx.Client(base_url=live.base, timeout=30, auth=wide) as c:
+    with httpx.Client(base_url=live.base, timeout=30, auth=wide, verify=httpclient.verify()) as c:
         assert c.get("/ValueSet/internal/$expand").status_code == 200
 
 

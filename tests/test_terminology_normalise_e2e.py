@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import httpx
 import orjson
+
 from connectors.config import ConnectorConfig
 from connectors.kinds import converter
 from connectors.spool import Spool
@@ -15,8 +16,8 @@ from connectors.terminology import Terminology
 from connectors.testing import ConnectorProcess, wait_until, write_config
 from fhir_mapping.base import SourceInfo
 from hub.cli import main
+from hub.core import httpclient
 from hub.core.config import Settings
-
 from tests.conftest import LiveServer, free_port
 
 OID = "2.16.156.10011.99.1.1"
@@ -60,7 +61,7 @@ def test_lab_file_to_hub_with_both_codings_worklist_and_renormalise(tmp_path):
     assert set(refs) >= {"GLU", "K", "LAB"}
     (tmp_path / "maps").mkdir()
     (tmp_path / "maps" / "lab.json").write_bytes(orjson.dumps(cmap("file-map", ("GLU", "2345-7"))))
-    with LiveServer(settings) as hub, httpx.Client(base_url=hub.base, timeout=30, auth=hub.auth) as http:
+    with LiveServer(settings) as hub, httpx.Client(base_url=hub.base, timeout=30, auth=hub.auth, verify=httpclient.verify()) as http:
         # the hub's own ConceptMap for the report code, fetched by the connector at start
         r = http.put("/ConceptMap/hub-map", content=orjson.dumps(cmap("hub-map", ("LAB", "11502-2"))),
                      headers={"content-type": "application/fhir+json"})
@@ -126,7 +127,7 @@ def test_connector_fetches_from_the_hub_and_keeps_the_snapshot_when_it_goes(tmp_
     settings = Settings(data_dir=tmp_path / "hubdata")
     settings.database_url = None
     with LiveServer(settings) as hub:
-        with httpx.Client(base_url=hub.base, timeout=30, auth=hub.auth) as http:
+        with httpx.Client(base_url=hub.base, timeout=30, auth=hub.auth, verify=httpclient.verify()) as http:
             for i in range(3):  # another institution's map is left out
                 body = cmap(f"m{i}", (f"C{i}", "1-8"))
                 if i == 2:

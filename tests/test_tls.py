@@ -12,14 +12,15 @@ import ssl
 
 import httpx
 import pytest
+
 from connectors.config import ConnectorConfig
 from connectors.daemon import Connector
 from connectors.kinds import converter
 from connectors.mllp_client import MLLPClient, ack_code
 from connectors.testing import adt_stream, wait_until
 from fhir_mapping.base import SourceInfo
+from hub.core import httpclient
 from hub.core.config import Settings
-
 from tests.conftest import FHIR_JSON, LiveServer, make_settings
 from tests.tls_certs import Pki
 
@@ -66,10 +67,10 @@ def test_https_answers_a_client_trusting_the_ca(https_hub, pki):
 
 def test_https_refuses_an_untrusting_client_and_plain_http(https_hub):
     with pytest.raises(httpx.ConnectError):  # the system's CAs did not sign the test server
-        httpx.get(https_hub.base + "/metadata", timeout=10)
+        httpx.get(https_hub.base + "/metadata", timeout=10, verify=httpclient.verify())
     plain = https_hub.base.replace("https://", "http://")
     with pytest.raises(httpx.TransportError):
-        httpx.get(plain + "/metadata", timeout=10)
+        httpx.get(plain + "/metadata", timeout=10, verify=httpclient.verify())
     with httpx.Client(verify=https_hub.verify) as c:  # still serving
         assert c.get(https_hub.base + "/metadata").status_code == 200
 

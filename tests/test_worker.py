@@ -24,6 +24,7 @@ import pytest
 from kafka import KafkaProducer
 
 from connectors.testing import ConnectorProcess, adt_stream, wait_until, write_config
+from hub.core import httpclient
 from tests.conftest import LiveServer, free_port
 from tests.kafka_broker import FAST_GROUP, broker  # noqa: F401 - fixture
 from tests.test_connector_e2e import (
@@ -81,7 +82,7 @@ def kafka_connector_config(tmp_path, bootstrap, topic, mllp_port, status_port):
 
 
 def all_there(base: str, expected: dict, auth=None) -> bool:
-    with httpx.Client(base_url=base, timeout=10, auth=auth) as c:
+    with httpx.Client(base_url=base, timeout=10, auth=auth, verify=httpclient.verify()) as c:
         for ref, (content, _) in expected.items():
             r = c.get(ref)
             if r.status_code != 200 or _strip(r.json()) != content:

@@ -14,6 +14,7 @@ import httpx
 import psutil
 import pytest
 
+from hub.core import httpclient
 from tests.api_helpers import FHIR_JSON
 from tests.conftest import LiveServer, make_settings
 
@@ -51,12 +52,12 @@ def test_two_workers_share_one_port_and_see_each_others_writes(backend, tmp_path
         for i in range(30):
             family = f"Wk{tag}{i}"
             # a new connection for each request: the kernel hands them to either worker
-            with httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c:
+            with httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth, verify=httpclient.verify()) as c:
                 r = c.post("/Patient", json={"resourceType": "Patient", "name": [{"family": family}]},
                            headers=FHIR_JSON)
                 assert r.status_code == 201, r.text
                 pid = r.json()["id"]
-            with httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth) as c:
+            with httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth, verify=httpclient.verify()) as c:
                 found = c.get("/Patient", params={"family": family}).json()
                 assert found["total"] == 1, f"write {i} not seen by the next search"
                 assert c.get(f"/Patient/{pid}").status_code == 200
@@ -76,7 +77,7 @@ def test_workers_end_with_their_server_even_when_it_is_killed(tmp_path, request)
         gone, alive = psutil.wait_procs(workers, timeout=20)
         assert not alive, "a worker outlived its server and keeps the port"
     with pytest.raises(httpx.TransportError):
-        httpx.get(srv.base + "/metadata", timeout=2)
+        httpx.get(srv.base + "/metadata", timeout=2, verify=httpclient.verify())
 
 
 def test_a_rate_limit_holds_across_workers(tmp_path, request):
@@ -91,7 +92,7 @@ def test_a_rate_limit_holds_across_workers(tmp_path, request):
         answers = []
         t0 = time.monotonic()
         for _ in range(80):  # new connections, spread over both workers, as fast as they go
-            with httpx.Client(base_url=srv.base, timeout=30) as c:
+            with httpx.Client(base_url=srv.base, timeout=30, verify=httpclient.verify()) as c:
                 answers.append(c.get("/Patient", params={"_count": "1"}).status_code)
         took = time.monotonic() - t0
         # the whole server allows a burst of 10 and 5 a second after it; workers that each kept

@@ -13,6 +13,7 @@ import httpx
 import orjson
 import pytest
 
+from hub.core import httpclient
 from tests.api_helpers import FHIR_JSON
 
 WRITTEN = [b"1.50", b"0.0000010", b"100.000", b"1e2"]
@@ -91,7 +92,7 @@ def test_a_patch_keeps_what_it_does_not_change_and_writes_what_it_does_as_sent(
 
 def test_a_connector_s_resource_repaired_keeps_them(live):
     with httpx.Client(base_url=live.base, timeout=30,
-                      auth=live.client_auth(roles=("connector",), institution="H7")) as c:
+                      auth=live.client_auth(roles=("connector",), institution="H7"), verify=httpclient.verify()) as c:
         r = c.post("/Observation", content=_observation(b"2020-03-01T10:00:00"),
                    headers={**FHIR_JSON, "prefer": "return=representation"})
         assert r.status_code == 201, r.text

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from hub.auth.jose import ASSERTION_ALGORITHMS, algorithms_for_key
 from hub.auth.keys import MIN_RSA_BITS, public_jwk
+from hub.core import httpclient
 from hub.core.errors import HubError
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -100,7 +101,7 @@ def fetch_token(token_url: str, client_id: str, key: Any, scope: str,
     form = {"grant_type": "client_credentials", "scope": scope,
             "client_assertion_type": ASSERTION_TYPE,
             "client_assertion": assertion(key, client_id, token_url)}
-    http = client or httpx.Client(timeout=30, verify=verify)
+    http = client or httpx.Client(timeout=30, verify=httpclient.verify(verify))
     try:
         r = http.post(token_url, data=form)
         r.raise_for_status()

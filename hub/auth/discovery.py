@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from hub.core import httpclient
 from hub.core.errors import FhirError
 
 __all__ = ["DISCOVERY_PATH", "provider_metadata"]
@@ -22,7 +23,7 @@ def provider_metadata(issuer: str, needs: Iterable[str] = ("jwks_uri", "issuer")
     ``transient`` FhirError when the provider does not answer with one."""
     issuer = issuer.rstrip("/")
     try:
-        r = httpx.get(issuer + DISCOVERY_PATH, timeout=timeout_s)
+        r = httpclient.get(issuer + DISCOVERY_PATH, timeout=timeout_s)
         r.raise_for_status()
         meta = r.json()
     except (httpx.HTTPError, ValueError) as e:

@@ -35,6 +35,7 @@ from hub.auth.discovery import provider_metadata
 from hub.auth.sessions import ISSUER
 from hub.auth.verifier import Verifier, claim_at, institution_at
 from hub.console.common import CONSOLE_ROLES, NO_CONSOLE_ROLE, page, public_url, router, safe_next, secure_cookies, start_session
+from hub.core import httpclient
 from hub.core.errors import FhirError
 
 FLOW_COOKIE = "hub_console_oidc"
@@ -168,7 +169,7 @@ def _redeem(request: Request, code: str, flow: dict[str, Any]) -> dict[str, Any]
     auth = (settings.console_oidc_client_id, settings.console_oidc_client_secret) \
         if settings.console_oidc_client_secret else None
     try:
-        r = httpx.post(meta["token_endpoint"], data=form, auth=auth, timeout=TIMEOUT_S)
+        r = httpclient.post(meta["token_endpoint"], data=form, auth=auth, timeout=TIMEOUT_S)
     except httpx.HTTPError as e:
         raise FhirError(502, "transient", f"The identity provider did not answer: {e}") from None
     if r.status_code != 200:
