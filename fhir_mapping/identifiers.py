@@ -12,6 +12,7 @@ The filler list is data (``tables/fillers.yaml``); pure functions, no I/O after 
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable
 from functools import lru_cache
@@ -31,11 +32,40 @@ _RESIDENT_SYSTEMS = frozenset({RESIDENT_ID_OID, RESIDENT_ID_SYSTEM})
 
 @lru_cache(maxsize=1)
 def _fillers() -> tuple[frozenset[str], frozenset[str], tuple[str, ...]]:
-    data = yaml.safe_load(resources.files("fhir_mapping").joinpath("tables/fillers.yaml").read_text("utf-8"))
+    """(clinical-value fillers, casefolded; labels; label suffixes), as the table writes them."""
+    data = _table()
     exact = frozenset(str(v).strip().casefold() for v in data["values"])
     labels = frozenset(str(v).strip() for v in data["labels"])
     suffixes = tuple(str(v) for v in data.get("label_suffixes") or ())
     return exact, labels, suffixes
+
+
+@lru_cache(maxsize=1)
+def _table() -> dict:
+    return yaml.safe_load(resources.files("fhir_mapping").joinpath("tables/fillers.yaml").read_text("utf-8"))
+
+
+@lru_cache(maxsize=1)
+def _filler_words() -> tuple[frozenset[str], re.Pattern[str], re.Pattern[str]]:
+    """The identifier fillers as :func:`_bare` leaves them ("n/a" is "na", "patient_id" "patientid"),
+    a pattern for one of the words (not a number: "123123" may be a number) repeated ("nullnull"),
+    and one for Chinese characters that are filler words only ("无不详", "无无")."""
+    data = _table()
+    words = frozenset(w for v in (*data["values"], *(data.get("identifier_values") or ())) if (w := _bare(_fold(str(v)))))
+    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True) if not w.isdigit())
+    cjk = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True) if _cjk_only(w))
+    return words, re.compile(f"({alternatives})\\1+"), re.compile(f"(?:{cjk})+")
+
+
+def _bare(s: str) -> str:
+    """``s`` without punctuation, symbols (brackets, quotes, #, <, >), spaces and control characters,
+    casefolded: what is left of "#N/A", "<NULL>", "(null)" or "无。" to judge."""
+    return "".join(c for c in s if unicodedata.category(c)[0] not in "PSZC").casefold()
+
+
+# A negative whole number, bracketed or not: a "no value" sentinel of a program (-1, -999), never a
+# record number. Dashes as NFKC and _DASH_LETTERS leave them, and the minus sign.
+_NEGATIVE = re.compile(r"[(\[]?[-\u2010-\u2015\u2212][0-9]+(?:\.0*)?[)\]]?")
 
 
 # Letters that look like a dash, typed for one (punctuation dashes are no letters: "punctuation only"
@@ -74,28 +104,37 @@ def is_resident_id_system(system: str | None) -> bool:
 
 
 def is_filler(value: str | None) -> bool:
-    """True for a value that fills the field without identifying anyone: a listed filler (``-``, ``无``,
-    ``不详``, ``null``…), a template label (``医务人员编码``), punctuation only, zeros, one character
-    repeated (a digit: four times or more) or a run of digits (``0000``, ``123456``), whatever the field.
-    Spaces inside do not count: ``0 0 0`` is ``000``; nor do the forms of a character (full-width
-    ``－``, a long-vowel mark ``ー`` for a dash, traditional ``無``: see ``_fold``)."""
+    """True for a value that fills the field without identifying anyone, whatever the field. It is
+    read folded (full-width ``－``, a long-vowel mark ``ー`` for a dash, traditional ``無``: see
+    ``_fold``), spaces, punctuation, symbols and brackets left out and case ignored (``#N/A``,
+    ``<NULL>``, ``(null)``, ``无。``: :func:`_bare`); what is left is a filler when it is nothing
+    (``-``, ``。``), a listed word (``无``, ``不详``, ``null``, ``undefined``, ``NaN``…, the table
+    ``fillers.yaml``), such a word repeated (``null null``, ``无无``) or Chinese filler words only
+    (``无/不详``), a template label (``医务人员编码``), one character repeated (a digit: four times or
+    more: ``0000``, ``xxxx``; "22" is a document serial number seen in the samples), a run of digits
+    (``123456``), or a negative number (``-1``, a program's sentinel). Short values are keys: a small
+    clinic's record ``1`` or ``A1`` identifies its patient (only ``0`` and ``x`` are listed)."""
     if value is None:
         return False
     s = "".join(_fold(str(value)).split())
     if not s:
         return False
-    exact, labels, suffixes = _fillers()
-    if s.casefold() in exact or s in labels:
+    k = _bare(s)
+    if not k:
+        return True  # "-", "--", "/", "*", "。", "#"
+    _, labels, suffixes = _fillers()
+    words, repeated, cjk_words = _filler_words()
+    if k in words or k in labels or repeated.fullmatch(k) or (_cjk_only(k) and cjk_words.fullmatch(k)):
         return True
-    if len(s) > 2 and s.endswith(suffixes) and _cjk_only(s):
+    if len(k) > 2 and k.endswith(suffixes) and _cjk_only(k):
         return True  # a field label left in the value: 责任护士工号, 会诊科室名称
-    if len(s) > 2 and s[-2:].casefold() == "id" and _cjk_only(s[:-2]):
+    if len(k) > 2 and k[-2:] == "id" and _cjk_only(k[:-2]):
         return True  # 患者ID, 登记人ID: a template's label, which keyed two people as one
-    if not any(c.isalnum() for c in s):
-        return True  # "-", "--", "/", "*", "。"
-    if len(s) >= 2 and len(set(s)) == 1 and (not s.isdigit() or s[0] == "0" or len(s) >= 4):
-        return True  # "00", "XXXX", "无无", "9999"; but "22" is a document serial number seen in the samples
-    return resident_id.is_placeholder(s) and len(s) >= 6
+    if _NEGATIVE.fullmatch(s):
+        return True  # -1, (-1), -999
+    if len(k) >= 2 and len(set(k)) == 1 and (not k.isdigit() or k[0] == "0" or len(k) >= 4):
+        return True  # "00", "XXXX", "9999", "0-0-0"; but "22" is a document serial number seen in the samples
+    return resident_id.is_placeholder(k) and len(k) >= 6
 
 
 def is_filler_text(value: str | None) -> bool:

@@ -67,3 +67,87 @@ def test_any_digits_are_judged_without_an_error(value, system):
 def test_a_number_written_with_other_digits_is_no_resident_id():
     assert key_problem("11010119900101123²", "urn:oid:2.16.156.10011.1.3") == "check-digit"
     assert key_problem("١١٠١٠١١٩٩٠٠١٠١١٢٣٤", "urn:oid:2.16.156.10011.1.3") == "check-digit"
+
+
+# -- the rule reads past punctuation, case, forms and repetition ------------------------------------
+
+def _table_words() -> list[str]:
+    from importlib import resources
+
+    import yaml
+
+    data = yaml.safe_load(resources.files("fhir_mapping").joinpath("tables/fillers.yaml").read_text("utf-8"))
+    return [str(v) for v in (*data["values"], *data["identifier_values"])]
+
+
+_WORDS = _table_words()
+# what feeds wrap a filler in: punctuation, brackets, quotes, symbols, spaces (full-width ones too)
+_WRAP = st.text(alphabet=st.sampled_from(list(" 　.。,，、:;!?/\\_*#<>()（）[]【】{}「」\"'“”‘’《》~^|+=$@%&\t")),
+                max_size=3)
+
+
+def _full_width(s: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in s)
+
+
+def _traditional(s: str) -> str:
+    import opencc
+
+    return opencc.OpenCC("s2t").convert(s)
+
+
+@st.composite
+def _written(draw, word: str) -> str:
+    """``word`` as a feed may write it: in any case, full-width or traditional, punctuation or
+    spaces between its characters and around it, perhaps twice (a word, not a number: "123123" may
+    be a record number)."""
+    w = "".join(c.upper() if draw(st.booleans()) else c for c in word)
+    w = draw(st.sampled_from([w, _full_width(w), _traditional(w)]))
+    inner = "".join(c + draw(st.sampled_from(["", "", ".", " ", "/", "　"])) for c in w)
+    times = 1 if word.isdigit() else draw(st.integers(1, 3))
+    sep = draw(_WRAP)
+    return draw(_WRAP) + sep.join([inner] * times) + draw(_WRAP)
+
+
+@given(st.sampled_from(_WORDS).flatmap(_written), st.sampled_from(["2.16.156.10011.1.12", None]))
+def test_a_filler_word_however_written_is_a_filler(value, system):
+    assert is_filler(value) and key_problem(value, system) == "placeholder"
+
+
+@pytest.mark.parametrize("value", ["无。", "N.A.", "undefined", "(null)", "NaN", "#N/A", "<NULL>", "null null",
+                                   "-1", "不明", "未提供", "待定", "暂缺", "无记录", "空白", "无/不详", "（無）",
+                                   "－１", "(-1)", "−999", "0-0-0-0", "x x x x", "9999", "其他"])
+def test_the_probes_fillers_are_fillers(value):
+    assert key_problem(value, "2.16.156.10011.1.12") == "placeholder"
+
+
+# a record number: letters and digits, sometimes with dashes, in the ways hospital systems write them
+_RECORD = st.one_of(
+    st.from_regex(r"[A-Z]{1,3}-?(19|20)[0-9]{2}-?[0-9]{3,8}", fullmatch=True),
+    st.from_regex(r"(MR|ZY|MZ|BA|P|HC|D)[0-9]{3,10}", fullmatch=True),
+    st.from_regex(r"[A-Z][0-9]{1,3}", fullmatch=True),
+    # digits only: not one digit repeated nor a run of consecutive digits (those are fillers)
+    st.from_regex(r"[0-9]{6,12}", fullmatch=True).filter(
+        lambda s: len({(int(b) - int(a)) % 10 for a, b in zip(s, s[1:])}) > 1))
+
+
+@given(_RECORD)
+def test_a_realistic_record_number_is_a_key(value):
+    assert key_problem(value, "2.16.156.10011.1.12") is None
+    assert key_problem(value.lower(), "2.16.156.10011.1.12") is None
+
+
+@pytest.mark.parametrize("value", ["MR-2024-001", "1", "7", "A1", "22", "111", "B12", "V-F1", "NA1", "TEST-001",
+                                   "N1", "0001234567", "1-1"])
+def test_short_and_dashed_record_numbers_stay_keys(value):
+    """A small clinic numbers its patients from 1: a short value is a key unless it is listed
+    (``0``, ``x``) or a repeated character of the filler kind."""
+    assert key_problem(value, "2.16.156.10011.1.12") is None
+
+
+@pytest.mark.parametrize("value,filler", [("其他", False), ("待定", False), ("缺失", False), ("NaN", True),
+                                          ("undefined", True)])
+def test_identifier_only_fillers_are_values_in_clinical_text(value, filler):
+    """其他 is a category of many code systems and 缺失 a tooth's finding: fillers as an identifier,
+    values as a clinical value."""
+    assert is_filler(value) and is_filler_text(value) is filler
