@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fhir_mapping.base import SourceInfo
+from fhir_mapping.base import MappingError, SourceInfo
 from fhir_mapping.hl7v2 import _convert
 from fhir_mapping.hl7v2.results import _VT
 from tests.test_hl7v2_support import assert_valid, by_type
@@ -109,6 +109,40 @@ def test_an_order_comment_after_orc_is_a_note_of_the_order():
     orm = conv((MSH.format(type="ORM^O01^ORM_O01", charset="UNICODE UTF-8") + PID + "ORC|NW|ORD200\r"
                 "NTE|1||空腹采血\r" + OBR.replace("|F\r", "|\r")))
     assert [n["text"] for n in by_type(orm, "ServiceRequest")[0]["note"]] == ["空腹采血"]
+
+
+def charset_findings(c) -> list[str]:
+    return [f.rule for f in c.findings if f.rule.startswith("v2.msh18")]
+
+
+@pytest.mark.parametrize("name, result", [("王^八", "标本溶血请复查"), ("欧阳^娜娜", "阴性")])
+@pytest.mark.parametrize("encoding", ["gbk", "gb18030"])
+def test_gb18030_text_under_an_8859_1_declaration_is_read_as_gb18030_with_a_finding(name, result, encoding):
+    """It was stored as Latin-1 mojibake (王八 as Íõ°Ë) with no finding."""
+    text = oru(OBR, f"OBX|1|ST|K^备注^L||{result}||||||F\r", charset="8859/1").replace("王^五", name)
+    c = conv(text, encoding)
+    assert by_type(c, "Patient")[0]["name"][0]["text"] == name.replace("^", "")
+    assert obs(c, "K")["valueString"] == result
+    assert charset_findings(c) == ["v2.msh18.mismatch"]
+
+
+@pytest.mark.parametrize("name", ["Müller^Anna", "José^María", "Gößmann^Eva", "Élise^Roux", "Ñúñez^Íñigo"])
+def test_latin_1_text_under_an_8859_1_declaration_stays_as_written(name):
+    c = conv(oru(OBR, "OBX|1|ST|K^note^L||Trübung 37°C||||||F\r", charset="8859/1").replace("王^五", name)
+             .replace("测试组合", "Labor"), "latin-1")
+    assert by_type(c, "Patient")[0]["name"][0]["family"] == name.split("^")[0]
+    assert obs(c, "K")["valueString"] == "Trübung 37°C"
+    assert charset_findings(c) == []
+
+
+def test_gb18030_and_latin_text_read_both_ways_under_8859_1_is_refused_not_guessed():
+    # 王五 reads only as Chinese; "Mü" + "l" reads as Latin text (and as GB18030 M黮): neither reading
+    # keeps the whole message, so it is refused, as the same bytes are under a UTF-8 declaration
+    payload = oru(OBR, "OBX|1|ST|K^note^L||\0||||||F\r", charset="8859/1")
+    raw = payload.encode("gbk").replace(b"\0", "Mül".encode("latin-1"))
+    with pytest.raises(MappingError) as e:
+        _convert(raw, SRC)
+    assert (e.value.code, e.value.rule, e.value.location) == ("AR", "v2.encoding.ambiguous", "OBX-5")
 
 
 # -- every value type, any text ------------------------------------------------------------------
