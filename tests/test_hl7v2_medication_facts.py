@@ -127,9 +127,11 @@ def test_a_document_outside_a_report_is_a_report_presenting_it(obx, form):
     assert rep["presentedForm"] == [form] and rep["status"] == "final"
     assert not any("kept" in f.message for f in c.findings if f.rule.startswith("v2.obx-5"))
     c = conv("ADT^A01", "EVN|A01|20240315\r" + PID + PV1 + "OBX|1|ED|11502-2^报告^LN||LIS^AP^PDF^Base64^@@@\r")
-    assert not by_type(c, "DiagnosticReport")
+    assert not by_type(c, "DiagnosticReport")  # no document: the result is kept as the text sent
+    assert [o["valueString"] for o in by_type(c, "Observation")] == ["LIS^AP^PDF^Base64^@@@"]
     assert [f.message for f in c.findings if f.rule == "v2.obx-5.attachment-invalid"] == [
-        "OBX-5 ED holds no usable document (encoding or data): the result is skipped"]
+        "OBX-5 ED holds no usable document (data (ED-5) is not valid Base64): the result is kept as the "
+        "text sent"]
 
 
 A40 = "EVN|A40|20240315\rPID|1||MR888^^^^MR||张^三\rMRG|MR111^^^^MR\rPID|2||MR999^^^^MR||李^四\r"

@@ -22,6 +22,10 @@ _BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "
 _NEWLINES = re.compile(r"\r\n|\n|\r")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _NON_ASCII = re.compile(rb"[\x80-\xff]")
+# bytes no Latin-1 text holds: a C1 control, or four non-ASCII bytes in a row (two Chinese
+# characters side by side; Latin text puts ASCII letters between its accented ones)
+_NOT_LATIN = re.compile(rb"[\x80-\x9f]|[\x80-\xff]{4}")
+_SINGLE_BYTE = frozenset({"latin-1", "iso8859-15"})
 # what Chinese text decoded from GB18030 is made of: CJK ideographs, CJK and full-width punctuation
 _CJK_TEXT = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef\u2000-\u206f\u00b7]")
 # a declared codec that fails on the bytes, or that decodes anything: which codecs to try instead
@@ -139,6 +143,31 @@ def _sensible(payload: bytes, declared: str, declared_failed: bool) -> tuple[str
     return next((d for d in decoded if d[1] == "utf-8"), None)
 
 
+def _gb18030_under_latin(payload: bytes, codec: str, declared: str) -> str | None:
+    """The text of GB18030 bytes sent under a Latin-1 (8859) declaration, which reads any byte:
+    when the bytes read as Chinese text in GB18030 and hold what no Latin text holds (a C1 control
+    byte, four non-ASCII bytes in a row). None when they may be the Latin text declared (``Müller``,
+    ``José``: the declaration wins). Bytes that hold both, Chinese text and a GB18030 character Latin
+    text forms too, are refused as ambiguous (``v2.encoding.ambiguous``), never guessed."""
+    if _NOT_LATIN.search(payload) is None:
+        return None
+    try:
+        text = payload.decode("gb18030")
+    except UnicodeDecodeError:
+        return None
+    if not _chinese(text):
+        return None
+    at = _latin_shaped(payload)
+    if at is not None:
+        where = _control_location(payload.decode("latin-1"), at)
+        raise _reject(
+            f"bytes 0x{payload[at]:02X} 0x{payload[at + 1]:02X} at offset {at} ({where}) read as GB18030 "
+            f"and as Latin text alike, in a message whose other bytes are GB18030 Chinese text, not the "
+            f"{codec} declared ({declared}): refused rather than guessed; declare its character set in "
+            "MSH-18", "v2.encoding.ambiguous", where)
+    return text
+
+
 def decode(payload: bytes) -> tuple[str, str, list[Finding]]:
     """The message text with CR segment separators, the codec it was decoded with, and what was wrong
     with the bytes that did not stop the decoding (MSH-18 naming another character set than the bytes
@@ -190,6 +219,12 @@ def decode(payload: bytes) -> tuple[str, str, list[Finding]]:
                 text = other[0]
                 findings.append(Finding("warning", "v2.msh18.mismatch", f"{declared}, but the bytes are "
                                         "UTF-8 text: read as utf-8", "MSH-18"))
+            elif codec in _SINGLE_BYTE:
+                gb = _gb18030_under_latin(payload, codec, declared)
+                if gb is not None:
+                    text = gb
+                    findings.append(Finding("warning", "v2.msh18.mismatch", f"{declared}, but the bytes "
+                                            "are GB18030 Chinese text: read as gb18030", "MSH-18"))
     found = _CONTROL.search(text)
     if found is not None:  # a control character in a field value: refused, see README (Choices)
         where = _control_location(text, found.start())

@@ -11,7 +11,7 @@ from . import datatypes as dt
 from .context import Ctx
 from .patient_context import patient_context
 from .people import practitioner
-from .results import _attachment_ed, _attachment_rp, put_instant
+from .results import document_text, documents, put_instant
 from .tables import table
 
 _CODES = table("codes")
@@ -73,7 +73,7 @@ def build(ctx: Ctx) -> None:
     if parent and parent != number and ctx.usable(parent, None, "TXA-13", "parent document number"):
         replaced = f"DocumentReference/{ctx.id('DocumentReference', parent)}"
         res["relatesTo"] = [{"code": "replaces", "target": {"reference": replaced}}]
-    content = []
+    content: list[dict[str, Any]] = []
     texts = []
     for obx in ctx.msg.all("OBX"):
         vt = obx.get(2).upper()
@@ -81,13 +81,17 @@ def build(ctx: Ctx) -> None:
             t = "\n".join(obx.text(5, r) for r in range(1, len(obx.field(5)) + 1)).strip()
             if t:
                 texts.append(t)
-        elif vt in ("ED", "RP"):
-            att = (_attachment_ed if vt == "ED" else _attachment_rp)(obx.rep(5))
-            if att:
-                content.append({"attachment": att})
-            else:
-                ctx.find("warning", "v2.obx-5.attachment-invalid", f"OBX-5 {vt} holds no usable document "
-                         "(encoding or data)", obx.loc(5))
+        elif vt in ("ED", "RP") and obx.field(5):
+            atts = documents(obx, titled=False)
+            if not isinstance(atts, str):
+                content.extend({"attachment": att} for att in atts)
+                continue
+            # no usable document: the text sent is kept as content of its own, never dropped
+            ctx.find("warning", "v2.obx-5.attachment-invalid", f"OBX-5 {vt} holds no usable document "
+                     f"({atts}): kept as the text sent", obx.loc(5))
+            raw = document_text(obx).encode("utf-8")
+            content.append({"attachment": {"contentType": "text/plain; charset=utf-8",
+                                           "data": base64.b64encode(raw).decode("ascii")}})
         elif obx.has(5):
             ctx.find("information", "v2.mdm.obx-ignored", f"OBX-2 {vt or '(empty)'} in a document message "
                      "is not document content", obx.loc(2))

@@ -126,8 +126,9 @@ def service_request(ctx: Ctx, g: Any, early: list[dict] | None = None,
                 info.append(ref)
     if info:
         res["supportingInfo"] = info
-    if g.notes or order_notes:
-        res["note"] = as_annotations(ctx, [*g.notes, *order_notes])
+    notes = [*g.orc_notes, *g.notes, *order_notes]  # the ORC's comments, the OBR's, what TQ1/OBR say
+    if notes:
+        res["note"] = as_annotations(ctx, notes)
     return ctx.add(res)
 
 

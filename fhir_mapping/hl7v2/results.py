@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import quopri
 import re
 from typing import Any
 
@@ -57,14 +58,16 @@ _ED_TYPES = {("AP", "PDF"): "application/pdf", ("APPLICATION", "PDF"): "applicat
 
 
 class _Group:
-    __slots__ = ("orc", "obr", "obx", "spm", "notes", "prt", "tq1", "_parts")
+    __slots__ = ("orc", "obr", "obx", "spm", "notes", "orc_notes", "prt", "tq1", "_parts")
 
-    def __init__(self, orc: Seg | None, obr: Seg, prt: list[Seg] | None = None, tq1: list[Seg] | None = None):
+    def __init__(self, orc: Seg | None, obr: Seg, prt: list[Seg] | None = None, tq1: list[Seg] | None = None,
+                 orc_notes: list[Seg] | None = None):
         self.orc, self.obr = orc, obr
+        self.orc_notes: list[Seg] = orc_notes or []  # the NTE after the ORC: the order's comments
         self.tq1: list[Seg] = tq1 or []  # the order's timing (after its ORC or OBR, before any OBX)
         self.obx: list[tuple[Seg, list[Seg]]] = []  # each OBX with the NTE after it
         self.spm: list[Seg] = []
-        self.notes: list[Seg] = []  # the NTE of the order
+        self.notes: list[Seg] = []  # the NTE after the OBR: the order's, and the report's conclusion
         self.prt: list[Seg] = prt or []  # PRT of the order (after its ORC or OBR, before any OBX)
         self._parts: dict[str, list[dict]] | None = None
 
@@ -99,16 +102,17 @@ def split_groups(ctx: Ctx) -> tuple[list[_Group], list[tuple[Seg, list[Seg]]], l
     orc: Seg | None = None
     orc_prt: list[Seg] = []
     orc_tq1: list[Seg] = []
+    orc_notes: list[Seg] = []
     cur: _Group | None = None
     last_notes: list[Seg] | None = None
     for seg in ctx.msg.segments:
         name = seg.name
         if name == "ORC":
-            orc, orc_prt, orc_tq1 = seg, [], []
-            last_notes = None
+            orc, orc_prt, orc_tq1, orc_notes = seg, [], [], []
+            last_notes = orc_notes  # an order comment: a note of the order, as after its OBR
         elif name == "OBR":
-            cur = _Group(orc, seg, orc_prt, orc_tq1)
-            orc, orc_prt, orc_tq1 = None, [], []
+            cur = _Group(orc, seg, orc_prt, orc_tq1, orc_notes)
+            orc, orc_prt, orc_tq1, orc_notes = None, [], [], []
             groups.append(cur)
             last_notes = cur.notes
         elif name == "PRT":
@@ -277,11 +281,11 @@ def _sn(rep: list[list[str]], units: list[list[str]]) -> tuple[str, Any] | None:
     return None
 
 
-def _attachment_ed(rep: list[list[str]]) -> dict | None:
-    """ED: source^type^subtype^encoding^data."""
+def _attachment_ed(rep: list[list[str]]) -> dict | str:
+    """ED: source^type^subtype^encoding^data -> an Attachment, or why it cannot be one."""
     tcode, sub, enc, data = dt.comp(rep, 2).upper(), dt.comp(rep, 3).upper(), dt.comp(rep, 4).upper(), dt.comp_text(rep, 5)
     if not data:
-        return None
+        return "no data (ED-5)"
     att: dict[str, Any] = {}
     mime = _ED_TYPES.get((tcode, sub))
     if mime is None and _MIME.match(f"{tcode.lower()}/{sub.lower()}"):
@@ -292,7 +296,7 @@ def _attachment_ed(rep: list[list[str]]) -> dict | None:
         try:
             base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
-            return None
+            return "data (ED-5) is not valid Base64"
         att["data"] = data
     elif enc in ("A", "") or enc == "NONE":
         att["data"] = base64.b64encode(data.encode("utf-8")).decode("ascii")
@@ -301,23 +305,44 @@ def _attachment_ed(rep: list[list[str]]) -> dict | None:
         try:
             att["data"] = base64.b64encode(bytes.fromhex(data)).decode("ascii")
         except ValueError:
-            return None
+            return "data (ED-5) is not valid hex"
+    elif enc in ("Q", "QP"):  # quoted-printable (MIME), which some senders use for text
+        att["data"] = base64.b64encode(quopri.decodestring(data.encode("utf-8"))).decode("ascii")
+        att.setdefault("contentType", "text/plain")
     else:
-        return None
+        return f"encoding (ED-4) {enc[:12]!r} is none of A, Hex, Base64, Q"
     return att
 
 
-def _attachment_rp(rep: list[list[str]]) -> dict | None:
-    """RP: pointer^application id^type^subtype."""
+def _attachment_rp(rep: list[list[str]]) -> dict | str:
+    """RP: pointer^application id^type^subtype -> an Attachment, or why it cannot be one."""
     url = dt.comp(rep, 1)
     if not url or _URL.match(url) is None:
-        return None
+        return "the pointer (RP-1) is no URL"
     att: dict[str, Any] = {"url": url}
     tcode, sub = dt.comp(rep, 3).upper(), dt.comp(rep, 4).upper()
     mime = _ED_TYPES.get((tcode, sub))
     if mime:
         att["contentType"] = mime
     return att
+
+
+def documents(obx: Seg, titled: bool = True) -> list[dict] | str:
+    """The Attachments of an ED/RP OBX-5, one per repetition (titled by OBX-3), or why one of them
+    cannot be an Attachment (the result is then kept as its text, ``observation``)."""
+    read = _attachment_ed if obx.get(2).upper() == "ED" else _attachment_rp
+    title = (dt.comp(obx.rep(3), 2) or dt.comp(obx.rep(3), 1)) if titled else ""
+    out = []
+    for rep in obx.field(5):
+        if not any(x.strip() for comp in rep for x in comp):
+            continue
+        att = read(rep)
+        if isinstance(att, str):
+            return att
+        if title:
+            att["title"] = title
+        out.append(att)
+    return out or "nothing in OBX-5"
 
 
 def value(ctx: Ctx, obx: Seg) -> tuple[str, Any] | tuple[None, str] | None:
@@ -365,10 +390,22 @@ _WHOLE = frozenset({"string", "numeric-array", "attachment", "reference-pointer"
 
 def _one(ctx: Ctx, obx: Seg, vt: str, kind: str, first: list[list[str]], units: list[list[str]],
          reps: list, r: int | None = None) -> tuple[str, Any] | tuple[None, str] | None:
-    """One value of OBX-5 (repetition ``r``) as (element, value), see ``value``."""
+    """One value of OBX-5 (repetition ``r``) as (element, value), see ``value``. Text its type
+    cannot read is kept as the text sent, with a finding: a result is never stored without the
+    value it was sent with."""
+    got = _parsed(ctx, obx, vt, kind, first, units, reps, r)
+    if got is None and any(x.strip() for comp in first for x in comp):
+        return _as_text(ctx, obx, first, f"is not a valid {vt or 'value'}", loc=obx.loc(5, r))
+    return got
+
+
+def _parsed(ctx: Ctx, obx: Seg, vt: str, kind: str, first: list[list[str]], units: list[list[str]],
+            reps: list, r: int | None = None) -> tuple[str, Any] | tuple[None, str] | None:
     loc = obx.loc(5, r)
     if kind == "quantity":
         raw = dt.comp(first, 1)
+        if not raw:
+            return None
         v = dt.decimal(raw)
         if v is not None:
             return "valueQuantity", _quantity(v, units)
@@ -418,18 +455,24 @@ def _one(ctx: Ctx, obx: Seg, vt: str, kind: str, first: list[list[str]], units: 
             sub = first[1] if len(first) > 1 else []
             return "valueQuantity", _quantity(v, [[x] for x in sub])
         return _as_text(ctx, obx, first, "is not a quantity (CQ)", loc=loc)
-    if kind == "range":
-        lo, hi = dt.decimal(dt.comp(first, 1)), dt.decimal(dt.comp(first, 2))
+    if kind == "range":  # NR: low ^ high, each a number or empty; anything else is words
+        lo_, hi_ = dt.comp(first, 1), dt.comp(first, 2)
+        lo, hi = dt.decimal(lo_), dt.decimal(hi_)
+        if (lo_ and lo is None) or (hi_ and hi is None):
+            return _as_text(ctx, obx, first, "is not a numeric range (NR)", loc=loc)
         rng = {k: {"value": v} for k, v in (("low", lo), ("high", hi)) if v is not None}
         return ("valueRange", rng) if rng else None
-    if kind == "period":
-        s, e = dt.datetime(dt.comp(first, 1)), dt.datetime(dt.comp(first, 2))
+    if kind == "period":  # DR: start ^ end, each a time or empty
+        s_, e_ = dt.comp(first, 1), dt.comp(first, 2)
+        s, e = dt.datetime(s_), dt.datetime(e_)
+        if (s_ and s is None) or (e_ and e is None):
+            return _as_text(ctx, obx, first, "is not a time range (DR)", loc=loc)
         per = {k: v for k, v in (("start", s), ("end", e)) if v}
         return ("valuePeriod", per) if per else None
     if kind == "quantity-money":
         money = dt.money(first)
         if money is None:
-            return None, "OBX-5 money amount is not a number"
+            return _as_text(ctx, obx, first, f"is not an amount of money ({vt})", loc=loc)
         q: dict[str, Any] = {"value": money["value"]}
         if "currency" in money:
             q.update(unit=money["currency"], system="urn:iso:std:iso:4217", code=money["currency"])
@@ -439,7 +482,7 @@ def _one(ctx: Ctx, obx: Seg, vt: str, kind: str, first: list[list[str]], units: 
                         "period and origin the message does not give", reps)
     if kind in ("attachment", "reference-pointer"):  # observation() keeps it: document_report
         return None, f"OBX-2 {vt} is a document, not an Observation value"
-    return None, f"OBX-2 {vt} not mapped"
+    return _as_text(ctx, obx, first, f"is of a type ({vt}) not mapped", reps, loc)
 
 
 def _as_text(ctx: Ctx, obx: Seg, first: list[list[str]], why: str,
@@ -496,9 +539,15 @@ def observation(ctx: Ctx, obx: Seg, notes: list[Seg], key: str, nth: str, *,
     if code is None:
         ctx.find("warning", "v2.obx-3.missing", "OBX without an observation identifier (3) skipped", obx.loc(3))
         return None
+    got: tuple[str, Any] | tuple[None, str] | None
     if _VT.get(obx.get(2).upper()) in ("attachment", "reference-pointer") and obx.field(5):
-        return document_report(ctx, obx, notes, key, nth, code, effective=effective, based_on=based_on)
-    got = value(ctx, obx)
+        forms = documents(obx)
+        if not isinstance(forms, str):
+            return document_report(ctx, obx, notes, key, nth, code, forms, effective=effective,
+                                   based_on=based_on)
+        got = _document_as_text(ctx, obx, forms)
+    else:
+        got = value(ctx, obx)
     if got is not None and got[0] is None:
         ctx.find("warning", "v2.obx-5.unmapped", got[1], obx.loc(5))
         return None
@@ -571,19 +620,26 @@ def observation(ctx: Ctx, obx: Seg, notes: list[Seg], key: str, nth: str, *,
     return ctx.add(res)
 
 
-def document_report(ctx: Ctx, obx: Seg, notes: list[Seg], key: str, nth: str, code: dict, *,
-                    effective: str | None = None, based_on: list | None = None) -> dict[str, str] | None:
+def document_text(obx: Seg) -> str:
+    """An ED/RP OBX-5 as the text sent (repetitions ``~``, components ``^``, subcomponents ``&``)."""
+    return "~".join("^".join("&".join(c) for c in rep).rstrip("^") for rep in obx.field(5))
+
+
+def _document_as_text(ctx: Ctx, obx: Seg, why: str) -> tuple[str, Any] | None:
+    """An ED/RP that is no usable document (bad Base64, an unknown encoding, a pointer that is no
+    URL): the result is kept as an Observation holding the text sent, with a finding."""
+    vt = obx.get(2).upper()
+    ctx.find("warning", "v2.obx-5.attachment-invalid",
+             f"OBX-5 {vt} holds no usable document ({why}): the result is kept as the text sent", obx.loc(5))
+    text = document_text(obx)
+    return ("valueString", text) if text.strip("~^& ") else None
+
+
+def document_report(ctx: Ctx, obx: Seg, notes: list[Seg], key: str, nth: str, code: dict,
+                    forms: list[dict], *, effective: str | None = None,
+                    based_on: list | None = None) -> dict[str, str] | None:
     """An ED/RP result outside a report's OBR group (ADT, an order's or a problem's OBX): a
     DiagnosticReport coded by OBX-3 whose presentedForm holds the document, as a report keeps its own."""
-    vt = obx.get(2).upper()
-    att = (_attachment_ed if vt == "ED" else _attachment_rp)(obx.rep(5))
-    if att is None:
-        ctx.find("warning", "v2.obx-5.attachment-invalid",
-                 f"OBX-5 {vt} holds no usable document (encoding or data): the result is skipped", obx.loc(5))
-        return None
-    title = dt.comp(obx.rep(3), 2) or dt.comp(obx.rep(3), 1)
-    if title:
-        att["title"] = title
     res: dict[str, Any] = {"resourceType": "DiagnosticReport",
                            "id": ctx.id("DiagnosticReport", key, nth, dt.comp(obx.rep(3), 1), obx.get(4), "OBX")}
     if based_on:
@@ -600,7 +656,7 @@ def document_report(ctx: Ctx, obx: Seg, notes: list[Seg], key: str, nth: str, co
         res["effectiveDateTime"] = when
     if notes:
         res["conclusion"] = "\n".join(note_text(n) for n in notes)
-    res["presentedForm"] = [att]
+    res["presentedForm"] = forms
     return ctx.add(res)
 
 
@@ -705,18 +761,12 @@ def diagnostic_report(ctx: Ctx, g: _Group, early_specimens: list[dict], *,
     category, section = _categories(obr)
     results, forms = [], []
     for nth, (obx, notes) in zip(occurrences([s for s, _ in g.obx]), g.obx):
-        vt = obx.get(2).upper()
-        if vt in ("ED", "RP"):
-            att = (_attachment_ed if vt == "ED" else _attachment_rp)(obx.rep(5))
-            if att:
-                title = dt.comp(obx.rep(3), 2) or dt.comp(obx.rep(3), 1)
-                if title:
-                    att["title"] = title
-                forms.append(att)
-            else:
-                ctx.find("warning", "v2.obx-5.attachment-invalid",
-                         f"OBX-5 {vt} holds no usable document (encoding or data)", obx.loc(5))
-            continue
+        if obx.get(2).upper() in ("ED", "RP") and obx.field(5):
+            got = documents(obx)
+            if not isinstance(got, str):
+                forms.extend(got)
+                continue
+            # no usable document: observation() keeps the result as its text, with a finding
         ref = observation(ctx, obx, notes, key, nth, effective=effective,
                           specimen_ref=specimens[0] if specimens else None, category=category,
                           based_on=based_on)
