@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from fhir_mapping import source_order
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
 from fhir_mapping.identifiers import usable
 from fhir_mapping.ids import stable_id
@@ -88,8 +89,8 @@ def header(payload: bytes) -> Header:
         if el is not None and (el.get("root") or el.get("extension")):
             set_id = f"{el.get('root', '')}^{el.get('extension', '')}"
         el = root.find(f"{_V3}versionNumber")
-        if el is not None and (el.get("value") or "").strip().isdigit():
-            version = int(el.get("value").strip())
+        if el is not None:  # one out of bounds is refused by its rule (cda.document.version-invalid)
+            version = source_order.version_number(el.get("value"))
         el = root.find(f"{_V3}effectiveTime")
         if el is not None and el.get("value"):
             time = el.get("value").strip()

@@ -24,7 +24,7 @@ Pure, standard library only (the hub imports it; it imports nothing of the hub).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -33,9 +33,16 @@ DEFAULT_OFFSET = timezone(timedelta(hours=8))  # a time the source gave without 
 # how far a stamp's time may be ahead of the hub's clock (a source's clock running fast): one
 # further ahead is refused, since every write of the record after it would read as older
 AHEAD = timedelta(hours=1)
+# the highest version of a series a stamp may carry (a CDA versionNumber, the extension's
+# ``version``). Within a series the version decides whatever the times say, so one stamped far
+# beyond the set's real numbering (999999999) left every later version of the set older, its facts
+# lost. Real sets count revisions of one document (1, 2, 3: tens at most); a bound needs no stored
+# state, so a document or a write is judged alone, at intake, before anything is kept
+MAX_VERSION = 100_000
 
-__all__ = ["AHEAD", "URL", "Order", "ahead", "from_extensions", "older_than", "order_of", "stamp",
-           "strip", "strip_all"]
+__all__ = ["AHEAD", "MAX_VERSION", "URL", "Order", "ahead", "from_extensions", "invalid",
+           "older_than", "order_of", "stamp", "strip", "strip_all", "version_number",
+           "version_problem"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,8 @@ class Order:
     time: str | None = None  # FHIR dateTime
     series: str | None = None
     version: int | None = None
+    # why the extension's version part is no version (not a valueInteger), for ``invalid``
+    malformed: str | None = field(default=None, compare=False)
 
     def __bool__(self) -> bool:
         return self.time is not None or (self.series is not None and self.version is not None)
@@ -107,9 +116,14 @@ def from_extensions(extensions: Any) -> Order | None:
             time = parts.get("time", {}).get("valueDateTime")
             series = parts.get("series", {}).get("valueString")
             version = parts.get("version", {}).get("valueInteger")
+            ok = isinstance(version, int) and not isinstance(version, bool)
+            # a version part that is no integer would leave the versions undecided and let
+            # the times (equal in one set, often) decide: refused on a write (``invalid``)
+            malformed = None if ok or "version" not in parts else \
+                "is no valueInteger: " + _shown(parts["version"])
             return Order(time if isinstance(time, str) else None,
                          series if isinstance(series, str) else None,
-                         version if isinstance(version, int) and not isinstance(version, bool) else None)
+                         version if ok else None, malformed)
     return None
 
 
@@ -163,6 +177,54 @@ def ahead(order: Order | None, now: datetime) -> str | None:
     hours = int(AHEAD.total_seconds() // 3600)
     return (f"the source-order stamp ({URL}) time {order.time if order else ''} is later than "
             f"the hub's clock by more than {hours} hour{'s' if hours != 1 else ''}")
+
+
+_VERSION = re.compile(r"\+?[0-9]+")
+
+
+def version_number(text: str | None) -> int | None:
+    """A CDA ``versionNumber/@value`` (an INT) as a version: a positive integer up to
+    ``MAX_VERSION``, spaces around it allowed (xs:int collapses them); None for anything else,
+    which ``version_problem`` words."""
+    t = (text or "").strip()
+    if not _VERSION.fullmatch(t) or len(t) > 12:
+        return None
+    n = int(t)
+    return n if 1 <= n <= MAX_VERSION else None
+
+
+def version_problem(text: str) -> str | None:
+    """Why ``text`` (a versionNumber's value that is given) is no version, or None."""
+    if version_number(text) is not None:
+        return None
+    t = text.strip()
+    if _VERSION.fullmatch(t):
+        return (f"version {_cut(t)} is not between 1 and {MAX_VERSION} (a set's versions count "
+                "its revisions: one this high would leave every later version of the set older)")
+    return f"version {_cut(t)!r} is not a positive integer"
+
+
+def invalid(order: Order | None) -> str | None:
+    """Why a write's stamp must be refused for its version: a version part that is no integer,
+    or one outside 1 to ``MAX_VERSION`` (stored, it left every later version of its series older,
+    unwritten). None when it is not."""
+    if order is None:
+        return None
+    if order.malformed:
+        return f"the source-order stamp ({URL}) version {order.malformed}"
+    if order.version is not None and not 1 <= order.version <= MAX_VERSION:
+        return (f"the source-order stamp ({URL}) version {_cut(str(order.version))} is not "
+                f"between 1 and {MAX_VERSION}")
+    return None
+
+
+def _cut(t: str) -> str:
+    return t if len(t) <= 40 else t[:40] + "…"
+
+
+def _shown(part: dict) -> str:
+    value = next(((k, v) for k, v in part.items() if k.startswith("value")), None)
+    return "none" if value is None else f"{value[0]} {_cut(repr(value[1]))}"
 
 
 def strip_all(d: dict[str, Any]) -> dict[str, Any]:

@@ -114,7 +114,12 @@ class Quarantine:
         """At most ``limit`` entries of ``status`` (None: any), oldest first, or with ``newest_first``
         the newest first; ``before``: only those of an id below it (the next page of the
         newest first)."""
-        sql = "SELECT id, kind, source, reason, time, status, replayed FROM quarantine"
+        # the institution its report is filed under: the document's custodian when the sender
+        # named none (a list showed "-" for a document whose custodian it knew)
+        sql = ("SELECT id, kind, source, reason, time, status, replayed, (SELECT "
+               "json_extract(e.value, '$.valueString') FROM json_each(CAST(report AS TEXT), "
+               "'$.extension') AS e WHERE json_extract(e.value, '$.url') LIKE "
+               "'%/quality-institution' LIMIT 1) FROM quarantine")
         where: builtins.list[str] = []
         args: builtins.list[Any] = []
         if status:
@@ -129,7 +134,8 @@ class Quarantine:
         with self._lock:
             rows = self._db.execute(sql + " LIMIT ?", (*args, limit)).fetchall()
         keys = ("id", "kind", "source", "reason", "time", "status", "replayed")
-        return [dict(zip(keys, r), source=orjson.loads(r[2])) for r in rows]
+        return [dict(zip(keys, r), source=orjson.loads(r[2]), institution=_institution(r[2], r[7]))
+                for r in rows]
 
     def count(self, status: str | None = "open") -> int:
         with self._lock:
@@ -175,12 +181,30 @@ class Quarantine:
                 "FROM quarantine WHERE id = ?", (qid,)).fetchone()
         if r is None:
             return None
+        report = orjson.loads(r[4])
         return {"id": r[0], "kind": r[1], "payload": r[2], "source": orjson.loads(r[3]),
-                "report": orjson.loads(r[4]), "reason": r[5], "time": r[6], "status": r[7],
-                "replayed": r[8], "result": orjson.loads(r[9]) if r[9] else None}
+                "report": report, "reason": r[5], "time": r[6], "status": r[7],
+                "replayed": r[8], "result": orjson.loads(r[9]) if r[9] else None,
+                "institution": _institution(r[3], _filed_under(report))}
 
     def mark(self, qid: int, status: str, result: dict) -> None:
         """``replayed`` (it went through) or ``open`` (refused again: the new report is kept)."""
         with self._lock:
             self._db.execute("UPDATE quarantine SET status=?, replayed=?, result=? WHERE id=?",
                              (status, _now(), orjson.dumps(result), qid))
+
+
+def _institution(source: bytes | str, filed_under: Any) -> str:
+    """Who an entry is from: the institution the sender named, else the one its report is
+    filed under ("" for neither)."""
+    named = (orjson.loads(source) or {}).get("institution")
+    filed = filed_under if isinstance(filed_under, str) and filed_under != "unknown" else ""
+    return str(named or filed or "")
+
+
+def _filed_under(report: Any) -> Any:
+    """The institution a report (a document's quality report) names, or None."""
+    ext = report.get("extension") if isinstance(report, dict) else None
+    return next((e.get("valueString") for e in ext if isinstance(e, dict)
+                 and str(e.get("url", "")).endswith("/quality-institution")), None) \
+        if isinstance(ext, list) else None

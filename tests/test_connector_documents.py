@@ -312,3 +312,23 @@ def test_a_connectors_replaced_document_arriving_after_its_replacement_stays_his
     current = sorted(e["resource"]["code"]["coding"][0]["code"] for e in found["entry"]
                      if "entered-in-error" not in str(e["resource"].get("verificationStatus")))
     assert current == ["I10"]
+
+
+def test_a_version_number_no_set_reaches_is_a_dead_letter_saying_why(conn, client):
+    """A versionNumber past 64 bits became a dead letter "cannot be written as JSON: Integer
+    exceeds 64-bit range", and 999999999 was written, leaving every later version of the set
+    older: both are refused as documents the rules refuse (cda.document.version-invalid), and
+    the set's real version goes through."""
+    pa = ident(ROOT, "CONN-VN-1")
+    bad = [wst500(doc_id=f"CONN-VN-X{n}", set_id="SET-CONN-VN", version=v, patient_ids=pa,  # type: ignore[arg-type]
+                  name="测试甲", sections=section(diagnosis("I10", "高血压", "1")))
+           for n, v in enumerate(("99999999999999999999999999999", "999999999"))]
+    letters = send(conn, *bad)
+    assert len(letters) == 2, letters
+    for dl in letters:
+        said = str(dl["error"])
+        assert "cda.document.version-invalid" in said and "JSON" not in said, dl
+    v1 = wst500(doc_id="CONN-VN-1", set_id="SET-CONN-VN", version=1, patient_ids=pa,
+                name="测试甲", sections=section(diagnosis("I10", "高血压", "1")))
+    assert send(conn, v1) == []
+    assert filed(client, "SET-CONN-VN")["masterIdentifier"]["value"] == "CONN-VN-1"

@@ -142,6 +142,69 @@ def test_a_late_older_version_is_kept_for_audit_but_does_not_replace_the_newer(c
         doc_ref["meta"]["versionId"]
 
 
+def _c0010(doc_id: str, version: str, weight: str, set_id: str = "HUBTEST-C0010-SET") -> bytes:
+    """The C0010 fixture as another document of a set: its id, versionNumber and weight."""
+    return C0010_V1.replace(b"HUBTEST-C0010-0001", doc_id.encode()).replace(
+        b"HUBTEST-C0010-SET", set_id.encode()).replace(
+        b'<versionNumber value="1"/>', f'<versionNumber value="{version}"/>'.encode()).replace(
+        b'value="58.5" unit="kg"', f'value="{weight}" unit="kg"'.encode())
+
+
+def _weights(client, location: str) -> set:
+    comp = _composition(client, location)
+    found = client.get("/Observation", params={"subject": comp["subject"]["reference"],
+                                               "code": "DE04.10.188.00"}).json()
+    return {e["resource"]["valueQuantity"]["value"] for e in found.get("entry", ())}
+
+
+def test_a_version_number_no_set_reaches_is_refused_and_the_set_goes_on(client):
+    """versionNumber 999999999 was stored and froze the set: the real next version was "older
+    than the stored version 999999999" and its weight lost. "v1" (no version: the equal times
+    decided) overwrote version 3's weight; one past 64 bits was a bare 500, kept nowhere. Each
+    is refused (422, cda.document.version-invalid, in the quarantine) and the set goes on."""
+    headers = {**XML, "x-hub-source-institution": "H7304"}
+    first = client.post("/../cda", content=_c0010("VN-1", "1", "58.5", "VN-SET"), headers=headers)
+    assert first.status_code == 201, first.text
+    for n, value in enumerate(("999999999", "99999999999999999999999999999", "abc", "v1", "0")):
+        r = client.post("/../cda", content=_c0010(f"VN-X{n}", value, "62.0", "VN-SET"),
+                        headers=headers)
+        assert r.status_code == 422, (value, r.text)
+        issue = rule_issues(r.json())["cda.document.version-invalid"][0]
+        assert issue["location"] == ["/hl7:ClinicalDocument/hl7:versionNumber/@value"]
+        assert r.headers["x-quarantine-id"]
+    assert _weights(client, first.headers["location"]) == {58.5}
+    v2 = client.post("/../cda", content=_c0010("VN-2", "2", "63.0", "VN-SET"), headers=headers)
+    assert v2.status_code == 201 and "superseded" not in v2.text, v2.text
+    assert _weights(client, v2.headers["location"]) == {63.0}
+
+
+def test_a_version_out_of_bounds_on_a_rest_write_is_refused(client):
+    """``PUT Patient/rest2`` stamped version 999999999 was accepted, and every later version of
+    its series then read as older; a version part that is no integer silently stamped none."""
+    from fhir_mapping.source_order import URL
+
+    def stamped(version: dict) -> dict:
+        return {"resourceType": "Patient", "id": "vn-rest", "gender": "female", "meta": {
+            "extension": [{"url": URL, "extension": [
+                {"url": "series", "valueString": "Composition/vn"}, {"url": "version", **version},
+                {"url": "time", "valueDateTime": "2024-03-12T09:00:00+08:00"}]}]}}
+
+    for bad in ({"valueInteger": 999999999}, {"valueInteger": 0}, {"valueString": "abc"},
+                {"valueDecimal": 2.5}):
+        r = client.put("/Patient/vn-rest", json=stamped(bad), headers=FHIR_JSON)
+        assert r.status_code == 422 and URL in r.text and "version" in r.text, (bad, r.text)
+    assert client.get("/Patient/vn-rest").status_code == 404
+    r = client.put("/Patient/vn-rest", json=stamped({"valueInteger": 3}), headers=FHIR_JSON)
+    assert r.status_code == 201, r.text
+    # a delete's stamp (a Bundle entry's request.extension) is held to the same bound
+    delete = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {
+        "method": "DELETE", "url": "Patient/vn-rest",
+        "extension": stamped({"valueInteger": 999999999})["meta"]["extension"]}}]}
+    r = client.post("", json=delete, headers=FHIR_JSON)
+    assert r.json()["entry"][0]["response"]["status"].startswith("422"), r.text
+    assert client.get("/Patient/vn-rest").status_code == 200
+
+
 # -- HL7 v2 messages out of order --------------------------------------------------------------
 
 def adt_a08(control: str, evn: str, msh7: str, bed: str, phone: str) -> bytes:

@@ -168,3 +168,20 @@ def test_an_empty_data_directory(tmp_path):
     assert r.returncode == 0 and "no open entries" in r.stdout
     r = run_hub(settings, "quality", "report")
     assert r.returncode == 2 and "no event store" in r.stderr
+
+
+def test_a_refused_document_no_sender_named_is_listed_under_its_custodian(hub, settings, capsys):
+    """A document posted without an institution is reported under its custodian, but the
+    quarantine listed it under "-": the list names the institution its report is filed under."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    q = Quarantine(settings.data_dir / "quarantine.sqlite")
+    try:
+        doc = CLEAN.replace(b'<versionNumber value="1"/>', b'<versionNumber value="999999999"/>')
+        refused = DocumentService(Repository(hub), q).ingest_cda(doc, SourceInfo())
+        assert refused.status == 422 and refused.quarantine_id is not None
+        assert q.get(refused.quarantine_id)["institution"] == "H0001"
+    finally:
+        q.close()
+    code, out, _ = hub_main(settings, capsys, "quarantine", "list")
+    [row] = [line.split() for line in out.splitlines()[1:]]
+    assert code == 0 and row[0] == str(refused.quarantine_id) and row[3] == "H0001", out

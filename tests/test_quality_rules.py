@@ -97,6 +97,7 @@ MUTATIONS = [
     ("cda.datetime.format", '<effectiveTime value="20240305094000+0800"/>', '<effectiveTime value="20240231"/>'),
     ("cda.datetime.order", '<birthTime value="19800315"/>', '<birthTime value="20250101"/>'),
     ("cda.quantity.unit", 'value="37.8" unit="Cel"', 'value="37.8"'),
+    ("cda.document.version-invalid", '<versionNumber value="1"/>', '<versionNumber value="999999999"/>'),
 ]
 
 
@@ -121,6 +122,24 @@ def test_each_rule_fires_on_its_mutation(rule, old, new):
 
 def test_every_rule_has_a_mutation():
     assert {m[0] for m in MUTATIONS} == {r.id for r in default_rules().rules}
+
+
+@pytest.mark.parametrize("value,refused", [
+    ("999999999", True), ("100001", True), ("99999999999999999999999999999", True), ("0", True),
+    ("-1", True), ("abc", True), ("v1", True), ("1.5", True),
+    ("1", False), (" 3", False), ("100000", False), ("", False), (None, False)])
+def test_a_version_number_the_set_could_not_be_ordered_by_is_refused(value, refused):
+    """Within a set the versionNumber decides what is newer: 999999999 froze the set (every later
+    version older), "v1" after version 3 overwrote it (no version: the equal times decided), a
+    number past 64 bits was a 500. A positive integer up to 100000 passes; a versionNumber without
+    a value (the samples' <versionNumber/>) says no version and passes too."""
+    new = "<versionNumber/>" if value is None else f'<versionNumber value="{value}"/>'
+    doc = clean().replace(b'<versionNumber value="1"/>', new.encode())
+    found = [f for f in check_bytes(doc, now=NOW) if f.rule == "cda.document.version-invalid"]
+    assert bool(found) is refused, found
+    if refused:
+        assert found[0].location == "/hl7:ClinicalDocument/hl7:versionNumber/@value"
+        assert evaluate(doc, now=NOW)["decision"] == "reject"
 
 
 def test_sex_contradicting_the_id_number():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fhir_mapping import source_order
 from fhir_mapping.base import MappingError
 from fhir_mapping.cda import dt
 from fhir_mapping.cda.context import XSI_NULL, Ctx
@@ -22,7 +23,7 @@ def _doc_ids(ctx: Ctx, root) -> tuple[tuple[str, str], tuple[str, str] | None, i
                            code="AE", location="/ClinicalDocument/id", rule="cda.header.id-missing")
     set_id = dt.ii(child(root, "setId"))
     vn = child(root, "versionNumber")
-    version = dt.integer(vn.get("value")) if vn is not None else None
+    version = source_order.version_number(vn.get("value")) if vn is not None else None
     return doc_id, set_id, version
 
 

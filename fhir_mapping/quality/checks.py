@@ -10,6 +10,7 @@ from typing import Any
 
 from lxml import etree
 
+from fhir_mapping import source_order
 from terminology import resident_id
 
 from .model import NS, XSI, Ctx, QualityFinding, Rule, xpath_of
@@ -384,6 +385,20 @@ def pq_unit(ctx: Ctx, rule: Rule) -> Iterator[QualityFinding]:
                                         "has no unit", q)
 
 
+# -- document version ------------------------------------------------------------------------------
+
+def version_number(ctx: Ctx, rule: Rule) -> Iterator[QualityFinding]:
+    """A versionNumber's value, when one is given, is a version the hub can order the set by
+    (``fhir_mapping.source_order.version_number``); an element without a value says none."""
+    for el in _elements(ctx.select(rule.check["select"])):
+        value = el.get("value")
+        if value is None or not value.strip():
+            continue
+        why = source_order.version_problem(value)
+        if why:
+            yield ctx.finding(rule, f"versionNumber {why}", _attr_node(el, "value"))
+
+
 KINDS: dict[str, Check | None] = {
     "well_formed": None,  # handled by the engine (the parse)
     "xml_safe": None,
@@ -399,6 +414,7 @@ KINDS: dict[str, Check | None] = {
     "datetime_format": datetime_format,
     "date_order": date_order,
     "pq_unit": pq_unit,
+    "version_number": version_number,
 }
 
 __all__ = ["KINDS", "loinc_check_digit", "parse_ts", "resident_id_problem", "xpath_of"]

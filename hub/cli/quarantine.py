@@ -70,7 +70,7 @@ def cmd_quarantine(args, settings: Settings) -> int:
             return 0
         print(f"{'id':>6}  {'time':24} {'kind':5} {'institution':24} {'status':10} reason")
         for e in entries:
-            inst = (e.get("source") or {}).get("institution") or "-"
+            inst = e["institution"] or "-"
             print(f"{e['id']:>6}  {e['time']:24} {e['kind']:5} {_one_line_text(inst, 24):24} "
                   f"{e['status']:10} {_one_line_text(e['reason'], 100)}")
         if left:

@@ -375,13 +375,15 @@ class Hub:
             except FhirError as e:
                 fail(i, e)
                 planned.remove(i)
-        # a source order ahead of the wall clock (a patch's too, now applied): refused. Not the
-        # hub's stamping clock, which a write reads once, when it is stamped
+        # a source order ahead of the wall clock, or of a version no series reaches (a patch's
+        # too, now applied): refused. Not the hub's stamping clock, which a write reads once,
+        # when it is stamped
         now = datetime.now(timezone.utc)
         for i in list(planned):
-            ahead = source_order.ahead(_order_of(ops[i]), now)
-            if ahead:
-                fail(i, FhirError(422, "invalid", f"{ahead}: every later write of the record "
+            order = _order_of(ops[i])
+            why = source_order.invalid(order) or source_order.ahead(order, now)
+            if why:
+                fail(i, FhirError(422, "invalid", f"{why}: every later write of the record "
                                   "would be left as older"))
                 planned.remove(i)
 
@@ -975,7 +977,7 @@ class Hub:
 def _order_of(op: Op) -> source_order.Order | None:
     """The source order of a write (stamped on its resource) or of a delete (``Op.order``)."""
     if op.method == "DELETE":
-        return op.order or None
+        return op.order  # one that is no stamp (falsy) may still carry a malformed version
     return source_order.order_of(op.d) if op.d is not None else None
 
 
