@@ -31,13 +31,12 @@ _RESIDENT_SYSTEMS = frozenset({RESIDENT_ID_OID, RESIDENT_ID_SYSTEM})
 
 
 @lru_cache(maxsize=1)
-def _fillers() -> tuple[frozenset[str], frozenset[str], tuple[str, ...]]:
-    """(clinical-value fillers, casefolded; labels; label suffixes), as the table writes them."""
+def _fillers() -> tuple[frozenset[str], tuple[str, ...]]:
+    """(labels; label suffixes), as the table writes them."""
     data = _table()
-    exact = frozenset(str(v).strip().casefold() for v in data["values"])
     labels = frozenset(str(v).strip() for v in data["labels"])
     suffixes = tuple(str(v) for v in data.get("label_suffixes") or ())
-    return exact, labels, suffixes
+    return labels, suffixes
 
 
 @lru_cache(maxsize=1)
@@ -51,7 +50,17 @@ def _filler_words() -> tuple[frozenset[str], re.Pattern[str], re.Pattern[str]]:
     a pattern for one of the words (not a number: "123123" may be a number) repeated ("nullnull"),
     and one for Chinese characters that are filler words only ("无不详", "无无")."""
     data = _table()
-    words = frozenset(w for v in (*data["values"], *(data.get("identifier_values") or ())) if (w := _bare(_fold(str(v)))))
+    return _words_of((*data["values"], *(data.get("identifier_values") or ())))
+
+
+@lru_cache(maxsize=1)
+def _text_words() -> tuple[frozenset[str], re.Pattern[str], re.Pattern[str]]:
+    """The same of the clinical-value fillers: the table's ``values`` only."""
+    return _words_of(_table()["values"])
+
+
+def _words_of(values) -> tuple[frozenset[str], re.Pattern[str], re.Pattern[str]]:
+    words = frozenset(w for v in values if (w := _bare(_fold(str(v)))))
     alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True) if not w.isdigit())
     cjk = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True) if _cjk_only(w))
     return words, re.compile(f"({alternatives})\\1+"), re.compile(f"(?:{cjk})+")
@@ -122,7 +131,7 @@ def is_filler(value: str | None) -> bool:
     k = _bare(s)
     if not k:
         return True  # "-", "--", "/", "*", "。", "#"
-    _, labels, suffixes = _fillers()
+    labels, suffixes = _fillers()
     words, repeated, cjk_words = _filler_words()
     if k in words or k in labels or repeated.fullmatch(k) or (_cjk_only(k) and cjk_words.fullmatch(k)):
         return True
@@ -139,20 +148,27 @@ def is_filler(value: str | None) -> bool:
 
 def is_filler_text(value: str | None) -> bool:
     """True for a clinical value (free text or a code's display) that says nothing: a listed filler
-    (``无``, ``不详``, ``-``), a field label left in it, or punctuation. Unlike :func:`is_filler`, digits
-    and repeated characters are values here ("0" ml, tooth "11"). Forms are folded as for
-    :func:`is_filler`."""
+    (``无``, ``不详``, ``-``), such a word repeated or Chinese filler words only (``无无``, ``无/不详``),
+    a field label left in it, or punctuation. It is read as :func:`is_filler` reads a value (folded,
+    without punctuation, symbols, brackets and spaces, in any case: ``无。``, ``（无）``, ``N/A``), with
+    the clinical vocabulary: the table's ``values``, not its ``identifier_values`` (``其他``, ``待查``
+    say something in a clinical value). Unlike :func:`is_filler`, digits and repeated characters are
+    values here ("0" ml, tooth "11", "(0)")."""
     if value is None:
         return False
     s = _fold(str(value)).strip()
     if not s or s.replace(".", "", 1).lstrip("+-").isdigit():
         return False
-    exact, labels, suffixes = _fillers()
-    if s.casefold() in exact or s in labels:
+    k = _bare(s)
+    if not k:
+        return True  # "-", "/", "。"
+    if k.isdigit():
+        return False  # "(0)", "1,000", "12.5%": a number, never a filler
+    labels, suffixes = _fillers()
+    words, repeated, cjk_words = _text_words()
+    if k in words or k in labels or repeated.fullmatch(k) or (_cjk_only(k) and cjk_words.fullmatch(k)):
         return True
-    if len(s) > 2 and s.endswith(suffixes) and _cjk_only(s):
-        return True
-    return not any(c.isalnum() for c in s)
+    return len(k) > 2 and k.endswith(suffixes) and _cjk_only(k)
 
 
 def key_problem(value: str | None, system: str | None = None) -> str | None:

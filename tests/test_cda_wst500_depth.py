@@ -4,6 +4,7 @@ Condition, "无" is no finding at all."""
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from fhir_mapping.cda import convert_traced
 from tests.cda_docs import SRC, by_type, wst500
@@ -87,6 +88,23 @@ def test_filler_values_make_no_resource():
     assert len(found) == 5 and {f.severity for f in found} == {"information"}
     div = t["Composition"][0]["section"][0]["text"]["div"]
     assert "检验报告结果: 无" in div  # still readable in the narrative
+
+
+@pytest.mark.parametrize("written", ["无。", "（无）", "无.", "(無)", "不详。"])
+def test_a_punctuated_filler_makes_no_resource(written):
+    """An allergy "无。" became an AllergyIntolerance "无。" (and a diagnosis "（无）" a Condition) where
+    "无" made none: the clinical filler rule reads the value without its punctuation."""
+    conv, t = run(obs("DE02.10.022.00", "过敏史", st(written)), obs(*NAME, st(written)))
+    assert "AllergyIntolerance" not in t and "Condition" not in t
+    assert len([f for f in conv.findings if f.rule == "cda.entry.absent-value"]) == 2
+
+
+def test_a_punctuated_clinical_word_is_still_a_value():
+    """其他 (a category) and 待查 (to be confirmed) are identifier fillers only: in a clinical value
+    they say something, punctuated or not."""
+    conv, t = run(obs("DE02.10.022.00", "过敏史", st("其他。")), obs(*NAME, st("（待查）")))
+    assert [a["code"]["text"] for a in t["AllergyIntolerance"]] == ["其他。"]
+    assert [c["code"]["text"] for c in t["Condition"]] == ["（待查）"]
 
 
 def test_filler_name_keeps_the_code_and_zero_is_a_value():

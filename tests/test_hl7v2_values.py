@@ -194,3 +194,33 @@ def test_a_document_message_keeps_an_unreadable_ed_as_text_content():
     datas = [base64.b64decode(x["attachment"]["data"]) for x in doc["content"] if "data" in x["attachment"]]
     assert datas == ["EMR^AP^PDF^Base64^@@notbase64@@".encode()]
     assert "v2.obx-5.attachment-invalid" in rules_at(c, "OBX-5")
+
+
+def test_a_result_sent_in_a_document_message_is_an_observation_of_the_document():
+    """MDM: an OBX that is no document content (a measurement, a coded finding) was dropped with an
+    information finding; it is a result of the patient's visit, mapped as ORU maps it and referred
+    to from the DocumentReference."""
+    results = ("OBX|2|NM|8867-4^心率^LN||72|/min^次/分^UCUM|60-100|N|||F\r"
+               "NTE|1||静息状态\r"
+               "OBX|3|CWE|LA-BLOOD^血型^L||A^A型^L||||||F\r"
+               "OBX|4|SN|2160-0^肌酐^LN||>^200|umol/L|||||F\r")
+    mdm = (MSH.format(type="MDM^T02^MDM_T02", charset="UNICODE UTF-8").replace("|LIS|", "|EMR|") + PID +
+           "PV1|1|I|W1^101^1||||||||||||||||V900\rTXA|1|DS|TX|20240401100000||||||||DOC9|||||AU\r"
+           "OBX|1|TX|18842-5^出院小结^LN||患者好转出院||||||F\r" + results)
+    c = conv(mdm)
+    (doc,) = by_type(c, "DocumentReference")
+    assert base64.b64decode(doc["content"][0]["attachment"]["data"]).decode() == "患者好转出院"
+    heart, blood, creat = obs(c, "8867-4"), obs(c, "LA-BLOOD"), obs(c, "2160-0")
+    assert heart["valueQuantity"]["value"] == 72 and heart["note"][0]["text"] == "静息状态"
+    assert heart["referenceRange"][0]["low"]["value"] == 60
+    assert blood["valueCodeableConcept"]["coding"][0]["code"] == "A"
+    assert creat["valueQuantity"]["comparator"] == ">"
+    for o in (heart, blood, creat):
+        assert o["subject"] == doc["subject"] and o["encounter"] == doc["context"]["encounter"][0]
+    assert {r["reference"] for r in doc["context"]["related"]} == {
+        f"Observation/{o['id']}" for o in (heart, blood, creat)}
+    assert not [f for f in c.findings if f.rule.startswith("v2.mdm")]
+    # the ORU mapping of the same OBX: one rule for a result wherever it is sent
+    o = obs(conv(oru(OBR, results)), "8867-4")
+    assert {k: o[k] for k in ("valueQuantity", "referenceRange", "interpretation", "status")} == {
+        k: heart[k] for k in ("valueQuantity", "referenceRange", "interpretation", "status")}

@@ -3,6 +3,8 @@ values, numbers never are."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -91,9 +93,14 @@ def _full_width(s: str) -> str:
 
 
 def _traditional(s: str) -> str:
-    import opencc
+    return _s2t().convert(s)
 
-    return opencc.OpenCC("s2t").convert(s)
+
+@functools.lru_cache(maxsize=1)
+def _s2t():
+    import opencc  # loading its dictionaries per draw made generation too slow for Hypothesis
+
+    return opencc.OpenCC("s2t")
 
 
 @st.composite
@@ -151,3 +158,48 @@ def test_identifier_only_fillers_are_values_in_clinical_text(value, filler):
     """其他 is a category of many code systems and 缺失 a tooth's finding: fillers as an identifier,
     values as a clinical value."""
     assert is_filler(value) and is_filler_text(value) is filler
+
+
+@pytest.mark.parametrize("value", ["无。", "（无）", "无.", "(無)", "【无】", "无 。", "“无”", "N/A", "n.a.", "#N/A",
+                                   "<NULL>", "不详。", "无无", "无/不详", "未知；", "暂无。"])
+def test_a_clinical_filler_read_past_its_punctuation_is_a_filler(value):
+    """An allergy "无。" or "（无）" became an AllergyIntolerance where "无" made none: the clinical
+    rule reads the value as the identifier rule does, without punctuation, brackets and spaces."""
+    assert is_filler_text(value)
+
+
+@pytest.mark.parametrize("value", ["其他。", "（待查）", "缺失.", "待定", "略。", "(0)", "0.", "1,000", "12.5%",
+                                   "无青霉素过敏", "青霉素（无）", "阴性。", "（11）"])
+def test_a_clinical_value_in_punctuation_stays_a_value(value):
+    """Words that say something in a clinical value (其他, 待查: identifier fillers only) and numbers
+    stay values however they are punctuated."""
+    assert not is_filler_text(value)
+
+
+def _clinical_words() -> list[str]:
+    from importlib import resources
+
+    import yaml
+
+    data = yaml.safe_load(resources.files("fhir_mapping").joinpath("tables/fillers.yaml").read_text("utf-8"))
+    return [str(v) for v in data["values"] if not str(v).isdigit()]  # digits are values in clinical text
+
+
+@given(st.sampled_from(_clinical_words()).flatmap(_written))
+def test_a_clinical_filler_word_however_written_is_a_filler(value):
+    assert is_filler_text(value)
+
+
+def _identifier_only_words() -> list[str]:
+    from importlib import resources
+
+    import yaml
+
+    data = yaml.safe_load(resources.files("fhir_mapping").joinpath("tables/fillers.yaml").read_text("utf-8"))
+    return [str(v) for v in data["identifier_values"]]
+
+
+@given(st.sampled_from(_identifier_only_words()).flatmap(_written))
+def test_an_identifier_only_filler_however_written_stays_a_clinical_value(value):
+    """其他, 待查, 缺失 are categories and findings in a clinical value, punctuated or not."""
+    assert is_filler(value) and not is_filler_text(value)

@@ -832,7 +832,9 @@ def test_a_birth_after_the_visit_or_in_the_future_is_left_out_with_a_finding(
 @pytest.mark.parametrize("phone,kept", [
     ("13800138000", [{"system": "phone", "value": "13800138000"}]),
     ("010-65432100", [{"system": "phone", "value": "010-65432100"}]),
-    ("-", None), ("无", None), ("不详", None), ("/", None)])
+    ("-", None), ("无", None), ("不详", None), ("/", None),
+    # read past punctuation and brackets, as identifiers are: a phone "无。" was kept as a number
+    ("无。", None), ("（不详）", None), ("N/A", None), ("无/不详", None)])
 def test_a_filler_phone_number_is_left_out_with_a_finding(phone, kept):
     conv = load_mapping("outpatient-visit").convert_row(
         example_row("outpatient-visit") | {"phone": phone}, SRC)

@@ -1,6 +1,8 @@
 """MDM^T01-T11: TXA -> DocumentReference; content from the OBX segments (TX/FT/ST text as a
 UTF-8 text attachment, ED as its data, RP as a URL). T01/T03/T05/T07/T09 carry no content: the
-reference is kept with a title-only attachment."""
+reference is kept with a title-only attachment. An OBX of any other type (NM, CWE, SN, HD…) is a
+result sent with the document: an Observation as ORU maps it (``results.observation``), in
+DocumentReference.context.related."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ from typing import Any
 
 from . import datatypes as dt
 from .context import Ctx
+from .orders import service_request
 from .patient_context import patient_context
 from .people import practitioner
-from .results import document_text, documents, put_instant
+from .results import document_text, documents, observation, occurrences, put_instant, split_groups
 from .tables import table
 
 _CODES = table("codes")
@@ -75,6 +78,9 @@ def build(ctx: Ctx) -> None:
         res["relatesTo"] = [{"code": "replaces", "target": {"reference": replaced}}]
     content: list[dict[str, Any]] = []
     texts = []
+    groups, loose, _ = split_groups(ctx)
+    notes_of = {id(obx): notes for obx, notes in [*loose, *(i for g in groups for i in g.obx)]}
+    results: list[Any] = []
     for obx in ctx.msg.all("OBX"):
         vt = obx.get(2).upper()
         if vt in ("TX", "FT", "ST", "CF"):
@@ -92,9 +98,8 @@ def build(ctx: Ctx) -> None:
             raw = document_text(obx).encode("utf-8")
             content.append({"attachment": {"contentType": "text/plain; charset=utf-8",
                                            "data": base64.b64encode(raw).decode("ascii")}})
-        elif obx.has(5):
-            ctx.find("information", "v2.mdm.obx-ignored", f"OBX-2 {vt or '(empty)'} in a document message "
-                     "is not document content", obx.loc(2))
+        elif vt not in ("ED", "RP"):
+            results.append(obx)
     if texts:
         data = "\n".join(texts).encode("utf-8")
         language = "zh-CN" if dt.has_cjk(data.decode("utf-8")) else "en"
@@ -107,12 +112,15 @@ def build(ctx: Ctx) -> None:
     context: dict[str, Any] = {}
     if ctx.encounter_ref:
         context["encounter"] = [ctx.encounter_ref]
-    from .orders import service_request
-    from .results import split_groups
-
-    orders = [service_request(ctx, g, with_observations=False) for g in split_groups(ctx)[0]]
-    if orders:
-        context["related"] = orders
+    orders = [service_request(ctx, g, with_observations=False) for g in groups]
+    # a measurement or coded result sent with the document is a clinical fact: keyed by the
+    # document (an edit or a replacement of it sends them again), never dropped as "no content"
+    key = f"DocumentReference/{res['id']}"
+    observed = [observation(ctx, obx, notes_of.get(id(obx), []), key, nth)
+                for nth, obx in zip(occurrences(results), results)]
+    related = orders + [ref for ref in observed if ref]
+    if related:
+        context["related"] = related
     if context:
         res["context"] = context
     ctx.add(res)
