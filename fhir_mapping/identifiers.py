@@ -72,6 +72,12 @@ def _bare(s: str) -> str:
     return "".join(c for c in s if unicodedata.category(c)[0] not in "PSZC").casefold()
 
 
+# A graded (semi-quantitative) result written in signs, as laboratories report a dipstick or an
+# occult blood test: a plus, repeated or bracketed, or ± (+- and -+ as typed). A lone dash stays a
+# filler: in a remark or an allergy field it stands for nothing written.
+_GRADED = re.compile(r"[(\[（]?(?:\+{1,4}|±|\+-|-\+|∓)[)\]）]?")
+
+
 # A negative whole number, bracketed or not: a "no value" sentinel of a program (-1, -999), never a
 # record number. Dashes as NFKC and _DASH_LETTERS leave them, and the minus sign.
 _NEGATIVE = re.compile(r"[(\[]?[-\u2010-\u2015\u2212][0-9]+(?:\.0*)?[)\]]?")
@@ -159,6 +165,8 @@ def is_filler_text(value: str | None) -> bool:
     s = _fold(str(value)).strip()
     if not s or s.replace(".", "", 1).lstrip("+-").isdigit():
         return False
+    if _GRADED.fullmatch(s.replace(" ", "")):
+        return False  # "+", "++", "±", "+-": a graded result (a urine protein, an occult blood)
     k = _bare(s)
     if not k:
         return True  # "-", "/", "。"

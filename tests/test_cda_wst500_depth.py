@@ -99,6 +99,15 @@ def test_a_punctuated_filler_makes_no_resource(written):
     assert len([f for f in conv.findings if f.rule == "cda.entry.absent-value"]) == 2
 
 
+@pytest.mark.parametrize("written", ["+", "++", "±", "（+）", "＋＋＋"])
+def test_a_graded_result_written_in_signs_is_kept(written):
+    """A laboratory result graded in signs (a dipstick's "++", an occult blood "±") was read as
+    punctuation, a filler: the result left the report's data with an information finding."""
+    conv, t = run(obs("DE04.50.130.00", "检验报告结果", st(written)))
+    assert [o["valueString"] for o in t["Observation"]] == [written]
+    assert not [f for f in conv.findings if f.rule == "cda.entry.absent-value"]
+
+
 def test_a_punctuated_clinical_word_is_still_a_value():
     """其他 (a category) and 待查 (to be confirmed) are identifier fillers only: in a clinical value
     they say something, punctuated or not."""

@@ -46,7 +46,9 @@ def test_a_number_is_always_a_value(v):
 
 
 @pytest.mark.parametrize("value,filler", [("无", True), ("不详", True), ("-", True), ("药物通用名称", True),
-                                          ("11", False), ("0", False), ("正常", False), ("阴性", False)])
+                                          ("11", False), ("0", False), ("正常", False), ("阴性", False),
+                                          ("+", False), ("++", False), ("±", False), ("(+)", False),
+                                          ("+-", False), ("--", True), ("/", True)])
 def test_filler_text(value, filler):
     assert is_filler_text(value) is filler
 
