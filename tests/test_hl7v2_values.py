@@ -224,3 +224,60 @@ def test_a_result_sent_in_a_document_message_is_an_observation_of_the_document()
     o = obs(conv(oru(OBR, results)), "8867-4")
     assert {k: o[k] for k in ("valueQuantity", "referenceRange", "interpretation", "status")} == {
         k: heart[k] for k in ("valueQuantity", "referenceRange", "interpretation", "status")}
+
+
+ADT_MSH = MSH.format(type="ADT^A01^ADT_A01", charset="UNICODE UTF-8")
+ADT_PV1 = "PV1|1|I|心内科^301^02||||||||||||||||ZY001\r"
+
+
+def adt(*segments: str):
+    return conv(ADT_MSH + "EVN|A01|20240401100000\r" + PID + ADT_PV1 + "".join(segments))
+
+
+@pytest.mark.parametrize("segment, rtype, rule", [
+    ("AL1|1|DA|无", "AllergyIntolerance", "v2.al1-3.filler"),
+    ("AL1|1|DA|无。", "AllergyIntolerance", "v2.al1-3.filler"),
+    ("AL1|1|DA|^无", "AllergyIntolerance", "v2.al1-3.filler"),
+    ("AL1|1|DA|^不详^^^-", "AllergyIntolerance", "v2.al1-3.filler"),
+    ("IAM|1|DA|（无）||||||", "AllergyIntolerance", "v2.al1-3.filler"),
+    ("DG1|1||无", "Condition", "v2.dg1-3.filler"),
+    ("DG1|1||^无", "Condition", "v2.dg1-3.filler"),
+    ("DG1|1|||无", "Condition", "v2.dg1-3.filler"),
+    ("DG1|1||-|不详", "Condition", "v2.dg1-3.filler"),
+    ("PR1|1||^无", "Procedure", "v2.pr1-3.filler"),
+])
+def test_a_text_only_filler_makes_no_clinical_resource(segment, rtype, rule):
+    """An allergen, diagnosis or procedure written 无 with no code became an AllergyIntolerance
+    "to 无" (a Condition "无"), which the CDA mapper makes of the same entry nowhere."""
+    c = adt(segment + "\r")
+    assert by_type(c, rtype) == []
+    assert rule in [f.rule for f in c.findings if f.severity == "information"]
+
+
+@pytest.mark.parametrize("segment, rtype, said", [
+    ("AL1|1|DA|01^无^LOCAL", "AllergyIntolerance", "01"),  # a code of a code system is a value
+    ("AL1|1|DA|无^^LOCAL", "AllergyIntolerance", "无"),
+    ("AL1|1|DA|^青霉素", "AllergyIntolerance", "青霉素"),
+    ("AL1|1|DA|0", "AllergyIntolerance", "0"),
+    ("DG1|1||^无|高血压", "Condition", "高血压"),  # the description names the diagnosis
+    ("DG1|1||I10^高血压^I10|无", "Condition", "I10"),
+    ("DG1|1||^其他", "Condition", "其他"),  # a clinical word, not a filler
+    ("PR1|1||^无|阑尾切除术", "Procedure", "阑尾切除术"),
+])
+def test_a_coded_or_real_value_stays(segment, rtype, said):
+    c = adt(segment + "\r")
+    (r,) = by_type(c, rtype)
+    assert said in str(r["code"])
+    assert not [f for f in c.findings if f.rule.endswith(".filler")]
+
+
+PRB_MSH = MSH.format(type="PPR^PC1^PPR_PC1", charset="UNICODE UTF-8")
+
+
+def test_a_filler_problem_makes_no_condition_unless_something_is_said_of_it():
+    bare = conv(PRB_MSH + PID + "PRB|AD|20240315|^无\r")
+    assert by_type(bare, "Condition") == []
+    assert "v2.prb-3.filler" in [f.rule for f in bare.findings]
+    noted = conv(PRB_MSH + PID + "PRB|AD|20240315|^无\rNTE|1||家族史阳性\r")
+    (cond,) = by_type(noted, "Condition")
+    assert cond["note"][0]["text"] == "家族史阳性"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fhir_mapping.identifiers import is_filler_text
+
 from . import datatypes as dt
 from .context import Ctx
 from .message import Seg
@@ -23,6 +25,12 @@ def allergy(ctx: Ctx, seg: Seg) -> None:
     code = dt.concept(seg.rep(3))
     if code is None:
         ctx.find("warning", "v2.al1-3.missing", f"{seg.name} without an allergen (3) skipped", seg.loc(3))
+        return
+    if dt.filler_concept(seg.rep(3)):
+        # an allergy "to 无" says the patient has none known: no AllergyIntolerance, as the CDA
+        # mapper makes none of the same entry (cda.entry.absent-value)
+        ctx.find("information", "v2.al1-3.filler", f"{seg.name}-3 (allergen) is a filler with no code "
+                 "(无, -, 不详): no resource made of it", seg.loc(3))
         return
     key = dt.comp(seg.rep(3), 1) or code.get("text", "")
     if seg.name == "IAM" and dt.comp(seg.rep(7), 1) and ctx.usable(
@@ -110,15 +118,23 @@ _ASSERTED_DATE = "http://hl7.org/fhir/StructureDefinition/condition-assertedDate
 
 
 def condition(ctx: Ctx, dg1: Seg, n: int) -> None:
-    code = dt.concept(dg1.rep(3))
+    # a filler (无, -, 不详 with no code) says no diagnosis: DG1-4 may still name one
+    filler3 = dt.filler_concept(dg1.rep(3))
+    code = None if filler3 else dt.concept(dg1.rep(3))
     text = dg1.get(4)
+    if text and is_filler_text(text):
+        text = ""
+    if code is None and not text and (filler3 or dg1.get(4)):
+        ctx.find("information", "v2.dg1-3.filler", "DG1-3 (diagnosis) / DG1-4 (description) is a "
+                 "filler with no code (无, -, 不详): no resource made of it", dg1.loc(3))
+        return
     if code is None and text:
         code = {"text": text}
     if code is None:
         ctx.find("warning", "v2.dg1-3.missing", "DG1 without a diagnosis code (3) or text (4) skipped", "DG1-3")
         return
     ident = identifier(ctx, dg1.rep(20), dg1.loc(20), "entity") if dg1.get(20) else None
-    key = (ident["value"] if ident else "") or dt.comp(dg1.rep(3), 1) or text
+    key = (ident["value"] if ident else "") or ("" if filler3 else dt.comp(dg1.rep(3), 1)) or text
     res: dict[str, Any] = {"resourceType": "Condition",
                            "id": ctx.id("Condition", ctx.patient_key,
                                         f"Encounter/{ctx.visit_scope()}" if ctx.encounter_ref else "", key)}
@@ -193,6 +209,12 @@ def procedure(ctx: Ctx, pr1: Seg, n: int) -> None:
     code = dt.concept(pr1.rep(3))
     if code is None:
         return
+    if dt.filler_concept(pr1.rep(3)):
+        if not pr1.get(4) or is_filler_text(pr1.get(4)):
+            ctx.find("information", "v2.pr1-3.filler", "PR1-3 (procedure) is a filler with no code "
+                     "(无, -, 不详): no resource made of it", pr1.loc(3))
+            return
+        code = {}  # the description (PR1-4) names the procedure, not the filler
     when = dt.datetime(pr1.get(5))
     res: dict[str, Any] = {"resourceType": "Procedure",
                            "id": ctx.id("Procedure", ctx.patient_key, dt.comp(pr1.rep(3), 1), when or n),

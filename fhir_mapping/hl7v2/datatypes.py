@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from fhir_mapping import numbers
+from fhir_mapping.identifiers import is_filler_text
 
 from .tables import table
 
@@ -173,6 +174,21 @@ def concept(rep: list[list[str]]) -> dict | None:
     elif not codings and comp(rep, 1):
         out["text"] = comp(rep, 1)
     return out or None
+
+
+def filler_concept(rep: list[list[str]]) -> bool:
+    """True for a CE/CWE/CNE that says nothing: no code of a code system (a CWE-1/4/10 beside its
+    CWE-3/6/12, whatever word it spells), and every code, display and text in it a filler
+    (``无``, ``无。``, ``-``: ``fhir_mapping.identifiers.is_filler_text``), as the CDA mapper reads a
+    text-only value (``cda.entry.absent-value``). An empty one is not a filler: it is missing."""
+    said = []
+    for base in (0, 3, 9):
+        code, system = comp(rep, base + 1).strip(), comp(rep, base + 3).strip()
+        if system and any(ch.isalnum() for ch in code):
+            return False
+        said += [t for t in (code, comp(rep, base + 2).strip()) if t]
+    said += [comp(rep, 9).strip()] if comp(rep, 9).strip() else []
+    return bool(said) and all(is_filler_text(t) for t in said)
 
 
 _V2_TABLES: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in table("codes")["v2_tables"].items()

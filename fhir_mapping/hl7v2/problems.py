@@ -51,6 +51,12 @@ def condition(ctx: Ctx, prb: Seg, obxs: list[Seg], notes: list[Seg]) -> None:
     code = dt.concept(prb.rep(3))
     if code is None:
         raise ctx.error("PRB-3 (problem id) is empty: the Condition has no code", prb.loc(3), "v2.prb-3.missing")
+    if dt.filler_concept(prb.rep(3)) and not obxs and not notes:
+        # a problem "无" with nothing said of it is no problem (as CDA's cda.entry.absent-value);
+        # with observations or notes after it, it is kept so that they stay tied to it
+        ctx.find("information", "v2.prb-3.filler", "PRB-3 (problem) is a filler with no code "
+                 "(无, -, 不详): no resource made of it", prb.loc(3))
+        return
     instance = prb.get(4)
     if instance and not ctx.usable(instance, None, prb.loc(4), "problem instance id"):
         instance = ""
