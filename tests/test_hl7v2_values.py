@@ -263,12 +263,19 @@ def test_a_text_only_filler_makes_no_clinical_resource(segment, rtype, rule):
     ("DG1|1||I10^高血压^I10|无", "Condition", "I10"),
     ("DG1|1||^其他", "Condition", "其他"),  # a clinical word, not a filler
     ("PR1|1||^无|阑尾切除术", "Procedure", "阑尾切除术"),
+    ("PR1|1|||阑尾切除术", "Procedure", "阑尾切除术"),  # no code, its description alone
 ])
 def test_a_coded_or_real_value_stays(segment, rtype, said):
     c = adt(segment + "\r")
     (r,) = by_type(c, rtype)
     assert said in str(r["code"])
     assert not [f for f in c.findings if f.rule.endswith(".filler")]
+
+
+def test_a_procedure_with_nothing_said_is_a_warning():
+    c = adt("PR1|1||||20240315\r")
+    assert by_type(c, "Procedure") == []
+    assert "v2.pr1-3.missing" in [f.rule for f in c.findings if f.severity == "warning"]
 
 
 PRB_MSH = MSH.format(type="PPR^PC1^PPR_PC1", charset="UNICODE UTF-8")

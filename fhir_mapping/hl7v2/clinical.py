@@ -207,14 +207,18 @@ def _encounter_diagnosis(ctx: Ctx, dg1: Seg, ref: dict[str, str]) -> None:
 
 def procedure(ctx: Ctx, pr1: Seg, n: int) -> None:
     code = dt.concept(pr1.rep(3))
-    if code is None:
-        return
-    if dt.filler_concept(pr1.rep(3)):
+    if code is None or dt.filler_concept(pr1.rep(3)):
         if not pr1.get(4) or is_filler_text(pr1.get(4)):
-            ctx.find("information", "v2.pr1-3.filler", "PR1-3 (procedure) is a filler with no code "
-                     "(无, -, 不详): no resource made of it", pr1.loc(3))
+            if code is None:
+                ctx.find("warning", "v2.pr1-3.missing", "PR1-3 (procedure) and PR1-4 (its "
+                         "description) are empty: no Procedure", pr1.loc(3))
+            else:
+                ctx.find("information", "v2.pr1-3.filler", "PR1-3 (procedure) is a filler with "
+                         "no code (无, -, 不详): no resource made of it", pr1.loc(3))
             return
-        code = {}  # the description (PR1-4) names the procedure, not the filler
+        # the description (PR1-4) names the procedure: a procedure sent without a code (it was
+        # dropped without a word) or with a filler in place of one
+        code = {}
     when = dt.datetime(pr1.get(5))
     res: dict[str, Any] = {"resourceType": "Procedure",
                            "id": ctx.id("Procedure", ctx.patient_key, dt.comp(pr1.rep(3), 1), when or n),
