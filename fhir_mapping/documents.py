@@ -26,6 +26,8 @@ from fhir_mapping.ids import stable_id
 
 HUB_TAGS = "https://fhir-region-hub.example/CodeSystem/hub-tags"
 EXT = "https://fhir-region-hub.example/StructureDefinition/"
+# the institution a quality report is filed under (the sender, else the document's custodian)
+QUALITY_INSTITUTION = EXT + "quality-institution"
 QUALITY_TAG = {"system": HUB_TAGS, "code": "document-quality"}
 DOCUMENT_CODES = "urn:oid:2.16.156.10011.2.4"  # WS/T 500 shared-document codes (C0001…)
 _V3 = "{urn:hl7-org:v3}"
@@ -149,7 +151,7 @@ def quality_report(outcome: dict[str, Any], decision: str, source: SourceInfo, d
     """The report as a storable OperationOutcome (what the data-quality projection counts).
     ``doc_type`` is a code of ``type_system``: a WS/T 500 document code, or a message's
     interaction (an HL7 v3 registration's findings are reported the same way)."""
-    ext = [{"url": EXT + "quality-institution", "valueString": source.institution or "unknown"},
+    ext = [{"url": QUALITY_INSTITUTION, "valueString": source.institution or "unknown"},
            *([{"url": EXT + "quality-institution-name", "valueString": source.name}]
              if source.name else []),
            {"url": EXT + "quality-document-type",

@@ -32,9 +32,9 @@ _RESIDENT_SYSTEMS = frozenset({RESIDENT_ID_OID, RESIDENT_ID_SYSTEM})
 
 @lru_cache(maxsize=1)
 def _fillers() -> tuple[frozenset[str], tuple[str, ...]]:
-    """(labels; label suffixes), as the table writes them."""
+    """(labels, read as :func:`_bare` leaves a value; label suffixes)."""
     data = _table()
-    labels = frozenset(str(v).strip() for v in data["labels"])
+    labels = frozenset(_bare(_fold(str(v))) for v in data["labels"])
     suffixes = tuple(str(v) for v in data.get("label_suffixes") or ())
     return labels, suffixes
 
@@ -64,6 +64,17 @@ def _words_of(values) -> tuple[frozenset[str], re.Pattern[str], re.Pattern[str]]
     alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True) if not w.isdigit())
     cjk = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True) if _cjk_only(w))
     return words, re.compile(f"({alternatives})\\1+"), re.compile(f"(?:{cjk})+")
+
+
+def _listed(k: str, vocabulary: tuple[frozenset[str], re.Pattern[str], re.Pattern[str]]) -> bool:
+    """Whether ``k`` (a value as :func:`_bare` leaves it) is a word of ``vocabulary``
+    (:func:`_words_of`), one of them repeated, Chinese filler words only, or a template's label
+    (``医务人员编码``, ``会诊科室名称``): what both the identifier and the clinical rule take as listed."""
+    labels, suffixes = _fillers()
+    words, repeated, cjk_words = vocabulary
+    return (k in words or k in labels or repeated.fullmatch(k) is not None
+            or (_cjk_only(k) and (cjk_words.fullmatch(k) is not None
+                                  or (len(k) > 2 and k.endswith(suffixes)))))
 
 
 def _bare(s: str) -> str:
@@ -137,12 +148,8 @@ def is_filler(value: str | None) -> bool:
     k = _bare(s)
     if not k:
         return True  # "-", "--", "/", "*", "。", "#"
-    labels, suffixes = _fillers()
-    words, repeated, cjk_words = _filler_words()
-    if k in words or k in labels or repeated.fullmatch(k) or (_cjk_only(k) and cjk_words.fullmatch(k)):
-        return True
-    if len(k) > 2 and k.endswith(suffixes) and _cjk_only(k):
-        return True  # a field label left in the value: 责任护士工号, 会诊科室名称
+    if _listed(k, _filler_words()):
+        return True  # a listed word, or a field label left in the value: 责任护士工号
     if len(k) > 2 and k[-2:] == "id" and _cjk_only(k[:-2]):
         return True  # 患者ID, 登记人ID: a template's label, which keyed two people as one
     if _NEGATIVE.fullmatch(s):
@@ -172,11 +179,7 @@ def is_filler_text(value: str | None) -> bool:
         return True  # "-", "/", "。"
     if k.isdigit():
         return False  # "(0)", "1,000", "12.5%": a number, never a filler
-    labels, suffixes = _fillers()
-    words, repeated, cjk_words = _text_words()
-    if k in words or k in labels or repeated.fullmatch(k) or (_cjk_only(k) and cjk_words.fullmatch(k)):
-        return True
-    return len(k) > 2 and k.endswith(suffixes) and _cjk_only(k)
+    return _listed(k, _text_words())
 
 
 def key_problem(value: str | None, system: str | None = None) -> str | None:

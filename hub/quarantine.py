@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from fhir_mapping.documents import QUALITY_INSTITUTION
 from hub.core.errors import FhirError
 from hub.core.fhirtime import local_offset
 from hub.core.sqlitefile import naming, refuse_empty
@@ -115,13 +116,14 @@ class Quarantine:
         the newest first; ``before``: only those of an id below it (the next page of the
         newest first)."""
         # the institution its report is filed under: the document's custodian when the sender
-        # named none (a list showed "-" for a document whose custodian it knew)
+        # named none (a list showed "-" for a document whose custodian it knew), read in SQL: a
+        # page of entries does not parse each whole report for it
         sql = ("SELECT id, kind, source, reason, time, status, replayed, (SELECT "
                "json_extract(e.value, '$.valueString') FROM json_each(CAST(report AS TEXT), "
-               "'$.extension') AS e WHERE json_extract(e.value, '$.url') LIKE "
-               "'%/quality-institution' LIMIT 1) FROM quarantine")
+               "'$.extension') AS e WHERE json_extract(e.value, '$.url') = ? LIMIT 1) "
+               "FROM quarantine")
         where: builtins.list[str] = []
-        args: builtins.list[Any] = []
+        args: builtins.list[Any] = [QUALITY_INSTITUTION]
         if status:
             where.append("status = ?")
             args.append(status)
@@ -206,5 +208,5 @@ def _filed_under(report: Any) -> Any:
     """The institution a report (a document's quality report) names, or None."""
     ext = report.get("extension") if isinstance(report, dict) else None
     return next((e.get("valueString") for e in ext if isinstance(e, dict)
-                 and str(e.get("url", "")).endswith("/quality-institution")), None) \
+                 and e.get("url") == QUALITY_INSTITUTION), None) \
         if isinstance(ext, list) else None
