@@ -488,6 +488,35 @@ def test_group_members_by_absolute_url_and_deleted_patients(live, client, admin)
     assert {o1["id"], o2["id"]} <= set(got["Observation"])
 
 
+def test_group_members_who_left_are_not_exported(live, client, admin):
+    """R4: an ``inactive`` member is no longer in the group; one whose ``period`` ended, or
+    has not begun, is none now either."""
+    ps = [_new(admin, patient()) for _ in range(5)]
+    obs = [_new(admin, observation(f"Patient/{p['id']}")) for p in ps]
+    group = _new(admin, {"resourceType": "Group", "type": "person", "actual": True, "member": [
+        {"entity": {"reference": f"Patient/{ps[0]['id']}"}},
+        {"entity": {"reference": f"Patient/{ps[1]['id']}"}, "inactive": True},
+        {"entity": {"reference": f"Patient/{ps[2]['id']}"},
+         "period": {"end": "2001-01-01T00:00:00Z"}},
+        {"entity": {"reference": f"Patient/{ps[3]['id']}"}, "period": {"start": "2999-01-01"}},
+        {"entity": {"reference": f"Patient/{ps[4]['id']}"}, "inactive": False,
+         "period": {"start": "2001-01-01", "end": "2999-01-01"}}]})
+    got = download(client, wait(client, kick_off(client, f"/Group/{group['id']}/$export")))
+    assert set(got["Patient"]) == {ps[0]["id"], ps[4]["id"]}
+    assert set(got["Observation"]) == {obs[0]["id"], obs[4]["id"]}
+
+
+def test_the_igs_patient_parameter_as_a_reference_is_not_supported(client):
+    """The Bulk Data IG sends ``patient`` as a valueReference: refused as not supported, not
+    as a malformed body."""
+    r = client.post("/Patient/$export", json={"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": "Patient/x"}}]},
+        headers={**ASYNC, **FHIR_JSON})
+    outcome = assert_outcome(r, 400)
+    assert outcome["issue"][0]["code"] == "not-supported", outcome
+    assert "patient is not supported" in outcome["issue"][0]["diagnostics"]
+
+
 def test_another_servers_patient_of_the_same_id_is_not_ours(live, client, admin):
     """An Observation about ``http://elsewhere.example/fhir/Patient/X`` is that server's
     patient's: a patient- or group-level export leaves it out of local Patient X's data, and it

@@ -18,6 +18,7 @@ work itself is ``hub.exports``.
 from __future__ import annotations
 
 import re
+import time
 from urllib.parse import urlencode
 
 import orjson
@@ -87,6 +88,9 @@ async def _posted(request: Request) -> list[tuple[str, str]]:
     out = []
     for i, p in enumerate(parameter_list(d)):
         value = next((v for k, v in p.items() if k.startswith("value")), None)
+        if p["name"] not in _PARAMS:  # refused by its name, whatever its value's type
+            out.append((p["name"], ""))  # (the IG's ``patient`` is a valueReference)
+            continue
         if not isinstance(value, str):
             raise bad_request(f"Parameter {p['name'][:40]!r} has no string value",
                               f"Parameters.parameter[{i}]")
@@ -148,6 +152,23 @@ def _local_patient(ref: object, base: str) -> str | None:
     return target[1] if target is not None and target[0] == "Patient" else None
 
 
+def _current(member: dict, now_us: int) -> bool:
+    """Is a Group member one now: not ``inactive`` (R4: "no longer in the group") and within
+    its ``period``, when it has one (an end passed or a start to come: not a member)?"""
+    if member.get("inactive") is True:
+        return False
+    period = member.get("period")
+    if not isinstance(period, dict):
+        return True
+    try:
+        start, end = period.get("start"), period.get("end")
+        if isinstance(start, str) and parse_range(start)[0] > now_us:
+            return False
+        return not (isinstance(end, str) and parse_range(end)[1] <= now_us)
+    except ValueError:  # a period that cannot be read places no one in the group
+        return False
+
+
 def _respond_async(request: Request) -> None:
     prefer = [p.strip().lower() for p in request.headers.get("prefer", "").split(",")]
     if "respond-async" not in prefer:
@@ -165,9 +186,10 @@ async def _kick_off(request: Request, level: str, group: str | None = None) -> R
     if group is not None:  # the Group is read as any read is: checked and audited
         stored = await run_in_threadpool(repo.read, ctx, "Group", group)
         d = orjson.loads(stored.state.partition(b"\n")[2])
+        now_us = int(time.time() * 1_000_000)
         members = frozenset(filter(None, (
             _local_patient((m.get("entity") or {}).get("reference"), base)
-            for m in d.get("member") or () if isinstance(m, dict))))
+            for m in d.get("member") or () if isinstance(m, dict) and _current(m, now_us))))
     req = _request(level, params, request, base, members)
     ctx.query = req.request  # the audit records the export's parameters, a POST's too
     eid = await run_in_threadpool(_exports(request).start, ctx, req)
