@@ -374,18 +374,20 @@ class Exports:
     def url(out: dict[str, Any], name: str) -> str:
         return f"{out['base']}/$export-file/{out['id']}/{name}"
 
-    def file(self, eid: str, name: str, actor: Actor) -> Path:
+    def file(self, eid: str, name: str, actor: Actor
+             ) -> tuple[Path, Callable[[bytes], bool] | None]:
         """The path of one of a finished export's files, for its owner or an operator whose
         token, now, may export the file's type (a narrower token of the same client reads no
-        file of a type it no longer has)."""
+        file of a type it no longer has), and which of its lines that caller is handed (None:
+        all; ``Repository.export_file_judge``): the file was filtered for its owner's token at
+        the kick-off, never for whoever asks for it later."""
         out = self.get(eid, actor)
         types = {f["name"]: f["type"] for f in orjson.loads(out["output"] or "[]")} \
             if out["status"] == "done" else {}
         path = self.root / eid / name
         if not _NAME.match(name) or name not in types or not path.is_file():
             raise not_found(f"Export {eid} has no file {name[:80]!r}")
-        self.repo.may_export(actor, types[name])
-        return path
+        return path, self.repo.export_file_judge(actor, types[name])
 
     def cancel(self, eid: str, actor: Actor) -> None:
         """Cancel a running export, or drop a finished one, and remove its files."""

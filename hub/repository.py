@@ -787,9 +787,25 @@ class Repository:
             return (self.exportable(ctx, types, within), *self._hub.store.settled_position())
         return self.audited(ctx, action, run, lambda _: [])
 
-    def may_export(self, actor: Actor, rtype: str) -> None:
-        """403 unless the caller's token, now, may export ``rtype``."""
+    def export_file_judge(self, actor: Actor, rtype: str) -> Callable[[bytes], bool] | None:
+        """403 unless the caller's token, now, may export ``rtype``; then which of a finished
+        export's lines (resources of ``rtype``) it is handed: each judged as a search result
+        for it, now (its scopes' queries, the patients' consents recorded since). A file was
+        written under its owner's token at the kick-off: a narrower token of the owner, an
+        administrator or a Consent recorded since may leave lines out. None: every line is
+        shown (no consents in force, and a ``*`` scope without a query: a Binary is judged as
+        the resource securing it, of any type)."""
         self.policy.check(actor, Action("operation", rtype, None, "$export"))
+        if self._open or not self.policy.hides_after_search(actor, "*", across=True):
+            return None
+
+        def shown(line: bytes) -> bool:
+            try:
+                rid = orjson.loads(line).get("id")
+            except (orjson.JSONDecodeError, AttributeError):
+                return False
+            return isinstance(rid, str) and self._body_shown(actor, rtype, rid, line)
+        return shown
 
     def export_patient_ids(self, upto: int, after: int, limit: int = 1000
                            ) -> tuple[list[str], int | None]:

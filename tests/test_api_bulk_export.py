@@ -26,7 +26,7 @@ from hub.auth.backend_client import BackendServicesAuth
 from hub.auth.clients import open_registry
 from hub.auth.signer import Signer
 from hub.core import httpclient
-from tests.api_helpers import assert_outcome, create, observation, patient, unique
+from tests.api_helpers import assert_outcome, consent, create, observation, patient, unique
 from tests.conftest import BACKENDS, FHIR_JSON, LiveServer, make_settings
 from tests.test_access_audit import audit_events, new_since
 from tests.test_access_channels import _patient_token
@@ -455,6 +455,78 @@ def test_a_narrowed_token_reads_no_file_of_a_type_outside_its_scopes(live, admin
                                verify=wide.verify)
     with _client(live, none) as c:
         assert_outcome(c.get(status_url), 403)
+
+
+def _ids(c: httpx.Client, manifest: dict, rtype: str) -> set[str]:
+    """The ids a caller is handed from an export's files of ``rtype`` (fewer lines than the
+    manifest counts, when the caller is shown less than the export's owner was)."""
+    out = set()
+    for f in manifest["output"]:
+        if f["type"] == rtype:
+            r = c.get(f["url"])
+            assert r.status_code == 200, r.text
+            assert r.headers["content-type"].startswith("application/fhir+ndjson")
+            out |= {orjson.loads(ln)["id"] for ln in r.content.split(b"\n") if ln}
+    return out
+
+
+def _categorized(subject: str, code: str) -> dict:
+    return {**observation(subject), "category": [{"coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": code}]}]}
+
+
+def test_a_narrower_query_restricted_token_is_handed_only_what_its_query_selects(live, admin):
+    """A client exports Observations under ``system/*.rs``; a token of the same client with only
+    ``system/Observation.rs?category=laboratory`` reads no vital signs, and is handed none from
+    the wider token's files either."""
+    p = _new(admin, patient())
+    lab = _new(admin, _categorized(f"Patient/{p['id']}", "laboratory"))
+    vital = _new(admin, _categorized(f"Patient/{p['id']}", "vital-signs"))
+    wide = live.client_auth(roles=(), name="lab analytics",
+                            scope="system/*.rs system/Observation.rs?category=laboratory")
+    with _client(live, wide) as c:
+        manifest = wait(c, kick_off(c, _type="Observation"))
+        assert {lab["id"], vital["id"]} <= _ids(c, manifest, "Observation")
+    narrow = BackendServicesAuth(wide.token_url, wide.client_id, wide.key,
+                                 "system/Observation.rs?category=laboratory", verify=wide.verify)
+    with _client(live, narrow) as c:
+        assert_outcome(c.get(f"/Observation/{vital['id']}"), 403)
+        got = _ids(c, manifest, "Observation")
+        assert lab["id"] in got and vital["id"] not in got
+
+
+def test_files_hand_out_nothing_a_consent_hides_from_the_caller(live, admin):
+    """An institution's export holds its own patient who opted out; an administrator, whom the
+    Consent hides the patient from, is handed none of it from that export's files. And a Consent
+    recorded after an export finished holds for its files too."""
+    h1 = live.client_auth(roles=("connector",), scope="system/*.cruds", institution="H1",
+                          name="hospital 1")
+    with _client(live, h1) as c1:
+        hidden, later = _new(c1, patient()), _new(c1, patient())
+        obs = _new(c1, observation(f"Patient/{hidden['id']}"))
+        later_obs = _new(c1, observation(f"Patient/{later['id']}"))
+        deny = consent(hidden["id"], {"type": "deny"})
+        r = c1.put(f"/Consent/{deny['id']}", json=deny, headers=FHIR_JSON)
+        assert r.status_code == 201, r.text
+        ours = live.client_auth(roles=(), scope="system/*.rs", institution="H1",
+                                name="hospital 1 analytics")
+        with _client(live, ours) as c:  # the recording institution sees its own record
+            manifest = wait(c, kick_off(c, _type="Patient,Observation"))
+            assert hidden["id"] in _ids(c, manifest, "Patient")
+        assert_outcome(admin.get(f"/Patient/{hidden['id']}"), 403)
+        assert hidden["id"] not in _ids(admin, manifest, "Patient")
+        assert obs["id"] not in _ids(admin, manifest, "Observation")
+
+        with _client(live, live.client_auth(roles=(), scope="system/*.rs",
+                                            name="regional analytics")) as c:
+            manifest = wait(c, kick_off(c, _type="Patient,Observation"))
+            assert later["id"] in _ids(c, manifest, "Patient")
+            deny = consent(later["id"], {"type": "deny"})
+            r = c1.put(f"/Consent/{deny['id']}", json=deny, headers=FHIR_JSON)
+            assert r.status_code == 201, r.text
+            assert_outcome(c.get(f"/Patient/{later['id']}"), 403)
+            assert later["id"] not in _ids(c, manifest, "Patient")
+            assert later_obs["id"] not in _ids(c, manifest, "Observation")
 
 
 def test_a_revoked_clients_exports_are_cancelled_and_their_files_removed(live, admin):

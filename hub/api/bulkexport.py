@@ -9,7 +9,8 @@
 - ``GET /fhir/$export-status/{id}``: 202 with ``X-Progress`` and ``Retry-After`` while it runs,
   200 with the manifest when done, 500 with an OperationOutcome when it failed; ``DELETE``
   cancels it (202) and removes its files.
-- ``GET /fhir/$export-file/{id}/{name}``: one NDJSON file, streamed.
+- ``GET /fhir/$export-file/{id}/{name}``: one NDJSON file, streamed, each line judged again for
+  the caller downloading it (``Repository.export_file_judge``).
 
 Only the client that started an export (or an administrator) reads its status and files; the
 work itself is ``hub.exports``.
@@ -19,11 +20,13 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from hub.api.caller import actor_of, authorize, context_of, repository
@@ -265,10 +268,30 @@ async def export_cancel(request: Request, eid: str) -> Response:
 
 @router.get("/fhir/$export-file/{eid}/{name}", name="export-file")
 async def export_file(request: Request, eid: str, name: str) -> Response:
-    path = await run_in_threadpool(_exports(request).file, eid, name,
-                                  _exporter(request))
+    path, shown = await run_in_threadpool(_exports(request).file, eid, name,
+                                         _exporter(request))
     # streamed from the file in chunks, never read whole
-    return FileResponse(path, media_type=NDJSON)
+    if shown is None:
+        return FileResponse(path, media_type=NDJSON)
+    # each line judged for this caller, now: the iterator runs in the thread pool
+    return StreamingResponse(_kept(path, shown), media_type=NDJSON)
+
+
+def _kept(path: Path, shown: Callable[[bytes], bool], chunk: int = 64 * 1024
+          ) -> Iterator[bytes]:
+    """The lines of an export file the caller is shown, in chunks of about ``chunk`` bytes."""
+    with open(path, "rb") as f:
+        out: list[bytes] = []
+        size = 0
+        for line in f:
+            if line.strip() and shown(line.rstrip(b"\n")):
+                out.append(line)
+                size += len(line)
+                if size >= chunk:
+                    yield b"".join(out)
+                    out, size = [], 0
+        if out:
+            yield b"".join(out)
 
 
 def _http_date(ts: float | None) -> str:
