@@ -8,9 +8,11 @@ The optional ``terminology:`` section of a connector config::
       from_hub: true                        # also GET {sink url}/ConceptMap (or hub_url: …/fhir)
       refresh_seconds: 300                  # fetch again; the last good snapshot stays meanwhile
       local_systems:                        # codings WITHOUT a system at these paths get the
-        lab: "{oid}.7"                      # institution's local system (HL7 v2 CWE-3 "L"/"99…")
+        lab: "{oid}.7"                      # institution's local system (HL7 v2 CWE-3 "L", none)
         drug: "{oid}.8"                     # (these are the defaults, as the tabular mappings)
         department: "{oid}.6"
+        "99LIS": "{oid}.7"                  # a v2 99zzz name: its codings (any path) get this one;
+                                            # an unnamed 99zzz gets <kind's system>.<name's bytes>
 
 Every system under ``urn:oid:<institution OID>.`` counts as local: its codes are normalised when a
 map covers them and reported as findings (``terminology.unmapped-local-code``) when none does.
@@ -30,6 +32,7 @@ before the conversion is spooled, so what the hub receives carries both codings.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -55,6 +58,7 @@ KINDS = {  # kind of local code -> the paths whose system-less codings are of th
     "department": ("Encounter.serviceType",),
 }
 DEFAULT_LOCAL = {"lab": "{oid}.7", "drug": "{oid}.8", "department": "{oid}.6"}
+NAMED_LOCAL = re.compile(r"99[A-Za-z0-9]+")  # HL7 table 0396 99zzz (fhir_mapping.local_codes)
 MAX_PAGES = 100
 PAGE = 200
 
@@ -85,9 +89,11 @@ def parse_config(d: Any, base: Path, where: str) -> dict[str, Any] | None:
             raise TerminologyConfigError(f"{where}: terminology.concept_maps: {e}") from None
     local = d.get("local_systems", DEFAULT_LOCAL)
     if not isinstance(local, dict) or not all(
-            k in KINDS and (v is None or isinstance(v, str)) for k, v in local.items()):
+            (k in KINDS or (isinstance(k, str) and NAMED_LOCAL.fullmatch(k)))
+            and (v is None or isinstance(v, str)) for k, v in local.items()):
         raise TerminologyConfigError(
-            f"{where}: terminology.local_systems maps {', '.join(KINDS)} to an OID or null")
+            f"{where}: terminology.local_systems maps {', '.join(KINDS)} or an HL7 v2 99zzz "
+            "coding-system name to an OID or null")
     try:
         refresh = float(d.get("refresh_seconds", 300))
     except (TypeError, ValueError):
@@ -100,6 +106,11 @@ def parse_config(d: Any, base: Path, where: str) -> dict[str, Any] | None:
             "refresh_seconds": max(refresh, 1.0), "local_systems": local}
 
 
+def _system(template: str, info: SourceInfo) -> str:
+    system = template.format(oid=info.oid)
+    return system if system.startswith("urn:") else f"urn:oid:{system}"
+
+
 def local_settings(info: SourceInfo, local: dict[str, str | None] | None = None
                    ) -> tuple[list[str], dict[str, str]]:
     """(local system prefixes, default systems by path) of an institution."""
@@ -107,12 +118,18 @@ def local_settings(info: SourceInfo, local: dict[str, str | None] | None = None
         return [], {}
     defaults = {}
     for kind, template in (DEFAULT_LOCAL if local is None else local).items():
-        if template:
-            system = template.format(oid=info.oid)
-            system = system if system.startswith("urn:") else f"urn:oid:{system}"
+        if template and kind in KINDS:
+            system = _system(template, info)
             for path in KINDS[kind]:
                 defaults[path] = system
     return [f"urn:oid:{info.oid}."], defaults
+
+
+def named_settings(info: SourceInfo, local: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The systems configured for HL7 v2 99zzz names (exact names, ``local_systems``)."""
+    if not info.oid or not local:
+        return {}
+    return {k: _system(v, info) for k, v in local.items() if v and k not in KINDS}
 
 
 def for_institution(maps: Iterable[dict], info: SourceInfo,
@@ -154,6 +171,7 @@ class Terminology:
             return
         prefixes, defaults = local_settings(info, settings.get("local_systems"))
         self._prefixes, self._defaults = prefixes, defaults
+        self._named = named_settings(info, settings.get("local_systems"))
         for p in settings["concept_maps"]:
             self.file_maps.extend(read_concept_maps(p))  # OSError / ValueError: config error
         self._rebuild()
@@ -184,6 +202,7 @@ class Terminology:
         maps = self.file_maps + self.hub_maps
         self.normaliser = Normaliser.from_concept_maps(
             maps, local_prefixes=self._prefixes, default_systems=self._defaults,
+            named_systems=self._named,
             aliases=SystemAliases(self.hub_systems))
         self.state.update(maps=self.normaliser.maps, mappings=len(self.normaliser))
 

@@ -37,7 +37,9 @@ R5 ``relationship``) is skipped with a warning: R4 requires it, so it says nothi
 
 ``default_systems`` (``{"Observation.code": "urn:oid:….7"}``) gives codings *without* a system at
 those paths the institution's local system: the HL7 v2 mapper leaves a CWE whose coding system is
-local (``L``, ``99…``) without one.
+local (``L``, ``99…``) without one. A ``99…`` one carries its name (``fhir_mapping.local_codes``)
+and gets only ``named_systems[name]`` (``{"99LIS": "urn:oid:….7"}``), else a system derived from
+the path's default and the name: two local systems of one CWE never become one.
 
 ``apply(conversion)`` normalises every resource of a ``fhir_mapping.base.Conversion`` and adds one
 ``Finding`` (warning, rule ``terminology.unmapped-local-code``) per unmapped local code.
@@ -53,6 +55,7 @@ from typing import Any, cast
 import orjson
 
 from fhir_mapping.base import Conversion, Finding
+from fhir_mapping.local_codes import local_name, named_local_system
 from terminology.rows import latest_per_url
 from terminology.systems import is_local_system
 
@@ -136,6 +139,7 @@ class Normaliser:
 
     def __init__(self, mappings: dict[str, dict[str, list[tuple[str | None, dict]]]] | None = None,
                  *, local_prefixes: Iterable[str] = (), default_systems: Mapping[str, str] | None = None,
+                 named_systems: Mapping[str, str] | None = None,
                  types: Iterable[str] | None = CLINICAL_TYPES, skipped: int = 0, maps: int = 0,
                  size: int | None = None):
         self._map = mappings or {}
@@ -145,6 +149,8 @@ class Normaliser:
         self._known = frozenset(self._map)  # local unless standard (systems.is_local_system)
         self.local_prefixes = tuple(p for p in local_prefixes if isinstance(p, str) and p)
         self.default_systems = dict(default_systems or {})
+        # a sender's named local coding systems (HL7 v2 99zzz) -> the system configured for each
+        self.named_systems = dict(named_systems or {})
         self.types = None if types is None else frozenset(types)
         self.skipped = skipped
         self.maps = maps
@@ -154,6 +160,7 @@ class Normaliser:
     @classmethod
     def from_concept_maps(cls, concept_maps: Iterable[Any], *, local_prefixes: Iterable[str] = (),
                           default_systems: Mapping[str, str] | None = None,
+                          named_systems: Mapping[str, str] | None = None,
                           types: Iterable[str] | None = CLINICAL_TYPES,
                           aliases: Callable[[str], Iterable[str]] | None = None) -> Normaliser:
         mappings: dict[str, dict[str, list[tuple[str | None, dict]]]] = {}
@@ -185,13 +192,15 @@ class Normaliser:
         if aliases is not None:
             mappings = _with_aliases(mappings, aliases)
         return cls(mappings, local_prefixes=local_prefixes, default_systems=default_systems,
-                   types=types, skipped=skipped, maps=maps, size=size)
+                   named_systems=named_systems, types=types, skipped=skipped, maps=maps, size=size)
 
     def with_local(self, *, local_prefixes: Iterable[str] = (),
-                   default_systems: Mapping[str, str] | None = None) -> Normaliser:
+                   default_systems: Mapping[str, str] | None = None,
+                   named_systems: Mapping[str, str] | None = None) -> Normaliser:
         """The same mappings for another institution's prefixes and default systems."""
         return Normaliser(self._map, local_prefixes=local_prefixes,
-                          default_systems=default_systems, types=self.types,
+                          default_systems=default_systems, named_systems=named_systems,
+                          types=self.types,
                           skipped=self.skipped, maps=self.maps, size=self.size)
 
     def __len__(self) -> int:
@@ -287,11 +296,19 @@ class Normaliser:
                 continue
             system = c.get("system")
             if system is None:
-                if default is None or not isinstance(c.get("code"), str):
+                if not isinstance(c.get("code"), str):
                     continue
-                # the mapper knew no system: the institution's own system of this kind
-                codings[i] = c = {"system": default, **c}
-                system = default
+                # the mapper knew no system: the institution's own system of this kind; a named
+                # local system (v2 99zzz) only its own, never the kind's (fhir_mapping.local_codes)
+                name = local_name(c) if "extension" in c else None
+                if name is None:
+                    system = default
+                else:
+                    system = self.named_systems.get(name) or (
+                        named_local_system(default, name) if default is not None else None)
+                if system is None:
+                    continue
+                codings[i] = c = {"system": system, **c}
             hit = cache.get(system) if type(system) is str else False
             if hit is None:
                 hit = self.is_local(system)

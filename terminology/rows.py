@@ -127,7 +127,7 @@ def concept_rows(cs: dict) -> tuple[list[tuple], dict[str, set[str]], list[tuple
         ups = parents.setdefault(code, set())
         if up is not None:
             ups.add(up)
-        if code in seen:  # listed twice (nested under two parents): one row, both parents
+        if code in seen:  # listed twice: refused on write (csd-1, hub.core.invariants); stored before
             continue
         seen.add(code)
         active, abstract = True, False

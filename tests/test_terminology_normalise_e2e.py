@@ -15,6 +15,7 @@ from connectors.spool import Spool
 from connectors.terminology import Terminology
 from connectors.testing import ConnectorProcess, wait_until, write_config
 from fhir_mapping.base import SourceInfo
+from fhir_mapping.local_codes import LOCAL_NAME
 from hub.cli import main
 from hub.core import httpclient
 from hub.core.config import Settings
@@ -76,8 +77,10 @@ def test_lab_file_to_hub_with_both_codings_worklist_and_renormalise(tmp_path):
                       "pattern": "*.hl7", "settle_ms": 50, "poll_s": 0.1}],
             sink={"type": "http", "url": hub.base, "batch_size": 10, "timeout_s": 10,
                   **hub.sink_credentials(INFO.institution, tmp_path / "keys")},
+            # the LIS names its local system 99LIS beside L: both the lab's, said so by name
             terminology={"concept_maps": ["maps/lab.json"], "from_hub": True,
-                         "refresh_seconds": 60})
+                         "refresh_seconds": 60,
+                         "local_systems": {"lab": "{oid}.7", "99LIS": "{oid}.7"}})
         (tmp_path / "inbox").mkdir()  # the connector takes files from a folder that is there
         with ConnectorProcess(cfg, status_port) as conn:
             term = conn.status()["terminology"]
@@ -89,7 +92,8 @@ def test_lab_file_to_hub_with_both_codings_worklist_and_renormalise(tmp_path):
         assert codings["GLU"] == [{"system": LAB, "code": "GLU", "display": "血糖"},
                                   {"system": LOINC, "code": "2345-7", "userSelected": False}]
         assert codings["LAB"][1] == {"system": LOINC, "code": "11502-2", "userSelected": False}
-        assert codings["K"] == [{"system": LAB, "code": "K", "display": "血钾"}]
+        assert codings["K"] == [{"system": LAB, "code": "K", "display": "血钾", "extension": [
+            {"url": LOCAL_NAME, "valueString": "99LIS"}]}]  # the sender's name of it kept
         # the finding is kept in the connector's spool
         spool = Spool(tmp_path / "state" / "spool.sqlite")
         try:

@@ -9,11 +9,14 @@ types in ``datatypes``; segments to resources in ``people``, ``encounter``, ``cl
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
+from fhir_mapping.local_codes import NAMED_SYSTEM, named_system
 
 from .builders import BUILDERS
 from .context import Ctx
+from .datatypes import TABLE_0396
 from .datatypes import datetime as v2_datetime
 from .decoding import parse
 from .message import Msg
@@ -90,9 +93,38 @@ def _convert(payload: bytes, source: SourceInfo) -> Conversion:
     ctx = Ctx(msg, source, kind, trigger, spec)
     BUILDERS[spec["builder"]](ctx)
     provenance(ctx, spec["activity"])
+    _unknown_coding_systems(ctx)
     return Conversion(resources=ctx.resources(), unit_id=control_id,
                       patient_key=ctx.patient_ref["reference"] if ctx.patient_ref else None,
                       kind=kind, findings=ctx.findings, source_time=_source_time(msg))
+
+
+def _unknown_coding_systems(ctx: Ctx) -> None:
+    """One finding per coding-system name (CWE-3/6/12) outside HL7 table 0396 that is not local
+    (``L``, ``99zzz``): its codes are kept under the name (``fhir_mapping.local_codes``), not taken
+    for the institution's local codes, and no map applies to them until someone says what it is."""
+    names: set[str] = set()
+
+    def walk(node: object) -> None:
+        if type(node) is dict:
+            system = node.get("system")
+            if type(system) is str and system.startswith(NAMED_SYSTEM):
+                name = unquote(system[len(NAMED_SYSTEM):])
+                if name.upper() not in TABLE_0396:
+                    names.add(name)
+            for v in node.values():
+                if type(v) in (dict, list):
+                    walk(v)
+        elif type(node) is list:
+            for v in node:
+                walk(v)
+
+    for r in ctx.resources():
+        walk(r)
+    for name in sorted(names):
+        ctx.find("warning", "v2.coding-system.unknown",
+                 f"coding system {name!r} (CWE-3) is neither in HL7 table 0396 nor local (L, 99zzz): "
+                 f"its codes are kept under {named_system(name)}, not as the institution's local codes")
 
 
 def _source_time(msg: Msg) -> str | None:

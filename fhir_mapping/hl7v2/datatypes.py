@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fhir_mapping import numbers
+from fhir_mapping import local_codes, numbers
 from fhir_mapping.identifiers import is_filler_text
 
 from .tables import table
@@ -22,6 +22,8 @@ _DTM = re.compile(r"^(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?
 _TM = re.compile(r"^(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?([+-]\d{4})?$")
 _DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _SYSTEMS: dict[str, str] = {k.upper(): v for k, v in table("coding_systems").items() if not k.startswith("_")}
+# every name of HL7 table 0396 (upper case -> as the table spells it)
+TABLE_0396: dict[str, str] = {n.upper(): n for n in table("coding_systems")["_table_0396"]}
 _WS = re.compile(r"\s")
 
 
@@ -126,17 +128,21 @@ def decimal(value: str) -> Any:
 
 # -- codes -----------------------------------------------------------------------------------------
 def system_for(name: str) -> str | None:
-    if not name:
+    """The FHIR system of a CWE-3 coding-system name; None only for no name and the local ones
+    (``L``, ``99zzz``: ``fhir_mapping.local_codes``). Any other name is kept: a table-0396 name
+    or one outside the table that has no FHIR URI under the hub's ``v2-coding-system/<name>``."""
+    n = name.strip()
+    if not n or local_codes.is_general_local(n) or local_codes.is_named_local(n):
         return None
-    n = name.strip().upper()
-    s = _SYSTEMS.get(n)
+    u = n.upper()
+    s = _SYSTEMS.get(u)
     if s:
         return s
-    if n.startswith("HL7") and n[3:].isdigit():
-        return f"http://terminology.hl7.org/CodeSystem/v2-{int(n[3:]):04d}"
-    if re.fullmatch(r"[0-2](\.\d+)+", n):
-        return f"urn:oid:{n}"
-    return None
+    if u.startswith("HL7") and u[3:].isdigit():
+        return f"http://terminology.hl7.org/CodeSystem/v2-{int(u[3:]):04d}"
+    if re.fullmatch(r"[0-2](\.\d+)+", u):
+        return f"urn:oid:{u}"
+    return local_codes.named_system(TABLE_0396.get(u, n))
 
 
 def coding(code: str, display: str = "", system_name: str = "") -> dict | None:
@@ -153,6 +159,9 @@ def coding(code: str, display: str = "", system_name: str = "") -> dict | None:
         c["display"] = display
     if "code" not in c:
         return None
+    name = system_name.strip()
+    if local_codes.is_named_local(name):
+        return local_codes.with_local_name(c, name)
     return c
 
 

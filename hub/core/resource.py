@@ -18,7 +18,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from fhir_mapping import source_order
 from fhir_mapping.fhir_types import RESOURCE_TYPES  # a leaf module: the tabular mappers read it too
-from hub.core import jsontext, jsontypes, narrative, xhtml
+from hub.core import invariants, jsontext, jsontypes, narrative, xhtml
 from hub.core.errors import FhirError, Issue, bad_request
 
 MAX_ISSUES = 20
@@ -80,7 +80,8 @@ def model_class(rtype: str) -> type[pydantic.BaseModel]:
 def validate(rtype: str, raw: bytes, d: dict, prefix: str | None = None,
              check_json: bool = True) -> None:
     """Validate ``raw`` (the JSON of ``d``) against the R4B model of ``rtype``; 422 on failure
-    (the base invariants the model does not evaluate are warnings: ``hub.core.invariants``).
+    (the base invariants the model does not evaluate are warnings: ``hub.core.invariants``, but
+    for the few it refuses: ``invariants.refusals``, a CodeSystem's duplicate codes and loops).
 
     ``prefix`` is the FHIRPath of the resource inside its container (``Bundle.entry[2].resource``).
     Strings holding control characters or lone surrogates are a 400, found before the model runs.
@@ -108,6 +109,7 @@ def validate(rtype: str, raw: bytes, d: dict, prefix: str | None = None,
         issues += [i for i in found if i.expression not in reported]
     _long_keys(d, prefix, issues)
     _narratives(d, prefix, issues)
+    invariants.refusals(rtype, d, prefix, issues)
     if issues:
         raise FhirError(422, "invalid", issues[0].diagnostics, issues=issues[:MAX_ISSUES])
 
