@@ -16,6 +16,13 @@ produces one record per event:
   ``event`` (``created``, ``updated``, ``deleted`` or the identity decision's topic), ``prev``
   (the event sent before it to its partition, or where the partition was known to hold its
   events up to when the relay began sending: no event of the partition lies between the two);
+- **moved**: an event whose key is another than its version before's (a result misfiled under
+  one patient, moved to another) is preceded, under the old key, by a record with the same
+  ``nid``, ``stream``, ``version`` and ``prev`` as an event's, ``event: moved``, ``moved-to`` (the
+  new key) and the event's header line alone as its value: a consumer building a patient's
+  record from its key learns that the resource left it. It is no event of the log: no ``prev``
+  names it (its event may follow in the same partition), read models skip it, and the relay
+  reading a partition back counts it held when its ``prev`` is, so it is not sent again;
 - **parts**: an event longer than ``part_bytes`` (512 KiB: a Binary or a document with its
   attachment; a broker takes 1 MB by default and refuses more) comes as consecutive records of one
   partition, each with the headers above and ``part: i/k``; its value is the parts' values joined
@@ -58,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from eventsourcing.persistence import Notification
+from eventsourcing.persistence import Notification, StoredEvent
 
 from hub.core.events import KIND_OF_TOPIC, resource_bytes
 from hub.core.store import ResourceStore
@@ -69,6 +76,7 @@ log = logging.getLogger("hub.changestream")
 DEFAULT_TOPIC = "hub.events"
 WATERMARK = "watermark"  # the event header of a partition's watermark record
 WATERMARK_KEY = b"~watermark"
+MOVED = "moved"  # the event header of a record saying a resource left its key (``moved-to``)
 PART_BYTES = 512 * 1024  # the largest value of one record; a longer event is sent in parts
 # the largest record the producer sends (kafka-python's max_request_size; a broker's default
 # message.max.bytes is about the same): a part, its key, headers and batch framing fit in it
@@ -78,7 +86,7 @@ MAX_PART_BYTES = RECORD_BYTES - FRAMING_BYTES
 TAKEOVER_GRACE = 2.0  # seconds a standby relay waits after taking the lease
 
 
-def event_key(store: ResourceStore, n: Notification) -> str:
+def event_key(store: ResourceStore, n: StoredEvent) -> str:
     """The record key of notification ``n`` (see the module docstring)."""
     stream = n.originator_id
     rtype, _, rid = str(stream).partition("/")
@@ -92,6 +100,28 @@ def event_key(store: ResourceStore, n: Notification) -> str:
         body = resource_bytes(previous) if previous is not None else b""
     patient = patient_of(orjson.loads(body)) if body else None
     return f"Patient/{patient}" if patient else str(stream)
+
+
+def moved_from(store: ResourceStore, n: Notification, key: str,
+               known: dict[str, tuple[int, str | None]] | None = None) -> str | None:
+    """The key the version before ``n`` had, when it was another than ``key`` (``n``'s): a
+    result moved to another patient (a misfiled one corrected). None for a creation, a deletion
+    (keyed like the version it deletes), one after a deletion (that said the resource left), and
+    for streams that are no resource's. ``known``: stream -> (version, key, None after a
+    deletion) of the notifications seen before, sparing the store a read."""
+    stream = str(n.originator_id)
+    rtype, _, rid = stream.partition("/")
+    if n.topic not in KIND_OF_TOPIC or rtype == "Patient" or n.originator_version <= 1 \
+            or not resource_bytes(n):
+        return None
+    seen = (known or {}).get(stream)
+    if seen is not None and seen[0] == n.originator_version - 1:
+        old = seen[1]
+    else:
+        previous = store.version(rtype, rid, n.originator_version - 1)
+        old = event_key(store, previous) \
+            if previous is not None and resource_bytes(previous) else None
+    return old if old is not None and old != key else None
 
 
 class Relay:
@@ -124,6 +154,8 @@ class Relay:
         self._producer: Any = None
         self._partitions: list[int] = []
         self._last: dict[int, int] = {}  # partition -> the highest nid it holds
+        # partition -> the nids of the moved records it holds past ``_last`` (read back)
+        self._moved: dict[int, set[int]] = {}
         self.position = 0
         self.published = 0  # events the broker acknowledged whole, a failed batch's included
         self.failure: str | None = None  # what the last attempt failed on, until one succeeds
@@ -141,7 +173,7 @@ class Relay:
             raise RuntimeError(f"topic {self.topic!r} has no partitions")
         self._partitions = sorted(parts)
         self._mark_start()
-        self._last = self._last_published()
+        self._last, self._moved = self._last_published()
         saved = self._saved_position()
         held = [self._last.get(p, 0) for p in self._partitions]
         # everything up to the saved position was acknowledged; a partition holding more than
@@ -169,9 +201,10 @@ class Relay:
         for f in marks:
             f.get(timeout=self.timeout)
 
-    def _last_published(self) -> dict[int, int]:
-        """Per partition, the nid up to which it holds its events without a gap: read back from
-        its last watermark (a window from its end, widened until one is in it)."""
+    def _last_published(self) -> tuple[dict[int, int], dict[int, set[int]]]:
+        """Per partition, the nid up to which it holds its events without a gap, and the moved
+        records it holds after that: read back from its last watermark (a window from its end,
+        widened until one is in it)."""
         from kafka import KafkaConsumer, TopicPartition
 
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
@@ -181,6 +214,7 @@ class Relay:
             tps = [TopicPartition(self.topic, p) for p in self._partitions]
             starts, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
             last: dict[int, int] = {}
+            moved: dict[int, set[int]] = {}
             for tp in tps:
                 window = 256
                 while True:
@@ -190,10 +224,11 @@ class Relay:
                     if marks or start <= starts[tp]:
                         break
                     window *= 8
-                held = held_up_to(records[marks[-1]:] if marks else records)
+                held, moves = read_back(records[marks[-1]:] if marks else records)
                 if held:
                     last[tp.partition] = held
-            return last
+                moved[tp.partition] = {m for m in moves if m > held}
+            return last, moved
         finally:
             consumer.close()
 
@@ -248,10 +283,29 @@ class Relay:
         n_parts = len(self._partitions)
         # per partition, the event sent before the next one (or where it holds its events up to)
         tip = dict(self._last)
+        known: dict[str, tuple[int, str | None]] = {}  # stream -> (version, key) in this batch
         try:
             for n in notes:
-                key = event_key(self.store, n).encode()
+                key_s = event_key(self.store, n)
+                old = moved_from(self.store, n, key_s, known)
+                known[str(n.originator_id)] = (n.originator_version,
+                                               key_s if resource_bytes(n) else None)
+                key = key_s.encode()
                 partition = self._partitions[(murmur2(key) & 0x7FFFFFFF) % n_parts]
+                if old is not None:
+                    # the resource left the old key's patient: a per-key consumer of it reads so
+                    # there, before anything of the new key. Outside the ``prev`` chain (no
+                    # record names it; the event itself may follow in the same partition)
+                    was = self._partitions[(murmur2(old.encode()) & 0x7FFFFFFF) % n_parts]
+                    if n.id > self._last.get(was, 0) and n.id not in self._moved.get(was, ()):
+                        futures.append((was, -n.id, self._producer.send(
+                            self.topic, key=old.encode(),
+                            value=n.state.partition(b"\n")[0] + b"\n", partition=was,
+                            headers=[("nid", str(n.id).encode()),
+                                     ("stream", str(n.originator_id).encode()),
+                                     ("version", str(n.originator_version).encode()),
+                                     ("event", MOVED.encode()), ("moved-to", key),
+                                     ("prev", str(tip.get(was, 0)).encode())])))
                 if n.id <= self._last.get(partition, 0):
                     continue  # the partition holds it already (sent before a stop)
                 event = KIND_OF_TOPIC.get(n.topic, n.topic)
@@ -271,12 +325,14 @@ class Relay:
             self._producer.flush(timeout=self.timeout)
             for partition, nid, f in futures:
                 f.get(timeout=self.timeout)  # raises what the broker said
-                self._last[partition] = nid
+                if nid > 0:  # a moved record (-nid) extends no chain
+                    self._last[partition] = nid
         finally:
             # the events whose every record the broker acknowledged, a failed batch's too
             whole: dict[int, bool] = {}
             for _, nid, f in futures:
-                whole[nid] = whole.get(nid, True) and f.is_done and f.succeeded()
+                if nid > 0:  # an event's records (not a moved record, which is none of them)
+                    whole[nid] = whole.get(nid, True) and f.is_done and f.succeeded()
             self.published += sum(whole.values())
         # every partition holds its events up to the batch's end: say so in each
         last = notes[-1].id
@@ -288,6 +344,7 @@ class Relay:
         for p, f in zip(self._partitions, marks):
             f.get(timeout=self.timeout)
             self._last[p] = max(self._last.get(p, 0), last)
+        self._moved = {}  # all up to ``last`` is held: the watermarks say so
 
     def run_until(self, stop: threading.Event, idle: float = 0.2) -> None:
         """Relay until ``stop``; a failure (broker unreachable) reconnects and goes on from what
@@ -347,12 +404,19 @@ def part_of(headers: dict[str, bytes]) -> tuple[int, int]:
 
 
 def held_up_to(records: Sequence[Any]) -> int:
+    """How far a partition holds its events without a gap (see ``read_back``)."""
+    return read_back(records)[0]
+
+
+def read_back(records: Sequence[Any]) -> tuple[int, set[int]]:
     """How far a partition holds its events without a gap, reading ``records`` (from a watermark,
     or its start) in order: a watermark holds all up to its ``nid``; a whole event (its parts
     consecutive) extends it when its ``prev`` is held (a record of a relay before ``prev``:
     taken as following on). A record that landed after a refused one before it extends nothing,
-    nor does an event of which some parts are missing."""
+    nor does an event of which some parts are missing. With it, the nids of the moved records
+    held (their ``prev`` held when read): they extend nothing, and are not sent again."""
     held, part = 0, (0, 0)  # part: (nid, i) of the last part read of an event in parts
+    moved: set[int] = set()
     for r in records:
         h = dict(r.headers or ())
         if "nid" not in h:
@@ -360,6 +424,10 @@ def held_up_to(records: Sequence[Any]) -> int:
         nid = int(h["nid"])
         if h.get("event") == WATERMARK.encode():
             held, part = max(held, nid), (0, 0)
+            continue
+        if h.get("event") == MOVED.encode():
+            if int(h.get("prev", b"0")) <= held < nid:
+                moved.add(nid)
             continue
         i, k = part_of(h)
         if i > 1 and part != (nid, i - 1):
@@ -371,4 +439,4 @@ def held_up_to(records: Sequence[Any]) -> int:
         prev = int(h["prev"]) if "prev" in h else held
         if prev <= held < nid:
             held = nid
-    return held
+    return held, moved

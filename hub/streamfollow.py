@@ -11,7 +11,8 @@ in order (their position is one notification id). ``StreamFollower`` merges the 
 an event is handed on once every other partition has shown all its events before it: an event or a
 watermark at or after the one before it (the relay writes a watermark to every partition after
 each acknowledged batch, so a partition with nothing new is known not to be merely late). Offsets are
-committed to the consumer group after the models applied a batch; on a restart the group resumes
+committed to the consumer group after the models applied a batch (a ``moved`` record, for
+consumers per key, is skipped: its event comes under the new key); on a restart the group resumes
 there, and what a model already holds is skipped by its position. A model starting from nothing
 (position 0) reads the topic from its beginning, which the topic's retention must then still
 hold; otherwise rebuild it from the event store.
@@ -29,7 +30,7 @@ from typing import Any
 
 from eventsourcing.persistence import IntegrityError, Notification
 
-from hub.changestream import DEFAULT_TOPIC, WATERMARK, part_of
+from hub.changestream import DEFAULT_TOPIC, MOVED, WATERMARK, part_of
 from hub.core.events import TOPICS
 from projections.contract import ReadModel
 
@@ -153,6 +154,8 @@ class StreamFollower:
                     continue
                 if nid == 0 and h.get("event") == WATERMARK.encode():
                     continue  # a relay's start mark: it says nothing of what the partition holds
+                if h.get("event") == MOVED.encode():
+                    continue  # for consumers per key: the event itself comes under its new key
                 p, held = tp.partition, self._held.get(tp.partition)
                 if h.get("event") != WATERMARK.encode():
                     # an event follows on from what the partition gave when its ``prev`` was

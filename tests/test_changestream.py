@@ -31,9 +31,12 @@ def _settings(tmp_path: Path) -> Settings:
     return s
 
 
-def _write(hub: Hub, patients: int, observations: int, tag: str, big: bool = False) -> None:
+def _write(hub: Hub, patients: int, observations: int, tag: str, big: bool = False,
+           moves: bool = False) -> None:
     """Patients with Observations, some updated, some deleted, and an Organization; with
-    ``big``, a Binary too long for one record (1.2 MB: sent in three parts)."""
+    ``big``, a Binary too long for one record (1.2 MB: sent in three parts); with ``moves``,
+    each patient's third Observation after the first moved to the patient before (a misfiled
+    result corrected), then updated there."""
     ctx = Context()
     if big:
         hub.execute([Op("PUT", "Binary", rid=f"{tag}-big", d=_big(f"{tag}-big"))], ctx,
@@ -54,6 +57,12 @@ def _write(hub: Hub, patients: int, observations: int, tag: str, big: bool = Fal
             "code": {"text": "pulse"}, "subject": {"reference": f"Patient/{pid}"},
             "valueQuantity": {"value": 99}})], ctx, atomic=True)
         hub.execute([Op("DELETE", "Observation", rid=f"{tag}-p{p}-o1")], ctx, atomic=True)
+        if moves and p > 0 and observations > 2:
+            for value in (7, 8):
+                hub.execute([Op("PUT", "Observation", rid=f"{tag}-p{p}-o2", d={
+                    "resourceType": "Observation", "id": f"{tag}-p{p}-o2", "status": "final",
+                    "code": {"text": "pulse"}, "subject": {"reference": f"Patient/{tag}-p{p - 1}"},
+                    "valueQuantity": {"value": value}})], ctx, atomic=True)
     hub.execute([Op("PUT", "Organization", rid=f"{tag}-org", d={
         "resourceType": "Organization", "id": f"{tag}-org", "name": "X"})], ctx, atomic=True)
 
@@ -123,25 +132,52 @@ def _joined(records: list) -> list:
     return out
 
 
-def _check_exactly_once(records: list, last_nid: int) -> None:
+def _moves(store) -> set[int]:
+    """The nids of the events whose resource's subject is another than its version before's
+    (a deletion and what follows one aside): each has a ``moved`` record under the old key."""
+    from hub.core.events import KIND_OF_TOPIC
+
+    subjects: dict = {}
+    out = set()
+    for n in store.notifications(1, 1_000_000):
+        stream = str(n.originator_id)
+        if n.topic not in KIND_OF_TOPIC or stream.startswith("Patient/"):
+            continue
+        body = n.state.partition(b"\n")[2]
+        if not body:
+            subjects.pop(stream, None)
+            continue
+        subject = orjson.loads(body).get("subject", {}).get("reference")
+        if stream in subjects and subjects[stream] != subject:
+            out.add(n.id)
+        subjects[stream] = subject
+    return out
+
+
+def _check_exactly_once(records: list, last_nid: int, moved: set[int] = frozenset()) -> None:
+    """Every event once, every ``moved`` record expected once, each partition in log order
+    (a moved record before its event, when both are in one partition)."""
     records = _joined(records)
-    nids = sorted(int(_header(r, "nid")) for r in records)
-    assert nids == list(range(1, last_nid + 1)), \
-        f"{len(nids)} records for {last_nid} events; duplicated " \
-        f"{sorted({n for n in nids if nids.count(n) > 1})[:10]}, missing " \
-        f"{sorted(set(range(1, last_nid + 1)) - set(nids))[:10]}"
+    moves = sorted(int(_header(r, "nid")) for r in records if _header(r, "event") == "moved")
+    assert moves == sorted(moved), f"moved records {moves}, expected {sorted(moved)}"
     by_partition = defaultdict(list)
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
         by_partition[r.partition].append(int(_header(r, "nid")))
     for nids_of_partition in by_partition.values():  # in log order within each partition
         assert nids_of_partition == sorted(nids_of_partition)
+    records = [r for r in records if _header(r, "event") != "moved"]
+    nids = sorted(int(_header(r, "nid")) for r in records)
+    assert nids == list(range(1, last_nid + 1)), \
+        f"{len(nids)} records for {last_nid} events; duplicated " \
+        f"{sorted({n for n in nids if nids.count(n) > 1})[:10]}, missing " \
+        f"{sorted(set(range(1, last_nid + 1)) - set(nids))[:10]}"
 
 
 def test_every_event_once_keyed_by_patient_across_relay_kills(broker, tmp_path):  # noqa: F811
     settings = _settings(tmp_path)
     store = settings.open_store()
     hub = Hub(store)
-    _write(hub, patients=40, observations=8, tag="a", big=True)
+    _write(hub, patients=40, observations=8, tag="a", big=True, moves=True)
     topic = f"events-{uuid.uuid4().hex[:6]}"
     log = tmp_path / "relay.log"
     rng = random.Random(7)
@@ -150,7 +186,7 @@ def test_every_event_once_keyed_by_patient_across_relay_kills(broker, tmp_path):
     # still sending, with a batch in flight (a broker can take it after the next relay started)
     for round_ in range(8):
         relay = _relay(settings, broker.bootstrap, topic, "--batch", "25", log=log)
-        _write(hub, patients=6, observations=8, tag=f"k{round_}", big=True)
+        _write(hub, patients=6, observations=8, tag=f"k{round_}", big=True, moves=True)
         time.sleep(rng.uniform(0.8, 2.2))
         if relay.poll() is None:
             relay.send_signal(signal.SIGKILL)
@@ -171,7 +207,8 @@ def test_every_event_once_keyed_by_patient_across_relay_kills(broker, tmp_path):
         assert again.wait(120) == 0, log.read_text()[-2000:]
     last = store.max_notification_id()
     records = _consume(broker.bootstrap, topic)
-    _check_exactly_once(records, last)
+    assert _moves(store)
+    _check_exactly_once(records, last, _moves(store))
 
     keys = {_header(r, "stream"): r.key.decode() for r in records}
     assert keys["Patient/a-p3"] == "Patient/a-p3"
@@ -195,6 +232,135 @@ def test_every_event_once_keyed_by_patient_across_relay_kills(broker, tmp_path):
         stored = store.notifications(int(_header(r, "nid")), 1)[0]
         assert r.value == stored.state
     store.close()
+
+
+def _partition_of(key: str, partitions: int) -> int:
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def _observation(rid: str, patient: str, value: int) -> Op:
+    return Op("PUT", "Observation", rid=rid, d={
+        "resourceType": "Observation", "id": rid, "status": "final", "code": {"text": "K"},
+        "subject": {"reference": f"Patient/{patient}"}, "valueQuantity": {"value": value}})
+
+
+def test_a_result_moved_to_another_patient_leaves_the_first_patients_key(broker,  # noqa: F811
+                                                                           tmp_path):
+    """A result filed under the wrong patient and corrected (its subject changed): its update was
+    keyed by the new patient only, so a consumer building the first patient's record from its
+    key kept the result there for ever. The old key gets a ``moved`` record (``moved-to`` the new
+    key, no resource) before the event, in another partition and in the same one; a relay that
+    died with one of the two sent sends the other only; a stream-fed node reads the result once,
+    under its new patient."""
+    from hub.changestream import Relay
+    from hub.streamfollow import StreamFollower
+    from projections.runner import Runner
+    from projections.timeline import TimelineProjection
+
+    settings = _settings(tmp_path)
+    store = settings.open_store()
+    hub = Hub(store)
+    n_parts = 4
+    names = [f"m{i}" for i in range(64)]
+    p = names[0]
+    q = next(x for x in names if _partition_of(f"Patient/{x}", n_parts)
+             != _partition_of(f"Patient/{p}", n_parts))
+    r = next(x for x in names[1:] if _partition_of(f"Patient/{x}", n_parts)
+             == _partition_of(f"Patient/{p}", n_parts))
+    ctx = Context()
+    for pid in (p, q, r):
+        hub.execute([Op("PUT", "Patient", rid=pid, d={"resourceType": "Patient", "id": pid})],
+                    ctx, atomic=True)
+    for rid in ("o-q", "o-r", "o-kill-moved", "o-kill-event"):
+        hub.execute([_observation(rid, p, 1)], ctx, atomic=True)
+    topic = f"moved-{uuid.uuid4().hex[:6]}"
+    broker.create_topic(topic, partitions=n_parts)
+
+    def relay_all(batch: int) -> None:
+        relay = Relay(store, broker.bootstrap, topic, batch=batch)
+        try:
+            while relay.step():
+                pass
+        finally:
+            relay.close()
+
+    def died_after(rid: str, moved: bool) -> int:
+        """``rid`` moved from p to q, and a relay died after the broker took only one of its
+        two records: the moved record, or the event; the next relay sends the other only."""
+        from kafka import KafkaProducer
+
+        before = store.max_notification_id()
+        hub.execute([_observation(rid, q, 2)], ctx, atomic=True)
+        n = store.notifications(before + 1, 1)[0]
+        key = f"Patient/{p}" if moved else f"Patient/{q}"
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+        producer.send(topic, key=key.encode(), partition=_partition_of(key, n_parts),
+                      value=n.state.partition(b"\n")[0] + b"\n" if moved else n.state,
+                      headers=[("nid", str(n.id).encode()), ("stream", n.originator_id.encode()),
+                               ("version", b"2"), ("event", b"moved" if moved else b"updated"),
+                               *([("moved-to", f"Patient/{q}".encode())] if moved else []),
+                               ("prev", str(before).encode())])
+        producer.flush()
+        producer.close()
+        relay_all(1000)
+        return n.id
+
+    relay_all(1000)
+    kill_moved = died_after("o-kill-moved", moved=True)
+    kill_event = died_after("o-kill-event", moved=False)
+    hub.execute([_observation("o-q", q, 2)], ctx, atomic=True)  # another partition
+    moved_q = store.max_notification_id()
+    hub.execute([_observation("o-r", r, 2)], ctx, atomic=True)  # the same partition
+    moved_r = store.max_notification_id()
+    hub.execute([_observation("o-q", q, 3)], ctx, atomic=True)
+    hub.execute([Op("DELETE", "Observation", rid="o-q")], ctx, atomic=True)
+    last = store.max_notification_id()
+    relay_all(2)
+    records = _consume(broker.bootstrap, topic)
+    _check_exactly_once(records, last, {kill_moved, kill_event, moved_q, moved_r})
+
+    def of(stream: str, key: str) -> list:
+        return [(_header(x, "event"), int(_header(x, "nid")), dict(x.headers).get("moved-to"))
+                for x in sorted(records, key=lambda x: x.offset)
+                if _header(x, "stream") == stream and x.key == key.encode()]
+
+    created = of("Observation/o-q", f"Patient/{p}")[0][1]
+    # the first patient's key: the result came, then left for the other patient
+    assert of("Observation/o-q", f"Patient/{p}") == [
+        ("created", created, None), ("moved", moved_q, f"Patient/{q}".encode())]
+    assert [e for e, _, _ in of("Observation/o-q", f"Patient/{q}")] == \
+        ["updated", "updated", "deleted"]
+    assert of("Observation/o-q", f"Patient/{q}")[0][1] == moved_q
+    moved = next(x for x in records if _header(x, "event") == "moved"
+                 and int(_header(x, "nid")) == moved_q)
+    assert moved.value == store.notifications(moved_q, 1)[0].state.partition(b"\n")[0] + b"\n"
+    assert _header(moved, "version") == "2" and _header(moved, "stream") == "Observation/o-q"
+    # one partition for both keys: the moved record first, then the event, both of one nid
+    same = [x for x in sorted(records, key=lambda x: x.offset)
+            if _header(x, "stream") == "Observation/o-r" and int(_header(x, "nid")) == moved_r]
+    assert [(x.key, _header(x, "event")) for x in same] == \
+        [(f"Patient/{p}".encode(), "moved"), (f"Patient/{r}".encode(), "updated")]
+    assert same[0].partition == same[1].partition
+
+    node = TimelineProjection(tmp_path / "node.sqlite")
+    reference = TimelineProjection(tmp_path / "reference.sqlite")
+    follower = StreamFollower(broker.bootstrap, [node], f"g-{uuid.uuid4().hex[:6]}", topic=topic,
+                              batch=3)
+    try:
+        follower.catch_up(last)
+        Runner(store, reference).catch_up()
+        assert node.dump() == reference.dump()
+        assert follower.applied == last  # each event once, no moved record taken for one
+        # each result under the patient it was moved to (the deleted one gone)
+        assert {row[1]: row[3] for row in node.dump() if row[0] == "Observation"} == \
+            {"o-r": r, "o-kill-moved": q, "o-kill-event": q}
+    finally:
+        follower.close()
+        node.close()
+        reference.close()
+        store.close()
 
 
 def test_a_relay_stopped_in_the_middle_of_an_event_sends_it_again_whole(broker, tmp_path):  # noqa: F811

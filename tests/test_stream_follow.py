@@ -48,7 +48,7 @@ def test_a_node_follows_the_stream_to_the_state_the_log_gives(broker, tmp_path):
     reference = _models(tmp_path / "reference")
     group = f"node-{uuid.uuid4().hex[:6]}"
     try:
-        _write(hub, patients=12, observations=4, tag="a")
+        _write(hub, patients=12, observations=4, tag="a", moves=True)
         _relay_all(relay)
         follower = StreamFollower(broker.bootstrap, node, group, topic=topic, batch=40)
         end = hub.store.max_notification_id()
@@ -59,7 +59,7 @@ def test_a_node_follows_the_stream_to_the_state_the_log_gives(broker, tmp_path):
         assert node[0].position() == end and dump(node[0])["sp_res"]
 
         # more, with updates and deletes: followed on
-        _write(hub, patients=5, observations=3, tag="b")
+        _write(hub, patients=5, observations=3, tag="b", moves=True)
         _relay_all(relay)
         end = hub.store.max_notification_id()
         follower.catch_up(end)
