@@ -72,9 +72,13 @@ def _big(rid: str) -> dict:
     return {"resourceType": "Binary", "id": rid, "contentType": "application/pdf", "data": data}
 
 
-def _relay(settings: Settings, bootstrap: str, topic: str, *extra: str, log: Path):
+def _relay(settings: Settings, bootstrap: str, topic: str, *extra: str, log: Path,
+           base_url: str | None = None):
     env = {**os.environ, "HUB_DATA_DIR": str(settings.data_dir), "PYTHONUNBUFFERED": "1"}
     env.pop("HUB_DATABASE_URL", None)
+    env.pop("HUB_BASE_URL", None)
+    if base_url:
+        env["HUB_BASE_URL"] = base_url
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "hub.cli", "stream", "relay",
                                  "--bootstrap-servers", bootstrap, "--topic", topic,
@@ -518,6 +522,34 @@ def test_the_largest_parts_allowed_reach_the_broker_and_the_summary_counts_event
                   if _header(r, "stream") == "Binary/large") == [b"1/2", b"2/2"]
     summary = log.read_text().strip().splitlines()[-1]
     assert summary == f"published {last} events to {topic}; position {last} of the log's {last}"
+
+
+def test_a_subject_by_this_servers_absolute_url_is_keyed_by_its_patient(broker,  # noqa: F811
+                                                                        tmp_path):
+    """The relay knows no request's base: with HUB_BASE_URL set, a result naming its Patient by
+    this server's absolute URL is keyed by that Patient, as ``Patient/id`` is; without it, the
+    relay says at start that such a result is keyed by itself."""
+    settings = _settings(tmp_path)
+    hub = Hub(settings.open_store())
+    base = "https://hub.example/fhir"
+    hub.execute([Op("PUT", "Patient", rid="abs", d={"resourceType": "Patient", "id": "abs"}),
+                 Op("PUT", "Observation", rid="abs-o", d={
+                     "resourceType": "Observation", "id": "abs-o", "status": "final",
+                     "code": {"text": "K"}, "subject": {"reference": f"{base}/Patient/abs"}})],
+                Context(), atomic=True)
+    hub.store.close()
+    keys = {}
+    for with_base in (True, False):
+        topic = f"abs-{uuid.uuid4().hex[:6]}"
+        log = tmp_path / f"relay-{with_base}.log"
+        relay = _relay(settings, broker.bootstrap, topic, "--once", log=log,
+                       base_url=base if with_base else None)
+        assert relay.wait(120) == 0, log.read_text()[-2000:]
+        assert ("HUB_BASE_URL is not set" in log.read_text()) is not with_base
+        keys[with_base] = {_header(r, "stream"): r.key.decode()
+                           for r in _consume(broker.bootstrap, topic)}
+    assert keys[True]["Observation/abs-o"] == "Patient/abs"
+    assert keys[False]["Observation/abs-o"] == "Observation/abs-o"
 
 
 def test_relay_without_brokers_is_a_usage_error(tmp_path):
