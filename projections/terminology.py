@@ -86,6 +86,8 @@ class TerminologyProjection(SQLiteReadModel):
     meta_table = "t_meta"  # its 'writer' row: the write lock
     schema = SCHEMA
     types = TYPES  # the runner hands over only these events
+    rules = 1
+    older_rules = "versions ordered as text, v9 after v10"
 
     tables = ("t_resource", "t_cs", "t_concept", "t_closure", "t_prop", "t_vs", "t_cm", "t_map",
               "t_alias")

@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from hub.core.versions import version_text
+
 T = TypeVar("T")
 
 # R4 concept properties (http://hl7.org/fhir/concept-properties) and their usual codes
@@ -41,11 +43,9 @@ def text(value: Any) -> str | None:
 
 
 def version_key(version: str | None) -> str:
-    """A sort key under which "1.10" > "1.9" > "1" and any version > none."""
-    if not version:
-        return ""
-    return ".".join(p.zfill(12) if p.isdigit() else p
-                    for p in re.split(r"[.\-_ ]", version))
+    """A sort key (text, for the read model's SQL) under which "1.10" > "1.9" > "1", "v10" >
+    "v9" and any version > none: ``hub.core.versions``, one rule with search's canonicals."""
+    return version_text(version)
 
 
 def latest_per_url(items: Iterable[T], url: Callable[[T], Any], version: Callable[[T], Any]
