@@ -22,6 +22,7 @@ import orjson
 from eventsourcing.persistence import StoredEvent
 
 from fhir_mapping.documents import is_quality_report
+from hub.access.terminology import TerminologyGuard
 from hub.core.access import OPEN, Action, Actor, Policy, own_base, patients_in
 from hub.core.conditional import IdentifierResolver
 from hub.core.errors import FhirError, bad_request, forbidden, not_found
@@ -233,8 +234,12 @@ class Repository:
     """Reads, searches and writes of resources on behalf of the actor in each ``Context``."""
 
     def __init__(self, hub: Hub, *, search: Searcher | None = None, policy: Policy = OPEN,
-                 audit: AccessLog | None = None, audit_records: AuditRecords | None = None):
+                 audit: AccessLog | None = None, audit_records: AuditRecords | None = None,
+                 terminology: TerminologyGuard | None = None):
+        """``terminology``: who may write which code systems, naming systems and concept maps
+        (``hub.access.terminology``), judged with access control on or off."""
         self._hub = hub
+        self._terminology = terminology
         self._search = search
         self.policy = policy
         self.audit = audit
@@ -1134,24 +1139,32 @@ class Repository:
                 if not op.own and is_quality_report(op.d) and not _files_reports(ctx.actor):
                     raise forbidden(_HUB_REPORT)
                 self.policy.check(ctx.actor, _write_action(op))
+                if self._terminology is not None and op.d is not None:
+                    self._terminology.check(ctx.actor, op.rtype, op.rid or op.target, op.d)
                 if not self._open and op.d is not None:
                     self._check_content(ctx, "c" if op.method == "POST" else "u", op.rtype,
                                         op.d, "the resource written")
                     self._check_consent(ctx, op.rtype, op.d)
-                if not self._open and op.patch is not None:  # its result, once the hub has it
-                    op.patch = self._checked_patch(ctx, op.rtype, op.patch)
+                if (not self._open or self._terminology is not None) and op.patch is not None:
+                    # its result, once the hub has it
+                    op.patch = self._checked_patch(ctx, op, op.patch)
             except FhirError as e:
                 refused[i] = e
         return refused
 
-    def _checked_patch(self, ctx: Context, rtype: str, patch: Callable[[dict], tuple[dict, list]]
+    def _checked_patch(self, ctx: Context, op: Op, patch: Callable[[dict], tuple[dict, list]]
                        ) -> Callable[[dict], tuple[dict, list]]:
         """A PATCH whose result, too, must be selected by the scope that lets the caller update
-        (a patch may change what the scope's query looks at)."""
+        (a patch may change what the scope's query looks at), and be terminology it may write."""
+        rtype = op.rtype
+
         def run(current: dict) -> tuple[dict, list]:
             d, warnings = patch(current)
-            self._check_content(ctx, "u", rtype, d, "the patched resource")
-            self._check_consent(ctx, rtype, d)
+            if self._terminology is not None:
+                self._terminology.check(ctx.actor, rtype, op.target or op.rid, d)
+            if not self._open:
+                self._check_content(ctx, "u", rtype, d, "the patched resource")
+                self._check_consent(ctx, rtype, d)
             return d, warnings
         return run
 

@@ -65,7 +65,7 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS t_vs_url ON t_vs (url, vkey, nid)",
     "CREATE TABLE IF NOT EXISTS t_cm (mid INTEGER PRIMARY KEY, stream TEXT UNIQUE NOT NULL, "
     "url TEXT, version TEXT, vkey TEXT NOT NULL, nid INTEGER NOT NULL, source TEXT, "
-    "target TEXT)",
+    "target TEXT, owner TEXT)",
     "CREATE INDEX IF NOT EXISTS t_cm_url ON t_cm (url, vkey, nid)",
     "CREATE TABLE IF NOT EXISTS t_map (mid INTEGER NOT NULL, ssys TEXT NOT NULL, "
     "scode TEXT NOT NULL, sdisplay TEXT, tsys TEXT NOT NULL, tcode TEXT, tdisplay TEXT, "
@@ -86,9 +86,18 @@ class TerminologyProjection(SQLiteReadModel):
     meta_table = "t_meta"  # its 'writer' row: the write lock
     schema = SCHEMA
     types = TYPES  # the runner hands over only these events
+    rules = 1
+    older_rules = "versions ordered as text, v9 after v10; maps without their institution"
 
     tables = ("t_resource", "t_cs", "t_concept", "t_closure", "t_prop", "t_vs", "t_cm", "t_map",
               "t_alias")
+
+    def opened(self, c) -> None:
+        # a model from before maps had owners: the column added (filled by a rebuild, which its
+        # rules ask for)
+        c.execute("PRAGMA table_info(t_cm)")
+        if "owner" not in {row[1] for row in c.fetchall()}:
+            c.execute("ALTER TABLE t_cm ADD COLUMN owner TEXT")
 
     def clear(self, c) -> None:
         super().clear(c)
@@ -101,7 +110,17 @@ class TerminologyProjection(SQLiteReadModel):
 
     def apply_new(self, c, notifications: list[Notification]) -> None:
         latest = newest(notifications)  # only the last event of a resource counts
+        # a map's owner: the institution its earliest version naming one came from (as the
+        # repository's record owner), kept across versions whoever wrote them
+        owners: dict[str, str] = {}
+        for n in notifications:
+            stream = str(n.originator_id)
+            if stream not in owners and (who := _institution(n.state)):
+                owners[stream] = who
         for stream, n in latest.items():
+            c.execute("SELECT owner FROM t_cm WHERE stream=?", (stream,))
+            before = c.fetchone()
+            owner = (before[0] if before and before[0] else None) or owners.get(stream)
             self._drop(c, stream)
             if KIND_OF_TOPIC.get(n.topic) == "deleted":
                 continue
@@ -111,7 +130,7 @@ class TerminologyProjection(SQLiteReadModel):
             except orjson.JSONDecodeError:
                 continue
             if isinstance(d, dict) and d.get("resourceType") in TYPES:
-                self._add(c, stream, n, d)
+                self._add(c, stream, n, d, owner)
         if latest:
             c.execute("UPDATE t_meta SET value = value + 1 WHERE key = 'generation'")
 
@@ -130,7 +149,7 @@ class TerminologyProjection(SQLiteReadModel):
             c.execute(f"DELETE FROM {table} WHERE stream=?", (stream,))
 
     @staticmethod
-    def _add(c, stream: str, n: Notification, d: dict) -> None:
+    def _add(c, stream: str, n: Notification, d: dict, owner: str | None = None) -> None:
         rtype = d["resourceType"]
         url, version = R.text(d.get("url")), R.text(d.get("version"))
         head = R.header(d)
@@ -159,9 +178,10 @@ class TerminologyProjection(SQLiteReadModel):
             c.executemany("INSERT INTO t_prop (sid, prop, value, code) VALUES (?,?,?,?)",
                           ((sid, prop, value, code) for code, prop, value in props))
         elif rtype == "ConceptMap":
-            c.execute("INSERT INTO t_cm (stream, url, version, vkey, nid, source, target) "
-                      "VALUES (?,?,?,?,?,?,?)", (stream, url, version, vkey, n.id,
-                                                 R.scope(d, "source"), R.scope(d, "target")))
+            c.execute("INSERT INTO t_cm (stream, url, version, vkey, nid, source, target, owner) "
+                      "VALUES (?,?,?,?,?,?,?,?)", (stream, url, version, vkey, n.id,
+                                                   R.scope(d, "source"), R.scope(d, "target"),
+                                                   owner))
             mid = c.lastrowid
             c.executemany("INSERT INTO t_map (mid, ssys, scode, sdisplay, tsys, tcode, tdisplay, "
                           "equivalence, comment) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -194,3 +214,17 @@ class TerminologyProjection(SQLiteReadModel):
                 c.execute(sql)
                 out[name] = sorted((tuple(r) for r in c.fetchall()), key=repr)
         return out
+
+
+def _institution(state: bytes) -> str | None:
+    """The institution a version's write came from (its header's ``source``); None for a
+    deletion and a write that named none (``hub.repository``'s rule)."""
+    head, _, body = state.partition(b"\n")
+    if not body.strip():
+        return None
+    try:
+        source = orjson.loads(head).get("source")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    institution = source.get("institution") if isinstance(source, dict) else None
+    return institution if isinstance(institution, str) and institution else None

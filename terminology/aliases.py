@@ -8,14 +8,25 @@ stored resource, as FHIR's "Using Codes" lists them), a CodeSystem's ``url`` wit
 (a union over every resource); its canonical name is the best ranked: a CodeSystem's url, then a
 NamingSystem's preferred id, another id, a CodeSystem identifier, then the well-known names; a
 URL before an OID of the same rank.
+
+What no resource may join (``joins_apart``): two different local OIDs (``urn:oid:`` outside the
+standard arcs: an institution's own code systems, ``terminology.systems``) in one group, or a
+local OID with a standard system (LOINC, a national or HL7 OID). Such a group would hand one
+hospital's codes the meaning of another's, or a standard's: whoever wrote it, a resource whose
+names would make one is left out of the groups (``alias_groups`` reports it; the hub refuses to
+store it, ``hub.access.terminology``), the rest applied.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from terminology import rows as R
+from terminology.systems import is_local_system, is_standard_system
+
+log = logging.getLogger("terminology.aliases")
 
 # (canonical URL, OID) of the code systems every sender may write either way
 WELL_KNOWN: tuple[tuple[str, str], ...] = (
@@ -48,36 +59,54 @@ def names_of(d: Any) -> list[tuple[str, str]]:
     return []
 
 
-def alias_groups(named: Iterable[Sequence[tuple[str, str]]]
+def joins_apart(group: Iterable[str]) -> str | None:
+    """Why these URIs may not be one code system (None: they may): two local OIDs, or a local
+    OID with a standard system."""
+    local = sorted({a for a in group if a.startswith("urn:oid:") and is_local_system(a)})
+    if len(local) > 1:
+        return (f"it would make {local[0]} and {local[1]} one code system: two local code "
+                "systems (institutions' own OIDs) are never one")
+    standard = sorted(a for a in group if is_standard_system(a))
+    if local and standard:
+        return (f"it would make the local code system {local[0]} one with the standard "
+                f"{standard[0]}")
+    return None
+
+
+def alias_groups(named: Iterable[Sequence[tuple[str, str]]],
+                 refused: dict[int, str] | None = None
                  ) -> tuple[dict[str, str], dict[str, frozenset[str]]]:
     """(canonical name of every URI, every URI of each canonical name) from the (uri, kind)
-    lists of the resources, the well-known pairs added; value-set names are left out."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    lists of the resources, the well-known pairs added; value-set names are left out. A
+    resource whose names would join apart what ``joins_apart`` keeps apart (with what the
+    resources before it joined) is left out: ``refused`` gets its index (in ``named``) and why."""
+    group_of: dict[str, int] = {}  # uri -> group number
+    groups_: dict[int, set[str]] = {}
     rank: dict[str, int] = {}
     well_known = [[(url, "well-known"), (oid, "well-known")] for url, oid in WELL_KNOWN]
-    for names in (*well_known, *named):
+    for i, names in enumerate((*well_known, *named)):
         names = [(a, k) for a, k in names if k in RANK and isinstance(a, str) and a]
         if not names:
             continue
-        first = find(names[0][0])
+        touched = {group_of[a] for a, _ in names if a in group_of}
+        merged = {a for a, _ in names}.union(*(groups_[g] for g in touched))
+        why = joins_apart(merged)
+        if why is not None:
+            if refused is not None and i >= len(well_known):
+                refused[i - len(well_known)] = why
+            continue
+        number = min(touched) if touched else i  # a new group: numbered by its first resource
+        for g in touched - {number}:
+            del groups_[g]
+        groups_[number] = merged
+        for a in merged:
+            group_of[a] = number
         for alias, kind in names:
-            parent[find(alias)] = find(first)
             score = RANK[kind] + alias.startswith("urn:oid:")
             rank[alias] = min(rank.get(alias, 9), score)
-    members: dict[str, list[str]] = {}
-    for alias in parent:
-        members.setdefault(find(alias), []).append(alias)
     canonical: dict[str, str] = {}
     groups: dict[str, frozenset[str]] = {}
-    for group in members.values():
+    for group in groups_.values():
         best = min(group, key=lambda a: (rank.get(a, 9), a))
         groups[best] = frozenset(group)
         for a in group:
@@ -90,7 +119,13 @@ class SystemAliases:
     the ``aliases`` callable ``terminology.normalise.Normaliser.from_concept_maps`` takes."""
 
     def __init__(self, resources: Iterable[Any] = ()):
-        self._canonical, self._groups = alias_groups(names_of(d) for d in resources)
+        resources = list(resources)
+        refused: dict[int, str] = {}
+        self._canonical, self._groups = alias_groups((names_of(d) for d in resources), refused)
+        for i, why in refused.items():  # a steward's mistake never merges two hospitals' codes
+            d = resources[i]
+            log.warning("%s/%s not applied as code system aliases: %s", d.get("resourceType"),
+                        d.get("id") or d.get("url") or "?", why)
 
     def canonical_system(self, system_uri: str) -> str:
         uri = R.oid_uri(system_uri.strip())

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from hub.core.commandline import UsageError, open_store
+from terminology.csvformat import EQUIVALENCES
 
 
 def add_parsers(tsub, common) -> None:
@@ -23,6 +24,9 @@ def add_parsers(tsub, common) -> None:
     g.add_argument("--kind", choices=["CodeSystem", "ConceptMap"])
     for name in ("url", "name", "title", "version", "id", "oid", "source", "target"):
         g.add_argument(f"--{name}")
+    g.add_argument("--equivalence", choices=EQUIVALENCES,
+                   help="concept maps: the equivalence of every row whose own cell is empty (a "
+                        "map with neither is refused: a target without one means nothing)")
     p.add_argument("--institution", help="source institution recorded on every event")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(terminology_func=cmd_load)
@@ -47,7 +51,7 @@ def cmd_load(args, settings) -> int:
         if not path.exists():
             raise UsageError(f"{path} does not exist")
     csv_options = {k: getattr(args, k) for k in ("kind", "url", "name", "title", "version", "id",
-                                                 "oid", "source", "target")}
+                                                 "oid", "source", "target", "equivalence")}
     source = {"feed": "terminology"}
     if args.institution:
         source["institution"] = args.institution

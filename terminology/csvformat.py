@@ -29,14 +29,18 @@ Concept map (``# kind: ConceptMap``, or recognised by its ``source_code`` column
     urn:oid:2.16.156.10011.99.1.42.3,M,男,http://hl7.org/fhir/administrative-gender,male,Male,equivalent,
 
 ``source_system`` / ``target_system`` may instead be given once as header comments.
-``equivalence`` is an R4 ConceptMapEquivalence (default ``equivalent``); a row with no target code
-says the source code is known and has no target: it is stored as a target with equivalence
-``unmatched`` and no code. A ``narrower`` or ``inexact`` row needs a comment (R4's cmd-1). Rows
-are grouped by source and target system, in file order.
+``equivalence`` is an R4 ConceptMapEquivalence. A row with a target code needs one: in its
+``equivalence`` cell, or for the whole file as ``# equivalence: …`` (``hub terminology load
+--equivalence …``), which a row's own cell wins over; a target without one says nothing about
+meaning (the API refuses such a map, the normalisers skip such a target), so it is refused with
+its line, never read as ``equivalent``. A row with no target code says the source code is known
+and has no target: it is stored as a target with equivalence ``unmatched`` and no code. A
+``narrower`` or ``inexact`` row needs a comment (R4's cmd-1). Rows are grouped by source and
+target system, in file order.
 
 Header keys: kind, id, url, name, title, version, status, description, publisher, oid,
-hierarchyMeaning, caseSensitive (code systems); source, target, source_system, target_system
-(concept maps). Mistakes are reported with their line numbers (``CsvError``), at most
+hierarchyMeaning, caseSensitive (code systems); source, target, source_system, target_system,
+equivalence (concept maps). Mistakes are reported with their line numbers (``CsvError``), at most
 ``MAX_PROBLEMS`` of them.
 """
 
@@ -63,7 +67,7 @@ STATUSES = ("active", "experimental", "deprecated", "retired", "inactive")
 TRUE, FALSE = {"true", "1", "yes", "y", "是"}, {"false", "0", "no", "n", "否", ""}
 HEADER_KEYS = {"kind", "id", "url", "name", "title", "version", "status", "description",
                "publisher", "oid", "hierarchyMeaning", "caseSensitive", "source", "target",
-               "source_system", "target_system"}
+               "source_system", "target_system", "equivalence"}
 CS_COLUMNS = {"code", "display", "parent", "inactive", "abstract", "status", "definition"}
 CM_COLUMNS = {"source_system", "source_code", "source_display", "target_system", "target_code",
               "target_display", "equivalence", "comment"}
@@ -326,6 +330,15 @@ def _concept_map(columns: list[str], body: list[tuple[int, list[str]]],
     if unknown:
         raise CsvError([(0, f"unknown column {unknown[0][:40]!r}; a concept map has "
                             + ", ".join(sorted(CM_COLUMNS)))])
+    default = meta.get("equivalence") or None
+    if default is not None and default not in EQUIVALENCES:
+        raise CsvError([(0, f"equivalence {default[:40]!r} must be one of "
+                            + ", ".join(EQUIVALENCES))])
+    if "equivalence" not in columns and default is None:
+        # a mapping without one says nothing about meaning: never read as "equivalent"
+        raise CsvError([(0, "a concept map needs an equivalence column (or, for every row, a "
+                            "'# equivalence: …' header comment or --equivalence): a target "
+                            "without one says nothing about what it means")])
     groups: dict[tuple[str, str], dict[str, dict]] = {}
     for line, row in body:
         if len(problems) >= MAX_PROBLEMS:
@@ -349,8 +362,13 @@ def _concept_map(columns: list[str], body: list[tuple[int, list[str]]],
         tcode = _code(tcode_raw, line, "target_code", problems) if tcode_raw else None
         if tcode_raw and tcode is None:
             continue
+        if equivalence is None and tcode is None:
+            equivalence = "unmatched"
+        equivalence = equivalence or default
         if equivalence is None:
-            equivalence = "equivalent" if tcode else "unmatched"
+            problems.append((line, f"{scode[:40]} -> {(tcode or '')[:40]} has no equivalence "
+                                   "(its equivalence cell is empty and the file gives none)"))
+            continue
         if equivalence not in EQUIVALENCES:
             problems.append((line, f"equivalence must be one of {', '.join(EQUIVALENCES)}"))
             continue

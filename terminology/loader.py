@@ -23,6 +23,7 @@ from hub.core.errors import FhirError
 from hub.core.ingest import Context, Hub, Op
 from terminology import csvformat
 from terminology import rows as R
+from terminology.aliases import alias_groups, names_of
 
 TYPES = ("CodeSystem", "ValueSet", "ConceptMap", "NamingSystem")
 BUILTIN = Path(__file__).resolve().parent / "data"
@@ -227,4 +228,16 @@ def _checked(hub: Hub, found: Iterator[tuple[str, dict | None, str | None]]
             refused.append((where, _why(e)))
             continue
         ready.append((where, op, d, len(raw)))
+    # names that would make two institutions' local code systems (or one and a standard) one
+    # system are refused as the API refuses them (terminology.aliases.joins_apart); what the
+    # store already holds is judged when the aliases are read
+    named = [(i, names_of(d)) for i, (_, _, d, _) in enumerate(ready)
+             if d["resourceType"] in ("CodeSystem", "NamingSystem")]
+    apart: dict[int, str] = {}
+    alias_groups([n for _, n in named], apart)
+    if apart:
+        bad = {named[j][0]: why for j, why in apart.items()}
+        refused += [(ready[i][0], f"{ready[i][2]['resourceType']} not stored: {why}")
+                    for i, why in bad.items()]
+        ready = [r for i, r in enumerate(ready) if i not in bad]
     return ready, refused

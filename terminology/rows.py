@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from hub.core.versions import version_text
+
 T = TypeVar("T")
 
 # R4 concept properties (http://hl7.org/fhir/concept-properties) and their usual codes
@@ -41,21 +43,36 @@ def text(value: Any) -> str | None:
 
 
 def version_key(version: str | None) -> str:
-    """A sort key under which "1.10" > "1.9" > "1" and any version > none."""
-    if not version:
-        return ""
-    return ".".join(p.zfill(12) if p.isdigit() else p
-                    for p in re.split(r"[.\-_ ]", version))
+    """A sort key (text, for the read model's SQL) under which "1.10" > "1.9" > "1", "v10" >
+    "v9" and any version > none: ``hub.core.versions``, one rule with search's canonicals."""
+    return version_text(version)
 
 
-def latest_per_url(items: Iterable[T], url: Callable[[T], Any], version: Callable[[T], Any]
-                   ) -> list[T]:
+def latest_per_url(items: Iterable[T], url: Callable[[T], Any], version: Callable[[T], Any],
+                   owner: Callable[[T], Any] | None = None,
+                   held: dict[str, Any] | None = None) -> list[T]:
     """The current version of each canonical resource: per ``url`` the highest version
     (``version_key``), of equal ones the last given; an item without a url counts on its own.
-    The one rule for ConceptMaps: the read model's, ``$translate``'s and the normalisers'."""
+    The one rule for ConceptMaps: the read model's, ``$translate``'s and the normalisers'.
+
+    ``owner`` (items given in the order they were first stored): the institution that wrote an
+    item, None for the region's (a steward's, an operator's). A url is held by the institution
+    of its first item that has one; another institution's items of that url never become its
+    current version (a map of one hospital's codes is not replaced by another's, whatever
+    version it claims); the region's may. ``held``: who holds each url, when the items are not
+    all of them (a scope's maps)."""
+    items = list(items)
+    if held is None and owner is not None:
+        held = {}
+        for item in items:
+            u, who = url(item), owner(item)
+            if isinstance(u, str) and u and who and u not in held:
+                held[u] = who
     best: dict[Any, tuple[str, int, T]] = {}
     for i, item in enumerate(items):
         u, v = url(item), version(item)
+        if owner is not None and held and u in held and owner(item) not in (None, "", held[u]):
+            continue
         key = u if isinstance(u, str) and u else ("", i)
         rank = version_key(v if isinstance(v, str) else None)
         if key not in best or rank >= best[key][0]:

@@ -12,6 +12,7 @@ Unknown code systems and value sets raise ``TerminologyNotFound``; mistakes in a
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -25,6 +26,8 @@ from hub.core.errors import HubError
 from projections.readers import ReadConnections
 from terminology import rows as R
 from terminology.aliases import alias_groups
+
+log = logging.getLogger("terminology.store")
 
 
 class TerminologyNotFound(HubError, LookupError):
@@ -154,9 +157,24 @@ class TerminologyStore:
         for stream, alias, kind in self.q("SELECT stream, alias, kind FROM t_alias "
                                           "WHERE kind != 'valueset'"):
             by_stream.setdefault(stream, []).append((alias, kind))
-        canonical, self._groups = alias_groups(by_stream.values())
+        refused: dict[int, str] = {}
+        canonical, self._groups = alias_groups(by_stream.values(), refused)
+        streams = list(by_stream)
+        for i, why in refused.items():  # stored before the hub refused such names: not applied
+            log.warning("%s not applied as code system aliases: %s", streams[i], why)
         self._canonical = canonical
         return canonical
+
+    def named(self, leave_out: str | None = None) -> list[list[tuple[str, str]]]:
+        """The (uri, kind) names of each stored CodeSystem and NamingSystem, in the order
+        ``alias_groups`` reads them (``leave_out``: a stream whose new version is judged)."""
+        self.refresh()
+        by_stream: dict[str, list[tuple[str, str]]] = {}
+        for stream, alias, kind in self.q("SELECT stream, alias, kind FROM t_alias "
+                                          "WHERE kind != 'valueset'"):
+            if stream != leave_out:
+                by_stream.setdefault(stream, []).append((alias, kind))
+        return list(by_stream.values())
 
     def canonical_system(self, system_uri: str) -> str:
         """The one name of a code system known under several URIs (OID and URL); a bare OID is
@@ -409,6 +427,11 @@ class TerminologyStore:
         if version is not None:
             sql += " AND x.version = ?"
             args += (version,)
+        elif table == "t_cm":  # the url's current map: never one of another institution's
+            holder = self._url_holders().get(url)
+            if holder is not None:
+                sql += " AND (x.owner IS NULL OR x.owner = ?)"
+                args += (holder,)
         found = self.q(sql + " ORDER BY x.vkey DESC, x.nid DESC LIMIT 1", args)
         if not found and table == "t_vs":  # a value set named by its OID (ValueSet.identifier)
             named = [s for (s,) in self.q("SELECT stream FROM t_alias WHERE alias=? AND "
@@ -454,18 +477,40 @@ class TerminologyStore:
         key = ("maps", source, target)
         if key in self._res:
             return self._res[key]
-        sql = ("SELECT x.mid, x.stream, x.url, x.version, r.body FROM t_cm x JOIN t_resource r "
-               "ON r.stream = x.stream WHERE 1=1")
+        sql = ("SELECT x.mid, x.stream, x.url, x.version, r.body, x.owner FROM t_cm x "
+               "JOIN t_resource r ON r.stream = x.stream WHERE 1=1")
         args: tuple = ()
         for col, value in (("source", source), ("target", target)):
             if value is not None:
                 sql += f" AND x.{col} = ?"
                 args += (value,)
-        latest = R.latest_per_url(self.q(sql + " ORDER BY x.nid", args),
-                                  lambda row: row[2], lambda row: row[3])
-        found = [ResourceRef(k, s, u, v, orjson.loads(b)) for k, s, u, v, b in latest]
+        rows = self.q(sql + " ORDER BY x.nid", args)
+        # who holds each url is judged over all its maps, whatever the scope asked
+        latest = R.latest_per_url(rows, lambda row: row[2], lambda row: row[3],
+                                  lambda row: row[5], self._url_holders())
+        found = [ResourceRef(k, s, u, v, orjson.loads(b)) for k, s, u, v, b, _ in latest]
         self._res[key] = found
         return found
+
+    def _url_holders(self) -> dict[str, str]:
+        """url -> the institution that holds it: that of its first stored map naming one."""
+        cached = self._res.get(("holders",))
+        if cached is not None:
+            return cached
+        out: dict[str, str] = {}
+        for stream, url, owner in self.q("SELECT stream, url, owner FROM t_cm WHERE owner IS "
+                                         "NOT NULL AND url IS NOT NULL ORDER BY nid"):
+            if out.setdefault(url, owner) != owner:  # stored before the hub refused it
+                log.warning("%s (institution %s) is passed over: its url %s is institution "
+                            "%s's", stream, owner, url, out[url])
+        self._res[("holders",)] = out
+        return out
+
+    def map_owners(self, url: str) -> set[str | None]:
+        """The institutions (None: the region) that wrote the stored ConceptMaps of ``url``."""
+        self.refresh()
+        return {owner or None for (owner,) in self.q("SELECT owner FROM t_cm WHERE url=?",
+                                                     (url,))}
 
     def map_rows(self, mids: list[int], systems: frozenset[str], code: str,
                  reverse: bool) -> list[tuple]:

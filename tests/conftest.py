@@ -164,12 +164,14 @@ class LiveServer:
                f"{f'[{host}]' if ':' in host else host}:{self.port}"
 
     def client_auth(self, *, roles: tuple[str, ...] = ("admin",), scope: str = "system/*.cruds",
-                    institution: str = "", name: str = "test client") -> BackendServicesAuth:
-        """Register a client (a new key) and return its token source."""
+                    institution: str = "", name: str = "test client", oid: str = ""
+                    ) -> BackendServicesAuth:
+        """Register a client (a new key) and return its token source; ``oid``: its
+        institution's root OID."""
         key = new_key()
         registry = open_registry(self.settings.data_dir)
         client = registry.add(name, public_jwks(key), institution=institution, roles=roles,
-                              scopes=scope)
+                              scopes=scope, oid=oid)
         return BackendServicesAuth(self.origin + "/auth/token", client.client_id, key, scope,
                                    verify=self.verify)
 

@@ -45,6 +45,7 @@ code,display,parent,inactive,abstract,definition,display@en,specialty
 MAP_CSV = """\
 # url: https://example.org/ConceptMap/h0042-sex
 # target: http://hl7.org/fhir/ValueSet/administrative-gender
+# equivalence: equivalent
 source_system,source_code,source_display,target_system,target_code,target_display,equivalence,comment
 2.16.156.10011.99.1.42.3,M,男,http://hl7.org/fhir/administrative-gender,male,Male,equivalent,
 2.16.156.10011.99.1.42.3,F,女,http://hl7.org/fhir/administrative-gender,female,Female,,
@@ -79,7 +80,8 @@ def test_concept_map_csv():
     assert [(e["code"], [t["equivalence"] for t in e.get("target", [])])
             for e in group["element"]] == [("M", ["equivalent"]), ("F", ["equivalent"]),
                                            ("U", ["wider"]), ("X", ["unmatched"])]
-    # a row without a target is stored as R4 says "no match": a target of equivalence unmatched
+    # F's empty cell takes the file's "# equivalence:"; a row without a target is stored as R4
+    # says "no match": a target of equivalence unmatched
     assert group["element"][3]["target"] == [{"equivalence": "unmatched"}]
     assert d["targetCanonical"] == "http://hl7.org/fhir/ValueSet/administrative-gender"
 
@@ -130,9 +132,18 @@ REFUSED = [
     ("# url: u\nsource_code,target_code\nM,male\n", (0, "source_system is missing")),
     ("# url: u\nsource_system,source_code,target_system,target_code,equivalence\n"
      "a,M,b,male,same\n", (3, "equivalence must be")),
+    # a target without equivalence says nothing about meaning: never read as "equivalent"
+    ("# url: u\nsource_system,source_code,target_system,target_code\na,M,b,male\n",
+     (0, "needs an equivalence column")),
+    ("# url: u\nsource_system,source_code,target_system,target_code,equivalence\n"
+     "a,M,b,male,equivalent\na,F,b,female,\n", (4, "F -> female has no equivalence")),
+    ("# url: u\n# equivalence: same\nsource_system,source_code,target_system,target_code\n"
+     "a,M,b,male\n",
+     (0, "equivalence 'same' must be")),
     ("# url: u\nsource_system,source_code,target_system,target_code,colour\n", (0,
                                                                                 "unknown column")),
-    ("# url: u\nsource_system,source_code,target_system,target_code\na b,M,c,d\n",
+    ("# url: u\nsource_system,source_code,target_system,target_code,equivalence\n"
+     "a b,M,c,d,equivalent\n",
      (3, "must be URIs")),
     ("# url: u\nsource_system,source_code,target_system,target_code,equivalence,comment\n"
      "a,M,b,male,equivalent,\na,K,b,k,narrower,\n", (4, "a narrower mapping needs a comment")),
@@ -306,3 +317,44 @@ def test_cli_load_then_rebuild(tmp_path):
     finally:
         svc.close()
         model.close()
+
+
+NO_EQUIVALENCE = """\
+# url: http://b.example/ConceptMap/lab-csv
+source_system,source_code,target_system,target_code
+urn:oid:1.2.3.4.5.7,NA,http://loinc.org,2951-2
+"""
+
+
+def test_a_csv_map_without_equivalence_is_refused_unless_the_operator_gives_one(tmp_path):
+    """A mapping row that says nothing about meaning is not loaded as "equivalent" (and then
+    applied to every record of the code): the operator states it, or the file is refused."""
+    (tmp_path / "noeq.csv").write_text(NO_EQUIVALENCE, encoding="utf-8")
+    data = tmp_path / "data"
+    r = hub_cli("terminology", "load", str(tmp_path / "noeq.csv"), data=data)
+    assert r.returncode == 1 and "needs an equivalence column" in r.stdout, r.stdout
+    r = hub_cli("terminology", "load", str(tmp_path / "noeq.csv"), "--equivalence", "equivalent",
+                data=data)
+    assert r.returncode == 0 and "ConceptMap 1 (1 created)" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_later_version_of_a_map_is_current_whatever_its_text_sorts_as(tmp_path):
+    """v10 corrects v9: it is the one in force, though "v10" < "v9" as text."""
+    data = tmp_path / "data"
+    for version, target in (("v9", "B01AA03"), ("v10", "B01AC06")):
+        f = tmp_path / f"{version}.json"
+        f.write_bytes(orjson.dumps({
+            "resourceType": "ConceptMap", "url": "http://b.example/cm/drug", "version": version,
+            "status": "active", "group": [{
+                "source": "urn:oid:1.2.3.4.5.8", "target": "http://www.whocc.no/atc",
+                "element": [{"code": "D001", "target": [{"code": target,
+                                                         "equivalence": "equivalent"}]}]}]}))
+        r = hub_cli("terminology", "load", str(f), data=data)
+        assert r.returncode == 0, r.stdout + r.stderr
+    svc = TerminologyService(data / "terminology.sqlite")
+    try:
+        (current,) = svc.concept_maps()
+        assert current.version == "v10"
+        assert svc.concept_map("http://b.example/cm/drug").version == "v10"
+    finally:
+        svc.close()

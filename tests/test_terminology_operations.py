@@ -619,7 +619,7 @@ def test_a_csv_row_without_a_target_translates_as_unmatched(tmp_path):
     with an unmatched one: the map's word that there is none, not mere silence."""
     cm = csv_parse(b"# url: http://example.org/ConceptMap/lab\n# id: lab\n"
                    b"# source_system: http://example.org/lab\n# target_system: http://loinc.org\n"
-                   b"source_code,target_code,equivalence\nGLU,2345-7,\nCHEM,,\nHEME,x1,disjoint\n")
+                   b"source_code,target_code,equivalence\nGLU,2345-7,equivalent\nCHEM,,\nHEME,x1,disjoint\n")
     with serving(tmp_path, [cm]) as service:
         for code, eq, concept in [("CHEM", "unmatched", None),
                                   ("HEME", "disjoint", {"system": "http://loinc.org",

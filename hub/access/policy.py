@@ -113,6 +113,7 @@ OPERATIONS: dict[str, tuple[frozenset[str], str | None, str | None]] = {
 # terminology operations: any role, with a read scope on the terminology resource
 TERMINOLOGY = {"$lookup", "$validate-code", "$subsumes", "$expand", "$translate"}
 SHARED_RECORD = frozenset({"$everything", "$timeline"})
+TERMINOLOGY_TYPES = frozenset({"CodeSystem", "NamingSystem", "ConceptMap"})
 
 
 @lru_cache(maxsize=4096)
@@ -334,6 +335,10 @@ class AccessPolicy:
         if actor.kind == "system" or actor.roles & {"steward", "admin"}:
             return True
         institution = owner()
+        if rtype in TERMINOLOGY_TYPES and not institution and actor.institution:
+            # the region's code systems and maps, applied to every institution's records: a
+            # connector changes none (hub.access.terminology)
+            return False
         return not institution or institution == actor.institution
 
 

@@ -26,6 +26,7 @@ from hub.access.audit import AccessAudit, AuditWriter
 from hub.access.auditlog import open_audit_log
 from hub.access.consent import ConsentIndex
 from hub.access.policy import AccessPolicy
+from hub.access.terminology import TerminologyGuard
 from hub.api import (
     auth,
     binary,
@@ -179,7 +180,9 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
             if settings.auth else OPEN)
         repo = Repository(hub, search=search, policy=active,
                           audit=AccessAudit(audit) if settings.audit else None,
-                          audit_records=audit_log)
+                          audit_records=audit_log,
+                          terminology=TerminologyGuard(app.state.terminology,
+                                                       app.state.terminology_runner.sync))
         app.state.hub = hub
         app.state.repo = repo
         # StructureDefinitions stored here, enforced on writes that declare or must meet them

@@ -82,6 +82,7 @@ def _from_token(request: Request, verifier: Any) -> Actor:
     scope = claims.get("scope")
     roles = claims.get("hub_roles")
     institution = claims.get("hub_institution")
+    oid = claims.get("hub_institution_oid")
     patient = claims.get("patient")
     patient = patient if isinstance(patient, str) and patient else None
     fhir_user = claims.get("fhirUser")
@@ -91,6 +92,8 @@ def _from_token(request: Request, verifier: Any) -> Actor:
                  if isinstance(roles, list) else frozenset(),
                  scopes=in_context(scope.split() if isinstance(scope, str) else (), patient),
                  institution=institution if isinstance(institution, str) and institution else None,
+                 oid=oid if isinstance(oid, str) and oid and isinstance(institution, str)
+                 and institution else None,
                  purpose=purpose_of(request), patient=patient,
                  fhir_user=fhir_user if isinstance(fhir_user, str)
                  and 0 < len(fhir_user) <= 1024 else None,

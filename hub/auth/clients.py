@@ -2,7 +2,9 @@
 
 A client (a hospital's connector, a data-quality service) is registered by an administrator with
 its public keys (it signs its token requests with the private half, which the hub never sees), the
-institution it speaks for, its hub roles and the scopes it may be granted. Revoking it refuses its
+institution it speaks for and that institution's root OID (its local code systems are
+``urn:oid:<OID>.…``: the terminology it may write, ``hub.access.terminology``), its hub roles and
+the scopes it may be granted. Revoking it refuses its
 next token request and, through ``active_now`` (which the verifier asks on every request a token
 of the hub's makes), the tokens already issued to it at once, in every process.
 
@@ -14,6 +16,7 @@ Each call opens its own connection, so the registry is safe to share between thr
 
 from __future__ import annotations
 
+import re
 import secrets
 import sqlite3
 import threading
@@ -37,6 +40,11 @@ __all__ = ["REGISTRY_FILE", "ROLES", "Client", "ClientRegistry", "open_registry"
 REGISTRY_FILE = "auth.sqlite"
 STATUSES = ("active", "revoked")
 
+# the arcs of the national and HL7 code systems (terminology.systems.STANDARD_ARCS, which this
+# package may not import): no institution's OID lies in them
+STANDARD_ARCS = ("2.16.156.10011.1.", "2.16.156.10011.2.", "2.16.840.1.113883.")
+OID_RE = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
+
 WHAT = "the client registry"  # what the file holds (its refusal says)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS client (
@@ -44,6 +52,7 @@ CREATE TABLE IF NOT EXISTS client (
     name        TEXT NOT NULL,
     jwks        TEXT NOT NULL,
     institution TEXT NOT NULL DEFAULT '',
+    oid         TEXT NOT NULL DEFAULT '',
     roles       TEXT NOT NULL,
     scopes      TEXT NOT NULL,
     status      TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
@@ -83,6 +92,7 @@ class Client:
     status: str
     created: str
     revoked: str | None = None
+    oid: str = ""  # the institution's root OID ("": not registered)
 
     @property
     def active(self) -> bool:
@@ -90,6 +100,7 @@ class Client:
 
     def to_json(self) -> dict:
         return {"client_id": self.client_id, "name": self.name, "institution": self.institution,
+                "oid": self.oid,
                 "roles": list(self.roles), "scopes": self.scopes, "status": self.status,
                 "created": self.created, "revoked": self.revoked, "jwks": self.jwks}
 
@@ -103,6 +114,13 @@ class ClientRegistry:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         create(self.path, _SCHEMA, WHAT)
+        with self._db() as db:  # a file from before institution OIDs: its clients have none
+            if "oid" not in {r[1] for r in db.execute("PRAGMA table_info(client)")}:
+                try:
+                    db.execute("ALTER TABLE client ADD COLUMN oid TEXT NOT NULL DEFAULT ''")
+                except sqlite3.OperationalError as e:  # another process added it meanwhile
+                    if "duplicate column" not in str(e):
+                        raise
         # active_now's own connection and what it read, valid while the file's data_version holds
         self._standing_lock = threading.Lock()
         self._standing_db: sqlite3.Connection | None = None
@@ -113,25 +131,52 @@ class ClientRegistry:
         return connection(self.path)
 
     def add(self, name: str, jwks: dict, *, institution: str = "", roles: Iterable[str] = (),
-            scopes: str = "") -> Client:
-        """Register a client with its public keys (a JWK Set, checked) and a new client_id."""
+            scopes: str = "", oid: str = "") -> Client:
+        """Register a client with its public keys (a JWK Set, checked) and a new client_id;
+        ``oid``: its institution's root OID (one per institution; two institutions' may not
+        nest, nor lie in a standard arc)."""
         name = name.strip()
         if not name:
             raise bad_request("A client needs a name")
+        oid = oid.strip().removeprefix("urn:oid:")
+        if oid:
+            self._check_oid(institution.strip(), oid)
         roles = tuple(dict.fromkeys(roles))
         unknown = [r for r in roles if r not in ROLES]
         if unknown:
             raise bad_request(f"Unknown role(s) {', '.join(unknown)}; the roles are {', '.join(ROLES)}")
         client = Client(client_id=new_client_id(), name=name, jwks=check_jwks(jwks),
                         institution=institution.strip(), roles=roles, scopes=check_client_scopes(scopes),
-                        status="active", created=_now())
+                        status="active", created=_now(), oid=oid)
         with self._db() as db:
             db.execute("INSERT INTO client (client_id, name, jwks, institution, roles, scopes, status,"
-                       " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       " created, oid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (client.client_id, client.name, orjson.dumps(client.jwks).decode(),
                         client.institution, orjson.dumps(list(roles)).decode(), client.scopes,
-                        client.status, client.created))
+                        client.status, client.created, client.oid))
         return client
+
+    def _check_oid(self, institution: str, oid: str) -> None:
+        """An institution's OID names its code systems: one institution's may not be another's,
+        nor above or below it (its arc would hold the other's systems), nor a standard arc's."""
+        if not institution:
+            raise bad_request("An OID is an institution's: give --institution with it")
+        if not OID_RE.match(oid):
+            raise bad_request(f"{oid[:64]!r} is not an OID (digits separated by dots)")
+        if any(f"{oid}.".startswith(arc) or arc.startswith(f"{oid}.") for arc in STANDARD_ARCS):
+            raise bad_request(f"{oid} lies in (or holds) a standard arc ({', '.join(STANDARD_ARCS)}"
+                              "): no institution's local code systems are there")
+        for other in self.list():
+            if not other.oid or not other.active:
+                continue
+            if other.institution == institution and other.oid != oid:
+                raise bad_request(f"Institution {institution} is registered with OID "
+                                  f"{other.oid}; one institution has one root OID")
+            if other.institution != institution and (
+                    other.oid == oid or other.oid.startswith(f"{oid}.")
+                    or oid.startswith(f"{other.oid}.")):
+                raise bad_request(f"OID {oid} is, or nests with, institution "
+                                  f"{other.institution}'s OID {other.oid}")
 
     def get(self, client_id: str) -> Client | None:
         with self._db() as db:
@@ -191,13 +236,13 @@ class ClientRegistry:
                               (time.time() if now is None else now,)).rowcount
 
 
-_COLUMNS = "client_id, name, jwks, institution, roles, scopes, status, created, revoked"
+_COLUMNS = "client_id, name, jwks, institution, roles, scopes, status, created, revoked, oid"
 
 
 def _client(row: tuple) -> Client:
-    cid, name, jwks, institution, roles, scopes, status, created, revoked = row
+    cid, name, jwks, institution, roles, scopes, status, created, revoked, oid = row
     return Client(cid, name, orjson.loads(jwks), institution, tuple(orjson.loads(roles)), scopes,
-                  status, created, revoked)
+                  status, created, revoked, oid or "")
 
 
 def _now() -> str:

@@ -99,6 +99,8 @@ def access_claims(client: Client, scope: str, issuer: str, audience: str) -> dic
               "scope": scope, "hub_roles": list(client.roles)}
     if client.institution:
         claims["hub_institution"] = client.institution
+        if client.oid:  # the arc of its local code systems (hub.access.terminology)
+            claims["hub_institution_oid"] = client.oid
     return claims
 
 

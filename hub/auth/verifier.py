@@ -237,8 +237,10 @@ class Verifier:
 
 def normalise(claims: dict, issuer: ExternalIssuer) -> dict:
     """An external token's claims with ``scope``, ``hub_roles`` and ``hub_institution`` as the
-    hub's own tokens carry them (whatever claims of those names the provider sent are replaced)."""
-    out = {k: v for k, v in claims.items() if k not in ("hub_roles", "hub_institution")}
+    hub's own tokens carry them (whatever claims of those names the provider sent are replaced;
+    ``hub_institution_oid`` only the hub's client registry gives)."""
+    out = {k: v for k, v in claims.items()
+           if k not in ("hub_roles", "hub_institution", "hub_institution_oid")}
     scope = claims.get("scope", claims.get("scp"))
     out["scope"] = " ".join(str(s) for s in scope) if isinstance(scope, list) else str(scope or "")
     roles = claim_at(claims, issuer.roles_claim)

@@ -35,6 +35,9 @@ def add_parsers(sub: Any, common: Any) -> None:
     a.add_argument("--public-key", required=True, type=Path, metavar="FILE",
                    help="its public key: a PEM file, or a JWK Set (.jwks or .json)")
     a.add_argument("--institution", default="", help="the institution it speaks for")
+    a.add_argument("--oid", default="",
+                   help="that institution's root OID: its local code systems are "
+                        "urn:oid:<OID>.…, the terminology its connector may write")
     a.add_argument("--role", action="append", choices=ROLES, default=[],
                    help="a hub role (repeat for several)")
     a.add_argument("--scope", required=True,
@@ -118,7 +121,8 @@ def _add(args: Any, registry: Any) -> int:
     from hub.auth.keys import jwks_from_bytes
 
     client = registry.add(args.name, jwks_from_bytes(data, args.public_key.name),
-                          institution=args.institution, roles=args.role, scopes=args.scope)
+                          institution=args.institution, roles=args.role, scopes=args.scope,
+                          oid=args.oid)
     print(orjson.dumps(client.to_json()).decode() if args.json else client.client_id)
     return 0
 

@@ -23,7 +23,9 @@ class Actor:
 
     ``subject`` is what the audit and the identity decisions record (a token's ``sub``), unique
     with ``issuer``;
-    ``institution`` the one a connector writes as; ``purpose`` the v3 PurposeOfUse it gave."""
+    ``institution`` the one a connector writes as, ``oid`` that institution's root OID as the
+    client registry has it (its local code systems are ``urn:oid:<oid>.…``); ``purpose`` the v3
+    PurposeOfUse it gave."""
 
     subject: str = "anonymous"
     kind: str = "anonymous"  # anonymous | user | client | system
@@ -31,6 +33,7 @@ class Actor:
     scopes: tuple[str, ...] = ()
     institution: str | None = None
     purpose: str | None = None
+    oid: str | None = None
     patient: str | None = None  # a patient-context token's Patient id (SMART launch context)
     fhir_user: str | None = None  # the token's ``fhirUser``: who the user is (``Patient/x``)
     # the token's issuer when it is an external provider (its subjects are its own: a subject

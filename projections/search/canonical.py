@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 
+from hub.core.versions import version_key
 from projections.search.backend import Row, SearchBackend
 from projections.search.extract import extract
 from projections.search.params import params_for, resource_types
@@ -35,19 +36,6 @@ LIMIT = 1000
 
 Bodies = Callable[[list[Row]], dict[tuple[str, str], dict]]
 """The parsed current resources of rows, of those the caller sees."""
-
-
-def version_key(version: object) -> tuple:
-    """Order of versions: 1.10 after 1.9 (numbers compared as numbers), a pre-release before its
-    release (SemVer: 2.0.0-ballot before 2.0.0), absent first."""
-    if not isinstance(version, str):
-        return ()
-    release, dash, pre = version.split("+", 1)[0].partition("-")
-
-    def parts(text: str) -> tuple:
-        return tuple((0, int(p), "") if p.isdigit() else (1, 0, p)
-                     for p in re.split(r"[.\-]", text))
-    return (parts(release), (0, parts(pre)) if dash else (1, ()))
 
 
 def _escape(value: str) -> str:
