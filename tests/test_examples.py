@@ -148,6 +148,17 @@ def test_every_accepted_example_round_trips(live, examples):
             return "refused"
         if r.status_code == 422 and not accepted_by_fhir_resources(raw):
             return "refused"  # refused by the model too: outside what the hub must take
+        if r.status_code == 422 and d["resourceType"] == "CodeSystem" and all(
+                i["diagnostics"].startswith("csd-1") for i in r.json()["issue"]):
+            # an official example defining a code twice (therapy-relationship-type:
+            # indicated-only-before): R4's csd-1 says SHALL NOT, and the hub refuses it
+            return "csd-1"
+        if r.status_code == 422 and d["resourceType"] == "CodeSystem" and all(
+                "would make" in i["diagnostics"] for i in r.json()["issue"]):
+            # list-item-flag: its url an OID outside the HL7 and national arcs (which the hub
+            # takes for an institution's local system), its identifier an HL7 OID: one local
+            # and one standard system made one is refused, whoever writes it
+            return "joins"
         declared = (d.get("meta") or {}).get("profile") or []
         if r.status_code == 422 and declared and all(
                 any(p in i["diagnostics"] for p in declared) for i in r.json()["issue"]):
@@ -174,10 +185,12 @@ def test_every_accepted_example_round_trips(live, examples):
         outcomes = list(pool.map(put_and_get, examples))
     for c in clients:
         c.close()
-    failures = [f for f in outcomes if f and f not in ("refused", "nonconforming")]
+    failures = [f for f in outcomes if f and f not in ("refused", "nonconforming", "csd-1", "joins")]
     # a handful of the official examples break the profiles they declare (ValueSets without the
     # publisher that shareablevalueset requires): refused by the profile, not by accident
     assert outcomes.count("nonconforming") <= 10
+    assert outcomes.count("csd-1") <= 1  # the one official example that breaks it
+    assert outcomes.count("joins") <= 1
     assert not failures, f"{len(failures)} of {len(examples)} failed:\n" + "\n".join(failures[:30])
     assert outcomes.count(None) >= 0.95 * len(examples), "too few examples round-tripped"
     # every read model takes every example in: none stalls on one (its lag would stay)

@@ -26,13 +26,13 @@ def cmd_stream(args, settings: Settings) -> int:
                          "and a broker's default 1 MB messages)")
     if args.partitions:
         _create_topic(bootstrap, args.topic, args.partitions)
+    store = open_store(settings, existing=True)
     if not settings.base_url:
         # the relay knows no request's base: only on HUB_BASE_URL is an absolute reference
         # (https://hub.example/fhir/Patient/1) this server's Patient, keyed by it
         print("hub stream relay: HUB_BASE_URL is not set: a resource whose subject names this "
               "server's Patient by its absolute URL is keyed by itself, not by its Patient (set "
               "it to the hub's public FHIR base, as for hub serve)", file=sys.stderr, flush=True)
-    store = open_store(settings, existing=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     lease = None
     if settings.database_url and not args.once:
