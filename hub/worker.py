@@ -112,6 +112,7 @@ class IngestWorker:
                  consumer: dict | None = None):
         from connectors.spool import Spool
         from hub.access.policy import AccessPolicy
+        from hub.access.terminology import TerminologyGuard
         from hub.core.ingest import Hub
         from hub.repository import Repository
 
@@ -119,7 +120,9 @@ class IngestWorker:
         self.topics = topics
         self.hub = Hub(open_store(settings))
         # consents do not judge a feed's writes; the rest of the policy does (who owns what)
-        self.repo = Repository(self.hub, policy=AccessPolicy())
+        # a feed's CodeSystem, NamingSystem or ConceptMap is refused (no read model here to
+        # judge it against): it would re-point other institutions' codes
+        self.repo = Repository(self.hub, policy=AccessPolicy(), terminology=TerminologyGuard(None))
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.deadletters = Spool(deadletter_path(settings))
         self.cfg = {"bootstrap_servers": bootstrap_servers, "group_id": group,
@@ -355,13 +358,14 @@ def _feed_actor(connector: str, institution: str) -> Any:
 def replay_deadletters(store, ids: list[int], settings: Settings):
     """Write dead-lettered units again (after a fix); [(id, ok, error, None)]."""
     from hub.access.policy import AccessPolicy
+    from hub.access.terminology import TerminologyGuard
     from hub.core.ingest import Hub
     from hub.repository import Repository
 
     hub = Hub(open_store(settings))
     # written as the unit's own connector and institution, as the worker writes it: a replay
     # is no way round the rule that an institution changes only what it wrote
-    repo = Repository(hub, policy=AccessPolicy())
+    repo = Repository(hub, policy=AccessPolicy(), terminology=TerminologyGuard(None))
     out: list[tuple[int, bool, dict | None, None]] = []
     try:
         for i in ids:

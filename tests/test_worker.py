@@ -479,3 +479,54 @@ def test_while_the_store_is_away_no_unit_is_a_dead_letter(tmp_path, request):
     finally:
         worker.hub.store.close()
         worker.deadletters.close()
+
+
+def test_an_institutions_concept_map_through_a_feed_is_a_dead_letter(broker, tmp_path,  # noqa: F811
+                                                                   request):
+    """The FHIR API lets an institution write only its own terminology; through Kafka a
+    connector's ConceptMap was stored unchecked, re-pointing every institution's codes. The
+    worker, which has no terminology read model to judge it against, refuses it: a dead letter
+    naming why; the Patient beside it is written."""
+    from connectors.spool import Spool
+    from hub.core.ingest import Hub
+    from hub.worker import IngestWorker, deadletter_path
+    from tests.conftest import make_settings
+
+    settings = make_settings("sqlite", tmp_path, request)
+    topic = "hub.terminology.feed"
+    broker.create_topic(topic, partitions=1)
+    cmap = {"resourceType": "ConceptMap", "id": "evil", "status": "active",
+            "url": "http://b.example/cm/lab", "version": "2",
+            "group": [{"source": "urn:oid:1.2.3.4.5.7", "target": "http://loinc.org",
+                       "element": [{"code": "GLU", "target": [
+                           {"code": "2160-0", "equivalence": "equivalent"}]}]}]}
+    unit = {"v": 1, "connector": "a", "institution": "H_A", "unit_id": "cm1", "kind": "fhir",
+            "resources": [cmap], "deletes": []}
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    producer.send(topic, key=b"k", value=orjson.dumps(unit))
+    producer.send(topic, key=b"k", value=_patient_unit("after1"))
+    producer.flush()
+    producer.close()
+    worker = IngestWorker(settings, broker.bootstrap, [topic], group=f"g-{topic}",
+                          consumer=FAST_GROUP)
+    t = threading.Thread(target=worker.run, kwargs={"install_signals": False})
+    t.start()
+    try:
+        wait_until(lambda: worker.stats["written"] + worker.stats["failed"] >= 2, 60,
+                   what="2 records")
+    finally:
+        worker.stop()
+        t.join(20)
+    assert worker.stats["written"] == 1 and worker.stats["failed"] == 1, worker.stats
+    letters = Spool(deadletter_path(settings))
+    try:
+        [letter] = letters.deadletters()
+        assert letter["unit_id"] == "cm1" and "through a feed" in str(letter["error"])
+    finally:
+        letters.close()
+    hub = Hub(settings.open_store())
+    try:
+        assert hub.store.latest("ConceptMap", "evil") is None
+        assert hub.store.latest("Patient", "after1") is not None
+    finally:
+        hub.store.close()

@@ -42,12 +42,20 @@ class TerminologyGuard:
     ``terminology.service.TerminologyService``; ``sync`` brings it up to the log's end)."""
 
     def __init__(self, service: Any, sync: Callable[[], Any] | None = None):
+        """``service`` None: no read model to judge against (the Kafka worker, a dead-letter
+        replay): an institution's terminology write is refused whole, the region's passes."""
         self.service = service
         self.sync = sync
 
     def check(self, actor: Actor, rtype: str, rid: str | None, d: dict) -> None:
         """Raise the refusal of writing ``d`` as ``rtype``/``rid`` by ``actor`` (403, 422)."""
         if rtype not in JUDGED:
+            return
+        if self.service is None:
+            if not is_region(actor):
+                raise forbidden(f"A {rtype} sent through a feed is not stored: an institution's "
+                                "terminology is written over the FHIR API, where the hub checks "
+                                "that it is the institution's own")
             return
         if self.sync is not None:
             self.sync()
