@@ -26,6 +26,7 @@ from hub.access.terminology import TerminologyGuard
 from hub.core.access import OPEN, Action, Actor, Policy, own_base, patients_in
 from hub.core.conditional import IdentifierResolver
 from hub.core.errors import FhirError, bad_request, forbidden, not_found
+from hub.core.events import institution_of
 from hub.core.ingest import SETTLE_US, Authorize, Context, Foreign, Hub, Op, Result, Sees
 from hub.core.resource import RESOURCE_TYPES
 from hub.core.store import ResourceStore, VersionRow
@@ -100,20 +101,6 @@ APPEND_ONLY = frozenset({"AuditEvent"})
 # events and never written through /fhir: a Person stored before such writes were refused is
 # served by no generic read, search, include or history, lest a client get a second Person.
 VIEW_TYPES = frozenset({"Person"})
-
-
-def _institution(stored: StoredEvent) -> str | None:
-    """The institution a version's write came from; None for a deletion (whoever deletes a
-    record does not make it theirs) and a write that named none."""
-    head, _, body = stored.state.partition(b"\n")
-    if not body.strip():
-        return None
-    try:
-        source = orjson.loads(head).get("source")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    institution = source.get("institution") if isinstance(source, dict) else None
-    return institution if isinstance(institution, str) and institution else None
 
 
 def _security_proxy(body: bytes) -> tuple[str, str] | None:
@@ -329,11 +316,11 @@ class Repository:
             self._hub.store.version(rtype, rid, 1)
         if first is None:
             return None
-        found = _institution(first)
+        found = institution_of(first.state)
         if found is not None or (stored is not None and stored.originator_version == 1):
             return found
         for version in reversed(self._hub.store.versions(rtype, rid)):
-            found = _institution(version)
+            found = institution_of(version.state)
             if found is not None:
                 return found
         return None

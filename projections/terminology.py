@@ -26,7 +26,7 @@ from __future__ import annotations
 import orjson
 from eventsourcing.persistence import Notification
 
-from hub.core.events import KIND_OF_TOPIC
+from hub.core.events import KIND_OF_TOPIC, institution_of
 from projections.sqlite_model import SQLiteReadModel, newest
 from terminology import rows as R
 from terminology.aliases import names_of
@@ -115,7 +115,7 @@ class TerminologyProjection(SQLiteReadModel):
         owners: dict[str, str] = {}
         for n in notifications:
             stream = str(n.originator_id)
-            if stream not in owners and (who := _institution(n.state)):
+            if stream not in owners and (who := institution_of(n.state)):
                 owners[stream] = who
         for stream, n in latest.items():
             c.execute("SELECT owner FROM t_cm WHERE stream=?", (stream,))
@@ -216,15 +216,3 @@ class TerminologyProjection(SQLiteReadModel):
         return out
 
 
-def _institution(state: bytes) -> str | None:
-    """The institution a version's write came from (its header's ``source``); None for a
-    deletion and a write that named none (``hub.repository``'s rule)."""
-    head, _, body = state.partition(b"\n")
-    if not body.strip():
-        return None
-    try:
-        source = orjson.loads(head).get("source")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    institution = source.get("institution") if isinstance(source, dict) else None
-    return institution if isinstance(institution, str) and institution else None

@@ -52,6 +52,7 @@ import re
 from typing import Any
 
 from hub.core.errors import HubError
+from hub.core.invariants import parent_loop
 from terminology import rows as R
 
 MAX_PROBLEMS = 20
@@ -291,29 +292,12 @@ def _code_system(columns: list[str], body: list[tuple[int, list[str]]],
 
 
 def _cycles(parents: dict[str, list[tuple[str, int]]], where: dict[str, int]) -> list:
-    """A problem for the first parent loop found (code -> parent -> … -> code)."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    for start in parents:
-        if state.get(start):
-            continue
-        stack = [(start, iter(parents.get(start, ())))]
-        state[start] = 1
-        while stack:
-            code, it = stack[-1]
-            nxt = next(it, None)
-            if nxt is None:
-                state[code] = 2
-                stack.pop()
-                continue
-            up = nxt[0]
-            if state.get(up) == 1:
-                path = [c for c, _ in stack]
-                loop = path[path.index(up):] + [up]
-                return [(where[code], "the parents loop: " + " -> ".join(x[:40] for x in loop[:8]))]
-            if not state.get(up):
-                state[up] = 1
-                stack.append((up, iter(parents.get(up, ()))))
-    return []
+    """A problem for the first parent loop found (code -> parent -> … -> code), at the line of
+    the code whose parent closes it."""
+    loop = parent_loop({code: [up for up, _ in ups] for code, ups in parents.items()})
+    if not loop:
+        return []
+    return [(where[loop[-2]], "the parents loop: " + " -> ".join(x[:40] for x in loop[:8]))]
 
 
 def _concept_map(columns: list[str], body: list[tuple[int, list[str]]],

@@ -96,3 +96,17 @@ def from_stored(stored: StoredEvent) -> ResourceEvent:
 def resource_bytes(stored: StoredEvent) -> bytes:
     """The stored resource JSON, sliced out without parsing (the read path)."""
     return stored.state.partition(b"\n")[2]
+
+
+def institution_of(state: bytes) -> str | None:
+    """The institution a version's write came from (its header's ``source``); None for a
+    deletion (whoever deletes a record does not make it theirs) and a write that named none."""
+    head, _, body = state.partition(b"\n")
+    if not body.strip():
+        return None
+    try:
+        source = orjson.loads(head).get("source")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    institution = source.get("institution") if isinstance(source, dict) else None
+    return institution if isinstance(institution, str) and institution else None

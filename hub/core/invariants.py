@@ -81,7 +81,7 @@ def _code_system(d: dict, prefix: str, issues: list[Issue]) -> None:
                 parents.setdefault(value, []).append(code)
         stack.extend((child, f"{path}.concept[{i}]", code)
                      for i, child in reversed(_items(c.get("concept"))))
-    loop = _loop(parents)
+    loop = parent_loop(parents)
     if loop:
         shown = " -> ".join(repr(x[:40]) for x in loop[:8]) + (" -> …" if len(loop) > 8 else "")
         issues.append(Issue("invariant", f"The concept hierarchy loops: {shown} (each is the "
@@ -89,8 +89,9 @@ def _code_system(d: dict, prefix: str, issues: list[Issue]) -> None:
                             "error", where.get(loop[0], f"{prefix}.concept")))
 
 
-def _loop(parents: dict[str, list[str]]) -> list[str]:
-    """The first parent loop found (code, its parent, …, code again), or []."""
+def parent_loop(parents: dict[str, list[str]]) -> list[str]:
+    """The first parent loop found (code, its parent, …, code again), or []: a CodeSystem's
+    hierarchy, written as JSON or as a CSV file (``terminology.csvformat``)."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     for start in parents:
         if state.get(start):
