@@ -108,3 +108,46 @@ def test_a_lease_is_held_by_one_at_a_time_and_freed_on_release(pg_databases):
     finally:
         a.release()
         b.release()
+
+
+def _lock_sessions(dsn: str) -> list[int]:
+    """The backends of this database holding an advisory lock."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return sorted({r[0] for r in conn.execute(
+            "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()")})
+
+
+def test_the_leases_of_a_process_share_one_connection_and_are_lost_together(pg_databases):
+    """A follower process holds a lease per read model: one connection each kept eight of the
+    server's connections busy per process. They share one session; cut, every lease on it is
+    lost at once (a standby elsewhere takes over) and each takes its lock again on its next
+    check."""
+    dsn = pg_databases.new()
+    leases = [PgLease(dsn, f"model-{i}") for i in range(8)]
+    # another process's standby for model-0 (another URL of the database: its own session)
+    standby = PgLease(dsn + "?sslmode=disable", "model-0")
+    try:
+        assert all(lease.held() for lease in leases)
+        assert not standby.held()
+        (session,) = _lock_sessions(dsn)  # eight locks, one connection
+        assert len(_holders(dsn)) == 8
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (session,))
+        _until(standby.held, 5)  # the holder's connection is gone: the standby took model-0
+        _until(lambda: all(lease.held() for lease in leases[1:]), 5)  # the rest taken again
+        assert not leases[0].held()
+        assert len(_lock_sessions(dsn)) == 2 and len(_holders(dsn)) == 8
+        standby.release()
+        _until(leases[0].held, 2)
+        for lease in leases:
+            lease.release()
+        _until(lambda: _lock_sessions(dsn) == [], 2)
+        with psycopg.connect(dsn, autocommit=True) as conn:  # the last release closed it
+            _until(lambda: conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                "AND datname = current_database()",
+                (f"hub-lease-{os.getpid()}",)).fetchone()[0] == 0, 5)
+    finally:
+        for lease in [*leases, standby]:
+            lease.release()

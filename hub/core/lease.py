@@ -1,10 +1,16 @@
 """Leases: one follower of a read model applies at a time, across processes and machines.
 
 ``PgLease`` is a PostgreSQL session advisory lock on a key derived from a name (a read model and
-where it lives). The holder is whoever's connection took it; PostgreSQL releases it when that
-connection ends, so a holder that dies (killed, its machine gone) loses it as soon as the server
+where it lives). The holder is whoever's session took it; PostgreSQL releases it when that
+session ends, so a holder that dies (killed, its machine gone) loses it as soon as the server
 notices the connection is gone, and a standby that polls takes it over within its poll interval.
 Before each batch the holder checks that it still holds it (its connection may have been cut).
+
+The leases of one process on one database share one session (``_Session``): a follower process
+has a lease per read model, and a connection each held eight of the server's connections idle.
+Cut, that session loses every lease it held at once; each lease notices on its next check and
+takes its lock again as it would after any loss. Two leases of one name in one process still
+exclude each other (advisory locks are re-entrant within a session: the process keeps count).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 
 import psycopg
 
@@ -21,6 +28,10 @@ from hub.core.repeatlog import RepeatingFailure
 
 log = logging.getLogger("hub.lease")
 
+# after its session could not connect, a process's leases wait this long before connecting again:
+# each would otherwise wait out the connect timeout in turn behind the others during an outage
+RECONNECT_S = 1.0
+
 
 def lease_key(name: str) -> int:
     """A signed 64-bit advisory-lock key for ``name``."""
@@ -28,51 +39,110 @@ def lease_key(name: str) -> int:
                           signed=True)
 
 
+class _Session:
+    """The one connection holding the advisory locks of a process's leases on one database."""
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self.lock = threading.Lock()
+        self.conn: psycopg.Connection | None = None
+        self.epoch = 0  # counts the connections opened: a lease taken in an older one is lost
+        self.owners: dict[int, PgLease] = {}  # key -> the lease of this process holding it
+        self.failed_at, self.failure = -RECONNECT_S, ""
+
+    def connection(self) -> psycopg.Connection:
+        """The open connection (the caller holds ``lock``), connecting if there is none."""
+        if self.conn is not None and not self.conn.closed:
+            return self.conn
+        self.drop()
+        if time.monotonic() - self.failed_at < RECONNECT_S:
+            raise psycopg.OperationalError(self.failure)  # as the last try said
+        try:
+            self.conn = psycopg.connect(
+                **connect_args(self.dsn), autocommit=True, connect_timeout=5,
+                application_name=f"hub-lease-{os.getpid()}"[:63])
+        except psycopg.Error as e:
+            self.failed_at, self.failure = time.monotonic(), str(e)
+            raise
+        self.epoch += 1
+        return self.conn
+
+    def drop(self) -> None:
+        """Close the connection: every lock it held is gone (the caller holds ``lock``)."""
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except psycopg.Error:
+                pass
+        self.conn = None
+        self.owners.clear()
+
+
+_sessions: dict[tuple[int, str], _Session] = {}
+_sessions_lock = threading.Lock()
+
+
+def _session(dsn: str) -> _Session:
+    # keyed by the process too: a forked child shares no connection with its parent
+    with _sessions_lock:
+        return _sessions.setdefault((os.getpid(), dsn), _Session(dsn))
+
+
 class PgLease:
     def __init__(self, dsn: str, name: str):
         self.dsn, self.name, self.key = dsn, name, lease_key(name)
-        self._conn: psycopg.Connection | None = None
-        self._held = False
-        self._lock = threading.Lock()
+        self._session = _session(dsn)
+        self._epoch = 0  # the session's connection this lease was taken in; 0: not held
         self._failing = RepeatingFailure(log, f"lease of {name}")
 
     def held(self) -> bool:
         """Whether this process holds the lease now, taking it if it is free."""
-        with self._lock:
+        s = self._session
+        with s.lock:
             try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = psycopg.connect(
-                        **connect_args(self.dsn), autocommit=True, connect_timeout=5,
-                        application_name=f"hub-lease-{os.getpid()}"[:63])
-                    self._held = False
-                conn = self._conn
-                if self._held:  # still ours? (a cut connection loses it)
-                    # the connection holds no other advisory lock
-                    found = conn.execute(
-                        "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                        "AND pid = pg_backend_pid()").fetchone()
-                    if found is not None:
+                conn = s.connection()
+                if self._epoch:
+                    # still ours? (a cut connection, a reconnection, loses it)
+                    if self._epoch == s.epoch and s.owners.get(self.key) is self and \
+                            conn.execute(
+                                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                                "AND pid = pg_backend_pid() AND objsubid = 1 "
+                                "AND classid::bigint = %s AND objid::bigint = %s",
+                                ((self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF),
+                            ).fetchone() is not None:
+                        self._failing.ok()
                         return True
                     log.warning("lost the lease of %s", self.name)
+                    self._epoch = 0
+                    if s.owners.get(self.key) is self:
+                        del s.owners[self.key]
+                if self.key in s.owners:  # another lease of this process holds it
+                    self._failing.ok()
+                    return False
                 row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
-                self._held = bool(row and row[0])
-                if self._held:
+                if row and row[0]:
+                    s.owners[self.key] = self
+                    self._epoch = s.epoch
                     log.info("took the lease of %s", self.name)
                 self._failing.ok()
-                return self._held
+                return bool(self._epoch)
             except psycopg.Error as e:
                 self._failing.failed(e, traceback=False)
-                self._close()
+                self._epoch = 0
+                s.drop()  # a broken connection: every lease on it is lost; the next check connects
                 return False
 
-    def _close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass
-        self._conn, self._held = None, False
-
     def release(self) -> None:
-        with self._lock:
-            self._close()
+        """Give the lease up; the session closes with the process's last lease."""
+        s = self._session
+        with s.lock:
+            if self._epoch and self._epoch == s.epoch and s.owners.get(self.key) is self:
+                del s.owners[self.key]
+                try:
+                    if s.conn is not None:
+                        s.conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+                except psycopg.Error:
+                    s.drop()
+            self._epoch = 0
+            if not s.owners:
+                s.drop()
