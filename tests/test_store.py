@@ -436,3 +436,47 @@ def test_a_postgres_store_opens_on_a_host_slow_to_connect(pg_databases):
             store.close()
     finally:
         stop()
+
+
+def test_a_postgresql_store_opens_one_connection_and_grows_to_hub_pg_pool(pg_databases, tmp_path,
+                                                                          monkeypatch):
+    """A store opened five connections at once and kept them: each process of a region took a
+    twentieth of the database's 100 per store before its first request. Now one at open, more
+    while requests wait, at most HUB_PG_POOL."""
+    import os
+    import threading
+
+    import psycopg
+
+    from hub.core.config import Settings
+
+    url = pg_databases.new()
+    name = f"hub-store-{os.getpid()}"
+
+    def connections() -> int:
+        with psycopg.connect(url, autocommit=True) as conn:
+            return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                                "AND datname = current_database()", (name,)).fetchone()[0]
+
+    monkeypatch.setenv("HUB_PG_POOL", "3")
+    store = Settings(data_dir=tmp_path, database_url=url).open_store()
+    try:
+        assert connections() == 1
+        most, busy = [], threading.Barrier(6)
+
+        def read() -> None:  # six readers at once, each holding its connection a while
+            busy.wait()
+            with store.recorder.datastore.get_connection() as conn:
+                conn.execute("SELECT pg_sleep(0.1)")
+                most.append(connections())
+        threads = [threading.Thread(target=read) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(most) == 6 and 1 < max(most) <= 3, most
+    finally:
+        store.close()
+    monkeypatch.setenv("HUB_PG_POOL", "1")
+    with pytest.raises(ValueError, match="HUB_PG_POOL='1' is less than 2"):
+        Settings()

@@ -5,6 +5,7 @@ HUB_EXPORT_KEEP 60).
 
 HUB_DATA_DIR      data directory of the embedded default (SQLite files)        ./var
 HUB_DATABASE_URL  postgresql://… to keep the event store in PostgreSQL instead  (unset)
+HUB_PG_POOL       most connections of a PostgreSQL store's pool (one kept idle)   10
 HUB_HOST/HUB_PORT where `hub serve` listens                                     127.0.0.1:8080
 HUB_BASE_URL      public base URL used in links and Location headers            http://HOST:PORT/fhir
 HUB_MAX_BODY      largest accepted request body, bytes                          67108864 (64 MiB)
@@ -163,6 +164,11 @@ class Settings:
         "HUB_EXPORT_FILE_RESOURCES", "100000", "a whole number of resources", 1))
     export_file_bytes: int = field(default_factory=lambda: _int(
         "HUB_EXPORT_FILE_BYTES", str(256 << 20), BYTES, 1))
+    # a PostgreSQL store's pool: at most this many connections (hub.core.store.PG_POOL), one
+    # kept while idle; a `hub serve` API process has two stores, its follower process one
+    pg_pool: int = field(default_factory=lambda: _int(
+        "HUB_PG_POOL", "10", "a whole number of connections", floor=2,
+        why="a request waits behind every other one's read"))
     # API processes of `hub serve` behind its one port (default: one per core)
     workers: int = field(default_factory=_workers)
     default_count: int = 50
@@ -262,7 +268,7 @@ class Settings:
         from hub.core.store import ResourceStore
 
         if self.database_url:
-            return ResourceStore.postgres(self.database_url)
+            return ResourceStore.postgres(self.database_url, self.pg_pool)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         path = self.event_store_path
         if any(f != path and _has_bytes(f) for f in self.data_dir.glob("*.sqlite")):

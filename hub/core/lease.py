@@ -58,9 +58,10 @@ class _Session:
         if time.monotonic() - self.failed_at < RECONNECT_S:
             raise psycopg.OperationalError(self.failure)  # as the last try said
         try:
-            self.conn = psycopg.connect(
-                **connect_args(self.dsn), autocommit=True, connect_timeout=5,
-                application_name=f"hub-lease-{os.getpid()}"[:63])
+            # named for the process holding the leases (over a name the URL gives)
+            self.conn = psycopg.connect(**{
+                **connect_args(self.dsn), "autocommit": True, "connect_timeout": 5,
+                "application_name": f"hub-lease-{os.getpid()}"[:63]})
         except psycopg.Error as e:
             self.failed_at, self.failure = time.monotonic(), str(e)
             raise

@@ -18,6 +18,7 @@ Read models (search, timelines, ...) are projections in ``projections/``; these 
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
 import time
 import uuid
@@ -217,6 +218,11 @@ def _reconnecting(read: Callable) -> Callable:
     return run
 
 
+# a store's pool: at most this many connections (HUB_PG_POOL's default); one beyond the least
+# is closed each time this many seconds pass with it unused (psycopg_pool's max_idle)
+PG_POOL, POOL_IDLE_S = 10, 60.0
+
+
 # the store's opening waits this long for the pool's first connection, where a request waits half
 # a second: a database slow to fork its first backends (a busy host, a cold start) is no outage
 OPEN_WAIT_S = 15.0
@@ -228,6 +234,12 @@ def _first_connection(datastore: PostgresDatastore) -> None:
     host that is merely busy. A database that stays away fails the opening after
     ``OPEN_WAIT_S`` (the commands check the URL with a direct connection before this)."""
     deadline = time.monotonic() + OPEN_WAIT_S
+    try:
+        # its first connection made before anyone asks: a request for one while the pool is
+        # still connecting makes it open a second one, kept until it is idle long enough
+        datastore.pool.open(wait=True, timeout=OPEN_WAIT_S)
+    except psycopg_pool.PoolTimeout as e:  # closed by it: the database stayed away
+        raise OperationalError(str(e)) from e
     while True:
         try:
             with datastore.get_connection():
@@ -865,7 +877,11 @@ class ResourceStore:
         return cls(recorder, datastore.close)
 
     @classmethod
-    def postgres(cls, dsn: str, pool_size: int = 5) -> ResourceStore:
+    def postgres(cls, dsn: str, pool_size: int = PG_POOL) -> ResourceStore:
+        """The store in PostgreSQL at ``dsn``, its pool of at most ``pool_size`` connections
+        (HUB_PG_POOL): one opened at start, more as requests wait, each closed again after
+        ``POOL_IDLE_S`` unused (the pool opened five per store at start, and a grown pool shed
+        one every ten minutes: an idle server held 20 connections of the database's 100)."""
         args = pgschema.connect_args(dsn)
         datastore = _PostgresDatastore(
             dbname=args["dbname"],
@@ -874,8 +890,8 @@ class ResourceStore:
             user=args["user"],
             password=args["password"],
             originator_id_type="text",
-            pool_size=pool_size,
-            max_overflow=pool_size,
+            pool_size=1,  # psycopg_pool's min_size: what it keeps open while idle
+            max_overflow=pool_size - 1,
             lock_timeout=10,
             # Fail fast in an outage: a connection is checked before use (a dead one is
             # discarded) and waited for at most half a second; eventsourcing retries a failed
@@ -889,6 +905,9 @@ class ResourceStore:
         pool_kwargs = datastore.pool.kwargs
         assert isinstance(pool_kwargs, dict)  # eventsourcing gives the pool a dict
         pool_kwargs.update({k: v for k, v in args.items() if k not in pgschema.BASE_PARAMS})
+        # whose connections these are, in pg_stat_activity (unless the URL names them)
+        pool_kwargs.setdefault("application_name", f"hub-store-{os.getpid()}")
+        datastore.pool.max_idle = POOL_IDLE_S  # not open yet: its shrinking runs at this pace
         _first_connection(datastore)  # before the recorder, whose construction takes one
         recorder = PostgresResourceRecorder(datastore, events_table_name="stored_events")
         recorder.open_table(dsn)
