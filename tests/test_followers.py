@@ -16,7 +16,7 @@ import pytest
 from hub.core import httpclient
 from hub.core.config import Settings
 from tests.api_helpers import FHIR_JSON, observation, patient
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, make_settings
 
 
 def _followers(proc: subprocess.Popen) -> list[psutil.Process]:
@@ -219,3 +219,45 @@ def test_the_failures_of_every_live_follower_of_a_data_directory_are_read(tmp_pa
     finally:
         live.kill()
         live.wait()
+
+
+def _sessions(dsn: str) -> dict[str, int]:
+    """The connections to the database of ``dsn`` by application name, less this one."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return dict(conn.execute(
+            "SELECT application_name, count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "GROUP BY application_name").fetchall())
+
+
+@pytest.mark.postgres
+def test_an_idle_server_and_its_follower_hold_few_postgresql_connections(tmp_path, request):
+    """One idle `hub serve` on PostgreSQL held 28 connections of the database's 100: four store
+    pools of five opened eagerly, grown pools kept for ten minutes, a connection per read
+    model's lease. Now: one lease session per follower process, one store in the API process
+    (its followers run elsewhere) whose pool opens as requests need it."""
+    settings = make_settings("postgres", tmp_path, request)
+    settings.audit = True  # as served: the audit log's engine has connections too
+    dsn = settings.database_url
+    with LiveServer(settings) as srv, \
+            httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth,
+                         verify=httpclient.verify()) as c, _root(srv) as root:
+        for _ in range(5):
+            assert c.post("/Patient", json=patient(), headers=FHIR_JSON).status_code == 201
+        for query in ({"gender": "female"}, {"_count": "2"}, {"_total": "accurate"}):
+            assert c.get("/Patient", params=query).status_code == 200
+        _caught_up(root)
+        (follower,) = _followers(srv.proc)
+        time.sleep(1.0)  # idle
+        held = _sessions(dsn)
+    # the follower's leases (a read model each): one session
+    assert held.get(f"hub-lease-{follower.pid}") == 1, held
+    assert not [n for n in held if n.startswith("hub-lease-") and n != f"hub-lease-{follower.pid}"]
+    # the API process: one store, a connection for a request and one for the search index's
+    # catch-up within it (two pools of five opened at start held ten)
+    assert 1 <= held.get(f"hub-store-{srv.proc.pid}", 0) <= 2, held
+    # the follower's pool grows while its read models catch up together (one per model at most)
+    # and shrinks back to one within minutes; the audit log's engine has one or two
+    assert sum(held.values()) <= 12, held

@@ -140,8 +140,10 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
         own = given is None
         store = settings.open_store() if given is None else given.store
         # the followers read the log through their own connections: trouble there (a store
-        # outage mid-batch) never starves the requests' pool
-        follow_store = settings.open_store() if own else store
+        # outage mid-batch) never starves the requests' pool. With the followers in another
+        # process (HUB_FOLLOW=none, as `hub serve` runs its API processes) the runners here only
+        # catch up within a request, on its behalf: a second pool kept connections for nothing
+        follow_store = settings.open_store() if own and settings.follows_here else store
         models = open_models(settings.data_dir)  # the index lives in the data dir on any store
         index = typed(models, "search", SQLiteSearchIndex)
         runner = Runner(follow_store, index)
@@ -233,7 +235,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
             quarantine.close()
             app.state.routes.close()
             if own:
-                follow_store.close()
+                if follow_store is not store:
+                    follow_store.close()
                 store.close()
 
     # every route authenticates its caller first (hub.api.caller.PUBLIC_PATHS excepted)
