@@ -54,8 +54,7 @@ run: $(STAMP) $(ECHARTS) bytecode
 # Test files run in parallel on three workers (pytest-xdist; a file's tests stay on one worker, so
 # its module-scoped server is started once). Three, not one per core: about a third of the suite's
 # time is waiting (servers starting, brokers, timeouts), which a third worker fills on two cores
-# (12 min, not 15); more would run PostgreSQL out of connections (100; a PG test server and its
-# follower hold about 28). TEST_WORKERS=0 runs them in this process. The 25 slowest tests are
+# (12 min, not 15, in one quiet run); more would only queue for the two cores. TEST_WORKERS=0 runs them in this process. The 25 slowest tests are
 # listed at the end, to see where the suite's time goes.
 TEST_WORKERS ?= 3
 test: $(STAMP) $(ECHARTS) browser bytecode
