@@ -583,6 +583,12 @@ def test_a_registered_dictionary_is_a_code_system_and_its_value_set():
         convert(fixture("terminology-register.xml").replace(b'<statusCode code="0"/>',
                                                              b'<statusCode code="X"/>'), SRC)
     assert e.value.rule == "v3.terminology.status-unknown" and "valueSetItems[3]" in e.value.location
+    # an item code listed twice with two meanings (R4 csd-1): refused, never one of them dropped
+    with pytest.raises(MappingError) as e:
+        convert(fixture("terminology-register.xml").replace(
+            b'<code code="02"><displayName value="\xe6\xa3\x80\xe6\x9f\xa5"/>',
+            b'<code code="01"><displayName value="\xe6\xa3\x80\xe6\x9f\xa5"/>'), SRC)
+    assert e.value.rule == "v3.terminology.code-duplicate" and e.value.code == "AE"
 
 
 def test_a_visit_card_registration_is_about_the_card():

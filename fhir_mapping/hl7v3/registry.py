@@ -59,6 +59,7 @@ def _dictionary(ctx: Ctx, vs: etree._Element) -> None:
     version = attr(version_el, "code")
     status = _status(ctx, first(vs, "statusCode"), "dictionary")
     concepts = []
+    seen: set[str] = set()
     for item in q(vs, "valueSetItems"):
         code_el = first(item, "code")
         code = attr(code_el, "code")
@@ -66,6 +67,13 @@ def _dictionary(ctx: Ctx, vs: etree._Element) -> None:
             raise MappingError("a dictionary item has no code (valueSetItems/code/@code)",
                                code="AE", location=_where(ctx, item) or SUBJECT,
                                rule="v3.terminology.code-missing")
+        if code in seen:
+            # R4's csd-1: the hub refuses a CodeSystem defining a code twice; which of the two
+            # items the sender meant cannot be told, so the message is refused, not one dropped
+            raise MappingError(f"the dictionary lists code {code[:40]!r} twice (valueSetItems)",
+                               code="AE", location=_where(ctx, item) or SUBJECT,
+                               rule="v3.terminology.code-duplicate")
+        seen.add(code)
         concept: dict[str, Any] = {"code": code}
         label = display(code_el)
         if label:
