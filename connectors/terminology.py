@@ -32,7 +32,6 @@ before the conversion is spooled, so what the hub receives carries both codings.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_mapping.base import Conversion, Finding, MappingError, SourceInfo
+from fhir_mapping.local_codes import is_named_local
 from hub.core.errors import HubError
 from terminology.aliases import SystemAliases
 from terminology.conceptmaps import concept_maps_in, read_concept_maps
@@ -58,7 +58,6 @@ KINDS = {  # kind of local code -> the paths whose system-less codings are of th
     "department": ("Encounter.serviceType",),
 }
 DEFAULT_LOCAL = {"lab": "{oid}.7", "drug": "{oid}.8", "department": "{oid}.6"}
-NAMED_LOCAL = re.compile(r"99[A-Za-z0-9]+")  # HL7 table 0396 99zzz (fhir_mapping.local_codes)
 MAX_PAGES = 100
 PAGE = 200
 
@@ -89,7 +88,7 @@ def parse_config(d: Any, base: Path, where: str) -> dict[str, Any] | None:
             raise TerminologyConfigError(f"{where}: terminology.concept_maps: {e}") from None
     local = d.get("local_systems", DEFAULT_LOCAL)
     if not isinstance(local, dict) or not all(
-            (k in KINDS or (isinstance(k, str) and NAMED_LOCAL.fullmatch(k)))
+            (k in KINDS or (isinstance(k, str) and is_named_local(k)))
             and (v is None or isinstance(v, str)) for k, v in local.items()):
         raise TerminologyConfigError(
             f"{where}: terminology.local_systems maps {', '.join(KINDS)} or an HL7 v2 99zzz "

@@ -403,11 +403,6 @@ def part_of(headers: dict[str, bytes]) -> tuple[int, int]:
     return int(i), int(k)
 
 
-def held_up_to(records: Sequence[Any]) -> int:
-    """How far a partition holds its events without a gap (see ``read_back``)."""
-    return read_back(records)[0]
-
-
 def read_back(records: Sequence[Any]) -> tuple[int, set[int]]:
     """How far a partition holds its events without a gap, reading ``records`` (from a watermark,
     or its start) in order: a watermark holds all up to its ``nid``; a whole event (its parts

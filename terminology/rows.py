@@ -17,7 +17,9 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from hub.core.versions import version_text
+# a sort key (text, for the read model's SQL): "1.10" > "1.9" > "1", "v10" > "v9", any version
+# > none; one rule with search's canonicals
+from hub.core.versions import version_key
 
 T = TypeVar("T")
 
@@ -40,12 +42,6 @@ def as_list(value: Any) -> list:
 
 def text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-def version_key(version: str | None) -> str:
-    """A sort key (text, for the read model's SQL) under which "1.10" > "1.9" > "1", "v10" >
-    "v9" and any version > none: ``hub.core.versions``, one rule with search's canonicals."""
-    return version_text(version)
 
 
 def latest_per_url(items: Iterable[T], url: Callable[[T], Any], version: Callable[[T], Any],

@@ -10,8 +10,6 @@ systems one is refused whoever writes it, and one stored before is not applied.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import httpx
 import orjson
 import pytest
@@ -21,11 +19,9 @@ from connectors.terminology import Terminology
 from fhir_mapping.base import SourceInfo
 from hub.core.config import Settings
 from hub.core.ingest import Context, Hub, Op
-from projections.runner import Runner
-from projections.terminology import TerminologyProjection
-from terminology.service import TerminologyService
 from tests.cda_docs import wst500
 from tests.conftest import FHIR_JSON
+from tests.test_terminology_operations import serving
 
 LOINC = "http://loinc.org"
 B, B_OID = "H44000077", "1.2.3.4.5"
@@ -194,27 +190,18 @@ def test_a_client_without_a_registered_oid_writes_no_maps(live):
 # -- what was stored before the hub refused it ------------------------------------------------
 
 
-@contextmanager
 def stored(tmp_path, writes: list[tuple[str | None, dict]]):
     """The terminology service over resources written straight to a store (as before the
     checks), each as the institution given (None: the region)."""
-    settings = Settings(data_dir=tmp_path)
-    settings.database_url = None
-    hub = Hub(settings.open_store())
+    return serving(tmp_path, writes, write=_as_institutions)
+
+
+def _as_institutions(hub: Hub, writes: list[tuple[str | None, dict]]) -> None:
     for institution, d in writes:
         source = {"feed": "test"} | ({"institution": institution} if institution else {})
         op = Op("PUT", d["resourceType"], d["id"], d, url=f"{d['resourceType']}/{d['id']}")
         (r,) = hub.execute([op], Context(source=source), atomic=True)
         assert r.status in (200, 201), r
-    model = TerminologyProjection(tmp_path / "terminology.sqlite")
-    Runner(hub.store, model).catch_up()
-    service = TerminologyService(tmp_path / "terminology.sqlite")
-    try:
-        yield service
-    finally:
-        service.close()
-        model.close()
-        hub.store.close()
 
 
 def test_stored_takeovers_are_not_applied(tmp_path, caplog):

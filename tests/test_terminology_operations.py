@@ -136,13 +136,13 @@ def store_content(hub: Hub, resources=CONTENT) -> None:
 
 
 @contextmanager
-def serving(data, resources=CONTENT):
-    """The terminology service over ``resources``, stored in a new SQLite store in ``data`` and
-    followed by the terminology read model, as the API runs it."""
+def serving(data, resources=CONTENT, write=store_content):
+    """The terminology service over ``resources``, stored in a new SQLite store in ``data`` (by
+    ``write(hub, resources)``) and followed by the terminology read model, as the API runs it."""
     settings = Settings(data_dir=data)
     settings.database_url = None
     hub = Hub(settings.open_store())
-    store_content(hub, resources)
+    write(hub, resources)
     model = TerminologyProjection(data / "terminology.sqlite")
     Runner(hub.store, model).catch_up()
     service = TerminologyService(data / "terminology.sqlite")

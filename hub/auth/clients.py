@@ -33,7 +33,7 @@ from hub.auth.keys import check_jwks
 from hub.auth.roles import ROLES
 from hub.auth.scopes import check_client_scopes
 from hub.core.errors import bad_request, not_found
-from hub.core.sqlitefile import connection, create
+from hub.core.sqlitefile import add_columns, connection, create
 
 __all__ = ["REGISTRY_FILE", "ROLES", "Client", "ClientRegistry", "open_registry"]
 
@@ -114,13 +114,8 @@ class ClientRegistry:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         create(self.path, _SCHEMA, WHAT)
-        with self._db() as db:  # a file from before institution OIDs: its clients have none
-            if "oid" not in {r[1] for r in db.execute("PRAGMA table_info(client)")}:
-                try:
-                    db.execute("ALTER TABLE client ADD COLUMN oid TEXT NOT NULL DEFAULT ''")
-                except sqlite3.OperationalError as e:  # another process added it meanwhile
-                    if "duplicate column" not in str(e):
-                        raise
+        # a file from before institution OIDs: its clients have none
+        add_columns(self.path, "client", {"oid": "TEXT NOT NULL DEFAULT ''"})
         # active_now's own connection and what it read, valid while the file's data_version holds
         self._standing_lock = threading.Lock()
         self._standing_db: sqlite3.Connection | None = None

@@ -24,7 +24,7 @@ import orjson
 
 from hub.auth.roles import ROLES
 from hub.core.errors import bad_request, not_found
-from hub.core.sqlitefile import connection, create
+from hub.core.sqlitefile import add_columns, connection, create
 
 WHAT = "the console's user registry"  # what the file holds (its refusal says)
 _SCHEMA = """
@@ -67,13 +67,8 @@ class UserRegistry:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         create(self.path, _SCHEMA, WHAT)
-        with self._db() as db:  # a file from before institutions: its users have none
-            if "institution" not in {r[1] for r in db.execute("PRAGMA table_info(user)")}:
-                try:
-                    db.execute("ALTER TABLE user ADD COLUMN institution TEXT NOT NULL DEFAULT ''")
-                except sqlite3.OperationalError as e:  # another process added it meanwhile
-                    if "duplicate column" not in str(e):
-                        raise
+        # a file from before institutions: its users have none
+        add_columns(self.path, "user", {"institution": "TEXT NOT NULL DEFAULT ''"})
 
     def _db(self) -> AbstractContextManager[sqlite3.Connection]:
         return connection(self.path)

@@ -165,7 +165,8 @@ class Settings:
     export_file_bytes: int = field(default_factory=lambda: _int(
         "HUB_EXPORT_FILE_BYTES", str(256 << 20), BYTES, 1))
     # a PostgreSQL store's pool: at most this many connections (hub.core.store.PG_POOL), one
-    # kept while idle; a `hub serve` API process has two stores, its follower process one
+    # kept while idle; a `hub serve` API process has one store (two with --followers threads),
+    # its follower process one
     pg_pool: int = field(default_factory=lambda: _int(
         "HUB_PG_POOL", "10", "a whole number of connections", floor=2,
         why="a request waits behind every other one's read"))

@@ -6,8 +6,8 @@ Versions are compared part by part (parts split at ``.`` and ``-``), numbers as 
 inside a part (``v10`` after ``v9``); a number part before a text part; a pre-release before its
 release (SemVer: ``2.0.0-ballot`` before ``2.0.0``; build metadata after ``+`` is ignored); no
 version before any.
-``version_key`` is that order as a tuple, ``version_text`` as a text that sorts the same
-byte by byte (what SQL ``ORDER BY`` needs).
+``version_text`` is that order as a text that sorts byte by byte (what SQL ``ORDER BY`` needs,
+and ``version_key`` for Python's ``max``).
 """
 
 from __future__ import annotations
@@ -22,19 +22,6 @@ def _padded(text: str) -> str:
     return _DIGITS.sub(lambda m: m.group().lstrip("0").zfill(_WIDTH), text)
 
 
-def _parts(text: str) -> tuple:
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, _padded(p))
-                 for p in re.split(r"[.\-]", text))
-
-
-def version_key(version: object) -> tuple:
-    """Sort key: ``max(..., key=version_key)`` is the latest version."""
-    if not isinstance(version, str) or not version:
-        return ()
-    release, dash, pre = version.split("+", 1)[0].partition("-")
-    return (_parts(release), (0, _parts(pre)) if dash else (1, ()))
-
-
 def _text_parts(text: str) -> str:
     # a number part "0" + its digits padded, a text part "1" + its text (numbers before texts);
     # "." between parts sorts before any digit or letter: a shorter version sorts first
@@ -42,8 +29,14 @@ def _text_parts(text: str) -> str:
                     for p in re.split(r"[.\-]", text))
 
 
+def version_key(version: object) -> str:
+    """Sort key: ``max(..., key=version_key)`` is the latest version (anything but a text:
+    none)."""
+    return version_text(version if isinstance(version, str) else None)
+
+
 def version_text(version: str | None) -> str:
-    """``version_key`` as a text (no version: the empty text, before every other)."""
+    """The order above as a text (no version: the empty text, before every other)."""
     if not version:
         return ""
     release, dash, pre = version.split("+", 1)[0].partition("-")
