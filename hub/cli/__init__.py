@@ -20,7 +20,7 @@ from hub.cli.quarantine import cmd_quarantine
 from hub.cli.readmodels import PROJECTIONS, QUALITY_DEFAULT_GROUP, cmd_projections, cmd_quality
 from hub.cli.records import cmd_demo, cmd_generate, cmd_history, cmd_ingest, cmd_reindex, cmd_serve, cmd_show
 from hub.cli.stream import cmd_stream
-from hub.core.commandline import UsageError, at_least, input_kind, iter_inputs, open_store, port
+from hub.core.commandline import UsageError, at_least, input_kind, iter_inputs, open_store, port, private_files
 from hub.core.config import Settings
 from hub.core.errors import FhirError, HubError
 
@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.data_dir = Path(args.data_dir)
     if getattr(args, "database_url", None):
         settings.database_url = args.database_url
+    private_files()
     try:
         return COMMANDS[args.command](args, settings)
     except BrokenPipeError:  # `hub mpi export | head -1`: the reader took all it wanted

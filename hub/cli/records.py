@@ -18,7 +18,7 @@ import orjson
 
 from hub.core import jsontext
 from hub.core.bundlestream import BundlePart
-from hub.core.commandline import UsageError, input_kind, iter_inputs, open_store
+from hub.core.commandline import UsageError, input_kind, iter_inputs, open_store, others_can_read
 from hub.core.config import Settings, url_host
 from hub.core.errors import FhirError
 
@@ -52,6 +52,9 @@ def cmd_serve(args, settings: Settings) -> int:
         settings.workers = args.workers
     if settings.workers < 1:
         raise UsageError("--workers / HUB_WORKERS must be at least 1")
+    loose = others_can_read(settings.data_dir)  # on PostgreSQL too: the indexes, keys, audit
+    if loose:
+        print(f"hub serve: warning: {loose}", file=sys.stderr, flush=True)
     _check_tls(settings)
     _check_port(settings)
     open_store(settings).close()  # fail now, with a clear line, if the store cannot be opened

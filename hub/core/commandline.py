@@ -188,6 +188,36 @@ def existing_data_dir(settings: Settings) -> None:
         raise UsageError(f"the data directory {d} is a file, not a directory")
 
 
+# what the hub writes holds patients' records, password hashes, keys and rejected input:
+# readable by the hub's own user alone, as PostgreSQL keeps its data directory
+PRIVATE_UMASK = 0o077
+
+
+def private_files() -> None:
+    """Make every file and directory this process creates from now on its user's alone (a
+    stricter umask the operator set is kept)."""
+    os.umask(os.umask(PRIVATE_UMASK) | PRIVATE_UMASK)
+
+
+def others_can_read(data_dir: Path) -> str | None:
+    """What to tell an operator whose data directory other users can read: it is open to them
+    and holds files they can read (made before the hub made its files private, or copied in).
+    None when it is closed or all its files are private."""
+    d = Path(data_dir)
+    try:
+        mode = d.stat().st_mode & 0o777
+        if not mode & 0o055:
+            return None
+        readable = sorted(f.name for f in d.iterdir() if f.is_file() and f.stat().st_mode & 0o044)
+    except OSError:
+        return None
+    if not readable:
+        return None
+    shown = ", ".join(readable[:4]) + (f" and {len(readable) - 4} more" if len(readable) > 4 else "")
+    return (f"the data directory {d} (mode {mode:o}) holds files other users can read ({shown}): "
+            f"chmod 700 {d}")
+
+
 def shown_path(f: Path) -> str:
     """A file's name as text that can be printed and written as JSON: a name that is no UTF-8
     (copied from Windows in GBK) with its odd bytes replaced (its rejection crashed the run)."""
