@@ -284,6 +284,15 @@ def test_a_rejected_inputs_file_is_replayed_by_ingest_once_fixed(settings, tmp_p
     replay = run_hub(settings, "ingest", kept)
     assert counts(replay.stdout)["rejected"] == 1  # still invalid: refused for what it is
     assert "birthDate" in replay.stdout and "no resourceType" not in replay.stdout
+    # rejected again, it stays in its line, not copied anew: replaying the folder doubled it
+    # each time it was run
+    assert "1 replayed inputs rejected again, still kept where they were" in replay.stdout
+    assert run_hub(settings, "ingest", settings.data_dir / "rejected").returncode == 1
+    assert sorted((settings.data_dir / "rejected").glob("*")) == [kept]
+    assert len(kept.read_text().splitlines()) == 1
+    copied = tmp_path / "copied.ndjson"  # a copy elsewhere is the operator's: kept anew
+    copied.write_text(kept.read_text())
+    assert "rejected inputs kept for replay in" in run_hub(settings, "ingest", copied).stdout
     fixed = tmp_path / "fixed.ndjson"
     fixed.write_text(kept.read_text().replace("yesterday", "1990-01-01"))
     again = run_hub(settings, "ingest", fixed)

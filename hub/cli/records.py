@@ -227,13 +227,16 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
 
     Returns (Counter of outcomes per input, the first problems as (where, reason) in input order,
     the number of problems, the file keeping the rejected inputs or None, the files skipped as
-    (name, the name they were read under) because the paths reached them again). Plain
+    (name, the name they were read under) because the paths reached them again, how many
+    inputs replayed from ``rejected_dir`` were rejected again). Plain
     resources are stored in batches; a batch is committed before a transaction or batch Bundle
     runs, so later inputs always win over earlier ones.
 
     Each rejected input is kept with its location and the source it was written under (the
     run's ``--institution``); a replay of that file writes each under its source again (unless
-    the replay names an institution itself) and reports it at its first location.
+    the replay names an institution itself) and reports it at its first location. One rejected
+    again is not kept a second time: its line in ``rejected_dir`` still holds it (a replay of the
+    folder copied every line anew, doubling the folder each time it was run).
     """
     import dataclasses
 
@@ -249,6 +252,9 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
     rejected_dir.mkdir(parents=True, exist_ok=True)
     rejected_path = rejected_dir / f"ingest-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.ndjson"
     rejected_file = None
+    kept_dir = rejected_dir.resolve()
+    already_kept: set[int] = set()  # the inputs (by seq) replayed from a line of ``rejected_dir``
+    n_kept_again = 0
     bar = tqdm(unit=" res", disable=not progress, smoothing=0.1, mininterval=0.5)
 
     def count(kind: str, n: int = 1) -> None:
@@ -257,7 +263,7 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
 
     def reject(seq: int, where: str, raw: bytes, outcome: dict, n: int = 1,
                source: dict | None = None) -> None:
-        nonlocal rejected_file, n_problems
+        nonlocal rejected_file, n_problems, n_kept_again
         count("rejected", n)
         n_problems += 1
         issue = outcome["issue"][0]
@@ -267,6 +273,9 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
         heapq.heappush(shown, (-seq, -n_problems, where, reason))
         if len(shown) > SHOW_PROBLEMS:
             heapq.heappop(shown)
+        if seq in already_kept:
+            n_kept_again += n
+            return
         if rejected_file is None:
             rejected_file = rejected_path.open("ab")
         rejected_file.write(orjson.dumps({"where": where, "outcome": outcome,
@@ -424,6 +433,8 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
                     # a line of a rejected-inputs file: what was sent, replayed as it was,
                     # under the source it was sent under, reported where it was first read
                     here, replayed = replayed_ctx(d.get("source")), True
+                    if Path(where.rpartition(":")[0]).resolve().parent == kept_dir:
+                        already_kept.add(seq)
                     if isinstance(d.get("where"), str) and d["where"]:
                         where = d["where"]
                     raw = d["input"].encode("utf-8")
@@ -453,7 +464,8 @@ def ingest_paths(hub, paths: list[Path], ctx, batch_size: int, progress: bool, r
         if rejected_file is not None:
             rejected_file.close()
     problems = [(where, reason) for _, _, where, reason in sorted(shown, reverse=True)]
-    return counts, problems, n_problems, (rejected_path if rejected_file else None), skipped
+    return (counts, problems, n_problems, (rejected_path if rejected_file else None), skipped,
+            n_kept_again)
 
 
 _ENTRY = re.compile(r"Bundle\.entry\[(\d+)\]")
@@ -502,7 +514,7 @@ def cmd_ingest(args, settings: Settings) -> int:
     hub = Hub(open_store(settings))
     t0 = time.perf_counter()
     try:
-        counts, problems, n_problems, rejected_path, skipped = ingest_paths(
+        counts, problems, n_problems, rejected_path, skipped, kept_again = ingest_paths(
             hub, args.paths, ctx, args.batch_size, not args.quiet and sys.stderr.isatty(),
             settings.data_dir / "rejected")
     finally:
@@ -517,6 +529,9 @@ def cmd_ingest(args, settings: Settings) -> int:
         print(f"  … and {n_problems - len(problems)} more")
     if rejected_path:
         print(f"rejected inputs kept for replay in {rejected_path}")
+    if kept_again:
+        print(f"{kept_again} replayed inputs rejected again, still kept where they were in "
+              f"{settings.data_dir / 'rejected'}/")
     return 1 if counts["rejected"] else 0
 
 
