@@ -804,3 +804,32 @@ def test_the_identity_pages_show_a_steward_only_the_patients_it_may_see(live, cl
     assert decided.status_code == 403, decided.text[:300]
     page = home.get("/console/identity/person", params={"ref": f"Patient/{shown}"})
     assert f'id="decision-{seq}"' in page.text and f"link-Patient/{hidden}" in page.text
+
+
+def test_a_deleted_record_on_the_person_page_is_said_deleted_not_hidden(live, client):
+    """A Patient deleted after it was linked showed on its person's page as "（无权查看）" (not
+    shown to you) to a steward who may see it: one who may see a deletion is told it is one."""
+    n = uuid.uuid4().hex[:6]
+    kept, gone = f"idd-a-{n}", f"idd-b-{n}"
+    h1 = {"x-hub-source-institution": "H1"}
+    for pid, family in ((kept, f"周{n}"), (gone, f"吴{n}")):
+        assert client.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid,
+                                                   "name": [{"family": family}],
+                                                   "birthDate": "1962-03-04"},
+                          headers=h1).status_code == 201
+    user = {"x-hub-user": "steward-test"}
+    person = None
+    for pid in (kept, gone):
+        params = {"resourceType": "Parameters", "parameter": [
+            {"name": "patient", "valueReference": {"reference": f"Patient/{pid}"}},
+            *([{"name": "person", "valueString": f"Person/{person}"}] if person else [])]}
+        r = client.post("/Person/$link", json=params, headers=user)
+        assert r.status_code == 200, r.text
+        person = r.json()["id"]
+    assert client.delete(f"/Patient/{gone}", headers=h1).status_code in (200, 204)
+    home = _logged_in(live, _user(live, ("steward",), "H1"))
+    page = home.get("/console/identity/person", params={"ref": f"Patient/{kept}"})
+    assert page.status_code == 200, page.text[:300]
+    row = re.search(rf'id="link-Patient/{gone}".*?</tr>', page.text, re.S)
+    assert row is not None, page.text[:2000]
+    assert "（已删除）" in row.group(0) and "（无权查看）" not in row.group(0), row.group(0)

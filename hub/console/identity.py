@@ -74,8 +74,9 @@ def _person_view(request: Request, ctx: Any, ref: str) -> dict[str, str]:
     rtype, _, rid = ref.partition("/")
     try:
         stored = repository(request).read(ctx, rtype, rid)
-    except FhirError:
-        return {**view, **{f: "" for f in PAIR_FIELDS}, "name": say(request, "hidden")}
+    except FhirError as e:  # a deletion reaches only whoever may see what it deleted
+        return {**view, **{f: "" for f in PAIR_FIELDS},
+                "name": say(request, "deleted_record" if e.status == 410 else "hidden")}
     p = orjson.loads(resource_bytes(stored))
     name = (p.get("name") or [{}])[0]
     view["name"] = name.get("text") or "".join(
