@@ -32,6 +32,7 @@ from connectors.base import CannotStart
 from connectors.config import ConfigError, ConnectorConfig, admin_token, check_keys
 from connectors.sinks.base import Unavailable, take_batch
 from connectors.spool import Spool, is_cut
+from connectors.tls import TlsConfigError
 from fhir_mapping.base import MappingError
 from hub.core.signals import stop_on_signals
 
@@ -85,6 +86,8 @@ def _built(make: Any, where: str) -> Any:
         return make()
     except ConfigError:
         raise
+    except TlsConfigError as e:  # it names its source or sink already
+        raise ConfigError(str(e)) from None
     except (TypeError, ValueError, KeyError, AttributeError, OSError) as e:
         raise ConfigError(f"{where}: {e}") from None
 
