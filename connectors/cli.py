@@ -108,7 +108,7 @@ def cmd_connector(args, settings) -> int:
         _logging(args.log_level)
         try:
             conn = Connector(cfg)
-        except ConfigError as e:
+        except (ConfigError, CannotStart) as e:  # CannotStart: its state_dir in use
             raise _usage(str(e)) from None
         try:  # announced once its listeners are bound, as `hub serve` checks its port first
             conn.run(started=lambda: print(

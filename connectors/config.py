@@ -139,7 +139,7 @@ class ConnectorConfig:
                     if arg.endswith((".yaml", ".yml", ".json")) and not Path(arg).is_absolute():
                         arg = str((base / arg).resolve())
                         s[key] = f"{prefix}:{arg}" if prefix else arg
-            _resolve_tls(s, base, f"{where}: sources[{i}]")
+            _resolve_tls(s, base, f"{where}: sources {s['name']!r}")
             url = s.get("url")
             if isinstance(url, str) and url.startswith("sqlite:///") and not url.startswith(
                     "sqlite:////") and url != "sqlite:///:memory:":
@@ -154,6 +154,14 @@ class ConnectorConfig:
                 raise ConfigError(f"{where}: sink.url {str(sink.get('url'))[:100]!r} is not an "
                                   "http(s) URL")
         _resolve_tls(sink, base, f"{where}: sink")
+        if sink.get("tls") is not None and sink["type"] == "http":
+            # ignored for http://: the client assertion, the tokens and the records in cleartext
+            for key in ("url", "token_url"):
+                url = sink.get(key)
+                if url is not None and urlsplit(str(url)).scheme.lower() != "https":
+                    raise ConfigError(f"{where}: sink: tls is given but {key} "
+                                      f"{str(url)[:100]} is not https: make it https://, or "
+                                      "leave tls out")
         key_file = sink.get("private_key")
         if isinstance(key_file, str) and key_file and not Path(key_file).is_absolute():
             # like the TLS files: relative to this file, not to where the daemon was started
@@ -212,7 +220,14 @@ def _resolve_tls(section: dict, base: Path, where: str) -> None:
         return
     if not isinstance(tls, dict):
         raise ConfigError(f"{where}: 'tls' must be a mapping (cert, key, client_ca or ca)")
+    # `tls: {}` served plain MLLP, `client_ca:` left empty TLS without client certificates:
+    # an empty setting is a mistake, never read as the key left out
+    if not tls:
+        raise ConfigError(f"{where}: tls is empty: name its PEM files, or leave tls out")
     for key, value in tls.items():
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise ConfigError(f"{where}: tls.{key} is empty: name its PEM file, or leave "
+                              f"tls.{key} out")
         if isinstance(value, str) and value and not Path(value).is_absolute():
             tls[key] = str((base / value).resolve())
 

@@ -32,6 +32,8 @@ from connectors.base import CannotStart
 from connectors.config import ConfigError, ConnectorConfig, admin_token, check_keys
 from connectors.sinks.base import Unavailable, take_batch
 from connectors.spool import Spool, is_cut
+from connectors.statelock import StateDirLock
+from connectors.tls import TlsConfigError
 from fhir_mapping.base import MappingError
 from hub.core.signals import stop_on_signals
 
@@ -85,6 +87,8 @@ def _built(make: Any, where: str) -> Any:
         return make()
     except ConfigError:
         raise
+    except TlsConfigError as e:  # it names its source or sink already
+        raise ConfigError(str(e)) from None
     except (TypeError, ValueError, KeyError, AttributeError, OSError) as e:
         raise ConfigError(f"{where}: {e}") from None
 
@@ -123,6 +127,15 @@ class Connector:
         # then the sources, before the spool is made: a source refused leaves no state behind
         self.sources = sources if sources is not None else [
             _built(lambda s=s: build_source(s), f"sources {s['name']!r}") for s in config.sources]
+        # then the state directory, held until join: a second daemon on it sent every unit twice
+        self.state_lock = StateDirLock(config.state_dir)
+        try:
+            self._open(config)
+        except BaseException:
+            self.state_lock.release()
+            raise
+
+    def _open(self, config: ConnectorConfig) -> None:
         # -- terminology: conversions normalised after mapping, before spooling --
         from connectors.spool import default_converter_factory
         from connectors.terminology import Terminology
@@ -217,6 +230,7 @@ class Connector:
         except Exception:  # noqa: BLE001
             log.exception("closing the sink")
         self.spool.close()
+        self.state_lock.release()
 
     def run(self, started: Callable[[], None] | None = None) -> None:
         """Until SIGTERM or SIGINT (in the main thread); ``started`` is called once every

@@ -181,7 +181,7 @@ class Terminology:
         url = sink.get("url") if sink.get("type") == "http" else None
         auth = None
         verify: Any = True
-        if url and sink.get("tls"):
+        if url and sink.get("tls") is not None:
             from connectors.tls import client_context
 
             verify = client_context(sink["tls"], "http sink")

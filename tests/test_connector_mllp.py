@@ -585,3 +585,55 @@ def test_a_missing_segment_is_err_100_not_an_internal_error():
         _convert(m, SourceInfo())
     ack = hl7.parse(build_ack(m, "AE", e.value.to_dict()).decode())
     assert str(ack.segment("ERR")(3)).startswith("100^Segment sequence error")
+
+
+def test_a_second_daemon_on_the_same_state_dir_refuses_to_start(tmp_path):
+    """Two daemons started with one state_dir both ran and drained one spool: every unit was
+    sent twice. The second one now stops with one line naming the first one's pid; a daemon
+    that died (killed, not stopped) leaves no lock behind."""
+    env = {**os.environ, "HUB_DATA_DIR": str(tmp_path / "d")}
+    env.pop("HUB_DATABASE_URL", None)
+    config = tmp_path / "adt.yaml"
+    config.write_text(json.dumps({
+        "name": "adt", "institution": {"code": "H0001", "oid": "1.2"}, "state_dir": "state",
+        "sources": [{"type": "mllp", "name": "adt", "host": "127.0.0.1", "port": 0,
+                     "kind": "hl7v2"}],
+        "sink": {"type": "http", "url": f"http://127.0.0.1:{free_port()}/fhir"}}))
+    command = [sys.executable, "-m", "hub.cli", "connector", "run", str(config)]
+
+    def started() -> subprocess.Popen:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("connector adt:"), line
+        return proc
+
+    first = started()
+    try:
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+        [line] = second.stderr.strip().splitlines()
+        assert line == (f"hub connector: state_dir {tmp_path / 'state'} is in use by pid "
+                        f"{first.pid} (another connector daemon)"), line
+        assert "connector adt:" not in second.stdout
+    finally:
+        first.kill()  # a crash: no clean stop
+        first.wait(30)
+    third = started()  # the lock died with the process
+    third.terminate()
+    assert third.wait(30) == 0
+
+
+def test_a_connector_in_process_holds_its_state_dir_until_joined(tmp_path):
+    cfg = _bind_config(tmp_path, "127.0.0.1", 0)
+    first = Connector(cfg)
+    with pytest.raises(CannotStart, match=f"is in use by pid {os.getpid()}"):
+        Connector(_bind_config(tmp_path, "127.0.0.1", 0))
+    first.start()
+    first.stop()
+    first.join()
+    again = Connector(_bind_config(tmp_path, "127.0.0.1", 0))  # a restart
+    again.start()
+    again.stop()
+    again.join()

@@ -7,10 +7,16 @@ the listener goes on: the next good sender still gets AA.
 
 from __future__ import annotations
 
+import datetime
+import os
 import socket
 import ssl
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import trustme
 from connectors.config import ConnectorConfig
 from connectors.daemon import Connector
 from connectors.mllp_client import MLLPClient, ack_code
@@ -134,7 +140,7 @@ def test_tls_settings_are_checked(pki, tmp_path):
         MLLPSource("adt", port=0, tls={"cert": pki.server_cert, "ca": pki.ca_pem})  # a client key
     with pytest.raises(TlsConfigError):
         client_context({"key": pki.client_key})
-    with pytest.raises(OSError):
+    with pytest.raises(TlsConfigError, match="tls.cert .*missing.pem: No such file"):
         MLLPSource("adt", port=0, tls={"cert": str(tmp_path / "missing.pem")})
     # relative paths in a connector file are relative to the file
     (tmp_path / "tls").mkdir()
@@ -145,3 +151,109 @@ def test_tls_settings_are_checked(pki, tmp_path):
         base=tmp_path)
     assert cfg.sources[0]["tls"]["cert"] == str(tmp_path / "tls" / "a.pem")
     assert cfg.sink["tls"]["ca"] == str(tmp_path / "tls" / "ca.pem")
+
+
+def hub_connector_run(tmp_path: Path, source_tls: str | None, sink: str,
+                      timeout: float = 30) -> subprocess.CompletedProcess:
+    """`hub connector run` of a YAML file with this MLLP ``tls`` and sink (YAML flow style);
+    a daemon that starts when it should not runs into ``timeout``."""
+    env = {**os.environ, "HUB_DATA_DIR": str(tmp_path / "d")}
+    env.pop("HUB_DATABASE_URL", None)
+    config = tmp_path / "adt.yaml"
+    config.write_text(
+        "name: adt\ninstitution: {code: H0001, oid: '1.2'}\nstate_dir: state\n"
+        "sources:\n  - {type: mllp, name: adt, host: 127.0.0.1, port: 0, kind: hl7v2"
+        + (f",\n     tls: {source_tls}" if source_tls is not None else "") + "}\n"
+        f"sink: {sink}\n")
+    return subprocess.run([sys.executable, "-m", "hub.cli", "connector", "run", str(config)],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def one_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("hub connector: ") and "connector adt:" not in proc.stdout, line
+    return line
+
+
+def nowhere() -> str:
+    return f"{{type: http, url: 'http://127.0.0.1:{free_port()}/fhir'}}"
+
+
+@pytest.mark.parametrize("tls, key", [
+    ("{cert: CERT, key: KEY, client_ca: }", "client_ca"),  # YAML: null
+    ("{cert: CERT, key: KEY, client_ca: ''}", "client_ca"),
+    ("{cert: CERT, key: , client_ca: CA}", "key"),
+    ("{}", None),
+])
+def test_an_empty_tls_setting_of_a_listener_is_refused(tmp_path, pki, tls, key):
+    """`client_ca:` left empty served TLS without asking senders for a certificate (a sender
+    without one got AA), and `tls: {}` served plain MLLP: each is a mistake said in one line."""
+    tls = tls.replace("CERT", pki.server_cert).replace("KEY", pki.server_key) \
+        .replace("CA", pki.ca_pem)
+    line = one_line(hub_connector_run(tmp_path, tls, nowhere()))
+    assert "sources 'adt'" in line, line
+    assert (f"tls.{key} is empty" if key else "tls is empty") in line, line
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("tls, why", [("{ca: CA}", "is not https"),
+                                      ("{ca: CA, cert: CERT, key: KEY}", "is not https"),
+                                      ("{}", "tls is empty")])
+def test_a_sink_with_tls_and_a_plain_http_url_is_refused(tmp_path, pki, tls, why):
+    """The tls of a sink with an http:// URL was ignored: the signed client assertion, the
+    token and every record went in cleartext."""
+    tls = tls.replace("CERT", pki.client_cert).replace("KEY", pki.client_key) \
+        .replace("CA", pki.ca_pem)
+    sink = f"{{type: http, url: 'http://127.0.0.1:{free_port()}/fhir', tls: {tls}}}"
+    line = one_line(hub_connector_run(tmp_path, None, sink))
+    assert "sink: " in line and why in line, line
+    # nor by a token_url of its own: the signed client assertion goes there
+    sink = ("{type: http, url: 'https://127.0.0.1:9/fhir', token_url: 'http://127.0.0.1:9/t', "
+            f"tls: {{ca: {pki.ca_pem}}}}}")
+    line = one_line(hub_connector_run(tmp_path, None, sink))
+    assert "sink: tls is given but token_url http://127.0.0.1:9/t is not https" in line, line
+
+
+def test_a_tls_file_that_does_not_load_is_named(tmp_path, pki):
+    """`[Errno 2] No such file or directory` said neither which key nor which file."""
+    (tmp_path / "tls").mkdir()
+    missing = str(tmp_path / "tls" / "missing.pem")
+    sink = "{type: http, url: 'https://127.0.0.1:9/fhir', tls: {ca: tls/missing.pem}}"
+    line = one_line(hub_connector_run(tmp_path, None, sink))
+    assert "sink" in line and f"tls.ca {missing}" in line and "No such file" in line, line
+    line = one_line(hub_connector_run(tmp_path, "{cert: tls/missing.pem}", nowhere()))
+    assert "adt" in line and f"tls.cert {missing}" in line and "No such file" in line, line
+    # files that are there but are not what the key names
+    for tls, key, path, what in [
+            (f"{{cert: {pki.server_key}, key: {pki.server_key}}}", "cert", pki.server_key,
+             "no PEM certificate"),
+            (f"{{cert: {pki.server_cert}, key: {pki.ca_pem}}}", "key", pki.ca_pem,
+             "no PEM private key"),
+            (f"{{cert: {pki.server_cert}, key: {pki.client_key}}}", "key", pki.client_key,
+             "not the key of"),
+            (f"{{cert: {pki.server_cert}, key: {pki.server_key}, client_ca: {pki.server_key}}}",
+             "client_ca", pki.server_key, "no PEM certificate")]:
+        line = one_line(hub_connector_run(tmp_path, tls, nowhere()))
+        assert f"tls.{key} {path}" in line and what in line, line
+
+
+def test_an_expired_listener_certificate_is_said_at_start(tmp_path, pki, caplog):
+    """An expired certificate started silently; senders then failed their handshakes. It is
+    said at start (and still served: an operator may be mid-rotation)."""
+    caplog.set_level("WARNING")
+    ca = trustme.CA()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = ca.issue_cert("127.0.0.1", not_before=now - datetime.timedelta(days=30),
+                         not_after=now - datetime.timedelta(days=2))
+    cert_path, key_path = tmp_path / "old.pem", tmp_path / "old.key"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    source = MLLPSource("adt", port=0, tls={"cert": str(cert_path), "key": str(key_path)})
+    assert source.ssl is not None
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert str(cert_path) in warning and "expired" in warning, warning
+    assert (now - datetime.timedelta(days=2)).strftime("%Y-%m-%d") in warning, warning
+    caplog.clear()
+    MLLPSource("adt", port=0, tls={"cert": pki.server_cert, "key": pki.server_key})
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

@@ -18,7 +18,7 @@ import orjson
 
 from connectors.sinks.base import RETRY_STATUS, Unavailable, unit_errors
 from connectors.spool import Unit
-from connectors.tls import client_context
+from connectors.tls import http_verify, refuse_plain
 from fhir_mapping.base import SourceInfo
 
 
@@ -80,7 +80,9 @@ class HttpSink:
                  tls: dict | None = None, **_: Any):
         self.url = url.rstrip("/")
         self.batch_size = int(batch_size)
-        verify: Any = client_context(tls, "http sink") if tls else True
+        verify: Any = http_verify(url, tls, "http sink")
+        if tls is not None and token_url:  # the signed client assertion goes there
+            refuse_plain(token_url, "http sink", "token_url")
         auth = hub_auth(self.url, client_id, private_key, token_url, scope, verify)
         # where the writes come from, recorded by the hub in each event's source
         origin = {"x-hub-source-institution": source_info.institution,

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from connectors.sinks.base import RETRY_STATUS, Unavailable
-from connectors.tls import client_context
+from connectors.tls import http_verify
 from fhir_mapping.xmlsafe import parse_xml
 from hub.core.errors import HubError
 from hub.v3routing import Pending, Refused
@@ -48,7 +48,7 @@ class HttpMessageSink:
     def __init__(self, url: str, timeout_s: float = 30.0, headers: dict | None = None,
                  tls: dict | None = None, **_: Any):
         self.url = url
-        verify: Any = client_context(tls, "message sink") if tls else True
+        verify: Any = http_verify(url, tls, "message sink")
         self.client = httpx.Client(timeout=float(timeout_s), verify=verify,
                                    headers={"content-type": "application/xml", **(headers or {})})
 

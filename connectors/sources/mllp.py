@@ -321,7 +321,7 @@ class MLLPSource:
                              f"decide, HL7 v2.5 2.9.3) or original, not {acknowledgment!r}")
         self.enhanced = acknowledgment == "as-asked"
         # TLS (mutual with client_ca); a bad file fails here, at start, not at the first sender
-        self.ssl = server_context(tls, f"MLLP source {name}") if tls else None
+        self.ssl = server_context(tls, f"MLLP source {name}") if tls is not None else None
         self.max_message_bytes = int(max_message_bytes)
         self.idle_timeout = float(idle_timeout_s)
         self.max_connections = int(max_connections)

@@ -264,11 +264,11 @@ def _tls(args: Any) -> Any:
             raise UsageError(f"--tls-{name} {path} is not a readable file")
     import ssl
 
-    from connectors.tls import client_context
+    from connectors.tls import TlsConfigError, client_context
 
-    try:
-        return client_context(tls, "hub auth token")
-    except (OSError, ssl.SSLError) as e:
+    try:  # the options given (the others are None)
+        return client_context({k: str(v) for k, v in tls.items() if v}, "hub auth token")
+    except (OSError, ssl.SSLError, TlsConfigError) as e:
         given = " ".join(f"--tls-{k} {v}" for k, v in tls.items() if v)
         raise UsageError(f"the TLS files do not load ({given}): "
                          f"{getattr(e, 'reason', None) or e}") from None
