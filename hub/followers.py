@@ -26,6 +26,7 @@ import orjson
 from hub.core.config import Settings
 from hub.core.jobs import alive, process_mark
 from hub.core.lease import PgLease
+from hub.core.redact import redact_url
 from hub.core.store import ResourceStore
 from hub.mpi import weights as W
 from hub.mpi.candidates import IdentityCandidates
@@ -101,7 +102,7 @@ class Followers:
                 es = open_es_index(settings.es_url, settings.es_prefix, settings.es_analyzer)
                 self.models["search-es"] = es
                 self.runners.append(Runner(store, es, lease=self._lease(
-                    settings, es.name, f"{settings.es_url}|{es.prefix}")))
+                    settings, es.name, f"{redact_url(settings.es_url)}|{es.prefix}")))
         except BaseException:
             self.close()
             raise

@@ -31,7 +31,9 @@ from hub.core.ingest import Hub
 # the log of every test that writes a Patient. The MPI tests turn it on (HUB_MPI_AUTOMATCH=1).
 os.environ.setdefault("HUB_MPI_AUTOMATCH", "0")
 
-PG_ADMIN = os.environ.get("HUB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+# taken out of the environment the tests' `hub` commands inherit: no setting of the hub, it would
+# be warned of (hub.core.config.unknown_variables)
+PG_ADMIN = os.environ.pop("HUB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgres"]
 
 

@@ -20,9 +20,10 @@ from hub.cli.quarantine import cmd_quarantine
 from hub.cli.readmodels import PROJECTIONS, QUALITY_DEFAULT_GROUP, cmd_projections, cmd_quality
 from hub.cli.records import cmd_demo, cmd_generate, cmd_history, cmd_ingest, cmd_reindex, cmd_serve, cmd_show
 from hub.cli.stream import cmd_stream
-from hub.core.commandline import UsageError, at_least, input_kind, iter_inputs, open_store, port, private_files
-from hub.core.config import Settings
+from hub.core.commandline import UsageError, at_least, database_params, input_kind, iter_inputs, open_store, port, private_files
+from hub.core.config import Settings, unknown_variables
 from hub.core.errors import FhirError, HubError
+from hub.core.redact import redact_url
 
 # the shared command helpers (hub.core.commandline) stay importable from hub.cli
 __all__ = ["COMMANDS", "PROJECTIONS", "UsageError", "input_kind", "iter_inputs", "main",
@@ -280,29 +281,36 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # HUB_PORT=abc and the like: the message names the variable
         print(f"hub: {e}", file=sys.stderr)
         return 2
+    if not os.environ.get("HUB_FOLLOW_PARENT"):  # `hub serve`'s follower: the server said it
+        for name, like in unknown_variables():
+            print(f"hub: warning: {name} is not a setting of the hub (it is ignored"
+                  f"{f'; did you mean {like}?' if like else ''})", file=sys.stderr)
     if getattr(args, "data_dir", None):
         settings.data_dir = Path(args.data_dir)
     if getattr(args, "database_url", None):
         settings.database_url = args.database_url
     private_files()
     try:
+        if settings.database_url:  # whichever command: a URL that cannot be read is said here
+            database_params(settings.database_url)
         return COMMANDS[args.command](args, settings)
     except BrokenPipeError:  # `hub mpi export | head -1`: the reader took all it wanted
         return _stdout_closed()
     except (UsageError, FhirError, OSError, HubError) as e:
         # HubError: a file of the data directory that cannot be used (named), a read model that
         # is not the event log's
-        print(f"hub {args.command}: {e}", file=sys.stderr)
+        print(_masked(f"hub {args.command}: {e}", settings), file=sys.stderr)
         return 2
     except (ValueError, OverflowError) as e:  # a value no command can use (nan, 10**25, bad JSON)
-        print(f"hub {args.command}: {type(e).__name__}: {e}"[:500].splitlines()[0],
-              file=sys.stderr)
+        print(_masked(f"hub {args.command}: {type(e).__name__}: {e}", settings)[:500]
+              .splitlines()[0], file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - engines report connection problems in many types
         if type(e).__module__.startswith(("eventsourcing", "psycopg")):
-            print(f"hub {args.command}: event store error: {e}", file=sys.stderr)
+            print(_masked(f"hub {args.command}: event store error: {e}", settings),
+                  file=sys.stderr)
             return 2
         if type(e).__module__.startswith("sqlite3"):
             # not always the event store's: every database of the data directory is SQLite
@@ -315,13 +323,22 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         if type(e).__module__.startswith(("elastic_transport", "elasticsearch")):
-            print(f"hub {args.command}: Elasticsearch at {settings.es_url}: {type(e).__name__}: "
-                  f"{e}", file=sys.stderr)
+            print(_masked(f"hub {args.command}: Elasticsearch at {redact_url(settings.es_url)}: "
+                          f"{type(e).__name__}: {e}", settings), file=sys.stderr)
             return 2
         if type(e).__module__.startswith("kafka"):  # a broker away, a topic name it refuses
             print(f"hub {args.command}: Kafka: {type(e).__name__}: {e}"[:500], file=sys.stderr)
             return 2
         raise
+
+
+def _masked(line: str, settings: Settings) -> str:
+    """An error line with the URLs that carry a password shown masked, wherever a library's
+    message quoted them."""
+    for url in (settings.database_url, settings.es_url):
+        if url:
+            line = line.replace(url, redact_url(url))
+    return line
 
 
 def _stdout_closed() -> int:

@@ -19,7 +19,7 @@ import orjson
 from hub.core import jsontext
 from hub.core.bundlestream import BundlePart
 from hub.core.commandline import UsageError, input_kind, iter_inputs, open_store, others_can_read
-from hub.core.config import Settings, url_host
+from hub.core.config import Settings, is_loopback, url_host
 from hub.core.errors import FhirError
 
 
@@ -31,13 +31,14 @@ def cmd_serve(args, settings: Settings) -> int:
     settings.tls_cert = getattr(args, "tls_cert", None) or settings.tls_cert
     settings.tls_key = getattr(args, "tls_key", None) or settings.tls_key
     settings.tls_client_ca = getattr(args, "tls_client_ca", None) or settings.tls_client_ca
-    if not settings.auth and not _loopback(settings.host):
-        raise UsageError(f"refusing to serve on {settings.host} without access control: anyone "
-                         "on the network could read every record; unset HUB_AUTH=0, or listen "
-                         "on 127.0.0.1")
-    if settings.auth and not settings.base_url and settings.host in ("0.0.0.0", "::", ""):
+    if not settings.auth and not is_loopback(settings.host):
+        raise UsageError(f"refusing to serve on {settings.host or 'every address'} without "
+                         "access control: anyone on the network could read every record; unset "
+                         "HUB_AUTH=0, or listen on 127.0.0.1")
+    if settings.auth and not settings.base_url and not is_loopback(settings.host):
         # tokens name the FHIR base as their audience, and answers link to it: a wildcard
-        # address is nowhere a client can reach (every token and link said http://0.0.0.0:…)
+        # address is nowhere a client can reach (every token and link said http://0.0.0.0:…),
+        # and an interface's address or a host name need not be the name clients use
         raise UsageError(f"serving on {settings.host or 'every address'} with access control "
                          "needs HUB_BASE_URL: the URL clients reach the hub at (tokens name it "
                          "as their audience, answers link to it), e.g. "
@@ -144,15 +145,39 @@ def _check_tls(settings: Settings) -> None:
                        ("client CA (--tls-client-ca)", settings.tls_client_ca)):
         if path and not Path(path).is_file():
             raise UsageError(f"the TLS {what} {path} is not a readable file")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(settings.tls_cert, settings.tls_key or None)
-        if settings.tls_client_ca:
-            ctx.load_verify_locations(settings.tls_client_ca)
     except (ssl.SSLError, OSError) as e:
         raise UsageError(f"the TLS certificate {settings.tls_cert} and key "
                          f"{settings.tls_key or '(in the certificate file)'} do not load: "
                          f"{getattr(e, 'reason', None) or e}") from None
+    if settings.tls_client_ca:
+        try:
+            ctx.load_verify_locations(settings.tls_client_ca)
+        except (ssl.SSLError, OSError) as e:
+            raise UsageError(f"the TLS client CA {settings.tls_client_ca} (--tls-client-ca, "
+                             "HUB_TLS_CLIENT_CA) does not load: "
+                             f"{getattr(e, 'reason', None) or e}") from None
+    _warn_expired(settings.tls_cert)
+
+
+def _warn_expired(path: str) -> None:
+    """A warning, at start, that the server certificate (the first of its file) is past its
+    notAfter: it served, and every client refused the handshake, the server saying nothing."""
+    import datetime
+
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except (ValueError, OSError):  # ssl loaded it: a form cryptography reads otherwise
+        return
+    ends = cert.not_valid_after_utc
+    if ends < datetime.datetime.now(datetime.timezone.utc):
+        print(f"hub: warning: the TLS certificate {path} expired on "
+              f"{ends:%Y-%m-%d %H:%M:%S} UTC (notAfter): clients will refuse it",
+              file=sys.stderr, flush=True)
 
 
 def server_options(settings: Settings) -> dict:
@@ -177,17 +202,6 @@ def server_options(settings: Settings) -> dict:
         if settings.tls_client_ca:  # mutual TLS: a client certificate signed by this CA
             options.update(ssl_ca_certs=settings.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
     return options
-
-
-def _loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # -- ingest ----------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 
@@ -14,7 +13,7 @@ from hub.core.signals import stop_on_signals
 def cmd_stream(args, settings: Settings) -> int:
     from hub.changestream import MAX_PART_BYTES, Relay
 
-    bootstrap = args.bootstrap_servers or os.environ.get("HUB_KAFKA_BOOTSTRAP")
+    bootstrap = args.bootstrap_servers or settings.kafka_bootstrap
     if not bootstrap:
         raise UsageError("--bootstrap-servers (or HUB_KAFKA_BOOTSTRAP) is required")
     kafka_topic(args.topic)

@@ -16,6 +16,7 @@ from pathlib import Path
 from hub.core.bundlestream import BOM, BundlePart, stream_parts, streamed_type
 from hub.core.config import Settings
 from hub.core.errors import HubError
+from hub.core.redact import redact_url, unquoted
 
 __all__ = ["BOM", "UsageError", "at_least", "input_kind", "iter_inputs", "one_line", "open_store",
            "port", "positive"]
@@ -88,13 +89,7 @@ def open_store(settings: Settings, existing: bool = False):
     if settings.database_url:
         import psycopg
 
-        from hub.core.pgschema import connect_args
-
-        try:
-            params = connect_args(settings.database_url)  # ResourceStore.postgres's defaults
-        except psycopg.Error as e:
-            raise UsageError("--database-url / HUB_DATABASE_URL is not a PostgreSQL URL: "
-                             + one_line(e)) from None
+        params = database_params(settings.database_url)  # ResourceStore.postgres's defaults
         # the password is never printed
         where = f"{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
         try:
@@ -110,6 +105,36 @@ def open_store(settings: Settings, existing: bool = False):
     elif existing and not settings.event_store_path.exists():
         raise UsageError(f"no event store in {settings.data_dir} (set --data-dir or HUB_DATA_DIR)")
     return settings.open_store()
+
+
+def database_params(url: str) -> dict:
+    """The connection parameters of a PostgreSQL URL (or key=value string), else a UsageError
+    saying what is wrong with it, shown with its password masked: libpq's own message quotes the
+    part it could not read, the whole URL or a piece of the password."""
+    import psycopg
+
+    from hub.core.pgschema import connect_args
+
+    if re.match(r"[A-Za-z][\w+.-]*:", url) and not url.startswith(("postgresql://",
+                                                                     "postgres://")):
+        why = "it must start with postgresql:// (or postgres://)"
+    else:
+        try:
+            return connect_args(url)
+        except psycopg.Error as e:
+            message = one_line(e)
+            why = next((hint for words, hint in _LIBPQ_HINTS if words in message), None) \
+                or unquoted(message)
+    raise UsageError(f"--database-url / HUB_DATABASE_URL {redact_url(url)!r} is not a PostgreSQL "
+                     f"URL (postgresql://user:password@host:port/dbname): {why}")
+
+
+# what libpq's complaints about a connection string mean, without the piece of it they quote
+_LIBPQ_HINTS = (
+    ('missing "="', "it must start with postgresql:// (or postgres://), or be key=value pairs"),
+    ("unexpected spaces", "a space in it must be written %20"),
+    ("percent-encoded", "a % in it must begin a two-digit hex escape (%25 for % itself)"),
+    ("invalid URI query parameter", "it has a query parameter libpq does not know"))
 
 
 def one_line(e: Exception) -> str:

@@ -33,6 +33,7 @@ from eventsourcing.persistence import Notification
 
 from hub.core.events import KIND_OF_TOPIC
 from hub.core.fhirtime import parse_range, zone_changed, zone_name
+from hub.core.redact import redact_url
 from projections.contract import nothing_to_apply
 from projections.search import fulltext
 from projections.search.extract import (
@@ -275,7 +276,7 @@ class ElasticsearchIndex:
             # the cluster away: the hub starts all the same (its searches answer 503, this
             # model's follower retries); the state is read again before anything is written
             log.warning("Elasticsearch at %s does not answer (%s): its searches and index wait "
-                        "for it", url, type(e).__name__)
+                        "for it", redact_url(url), type(e).__name__)
             self._state = _fresh_state()
 
     # -- names and state ---------------------------------------------------------------------------
