@@ -266,7 +266,7 @@ def test_hub_ingest_holds_a_document_transaction_to_the_same_check(settings, tmp
     from fhir_mapping.documents import for_connector
     from hub.core.ingest import Hub
     from hub.repository import Repository
-    from tests.test_cli import counts, run_hub
+    from tests.cli_helpers import counts, run_hub
 
     src = SourceInfo(institution="H0001", feed="cda")
     convs = [for_connector(wst500(doc_id=f"IN-{n}", set_id="SET-IN", version=n,

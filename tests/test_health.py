@@ -92,7 +92,7 @@ def test_a_read_model_built_under_another_zone_is_a_warning_until_rebuilt(tmp_pa
     """HUB_TIMEZONE changed under an index: /ready and `hub projections status` say which read
     models answer by the old zone and how to rebuild them; the rebuild makes a zone-less day
     the new zone's day."""
-    from tests.test_cli import run_hub
+    from tests.cli_helpers import run_hub
 
     settings = make_settings("sqlite", tmp_path / "zone", request)
     born = {"resourceType": "Patient", "id": "z1", "birthDate": "2024-01-15"}
@@ -133,7 +133,7 @@ def test_a_candidate_index_counted_before_phones_is_a_warning_until_rebuilt(tmp_
     """An upgraded candidate index (counts without phones and addresses, no mark of complete
     counts): /ready warns and `hub projections status` says it is stale, naming the rebuild; the
     rebuild counts from the log's start and marks it complete."""
-    from tests.test_cli import run_hub
+    from tests.cli_helpers import run_hub
     from tests.test_mpi_matching import as_counted_before_phones, pat
 
     settings = make_settings("sqlite", tmp_path / "ic", request)
@@ -173,7 +173,7 @@ def test_read_models_written_under_older_rules_are_a_warning_until_rebuilt(tmp_p
     data directory's are not stale."""
     import sqlite3
 
-    from tests.test_cli import run_hub
+    from tests.cli_helpers import run_hub
 
     settings = make_settings("sqlite", tmp_path / "rules", request)
     visit = {"resourceType": "Encounter", "id": "e1", "status": "finished",

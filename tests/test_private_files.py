@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hub.core.config import Settings
 
-from .test_cli import hub_env, run_hub
+from tests.cli_helpers import hub_env, run_hub
 
 
 def test_what_the_hub_writes_is_its_users_alone(tmp_path):

@@ -17,7 +17,7 @@ from hub import cli
 from hub.documents import DocumentService
 from hub.quarantine import Quarantine
 
-from .test_cli import run_hub
+from tests.cli_helpers import run_hub
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CLEAN = (FIXTURES / "quality" / "wst500-C0002-clean.xml").read_bytes()

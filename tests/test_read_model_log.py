@@ -21,7 +21,7 @@ from hub.core.config import Settings
 from hub.readmodels import names
 from tests.conftest import LiveServer, make_settings
 
-from .test_cli import assert_clean_error, ndjson, patient, run_hub, write
+from tests.cli_helpers import assert_clean_error, ndjson, patient, run_hub, write
 
 
 def _ingest(settings: Settings, tmp_path: Path, *rids: str, family: str = "Wang") -> None:
