@@ -833,3 +833,113 @@ def test_a_deleted_record_on_the_person_page_is_said_deleted_not_hidden(live, cl
     row = re.search(rf'id="link-Patient/{gone}".*?</tr>', page.text, re.S)
     assert row is not None, page.text[:2000]
     assert "（已删除）" in row.group(0) and "（无权查看）" not in row.group(0), row.group(0)
+
+
+def _identity_params(**refs: str) -> dict:
+    return {"resourceType": "Parameters", "parameter": [
+        {"name": k, "valueString": v} for k, v in refs.items()]}
+
+
+def _hidden_people(client, n: str, *pids: str) -> None:
+    """Patients institution HB wrote, each with a bare deny naming HB: only HB sees them."""
+    from tests.api_helpers import consent
+
+    hb = {"x-hub-source-institution": "HB"}
+    for i, pid in enumerate(pids):
+        assert client.put(f"/Patient/{pid}", json={
+            "resourceType": "Patient", "id": pid, "name": [{"family": f"隐{i}{n}"}],
+            "birthDate": "1970-01-0" + str(i + 1)}, headers=hb).status_code == 201
+        deny = consent(pid, {"type": "deny"}, "HB")
+        assert client.put(f"/Consent/{deny['id']}", json=deny, headers=hb).status_code == 201
+
+
+def _link(client, patient: str, person: str | None = None) -> str:
+    refs = {"patient": f"Patient/{patient}", **({"person": f"Person/{person}"} if person else {})}
+    r = client.post("/Person/$link", json=_identity_params(**refs),
+                    headers={"x-hub-user": "steward-test"})
+    assert r.status_code == 200, r.text
+    return r.json()["id"]
+
+
+def _merge(client, source: str, target: str) -> None:
+    r = client.post("/Person/$merge", json=_identity_params(
+        source=f"Person/{source}", target=f"Person/{target}"), headers={"x-hub-user": "stB"})
+    assert r.status_code == 200, r.text
+
+
+def _decisions(page: httpx.Response) -> list[str]:
+    return re.findall(r'id="decision-(\d+)"', page.text)
+
+
+def test_a_steward_cannot_undo_or_find_a_person_wholly_hidden_from_it(live, client):
+    """Two persons whose every Patient a consent hides from institution HA were merged: a
+    steward of HA undid that merge (and re-merged) from the console by guessing the decision's
+    number, since a merge names Persons only and no Patient of them was judged; and the merged
+    person's page answered 403 naming the survivor. Both now answer as an unknown person or
+    decision, and the merge stands."""
+    n = uuid.uuid4().hex[:6]
+    a_pid, b_pid = f"idh-a-{n}", f"idh-b-{n}"
+    _hidden_people(client, n, a_pid, b_pid)
+    a, b = _link(client, a_pid), _link(client, b_pid)
+    _merge(client, a, b)
+    home = _logged_in(live, _user(live, ("steward",), "HB"))
+    away = _logged_in(live, _user(live, ("steward",), "HA"))
+    page = home.get("/console/identity/person", params={"ref": f"Person/{b}"})
+    assert page.status_code == 200 and f"link-Patient/{a_pid}" in page.text, page.text[:300]
+    seqs = _decisions(page)
+    assert len(seqs) >= 3, page.text[:2000]  # two links and the merge
+
+    unknown = away.get("/console/identity/person", params={"ref": f"Person/nobody-{n}"})
+    assert unknown.status_code == 404 and "is not known" in unknown.text
+    for ref in (f"Person/{a}", f"Person/{b}"):
+        r = away.get("/console/identity/person", params={"ref": ref})
+        assert r.status_code == 404 and f"{ref} is not known" in r.text, r.text[:300]
+        for leaked in ({a, b} - {ref.split("/")[1]}):
+            assert leaked not in r.text
+    csrf = _csrf(away.get("/console/identity"))
+    for person in (a, b):
+        for seq in seqs:
+            r = away.post(f"/console/identity/person/{person}/undo",
+                          data={"csrf": csrf, "seq": seq}, follow_redirects=False)
+            assert r.status_code == 404 and f"has no decision #{seq}" in r.text, (seq, r.text[:300])
+    merged = client.get(f"/Person/{a}").json()
+    assert merged.get("active") is False and \
+        merged["link"][0]["target"]["reference"] == f"Person/{b}", merged
+    assert _decisions(home.get("/console/identity/person", params={"ref": f"Person/{b}"})) == seqs
+
+
+def test_a_person_partly_hidden_shows_no_decision_naming_its_hidden_persons_and_undoes_none(
+        live, client):
+    """A person holding a record a steward sees and a person wholly hidden from it merged in:
+    the page of the person listed the merge (the hidden person's id, and that it was merged
+    here) and let the steward undo it. Now a decision naming a person wholly hidden is not
+    shown, and no decision of a person not wholly shown is undone (nor offered), as changing it
+    changes who its hidden records are; the steward who sees every record still may."""
+    n = uuid.uuid4().hex[:6]
+    seen_pid, hidden_pid = f"idq-a-{n}", f"idq-b-{n}"
+    assert client.put(f"/Patient/{seen_pid}", json={
+        "resourceType": "Patient", "id": seen_pid, "name": [{"family": f"显{n}"}],
+        "birthDate": "1971-02-03"}, headers={"x-hub-source-institution": "HA"}).status_code == 201
+    _hidden_people(client, n, hidden_pid)
+    shown, hidden = _link(client, seen_pid), _link(client, hidden_pid)
+    _merge(client, hidden, shown)
+    home = _logged_in(live, _user(live, ("steward",), "HB"))
+    away = _logged_in(live, _user(live, ("steward",), "HA"))
+    full = home.get("/console/identity/person", params={"ref": f"Person/{shown}"})
+    assert full.status_code == 200 and hidden in full.text, full.text[:300]
+    merge_seq = re.search(rf'id="decision-(\d+)">(?:(?!</tr>).)*Person/{hidden} → Person/{shown}',
+                          full.text, re.S).group(1)
+    page = away.get("/console/identity/person", params={"ref": f"Patient/{seen_pid}"})
+    assert page.status_code == 200 and f"link-Patient/{seen_pid}" in page.text, page.text[:300]
+    for leaked in (hidden, hidden_pid, f'id="decision-{merge_seq}"'):
+        assert leaked not in page.text, leaked
+    assert _decisions(page) and 'class="undo"' not in page.text  # its own link: shown, not undone
+    for seq in _decisions(full):
+        r = away.post(f"/console/identity/person/{shown}/undo",
+                      data={"csrf": _csrf(page), "seq": seq}, follow_redirects=False)
+        assert r.status_code == 404, (seq, r.text[:300])
+    assert client.get(f"/Person/{hidden}").json().get("active") is False
+    undone = home.post(f"/console/identity/person/{shown}/undo",
+                       data={"csrf": _csrf(full), "seq": merge_seq}, follow_redirects=False)
+    assert undone.status_code == 303, undone.text[:300]
+    assert client.get(f"/Person/{hidden}").json().get("active") is not False

@@ -15,7 +15,7 @@ from hub.api.caller import actor_of, authorize, repository
 from hub.api.identity import hidden_patients, require_shown, review_patients, seen_by, told_as_seen
 from hub.console.common import check_csrf, notice_of, page, router, say, with_notice
 from hub.core.access import Action
-from hub.core.errors import FhirError, forbidden
+from hub.core.errors import FhirError
 from hub.core.events import resource_bytes
 from hub.mpi.everything import patients_shown
 
@@ -142,13 +142,23 @@ def _person_of(identity: Any, ref: str) -> tuple[str, str | None]:
         if ref.startswith("Person/"):
             person = ref[len("Person/"):]
             if identity.person.person_row(c, person) is None:
-                raise FhirError(404, "not-found", f"{ref} is not known")
+                raise _unknown(ref)
             return identity.person.survivor(c, person), None
         patient = ref if "/" in ref else f"Patient/{ref}"
         found = identity.person.person_of(c, patient)
     if found is None:
         raise _not_linked(ref)
     return found, patient
+
+
+def _unknown(ref: str) -> FhirError:
+    return FhirError(404, "not-found", f"{ref} is not known")
+
+
+def _shown_person(request: Request, identity: Any, patients: list[str]) -> bool:
+    """Whether a person holding ``patients`` is shown to the caller: it holds one it sees, or
+    none (as the API's Person)."""
+    return not patients or bool(_seen(request, identity, patients))
 
 
 def _not_linked(ref: str) -> FhirError:
@@ -160,6 +170,11 @@ def _named(d: dict[str, Any]) -> list[str]:
     return [x for x in (d["patient"], d["a"], d["b"]) if x and x.startswith("Patient/")]
 
 
+def _persons_named(d: dict[str, Any]) -> list[str]:
+    """The persons (ids) a decision names: a link's and an unlink's two, a merge's two."""
+    return [] if d["event"] == "NotDuplicate" else [x for x in (d["a"], d["b"]) if x]
+
+
 def _seen(request: Request, identity: Any, refs: list[str]) -> set[str]:
     """Of ``Patient/id`` references, those the caller may see, as the API's Person shows its
     Patients (a deleted one as its last version was shown: its decisions can still be undone)."""
@@ -167,11 +182,35 @@ def _seen(request: Request, identity: Any, refs: list[str]) -> set[str]:
     return patients_shown(identity.store, rids, seen_by(request), deleted=True)
 
 
-def _shown_history(request: Request, identity: Any, history: list[dict]) -> list[dict]:
-    """The decisions naming only Patients the caller may see: one naming a hidden Patient told
-    that it exists and which person holds (or held) it."""
-    seen = _seen(request, identity, [p for d in history for p in _named(d)])
-    return [d for d in history if set(_named(d)) <= seen]
+def _judged(request: Request, identity: Any, person: str,
+            history: list[dict]) -> list[tuple[dict, bool]]:
+    """The decisions of ``person``'s history the caller is shown, each with whether it may undo
+    it. Shown: every Patient it names is seen, and every person it names holds one seen or
+    none (a person wholly hidden, named, told that it exists and whom it joined). Undone: only
+    when the caller sees every Patient the undo changes, those of the persons it names and of
+    the person itself included (a merge names Persons only: judged by Patients named alone, a
+    steward undid the merge of two persons wholly hidden from it)."""
+    P = identity.person
+    own: dict[str, list[str]] = {}
+    changed: list[set[str]] = []
+    with P.read() as c:
+        mine = set(P.patients(c, P.survivor(c, person)))
+        for d in history:
+            touched = set(_named(d)) | mine
+            for x in _persons_named(d):
+                own.setdefault(x, P.patients(c, x))
+                touched |= set(P.patients(c, P.survivor(c, x)))
+            for p in _named(d):
+                now = P.person_of(c, p)
+                touched |= set(P.patients(c, now)) if now else set()
+            changed.append(touched)
+    seen = _seen(request, identity, sorted(set().union(*changed, *own.values())))
+    out = []
+    for d, touched in zip(history, changed):
+        if set(_named(d)) <= seen and all(not own[x] or seen & set(own[x])
+                                          for x in _persons_named(d)):
+            out.append((d, touched <= seen))
+    return out
 
 
 @router.api_route("/console/identity/person", methods=["GET", "HEAD"],
@@ -179,8 +218,8 @@ def _shown_history(request: Request, identity: Any, history: list[dict]) -> list
 def person_page(request: Request) -> Response:
     """A person (found by one of its Patients or its id): the Patients linked to it, each read
     through the repository (audited), and its link, merge and unmerge history, newest first,
-    each decision with the action that undoes it; of both, only what names Patients the caller
-    may see."""
+    each decision with the action that undoes it; of both, only what names Patients (and
+    persons) the caller may see, and an undo only where it sees every Patient it changes."""
     ctx = authorize(request, Action("operation", None, None, "$mpi-review"))
     identity = request.app.state.identity
     if identity is None:
@@ -198,13 +237,17 @@ def person_page(request: Request) -> Response:
     seen = _seen(request, identity, [x["patient"] for x in links])
     if patient is not None and patient not in seen:
         raise _not_linked(ref)  # as a Patient no person holds
-    if links and not seen:
-        raise forbidden(f"Person/{person} is not shown to this caller")
+    if links and not seen:  # as an unknown person: a 403 told it exists (and its survivor)
+        raise _unknown(ref)
     links = [x for x in links if x["patient"] in seen]
-    history = _shown_history(request, identity, history)
+    with identity.person.read() as c:  # a person merged here wholly hidden is not named
+        merged = [m for m in merged
+                  if _shown_person(request, identity, identity.person.patients(c, m))]
+    judged = _judged(request, identity, person, history)
+    history = [d for d, _ in judged]
     people = {x["patient"]: _person_view(request, ctx, x["patient"]) for x in links}
-    for d in history:
-        undo = _undo_of(d)
+    for d, may_undo in judged:
+        undo = _undo_of(d) if may_undo else None
         d["undo"], d["undo_what"] = undo if undo else ("", "")
     return page(request, "person.html", "identity", person=person, links=links, people=people,
                 history=history, merged=merged, ref=ref,
@@ -225,9 +268,10 @@ async def undo(request: Request, person: str) -> Response:
     with identity.person.read() as c:
         found = next((d for d in identity.person.history(c, person, 10_000) if d["seq"] == seq),
                      None)
-    if found is not None:  # only a decision its page shows (one naming a hidden Patient: none)
-        found = next(iter(await run_in_threadpool(_shown_history, request, identity, [found])),
-                     None)
+    if found is not None:  # only a decision its page offers to undo: one changing no Patient
+        # hidden from the caller, or it answers as an unknown one
+        judged = await run_in_threadpool(_judged, request, identity, person, [found])
+        found = found if judged and judged[0][1] else None
     if found is None or _undo_of(found) is None:
         raise FhirError(404, "not-found", f"Person/{person} has no decision #{seq} to undo")
     operation = _undo_of(found)[0]  # type: ignore[index]  # not None: checked above
