@@ -343,6 +343,35 @@ def test_page_links_tell_nothing_of_hidden_rows(guarded):
         assert r.status_code == 400
 
 
+def test_a_merged_person_names_its_survivor_only_to_whoever_may_see_it(guarded):
+    """A Person merged into another answered any caller 200 with a link to the survivor, even
+    when every Patient of both was hidden from it (a consent): it told the merge and the
+    survivor's id. It is now refused as the survivor is, naming neither."""
+    d1, d2 = patient(rid=unique()[:16], family="Opted"), patient(rid=unique()[:16], family="Opted")
+    d2.pop("identifier")  # one person's two records: no resident ID numbers apart
+    _write(guarded, d1, d2, _optout(d1["id"]), _optout(d2["id"]))
+    steward = guarded.client_auth(roles=("steward",), scope="system/Patient.rs system/Person.rs",
+                                  institution="H1")
+
+    def params(**refs: str) -> dict:
+        return {"resourceType": "Parameters", "parameter": [
+            {"name": k, "valueString": v} for k, v in refs.items()]}
+
+    with _http(guarded, steward) as c:
+        a, b = (c.post("/Person/$link", json=params(patient=f"Patient/{d['id']}"),
+                       headers=FHIR_JSON).json()["id"] for d in (d1, d2))
+        r = c.post("/Person/$merge", json=params(source=f"Person/{a}", target=f"Person/{b}"),
+                   headers=FHIR_JSON)
+        assert r.status_code == 200, r.text
+        merged = c.get(f"/Person/{a}").json()  # the steward who sees them is told the survivor
+        assert merged["active"] is False and merged["link"][0]["target"]["reference"] == f"Person/{b}"
+    with _http(guarded, guarded.h2) as c:
+        for person in (a, b):
+            r = c.get(f"/Person/{person}")
+            assert r.status_code == 403, r.text
+            assert ({a, b} - {person}).isdisjoint(r.text.split("/")), r.text
+
+
 def test_a_person_shows_only_the_patients_the_caller_may_see(guarded):
     me, d = patient(rid=unique()[:16]), patient(rid=unique()[:16], family="Opted")
     _write(guarded, me, d, _optout(d["id"]))

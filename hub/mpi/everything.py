@@ -159,6 +159,14 @@ def person_view(identity: IdentityService, store: ResourceStore, pid: str,
                            "meta": {"versionId": str(row["version"]),
                                     "lastUpdated": row["updated"]}}
     if row["merged_into"] is not None:
+        if shown is not None and not bare:
+            # the merge and its survivor are told only to whoever the survivor is shown to
+            # (every Patient of both hidden, the link told both that they exist, and where)
+            try:
+                person_view(identity, store, row["merged_into"], shown)
+            except FhirError as e:
+                if e.status == 403:
+                    raise forbidden(f"Person/{pid} is not shown to this caller") from None
         out["active"] = False
         out["link"] = [{"target": {"reference": f"Person/{row['merged_into']}"},
                         "assurance": "level4"}]
