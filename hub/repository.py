@@ -191,6 +191,9 @@ VISIBLE_TOTAL_UP_TO = 2_000
 # A page some of whose matches are hidden is filled from the matches after it, reading at most
 # this many index rows for it.
 FILL_SCAN = 5_000
+# Without _total, a caller from whom matches may be hidden gets a total the index's statistics
+# would withhold only when its visible matches are counted reading this few (``_count=0``).
+CHEAP_VISIBLE = 100
 
 
 def _depends(c: Criterion) -> bool:
@@ -892,10 +895,16 @@ class Repository:
             page = self.page(ctx, q, count, with_total)
             bodies = None
             if self.may_hide(ctx, q.rtype, across=bool(_dependent_groups(q))):
+                cheap = with_total == "if-cheap" and page.total is None
                 if page.total is not None:
                     page.total = self._visible_total(ctx, q)
                 if count:
                     bodies = self._fill(ctx, q, page, count)
+                if cheap:
+                    # the index's statistics count what may be hidden (a big record of
+                    # someone else's under the criteria): the total is the visible matches
+                    # when they are few, as for an empty answer
+                    page.total = self._cheap_total(ctx, q, page, count)
             if bodies is None:
                 bodies = self.current_bodies(ctx, page.rows)
             included: list[Row] = []
@@ -929,18 +938,32 @@ class Repository:
         page.rows = rows
         return bodies
 
-    def _visible_total(self, ctx: Context, q: Query) -> int | None:
+    def _cheap_total(self, ctx: Context, q: Query, page: Page, count: int) -> int | None:
+        """The visible total without counting: a first page holding every visible match, or
+        (``_count=0``) at most ``CHEAP_VISIBLE`` matches read; else none."""
+        if q.cursor is not None:
+            return None
+        if count:
+            return len(page.rows) if page.next_cursor is None else None
+        return self._visible_total(ctx, q, up_to=CHEAP_VISIBLE)
+
+    def _visible_total(self, ctx: Context, q: Query, up_to: int | None = None) -> int | None:
         """How many of the matches the caller may see: counted one by one, up to
         ``VISIBLE_TOTAL_UP_TO`` matches; beyond, no total (the index's count would tell how
-        many are hidden, as HAPI's consent service withholds it too)."""
+        many are hidden, as HAPI's consent service withholds it too). ``up_to``: a smaller
+        bound, past which there is no total and nothing is said."""
+        bound = VISIBLE_TOTAL_UP_TO if up_to is None else up_to
         seen = shown = 0
         cursor: str | None = None
         while True:
-            page = self.page(ctx, dataclasses.replace(q, cursor=cursor), 500, False)
+            page = self.page(ctx, dataclasses.replace(q, cursor=cursor), min(500, bound + 1),
+                             False)
             seen += len(page.rows)
-            if seen > VISIBLE_TOTAL_UP_TO:
-                q.notes.append(f"No total: more than {VISIBLE_TOTAL_UP_TO} matches, some of "
-                               "which may be hidden from this caller, are not counted one by one")
+            if seen > bound:
+                if up_to is None:
+                    q.notes.append(f"No total: more than {VISIBLE_TOTAL_UP_TO} matches, some "
+                                   "of which may be hidden from this caller, are not counted "
+                                   "one by one")
                 return None
             shown += len(self._matches_seen(ctx, q, page.rows)[0])
             cursor = page.next_cursor
