@@ -31,7 +31,7 @@ from hub.core.ingest import SETTLE_US, Authorize, Context, Foreign, Hub, Op, Res
 from hub.core.resource import RESOURCE_TYPES
 from hub.core.store import ResourceStore, VersionRow
 from projections.search import canonical
-from projections.search.backend import INCLUDE_DEPTH, Page, Row
+from projections.search.backend import INCLUDE_DEPTH, Page, Row, cursor_after
 from projections.search.compartment import patient_compartment
 from projections.search.plan import local_target
 from projections.search.query import Criterion, Has, Include, Query, parse_criteria
@@ -189,8 +189,9 @@ def _write_action(op: Op) -> Action:
 # this many matches (reading each one's current version); beyond, the Bundle carries no total.
 VISIBLE_TOTAL_UP_TO = 2_000
 # A page some of whose matches are hidden is filled from the matches after it, reading at most
-# this many index rows for it.
+# this many index rows for it, in reads growing up to FILL_BATCH rows.
 FILL_SCAN = 5_000
+FILL_BATCH = 500
 # Without _total, a caller from whom matches may be hidden gets a total the index's statistics
 # would withhold only when its visible matches are counted reading this few (``_count=0``).
 CHEAP_VISIBLE = 100
@@ -873,13 +874,15 @@ class Repository:
             raise forbidden(text)
         q.notes.append(text)
 
-    def page(self, ctx: Context, q: Query, count: int, with_total: bool | str) -> Page:
+    def page(self, ctx: Context, q: Query, count: int, with_total: bool | str, *,
+             sync: bool = True) -> Page:
         """One page of a planned search, after the index caught up with the log
-        (read-your-writes); the rows' resources come from ``current_bodies``."""
+        (read-your-writes; ``sync`` False: a later read of a request that did); the rows'
+        resources come from ``current_bodies``."""
         if q.rtype == AUDIT and self._records is not None:
             return self._records.page(q, count, with_total)
         searcher = self._searcher()
-        caught_up = searcher.sync()
+        caught_up = searcher.sync() if sync else True
         if canonical.unresolved(q):  # once: the plan is rewritten in place
             q.notes.extend(canonical.resolve(searcher.backend, self._parsed(ctx), q, None))
         page = searcher.backend.page(q, count, with_total)
@@ -927,14 +930,26 @@ class Repository:
         page is answered as it is."""
         rows, bodies = self._matches_seen(ctx, q, page.rows)
         scanned = len(page.rows)
+        # reads grow while matches stay hidden; one that finds more than the page wants ends
+        # the page at its last row kept, so no match is passed over (a backend whose rows carry
+        # no cursor is read as many as are still wanted)
+        keyed = all(r.key is not None for r in page.rows)
+        batch = count
         while len(rows) < count and page.next_cursor is not None and scanned < FILL_SCAN:
-            more = self.page(ctx, dataclasses.replace(q, cursor=page.next_cursor),
-                             count - len(rows), False)
+            wanted = count - len(rows)
+            batch = min(max(batch * 2, wanted), FILL_BATCH) if keyed else wanted
+            more = self.page(ctx, dataclasses.replace(q, cursor=page.next_cursor), batch, False,
+                             sync=False)
             scanned += len(more.rows)
             seen, found = self._matches_seen(ctx, q, more.rows)
-            rows += seen
-            bodies.update(found)
             page.next_cursor = more.next_cursor
+            if len(seen) > wanted and seen[wanted - 1].key is not None:
+                seen = seen[:wanted]
+                page.next_cursor = cursor_after(seen[-1])
+            elif len(seen) > wanted:  # no cursor to end the page on: all that was read
+                keyed = False
+            rows += seen
+            bodies.update({(r.rtype, r.rid): found[(r.rtype, r.rid)] for r in seen})
         page.rows = rows
         return bodies
 
@@ -957,7 +972,7 @@ class Repository:
         cursor: str | None = None
         while True:
             page = self.page(ctx, dataclasses.replace(q, cursor=cursor), min(500, bound + 1),
-                             False)
+                             False, sync=False)
             seen += len(page.rows)
             if seen > bound:
                 if up_to is None:
@@ -1010,7 +1025,9 @@ class Repository:
         cursor: str | None = None
         looked = 0
         while looked <= VISIBLE_TOTAL_UP_TO:
-            page = self.page(ctx, dataclasses.replace(q, cursor=cursor), 100, False)
+            # asked while judging matches the index just found, caught up for them
+            page = self.page(ctx, dataclasses.replace(q, cursor=cursor), 100, False,
+                             sync=False)
             looked += len(page.rows)
             if page.rows and (not check or self._matches_seen(ctx, q, page.rows)[0]):
                 return True
