@@ -31,7 +31,7 @@ from hub.core.ingest import SETTLE_US, Authorize, Context, Foreign, Hub, Op, Res
 from hub.core.resource import RESOURCE_TYPES
 from hub.core.store import ResourceStore, VersionRow
 from projections.search import canonical
-from projections.search.backend import INCLUDE_DEPTH, Page, Row
+from projections.search.backend import INCLUDE_DEPTH, Page, Row, cursor_after
 from projections.search.compartment import patient_compartment
 from projections.search.plan import local_target
 from projections.search.query import Criterion, Has, Include, Query, parse_criteria
@@ -189,8 +189,12 @@ def _write_action(op: Op) -> Action:
 # this many matches (reading each one's current version); beyond, the Bundle carries no total.
 VISIBLE_TOTAL_UP_TO = 2_000
 # A page some of whose matches are hidden is filled from the matches after it, reading at most
-# this many index rows for it.
+# this many index rows for it, in reads growing up to FILL_BATCH rows.
 FILL_SCAN = 5_000
+FILL_BATCH = 500
+# Without _total, a caller from whom matches may be hidden gets a total the index's statistics
+# would withhold only when its visible matches are counted reading this few (``_count=0``).
+CHEAP_VISIBLE = 100
 
 
 def _depends(c: Criterion) -> bool:
@@ -870,13 +874,15 @@ class Repository:
             raise forbidden(text)
         q.notes.append(text)
 
-    def page(self, ctx: Context, q: Query, count: int, with_total: bool | str) -> Page:
+    def page(self, ctx: Context, q: Query, count: int, with_total: bool | str, *,
+             sync: bool = True) -> Page:
         """One page of a planned search, after the index caught up with the log
-        (read-your-writes); the rows' resources come from ``current_bodies``."""
+        (read-your-writes; ``sync`` False: a later read of a request that did); the rows'
+        resources come from ``current_bodies``."""
         if q.rtype == AUDIT and self._records is not None:
             return self._records.page(q, count, with_total)
         searcher = self._searcher()
-        caught_up = searcher.sync()
+        caught_up = searcher.sync() if sync else True
         if canonical.unresolved(q):  # once: the plan is rewritten in place
             q.notes.extend(canonical.resolve(searcher.backend, self._parsed(ctx), q, None))
         page = searcher.backend.page(q, count, with_total)
@@ -892,10 +898,16 @@ class Repository:
             page = self.page(ctx, q, count, with_total)
             bodies = None
             if self.may_hide(ctx, q.rtype, across=bool(_dependent_groups(q))):
+                cheap = with_total == "if-cheap" and page.total is None
                 if page.total is not None:
                     page.total = self._visible_total(ctx, q)
                 if count:
                     bodies = self._fill(ctx, q, page, count)
+                if cheap:
+                    # the index's statistics count what may be hidden (a big record of
+                    # someone else's under the criteria): the total is the visible matches
+                    # when they are few, as for an empty answer
+                    page.total = self._cheap_total(ctx, q, page, count)
             if bodies is None:
                 bodies = self.current_bodies(ctx, page.rows)
             included: list[Row] = []
@@ -918,29 +930,55 @@ class Repository:
         page is answered as it is."""
         rows, bodies = self._matches_seen(ctx, q, page.rows)
         scanned = len(page.rows)
+        # reads grow while matches stay hidden; one that finds more than the page wants ends
+        # the page at its last row kept, so no match is passed over (a backend whose rows carry
+        # no cursor is read as many as are still wanted)
+        keyed = all(r.key is not None for r in page.rows)
+        batch = count
         while len(rows) < count and page.next_cursor is not None and scanned < FILL_SCAN:
-            more = self.page(ctx, dataclasses.replace(q, cursor=page.next_cursor),
-                             count - len(rows), False)
+            wanted = count - len(rows)
+            batch = min(max(batch * 2, wanted), FILL_BATCH) if keyed else wanted
+            more = self.page(ctx, dataclasses.replace(q, cursor=page.next_cursor), batch, False,
+                             sync=False)
             scanned += len(more.rows)
             seen, found = self._matches_seen(ctx, q, more.rows)
-            rows += seen
-            bodies.update(found)
             page.next_cursor = more.next_cursor
+            if len(seen) > wanted and seen[wanted - 1].key is not None:
+                seen = seen[:wanted]
+                page.next_cursor = cursor_after(seen[-1])
+            elif len(seen) > wanted:  # no cursor to end the page on: all that was read
+                keyed = False
+            rows += seen
+            bodies.update({(r.rtype, r.rid): found[(r.rtype, r.rid)] for r in seen})
         page.rows = rows
         return bodies
 
-    def _visible_total(self, ctx: Context, q: Query) -> int | None:
+    def _cheap_total(self, ctx: Context, q: Query, page: Page, count: int) -> int | None:
+        """The visible total without counting: a first page holding every visible match, or
+        (``_count=0``) at most ``CHEAP_VISIBLE`` matches read; else none."""
+        if q.cursor is not None:
+            return None
+        if count:
+            return len(page.rows) if page.next_cursor is None else None
+        return self._visible_total(ctx, q, up_to=CHEAP_VISIBLE)
+
+    def _visible_total(self, ctx: Context, q: Query, up_to: int | None = None) -> int | None:
         """How many of the matches the caller may see: counted one by one, up to
         ``VISIBLE_TOTAL_UP_TO`` matches; beyond, no total (the index's count would tell how
-        many are hidden, as HAPI's consent service withholds it too)."""
+        many are hidden, as HAPI's consent service withholds it too). ``up_to``: a smaller
+        bound, past which there is no total and nothing is said."""
+        bound = VISIBLE_TOTAL_UP_TO if up_to is None else up_to
         seen = shown = 0
         cursor: str | None = None
         while True:
-            page = self.page(ctx, dataclasses.replace(q, cursor=cursor), 500, False)
+            page = self.page(ctx, dataclasses.replace(q, cursor=cursor), min(500, bound + 1),
+                             False, sync=False)
             seen += len(page.rows)
-            if seen > VISIBLE_TOTAL_UP_TO:
-                q.notes.append(f"No total: more than {VISIBLE_TOTAL_UP_TO} matches, some of "
-                               "which may be hidden from this caller, are not counted one by one")
+            if seen > bound:
+                if up_to is None:
+                    q.notes.append(f"No total: more than {VISIBLE_TOTAL_UP_TO} matches, some "
+                                   "of which may be hidden from this caller, are not counted "
+                                   "one by one")
                 return None
             shown += len(self._matches_seen(ctx, q, page.rows)[0])
             cursor = page.next_cursor
@@ -987,7 +1025,9 @@ class Repository:
         cursor: str | None = None
         looked = 0
         while looked <= VISIBLE_TOTAL_UP_TO:
-            page = self.page(ctx, dataclasses.replace(q, cursor=cursor), 100, False)
+            # asked while judging matches the index just found, caught up for them
+            page = self.page(ctx, dataclasses.replace(q, cursor=cursor), 100, False,
+                             sync=False)
             looked += len(page.rows)
             if page.rows and (not check or self._matches_seen(ctx, q, page.rows)[0]):
                 return True

@@ -123,6 +123,30 @@ def test_totals_count_only_what_the_caller_sees(client, monkeypatch):
     assert outcome and "No total" in outcome[0]["issue"][0]["diagnostics"], page
 
 
+def test_pages_filled_past_hidden_matches_pass_over_none(client):
+    """A page some of whose matches are hidden is filled from those after it, read in growing
+    batches: following its next links hands out every shown match once, in order."""
+    family = "Fill" + unique()[:8]
+    shown = []
+    for i in range(40):  # runs of hidden matches, longer and longer, between shown ones
+        if i in (0, 1, 5, 6, 7, 20, 21, 22, 39):
+            p = patient(rid=f"{i:02d}{unique()[:12]}", family=family)
+            shown.append(p["id"])
+        else:
+            p = _hidden_patient(family)
+        _put(client, p)
+    found: list[str] = []
+    url: str | None = "/Patient"
+    params: dict | None = {"family": family, "_count": "2"}
+    while url:
+        b = client.get(url, params=params).json()
+        found += [e["resource"]["id"] for e in b.get("entry", ())
+                  if e["search"]["mode"] == "match"]
+        url = next((x["url"] for x in b.get("link", ()) if x["relation"] == "next"), None)
+        params = None
+    assert found == shown, (found, shown)
+
+
 def test_refused_types_and_writes(client):
     assert_outcome(client.get("/Encounter", params={"status": "finished"}), 403)
     assert_outcome(client.get("/Encounter/e1"), 403)

@@ -25,10 +25,10 @@ decides:
   is handed out (read, vread, history, search results, ``_include``, ``$everything``) is shown
   when a scope granting ``r`` or ``s`` on its type admits it (what one may search for one may
   read by ``_id``, and the reverse); a search is narrowed in its plan by the queries of its ``s``
-  scopes, so its pages and totals count only what is shown. A resource not selected is refused
-  on read as any hidden resource is, 403 (the caller names the id; a 404 would tell a deleted
-  one from a hidden one no better, and the consent and patient-context refusals answer 403
-  too). A create or update must store a resource a ``c`` or ``u`` scope selects, an update or
+  scopes and a ``patient/`` one's compartment, so its pages and totals count only what is
+  shown. A resource not selected is refused on read as any hidden resource is, 403 (the caller
+  names the id; a 404 would tell a deleted one from a hidden one no better, and the consent and
+  patient-context refusals answer 403 too). A create or update must store a resource a ``c`` or ``u`` scope selects, an update or
   delete must replace one a ``u`` or ``d`` scope selects, else 403; a conditional update or
   delete, whose target is found later, needs a scope without a query.
 - **Patient context.** A ``patient/`` scope admits the Patient in context and its compartment,
@@ -50,12 +50,17 @@ from typing import Any
 import orjson
 
 from hub.access.consent import Access, ConsentIndex, organizations, patient_id
-from hub.access.scopequery import compile_query, search_groups
+from hub.access.scopequery import ScopeQuery, compile_query, search_groups
 from hub.auth.scopes import Scope, parse_scopes, permits
 from hub.core.access import Action, Actor, Owner, names_patient, own_base, patients_in
 from hub.core.errors import LOGIN_REQUIRED, forbidden, unauthenticated
-from projections.search.compartment import compartment_keys, patient_compartment
+from projections.search.compartment import (
+    compartment_group,
+    compartment_keys,
+    patient_compartment,
+)
 from projections.search.extract import Ref, extract
+from projections.search.query import Criterion, TokenValue
 
 ROLES = ("connector", "clinician", "steward", "auditor", "admin")
 WRITERS = frozenset({"connector", "steward", "admin"})
@@ -222,11 +227,12 @@ class AccessPolicy:
         if actor.kind == "system":
             return None
         granting = permits(scopes_of(actor.scopes), "s", rtype)
-        if not granting or any(not s.query for s in granting):
+        if not granting or any(_admits_all(s) for s in granting):
             return None
-        # what the queries select, a patient/ scope's whoever it is about: the compartment is
-        # judged after the search (``hides_after_search``)
-        return search_groups([compile_query(rtype, s.query) for s in granting])
+        # each scope by its own limits, OR'ed: its query, and a patient/ one's compartment, so
+        # that another patient's records are neither found, paged nor counted (a count judged
+        # after the search would tell how many there are); the judgement after the search stays
+        return search_groups([_selection(s, actor.patient, rtype) for s in granting])
 
     def hides_after_search(self, actor: Actor, rtype: str, *, narrowed: bool = True,
                            across: bool = False) -> bool:
@@ -244,7 +250,9 @@ class AccessPolicy:
         if any(_admits_all(s) for s in on_type):
             return False
         if any(s.context == "patient" for s in on_type):
-            return True  # the patient's compartment, judged per resource
+            # the patient's compartment, narrowed in the plan where it can be, judged per
+            # resource all the same
+            return True
         # a scope's query narrows a search's plan; what nothing narrowed (a history) is judged
         # resource by resource
         return not narrowed
@@ -345,6 +353,35 @@ class AccessPolicy:
 def _admits_all(scope: Scope) -> bool:
     """A scope that admits every resource of its type: no query, and about no one patient."""
     return not scope.query and scope.context != "patient"
+
+
+def _selection(scope: Scope, patient: str | None, rtype: str) -> ScopeQuery:
+    """What ``scope`` selects of ``rtype`` as search criteria: its query, and for a
+    ``patient/`` scope the compartment of the patient in context (none without one). A type
+    the compartment does not list is in it through any reference, which no search parameter
+    holds whole: there the query alone narrows the plan, the compartment judged after it."""
+    query = compile_query(rtype, scope.query)
+    if scope.context != "patient" or query.groups is None:
+        return query
+    if patient is None:
+        return ScopeQuery(rtype, None)  # selects nothing
+    group = _compartment_criteria(rtype, patient)
+    if group is None:
+        return query
+    if not group:
+        return ScopeQuery(rtype, None)
+    return ScopeQuery(rtype, (*query.groups, tuple(group)))
+
+
+def _compartment_criteria(rtype: str, patient: str) -> list[Criterion] | None:
+    """The OR-group selecting what ``_in_compartment`` admits, as the search index holds it:
+    the compartment's reference parameters naming the patient (relative, or absolute on
+    ``HUB_BASE_URL``), of Patients only its own ``_id``; None for a type it does not list."""
+    if rtype == "Patient":
+        return [Criterion("_id", "token", value=TokenValue(None, patient))]
+    if rtype not in patient_compartment():
+        return None
+    return compartment_group("Patient", patient, rtype, own_base())
 
 
 def _admitted(granting: list[Scope], patient: str | None, rtype: str, rid: str, resource: bytes,

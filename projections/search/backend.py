@@ -10,7 +10,7 @@ external engine) replaces it there.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import orjson
@@ -25,11 +25,14 @@ INCLUDE_DEPTH = 32
 
 @dataclass
 class Row:
-    """A match: its type, id, and the backend's key for it (includes start from it)."""
+    """A match: its type, id, and the backend's key for it (includes start from it); ``key``:
+    a page's row, its cursor values (``cursor_after``), where the backend's cursors are keyset
+    cursors."""
 
     rtype: str
     rid: str
     pk: int
+    key: list | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -69,6 +72,12 @@ class SearchBackend(Protocol):
 def encode_cursor(direction: str, values: list) -> str:
     """A keyset cursor: the direction (``n`` next, ``p`` previous) and the edge row's sort values."""
     return base64.urlsafe_b64encode(orjson.dumps([direction, *values])).decode().rstrip("=")
+
+
+def cursor_after(row: Row) -> str | None:
+    """The cursor of the page after ``row`` (a page's row of a keyset backend), so a page read
+    past its end can end at a row of its own choosing: None where the row carries no key."""
+    return None if row.key is None else encode_cursor("n", row.key)
 
 
 def decode_cursor(cursor: str, n_sort: int) -> tuple[str, list]:

@@ -357,7 +357,7 @@ class ElasticsearchSearch(SearchBackend):
                                  sort=self._sort(q, not reverse), search_after=edge_hit["sort"],
                                  track_total_hits=False)
             beyond = bool(probe["hits"]["hits"])
-        rows = [Row(q.rtype, h["_id"], int(h["_source"]["pk"])) for h in hits]
+        rows = [Row(q.rtype, h["_id"], int(h["_source"]["pk"]), h["sort"]) for h in hits]
         has_next = beyond if reverse else more
         has_prev = more if reverse else beyond
         return Page(rows, encode_cursor("n", hits[-1]["sort"]) if has_next else None,

@@ -489,7 +489,7 @@ class SQLiteSearch(SearchBackend):
                 probe = _after(s, comps, _expand(_key(edge)), not reverse)
                 c.execute(f"SELECT 1 FROM ({inner}) WHERE {probe} LIMIT 1", s.args)
                 beyond = c.fetchone() is not None
-        rows = [Row(q.rtype, f[1], f[0]) for f in fetched]
+        rows = [Row(q.rtype, f[1], f[0], _key(f)) for f in fetched]
         has_next = beyond if reverse else more
         has_prev = more if reverse else beyond
         return Page(rows, encode_cursor("n", _key(fetched[-1])) if has_next else None,
