@@ -980,3 +980,35 @@ def test_a_dead_letter_is_shown_to_its_connectors_institution_only(live, tmp_pat
     finally:
         registry.remove(name)
         listed.shutdown()
+
+
+def test_the_quality_page_lists_no_document_whose_report_it_may_not_open(live):
+    """A steward of another institution saw, among the documents behind a quality count, one of a
+    patient whose consent hid her from it (its institution, type and decision), though its report
+    did not open. The list leaves out what the reader may not open."""
+    from fhir_mapping.base import SourceInfo
+    from fhir_mapping.cda import convert
+    from tests.api_helpers import consent
+    from tests.console_helpers import wait_for
+
+    n = uuid.uuid4().hex[:6].upper()
+    ha, hb = f"HA{n}", f"HB{n}"
+    sender = httpx.Client(base_url=base(live), timeout=60, verify=httpclient.verify(),
+                          auth=live.client_auth(roles=("connector",), institution=hb),
+                          headers={"x-hub-source-institution": hb})
+    doc = _cda_of(n, f"DQ-{n}", 1)
+    made = sender.post("/cda", content=doc, headers={"content-type": "application/xml"})
+    assert made.status_code == 201, made.text[:300]
+    rid = made.json()["id"]
+    pid = convert(doc, SourceInfo(institution=hb)).patient_key.split("/", 1)[1]
+    deny = consent(pid, {"type": "deny"}, hb)
+    assert sender.put(f"/fhir/Consent/{deny['id']}", json=deny).status_code == 201
+    sender.close()
+    link = f"/console/quality/report/{rid}"
+    home = _logged_in(live, _user(live, ("steward",), hb))
+    assert wait_for(lambda: link in home.get("/console/quality", params={"institution": hb}).text,
+                    timeout=20)
+    away = _logged_in(live, _user(live, ("steward",), ha))
+    assert away.get(link).status_code == 403
+    page = away.get("/console/quality", params={"institution": hb})
+    assert page.status_code == 200 and link not in page.text, page.text[-2000:]
