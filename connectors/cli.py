@@ -122,7 +122,8 @@ def cmd_connector(args, settings) -> int:
 
 
 def _register(cfg, url: str | None, settings) -> int:
-    """Record the daemon for the hub's console: its status URL and its admin token."""
+    """Record the daemon for the hub's console: its status URL, its admin token and its
+    institution (whose people alone, with the region's, see its dead letters)."""
     from connectors.config import ConfigError, admin_token
     from hub.daemons import DaemonRegistry
 
@@ -138,7 +139,8 @@ def _register(cfg, url: str | None, settings) -> int:
     except ConfigError as e:
         raise _usage(str(e)) from None
     try:
-        DaemonRegistry(settings.data_dir).add(cfg.name, url, token)
+        DaemonRegistry(settings.data_dir).add(cfg.name, url, token,
+                                              cfg.source_info.institution)
     except ValueError as e:
         raise _usage(str(e)) from None
     print(f"connector {cfg.name} registered at {url}"

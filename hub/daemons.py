@@ -20,7 +20,7 @@ import httpx
 
 from hub.core import httpclient
 from hub.core.errors import FhirError
-from hub.core.sqlitefile import connection, create
+from hub.core.sqlitefile import add_columns, connection, create
 
 REGISTRY_FILE = "connectors.sqlite"
 TIMEOUT_S = 3.0
@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS daemon (
     name  TEXT PRIMARY KEY,
     url   TEXT NOT NULL,
     token TEXT,
-    added TEXT NOT NULL
+    added TEXT NOT NULL,
+    institution TEXT
 );"""
 
 
@@ -41,23 +42,28 @@ class Daemon:
     name: str
     url: str  # the status endpoint's base: http://host:port
     token: str | None  # the daemon's admin token, to reach its dead letters
+    # the institution its configuration names: its dead letters are that institution's ("":
+    # registered before the hub kept it, shown to the region's people alone)
+    institution: str = ""
 
 
 class DaemonRegistry:
     def __init__(self, data_dir: Path):
         self.path = Path(data_dir) / REGISTRY_FILE
         create(self.path, _SCHEMA, WHAT)
+        add_columns(self.path, "daemon", {"institution": "TEXT"})  # a file from before it
 
     def _db(self) -> AbstractContextManager[sqlite3.Connection]:
         return connection(self.path)
 
-    def add(self, name: str, url: str, token: str | None) -> Daemon:
+    def add(self, name: str, url: str, token: str | None, institution: str = "") -> Daemon:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"{url!r}: the status endpoint is an http(s) URL")
         with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO daemon VALUES (?,?,?,?)",
-                       (name, url.rstrip("/"), token, datetime.now(UTC).isoformat()))
-        return Daemon(name, url.rstrip("/"), token)
+            db.execute("INSERT OR REPLACE INTO daemon (name, url, token, added, institution) "
+                       "VALUES (?,?,?,?,?)", (name, url.rstrip("/"), token,
+                                              datetime.now(UTC).isoformat(), institution))
+        return Daemon(name, url.rstrip("/"), token, institution)
 
     def remove(self, name: str) -> bool:
         with self._db() as db:
@@ -65,7 +71,8 @@ class DaemonRegistry:
 
     def list(self) -> list[Daemon]:
         with self._db() as db:
-            rows = db.execute("SELECT name, url, token FROM daemon ORDER BY name").fetchall()
+            rows = db.execute("SELECT name, url, token, coalesce(institution, '') FROM daemon "
+                              "ORDER BY name").fetchall()
         return [Daemon(*r) for r in rows]
 
     def get(self, name: str) -> Daemon:

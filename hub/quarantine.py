@@ -111,10 +111,10 @@ class Quarantine:
             return cur.lastrowid
 
     def list(self, status: str | None = "open", limit: int = 100, newest_first: bool = False,
-             before: int | None = None) -> list[dict[str, Any]]:
+             before: int | None = None, institution: str | None = None) -> list[dict[str, Any]]:
         """At most ``limit`` entries of ``status`` (None: any), oldest first, or with ``newest_first``
         the newest first; ``before``: only those of an id below it (the next page of the
-        newest first)."""
+        newest first); ``institution``: only those from it (None: from anyone)."""
         # the institution its report is filed under: the document's custodian when the sender
         # named none (a list showed "-" for a document whose custodian it knew), read in SQL: a
         # page of entries does not parse each whole report for it
@@ -130,6 +130,9 @@ class Quarantine:
         if before is not None:
             where.append("id < ?")
             args.append(before)
+        if institution is not None:
+            where.append(_FROM)
+            args += [QUALITY_INSTITUTION, institution]
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC" if newest_first else " ORDER BY id"
@@ -139,24 +142,31 @@ class Quarantine:
         return [dict(zip(keys, r), source=orjson.loads(r[2]), institution=_institution(r[2], r[7]))
                 for r in rows]
 
-    def count(self, status: str | None = "open") -> int:
+    def count(self, status: str | None = "open", institution: str | None = None) -> int:
+        where, args = (["status = ?"], [status]) if status else ([], [])
+        if institution is not None:
+            where.append(_FROM)
+            args += [QUALITY_INSTITUTION, institution]
         with self._lock:
             row = self._db.execute("SELECT count(*) FROM quarantine" +
-                                   (" WHERE status = ?" if status else ""),
-                                   (status,) if status else ()).fetchone()
+                                   (" WHERE " + " AND ".join(where) if where else ""),
+                                   args).fetchone()
         return int(row[0])
 
-    def daily(self, since: str) -> builtins.list[tuple[str, str, int]]:
+    def daily(self, since: str, institution: str | None = None
+              ) -> builtins.list[tuple[str, str, int]]:
         """(day in the platform's zone, HUB_TIMEZONE, as YYYY-MM-DD; kind; entries) of the
         entries kept since the instant ``since`` (ISO, UTC), for the console's overview. Each
         refused input counts once, on the day of its latest refusal (as the quality report
         counts its check): an entry a refused replay superseded is counted as its new entry."""
         offset = f"{local_offset()} seconds"
+        mine = f" AND {_FROM}" if institution is not None else ""
         with self._lock:
             rows = self._db.execute(
                 "SELECT date(time, ?) AS d, kind, count(*) FROM quarantine "
-                "WHERE time >= ? AND status != 'superseded' GROUP BY d, kind ORDER BY d",
-                (offset, since)).fetchall()
+                f"WHERE time >= ? AND status != 'superseded'{mine} GROUP BY d, kind ORDER BY d",
+                (offset, since, *((QUALITY_INSTITUTION, institution) if mine else ()))
+            ).fetchall()
         return [(str(d), str(k), int(n)) for d, k, n in rows]
 
     def counts_by(self, kind: str, key: str, status: str | None = None
@@ -194,6 +204,16 @@ class Quarantine:
         with self._lock:
             self._db.execute("UPDATE quarantine SET status=?, replayed=?, result=? WHERE id=?",
                              (status, _now(), orjson.dumps(result), qid))
+
+
+# an entry is from the institution ``_institution`` says, in SQL (two arguments: the report's
+# institution extension, the institution asked for); the column, kept for the quota, holds
+# what the sender named, and is empty or (a file from before quotas) NULL when it named none
+_FROM = ("(CASE WHEN coalesce(institution, '') != '' THEN institution ELSE coalesce(nullif("
+         "json_extract(CAST(source AS TEXT), '$.institution'), ''), nullif((SELECT "
+         "json_extract(e.value, '$.valueString') FROM json_each(CAST(report AS TEXT), "
+         "'$.extension') AS e WHERE json_extract(e.value, '$.url') = ? LIMIT 1), 'unknown'), '') "
+         "END) = ?")
 
 
 def _institution(source: bytes | str, filed_under: Any) -> str:

@@ -190,8 +190,7 @@ def replay(repo: Repository, quarantine: Quarantine, qid: int,
     except soap.NotAMessage as e:
         quarantine.mark(qid, "open", {"ack": "AR", "reason": e.text[:300]})
         return False, f"AR: {e.text}"
-    source = SourceInfo(**{k: v for k, v in entry["source"].items()
-                           if k in ("institution", "oid", "feed")})
+    source = _source(entry["source"])
     ctx = Context(source={"institution": source.institution or "unknown",
                           "feed": "quarantine-replay"}, actor=SYSTEM)
     try:
@@ -208,3 +207,19 @@ def replay(repo: Repository, quarantine: Quarantine, qid: int,
                if isinstance(r, Result) and r.version is not None]
     quarantine.mark(qid, "replayed", {"ack": "AA", "resources": len(written)})
     return True, ", ".join(written)
+
+
+def patient_of(payload: bytes, source: dict[str, Any]) -> str | None:
+    """``Patient/<id>`` a kept message is about, keyed as its mapping keys it; None when the
+    mapper refuses it (it then names no patient it would write)."""
+    try:
+        env = soap.unwrap(payload)
+        conv = hl7v3.convert(env.message if env is not None else payload, _source(source))
+    except (soap.NotAMessage, MappingError):
+        return None
+    return conv.patient_key
+
+
+def _source(kept: dict[str, Any]) -> SourceInfo:
+    """The sender of a kept message, as its entry records it."""
+    return SourceInfo(**{k: v for k, v in kept.items() if k in ("institution", "oid", "feed")})

@@ -945,3 +945,182 @@ def test_a_person_partly_hidden_shows_no_decision_naming_its_hidden_persons_and_
                        data={"csrf": _csrf(full), "seq": merge_seq}, follow_redirects=False)
     assert undone.status_code == 303, undone.text[:300]
     assert client.get(f"/Person/{hidden}").json().get("active") is not False
+
+
+def _cda_of(n: str, doc_id: str, version: object) -> bytes:
+    from tests.cda_docs import wst500
+
+    return wst500(doc_id=doc_id, set_id=f"SET-{doc_id}", version=version, name=f"郑{n}") \
+        .replace(b"H44000077", f"C{n}".encode())  # each test's custodian its own
+
+
+def test_a_kept_payload_is_shown_to_its_institution_and_its_patients_readers_only(live):
+    """A steward of one institution opened another's quarantined document in full, one about a
+    patient whose consent hid them from it too, and the AuditEvent named no patient. An entry is
+    shown to its own institution's people (or the region's, of none), its payload only when its
+    Patient is shown to the reader, and the view is audited under that Patient."""
+    import json
+
+    from fhir_mapping.base import SourceInfo
+    from fhir_mapping.cda import convert
+    from tests.api_helpers import consent
+    from tests.console_helpers import wait_for
+
+    n = uuid.uuid4().hex[:6].upper()
+    ha, hb = f"HA{n}", f"HB{n}"
+    sender = httpx.Client(base_url=base(live), timeout=60, verify=httpclient.verify(),
+                          auth=live.client_auth(roles=("connector",), institution=hb),
+                          headers={"x-hub-source-institution": hb})
+    xml = {"content-type": "application/xml"}
+    good = _cda_of(n, f"D1-{n}", 1)
+    assert sender.post("/cda", content=good, headers=xml).status_code == 201
+    pid = convert(good, SourceInfo(institution=hb)).patient_key.split("/", 1)[1]
+    deny = consent(pid, {"type": "deny"}, hb)
+    assert sender.put(f"/fhir/Consent/{deny['id']}", json=deny).status_code == 201
+    refused = sender.post("/cda", content=_cda_of(n, f"D2-{n}", "abc"), headers=xml)
+    assert refused.status_code == 422, refused.text[:300]
+    qid = int(refused.headers["x-quarantine-id"])
+
+    away = _logged_in(live, _user(live, ("steward",), ha))
+    listed = away.get("/console/quarantine")
+    assert listed.status_code == 200 and f'id="entry-{qid}"' not in listed.text
+    for r in (away.get(f"/console/quarantine/{qid}"),
+              away.post(f"/console/quarantine/{qid}/replay", data={"csrf": _csrf(listed)})):
+        assert r.status_code == 404 and f"郑{n}" not in r.text, (r.status_code, r.text[:300])
+    # the region's administrator (of no institution) is held to the patient's consent
+    region = _logged_in(live, _user(live, ("admin",)))
+    assert f'id="entry-{qid}"' in region.get("/console/quarantine").text
+    withheld = region.get(f"/console/quarantine/{qid}")
+    assert withheld.status_code == 403 and f"郑{n}" not in withheld.text, withheld.text[:300]
+    home = _logged_in(live, _user(live, ("steward",), hb))
+    assert f'id="entry-{qid}"' in home.get("/console/quarantine").text
+    shown = home.get(f"/console/quarantine/{qid}")
+    assert shown.status_code == 200 and f"郑{n}" in shown.text
+
+    auditor = httpx.Client(base_url=live.base, auth=live.client_auth(roles=("auditor",)),
+                           timeout=30, verify=httpclient.verify())
+
+    def views() -> list[dict]:
+        found = auditor.get("/AuditEvent", params={"patient": f"Patient/{pid}", "_count": 100})
+        return [e["resource"] for e in found.json().get("entry", [])
+                if "$console-quarantine" in json.dumps(e["resource"].get("subtype"))]
+
+    assert wait_for(lambda: {v["outcome"] for v in views()} >= {"0", "4"}, timeout=20), views()
+    auditor.close()
+    sender.close()
+
+
+def test_a_dead_letter_is_shown_to_its_connectors_institution_only(live, tmp_path):
+    """Any steward read every connector's dead letters. A connector is its institution's: its
+    page, dead letters and replays are another institution's people's as an unknown one's."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from hub.daemons import DaemonRegistry
+    from tests.api_helpers import consent
+    from tests.console_helpers import wait_for
+
+    n = uuid.uuid4().hex[:6].upper()
+    ha, hb = f"HA{n}", f"HB{n}"
+    letter = {"id": 1, "kind": "hl7v2", "stage": "convert", "error": {"reason": "odd"},
+              "payload": f"MSH|^~\\&|\rPID|1||R{n}||郑^{n}"}
+    # a document about a patient of hers whose consent hides them from everyone else
+    sender = httpx.Client(base_url=base(live), timeout=60, verify=httpclient.verify(),
+                          auth=live.client_auth(roles=("connector",), institution=hb),
+                          headers={"x-hub-source-institution": hb})
+    made = sender.post("/cda", content=_cda_of(n, f"D1-{n}", 1),
+                       headers={"content-type": "application/xml"})
+    assert made.status_code == 201, made.text[:300]
+    pid = sender.get(made.headers["location"]).json()["subject"]["reference"].split("/")[1]
+    deny = consent(pid, {"type": "deny"}, hb)
+    assert sender.put(f"/fhir/Consent/{deny['id']}", json=deny).status_code == 201
+    sender.close()
+    document = {"id": 2, "kind": "cda", "stage": "deliver", "error": {"reason": "busy"},
+                "payload": _cda_of(n, f"D2-{n}", 2).decode()}
+    answers = {"/status": {"healthy": True, "sources": {}, "sink": {}},
+               "/deadletters": [{k: v for k, v in d.items() if k != "payload"}
+                                for d in (letter, document)],
+               "/deadletters/1": letter, "/deadletters/2": document}
+
+    class Daemon(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the standard library's name
+            body = json.dumps(answers.get(self.path.split("?")[0], [])).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    listed = ThreadingHTTPServer(("127.0.0.1", 0), Daemon)
+    threading.Thread(target=listed.serve_forever, daemon=True).start()
+    name = f"feed-{n.lower()}"
+    registry = DaemonRegistry(live.settings.data_dir)
+    try:
+        registry.add(name, f"http://127.0.0.1:{listed.server_port}", "token", institution=hb)
+        away = _logged_in(live, _user(live, ("steward",), ha))
+        page = away.get("/console/connectors")
+        assert page.status_code == 200 and name not in page.text
+        for r in (away.get(f"/console/connectors/{name}"),
+                  away.get(f"/console/connectors/{name}/deadletters/1"),
+                  away.post(f"/console/connectors/{name}/deadletters/1/replay",
+                            data={"csrf": _csrf(page)})):
+            assert r.status_code == 404 and f"郑^{n}" not in r.text, (r.status_code, r.text[:300])
+        home = _logged_in(live, _user(live, ("steward",), hb))
+        assert name in home.get("/console/connectors").text
+        shown = home.get(f"/console/connectors/{name}/deadletters/1")
+        assert shown.status_code == 200 and f"郑^{n}" in shown.text
+        # the document's Patient is told (as its mapping keys it): hidden from the region's
+        # administrator by her consent, shown to her institution and audited under her
+        region = _logged_in(live, _user(live, ("admin",)))
+        withheld = region.get(f"/console/connectors/{name}/deadletters/2")
+        assert withheld.status_code == 403 and f"郑{n}" not in withheld.text
+        shown = home.get(f"/console/connectors/{name}/deadletters/2")
+        assert shown.status_code == 200 and f"郑{n}" in shown.text
+        auditor = httpx.Client(base_url=live.base, auth=live.client_auth(roles=("auditor",)),
+                               timeout=30, verify=httpclient.verify())
+
+        def views() -> set[str]:
+            found = auditor.get("/AuditEvent", params={"patient": f"Patient/{pid}"}).json()
+            return {e["resource"]["outcome"] for e in found.get("entry", [])
+                    if "$console-connectors" in json.dumps(e["resource"].get("subtype"))}
+
+        assert wait_for(lambda: views() >= {"0", "4"}, timeout=20), views()
+        auditor.close()
+    finally:
+        registry.remove(name)
+        listed.shutdown()
+
+
+def test_the_quality_page_lists_no_document_whose_report_it_may_not_open(live):
+    """A steward of another institution saw, among the documents behind a quality count, one of a
+    patient whose consent hid her from it (its institution, type and decision), though its report
+    did not open. The list leaves out what the reader may not open."""
+    from fhir_mapping.base import SourceInfo
+    from fhir_mapping.cda import convert
+    from tests.api_helpers import consent
+    from tests.console_helpers import wait_for
+
+    n = uuid.uuid4().hex[:6].upper()
+    ha, hb = f"HA{n}", f"HB{n}"
+    sender = httpx.Client(base_url=base(live), timeout=60, verify=httpclient.verify(),
+                          auth=live.client_auth(roles=("connector",), institution=hb),
+                          headers={"x-hub-source-institution": hb})
+    doc = _cda_of(n, f"DQ-{n}", 1)
+    made = sender.post("/cda", content=doc, headers={"content-type": "application/xml"})
+    assert made.status_code == 201, made.text[:300]
+    rid = made.json()["id"]
+    pid = convert(doc, SourceInfo(institution=hb)).patient_key.split("/", 1)[1]
+    deny = consent(pid, {"type": "deny"}, hb)
+    assert sender.put(f"/fhir/Consent/{deny['id']}", json=deny).status_code == 201
+    sender.close()
+    link = f"/console/quality/report/{rid}"
+    home = _logged_in(live, _user(live, ("steward",), hb))
+    assert wait_for(lambda: link in home.get("/console/quality", params={"institution": hb}).text,
+                    timeout=20)
+    away = _logged_in(live, _user(live, ("steward",), ha))
+    assert away.get(link).status_code == 403
+    page = away.get("/console/quality", params={"institution": hb})
+    assert page.status_code == 200 and link not in page.text, page.text[-2000:]

@@ -58,10 +58,10 @@ every clinical statement of the body, what became of it (tests use it to prove n
 from __future__ import annotations
 
 from fhir_mapping.base import Conversion, MappingError, SourceInfo
-from fhir_mapping.cda.mapper import convert_document
+from fhir_mapping.cda.mapper import convert_document, patient_of
 from fhir_mapping.cda.tables import tables
 
-__all__ = ["convert", "convert_traced", "tables", "FINDING_RULES", "Conversion", "MappingError", "SourceInfo"]
+__all__ = ["convert", "convert_traced", "patient_of", "tables", "FINDING_RULES", "Conversion", "MappingError", "SourceInfo"]
 
 FINDING_RULES = {
     "cda.document.type-unknown": "templateId / document code not in tables/documents.yaml",

@@ -27,6 +27,33 @@ from fhir_mapping.xmlsafe import parse_xml
 __all__ = ["STATEMENTS", "convert_document", "tables"]  # STATEMENTS: the tests' helpers read it from here
 
 
+def patient_of(payload: bytes, source: SourceInfo) -> str | None:
+    """``Patient/<id>`` of the document's recordTarget, keyed as ``convert_document`` keys it;
+    None when it names none usable or is no document. Nothing else is mapped and no quality
+    rule applied: the Patient a refused document is about."""
+    try:
+        root = parse_xml(payload)
+        if root.tag != q("ClinicalDocument"):
+            return None
+        ctx = Ctx(root, source, tables())
+        _custodian(ctx, root, source)
+        return _patient(ctx, root, None)
+    except MappingError:
+        return None
+
+
+def _custodian(ctx: Ctx, root, source: SourceInfo):
+    """The custodian's organization element; the institution the ids are keyed by set: the
+    connector's, else the custodian's id, else the sender's OID."""
+    cust_org_el = dt.path(root, "custodian", "assignedCustodian", "representedCustodianOrganization")
+    if not ctx.institution:
+        ck = dt.ii(child(cust_org_el, "id")) if cust_org_el is not None else None
+        if ck and not usable(ck[1], ck[0]):
+            ck = None  # a filler custodian id would make one institution of every sender using it
+        ctx.institution = (f"{ck[0]}|{ck[1]}" if ck else "") or source.oid
+    return cust_org_el
+
+
 def convert_document(payload: bytes, source: SourceInfo) -> tuple[Conversion, dict]:
     root = parse_xml(payload)
     if root.tag != q("ClinicalDocument"):
@@ -60,12 +87,7 @@ def convert_document(payload: bytes, source: SourceInfo) -> tuple[Conversion, di
                  "the document table; header, Composition and sections mapped", code_el if code_el is not None else root)
     doc_id, set_id, version = _doc_ids(ctx, root)
     # custodian first: it names the institution when the connector did not
-    cust_org_el = dt.path(root, "custodian", "assignedCustodian", "representedCustodianOrganization")
-    if not ctx.institution:
-        ck = dt.ii(child(cust_org_el, "id")) if cust_org_el is not None else None
-        if ck and not usable(ck[1], ck[0]):
-            ck = None  # a filler custodian id would make one institution of every sender using it
-        ctx.institution = (f"{ck[0]}|{ck[1]}" if ck else "") or source.oid
+    cust_org_el = _custodian(ctx, root, source)
     custodian_ref = _organization(ctx, cust_org_el) if cust_org_el is not None else None
     # document ids are unique within an institution (WS/T 500 roots are namespaces shared by every
     # hospital): the key is (institution, document type, setId or id)

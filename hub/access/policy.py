@@ -39,6 +39,10 @@ decides:
   is another reader and held to them. Nor do they hide a record from the institution that
   recorded it (its first version's). A Consent is written under its recording institution,
   which its ``organization`` names; a connector writes one only of its institution's Patients.
+- **Institutions' work lists.** What an institution sent that the hub kept aside (quarantine
+  entries, its connectors' dead letters) is shown to that institution's people and to the
+  region's, of no institution (``bound_to``); its payload, a patient's data, only to a reader
+  of that Patient (``hub.console.kept``).
 """
 
 from __future__ import annotations
@@ -348,6 +352,14 @@ class AccessPolicy:
             # connector changes none (hub.access.terminology)
             return False
         return not institution or institution == actor.institution
+
+
+def bound_to(actor: Actor) -> str | None:
+    """The institution whose own work lists alone (its quarantined documents and messages, its
+    connectors and their dead letters) are shown to ``actor``: its own; None, every one's, for
+    the region's people (of no institution, as a consent naming institutions judges them) and
+    the hub itself."""
+    return actor.institution or None if actor.kind != "system" else None
 
 
 def _admits_all(scope: Scope) -> bool:

@@ -14,15 +14,25 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from hub import daemons
+from hub.access.policy import bound_to
 from hub.api.caller import authorize
+from hub.console import kept
 from hub.console.common import check_csrf, notice_of, page, router, say, with_notice
 from hub.core.access import Action
+from hub.core.ingest import Context
 
 COUNTS = daemons.COUNTS
 
 
 def _registry(request: Request) -> daemons.DaemonRegistry:
     return daemons.DaemonRegistry(request.app.state.settings.data_dir)
+
+
+def _daemon(request: Request, ctx: Context, name: str) -> daemons.Daemon:
+    """A registered daemon the caller may watch: its institution's (``hub.console.kept``)."""
+    daemon = _registry(request).get(name)
+    kept.require_own(ctx, daemon.institution, f"connector {name!r} is registered")
+    return daemon
 
 
 def _summary(daemon: daemons.Daemon, st: dict[str, Any]) -> dict[str, Any]:
@@ -47,8 +57,9 @@ def _duration(seconds: Any) -> str:
 @router.api_route("/console/connectors", methods=["GET", "HEAD"], name="console-connectors",
                   include_in_schema=False)
 def connectors_page(request: Request) -> Response:
-    authorize(request, Action("operation", None, None, "$console-connectors"))
-    registered = _registry(request).list()
+    ctx = authorize(request, Action("operation", None, None, "$console-connectors"))
+    mine = bound_to(ctx.actor)  # an institution's people watch its own connectors
+    registered = [d for d in _registry(request).list() if mine is None or d.institution == mine]
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(registered)))) as pool:
         states = list(pool.map(daemons.status, registered))
     rows = [_summary(d, st) for d, st in zip(registered, states)]
@@ -59,8 +70,8 @@ def connectors_page(request: Request) -> Response:
 @router.api_route("/console/connectors/{name}", methods=["GET", "HEAD"],
                   name="console-connector", include_in_schema=False)
 def connector_page(request: Request, name: str) -> Response:
-    authorize(request, Action("operation", None, None, "$console-connectors"))
-    daemon = _registry(request).get(name)
+    ctx = authorize(request, Action("operation", None, None, "$console-connectors"))
+    daemon = _daemon(request, ctx, name)
     st = daemons.status(daemon)
     sources = [{"name": n, **s} for n, s in sorted((st.get("sources") or {}).items())]
     letters = daemons.deadletters(daemon, every=request.query_params.get("all") == "1") \
@@ -77,13 +88,25 @@ def connector_page(request: Request, name: str) -> Response:
 def deadletter_page(request: Request, name: str, dl_id: int) -> Response:
     action = Action("operation", None, None, "$console-connectors")
     ctx = authorize(request, action)
-    daemon = _registry(request).get(name)
-    letter = daemons.deadletter(daemon, dl_id)
-    # the payload is a patient's data as sent: its showing is audited like a read
-    audit = getattr(request.app.state.repo, "audit", None)
-    if audit is not None:
-        audit.record(ctx, action, "0", [], [], f"dead letter {dl_id} of connector {name} shown")
+    letter, patients = _letter(request, ctx, action, _daemon(request, ctx, name), dl_id)
+    # the payload is a patient's data as sent: its showing is audited like a read of it
+    kept.audited(request, ctx, action, "0", patients,
+                 f"dead letter {dl_id} of connector {name} shown")
     return page(request, "deadletter.html", "connectors", c={"name": name}, letter=letter)
+
+
+def _letter(request: Request, ctx: Context, action: Action, daemon: daemons.Daemon,
+            dl_id: int) -> tuple[dict[str, Any], list[str]]:
+    """A dead letter the caller may open (``hub.console.kept``: the Patient of a payload the hub
+    maps itself, a document or a v3 message, told by the daemon's institution), with the
+    Patients its audit names."""
+    letter = daemons.deadletter(daemon, dl_id)
+    payload = letter.get("payload")
+    patient = kept.patient_of(str(letter.get("kind") or ""), payload.encode("utf-8"),
+                              {"institution": daemon.institution}) \
+        if isinstance(payload, str) and daemon.institution else None
+    return letter, kept.judge(request, ctx, action, f"dead letter {dl_id} of connector "
+                              f"{daemon.name}", daemon.institution, patient)
 
 
 @router.post("/console/connectors/{name}/replay", name="console-connector-replay-all",
@@ -99,9 +122,12 @@ async def replay_one(request: Request, name: str, dl_id: int) -> Response:
 
 
 async def _replay(request: Request, name: str, dl_id: int | None) -> Response:
-    authorize(request, Action("operation", None, None, "$console-connectors-replay"))
+    action = Action("operation", None, None, "$console-connectors-replay")
+    ctx = authorize(request, action)
     check_csrf(request, await request.form())
-    daemon = _registry(request).get(name)
+    daemon = _daemon(request, ctx, name)
+    if dl_id is not None:  # one it may open (a replay of every open one: the institution's)
+        await run_in_threadpool(_letter, request, ctx, action, daemon, dl_id)
     results = await run_in_threadpool(daemons.replay, daemon, dl_id)
     ok = sum(1 for r in results if r.get("ok"))
     failed = [r for r in results if not r.get("ok")]

@@ -24,6 +24,7 @@ from hub.core.fhirtime import local_zone
 from projections.errors import QueryError
 
 DAYS = (7, 30, 90, 365)
+SHOWN = 100  # documents listed behind a count
 
 
 def _filters(request: Request) -> dict[str, str]:
@@ -34,7 +35,7 @@ def _filters(request: Request) -> dict[str, str]:
 @router.api_route("/console/quality", methods=["GET", "HEAD"], name="console-quality",
                   include_in_schema=False)
 def quality_page(request: Request) -> Response:
-    authorize(request, Action("operation", None, None, "$console-quality"))
+    ctx = authorize(request, Action("operation", None, None, "$console-quality"))
     model = request.app.state.quality
     runner = request.app.state.quality_runner
     if model is None or runner is None:
@@ -49,14 +50,30 @@ def quality_page(request: Request) -> Response:
             k: v for k, v in chosen.items() if k != g}) for g in ("institution", "rule",
                                                                "document_type")}
         trend = model.counts(since=since, group_by=("day",), **chosen)
-        documents = model.reports(since=since, limit=100, **chosen)
+        documents = model.reports(since=since, limit=2 * SHOWN, **chosen)
     except QueryError as e:
         raise FhirError(400, "invalid", str(e)) from None
+    documents = _openable(repository(request), ctx, documents)[:SHOWN]
     chart = {"days": [r["day"][5:] for r in trend],
              "series": [{"key": k, "data": [r[k] for r in trend]}
                         for k in ("documents", "rejected", "findings")]}
     return page(request, "quality.html", "quality", tables=tables, chart=chart,
                 documents=documents, filters=f, days=days, all_days=DAYS)
+
+
+def _openable(repo: Any, ctx: Any, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The documents whose report (and document) the caller may read: one a consent hides from
+    it is not listed, as its report does not open."""
+    refs = {"OperationOutcome": [d["rid"] for d in documents],
+            "DocumentReference": [d["document_ref"].split("/", 1)[1] for d in documents
+                                  if str(d.get("document_ref")).startswith("DocumentReference/")]}
+    hidden: set[str] = set()
+    for rtype, rids in refs.items():
+        held = set(repo.store.current_ids(rtype, rids)) if rids else set()
+        seen = repo.latest_many(ctx, rtype, sorted(held)) if held else {}
+        hidden |= {f"{rtype}/{r}" for r in held - set(seen)}
+    return [d for d in documents if f"OperationOutcome/{d['rid']}" not in hidden
+            and d.get("document_ref") not in hidden]
 
 
 @router.api_route("/console/quality/report/{rid}", methods=["GET", "HEAD"],
