@@ -55,6 +55,9 @@ def problem(div: Any) -> str | None:
         root = etree.fromstring(div.encode("utf-8", "surrogatepass"), parser())
     except (etree.XMLSyntaxError, ValueError) as e:
         return f"the narrative is not well-formed XHTML ({str(e).split(',')[0]})"
+    if root is not None and root.getroottree().docinfo.doctype:
+        # what XML the hub reads holds no DTD (a declared entity stays a node no XHTML writer has)
+        return "the narrative holds a DOCTYPE, which an XHTML narrative may not"
     if root is None or root.tag != f"{{{XHTML}}}div":
         return ("the narrative's root must be a div in the XHTML namespace "
                 f"(xmlns=\"{XHTML}\")")
