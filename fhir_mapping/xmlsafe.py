@@ -12,6 +12,10 @@ What is refused, and how cheaply:
 * ``xml.doctype-external``: a DOCTYPE naming an external DTD (``SYSTEM``/``PUBLIC``): libxml2 may
   read an external subset to look up an undefined entity even with ``load_dtd=False``, so it is
   refused before parsing. Only a bare ``<!DOCTYPE name>`` is tolerated.
+* ``xml.doctype``: any DOCTYPE at all, where the caller takes none (``doctype=False``: FHIR XML).
+* ``xml.encoding``: a document in another encoding than UTF-8, where the caller takes UTF-8 only
+  (``utf8_only=True``: FHIR XML): a BOM or byte pattern of UTF-16/32 or EBCDIC, or a declaration
+  naming another encoding; checked before parsing, and the encoding the parser used after.
 * ``xml.not-well-formed``: libxml2's own error, with line and column. The parser never expands
   entities (``resolve_entities=False``), loads no DTD, uses no network and keeps ``huge_tree`` off
   (libxml2's own hard limits: depth 256, 10 MB text node), so even a document slipping past the
@@ -20,6 +24,8 @@ What is refused, and how cheaply:
   steps evaluated in C (work proportional to the number of elements).
 * ``xml.attribute-too-large``: an attribute value longer than ``max_attribute_chars`` (one C XPath).
 * ``xml.entity-reference``: an unexpanded entity reference node survived parsing (defence in depth).
+* After parsing, whatever the prolog scan could not read (an encoding such as UTF-7 spells ``<!`` in
+  other bytes): a parsed DOCTYPE declaring entities or naming an external DTD is refused as above.
 
 The parser objects are per thread (lxml parsers are not to be shared between threads).
 """
@@ -47,6 +53,8 @@ XML_RULES = {
     "xml.too-large": "payload exceeds the byte-size limit",
     "xml.doctype-entities": "DOCTYPE with an internal subset or entity declarations",
     "xml.doctype-external": "DOCTYPE referring to an external DTD (SYSTEM/PUBLIC)",
+    "xml.doctype": "a DOCTYPE where none is taken",
+    "xml.encoding": "an encoding other than UTF-8 where only UTF-8 is taken",
     "xml.not-well-formed": "payload is not well-formed XML",
     "xml.too-deep": "elements nested deeper than the depth limit",
     "xml.attribute-too-large": "an attribute value exceeds the size limit",
@@ -61,15 +69,16 @@ _ENTITY = re.compile(rb"<!ENTITY", re.IGNORECASE)
 _EXTERNAL_ID = re.compile(rb"\b(SYSTEM|PUBLIC)\b")
 
 
-def _parser() -> etree.XMLParser:
-    p = getattr(_local, "parser", None)
+def _parser(comments: bool) -> etree.XMLParser:
+    name = "parser" if comments else "parser_no_comments"
+    p = getattr(_local, name, None)
     if p is None:
         p = etree.XMLParser(
             resolve_entities=False, load_dtd=False, dtd_validation=False, attribute_defaults=False,
             no_network=True, huge_tree=False, recover=False, decompress=False, collect_ids=False,
-            remove_comments=False, remove_pis=False, strip_cdata=True,
+            remove_comments=not comments, remove_pis=False, strip_cdata=True,
         )
-        _local.parser = p
+        setattr(_local, name, p)
     return p
 
 
@@ -139,9 +148,12 @@ def _prolog(view: bytes) -> bytes:
     return view
 
 
-def _scan_prolog(data: bytes) -> None:
+def _scan_prolog(data: bytes, doctype: bool) -> None:
     prolog = _prolog(_ascii_view(data))
     d = _DOCTYPE.search(prolog)
+    if d is not None and not doctype:
+        raise MappingError("XML DOCTYPE is refused: this XML carries none (nor entity declarations)",
+                           code="AR", rule="xml.doctype", location=f"byte {d.start()}")
     if d is not None:
         rest = prolog[d.end():]
         if b"[" in rest or _ENTITY.search(rest):
@@ -161,10 +173,13 @@ def _scan_prolog(data: bytes) -> None:
 
 
 def parse_xml(data: bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH,
-              max_attribute_chars: int = MAX_ATTRIBUTE_CHARS) -> etree._Element:
+              max_attribute_chars: int = MAX_ATTRIBUTE_CHARS, doctype: bool = True,
+              utf8_only: bool = False, comments: bool = True) -> etree._Element:
     """Parse ``data`` safely and return the root element; ``MappingError(code="AR")`` otherwise.
 
     ``max_depth`` counts the root as depth 1. libxml2 itself stops at depth 256 (huge_tree off).
+    ``doctype=False`` refuses even a bare DOCTYPE; ``utf8_only`` refuses any other encoding;
+    ``comments=False`` leaves comments out of the tree.
     """
     if isinstance(data, (bytearray, memoryview)):
         data = bytes(data)
@@ -176,9 +191,11 @@ def parse_xml(data: bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_D
     if len(data) > max_bytes:
         raise MappingError(f"XML payload is {len(data)} bytes, over the limit of {max_bytes}", code="AR",
                            rule="xml.too-large")
-    _scan_prolog(data)
+    if utf8_only:
+        _check_utf8(_named_encoding(data))
+    _scan_prolog(data, doctype)
     data = _gbk_as_gb18030(data)
-    parser = _parser()
+    parser = _parser(comments)
     try:
         root = etree.fromstring(data, parser)
     except etree.XMLSyntaxError as e:
@@ -191,6 +208,7 @@ def parse_xml(data: bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_D
         raise MappingError(f"not well-formed XML: {e}", code="AR", rule="xml.not-well-formed") from None
     if root is None:
         raise MappingError("XML payload has no root element", code="AR", rule="xml.not-well-formed")
+    _check_parsed(root.getroottree().docinfo, doctype, utf8_only)
     if _too_deep(max_depth)(root):
         raise MappingError(f"XML elements are nested deeper than {max_depth} levels", code="AR",
                            rule="xml.too-deep")
@@ -205,6 +223,52 @@ def parse_xml(data: bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_D
     if _has_entity_refs(root):
         raise MappingError("XML entity references are refused", code="AR", rule="xml.entity-reference")
     return root
+
+
+_UTF8 = ("utf-8", "utf8")
+_ENCODING_DECL = re.compile(rb"""^<\?xml\s[^>]*?encoding\s*=\s*["']([^"']{0,40})["']""")
+
+
+def _named_encoding(data: bytes) -> str:
+    """The encoding ``data`` is in by its first bytes (XML 1.0 appendix F): a BOM, the pattern of
+    ``<`` in UTF-16/32 or EBCDIC, else the declaration's label (UTF-8 when it names none)."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[3:]
+    elif data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "UTF-32"
+    elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "UTF-16"
+    head = data[:4]
+    if b"\0" in head:
+        return "UTF-16 or UTF-32"
+    if head == b"\x4c\x6f\xa7\x94":  # '<?xm' in EBCDIC
+        return "EBCDIC"
+    m = _ENCODING_DECL.match(data)
+    return m.group(1).decode("ascii", "replace") if m else "UTF-8"
+
+
+def _check_utf8(encoding: str) -> None:
+    if encoding.strip().lower() not in _UTF8:
+        raise MappingError(f"XML in {encoding[:40]!r}: only UTF-8 is taken", code="AR", rule="xml.encoding")
+
+
+def _check_parsed(docinfo: etree.DocInfo, doctype: bool, utf8_only: bool) -> None:
+    """What the parser read, whatever bytes spelled it: the prolog scan reads ASCII-compatible
+    bytes and UTF-16/32, and an encoding such as UTF-7 writes ``<!ENTITY`` in other bytes."""
+    if utf8_only:
+        _check_utf8(docinfo.encoding or "")
+    if not docinfo.doctype:
+        return
+    if not doctype:
+        raise MappingError("XML DOCTYPE is refused: this XML carries none (nor entity declarations)",
+                           code="AR", rule="xml.doctype")
+    if docinfo.system_url or docinfo.public_id:
+        raise MappingError("XML DOCTYPE with an external DTD (SYSTEM or PUBLIC identifier) is refused: "
+                           "no DTD is ever loaded", code="AR", rule="xml.doctype-external")
+    dtd = docinfo.internalDTD
+    if dtd is not None and any(True for _ in dtd.iterentities()):
+        raise MappingError("XML DOCTYPE with an internal subset (entity or attribute declarations) is refused: "
+                           "documents must not declare entities", code="AR", rule="xml.doctype-entities")
 
 
 # GB2312 and GBK as declared by Chinese senders: their bytes hold GBK and GB18030 characters

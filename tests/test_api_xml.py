@@ -136,6 +136,73 @@ def test_hostile_or_malformed_xml_is_refused_and_stores_nothing(client, body, st
     assert client.get("/metadata").status_code == 200
 
 
+_ENTITY_BODY = ('<!DOCTYPE Patient [<!ENTITY x "EXPANDED-ENTITY">]><Patient xmlns="http://hl7.org/fhir">'
+                '<name><family value="&x;"/></name></Patient>')
+
+
+def _encoded(codec: str, declared: str | None) -> bytes:
+    head = f'<?xml version="1.0" encoding="{declared}"?>' if declared else ""
+    return (head + _ENTITY_BODY).encode(codec)
+
+
+# the DOCTYPE in encodings where the bytes "<!doctype" never appear: each was a 201 storing the
+# entity's text (the check looked for those bytes)
+HIDDEN_DOCTYPE = {
+    "utf-16-bom": _encoded("utf-16", "UTF-16"), "utf-16-undeclared": _encoded("utf-16", None),
+    "utf-16le-no-bom": _encoded("utf-16-le", "UTF-16LE"), "utf-32": _encoded("utf-32", "UTF-32"),
+    "ebcdic": _encoded("cp037", "IBM037"), "utf-7": _encoded("utf-7", "UTF-7"),
+    "utf-7-markup": b'<?xml version="1.0" encoding="UTF-7"?>+ADw-!DOCTYPE Patient +AFs-+ADw-!ENTITY x '
+                    b'+ACI-EXPANDED-ENTITY+ACI-+AD4-+AF0-+AD4-<Patient xmlns="http://hl7.org/fhir">'
+                    b'<name><family value="&x;"/></name></Patient>',
+}
+
+
+@pytest.mark.parametrize("body", HIDDEN_DOCTYPE.values(), ids=HIDDEN_DOCTYPE.keys())
+def test_a_doctype_in_another_encoding_is_refused_wherever_xml_is_read(client, body):
+    """A resource, a transaction holding it, and the operations reading Parameters in XML:
+    refused, nothing stored, the entity never expanded."""
+    from hub.api.fhirxml import json_to_xml
+
+    before = system_total(client)
+    tx = json_to_xml(orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}}]}))
+    tx = tx[tx.index(b"<Bundle"):]  # its XML declaration left out: _reencode writes one
+    tx_hostile = tx.replace(b"<Bundle", b"<!DOCTYPE Bundle [<!ENTITY x 'EXPANDED-ENTITY'>]><Bundle", 1)
+    for path, content in (("/Patient", body), ("", _reencode(tx_hostile, body)),
+                          ("/Patient/$validate", body), ("/Patient/$match", body)):
+        r = client.post(path, content=content, headers=XML)
+        assert r.status_code in (400, 415), (path, r.status_code, r.text[:300])
+        assert b"<OperationOutcome" in r.content and b"EXPANDED-ENTITY" not in r.content
+    assert system_total(client) == before
+    assert client.get("/Patient", params={"family": "EXPANDED-ENTITY"}).json().get("total", 0) == 0
+
+
+def _reencode(xml: bytes, like: bytes) -> bytes:
+    """``xml`` (UTF-8, no declaration) in the encoding of the hostile sample ``like``."""
+    for codec, label, bom in (("utf-32", "UTF-32", b"\xff\xfe\x00\x00"), ("utf-16", "UTF-16", b"\xff\xfe")):
+        if like.startswith(bom):
+            return (f'<?xml version="1.0" encoding="{label}"?>' + xml.decode()).encode(codec)
+    for codec, label in (("utf-16-le", "UTF-16LE"), ("cp037", "IBM037"), ("utf-7", "UTF-7")):
+        if f'encoding="{label}"'.encode(codec) in like:
+            return (f'<?xml version="1.0" encoding="{label}"?>' + xml.decode()).encode(codec)
+    return xml
+
+
+@pytest.mark.parametrize("codec,label", [("utf-16", "UTF-16"), ("iso-8859-1", "ISO-8859-1"),
+                                         ("gb18030", "GB18030"), ("utf-16", None)])
+def test_a_fhir_xml_body_is_utf_8_as_json_is(client, codec, label):
+    """FHIR bodies are UTF-8 (http.html#mime-type), XML as JSON: another encoding is a 415, as a
+    charset= other than UTF-8 is; a UTF-8 body (with or without its BOM or declaration) is taken."""
+    decl = f'<?xml version="1.0" encoding="{label}"?>' if label else ""
+    text = '<Patient xmlns="http://hl7.org/fhir"><name><family value="Gómez"/></name></Patient>'
+    r = client.post("/Patient", content=(decl + text).encode(codec), headers=XML)
+    assert r.status_code == 415 and "UTF-8" in r.text, r.text[:300]
+    for body in (text.encode(), b"\xef\xbb\xbf" + text.encode(),
+                 ('<?xml version="1.0" encoding="utf-8"?>' + text).encode()):
+        r = client.post("/Patient", content=body, headers=XML)
+        assert r.status_code == 201, r.text[:300]
+
+
 def test_a_transaction_in_xml(client):
     d = patient(family="XmlTx")
     tx = {"resourceType": "Bundle", "type": "transaction", "entry": [

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from hub.api import xmlform
+from hub.api import fhirxml, xmlform
 from hub.core import resource as res
 from hub.core.errors import FhirError
 from tests.test_examples import all_examples
@@ -47,7 +47,7 @@ def test_every_example_goes_to_xml_and_back_unchanged():
     for name, raw in examples:
         try:
             xml = xmlform.json_to_xml(raw)
-            back = xmlform.xml_to_json(etree.fromstring(xml, parser=xmlform.safe_parser()))
+            back = fhirxml.xml_to_json(xml)
             same = _as_written(back) == _as_written(raw)
         except Exception:  # noqa: BLE001 - told apart below
             same = False
@@ -114,10 +114,40 @@ def test_json_that_is_no_resource_has_no_xml_form():
     """A table of the hub's own asked for in XML is a 406, not a guess at its elements."""
     import pytest
 
-    from hub.api import fhirxml
-
     for body in (b'{"report":"document-quality","rows":[]}', b'[1,2]',
                  b'{"resourceType":"NoSuchType"}'):
         with pytest.raises(FhirError) as e:
             fhirxml.json_to_xml(body)
         assert e.value.status == 406
+
+
+_CODECS = [("utf-8", "UTF-8"), ("utf-8-sig", "UTF-8"), ("utf-16", "UTF-16"), ("utf-16-le", "UTF-16LE"),
+           ("utf-16-be", "UTF-16BE"), ("utf-32", "UTF-32"), ("utf-7", "UTF-7"), ("cp037", "IBM037"),
+           ("latin-1", "ISO-8859-1"), ("gb18030", "GB18030")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(codec=st.sampled_from(_CODECS), declared=st.booleans(), doctype=st.sampled_from(
+    ["", "<!DOCTYPE Patient>", '<!DOCTYPE Patient [<!ENTITY x "EXPANDED">]>',
+     '<!DOCTYPE Patient SYSTEM "file:///etc/hostname">', '<!-- c --><!DOCTYPE Patient [<!ENTITY x "EXPANDED">]>']),
+    value=st.sampled_from(["&x;", "Li", "G\u00f3mez", "\u6768"]))
+def test_a_fhir_xml_body_in_any_encoding_is_utf8_json_or_refused(codec, declared, doctype, value):
+    """The hub takes FHIR XML in UTF-8 without a DOCTYPE, and nothing else: whatever the encoding
+    and however the DOCTYPE is spelled, no entity is ever expanded."""
+    name, label = codec
+    text = (f'<?xml version="1.0" encoding="{label}"?>' if declared else "") + doctype + \
+        f'<Patient xmlns="http://hl7.org/fhir"><name><family value="{value}"/></name></Patient>'
+    try:
+        body = text.encode(name)
+    except UnicodeEncodeError:
+        return
+    try:
+        out = fhirxml.xml_to_json(body)
+    except FhirError as e:
+        assert e.status in (400, 415), e
+    else:
+        # what is taken is UTF-8 (an ASCII-only sample of another codec is too) and holds no entity
+        body.decode("utf-8-sig")
+        assert (not declared or label == "UTF-8") and b"EXPANDED" not in out
+        if body.removeprefix(b"\xef\xbb\xbf") == text.encode():
+            assert not doctype and json.loads(out)["name"][0]["family"] == value

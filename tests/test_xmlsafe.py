@@ -159,3 +159,34 @@ def test_a_gb2312_or_gbk_label_reads_gbk_and_gb18030_characters(label, codec):
     with pytest.raises(MappingError) as e:
         parse_xml(doc.encode(codec).replace(b"</name>", b"\xff</name>"))
     assert e.value.rule == "xml.not-well-formed"
+
+
+UTF7_HIDDEN = (b'<?xml version="1.0" encoding="UTF-7"?>+ADw-!DOCTYPE a +AFs-+ADw-!ENTITY x +ACI-EXPANDED+ACI-'
+               b'+AD4-+AF0-+AD4-<a b="&x;"/>')
+
+
+def test_a_doctype_spelled_in_utf7_is_refused_after_parsing():
+    """UTF-7 spells '<!ENTITY' in other bytes than the prolog scan reads: the entity was expanded
+    into the attribute and the document taken. What the parser read is checked too."""
+    e = _refused(UTF7_HIDDEN, "xml.doctype-entities")
+    assert "EXPANDED" not in e.reason
+
+
+@pytest.mark.parametrize("doc,rule", [
+    (b"<!DOCTYPE a><a/>", "xml.doctype"),
+    (b'<!--x--><!DOCTYPE a SYSTEM "x.dtd"><a/>', "xml.doctype"),
+    (b'<?xml version="1.0" encoding="UTF-7"?>+ADw-!DOCTYPE a+AD4-<a/>', "xml.encoding"),
+    ('<?xml version="1.0" encoding="UTF-16"?><a/>'.encode("utf-16"), "xml.encoding"),
+    ("<a/>".encode("utf-16-le"), "xml.encoding"),
+    ("<a/>".encode("utf-32"), "xml.encoding"),
+    ('<?xml version="1.0" encoding="IBM037"?><a/>'.encode("cp037"), "xml.encoding"),
+    (b'<?xml version="1.0" encoding="ISO-8859-1"?><a>\xe9</a>', "xml.encoding"),
+])
+def test_no_doctype_and_utf8_only_when_asked(doc, rule):
+    _refused(doc, rule, doctype=False, utf8_only=True)
+
+
+def test_utf8_only_takes_utf8_with_or_without_bom_and_declaration():
+    for doc in (b"<a>\xc3\xa9</a>", b"\xef\xbb\xbf<a>\xc3\xa9</a>", b"<?xml version='1.0' encoding='utf-8'?><a>\xc3\xa9</a>",
+                b'<?xml version="1.0"?><a>\xc3\xa9</a>'):
+        assert parse_xml(doc, doctype=False, utf8_only=True).text == "\u00e9"

@@ -3,9 +3,11 @@
 The hub stores and works in JSON. A body sent as ``application/fhir+xml`` (or ``application/xml``)
 is written as the JSON the rest of the hub takes (and validates); an answer asked for in XML
 (``_format=xml``, or an ``Accept`` that names XML and not JSON) is the JSON answer written as
-XML. Both by ``hub.api.xmlform``, which keeps every value as written. A body with a DOCTYPE is
-refused (FHIR XML has none, and entity declarations are where XML attacks live); the parser
-resolves no entities, loads no DTD and fetches nothing from the network.
+XML. Both by ``hub.api.xmlform``, which keeps every value as written. The body is parsed by
+``fhir_mapping.xmlsafe``, as every XML the hub reads: a DOCTYPE is refused (FHIR XML has none, and
+entity declarations are where XML attacks live) in whatever encoding it is spelled, as is a body in
+another encoding than UTF-8 (FHIR's, as for JSON); no entity is resolved, no DTD loaded, nothing
+fetched from the network.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 from typing import cast
 
 from fastapi import Request
-from lxml import etree
 
+from fhir_mapping.base import MappingError
+from fhir_mapping.xmlsafe import parse_xml
 from hub.api import xmlform
 from hub.core import resource as res
 from hub.core.errors import FhirError
@@ -122,16 +125,13 @@ def json_body(request: Request, raw: bytes) -> bytes:
 def xml_to_json(body: bytes) -> bytes:
     """The JSON of a FHIR XML resource, to be validated as any JSON body is; 400 for XML that is
     not one, 422 for an element or value FHIR XML does not have there."""
-    if b"<!doctype" in body.lower():  # FHIR XML has none; entities are where XML attacks live
-        raise FhirError(400, "structure", "FHIR XML carries no DOCTYPE (nor entity declarations)")
     try:
-        root = etree.fromstring(body, parser=xmlform.safe_parser())
-    except etree.XMLSyntaxError as e:
-        if "limit exceeded" in str(e):  # lxml's guard (huge_tree off): a value over 10 MB
-            raise FhirError(413, "too-costly", "A value in this XML is over 10 MB, beyond what the "
-                            "XML parser takes; send the resource as JSON (up to HUB_MAX_BODY)") \
-                from None
-        raise FhirError(400, "structure", f"The body is not well-formed XML: {e}") from None
+        # the body's size is HUB_MAX_BODY's to limit; a value (an attribute, in FHIR XML) is
+        # libxml2's (10 MB); nesting is libxml2's (256)
+        root = parse_xml(body, max_bytes=len(body), max_depth=256, max_attribute_chars=len(body),
+                         doctype=False, utf8_only=True, comments=False)
+    except MappingError as e:
+        raise _refusal(e) from None
     tag = root.tag if isinstance(root.tag, str) else ""
     if not tag.startswith(FHIR_NS):
         raise FhirError(400, "structure", "The XML root is not in the FHIR namespace "
@@ -139,6 +139,19 @@ def xml_to_json(body: bytes) -> bytes:
     rtype = tag[len(FHIR_NS):]
     res.check_type({"resourceType": rtype})
     return xmlform.xml_to_json(root)
+
+
+def _refusal(e: MappingError) -> FhirError:
+    if e.rule == "xml.encoding":
+        return FhirError(415, "not-supported", f"{e.reason}: FHIR bodies are UTF-8 (FHIR "
+                         "http.html#mime-type), XML as JSON")
+    if e.rule in ("xml.doctype", "xml.doctype-entities", "xml.doctype-external", "xml.entity-reference"):
+        return FhirError(400, "structure", "FHIR XML carries no DOCTYPE (nor entity declarations)")
+    if "limit exceeded" in e.reason:  # lxml's guard (huge_tree off): a value over 10 MB
+        return FhirError(413, "too-costly", "A value in this XML is over 10 MB, beyond what the "
+                         "XML parser takes; send the resource as JSON (up to HUB_MAX_BODY)")
+    return FhirError(400, "structure", "The body is not well-formed XML: "
+                     + e.reason.removeprefix("not well-formed XML: "))
 
 
 def json_to_xml(body: bytes, pretty: bool = False) -> bytes:

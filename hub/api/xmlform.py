@@ -31,6 +31,8 @@ from fhir_core.utils import (
 )
 from lxml import etree
 
+from fhir_mapping.base import MappingError
+from fhir_mapping.xmlsafe import parse_xml
 from hub.core import jsontext, xhtml
 from hub.core.errors import FhirError
 from hub.core.resource import RESOURCE_TYPES
@@ -144,18 +146,14 @@ def _text(v: Any) -> str:
 
 
 def _xhtml(div: str) -> etree._Element:
+    data = div.encode("utf-8", "surrogatepass")
     try:
-        return etree.fromstring(div, parser=safe_parser())
-    except etree.XMLSyntaxError:  # stored before narratives were checked: its text, escaped
+        return parse_xml(data, max_bytes=len(data), max_depth=256, max_attribute_chars=len(data),
+                         doctype=False, utf8_only=True, comments=False)
+    except MappingError:  # stored before narratives were checked: its text, escaped
         el = etree.Element(f"{{{XHTML}}}div", nsmap={None: XHTML})
         el.text = jsontext.replaced(div)
         return el
-
-
-def safe_parser() -> etree.XMLParser:
-    """No entities resolved, no DTD loaded, nothing fetched from the network."""
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                           huge_tree=False, remove_comments=True)
 
 
 # -- XML to JSON ----------------------------------------------------------------------------------
