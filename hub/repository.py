@@ -1223,15 +1223,19 @@ class Repository:
                 # record, telling no deletion
                 state = self._judged(op.rtype, rid, stored) or state
             body = state.partition(b"\n")[2]
-            if not self.policy.may_change(ctx.actor, op.rtype, rid,
-                                          lambda: self._owner_of(op.rtype, rid, stored)):
-                raise forbidden(f"{op.rtype}/{rid} was written by another institution; this "
-                                "caller changes only its own institution's records")
             # a write to a record the caller is not shown goes on (a feed keeps its own records
             # current whoever a consent hides them from), its answer telling nothing of it
             op.hidden = not self._stored_shown(ctx.actor, op.rtype, rid, stored)
+            # what criteria found is named only to whom it is shown (as a conditional create's
+            # 412): its id is no less a disclosure than its content
+            what = (f"The conditional {op.method}'s criteria match a {op.rtype} that"
+                    if op.rid is None and op.hidden else f"{op.rtype}/{rid}")
+            if not self.policy.may_change(ctx.actor, op.rtype, rid,
+                                          lambda: self._owner_of(op.rtype, rid, stored)):
+                raise forbidden(f"{what} was written by another institution; this "
+                                "caller changes only its own institution's records")
             if op.method == "PATCH" and op.hidden:
-                raise forbidden(f"{op.rtype}/{rid} is not shown to this caller; a patch reads it")
+                raise forbidden(f"{what} is not shown to this caller; a patch reads it")
             if not body.strip():
                 return
             d = orjson.loads(body)

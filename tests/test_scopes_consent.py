@@ -823,3 +823,58 @@ def test_a_consent_never_hides_a_record_from_the_institution_that_recorded_it(wo
     assert not _sees(world, readers["H1"], of_h3)  # H2's bare deny spares H2, not H1
     assert _sees(world, readers["H2"], of_h3)
     assert not _sees(world, readers["H3"], plain) and _sees(world, readers["H3"], of_h3)
+
+
+def _conditional_writes(p: dict, obs: dict) -> list[tuple[str, object]]:
+    """Each conditional write naming a record by its identifier, not its id."""
+    pq, oq = f"identifier={p['identifier'][0]['system']}|{p['identifier'][0]['value']}", \
+        f"identifier={obs['identifier'][0]['system']}|{obs['identifier'][0]['value']}"
+    body = {k: v for k, v in p.items() if k != "id"}
+    patch = [{"op": "replace", "path": "/status", "value": "amended"}]
+    return [
+        ("PUT", lambda c: c.put(f"/Patient?{pq}", json=body, headers=FHIR_JSON)),
+        ("DELETE", lambda c: c.delete(f"/Observation?{oq}")),
+        ("PATCH", lambda c: c.patch(f"/Observation?{oq}", json=patch,
+                                    headers={"content-type": "application/json-patch+json"})),
+        *((f"batch {m}", lambda c, m=m, u=u, r=r: c.post("/", headers=FHIR_JSON, json={
+            "resourceType": "Bundle", "type": "batch", "entry": [{**r, "request": {"method": m, "url": u}}]}))
+          for m, u, r in (("PUT", f"Patient?{pq}", {"resource": body}), ("DELETE", f"Observation?{oq}", {}),
+                          ("PATCH", f"Observation?{oq}", {"resource": {
+                              "resourceType": "Binary", "contentType": "application/json-patch+json",
+                              "data": __import__("base64").b64encode(orjson.dumps(patch)).decode()}}))),
+    ]
+
+
+def test_a_conditional_write_matching_a_hidden_record_of_another_institution_names_it_not(world):
+    """H2's connector, a consent hiding H1's records of a patient from H2, sends a conditional
+    update, patch or delete by an identifier they hold: refused, as before, but its refusal named
+    the hidden record's id (as a conditional create's 412 never does). Shown, it is named as before."""
+    def records(deny: bool) -> tuple[dict, dict]:
+        p = {**patient(rid=unique()[:16]), "identifier": [{"system": "http://probe-c", "value": unique()}]}
+        obs = {**observation(f"Patient/{p['id']}"), "id": unique()[:16],
+               "identifier": [{"system": "http://probe-o", "value": unique()}]}
+        with _http(world, world.writer) as c:
+            for d in (p, obs, *([consent(p["id"], {"type": "deny", "actor": [_org("H2")]})] if deny else [])):
+                assert _put(c, d).status_code == 201
+        return p, obs
+
+    h2 = _connector(world, "H2")
+    hidden, shown = records(deny=True), records(deny=False)
+    told = []
+    with _http(world, h2) as c:
+        for (p, obs), named in ((hidden, False), (shown, True)):
+            assert c.get(f"/Patient/{p['id']}").status_code == (200 if named else 403)
+            for name, write in _conditional_writes(p, obs):
+                r = write(c)
+                text = r.text
+                status = r.json()["entry"][0]["response"]["status"][:3] if name.startswith("batch") \
+                    else str(r.status_code)
+                assert status in ("403", "412"), (name, text)
+                ids = [rid for rid in (p["id"], obs["id"]) if rid in text]
+                if bool(ids) != named:
+                    told.append((name, "shown" if named else "hidden", text))
+    assert not told, "\n".join(map(str, told))
+    with _http(world, world.writer) as c:  # nothing was written
+        for p, obs in (hidden, shown):
+            assert c.get(f"/Patient/{p['id']}").headers["etag"] == 'W/"1"'
+            assert c.get(f"/Observation/{obs['id']}").headers["etag"] == 'W/"1"'
