@@ -150,6 +150,25 @@ def test_invalid_resource_is_422_with_expression(client, change, where):
         assert where in expressions(body)
 
 
+def test_a_contained_resource_holding_contained_is_refused_naming_dom_2(client):
+    """R4 dom-2: a contained resource contains none itself (it was stored); a write, a
+    transaction entry and $validate say so, naming the invariant."""
+    inner = {"resourceType": "Basic", "id": "c", "code": {"text": "y"}}
+    d = patient() | {"contained": [{"resourceType": "Basic", "id": "b", "code": {"text": "x"},
+                                    "contained": [inner]}]}
+    with stores_nothing(client):
+        body = assert_outcome(client.post("/Patient", json=d, headers=FHIR_JSON), 422)
+        assert "Patient.contained[0].contained" in expressions(body) and "dom-2" in json.dumps(body), body
+        r = client.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": d, "request": {"method": "POST", "url": "Patient"}}]}, headers=FHIR_JSON)
+        assert r.status_code == 422 and "dom-2" in r.text, r.text
+    r = client.post("/Patient/$validate", json=d, headers=FHIR_JSON)
+    assert "dom-2" in r.text and '"error"' in r.text, r.text
+    # one level of contained is as before
+    ok = patient() | {"contained": [inner]}
+    assert client.post("/Patient", json=ok, headers=FHIR_JSON).status_code == 201
+
+
 def test_a_value_absent_beside_its_extensions_is_taken(client):
     """R4 JSON pads a repeating primitive with null where only extensions are known
     (given [null] with _given [{extension: data-absent-reason}]): it was refused as "null

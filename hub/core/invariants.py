@@ -12,6 +12,8 @@ so that the write is a 422 (``hub.core.resource.validate``, every write path):
 
 - csd-1 (CodeSystem): every code is defined once (nested twice included); the index keeps the
   first, a second one with another meaning silently disappeared.
+- dom-2 (every resource): a contained resource contains none itself; the hub's reads of contained
+  resources (references, compartments, narratives) look one level down, and R4 allows no more.
 - a CodeSystem's hierarchy (nesting, ``parent``/``child`` properties, also under another name with
   the concept-properties URI) does not loop: $subsumes A,B and B,A disagreed and $lookup dropped a
   parent (the index cuts cycles), as the CSV path already refuses.
@@ -24,6 +26,7 @@ from typing import Any
 from hub.core.errors import Issue
 
 CMD_1 = "cmd-1: If the map is narrower or inexact, there SHALL be some comments"
+DOM_2 = "dom-2: If the resource is contained in another resource, it SHALL NOT contain nested Resources"
 
 
 def _items(v: Any) -> list[tuple[int, dict]]:
@@ -116,8 +119,15 @@ def parent_loop(parents: dict[str, list[str]]) -> list[str]:
 REFUSALS = {"CodeSystem": _code_system}
 
 
+def _no_nested_contained(d: dict, prefix: str, issues: list[Issue]) -> None:
+    for i, c in _items(d.get("contained")):
+        if "contained" in c:
+            issues.append(Issue("invariant", DOM_2, "error", f"{prefix}.contained[{i}].contained"))
+
+
 def refusals(rtype: str, d: dict, prefix: str, issues: list[Issue]) -> None:
     """Append to ``issues`` an error for each invariant ``d`` breaks that the hub refuses."""
+    _no_nested_contained(d, prefix, issues)
     found = REFUSALS.get(rtype)
     if found is not None:
         found(d, prefix, issues)
