@@ -163,6 +163,19 @@ def test_validate_operation(client, ig):
     assert any(i["severity"] == "error" for i in invalid["issue"])
 
 
+@pytest.mark.parametrize("body", [b"null", b"[]", b"5", b'"Patient"', b"true",
+                                  b'{"resourceType":"Parameters","parameter":[{"name":"resource"}]}'])
+def test_a_validate_body_that_is_no_resource_is_a_400(client, body):
+    """`null` sent to Patient/{id}/$validate was taken for no body: the stored record was
+    validated and the answer said the resource is valid."""
+    rid = client.post("/Patient", json=good(), headers=FHIR_JSON).json()["id"]
+    for path in (f"/Patient/{rid}/$validate", "/Patient/$validate"):
+        r = client.post(path, content=body, headers=FHIR_JSON)
+        assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", (path, r.text)
+    # no body at all still validates the stored record
+    assert client.post(f"/Patient/{rid}/$validate", headers=FHIR_JSON).status_code == 200
+
+
 def test_hostile_profiles_answer_clearly(client, ig):
     sd = _load("cn-patient.json")
     sd["id"], sd["url"] = "broken-fhirpath", "https://fhir-region-hub.example/StructureDefinition/bf"

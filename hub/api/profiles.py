@@ -184,10 +184,14 @@ async def _validate(request: Request, rtype: str, rid: str | None) -> Response:
     raw = fhirxml.json_body(request, await request.body()) if request.method == "POST" else b""
     if raw.strip():
         body = res.parse_json(raw)
-        if isinstance(body, dict) and body.get("resourceType") == "Parameters" and rtype != "Parameters":
+        if not isinstance(body, dict):  # `null` was taken for no body: the stored one validated
+            raise bad_request("The $validate body is a resource or a Parameters (a JSON object)")
+        if body.get("resourceType") == "Parameters" and rtype != "Parameters":
             for p in parameter_list(body):
                 if p.get("name") == "resource":
                     resource = p.get("resource")
+                    if not isinstance(resource, dict):
+                        raise bad_request("The 'resource' parameter of $validate holds a resource")
                 elif p.get("name") == "mode":
                     mode = p.get("valueCode") or p.get("valueString")
                 elif p.get("name") == "profile":
