@@ -425,3 +425,24 @@ def test_a_caller_that_may_not_write_the_type_holds_no_large_slot(timed_large):
     finally:
         for s in sockets:
             s.close()
+
+
+def test_a_client_gone_mid_body_is_no_unhandled_error(request, tmp_path, capfd):
+    """A client that closed its connection half way through its body was logged as "unhandled
+    error on POST …" with a ClientDisconnect traceback ("Exception in ASGI application"): the
+    client went away and nothing was accepted, which is no server failure."""
+    settings = make_settings("sqlite", tmp_path, request)
+    with LiveServer(settings) as server:  # started here: its stderr is this test's
+        capfd.readouterr()
+        for path in ("/fhir/Patient", "/fhir", "/fhir/Patient/_search"):
+            s = _open_body(server, server.auth.token(), path, length=5000)
+            s.sendall(b'"resourceType": "Pat')
+            time.sleep(0.3)
+            s.close()
+        time.sleep(1.0)
+        with httpx.Client(base_url=server.base, timeout=30, auth=server.auth,
+                          verify=httpclient.verify()) as c:
+            still_serving(c)
+        err = capfd.readouterr().err
+    assert "ClientDisconnect" not in err and "Traceback" not in err, err[-2000:]
+    assert "unhandled error" not in err, err[-2000:]

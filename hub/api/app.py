@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from hub import console
 from hub.access.audit import AccessAudit, AuditWriter
@@ -369,6 +370,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         # be this log's; /ready fails and names the rebuild too
         log.warning("%s %s: %s", request.method, request.url.path, e)
         return _answer(request, Issue("exception", str(e)), 503)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, e: Exception) -> Response:
+        # the client closed its connection before its body was whole: nothing was accepted,
+        # nothing failed here, and no one is left to read an answer
+        log.info("client disconnected during %s %s; nothing was accepted", request.method,
+                 request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def crash(request: Request, e: Exception) -> Response:
