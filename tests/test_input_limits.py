@@ -446,3 +446,37 @@ def test_a_client_gone_mid_body_is_no_unhandled_error(request, tmp_path, capfd):
         err = capfd.readouterr().err
     assert "ClientDisconnect" not in err and "Traceback" not in err, err[-2000:]
     assert "unhandled error" not in err, err[-2000:]
+
+
+def _raw_get(server: LiveServer, target: str) -> tuple[int, dict]:
+    """GET ``target`` sent exactly as written (no client normalises its escapes)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("GET", target, headers={**server.headers, "accept": "application/fhir+json"})
+        r = conn.getresponse()
+        return r.status, orjson.loads(r.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def test_an_encoded_slash_in_a_path_is_no_path_separator(live, client):
+    """GET /fhir/Patient/p%2f_history answered p's history: the decoded %2f split the id. An id
+    holds no '/' (FHIR's id pattern), so an encoded one in a FHIR path is a 400."""
+    pid = client.post("Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON).json()["id"]
+    assert _raw_get(live, f"/fhir/Patient/{pid}/_history")[0] == 200
+    for target in (f"/fhir/Patient/{pid}%2f_history", f"/fhir/Patient/{pid}%2F_history",
+                   f"/fhir/Patient%2f{pid}"):
+        status, body = _raw_get(live, target)
+        assert status == 400, (target, body)
+        assert body["resourceType"] == "OperationOutcome", body
+
+
+def test_a_query_that_is_not_utf8_is_a_400(live):
+    """name=%ff%fe was decoded with U+FFFD for each byte and searched."""
+    for target in ("/fhir/Patient?name=%ff%fe", "/fhir/Patient?na%ffme=x"):
+        status, body = _raw_get(live, target)
+        assert status == 400, (target, body)
+        assert "UTF-8" in body["issue"][0]["diagnostics"], body
+    assert _raw_get(live, "/fhir/Patient?name=%E6%9D%8E")[0] == 200  # 李

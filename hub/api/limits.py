@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from urllib.parse import unquote_to_bytes
 
 from hub.core.errors import FhirError, Issue, outcome_bytes
 
@@ -32,6 +33,25 @@ REFUSAL = "hub.refusal"  # the scope key of a refusal the application answers (`
 # a parameter stands for may hold one (tab, line feed and carriage return aside), and PostgreSQL
 # refuses a NUL outright (a 500 where an identifier or an id reached the event store)
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|%(?:0[0-8bBcCeEfF]|1[0-9a-fA-F]|7[fF])")
+
+
+# an encoded "/" in a FHIR path: decoded, it split a segment (Patient/p%2f_history answered p's
+# history); no type, id (FHIR's id pattern) or operation name holds one
+_ENCODED_SLASH = re.compile(rb"%2[fF]")
+
+
+def _malformed(scope) -> str | None:
+    """Why the request's target cannot be read as sent, if it cannot: an encoded "/" in a FHIR
+    path, a query that is not UTF-8 once percent-decoded (its bytes were read as U+FFFD and
+    searched for)."""
+    if scope.get("path", "").startswith("/fhir") and \
+            _ENCODED_SLASH.search(scope.get("raw_path") or b""):
+        return "The path holds an encoded '/' (%2F): no resource type, id or operation has one"
+    try:
+        unquote_to_bytes(scope.get("query_string") or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return "The query string is not UTF-8 (once percent-decoded)"
+    return None
 
 
 class BodyTooLarge(FhirError):
@@ -84,6 +104,11 @@ prefix whose refusals the application answers itself (as pages, the console's)."
             if page:
                 return await self._as_page(scope, send, FhirError(400, "invalid", QUERY_CONTROL))
             return await _refuse_query(send)
+        malformed = _malformed(scope)
+        if malformed is not None:
+            if page:
+                return await self._as_page(scope, send, FhirError(400, "invalid", malformed))
+            return await _answer(send, 400, outcome_bytes([Issue("invalid", malformed)]))
         length = None
         for name, value in headers:
             if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
