@@ -228,6 +228,7 @@ class LiveServer:
                             ("HUB_LARGE_BODY", str(self.settings.large_body)),
                             ("HUB_MAX_LARGE", str(self.settings.max_large)),
                             ("HUB_LARGE_WAIT", str(self.settings.large_wait)),
+                            ("HUB_BODY_TIMEOUT", str(self.settings.body_timeout)),
                             ("HUB_TLS_CERT", self.settings.tls_cert),
                             ("HUB_TLS_KEY", self.settings.tls_key),
                             ("HUB_TLS_CLIENT_CA", self.settings.tls_client_ca),

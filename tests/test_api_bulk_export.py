@@ -276,8 +276,10 @@ def test_only_the_client_that_started_it_reads_an_export(live, client, admin):
     assert client.get(file_url).status_code == 200
     # a file of another export's name, or a path out of its folder, is no file
     eid = status_url.rsplit("/", 1)[1]
-    for name in ("Patient.99.ndjson", "..%2Fexports.sqlite", "x"):
+    for name in ("Patient.99.ndjson", "x"):
         assert client.get(f"/$export-file/{eid}/{name}").status_code == 404
+    # an encoded "/" is refused before any route reads the path
+    assert client.get(f"/$export-file/{eid}/..%2Fexports.sqlite").status_code == 400
 
 
 def _finished(live, client, admin) -> tuple[str, dict, Path]:

@@ -333,3 +333,150 @@ def test_a_body_in_a_content_coding_is_a_415(client):
         "content-type": "application/fhir+json", "content-encoding": "identity"})
     assert r.status_code == 201, r.text
     still_serving(client)
+
+
+BODY_TIMEOUT = 2.0
+
+
+@pytest.fixture(scope="module")
+def timed_large(request, tmp_path_factory):
+    """One large body at a time, and a body must arrive within BODY_TIMEOUT seconds."""
+    settings = make_settings("sqlite", tmp_path_factory.mktemp("timed"), request)
+    settings.large_body, settings.max_large, settings.large_wait = 4096, 1, 0.5
+    settings.body_timeout = BODY_TIMEOUT
+    with LiveServer(settings) as server:
+        yield server
+
+
+def _open_body(server: LiveServer, token: str, path: str = "/fhir/Patient",
+               length: int = 50000) -> socket.socket:
+    """A request whose head is sent whole and whose body (``length`` bytes declared) is not."""
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    s.sendall(f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {token}\r\n"
+              f"content-type: application/fhir+json\r\ncontent-length: {length}\r\n\r\n"
+              "{".encode())
+    return s
+
+
+def _answer_of(s: socket.socket, within: float, trickle: bool = False) -> tuple[bytes, float]:
+    """What the server answered on ``s`` (a byte of body sent every 0.25 s when ``trickle``) and
+    after how many seconds; b"" when nothing came ``within`` seconds."""
+    start, got = time.monotonic(), b""
+    while time.monotonic() - start < within:
+        try:
+            if trickle:
+                s.sendall(b" ")
+            s.settimeout(0.25)
+            chunk = s.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+        if not chunk:
+            break
+        got += chunk
+        if b"\r\n\r\n" in got and b"}" in got.partition(b"\r\n\r\n")[2]:
+            break
+    return got, time.monotonic() - start
+
+
+def _large_patient() -> dict:
+    return {"resourceType": "Patient", "name": [{"text": "x" * 35000}]}
+
+
+def test_a_trickled_body_is_cut_off_with_a_408_and_frees_its_slot(timed_large):
+    """A body sent a byte at a time held its large-body slot for as long as the sender liked,
+    and every other large request was answered 503 meanwhile: past HUB_BODY_TIMEOUT it is a 408
+    with an OperationOutcome, the connection closed, and large requests go on."""
+    s = _open_body(timed_large, timed_large.auth.token())
+    try:
+        got, after = _answer_of(s, 4 * BODY_TIMEOUT, trickle=True)
+    finally:
+        s.close()
+    assert got.startswith(b"HTTP/1.1 408"), got[:300]
+    assert BODY_TIMEOUT - 0.5 < after < BODY_TIMEOUT + 2
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower()
+    outcome = orjson.loads(body)
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert "HUB_BODY_TIMEOUT" in outcome["issue"][0]["diagnostics"]
+    with httpx.Client(base_url=timed_large.base, timeout=30, auth=timed_large.auth,
+                      verify=httpclient.verify()) as c:
+        r = c.post("/Patient", json=_large_patient(), headers=FHIR_JSON)
+        assert r.status_code == 201, r.text[:300]
+
+
+def test_a_caller_that_may_not_write_the_type_holds_no_large_slot(timed_large):
+    """A read-only token's unsent body held the one large-body slot (its scopes were checked
+    only once the body was read): it is refused 403 from its path and token, and an
+    administrator's large create goes on meanwhile."""
+    reader = timed_large.client_auth(roles=("clinician",),
+                                     scope="system/Observation.rs system/Patient.rs")
+    sockets = [_open_body(timed_large, reader.token(), path)
+               for path in ("/fhir/Patient", "/fhir/Condition/_search")]
+    try:
+        time.sleep(0.3)
+        with httpx.Client(base_url=timed_large.base, timeout=30, auth=timed_large.auth,
+                          verify=httpclient.verify()) as c:
+            r = c.post("/Patient", json=_large_patient(), headers=FHIR_JSON)
+            assert r.status_code == 201, r.text[:300]
+        got, _ = _answer_of(sockets[0], 2)
+        assert got.startswith(b"HTTP/1.1 403"), got[:300]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_a_client_gone_mid_body_is_no_unhandled_error(request, tmp_path, capfd):
+    """A client that closed its connection half way through its body was logged as "unhandled
+    error on POST …" with a ClientDisconnect traceback ("Exception in ASGI application"): the
+    client went away and nothing was accepted, which is no server failure."""
+    settings = make_settings("sqlite", tmp_path, request)
+    with LiveServer(settings) as server:  # started here: its stderr is this test's
+        capfd.readouterr()
+        for path in ("/fhir/Patient", "/fhir", "/fhir/Patient/_search"):
+            s = _open_body(server, server.auth.token(), path, length=5000)
+            s.sendall(b'"resourceType": "Pat')
+            time.sleep(0.3)
+            s.close()
+        time.sleep(1.0)
+        with httpx.Client(base_url=server.base, timeout=30, auth=server.auth,
+                          verify=httpclient.verify()) as c:
+            still_serving(c)
+        err = capfd.readouterr().err
+    assert "ClientDisconnect" not in err and "Traceback" not in err, err[-2000:]
+    assert "unhandled error" not in err, err[-2000:]
+
+
+def _raw_get(server: LiveServer, target: str) -> tuple[int, dict]:
+    """GET ``target`` sent exactly as written (no client normalises its escapes)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("GET", target, headers={**server.headers, "accept": "application/fhir+json"})
+        r = conn.getresponse()
+        return r.status, orjson.loads(r.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def test_an_encoded_slash_in_a_path_is_no_path_separator(live, client):
+    """GET /fhir/Patient/p%2f_history answered p's history: the decoded %2f split the id. An id
+    holds no '/' (FHIR's id pattern), so an encoded one in a FHIR path is a 400."""
+    pid = client.post("Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON).json()["id"]
+    assert _raw_get(live, f"/fhir/Patient/{pid}/_history")[0] == 200
+    for target in (f"/fhir/Patient/{pid}%2f_history", f"/fhir/Patient/{pid}%2F_history",
+                   f"/fhir/Patient%2f{pid}"):
+        status, body = _raw_get(live, target)
+        assert status == 400, (target, body)
+        assert body["resourceType"] == "OperationOutcome", body
+
+
+def test_a_query_that_is_not_utf8_is_a_400(live):
+    """name=%ff%fe was decoded with U+FFFD for each byte and searched."""
+    for target in ("/fhir/Patient?name=%ff%fe", "/fhir/Patient?na%ffme=x"):
+        status, body = _raw_get(live, target)
+        assert status == 400, (target, body)
+        assert "UTF-8" in body["issue"][0]["diagnostics"], body
+    assert _raw_get(live, "/fhir/Patient?name=%E6%9D%8E")[0] == 200  # 李

@@ -653,6 +653,16 @@ CASES = [
     ("fts", "DiagnosticReport", '_content="fever at"', ["ft2"]),
     ("fts", "DiagnosticReport", "_content=NEAR(fever", []),  # FTS5 syntax is only text here
     ("fts", "DiagnosticReport", "_content=x*", []),
+    # a comma separates alternatives, as in every FHIR parameter (R4: _content and _text are
+    # string-like); an escaped one is text
+    ("fts", "DiagnosticReport", "_content=hypertension,zzz", ["ft1"]),
+    ("fts", "DiagnosticReport", "_content=zzz,fever", ["ft2"]),
+    ("fts", "DiagnosticReport", "_content=hypertension,fever", ["ft1", "ft2"]),
+    ("fts", "DiagnosticReport", "_text=chest,zzz", ["ft1"]),
+    ("fts", "DiagnosticReport", '_content="fever at",diabetes', ["ft2", "ft3"]),
+    ("fts", "DiagnosticReport", '_content="fever, at"', ["ft2"]),  # a phrase holds its comma
+    ("fts", "DiagnosticReport", "_content=fever\\,at", ["ft2"]),
+    ("fts", "DiagnosticReport", "_content=zzz,", []),
     # canonical references: a URL alone matches every version; with |version only that one
     ("canon", "QuestionnaireResponse", "questionnaire=http://example.org/Questionnaire/q",
      ["qr1", "qr2", "qr3", "qr5"]),
@@ -921,6 +931,12 @@ def test_bad_values_are_400(world, query):
     ("Patient", "identifier:exact=1", "tok"), ("Patient", "email:contains=zq", "tok"),
     ("ValueSet", "url:contains=acme", "uri"), ("Observation", "subject:not=Patient/r1", "ref"),
     ("Patient", "family:unknownmod=Li", "ref"), ("Observation", "subject:Nope=r1", "ref"),
+    # ignored, the full-text filter went and every document was found
+    ("DiagnosticReport", "_content:not=fever", "fts"),
+    ("DiagnosticReport", "_content:missing=true", "fts"),
+    ("DiagnosticReport", "_text:not=chest", "fts"),
+    ("DiagnosticReport", "_content:bogus=x", "fts"),
+    ("DiagnosticReport", "_text:exact=chest", "fts"),
 ])
 def test_a_modifier_its_parameter_does_not_take_is_400_even_lenient(world, rtype, query, dataset):
     """Ignored as an unknown parameter is, the modifier took its parameter's filter with it:

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from hub import console
 from hub.access.audit import AccessAudit, AuditWriter
@@ -81,7 +82,7 @@ from hub.api.traffic import RateLimiter, networks
 from hub.auth.verifier import ExternalIssuer, Verifier
 from hub.core import invariants
 from hub.core import resource as res
-from hub.core.access import OPEN, Policy
+from hub.core.access import OPEN, Action, Policy
 from hub.core.conditional import SearchResolver, parse_if_none_exist, parse_query
 from hub.core.config import Settings
 from hub.core.errors import FhirError, Issue, bad_request, not_found, relocate
@@ -94,7 +95,7 @@ from hub.documents import DocumentService
 from hub.mpi.candidates import IdentityCandidates
 from hub.quarantine import Quarantine
 from hub.readmodels import open_models, typed
-from hub.repository import Repository
+from hub.repository import APPEND_ONLY, Repository
 from hub.v3routing import Routes
 from projections.errors import NotThisLog
 from projections.intake import IntakeCounts
@@ -251,6 +252,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, *,
     app.add_middleware(BodyLimit, limit=settings.max_body, answers={"/v3": v3.too_large},
                        max_header=settings.max_header, large=settings.large_body,
                        max_large=settings.max_large, large_wait=settings.large_wait,
+                       body_timeout=settings.body_timeout,
                        pages="/console/")  # the console's refusals: its error page
     _install_error_handlers(app)
     # before the FHIR routes: /fhir/{type} would otherwise take /fhir/$quality-report
@@ -369,6 +371,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.warning("%s %s: %s", request.method, request.url.path, e)
         return _answer(request, Issue("exception", str(e)), 503)
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, e: Exception) -> Response:
+        # the client closed its connection before its body was whole: nothing was accepted,
+        # nothing failed here, and no one is left to read an answer
+        log.info("client disconnected during %s %s; nothing was accepted", request.method,
+                 request.url.path)
+        return Response(status_code=400)
+
     @app.exception_handler(Exception)
     async def crash(request: Request, e: Exception) -> Response:
         if search_engine_away(e):  # Elasticsearch down or overloaded: a client can retry
@@ -429,6 +439,21 @@ def _no_operation(segment: str) -> None:
         raise FhirError(400, "not-supported",
                         f"The operation {segment[:64]!r} is not supported here (GET /fhir/metadata "
                         "lists the operations)")
+
+
+def _may_send(request: Request, interaction: str, rtype: str, rid: str | None = None) -> None:
+    """Refuse, before its body is read, a caller the policy refuses ``interaction`` on the type
+    whatever the body holds: reading a large body takes one of a few turns (hub.api.limits), and
+    a read-only token's unsent body held one. The check is the policy's own, the one the
+    interaction makes again with the body; a refused search is audited as a search's refusal."""
+    if rtype not in res.RESOURCE_TYPES or rtype in APPEND_ONLY:
+        return  # answered by the route as before (404, or the audit log's own refusal)
+    repo, ctx = repository(request), context_of(request)
+    action = Action(interaction, rtype, rid)
+    if interaction == "search-type":
+        repo.audited(ctx, action, lambda: repo.authorize(ctx, action), None)
+    else:
+        repo.authorize(ctx, action)
 
 
 async def _body(request: Request, expected: str | None = None, where: str = "",
@@ -629,11 +654,13 @@ async def _system_search_response(request: Request, params: list[tuple[str, str]
 
 async def search_post(request: Request, rtype: str) -> Response:
     check_format(request)
+    _may_send(request, "search-type", rtype)
     return await _search_response(request, rtype, await form_params(request))
 
 
 async def create(request: Request, rtype: str) -> Response:
     check_format(request)
+    _may_send(request, "create", rtype)
     raw, d = await _body(request, _type(rtype))
     if "id" in d:  # the server assigns the id of a create; whatever was sent is ignored
         del d["id"]
@@ -648,6 +675,7 @@ async def create(request: Request, rtype: str) -> Response:
 
 async def conditional_update(request: Request, rtype: str) -> Response:
     check_format(request)
+    _may_send(request, "conditional-update", rtype)
     raw, d = await _body(request, _type(rtype))
     if not request.url.query:
         raise bad_request("PUT on a type needs search criteria (conditional update) or an id")
@@ -750,6 +778,7 @@ async def read(request: Request, rtype: str, rid: str) -> Response:
 
 async def update(request: Request, rtype: str, rid: str) -> Response:
     check_format(request)
+    _may_send(request, "update", rtype, rid)
     raw, d = await _body(request, _type(rtype), rid=rid)
     _id(rid)
     if d.get("id") != rid:
@@ -782,6 +811,7 @@ async def conditional_patch(request: Request, rtype: str) -> Response:
 
 async def _patch(request: Request, op: Op) -> Response:
     check_format(request)
+    _may_send(request, "patch" if op.query is None else "conditional-patch", op.rtype, op.rid)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != patching.JSON_PATCH:
         check_content_type(request)

@@ -10,7 +10,10 @@ HUB_LARGE_BODY bytes, or one sent without a length, is read only while fewer tha
 such requests are in flight in this process; another waits for its turn up to HUB_LARGE_WAIT
 seconds, then is answered 503 with ``Retry-After``. So what a process's requests hold at once is
 bounded by HUB_MAX_LARGE large bodies plus the small ones, however many clients send large
-documents together.
+documents together. The turn is taken when the application first reads the body, not as the
+request arrives: a caller without a valid token, or refused the interaction whatever its body
+holds, is answered before it takes one. A body must then arrive within HUB_BODY_TIMEOUT seconds
+(408, the connection closed): sent a byte at a time, it held its turn as long as its sender liked.
 
 Under ``pages`` (the console) a refusal is no FHIR answer but the application's own page: the
 request goes on without its query (the language aside), its body or its other headers, carrying
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from urllib.parse import unquote_to_bytes
 
 from hub.core.errors import FhirError, Issue, outcome_bytes
 
@@ -31,11 +35,36 @@ REFUSAL = "hub.refusal"  # the scope key of a refusal the application answers (`
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|%(?:0[0-8bBcCeEfF]|1[0-9a-fA-F]|7[fF])")
 
 
+# an encoded "/" in a FHIR path: decoded, it split a segment (Patient/p%2f_history answered p's
+# history); no type, id (FHIR's id pattern) or operation name holds one
+_ENCODED_SLASH = re.compile(rb"%2[fF]")
+
+
+def _malformed(scope) -> str | None:
+    """Why the request's target cannot be read as sent, if it cannot: an encoded "/" in a FHIR
+    path, a query that is not UTF-8 once percent-decoded (its bytes were read as U+FFFD and
+    searched for)."""
+    if scope.get("path", "").startswith("/fhir") and \
+            _ENCODED_SLASH.search(scope.get("raw_path") or b""):
+        return "The path holds an encoded '/' (%2F): no resource type, id or operation has one"
+    try:
+        unquote_to_bytes(scope.get("query_string") or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return "The query string is not UTF-8 (once percent-decoded)"
+    return None
+
+
 class BodyTooLarge(FhirError):
     error_code = "too-large"
 
     def __init__(self, limit: int):
         super().__init__(413, "too-costly", f"The request body exceeds the limit of {limit} bytes")
+
+
+class BodyTimeout(FhirError):
+    def __init__(self, seconds: float):
+        super().__init__(408, "timeout", f"The request body did not arrive within {seconds:g} s "
+                                         "(HUB_BODY_TIMEOUT)")
 
 
 class BodyLimit:
@@ -46,7 +75,7 @@ prefix whose refusals the application answers itself (as pages, the console's)."
 
     def __init__(self, app, limit: int, answers: dict | None = None, max_header: int | None = None,
                  large: int | None = None, max_large: int = 2, large_wait: float = 10.0,
-                 pages: str | None = None):
+                 body_timeout: float = 60.0, pages: str | None = None):
         self.app = app
         self.limit = limit
         self.answers = answers or {}
@@ -55,6 +84,7 @@ prefix whose refusals the application answers itself (as pages, the console's)."
         self.large = large
         self._large_slots = asyncio.Semaphore(max(1, max_large))
         self.large_wait = large_wait
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -74,6 +104,11 @@ prefix whose refusals the application answers itself (as pages, the console's)."
             if page:
                 return await self._as_page(scope, send, FhirError(400, "invalid", QUERY_CONTROL))
             return await _refuse_query(send)
+        malformed = _malformed(scope)
+        if malformed is not None:
+            if page:
+                return await self._as_page(scope, send, FhirError(400, "invalid", malformed))
+            return await _answer(send, 400, outcome_bytes([Issue("invalid", malformed)]))
         length = None
         for name, value in headers:
             if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
@@ -92,18 +127,8 @@ prefix whose refusals the application answers itself (as pages, the console's)."
                 length = int(value)
         has_body = length is not None and length > 0 or any(
             name == b"transfer-encoding" for name, _ in headers)
-        if self.large is not None and has_body and (length is None or length > self.large):
-            try:
-                await asyncio.wait_for(self._large_slots.acquire(), self.large_wait)
-            except asyncio.TimeoutError:
-                if page:
-                    return await self._as_page(scope, send, _busy_error(), close=True)
-                return await _busy(send)
-            try:
-                return await self._limited(scope, receive, send)
-            finally:
-                self._large_slots.release()
-        return await self._limited(scope, receive, send)
+        large = self.large is not None and has_body and (length is None or length > self.large)
+        return await self._limited(scope, receive, send, has_body, large)
 
     async def _as_page(self, scope, send, error: FhirError, close: bool = False) -> None:
         """``error`` answered by the application, as its pages answer (its session read from
@@ -132,19 +157,58 @@ prefix whose refusals the application answers itself (as pages, the console's)."
 
         await self.app(inner, nothing, closing)
 
-    async def _limited(self, scope, receive, send):
+    async def _limited(self, scope, receive, send, has_body: bool, large: bool):
+        """The application with a ``receive`` that holds the body to the limits: a large one
+        read in its turn, taken at its first read and kept till the application is done (parsed,
+        it takes several times its size); the whole body within HUB_BODY_TIMEOUT of that read."""
         seen = 0
+        done = not has_body  # the whole body was read (or the client went away)
+        answered = False
+        held = False
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
 
         async def limited_receive():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, done, held, deadline
+            if done or answered:  # after the body: a wait for the client's disconnect, untimed
+                return await receive()
+            if large and not held:
+                try:
+                    await asyncio.wait_for(self._large_slots.acquire(), self.large_wait)
+                except asyncio.TimeoutError:
+                    raise _busy_error() from None
+                held = True
+            if deadline is None:
+                deadline = loop.time() + self.body_timeout
+            try:
+                message = await (asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                                 if self.body_timeout > 0 else receive())
+            except asyncio.TimeoutError:
+                raise BodyTimeout(self.body_timeout) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:  # chunked upload without Content-Length
                     raise BodyTooLarge(self.limit)
+                done = not message.get("more_body", False)
+            else:
+                done = True
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def closing_send(message):
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = True
+                if not done:  # answered before its body was read (refused, timed out): the
+                    # rest of it is not read, so the connection is not reused
+                    message = {**message, "headers": [*message.get("headers", ()),
+                                                      (b"connection", b"close")]}
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, closing_send)
+        finally:
+            if held:
+                self._large_slots.release()
 
 
 FHIR_JSON = b"application/fhir+json; charset=utf-8"
@@ -187,11 +251,6 @@ def _encoding_error(value: bytes) -> FhirError:
 def _headers_error(limit: int) -> FhirError:
     return FhirError(431, "too-costly", f"The request line and headers exceed the limit of "
                                         f"{limit} bytes (HUB_MAX_HEADER)")
-
-
-async def _busy(send) -> None:
-    body = outcome_bytes([Issue("transient", BUSY)])
-    await _answer(send, 503, body, FHIR_JSON, (b"retry-after", b"2"), (b"connection", b"close"))
 
 
 async def _refuse_encoding(send, value: bytes) -> None:

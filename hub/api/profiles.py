@@ -181,6 +181,10 @@ async def _validate(request: Request, rtype: str, rid: str | None) -> Response:
     mode = request.query_params.get("mode")
     profiles = [p for k, p in request.query_params.multi_items() if k == "profile"]
     resource: dict | None = None
+    repo, ctx = repository(request), context_of(request)
+    # who may validate: whoever may search (and, for create/update, write) the type; asked
+    # before the body is read, which takes a large body's turn (hub.api.limits)
+    repo.policy.check(ctx.actor, Action("search-type", rtype, None))
     raw = fhirxml.json_body(request, await request.body()) if request.method == "POST" else b""
     if raw.strip():
         body = res.parse_json(raw)
@@ -204,12 +208,9 @@ async def _validate(request: Request, rtype: str, rid: str | None) -> Response:
             resource = body
     if mode is not None and mode not in _VALIDATE_MODES:
         raise bad_request(f"mode must be one of {', '.join(_VALIDATE_MODES)}, not {mode!r}")
-    repo, ctx = repository(request), context_of(request)
     registry = _registry(request)
 
     def run() -> list[Issue]:
-        # who may validate: whoever may read (and, for create/update, write) the type
-        repo.policy.check(ctx.actor, Action("search-type", rtype, None))
         issues: list[Issue] = _write_refused(repo, ctx, rtype, rid, mode)
         if rid is not None and (mode in ("update", "delete") or resource is None):
             repo.read(ctx, rtype, rid)  # 404/410 when there is none to update or delete

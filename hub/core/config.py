@@ -15,12 +15,14 @@ HUB_MAX_STRING    longest string (value or key) in FHIR JSON input, characters  
                   except the values of keys named "data" (base64 of Attachment.data, Binary.data:
                   only HUB_MAX_BODY bounds those); a longer one is answered 413 naming its element
 HUB_MAX_HEADER    largest request line plus headers, bytes                      65536 (64 KiB)
+                  a head over it is answered 431 (400 by uvicorn while it is still incomplete:
+                  h11_max_incomplete_event_size), and the connection closed
 HUB_LARGE_BODY / HUB_MAX_LARGE / HUB_LARGE_WAIT  a body over HUB_LARGE_BODY bytes (or of
                   unknown length) is read only while fewer than HUB_MAX_LARGE such requests are
                   in flight per process; others wait up to HUB_LARGE_WAIT s, then 503: what
                   requests hold in memory at once is bounded                     1048576; 2; 10
-                  a head over it is answered 431 (400 by uvicorn while it is still incomplete:
-                  h11_max_incomplete_event_size), and the connection closed
+HUB_BODY_TIMEOUT  seconds a request body may take to arrive once the hub reads it   60 (0: none)
+                  (a large one from when it has its turn); then 408 and the connection closed
 HUB_KEEP_ALIVE    seconds an idle keep-alive connection is kept open             5
 HUB_HEADER_TIMEOUT seconds a client has to send a request's line and headers     30 (0: none)
                   (from its connection or the previous response; then the connection is closed:
@@ -167,6 +169,9 @@ class Settings:
     max_large: int = setting("HUB_MAX_LARGE", lambda n: _int(
         n, "2", "a whole number of requests", floor=1, why="with none, no large body is ever read"))
     large_wait: float = setting("HUB_LARGE_WAIT", lambda n: _float(n, "10", SECONDS))
+    # a body sent a byte at a time held its large-body slot (and every large request after it
+    # waited, then 503) for as long as its sender liked
+    body_timeout: float = setting("HUB_BODY_TIMEOUT", lambda n: _float(n, "60", SECONDS, empty="0"))
     keep_alive: int = setting("HUB_KEEP_ALIVE", lambda n: _int(n, "5", "a whole number of seconds"))
     header_timeout: float = setting("HUB_HEADER_TIMEOUT",
                                     lambda n: _float(n, "30", SECONDS, empty="0"))

@@ -7,8 +7,10 @@ not have: each CJK character is made a word of its own here, and a search term's
 phrase, so ``高血压`` finds the three characters in a row.
 
 A search value is read as FHIR's simple text search: words must all be present, ``"a phrase"`` in
-a row, ``OR`` between two terms either. Every term is handed to FTS5 as a quoted string, so no
-FTS5 syntax a caller sends is ever interpreted.
+a row, ``OR`` between two terms either; a comma separates alternatives, as in every FHIR parameter
+(R4 types ``_content`` as a string), except inside a phrase or escaped (a backslash before it).
+Every term is handed to FTS5 as a quoted string, so no FTS5 syntax a caller sends is ever
+interpreted.
 """
 
 from __future__ import annotations
@@ -80,20 +82,45 @@ def content(d: dict) -> str:
 
 
 def terms(value: str) -> tuple[tuple[tuple[str, ...], ...], ...]:
-    """A ``_text``/``_content`` value as alternatives (``OR``) of terms that must all be present,
-    each term a phrase of tokens (a CJK character is a token); ValueError when empty or too long."""
-    groups: list[list[tuple[str, ...]]] = [[]]
-    for m in _TERM.finditer(value):
-        phrase, word = m.group(1), m.group(2)
-        if word == "OR" and groups[-1]:
-            groups.append([])
-            continue
-        tokens = tuple(_spaced(phrase if phrase is not None else word).split())
-        if tokens:
-            groups[-1].append(tokens)
+    """A ``_text``/``_content`` value as alternatives (``OR``, or a comma) of terms that must all
+    be present, each term a phrase of tokens (a CJK character is a token); ValueError when empty
+    or too long."""
+    groups: list[list[tuple[str, ...]]] = []
+    for alternative in _alternatives(value):  # "a,b" was the phrase "a b", matching neither
+        groups.append([])
+        for m in _TERM.finditer(alternative):
+            phrase, word = m.group(1), m.group(2)
+            if word == "OR" and groups[-1]:
+                groups.append([])
+                continue
+            tokens = tuple(_spaced(phrase if phrase is not None else word).split())
+            if tokens:
+                groups[-1].append(tokens)
     out = tuple(tuple(g) for g in groups if g)
     if not out or sum(len(g) for g in out) > MAX_TERMS:
         raise ValueError(f"between 1 and {MAX_TERMS} search terms")
+    return out
+
+
+def _alternatives(value: str) -> list[str]:
+    """The value split at its commas, but those inside a quoted phrase or escaped (a backslash
+    before it: a comma of the text)."""
+    out, cur, quoted, i = [], [], False, 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\" and value[i + 1:i + 2] == ",":
+            cur.append(",")
+            i += 2
+            continue
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    out.append("".join(cur))
     return out
 
 

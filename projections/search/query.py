@@ -656,9 +656,14 @@ def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
                 continue
             elif name == "near" and rtype == "Location":
                 q.where.append([Criterion("near", "geo", value=_near(value))])
-            elif name in ("_text", "_content"):
+            elif name.split(":")[0] in ("_text", "_content"):
                 from projections.search.fulltext import enabled, terms
 
+                code, _, modifier = name.partition(":")
+                if modifier:  # ignored as an unknown parameter is, it dropped the filter and
+                    # the answer was every resource (_content:not=alpha found alpha too)
+                    raise FhirError(400, "not-supported", f"{name}: the modifier :{modifier} is "
+                                    f"not supported on {code!r} (a full-text parameter)")
                 if not enabled(rtype):
                     raise Unsupported(f"{name} is not indexed for {rtype} (HUB_FULLTEXT)")
                 try:
