@@ -247,3 +247,19 @@ def test_serve_holds_a_father_and_son_and_a_name_in_pinyin_for_a_steward(tmp_pat
         found = {e["resource"]["id"]: e["search"] for e in r.json()["entry"]}
         grade = [x["valueCode"] for x in found["father"]["extension"] if x["url"] == GRADE]
         assert grade == ["probable"] and 0.9999 <= found["father"]["score"] < 0.99999
+
+
+@pytest.mark.parametrize("line, certain", [("不详", False), ("无固定住所", False), ("河南省郑州市中原区", False),
+                                           ("河南省郑州市中原区建设路12号", True)])
+def test_an_address_that_places_no_one_is_no_certain_match(client, line, certain):
+    """王芳, born 1900-01-01, in one district, registered at one hospital with an address that
+    places no one: the same at another is her namesake as readily as herself."""
+    def wang(pid: str | None) -> dict:
+        return patient(pid, name="王芳", id_=None, gender="female", birthDate="1900-01-01", telecom=[],
+                       address=[{"line": [line], "extension": [
+                           {"url": "https://fhir-region-hub.example/StructureDefinition/administrative-division",
+                            "valueCode": "410102"}]}])
+    r = client.put("/Patient/wf-a", json=wang("wf-a"), headers=FHIR)
+    assert r.status_code in (200, 201), r.text
+    b = match(client, params(wang(None), only=True))
+    assert ("wf-a" in {e["resource"]["id"] for e in b.get("entry", [])}) is certain

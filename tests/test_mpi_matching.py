@@ -996,3 +996,24 @@ def test_a_pair_the_weights_call_certain_and_what_holds_it(tmp_path, a, b, grade
     if why:
         assert W.load().thresholds["probable"] <= got.score < W.load().thresholds["certain"]
         assert got.as_dict()["score"] < W.load().thresholds["certain"]
+
+
+@pytest.mark.parametrize("shared, why", [
+    *[({"address": [{"line": [v]}]}, "no-own-evidence")
+      for v in ("不详", "无固定住所", "不详不详", "N/A", "unknown", "同上", "河南省郑州市中原区", "郑州市")],
+    *[({"telecom": [{"system": "phone", "value": v}]}, "no-own-evidence")
+      for v in ("0371-88888888", "0371-12345678")],
+    ({"address": [{"line": ["建设路12号"]}]}, None),
+    ({"telecom": [{"system": "phone", "value": "0371-66321457"}]}, None),
+])
+def test_a_filler_address_or_landline_is_nobodys_evidence(tmp_path, shared, why):
+    """Two namesakes of one birth date and district sharing an address that places no one (a
+    filler, administrative areas only) or a landline's filler: held; one of their own: linked."""
+    a = {**pat("a", name="王芳", sex="female", birth="1900-01-01", id_=None, phone=None), **shared}
+    b = {**pat("b", name="王芳", sex="female", birth="1900-01-01", id_=None, phone=None), **shared}
+    for p in (a, b):
+        if "address" in shared:
+            p["address"] = [{**pat("x")["address"][0], **shared["address"][0]}]
+    got = _graded(tmp_path, [a], b)["Patient/a"]
+    assert (got.grade, got.evidence.get("hold", {}).get("level")) == \
+        ("probable" if why else "certain", why), got.evidence

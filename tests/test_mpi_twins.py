@@ -185,3 +185,96 @@ def test_a_pair_marked_apart_is_not_joined_through_a_third_record(region):
     persons = region(sibling("bc-c", "子涵", "2012-05-01", "H3"))
     assert not any({A, B} <= set(x) for x in persons), persons
     assert {(C, A), (C, B)} & _asked(svc)
+
+
+# -- fillers and areas are nobody's evidence: two namesakes through the write path -----------------
+
+DISTRICT = {"url": "https://fhir-region-hub.example/StructureDefinition/administrative-division",
+            "valueCode": "410102"}
+
+
+def registered(pid: str, name: str, sex: str, born: str, org: str, *, line: str | None = None,
+               phone: str | None = None, id_: str | None = None) -> dict:
+    """A registration at an institution: a name, sex, birth date and district, and what is given."""
+    p: dict = {"resourceType": "Patient", "id": pid, "name": [{"text": name}], "gender": sex,
+               "birthDate": born, "managingOrganization": {"reference": f"Organization/{org}"},
+               "address": [{"extension": [DISTRICT], **({"line": [line]} if line else {})}]}
+    if phone:
+        p["telecom"] = [{"system": "phone", "value": phone}]
+    if id_:
+        p["identifier"] = [{"system": RESIDENT_ID, "value": id_}]
+    return p
+
+
+def held_for(region, a: str, b: str) -> str | None:
+    """The hold of the open review asking whether ``a`` and ``b`` are one person, else None."""
+    svc = region.svc
+    svc.sync()
+    with svc.person.read() as c:
+        for r in svc.person.open_reviews(c):
+            pair = {r["patient"], *r["candidates"]}
+            if {f"Patient/{a}", f"Patient/{b}"} <= pair:
+                other = f"Patient/{b}" if r["patient"] == f"Patient/{a}" else f"Patient/{a}"
+                return r["evidence"].get(other, {}).get("fields", r["evidence"].get(other, {})) \
+                    .get("hold", {}).get("level")
+    return None
+
+
+NAMESAKES = [  # (name, sex, birth date, what both give, the hold)
+    *[("王芳", "female", "1900-01-01", dict(line=v), "no-own-evidence")
+      for v in ("不详", "无", "未知", "地址不详", "无固定住所", "不详不详", "暂无", "无地址", "不明", "空",
+                "N/A", "Unknown", "none", "NULL", "同上", "见上", " 不 详 。", "（不详）", "不詳")],
+    ("无名氏", "male", "1900-01-01", dict(line="不详"), "no-own-evidence"),
+    *[("刘洋", "male", "1979-11-12", dict(line=v), "no-own-evidence")
+      for v in ("河南省郑州市中原区", "郑州市", "中原区", "河南郑州", "郑州市中原区不详")],
+    *[("张伟", "male", "1966-02-03", dict(phone=v), "no-own-evidence")
+      for v in ("0371-88888888", "0371-12345678", "0755-87654321", "0371-6666666")],
+    ("新生儿", "female", "2024-03-01", dict(phone="13469153708", line="人民路185号16栋3单元405室"),
+     "newborns-unmarked"),
+    ("Li, Baby Boy", "male", "2024-03-01", dict(phone="13469153708", line="人民路185号16栋3单元405室"),
+     "newborns-unmarked"),
+    ("BABY GIRL", "female", "2024-03-01", dict(phone="13469153708", line="人民路185号16栋3单元405室"),
+     "newborns-unmarked"),
+]
+
+
+@pytest.mark.parametrize("name, sex, born, given, why", NAMESAKES)
+def test_two_namesakes_sharing_only_a_filler_are_held(region, name, sex, born, given, why):
+    """Two institutions register a name, a sex, a birth date and a district, and a filler: an
+    address that places no one (不详, 郑州市), a landline's filler after a four-digit area code, a
+    newborn's placeholder name. Matched as they arrive: never one person, a steward asks."""
+    got = region(registered("n1", name, sex, born, "hospital-a", **given),
+                 registered("n2", name, sex, born, "hospital-b", **given))
+    assert got == apart("n1", "n2")
+    assert held_for(region, "n1", "n2") == why
+
+
+@pytest.mark.parametrize("name, sex, born, given", [
+    ("王芳", "female", "1900-01-01", dict(line="河南省郑州市中原区建设路12号")),
+    ("刘洋", "male", "1979-11-12", dict(line="中原区须水镇张庄村3组18号")),
+    ("张伟", "male", "1966-02-03", dict(phone="0371-66321457")),
+])
+def test_one_person_with_an_address_or_phone_of_their_own_still_links(region, name, sex, born, given):
+    got = region(registered("s1", name, sex, born, "hospital-a", **given),
+                 registered("s2", name, sex, born, "hospital-b", **given))
+    assert got == [["Patient/s1", "Patient/s2"]]
+
+
+def test_a_resident_id_number_written_with_separators_is_the_persons():
+    number = "41010219850615123" + check_digit("41010219850615123")
+    plain = features(registered("a", "王磊", "male", "1985-06-15", "o", id_=number))
+    for written in (f"{number[:6]}-{number[6:14]}-{number[14:]}", f"{number[:6]} {number[6:14]} {number[14:]}",
+                    f"{number[:6]}－{number[6:]}"):
+        f = features(registered("b", "王磊", "male", "1985-06-15", "o", id_=written))
+        assert (f["id"], f["ids"]) == (plain["id"], "valid"), written
+    # one failing its check with separators in it is no key, nor a typo of one
+    slip = f"{number[:6]}-{number[6:17]}{'1' if number[17] != '1' else '2'}"
+    assert features(registered("c", "王磊", "male", "1985-06-15", "o", id_=slip))["id"] is None
+
+
+def test_one_person_whose_number_is_written_with_separators_links(region):
+    number = "41010219850615123" + check_digit("41010219850615123")
+    got = region(registered("r1", "王磊", "male", "1985-06-15", "hospital-a", id_=number),
+                 registered("r2", "王磊", "male", "1985-06-15", "hospital-b",
+                            id_=f"{number[:6]}-{number[6:14]}-{number[14:]}"))
+    assert got == [["Patient/r1", "Patient/r2"]]

@@ -28,7 +28,9 @@ dist  GB/T 2260 district code: the hub's administrative-division extension (``va
       six-digit code written in ``address.district`` or ``address.text``
 dn    the district's name as written in ``address.district`` (simplified, no spaces; a code there
       is ``dist``, not a name), or None
-addr  the home address's lines (else its text), folded like names, at most 100 characters;
+addr  the home address's lines (else its text), folded like names, at most 100 characters; an
+      address that places no one (a filler, 不详, or administrative areas only, 郑州市中原区:
+      ``nobodys_address``) is none;
       ``pc``: its postal code
 nw    a Latin-script name's words (surname first, lower-case, single spaces) when one is a lone letter or
       Roman numeral (a middle initial, a newborn's Baby A or Twin B), else left out
@@ -66,9 +68,16 @@ _NEWBORN = json.loads((DATA / "newborn-names.json").read_text(encoding="utf-8"))
 _ORDER: str = _NEWBORN["orders"]
 _O = f"[{re.escape(_ORDER)}]"
 _NEWBORN_MARK = re.compile(
-    rf"之{_O}?(?:{'|'.join(map(re.escape, _NEWBORN['children']))}){_O}?$"
+    rf"^(?:{'|'.join(map(re.escape, _NEWBORN['alone']))}){_O}?$"
+    rf"|之{_O}?(?:{'|'.join(map(re.escape, _NEWBORN['children']))}){_O}?$"
     rf"|(?:{'|'.join(map(re.escape, _NEWBORN['infants']))}){_O}?$"
     rf"|(?P<ordinal>(?<=..){_O}(?:{'|'.join(map(re.escape, _NEWBORN['ordinal']))}))$")
+# Latin-script placeholders: Baby Boy, Li Baby Girl, BabyA, Twin 2, Baby of Li Fang (the data's "latin")
+_LATIN_ORDER = r"[a-z]|\d{1,2}|ii|iii|iv|vi"
+_LATIN_WORD = re.compile(
+    rf"(?:{'|'.join(map(re.escape, _NEWBORN['latin']['words']))})"
+    rf"(?:{'|'.join(map(re.escape, _NEWBORN['latin']['with']))})?(?P<order>{_LATIN_ORDER})?")
+_LATIN_WITH = frozenset(_NEWBORN["latin"]["with"])
 _DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
 _LONE_MARK = re.compile(r"[a-z]|ii|iii|iv|vi")  # a lone letter or Roman numeral: an initial, a birth order
 _DISTRICT = re.compile(r"^\d{6}$")
@@ -152,23 +161,40 @@ _FAKE_PHONES = frozenset({"13800138000", "10086", "10010", "10000", "12345", "95
 def _fake_phone(digits: str) -> bool:
     """A filler phone: one digit repeated after a prefix of up to three (13800000000), a run of
     ascending or descending digits, the whole number (1234567) or eight or more after such a
-    prefix (12345678901, 13876543210), or a listed service number."""
+    prefix (12345678901, 13876543210), or a listed service number. A landline's area code is
+    three or four digits (010, 0371): after a four-digit one, the subscriber's seven or eight
+    digits repeated or running are a filler too (0371-88888888, 0371-1234567)."""
     if digits in _FAKE_PHONES:
         return True
-    for start in range(4):
+    for start in range(5 if digits.startswith("0") else 4):
         rest = digits[start:]
         if len(rest) >= 7 and len(set(rest)) == 1:
             return True
-        if len(rest) >= (7 if start == 0 else 8) and \
+        if len(rest) >= (7 if start in (0, 4) else 8) and \
                 any(all((int(rest[i + 1]) - int(rest[i])) % 10 == step for i in range(len(rest) - 1))
                     for step in (1, 9)):
             return True
     return False
 
 
+# what clerks type between a resident ID number's parts (410102-19850615-1234, 410102 1985...)
+_ID_SEPARATORS = re.compile(r"[\s\-\u2010-\u2015\u2212_./]+")
+
+
 def resident_id_features(value: str, sex: str | None, birth: str | None) -> tuple[str | None, str | None]:
-    """(18-character number or None, status) of a resident ID number as recorded."""
+    """(18-character number or None, status) of a resident ID number as recorded. Separators
+    between its parts are left out only when the number then passes its check (GB 11643): a
+    number that fails it with separators in it is no key (``malformed``), not a typo of one."""
     s = unicodedata.normalize("NFKC", value[:MAX_TEXT]).strip().upper().replace(" ", "")
+    joined = _ID_SEPARATORS.sub("", s)
+    if joined != s and joined:
+        idno, status = _resident_id_status(joined, sex, birth)
+        if status in ("valid", "inconsistent"):
+            return idno, status
+    return _resident_id_status(s, sex, birth)
+
+
+def _resident_id_status(s: str, sex: str | None, birth: str | None) -> tuple[str | None, str | None]:
     if not s:
         return None, None
     if resident_id.is_placeholder(s):
@@ -227,7 +253,34 @@ def _name_parts(patient: dict) -> tuple[str, str, str | None, str]:
     if mark:
         return "", "", "".join(ch for ch in mark.group(0) if ch in _ORDER), \
             (family + given)[:mark.start()]
-    return family, given, None, ""
+    # a Latin placeholder keeps its name (the surname is the family's; Baby A and Baby B compare
+    # as two names): only marked as a newborn's, with its birth order
+    return family, given, _latin_newborn(patient), ""
+
+
+def _latin_newborn(patient: dict) -> str | None:
+    """The birth order ("" for none) of an official name that is a Latin-script newborn
+    placeholder (Baby Boy, "Li, Baby Girl A", BabyB, Twin 2, Baby of Li Fang: data/newborn-names.json,
+    any case, any punctuation), else None."""
+    n = _official_name(patient)
+    if n is None:
+        return None
+    parts = [n.get("family")] + _items(n.get("given")) if n.get("family") or n.get("given") \
+        else [n.get("text")]
+    words = [w for p in parts if isinstance(p, str) for w in re.findall(r"[^\W_]+", simplify(p))][:12]
+    if "of" in words[1:]:
+        words = words[:words.index("of", 1)]  # Baby of Li Fang: the parent's name says no more
+    order = ""
+    if len(words) > 1 and re.fullmatch(_LATIN_ORDER, words[-1]):
+        order, words = words[-1], words[:-1]
+    found, other = False, 0
+    for w in words:
+        m = _LATIN_WORD.fullmatch(w)
+        if m:
+            found, order = True, m.group("order") or order
+        elif w not in _LATIN_WITH:
+            other += 1
+    return order if found and other <= 1 else None
 
 
 def _marked_words(patient: dict) -> str | None:
@@ -314,6 +367,47 @@ def features(patient: dict, roles: identifiers.Roles = identifiers.DEFAULT) -> d
 
 
 _WORDS = re.compile(r"[a-z0-9]+")
+_ADDRESS = json.loads((DATA / "address-fillers.json").read_text(encoding="utf-8"))
+_UNIT_MAX = 20  # the longest administrative name (双江拉祜族佤族布朗族傣族自治县) with room
+
+
+def _bare(text: str) -> str:
+    """Text without punctuation, symbols, spaces and control characters."""
+    return "".join(c for c in text if unicodedata.category(c)[0] not in "PSZC")
+
+
+@lru_cache(maxsize=1)
+def _address_words() -> tuple[frozenset[str], tuple[str, ...], tuple[str, ...]]:
+    """(fillers and area words, as :func:`_bare` leaves them; administrative suffixes; endings
+    below a county) of data/address-fillers.json."""
+    words = frozenset(w for v in (*_ADDRESS["fillers"], *_ADDRESS["areas"]) if (w := _bare(simplify(v))))
+    return words, tuple(_ADDRESS["suffixes"]), tuple(_ADDRESS["below_county"])
+
+
+def _area_unit(unit: str, suffixes: tuple[str, ...], below: tuple[str, ...]) -> bool:
+    """An administrative area's name down to a county (河南省, 郑州市, 中原区), or a six-digit code."""
+    if len(unit) == 6 and unit.isdigit():
+        return True
+    return len(unit) >= 2 and unit.endswith(suffixes) and not unit.endswith(below) and \
+        all("\u4e00" <= c <= "\u9fff" for c in unit)
+
+
+@lru_cache(maxsize=16384)
+def nobodys_address(text: str) -> bool:
+    """Whether an address (as folded for comparison) places no one: all of it fillers (不详, 无,
+    地址不详, N/A, repeated or joined), area words and administrative areas down to the county
+    (河南省郑州市中原区, 郑州市): no street, road, village, building or number of its own, so two
+    strangers share it as readily as one person. The words are data/address-fillers.json."""
+    s = _bare(text)
+    words, suffixes, below = _address_words()
+    ends = [False] * (len(s) + 1)  # ends[i]: s[:i] is made of such parts (linear, never regex backtracking)
+    ends[0] = True
+    for i in range(len(s)):
+        if ends[i]:
+            for j in range(i + 1, min(len(s), i + _UNIT_MAX) + 1):
+                if not ends[j] and (s[i:j] in words or _area_unit(s[i:j], suffixes, below)):
+                    ends[j] = True
+    return ends[len(s)]
 
 
 def _address(patient: dict) -> tuple[str | None, str | None, str | None, str | None]:
@@ -323,9 +417,16 @@ def _address(patient: dict) -> tuple[str | None, str | None, str | None, str | N
         if not isinstance(a, dict):
             continue
         lines = [x for x in _items(a.get("line")) if isinstance(x, str)]
-        text: str = " ".join(lines) or (a["text"] if isinstance(a.get("text"), str) else "")
+        # the lines, else the text; either one only when it places someone (不详, 郑州市: read as
+        # no address at all)
+        text, addr = "", ""
+        for t in (" ".join(lines), a["text"] if isinstance(a.get("text"), str) else ""):
+            folded = clean_name(t)[:100]
+            if folded and not nobodys_address(folded):
+                text, addr = t, folded
+                break
         pc: str = a["postalCode"] if isinstance(a.get("postalCode"), str) else ""
-        addr, pc = clean_name(text)[:100], clean_name(pc)[:20]
+        pc = clean_name(pc)[:20]
         city = clean_name(a["city"])[:40] if isinstance(a.get("city"), str) else ""
         if addr or pc:
             words = None
