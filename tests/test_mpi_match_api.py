@@ -263,3 +263,68 @@ def test_an_address_that_places_no_one_is_no_certain_match(client, line, certain
     assert r.status_code in (200, 201), r.text
     b = match(client, params(wang(None), only=True))
     assert ("wf-a" in {e["resource"]["id"] for e in b.get("entry", [])}) is certain
+
+
+def test_serve_holds_latin_and_pinyin_fathers_sons_and_namesakes_for_a_steward(tmp_path, monkeypatch):
+    """Names in Latin script or pinyin keep the rules names in characters have: a father and a son
+    of one name and one home born 30 years apart on one day (ZHANG WEI; John Smith and John Smith
+    Jr.), and two Zhang Wei sharing only a birth date and a district, go to the review queue, never
+    into one Person; John Smith and JOHN SMITH of one birth date, phone and home are linked."""
+    import httpx
+
+    from hub.core.config import Settings
+
+    from .conftest import LiveServer
+
+    div = "https://fhir-region-hub.example/StructureDefinition/administrative-division"
+    home = {"line": ["Jinshui Road 12, Building 3, Room 502"], "extension": [{"url": div, "valueCode": "410102"}]}
+    dist = {"extension": [{"url": div, "valueCode": "410102"}]}
+    phone = [{"system": "phone", "value": "13512345670"}]
+    other = [{"system": "phone", "value": "13687654329"}]
+    smith = {"family": "Smith", "given": ["John"]}
+    pats = [  # the namesakes first: in an index of two, every name counts as rare
+        {"id": "ns-a", "name": [{"family": "Zhang", "given": ["Wei"]}], "birthDate": "1985-06-15", "address": [dist]},
+        {"id": "ns-b", "name": [{"family": "Zhang", "given": ["Wei"]}], "birthDate": "1985-06-15", "address": [dist]},
+        {"id": "zw-father", "name": [{"text": "ZHANG WEI"}], "birthDate": "1958-04-04", "telecom": phone, "address": [home]},
+        {"id": "zw-son", "name": [{"text": "ZHANG WEI"}], "birthDate": "1988-04-04", "telecom": phone, "address": [home]},
+        {"id": "js-father", "name": [smith], "birthDate": "1958-04-04", "telecom": other, "address": [home]},
+        {"id": "js-son", "name": [{**smith, "suffix": ["Jr."]}], "birthDate": "1988-04-04", "telecom": other,
+         "address": [home]},
+        {"id": "js-son-2", "name": [{"family": "SMITH", "given": ["JOHN"]}], "birthDate": "1988-04-04",
+         "telecom": other, "address": [home]},
+    ]
+    monkeypatch.setenv("HUB_MPI_AUTOMATCH", "1")
+    with LiveServer(Settings(data_dir=tmp_path)) as srv, httpx.Client(base_url=srv.base, timeout=30, auth=srv.auth, verify=httpclient.verify()) as c:
+        for k, p in enumerate(pats):
+            r = c.put(f"/Patient/{p['id']}", json={"resourceType": "Patient", "gender": "male", **p}, headers=FHIR)
+            assert r.status_code == 201, r.text
+            if k == 1:  # the namesakes matched before the others arrive
+                deadline = time.monotonic() + 15
+                while not c.get("/$mpi-review", params={"status": "open"}).json()["reviews"] and \
+                        not c.get("/Person", params={"patient": "Patient/ns-b"}).json().get("entry") and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.2)
+        wanted = {frozenset(("Patient/zw-son", "Patient/zw-father")),
+                  frozenset(("Patient/js-son", "Patient/js-father")), frozenset(("Patient/ns-b", "Patient/ns-a"))}
+        deadline = time.monotonic() + 15
+        while True:
+            reviews = c.get("/$mpi-review", params={"status": "open"}).json()["reviews"]
+            # either side's review: the one matched later, or the other re-matched
+            held: dict = {}
+            for r in reviews:
+                for cand in r["candidates"]:
+                    held.setdefault(frozenset((r["patient"], cand)), set()).add(
+                        r["evidence"][cand]["fields"].get("hold", {}).get("level"))
+            b = c.get("/Person", params={"patient": "Patient/js-son-2"}).json()
+            son = {x["target"]["reference"] for e in b.get("entry", []) for x in e["resource"].get("link", [])}
+            if (wanted <= set(held) and "Patient/js-son" in son) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert "births-differ" in held.get(frozenset(("Patient/zw-son", "Patient/zw-father")), ()), held
+        assert "births-differ" in held.get(frozenset(("Patient/js-son", "Patient/js-father")), ()), held
+        assert "no-own-evidence" in held.get(frozenset(("Patient/ns-b", "Patient/ns-a")), ()), held
+        for a, b in (("zw-father", "zw-son"), ("js-father", "js-son"), ("js-father", "js-son-2"), ("ns-a", "ns-b")):
+            bundle = c.get("/Person", params={"patient": f"Patient/{a}"}).json()
+            links = {x["target"]["reference"] for e in bundle.get("entry", []) for x in e["resource"].get("link", [])}
+            assert f"Patient/{b}" not in links, (a, b)
+        assert son == {"Patient/js-son", "Patient/js-son-2"}  # John Smith Jr. and JOHN SMITH: one person

@@ -982,6 +982,39 @@ def _kin(pid: str, name: str | dict, birth: str, **kw) -> dict:
     # a father in pinyin and his son in characters: held as two in characters are
     ({**_kin("a", "-", "1958-03-16"), "name": [{"family": "Wang", "given": ["Jun"]}]},
      _kin("b", "王军", "1988-03-16"), "probable", "births-differ"),
+    # the same in Latin script or pinyin: a father and a son of one name and home, born on one
+    # day 30 years apart (a digit of the year), are a generation whatever the script
+    (_kin("a", "ZHANG WEI", "1958-04-04"), _kin("b", "ZHANG WEI", "1988-04-04"), "probable",
+     "births-differ"),
+    (_kin("a", {"family": "Smith", "given": ["John"]}, "1958-04-04"),
+     _kin("b", {"family": "Smith", "given": ["John"], "suffix": ["Jr."]}, "1988-04-04"),
+     "probable", "births-differ"),
+    # ... and one birth date, one phone and home, in capitals or with Jr. on one side: one person
+    (_kin("a", "ZHANG WEI", "1988-04-04"), _kin("b", "Zhang Wei", "1988-04-04"), "certain", None),
+    (_kin("a", {"family": "Smith", "given": ["John"]}, "1988-04-04"),
+     _kin("b", {"family": "SMITH", "given": ["JOHN"], "suffix": ["Jr."]}, "1988-04-04"),
+     "certain", None),
+    # two generational suffixes that disagree are two people, whatever else agrees (in the
+    # suffix, or written at the end of the name)
+    (_kin("a", {"family": "Smith", "given": ["John"], "suffix": ["Sr."]}, "1958-04-04"),
+     _kin("b", {"family": "Smith", "given": ["John"], "suffix": ["Jr"]}, "1958-04-04"),
+     "probable", "suffixes-differ"),
+    (_kin("a", {"family": "Smith", "given": ["John"], "suffix": ["III"]}, "1988-04-04"),
+     _kin("b", {"family": "Smith", "given": ["John"], "suffix": ["IV"]}, "1988-04-04"),
+     "probable", "suffixes-differ"),
+    (_kin("a", {"text": "John Smith Jr."}, "1988-04-04"),
+     _kin("b", {"text": "John Smith, Sr."}, "1988-04-04"), "probable", "suffixes-differ"),
+    # a name in pinyin (or any Latin name), a birth date and a district, nothing of the person's
+    # own: namesakes in a city, in a young index where every name counts as rare
+    (pat("a", name="-", birth="1985-06-15", id_=None, phone=None, district="410102") | {
+        "name": [{"family": "Zhang", "given": ["Wei"]}]},
+     pat("b", name="-", birth="1985-06-15", id_=None, phone=None, district="410102") | {
+        "name": [{"family": "Zhang", "given": ["Wei"]}]}, "probable", "no-own-evidence"),
+    # ... with a phone of their own in common, one person
+    (pat("a", name="-", birth="1985-06-15", id_=None, district="410102") | {
+        "name": [{"family": "Zhang", "given": ["Wei"]}]},
+     pat("b", name="-", birth="1985-06-15", id_=None, district="410102") | {
+        "name": [{"family": "Zhang", "given": ["Wei"]}]}, "certain", None),
     # surname and given name in each other's place (燕 李 for 李燕), one number, phone and home
     (_kin("a", {"family": "燕", "given": ["李"]}, "1986-03-26", sex="female",
           id_=idno("62010219860326552")),

@@ -195,3 +195,23 @@ def test_district_names_compare_when_codes_are_missing():
          "valueCode": "440104"}]}]))
     assert compare(a, b)[0]["dist"] == "same" and compare(a, c)[0]["dist"] == "different"
     assert compare(coded, features(patient(address=[{"district": "440104"}])))[0]["dist"] == "same"
+
+
+def test_generational_suffix_is_kept_apart_from_the_name():
+    """John Smith Jr. is John Smith by name, and a Jr. (a son of a father of that name): the suffix,
+    in HumanName.suffix or written at the end of the name, is its own feature."""
+    smith = {"family": "Smith", "given": ["John"]}
+    for name, sfx in (({**smith, "suffix": ["Jr."]}, "jr"), ({**smith, "suffix": ["PhD", "III"]}, "iii"),
+                      ({"family": "Smith Jr.", "given": ["John"]}, "jr"),
+                      ({"family": "Smith", "given": ["John", "Sr."]}, "sr"),
+                      ({"family": "Smith", "given": ["John Junior"]}, "jr"),
+                      (smith, None), ({**smith, "suffix": ["MD"]}, None)):
+        f = features(patient(name=[name]))
+        assert (f["name"], f.get("sfx")) == ("smithjohn", sfx), name
+    assert features(patient(name=[{"text": "John Smith, Sr."}]))["name"] == \
+        features(patient(name=[{"text": "John Smith"}]))["name"]
+    assert features(patient(name=[{"text": "John Smith, Sr."}]))["sfx"] == "sr"
+    # a lone Junior is a given name; Baby Boy II keeps its birth order in the name
+    assert features(patient(name=[{"family": "Silva", "given": ["Junior"]}]))["name"] == "silvajunior"
+    assert features(patient(name=[{"text": "Baby Boy II"}]))["name"].endswith("ii")
+    assert "sfx" not in features(patient())

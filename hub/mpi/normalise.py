@@ -21,6 +21,9 @@ nb    1 when the name is a newborn's placeholder ("<parent>之子/之女", twins
       given; "<parent>大宝/二宝"; the marks are data/newborn-names.json): the name is left out;
       ``nbo``: its birth-order mark (大, 小, 一, 二…), when it has one
 mb    ``multipleBirthInteger`` (the birth order of twins), when given
+sfx   a generational suffix (``jr``, ``sr``, ``ii``, ``iii``, ``iv``, ``v``) from ``HumanName.suffix``,
+      or Jr / Sr / Junior / Senior ending the family name, given names or text (then left out of
+      the name: John Smith Jr. and John Smith are one name), when there is one
 sex   ``male`` | ``female`` | None; ``bd``: birth date ``YYYY-MM-DD`` or None
 ph    phone numbers, digits only, +86/0086 stripped
 dist  GB/T 2260 district code: the hub's administrative-division extension (``valueCode``), an
@@ -81,6 +84,13 @@ _LATIN_WITH = frozenset(_NEWBORN["latin"]["with"])
 _DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
 _LONE_MARK = re.compile(r"[a-z]|ii|iii|iv|vi")  # a lone letter or Roman numeral: an initial, a birth order
 _DISTRICT = re.compile(r"^\d{6}$")
+# generational suffixes: a father and a son share a name and a home; the suffix tells them apart
+_GENERATIONS = {"jr": "jr", "junior": "jr", "sr": "sr", "senior": "sr", "ii": "ii", "2nd": "ii",
+                "iii": "iii", "3rd": "iii", "iv": "iv", "4th": "iv", "v": "v", "5th": "v"}
+# written at the end of a name, only the unambiguous words: a trailing II is a newborn's order too
+# (Baby Boy II), which the name keeps
+_TRAILING_GENERATION = re.compile(r"(?<=[a-z])[\s,.]+(jr|junior|sr|senior)[\s.]*$", re.IGNORECASE)
+_GENERATION_WORD = re.compile(r"\s*(jr|junior|sr|senior)[\s.]*", re.IGNORECASE)
 
 
 @lru_cache(maxsize=1)
@@ -240,8 +250,9 @@ def _name_parts(patient: dict) -> tuple[str, str, str | None, str]:
     if n is None:
         return "", "", None, ""
     family: str = n["family"] if isinstance(n.get("family"), str) else ""
-    given = "".join(g for g in _items(n.get("given")) if isinstance(g, str))[:MAX_TEXT]
+    given = "".join(_given_names(n))[:MAX_TEXT]
     text: str = n["text"] if isinstance(n.get("text"), str) else ""
+    family, text = _TRAILING_GENERATION.sub("", family[:MAX_TEXT]), _TRAILING_GENERATION.sub("", text[:MAX_TEXT])
     family, given = clean_name(family), clean_name(given)
     if not family and not given and text:
         family, given = split_surname(clean_name(text))
@@ -281,6 +292,38 @@ def _latin_newborn(patient: dict) -> str | None:
         elif w not in _LATIN_WITH:
             other += 1
     return order if found and other <= 1 else None
+
+
+def _given_names(n: dict) -> list[str]:
+    """The given names, a generational suffix written among them left out (John Jr., or Jr. as a
+    given name after the first: a lone Junior is a given name in some countries)."""
+    given = [g[:MAX_TEXT] for g in _items(n.get("given")) if isinstance(g, str)]
+    return [g for i, g in enumerate(_TRAILING_GENERATION.sub("", g) for g in given)
+            if not (i and _GENERATION_WORD.fullmatch(g))]
+
+
+def _generation(patient: dict) -> str | None:
+    """The generational suffix of the official name (``jr``, ``sr``, ``ii`` ...), or None: from
+    ``HumanName.suffix``, else Jr / Sr / Junior / Senior ending its family name, given names or
+    text (John Smith Jr.)."""
+    n = _official_name(patient)
+    if n is None:
+        return None
+    for x in _items(n.get("suffix")):
+        if isinstance(x, str):
+            word = simplify(x).strip(" .,")
+            if word in _GENERATIONS:
+                return _GENERATIONS[word]
+    given = [g for g in _items(n.get("given")) if isinstance(g, str)]
+    if len(given) > 1:
+        m = _GENERATION_WORD.fullmatch(given[-1][:MAX_TEXT])
+        if m:
+            return _GENERATIONS[m.group(1).lower()]
+    for x in (n.get("family"), given[-1] if given else None, n.get("text")):
+        m = _TRAILING_GENERATION.search(x[:MAX_TEXT]) if isinstance(x, str) else None
+        if m:
+            return _GENERATIONS[m.group(1).lower()]
+    return None
 
 
 def _marked_words(patient: dict) -> str | None:
@@ -337,6 +380,9 @@ def features(patient: dict, roles: identifiers.Roles = identifiers.DEFAULT) -> d
         f["mb"] = mb  # the birth order of twins: 1 and 2 are two children
     f["fam"] = family or None
     f["name"] = (family + given) or None
+    sfx = _generation(patient) if f["name"] else None
+    if sfx:
+        f["sfx"] = sfx  # John Smith Jr. and John Smith Sr.: two people of one name
     words = _marked_words(patient) if f["name"] and f["name"].isascii() else None
     if words:
         f["nw"] = words
