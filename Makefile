@@ -46,7 +46,7 @@ browser:
 # then serve with access control on.
 run: $(STAMP) $(ECHARTS) bytecode
 	@test -f $(HUB_DATA_DIR)/.demo-loaded || { $(VENV)/bin/hub terminology load --builtin && \
-	  $(VENV)/bin/hub demo && touch $(HUB_DATA_DIR)/.demo-loaded; }
+	  $(VENV)/bin/hub demo && (umask 077 && touch $(HUB_DATA_DIR)/.demo-loaded); }
 	@$(VENV)/bin/hub auth demo-client
 	$(VENV)/bin/hub serve
 
