@@ -285,12 +285,13 @@ def cmd_deadletter(args, settings) -> int:
             raise _usage("replay needs dead letter ids or --all")
         from tqdm import tqdm
 
-        from hub.core.jobs import Jobs
+        from hub.core.jobs import Jobs, Unrecorded
 
-        # a progress bar on a terminal, the job where the hub's console shows it
+        # a progress bar on a terminal, the job where the hub's console shows it (a connector's
+        # host, with no hub data directory, has no console to show it)
         job = Jobs(settings.data_dir).start(
             "deadletter-replay", f"dead letter replay ({who or args.config.name}): {len(ids)}",
-            len(ids))
+            len(ids)) if who == "worker" or settings.data_dir.is_dir() else Unrecorded(len(ids))
         with tqdm(total=len(ids), unit=" letters", desc="replay",
                   disable=not sys.stderr.isatty()) as bar, job:
             if who == "worker":

@@ -29,7 +29,11 @@ def cli(capsys, *args) -> tuple[int, str]:
 
 
 @needs_v2
-def test_deadletters_list_show_replay_and_status(tmp_path, capsys):
+def test_deadletters_list_show_replay_and_status(tmp_path, capsys, monkeypatch):
+    # a connector's host has no hub data directory: a replay made one (./var/jobs.sqlite)
+    # beside the operator's configuration, to record its progress where no console reads it
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HUB_DATA_DIR", str(tmp_path / "no-hub-here"))
     patients = list(region_patients(4, seed=21))
     normal = [adt_message(p, "A04", f"N{i}", "202403010800+0800") for i, p in enumerate(patients[:3])]
     big_patient = {**patients[3], "name": [{"family": "欧阳" * 1500, "given": ["大"]}]}
@@ -73,6 +77,7 @@ def test_deadletters_list_show_replay_and_status(tmp_path, capsys):
             code, out = cli(capsys, "deadletter", "replay", str(by_stage["deliver"]["id"]),
                             "--config", str(cfg))
             assert code == 0 and "1 replayed" in out
+            assert not (tmp_path / "no-hub-here").exists()
             [unit] = converter("hl7v2")(big, INFO)
             wait_until(lambda: httpx.get(f"{hub.base}/{unit.patient_key}", headers=hub.headers, verify=httpclient.verify()).status_code == 200, 30,
                        what="replayed patient")

@@ -172,6 +172,26 @@ class Job:
             self.fail(f"{type(error).__name__}: {error}")
 
 
+class Unrecorded(Job):
+    """A job with nowhere to be shown: a connector's command on a host without the hub's data
+    directory (recording it there made a stray ./var beside the connector's configuration)."""
+
+    def __init__(self, total: int | None = None):
+        self.total, self.done = total, 0
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+
+    def finish(self, detail: str = "") -> None:
+        pass
+
+    def fail(self, detail: str) -> None:
+        pass
+
+
 def both(*callbacks: Any) -> Any:
     """One progress callback calling each of ``callbacks`` (a progress bar's, a job's)."""
     def progress(n: int = 1) -> None:
