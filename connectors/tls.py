@@ -12,7 +12,6 @@ TLS without asking senders for a certificate. A file that does not load is named
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import ssl
@@ -20,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from hub.core.certificates import expired_on
 from hub.core.errors import HubError
 
 log = logging.getLogger("connectors.tls")
@@ -114,8 +114,8 @@ def _load_chain(ctx: ssl.SSLContext, t: dict[str, str], where: str) -> None:
                                  f"{t['cert']}") from None
         raise TlsConfigError(f"{where}: tls.cert {t['cert']}, tls.key {t['key']} do not load: "
                              f"{e.reason or e}") from None
-    ends = leaf.not_valid_after_utc
-    if ends < datetime.datetime.now(datetime.timezone.utc):
+    ends = expired_on(leaf)
+    if ends is not None:
         log.warning("%s: tls.cert %s expired (notAfter %s): peers checking it refuse the "
                     "handshake", where, t["cert"], ends.strftime("%Y-%m-%d %H:%M:%S UTC"))
 

@@ -18,6 +18,28 @@ from tests.console_helpers import console_user as _user
 from tests.console_helpers import logged_in as _logged_in
 
 
+def _fake_daemon(answers: dict):
+    """A connector daemon's status API answering ``answers`` by path (started; shut it down)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Daemon(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the standard library's name
+            body = json.dumps(answers.get(self.path.split("?")[0], [])).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Daemon)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def _csrf(page: httpx.Response) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
 
@@ -139,9 +161,6 @@ def test_one_misbehaving_connector_daemon_holds_no_page(live, tmp_path):
     """A daemon answering its status as a list, with counts that are no numbers, or its dead
     letters with an error that is a string, gave the connectors page a 500 for every connector;
     it now shows as it can, and the page stands."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from hub.daemons import DaemonRegistry
 
@@ -150,19 +169,7 @@ def test_one_misbehaving_connector_daemon_holds_no_page(live, tmp_path):
                "/deadletters": [{"id": 1, "error": "a plain string"}],
                "/deadletters/1": {"id": 1, "error": "a plain string", "payload": "MSH|"}}
 
-    class Daemon(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the standard library's name
-            body = json.dumps(answers.get(self.path.split("?")[0], [])).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    listed = ThreadingHTTPServer(("127.0.0.1", 0), Daemon)
-    threading.Thread(target=listed.serve_forever, daemon=True).start()
+    listed = _fake_daemon(answers)
     try:
         registry = DaemonRegistry(live.settings.data_dir)
         registry.add("odd", f"http://127.0.0.1:{listed.server_port}", "token")
@@ -1014,8 +1021,6 @@ def test_a_dead_letter_is_shown_to_its_connectors_institution_only(live, tmp_pat
     """Any steward read every connector's dead letters. A connector is its institution's: its
     page, dead letters and replays are another institution's people's as an unknown one's."""
     import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from hub.daemons import DaemonRegistry
     from tests.api_helpers import consent
@@ -1043,19 +1048,7 @@ def test_a_dead_letter_is_shown_to_its_connectors_institution_only(live, tmp_pat
                                 for d in (letter, document)],
                "/deadletters/1": letter, "/deadletters/2": document}
 
-    class Daemon(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the standard library's name
-            body = json.dumps(answers.get(self.path.split("?")[0], [])).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    listed = ThreadingHTTPServer(("127.0.0.1", 0), Daemon)
-    threading.Thread(target=listed.serve_forever, daemon=True).start()
+    listed = _fake_daemon(answers)
     name = f"feed-{n.lower()}"
     registry = DaemonRegistry(live.settings.data_dir)
     try:

@@ -165,16 +165,16 @@ def _check_tls(settings: Settings) -> None:
 def _warn_expired(path: str) -> None:
     """A warning, at start, that the server certificate (the first of its file) is past its
     notAfter: it served, and every client refused the handshake, the server saying nothing."""
-    import datetime
-
     from cryptography import x509
+
+    from hub.core.certificates import expired_on
 
     try:
         cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
     except (ValueError, OSError):  # ssl loaded it: a form cryptography reads otherwise
         return
-    ends = cert.not_valid_after_utc
-    if ends < datetime.datetime.now(datetime.timezone.utc):
+    ends = expired_on(cert)
+    if ends is not None:
         print(f"hub: warning: the TLS certificate {path} expired on "
               f"{ends:%Y-%m-%d %H:%M:%S} UTC (notAfter): clients will refuse it",
               file=sys.stderr, flush=True)

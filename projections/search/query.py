@@ -204,6 +204,13 @@ def split_escaped(value: str, sep: str) -> list[str]:
     return out
 
 
+def unsupported_modifier(name: str, modifier: str, code: str, kind: str) -> FhirError:
+    """A modifier the parameter does not take: a 400, never ignored as an unknown parameter
+    is (that drops the filter and widens the answer)."""
+    return FhirError(400, "not-supported", f"{name}: the modifier :{modifier} is not supported "
+                     f"on {code!r} (a {kind} parameter)")
+
+
 def unescape(value: str) -> str:
     return re.sub(r"\\([\\,|$])", r"\1", value)
 
@@ -500,8 +507,7 @@ def parse_criteria(rtype: str, name: str, value: str, base: str | None = None,
         if not (ptype == "reference" and modifier[0].isupper() and modifier in _resource_types()):
             # not ignored as an unknown parameter is: that would drop the filter and widen the
             # answer (a female Patient found by gender:exact=male)
-            raise FhirError(400, "not-supported", f"{name}: the modifier :{modifier} is not "
-                            f"supported on {code!r} (a {ptype} parameter)")
+            raise unsupported_modifier(name, modifier, code, ptype)
     if modifier in TERMINOLOGY_MODIFIERS and ptype == "token":
         if code in SPECIAL_TYPES:
             raise bad_request(f"{code}:{modifier} is not meaningful")
@@ -662,8 +668,7 @@ def parse(rtype: str, params: list[tuple[str, str]], max_count: int = 1000,
                 code, _, modifier = name.partition(":")
                 if modifier:  # ignored as an unknown parameter is, it dropped the filter and
                     # the answer was every resource (_content:not=alpha found alpha too)
-                    raise FhirError(400, "not-supported", f"{name}: the modifier :{modifier} is "
-                                    f"not supported on {code!r} (a full-text parameter)")
+                    raise unsupported_modifier(name, modifier, code, "full-text")
                 if not enabled(rtype):
                     raise Unsupported(f"{name} is not indexed for {rtype} (HUB_FULLTEXT)")
                 try:
